@@ -1,0 +1,249 @@
+"""KV kernels: paged attention, cache write, block copy and staging gather/scatter.
+
+Each public function checks its arguments (`checks.py`) and then dispatches:
+- CUDA tensors: the Triton kernel (`attention.py`, `kv_write.py`, `blocks.py`);
+- CPU tensors: the torch reference (`reference.py`), or, with `KVSAGA_KERNELS=triton`, the
+  Triton kernel under Triton's interpreter (slow; that is how the tests run them on CPU);
+- `KVSAGA_KERNELS=torch`: the torch reference everywhere.
+
+Range checks (`validate`): None (default) checks the values of index tensors (slots, block
+ids, lengths) on CPU, and only metadata on CUDA, where reading them would cost a device sync
+and break CUDA-graph capture; pass `validate=True` to check them on CUDA too (debugging).
+
+Triton is imported only when a Triton kernel is about to run: `import kvsaga.kernels` and
+`kvsaga.kernels.reference` work without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+from kvsaga import envs
+
+from . import checks, reference
+
+__all__ = [
+    "block_copy",
+    "cache_write",
+    "gather_blocks",
+    "paged_attention",
+    "reference",
+    "scatter_blocks",
+    "use_triton",
+]
+
+_TRITON_MODULES = ("attention", "kv_write", "blocks")
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether a call on `device` runs the Triton kernel (else the torch reference)."""
+    mode = envs.KVSAGA_KERNELS
+    if mode == "torch":
+        return False
+    if device.type == "cuda":
+        return True
+    return mode == "triton" and device.type == "cpu"
+
+
+def _triton_module(name: str, device: torch.device) -> ModuleType:
+    """Import a Triton kernel module, under the interpreter when it will run on CPU."""
+    qualified = f"{__name__}.{name}"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        loaded = [m for m in _TRITON_MODULES if f"{__name__}.{m}" in sys.modules]
+        if loaded:
+            raise RuntimeError(
+                f"KVSAGA_KERNELS=triton on CPU needs Triton's interpreter, but {loaded} were "
+                "already compiled for the GPU; set TRITON_INTERPRET=1 before the first call"
+            )
+        # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when the kernel
+        # module is first imported below.
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.import_module(qualified)
+    except ImportError as e:
+        raise RuntimeError(
+            f"the Triton kernel {qualified} needs triton (pip install 'kvsaga[kernels]'): {e}"
+        ) from e
+
+
+def _full(validate: bool | None, device: torch.device) -> bool:
+    return device.type != "cuda" if validate is None else validate
+
+
+def cache_write(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    validate: bool | None = None,
+) -> None:
+    """Store new K and V rows of one layer into their cache slots.
+
+    Args:
+        key: [num_tokens, num_kv_heads, head_dim], k_cache's dtype, last dim contiguous.
+        value: [num_tokens, num_kv_heads, head_dim], like key.
+        k_cache: [num_blocks, block_size, num_kv_heads, head_dim], e.g. `kv[:, layer, 0]` of
+            a tier tensor; last dim contiguous; fp16, bf16 or fp32. Written in place.
+        v_cache: like k_cache, e.g. `kv[:, layer, 1]`. Written in place.
+        slot_mapping: int64 [num_tokens]; slot = block_id * block_size + offset; -1 skips
+            the token (padding). Slots other than -1 must be distinct.
+        validate: check slot values (host sync); default: on CPU only.
+    """
+    checks.check_cache_write(
+        key, value, k_cache, v_cache, slot_mapping, full=_full(validate, k_cache.device)
+    )
+    if use_triton(k_cache.device):
+        _triton_module("kv_write", k_cache.device).cache_write(
+            key, value, k_cache, v_cache, slot_mapping
+        )
+    else:
+        reference.cache_write(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    *,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+    out: torch.Tensor | None = None,
+    validate: bool | None = None,
+) -> torch.Tensor:
+    """Causal attention of a varlen batch of queries over K/V read through block tables.
+
+    Query token j of sequence i sits at position `seq_lens[i] - q_len_i + j` and attends to
+    positions up to its own. K/V of every position, the new tokens included, come from the
+    cache: run `cache_write` for the new tokens first. With `max_query_len == 1` the
+    split-K decode kernel runs, else the prefill/extend kernel.
+
+    Args:
+        query: [num_query_tokens, num_heads, head_dim], k_cache's dtype, last dim contiguous;
+            num_heads a multiple of num_kv_heads.
+        k_cache: [num_blocks, block_size, num_kv_heads, head_dim]; fp16, bf16 or fp32.
+        v_cache: like k_cache.
+        block_tables: int32 [batch, max_blocks_per_seq]; entries past a sequence's
+            `ceil(seq_len / block_size)` blocks are never read.
+        seq_lens: int32 [batch], context length of each sequence including its new tokens.
+        query_start_loc: int32 [batch + 1], cumulative query lengths (cu_seqlens).
+        scale: softmax scale, usually head_dim ** -0.5.
+        max_query_len: host-side upper bound of the query lengths; read from the device
+            (a sync) when None. Must not be too small: on CUDA nothing checks it.
+        max_seq_len: host-side upper bound of seq_lens; like max_query_len.
+        out: optional output, shaped and typed like query.
+        validate: check lengths and block ids (host sync); default: on CPU only.
+
+    Returns:
+        [num_query_tokens, num_heads, head_dim] in query's dtype (`out` when given). Rows
+        past `query_start_loc[-1]` are zero when `out` is None and untouched otherwise.
+    """
+    checks.check_paged_attention(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        scale,
+        max_query_len,
+        max_seq_len,
+        out,
+        full=_full(validate, k_cache.device),
+    )
+    fn = (
+        _triton_module("attention", k_cache.device).paged_attention
+        if use_triton(k_cache.device)
+        else reference.paged_attention
+    )
+    return fn(
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        scale,
+        max_query_len=max_query_len,
+        max_seq_len=max_seq_len,
+        out=out,
+    )
+
+
+def block_copy(
+    kv: torch.Tensor,
+    src_block_ids: torch.Tensor,
+    dst_block_ids: torch.Tensor,
+    *,
+    validate: bool | None = None,
+) -> None:
+    """Copy whole blocks within one tier tensor: `kv[dst[i]] = kv[src[i]]`.
+
+    Args:
+        kv: [num_blocks, ...], e.g. a tier tensor; each block contiguous (dims 1..).
+        src_block_ids: int64 [n].
+        dst_block_ids: int64 [n], distinct and disjoint from the sources (checked only with
+            validation: overlapping copies would race on the GPU).
+        validate: check the ids (host sync); default: on CPU only.
+    """
+    checks.check_block_copy(kv, src_block_ids, dst_block_ids, full=_full(validate, kv.device))
+    if use_triton(kv.device):
+        _triton_module("blocks", kv.device).block_copy(kv, src_block_ids, dst_block_ids)
+    else:
+        reference.block_copy(kv, src_block_ids, dst_block_ids)
+
+
+def gather_blocks(
+    kv: torch.Tensor,
+    block_ids: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    validate: bool | None = None,
+) -> torch.Tensor:
+    """Gather blocks of a tier tensor into a contiguous staging buffer (for host transfers).
+
+    Args:
+        kv: [num_blocks, ...], each block contiguous.
+        block_ids: int64 [n].
+        out: optional contiguous [n, *kv.shape[1:]] buffer, kv's dtype and device.
+        validate: check the ids (host sync); default: on CPU only.
+
+    Returns:
+        [n, *kv.shape[1:]] contiguous (`out` when given).
+    """
+    checks.check_gather_blocks(kv, block_ids, out, full=_full(validate, kv.device))
+    if use_triton(kv.device):
+        return _triton_module("blocks", kv.device).gather_blocks(kv, block_ids, out)
+    return reference.gather_blocks(kv, block_ids, out)
+
+
+def scatter_blocks(
+    staging: torch.Tensor,
+    kv: torch.Tensor,
+    block_ids: torch.Tensor,
+    *,
+    validate: bool | None = None,
+) -> None:
+    """Scatter a contiguous staging buffer into blocks: `kv[block_ids[i]] = staging[i]`.
+
+    Args:
+        staging: [n, *kv.shape[1:]] contiguous, kv's dtype and device.
+        kv: [num_blocks, ...], each block contiguous. Written in place.
+        block_ids: int64 [n], distinct.
+        validate: check the ids (host sync); default: on CPU only.
+    """
+    checks.check_scatter_blocks(staging, kv, block_ids, full=_full(validate, kv.device))
+    if use_triton(kv.device):
+        _triton_module("blocks", kv.device).scatter_blocks(staging, kv, block_ids)
+    else:
+        reference.scatter_blocks(staging, kv, block_ids)

@@ -1,0 +1,40 @@
+"""Environment variables read by kvsaga; every name starts with `KVSAGA_`.
+
+Read through this module (`from kvsaga import envs; envs.KVSAGA_KERNELS`) and nowhere else.
+Values are read on each access, so a test may set them with `monkeypatch.setenv`.
+To add one: an entry in `_VARIABLES` with its parser and a line in its comment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], str]:
+    def read() -> str:
+        value = os.environ.get(name, "").strip().lower() or default
+        if value not in choices:
+            raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+        return value
+
+    return read
+
+
+_VARIABLES: dict[str, Callable[[], Any]] = {
+    # Which implementation of the KV kernels runs: "auto" (Triton on CUDA, torch reference
+    # on CPU), "triton" (Triton everywhere; on CPU under Triton's interpreter) or "torch"
+    # (the torch reference everywhere).
+    "KVSAGA_KERNELS": _choice("KVSAGA_KERNELS", "auto", ("auto", "triton", "torch")),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VARIABLES:
+        return _VARIABLES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_VARIABLES)
