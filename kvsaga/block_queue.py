@@ -1,0 +1,100 @@
+"""An intrusive doubly linked queue over integer block ids.
+
+Links live in two preallocated lists indexed by block id, so push, remove and pop are
+O(1) and allocate no objects. Index `capacity` is the sentinel: `next[sentinel]` is the
+head (oldest), `prev[sentinel]` the tail (newest). A block is linked iff
+`prev[b] != -1`. The pool's free queue and the LRU policy's order are both one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+class BlockQueue:
+    __slots__ = ("_next", "_prev", "_sentinel", "_size")
+
+    def __init__(self, capacity: int) -> None:
+        self._sentinel = capacity
+        self._next = [-1] * (capacity + 1)
+        self._prev = [-1] * (capacity + 1)
+        self._next[capacity] = capacity
+        self._prev[capacity] = capacity
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, block_id: int) -> bool:
+        return self._prev[block_id] != -1
+
+    def __iter__(self) -> Iterator[int]:
+        """Oldest to newest."""
+        nxt, s = self._next, self._sentinel
+        b = nxt[s]
+        while b != s:
+            yield b
+            b = nxt[b]
+
+    def push(self, block_id: int) -> None:
+        """Append at the tail (newest). The block must not be linked."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
+        tail = prv[s]
+        nxt[tail] = block_id
+        prv[block_id] = tail
+        nxt[block_id] = s
+        prv[s] = block_id
+        self._size += 1
+
+    def push_front(self, block_id: int) -> None:
+        """Insert at the head (first to be popped)."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
+        head = nxt[s]
+        prv[head] = block_id
+        nxt[block_id] = head
+        prv[block_id] = s
+        nxt[s] = block_id
+        self._size += 1
+
+    def remove(self, block_id: int) -> None:
+        """Unlink a linked block."""
+        nxt, prv = self._next, self._prev
+        p, n = prv[block_id], nxt[block_id]
+        nxt[p] = n
+        prv[n] = p
+        prv[block_id] = -1
+        nxt[block_id] = -1
+        self._size -= 1
+
+    def peek(self) -> int:
+        """The head (oldest), or -1 when empty."""
+        b = self._next[self._sentinel]
+        return -1 if b == self._sentinel else b
+
+    def pop(self) -> int:
+        """Unlink and return the head. The queue must not be empty."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
+        b = nxt[s]
+        n = nxt[b]
+        nxt[s] = n
+        prv[n] = s
+        prv[b] = -1
+        nxt[b] = -1
+        self._size -= 1
+        return b
+
+    def pop_many(self, count: int) -> list[int]:
+        """Unlink and return the `count` oldest blocks. `count <= len(self)`."""
+        nxt, prv, s = self._next, self._prev, self._sentinel
+        out = [0] * count
+        b = nxt[s]
+        for i in range(count):
+            out[i] = b
+            n = nxt[b]
+            prv[b] = -1
+            nxt[b] = -1
+            b = n
+        nxt[s] = b
+        prv[b] = s
+        self._size -= count
+        return out

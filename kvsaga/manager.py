@@ -1,0 +1,530 @@
+"""KVCacheManager: the engine-facing API over block ids. Pure Python, no torch.
+
+The life of a step, as an engine drives it:
+
+    start = mgr.begin_step("s1", prompt_ids)        # prefix hits: start.num_cached_tokens
+    slots = mgr.allocate_slots("s1", n)             # KV slots for the next n prompt tokens
+    ... run the model, write K/V into `slots` ...
+    mgr.append_tokens("s1", [sampled]); slots = mgr.allocate_slots("s1", 1)   # decode
+    mgr.finish_step("s1", tool="run_tests", expected_s=4.0)   # pause: blocks retained
+    ... the tool runs; the policy may evict, offload or keep the session's blocks ...
+    mgr.begin_step("s1", prompt_ids + output + observation)   # resume: hits what survived
+    mgr.end_session("s1")
+
+Invariants (checked by `check_integrity`):
+- a RUNNING session holds one reference on each block of its table;
+- every hashed block is in the prefix index under its hash, and only such blocks are;
+- a CACHED block either has a hash or is the retained partial tail of a paused session;
+- `allocate_slots` either allocates every block it needs or raises and changes nothing.
+Full blocks are registered in the prefix index when their slots are allocated: the engine
+writes their K/V in the same forward pass, before any attention of that pass reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kvsaga.config import KVSpec
+from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
+from kvsaga.policy import EvictionPolicy, PauseHint, make_policy
+from kvsaga.pool import ACTIVE, CACHED, BlockPool
+from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
+from kvsaga.session import Session, SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class StepStart:
+    """What `begin_step` found.
+
+    Attributes:
+        num_prompt_tokens: tokens of the prompt.
+        num_cached_tokens: leading prompt tokens whose K/V is already in `block_ids`;
+            always < num_prompt_tokens, so the last prompt token is computed for its logits.
+        block_ids: the block table so far (the cached blocks).
+    """
+
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    block_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of the cache. Token counts are cumulative since creation."""
+
+    num_gpu_blocks: int
+    num_free_blocks: int
+    num_used_blocks: int
+    num_evictable_blocks: int
+    queried_tokens: int
+    hit_tokens: int
+    num_evicted_blocks: int
+    num_running_sessions: int
+    num_paused_sessions: int
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
+
+    @property
+    def usage(self) -> float:
+        """Share of GPU blocks referenced by running steps."""
+        return self.num_used_blocks / self.num_gpu_blocks
+
+
+def _check_session_id(session_id: object) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidRequest(f"session_id must be a non-empty str, got {session_id!r}")
+
+
+def _check_token_ids(token_ids: object) -> list[int]:
+    """Copy token ids to a list, rejecting anything but ints in [0, 2^32)."""
+    if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
+        raise InvalidRequest(f"token_ids must be a sequence of ints, got {type(token_ids).__name__}")
+    try:
+        array("I", token_ids)  # one C pass: type and range of every id
+    except (TypeError, OverflowError):
+        for t in token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**32:
+                raise InvalidRequest(f"token ids must be ints in [0, 2^32), got {t!r}") from None
+        raise
+    return list(token_ids)
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class KVCacheManager:
+    """Owns the GPU tier's blocks, the prefix index and the sessions.
+
+    Args:
+        spec: shape of a KV block.
+        num_gpu_blocks: blocks in the GPU tier.
+        policy: eviction policy name ("lru", ...) or instance.
+        clock: time source used when a method's `now` is None. Decisions read time only
+            through `now`, so a simulator can drive it.
+        max_model_len: longest context in tokens, or None for no limit.
+    """
+
+    def __init__(
+        self,
+        spec: KVSpec,
+        num_gpu_blocks: int,
+        *,
+        policy: str | EvictionPolicy = "lru",
+        clock: Callable[[], float] = time.monotonic,
+        max_model_len: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.block_size = spec.block_size
+        self.pool = BlockPool(num_gpu_blocks, tier="gpu")
+        self.num_host_blocks = 0
+        self.index = PrefixIndex()
+        self.hasher = BlockHasher(spec.block_size)
+        self.clock = clock
+        self.max_model_len = max_model_len
+        self.sessions: dict[str, Session] = {}
+        # Per-block facts for the policies: the session whose context the block belongs to
+        # (None once it is plain cache or shared by several sessions) and its index there.
+        self.block_owner: list[str | None] = [None] * num_gpu_blocks
+        self.block_position = [0] * num_gpu_blocks
+        self._queried_tokens = 0
+        self._hit_tokens = 0
+        self._evicted_blocks = 0
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy.bind(self)
+        self.pool.observer = self.policy
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    # -- lookups --------------------------------------------------------------------------
+    def _session(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except (KeyError, TypeError):
+            raise UnknownSession(session_id) from None
+
+    def _running(self, session_id: str) -> Session:
+        s = self._session(session_id)
+        if s.state is not SessionState.RUNNING:
+            raise InvalidRequest(f"session {session_id!r} has no open step (call begin_step)")
+        return s
+
+    def session(self, session_id: str) -> Session:
+        """The manager's record of a session (read it; do not change it)."""
+        return self._session(session_id)
+
+    def block_table(self, session_id: str) -> list[int]:
+        """A copy of the running session's block table."""
+        return list(self._running(session_id).block_ids)
+
+    def num_computed_tokens(self, session_id: str) -> int:
+        """Tokens of the session's context that have KV slots."""
+        return self._session(session_id).num_computed
+
+    # -- steps ----------------------------------------------------------------------------
+    def begin_step(
+        self,
+        session_id: str,
+        token_ids: Sequence[int],
+        *,
+        now: float | None = None,
+        salt: str | None = None,
+        workflow: str = "default",
+    ) -> StepStart:
+        """Open a step of a session (new or paused) with its full prompt.
+
+        Finds the longest prefix of the prompt whose K/V is cached (the session's own
+        retained blocks, or any block with the same content and salt) and takes a reference
+        on each of those blocks.
+
+        Args:
+            session_id: the session; created on first use.
+            token_ids: the whole prompt (it usually extends the session's previous context).
+            now: current time (default: the manager's clock).
+            salt: tenant salt for prefix sharing; fixed when the session is created.
+            workflow: workflow type of a new session, for learning policies.
+        Returns:
+            StepStart with the cached token count and block table.
+        Raises:
+            InvalidRequest: bad ids or tokens, a prompt over max_model_len or larger than the
+                whole pool, the session already has an open step, or a different salt.
+        """
+        _check_session_id(session_id)
+        tokens = _check_token_ids(token_ids)
+        if not tokens:
+            raise InvalidRequest("token_ids must not be empty")
+        if self.max_model_len is not None and len(tokens) > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}"
+            )
+        if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
+                f"blocks; the pool has only {self.pool.num_blocks}"
+            )
+        now = self.clock() if now is None else now
+        bs = self.block_size
+        s = self.sessions.get(session_id)
+        if s is None:
+            s = Session(session_id, workflow, root_hash(salt), now)
+            keep = 0
+        else:
+            if s.state is SessionState.RUNNING:
+                raise InvalidRequest(f"session {session_id!r} already has an open step")
+            if salt is not None and root_hash(salt) != s.root:
+                raise InvalidRequest(f"session {session_id!r} was opened with another salt")
+            keep = _common_prefix_len(s.token_ids, tokens)
+            del s.block_hashes[keep // bs :]
+        s.token_ids = tokens
+        self.hasher.extend(s.block_hashes, s.root, tokens)
+
+        # Full-block hits, leaving at least the last prompt token to compute.
+        max_hit = len(tokens) - 1
+        hits: list[int] = []
+        get = self.index.get
+        for h in s.block_hashes[: max_hit // bs]:
+            b = get(h)
+            if b is None:
+                break
+            hits.append(b)
+        num_cached = len(hits) * bs
+
+        # The session's own partial tail, retained at its pause, if it survived.
+        if s.tail is not None:
+            b, gen, ntok = s.tail
+            s.tail = None
+            pool = self.pool
+            alive = (
+                pool.state[b] == CACHED
+                and pool.generation[b] == gen
+                and self.block_owner[b] == session_id
+            )
+            start = self.block_position[b] * bs
+            usable = min(ntok, keep - start, max_hit - start)
+            if alive and start == num_cached and usable > 0:
+                hits.append(b)
+                num_cached = start + usable
+            elif alive:  # its content no longer extends the context: drop it
+                self._drop(b)
+
+        pool = self.pool
+        owner = self.block_owner
+        for b in hits:
+            if pool.state[b] == ACTIVE:
+                pool.ref(b)
+            else:
+                pool.reclaim(b)
+            if owner[b] != session_id:
+                owner[b] = None  # shared by several sessions: plain cache
+        s.block_ids = hits
+        s.num_computed = num_cached
+        s.state = SessionState.RUNNING
+        s.num_steps += 1
+        s.last_active = now
+        s.paused_at = None
+        s.hint = None
+        self.sessions[session_id] = s
+        self._queried_tokens += len(tokens)
+        self._hit_tokens += num_cached
+        self.policy.step_started(s, now)
+        return StepStart(len(tokens), num_cached, list(hits))
+
+    def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
+        """Extend a running session's context (decode: the token just sampled)."""
+        s = self._running(session_id)
+        tokens = _check_token_ids(token_ids)
+        if self.max_model_len is not None and len(s.token_ids) + len(tokens) > self.max_model_len:
+            raise InvalidRequest(
+                f"context of {len(s.token_ids) + len(tokens)} tokens exceeds max_model_len "
+                f"{self.max_model_len}"
+            )
+        s.token_ids.extend(tokens)
+        self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+
+    def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
+        """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
+        s = self._running(session_id)
+        return max(0, self.spec.num_blocks_for(s.num_computed + num_tokens) - len(s.block_ids))
+
+    def can_allocate(self, session_id: str, num_tokens: int) -> bool:
+        """Whether `allocate_slots` would succeed now (counting evictable blocks)."""
+        return self.num_blocks_needed(session_id, num_tokens) <= self.pool.num_available
+
+    def allocate_slots(
+        self, session_id: str, num_tokens: int, *, now: float | None = None
+    ) -> list[int]:
+        """Give KV slots to the next `num_tokens` uncomputed tokens of a running session.
+
+        Evicts (by the policy) if the free blocks do not suffice. All or nothing.
+
+        Returns:
+            One slot (block_id * block_size + offset) per token, in order.
+        Raises:
+            InvalidRequest: num_tokens not positive, more than the uncomputed tokens, or the
+                context could never fit in the pool.
+            OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
+        """
+        s = self._running(session_id)
+        _check_count("num_tokens", num_tokens)
+        start = s.num_computed
+        end = start + num_tokens
+        if end > len(s.token_ids):
+            raise InvalidRequest(
+                f"num_tokens {num_tokens} exceeds the {len(s.token_ids) - start} tokens of "
+                f"session {session_id!r} without slots (append_tokens first)"
+            )
+        bs = self.block_size
+        table = s.block_ids
+        total_blocks = -(-end // bs)
+        if total_blocks > self.pool.num_blocks:
+            raise InvalidRequest(
+                f"a context of {end} tokens needs {total_blocks} blocks; "
+                f"the pool has only {self.pool.num_blocks}"
+            )
+        need = total_blocks - len(table)
+        if need > 0:
+            pool = self.pool
+            if need > pool.num_available:
+                raise OutOfBlocks(need, pool.num_available)
+            if need > pool.num_free:
+                self._evict(need - pool.num_free, self.clock() if now is None else now)
+            first = len(table)
+            table.extend(pool.allocate(need))
+            owner, position = self.block_owner, self.block_position
+            for i in range(first, total_blocks):
+                owner[table[i]] = session_id
+                position[table[i]] = i
+        slots: list[int] = []
+        pos = start
+        while pos < end:
+            i, off = divmod(pos, bs)
+            stop = min(end, (i + 1) * bs)
+            base = table[i] * bs - i * bs
+            slots.extend(range(base + pos, base + stop))
+            pos = stop
+        s.num_computed = end
+        self._register_full_blocks(s, start // bs, end // bs)
+        return slots
+
+    def _register_full_blocks(self, s: Session, first: int, last: int) -> None:
+        block_hash, insert = self.pool.block_hash, self.index.insert
+        for i in range(first, last):
+            b = s.block_ids[i]
+            if block_hash[b] is None:
+                h = s.block_hashes[i]
+                # Same content computed twice (two sessions at once): keep the first copy.
+                if insert(h, b):
+                    block_hash[b] = h
+
+    def finish_step(
+        self,
+        session_id: str,
+        *,
+        now: float | None = None,
+        tool: str | None = None,
+        expected_s: float | None = None,
+        last_step: bool = False,
+    ) -> None:
+        """Close the running step. The session pauses; its blocks stay cached and evictable.
+
+        Args:
+            tool: the tool call the session now waits on, if any.
+            expected_s: expected pause in seconds; overrides the policy's prediction.
+            last_step: no step follows; same as `end_session` after this call.
+        Raises:
+            InvalidRequest: bad hint values, or the session has no open step.
+        """
+        s = self._running(session_id)
+        hint = PauseHint(tool, expected_s, bool(last_step))
+        now = self.clock() if now is None else now
+        if last_step:
+            self.end_session(session_id, now=now)
+            return
+        s.state = SessionState.PAUSED
+        s.paused_at = now
+        s.last_active = now
+        s.hint = hint
+        self.policy.step_finished(s, now, hint)
+        self._release_table(s, keep_tail=True)
+
+    def preempt(self, session_id: str, *, now: float | None = None) -> None:
+        """Take a running step's blocks back (the engine requeues it and calls begin_step).
+
+        Full blocks stay cached, so the retry hits whatever survives; the partial tail is
+        freed.
+        """
+        s = self._running(session_id)
+        s.state = SessionState.PAUSED
+        s.paused_at = self.clock() if now is None else now
+        self._release_table(s, keep_tail=False)
+
+    def end_session(self, session_id: str, *, now: float | None = None) -> None:
+        """Forget a session. Its full blocks stay as plain prefix cache for anyone."""
+        s = self._session(session_id)
+        now = self.clock() if now is None else now
+        self.policy.session_ended(s, now)
+        if s.state is SessionState.RUNNING:
+            self._release_table(s, keep_tail=False)
+        elif s.tail is not None:
+            b, gen, _ = s.tail
+            if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
+                self._drop(b)
+        owner = self.block_owner
+        for b in s.block_ids:
+            if owner[b] == session_id:
+                owner[b] = None
+        del self.sessions[session_id]
+
+    def _release_table(self, s: Session, keep_tail: bool) -> None:
+        """Drop the step's references, tail first, so that policies see tails go first."""
+        pool, bs = self.pool, self.block_size
+        table = s.block_ids
+        s.tail = None
+        partial = s.num_computed % bs
+        for i in range(len(table) - 1, -1, -1):
+            b = table[i]
+            is_tail = partial and i == len(table) - 1
+            keep = pool.block_hash[b] is not None or (keep_tail and is_tail)
+            if pool.release(b, keep) and is_tail and keep:
+                s.tail = (b, pool.generation[b], partial)
+        if not keep_tail:
+            s.num_computed = min(s.num_computed, len(s.block_hashes) * bs)
+
+    # -- eviction -------------------------------------------------------------------------
+    def _evict(self, num_blocks: int, now: float) -> None:
+        victims = self.policy.choose_victims(num_blocks, now)
+        state = self.pool.state
+        if len(victims) != num_blocks or len(set(victims)) != num_blocks or any(
+            state[b] != CACHED for b in victims
+        ):
+            raise RuntimeError(
+                f"policy {self.policy.name!r} named invalid victims {victims} "
+                f"for {num_blocks} blocks"
+            )
+        for b in victims:
+            self._drop(b)
+        self._evicted_blocks += num_blocks
+
+    def _drop(self, block_id: int) -> None:
+        """Evict one CACHED block: unindex it and return it to the free queue."""
+        h = self.pool.block_hash[block_id]
+        if h is not None:
+            self.index.remove(h)
+        self.pool.evict(block_id)
+        self.block_owner[block_id] = None
+
+    def tick(self, now: float | None = None) -> None:
+        """Let the policy expire TTLs and refresh predictions."""
+        self.policy.tick(self.clock() if now is None else now)
+
+    # -- introspection --------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        running = sum(1 for s in self.sessions.values() if s.state is SessionState.RUNNING)
+        pool = self.pool
+        return CacheStats(
+            num_gpu_blocks=pool.num_blocks,
+            num_free_blocks=pool.num_free,
+            num_used_blocks=pool.num_active,
+            num_evictable_blocks=pool.num_cached,
+            queried_tokens=self._queried_tokens,
+            hit_tokens=self._hit_tokens,
+            num_evicted_blocks=self._evicted_blocks,
+            num_running_sessions=running,
+            num_paused_sessions=len(self.sessions) - running,
+        )
+
+    def check_integrity(self) -> None:
+        """Verify every invariant across pool, index and sessions (for tests)."""
+        pool = self.pool
+        pool.check_integrity()
+        for h, b in self.index.items():
+            assert pool.block_hash[b] == h, f"index maps a hash to block {b}, which holds another"
+            assert pool.state[b] != 0, f"index points at free block {b}"
+        hashed = sum(1 for h in pool.block_hash if h is not None)
+        assert hashed == len(self.index), f"{hashed} hashed blocks, {len(self.index)} indexed"
+        refs = [0] * pool.num_blocks
+        tails = set()
+        for s in self.sessions.values():
+            if s.state is SessionState.RUNNING:
+                assert s.tail is None, f"running session {s.session_id!r} keeps a tail"
+                assert len(s.block_ids) == -(-s.num_computed // self.block_size), (
+                    f"session {s.session_id!r}: {len(s.block_ids)} blocks for "
+                    f"{s.num_computed} tokens"
+                )
+                for b in s.block_ids:
+                    refs[b] += 1
+            elif s.tail is not None:
+                b, gen, _ = s.tail
+                if pool.state[b] == CACHED and pool.generation[b] == gen:
+                    tails.add(b)
+        for b in range(pool.num_blocks):
+            assert refs[b] == pool.refcount[b], (
+                f"block {b}: refcount {pool.refcount[b]} but {refs[b]} running tables hold it"
+            )
+            if pool.state[b] == CACHED:
+                assert pool.block_hash[b] is not None or b in tails, (
+                    f"cached block {b} has no hash and is no session's tail"
+                )

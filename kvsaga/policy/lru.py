@@ -1,0 +1,42 @@
+"""`lru`: the vLLM-like baseline.
+
+Evicts the block that became evictable longest ago. The manager releases a step's blocks
+tail first, so within one context the tail goes before the head; a prefix that many
+sessions hit stays recent and so goes last. Knows nothing of tool calls.
+"""
+
+from __future__ import annotations
+
+from kvsaga.block_queue import BlockQueue
+from kvsaga.policy.base import EvictionPolicy
+
+
+class LRUPolicy(EvictionPolicy):
+    name = "lru"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._order: BlockQueue | None = None
+
+    def bind(self, manager) -> None:
+        super().bind(manager)
+        self._order = BlockQueue(manager.num_gpu_blocks)
+
+    def block_cached(self, block_id: int) -> None:
+        self._order.push(block_id)
+
+    def block_uncached(self, block_id: int) -> None:
+        self._order.remove(block_id)
+
+    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+        # Only name the victims: the manager evicts them, and eviction unlinks them.
+        out = []
+        for b in self._order:
+            if len(out) == num_blocks:
+                break
+            out.append(b)
+        return out
+
+    def eviction_order(self) -> list[int]:
+        """Evictable blocks, first victim first (for tests and debugging)."""
+        return list(self._order)

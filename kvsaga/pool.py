@@ -1,0 +1,169 @@
+"""BlockPool: the bookkeeping of one tier's blocks, over integer ids. Pure Python.
+
+Every block is in exactly one of three states:
+
+- FREE: holds nothing; linked in the free queue; refcount 0.
+- ACTIVE: read or written by at least one running step; refcount > 0.
+- CACHED: holds KV that may be reused (a full block with a content hash, or a paused
+  session's partial tail); refcount 0; evictable. Its eviction order belongs to the policy,
+  which the pool keeps informed through the observer's `block_cached` / `block_uncached`.
+
+Ownership: whoever raised a refcount lowers it; the pool never drops a reference by itself.
+A CACHED block leaves that state only through `reclaim` (a cache hit) or `evict`.
+`generation[b]` counts allocations of `b`, so a holder of a stale id can tell it was reused.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kvsaga.block_queue import BlockQueue
+from kvsaga.errors import InvalidRequest, OutOfBlocks
+
+FREE, ACTIVE, CACHED = 0, 1, 2
+_STATE_NAMES = ("free", "active", "cached")
+
+
+class PoolObserver(Protocol):
+    """Told whenever a block enters or leaves the CACHED (evictable) state."""
+
+    def block_cached(self, block_id: int) -> None: ...
+
+    def block_uncached(self, block_id: int) -> None: ...
+
+
+class _NullObserver:
+    def block_cached(self, block_id: int) -> None:
+        pass
+
+    def block_uncached(self, block_id: int) -> None:
+        pass
+
+
+class BlockPool:
+    """Refcounted blocks of one tier.
+
+    Args:
+        num_blocks: blocks in the tier.
+        tier: name used in errors ("gpu" or "host").
+    """
+
+    def __init__(self, num_blocks: int, tier: str = "gpu") -> None:
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise InvalidRequest(f"num_blocks must be a positive int, got {num_blocks!r}")
+        self.num_blocks = num_blocks
+        self.tier = tier
+        self.refcount = [0] * num_blocks
+        self.state = [FREE] * num_blocks
+        self.block_hash: list[bytes | None] = [None] * num_blocks
+        self.generation = [0] * num_blocks
+        self._free = BlockQueue(num_blocks)
+        for b in range(num_blocks):
+            self._free.push(b)
+        self.num_cached = 0
+        self.observer: PoolObserver = _NullObserver()
+
+    # -- counts ---------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_active(self) -> int:
+        return self.num_blocks - len(self._free) - self.num_cached
+
+    @property
+    def num_available(self) -> int:
+        """Blocks an allocation can get: free now, or after evicting cached ones."""
+        return len(self._free) + self.num_cached
+
+    # -- transitions ----------------------------------------------------------------------
+    def allocate(self, count: int) -> list[int]:
+        """Take `count` FREE blocks (oldest freed first); each becomes ACTIVE with refcount 1.
+
+        Raises:
+            OutOfBlocks: fewer than `count` free blocks (callers evict first); nothing changes.
+        """
+        if count > len(self._free):
+            raise OutOfBlocks(count, len(self._free), self.tier)
+        ids = self._free.pop_many(count)
+        ref, state, gen = self.refcount, self.state, self.generation
+        for b in ids:
+            ref[b] = 1
+            state[b] = ACTIVE
+            gen[b] += 1
+        return ids
+
+    def ref(self, block_id: int) -> None:
+        """Add a reference to an ACTIVE block (a second reader of shared content)."""
+        self.refcount[block_id] += 1
+
+    def reclaim(self, block_id: int) -> None:
+        """A cache hit on a CACHED block: it becomes ACTIVE with refcount 1."""
+        self.state[block_id] = ACTIVE
+        self.refcount[block_id] = 1
+        self.num_cached -= 1
+        self.observer.block_uncached(block_id)
+
+    def release(self, block_id: int, keep: bool) -> bool:
+        """Drop one reference. At zero the block becomes CACHED if `keep`, else FREE.
+
+        Returns:
+            True when the refcount reached zero.
+        """
+        ref = self.refcount
+        r = ref[block_id] - 1
+        ref[block_id] = r
+        if r:
+            return False
+        if keep:
+            self.state[block_id] = CACHED
+            self.num_cached += 1
+            self.observer.block_cached(block_id)
+        else:
+            self.state[block_id] = FREE
+            self.block_hash[block_id] = None
+            self._free.push(block_id)
+        return True
+
+    def evict(self, block_id: int) -> None:
+        """A CACHED block loses its content and becomes FREE (the newest in the queue)."""
+        self.state[block_id] = FREE
+        self.block_hash[block_id] = None
+        self.num_cached -= 1
+        self._free.push(block_id)
+        self.observer.block_uncached(block_id)
+
+    # -- checks ---------------------------------------------------------------------------
+    def state_name(self, block_id: int) -> str:
+        return _STATE_NAMES[self.state[block_id]]
+
+    def check_integrity(self) -> None:
+        """Verify every invariant; raise AssertionError naming the first broken one."""
+        n = self.num_blocks
+        seen = [False] * n
+        count = 0
+        for b in self._free:
+            assert 0 <= b < n, f"{self.tier}: free queue holds out-of-range id {b}"
+            assert not seen[b], f"{self.tier}: block {b} twice in the free queue"
+            seen[b] = True
+            count += 1
+        assert count == len(self._free), f"{self.tier}: free queue size {len(self._free)} != {count}"
+        cached = 0
+        for b in range(n):
+            s, r = self.state[b], self.refcount[b]
+            assert r >= 0, f"{self.tier}: block {b} has negative refcount {r}"
+            if s == FREE:
+                assert seen[b], f"{self.tier}: free block {b} is not in the free queue"
+                assert r == 0, f"{self.tier}: free block {b} has refcount {r}"
+                assert self.block_hash[b] is None, f"{self.tier}: free block {b} keeps a hash"
+            else:
+                assert not seen[b], f"{self.tier}: {_STATE_NAMES[s]} block {b} is in the free queue"
+                if s == ACTIVE:
+                    assert r > 0, f"{self.tier}: active block {b} has refcount 0"
+                else:
+                    assert r == 0, f"{self.tier}: cached block {b} has refcount {r}"
+                    cached += 1
+        assert cached == self.num_cached, (
+            f"{self.tier}: {cached} cached blocks but num_cached says {self.num_cached}"
+        )

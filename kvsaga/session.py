@@ -1,0 +1,49 @@
+"""Session: one agent task's chain of steps, as the manager tracks it. Pure Python."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from kvsaga.policy.base import PauseHint
+
+
+class SessionState(enum.Enum):
+    RUNNING = "running"  # a step is open: its blocks are ACTIVE and referenced by it
+    PAUSED = "paused"  # between steps: its blocks are CACHED (retained, evictable)
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """The manager's record of a session. Policies read it; only the manager writes it.
+
+    Attributes:
+        session_id: the engine's id.
+        workflow: workflow type, for policies that learn per workflow.
+        root: hash-chain root (per tenant salt).
+        token_ids: the context: the last prompt plus every token appended since.
+        block_hashes: hash of each full block of `token_ids`, chained from `root`.
+        block_ids: the block table. While RUNNING each entry holds one reference; while
+            PAUSED it is the table at the pause (entries may since have been evicted).
+        num_computed: tokens of `token_ids` that have KV slots.
+        tail: (block id, generation, tokens) of the partial last block retained at the pause.
+    """
+
+    session_id: str
+    workflow: str
+    root: bytes
+    created_at: float
+    token_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    block_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    state: SessionState = SessionState.PAUSED
+    num_steps: int = 0
+    last_active: float = 0.0
+    paused_at: float | None = None
+    hint: PauseHint | None = None
+    tail: tuple[int, int, int] | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.state is SessionState.RUNNING
