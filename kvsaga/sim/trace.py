@@ -1,0 +1,383 @@
+"""Agent-session traces: the JSON Lines format of DESIGN.md, its loader and writer.
+
+One agent session a line::
+
+    {"id": str, "workflow": str, "arrival_s": float, "tenant": str (optional),
+     "shared_prefix": {"group": str, "tokens": int},
+     "steps": [{"input_tokens": int, "output_tokens": int, "tool": str | null,
+                "tool_s": float}, ...]}
+
+Step k's prompt is the shared prefix, then every earlier step's input and output, then step
+k's own input. After step k the session waits `tool_s` seconds on `tool`; the last step has
+`tool: null` and `tool_s: 0`. Sessions of one prefix `group` share the prefix tokens exactly.
+The token ids themselves are not stored: `prompt_token_ids` and `output_token_ids` (defined in
+`kvsaga.sim.tokens`, re-exported here) synthesize them deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+
+class TraceError(ValueError):
+    """A trace entry is malformed.
+
+    Attributes:
+        field: dotted path of the bad field inside the session (`steps[3].tool_s`), or None
+            when the whole line is bad (not JSON, not an object).
+        value: the offending value.
+        line: 1-based line number in the trace file, or None outside a file.
+        path: the trace file, or None outside a file.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        value: Any = None,
+        line: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.message = message
+        self.field = field
+        self.value = value
+        self.line = line
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where += f"{self.path}:"
+        if self.line is not None:
+            where += f"line {self.line}: "
+        elif where:
+            where += " "
+        what = f"field {self.field!r}: " if self.field is not None else ""
+        return f"{where}{what}{self.message}"
+
+    def located(self, *, prefix: str = "", line: int | None = None,
+                path: str | None = None) -> TraceError:
+        """A copy of this error with a field-path prefix and a file position added."""
+        return TraceError(
+            self.message,
+            field=f"{prefix}{self.field}" if self.field is not None else prefix.rstrip(".") or None,
+            value=self.value,
+            line=self.line if line is None else line,
+            path=self.path if path is None else path,
+        )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    # bool is an int subclass; `true` tokens is a typo, not a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TraceError(f"must be an integer, got {value!r}", field=name, value=value)
+    if value < minimum:
+        raise TraceError(f"must be >= {minimum}, got {value!r}", field=name, value=value)
+
+
+def _check_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TraceError(f"must be a number, got {value!r}", field=name, value=value)
+    if not math.isfinite(value) or value < 0:
+        raise TraceError(f"must be a finite number >= 0, got {value!r}", field=name,
+                         value=value)
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise TraceError(f"must be a non-empty string, got {value!r}", field=name, value=value)
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Tokens at the start of every prompt of every session of one group.
+
+    Args:
+        group: name of the group (a system prompt + tool definitions); sessions of one group
+            share these tokens exactly.
+        tokens: number of prefix tokens (0 for none).
+    """
+
+    group: str
+    tokens: int
+
+    def __post_init__(self) -> None:
+        _check_str("group", self.group)
+        _check_int("tokens", self.tokens, 0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One LLM call of a session, and the tool call that follows it.
+
+    Args:
+        input_tokens: tokens appended to the context before this call (the task for the first
+            step, the previous tool's observation afterwards); at least 1.
+        output_tokens: tokens the model generates; at least 1.
+        tool: the tool called after this step, or None (always None on the last step).
+        tool_s: seconds the session then waits before its next step.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    tool: str | None = None
+    tool_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("input_tokens", self.input_tokens, 1)
+        _check_int("output_tokens", self.output_tokens, 1)
+        if self.tool is not None:
+            _check_str("tool", self.tool)
+        _check_float("tool_s", self.tool_s)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One agent task: a chain of steps whose prompts extend each other.
+
+    Args:
+        id: unique within a trace; also seeds the session's synthesized token ids.
+        workflow: the workflow type (the workload family) for per-workflow learning.
+        arrival_s: when the first step arrives, in seconds from the start of the trace.
+        shared_prefix: the prefix group and its length.
+        steps: the LLM calls, in order; at least one. The last step has `tool` None and
+            `tool_s` 0; an earlier step may have `tool` None too (a pause of unknown kind).
+        tenant: who owns the session; the manager salts prefix hashes per tenant, so sessions
+            of different tenants never share blocks even within one prefix group.
+    """
+
+    id: str
+    workflow: str
+    arrival_s: float
+    shared_prefix: SharedPrefix
+    steps: tuple[Step, ...]
+    tenant: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_str("id", self.id)
+        _check_str("workflow", self.workflow)
+        _check_float("arrival_s", self.arrival_s)
+        if self.tenant is not None:
+            _check_str("tenant", self.tenant)
+        if not isinstance(self.shared_prefix, SharedPrefix):
+            raise TraceError(f"must be a SharedPrefix, got {self.shared_prefix!r}",
+                             field="shared_prefix", value=self.shared_prefix)
+        if isinstance(self.steps, list):
+            object.__setattr__(self, "steps", tuple(self.steps))
+        if not isinstance(self.steps, tuple) or not self.steps:
+            raise TraceError(f"must be a non-empty list of steps, got {self.steps!r}",
+                             field="steps", value=self.steps)
+        for k, step in enumerate(self.steps):
+            if not isinstance(step, Step):
+                raise TraceError(f"must be a Step, got {step!r}", field=f"steps[{k}]",
+                                 value=step)
+        last = self.steps[-1]
+        k = len(self.steps) - 1
+        if last.tool is not None:
+            raise TraceError(f"the last step calls no tool, got {last.tool!r}",
+                             field=f"steps[{k}].tool", value=last.tool)
+        if last.tool_s != 0:
+            raise TraceError(f"the last step waits 0 s, got {last.tool_s!r}",
+                             field=f"steps[{k}].tool_s", value=last.tool_s)
+
+    @property
+    def num_steps(self) -> int:
+        """Number of LLM calls."""
+        return len(self.steps)
+
+    @cached_property
+    def input_offsets(self) -> tuple[int, ...]:
+        """Position of each step's first input token in the session's token sequence.
+
+        The sequence is prefix, in_0, out_0, in_1, out_1, ...; entry k is where in_k starts;
+        a final extra entry is the length of the whole sequence (the last step's output
+        included).
+        """
+        sizes = [self.shared_prefix.tokens]
+        for step in self.steps:
+            sizes.append(step.input_tokens + step.output_tokens)
+        return tuple(accumulate(sizes))
+
+    def prompt_length(self, k: int) -> int:
+        """Tokens in step k's prompt: prefix, earlier inputs and outputs, then step k's input.
+
+        Args:
+            k: step index, 0 <= k < num_steps.
+
+        Returns:
+            The prompt length in tokens.
+        """
+        self._check_step(k)
+        return self.input_offsets[k] + self.steps[k].input_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Length of the final context: every prompt and output, the last step's included."""
+        return self.input_offsets[-1]
+
+    def _check_step(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self.steps):
+            raise IndexError(f"step index {k!r} out of range for session {self.id!r} with "
+                             f"{len(self.steps)} steps")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session as one JSON object of the trace format."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "workflow": self.workflow,
+            "arrival_s": self.arrival_s,
+        }
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
+        out["shared_prefix"] = {"group": self.shared_prefix.group,
+                                "tokens": self.shared_prefix.tokens}
+        out["steps"] = [
+            {"input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
+             "tool": s.tool, "tool_s": s.tool_s}
+            for s in self.steps
+        ]
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Session:
+        """Parse one trace-format object.
+
+        Args:
+            obj: the decoded JSON value of one line.
+
+        Returns:
+            The session.
+
+        Raises:
+            TraceError: naming the bad field (`steps[2].tool_s`) and its value; unknown keys
+                are errors too, so that typos do not pass silently.
+        """
+        _expect_keys(obj, required={"id", "workflow", "arrival_s", "shared_prefix", "steps"},
+                     optional={"tenant"}, where=None)
+        prefix = obj["shared_prefix"]
+        _expect_keys(prefix, required={"group", "tokens"}, optional=set(),
+                     where="shared_prefix")
+        try:
+            shared = SharedPrefix(group=prefix["group"], tokens=prefix["tokens"])
+        except TraceError as e:
+            raise e.located(prefix="shared_prefix.") from None
+        raw_steps = obj["steps"]
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise TraceError(f"must be a non-empty list, got {raw_steps!r}", field="steps",
+                             value=raw_steps)
+        steps = []
+        for k, raw in enumerate(raw_steps):
+            where = f"steps[{k}]"
+            _expect_keys(raw, required={"input_tokens", "output_tokens"},
+                         optional={"tool", "tool_s"}, where=where)
+            try:
+                steps.append(Step(input_tokens=raw["input_tokens"],
+                                  output_tokens=raw["output_tokens"],
+                                  tool=raw.get("tool"), tool_s=raw.get("tool_s", 0.0)))
+            except TraceError as e:
+                raise e.located(prefix=f"{where}.") from None
+        arrival = obj["arrival_s"]
+        return cls(id=obj["id"], workflow=obj["workflow"],
+                   arrival_s=float(arrival) if _is_number(arrival) else arrival,
+                   shared_prefix=shared, steps=tuple(steps), tenant=obj.get("tenant"))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _expect_keys(obj: Any, *, required: set[str], optional: set[str],
+                 where: str | None) -> None:
+    if not isinstance(obj, Mapping):
+        raise TraceError(f"must be a JSON object, got {obj!r}", field=where, value=obj)
+    missing = sorted(required - obj.keys())
+    if missing:
+        name = missing[0] if where is None else f"{where}.{missing[0]}"
+        raise TraceError("is missing", field=name, value=None)
+    unknown = sorted(obj.keys() - required - optional)
+    if unknown:
+        name = unknown[0] if where is None else f"{where}.{unknown[0]}"
+        raise TraceError(f"is not a trace field (known: {', '.join(sorted(required | optional))})",
+                         field=name, value=obj[unknown[0]])
+
+
+def load_trace(path: str | Path) -> list[Session]:
+    """Read a JSON Lines trace.
+
+    Blank lines are skipped. Session ids must be unique.
+
+    Args:
+        path: the trace file.
+
+    Returns:
+        The sessions in file order.
+
+    Raises:
+        TraceError: for the first malformed line, naming the file, the 1-based line number,
+            the field and the bad value.
+    """
+    path = Path(path)
+    sessions: list[Session] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise TraceError(f"not valid JSON ({e.msg} at column {e.colno})",
+                                 value=text.rstrip("\n"), line=lineno, path=str(path)) from None
+            try:
+                session = Session.from_dict(obj)
+            except TraceError as e:
+                raise e.located(line=lineno, path=str(path)) from None
+            if session.id in seen:
+                raise TraceError(f"duplicate session id {session.id!r} (first on line "
+                                 f"{seen[session.id]})", field="id", value=session.id,
+                                 line=lineno, path=str(path))
+            seen[session.id] = lineno
+            sessions.append(session)
+    return sessions
+
+
+def write_trace(sessions: Iterable[Session], path: str | Path) -> None:
+    """Write sessions as a JSON Lines trace, one session a line.
+
+    Args:
+        sessions: the sessions, written in order.
+        path: the file to create or overwrite.
+    """
+    with Path(path).open("w", encoding="utf-8") as f:
+        for session in sessions:
+            f.write(json.dumps(session.to_dict(), separators=(",", ":")))
+            f.write("\n")
+
+
+# The token synthesizer lives in its own module; re-exported so that the trace API is one import.
+from kvsaga.sim.tokens import (  # noqa: E402
+    TokenSynthesizer,
+    output_token_ids,
+    prompt_token_ids,
+)
+
+__all__ = [
+    "SharedPrefix",
+    "Session",
+    "Step",
+    "TokenSynthesizer",
+    "TraceError",
+    "load_trace",
+    "output_token_ids",
+    "prompt_token_ids",
+    "write_trace",
+]
