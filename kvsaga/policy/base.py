@@ -18,6 +18,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvsaga.errors import InvalidRequest
+
 if TYPE_CHECKING:
     from kvsaga.manager import KVCacheManager
     from kvsaga.session import Session
@@ -50,9 +52,9 @@ class PauseHint:
             or not isinstance(self.expected_s, (int, float))
             or not self.expected_s >= 0
         ):
-            raise ValueError(f"expected_s must be a number >= 0, got {self.expected_s!r}")
+            raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
         if self.tool is not None and not isinstance(self.tool, str):
-            raise ValueError(f"tool must be a str, got {self.tool!r}")
+            raise InvalidRequest(f"tool must be a str, got {self.tool!r}")
 
 
 class EvictionPolicy:

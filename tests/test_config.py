@@ -1,0 +1,57 @@
+import pytest
+
+from kvsaga.config import KVSpec, PoolConfig
+
+
+def test_bytes_per_token_matches_published_figures():
+    # Llama-3.1-8B: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 128 KiB per token.
+    llama8b = KVSpec(num_layers=32, num_kv_heads=8, head_dim=128, dtype="bfloat16")
+    assert llama8b.bytes_per_token == 128 * 1024
+    assert llama8b.bytes_per_block == 16 * 128 * 1024
+    smol = KVSpec(num_layers=30, num_kv_heads=3, head_dim=64, dtype="float16")
+    assert smol.bytes_per_token == 23040
+    assert smol.block_shape == (30, 2, 16, 3, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"num_layers": 0}, "num_layers"),
+        ({"num_kv_heads": -1}, "num_kv_heads"),
+        ({"head_dim": 64.0}, "head_dim"),
+        ({"block_size": True}, "block_size"),
+        ({"dtype": "int8"}, "'int8'"),
+    ],
+)
+def test_kvspec_rejects_bad_values(kwargs, needle):
+    args = {"num_layers": 2, "num_kv_heads": 2, "head_dim": 64} | kwargs
+    with pytest.raises(ValueError, match=needle):
+        KVSpec(**args)
+
+
+def test_pool_config_sizes_tiers():
+    spec = KVSpec(2, 2, 64, "float16", 16)  # 16 KiB... per block: 2*2*2*64*2*16
+    assert spec.bytes_per_block == 16384
+    cfg = PoolConfig(gpu_memory_bytes=10 * 16384 + 5, host_memory_bytes=3 * 16384)
+    assert cfg.num_gpu_blocks(spec) == 10
+    assert cfg.num_host_blocks(spec) == 3
+    frac = PoolConfig(gpu_memory_utilization=0.5)
+    assert frac.num_gpu_blocks(spec, free_device_bytes=40 * 16384) == 20
+    with pytest.raises(ValueError, match="free_device_bytes"):
+        frac.num_gpu_blocks(spec)
+    with pytest.raises(ValueError, match="holds no block"):
+        PoolConfig(gpu_memory_bytes=100).num_gpu_blocks(spec)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"gpu_memory_bytes": 1, "gpu_memory_utilization": 0.5}, "not both"),
+        ({"gpu_memory_utilization": 1.5}, "1.5"),
+        ({"gpu_memory_bytes": -3}, "-3"),
+        ({"host_memory_bytes": -1}, "-1"),
+    ],
+)
+def test_pool_config_rejects_bad_values(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        PoolConfig(**kwargs)

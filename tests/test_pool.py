@@ -1,0 +1,85 @@
+import pytest
+
+from kvsaga.block_queue import BlockQueue
+from kvsaga.errors import InvalidRequest, OutOfBlocks
+from kvsaga.pool import ACTIVE, CACHED, FREE, BlockPool
+
+
+def test_block_queue_order_and_removal():
+    q = BlockQueue(6)
+    for b in (3, 1, 4, 0):
+        q.push(b)
+    q.push_front(5)
+    assert list(q) == [5, 3, 1, 4, 0]
+    q.remove(1)
+    assert 1 not in q and 4 in q
+    assert q.pop() == 5
+    assert q.pop_many(2) == [3, 4]
+    assert list(q) == [0] and len(q) == 1
+    assert q.peek() == 0
+    q.pop()
+    assert q.peek() == -1 and len(q) == 0
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def block_cached(self, b):
+        self.events.append(("cached", b))
+
+    def block_uncached(self, b):
+        self.events.append(("uncached", b))
+
+
+def test_pool_lifecycle_and_observer():
+    pool = BlockPool(4)
+    rec = Recorder()
+    pool.observer = rec
+    a = pool.allocate(3)
+    assert a == [0, 1, 2] and pool.num_free == 1 and pool.num_active == 3
+    pool.ref(a[0])
+    assert not pool.release(a[0], keep=True)  # still referenced
+    assert pool.release(a[0], keep=True)
+    assert pool.state[a[0]] == CACHED and pool.num_cached == 1
+    assert pool.release(a[1], keep=False)
+    assert pool.state[a[1]] == FREE
+    pool.reclaim(a[0])
+    assert pool.state[a[0]] == ACTIVE and pool.refcount[a[0]] == 1
+    pool.release(a[0], keep=True)
+    pool.evict(a[0])
+    assert rec.events == [("cached", 0), ("uncached", 0), ("cached", 0), ("uncached", 0)]
+    pool.check_integrity()
+    # Freed blocks queue behind the never-used one, oldest first.
+    assert pool.allocate(3) == [3, 1, 0]
+    assert pool.generation[0] == 2 and pool.generation[3] == 1
+    pool.check_integrity()
+
+
+def test_pool_allocation_is_all_or_nothing():
+    pool = BlockPool(3)
+    pool.allocate(2)
+    with pytest.raises(OutOfBlocks) as e:
+        pool.allocate(2)
+    assert e.value.needed == 2 and e.value.available == 1
+    assert pool.num_free == 1
+    pool.check_integrity()
+
+
+def test_pool_rejects_bad_size():
+    with pytest.raises(InvalidRequest, match="0"):
+        BlockPool(0)
+
+
+def test_integrity_check_catches_corruption():
+    pool = BlockPool(3)
+    (b,) = pool.allocate(1)
+    pool.refcount[b] = 0  # a reference lost without release
+    with pytest.raises(AssertionError, match=f"active block {b}"):
+        pool.check_integrity()
+    pool = BlockPool(3)
+    b0, b1 = pool.allocate(2)
+    pool.release(b0, keep=False)
+    pool.state[b1] = FREE  # free but not queued
+    with pytest.raises(AssertionError, match=f"block {b1}"):
+        pool.check_integrity()
