@@ -1,0 +1,328 @@
+"""A Llama-class decoder over flat token batches whose K/V live in a kvsaga tier tensor.
+
+Covers llama (Llama 2/3/3.1/3.2, SmolLM, TinyLlama), mistral (within its sliding window) and
+qwen2 (q/k/v bias): RMSNorm, RoPE (default, linear, llama3), GQA, SwiGLU, tied or untied
+embeddings. There is no padding: the batch is one token dimension T, with per-sequence
+boundaries in `AttentionMetadata`. Every layer writes its new K/V with
+`kvsaga.kernels.cache_write` and attends with `kvsaga.kernels.paged_attention`.
+
+Parameters use HF checkpoint names on load (`load_weights`), but q/k/v and gate/up are stored
+fused so that each is one matmul.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kvsaga.engine.attn_metadata import AttentionMetadata
+from kvsaga.engine.model_config import ModelConfig, ModelLoadError
+from kvsaga.engine.rope import apply_rope, rope_cos_sin, rope_inv_freq
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, the reduction in fp32 (as HF Llama does)."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = _empty(size, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, H]
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """GQA self-attention reading and writing one layer of the paged KV cache."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
+        self.scale = cfg.head_dim**-0.5
+        qkv = cfg.q_size + 2 * cfg.kv_size
+        self.qkv_proj = _empty(qkv, cfg.hidden_size, dtype=dtype, device=device)
+        self.qkv_bias = _empty(qkv, dtype=dtype, device=device) if cfg.attention_bias else None
+        self.o_proj = _empty(cfg.hidden_size, cfg.q_size, dtype=dtype, device=device)
+        self.o_bias = (
+            _empty(cfg.hidden_size, dtype=dtype, device=device) if cfg.attention_out_bias else None
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        from kvsaga import kernels
+
+        t = x.shape[0]
+        qkv = F.linear(x, self.qkv_proj, self.qkv_bias)  # [T, q + 2kv]
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = kernels.paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            meta.query_start_loc,
+            self.scale,
+            max_query_len=meta.max_query_len,
+            max_seq_len=meta.max_seq_len,
+        )  # [T, num_heads, head_dim]
+        return F.linear(out.reshape(t, self.q_size), self.o_proj, self.o_bias)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up as one matmul."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.intermediate_size = cfg.intermediate_size
+        self.gate_up_proj = _empty(
+            2 * cfg.intermediate_size, cfg.hidden_size, dtype=dtype, device=device
+        )
+        self.down_proj = _empty(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.gate_up_proj).chunk(2, dim=-1)  # [T, I] each
+        return F.linear(F.silu(gate) * up, self.down_proj)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.attn = Attention(cfg, dtype, device)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.mlp = MLP(cfg, dtype, device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.post_attn_norm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder plus its LM head.
+
+    Args:
+        config: the architecture.
+        dtype: compute and weight dtype (fp32 on CPU; bf16 or fp16 on CUDA).
+        device: where the weights live.
+
+    Parameters are uninitialised until `load_weights` fills them.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        device = torch.device(device)
+        self.config = config
+        self.dtype = dtype
+        self.embed_tokens = _empty(
+            config.vocab_size, config.hidden_size, dtype=dtype, device=device
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, dtype, device) for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.lm_head = (
+            self.embed_tokens
+            if config.tie_word_embeddings
+            else _empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+        )
+        inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
+    def kv_cache_shape(self, num_blocks: int, block_size: int) -> tuple[int, ...]:
+        """Shape of a tier tensor for this model: block-major, see DESIGN.md."""
+        c = self.config
+        return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, c.head_dim)
+
+    @torch.inference_mode()
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Run the decoder over a flat batch, writing its K/V into the cache.
+
+        Args:
+            input_ids: int64 [T].
+            positions: int64 [T]; position of each token in its sequence.
+            kv_cache: [num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim], the
+                tier tensor; written in place at `attn_metadata.slot_mapping`.
+            attn_metadata: sequence boundaries, block tables and slots of the batch.
+
+        Returns:
+            [T, hidden_size] final-normed hidden states in the model dtype.
+        """
+        if kv_cache.dim() != 6 or kv_cache.shape[1] != len(self.layers):
+            raise ValueError(
+                f"kv_cache must be [num_blocks, {len(self.layers)}, 2, block_size, "
+                f"{self.config.num_kv_heads}, {self.config.head_dim}], got {tuple(kv_cache.shape)}"
+            )
+        x = F.embedding(input_ids, self.embed_tokens)  # [T, H]
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, kv_cache[:, i, 0], kv_cache[:, i, 1], attn_metadata)
+        return self.norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Args: hidden [N, hidden_size]. Returns: fp32 logits [N, vocab_size]."""
+        return F.linear(hidden, self.lm_head).float()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Decoder plus LM head on the rows that need logits.
+
+        Args: as `hidden_states`.
+
+        Returns:
+            fp32 [N, vocab_size] logits of the rows `attn_metadata.logits_indices` (all T rows
+            when it is None).
+        """
+        hidden = self.hidden_states(input_ids, positions, kv_cache, attn_metadata)
+        if attn_metadata.logits_indices is not None:
+            hidden = hidden[attn_metadata.logits_indices]
+        return self.compute_logits(hidden)
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors (HF names) into the parameters, converting dtype and device.
+
+        Args:
+            weights: (name, tensor) pairs in HF Llama naming, e.g.
+                `model.layers.0.self_attn.q_proj.weight`, plus the optional `rope_freqs.weight`
+                (llama.cpp's RoPE frequency divisors).
+
+        Raises:
+            ModelLoadError: a tensor whose shape differs from the config, an unknown name, or
+                parameters the checkpoint did not provide.
+        """
+        # Rows of each parameter filled so far (fused ones fill in several pieces).
+        rows = {n: 0 for n, _ in self.named_parameters()}
+        for name, tensor in weights:
+            if name == "rope_freqs.weight":
+                self._set_freq_factors(tensor)
+                continue
+            target = self._target(name)
+            if target is None:
+                if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                    continue  # some checkpoints store the tied head twice
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue  # old checkpoints saved the RoPE buffer
+                raise ModelLoadError(
+                    f"unexpected tensor {name!r} for a {self.config.architecture} model"
+                )
+            param_name, shard = target
+            param = self.get_parameter(param_name)
+            dest = param.data if shard is None else param.data.narrow(0, *shard)
+            if tuple(tensor.shape) != tuple(dest.shape):
+                raise ModelLoadError(
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(dest.shape)} "
+                    "from the model config"
+                )
+            dest.copy_(tensor)
+            rows[param_name] += dest.shape[0]
+        missing = [n for n, p in self.named_parameters() if rows[n] < p.shape[0]]
+        if missing:
+            raise ModelLoadError(f"checkpoint lacks weights for: {sorted(missing)[:8]}")
+
+    def _set_freq_factors(self, factors: torch.Tensor) -> None:
+        c = self.config
+        if tuple(factors.shape) != (c.head_dim // 2,):
+            raise ModelLoadError(
+                f"rope_freqs has shape {tuple(factors.shape)}, expected ({c.head_dim // 2},)"
+            )
+        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, factors)
+        self.inv_freq = inv_freq.to(self.device)
+
+    _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+    def _target(self, name: str) -> tuple[str, tuple[int, int] | None] | None:
+        """Our parameter (and row range of it, for fused ones) holding an HF tensor."""
+        top = {
+            "model.embed_tokens.weight": "embed_tokens",
+            "model.norm.weight": "norm.weight",
+        }
+        if name in top:
+            return top[name], None
+        if name == "lm_head.weight" and not self.config.tie_word_embeddings:
+            return "lm_head", None
+        m = self._LAYER.fullmatch(name)
+        if m is None or int(m.group(1)) >= len(self.layers):
+            return None
+        prefix, rest = f"layers.{m.group(1)}.", m.group(2)
+        c = self.config
+        q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
+        plain = {
+            "input_layernorm.weight": "input_norm.weight",
+            "post_attention_layernorm.weight": "post_attn_norm.weight",
+            "self_attn.o_proj.weight": "attn.o_proj",
+            "mlp.down_proj.weight": "mlp.down_proj",
+        }
+        if c.attention_out_bias:
+            plain["self_attn.o_proj.bias"] = "attn.o_bias"
+        fused = {
+            "self_attn.q_proj.weight": ("attn.qkv_proj", (0, q)),
+            "self_attn.k_proj.weight": ("attn.qkv_proj", (q, kv)),
+            "self_attn.v_proj.weight": ("attn.qkv_proj", (q + kv, kv)),
+            "mlp.gate_proj.weight": ("mlp.gate_up_proj", (0, inter)),
+            "mlp.up_proj.weight": ("mlp.gate_up_proj", (inter, inter)),
+        }
+        if c.attention_bias:
+            fused["self_attn.q_proj.bias"] = ("attn.qkv_bias", (0, q))
+            fused["self_attn.k_proj.bias"] = ("attn.qkv_bias", (q, kv))
+            fused["self_attn.v_proj.bias"] = ("attn.qkv_bias", (q + kv, kv))
+        if rest in plain:
+            return prefix + plain[rest], None
+        if rest in fused:
+            param, shard = fused[rest]
+            return prefix + param, shard
+        return None

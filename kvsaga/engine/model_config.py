@@ -1,0 +1,321 @@
+"""ModelConfig: the architecture of a Llama-class decoder, read from config.json or GGUF.
+
+Both sources are normalised to one frozen dataclass, so the model, the KV cache sizing and the
+scheduler never look at a file format again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvsaga.errors import KVSagaError
+
+# HF `model_type` (or GGUF `general.architecture`) -> our architecture name.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+}
+# RoPE variants the model implements (see kvsaga/engine/rope.py).
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class ModelLoadError(KVSagaError, ValueError):
+    """A model directory or file cannot be loaded: missing, unsupported, or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class RopeScaling:
+    """How RoPE frequencies are rescaled for long context.
+
+    Attributes:
+        rope_type: "default" (none), "linear" (positions / factor) or "llama3" (Llama 3.1's
+            band-wise rescale of the inverse frequencies).
+        factor: the scaling factor; 1.0 for "default".
+        low_freq_factor, high_freq_factor, original_max_position_embeddings: "llama3" only.
+    """
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ModelLoadError(
+                f"unsupported rope scaling type {self.rope_type!r}; "
+                f"supported: {list(SUPPORTED_ROPE_TYPES)}"
+            )
+        if not self.factor > 0:
+            raise ModelLoadError(f"rope scaling factor must be > 0, got {self.factor!r}")
+        if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ModelLoadError(
+                "llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
+                f"{self.high_freq_factor!r} <= {self.low_freq_factor!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Architecture of a Llama-class decoder-only model.
+
+    Attributes:
+        architecture: "llama", "mistral" or "qwen2".
+        vocab_size: rows of the embedding and of the LM head.
+        hidden_size: width of the residual stream.
+        intermediate_size: width of the SwiGLU MLP.
+        num_layers: decoder layers.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (GQA when fewer than `num_heads`).
+        head_dim: width of one head.
+        rms_norm_eps: epsilon of every RMSNorm.
+        rope_theta: RoPE base.
+        rope_scaling: RoPE rescaling; `RopeScaling()` when none.
+        max_position_embeddings: longest context the model supports.
+        tie_word_embeddings: the LM head reuses the embedding matrix.
+        attention_bias: q/k/v projections have a bias (qwen2; llama's `attention_bias`).
+        attention_out_bias: the output projection has a bias (llama's `attention_bias` only).
+        bos_token_id: beginning-of-sequence token, if any.
+        eos_token_ids: every token that ends generation (Llama 3 has several).
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    attention_out_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES.values():
+            raise ModelLoadError(
+                f"unsupported architecture {self.architecture!r}; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES.values())}"
+            )
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ModelLoadError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError(
+                f"num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ModelLoadError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+            raise ModelLoadError(
+                f"rms_norm_eps and rope_theta must be > 0, got {self.rms_norm_eps!r}, "
+                f"{self.rope_theta!r}"
+            )
+
+    @property
+    def q_size(self) -> int:
+        """Width of the query projection's output."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        """Width of the key (and of the value) projection's output."""
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_hf_config(
+        cls, cfg: Mapping[str, Any], generation_cfg: Mapping[str, Any] | None = None
+    ) -> ModelConfig:
+        """Build from a parsed HF `config.json` (and optionally `generation_config.json`).
+
+        Args:
+            cfg: the parsed config.json.
+            generation_cfg: the parsed generation_config.json; its eos ids are merged in.
+
+        Returns:
+            The config.
+
+        Raises:
+            ModelLoadError: unsupported `model_type`, missing or invalid fields.
+        """
+        model_type = cfg.get("model_type")
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            raise ModelLoadError(
+                f"unsupported model_type {model_type!r} in config.json; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        arch = SUPPORTED_ARCHITECTURES[model_type]
+        try:
+            hidden = int(cfg["hidden_size"])
+            num_heads = int(cfg["num_attention_heads"])
+            head_dim = cfg.get("head_dim") or hidden // num_heads
+            max_pos = int(cfg.get("max_position_embeddings", 2048))
+            if arch == "mistral" and cfg.get("sliding_window"):
+                # Within the window, sliding-window attention is full attention: capping the
+                # context at the window keeps this exact without a windowed kernel.
+                max_pos = min(max_pos, int(cfg["sliding_window"]))
+            if arch == "qwen2" and cfg.get("use_sliding_window"):
+                raise ModelLoadError("qwen2 with use_sliding_window=true is not supported")
+            if cfg.get("mlp_bias"):
+                raise ModelLoadError("mlp_bias=true is not supported")
+            if cfg.get("hidden_act", "silu") != "silu":
+                raise ModelLoadError(f"unsupported hidden_act {cfg.get('hidden_act')!r}")
+            llama_bias = bool(cfg.get("attention_bias", False))
+            rope_theta, scaling = _hf_rope(cfg)
+            eos = _as_ids(cfg.get("eos_token_id"))
+            if generation_cfg:
+                eos += tuple(i for i in _as_ids(generation_cfg.get("eos_token_id")) if i not in eos)
+            return cls(
+                architecture=arch,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=num_heads,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+                head_dim=int(head_dim),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=rope_theta,
+                rope_scaling=scaling,
+                max_position_embeddings=max_pos,
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                attention_bias=arch == "qwen2" or llama_bias,
+                attention_out_bias=arch != "qwen2" and llama_bias,
+                bos_token_id=_first_id(cfg.get("bos_token_id")),
+                eos_token_ids=eos,
+            )
+        except KeyError as e:
+            raise ModelLoadError(f"config.json lacks required field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ModelLoadError):
+                raise
+            raise ModelLoadError(f"invalid value in config.json: {e}") from None
+
+    @classmethod
+    def from_gguf_metadata(
+        cls, meta: Mapping[str, Any], tensor_names: set[str], embedding_rows: int | None = None
+    ) -> ModelConfig:
+        """Build from GGUF metadata (llama.cpp key names).
+
+        Args:
+            meta: metadata key -> value (strings decoded, arrays as lists).
+            tensor_names: names of the tensors in the file (decides tied embeddings).
+            embedding_rows: rows of `token_embd.weight`, used when the vocab size is not stored.
+
+        Returns:
+            The config.
+
+        Raises:
+            ModelLoadError: unsupported architecture or missing keys.
+        """
+        arch = meta.get("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ModelLoadError(
+                f"unsupported GGUF architecture {arch!r}; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+
+        def key(name: str, default: Any = KeyError) -> Any:
+            full = f"{arch}.{name}"
+            if full in meta:
+                return meta[full]
+            if default is KeyError:
+                raise ModelLoadError(f"GGUF metadata lacks required key {full!r}")
+            return default
+
+        hidden = int(key("embedding_length"))
+        num_heads = int(key("attention.head_count"))
+        num_kv_heads = key("attention.head_count_kv", num_heads)
+        if isinstance(num_kv_heads, list):  # per-layer counts: only uniform ones are supported
+            if len(set(num_kv_heads)) != 1:
+                raise ModelLoadError(f"per-layer kv head counts {num_kv_heads} are not supported")
+            num_kv_heads = num_kv_heads[0]
+        vocab = key("vocab_size", None)
+        if vocab is None:
+            tokens = meta.get("tokenizer.ggml.tokens")
+            vocab = embedding_rows if embedding_rows is not None else len(tokens or ())
+        scaling = RopeScaling()
+        scaling_type = key("rope.scaling.type", "none")
+        if scaling_type == "linear":
+            scaling = RopeScaling("linear", float(key("rope.scaling.factor")))
+        elif scaling_type not in ("none", None):
+            raise ModelLoadError(f"unsupported GGUF rope scaling type {scaling_type!r}")
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        eot = meta.get("tokenizer.ggml.eot_token_id")
+        eos_ids = tuple(dict.fromkeys(i for i in (eos, eot) if i is not None))
+        return cls(
+            architecture=SUPPORTED_ARCHITECTURES[arch],
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            intermediate_size=int(key("feed_forward_length")),
+            num_layers=int(key("block_count")),
+            num_heads=num_heads,
+            num_kv_heads=int(num_kv_heads),
+            head_dim=int(key("attention.key_length", hidden // num_heads)),
+            rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(key("rope.freq_base", 10000.0)),
+            rope_scaling=scaling,
+            max_position_embeddings=int(key("context_length", 2048)),
+            tie_word_embeddings="output.weight" not in tensor_names,
+            attention_bias="blk.0.attn_q.bias" in tensor_names,
+            attention_out_bias="blk.0.attn_output.bias" in tensor_names,
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+
+def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling]:
+    """(rope_theta, scaling) from either transformers 5's `rope_parameters` or the older
+    `rope_theta` + `rope_scaling` pair."""
+    params = dict(cfg.get("rope_parameters") or {})
+    legacy = dict(cfg.get("rope_scaling") or {})
+    params = {**legacy, **params}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, RopeScaling()
+    factor = float(params.get("factor", 1.0))
+    if rope_type == "linear":
+        return theta, RopeScaling("linear", factor)
+    if rope_type == "llama3":
+        return theta, RopeScaling(
+            "llama3",
+            factor,
+            float(params["low_freq_factor"]),
+            float(params["high_freq_factor"]),
+            int(params["original_max_position_embeddings"]),
+        )
+    return theta, RopeScaling(str(rope_type), factor)  # raises: unsupported type
+
+
+def _as_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),)
+
+
+def _first_id(value: Any) -> int | None:
+    ids = _as_ids(value)
+    return ids[0] if ids else None
