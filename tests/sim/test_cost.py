@@ -1,0 +1,90 @@
+"""Cost model: presets, monotonicity, and magnitudes against published figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs, get_preset
+from kvsaga.sim.registry import UnknownNameError
+
+KIB = 1024
+
+
+def test_presets_and_unknown_name():
+    assert set(PRESETS) == {"a100-llama3-8b", "h100-llama3-8b", "a100-llama3-70b",
+                            "h100-llama3-70b"}
+    with pytest.raises(UnknownNameError, match="unknown preset 'tpu'; known: a100-llama3-70b"):
+        get_preset("tpu")
+
+
+def test_kv_sizes_match_calibration():
+    # [CAL] Llama-3.1-8B 128 KiB per token; Llama-3-70B 320 KiB, split over TP=4 ranks.
+    assert PRESETS["a100-llama3-8b"].kv_bytes_per_token == 128 * KIB
+    assert PRESETS["a100-llama3-8b"].block_bytes == 2 * 1024 * KIB
+    assert PRESETS["h100-llama3-70b"].model.kv_bytes_per_token == 320 * KIB
+    assert PRESETS["h100-llama3-70b"].kv_bytes_per_token == 80 * KIB
+    spec = PRESETS["a100-llama3-70b"].kv_spec
+    assert spec.bytes_per_token == 80 * KIB and spec.block_size == 16
+    for model in PRESETS.values():
+        assert 20e9 < model.default_kv_bytes() < 70e9
+        assert model.num_blocks(model.default_kv_bytes()) > 10_000
+
+
+def test_magnitudes():
+    a100 = PRESETS["a100-llama3-8b"]
+    assert 0.02 <= a100.prefill_time(1_000) <= 0.15  # tens of ms
+    assert 0.006 <= a100.decode_step_time(1, 1_000) <= 0.02  # ~16 GB of weights at ~2 TB/s
+    h100 = PRESETS["h100-llama3-8b"]
+    assert h100.prefill_time(1_000) < a100.prefill_time(1_000) / 2
+    big = PRESETS["a100-llama3-70b"]
+    assert 0.1 <= big.prefill_time(1_000) <= 0.4
+    # A 32K-token 70B context (~10 GiB over 4 GPUs [CAL]) reloads far faster than it prefills.
+    assert big.reload_cost(32_000) < 0.2 < 5 < big.recompute_cost(32_000)
+    assert a100.transfer_time(25e9) == pytest.approx(1.0)  # [CAL] 25 GB/s sustained
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_monotonic(name):
+    m = PRESETS[name]
+    for small, large in [(1, 16), (16, 512), (512, 8_192)]:
+        assert m.prefill_time(small) < m.prefill_time(large)
+        assert m.prefill_time(small, context=1_000) < m.prefill_time(small, context=100_000)
+        assert m.recompute_cost(small) < m.recompute_cost(large)
+        assert m.reload_cost(small) < m.reload_cost(large)
+    for batch in (1, 8, 64):
+        assert m.decode_step_time(batch, batch * 1_000) <= m.decode_step_time(
+            batch + 1, (batch + 1) * 1_000)
+        assert m.decode_step_time(batch, batch * 1_000) < m.decode_step_time(
+            batch, batch * 50_000)
+    base = m.step_time(prefill_tokens=256, prefill_attention_pairs=attention_pairs(256, 0),
+                       decode_batch=16, decode_context_tokens=16_000)
+    assert m.step_time(prefill_tokens=256, prefill_attention_pairs=attention_pairs(256, 0),
+                       decode_batch=16, decode_context_tokens=16_000,
+                       transfer_bytes=100e9) > base  # a load longer than the step shows
+    assert m.step_time(prefill_tokens=256, prefill_attention_pairs=attention_pairs(256, 0),
+                       decode_batch=16, decode_context_tokens=16_000,
+                       transfer_bytes=1e6) == base  # a short one hides under compute
+
+
+def test_batching_amortizes_weights():
+    m = PRESETS["a100-llama3-8b"]
+    assert m.decode_step_time(64, 64_000) < 2 * m.decode_step_time(1, 1_000)
+
+
+def test_attention_pairs():
+    assert attention_pairs(1, 0) == 1
+    assert attention_pairs(3, 0) == 6
+    assert attention_pairs(2, 10) == 23
+
+
+def test_bad_arguments():
+    m = PRESETS["a100-llama3-8b"]
+    with pytest.raises(ValueError, match="prefill_tokens must be a finite number >= 0, got -1"):
+        m.step_time(prefill_tokens=-1)
+    with pytest.raises(ValueError, match="num_bytes"):
+        m.transfer_time(float("inf"))
+    with pytest.raises(ValueError, match="tp=3 must divide num_kv_heads=8"):
+        CostModel("x", m.gpu, m.model, tp=3)
+    with pytest.raises(ValueError, match="flops_efficiency must be in"):
+        CostModel("x", m.gpu, m.model, flops_efficiency=1.5)
+    assert m.step_time() == 0.0
