@@ -71,6 +71,17 @@ class BlockQueue:
         b = self._next[self._sentinel]
         return -1 if b == self._sentinel else b
 
+    def head(self, count: int) -> list[int]:
+        """The `count` oldest blocks (fewer if the queue is shorter), left linked."""
+        nxt, s = self._next, self._sentinel
+        out = []
+        append = out.append
+        b = nxt[s]
+        for _ in range(min(count, self._size)):
+            append(b)
+            b = nxt[b]
+        return out
+
     def pop(self) -> int:
         """Unlink and return the head. The queue must not be empty."""
         nxt, prv, s = self._next, self._prev, self._sentinel

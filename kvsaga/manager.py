@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
 from kvsaga.policy import EvictionPolicy, PauseHint, make_policy
-from kvsaga.pool import ACTIVE, CACHED, BlockPool
+from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
 from kvsaga.session import Session, SessionState
 
@@ -102,7 +102,7 @@ def _check_count(name: str, value: object) -> int:
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
+    if (a if len(a) == n else a[:n]) == (b if len(b) == n else b[:n]):
         return n
     lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
     while hi - lo > 1:
@@ -243,13 +243,7 @@ class KVCacheManager:
 
         # Full-block hits, leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
-        hits: list[int] = []
-        get = self.index.get
-        for h in s.block_hashes[: max_hit // bs]:
-            b = get(h)
-            if b is None:
-                break
-            hits.append(b)
+        hits = self.index.longest_prefix(s.block_hashes, max_hit // bs)
         num_cached = len(hits) * bs
 
         # The session's own partial tail, retained at its pause, if it survived.
@@ -270,13 +264,9 @@ class KVCacheManager:
             elif alive:  # its content no longer extends the context: drop it
                 self._drop(b)
 
-        pool = self.pool
+        self.pool.acquire_many(hits)
         owner = self.block_owner
         for b in hits:
-            if pool.state[b] == ACTIVE:
-                pool.ref(b)
-            else:
-                pool.reclaim(b)
             if owner[b] != session_id:
                 owner[b] = None  # shared by several sessions: plain cache
         s.block_ids = hits
@@ -440,32 +430,35 @@ class KVCacheManager:
 
     def _release_table(self, s: Session, keep_tail: bool) -> None:
         """Drop the step's references, tail first, so that policies see tails go first."""
-        pool, bs = self.pool, self.block_size
+        pool = self.pool
         table = s.block_ids
+        partial = s.num_computed % self.block_size
+        tail = table[-1] if partial and keep_tail else -1
+        pool.release_many(table[::-1], keep_unhashed=tail)
         s.tail = None
-        partial = s.num_computed % bs
-        for i in range(len(table) - 1, -1, -1):
-            b = table[i]
-            is_tail = partial and i == len(table) - 1
-            keep = pool.block_hash[b] is not None or (keep_tail and is_tail)
-            if pool.release(b, keep) and is_tail and keep:
-                s.tail = (b, pool.generation[b], partial)
+        if tail >= 0 and pool.state[tail] == CACHED:
+            s.tail = (tail, pool.generation[tail], partial)
         if not keep_tail:
-            s.num_computed = min(s.num_computed, len(s.block_hashes) * bs)
+            s.num_computed = min(s.num_computed, len(s.block_hashes) * self.block_size)
 
     # -- eviction -------------------------------------------------------------------------
     def _evict(self, num_blocks: int, now: float) -> None:
         victims = self.policy.choose_victims(num_blocks, now)
         state = self.pool.state
         if len(victims) != num_blocks or len(set(victims)) != num_blocks or any(
-            state[b] != CACHED for b in victims
+            [state[b] != CACHED for b in victims]
         ):
             raise RuntimeError(
                 f"policy {self.policy.name!r} named invalid victims {victims} "
                 f"for {num_blocks} blocks"
             )
+        owner = self.block_owner
+        index_remove = self.index.remove
+        for h in self.pool.evict_many(victims):
+            if h is not None:
+                index_remove(h)
         for b in victims:
-            self._drop(b)
+            owner[b] = None
         self._evicted_blocks += num_blocks
 
     def _drop(self, block_id: int) -> None:

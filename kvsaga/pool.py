@@ -105,6 +105,20 @@ class BlockPool:
         self.num_cached -= 1
         self.observer.block_uncached(block_id)
 
+    def acquire_many(self, block_ids: list[int]) -> None:
+        """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
+        ref, state, uncached = self.refcount, self.state, self.observer.block_uncached
+        reclaimed = 0
+        for b in block_ids:
+            if state[b] == ACTIVE:
+                ref[b] += 1
+            else:
+                state[b] = ACTIVE
+                ref[b] = 1
+                reclaimed += 1
+                uncached(b)
+        self.num_cached -= reclaimed
+
     def release(self, block_id: int, keep: bool) -> bool:
         """Drop one reference. At zero the block becomes CACHED if `keep`, else FREE.
 
@@ -125,6 +139,38 @@ class BlockPool:
             self.block_hash[block_id] = None
             self._free.push(block_id)
         return True
+
+    def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
+        """Drop one reference on each block, in order. A block reaching zero becomes CACHED
+        if it holds a hash (or is `keep_unhashed`, a paused session's partial tail), else FREE.
+        """
+        ref, state, block_hash = self.refcount, self.state, self.block_hash
+        cached, push_free = self.observer.block_cached, self._free.push
+        for b in block_ids:
+            r = ref[b] - 1
+            ref[b] = r
+            if r:
+                continue
+            if block_hash[b] is not None or b == keep_unhashed:
+                state[b] = CACHED
+                self.num_cached += 1
+                cached(b)
+            else:
+                state[b] = FREE
+                push_free(b)
+
+    def evict_many(self, block_ids: list[int]) -> list[bytes | None]:
+        """Evict CACHED blocks (oldest first into the free queue); returns their old hashes."""
+        state, block_hash = self.state, self.block_hash
+        uncached, push_free = self.observer.block_uncached, self._free.push
+        hashes = [block_hash[b] for b in block_ids]
+        for b in block_ids:
+            state[b] = FREE
+            block_hash[b] = None
+            push_free(b)
+            uncached(b)
+        self.num_cached -= len(block_ids)
+        return hashes
 
     def evict(self, block_id: int) -> None:
         """A CACHED block loses its content and becomes FREE (the newest in the queue)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
 from collections.abc import Sequence
 
 _sha256 = hashlib.sha256
@@ -37,7 +38,7 @@ class BlockHasher:
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self._pack = struct.Struct(f"<32s{block_size}I").pack
+        self._pack = struct.Struct(f"=32s{block_size}I").pack
 
     def hash_block(self, parent: bytes, block_tokens: Sequence[int]) -> bytes:
         return _sha256(self._pack(parent, *block_tokens)).digest()
@@ -47,11 +48,17 @@ class BlockHasher:
 
         `hashes[i]` is the hash of block i of `token_ids`, chained from `root`.
         """
-        bs, pack = self.block_size, self._pack
+        bs = self.block_size
+        first = len(hashes) * bs
+        if len(token_ids) - first < bs:
+            return
+        # One C pass packs every new token; each block then hashes (parent || 4*bs bytes).
+        buf = array("I", token_ids[first : len(token_ids) // bs * bs]).tobytes()
         parent = hashes[-1] if hashes else root
-        for start in range(len(hashes) * bs, len(token_ids) - bs + 1, bs):
-            parent = _sha256(pack(parent, *token_ids[start : start + bs])).digest()
-            hashes.append(parent)
+        append, step = hashes.append, 4 * bs
+        for off in range(0, len(buf), step):
+            parent = _sha256(parent + buf[off : off + step]).digest()
+            append(parent)
 
 
 class PrefixIndex:
@@ -81,13 +88,13 @@ class PrefixIndex:
     def items(self):
         return self._blocks.items()
 
-    def longest_prefix(self, hashes: Sequence[bytes]) -> list[int]:
-        """Block ids of the longest run of `hashes`, from the first, present in the index."""
+    def longest_prefix(self, hashes: Sequence[bytes], limit: int | None = None) -> list[int]:
+        """Block ids of the longest run of `hashes[:limit]`, from the first, in the index."""
         out: list[int] = []
-        get = self._blocks.get
-        for h in hashes:
-            b = get(h)
+        append, get = out.append, self._blocks.get
+        for i in range(len(hashes) if limit is None else min(limit, len(hashes))):
+            b = get(hashes[i])
             if b is None:
                 break
-            out.append(b)
+            append(b)
         return out

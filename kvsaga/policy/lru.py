@@ -21,6 +21,9 @@ class LRUPolicy(EvictionPolicy):
     def bind(self, manager) -> None:
         super().bind(manager)
         self._order = BlockQueue(manager.num_gpu_blocks)
+        # Hot path: the pool calls these per block; bind them straight to the queue.
+        self.block_cached = self._order.push
+        self.block_uncached = self._order.remove
 
     def block_cached(self, block_id: int) -> None:
         self._order.push(block_id)
@@ -30,12 +33,7 @@ class LRUPolicy(EvictionPolicy):
 
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         # Only name the victims: the manager evicts them, and eviction unlinks them.
-        out = []
-        for b in self._order:
-            if len(out) == num_blocks:
-                break
-            out.append(b)
-        return out
+        return self._order.head(num_blocks)
 
     def eviction_order(self) -> list[int]:
         """Evictable blocks, first victim first (for tests and debugging)."""

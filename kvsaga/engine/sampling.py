@@ -1,0 +1,219 @@
+"""SamplingParams and the batched sampler: greedy, temperature, top-k, top-p, seeds.
+
+Every row of a batch may use different settings. Sampling draws by the exponential race
+(argmax of p / E with E ~ Exp(1), equivalent to drawing from p), which lets seeded rows
+draw their noise from their own `torch.Generator` while the rest of the batch shares one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from kvsaga.errors import InvalidRequest
+
+_EPS = 1e-10  # keeps the exponential noise away from zero
+
+
+@dataclass
+class SamplingParams:
+    """How one request samples and when it stops.
+
+    Attributes:
+        max_tokens: most tokens to generate (>= 1).
+        temperature: 0 for greedy; otherwise logits are divided by it.
+        top_k: keep the k most likely tokens; 0 or -1 keeps all.
+        top_p: keep the smallest set of tokens whose probability reaches top_p (0, 1].
+        seed: makes this request's draws reproducible, independent of the batch it is in.
+        stop: strings that end generation (not included in the output text).
+        stop_token_ids: token ids that end generation, besides EOS.
+        ignore_eos: keep generating past EOS.
+        logprobs: None/False: none; True or 0: the chosen token's logprob; k > 0: also the
+            k most likely tokens'. Logprobs are of the model's distribution before
+            temperature, top-k and top-p.
+        n: completions per prompt (only 1 is supported by the sampler itself; the caller
+            fans out).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: str | Sequence[str] | None = None
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    ignore_eos: bool = False
+    logprobs: bool | int | None = None
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> InvalidRequest:
+            return InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
+
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
+            raise bad("max_tokens", "must be an int")
+        if self.max_tokens < 1:
+            raise bad("max_tokens", "must be >= 1")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise bad("temperature", "must be a number")
+        if not 0.0 <= self.temperature < float("inf"):
+            raise bad("temperature", "must be >= 0 and finite")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
+            raise bad("top_k", "must be an int >= 0 (or -1 for all)")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)):
+            raise bad("top_p", "must be a number")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be in (0, 1]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise bad("seed", "must be an int or None")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop or ())
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", "must be non-empty strings")
+        self.stop_token_ids = tuple(self.stop_token_ids or ())
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "must be non-negative ints")
+        if self.logprobs is not None and not isinstance(self.logprobs, bool):
+            if not isinstance(self.logprobs, int) or self.logprobs < 0:
+                raise bad("logprobs", "must be a bool, None or an int >= 0")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise bad("n", "must be an int >= 1")
+        if self.top_k == -1:
+            self.top_k = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def num_top_logprobs(self) -> int | None:
+        """None: no logprobs; 0: chosen token only; k: chosen plus k alternatives."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        return 0 if self.logprobs is True else int(self.logprobs)
+
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """A generator seeded with `seed` (None when unseeded); keep one per request for its
+        whole life so successive draws continue one stream."""
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed)
+        return g
+
+
+@dataclass
+class SamplerOutput:
+    """What the sampler chose for each row.
+
+    Attributes:
+        token_ids: int64 [B].
+        logprobs: fp32 [B], log-probability of each chosen token (model distribution).
+        top_token_ids: int64 [B, K] or None; the K most likely tokens, K the largest
+            `num_top_logprobs` asked for in the batch (rows asking fewer slice it).
+        top_logprobs: fp32 [B, K] or None.
+    """
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor
+    top_token_ids: torch.Tensor | None = None
+    top_logprobs: torch.Tensor | None = None
+
+
+class Sampler:
+    """Turns a batch of logits into next tokens, each row by its own `SamplingParams`."""
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> SamplerOutput:
+        """Sample one token per row.
+
+        Args:
+            logits: [B, V], any float dtype; not modified.
+            params: B sampling settings, one per row.
+            generators: B generators (None for unseeded rows), from `make_generator`.
+
+        Returns:
+            The chosen tokens and their logprobs.
+
+        Raises:
+            InvalidRequest: params or generators not one per row.
+        """
+        b = logits.shape[0]
+        if len(params) != b or (generators is not None and len(generators) != b):
+            raise InvalidRequest(
+                f"need one SamplingParams (and generator) per logits row: {b} rows, "
+                f"{len(params)} params, {None if generators is None else len(generators)} generators"
+            )
+        logits = logits.float()
+        logprobs_all = torch.log_softmax(logits, dim=-1)  # [B, V]
+        token_ids = logits.argmax(dim=-1)
+        sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if sampled_rows:
+            rows = torch.tensor(sampled_rows, device=logits.device)
+            sub = [params[i] for i in sampled_rows]
+            gens = [generators[i] if generators is not None else None for i in sampled_rows]
+            token_ids[rows] = self._sample(logits[rows], sub, gens)
+        chosen = logprobs_all.gather(1, token_ids[:, None]).squeeze(1)
+        k = max((p.num_top_logprobs or 0) for p in params)
+        top_ids = top_lp = None
+        if k > 0:
+            top_lp, top_ids = logprobs_all.topk(min(k, logits.shape[1]), dim=-1)
+        return SamplerOutput(token_ids, chosen, top_ids, top_lp)
+
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+    ) -> torch.Tensor:
+        # logits: [S, V] fp32, rows that sample.
+        device = logits.device
+        temps = torch.tensor([p.temperature for p in params], device=device)
+        logits = logits / temps[:, None]
+        top_ks = [p.top_k for p in params]
+        top_ps = [p.top_p for p in params]
+        if any(top_ks) or any(p < 1.0 for p in top_ps):
+            logits = _top_k_top_p(logits, top_ks, top_ps)
+        probs = torch.softmax(logits, dim=-1)
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, g in enumerate(generators) if g is None]
+        if unseeded:
+            noise[unseeded] = torch.empty_like(probs[unseeded]).exponential_()
+        for i, g in enumerate(generators):
+            if g is not None:
+                noise[i].exponential_(generator=g)
+        return (probs / noise.clamp_min(_EPS)).argmax(dim=-1)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
+    """Mask (to -inf) tokens outside each row's top-k and top-p set.
+
+    Args:
+        logits: [S, V] fp32, temperature already applied.
+        top_ks: per row; 0 keeps all.
+        top_ps: per row, in (0, 1].
+
+    Returns:
+        [S, V] masked logits.
+    """
+    vocab = logits.shape[1]
+    device = logits.device
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [S, V]
+    k = torch.tensor([t if 0 < t < vocab else vocab for t in top_ks], device=device)
+    rank = torch.arange(vocab, device=device)[None, :]
+    drop = rank >= k[:, None]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    p = torch.tensor(top_ps, device=device)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Mass strictly before each token: a token is kept while that mass is below top_p, so
+    # the most likely token always survives.
+    before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(before >= p[:, None], float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
