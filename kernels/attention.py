@@ -1,0 +1,559 @@
+"""Paged attention in Triton: a split-K decode kernel with its reduce, and a prefill/extend kernel.
+
+Both read K/V one tile of `BLOCK_N` tokens at a time through the block table: token t of a
+sequence lives in block `block_table[t // block_size]` at offset `t % block_size`, so any
+block size works and a tile may span several blocks. Addresses are `block_id * stride_b +
+offset * stride_t + kv_head * stride_h + d` in int64: a tier tensor passes > 2^31 elements.
+
+Decode (one query token per sequence), flash-decoding style: grid (batch, head chunks,
+splits). A program takes one KV head and up to `BLOCK_H` of its query heads (GQA heads share
+each K/V tile; the padded heads feed `tl.dot`'s minimum M of 16) over one partition of the
+context, and writes an unnormalised partial output with its running max and sum; the reduce
+kernel merges a sequence's partitions. Splitting the context lets one long sequence fill the
+GPU; the launcher picks the partition size from the batch and the SM count.
+
+Prefill/extend: grid (batch, query heads, query tiles of `BLOCK_M`). A query tile first runs
+over the keys that every row of it sees (the cached prefix and the new tokens before the
+tile, no causal mask), then over the diagonal with the mask.
+
+Precision: scores, softmax and accumulators are fp32 (exp2 with log2(e) folded into the
+scale). fp16/bf16 tiles go to `tl.dot` as they are (tensor cores); fp32 ones use
+`input_precision="ieee"`, i.e. no tf32, so fp32 matches the reference to ~1e-5. Under
+Triton's interpreter `UPCAST` turns every operand into fp32 first: the interpreter computes
+bf16 arithmetic and bf16 `tl.dot` on raw bits.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .spec import TRITON_TYPES, KernelSpec
+
+HEAD_DIMS = (16, 32, 64, 128, 256)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+# Decode partitions never get shorter than this many tokens: below it the reduce costs
+# more than the parallelism buys.
+_MIN_PARTITION = 256
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Constexprs and launch options of the decode kernels."""
+
+    BLOCK_H: int  # query heads per program (>= 16 for tl.dot)
+    BLOCK_N: int  # tokens per K/V tile
+    num_warps: int
+    num_stages: int
+    reduce_num_warps: int
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Constexprs and launch options of the prefill/extend kernel."""
+
+    BLOCK_M: int  # query tokens per program
+    BLOCK_N: int  # tokens per K/V tile
+    num_warps: int
+    num_stages: int
+
+
+def decode_config(head_dim: int, dtype: torch.dtype) -> DecodeConfig:
+    """The decode kernels' configuration; the launcher and the compile check both use it."""
+    big = head_dim * dtype.itemsize  # bytes of one K row
+    block_n = 64 if big <= 256 else 32
+    return DecodeConfig(
+        BLOCK_H=16,
+        BLOCK_N=block_n,
+        num_warps=4,
+        num_stages=2 if big <= 512 else 1,
+        reduce_num_warps=1 if head_dim <= 64 else 4,
+    )
+
+
+def prefill_config(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
+    """The prefill/extend kernel's configuration; the launcher and the compile check use it."""
+    row = head_dim * dtype.itemsize
+    if row <= 128:
+        return PrefillConfig(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    if row <= 256:
+        return PrefillConfig(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    if row <= 512:
+        return PrefillConfig(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    return PrefillConfig(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+
+
+@triton.jit
+def _load_kv_tile(
+    cache_ptr,
+    block_table_row,
+    tok,
+    tok_mask,
+    d,
+    block_size,
+    kv_head,
+    stride_b,
+    stride_t,
+    stride_h,
+):
+    """[BLOCK_N, HEAD_DIM] rows of tokens `tok` of one sequence, 0 where `tok_mask` is off."""
+    block = tl.load(block_table_row + tok // block_size, mask=tok_mask, other=0).to(tl.int64)
+    row = block * stride_b + (tok % block_size) * stride_t + kv_head * stride_h
+    return tl.load(cache_ptr + row[:, None] + d[None, :], mask=tok_mask[:, None], other=0.0)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _attend_tile(
+    q,
+    acc,
+    m_i,
+    l_i,
+    k_ptr,
+    v_ptr,
+    block_table_row,
+    tok,
+    tok_mask,
+    q_pos,
+    d,
+    block_size,
+    kv_head,
+    scale_log2e,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    CAUSAL: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """One online-softmax step of rows `q` over the K/V tile of tokens `tok`."""
+    k = _load_kv_tile(
+        k_ptr, block_table_row, tok, tok_mask, d, block_size, kv_head, stride_kb, stride_kt,
+        stride_kh,
+    )
+    v = _load_kv_tile(
+        v_ptr, block_table_row, tok, tok_mask, d, block_size, kv_head, stride_vb, stride_vt,
+        stride_vh,
+    )
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = _dot(q, tl.trans(k), IEEE) * scale_log2e  # [rows, BLOCK_N], log2 domain
+    keep = tok_mask[None, :]
+    if CAUSAL:
+        keep = keep & (tok[None, :] <= q_pos[:, None])
+    s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Every row sees at least one key in its first tile, so m_new is finite from then on.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if UPCAST:
+        acc = acc * alpha[:, None] + _dot(p, v, IEEE)
+    else:
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,  # [num_query_tokens, num_heads, HEAD_DIM]
+    k_ptr,  # [num_blocks, block_size, num_kv_heads, HEAD_DIM] (strided)
+    v_ptr,
+    block_tables_ptr,  # int32 [batch, max_blocks_per_seq]
+    seq_lens_ptr,  # int32 [batch]
+    query_start_loc_ptr,  # int32 [batch + 1]
+    part_acc_ptr,  # fp32 [num_query_tokens, num_heads, max_splits, HEAD_DIM]
+    part_ml_ptr,  # fp32 [num_query_tokens, num_heads, max_splits, 2]: running max, sum
+    scale_log2e,
+    num_heads,
+    group_size,
+    block_size,
+    partition_size,
+    max_splits,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_bt,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head_chunk = tl.program_id(1)
+    split = tl.program_id(2)
+    chunks_per_kv = tl.cdiv(group_size, BLOCK_H)
+    kv_head = head_chunk // chunks_per_kv
+    h_in_group = (head_chunk % chunks_per_kv) * BLOCK_H + tl.arange(0, BLOCK_H)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    has_query = tl.load(query_start_loc_ptr + seq + 1) > q_start
+    # Heads past the group, or all of them when the sequence has no query token, are off.
+    h_mask = h_in_group < tl.where(has_query, group_size, 0)
+    heads = kv_head * group_size + h_in_group
+
+    seq_len = tl.load(seq_lens_ptr + seq)
+    split_start = split * partition_size
+    split_end = tl.minimum(split_start + partition_size, seq_len)
+    split_end = tl.where(has_query, split_end, split_start)
+
+    d = tl.arange(0, HEAD_DIM)
+    q_row = q_start.to(tl.int64) * stride_qt + heads * stride_qh
+    q = tl.load(q_ptr + q_row[:, None] + d[None, :], mask=h_mask[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    block_table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(split_start, split_end, BLOCK_N):
+        tok = start + tl.arange(0, BLOCK_N)
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < split_end, tok, d,
+            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
+            stride_vt, stride_vh, False, UPCAST, IEEE,
+        )
+
+    part = (q_start.to(tl.int64) * num_heads + heads) * max_splits + split  # [BLOCK_H]
+    # (scalar & tensor masks have the wrong dtype under the interpreter: fold via tl.where)
+    store = h_in_group < tl.where(split_start < split_end, group_size, 0)
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=store[:, None])
+    tl.store(part_ml_ptr + part * 2, m_i, mask=store)
+    tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=store)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    out_ptr,  # [num_query_tokens, num_heads, HEAD_DIM]
+    part_acc_ptr,
+    part_ml_ptr,
+    seq_lens_ptr,
+    query_start_loc_ptr,
+    num_heads,
+    partition_size,
+    max_splits,
+    stride_ot,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    has_query = tl.load(query_start_loc_ptr + seq + 1) > q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_splits = tl.where(has_query, tl.cdiv(seq_len, partition_size), 0)
+
+    d = tl.arange(0, HEAD_DIM)
+    base = (q_start.to(tl.int64) * num_heads + head) * max_splits
+    m = tl.full([], float("-inf"), tl.float32)
+    l_sum = tl.zeros([], tl.float32)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    for split in range(0, num_splits):
+        m_s = tl.load(part_ml_ptr + (base + split) * 2)
+        l_s = tl.load(part_ml_ptr + (base + split) * 2 + 1)
+        acc_s = tl.load(part_acc_ptr + (base + split) * HEAD_DIM + d)
+        m_new = tl.maximum(m, m_s)
+        a = tl.exp2(m - m_new)
+        b = tl.exp2(m_s - m_new)
+        l_sum = l_sum * a + l_s * b
+        acc = acc * a + acc_s * b
+        m = m_new
+    l_sum = tl.where(l_sum == 0.0, 1.0, l_sum)
+    out = acc / l_sum
+    out_off = q_start.to(tl.int64) * stride_ot + head * stride_oh + d
+    has_out = d < tl.where(num_splits > 0, HEAD_DIM, 0)
+    tl.store(out_ptr + out_off, out.to(out_ptr.dtype.element_ty), mask=has_out)
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr,  # [num_query_tokens, num_heads, HEAD_DIM]
+    k_ptr,  # [num_blocks, block_size, num_kv_heads, HEAD_DIM] (strided)
+    v_ptr,
+    out_ptr,  # [num_query_tokens, num_heads, HEAD_DIM]
+    block_tables_ptr,  # int32 [batch, max_blocks_per_seq]
+    seq_lens_ptr,  # int32 [batch]
+    query_start_loc_ptr,  # int32 [batch + 1]
+    scale_log2e,
+    group_size,
+    block_size,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    m_block = tl.program_id(2)
+    kv_head = head // group_size
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+    prefix_len = seq_len - q_len
+
+    rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < q_len
+    q_pos = prefix_len + rows
+    d = tl.arange(0, HEAD_DIM)
+    tok_row = (q_start + rows).to(tl.int64)
+    q = tl.load(
+        q_ptr + tok_row[:, None] * stride_qt + head * stride_qh + d[None, :],
+        mask=row_mask[:, None],
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    # Keys [0, diag) are visible to every row of the tile; [diag, kv_end) need the mask.
+    has_rows = m_block * BLOCK_M < q_len
+    diag = tl.where(has_rows, prefix_len + m_block * BLOCK_M, 0)
+    kv_end = tl.where(has_rows, tl.minimum(seq_len, prefix_len + (m_block + 1) * BLOCK_M), 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    block_table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(0, diag, BLOCK_N):
+        tok = start + tl.arange(0, BLOCK_N)
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < diag, q_pos, d,
+            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
+            stride_vt, stride_vh, False, UPCAST, IEEE,
+        )
+    for start in range(diag, kv_end, BLOCK_N):
+        tok = start + tl.arange(0, BLOCK_N)
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < kv_end, q_pos, d,
+            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
+            stride_vt, stride_vh, True, UPCAST, IEEE,
+        )
+
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_i[:, None]
+    tl.store(
+        out_ptr + tok_row[:, None] * stride_ot + head * stride_oh + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None],
+    )
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def decode_num_splits(
+    batch: int, num_head_chunks: int, max_seq_len: int, block_n: int, num_sms: int
+) -> tuple[int, int]:
+    """(num_splits, partition_size) so that about 4 programs per SM run.
+
+    The partition is a multiple of `block_n` and at least `_MIN_PARTITION` tokens.
+    """
+    if max_seq_len <= 0:
+        return 1, block_n
+    wanted = max(1, -(-4 * num_sms // max(1, batch * num_head_chunks)))
+    most = max(1, -(-max_seq_len // _MIN_PARTITION))
+    splits = min(wanted, most)
+    partition = -(-max_seq_len // splits)
+    partition = -(-partition // block_n) * block_n
+    return -(-max_seq_len // partition), partition
+
+
+def _check_triton_shapes(query: torch.Tensor, k_cache: torch.Tensor) -> None:
+    head_dim = k_cache.shape[3]
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(
+            f"head_dim {head_dim} is not supported by the Triton kernels (one of {HEAD_DIMS}); "
+            "KVSAGA_KERNELS=torch runs the reference"
+        )
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    *,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Launch paged attention; arguments as `kvsaga.kernels.paged_attention`, checked there.
+
+    Args:
+        num_splits: decode only: force this many context partitions (tests use it to cover
+            the split-K path on small inputs); default: chosen from the SM count.
+
+    Returns:
+        [num_query_tokens, num_heads, head_dim] in query's dtype.
+    """
+    _check_triton_shapes(query, k_cache)
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
+    block_size = k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    batch = block_tables.shape[0]
+    if out is None:
+        out = torch.zeros_like(query)
+    if batch == 0 or num_tokens == 0:
+        return out
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
+    if max_query_len == 0:
+        return out
+    upcast = query.device.type == "cpu"  # Triton's interpreter; see the module docstring
+    ieee = query.dtype == torch.float32
+    scale_log2e = float(scale) * _LOG2E
+    common = dict(
+        stride_qt=query.stride(0),
+        stride_qh=query.stride(1),
+        stride_kb=k_cache.stride(0),
+        stride_kt=k_cache.stride(1),
+        stride_kh=k_cache.stride(2),
+        stride_vb=v_cache.stride(0),
+        stride_vt=v_cache.stride(1),
+        stride_vh=v_cache.stride(2),
+    )
+
+    if max_query_len > 1:
+        cfg = prefill_config(head_dim, query.dtype)
+        grid = (batch, num_heads, triton.cdiv(max_query_len, cfg.BLOCK_M))
+        _prefill_kernel[grid](
+            query, k_cache, v_cache, out, block_tables, seq_lens, query_start_loc,
+            scale_log2e, group, block_size, **common, stride_ot=out.stride(0),
+            stride_oh=out.stride(1), stride_bt=block_tables.stride(0), HEAD_DIM=head_dim,
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, UPCAST=upcast, IEEE=ieee,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return out
+
+    cfg = decode_config(head_dim, query.dtype)
+    head_chunks = num_kv_heads * triton.cdiv(group, cfg.BLOCK_H)
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max())
+    if num_splits is None:
+        num_sms = _num_sms(query.device.index or 0) if query.is_cuda else 1
+        num_splits, partition = decode_num_splits(
+            batch, head_chunks, max_seq_len, cfg.BLOCK_N, num_sms
+        )
+    else:
+        partition = -(-max(1, -(-max_seq_len // num_splits)) // cfg.BLOCK_N) * cfg.BLOCK_N
+        num_splits = max(1, -(-max_seq_len // partition))
+    part_acc = torch.empty(
+        (num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=query.device
+    )
+    part_ml = torch.empty(
+        (num_tokens, num_heads, num_splits, 2), dtype=torch.float32, device=query.device
+    )
+    _decode_split_kernel[(batch, head_chunks, num_splits)](
+        query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_acc, part_ml,
+        scale_log2e, num_heads, group, block_size, partition, num_splits, **common,
+        stride_bt=block_tables.stride(0), HEAD_DIM=head_dim, BLOCK_H=cfg.BLOCK_H,
+        BLOCK_N=cfg.BLOCK_N, UPCAST=upcast, IEEE=ieee, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    _decode_reduce_kernel[(batch, num_heads)](
+        out, part_acc, part_ml, seq_lens, query_start_loc, num_heads, partition, num_splits,
+        out.stride(0), out.stride(1), HEAD_DIM=head_dim, num_warps=cfg.reduce_num_warps,
+    )
+    return out
+
+
+_STRIDES = (
+    "stride_qt", "stride_qh", "stride_kb", "stride_kt", "stride_kh", "stride_vb", "stride_vt",
+    "stride_vh", "stride_ot", "stride_oh",
+)
+
+
+def compile_specs() -> list[KernelSpec]:
+    """Every configuration `paged_attention` can launch on a GPU (see kernels/spec.py)."""
+    specs = []
+    indices = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
+    for dtype in DTYPES:
+        t = TRITON_TYPES[dtype]
+        gpu = {"UPCAST": False, "IEEE": dtype == torch.float32}
+        for head_dim in HEAD_DIMS:
+            tag = f"{t}, head_dim={head_dim}"
+            p = prefill_config(head_dim, dtype)
+            specs.append(
+                KernelSpec(
+                    name=f"prefill[{tag}]",
+                    fn=_prefill_kernel,
+                    pointers={"q_ptr": "*" + t, "k_ptr": "*" + t, "v_ptr": "*" + t,
+                              "out_ptr": "*" + t, **indices},
+                    constexprs={"HEAD_DIM": head_dim, "BLOCK_M": p.BLOCK_M,
+                                "BLOCK_N": p.BLOCK_N, **gpu},
+                    num_warps=p.num_warps,
+                    num_stages=p.num_stages,
+                    floats=("scale_log2e",),
+                    divisible_by_16=("q_ptr", "k_ptr", "v_ptr", "out_ptr", *_STRIDES),
+                )
+            )
+            c = decode_config(head_dim, dtype)
+            parts = {"part_acc_ptr": "*fp32", "part_ml_ptr": "*fp32"}
+            specs.append(
+                KernelSpec(
+                    name=f"decode_split[{tag}]",
+                    fn=_decode_split_kernel,
+                    pointers={"q_ptr": "*" + t, "k_ptr": "*" + t, "v_ptr": "*" + t,
+                              **indices, **parts},
+                    constexprs={"HEAD_DIM": head_dim, "BLOCK_H": c.BLOCK_H,
+                                "BLOCK_N": c.BLOCK_N, **gpu},
+                    num_warps=c.num_warps,
+                    num_stages=c.num_stages,
+                    floats=("scale_log2e",),
+                    divisible_by_16=("q_ptr", "k_ptr", "v_ptr", *parts, *_STRIDES[:8]),
+                )
+            )
+            specs.append(
+                KernelSpec(
+                    name=f"decode_reduce[{tag}]",
+                    fn=_decode_reduce_kernel,
+                    pointers={"out_ptr": "*" + t, **parts, "seq_lens_ptr": "*i32",
+                              "query_start_loc_ptr": "*i32"},
+                    constexprs={"HEAD_DIM": head_dim},
+                    num_warps=c.reduce_num_warps,
+                    num_stages=1,
+                    divisible_by_16=("out_ptr", *parts, "stride_ot", "stride_oh"),
+                )
+            )
+    return specs

@@ -1,0 +1,55 @@
+"""What the ahead-of-time compile check compiles: one `KernelSpec` per launch configuration.
+
+Each Triton kernel module lists, in `compile_specs()`, every configuration its launcher can
+choose, built from the same config functions the launcher calls, so the two cannot drift.
+`kvsaga.kernels.compile_check` compiles them for sm_80 and sm_90. No Triton import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Triton's pointer element type names, by torch dtype.
+TRITON_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.int8: "i8",
+    torch.int16: "i16",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel in one launch configuration.
+
+    Args of the kernel not named in `pointers`, `floats` or `constexprs` are i32 scalars
+    (what Triton's JIT passes for Python ints below 2^31).
+    """
+
+    name: str  # for reports, e.g. "decode_split[bf16, head_dim=128]"
+    fn: Any  # the @triton.jit function
+    pointers: dict[str, str]  # arg -> pointer type, e.g. "*bf16"
+    constexprs: dict[str, Any]
+    num_warps: int
+    num_stages: int
+    floats: tuple[str, ...] = ()
+    # Args the launcher always passes as multiples of 16 (pointers from torch allocations,
+    # strides of rows of >= 16 elements); the JIT specialises on that, so the check does too.
+    divisible_by_16: tuple[str, ...] = field(default_factory=tuple)
+
+    def signature(self) -> dict[str, str]:
+        sig = {}
+        for name in self.fn.arg_names:
+            if name in self.constexprs:
+                sig[name] = "constexpr"
+            elif name in self.pointers:
+                sig[name] = self.pointers[name]
+            else:
+                sig[name] = "fp32" if name in self.floats else "i32"
+        return sig
