@@ -87,9 +87,7 @@ class PoolConfig:
         if self.gpu_memory_utilization is not None:
             u = self.gpu_memory_utilization
             if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
-                raise ValueError(
-                    f"PoolConfig.gpu_memory_utilization must be in (0, 1], got {u!r}"
-                )
+                raise ValueError(f"PoolConfig.gpu_memory_utilization must be in (0, 1], got {u!r}")
         h = self.host_memory_bytes
         if isinstance(h, bool) or not isinstance(h, int) or h < 0:
             raise ValueError(f"PoolConfig.host_memory_bytes must be an int >= 0, got {h!r}")

@@ -83,7 +83,9 @@ def _check_session_id(session_id: object) -> None:
 def _check_token_ids(token_ids: object) -> list[int]:
     """Copy token ids to a list, rejecting anything but ints in [0, 2^32)."""
     if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
-        raise InvalidRequest(f"token_ids must be a sequence of ints, got {type(token_ids).__name__}")
+        raise InvalidRequest(
+            f"token_ids must be a sequence of ints, got {type(token_ids).__name__}"
+        )
     try:
         array("I", token_ids)  # one C pass: type and range of every id
     except (TypeError, OverflowError):
@@ -400,6 +402,37 @@ class KVCacheManager:
         self.policy.step_finished(s, now, hint)
         self._release_table(s, keep_tail=True)
 
+    def pause_hint(
+        self,
+        session_id: str,
+        *,
+        now: float | None = None,
+        tool: str | None = None,
+        expected_s: float | None = None,
+        last_step: bool = False,
+    ) -> None:
+        """Say what a paused session waits on, when it was not known at `finish_step`.
+
+        Raises:
+            UnknownSession; InvalidRequest if the session is running or the hint is bad.
+        """
+        s = self._session(session_id)
+        if s.state is SessionState.RUNNING:
+            raise InvalidRequest(f"session {session_id!r} is running; hint at finish_step")
+        hint = PauseHint(tool, expected_s, bool(last_step))
+        now = self.clock() if now is None else now
+        if last_step:
+            self.end_session(session_id, now=now)
+            return
+        s.hint = hint
+        self.policy.pause_hinted(s, now, hint)
+
+    def resume_hint(self, session_id: str, *, now: float | None = None) -> None:
+        """Say that a paused session's next step is imminent (its tool returned)."""
+        s = self._session(session_id)
+        if s.state is SessionState.PAUSED:
+            self.policy.resume_hinted(s, self.clock() if now is None else now)
+
     def preempt(self, session_id: str, *, now: float | None = None) -> None:
         """Take a running step's blocks back (the engine requeues it and calls begin_step).
 
@@ -445,8 +478,10 @@ class KVCacheManager:
     def _evict(self, num_blocks: int, now: float) -> None:
         victims = self.policy.choose_victims(num_blocks, now)
         state = self.pool.state
-        if len(victims) != num_blocks or len(set(victims)) != num_blocks or any(
-            [state[b] != CACHED for b in victims]
+        if (
+            len(victims) != num_blocks
+            or len(set(victims)) != num_blocks
+            or any([state[b] != CACHED for b in victims])
         ):
             raise RuntimeError(
                 f"policy {self.policy.name!r} named invalid victims {victims} "

@@ -194,7 +194,9 @@ class BlockPool:
             assert not seen[b], f"{self.tier}: block {b} twice in the free queue"
             seen[b] = True
             count += 1
-        assert count == len(self._free), f"{self.tier}: free queue size {len(self._free)} != {count}"
+        assert count == len(self._free), (
+            f"{self.tier}: free queue size {len(self._free)} != {count}"
+        )
         cached = 0
         for b in range(n):
             s, r = self.state[b], self.refcount[b]

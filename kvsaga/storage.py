@@ -26,7 +26,9 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"unsupported KV dtype {name!r}; choose one of {sorted(_DTYPES)}") from None
+        raise ValueError(
+            f"unsupported KV dtype {name!r}; choose one of {sorted(_DTYPES)}"
+        ) from None
 
 
 def free_device_bytes(device: torch.device | str) -> int:

@@ -91,6 +91,12 @@ class EvictionPolicy:
     def step_finished(self, session: Session, now: float, hint: PauseHint) -> None:
         """A step ended; the session pauses (on `hint.tool`) and its blocks became CACHED."""
 
+    def pause_hinted(self, session: Session, now: float, hint: PauseHint) -> None:
+        """A paused session's hint arrived after its step finished (`session.hint` is set)."""
+
+    def resume_hinted(self, session: Session, now: float) -> None:
+        """The engine says a paused session's tool returned: its next step is imminent."""
+
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""
 

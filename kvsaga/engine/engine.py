@@ -1,0 +1,252 @@
+"""LLMEngine: requests in, tokens out; every KV byte lives in the kvsaga pool.
+
+The engine is what an outside serving engine would be: it asks `KVCacheManager` for prefix
+hits and slots exactly through the public API, and runs attention through `kvsaga.kernels`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from kvsaga.config import KVSpec
+from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.loader import load_model
+from kvsaga.engine.request import Request, RequestOutput, RequestStatus
+from kvsaga.engine.runner import ModelRunner
+from kvsaga.engine.sampling import SamplingParams
+from kvsaga.engine.scheduler import Scheduler
+from kvsaga.errors import InvalidRequest
+from kvsaga.manager import KVCacheManager
+from kvsaga.storage import KVStorage, free_device_bytes
+
+_KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DEFAULT_CPU_KV_BYTES = 512 * 2**20
+
+
+class LLMEngine:
+    """Args:
+    model: HF directory, .gguf file, or None for the default SmolLM2-135M-Instruct.
+    device / dtype: where and in what precision to run (defaults: CUDA if present, else CPU;
+        fp32 on CPU, bf16 on CUDA).
+    kv_memory_bytes: GPU-tier budget; default 512 MiB on CPU, 90% of free memory on CUDA.
+    block_size: tokens per KV block.
+    policy: eviction policy name.
+    max_num_seqs / max_num_batched_tokens: batch limits per step.
+    max_model_len: longest context; default the model's.
+    progress: progress bar while loading weights.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        kv_memory_bytes: int | None = None,
+        block_size: int = 16,
+        policy: str = "lru",
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 1024,
+        max_model_len: int | None = None,
+        progress: bool = True,
+        clock=time.monotonic,
+    ) -> None:
+        loaded = load_model(model, dtype=dtype, device=device, progress=progress)
+        self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
+        self.model_path = loaded.path
+        self.device = self.model.device
+        self.dtype = self.model.embed_tokens.dtype
+        cfg = self.config
+        self.spec = KVSpec(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, _KV_DTYPES[self.dtype], block_size
+        )
+        if kv_memory_bytes is None:
+            kv_memory_bytes = (
+                int(free_device_bytes(self.device) * 0.9)
+                if self.device.type == "cuda"
+                else DEFAULT_CPU_KV_BYTES
+            )
+        num_blocks = kv_memory_bytes // self.spec.bytes_per_block
+        if num_blocks < 1:
+            raise InvalidRequest(
+                f"kv_memory_bytes={kv_memory_bytes} holds no KV block of "
+                f"{self.spec.bytes_per_block} bytes"
+            )
+        self.max_model_len = min(
+            max_model_len or cfg.max_position_embeddings, num_blocks * block_size
+        )
+        self.clock = clock
+        self.manager = KVCacheManager(
+            self.spec, num_blocks, policy=policy, clock=clock, max_model_len=self.max_model_len
+        )
+        self.storage = KVStorage(self.spec, num_blocks, self.device)
+        self.runner = ModelRunner(self.model, self.storage.kv, self.manager)
+        self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens)
+        self.requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        session_id: str | None = None,
+        salt: str | None = None,
+        workflow: str = "default",
+        tool: str | None = None,
+        expected_s: float | None = None,
+        last_step: bool = False,
+    ) -> Request:
+        """Queue a request.
+
+        Args:
+            prompt_ids: the whole prompt (for a session step: the full context).
+            session_id: continue this agent session (its cache is kept between steps);
+                None makes a one-shot session that ends with the request.
+            salt: tenant salt for prefix sharing.
+            tool / expected_s / last_step: the pause that follows this step, if known.
+        Raises:
+            InvalidRequest: empty or out-of-vocabulary prompt, a prompt longer than the
+                context limit, a session that already has a request in flight.
+        """
+        params = params or SamplingParams()
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InvalidRequest("the prompt is empty")
+        vocab = self.config.vocab_size
+        bad = next((t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        if len(prompt) >= self.max_model_len:
+            raise InvalidRequest(
+                f"prompt of {len(prompt)} tokens leaves no room to generate within the "
+                f"context limit of {self.max_model_len} tokens"
+            )
+        rid = request_id or f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise InvalidRequest(f"request id {rid!r} is already in flight")
+        owns = session_id is None
+        sid = session_id or f"oneshot-{rid}"
+        if not owns and any(r.session_id == sid for r in self.requests.values()):
+            raise InvalidRequest(f"session {sid!r} already has a request in flight")
+        req = Request(
+            rid,
+            sid,
+            prompt,
+            params,
+            self.clock(),
+            owns,
+            salt,
+            workflow,
+            tool,
+            expected_s,
+            last_step,
+        )
+        req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt)
+        req.generator = params.make_generator(self.device)
+        self.requests[rid] = req
+        self.scheduler.add(req)
+        return req
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now; its step's blocks are released (kept as cache)."""
+        req = self.requests.get(request_id)
+        if req is None or req.finished:
+            return
+        self._finish(req, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- the loop -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one forward pass, sample; returns outputs of requests that moved."""
+        now = self.clock()
+        self.manager.tick(now)
+        chunks = self.scheduler.schedule(now)
+        if not chunks:
+            return []
+        sampled, out = self.runner.run(chunks)
+        if out is None:
+            return []
+        outputs = []
+        token_ids = out.token_ids.tolist()
+        logprobs = out.logprobs.tolist()
+        for row, c in enumerate(sampled):
+            req = c.request
+            outputs.append(self._advance(req, token_ids[row], logprobs[row], out, row, now))
+        return outputs
+
+    def _advance(self, req: Request, tok: int, lp: float, out, row: int, now: float):
+        p = req.params
+        req.output_ids.append(tok)
+        if req.first_token_time is None:
+            req.first_token_time = now
+        if p.num_top_logprobs is not None:
+            req.logprobs.append(lp)
+            k = p.num_top_logprobs
+            if k and out.top_token_ids is not None:
+                ids = out.top_token_ids[row, :k].tolist()
+                lps = out.top_logprobs[row, :k].tolist()
+                req.top_logprobs.append(list(zip(ids, lps, strict=True)))
+        prev_len = len(req.text)
+        req.text += req.detokenizer.add(tok)
+        reason = None
+        if (not p.ignore_eos and tok in self.tokenizer.eos_token_ids) or tok in p.stop_token_ids:
+            reason = "stop"
+        elif p.stop:
+            # Search only where a stop string could newly end.
+            lo = max(0, prev_len - max(len(s) for s in p.stop))
+            hits = [i for s in p.stop if (i := req.text.find(s, lo)) != -1]
+            if hits:
+                req.text = req.text[: min(hits)]
+                reason = "stop"
+        if reason is None and (
+            len(req.output_ids) >= p.max_tokens or len(req.all_token_ids) >= self.max_model_len
+        ):
+            reason = "length"
+        delta = req.text[prev_len:] if len(req.text) >= prev_len else ""
+        if reason is None:
+            self.manager.append_tokens(req.session_id, [tok])
+        else:
+            self._finish(req, reason)
+        return self._output(req, delta, [tok])
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        was_running = req.status is RequestStatus.RUNNING
+        req.status = RequestStatus.FINISHED
+        self.scheduler.remove(req)
+        self.requests.pop(req.request_id, None)
+        mgr = self.manager
+        if req.owns_session or req.last_step:
+            if req.session_id in mgr.sessions:
+                mgr.end_session(req.session_id)
+        elif was_running:
+            mgr.finish_step(req.session_id, tool=req.pause_tool, expected_s=req.pause_expected_s)
+
+    def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:
+        want_lp = req.params.num_top_logprobs is not None
+        return RequestOutput(
+            request_id=req.request_id,
+            session_id=req.session_id,
+            text=req.text,
+            delta=delta,
+            token_ids=list(req.output_ids),
+            finish_reason=req.finish_reason,
+            num_prompt_tokens=len(req.prompt_ids),
+            num_cached_tokens=req.num_cached_tokens or 0,
+            logprobs=list(req.logprobs) if want_lp else None,
+            top_logprobs=list(req.top_logprobs) if want_lp and req.top_logprobs else None,
+            new_token_ids=new_ids,
+        )
+
+    def final_output(self, req: Request) -> RequestOutput:
+        return self._output(req, "", [])

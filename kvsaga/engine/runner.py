@@ -1,0 +1,62 @@
+"""ModelRunner: turns a scheduled batch into one forward pass and samples the next tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from kvsaga.engine.attn_metadata import AttentionMetadata
+from kvsaga.engine.model import LlamaForCausalLM
+from kvsaga.engine.sampling import Sampler, SamplerOutput
+from kvsaga.engine.scheduler import ScheduledChunk
+from kvsaga.manager import KVCacheManager
+
+
+class ModelRunner:
+    """Args:
+    model: the decoder.
+    kv_cache: the GPU tier tensor `[num_blocks, num_layers, 2, block_size, kv_heads, head_dim]`.
+    manager: source of the block tables.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, manager: KVCacheManager):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.manager = manager
+        self.sampler = Sampler()
+        self.device = kv_cache.device
+
+    @torch.inference_mode()
+    def run(
+        self, chunks: list[ScheduledChunk]
+    ) -> tuple[list[ScheduledChunk], SamplerOutput | None]:
+        """One forward pass over every chunk; sample for chunks that complete their context.
+
+        Returns:
+            The chunks that were sampled (in row order of the output) and the sampler output.
+        """
+        input_ids: list[int] = []
+        slots: list[int] = []
+        tables, seq_lens, query_lens, logits_rows = [], [], [], []
+        sampled: list[ScheduledChunk] = []
+        for c in chunks:
+            ctx = c.request.all_token_ids
+            input_ids.extend(ctx[c.start : c.start + c.num_tokens])
+            slots.extend(c.slots)
+            tables.append(self.manager.block_table(c.request.session_id))
+            seq_lens.append(c.start + c.num_tokens)
+            query_lens.append(c.num_tokens)
+            if c.completes_context:
+                logits_rows.append(len(input_ids) - 1)
+                sampled.append(c)
+        meta = AttentionMetadata.build(
+            tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows
+        )
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
+        if not sampled:
+            self.model.hidden_states(ids, meta.positions(), self.kv_cache, meta)
+            return [], None
+        logits = self.model(ids, meta.positions(), self.kv_cache, meta)  # [N, vocab] fp32
+        params = [c.request.params for c in sampled]
+        gens = [c.request.generator for c in sampled]
+        return sampled, self.sampler(logits, params, gens)
