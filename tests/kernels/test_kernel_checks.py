@@ -1,0 +1,157 @@
+"""The dispatcher rejects bad arguments with a typed error naming the argument and value."""
+
+from __future__ import annotations
+
+import kvsaga.kernels as kernels
+import pytest
+import torch
+
+BS, HKV, D, NB = 16, 2, 64, 5
+
+
+@pytest.fixture
+def kv() -> torch.Tensor:
+    return torch.zeros(NB, 2, 2, BS, HKV, D)
+
+
+def _kv_rows(n: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.zeros(n, HKV, D, dtype=dtype)
+
+
+def _slots(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (dict(key=_kv_rows(2, torch.float64)), TypeError, r"key.dtype torch.float64 != k_cache"),
+        (dict(key=_kv_rows(2, torch.float16)), TypeError, r"key.dtype torch.float16 != k_cache"),
+        (dict(key=torch.zeros(2, HKV, D + 1)), ValueError, r"key shape \(2, 2, 65\)"),
+        (dict(value=torch.zeros(2, HKV, 2 * D)[..., ::2]), ValueError, r"value must be contig"),
+        (dict(slot_mapping=_slots(3, 80)), ValueError, r"slot_mapping\[1\] = 80 is out of range"),
+        (dict(slot_mapping=_slots(-2, 0)), ValueError, r"slot_mapping\[0\] = -2"),
+        (dict(slot_mapping=_slots(5, 5)), ValueError, r"slot 5 more than once"),
+        (dict(slot_mapping=_slots(1, 2).int()), TypeError, r"slot_mapping.dtype is torch.int32"),
+        (dict(slot_mapping=_slots(1)), ValueError, r"slot_mapping has 1 entries, expected 2"),
+        (dict(key=torch.zeros(2, HKV, D, device="meta")), ValueError, r"key is on meta"),
+        (dict(key=[[0.0]]), TypeError, r"key must be a torch.Tensor, got list"),
+    ],
+)
+def test_cache_write_rejects(kv, change, error, match):
+    args = dict(key=_kv_rows(2), value=_kv_rows(2), k_cache=kv[:, 0, 0], v_cache=kv[:, 0, 1],
+                slot_mapping=_slots(0, 17))
+    args.update(change)
+    with pytest.raises(error, match=match):
+        kernels.cache_write(**args)
+
+
+def test_cache_write_cache_strides(kv):
+    every_other = torch.zeros(NB, BS, HKV, 2 * D)[..., ::2]  # last-dim stride 2
+    with pytest.raises(ValueError, match=r"k_cache must be contiguous in its last dim"):
+        kernels.cache_write(_kv_rows(1), _kv_rows(1), every_other, every_other, _slots(0))
+
+
+def _attention_args(kv, **change):
+    args = dict(
+        query=torch.zeros(3, 2 * HKV, D),
+        k_cache=kv[:, 1, 0],
+        v_cache=kv[:, 1, 1],
+        block_tables=torch.tensor([[4, 0], [2, -1]], dtype=torch.int32),
+        seq_lens=torch.tensor([20, 3], dtype=torch.int32),
+        query_start_loc=torch.tensor([0, 2, 3], dtype=torch.int32),
+        scale=0.125,
+    )
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (dict(block_tables=torch.tensor([[4, 9], [2, -1]], dtype=torch.int32)), ValueError,
+         r"block_tables\[0, 1\] = 9 is out of range for a cache of 5 blocks"),
+        (dict(block_tables=torch.tensor([[4, -1], [2, -1]], dtype=torch.int32)), ValueError,
+         r"block_tables\[0, 1\] = -1"),
+        (dict(seq_lens=torch.tensor([33, 3], dtype=torch.int32)), ValueError,
+         r"seq_lens\[0\] = 33 must .* fit its block table of 2 blocks"),
+        (dict(seq_lens=torch.tensor([20, 0], dtype=torch.int32)), ValueError,
+         r"seq_lens\[1\] = 0 must be at least its query length 1"),
+        (dict(seq_lens=torch.tensor([20, 3])), TypeError, r"seq_lens.dtype is torch.int64"),
+        (dict(query_start_loc=torch.tensor([0, 2], dtype=torch.int32)), ValueError,
+         r"query_start_loc has 2 entries, expected batch \+ 1 = 3"),
+        (dict(query_start_loc=torch.tensor([0, 2, 4], dtype=torch.int32)), ValueError,
+         r"query_start_loc\[-1\] = 4 exceeds the 3 query tokens"),
+        (dict(query_start_loc=torch.tensor([1, 2, 3], dtype=torch.int32)), ValueError,
+         r"query_start_loc\[0\] = 1"),
+        (dict(query=torch.zeros(3, 3, D)), ValueError,
+         r"num_heads 3 is not a multiple of num_kv_heads 2"),
+        (dict(query=torch.zeros(3, 4, 32)), ValueError, r"query head_dim 32 != k_cache"),
+        (dict(query=torch.zeros(3, 4, D, dtype=torch.float16)), TypeError, r"query.dtype"),
+        (dict(max_query_len=1), ValueError, r"max_query_len = 1 < the longest query 2"),
+        (dict(max_seq_len=19), ValueError, r"max_seq_len = 19 < the longest sequence 20"),
+        (dict(max_seq_len=-1), ValueError, r"max_seq_len must be a non-negative int"),
+        (dict(out=torch.zeros(3, 4, D, dtype=torch.float16)), TypeError, r"out.dtype"),
+        (dict(out=torch.zeros(2, 4, D)), ValueError, r"out shape \(2, 4, 64\)"),
+        (dict(scale="0.1"), TypeError, r"scale must be a float, got str"),
+    ],
+)
+def test_paged_attention_rejects(kv, change, error, match):
+    with pytest.raises(error, match=match):
+        kernels.paged_attention(**_attention_args(kv, **change))
+
+
+def test_paged_attention_accepts_the_baseline(kv):
+    assert kernels.paged_attention(**_attention_args(kv)).shape == (3, 4, D)
+
+
+def test_validate_false_skips_value_checks_only(kv):
+    bad = torch.tensor([[4, 0], [2, -1]], dtype=torch.int32)
+    args = _attention_args(kv, block_tables=bad, max_seq_len=3)  # max_seq_len too small
+    kernels.paged_attention(**args, validate=False)  # values unchecked
+    with pytest.raises(TypeError, match="seq_lens.dtype"):  # metadata still checked
+        kernels.paged_attention(**{**args, "seq_lens": args["seq_lens"].long()}, validate=False)
+
+
+def _ids(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    "src,dst,error,match",
+    [
+        (_ids(0, 1), _ids(2, 5), ValueError, r"dst_block_ids\[1\] = 5 is out of range"),
+        (_ids(-1), _ids(2), ValueError, r"src_block_ids\[0\] = -1 is out of range"),
+        (_ids(0, 1), _ids(2, 2), ValueError, r"dst_block_ids holds block 2 more than once"),
+        (_ids(0, 1), _ids(1, 2), ValueError, r"dst_block_ids\[0\] = 1 is also a source"),
+        (_ids(0, 1), _ids(2), ValueError, r"dst_block_ids has 1 entries, expected 2"),
+        (_ids(0).int(), _ids(2), TypeError, r"src_block_ids.dtype is torch.int32"),
+    ],
+)
+def test_block_copy_rejects(kv, src, dst, error, match):
+    with pytest.raises(error, match=match):
+        kernels.block_copy(kv, src, dst)
+
+
+def test_block_copies_need_contiguous_blocks(kv):
+    with pytest.raises(ValueError, match=r"kv must be contiguous within each block"):
+        kernels.block_copy(kv.transpose(1, 2), _ids(0), _ids(1))
+    with pytest.raises(ValueError, match=r"block_ids\[0\] = 5 is out of range"):
+        kernels.gather_blocks(kv, _ids(5))
+    with pytest.raises(ValueError, match=r"out shape"):
+        kernels.gather_blocks(kv, _ids(1, 2), out=torch.zeros(1, *kv.shape[1:]))
+    with pytest.raises(TypeError, match=r"out.dtype"):
+        kernels.gather_blocks(kv, _ids(1), out=torch.zeros(1, *kv.shape[1:]).half())
+    staging = torch.zeros(2, *kv.shape[1:])
+    with pytest.raises(ValueError, match=r"block_ids holds block 3 more than once"):
+        kernels.scatter_blocks(staging, kv, _ids(3, 3))
+    with pytest.raises(ValueError, match=r"staging must be contiguous"):
+        kernels.scatter_blocks(staging.transpose(1, 2).contiguous().transpose(1, 2), kv, _ids(0, 1))
+
+
+def test_triton_rejects_unsupported_head_dim(triton_device):
+    kv = torch.zeros(3, 1, 2, 16, 1, 96, device=triton_device)
+    rows = torch.zeros(1, 1, 96, device=triton_device)
+    slots = torch.zeros(1, dtype=torch.int64, device=triton_device)
+    with pytest.raises(ValueError, match=r"head_dim 96 is not supported by the Triton kernels"):
+        kernels.cache_write(rows, rows, kv[:, 0, 0], kv[:, 0, 1], slots)
