@@ -1,0 +1,97 @@
+"""Fixtures for the engine tests: the real default model (loaded once), its HF twin, and tiny
+random HF model directories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvsaga.engine.loader import LoadedModel, default_model_path, load_model
+from kvsaga.engine.model_config import ModelLoadError
+
+from .helpers import TINY_VARIANTS, TINY_VOCAB, scale_init, write_byte_tokenizer
+
+if not torch.cuda.is_available():
+    # Triton decides interpreted-or-compiled when `triton.language` is first imported, and
+    # building HF models imports it (through torch) long before the first KVSAGA_KERNELS=triton
+    # call could set this; without a GPU, only the interpreter can run the kernels anyway.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    try:
+        return default_model_path()
+    except ModelLoadError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm(gguf_path: Path) -> LoadedModel:
+    """Our SmolLM2-135M-Instruct in fp32 on CPU."""
+    return load_model(gguf_path, dtype=torch.float32, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm(gguf_path: Path):
+    """(model, tokenizer) loaded by transformers' own GGUF code from the same file."""
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    try:
+        import accelerate  # noqa: F401  (from_pretrained needs it for GGUF)
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except ImportError:
+        # Same transformers GGUF conversion, without accelerate's loading path.
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        config = transformers.AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)
+        model.load_state_dict(parsed["tensors"], strict=False)
+        model.tie_weights()
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Factory: name in TINY_VARIANTS -> an HF directory (config, safetensors, tokenizer),
+    built once per session with transformers and random weights."""
+    transformers = pytest.importorskip("transformers")
+    built: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name in built:
+            return built[name]
+        spec = dict(TINY_VARIANTS[name])
+        model_type = spec.pop("model_type")
+        config_cls = transformers.AutoConfig.for_model(model_type).__class__
+        config = config_cls(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=112,
+            num_hidden_layers=2,
+            max_position_embeddings=spec.pop("max_position_embeddings", 256),
+            rms_norm_eps=1e-5,
+            bos_token_id=0,
+            eos_token_id=1,
+            **spec,
+        )
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        scale_init(model, seed=len(name))
+        model.tie_weights()
+        out = tmp_path_factory.mktemp(name)
+        model.save_pretrained(out, safe_serialization=True)
+        write_byte_tokenizer(out)
+        built[name] = out
+        return out
+
+    return make
