@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
-from kvsaga.policy import EvictionPolicy, PauseHint, make_policy
+from kvsaga.block_queue import BlockQueue
+from kvsaga.policy import Action, EvictionPolicy, PauseHint, make_policy
 from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
 from kvsaga.session import Session, SessionState
@@ -52,6 +53,25 @@ class StepStart:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """Copies the engine must run before its next forward pass, in this order.
+
+    Attributes:
+        offloads: (gpu block, host block) pairs: GPU -> host, for blocks evicted this step.
+            Run first: a GPU block offloaded here may be a load's target below.
+        loads: (host block, gpu block) pairs: host -> GPU, for host hits and prefetches.
+    The transfer engine runs plans in FIFO order on one stream (one thread on CPU), so a
+    host block reused by a later plan is read by every earlier plan first.
+    """
+
+    offloads: list[tuple[int, int]]
+    loads: list[tuple[int, int]]
+
+    def __bool__(self) -> bool:
+        return bool(self.offloads or self.loads)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheStats:
     """A snapshot of the cache. Token counts are cumulative since creation."""
 
@@ -64,6 +84,12 @@ class CacheStats:
     num_evicted_blocks: int
     num_running_sessions: int
     num_paused_sessions: int
+    num_host_blocks: int = 0
+    num_host_cached_blocks: int = 0
+    host_hit_tokens: int = 0
+    offloaded_blocks: int = 0
+    loaded_blocks: int = 0
+    prefetched_blocks: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -73,6 +99,14 @@ class CacheStats:
     def usage(self) -> float:
         """Share of GPU blocks referenced by running steps."""
         return self.num_used_blocks / self.num_gpu_blocks
+
+
+class _QueueObserver:
+    """Keeps a BlockQueue in LRU order of a pool's CACHED blocks (the host tier's order)."""
+
+    def __init__(self, queue: BlockQueue) -> None:
+        self.block_cached = queue.push
+        self.block_uncached = queue.remove
 
 
 def _check_session_id(session_id: object) -> None:
@@ -136,11 +170,29 @@ class KVCacheManager:
         policy: str | EvictionPolicy = "lru",
         clock: Callable[[], float] = time.monotonic,
         max_model_len: int | None = None,
+        num_host_blocks: int = 0,
     ) -> None:
         self.spec = spec
         self.block_size = spec.block_size
         self.pool = BlockPool(num_gpu_blocks, tier="gpu")
-        self.num_host_blocks = 0
+        if isinstance(num_host_blocks, bool) or not isinstance(num_host_blocks, int) or (
+            num_host_blocks < 0
+        ):
+            raise InvalidRequest(f"num_host_blocks must be an int >= 0, got {num_host_blocks!r}")
+        self.num_host_blocks = num_host_blocks
+        # The host tier: clean copies of evicted full blocks, dropped in LRU order.
+        self.host_pool = BlockPool(num_host_blocks, tier="host") if num_host_blocks else None
+        self.host_index = PrefixIndex()
+        self.host_order = BlockQueue(num_host_blocks)
+        if self.host_pool is not None:
+            self.host_pool.observer = _QueueObserver(self.host_order)
+        self._offloads: list[tuple[int, int]] = []
+        self._loads: list[tuple[int, int]] = []
+        self._pinned_host: list[int] = []  # host blocks read or written by the pending plan
+        self._host_hit_tokens = 0
+        self._offloaded_blocks = 0
+        self._loaded_blocks = 0
+        self._prefetched_blocks = 0
         self.index = PrefixIndex()
         self.hasher = BlockHasher(spec.block_size)
         self.clock = clock
@@ -246,6 +298,11 @@ class KVCacheManager:
         # Full-block hits, leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
         hits = self.index.longest_prefix(s.block_hashes, max_hit // bs)
+        self.pool.acquire_many(hits)  # before loads below can evict anything
+        if self.host_pool is not None:
+            loaded = self._load_from_host(s, len(hits), max_hit // bs, now)
+            self._host_hit_tokens += len(loaded) * bs
+            hits += loaded
         num_cached = len(hits) * bs
 
         # The session's own partial tail, retained at its pause, if it survived.
@@ -261,12 +318,12 @@ class KVCacheManager:
             start = self.block_position[b] * bs
             usable = min(ntok, keep - start, max_hit - start)
             if alive and start == num_cached and usable > 0:
+                self.pool.acquire_many([b])
                 hits.append(b)
                 num_cached = start + usable
             elif alive:  # its content no longer extends the context: drop it
                 self._drop(b)
 
-        self.pool.acquire_many(hits)
         owner = self.block_owner
         for b in hits:
             if owner[b] != session_id:
@@ -431,7 +488,9 @@ class KVCacheManager:
         """Say that a paused session's next step is imminent (its tool returned)."""
         s = self._session(session_id)
         if s.state is SessionState.PAUSED:
-            self.policy.resume_hinted(s, self.clock() if now is None else now)
+            now = self.clock() if now is None else now
+            self.policy.resume_hinted(s, now)
+            self.prefetch(session_id, now=now)
 
     def preempt(self, session_id: str, *, now: float | None = None) -> None:
         """Take a running step's blocks back (the engine requeues it and calls begin_step).
@@ -487,6 +546,8 @@ class KVCacheManager:
                 f"policy {self.policy.name!r} named invalid victims {victims} "
                 f"for {num_blocks} blocks"
             )
+        if self.host_pool is not None:
+            self._offload(victims, now)
         owner = self.block_owner
         index_remove = self.index.remove
         for h in self.pool.evict_many(victims):
@@ -495,6 +556,132 @@ class KVCacheManager:
         for b in victims:
             owner[b] = None
         self._evicted_blocks += num_blocks
+
+    # -- host tier ------------------------------------------------------------------------
+    def _offload(self, victims: list[int], now: float) -> None:
+        """Plan GPU -> host copies for the victims the policy wants offloaded."""
+        block_hash, host_index, action = self.pool.block_hash, self.host_index, self.policy.action
+        for b in victims:
+            h = block_hash[b]
+            # Unhashed tails are never reused by anyone else; a clean host copy needs no copy.
+            if h is None or host_index.get(h) is not None or action(b, now) != Action.OFFLOAD:
+                continue
+            hb = self._host_alloc()
+            if hb is None:
+                return  # every host block is pinned by the pending plan
+            host_index.insert(h, hb)
+            self.host_pool.block_hash[hb] = h
+            self._offloads.append((b, hb))
+            self._pinned_host.append(hb)
+            self._offloaded_blocks += 1
+
+    def _host_alloc(self) -> int | None:
+        """A host block for a new copy (it stays pinned until the plan is taken)."""
+        hp = self.host_pool
+        if hp.num_free == 0:
+            if hp.num_cached == 0:
+                return None
+            victim = self.host_order.peek()
+            self.host_index.remove(hp.block_hash[victim])
+            hp.evict(victim)
+        return hp.allocate(1)[0]
+
+    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
+        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds.
+
+        They become the session's (ACTIVE, hashed); host -> GPU copies join the plan.
+        Loads as many as there are free or evictable GPU blocks.
+        """
+        host_get = self.host_index.get
+        found: list[int] = []
+        for i in range(first, limit):
+            hb = host_get(s.block_hashes[i])
+            if hb is None:
+                break
+            found.append(hb)
+        n = min(len(found), self.pool.num_available)
+        if n == 0:
+            return []
+        found = found[:n]
+        self.host_pool.acquire_many(found)  # pinned: evictions below must not reuse them
+        self._pinned_host.extend(found)
+        if n > self.pool.num_free:
+            self._evict(n - self.pool.num_free, now)
+        gpu = self.pool.allocate(n)
+        self._adopt_loaded(s, first, found, gpu)
+        return gpu
+
+    def _adopt_loaded(self, s: Session, first: int, host: list[int], gpu: list[int]) -> None:
+        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
+        for k, b in enumerate(gpu):
+            h = s.block_hashes[first + k]
+            if self.index.insert(h, b):
+                block_hash[b] = h
+            owner[b] = s.session_id
+            position[b] = first + k
+            self._loads.append((host[k], b))
+        self._loaded_blocks += len(gpu)
+
+    def prefetch(
+        self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
+    ) -> int:
+        """Start loading a paused session's offloaded blocks back to the GPU tier.
+
+        Room comes from free blocks, then from evicting others' blocks by the policy; the
+        session's resident blocks are held meanwhile.
+
+        The loaded blocks are CACHED (ranked by the policy) until the session's next
+        `begin_step` hits them; a resume before the copy ends waits for the remainder only,
+        since the engine's forward waits on the plan's transfer.
+
+        Returns:
+            Blocks whose load was planned.
+        """
+        s = self._session(session_id)
+        if self.host_pool is None or s.state is SessionState.RUNNING:
+            return 0
+        bs = self.block_size
+        limit = min(len(s.block_hashes), s.num_computed // bs)
+        get, host_get = self.index.get, self.host_index.get
+        first = 0
+        while first < limit and get(s.block_hashes[first]) is not None:
+            first += 1
+        found: list[int] = []
+        for i in range(first, limit):
+            hb = host_get(s.block_hashes[i])
+            if hb is None:
+                break
+            found.append(hb)
+        if max_blocks is not None:
+            found = found[:max_blocks]
+        if not found:
+            return 0
+        # Hold the session's resident head so that making room cannot evict it.
+        resident = [get(h) for h in s.block_hashes[:first]]
+        self.pool.acquire_many(resident)
+        n = min(len(found), self.pool.num_available)
+        if n > 0:
+            found = found[:n]
+            self.host_pool.acquire_many(found)
+            self._pinned_host.extend(found)
+            if n > self.pool.num_free:
+                self._evict(n - self.pool.num_free, self.clock() if now is None else now)
+            gpu = self.pool.allocate(n)
+            self._adopt_loaded(s, first, found, gpu)
+            resident += gpu
+            self._prefetched_blocks += n
+        self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first
+        return max(n, 0)
+
+    def take_transfers(self) -> TransferPlan:
+        """Hand the pending copies to the engine, which must run them before its next forward
+        pass. Unpins the host blocks they use (later plans run after them, in order)."""
+        plan = TransferPlan(self._offloads, self._loads)
+        self._offloads, self._loads = [], []
+        if self._pinned_host:
+            self.host_pool.release_many(self._pinned_host)
+            self._pinned_host = []
+        return plan
 
     def _drop(self, block_id: int) -> None:
         """Evict one CACHED block: unindex it and return it to the free queue."""
@@ -505,8 +692,14 @@ class KVCacheManager:
         self.block_owner[block_id] = None
 
     def tick(self, now: float | None = None) -> None:
-        """Let the policy expire TTLs and refresh predictions."""
-        self.policy.tick(self.clock() if now is None else now)
+        """Let the policy expire TTLs and refresh predictions, and start the prefetches it
+        asks for (sessions it predicts will resume soon)."""
+        now = self.clock() if now is None else now
+        self.policy.tick(now)
+        if self.host_pool is not None:
+            for sid in self.policy.prefetch_candidates(now):
+                if sid in self.sessions:
+                    self.prefetch(sid, now=now)
 
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> CacheStats:
@@ -522,12 +715,30 @@ class KVCacheManager:
             num_evicted_blocks=self._evicted_blocks,
             num_running_sessions=running,
             num_paused_sessions=len(self.sessions) - running,
+            num_host_blocks=self.num_host_blocks,
+            num_host_cached_blocks=self.host_pool.num_cached if self.host_pool else 0,
+            host_hit_tokens=self._host_hit_tokens,
+            offloaded_blocks=self._offloaded_blocks,
+            loaded_blocks=self._loaded_blocks,
+            prefetched_blocks=self._prefetched_blocks,
         )
 
     def check_integrity(self) -> None:
         """Verify every invariant across pool, index and sessions (for tests)."""
         pool = self.pool
         pool.check_integrity()
+        hp = self.host_pool
+        if hp is not None:
+            hp.check_integrity()
+            for h, b in self.host_index.items():
+                assert hp.block_hash[b] == h, f"host index maps a hash to host block {b}"
+                assert hp.state[b] != 0, f"host index points at free host block {b}"
+            assert sum(1 for h in hp.block_hash if h is not None) == len(self.host_index)
+            pins = [0] * hp.num_blocks
+            for b in self._pinned_host:
+                pins[b] += 1
+            assert pins == hp.refcount, "host refcounts differ from the pending plan's pins"
+            assert len(self.host_order) == hp.num_cached
         for h, b in self.index.items():
             assert pool.block_hash[b] == h, f"index maps a hash to block {b}, which holds another"
             assert pool.state[b] != 0, f"index points at free block {b}"

@@ -102,3 +102,7 @@ class EvictionPolicy:
 
     def tick(self, now: float) -> None:
         """Periodic call from the manager: expire TTLs, refresh predictions."""
+
+    def prefetch_candidates(self, now: float) -> list[str]:
+        """Paused sessions whose offloaded blocks should start loading now (default: none)."""
+        return []

@@ -1,0 +1,86 @@
+"""The manager state machine again, with a host tier: offloads, host hits, prefetches,
+host evictions and transfer plans, checking both tiers after every operation."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import precondition, rule
+
+from kvsaga import KVCacheManager, KVSpec
+from tests.test_manager_stateful import ManagerMachine
+
+
+class OffloadMachine(ManagerMachine):
+    def __init__(self):
+        super().__init__()
+        self.m = KVCacheManager(
+            KVSpec(1, 1, 4, block_size=4), 12, clock=lambda: 0.0, num_host_blocks=6
+        )
+        # Simulated tiers: the content (block hash) each slot holds after executed copies.
+        self.gpu = [None] * 12
+        self.host = [None] * 6
+
+    @rule()
+    def run_transfers(self):
+        plan = self.m.take_transfers()
+        for g, h in plan.offloads:
+            self.host[h] = self.gpu[g]
+        for h, g in plan.loads:
+            self.gpu[g] = self.host[h]
+        # Every host block the index names holds that content, copied from the GPU tier.
+        for hsh, hb in self.m.host_index.items():
+            assert self.host[hb] in (hsh, None), "a host block holds other content"
+
+    @precondition(lambda self: self.m.sessions)
+    @rule(data=st.data())
+    def prefetch(self, data):
+        sid = data.draw(st.sampled_from(sorted(self.m.sessions)))
+        self.m.prefetch(sid, now=self.now)
+
+    @rule()
+    def forward(self):
+        # The engine's forward pass writes K/V of every block a running step holds.
+        for b, h in enumerate(self.m.pool.block_hash):
+            if h is not None and self.m.pool.refcount[b]:
+                self.gpu[b] = h
+
+
+OffloadMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
+TestOffloadStateful = OffloadMachine.TestCase
+
+
+def test_offload_then_host_hit_then_prefetch():
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4, clock=lambda: 0.0, num_host_blocks=4)
+    a = list(range(100, 113))  # 3 full blocks + 1 token
+    m.begin_step("a", a)
+    m.allocate_slots("a", len(a))
+    m.finish_step("a", tool="test")
+    assert m.take_transfers().offloads == []
+    b = list(range(200, 216))
+    m.begin_step("b", b)
+    m.allocate_slots("b", len(b))  # needs all 4 blocks: a's tail then its full blocks go
+    plan = m.take_transfers()
+    assert sorted(g for g, _ in plan.offloads) == [0, 1, 2]  # a's full blocks, copied out
+    assert m.stats().offloaded_blocks == 3
+    m.finish_step("b")
+    m.end_session("b")
+    st_ = m.begin_step("a", a + [7, 7, 7])
+    assert st_.num_cached_tokens == 12  # 3 blocks from the host tier; the tail was dropped
+    plan = m.take_transfers()
+    assert len(plan.loads) == 3 and m.stats().host_hit_tokens == 12
+    m.check_integrity()
+    m.finish_step("a")
+    # Prefetch: push a out again, then load it back before it resumes.
+    m.begin_step("c", list(range(300, 316)))
+    m.allocate_slots("c", 16)
+    m.take_transfers()
+    assert len(m.take_transfers().offloads) == 0  # a's blocks already have host copies
+    m.finish_step("c")
+    m.end_session("c")
+    m.resume_hint("a")  # the tool returned: start loading a's blocks into free GPU blocks
+    plan = m.take_transfers()
+    assert len(plan.loads) >= 1 and m.stats().prefetched_blocks == len(plan.loads)
+    st_ = m.begin_step("a", a + [7, 7])
+    assert st_.num_cached_tokens >= 4 * len(plan.loads)
+    m.check_integrity()
