@@ -27,9 +27,9 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kvsaga.block_queue import BlockQueue
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
-from kvsaga.block_queue import BlockQueue
 from kvsaga.policy import Action, EvictionPolicy, PauseHint, make_policy
 from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
@@ -175,8 +175,10 @@ class KVCacheManager:
         self.spec = spec
         self.block_size = spec.block_size
         self.pool = BlockPool(num_gpu_blocks, tier="gpu")
-        if isinstance(num_host_blocks, bool) or not isinstance(num_host_blocks, int) or (
-            num_host_blocks < 0
+        if (
+            isinstance(num_host_blocks, bool)
+            or not isinstance(num_host_blocks, int)
+            or (num_host_blocks < 0)
         ):
             raise InvalidRequest(f"num_host_blocks must be an int >= 0, got {num_host_blocks!r}")
         self.num_host_blocks = num_host_blocks

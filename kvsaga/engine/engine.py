@@ -22,6 +22,7 @@ from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import KVCacheManager
+from kvsaga.offload import TransferEngine
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -39,6 +40,8 @@ class LLMEngine:
     max_num_seqs / max_num_batched_tokens: batch limits per step.
     max_model_len: longest context; default the model's.
     progress: progress bar while loading weights.
+    host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
+    transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class LLMEngine:
         max_model_len: int | None = None,
         progress: bool = True,
         clock=time.monotonic,
+        host_memory_bytes: int = 0,
+        transfer_delay=None,
     ) -> None:
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
@@ -81,10 +86,20 @@ class LLMEngine:
             max_model_len or cfg.max_position_embeddings, num_blocks * block_size
         )
         self.clock = clock
+        num_host_blocks = host_memory_bytes // self.spec.bytes_per_block
         self.manager = KVCacheManager(
-            self.spec, num_blocks, policy=policy, clock=clock, max_model_len=self.max_model_len
+            self.spec,
+            num_blocks,
+            policy=policy,
+            clock=clock,
+            max_model_len=self.max_model_len,
+            num_host_blocks=num_host_blocks,
         )
         self.storage = KVStorage(self.spec, num_blocks, self.device)
+        self.transfers: TransferEngine | None = None
+        if num_host_blocks:
+            host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
+            self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
         self.runner = ModelRunner(self.model, self.storage.kv, self.manager)
         self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens)
         self.requests: dict[str, Request] = {}
@@ -171,6 +186,10 @@ class LLMEngine:
         now = self.clock()
         self.manager.tick(now)
         chunks = self.scheduler.schedule(now)
+        if self.transfers is not None:
+            # Offloads of this step's evictions, then host hits and prefetches; the forward
+            # below must see the loads (and must not overwrite blocks before they are read).
+            self.transfers.wait(self.transfers.submit(self.manager.take_transfers()))
         if not chunks:
             return []
         sampled, out = self.runner.run(chunks)

@@ -103,3 +103,35 @@ def test_stop_strings_and_max_tokens(model_dir, alone):
     cut = llm.generate(PROMPTS[1], SamplingParams(max_tokens=12, temperature=0, stop=[stop]))[0]
     assert cut.finish_reason == "stop" and stop not in cut.text
     assert full.text.startswith(cut.text)
+
+
+def test_session_offloaded_during_pause_resumes_with_identical_output(model_dir):
+    import random
+    import time
+
+    probe = make_llm(model_dir)
+    bpb = probe.engine.spec.bytes_per_block
+    rng = random.Random(0)
+    llm = make_llm(
+        model_dir,
+        kv_memory_bytes=8 * bpb,
+        host_memory_bytes=16 * bpb,
+        transfer_delay=lambda: time.sleep(rng.random() / 1000),
+    )
+    s = llm.session()
+    s.generate(" ".join(["agent"] * 8), GREEDY)  # ~50 tokens: 3 full blocks
+    s.tool_call("run_tests", expected_s=30.0)
+    # Another session needs the whole GPU tier: the paused session's blocks go to host.
+    other = llm.generate(
+        list(range(60, 180)), SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    )
+    assert other[0].finish_reason == "length"
+    stats = llm.engine.manager.stats()
+    assert stats.offloaded_blocks >= 3
+    b = s.generate(" result ok.", GREEDY)
+    stats = llm.engine.manager.stats()
+    assert stats.loaded_blocks >= 3 and stats.host_hit_tokens >= 48
+    assert b.num_cached_tokens >= 48
+    cold = make_llm(model_dir).generate(s.context_ids[: b.num_prompt_tokens], GREEDY)[0]
+    assert cold.token_ids == b.token_ids
+    llm.engine.manager.check_integrity()

@@ -1,0 +1,163 @@
+"""TransferEngine: runs the manager's transfer plans between the GPU and host tiers.
+
+Plans run in FIFO order on one CUDA copy stream (on CPU: one worker thread), offloads
+before loads within a plan. That order is what makes block reuse safe without locks:
+- a GPU block offloaded by plan k and reused as a load target or written by the forward of
+  step k is read by plan k first (offloads precede loads; the forward waits on plan k);
+- a host block read by plan k and overwritten by plan k+1 is read first (FIFO).
+The engine calls `wait(transfer)` (CPU: blocks; CUDA: makes the compute stream wait on the
+transfer's event, without a host sync) before a forward pass that may read loaded blocks.
+A block being loaded is therefore never read by attention before its copy completes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from kvsaga.manager import TransferPlan
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One plan in flight.
+
+    Attributes:
+        num_offloaded / num_loaded: blocks copied each way.
+        nbytes: bytes moved in total.
+        error: the exception that broke the copy, if any (the plan's blocks are then
+            recomputable: the manager's bookkeeping never depends on a copy's success for
+            correctness of other blocks, and the engine drops the session's cache).
+    """
+
+    num_offloaded: int
+    num_loaded: int
+    nbytes: int
+    submitted_at: float
+    event: object | None = None  # torch.cuda.Event on CUDA
+    _done: threading.Event = field(default_factory=threading.Event)
+    finished_at: float | None = None
+    error: BaseException | None = None
+
+    def done(self) -> bool:
+        if self.event is not None:
+            return bool(self.event.query())
+        return self._done.is_set()
+
+
+class TransferEngine:
+    """Args:
+    gpu_kv: the GPU tier tensor `[num_blocks, ...]` (block-major: one block is contiguous).
+    host_kv: the host tier tensor of the same block shape (pinned on CUDA machines).
+    delay: test hook, called before each copy on the CPU worker (e.g. a random sleep).
+    """
+
+    def __init__(
+        self,
+        gpu_kv: torch.Tensor,
+        host_kv: torch.Tensor,
+        delay: Callable[[], None] | None = None,
+    ) -> None:
+        if gpu_kv.shape[1:] != host_kv.shape[1:] or gpu_kv.dtype != host_kv.dtype:
+            raise ValueError(
+                f"tier tensors differ: gpu {tuple(gpu_kv.shape)} {gpu_kv.dtype}, "
+                f"host {tuple(host_kv.shape)} {host_kv.dtype}"
+            )
+        self.gpu_kv, self.host_kv = gpu_kv, host_kv
+        self.block_bytes = gpu_kv[0].numel() * gpu_kv.element_size()
+        self.cuda = gpu_kv.is_cuda
+        self.delay = delay
+        self.bytes_offloaded = 0
+        self.bytes_loaded = 0
+        self.wait_s = 0.0
+        self._inflight: list[Transfer] = []
+        if self.cuda:
+            self.stream = torch.cuda.Stream(device=gpu_kv.device)
+        else:
+            self._jobs: queue.Queue = queue.Queue()
+            self._worker = threading.Thread(target=self._run_jobs, daemon=True, name="kv-copy")
+            self._worker.start()
+
+    def submit(self, plan: TransferPlan) -> Transfer | None:
+        """Start the plan's copies; returns None for an empty plan."""
+        if not plan:
+            return None
+        t = Transfer(
+            len(plan.offloads),
+            len(plan.loads),
+            (len(plan.offloads) + len(plan.loads)) * self.block_bytes,
+            time.perf_counter(),
+        )
+        self.bytes_offloaded += len(plan.offloads) * self.block_bytes
+        self.bytes_loaded += len(plan.loads) * self.block_bytes
+        if self.cuda:
+            self._submit_cuda(plan, t)
+        else:
+            self._jobs.put((plan, t))
+        self._inflight.append(t)
+        return t
+
+    def _submit_cuda(self, plan: TransferPlan, t: Transfer) -> None:
+        # The copy stream first waits for the compute stream, so that offloads read K/V
+        # that earlier forwards wrote. Each block is one contiguous DMA.
+        self.stream.wait_stream(torch.cuda.current_stream(self.gpu_kv.device))
+        with torch.cuda.stream(self.stream):
+            for g, h in plan.offloads:
+                self.host_kv[h].copy_(self.gpu_kv[g], non_blocking=True)
+            for h, g in plan.loads:
+                self.gpu_kv[g].copy_(self.host_kv[h], non_blocking=True)
+            t.event = torch.cuda.Event()
+            t.event.record(self.stream)
+
+    def _run_jobs(self) -> None:
+        while True:
+            plan, t = self._jobs.get()
+            try:
+                for g, h in plan.offloads:
+                    if self.delay:
+                        self.delay()
+                    self.host_kv[h].copy_(self.gpu_kv[g])
+                for h, g in plan.loads:
+                    if self.delay:
+                        self.delay()
+                    self.gpu_kv[g].copy_(self.host_kv[h])
+            except BaseException as e:  # reported through the transfer, never lost
+                t.error = e
+            t.finished_at = time.perf_counter()
+            t._done.set()
+
+    def wait(self, transfer: Transfer | None) -> None:
+        """Make the next forward pass see the transfer's copies (and everything before it).
+
+        CUDA: the compute stream waits on the event (no host sync). CPU: blocks.
+        Raises:
+            RuntimeError: the copy failed (the caller drops the affected cache).
+        """
+        if transfer is None:
+            return
+        start = time.perf_counter()
+        if self.cuda:
+            torch.cuda.current_stream(self.gpu_kv.device).wait_event(transfer.event)
+        else:
+            transfer._done.wait()
+        self.wait_s += time.perf_counter() - start
+        if transfer.error is not None:
+            raise RuntimeError(f"KV transfer failed: {transfer.error!r}") from transfer.error
+
+    def poll(self) -> list[Transfer]:
+        """Transfers that completed since the last poll."""
+        done = [t for t in self._inflight if t.done()]
+        self._inflight = [t for t in self._inflight if not t.done()]
+        return done
+
+    def wait_all(self) -> None:
+        for t in list(self._inflight):
+            self.wait(t)
+        if self.cuda:
+            self.stream.synchronize()
+        self._inflight.clear()
