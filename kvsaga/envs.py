@@ -22,11 +22,21 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], s
     return read
 
 
+def _string(name: str) -> Callable[[], str | None]:
+    def read() -> str | None:
+        return os.environ.get(name) or None
+
+    return read
+
+
 _VARIABLES: dict[str, Callable[[], Any]] = {
     # Which implementation of the KV kernels runs: "auto" (Triton on CUDA, torch reference
     # on CPU), "triton" (Triton everywhere; on CPU under Triton's interpreter) or "torch"
     # (the torch reference everywhere).
     "KVSAGA_KERNELS": _choice("KVSAGA_KERNELS", "auto", ("auto", "triton", "torch")),
+    # kvsaga-serve: API key(s) that clients must send as `Authorization: Bearer KEY`
+    # (comma-separated for several tenants); unset means no authentication. `--api-key` wins.
+    "KVSAGA_API_KEY": _string("KVSAGA_API_KEY"),
 }
 
 

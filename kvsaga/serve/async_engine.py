@@ -1,0 +1,289 @@
+"""AsyncEngine: the synchronous LLMEngine driven by one thread, fed from asyncio.
+
+`LLMEngine` is not thread-safe, so exactly one thread (the engine thread) ever touches it or
+its manager. Everything else reaches it by submitting a command (a function of the engine)
+to a thread-safe queue; the engine thread runs commands between steps. Tokens flow back per
+request into an asyncio.Queue through `loop.call_soon_threadsafe`.
+
+Invariants:
+- A request's stream gets every output of the request, in order, and ends with one whose
+  `finish_reason` is set, or with an exception.
+- A stream that its consumer leaves early (client disconnect, cancellation) aborts its
+  request, so its blocks go back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.request import RequestOutput
+from kvsaga.engine.sampling import SamplingParams
+
+log = logging.getLogger("kvsaga.serve")
+T = TypeVar("T")
+EngineFactory = Callable[[], LLMEngine]
+
+
+@dataclass
+class EngineSnapshot:
+    """What the metrics endpoint reads: copied on the engine thread after each step."""
+
+    stats: Any = None  # kvsaga.manager.CacheStats
+    num_waiting: int = 0
+    num_running: int = 0
+    num_preemptions: int = 0
+    policy: str = ""
+    block_size: int = 0
+
+
+class RequestAborted(Exception):
+    """The request was aborted (its client went away) before it finished."""
+
+
+class _Stream:
+    """One request's outputs, crossing from the engine thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        # RuntimeError: the loop is closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    """Owns the engine thread.
+
+    Args:
+        engine_or_factory: a ready LLMEngine, or a function that builds one (it runs on the
+            engine thread, so the server can answer 503 while the model loads).
+        idle_wait_s: how long the idle thread sleeps between housekeeping rounds.
+    """
+
+    def __init__(self, engine_or_factory: LLMEngine | EngineFactory, idle_wait_s: float = 0.5):
+        if isinstance(engine_or_factory, LLMEngine):
+            self.engine: LLMEngine | None = engine_or_factory
+            self._factory: EngineFactory | None = None
+        else:
+            self.engine = None
+            self._factory = engine_or_factory
+        self.load_error: BaseException | None = None
+        self.snapshot = EngineSnapshot()
+        self.num_in_flight = 0  # requests submitted and not yet finished (event-loop side)
+        self._idle_wait_s = idle_wait_s
+        self._commands: queue.SimpleQueue[tuple[Callable[[LLMEngine], Any], Any]] = (
+            queue.SimpleQueue()
+        )
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}  # engine thread only
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        """Start the engine thread (it first builds the engine if given a factory)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kvsaga-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; requests still running get an error."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    # -- calls into the engine thread -----------------------------------------------------
+    def _submit(self, fn: Callable[[LLMEngine], T]) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._commands.put((fn, fut))
+        self._wake.set()
+        return fut
+
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run `fn(engine)` on the engine thread between steps; its result or exception."""
+        return await asyncio.wrap_future(self._submit(fn))
+
+    def call_sync(self, fn: Callable[[LLMEngine], T], timeout: float = 30.0) -> T:
+        """`call` for threads other than the event loop's (tests, the CLI)."""
+        return self._submit(fn).result(timeout)
+
+    async def submit(
+        self, prompt_ids: list[int], params: SamplingParams, **request_kwargs: Any
+    ) -> RequestHandle:
+        """Queue a request; its outputs are read from the returned handle.
+
+        Args:
+            prompt_ids: the whole prompt.
+            params: sampling settings.
+            **request_kwargs: passed to `LLMEngine.add_request` (request_id is required;
+                session_id, salt, workflow, tool, expected_s, last_step).
+        Returns:
+            The request's handle. The caller must read it to the end or `abort()` it.
+        Raises:
+            InvalidRequest: what `add_request` raised (nothing was queued).
+        """
+        stream = _Stream(asyncio.get_running_loop())
+        rid: str = request_kwargs["request_id"]
+
+        def add(engine: LLMEngine) -> None:
+            engine.add_request(prompt_ids, params, **request_kwargs)
+            self._streams[rid] = stream  # only once accepted: a rejected one has no stream
+
+        self.num_in_flight += 1
+        try:
+            await self.call(add)
+        except BaseException:
+            self.num_in_flight -= 1
+            raise
+        return RequestHandle(self, rid, stream)
+
+    def abort_request(self, engine: LLMEngine, request_id: str) -> None:
+        """On the engine thread: abort a request and wake its reader."""
+        stream = self._streams.pop(request_id, None)
+        engine.abort(request_id)
+        if stream is not None:
+            stream.put(RequestAborted(request_id))
+
+    # -- the engine thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        if self.engine is None:
+            try:
+                assert self._factory is not None
+                self.engine = self._factory()
+            except BaseException as e:  # reported by /health and 503s; the thread ends
+                log.exception("loading the model failed")
+                self.load_error = e
+                return
+        engine = self.engine
+        self._publish(engine)
+        self._ready.set()
+        while not self._stop.is_set():
+            self._run_commands(engine)
+            if engine.has_unfinished():
+                self._step(engine)
+            else:
+                self._wake.wait(self._idle_wait_s)
+                self._wake.clear()
+                engine.manager.tick()
+            self._publish(engine)
+        self._fail_all(engine, RuntimeError("the server is shutting down"))
+        self._run_commands(engine)
+
+    def _run_commands(self, engine: LLMEngine) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(engine))
+            except BaseException as e:  # handed to the caller; the thread carries on
+                fut.set_exception(e)
+
+    def _step(self, engine: LLMEngine) -> None:
+        try:
+            outputs = engine.step()
+        except Exception as e:
+            # A bug below us; failing every request in flight (and aborting it, so its
+            # blocks are released) keeps the server and the pool consistent.
+            log.exception("engine step failed; aborting every request in flight")
+            self._fail_all(engine, e)
+            return
+        streams = self._streams
+        for out in outputs:
+            stream = streams.get(out.request_id)
+            if stream is None:
+                continue
+            if out.finished:
+                del streams[out.request_id]
+            stream.put(out)
+
+    def _fail_all(self, engine: LLMEngine, error: BaseException) -> None:
+        for rid, stream in list(self._streams.items()):
+            try:
+                engine.abort(rid)
+            except Exception:
+                log.exception("abort of %s failed", rid)
+            stream.put(error)
+        self._streams.clear()
+
+    def _publish(self, engine: LLMEngine) -> None:
+        sched = engine.scheduler
+        self.snapshot = EngineSnapshot(
+            stats=engine.manager.stats(),
+            num_waiting=len(sched.waiting),
+            num_running=len(sched.running),
+            num_preemptions=sched.num_preemptions,
+            policy=engine.manager.policy.name,
+            block_size=engine.manager.block_size,
+        )
+
+
+class RequestHandle:
+    """A submitted request: iterate `outputs()` once; `abort()` at any time (idempotent).
+
+    Args:
+        engine: the AsyncEngine it runs on.
+        request_id: its id in the engine.
+    """
+
+    def __init__(self, engine: AsyncEngine, request_id: str, stream: _Stream) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._stream = stream
+        self.done = False
+
+    def _close(self) -> None:
+        if not self.done:
+            self.done = True
+            self.engine.num_in_flight -= 1
+
+    def abort(self) -> None:
+        """Stop the request; its blocks go back to the pool. No-op once it has finished."""
+        if not self.done:
+            self._close()
+            rid = self.request_id
+            self.engine._submit(lambda e: self.engine.abort_request(e, rid))
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """Yield one RequestOutput per generated token; the last has `finish_reason` set.
+
+        Raises:
+            RequestAborted: `abort()` was called meanwhile.
+            Exception: the engine failed (the request was aborted).
+        """
+        try:
+            while True:
+                item = await self._stream.queue.get()
+                if isinstance(item, BaseException):
+                    self._close()  # the engine thread has already dropped the request
+                    raise item
+                if item.finished:
+                    self._close()
+                yield item
+                if item.finished:
+                    return
+        finally:
+            self.abort()  # consumer left early (disconnect, cancellation)

@@ -1,0 +1,142 @@
+"""`kvsaga-serve`: run the OpenAI-compatible server.
+
+kvsaga-serve                                  # the default model on CPU, 127.0.0.1:8000
+kvsaga-serve --model ./my-llama --port 9000 --policy lru --kv-memory 2G --api-key sk-...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvsaga import envs
+from kvsaga.serve.settings import ServerSettings, parse_bytes
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kvsaga.policy import POLICIES
+
+    d = ServerSettings()
+    p = argparse.ArgumentParser(
+        prog="kvsaga-serve",
+        description="OpenAI-compatible server whose agent sessions keep their KV cache "
+        "across tool calls.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a("--model", default=None,
+      help="HF directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
+    a("--served-model-name", default=None,
+      help="model name clients send and /v1/models lists (default: the model's name)")
+    a("--host", default=d.host, help="address to bind (loopback unless you mean to expose it)")
+    a("--port", type=int, default=d.port, help="TCP port")
+    a("--policy", default=d.policy, choices=sorted(POLICIES), help="KV eviction policy")
+    a("--kv-memory", type=_bytes, default=None,
+      help="KV cache budget, e.g. 2G or 512M (default: 512M on CPU, 90%% of free GPU memory)")
+    a("--host-memory", type=_bytes, default=None,
+      help="pinned host memory for offloaded KV blocks, e.g. 8G (once offload is enabled)")
+    a("--block-size", type=int, default=d.block_size, help="tokens per KV block")
+    a("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    a("--max-num-seqs", type=int, default=d.max_num_seqs, help="most requests per batch")
+    a("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+      help="token budget of one forward pass (chunked prefill)")
+    a("--max-model-len", type=int, default=None,
+      help="longest context in tokens (default: the model's)")
+    a("--api-key", default=None,
+      help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
+      "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
+    a("--max-queue", type=int, default=d.max_queue,
+      help="requests that may wait beyond the running batch; more get 429 + Retry-After")
+    a("--max-body", type=_bytes, default=d.max_body_bytes, help="largest request body (413)")
+    a("--max-tokens-limit", type=int, default=None,
+      help="largest max_tokens a request may ask for (default: the context)")
+    a("--default-max-tokens", type=int, default=d.default_max_tokens,
+      help="max_tokens of requests that set none")
+    a("--session-idle", type=float, default=d.session_idle_s,
+      help="seconds after which a silent session is ended")
+    a("--metrics-compat", default=None, choices=["vllm"],
+      help="also export vLLM's metric names (vllm:num_requests_waiting, ...)")
+    a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+      help="uvicorn's log level")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The ServerSettings that parsed flags (and $KVSAGA_API_KEY) describe."""
+    keys = args.api_key if args.api_key is not None else envs.KVSAGA_API_KEY
+    return ServerSettings(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        kv_memory_bytes=args.kv_memory,
+        host_memory_bytes=args.host_memory,
+        block_size=args.block_size,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        api_keys=tuple(k.strip() for k in (keys or "").split(",") if k.strip()),
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body,
+        max_tokens_limit=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        session_idle_s=args.session_idle,
+        metrics_compat=args.metrics_compat,
+    )
+
+
+def engine_factory(s: ServerSettings):
+    """A function that loads the engine the settings describe (with a progress bar)."""
+
+    def load():
+        from kvsaga.engine.engine import LLMEngine
+
+        return LLMEngine(
+            s.model,
+            device=s.device,
+            kv_memory_bytes=s.kv_memory_bytes,
+            block_size=s.block_size,
+            policy=s.policy,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            max_model_len=s.max_model_len,
+            progress=True,
+        )
+
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except (AssertionError, ValueError) as e:
+        print(f"kvsaga-serve: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from kvsaga.serve.app import build_app, model_name_for
+
+    app = build_app(engine_factory(settings), settings)
+    auth = "API key required" if settings.api_keys else "no auth"
+    print(
+        f"kvsaga-serve: {model_name_for(settings)} at {settings.url} "
+        f"(policy {settings.policy}, {auth}; /health says ok once loaded)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Serving: one chat or text completion from validated request to response or SSE stream.
+
+The pipeline: resolve tenant and session -> tokenize (reusing the session's exact ids) ->
+check limits -> submit to the engine thread -> collect or stream the outputs -> remember the
+session's new context. A client that goes away at any point has its request aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kvsaga.engine.request import RequestOutput
+from kvsaga.engine.sampling import SamplingParams
+from kvsaga.errors import InvalidRequest
+from kvsaga.serve.async_engine import AsyncEngine, RequestAborted, RequestHandle
+from kvsaga.serve.errors import APIError
+from kvsaga.serve.metrics import ServerMetrics
+from kvsaga.serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    _Common,
+    make_usage,
+    new_id,
+    now_s,
+)
+from kvsaga.serve.sessions import SessionContext, SessionRegistry, resolve_session_id, tenant_salt
+from kvsaga.serve.settings import ServerSettings
+
+log = logging.getLogger("kvsaga.serve")
+
+
+@dataclass
+class Prompt:
+    """A prompt ready to submit: its ids, and the text they came from (None for ids)."""
+
+    text: str | None
+    ids: list[int] | None = None
+    add_special_tokens: bool = True
+    param: str = "prompt"
+
+
+class Serving:
+    """Runs completions against one AsyncEngine.
+
+    Args:
+        engine: the engine thread's front.
+        sessions: the server's sessions.
+        metrics: histograms to observe.
+        settings: limits.
+        max_model_len: the engine's context limit.
+        model_name: echoed in responses.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: SessionRegistry,
+        metrics: ServerMetrics,
+        settings: ServerSettings,
+        max_model_len: int,
+        model_name: str,
+    ) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.metrics = metrics
+        self.settings = settings
+        self.max_model_len = max_model_len
+        self.model_name = model_name
+        self.max_in_flight = engine_max_seqs(engine) + settings.max_queue
+
+    # -- preparing ------------------------------------------------------------------------
+    def _params(self, body: _Common, num_prompt: int, requested: int | None) -> SamplingParams:
+        s = self.settings
+        room = self.max_model_len - num_prompt
+        if room < 1:
+            raise APIError(
+                400,
+                f"the prompt has {num_prompt} tokens; this model's context is "
+                f"{self.max_model_len} tokens, which leaves no room to generate",
+                param="messages" if hasattr(body, "messages") else "prompt",
+                code="context_length_exceeded",
+            )
+        if requested is not None:
+            cap = s.max_tokens_limit
+            if cap is not None and requested > cap:
+                raise APIError(400, f"max_tokens={requested} exceeds this server's limit of "
+                               f"{cap}", param="max_tokens")
+            if requested > room:
+                raise APIError(
+                    400,
+                    f"max_tokens={requested} plus the prompt's {num_prompt} tokens exceeds the "
+                    f"context of {self.max_model_len} tokens",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            max_tokens = requested
+        else:
+            max_tokens = min(s.default_max_tokens, room, s.max_tokens_limit or room)
+        if body.n != 1:
+            raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                seed=body.seed,
+                stop=body.stop,
+                ignore_eos=body.ignore_eos,
+            )
+        except InvalidRequest as e:
+            raise APIError(400, str(e)) from None
+
+    def _check_capacity(self) -> None:
+        if self.engine.num_in_flight >= self.max_in_flight:
+            raise APIError(
+                429,
+                f"the server's queue is full ({self.engine.num_in_flight} requests in "
+                "flight); retry later",
+                code="queue_full",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
+
+    # -- running --------------------------------------------------------------------------
+    async def complete(
+        self, request: Request, body: _Common, prompt: Prompt, chat: bool, requested: int | None
+    ) -> JSONResponse | StreamingResponse:
+        """Run one completion; returns the JSON response or the SSE stream.
+
+        Raises:
+            APIError: a limit or a field was violated; nothing is left queued.
+        """
+        arrival = time.monotonic()
+        api_key: str | None = request.scope.get("state", {}).get("api_key")
+        salt = tenant_salt(api_key, body.cache_salt)
+        sid = resolve_session_id(
+            body.session_id, request.headers.get("x-session-id"), body.prompt_cache_key
+        )
+        engine_sid = self.sessions.engine_id(salt, sid) if sid else None
+        ctx = self.sessions.get(engine_sid) if engine_sid else None
+        if ctx is not None and ctx.in_flight is not None:
+            raise APIError(409, f"session {sid!r} already has a request in flight",
+                           param="session_id", code="session_busy")
+        if prompt.ids is not None:
+            ids = prompt.ids
+        else:
+            assert prompt.text is not None
+            ids = self.sessions.encode(ctx, prompt.text, prompt.add_special_tokens)
+        if not ids:
+            raise APIError(400, "the prompt is empty", param=prompt.param)
+        params = self._params(body, len(ids), requested)
+        self._check_capacity()
+        hint = body.kvsaga
+        rid = new_id("chatcmpl" if chat else "cmpl")
+        kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}
+        if engine_sid is not None:
+            kwargs["session_id"] = engine_sid
+            if hint is not None:
+                kwargs.update(tool=hint.tool, expected_s=hint.expected_s, last_step=hint.last_step)
+                if hint.workflow:
+                    kwargs["workflow"] = hint.workflow
+        try:
+            handle = await self.engine.submit(ids, params, **kwargs)
+        except InvalidRequest as e:
+            raise APIError(400, str(e), param=prompt.param) from None
+        if engine_sid is not None:
+            ctx = self.sessions.open(engine_sid)
+            ctx.in_flight = rid
+        run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, bool(hint and hint.last_step),
+                   arrival, chat, rid, sid)
+        headers = {"X-Session-ID": sid} if sid else None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(run.sse(request, include_usage), headers=headers,
+                                     media_type="text/event-stream")
+        return JSONResponse(await run.collect(request), headers=headers)
+
+
+def engine_max_seqs(engine: AsyncEngine) -> int:
+    assert engine.engine is not None
+    return engine.engine.scheduler.max_num_seqs
+
+
+class _Run:
+    """One submitted request: observes latencies, records the session, formats output."""
+
+    def __init__(self, serving: Serving, handle: RequestHandle, ids: list[int],
+                 text: str | None, ctx: SessionContext | None, engine_sid: str | None,
+                 last_step: bool, arrival: float, chat: bool, rid: str, sid: str | None) -> None:
+        self.s = serving
+        self.handle = handle
+        self.ids = ids
+        self.text = text
+        self.ctx = ctx
+        self.engine_sid = engine_sid
+        self.last_step = last_step
+        self.arrival = arrival
+        self.chat = chat
+        self.rid = rid
+        self.sid = sid
+        self.created = now_s()
+        self.last_token_t: float | None = None
+        self.final: RequestOutput | None = None
+
+    async def _outputs(self, request: Request) -> AsyncIterator[RequestOutput]:
+        watcher = asyncio.create_task(_abort_on_disconnect(request, self.handle))
+        m = self.s.metrics
+        try:
+            async for out in self.handle.outputs():
+                t = time.monotonic()
+                if self.last_token_t is None:
+                    m.ttft.observe(t - self.arrival)
+                else:
+                    m.itl.observe(t - self.last_token_t)
+                self.last_token_t = t
+                if out.finished:
+                    self.final = out
+                    m.e2e.observe(t - self.arrival)
+                    self._record(out)
+                yield out
+        finally:
+            watcher.cancel()
+            self.handle.abort()  # no-op when finished
+            self._release()
+
+    def _record(self, out: RequestOutput) -> None:
+        if self.ctx is not None and not self.last_step:
+            self.s.sessions.record(self.ctx, self.ids, self.text, out.token_ids)
+
+    def _release(self) -> None:
+        if self.ctx is not None and self.ctx.in_flight == self.rid:
+            self.ctx.in_flight = None
+        if self.last_step and self.engine_sid is not None:
+            self.s.sessions.drop(self.engine_sid)
+
+    def _usage(self, out: RequestOutput) -> Any:
+        return make_usage(out.num_prompt_tokens, len(out.token_ids), out.num_cached_tokens)
+
+    async def collect(self, request: Request) -> dict:
+        try:
+            async for _ in self._outputs(request):
+                pass
+        except RequestAborted:
+            raise APIError(400, "the request was aborted", code="aborted") from None
+        except Exception as e:
+            log.exception("request %s failed", self.rid)
+            raise APIError(500, f"the engine failed: {type(e).__name__}: {e}") from None
+        out = self.final
+        assert out is not None
+        if self.chat:
+            return ChatCompletion(
+                id=self.rid, created=self.created, model=self.s.model_name,
+                choices=[ChatChoice(message=AssistantMessage(content=out.text),
+                                    finish_reason=out.finish_reason)],
+                usage=self._usage(out),
+            ).model_dump(exclude_none=False)
+        return Completion(
+            id=self.rid, created=self.created, model=self.s.model_name,
+            choices=[CompletionChoice(text=out.text, finish_reason=out.finish_reason)],
+            usage=self._usage(out),
+        ).model_dump()
+
+    def _chunk(self, delta: str | None, finish: str | None, role: bool = False) -> str:
+        if self.chat:
+            obj: Any = ChatCompletionChunk(
+                id=self.rid, created=self.created, model=self.s.model_name,
+                choices=[ChatChunkChoice(
+                    delta=ChatDelta(role="assistant" if role else None, content=delta),
+                    finish_reason=finish)],
+            )
+        else:
+            obj = Completion(
+                id=self.rid, created=self.created, model=self.s.model_name,
+                choices=[CompletionChoice(text=delta or "", finish_reason=finish)],
+            )
+        data = obj.model_dump()
+        if self.chat:  # OpenAI leaves unset delta fields out
+            choice = data["choices"][0]
+            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        return _sse(data)
+
+    async def sse(self, request: Request, include_usage: bool) -> AsyncIterator[str]:
+        """The SSE body: chunks, then a usage chunk if asked, then `data: [DONE]`."""
+        try:
+            if self.chat:
+                yield self._chunk("", None, role=True)
+            async for out in self._outputs(request):
+                if out.delta or out.finished:
+                    yield self._chunk(out.delta if out.delta or not self.chat else None,
+                                      out.finish_reason)
+            if include_usage and self.final is not None:
+                cls = ChatCompletionChunk if self.chat else Completion
+                yield _sse(cls(id=self.rid, created=self.created, model=self.s.model_name,
+                               choices=[], usage=self._usage(self.final)).model_dump())
+        except RequestAborted:
+            return  # the client is gone: nobody to tell
+        except Exception as e:
+            log.exception("request %s failed mid-stream", self.rid)
+            err = APIError(500, f"the engine failed: {type(e).__name__}: {e}")
+            yield _sse(err.body())
+        yield "data: [DONE]\n\n"
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+async def _abort_on_disconnect(request: Request, handle: RequestHandle) -> None:
+    """Wait for the client to go away, then abort its request (releasing its blocks)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handle.abort()
+            return

@@ -1,0 +1,160 @@
+"""Agent sessions as the server sees them: who the tenant is, which session a request
+continues, and the exact token context each session's cache holds.
+
+Tenancy: the tenant is the API key the request authenticated with (hashed, never stored in
+clear) plus its `cache_salt`, if any. The tenant salts the prefix hashes, so two tenants never
+share a cached block, and it namespaces session ids, so one tenant cannot continue or end
+another's session by guessing its id.
+
+Context: each session remembers the prompt ids and output ids of its last step and the text
+they spell. When the next step's prompt text starts with that text, the remembered ids are
+reused and only the new suffix is tokenized, so the cache (which holds exactly those ids)
+serves the whole old context even where re-tokenizing the text would split it differently.
+Otherwise the prompt is tokenized afresh and the manager keeps the longest common prefix.
+
+Everything here runs on the event loop thread; only the engine thread touches the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from kvsaga.engine.tokenizer import Tokenizer
+
+
+def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
+    """The prefix-hash salt of a tenant; None for the anonymous, unsalted tenant.
+
+    Args:
+        api_key: the key the request authenticated with (None when auth is off).
+        cache_salt: the request's `cache_salt` field.
+    Returns:
+        A short digest: the key never reaches the cache or the logs.
+    """
+    if api_key is None and cache_salt is None:
+        return None
+    h = hashlib.sha256()
+    for part in (api_key, cache_salt):
+        h.update(b"\x00" if part is None else b"\x01" + part.encode() + b"\x00")
+    return h.hexdigest()[:32]
+
+
+def resolve_session_id(
+    body_session_id: str | None, header_session_id: str | None, prompt_cache_key: str | None
+) -> str | None:
+    """The session a request names: body `session_id` (also what the openai client's
+    `extra_body` becomes), then the `X-Session-ID` header, then `prompt_cache_key`."""
+    for sid in (body_session_id, header_session_id, prompt_cache_key):
+        if sid:
+            return sid
+    return None
+
+
+@dataclass
+class SessionContext:
+    """What a session's cache holds after its last step.
+
+    Attributes:
+        token_ids: prompt ids + output ids of the last step.
+        text: the text `token_ids` spell (special tokens included), for prefix matching.
+        prompt_len / prompt_text_len: where the prompt ends in each.
+        in_flight: request id of the step now running, if any.
+        last_used: wall-clock (monotonic) time of the last request.
+        num_steps: steps served.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prompt_len: int = 0
+    prompt_text_len: int = 0
+    in_flight: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    num_steps: int = 0
+
+
+class SessionRegistry:
+    """The server's sessions, keyed by engine session id (tenant-namespaced).
+
+    Args:
+        tokenizer: the model's tokenizer.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.sessions: dict[str, SessionContext] = {}
+
+    @staticmethod
+    def engine_id(salt: str | None, session_id: str) -> str:
+        """The id the engine and manager know the session by."""
+        return f"{salt or 'anon'}/{session_id}"
+
+    def get(self, engine_id: str) -> SessionContext | None:
+        return self.sessions.get(engine_id)
+
+    def open(self, engine_id: str) -> SessionContext:
+        ctx = self.sessions.get(engine_id)
+        if ctx is None:
+            ctx = self.sessions[engine_id] = SessionContext()
+        ctx.last_used = time.monotonic()
+        return ctx
+
+    def encode(self, ctx: SessionContext | None, text: str, add_special_tokens: bool) -> list[int]:
+        """Tokenize a prompt, reusing the session's exact ids for the part it already holds.
+
+        Args:
+            ctx: the session (None for a one-shot request).
+            text: the whole prompt text.
+            add_special_tokens: add BOS etc. (raw completions) or not (chat templates).
+        Returns:
+            The prompt's token ids.
+        """
+        tok = self.tokenizer
+        if ctx is not None and ctx.token_ids:
+            candidates = (
+                (ctx.text, ctx.token_ids),
+                (ctx.text[: ctx.prompt_text_len], ctx.token_ids[: ctx.prompt_len]),
+            )
+            for known_text, known_ids in candidates:
+                if known_text and text.startswith(known_text):
+                    rest = text[len(known_text) :]
+                    return known_ids + (tok.encode(rest, add_special_tokens=False) if rest else [])
+        return tok.encode(text, add_special_tokens=add_special_tokens)
+
+    def record(
+        self,
+        ctx: SessionContext,
+        prompt_ids: list[int],
+        prompt_text: str | None,
+        out_ids: list[int],
+    ) -> None:
+        """Remember a finished step's context.
+
+        Args:
+            ctx: the session.
+            prompt_ids: the step's prompt.
+            prompt_text: the text it was encoded from (None for a token-id prompt).
+            out_ids: the generated ids (EOS included: the cache holds it too).
+        """
+        tok = self.tokenizer
+        if prompt_text is None:
+            prompt_text = tok.decode(prompt_ids, skip_special_tokens=False)
+        ctx.token_ids = list(prompt_ids) + list(out_ids)
+        ctx.prompt_len = len(prompt_ids)
+        ctx.prompt_text_len = len(prompt_text)
+        ctx.text = prompt_text + tok.decode(out_ids, skip_special_tokens=False)
+        ctx.last_used = time.monotonic()
+        ctx.num_steps += 1
+
+    def drop(self, engine_id: str) -> SessionContext | None:
+        return self.sessions.pop(engine_id, None)
+
+    def idle(self, idle_s: float, now: float | None = None) -> list[str]:
+        """Sessions with nothing in flight whose last request is older than `idle_s`."""
+        now = time.monotonic() if now is None else now
+        return [
+            sid
+            for sid, ctx in self.sessions.items()
+            if ctx.in_flight is None and now - ctx.last_used > idle_s
+        ]

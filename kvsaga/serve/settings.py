@@ -1,0 +1,94 @@
+"""ServerSettings: every knob of kvsaga-serve, in one frozen dataclass.
+
+The CLI builds it from flags (each attribute docstring below is that flag's help text);
+tests build it directly. The engine's own knobs are passed through to `LLMEngine`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a memory size: plain bytes or a K/M/G/T suffix (binary: 1K = 1024).
+
+    Args:
+        text: e.g. "4G", "512M", "1.5GiB", "1048576".
+    Returns:
+        The size in bytes.
+    Raises:
+        ValueError: not a size.
+    """
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Configuration of one kvsaga-serve instance."""
+
+    model: str | None = None
+    """HF directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)."""
+    served_model_name: str | None = None
+    """Model name that clients send and /v1/models lists (default: the model's folder or
+    file name)."""
+    host: str = "127.0.0.1"
+    """Address to bind; loopback by default so that nothing is exposed by accident."""
+    port: int = 8000
+    """TCP port."""
+    policy: str = "lru"
+    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES)."""
+    kv_memory_bytes: int | None = None
+    """KV cache budget on the device (default: 512M on CPU, 90% of free memory on CUDA)."""
+    host_memory_bytes: int | None = None
+    """Pinned host memory for offloaded KV blocks (used once the offload tier is enabled)."""
+    block_size: int = 16
+    """Tokens per KV block."""
+    device: str | None = None
+    """cpu or cuda (default: cuda if available)."""
+    max_num_seqs: int = 64
+    """Most requests decoded together in one step."""
+    max_num_batched_tokens: int = 1024
+    """Token budget of one forward pass (longer prompts are prefilled in chunks)."""
+    max_model_len: int | None = None
+    """Longest context in tokens (default: the model's, bounded by the KV budget)."""
+    api_keys: tuple[str, ...] = ()
+    """Keys accepted as `Authorization: Bearer KEY`; empty: no authentication. Each key is
+    its own tenant: its prefix cache and sessions are invisible to the others."""
+    max_queue: int = 256
+    """Requests that may wait beyond the running batch; past it the server answers 429."""
+    max_body_bytes: int = 8 * 2**20
+    """Largest request body accepted (413 beyond)."""
+    max_tokens_limit: int | None = None
+    """Largest `max_tokens` a request may ask for (default: the context limit)."""
+    default_max_tokens: int = 256
+    """`max_tokens` of a request that sets none (bounded by the room left in the context)."""
+    session_idle_s: float = 1800.0
+    """A session that sends nothing for this long is ended (its blocks become plain cache)."""
+    metrics_compat: str | None = None
+    """Also export the metric names that existing routers read: "vllm"."""
+    retry_after_s: int = 1
+    """Retry-After sent with 429 responses, in seconds."""
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.port < 65536, f"port {self.port} out of range"
+        assert self.block_size >= 1, f"block_size {self.block_size} must be >= 1"
+        assert self.max_queue >= 0, f"max_queue {self.max_queue} must be >= 0"
+        assert self.max_body_bytes >= 1024, f"max_body_bytes {self.max_body_bytes} < 1024"
+        assert self.default_max_tokens >= 1, "default_max_tokens must be >= 1"
+        assert self.session_idle_s > 0, f"session_idle_s {self.session_idle_s} must be > 0"
+        assert self.metrics_compat in (None, "vllm"), (
+            f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known"
+        )
+        assert all(k for k in self.api_keys), "api keys must be non-empty"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"

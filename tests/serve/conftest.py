@@ -1,0 +1,112 @@
+"""Fixtures for the server tests: live kvsaga-serve instances on free loopback ports, each
+running a tiny random model, and the official openai client pointed at them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+
+from kvsaga.engine.engine import LLMEngine
+from kvsaga.serve.app import build_app
+from kvsaga.serve.settings import ServerSettings
+
+TINY = "llama_gqa4_untied"  # max_position_embeddings 256
+MODEL = "tiny"
+
+
+class LiveServer:
+    """A uvicorn server running `app` in a thread, on a port the OS picked on 127.0.0.1."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    def client(self, api_key: str = "none", **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60, **kwargs
+        )
+
+    def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run fn(engine) on the engine thread (the only thread that may touch it)."""
+        return self.app.state.engine.call_sync(fn)
+
+    def wait_idle(self, timeout: float = 20.0) -> None:
+        """Until nothing runs or waits and no block is referenced; then check integrity."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy, used = self.call(
+                lambda e: (e.has_unfinished(), e.manager.stats().num_used_blocks)
+            )
+            if not busy and used == 0:
+                break
+            assert time.monotonic() < deadline, f"still busy={busy}, {used} blocks referenced"
+            time.sleep(0.05)
+        self.call(lambda e: e.manager.check_integrity())
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")
+    from tests.helpers_models import build_tiny_model
+
+    return build_tiny_model(TINY, tmp_path_factory.mktemp("serve-tiny"))
+
+
+def make_engine(path: Path, **kwargs: Any) -> LLMEngine:
+    kwargs.setdefault("kv_memory_bytes", 4 * 2**20)
+    return LLMEngine(path, device="cpu", progress=False, **kwargs)
+
+
+def settings(**kwargs: Any) -> ServerSettings:
+    kwargs.setdefault("served_model_name", MODEL)
+    return ServerSettings(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_dir: Path) -> Iterator[LiveServer]:
+    """No auth; vLLM metric names on."""
+    app = build_app(make_engine(tiny_dir, max_num_seqs=8), settings(metrics_compat="vllm"))
+    with LiveServer(app) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def auth_server(tiny_dir: Path) -> Iterator[LiveServer]:
+    """Two API keys: two tenants."""
+    app = build_app(make_engine(tiny_dir), settings(api_keys=("key-a", "key-b")))
+    with LiveServer(app) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server: LiveServer) -> openai.OpenAI:
+    return server.client()
