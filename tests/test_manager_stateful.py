@@ -7,6 +7,8 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kvsaga import KVCacheManager, KVSpec, OutOfBlocks
+from kvsaga.policy import POLICIES
+from tests.policy.helpers import build
 
 BS = 4
 SESSIONS = [f"s{i}" for i in range(6)]
@@ -15,9 +17,13 @@ tokens = st.lists(st.integers(0, 3), min_size=1, max_size=14)
 
 
 class ManagerMachine(RuleBasedStateMachine):
+    policy = "lru"  # subclasses below run every registered policy
+
     def __init__(self):
         super().__init__()
-        self.m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0)
+        self.m = KVCacheManager(
+            KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, policy=build(self.policy)
+        )
         self.now = 0.0
         self.context: dict[str, list[int]] = {}  # what each open session's context is
 
@@ -76,7 +82,8 @@ class ManagerMachine(RuleBasedStateMachine):
           last=st.booleans())
     def finish(self, data, tool, last):
         sid = data.draw(st.sampled_from(self.running()))
-        self.context[sid] = list(self.m.sessions[sid].token_ids[: self.m.sessions[sid].num_computed]) or [1]
+        s = self.m.sessions[sid]
+        self.context[sid] = list(s.token_ids[: s.num_computed]) or [1]
         self.m.finish_step(sid, now=self.now, tool=tool, expected_s=1.0, last_step=last)
         if last:
             del self.context[sid]
@@ -105,9 +112,23 @@ class ManagerMachine(RuleBasedStateMachine):
         st_ = self.m.stats()
         assert st_.num_free_blocks + st_.num_used_blocks + st_.num_evictable_blocks == 12
         assert all(r >= 0 for r in self.m.pool.refcount)
+        check = getattr(self.m.policy, "check_integrity", None)
+        if check is not None:
+            check()  # the policy tracks exactly the CACHED blocks
 
 
 ManagerMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 TestManagerStateful = ManagerMachine.TestCase
+
+
+def _machine_for(name: str):
+    cls = type(f"ManagerMachine_{name}", (ManagerMachine,), {"policy": name})
+    cls.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+    return cls.TestCase
+
+
+for _name in POLICIES:
+    if _name != "lru":
+        globals()[f"TestManagerStateful_{_name.replace('-', '_')}"] = _machine_for(_name)

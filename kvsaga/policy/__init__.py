@@ -1,12 +1,30 @@
-"""Eviction policies, chosen by name."""
+"""Eviction policies, chosen by name.
+
+| name         | rule (one line)                                                              |
+|--------------|------------------------------------------------------------------------------|
+| `lru`        | oldest evictable block first (vLLM-like baseline)                            |
+| `ttl`        | ski-rental TTL per paused session, priced by learned tool pause times        |
+| `graph`      | lowest expected loss P(reuse) x rebuild / time-to-reuse, from the AEG        |
+| `saga`       | SAGA's 0.3 recency + 0.5 (1 - P_reuse) + 0.2 size, with p95 tool TTLs        |
+| `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
+| `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
+
+Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
+"""
 
 from __future__ import annotations
 
 from kvsaga.policy.base import Action, EvictionPolicy, PauseHint
+from kvsaga.policy.belady import BeladyPolicy, ClairvoyantTTLPolicy, FutureOracle
+from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.policy.graph import GraphPolicy
 from kvsaga.policy.lru import LRUPolicy
+from kvsaga.policy.saga import SagaPolicy
+from kvsaga.policy.ttl import TTLPolicy
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
-    LRUPolicy.name: LRUPolicy,
+    cls.name: cls
+    for cls in (LRUPolicy, TTLPolicy, GraphPolicy, SagaPolicy, BeladyPolicy, ClairvoyantTTLPolicy)
 }
 
 
@@ -14,7 +32,8 @@ def make_policy(name: str, **kwargs) -> EvictionPolicy:
     """Build a policy by name.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: unknown name (the message lists the known ones), or an oracle policy
+            built without `oracle=`.
     """
     try:
         cls = POLICIES[name]
@@ -23,4 +42,19 @@ def make_policy(name: str, **kwargs) -> EvictionPolicy:
     return cls(**kwargs)
 
 
-__all__ = ["Action", "EvictionPolicy", "LRUPolicy", "PauseHint", "POLICIES", "make_policy"]
+__all__ = [
+    "Action",
+    "BeladyPolicy",
+    "ClairvoyantTTLPolicy",
+    "CostModel",
+    "EvictionPolicy",
+    "FutureOracle",
+    "GraphPolicy",
+    "LRUPolicy",
+    "PauseHint",
+    "POLICIES",
+    "PrefillCost",
+    "SagaPolicy",
+    "TTLPolicy",
+    "make_policy",
+]

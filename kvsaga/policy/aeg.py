@@ -1,0 +1,343 @@
+"""The Agent Execution Graph: what a workflow's sessions do next, and when. Pure Python.
+
+Learned online, per workflow type, from the session lifecycle alone (no trace, no engine):
+
+    START --step--> tool_a --pause, step--> tool_b --pause, step--> ... --> END
+
+Nodes are *pause kinds*: the tool a session waits on after an LLM step (`NO_TOOL` when the
+step named none), plus START (a new session) and END. An edge `a -> b` counts sessions that,
+paused on `a`, resumed and ran an LLM step that ended calling `b` (or ended the session:
+`b = END`); it carries the durations of that pause and of that LLM step. A session that ends
+while paused on `a` is an *abandonment* of `a` (edge `a -> END` with no resume).
+
+Per node the graph keeps the resume/abandon counts and a log-normal fit of the pause
+durations that ended in a resume; per workflow, the inter-arrival times of new sessions and
+of steps, and the number of steps per finished session.
+
+Predictions (`predict`): for a session paused on `kind` for `elapsed` seconds, the resume
+probability is a cure model, P(resume | no resume yet) = p0 S(e) / (p0 S(e) + 1 - p0), with
+p0 the node's smoothed resume share and S the fitted pause survival; the expected time until
+the next step is the fit's mean residual time at `elapsed`. Pause fits fall back from
+(workflow, kind) to the kind across workflows, to the workflow, to everything, to a prior,
+taking the most specific one with at least `min_samples` observations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from kvsaga.policy.lognormal import LogNormalDist, LogNormalFit
+
+START = "<start>"
+END = "<end>"
+NO_TOOL = "<none>"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What happens next to a paused session.
+
+    Attributes:
+        p_resume: probability that it runs another step.
+        expected_s: expected seconds until that step begins, given that it comes.
+    """
+
+    p_resume: float
+    expected_s: float
+
+
+class IntervalEma:
+    """Exponential moving average of the gaps between successive events."""
+
+    __slots__ = ("alpha", "last", "mean", "n")
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.last: float | None = None
+        self.mean: float | None = None
+        self.n = 0
+
+    def observe(self, now: float) -> None:
+        if self.last is not None:
+            gap = max(now - self.last, 0.0)
+            self.mean = gap if self.mean is None else self.mean + self.alpha * (gap - self.mean)
+            self.n += 1
+        self.last = now if self.last is None else max(self.last, now)
+
+
+@dataclass(slots=True)
+class Edge:
+    """Transition a -> b: how often, the pause on a before it, the LLM step that chose b."""
+
+    pause: LogNormalFit
+    step: LogNormalFit
+    count: int = 0
+
+
+@dataclass(slots=True)
+class Node:
+    """A pause kind in one workflow."""
+
+    pause: LogNormalFit
+    resumed: int = 0
+    abandoned: int = 0
+    edges: dict[str, Edge] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkflowGraph:
+    pause: LogNormalFit  # every pause of the workflow
+    nodes: dict[str, Node] = field(default_factory=dict)
+    arrivals: IntervalEma = field(default_factory=IntervalEma)  # new sessions
+    steps_arrivals: IntervalEma = field(default_factory=IntervalEma)  # any step begins
+    num_sessions: int = 0  # finished sessions
+    num_steps: int = 0  # their steps
+
+
+class _Track:
+    """Where one live session is in its graph."""
+
+    __slots__ = ("workflow", "prev", "kind", "paused_at", "running", "step_start", "gap", "steps")
+
+    def __init__(self, workflow: str, now: float) -> None:
+        self.workflow = workflow
+        self.prev = START  # the kind before `kind`: the source of the last transition
+        self.kind = START
+        self.paused_at: float | None = None
+        self.running = True
+        self.step_start = now
+        self.gap: float | None = None  # the pause before the running step, if it resumed one
+        self.steps = 0
+
+
+class ExecutionGraph:
+    """Per-workflow execution graphs, fed by session lifecycle events.
+
+    Feed it `step_started` / `step_finished` / `session_ended` in time order (a policy
+    forwards its hooks); ask it `predict`, `transition_probs`, `mean_steps`, `pause_dist`.
+
+    Args:
+        prior_median_s, prior_sigma: the pause distribution assumed for kinds never seen.
+        min_samples: observations a pause fit needs before it is used over its fallback.
+        prior_resume: pseudo-counts (resumed, abandoned) of every node: an unseen kind
+            resumes with probability 1 / 1.1.
+        prior_steps: mean steps per session assumed before any session finished.
+    """
+
+    def __init__(
+        self,
+        prior_median_s: float = 1.0,
+        prior_sigma: float = 1.5,
+        min_samples: int = 3,
+        prior_resume: tuple[float, float] = (1.0, 0.1),
+        prior_steps: float = 10.0,
+    ) -> None:
+        self.min_samples = min_samples
+        self.prior_resume = prior_resume
+        self.prior_steps = prior_steps
+        self.workflows: dict[str, WorkflowGraph] = {}
+        self._prior_median_s = prior_median_s
+        self._prior_sigma = prior_sigma
+        self._prior = LogNormalDist(math.log(prior_median_s), prior_sigma)
+        self._by_kind: dict[str, LogNormalFit] = {}
+        self._all = self._fit()
+        self._tracks: dict[str, _Track] = {}
+
+    def _fit(self) -> LogNormalFit:
+        # Every fit shrinks towards the same prior (one pseudo-observation).
+        return LogNormalFit(self._prior_median_s, self._prior_sigma)
+
+    def workflow(self, name: str) -> WorkflowGraph:
+        g = self.workflows.get(name)
+        if g is None:
+            g = self.workflows[name] = WorkflowGraph(self._fit())
+        return g
+
+    def node(self, workflow: str, kind: str) -> Node:
+        g = self.workflow(workflow)
+        n = g.nodes.get(kind)
+        if n is None:
+            n = g.nodes[kind] = Node(self._fit())
+        return n
+
+    def _edge(self, node: Node, dst: str) -> Edge:
+        e = node.edges.get(dst)
+        if e is None:
+            e = node.edges[dst] = Edge(self._fit(), self._fit())
+        return e
+
+    # -- learning -----------------------------------------------------------------------------
+    def step_started(self, session_id: str, workflow: str, now: float) -> tuple[str, float] | None:
+        """A step of a session begins.
+
+        Returns:
+            (kind, gap) when this step resumes a pause: the pause kind and its duration,
+            which the graph has just learned from; None for a new session or a retry.
+        """
+        t = self._tracks.get(session_id)
+        if t is None:
+            t = self._tracks[session_id] = _Track(workflow, now)
+            g = self.workflow(workflow)
+            g.arrivals.observe(now)
+            g.steps_arrivals.observe(now)
+            return None
+        if t.running:  # retried after a preemption: the same step
+            return None
+        gap = max(now - (t.paused_at if t.paused_at is not None else now), 0.0)
+        g = self.workflow(t.workflow)
+        g.steps_arrivals.observe(now)
+        node = self.node(t.workflow, t.kind)
+        node.resumed += 1
+        node.pause.add(gap)
+        g.pause.add(gap)
+        fit = self._by_kind.get(t.kind)
+        if fit is None:
+            fit = self._by_kind[t.kind] = self._fit()
+        fit.add(gap)
+        self._all.add(gap)
+        t.running, t.step_start, t.gap = True, now, gap
+        return t.kind, gap
+
+    def step_finished(self, session_id: str, kind: str | None, now: float) -> None:
+        """The running step ended calling tool `kind` (None: no tool); the session pauses."""
+        t = self._tracks.get(session_id)
+        if t is None or not t.running:
+            return
+        kind = NO_TOOL if kind is None else kind
+        self._transition(t, kind, now)
+        t.prev, t.kind, t.paused_at, t.running, t.gap = t.kind, kind, now, False, None
+
+    def relabel(self, session_id: str, kind: str | None) -> None:
+        """A paused session's tool became known after its step finished: move its last
+        transition to the new kind (the count moves; the durations stay where they were)."""
+        t = self._tracks.get(session_id)
+        kind = NO_TOOL if kind is None else kind
+        if t is None or t.running or kind == t.kind:
+            return
+        node = self.node(t.workflow, t.prev)
+        old = node.edges.get(t.kind)
+        if old is not None and old.count > 0:
+            old.count -= 1
+        self._edge(node, kind).count += 1
+        t.kind = kind
+
+    def session_ended(self, session_id: str, now: float) -> None:
+        """The session is gone: after its last step (running) or while paused (abandoned)."""
+        t = self._tracks.pop(session_id, None)
+        if t is None:
+            return
+        g = self.workflow(t.workflow)
+        if t.running:
+            self._transition(t, END, now)
+        else:
+            node = self.node(t.workflow, t.kind)
+            node.abandoned += 1
+            self._edge(node, END).count += 1
+        g.num_sessions += 1
+        g.num_steps += t.steps
+
+    def _transition(self, t: _Track, dst: str, now: float) -> None:
+        e = self._edge(self.node(t.workflow, t.kind), dst)
+        e.count += 1
+        if t.gap is not None:
+            e.pause.add(t.gap)
+        e.step.add(max(now - t.step_start, 0.0))
+        t.steps += 1
+
+    # -- predictions --------------------------------------------------------------------------
+    def pause_dist(self, workflow: str, kind: str) -> LogNormalDist:
+        """The pause-duration distribution of `kind` in `workflow`, with fallbacks."""
+        k = self.min_samples
+        g = self.workflows.get(workflow)
+        node = g.nodes.get(kind) if g is not None else None
+        if node is not None and node.pause.n >= k:
+            return node.pause.dist()
+        fit = self._by_kind.get(kind)
+        if fit is not None and fit.n >= k:
+            return fit.dist()
+        if g is not None and g.pause.n >= k:
+            return g.pause.dist()
+        if self._all.n >= k:
+            return self._all.dist()
+        return self._prior
+
+    def resume_share(self, workflow: str, kind: str) -> float:
+        """p0: the smoothed share of pauses on `kind` that resumed (elapsed not considered)."""
+        a, b = self.prior_resume
+        g = self.workflows.get(workflow)
+        node = g.nodes.get(kind) if g is not None else None
+        if node is None:
+            return a / (a + b)
+        return (node.resumed + a) / (node.resumed + node.abandoned + a + b)
+
+    def predict(self, workflow: str, last_tool: str | None, elapsed: float) -> Prediction:
+        """Resume probability and expected time of the next step of a paused session.
+
+        Args:
+            workflow: the session's workflow type.
+            last_tool: the tool it waits on (None: it named no tool).
+            elapsed: seconds since it paused.
+        Returns:
+            Prediction(p_resume, expected_s).
+        """
+        kind = NO_TOOL if last_tool is None else last_tool
+        dist = self.pause_dist(workflow, kind)
+        p0 = self.resume_share(workflow, kind)
+        s = dist.sf(elapsed)
+        p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
+        return Prediction(p, dist.mean_residual(elapsed))
+
+    def resume_window(
+        self, workflow: str, last_tool: str | None, elapsed: float, window: float
+    ) -> tuple[float, float]:
+        """How a paused session spends the next `window` seconds, under the cure model.
+
+        Returns:
+            (P(it resumes within the window), E[seconds it stays paused within the window]),
+            both conditional on no resume during the `elapsed` seconds so far.
+        """
+        if window <= 0:
+            return 0.0, 0.0
+        kind = NO_TOOL if last_tool is None else last_tool
+        dist = self.pause_dist(workflow, kind)
+        p0 = self.resume_share(workflow, kind)
+        s_now = p0 * dist.sf(elapsed) + (1.0 - p0)  # survival including never-resumers
+        if s_now <= 0:
+            return 0.0, window
+        p_within = p0 * (dist.sf(elapsed) - dist.sf(elapsed + window)) / s_now
+        held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
+        held = (held + (1.0 - p0) * window) / s_now
+        return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
+
+    def transition_probs(self, workflow: str, kind: str) -> dict[str, float]:
+        """P(next pause kind | paused on `kind`), END included; {} when never seen."""
+        g = self.workflows.get(workflow)
+        node = g.nodes.get(kind) if g is not None else None
+        if node is None:
+            return {}
+        total = sum(e.count for e in node.edges.values())
+        return {dst: e.count / total for dst, e in node.edges.items()} if total else {}
+
+    def mean_steps(self, workflow: str | None = None) -> float:
+        """Mean LLM steps per finished session (one prior session of `prior_steps`)."""
+        gs = [self.workflows[workflow]] if workflow in self.workflows else (
+            list(self.workflows.values()) if workflow is None else [])
+        n = sum(g.num_sessions for g in gs)
+        steps = sum(g.num_steps for g in gs)
+        return (steps + self.prior_steps) / (n + 1)
+
+    def arrival_interval(self, workflow: str) -> float | None:
+        """Mean seconds between new sessions of `workflow` (None before two arrived)."""
+        g = self.workflows.get(workflow)
+        return g.arrivals.mean if g is not None else None
+
+    def step_interval(self, workflow: str) -> float | None:
+        """Mean seconds between step starts (new or resumed) of `workflow`."""
+        g = self.workflows.get(workflow)
+        return g.steps_arrivals.mean if g is not None else None
+
+    def kind_of(self, session_id: str) -> str | None:
+        """The pause kind a tracked session waits on (None when running or unknown)."""
+        t = self._tracks.get(session_id)
+        return None if t is None or t.running else t.kind

@@ -1,0 +1,188 @@
+"""Offline oracles, for evaluation only: `belady` and `oracle-ttl`.
+
+Both need the future, which only a trace replay knows: they take a `FutureOracle` that the
+simulator implements from its trace. Neither is meant for a real server.
+
+- `belady`: evict the block whose next use is farthest in the future; blocks never used
+  again first; within a context the tail before the head (ties broken by deeper position).
+  Belady's rule is optimal for unit-cost, independent pages; KV blocks are neither (a block
+  is useless without its prefix, and costs grow with position), so it is a strong reference,
+  not an exact optimum.
+- `oracle-ttl`: the `ttl` rule with a perfect predictor: a paused session's blocks are kept
+  iff its true resume time falls within its break-even TTL.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Protocol, runtime_checkable
+
+from kvsaga.policy.aeg import ExecutionGraph
+from kvsaga.policy.base import Action
+from kvsaga.policy.cost import CostModel
+from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, SessionView, Stream
+from kvsaga.policy.ttl import TTLPolicy
+
+
+@runtime_checkable
+class FutureOracle(Protocol):
+    """Knows when each cached block will next be read.
+
+    `next_use` returns the earliest time >= `now` at which a step will read the block, or
+    `math.inf` when none will. The block is named by what the policy
+    knows of it: its owner session (None for plain cache: shared, or left by an ended
+    session), its content hash (None for a session's partial tail) and its position in its
+    context.
+
+    Stability contract (the policy caches answers for plain blocks): the answer for a block
+    must not change while `now` stays below it, unless the block is cached again.
+    """
+
+    def next_use(
+        self, session_id: str | None, block_hash: bytes | None, position: int, now: float
+    ) -> float: ...
+
+
+def _check_oracle(oracle: object, name: str) -> FutureOracle:
+    if oracle is None or not callable(getattr(oracle, "next_use", None)):
+        raise ValueError(f"policy {name!r} needs a FutureOracle (oracle=...), got {oracle!r}")
+    return oracle  # type: ignore[return-value]
+
+
+class BeladyPolicy(GroupedPolicy):
+    """Farthest next use first (see the module docstring).
+
+    Session blocks ask the oracle at each victim search, lazily, tail first. Plain and dead
+    blocks (session_id None) sit in one max-heap of cached answers, refreshed when a block
+    is cached again or when its answered time has passed.
+
+    Args:
+        oracle: the future.
+        cost: prices reloading versus recomputing for the offload decision.
+    """
+
+    name = "belady"
+    needs_oracle = True
+
+    def __init__(self, oracle: FutureOracle | None = None, cost: CostModel | None = None) -> None:
+        super().__init__(cost)
+        self.oracle = _check_oracle(oracle, self.name)
+
+    def bind(self, manager) -> None:
+        super().bind(manager)
+        self._stamp = [0] * manager.num_gpu_blocks
+        # (-next_use, -position, block, stamp, asked_at): a max-heap on next use.
+        self._heap: list[tuple[float, int, int, int, float]] = []
+
+    def _ask(self, sid: str | None, b: int, now: float) -> float:
+        return self.oracle.next_use(sid, self.manager.pool.block_hash[b], self._pos[b], now)
+
+    def _push(self, b: int, now: float) -> None:
+        self._stamp[b] += 1
+        nu = self._ask(None, b, now)
+        heap = self._heap
+        heapq.heappush(heap, (-nu, -self._pos[b], b, self._stamp[b], now))
+        if len(heap) > 4 * (len(self.plain) + len(self.dead)) + 64:
+            # Stale entries leave only when popped: drop them all once they dominate.
+            stamp, where = self._stamp, self._where
+            heap[:] = [e for e in heap if e[3] == stamp[e[2]] and where[e[2]] in (PLAIN, DEAD)]
+            heapq.heapify(heap)
+
+    def block_cached(self, block_id: int) -> None:
+        super().block_cached(block_id)
+        if self._where[block_id] != OWNED:
+            self._push(block_id, self._now)
+
+    def block_uncached(self, block_id: int) -> None:
+        super().block_uncached(block_id)
+        self._stamp[block_id] += 1  # its heap entry is stale now
+
+    def session_ended(self, session, now: float) -> None:
+        moved = [b for _, b in self.groups.get(session.session_id, [])]
+        super().session_ended(session, now)
+        for b in moved:
+            self._push(b, now)
+
+    def _plain_stream(self, now: float) -> Stream:
+        heap, stamp, where = self._heap, self._stamp, self._where
+        taken: list[tuple[float, int, int, int, float]] = []
+        try:
+            while heap:
+                neg_nu, neg_pos, b, st, asked = heapq.heappop(heap)
+                if st != stamp[b] or where[b] not in (PLAIN, DEAD):
+                    continue  # stale: dropped for good
+                if -neg_nu < now and asked < now:  # the answered use passed unused: ask again
+                    stamp[b] += 1
+                    nu = self._ask(None, b, now)
+                    heapq.heappush(heap, (-nu, neg_pos, b, stamp[b], now))
+                    continue
+                entry = (neg_nu, neg_pos, b, st, asked)
+                taken.append(entry)
+                yield (neg_nu, neg_pos), b
+        finally:
+            for entry in taken:  # victims turn stale once evicted; the rest stay queued
+                heapq.heappush(heap, entry)
+
+    def _dead_stream(self, now: float) -> Stream:
+        return iter(())  # dead blocks are in the plain heap
+
+    def _streams(self, now: float) -> list[Stream]:
+        self._prepare(now)
+        out: list[Stream] = []
+        if len(self.dead) or len(self.plain):
+            out.append(self._plain_stream(now))
+        for sid, g in self.groups.items():
+            out.append(self._session_stream(sid, g, now))
+        return out
+
+    def _session_key(self, sid: str, block_id: int, position: int, now: float) -> tuple:
+        return -self._ask(sid, block_id, now), -position
+
+    def action(self, block_id: int, now: float) -> Action:
+        if not self.manager.num_host_blocks:
+            return Action.DISCARD
+        sid = self._owner[block_id] if self._where[block_id] == OWNED else None
+        if math.isinf(self._ask(sid, block_id, now)):
+            return Action.DISCARD
+        if self.cost.reload_s(1) >= self.block_cost(self._pos[block_id]):
+            return Action.DISCARD
+        return Action.OFFLOAD
+
+
+class ClairvoyantTTLPolicy(TTLPolicy):
+    """`ttl` whose pause predictions are the truth: keep a paused session's blocks iff it
+    resumes within its break-even TTL (the offline side of the ski-rental bound).
+
+    Args:
+        oracle: the future (the session's tail block's next use is its resume).
+        cost, base_ttl_s, max_usage: as `TTLPolicy`.
+    """
+
+    name = "oracle-ttl"
+    needs_oracle = True
+
+    def __init__(
+        self,
+        oracle: FutureOracle | None = None,
+        cost: CostModel | None = None,
+        graph: ExecutionGraph | None = None,
+        base_ttl_s: float = 60.0,
+        max_usage: float = 0.95,
+    ) -> None:
+        super().__init__(cost, graph, base_ttl_s, max_usage)
+        self.oracle = _check_oracle(oracle, self.name)
+
+    def _resume_window(
+        self,
+        sid: str,
+        view: SessionView,
+        group: list[tuple[int, int]],
+        elapsed: float,
+        window: float,
+        now: float,
+    ) -> tuple[float, float]:
+        _, tail = group[-1]
+        nu = self.oracle.next_use(sid, self.manager.pool.block_hash[tail], self._pos[tail], now)
+        left = max(nu - now, 0.0)
+        return (1.0, left) if left <= window else (0.0, window)

@@ -1,0 +1,198 @@
+"""`graph`: eviction by expected loss, predicted by the Agent Execution Graph.
+
+Every evictable block is priced by the loss rate its eviction causes:
+
+    loss(b) = P(b is reused) * rebuild_s(b) / E[seconds until b is reused]
+
+and the lowest loss goes first: a block needed soon, surely and at great cost stays; one
+needed late, maybe, or cheaply goes. rebuild_s is the marginal prefill of the block behind
+its surviving head (`CostModel.recompute_s(block_size, position * block_size)`).
+
+Where P and the time come from:
+- a paused session's blocks: the `ExecutionGraph` prediction for its workflow and the tool it
+  waits on, given the time already waited (`predict`); a hint wins: `expected_s` sets the
+  time (until the tool is late), `last_step` sets P = 0;
+- a preempted session's blocks: P = 1, needed at once (its retry is queued);
+- a plain block (a prefix shared by several sessions): P = uses / (uses + 1), and the time is
+  the larger of the block's own mean gap between uses (an EMA; before its second use, the
+  arrival interval of its workflow's sessions) and the time since its last use;
+- an ended session's private blocks: P = 0 (first victims).
+
+Within a session the tail goes before the head (one stream per session, tail first); the
+plain cache drains in LRU order, priced by its oldest block. Each victim is offloaded when a
+host tier exists, the block may be reused and reloading it is cheaper than recomputing it;
+otherwise it is discarded.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, Prediction
+from kvsaga.policy.base import Action, PauseHint
+from kvsaga.policy.cost import CostModel
+from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, Stream
+
+
+class GraphPolicy(GroupedPolicy):
+    """Expected-loss eviction over Agent Execution Graph predictions.
+
+    Args:
+        cost: prices rebuilding and reloading (default: `PrefillCost`).
+        graph: the execution graph to learn into and predict from (default: a fresh one).
+        min_wait_s: floor of every predicted time until reuse (no division by zero).
+        plain_interval_s: assumed gap between uses of a plain block with no history.
+        alpha: EMA weight of each new gap between uses of a plain block.
+        prefetch_lead_s: how long before a paused session's predicted resume its offloaded
+            blocks start loading back (on top of the copy's own duration).
+    """
+
+    name = "graph"
+
+    def __init__(
+        self,
+        cost: CostModel | None = None,
+        graph: ExecutionGraph | None = None,
+        min_wait_s: float = 1e-3,
+        plain_interval_s: float = 60.0,
+        alpha: float = 0.2,
+        prefetch_lead_s: float = 0.1,
+    ) -> None:
+        super().__init__(cost)
+        self.graph = graph if graph is not None else ExecutionGraph()
+        self.min_wait_s = min_wait_s
+        self.plain_interval_s = plain_interval_s
+        self.alpha = alpha
+        self.prefetch_lead_s = prefetch_lead_s
+        self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
+
+    def bind(self, manager) -> None:
+        super().bind(manager)
+        n = manager.num_gpu_blocks
+        # Use history of each block's current content; `_gen` tells a stale record apart.
+        self._gen = [-1] * n
+        self._uses = [0] * n
+        self._last_use = [0.0] * n
+        self._interval: list[float | None] = [None] * n
+        self._workflow: list[str | None] = [None] * n
+
+    # -- learning -----------------------------------------------------------------------------
+    def step_started(self, session, now: float) -> None:
+        super().step_started(session, now)
+        self.graph.step_started(session.session_id, session.workflow, now)
+        owner, gen = self.manager.block_owner, self.manager.pool.generation
+        for b in session.block_ids:  # the hits: shared blocks record a use
+            if owner[b] is None:
+                self._record_use(b, gen[b], now, session.workflow)
+
+    def _record_use(self, b: int, gen: int, now: float, workflow: str) -> None:
+        if self._gen[b] != gen:
+            self._gen[b], self._uses[b], self._interval[b] = gen, 0, None
+        elif self._uses[b]:
+            gap = max(now - self._last_use[b], 0.0)
+            i = self._interval[b]
+            self._interval[b] = gap if i is None else i + self.alpha * (gap - i)
+        self._uses[b] += 1
+        self._last_use[b] = now
+        self._workflow[b] = workflow
+
+    def step_finished(self, session, now: float, hint: PauseHint) -> None:
+        super().step_finished(session, now, hint)
+        self.graph.step_finished(session.session_id, hint.tool, now)
+
+    def pause_hinted(self, session, now: float, hint: PauseHint) -> None:
+        super().pause_hinted(session, now, hint)
+        if hint.tool is not None:
+            self.graph.relabel(session.session_id, hint.tool)
+
+    def session_ended(self, session, now: float) -> None:
+        self._on_host.pop(session.session_id, None)
+        super().session_ended(session, now)
+        self.graph.session_ended(session.session_id, now)
+
+    # -- predictions --------------------------------------------------------------------------
+    def predict_session(self, session_id: str, now: float) -> Prediction:
+        """P(reuse) and expected seconds until the session's blocks are needed again."""
+        v = self.views.get(session_id)
+        if v is None or v.needed_now:
+            return Prediction(1.0, self.min_wait_s)
+        if v.hint.last_step:
+            return Prediction(0.0, math.inf)
+        e = max(now - v.paused_at, 0.0)
+        if v.hint.expected_s is not None and e < v.hint.expected_s:
+            kind = NO_TOOL if v.tool is None else v.tool
+            return Prediction(self.graph.resume_share(v.workflow, kind), v.hint.expected_s - e)
+        return self.graph.predict(v.workflow, v.tool, e)
+
+    def predict_plain(self, block_id: int, now: float) -> Prediction:
+        """P(reuse) and expected seconds until a plain block is needed by any session."""
+        b = block_id
+        fresh = self._gen[b] == self.manager.pool.generation[b]
+        uses = self._uses[b] if fresh else 0
+        last = max(self._last_use[b] if fresh else 0.0, self._cached_at[b])
+        interval = self._interval[b] if fresh else None
+        if interval is None:
+            wf = self._workflow[b] if fresh else None
+            interval = (self.graph.arrival_interval(wf) if wf is not None else None)
+            if interval is None:
+                interval = self.plain_interval_s
+        wait = max(interval, now - last, self.min_wait_s)
+        return Prediction(uses / (uses + 1.0), wait)
+
+    def loss(self, block_id: int, now: float) -> float:
+        """Expected GPU seconds per second that evicting the block now would cost."""
+        w = self._where[block_id]
+        if w == OWNED:
+            p = self.predict_session(self._owner[block_id], now)
+        elif w == PLAIN:
+            p = self.predict_plain(block_id, now)
+        else:
+            return 0.0
+        c = self.block_cost(self._pos[block_id])
+        return p.p_resume * c / max(p.expected_s, self.min_wait_s)
+
+    def action(self, block_id: int, now: float) -> Action:
+        m = self.manager
+        if not m.num_host_blocks or self._where[block_id] == DEAD:
+            return Action.DISCARD
+        if self._where[block_id] == OWNED:
+            p = self.predict_session(self._owner[block_id], now).p_resume
+        elif self._where[block_id] == PLAIN:
+            p = self.predict_plain(block_id, now).p_resume
+        else:
+            p = 1.0  # already gone from our books: assume it matters
+        if p <= 0 or self.cost.reload_s(1) >= self.block_cost(self._pos[block_id]):
+            return Action.DISCARD
+        if self._where[block_id] == OWNED:
+            sid = self._owner[block_id]
+            self._on_host[sid] = self._on_host.get(sid, 0) + 1
+        return Action.OFFLOAD
+
+    def prefetch_candidates(self, now: float) -> list[str]:
+        """Paused sessions with offloaded blocks, likely to resume within the time their
+        reload takes plus `prefetch_lead_s`. Each is named once per offload."""
+        out = []
+        for sid, n in list(self._on_host.items()):
+            v = self.views.get(sid)
+            if v is None or v.running:
+                del self._on_host[sid]  # gone, or its begin_step loads from the host itself
+                continue
+            p = self.predict_session(sid, now)
+            if p.p_resume >= 0.5 and p.expected_s <= self.cost.reload_s(n) + self.prefetch_lead_s:
+                del self._on_host[sid]
+                out.append(sid)
+        return out
+
+    # -- keys: the loss itself ----------------------------------------------------------------
+    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
+        p = self.predict_session(sid, now)
+        rate = p.p_resume / max(p.expected_s, self.min_wait_s)
+        for pos, b in reversed(group):
+            yield rate * self.block_cost(pos), b
+
+    def _plain_key(self, block_id: int, now: float) -> float:
+        p = self.predict_plain(block_id, now)
+        return p.p_resume * self.block_cost(self._pos[block_id]) / p.expected_s
+
+    def _dead_key(self, block_id: int, now: float) -> float:
+        return 0.0

@@ -1,0 +1,163 @@
+"""`ttl`: tool-call-aware time-to-live, priced as ski rental.
+
+A paused session's retained blocks are a rent-or-buy decision. Keeping them costs rent:
+`r` GPU seconds per block per second, the price of memory, which rises with pressure:
+
+    r(u) = recompute_s(block_size, 0) / base_ttl_s / (1 - u),   u = min(usage, max_usage)
+
+(`usage` = share of blocks held by running steps: the more of the pool the batch takes,
+the dearer the rest). Dropping them costs the rebuild `C` = recompute_s of those blocks when
+the session resumes. For a session holding `n` blocks, the break-even TTL is
+`T = C / (n r)`: the time after which the rent paid equals one rebuild.
+
+Rule. A session paused on tool `k` for `e` seconds is kept while e < T and
+
+    V = P(resume within (e, T] | not yet) * C  -  n r * E[time held within (e, T] | not yet]
+
+is positive: the expected rebuild saved by keeping it to T exceeds the expected rent. P and
+the time held come from the learned pause distribution of `k` (an `ExecutionGraph`: a
+log-normal per (workflow, tool), falling back per tool, per workflow, then globally; a cure
+model for sessions that never come back). A hint `expected_s` replaces the distribution by a
+point mass (until the tool is late), and `last_step` sets P = 0.
+
+Victim order: ended sessions' blocks (`dead`), then expired sessions and plain blocks idle
+past their own break-even TTL (most negative V per block first), then live sessions
+(lowest V per block first), then the rest of the plain cache by LRU. Tails before heads.
+
+Bound. Per session the break-even rule alone is 2-competitive (deterministic ski rental):
+resuming at tau < T costs the rent n r tau, which is the offline optimum min(n r tau, C);
+resuming later costs n r T + C = 2C against the optimum C. The learned early release
+(V <= 0 before T) never holds a session longer than T, so the rent paid stays <= C; it
+releases early only when, under the fitted distribution, keeping to T costs more than it
+saves in expectation, so its expected cost is at most the pure rule's when the fit is right
+(a session that resumes right after an early release costs C against an optimum of ~0:
+that is the price of acting on a prediction).
+"""
+
+from __future__ import annotations
+
+import math
+
+from kvsaga.policy.aeg import ExecutionGraph
+from kvsaga.policy.base import PauseHint
+from kvsaga.policy.cost import CostModel
+from kvsaga.policy.groups import GroupedPolicy, SessionView, Stream
+
+
+class TTLPolicy(GroupedPolicy):
+    """Tool-call-aware time-to-live (see the module docstring for the rule and its bound).
+
+    Args:
+        cost: prices rebuilding (default: `PrefillCost`).
+        graph: the pause statistics (default: a fresh `ExecutionGraph`); share one to
+            warm-start from another policy's learning.
+        base_ttl_s: break-even TTL of one head block when no step is running.
+        max_usage: pressure cap, so the rent stays finite.
+    """
+
+    name = "ttl"
+
+    def __init__(
+        self,
+        cost: CostModel | None = None,
+        graph: ExecutionGraph | None = None,
+        base_ttl_s: float = 60.0,
+        max_usage: float = 0.95,
+    ) -> None:
+        super().__init__(cost)
+        if not base_ttl_s > 0:
+            raise ValueError(f"base_ttl_s must be > 0, got {base_ttl_s!r}")
+        self.graph = graph if graph is not None else ExecutionGraph()
+        self.base_ttl_s = base_ttl_s
+        self.max_usage = max_usage
+        self._rent = 0.0
+
+    # -- learning -----------------------------------------------------------------------------
+    def step_started(self, session, now: float) -> None:
+        super().step_started(session, now)
+        self.graph.step_started(session.session_id, session.workflow, now)
+
+    def step_finished(self, session, now: float, hint: PauseHint) -> None:
+        super().step_finished(session, now, hint)
+        self.graph.step_finished(session.session_id, hint.tool, now)
+
+    def pause_hinted(self, session, now: float, hint: PauseHint) -> None:
+        super().pause_hinted(session, now, hint)
+        if hint.tool is not None:
+            self.graph.relabel(session.session_id, hint.tool)
+
+    def session_ended(self, session, now: float) -> None:
+        super().session_ended(session, now)
+        self.graph.session_ended(session.session_id, now)
+
+    # -- pricing ------------------------------------------------------------------------------
+    def rent(self) -> float:
+        """GPU seconds per block per second that holding memory costs now."""
+        u = min(self.usage(), self.max_usage)
+        return self.block_cost(0) / self.base_ttl_s / (1.0 - u)
+
+    def _prepare(self, now: float) -> None:
+        self._rent = self.rent()
+
+    def session_value(self, session_id: str, now: float) -> tuple[bool, float, float]:
+        """Judge a session's retained blocks now.
+
+        Returns:
+            (expired, V per block, break-even TTL in seconds); (False, 0, inf) when it
+            holds no cached block.
+        """
+        self._prepare(now)
+        g = self.groups.get(session_id)
+        if not g:
+            return False, 0.0, math.inf
+        cls, v = self._value(session_id, g, now)
+        return cls == 1, v, self.group_cost(g) / (len(g) * self._rent)
+
+    def _value(self, sid: str, group: list[tuple[int, int]], now: float) -> tuple[int, float]:
+        n = len(group)
+        cost = self.group_cost(group)
+        rent = n * self._rent
+        ttl = cost / rent
+        view = self.views.get(sid)
+        if view is None or view.needed_now:
+            return 2, cost / n  # preempted: its retry needs these blocks right away
+        if view.hint.last_step:
+            return 1, -math.inf
+        e = max(now - view.paused_at, 0.0)
+        if e >= ttl:
+            return 1, -(e - ttl) * self._rent
+        p, held = self._resume_window(sid, view, group, e, ttl - e, now)
+        v = p * cost - rent * held
+        return (2 if v > 0 else 1), v / n
+
+    def _resume_window(
+        self,
+        sid: str,
+        view: SessionView,
+        group: list[tuple[int, int]],
+        elapsed: float,
+        window: float,
+        now: float,
+    ) -> tuple[float, float]:
+        """(P(resume within the window), E[seconds held within it]), given no resume yet."""
+        hint = view.hint
+        if hint.expected_s is not None and elapsed <= hint.expected_s:
+            left = hint.expected_s - elapsed
+            return (1.0, left) if left <= window else (0.0, window)
+        return self.graph.resume_window(view.workflow, view.tool, elapsed, window)
+
+    # -- keys: (class, value); class 0 dead, 1 expired, 2 live, 3 fresh plain ---------------
+    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
+        key = self._value(sid, group, now)
+        for _, b in reversed(group):
+            yield key, b
+
+    def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
+        idle = now - self._cached_at[block_id]
+        ttl = self.block_cost(self._pos[block_id]) / self._rent
+        if idle >= ttl:
+            return 1, -(idle - ttl) * self._rent
+        return 3, self._cached_at[block_id]
+
+    def _dead_key(self, block_id: int, now: float) -> tuple[int, float]:
+        return 0, 0.0

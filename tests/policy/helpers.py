@@ -1,0 +1,62 @@
+"""Shared set-up for the policy tests: a tiny manager and stub oracles."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga.policy import POLICIES, EvictionPolicy
+
+BS = 4
+
+
+def make(policy: str | EvictionPolicy, num_blocks: int = 8, **kw) -> KVCacheManager:
+    """A manager over 4-token blocks of a toy model; time comes only from `now=`."""
+    return KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, policy=policy,
+                          clock=lambda: 0.0, **kw)
+
+
+def run_step(m: KVCacheManager, sid: str, tokens: list[int], now: float, **finish) -> int:
+    """Begin at `now`, allocate the uncached prompt, finish at `now`; return cached tokens."""
+    st = m.begin_step(sid, tokens, now=now, workflow=finish.pop("workflow", "default"))
+    m.allocate_slots(sid, len(tokens) - st.num_cached_tokens, now=now)
+    m.finish_step(sid, now=now, **finish)
+    m.check_integrity()
+    return st.num_cached_tokens
+
+
+def tokens(base: int, n: int) -> list[int]:
+    """n distinct token ids starting at `base` (distinct bases never share a block)."""
+    return list(range(base, base + n))
+
+
+class HashOracle:
+    """A deterministic, arbitrary future: next use is `now` plus 0..5 s, or never."""
+
+    def next_use(self, session_id, block_hash, position, now):
+        k = zlib.crc32(repr((session_id, block_hash, position)).encode()) % 7
+        return math.inf if k == 6 else now + k
+
+
+class TableOracle:
+    """Next uses from a table: by session id for owned blocks, by position for plain ones."""
+
+    def __init__(self, sessions: dict[str, float], plain: dict[int, float] | None = None):
+        self.sessions = sessions
+        self.plain = plain or {}
+        self.calls = 0
+
+    def next_use(self, session_id, block_hash, position, now):
+        self.calls += 1
+        if session_id is not None:
+            return self.sessions.get(session_id, math.inf)
+        return self.plain.get(position, math.inf)
+
+
+def build(name: str, **kw) -> EvictionPolicy:
+    """Any registered policy; oracle policies get `HashOracle` unless given one."""
+    cls = POLICIES[name]
+    if getattr(cls, "needs_oracle", False):
+        kw.setdefault("oracle", HashOracle())
+    return cls(**kw)
