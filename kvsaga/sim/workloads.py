@@ -77,7 +77,7 @@ SWE = WorkloadSpec(
         "run_tests": {"edit_file": 0.45, "read_file": 0.30, "search": 0.10, "bash": 0.15},
         "bash": {"edit_file": 0.30, "read_file": 0.30, "run_tests": 0.20, "search": 0.20},
     },
-    arrival_rate=0.1,  # assumed: keeps an a100-llama3-8b busy without saturating it
+    arrival_rate=0.01,  # assumed: see "Arrival rates" in docs/workloads.md
 )
 
 WEB = WorkloadSpec(
@@ -111,7 +111,7 @@ WEB = WorkloadSpec(
         "scroll": {"click": 0.60, "scroll": 0.30, "go_back": 0.10},
         "go_back": {"click": 0.60, "goto": 0.20, "scroll": 0.20},
     },
-    arrival_rate=0.25,  # assumed, as for swe
+    arrival_rate=0.04,  # assumed, as for swe
 )
 
 BFCL = WorkloadSpec(
@@ -138,7 +138,7 @@ BFCL = WorkloadSpec(
         "web_search": {"fetch_url": 0.60, "web_search": 0.40},
         "fetch_url": {"web_search": 0.40, "fetch_url": 0.60},
     },
-    arrival_rate=1.0,  # assumed, as for swe
+    arrival_rate=0.4,  # assumed, as for swe
 )
 
 ASSISTANT = WorkloadSpec(
@@ -177,7 +177,7 @@ ASSISTANT = WorkloadSpec(
         "subagent": {"edit": 0.40, "read": 0.30, "user": 0.20, "bash": 0.10},
         "user": {"read": 0.35, "grep": 0.25, "edit": 0.20, "bash": 0.10, "subagent": 0.10},
     },
-    arrival_rate=0.02,  # assumed: long sessions, so few arrivals keep the GPU busy
+    arrival_rate=0.004,  # assumed, as for swe
 )
 
 WORKLOADS: Registry[WorkloadSpec] = Registry(

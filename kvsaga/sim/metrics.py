@@ -1,0 +1,125 @@
+"""What a simulation measures: token accounting, KV usage over time, and the result record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from kvsaga.pool import ACTIVE, BlockPool
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """The outcome of one simulated run.
+
+    Token counts (prompt tokens only; decoded tokens are counted apart):
+        prompt_tokens: prompt tokens of every step of the trace (each step once).
+        queried_tokens: prompt tokens of every attempt (a preempted step is attempted again).
+        hit_tokens: prompt tokens found cached at the start of an attempt.
+        computed_tokens: prompt tokens prefilled; = first_time_tokens + recomputed_tokens.
+        first_time_tokens: computed tokens whose KV had never been computed before (by this
+            session, or for its shared prefix by any session of the same group and tenant).
+        recomputed_tokens: computed tokens whose KV had been computed before and was lost.
+        abandoned_tokens: prompt tokens of preempted attempts that were neither hit nor
+            computed before the preemption.
+        Conservation: queried = hit + computed + abandoned; prompt = queried when nothing
+        was preempted.
+    Time:
+        makespan_s: from time 0 to the last step's last token.
+        tct_mean_s, tct_p95_s: task completion time (last token - arrival) over sessions.
+        busy_s: time the GPU spent in batch steps.
+    KV memory (time averages over the makespan, as shares of the GPU blocks):
+        kv_utilization: blocks holding data that is used: referenced by a running step, or
+            cached and later hit (the time between its release and the hit counts).
+        kv_occupancy: blocks not free (referenced or cached).
+        kv_active: blocks referenced by running steps.
+    """
+
+    policy: str
+    preset: str
+    num_gpu_blocks: int
+    num_sessions: int
+    num_steps: int
+    prompt_tokens: int
+    queried_tokens: int
+    hit_tokens: int
+    computed_tokens: int
+    first_time_tokens: int
+    recomputed_tokens: int
+    abandoned_tokens: int
+    decode_tokens: int
+    num_preemptions: int
+    num_batch_steps: int
+    num_evicted_blocks: int
+    makespan_s: float
+    busy_s: float
+    tct_mean_s: float
+    tct_p95_s: float
+    kv_utilization: float
+    kv_occupancy: float
+    kv_active: float
+    bytes_offloaded: int = 0
+    bytes_reloaded: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of queried prompt tokens that were cache hits."""
+        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict, `hit_rate` included."""
+        out = asdict(self)
+        out["hit_rate"] = self.hit_rate
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (linear interpolation), NaN for no values."""
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+class UsageRecorder:
+    """Sits between a pool and its observer (the policy) and integrates block usage.
+
+    Every call is forwarded unchanged, so the policy sees exactly what it would see alone.
+    The pool updates a block's state before notifying, so at `block_uncached` a state of
+    ACTIVE means a cache hit reclaimed the block, and FREE means it was evicted.
+
+    Args:
+        pool: the GPU tier; its observer is replaced by this recorder.
+        now: the start time.
+    """
+
+    def __init__(self, pool: BlockPool, now: float = 0.0) -> None:
+        self.pool = pool
+        self.inner = pool.observer
+        self.now = now
+        self._cached_since: dict[int, float] = {}
+        self.reused_cached_s = 0.0  # block-seconds cached before a hit
+        self.active_s = 0.0  # block-seconds referenced by running steps
+        self.occupied_s = 0.0  # block-seconds not free
+        self._last = now
+        pool.observer = self
+
+    def block_cached(self, block_id: int) -> None:
+        self._cached_since[block_id] = self.now
+        self.inner.block_cached(block_id)
+
+    def block_uncached(self, block_id: int) -> None:
+        since = self._cached_since.pop(block_id, None)
+        if since is not None and self.pool.state[block_id] == ACTIVE:
+            self.reused_cached_s += self.now - since
+        self.inner.block_uncached(block_id)
+
+    def advance(self, now: float) -> None:
+        """Integrate the pool's current counts up to `now` and move the clock there."""
+        dt = now - self._last
+        if dt > 0:
+            pool = self.pool
+            active = pool.num_active
+            self.active_s += active * dt
+            self.occupied_s += (active + pool.num_cached) * dt
+        self._last = max(self._last, now)
+        self.now = now

@@ -1,0 +1,485 @@
+"""A discrete-event simulator of one GPU serving agent sessions with continuous batching.
+
+It drives the real `KVCacheManager` and eviction policy (the objects the engine uses, not
+copies); a cost model stands in for the model, so time advances by `CostModel.step_time`.
+
+The life of a session: it arrives at `arrival_s`; each step waits in a FCFS queue, is
+admitted with `begin_step` (prefix hits), prefills its missing prompt tokens in chunks under a
+per-step token budget (`allocate_slots`), samples its first output token when the prompt is
+done, then decodes one token per batch step; after the last output token, `finish_step`
+pauses it on its tool (`tool_s` seconds, then the next step is queued), or `end_session`
+closes it after its last step. `tick(now)` runs once per batch step.
+
+Scheduling follows vLLM v1: running requests first, in admission order (a decode takes one
+token of the budget, a prefill chunk up to the rest), then waiting requests while budget and
+sequence slots remain. When a running request cannot get a block (`OutOfBlocks`), the
+youngest running request is preempted (`preempt`: its full blocks stay cached) and requeued
+at the front, until the allocation fits or the request preempted itself. A waiting request
+is admitted only if the blocks for its hits and first chunk are available (head-of-line
+blocking, as vLLM), so admission never preempts.
+
+Manager calls during decode are made per KV block, not per token: when a request's next fed
+token starts a block, the simulator appends the tokens it will feed up to that block's end
+and allocates their slots at once. A block is taken exactly when the per-token engine would
+take it, so eviction timing and every policy callback are unchanged; only the manager's view
+of the tokens inside the block currently being written runs ahead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from kvsaga.errors import OutOfBlocks
+from kvsaga.manager import KVCacheManager
+from kvsaga.policy import EvictionPolicy
+from kvsaga.pool import CACHED
+from kvsaga.prefix import root_hash
+from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs
+from kvsaga.sim.metrics import SimResult, UsageRecorder, percentile
+from kvsaga.sim.tokens import TokenSynthesizer
+from kvsaga.sim.trace import Session
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How to serve a trace.
+
+    Args:
+        preset: a `PRESETS` name or a `CostModel`; gives step times and the KV block shape.
+        num_gpu_blocks: KV capacity in blocks; None sizes it from `kv_bytes`.
+        kv_bytes: KV capacity in bytes (of one GPU); None uses the preset's default budget.
+        policy: an eviction policy name (`kvsaga.policy.POLICIES`).
+        max_num_batched_tokens: token budget of one batch step (chunked prefill).
+        max_num_seqs: most requests running at once.
+        hints: what `finish_step` tells the policy: "tool" (the tool's name), "oracle" (the
+            name and the true pause, as `expected_s`), or "none".
+    """
+
+    preset: str | CostModel = "a100-llama3-8b"
+    num_gpu_blocks: int | None = None
+    kv_bytes: float | None = None
+    policy: str = "lru"
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    hints: str = "tool"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preset, str):
+            PRESETS[self.preset]  # raises UnknownNameError listing the presets
+        elif not isinstance(self.preset, CostModel):
+            raise ValueError(f"preset must be a preset name or a CostModel, got {self.preset!r}")
+        if self.num_gpu_blocks is not None and self.kv_bytes is not None:
+            raise ValueError(f"give num_gpu_blocks or kv_bytes, not both (got "
+                             f"{self.num_gpu_blocks!r} and {self.kv_bytes!r})")
+        for name in ("num_gpu_blocks", "max_num_batched_tokens", "max_num_seqs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"SimConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.kv_bytes is not None and not (
+                isinstance(self.kv_bytes, (int, float)) and math.isfinite(self.kv_bytes)
+                and self.kv_bytes > 0):
+            raise ValueError(f"SimConfig.kv_bytes must be a finite number > 0, got "
+                             f"{self.kv_bytes!r}")
+        if self.hints not in ("tool", "oracle", "none"):
+            raise ValueError(f"SimConfig.hints must be 'tool', 'oracle' or 'none', got "
+                             f"{self.hints!r}")
+
+    @property
+    def cost(self) -> CostModel:
+        return PRESETS[self.preset] if isinstance(self.preset, str) else self.preset
+
+    def blocks(self) -> int:
+        """The KV capacity in blocks."""
+        if self.num_gpu_blocks is not None:
+            return self.num_gpu_blocks
+        cost = self.cost
+        return cost.num_blocks(cost.default_kv_bytes() if self.kv_bytes is None
+                               else self.kv_bytes)
+
+
+class _Tokens:
+    """One trace session's token ids (a list, for the manager) and their block hashes."""
+
+    __slots__ = ("ids", "hashes", "root", "high_water")
+
+    def __init__(self, ids: list[int], root: bytes) -> None:
+        self.ids = ids
+        self.hashes: list[bytes] = []
+        self.root = root
+        self.high_water = 0  # tokens [0, high_water) have had their KV computed
+
+
+class _Request:
+    """One step of a session as the scheduler sees it (it survives preemptions)."""
+
+    __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
+                 "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling")
+
+    def __init__(self, session: Session, k: int, tokens: _Tokens) -> None:
+        self.session = session
+        self.k = k
+        self.tokens = tokens
+        self.base_len = session.prompt_length(k)
+        self.num_out = session.steps[k].output_tokens
+        self.num_sampled = 0
+        self.attempt_len = 0  # the current attempt's prompt: base + tokens sampled before it
+        self.num_computed = 0  # tokens of the context with KV slots
+        self.context_len = 0  # tokens of the context the manager holds
+        self.slots_ahead = 0  # decode slots allocated beyond the token fed now
+        self.prefilling = True
+
+    @property
+    def fed_position(self) -> int:
+        """Position of the token a decode step feeds: the last one sampled."""
+        return self.base_len + self.num_sampled - 1
+
+
+class Simulator:
+    """Replays sessions through a `KVCacheManager` and a cost model.
+
+    Args:
+        sessions: the trace; ids must be unique.
+        config: capacity, preset, policy and scheduler limits.
+        policy: an already built policy instance, used instead of `config.policy` (for
+            policies that need the trace, such as an offline oracle).
+    """
+
+    def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
+                 policy: EvictionPolicy | None = None) -> None:
+        self.config = config or SimConfig()
+        self.cost = self.config.cost
+        self.sessions = list(sessions)
+        ids = [s.id for s in self.sessions]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"session ids must be unique; {dup!r} repeats")
+        num_blocks = self.config.blocks()
+        spec = self.cost.kv_spec
+        for s in self.sessions:
+            if spec.num_blocks_for(s.total_tokens) > num_blocks:
+                raise ValueError(
+                    f"session {s.id!r} reaches {s.total_tokens} tokens "
+                    f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
+                    f"{num_blocks} blocks of KV capacity")
+        self.manager = KVCacheManager(spec, num_blocks,
+                                      policy=policy if policy is not None else self.config.policy,
+                                      clock=self._clock)
+        self.pool = self.manager.pool
+        self.block_size = spec.block_size
+        self.recorder = UsageRecorder(self.pool)
+        self.synth = TokenSynthesizer()
+        self.now = 0.0
+        self._events: list[tuple[float, int, Session, int]] = []
+        self._seq = 0
+        self.waiting: deque[_Request] = deque()
+        self.running: list[_Request] = []
+        self._tokens: dict[str, _Tokens] = {}
+        # Prefix tokens computed so far per (tenant, group): the shared prefix is content
+        # that any session of the group may have computed first.
+        self._prefix_high_water: dict[tuple[str | None, str], int] = {}
+        self._finished_at: dict[str, float] = {}
+        self._counts = dict(prompt=0, queried=0, hit=0, first=0, recomputed=0, abandoned=0,
+                            decode=0, preemptions=0, batch_steps=0, steps=0)
+        self._busy = 0.0
+        for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
+            self._push_event(s.arrival_s, s, 0)
+
+    def _clock(self) -> float:
+        return self.now
+
+    # -- events ---------------------------------------------------------------------------
+    def _push_event(self, t: float, session: Session, k: int) -> None:
+        heapq.heappush(self._events, (t, self._seq, session, k))
+        self._seq += 1
+
+    def _release_due_events(self) -> None:
+        while self._events and self._events[0][0] <= self.now:
+            _, _, session, k = heapq.heappop(self._events)
+            tokens = self._tokens.get(session.id)
+            if tokens is None:
+                ids = self.synth.token_ids(session).tolist()
+                tokens = _Tokens(ids, root_hash(session.tenant))
+                self._tokens[session.id] = tokens
+            self.waiting.append(_Request(session, k, tokens))
+            self._counts["prompt"] += session.prompt_length(k)
+
+    def _advance(self, t: float) -> None:
+        self.recorder.advance(t)
+        self.now = t
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, progress: bool = False) -> SimResult:
+        """Serve the whole trace.
+
+        Args:
+            progress: show a progress bar of finished sessions.
+
+        Returns:
+            The run's metrics.
+        """
+        with tqdm(total=len(self.sessions), disable=not progress, unit="session",
+                  desc=f"sim {self.manager.policy.name}") as bar:
+            while self._events or self.waiting or self.running:
+                self._release_due_events()
+                if not self.waiting and not self.running:
+                    self._advance(self._events[0][0])
+                    self.manager.tick(self.now)
+                    continue
+                done = self.step()
+                bar.update(done)
+        return self._result()
+
+    def step(self) -> int:
+        """Schedule and run one batch step; returns how many sessions finished in it."""
+        budget = self.config.max_num_batched_tokens
+        prefill: list[tuple[_Request, int]] = []  # (request, chunk)
+        decode: list[_Request] = []
+        preemptions = self._counts["preemptions"]
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            if req.prefilling:
+                chunk = min(req.attempt_len - req.num_computed, budget)
+                if not self._allocate(req, chunk):
+                    break  # it preempted itself: everything after it is gone too
+                prefill.append((req, chunk))
+                budget -= chunk
+            else:
+                if not self._allocate_decode(req):
+                    break
+                decode.append(req)
+                budget -= 1
+            i += 1
+        # As vLLM: a step that had to preempt admits nobody.
+        preempted = self._counts["preemptions"] > preemptions
+        while (not preempted and budget > 0 and self.waiting
+               and len(self.running) < self.config.max_num_seqs):
+            chunk = self._admit(budget)
+            if not chunk:
+                break
+            prefill.append((self.running[-1], chunk))
+            budget -= chunk
+        if not prefill and not decode:
+            raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
+        return self._execute(prefill, decode)
+
+    def _execute(self, prefill: list[tuple[_Request, int]], decode: list[_Request]) -> int:
+        pairs = ctx = 0
+        for req, chunk in prefill:
+            before = req.num_computed - chunk
+            pairs += attention_pairs(chunk, before)
+            ctx += before
+        decode_ctx = sum(r.fed_position + 1 for r in decode)
+        dt = self.cost.step_time(prefill_tokens=sum(c for _, c in prefill),
+                                 prefill_attention_pairs=pairs, prefill_context_tokens=ctx,
+                                 decode_batch=len(decode), decode_context_tokens=decode_ctx)
+        self._advance(self.now + dt)
+        self._busy += dt
+        self._counts["batch_steps"] += 1
+        self._counts["decode"] += len(decode)
+        finished = 0
+        for req, _ in prefill:
+            if req.num_computed == req.attempt_len:
+                req.prefilling = False
+                req.num_sampled += 1  # the prompt's last position yields a token
+                finished += self._maybe_finish(req)
+        for req in decode:
+            req.num_sampled += 1
+            finished += self._maybe_finish(req)
+        self.manager.tick(self.now)
+        return finished
+
+    # -- admission and allocation ---------------------------------------------------------
+    def _admit(self, budget: int) -> int:
+        """Begin the first waiting request and allocate its first chunk, if they fit.
+
+        The check is exact: the full-block hits that begin_step will find are looked up
+        first (without side effects), and the chunk ends where the check assumed. A retained
+        partial tail, if begin_step also reclaims it, stands in for the new block that the
+        chunk's first tokens would otherwise take.
+
+        Returns:
+            The chunk's size, or 0 if the request must wait (nothing changed).
+        """
+        req = self.waiting[0]
+        attempt_len = req.base_len + req.num_sampled
+        hit_blocks, reclaimed = self._peek_hits(req.tokens, attempt_len)
+        end = min(attempt_len, hit_blocks * self.block_size + budget)
+        need = self.cost.kv_spec.num_blocks_for(end) - hit_blocks
+        if need + reclaimed > self.pool.num_available:
+            return 0
+        self.waiting.popleft()
+        s = req.session
+        start = self.manager.begin_step(s.id, req.tokens.ids[:attempt_len], now=self.now,
+                                        salt=s.tenant, workflow=s.workflow)
+        req.attempt_len = req.context_len = attempt_len
+        req.num_computed = start.num_cached_tokens
+        req.slots_ahead = 0
+        req.prefilling = True
+        self.running.append(req)
+        self._counts["queried"] += attempt_len
+        self._counts["hit"] += start.num_cached_tokens
+        # A reclaimed tail may cover tokens past `end`: compute at least one token, inside
+        # the tail block, so no block beyond the check is needed.
+        chunk = max(end - req.num_computed, 1)
+        try:
+            self._slots(req, chunk)
+        except OutOfBlocks as e:  # the check above promised room
+            raise RuntimeError(f"admission of {s.id!r} step {req.k} found no room for its "
+                               f"first chunk: {e}") from e
+        return chunk
+
+    def _peek_hits(self, tokens: _Tokens, attempt_len: int) -> tuple[int, int]:
+        """Full-block hits begin_step would find, and how many of them are CACHED now."""
+        bs = self.block_size
+        max_blocks = (attempt_len - 1) // bs
+        if len(tokens.hashes) < max_blocks:
+            self.manager.hasher.extend(tokens.hashes, tokens.root,
+                                       tokens.ids[: max_blocks * bs])
+        hits = self.manager.index.longest_prefix(tokens.hashes, max_blocks)
+        state = self.pool.state
+        return len(hits), sum(1 for b in hits if state[b] == CACHED)
+
+    def _allocate(self, req: _Request, num_tokens: int) -> bool:
+        """Slots for a running request, preempting the youngest until they fit.
+
+        Returns:
+            False if `req` itself had to be preempted.
+        """
+        while True:
+            try:
+                self._slots(req, num_tokens)
+                return True
+            except OutOfBlocks:
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is req:
+                    return False
+
+    def _allocate_decode(self, req: _Request) -> bool:
+        """Make sure the token fed this step (sample number `num_sampled`) has a slot."""
+        pos = req.fed_position
+        if req.slots_ahead:
+            req.slots_ahead -= 1
+        else:
+            # Up to the block's end, but never the last output: it is not fed back.
+            m = min(self.block_size - pos % self.block_size, req.num_out - req.num_sampled)
+            if req.context_len < pos + m:
+                self.manager.append_tokens(req.session.id,
+                                           req.tokens.ids[req.context_len: pos + m])
+                req.context_len = pos + m
+            if not self._allocate(req, m):
+                return False
+            req.slots_ahead = m - 1
+        req.tokens.high_water = max(req.tokens.high_water, pos + 1)
+        return True
+
+    def _slots(self, req: _Request, num_tokens: int) -> None:
+        """allocate_slots for `num_tokens`, and the first-time / recomputed accounting."""
+        self.manager.allocate_slots(req.session.id, num_tokens, now=self.now)
+        start = req.num_computed
+        end = start + num_tokens
+        req.num_computed = end
+        if not req.prefilling:
+            return  # decode: _allocate_decode counts tokens as they are fed
+        s = req.session
+        key = (s.tenant, s.shared_prefix.group)
+        prefix_hw = self._prefix_high_water.get(key, 0)
+        seen = max(req.tokens.high_water, prefix_hw)
+        recomputed = max(0, min(end, seen) - start)
+        self._counts["recomputed"] += recomputed
+        self._counts["first"] += num_tokens - recomputed
+        req.tokens.high_water = max(req.tokens.high_water, end)
+        self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
+
+    def _preempt(self, req: _Request) -> None:
+        self.manager.preempt(req.session.id, now=self.now)
+        self.running.remove(req)
+        if req.prefilling:
+            self._counts["abandoned"] += req.attempt_len - req.num_computed
+        req.slots_ahead = 0
+        self.waiting.appendleft(req)
+        self._counts["preemptions"] += 1
+
+    # -- finishing ------------------------------------------------------------------------
+    def _maybe_finish(self, req: _Request) -> int:
+        if req.num_sampled < req.num_out:
+            return 0
+        s, k = req.session, req.k
+        # The last sampled token joins the context (the next prompt holds it) without KV.
+        end = req.base_len + req.num_out
+        if req.context_len < end:
+            self.manager.append_tokens(s.id, req.tokens.ids[req.context_len: end])
+            req.context_len = end
+        self.running.remove(req)
+        self._counts["steps"] += 1
+        if k == s.num_steps - 1:
+            self.manager.end_session(s.id, now=self.now)
+            self._finished_at[s.id] = self.now
+            del self._tokens[s.id]
+            return 1
+        step = s.steps[k]
+        hints = self.config.hints
+        self.manager.finish_step(
+            s.id, now=self.now,
+            tool=step.tool if hints != "none" else None,
+            expected_s=step.tool_s if hints == "oracle" else None)
+        self._push_event(self.now + step.tool_s, s, k + 1)
+        return 0
+
+    # -- results --------------------------------------------------------------------------
+    def _result(self) -> SimResult:
+        self.recorder.advance(self.now)
+        c = self._counts
+        tct = [self._finished_at[s.id] - s.arrival_s for s in self.sessions]
+        span = self.now
+        area = self.pool.num_blocks * span if span > 0 else math.inf
+        rec = self.recorder
+        return SimResult(
+            policy=self.manager.policy.name,
+            preset=self.cost.name,
+            num_gpu_blocks=self.pool.num_blocks,
+            num_sessions=len(self.sessions),
+            num_steps=c["steps"],
+            prompt_tokens=c["prompt"],
+            queried_tokens=c["queried"],
+            hit_tokens=c["hit"],
+            computed_tokens=c["first"] + c["recomputed"],
+            first_time_tokens=c["first"],
+            recomputed_tokens=c["recomputed"],
+            abandoned_tokens=c["abandoned"],
+            decode_tokens=c["decode"],
+            num_preemptions=c["preemptions"],
+            num_batch_steps=c["batch_steps"],
+            num_evicted_blocks=self.manager.stats().num_evicted_blocks,
+            makespan_s=span,
+            busy_s=self._busy,
+            tct_mean_s=float(sum(tct) / len(tct)) if tct else math.nan,
+            tct_p95_s=percentile(tct, 95),
+            kv_utilization=(rec.active_s + rec.reused_cached_s) / area,
+            kv_occupancy=rec.occupied_s / area,
+            kv_active=rec.active_s / area,
+        )
+
+
+def simulate(sessions: Sequence[Session], config: SimConfig | None = None, *,
+             policy: EvictionPolicy | None = None, progress: bool = False) -> SimResult:
+    """Serve a trace on one simulated GPU and measure it.
+
+    Args:
+        sessions: the trace.
+        config: capacity, preset, policy and scheduler limits (defaults: `SimConfig()`).
+        policy: a built policy instance to use instead of `config.policy`.
+        progress: show a progress bar.
+
+    Returns:
+        The run's `SimResult`.
+    """
+    return Simulator(sessions, config, policy=policy).run(progress=progress)
