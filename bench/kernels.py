@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         pct = f"{r['pct_peak']:.1f}" if r["pct_peak"] is not None else "-"
         tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
         print(f"{r['case']:<22}{r['impl']:<12}{r['ms']:>10.3f}{r['bytes'] / 1e6:>10.1f}"
-              f"{r['gbps']:>10.1f}{pct:>8}{tf:>9}")
+              f"{r['gbps']:>10.2f}{pct:>8}{tf:>9}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=name, peak_gbps=peak, small=small, shapes=sh.__dict__,
