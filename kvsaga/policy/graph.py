@@ -13,9 +13,10 @@ Where P and the time come from:
   waits on, given the time already waited (`predict`); a hint wins: `expected_s` sets the
   time (until the tool is late), `last_step` sets P = 0;
 - a preempted session's blocks: P = 1, needed at once (its retry is queued);
-- a plain block (a prefix shared by several sessions): P = uses / (uses + 1), and the time is
-  the larger of the block's own mean gap between uses (an EMA; before its second use, the
-  arrival interval of its workflow's sessions) and the time since its last use;
+- a plain block (a prefix shared by several sessions): P = uses / (uses + 1) (its creator
+  counts as a use), and the time is the larger of the block's own mean gap between hits (an
+  EMA; before its second hit, the arrival interval of its workflow's sessions) and the time
+  since it was last used;
 - an ended session's private blocks: P = 0 (first victims).
 
 Within a session the tail goes before the head (one stream per session, tail first); the
@@ -87,8 +88,9 @@ class GraphPolicy(GroupedPolicy):
 
     def _record_use(self, b: int, gen: int, now: float, workflow: str) -> None:
         if self._gen[b] != gen:
-            self._gen[b], self._uses[b], self._interval[b] = gen, 0, None
-        elif self._uses[b]:
+            # First hit on this content: count its creator's use too (time unknown).
+            self._gen[b], self._uses[b], self._interval[b] = gen, 1, None
+        else:
             gap = max(now - self._last_use[b], 0.0)
             i = self._interval[b]
             self._interval[b] = gap if i is None else i + self.alpha * (gap - i)

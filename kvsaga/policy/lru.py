@@ -12,6 +12,8 @@ from kvsaga.policy.base import EvictionPolicy
 
 
 class LRUPolicy(EvictionPolicy):
+    """Least recently cached block first; no knowledge of sessions or tools."""
+
     name = "lru"
 
     def __init__(self) -> None:
