@@ -43,6 +43,7 @@ class EngineSnapshot:
     num_preemptions: int = 0
     policy: str = ""
     block_size: int = 0
+    bytes_per_block: int = 0
 
 
 class RequestAborted(Exception):
@@ -238,6 +239,7 @@ class AsyncEngine:
             num_preemptions=sched.num_preemptions,
             policy=engine.manager.policy.name,
             block_size=engine.manager.block_size,
+            bytes_per_block=engine.spec.bytes_per_block,
         )
 
 

@@ -37,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="model name clients send and /v1/models lists (default: the model's name)")
     a("--host", default=d.host, help="address to bind (loopback unless you mean to expose it)")
     a("--port", type=int, default=d.port, help="TCP port")
-    a("--policy", default=d.policy, choices=sorted(POLICIES), help="KV eviction policy")
+    # Offline policies (Belady, oracles) read the future from a trace: not servable.
+    online = sorted(n for n in POLICIES if n != "belady" and not n.startswith("oracle"))
+    a("--policy", default=d.policy, choices=online, help="KV eviction policy")
     a("--kv-memory", type=_bytes, default=None,
       help="KV cache budget, e.g. 2G or 512M (default: 512M on CPU, 90%% of free GPU memory)")
     a("--host-memory", type=_bytes, default=None,
-      help="pinned host memory for offloaded KV blocks, e.g. 8G (once offload is enabled)")
+      help="host memory for KV blocks offloaded from the device, e.g. 8G (default: none, "
+      "no offload)")
     a("--block-size", type=int, default=d.block_size, help="tokens per KV block")
     a("--device", default=None, help="cpu or cuda (default: cuda if available)")
     a("--max-num-seqs", type=int, default=d.max_num_seqs, help="most requests per batch")
@@ -110,6 +113,7 @@ def engine_factory(s: ServerSettings):
             max_num_batched_tokens=s.max_num_batched_tokens,
             max_model_len=s.max_model_len,
             progress=True,
+            host_memory_bytes=s.host_memory_bytes or 0,
         )
 
     return load

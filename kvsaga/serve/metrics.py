@@ -57,21 +57,26 @@ class _EngineCollector(Collector):
                       st.queried_tokens)
         yield counter("kvsaga:prefix_cache_hits", "Prompt tokens found in the cache.",
                       st.hit_tokens)
+        host_hits = getattr(st, "host_hit_tokens", 0)
+        offloaded = getattr(st, "offloaded_blocks", 0)
+        loaded = getattr(st, "loaded_blocks", 0)
         src = CounterMetricFamily("kvsaga:cached_tokens", "Prompt tokens served from the cache, "
                                   "by the tier they came from.", labels=[*labels, "source"])
-        src.add_metric([*lv, "gpu"], st.hit_tokens)
-        src.add_metric([*lv, "host"], 0)  # no host tier until offload lands
+        src.add_metric([*lv, "gpu"], st.hit_tokens - host_hits)
+        src.add_metric([*lv, "host"], host_hits)
         yield src
-        ev = CounterMetricFamily("kvsaga:evictions", "KV blocks evicted, by policy and action.",
-                                 labels=[*labels, "policy", "action"])
-        ev.add_metric([*lv, snap.policy, "discard"], st.num_evicted_blocks)
-        ev.add_metric([*lv, snap.policy, "offload"], 0)
+        ev = CounterMetricFamily("kvsaga:evictions", "KV blocks evicted from the GPU tier, by "
+                                 "policy and action.", labels=[*labels, "policy", "action"])
+        ev.add_metric([*lv, snap.policy, "discard"], st.num_evicted_blocks - offloaded)
+        ev.add_metric([*lv, snap.policy, "offload"], offloaded)
         yield ev
-        off = CounterMetricFamily("kvsaga:offload_bytes", "Bytes moved between GPU and host.",
+        off = CounterMetricFamily("kvsaga:offload_bytes", "KV bytes copied between GPU and host.",
                                   labels=[*labels, "direction"])
-        off.add_metric([*lv, "gpu_to_host"], 0)
-        off.add_metric([*lv, "host_to_gpu"], 0)
+        off.add_metric([*lv, "gpu_to_host"], offloaded * snap.bytes_per_block)
+        off.add_metric([*lv, "host_to_gpu"], loaded * snap.bytes_per_block)
         yield off
+        yield gauge("kvsaga:host_blocks_cached", "KV blocks held in the host tier.",
+                    getattr(st, "num_host_cached_blocks", 0))
         sess = GaugeMetricFamily("kvsaga:sessions", "Agent sessions by state.",
                                  labels=[*labels, "state"])
         sess.add_metric([*lv, "running"], st.num_running_sessions)

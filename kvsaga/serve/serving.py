@@ -177,7 +177,8 @@ class Serving:
         try:
             handle = await self.engine.submit(ids, params, **kwargs)
         except InvalidRequest as e:
-            raise APIError(400, str(e), param=prompt.param) from None
+            # Well-formed, but the engine cannot take it (e.g. token ids outside the vocab).
+            raise APIError(422, str(e), param=prompt.param) from None
         if engine_sid is not None:
             ctx = self.sessions.open(engine_sid)
             ctx.in_flight = rid

@@ -47,7 +47,7 @@ class ServerSettings:
     kv_memory_bytes: int | None = None
     """KV cache budget on the device (default: 512M on CPU, 90% of free memory on CUDA)."""
     host_memory_bytes: int | None = None
-    """Pinned host memory for offloaded KV blocks (used once the offload tier is enabled)."""
+    """Host memory for KV blocks offloaded from the device (pinned on CUDA); None: no offload."""
     block_size: int = 16
     """Tokens per KV block."""
     device: str | None = None
