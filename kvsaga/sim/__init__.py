@@ -1,17 +1,19 @@
-"""Trace replay: the trace format, workload generators and the step-time cost model.
+"""Trace replay: the trace format, workload generators, the cost model and the simulator.
 
-    from kvsaga.sim import generate, write_trace, PRESETS
+    from kvsaga.sim import generate, simulate, SimConfig
     sessions = generate("swe", 200, seed=1)
-    write_trace(sessions, "swe.jsonl")
+    result = simulate(sessions, SimConfig(preset="a100-llama3-8b", policy="lru"))
 
-See docs/workloads.md for the workload families, their sources and the cost model.
+See docs/workloads.md (families, sources, cost model) and docs/simulator.md.
 """
 
 from __future__ import annotations
 
 from kvsaga.sim.cost import PRESETS, CostModel, GPUSpec, ModelSpec, attention_pairs, get_preset
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
+from kvsaga.sim.metrics import SimResult
 from kvsaga.sim.registry import UnknownNameError
+from kvsaga.sim.simulator import SimConfig, Simulator, simulate
 from kvsaga.sim.tokens import TokenSynthesizer, output_token_ids, prompt_token_ids
 from kvsaga.sim.trace import Session, SharedPrefix, Step, TraceError, load_trace, write_trace
 from kvsaga.sim.workloads import WORKLOADS, generate
@@ -24,6 +26,9 @@ __all__ = [
     "ModelSpec",
     "Session",
     "SharedPrefix",
+    "SimConfig",
+    "SimResult",
+    "Simulator",
     "Step",
     "TokenSynthesizer",
     "ToolSpec",
@@ -36,5 +41,6 @@ __all__ = [
     "load_trace",
     "output_token_ids",
     "prompt_token_ids",
+    "simulate",
     "write_trace",
 ]

@@ -24,8 +24,11 @@ class SimResult:
         recomputed_tokens: computed tokens whose KV had been computed before and was lost.
         abandoned_tokens: prompt tokens of preempted attempts that were neither hit nor
             computed before the preemption.
+        decode_tokens: tokens fed to decode steps (each sampled token but a step's last); each
+            is computed there for the first time.
         Conservation: queried = hit + computed + abandoned; prompt = queried when nothing
-        was preempted.
+        was preempted; first_time + decode = the distinct tokens of the trace that are ever
+        computed (each prefix once, then every session token but the very last output).
     Time:
         makespan_s: from time 0 to the last step's last token.
         tct_mean_s, tct_p95_s: task completion time (last token - arrival) over sessions.

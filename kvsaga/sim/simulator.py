@@ -188,6 +188,7 @@ class Simulator:
         self._counts = dict(prompt=0, queried=0, hit=0, first=0, recomputed=0, abandoned=0,
                             decode=0, preemptions=0, batch_steps=0, steps=0)
         self._busy = 0.0
+        self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)
 
@@ -224,6 +225,9 @@ class Simulator:
         Returns:
             The run's metrics.
         """
+        if self._ran:
+            raise RuntimeError("a Simulator runs once; build a new one to run again")
+        self._ran = True
         with tqdm(total=len(self.sessions), disable=not progress, unit="session",
                   desc=f"sim {self.manager.policy.name}") as bar:
             while self._events or self.waiting or self.running:

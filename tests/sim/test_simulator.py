@@ -1,0 +1,152 @@
+"""Simulator: conservation, determinism, a hand-computed trace, and the policy it drives."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy import LRUPolicy
+from kvsaga.sim.cost import PRESETS, attention_pairs
+from kvsaga.sim.simulator import SimConfig, Simulator, simulate
+from kvsaga.sim.trace import Session, SharedPrefix, Step
+from kvsaga.sim.workloads import generate
+
+COST = PRESETS["a100-llama3-8b"]
+
+
+def tiny_trace(seed: int = 1):
+    # Small, dense and under pressure: arrivals far faster than the family default.
+    return generate("swe", 12, seed=seed, scale=0.05, arrival_rate=1.0)
+
+
+def distinct_computed_tokens(sessions) -> int:
+    """Tokens whose KV must be computed at least once, whatever the policy: each group's
+    prefix once, then every session token but the last output (nothing reads it)."""
+    prefixes = {(s.tenant, s.shared_prefix.group): s.shared_prefix.tokens for s in sessions}
+    return sum(prefixes.values()) + sum(
+        s.total_tokens - s.shared_prefix.tokens - 1 for s in sessions)
+
+
+# 380 barely holds the longest session; 750 preempts mid-prefill (abandoned tokens).
+@pytest.mark.parametrize("num_gpu_blocks", [380, 750, 100_000])
+def test_conservation(num_gpu_blocks):
+    sessions = tiny_trace()
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=num_gpu_blocks))
+    r = sim.run()
+    sim.manager.check_integrity()
+    assert r.num_steps == sum(s.num_steps for s in sessions)
+    assert r.prompt_tokens == sum(s.prompt_length(k) for s in sessions
+                                  for k in range(s.num_steps))
+    # Every prompt token of every attempt is a hit, computed, or left when preempted.
+    assert r.queried_tokens == r.hit_tokens + r.computed_tokens + r.abandoned_tokens
+    assert r.abandoned_tokens > 0 or num_gpu_blocks != 750
+    assert r.computed_tokens == r.first_time_tokens + r.recomputed_tokens
+    # Each of those is computed first either by a prefill or as a decode step's fed token.
+    assert r.first_time_tokens + r.decode_tokens == distinct_computed_tokens(sessions)
+    stats = sim.manager.stats()
+    assert (stats.queried_tokens, stats.hit_tokens) == (r.queried_tokens, r.hit_tokens)
+    assert stats.num_running_sessions == stats.num_paused_sessions == 0
+    if r.num_preemptions == 0:
+        assert r.queried_tokens == r.prompt_tokens and r.abandoned_tokens == 0
+        assert r.decode_tokens == sum(st.output_tokens - 1 for s in sessions for st in s.steps)
+    assert 0 <= r.kv_active <= r.kv_utilization <= r.kv_occupancy <= 1
+    assert r.bytes_offloaded == r.bytes_reloaded == 0
+
+
+def test_pressure_recomputes_and_preempts():
+    sessions = tiny_trace()
+    roomy = simulate(sessions, SimConfig(num_gpu_blocks=100_000))
+    tight = simulate(sessions, SimConfig(num_gpu_blocks=750))
+    assert roomy.num_preemptions == 0 and roomy.num_evicted_blocks == 0
+    assert tight.num_preemptions > 0 and tight.num_evicted_blocks > 0
+    assert tight.recomputed_tokens > roomy.recomputed_tokens
+    assert tight.hit_rate < roomy.hit_rate
+    assert tight.tct_mean_s > roomy.tct_mean_s
+
+
+def test_deterministic_per_seed():
+    config = SimConfig(num_gpu_blocks=400)
+    a = simulate(tiny_trace(1), config)
+    assert a == simulate(tiny_trace(1), config)
+    assert a != simulate(tiny_trace(2), config)
+
+
+def _session(sid: str, arrival: float, steps: list[Step], prefix: int = 40) -> Session:
+    return Session(id=sid, workflow="t", arrival_s=arrival,
+                   shared_prefix=SharedPrefix("sys", prefix), steps=tuple(steps))
+
+
+def test_hand_computed_trace():
+    # A: prefix 40 + input 30, 5 outputs, a 2 s tool, then input 20 and 3 outputs.
+    # B arrives after A has ended and shares A's prefix (2 full 16-token blocks of it).
+    a = _session("A", 0.0, [Step(30, 5, "read", 2.0), Step(20, 3)])
+    b = _session("B", 1000.0, [Step(30, 2)])
+    r = simulate([a, b], SimConfig(num_gpu_blocks=1000))
+
+    # A, step 0: one prefill step of 70 tokens, then 4 decode steps feeding outputs 0..3
+    # (contexts 71..74); the 5th output is sampled but not fed.
+    t = COST.prefill_time(70) + sum(COST.decode_step_time(1, 70 + i) for i in range(1, 5))
+    # Step 1: prompt 70 + 5 + 20 = 95; 74 computed tokens are cached (4 full blocks and the
+    # retained 10-token tail), so 21 are prefilled over 74, then 2 decode steps (96, 97).
+    t += 2.0
+    t += COST.step_time(prefill_tokens=21, prefill_attention_pairs=attention_pairs(21, 74),
+                        prefill_context_tokens=74)
+    t += COST.decode_step_time(1, 96) + COST.decode_step_time(1, 97)
+    # B: prompt 70, hits the 2 full prefix blocks (32 tokens): 38 prefilled, 1 decode step.
+    tb = COST.step_time(prefill_tokens=38, prefill_attention_pairs=attention_pairs(38, 32),
+                        prefill_context_tokens=32) + COST.decode_step_time(1, 71)
+
+    assert r.tct_mean_s == pytest.approx((t + tb) / 2, rel=1e-12)
+    assert r.makespan_s == pytest.approx(1000.0 + tb, rel=1e-12)
+    assert r.busy_s == pytest.approx(t - 2.0 + tb, rel=1e-12)
+    assert r.num_batch_steps == 1 + 4 + 1 + 2 + 1 + 1
+    assert r.prompt_tokens == r.queried_tokens == 70 + 95 + 70
+    assert r.hit_tokens == 74 + 32
+    # B recomputes the 8 prefix tokens of the partial block that A computed first.
+    assert r.recomputed_tokens == 8
+    assert r.first_time_tokens == 70 + 21 + 30
+    assert r.decode_tokens == 4 + 2 + 1
+    assert r.num_preemptions == 0 and r.num_evicted_blocks == 0
+
+
+class RecordingLRU(LRUPolicy):
+    """The real LRU policy, noting the hints it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hints = []
+
+    def step_finished(self, session, now, hint) -> None:
+        self.hints.append((session.session_id, hint.tool, hint.expected_s))
+        super().step_finished(session, now, hint)
+
+
+@pytest.mark.parametrize(("hints", "expected"), [
+    ("tool", [("A", "read", None)]),
+    ("oracle", [("A", "read", 2.0)]),
+    ("none", [("A", None, None)]),
+])
+def test_drives_the_given_policy_with_hints(hints, expected):
+    policy = RecordingLRU()
+    a = _session("A", 0.0, [Step(30, 5, "read", 2.0), Step(20, 3)])
+    sim = Simulator([a], SimConfig(num_gpu_blocks=1000, hints=hints), policy=policy)
+    assert sim.manager.policy is policy
+    sim.run()
+    assert policy.hints == expected
+
+
+def test_bad_config_and_trace():
+    with pytest.raises(ValueError, match="unknown preset 'tpu'"):
+        SimConfig(preset="tpu")
+    with pytest.raises(ValueError, match="not both"):
+        SimConfig(num_gpu_blocks=10, kv_bytes=1e9)
+    with pytest.raises(ValueError, match="hints must be"):
+        SimConfig(hints="psychic")
+    with pytest.raises(ValueError, match="max_num_seqs must be an integer >= 1, got 0"):
+        SimConfig(max_num_seqs=0)
+    long = _session("L", 0.0, [Step(1000, 5)])
+    with pytest.raises(ValueError, match="session 'L' reaches 1045 tokens"):
+        Simulator([long], SimConfig(num_gpu_blocks=10))
+    with pytest.raises(ValueError, match="'A' repeats"):
+        Simulator([_session("A", 0, [Step(1, 1)]), _session("A", 1, [Step(1, 1)])])
+    assert SimConfig(kv_bytes=COST.block_bytes * 7).blocks() == 7
+    assert SimConfig().blocks() == COST.num_blocks(COST.default_kv_bytes())
