@@ -122,3 +122,15 @@ def test_interpreter_is_used_on_cpu(triton_device):
     case = _decode_case(torch.float32, 1, 64, 16, "cpu")
     kernels.paged_attention(*case.args(), max_query_len=1, out=case.guarded_out())
     assert os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("query_lens", [[1, 1, 1], [256, 1, 17]], ids=["decode", "extend"])
+def test_llama_shapes_on_cuda(monkeypatch, query_lens):
+    """Llama-3-8B heads (32 query, 8 KV, head_dim 128), bf16, contexts up to 4k, compiled."""
+    monkeypatch.setenv("KVSAGA_KERNELS", "triton")
+    case = make_case([4096, 1000, 17], query_lens, block_size=16, num_kv_heads=8, group=4,
+                     head_dim=128, dtype=torch.bfloat16, device="cuda", seed=7)
+    out = kernels.paged_attention(*case.args(), max_query_len=max(query_lens),
+                                  max_seq_len=4096, out=case.guarded_out(), validate=True)
+    _assert_matches(case, out, reference.paged_attention(*case.args(), out=case.guarded_out()))
