@@ -20,6 +20,16 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kvsaga.policy import POLICIES
 
@@ -28,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvsaga-serve",
         description="OpenAI-compatible server whose agent sessions keep their KV cache "
         "across tool calls.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     a = p.add_argument
     a("--model", default=None,
