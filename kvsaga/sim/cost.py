@@ -350,6 +350,17 @@ class CostModel:
         return self.transfer_time(tokens * self.kv_bytes_per_token)
 
 
+    # -- kvsaga.policy.CostModel protocol: what the eviction policies price decisions with --
+    def recompute_s(self, num_tokens: int, context_tokens: int) -> float:
+        """Policy protocol: `recompute_cost(num_tokens, context_tokens)`."""
+        return self.recompute_cost(num_tokens, context_tokens)
+
+    def reload_s(self, num_blocks: int) -> float:
+        """Policy protocol: seconds to copy `num_blocks` blocks host -> GPU over PCIe."""
+        _check_count("num_blocks", num_blocks)
+        return self.transfer_time(num_blocks * self.block_bytes)
+
+
 def attention_pairs(new_tokens: int, cached_tokens: int) -> int:
     """(query, key) pairs of a causal prefill of `new_tokens` after `cached_tokens`."""
     return new_tokens * cached_tokens + new_tokens * (new_tokens + 1) // 2

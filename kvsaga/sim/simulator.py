@@ -28,6 +28,7 @@ of the tokens inside the block currently being written runs ahead.
 from __future__ import annotations
 
 import heapq
+import inspect
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from kvsaga.errors import OutOfBlocks
 from kvsaga.manager import KVCacheManager
-from kvsaga.policy import EvictionPolicy
+from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
 from kvsaga.pool import CACHED
 from kvsaga.prefix import root_hash
 from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs
@@ -54,7 +55,8 @@ class SimConfig:
         preset: a `PRESETS` name or a `CostModel`; gives step times and the KV block shape.
         num_gpu_blocks: KV capacity in blocks; None sizes it from `kv_bytes`.
         kv_bytes: KV capacity in bytes (of one GPU); None uses the preset's default budget.
-        policy: an eviction policy name (`kvsaga.policy.POLICIES`).
+        policy: an eviction policy name (`kvsaga.policy.POLICIES`); policies that price
+            their decisions get this preset as their cost model.
         max_num_batched_tokens: token budget of one batch step (chunked prefill).
         max_num_seqs: most requests running at once.
         hints: what `finish_step` tells the policy: "tool" (the tool's name), "oracle" (the
@@ -168,9 +170,9 @@ class Simulator:
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
                     f"{num_blocks} blocks of KV capacity")
-        self.manager = KVCacheManager(spec, num_blocks,
-                                      policy=policy if policy is not None else self.config.policy,
-                                      clock=self._clock)
+        if policy is None:
+            policy = self._make_policy(self.config.policy)
+        self.manager = KVCacheManager(spec, num_blocks, policy=policy, clock=self._clock)
         self.pool = self.manager.pool
         self.block_size = spec.block_size
         self.recorder = UsageRecorder(self.pool)
@@ -191,6 +193,18 @@ class Simulator:
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)
+
+    def _make_policy(self, name: str) -> EvictionPolicy:
+        """Build a policy by name, priced with this run's cost model when it takes one."""
+        cls = POLICIES.get(name)
+        if cls is None:
+            return make_policy(name)  # raises, listing the known names
+        if getattr(cls, "needs_oracle", False):
+            raise ValueError(f"policy {name!r} needs a FutureOracle of the trace; build it and "
+                             f"pass it as Simulator(..., policy=...)")
+        if "cost" in inspect.signature(cls).parameters:
+            return cls(cost=self.cost)
+        return cls()
 
     def _clock(self) -> float:
         return self.now

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kvsaga.policy import CostModel as PolicyCost
+from kvsaga.policy import PrefillCost
 from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs, get_preset
 from kvsaga.sim.registry import UnknownNameError
 
@@ -88,3 +90,20 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="flops_efficiency must be in"):
         CostModel("x", m.gpu, m.model, flops_efficiency=1.5)
     assert m.step_time() == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_policy_cost_protocol(name):
+    m = PRESETS[name]
+    assert isinstance(m, PolicyCost)
+    assert m.recompute_s(100, 1_000) == m.recompute_cost(100, 1_000)
+    assert m.reload_s(4) == pytest.approx(m.reload_cost(4 * m.block_size))
+    assert m.reload_s(0) == 0.0
+
+
+def test_agrees_with_the_policies_default_cost():
+    # The policies' default (A100, 8B) and the preset: same order of magnitude.
+    m, p = PRESETS["a100-llama3-8b"], PrefillCost()
+    for n, c in [(16, 0), (1_000, 0), (512, 50_000)]:
+        assert 0.5 < m.recompute_s(n, c) / p.recompute_s(n, c) < 2
+    assert 0.5 < m.reload_s(64) / p.reload_s(64) < 2

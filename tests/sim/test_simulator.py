@@ -134,6 +134,25 @@ def test_drives_the_given_policy_with_hints(hints, expected):
     assert policy.hints == expected
 
 
+@pytest.mark.parametrize("name", ["ttl", "graph", "saga"])
+def test_every_online_policy_runs_priced_by_the_preset(name):
+    sessions = tiny_trace()
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=750, policy=name))
+    assert sim.manager.policy.name == name and sim.manager.policy.cost is COST
+    r = sim.run()
+    sim.manager.check_integrity()
+    assert r.policy == name
+    assert r.queried_tokens == r.hit_tokens + r.computed_tokens + r.abandoned_tokens
+    assert r.first_time_tokens + r.decode_tokens == distinct_computed_tokens(sessions)
+
+
+def test_oracle_policies_need_an_instance():
+    with pytest.raises(ValueError, match="policy 'belady' needs a FutureOracle"):
+        Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750, policy="belady"))
+    with pytest.raises(ValueError, match="unknown policy 'fifo'"):
+        Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750, policy="fifo"))
+
+
 def test_bad_config_and_trace():
     with pytest.raises(ValueError, match="unknown preset 'tpu'"):
         SimConfig(preset="tpu")
