@@ -79,8 +79,8 @@ class LogNormalDist:
         z = (math.log(elapsed) - self.mu) / self.sigma
         s = _phi_upper(z)
         if s < 1e-250:
-            # Asymptotic form sigma^2 * t / (ln t - mu): the two tails below underflow.
-            return elapsed * self.sigma**2 / max(math.log(elapsed) - self.mu, self.sigma**2)
+            # The two tails below underflow; Mills' ratio gives t * sigma / (z - sigma).
+            return elapsed * self.sigma / max(z - self.sigma, 1.0)
         return self.mean * _phi_upper(z - self.sigma) / s - elapsed
 
 
