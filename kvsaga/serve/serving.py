@@ -187,8 +187,8 @@ class Serving:
         headers = {"X-Session-ID": sid} if sid else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(run.sse(request, include_usage), headers=headers,
-                                     media_type="text/event-stream")
+            return _ClosingStream(run.sse(request, include_usage), on_close=run.close,
+                                  headers=headers, media_type="text/event-stream")
         return JSONResponse(await run.collect(request), headers=headers)
 
 
@@ -238,6 +238,11 @@ class _Run:
             watcher.cancel()
             self.handle.abort()  # no-op when finished
             self._release()
+
+    def close(self) -> None:
+        """Abort if unfinished and free the session; idempotent."""
+        self.handle.abort()
+        self._release()
 
     def _record(self, out: RequestOutput) -> None:
         if self.ctx is not None and not self.last_step:
@@ -315,6 +320,21 @@ class _Run:
             err = APIError(500, f"the engine failed: {type(e).__name__}: {e}")
             yield _sse(err.body())
         yield "data: [DONE]\n\n"
+
+
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that runs `on_close` however it ends, even when the client left
+    before the body was ever iterated (then the body generator's own cleanup never runs)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _sse(obj: dict) -> str:
