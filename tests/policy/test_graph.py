@@ -1,0 +1,88 @@
+"""`graph`: loss pricing, plain-cache reuse statistics, offload/discard, prefetch, laziness."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy import GraphPolicy
+from kvsaga.policy.base import Action
+from kvsaga.policy.cost import PrefillCost
+from tests.policy.helpers import make, run_step, tokens
+from tests.policy.test_scenarios import train
+
+
+class CountingCost(PrefillCost):
+    calls = 0
+
+    def recompute_s(self, num_tokens, context_tokens):
+        CountingCost.calls += 1
+        return super().recompute_s(num_tokens, context_tokens)
+
+
+def test_loss_is_p_times_rebuild_over_time():
+    policy = GraphPolicy()
+    train(policy.graph, "lint", 5.0)
+    m = make(policy, num_blocks=8)
+    run_step(m, "a", tokens(100, 8), now=0.0, tool="lint")
+    p = policy.predict_session("a", 1.0)
+    assert p == policy.graph.predict("default", "lint", 1.0)
+    cost = PrefillCost()
+    assert policy.loss(1, 1.0) == pytest.approx(p.p_resume * cost.recompute_s(4, 4) / p.expected_s)
+    assert policy.loss(0, 1.0) < policy.loss(1, 1.0)  # deeper blocks cost more to rebuild
+
+
+def test_plain_block_reuse_statistics():
+    policy = GraphPolicy()
+    m = make(policy, num_blocks=16)
+    system = tokens(1000, 4)  # block 0
+    run_step(m, "a", system + [1], now=0.0, tool="x")
+    run_step(m, "b", system + [2], now=2.0, tool="x")  # first hit: a's use counts too
+    run_step(m, "c", system + [3], now=4.0, tool="x")  # a gap of 2 s between hits
+    p = policy.predict_plain(0, 5.0)
+    assert p.p_resume == pytest.approx(3 / 4) and p.expected_s == pytest.approx(2.0)
+    assert policy.predict_plain(0, 10.0).expected_s == pytest.approx(6.0)  # idle 6 s so far
+
+
+def test_offload_when_reused_and_cheaper_to_reload():
+    policy = GraphPolicy()
+    m = make(policy, num_blocks=6, num_host_blocks=4)
+    run_step(m, "a", tokens(100, 8), now=0.0, tool="x")  # 0, 1
+    run_step(m, "z", tokens(200, 8), now=0.0, last_step=True)  # 2, 3: ended
+    assert policy.action(0, 0.5) is Action.OFFLOAD
+    assert policy.action(2, 0.5) is Action.DISCARD
+    # Over a slow bus (1 kB/s), recomputing is cheaper than reloading.
+    slow = GraphPolicy(cost=PrefillCost(host_bandwidth=1e3))
+    m2 = make(slow, num_blocks=6, num_host_blocks=4)
+    run_step(m2, "a", tokens(100, 8), now=0.0, tool="x")
+    assert slow.action(0, 0.5) is Action.DISCARD
+    # No host tier: always discard.
+    m3 = make(GraphPolicy(), num_blocks=6)
+    run_step(m3, "a", tokens(100, 8), now=0.0, tool="x")
+    assert m3.policy.action(0, 0.5) is Action.DISCARD
+
+
+def test_offloaded_session_is_prefetched_before_its_announced_resume():
+    policy = GraphPolicy()
+    m = make(policy, num_blocks=6, num_host_blocks=4)
+    run_step(m, "a", tokens(100, 8), now=0.0, tool="x", expected_s=10.0)  # 0, 1
+    m.begin_step("b", tokens(200, 24), now=1.0)
+    m.allocate_slots("b", 24, now=1.0)  # 4 free + both of a's blocks, offloaded
+    assert m.stats().offloaded_blocks == 2
+    m.finish_step("b", now=2.0, tool="x", expected_s=100.0)
+    m.take_transfers()
+    assert policy.prefetch_candidates(5.0) == []  # a resumes at 10 s: not yet
+    m.tick(9.95)  # within prefetch_lead_s of the announced resume: loads start
+    assert m.stats().prefetched_blocks == 2
+    assert policy.prefetch_candidates(9.96) == []  # named once
+    assert m.begin_step("a", tokens(100, 9), now=10.0).num_cached_tokens == 8
+
+
+def test_a_victim_search_is_lazy():
+    policy = GraphPolicy(cost=CountingCost())
+    m = make(policy, num_blocks=64)
+    for i in range(3):  # three sessions of 16 blocks each
+        run_step(m, f"s{i}", tokens(1000 * (i + 1), 64), now=0.0, tool="x")
+    CountingCost.calls = 0
+    assert len(policy.choose_victims(2, 1.0)) == 2
+    # One price per session stream to start, then one per victim taken: not 48.
+    assert CountingCost.calls <= 3 + 2
