@@ -52,35 +52,28 @@ class SamplingParams:
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
 
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
-            raise bad("max_tokens", "must be an int")
-        if self.max_tokens < 1:
-            raise bad("max_tokens", "must be >= 1")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
-            raise bad("temperature", "must be a number")
-        if not 0.0 <= self.temperature < float("inf"):
-            raise bad("temperature", "must be >= 0 and finite")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise bad("max_tokens", "must be an int >= 1")
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature < float("inf"):
+            raise bad("temperature", "must be a finite number >= 0")
+        if not _is_int(self.top_k) or self.top_k < -1:
             raise bad("top_k", "must be an int >= 0 (or -1 for all)")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)):
-            raise bad("top_p", "must be a number")
-        if not 0.0 < self.top_p <= 1.0:
-            raise bad("top_p", "must be in (0, 1]")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be a number in (0, 1]")
+        if self.seed is not None and not _is_int(self.seed):
             raise bad("seed", "must be an int or None")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
-        self.stop = tuple(self.stop or ())
-        if not all(isinstance(s, str) and s for s in self.stop):
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if not all(isinstance(s, str) and s for s in stop):
             raise bad("stop", "must be non-empty strings")
-        self.stop_token_ids = tuple(self.stop_token_ids or ())
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+        stop_token_ids = tuple(self.stop_token_ids or ())
+        if not all(_is_int(t) and t >= 0 for t in stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative ints")
-        if self.logprobs is not None and not isinstance(self.logprobs, bool):
-            if not isinstance(self.logprobs, int) or self.logprobs < 0:
-                raise bad("logprobs", "must be a bool, None or an int >= 0")
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+        lp = self.logprobs
+        if lp is not None and not isinstance(lp, bool) and (not _is_int(lp) or lp < 0):
+            raise bad("logprobs", "must be a bool, None or an int >= 0")
+        if not _is_int(self.n) or self.n < 1:
             raise bad("n", "must be an int >= 1")
+        self.stop, self.stop_token_ids = stop, stop_token_ids
         if self.top_k == -1:
             self.top_k = 0
 
@@ -147,9 +140,10 @@ class Sampler:
         """
         b = logits.shape[0]
         if len(params) != b or (generators is not None and len(generators) != b):
+            num_gens = None if generators is None else len(generators)
             raise InvalidRequest(
                 f"need one SamplingParams (and generator) per logits row: {b} rows, "
-                f"{len(params)} params, {None if generators is None else len(generators)} generators"
+                f"{len(params)} params, {num_gens} generators"
             )
         logits = logits.float()
         logprobs_all = torch.log_softmax(logits, dim=-1)  # [B, V]
@@ -190,6 +184,14 @@ class Sampler:
             if g is not None:
                 noise[i].exponential_(generator=g)
         return (probs / noise.clamp_min(_EPS)).argmax(dim=-1)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:

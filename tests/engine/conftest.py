@@ -37,18 +37,20 @@ def smollm(gguf_path: Path) -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def hf_smollm(gguf_path: Path):
-    """(model, tokenizer) loaded by transformers' own GGUF code from the same file."""
+def hf_tokenizer(gguf_path: Path):
+    """transformers' tokenizer built from the same GGUF file."""
     transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm(gguf_path: Path):
+    """transformers' model loaded by its own GGUF code from the same file, fp32."""
+    transformers = pytest.importorskip("transformers")
     try:
         import accelerate  # noqa: F401  (from_pretrained needs it for GGUF)
-
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
     except ImportError:
-        # Same transformers GGUF conversion, without accelerate's loading path.
+        # The same transformers GGUF conversion, without accelerate's loading path.
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         config = transformers.AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -56,8 +58,11 @@ def hf_smollm(gguf_path: Path):
         parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)
         model.load_state_dict(parsed["tensors"], strict=False)
         model.tie_weights()
-    model.eval()
-    return model, tok
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +81,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
         config = config_cls(
             vocab_size=TINY_VOCAB,
             hidden_size=64,
-            intermediate_size=112,
+            intermediate_size=128,
             num_hidden_layers=2,
             max_position_embeddings=spec.pop("max_position_embeddings", 256),
             rms_norm_eps=1e-5,

@@ -158,3 +158,85 @@ TINY_VARIANTS: dict[str, dict] = {
         "sliding_window": None,
     },
 }
+
+
+def write_llama_gguf(hf_dir: Path, out: Path, qtype: str = "F32") -> Path:
+    """Convert a tiny HF Llama directory to GGUF the way llama.cpp's converter does: its
+    tensor names, Q/K rows permuted for interleaved RoPE, 2-D weights quantized to `qtype`.
+    No tokenizer metadata (the weights path is what this exercises)."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+
+    def permute(w: np.ndarray, n: int) -> np.ndarray:
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_eos_token_id(cfg["eos_token_id"])
+    rope = cfg["rope_parameters"]
+    if rope.get("rope_type") == "llama3":
+        # llama.cpp stores Llama 3.1 scaling as per-frequency divisors, not as metadata.
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        inv_freq = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
+        old_len = rope["original_max_position_embeddings"]
+        lo, hi, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
+        factors = []
+        for wavelen in 2 * np.pi / inv_freq:
+            if wavelen < old_len / hi:
+                factors.append(1.0)
+            elif wavelen > old_len / lo:
+                factors.append(factor)
+            else:
+                smooth = (old_len / wavelen - lo) / (hi - lo)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        writer.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+    quant = gguf.GGMLQuantizationType[qtype]
+    for name, w in load_file(str(hf_dir / "model.safetensors")).items():
+        w = w.astype(np.float32)
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            _, _, layer, *rest = name.split(".")
+            module, kind = ".".join(rest[:-1]), rest[-1]
+            gname = f"blk.{layer}.{names[module]}.{kind}"
+            if module == "self_attn.q_proj":
+                w = permute(w, heads)
+            elif module == "self_attn.k_proj":
+                w = permute(w, kv_heads)
+        if w.ndim == 2 and quant != gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gname, gguf.quants.quantize(w, quant), raw_dtype=quant)
+        else:
+            writer.add_tensor(gname, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

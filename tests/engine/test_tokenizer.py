@@ -1,0 +1,129 @@
+"""Tokenizer and chat template: ours, built from the GGUF file's metadata, against transformers'
+tokenizer for the same file; plus the incremental detokenizer and the template sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.engine.chat_template import ChatTemplate, ChatTemplateError
+from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.tokenizer import Tokenizer
+
+TEXTS = [
+    "Hello world",
+    "What is the capital of France?",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\n\n\nand   runs    of     spaces",
+    "Ünïcödé: naïve café, Straße, ελληνικά, русский, 中文字符, 日本語のテキスト, 한국어",
+    "emoji 👋🏽 🚀🔥 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵",
+    "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    'for (let i = 0; i < 10; i++) { console.log(`i=${i}`); } // JS\n\t{"json": [1, 2.5e-3, null]}',
+    "numbers 1234567890 3.14159 -42 1,000,000 2024-11-25 0x1F",
+    "contractions: I'm, you're, it's, we'll, they'd, don't, CAN'T",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n",
+    "special tokens inline <|endoftext|> and a fake <|not_special|> one",
+    "URL https://example.com/path?q=1&r=%20x#frag and email a.b@c.org",
+    "\u200bzero width\u00a0nbsp\u3000ideographic space",
+    "",
+    " ",
+    "a" * 300,
+]
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "Another, with unicode: café 👋"},
+    ],
+    [
+        {"role": "user", "content": "Call the weather tool."},
+        {"role": "assistant", "content": '{"tool": "weather", "args": {"city": "Paris"}}'},
+        {"role": "user", "content": "Result: 18°C, sunny."},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def ours(smollm) -> Tokenizer:
+    return smollm.tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_tok(hf_tokenizer):
+    return hf_tokenizer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("add_special_tokens", [True, False])
+def test_encode_matches_hf(ours, hf_tok, add_special_tokens):
+    for text in TEXTS:
+        expected = hf_tok.encode(text, add_special_tokens=add_special_tokens)
+        assert ours.encode(text, add_special_tokens=add_special_tokens) == expected, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip_special_tokens", [True, False])
+def test_decode_matches_hf(ours, hf_tok, skip_special_tokens):
+    for text in TEXTS:
+        ids = hf_tok.encode(text, add_special_tokens=False)
+        expected = hf_tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        assert ours.decode(ids, skip_special_tokens=skip_special_tokens) == expected, text
+    ids = list(range(0, 49152, 97))  # arbitrary ids, special ones included
+    assert ours.decode(ids, skip_special_tokens=False) == hf_tok.decode(
+        ids, skip_special_tokens=False
+    )
+
+
+@pytest.mark.slow
+def test_special_ids_match_hf(ours, hf_tok):
+    assert ours.bos_token_id == hf_tok.bos_token_id == 1
+    assert ours.eos_token_id == hf_tok.eos_token_id == 2
+    assert ours.eos_token_ids == (2,)
+    assert ours.vocab_size == len(hf_tok) == 49152
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_template_matches_hf(ours, hf_tok, add_generation_prompt):
+    for messages in CONVERSATIONS:
+        expected = hf_tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        got = ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        assert got == expected
+        assert ours.encode(got, add_special_tokens=False) == hf_tok.encode(
+            expected, add_special_tokens=False
+        )
+
+
+@pytest.mark.slow
+def test_incremental_detokenizer_streams_the_full_text(ours):
+    for text in TEXTS:
+        prompt = ours.encode("User says:", add_special_tokens=False)
+        ids = ours.encode(text, add_special_tokens=False)
+        detok = IncrementalDetokenizer(ours, prompt)
+        deltas = [detok.add(i) for i in ids]
+        assert "".join(deltas) == detok.text
+        # Everything but a trailing incomplete character has been emitted.
+        assert ours.decode(ids).startswith(detok.text)
+        assert detok.text == ours.decode(ids).rstrip("\ufffd")
+        assert all("\ufffd" not in d for d in deltas), text
+
+
+def test_template_sandbox_and_raise_exception():
+    t = ChatTemplate(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
+        "{% endif %}{{ bos_token }}{{ messages | tojson }}"
+        "{% generation %}{{ messages[0].content }}{% endgeneration %}",
+        {"bos_token": "<s>"},
+    )
+    assert t.render([{"role": "user", "content": "é"}]) == '<s>[{"role": "user", "content": "é"}]é'
+    with pytest.raises(ChatTemplateError, match="first must be user"):
+        t.render([{"role": "assistant", "content": "x"}])
+    unsafe = ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(ChatTemplateError, match="unsafe|not safely|access"):
+        unsafe.render([])
+    with pytest.raises(ChatTemplateError, match="invalid chat template"):
+        ChatTemplate("{% for %}")
