@@ -38,6 +38,14 @@ class SimResult:
             cached and later hit (the time between its release and the hit counts).
         kv_occupancy: blocks not free (referenced or cached).
         kv_active: blocks referenced by running steps.
+    Host tier (0 without one):
+        bytes_offloaded, bytes_reloaded: GPU -> host and host -> GPU copies (blocks x bytes).
+        host_hit_tokens: prompt tokens found on the host (part of hit_tokens).
+        prefetched_blocks: blocks loaded ahead of a resume (part of bytes_reloaded).
+        load_wait_s: time batch steps were stretched waiting for copies.
+    peak_live_blocks: the most blocks that live sessions' contexts (arrived, not ended, as
+        of their last admitted or finished step) held at once: the working set that a pool
+        must hold to recompute nothing (measured on a run that never evicts).
     """
 
     policy: str
@@ -65,6 +73,11 @@ class SimResult:
     kv_active: float
     bytes_offloaded: int = 0
     bytes_reloaded: int = 0
+    num_host_blocks: int = 0
+    host_hit_tokens: int = 0
+    prefetched_blocks: int = 0
+    load_wait_s: float = 0.0
+    peak_live_blocks: int = 0
 
     @property
     def hit_rate(self) -> float:

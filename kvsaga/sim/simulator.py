@@ -23,6 +23,15 @@ token starts a block, the simulator appends the tokens it will feed up to that b
 and allocates their slots at once. A block is taken exactly when the per-token engine would
 take it, so eviction timing and every policy callback are unchanged; only the manager's view
 of the tokens inside the block currently being written runs ahead.
+
+The host tier (`SimConfig.num_host_blocks` / `host_kv_bytes`): the manager offloads victims
+the policy wants kept and loads host hits back; each batch step the simulator takes the
+manager's `TransferPlan` and queues it on one PCIe copy stream (FIFO, the preset's one-way
+bandwidth, as the transfer engine runs plans). A GPU block may not be read (a load) or
+overwritten (an offload) before its copy ends, so a batch step whose running requests hold
+such a block waits for it; the copies overlap the step's compute layer by layer, so only
+their excess over the GPU time adds (`CostModel.step_time`'s rule). Copies no step waits for
+(prefetches, offloads of blocks nobody reuses yet) take link time and nothing else.
 """
 
 from __future__ import annotations
@@ -39,10 +48,11 @@ from tqdm.auto import tqdm
 from kvsaga.errors import OutOfBlocks
 from kvsaga.manager import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
-from kvsaga.pool import CACHED
+from kvsaga.pool import ACTIVE, CACHED
 from kvsaga.prefix import root_hash
 from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs
 from kvsaga.sim.metrics import SimResult, UsageRecorder, percentile
+from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.tokens import TokenSynthesizer
 from kvsaga.sim.trace import Session
 
@@ -61,6 +71,11 @@ class SimConfig:
         max_num_seqs: most requests running at once.
         hints: what `finish_step` tells the policy: "tool" (the tool's name), "oracle" (the
             name and the true pause, as `expected_s`), or "none".
+        num_host_blocks: host-tier capacity in blocks; None sizes it from `host_kv_bytes`.
+        host_kv_bytes: host-tier capacity in bytes; None (and no `num_host_blocks`): no host
+            tier, every victim is discarded.
+        resume_hints: the engine calls `resume_hint` when a paused session's tool returns
+            (its next step is ready), as kvsaga-serve does when the next request arrives.
     """
 
     preset: str | CostModel = "a100-llama3-8b"
@@ -70,6 +85,9 @@ class SimConfig:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     hints: str = "tool"
+    num_host_blocks: int | None = None
+    host_kv_bytes: float | None = None
+    resume_hints: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
@@ -79,6 +97,22 @@ class SimConfig:
         if self.num_gpu_blocks is not None and self.kv_bytes is not None:
             raise ValueError(f"give num_gpu_blocks or kv_bytes, not both (got "
                              f"{self.num_gpu_blocks!r} and {self.kv_bytes!r})")
+        if self.num_host_blocks is not None and self.host_kv_bytes is not None:
+            raise ValueError(f"give num_host_blocks or host_kv_bytes, not both (got "
+                             f"{self.num_host_blocks!r} and {self.host_kv_bytes!r})")
+        if self.num_host_blocks is not None and (
+                isinstance(self.num_host_blocks, bool) or not isinstance(self.num_host_blocks, int)
+                or self.num_host_blocks < 0):
+            raise ValueError(f"SimConfig.num_host_blocks must be an integer >= 0, got "
+                             f"{self.num_host_blocks!r}")
+        if self.host_kv_bytes is not None and not (
+                isinstance(self.host_kv_bytes, (int, float))
+                and not isinstance(self.host_kv_bytes, bool)
+                and math.isfinite(self.host_kv_bytes) and self.host_kv_bytes >= 0):
+            raise ValueError(f"SimConfig.host_kv_bytes must be a finite number >= 0, got "
+                             f"{self.host_kv_bytes!r}")
+        if not isinstance(self.resume_hints, bool):
+            raise ValueError(f"SimConfig.resume_hints must be a bool, got {self.resume_hints!r}")
         for name in ("num_gpu_blocks", "max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -105,13 +139,20 @@ class SimConfig:
         return cost.num_blocks(cost.default_kv_bytes() if self.kv_bytes is None
                                else self.kv_bytes)
 
+    def host_blocks(self) -> int:
+        """The host-tier capacity in blocks (0: no host tier)."""
+        if self.num_host_blocks is not None:
+            return self.num_host_blocks
+        return 0 if self.host_kv_bytes is None else self.cost.num_blocks(self.host_kv_bytes)
+
 
 class _Tokens:
     """One trace session's token ids (a list, for the manager) and their block hashes."""
 
-    __slots__ = ("ids", "hashes", "root", "high_water")
+    __slots__ = ("sid", "ids", "hashes", "root", "high_water")
 
-    def __init__(self, ids: list[int], root: bytes) -> None:
+    def __init__(self, sid: str, ids: list[int], root: bytes) -> None:
+        self.sid = sid
         self.ids = ids
         self.hashes: list[bytes] = []
         self.root = root
@@ -170,14 +211,28 @@ class Simulator:
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
                     f"{num_blocks} blocks of KV capacity")
+        self.synth = TokenSynthesizer()
+        self.block_size = spec.block_size
+        # The future, for offline policies: built here for those made by name; a policy
+        # given built may carry its own TraceOracle, which the replay then drives too.
+        self.oracle: TraceOracle | None = None
         if policy is None:
             policy = self._make_policy(self.config.policy)
-        self.manager = KVCacheManager(spec, num_blocks, policy=policy, clock=self._clock)
+        elif isinstance(getattr(policy, "oracle", None), TraceOracle):
+            self.oracle = policy.oracle
+        self.manager = KVCacheManager(spec, num_blocks, policy=policy, clock=self._clock,
+                                      num_host_blocks=self.config.host_blocks())
         self.pool = self.manager.pool
-        self.block_size = spec.block_size
         self.recorder = UsageRecorder(self.pool)
-        self.synth = TokenSynthesizer()
         self.now = 0.0
+        # The PCIe copy stream: when it is next idle, and the GPU blocks whose copy (in or
+        # out) ends in the future, with that time.
+        self._link_free = 0.0
+        self._copy_done: dict[int, float] = {}
+        self._block_s = self.cost.transfer_time(self.cost.block_bytes)
+        self._live_blocks: dict[str, int] = {}  # live sessions' context blocks
+        self._live_total = 0
+        self._peak_live = 0
         self._events: list[tuple[float, int, Session, int]] = []
         self._seq = 0
         self.waiting: deque[_Request] = deque()
@@ -188,7 +243,9 @@ class Simulator:
         self._prefix_high_water: dict[tuple[str | None, str], int] = {}
         self._finished_at: dict[str, float] = {}
         self._counts = dict(prompt=0, queried=0, hit=0, first=0, recomputed=0, abandoned=0,
-                            decode=0, preemptions=0, batch_steps=0, steps=0)
+                            decode=0, preemptions=0, batch_steps=0, steps=0, offloaded=0,
+                            loaded=0)
+        self._load_wait = 0.0
         self._busy = 0.0
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
@@ -200,8 +257,8 @@ class Simulator:
         if cls is None:
             return make_policy(name)  # raises, listing the known names
         if getattr(cls, "needs_oracle", False):
-            raise ValueError(f"policy {name!r} needs a FutureOracle of the trace; build it and "
-                             f"pass it as Simulator(..., policy=...)")
+            self.oracle = TraceOracle(self.sessions, self.block_size, self.synth)
+            return cls(oracle=self.oracle, cost=self.cost)
         if "cost" in inspect.signature(cls).parameters:
             return cls(cost=self.cost)
         return cls()
@@ -220,10 +277,53 @@ class Simulator:
             tokens = self._tokens.get(session.id)
             if tokens is None:
                 ids = self.synth.token_ids(session).tolist()
-                tokens = _Tokens(ids, root_hash(session.tenant))
+                tokens = _Tokens(session.id, ids, root_hash(session.tenant))
                 self._tokens[session.id] = tokens
             self.waiting.append(_Request(session, k, tokens))
             self._counts["prompt"] += session.prompt_length(k)
+            if self.oracle is not None:
+                self.oracle.released(session.id)
+            self._set_live(session.id, session.prompt_length(k))
+            if k and self.config.resume_hints:
+                # The tool returned: a real engine learns it when the next request arrives.
+                self.manager.resume_hint(session.id, now=self.now)
+
+    def _set_live(self, sid: str, num_tokens: int) -> None:
+        """Track the blocks of live sessions' contexts (for the peak working set)."""
+        n = self.cost.kv_spec.num_blocks_for(num_tokens) if num_tokens else 0
+        self._live_total += n - self._live_blocks.pop(sid, 0)
+        if num_tokens:
+            self._live_blocks[sid] = n
+        self._peak_live = max(self._peak_live, self._live_total)
+
+    def _take_transfers(self) -> None:
+        """Queue the manager's pending copies on the link (offloads first, as the plan)."""
+        plan = self.manager.take_transfers()
+        if not plan:
+            return
+        t = max(self.now, self._link_free)
+        done = self._copy_done
+        for b, _ in plan.offloads:
+            t += self._block_s
+            done[b] = t  # b may not be overwritten before its copy-out ends
+        for _, b in plan.loads:
+            t += self._block_s
+            done[b] = t  # b may not be read before its copy-in ends
+        self._link_free = t
+        self._counts["offloaded"] += len(plan.offloads)
+        self._counts["loaded"] += len(plan.loads)
+
+    def _copy_wait(self) -> float:
+        """Seconds until every copy into or out of a block held by a running step ends."""
+        if not self._copy_done:
+            return 0.0
+        now, state, wait = self.now, self.pool.state, 0.0
+        for b, t in list(self._copy_done.items()):
+            if t <= now:
+                del self._copy_done[b]
+            elif state[b] == ACTIVE:
+                wait = max(wait, t - now)
+        return wait
 
     def _advance(self, t: float) -> None:
         self.recorder.advance(t)
@@ -249,6 +349,7 @@ class Simulator:
                 if not self.waiting and not self.running:
                     self._advance(self._events[0][0])
                     self.manager.tick(self.now)
+                    self._take_transfers()
                     continue
                 done = self.step()
                 bar.update(done)
@@ -298,6 +399,14 @@ class Simulator:
         dt = self.cost.step_time(prefill_tokens=sum(c for _, c in prefill),
                                  prefill_attention_pairs=pairs, prefill_context_tokens=ctx,
                                  decode_batch=len(decode), decode_context_tokens=decode_ctx)
+        self._take_transfers()
+        wait = self._copy_wait()
+        if wait:
+            # Copies overlap compute layer by layer: only their excess over it counts.
+            longer = self.cost.step_overhead_s + wait
+            if longer > dt:
+                self._load_wait += longer - dt
+                dt = longer
         self._advance(self.now + dt)
         self._busy += dt
         self._counts["batch_steps"] += 1
@@ -328,13 +437,16 @@ class Simulator:
         """
         req = self.waiting[0]
         attempt_len = req.base_len + req.num_sampled
-        hit_blocks, reclaimed = self._peek_hits(req.tokens, attempt_len)
-        end = min(attempt_len, hit_blocks * self.block_size + budget)
+        hit_blocks, reclaimed, host_blocks = self._peek_hits(req.tokens, attempt_len)
+        end = min(attempt_len, (hit_blocks + host_blocks) * self.block_size + budget)
+        # Host hits take fresh GPU blocks to load into, like the chunk's new blocks.
         need = self.cost.kv_spec.num_blocks_for(end) - hit_blocks
         if need + reclaimed > self.pool.num_available:
             return 0
         self.waiting.popleft()
         s = req.session
+        if self.oracle is not None:
+            self.oracle.started(s.id)
         start = self.manager.begin_step(s.id, req.tokens.ids[:attempt_len], now=self.now,
                                         salt=s.tenant, workflow=s.workflow)
         req.attempt_len = req.context_len = attempt_len
@@ -354,16 +466,24 @@ class Simulator:
                                f"first chunk: {e}") from e
         return chunk
 
-    def _peek_hits(self, tokens: _Tokens, attempt_len: int) -> tuple[int, int]:
-        """Full-block hits begin_step would find, and how many of them are CACHED now."""
+    def _peek_hits(self, tokens: _Tokens, attempt_len: int) -> tuple[int, int, int]:
+        """What begin_step would find: full-block GPU hits, how many of them are CACHED now,
+        and the host-tier hits that continue them (each to be loaded into a new block)."""
         bs = self.block_size
         max_blocks = (attempt_len - 1) // bs
         if len(tokens.hashes) < max_blocks:
             self.manager.hasher.extend(tokens.hashes, tokens.root,
                                        tokens.ids[: max_blocks * bs])
+            if self.oracle is not None:
+                self.oracle.note_hashes(tokens.sid, tokens.hashes)
         hits = self.manager.index.longest_prefix(tokens.hashes, max_blocks)
         state = self.pool.state
-        return len(hits), sum(1 for b in hits if state[b] == CACHED)
+        host = 0
+        if self.manager.host_pool is not None:
+            host_get, hashes = self.manager.host_index.get, tokens.hashes
+            while len(hits) + host < max_blocks and host_get(hashes[len(hits) + host]) is not None:
+                host += 1
+        return len(hits), sum(1 for b in hits if state[b] == CACHED), host
 
     def _allocate(self, req: _Request, num_tokens: int) -> bool:
         """Slots for a running request, preempting the youngest until they fit.
@@ -418,6 +538,8 @@ class Simulator:
         self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
 
     def _preempt(self, req: _Request) -> None:
+        if self.oracle is not None:
+            self.oracle.preempted(req.session.id)
         self.manager.preempt(req.session.id, now=self.now)
         self.running.remove(req)
         if req.prefilling:
@@ -439,11 +561,17 @@ class Simulator:
         self.running.remove(req)
         self._counts["steps"] += 1
         if k == s.num_steps - 1:
+            if self.oracle is not None:
+                self.oracle.ended(s.id)
+            self._set_live(s.id, 0)
             self.manager.end_session(s.id, now=self.now)
             self._finished_at[s.id] = self.now
             del self._tokens[s.id]
             return 1
         step = s.steps[k]
+        self._set_live(s.id, end)
+        if self.oracle is not None:
+            self.oracle.finished(s.id, self.now, step.tool_s)
         hints = self.config.hints
         self.manager.finish_step(
             s.id, now=self.now,
@@ -460,6 +588,7 @@ class Simulator:
         span = self.now
         area = self.pool.num_blocks * span if span > 0 else math.inf
         rec = self.recorder
+        stats = self.manager.stats()
         return SimResult(
             policy=self.manager.policy.name,
             preset=self.cost.name,
@@ -476,7 +605,7 @@ class Simulator:
             decode_tokens=c["decode"],
             num_preemptions=c["preemptions"],
             num_batch_steps=c["batch_steps"],
-            num_evicted_blocks=self.manager.stats().num_evicted_blocks,
+            num_evicted_blocks=stats.num_evicted_blocks,
             makespan_s=span,
             busy_s=self._busy,
             tct_mean_s=float(sum(tct) / len(tct)) if tct else math.nan,
@@ -484,6 +613,13 @@ class Simulator:
             kv_utilization=(rec.active_s + rec.reused_cached_s) / area,
             kv_occupancy=rec.occupied_s / area,
             kv_active=rec.active_s / area,
+            bytes_offloaded=c["offloaded"] * self.cost.block_bytes,
+            bytes_reloaded=c["loaded"] * self.cost.block_bytes,
+            num_host_blocks=self.manager.num_host_blocks,
+            host_hit_tokens=stats.host_hit_tokens,
+            prefetched_blocks=stats.prefetched_blocks,
+            load_wait_s=self._load_wait,
+            peak_live_blocks=self._peak_live,
         )
 
 

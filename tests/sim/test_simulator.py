@@ -49,7 +49,7 @@ def test_conservation(num_gpu_blocks):
         assert r.queried_tokens == r.prompt_tokens and r.abandoned_tokens == 0
         assert r.decode_tokens == sum(st.output_tokens - 1 for s in sessions for st in s.steps)
     assert 0 <= r.kv_active <= r.kv_utilization <= r.kv_occupancy <= 1
-    assert r.bytes_offloaded == r.bytes_reloaded == 0
+    assert r.bytes_offloaded == r.bytes_reloaded == 0 and r.peak_live_blocks > 0
 
 
 def test_pressure_recomputes_and_preempts():
@@ -146,9 +146,19 @@ def test_every_online_policy_runs_priced_by_the_preset(name):
     assert r.first_time_tokens + r.decode_tokens == distinct_computed_tokens(sessions)
 
 
-def test_oracle_policies_need_an_instance():
-    with pytest.raises(ValueError, match="policy 'belady' needs a FutureOracle"):
-        Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750, policy="belady"))
+@pytest.mark.parametrize("name", ["belady", "oracle-ttl"])
+def test_oracle_policies_get_the_trace_oracle(name):
+    sessions = tiny_trace()
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=750, policy=name))
+    assert sim.manager.policy.oracle is sim.oracle and sim.oracle is not None
+    r = sim.run()
+    sim.manager.check_integrity()
+    assert r.policy == name
+    assert r.queried_tokens == r.hit_tokens + r.computed_tokens + r.abandoned_tokens
+    assert r.first_time_tokens + r.decode_tokens == distinct_computed_tokens(sessions)
+
+
+def test_unknown_policy():
     with pytest.raises(ValueError, match="unknown policy 'fifo'"):
         Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750, policy="fifo"))
 
