@@ -263,6 +263,11 @@ class Simulator:
             return cls(cost=self.cost)
         return cls()
 
+    @property
+    def recomputed_so_far(self) -> int:
+        """Prompt tokens recomputed so far in this run (they only grow)."""
+        return self._counts["recomputed"]
+
     def _clock(self) -> float:
         return self.now
 
