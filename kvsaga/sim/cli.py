@@ -1,0 +1,186 @@
+"""`kvsaga sim`: compare eviction policies on a generated or recorded trace.
+
+    kvsaga sim --workload swe --sessions 200 --seed 1 --policy lru,saga,ttl,graph,belady \\
+        --kv-gib 20 --preset a100-llama3-8b [--host-gib N] [--trace FILE.jsonl] \\
+        [--json OUT] [--plot OUT.png]
+
+Prints one row per policy; `belady` is added as the reference when not asked for. `--plot`
+also sweeps the KV capacity (0.5x to 2x of --kv-gib) and draws recomputation against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from kvsaga.sim.compare import compare, parse_policy
+from kvsaga.sim.cost import GIB, PRESETS
+from kvsaga.sim.simulator import SimConfig
+from kvsaga.sim.trace import Session, TraceError, load_trace
+from kvsaga.sim.workloads import WORKLOADS, generate
+
+SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+COLUMNS = (
+    ("policy", "policy", "{}"),
+    ("recomputed", "recomputed_tokens", "{:,}"),
+    ("x belady", "belady_ratio", "{:.3f}"),
+    ("hit rate", "hit_rate", "{:.3f}"),
+    ("tct mean s", "tct_mean_s", "{:.1f}"),
+    ("tct p95 s", "tct_p95_s", "{:.1f}"),
+    ("kv util", "kv_utilization", "{:.3f}"),
+    ("offl GB", "bytes_offloaded", "{:.2f}"),
+    ("reld GB", "bytes_reloaded", "{:.2f}"),
+)
+
+
+def _positive(kind: type) -> callable:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `sim` command to `kvsaga`'s subparsers."""
+    p = subparsers.add_parser(
+        "sim", help="compare eviction policies on a simulated GPU",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", default="swe",
+                   help=f"workload family: {', '.join(sorted(WORKLOADS))} (default: swe)")
+    p.add_argument("--sessions", type=_positive(int), default=200, help="sessions to generate")
+    p.add_argument("--seed", type=int, default=1, help="trace seed (default: 1)")
+    p.add_argument("--scale", type=_positive(float), default=1.0,
+                   help="multiply token counts and tool times (e.g. 0.1 for a quick run)")
+    p.add_argument("--arrival-rate", type=_positive(float), default=None,
+                   help="sessions per second (default: the family's)")
+    p.add_argument("--trace", default=None, help="replay this JSON Lines trace instead")
+    p.add_argument("--policy", default="lru,saga,ttl,graph,belady",
+                   help="comma-separated policies; suffix +host for a host-tier run")
+    p.add_argument("--preset", default="a100-llama3-8b",
+                   help=f"GPU and model: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--kv-gib", type=_positive(float), default=None,
+                   help="GPU KV capacity in GiB (default: the preset's free memory)")
+    p.add_argument("--host-gib", type=float, default=None,
+                   help="host-tier capacity in GiB (default: none; every victim is discarded)")
+    p.add_argument("--hints", default="tool", choices=("tool", "oracle", "none"),
+                   help="what the engine tells the policy at each pause (default: tool)")
+    p.add_argument("--no-resume-hints", action="store_true",
+                   help="do not call resume_hint when a tool returns")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--plot", default=None,
+                   help="sweep KV capacity and plot recomputation against it (PNG)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sim)
+    return p
+
+
+def _load(args) -> list[Session]:
+    if args.trace is not None:
+        return load_trace(args.trace)
+    return generate(args.workload, args.sessions, seed=args.seed,
+                    arrival_rate=args.arrival_rate, scale=args.scale)
+
+
+def _base_config(args, kv_gib: float | None) -> SimConfig:
+    if args.host_gib is not None and not (math.isfinite(args.host_gib) and args.host_gib >= 0):
+        raise ValueError(f"--host-gib must be a number >= 0, got {args.host_gib!r}")
+    return SimConfig(
+        preset=args.preset,
+        kv_bytes=None if kv_gib is None else kv_gib * GIB,
+        host_kv_bytes=None if not args.host_gib else args.host_gib * GIB,
+        hints=args.hints,
+        resume_hints=not args.no_resume_hints,
+    )
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as an aligned text table (bytes in GB)."""
+    cells = [[title for title, _, _ in COLUMNS]]
+    for row in rows:
+        line = []
+        for _, key, fmt in COLUMNS:
+            value = row[key]
+            if key.startswith("bytes_"):
+                value = value / 1e9
+            line.append("nan" if isinstance(value, float) and math.isnan(value)
+                        else fmt.format(value))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for r in cells:
+        pairs = enumerate(zip(r, widths, strict=True))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs))
+    return "\n".join(lines)
+
+
+def cmd_sim(args) -> int:
+    """Run `kvsaga sim`; returns the exit status (2 on bad arguments or input)."""
+    try:
+        specs = [s.strip() for s in args.policy.split(",") if s.strip()]
+        if not specs:
+            raise ValueError("--policy names no policy")
+        for spec in specs:
+            parse_policy(spec)
+        if args.trace is None:
+            WORKLOADS[args.workload]  # unknown family: lists the known ones
+        base = _base_config(args, args.kv_gib)
+        if "belady" not in specs:
+            specs.append("belady")  # the reference every ratio needs
+        sessions = _load(args)
+        progress = not args.quiet and sys.stderr.isatty()
+        host_bytes = None if not args.host_gib else args.host_gib * GIB
+        rows = compare(sessions, base, specs, host_kv_bytes=host_bytes, progress=progress)
+        sweep: list[dict] = []
+        if args.plot is not None:
+            sweep = _sweep(args, sessions, specs, host_bytes, progress)
+    except (ValueError, OSError, TraceError) as e:
+        print(f"kvsaga sim: error: {e}", file=sys.stderr)
+        return 2
+    cost = base.cost
+    print(f"{len(sessions)} sessions, preset {cost.name}, {base.blocks()} GPU blocks "
+          f"({base.blocks() * cost.block_bytes / GIB:.1f} GiB), "
+          f"host {base.host_blocks()} blocks")
+    print(format_table(rows))
+    if args.json is not None:
+        out = {"config": {"workload": None if args.trace else args.workload,
+                          "trace": args.trace, "sessions": len(sessions), "seed": args.seed,
+                          "scale": args.scale, "preset": cost.name,
+                          "num_gpu_blocks": base.blocks(), "num_host_blocks": base.host_blocks(),
+                          "hints": args.hints},
+               "results": rows}
+        if sweep:
+            out["sweep"] = sweep
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1, default=float)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from kvsaga.sim.plot import plot_sweep
+
+        name = args.trace or f"{args.workload} x{len(sessions)}"
+        plot_sweep(sweep, args.plot, title=f"{name} on {cost.name}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _sweep(args, sessions, specs, host_bytes, progress) -> list[dict]:
+    base = _base_config(args, args.kv_gib)
+    cost = base.cost
+    kv_gib = base.blocks() * cost.block_bytes / GIB
+    need = max(cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
+    rows = []
+    for factor in SWEEP_FACTORS:
+        gib = kv_gib * factor
+        if cost.num_blocks(gib * GIB) < need:
+            continue  # the longest session would not fit
+        for row in compare(sessions, _base_config(args, gib), specs, host_kv_bytes=host_bytes,
+                           progress=progress):
+            row["kv_gib"] = gib
+            rows.append(row)
+    return rows

@@ -1,0 +1,112 @@
+"""Policies side by side on one trace: the rows that `kvsaga sim` and bench/policies.py print.
+
+A policy spec is a `kvsaga.policy.POLICIES` name, optionally suffixed `+host` to give that
+run the host tier (`host_kv_bytes`) and `-host` to deny it one, whatever the base config says.
+Each row is `SimResult.to_dict()` plus `belady_ratio`: recomputed tokens over those of
+`belady` with the same host tier (Belady with a host tier for `+host` rows), NaN when that
+reference recomputed nothing but the row did, 1.0 when both recomputed nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from kvsaga.policy import POLICIES
+from kvsaga.sim.simulator import SimConfig, simulate
+from kvsaga.sim.trace import Session
+
+
+def parse_policy(spec: str) -> tuple[str, bool | None]:
+    """Split a spec into (policy name, host tier: True for `+host`, False for `-host`, None
+    for the base config's).
+
+    Raises:
+        ValueError: an unknown policy name, listing the known ones.
+    """
+    host: bool | None = None
+    name = spec.strip()
+    if name.endswith("+host"):
+        name, host = name[:-5], True
+    elif name.endswith("-host"):
+        name, host = name[:-5], False
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {spec!r}; choose from {', '.join(sorted(POLICIES))} "
+                         f"(optionally suffixed +host)")
+    return name, host
+
+
+def config_for(spec: str, base: SimConfig, host_kv_bytes: float | None) -> SimConfig:
+    """The config of one policy spec.
+
+    Args:
+        spec: e.g. "graph" or "graph+host".
+        base: capacity, preset and scheduler; its host tier applies unless the spec says.
+        host_kv_bytes: the host tier a `+host` spec gets (required for `+host`).
+    """
+    name, host = parse_policy(spec)
+    if host is True:
+        if not host_kv_bytes:
+            raise ValueError(f"policy {spec!r} needs a host tier size (--host-gib)")
+        return dataclasses.replace(base, policy=name, num_host_blocks=None,
+                                   host_kv_bytes=host_kv_bytes)
+    if host is False:
+        return dataclasses.replace(base, policy=name, num_host_blocks=None, host_kv_bytes=None)
+    return dataclasses.replace(base, policy=name)
+
+
+def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str],
+            host_kv_bytes: float | None = None, progress: bool = False) -> list[dict]:
+    """Run each policy on the trace and return one row per policy, in order.
+
+    The Belady reference for each host setting is run once, added if not requested.
+
+    Args:
+        sessions: the trace.
+        base: capacity, preset, scheduler and default host tier.
+        policies: policy specs (see the module docstring).
+        host_kv_bytes: host tier size for `+host` specs.
+        progress: progress bars (one per simulation).
+
+    Returns:
+        Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
+    """
+    configs = {spec: config_for(spec, base, host_kv_bytes) for spec in policies}
+    results: dict[str, dict] = {}
+    refs: dict[int, dict] = {}  # host blocks -> Belady's row
+    for spec in tqdm(policies, disable=not progress, desc="policies", unit="policy",
+                     leave=False):
+        row = simulate(sessions, configs[spec], progress=progress).to_dict()
+        row["policy"] = spec
+        results[spec] = row
+        if configs[spec].policy == "belady":
+            refs.setdefault(configs[spec].host_blocks(), row)
+    for spec in policies:
+        host = configs[spec].host_blocks()
+        if host not in refs:
+            cfg = dataclasses.replace(configs[spec], policy="belady")
+            refs[host] = simulate(sessions, cfg, progress=progress).to_dict()
+    rows = []
+    for spec in policies:
+        row = results[spec]
+        ref = refs[configs[spec].host_blocks()]["recomputed_tokens"]
+        mine = row["recomputed_tokens"]
+        row["belady_ratio"] = mine / ref if ref else (1.0 if mine == 0 else math.nan)
+        rows.append(row)
+    return rows
+
+
+def peak_working_set(sessions: Sequence[Session], base: SimConfig) -> int:
+    """Blocks that the live sessions' contexts hold at most, serving without eviction.
+
+    Measured on a run with room for every session's context at once (the sum of their
+    final sizes), so nothing is ever evicted or preempted.
+    """
+    spec = base.cost.kv_spec
+    room = sum(spec.num_blocks_for(s.total_tokens) for s in sessions) + 1
+    cfg = dataclasses.replace(base, policy="lru", num_gpu_blocks=room, kv_bytes=None,
+                              num_host_blocks=None, host_kv_bytes=None)
+    return simulate(sessions, cfg).peak_live_blocks

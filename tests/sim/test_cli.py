@@ -1,0 +1,58 @@
+"""`kvsaga sim`: a tiny run, its JSON and plot, and clear errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvsaga.cli import main
+from kvsaga.sim.trace import write_trace
+from kvsaga.sim.workloads import generate
+
+TINY = ["sim", "--workload", "swe", "--sessions", "4", "--scale", "0.05", "--arrival-rate", "1",
+        "--kv-gib", "1.0", "--quiet"]
+
+
+def test_tiny_run_writes_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(TINY + ["--policy", "lru,graph+host", "--host-gib", "2",
+                        "--json", str(out), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "lru" in text and "graph+host" in text and "belady" in text
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert [r["policy"] for r in rows] == ["lru", "graph+host", "belady"]
+    for r in rows:
+        for key in ("policy", "recomputed_tokens", "belady_ratio", "hit_rate", "tct_mean_s",
+                    "tct_p95_s", "kv_utilization", "bytes_offloaded", "bytes_reloaded"):
+            assert key in r
+    assert rows[2]["belady_ratio"] == 1.0
+    assert data["sweep"] and {r["kv_gib"] for r in data["sweep"]}
+    assert png.stat().st_size > 1000
+
+
+def test_replays_a_trace_file(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    write_trace(generate("bfcl", 3, seed=2, scale=0.05), trace)
+    assert main(["sim", "--trace", str(trace), "--policy", "lru", "--kv-gib", "1", "--quiet"]) == 0
+    assert "3 sessions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policy", "fifo"], "unknown policy 'fifo'"),
+    (["--policy", "graph+host"], "needs a host tier size (--host-gib)"),
+    (["--workload", "chess"], "unknown workload 'chess'"),
+    (["--preset", "tpu"], "unknown preset 'tpu'"),
+    (["--kv-gib", "0.001"], "more than the"),
+    (["--trace", "/nonexistent/t.jsonl"], "No such file"),
+])
+def test_bad_arguments_say_what_is_wrong(args, message, capsys):
+    assert main(TINY + args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_argparse_rejects_non_positive_numbers(capsys):
+    with pytest.raises(SystemExit):
+        main(["sim", "--sessions", "0"])
+    assert "must be > 0" in capsys.readouterr().err
