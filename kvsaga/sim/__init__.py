@@ -9,9 +9,12 @@ See docs/workloads.md (families, sources, cost model) and docs/simulator.md.
 
 from __future__ import annotations
 
+from kvsaga.sim.compare import compare, peak_working_set
 from kvsaga.sim.cost import PRESETS, CostModel, GPUSpec, ModelSpec, attention_pairs, get_preset
+from kvsaga.sim.exhaustive import Optimum, ScriptedPolicy, exhaustive_optimum
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
 from kvsaga.sim.metrics import SimResult
+from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.registry import UnknownNameError
 from kvsaga.sim.simulator import SimConfig, Simulator, simulate
 from kvsaga.sim.tokens import TokenSynthesizer, output_token_ids, prompt_token_ids
@@ -24,6 +27,8 @@ __all__ = [
     "CostModel",
     "GPUSpec",
     "ModelSpec",
+    "Optimum",
+    "ScriptedPolicy",
     "Session",
     "SharedPrefix",
     "SimConfig",
@@ -32,14 +37,18 @@ __all__ = [
     "Step",
     "TokenSynthesizer",
     "ToolSpec",
+    "TraceOracle",
     "TraceError",
     "UnknownNameError",
     "WorkloadSpec",
     "attention_pairs",
+    "compare",
+    "exhaustive_optimum",
     "generate",
     "get_preset",
     "load_trace",
     "output_token_ids",
+    "peak_working_set",
     "prompt_token_ids",
     "simulate",
     "write_trace",
