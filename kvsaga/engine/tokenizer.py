@@ -1,46 +1,23 @@
 """Tokenizer: text <-> token ids and chat prompts, from an HF directory or a GGUF file.
 
 HF directories carry a `tokenizer.json` that the `tokenizers` library loads as is. A GGUF file
-carries the pieces (vocabulary, merges, token types, pre-tokenizer name); for byte-level BPE
-vocabularies (`tokenizer.ggml.model == "gpt2"`: SmolLM, Llama 3, Qwen2, ...) they are assembled
-into the same `tokenizers` pipeline that the original `tokenizer.json` describes.
+carries the pieces (vocabulary, merges, token types, pre-tokenizer name), which
+`gguf_tokenizer.py` assembles into the same `tokenizers` pipeline.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from kvsaga.engine.chat_template import ChatTemplate, ChatTemplateError
 from kvsaga.engine.gguf_file import GGUFFile
+from kvsaga.engine.gguf_tokenizer import build_gguf_backend
 from kvsaga.engine.model_config import ModelLoadError
-
-# Pre-tokenizer regexes by llama.cpp's `tokenizer.ggml.pre` name.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_SPLIT_REGEX = {
-    **dict.fromkeys(
-        ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"), _LLAMA3_SPLIT
-    ),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
-}
-# GPT-2's regex after splitting off every digit (llama.cpp's "\p{N}" + gpt2 regex pair).
-_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
-_GPT2 = ("gpt2", "default", "gpt-2", "olmo", "jais", "stablelm2", "poro-chat", "viking", "bloom")
-
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 
 class Tokenizer:
@@ -171,135 +148,27 @@ class Tokenizer:
         """Build the tokenizer stored in a GGUF file's metadata.
 
         Raises:
-            ModelLoadError: a tokenizer model other than byte-level BPE ("gpt2"), or missing
+            ModelLoadError: an unsupported tokenizer kind (see `gguf_tokenizer`), or no
                 vocabulary.
         """
         meta = gguf.metadata
-        kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ModelLoadError(
-                f"{gguf.path.name}: GGUF tokenizer model {kind!r} is not supported "
-                "(supported: 'gpt2', byte-level BPE); use the model's HF directory instead"
-            )
-        tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
-        merges: list[str] = meta.get("tokenizer.ggml.merges") or []
-        if not tokens or not merges:
-            raise ModelLoadError(f"{gguf.path.name}: no tokenizer vocabulary or merges in the file")
-        backend = _byte_level_bpe(
-            tokens,
-            merges,
-            meta.get("tokenizer.ggml.token_type") or [],
-            meta.get("tokenizer.ggml.pre"),
-        )
+        backend = build_gguf_backend(meta, gguf.path.name)
+        tokens: list[str] = meta["tokenizer.ggml.tokens"]
 
         def spelled(key: str) -> str | None:
             i = meta.get(f"tokenizer.ggml.{key}")
             return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
-        bos, eos = spelled("bos_token_id"), spelled("eos_token_id")
-        post = []
-        if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
-            post.append(("bos", bos))
-        if meta.get("tokenizer.ggml.add_eos_token", False) and eos is not None:
-            post.append(("eos", eos))
-        if post:
-            backend.post_processor = _template_processor(backend, post)
         eot = meta.get("tokenizer.ggml.eot_token_id")
         eos_ids = [i for i in (meta.get("tokenizer.ggml.eos_token_id"), eot) if i is not None]
         return cls(
             backend,
             chat_template=meta.get("tokenizer.chat_template"),
-            bos_token=bos,
-            eos_token=eos,
+            bos_token=spelled("bos_token_id"),
+            eos_token=spelled("eos_token_id"),
             eos_token_ids=eos_ids,
             pad_token=spelled("padding_token_id"),
         )
-
-
-def _byte_level_bpe(
-    tokens: list[str], merges: list[str], token_types: list[int], pre: str | None
-) -> Backend:
-    """A byte-level BPE pipeline (GPT-2 style) from GGUF vocabulary pieces."""
-    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    byte_spelling = _bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        # A token outside the byte alphabet is stored as raw text: spell it in bytes.
-        key = tok if set(tok) <= alphabet else "".join(byte_spelling[b] for b in tok.encode())
-        vocab.setdefault(key, i)
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    backend = Backend(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
-    backend.pre_tokenizer = _pre_tokenizer(pre)
-    backend.decoder = decoders.ByteLevel()
-    # Control tokens (<|im_start|>, ...) stay whole and are special; user-defined ones stay
-    # whole but are ordinary text. A control token outside the byte alphabet cannot be a
-    # real vocabulary entry, so it is left alone (as llama.cpp and HF do).
-    control = [
-        AddedToken(tok, normalized=False, special=True)
-        for tok, kind in zip(tokens, token_types, strict=False)
-        if kind == _CONTROL and set(tok) <= alphabet
-    ]
-    user = [
-        AddedToken(tok, normalized=False, special=False)
-        for tok, kind in zip(tokens, token_types, strict=False)
-        if kind == _USER_DEFINED and tok in vocab
-    ]
-    if control:
-        backend.add_special_tokens(control)
-    if user:
-        backend.add_tokens(user)
-    return backend
-
-
-def _pre_tokenizer(pre: str | None) -> Any:
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _SPLIT_REGEX:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(_SPLIT_REGEX[pre]), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    if pre in _DIGITS_THEN_GPT2:
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if pre not in _GPT2 and pre is not None:
-        warnings.warn(
-            f"unknown GGUF pre-tokenizer {pre!r}; using GPT-2's, which may split text "
-            "differently from the model's training",
-            stacklevel=3,
-        )
-    return byte_level
-
-
-def _template_processor(backend: Backend, specials: list[tuple[str, str]]) -> Any:
-    """Post-processor adding BOS before and/or EOS after each sequence."""
-    bos = next((tok for kind, tok in specials if kind == "bos"), None)
-    eos = next((tok for kind, tok in specials if kind == "eos"), None)
-    single = " ".join(x for x in (bos, "$A:0", eos) if x)
-    pair = " ".join(x for x in (bos, "$A:0", eos, bos, "$B:1", eos) if x)
-    return processors.TemplateProcessing(
-        single=single,
-        pair=pair,
-        special_tokens=[
-            (tok, backend.token_to_id(tok)) for tok in dict.fromkeys(t for t in (bos, eos) if t)
-        ],
-    )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    mapping = {b: chr(b) for b in printable}
-    n = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + n)
-            n += 1
-    return mapping
 
 
 def _token_text(value: Any) -> str | None:

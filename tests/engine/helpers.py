@@ -240,3 +240,42 @@ def write_llama_gguf(hf_dir: Path, out: Path, qtype: str = "F32") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def write_sentencepiece_gguf(out: Path, corpus: Sequence[str]) -> Path:
+    """A GGUF whose tokenizer is SentencePiece-style BPE (`tokenizer.ggml.model == "llama"`,
+    as in Llama 2 / TinyLlama files): <unk>, <s>, </s>, 256 byte-fallback tokens, then pieces
+    trained on `corpus`, scored by merge rank and without stored merges."""
+    import gguf
+    import numpy as np
+    from tokenizers import SentencePieceBPETokenizer
+
+    specials = ["<unk>", "<s>", "</s>"]
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator(
+        corpus, vocab_size=400, min_frequency=1, special_tokens=specials, show_progress=False
+    )
+    trained = sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])
+    pieces = [tok for tok, _ in trained if tok not in specials]
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # unknown, control, byte, normal
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(16)
+    writer.add_feed_forward_length(32)
+    writer.add_head_count(1)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 16), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

@@ -7,7 +7,10 @@ import pytest
 
 from kvsaga.engine.chat_template import ChatTemplate, ChatTemplateError
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.gguf_file import GGUFFile
 from kvsaga.engine.tokenizer import Tokenizer
+
+from .helpers import write_sentencepiece_gguf
 
 TEXTS = [
     "Hello world",
@@ -127,3 +130,27 @@ def test_template_sandbox_and_raise_exception():
         unsafe.render([])
     with pytest.raises(ChatTemplateError, match="invalid chat template"):
         ChatTemplate("{% for %}")
+
+
+def test_sentencepiece_gguf_matches_hf(tmp_path):
+    """A Llama-2-style vocabulary (SentencePiece BPE, byte fallback, merges derived from
+    scores) built from GGUF metadata, against transformers' tokenizer for the same file."""
+    transformers = pytest.importorskip("transformers")
+    corpus = [*TEXTS, "the quick brown fox jumps over the lazy dog " * 5]
+    path = write_sentencepiece_gguf(tmp_path / "spm.gguf", corpus)
+    ours = Tokenizer.from_gguf(GGUFFile(path))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    assert ours.bos_token_id == hf.bos_token_id == 1
+    for text in TEXTS:
+        for add_special_tokens in (True, False):
+            expected = hf.encode(text, add_special_tokens=add_special_tokens)
+            assert ours.encode(text, add_special_tokens=add_special_tokens) == expected, text
+        ids = hf.encode(text)
+        for skip in (True, False):
+            assert ours.decode(ids, skip) == hf.decode(ids, skip_special_tokens=skip), text
+    assert ours.encode("the fox")[:2] == [1, ours.token_to_id("\u2581the")]
+    assert [ours.id_to_token(i) for i in ours.encode("☃", False)][-3:] == [
+        "<0xE2>",
+        "<0x98>",
+        "<0x83>",
+    ]

@@ -1,0 +1,248 @@
+"""Building a `tokenizers` pipeline from the tokenizer a GGUF file describes.
+
+A GGUF file has no `tokenizer.json`; it stores the pieces under llama.cpp's key names:
+vocabulary, merges or scores, token types, the pre-tokenizer's name and flags. Two kinds are
+supported, which cover Llama-class models:
+
+- "gpt2": byte-level BPE (SmolLM, Llama 3, Qwen2, Mistral Nemo...), with the split regex that
+  `tokenizer.ggml.pre` names;
+- "llama": SentencePiece BPE with byte fallback (Llama 2, TinyLlama, Mistral 7B...); merges come
+  from the file or, as SentencePiece scores imply, are derived from the vocabulary.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as Backend
+
+from kvsaga.engine.model_config import ModelLoadError
+
+# Pre-tokenizer regexes by llama.cpp's `tokenizer.ggml.pre` name.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLIT_REGEX = {
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"), _LLAMA3_SPLIT
+    ),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+}
+# GPT-2's regex after splitting off every digit (llama.cpp's "\p{N}" + gpt2 regex pair).
+_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+_GPT2 = ("gpt2", "default", "gpt-2", "olmo", "jais", "stablelm2", "poro-chat", "viking", "bloom")
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+_SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def build_gguf_backend(meta: Mapping[str, Any], source: str = "GGUF file") -> Backend:
+    """The tokenizer pipeline described by GGUF metadata, special tokens and BOS/EOS
+    post-processing included.
+
+    Args:
+        meta: decoded GGUF metadata (`GGUFFile.metadata`).
+        source: a name for error messages.
+
+    Raises:
+        ModelLoadError: an unsupported tokenizer kind, or no vocabulary.
+    """
+    kind = meta.get("tokenizer.ggml.model")
+    tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
+    token_types: list[int] = meta.get("tokenizer.ggml.token_type") or []
+    merges: list[str] = meta.get("tokenizer.ggml.merges") or []
+    if not tokens:
+        raise ModelLoadError(f"{source}: no tokenizer vocabulary in the file")
+    if kind == "gpt2":
+        if not merges:
+            raise ModelLoadError(f"{source}: a byte-level BPE tokenizer without merges")
+        backend = _byte_level_bpe(tokens, merges, token_types, meta.get("tokenizer.ggml.pre"))
+        add_bos_default = False
+    elif kind == "llama":
+        scores: list[float] = meta.get("tokenizer.ggml.scores") or []
+        unk = meta.get("tokenizer.ggml.unknown_token_id")
+        backend = _sentencepiece_bpe(
+            tokens,
+            scores,
+            merges,
+            token_types,
+            add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
+            unk_token=tokens[unk] if unk is not None and 0 <= unk < len(tokens) else None,
+        )
+        add_bos_default = True  # llama.cpp's default for SentencePiece vocabularies
+    else:
+        raise ModelLoadError(
+            f"{source}: GGUF tokenizer model {kind!r} is not supported (supported: 'gpt2' "
+            "byte-level BPE, 'llama' SentencePiece BPE); use the model's HF directory instead"
+        )
+
+    def spelled(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos = (
+        spelled("bos_token_id")
+        if meta.get("tokenizer.ggml.add_bos_token", add_bos_default)
+        else None
+    )
+    eos = spelled("eos_token_id") if meta.get("tokenizer.ggml.add_eos_token", False) else None
+    if bos or eos:
+        backend.post_processor = _template_processor(backend, bos, eos)
+    return backend
+
+
+def _byte_level_bpe(
+    tokens: list[str], merges: list[str], token_types: list[int], pre: str | None
+) -> Backend:
+    """A byte-level BPE pipeline (GPT-2 style) from GGUF vocabulary pieces."""
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    byte_spelling = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        # A token outside the byte alphabet is stored as raw text: spell it in bytes.
+        key = tok if set(tok) <= alphabet else "".join(byte_spelling[b] for b in tok.encode())
+        vocab.setdefault(key, i)
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    backend = Backend(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = _pre_tokenizer(pre)
+    backend.decoder = decoders.ByteLevel()
+    # A control token outside the byte alphabet cannot be a real vocabulary entry, so it is
+    # left alone (as llama.cpp and HF do).
+    _add_marked_tokens(backend, tokens, token_types, vocab, lambda tok: set(tok) <= alphabet)
+    return backend
+
+
+def _add_marked_tokens(
+    backend: Backend,
+    tokens: list[str],
+    token_types: list[int],
+    vocab: Mapping[str, int],
+    spellable: Any,
+) -> None:
+    """Control tokens (<|im_start|>, <s>, ...) stay whole and are special; user-defined ones
+    stay whole but are ordinary text."""
+    control = [
+        AddedToken(tok, normalized=False, special=True)
+        for tok, kind in zip(tokens, token_types, strict=False)
+        if kind == _CONTROL and spellable(tok)
+    ]
+    user = [
+        AddedToken(tok, normalized=False, special=False)
+        for tok, kind in zip(tokens, token_types, strict=False)
+        if kind == _USER_DEFINED and tok in vocab
+    ]
+    if control:
+        backend.add_special_tokens(control)
+    if user:
+        backend.add_tokens(user)
+
+
+def _sentencepiece_bpe(
+    tokens: list[str],
+    scores: list[float],
+    merges: list[str],
+    token_types: list[int],
+    add_space_prefix: bool,
+    unk_token: str | None,
+) -> Backend:
+    """A SentencePiece-style BPE pipeline: spaces spelled as U+2581, unknown bytes as
+    `<0xNN>` tokens."""
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)
+    if merges:
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+    else:
+        pairs = _merges_from_scores(tokens, scores, vocab)
+    backend = Backend(
+        models.BPE(vocab, pairs, unk_token=unk_token, fuse_unk=True, byte_fallback=True)
+    )
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=_SPACE, prepend_scheme="first" if add_space_prefix else "never", split=False
+    )
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_space_prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    backend.decoder = decoders.Sequence(steps)
+    _add_marked_tokens(backend, tokens, token_types, vocab, lambda tok: True)
+    return backend
+
+
+def _merges_from_scores(
+    tokens: list[str], scores: list[float], vocab: Mapping[str, int]
+) -> list[tuple[str, str]]:
+    """Merges that a SentencePiece BPE vocabulary implies: every split of a token into two
+    vocabulary pieces, the token's score ranking it (higher merges first); ties go to the
+    shorter left piece, then to the earlier pieces."""
+    if len(scores) != len(tokens):
+        raise ModelLoadError(
+            f"SentencePiece vocabulary has {len(tokens)} tokens but {len(scores)} scores"
+        )
+    candidates: list[tuple[str, str, float]] = []
+    for token, score in dict(zip(tokens, scores, strict=True)).items():
+        splits = [
+            (token[:k], token[k:], score)
+            for k in range(1, len(token))
+            if token[:k] in vocab and token[k:] in vocab
+        ]
+        splits.sort(key=lambda s: (vocab[s[0]], vocab[s[1]]))
+        candidates.extend(splits)
+    candidates.sort(key=lambda s: (s[2], len(s[0]), len(s[1])), reverse=True)
+    return [(left, right) for left, right, _ in candidates]
+
+
+def _pre_tokenizer(pre: str | None) -> Any:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _SPLIT_REGEX:
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_SPLIT_REGEX[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    if pre in _DIGITS_THEN_GPT2:
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if pre not in _GPT2 and pre is not None:
+        warnings.warn(
+            f"unknown GGUF pre-tokenizer {pre!r}; using GPT-2's, which may split text "
+            "differently from the model's training",
+            stacklevel=3,
+        )
+    return byte_level
+
+
+def _template_processor(backend: Backend, bos: str | None, eos: str | None) -> Any:
+    """Post-processor adding BOS before and/or EOS after each sequence."""
+    single = " ".join(x for x in (bos, "$A:0", eos) if x)
+    pair = " ".join(x for x in (bos, "$A:0", eos, bos, "$B:1", eos) if x)
+    return processors.TemplateProcessing(
+        single=single,
+        pair=pair,
+        special_tokens=[
+            (tok, backend.token_to_id(tok)) for tok in dict.fromkeys(t for t in (bos, eos) if t)
+        ],
+    )
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping = {b: chr(b) for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + n)
+            n += 1
+    return mapping
