@@ -1,8 +1,9 @@
 """Parity with transformers on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF),
 both sides dequantizing the same file to fp32 on CPU.
 
-Measured when written: last-position logits differ by at most ~5e-5 (logits span about
--20..+30); every greedy token agrees.
+Measured when written (x86 CPU, one thread): last-position logits differ by at most 3.8e-5,
+any position by 6.2e-5, with |logits| up to 38; the test allows 1e-3. All 3 x 32 greedy
+tokens agree.
 """
 
 from __future__ import annotations
