@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,7 +36,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     path: Path
 
-    def __iter__(self):  # allows `model, config, tokenizer, path = load_model(...)`
+    def __iter__(self) -> Iterator[Any]:
+        """Allows `model, config, tokenizer, path = load_model(...)`."""
         return iter((self.model, self.config, self.tokenizer, self.path))
 
 

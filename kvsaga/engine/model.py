@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kvsaga import kernels
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.rope import apply_rope, rope_cos_sin, rope_inv_freq
@@ -70,8 +71,6 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        from kvsaga import kernels
-
         t = x.shape[0]
         qkv = F.linear(x, self.qkv_proj, self.qkv_bias)  # [T, q + 2kv]
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -110,6 +109,8 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
