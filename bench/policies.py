@@ -32,12 +32,46 @@ from kvsaga.sim.workloads import WORKLOADS, generate
 HERE = Path(__file__).resolve().parent
 SECTION = "## Eviction policies (simulated)"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-POLICIES = ("lru", "saga", "ttl", "graph", "belady", "graph+host", "belady+host")
+POLICIES = ("lru", "saga", "ttl", "graph", "belady", "lru+host", "graph+host", "belady+host")
 # (sessions, scale) per family: small enough for ~10 minutes in all on 2 shared cores.
 DEFAULTS = {"swe": (40, 0.2), "web": (40, 0.2), "bfcl": (150, 0.5), "assistant": (16, 0.1)}
 PRESET = "a100-llama3-8b"
 TARGET_BELADY = 1.15
 TARGET_TCT = 1.64
+
+
+# Written after reading the default run's figures (seed 1); re-read them after a change.
+ANALYSIS = """What the default run says (seed 1):
+
+- **Below 75% of the peak working set, preemption dominates.** The scheduler (vLLM-like FCFS
+  admission, youngest-first preemption: the same for every policy) admits steps whose
+  contexts then outgrow the pool; a preempted step recomputes what it had computed. Eviction
+  order cannot prevent that: Belady itself is within 1-6% of LRU on swe and web at 25-50%.
+  There the policies sit within a few per cent of each other, and their order follows the
+  preemption dynamics as much as the policy (graph preempts 67 times against saga's 79 on
+  swe at 50%, but 157 against 131 on web at 50%).
+- **graph vs Belady**: within 1.04x on swe and web at every capacity and on bfcl at 25% and
+  75%; over 1.15x at bfcl 50% (1.15x, just over) and assistant 50% (1.37x; 1.10x and 1.14x
+  at 25% and 75%). The assistant gap is small in tokens (0.028M against 0.020M of 5.9M prompt
+  tokens): its human `user` pauses (p50 30 s, p95 600 s, scaled by 0.1) are heavy-tailed and
+  seen rarely in 16 sessions, so the learned resume times are poor there. Not verified.
+- **graph vs saga**: ahead on assistant (14% less over the sweep) and at bfcl 75% (0.008M vs
+  0.021M); behind by 0.2-1.3% in sweep totals on swe, web and bfcl, which is inside the
+  preemption noise above. The target ("ahead on every family") is missed as stated.
+- **TCT**: without a host tier graph's mean TCT is only 1.03x better than lru's on swe at
+  50% (84.2 s vs 86.7 s), and Belady's too: TCT there is set by preemption and queueing,
+  which eviction order barely changes. SAGA's 1.64x is a cluster figure (64 A100s,
+  Llama-3-70B, against vLLM 0.15) that this one-GPU model does not reproduce. A host tier
+  as large as the working set gives 2.3x, to lru (lru+host 36.9 s) as much as to graph
+  (37.2 s): the gain is the host tier's, not the policy's.
+- **Belady with a host tier is not a lower bound**: lru+host recomputes less than
+  belady+host on swe at 25-50%. With cheap offloads the victim order matters little and
+  what is lost is decided by which blocks are never offloaded (unhashed partial tails) and
+  by the host tier's own LRU; Belady's rule ranks neither. The exhaustive optimum
+  (tests/sim/test_exhaustive.py) is for discard-only runs.
+- Traces are scaled down (table above) to keep the default run at ~5 minutes on 2 shared
+  cores; a full-size swe trace costs ~45 s per policy per 100 sessions
+  (`kvsaga sim --scale 1`). No policy was changed for this benchmark."""
 
 
 def _trace(family: str, sessions: int, scale: float, seed: int):
@@ -113,12 +147,14 @@ def targets(rows: list[dict], facts: dict) -> list[str]:
                      f"graph <= saga at {wins} of {len(FRACTIONS)} capacities).")
     if "swe" in facts:
         lru, graph = by[("swe", 0.5, "lru")], by[("swe", 0.5, "graph")]
-        gh = by[("swe", 0.5, "graph+host")]
+        gh, lh = by[("swe", 0.5, "graph+host")], by[("swe", 0.5, "lru+host")]
         x, xh = lru["tct_mean_s"] / graph["tct_mean_s"], lru["tct_mean_s"] / gh["tct_mean_s"]
         lines.append(f"- mean TCT >= {TARGET_TCT}x better than lru on swe at 50%: "
                      f"**{'met' if x >= TARGET_TCT else 'missed'}** for graph ({x:.2f}x: "
                      f"{lru['tct_mean_s']:.1f} s vs {graph['tct_mean_s']:.1f} s); graph+host "
-                     f"{xh:.2f}x ({gh['tct_mean_s']:.1f} s).")
+                     f"is {xh:.2f}x better than lru ({gh['tct_mean_s']:.1f} s), but lru+host "
+                     f"is {lru['tct_mean_s'] / lh['tct_mean_s']:.2f}x ({lh['tct_mean_s']:.1f} s):"
+                     f" the host tier, not the policy, gives that gain.")
     return lines
 
 
@@ -159,9 +195,20 @@ def markdown(rows: list[dict], facts: dict, command: str, wall_s: float) -> str:
             blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
             out.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
     out.append("")
+    out.append("Preemptions (running steps preempted for lack of blocks, then retried):")
+    out.append("")
+    out += [head, "|---|---:|---:|" + "---:|" * len(POLICIES)]
+    for fam in facts:
+        for q in FRACTIONS:
+            cells = [f"{by[(fam, q, p)]['num_preemptions']}" for p in POLICIES]
+            blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
+            out.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
+    out.append("")
     out.append("Targets (issue 7):")
     out.append("")
     out += targets(rows, facts)
+    out.append("")
+    out.append(ANALYSIS)
     out.append("")
     for fam in facts:
         out.append(f"![{fam}](plots/policies_{fam}.png)")
@@ -189,17 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="processes")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--from-json", default=None,
+                   help="re-render the section from a saved bench/plots/policies.json")
     args = p.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
     for f in families:
         if f not in DEFAULTS:
             p.error(f"unknown family {f!r}; choose from {', '.join(DEFAULTS)}")
     t = time.perf_counter()
-    rows, facts = run(families, args.sessions, args.scale, args.seed, args.workers)
-    wall = time.perf_counter() - t
-    command = "python bench/policies.py" + (" " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])).rstrip()
-    text = markdown(rows, facts, command.strip(), wall)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        rows, facts, wall, command = (saved["rows"], saved["facts"], saved["wall_s"],
+                                      saved["command"])
+    else:
+        rows, facts = run(families, args.sessions, args.scale, args.seed, args.workers)
+        wall = time.perf_counter() - t
+        command = " ".join(["python bench/policies.py",
+                            *(argv if argv is not None else sys.argv[1:])])
+    text = markdown(rows, facts, command, wall)
     print(text)
     if not args.no_write:
         (HERE / "plots").mkdir(exist_ok=True)
@@ -209,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                        title=f"{fam}: {facts[fam]['sessions']} sessions x{facts[fam]['scale']}",
                        x_key="capacity_pct", x_label="GPU KV capacity (% of peak working set)")
         (HERE / "plots" / "policies.json").write_text(json.dumps(
-            {"facts": facts, "rows": rows}, indent=1, default=float), encoding="utf-8")
+            {"facts": facts, "rows": rows, "wall_s": wall, "command": command}, indent=1,
+            default=float), encoding="utf-8")
         write_section(text, HERE / "RESULTS.md")
     return 0
 
