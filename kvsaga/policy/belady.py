@@ -182,7 +182,7 @@ class ClairvoyantTTLPolicy(TTLPolicy):
         window: float,
         now: float,
     ) -> tuple[float, float]:
-        _, tail = group[-1]
+        _, tail = group[0]
         nu = self.oracle.next_use(sid, self.manager.pool.block_hash[tail], self._pos[tail], now)
         left = max(nu - now, 0.0)
         return (1.0, left) if left <= window else (0.0, window)

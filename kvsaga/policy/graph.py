@@ -189,8 +189,8 @@ class GraphPolicy(GroupedPolicy):
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
         p = self.predict_session(sid, now)
         rate = p.p_resume / max(p.expected_s, self.min_wait_s)
-        for pos, b in reversed(group):
-            yield rate * self.block_cost(pos), b
+        for neg_pos, b in group:
+            yield rate * self.block_cost(-neg_pos), b
 
     def _plain_key(self, block_id: int, now: float) -> float:
         p = self.predict_plain(block_id, now)

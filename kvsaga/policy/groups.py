@@ -3,7 +3,9 @@
 Every CACHED block of the GPU tier is in exactly one of three places:
 
 - its owner session's group (`manager.block_owner[b]` is a live session): a list of
-  (position, block) sorted by position, so the tail is the last entry;
+  (-position, block), sorted, so the tail is the first entry and the head the last. That
+  order makes the two hottest updates O(1): a step's release caches blocks tail first
+  (appends), and a resume's hits reclaim them head first (pops);
 - `dead`: private blocks of a session that has ended (FIFO, each session's tail first).
   Nobody is expected to reuse them, so every policy here evicts them first;
 - `plain`: cache owned by no session (a prefix shared by several sessions, or anything
@@ -83,7 +85,7 @@ class GroupedPolicy(EvictionPolicy):
         super().__init__()
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.views: dict[str, SessionView] = {}
-        self.groups: dict[str, list[tuple[int, int]]] = {}
+        self.groups: dict[str, list[tuple[int, int]]] = {}  # sid -> [(-position, block)]
         self._now = 0.0
         self._ending: str | None = None
 
@@ -97,6 +99,7 @@ class GroupedPolicy(EvictionPolicy):
         self._cached_at = [0.0] * n
         self.plain = BlockQueue(n)
         self.dead = BlockQueue(n)
+        self._block_costs: list[float] = []
 
     def _touch(self, now: float) -> None:
         # Any hook but the pool's own ends the release that follows an end_session.
@@ -117,10 +120,14 @@ class GroupedPolicy(EvictionPolicy):
             self.dead.push(block_id)
             self._where[block_id] = DEAD
         else:
+            key = (-pos, block_id)
             g = self.groups.get(owner)
             if g is None:
-                g = self.groups[owner] = []
-            insort(g, (pos, block_id))
+                self.groups[owner] = [key]
+            elif g[-1] < key:
+                g.append(key)  # the usual case: released tail first
+            else:
+                insort(g, key)
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
 
@@ -129,7 +136,11 @@ class GroupedPolicy(EvictionPolicy):
         if w == OWNED:
             sid = self._owner[block_id]
             g = self.groups[sid]
-            del g[bisect_left(g, (self._pos[block_id], block_id))]
+            key = (-self._pos[block_id], block_id)
+            if g[-1] == key:
+                g.pop()  # the usual case: hits reclaim a context head first
+            else:
+                del g[bisect_left(g, key)]
             if not g:
                 del self.groups[sid]
             self._owner[block_id] = None
@@ -177,7 +188,7 @@ class GroupedPolicy(EvictionPolicy):
         self._touch(now)
         sid = session.session_id
         self.views.pop(sid, None)
-        for _, b in reversed(self.groups.pop(sid, [])):
+        for _, b in self.groups.pop(sid, []):  # tail first
             self.dead.push(b)
             self._where[b] = DEAD
             self._owner[b] = None
@@ -231,8 +242,8 @@ class GroupedPolicy(EvictionPolicy):
             yield self._plain_key(b, now), b
 
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
-        for pos, b in reversed(group):  # tail first: the survivors stay a usable prefix
-            yield self._session_key(sid, b, pos, now), b
+        for neg_pos, b in group:  # tail first: the survivors stay a usable prefix
+            yield self._session_key(sid, b, -neg_pos, now), b
 
     def _session_key(self, sid: str, block_id: int, position: int, now: float) -> Any:
         raise NotImplementedError
@@ -251,13 +262,16 @@ class GroupedPolicy(EvictionPolicy):
 
     def block_cost(self, position: int) -> float:
         """Seconds to rebuild the block at `position` of a context whose head survives."""
-        bs = self.block_size
-        return self.cost.recompute_s(bs, position * bs)
+        memo = self._block_costs  # victim searches price the same positions over and over
+        if position >= len(memo):
+            bs, cost = self.block_size, self.cost
+            memo.extend(cost.recompute_s(bs, p * bs) for p in range(len(memo), position + 1))
+        return memo[position]
 
     def group_cost(self, group: list[tuple[int, int]]) -> float:
         """Seconds to rebuild a session's cached blocks (from its first cached position)."""
         bs = self.block_size
-        return self.cost.recompute_s(len(group) * bs, group[0][0] * bs)
+        return self.cost.recompute_s(len(group) * bs, -group[-1][0] * bs)
 
     def idle_s(self, sid: str, now: float) -> float:
         """Seconds a paused session has waited (0 when running or unknown)."""
@@ -272,7 +286,7 @@ class GroupedPolicy(EvictionPolicy):
         seen: dict[int, int] = {}
         for sid, g in self.groups.items():
             assert g, f"empty group for session {sid!r}"
-            assert g == sorted(g), f"group of {sid!r} is not sorted by position"
+            assert g == sorted(g), f"group of {sid!r} is not sorted tail first"
             for _, b in g:
                 assert self._owner[b] == sid and self._where[b] == OWNED, f"block {b} misfiled"
                 seen[b] = OWNED

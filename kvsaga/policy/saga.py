@@ -135,7 +135,7 @@ class SagaPolicy(GroupedPolicy):
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
         key = self._keys[sid]
-        for _, b in reversed(group):
+        for _, b in group:
             yield key, b
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:

@@ -149,7 +149,7 @@ class TTLPolicy(GroupedPolicy):
     # -- keys: (class, value); class 0 dead, 1 expired, 2 live, 3 fresh plain ---------------
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
         key = self._value(sid, group, now)
-        for _, b in reversed(group):
+        for _, b in group:
             yield key, b
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
