@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
@@ -35,7 +36,8 @@ COLUMNS = (
 )
 
 
-def _positive(kind: type) -> callable:
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: `kind(text)`, finite and > 0."""
     def parse(text: str):
         try:
             value = kind(text)
