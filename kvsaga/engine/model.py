@@ -54,6 +54,9 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
         self.scale = cfg.head_dim**-0.5
+        # Kernel argument checks (None: the kernels' default). Every layer gets the same
+        # metadata, so the model checks it at layer 0 only (see LlamaForCausalLM).
+        self.validate: bool | None = None
         qkv = cfg.q_size + 2 * cfg.kv_size
         self.qkv_proj = _empty(qkv, cfg.hidden_size, dtype=dtype, device=device)
         self.qkv_bias = _empty(qkv, dtype=dtype, device=device) if cfg.attention_bias else None
@@ -77,7 +80,7 @@ class Attention(nn.Module):
         q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+        kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping, validate=self.validate)
         out = kernels.paged_attention(
             q,
             k_cache,
@@ -88,6 +91,7 @@ class Attention(nn.Module):
             self.scale,
             max_query_len=meta.max_query_len,
             max_seq_len=meta.max_seq_len,
+            validate=self.validate,
         )  # [T, num_heads, head_dim]
         return F.linear(out.reshape(t, self.q_size), self.o_proj, self.o_bias)
 
@@ -158,6 +162,8 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(config, dtype, device) for _ in range(config.num_layers)
         )
+        for layer in list(self.layers)[1:]:
+            layer.attn.validate = False
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.lm_head = (
             self.embed_tokens
