@@ -129,6 +129,9 @@ def main() -> None:
     prompts = mixed_prompts()
     ours = bench_kvsaga(args.device, args.max_tokens, prompts)
     theirs = bench_transformers(args.device, args.max_tokens, prompts)
+    def ratio(key: str) -> float:
+        return ours[key] / theirs[key]
+
     rows = [
         ("time to first token (s)", "ttft_s", theirs["ttft_s"] / ours["ttft_s"]),
         (
