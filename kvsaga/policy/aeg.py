@@ -87,6 +87,8 @@ class Node:
 
 @dataclass(slots=True)
 class WorkflowGraph:
+    """One workflow type's nodes, plus its arrival and length statistics."""
+
     pause: LogNormalFit  # every pause of the workflow
     nodes: dict[str, Node] = field(default_factory=dict)
     arrivals: IntervalEma = field(default_factory=IntervalEma)  # new sessions
@@ -317,12 +319,14 @@ class ExecutionGraph:
         if node is None:
             return {}
         total = sum(e.count for e in node.edges.values())
-        return {dst: e.count / total for dst, e in node.edges.items()} if total else {}
+        return {dst: e.count / total for dst, e in node.edges.items() if e.count}
 
     def mean_steps(self, workflow: str | None = None) -> float:
         """Mean LLM steps per finished session (one prior session of `prior_steps`)."""
-        gs = [self.workflows[workflow]] if workflow in self.workflows else (
-            list(self.workflows.values()) if workflow is None else [])
+        if workflow is None:
+            gs = list(self.workflows.values())
+        else:
+            gs = [self.workflows[workflow]] if workflow in self.workflows else []
         n = sum(g.num_sessions for g in gs)
         steps = sum(g.num_steps for g in gs)
         return (steps + self.prior_steps) / (n + 1)
