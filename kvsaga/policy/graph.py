@@ -60,6 +60,8 @@ class GraphPolicy(GroupedPolicy):
         prefetch_lead_s: float = 0.1,
     ) -> None:
         super().__init__(cost)
+        if not min_wait_s > 0:
+            raise ValueError(f"min_wait_s must be > 0, got {min_wait_s!r}")
         self.graph = graph if graph is not None else ExecutionGraph()
         self.min_wait_s = min_wait_s
         self.plain_interval_s = plain_interval_s

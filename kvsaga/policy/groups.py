@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from kvsaga.block_queue import BlockQueue
 from kvsaga.policy.base import EvictionPolicy, PauseHint
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.pool import CACHED
 
 if TYPE_CHECKING:
     from kvsaga.manager import KVCacheManager
@@ -280,8 +281,6 @@ class GroupedPolicy(EvictionPolicy):
 
     def check_integrity(self) -> None:
         """Verify that the tracked blocks are exactly the pool's CACHED blocks."""
-        from kvsaga.pool import CACHED
-
         pool = self.manager.pool
         seen: dict[int, int] = {}
         for sid, g in self.groups.items():

@@ -67,6 +67,8 @@ class TTLPolicy(GroupedPolicy):
         super().__init__(cost)
         if not base_ttl_s > 0:
             raise ValueError(f"base_ttl_s must be > 0, got {base_ttl_s!r}")
+        if not 0 <= max_usage < 1:
+            raise ValueError(f"max_usage must be in [0, 1), got {max_usage!r}")
         self.graph = graph if graph is not None else ExecutionGraph()
         self.base_ttl_s = base_ttl_s
         self.max_usage = max_usage
@@ -111,13 +113,14 @@ class TTLPolicy(GroupedPolicy):
         if not g:
             return False, 0.0, math.inf
         cls, v = self._value(session_id, g, now)
-        return cls == 1, v, self.group_cost(g) / (len(g) * self._rent)
+        rent = len(g) * self._rent
+        return cls == 1, v, self.group_cost(g) / rent if rent > 0 else math.inf
 
     def _value(self, sid: str, group: list[tuple[int, int]], now: float) -> tuple[int, float]:
         n = len(group)
         cost = self.group_cost(group)
         rent = n * self._rent
-        ttl = cost / rent
+        ttl = cost / rent if rent > 0 else math.inf
         view = self.views.get(sid)
         if view is None or view.needed_now:
             return 2, cost / n  # preempted: its retry needs these blocks right away
@@ -154,7 +157,8 @@ class TTLPolicy(GroupedPolicy):
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         idle = now - self._cached_at[block_id]
-        ttl = self.block_cost(self._pos[block_id]) / self._rent
+        rent = self._rent
+        ttl = self.block_cost(self._pos[block_id]) / rent if rent > 0 else math.inf
         if idle >= ttl:
             return 1, -(idle - ttl) * self._rent
         return 3, self._cached_at[block_id]
