@@ -670,6 +670,10 @@ class KVCacheManager:
                 self._evict(n - self.pool.num_free, self.clock() if now is None else now)
             gpu = self.pool.allocate(n)
             self._adopt_loaded(s, first, found, gpu)
+            # The paused table names them, so that end_session finds what the session owns.
+            for k, b in enumerate(gpu):
+                if first + k < len(s.block_ids):
+                    s.block_ids[first + k] = b
             resident += gpu
             self._prefetched_blocks += n
         self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first

@@ -84,3 +84,22 @@ def test_offload_then_host_hit_then_prefetch():
     st_ = m.begin_step("a", a + [7, 7])
     assert st_.num_cached_tokens >= 4 * len(plan.loads)
     m.check_integrity()
+
+
+def test_end_session_releases_ownership_of_prefetched_blocks():
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4, clock=lambda: 0.0, num_host_blocks=4)
+    a = list(range(100, 113))
+    m.begin_step("a", a)
+    m.allocate_slots("a", len(a))
+    m.finish_step("a")
+    m.begin_step("b", list(range(200, 216)))
+    m.allocate_slots("b", 16)
+    m.take_transfers()
+    m.finish_step("b")
+    m.end_session("b")
+    assert m.prefetch("a") > 0
+    loaded = [g for _, g in m.take_transfers().loads]
+    assert all(m.block_owner[g] == "a" for g in loaded)
+    m.end_session("a")
+    assert all(m.block_owner[g] is None for g in loaded)
+    m.check_integrity()
