@@ -35,5 +35,5 @@ def __getattr__(name: str):
     if name in ("LLM", "SamplingParams"):
         from kvsaga.engine import llm, sampling
 
-        return {"LLM": getattr(llm, "LLM", None), "SamplingParams": sampling.SamplingParams}[name]
+        return {"LLM": llm.LLM, "SamplingParams": sampling.SamplingParams}[name]
     raise AttributeError(f"module 'kvsaga' has no attribute {name!r}")
