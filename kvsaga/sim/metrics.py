@@ -22,6 +22,10 @@ class SimResult:
         first_time_tokens: computed tokens whose KV had never been computed before (by this
             session, or for its shared prefix by any session of the same group and tenant).
         recomputed_tokens: computed tokens whose KV had been computed before and was lost.
+        recomputed_after_preemption_tokens: the part of recomputed_tokens computed by
+            attempts that follow a preemption of the same step (the scheduler's doing); the
+            rest was recomputed by first attempts: KV evicted while its session paused (or a
+            shared prefix evicted between sessions), which is the eviction policy's doing.
         abandoned_tokens: prompt tokens of preempted attempts that were neither hit nor
             computed before the preemption.
         decode_tokens: tokens fed to decode steps (each sampled token but a step's last); each
@@ -78,6 +82,7 @@ class SimResult:
     prefetched_blocks: int = 0
     load_wait_s: float = 0.0
     peak_live_blocks: int = 0
+    recomputed_after_preemption_tokens: int = 0
 
     @property
     def hit_rate(self) -> float:

@@ -76,6 +76,18 @@ class SimConfig:
             tier, every victim is discarded.
         resume_hints: the engine calls `resume_hint` when a paused session's tool returns
             (its next step is ready), as kvsaga-serve does when the next request arrives.
+        admission: "reserve" (default): a waiting step is admitted only if its whole prompt
+            plus `reserve_decode_tokens` fits in the free and evictable blocks left after
+            every running step's own reserve (the rest of its prompt and its next
+            `reserve_decode_tokens` decode tokens), and resumed steps whose context is still
+            resident go before cold ones, within `max_bypass`. "fifo": vLLM's rule (the
+            head of the queue is admitted when its first chunk fits). The same rule serves
+            every policy.
+        reserve_decode_tokens: decode tokens of headroom reserved per running step.
+        max_bypass: how many later requests may be admitted ahead of the head of the queue
+            (for being warm) before the head must go next.
+        admission_window: how many waiting requests, from the head, are looked at for a warm
+            one.
     """
 
     preset: str | CostModel = "a100-llama3-8b"
@@ -88,6 +100,10 @@ class SimConfig:
     num_host_blocks: int | None = None
     host_kv_bytes: float | None = None
     resume_hints: bool = True
+    admission: str = "reserve"
+    reserve_decode_tokens: int = 64
+    max_bypass: int = 16
+    admission_window: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
@@ -123,6 +139,13 @@ class SimConfig:
                 and self.kv_bytes > 0):
             raise ValueError(f"SimConfig.kv_bytes must be a finite number > 0, got "
                              f"{self.kv_bytes!r}")
+        if self.admission not in ("reserve", "fifo"):
+            raise ValueError(f"SimConfig.admission must be 'reserve' or 'fifo', got "
+                             f"{self.admission!r}")
+        for name in ("reserve_decode_tokens", "max_bypass", "admission_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SimConfig.{name} must be an integer >= 0, got {value!r}")
         if self.hints not in ("tool", "oracle", "none"):
             raise ValueError(f"SimConfig.hints must be 'tool', 'oracle' or 'none', got "
                              f"{self.hints!r}")
@@ -163,7 +186,8 @@ class _Request:
     """One step of a session as the scheduler sees it (it survives preemptions)."""
 
     __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
-                 "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling")
+                 "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling",
+                 "retried", "bypassed")
 
     def __init__(self, session: Session, k: int, tokens: _Tokens) -> None:
         self.session = session
@@ -177,6 +201,8 @@ class _Request:
         self.context_len = 0  # tokens of the context the manager holds
         self.slots_ahead = 0  # decode slots allocated beyond the token fed now
         self.prefilling = True
+        self.retried = False  # preempted at least once: later attempts redo lost work
+        self.bypassed = 0  # later requests admitted ahead of it while it headed the queue
 
     @property
     def fed_position(self) -> int:
@@ -243,6 +269,7 @@ class Simulator:
         self._prefix_high_water: dict[tuple[str | None, str], int] = {}
         self._finished_at: dict[str, float] = {}
         self._counts = dict(prompt=0, queried=0, hit=0, first=0, recomputed=0, abandoned=0,
+                            recomputed_preempted=0,
                             decode=0, preemptions=0, batch_steps=0, steps=0, offloaded=0,
                             loaded=0)
         self._load_wait = 0.0
@@ -430,25 +457,38 @@ class Simulator:
 
     # -- admission and allocation ---------------------------------------------------------
     def _admit(self, budget: int) -> int:
-        """Begin the first waiting request and allocate its first chunk, if they fit.
+        """Begin one waiting request and allocate its first chunk, if they fit.
 
-        The check is exact: the full-block hits that begin_step will find are looked up
-        first (without side effects), and the chunk ends where the check assumed. A retained
-        partial tail, if begin_step also reclaims it, stands in for the new block that the
-        chunk's first tokens would otherwise take.
+        Which request: the head of the queue, or under "reserve" admission a warm one
+        (`_pick_waiting`). The check is exact: the full-block hits that begin_step will find
+        are looked up first (without side effects), and the chunk ends where the check
+        assumed. A retained partial tail, if begin_step also reclaims it, stands in for the
+        new block that the chunk's first tokens would otherwise take.
 
         Returns:
             The chunk's size, or 0 if the request must wait (nothing changed).
         """
-        req = self.waiting[0]
+        reserve_mode = self.config.admission == "reserve"
+        idx = self._pick_waiting() if reserve_mode else 0
+        req = self.waiting[idx]
         attempt_len = req.base_len + req.num_sampled
         hit_blocks, reclaimed, host_blocks = self._peek_hits(req.tokens, attempt_len)
         end = min(attempt_len, (hit_blocks + host_blocks) * self.block_size + budget)
         # Host hits take fresh GPU blocks to load into, like the chunk's new blocks.
-        need = self.cost.kv_spec.num_blocks_for(end) - hit_blocks
+        blocks_for = self.cost.kv_spec.num_blocks_for
+        need = blocks_for(end) - hit_blocks
         if need + reclaimed > self.pool.num_available:
             return 0
-        self.waiting.popleft()
+        if reserve_mode and self.running:
+            # The whole prompt and some decode headroom, for it and for every running step:
+            # admitting what the pool cannot carry to completion only defers a preemption.
+            # With nothing running the first chunk suffices (progress is guaranteed).
+            full = blocks_for(self._reserve_target(req, attempt_len)) - hit_blocks
+            if full + reclaimed + self._running_reserve() > self.pool.num_available:
+                return 0
+        if idx:
+            self.waiting[0].bypassed += 1
+        del self.waiting[idx]
         s = req.session
         if self.oracle is not None:
             self.oracle.started(s.id)
@@ -470,6 +510,50 @@ class Simulator:
             raise RuntimeError(f"admission of {s.id!r} step {req.k} found no room for its "
                                f"first chunk: {e}") from e
         return chunk
+
+    def _reserve_target(self, req: _Request, context_len: int) -> int:
+        """Tokens a step will hold after `reserve_decode_tokens` more decode tokens (never
+        past its last fed token: the step's output limit, as max_tokens is to an engine)."""
+        last_fed = req.base_len + req.num_out - 1
+        return max(context_len, min(context_len + self.config.reserve_decode_tokens, last_fed))
+
+    def _running_reserve(self) -> int:
+        """Blocks the running steps will take soon: the rest of each prompt and the next
+        `reserve_decode_tokens` decode tokens of each (the watermark admission keeps)."""
+        blocks_for = self.cost.kv_spec.num_blocks_for
+        total = 0
+        for r in self.running:
+            ctx = r.attempt_len if r.prefilling else r.fed_position + 1
+            total += max(0, blocks_for(self._reserve_target(r, ctx)) - blocks_for(r.num_computed))
+        return total
+
+    def _is_warm(self, req: _Request) -> bool:
+        """A resumed step whose context is mostly still on the GPU: the block at the middle
+        of its prompt is resident (policies evict tails first, so the head up to it almost
+        surely is too). O(1), unlike a full prefix lookup."""
+        if req.k == 0 and not req.retried:
+            return False
+        mid = (req.base_len + req.num_sampled) // (2 * self.block_size)
+        hashes = req.tokens.hashes
+        return mid < len(hashes) and self.manager.index.get(hashes[mid]) is not None
+
+    def _pick_waiting(self) -> int:
+        """Index of the waiting request to admit next.
+
+        Rule: a preempted retry at the head goes first (it holds its lost work's place);
+        otherwise the first warm request (`_is_warm`) among the first `admission_window`,
+        because admitting it evicts little and keeps its resident blocks from being evicted
+        for colder work. Bound: once `max_bypass` requests have been admitted ahead of the
+        head, the head goes next; so a request waits for at most its position x
+        (`max_bypass` + 1) admissions, and FIFO order is kept among the cold ones.
+        """
+        head = self.waiting[0]
+        if head.retried or head.bypassed >= self.config.max_bypass:
+            return 0
+        for i in range(min(self.config.admission_window, len(self.waiting))):
+            if self._is_warm(self.waiting[i]):
+                return i
+        return 0
 
     def _peek_hits(self, tokens: _Tokens, attempt_len: int) -> tuple[int, int, int]:
         """What begin_step would find: full-block GPU hits, how many of them are CACHED now,
@@ -538,6 +622,10 @@ class Simulator:
         seen = max(req.tokens.high_water, prefix_hw)
         recomputed = max(0, min(end, seen) - start)
         self._counts["recomputed"] += recomputed
+        if req.retried:
+            # A retry redoes what its preemption threw away (the step's own tokens and the
+            # hits it lost while requeued), not what eviction took while the session paused.
+            self._counts["recomputed_preempted"] += recomputed
         self._counts["first"] += num_tokens - recomputed
         req.tokens.high_water = max(req.tokens.high_water, end)
         self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
@@ -550,6 +638,7 @@ class Simulator:
         if req.prefilling:
             self._counts["abandoned"] += req.attempt_len - req.num_computed
         req.slots_ahead = 0
+        req.retried = True
         self.waiting.appendleft(req)
         self._counts["preemptions"] += 1
 
@@ -606,6 +695,7 @@ class Simulator:
             computed_tokens=c["first"] + c["recomputed"],
             first_time_tokens=c["first"],
             recomputed_tokens=c["recomputed"],
+            recomputed_after_preemption_tokens=c["recomputed_preempted"],
             abandoned_tokens=c["abandoned"],
             decode_tokens=c["decode"],
             num_preemptions=c["preemptions"],

@@ -26,11 +26,13 @@ def distinct_computed_tokens(sessions) -> int:
         s.total_tokens - s.shared_prefix.tokens - 1 for s in sessions)
 
 
-# 380 barely holds the longest session; 750 preempts mid-prefill (abandoned tokens).
-@pytest.mark.parametrize("num_gpu_blocks", [380, 750, 100_000])
-def test_conservation(num_gpu_blocks):
+# 380 barely holds the longest session; 750 under vLLM's FIFO admission preempts
+# mid-prefill (abandoned tokens).
+@pytest.mark.parametrize("num_gpu_blocks,admission", [
+    (380, "reserve"), (750, "fifo"), (750, "reserve"), (100_000, "reserve"), (380, "fifo")])
+def test_conservation(num_gpu_blocks, admission):
     sessions = tiny_trace()
-    sim = Simulator(sessions, SimConfig(num_gpu_blocks=num_gpu_blocks))
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=num_gpu_blocks, admission=admission))
     r = sim.run()
     sim.manager.check_integrity()
     assert r.num_steps == sum(s.num_steps for s in sessions)
@@ -38,7 +40,9 @@ def test_conservation(num_gpu_blocks):
                                   for k in range(s.num_steps))
     # Every prompt token of every attempt is a hit, computed, or left when preempted.
     assert r.queried_tokens == r.hit_tokens + r.computed_tokens + r.abandoned_tokens
-    assert r.abandoned_tokens > 0 or num_gpu_blocks != 750
+    assert r.abandoned_tokens > 0 or (num_gpu_blocks, admission) != (750, "fifo")
+    assert r.recomputed_after_preemption_tokens <= r.recomputed_tokens
+    assert r.num_preemptions > 0 or r.recomputed_after_preemption_tokens == 0
     assert r.computed_tokens == r.first_time_tokens + r.recomputed_tokens
     # Each of those is computed first either by a prefill or as a decode step's fed token.
     assert r.first_time_tokens + r.decode_tokens == distinct_computed_tokens(sessions)
@@ -55,12 +59,53 @@ def test_conservation(num_gpu_blocks):
 def test_pressure_recomputes_and_preempts():
     sessions = tiny_trace()
     roomy = simulate(sessions, SimConfig(num_gpu_blocks=100_000))
-    tight = simulate(sessions, SimConfig(num_gpu_blocks=750))
+    tight = simulate(sessions, SimConfig(num_gpu_blocks=750, admission="fifo"))
     assert roomy.num_preemptions == 0 and roomy.num_evicted_blocks == 0
     assert tight.num_preemptions > 0 and tight.num_evicted_blocks > 0
     assert tight.recomputed_tokens > roomy.recomputed_tokens
     assert tight.hit_rate < roomy.hit_rate
     assert tight.tct_mean_s > roomy.tct_mean_s
+    assert 0 < tight.recomputed_after_preemption_tokens < tight.recomputed_tokens
+
+
+def test_reserve_admission_avoids_preemption():
+    """Admission that reserves the whole prompt and decode headroom of every running step
+    admits nothing the pool cannot carry: the FIFO run's preemptions disappear, and
+    resuming warm sessions first recomputes less."""
+    sessions = tiny_trace()
+    fifo = simulate(sessions, SimConfig(num_gpu_blocks=750, admission="fifo"))
+    reserve = simulate(sessions, SimConfig(num_gpu_blocks=750))
+    assert fifo.num_preemptions > 0 and reserve.num_preemptions == 0
+    assert reserve.recomputed_after_preemption_tokens == 0
+    assert reserve.recomputed_tokens < fifo.recomputed_tokens
+
+
+def test_warm_bypass_is_bounded():
+    """With max_bypass=0 admission is FIFO (reserve check only): no request is admitted
+    ahead of the head of the queue."""
+    sessions = tiny_trace()
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=750, max_bypass=0))
+    order: list[tuple[str, int]] = []
+    admit = sim._admit
+
+    def spy(budget: int) -> int:
+        head = (sim.waiting[0].session.id, sim.waiting[0].k)
+        chunk = admit(budget)
+        if chunk:
+            order.append(head)
+            assert (sim.running[-1].session.id, sim.running[-1].k) == head
+        return chunk
+
+    sim._admit = spy
+    sim.run()
+    assert order
+
+
+def test_admission_config_validated():
+    with pytest.raises(ValueError, match="admission"):
+        SimConfig(admission="lifo")
+    with pytest.raises(ValueError, match="max_bypass"):
+        SimConfig(max_bypass=-1)
 
 
 def test_deterministic_per_seed():
