@@ -17,9 +17,10 @@ of steps, and the number of steps per finished session.
 Predictions (`predict`): for a session paused on `kind` for `elapsed` seconds, the resume
 probability is a cure model, P(resume | no resume yet) = p0 S(e) / (p0 S(e) + 1 - p0), with
 p0 the node's smoothed resume share and S the fitted pause survival; the expected time until
-the next step is the fit's mean residual time at `elapsed`. Pause fits fall back from
-(workflow, kind) to the kind across workflows, to the workflow, to everything, to a prior,
-taking the most specific one with at least `min_samples` observations.
+the next step is the fit's median residual time at `elapsed` (it grows with `elapsed` as
+the mean does, without the heavy tail's inflation). Pause fits fall back from (workflow,
+kind) to the kind across workflows, to the workflow, to everything, to a prior, taking
+the most specific one with at least `min_samples` observations.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Prediction:
 
     Attributes:
         p_resume: probability that it runs another step.
-        expected_s: expected seconds until that step begins, given that it comes.
+        expected_s: expected seconds until that step begins, given that it comes (the median
+            residual of the pause fit: a typical, not a tail-inflated, time).
     """
 
     p_resume: float
@@ -288,7 +290,7 @@ class ExecutionGraph:
         p0 = self.resume_share(workflow, kind)
         s = dist.sf(elapsed)
         p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
-        return Prediction(p, dist.mean_residual(elapsed))
+        return Prediction(p, dist.median_residual(elapsed))
 
     def resume_window(
         self, workflow: str, last_tool: str | None, elapsed: float, window: float

@@ -84,6 +84,24 @@ class LogNormalDist:
         return self.mean * _phi_upper(z - self.sigma) / s - elapsed
 
 
+    def median_residual(self, elapsed: float) -> float:
+        """The median of D - elapsed given D > elapsed: the t with P(D <= elapsed + t | D >
+        elapsed) = 1/2.
+
+        Like the mean residual it grows with `elapsed`, but a few very long pauses do not
+        inflate it: for a heavy tail the mean sits far beyond the time by which most pauses
+        have ended, so a rate priced by 1 / mean undervalues a block that is probably needed
+        soon.
+        """
+        from statistics import NormalDist
+
+        s = self.sf(elapsed)
+        if s < 1e-300:
+            return self.mean_residual(elapsed)  # beyond the float range of the quantile
+        z = -NormalDist().inv_cdf(s / 2.0)  # the (1 - s/2)-quantile, exact in the far tail
+        return max(math.exp(self.mu + self.sigma * z) - max(elapsed, 0.0), 0.0)
+
+
 class LogNormalFit:
     """Running log-normal fit (Welford on log durations) with a prior.
 

@@ -80,3 +80,22 @@ def test_a_victim_search_is_lazy():
     assert len(policy.choose_victims(2, 1.0)) == 2
     # One price per session stream to start, then one per victim taken: not 48.
     assert len(priced) <= 3 + 2
+
+
+def test_heavy_tailed_tool_is_priced_by_its_median_residual():
+    """A tool that usually returns in ~1 s but sometimes takes 1000 s has a huge mean (the
+    tail) and a short median; a steady 60 s tool the reverse. The session on the flaky tool
+    is probably back first, so the steady one's blocks go first (pricing by the mean residual
+    would evict the flaky one's)."""
+    policy = GraphPolicy()
+    for gap in (1.0, 1.0, 1.0, 1.0, 1000.0, 1000.0):
+        train(policy.graph, "flaky", gap, n=1)
+    train(policy.graph, "steady", 60.0)
+    m = make(policy, num_blocks=8)
+    run_step(m, "a", tokens(100, 8), now=0.0, tool="steady")
+    run_step(m, "b", tokens(200, 8), now=0.0, tool="flaky")
+    flaky = policy.graph.pause_dist("default", "flaky")
+    steady = policy.graph.pause_dist("default", "steady")
+    assert flaky.mean > steady.mean and flaky.median < steady.median
+    victims = policy.choose_victims(2, 0.5)
+    assert [policy._owner[b] for b in victims] == ["a", "a"]

@@ -71,3 +71,16 @@ def test_ema_by_hand():
     assert ema.sigma == pytest.approx(math.sqrt(m2 - m1**2))
     ema.add(0.0)  # floored at 1 ms, not log(0)
     assert math.isfinite(ema.p95())
+
+
+def test_median_residual_is_the_conditional_median():
+    """Half of the pauses still running at `e` end within median_residual(e); it grows with
+    e (heavy tail) and stays below the mean residual, which the tail inflates."""
+    D = LogNormalDist(math.log(30.0), 1.8)
+    assert D.median_residual(0.0) == pytest.approx(30.0)
+    prev = 0.0
+    for e in (1.0, 10.0, 100.0, 1000.0, 1e5):
+        t = D.median_residual(e)
+        assert D.sf(e + t) == pytest.approx(D.sf(e) / 2, rel=1e-6)
+        assert prev < t < D.mean_residual(e)
+        prev = t
