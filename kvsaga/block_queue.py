@@ -46,6 +46,31 @@ class BlockQueue:
         prv[s] = block_id
         self._size += 1
 
+    def push_many(self, block_ids: list[int]) -> None:
+        """Append blocks at the tail, in order. None may be linked."""
+        if not block_ids:
+            return
+        nxt, prv, s = self._next, self._prev, self._sentinel
+        tail = prv[s]
+        for b in block_ids:
+            nxt[tail] = b
+            prv[b] = tail
+            tail = b
+        nxt[tail] = s
+        prv[s] = tail
+        self._size += len(block_ids)
+
+    def remove_many(self, block_ids: list[int]) -> None:
+        """Unlink linked blocks."""
+        nxt, prv = self._next, self._prev
+        for b in block_ids:
+            p, n = prv[b], nxt[b]
+            nxt[p] = n
+            prv[n] = p
+            prv[b] = -1
+            nxt[b] = -1
+        self._size -= len(block_ids)
+
     def push_front(self, block_id: int) -> None:
         """Insert at the head (first to be popped)."""
         nxt, prv, s = self._next, self._prev, self._sentinel

@@ -107,6 +107,8 @@ class _QueueObserver:
     def __init__(self, queue: BlockQueue) -> None:
         self.block_cached = queue.push
         self.block_uncached = queue.remove
+        self.blocks_cached = queue.push_many
+        self.blocks_uncached = queue.remove_many
 
 
 def _check_session_id(session_id: object) -> None:

@@ -25,7 +25,12 @@ _STATE_NAMES = ("free", "active", "cached")
 
 
 class PoolObserver(Protocol):
-    """Told whenever a block enters or leaves the CACHED (evictable) state."""
+    """Told whenever a block enters or leaves the CACHED (evictable) state.
+
+    An observer may also define `blocks_cached(ids)` / `blocks_uncached(ids)`: the pool
+    then reports a batch transition in one call (the blocks' states are already updated),
+    else block by block, in the same order.
+    """
 
     def block_cached(self, block_id: int) -> None: ...
 
@@ -61,7 +66,26 @@ class BlockPool:
         for b in range(num_blocks):
             self._free.push(b)
         self.num_cached = 0
-        self.observer: PoolObserver = _NullObserver()
+        self.observer = _NullObserver()
+
+    @property
+    def observer(self) -> PoolObserver:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: PoolObserver) -> None:
+        self._observer = observer
+        one_cached, one_uncached = observer.block_cached, observer.block_uncached
+
+        def each(fn):
+            def call(block_ids: list[int]) -> None:
+                for b in block_ids:
+                    fn(b)
+
+            return call
+
+        self._cached_many = getattr(observer, "blocks_cached", None) or each(one_cached)
+        self._uncached_many = getattr(observer, "blocks_uncached", None) or each(one_uncached)
 
     # -- counts ---------------------------------------------------------------------------
     @property
@@ -107,17 +131,18 @@ class BlockPool:
 
     def acquire_many(self, block_ids: list[int]) -> None:
         """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
-        ref, state, uncached = self.refcount, self.state, self.observer.block_uncached
-        reclaimed = 0
+        ref, state = self.refcount, self.state
+        reclaimed = []
         for b in block_ids:
             if state[b] == ACTIVE:
                 ref[b] += 1
             else:
                 state[b] = ACTIVE
                 ref[b] = 1
-                reclaimed += 1
-                uncached(b)
-        self.num_cached -= reclaimed
+                reclaimed.append(b)
+        if reclaimed:
+            self.num_cached -= len(reclaimed)
+            self._uncached_many(reclaimed)
 
     def release(self, block_id: int, keep: bool) -> bool:
         """Drop one reference. At zero the block becomes CACHED if `keep`, else FREE.
@@ -145,7 +170,8 @@ class BlockPool:
         if it holds a hash (or is `keep_unhashed`, a paused session's partial tail), else FREE.
         """
         ref, state, block_hash = self.refcount, self.state, self.block_hash
-        cached, push_free = self.observer.block_cached, self._free.push
+        to_cache: list[int] = []
+        to_free: list[int] = []
         for b in block_ids:
             r = ref[b] - 1
             ref[b] = r
@@ -153,23 +179,25 @@ class BlockPool:
                 continue
             if block_hash[b] is not None or b == keep_unhashed:
                 state[b] = CACHED
-                self.num_cached += 1
-                cached(b)
+                to_cache.append(b)
             else:
                 state[b] = FREE
-                push_free(b)
+                to_free.append(b)
+        self._free.push_many(to_free)
+        if to_cache:
+            self.num_cached += len(to_cache)
+            self._cached_many(to_cache)
 
     def evict_many(self, block_ids: list[int]) -> list[bytes | None]:
         """Evict CACHED blocks (oldest first into the free queue); returns their old hashes."""
         state, block_hash = self.state, self.block_hash
-        uncached, push_free = self.observer.block_uncached, self._free.push
         hashes = [block_hash[b] for b in block_ids]
         for b in block_ids:
             state[b] = FREE
             block_hash[b] = None
-            push_free(b)
-            uncached(b)
+        self._free.push_many(block_ids)
         self.num_cached -= len(block_ids)
+        self._uncached_many(block_ids)
         return hashes
 
     def evict(self, block_id: int) -> None:

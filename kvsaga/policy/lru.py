@@ -26,6 +26,8 @@ class LRUPolicy(EvictionPolicy):
         # Hot path: the pool calls these per block; bind them straight to the queue.
         self.block_cached = self._order.push
         self.block_uncached = self._order.remove
+        self.blocks_cached = self._order.push_many
+        self.blocks_uncached = self._order.remove_many
 
     def block_cached(self, block_id: int) -> None:
         self._order.push(block_id)
