@@ -347,3 +347,26 @@ class ExecutionGraph:
         """The pause kind a tracked session waits on (None when running or unknown)."""
         t = self._tracks.get(session_id)
         return None if t is None or t.running else t.kind
+
+
+class FeedsExecutionGraph:
+    """Mixin for policies that learn an `ExecutionGraph` (in `self.graph`) from the session
+    lifecycle: each pause and its tool, late tool hints, and session ends. It forwards the
+    hooks after the base policy has handled them; `step_started` stays with each policy,
+    which also reads what the graph returns there.
+    """
+
+    graph: ExecutionGraph
+
+    def step_finished(self, session, now: float, hint) -> None:
+        super().step_finished(session, now, hint)
+        self.graph.step_finished(session.session_id, hint.tool, now)
+
+    def pause_hinted(self, session, now: float, hint) -> None:
+        super().pause_hinted(session, now, hint)
+        if hint.tool is not None:
+            self.graph.relabel(session.session_id, hint.tool)
+
+    def session_ended(self, session, now: float) -> None:
+        super().session_ended(session, now)
+        self.graph.session_ended(session.session_id, now)

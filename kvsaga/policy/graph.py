@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 
-from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, Prediction
-from kvsaga.policy.base import Action, PauseHint
+from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
+from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, Stream
 
 
-class GraphPolicy(GroupedPolicy):
+class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     """Expected-loss eviction over Agent Execution Graph predictions.
 
     Args:
@@ -100,19 +100,9 @@ class GraphPolicy(GroupedPolicy):
         self._last_use[b] = now
         self._workflow[b] = workflow
 
-    def step_finished(self, session, now: float, hint: PauseHint) -> None:
-        super().step_finished(session, now, hint)
-        self.graph.step_finished(session.session_id, hint.tool, now)
-
-    def pause_hinted(self, session, now: float, hint: PauseHint) -> None:
-        super().pause_hinted(session, now, hint)
-        if hint.tool is not None:
-            self.graph.relabel(session.session_id, hint.tool)
-
     def session_ended(self, session, now: float) -> None:
         self._on_host.pop(session.session_id, None)
         super().session_ended(session, now)
-        self.graph.session_ended(session.session_id, now)
 
     # -- predictions --------------------------------------------------------------------------
     def predict_session(self, session_id: str, now: float) -> Prediction:

@@ -25,8 +25,7 @@ cache goes after every entry, by LRU; within an entry the tail goes first.
 
 from __future__ import annotations
 
-from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph
-from kvsaga.policy.base import PauseHint
+from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy, Stream
 from kvsaga.policy.lognormal import EmaLogNormal
@@ -34,7 +33,7 @@ from kvsaga.policy.lognormal import EmaLogNormal
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
 
 
-class SagaPolicy(GroupedPolicy):
+class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
     """SAGA's scored, TTL-bounded workflow-aware LRU (see the module docstring).
 
     Args:
@@ -76,19 +75,6 @@ class SagaPolicy(GroupedPolicy):
                 lat = self.latency[kind] = EmaLogNormal(self.alpha, *self._prior)
             lat.add(gap)
             self.all_latency.add(gap)
-
-    def step_finished(self, session, now: float, hint: PauseHint) -> None:
-        super().step_finished(session, now, hint)
-        self.graph.step_finished(session.session_id, hint.tool, now)
-
-    def pause_hinted(self, session, now: float, hint: PauseHint) -> None:
-        super().pause_hinted(session, now, hint)
-        if hint.tool is not None:
-            self.graph.relabel(session.session_id, hint.tool)
-
-    def session_ended(self, session, now: float) -> None:
-        super().session_ended(session, now)
-        self.graph.session_ended(session.session_id, now)
 
     # -- the published formulas ---------------------------------------------------------------
     def p95(self, tool: str | None) -> float:

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import math
 
-from kvsaga.policy.aeg import ExecutionGraph
-from kvsaga.policy.base import PauseHint
+from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy, SessionView, Stream
 
 
-class TTLPolicy(GroupedPolicy):
+class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
     """Tool-call-aware time-to-live (see the module docstring for the rule and its bound).
 
     Args:
@@ -78,19 +77,6 @@ class TTLPolicy(GroupedPolicy):
     def step_started(self, session, now: float) -> None:
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
-
-    def step_finished(self, session, now: float, hint: PauseHint) -> None:
-        super().step_finished(session, now, hint)
-        self.graph.step_finished(session.session_id, hint.tool, now)
-
-    def pause_hinted(self, session, now: float, hint: PauseHint) -> None:
-        super().pause_hinted(session, now, hint)
-        if hint.tool is not None:
-            self.graph.relabel(session.session_id, hint.tool)
-
-    def session_ended(self, session, now: float) -> None:
-        super().session_ended(session, now)
-        self.graph.session_ended(session.session_id, now)
 
     # -- pricing ------------------------------------------------------------------------------
     def rent(self) -> float:
