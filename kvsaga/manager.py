@@ -27,9 +27,9 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kvsaga.block_queue import BlockQueue
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
+from kvsaga.host_tier import HostTier, TransferPlan
 from kvsaga.policy import Action, EvictionPolicy, PauseHint, make_policy
 from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
@@ -50,25 +50,6 @@ class StepStart:
     num_prompt_tokens: int
     num_cached_tokens: int
     block_ids: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class TransferPlan:
-    """Copies the engine must run before its next forward pass, in this order.
-
-    Attributes:
-        offloads: (gpu block, host block) pairs: GPU -> host, for blocks evicted this step.
-            Run first: a GPU block offloaded here may be a load's target below.
-        loads: (host block, gpu block) pairs: host -> GPU, for host hits and prefetches.
-    The transfer engine runs plans in FIFO order on one stream (one thread on CPU), so a
-    host block reused by a later plan is read by every earlier plan first.
-    """
-
-    offloads: list[tuple[int, int]]
-    loads: list[tuple[int, int]]
-
-    def __bool__(self) -> bool:
-        return bool(self.offloads or self.loads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +80,6 @@ class CacheStats:
     def usage(self) -> float:
         """Share of GPU blocks referenced by running steps."""
         return self.num_used_blocks / self.num_gpu_blocks
-
-
-class _QueueObserver:
-    """Keeps a BlockQueue in LRU order of a pool's CACHED blocks (the host tier's order)."""
-
-    def __init__(self, queue: BlockQueue) -> None:
-        self.block_cached = queue.push
-        self.block_uncached = queue.remove
-        self.blocks_cached = queue.push_many
-        self.blocks_uncached = queue.remove_many
 
 
 def _check_session_id(session_id: object) -> None:
@@ -184,18 +155,8 @@ class KVCacheManager:
         ):
             raise InvalidRequest(f"num_host_blocks must be an int >= 0, got {num_host_blocks!r}")
         self.num_host_blocks = num_host_blocks
-        # The host tier: clean copies of evicted full blocks, dropped in LRU order.
-        self.host_pool = BlockPool(num_host_blocks, tier="host") if num_host_blocks else None
-        self.host_index = PrefixIndex()
-        self.host_order = BlockQueue(num_host_blocks)
-        if self.host_pool is not None:
-            self.host_pool.observer = _QueueObserver(self.host_order)
-        self._offloads: list[tuple[int, int]] = []
-        self._loads: list[tuple[int, int]] = []
-        self._pinned_host: list[int] = []  # host blocks read or written by the pending plan
+        self.host = HostTier(num_host_blocks) if num_host_blocks else None
         self._host_hit_tokens = 0
-        self._offloaded_blocks = 0
-        self._loaded_blocks = 0
         self._prefetched_blocks = 0
         self.index = PrefixIndex()
         self.hasher = BlockHasher(spec.block_size)
@@ -303,7 +264,7 @@ class KVCacheManager:
         max_hit = len(tokens) - 1
         hits = self.index.longest_prefix(s.block_hashes, max_hit // bs)
         self.pool.acquire_many(hits)  # before loads below can evict anything
-        if self.host_pool is not None:
+        if self.host is not None:
             loaded = self._load_from_host(s, len(hits), max_hit // bs, now)
             self._host_hit_tokens += len(loaded) * bs
             hits += loaded
@@ -550,7 +511,7 @@ class KVCacheManager:
                 f"policy {self.policy.name!r} named invalid victims {victims} "
                 f"for {num_blocks} blocks"
             )
-        if self.host_pool is not None:
+        if self.host is not None:
             self._offload(victims, now)
         owner = self.block_owner
         index_remove = self.index.remove
@@ -562,60 +523,38 @@ class KVCacheManager:
         self._evicted_blocks += num_blocks
 
     # -- host tier ------------------------------------------------------------------------
+    @property
+    def host_pool(self) -> BlockPool | None:
+        return self.host.pool if self.host is not None else None
+
+    @property
+    def host_index(self) -> PrefixIndex:
+        return self.host.index if self.host is not None else PrefixIndex()
+
     def _offload(self, victims: list[int], now: float) -> None:
         """Plan GPU -> host copies for the victims the policy wants offloaded."""
-        block_hash, host_index, action = self.pool.block_hash, self.host_index, self.policy.action
+        block_hash, host, action = self.pool.block_hash, self.host, self.policy.action
         for b in victims:
             h = block_hash[b]
             # Unhashed tails are never reused by anyone else; a clean host copy needs no copy.
-            if h is None or host_index.get(h) is not None or action(b, now) != Action.OFFLOAD:
+            if h is None or host.has_copy(h) or action(b, now) != Action.OFFLOAD:
                 continue
-            hb = self._host_alloc()
-            if hb is None:
+            if not host.copy_out(b, h):
                 return  # every host block is pinned by the pending plan
-            host_index.insert(h, hb)
-            self.host_pool.block_hash[hb] = h
-            self._offloads.append((b, hb))
-            self._pinned_host.append(hb)
-            self._offloaded_blocks += 1
 
-    def _host_alloc(self) -> int | None:
-        """A host block for a new copy (it stays pinned until the plan is taken)."""
-        hp = self.host_pool
-        if hp.num_free == 0:
-            if hp.num_cached == 0:
-                return None
-            victim = self.host_order.peek()
-            self.host_index.remove(hp.block_hash[victim])
-            hp.evict(victim)
-        return hp.allocate(1)[0]
+    def _load_into_gpu(
+        self, s: Session, first: int, host_blocks: list[int], now: float
+    ) -> list[int]:
+        """Fresh GPU blocks for the session's blocks `first...`, loaded from `host_blocks`.
 
-    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
-        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds.
-
-        They become the session's (ACTIVE, hashed); host -> GPU copies join the plan.
-        Loads as many as there are free or evictable GPU blocks.
+        They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
+        exceed the free plus evictable GPU blocks.
         """
-        host_get = self.host_index.get
-        found: list[int] = []
-        for i in range(first, limit):
-            hb = host_get(s.block_hashes[i])
-            if hb is None:
-                break
-            found.append(hb)
-        n = min(len(found), self.pool.num_available)
-        if n == 0:
-            return []
-        found = found[:n]
-        self.host_pool.acquire_many(found)  # pinned: evictions below must not reuse them
-        self._pinned_host.extend(found)
+        self.host.pin(host_blocks)  # evictions below must not reuse them
+        n = len(host_blocks)
         if n > self.pool.num_free:
             self._evict(n - self.pool.num_free, now)
         gpu = self.pool.allocate(n)
-        self._adopt_loaded(s, first, found, gpu)
-        return gpu
-
-    def _adopt_loaded(self, s: Session, first: int, host: list[int], gpu: list[int]) -> None:
         owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
         for k, b in enumerate(gpu):
             h = s.block_hashes[first + k]
@@ -623,8 +562,14 @@ class KVCacheManager:
                 block_hash[b] = h
             owner[b] = s.session_id
             position[b] = first + k
-            self._loads.append((host[k], b))
-        self._loaded_blocks += len(gpu)
+            self.host.plan_load(host_blocks[k], b)
+        return gpu
+
+    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
+        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds
+        (as many as there are free or evictable GPU blocks)."""
+        found = self.host.run(s.block_hashes, first, limit)[: self.pool.num_available]
+        return self._load_into_gpu(s, first, found, now) if found else []
 
     def prefetch(
         self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
@@ -632,64 +577,45 @@ class KVCacheManager:
         """Start loading a paused session's offloaded blocks back to the GPU tier.
 
         Room comes from free blocks, then from evicting others' blocks by the policy; the
-        session's resident blocks are held meanwhile.
-
-        The loaded blocks are CACHED (ranked by the policy) until the session's next
-        `begin_step` hits them; a resume before the copy ends waits for the remainder only,
-        since the engine's forward waits on the plan's transfer.
+        session's resident blocks are held meanwhile. The loaded blocks are CACHED (ranked
+        by the policy) until the session's next `begin_step` hits them; a resume before the
+        copy ends waits for the remainder only, since the engine's forward waits on the
+        plan's transfer.
 
         Returns:
             Blocks whose load was planned.
         """
         s = self._session(session_id)
-        if self.host_pool is None or s.state is SessionState.RUNNING:
+        if self.host is None or s.state is SessionState.RUNNING:
             return 0
-        bs = self.block_size
-        limit = min(len(s.block_hashes), s.num_computed // bs)
-        get, host_get = self.index.get, self.host_index.get
+        limit = min(len(s.block_hashes), s.num_computed // self.block_size)
+        get = self.index.get
         first = 0
         while first < limit and get(s.block_hashes[first]) is not None:
             first += 1
-        found: list[int] = []
-        for i in range(first, limit):
-            hb = host_get(s.block_hashes[i])
-            if hb is None:
-                break
-            found.append(hb)
-        if max_blocks is not None:
-            found = found[:max_blocks]
+        found = self.host.run(s.block_hashes, first, limit)[:max_blocks]
         if not found:
             return 0
         # Hold the session's resident head so that making room cannot evict it.
         resident = [get(h) for h in s.block_hashes[:first]]
         self.pool.acquire_many(resident)
-        n = min(len(found), self.pool.num_available)
-        if n > 0:
-            found = found[:n]
-            self.host_pool.acquire_many(found)
-            self._pinned_host.extend(found)
-            if n > self.pool.num_free:
-                self._evict(n - self.pool.num_free, self.clock() if now is None else now)
-            gpu = self.pool.allocate(n)
-            self._adopt_loaded(s, first, found, gpu)
+        found = found[: self.pool.num_available]
+        if found:
+            now = self.clock() if now is None else now
+            gpu = self._load_into_gpu(s, first, found, now)
             # The paused table names them, so that end_session finds what the session owns.
             for k, b in enumerate(gpu):
                 if first + k < len(s.block_ids):
                     s.block_ids[first + k] = b
             resident += gpu
-            self._prefetched_blocks += n
+            self._prefetched_blocks += len(gpu)
         self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first
-        return max(n, 0)
+        return len(found)
 
     def take_transfers(self) -> TransferPlan:
         """Hand the pending copies to the engine, which must run them before its next forward
         pass. Unpins the host blocks they use (later plans run after them, in order)."""
-        plan = TransferPlan(self._offloads, self._loads)
-        self._offloads, self._loads = [], []
-        if self._pinned_host:
-            self.host_pool.release_many(self._pinned_host)
-            self._pinned_host = []
-        return plan
+        return self.host.take_plan() if self.host is not None else TransferPlan([], [])
 
     def _drop(self, block_id: int) -> None:
         """Evict one CACHED block: unindex it and return it to the free queue."""
@@ -704,7 +630,7 @@ class KVCacheManager:
         asks for (sessions it predicts will resume soon)."""
         now = self.clock() if now is None else now
         self.policy.tick(now)
-        if self.host_pool is not None:
+        if self.host is not None:
             for sid in self.policy.prefetch_candidates(now):
                 if sid in self.sessions:
                     self.prefetch(sid, now=now)
@@ -724,10 +650,10 @@ class KVCacheManager:
             num_running_sessions=running,
             num_paused_sessions=len(self.sessions) - running,
             num_host_blocks=self.num_host_blocks,
-            num_host_cached_blocks=self.host_pool.num_cached if self.host_pool else 0,
+            num_host_cached_blocks=self.host.pool.num_cached if self.host else 0,
             host_hit_tokens=self._host_hit_tokens,
-            offloaded_blocks=self._offloaded_blocks,
-            loaded_blocks=self._loaded_blocks,
+            offloaded_blocks=self.host.num_offloaded if self.host else 0,
+            loaded_blocks=self.host.num_loaded if self.host else 0,
             prefetched_blocks=self._prefetched_blocks,
         )
 
@@ -735,18 +661,8 @@ class KVCacheManager:
         """Verify every invariant across pool, index and sessions (for tests)."""
         pool = self.pool
         pool.check_integrity()
-        hp = self.host_pool
-        if hp is not None:
-            hp.check_integrity()
-            for h, b in self.host_index.items():
-                assert hp.block_hash[b] == h, f"host index maps a hash to host block {b}"
-                assert hp.state[b] != 0, f"host index points at free host block {b}"
-            assert sum(1 for h in hp.block_hash if h is not None) == len(self.host_index)
-            pins = [0] * hp.num_blocks
-            for b in self._pinned_host:
-                pins[b] += 1
-            assert pins == hp.refcount, "host refcounts differ from the pending plan's pins"
-            assert len(self.host_order) == hp.num_cached
+        if self.host is not None:
+            self.host.check_integrity()
         for h, b in self.index.items():
             assert pool.block_hash[b] == h, f"index maps a hash to block {b}, which holds another"
             assert pool.state[b] != 0, f"index points at free block {b}"
