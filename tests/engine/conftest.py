@@ -12,8 +12,7 @@ import torch
 
 from kvsaga.engine.loader import LoadedModel, default_model_path, load_model
 from kvsaga.engine.model_config import ModelLoadError
-
-from .helpers import TINY_VARIANTS, TINY_VOCAB, scale_init, write_byte_tokenizer
+from tests.helpers_models import build_tiny_model
 
 if not torch.cuda.is_available():
     # Triton decides interpreted-or-compiled when `triton.language` is first imported, and
@@ -79,34 +78,12 @@ def hf_smollm(gguf_path: Path):
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Factory: name in TINY_VARIANTS -> an HF directory (config, safetensors, tokenizer),
     built once per session with transformers and random weights."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     built: dict[str, Path] = {}
 
     def make(name: str) -> Path:
-        if name in built:
-            return built[name]
-        spec = dict(TINY_VARIANTS[name])
-        model_type = spec.pop("model_type")
-        config_cls = transformers.AutoConfig.for_model(model_type).__class__
-        config = config_cls(
-            vocab_size=TINY_VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            max_position_embeddings=spec.pop("max_position_embeddings", 256),
-            rms_norm_eps=1e-5,
-            bos_token_id=0,
-            eos_token_id=1,
-            **spec,
-        )
-        torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        scale_init(model, seed=len(name))
-        model.tie_weights()
-        out = tmp_path_factory.mktemp(name)
-        model.save_pretrained(out, safe_serialization=True)
-        write_byte_tokenizer(out)
-        built[name] = out
-        return out
+        if name not in built:
+            built[name] = build_tiny_model(name, tmp_path_factory.mktemp(name))
+        return built[name]
 
     return make
