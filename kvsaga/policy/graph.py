@@ -11,13 +11,31 @@ its surviving head (`CostModel.recompute_s(block_size, position * block_size)`).
 Where P and the time come from:
 - a paused session's blocks: the `ExecutionGraph` prediction for its workflow and the tool it
   waits on, given the time already waited (`predict`); a hint wins: `expected_s` sets the
-  time (until the tool is late), `last_step` sets P = 0;
+  time (until the tool is late), `last_step` sets P = 0. To that time the policy adds the
+  session's expected **admission wait** (below);
+- a session whose tool has returned (`resume_hint`) and which waits for admission: P = 1,
+  and the time is its expected admission wait less the time it has waited so far;
 - a preempted session's blocks: P = 1, needed at once (its retry is queued);
 - a plain block (a prefix shared by several sessions): P = uses / (uses + 1) (its creator
   counts as a use), and the time is the larger of the block's own mean gap between hits (an
   EMA; before its second hit, the arrival interval of its workflow's sessions) and the time
   since it was last used;
 - an ended session's private blocks: P = 0 (first victims).
+
+Admission wait. A block is read when its session's next step is *admitted*, not when its
+tool returns; in between the step waits in the engine's queue. Under KV pressure that wait
+dominates: on the scaled SWE trace tools return in 5-600 ms but a resumed step waits up to
+~9 s, and a step whose context is resident is admitted at once (warm-first admission) while
+one whose context was evicted waits its turn in FIFO order. Pricing by the tool pause alone
+put a just-paused session (30 ms to go) 30x below a queued one (1 ms), so graph evicted
+contexts whose true next use was seconds away in favour of cold queued ones further still.
+So the expected time until reuse is `pause residual + W(state)`, where W is the mean wait
+from the resume hint to the step's start, learned online (a running mean that forgets, see
+`wait_alpha`) separately for **warm** resumes (at the hint, the session's cached blocks
+covered more than half its context, so its middle block, which warm-first admission checks,
+is resident) and **cold** ones; a queued session's W shrinks by the time it has waited (FIFO:
+the longer it has queued, the nearer its turn). Without resume hints both Ws stay 0 and the
+pause fits, measured from the pause to the step's start, already include the wait.
 
 Within a session the tail goes before the head (one stream per session, tail first); the
 plain cache drains in LRU order, priced by its oldest block. Each victim is offloaded when a
@@ -46,6 +64,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         alpha: EMA weight of each new gap between uses of a plain block.
         prefetch_lead_s: how long before a paused session's predicted resume its offloaded
             blocks start loading back (on top of the copy's own duration).
+        wait_alpha: the weight, once 1 / wait_alpha resumes were seen, of each new admission
+            wait in its running mean (before that, the plain mean of those seen).
     """
 
     name = "graph"
@@ -58,6 +78,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         plain_interval_s: float = 60.0,
         alpha: float = 0.2,
         prefetch_lead_s: float = 0.1,
+        wait_alpha: float = 0.02,
     ) -> None:
         super().__init__(cost)
         if not min_wait_s > 0:
@@ -67,7 +88,14 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.plain_interval_s = plain_interval_s
         self.alpha = alpha
         self.prefetch_lead_s = prefetch_lead_s
+        if not 0 < wait_alpha <= 1:
+            raise ValueError(f"wait_alpha must be in (0, 1], got {wait_alpha!r}")
+        self.wait_alpha = wait_alpha
         self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
+        # Admission wait (resume hint -> step start), warm and cold: [mean, count].
+        self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
+        self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
+        self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
 
     def bind(self, manager) -> None:
         super().bind(manager)
@@ -81,6 +109,11 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
+        ready = self._ready.pop(session.session_id, None)
+        if ready is not None:
+            w = self.admission_wait[ready[1]]
+            w[1] += 1
+            w[0] += (max(now - ready[0], 0.0) - w[0]) / min(w[1], 1.0 / self.wait_alpha)
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
         owner, gen = self.manager.block_owner, self.manager.pool.generation
@@ -100,23 +133,64 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._last_use[b] = now
         self._workflow[b] = workflow
 
+    def step_finished(self, session, now: float, hint) -> None:
+        super().step_finished(session, now, hint)
+        # The context's size, for `is_warm` (its cached share decides the admission wait).
+        self._ctx_blocks[session.session_id] = len(session.block_ids)
+
+    def resume_hinted(self, session, now: float) -> None:
+        super().resume_hinted(session, now)
+        sid = session.session_id
+        v = self.views.get(sid)
+        if v is not None and v.imminent and sid not in self._ready:
+            self._ready[sid] = (now, self.is_warm(sid))
+
     def session_ended(self, session, now: float) -> None:
         self._on_host.pop(session.session_id, None)
+        self._ready.pop(session.session_id, None)
+        self._ctx_blocks.pop(session.session_id, None)
         super().session_ended(session, now)
 
     # -- predictions --------------------------------------------------------------------------
-    def predict_session(self, session_id: str, now: float) -> Prediction:
-        """P(reuse) and expected seconds until the session's blocks are needed again."""
+    def is_warm(self, session_id: str) -> bool:
+        """Whether most of a paused session's context is resident: its cached blocks cover
+        more than half of it (tails go first, so then its middle block is cached too)."""
+        g = self.groups.get(session_id)
+        return g is not None and 2 * len(g) > self._ctx_blocks.get(session_id, 0)
+
+    def expected_wait(self, session_id: str, now: float) -> float:
+        """Expected seconds from the session's resume to its step's admission (learned, by
+        whether the session is warm now), less what it has already queued."""
+        wait = self.admission_wait[self.is_warm(session_id)][0]
+        ready = self._ready.get(session_id)
+        if ready is not None:
+            wait -= now - ready[0]
+        return max(wait, 0.0)
+
+    def predict_session(self, session_id: str, now: float, admission: bool = True) -> Prediction:
+        """P(reuse) and expected seconds until the session's blocks are needed again.
+
+        Args:
+            session_id: the session.
+            now: the current time.
+            admission: add the expected admission wait (`expected_wait`) to the pause; False
+                gives the time until the tool returns (what a prefetch races against).
+        """
         v = self.views.get(session_id)
-        if v is None or v.needed_now:
+        if v is None or v.running:
             return Prediction(1.0, self.min_wait_s)
+        wait = self.expected_wait(session_id, now) if admission else 0.0
+        if v.imminent:
+            return Prediction(1.0, max(wait, self.min_wait_s))
         if v.hint.last_step:
             return Prediction(0.0, math.inf)
         e = max(now - v.paused_at, 0.0)
         if v.hint.expected_s is not None and e < v.hint.expected_s:
             kind = NO_TOOL if v.tool is None else v.tool
-            return Prediction(self.graph.resume_share(v.workflow, kind), v.hint.expected_s - e)
-        return self.graph.predict(v.workflow, v.tool, e)
+            return Prediction(self.graph.resume_share(v.workflow, kind),
+                              v.hint.expected_s - e + wait)
+        p = self.graph.predict(v.workflow, v.tool, e)
+        return Prediction(p.p_resume, p.expected_s + wait)
 
     def predict_plain(self, block_id: int, now: float) -> Prediction:
         """P(reuse) and expected seconds until a plain block is needed by any session."""
@@ -171,7 +245,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             if v is None or v.running:
                 del self._on_host[sid]  # gone, or its begin_step loads from the host itself
                 continue
-            p = self.predict_session(sid, now)
+            p = self.predict_session(sid, now, admission=False)
             if p.p_resume >= 0.5 and p.expected_s <= self.cost.reload_s(n) + self.prefetch_lead_s:
                 del self._on_host[sid]
                 out.append(sid)

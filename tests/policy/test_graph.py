@@ -99,3 +99,46 @@ def test_heavy_tailed_tool_is_priced_by_its_median_residual():
     assert flaky.mean > steady.mean and flaky.median < steady.median
     victims = policy.choose_victims(2, 0.5)
     assert [policy._owner[b] for b in victims] == ["a", "a"]
+
+
+def test_admission_wait_is_learned_from_resume_hint_to_step_start_warm_and_cold():
+    policy = GraphPolicy()
+    m = make(policy, num_blocks=8)
+    run_step(m, "w", tokens(100, 8), now=0.0, tool="grep")  # 2 blocks cached: warm
+    m.resume_hint("w", now=0.5)
+    run_step(m, "w", tokens(100, 9), now=0.5, tool="grep")  # admitted at once
+    m.end_session("w", now=0.6)
+    run_step(m, "c", tokens(200, 8), now=1.0, tool="grep")
+    run_step(m, "x", tokens(300, 32), now=1.1)  # takes all 8 blocks: c's context is gone
+    m.end_session("x", now=1.2)
+    m.resume_hint("c", now=2.0)  # cold: nothing of it is cached
+    run_step(m, "c", tokens(200, 9), now=7.0, tool="grep")  # queued 5 s
+    assert policy.admission_wait == {True: [0.0, 1], False: [5.0, 1]}
+
+
+@pytest.mark.parametrize("waits, evicted", [
+    ({True: [0.0, 10], False: [5.0, 10]}, "b"),  # learned waits: the cold queued one goes
+    ({True: [0.0, 0], False: [0.0, 0]}, "a"),  # none learned: the pause alone (old rule)
+])
+def test_queued_cold_session_goes_before_a_warm_one_paused_on_a_fast_tool(waits, evicted):
+    """b's tool has returned but most of its context was evicted, so it waits ~5 s for
+    admission (cold requests queue FIFO); a just paused on a 0.1 s tool with its context
+    resident, so it will be admitted at once. a's blocks are needed first: b's go (by the
+    pause alone b, 'needed now', would outrank a and a's tail would go)."""
+    policy = GraphPolicy()
+    train(policy.graph, "grep", 0.1)
+    policy.admission_wait = waits
+    m = make(policy, num_blocks=8)
+    run_step(m, "b", tokens(200, 16), now=0.0, tool="grep")  # 4 blocks
+    run_step(m, "x", tokens(300, 28), now=0.5)  # 7 blocks: 3 of b's, tail first
+    m.end_session("x", now=0.5)
+    assert len(policy.groups["b"]) == 1 and not policy.is_warm("b")
+    m.resume_hint("b", now=1.0)
+    run_step(m, "a", tokens(100, 8), now=1.0, tool="grep")  # 2 of x's dead blocks
+    assert policy.is_warm("a")
+    m.begin_step("y", tokens(400, 24), now=1.01)
+    m.allocate_slots("y", 24, now=1.01)  # 6 blocks: x's 5 dead ones, then one victim
+    m.check_integrity()
+    kept = {"a": 2, "b": 1}
+    kept[evicted] -= 1
+    assert {s: len(policy.groups.get(s, [])) for s in ("a", "b")} == kept
