@@ -58,19 +58,22 @@ def paged_attention(
     dev = query.device
     lens_t = torch.tensor(lens, device=dev)
     q_lens_t = torch.tensor(q_lens, device=dev)
-    # [B, nb, bs, Hkv, D] -> [B, S_pad, Hkv, D]. Rows past a sequence's length may hold
-    # anything, NaN included, and 0 * NaN is NaN: zero them (on the contiguous gather).
-    table = block_tables[:, :num_blocks].long().clamp_min(0)
+    # Gather K/V as [B, S_pad, Hkv, D] by (block, offset) per position. Positions past a
+    # sequence's length read its position 0 instead (written, so finite: padding must not
+    # bring NaN into the masked products) and are masked below.
     s_pad = num_blocks * block_size
     k_pos = torch.arange(s_pad, device=dev)
-    pad = (k_pos[None, :] >= lens_t[:, None])[:, :, None, None]  # [B, S, 1, 1]
-    k = k_cache[table].flatten(1, 2).masked_fill_(pad, 0).transpose(1, 2)
-    v = v_cache[table].flatten(1, 2).masked_fill_(pad, 0).transpose(1, 2)
+    valid = k_pos[None, :] < lens_t[:, None]  # [B, S]
+    pos = torch.where(valid, k_pos[None, :], 0)
+    blocks = block_tables.long().gather(1, pos // block_size)  # [B, S]
+    offsets = pos % block_size
+    k = k_cache[blocks, offsets].transpose(1, 2)  # [B, Hkv, S, D]
+    v = v_cache[blocks, offsets].transpose(1, 2)
     if k.dtype != torch.float32:  # scores and softmax in fp32, as the reference
         k, v = k.float(), v.float()
     if max_q == 1:  # decode: one query row per sequence, no padding of queries
         q = query[: starts[-1]].float()[:, :, None, :]  # [B, H, 1, D]
-        mask = (k_pos[None, :] < lens_t[:, None])[:, None, None, :]
+        mask = valid[:, None, None, :]
         o = _sdpa(q, k, v, mask, scale)  # [B, H, 1, D]
         out[: starts[-1]] = o[:, :, 0].to(out.dtype)
         return out
@@ -81,9 +84,7 @@ def paged_attention(
     valid_q = rows[None, :] < q_lens_t[:, None]  # [B, Q]
     q[valid_q] = query[: starts[-1]].float()
     q_pos = (lens_t - q_lens_t)[:, None] + rows[None, :]  # [B, Q]
-    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (
-        k_pos[None, None, :] < lens_t[:, None, None]
-    )
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & valid[:, None, :]
     # Padded query rows would attend to nothing (NaN); let them see position 0.
     mask[:, :, 0] |= ~valid_q
     o = _sdpa(q.transpose(1, 2), k, v, mask[:, None], scale)  # [B, H, Q, D]
