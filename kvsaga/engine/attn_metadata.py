@@ -57,6 +57,7 @@ class AttentionMetadata:
         block_size: int,
         device: torch.device | str = "cpu",
         logits_indices: Sequence[int] | None = None,
+        slot_mapping: Sequence[int] | None = None,
     ) -> AttentionMetadata:
         """Build from per-sequence host lists.
 
@@ -67,6 +68,8 @@ class AttentionMetadata:
             block_size: tokens per block.
             device: where the tensors go.
             logits_indices: rows needing logits; default: the last new token of each sequence.
+            slot_mapping: the new tokens' slots when the caller has them (the KV cache
+                manager hands them out); default: derived from the block tables.
 
         Returns:
             The metadata, with positions implied as `seq_len - q_len + j`.
@@ -93,8 +96,9 @@ class AttentionMetadata:
                     f"sequence {i}: {len(table)} blocks of {block_size} tokens "
                     f"cannot hold {seq_len} tokens"
                 )
-            for pos in range(seq_len - q_len, seq_len):
-                slots.append(table[pos // block_size] * block_size + pos % block_size)
+            if slot_mapping is None:
+                for pos in range(seq_len - q_len, seq_len):
+                    slots.append(table[pos // block_size] * block_size + pos % block_size)
             starts.append(starts[-1] + q_len)
         width = max((len(t) for t in block_tables), default=0)
         tables = torch.zeros((len(block_tables), max(width, 1)), dtype=torch.int32)
@@ -103,7 +107,11 @@ class AttentionMetadata:
         if logits_indices is None:
             logits_indices = [s - 1 for s in starts[1:]]
         return cls(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            slot_mapping=torch.tensor(
+                slots if slot_mapping is None else list(slot_mapping),
+                dtype=torch.int64,
+                device=device,
+            ),
             block_tables=tables.to(device),
             seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32, device=device),
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),

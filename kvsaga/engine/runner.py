@@ -49,9 +49,8 @@ class ModelRunner:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(c)
         meta = AttentionMetadata.build(
-            tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows
+            tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows, slots
         )
-        meta.slot_mapping = torch.tensor(slots, dtype=torch.int64, device=self.device)
         ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
         if not sampled:
             self.model.hidden_states(ids, meta.positions(), self.kv_cache, meta)
