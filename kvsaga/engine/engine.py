@@ -231,7 +231,13 @@ class LLMEngine:
             len(req.output_ids) >= p.max_tokens or len(req.all_token_ids) >= self.max_model_len
         ):
             reason = "length"
-        delta = req.text[prev_len:] if len(req.text) >= prev_len else ""
+        # Stream only text that no stop string can still claim: hold back its longest
+        # possible beginning until the request finishes.
+        end = len(req.text)
+        if reason is None and p.stop:
+            end -= max(len(x) for x in p.stop) - 1
+        delta = req.text[req.num_emitted_chars : max(end, req.num_emitted_chars)]
+        req.num_emitted_chars += len(delta)
         if reason is None:
             self.manager.append_tokens(req.session_id, [tok])
         else:

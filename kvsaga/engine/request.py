@@ -50,6 +50,7 @@ class Request:
     detokenizer: IncrementalDetokenizer | None = None
     generator: object | None = None
     text: str = ""
+    num_emitted_chars: int = 0  # of `text`, already sent as deltas
 
     @property
     def all_token_ids(self) -> list[int]:

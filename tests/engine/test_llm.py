@@ -135,3 +135,17 @@ def test_session_offloaded_during_pause_resumes_with_identical_output(model_dir)
     cold = make_llm(model_dir).generate(s.context_ids[: b.num_prompt_tokens], GREEDY)[0]
     assert cold.token_ids == b.token_ids
     llm.engine.manager.check_integrity()
+
+
+def test_streamed_deltas_never_show_a_stop_string(model_dir):
+    llm = make_llm(model_dir)
+    full = llm.generate(PROMPTS[1], GREEDY)[0]
+    stop = full.text[3:6]
+    eng = llm.engine
+    req = eng.add_request(PROMPTS[1], SamplingParams(max_tokens=12, temperature=0, stop=[stop]))
+    deltas = []
+    while not req.finished:
+        deltas += [o.delta for o in eng.step() if o.request_id == req.request_id]
+    streamed = "".join(deltas)
+    assert streamed == req.text and stop not in streamed
+    assert full.text.startswith(streamed)
