@@ -23,6 +23,7 @@ from kvsaga.engine.scheduler import Scheduler
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import KVCacheManager
 from kvsaga.offload import TransferEngine
+from kvsaga.prefix import root_hash
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -151,6 +152,10 @@ class LLMEngine:
         sid = session_id or f"oneshot-{rid}"
         if not owns and any(r.session_id == sid for r in self.requests.values()):
             raise InvalidRequest(f"session {sid!r} already has a request in flight")
+        known = self.manager.sessions.get(sid)
+        if known is not None and salt is not None and root_hash(salt) != known.root:
+            # Checked here: the scheduler's begin_step would raise it mid-step.
+            raise InvalidRequest(f"session {sid!r} was opened with another salt")
         req = Request(
             rid,
             sid,

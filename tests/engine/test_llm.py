@@ -92,6 +92,10 @@ def test_requests_that_can_never_fit_are_rejected(model_dir):
         llm.generate([10**6], GREEDY)
     with pytest.raises(InvalidRequest, match="empty"):
         llm.generate([[]], GREEDY)
+    s = llm.session(salt="tenant-a")
+    s.generate("hi", GREEDY)
+    with pytest.raises(InvalidRequest, match="another salt"):
+        llm.engine.add_request([5, 6], GREEDY, session_id=s.session_id, salt="tenant-b")
     assert llm.engine.manager.stats().num_used_blocks == 0
 
 
