@@ -99,6 +99,9 @@ class TransferEngine:
             self._submit_cuda(plan, t)
         else:
             self._jobs.put((plan, t))
+        # Forget finished transfers nobody polled (the engine only waits), so the list stays
+        # as short as the copies actually in flight.
+        self._inflight = [x for x in self._inflight if not x.done()]
         self._inflight.append(t)
         return t
 

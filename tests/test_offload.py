@@ -49,6 +49,13 @@ def test_fifo_order_under_random_delays():
     assert torch.equal(host[0], torch.arange(4.0, 8.0))
 
 
+def test_finished_transfers_are_not_kept():
+    te = TransferEngine(torch.zeros(4, 8), torch.zeros(4, 8))
+    for i in range(50):
+        te.wait(te.submit(TransferPlan(offloads=[(i % 4, i % 4)], loads=[])))
+    assert len(te._inflight) <= 1
+
+
 def test_failed_copy_is_reported():
     gpu = torch.zeros(2, 4)
     host = torch.zeros(2, 4)
