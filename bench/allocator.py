@@ -97,7 +97,7 @@ def bench_cache_block(n: int) -> float:
     BlockHasher(BS).extend(hashes, root_hash(None), list(range(n * BS)))
     block_hash = pool.block_hash
     t = time.perf_counter()
-    for b, hh in zip(ids, hashes):
+    for b, hh in zip(ids, hashes, strict=True):
         if idx.insert(hh, b):
             block_hash[b] = hh
     return (time.perf_counter() - t) / n

@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import kvsaga.kernels as kernels
 import torch
+
+import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
 
 # Memory bandwidth in GB/s by a substring of torch.cuda.get_device_name(); first match wins.

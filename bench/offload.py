@@ -44,6 +44,42 @@ def timed(fn, device, repeat: int) -> float:
     return best
 
 
+def measure(name, spec, te, gpu, host, n: int, dev, repeat: int) -> list[dict]:
+    """One plan of `n` blocks each way against one plain copy of the same bytes."""
+    ids = list(range(n))
+    dst = ids[::-1]  # shuffled targets: the engine's case (blocks are not adjacent)
+    nbytes = n * spec.bytes_per_block
+    out_pairs, in_pairs = list(zip(ids, dst, strict=True)), list(zip(dst, ids, strict=True))
+
+    def plain_out():
+        host[:n].copy_(gpu[:n], non_blocking=True)
+
+    def plain_in():
+        gpu[:n].copy_(host[:n], non_blocking=True)
+
+    def off():
+        te.wait(te.submit(TransferPlan(out_pairs, [])))
+
+    def load():
+        te.wait(te.submit(TransferPlan([], in_pairs)))
+
+    rows = []
+    for way, fn, plain in (("offload", off, plain_out), ("load", load, plain_in)):
+        t, tp = timed(fn, dev, repeat), timed(plain, dev, repeat)
+        rows.append(
+            {
+                "kv": name,
+                "blocks": n,
+                "direction": way,
+                "MiB": nbytes / 2**20,
+                "GB/s": nbytes / t / 1e9,
+                "plain_GB/s": nbytes / tp / 1e9,
+                "share_of_plain": tp / t,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,30 +94,7 @@ def main() -> None:
         host = KVStorage(spec, n_max, "cpu", pin_memory=dev.type == "cuda").kv
         te = TransferEngine(gpu, host)
         for n in (16, 64, 256):
-            ids = list(range(n))
-            nbytes = n * spec.bytes_per_block
-            # Shuffled targets: the engine's case (blocks are not adjacent).
-            dst = ids[::-1]
-            plain_out = lambda: host[:n].copy_(gpu[:n], non_blocking=True)  # noqa: E731
-            plain_in = lambda: gpu[:n].copy_(host[:n], non_blocking=True)  # noqa: E731
-            off = lambda: te.wait(te.submit(TransferPlan(list(zip(ids, dst)), [])))  # noqa: E731
-            load = lambda: te.wait(te.submit(TransferPlan([], list(zip(dst, ids)))))  # noqa: E731
-            t_plain_out = timed(plain_out, dev, args.repeat)
-            t_plain_in = timed(plain_in, dev, args.repeat)
-            t_off = timed(off, dev, args.repeat)
-            t_load = timed(load, dev, args.repeat)
-            for way, t, tp in (("offload", t_off, t_plain_out), ("load", t_load, t_plain_in)):
-                rows.append(
-                    {
-                        "kv": name,
-                        "blocks": n,
-                        "direction": way,
-                        "MiB": nbytes / 2**20,
-                        "GB/s": nbytes / t / 1e9,
-                        "plain_GB/s": nbytes / tp / 1e9,
-                        "share_of_plain": tp / t,
-                    }
-                )
+            rows += measure(name, spec, te, gpu, host, n, dev, args.repeat)
         te.wait_all()
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}")
     print(f"{'kv':<13} {'blocks':>6} {'dir':<8} {'MiB':>7} {'GB/s':>7} {'plain':>7} {'share':>6}")

@@ -5,11 +5,12 @@ Shapes are tiny: under the interpreter every program runs in Python.
 
 from __future__ import annotations
 
-import kvsaga.kernels as kernels
 import pytest
 import torch
-from kvsaga.kernels import reference
 from paged_case import GUARD, TOLERANCES, PagedCase, dense_attention, make_case
+
+import kvsaga.kernels as kernels
+from kvsaga.kernels import reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUPS = (1, 3, 4, 8)  # query heads per KV head; 8 goes with one KV head (MQA-like)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import kvsaga.kernels as kernels
 import pytest
 import torch
+
+import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
 
 GUARD = 7.0

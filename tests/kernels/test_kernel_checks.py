@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import kvsaga.kernels as kernels
 import pytest
 import torch
+
+import kvsaga.kernels as kernels
 
 BS, HKV, D, NB = 16, 2, 64, 5
 

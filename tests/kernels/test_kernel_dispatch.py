@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import kvsaga.kernels as kernels
 import pytest
 import torch
 
+import kvsaga.kernels as kernels
 from kvsaga import envs
 
 
