@@ -71,16 +71,6 @@ class BlockQueue:
             nxt[b] = -1
         self._size -= len(block_ids)
 
-    def push_front(self, block_id: int) -> None:
-        """Insert at the head (first to be popped)."""
-        nxt, prv, s = self._next, self._prev, self._sentinel
-        head = nxt[s]
-        prv[head] = block_id
-        nxt[block_id] = head
-        prv[block_id] = s
-        nxt[s] = block_id
-        self._size += 1
-
     def remove(self, block_id: int) -> None:
         """Unlink a linked block."""
         nxt, prv = self._next, self._prev

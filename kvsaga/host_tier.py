@@ -78,7 +78,7 @@ class HostTier:
                 return False
             victim = self.order.peek()
             self.index.remove(pool.block_hash[victim])
-            pool.evict(victim)
+            pool.evict_many([victim])
         (hb,) = pool.allocate(1)  # ACTIVE: pinned until the plan is taken
         self.index.insert(block_hash, hb)
         pool.block_hash[hb] = block_hash

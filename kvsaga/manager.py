@@ -622,7 +622,7 @@ class KVCacheManager:
         h = self.pool.block_hash[block_id]
         if h is not None:
             self.index.remove(h)
-        self.pool.evict(block_id)
+        self.pool.evict_many([block_id])
         self.block_owner[block_id] = None
 
     def tick(self, now: float | None = None) -> None:

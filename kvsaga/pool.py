@@ -9,7 +9,7 @@ Every block is in exactly one of three states:
   which the pool keeps informed through the observer's `block_cached` / `block_uncached`.
 
 Ownership: whoever raised a refcount lowers it; the pool never drops a reference by itself.
-A CACHED block leaves that state only through `reclaim` (a cache hit) or `evict`.
+A CACHED block leaves that state only through `acquire_many` (a cache hit) or an eviction.
 `generation[b]` counts allocations of `b`, so a holder of a stale id can tell it was reused.
 """
 
@@ -118,17 +118,6 @@ class BlockPool:
             gen[b] += 1
         return ids
 
-    def ref(self, block_id: int) -> None:
-        """Add a reference to an ACTIVE block (a second reader of shared content)."""
-        self.refcount[block_id] += 1
-
-    def reclaim(self, block_id: int) -> None:
-        """A cache hit on a CACHED block: it becomes ACTIVE with refcount 1."""
-        self.state[block_id] = ACTIVE
-        self.refcount[block_id] = 1
-        self.num_cached -= 1
-        self.observer.block_uncached(block_id)
-
     def acquire_many(self, block_ids: list[int]) -> None:
         """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
         ref, state = self.refcount, self.state
@@ -143,27 +132,6 @@ class BlockPool:
         if reclaimed:
             self.num_cached -= len(reclaimed)
             self._uncached_many(reclaimed)
-
-    def release(self, block_id: int, keep: bool) -> bool:
-        """Drop one reference. At zero the block becomes CACHED if `keep`, else FREE.
-
-        Returns:
-            True when the refcount reached zero.
-        """
-        ref = self.refcount
-        r = ref[block_id] - 1
-        ref[block_id] = r
-        if r:
-            return False
-        if keep:
-            self.state[block_id] = CACHED
-            self.num_cached += 1
-            self.observer.block_cached(block_id)
-        else:
-            self.state[block_id] = FREE
-            self.block_hash[block_id] = None
-            self._free.push(block_id)
-        return True
 
     def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
@@ -200,15 +168,6 @@ class BlockPool:
         self._uncached_many(block_ids)
         return hashes
 
-    def evict(self, block_id: int) -> None:
-        """A CACHED block loses its content and becomes FREE (the newest in the queue)."""
-        self.state[block_id] = FREE
-        self.block_hash[block_id] = None
-        self.num_cached -= 1
-        self._free.push(block_id)
-        self.observer.block_uncached(block_id)
-
-    # -- checks ---------------------------------------------------------------------------
     def state_name(self, block_id: int) -> str:
         return _STATE_NAMES[self.state[block_id]]
 

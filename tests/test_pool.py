@@ -9,12 +9,14 @@ def test_block_queue_order_and_removal():
     q = BlockQueue(6)
     for b in (3, 1, 4, 0):
         q.push(b)
-    q.push_front(5)
-    assert list(q) == [5, 3, 1, 4, 0]
+    q.push_many([5, 2])
+    assert list(q) == [3, 1, 4, 0, 5, 2]
+    q.remove_many([5, 2])
     q.remove(1)
-    assert 1 not in q and 4 in q
-    assert q.pop() == 5
-    assert q.pop_many(2) == [3, 4]
+    assert 1 not in q and 4 in q and 5 not in q
+    assert q.head(2) == [3, 4] and len(q) == 3
+    assert q.pop() == 3
+    assert q.pop_many(1) == [4]
     assert list(q) == [0] and len(q) == 1
     assert q.peek() == 0
     q.pop()
@@ -38,16 +40,17 @@ def test_pool_lifecycle_and_observer():
     pool.observer = rec
     a = pool.allocate(3)
     assert a == [0, 1, 2] and pool.num_free == 1 and pool.num_active == 3
-    pool.ref(a[0])
-    assert not pool.release(a[0], keep=True)  # still referenced
-    assert pool.release(a[0], keep=True)
+    pool.acquire_many([a[0]])  # a second reader of an ACTIVE block
+    pool.release_many([a[0]], keep_unhashed=a[0])
+    assert pool.state[a[0]] == ACTIVE and pool.refcount[a[0]] == 1  # still referenced
+    pool.release_many([a[0]], keep_unhashed=a[0])
     assert pool.state[a[0]] == CACHED and pool.num_cached == 1
-    assert pool.release(a[1], keep=False)
+    pool.release_many([a[1]])  # unhashed: nothing to keep
     assert pool.state[a[1]] == FREE
-    pool.reclaim(a[0])
+    pool.acquire_many([a[0]])  # a cache hit reclaims it
     assert pool.state[a[0]] == ACTIVE and pool.refcount[a[0]] == 1
-    pool.release(a[0], keep=True)
-    pool.evict(a[0])
+    pool.release_many([a[0]], keep_unhashed=a[0])
+    pool.evict_many([a[0]])
     assert rec.events == [("cached", 0), ("uncached", 0), ("cached", 0), ("uncached", 0)]
     pool.check_integrity()
     # Freed blocks queue behind the never-used one, oldest first.
@@ -79,7 +82,7 @@ def test_integrity_check_catches_corruption():
         pool.check_integrity()
     pool = BlockPool(3)
     b0, b1 = pool.allocate(2)
-    pool.release(b0, keep=False)
+    pool.release_many([b0])
     pool.state[b1] = FREE  # free but not queued
     with pytest.raises(AssertionError, match=f"block {b1}"):
         pool.check_integrity()
