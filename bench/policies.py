@@ -187,33 +187,26 @@ def markdown(rows: list[dict], facts: dict, command: str, wall_s: float) -> str:
                "(PCIe 25 GB/s). Capacity as a share of the peak working set (floored at the "
                "longest session + 1 block).")
     out.append("")
-    head = "| family | capacity | blocks | " + " | ".join(POLICIES) + " |"
-    out += [head, "|---|---:|---:|" + "---:|" * len(POLICIES)]
     by = {(r["family"], r["frac"], r["policy"]): r for r in rows}
-    for fam in facts:
-        for q in FRACTIONS:
-            cells = [_cell(by[(fam, q, p)]) for p in POLICIES]
-            blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
-            out.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append("Mean task completion time (s), modelled:")
-    out.append("")
-    out += [head, "|---|---:|---:|" + "---:|" * len(POLICIES)]
-    for fam in facts:
-        for q in FRACTIONS:
-            cells = [f"{by[(fam, q, p)]['tct_mean_s']:.1f}" for p in POLICIES]
-            blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
-            out.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append("Preemptions (running steps preempted for lack of blocks, then retried):")
-    out.append("")
-    out += [head, "|---|---:|---:|" + "---:|" * len(POLICIES)]
-    for fam in facts:
-        for q in FRACTIONS:
-            cells = [f"{by[(fam, q, p)]['num_preemptions']}" for p in POLICIES]
-            blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
-            out.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
-    out.append("")
+
+    def table(cell) -> list[str]:
+        """One row per (family, capacity), one column per policy, `cell(row)` in each."""
+        lines = [
+            "| family | capacity | blocks | " + " | ".join(POLICIES) + " |",
+            "|---|---:|---:|" + "---:|" * len(POLICIES),
+        ]
+        for fam in facts:
+            for q in FRACTIONS:
+                cells = [cell(by[(fam, q, p)]) for p in POLICIES]
+                blocks = by[(fam, q, "lru")]["num_gpu_blocks"]
+                lines.append(f"| {fam} | {q:.0%} | {blocks} | " + " | ".join(cells) + " |")
+        return lines + [""]
+
+    out += table(_cell)
+    out += ["Mean task completion time (s), modelled:", ""]
+    out += table(lambda r: f"{r['tct_mean_s']:.1f}")
+    out += ["Preemptions (running steps preempted for lack of blocks, then retried):", ""]
+    out += table(lambda r: f"{r['num_preemptions']}")
     out.append("Targets (issue 7):")
     out.append("")
     out += targets(rows, facts)
