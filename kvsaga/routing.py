@@ -1,0 +1,445 @@
+"""Routing agent steps across engine replicas: the one implementation that both the Ray Serve
+request router (`kvsaga.integrations.ray`) and the cluster simulator (`kvsaga.sim.cluster`)
+call, so the simulator measures the code that serves. Pure Python, no torch.
+
+A replica is named by a string. Before each decision the caller hands the router a
+`ReplicaStats` per live replica (what the replica's manager and scheduler report, as fresh
+as the caller has it); the router adds its own count of steps it sent that have not
+finished, so a burst of decisions between two stats refreshes does not pile onto one
+replica.
+
+Routers, by name (`make_router`):
+- `round-robin`: every step to the next replica, sessions ignored (the no-affinity baseline).
+- `affinity`: a session's steps to the replica a consistent hash of its key names; keyless
+  steps to the least loaded (the sticky baseline of consistent-hash routers); never moves.
+- `kvsaga`: a new session goes where its shared prefix is hot, else to the least loaded
+  replica, and stays there (affinity) unless that replica's queue exceeds
+  `steal_queue_threshold` while another replica is idle: then the step moves (work
+  stealing), and the session's KV moves with it when migrating is cheaper than recomputing
+  it. Tenants above their fair share of the fleet's service are not stolen for, so an idle
+  replica's capacity goes first to the tenants the fleet has served least.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kvsaga.policy.cost import CostModel, PrefillCost
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStats:
+    """What one replica reports for routing.
+
+    Attributes:
+        total_blocks: GPU blocks of its KV pool.
+        free_blocks: blocks holding nothing.
+        evictable_blocks: cached blocks no running step references (free for new work).
+        queue_depth: steps waiting for admission.
+        running: sessions with a step in flight.
+        paused: sessions between steps (their KV retained).
+        predicted_resumes: paused sessions the policy expects back soon (they will need
+            their blocks again).
+    """
+
+    total_blocks: int = 1
+    free_blocks: int = 1
+    evictable_blocks: int = 0
+    queue_depth: int = 0
+    running: int = 0
+    paused: int = 0
+    predicted_resumes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "total_blocks", "free_blocks", "evictable_blocks", "queue_depth", "running",
+            "paused", "predicted_resumes",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"ReplicaStats.{name} must be an int >= 0, got {v!r}")
+        if self.total_blocks == 0:
+            raise ValueError("ReplicaStats.total_blocks must be > 0")
+        if self.free_blocks + self.evictable_blocks > self.total_blocks:
+            raise ValueError(
+                f"ReplicaStats: free ({self.free_blocks}) + evictable "
+                f"({self.evictable_blocks}) blocks exceed total ({self.total_blocks})"
+            )
+
+    @property
+    def memory_pressure(self) -> float:
+        """Share of blocks running steps hold (0: all reclaimable, 1: none)."""
+        return 1.0 - (self.free_blocks + self.evictable_blocks) / self.total_blocks
+
+    @classmethod
+    def from_manager(cls, manager, queue_depth: int = 0, predicted_resumes: int = 0):
+        """The stats of a `KVCacheManager` (plus what its scheduler knows)."""
+        s = manager.stats()
+        return cls(
+            total_blocks=s.num_gpu_blocks,
+            free_blocks=s.num_free_blocks,
+            evictable_blocks=s.num_evictable_blocks,
+            queue_depth=queue_depth,
+            running=s.num_running_sessions,
+            paused=s.num_paused_sessions,
+            predicted_resumes=predicted_resumes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """One step to place.
+
+    Attributes:
+        session: the session key (tenant-qualified if sessions are per tenant), or None for
+            a one-shot request.
+        tenant: who pays for the step, for fair share.
+        prefix_key: a key of the prompt's shared prefix (e.g. a hash of its system prompt),
+            so that new sessions with the same prefix meet where it is cached.
+        context_tokens: tokens of the session's context before this step (what a move
+            would have to migrate or recompute).
+    """
+
+    session: str | None = None
+    tenant: str = ""
+    prefix_key: str | None = None
+    context_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a step goes.
+
+    Attributes:
+        replica: the replica that runs it.
+        moved_from: the session's previous replica when the step moves (stealing, or the
+            previous replica is gone); None otherwise.
+        migrate: the moved session's KV should be exported from `moved_from` and imported
+            on `replica` (cheaper than recomputing it); False: recompute.
+        reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "lost",
+            "round-robin", "hash", "least-loaded").
+    """
+
+    replica: str
+    moved_from: str | None = None
+    migrate: bool = False
+    reason: str = ""
+
+
+def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
+    """The session a request continues: `session_id`, else the `X-Session-ID` header, else
+    `prompt_cache_key` (the server's precedence). None for a one-shot request."""
+    sid = body.get("session_id")
+    if sid is None and headers is not None:
+        sid = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
+    if sid is None:
+        sid = body.get("prompt_cache_key")
+    return sid if isinstance(sid, str) and sid else None
+
+
+def prefix_key(body: Mapping) -> str | None:
+    """A key of a request's shared prefix: its system message (chat) or its first 256
+    characters (completions); None when there is nothing to share."""
+    msgs = body.get("messages")
+    if isinstance(msgs, list) and msgs and isinstance(msgs[0], Mapping):
+        first = msgs[0]
+        if first.get("role") == "system" and isinstance(first.get("content"), str):
+            return hashlib.sha256(first["content"].encode()).hexdigest()[:16]
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return hashlib.sha256(prompt[:256].encode()).hexdigest()[:16]
+    return None
+
+
+@dataclass(slots=True)
+class FairShare:
+    """Per-tenant service summed over every replica: the fleet view of Agent Fair Share.
+
+    Each replica's scheduler accounts the service it gives (GPU seconds or tokens); the
+    router adds it up here, so a tenant that is served a lot on one replica has used its
+    share everywhere.
+
+    Attributes:
+        weights: a tenant's weight (default 1.0); its fair share is weight / total weight
+            of the tenants seen.
+    """
+
+    weights: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=dict)
+
+    def record(self, tenant: str, service: float) -> None:
+        """Add service a tenant received on any replica."""
+        if not service >= 0:
+            raise ValueError(f"service must be >= 0, got {service!r}")
+        self.usage[tenant] = self.usage.get(tenant, 0.0) + service
+
+    def share_ratio(self, tenant: str) -> float:
+        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet)."""
+        total = sum(self.usage.values())
+        if total <= 0:
+            return 0.0
+        tenants = set(self.usage) | {tenant}
+        wsum = sum(self.weights.get(t, 1.0) for t in tenants)
+        fair = self.weights.get(tenant, 1.0) / wsum
+        return (self.usage.get(tenant, 0.0) / total) / fair
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Knobs of the `kvsaga` router.
+
+    Attributes:
+        steal_queue_threshold: a step moves off its replica when that replica's queue
+            (reported plus in flight from this router) exceeds this while another is idle.
+        idle_queue: a replica whose queue is at most this and that runs fewer than
+            `idle_running` steps is idle.
+        idle_running: see `idle_queue`.
+        steal_max_share: tenants whose fleet share ratio exceeds this are not stolen for.
+        bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
+        link_bandwidth: bytes/s between replicas (export to host, network, import).
+        migrate_latency_s: fixed cost of one migration (export + import round trip).
+        cost: prices recomputing a context (the eviction policies' CostModel).
+        prefix_memory: prefix keys remembered (least recently used are forgotten).
+    """
+
+    steal_queue_threshold: int = 2
+    idle_queue: int = 0
+    idle_running: int = 1
+    steal_max_share: float = 1.0
+    bytes_per_token: int = 128 * 1024
+    link_bandwidth: float = 10e9
+    migrate_latency_s: float = 2e-3
+    cost: CostModel = field(default_factory=PrefillCost)
+    prefix_memory: int = 4096
+
+    def migrate_s(self, context_tokens: int) -> float:
+        """Seconds to move a context's KV to another replica."""
+        return self.migrate_latency_s + context_tokens * self.bytes_per_token / self.link_bandwidth
+
+    def should_migrate(self, context_tokens: int) -> bool:
+        """Whether moving a context's KV beats recomputing it on the new replica."""
+        if context_tokens <= 0:
+            return False
+        return self.migrate_s(context_tokens) < self.cost.recompute_s(context_tokens, 0)
+
+
+class Router:
+    """Base: live replicas, in-flight counts, least-loaded choice, and session homes."""
+
+    name = "base"
+
+    def __init__(self, replicas: Iterable[str] = ()) -> None:
+        self.replicas: list[str] = []
+        self.in_flight: dict[str, int] = {}
+        self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
+        self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
+        for r in replicas:
+            self.add_replica(r)
+
+    # -- membership -------------------------------------------------------------------
+    def add_replica(self, replica: str) -> None:
+        if not isinstance(replica, str) or not replica:
+            raise ValueError(f"replica must be a non-empty str, got {replica!r}")
+        if replica not in self.in_flight:
+            self.replicas.append(replica)
+            self.in_flight[replica] = 0
+
+    def remove_replica(self, replica: str) -> list[str]:
+        """Forget a replica (it died or was scaled down). Returns the sessions that lived
+        there: their next steps recompute elsewhere."""
+        if replica not in self.in_flight:
+            return []
+        self.replicas.remove(replica)
+        del self.in_flight[replica]
+        lost = [s for s, r in self.homes.items() if r == replica]
+        for s in lost:
+            self.lost[s] = self.homes.pop(s)
+        return lost
+
+    def sync(self, live: Iterable[str]) -> list[str]:
+        """Make the replica set equal `live`; returns sessions lost with removed replicas."""
+        live = list(live)
+        lost: list[str] = []
+        for r in [r for r in self.replicas if r not in set(live)]:
+            lost += self.remove_replica(r)
+        for r in live:
+            self.add_replica(r)
+        return lost
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def finished(self, route: Route) -> None:
+        """A routed step finished (or failed): it no longer loads its replica."""
+        if self.in_flight.get(route.replica, 0) > 0:
+            self.in_flight[route.replica] -= 1
+
+    def session_ended(self, session: str) -> None:
+        self.homes.pop(session, None)
+        self.lost.pop(session, None)
+
+    def home(self, session: str) -> str | None:
+        return self.homes.get(session)
+
+    # -- choice -----------------------------------------------------------------------
+    def _queue(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+        st = stats.get(r)
+        return (st.queue_depth if st else 0) + self.in_flight[r]
+
+    def _load(self, r: str, stats: Mapping[str, ReplicaStats]) -> tuple:
+        """Sort key: fewer queued + running steps, then less memory pressure, then fewer
+        paused sessions expecting to resume, then the replica's order."""
+        st = stats.get(r) or ReplicaStats()
+        return (
+            self._queue(r, stats) + st.running,
+            round(st.memory_pressure, 3),
+            st.predicted_resumes,
+            st.paused,
+            self.replicas.index(r),
+        )
+
+    def least_loaded(self, stats: Mapping[str, ReplicaStats], exclude: str | None = None):
+        cands = [r for r in self.replicas if r != exclude]
+        return min(cands, key=lambda r: self._load(r, stats)) if cands else None
+
+    def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        """Place one step. Raises RuntimeError when no replica is live."""
+        if not self.replicas:
+            raise RuntimeError("no live replica to route to")
+        route = self._choose(req, stats)
+        dead = self.lost.pop(req.session, None) if req.session is not None else None
+        if dead is not None:  # its KV died with its replica: recompute where it lands
+            route = Route(route.replica, moved_from=dead, reason="lost")
+        self.in_flight[route.replica] += 1
+        if req.session is not None:
+            self.homes[req.session] = route.replica
+        return route
+
+    def _choose(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        raise NotImplementedError
+
+
+class RoundRobinRouter(Router):
+    """Every step to the next replica in turn."""
+
+    name = "round-robin"
+
+    def __init__(self, replicas: Iterable[str] = ()) -> None:
+        super().__init__(replicas)
+        self._turn = itertools.count()
+
+    def _choose(self, req, stats):
+        r = self.replicas[next(self._turn) % len(self.replicas)]
+        prev = self.homes.get(req.session) if req.session else None
+        return Route(r, moved_from=prev if prev not in (None, r) else None, reason="round-robin")
+
+
+def _ring_point(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+class AffinityRouter(Router):
+    """Sticky by a consistent hash of the session key (virtual nodes per replica), so
+    adding or removing a replica moves only the sessions that hashed to it."""
+
+    name = "affinity"
+    vnodes = 64
+
+    def __init__(self, replicas: Iterable[str] = ()) -> None:
+        self._ring: list[tuple[int, str]] = []
+        super().__init__(replicas)
+
+    def add_replica(self, replica: str) -> None:
+        new = replica not in self.in_flight
+        super().add_replica(replica)
+        if new:
+            for v in range(self.vnodes):
+                bisect.insort(self._ring, (_ring_point(f"{replica}#{v}"), replica))
+
+    def remove_replica(self, replica: str) -> list[str]:
+        self._ring = [p for p in self._ring if p[1] != replica]
+        return super().remove_replica(replica)
+
+    def _choose(self, req, stats):
+        if req.session is None:
+            return Route(self.least_loaded(stats), reason="least-loaded")
+        i = bisect.bisect(self._ring, (_ring_point(req.session), "")) % len(self._ring)
+        r = self._ring[i][1]
+        prev = self.homes.get(req.session)
+        return Route(r, moved_from=prev if prev not in (None, r) else None, reason="hash")
+
+
+class KvsagaRouter(Router):
+    """Affinity + prefix-aware placement + work stealing + migration + fleet fair share."""
+
+    name = "kvsaga"
+
+    def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None):
+        super().__init__(replicas)
+        self.config = config or RoutingConfig()
+        self.fair = FairShare()
+        self._prefix_homes: OrderedDict[str, str] = OrderedDict()
+        self.num_stolen = 0
+        self.num_migrated = 0
+
+    def remove_replica(self, replica: str) -> list[str]:
+        for k in [k for k, r in self._prefix_homes.items() if r == replica]:
+            del self._prefix_homes[k]
+        return super().remove_replica(replica)
+
+    def _idle(self, r: str, stats: Mapping[str, ReplicaStats]) -> bool:
+        st = stats.get(r) or ReplicaStats()
+        c = self.config
+        return self._queue(r, stats) <= c.idle_queue and st.running < c.idle_running
+
+    def _remember_prefix(self, key: str | None, r: str) -> None:
+        if key is None:
+            return
+        self._prefix_homes[key] = r
+        self._prefix_homes.move_to_end(key)
+        while len(self._prefix_homes) > self.config.prefix_memory:
+            self._prefix_homes.popitem(last=False)
+
+    def _choose(self, req, stats):
+        home = self.homes.get(req.session) if req.session is not None else None
+        if home is None:
+            r = self._place_new(req, stats)
+            self._remember_prefix(req.prefix_key, r.replica)
+            return r
+        if self._queue(home, stats) > self.config.steal_queue_threshold and (
+            self.fair.share_ratio(req.tenant) <= self.config.steal_max_share
+        ):
+            idle = [x for x in self.replicas if x != home and self._idle(x, stats)]
+            if idle:
+                target = min(idle, key=lambda x: self._load(x, stats))
+                migrate = self.config.should_migrate(req.context_tokens)
+                self.num_stolen += 1
+                self.num_migrated += migrate
+                return Route(target, moved_from=home, migrate=migrate, reason="steal")
+        return Route(home, reason="affinity")
+
+    def _place_new(self, req, stats) -> Route:
+        """A session without a home: where its prefix is hot unless that replica is
+        overloaded, else the least loaded."""
+        hot = self._prefix_homes.get(req.prefix_key) if req.prefix_key is not None else None
+        if hot in self.in_flight and self._queue(hot, stats) <= self.config.steal_queue_threshold:
+            return Route(hot, reason="prefix")
+        return Route(self.least_loaded(stats), reason="new")
+
+
+ROUTERS: dict[str, type[Router]] = {
+    r.name: r for r in (RoundRobinRouter, AffinityRouter, KvsagaRouter)
+}
+
+
+def make_router(name: str, replicas: Iterable[str] = (), **kwargs) -> Router:
+    """A router by name (`ROUTERS`); kwargs go to its constructor (`config` for kvsaga)."""
+    try:
+        cls = ROUTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown router {name!r}; choose one of {sorted(ROUTERS)}") from None
+    return cls(replicas, **kwargs)

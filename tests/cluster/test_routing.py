@@ -1,0 +1,184 @@
+"""The router implementation that the Ray adapter and the cluster simulator share."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga.routing import (
+    ROUTERS,
+    FairShare,
+    ReplicaStats,
+    Route,
+    RouteRequest,
+    RoutingConfig,
+    make_router,
+    prefix_key,
+    session_key,
+)
+
+IDLE = ReplicaStats(total_blocks=100, free_blocks=100)
+
+
+def busy(queue: int, running: int = 4) -> ReplicaStats:
+    return ReplicaStats(total_blocks=100, free_blocks=10, queue_depth=queue, running=running)
+
+
+def test_session_key_precedence():
+    assert session_key({"session_id": "a", "prompt_cache_key": "c"}, {"X-Session-ID": "b"}) == "a"
+    assert session_key({"prompt_cache_key": "c"}, {"x-session-id": "b"}) == "b"
+    assert session_key({"prompt_cache_key": "c"}, {}) == "c"
+    assert session_key({"session_id": ""}, None) is None
+    assert session_key({"session_id": 3}) is None
+
+
+def test_prefix_key_is_the_system_prompt():
+    a = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}]}
+    b = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "y"}]}
+    c = {"messages": [{"role": "user", "content": "x"}]}
+    assert prefix_key(a) == prefix_key(b) is not None
+    assert prefix_key(c) is None
+    assert prefix_key({"prompt": "p" * 300}) == prefix_key({"prompt": "p" * 256 + "q"})
+
+
+def test_make_router_names_and_errors():
+    assert set(ROUTERS) == {"round-robin", "affinity", "kvsaga"}
+    with pytest.raises(ValueError, match="unknown router 'x'"):
+        make_router("x")
+    with pytest.raises(RuntimeError, match="no live replica"):
+        make_router("kvsaga").route(RouteRequest("s"), {})
+    with pytest.raises(ValueError, match="replica must be"):
+        make_router("kvsaga", [""])
+
+
+def test_replica_stats_validation():
+    with pytest.raises(ValueError, match="queue_depth"):
+        ReplicaStats(queue_depth=-1)
+    with pytest.raises(ValueError, match="exceed total"):
+        ReplicaStats(total_blocks=4, free_blocks=3, evictable_blocks=2)
+
+
+def test_stats_from_manager():
+    mgr = KVCacheManager(KVSpec(2, 2, 16, block_size=4), 16)
+    mgr.begin_step("s", list(range(10)))
+    mgr.allocate_slots("s", 10)
+    st = ReplicaStats.from_manager(mgr, queue_depth=3)
+    assert (st.total_blocks, st.free_blocks, st.running, st.queue_depth) == (16, 13, 1, 3)
+    mgr.finish_step("s")
+    st = ReplicaStats.from_manager(mgr)
+    assert (st.evictable_blocks, st.paused, st.running) == (3, 1, 0)
+
+
+def test_round_robin_ignores_sessions():
+    r = make_router("round-robin", ["a", "b"])
+    stats = {"a": IDLE, "b": IDLE}
+    got = [r.route(RouteRequest("s"), stats).replica for _ in range(4)]
+    assert got == ["a", "b", "a", "b"]
+
+
+def test_affinity_is_sticky_and_consistent():
+    r = make_router("affinity", ["a", "b", "c"])
+    stats = {"a": busy(50), "b": IDLE, "c": IDLE}
+    homes = {s: r.route(RouteRequest(s), stats).replica for s in map(str, range(60))}
+    assert len(set(homes.values())) == 3  # spreads
+    for s, h in homes.items():  # sticky even when overloaded: it never steals
+        assert r.route(RouteRequest(s), stats).replica == h
+    # Removing a replica moves only its sessions.
+    r.remove_replica("c")
+    for s, h in homes.items():
+        got = r.route(RouteRequest(s), stats)
+        if h != "c":
+            assert got.replica == h
+        else:
+            assert got.reason == "lost" and got.moved_from == "c"
+
+
+def test_kvsaga_new_sessions_go_least_loaded_then_stick():
+    r = make_router("kvsaga", ["a", "b"])
+    stats = {"a": busy(1, running=3), "b": IDLE}
+    first = r.route(RouteRequest("s1"), stats)
+    assert first == Route("b", reason="new")
+    # b is no longer idle in the stats; the session stays on b while b's queue is short.
+    stats = {"a": IDLE, "b": busy(1)}
+    r.finished(first)
+    assert r.route(RouteRequest("s1"), stats) == Route("b", reason="affinity")
+
+
+def test_kvsaga_in_flight_spreads_a_burst():
+    r = make_router("kvsaga", ["a", "b", "c"])
+    stats = {x: IDLE for x in "abc"}
+    got = {r.route(RouteRequest(f"s{i}"), stats).replica for i in range(3)}
+    assert got == {"a", "b", "c"}
+
+
+def test_kvsaga_prefix_hot_placement():
+    r = make_router("kvsaga", ["a", "b"])
+    stats = {"a": IDLE, "b": IDLE}
+    first = r.route(RouteRequest("s1", prefix_key="sys"), stats)
+    r.finished(first)
+    stats[first.replica] = busy(0, running=1)  # now the other one is less loaded
+    second = r.route(RouteRequest("s2", prefix_key="sys"), stats)
+    assert second.replica == first.replica and second.reason == "prefix"
+    other = r.route(RouteRequest("s3", prefix_key="other"), stats)
+    assert other.replica != first.replica and other.reason == "new"
+
+
+def test_kvsaga_steals_from_an_overloaded_replica_to_an_idle_one():
+    cfg = RoutingConfig(steal_queue_threshold=2)
+    r = make_router("kvsaga", ["a", "b"], config=cfg)
+    r.homes["s"] = "a"
+    assert r.route(RouteRequest("s"), {"a": busy(2), "b": IDLE}).reason == "affinity"
+    got = r.route(RouteRequest("s", context_tokens=4000), {"a": busy(3), "b": IDLE})
+    assert (got.replica, got.moved_from, got.reason) == ("b", "a", "steal")
+    assert got.migrate  # 4000 tokens: moving KV is cheaper than recomputing it
+    assert r.home("s") == "b" and r.num_stolen == 1 and r.num_migrated == 1
+    # No idle replica: it stays even when overloaded.
+    r.homes["t"] = "a"
+    assert r.route(RouteRequest("t"), {"a": busy(9), "b": busy(1)}).replica == "a"
+
+
+def test_migrate_versus_recompute_by_cost():
+    cfg = RoutingConfig()
+    assert not cfg.should_migrate(0)
+    # A handful of tokens: the fixed latency of a migration exceeds their recompute.
+    assert not cfg.should_migrate(4)
+    assert cfg.should_migrate(2000)
+    slow = RoutingConfig(link_bandwidth=1e6)  # a slow link: recompute instead
+    assert not slow.should_migrate(2000)
+
+
+def test_fair_share_blocks_stealing_for_heavy_tenants():
+    r = make_router("kvsaga", ["a", "b"])
+    r.fair.record("heavy", 90.0)
+    r.fair.record("light", 10.0)
+    r.homes["h"] = r.homes["l"] = "a"
+    stats = {"a": busy(5), "b": IDLE}
+    assert r.route(RouteRequest("h", tenant="heavy"), stats).replica == "a"
+    assert r.route(RouteRequest("l", tenant="light"), stats).replica == "b"
+
+
+def test_fair_share_ratio():
+    f = FairShare(weights={"a": 3.0})
+    assert f.share_ratio("a") == 0.0
+    f.record("a", 3.0)
+    f.record("b", 1.0)
+    assert f.share_ratio("a") == pytest.approx(1.0)
+    assert f.share_ratio("b") == pytest.approx(1.0)
+    assert f.share_ratio("c") == 0.0
+    with pytest.raises(ValueError):
+        f.record("a", -1.0)
+
+
+def test_sync_and_finished_bookkeeping():
+    r = make_router("kvsaga", ["a", "b"])
+    route = r.route(RouteRequest("s"), {"a": IDLE, "b": IDLE})
+    assert r.in_flight[route.replica] == 1
+    r.finished(route)
+    r.finished(route)  # idempotent at zero
+    assert r.in_flight[route.replica] == 0
+    assert r.sync(["c"]) == ["s"]
+    assert r.replicas == ["c"]
+    got = r.route(RouteRequest("s"), {})
+    assert got == Route("c", moved_from=route.replica, reason="lost")
+    r.session_ended("s")
+    assert r.home("s") is None
