@@ -9,7 +9,8 @@ from __future__ import annotations
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.errors import InvalidRequest, KVSagaError, OutOfBlocks, UnknownSession
 from kvsaga.manager import CacheStats, KVCacheManager, StepStart
-from kvsaga.policy import Action, EvictionPolicy, PauseHint, make_policy
+from kvsaga.policy import Action, EvictionPolicy, make_policy
+from kvsaga.session import PauseHint
 
 __version__ = "0.1.0"
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
 from kvsaga.host_tier import HostTier, TransferPlan
-from kvsaga.policy import Action, EvictionPolicy, PauseHint, make_policy
+from kvsaga.policy import Action, EvictionPolicy, make_policy
 from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
-from kvsaga.session import Session, SessionState
+from kvsaga.session import PauseHint, Session, SessionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +177,22 @@ class KVCacheManager:
     @property
     def num_gpu_blocks(self) -> int:
         return self.pool.num_blocks
+
+    # -- what policies read (kvsaga.policy.BlockView) --------------------------------------
+    @property
+    def block_generation(self) -> list[int]:
+        return self.pool.generation
+
+    @property
+    def block_hash(self) -> list[bytes | None]:
+        return self.pool.block_hash
+
+    def usage(self) -> float:
+        """Share of GPU blocks referenced by running steps."""
+        return self.pool.num_active / self.pool.num_blocks
+
+    def is_cached(self, block_id: int) -> bool:
+        return self.pool.state[block_id] == CACHED
 
     # -- lookups --------------------------------------------------------------------------
     def _session(self, session_id: str) -> Session:

@@ -5,7 +5,32 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from kvsaga.policy.base import PauseHint
+from kvsaga.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PauseHint:
+    """What the engine or user says about the pause that follows a step.
+
+    Attributes:
+        tool: name of the tool call the session waits on (None when unknown).
+        expected_s: expected pause in seconds; overrides any learned prediction.
+        last_step: the session will not come back; its context is plain cache now.
+    """
+
+    tool: str | None = None
+    expected_s: float | None = None
+    last_step: bool = False
+
+    def __post_init__(self) -> None:
+        if self.expected_s is not None and (
+            isinstance(self.expected_s, bool)
+            or not isinstance(self.expected_s, (int, float))
+            or not self.expected_s >= 0
+        ):
+            raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
+        if self.tool is not None and not isinstance(self.tool, str):
+            raise InvalidRequest(f"tool must be a str, got {self.tool!r}")
 
 
 class SessionState(enum.Enum):

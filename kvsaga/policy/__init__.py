@@ -14,13 +14,14 @@ Policies with `needs_oracle = True` take `oracle=` and are for trace replay only
 
 from __future__ import annotations
 
-from kvsaga.policy.base import Action, EvictionPolicy, PauseHint
+from kvsaga.policy.base import Action, BlockView, EvictionPolicy
 from kvsaga.policy.belady import BeladyPolicy, ClairvoyantTTLPolicy, FutureOracle
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.graph import GraphPolicy
 from kvsaga.policy.lru import LRUPolicy
 from kvsaga.policy.saga import SagaPolicy
 from kvsaga.policy.ttl import TTLPolicy
+from kvsaga.session import PauseHint
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls
@@ -45,6 +46,7 @@ def make_policy(name: str, **kwargs) -> EvictionPolicy:
 __all__ = [
     "Action",
     "BeladyPolicy",
+    "BlockView",
     "ClairvoyantTTLPolicy",
     "CostModel",
     "EvictionPolicy",

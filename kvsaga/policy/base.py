@@ -15,13 +15,12 @@ Rules every policy keeps:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from kvsaga.errors import InvalidRequest
+from kvsaga.session import PauseHint
 
 if TYPE_CHECKING:
-    from kvsaga.manager import KVCacheManager
     from kvsaga.session import Session
 
 
@@ -32,29 +31,41 @@ class Action(enum.IntEnum):
     DISCARD = 2  # drop; a later step recomputes it
 
 
-@dataclass(frozen=True, slots=True)
-class PauseHint:
-    """What the engine or user says about the pause that follows a step.
+@runtime_checkable
+class BlockView(Protocol):
+    """What a policy may read of the cache it orders: the narrow seam between the two.
+
+    `KVCacheManager` implements it; a test can hand a policy any object with these members
+    and drive its observer calls and hooks directly, without a manager. Per-block facts are
+    sequences indexed by GPU block id, read on the hot path without a call per block.
 
     Attributes:
-        tool: name of the tool call the session waits on (None when unknown).
-        expected_s: expected pause in seconds; overrides any learned prediction.
-        last_step: the session will not come back; its context is plain cache now.
+        num_gpu_blocks: blocks in the GPU tier (block ids are 0 .. num_gpu_blocks - 1).
+        block_size: tokens per block.
+        num_host_blocks: host-tier capacity in blocks (0: no host tier, nothing to offload to).
+        block_owner: the session whose context holds the block, None for plain cache (shared
+            by several sessions, or left by an ended one).
+        block_position: the block's index in that context.
+        block_generation: bumped each time the block's content changes (tells a stale record
+            of a block apart from its current content).
+        block_hash: the content hash of a full block, None for a partial one.
     """
 
-    tool: str | None = None
-    expected_s: float | None = None
-    last_step: bool = False
+    num_gpu_blocks: int
+    block_size: int
+    num_host_blocks: int
+    block_owner: Sequence[str | None]
+    block_position: Sequence[int]
+    block_generation: Sequence[int]
+    block_hash: Sequence[bytes | None]
 
-    def __post_init__(self) -> None:
-        if self.expected_s is not None and (
-            isinstance(self.expected_s, bool)
-            or not isinstance(self.expected_s, (int, float))
-            or not self.expected_s >= 0
-        ):
-            raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
-        if self.tool is not None and not isinstance(self.tool, str):
-            raise InvalidRequest(f"tool must be a str, got {self.tool!r}")
+    def usage(self) -> float:
+        """Share of GPU blocks referenced by running steps (`CacheStats.usage`)."""
+        ...
+
+    def is_cached(self, block_id: int) -> bool:
+        """Whether the block is CACHED (evictable) now; for integrity checks."""
+        ...
 
 
 class EvictionPolicy:
@@ -63,11 +74,12 @@ class EvictionPolicy:
     name = "base"
 
     def __init__(self) -> None:
-        self.manager: KVCacheManager | None = None
+        self.view: BlockView | None = None
 
-    def bind(self, manager: KVCacheManager) -> None:
-        """Called once by the manager that owns this policy, before any other call."""
-        self.manager = manager
+    def bind(self, view: BlockView) -> None:
+        """Called once by the manager that owns this policy (its `BlockView`), before any
+        other call."""
+        self.view = view
 
     # -- block order (pool observer) --------------------------------------------------------
     def block_cached(self, block_id: int) -> None:
@@ -81,8 +93,8 @@ class EvictionPolicy:
 
     def action(self, block_id: int, now: float) -> Action:
         """Offload or discard a victim. Default: offload whenever a host tier exists."""
-        m = self.manager
-        return Action.OFFLOAD if m is not None and m.num_host_blocks else Action.DISCARD
+        v = self.view
+        return Action.OFFLOAD if v is not None and v.num_host_blocks else Action.DISCARD
 
     # -- session lifecycle -------------------------------------------------------------------
     def step_started(self, session: Session, now: float) -> None:

@@ -69,14 +69,14 @@ class BeladyPolicy(GroupedPolicy):
         super().__init__(cost)
         self.oracle = _check_oracle(oracle, self.name)
 
-    def bind(self, manager) -> None:
-        super().bind(manager)
-        self._stamp = [0] * manager.num_gpu_blocks
+    def bind(self, view) -> None:
+        super().bind(view)
+        self._stamp = [0] * view.num_gpu_blocks
         # (-next_use, -position, block, stamp, asked_at): a max-heap on next use.
         self._heap: list[tuple[float, int, int, int, float]] = []
 
     def _ask(self, sid: str | None, b: int, now: float) -> float:
-        return self.oracle.next_use(sid, self.manager.pool.block_hash[b], self._pos[b], now)
+        return self.oracle.next_use(sid, self.view.block_hash[b], self._pos[b], now)
 
     def _push(self, b: int, now: float) -> None:
         self._stamp[b] += 1
@@ -140,7 +140,7 @@ class BeladyPolicy(GroupedPolicy):
         return -self._ask(sid, block_id, now), -position
 
     def action(self, block_id: int, now: float) -> Action:
-        if not self.manager.num_host_blocks:
+        if not self.view.num_host_blocks:
             return Action.DISCARD
         sid = self._owner[block_id] if self._where[block_id] == OWNED else None
         if math.isinf(self._ask(sid, block_id, now)):
@@ -183,6 +183,6 @@ class ClairvoyantTTLPolicy(TTLPolicy):
         now: float,
     ) -> tuple[float, float]:
         _, tail = group[0]
-        nu = self.oracle.next_use(sid, self.manager.pool.block_hash[tail], self._pos[tail], now)
+        nu = self.oracle.next_use(sid, self.view.block_hash[tail], self._pos[tail], now)
         left = max(nu - now, 0.0)
         return (1.0, left) if left <= window else (0.0, window)

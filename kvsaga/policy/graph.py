@@ -97,9 +97,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
 
-    def bind(self, manager) -> None:
-        super().bind(manager)
-        n = manager.num_gpu_blocks
+    def bind(self, view) -> None:
+        super().bind(view)
+        n = view.num_gpu_blocks
         # Use history of each block's current content; `_gen` tells a stale record apart.
         self._gen = [-1] * n
         self._uses = [0] * n
@@ -116,7 +116,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             w[0] += (max(now - ready[0], 0.0) - w[0]) / min(w[1], 1.0 / self.wait_alpha)
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
-        owner, gen = self.manager.block_owner, self.manager.pool.generation
+        owner, gen = self.view.block_owner, self.view.block_generation
         for b in session.block_ids:  # the hits: shared blocks record a use
             if owner[b] is None:
                 self._record_use(b, gen[b], now, session.workflow)
@@ -195,7 +195,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def predict_plain(self, block_id: int, now: float) -> Prediction:
         """P(reuse) and expected seconds until a plain block is needed by any session."""
         b = block_id
-        fresh = self._gen[b] == self.manager.pool.generation[b]
+        fresh = self._gen[b] == self.view.block_generation[b]
         uses = self._uses[b] if fresh else 0
         last = max(self._last_use[b] if fresh else 0.0, self._cached_at[b])
         interval = self._interval[b] if fresh else None
@@ -220,8 +220,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return p.p_resume * c / max(p.expected_s, self.min_wait_s)
 
     def action(self, block_id: int, now: float) -> Action:
-        m = self.manager
-        if not m.num_host_blocks or self._where[block_id] == DEAD:
+        if not self.view.num_host_blocks or self._where[block_id] == DEAD:
             return Action.DISCARD
         if self._where[block_id] == OWNED:
             p = self.predict_session(self._owner[block_id], now).p_resume

@@ -2,7 +2,7 @@
 
 Every CACHED block of the GPU tier is in exactly one of three places:
 
-- its owner session's group (`manager.block_owner[b]` is a live session): a list of
+- its owner session's group (`view.block_owner[b]` is a live session): a list of
   (-position, block), sorted, so the tail is the first entry and the head the last. That
   order makes the two hottest updates O(1): a step's release caches blocks tail first
   (appends), and a resume's hits reclaim them head first (pops);
@@ -32,12 +32,11 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
-from kvsaga.policy.base import EvictionPolicy, PauseHint
+from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
-from kvsaga.pool import CACHED
+from kvsaga.session import PauseHint
 
 if TYPE_CHECKING:
-    from kvsaga.manager import KVCacheManager
     from kvsaga.session import Session
 
 UNTRACKED, DEAD, PLAIN, OWNED = 0, 1, 2, 3
@@ -90,10 +89,10 @@ class GroupedPolicy(EvictionPolicy):
         self._now = 0.0
         self._ending: str | None = None
 
-    def bind(self, manager: KVCacheManager) -> None:
-        super().bind(manager)
-        n = manager.num_gpu_blocks
-        self.block_size = manager.block_size
+    def bind(self, view: BlockView) -> None:
+        super().bind(view)
+        n = view.num_gpu_blocks
+        self.block_size = view.block_size
         self._where = bytearray(n)
         self._owner: list[str | None] = [None] * n
         self._pos = [0] * n
@@ -109,9 +108,9 @@ class GroupedPolicy(EvictionPolicy):
 
     # -- pool observer ------------------------------------------------------------------------
     def block_cached(self, block_id: int) -> None:
-        m = self.manager
-        owner = m.block_owner[block_id]
-        pos = m.block_position[block_id]
+        v = self.view
+        owner = v.block_owner[block_id]
+        pos = v.block_position[block_id]
         self._pos[block_id] = pos
         self._cached_at[block_id] = self._now
         if owner is None:
@@ -258,8 +257,7 @@ class GroupedPolicy(EvictionPolicy):
     # -- helpers ------------------------------------------------------------------------------
     def usage(self) -> float:
         """Share of GPU blocks referenced by running steps (`CacheStats.usage`)."""
-        pool = self.manager.pool
-        return pool.num_active / pool.num_blocks
+        return self.view.usage()
 
     def block_cost(self, position: int) -> float:
         """Seconds to rebuild the block at `position` of a context whose head survives."""
@@ -281,7 +279,7 @@ class GroupedPolicy(EvictionPolicy):
 
     def check_integrity(self) -> None:
         """Verify that the tracked blocks are exactly the pool's CACHED blocks."""
-        pool = self.manager.pool
+        view = self.view
         seen: dict[int, int] = {}
         for sid, g in self.groups.items():
             assert g, f"empty group for session {sid!r}"
@@ -293,9 +291,10 @@ class GroupedPolicy(EvictionPolicy):
             for b in q:
                 assert b not in seen and self._where[b] == where, f"block {b} misfiled"
                 seen[b] = where
-        for b in range(pool.num_blocks):
-            cached = pool.state[b] == CACHED
+        for b in range(view.num_gpu_blocks):
+            cached = view.is_cached(b)
             assert cached == (b in seen), (
-                f"block {b}: {pool.state_name(b)} but {'' if b in seen else 'un'}tracked"
+                f"block {b}: {'' if cached else 'not '}CACHED but "
+                f"{'' if b in seen else 'un'}tracked"
             )
             assert (self._where[b] != UNTRACKED) == cached, f"block {b}: stale place"

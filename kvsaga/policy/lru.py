@@ -20,9 +20,9 @@ class LRUPolicy(EvictionPolicy):
         super().__init__()
         self._order: BlockQueue | None = None
 
-    def bind(self, manager) -> None:
-        super().bind(manager)
-        self._order = BlockQueue(manager.num_gpu_blocks)
+    def bind(self, view) -> None:
+        super().bind(view)
+        self._order = BlockQueue(view.num_gpu_blocks)
         # Hot path: the pool calls these per block; bind them straight to the queue.
         self.block_cached = self._order.push
         self.block_uncached = self._order.remove

@@ -60,3 +60,32 @@ def build(name: str, **kw) -> EvictionPolicy:
     if getattr(cls, "needs_oracle", False):
         kw.setdefault("oracle", HashOracle())
     return cls(**kw)
+
+
+class FakeView:
+    """A `BlockView` with no manager behind it: a test sets the per-block facts, then drives
+    the policy's observer calls and hooks itself."""
+
+    def __init__(self, num_blocks: int, block_size: int = BS, num_host_blocks: int = 0):
+        self.num_gpu_blocks = num_blocks
+        self.block_size = block_size
+        self.num_host_blocks = num_host_blocks
+        self.block_owner: list[str | None] = [None] * num_blocks
+        self.block_position = [0] * num_blocks
+        self.block_generation = [0] * num_blocks
+        self.block_hash: list[bytes | None] = [None] * num_blocks
+        self.cached: set[int] = set()
+        self.active = 0
+
+    def usage(self) -> float:
+        return self.active / self.num_gpu_blocks
+
+    def is_cached(self, block_id: int) -> bool:
+        return block_id in self.cached
+
+    def cache(self, policy, block_id: int, owner: str | None, position: int) -> None:
+        """Make a block CACHED with these facts and tell the policy, as the pool would."""
+        self.block_owner[block_id] = owner
+        self.block_position[block_id] = position
+        self.cached.add(block_id)
+        policy.block_cached(block_id)
