@@ -93,8 +93,8 @@ def _run(task: tuple) -> dict:
     family, sessions, scale, seed, frac, blocks, host_blocks, spec = task
     trace = _trace(family, sessions, scale, seed)
     base = SimConfig(preset=PRESET, num_gpu_blocks=blocks)
-    cfg = config_for(spec, base, host_kv_bytes=1.0)  # any size: replaced just below
-    if cfg.host_kv_bytes is not None:
+    cfg = config_for(spec, base, host_memory_bytes=1.0)  # any size: replaced just below
+    if cfg.host_memory_bytes is not None:
         cfg = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=cfg.policy,
                         num_host_blocks=host_blocks)
     t = time.perf_counter()

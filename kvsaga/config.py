@@ -6,6 +6,7 @@ simulator and the tests never need torch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Bytes per element of the KV dtypes the kernels support.
@@ -62,35 +63,66 @@ class KVSpec:
         return -(-num_tokens // self.block_size)
 
 
+# The memory settings share one name everywhere (engine, server, simulator, this config):
+# `kv_memory_bytes` (GPU-tier KV budget), `kv_memory_fraction` (the budget as a share of the
+# device memory free at start) and `host_memory_bytes` (host tier); on command lines
+# `--kv-memory SIZE` and `--host-memory SIZE`, sizes as `parse_bytes` reads them.
+DEFAULT_KV_MEMORY_FRACTION = 0.9
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a memory size: plain bytes or a K/M/G/T suffix (binary: 1K = 1024).
+
+    Args:
+        text: e.g. "4G", "512M", "1.5GiB", "1048576".
+    Returns:
+        The size in bytes.
+    Raises:
+        ValueError: not a size.
+    """
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """How much memory each tier gets.
 
-    The GPU tier is sized either by an explicit byte budget (`gpu_memory_bytes`) or by a
-    fraction of the device memory that is free when the pool is created
-    (`gpu_memory_utilization`); give at most one. The host tier gets `host_memory_bytes`
-    of (pinned, on CUDA machines) host memory; 0 disables it.
+    The GPU tier is sized either by an explicit byte budget (`kv_memory_bytes`) or by a
+    share of the device memory that is free when the pool is created (`kv_memory_fraction`,
+    default 0.9 when neither is given); give at most one. The host tier gets
+    `host_memory_bytes` of (pinned, on CUDA machines) host memory; 0 disables it.
     """
 
-    gpu_memory_bytes: int | None = None
-    gpu_memory_utilization: float | None = None
+    kv_memory_bytes: int | None = None
+    kv_memory_fraction: float | None = None
     host_memory_bytes: int = 0
 
     def __post_init__(self) -> None:
-        if self.gpu_memory_bytes is not None and self.gpu_memory_utilization is not None:
+        if self.kv_memory_bytes is not None and self.kv_memory_fraction is not None:
             raise ValueError(
-                "PoolConfig takes gpu_memory_bytes or gpu_memory_utilization, not both "
-                f"(got {self.gpu_memory_bytes!r} and {self.gpu_memory_utilization!r})"
+                "PoolConfig takes kv_memory_bytes or kv_memory_fraction, not both "
+                f"(got {self.kv_memory_bytes!r} and {self.kv_memory_fraction!r})"
             )
-        if self.gpu_memory_bytes is not None:
-            _check_positive_int("PoolConfig", "gpu_memory_bytes", self.gpu_memory_bytes)
-        if self.gpu_memory_utilization is not None:
-            u = self.gpu_memory_utilization
+        if self.kv_memory_bytes is not None:
+            _check_positive_int("PoolConfig", "kv_memory_bytes", self.kv_memory_bytes)
+        if self.kv_memory_fraction is not None:
+            u = self.kv_memory_fraction
             if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
-                raise ValueError(f"PoolConfig.gpu_memory_utilization must be in (0, 1], got {u!r}")
+                raise ValueError(f"PoolConfig.kv_memory_fraction must be in (0, 1], got {u!r}")
         h = self.host_memory_bytes
         if isinstance(h, bool) or not isinstance(h, int) or h < 0:
             raise ValueError(f"PoolConfig.host_memory_bytes must be an int >= 0, got {h!r}")
+
+    @property
+    def sized_by_fraction(self) -> bool:
+        """The GPU tier's size depends on the free device memory."""
+        return self.kv_memory_bytes is None
 
     def num_gpu_blocks(self, spec: KVSpec, free_device_bytes: int | None = None) -> int:
         """Blocks of the GPU tier.
@@ -101,16 +133,17 @@ class PoolConfig:
         Raises:
             ValueError: the budget holds no block, or a fraction is given without free memory.
         """
-        if self.gpu_memory_bytes is not None:
-            budget = self.gpu_memory_bytes
+        if self.kv_memory_bytes is not None:
+            budget = self.kv_memory_bytes
         else:
             if free_device_bytes is None:
                 raise ValueError("free_device_bytes is needed to size the GPU tier by fraction")
-            budget = int(free_device_bytes * (self.gpu_memory_utilization or 0.9))
+            fraction = self.kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
+            budget = int(free_device_bytes * fraction)
         n = budget // spec.bytes_per_block
         if n < 1:
             raise ValueError(
-                f"GPU KV budget of {budget} bytes holds no block of {spec.bytes_per_block} bytes"
+                f"kv_memory_bytes={budget} holds no KV block of {spec.bytes_per_block} bytes"
             )
         return n
 

@@ -1,6 +1,6 @@
 import pytest
 
-from kvsaga.config import KVSpec, PoolConfig
+from kvsaga.config import KVSpec, PoolConfig, parse_bytes
 
 
 def test_bytes_per_token_matches_published_figures():
@@ -32,26 +32,34 @@ def test_kvspec_rejects_bad_values(kwargs, needle):
 def test_pool_config_sizes_tiers():
     spec = KVSpec(2, 2, 64, "float16", 16)  # 16 KiB... per block: 2*2*2*64*2*16
     assert spec.bytes_per_block == 16384
-    cfg = PoolConfig(gpu_memory_bytes=10 * 16384 + 5, host_memory_bytes=3 * 16384)
+    cfg = PoolConfig(kv_memory_bytes=10 * 16384 + 5, host_memory_bytes=3 * 16384)
     assert cfg.num_gpu_blocks(spec) == 10
     assert cfg.num_host_blocks(spec) == 3
-    frac = PoolConfig(gpu_memory_utilization=0.5)
+    frac = PoolConfig(kv_memory_fraction=0.5)
     assert frac.num_gpu_blocks(spec, free_device_bytes=40 * 16384) == 20
     with pytest.raises(ValueError, match="free_device_bytes"):
         frac.num_gpu_blocks(spec)
-    with pytest.raises(ValueError, match="holds no block"):
-        PoolConfig(gpu_memory_bytes=100).num_gpu_blocks(spec)
+    with pytest.raises(ValueError, match="holds no KV block"):
+        PoolConfig(kv_memory_bytes=100).num_gpu_blocks(spec)
 
 
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"gpu_memory_bytes": 1, "gpu_memory_utilization": 0.5}, "not both"),
-        ({"gpu_memory_utilization": 1.5}, "1.5"),
-        ({"gpu_memory_bytes": -3}, "-3"),
+        ({"kv_memory_bytes": 1, "kv_memory_fraction": 0.5}, "not both"),
+        ({"kv_memory_fraction": 1.5}, "1.5"),
+        ({"kv_memory_bytes": -3}, "-3"),
         ({"host_memory_bytes": -1}, "-1"),
     ],
 )
 def test_pool_config_rejects_bad_values(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         PoolConfig(**kwargs)
+
+
+def test_parse_bytes():
+    assert parse_bytes("512M") == 512 * 2**20
+    assert parse_bytes("1.5GiB") == 3 * 2**29
+    assert parse_bytes("4096") == 4096
+    with pytest.raises(ValueError, match="12Q"):
+        parse_bytes("12Q")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kvsaga.config import KVSpec
+from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
@@ -27,7 +27,7 @@ from kvsaga.prefix import root_hash
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-DEFAULT_CPU_KV_BYTES = 512 * 2**20
+DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
 
 
 class LLMEngine:
@@ -71,23 +71,19 @@ class LLMEngine:
         self.spec = KVSpec(
             cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, _KV_DTYPES[self.dtype], block_size
         )
-        if kv_memory_bytes is None:
-            kv_memory_bytes = (
-                int(free_device_bytes(self.device) * 0.9)
-                if self.device.type == "cuda"
-                else DEFAULT_CPU_KV_BYTES
-            )
-        num_blocks = kv_memory_bytes // self.spec.bytes_per_block
-        if num_blocks < 1:
-            raise InvalidRequest(
-                f"kv_memory_bytes={kv_memory_bytes} holds no KV block of "
-                f"{self.spec.bytes_per_block} bytes"
-            )
+        if kv_memory_bytes is None and self.device.type != "cuda":
+            kv_memory_bytes = DEFAULT_CPU_KV_MEMORY_BYTES
+        try:
+            pool = PoolConfig(kv_memory_bytes=kv_memory_bytes, host_memory_bytes=host_memory_bytes)
+            free = free_device_bytes(self.device) if pool.sized_by_fraction else None
+            num_blocks = pool.num_gpu_blocks(self.spec, free)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
         self.max_model_len = min(
             max_model_len or cfg.max_position_embeddings, num_blocks * block_size
         )
         self.clock = clock
-        num_host_blocks = host_memory_bytes // self.spec.bytes_per_block
+        num_host_blocks = pool.num_host_blocks(self.spec)
         self.manager = KVCacheManager(
             self.spec,
             num_blocks,

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from kvsaga import envs
-from kvsaga.serve.settings import ServerSettings, parse_bytes
+from kvsaga.config import parse_bytes
+from kvsaga.serve.settings import ServerSettings
 
 
 def _bytes(text: str) -> int:

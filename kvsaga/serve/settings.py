@@ -6,27 +6,7 @@ tests build it directly. The engine's own knobs are passed through to `LLMEngine
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """Parse a memory size: plain bytes or a K/M/G/T suffix (binary: 1K = 1024).
-
-    Args:
-        text: e.g. "4G", "512M", "1.5GiB", "1048576".
-    Returns:
-        The size in bytes.
-    Raises:
-        ValueError: not a size.
-    """
-    m = _SIZE.match(text)
-    if m is None:
-        raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ See docs/workloads.md (families, sources, cost model) and docs/simulator.md.
 from __future__ import annotations
 
 from kvsaga.sim.compare import compare, peak_working_set
-from kvsaga.sim.cost import PRESETS, CostModel, GPUSpec, ModelSpec, attention_pairs, get_preset
+from kvsaga.sim.cost import PRESETS, GPUSpec, ModelSpec, StepCostModel, attention_pairs, get_preset
 from kvsaga.sim.exhaustive import Optimum, ScriptedPolicy, exhaustive_optimum
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
 from kvsaga.sim.metrics import SimResult
@@ -24,7 +24,6 @@ from kvsaga.sim.workloads import WORKLOADS, generate
 __all__ = [
     "PRESETS",
     "WORKLOADS",
-    "CostModel",
     "GPUSpec",
     "ModelSpec",
     "Optimum",
@@ -35,6 +34,7 @@ __all__ = [
     "SimResult",
     "Simulator",
     "Step",
+    "StepCostModel",
     "TokenSynthesizer",
     "ToolSpec",
     "TraceOracle",

@@ -1,11 +1,11 @@
 """`kvsaga sim`: compare eviction policies on a generated or recorded trace.
 
     kvsaga sim --workload swe --sessions 200 --seed 1 --policy lru,saga,ttl,graph,belady \\
-        --kv-gib 20 --preset a100-llama3-8b [--host-gib N] [--trace FILE.jsonl] \\
+        --kv-memory 20G --preset a100-llama3-8b [--host-memory SIZE] [--trace FILE.jsonl] \\
         [--json OUT] [--plot OUT.png]
 
 Prints one row per policy; `belady` is added as the reference when not asked for. `--plot`
-also sweeps the KV capacity (0.5x to 2x of --kv-gib) and draws recomputation against it.
+also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation against it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 import sys
 from collections.abc import Callable
 
+from kvsaga.config import parse_bytes
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig
@@ -67,10 +68,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated policies; suffix +host for a host-tier run")
     p.add_argument("--preset", default="a100-llama3-8b",
                    help=f"GPU and model: {', '.join(sorted(PRESETS))}")
+    p.add_argument("--kv-memory", type=_size, default=None,
+                   help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free memory)")
+    p.add_argument("--host-memory", type=_size, default=None,
+                   help="host-tier capacity, e.g. 64G (default: none; every victim is "
+                   "discarded)")
     p.add_argument("--kv-gib", type=_positive(float), default=None,
-                   help="GPU KV capacity in GiB (default: the preset's free memory)")
+                   help="deprecated: use --kv-memory (--kv-gib N is --kv-memory NG)")
     p.add_argument("--host-gib", type=float, default=None,
-                   help="host-tier capacity in GiB (default: none; every victim is discarded)")
+                   help="deprecated: use --host-memory (--host-gib N is --host-memory NG)")
     p.add_argument("--hints", default="tool", choices=("tool", "oracle", "none"),
                    help="what the engine tells the policy at each pause (default: tool)")
     p.add_argument("--no-resume-hints", action="store_true",
@@ -90,13 +96,40 @@ def _load(args) -> list[Session]:
                     arrival_rate=args.arrival_rate, scale=args.scale)
 
 
-def _base_config(args, kv_gib: float | None) -> SimConfig:
-    if args.host_gib is not None and not (math.isfinite(args.host_gib) and args.host_gib >= 0):
-        raise ValueError(f"--host-gib must be a number >= 0, got {args.host_gib!r}")
+def _size(text: str) -> int:
+    """An argparse type: a memory size such as 20G (see `kvsaga.config.parse_bytes`)."""
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _resolve_memory_flags(args) -> None:
+    """Fold the deprecated --kv-gib / --host-gib into --kv-memory / --host-memory (bytes).
+
+    Raises:
+        ValueError: a deprecated flag together with its replacement, or a negative size.
+    """
+    for old, new in (("kv_gib", "kv_memory"), ("host_gib", "host_memory")):
+        value = getattr(args, old)
+        if value is None:
+            continue
+        flag, repl = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+        if getattr(args, new) is not None:
+            raise ValueError(f"{flag} is deprecated; give only {repl}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag} must be a number >= 0, got {value!r}")
+        print(f"kvsaga sim: {flag} is deprecated and will be removed; use {repl} {value:g}G",
+              file=sys.stderr)
+        setattr(args, new, int(value * GIB))
+        setattr(args, old, None)
+
+
+def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
     return SimConfig(
         preset=args.preset,
-        kv_bytes=None if kv_gib is None else kv_gib * GIB,
-        host_kv_bytes=None if not args.host_gib else args.host_gib * GIB,
+        kv_memory_bytes=kv_memory_bytes,
+        host_memory_bytes=args.host_memory or None,
         hints=args.hints,
         resume_hints=not args.no_resume_hints,
     )
@@ -132,13 +165,14 @@ def cmd_sim(args) -> int:
             parse_policy(spec)
         if args.trace is None:
             WORKLOADS[args.workload]  # unknown family: lists the known ones
-        base = _base_config(args, args.kv_gib)
+        _resolve_memory_flags(args)
+        base = _base_config(args, args.kv_memory)
         if "belady" not in specs:
             specs.append("belady")  # the reference every ratio needs
         sessions = _load(args)
         progress = not args.quiet and sys.stderr.isatty()
-        host_bytes = None if not args.host_gib else args.host_gib * GIB
-        rows = compare(sessions, base, specs, host_kv_bytes=host_bytes, progress=progress)
+        host_bytes = args.host_memory or None
+        rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress)
         sweep: list[dict] = []
         if args.plot is not None:
             sweep = _sweep(args, sessions, specs, host_bytes, progress)
@@ -172,7 +206,7 @@ def cmd_sim(args) -> int:
 
 
 def _sweep(args, sessions, specs, host_bytes, progress) -> list[dict]:
-    base = _base_config(args, args.kv_gib)
+    base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
     need = max(cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
@@ -181,8 +215,8 @@ def _sweep(args, sessions, specs, host_bytes, progress) -> list[dict]:
         gib = kv_gib * factor
         if cost.num_blocks(gib * GIB) < need:
             continue  # the longest session would not fit
-        for row in compare(sessions, _base_config(args, gib), specs, host_kv_bytes=host_bytes,
-                           progress=progress):
+        for row in compare(sessions, _base_config(args, gib * GIB), specs,
+                           host_memory_bytes=host_bytes, progress=progress):
             row["kv_gib"] = gib
             rows.append(row)
     return rows

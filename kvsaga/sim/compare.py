@@ -1,7 +1,7 @@
 """Policies side by side on one trace: the rows that `kvsaga sim` and bench/policies.py print.
 
 A policy spec is a `kvsaga.policy.POLICIES` name, optionally suffixed `+host` to give that
-run the host tier (`host_kv_bytes`) and `-host` to deny it one, whatever the base config says.
+run the host tier (`host_memory_bytes`) and `-host` to deny it one, whatever the base config says.
 Each row is `SimResult.to_dict()` plus `belady_ratio`: recomputed tokens over those of
 `belady` with the same host tier (Belady with a host tier for `+host` rows), NaN when that
 reference recomputed nothing but the row did, 1.0 when both recomputed nothing.
@@ -39,27 +39,27 @@ def parse_policy(spec: str) -> tuple[str, bool | None]:
     return name, host
 
 
-def config_for(spec: str, base: SimConfig, host_kv_bytes: float | None) -> SimConfig:
+def config_for(spec: str, base: SimConfig, host_memory_bytes: float | None) -> SimConfig:
     """The config of one policy spec.
 
     Args:
         spec: e.g. "graph" or "graph+host".
         base: capacity, preset and scheduler; its host tier applies unless the spec says.
-        host_kv_bytes: the host tier a `+host` spec gets (required for `+host`).
+        host_memory_bytes: the host tier a `+host` spec gets (required for `+host`).
     """
     name, host = parse_policy(spec)
     if host is True:
-        if not host_kv_bytes:
-            raise ValueError(f"policy {spec!r} needs a host tier size (--host-gib)")
+        if not host_memory_bytes:
+            raise ValueError(f"policy {spec!r} needs a host tier size (--host-memory)")
         return dataclasses.replace(base, policy=name, num_host_blocks=None,
-                                   host_kv_bytes=host_kv_bytes)
+                                   host_memory_bytes=host_memory_bytes)
     if host is False:
-        return dataclasses.replace(base, policy=name, num_host_blocks=None, host_kv_bytes=None)
+        return dataclasses.replace(base, policy=name, num_host_blocks=None, host_memory_bytes=None)
     return dataclasses.replace(base, policy=name)
 
 
 def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str],
-            host_kv_bytes: float | None = None, progress: bool = False) -> list[dict]:
+            host_memory_bytes: float | None = None, progress: bool = False) -> list[dict]:
     """Run each policy on the trace and return one row per policy, in order.
 
     The Belady reference for each host setting is run once, added if not requested.
@@ -68,13 +68,13 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         sessions: the trace.
         base: capacity, preset, scheduler and default host tier.
         policies: policy specs (see the module docstring).
-        host_kv_bytes: host tier size for `+host` specs.
+        host_memory_bytes: host tier size for `+host` specs.
         progress: progress bars (one per simulation).
 
     Returns:
         Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
     """
-    configs = {spec: config_for(spec, base, host_kv_bytes) for spec in policies}
+    configs = {spec: config_for(spec, base, host_memory_bytes) for spec in policies}
     results: dict[str, dict] = {}
     refs: dict[int, dict] = {}  # host blocks -> Belady's row
     for spec in tqdm(policies, disable=not progress, desc="policies", unit="policy",
@@ -107,6 +107,6 @@ def peak_working_set(sessions: Sequence[Session], base: SimConfig) -> int:
     """
     spec = base.cost.kv_spec
     room = sum(spec.num_blocks_for(s.total_tokens) for s in sessions) + 1
-    cfg = dataclasses.replace(base, policy="lru", num_gpu_blocks=room, kv_bytes=None,
-                              num_host_blocks=None, host_kv_bytes=None)
+    cfg = dataclasses.replace(base, policy="lru", num_gpu_blocks=room, kv_memory_bytes=None,
+                              num_host_blocks=None, host_memory_bytes=None)
     return simulate(sessions, cfg).peak_live_blocks

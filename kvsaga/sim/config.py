@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kvsaga.sim.cost import PRESETS, CostModel
+from kvsaga.sim.cost import PRESETS, StepCostModel
 
 
 @dataclass(frozen=True)
@@ -14,17 +14,17 @@ class SimConfig:
     """How to serve a trace.
 
     Args:
-        preset: a `PRESETS` name or a `CostModel`; gives step times and the KV block shape.
-        num_gpu_blocks: KV capacity in blocks; None sizes it from `kv_bytes`.
-        kv_bytes: KV capacity in bytes (of one GPU); None uses the preset's default budget.
+        preset: a `PRESETS` name or a `StepCostModel`; gives step times and the KV block shape.
+        num_gpu_blocks: KV capacity in blocks; None sizes it from `kv_memory_bytes`.
+        kv_memory_bytes: KV capacity in bytes (of one GPU); None uses the preset's default budget.
         policy: an eviction policy name (`kvsaga.policy.POLICIES`); policies that price
             their decisions get this preset as their cost model.
         max_num_batched_tokens: token budget of one batch step (chunked prefill).
         max_num_seqs: most requests running at once.
         hints: what `finish_step` tells the policy: "tool" (the tool's name), "oracle" (the
             name and the true pause, as `expected_s`), or "none".
-        num_host_blocks: host-tier capacity in blocks; None sizes it from `host_kv_bytes`.
-        host_kv_bytes: host-tier capacity in bytes; None (and no `num_host_blocks`): no host
+        num_host_blocks: host-tier capacity in blocks; None sizes it from `host_memory_bytes`.
+        host_memory_bytes: host-tier capacity in bytes; None (and no `num_host_blocks`): no host
             tier, every victim is discarded.
         resume_hints: the engine calls `resume_hint` when a paused session's tool returns
             (its next step is ready), as kvsaga-serve does when the next request arrives.
@@ -42,15 +42,15 @@ class SimConfig:
             one.
     """
 
-    preset: str | CostModel = "a100-llama3-8b"
+    preset: str | StepCostModel = "a100-llama3-8b"
     num_gpu_blocks: int | None = None
-    kv_bytes: float | None = None
+    kv_memory_bytes: float | None = None
     policy: str = "lru"
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     hints: str = "tool"
     num_host_blocks: int | None = None
-    host_kv_bytes: float | None = None
+    host_memory_bytes: float | None = None
     resume_hints: bool = True
     admission: str = "reserve"
     reserve_decode_tokens: int = 64
@@ -60,25 +60,26 @@ class SimConfig:
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
             PRESETS[self.preset]  # raises UnknownNameError listing the presets
-        elif not isinstance(self.preset, CostModel):
-            raise ValueError(f"preset must be a preset name or a CostModel, got {self.preset!r}")
-        if self.num_gpu_blocks is not None and self.kv_bytes is not None:
-            raise ValueError(f"give num_gpu_blocks or kv_bytes, not both (got "
-                             f"{self.num_gpu_blocks!r} and {self.kv_bytes!r})")
-        if self.num_host_blocks is not None and self.host_kv_bytes is not None:
-            raise ValueError(f"give num_host_blocks or host_kv_bytes, not both (got "
-                             f"{self.num_host_blocks!r} and {self.host_kv_bytes!r})")
+        elif not isinstance(self.preset, StepCostModel):
+            raise ValueError(f"preset must be a preset name or a StepCostModel, got "
+                             f"{self.preset!r}")
+        if self.num_gpu_blocks is not None and self.kv_memory_bytes is not None:
+            raise ValueError(f"give num_gpu_blocks or kv_memory_bytes, not both (got "
+                             f"{self.num_gpu_blocks!r} and {self.kv_memory_bytes!r})")
+        if self.num_host_blocks is not None and self.host_memory_bytes is not None:
+            raise ValueError(f"give num_host_blocks or host_memory_bytes, not both (got "
+                             f"{self.num_host_blocks!r} and {self.host_memory_bytes!r})")
         if self.num_host_blocks is not None and (
                 isinstance(self.num_host_blocks, bool) or not isinstance(self.num_host_blocks, int)
                 or self.num_host_blocks < 0):
             raise ValueError(f"SimConfig.num_host_blocks must be an integer >= 0, got "
                              f"{self.num_host_blocks!r}")
-        if self.host_kv_bytes is not None and not (
-                isinstance(self.host_kv_bytes, (int, float))
-                and not isinstance(self.host_kv_bytes, bool)
-                and math.isfinite(self.host_kv_bytes) and self.host_kv_bytes >= 0):
-            raise ValueError(f"SimConfig.host_kv_bytes must be a finite number >= 0, got "
-                             f"{self.host_kv_bytes!r}")
+        if self.host_memory_bytes is not None and not (
+                isinstance(self.host_memory_bytes, (int, float))
+                and not isinstance(self.host_memory_bytes, bool)
+                and math.isfinite(self.host_memory_bytes) and self.host_memory_bytes >= 0):
+            raise ValueError(f"SimConfig.host_memory_bytes must be a finite number >= 0, got "
+                             f"{self.host_memory_bytes!r}")
         if not isinstance(self.resume_hints, bool):
             raise ValueError(f"SimConfig.resume_hints must be a bool, got {self.resume_hints!r}")
         for name in ("num_gpu_blocks", "max_num_batched_tokens", "max_num_seqs"):
@@ -86,11 +87,11 @@ class SimConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ValueError(f"SimConfig.{name} must be an integer >= 1, got {value!r}")
-        if self.kv_bytes is not None and not (
-                isinstance(self.kv_bytes, (int, float)) and math.isfinite(self.kv_bytes)
-                and self.kv_bytes > 0):
-            raise ValueError(f"SimConfig.kv_bytes must be a finite number > 0, got "
-                             f"{self.kv_bytes!r}")
+        if self.kv_memory_bytes is not None and not (
+                isinstance(self.kv_memory_bytes, (int, float))
+                and math.isfinite(self.kv_memory_bytes) and self.kv_memory_bytes > 0):
+            raise ValueError(f"SimConfig.kv_memory_bytes must be a finite number > 0, got "
+                             f"{self.kv_memory_bytes!r}")
         if self.admission not in ("reserve", "fifo"):
             raise ValueError(f"SimConfig.admission must be 'reserve' or 'fifo', got "
                              f"{self.admission!r}")
@@ -103,7 +104,7 @@ class SimConfig:
                              f"{self.hints!r}")
 
     @property
-    def cost(self) -> CostModel:
+    def cost(self) -> StepCostModel:
         return PRESETS[self.preset] if isinstance(self.preset, str) else self.preset
 
     def blocks(self) -> int:
@@ -111,11 +112,11 @@ class SimConfig:
         if self.num_gpu_blocks is not None:
             return self.num_gpu_blocks
         cost = self.cost
-        return cost.num_blocks(cost.default_kv_bytes() if self.kv_bytes is None
-                               else self.kv_bytes)
+        return cost.num_blocks(cost.default_kv_memory_bytes() if self.kv_memory_bytes is None
+                               else self.kv_memory_bytes)
 
     def host_blocks(self) -> int:
         """The host-tier capacity in blocks (0: no host tier)."""
         if self.num_host_blocks is not None:
             return self.num_host_blocks
-        return 0 if self.host_kv_bytes is None else self.cost.num_blocks(self.host_kv_bytes)
+        return 0 if self.host_memory_bytes is None else self.cost.num_blocks(self.host_memory_bytes)

@@ -136,7 +136,7 @@ LLAMA3_70B = ModelSpec(name="Llama-3-70B", params=70.6e9, num_layers=80, hidden_
 
 
 @dataclass(frozen=True)
-class CostModel:
+class StepCostModel:
     """Step times of one GPU (one tensor-parallel shard) serving one model.
 
     Args:
@@ -169,24 +169,24 @@ class CostModel:
 
     def __post_init__(self) -> None:
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
-            raise ValueError(f"CostModel.tp must be an integer >= 1, got {self.tp!r}")
+            raise ValueError(f"StepCostModel.tp must be an integer >= 1, got {self.tp!r}")
         if self.model.num_kv_heads % self.tp:
-            raise ValueError(f"CostModel.tp={self.tp} must divide num_kv_heads="
+            raise ValueError(f"StepCostModel.tp={self.tp} must divide num_kv_heads="
                              f"{self.model.num_kv_heads} (KV heads are split across ranks)")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or (
                 self.block_size < 1):
-            raise ValueError(f"CostModel.block_size must be an integer >= 1, got "
+            raise ValueError(f"StepCostModel.block_size must be an integer >= 1, got "
                              f"{self.block_size!r}")
         for attr in ("flops_efficiency", "hbm_efficiency", "link_efficiency"):
             value = getattr(self, attr)
             if not (isinstance(value, (int, float)) and 0 < value <= 1):
-                raise ValueError(f"CostModel.{attr} must be in (0, 1], got {value!r}")
-        _check_count("CostModel.step_overhead_s", self.step_overhead_s)
-        _check_count("CostModel.allreduce_latency_s", self.allreduce_latency_s)
-        _check_count("CostModel.activation_reserve_bytes", self.activation_reserve_bytes)
-        if self.default_kv_bytes() <= 0:
-            raise ValueError(f"CostModel {self.name!r}: the weights ({self.weight_bytes:.3g} B) "
-                             f"leave no KV memory on {self.gpu.name}")
+                raise ValueError(f"StepCostModel.{attr} must be in (0, 1], got {value!r}")
+        _check_count("StepCostModel.step_overhead_s", self.step_overhead_s)
+        _check_count("StepCostModel.allreduce_latency_s", self.allreduce_latency_s)
+        _check_count("StepCostModel.activation_reserve_bytes", self.activation_reserve_bytes)
+        if self.default_kv_memory_bytes() <= 0:
+            raise ValueError(f"StepCostModel {self.name!r}: the weights "
+                             f"({self.weight_bytes:.3g} B) leave no KV memory on {self.gpu.name}")
 
     # --- sizes ------------------------------------------------------------------------------
     @property
@@ -216,7 +216,7 @@ class CostModel:
                       head_dim=self.model.head_dim, dtype="bfloat16",
                       block_size=self.block_size)
 
-    def default_kv_bytes(self, gpu_memory_utilization: float = 0.9) -> float:
+    def default_kv_memory_bytes(self, gpu_memory_utilization: float = 0.9) -> float:
         """KV budget as vLLM sizes it: a share of device memory less weights and activations.
 
         Args:
@@ -228,10 +228,10 @@ class CostModel:
         return (self.gpu.hbm_bytes * gpu_memory_utilization - self.weight_bytes
                 - self.activation_reserve_bytes)
 
-    def num_blocks(self, kv_bytes: float) -> int:
-        """KV blocks that fit in `kv_bytes` of one GPU."""
-        _check_count("kv_bytes", kv_bytes)
-        return int(kv_bytes // self.block_bytes)
+    def num_blocks(self, num_bytes: float) -> int:
+        """KV blocks that fit in `num_bytes` of one GPU (or of host memory)."""
+        _check_count("num_bytes", num_bytes)
+        return int(num_bytes // self.block_bytes)
 
     # --- time -------------------------------------------------------------------------------
     @property
@@ -366,18 +366,18 @@ def attention_pairs(new_tokens: int, cached_tokens: int) -> int:
     return new_tokens * cached_tokens + new_tokens * (new_tokens + 1) // 2
 
 
-PRESETS: Registry[CostModel] = Registry("preset", {
-    "a100-llama3-8b": CostModel("a100-llama3-8b", A100_80GB, LLAMA3_8B, tp=1),
+PRESETS: Registry[StepCostModel] = Registry("preset", {
+    "a100-llama3-8b": StepCostModel("a100-llama3-8b", A100_80GB, LLAMA3_8B, tp=1),
     # H100s reach a smaller share of their peak (assumed, as above).
-    "h100-llama3-8b": CostModel("h100-llama3-8b", H100_SXM, LLAMA3_8B, tp=1,
+    "h100-llama3-8b": StepCostModel("h100-llama3-8b", H100_SXM, LLAMA3_8B, tp=1,
                                 flops_efficiency=0.55),
     # 70B in bf16 is 141 GB: TP=4 leaves each 80 GB GPU 35 GB of weights and ~35 GB of KV.
-    "a100-llama3-70b": CostModel("a100-llama3-70b", A100_80GB, LLAMA3_70B, tp=4),
-    "h100-llama3-70b": CostModel("h100-llama3-70b", H100_SXM, LLAMA3_70B, tp=4,
+    "a100-llama3-70b": StepCostModel("a100-llama3-70b", A100_80GB, LLAMA3_70B, tp=4),
+    "h100-llama3-70b": StepCostModel("h100-llama3-70b", H100_SXM, LLAMA3_70B, tp=4,
                                  flops_efficiency=0.55),
 })
 
 
-def get_preset(name: str) -> CostModel:
+def get_preset(name: str) -> StepCostModel:
     """The preset called `name`; raises UnknownNameError (a ValueError) naming the known ones."""
     return PRESETS[name]

@@ -1,7 +1,7 @@
 """A discrete-event simulator of one GPU serving agent sessions with continuous batching.
 
 It drives the real `KVCacheManager` and eviction policy (the objects the engine uses, not
-copies); a cost model stands in for the model, so time advances by `CostModel.step_time`.
+copies); a cost model stands in for the model, so time advances by `StepCostModel.step_time`.
 
 The life of a session: it arrives at `arrival_s`; each step waits in a FCFS queue, is
 admitted with `begin_step` (prefix hits), prefills its missing prompt tokens in chunks under a
@@ -24,13 +24,13 @@ and allocates their slots at once. A block is taken exactly when the per-token e
 take it, so eviction timing and every policy callback are unchanged; only the manager's view
 of the tokens inside the block currently being written runs ahead.
 
-The host tier (`SimConfig.num_host_blocks` / `host_kv_bytes`): the manager offloads victims
+The host tier (`SimConfig.num_host_blocks` / `host_memory_bytes`): the manager offloads victims
 the policy wants kept and loads host hits back; each batch step the simulator takes the
 manager's `TransferPlan` and queues it on one PCIe copy stream (FIFO, the preset's one-way
 bandwidth, as the transfer engine runs plans). A GPU block may not be read (a load) or
 overwritten (an offload) before its copy ends, so a batch step whose running requests hold
 such a block waits for it; the copies overlap the step's compute layer by layer, so only
-their excess over the GPU time adds (`CostModel.step_time`'s rule). Copies no step waits for
+their excess over the GPU time adds (`StepCostModel.step_time`'s rule). Copies no step waits for
 (prefetches, offloads of blocks nobody reuses yet) take link time and nothing else.
 """
 

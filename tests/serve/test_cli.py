@@ -5,15 +5,6 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.serve.cli import build_parser, settings_from_args
-from kvsaga.serve.settings import parse_bytes
-
-
-def test_parse_bytes():
-    assert parse_bytes("512M") == 512 * 2**20
-    assert parse_bytes("1.5GiB") == 3 * 2**29
-    assert parse_bytes("4096") == 4096
-    with pytest.raises(ValueError, match="12Q"):
-        parse_bytes("12Q")
 
 
 def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):

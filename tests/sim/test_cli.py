@@ -11,12 +11,12 @@ from kvsaga.sim.trace import write_trace
 from kvsaga.sim.workloads import generate
 
 TINY = ["sim", "--workload", "swe", "--sessions", "4", "--scale", "0.05", "--arrival-rate", "1",
-        "--kv-gib", "1.0", "--quiet"]
+        "--kv-memory", "1G", "--quiet"]
 
 
 def test_tiny_run_writes_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert main(TINY + ["--policy", "lru,graph+host", "--host-gib", "2",
+    assert main(TINY + ["--policy", "lru,graph+host", "--host-memory", "2G",
                         "--json", str(out), "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "lru" in text and "graph+host" in text and "belady" in text
@@ -35,16 +35,18 @@ def test_tiny_run_writes_json_and_plot(tmp_path, capsys):
 def test_replays_a_trace_file(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
     write_trace(generate("bfcl", 3, seed=2, scale=0.05), trace)
-    assert main(["sim", "--trace", str(trace), "--policy", "lru", "--kv-gib", "1", "--quiet"]) == 0
+    assert main(["sim", "--trace", str(trace), "--policy", "lru", "--kv-memory", "1G",
+                 "--quiet"]) == 0
     assert "3 sessions" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--policy", "fifo"], "unknown policy 'fifo'"),
-    (["--policy", "graph+host"], "needs a host tier size (--host-gib)"),
+    (["--policy", "graph+host"], "needs a host tier size (--host-memory)"),
     (["--workload", "chess"], "unknown workload 'chess'"),
     (["--preset", "tpu"], "unknown preset 'tpu'"),
-    (["--kv-gib", "0.001"], "more than the"),
+    (["--kv-memory", "1M"], "more than the"),
+    (["--kv-gib", "1"], "--kv-gib is deprecated; give only --kv-memory"),
     (["--trace", "/nonexistent/t.jsonl"], "No such file"),
 ])
 def test_bad_arguments_say_what_is_wrong(args, message, capsys):
@@ -52,7 +54,23 @@ def test_bad_arguments_say_what_is_wrong(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_argparse_rejects_non_positive_numbers(capsys):
+def test_argparse_rejects_non_positive_numbers_and_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         main(["sim", "--sessions", "0"])
     assert "must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sim", "--kv-memory", "lots"])
+    assert "not a memory size: 'lots'" in capsys.readouterr().err
+
+
+def test_deprecated_gib_flags_still_work_and_say_so(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    write_trace(generate("bfcl", 3, seed=2, scale=0.05), trace)
+    new = ["sim", "--trace", str(trace), "--policy", "lru", "--quiet"]
+    assert main(new + ["--kv-memory", "1G", "--host-memory", "2G"]) == 0
+    expected = capsys.readouterr().out
+    assert main(new + ["--kv-gib", "1", "--host-gib", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected
+    assert "--kv-gib is deprecated and will be removed; use --kv-memory 1G" in captured.err
+    assert "--host-gib is deprecated" in captured.err

@@ -6,7 +6,7 @@ import pytest
 
 from kvsaga.policy import CostModel as PolicyCost
 from kvsaga.policy import PrefillCost
-from kvsaga.sim.cost import PRESETS, CostModel, attention_pairs, get_preset
+from kvsaga.sim.cost import PRESETS, StepCostModel, attention_pairs, get_preset
 from kvsaga.sim.registry import UnknownNameError
 
 KIB = 1024
@@ -28,8 +28,8 @@ def test_kv_sizes_match_calibration():
     spec = PRESETS["a100-llama3-70b"].kv_spec
     assert spec.bytes_per_token == 80 * KIB and spec.block_size == 16
     for model in PRESETS.values():
-        assert 20e9 < model.default_kv_bytes() < 70e9
-        assert model.num_blocks(model.default_kv_bytes()) > 10_000
+        assert 20e9 < model.default_kv_memory_bytes() < 70e9
+        assert model.num_blocks(model.default_kv_memory_bytes()) > 10_000
 
 
 def test_magnitudes():
@@ -86,9 +86,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_bytes"):
         m.transfer_time(float("inf"))
     with pytest.raises(ValueError, match="tp=3 must divide num_kv_heads=8"):
-        CostModel("x", m.gpu, m.model, tp=3)
+        StepCostModel("x", m.gpu, m.model, tp=3)
     with pytest.raises(ValueError, match="flops_efficiency must be in"):
-        CostModel("x", m.gpu, m.model, flops_efficiency=1.5)
+        StepCostModel("x", m.gpu, m.model, flops_efficiency=1.5)
     assert m.step_time() == 0.0
 
 

@@ -76,13 +76,13 @@ def test_host_tier_under_pressure_conserves_and_helps(policy):
 
 
 def test_host_config():
-    assert SimConfig(host_kv_bytes=COST.block_bytes * 5).host_blocks() == 5
+    assert SimConfig(host_memory_bytes=COST.block_bytes * 5).host_blocks() == 5
     assert SimConfig().host_blocks() == 0
     with pytest.raises(ValueError, match="not both"):
-        SimConfig(num_host_blocks=1, host_kv_bytes=1e9)
+        SimConfig(num_host_blocks=1, host_memory_bytes=1e9)
     with pytest.raises(ValueError, match="num_host_blocks must be an integer >= 0"):
         SimConfig(num_host_blocks=-1)
-    with pytest.raises(ValueError, match="host_kv_bytes must be a finite number >= 0"):
-        SimConfig(host_kv_bytes=float("nan"))
+    with pytest.raises(ValueError, match="host_memory_bytes must be a finite number >= 0"):
+        SimConfig(host_memory_bytes=float("nan"))
     with pytest.raises(ValueError, match="resume_hints must be a bool"):
         SimConfig(resume_hints="yes")

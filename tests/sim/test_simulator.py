@@ -212,7 +212,7 @@ def test_bad_config_and_trace():
     with pytest.raises(ValueError, match="unknown preset 'tpu'"):
         SimConfig(preset="tpu")
     with pytest.raises(ValueError, match="not both"):
-        SimConfig(num_gpu_blocks=10, kv_bytes=1e9)
+        SimConfig(num_gpu_blocks=10, kv_memory_bytes=1e9)
     with pytest.raises(ValueError, match="hints must be"):
         SimConfig(hints="psychic")
     with pytest.raises(ValueError, match="max_num_seqs must be an integer >= 1, got 0"):
@@ -222,5 +222,5 @@ def test_bad_config_and_trace():
         Simulator([long], SimConfig(num_gpu_blocks=10))
     with pytest.raises(ValueError, match="'A' repeats"):
         Simulator([_session("A", 0, [Step(1, 1)]), _session("A", 1, [Step(1, 1)])])
-    assert SimConfig(kv_bytes=COST.block_bytes * 7).blocks() == 7
-    assert SimConfig().blocks() == COST.num_blocks(COST.default_kv_bytes())
+    assert SimConfig(kv_memory_bytes=COST.block_bytes * 7).blocks() == 7
+    assert SimConfig().blocks() == COST.num_blocks(COST.default_kv_memory_bytes())
