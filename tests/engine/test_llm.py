@@ -3,9 +3,14 @@ agent sessions must never change greedy output."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
 
-from kvsaga.engine.llm import LLM
+import pytest
+import torch
+
+from kvsaga.engine.context import TokenContext, encode_continuing
+from kvsaga.engine.llm import LLM, resolve_dtype
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
 
@@ -153,3 +158,86 @@ def test_streamed_deltas_never_show_a_stop_string(model_dir):
     streamed = "".join(deltas)
     assert streamed == req.text and stop not in streamed
     assert full.text.startswith(streamed)
+
+
+# -- exact-token conversations on the real model (its BPE re-splits pasted-back answers) --
+
+
+@pytest.fixture(scope="module")
+def smol(gguf_path):
+    return LLM(str(gguf_path), device="cpu", dtype="float32", progress=False)
+
+
+SHORT = SamplingParams(max_tokens=24, temperature=0)
+
+
+def test_session_chat_step_hits_the_whole_previous_context(smol):
+    """Every token whose K/V the session holds (all but the last generated one) is a hit."""
+    s = smol.session()
+    s.chat("List the files to inspect.", SHORT)
+    before = s.context_ids
+    s.tool_call("read_file", expected_s=0.2)
+    b = s.chat("Contents: def main(): pass", SHORT)
+    assert s.context_ids[: len(before)] == before  # the step extended the exact ids
+    assert b.num_cached_tokens == len(before) - 1
+    s.end()
+    smol.engine.manager.check_integrity()
+
+
+def test_llm_chat_multi_turn_hits_the_previous_turns_full_blocks(smol):
+    bs = smol.engine.spec.block_size
+    messages = [{"role": "user", "content": "Name three colors."}]
+    first = smol.chat(messages, SHORT)
+    held = first.num_prompt_tokens + len(first.token_ids) - 1  # the last token has no K/V
+    messages += [
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "And three animals?"},
+    ]
+    second = smol.chat(messages, SHORT)
+    assert second.num_cached_tokens == held // bs * bs
+
+
+def test_a_pasted_back_answer_keeps_the_ids_the_model_generated(smol):
+    """The model's split of ' Paris' into two tokens survives the next turn's prompt, where
+    re-tokenizing the text would merge it (and miss the cache from there on)."""
+    tok = smol.tokenizer
+    prompt_text = tok.apply_chat_template([{"role": "user", "content": "Capital?"}], True)
+    prompt = tok.encode(prompt_text, add_special_tokens=False)
+    whole = tok.encode(" Paris", add_special_tokens=False)
+    split = [*tok.encode(" Par", False), *tok.encode("is", False)]
+    assert split != whole and tok.decode(split) == tok.decode(whole)
+    out = split + tok.encode("<|im_end|>", add_special_tokens=False)
+    ctx = TokenContext.of_step(tok, prompt, prompt_text, out)
+    follow = ctx.text + "\n<|im_start|>user\nWhy?<|im_end|>\n"
+    ids = encode_continuing(tok, [None, ctx], follow, False)
+    assert ids[: len(prompt) + len(out)] == prompt + out
+    assert tok.decode(ids, skip_special_tokens=False) == follow
+    # A text that does not extend the context is tokenized afresh.
+    assert encode_continuing(tok, [ctx], "hello", False) == tok.encode("hello", False)
+
+
+# -- defaults and arguments as users write them -------------------------------------------
+
+
+def test_dtype_names_are_accepted_as_vllm_accepts_them(model_dir):
+    assert make_llm(model_dir, dtype="float32").engine.dtype == torch.float32
+    assert make_llm(model_dir, dtype="auto").engine.dtype == torch.float32  # CPU default
+    with pytest.raises(InvalidRequest, match="dtype 'fp8'.*bfloat16"):
+        resolve_dtype("fp8")
+    with pytest.raises(InvalidRequest, match="dtype torch.int8"):
+        resolve_dtype(torch.int8)
+
+
+def test_sampling_defaults_come_from_generation_config(model_dir, tmp_path):
+    plain = make_llm(model_dir).default_params()
+    assert (plain.temperature, plain.top_p, plain.top_k) == (1.0, 1.0, 0)  # OpenAI's
+    shutil.copytree(model_dir, tmp_path / "m")
+    gen = {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 7, "eos_token_id": 1}
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps(gen))
+    llm = make_llm(tmp_path / "m")
+    d = llm.default_params()
+    assert (d.temperature, d.top_p, d.top_k, d.max_tokens) == (0.6, 0.9, 0, 7)
+    assert llm.default_params(temperature=0.0, top_p=None).temperature == 0.0
+    assert llm.default_params(top_p=None).top_p == 0.9  # None leaves the default
+    assert len(llm.generate([5, 6, 7], llm.default_params(ignore_eos=True))[0].token_ids) == 7
+    assert len(llm.generate([5, 6, 7])[0].token_ids) >= 1  # no params: the model's defaults

@@ -1,0 +1,99 @@
+"""TokenContext: the exact token ids a conversation's cache holds, and the text they spell.
+
+A multi-turn conversation is re-rendered as text at each step (chat template, earlier
+answers pasted back). Re-tokenizing that text often splits the earlier answer differently
+from the ids the model generated, and the prefix cache, which holds exactly the generated
+ids, then misses everything after the first difference. So each step remembers its prompt
+ids, output ids and their text; the next prompt, if its text starts with that text, reuses
+those ids and tokenizes only the new suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kvsaga.engine.tokenizer import Tokenizer
+
+
+@dataclass
+class TokenContext:
+    """One step's prompt + output ids and their text (special tokens spelled out).
+
+    Attributes:
+        token_ids: prompt ids + output ids.
+        text: the text `token_ids` decode to.
+        prompt_len / prompt_text_len: where the prompt ends in each.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prompt_len: int = 0
+    prompt_text_len: int = 0
+
+    @classmethod
+    def of_step(
+        cls,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        prompt_text: str | None,
+        out_ids: Sequence[int],
+    ) -> TokenContext:
+        """The context after a finished step.
+
+        Args:
+            prompt_ids: the step's prompt.
+            prompt_text: the text it was encoded from (None: decode `prompt_ids`).
+            out_ids: the generated ids (EOS included: the cache holds it too).
+        """
+        if prompt_text is None:
+            prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        return cls(
+            token_ids=list(prompt_ids) + list(out_ids),
+            text=prompt_text + tokenizer.decode(out_ids, skip_special_tokens=False),
+            prompt_len=len(prompt_ids),
+            prompt_text_len=len(prompt_text),
+        )
+
+    def known_prefix(self, text: str) -> tuple[int, list[int]]:
+        """The longest part of this context that `text` starts with.
+
+        Returns:
+            (characters of `text` covered, their exact ids); (0, []) when neither the whole
+            context nor its prompt is a prefix of `text`.
+        """
+        candidates = (
+            (self.text, self.token_ids),
+            (self.text[: self.prompt_text_len], self.token_ids[: self.prompt_len]),
+        )
+        for known_text, known_ids in candidates:
+            if known_text and text.startswith(known_text):
+                return len(known_text), known_ids
+        return 0, []
+
+
+def encode_continuing(
+    tokenizer: Tokenizer,
+    contexts: Iterable[TokenContext | None],
+    text: str,
+    add_special_tokens: bool,
+) -> list[int]:
+    """Tokenize `text`, reusing the exact ids of the longest known context it extends.
+
+    Args:
+        contexts: earlier steps' contexts (None entries are skipped).
+        text: the whole prompt text.
+        add_special_tokens: add BOS etc. when `text` extends no context.
+    Returns:
+        The prompt's token ids.
+    """
+    covered, ids = 0, []
+    for ctx in contexts:
+        if ctx is not None:
+            n, known = ctx.known_prefix(text)
+            if n > covered:
+                covered, ids = n, known
+    if not covered:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    rest = text[covered:]
+    return ids + (tokenizer.encode(rest, add_special_tokens=False) if rest else [])
