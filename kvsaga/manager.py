@@ -651,6 +651,19 @@ class KVCacheManager:
                 if sid in self.sessions:
                     self.prefetch(sid, now=now)
 
+    # -- migration (kvsaga.migration holds the logic) ---------------------------------------
+    def export_session(self, session_id: str):
+        """Where a paused session's cached full blocks live: `kvsaga.migration.plan_export`."""
+        from kvsaga.migration import plan_export
+
+        return plan_export(self, session_id)
+
+    def import_session(self, export, *, salt: str | None = None, now: float | None = None):
+        """Open an exported session here, paused: `kvsaga.migration.plan_import`."""
+        from kvsaga.migration import plan_import
+
+        return plan_import(self, export, salt=salt, now=now)
+
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> CacheStats:
         running = sum(1 for s in self.sessions.values() if s.state is SessionState.RUNNING)

@@ -1,0 +1,236 @@
+"""Moving a paused session's KV from one KVCacheManager to another (another replica).
+
+Two layers, so that any engine can use the bookkeeping and only the bundled engine needs
+torch:
+
+- **Bookkeeping** (pure Python, over one manager): `plan_export` names, for each full block
+  of a paused session's context, where its K/V lives now (a GPU block, or a host-tier copy);
+  `plan_import` opens the session on the receiving manager with the exported tokens, reuses
+  the blocks it already holds (shared prefix), allocates the rest, checks the exported block
+  hashes against its own, and pauses the session: the returned destination blocks must be
+  written before the next step runs. Both are all or nothing.
+- **Data** (`export_session`, `import_session`, for `LLMEngine`): the K/V of the planned
+  blocks is gathered into one host tensor `[n, *block_shape]` (from the GPU tier, or read
+  straight from the host tier for offloaded blocks), shipped by the caller (Ray pickles it),
+  and scattered into the destination's GPU blocks.
+
+Only full blocks move: the partial tail (under `block_size` tokens) is recomputed. Hashes are
+chained from the tenant's salt, so a session can only be imported under the salt it was
+exported with (`plan_import` checks it): migration never crosses tenants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kvsaga.errors import InvalidRequest, OutOfBlocks
+from kvsaga.prefix import root_hash
+from kvsaga.session import SessionState
+
+
+@dataclass(frozen=True)
+class SessionExport:
+    """A paused session's cached context, ready to import elsewhere.
+
+    Attributes:
+        session_id: the manager's id of the session.
+        workflow: its workflow type (for learning policies on the receiver).
+        root: the hash-chain root (the tenant's salt, hashed).
+        token_ids: the exported context: exactly `len(block_hashes) * block_size` tokens.
+        block_hashes: the hash of each exported block.
+        block_size / block_shape / dtype: the KV layout; the receiver's must match.
+        kv: the K/V, `[len(block_hashes), *block_shape]` on the host (None for a
+            bookkeeping-only export).
+    """
+
+    session_id: str
+    workflow: str
+    root: bytes
+    token_ids: list[int]
+    block_hashes: list[bytes]
+    block_size: int
+    block_shape: tuple[int, ...]
+    dtype: str
+    kv: Any = field(default=None, repr=False)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_hashes)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPlan:
+    """Where each exported block's K/V is now: `sources[i]` is ("gpu", block) or
+    ("host", host block). Valid until the manager next changes (read it at once)."""
+
+    export: SessionExport
+    sources: list[tuple[str, int]]
+
+
+def plan_export(manager, session_id: str) -> ExportPlan:
+    """The cached run of a paused session's full blocks, from its first block.
+
+    Raises:
+        UnknownSession; InvalidRequest if the session has a step open.
+    """
+    s = manager.session(session_id)
+    if s.state is SessionState.RUNNING:
+        raise InvalidRequest(f"session {session_id!r} has a step open; export it paused")
+    bs = manager.block_size
+    limit = min(len(s.block_hashes), s.num_computed // bs)
+    gpu_get = manager.index.get
+    host_get = manager.host.index.get if manager.host is not None else (lambda h: None)
+    sources: list[tuple[str, int]] = []
+    for h in s.block_hashes[:limit]:
+        b = gpu_get(h)
+        if b is not None:
+            sources.append(("gpu", b))
+            continue
+        hb = host_get(h)
+        if hb is None:
+            break  # a hole: blocks past it cannot be used without it
+        sources.append(("host", hb))
+    n = len(sources)
+    export = SessionExport(
+        session_id=session_id,
+        workflow=s.workflow,
+        root=s.root,
+        token_ids=list(s.token_ids[: n * bs]),
+        block_hashes=list(s.block_hashes[:n]),
+        block_size=bs,
+        block_shape=tuple(manager.spec.block_shape),
+        dtype=manager.spec.dtype,
+    )
+    return ExportPlan(export, sources)
+
+
+def _check_compatible(manager, export: SessionExport, salt: str | None) -> None:
+    if not isinstance(export, SessionExport):
+        raise InvalidRequest(f"expected a SessionExport, got {type(export).__name__}")
+    spec = manager.spec
+    if (export.block_size, tuple(export.block_shape), export.dtype) != (
+        spec.block_size, tuple(spec.block_shape), spec.dtype
+    ):
+        raise InvalidRequest(
+            f"exported KV layout (block_size {export.block_size}, block {export.block_shape}, "
+            f"{export.dtype}) differs from this manager's (block_size {spec.block_size}, "
+            f"block {spec.block_shape}, {spec.dtype})"
+        )
+    if root_hash(salt) != export.root:
+        raise InvalidRequest(f"session {export.session_id!r} was exported under another salt")
+    if export.num_tokens != export.num_blocks * export.block_size:
+        raise InvalidRequest(
+            f"export holds {export.num_tokens} tokens for {export.num_blocks} blocks "
+            f"of {export.block_size}"
+        )
+
+
+def plan_import(
+    manager, export: SessionExport, *, salt: str | None = None, now: float | None = None
+) -> tuple[int, list[int]]:
+    """Open `export`'s session on `manager`, paused, with block slots for its context.
+
+    Blocks the manager already caches (a shared prefix, or a host copy it loads) are reused;
+    the caller must write exported blocks `first...` into the returned GPU blocks before the
+    session's next step (and after running the manager's pending transfer plan, whose
+    offloads may read those blocks' previous contents).
+
+    Args:
+        manager: the receiving KVCacheManager.
+        export: what `plan_export` (or `export_session`) produced.
+        salt: the tenant salt the session was opened with on the exporting side.
+    Returns:
+        (first, blocks): exported blocks `first...` go into `blocks`, in order.
+    Raises:
+        InvalidRequest: layout or salt mismatch, the session id already exists here, or the
+            export's hashes do not match its tokens.
+        OutOfBlocks: not enough free plus evictable blocks; nothing changed.
+    """
+    _check_compatible(manager, export, salt)
+    sid = export.session_id
+    if sid in manager.sessions:
+        raise InvalidRequest(f"session {sid!r} already exists on this manager")
+    if export.num_blocks == 0:
+        return 0, []
+    start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
+                               workflow=export.workflow)
+    s = manager.session(sid)
+    rest = export.num_tokens - start.num_cached_tokens
+    try:
+        if s.block_hashes[: export.num_blocks] != export.block_hashes:
+            raise InvalidRequest(f"session {sid!r}: exported block hashes do not match its tokens")
+        need = manager.num_blocks_needed(sid, rest)
+        if need > manager.pool.num_available:
+            raise OutOfBlocks(need, manager.pool.num_available)
+        manager.allocate_slots(sid, rest, now=now)
+    except Exception:
+        manager.preempt(sid, now=now)
+        manager.end_session(sid, now=now)
+        raise
+    first = start.num_cached_tokens // export.block_size
+    blocks = manager.block_table(sid)[first:]
+    manager.finish_step(sid, now=now)
+    return first, blocks
+
+
+# -- the bundled engine's data path (torch) ---------------------------------------------------
+
+
+def _flush_transfers(engine) -> None:
+    """Run the manager's pending copy plan now, so tier contents match the bookkeeping."""
+    if engine.transfers is not None:
+        engine.transfers.wait(engine.transfers.submit(engine.manager.take_transfers()))
+
+
+def export_session(engine, session_id: str) -> SessionExport:
+    """A paused session's cached KV, gathered to host memory. Call on the engine's thread;
+    the session stays on the engine (end it once the import succeeded)."""
+    import torch
+
+    from kvsaga import kernels
+
+    plan = plan_export(engine.manager, session_id)
+    _flush_transfers(engine)
+    shape = (plan.export.num_blocks, *engine.storage.kv.shape[1:])
+    out = torch.empty(shape, dtype=engine.storage.kv.dtype, device="cpu")
+    for tier, kv in (("gpu", engine.storage.kv),
+                     ("host", engine.transfers.host_kv if engine.transfers else None)):
+        rows = [i for i, (t, _) in enumerate(plan.sources) if t == tier]
+        if not rows:
+            continue
+        ids = torch.tensor([plan.sources[i][1] for i in rows], dtype=torch.int64,
+                           device=kv.device)
+        out[torch.tensor(rows)] = kernels.gather_blocks(kv, ids).to("cpu")
+    return replace(plan.export, kv=out)
+
+
+def import_session(
+    engine, export: SessionExport, *, salt: str | None = None, now: float | None = None
+) -> int:
+    """Import an exported session into the engine, paused, K/V written. Call on the engine's
+    thread. Returns the tokens whose K/V the import provides (the next step hits them)."""
+    import torch
+
+    from kvsaga import kernels
+
+    kv = engine.storage.kv
+    if export.kv is None or tuple(export.kv.shape) != (export.num_blocks, *kv.shape[1:]):
+        raise InvalidRequest(
+            f"export of session {export.session_id!r} carries no K/V of "
+            f"{export.num_blocks} blocks of shape {tuple(kv.shape[1:])}"
+        )
+    if export.kv.dtype != kv.dtype:
+        raise InvalidRequest(f"exported K/V is {export.kv.dtype}; this engine's is {kv.dtype}")
+    first, blocks = plan_import(engine.manager, export, salt=salt, now=now)
+    _flush_transfers(engine)  # offloads of blocks evicted above read them before we write
+    if blocks:
+        staging = export.kv[first:].to(kv.device).contiguous()
+        kernels.scatter_blocks(
+            staging, kv, torch.tensor(blocks, dtype=torch.int64, device=kv.device)
+        )
+    return export.num_tokens
