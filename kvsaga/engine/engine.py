@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,13 +22,26 @@ from kvsaga.engine.runner import ModelRunner
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
 from kvsaga.errors import InvalidRequest
-from kvsaga.manager import KVCacheManager
+from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
 from kvsaga.prefix import root_hash
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """What `LLMEngine.stats()` reports: the cache, the queues and the KV block shape."""
+
+    cache: CacheStats
+    num_waiting: int
+    num_running: int
+    num_preemptions: int
+    policy: str
+    block_size: int
+    bytes_per_block: int
 
 
 class LLMEngine:
@@ -97,8 +111,11 @@ class LLMEngine:
         if num_host_blocks:
             host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
+        self._transfer = None  # the last plan submitted that no forward has waited on yet
         self.runner = ModelRunner(self.model, self.storage.kv, self.manager)
         self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens)
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
 
@@ -181,6 +198,67 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
 
+    # -- sessions -------------------------------------------------------------------------
+    def resume_hint(self, session_id: str) -> int:
+        """Say that a paused session's next request has arrived, before it is queued.
+
+        The policy learns that the pause is over, and the session's blocks that were
+        offloaded to the host tier start loading back now, so the copy overlaps whatever
+        runs before the request is scheduled (tokenizing it, other requests' steps); the
+        next forward pass waits for it. A no-op for a session the engine does not know or
+        that is running.
+
+        Returns:
+            Blocks whose load from the host tier started.
+        """
+        if session_id not in self.manager.sessions:
+            return 0
+        self.manager.resume_hint(session_id, now=self.clock())
+        return self._submit_transfers()
+
+    def end_session(self, session_id: str) -> list[str]:
+        """End a session: abort its request in flight, if any, and forget its context (its
+        full blocks stay as plain prefix cache). Unknown sessions are ignored.
+
+        Returns:
+            The ids of the requests that were aborted.
+        """
+        aborted = [r.request_id for r in self.requests.values() if r.session_id == session_id]
+        for rid in aborted:
+            self.abort(rid)
+        if session_id in self.manager.sessions:
+            self.manager.end_session(session_id, now=self.clock())
+        return aborted
+
+    def tick(self) -> None:
+        """Housekeeping while idle: the policy expires TTLs and may start prefetches of
+        sessions it predicts will resume soon (their copies start now)."""
+        self.manager.tick(self.clock())
+        self._submit_transfers()
+
+    def stats(self) -> EngineStats:
+        """Cache and queue figures, for metrics."""
+        sched = self.scheduler
+        return EngineStats(
+            cache=self.manager.stats(),
+            num_waiting=len(sched.waiting),
+            num_running=len(sched.running),
+            num_preemptions=sched.num_preemptions,
+            policy=self.manager.policy.name,
+            block_size=self.spec.block_size,
+            bytes_per_block=self.spec.bytes_per_block,
+        )
+
+    def _submit_transfers(self) -> int:
+        """Start the manager's pending copies; returns the number of blocks being loaded."""
+        if self.transfers is None:
+            return 0
+        plan = self.manager.take_transfers()
+        t = self.transfers.submit(plan)
+        if t is not None:
+            self._transfer = t
+        return len(plan.loads)
+
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run one forward pass, sample; returns outputs of requests that moved."""
@@ -190,7 +268,11 @@ class LLMEngine:
         if self.transfers is not None:
             # Offloads of this step's evictions, then host hits and prefetches; the forward
             # below must see the loads (and must not overwrite blocks before they are read).
-            self.transfers.wait(self.transfers.submit(self.manager.take_transfers()))
+            # Plans run in order, so waiting for the last one covers the earlier ones that
+            # resume hints started between steps.
+            self._submit_transfers()
+            self.transfers.wait(self._transfer)
+            self._transfer = None
         if not chunks:
             return []
         sampled, out = self.runner.run(chunks)

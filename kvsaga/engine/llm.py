@@ -249,7 +249,5 @@ class AgentSession:
 
     def end(self) -> None:
         """End the session; its full blocks stay as plain prefix cache."""
-        mgr = self.llm.engine.manager
-        if self.session_id in mgr.sessions:
-            mgr.end_session(self.session_id)
+        self.llm.engine.end_session(self.session_id)
         self.ended = True

@@ -187,7 +187,7 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
             for sid in srv.sessions.idle(settings.session_idle_s):
                 srv.sessions.drop(sid)
                 with contextlib.suppress(Exception):
-                    await aengine.call(lambda e, sid=sid: _end_session(e, sid))
+                    await aengine.end_session(sid)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -293,24 +293,10 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
         if ctx is None:
             raise APIError(404, f"session {session_id!r} does not exist (or has ended)",
                            param="session_id", code="session_not_found")
-        rid = ctx.in_flight
-        await aengine.call(lambda e: _end_session(e, engine_sid, rid, aengine))
+        await aengine.end_session(engine_sid)
         return {"id": session_id, "object": "session", "ended": True}
 
     return app
-
-
-def _end_session(
-    engine: LLMEngine,
-    engine_sid: str,
-    in_flight: str | None = None,
-    aengine: AsyncEngine | None = None,
-) -> None:
-    """On the engine thread: abort the session's running step, then end it."""
-    if in_flight is not None and aengine is not None:
-        aengine.abort_request(engine, in_flight)
-    if engine_sid in engine.manager.sessions:
-        engine.manager.end_session(engine_sid)
 
 
 def _message_dict(message: Any) -> dict:

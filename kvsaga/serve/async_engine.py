@@ -21,29 +21,15 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.engine import EngineStats, LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
 
 log = logging.getLogger("kvsaga.serve")
 T = TypeVar("T")
 EngineFactory = Callable[[], LLMEngine]
-
-
-@dataclass
-class EngineSnapshot:
-    """What the metrics endpoint reads: copied on the engine thread after each step."""
-
-    stats: Any = None  # kvsaga.manager.CacheStats
-    num_waiting: int = 0
-    num_running: int = 0
-    num_preemptions: int = 0
-    policy: str = ""
-    block_size: int = 0
-    bytes_per_block: int = 0
 
 
 class RequestAborted(Exception):
@@ -80,7 +66,9 @@ class AsyncEngine:
             self.engine = None
             self._factory = engine_or_factory
         self.load_error: BaseException | None = None
-        self.snapshot = EngineSnapshot()
+        # What the metrics endpoint reads: `engine.stats()` copied on the engine thread after
+        # each step; None until the engine has loaded.
+        self.snapshot: EngineStats | None = None
         self.num_in_flight = 0  # requests submitted and not yet finished (event-loop side)
         self._idle_wait_s = idle_wait_s
         self._commands: queue.SimpleQueue[tuple[Callable[[LLMEngine], Any], Any]] = (
@@ -158,6 +146,24 @@ class AsyncEngine:
             raise
         return RequestHandle(self, rid, stream)
 
+    def post(self, fn: Callable[[LLMEngine], Any]) -> None:
+        """Run `fn(engine)` on the engine thread between steps, without waiting for it
+        (commands run in order, so it runs before anything submitted later); a failure is
+        logged."""
+        self._submit(fn).add_done_callback(_log_failure)
+
+    async def end_session(self, engine_session_id: str) -> None:
+        """End a session in the engine, aborting its request in flight (whose reader gets
+        `RequestAborted`)."""
+
+        def end(engine: LLMEngine) -> None:
+            for rid in engine.end_session(engine_session_id):
+                stream = self._streams.pop(rid, None)
+                if stream is not None:
+                    stream.put(RequestAborted(rid))
+
+        await self.call(end)
+
     def abort_request(self, engine: LLMEngine, request_id: str) -> None:
         """On the engine thread: abort a request and wake its reader."""
         stream = self._streams.pop(request_id, None)
@@ -185,7 +191,7 @@ class AsyncEngine:
             else:
                 self._wake.wait(self._idle_wait_s)
                 self._wake.clear()
-                engine.manager.tick()
+                engine.tick()
             self._publish(engine)
         self._fail_all(engine, RuntimeError("the server is shutting down"))
         self._run_commands(engine)
@@ -231,16 +237,12 @@ class AsyncEngine:
         self._streams.clear()
 
     def _publish(self, engine: LLMEngine) -> None:
-        sched = engine.scheduler
-        self.snapshot = EngineSnapshot(
-            stats=engine.manager.stats(),
-            num_waiting=len(sched.waiting),
-            num_running=len(sched.running),
-            num_preemptions=sched.num_preemptions,
-            policy=engine.manager.policy.name,
-            block_size=engine.manager.block_size,
-            bytes_per_block=engine.spec.bytes_per_block,
-        )
+        self.snapshot = engine.stats()
+
+
+def _log_failure(fut: concurrent.futures.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("engine command failed", exc_info=fut.exception())
 
 
 class RequestHandle:

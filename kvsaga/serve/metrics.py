@@ -30,9 +30,9 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator:
         snap = self.engine.snapshot
-        st = snap.stats
-        if st is None:  # still loading
+        if snap is None:  # still loading
             return
+        st = snap.cache
         labels = ["model_name"]
         lv = [self.model_name]
 

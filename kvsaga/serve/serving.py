@@ -81,7 +81,8 @@ class Serving:
         self.settings = settings
         self.max_model_len = max_model_len
         self.model_name = model_name
-        self.max_in_flight = engine_max_seqs(engine) + settings.max_queue
+        assert engine.engine is not None  # Serving is built once the engine has loaded
+        self.max_in_flight = engine.engine.max_num_seqs + settings.max_queue
 
     # -- preparing ------------------------------------------------------------------------
     def _params(self, body: _Common, num_prompt: int, requested: int | None) -> SamplingParams:
@@ -156,6 +157,11 @@ class Serving:
         if ctx is not None and ctx.in_flight is not None:
             raise APIError(409, f"session {sid!r} already has a request in flight",
                            param="session_id", code="session_busy")
+        if ctx is not None:
+            # The session's next step has arrived: tell the engine before tokenizing and
+            # queueing it, so that its offloaded blocks load back meanwhile.
+            assert engine_sid is not None
+            self.engine.post(lambda e: e.resume_hint(engine_sid))
         if prompt.ids is not None:
             ids = prompt.ids
         else:
@@ -190,11 +196,6 @@ class Serving:
             return _ClosingStream(run.sse(request, include_usage), on_close=run.close,
                                   headers=headers, media_type="text/event-stream")
         return JSONResponse(await run.collect(request), headers=headers)
-
-
-def engine_max_seqs(engine: AsyncEngine) -> int:
-    assert engine.engine is not None
-    return engine.engine.scheduler.max_num_seqs
 
 
 class _Run:

@@ -11,6 +11,7 @@ import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model import LlamaForCausalLM
+from kvsaga.policy import Action, LRUPolicy
 
 BLOCK_SIZE = 16
 
@@ -279,3 +280,16 @@ def write_sentencepiece_gguf(out: Path, corpus: Sequence[str]) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+# -- policies --------------------------------------------------------------------------------
+
+
+class OffloadSessionBlocksOnly(LRUPolicy):
+    """LRU that offloads only blocks of a live session's context and discards plain cache
+    (an ended one-shot request's), so that a resumed step has no copies of its own to wait
+    for: its forward is right only if it waits for the prefetch its resume hint started."""
+
+    def action(self, block_id: int, now: float) -> Action:
+        owned = self.view.block_owner[block_id] is not None
+        return Action.OFFLOAD if owned else Action.DISCARD

@@ -1,0 +1,126 @@
+"""The resume signal through LLMEngine: a paused session whose blocks went to the host tier
+is prefetched back when its next request arrives, and its greedy tokens do not change."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.request import Request
+from kvsaga.engine.sampling import SamplingParams
+
+from .helpers import OffloadSessionBlocksOnly
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+FIRST = list(range(5, 55))  # 50 tokens: 3 full blocks of 16
+OBSERVATION = [7, 8, 9, 10]
+FILLER = list(range(60, 180))  # 120 tokens: with 2 decoded, the whole 8-block GPU tier
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("llama_gqa4_untied")
+
+
+def make_engine(model_dir, **kw) -> LLMEngine:
+    kw.setdefault("kv_memory_bytes", 4 * 2**20)
+    return LLMEngine(str(model_dir), device="cpu", progress=False, **kw)
+
+
+def run(engine: LLMEngine, ids: list[int], params=GREEDY, **kw) -> Request:
+    req = engine.add_request(ids, params, **kw)
+    while not req.finished:
+        engine.step()
+    return req
+
+
+def two_steps(engine: LLMEngine, between=None) -> tuple[Request, Request]:
+    """Session "s": one step, a tool pause (during which `between(engine)` runs), one more."""
+    a = run(engine, FIRST, session_id="s", tool="run_tests", expected_s=30.0)
+    if between is not None:
+        between(engine)
+    b = run(engine, FIRST + a.output_ids + OBSERVATION, session_id="s")
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir) -> tuple[list[int], list[int]]:
+    """The two steps' greedy tokens with room for everything: no eviction, no offload."""
+    a, b = two_steps(make_engine(model_dir))
+    assert b.num_cached_tokens >= 48
+    return a.output_ids, b.output_ids
+
+
+def test_resume_hint_prefetches_offloaded_blocks_before_the_step(model_dir, reference):
+    probe = make_engine(model_dir, kv_memory_bytes=2**20)
+    bpb = probe.spec.bytes_per_block
+    rng = random.Random(0)
+    # Slow, jittered copies: a forward that did not wait for the prefetch would read blocks
+    # that are still being copied, and its tokens would differ.
+    engine = make_engine(model_dir, kv_memory_bytes=8 * bpb, host_memory_bytes=16 * bpb,
+                         policy=OffloadSessionBlocksOnly(),
+                         transfer_delay=lambda: time.sleep(0.01 + rng.random() / 100))
+    seen = {}
+
+    def pause(e: LLMEngine) -> None:
+        run(e, FILLER, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+        seen["offloaded"] = e.stats().cache.offloaded_blocks
+        seen["started"] = e.resume_hint("s")  # the next request has arrived
+        seen["prefetched"] = e.stats().cache.prefetched_blocks
+
+    a, b = two_steps(engine, pause)
+    assert seen["offloaded"] >= 3
+    assert seen["started"] >= 3 and seen["prefetched"] == seen["started"]
+    stats = engine.stats().cache
+    assert stats.loaded_blocks >= 3
+    # Every hit was on the GPU: the blocks were back before the step's own lookup.
+    assert stats.host_hit_tokens == 0 and b.num_cached_tokens >= 48
+    assert (a.output_ids, b.output_ids) == reference
+    engine.manager.check_integrity()
+
+
+def test_without_the_hint_the_step_loads_the_blocks_itself(model_dir, reference):
+    probe = make_engine(model_dir, kv_memory_bytes=2**20)
+    bpb = probe.spec.bytes_per_block
+    engine = make_engine(model_dir, kv_memory_bytes=8 * bpb, host_memory_bytes=16 * bpb)
+    a, b = two_steps(engine, lambda e: run(
+        e, FILLER, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)))
+    stats = engine.stats().cache
+    assert stats.prefetched_blocks == 0 and stats.host_hit_tokens >= 48
+    assert (a.output_ids, b.output_ids) == reference
+
+
+def test_resume_hint_ignores_unknown_and_running_sessions_and_without_host_tier(model_dir):
+    engine = make_engine(model_dir)
+    assert engine.resume_hint("nobody") == 0
+    req = engine.add_request(FIRST, GREEDY, session_id="s")
+    engine.step()
+    assert engine.resume_hint("s") == 0  # running: nothing to bring back
+    while not req.finished:
+        engine.step()
+    assert engine.resume_hint("s") == 0  # paused, but there is no host tier
+    engine.manager.check_integrity()
+
+
+def test_end_session_aborts_its_request_and_forgets_it(model_dir):
+    engine = make_engine(model_dir)
+    run(engine, FIRST, session_id="s")
+    req = engine.add_request(FIRST + [3, 4], GREEDY, session_id="s")
+    engine.step()
+    assert engine.end_session("s") == [req.request_id]
+    assert req.finish_reason == "abort" and "s" not in engine.manager.sessions
+    assert engine.end_session("s") == []  # unknown: ignored
+    assert not engine.has_unfinished() and engine.stats().cache.num_used_blocks == 0
+    engine.manager.check_integrity()
+
+
+def test_public_limits_and_stats(model_dir):
+    engine = make_engine(model_dir, max_num_seqs=5, max_num_batched_tokens=64)
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (5, 64)
+    engine.add_request(FIRST, GREEDY)
+    st = engine.stats()
+    assert (st.num_waiting, st.num_running, st.policy) == (1, 0, "lru")
+    assert st.bytes_per_block == engine.spec.bytes_per_block
