@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.errors import InvalidRequest, KVSagaError, OutOfBlocks, UnknownSession
-from kvsaga.manager import CacheStats, KVCacheManager, StepStart
+from kvsaga.manager import CacheStats, KVCacheManager, StepLookup, StepStart
 from kvsaga.policy import Action, EvictionPolicy, make_policy
+from kvsaga.scheduler import SCHEDULERS, Scheduler, SchedulerOutput, make_scheduler
 from kvsaga.session import PauseHint
 
 __version__ = "0.1.0"
@@ -25,9 +26,14 @@ __all__ = [
     "OutOfBlocks",
     "PauseHint",
     "PoolConfig",
+    "SCHEDULERS",
+    "Scheduler",
+    "SchedulerOutput",
+    "StepLookup",
     "StepStart",
     "UnknownSession",
     "make_policy",
+    "make_scheduler",
 ]
 
 

@@ -53,6 +53,46 @@ class StepStart:
 
 
 @dataclass(frozen=True, slots=True)
+class StepLookup:
+    """What `begin_step` would find for a prompt now, from `lookup` (which changes nothing).
+
+    Attributes:
+        num_prompt_tokens: tokens of the prompt.
+        num_cached_tokens: prompt tokens `begin_step` would find cached (GPU hits, then host
+            hits, then the session's retained tail), if the host hits all find GPU blocks to
+            load into; always < num_prompt_tokens.
+        gpu_hit_blocks: leading full blocks of the prompt resident in the GPU tier.
+        gpu_cached_blocks: how many of those are CACHED (no running step holds them):
+            `begin_step` takes them out of the free-or-evictable blocks.
+        host_hit_blocks: full blocks continuing the GPU hits that the host tier holds; each
+            loads into a fresh GPU block.
+        tail_tokens: tokens of the session's retained partial tail block that would be
+            reused (it is CACHED, and taken like a cached hit).
+        block_size: tokens per block.
+    """
+
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    gpu_hit_blocks: int
+    gpu_cached_blocks: int
+    host_hit_blocks: int
+    tail_tokens: int
+    block_size: int
+
+    @property
+    def num_hit_block_tokens(self) -> int:
+        """Tokens covered by the full-block hits (GPU and host), the tail not included."""
+        return (self.gpu_hit_blocks + self.host_hit_blocks) * self.block_size
+
+    def blocks_to_admit(self, end: int) -> int:
+        """Free-or-evictable GPU blocks that `begin_step` plus slots for the prompt's tokens
+        up to position `end` take: the cached GPU hits, and a block for every block of
+        [0, end) not hit on the GPU (host loads, the tail and new blocks alike)."""
+        bs = self.block_size
+        return self.gpu_cached_blocks + max(0, -(-end // bs) - self.gpu_hit_blocks)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheStats:
     """A snapshot of the cache. Token counts are cumulative since creation."""
 
@@ -247,19 +287,7 @@ class KVCacheManager:
             InvalidRequest: bad ids or tokens, a prompt over max_model_len or larger than the
                 whole pool, the session already has an open step, or a different salt.
         """
-        _check_session_id(session_id)
-        tokens = _check_token_ids(token_ids)
-        if not tokens:
-            raise InvalidRequest("token_ids must not be empty")
-        if self.max_model_len is not None and len(tokens) > self.max_model_len:
-            raise InvalidRequest(
-                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}"
-            )
-        if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
-            raise InvalidRequest(
-                f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
-                f"blocks; the pool has only {self.pool.num_blocks}"
-            )
+        tokens = self._check_prompt(session_id, token_ids)
         now = self.clock() if now is None else now
         bs = self.block_size
         s = self.sessions.get(session_id)
@@ -289,13 +317,8 @@ class KVCacheManager:
         # The session's own partial tail, retained at its pause, if it survived.
         if s.tail is not None:
             b, gen, ntok = s.tail
+            alive = self._tail_alive(s)
             s.tail = None
-            pool = self.pool
-            alive = (
-                pool.state[b] == CACHED
-                and pool.generation[b] == gen
-                and self.block_owner[b] == session_id
-            )
             start = self.block_position[b] * bs
             usable = min(ntok, keep - start, max_hit - start)
             if alive and start == num_cached and usable > 0:
@@ -321,6 +344,100 @@ class KVCacheManager:
         self._hit_tokens += num_cached
         self.policy.step_started(s, now)
         return StepStart(len(tokens), num_cached, list(hits))
+
+    def _check_prompt(self, session_id: str, token_ids: Sequence[int]) -> list[int]:
+        """A copy of a step's prompt, or InvalidRequest naming what is wrong with it."""
+        _check_session_id(session_id)
+        tokens = _check_token_ids(token_ids)
+        if not tokens:
+            raise InvalidRequest("token_ids must not be empty")
+        if self.max_model_len is not None and len(tokens) > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}"
+            )
+        if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
+            raise InvalidRequest(
+                f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
+                f"blocks; the pool has only {self.pool.num_blocks}"
+            )
+        return tokens
+
+    def _tail_alive(self, s: Session) -> bool:
+        """Whether the partial tail block retained at the session's pause still holds it."""
+        b, gen, _ = s.tail
+        pool = self.pool
+        return (
+            pool.state[b] == CACHED
+            and pool.generation[b] == gen
+            and self.block_owner[b] == s.session_id
+        )
+
+    def lookup(
+        self,
+        session_id: str,
+        token_ids: Sequence[int],
+        *,
+        salt: str | None = None,
+        block_hashes: Sequence[bytes] | None = None,
+    ) -> StepLookup:
+        """What `begin_step(session_id, token_ids)` would find now, changing nothing.
+
+        No block is referenced, moved in any eviction order, loaded or evicted, and no
+        policy hook runs: a scheduler may ask for every waiting step, every time it decides,
+        and only `begin_step` the ones it admits. The answer holds until the next call that
+        changes the cache (an allocation may evict what it counted as a hit).
+
+        Args:
+            session_id: the session (it need not exist yet).
+            token_ids: the whole prompt, as `begin_step` would get it.
+            salt: tenant salt of a new session (an existing session keeps its own).
+            block_hashes: optional hashes of the prompt's leading full blocks, chained from
+                the salt's root as the manager hashes them (a caller that keeps them saves
+                rehashing); blocks past them are hashed here.
+        Returns:
+            StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
+        Raises:
+            InvalidRequest: as `begin_step` for a bad id or prompt, or a session that has
+                an open step.
+        """
+        tokens = self._check_prompt(session_id, token_ids)
+        bs = self.block_size
+        max_hit = len(tokens) - 1
+        max_blocks = max_hit // bs
+        s = self.sessions.get(session_id)
+        if s is not None and s.state is SessionState.RUNNING:
+            raise InvalidRequest(f"session {session_id!r} already has an open step")
+        root = root_hash(salt) if s is None else s.root
+        hashes = list(block_hashes[:max_blocks]) if block_hashes is not None else []
+        if len(hashes) < max_blocks:
+            if not hashes and s is not None:
+                keep = _common_prefix_len(s.token_ids, tokens)
+                hashes = s.block_hashes[: min(keep // bs, max_blocks)]
+            self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
+        hits = self.index.longest_prefix(hashes, max_blocks)
+        state = self.pool.state
+        cached = sum(1 for b in hits if state[b] == CACHED)
+        host = 0
+        if self.host is not None:
+            host = len(self.host.run(hashes, len(hits), max_blocks))
+        num_cached = (len(hits) + host) * bs
+        tail = 0
+        if s is not None and s.tail is not None and self._tail_alive(s):
+            b, _, ntok = s.tail
+            start = self.block_position[b] * bs
+            p = start // bs
+            if start == num_cached and (p == 0 or s.block_hashes[p - 1] == hashes[p - 1]):
+                # The prompt repeats the context up to the tail's block (their hash chains
+                # meet there); count the tail's tokens it repeats too.
+                old = s.token_ids
+                limit = min(ntok, max_hit - start, len(old) - start)
+                n = 0
+                while n < limit and old[start + n] == tokens[start + n]:
+                    n += 1
+                tail = n
+        if tail:
+            cached += 1
+        return StepLookup(len(tokens), num_cached + tail, len(hits), cached, host, tail, bs)
 
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""

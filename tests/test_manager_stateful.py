@@ -8,7 +8,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from kvsaga import KVCacheManager, KVSpec, OutOfBlocks
 from kvsaga.policy import POLICIES
+from kvsaga.scheduler import SCHEDULERS, make_scheduler
 from tests.policy.helpers import build
+from tests.sched_helpers import ToyExecutor, ToyRequest
 
 BS = 4
 SESSIONS = [f"s{i}" for i in range(6)]
@@ -50,7 +52,13 @@ class ManagerMachine(RuleBasedStateMachine):
             prompt = prompt[-40:]
         if s is not None:
             salt = None
+        before = self.snapshot()
+        lk = self.m.lookup(sid, prompt, salt=salt)
+        assert self.snapshot() == before, "lookup changed state"
+        fits = lk.blocks_to_admit(len(prompt)) <= self.m.pool.num_available
         st_ = self.m.begin_step(sid, prompt, now=self.now, salt=salt)
+        if fits:  # then every host hit finds a GPU block, as lookup assumes
+            assert st_.num_cached_tokens == lk.num_cached_tokens
         assert 0 <= st_.num_cached_tokens < len(prompt)
         assert st_.num_cached_tokens >= len(st_.block_ids) * BS - BS
         self.context[sid] = prompt
@@ -132,3 +140,81 @@ def _machine_for(name: str):
 for _name in POLICIES:
     if _name != "lru":
         globals()[f"TestManagerStateful_{_name.replace('-', '_')}"] = _machine_for(_name)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random arrivals, resumes and batch steps through a core scheduler over the manager:
+    admission, preemption and chunked prefill keep every invariant, for every scheduler and
+    every policy."""
+
+    scheduler = "fcfs"
+    policy = "lru"
+
+    def __init__(self):
+        super().__init__()
+        self.m = KVCacheManager(
+            KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, policy=build(self.policy)
+        )
+        self.s = make_scheduler(self.scheduler, self.m, max_num_seqs=3, max_num_batched_tokens=6)
+        self.ex = ToyExecutor(self.m)
+        self.now = 0.0
+        self.paused: dict[str, ToyRequest] = {}  # sessions between steps: their last step
+        self.live: set[str] = set()  # sessions with a queued or running step
+        self.n = 0
+
+    @rule(extra=tokens, tenant=st.sampled_from([None, "a", "b"]), last=st.booleans(),
+          max_new=st.integers(1, 4))
+    def arrive(self, extra, tenant, last, max_new):
+        self.n += 1
+        sid = f"n{self.n}"
+        self.s.add(ToyRequest(sid, [7, 7, 7, 7] + extra, max_new, tenant=tenant, salt=tenant,
+                              arrival=self.now, last=last), self.now)
+        self.live.add(sid)
+
+    @precondition(lambda self: self.paused)
+    @rule(data=st.data(), extra=tokens, last=st.booleans())
+    def resume(self, data, extra, last):
+        sid = data.draw(st.sampled_from(sorted(self.paused)))
+        prev = self.paused.pop(sid)
+        prompt = (prev.prompt + prev.out + extra)[-40:]
+        self.s.add(ToyRequest(sid, prompt, prev.max_new, tenant=prev.tenant, salt=prev.salt,
+                              arrival=self.now, resumed=True, last=last), self.now)
+        self.live.add(sid)
+
+    @precondition(lambda self: self.s.has_work)
+    @rule(dt=st.floats(0, 3))
+    def step(self, dt):
+        self.now += dt
+        self.m.tick(self.now)
+        out = self.s.schedule(self.now, self.ex)
+        assert out.scheduled or not self.s.running, "running requests but nothing scheduled"
+        for req in self.ex.run(self.s, out, self.now):
+            self.live.discard(req.session_id)
+            if not req.last:
+                self.paused[req.session_id] = req
+
+    @invariant()
+    def consistent(self):
+        self.m.check_integrity()
+        running = {r.session_id for r in self.s.running}
+        waiting = [r.session_id for r in self.s.waiting]
+        assert len(running) == len(self.s.running) and not running & set(waiting)
+        assert len(set(waiting)) == len(waiting) and running | set(waiting) == self.live
+        for sid, x in self.m.sessions.items():
+            assert x.is_running == (sid in running)
+        assert self.s.num_waiting == len(waiting) and len(running) <= 3
+        deficits = getattr(self.s, "deficits", {})
+        assert all(-1 < d < max(len(deficits) - 1, 1) for d in deficits.values())
+
+
+def _scheduler_machine_for(scheduler: str, policy: str):
+    cls = type(f"SchedulerMachine_{scheduler}_{policy}", (SchedulerMachine,),
+               {"scheduler": scheduler, "policy": policy})
+    cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
+    return cls.TestCase
+
+
+for _sched in SCHEDULERS:
+    for _name in POLICIES:
+        globals()[f"TestSchedulerStateful_{_sched}_{_name.replace('-', '_')}"] = (
+            _scheduler_machine_for(_sched, _name))
