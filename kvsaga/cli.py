@@ -1,83 +1,197 @@
 """`kvsaga`: generate, chat and simulate from the command line.
 
-kvsaga generate "What is the capital of France?"
+kvsaga generate "What is the capital of France?" --temperature 0 --stats
 kvsaga chat
-kvsaga sim --workload swe --sessions 200 --policy lru,graph,belady
+kvsaga sim --workload swe --sessions 40 --policy lru,graph,belady
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvsaga import __version__
+
+log = logging.getLogger("kvsaga.cli")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=None, help="HF directory or .gguf file (default: SmolLM2-135M-Instruct)"
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows each flag's default, unless its help
+    already says what the default is (or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str):
+    """An argparse type: parse with `kind`, reject (naming the rule) what fails `ok`."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose and place the model; shared with kvsaga-serve."""
+    p.add_argument("--model", default=None,
+                   help="HF directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype; auto: float32 on CPU, bfloat16 (or float16) on CUDA")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="debug also prints the traceback of a failure")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=checked(int, lambda v: v >= 1, ">= 1"), default=None,
+                   help="most tokens per answer (default: the model's generation_config, else "
+                   "256)")
+    p.add_argument("--temperature", type=checked(float, lambda v: 0 <= v < float("inf"), ">= 0"),
+                   default=None,
+                   help="0 for greedy (default: the model's generation_config, else 1.0)")
+    p.add_argument("--top-p", type=checked(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+                   default=None, help="nucleus sampling mass (default: the model's, else 1.0)")
+    p.add_argument("--top-k", type=checked(int, lambda v: v >= -1, ">= -1"), default=None,
+                   help="keep the k most likely tokens; 0 or -1: all (default: the model's, "
+                   "else all)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    p.add_argument(
-        "--raw", action="store_true", help="complete the text as is, without the chat template"
-    )
+    p.add_argument("--stats", action="store_true",
+                   help="after each answer, print time to first token, tokens/s and cached "
+                   "prompt tokens to stderr")
 
 
-def _llm_and_params(args):
-    from kvsaga.engine.llm import LLM
-    from kvsaga.engine.sampling import SamplingParams
-
-    llm = LLM(args.model, device=args.device)
-    params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-    )
-    return llm, params
+def _sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature,
+            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
 
 
-def cmd_generate(args) -> int:
-    llm, params = _llm_and_params(args)
+def load_llm(args: argparse.Namespace):
+    """Load the model the flags name, after checking the device (cheap) first.
+
+    The weight-loading bar shows only on a terminal: piped into a log it would print one
+    line per update.
+    """
+    from kvsaga.engine.llm import LLM, resolve_device
+
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    llm = LLM(args.model, device=device, dtype=args.dtype, progress=sys.stderr.isatty())
+    log.info("loaded %s on %s in %.1f s", llm.engine.model_path.name, llm.engine.device,
+             time.perf_counter() - t0)
+    return llm
+
+
+class _Printer:
+    """Streams one answer to stdout and, with --stats, its timing to stderr."""
+
+    def __init__(self, stats: bool) -> None:
+        self.stats = stats
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def __call__(self, out) -> None:
+        if self.first is None and out.token_ids:
+            self.first = time.perf_counter()
+        if out.delta:
+            sys.stdout.write(out.delta)
+            sys.stdout.flush()
+
+    def done(self, out) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if self.stats:
+            print(format_stats(out, self.start, self.first, time.perf_counter()), file=sys.stderr)
+
+
+def format_stats(out, start: float, first: float | None, end: float) -> str:
+    """One line: time to first token, decode rate, prompt tokens served from the cache."""
+    n = len(out.token_ids)
+    ttft = (first or end) - start
+    decode = end - (first or end)
+    rate = f"{(n - 1) / decode:.1f} tokens/s" if n > 1 and decode > 0 else "n/a tokens/s"
+    return (f"[stats] ttft {ttft:.2f} s, {n} tokens in {end - start:.2f} s ({rate} after the "
+            f"first), {out.num_cached_tokens}/{out.num_prompt_tokens} prompt tokens cached")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    llm = load_llm(args)
+    params = llm.default_params(**_sampling_fields(args))
+    printer = _Printer(args.stats)
     if args.raw or llm.tokenizer.chat_template is None:
-        out = llm.generate(args.prompt, params)[0]
+        out = llm.generate(args.prompt, params, on_output=printer)[0]
     else:
-        out = llm.chat([{"role": "user", "content": args.prompt}], params)
-    print(out.text)
+        out = llm.chat([{"role": "user", "content": args.prompt}], params, on_output=printer)
+    printer.done(out)
     return 0
 
 
-def cmd_chat(args) -> int:
-    llm, params = _llm_and_params(args)
+def _read_line(interactive: bool) -> str | None:
+    """One input line; the `> ` prompt goes to stderr and only to a terminal, so piped
+    output holds nothing but answers."""
+    if interactive:
+        print("> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = load_llm(args)
+    params = llm.default_params(**_sampling_fields(args))
     session = llm.session()
-    print("kvsaga chat: one line per turn; an empty line or Ctrl-D ends.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
-        out = session.chat(line, params)
-        print(out.text)
-        print(
-            f"[{out.num_cached_tokens}/{out.num_prompt_tokens} prompt tokens from cache]",
-            file=sys.stderr,
-        )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("kvsaga chat: one line per turn; an empty line or Ctrl-D ends.", file=sys.stderr)
+    while (line := _read_line(interactive)) and line.strip():
+        printer = _Printer(args.stats)
+        if args.raw:
+            out = session.generate(line + "\n", params, on_output=printer)
+        else:
+            out = session.chat(line, params, on_output=printer)
+        printer.done(out)
     session.end()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kvsaga", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvsaga", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="answer one prompt and exit")
+    g = sub.add_parser("generate", help="answer one prompt, streamed, and exit",
+                       formatter_class=HelpFormatter)
     g.add_argument("prompt", help="the prompt text")
-    _add_model_args(g)
+    g.add_argument("--raw", action="store_true",
+                   help="complete the text as is, without the chat template")
+    add_engine_args(g)
+    _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
-    c = sub.add_parser("chat", help="interactive chat, one line per turn, cache kept across turns")
-    _add_model_args(c)
+    c = sub.add_parser("chat", help="interactive chat, one line per turn, cache kept across turns",
+                       formatter_class=HelpFormatter)
+    c.add_argument("--raw", action="store_true",
+                   help="no chat template: each line is appended to the running text and "
+                   "completed")
+    add_engine_args(c)
+    _add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
     try:
         from kvsaga.sim import cli as sim_cli
@@ -85,14 +199,42 @@ def main(argv: list[str] | None = None) -> int:
         sim_cli = None
     if sim_cli is not None and hasattr(sim_cli, "add_parser"):
         sim_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
+                        format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def report_failure(prog: str, e: BaseException, debug: bool) -> int:
+    """One line naming the problem (the traceback too under --log-level debug); the exit code:
+    2 for bad input the user can fix, 1 for anything else."""
     from kvsaga.errors import KVSagaError
 
+    if debug:
+        logging.getLogger(prog).exception("failed")
+    if isinstance(e, KVSagaError):
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    if not debug:
+        print(f"{prog}: (run with --log-level debug for the traceback)", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None)
+    if level is not None:
+        setup_logging(level)
     try:
         return args.func(args)
-    except KVSagaError as e:
-        print(f"kvsaga: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        return report_failure("kvsaga", e, level == "debug")
 
 
 if __name__ == "__main__":

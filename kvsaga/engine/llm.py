@@ -47,6 +47,34 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     raise InvalidRequest(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on, checked before anything loads: None means CUDA when this torch
+    build sees a GPU, else the CPU.
+
+    Raises:
+        InvalidRequest: not a device the engine runs on (cpu, cuda, cuda:N), or CUDA asked for
+            where this torch build has none (the message says which torch it is).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unsupported = InvalidRequest(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise unsupported from None
+    if dev.type not in ("cpu", "cuda"):
+        raise unsupported
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU build")
+            raise InvalidRequest(f"device {device!r}: no CUDA device is available ({build}); "
+                                 "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidRequest(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                                 "device(s) are visible")
+    return dev
+
+
 class LLM:
     """A model served from the kvsaga pool.
 
@@ -66,7 +94,8 @@ class LLM:
         dtype: str | torch.dtype | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        self.engine = LLMEngine(model, dtype=resolve_dtype(dtype), **engine_kwargs)
+        device = resolve_device(engine_kwargs.pop("device", None))
+        self.engine = LLMEngine(model, device=device, dtype=resolve_dtype(dtype), **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self._session_ids = itertools.count()
         self._chat_contexts: deque[TokenContext] = deque(maxlen=_CHAT_CONTEXTS)
