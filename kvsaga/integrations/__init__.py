@@ -1,0 +1,8 @@
+"""kvsaga inside other serving engines, enabled by their own configuration (no fork, no patch).
+
+- `kvsaga.integrations.vllm`: a retention KV connector and a CPU-offload cache policy for vLLM
+  (install the `kvsaga[vllm]` extra; supported versions in docs/integrations.md).
+
+Each integration imports its engine only when the engine loads it, so `import kvsaga` never
+pulls one in.
+"""

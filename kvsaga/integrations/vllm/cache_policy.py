@@ -1,0 +1,182 @@
+"""KVSagaCachePolicy: agent-aware eviction for vLLM's CPU offload tier.
+
+vLLM's `OffloadingConnector` copies KV blocks to CPU memory in chunks and, when that memory
+is full, asks its `CachePolicy` which chunks to drop (built in: LRU, ARC). This policy hands
+that choice to a kvsaga policy: a chunk belongs to the agent session whose request stored or
+reused it (a chunk two sessions use is shared, plain cache), at its position in that context;
+the request's `kv_transfer_params["kvsaga"]` hint says which tool the session now waits on,
+for how long, or that it ended. Chunks of ended sessions go first, then (by the kvsaga
+policy's rule) the least valuable paused contexts, tails before heads.
+
+Enable it through the offloading connector's extra config, e.g.
+`{"kv_connector": "OffloadingConnector", "kv_role": "kv_both", "kv_connector_extra_config":
+{"cpu_bytes_to_use": ..., "eviction_policy": "KVSagaCachePolicy",
+"cache_policy_module_path": "kvsaga.integrations.vllm.cache_policy"}}`.
+`KVSagaCachePolicy` ranks with kvsaga's `ttl` policy; `KVSagaGraphCachePolicy` with `graph`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from vllm.logger import init_logger
+from vllm.v1.kv_offload.base import OffloadKey, ReqContext
+from vllm.v1.kv_offload.cpu.policies.base import CachePolicy, ChunkStatus, order_request_keys
+
+from kvsaga.integrations.vllm.hints import StepInfo, new_session, step_info
+from kvsaga.integrations.vllm.ledger import BlockLedger
+from kvsaga.policy import make_policy
+from kvsaga.session import Session
+
+logger = init_logger(__name__)
+
+# Tokens per chunk, for the policy's rebuild cost; only the relative cost of positions matters.
+CHUNK_TOKENS = 16
+
+
+class KVSagaCachePolicy(CachePolicy):
+    """A vLLM `CachePolicy` whose evictions a kvsaga policy orders (see the module docstring).
+
+    Args:
+        cache_capacity: number of CPU chunks (chunk ids are 0 .. cache_capacity - 1).
+    """
+
+    policy_name = "ttl"
+
+    def __init__(self, cache_capacity: int) -> None:
+        super().__init__(cache_capacity)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.chunks: dict[OffloadKey, ChunkStatus] = {}
+        self._key_of: dict[int, OffloadKey] = {}  # chunk id -> key
+        self._owner: dict[OffloadKey, tuple[str | None, int]] = {}  # key -> (session, position)
+        self._sessions: dict[str, Session] = {}
+        self._running: set[str] = set()
+        self._ended: set[str] = set()
+        self.policy = make_policy(self.policy_name)
+        self.ledger = BlockLedger(self.policy, self.cache_capacity, CHUNK_TOKENS, self._usage)
+
+    def _usage(self) -> float:
+        """Share of chunks pinned by transfers in flight (the rest are evictable)."""
+        return (len(self.chunks) - self.ledger.num_cached) / self.cache_capacity
+
+    # -- CachePolicy --------------------------------------------------------------------------
+    def get(self, key: OffloadKey) -> ChunkStatus | None:
+        return self.chunks.get(key)
+
+    def insert(self, key: OffloadKey, chunk: ChunkStatus) -> None:
+        self.chunks[key] = chunk
+        self._key_of[chunk.chunk_id] = key
+        if chunk.ref_cnt == 0:
+            self._track(key)
+
+    def remove(self, key: OffloadKey) -> None:
+        chunk = self.chunks.pop(key)
+        del self._key_of[chunk.chunk_id]
+        if self.ledger.is_cached(chunk.chunk_id):
+            self.ledger.uncache(chunk.chunk_id)
+        self._owner.pop(key, None)
+
+    def touch(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
+        """A request reads or offers these chunks: its session's step has begun."""
+        info = self._info(req_context)
+        if info is not None and info.session_id not in self._running:
+            now = time.monotonic()
+            self._running.add(info.session_id)
+            self.policy.step_started(self._session(info, now), now)
+
+    def on_request_finished(
+        self,
+        key_groups: Sequence[Sequence[OffloadKey]],
+        insertion_only_keys: set[OffloadKey],
+        reused_keys: set[OffloadKey],
+        req_context: ReqContext,
+    ) -> None:
+        """File the request's chunks under its session, then pause or end the session."""
+        info = self._info(req_context)
+        keys = order_request_keys(key_groups, req_context)
+        sid = None if info is None or info.session_id in self._ended else info.session_id
+        for pos, key in enumerate(keys):
+            owner = self._owner.get(key, (sid, pos))[0]
+            new_owner = sid if owner == sid else None  # two sessions' chunk is shared cache
+            self._file(key, new_owner, pos)
+        if info is None or sid is None:
+            return
+        now = time.monotonic()
+        session = self._session(info, now)
+        if sid not in self._running:
+            self.policy.step_started(session, now)
+        self._running.discard(sid)
+        if info.hint.last_step:
+            self.policy.session_ended(session, now)
+            self._ended.add(sid)
+            for key, (owner, pos) in list(self._owner.items()):
+                if owner == sid:
+                    self._owner[key] = (None, pos)
+            self._sessions.pop(sid, None)
+        else:
+            self.policy.step_finished(session, now, info.hint)
+
+    def evict(
+        self, n: int, protected: set[OffloadKey]
+    ) -> list[tuple[OffloadKey, ChunkStatus]] | None:
+        if n == 0:
+            return []
+        key_of = self._key_of
+        victims = [
+            key_of[c]
+            for c in self.policy.choose_victims(n + len(protected), time.monotonic())
+            if key_of[c] not in protected
+        ][:n]
+        if len(victims) < n:
+            return None  # atomic: nothing changed
+        out = []
+        for key in victims:
+            chunk = self.chunks[key]
+            self.remove(key)
+            out.append((key, chunk))
+        return out
+
+    def clear(self) -> None:
+        self._reset()
+
+    def mark_evictable(self, key: OffloadKey) -> None:
+        self._track(key)
+
+    def mark_non_evictable(self, key: OffloadKey) -> None:
+        self.ledger.uncache(self.chunks[key].chunk_id)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def _info(self, req_context: ReqContext) -> StepInfo | None:
+        try:
+            return step_info(req_context.kv_transfer_params)
+        except ValueError as e:  # a malformed hint must not fail vLLM's request: plain cache
+            logger.warning("kvsaga: ignoring request %s's hint: %s", req_context.req_id, e)
+            return None
+
+    def _session(self, info: StepInfo, now: float) -> Session:
+        s = self._sessions.get(info.session_id)
+        if s is None:
+            s = self._sessions[info.session_id] = new_session(info.session_id, info.workflow, now)
+        return s
+
+    def _track(self, key: OffloadKey) -> None:
+        owner, pos = self._owner.get(key, (None, 0))
+        self.ledger.cache(self.chunks[key].chunk_id, owner, pos)
+
+    def _file(self, key: OffloadKey, owner: str | None, pos: int) -> None:
+        """Record a chunk's owner and position (re-filing it if it is evictable now)."""
+        if self._owner.get(key) == (owner, pos):
+            return
+        self._owner[key] = (owner, pos)
+        chunk = self.chunks.get(key)
+        if chunk is not None and self.ledger.is_cached(chunk.chunk_id):
+            self.ledger.refile(chunk.chunk_id, owner, pos)
+
+
+class KVSagaGraphCachePolicy(KVSagaCachePolicy):
+    """`KVSagaCachePolicy` ranked by kvsaga's `graph` policy (expected loss from the AEG)."""
+
+    policy_name = "graph"

@@ -1,0 +1,297 @@
+"""KVSagaConnector: keeps a paused agent session's GPU blocks in vLLM through its tool call.
+
+vLLM frees a request's blocks when it finishes; they stay in the prefix cache only until its
+LRU order reuses them, and under memory pressure that is before the agent's tool returns, so
+the next step prefills the whole context again. This connector runs in vLLM's scheduler and
+works only through the block pool that vLLM binds to connectors (`bind_gpu_block_pool`):
+
+- `request_finished` of a step of session S (not its last): the connector takes one
+  reference on each full block of S's context (`BlockPool.touch`), so vLLM's own free leaves
+  them allocated and hashed, and reports them to a kvsaga policy as S's paused blocks. The
+  request's blocks are still freed by vLLM as usual (nothing is delayed).
+- S's next step: its prefix lookup hits those blocks; once vLLM has allocated the step, the
+  connector drops its references (the running request holds its own).
+- Pressure: before vLLM would admit a request it cannot fit (`get_num_new_matched_tokens`),
+  and before it would preempt a running request (`has_pending_block_frees`, which vLLM asks
+  right before preempting), the connector releases retained blocks in the policy's order
+  (tails first, least valuable session first) until the request fits or nothing is retained;
+  after each step it keeps one free block per scheduled request. A released block stays in
+  vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes vLLM preempt a
+  running request or stall: it only says yes to `has_pending_block_frees` after releasing.
+- S's last step (`last_step`), or a request that names no session: nothing is retained.
+
+Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
+Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
+`policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
+step beyond one per scheduled request, default 0).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+from vllm.logger import init_logger
+
+from kvsaga.integrations.vllm.hints import StepInfo, new_session, step_info
+from kvsaga.integrations.vllm.ledger import BlockLedger
+from kvsaga.policy import make_policy
+from kvsaga.session import Session
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.block_pool import BlockPool
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = init_logger(__name__)
+
+
+class KVSagaConnectorMetadata(KVConnectorMetadata):
+    """Nothing travels to the workers: retention is a scheduler-side decision."""
+
+
+@dataclass
+class RetentionStats:
+    """Counters, for tests and logs."""
+
+    retained_steps: int = 0  # steps whose blocks were kept at their finish
+    resumed_hits: int = 0  # later steps that found their session's blocks retained
+    released_blocks: int = 0  # retained blocks given back under pressure
+    pressure_releases: int = 0  # calls that had to release something
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class KVSagaConnector(KVConnectorBase_V1):
+    """Agent-session KV retention for vLLM's scheduler (see the module docstring)."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        role: KVConnectorRole,
+        kv_cache_config: KVCacheConfig | None = None,
+    ) -> None:
+        super().__init__(vllm_config, role, kv_cache_config)
+        extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
+        self.policy = make_policy(
+            str(extra.get("policy", "ttl")), **dict(extra.get("policy_args", {}))
+        )
+        self.reserve_blocks = int(extra.get("reserve_blocks", 0))
+        if self.reserve_blocks < 0:
+            raise ValueError(f"reserve_blocks must be >= 0, got {self.reserve_blocks}")
+        self.block_size = vllm_config.cache_config.block_size
+        self.pool: BlockPool | None = None
+        self.ledger: BlockLedger | None = None
+        self.holds: dict[str, list[int]] = {}  # session -> retained block ids, head first
+        self._holders: dict[int, list[str]] = {}  # block id -> sessions retaining it
+        self._sessions: dict[str, Session] = {}
+        self._steps: dict[str, StepInfo] = {}  # request id -> its session step
+        self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
+        self.stats = RetentionStats()
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        return False  # nothing is handed off; a dropped retention is a cache miss
+
+    # -- set-up -------------------------------------------------------------------------------
+    def bind_gpu_block_pool(self, gpu_block_pool: BlockPool) -> None:
+        self.pool = gpu_block_pool
+        self.ledger = BlockLedger(
+            self.policy, gpu_block_pool.num_gpu_blocks, self.block_size, self._usage
+        )
+
+    def _usage(self) -> float:
+        """Share of blocks referenced by requests (retained-only blocks excluded)."""
+        pool = self.pool
+        total = pool.num_gpu_blocks - 1  # the null block
+        in_use = total - pool.get_num_free_blocks()
+        retained_only = sum(
+            1 for b in self._holders if pool.blocks[b].ref_cnt == len(self._holders[b])
+        )
+        return max(in_use - retained_only, 0) / total if total else 0.0
+
+    def _step(self, request: Request) -> StepInfo | None:
+        info = self._steps.get(request.request_id)
+        if info is None:
+            try:
+                info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
+            except ValueError as e:  # a malformed hint must not fail the request: no retention
+                logger.warning("kvsaga: ignoring request %s's hint: %s", request.request_id, e)
+                return None
+            if info is not None:
+                self._steps[request.request_id] = info
+        return info
+
+    def _session(self, info: StepInfo, now: float) -> Session:
+        s = self._sessions.get(info.session_id)
+        if s is None:
+            s = self._sessions[info.session_id] = new_session(info.session_id, info.workflow, now)
+        return s
+
+    # -- scheduler hooks ------------------------------------------------------------------------
+    def get_num_new_matched_tokens(
+        self, request: Request, num_computed_tokens: int
+    ) -> tuple[int | None, bool]:
+        """No external KV; but make room for this request among the retained blocks."""
+        if self.pool is None:
+            return 0, False
+        info = self._step(request)
+        now = time.monotonic()
+        if info is not None and info.session_id in self.holds:
+            self.policy.resume_hinted(self._session(info, now), now)  # its blocks are needed now
+        # vLLM also takes its free-block watermark and the prefix hits that sit in the free
+        # queue; a request probed again without being admitted asks for twice as much each
+        # time, so retention can never keep a request waiting for good.
+        tries = self._probes[request.request_id] = self._probes.get(request.request_id, 0) + 1
+        new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
+        watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
+        need = (new_blocks + 1 + watermark) * 2 ** (tries - 1)
+        self._release_until(need + self.reserve_blocks, now, "admit")
+        return 0, False
+
+    def update_state_after_alloc(
+        self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
+    ) -> None:
+        """The step is allocated: its hits hold the session's blocks now, so ours go."""
+        self._probes.pop(request.request_id, None)
+        info = self._step(request)
+        if info is None or self.pool is None:
+            return
+        now = time.monotonic()
+        session = self._session(info, now)
+        held = info.session_id in self.holds
+        # The retained blocks among the step's own (GraphPolicy counts their reuse).
+        session.block_ids = [b for b in blocks.get_block_ids()[0] if b in self._holders]
+        self.stats.resumed_hits += bool(held and session.block_ids)
+        self.policy.step_started(session, now)
+        if held:
+            self._release_session(info.session_id)
+
+    def request_finished(
+        self, request: Request, block_ids: list[int]
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Retain a paused session's full blocks; end a session on its last step."""
+        info = self._step(request)
+        self._steps.pop(request.request_id, None)
+        self._probes.pop(request.request_id, None)
+        if info is None or self.pool is None:
+            return False, None
+        now = time.monotonic()
+        sid = info.session_id
+        session = self._session(info, now)
+        if info.hint.last_step:
+            self._release_session(sid)
+            self.policy.session_ended(session, now)
+            self._sessions.pop(sid, None)
+            return False, None
+        pool = self.pool
+        keep = []
+        for b in block_ids:
+            blk = pool.blocks[b]
+            if blk.is_null or blk.block_hash is None:
+                break  # only full, hashed blocks can be hit again; a hole ends the prefix
+            keep.append(blk)
+        old = self.holds.get(sid)
+        pool.touch(keep)  # before the old hold goes, so shared blocks never reach the free queue
+        if old:
+            self._release_session(sid)
+        self.holds[sid] = [blk.block_id for blk in keep]
+        for pos, blk in enumerate(keep):
+            self._hold(blk.block_id, sid, pos)
+        session.block_ids = list(self.holds[sid])
+        self.policy.step_finished(session, now, info.hint)
+        self.stats.retained_steps += 1
+        return False, None
+
+    def has_pending_block_frees(self) -> bool:
+        """Asked by vLLM right before it preempts a running request: release retained blocks
+        instead (one block beyond the current free count per call at least), and say so."""
+        if self.pool is None or not self.holds:
+            return False
+        want = self.pool.get_num_free_blocks() + 1 + self.reserve_blocks
+        return self._release_until(want, time.monotonic(), "preempt") > 0
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        """After each step, keep one free block per scheduled request (its next token may
+        open a block) so decoding does not run into retained memory."""
+        if self.pool is not None and self.holds:
+            n = len(scheduler_output.num_scheduled_tokens)
+            self._release_until(n + self.reserve_blocks, time.monotonic(), "headroom")
+        return KVSagaConnectorMetadata()
+
+    # -- retention bookkeeping -----------------------------------------------------------------
+    def _hold(self, block_id: int, sid: str, position: int) -> None:
+        holders = self._holders.get(block_id)
+        if holders is None:
+            self._holders[block_id] = [sid]
+            self.ledger.cache(block_id, sid, position)
+        else:
+            holders.append(sid)
+            if len(holders) == 2:  # shared by two sessions: plain cache to the policy
+                self.ledger.refile(block_id, None, self.ledger.block_position[block_id])
+
+    def _drop(self, block_id: int, sid: str) -> None:
+        """Give back session `sid`'s reference on one block."""
+        holders = self._holders[block_id]
+        holders.remove(sid)
+        self.pool.free_blocks([self.pool.blocks[block_id]])
+        if not holders:
+            del self._holders[block_id]
+            self.ledger.uncache(block_id)
+
+    def _release_session(self, sid: str) -> None:
+        for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
+            self._drop(b, sid)
+
+    def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
+        """Release retained blocks in the policy's order until vLLM has `free_wanted` free
+        blocks or nothing is retained. Returns how many retained blocks were released."""
+        pool = self.pool
+        released = 0
+        while self._holders and pool.get_num_free_blocks() < free_wanted:
+            short = free_wanted - pool.get_num_free_blocks()
+            victims = self.policy.choose_victims(short, now)
+            if not victims:
+                break
+            for b in victims:
+                for sid in list(self._holders[b]):
+                    self.holds[sid].remove(b)
+                    if not self.holds[sid]:
+                        del self.holds[sid]
+                    self._drop(b, sid)
+                released += 1
+        if released:
+            self.stats.released_blocks += released
+            self.stats.pressure_releases += 1
+            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + released
+        return released
+
+    # -- worker side: nothing to move ----------------------------------------------------------
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        return None
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return None
+
+    def save_kv_layer(
+        self,
+        layer_name: str,
+        kv_layer: Any,
+        attn_metadata: AttentionMetadata,
+        **kwargs: Any,
+    ) -> None:
+        return None
+
+    def wait_for_save(self) -> None:
+        return None

@@ -1,0 +1,79 @@
+"""What a vLLM request says about its agent session, read from `kv_transfer_params`.
+
+Plain Python (no vLLM import), shared by the connector and the offload cache policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kvsaga.errors import InvalidRequest
+from kvsaga.session import PauseHint, Session
+
+HINT_KEY = "kvsaga"
+DEFAULT_WORKFLOW = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """One request's place in an agent session.
+
+    Attributes:
+        session_id: the session the request is a step of.
+        workflow: the session's workflow type (policies learn pause times per workflow).
+        hint: the pause that follows this step (tool, expected seconds, last step).
+    """
+
+    session_id: str
+    workflow: str
+    hint: PauseHint
+
+
+def step_info(
+    kv_transfer_params: Mapping[str, Any] | None, session_id: Any = None
+) -> StepInfo | None:
+    """Read `kv_transfer_params["kvsaga"]`; None for a request outside any session.
+
+    Args:
+        kv_transfer_params: the request's `kv_transfer_params` (None or a dict).
+        session_id: the request's own session field (vLLM's `Request.session_id`), used when
+            the hint names none.
+
+    Raises:
+        InvalidRequest: the hint is not an object, or a field has the wrong type (the message
+            names the field).
+    """
+    raw = (kv_transfer_params or {}).get(HINT_KEY) if kv_transfer_params is not None else None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest(f"kv_transfer_params[{HINT_KEY!r}] must be an object, got {raw!r}")
+    unknown = set(raw) - {"session_id", "tool", "expected_s", "last_step", "workflow"}
+    if unknown:
+        raise InvalidRequest(
+            f"kv_transfer_params[{HINT_KEY!r}] has unknown fields {sorted(unknown)}"
+        )
+    sid = raw.get("session_id", session_id)
+    if sid is None:
+        return None
+    if not isinstance(sid, str) or not sid:
+        raise InvalidRequest(f"session_id must be a non-empty string, got {sid!r}")
+    workflow = raw.get("workflow", DEFAULT_WORKFLOW)
+    if not isinstance(workflow, str):
+        raise InvalidRequest(f"workflow must be a string, got {workflow!r}")
+    last = raw.get("last_step", False)
+    if not isinstance(last, bool):
+        raise InvalidRequest(f"last_step must be true or false, got {last!r}")
+    hint = PauseHint(tool=raw.get("tool"), expected_s=raw.get("expected_s"), last_step=last)
+    return StepInfo(sid, workflow, hint)
+
+
+_SESSION_FIELDS = {f.name for f in fields(Session)}
+
+
+def new_session(session_id: str, workflow: str, now: float) -> Session:
+    """A `Session` record for the policy hooks (the engine's blocks are not tracked in it)."""
+    extra = {"created_at": now} if "created_at" in _SESSION_FIELDS else {}
+    return Session(session_id=session_id, workflow=workflow, root=b"", **extra)

@@ -1,0 +1,123 @@
+"""A real vLLM scheduler, driven step by step without a model: what vLLM's own scheduler tests
+do. Each step's "model" emits one fixed token per scheduled request, so requests run their
+prompt, then decode `max_tokens` tokens and finish, exactly as the engine core would drive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import torch
+from vllm import SamplingParams
+from vllm.config import (
+    CacheConfig,
+    DeviceConfig,
+    KVTransferConfig,
+    ModelConfig,
+    SchedulerConfig,
+    VllmConfig,
+)
+from vllm.utils.hashing import sha256
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request
+from vllm.v1.structured_output import StructuredOutputManager
+
+from kvsaga.integrations.vllm import kv_transfer_config
+
+BLOCK_SIZE = 16
+TOKEN = 7  # what the fake model emits: never the EOS id
+
+
+def make_scheduler(
+    model_dir, num_blocks: int, connector: bool, policy: str = "ttl", max_num_seqs: int = 8
+) -> Scheduler:
+    """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
+    caching on, with or without the kvsaga connector."""
+    model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
+    kv_transfer = KVTransferConfig(**json.loads(kv_transfer_config(policy))) if connector else None
+    vllm_config = VllmConfig(
+        model_config=model_config,
+        scheduler_config=SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=4096,
+            max_model_len=2048,
+            enable_chunked_prefill=True,
+            is_encoder_decoder=False,
+        ),
+        cache_config=CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=True),
+        device_config=DeviceConfig("cpu"),
+        kv_transfer_config=kv_transfer,
+    )
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks,
+        kv_cache_tensors=[],
+        kv_cache_groups=[
+            KVCacheGroupSpec(
+                ["layer"],
+                FullAttentionSpec(
+                    block_size=BLOCK_SIZE, num_kv_heads=1, head_size=8, dtype=torch.float32
+                ),
+            )
+        ],
+    )
+    vllm_config.cache_config.num_gpu_blocks = num_blocks
+    return Scheduler(
+        vllm_config=vllm_config,
+        kv_cache_config=kv_cache_config,
+        structured_output_manager=StructuredOutputManager(vllm_config),
+        block_size=BLOCK_SIZE,
+        log_stats=True,
+    )
+
+
+_ids = itertools.count()
+init_none_hash(sha256)
+_hasher = get_request_block_hasher(BLOCK_SIZE, sha256)
+
+
+def make_request(prompt: list[int], max_tokens: int, hint: dict | None = None) -> Request:
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    if hint is not None:
+        params.extra_args = {"kv_transfer_params": {"kvsaga": hint}}
+    return Request(
+        request_id=f"r{next(_ids)}",
+        prompt_token_ids=list(prompt),
+        sampling_params=params,
+        pooling_params=None,
+        block_hasher=_hasher,
+    )
+
+
+def step(scheduler: Scheduler):
+    """One engine step: schedule, "run" the batch, feed the outputs back. Returns the
+    scheduler output (for its num_scheduled_tokens and preemptions)."""
+    out = scheduler.schedule()
+    ids = list(out.num_scheduled_tokens)
+    runner = ModelRunnerOutput(
+        req_ids=ids,
+        req_id_to_index={r: i for i, r in enumerate(ids)},
+        sampled_token_ids=[[TOKEN] for _ in ids],
+    )
+    scheduler.update_from_output(out, runner)
+    return out
+
+
+def run(scheduler: Scheduler, requests: list[Request], max_steps: int = 10_000) -> dict[str, int]:
+    """Add the requests and step until all finish. Returns per request the prompt tokens that
+    were prefix-cache hits when it was first scheduled."""
+    for r in requests:
+        scheduler.add_request(r)
+    hits: dict[str, int] = {}
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            break
+        out = step(scheduler)
+        for new in out.scheduled_new_reqs:
+            hits.setdefault(new.req_id, new.num_computed_tokens)
+    else:
+        raise AssertionError("requests did not finish: the scheduler is stuck")
+    return {r.request_id: hits[r.request_id] for r in requests}

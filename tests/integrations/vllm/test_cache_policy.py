@@ -1,0 +1,98 @@
+"""KVSagaCachePolicy inside vLLM's own CPUOffloadingManager (loaded by module path, as vLLM's
+OffloadingConnector loads it): offloaded chunks are evicted in kvsaga's order."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm.v1.kv_offload.base import LookupResult, ReqContext, make_offload_key  # noqa: E402
+from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager  # noqa: E402
+
+from kvsaga.integrations.vllm import CACHE_POLICY_CLASS, CACHE_POLICY_MODULE  # noqa: E402
+
+
+def _manager(policy: str, chunks: int) -> CPUOffloadingManager:
+    if policy == "lru":
+        return CPUOffloadingManager(chunks, cache_policy="lru")
+    return CPUOffloadingManager(
+        chunks, cache_policy=policy, cache_policy_module_path=CACHE_POLICY_MODULE
+    )
+
+
+def _keys(tag: str, n: int):
+    return [make_offload_key(f"{tag}-{i}".encode().ljust(32, b"."), 0) for i in range(n)]
+
+
+def _store(mgr: CPUOffloadingManager, req: str, keys, hint: dict | None) -> ReqContext:
+    """One request offloads its blocks (head first) and finishes, as the connector drives it."""
+    ctx = ReqContext(req, kv_transfer_params={"kvsaga": hint} if hint is not None else None)
+    for pos, k in enumerate(keys):
+        ctx.set_offload_key_position(k, (pos + 1) * 16)
+    mgr.on_new_request(ctx)
+    mgr.touch(keys, ctx)
+    out = mgr.prepare_store(keys, ctx)
+    assert out is not None, "the store could not evict enough chunks"
+    mgr.complete_store(out.keys_to_store, ctx)
+    mgr.on_request_finished(ctx)
+    return ctx
+
+
+def _resident(mgr, keys) -> int:
+    probe = ReqContext("probe")
+    return sum(mgr.lookup(k, probe) is LookupResult.HIT for k in keys)
+
+
+@pytest.mark.parametrize("policy", [CACHE_POLICY_CLASS, "KVSagaGraphCachePolicy"])
+def test_paused_session_outlives_ended_and_anonymous_chunks(policy):
+    """A (paused on a short tool) stored first, so LRU evicts it first; kvsaga evicts the
+    ended session B's chunks instead."""
+    a, b, c, d = _keys("a", 4), _keys("b", 4), _keys("c", 2), _keys("d", 4)
+    results = {}
+    for name in ("lru", policy):
+        mgr = _manager(name, 10)
+        _store(mgr, "a1", a, {"session_id": "A", "tool": "run_tests", "expected_s": 5})
+        _store(mgr, "b1", b, {"session_id": "B", "last_step": True})
+        _store(mgr, "c1", c, None)
+        _store(mgr, "d1", d, {"session_id": "D", "tool": "search", "expected_s": 5})
+        results[name] = _resident(mgr, a)
+    assert results["lru"] == 0  # plain LRU drops the oldest: the paused session
+    assert results[policy] == 4  # kvsaga dropped B (ended) instead
+
+
+def test_ttl_drops_the_longer_pause_first_and_tails_first():
+    """Two paused sessions, one back in 1 s, one in an hour: pressure takes the hour-long
+    one's chunks, tail first, and leaves the other whole."""
+    soon, late = _keys("soon", 4), _keys("late", 4)
+    for order in ((soon, late), (late, soon)):
+        mgr = _manager(CACHE_POLICY_CLASS, 8)
+        for keys in order:
+            sid, pause = ("S", 1.0) if keys is soon else ("L", 3600.0)
+            _store(mgr, f"r-{sid}", keys, {"session_id": sid, "tool": "t", "expected_s": pause})
+        _store(mgr, "new", _keys("new", 2), None)
+        assert _resident(mgr, soon) == 4
+        kept = [mgr.lookup(k, ReqContext("p")) is LookupResult.HIT for k in late]
+        assert kept == [True, True, False, False]
+
+
+def test_protected_and_pinned_chunks_are_never_evicted_and_failure_changes_nothing():
+    mgr = _manager(CACHE_POLICY_CLASS, 4)
+    a = _keys("a", 4)
+    ctx = _store(mgr, "a1", a, {"session_id": "A", "tool": "t", "expected_s": 1})
+    mgr.prepare_load(a[:3], ctx)  # three chunks pinned by a load in flight
+    assert mgr.prepare_store(_keys("x", 2), ReqContext("x")) is None
+    assert _resident(mgr, a) == 4  # nothing was evicted by the failed store
+    out = mgr.prepare_store(_keys("y", 1), ReqContext("y"))
+    assert out is not None and out.evicted_keys == [a[3]]
+    mgr.complete_load(a[:3], ctx)
+
+
+def test_reset_and_malformed_hint():
+    mgr = _manager(CACHE_POLICY_CLASS, 4)
+    _store(mgr, "bad", _keys("bad", 2), {"session_id": 5})  # ignored: plain cache
+    assert _resident(mgr, _keys("bad", 2)) == 2
+    mgr.reset_cache()
+    assert _resident(mgr, _keys("bad", 2)) == 0
+    _store(mgr, "after", _keys("n", 4), {"session_id": "N", "tool": "t"})
+    assert _resident(mgr, _keys("n", 4)) == 4

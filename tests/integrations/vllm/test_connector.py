@@ -1,0 +1,147 @@
+"""KVSagaConnector inside vLLM's real scheduler (vllm.v1.core.sched.Scheduler and its
+BlockPool), driven step by step as the engine core drives it, with and without the connector
+over the same memory."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, run, step  # noqa: E402
+
+SYSTEM = list(range(1000, 1000 + 4 * BLOCK_SIZE))  # 4 blocks every session shares
+
+
+def _prompt(tag: int, blocks: int) -> list[int]:
+    return [10_000 + tag * 500 + i for i in range(blocks * BLOCK_SIZE)]
+
+
+def _pool(s):
+    return s.kv_cache_manager.block_pool
+
+
+def _assert_no_leak(s):
+    """Nothing running and nothing retained: every block but vLLM's null block is free."""
+    pool = _pool(s)
+    assert not s.connector.holds if s.connector else True
+    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+    assert all(b.ref_cnt == 0 for b in pool.blocks if not b.is_null)
+
+
+def _agent_then_filler(s) -> int:
+    """Session A's step 1, then (during its tool call) other traffic that fills the cache, then
+    A's step 2 extending step 1. Returns the prompt tokens of step 2 that were cache hits."""
+    step1 = SYSTEM + _prompt(1, 8)
+    run(s, [make_request(step1, 4, {"session_id": "A", "tool": "run_tests", "expected_s": 30})])
+    for i in range(4):  # one request at a time, 24 blocks each, nothing shared
+        run(s, [make_request(_prompt(10 + i, 24), 4)])
+    step2 = step1 + [TOKEN] * 4 + _prompt(2, 2)
+    req = make_request(step2, 4, {"session_id": "A", "last_step": True})
+    return run(s, [req])[req.request_id]
+
+
+def test_paused_session_hits_after_pressure_that_evicts_it_in_plain_vllm(hf_model_dir):
+    plain = make_scheduler(hf_model_dir, 48, connector=False)
+    kept = make_scheduler(hf_model_dir, 48, connector=True)
+    assert _agent_then_filler(plain) == 0  # vLLM's LRU reused A's blocks for the filler
+    assert _agent_then_filler(kept) == len(SYSTEM) + 8 * BLOCK_SIZE  # all of step 1's blocks
+    assert kept.connector.stats.resumed_hits == 1
+    _assert_no_leak(kept)
+
+
+def test_policy_picks_which_paused_session_to_release(hf_model_dir):
+    """Two paused sessions, retained memory needed by a third request: ttl releases the one
+    whose tool takes an hour, and the one due back in a second keeps its blocks."""
+    for soon_first in (True, False):
+        s = make_scheduler(hf_model_dir, 40, connector=True)
+        order = [("S", 1.0), ("L", 3600.0)] if soon_first else [("L", 3600.0), ("S", 1.0)]
+        prompts = {}
+        for i, (sid, pause) in enumerate(order):
+            prompts[sid] = _prompt(20 + i, 12)
+            hint = {"session_id": sid, "tool": "t", "expected_s": pause}
+            run(s, [make_request(prompts[sid], 2, hint)])
+        run(s, [make_request(_prompt(30, 20), 2)])  # needs 21 of 39 blocks: 24 are retained
+        assert s.connector.stats.released_blocks > 0
+        assert "S" in s.connector.holds and len(s.connector.holds["S"]) == 12
+        back = make_request(prompts["S"] + [TOKEN] * 2 + _prompt(31, 1), 2, {"session_id": "S"})
+        assert run(s, [back])[back.request_id] == 12 * BLOCK_SIZE
+
+
+def test_retention_never_preempts_a_running_request(hf_model_dir):
+    """Retained sessions hold most of memory while two requests decode past it: vLLM asks
+    before preempting, the connector releases, and no request is ever preempted; without
+    the retained sessions the same run needs no preemption either."""
+    s = make_scheduler(hf_model_dir, 40, connector=True)
+    for i in range(3):
+        hint = {"session_id": f"P{i}", "tool": "t", "expected_s": 60}
+        run(s, [make_request(_prompt(40 + i, 8), 1, hint)])
+    assert sum(len(h) for h in s.connector.holds.values()) == 24
+    runners = [make_request(_prompt(50 + i, 2), 14 * BLOCK_SIZE) for i in range(2)]
+    for r in runners:
+        s.add_request(r)
+    preempted = 0
+    while s.has_unfinished_requests():
+        out = step(s)
+        preempted += len(out.preempted_req_ids)
+    assert preempted == 0
+    # The runners needed 30 blocks with 15 free: about 15 retained blocks went, not all 24.
+    assert 15 <= s.connector.stats.released_blocks < 24
+    for i in range(3):
+        run(s, [make_request(_prompt(40 + i, 1), 1, {"session_id": f"P{i}", "last_step": True})])
+    _assert_no_leak(s)
+
+
+def test_asked_before_preemption_the_connector_frees_blocks(hf_model_dir):
+    """`has_pending_block_frees` (vLLM asks it right before preempting) releases retained
+    blocks and says so; with nothing retained it says no, and vLLM preempts as usual."""
+    s = make_scheduler(hf_model_dir, 24, connector=True)
+    run(s, [make_request(_prompt(45, 6), 1, {"session_id": "H", "tool": "t", "expected_s": 60})])
+    free = _pool(s).get_num_free_blocks()
+    assert s.connector.has_pending_block_frees() is True
+    assert _pool(s).get_num_free_blocks() > free
+    while s.connector.holds:
+        assert s.connector.has_pending_block_frees() is True
+    assert s.connector.has_pending_block_frees() is False
+    _assert_no_leak(s)
+
+
+def test_admission_is_never_blocked_by_retained_blocks(hf_model_dir):
+    """A request that needs all of memory is admitted although paused sessions retain most
+    of it (the scheduler would otherwise wait forever: nothing else frees blocks)."""
+    s = make_scheduler(hf_model_dir, 40, connector=True)
+    for i in range(4):
+        hint = {"session_id": f"Q{i}", "tool": "t", "expected_s": 60}
+        run(s, [make_request(_prompt(60 + i, 9), 1, hint)])
+    big = make_request(_prompt(70, 37), 1)
+    assert run(s, [big])[big.request_id] == 0
+    for i in range(4):
+        run(s, [make_request(_prompt(60 + i, 1), 1, {"session_id": f"Q{i}", "last_step": True})])
+    _assert_no_leak(s)
+
+
+def test_shared_prefix_and_session_end_release_everything(hf_model_dir):
+    """Sessions sharing a system prompt retain it together; ending each gives back exactly its
+    references (block reference counts return to zero, no block lost or freed twice)."""
+    s = make_scheduler(hf_model_dir, 64, connector=True)
+    sids = [f"W{i}" for i in range(3)]
+    for i, sid in enumerate(sids):
+        hint = {"session_id": sid, "tool": "t", "expected_s": 10}
+        run(s, [make_request(SYSTEM + _prompt(80 + i, 2), 2, hint)])
+    shared = s.connector.holds["W0"][:4]
+    assert all(s.connector.holds[sid][:4] == shared for sid in sids)
+    assert all(_pool(s).blocks[b].ref_cnt == 3 for b in shared)
+    for i, sid in enumerate(sids):
+        last = {"session_id": sid, "last_step": True}
+        req = make_request(SYSTEM + _prompt(80 + i, 2) + [TOKEN] * 2, 1, last)
+        assert run(s, [req])[req.request_id] == len(SYSTEM) + 2 * BLOCK_SIZE
+    _assert_no_leak(s)
+
+
+def test_requests_without_a_session_or_with_a_bad_hint_are_left_to_vllm(hf_model_dir):
+    s = make_scheduler(hf_model_dir, 32, connector=True)
+    run(s, [make_request(_prompt(90, 3), 2)])
+    run(s, [make_request(_prompt(91, 3), 2, {"session_id": 7})])
+    run(s, [make_request(_prompt(92, 3), 2, {"session_id": "X", "bogus": 1})])
+    assert s.connector.holds == {} and s.connector.stats.retained_steps == 0
+    _assert_no_leak(s)
