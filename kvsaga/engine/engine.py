@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from kvsaga.config import KVSpec, PoolConfig
+from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
@@ -24,6 +25,7 @@ from kvsaga.engine.scheduler import Scheduler
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
+from kvsaga.policy import EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.storage import KVStorage, free_device_bytes
 
@@ -51,12 +53,16 @@ class LLMEngine:
         fp32 on CPU, bf16 on CUDA).
     kv_memory_bytes: GPU-tier budget; default 512 MiB on CPU, 90% of free memory on CUDA.
     block_size: tokens per KV block.
-    policy: eviction policy name.
+    policy: eviction policy name, priced with `cost` (this model on this device, from
+        `kvsaga.engine.cost`); or a ready policy instance, used as it is.
     max_num_seqs / max_num_batched_tokens: batch limits per step.
     max_model_len: longest context; default the model's.
     progress: progress bar while loading weights.
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
+
+    Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
+    built from them; `spec` (the KV block shape); `tokenizer`, `config`.
     """
 
     def __init__(
@@ -67,7 +73,7 @@ class LLMEngine:
         dtype: torch.dtype | None = None,
         kv_memory_bytes: int | None = None,
         block_size: int = 16,
-        policy: str = "lru",
+        policy: str | EvictionPolicy = "lru",
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 1024,
         max_model_len: int | None = None,
@@ -98,6 +104,13 @@ class LLMEngine:
         )
         self.clock = clock
         num_host_blocks = pool.num_host_blocks(self.spec)
+        # Evictions are priced for this model on this device, not the A100 default.
+        self.device_profile = device_profile(
+            self.device, self.dtype, cfg, self.spec.bytes_per_block
+        )
+        self.cost = model_cost(cfg, self.spec, self.device_profile)
+        if isinstance(policy, str):
+            policy = make_policy(policy, cost=self.cost)
         self.manager = KVCacheManager(
             self.spec,
             num_blocks,

@@ -14,6 +14,8 @@ Policies with `needs_oracle = True` take `oracle=` and are for trace replay only
 
 from __future__ import annotations
 
+import inspect
+
 from kvsaga.policy.base import Action, BlockView, EvictionPolicy
 from kvsaga.policy.belady import BeladyPolicy, ClairvoyantTTLPolicy, FutureOracle
 from kvsaga.policy.cost import CostModel, PrefillCost
@@ -29,9 +31,12 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 }
 
 
-def make_policy(name: str, **kwargs) -> EvictionPolicy:
+def make_policy(name: str, *, cost: CostModel | None = None, **kwargs) -> EvictionPolicy:
     """Build a policy by name.
 
+    Args:
+        cost: what rebuilding and reloading KV cost, for the policies that price their
+            decisions (the others ignore it); None leaves them their default.
     Raises:
         ValueError: unknown name (the message lists the known ones), or an oracle policy
             built without `oracle=`.
@@ -40,6 +45,8 @@ def make_policy(name: str, **kwargs) -> EvictionPolicy:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+    if cost is not None and "cost" in inspect.signature(cls).parameters:
+        kwargs["cost"] = cost
     return cls(**kwargs)
 
 

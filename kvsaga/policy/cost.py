@@ -40,7 +40,7 @@ class PrefillCost:
     recompute_s(n, c) = s_per_token * n + s_per_token_pair * (n * c + n * (n + 1) / 2)
     reload_s(k)       = k * block_bytes / host_bandwidth + transfer_latency_s   (k > 0)
 
-    Constants (see /work/shared/CALIBRATION.md):
+    Constants (their sources: docs/workloads.md, "Cost model"):
     - s_per_token = 1.0e-4 s: 2 FLOPs per parameter per token (16 GFLOP for 8B) at 160 TFLOP/s,
       about half of the A100's 312 TFLOP/s bf16 peak (a typical prefill MFU).
     - s_per_token_pair = 3.3e-9 s: causal attention costs 4 * num_heads * head_dim * num_layers
@@ -70,6 +70,44 @@ class PrefillCost:
         v = self.block_bytes
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"PrefillCost.block_bytes must be a positive int, got {v!r}")
+
+    @classmethod
+    def for_model(
+        cls,
+        *,
+        linear_params: float,
+        attention_flops_per_pair: float,
+        block_bytes: int,
+        prefill_flops: float,
+        host_bandwidth: float,
+        transfer_latency_s: float = 10e-6,
+    ) -> PrefillCost:
+        """Price one model on one device (the default above is this for Llama-3.1-8B on an
+        A100 at 160 TFLOP/s and 25 GB/s).
+
+        Args:
+            linear_params: weights every prompt token passes through (2 FLOPs each).
+            attention_flops_per_pair: FLOPs of one causal (query, key) pair over all layers
+                (QK^T and PV: 4 x query heads x head dim x layers).
+            block_bytes: bytes of one KV block.
+            prefill_flops: FLOP/s a prefill achieves on the device (not its peak).
+            host_bandwidth: host <-> device bytes/s of block copies, one way.
+            transfer_latency_s: fixed cost of one batched copy.
+        Raises:
+            ValueError: a figure is not a positive number.
+        """
+        for name, v in (("linear_params", linear_params),
+                        ("attention_flops_per_pair", attention_flops_per_pair),
+                        ("prefill_flops", prefill_flops)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"PrefillCost.for_model: {name} must be a number > 0, got {v!r}")
+        return cls(
+            s_per_token=2 * linear_params / prefill_flops,
+            s_per_token_pair=attention_flops_per_pair / prefill_flops,
+            block_bytes=block_bytes,
+            host_bandwidth=host_bandwidth,
+            transfer_latency_s=transfer_latency_s,
+        )
 
     def recompute_s(self, num_tokens: int, context_tokens: int) -> float:
         """Linear (weights) plus quadratic (causal attention) prefill time.
