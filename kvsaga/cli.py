@@ -208,17 +208,17 @@ def setup_logging(level: str) -> None:
                         datefmt="%H:%M:%S")
 
 
-def report_failure(prog: str, e: BaseException, debug: bool) -> int:
+def report_failure(prog: str, e: BaseException, debug: bool, context: str = "") -> int:
     """One line naming the problem (the traceback too under --log-level debug); the exit code:
     2 for bad input the user can fix, 1 for anything else."""
     from kvsaga.errors import KVSagaError
 
     if debug:
-        logging.getLogger(prog).exception("failed")
+        logging.getLogger(prog).error("failed", exc_info=e)
     if isinstance(e, KVSagaError):
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {context}{e}", file=sys.stderr)
         return 2
-    print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"{prog}: error: {context}{type(e).__name__}: {e}", file=sys.stderr)
     if not debug:
         print(f"{prog}: (run with --log-level debug for the traceback)", file=sys.stderr)
     return 1

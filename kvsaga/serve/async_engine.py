@@ -177,8 +177,8 @@ class AsyncEngine:
             try:
                 assert self._factory is not None
                 self.engine = self._factory()
-            except BaseException as e:  # reported by /health and 503s; the thread ends
-                log.exception("loading the model failed")
+            except BaseException as e:  # reported by /health, 503s and kvsaga-serve's exit
+                log.debug("loading the model failed", exc_info=True)
                 self.load_error = e
                 return
         engine = self.engine

@@ -7,11 +7,17 @@ kvsaga-serve --model ./my-llama --port 9000 --policy lru --kv-memory 2G --api-ke
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import threading
+import time
 
 from kvsaga import envs
+from kvsaga.cli import add_version, report_failure, setup_logging
 from kvsaga.config import parse_bytes
 from kvsaga.serve.settings import ServerSettings
+
+log = logging.getLogger("kvsaga.serve")
 
 
 def _bytes(text: str) -> int:
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "across tool calls.",
         formatter_class=_Help,
     )
+    add_version(p)
     a = p.add_argument
     a("--model", default=None,
       help="HF directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
@@ -57,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="host memory for KV blocks offloaded from the device, e.g. 8G (default: none, "
       "no offload)")
     a("--block-size", type=int, default=d.block_size, help="tokens per KV block")
-    a("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     a("--max-num-seqs", type=int, default=d.max_num_seqs, help="most requests per batch")
     a("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
       help="token budget of one forward pass (chunked prefill)")
@@ -77,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds after which a silent session is ended")
     a("--metrics-compat", default=None, choices=["vllm"],
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...)")
+    a("--metrics-auth", action="store_true",
+      help="require the API key on /metrics too (default: /metrics is open)")
+    a("--log-stats-interval", type=float, default=d.log_stats_interval_s,
+      help="seconds between status lines (throughput, queue, KV usage, hit rate); 0: none")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-      help="uvicorn's log level")
+      help="log level; debug also prints the traceback of a failure")
     return p
 
 
@@ -105,11 +116,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         default_max_tokens=args.default_max_tokens,
         session_idle_s=args.session_idle,
         metrics_compat=args.metrics_compat,
+        metrics_auth=args.metrics_auth,
+        log_stats_interval_s=args.log_stats_interval,
     )
 
 
 def engine_factory(s: ServerSettings):
-    """A function that loads the engine the settings describe (with a progress bar)."""
+    """A function that loads the engine the settings describe (with a progress bar on a
+    terminal; in a log it would print one line per update)."""
 
     def load():
         from kvsaga.engine.engine import LLMEngine
@@ -123,33 +137,71 @@ def engine_factory(s: ServerSettings):
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens,
             max_model_len=s.max_model_len,
-            progress=True,
+            progress=sys.stderr.isatty(),
             host_memory_bytes=s.host_memory_bytes or 0,
         )
 
     return load
 
 
+def preflight(s: ServerSettings) -> None:
+    """Check, before binding the port, what can be checked without loading the weights: the
+    device, and that the model path (or the default model's package) is there and readable
+    as a checkpoint.
+
+    Raises:
+        KVSagaError: naming the problem.
+    """
+    from kvsaga.engine.llm import resolve_device
+    from kvsaga.engine.loader import default_model_path
+    from kvsaga.engine.weights import open_checkpoint
+
+    resolve_device(s.device)
+    open_checkpoint(s.model if s.model is not None else default_model_path())
+
+
+def _exit_on_load_failure(app, server, failed: list[BaseException]) -> None:
+    """Watch the engine thread's load: on failure, stop the server so the process exits
+    non-zero (supervisors restart or alert on that) instead of answering 503 forever."""
+    engine = app.state.engine
+    while not engine.ready and not server.should_exit:
+        if engine.load_error is not None:
+            failed.append(engine.load_error)
+            server.should_exit = True
+            return
+        time.sleep(0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    debug = args.log_level == "debug"
     try:
         settings = settings_from_args(args)
     except (AssertionError, ValueError) as e:
-        print(f"kvsaga-serve: {e}", file=sys.stderr)
+        print(f"kvsaga-serve: error: {e}", file=sys.stderr)
         return 2
+    try:
+        preflight(settings)
+    except Exception as e:
+        return report_failure("kvsaga-serve", e, debug)
     import uvicorn
 
     from kvsaga.serve.app import build_app, model_name_for
 
     app = build_app(engine_factory(settings), settings)
     auth = "API key required" if settings.api_keys else "no auth"
-    print(
-        f"kvsaga-serve: {model_name_for(settings)} at {settings.url} "
-        f"(policy {settings.policy}, {auth}; /health says ok once loaded)",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    log.info("%s at %s (policy %s, %s; /health says ok once loaded)",
+             model_name_for(settings), settings.url, settings.policy, auth)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_level=args.log_level))
+    failed: list[BaseException] = []
+    watcher = threading.Thread(target=_exit_on_load_failure, args=(app, server, failed),
+                               daemon=True)
+    watcher.start()
+    server.run()
+    if failed:
+        return report_failure("kvsaga-serve", failed[0], debug, "the model failed to load: ")
     return 0
 
 

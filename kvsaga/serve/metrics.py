@@ -3,7 +3,13 @@ build several apps in one process).
 
 Cache and queue figures are read at scrape time from the snapshot that the engine thread
 publishes after each step (the manager itself is never touched from the scrape thread);
-latency histograms are observed by the request handlers.
+latency histograms are observed by the request handlers. Every series carries the
+`model_name` label, as vLLM's do.
+
+`compat="vllm"` adds, under vLLM's names, the series that vLLM-aware routers (llm-d's
+endpoint picker, production-stack's router) and the usual Grafana dashboards read: queue and
+batch sizes, KV cache usage (current and pre-v1 names), prefix-cache queries and hits, token
+counters, preemptions, TTFT / inter-token / end-to-end histograms and `cache_config_info`.
 """
 
 from __future__ import annotations
@@ -20,13 +26,44 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 _ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class TokenCounts:
+    """Tokens and requests the handlers have seen, for the counters and the periodic log."""
+
+    def __init__(self) -> None:
+        self.generation_tokens = 0
+        self.finished_requests = 0
+
+
+class _Latency:
+    """One latency histogram under kvsaga's name and, with vLLM compat, vLLM's name(s) too;
+    `observe` records into all of them (and counts what it is told to count)."""
+
+    def __init__(self, registry: CollectorRegistry, names: list[str], doc: str,
+                 buckets: tuple[float, ...], model_name: str, count: str | None,
+                 counts: TokenCounts) -> None:
+        self.children = [
+            Histogram(n, doc, ["model_name"], registry=registry, buckets=buckets).labels(model_name)
+            for n in names
+        ]
+        self.count = count
+        self.counts = counts
+
+    def observe(self, seconds: float) -> None:
+        for h in self.children:
+            h.observe(seconds)
+        if self.count is not None:
+            setattr(self.counts, self.count, getattr(self.counts, self.count) + 1)
+
+
 class _EngineCollector(Collector):
     """Turns the engine snapshot into gauges and counters at each scrape."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str, compat: str | None) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, compat: str | None,
+                 counts: TokenCounts) -> None:
         self.engine = engine
         self.model_name = model_name
         self.compat = compat
+        self.counts = counts
 
     def collect(self) -> Iterator:
         snap = self.engine.snapshot
@@ -57,9 +94,9 @@ class _EngineCollector(Collector):
                       st.queried_tokens)
         yield counter("kvsaga:prefix_cache_hits", "Prompt tokens found in the cache.",
                       st.hit_tokens)
-        host_hits = getattr(st, "host_hit_tokens", 0)
-        offloaded = getattr(st, "offloaded_blocks", 0)
-        loaded = getattr(st, "loaded_blocks", 0)
+        yield counter("kvsaga:generation_tokens", "Tokens generated.",
+                      self.counts.generation_tokens)
+        host_hits = st.host_hit_tokens
         src = CounterMetricFamily("kvsaga:cached_tokens", "Prompt tokens served from the cache, "
                                   "by the tier they came from.", labels=[*labels, "source"])
         src.add_metric([*lv, "gpu"], st.hit_tokens - host_hits)
@@ -67,16 +104,16 @@ class _EngineCollector(Collector):
         yield src
         ev = CounterMetricFamily("kvsaga:evictions", "KV blocks evicted from the GPU tier, by "
                                  "policy and action.", labels=[*labels, "policy", "action"])
-        ev.add_metric([*lv, snap.policy, "discard"], st.num_evicted_blocks - offloaded)
-        ev.add_metric([*lv, snap.policy, "offload"], offloaded)
+        ev.add_metric([*lv, snap.policy, "discard"], st.num_evicted_blocks - st.offloaded_blocks)
+        ev.add_metric([*lv, snap.policy, "offload"], st.offloaded_blocks)
         yield ev
         off = CounterMetricFamily("kvsaga:offload_bytes", "KV bytes copied between GPU and host.",
                                   labels=[*labels, "direction"])
-        off.add_metric([*lv, "gpu_to_host"], offloaded * snap.bytes_per_block)
-        off.add_metric([*lv, "host_to_gpu"], loaded * snap.bytes_per_block)
+        off.add_metric([*lv, "gpu_to_host"], st.offloaded_blocks * snap.bytes_per_block)
+        off.add_metric([*lv, "host_to_gpu"], st.loaded_blocks * snap.bytes_per_block)
         yield off
         yield gauge("kvsaga:host_blocks_cached", "KV blocks held in the host tier.",
-                    getattr(st, "num_host_cached_blocks", 0))
+                    st.num_host_cached_blocks)
         sess = GaugeMetricFamily("kvsaga:sessions", "Agent sessions by state.",
                                  labels=[*labels, "state"])
         sess.add_metric([*lv, "running"], st.num_running_sessions)
@@ -91,18 +128,41 @@ class _EngineCollector(Collector):
         yield counter("kvsaga:num_preemptions", "Requests preempted for lack of KV blocks.",
                       snap.num_preemptions)
         if self.compat == "vllm":
-            # The names that vLLM-aware routers and dashboards already read.
-            yield gauge("vllm:num_requests_running", "Requests in the running batch.",
-                        snap.num_running)
-            yield gauge("vllm:num_requests_waiting", "Requests queued for the batch.",
-                        snap.num_waiting)
-            yield gauge("vllm:kv_cache_usage_perc", "Share of KV blocks in use (0-1).", st.usage)
-            info = InfoMetricFamily("vllm:cache_config", "KV cache configuration.")
-            info.add_metric([], {"block_size": str(snap.block_size),
-                                 "num_gpu_blocks": str(st.num_gpu_blocks),
-                                 "enable_prefix_caching": "True",
-                                 "eviction_policy": snap.policy})
-            yield info
+            yield from self._vllm(snap, gauge, counter)
+
+    def _vllm(self, snap, gauge, counter) -> Iterator:
+        """The gauges and counters under vLLM's names (its histograms are `_Latency`'s)."""
+        st = snap.cache
+        yield gauge("vllm:num_requests_running", "Requests in the running batch.",
+                    snap.num_running)
+        yield gauge("vllm:num_requests_waiting", "Requests queued for the batch.",
+                    snap.num_waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "Share of KV blocks in use (0-1).", st.usage)
+        yield gauge("vllm:gpu_cache_usage_perc", "Share of KV blocks in use (0-1; the name "
+                    "before vLLM v1).", st.usage)
+        yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the cache.",
+                      st.queried_tokens)
+        yield counter("vllm:prefix_cache_hits", "Prompt tokens found in the cache.",
+                      st.hit_tokens)
+        yield counter("vllm:gpu_prefix_cache_queries", "Prompt tokens looked up in the cache "
+                      "(the name before vLLM 0.9).", st.queried_tokens)
+        yield counter("vllm:gpu_prefix_cache_hits", "Prompt tokens found in the cache (the "
+                      "name before vLLM 0.9).", st.hit_tokens)
+        yield counter("vllm:prompt_tokens", "Prompt tokens looked up (prefilled or cached).",
+                      st.queried_tokens)
+        yield counter("vllm:generation_tokens", "Tokens generated.",
+                      self.counts.generation_tokens)
+        yield counter("vllm:request_success", "Requests that finished.",
+                      self.counts.finished_requests)
+        yield counter("vllm:num_preemptions", "Requests preempted for lack of KV blocks.",
+                      snap.num_preemptions)
+        info = InfoMetricFamily("vllm:cache_config", "KV cache configuration.",
+                                labels=["model_name"])
+        info.add_metric([self.model_name], {"block_size": str(snap.block_size),
+                             "num_gpu_blocks": str(st.num_gpu_blocks),
+                             "enable_prefix_caching": "True",
+                             "eviction_policy": snap.policy})
+        yield info
 
 
 class ServerMetrics:
@@ -110,25 +170,30 @@ class ServerMetrics:
 
     Args:
         engine: whose snapshot the gauges read.
-        model_name: the `model_name` label.
+        model_name: the `model_name` label of every series.
         compat: "vllm" to add vLLM's metric names as well.
     """
 
     def __init__(self, engine: AsyncEngine, model_name: str, compat: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_EngineCollector(engine, model_name, compat))
-        self.ttft = Histogram(
-            "kvsaga:time_to_first_token_seconds", "Time from arrival to the first token.",
-            registry=self.registry, buckets=_TTFT_BUCKETS,
-        )
-        self.itl = Histogram(
-            "kvsaga:inter_token_latency_seconds", "Time between successive tokens.",
-            registry=self.registry, buckets=_ITL_BUCKETS,
-        )
-        self.e2e = Histogram(
-            "kvsaga:e2e_request_latency_seconds", "Time from arrival to the last token.",
-            registry=self.registry, buckets=_TTFT_BUCKETS,
-        )
+        self.counts = TokenCounts()
+        self.registry.register(_EngineCollector(engine, model_name, compat, self.counts))
+        vllm = compat == "vllm"
+
+        def latency(name: str, vllm_names: list[str], doc: str, buckets, count: str | None):
+            names = [f"kvsaga:{name}"] + ([f"vllm:{n}" for n in vllm_names] if vllm else [])
+            return _Latency(self.registry, names, doc, buckets, model_name, count, self.counts)
+
+        # The first token and each later one are each one generated token.
+        self.ttft = latency("time_to_first_token_seconds", ["time_to_first_token_seconds"],
+                            "Time from arrival to the first token.", _TTFT_BUCKETS,
+                            "generation_tokens")
+        self.itl = latency("inter_token_latency_seconds",
+                           ["inter_token_latency_seconds", "time_per_output_token_seconds"],
+                           "Time between successive tokens.", _ITL_BUCKETS, "generation_tokens")
+        self.e2e = latency("e2e_request_latency_seconds", ["e2e_request_latency_seconds"],
+                           "Time from arrival to the last token.", _TTFT_BUCKETS,
+                           "finished_requests")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

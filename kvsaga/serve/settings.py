@@ -53,6 +53,12 @@ class ServerSettings:
     """A session that sends nothing for this long is ended (its blocks become plain cache)."""
     metrics_compat: str | None = None
     """Also export the metric names that existing routers read: "vllm"."""
+    metrics_auth: bool = False
+    """Require the API key on /metrics too (by default it is open, as Prometheus scrapers
+    and vLLM expect; /health is always open)."""
+    log_stats_interval_s: float = 10.0
+    """Seconds between status lines in the log (throughput, queue, KV usage, hit rate);
+    0 turns them off. An idle server logs nothing."""
     retry_after_s: int = 1
     """Retry-After sent with 429 responses, in seconds."""
 
@@ -67,6 +73,9 @@ class ServerSettings:
             f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known"
         )
         assert all(k for k in self.api_keys), "api keys must be non-empty"
+        assert self.log_stats_interval_s >= 0, (
+            f"log_stats_interval_s {self.log_stats_interval_s} must be >= 0"
+        )
 
     @property
     def url(self) -> str:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from kvsaga import __version__
 from kvsaga.serve.cli import build_parser, settings_from_args
 
 
@@ -20,3 +26,39 @@ def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
 def test_every_flag_has_help():
     for action in build_parser()._actions:
         assert action.help, action.dest
+
+
+def _serve(*argv: str) -> subprocess.CompletedProcess:
+    """kvsaga-serve in a child process; a server that hangs instead of exiting fails."""
+    cmd = [sys.executable, "-m", "kvsaga.serve.cli", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_model_exits_non_zero_before_serving():
+    r = _serve("--model", "/nope", "--port", "0")
+    assert r.returncode == 2
+    assert r.stderr == "kvsaga-serve: error: model path does not exist: /nope\n"
+
+
+def test_an_unavailable_device_exits_non_zero_in_one_line():
+    r = _serve("--device", "tpu", "--port", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device 'tpu'" in r.stderr
+
+
+def test_a_load_failure_after_start_exits_non_zero(tiny_dir: Path, tmp_path: Path):
+    """Weights or tokenizer that fail while loading (after the port is bound) stop the
+    server with one error line, not 503 forever; the traceback only under debug."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "tokenizer.json").unlink()
+    r = _serve("--model", str(broken), "--port", "0", "--device", "cpu", "--log-level", "warning")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"kvsaga-serve: error: the model failed to load: {broken}: no tokenizer.json (only "
+        "fast tokenizers are supported)")
+    assert "Traceback" not in r.stderr
+
+
+def test_version():
+    r = _serve("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"kvsaga-serve {__version__}"

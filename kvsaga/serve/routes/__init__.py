@@ -1,0 +1,1 @@
+"""The HTTP routes of kvsaga-serve, one module per concern; each exposes `router`."""

@@ -1,0 +1,64 @@
+"""POST /v1/chat/completions and POST /v1/completions: turn the request into a prompt and
+hand it to `Serving`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from kvsaga.engine.chat_template import ChatTemplateError
+from kvsaga.serve.errors import APIError
+from kvsaga.serve.protocol import ChatCompletionRequest, CompletionRequest
+from kvsaga.serve.serving import Prompt
+from kvsaga.serve.state import server_state
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request, body: ChatCompletionRequest) -> Response:
+    state = server_state(request)
+    srv = state.serving()
+    state.check_model(body.model)
+    messages = [_message_dict(m) for m in body.messages]
+    kwargs = {"tools": body.tools} if body.tools else {}
+    try:
+        text = srv.sessions.tokenizer.apply_chat_template(messages, True, **kwargs)
+    except ChatTemplateError as e:
+        raise APIError(422, f"the chat template rejected the messages: {e}",
+                       param="messages") from None
+    prompt = Prompt(text, add_special_tokens=False, param="messages")
+    return await srv.complete(request, body, prompt, True,
+                              body.max_completion_tokens or body.max_tokens)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    state = server_state(request)
+    srv = state.serving()
+    state.check_model(body.model)
+    p = body.prompt
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]  # a batch of one
+    if isinstance(p, str):
+        prompt = Prompt(p)
+    elif isinstance(p, list) and all(isinstance(t, int) for t in p):
+        prompt = Prompt(None, ids=list(p))
+    else:
+        raise APIError(400, "only one prompt per request is supported", param="prompt")
+    return await srv.complete(request, body, prompt, False, body.max_tokens)
+
+
+def _message_dict(message: Any) -> dict:
+    """A message as the chat template expects: text parts of a content list joined."""
+    d = message.model_dump(exclude_none=True)
+    content = d.get("content")
+    if isinstance(content, list):
+        texts = [part.get("text") or "" for part in content if part.get("type") == "text"]
+        if len(texts) != len(content):
+            raise APIError(400, "only text content parts are supported",
+                           param="messages.content")
+        d["content"] = "".join(texts)
+    return d

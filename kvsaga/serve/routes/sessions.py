@@ -1,0 +1,33 @@
+"""POST /v1/sessions/{id}/end: end an agent session (its full blocks stay as prefix cache)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+
+from kvsaga.serve.errors import APIError
+from kvsaga.serve.sessions import tenant_salt
+from kvsaga.serve.state import server_state
+
+router = APIRouter()
+
+
+@router.post("/v1/sessions/{session_id}/end")
+async def end_session(request: Request, session_id: str) -> dict:
+    state = server_state(request)
+    srv = state.serving()
+    cache_salt = None
+    raw = await request.body()
+    if raw.strip():
+        try:
+            cache_salt = json.loads(raw).get("cache_salt")
+        except (ValueError, AttributeError):
+            raise APIError(400, "body must be a JSON object") from None
+    api_key = request.scope.get("state", {}).get("api_key")
+    engine_sid = srv.sessions.engine_id(tenant_salt(api_key, cache_salt), session_id)
+    if srv.sessions.drop(engine_sid) is None:
+        raise APIError(404, f"session {session_id!r} does not exist (or has ended)",
+                       param="session_id", code="session_not_found")
+    await state.engine.end_session(engine_sid)
+    return {"id": session_id, "object": "session", "ended": True}

@@ -1,0 +1,80 @@
+"""/metrics: open by default (or behind the key), `model_name` on every series, the vLLM
+names that routers and dashboards read; the periodic status line of the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvsaga.serve.app import build_app
+from kvsaga.serve.stats_log import StatsLogger
+from tests.serve.conftest import MODEL, LiveServer, make_engine, settings
+
+# What llm-d's endpoint picker, production-stack's router and vLLM's Grafana dashboard read.
+VLLM_NAMES = [
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits",
+    "vllm:gpu_prefix_cache_queries", "vllm:gpu_prefix_cache_hits", "vllm:prompt_tokens",
+    "vllm:generation_tokens", "vllm:request_success", "vllm:num_preemptions",
+    "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+    "vllm:time_per_output_token_seconds", "vllm:e2e_request_latency_seconds",
+    "vllm:cache_config_info",
+]
+
+
+def _families(url: str) -> dict:
+    text = httpx.get(f"{url}/metrics").text
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_every_series_is_labelled_and_vllm_names_are_there(server: LiveServer, client):
+    r = client.completions.create(model=MODEL, prompt="metrics please", max_tokens=4,
+                                  temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 4
+    fams = _families(server.url)
+    for name in VLLM_NAMES:
+        assert name in fams, name
+    for fam in fams.values():
+        if fam.name.startswith(("kvsaga:", "vllm:")):
+            for sample in fam.samples:
+                assert sample.labels.get("model_name") == MODEL, sample
+    gen = fams["kvsaga:generation_tokens"].samples[0].value
+    assert gen >= 4 and fams["vllm:generation_tokens"].samples[0].value == gen
+    ttft = {s.name: s.value for s in fams["vllm:time_to_first_token_seconds"].samples}
+    assert ttft["vllm:time_to_first_token_seconds_count"] >= 1
+
+
+def test_metrics_auth_puts_metrics_behind_the_key(tiny_dir: Path):
+    app = build_app(make_engine(tiny_dir), settings(api_keys=("k",), metrics_auth=True))
+    with LiveServer(app) as s:
+        assert httpx.get(f"{s.url}/metrics").status_code == 401
+        ok = httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer k"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{s.url}/health").status_code == 200
+
+
+def test_status_line_reports_the_interval_and_stays_quiet_when_idle(server: LiveServer,
+                                                                    client: openai.OpenAI):
+    server.wait_idle()
+    now = [0.0]
+    logger = StatsLogger(server.app.state.engine, server.app.state.server.metrics.counts,
+                         clock=lambda: now[0])
+    now[0] = 10.0
+    logger.line()  # absorbs whatever earlier tests did
+    now[0] = 20.0
+    assert logger.line() is None  # idle: nothing to say
+    prompt = "the same prompt, twice over, to hit the prefix cache on the second request"
+    for _ in range(2):
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    server.wait_idle()
+    now[0] = 30.0
+    line = logger.line()
+    assert line is not None
+    assert "generation throughput 1.0 tokens/s" in line  # 10 tokens in 10 s
+    assert "running 0 reqs, waiting 0 reqs" in line
+    rate = float(line.split("prefix cache hit rate ")[1].split("%")[0])
+    assert 0 < rate < 100
