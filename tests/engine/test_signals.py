@@ -25,9 +25,9 @@ def model_dir(tiny_model_dir):
     return tiny_model_dir("llama_gqa4_untied")
 
 
-def make_engine(model_dir, **kw) -> LLMEngine:
+def make_engine(model_dir, device: str = "cpu", **kw) -> LLMEngine:
     kw.setdefault("kv_memory_bytes", 4 * 2**20)
-    return LLMEngine(str(model_dir), device="cpu", progress=False, **kw)
+    return LLMEngine(str(model_dir), device=device, progress=False, **kw)
 
 
 def run(engine: LLMEngine, ids: list[int], params=GREEDY, **kw) -> Request:
@@ -46,21 +46,22 @@ def two_steps(engine: LLMEngine, between=None) -> tuple[Request, Request]:
     return a, b
 
 
-@pytest.fixture(scope="module")
-def reference(model_dir) -> tuple[list[int], list[int]]:
+def reference(model_dir, device: str = "cpu") -> tuple[list[int], list[int]]:
     """The two steps' greedy tokens with room for everything: no eviction, no offload."""
-    a, b = two_steps(make_engine(model_dir))
+    a, b = two_steps(make_engine(model_dir, device))
     assert b.num_cached_tokens >= 48
     return a.output_ids, b.output_ids
 
 
-def test_resume_hint_prefetches_offloaded_blocks_before_the_step(model_dir, reference):
-    probe = make_engine(model_dir, kv_memory_bytes=2**20)
-    bpb = probe.spec.bytes_per_block
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_resume_hint_prefetches_offloaded_blocks_before_the_step(model_dir, device):
+    bpb = make_engine(model_dir, device, kv_memory_bytes=2**20).spec.bytes_per_block
     rng = random.Random(0)
-    # Slow, jittered copies: a forward that did not wait for the prefetch would read blocks
-    # that are still being copied, and its tokens would differ.
-    engine = make_engine(model_dir, kv_memory_bytes=8 * bpb, host_memory_bytes=16 * bpb,
+    # Slow, jittered copies (on CPU; CUDA copies run on their own stream): a forward that
+    # did not wait for the prefetch would read blocks still being copied, and its tokens
+    # would differ.
+    engine = make_engine(model_dir, device, kv_memory_bytes=8 * bpb,
+                         host_memory_bytes=16 * bpb,
                          policy=OffloadSessionBlocksOnly(),
                          transfer_delay=lambda: time.sleep(0.01 + rng.random() / 100))
     seen = {}
@@ -78,11 +79,11 @@ def test_resume_hint_prefetches_offloaded_blocks_before_the_step(model_dir, refe
     assert stats.loaded_blocks >= 3
     # Every hit was on the GPU: the blocks were back before the step's own lookup.
     assert stats.host_hit_tokens == 0 and b.num_cached_tokens >= 48
-    assert (a.output_ids, b.output_ids) == reference
+    assert (a.output_ids, b.output_ids) == reference(model_dir, device)
     engine.manager.check_integrity()
 
 
-def test_without_the_hint_the_step_loads_the_blocks_itself(model_dir, reference):
+def test_without_the_hint_the_step_loads_the_blocks_itself(model_dir):
     probe = make_engine(model_dir, kv_memory_bytes=2**20)
     bpb = probe.spec.bytes_per_block
     engine = make_engine(model_dir, kv_memory_bytes=8 * bpb, host_memory_bytes=16 * bpb)
@@ -90,7 +91,7 @@ def test_without_the_hint_the_step_loads_the_blocks_itself(model_dir, reference)
         e, FILLER, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)))
     stats = engine.stats().cache
     assert stats.prefetched_blocks == 0 and stats.host_hit_tokens >= 48
-    assert (a.output_ids, b.output_ids) == reference
+    assert (a.output_ids, b.output_ids) == reference(model_dir)
 
 
 def test_resume_hint_ignores_unknown_and_running_sessions_and_without_host_tier(model_dir):
