@@ -53,9 +53,11 @@ class _Common(BaseModel):
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=-1)
+    # Unset sampling fields take the model's generation_config.json values, else OpenAI's
+    # defaults (temperature 1, top_p 1, no top-k): `SamplingParams.with_defaults`.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -68,6 +70,10 @@ class _Common(BaseModel):
     prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=256)
     cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
     kvsaga: KVSagaHint | None = None
+
+    def num_top_logprobs(self) -> int | None:
+        """`SamplingParams.logprobs` the request asks for (each endpoint spells it its way)."""
+        return None
 
 
 class ContentPart(BaseModel):
@@ -90,11 +96,23 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    def num_top_logprobs(self) -> int | None:
+        """`SamplingParams.logprobs`: None (none), 0 (the chosen token's) or k alternatives."""
+        if not self.logprobs:
+            return None
+        return self.top_logprobs or 0
 
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    def num_top_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -125,11 +143,34 @@ class AssistantMessage(BaseModel):
     content: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions format: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -150,7 +191,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -166,7 +207,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -178,6 +219,48 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+def _piece(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return text, list(text.encode("utf-8"))
+
+
+def chat_logprobs(
+    tokenizer: Any,
+    token_ids: list[int],
+    logprobs: list[float],
+    top: list[list[tuple[int, float]]] | None,
+) -> ChatLogprobs:
+    """OpenAI's chat `logprobs` for generated tokens (`top`: (id, logprob) per token)."""
+    content = []
+    for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=True)):
+        token, raw = _piece(tokenizer, tid)
+        alts = [TopLogprob(token=t, logprob=v, bytes=b)
+                for t, b, v in ((*_piece(tokenizer, a), v) for a, v in (top[i] if top else ()))]
+        content.append(TokenLogprob(token=token, logprob=lp, bytes=raw, top_logprobs=alts))
+    return ChatLogprobs(content=content)
+
+
+def completion_logprobs(
+    tokenizer: Any,
+    token_ids: list[int],
+    logprobs: list[float],
+    top: list[list[tuple[int, float]]] | None,
+    offset: int,
+) -> CompletionLogprobs:
+    """The legacy completions `logprobs`; `offset` is where the first token's text starts."""
+    tokens, offsets = [], []
+    for tid in token_ids:
+        offsets.append(offset)
+        token = _piece(tokenizer, tid)[0]
+        tokens.append(token)
+        offset += len(token)
+    tops = None
+    if top:
+        tops = [{_piece(tokenizer, a)[0]: v for a, v in alts} for alts in top]
+    return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=tops,
+                              text_offset=offsets)
 
 
 class ModelCard(BaseModel):

@@ -34,6 +34,8 @@ from kvsaga.serve.protocol import (
     Completion,
     CompletionChoice,
     _Common,
+    chat_logprobs,
+    completion_logprobs,
     make_usage,
     new_id,
     now_s,
@@ -83,6 +85,10 @@ class Serving:
         self.model_name = model_name
         assert engine.engine is not None  # Serving is built once the engine has loaded
         self.max_in_flight = engine.engine.max_num_seqs + settings.max_queue
+        # The model's generation_config.json sampling values (max_tokens is set per request).
+        defaults = engine.engine.config.generation.as_dict()
+        defaults.pop("max_tokens", None)
+        self.generation_defaults = defaults
 
     # -- preparing ------------------------------------------------------------------------
     def _params(self, body: _Common, num_prompt: int, requested: int | None) -> SamplingParams:
@@ -114,8 +120,12 @@ class Serving:
             max_tokens = min(s.default_max_tokens, room, s.max_tokens_limit or room)
         if body.n != 1:
             raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
+        if getattr(body, "echo", False) and body.num_top_logprobs() is not None:
+            raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not "
+                           "computed)", param="echo")
         try:
-            return SamplingParams(
+            return SamplingParams.with_defaults(
+                self.generation_defaults,
                 max_tokens=max_tokens,
                 temperature=body.temperature,
                 top_p=body.top_p,
@@ -123,6 +133,7 @@ class Serving:
                 seed=body.seed,
                 stop=body.stop,
                 ignore_eos=body.ignore_eos,
+                logprobs=body.num_top_logprobs(),
             )
         except InvalidRequest as e:
             raise APIError(400, str(e)) from None
@@ -190,6 +201,9 @@ class Serving:
             ctx.in_flight = rid
         run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, bool(hint and hint.last_step),
                    arrival, chat, rid, sid)
+        if getattr(body, "echo", False):
+            run.echo = prompt.text if prompt.text is not None else (
+                self.sessions.tokenizer.decode(ids, skip_special_tokens=False))
         headers = {"X-Session-ID": sid} if sid else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -218,6 +232,9 @@ class _Run:
         self.created = now_s()
         self.last_token_t: float | None = None
         self.final: RequestOutput | None = None
+        self.echo = ""  # completions with `echo`: the prompt text, sent before the answer
+        self._lp_sent = 0  # generated tokens whose logprobs have been sent
+        self._lp_offset = 0  # text offset of the next one (completions' `text_offset`)
 
     async def _outputs(self, request: Request) -> AsyncIterator[RequestOutput]:
         watcher = asyncio.create_task(_abort_on_disconnect(request, self.handle))
@@ -269,31 +286,50 @@ class _Run:
             raise APIError(500, f"the engine failed: {type(e).__name__}: {e}") from None
         out = self.final
         assert out is not None
+        lp = self._new_logprobs(out)
         if self.chat:
             return ChatCompletion(
                 id=self.rid, created=self.created, model=self.s.model_name,
                 choices=[ChatChoice(message=AssistantMessage(content=out.text),
-                                    finish_reason=out.finish_reason)],
+                                    finish_reason=out.finish_reason, logprobs=lp)],
                 usage=self._usage(out),
             ).model_dump(exclude_none=False)
         return Completion(
             id=self.rid, created=self.created, model=self.s.model_name,
-            choices=[CompletionChoice(text=out.text, finish_reason=out.finish_reason)],
+            choices=[CompletionChoice(text=self.echo + out.text, finish_reason=out.finish_reason,
+                                      logprobs=lp)],
             usage=self._usage(out),
         ).model_dump()
 
-    def _chunk(self, delta: str | None, finish: str | None, role: bool = False) -> str:
+    def _new_logprobs(self, out: RequestOutput) -> Any:
+        """Logprobs of the tokens generated since the last call (None when not asked for)."""
+        if out.logprobs is None:
+            return None
+        start, end = self._lp_sent, len(out.token_ids)
+        self._lp_sent = end
+        ids, lps = out.token_ids[start:end], out.logprobs[start:end]
+        top = out.top_logprobs[start:end] if out.top_logprobs else None
+        tok = self.s.sessions.tokenizer
+        if self.chat:
+            return chat_logprobs(tok, ids, lps, top)
+        lp = completion_logprobs(tok, ids, lps, top, len(self.echo) + self._lp_offset)
+        self._lp_offset += sum(len(t) for t in lp.tokens)
+        return lp
+
+    def _chunk(self, delta: str | None, finish: str | None, role: bool = False,
+               logprobs: Any = None) -> str:
         if self.chat:
             obj: Any = ChatCompletionChunk(
                 id=self.rid, created=self.created, model=self.s.model_name,
                 choices=[ChatChunkChoice(
                     delta=ChatDelta(role="assistant" if role else None, content=delta),
-                    finish_reason=finish)],
+                    finish_reason=finish, logprobs=logprobs)],
             )
         else:
             obj = Completion(
                 id=self.rid, created=self.created, model=self.s.model_name,
-                choices=[CompletionChoice(text=delta or "", finish_reason=finish)],
+                choices=[CompletionChoice(text=delta or "", finish_reason=finish,
+                                          logprobs=logprobs)],
             )
         data = obj.model_dump()
         if self.chat:  # OpenAI leaves unset delta fields out
@@ -306,10 +342,12 @@ class _Run:
         try:
             if self.chat:
                 yield self._chunk("", None, role=True)
+            elif self.echo:
+                yield self._chunk(self.echo, None)
             async for out in self._outputs(request):
                 if out.delta or out.finished:
                     yield self._chunk(out.delta if out.delta or not self.chat else None,
-                                      out.finish_reason)
+                                      out.finish_reason, logprobs=self._new_logprobs(out))
             if include_usage and self.final is not None:
                 cls = ChatCompletionChunk if self.chat else Completion
                 yield _sse(cls(id=self.rid, created=self.created, model=self.s.model_name,

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import httpx
 import openai
+import pytest
 
-from .conftest import MODEL, LiveServer
+from kvsaga.serve.app import build_app
+from kvsaga.serve.protocol import ChatCompletionRequest
+
+from .conftest import MODEL, LiveServer, make_engine, settings
 
 CHAT = [{"role": "user", "content": "Say something about caches."}]
 
@@ -84,3 +92,55 @@ def test_models_health_metrics(client: openai.OpenAI, server: LiveServer):
         "vllm:cache_config_info",
     ):
         assert name in text, name
+
+
+def test_chat_logprobs_plain_and_streamed(client: openai.OpenAI, server: LiveServer):
+    kw = dict(model=MODEL, messages=CHAT, max_tokens=6, temperature=0, logprobs=True,
+              top_logprobs=3, extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 6
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry.top_logprobs[0].logprob == entry.logprob
+        assert entry.bytes == list(entry.token.encode())
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [
+        (e.token, round(e.logprob, 4)) for e in content]
+    assert client.chat.completions.create(**{**kw, "logprobs": False}).choices[0].logprobs is None
+    server.wait_idle()
+
+
+def test_completion_echo_and_logprobs(client: openai.OpenAI, server: LiveServer):
+    prompt = "echo this prompt"
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=5, temperature=0,
+              extra_body={"ignore_eos": True})
+    plain = client.completions.create(**kw).choices[0].text
+    echoed = client.completions.create(**kw, echo=True).choices[0].text
+    assert echoed == prompt + plain
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        **kw, echo=True, stream=True) if c.choices)
+    assert streamed == echoed
+    lp = client.completions.create(**kw, logprobs=2).choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(t) == 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
+        client.completions.create(**kw, echo=True, logprobs=1)
+    server.wait_idle()
+
+
+def test_unset_sampling_fields_take_the_models_generation_config(tiny_dir: Path, tmp_path):
+    model = tmp_path / "with-gen"
+    shutil.copytree(tiny_dir, model)
+    (model / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "top_k": 5}))
+    app = build_app(make_engine(model), settings())
+    with LiveServer(app):
+        srv = app.state.server.serving()
+        body = ChatCompletionRequest(model=MODEL, messages=CHAT)
+        p = srv._params(body, 10, None)
+        assert (p.temperature, p.top_k, p.top_p) == (0.0, 5, 1.0)
+        p = srv._params(ChatCompletionRequest(model=MODEL, messages=CHAT, temperature=0.7), 10, 4)
+        assert (p.temperature, p.top_k, p.max_tokens) == (0.7, 5, 4)
