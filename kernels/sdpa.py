@@ -1,12 +1,18 @@
-"""The CPU production path of paged attention: batched `scaled_dot_product_attention`.
+"""The CPU production path of paged attention: one `scaled_dot_product_attention` per sequence.
 
-The reference (`reference.py`) is written to be obviously right: one sequence at a time,
-KV heads repeated, scores in an explicit tensor. That costs ~10 small ops per sequence per
-layer, which dominates a CPU decode step. Here all sequences of the batch share one SDPA
-call: K/V are gathered through the block tables into a padded `[batch, kv_heads, S, D]`
-tensor and a boolean mask hides padding and the future; GQA is left to SDPA
-(`enable_gqa`), so KV heads are never copied per query head. Same signature and semantics
-as the reference, which the tests hold it to.
+The reference (`reference.py`) is written to be obviously right: KV heads repeated, scores
+in an explicit tensor, position-level masks. Here each sequence reads its own blocks with
+one `index_select` per cache (whole blocks, no padding to the batch's longest sequence) and
+runs one SDPA call, which on CPU is a fused kernel that never materialises the scores:
+- decode (one query row): the `group` query heads that share a KV head become that head's
+  query rows, so KV heads are never repeated and no mask is needed;
+- prefill with no cached prefix (query length == context length): SDPA's own causal mode;
+- extend (a chunk after cached tokens): a boolean mask, the chunk's rows offset by the prefix.
+
+`python bench/generate.py --profile decode` showed why the earlier batched version (K/V
+gathered position by position into a `[batch, kv_heads, longest, head_dim]` tensor with a
+padding mask) lost: the position-level gather and the padding cost more than the attention.
+Same signature and semantics as the reference, which the tests hold it to.
 """
 
 from __future__ import annotations
@@ -15,18 +21,18 @@ import torch
 import torch.nn.functional as F
 
 
-def _sdpa(q, k, v, mask, scale):
-    # q: [B, H, Q, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, Q, S] (True = attend)
-    if k.shape[1] != q.shape[1]:
+def _sdpa(q, k, v, mask, scale, causal):
+    # q: [H, Q, D]; k, v: [Hkv, S, D]; mask: [Q, S] bool (True = attend) or None.
+    if k.shape[0] != q.shape[0]:
         try:
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=scale, enable_gqa=True
+                q, k, v, attn_mask=mask, scale=scale, is_causal=causal, enable_gqa=True
             )
         except TypeError:  # torch < 2.5 has no enable_gqa
-            group = q.shape[1] // k.shape[1]
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            group = q.shape[0] // k.shape[0]
+            k = k.repeat_interleave(group, dim=0)
+            v = v.repeat_interleave(group, dim=0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)
 
 
 def paged_attention(
@@ -43,50 +49,34 @@ def paged_attention(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """As `reference.paged_attention`; scores in fp32 (inputs upcast), output in query's dtype."""
+    del max_query_len, max_seq_len
     if out is None:
         out = torch.zeros_like(query)
     starts = query_start_loc.tolist()
-    lens = seq_lens.tolist()
-    batch = len(lens)
-    if batch == 0:
-        return out
-    q_lens = [starts[i + 1] - starts[i] for i in range(batch)]
-    max_q = max(q_lens)
-    max_s = max(lens)
     block_size = k_cache.shape[1]
-    num_blocks = -(-max_s // block_size)
-    dev = query.device
-    lens_t = torch.tensor(lens, device=dev)
-    q_lens_t = torch.tensor(q_lens, device=dev)
-    # Gather K/V as [B, S_pad, Hkv, D] by (block, offset) per position. Positions past a
-    # sequence's length read its position 0 instead (written, so finite: padding must not
-    # bring NaN into the masked products) and are masked below.
-    s_pad = num_blocks * block_size
-    k_pos = torch.arange(s_pad, device=dev)
-    valid = k_pos[None, :] < lens_t[:, None]  # [B, S]
-    pos = torch.where(valid, k_pos[None, :], 0)
-    blocks = block_tables.long().gather(1, pos // block_size)  # [B, S]
-    offsets = pos % block_size
-    k = k_cache[blocks, offsets].transpose(1, 2)  # [B, Hkv, S, D]
-    v = v_cache[blocks, offsets].transpose(1, 2)
-    if k.dtype != torch.float32:  # scores and softmax in fp32, as the reference
-        k, v = k.float(), v.float()
-    if max_q == 1:  # decode: one query row per sequence, no padding of queries
-        q = query[: starts[-1]].float()[:, :, None, :]  # [B, H, 1, D]
-        mask = valid[:, None, None, :]
-        o = _sdpa(q, k, v, mask, scale)  # [B, H, 1, D]
-        out[: starts[-1]] = o[:, :, 0].to(out.dtype)
-        return out
-    # Extend/prefill: pad queries to the longest, mask the future and the padding.
-    h, d = query.shape[1], query.shape[2]
-    q = query.new_zeros((batch, max_q, h, d), dtype=torch.float32)
-    rows = torch.arange(max_q, device=dev)
-    valid_q = rows[None, :] < q_lens_t[:, None]  # [B, Q]
-    q[valid_q] = query[: starts[-1]].float()
-    q_pos = (lens_t - q_lens_t)[:, None] + rows[None, :]  # [B, Q]
-    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & valid[:, None, :]
-    # Padded query rows would attend to nothing (NaN); let them see position 0.
-    mask[:, :, 0] |= ~valid_q
-    o = _sdpa(q.transpose(1, 2), k, v, mask[:, None], scale)  # [B, H, Q, D]
-    out[: starts[-1]] = o.transpose(1, 2)[valid_q].to(out.dtype)
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    group = query.shape[1] // num_kv_heads
+    tables = block_tables.long()
+    for i, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = starts[i], starts[i + 1]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        ids = tables[i, : -(-seq_len // block_size)]
+        # [Hkv, S, D] views over one contiguous copy of the sequence's blocks.
+        k = k_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)
+        v = v_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)
+        q = query[q_start:q_end].float()  # [Q, H, D]
+        if q_len == 1:
+            o = F.scaled_dot_product_attention(
+                q.view(num_kv_heads, group, head_dim), k, v, scale=scale
+            )  # [Hkv, group, D]
+            out[q_start] = o.reshape(-1, head_dim).to(out.dtype)
+            continue
+        mask = None
+        if q_len < seq_len:  # rows sit at positions seq_len - q_len ..; SDPA's causal is not
+            rows = torch.arange(seq_len - q_len, seq_len, device=query.device)
+            mask = torch.arange(seq_len, device=query.device)[None, :] <= rows[:, None]
+        o = _sdpa(q.transpose(0, 1), k, v, mask, scale, causal=mask is None)  # [H, Q, D]
+        out[q_start:q_end] = o.transpose(0, 1).to(out.dtype)
     return out

@@ -1,9 +1,10 @@
-"""The CPU batched-SDPA paged attention against the reference, on ragged batches."""
+"""The CPU per-sequence SDPA paged attention against the reference, on ragged batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from paged_case import GUARD, TOLERANCES, make_case
 
 from kvsaga.kernels import reference, sdpa
 
@@ -50,3 +51,29 @@ def test_sdpa_path_matches_reference(dtype, group, q_lens, seq_lens):
     assert got.dtype == dtype
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [1, 3, 8])
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        # (context, new tokens): decodes around block edges, one sequence with no token.
+        [(1, 1), (15, 1), (16, 1), (17, 1), (53, 1), (300, 1), (20, 0)],
+        # prefill from scratch, extends over cached prefixes, no token, a long extend.
+        [(15, 15), (16, 1), (17, 2), (53, 20), (17, 0), (300, 70), (129, 129)],
+    ],
+    ids=["decode", "extend"],
+)
+def test_sdpa_path_on_strided_poisoned_tier(dtype, group, pairs):
+    """Layer views of a 6-D tier, NaN wherever nothing may be read, guarded output rows."""
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=1 if group == 8 else 2, group=group, head_dim=64,
+                     dtype=dtype, seed=len(pairs) + group)
+    want = reference.paged_attention(*case.args(), out=case.guarded_out())
+    got = sdpa.paged_attention(*case.args(), out=case.guarded_out())
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[dtype]
+    assert not got[:n].isnan().any(), "NaN in the output: a poisoned slot was read"
+    torch.testing.assert_close(got[:n].float(), want[:n].float(), atol=atol, rtol=rtol)
+    assert (got[n:] == GUARD).all(), "padding output rows were written"
