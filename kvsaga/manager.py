@@ -345,10 +345,18 @@ class KVCacheManager:
         self.policy.step_started(s, now)
         return StepStart(len(tokens), num_cached, list(hits))
 
-    def _check_prompt(self, session_id: str, token_ids: Sequence[int]) -> list[int]:
-        """A copy of a step's prompt, or InvalidRequest naming what is wrong with it."""
+    def _check_prompt(self, session_id: str, token_ids: Sequence[int], *,
+                      check_ids: bool = True) -> Sequence[int]:
+        """A step's prompt (a copy when `check_ids`, which checks every id), or
+        InvalidRequest naming what is wrong with it."""
         _check_session_id(session_id)
-        tokens = _check_token_ids(token_ids)
+        if check_ids:
+            tokens = _check_token_ids(token_ids)
+        elif isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
+            raise InvalidRequest(
+                f"token_ids must be a sequence of ints, got {type(token_ids).__name__}")
+        else:
+            tokens = token_ids
         if not tokens:
             raise InvalidRequest("token_ids must not be empty")
         if self.max_model_len is not None and len(tokens) > self.max_model_len:
@@ -398,9 +406,10 @@ class KVCacheManager:
             StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
         Raises:
             InvalidRequest: as `begin_step` for a bad id or prompt, or a session that has
-                an open step.
+                an open step. Token ids are checked where lookup reads them (those it
+                hashes and compares); `begin_step` checks every one.
         """
-        tokens = self._check_prompt(session_id, token_ids)
+        tokens = self._check_prompt(session_id, token_ids, check_ids=False)
         bs = self.block_size
         max_hit = len(tokens) - 1
         max_blocks = max_hit // bs
@@ -408,11 +417,14 @@ class KVCacheManager:
         if s is not None and s.state is SessionState.RUNNING:
             raise InvalidRequest(f"session {session_id!r} already has an open step")
         root = root_hash(salt) if s is None else s.root
-        hashes = list(block_hashes[:max_blocks]) if block_hashes is not None else []
+        hashes = block_hashes if block_hashes is not None else []
         if len(hashes) < max_blocks:
+            hashes = list(hashes)  # the caller's list is read, never extended
             if not hashes and s is not None:
                 keep = _common_prefix_len(s.token_ids, tokens)
                 hashes = s.block_hashes[: min(keep // bs, max_blocks)]
+            first = len(hashes) * bs
+            _check_token_ids(tokens[first : max_blocks * bs])
             self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
         hits = self.index.longest_prefix(hashes, max_blocks)
         state = self.pool.state
@@ -431,6 +443,7 @@ class KVCacheManager:
                 # meet there); count the tail's tokens it repeats too.
                 old = s.token_ids
                 limit = min(ntok, max_hit - start, len(old) - start)
+                _check_token_ids(tokens[start : start + limit])
                 n = 0
                 while n < limit and old[start + n] == tokens[start + n]:
                     n += 1

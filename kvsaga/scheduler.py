@@ -194,6 +194,12 @@ class Scheduler:
 
     # -- the executor's calls -------------------------------------------------------------
     @property
+    def wake_time(self) -> float:
+        """When a waiting step may become admissible with nothing running and nothing
+        arriving (inf: only an arrival or a finish can change the decision)."""
+        return math.inf
+
+    @property
     def has_work(self) -> bool:
         return bool(self.running) or self.num_waiting > 0
 
@@ -480,6 +486,10 @@ class WorkflowScheduler(Scheduler):
     def _backlog_changed(self) -> None:
         """The set of backlogged tenants changed: their deficits restart (AFS)."""
         self.deficits = dict.fromkeys(self._pending, 0.0)
+
+    @property
+    def wake_time(self) -> float:
+        return self._demote_at if self._pending else math.inf
 
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:

@@ -1,10 +1,11 @@
-"""`kvsaga sim`: compare eviction policies on a generated or recorded trace.
+"""`kvsaga sim`: compare schedulers and eviction policies on a generated or recorded trace.
 
     kvsaga sim --workload swe --sessions 200 --seed 1 --policy lru,saga,ttl,graph,belady \\
-        --kv-memory 20G --preset a100-llama3-8b [--host-memory SIZE] [--trace FILE.jsonl] \\
-        [--json OUT] [--plot OUT.png]
+        --scheduler fcfs,workflow --kv-memory 20G --preset a100-llama3-8b \\
+        [--host-memory SIZE] [--trace FILE.jsonl] [--slo-factor 3] [--json OUT] [--plot OUT.png]
 
-Prints one row per policy; `belady` is added as the reference when not asked for. `--plot`
+Prints one row per scheduler and policy; `belady` is added as the reference when not asked
+for. `--plot`
 also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation against it.
 """
 
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from kvsaga.config import parse_bytes
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig
@@ -25,12 +27,15 @@ from kvsaga.sim.workloads import WORKLOADS, generate
 
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 COLUMNS = (
+    ("scheduler", "scheduler", "{}"),
     ("policy", "policy", "{}"),
     ("recomputed", "recomputed_tokens", "{:,}"),
     ("x belady", "belady_ratio", "{:.3f}"),
     ("hit rate", "hit_rate", "{:.3f}"),
     ("tct mean s", "tct_mean_s", "{:.1f}"),
     ("tct p95 s", "tct_p95_s", "{:.1f}"),
+    ("tasks/h", "tasks_per_hour", "{:.1f}"),
+    ("slo", "slo_attainment", "{:.3f}"),
     ("kv util", "kv_utilization", "{:.3f}"),
     ("offl GB", "bytes_offloaded", "{:.2f}"),
     ("reld GB", "bytes_reloaded", "{:.2f}"),
@@ -66,6 +71,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, help="replay this JSON Lines trace instead")
     p.add_argument("--policy", default="lru,saga,ttl,graph,belady",
                    help="comma-separated policies; suffix +host for a host-tier run")
+    p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                   help=f"comma-separated schedulers, run side by side: "
+                   f"{', '.join(sorted(SCHEDULERS))} (default: {DEFAULT_SCHEDULER})")
+    p.add_argument("--slo-factor", type=_positive(float), default=3.0,
+                   help="a task meets its SLO when its TCT <= this x its unloaded TCT "
+                   "(default: 3)")
     p.add_argument("--preset", default="a100-llama3-8b",
                    help=f"GPU and model: {', '.join(sorted(PRESETS))}")
     p.add_argument("--kv-memory", type=_size, default=None,
@@ -132,7 +143,20 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
         host_memory_bytes=args.host_memory or None,
         hints=args.hints,
         resume_hints=not args.no_resume_hints,
+        slo_factor=args.slo_factor,
     )
+
+
+def _schedulers(args) -> list[str]:
+    """The --scheduler names, checked (ValueError naming an unknown one)."""
+    names = [s.strip() for s in args.scheduler.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--scheduler names no scheduler")
+    for name in names:
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose from "
+                             f"{', '.join(sorted(SCHEDULERS))}")
+    return names
 
 
 def format_table(rows: list[dict]) -> str:
@@ -163,6 +187,7 @@ def cmd_sim(args) -> int:
             raise ValueError("--policy names no policy")
         for spec in specs:
             parse_policy(spec)
+        schedulers = _schedulers(args)
         if args.trace is None:
             WORKLOADS[args.workload]  # unknown family: lists the known ones
         _resolve_memory_flags(args)
@@ -172,10 +197,11 @@ def cmd_sim(args) -> int:
         sessions = _load(args)
         progress = not args.quiet and sys.stderr.isatty()
         host_bytes = args.host_memory or None
-        rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress)
+        rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress,
+                       schedulers=schedulers)
         sweep: list[dict] = []
         if args.plot is not None:
-            sweep = _sweep(args, sessions, specs, host_bytes, progress)
+            sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers)
     except (ValueError, OSError, TraceError) as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
@@ -189,7 +215,8 @@ def cmd_sim(args) -> int:
                           "trace": args.trace, "sessions": len(sessions), "seed": args.seed,
                           "scale": args.scale, "preset": cost.name,
                           "num_gpu_blocks": base.blocks(), "num_host_blocks": base.host_blocks(),
-                          "hints": args.hints},
+                          "hints": args.hints, "schedulers": schedulers,
+                          "slo_factor": args.slo_factor},
                "results": rows}
         if sweep:
             out["sweep"] = sweep
@@ -205,7 +232,7 @@ def cmd_sim(args) -> int:
     return 0
 
 
-def _sweep(args, sessions, specs, host_bytes, progress) -> list[dict]:
+def _sweep(args, sessions, specs, host_bytes, progress, schedulers) -> list[dict]:
     base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
@@ -216,7 +243,8 @@ def _sweep(args, sessions, specs, host_bytes, progress) -> list[dict]:
         if cost.num_blocks(gib * GIB) < need:
             continue  # the longest session would not fit
         for row in compare(sessions, _base_config(args, gib * GIB), specs,
-                           host_memory_bytes=host_bytes, progress=progress):
+                           host_memory_bytes=host_bytes, progress=progress,
+                           schedulers=schedulers):
             row["kv_gib"] = gib
             rows.append(row)
     return rows

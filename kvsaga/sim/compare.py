@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from kvsaga.policy import POLICIES
+from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import SimConfig, simulate
 from kvsaga.sim.trace import Session
 
@@ -59,10 +60,16 @@ def config_for(spec: str, base: SimConfig, host_memory_bytes: float | None) -> S
 
 
 def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str],
-            host_memory_bytes: float | None = None, progress: bool = False) -> list[dict]:
-    """Run each policy on the trace and return one row per policy, in order.
+            host_memory_bytes: float | None = None, progress: bool = False,
+            schedulers: Sequence[str] | None = None) -> list[dict]:
+    """Run each policy under each scheduler on the trace; one row per pair, in order
+    (schedulers outer, policies inner).
 
-    The Belady reference for each host setting is run once, added if not requested.
+    The Belady reference for each scheduler and host setting is run once, added if not
+    requested. With several tenants in the trace each row also gets `tenants` (per tenant:
+    tasks, mean TCT and `slowdown`, its TCT over the same tenant's trace alone on 1/k of
+    the GPU under the same scheduler and policy; `tenant_slowdowns`) and
+    `afs_max_slowdown_ratio` (largest tenant slowdown over the smallest).
 
     Args:
         sessions: the trace.
@@ -70,10 +77,25 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         policies: policy specs (see the module docstring).
         host_memory_bytes: host tier size for `+host` specs.
         progress: progress bars (one per simulation).
+        schedulers: scheduler names (default: `base.scheduler` alone).
 
     Returns:
         Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
     """
+    rows = []
+    for name in schedulers or [base.scheduler]:
+        sched = dataclasses.replace(base, scheduler=name)
+        rows += _compare_policies(sessions, sched, policies, host_memory_bytes, progress)
+    if len({s.tenant for s in sessions}) > 1:
+        for row in rows:
+            add_tenant_slowdowns(row, sessions, row.pop("_config"), progress)
+    else:
+        for row in rows:
+            row.pop("_config")
+    return rows
+
+
+def _compare_policies(sessions, base, policies, host_memory_bytes, progress) -> list[dict]:
     configs = {spec: config_for(spec, base, host_memory_bytes) for spec in policies}
     results: dict[str, dict] = {}
     refs: dict[int, dict] = {}  # host blocks -> Belady's row
@@ -91,12 +113,48 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
             refs[host] = simulate(sessions, cfg, progress=progress).to_dict()
     rows = []
     for spec in policies:
-        row = results[spec]
+        row = dict(results[spec])
         ref = refs[configs[spec].host_blocks()]["recomputed_tokens"]
         mine = row["recomputed_tokens"]
         row["belady_ratio"] = mine / ref if ref else (1.0 if mine == 0 else math.nan)
+        row["_config"] = configs[spec]
         rows.append(row)
     return rows
+
+
+def tenant_share(config: SimConfig, k: int) -> SimConfig:
+    """The config of 1/k of the GPU: 1/k of the KV blocks (GPU and host) on a GPU whose
+    FLOP/s, bandwidths and per-step overhead are divided by k (time-sliced k ways)."""
+    cost = config.cost
+    gpu = dataclasses.replace(cost.gpu, name=f"{cost.gpu.name}/{k}",
+                              hbm_bw=cost.gpu.hbm_bw / k, peak_flops=cost.gpu.peak_flops / k,
+                              pcie_bw=cost.gpu.pcie_bw / k, nvlink_bw=cost.gpu.nvlink_bw / k)
+    slow = dataclasses.replace(cost, name=f"{cost.name}/{k}", gpu=gpu,
+                               step_overhead_s=cost.step_overhead_s * k)
+    return dataclasses.replace(config, preset=slow, num_gpu_blocks=config.blocks() // k,
+                               kv_memory_bytes=None, num_host_blocks=config.host_blocks() // k,
+                               host_memory_bytes=None)
+
+
+def add_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
+                         progress: bool = False) -> None:
+    """Add each tenant's `slowdown` (its mean TCT in `row` over its mean TCT alone on 1/k of
+    the GPU, `tenant_share`) to `row["tenants"]`, and `afs_max_slowdown_ratio`.
+
+    Raises:
+        ValueError: a tenant's longest session does not fit 1/k of the KV blocks.
+    """
+    by_tenant: dict[str, list[Session]] = {}
+    for s in sessions:
+        by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
+    share = tenant_share(config, len(by_tenant))
+    for t, own in by_tenant.items():
+        alone = simulate(own, share, progress=progress)
+        entry = row["tenants"][t]
+        entry["tct_alone_s"] = alone.tct_mean_s
+        entry["slowdown"] = entry["tct_mean_s"] / alone.tct_mean_s
+    slow = [e["slowdown"] for e in row["tenants"].values()]
+    row["afs_max_slowdown_ratio"] = max(slow) / min(slow)
 
 
 def peak_working_set(sessions: Sequence[Session], base: SimConfig) -> int:

@@ -4,8 +4,12 @@ scheduler limits, hints, host tier)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from kvsaga.manager import KVCacheManager
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 from kvsaga.sim.cost import PRESETS, StepCostModel
 
 
@@ -28,18 +32,12 @@ class SimConfig:
             tier, every victim is discarded.
         resume_hints: the engine calls `resume_hint` when a paused session's tool returns
             (its next step is ready), as kvsaga-serve does when the next request arrives.
-        admission: "reserve" (default): a waiting step is admitted only if its whole prompt
-            plus `reserve_decode_tokens` fits in the free and evictable blocks left after
-            every running step's own reserve (the rest of its prompt and its next
-            `reserve_decode_tokens` decode tokens), and resumed steps whose context is still
-            resident go before cold ones, within `max_bypass`. "fifo": vLLM's rule (the
-            head of the queue is admitted when its first chunk fits). The same rule serves
-            every policy.
-        reserve_decode_tokens: decode tokens of headroom reserved per running step.
-        max_bypass: how many later requests may be admitted ahead of the head of the queue
-            (for being warm) before the head must go next.
-        admission_window: how many waiting requests, from the head, are looked at for a warm
-            one.
+        scheduler: a `kvsaga.scheduler.SCHEDULERS` name: "workflow" (default; workflow-
+            atomic session admission with Agent Fair Share) or "fcfs" (vLLM v1's rule). The
+            engine runs the same scheduler; the same one serves every policy.
+        scheduler_params: the scheduler's own parameters (`scheduler_params(name)`).
+        slo_factor: a task meets its SLO when its TCT is at most slo_factor x its unloaded
+            TCT (its tool time plus its steps alone on an idle GPU with unbounded KV).
     """
 
     preset: str | StepCostModel = "a100-llama3-8b"
@@ -52,10 +50,9 @@ class SimConfig:
     num_host_blocks: int | None = None
     host_memory_bytes: float | None = None
     resume_hints: bool = True
-    admission: str = "reserve"
-    reserve_decode_tokens: int = 64
-    max_bypass: int = 16
-    admission_window: int = 16
+    scheduler: str = DEFAULT_SCHEDULER
+    scheduler_params: Mapping[str, Any] | None = None
+    slo_factor: float = 3.0
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
@@ -92,13 +89,20 @@ class SimConfig:
                 and math.isfinite(self.kv_memory_bytes) and self.kv_memory_bytes > 0):
             raise ValueError(f"SimConfig.kv_memory_bytes must be a finite number > 0, got "
                              f"{self.kv_memory_bytes!r}")
-        if self.admission not in ("reserve", "fifo"):
-            raise ValueError(f"SimConfig.admission must be 'reserve' or 'fifo', got "
-                             f"{self.admission!r}")
-        for name in ("reserve_decode_tokens", "max_bypass", "admission_window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"SimConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"SimConfig.scheduler: unknown scheduler {self.scheduler!r}; "
+                             f"choose one of {sorted(SCHEDULERS)}")
+        if self.scheduler_params is not None:
+            if not isinstance(self.scheduler_params, Mapping):
+                raise ValueError(f"SimConfig.scheduler_params must be a mapping, got "
+                                 f"{self.scheduler_params!r}")
+            # Build one over a one-block manager: bad names and values fail here, clearly.
+            make_scheduler(self.scheduler, KVCacheManager(self.cost.kv_spec, 1),
+                           **self.scheduler_params)
+        if (isinstance(self.slo_factor, bool) or not isinstance(self.slo_factor, (int, float))
+                or not math.isfinite(self.slo_factor) or self.slo_factor <= 0):
+            raise ValueError(f"SimConfig.slo_factor must be a finite number > 0, got "
+                             f"{self.slo_factor!r}")
         if self.hints not in ("tool", "oracle", "none"):
             raise ValueError(f"SimConfig.hints must be 'tool', 'oracle' or 'none', got "
                              f"{self.hints!r}")

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kvsaga.pool import ACTIVE, BlockPool
+from kvsaga.sim.cost import StepCostModel
+from kvsaga.sim.trace import Session
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class SimResult:
     peak_live_blocks: the most blocks that live sessions' contexts (arrived, not ended, as
         of their last admitted or finished step) held at once: the working set that a pool
         must hold to recompute nothing (measured on a run that never evicts).
+    Scheduling:
+        scheduler: the scheduler's name (`kvsaga.scheduler.SCHEDULERS`).
+        tasks_per_hour: sessions completed per hour of makespan.
+        slo_attainment: share of sessions whose TCT is at most `SimConfig.slo_factor` x
+            their unloaded TCT (`unloaded_tct`: tool time plus the steps alone on an idle
+            GPU with unbounded KV).
+        tenants: with more than one tenant in the trace, per tenant ("default" for
+            sessions without one): {"tasks": sessions, "tct_mean_s": mean TCT}; else None.
     """
 
     policy: str
@@ -83,6 +93,10 @@ class SimResult:
     load_wait_s: float = 0.0
     peak_live_blocks: int = 0
     recomputed_after_preemption_tokens: int = 0
+    scheduler: str = ""
+    tasks_per_hour: float = math.nan
+    slo_attainment: float = math.nan
+    tenants: dict[str, dict[str, float]] | None = None
 
     @property
     def hit_rate(self) -> float:
@@ -94,6 +108,35 @@ class SimResult:
         out = asdict(self)
         out["hit_rate"] = self.hit_rate
         return out
+
+
+def unloaded_tct(session: Session, cost: StepCostModel, max_num_batched_tokens: int) -> float:
+    """A session's TCT alone on an idle GPU with unbounded KV: its tool time plus each step's
+    prefill (the new tokens over all earlier ones, in chunks of the batch budget) and decode
+    (one token a step; its sum is exact because a one-token decode step's time is affine in
+    its context, being memory-bound on every preset)."""
+    t = 0.0
+    cached = 0
+    for k, step in enumerate(session.steps):
+        prompt = session.prompt_length(k)
+        pos = cached
+        while pos < prompt:
+            chunk = min(prompt - pos, max_num_batched_tokens)
+            t += cost.prefill_time(chunk, pos)
+            pos += chunk
+        n = step.output_tokens - 1  # the first output comes from the prefill
+        if n > 0:
+            first = cost.decode_step_time(1, prompt + 1)
+            last = cost.decode_step_time(1, prompt + n)
+            t += n * (first + last) / 2
+        t += step.tool_s
+        cached = prompt + step.output_tokens - 1  # the last output is never fed
+    return t
+
+
+def tenant_key(tenant: str | None) -> str:
+    """A tenant's key in result rows ("default" for sessions without one)."""
+    return "default" if tenant is None else tenant
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,4 +1,5 @@
-"""Plots of a capacity sweep: recomputed tokens against KV capacity, one line per policy."""
+"""Plots of a capacity sweep: recomputed tokens against KV capacity, one line per policy (per
+scheduler and policy when the rows hold several schedulers)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ def plot_sweep(rows: Sequence[dict], path: str | Path, title: str, x_key: str = 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
-        for policy in dict.fromkeys(r["policy"] for r in rows):
-            pts = sorted((r[x_key], r["recomputed_tokens"]) for r in rows
-                         if r["policy"] == policy)
-            ax.plot([x for x, _ in pts], [y / 1e6 for _, y in pts], marker="o", label=policy)
+        several = len({r.get("scheduler") for r in rows}) > 1
+
+        def label(r: dict) -> str:
+            return f"{r['scheduler']} + {r['policy']}" if several else r["policy"]
+
+        for name in dict.fromkeys(label(r) for r in rows):
+            pts = sorted((r[x_key], r["recomputed_tokens"]) for r in rows if label(r) == name)
+            ax.plot([x for x, _ in pts], [y / 1e6 for _, y in pts], marker="o", label=name)
         ax.set_xlabel(x_label)
         ax.set_ylabel("recomputed prompt tokens (M)")
         ax.set_title(title)

@@ -10,13 +10,10 @@ done, then decodes one token per batch step; after the last output token, `finis
 pauses it on its tool (`tool_s` seconds, then the next step is queued), or `end_session`
 closes it after its last step. `tick(now)` runs once per batch step.
 
-Scheduling follows vLLM v1: running requests first, in admission order (a decode takes one
-token of the budget, a prefill chunk up to the rest), then waiting requests while budget and
-sequence slots remain. When a running request cannot get a block (`OutOfBlocks`), the
-youngest running request is preempted (`preempt`: its full blocks stay cached) and requeued
-at the front, until the allocation fits or the request preempted itself. A waiting request
-is admitted only if the blocks for its hits and first chunk are available (head-of-line
-blocking, as vLLM), so admission never preempts.
+Scheduling is `kvsaga.scheduler`'s, the very object `LLMEngine` drives
+(`SimConfig.scheduler`: "workflow" or "fcfs"): the simulator is its executor, and only
+carries out its decisions (`begin`, `allocate`, `preempt`) and times them with the cost
+model. See docs/architecture.md ("Scheduler") for the rules.
 
 Manager calls during decode are made per KV block, not per token: when a request's next fed
 token starts a block, the simulator appends the tokens it will feed up to that block's end
@@ -39,19 +36,24 @@ from __future__ import annotations
 import heapq
 import inspect
 import math
-from collections import deque
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from kvsaga.errors import OutOfBlocks
 from kvsaga.manager import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
-from kvsaga.pool import ACTIVE, CACHED
+from kvsaga.pool import ACTIVE
 from kvsaga.prefix import root_hash
+from kvsaga.scheduler import make_scheduler
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.cost import attention_pairs
-from kvsaga.sim.metrics import SimResult, UsageRecorder, percentile
+from kvsaga.sim.metrics import (
+    SimResult,
+    UsageRecorder,
+    percentile,
+    tenant_key,
+    unloaded_tct,
+)
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.tokens import TokenSynthesizer
 from kvsaga.sim.trace import Session
@@ -71,13 +73,15 @@ class _Tokens:
 
 
 class _Request:
-    """One step of a session as the scheduler sees it (it survives preemptions)."""
+    """One step of a session (it survives preemptions); a `kvsaga.scheduler.StepRequest`."""
 
     __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
                  "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling",
-                 "retried", "bypassed")
+                 "retried", "session_id", "salt", "workflow", "tenant", "arrival", "resumed",
+                 "_ids", "_sim")
 
-    def __init__(self, session: Session, k: int, tokens: _Tokens) -> None:
+    def __init__(self, session: Session, k: int, tokens: _Tokens, arrival: float,
+                 sim: Simulator) -> None:
         self.session = session
         self.k = k
         self.tokens = tokens
@@ -90,12 +94,39 @@ class _Request:
         self.slots_ahead = 0  # decode slots allocated beyond the token fed now
         self.prefilling = True
         self.retried = False  # preempted at least once: later attempts redo lost work
-        self.bypassed = 0  # later requests admitted ahead of it while it headed the queue
+        self.session_id = session.id
+        self.salt = self.tenant = session.tenant
+        self.workflow = session.workflow
+        self.arrival = arrival
+        self.resumed = k > 0
+        self._ids: list[int] | None = None  # token_ids of the next attempt, built once
+        self._sim = sim
 
     @property
     def fed_position(self) -> int:
         """Position of the token a decode step feeds: the last one sampled."""
         return self.base_len + self.num_sampled - 1
+
+    @property
+    def num_tokens(self) -> int:
+        """The context the next attempt starts from: the prompt and the tokens sampled."""
+        return self.base_len + self.num_sampled
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.base_len + self.num_out
+
+    @property
+    def token_ids(self) -> list[int]:
+        n = self.num_tokens
+        if self._ids is None or len(self._ids) != n:
+            self._ids = self.tokens.ids[:n]
+        return self._ids
+
+    @property
+    def block_hashes(self) -> list[bytes]:
+        """Hashes of the next attempt's full blocks (kept per session: lookups are cheap)."""
+        return self._sim._hashes(self.tokens, (self.num_tokens - 1) // self._sim.block_size)
 
 
 class Simulator:
@@ -149,8 +180,10 @@ class Simulator:
         self._peak_live = 0
         self._events: list[tuple[float, int, Session, int]] = []
         self._seq = 0
-        self.waiting: deque[_Request] = deque()
-        self.running: list[_Request] = []
+        self.scheduler = make_scheduler(
+            self.config.scheduler, self.manager, max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+            **(self.config.scheduler_params or {}))
         self._tokens: dict[str, _Tokens] = {}
         # Prefix tokens computed so far per (tenant, group): the shared prefix is content
         # that any session of the group may have computed first.
@@ -199,7 +232,7 @@ class Simulator:
                 ids = self.synth.token_ids(session).tolist()
                 tokens = _Tokens(session.id, ids, root_hash(session.tenant))
                 self._tokens[session.id] = tokens
-            self.waiting.append(_Request(session, k, tokens))
+            self.scheduler.add(_Request(session, k, tokens, self.now, self), self.now)
             self._counts["prompt"] += session.prompt_length(k)
             if self.oracle is not None:
                 self.oracle.released(session.id)
@@ -264,49 +297,45 @@ class Simulator:
         self._ran = True
         with tqdm(total=len(self.sessions), disable=not progress, unit="session",
                   desc=f"sim {self.manager.policy.name}") as bar:
-            while self._events or self.waiting or self.running:
+            sched = self.scheduler
+            while self._events or sched.has_work:
                 self._release_due_events()
-                if not self.waiting and not self.running:
-                    self._advance(self._events[0][0])
-                    self.manager.tick(self.now)
-                    self._take_transfers()
+                if not sched.running and not self._admissible():
+                    self._idle()
                     continue
                 done = self.step()
                 bar.update(done)
         return self._result()
 
+    def _admissible(self) -> bool:
+        """Whether a batch step now could start anything (a cheap pre-check: the
+        scheduler still decides)."""
+        return self.scheduler.num_waiting > 0
+
+    def _idle(self) -> None:
+        """Nothing runs and nothing can start: jump to the next arrival or tool return."""
+        t = min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
+        if t == math.inf:
+            raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
+        self._advance(max(t, self.now))
+        self.manager.tick(self.now)
+        self._take_transfers()
+
     def step(self) -> int:
         """Schedule and run one batch step; returns how many sessions finished in it."""
-        budget = self.config.max_num_batched_tokens
+        out = self.scheduler.schedule(self.now, self)
+        if not out.scheduled:
+            if self.scheduler.running:
+                raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
+            self._idle()  # everything waiting waits for admitted sessions to come back
+            return 0
         prefill: list[tuple[_Request, int]] = []  # (request, chunk)
         decode: list[_Request] = []
-        preemptions = self._counts["preemptions"]
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        for req, n in out.scheduled:
             if req.prefilling:
-                chunk = min(req.attempt_len - req.num_computed, budget)
-                if not self._allocate(req, chunk):
-                    break  # it preempted itself: everything after it is gone too
-                prefill.append((req, chunk))
-                budget -= chunk
+                prefill.append((req, n))
             else:
-                if not self._allocate_decode(req):
-                    break
                 decode.append(req)
-                budget -= 1
-            i += 1
-        # As vLLM: a step that had to preempt admits nobody.
-        preempted = self._counts["preemptions"] > preemptions
-        while (not preempted and budget > 0 and self.waiting
-               and len(self.running) < self.config.max_num_seqs):
-            chunk = self._admit(budget)
-            if not chunk:
-                break
-            prefill.append((self.running[-1], chunk))
-            budget -= chunk
-        if not prefill and not decode:
-            raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
         return self._execute(prefill, decode)
 
     def _execute(self, prefill: list[tuple[_Request, int]], decode: list[_Request]) -> int:
@@ -343,143 +372,41 @@ class Simulator:
         self.manager.tick(self.now)
         return finished
 
-    # -- admission and allocation ---------------------------------------------------------
-    def _admit(self, budget: int) -> int:
-        """Begin one waiting request and allocate its first chunk, if they fit.
+    # -- the scheduler's executor ------------------------------------------------------
+    def _hashes(self, tokens: _Tokens, num_blocks: int) -> list[bytes]:
+        """The session's block hashes, extended to at least `num_blocks` blocks."""
+        if len(tokens.hashes) < num_blocks:
+            self.manager.hasher.extend(tokens.hashes, tokens.root,
+                                       tokens.ids[: num_blocks * self.block_size])
+            if self.oracle is not None:
+                self.oracle.note_hashes(tokens.sid, tokens.hashes)
+        return tokens.hashes
 
-        Which request: the head of the queue, or under "reserve" admission a warm one
-        (`_pick_waiting`). The check is exact: the full-block hits that begin_step will find
-        are looked up first (without side effects), and the chunk ends where the check
-        assumed. A retained partial tail, if begin_step also reclaims it, stands in for the
-        new block that the chunk's first tokens would otherwise take.
+    def num_new_tokens(self, req: _Request) -> int:
+        return req.attempt_len - req.num_computed if req.prefilling else 1
 
-        Returns:
-            The chunk's size, or 0 if the request must wait (nothing changed).
-        """
-        reserve_mode = self.config.admission == "reserve"
-        idx = self._pick_waiting() if reserve_mode else 0
-        req = self.waiting[idx]
-        attempt_len = req.base_len + req.num_sampled
-        hit_blocks, reclaimed, host_blocks = self._peek_hits(req.tokens, attempt_len)
-        end = min(attempt_len, (hit_blocks + host_blocks) * self.block_size + budget)
-        # Host hits take fresh GPU blocks to load into, like the chunk's new blocks.
-        blocks_for = self.cost.kv_spec.num_blocks_for
-        need = blocks_for(end) - hit_blocks
-        if need + reclaimed > self.pool.num_available:
-            return 0
-        if reserve_mode and self.running:
-            # The whole prompt and some decode headroom, for it and for every running step:
-            # admitting what the pool cannot carry to completion only defers a preemption.
-            # With nothing running the first chunk suffices (progress is guaranteed).
-            full = blocks_for(self._reserve_target(req, attempt_len)) - hit_blocks
-            if full + reclaimed + self._running_reserve() > self.pool.num_available:
-                return 0
-        if idx:
-            self.waiting[0].bypassed += 1
-        del self.waiting[idx]
+    def begin(self, req: _Request, now: float):
         s = req.session
         if self.oracle is not None:
             self.oracle.started(s.id)
-        start = self.manager.begin_step(s.id, req.tokens.ids[:attempt_len], now=self.now,
-                                        salt=s.tenant, workflow=s.workflow)
+        attempt_len = req.num_tokens
+        start = self.manager.begin_step(s.id, req.token_ids, now=now, salt=s.tenant,
+                                        workflow=s.workflow)
+        req._ids = None
         req.attempt_len = req.context_len = attempt_len
         req.num_computed = start.num_cached_tokens
         req.slots_ahead = 0
         req.prefilling = True
-        self.running.append(req)
         self._counts["queried"] += attempt_len
         self._counts["hit"] += start.num_cached_tokens
-        # A reclaimed tail may cover tokens past `end`: compute at least one token, inside
-        # the tail block, so no block beyond the check is needed.
-        chunk = max(end - req.num_computed, 1)
-        try:
-            self._slots(req, chunk)
-        except OutOfBlocks as e:  # the check above promised room
-            raise RuntimeError(f"admission of {s.id!r} step {req.k} found no room for its "
-                               f"first chunk: {e}") from e
-        return chunk
+        return start
 
-    def _reserve_target(self, req: _Request, context_len: int) -> int:
-        """Tokens a step will hold after `reserve_decode_tokens` more decode tokens (never
-        past its last fed token: the step's output limit, as max_tokens is to an engine)."""
-        last_fed = req.base_len + req.num_out - 1
-        return max(context_len, min(context_len + self.config.reserve_decode_tokens, last_fed))
-
-    def _running_reserve(self) -> int:
-        """Blocks the running steps will take soon: the rest of each prompt and the next
-        `reserve_decode_tokens` decode tokens of each (the watermark admission keeps)."""
-        blocks_for = self.cost.kv_spec.num_blocks_for
-        total = 0
-        for r in self.running:
-            ctx = r.attempt_len if r.prefilling else r.fed_position + 1
-            total += max(0, blocks_for(self._reserve_target(r, ctx)) - blocks_for(r.num_computed))
-        return total
-
-    def _is_warm(self, req: _Request) -> bool:
-        """A resumed step whose context is mostly still on the GPU: the block at the middle
-        of its prompt is resident (policies evict tails first, so the head up to it almost
-        surely is too). O(1), unlike a full prefix lookup."""
-        if req.k == 0 and not req.retried:
-            return False
-        mid = (req.base_len + req.num_sampled) // (2 * self.block_size)
-        hashes = req.tokens.hashes
-        return mid < len(hashes) and self.manager.index.get(hashes[mid]) is not None
-
-    def _pick_waiting(self) -> int:
-        """Index of the waiting request to admit next.
-
-        Rule: a preempted retry at the head goes first (it holds its lost work's place);
-        otherwise the first warm request (`_is_warm`) among the first `admission_window`,
-        because admitting it evicts little and keeps its resident blocks from being evicted
-        for colder work. Bound: once `max_bypass` requests have been admitted ahead of the
-        head, the head goes next; so a request waits for at most its position x
-        (`max_bypass` + 1) admissions, and FIFO order is kept among the cold ones.
-        """
-        head = self.waiting[0]
-        if head.retried or head.bypassed >= self.config.max_bypass:
-            return 0
-        for i in range(min(self.config.admission_window, len(self.waiting))):
-            if self._is_warm(self.waiting[i]):
-                return i
-        return 0
-
-    def _peek_hits(self, tokens: _Tokens, attempt_len: int) -> tuple[int, int, int]:
-        """What begin_step would find: full-block GPU hits, how many of them are CACHED now,
-        and the host-tier hits that continue them (each to be loaded into a new block)."""
-        bs = self.block_size
-        max_blocks = (attempt_len - 1) // bs
-        if len(tokens.hashes) < max_blocks:
-            self.manager.hasher.extend(tokens.hashes, tokens.root,
-                                       tokens.ids[: max_blocks * bs])
-            if self.oracle is not None:
-                self.oracle.note_hashes(tokens.sid, tokens.hashes)
-        hits = self.manager.index.longest_prefix(tokens.hashes, max_blocks)
-        state = self.pool.state
-        host = 0
-        if self.manager.host_pool is not None:
-            host_get, hashes = self.manager.host_index.get, tokens.hashes
-            while len(hits) + host < max_blocks and host_get(hashes[len(hits) + host]) is not None:
-                host += 1
-        return len(hits), sum(1 for b in hits if state[b] == CACHED), host
-
-    def _allocate(self, req: _Request, num_tokens: int) -> bool:
-        """Slots for a running request, preempting the youngest until they fit.
-
-        Returns:
-            False if `req` itself had to be preempted.
-        """
-        while True:
-            try:
-                self._slots(req, num_tokens)
-                return True
-            except OutOfBlocks:
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is req:
-                    return False
-
-    def _allocate_decode(self, req: _Request) -> bool:
-        """Make sure the token fed this step (sample number `num_sampled`) has a slot."""
+    def allocate(self, req: _Request, num_tokens: int, now: float) -> None:
+        """Prefill: slots for the chunk. Decode (num_tokens 1): make sure the token fed this
+        step (sample number `num_sampled`) has a slot, allocating to its block's end."""
+        if req.prefilling:
+            self._slots(req, num_tokens)
+            return
         pos = req.fed_position
         if req.slots_ahead:
             req.slots_ahead -= 1
@@ -490,11 +417,9 @@ class Simulator:
                 self.manager.append_tokens(req.session.id,
                                            req.tokens.ids[req.context_len: pos + m])
                 req.context_len = pos + m
-            if not self._allocate(req, m):
-                return False
+            self._slots(req, m)
             req.slots_ahead = m - 1
         req.tokens.high_water = max(req.tokens.high_water, pos + 1)
-        return True
 
     def _slots(self, req: _Request, num_tokens: int) -> None:
         """allocate_slots for `num_tokens`, and the first-time / recomputed accounting."""
@@ -518,16 +443,14 @@ class Simulator:
         req.tokens.high_water = max(req.tokens.high_water, end)
         self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
 
-    def _preempt(self, req: _Request) -> None:
+    def preempt(self, req: _Request, now: float) -> None:
         if self.oracle is not None:
             self.oracle.preempted(req.session.id)
-        self.manager.preempt(req.session.id, now=self.now)
-        self.running.remove(req)
+        self.manager.preempt(req.session.id, now=now)
         if req.prefilling:
             self._counts["abandoned"] += req.attempt_len - req.num_computed
         req.slots_ahead = 0
         req.retried = True
-        self.waiting.appendleft(req)
         self._counts["preemptions"] += 1
 
     # -- finishing ------------------------------------------------------------------------
@@ -540,13 +463,13 @@ class Simulator:
         if req.context_len < end:
             self.manager.append_tokens(s.id, req.tokens.ids[req.context_len: end])
             req.context_len = end
-        self.running.remove(req)
         self._counts["steps"] += 1
         if k == s.num_steps - 1:
             if self.oracle is not None:
                 self.oracle.ended(s.id)
             self._set_live(s.id, 0)
             self.manager.end_session(s.id, now=self.now)
+            self.scheduler.finish(req, self.now, ended=True)
             self._finished_at[s.id] = self.now
             del self._tokens[s.id]
             return 1
@@ -559,6 +482,7 @@ class Simulator:
             s.id, now=self.now,
             tool=step.tool if hints != "none" else None,
             expected_s=step.tool_s if hints == "oracle" else None)
+        self.scheduler.finish(req, self.now)
         self._push_event(self.now + step.tool_s, s, k + 1)
         return 0
 
@@ -567,6 +491,12 @@ class Simulator:
         self.recorder.advance(self.now)
         c = self._counts
         tct = [self._finished_at[s.id] - s.arrival_s for s in self.sessions]
+        cfg = self.config
+        slo = sum(t <= cfg.slo_factor * unloaded_tct(s, self.cost, cfg.max_num_batched_tokens)
+                  for s, t in zip(self.sessions, tct, strict=True))
+        by_tenant: dict[str, list[float]] = {}
+        for s, t in zip(self.sessions, tct, strict=True):
+            by_tenant.setdefault(tenant_key(s.tenant), []).append(t)
         span = self.now
         area = self.pool.num_blocks * span if span > 0 else math.inf
         rec = self.recorder
@@ -603,6 +533,11 @@ class Simulator:
             prefetched_blocks=stats.prefetched_blocks,
             load_wait_s=self._load_wait,
             peak_live_blocks=self._peak_live,
+            scheduler=self.scheduler.name,
+            tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
+            slo_attainment=slo / len(tct) if tct else math.nan,
+            tenants={t: {"tasks": len(v), "tct_mean_s": sum(v) / len(v)}
+                     for t, v in sorted(by_tenant.items())} if len(by_tenant) > 1 else None,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,6 +49,8 @@ def test_replays_a_trace_file(tmp_path, capsys):
     (["--kv-memory", "1M"], "more than the"),
     (["--kv-gib", "1"], "--kv-gib is deprecated; give only --kv-memory"),
     (["--trace", "/nonexistent/t.jsonl"], "No such file"),
+    (["--scheduler", "fcfs,lifo"], "unknown scheduler 'lifo'; choose from fcfs, workflow"),
+    (["--scheduler", ","], "--scheduler names no scheduler"),
 ])
 def test_bad_arguments_say_what_is_wrong(args, message, capsys):
     assert main(TINY + args) == 2
@@ -74,3 +77,27 @@ def test_deprecated_gib_flags_still_work_and_say_so(tmp_path, capsys):
     assert captured.out == expected
     assert "--kv-gib is deprecated and will be removed; use --kv-memory 1G" in captured.err
     assert "--host-gib is deprecated" in captured.err
+
+
+def test_schedulers_side_by_side_with_tenants(tmp_path, capsys):
+    """--scheduler a,b runs every policy under each; every row names its scheduler; a
+    two-tenant trace gets per-tenant slowdowns and the AFS ratio."""
+    sessions = generate("bfcl", 6, seed=2, scale=0.05, arrival_rate=2.0)
+    sessions = [dataclasses.replace(s, tenant="ab"[i % 2]) for i, s in enumerate(sessions)]
+    trace, out = tmp_path / "t.jsonl", tmp_path / "r.json"
+    write_trace(sessions, trace)
+    assert main(["sim", "--trace", str(trace), "--policy", "lru", "--kv-memory", "1G",
+                 "--scheduler", "fcfs,workflow", "--slo-factor", "2", "--json", str(out),
+                 "--quiet"]) == 0
+    assert "workflow" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["config"]["schedulers"] == ["fcfs", "workflow"]
+    rows = data["results"]
+    assert [(r["scheduler"], r["policy"]) for r in rows] == [
+        ("fcfs", "lru"), ("fcfs", "belady"), ("workflow", "lru"), ("workflow", "belady")]
+    for r in rows:
+        assert 0 <= r["slo_attainment"] <= 1 and r["tasks_per_hour"] > 0
+        assert set(r["tenants"]) == {"a", "b"}
+        assert sum(t["tasks"] for t in r["tenants"].values()) == 6
+        slow = [t["slowdown"] for t in r["tenants"].values()]
+        assert r["afs_max_slowdown_ratio"] == pytest.approx(max(slow) / min(slow))

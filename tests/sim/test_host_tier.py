@@ -23,7 +23,8 @@ def _session(sid: str, arrival: float, steps: list[Step], group: str, prefix: in
 
 def pair() -> list[Session]:
     # A pauses for 2 s holding 74 tokens (4 full blocks + a 10-token tail); B's 100-token
-    # prompt needs 7 of the 8 blocks, so A's blocks leave; A then resumes.
+    # prompt needs 7 of the 8 blocks, so A's blocks leave (under fcfs, which admits B at
+    # once; workflow admission would make B wait for A); A then resumes.
     a = _session("A", 0.0, [Step(30, 5, "read", 2.0), Step(20, 3)], "sys", 40)
     b = _session("B", 0.5, [Step(100, 2)], "other", 0)
     return [a, b]
@@ -31,9 +32,9 @@ def pair() -> list[Session]:
 
 @pytest.mark.parametrize("resume_hints", [True, False])
 def test_offloaded_context_comes_back_from_the_host(resume_hints):
-    discard = simulate(pair(), SimConfig(num_gpu_blocks=8))
+    discard = simulate(pair(), SimConfig(num_gpu_blocks=8, scheduler="fcfs"))
     sim = Simulator(pair(), SimConfig(num_gpu_blocks=8, num_host_blocks=8,
-                                      resume_hints=resume_hints))
+                                      resume_hints=resume_hints, scheduler="fcfs"))
     r = sim.run()
     sim.manager.check_integrity()
     # Without a host tier A keeps one prefix block and recomputes the other 58 tokens.
@@ -52,8 +53,9 @@ def test_offloaded_context_comes_back_from_the_host(resume_hints):
 
 
 def test_a_slow_link_stretches_the_steps_that_wait_for_copies():
-    fast = simulate(pair(), SimConfig(num_gpu_blocks=8, num_host_blocks=8))
-    slow = simulate(pair(), SimConfig(preset=SLOW, num_gpu_blocks=8, num_host_blocks=8))
+    fast = simulate(pair(), SimConfig(num_gpu_blocks=8, num_host_blocks=8, scheduler="fcfs"))
+    slow = simulate(pair(), SimConfig(preset=SLOW, num_gpu_blocks=8, num_host_blocks=8,
+                                      scheduler="fcfs"))
     # At least A's 3 reloaded blocks, queued behind B's offloads on one stream.
     assert slow.load_wait_s >= 3 * SLOW.transfer_time(SLOW.block_bytes)
     # Each session waits in its own steps only: the mean TCT grows by half the total wait.

@@ -6,6 +6,7 @@ import pytest
 
 from kvsaga.policy import LRUPolicy
 from kvsaga.sim.cost import PRESETS, attention_pairs
+from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator, simulate
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 from kvsaga.sim.workloads import generate
@@ -26,21 +27,22 @@ def distinct_computed_tokens(sessions) -> int:
         s.total_tokens - s.shared_prefix.tokens - 1 for s in sessions)
 
 
-# 380 barely holds the longest session; 750 under vLLM's FIFO admission preempts
+# 380 barely holds the longest session; 750 under vLLM's FCFS admission preempts
 # mid-prefill (abandoned tokens).
-@pytest.mark.parametrize("num_gpu_blocks,admission", [
-    (380, "reserve"), (750, "fifo"), (750, "reserve"), (100_000, "reserve"), (380, "fifo")])
-def test_conservation(num_gpu_blocks, admission):
+@pytest.mark.parametrize("num_gpu_blocks,scheduler", [
+    (380, "workflow"), (750, "fcfs"), (750, "workflow"), (100_000, "workflow"), (380, "fcfs")])
+def test_conservation(num_gpu_blocks, scheduler):
     sessions = tiny_trace()
-    sim = Simulator(sessions, SimConfig(num_gpu_blocks=num_gpu_blocks, admission=admission))
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=num_gpu_blocks, scheduler=scheduler))
     r = sim.run()
     sim.manager.check_integrity()
+    assert r.scheduler == scheduler and not sim.scheduler.has_work
     assert r.num_steps == sum(s.num_steps for s in sessions)
     assert r.prompt_tokens == sum(s.prompt_length(k) for s in sessions
                                   for k in range(s.num_steps))
     # Every prompt token of every attempt is a hit, computed, or left when preempted.
     assert r.queried_tokens == r.hit_tokens + r.computed_tokens + r.abandoned_tokens
-    assert r.abandoned_tokens > 0 or (num_gpu_blocks, admission) != (750, "fifo")
+    assert r.abandoned_tokens > 0 or (num_gpu_blocks, scheduler) != (750, "fcfs")
     assert r.recomputed_after_preemption_tokens <= r.recomputed_tokens
     assert r.num_preemptions > 0 or r.recomputed_after_preemption_tokens == 0
     assert r.computed_tokens == r.first_time_tokens + r.recomputed_tokens
@@ -54,58 +56,85 @@ def test_conservation(num_gpu_blocks, admission):
         assert r.decode_tokens == sum(st.output_tokens - 1 for s in sessions for st in s.steps)
     assert 0 <= r.kv_active <= r.kv_utilization <= r.kv_occupancy <= 1
     assert r.bytes_offloaded == r.bytes_reloaded == 0 and r.peak_live_blocks > 0
+    assert r.tasks_per_hour == pytest.approx(len(sessions) * 3600 / r.makespan_s)
+    assert 0 < r.slo_attainment <= 1 and r.tenants is None
 
 
 def test_pressure_recomputes_and_preempts():
     sessions = tiny_trace()
-    roomy = simulate(sessions, SimConfig(num_gpu_blocks=100_000))
-    tight = simulate(sessions, SimConfig(num_gpu_blocks=750, admission="fifo"))
+    roomy = simulate(sessions, SimConfig(num_gpu_blocks=100_000, scheduler="fcfs"))
+    tight = simulate(sessions, SimConfig(num_gpu_blocks=750, scheduler="fcfs"))
     assert roomy.num_preemptions == 0 and roomy.num_evicted_blocks == 0
     assert tight.num_preemptions > 0 and tight.num_evicted_blocks > 0
     assert tight.recomputed_tokens > roomy.recomputed_tokens
     assert tight.hit_rate < roomy.hit_rate
     assert tight.tct_mean_s > roomy.tct_mean_s
     assert 0 < tight.recomputed_after_preemption_tokens < tight.recomputed_tokens
+    assert roomy.slo_attainment == 1.0 and tight.slo_attainment < 1.0
 
 
-def test_reserve_admission_avoids_preemption():
-    """Admission that reserves the whole prompt and decode headroom of every running step
-    admits nothing the pool cannot carry: the FIFO run's preemptions disappear, and
-    resuming warm sessions first recomputes less."""
+def test_workflow_admission_ends_thrash():
+    """Workflow-atomic admission keeps admitted sessions' contexts resident across their
+    tool calls: where fcfs preempts and recomputes, it recomputes far less and finishes
+    tasks sooner."""
     sessions = tiny_trace()
-    fifo = simulate(sessions, SimConfig(num_gpu_blocks=750, admission="fifo"))
-    reserve = simulate(sessions, SimConfig(num_gpu_blocks=750))
-    assert fifo.num_preemptions > 0 and reserve.num_preemptions == 0
-    assert reserve.recomputed_after_preemption_tokens == 0
-    assert reserve.recomputed_tokens < fifo.recomputed_tokens
+    fcfs = simulate(sessions, SimConfig(num_gpu_blocks=750, scheduler="fcfs"))
+    wf = simulate(sessions, SimConfig(num_gpu_blocks=750))
+    assert fcfs.num_preemptions > 0 and wf.num_preemptions == 0
+    assert wf.recomputed_after_preemption_tokens == 0
+    assert wf.recomputed_tokens < fcfs.recomputed_tokens / 2
+    assert wf.tct_mean_s < fcfs.tct_mean_s
 
 
 def test_warm_bypass_is_bounded():
-    """With max_bypass=0 admission is FIFO (reserve check only): no request is admitted
-    ahead of the head of the queue."""
+    """With max_bypass=0 resumed steps are admitted in queue order (warm ones do not go
+    ahead of the head of the resumed queue)."""
     sessions = tiny_trace()
-    sim = Simulator(sessions, SimConfig(num_gpu_blocks=750, max_bypass=0))
-    order: list[tuple[str, int]] = []
-    admit = sim._admit
+    sim = Simulator(sessions, SimConfig(num_gpu_blocks=750, scheduler_params={"max_bypass": 0}))
+    sched = sim.scheduler
+    picks = []
+    pick = sched._candidate
 
-    def spy(budget: int) -> int:
-        head = (sim.waiting[0].session.id, sim.waiting[0].k)
-        chunk = admit(budget)
-        if chunk:
-            order.append(head)
-            assert (sim.running[-1].session.id, sim.running[-1].k) == head
-        return chunk
+    def spy(now: float):
+        req = pick(now)
+        if sched._resumed:
+            assert req is sched._resumed[0]
+            picks.append(req)
+        return req
 
-    sim._admit = spy
+    sched._candidate = spy
     sim.run()
-    assert order
+    assert picks
 
 
-def test_admission_config_validated():
-    with pytest.raises(ValueError, match="admission"):
-        SimConfig(admission="lifo")
-    with pytest.raises(ValueError, match="max_bypass"):
-        SimConfig(max_bypass=-1)
+def test_the_simulator_drives_the_core_scheduler():
+    from kvsaga.scheduler import FCFSScheduler, WorkflowScheduler
+
+    sim = Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750, scheduler="fcfs"))
+    assert type(sim.scheduler) is FCFSScheduler and sim.scheduler.manager is sim.manager
+    sim = Simulator(tiny_trace(), SimConfig(num_gpu_blocks=750,
+                                            scheduler_params={"overcommit": 0.5}))
+    assert type(sim.scheduler) is WorkflowScheduler and sim.scheduler.overcommit == 0.5
+
+
+def test_scheduler_config_validated():
+    with pytest.raises(ValueError, match="unknown scheduler 'lifo'"):
+        SimConfig(scheduler="lifo")
+    with pytest.raises(ValueError, match="max_bypass must be an integer >= 0"):
+        SimConfig(scheduler_params={"max_bypass": -1})
+    with pytest.raises(ValueError, match="'fcfs' has no parameter 'overcommit'"):
+        SimConfig(scheduler="fcfs", scheduler_params={"overcommit": 2.0})
+    with pytest.raises(ValueError, match="scheduler_params must be a mapping"):
+        SimConfig(scheduler_params=[("overcommit", 2.0)])
+    with pytest.raises(ValueError, match="slo_factor"):
+        SimConfig(slo_factor=0)
+
+
+def test_unloaded_tct_is_a_session_alone_with_unbounded_kv():
+    for s in generate("web", 3, seed=2, scale=0.1):
+        cfg = SimConfig(num_gpu_blocks=100_000)
+        assert simulate([s], cfg).tct_mean_s == pytest.approx(
+            unloaded_tct(s, cfg.cost, cfg.max_num_batched_tokens), rel=1e-9)
 
 
 def test_deterministic_per_seed():
