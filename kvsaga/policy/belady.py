@@ -136,8 +136,9 @@ class BeladyPolicy(GroupedPolicy):
             out.append(self._session_stream(sid, g, now))
         return out
 
-    def _session_key(self, sid: str, block_id: int, position: int, now: float) -> tuple:
-        return -self._ask(sid, block_id, now), -position
+    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
+        for neg_pos, b in group:  # one oracle question per block, asked lazily
+            yield (-self._ask(sid, b, now), neg_pos), b
 
     def action(self, block_id: int, now: float) -> Action:
         if not self.view.num_host_blocks:
@@ -161,6 +162,7 @@ class ClairvoyantTTLPolicy(TTLPolicy):
 
     name = "oracle-ttl"
     needs_oracle = True
+    indexed = False  # the truth moves with time: keys are computed at every search
 
     def __init__(
         self,

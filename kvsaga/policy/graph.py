@@ -37,6 +37,11 @@ is resident) and **cold** ones; a queued session's W shrinks by the time it has 
 the longer it has queued, the nearer its turn). Without resume hints both Ws stay 0 and the
 pause fits, measured from the pause to the step's start, already include the wait.
 
+Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
+time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
+end of a hinted pause, and on the session's events; a block's key is that rate times the
+block's rebuild cost.
+
 Within a session the tail goes before the head (one stream per session, tail first); the
 plain cache drains in LRU order, priced by its oldest block. Each victim is offloaded when a
 host tier exists, the block may be reused and reloading it is cheaper than recomputing it;
@@ -50,7 +55,7 @@ import math
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, Stream
+from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 
 
 class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -66,9 +71,11 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             blocks start loading back (on top of the copy's own duration).
         wait_alpha: the weight, once 1 / wait_alpha resumes were seen, of each new admission
             wait in its running mean (before that, the plain mean of those seen).
+        relearn_share: see `GroupedPolicy`.
     """
 
     name = "graph"
+    indexed = True
 
     def __init__(
         self,
@@ -79,8 +86,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         alpha: float = 0.2,
         prefetch_lead_s: float = 0.1,
         wait_alpha: float = 0.02,
+        relearn_share: float = 0.125,
     ) -> None:
-        super().__init__(cost)
+        super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
             raise ValueError(f"min_wait_s must be > 0, got {min_wait_s!r}")
         self.graph = graph if graph is not None else ExecutionGraph()
@@ -161,11 +169,21 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def expected_wait(self, session_id: str, now: float) -> float:
         """Expected seconds from the session's resume to its step's admission (learned, by
         whether the session is warm now), less what it has already queued."""
+        return self._expected_wait(session_id, now, True)[0]
+
+    def _since(self, t0: float, now: float, exact: bool) -> tuple[float, float]:
+        if exact:
+            return max(now - t0, 0.0), math.inf
+        return self.elapsed_since(t0, now)
+
+    def _expected_wait(self, session_id: str, now: float, exact: bool) -> tuple[float, float]:
         wait = self.admission_wait[self.is_warm(session_id)][0]
         ready = self._ready.get(session_id)
+        until = math.inf
         if ready is not None:
-            wait -= now - ready[0]
-        return max(wait, 0.0)
+            queued, until = self._since(ready[0], now, exact)
+            wait -= queued
+        return max(wait, 0.0), until
 
     def predict_session(self, session_id: str, now: float, admission: bool = True) -> Prediction:
         """P(reuse) and expected seconds until the session's blocks are needed again.
@@ -176,21 +194,30 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             admission: add the expected admission wait (`expected_wait`) to the pause; False
                 gives the time until the tool returns (what a prefetch races against).
         """
+        return self._predict_session(session_id, now, admission, True)[0]
+
+    def _predict_session(self, session_id: str, now: float, admission: bool, exact: bool
+                         ) -> tuple[Prediction, float]:
+        """`predict_session`, with times read exactly or on the grid (`elapsed_grid`), and
+        the time by which the prediction must be made again (inf: only on events)."""
         v = self.views.get(session_id)
         if v is None or v.running:
-            return Prediction(1.0, self.min_wait_s)
-        wait = self.expected_wait(session_id, now) if admission else 0.0
+            return Prediction(1.0, self.min_wait_s), math.inf
+        wait, until = self._expected_wait(session_id, now, exact) if admission \
+            else (0.0, math.inf)
         if v.imminent:
-            return Prediction(1.0, max(wait, self.min_wait_s))
+            return Prediction(1.0, max(wait, self.min_wait_s)), until
         if v.hint.last_step:
-            return Prediction(0.0, math.inf)
-        e = max(now - v.paused_at, 0.0)
-        if v.hint.expected_s is not None and e < v.hint.expected_s:
+            return Prediction(0.0, math.inf), math.inf
+        e, until_e = self._since(v.paused_at, now, exact)
+        until = min(until, until_e)
+        x = v.hint.expected_s
+        if x is not None and now - v.paused_at < x:
             kind = NO_TOOL if v.tool is None else v.tool
-            return Prediction(self.graph.resume_share(v.workflow, kind),
-                              v.hint.expected_s - e + wait)
+            return (Prediction(self.graph.resume_share(v.workflow, kind), x - e + wait),
+                    min(until, v.paused_at + x))
         p = self.graph.predict(v.workflow, v.tool, e)
-        return Prediction(p.p_resume, p.expected_s + wait)
+        return Prediction(p.p_resume, p.expected_s + wait), until
 
     def predict_plain(self, block_id: int, now: float) -> Prediction:
         """P(reuse) and expected seconds until a plain block is needed by any session."""
@@ -251,11 +278,13 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return out
 
     # -- keys: the loss itself ----------------------------------------------------------------
-    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
-        p = self.predict_session(sid, now)
-        rate = p.p_resume / max(p.expected_s, self.min_wait_s)
-        for neg_pos, b in group:
-            yield rate * self.block_cost(-neg_pos), b
+    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+                      ) -> tuple[float, float]:
+        p, until = self._predict_session(sid, now, True, not self.indexed)
+        return p.p_resume / max(p.expected_s, self.min_wait_s), until
+
+    def _entry_key(self, base: float, position: int) -> float:
+        return base * self.block_cost(position)
 
     def _plain_key(self, block_id: int, now: float) -> float:
         p = self.predict_plain(block_id, now)

@@ -12,8 +12,24 @@ Every CACHED block of the GPU tier is in exactly one of three places:
   hit again after its session ended), in LRU order.
 
 A victim search merges one lazy stream per group (a session's blocks tail first, the dead
-queue, the plain queue), each yielding (key, block); the lowest key goes first. A call costs
-O(sessions + victims * log(sessions)) key computations, not O(blocks).
+queue, the plain queue), each yielding (key, block); the lowest (key, block) goes first.
+
+Two ways to run that merge, with the same result for the same keys:
+- **scan** (`indexed = False`; `belady`, `oracle-ttl`, and `scan_order` for tests): compute
+  every session's key at each search: O(sessions + victims * log(sessions)) per call;
+- **index** (`indexed = True`; `ttl`, `saga`, `graph`): a session's key is a function of its
+  state and of time *rounded down to a grid* (`elapsed_grid`: 1 ms, then steps of 2^(1/4)),
+  so it changes only on events: the session's own hooks, a change of its cached blocks, its
+  next grid point or deadline (a timer the policy returns with the key), or a change of the
+  policy's global state (`_global_state`: memory pressure and normalizers, each on a
+  geometric scale that moves only once the value moved a whole step: `sticky_level`). A heap
+  of (key of the session's tail, tail block, version) holds one live entry per session;
+  stale entries are skipped when they surface and the heap is rebuilt when they dominate.
+  A search re-keys only the sessions marked since the last one, then pops victims:
+  O((marked + victims) * log(sessions)). What the policies learn (pause fits, admission
+  waits) changes many keys at once: keys are recomputed from the current statistics when
+  a session is re-keyed, and all of them once `relearn_share` x sessions learning events
+  (steps begun, sessions ended) have passed since the last full rebuild.
 
 Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
@@ -26,9 +42,10 @@ blocks its release caches right after are routed there too.
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_left, insort
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Hashable, Iterator
+from itertools import count, islice
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
@@ -42,6 +59,33 @@ if TYPE_CHECKING:
 UNTRACKED, DEAD, PLAIN, OWNED = 0, 1, 2, 3
 
 Stream = Iterator[tuple[Any, int]]
+
+GRID_S = 1e-3  # first point of the elapsed-time grid
+GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
+_LOG_RATIO = math.log(GRID_RATIO)
+
+
+def elapsed_grid(e: float) -> tuple[float, float]:
+    """(e rounded down to the grid, the next grid point): 0, 1 ms, then x 2^(1/4) steps.
+
+    Keys that depend on time read it through this grid, so they change at grid points only.
+    """
+    if e < GRID_S:
+        return 0.0, GRID_S
+    k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
+    lo = GRID_S * GRID_RATIO**k
+    if lo > e:  # rounding in log(): step back
+        k -= 1
+        lo = GRID_S * GRID_RATIO**k
+    return lo, GRID_S * GRID_RATIO ** (k + 1)
+
+
+def sticky_level(x: float, level: int, ratio: float) -> int:
+    """x's level on a geometric scale (level k stands for ratio**k), kept at `level` while x
+    stays within one step of it: a normalizer that hovers near a boundary does not flip
+    every key back and forth. x must be > 0."""
+    exact = math.log(x) / math.log(ratio)
+    return level if abs(exact - level) <= 1.0 else round(exact)
 
 
 class SessionView:
@@ -71,23 +115,43 @@ class SessionView:
 class GroupedPolicy(EvictionPolicy):
     """Tracks evictable blocks per owner session; subclasses give the keys.
 
-    Subclasses define `_session_key`, `_plain_key` and `_dead_key` (or override the
-    `_*_stream` methods for keys computed once per group), and may use `_prepare` to compute
-    per-call constants. Lower keys are evicted first; keys of one policy must be comparable.
+    Subclasses define `_session_base` (a session's key and when it must be recomputed),
+    `_entry_key` (the key of one of its blocks, by position; default: the session's key),
+    `_plain_key` and `_dead_key`, and may use `_prepare` for per-call constants and
+    `_global_state` for what, when it changes, changes every session's key. Lower keys are
+    evicted first; keys of one policy must be comparable. With `indexed = True` victims come
+    from the event-driven index (module docstring), otherwise from a scan.
 
     Args:
         cost: prices rebuilding and reloading (default: `PrefillCost`).
+        relearn_share: re-key every session once this many learning events per session
+            passed since the last full re-key (0: at every search after any learning; the
+            index then gives exactly the scan's order).
     """
 
     name = "grouped"
+    indexed = False
 
-    def __init__(self, cost: CostModel | None = None) -> None:
+    def __init__(self, cost: CostModel | None = None, relearn_share: float = 0.125) -> None:
         super().__init__()
+        if not relearn_share >= 0:
+            raise ValueError(f"relearn_share must be >= 0, got {relearn_share!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
+        self.relearn_share = relearn_share
         self.views: dict[str, SessionView] = {}
         self.groups: dict[str, list[tuple[int, int]]] = {}  # sid -> [(-position, block)]
         self._now = 0.0
         self._ending: str | None = None
+        # The index (used when `indexed`): see the module docstring.
+        self._heap: list[tuple[Any, int, int, str]] = []  # (key, tail block, version, sid)
+        self._timers: list[tuple[float, int, str]] = []  # (when, version, sid)
+        self._version: dict[str, int] = {}
+        self._base: dict[str, Any] = {}
+        self._dirty: set[str] = set()
+        self._versions = count(1)
+        self._global: Hashable = None
+        self._learned = 0  # learning events so far
+        self._learned_at_rebuild = -1
 
     def bind(self, view: BlockView) -> None:
         super().bind(view)
@@ -130,6 +194,7 @@ class GroupedPolicy(EvictionPolicy):
                 insort(g, key)
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
+            self._dirty.add(owner)
 
     def block_uncached(self, block_id: int) -> None:
         w = self._where[block_id]
@@ -144,6 +209,7 @@ class GroupedPolicy(EvictionPolicy):
             if not g:
                 del self.groups[sid]
             self._owner[block_id] = None
+            self._dirty.add(sid)
         elif w == PLAIN:
             self.plain.remove(block_id)
         elif w == DEAD:
@@ -153,6 +219,8 @@ class GroupedPolicy(EvictionPolicy):
     # -- session lifecycle --------------------------------------------------------------------
     def step_started(self, session: Session, now: float) -> None:
         self._touch(now)
+        self._learned += 1
+        self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is None:
             v = self.views[session.session_id] = SessionView(session.workflow)
@@ -161,6 +229,7 @@ class GroupedPolicy(EvictionPolicy):
 
     def step_finished(self, session: Session, now: float, hint: PauseHint) -> None:
         self._touch(now)
+        self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is None:
             v = self.views[session.session_id] = SessionView(session.workflow)
@@ -172,6 +241,7 @@ class GroupedPolicy(EvictionPolicy):
 
     def pause_hinted(self, session: Session, now: float, hint: PauseHint) -> None:
         self._touch(now)
+        self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is not None and not v.running:
             v.hint = hint
@@ -180,14 +250,19 @@ class GroupedPolicy(EvictionPolicy):
 
     def resume_hinted(self, session: Session, now: float) -> None:
         self._touch(now)
+        self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is not None and not v.running:
             v.imminent = True
 
     def session_ended(self, session: Session, now: float) -> None:
         self._touch(now)
+        self._learned += 1
         sid = session.session_id
         self.views.pop(sid, None)
+        self._version.pop(sid, None)  # its index entries turn stale
+        self._base.pop(sid, None)
+        self._dirty.discard(sid)
         for _, b in self.groups.pop(sid, []):  # tail first
             self.dead.push(b)
             self._where[b] = DEAD
@@ -202,6 +277,24 @@ class GroupedPolicy(EvictionPolicy):
         self._touch(now)
         if num_blocks <= 0:
             return []
+        if self.indexed:
+            return self._index_victims(num_blocks, now)
+        return self._scan_victims(num_blocks, now)
+
+    def eviction_order(self, now: float | None = None) -> list[int]:
+        """Every evictable block, first victim first (for tests and debugging)."""
+        now = self._now if now is None else now
+        if self.indexed:
+            return self._index_victims(len(self.plain) + len(self.dead) + sum(
+                len(g) for g in self.groups.values()), now)
+        return self._scan_victims(None, now)
+
+    def scan_order(self, now: float) -> list[int]:
+        """Every evictable block in the order a full scan of every session's key gives: the
+        reference that the index must reproduce (exactly so with `relearn_share=0`)."""
+        return self._scan_victims(None, now)
+
+    def _scan_victims(self, num_blocks: int | None, now: float) -> list[int]:
         streams = self._streams(now)
         try:
             return [b for _, b in islice(heapq.merge(*streams), num_blocks)]
@@ -209,26 +302,135 @@ class GroupedPolicy(EvictionPolicy):
             for s in streams:
                 s.close()
 
-    def eviction_order(self, now: float | None = None) -> list[int]:
-        """Every evictable block, first victim first (for tests and debugging)."""
-        now = self._now if now is None else now
-        streams = self._streams(now)
-        try:
-            return [b for _, b in heapq.merge(*streams)]
-        finally:
-            for s in streams:
-                s.close()
-
     def _streams(self, now: float) -> list[Stream]:
         self._prepare(now)
+        out = self._queue_streams(now)
+        for sid, g in self.groups.items():
+            out.append(self._session_stream(sid, g, now))
+        return out
+
+    def _queue_streams(self, now: float) -> list[Stream]:
         out: list[Stream] = []
         if len(self.dead):
             out.append(self._dead_stream(now))
         if len(self.plain):
             out.append(self._plain_stream(now))
-        for sid, g in self.groups.items():
-            out.append(self._session_stream(sid, g, now))
         return out
+
+    # -- the index ----------------------------------------------------------------------------
+    def _index_victims(self, num_blocks: int, now: float) -> list[int]:
+        """Merge the indexed sessions' tails with the dead and plain streams.
+
+        Candidates: the index's top, `more` (the next blocks of sessions taken from in this
+        call) and the head of each queue stream. A session taken from keeps yielding its
+        blocks, without heap operations, while they stay below every other candidate.
+        """
+        self._prepare(now)
+        self._refresh(now)
+        heap, version, groups, entry_key, base_of = (
+            self._heap, self._version, self.groups, self._entry_key, self._base)
+        streams = self._queue_streams(now)
+        heads = [next(s, None) for s in streams]
+        more: list[tuple[Any, int, int, str, int]] = []
+        popped = []
+        out: list[int] = []
+
+        def best_other() -> tuple[tuple[Any, int] | None, int]:
+            while heap and version.get(heap[0][3]) != heap[0][2]:
+                heapq.heappop(heap)  # stale: its session was re-keyed or ended
+            best, src = (heap[0][:2], -1) if heap else (None, 0)
+            if more and (best is None or more[0][:2] < best):
+                best, src = more[0][:2], -2
+            for i, h in enumerate(heads):
+                if h is not None and (best is None or h < best):
+                    best, src = h, i
+            return best, src
+
+        try:
+            while len(out) < num_blocks:
+                best, src = best_other()
+                if best is None:
+                    break
+                if src >= 0:
+                    out.append(best[1])
+                    heads[src] = next(streams[src], None)
+                    continue
+                if src == -1:
+                    entry = heapq.heappop(heap)
+                    popped.append(entry)
+                    k = 0
+                else:
+                    entry = heapq.heappop(more)
+                    k = entry[4]
+                _, b, ver, sid = entry[:4]
+                out.append(b)
+                g, base = groups[sid], base_of[sid]
+                bound, _ = best_other()
+                for j in range(k + 1, len(g)):
+                    if len(out) >= num_blocks:
+                        break
+                    neg_pos, nb = g[j]
+                    key = entry_key(base, -neg_pos)
+                    if bound is not None and not (key, nb) < bound:
+                        heapq.heappush(more, (key, nb, ver, sid, j))
+                        break
+                    out.append(nb)
+        finally:
+            for s in streams:
+                s.close()
+            for entry in popped:  # only named, not evicted: eviction marks them for re-keying
+                heapq.heappush(heap, entry)
+        return out
+
+    def _refresh(self, now: float) -> None:
+        """Re-key the sessions whose key may have changed since the last search."""
+        state = self._global_state(now)
+        stale = len(self._heap) > 2 * len(self.groups) + 64
+        relearn = (self._learned != self._learned_at_rebuild
+                   and self._learned - self._learned_at_rebuild
+                   > self.relearn_share * len(self.groups))
+        if state != self._global or stale or relearn:
+            self._global = state
+            self._learned_at_rebuild = self._learned
+            self._heap, self._timers = [], []
+            self._version.clear()
+            self._base.clear()
+            self._dirty = set(self.groups)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, ver, sid = heapq.heappop(timers)
+            if self._version.get(sid) == ver:
+                self._dirty.add(sid)
+        for sid in self._dirty:
+            self._rekey(sid, now)
+        self._dirty.clear()
+
+    def _rekey(self, sid: str, now: float) -> None:
+        g = self.groups.get(sid)
+        if not g:
+            self._version.pop(sid, None)
+            self._base.pop(sid, None)
+            return
+        ver = self._version[sid] = next(self._versions)
+        base, until = self._session_base(sid, g, now)
+        self._base[sid] = base
+        neg_pos, b = g[0]
+        heapq.heappush(self._heap, (self._entry_key(base, -neg_pos), b, ver, sid))
+        if until < math.inf:
+            heapq.heappush(self._timers, (until, ver, sid))
+
+    def _global_state(self, now: float) -> Hashable:
+        """What every session's key depends on besides its own state (default: nothing)."""
+        return None
+
+    def elapsed_since(self, t0: float, now: float) -> tuple[float, float]:
+        """(seconds since t0 as keys read them, when that next changes): rounded down to
+        the grid when indexed, exact (and no deadline) for a scan-only policy."""
+        e = max(now - t0, 0.0)
+        if not self.indexed:
+            return e, math.inf
+        lo, hi = elapsed_grid(e)
+        return lo, t0 + hi
 
     def _prepare(self, now: float) -> None:
         """Compute per-call constants before the streams are read."""
@@ -242,11 +444,20 @@ class GroupedPolicy(EvictionPolicy):
             yield self._plain_key(b, now), b
 
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
+        base, _ = self._session_base(sid, group, now)
+        entry_key = self._entry_key
         for neg_pos, b in group:  # tail first: the survivors stay a usable prefix
-            yield self._session_key(sid, b, -neg_pos, now), b
+            yield entry_key(base, -neg_pos), b
 
-    def _session_key(self, sid: str, block_id: int, position: int, now: float) -> Any:
+    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+                      ) -> tuple[Any, float]:
+        """(the session's key, the time by which it must be recomputed; inf: only on
+        events)."""
         raise NotImplementedError
+
+    def _entry_key(self, base: Any, position: int) -> Any:
+        """The key of the session's block at `position` (default: the session's key)."""
+        return base
 
     def _plain_key(self, block_id: int, now: float) -> Any:
         raise NotImplementedError

@@ -18,6 +18,13 @@ where `used` is the share of GPU blocks held by running steps (`CacheStats.usage
 comes from a per-tool log-normal whose mean and second moment of log latency are exponential
 moving averages (alpha = 0.1): p95 = exp(mu + 1.645 sigma). Entries past their TTL go first.
 
+Indexed (`GroupedPolicy`): the victim order reads idle times rounded down to the grid
+(`elapsed_grid`), the largest idle time and the largest entry's size as powers of 2 that move
+only once the value moved by 2x (`sticky_level`; recency and size are clipped to 1), and the
+pressure m in steps of 1/8, so an entry's key changes only at its own grid points, its TTL,
+its events, or when a normalizer moves (then every key is recomputed). `scores` gives the
+exact published scores.
+
 Our reading of what the description leaves open: a hint's `expected_s` stands in for p95;
 `last_step` makes P_reuse = 0; ended sessions' blocks go before any entry, and plain (shared)
 cache goes after every entry, by LRU; within an entry the tail goes first.
@@ -25,9 +32,12 @@ cache goes after every entry, by LRU; within an entry the tail goes first.
 
 from __future__ import annotations
 
+import heapq
+import math
+
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import GroupedPolicy, Stream
+from kvsaga.policy.groups import GRID_S, GroupedPolicy, elapsed_grid, sticky_level
 from kvsaga.policy.lognormal import EmaLogNormal
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
@@ -42,9 +52,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         max_ttl_s: TTL cap.
         prior_median_s, prior_sigma: tool latency assumed before any observation.
         prior_steps: mean steps per session assumed before any session finished.
+        relearn_share: see `GroupedPolicy`.
     """
 
     name = "saga"
+    indexed = True
 
     def __init__(
         self,
@@ -54,17 +66,31 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         prior_median_s: float = 1.0,
         prior_sigma: float = 1.0,
         prior_steps: float = 10.0,
+        relearn_share: float = 0.125,
     ) -> None:
-        super().__init__(cost)
+        super().__init__(cost, relearn_share)
         self.alpha = alpha
         self.max_ttl_s = max_ttl_s
         self._prior = (prior_median_s, prior_sigma)
         self.latency: dict[str, EmaLogNormal] = {}
         self.all_latency = EmaLogNormal(alpha, *self._prior)
         self.graph = ExecutionGraph(prior_steps=prior_steps)  # for steps per session only
-        self._keys: dict[str, tuple[int, float]] = {}
+        self._pauses: list[tuple[float, str]] = []  # (paused at, sid): lazy min-heap
+        self._size: dict[str, int] = {}  # each entry's blocks, as last seen
+        self._size_count: dict[int, int] = {}
+        self._max_size = 0
+        self._levels = (0, 0)  # largest idle and largest size, on a 2x scale (sticky)
+        self._norm = (0.0, 1.0, 1.0)  # (used, largest idle, largest size) as keys read them
 
     # -- learning -----------------------------------------------------------------------------
+    def step_finished(self, session, now: float, hint) -> None:
+        super().step_finished(session, now, hint)
+        heapq.heappush(self._pauses, (now, session.session_id))
+
+    def session_ended(self, session, now: float) -> None:
+        super().session_ended(session, now)
+        self._set_size(session.session_id, 0)
+
     def step_started(self, session, now: float) -> None:
         super().step_started(session, now)
         resumed = self.graph.step_started(session.session_id, session.workflow, now)
@@ -95,34 +121,87 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return max(1.0 - 1.0 / max(self.graph.mean_steps(workflow), 1.0), 0.0)
 
     def scores(self, now: float) -> dict[str, tuple[bool, float]]:
-        """Every entry's (expired, score), as the next victim search will see them."""
-        self._prepare(now)
-        return {sid: (cls == 1, -neg) for sid, (cls, neg) in self._keys.items()}
-
-    def _prepare(self, now: float) -> None:
+        """Every entry's (expired, score) by the exact published formulas (the victim
+        order reads them with rounded times and normalizers: module docstring)."""
         used = self.usage()
         idle = {sid: self.idle_s(sid, now) for sid in self.groups}
         max_idle = max(idle.values(), default=0.0)
         max_size = max((len(g) for g in self.groups.values()), default=0)
-        keys = self._keys
-        keys.clear()
+        out = {}
         for sid, g in self.groups.items():
-            v = self.views.get(sid)
             recency = idle[sid] / max_idle if max_idle > 0 else 0.0
-            size = len(g) / max_size
-            if v is None or v.needed_now:  # preempted: its retry is queued
-                p, expired = 1.0, False
-            else:
-                p = 0.0 if v.hint.last_step else self.p_reuse(v.workflow)
-                expired = idle[sid] > self.ttl_s(v.tool, used, v.hint.expected_s)
-            score = W_RECENCY * recency + W_REUSE * (1.0 - p) + W_SIZE * size
-            keys[sid] = (1 if expired else 2, -score)
+            expired, score = self._score(sid, idle[sid], recency, len(g) / max_size, used)
+            out[sid] = (expired, score)
+        return out
+
+    def _score(self, sid: str, idle: float, recency: float, size: float, used: float
+               ) -> tuple[bool, float]:
+        v = self.views.get(sid)
+        if v is None or v.needed_now:  # preempted: its retry is queued
+            p, expired = 1.0, False
+        else:
+            p = 0.0 if v.hint.last_step else self.p_reuse(v.workflow)
+            expired = idle > self.ttl_s(v.tool, used, v.hint.expected_s)
+        return expired, W_RECENCY * recency + W_REUSE * (1.0 - p) + W_SIZE * size
+
+    # -- the index's normalizers --------------------------------------------------------------
+    def _set_size(self, sid: str, n: int) -> None:
+        old = self._size.pop(sid, 0)
+        counts = self._size_count
+        if old:
+            counts[old] -= 1
+        if n:
+            self._size[sid] = n
+            counts[n] = counts.get(n, 0) + 1
+            self._max_size = max(self._max_size, n)
+        while self._max_size and not counts.get(self._max_size):
+            self._max_size -= 1
+
+    def _oldest_pause(self) -> float | None:
+        """When the longest-paused live session paused (None: none is paused)."""
+        heap = self._pauses
+        while heap:
+            t, sid = heap[0]
+            v = self.views.get(sid)
+            if v is not None and not v.needed_now and v.paused_at == t:
+                return t
+            heapq.heappop(heap)  # that pause is over
+        return None
+
+    def _prepare(self, now: float) -> None:
+        for sid in self._dirty:
+            self._set_size(sid, len(self.groups.get(sid, ())))
+        oldest = self._oldest_pause()
+        idle_level, size_level = self._levels
+        if oldest is not None and now - oldest >= GRID_S:
+            idle_level = sticky_level(now - oldest, idle_level, 2.0)
+        if self._max_size:
+            size_level = sticky_level(self._max_size, size_level, 2.0)
+        self._levels = (idle_level, size_level)
+        m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
+        self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
+
+    def _global_state(self, now: float) -> tuple[float, float, float]:
+        return self._norm
 
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
-    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
-        key = self._keys[sid]
-        for _, b in group:
-            yield key, b
+    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+                      ) -> tuple[tuple[int, float], float]:
+        used, max_idle, max_size = self._norm
+        v = self.views.get(sid)
+        if v is None or v.needed_now:
+            exact, idle, until = 0.0, 0.0, math.inf
+        else:
+            exact = max(now - v.paused_at, 0.0)
+            idle, until = elapsed_grid(exact)
+            until += v.paused_at
+        recency = min(idle / max_idle, 1.0)
+        expired, score = self._score(sid, exact, recency, min(len(group) / max_size, 1.0),
+                                     used)
+        if v is not None and not v.needed_now and not expired:
+            ttl = self.ttl_s(v.tool, used, v.hint.expected_s)
+            until = min(until, math.nextafter(v.paused_at + ttl, math.inf))
+        return (1 if expired else 2, -score), until
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         return 3, self._cached_at[block_id]

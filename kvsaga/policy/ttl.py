@@ -20,9 +20,15 @@ log-normal per (workflow, tool), falling back per tool, per workflow, then globa
 model for sessions that never come back). A hint `expected_s` replaces the distribution by a
 point mass (until the tool is late), and `last_step` sets P = 0.
 
-Victim order: ended sessions' blocks (`dead`), then expired sessions and plain blocks idle
-past their own break-even TTL (most negative V per block first), then live sessions
-(lowest V per block first), then the rest of the plain cache by LRU. Tails before heads.
+Victim order: ended sessions' blocks (`dead`), then released ones: sessions past their
+break-even TTL or with V <= 0, and plain blocks idle past their own TTL (longest overdue
+first: keyed by the time their value crossed zero, V / rent before the time of judging, so
+that keys do not move with time), then live sessions (lowest V per block first), then the
+rest of the plain cache by LRU. Tails before heads.
+
+Indexed (`GroupedPolicy`): a session's key reads its elapsed pause rounded down to the
+grid (`elapsed_grid`) and the pressure 1 / (1 - u) on a 2^(1/4) scale (`rent`); it is
+recomputed at its next grid point, its TTL and the end of its hinted pause.
 
 Bound. Per session the break-even rule alone is 2-competitive (deterministic ski rental):
 resuming at tau < T costs the rent n r tau, which is the offline optimum min(n r tau, C);
@@ -40,7 +46,7 @@ import math
 
 from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import GroupedPolicy, SessionView, Stream
+from kvsaga.policy.groups import GRID_RATIO, GroupedPolicy, SessionView, sticky_level
 
 
 class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -52,9 +58,11 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
             warm-start from another policy's learning.
         base_ttl_s: break-even TTL of one head block when no step is running.
         max_usage: pressure cap, so the rent stays finite.
+        relearn_share: see `GroupedPolicy`.
     """
 
     name = "ttl"
+    indexed = True
 
     def __init__(
         self,
@@ -62,8 +70,9 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         graph: ExecutionGraph | None = None,
         base_ttl_s: float = 60.0,
         max_usage: float = 0.95,
+        relearn_share: float = 0.125,
     ) -> None:
-        super().__init__(cost)
+        super().__init__(cost, relearn_share)
         if not base_ttl_s > 0:
             raise ValueError(f"base_ttl_s must be > 0, got {base_ttl_s!r}")
         if not 0 <= max_usage < 1:
@@ -72,6 +81,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.base_ttl_s = base_ttl_s
         self.max_usage = max_usage
         self._rent = 0.0
+        self._pressure = 0  # level of 1 / (1 - usage) on the 2^(1/4) scale
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
@@ -80,12 +90,19 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     # -- pricing ------------------------------------------------------------------------------
     def rent(self) -> float:
-        """GPU seconds per block per second that holding memory costs now."""
+        """GPU seconds per block per second that holding memory costs now.
+
+        The pressure factor 1 / (1 - u) is read on a 2^(1/4) scale that moves only once it
+        changed by a whole step (`sticky_level`), so every key changes only then."""
         u = min(self.usage(), self.max_usage)
-        return self.block_cost(0) / self.base_ttl_s / (1.0 - u)
+        self._pressure = sticky_level(1.0 / (1.0 - u), self._pressure, GRID_RATIO)
+        return self.block_cost(0) / self.base_ttl_s * GRID_RATIO**self._pressure
 
     def _prepare(self, now: float) -> None:
         self._rent = self.rent()
+
+    def _global_state(self, now: float) -> float:
+        return self._rent
 
     def session_value(self, session_id: str, now: float) -> tuple[bool, float, float]:
         """Judge a session's retained blocks now.
@@ -98,26 +115,28 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         g = self.groups.get(session_id)
         if not g:
             return False, 0.0, math.inf
-        cls, v = self._value(session_id, g, now)
-        rent = len(g) * self._rent
-        return cls == 1, v, self.group_cost(g) / rent if rent > 0 else math.inf
+        view = self.views.get(session_id)
+        e = max(now - view.paused_at, 0.0) if view is not None else 0.0
+        cls, v, ttl = self._value(session_id, g, now, e)
+        return cls == 1, v, ttl
 
-    def _value(self, sid: str, group: list[tuple[int, int]], now: float) -> tuple[int, float]:
+    def _value(self, sid: str, group: list[tuple[int, int]], now: float, e: float
+               ) -> tuple[int, float, float]:
+        """(class, V per block, break-even TTL) with the pause judged `e` seconds old."""
         n = len(group)
         cost = self.group_cost(group)
         rent = n * self._rent
         ttl = cost / rent if rent > 0 else math.inf
         view = self.views.get(sid)
         if view is None or view.needed_now:
-            return 2, cost / n  # preempted: its retry needs these blocks right away
+            return 2, cost / n, ttl  # preempted: its retry needs these blocks right away
         if view.hint.last_step:
-            return 1, -math.inf
-        e = max(now - view.paused_at, 0.0)
-        if e >= ttl:
-            return 1, -(e - ttl) * self._rent
+            return 1, -math.inf, ttl
+        if now - view.paused_at >= ttl:
+            return 1, -(now - view.paused_at - ttl) * self._rent, ttl
         p, held = self._resume_window(sid, view, group, e, ttl - e, now)
         v = p * cost - rent * held
-        return (2 if v > 0 else 1), v / n
+        return (2 if v > 0 else 1), v / n, ttl
 
     def _resume_window(
         self,
@@ -128,26 +147,41 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         window: float,
         now: float,
     ) -> tuple[float, float]:
-        """(P(resume within the window), E[seconds held within it]), given no resume yet."""
+        """(P(resume within the window), E[seconds held within it]), given no resume yet.
+        A hinted pause counts until it is late (judged on the exact time)."""
         hint = view.hint
-        if hint.expected_s is not None and elapsed <= hint.expected_s:
+        if hint.expected_s is not None and now - view.paused_at < hint.expected_s:
             left = hint.expected_s - elapsed
             return (1.0, left) if left <= window else (0.0, window)
         return self.graph.resume_window(view.workflow, view.tool, elapsed, window)
 
-    # -- keys: (class, value); class 0 dead, 1 expired, 2 live, 3 fresh plain ---------------
-    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
-        key = self._value(sid, group, now)
-        for _, b in group:
-            yield key, b
+    # -- keys: class 0 dead, (1, time released), (2, V per block) live, (3, time) plain -----
+    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+                      ) -> tuple[tuple[int, float], float]:
+        view = self.views.get(sid)
+        paused_at = view.paused_at if view is not None else now
+        e, until = self.elapsed_since(paused_at, now)
+        cls, v, ttl = self._value(sid, group, now, e)
+        if view is None or view.needed_now or view.hint.last_step:
+            return (cls, v), math.inf
+        if now - paused_at >= ttl:
+            return (1, paused_at + ttl), math.inf
+        # Released early (V <= 0): keyed by when its value crossed zero, which time does not
+        # move; V is judged at the grid point.
+        key = (2, v) if cls == 2 else (1, paused_at + e + v / self._rent)
+        until = min(until, paused_at + ttl)
+        x = view.hint.expected_s
+        if x is not None and now - paused_at < x:
+            until = min(until, paused_at + x)
+        return key, until
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
-        idle = now - self._cached_at[block_id]
+        cached_at = self._cached_at[block_id]
         rent = self._rent
         ttl = self.block_cost(self._pos[block_id]) / rent if rent > 0 else math.inf
-        if idle >= ttl:
-            return 1, -(idle - ttl) * self._rent
-        return 3, self._cached_at[block_id]
+        if now - cached_at >= ttl:
+            return 1, cached_at + ttl
+        return 3, cached_at
 
     def _dead_key(self, block_id: int, now: float) -> tuple[int, float]:
         return 0, 0.0

@@ -1,0 +1,71 @@
+"""The event-driven victim index gives exactly the order of a full scan of every key."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from kvsaga import OutOfBlocks
+from kvsaga.policy import POLICIES
+from kvsaga.policy.groups import GRID_RATIO, GRID_S, elapsed_grid
+from tests.policy.helpers import build, make
+from tests.policy.test_properties import apply, op_lists
+
+INDEXED = sorted(n for n, c in POLICIES.items() if getattr(c, "indexed", False))
+
+
+def test_the_agent_aware_policies_are_indexed():
+    assert {"ttl", "saga", "graph"} <= set(INDEXED)
+
+
+@pytest.mark.parametrize("name", INDEXED)
+@settings(max_examples=40, deadline=None)
+@given(ops=op_lists, steps=st.lists(st.sampled_from([0.0, 4e-4, 3e-3, 0.05, 0.4, 7.0]),
+                                    min_size=45, max_size=45),
+       num_host_blocks=st.sampled_from([0, 4]))
+def test_index_matches_a_brute_force_scan(name, ops, steps, num_host_blocks):
+    # relearn_share=0: every key reads the current statistics, as the scan does.
+    m = make(build(name, relearn_share=0.0), num_blocks=10, num_host_blocks=num_host_blocks)
+    now = 0.0
+    for (op, i, n, x), dt in zip(ops, steps, strict=False):
+        with contextlib.suppress(OutOfBlocks):
+            now = apply(m, op, i, n, x, now)
+        now += dt
+        m.policy.check_integrity()
+        got = m.policy.eviction_order(now)
+        assert got == m.policy.scan_order(now)
+        k = (n + x) % 5
+        assert m.policy.choose_victims(k, now) == got[:k]
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_stale_statistics_still_give_every_cached_block_once(name):
+    # Default relearn_share: keys may read statistics a few events old, never lose a block.
+    m = make(build(name), num_blocks=10)
+    now = 0.0
+    for k in range(60):
+        sid = f"s{k % 4}"
+        s = m.sessions.get(sid)
+        with contextlib.suppress(OutOfBlocks):
+            base = list(s.token_ids[: s.num_computed]) if s is not None else []
+            m.begin_step(sid, (base + [k] * 3)[-20:], now=now)
+            m.allocate_slots(sid, m.sessions[sid].num_computed * 0 + 3, now=now)
+        if m.sessions[sid].is_running:
+            m.finish_step(sid, now=now, tool=["a", "b"][k % 2])
+        now += 0.3
+        order = m.policy.eviction_order(now)
+        assert sorted(order) == sorted(b for b in range(10) if m.is_cached(b))
+
+
+@pytest.mark.parametrize("e", [0.0, 5e-4, 1e-3, 1.5e-3, 0.0123, 1.0, 7.77, 1234.5])
+def test_elapsed_grid_brackets_the_time(e):
+    lo, hi = elapsed_grid(e)
+    assert lo <= e < hi
+    if e >= GRID_S:
+        assert hi == pytest.approx(lo * GRID_RATIO)
+        k = math.log(lo / GRID_S) / math.log(GRID_RATIO)
+        assert k == pytest.approx(round(k))
