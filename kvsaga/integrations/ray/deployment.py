@@ -1,0 +1,493 @@
+"""kvsaga-serve on Ray Serve: N engine replicas behind one OpenAI-compatible endpoint.
+
+Two deployments (`build_application`):
+
+- `KvsagaGateway` (the HTTP ingress, one replica): reads each request once, extracts the
+  routing facts (`kvsaga.routing.session_key`, tenant, prefix key, context size) and forwards
+  the raw request (method, path, headers, body) to the engine deployment through a
+  DeploymentHandle, whose request router is `KvsagaRequestRouter`. It relays the replica's
+  response message by message, so streaming stays streaming. `/metrics` fans out to every
+  replica and merges their families with a `replica` label. A replica that dies before
+  answering gives a 503 in OpenAI's error JSON (`code: replica_unavailable`); the session's
+  next step is routed to a live replica and recomputed there.
+- `KvsagaEngine` (N replicas): each runs the single-node server app (`build_app`) in process
+  and serves the forwarded request through it, so the API, sessions, errors and limits are
+  exactly those of `kvsaga-serve`. When the router moved a session onto it, it first pulls
+  the session from its previous replica: the token context always (so re-tokenization
+  cannot split it differently), and the KV too when the router chose migration
+  (`kvsaga.migration`: exported through host memory, imported byte for byte); the previous
+  replica then ends its copy, so a session lives in one place.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from kvsaga.errors import KVSagaError
+from kvsaga.integrations.ray.router import KvsagaRequestRouter
+from kvsaga.migration import export_session, import_session
+from kvsaga.routing import prefix_key, session_key
+from kvsaga.serve.sessions import SessionRegistry, tenant_salt
+from kvsaga.serve.settings import ServerSettings
+
+log = logging.getLogger("kvsaga.ray")
+ENGINE_DEPLOYMENT = "KvsagaEngine"
+_SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
+_PULL_TIMEOUT_S = 60.0
+
+
+# -- running an ASGI app in process ---------------------------------------------------------
+
+
+def _scope(call: dict) -> dict:
+    path = call["path"]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": call["method"],
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": call.get("query", b""),
+        "root_path": "",
+        "headers": [(bytes(k), bytes(v)) for k, v in call["headers"]],
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        "state": {},
+    }
+
+
+async def asgi_messages(app: Any, scope: dict, body: bytes) -> AsyncIterator[dict]:
+    """Run one HTTP request through an ASGI app; yield the messages it sends.
+
+    When the consumer stops early (its client went away), the app sees `http.disconnect`,
+    as under a real server, so it aborts the request and releases its blocks.
+    """
+    sent: asyncio.Queue = asyncio.Queue()
+    gone = asyncio.Event()
+    delivered = False
+
+    async def receive() -> dict:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, sent.put)
+        finally:
+            await sent.put(None)
+
+    task = asyncio.create_task(run())
+    try:
+        while (msg := await sent.get()) is not None:
+            yield msg
+    finally:
+        gone.set()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+
+
+# -- the engine replica -----------------------------------------------------------------------
+
+
+class EngineReplica:
+    """One engine and the single-node server app around it.
+
+    Args:
+        settings: the server's settings (model, KV budget, policy, auth, limits).
+        factory: loads the engine (default: the one `settings` describe).
+        torch_threads: torch intra-op threads (CPU replicas sharing a machine: its cores
+            divided among them, or they spin against each other).
+    """
+
+    def __init__(
+        self, settings: ServerSettings, factory: Any = None, torch_threads: int | None = None
+    ) -> None:
+        from kvsaga.serve.app import build_app
+        from kvsaga.serve.cli import engine_factory
+
+        ctx = serve.get_replica_context()
+        self.replica_id = ctx.replica_id.unique_id
+        self.app_name = ctx.app_name
+        self.settings = settings
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.app = build_app(factory or engine_factory(settings), settings)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> None:
+        """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
+        a request for this replica waits instead of getting the loading 503."""
+        async with self._lock:
+            if self._stack is not None:
+                return
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(self.app.router.lifespan_context(self.app))
+            self._stack = stack
+            await asyncio.to_thread(self.app.state.engine.wait_ready, 600)
+            # The Serving (session registry) is made by the first request that needs it.
+            call = {"method": "GET", "path": "/v1/models", "headers": _auth(self.settings)}
+            async for _ in asgi_messages(self.app, _scope(call), b""):
+                pass
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: stop the engine thread."""
+        with contextlib.suppress(Exception):
+            self.app.state.engine.stop()
+
+    @property
+    def _sessions(self) -> SessionRegistry | None:
+        srv = self.app.state.serving()
+        return srv.sessions if srv is not None else None
+
+    async def handle(self, call: dict) -> AsyncIterator[dict]:
+        """Serve one forwarded HTTP request; yields its ASGI response messages."""
+        await self._start()
+        if call.get("pin") not in (None, self.replica_id):
+            yield {"type": "kvsaga.misrouted"}
+            return
+        route = call.get("route") or {}
+        moved_from = route.get("moved_from")
+        if moved_from and moved_from != self.replica_id and call.get("engine_sid"):
+            await self._pull(call["engine_sid"], call.get("salt"), moved_from,
+                             bool(route.get("migrate")))
+        async for msg in asgi_messages(self.app, _scope(call), call.get("body", b"")):
+            yield msg
+
+    async def _pull(self, sid: str, salt: str | None, source: str, migrate: bool) -> None:
+        """Take a moved session's context (and KV when `migrate`) from its previous replica.
+        Any failure (the source died, the session is busy there) leaves a recompute."""
+        sessions = self._sessions
+        if sessions is None or sessions.get(sid) is not None:
+            return
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
+        ask = {"kvsaga": 1, "pin": source, "engine_sid": sid, "migrate": migrate}
+        try:
+            got = await asyncio.wait_for(
+                handle.options(method_name="export_session").remote(ask), _PULL_TIMEOUT_S
+            )
+        except Exception as e:  # the source is gone or stuck: recompute here
+            log.warning("kvsaga: pulling session from %s failed (%s); recomputing", source, e)
+            return
+        if not got:
+            return
+        context, exported = got
+        if exported is not None and exported.num_blocks:
+            try:
+                await self.app.state.engine.call(
+                    lambda e: import_session(e, exported, salt=salt)
+                )
+            except KVSagaError as e:  # no room, or the session appeared meanwhile
+                log.warning("kvsaga: importing %s failed (%s); recomputing", sid, e)
+        ctx = sessions.open(sid)
+        for k, v in context.items():
+            setattr(ctx, k, v)
+
+    async def export_session(self, call: dict) -> tuple[dict, Any] | None:
+        """Hand a paused session over (context, and KV if asked) and end it here."""
+        await self._start()
+        sessions, sid = self._sessions, call.get("engine_sid")
+        if call.get("pin") != self.replica_id or sessions is None:
+            return None
+        ctx = sessions.get(sid)
+        if ctx is None or ctx.in_flight is not None:
+            return None
+        aengine = self.app.state.engine
+
+        def take(engine) -> Any:
+            out = None
+            if call.get("migrate") and sid in engine.manager.sessions:
+                with contextlib.suppress(KVSagaError):
+                    out = export_session(engine, sid)
+            if sid in engine.manager.sessions:
+                engine.manager.end_session(sid)
+            return out
+
+        exported = await aengine.call(take)
+        sessions.drop(sid)
+        context = {k: getattr(ctx, k) for k in
+                   ("token_ids", "text", "prompt_len", "prompt_text_len", "num_steps")}
+        return context, exported
+
+    async def metrics(self, call: dict) -> str | None:
+        """This replica's /metrics text (None if the call reached the wrong replica)."""
+        if call.get("pin") != self.replica_id:
+            return None
+        await self._start()
+        call = {"method": "GET", "path": "/metrics", "headers": _auth(self.settings)}
+        body = b""
+        async for msg in asgi_messages(self.app, _scope(call), b""):
+            body += msg.get("body", b"")
+        return body.decode()
+
+    async def cache_state(self, call: dict) -> dict | None:
+        """Blocks referenced and sessions held, after an integrity check (for tests and
+        operators: every block should be back once nothing runs)."""
+        if call.get("pin") != self.replica_id:
+            return None
+        await self._start()
+
+        def look(engine) -> dict:
+            mgr = engine.manager
+            mgr.check_integrity()
+            st = mgr.stats()
+            return {"replica": self.replica_id, "used_blocks": st.num_used_blocks,
+                    "busy": engine.has_unfinished(), "sessions": sorted(mgr.sessions)}
+
+        return await self.app.state.engine.call(look)
+
+    def record_routing_stats(self) -> dict:
+        """What `KvsagaRequestRouter` reads (`kvsaga.routing.ReplicaStats` fields)."""
+        snap = self.app.state.engine.snapshot
+        st = snap.stats
+        if st is None:
+            return {}
+        return {
+            "total_blocks": st.num_gpu_blocks,
+            "free_blocks": st.num_free_blocks,
+            "evictable_blocks": st.num_evictable_blocks,
+            "queue_depth": snap.num_waiting,
+            "running": snap.num_running,
+            "paused": st.num_paused_sessions,
+        }
+
+
+def _auth(settings: ServerSettings) -> list[tuple[bytes, bytes]]:
+    """Headers of an internal request (the first API key, when auth is on)."""
+    if not settings.api_keys:
+        return []
+    return [(b"authorization", f"Bearer {settings.api_keys[0]}".encode())]
+
+
+# -- the gateway ------------------------------------------------------------------------------
+
+gateway_api = FastAPI(title="kvsaga-serve (Ray Serve)", docs_url=None, redoc_url=None)
+
+
+class _Relay(Response):
+    """A response that replays a replica's ASGI messages."""
+
+    def __init__(self, first: dict, rest: AsyncIterator) -> None:
+        super().__init__()
+        self.first, self.rest = first, rest
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(self.first)
+        done = False
+        try:
+            async for msg in self.rest:
+                await send(msg)
+            done = True
+        finally:
+            if not done:  # the client went away: the replica's generator is cancelled, so
+                self.rest.cancel()  # its app sees the disconnect and aborts the step
+
+
+def _unavailable(reason: str) -> Response:
+    body = {"error": {"message": f"the replica serving this request is unavailable ({reason}); "
+                      "retry: the session continues on another replica",
+                      "type": "service_unavailable", "param": None,
+                      "code": "replica_unavailable"}}
+    return Response(json.dumps(body), status_code=503, media_type="application/json",
+                    headers={"Retry-After": "1"})
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k.lower() == b"authorization":
+            scheme, _, token = v.decode("latin-1").partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
+
+
+def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
+                 headers: list[tuple[bytes, bytes]], body: bytes) -> dict:
+    """The call the engine deployment receives: the raw request plus its routing facts."""
+    call: dict[str, Any] = {"kvsaga": 1, "method": method, "path": path, "query": query,
+                            "headers": headers, "body": body}
+    ending = path.startswith("/v1/sessions/") and path.endswith("/end")
+    if method != "POST" or not (path in _SESSION_PATHS or ending):
+        return call
+    try:
+        parsed = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return call  # the replica answers the 400
+    if not isinstance(parsed, dict):
+        return call
+    key = _bearer(headers)
+    api_key = key if key in settings.api_keys else None
+    salt = tenant_salt(api_key, parsed.get("cache_salt"))
+    hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+    sid = path.split("/")[3] if ending else session_key(parsed, hdrs)
+    call["tenant"] = salt or "anon"
+    call["prefix_key"] = prefix_key(parsed)
+    call["context_tokens"] = len(body) // 4  # a rough token count of the conversation
+    if sid is not None:
+        call["engine_sid"] = SessionRegistry.engine_id(salt, sid)
+        call["session"] = call["engine_sid"]
+        call["salt"] = salt
+        hint = parsed.get("kvsaga")
+        call["ends"] = ending or bool(isinstance(hint, dict) and hint.get("last_step"))
+    return call
+
+
+def engine_replicas(app_name: str) -> list[str]:
+    """Ids of the live engine replicas of an application (Serve names their actors)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app_name}#{ENGINE_DEPLOYMENT}#"
+    return sorted(a["name"][len(prefix):] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(prefix))
+
+
+def _routers() -> list:
+    """The kvsaga routers of this process's handles (to forget ended sessions)."""
+    return [r for r in KvsagaRequestRouter.instances if hasattr(r, "kv_router")]
+
+
+def merge_metrics(texts: dict[str, str]) -> str:
+    """Prometheus texts of several replicas as one exposition: each family once, every
+    sample labelled with its `replica`."""
+    families: dict[str, dict] = {}
+    for rid, text in texts.items():
+        current = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                name = line.split()[2]
+                fam = families.setdefault(name, {"meta": [], "samples": []})
+                if line not in fam["meta"]:
+                    fam["meta"].append(line)
+                current = name
+                continue
+            if line.startswith("#") or current is None:
+                continue
+            name, _, rest = line.partition("{")
+            label = f'replica="{rid}"'
+            if rest:
+                sample = f"{name}{{{label},{rest}"
+            else:
+                metric, _, value = line.partition(" ")
+                sample = f"{metric}{{{label}}} {value}"
+            families[current]["samples"].append(sample)
+    lines = []
+    for fam in families.values():
+        lines += fam["meta"] + fam["samples"]
+    return "\n".join(lines) + "\n"
+
+
+class GatewayCore:
+    """What the gateway does, in an importable class (Ray pickles the ingress class itself
+    by value, with copies of the module globals it names)."""
+
+    def __init__(self, engine: Any, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    async def metrics(self) -> Response:
+        texts = {}
+        for rid in engine_replicas(serve.get_replica_context().app_name):
+            with contextlib.suppress(Exception):
+                text = await self.engine.options(method_name="metrics").remote(
+                    {"kvsaga": 1, "pin": rid})
+                if text is not None:
+                    texts[rid] = text
+        return Response(merge_metrics(texts), media_type="text/plain; version=0.0.4")
+
+    async def forward(self, request: Request) -> Response:
+        return await self.call(request.method, request.url.path, request.url.query.encode(),
+                               list(request.headers.raw), await request.body())
+
+    async def call(self, method: str, path: str, query: bytes,
+                   headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
+        call = routing_call(self.settings, method, path, query, headers, body)
+        stream = self.engine.options(method_name="handle", stream=True).remote(call)
+        try:
+            first = await stream.__anext__()
+        except Exception as e:  # the replica died or was unreachable before answering
+            return _unavailable(type(e).__name__)
+        if first.get("type") != "http.response.start":
+            return _unavailable("misrouted")
+        if call.get("ends"):
+            for router in _routers():
+                router.kv_router.session_ended(call["session"])
+        route = call.get("route")
+        if route is not None:  # where it ran and why, for clients and tests
+            first = {**first, "headers": [*first.get("headers", []),
+                                          (b"x-kvsaga-replica", route["replica"].encode()),
+                                          (b"x-kvsaga-route", route["reason"].encode())]}
+        return _Relay(first, stream)
+
+
+@serve.deployment(name="KvsagaGateway", num_replicas=1, max_ongoing_requests=1000)
+@serve.ingress(gateway_api)
+class KvsagaGateway:
+    """The HTTP ingress: routes by session, relays responses, merges /metrics."""
+
+    def __init__(self, engine: Any, settings: ServerSettings) -> None:
+        self.core = GatewayCore(engine, settings)
+
+    @gateway_api.get("/metrics")
+    async def metrics(self) -> Response:
+        return await self.core.metrics()
+
+    @gateway_api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def forward(self, request: Request) -> Response:
+        return await self.core.forward(request)
+
+
+def build_application(
+    settings: ServerSettings,
+    num_replicas: int,
+    *,
+    router: str = "kvsaga",
+    router_kwargs: dict | None = None,
+    ray_actor_options: dict | None = None,
+    factory: Any = None,
+    stats_period_s: float = 0.5,
+    torch_threads: int | None = None,
+):
+    """The Ray Serve application: the gateway in front of `num_replicas` engine replicas.
+
+    Args:
+        settings: the server settings every replica runs with.
+        num_replicas: engine replicas (>= 1).
+        router: a `kvsaga.routing` router name.
+        router_kwargs: `RoutingConfig` fields for the `kvsaga` router.
+        ray_actor_options: per replica (e.g. `{"num_gpus": 1}` on a GPU cluster).
+        factory: loads an engine (tests pass a tiny model's); default from `settings`.
+        stats_period_s: how often the router reads each replica's routing stats.
+        torch_threads: torch threads per replica (None: torch's default).
+    """
+    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+        raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+    engine = serve.deployment(
+        EngineReplica,
+        name=ENGINE_DEPLOYMENT,
+        num_replicas=num_replicas,
+        max_ongoing_requests=settings.max_num_seqs + settings.max_queue + 8,
+        ray_actor_options=ray_actor_options or {},
+        request_router_config=RequestRouterConfig(
+            request_router_class="kvsaga.integrations.ray.router.KvsagaRequestRouter",
+            request_router_kwargs={"router": router, **(router_kwargs or {})},
+            request_routing_stats_period_s=stats_period_s,
+        ),
+    ).bind(settings, factory, torch_threads)
+    return KvsagaGateway.bind(engine, settings)

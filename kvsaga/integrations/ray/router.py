@@ -1,0 +1,106 @@
+"""KvsagaRequestRouter: a Ray Serve request router that is a thin adapter over
+`kvsaga.routing`.
+
+Ray Serve calls `choose_replicas` for each pending request to the engine deployment. A
+kvsaga call carries a dict (`args[0]`) with the routing facts the gateway extracted from the
+HTTP request: `session` (tenant-qualified), `tenant`, `prefix_key`, `context_tokens`, or a
+`pin` (a replica id: exports, imports and metrics go to one named replica). The router turns
+each replica's `routing_stats` (what `EngineReplica.record_routing_stats` reports) into
+`ReplicaStats`, asks the `kvsaga.routing` router, and writes its decision into the call as
+`route`, so the chosen replica knows whether the step moved and whether to pull the
+session's KV (`migrate`) or only its token context.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any, ClassVar
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
+
+log = logging.getLogger("kvsaga.ray")
+
+
+def kvsaga_call(pending_request: PendingRequest | None) -> dict | None:
+    """The kvsaga routing dict of a pending request, or None for any other request."""
+    if pending_request is None or not pending_request.args:
+        return None
+    call = pending_request.args[0]
+    return call if isinstance(call, dict) and call.get("kvsaga") == 1 else None
+
+
+def stats_of(replica: RunningReplica) -> ReplicaStats:
+    """A replica's last reported routing stats (an idle default before its first report)."""
+    try:
+        return ReplicaStats(**(replica.routing_stats or {}))
+    except (TypeError, ValueError, AttributeError):
+        return ReplicaStats()
+
+
+class KvsagaRequestRouter(RequestRouter):
+    """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
+    go to any available replica. Configure through the deployment's
+    `request_router_config.request_router_kwargs`: `router` (a name of
+    `kvsaga.routing.ROUTERS`) and any `RoutingConfig` field."""
+
+    instances: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # this process's routers
+
+    def initialize_state(self, router: str = "kvsaga", **config: Any) -> None:
+        KvsagaRequestRouter.instances.add(self)
+        kwargs = {"config": RoutingConfig(**config)} if router == "kvsaga" else {}
+        self.kv_router = make_router(router, **kwargs)
+        self._routes: dict[str, Any] = {}  # internal request id -> Route
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        ids = [r.replica_id.unique_id for r in replicas]
+        lost = self.kv_router.sync(ids)
+        if lost:
+            log.warning("kvsaga: %d sessions lost their replica; they recompute", len(lost))
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.kv_router.remove_replica(replica_id.unique_id)
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        call = kvsaga_call(pending_request)
+        if call is None or not candidate_replicas:
+            return [candidate_replicas]
+        by_id = {r.replica_id.unique_id: r for r in self._replicas.values()}
+        pin = call.get("pin")
+        if pin is not None:
+            # A pin to a replica that is gone reaches another, which answers "misrouted".
+            return [[by_id[pin]]] if pin in by_id else [candidate_replicas]
+        rid = pending_request.metadata.internal_request_id
+        route = self._routes.get(rid)
+        if route is None or route.replica not in by_id:  # routed once, even on retries
+            stats = {i: stats_of(r) for i, r in by_id.items()}
+            route = self.kv_router.route(
+                RouteRequest(
+                    session=call.get("session"),
+                    tenant=call.get("tenant", ""),
+                    prefix_key=call.get("prefix_key"),
+                    context_tokens=int(call.get("context_tokens", 0)),
+                ),
+                stats,
+            )
+            self._routes[rid] = route
+        call["route"] = {
+            "replica": route.replica,
+            "moved_from": route.moved_from,
+            "migrate": route.migrate,
+            "reason": route.reason,
+        }
+        return [[by_id[route.replica]]]
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        route = self._routes.pop(internal_request_id, None)
+        if route is not None:
+            self.kv_router.finished(route)

@@ -1,0 +1,127 @@
+"""KvsagaRequestRouter on Ray Serve's own fake replicas: no cluster needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from ray.serve._private.common import (  # noqa: E402
+    DeploymentHandleSource,
+    DeploymentID,
+    RequestMetadata,
+)
+from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
+from ray.serve.request_router import PendingRequest  # noqa: E402
+
+from kvsaga.integrations.ray.deployment import merge_metrics, routing_call  # noqa: E402
+from kvsaga.integrations.ray.router import KvsagaRequestRouter  # noqa: E402
+from kvsaga.serve.settings import ServerSettings  # noqa: E402
+
+
+class StatsReplica(FakeRunningReplica):
+    """A fake replica that also reports kvsaga routing stats."""
+
+    def __init__(self, name: str, **stats) -> None:
+        super().__init__(name)
+        self.stats = stats
+
+    @property
+    def routing_stats(self) -> dict:
+        return self.stats
+
+
+def make_router(replicas, **kwargs) -> KvsagaRequestRouter:
+    r = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
+    r.initialize_state(**kwargs)
+    r.update_replicas(replicas)
+    return r
+
+
+def pending(call: dict, rid: str) -> PendingRequest:
+    return PendingRequest(args=[call], kwargs={}, metadata=RequestMetadata(rid, rid))
+
+
+async def choose(router, call: dict, rid: str) -> str:
+    ranks = await router.choose_replicas(list(router.curr_replicas.values()), pending(call, rid))
+    assert len(ranks) == 1 and len(ranks[0]) == 1
+    return ranks[0][0].replica_id.unique_id
+
+
+def test_affinity_stealing_and_route_annotation():
+    async def go():
+        a = StatsReplica("a", total_blocks=100, free_blocks=100)
+        b = StatsReplica("b", total_blocks=100, free_blocks=100)
+        router = make_router([a, b], steal_queue_threshold=0)
+        assert router.kv_router.replicas == ["a", "b"]
+        call = {"kvsaga": 1, "session": "t/s1", "context_tokens": 2000}
+        first = await choose(router, call, "r1")
+        assert call["route"]["reason"] == "new"
+        done = next(i for i in router.curr_replicas if i.unique_id == first)
+        router.on_request_completed(done, "r1")
+        # Sequential steps stay home.
+        assert await choose(router, dict(call), "r2") == first
+        # Home busy (r2 still in flight) and the other idle: the next step is stolen, and
+        # its KV migrates (2000 tokens: cheaper to move than to recompute).
+        moved = dict(call)
+        other = await choose(router, moved, "r3")
+        assert other != first
+        assert moved["route"] == {"replica": other, "moved_from": first, "migrate": True,
+                                  "reason": "steal"}
+        # A retry of the same request is not routed again.
+        assert await choose(router, dict(moved), "r3") == other
+        assert router.kv_router.in_flight[other] == 1
+
+    asyncio.run(go())
+
+
+def test_pins_foreign_calls_and_dead_replicas():
+    async def go():
+        a, b = StatsReplica("a"), StatsReplica("b")
+        router = make_router([a, b])
+        cands = list(router.curr_replicas.values())
+        got = await router.choose_replicas(cands, pending({"kvsaga": 1, "pin": "b"}, "p"))
+        assert got == [[b]]
+        # A pin to a replica that is gone goes anywhere: that replica answers "misrouted".
+        got = await router.choose_replicas(cands, pending({"kvsaga": 1, "pin": "zz"}, "q"))
+        assert got == [cands]
+        assert await router.choose_replicas(cands, pending({"other": 1}, "x")) == [cands]
+        home = await choose(router, {"kvsaga": 1, "session": "s"}, "r")
+        router.on_replica_actor_died(next(i for i in router.curr_replicas if i.unique_id == home))
+        call = {"kvsaga": 1, "session": "s"}
+        again = await choose(router, call, "r2")
+        assert again != home and call["route"]["reason"] == "lost"
+        assert call["route"]["moved_from"] == home and not call["route"]["migrate"]
+
+    asyncio.run(go())
+
+
+def test_routing_call_extracts_tenant_session_and_prefix():
+    s = ServerSettings(api_keys=("k1",))
+    body = b'{"model": "m", "messages": [{"role": "system", "content": "S"}], "session_id": "x"}'
+    auth = [(b"authorization", b"Bearer k1")]
+    call = routing_call(s, "POST", "/v1/chat/completions", b"", auth, body)
+    assert call["engine_sid"].endswith("/x") and call["session"] == call["engine_sid"]
+    other = routing_call(s, "POST", "/v1/chat/completions", b"",
+                         [(b"authorization", b"Bearer wrong")], body)
+    assert other["engine_sid"] != call["engine_sid"]  # an invalid key is no tenant
+    assert call["prefix_key"] is not None and not call["ends"]
+    end = routing_call(s, "POST", "/v1/sessions/x/end", b"", auth, b"")
+    assert end["engine_sid"] == call["engine_sid"] and end["ends"]
+    bad = routing_call(s, "POST", "/v1/chat/completions", b"", auth, b"{nope")
+    assert "session" not in bad and bad["body"] == b"{nope"
+    assert "session" not in routing_call(s, "GET", "/v1/models", b"", auth, b"")
+
+
+def test_merge_metrics_labels_each_replica_once_per_family():
+    text = ("# HELP kvsaga:x doc\n# TYPE kvsaga:x gauge\nkvsaga:x 1.0\n"
+            '# HELP kvsaga:y doc\n# TYPE kvsaga:y counter\nkvsaga:y_total{model="m"} 2.0\n')
+    merged = merge_metrics({"r1": text, "r2": text.replace("1.0", "3.0")})
+    lines = merged.splitlines()
+    assert lines.count("# TYPE kvsaga:x gauge") == 1
+    assert 'kvsaga:x{replica="r1"} 1.0' in lines and 'kvsaga:x{replica="r2"} 3.0' in lines
+    assert 'kvsaga:y_total{replica="r2",model="m"} 2.0' in lines
+    # Families stay contiguous: both x samples come before y's TYPE line.
+    assert lines.index('kvsaga:x{replica="r2"} 3.0') < lines.index("# TYPE kvsaga:y counter")
