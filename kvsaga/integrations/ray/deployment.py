@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
 
 from kvsaga.errors import KVSagaError
@@ -141,10 +142,8 @@ class EngineReplica:
             await stack.enter_async_context(self.app.router.lifespan_context(self.app))
             self._stack = stack
             await asyncio.to_thread(self.app.state.engine.wait_ready, 600)
-            # The Serving (session registry) is made by the first request that needs it.
-            call = {"method": "GET", "path": "/v1/models", "headers": _auth(self.settings)}
-            async for _ in asgi_messages(self.app, _scope(call), b""):
-                pass
+            with contextlib.suppress(Exception):  # a failed load answers 503 per request
+                self.app.state.server.serving()
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop the engine thread."""
@@ -153,7 +152,7 @@ class EngineReplica:
 
     @property
     def _sessions(self) -> SessionRegistry | None:
-        srv = self.app.state.serving()
+        srv = self.app.state.server.serving_if_ready
         return srv.sessions if srv is not None else None
 
     async def handle(self, call: dict) -> AsyncIterator[dict]:
@@ -230,11 +229,7 @@ class EngineReplica:
         if call.get("pin") != self.replica_id:
             return None
         await self._start()
-        call = {"method": "GET", "path": "/metrics", "headers": _auth(self.settings)}
-        body = b""
-        async for msg in asgi_messages(self.app, _scope(call), b""):
-            body += msg.get("body", b"")
-        return body.decode()
+        return self.app.state.server.metrics.render().decode()
 
     async def cache_state(self, call: dict) -> dict | None:
         """Blocks referenced and sessions held, after an integrity check (for tests and
@@ -255,9 +250,9 @@ class EngineReplica:
     def record_routing_stats(self) -> dict:
         """What `KvsagaRequestRouter` reads (`kvsaga.routing.ReplicaStats` fields)."""
         snap = self.app.state.engine.snapshot
-        st = snap.stats
-        if st is None:
+        if snap is None:
             return {}
+        st = snap.cache
         return {
             "total_blocks": st.num_gpu_blocks,
             "free_blocks": st.num_free_blocks,
@@ -266,13 +261,6 @@ class EngineReplica:
             "running": snap.num_running,
             "paused": st.num_paused_sessions,
         }
-
-
-def _auth(settings: ServerSettings) -> list[tuple[bytes, bytes]]:
-    """Headers of an internal request (the first API key, when auth is on)."""
-    if not settings.api_keys:
-        return []
-    return [(b"authorization", f"Bearer {settings.api_keys[0]}".encode())]
 
 
 # -- the gateway ------------------------------------------------------------------------------
@@ -299,13 +287,16 @@ class _Relay(Response):
                 self.rest.cancel()  # its app sees the disconnect and aborts the step
 
 
+def _error(status: int, message: str, code: str, headers: dict | None = None) -> Response:
+    body = {"error": {"message": message, "type": code, "param": None, "code": code}}
+    return Response(json.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
 def _unavailable(reason: str) -> Response:
-    body = {"error": {"message": f"the replica serving this request is unavailable ({reason}); "
-                      "retry: the session continues on another replica",
-                      "type": "service_unavailable", "param": None,
-                      "code": "replica_unavailable"}}
-    return Response(json.dumps(body), status_code=503, media_type="application/json",
-                    headers={"Retry-After": "1"})
+    return _error(503, f"the replica serving this request is unavailable ({reason}); retry: "
+                  "the session continues on another replica", "replica_unavailable",
+                  {"Retry-After": "1"})
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -421,8 +412,12 @@ class GatewayCore:
         stream = self.engine.options(method_name="handle", stream=True).remote(call)
         try:
             first = await stream.__anext__()
-        except Exception as e:  # the replica died or was unreachable before answering
+        except (RayActorError, ActorUnavailableError) as e:  # died before answering
             return _unavailable(type(e).__name__)
+        except Exception as e:
+            log.exception("kvsaga: the engine replica failed")
+            return _error(500, f"internal error in the engine replica: {type(e).__name__}",
+                          "internal_error")
         if first.get("type") != "http.response.start":
             return _unavailable("misrouted")
         if call.get("ends"):
