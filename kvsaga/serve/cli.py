@@ -13,7 +13,7 @@ import threading
 import time
 
 from kvsaga import envs
-from kvsaga.cli import add_version, report_failure, setup_logging
+from kvsaga.cli import HelpFormatter, add_version, report_failure, setup_logging
 from kvsaga.config import parse_bytes
 from kvsaga.serve.settings import ServerSettings
 
@@ -27,16 +27,6 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless its help already says what the default is."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False):
-            return text
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from kvsaga.policy import POLICIES
 
@@ -45,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvsaga-serve",
         description="OpenAI-compatible server whose agent sessions keep their KV cache "
         "across tool calls.",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
     )
     add_version(p)
     a = p.add_argument

@@ -21,6 +21,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.tokenizer import Tokenizer
 
 
@@ -57,18 +58,13 @@ class SessionContext:
     """What a session's cache holds after its last step.
 
     Attributes:
-        token_ids: prompt ids + output ids of the last step.
-        text: the text `token_ids` spell (special tokens included), for prefix matching.
-        prompt_len / prompt_text_len: where the prompt ends in each.
+        tokens: the last step's prompt + output ids and their text (None before the first).
         in_flight: request id of the step now running, if any.
         last_used: wall-clock (monotonic) time of the last request.
         num_steps: steps served.
     """
 
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    prompt_len: int = 0
-    prompt_text_len: int = 0
+    tokens: TokenContext | None = None
     in_flight: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     num_steps: int = 0
@@ -110,17 +106,8 @@ class SessionRegistry:
         Returns:
             The prompt's token ids.
         """
-        tok = self.tokenizer
-        if ctx is not None and ctx.token_ids:
-            candidates = (
-                (ctx.text, ctx.token_ids),
-                (ctx.text[: ctx.prompt_text_len], ctx.token_ids[: ctx.prompt_len]),
-            )
-            for known_text, known_ids in candidates:
-                if known_text and text.startswith(known_text):
-                    rest = text[len(known_text) :]
-                    return known_ids + (tok.encode(rest, add_special_tokens=False) if rest else [])
-        return tok.encode(text, add_special_tokens=add_special_tokens)
+        known = ctx.tokens if ctx is not None else None
+        return encode_continuing(self.tokenizer, [known], text, add_special_tokens)
 
     def record(
         self,
@@ -137,13 +124,7 @@ class SessionRegistry:
             prompt_text: the text it was encoded from (None for a token-id prompt).
             out_ids: the generated ids (EOS included: the cache holds it too).
         """
-        tok = self.tokenizer
-        if prompt_text is None:
-            prompt_text = tok.decode(prompt_ids, skip_special_tokens=False)
-        ctx.token_ids = list(prompt_ids) + list(out_ids)
-        ctx.prompt_len = len(prompt_ids)
-        ctx.prompt_text_len = len(prompt_text)
-        ctx.text = prompt_text + tok.decode(out_ids, skip_special_tokens=False)
+        ctx.tokens = TokenContext.of_step(self.tokenizer, prompt_ids, prompt_text, out_ids)
         ctx.last_used = time.monotonic()
         ctx.num_steps += 1
 
