@@ -29,6 +29,7 @@ def _bytes(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from kvsaga.policy import POLICIES
+    from kvsaga.routing import ROUTERS
 
     d = ServerSettings()
     p = argparse.ArgumentParser(
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="require the API key on /metrics too (default: /metrics is open)")
     a("--log-stats-interval", type=float, default=d.log_stats_interval_s,
       help="seconds between status lines (throughput, queue, KV usage, hit rate); 0: none")
+    a("--replicas", type=int, default=None,
+      help="run N engine replicas behind this endpoint on Ray Serve (needs kvsaga[cluster]; "
+      "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster)")
+    a("--router", default="kvsaga", choices=sorted(ROUTERS),
+      help="how --replicas routes steps: session affinity + work stealing + KV migration "
+      "(kvsaga), sticky consistent hash (affinity), or round-robin")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
       help="log level; debug also prints the traceback of a failure")
     return p
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.log_level == "debug"
     try:
         settings = settings_from_args(args)
+        if args.replicas is not None and args.replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
     except (AssertionError, ValueError) as e:
         print(f"kvsaga-serve: error: {e}", file=sys.stderr)
         return 2
@@ -175,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         preflight(settings)
     except Exception as e:
         return report_failure("kvsaga-serve", e, debug)
+    if args.replicas is not None:
+        from kvsaga.serve.replicas import run_replicas
+
+        try:
+            run_replicas(settings, args.replicas, args.router)
+        except Exception as e:
+            return report_failure("kvsaga-serve", e, debug)
+        return 0
     import uvicorn
 
     from kvsaga.serve.app import build_app, model_name_for

@@ -431,7 +431,8 @@ class GatewayCore:
         return _Relay(first, stream)
 
 
-@serve.deployment(name="KvsagaGateway", num_replicas=1, max_ongoing_requests=1000)
+@serve.deployment(name="KvsagaGateway", num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0})  # it only relays: no core of its own
 @serve.ingress(gateway_api)
 class KvsagaGateway:
     """The HTTP ingress: routes by session, relays responses, merges /metrics."""

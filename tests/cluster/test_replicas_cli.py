@@ -1,0 +1,38 @@
+"""kvsaga-serve --replicas: flags and failures that need no cluster."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from kvsaga.serve.cli import build_parser, main
+from kvsaga.serve.replicas import RayMissing, replica_resources, run_replicas
+from kvsaga.serve.settings import ServerSettings
+
+
+def test_flags_parse():
+    args = build_parser().parse_args(["--replicas", "3", "--router", "affinity"])
+    assert (args.replicas, args.router) == (3, "affinity")
+    assert build_parser().parse_args([]).replicas is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--router", "random"])
+
+
+def test_bad_replica_count_is_a_usage_error(capsys):
+    assert main(["--replicas", "0"]) == 2
+    assert "--replicas must be >= 1" in capsys.readouterr().err
+
+
+def test_without_ray_only_replicas_is_lost(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    with pytest.raises(RayMissing, match=r"pip install 'kvsaga\[cluster\]'"):
+        run_replicas(ServerSettings(device="cpu"), 2)
+    with pytest.raises(ValueError, match="unknown router"):
+        run_replicas(ServerSettings(device="cpu"), 2, router="random")
+
+
+def test_cpu_replicas_share_the_cores():
+    pytest.importorskip("torch")
+    options, threads = replica_resources(ServerSettings(device="cpu"), 2)
+    assert 0 < options["num_cpus"] <= 1 and threads >= 1 and "num_gpus" not in options
