@@ -37,6 +37,10 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # kvsaga-serve: API key(s) that clients must send as `Authorization: Bearer KEY`
     # (comma-separated for several tenants); unset means no authentication. `--api-key` wins.
     "KVSAGA_API_KEY": _string("KVSAGA_API_KEY"),
+    # Which bookkeeping core a KVCacheManager uses (kvsaga/_core.py): "cpp" (kvsaga._kvcore,
+    # built from csrc/ by `pip install`), "python" (the reference), or unset/"auto": cpp when
+    # it was built, else python.
+    "KVSAGA_CORE": _choice("KVSAGA_CORE", "auto", ("auto", "cpp", "python")),
 }
 
 

@@ -1,4 +1,8 @@
-"""KVCacheManager: the engine-facing API over block ids. Pure Python, no torch.
+"""KVCacheManager: the engine-facing API over block ids. No torch.
+
+The pool, prefix index, hasher and the per-token hot loops (`append_tokens`,
+`allocate_slots`, `decode_step`) run in the C++ core when it was built, else in Python, with
+identical behaviour (kvsaga/_core.py picks; KVSAGA_CORE overrides).
 
 The life of a step, as an engine drives it:
 
@@ -27,12 +31,13 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kvsaga._core import get_core
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
 from kvsaga.host_tier import HostTier, TransferPlan
 from kvsaga.policy import Action, EvictionPolicy, make_policy
 from kvsaga.pool import CACHED, BlockPool
-from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
+from kvsaga.prefix import PrefixIndex, root_hash
 from kvsaga.session import PauseHint, Session, SessionState
 
 
@@ -173,6 +178,7 @@ class KVCacheManager:
         clock: time source used when a method's `now` is None. Decisions read time only
             through `now`, so a simulator can drive it.
         max_model_len: longest context in tokens, or None for no limit.
+        core: bookkeeping core, "cpp" or "python"; None: by KVSAGA_CORE (kvsaga/_core.py).
     """
 
     def __init__(
@@ -184,10 +190,12 @@ class KVCacheManager:
         clock: Callable[[], float] = time.monotonic,
         max_model_len: int | None = None,
         num_host_blocks: int = 0,
+        core: str | None = None,
     ) -> None:
         self.spec = spec
         self.block_size = spec.block_size
-        self.pool = BlockPool(num_gpu_blocks, tier="gpu")
+        self.core = get_core(core)
+        self.pool = self.core.BlockPool(num_gpu_blocks, "gpu")
         if (
             isinstance(num_host_blocks, bool)
             or not isinstance(num_host_blocks, int)
@@ -198,8 +206,8 @@ class KVCacheManager:
         self.host = HostTier(num_host_blocks) if num_host_blocks else None
         self._host_hit_tokens = 0
         self._prefetched_blocks = 0
-        self.index = PrefixIndex()
-        self.hasher = BlockHasher(spec.block_size)
+        self.index = self.core.PrefixIndex()
+        self.hasher = self.core.BlockHasher(spec.block_size)
         self.clock = clock
         self.max_model_len = max_model_len
         self.sessions: dict[str, Session] = {}
@@ -207,6 +215,11 @@ class KVCacheManager:
         # (None once it is plain cache or shared by several sessions) and its index there.
         self.block_owner: list[str | None] = [None] * num_gpu_blocks
         self.block_position = [0] * num_gpu_blocks
+        # The C++ core's hot loops work on these very containers (None: Python's loops).
+        self._hot = None if self.core.ManagerCore is None else self.core.ManagerCore(
+            self.pool, self.index, self.hasher, self.sessions, self.block_owner,
+            self.block_position, SessionState.RUNNING, _check_token_ids,
+        )
         self._queried_tokens = 0
         self._hit_tokens = 0
         self._evicted_blocks = 0
@@ -454,8 +467,13 @@ class KVCacheManager:
 
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""
+        if self._hot is not None:
+            self._hot.append_tokens(session_id, token_ids, self.max_model_len)
+            return
         s = self._running(session_id)
-        tokens = _check_token_ids(token_ids)
+        self._append(s, _check_token_ids(token_ids))
+
+    def _append(self, s: Session, tokens: list[int]) -> None:
         if self.max_model_len is not None and len(s.token_ids) + len(tokens) > self.max_model_len:
             raise InvalidRequest(
                 f"context of {len(s.token_ids) + len(tokens)} tokens exceeds max_model_len "
@@ -487,6 +505,12 @@ class KVCacheManager:
                 context could never fit in the pool.
             OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
         """
+        if self._hot is not None:
+            out = self._hot.allocate_slots(session_id, num_tokens)
+            if out.__class__ is int:  # the policy (Python) evicts, then the core allocates
+                self._evict(out, self.clock() if now is None else now)
+                out = self._hot.allocate_slots(session_id, num_tokens)
+            return out
         s = self._running(session_id)
         _check_count("num_tokens", num_tokens)
         start = s.num_computed
@@ -496,23 +520,92 @@ class KVCacheManager:
                 f"num_tokens {num_tokens} exceeds the {len(s.token_ids) - start} tokens of "
                 f"session {session_id!r} without slots (append_tokens first)"
             )
-        bs = self.block_size
-        table = s.block_ids
-        total_blocks = -(-end // bs)
+        self._make_room(self._blocks_to_add(s, end), now)
+        return self._take_slots(s, session_id, start, end)
+
+    def decode_step(
+        self, session_ids: Sequence[str], token_ids: Sequence[int], *, now: float | None = None
+    ) -> list[int]:
+        """One decode step of a batch: `append_tokens(sid, [tok])` then
+        `allocate_slots(sid, 1)` for each pair, in one call (the per-call overhead is most of
+        a decode step's bookkeeping).
+
+        All or nothing: every session is checked and the blocks of the whole batch are made
+        room for (by the policy's evictions, chosen at once) before any session changes.
+
+        Returns:
+            One slot per session, in order.
+        Raises:
+            InvalidRequest: lengths differ, a session twice, a bad token, a context over
+                max_model_len; UnknownSession; OutOfBlocks (nothing changed).
+        """
+        if self._hot is not None:
+            out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
+            if out.__class__ is int:
+                self._evict(out, self.clock() if now is None else now)
+                out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
+            return out
+        tokens = _check_token_ids(token_ids)
+        if not isinstance(session_ids, (list, tuple)):
+            raise InvalidRequest(
+                f"session_ids must be a list or tuple, got {type(session_ids).__name__}"
+            )
+        if len(session_ids) != len(tokens):
+            raise InvalidRequest(
+                f"decode_step got {len(session_ids)} session ids and {len(tokens)} token ids"
+            )
+        batch: list[Session] = []
+        seen: set[str] = set()
+        need = 0
+        for sid in session_ids:
+            s = self._running(sid)
+            if sid in seen:
+                raise InvalidRequest(f"session {sid!r} appears twice in one decode step")
+            seen.add(sid)
+            if self.max_model_len is not None and len(s.token_ids) + 1 > self.max_model_len:
+                raise InvalidRequest(
+                    f"context of {len(s.token_ids) + 1} tokens exceeds max_model_len "
+                    f"{self.max_model_len}"
+                )
+            need += self._blocks_to_add(s, s.num_computed + 1)
+            batch.append(s)
+        self._make_room(need, now)
+        slots: list[int] = []
+        for sid, s, t in zip(session_ids, batch, tokens, strict=True):
+            s.token_ids.append(t)
+            self.hasher.extend(s.block_hashes, s.root, s.token_ids)
+            slots += self._take_slots(s, sid, s.num_computed, s.num_computed + 1)
+        return slots
+
+    def _blocks_to_add(self, s: Session, end: int) -> int:
+        """New blocks the session's table needs to cover `end` tokens."""
+        total_blocks = -(-end // self.block_size)
         if total_blocks > self.pool.num_blocks:
             raise InvalidRequest(
                 f"a context of {end} tokens needs {total_blocks} blocks; "
                 f"the pool has only {self.pool.num_blocks}"
             )
-        need = total_blocks - len(table)
-        if need > 0:
-            pool = self.pool
-            if need > pool.num_available:
-                raise OutOfBlocks(need, pool.num_available)
-            if need > pool.num_free:
-                self._evict(need - pool.num_free, self.clock() if now is None else now)
-            first = len(table)
-            table.extend(pool.allocate(need))
+        return max(0, total_blocks - len(s.block_ids))
+
+    def _make_room(self, need: int, now: float | None) -> None:
+        """Evict (by the policy) until `need` blocks are free; OutOfBlocks if impossible."""
+        pool = self.pool
+        if need <= 0:
+            return
+        if need > pool.num_available:
+            raise OutOfBlocks(need, pool.num_available)
+        if need > pool.num_free:
+            self._evict(need - pool.num_free, self.clock() if now is None else now)
+
+    def _take_slots(self, s: Session, session_id: str, start: int, end: int) -> list[int]:
+        """Slots for tokens [start, end) of a session with room made: new blocks, slot ids,
+        num_computed = end, and the blocks that became full registered in the index."""
+        bs = self.block_size
+        table = s.block_ids
+        total_blocks = -(-end // bs)
+        first = len(table)
+        if total_blocks > first:
+            table.extend(self.pool.allocate(total_blocks - first))
             owner, position = self.block_owner, self.block_position
             for i in range(first, total_blocks):
                 owner[table[i]] = session_id
@@ -520,7 +613,7 @@ class KVCacheManager:
         slots: list[int] = []
         pos = start
         while pos < end:
-            i, off = divmod(pos, bs)
+            i = pos // bs
             stop = min(end, (i + 1) * bs)
             base = table[i] * bs - i * bs
             slots.extend(range(base + pos, base + stop))

@@ -1,5 +1,7 @@
 """BlockPool: the bookkeeping of one tier's blocks, over integer ids. Pure Python.
 
+The readable reference of the C++ core's pool (csrc/kvcore.cpp, see kvsaga/_core.py).
+
 Every block is in exactly one of three states:
 
 - FREE: holds nothing; linked in the free queue; refcount 0.
@@ -171,34 +173,41 @@ class BlockPool:
     def state_name(self, block_id: int) -> str:
         return _STATE_NAMES[self.state[block_id]]
 
+    def free_ids(self) -> list[int]:
+        """Free blocks, oldest (next allocated) first."""
+        return list(self._free)
+
     def check_integrity(self) -> None:
         """Verify every invariant; raise AssertionError naming the first broken one."""
-        n = self.num_blocks
-        seen = [False] * n
-        count = 0
-        for b in self._free:
-            assert 0 <= b < n, f"{self.tier}: free queue holds out-of-range id {b}"
-            assert not seen[b], f"{self.tier}: block {b} twice in the free queue"
-            seen[b] = True
-            count += 1
-        assert count == len(self._free), (
-            f"{self.tier}: free queue size {len(self._free)} != {count}"
-        )
-        cached = 0
-        for b in range(n):
-            s, r = self.state[b], self.refcount[b]
-            assert r >= 0, f"{self.tier}: block {b} has negative refcount {r}"
-            if s == FREE:
-                assert seen[b], f"{self.tier}: free block {b} is not in the free queue"
-                assert r == 0, f"{self.tier}: free block {b} has refcount {r}"
-                assert self.block_hash[b] is None, f"{self.tier}: free block {b} keeps a hash"
+        check_pool(self, self._free)
+
+
+def check_pool(pool, free_ids) -> None:
+    """Verify a pool's invariants (either core's), given its free queue oldest first."""
+    n = pool.num_blocks
+    seen = [False] * n
+    count = 0
+    for b in free_ids:
+        assert 0 <= b < n, f"{pool.tier}: free queue holds out-of-range id {b}"
+        assert not seen[b], f"{pool.tier}: block {b} twice in the free queue"
+        seen[b] = True
+        count += 1
+    assert count == pool.num_free, f"{pool.tier}: free queue size {pool.num_free} != {count}"
+    cached = 0
+    for b in range(n):
+        s, r = pool.state[b], pool.refcount[b]
+        assert r >= 0, f"{pool.tier}: block {b} has negative refcount {r}"
+        if s == FREE:
+            assert seen[b], f"{pool.tier}: free block {b} is not in the free queue"
+            assert r == 0, f"{pool.tier}: free block {b} has refcount {r}"
+            assert pool.block_hash[b] is None, f"{pool.tier}: free block {b} keeps a hash"
+        else:
+            assert not seen[b], f"{pool.tier}: {_STATE_NAMES[s]} block {b} is in the free queue"
+            if s == ACTIVE:
+                assert r > 0, f"{pool.tier}: active block {b} has refcount 0"
             else:
-                assert not seen[b], f"{self.tier}: {_STATE_NAMES[s]} block {b} is in the free queue"
-                if s == ACTIVE:
-                    assert r > 0, f"{self.tier}: active block {b} has refcount 0"
-                else:
-                    assert r == 0, f"{self.tier}: cached block {b} has refcount {r}"
-                    cached += 1
-        assert cached == self.num_cached, (
-            f"{self.tier}: {cached} cached blocks but num_cached says {self.num_cached}"
-        )
+                assert r == 0, f"{pool.tier}: cached block {b} has refcount {r}"
+                cached += 1
+    assert cached == pool.num_cached, (
+        f"{pool.tier}: {cached} cached blocks but num_cached says {pool.num_cached}"
+    )

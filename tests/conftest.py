@@ -20,3 +20,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["python", "cpp"])
+def core(request):
+    """Each bookkeeping core (kvsaga/_core.py); cpp is skipped where it was not built."""
+    from kvsaga._core import cpp_available, get_core
+
+    if request.param == "cpp" and not cpp_available():
+        pytest.skip("the C++ core is not built")
+    return get_core(request.param)

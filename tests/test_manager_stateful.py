@@ -20,11 +20,13 @@ tokens = st.lists(st.integers(0, 3), min_size=1, max_size=14)
 
 class ManagerMachine(RuleBasedStateMachine):
     policy = "lru"  # subclasses below run every registered policy
+    core = None  # KVSAGA_CORE's default (cpp when built); subclasses below run "python" too
 
     def __init__(self):
         super().__init__()
         self.m = KVCacheManager(
-            KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, policy=build(self.policy)
+            KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, policy=build(self.policy),
+            core=self.core,
         )
         self.now = 0.0
         self.context: dict[str, list[int]] = {}  # what each open session's context is
@@ -131,8 +133,8 @@ ManagerMachine.TestCase.settings = settings(
 TestManagerStateful = ManagerMachine.TestCase
 
 
-def _machine_for(name: str):
-    cls = type(f"ManagerMachine_{name}", (ManagerMachine,), {"policy": name})
+def _machine_for(name: str, core: str | None = None):
+    cls = type(f"ManagerMachine_{name}_{core}", (ManagerMachine,), {"policy": name, "core": core})
     cls.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
     return cls.TestCase
 
@@ -140,6 +142,10 @@ def _machine_for(name: str):
 for _name in POLICIES:
     if _name != "lru":
         globals()[f"TestManagerStateful_{_name.replace('-', '_')}"] = _machine_for(_name)
+    # The Python reference core, for every policy (tests/test_core_parity.py compares them).
+    globals()[f"TestManagerStateful_python_{_name.replace('-', '_')}"] = _machine_for(
+        _name, "python"
+    )
 
 
 class SchedulerMachine(RuleBasedStateMachine):

@@ -1,12 +1,13 @@
+"""The block pool and its free queue, on both cores (tests/conftest.py's `core` fixture)."""
+
 import pytest
 
-from kvsaga.block_queue import BlockQueue
 from kvsaga.errors import InvalidRequest, OutOfBlocks
-from kvsaga.pool import ACTIVE, CACHED, FREE, BlockPool
+from kvsaga.pool import ACTIVE, CACHED, FREE
 
 
-def test_block_queue_order_and_removal():
-    q = BlockQueue(6)
+def test_block_queue_order_and_removal(core):
+    q = core.BlockQueue(6)
     for b in (3, 1, 4, 0):
         q.push(b)
     q.push_many([5, 2])
@@ -34,8 +35,8 @@ class Recorder:
         self.events.append(("uncached", b))
 
 
-def test_pool_lifecycle_and_observer():
-    pool = BlockPool(4)
+def test_pool_lifecycle_and_observer(core):
+    pool = core.BlockPool(4)
     rec = Recorder()
     pool.observer = rec
     a = pool.allocate(3)
@@ -59,8 +60,8 @@ def test_pool_lifecycle_and_observer():
     pool.check_integrity()
 
 
-def test_pool_allocation_is_all_or_nothing():
-    pool = BlockPool(3)
+def test_pool_allocation_is_all_or_nothing(core):
+    pool = core.BlockPool(3)
     pool.allocate(2)
     with pytest.raises(OutOfBlocks) as e:
         pool.allocate(2)
@@ -69,20 +70,71 @@ def test_pool_allocation_is_all_or_nothing():
     pool.check_integrity()
 
 
-def test_pool_rejects_bad_size():
+def test_pool_rejects_bad_size(core):
     with pytest.raises(InvalidRequest, match="0"):
-        BlockPool(0)
+        core.BlockPool(0)
 
 
-def test_integrity_check_catches_corruption():
-    pool = BlockPool(3)
+def test_integrity_check_catches_corruption(core):
+    pool = core.BlockPool(3)
     (b,) = pool.allocate(1)
     pool.refcount[b] = 0  # a reference lost without release
     with pytest.raises(AssertionError, match=f"active block {b}"):
         pool.check_integrity()
-    pool = BlockPool(3)
+    pool = core.BlockPool(3)
     b0, b1 = pool.allocate(2)
     pool.release_many([b0])
     pool.state[b1] = FREE  # free but not queued
     with pytest.raises(AssertionError, match=f"block {b1}"):
         pool.check_integrity()
+
+
+def test_pool_batch_observer_gets_one_call_per_transition(core):
+    class Batches(Recorder):
+        def blocks_cached(self, ids):
+            self.events.append(("cached", list(ids)))
+
+        def blocks_uncached(self, ids):
+            self.events.append(("uncached", list(ids)))
+
+    pool = core.BlockPool(4)
+    pool.observer = rec = Batches()
+    a = pool.allocate(3)
+    for b in a:
+        pool.block_hash[b] = bytes([b]) * 32
+    pool.release_many(a[::-1])
+    pool.acquire_many(a[:2])
+    pool.release_many(a[:2])
+    assert pool.evict_many([a[2], a[0]]) == [bytes([a[2]]) * 32, bytes([a[0]]) * 32]
+    assert rec.events == [
+        ("cached", [2, 1, 0]), ("uncached", [0, 1]), ("cached", [0, 1]), ("uncached", [2, 0]),
+    ]
+    assert pool.free_ids() == [3, 2, 0]
+    pool.check_integrity()
+
+
+def test_cpp_pool_rejects_misuse_and_changes_nothing(core):
+    """What the Python twin assumes of its callers, the C++ pool checks (no memory error)."""
+    if core.name != "cpp":
+        pytest.skip("the Python pool trusts its callers")
+    pool = core.BlockPool(4)
+    a = pool.allocate(2)
+    before = (list(pool.refcount), list(pool.state), pool.free_ids())
+    for bad in (
+        lambda: pool.release_many([a[0], a[0]]),  # one reference, released twice
+        lambda: pool.release_many([3]),  # free
+        lambda: pool.evict_many([a[0]]),  # active
+        lambda: pool.acquire_many([3]),  # free
+        lambda: pool.acquire_many([4]),  # out of range
+        lambda: pool.allocate(-1),
+    ):
+        with pytest.raises((ValueError, IndexError)):
+            bad()
+        assert (list(pool.refcount), list(pool.state), pool.free_ids()) == before
+    q = core.BlockQueue(3)
+    q.push(1)
+    with pytest.raises(ValueError):
+        q.push_many([2, 1])
+    with pytest.raises(ValueError):
+        q.remove_many([1, 1])
+    assert list(q) == [1]

@@ -1,8 +1,26 @@
-from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
+"""Block hashes and the prefix index, on both cores (tests/conftest.py's `core` fixture)."""
+
+import hashlib
+import random
+import struct
+
+import pytest
+
+from kvsaga.prefix import root_hash
 
 
-def test_hash_chain_depends_on_parent_salt_and_tokens():
-    h = BlockHasher(4)
+def reference_chain(root: bytes, tokens: list[int], bs: int) -> list[bytes]:
+    """SHA-256(parent || block's token ids as native uint32), written out with hashlib."""
+    out, parent = [], root
+    for i in range(len(tokens) // bs):
+        parent = hashlib.sha256(parent + struct.pack(f"={bs}I", *tokens[i * bs:(i + 1) * bs]))
+        parent = parent.digest()
+        out.append(parent)
+    return out
+
+
+def test_hash_chain_depends_on_parent_salt_and_tokens(core):
+    h = core.BlockHasher(4)
     r = root_hash(None)
     a = h.hash_block(r, [1, 2, 3, 4])
     assert a == h.hash_block(r, [1, 2, 3, 4])
@@ -14,8 +32,8 @@ def test_hash_chain_depends_on_parent_salt_and_tokens():
     assert len(a) == 32
 
 
-def test_extend_hashes_only_full_blocks_incrementally():
-    h = BlockHasher(4)
+def test_extend_hashes_only_full_blocks_incrementally(core):
+    h = core.BlockHasher(4)
     r = root_hash("s")
     hashes: list[bytes] = []
     h.extend(hashes, r, list(range(7)))
@@ -27,12 +45,29 @@ def test_extend_hashes_only_full_blocks_incrementally():
     assert fresh == hashes
 
 
-def test_index_longest_prefix_and_first_copy_wins():
-    idx = PrefixIndex()
-    assert idx.insert(b"a", 1)
-    assert idx.insert(b"b", 2)
-    assert not idx.insert(b"a", 7)
-    assert idx.get(b"a") == 1
-    assert idx.longest_prefix([b"a", b"b", b"c", b"a"]) == [1, 2]
-    idx.remove(b"a")
-    assert idx.longest_prefix([b"a", b"b"]) == []
+@pytest.mark.parametrize("bs", [1, 4, 16, 17])
+def test_chain_equals_its_reference(core, bs):
+    """Either core's chain is exactly SHA-256 over (parent, uint32 tokens), per tenant root."""
+    rng = random.Random(bs)
+    toks = [rng.randrange(2**32) for _ in range(bs * 9 + 3)]
+    for salt in (None, "tenant-a", "tenant-b"):
+        got: list[bytes] = []
+        core.BlockHasher(bs).extend(got, root_hash(salt), toks)
+        assert got == reference_chain(root_hash(salt), toks, bs)
+    assert reference_chain(root_hash("a"), toks, bs) != reference_chain(root_hash("b"), toks, bs)
+
+
+def test_index_longest_prefix_and_first_copy_wins(core):
+    a, b, c = (bytes([x]) * 32 for x in (1, 2, 3))
+    idx = core.PrefixIndex()
+    assert idx.insert(a, 1)
+    assert idx.insert(b, 2)
+    assert not idx.insert(a, 7)
+    assert idx.get(a) == 1 and idx.get(c) is None and len(idx) == 2
+    assert idx.longest_prefix([a, b, c, a]) == [1, 2]
+    assert idx.longest_prefix([a, b, c], limit=1) == [1]
+    assert sorted(idx.items()) == [(a, 1), (b, 2)]
+    idx.remove(a)
+    assert idx.longest_prefix([a, b]) == []
+    with pytest.raises(KeyError):
+        idx.remove(a)

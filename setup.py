@@ -1,0 +1,57 @@
+"""Builds kvsaga's optional C++ core, kvsaga._kvcore (csrc/), with setuptools.
+
+Why setuptools and not scikit-build-core + CMake: the extension is one translation unit plus
+nanobind's own sources, and setuptools' `optional=True` is exactly the fallback the project
+needs: where no C++17 compiler (or no Python headers) is found, the build warns and the
+package installs without the extension; kvsaga then runs its Python core (kvsaga/_core.py
+says so in one log line). Everything else about the package is declared in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _nanobind_extension() -> list[Extension]:
+    """The extension, or none when nanobind (a build requirement) cannot be imported."""
+    try:
+        import nanobind
+    except ImportError:
+        print("kvsaga: nanobind not found; building without the C++ core", file=sys.stderr)
+        return []
+    src = nanobind.source_dir()
+    root = os.path.dirname(src)
+    return [
+        Extension(
+            "kvsaga._kvcore",
+            sources=["csrc/kvcore.cpp", os.path.join(src, "nb_combined.cpp")],
+            include_dirs=[
+                "csrc",
+                nanobind.include_dir(),
+                os.path.join(root, "ext", "robin_map", "include"),
+            ],
+            language="c++",
+            optional=True,
+        )
+    ]
+
+
+class _BuildExt(build_ext):
+    """C++17, optimised, symbols hidden (as nanobind's own CMake build compiles)."""
+
+    def build_extensions(self) -> None:
+        if self.compiler.compiler_type == "msvc":
+            flags = ["/std:c++17", "/O2", "/EHsc", "/bigobj"]
+        else:
+            flags = ["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-fno-strict-aliasing"]
+            flags += ["-DNDEBUG", "-Wno-unused-parameter"]
+        for ext in self.extensions:
+            ext.extra_compile_args = flags
+        super().build_extensions()
+
+
+setup(ext_modules=_nanobind_extension(), cmdclass={"build_ext": _BuildExt})

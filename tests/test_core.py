@@ -1,0 +1,44 @@
+"""Choosing the bookkeeping core, and the fallback when the C++ core is not built."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec, _core
+
+
+def test_env_picks_the_core(monkeypatch):
+    monkeypatch.setenv("KVSAGA_CORE", "python")
+    assert KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4).core.name == "python"
+    monkeypatch.setenv("KVSAGA_CORE", "nonsense")
+    with pytest.raises(ValueError, match="KVSAGA_CORE"):
+        _core.get_core()
+    with pytest.raises(ValueError, match="core must be one of"):
+        _core.get_core("fortran")
+
+
+def test_default_is_cpp_when_built(monkeypatch):
+    monkeypatch.delenv("KVSAGA_CORE", raising=False)
+    expected = "cpp" if _core.cpp_available() else "python"
+    assert _core.get_core().name == expected
+
+
+def test_without_the_extension_python_stands_in_with_a_warning(monkeypatch, caplog):
+    """A machine that could not compile csrc/ runs the Python core and says so once."""
+    monkeypatch.setattr(_core, "_cpp", None)
+    monkeypatch.setattr(_core, "_cpp_error", "No module named 'kvsaga._kvcore'")
+    monkeypatch.setattr(_core, "_logged", False)
+    monkeypatch.delenv("KVSAGA_CORE", raising=False)
+    with caplog.at_level(logging.INFO, logger="kvsaga"):
+        m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4)
+        KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4)
+    assert m.core.name == "python"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "bookkeeping core: python" in warnings[0].getMessage()
+    m.begin_step("a", [1, 2, 3, 4, 5])
+    assert m.allocate_slots("a", 5) == [0, 1, 2, 3, 4]
+    # Asked for by name, a missing C++ core is an error that says what to do.
+    with pytest.raises(RuntimeError, match="KVSAGA_CORE=python"):
+        _core.get_core("cpp")

@@ -1,0 +1,158 @@
+"""The C++ core against the Python reference: the same calls on two managers, one per core,
+with equal results (or equal errors) and equal full snapshots after every operation:
+pool arrays and free-queue order, prefix index, block owners, sessions, stats and the
+policy's eviction order. Runs for every registered policy, with and without a host tier."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available
+from kvsaga.policy import POLICIES
+from tests.policy.helpers import build
+
+pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
+
+BS = 4
+SESSIONS = [f"s{i}" for i in range(5)]
+tokens = st.lists(st.integers(0, 3), min_size=1, max_size=14)
+# Mostly valid, sometimes not: every error path must match too.
+bad_token = st.sampled_from([-1, 2**32, "x", 1.5, None, True])
+some_sid = st.sampled_from([*SESSIONS, "nobody", None, ["list"]])
+
+
+def snapshot(m: KVCacheManager):
+    pool = m.pool
+    order = getattr(m.policy, "eviction_order", None)
+    return (
+        m.stats(),
+        list(pool.refcount),
+        list(pool.state),
+        list(pool.generation),
+        list(pool.block_hash),
+        pool.free_ids(),
+        sorted(m.index.items()),
+        list(m.block_owner),
+        list(m.block_position),
+        {
+            sid: (s.state, list(s.token_ids), list(s.block_hashes), list(s.block_ids),
+                  s.num_computed, s.tail)
+            for sid, s in m.sessions.items()
+        },
+        order() if order is not None else None,
+    )
+
+
+def outcome(fn):
+    """fn()'s result, or its error as (type, message)."""
+    try:
+        return ("ok", fn())
+    except Exception as e:  # noqa: BLE001 - any error must match between cores
+        return ("error", type(e).__name__, str(e))
+
+
+class ParityMachine(RuleBasedStateMachine):
+    policy = "lru"
+    host_blocks = 0
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+        self.ms = [
+            KVCacheManager(
+                KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: self.now,
+                policy=build(self.policy), num_host_blocks=self.host_blocks, core=core,
+                max_model_len=48,
+            )
+            for core in ("python", "cpp")
+        ]
+
+    def both(self, call):
+        """Apply `call(manager)` to both managers; results and errors must match."""
+        py, cpp = (outcome(lambda m=m: call(m)) for m in self.ms)
+        assert py == cpp
+
+    def running(self):
+        return sorted(s for s, x in self.ms[0].sessions.items() if x.is_running)
+
+    @rule(sid=st.sampled_from(SESSIONS), prompt=tokens, salt=st.sampled_from([None, "t1"]),
+          reuse=st.booleans())
+    def begin(self, sid, prompt, salt, reuse):
+        s = self.ms[0].sessions.get(sid)
+        if reuse and s is not None:
+            prompt = s.token_ids[: s.num_computed] + prompt  # extend its own context
+        self.both(lambda m: m.begin_step(sid, prompt[-40:], now=self.now, salt=salt))
+
+    @rule(sid=some_sid, new=tokens, bad=st.one_of(st.none(), bad_token))
+    def append(self, sid, new, bad):
+        if bad is not None:
+            new = [*new, bad]
+        self.both(lambda m: m.append_tokens(sid, new))
+
+    @rule(sid=some_sid, n=st.one_of(st.integers(-1, 20), st.sampled_from([None, True, 2.0])))
+    def allocate(self, sid, n):
+        self.both(lambda m: m.allocate_slots(sid, n, now=self.now))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data())
+    def decode(self, data):
+        sids = data.draw(st.lists(st.sampled_from(self.running()), min_size=1, max_size=4))
+        toks = data.draw(st.lists(st.integers(0, 3), min_size=len(sids), max_size=len(sids)))
+        if data.draw(st.integers(0, 9)) == 0:  # sometimes a bad batch
+            toks = data.draw(st.sampled_from([toks[:-1], [*toks[:-1], -5], "ab"]))
+        self.both(lambda m: m.decode_step(list(sids), toks, now=self.now))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), last=st.booleans())
+    def finish(self, data, last):
+        sid = data.draw(st.sampled_from(self.running()))
+        self.both(lambda m: m.finish_step(sid, now=self.now, tool="t", expected_s=1.0,
+                                          last_step=last))
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data())
+    def preempt(self, data):
+        sid = data.draw(st.sampled_from(self.running()))
+        self.both(lambda m: m.preempt(sid, now=self.now))
+
+    @rule(sid=some_sid)
+    def end(self, sid):
+        self.both(lambda m: m.end_session(sid, now=self.now))
+
+    @rule(sid=st.sampled_from(SESSIONS))
+    def resume_hint(self, sid):
+        self.both(lambda m: m.resume_hint(sid, now=self.now))
+
+    @rule(dt=st.floats(0, 5))
+    def tick(self, dt):
+        self.now += dt
+        self.both(lambda m: m.tick(self.now))
+
+    @invariant()
+    def same_state(self):
+        py, cpp = self.ms
+        assert snapshot(py) == snapshot(cpp)
+        cpp.check_integrity()
+
+
+ParityMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None
+)
+TestParity = ParityMachine.TestCase
+
+
+def _machine(name: str, host_blocks: int):
+    cls = type(f"Parity_{name}_{host_blocks}", (ParityMachine,),
+               {"policy": name, "host_blocks": host_blocks})
+    cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
+    return cls.TestCase
+
+
+TestParityHost = _machine("lru", 6)
+for _name in POLICIES:
+    if _name != "lru":
+        globals()[f"TestParity_{_name.replace('-', '_')}"] = _machine(_name, 0)
