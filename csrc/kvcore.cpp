@@ -19,8 +19,9 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <unordered_map>
 #include <vector>
+
+#include <tsl/robin_map.h>  // ships with nanobind (ext/robin_map)
 
 #include "queue.h"
 #include "sha256.h"
@@ -69,10 +70,27 @@ static void read_ids(nb::handle seq, int32_t n, std::vector<int32_t>& out) {
   }
 }
 
+// Python ints for block ids 0..n-1 of the largest pool or queue made so far: handing out a
+// block id is then a reference, not an allocation (ints above 256 are not cached by Python).
+static std::vector<PyObject*>* g_ids = new std::vector<PyObject*>();
+
+static void reserve_ids(int32_t n) {
+  g_ids->reserve(n);
+  while (g_ids->size() < static_cast<size_t>(n)) {
+    PyObject* o = PyLong_FromSize_t(g_ids->size());
+    if (!o) throw_current();
+    g_ids->push_back(o);
+  }
+}
+
+static PyObject* id_object(int32_t b) {
+  return static_cast<size_t>(b) < g_ids->size() ? Py_NewRef((*g_ids)[b]) : PyLong_FromLong(b);
+}
+
 static nb::list to_list(const int32_t* ids, size_t k) {
   PyObject* l = PyList_New(static_cast<Py_ssize_t>(k));
   if (!l) throw_current();
-  for (size_t i = 0; i < k; ++i) PyList_SET_ITEM(l, i, PyLong_FromLong(ids[i]));
+  for (size_t i = 0; i < k; ++i) PyList_SET_ITEM(l, i, id_object(ids[i]));
   return nb::steal<nb::list>(l);
 }
 
@@ -81,7 +99,7 @@ static nb::list to_list(const int32_t* ids, size_t k) {
 // Python-facing intrusive queue (the policies' orders). Checks what the raw queue assumes.
 class PyQueue {
  public:
-  explicit PyQueue(int32_t capacity) : q_(check_capacity(capacity)) {}
+  explicit PyQueue(int32_t capacity) : q_(check_capacity(capacity)) { reserve_ids(capacity); }
 
   IntrusiveQueue& raw() { return q_; }
   int64_t size() const { return q_.size(); }
@@ -233,6 +251,7 @@ class Pool {
         gen(n, "q"),
         free_q_(n),
         scratch_(n, 0) {
+    reserve_ids(n);
     block_hash = steal_or_throw(PyList_New(n));
     for (int32_t b = 0; b < n; ++b) {
       PyList_SET_ITEM(block_hash.ptr(), b, Py_NewRef(Py_None));
@@ -314,17 +333,20 @@ class Pool {
     PyObject* hashes = PyList_New(static_cast<Py_ssize_t>(k));
     if (!hashes) throw_current();
     nb::list out = nb::steal<nb::list>(hashes);
-    for (size_t j = 0; j < k; ++j) {
-      int32_t b = buf_[j];
-      PyObject* h = PyList_GET_ITEM(block_hash.ptr(), b);
-      PyList_SET_ITEM(hashes, j, h);  // the reference moves from block_hash to `out`
-      PyList_SET_ITEM(block_hash.ptr(), b, Py_NewRef(Py_None));
-      state.data[b] = kFree;
-      free_q_.push(b);
-    }
+    for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(hashes, j, free_cached(buf_[j]));
     num_cached -= static_cast<int64_t>(k);
     notify(false, buf_.data(), k);
     return out;
+  }
+
+  // A CACHED block becomes FREE (at the free queue's tail); returns its old hash (a new
+  // reference). The caller fixes num_cached and tells the observer.
+  PyObject* free_cached(int32_t b) {
+    PyObject* h = PyList_GET_ITEM(block_hash.ptr(), b);  // the reference moves to the caller
+    PyList_SET_ITEM(block_hash.ptr(), b, Py_NewRef(Py_None));
+    state.data[b] = kFree;
+    free_q_.push(b);
+    return h;
   }
 
   // -- internal, for the manager's hot loops (arguments already valid) ------------------
@@ -582,7 +604,7 @@ class Index {
   }
 
  private:
-  std::unordered_map<Key, int32_t, KeyHash> map_;
+  tsl::robin_map<Key, int32_t, KeyHash> map_;
 };
 
 // -- the manager's hot loops --------------------------------------------------------------
@@ -663,6 +685,80 @@ class ManagerCore {
     return slots;
   }
 
+  // KVCacheManager._victims_valid: `num_blocks` distinct CACHED blocks.
+  bool victims_valid(nb::handle victims, Py_ssize_t num_blocks) {
+    nb::object fast = steal_or_throw(PySequence_Fast(victims.ptr(), "victims must be a list"));
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
+    if (k != num_blocks) return false;
+    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+    ids_.resize(k);
+    for (Py_ssize_t i = 0; i < k; ++i) {
+      long b = PyLong_AsLong(items[i]);
+      if (b == -1 && PyErr_Occurred()) throw_current();
+      if (b < 0 || b >= pool_->n || pool_->state.data[b] != kCached) return false;
+      ids_[i] = static_cast<int32_t>(b);
+    }
+    std::sort(ids_.begin(), ids_.end());
+    return std::adjacent_find(ids_.begin(), ids_.end()) == ids_.end();
+  }
+
+  // KVCacheManager._evict's loops over checked victims: free them, unindex their hashes,
+  // forget their owners.
+  void evict_blocks(nb::handle victims) {
+    nb::list hashes = pool_->evict_many(victims);
+    read_ids(victims, pool_->n, ids_);
+    for (size_t i = 0; i < ids_.size(); ++i) {
+      PyObject* h = PyList_GET_ITEM(hashes.ptr(), i);
+      if (h != Py_None) index_->remove(h);
+      PyList_SetItem(owner_.ptr(), ids_[i], Py_NewRef(Py_None));
+    }
+  }
+
+  // KVCacheManager._evict for a policy whose victims are the head of `queue` (its
+  // `victim_queue`, which holds exactly the CACHED blocks): the same evictions as
+  // choose_victims + evict_blocks, without a Python list per step. The queue loses the
+  // blocks here, which is all that the policy's blocks_uncached would have done.
+  void evict_head(PyQueue& queue, int64_t num_blocks) {
+    IntrusiveQueue& q = queue.raw();
+    if (q.capacity() != pool_->n || num_blocks > q.size() || num_blocks > pool_->num_cached) {
+      PyErr_Format(PyExc_RuntimeError, "victim queue holds %lld blocks, %lld asked for",
+                   (long long)q.size(), (long long)num_blocks);
+      throw_current();
+    }
+    // Check first, so that a queue out of step with the pool changes nothing.
+    ids_.resize(num_blocks);
+    int32_t b = q.first();
+    for (int64_t i = 0; i < num_blocks; ++i, b = q.after(b)) {
+      if (pool_->state.data[b] != kCached) {
+        PyErr_Format(PyExc_RuntimeError, "victim queue names block %d, which is not cached", b);
+        throw_current();
+      }
+      ids_[i] = b;
+    }
+    // Each victim's hash object is read (its key) and released: fetch it a few blocks ahead.
+    PyObject** hashes = reinterpret_cast<PyListObject*>(pool_->block_hash.ptr())->ob_item;
+    constexpr int64_t kAhead = 8;
+    for (int64_t i = 0; i < std::min(kAhead, num_blocks); ++i) prefetch_object(hashes[ids_[i]]);
+    for (int64_t i = 0; i < num_blocks; ++i) {
+      if (i + kAhead < num_blocks) prefetch_object(hashes[ids_[i + kAhead]]);
+      int32_t v = q.pop();
+      nb::object h = nb::steal(pool_->free_cached(v));
+      if (!h.is_none()) index_->remove(h);
+      PyList_SetItem(owner_.ptr(), v, Py_NewRef(Py_None));
+    }
+    pool_->num_cached -= num_blocks;
+  }
+
+  // KVCacheManager._register_full_blocks (allocate_slots runs it; exposed for the benchmark).
+  void register_full_blocks(nb::handle sid, Py_ssize_t first, Py_ssize_t last) {
+    PyObject* s = running_session(sid.ptr());
+    nb::object table = attr(s, n_block_ids_);
+    nb::object hashes = attr(s, n_hashes_);
+    if (first < 0 || last > PyList_GET_SIZE(table.ptr()) || last > PyList_GET_SIZE(hashes.ptr()))
+      throw nb::index_error("register_full_blocks: range outside the table or its hashes");
+    register_full(s, reinterpret_cast<PyListObject*>(table.ptr())->ob_item, first, last);
+  }
+
   // KVCacheManager.decode_step without its eviction (see there).
   nb::object decode_step(nb::handle session_ids, nb::handle token_ids, nb::handle max_model_len) {
     nb::object tokens = checked_tokens(token_ids);
@@ -716,6 +812,16 @@ class ManagerCore {
     nb::object ctx, table;
     Py_ssize_t start;
   };
+
+  // A bytes digest spans the object's first ~70 bytes: two cache lines at most.
+  static void prefetch_object(PyObject* o) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(o);
+    __builtin_prefetch(reinterpret_cast<const char*>(o) + 64);
+#else
+    (void)o;
+#endif
+  }
 
   static nb::object attr(PyObject* o, const nb::object& name) {
     return steal_or_throw(PyObject_GetAttr(o, name.ptr()));
@@ -819,7 +925,7 @@ class ManagerCore {
       pool_->take(total - have, new_ids_.data());
       for (Py_ssize_t i = have; i < total; ++i) {
         int32_t b = new_ids_[i - have];
-        nb::object id = nb::int_(b);
+        nb::object id = nb::steal(id_object(b));
         if (PyList_Append(table, id.ptr())) throw_current();
         PyList_SetItem(owner_.ptr(), b, Py_NewRef(sid));
         PyList_SetItem(position_.ptr(), b, PyLong_FromSsize_t(i));
@@ -842,6 +948,7 @@ class ManagerCore {
     PyObject* block_hash = pool_->block_hash.ptr();
     for (Py_ssize_t i = first; i < last; ++i) {
       long b = PyLong_AsLong(row[i]);
+      if (b < 0 || b >= pool_->n) throw nb::index_error("block table holds an invalid id");
       if (PyList_GET_ITEM(block_hash, b) != Py_None) continue;
       PyObject* h = PyList_GET_ITEM(hashes.ptr(), i);
       Key k;
@@ -893,7 +1000,7 @@ class ManagerCore {
   nb::object n_state_, n_token_ids_, n_block_ids_, n_hashes_, n_computed_, n_root_;
   std::vector<Row> rows_;
   std::vector<PyObject*> seen_;
-  std::vector<int32_t> new_ids_;
+  std::vector<int32_t> new_ids_, ids_;
 };
 
 }  // namespace kvcore
@@ -929,6 +1036,15 @@ NB_MODULE(_kvcore, m) {
   nb::module_ errors = nb::module_::import_("kvsaga.errors");
   g_errors = new Errors{errors.attr("InvalidRequest"), errors.attr("UnknownSession"),
                         errors.attr("OutOfBlocks")};
+
+  m.def(
+      "_sha256",
+      [](nb::bytes data, bool portable) {
+        uint8_t out[32];
+        Sha256::digest(reinterpret_cast<const uint8_t*>(data.c_str()), data.size(), out, portable);
+        return nb::bytes(reinterpret_cast<const char*>(out), 32);
+      },
+      "data"_a, "portable"_a, "SHA-256 of `data` (tests: both compression paths).");
 
   nb::class_<PyQueue>(m, "BlockQueue")
       .def(nb::init<int32_t>(), "capacity"_a)
@@ -986,5 +1102,10 @@ NB_MODULE(_kvcore, m) {
       .def("allocate_slots", &ManagerCore::allocate_slots, "session_id"_a.none(),
            "num_tokens"_a.none())
       .def("decode_step", &ManagerCore::decode_step, "session_ids"_a.none(), "token_ids"_a.none(),
-           "max_model_len"_a.none());
+           "max_model_len"_a.none())
+      .def("victims_valid", &ManagerCore::victims_valid, "victims"_a, "num_blocks"_a)
+      .def("evict_blocks", &ManagerCore::evict_blocks, "victims"_a)
+      .def("evict_head", &ManagerCore::evict_head, "queue"_a, "num_blocks"_a)
+      .def("register_full_blocks", &ManagerCore::register_full_blocks, "session_id"_a,
+           "first"_a, "last"_a);
 }

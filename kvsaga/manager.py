@@ -739,27 +739,43 @@ class KVCacheManager:
 
     # -- eviction -------------------------------------------------------------------------
     def _evict(self, num_blocks: int, now: float) -> None:
+        queue = getattr(self.policy, "victim_queue", None)
+        if queue is not None and self._hot is not None and self.host is None and (
+            self.pool.observer is self.policy
+        ):  # LRU on the C++ core: its victims are the queue's head, evicted in one call
+            self._hot.evict_head(queue, num_blocks)
+            self._evicted_blocks += num_blocks
+            return
         victims = self.policy.choose_victims(num_blocks, now)
-        state = self.pool.state
-        if (
-            len(victims) != num_blocks
-            or len(set(victims)) != num_blocks
-            or any([state[b] != CACHED for b in victims])
-        ):
+        if not self._victims_valid(victims, num_blocks):
             raise RuntimeError(
                 f"policy {self.policy.name!r} named invalid victims {victims} "
                 f"for {num_blocks} blocks"
             )
         if self.host is not None:
             self._offload(victims, now)
-        owner = self.block_owner
-        index_remove = self.index.remove
-        for h in self.pool.evict_many(victims):
-            if h is not None:
-                index_remove(h)
-        for b in victims:
-            owner[b] = None
+        if self._hot is not None:  # the same loops, in the C++ core
+            self._hot.evict_blocks(victims)
+        else:
+            owner = self.block_owner
+            index_remove = self.index.remove
+            for h in self.pool.evict_many(victims):
+                if h is not None:
+                    index_remove(h)
+            for b in victims:
+                owner[b] = None
         self._evicted_blocks += num_blocks
+
+    def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
+        """`num_blocks` distinct CACHED blocks."""
+        if self._hot is not None:
+            return self._hot.victims_valid(victims, num_blocks)
+        state = self.pool.state
+        return (
+            len(victims) == num_blocks
+            and len(set(victims)) == num_blocks
+            and not any([state[b] != CACHED for b in victims])
+        )
 
     # -- host tier ------------------------------------------------------------------------
     @property

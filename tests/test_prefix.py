@@ -71,3 +71,16 @@ def test_index_longest_prefix_and_first_copy_wins(core):
     assert idx.longest_prefix([a, b]) == []
     with pytest.raises(KeyError):
         idx.remove(a)
+
+
+def test_cpp_sha256_both_paths_equal_hashlib(core):
+    """The C++ SHA-256, with and without the x86 SHA extensions, over every padding case."""
+    if core.name != "cpp":
+        pytest.skip("C++ only")
+    from kvsaga import _kvcore
+
+    rng = random.Random(0)
+    for n in [0, 1, 55, 56, 63, 64, 65, 96, 119, 120, 128, 1000]:
+        data = rng.randbytes(n)
+        for portable in (False, True):
+            assert _kvcore._sha256(data, portable) == hashlib.sha256(data).digest()

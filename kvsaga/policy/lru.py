@@ -22,7 +22,15 @@ class LRUPolicy(EvictionPolicy):
 
     def bind(self, view) -> None:
         super().bind(view)
-        self._order = BlockQueue(view.num_gpu_blocks)
+        # The manager's core's queue (C++ when it runs the C++ core); for any other view, Python's.
+        core = getattr(view, "core", None)
+        self._order = (core.BlockQueue if core is not None else BlockQueue)(view.num_gpu_blocks)
+        # On the C++ core the manager may evict straight from the queue's head: the victims
+        # choose_victims would name, and blocks_uncached only unlinks them (unless a subclass
+        # chooses otherwise).
+        plain = type(self).choose_victims is LRUPolicy.choose_victims
+        on_cpp = core is not None and core.name == "cpp"
+        self.victim_queue = self._order if plain and on_cpp else None
         # Hot path: the pool calls these per block; bind them straight to the queue.
         self.block_cached = self._order.push
         self.block_uncached = self._order.remove
