@@ -4,6 +4,20 @@
 
     python bench/agent_replay.py --sessions 2 --steps 2 --policies lru,graph   # a quick look
 
+    python bench/agent_replay.py --engine vllm --vllm-python /path/to/vllm-env/bin/python
+
+vLLM as the peer (`--engine vllm`). The same sessions are replayed against plain vLLM (prefix
+caching on), vLLM with the kvsaga retention connector (`--vllm-policies`, enabled by
+`--kv-transfer-config` only), and kvsaga-serve (`--kvsaga-policies`): the same HF model
+directory (written from the GGUF when needed), fp32, the same block size (32 tokens: vLLM's
+CPU attention needs a multiple of 32) and the same KV budget in bytes (vLLM's
+`--kv-cache-memory-bytes`, kvsaga-serve's `--kv-memory`). vLLM runs from its own environment
+(`--vllm-python`; tests/integrations/vllm/make_env.sh builds one) with `--enforce-eager`
+(torch.compile's warm-up takes minutes on a small CPU). The hint goes to vLLM as
+`kv_transfer_params: {"kvsaga": {"session_id", "tool", "expected_s", "last_step"}}`.
+Reported besides the table: the mean-TCT ratio of plain vLLM to vLLM + connector (issue 13's
+goal: >= 1.64x, with fewer prefill tokens) and of vLLM + connector to kvsaga-serve.
+
 What it does. `kvsaga.sim.generate` samples agent sessions (step counts, tools, token counts,
 tool latencies); they are scaled (`--token-scale` for tokens; `--time-scale`, capped by
 `--max-tool-s`, for tool pauses) and replayed with real text against a real server: for each
@@ -221,7 +235,31 @@ def working_set(sessions: list[ReplaySession], tok: Any) -> dict[str, int]:
             "shared_prefix_tokens": prefix, "longest_context_tokens": max(sizes)}
 
 
-# -- the server -----------------------------------------------------------------------------
+# -- the servers ----------------------------------------------------------------------------
+
+# /metrics samples this benchmark reports, per engine (label sets summed).
+KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
+                  "kvsaga:num_preemptions_total": "preemptions",
+                  "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
+                  "kvsaga:kv_blocks_total": "kv_blocks"}
+VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
+                "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens"}
+
+
+def scrape_metrics(url: str, want: dict[str, str]) -> dict[str, float]:
+    """Totals of the wanted `/metrics` samples, parsed by prometheus_client's own parser."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = want.get(sample.name)
+            if key is not None:
+                out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
 
 
 def _free_port() -> int:
@@ -267,21 +305,7 @@ class Server:
         raise RuntimeError(f"kvsaga-serve not ready after {timeout_s} s:\n" + self.log_tail())
 
     def metrics(self) -> dict[str, float]:
-        """Totals of the `/metrics` families this benchmark reports (labels summed)."""
-        import httpx
-
-        want = {"kvsaga:evictions_total": "evictions",
-                "kvsaga:num_preemptions_total": "preemptions",
-                "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
-                "kvsaga:kv_blocks_total": "kv_blocks"}
-        out: dict[str, float] = {}
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in want and not line.startswith("#"):
-                key = want[name]
-                out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
+        return scrape_metrics(self.url, KVSAGA_METRICS)
 
     def log_tail(self, n: int = 30) -> str:
         self._log.flush()
@@ -298,11 +322,70 @@ class Server:
         self._log.close()
 
 
+class VLLMArm:
+    """A vLLM server (`kvsaga.integrations.vllm.launch`) behind the same interface as
+    `Server`: plain prefix caching (`policy` None) or with the kvsaga connector."""
+
+    def __init__(self, args: argparse.Namespace, policy: str | None, kv_bytes: int,
+                 log: Path) -> None:
+        from kvsaga.integrations.vllm.launch import VLLMServer
+
+        self.server = VLLMServer(
+            Path(args.model), kv_bytes, connector_policy=policy, python=args.vllm_python,
+            served_name=SERVED_NAME, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+            max_model_len=min(2048, kv_bytes // args.kv_bytes_per_token // args.block_size
+                              * args.block_size), log=log)
+        self.url = self.server.base_url
+
+    def wait_ready(self, timeout_s: float) -> None:
+        self.server.start(timeout_s)
+
+    def metrics(self) -> dict[str, float]:
+        return scrape_metrics(self.url, VLLM_METRICS)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One system under test: its name in the tables, how to start it, and how a request
+    carries the session id and pause hint to it."""
+
+    name: str
+    engine: str  # "kvsaga" (kvsaga-serve) or "vllm"
+    policy: str | None  # kvsaga policy: the server's, or the vLLM connector's (None: plain)
+
+    def start(self, args: argparse.Namespace, kv_bytes: int, logdir: Path) -> Server | VLLMArm:
+        log = logdir / f"server-{self.name.replace(':', '-').replace('+', '-')}.log"
+        if self.engine == "vllm":
+            return VLLMArm(args, self.policy, kv_bytes, log)
+        return Server(args, self.policy, kv_bytes, log)
+
+    def extra_body(self, session_id: str, hint: dict[str, Any]) -> dict[str, Any]:
+        if self.engine == "vllm":  # the connector reads kv_transfer_params; plain vLLM ignores it
+            return {"kv_transfer_params": {"kvsaga": {"session_id": session_id, **hint}}}
+        return {"session_id": session_id, "kvsaga": hint}
+
+
+def arms(args: argparse.Namespace) -> list[Arm]:
+    """kvsaga engine: one kvsaga-serve per policy. vLLM: plain vLLM (prefix caching), vLLM
+    with the kvsaga connector per connector policy, then kvsaga-serve per policy."""
+    def names(csv: str) -> list[str]:
+        return [p.strip() for p in csv.split(",") if p.strip()]
+
+    if args.engine == "kvsaga":
+        return [Arm(p, "kvsaga", p) for p in names(args.policies)]
+    return ([Arm("vllm", "vllm", None)]
+            + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
+            + [Arm(f"kvsaga-serve:{p}", "kvsaga", p) for p in names(args.kvsaga_policies)])
+
+
 # -- the client -----------------------------------------------------------------------------
 
 
-def run_session(client: Any, sess: ReplaySession, t0: float, result: PolicyResult,
-                lock: threading.Lock) -> None:
+def run_session(client: Any, arm: Arm, sess: ReplaySession, t0: float,
+                result: PolicyResult, lock: threading.Lock) -> None:
     """Replay one session: its steps in order, each followed by its tool pause."""
     time.sleep(max(0.0, t0 + sess.arrival_s - time.perf_counter()))
     arrived = time.perf_counter()
@@ -321,7 +404,7 @@ def run_session(client: Any, sess: ReplaySession, t0: float, result: PolicyResul
             resp = client.chat.completions.create(
                 model=SERVED_NAME, messages=_messages(sess, k, outputs),
                 max_tokens=st.output_tokens, temperature=0,
-                extra_body={"session_id": sess.id, "kvsaga": hint})
+                extra_body=arm.extra_body(sess.id, hint))
         except Exception as e:  # counted and reported; the session cannot go on
             rec.end = time.perf_counter()
             rec.error = f"{type(e).__name__}: {e}"[:300]
@@ -344,13 +427,13 @@ def run_session(client: Any, sess: ReplaySession, t0: float, result: PolicyResul
         result.task_s.append(time.perf_counter() - arrived)
 
 
-def replay(args: argparse.Namespace, sessions: list[ReplaySession], policy: str,
+def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
            kv_bytes: int, logdir: Path) -> PolicyResult:
-    """Start a server with `policy`, replay every session against it, stop it."""
+    """Start the arm's server, replay every session against it, stop it."""
     import openai
 
-    result = PolicyResult(policy)
-    server = Server(args, policy, kv_bytes, logdir / f"server-{policy}.log")
+    result = PolicyResult(arm.name)
+    server = arm.start(args, kv_bytes, logdir)
     try:
         server.wait_ready(args.start_timeout)
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
@@ -361,7 +444,8 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], policy: str,
                                   temperature=0)
         lock = threading.Lock()
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=run_session, args=(client, s, t0, result, lock),
+        threads = [threading.Thread(target=run_session,
+                                    args=(client, arm, s, t0, result, lock),
                                     name=f"replay-{s.id}", daemon=True) for s in sessions]
         for t in threads:
             t.start()
@@ -469,8 +553,35 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def peer_ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """vLLM + connector against plain vLLM (issue 13's goal: >= 1.64x mean task completion
+    time, fewer prefill tokens), and kvsaga-serve against vLLM + connector."""
+    plain = summary.get("vllm")
+    out: dict[str, Any] = {"lines": []}
+    if plain is None:
+        return {}
+    for name, s in summary.items():
+        if name.startswith("vllm+") and s["task_time_mean_s"] > 0:
+            tct = plain["task_time_mean_s"] / s["task_time_mean_s"]
+            fewer = s["prefill_tokens"] < plain["prefill_tokens"]
+            out[name] = {"tct_speedup_over_vllm": tct, "fewer_prefill_tokens": fewer}
+            out["lines"].append(
+                f"{name} vs vllm: mean TCT {tct:.2f}x faster (goal >= 1.64x: "
+                f"{'met' if tct >= 1.64 else 'not met'}); prefill tokens "
+                f"{s['prefill_tokens']:,} vs {plain['prefill_tokens']:,} "
+                f"({'fewer' if fewer else 'not fewer'})")
+    for name, s in summary.items():
+        for peer, p in summary.items():
+            if name.startswith("kvsaga-serve:") and peer.startswith("vllm+"):
+                r = p["task_time_mean_s"] / s["task_time_mean_s"]
+                out[f"{name} vs {peer}"] = {"tct_speedup": r}
+                out["lines"].append(f"{name} vs {peer}: mean TCT {r:.2f}x "
+                                    f"({'at least as fast' if r >= 1 else 'slower'})")
+    return out
+
+
 def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    head = ("policy", "prefill tok", "cached share", "step mean s", "step p95 s", "task mean s",
+    head = ("system", "prefill tok", "cached share", "step mean s", "step p95 s", "task mean s",
             "evictions", "preempt", "errors")
     rows = [(p, f"{s['prefill_tokens']:,}", f"{s['cached_share']:.1%}",
              f"{s['step_latency_mean_s']:.2f}", f"{s['step_latency_p95_s']:.2f}",
@@ -510,7 +621,35 @@ def build_parser() -> argparse.ArgumentParser:
     a("--start-timeout", type=float, default=180.0, help="seconds to wait for a server")
     a("--request-timeout", type=float, default=300.0, help="seconds per request")
     a("--json", default=None, help="write the results here as JSON")
+    v = p.add_argument_group("peer engine (--engine vllm)")
+    v.add_argument("--engine", choices=("kvsaga", "vllm"), default="kvsaga",
+                   help="kvsaga: one kvsaga-serve per --policies; vllm: plain vLLM (prefix "
+                        "caching), vLLM + the kvsaga connector, and kvsaga-serve, same model, "
+                        "dtype (fp32) and KV budget")
+    v.add_argument("--vllm-python", default=sys.executable,
+                   help="interpreter that has vLLM (tests/integrations/vllm/make_env.sh)")
+    v.add_argument("--vllm-policies", default="ttl",
+                   help="kvsaga policies for the vLLM connector arms")
+    v.add_argument("--kvsaga-policies", default="graph",
+                   help="kvsaga-serve policies run next to vLLM")
     return p
+
+
+def vllm_model_dir(model: str | None) -> str:
+    """An HF directory of the model for vLLM (which reads no GGUF): `model` itself when it is
+    one, else written from the GGUF by kvsaga's exporter into ~/.cache/kvsaga (kept)."""
+    from kvsaga.engine.export import export_hf
+    from kvsaga.engine.loader import default_model_path
+
+    if model is not None and (Path(model) / "config.json").is_file():
+        return model
+    gguf = Path(model) if model else default_model_path()
+    out = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvsaga"
+    out = out / f"{gguf.stem}-hf"
+    if not (out / "config.json").is_file():
+        print(f"writing {gguf.name} as an HF directory for vLLM: {out}", file=sys.stderr)
+        export_hf(gguf, out)
+    return str(out)
 
 
 def _load_tokenizer(model: str | None) -> tuple[Any, Any]:
@@ -526,13 +665,22 @@ def _load_tokenizer(model: str | None) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if args.engine == "vllm":
+        # Both engines serve the same HF directory; vLLM's CPU attention takes blocks of a
+        # multiple of 32 tokens, and kvsaga-serve gets the same block size and budget.
+        args.model = vllm_model_dir(args.model)
+        if args.block_size % 32:
+            print(f"note: --block-size {args.block_size} -> 32 (vLLM's CPU attention)",
+                  file=sys.stderr)
+            args.block_size = 32
+    systems = arms(args)
     host = machine()  # before the run: the load average says how shared the machine was
     tok, cfg = _load_tokenizer(args.model)
     sessions = build_sessions(args, tok)
     ws = working_set(sessions, tok)
     # The server computes in fp32 on CPU, and so stores KV in fp32 (4 bytes).
     kv_per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 4
+    args.kv_bytes_per_token = kv_per_token
     block_bytes = kv_per_token * args.block_size
     ws_bytes = ws["peak_context_tokens"] * kv_per_token
     kv_bytes = args.kv_memory or int(args.kv_fraction * ws_bytes)
@@ -556,14 +704,18 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, Any]] = {}
     raw: dict[str, PolicyResult] = {}
     with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:
-        for policy in policies:
+        for arm in systems:
             t = time.perf_counter()
-            raw[policy] = replay(args, sessions, policy, kv_bytes, Path(tmp))
-            summary[policy] = summarize(raw[policy], ws["shared_prefix_tokens"], args.block_size)
-            print(f"  {policy}: {summary[policy]['prefill_tokens']:,} prefill tokens, "
+            raw[arm.name] = replay(args, sessions, arm, kv_bytes, Path(tmp))
+            summary[arm.name] = summarize(raw[arm.name], ws["shared_prefix_tokens"],
+                                          args.block_size)
+            print(f"  {arm.name}: {summary[arm.name]['prefill_tokens']:,} prefill tokens, "
                   f"{time.perf_counter() - t:.0f} s", flush=True)
     print()
     print_table(summary)
+    peer = peer_ratios(summary)
+    for line in peer.get("lines", []):
+        print(line)
     ratio = None
     if "lru" in summary and "graph" in summary and summary["graph"]["prefill_tokens"]:
         ratio = summary["lru"]["prefill_tokens"] / summary["graph"]["prefill_tokens"]
@@ -589,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "policies": summary,
             "prefill_ratio_lru_over_graph": ratio,
             "goal_5x_met": None if ratio is None else ratio >= 5,
+            "vllm_peer": {k: v for k, v in peer.items() if k != "lines"} or None,
             "steps": {p: [asdict(r) for r in res.records] for p, res in raw.items()},
         }
         Path(args.json).write_text(json.dumps(out, indent=1))

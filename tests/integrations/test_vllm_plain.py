@@ -78,3 +78,12 @@ def test_ledger_is_a_block_view_and_drives_the_policy():
         ledger.cache(0, "soon", 0)
     with pytest.raises(ValueError, match="not tracked"):
         ledger.uncache(5)
+
+
+def test_readme_enables_the_connector_with_the_json_kvsaga_builds():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## In vLLM\n", 1)[1]
+    shown = section.split("--kv-transfer-config '", 1)[1].split("'", 1)[0]
+    assert json.loads(shown) == json.loads(kv_transfer_config("ttl"))
