@@ -230,6 +230,13 @@ class KVSagaConnector(KVConnectorBase_V1):
             self._release_until(n + self.reserve_blocks, time.monotonic(), "headroom")
         return KVSagaConnectorMetadata()
 
+    def reset_cache(self) -> bool:
+        """Give back every retained block (vLLM's prefix-cache reset needs them all free: it
+        runs before this, so a reset with `reset_connector` succeeds on its second call)."""
+        for sid in list(self.holds):
+            self._release_session(sid)
+        return True
+
     # -- retention bookkeeping -----------------------------------------------------------------
     def _hold(self, block_id: int, sid: str, position: int) -> None:
         holders = self._holders.get(block_id)

@@ -145,3 +145,11 @@ def test_requests_without_a_session_or_with_a_bad_hint_are_left_to_vllm(hf_model
     run(s, [make_request(_prompt(92, 3), 2, {"session_id": "X", "bogus": 1})])
     assert s.connector.holds == {} and s.connector.stats.retained_steps == 0
     _assert_no_leak(s)
+
+
+def test_prefix_cache_reset_gives_back_retained_blocks(hf_model_dir):
+    s = make_scheduler(hf_model_dir, 32, connector=True)
+    run(s, [make_request(_prompt(95, 4), 2, {"session_id": "R", "tool": "t", "expected_s": 9})])
+    assert s.reset_prefix_cache(reset_connector=True) is False  # vLLM resets before us
+    assert s.reset_prefix_cache(reset_connector=True) is True
+    _assert_no_leak(s)
