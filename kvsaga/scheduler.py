@@ -366,13 +366,15 @@ class WorkflowScheduler(Scheduler):
         overcommit: admit while predicted working sets <= overcommit x (GPU + host blocks).
         horizon_steps: steps of expected growth counted in an admitted session's working
             set (fewer when the Agent Execution Graph expects the session to end sooner).
-        prior_growth_tokens: context growth per step assumed for a workflow until
-            `growth_alpha` has observations of it (conservative: larger than most steps).
+        prior_growth_tokens: context growth per step assumed for a workflow until one is
+            observed (too small a guess is corrected by demotion, below).
         growth_alpha: weight of each new observed growth once 1 / growth_alpha were seen.
         demote_factor, demote_min_s: a paused admitted session whose pause exceeds
             demote_factor x its expected pause + demote_min_s is demoted when a waiting
             session does not fit (its blocks stay cached; its next step must be admitted
-            again, ahead of its tenant's new sessions).
+            again, ahead of its tenant's new sessions). Independently, whenever the
+            admitted working sets outgrow the tiers, the most recently admitted paused
+            sessions are demoted until they fit.
         default_pause_s: expected pause when neither the step's hint nor an Agent Execution
             Graph (a `graph` policy's) predicts one.
         reserve_decode_tokens: decode tokens of headroom reserved per running step: a step
@@ -381,6 +383,9 @@ class WorkflowScheduler(Scheduler):
         admission_window: how many queued resumed steps, from the head, are looked at for a
             warm one (context still resident), which goes first.
         max_bypass: how many warm steps may be admitted ahead of the resumed queue's head.
+        idle_admit_s: once the batch has been empty this long with every admitted session
+            away on a tool call, the next session is admitted even if the working sets do
+            not fit (the GPU would idle; `inf`: never). Demotion then makes room.
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
     """
 
@@ -392,7 +397,7 @@ class WorkflowScheduler(Scheduler):
         *,
         overcommit: float = 1.0,
         horizon_steps: float = 2.0,
-        prior_growth_tokens: int = 2048,
+        prior_growth_tokens: int = 256,
         growth_alpha: float = 0.05,
         demote_factor: float = 4.0,
         demote_min_s: float = 10.0,
@@ -400,6 +405,7 @@ class WorkflowScheduler(Scheduler):
         reserve_decode_tokens: int = 64,
         admission_window: int = 16,
         max_bypass: int = 16,
+        idle_admit_s: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         **limits: Any,
     ) -> None:
@@ -418,6 +424,7 @@ class WorkflowScheduler(Scheduler):
                                                 reserve_decode_tokens, 0)
         self.admission_window = _check_int("admission_window", admission_window, 0)
         self.max_bypass = _check_int("max_bypass", max_bypass, 0)
+        self.idle_admit_s = _check_float("idle_admit_s", idle_admit_s, 0.0)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             _check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
@@ -433,6 +440,7 @@ class WorkflowScheduler(Scheduler):
         self._growth: dict[str, _Growth] = {}
         self._committed = 0  # sum of admitted sessions' working sets, blocks
         self._demote_at = math.inf  # no paused session is demotable before this
+        self._idle_since: float | None = None  # the batch is empty and nobody resumed since
         self.num_demotions = 0
 
     # -- queues ---------------------------------------------------------------------------
@@ -489,7 +497,10 @@ class WorkflowScheduler(Scheduler):
 
     @property
     def wake_time(self) -> float:
-        return self._demote_at if self._pending else math.inf
+        if not self._pending:
+            return math.inf
+        idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
+        return min(self._demote_at, idle)
 
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:
@@ -502,9 +513,20 @@ class WorkflowScheduler(Scheduler):
         need = self._working_set(req.workflow, req.num_tokens, 0)
         if self.sessions and self._committed + need > self.overcommit * self.capacity:
             self._demote(now)
-            if self.sessions and self._committed + need > self.overcommit * self.capacity:
+            if (self.sessions and self._committed + need > self.overcommit * self.capacity
+                    and not self._idle_for(now) >= self.idle_admit_s):
                 return None
         return req
+
+    def _idle_for(self, now: float) -> float:
+        """Seconds the batch has been empty with no admitted session's step waiting (the
+        admitted sessions are all away on tool calls)."""
+        if self.running or self._resumed:
+            self._idle_since = None
+            return 0.0
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since
 
     def _pick_resumed(self) -> Any:
         """The head of the resumed queue, or a warm step among the first
@@ -598,7 +620,7 @@ class WorkflowScheduler(Scheduler):
             self._forget(sid)
             return
         info.steps += 1
-        context = len(s.token_ids)
+        context = req.num_tokens
         if info.last_context is not None:
             self._growth_of(info.workflow).add(context - info.last_context, self.growth_alpha)
         info.last_context = context
@@ -607,6 +629,21 @@ class WorkflowScheduler(Scheduler):
         info.demote_at = now + self.demote_factor * self._expected_pause(s) + self.demote_min_s
         self._demote_at = min(self._demote_at, info.demote_at)
         self._set_blocks(info)
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """While the admitted working sets outgrow the tiers (contexts grew more than
+        predicted), demote the most recently admitted paused sessions: their next steps
+        wait for room instead of evicting the older sessions' contexts."""
+        limit = self.overcommit * self.capacity
+        if self._committed <= limit:
+            return
+        for sid in reversed(list(self.sessions)):
+            if self._committed <= limit or len(self.sessions) == 1:
+                return
+            if not self.sessions[sid].active:
+                self._forget(sid)
+                self.num_demotions += 1
 
     def _forget(self, sid: str) -> None:
         info = self.sessions.pop(sid)

@@ -3,6 +3,8 @@ Share, and the side-effect-free `KVCacheManager.lookup` admission relies on."""
 
 from __future__ import annotations
 
+import math
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
@@ -213,6 +215,7 @@ def _wf(m, **kw):
     kw.setdefault("max_num_batched_tokens", 64)
     kw.setdefault("prior_growth_tokens", 8)
     kw.setdefault("horizon_steps", 1.0)
+    kw.setdefault("idle_admit_s", math.inf)
     return make_scheduler("workflow", m, **kw)
 
 
@@ -263,6 +266,39 @@ def test_workflow_demotes_a_session_away_far_longer_than_predicted():
     s.add(d, 3.0)
     s.add(a2, 3.0)
     assert s.waiting == [a2, d]
+
+
+def test_workflow_admits_when_every_admitted_session_is_away_for_idle_admit_s():
+    m = manager(16)
+    s = _wf(m, idle_admit_s=2.0)
+    ex = ToyExecutor(m)
+    for x, base in (("a", 0), ("b", 100)):
+        s.add(ToyRequest(x, toks(base, 20), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)  # both pause; their working sets fill the pool
+    c = ToyRequest("c", toks(200, 20), max_new=1)
+    s.add(c, 0.5)
+    assert not s.schedule(0.5, ex).admitted and s.wake_time == 2.5
+    assert not s.schedule(2.4, ex).admitted
+    assert s.schedule(2.5, ex).admitted == [c]  # the GPU idled 2 s: c goes
+
+
+def test_workflow_shrinks_the_admitted_set_when_contexts_outgrow_the_pool():
+    m = manager(16)
+    s = _wf(m)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 12), max_new=1, last=False)
+    b = ToyRequest("b", toks(100, 12), max_new=1, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    assert set(s.sessions) == {"a", "b"}
+    # a's next step is much longer than predicted: once it pauses, b (admitted later) must
+    # make room; its next step then waits for admission again.
+    a2 = ToyRequest("a", a.prompt + a.out + toks(50, 30), max_new=1, last=False, resumed=True)
+    s.add(a2, 1.0)
+    for t in (1.0, 2.0):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"a"} and s.num_demotions == 1
 
 
 def test_workflow_admits_a_too_large_session_when_none_is_admitted():

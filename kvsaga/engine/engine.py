@@ -27,6 +27,7 @@ from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
 from kvsaga.policy import EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
+from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -60,6 +61,8 @@ class LLMEngine:
     progress: progress bar while loading weights.
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
+    scheduler / scheduler_params: the core scheduler (`kvsaga.scheduler`: "workflow",
+        the default, or "fcfs") and its parameters; ValueError for bad ones.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
@@ -81,6 +84,8 @@ class LLMEngine:
         clock=time.monotonic,
         host_memory_bytes: int = 0,
         transfer_delay=None,
+        scheduler: str = DEFAULT_SCHEDULER,
+        scheduler_params: dict | None = None,
     ) -> None:
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
@@ -126,7 +131,8 @@ class LLMEngine:
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
         self._transfer = None  # the last plan submitted that no forward has waited on yet
         self.runner = ModelRunner(self.model, self.storage.kv, self.manager)
-        self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens)
+        self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
+                                   name=scheduler, **(scheduler_params or {}))
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
@@ -194,6 +200,8 @@ class LLMEngine:
             tool,
             expected_s,
             last_step,
+            tenant=salt,
+            resumed=known is not None,
         )
         req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt)
         req.generator = params.make_generator(self.device)
@@ -344,14 +352,15 @@ class LLMEngine:
         req.finish_reason = reason
         was_running = req.status is RequestStatus.RUNNING
         req.status = RequestStatus.FINISHED
-        self.scheduler.remove(req)
         self.requests.pop(req.request_id, None)
         mgr = self.manager
-        if req.owns_session or req.last_step:
+        ended = req.owns_session or req.last_step
+        if ended:
             if req.session_id in mgr.sessions:
                 mgr.end_session(req.session_id)
         elif was_running:
             mgr.finish_step(req.session_id, tool=req.pause_tool, expected_s=req.pause_expected_s)
+        self.scheduler.remove(req, self.clock(), ended=ended)
 
     def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:
         want_lp = req.params.num_top_logprobs is not None

@@ -19,6 +19,8 @@ class RequestStatus(enum.Enum):
 class Request:
     """A request's state. The KV context lives in the manager under `session_id`.
 
+    It is the `kvsaga.scheduler.StepRequest` the core scheduler sees.
+
     Attributes:
         prompt_ids: the prompt as submitted.
         output_ids: tokens generated so far; the last one has no K/V yet.
@@ -39,6 +41,8 @@ class Request:
     pause_tool: str | None = None
     pause_expected_s: float | None = None
     last_step: bool = False
+    tenant: str | None = None  # for Agent Fair Share (the server's API key / cache salt)
+    resumed: bool = False  # a later step of a session the engine already served
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -60,6 +64,19 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    # -- `kvsaga.scheduler.StepRequest` ------------------------------------------------------
+    @property
+    def token_ids(self) -> list[int]:
+        return self.all_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_num_tokens(self) -> int:
+        return len(self.prompt_ids) + self.params.max_tokens
 
 
 @dataclass

@@ -1,20 +1,18 @@
-"""Scheduler: continuous batching with chunked prefill, over the KV cache manager.
+"""The engine's side of `kvsaga.scheduler`: it executes the core scheduler's decisions.
 
-Each step it fills a token budget: running requests first (one decode token each, or the
-next chunk of an unfinished prefill), then waiting requests in arrival order (prefix hits
-skip their cached tokens). When blocks run out it preempts the youngest running request:
-its references go back to the manager (full blocks stay cached, so the retry hits them) and
-it returns to the front of the queue.
+The core scheduler (the same object the simulator drives) decides admission, preemption and
+the chunked-prefill budget; this adapter carries its decisions out on the manager
+(`begin_step`, `allocate_slots`, `preempt`) and turns a batch into `ScheduledChunk`s with
+their KV slots for the model runner.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from kvsaga.engine.request import Request, RequestStatus
-from kvsaga.errors import OutOfBlocks
-from kvsaga.manager import KVCacheManager
+from kvsaga.manager import KVCacheManager, StepStart
+from kvsaga.scheduler import DEFAULT_SCHEDULER, make_scheduler
 
 
 @dataclass(slots=True)
@@ -33,94 +31,84 @@ class ScheduledChunk:
 
 
 class Scheduler:
-    """Args:
-    manager: the KV cache manager (owns every block decision).
-    max_num_seqs: most requests in one batch.
-    max_num_batched_tokens: token budget of one forward pass (chunked prefill).
+    """The engine's executor of a core scheduler.
+
+    Args:
+        manager: the KV cache manager (owns every block decision).
+        max_num_seqs: most requests in one batch.
+        max_num_batched_tokens: token budget of one forward pass (chunked prefill).
+        name: the core scheduler (`kvsaga.scheduler.SCHEDULERS`).
+        params: its parameters.
+    Raises:
+        ValueError: an unknown scheduler or parameter, or a bad value.
     """
 
-    def __init__(
-        self, manager: KVCacheManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 1024
-    ) -> None:
-        if max_num_seqs < 1 or max_num_batched_tokens < 1:
-            raise ValueError(
-                f"max_num_seqs ({max_num_seqs}) and max_num_batched_tokens "
-                f"({max_num_batched_tokens}) must be >= 1"
-            )
+    def __init__(self, manager: KVCacheManager, max_num_seqs: int = 64,
+                 max_num_batched_tokens: int = 1024, *, name: str = DEFAULT_SCHEDULER,
+                 **params) -> None:
         self.manager = manager
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []  # oldest first: the youngest is preempted first
-        self.num_preemptions = 0
+        self.core = make_scheduler(name, manager, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=max_num_batched_tokens, **params)
+        self._chunks: dict[int, ScheduledChunk] = {}  # this step's allocations, by request
 
-    def add(self, request: Request) -> None:
-        self.waiting.append(request)
+    @property
+    def name(self) -> str:
+        return self.core.name
 
-    def remove(self, request: Request) -> None:
-        """Take a request out of the queues (it has finished or been aborted)."""
-        if request in self.running:
-            self.running.remove(request)
-        elif request in self.waiting:
-            self.waiting.remove(request)
+    @property
+    def max_num_seqs(self) -> int:
+        return self.core.max_num_seqs
+
+    @property
+    def waiting(self) -> list[Request]:
+        return self.core.waiting
+
+    @property
+    def running(self) -> list[Request]:
+        return self.core.running
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.core.num_preemptions
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return self.core.has_work
+
+    def add(self, request: Request) -> None:
+        self.core.add(request, request.arrival)
+
+    def remove(self, request: Request, now: float, *, ended: bool = False) -> None:
+        """The request finished or was aborted (after the manager's finish_step or
+        end_session; `ended`: its session is over)."""
+        self.core.finish(request, now, ended=ended)
 
     def schedule(self, now: float) -> list[ScheduledChunk]:
-        budget = self.max_num_batched_tokens
-        chunks: list[ScheduledChunk] = []
-        mgr = self.manager
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            start = mgr.num_computed_tokens(req.session_id)
-            n = min(len(req.all_token_ids) - start, budget)
-            slots = self._allocate(req, n, now, chunks)
-            if slots is None:  # the request itself was preempted
-                continue
-            chunks.append(ScheduledChunk(req, start, n, slots))
-            budget -= n
-            i += 1
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            req = self.waiting[0]
-            st = mgr.begin_step(
-                req.session_id, req.all_token_ids, now=now, salt=req.salt, workflow=req.workflow
-            )
-            n = min(st.num_prompt_tokens - st.num_cached_tokens, budget)
-            try:
-                slots = mgr.allocate_slots(req.session_id, n, now=now)
-            except OutOfBlocks:
-                mgr.preempt(req.session_id, now=now)  # gives back its hits; wait for room
-                break
-            self.waiting.popleft()
-            if req.num_cached_tokens is None:
-                req.num_cached_tokens = st.num_cached_tokens
-            req.status = RequestStatus.RUNNING
-            self.running.append(req)
-            chunks.append(ScheduledChunk(req, st.num_cached_tokens, n, slots))
-            budget -= n
-        return chunks
+        """One batch: the core decides, this adapter executes; chunks in batch order."""
+        out = self.core.schedule(now, self)
+        chunks = self._chunks
+        self._chunks = {}
+        return [chunks[id(req)] for req, _ in out.scheduled]
 
-    def _allocate(
-        self, req: Request, n: int, now: float, chunks: list[ScheduledChunk]
-    ) -> list[int] | None:
-        """Slots for a running request, preempting the youngest until they fit."""
-        mgr = self.manager
-        while True:
-            try:
-                return mgr.allocate_slots(req.session_id, n, now=now)
-            except OutOfBlocks:
-                victim = self.running[-1]
-                self._preempt(victim, now)
-                if victim is req:
-                    return None
+    # -- the core scheduler's executor ---------------------------------------------------
+    def num_new_tokens(self, req: Request) -> int:
+        return len(req.all_token_ids) - self.manager.num_computed_tokens(req.session_id)
 
-    def _preempt(self, req: Request, now: float) -> None:
+    def begin(self, req: Request, now: float) -> StepStart:
+        st = self.manager.begin_step(req.session_id, req.all_token_ids, now=now, salt=req.salt,
+                                     workflow=req.workflow)
+        if req.num_cached_tokens is None:
+            req.num_cached_tokens = st.num_cached_tokens
+        req.status = RequestStatus.RUNNING
+        return st
+
+    def allocate(self, req: Request, num_tokens: int, now: float) -> None:
+        start = self.manager.num_computed_tokens(req.session_id)
+        slots = self.manager.allocate_slots(req.session_id, num_tokens, now=now)
+        self._chunks[id(req)] = ScheduledChunk(req, start, num_tokens, slots)
+
+    def preempt(self, req: Request, now: float) -> None:
         self.manager.preempt(req.session_id, now=now)
-        self.running.remove(req)
+        self._chunks.pop(id(req), None)
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
-        self.num_preemptions += 1
-        self.waiting.appendleft(req)

@@ -137,10 +137,13 @@ class Simulator:
         config: capacity, preset, policy and scheduler limits.
         policy: an already built policy instance, used instead of `config.policy` (for
             policies that need the trace, such as an offline oracle).
+        synthesizer: makes the sessions' token ids (default: `TokenSynthesizer()`; give one
+            with a model's vocabulary to replay the same ids through an engine).
     """
 
     def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
-                 policy: EvictionPolicy | None = None) -> None:
+                 policy: EvictionPolicy | None = None,
+                 synthesizer: TokenSynthesizer | None = None) -> None:
         self.config = config or SimConfig()
         self.cost = self.config.cost
         self.sessions = list(sessions)
@@ -156,7 +159,7 @@ class Simulator:
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
                     f"{num_blocks} blocks of KV capacity")
-        self.synth = TokenSynthesizer()
+        self.synth = synthesizer or TokenSynthesizer()
         self.block_size = spec.block_size
         # The future, for offline policies: built here for those made by name; a policy
         # given built may carry its own TraceOracle, which the replay then drives too.

@@ -65,10 +65,17 @@ def test_prefix_cache_hit_gives_cold_tokens(model_dir, alone):
 def test_preemption_under_a_tiny_pool_gives_same_tokens(model_dir, alone):
     llm = make_llm(model_dir, kv_memory_bytes=None)
     spec = llm.engine.spec
-    # Room for 7 blocks: the first four prompts fill it, and decoding must preempt.
-    llm = make_llm(model_dir, kv_memory_bytes=7 * spec.bytes_per_block)
+    # Room for 7 blocks: fcfs admits the first four prompts, and decoding must preempt.
+    llm = make_llm(model_dir, kv_memory_bytes=7 * spec.bytes_per_block, scheduler="fcfs")
     outs = llm.generate(PROMPTS, GREEDY)
     assert llm.engine.scheduler.num_preemptions > 0
+    assert [o.token_ids for o in outs] == alone
+    llm.engine.manager.check_integrity()
+    # The workflow scheduler reserves decode room instead: no preemption, same tokens.
+    llm = make_llm(model_dir, kv_memory_bytes=7 * spec.bytes_per_block)
+    outs = llm.generate(PROMPTS, GREEDY)
+    assert llm.engine.scheduler.name == "workflow"
+    assert llm.engine.scheduler.num_preemptions == 0
     assert [o.token_ids for o in outs] == alone
     llm.engine.manager.check_integrity()
 
