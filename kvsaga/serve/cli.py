@@ -30,6 +30,7 @@ def _bytes(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from kvsaga.policy import POLICIES
     from kvsaga.routing import ROUTERS
+    from kvsaga.scheduler import SCHEDULERS
 
     d = ServerSettings()
     p = argparse.ArgumentParser(
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Offline policies (Belady, oracles) read the future from a trace: not servable.
     online = sorted(n for n in POLICIES if n != "belady" and not n.startswith("oracle"))
     a("--policy", default=d.policy, choices=online, help="KV eviction policy")
+    a("--scheduler", default=d.scheduler, choices=sorted(SCHEDULERS),
+      help="which requests run when: workflow (whole agent sessions admitted while their "
+      "working sets fit) or fcfs (vLLM's request-level rule)")
     a("--kv-memory", type=_bytes, default=None,
       help="KV cache budget, e.g. 2G or 512M (default: 512M on CPU, 90%% of free GPU memory)")
     a("--host-memory", type=_bytes, default=None,
@@ -99,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         host=args.host,
         port=args.port,
         policy=args.policy,
+        scheduler=args.scheduler,
         kv_memory_bytes=args.kv_memory,
         host_memory_bytes=args.host_memory,
         block_size=args.block_size,
@@ -131,6 +136,7 @@ def engine_factory(s: ServerSettings):
             kv_memory_bytes=s.kv_memory_bytes,
             block_size=s.block_size,
             policy=s.policy,
+            scheduler=s.scheduler,
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens,
             max_model_len=s.max_model_len,
@@ -198,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = build_app(engine_factory(settings), settings)
     auth = "API key required" if settings.api_keys else "no auth"
-    log.info("%s at %s (policy %s, %s; /health says ok once loaded)",
-             model_name_for(settings), settings.url, settings.policy, auth)
+    log.info("%s at %s (policy %s, scheduler %s, %s; /health says ok once loaded)",
+             model_name_for(settings), settings.url, settings.policy, settings.scheduler, auth)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level=args.log_level))
     failed: list[BaseException] = []

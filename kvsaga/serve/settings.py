@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -24,6 +26,9 @@ class ServerSettings:
     """TCP port."""
     policy: str = "lru"
     """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES)."""
+    scheduler: str = DEFAULT_SCHEDULER
+    """Which requests run when (one of kvsaga.scheduler.SCHEDULERS): "workflow" admits whole
+    agent sessions while their working sets fit, "fcfs" is vLLM's request-level rule."""
     kv_memory_bytes: int | None = None
     """KV cache budget on the device (default: 512M on CPU, 90% of free memory on CUDA)."""
     host_memory_bytes: int | None = None
@@ -73,6 +78,9 @@ class ServerSettings:
             f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known"
         )
         assert all(k for k in self.api_keys), "api keys must be non-empty"
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of "
+                             f"{sorted(SCHEDULERS)}")
         assert self.log_stats_interval_s >= 0, (
             f"log_stats_interval_s {self.log_stats_interval_s} must be >= 0"
         )

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvsaga.serve.cli import engine_factory
+import pytest
+
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
+from kvsaga.serve.app import build_app
+from kvsaga.serve.cli import build_parser, engine_factory, main, settings_from_args
 from kvsaga.serve.settings import ServerSettings
+
+from .conftest import MODEL, LiveServer
 
 
 def test_policies_price_evictions_for_the_served_model(tiny_dir: Path):
@@ -14,3 +20,39 @@ def test_policies_price_evictions_for_the_served_model(tiny_dir: Path):
     engine = engine_factory(settings)()
     assert engine.manager.policy.cost is engine.cost
     assert engine.cost.block_bytes == engine.spec.bytes_per_block
+
+
+def test_scheduler_flag_reaches_settings_and_defaults_to_the_cores():
+    assert settings_from_args(build_parser().parse_args([])).scheduler == DEFAULT_SCHEDULER
+    for name in SCHEDULERS:
+        args = build_parser().parse_args(["--scheduler", name])
+        assert settings_from_args(args).scheduler == name
+
+
+def test_an_unknown_scheduler_is_rejected_before_the_model_loads(capsys, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load for a bad scheduler name")
+
+    monkeypatch.setattr("kvsaga.engine.engine.load_model", no_load)
+    with pytest.raises(SystemExit) as e:
+        main(["--scheduler", "round-robin", "--model", "/nonexistent/model"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scheduler" in err and "'round-robin'" in err and "workflow" in err
+    with pytest.raises(ValueError, match="unknown scheduler 'round-robin'; choose one of"):
+        ServerSettings(scheduler="round-robin")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_the_server_runs_the_named_scheduler(tiny_dir: Path, name: str):
+    settings = ServerSettings(model=str(tiny_dir), device="cpu", scheduler=name,
+                              kv_memory_bytes=4 * 2**20, served_model_name=MODEL)
+    with LiveServer(build_app(engine_factory(settings), settings)) as srv:
+        assert srv.app.state.engine.wait_ready(60), "the model did not load"
+        c = srv.client()
+        for _ in range(2):  # a session's two steps
+            out = c.completions.create(model=MODEL, prompt="agent step", max_tokens=4,
+                                       temperature=0, extra_body={"session_id": "s"})
+        assert out.choices[0].finish_reason in ("length", "stop")
+        assert srv.call(lambda e: e.scheduler.name) == name
+        srv.wait_idle()
