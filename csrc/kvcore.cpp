@@ -481,16 +481,6 @@ class Hasher {
   }
   const int64_t block_size;
 
-  nb::bytes hash_block(nb::handle parent, nb::handle block_tokens) {
-    if (PySequence_Size(block_tokens.ptr()) != block_size)
-      throw nb::value_error("block_tokens must hold block_size token ids");
-    std::memcpy(buf_.data(), digest_of(parent.ptr()), 32);
-    read_tokens(block_tokens.ptr(), 0, block_size, buf_.data() + 32);
-    uint8_t out[32];
-    Sha256::digest(buf_.data(), buf_.size(), out);
-    return nb::bytes(reinterpret_cast<const char*>(out), 32);
-  }
-
   // Appends to `hashes` the hash of every full block of `token_ids` not yet hashed.
   void extend(nb::handle hashes, nb::handle root, nb::handle token_ids) {
     PyObject* hl = hashes.ptr();
@@ -1082,7 +1072,6 @@ NB_MODULE(_kvcore, m) {
   nb::class_<Hasher>(m, "BlockHasher")
       .def(nb::init<int64_t>(), "block_size"_a)
       .def_ro("block_size", &Hasher::block_size)
-      .def("hash_block", &Hasher::hash_block, "parent"_a, "block_tokens"_a)
       .def("extend", &Hasher::extend, "hashes"_a, "root"_a, "token_ids"_a);
 
   nb::class_<Index>(m, "PrefixIndex")

@@ -305,7 +305,7 @@ class KVCacheManager:
         bs = self.block_size
         s = self.sessions.get(session_id)
         if s is None:
-            s = Session(session_id, workflow, root_hash(salt), now)
+            s = Session(session_id, workflow, root_hash(salt))
             keep = 0
         else:
             if s.state is SessionState.RUNNING:
@@ -349,7 +349,6 @@ class KVCacheManager:
         s.num_computed = num_cached
         s.state = SessionState.RUNNING
         s.num_steps += 1
-        s.last_active = now
         s.paused_at = None
         s.hint = None
         self.sessions[session_id] = s
@@ -658,7 +657,6 @@ class KVCacheManager:
             return
         s.state = SessionState.PAUSED
         s.paused_at = now
-        s.last_active = now
         s.hint = hint
         self.policy.step_finished(s, now, hint)
         self._release_table(s, keep_tail=True)

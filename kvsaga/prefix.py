@@ -6,16 +6,14 @@ SHA-256("kvsaga" + salt): tenants with different salts can never reach each othe
 blocks. Only full blocks are hashed; a partial block is never shared.
 
 Why SHA-256: a shared server must not let a crafted prompt collide with another tenant's
-prefix, so 64-bit hashes (birthday bound 2^32) are out. With the tokens packed by one
-precompiled `struct.Struct` call, SHA-256 (hardware-accelerated on x86 and Arm) costs about
-the same as BLAKE2b-128 and half of SHA-256 over a pickle: ~0.7 us per 16-token block on
-the 2-core CI machine (`python bench/allocator.py`).
+prefix, so 64-bit hashes (birthday bound 2^32) are out. SHA-256 is hardware-accelerated on
+x86 and Arm, and the new tokens of a sequence are packed to bytes in one `array` call, so
+hashing stays a small share of a step (`python bench/allocator.py` times it per block).
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 from array import array
 from collections.abc import Sequence
 
@@ -34,14 +32,10 @@ def root_hash(salt: str | bytes | None) -> bytes:
 class BlockHasher:
     """Hashes the full blocks of token sequences of one block size."""
 
-    __slots__ = ("block_size", "_pack")
+    __slots__ = ("block_size",)
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self._pack = struct.Struct(f"=32s{block_size}I").pack
-
-    def hash_block(self, parent: bytes, block_tokens: Sequence[int]) -> bytes:
-        return _sha256(self._pack(parent, *block_tokens)).digest()
 
     def extend(self, hashes: list[bytes], root: bytes, token_ids: Sequence[int]) -> None:
         """Append to `hashes` the hashes of every full block of `token_ids` not yet hashed.

@@ -57,14 +57,12 @@ class Session:
     session_id: str
     workflow: str
     root: bytes
-    created_at: float
     token_ids: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     state: SessionState = SessionState.PAUSED
     num_steps: int = 0
-    last_active: float = 0.0
     paused_at: float | None = None
     hint: PauseHint | None = None
     tail: tuple[int, int, int] | None = None

@@ -1,7 +1,8 @@
-"""The device layer: tier tensors and the index tensors that kernels read.
+"""The device layer: the tier tensors that hold the KV.
 
 The only module of the core that imports torch. The bookkeeping above it hands out plain
-ints (block ids, slots); this turns them into tensors on the tier's device.
+ints (block ids, slots); the engine turns them into index tensors
+(kvsaga/engine/attn_metadata.py) that address these tiers.
 
 Layout (block-major): `kv[num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim]`.
 One block is one contiguous chunk holding `block_size` tokens of every layer, so moving a
@@ -11,8 +12,6 @@ take with their strides.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -82,20 +81,3 @@ class KVStorage:
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V views of one layer: each [num_blocks, block_size, num_kv_heads, head_dim]."""
         return self.kv[:, layer, 0], self.kv[:, layer, 1]
-
-
-def slot_mapping_tensor(slots: Sequence[int], device: torch.device | str) -> torch.Tensor:
-    """int64 [num_tokens] slot ids (-1 marks padding that kernels skip)."""
-    return torch.tensor(slots, dtype=torch.int64, device=device)
-
-
-def block_table_tensor(
-    tables: Sequence[Sequence[int]], device: torch.device | str, pad: int = 0
-) -> torch.Tensor:
-    """int32 [batch, max_blocks]: each row a sequence's block ids, padded with `pad`.
-
-    Kernels never read past a sequence's length, so the padding value is never used.
-    """
-    width = max((len(t) for t in tables), default=0)
-    rows = [list(t) + [pad] * (width - len(t)) for t in tables]
-    return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(tables), width)

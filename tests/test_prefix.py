@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from kvsaga import KVCacheManager, KVSpec
 from kvsaga.prefix import root_hash
 
 
@@ -22,14 +23,32 @@ def reference_chain(root: bytes, tokens: list[int], bs: int) -> list[bytes]:
 def test_hash_chain_depends_on_parent_salt_and_tokens(core):
     h = core.BlockHasher(4)
     r = root_hash(None)
-    a = h.hash_block(r, [1, 2, 3, 4])
-    assert a == h.hash_block(r, [1, 2, 3, 4])
-    assert a != h.hash_block(r, [1, 2, 3, 5])
-    assert a != h.hash_block(root_hash("tenant-b"), [1, 2, 3, 4])
+
+    def chain(root, tokens):
+        out: list[bytes] = []
+        h.extend(out, root, tokens)
+        return out
+
+    (a,) = chain(r, [1, 2, 3, 4])
+    assert chain(r, [1, 2, 3, 4]) == [a]
+    assert chain(r, [1, 2, 3, 5]) != [a]
+    assert chain(root_hash("tenant-b"), [1, 2, 3, 4]) != [a]
     # Same block tokens after different prefixes hash differently.
-    x = h.hash_block(h.hash_block(r, [9, 9, 9, 9]), [1, 2, 3, 4])
-    assert x != a
+    assert chain(r, [9, 9, 9, 9, 1, 2, 3, 4])[1] != a
     assert len(a) == 32
+
+
+def test_manager_sessions_hash_the_reference_chain_per_tenant(core):
+    """The production path: a manager's session hashes are the reference chain from its
+    tenant's root, so two tenants with the same prompt hold disjoint hashes."""
+    bs = 4
+    m = KVCacheManager(KVSpec(2, 2, 8, block_size=bs), 16, clock=lambda: 0.0, core=core.name)
+    toks = [7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    for sid, salt in (("a", None), ("b", "tenant-a"), ("c", "tenant-b")):
+        m.begin_step(sid, toks, salt=salt)
+        assert m.sessions[sid].block_hashes == reference_chain(root_hash(salt), toks, bs)
+    hashes = [set(m.sessions[sid].block_hashes) for sid in "abc"]
+    assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2])
 
 
 def test_extend_hashes_only_full_blocks_incrementally(core):

@@ -177,11 +177,6 @@ class LlamaForCausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.device
 
-    def kv_cache_shape(self, num_blocks: int, block_size: int) -> tuple[int, ...]:
-        """Shape of a tier tensor for this model: block-major, see DESIGN.md."""
-        c = self.config
-        return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, c.head_dim)
-
     @torch.inference_mode()
     def hidden_states(
         self,

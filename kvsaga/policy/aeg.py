@@ -94,7 +94,6 @@ class WorkflowGraph:
     pause: LogNormalFit  # every pause of the workflow
     nodes: dict[str, Node] = field(default_factory=dict)
     arrivals: IntervalEma = field(default_factory=IntervalEma)  # new sessions
-    steps_arrivals: IntervalEma = field(default_factory=IntervalEma)  # any step begins
     num_sessions: int = 0  # finished sessions
     num_steps: int = 0  # their steps
 
@@ -184,13 +183,11 @@ class ExecutionGraph:
             t = self._tracks[session_id] = _Track(workflow, now)
             g = self.workflow(workflow)
             g.arrivals.observe(now)
-            g.steps_arrivals.observe(now)
             return None
         if t.running:  # retried after a preemption: the same step
             return None
         gap = max(now - (t.paused_at if t.paused_at is not None else now), 0.0)
         g = self.workflow(t.workflow)
-        g.steps_arrivals.observe(now)
         node = self.node(t.workflow, t.kind)
         node.resumed += 1
         node.pause.add(gap)
@@ -337,16 +334,6 @@ class ExecutionGraph:
         """Mean seconds between new sessions of `workflow` (None before two arrived)."""
         g = self.workflows.get(workflow)
         return g.arrivals.mean if g is not None else None
-
-    def step_interval(self, workflow: str) -> float | None:
-        """Mean seconds between step starts (new or resumed) of `workflow`."""
-        g = self.workflows.get(workflow)
-        return g.steps_arrivals.mean if g is not None else None
-
-    def kind_of(self, session_id: str) -> str | None:
-        """The pause kind a tracked session waits on (None when running or unknown)."""
-        t = self._tracks.get(session_id)
-        return None if t is None or t.running else t.kind
 
 
 class FeedsExecutionGraph:

@@ -19,6 +19,20 @@ BLOCK_SIZE = 16
 # -- driving our model -----------------------------------------------------------------------
 
 
+def kv_cache(model: LlamaForCausalLM, num_blocks: int, block_size: int) -> torch.Tensor:
+    """A zeroed tier tensor for `model`, block-major like kvsaga.storage.KVStorage's."""
+    c = model.config
+    shape = (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, c.head_dim)
+    return torch.zeros(shape, dtype=model.dtype)
+
+
+def forward_all(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
+    """Logits at every position of one sequence (up to 128 tokens) prefilled in one pass."""
+    meta = AttentionMetadata.build([list(range(8))], [len(ids)], [len(ids)], 16)
+    meta.logits_indices = None
+    return model(torch.tensor(ids), meta.positions(), kv_cache(model, 8, 16), meta)
+
+
 def run_greedy(
     model: LlamaForCausalLM,
     prompts: Sequence[Sequence[int]],
@@ -39,7 +53,7 @@ def run_greedy(
     total = max(len(p) for p in prompts) + max_new_tokens
     per_seq = -(-total // block_size)
     num_blocks = per_seq * len(prompts)
-    kv = torch.zeros(model.kv_cache_shape(num_blocks, block_size), dtype=model.dtype)
+    kv = kv_cache(model, num_blocks, block_size)
     tables = [list(reversed(range(i * per_seq, (i + 1) * per_seq))) for i in range(len(prompts))]
     seqs = [list(p) for p in prompts]
     done = [0] * len(prompts)  # tokens already in the cache

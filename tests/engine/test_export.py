@@ -8,14 +8,13 @@ import json
 import pytest
 import torch
 
-from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.export import export_hf
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.model_config import ModelLoadError
 from kvsaga.engine.tokenizer import Tokenizer
 from kvsaga.engine.weights import open_checkpoint
 
-from .helpers import write_llama_gguf
+from .helpers import forward_all, write_llama_gguf
 
 IDS = list(range(3, 40, 2))
 
@@ -24,10 +23,7 @@ def _logits(path) -> torch.Tensor:
     ckpt = open_checkpoint(path)
     model = LlamaForCausalLM(ckpt.config)
     model.load_weights(ckpt.weights(progress=False))
-    meta = AttentionMetadata.build([list(range(8))], [len(IDS)], [len(IDS)], 16)
-    meta.logits_indices = None
-    kv = torch.zeros(model.kv_cache_shape(8, 16), dtype=model.dtype)
-    return model(torch.tensor(IDS), meta.positions(), kv, meta)
+    return forward_all(model, IDS)
 
 
 @pytest.mark.parametrize("variant", ["llama_gqa4_untied", "llama_mqa_llama3_rope"])

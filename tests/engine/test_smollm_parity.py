@@ -13,7 +13,7 @@ import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 
-from .helpers import BLOCK_SIZE, run_greedy
+from .helpers import BLOCK_SIZE, kv_cache, run_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_last_logits_match_hf(smollm, hf_smollm, prompts):
     tables = [list(range(i * per_seq, (i + 1) * per_seq))[::-1] for i in range(len(prompts))]
     lens = [len(p) for p in prompts]
     meta = AttentionMetadata.build(tables, lens, lens, BLOCK_SIZE)
-    kv = torch.zeros(model.kv_cache_shape(per_seq * len(prompts), BLOCK_SIZE))
+    kv = kv_cache(model, per_seq * len(prompts), BLOCK_SIZE)
     flat = torch.tensor([t for p in prompts for t in p])
     ours = model(flat, meta.positions(), kv, meta)  # [B, V]
     worst = 0.0

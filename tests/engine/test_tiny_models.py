@@ -3,15 +3,13 @@ directory, against transformers' own model on the same directory, fp32 on CPU.""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.loader import load_model
 
-from .helpers import TINY_VARIANTS, TINY_VOCAB, run_greedy
+from .helpers import TINY_VARIANTS, TINY_VOCAB, kv_cache, run_greedy
 
 # Logits of these models are O(10); fp32 rounding differences stay near 1e-5.
 ATOL = 2e-4
@@ -45,7 +43,7 @@ def test_prefill_logits_match_hf(variant, tiny_model_dir):
     lens = [len(p) for p in prompts]
     meta = AttentionMetadata.build(tables, lens, lens, block_size, logits_indices=None)
     meta.logits_indices = None  # every row
-    kv = torch.zeros(ours.model.kv_cache_shape(per_seq * len(prompts), block_size))
+    kv = kv_cache(ours.model, per_seq * len(prompts), block_size)
     flat = torch.tensor([t for p in prompts for t in p])
     logits = ours.model(flat, meta.positions(), kv, meta)  # [T, V]
     start = 0
@@ -96,8 +94,6 @@ def test_hf_dir_tokenizer_roundtrip(tiny_model_dir):
 
 def test_triton_kernels_under_interpreter(tiny_model_dir, monkeypatch):
     """The same tiny model with KVSAGA_KERNELS=triton: Triton's interpreter on CPU."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
     d = tiny_model_dir("llama_gqa4_untied")
     ours = load_model(d, dtype=torch.float32, device="cpu", progress=False)
     prompts = _prompts(3, [6, 13])

@@ -12,20 +12,12 @@ import pytest
 import torch
 
 from kvsaga.engine import loader
-from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.loader import INSTALL_DEFAULT_MODEL, default_model_path, load_model
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.weights import open_checkpoint
 
-from .helpers import write_llama_gguf
-
-
-def _forward_all(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
-    meta = AttentionMetadata.build([list(range(8))], [len(ids)], [len(ids)], 16)
-    meta.logits_indices = None
-    kv = torch.zeros(model.kv_cache_shape(8, 16), dtype=model.dtype)
-    return model(torch.tensor(ids), meta.positions(), kv, meta)
+from .helpers import forward_all, write_llama_gguf
 
 
 def _load(path) -> LlamaForCausalLM:
@@ -52,7 +44,7 @@ def test_sharded_safetensors_with_index(tiny_model_dir, tmp_path):
     hf.save_pretrained(sharded, max_shard_size="60KB")
     assert (sharded / "model.safetensors.index.json").is_file()
     assert len(list(sharded.glob("*.safetensors"))) > 2
-    torch.testing.assert_close(_forward_all(_load(sharded), IDS), _forward_all(_load(src), IDS))
+    torch.testing.assert_close(forward_all(_load(sharded), IDS), forward_all(_load(src), IDS))
 
 
 @pytest.mark.parametrize("variant", ["llama_gqa4_untied", "llama_mqa_llama3_rope"])
@@ -70,7 +62,7 @@ def test_gguf_f32_matches_hf_directory(tiny_model_dir, tmp_path, variant):
         hf_cfg.head_dim,
     )
     torch.testing.assert_close(
-        _forward_all(_load(gguf_path), IDS), _forward_all(_load(src), IDS), atol=1e-4, rtol=0
+        forward_all(_load(gguf_path), IDS), forward_all(_load(src), IDS), atol=1e-4, rtol=0
     )
 
 

@@ -60,7 +60,7 @@ def test_ledger_is_a_block_view_and_drives_the_policy():
     policy = make_policy("ttl")
     ledger = BlockLedger(policy, 8, 16)
     assert isinstance(ledger, BlockView)
-    s_soon, s_late = new_session("soon", "w", 0.0), new_session("late", "w", 0.0)
+    s_soon, s_late = new_session("soon", "w"), new_session("late", "w")
     for s in (s_soon, s_late):
         policy.step_started(s, 0.0)
     for pos, b in enumerate((0, 1, 2)):

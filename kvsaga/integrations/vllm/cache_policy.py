@@ -24,7 +24,7 @@ from vllm.logger import init_logger
 from vllm.v1.kv_offload.base import OffloadKey, ReqContext
 from vllm.v1.kv_offload.cpu.policies.base import CachePolicy, ChunkStatus, order_request_keys
 
-from kvsaga.integrations.vllm.hints import StepInfo, new_session, step_info
+from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.policy import make_policy
 from kvsaga.session import Session
@@ -85,7 +85,7 @@ class KVSagaCachePolicy(CachePolicy):
         if info is not None and info.session_id not in self._running:
             now = time.monotonic()
             self._running.add(info.session_id)
-            self.policy.step_started(self._session(info, now), now)
+            self.policy.step_started(session_for(self._sessions, info), now)
 
     def on_request_finished(
         self,
@@ -105,7 +105,7 @@ class KVSagaCachePolicy(CachePolicy):
         if info is None or sid is None:
             return
         now = time.monotonic()
-        session = self._session(info, now)
+        session = session_for(self._sessions, info)
         if sid not in self._running:
             self.policy.step_started(session, now)
         self._running.discard(sid)
@@ -155,12 +155,6 @@ class KVSagaCachePolicy(CachePolicy):
         except ValueError as e:  # a malformed hint must not fail vLLM's request: plain cache
             logger.warning("kvsaga: ignoring request %s's hint: %s", req_context.req_id, e)
             return None
-
-    def _session(self, info: StepInfo, now: float) -> Session:
-        s = self._sessions.get(info.session_id)
-        if s is None:
-            s = self._sessions[info.session_id] = new_session(info.session_id, info.workflow, now)
-        return s
 
     def _track(self, key: OffloadKey) -> None:
         owner, pos = self._owner.get(key, (None, 0))

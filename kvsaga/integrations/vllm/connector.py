@@ -40,7 +40,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.logger import init_logger
 
-from kvsaga.integrations.vllm.hints import StepInfo, new_session, step_info
+from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.policy import make_policy
 from kvsaga.session import Session
@@ -133,12 +133,6 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self._steps[request.request_id] = info
         return info
 
-    def _session(self, info: StepInfo, now: float) -> Session:
-        s = self._sessions.get(info.session_id)
-        if s is None:
-            s = self._sessions[info.session_id] = new_session(info.session_id, info.workflow, now)
-        return s
-
     # -- scheduler hooks ------------------------------------------------------------------------
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
@@ -149,7 +143,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         info = self._step(request)
         now = time.monotonic()
         if info is not None and info.session_id in self.holds:
-            self.policy.resume_hinted(self._session(info, now), now)  # its blocks are needed now
+            # its blocks are needed now
+            self.policy.resume_hinted(session_for(self._sessions, info), now)
         # vLLM also takes its free-block watermark and the prefix hits that sit in the free
         # queue; a request probed again without being admitted asks for twice as much each
         # time, so retention can never keep a request waiting for good.
@@ -169,7 +164,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if info is None or self.pool is None:
             return
         now = time.monotonic()
-        session = self._session(info, now)
+        session = session_for(self._sessions, info)
         held = info.session_id in self.holds
         # The retained blocks among the step's own (GraphPolicy counts their reuse).
         session.block_ids = [b for b in blocks.get_block_ids()[0] if b in self._holders]
@@ -189,7 +184,7 @@ class KVSagaConnector(KVConnectorBase_V1):
             return False, None
         now = time.monotonic()
         sid = info.session_id
-        session = self._session(info, now)
+        session = session_for(self._sessions, info)
         if info.hint.last_step:
             self._release_session(sid)
             self.policy.session_ended(session, now)

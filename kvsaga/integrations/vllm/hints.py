@@ -6,7 +6,7 @@ Plain Python (no vLLM import), shared by the connector and the offload cache pol
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from kvsaga.errors import InvalidRequest
@@ -70,10 +70,14 @@ def step_info(
     return StepInfo(sid, workflow, hint)
 
 
-_SESSION_FIELDS = {f.name for f in fields(Session)}
-
-
-def new_session(session_id: str, workflow: str, now: float) -> Session:
+def new_session(session_id: str, workflow: str) -> Session:
     """A `Session` record for the policy hooks (the engine's blocks are not tracked in it)."""
-    extra = {"created_at": now} if "created_at" in _SESSION_FIELDS else {}
-    return Session(session_id=session_id, workflow=workflow, root=b"", **extra)
+    return Session(session_id=session_id, workflow=workflow, root=b"")
+
+
+def session_for(sessions: dict[str, Session], info: StepInfo) -> Session:
+    """The policy's record of `info`'s session in `sessions`, added on its first step."""
+    s = sessions.get(info.session_id)
+    if s is None:
+        s = sessions[info.session_id] = new_session(info.session_id, info.workflow)
+    return s
