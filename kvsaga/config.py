@@ -9,13 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kvsaga._validate import check_positive_int, is_int, is_number
+
 # Bytes per element of the KV dtypes the kernels support.
 DTYPE_SIZES: dict[str, int] = {"float16": 2, "bfloat16": 2, "float32": 4}
-
-
-def _check_positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +31,7 @@ class KVSpec:
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "block_size"):
-            _check_positive_int("KVSpec", name, getattr(self, name))
+            check_positive_int(f"KVSpec.{name}", getattr(self, name))
         if self.dtype not in DTYPE_SIZES:
             raise ValueError(
                 f"KVSpec.dtype must be one of {sorted(DTYPE_SIZES)}, got {self.dtype!r}"
@@ -110,13 +107,13 @@ class PoolConfig:
                 f"(got {self.kv_memory_bytes!r} and {self.kv_memory_fraction!r})"
             )
         if self.kv_memory_bytes is not None:
-            _check_positive_int("PoolConfig", "kv_memory_bytes", self.kv_memory_bytes)
+            check_positive_int("PoolConfig.kv_memory_bytes", self.kv_memory_bytes)
         if self.kv_memory_fraction is not None:
             u = self.kv_memory_fraction
-            if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
+            if not is_number(u) or not 0.0 < u <= 1.0:
                 raise ValueError(f"PoolConfig.kv_memory_fraction must be in (0, 1], got {u!r}")
         h = self.host_memory_bytes
-        if isinstance(h, bool) or not isinstance(h, int) or h < 0:
+        if not is_int(h) or h < 0:
             raise ValueError(f"PoolConfig.host_memory_bytes must be an int >= 0, got {h!r}")
 
     @property

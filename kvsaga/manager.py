@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvsaga._core import get_core
+from kvsaga._validate import check_positive_int, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
 from kvsaga.host_tier import HostTier, TransferPlan
@@ -142,16 +143,10 @@ def _check_token_ids(token_ids: object) -> list[int]:
         array("I", token_ids)  # one C pass: type and range of every id
     except (TypeError, OverflowError):
         for t in token_ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**32:
+            if not is_int(t) or not 0 <= t < 2**32:
                 raise InvalidRequest(f"token ids must be ints in [0, 2^32), got {t!r}") from None
         raise
     return list(token_ids)
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidRequest(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
@@ -196,11 +191,7 @@ class KVCacheManager:
         self.block_size = spec.block_size
         self.core = get_core(core)
         self.pool = self.core.BlockPool(num_gpu_blocks, "gpu")
-        if (
-            isinstance(num_host_blocks, bool)
-            or not isinstance(num_host_blocks, int)
-            or (num_host_blocks < 0)
-        ):
+        if not is_int(num_host_blocks) or num_host_blocks < 0:
             raise InvalidRequest(f"num_host_blocks must be an int >= 0, got {num_host_blocks!r}")
         self.num_host_blocks = num_host_blocks
         self.host = HostTier(num_host_blocks) if num_host_blocks else None
@@ -511,7 +502,7 @@ class KVCacheManager:
                 out = self._hot.allocate_slots(session_id, num_tokens)
             return out
         s = self._running(session_id)
-        _check_count("num_tokens", num_tokens)
+        check_positive_int("num_tokens", num_tokens, InvalidRequest)
         start = s.num_computed
         end = start + num_tokens
         if end > len(s.token_ids):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kvsaga._validate import check_positive_int
 from kvsaga.block_queue import BlockQueue
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 
@@ -56,8 +57,7 @@ class BlockPool:
     """
 
     def __init__(self, num_blocks: int, tier: str = "gpu") -> None:
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise InvalidRequest(f"num_blocks must be a positive int, got {num_blocks!r}")
+        check_positive_int("num_blocks", num_blocks, InvalidRequest)
         self.num_blocks = num_blocks
         self.tier = tier
         self.refcount = [0] * num_blocks

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kvsaga._validate import is_int
 from kvsaga.policy.cost import CostModel, PrefillCost
 
 
@@ -61,7 +62,7 @@ class ReplicaStats:
             "paused", "predicted_resumes",
         ):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not is_int(v) or v < 0:
                 raise ValueError(f"ReplicaStats.{name} must be an int >= 0, got {v!r}")
         if self.total_blocks == 0:
             raise ValueError("ReplicaStats.total_blocks must be > 0")

@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from kvsaga._validate import is_int, is_number
 from kvsaga.errors import OutOfBlocks
 from kvsaga.manager import KVCacheManager, StepLookup, StepStart
 
@@ -124,14 +125,14 @@ class SchedulerOutput:
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"scheduler parameter {name} must be an integer >= {minimum}, "
                          f"got {value!r}")
     return value
 
 
 def _check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = is_number(value) and not math.isnan(value)
     if not ok or value < minimum or (strict and value == minimum):
         op = ">" if strict else ">="
         raise ValueError(f"scheduler parameter {name} must be a number {op} {minimum:g}, "

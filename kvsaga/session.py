@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from kvsaga._validate import is_number
 from kvsaga.errors import InvalidRequest
 
 
@@ -24,9 +25,7 @@ class PauseHint:
 
     def __post_init__(self) -> None:
         if self.expected_s is not None and (
-            isinstance(self.expected_s, bool)
-            or not isinstance(self.expected_s, (int, float))
-            or not self.expected_s >= 0
+            not is_number(self.expected_s) or not self.expected_s >= 0
         ):
             raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
         if self.tool is not None and not isinstance(self.tool, str):

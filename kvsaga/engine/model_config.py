@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvsaga._validate import check_positive_int
 from kvsaga.errors import KVSagaError
 
 # HF `model_type` (or GGUF `general.architecture`) -> our architecture name.
@@ -161,9 +162,7 @@ class ModelConfig:
             "head_dim",
             "max_position_embeddings",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelLoadError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+            check_positive_int(f"ModelConfig.{name}", getattr(self, name), ModelLoadError)
         if self.num_heads % self.num_kv_heads:
             raise ModelLoadError(
                 f"num_heads ({self.num_heads}) must be a multiple of "

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kvsaga._validate import is_int, is_number
 from kvsaga.errors import InvalidRequest
 
 _EPS = 1e-10  # keeps the exponential noise away from zero
@@ -56,26 +57,26 @@ class SamplingParams:
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
 
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise bad("max_tokens", "must be an int >= 1")
-        if not _is_number(self.temperature) or not 0.0 <= self.temperature < float("inf"):
+        if not is_number(self.temperature) or not 0.0 <= self.temperature < float("inf"):
             raise bad("temperature", "must be a finite number >= 0")
-        if not _is_int(self.top_k) or self.top_k < -1:
+        if not is_int(self.top_k) or self.top_k < -1:
             raise bad("top_k", "must be an int >= 0 (or -1 for all)")
-        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+        if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be a number in (0, 1]")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise bad("seed", "must be an int or None")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if not all(isinstance(s, str) and s for s in stop):
             raise bad("stop", "must be non-empty strings")
         stop_token_ids = tuple(self.stop_token_ids or ())
-        if not all(_is_int(t) and t >= 0 for t in stop_token_ids):
+        if not all(is_int(t) and t >= 0 for t in stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative ints")
         lp = self.logprobs
-        if lp is not None and not isinstance(lp, bool) and (not _is_int(lp) or lp < 0):
+        if lp is not None and not isinstance(lp, bool) and (not is_int(lp) or lp < 0):
             raise bad("logprobs", "must be a bool, None or an int >= 0")
-        if not _is_int(self.n) or self.n < 1:
+        if not is_int(self.n) or self.n < 1:
             raise bad("n", "must be an int >= 1")
         self.stop, self.stop_token_ids = stop, stop_token_ids
         if self.top_k == -1:
@@ -204,12 +205,6 @@ class Sampler:
         return (probs / noise.clamp_min(_EPS)).argmax(dim=-1)
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from kvsaga._validate import check_positive_int, is_number
+
 
 @runtime_checkable
 class CostModel(Protocol):
@@ -63,13 +65,11 @@ class PrefillCost:
     def __post_init__(self) -> None:
         for name in ("s_per_token", "s_per_token_pair", "host_bandwidth", "transfer_latency_s"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+            if not is_number(v) or not v >= 0:
                 raise ValueError(f"PrefillCost.{name} must be a number >= 0, got {v!r}")
         if self.host_bandwidth == 0:
             raise ValueError("PrefillCost.host_bandwidth must be > 0")
-        v = self.block_bytes
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"PrefillCost.block_bytes must be a positive int, got {v!r}")
+        check_positive_int("PrefillCost.block_bytes", self.block_bytes)
 
     @classmethod
     def for_model(
@@ -99,7 +99,7 @@ class PrefillCost:
         for name, v in (("linear_params", linear_params),
                         ("attention_flops_per_pair", attention_flops_per_pair),
                         ("prefill_flops", prefill_flops)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            if not is_number(v) or not v > 0:
                 raise ValueError(f"PrefillCost.for_model: {name} must be a number > 0, got {v!r}")
         return cls(
             s_per_token=2 * linear_params / prefill_flops,

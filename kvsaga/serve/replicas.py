@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 
+from kvsaga._validate import is_int
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.serve")
@@ -55,7 +56,7 @@ def run_replicas(settings: ServerSettings, num_replicas: int, router: str = "kvs
     """
     from kvsaga.routing import ROUTERS
 
-    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+    if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"--replicas must be an int >= 1, got {num_replicas!r}")
     if router not in ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(ROUTERS)}")

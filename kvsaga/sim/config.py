@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvsaga._validate import is_int, is_number
 from kvsaga.manager import KVCacheManager
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 from kvsaga.sim.cost import PRESETS, StepCostModel
@@ -67,13 +68,11 @@ class SimConfig:
             raise ValueError(f"give num_host_blocks or host_memory_bytes, not both (got "
                              f"{self.num_host_blocks!r} and {self.host_memory_bytes!r})")
         if self.num_host_blocks is not None and (
-                isinstance(self.num_host_blocks, bool) or not isinstance(self.num_host_blocks, int)
-                or self.num_host_blocks < 0):
+                not is_int(self.num_host_blocks) or self.num_host_blocks < 0):
             raise ValueError(f"SimConfig.num_host_blocks must be an integer >= 0, got "
                              f"{self.num_host_blocks!r}")
         if self.host_memory_bytes is not None and not (
-                isinstance(self.host_memory_bytes, (int, float))
-                and not isinstance(self.host_memory_bytes, bool)
+                is_number(self.host_memory_bytes)
                 and math.isfinite(self.host_memory_bytes) and self.host_memory_bytes >= 0):
             raise ValueError(f"SimConfig.host_memory_bytes must be a finite number >= 0, got "
                              f"{self.host_memory_bytes!r}")
@@ -81,11 +80,10 @@ class SimConfig:
             raise ValueError(f"SimConfig.resume_hints must be a bool, got {self.resume_hints!r}")
         for name in ("num_gpu_blocks", "max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"SimConfig.{name} must be an integer >= 1, got {value!r}")
         if self.kv_memory_bytes is not None and not (
-                isinstance(self.kv_memory_bytes, (int, float))
+                is_number(self.kv_memory_bytes)
                 and math.isfinite(self.kv_memory_bytes) and self.kv_memory_bytes > 0):
             raise ValueError(f"SimConfig.kv_memory_bytes must be a finite number > 0, got "
                              f"{self.kv_memory_bytes!r}")
@@ -99,7 +97,7 @@ class SimConfig:
             # Build one over a one-block manager: bad names and values fail here, clearly.
             make_scheduler(self.scheduler, KVCacheManager(self.cost.kv_spec, 1),
                            **self.scheduler_params)
-        if (isinstance(self.slo_factor, bool) or not isinstance(self.slo_factor, (int, float))
+        if (not is_number(self.slo_factor)
                 or not math.isfinite(self.slo_factor) or self.slo_factor <= 0):
             raise ValueError(f"SimConfig.slo_factor must be a finite number > 0, got "
                              f"{self.slo_factor!r}")

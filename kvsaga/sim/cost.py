@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kvsaga._validate import is_int, is_number
 from kvsaga.config import KVSpec
 from kvsaga.sim.registry import Registry
 
@@ -39,13 +40,13 @@ GIB = 2**30
 
 
 def _check_positive(owner: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+    if not is_number(value) or not (
             math.isfinite(value) and value > 0):
         raise ValueError(f"{owner}.{name} must be a finite number > 0, got {value!r}")
 
 
 def _check_count(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+    if not is_number(value) or not (
             math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
@@ -168,12 +169,12 @@ class StepCostModel:
     activation_reserve_bytes: float = 2 * GIB  # assumed: peak activations of a 8K-token chunk
 
     def __post_init__(self) -> None:
-        if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
+        if not is_int(self.tp) or self.tp < 1:
             raise ValueError(f"StepCostModel.tp must be an integer >= 1, got {self.tp!r}")
         if self.model.num_kv_heads % self.tp:
             raise ValueError(f"StepCostModel.tp={self.tp} must divide num_kv_heads="
                              f"{self.model.num_kv_heads} (KV heads are split across ranks)")
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or (
+        if not is_int(self.block_size) or (
                 self.block_size < 1):
             raise ValueError(f"StepCostModel.block_size must be an integer >= 1, got "
                              f"{self.block_size!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvsaga._validate import is_int
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
 # z of the 95th percentile of the standard normal: p95 = p50 * exp(Z95 * sigma).
@@ -258,9 +259,9 @@ def _scaled(tokens: int, scale: float, *, minimum: int) -> int:
 
 def _check_args(num_sessions: int, seed: int, arrival_rate: float | None,
                 scale: float) -> None:
-    if isinstance(num_sessions, bool) or not isinstance(num_sessions, int) or num_sessions < 0:
+    if not is_int(num_sessions) or num_sessions < 0:
         raise ValueError(f"num_sessions must be an integer >= 0, got {num_sessions!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if arrival_rate is not None and not (
             isinstance(arrival_rate, (int, float)) and math.isfinite(arrival_rate)

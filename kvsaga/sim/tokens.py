@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kvsaga._validate import is_int
+
 if TYPE_CHECKING:
     from kvsaga.sim.trace import Session
 
@@ -52,10 +54,10 @@ class TokenSynthesizer:
 
     def __init__(self, vocab_size: int = DEFAULT_VOCAB_SIZE,
                  max_cached_sessions: int = 64) -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not (
+        if not is_int(vocab_size) or not (
                 2 <= vocab_size <= 2**62):
             raise ValueError(f"vocab_size must be an integer in [2, 2**62], got {vocab_size!r}")
-        if isinstance(max_cached_sessions, bool) or not isinstance(max_cached_sessions, int) or (
+        if not is_int(max_cached_sessions) or (
                 max_cached_sessions < 1):
             raise ValueError(f"max_cached_sessions must be an integer >= 1, got "
                              f"{max_cached_sessions!r}")

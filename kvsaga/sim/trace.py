@@ -25,6 +25,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from kvsaga._validate import is_int, is_number
+
 
 class TraceError(ValueError):
     """A trace entry is malformed.
@@ -78,14 +80,14 @@ class TraceError(ValueError):
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     # bool is an int subclass; `true` tokens is a typo, not a count.
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TraceError(f"must be an integer, got {value!r}", field=name, value=value)
     if value < minimum:
         raise TraceError(f"must be >= {minimum}, got {value!r}", field=name, value=value)
 
 
 def _check_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TraceError(f"must be a number, got {value!r}", field=name, value=value)
     if not math.isfinite(value) or value < 0:
         raise TraceError(f"must be a finite number >= 0, got {value!r}", field=name,
@@ -225,7 +227,7 @@ class Session:
         return self.input_offsets[-1]
 
     def _check_step(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self.steps):
+        if not is_int(k) or not 0 <= k < len(self.steps):
             raise IndexError(f"step index {k!r} out of range for session {self.id!r} with "
                              f"{len(self.steps)} steps")
 
@@ -287,12 +289,9 @@ class Session:
                 raise e.located(prefix=f"{where}.") from None
         arrival = obj["arrival_s"]
         return cls(id=obj["id"], workflow=obj["workflow"],
-                   arrival_s=float(arrival) if _is_number(arrival) else arrival,
+                   arrival_s=float(arrival) if is_number(arrival) else arrival,
                    shared_prefix=shared, steps=tuple(steps), tenant=obj.get("tenant"))
 
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _expect_keys(obj: Any, *, required: set[str], optional: set[str],

@@ -32,6 +32,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
 
+from kvsaga._validate import is_int
 from kvsaga.errors import KVSagaError
 from kvsaga.integrations.ray.router import KvsagaRequestRouter
 from kvsaga.migration import export_session, import_session
@@ -472,7 +473,7 @@ def build_application(
         stats_period_s: how often the router reads each replica's routing stats.
         torch_threads: torch threads per replica (None: torch's default).
     """
-    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+    if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
     engine = serve.deployment(
         EngineReplica,
