@@ -333,8 +333,8 @@ class VLLMArm:
         self.server = VLLMServer(
             Path(args.model), kv_bytes, connector_policy=policy, python=args.vllm_python,
             served_name=SERVED_NAME, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-            max_model_len=min(2048, kv_bytes // args.kv_bytes_per_token // args.block_size
-                              * args.block_size), log=log)
+            max_model_len=min(2048, (kv_bytes // args.kv_bytes_per_token // args.block_size - 1)
+                              * args.block_size), log=log)  # vLLM keeps one null block
         self.url = self.server.base_url
 
     def wait_ready(self, timeout_s: float) -> None:

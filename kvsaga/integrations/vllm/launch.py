@@ -108,9 +108,12 @@ class VLLMServer:
             except OSError:
                 pass
             time.sleep(1.0)
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log else ""
+        text = self.log.read_text(errors="replace") if self.log else ""
+        errors = [ln for ln in text.splitlines() if "Error:" in ln][:3]  # the root cause first
         self.stop()
-        raise RuntimeError(f"vLLM server did not become healthy:\n{tail}")
+        raise RuntimeError(
+            "vLLM server did not become healthy:\n" + "\n".join(errors) + "\n" + text[-2000:]
+        )
 
     def stop(self) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after 30 s)."""
