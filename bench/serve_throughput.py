@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python bench/serve_throughput.py " + " ".join(
             argv if argv is not None else sys.argv[1:])
         Path(args.json).write_text(json.dumps(
-            {"command": cmd, "machine": host, "config": vars(args), "results": results,
+            {"command": cmd, "config": vars(args), "results": results,
+             "machine": {**host, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
              "kvsaga_over_vllm_output_tok_s": ratio}, indent=1))
         print(f"wrote {args.json}")
     return 1 if any(r["errors"] for r in results.values()) else 0
