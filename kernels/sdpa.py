@@ -27,8 +27,8 @@ def _sdpa(q, k, v, mask=None, scale=None, causal=False):
     attend) or None. Returns [H, Q, D].
 
     The inputs get a batch dimension: on CPU, torch (2.13) runs its fused flash kernel only
-    for 4-D inputs; 3-D ones take the unfused path, 1.5x (decode) to 3.8x (an 881-token
-    causal prefill) slower, measured one thread apiece.
+    for 4-D inputs; 3-D ones take the unfused, slower path (`python bench/kernels.py`
+    times the CPU path).
     """
     q, k, v = q[None], k[None], v[None]
     if k.shape[1] != q.shape[1]:

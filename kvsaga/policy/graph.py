@@ -24,11 +24,11 @@ Where P and the time come from:
 
 Admission wait. A block is read when its session's next step is *admitted*, not when its
 tool returns; in between the step waits in the engine's queue. Under KV pressure that wait
-dominates: on the scaled SWE trace tools return in 5-600 ms but a resumed step waits up to
-~9 s, and a step whose context is resident is admitted at once (warm-first admission) while
-one whose context was evicted waits its turn in FIFO order. Pricing by the tool pause alone
-put a just-paused session (30 ms to go) 30x below a queued one (1 ms), so graph evicted
-contexts whose true next use was seconds away in favour of cold queued ones further still.
+can exceed the tool's pause, and a step whose context is resident is admitted at once
+(warm-first admission) while one whose context was evicted waits its turn. Priced by the
+tool pause alone, a just-paused session ranks below one already queued (its tool done), so
+graph would evict contexts whose next use is near in favour of cold queued ones further
+still.
 So the expected time until reuse is `pause residual + W(state)`, where W is the mean wait
 from the resume hint to the step's start, learned online (a running mean that forgets, see
 `wait_alpha`) separately for **warm** resumes (at the hint, the session's cached blocks

@@ -1,8 +1,8 @@
 """Online log-normal fits of durations (tool pauses, gaps between steps).
 
-Tool latencies are heavy-tailed and roughly log-normal (CALIBRATION.md: SAGA's defaults,
-Continuum's SWE-bench figures). A fit keeps running statistics of log(duration) in O(1)
-memory and answers the questions the policies ask: the survival function, quantiles, the
+Tool latencies are heavy-tailed and roughly log-normal (SAGA's defaults, Continuum's
+SWE-bench figures; docs/workloads.md). A fit keeps running statistics of log(duration) in
+O(1) memory and answers the questions the policies ask: the survival function, quantiles, the
 mean residual time of a pause that has already lasted `elapsed` seconds, and the expected
 time held within a window.
 

@@ -31,8 +31,10 @@ class SimConfig:
         num_host_blocks: host-tier capacity in blocks; None sizes it from `host_memory_bytes`.
         host_memory_bytes: host-tier capacity in bytes; None (and no `num_host_blocks`): no host
             tier, every victim is discarded.
-        resume_hints: the engine calls `resume_hint` when a paused session's tool returns
-            (its next step is ready), as kvsaga-serve does when the next request arrives.
+        resume_hints: the simulator calls `manager.resume_hint` when a paused session's tool
+            returns (its next step is ready). kvsaga-serve does the same when the session's
+            next request arrives (`Serving.complete` -> `LLMEngine.resume_hint`); False
+            models a front end that sends no such signal.
         scheduler: a `kvsaga.scheduler.SCHEDULERS` name: "workflow" (default; workflow-
             atomic session admission with Agent Fair Share) or "fcfs" (vLLM v1's rule). The
             engine runs the same scheduler; the same one serves every policy.

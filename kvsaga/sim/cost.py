@@ -16,8 +16,8 @@ has t*c + t*(t+1)/2, a decode token over c has c. Host transfers run on copy eng
 concurrent with compute, so only their excess over the GPU time adds to a step.
 
 Every figure is per GPU: a tensor-parallel preset is one shard (params / tp, KV heads / tp).
-Sources of the constants are given beside them, as [CAL] for /work/shared/CALIBRATION.md
-(which cites the papers and datasheets) or as a named datasheet; "assumed" marks the few
+Sources of the constants are given beside them, as [CAL] for the published figures that
+docs/workloads.md lists with their references, or as a named datasheet; "assumed" marks the few
 constants that no source pins down, with the reason. docs/workloads.md repeats the table.
 
 The literature fits these curves instead (InferCept: batch time quadratic in batched tokens;

@@ -1,4 +1,4 @@
-"""Agent-session traces: the JSON Lines format of DESIGN.md, its loader and writer.
+"""Agent-session traces: the JSON Lines format (docs/workloads.md), its loader and writer.
 
 One agent session a line::
 

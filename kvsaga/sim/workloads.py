@@ -1,7 +1,7 @@
 """The calibrated workload families and `generate`, the one call that makes a trace.
 
 Every constant cites its source as [name]; docs/workloads.md gives the figures and the full
-references (collected in /work/shared/CALIBRATION.md):
+references:
 [SAGA] SAGA's synthetic SWE-bench / WebArena generator and its tool-latency defaults;
 [Continuum] Continuum's mini-swe-agent (SWE-bench) and BFCL v4 traces; [Exgentic] Exgentic's
 10,056 agent sessions; [TraceLab] TraceLab's Claude Code + Codex sessions; [Manus] Manus's
