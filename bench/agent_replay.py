@@ -70,6 +70,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvsaga.stats import percentile
+
 POLICIES = ("lru", "ttl", "graph")
 SERVED_NAME = "replay"
 
@@ -463,13 +465,6 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
 # -- figures --------------------------------------------------------------------------------
 
 
-def _p95(xs: list[float]) -> float:
-    if not xs:
-        return math.nan
-    ys = sorted(xs)
-    return ys[min(len(ys) - 1, math.ceil(0.95 * len(ys)) - 1)]  # nearest rank
-
-
 def measured_peak(records: list[StepRecord]) -> int:
     """Peak over time of the live sessions' summed context: a running step holds its
     prompt, a finished one its prompt and output, until the session's last step ends."""
@@ -527,7 +522,7 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
         "cached_share": cached / prompt if prompt else 0.0,
         "completion_tokens": sum(r.completion_tokens for r in ok),
         "step_latency_mean_s": statistics.fmean(lat) if lat else math.nan,
-        "step_latency_p95_s": _p95(lat),
+        "step_latency_p95_s": percentile(lat, 95),
         "task_time_mean_s": statistics.fmean(res.task_s) if res.task_s else math.nan,
         "tasks_completed": len(res.task_s),
         "wall_s": res.wall_s,

@@ -1,16 +1,24 @@
 """IncrementalDetokenizer: turn a growing list of token ids into text deltas for streaming.
 
 Decoding token by token breaks multi-byte characters (an emoji spans several byte-level
-tokens) and word-initial spaces (some decoders strip the first space of a string). So each
-step decodes a short window that starts a few tokens back and emits only what that window adds,
-and holds text back while it ends in an incomplete character (U+FFFD).
+tokens) and word-initial spaces (some decoders strip the first space of a string). The
+`tokenizers` library's `DecodeStream` handles both: it decodes a short window that starts a
+few tokens back, emits only what the new token adds, and holds text back while it ends in an
+incomplete character. Seeding it with the end of the prompt gives the first generated token
+its left context, so it decodes with its leading space as inside the full text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from tokenizers.decoders import DecodeStream
+
 from kvsaga.engine.tokenizer import Tokenizer
+
+# Prompt tokens of left context: enough for any decoder's look-back (a space marker, the
+# bytes of one character), few enough that seeding costs nothing.
+_CONTEXT_TOKENS = 6
 
 
 class IncrementalDetokenizer:
@@ -31,9 +39,9 @@ class IncrementalDetokenizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = list(prompt_ids[-6:])
-        self._prefix_offset = 0  # start of the window that gives left context
-        self._read_offset = len(self.ids)  # tokens before this are already emitted
+        self._stream = DecodeStream(
+            list(prompt_ids[-_CONTEXT_TOKENS:]), skip_special_tokens=skip_special_tokens
+        )
         self.text = ""  # everything emitted so far
 
     def add(self, token_ids: int | Iterable[int]) -> str:
@@ -45,17 +53,8 @@ class IncrementalDetokenizer:
         Returns:
             The text delta; `self.text` holds the running total.
         """
-        if isinstance(token_ids, int):
-            self.ids.append(token_ids)
-        else:
-            self.ids.extend(token_ids)
-        decode = self.tokenizer.decode
-        prefix = decode(self.ids[self._prefix_offset : self._read_offset], self.skip_special_tokens)
-        full = decode(self.ids[self._prefix_offset :], self.skip_special_tokens)
-        if full.endswith("\ufffd") or len(full) <= len(prefix):
-            return ""  # an incomplete character, or a token that adds no text yet
-        delta = full[len(prefix) :]
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self.ids)
+        ids = (token_ids,) if isinstance(token_ids, int) else token_ids
+        step, backend = self._stream.step, self.tokenizer.backend
+        delta = "".join(chunk for t in ids if (chunk := step(backend, t)) is not None)
         self.text += delta
         return delta

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from kvsaga.pool import ACTIVE, BlockPool
 from kvsaga.sim.cost import StepCostModel
 from kvsaga.sim.trace import Session
@@ -137,11 +135,6 @@ def unloaded_tct(session: Session, cost: StepCostModel, max_num_batched_tokens: 
 def tenant_key(tenant: str | None) -> str:
     """A tenant's key in result rows ("default" for sessions without one)."""
     return "default" if tenant is None else tenant
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (linear interpolation), NaN for no values."""
-    return float(np.percentile(values, q)) if values else math.nan
 
 
 class UsageRecorder:

@@ -50,13 +50,13 @@ from kvsaga.sim.cost import attention_pairs
 from kvsaga.sim.metrics import (
     SimResult,
     UsageRecorder,
-    percentile,
     tenant_key,
     unloaded_tct,
 )
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.tokens import TokenSynthesizer
 from kvsaga.sim.trace import Session
+from kvsaga.stats import percentile
 
 
 class _Tokens:

@@ -115,6 +115,21 @@ def test_incremental_detokenizer_streams_the_full_text(ours):
         assert all("\ufffd" not in d for d in deltas), text
 
 
+@pytest.mark.slow
+def test_incremental_detokenizer_keeps_the_first_space_and_skips_specials(ours):
+    """The prompt's tail is left context: a first token that starts a word keeps its space;
+    special tokens add no text unless asked for."""
+    prompt = ours.encode("Say hi:", add_special_tokens=False)
+    word = ours.encode("Say hi: world", add_special_tokens=False)[len(prompt):]
+    detok = IncrementalDetokenizer(ours, prompt)
+    assert detok.add(word) == ours.decode(prompt + word)[len(ours.decode(prompt)):]
+    assert detok.text.startswith(" ")
+    end = ours.eos_token_ids[0]
+    assert detok.add(end) == ""
+    keep = IncrementalDetokenizer(ours, prompt, skip_special_tokens=False)
+    assert keep.add(end) == ours.decode([end], skip_special_tokens=False) != ""
+
+
 def test_template_sandbox_and_raise_exception():
     t = ChatTemplate(
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
