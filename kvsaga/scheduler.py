@@ -186,7 +186,7 @@ class Scheduler:
         """The waiting request to admit next, or None to admit nobody more now."""
         raise NotImplementedError
 
-    def _fits(self, req: Any, lookup: StepLookup, end: int) -> bool:
+    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
         """Whether admitting `req` with slots up to `end` is allowed (blocks included)."""
         return lookup.blocks_to_admit(end) <= self.manager.pool.num_available
 
@@ -253,7 +253,7 @@ class Scheduler:
             return 0
         lk = self.lookup(req)
         end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + budget)
-        if not self._fits(req, lk, end):
+        if not self._fits(req, lk, end, now):
             return 0
         self._dequeue(req)
         start = executor.begin(req, now)
@@ -330,13 +330,14 @@ class FCFSScheduler(Scheduler):
 class _Admitted:
     """An admitted session: what its working set is predicted from."""
 
-    __slots__ = ("tenant", "workflow", "context", "steps", "active", "last_context",
-                 "demote_at", "blocks")
+    __slots__ = ("tenant", "workflow", "context", "shared", "steps", "active",
+                 "last_context", "demote_at", "blocks")
 
     def __init__(self, tenant: str | None, workflow: str, context: int) -> None:
         self.tenant = tenant
         self.workflow = workflow
         self.context = context  # tokens of its context, as of its last admission or finish
+        self.shared = 0  # leading tokens of it in blocks other sessions share (a prefix)
         self.steps = 0  # steps finished
         self.active = True  # a step is queued or running (not paused on a tool)
         self.last_context: int | None = None  # context at its last finish, for growth
@@ -509,15 +510,23 @@ class WorkflowScheduler(Scheduler):
             return self._pick_resumed()
         if not self._pending:
             return None
-        tenant = self._next_tenant()
-        req = self._pending[tenant][0]
-        need = self._working_set(req.workflow, req.num_tokens, 0)
-        if self.sessions and self._committed + need > self.overcommit * self.capacity:
-            self._demote(now)
-            if (self.sessions and self._committed + need > self.overcommit * self.capacity
-                    and not self._idle_for(now) >= self.idle_admit_s):
-                return None
-        return req
+        return self._pending[self._next_tenant()][0]
+
+    def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
+        """The session-level gate: admitting `req`'s session keeps the admitted working sets
+        within the tiers (after demoting sessions away far too long), or nothing else is
+        admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
+        if not self.sessions:
+            return True
+        own = req.num_tokens - lookup.gpu_hit_blocks * self.manager.block_size
+        need = self._working_set(req.workflow, own, 0)
+        limit = self.overcommit * self.capacity
+        if self._committed + need <= limit:
+            return True
+        self._demote(now)
+        if not self.sessions or self._committed + need <= limit:
+            return True
+        return self._idle_for(now) >= self.idle_admit_s
 
     def _idle_for(self, now: float) -> float:
         """Seconds the batch has been empty with no admitted session's step waiting (the
@@ -573,9 +582,10 @@ class WorkflowScheduler(Scheduler):
         return getattr(self.manager.policy, "graph", None)
 
     def _working_set(self, workflow: str, context: int, steps_done: int) -> int:
-        """Blocks a session is predicted to hold over its next steps: its context plus
-        the workflow's mean growth per step over `horizon_steps` steps (fewer when the
-        Agent Execution Graph expects fewer steps left), capped at the tiers' capacity."""
+        """Blocks a session is predicted to hold over its next steps: its own context (not
+        a prefix shared with others) plus the workflow's mean growth per step over
+        `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer steps
+        left), capped at the tiers' capacity."""
         horizon = self.horizon_steps
         graph = self._graph()
         if graph is not None:
@@ -583,8 +593,21 @@ class WorkflowScheduler(Scheduler):
         tokens = context + horizon * self._growth_of(workflow).mean
         return min(-(-int(tokens) // self.manager.block_size), self.capacity)
 
+    def _shared_tokens(self, sid: str) -> int:
+        """Tokens of the session's context held in leading blocks that other sessions share
+        (a common prefix): they are counted once, not in each session's working set."""
+        m = self.manager
+        get, owner = m.index.get, m.block_owner
+        n = 0
+        for h in m.sessions[sid].block_hashes:
+            b = get(h)
+            if b is None or owner[b] is not None:
+                break
+            n += 1
+        return n * m.block_size
+
     def _set_blocks(self, info: _Admitted) -> None:
-        new = self._working_set(info.workflow, info.context, info.steps)
+        new = self._working_set(info.workflow, info.context - info.shared, info.steps)
         self._committed += new - info.blocks
         info.blocks = new
 
@@ -596,6 +619,7 @@ class WorkflowScheduler(Scheduler):
         if info is None:  # a session admission: charge its tenant (AFS)
             self._charge(req.tenant)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
+            info.shared = self._shared_tokens(sid)
         info.context = max(info.context, req.num_tokens)
         info.active = True
         info.demote_at = math.inf
@@ -626,6 +650,7 @@ class WorkflowScheduler(Scheduler):
             self._growth_of(info.workflow).add(context - info.last_context, self.growth_alpha)
         info.last_context = context
         info.context = context
+        info.shared = self._shared_tokens(sid)
         info.active = False
         info.demote_at = now + self.demote_factor * self._expected_pause(s) + self.demote_min_s
         self._demote_at = min(self._demote_at, info.demote_at)
@@ -680,9 +705,11 @@ class WorkflowScheduler(Scheduler):
         return self.default_pause_s
 
     # -- block-level check ----------------------------------------------------------------
-    def _fits(self, req: Any, lookup: StepLookup, end: int) -> bool:
+    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
         available = self.manager.pool.num_available
         if lookup.blocks_to_admit(end) > available:
+            return False
+        if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):
             return False
         if self.running and self.reserve_decode_tokens:
             # The whole prompt and some decode headroom, for it and for every running step:
