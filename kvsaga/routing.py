@@ -12,12 +12,13 @@ Routers, by name (`make_router`):
 - `round-robin`: every step to the next replica, sessions ignored (the no-affinity baseline).
 - `affinity`: a session's steps to the replica a consistent hash of its key names; keyless
   steps to the least loaded (the sticky baseline of consistent-hash routers); never moves.
-- `kvsaga`: a new session goes where its shared prefix is hot, else to the least loaded
-  replica, and stays there (affinity) unless that replica's queue exceeds
-  `steal_queue_threshold` while another replica is idle: then the step moves (work
-  stealing), and the session's KV moves with it when migrating is cheaper than recomputing
-  it. Tenants above their fair share of the fleet's service are not stolen for, so an idle
-  replica's capacity goes first to the tenants the fleet has served least.
+- `kvsaga`: a new session goes to a replica with the fewest queued and running steps,
+  preferring one where its shared prefix is cached, and stays there (affinity) unless
+  that replica's queue exceeds `steal_queue_threshold` while another replica is idle: then
+  the step moves (work stealing), and the session's KV moves with it when migrating is
+  cheaper than recomputing it. Tenants above their fair share of the fleet's service are
+  not stolen for, so an idle replica's capacity goes first to the tenants the fleet has
+  served least.
 """
 
 from __future__ import annotations
@@ -383,13 +384,13 @@ class KvsagaRouter(Router):
         super().__init__(replicas)
         self.config = config or RoutingConfig()
         self.fair = FairShare()
-        self._prefix_homes: OrderedDict[str, str] = OrderedDict()
+        self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
         self.num_migrated = 0
 
     def remove_replica(self, replica: str) -> list[str]:
-        for k in [k for k, r in self._prefix_homes.items() if r == replica]:
-            del self._prefix_homes[k]
+        for homes in self._prefix_homes.values():
+            homes.discard(replica)
         return super().remove_replica(replica)
 
     def _idle(self, r: str, stats: Mapping[str, ReplicaStats]) -> bool:
@@ -400,7 +401,7 @@ class KvsagaRouter(Router):
     def _remember_prefix(self, key: str | None, r: str) -> None:
         if key is None:
             return
-        self._prefix_homes[key] = r
+        self._prefix_homes.setdefault(key, set()).add(r)
         self._prefix_homes.move_to_end(key)
         while len(self._prefix_homes) > self.config.prefix_memory:
             self._prefix_homes.popitem(last=False)
@@ -424,12 +425,16 @@ class KvsagaRouter(Router):
         return Route(home, reason="affinity")
 
     def _place_new(self, req, stats) -> Route:
-        """A session without a home: where its prefix is hot unless that replica is
-        overloaded, else the least loaded."""
-        hot = self._prefix_homes.get(req.prefix_key) if req.prefix_key is not None else None
-        if hot in self.in_flight and self._queue(hot, stats) <= self.config.steal_queue_threshold:
-            return Route(hot, reason="prefix")
-        return Route(self.least_loaded(stats), reason="new")
+        """A session without a home: among the replicas with the fewest queued and running
+        steps, one where its prefix is cached if any, else the least loaded."""
+        loads = {r: self._load(r, stats) for r in self.replicas}
+        fewest = min(v[0] for v in loads.values())
+        tied = [r for r in self.replicas if loads[r][0] == fewest]
+        hot = self._prefix_homes.get(req.prefix_key, ()) if req.prefix_key is not None else ()
+        warm = [r for r in tied if r in hot]
+        if warm:
+            return Route(min(warm, key=loads.__getitem__), reason="prefix")
+        return Route(min(tied, key=loads.__getitem__), reason="new")
 
 
 ROUTERS: dict[str, type[Router]] = {

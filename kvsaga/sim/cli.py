@@ -92,6 +92,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="what the engine tells the policy at each pause (default: tool)")
     p.add_argument("--no-resume-hints", action="store_true",
                    help="do not call resume_hint when a tool returns")
+    p.add_argument("--gpus", type=_positive(int), default=1,
+                   help="simulate this many GPUs behind a router (see --router)")
+    p.add_argument("--router", default=None,
+                   help="with --gpus: comma-separated routers run side by side: "
+                   "round-robin, affinity, kvsaga (default: all three)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--plot", default=None,
                    help="sweep KV capacity and plot recomputation against it (PNG)")
@@ -181,6 +186,10 @@ def format_table(rows: list[dict]) -> str:
 
 def cmd_sim(args) -> int:
     """Run `kvsaga sim`; returns the exit status (2 on bad arguments or input)."""
+    if args.gpus > 1 or args.router is not None:
+        from kvsaga.sim.cluster import cmd_cluster
+
+        return cmd_cluster(args)
     try:
         specs = [s.strip() for s in args.policy.split(",") if s.strip()]
         if not specs:

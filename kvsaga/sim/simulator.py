@@ -240,8 +240,9 @@ class Simulator:
             if self.oracle is not None:
                 self.oracle.released(session.id)
             self._set_live(session.id, session.prompt_length(k))
-            if k and self.config.resume_hints:
+            if k and self.config.resume_hints and session.id in self.manager.sessions:
                 # The tool returned: a real engine learns it when the next request arrives.
+                # (A session that moved here from another GPU is not known here yet.)
                 self.manager.resume_hint(session.id, now=self.now)
 
     def _set_live(self, sid: str, num_tokens: int) -> None:

@@ -113,14 +113,19 @@ def test_kvsaga_in_flight_spreads_a_burst():
 
 def test_kvsaga_prefix_hot_placement():
     r = make_router("kvsaga", ["a", "b"])
-    stats = {"a": IDLE, "b": IDLE}
-    first = r.route(RouteRequest("s1", prefix_key="sys"), stats)
+    first = r.route(RouteRequest("s1", prefix_key="sys"), {"a": IDLE, "b": IDLE})
     r.finished(first)
-    stats[first.replica] = busy(0, running=1)  # now the other one is less loaded
+    assert first.replica == "a"
+    # Equally loaded by steps, b holds fewer paused sessions: b wins unless a has the prefix.
+    stats = {"a": ReplicaStats(total_blocks=100, free_blocks=90, paused=3), "b": IDLE}
     second = r.route(RouteRequest("s2", prefix_key="sys"), stats)
-    assert second.replica == first.replica and second.reason == "prefix"
+    assert (second.replica, second.reason) == ("a", "prefix")
+    r.finished(second)
     other = r.route(RouteRequest("s3", prefix_key="other"), stats)
-    assert other.replica != first.replica and other.reason == "new"
+    assert (other.replica, other.reason) == ("b", "new")
+    # A replica with more steps in flight is never chosen for its prefix.
+    busy_a = {"a": busy(0, running=2), "b": IDLE}
+    assert r.route(RouteRequest("s4", prefix_key="sys"), busy_a).replica == "b"
 
 
 def test_kvsaga_steals_from_an_overloaded_replica_to_an_idle_one():

@@ -1,0 +1,307 @@
+"""Several simulated GPUs behind one router: the cluster counterpart of `Simulator`.
+
+Each GPU is a `Simulator` (the real manager, policy and scheduler, timed by the cost
+model); the router is `kvsaga.routing`'s, the code `kvsaga-serve --replicas` routes with.
+Every step of every session is routed when it is released (its arrival, or its tool's
+return), from the GPUs' live state (`ReplicaStats`: free and evictable blocks, queue,
+running and paused sessions). A step the router moves off a session's previous GPU either
+migrates the session's KV (`kvsaga.migration`: export from that GPU's manager, import into
+the new one; the step arrives after `RoutingConfig.migrate_s`) or leaves it to be recomputed;
+the previous GPU ends its copy either way.
+
+Time: the GPUs share one clock. The loop always acts on the earliest thing pending: the next
+release in the cluster, or the GPU whose next batch step (or idle wake-up) comes first, so
+no GPU runs ahead of a release that could reach it by more than one batch step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from kvsaga.errors import KVSagaError
+from kvsaga.migration import plan_export, plan_import
+from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
+from kvsaga.sim.config import SimConfig
+from kvsaga.sim.metrics import percentile, tenant_key
+from kvsaga.sim.simulator import Simulator
+from kvsaga.sim.trace import Session
+
+
+class _GPU(Simulator):
+    """One GPU of the cluster: a Simulator whose next-step releases go to the router."""
+
+    def __init__(self, cluster: ClusterSimulator, name: str, config: SimConfig) -> None:
+        self.cluster = cluster
+        self.name = name
+        super().__init__([], config)
+
+    def _push_event(self, t: float, session: Session, k: int) -> None:
+        self.cluster.released(t, session, k)
+
+    def place(self, t: float, session: Session, k: int) -> None:
+        Simulator._push_event(self, t, session, k)
+
+    def _maybe_finish(self, req) -> int:
+        done = req.num_sampled >= req.num_out
+        ended = super()._maybe_finish(req)
+        if done:
+            self.cluster.step_finished(req.session.id, self, ended=bool(ended))
+        return ended
+
+    def next_time(self) -> float:
+        """When this GPU next acts: now if it can run a batch step, else its next release or
+        scheduler wake-up (inf when it has nothing)."""
+        if self.scheduler.running or self._admissible():
+            return self.now
+        return min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
+
+    def advance_one(self) -> None:
+        """One iteration of `Simulator.run`'s loop."""
+        self._release_due_events()
+        if not self.scheduler.running and not self._admissible():
+            self._idle()
+        else:
+            self.step()
+
+    def routing_stats(self) -> ReplicaStats:
+        return ReplicaStats.from_manager(self.manager, queue_depth=self.scheduler.num_waiting)
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """One cluster run.
+
+    Attributes:
+        router / gpus / policy / scheduler: what ran.
+        tct_mean_s / tct_p95_s: task completion time over all sessions.
+        load_imbalance: max / mean busy time over the GPUs (1.0: perfectly even).
+        migrated_gb: KV moved between GPUs by migrations, in GB.
+        num_moved / num_migrated: steps that changed GPU, and those whose KV moved.
+        recomputed_tokens / hit_rate / makespan_s / tasks_per_hour: summed over GPUs.
+    """
+
+    router: str
+    gpus: int
+    policy: str
+    scheduler: str
+    num_sessions: int
+    tct_mean_s: float
+    tct_p95_s: float
+    load_imbalance: float
+    migrated_gb: float
+    num_moved: int
+    num_migrated: int
+    recomputed_tokens: int
+    hit_rate: float
+    makespan_s: float
+    tasks_per_hour: float
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
+
+
+class ClusterSimulator:
+    """Replays sessions on `gpus` simulated GPUs behind a router.
+
+    Args:
+        sessions: the trace (unique ids).
+        config: one GPU's configuration (capacity, preset, policy, scheduler).
+        gpus: number of GPUs (>= 1).
+        router: a `kvsaga.routing.ROUTERS` name.
+        routing: the `kvsaga` router's knobs (default: migration priced with the preset:
+            its bytes per token and cost model, over `link_bandwidth`).
+    """
+
+    def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
+                 gpus: int = 2, router: str = "kvsaga",
+                 routing: RoutingConfig | None = None) -> None:
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise ValueError(f"gpus must be an int >= 1, got {gpus!r}")
+        self.config = config or SimConfig()
+        self.sessions = list(sessions)
+        Simulator(self.sessions, self.config)  # validates the trace against one GPU
+        cost = self.config.cost
+        if routing is None:
+            routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost)
+        self.routing = routing
+        self.gpus = [_GPU(self, f"gpu{i}", self.config) for i in range(gpus)]
+        self.by_name = {g.name: g for g in self.gpus}
+        kwargs = {"config": routing} if router == "kvsaga" else {}
+        self.router = make_router(router, [g.name for g in self.gpus], **kwargs)
+        self._releases: list[tuple[float, int, Session, int]] = []
+        self._seq = 0
+        self._routes: dict[str, Route] = {}
+        self._finished: dict[str, float] = {}
+        self.migrated_bytes = 0
+        self.num_moved = 0
+        self.num_migrated = 0
+
+    # -- events from the GPUs -------------------------------------------------------------
+    def released(self, t: float, session: Session, k: int) -> None:
+        heapq.heappush(self._releases, (t, self._seq, session, k))
+        self._seq += 1
+
+    def step_finished(self, sid: str, gpu: _GPU, ended: bool) -> None:
+        route = self._routes.pop(sid, None)
+        if route is not None:
+            self.router.finished(route)
+        if ended:
+            self._finished[sid] = gpu.now
+            self.router.session_ended(sid)
+
+    # -- routing --------------------------------------------------------------------------
+    def _route(self, t: float, session: Session, k: int) -> None:
+        stats = {g.name: g.routing_stats() for g in self.gpus}
+        req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
+                           prefix_key=f"{session.tenant}/{session.shared_prefix.group}",
+                           context_tokens=session.prompt_length(k - 1) if k else 0)
+        route = self.router.route(req, stats)
+        self._routes[session.id] = route
+        gpu = self.by_name[route.replica]
+        delay = 0.0
+        if route.moved_from is not None:
+            delay = self._move(session, self.by_name[route.moved_from], gpu, route.migrate)
+        gpu.place(t + delay, session, k)
+
+    def _move(self, session: Session, old: _GPU, new: _GPU, migrate: bool) -> float:
+        """Move a paused session's state from `old` to `new`; returns the step's delay."""
+        sid = session.id
+        tokens = old._tokens.pop(sid, None)
+        if tokens is not None:
+            new._tokens[sid] = tokens  # what was computed before stays "recomputed" if lost
+        old._set_live(sid, 0)
+        self.num_moved += 1
+        mgr = old.manager
+        if sid not in mgr.sessions:
+            return 0.0
+        delay = 0.0
+        if migrate:
+            export = plan_export(mgr, sid).export
+            try:
+                plan_import(new.manager, export, salt=session.tenant, now=new.now)
+            except KVSagaError:
+                export = None  # no room there: recompute
+            if export is not None and export.num_blocks:
+                self.migrated_bytes += export.num_blocks * self.config.cost.block_bytes
+                self.num_migrated += 1
+                delay = self.routing.migrate_s(export.num_tokens)
+        mgr.end_session(sid, now=old.now)
+        return delay
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> ClusterResult:
+        for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
+            self.released(s.arrival_s, s, 0)
+        while True:
+            gpu = min(self.gpus, key=_GPU.next_time)
+            t_gpu = gpu.next_time()
+            t_rel = self._releases[0][0] if self._releases else math.inf
+            if t_rel == math.inf and t_gpu == math.inf:
+                break
+            if t_rel <= t_gpu:
+                t, _, session, k = heapq.heappop(self._releases)
+                self._route(t, session, k)
+            else:
+                gpu.advance_one()
+        return self._result()
+
+    def _result(self) -> ClusterResult:
+        missing = [s.id for s in self.sessions if s.id not in self._finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} sessions never finished, e.g. {missing[0]!r}")
+        tct = [self._finished[s.id] - s.arrival_s for s in self.sessions]
+        busy = [g._busy for g in self.gpus]
+        mean_busy = sum(busy) / len(busy)
+        span = max(g.now for g in self.gpus)
+        queried = sum(g._counts["queried"] for g in self.gpus)
+        hit = sum(g._counts["hit"] for g in self.gpus)
+        return ClusterResult(
+            router=self.router.name,
+            gpus=len(self.gpus),
+            policy=self.gpus[0].manager.policy.name,
+            scheduler=self.gpus[0].scheduler.name,
+            num_sessions=len(self.sessions),
+            tct_mean_s=sum(tct) / len(tct) if tct else math.nan,
+            tct_p95_s=percentile(tct, 95),
+            load_imbalance=max(busy) / mean_busy if mean_busy > 0 else 1.0,
+            migrated_gb=self.migrated_bytes / 1e9,
+            num_moved=self.num_moved,
+            num_migrated=self.num_migrated,
+            recomputed_tokens=sum(g._counts["recomputed"] for g in self.gpus),
+            hit_rate=hit / queried if queried else 0.0,
+            makespan_s=span,
+            tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
+        )
+
+
+def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = None, *,
+                     gpus: int = 2, router: str = "kvsaga",
+                     routing: RoutingConfig | None = None) -> ClusterResult:
+    """Serve a trace on `gpus` simulated GPUs behind `router` and measure it."""
+    return ClusterSimulator(sessions, config, gpus, router, routing).run()
+
+
+CLUSTER_COLUMNS = (
+    ("router", "router", "{}"), ("gpus", "gpus", "{}"), ("scheduler", "scheduler", "{}"),
+    ("policy", "policy", "{}"), ("tct mean s", "tct_mean_s", "{:.1f}"),
+    ("tct p95 s", "tct_p95_s", "{:.1f}"), ("tasks/h", "tasks_per_hour", "{:.1f}"),
+    ("imbalance", "load_imbalance", "{:.3f}"), ("migr GB", "migrated_gb", "{:.2f}"),
+    ("moved", "num_moved", "{:,}"), ("recomputed", "recomputed_tokens", "{:,}"),
+    ("hit rate", "hit_rate", "{:.3f}"),
+)
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The cluster rows as an aligned text table."""
+    cells = [[t for t, _, _ in CLUSTER_COLUMNS]]
+    cells += [[fmt.format(r[k]) for _, k, fmt in CLUSTER_COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(CLUSTER_COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))
+                     for r in cells)
+
+
+def cmd_cluster(args) -> int:
+    """`kvsaga sim --gpus N --router a,b`: one row per router x scheduler x policy."""
+    import json
+    import sys
+
+    from kvsaga.routing import ROUTERS
+    from kvsaga.sim.cli import _base_config, _load, _resolve_memory_flags, _schedulers
+    from kvsaga.sim.trace import TraceError
+
+    try:
+        routers = [r.strip() for r in (args.router or ",".join(ROUTERS)).split(",")
+                   if r.strip()]
+        for r in routers:
+            if r not in ROUTERS:
+                raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
+        policies = [p.strip() for p in args.policy.split(",")
+                    if p.strip() and p.strip() != "belady"]
+        schedulers = _schedulers(args)
+        _resolve_memory_flags(args)
+        sessions = _load(args)
+        rows = []
+        for scheduler in schedulers:
+            for policy in policies:
+                base = _base_config(args, args.kv_memory)
+                config = replace(base, policy=policy, scheduler=scheduler)
+                for router in routers:
+                    res = simulate_cluster(sessions, config, gpus=args.gpus, router=router)
+                    rows.append(res.row())
+                    if not args.quiet:
+                        print(f"  {router} {scheduler} {policy}: done", file=sys.stderr)
+    except (ValueError, OSError, TraceError) as e:
+        print(f"kvsaga sim: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(sessions)} sessions on {args.gpus} GPUs ({config.cost.name}, "
+          f"{config.blocks()} blocks each)")
+    print(format_rows(rows))
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"gpus": args.gpus, "sessions": len(sessions), "results": rows}, f,
+                      indent=1, default=float)
+        print(f"wrote {args.json}")
+    return 0
