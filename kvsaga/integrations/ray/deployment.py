@@ -21,6 +21,7 @@ Two deployments (`build_application`):
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -186,6 +187,8 @@ class EngineReplica:
             log.warning("kvsaga: pulling session from %s failed (%s); recomputing", source, e)
             return
         if not got:
+            log.warning("kvsaga: %s had no paused session %s to hand over; recomputing",
+                        source, sid)
             return
         context, exported = got
         if exported is not None and exported.num_blocks:
@@ -204,9 +207,13 @@ class EngineReplica:
         await self._start()
         sessions, sid = self._sessions, call.get("engine_sid")
         if call.get("pin") != self.replica_id or sessions is None:
+            log.warning("kvsaga: export of %s reached %s, not %s", sid, self.replica_id,
+                        call.get("pin"))
             return None
         ctx = sessions.get(sid)
         if ctx is None or ctx.in_flight is not None:
+            log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid,
+                        "unknown" if ctx is None else "a step is in flight")
             return None
         aengine = self.app.state.engine
 
@@ -221,8 +228,9 @@ class EngineReplica:
 
         exported = await aengine.call(take)
         sessions.drop(sid)
-        context = {k: getattr(ctx, k) for k in
-                   ("token_ids", "text", "prompt_len", "prompt_text_len", "num_steps")}
+        # What the session's cache holds (exact ids and text), not its local bookkeeping.
+        context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
+                   if f.name not in ("in_flight", "last_used")}
         return context, exported
 
     async def metrics(self, call: dict) -> str | None:
