@@ -220,19 +220,21 @@ class GroupedPolicy(EvictionPolicy):
     def step_started(self, session: Session, now: float) -> None:
         self._touch(now)
         self._learned += 1
-        self._dirty.add(session.session_id)
-        v = self.views.get(session.session_id)
-        if v is None:
-            v = self.views[session.session_id] = SessionView(session.workflow)
+        v = self._touched_view(session)
         v.running = True
         v.imminent = False
 
-    def step_finished(self, session: Session, now: float, hint: PauseHint) -> None:
-        self._touch(now)
+    def _touched_view(self, session: Session) -> SessionView:
+        """`session`'s view (made on first sight), marked for re-keying."""
         self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is None:
             v = self.views[session.session_id] = SessionView(session.workflow)
+        return v
+
+    def step_finished(self, session: Session, now: float, hint: PauseHint) -> None:
+        self._touch(now)
+        v = self._touched_view(session)
         v.running = False
         v.imminent = False
         v.tool = hint.tool

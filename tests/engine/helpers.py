@@ -33,6 +33,20 @@ def forward_all(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
     return model(torch.tensor(ids), meta.positions(), kv_cache(model, 8, 16), meta)
 
 
+def hf_greedy(hf, ids: list[int], max_new_tokens: int, pad_token_id: int | None = 0) -> list[int]:
+    """transformers' greedy continuation of `ids` (EOS ignored): the oracle for ours."""
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=pad_token_id,
+        )
+    return out[0, len(ids) :].tolist()
+
+
 def run_greedy(
     model: LlamaForCausalLM,
     prompts: Sequence[Sequence[int]],

@@ -4,27 +4,15 @@ transformers' greedy tokens, batched, after prefix-cache hits and across a sessi
 from __future__ import annotations
 
 import pytest
-import torch
 
 from kvsaga.engine.llm import LLM
 from kvsaga.engine.sampling import SamplingParams
 
+from .helpers import hf_greedy
+
 pytestmark = pytest.mark.slow
 NEW = 32
 GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)
-
-
-def hf_greedy(hf, ids: list[int]) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=NEW,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def test_engine_matches_hf_greedy_batched_and_cached(llm, hf_smollm):
         tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]), False)
         for q in questions
     ]
-    expected = [hf_greedy(hf_smollm, p) for p in prompts]
+    expected = [hf_greedy(hf_smollm, p, NEW) for p in prompts]
     outs = llm.generate(prompts, GREEDY)  # one batch, chunked prefill (48-token budget)
     assert [o.token_ids for o in outs] == expected
     assert "Paris" in outs[0].text
@@ -55,5 +43,5 @@ def test_session_resume_matches_hf_on_the_full_context(llm, hf_smollm):
     s.tool_call("lookup", expected_s=0.1)
     b = s.chat("Why that one?", GREEDY)
     assert b.num_cached_tokens > 0
-    assert b.token_ids == hf_greedy(hf_smollm, s.context_ids[: b.num_prompt_tokens])
+    assert b.token_ids == hf_greedy(hf_smollm, s.context_ids[: b.num_prompt_tokens], NEW)
     s.end()

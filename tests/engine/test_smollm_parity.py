@@ -13,7 +13,7 @@ import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 
-from .helpers import BLOCK_SIZE, kv_cache, run_greedy
+from .helpers import BLOCK_SIZE, hf_greedy, kv_cache, run_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +63,7 @@ def test_greedy_tokens_match_hf_generate(smollm, hf_smollm, prompts):
     chosen = [prompts[0], prompts[1], prompts[4]]
     ours, _ = run_greedy(smollm.model, chosen, NEW_TOKENS, prefill_chunk=24)
     for p, got in zip(chosen, ours, strict=True):
-        with torch.no_grad():
-            out = hf_smollm.generate(
-                torch.tensor([p]),
-                attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=smollm.tokenizer.pad_token_id,
-            )
-        expected = out[0, len(p) :].tolist()
+        expected = hf_greedy(hf_smollm, p, NEW_TOKENS, smollm.tokenizer.pad_token_id)
         assert len(expected) == NEW_TOKENS
         assert got == expected, smollm.tokenizer.decode(got)
     answer = smollm.tokenizer.decode(ours[0])
