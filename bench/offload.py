@@ -17,7 +17,7 @@ import time
 import torch
 
 from kvsaga.config import KVSpec
-from kvsaga.manager import TransferPlan
+from kvsaga.host_tier import TransferPlan
 from kvsaga.offload import TransferEngine
 from kvsaga.storage import KVStorage
 

@@ -6,6 +6,10 @@ when a new copy needs room. Copies are not run here: they accumulate in a `Trans
 that the engine takes once per step (`take_plan`) and runs before its next forward pass.
 Host blocks that the pending plan reads or writes are pinned (refcount > 0) until then, so
 no later decision of the same step can reuse them.
+
+`HostTierOps` is the manager's side of the tier: which victims get a host copy, loading host
+hits and prefetches into fresh GPU blocks, and handing over the plan. It is a mixin of
+`KVCacheManager`, kept here so that everything about the host tier reads in one file.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvsaga.block_queue import BlockQueue
+from kvsaga.policy.base import Action
 from kvsaga.pool import BlockPool
 from kvsaga.prefix import PrefixIndex
+from kvsaga.session import Session, SessionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +135,102 @@ class HostTier:
             pins[b] += 1
         assert pins == pool.refcount, "host refcounts differ from the pending plan's pins"
         assert len(self.order) == pool.num_cached
+
+
+class HostTierOps:
+    """The host-tier half of `KVCacheManager` (a mixin: `self` is the manager, whose
+    `host` is a `HostTier` or None, and whose pool, index, owners and policy it uses)."""
+
+    @property
+    def host_pool(self) -> BlockPool | None:
+        return self.host.pool if self.host is not None else None
+
+    @property
+    def host_index(self) -> PrefixIndex:
+        return self.host.index if self.host is not None else PrefixIndex()
+
+    def _offload(self, victims: list[int], now: float) -> None:
+        """Plan GPU -> host copies for the victims the policy wants offloaded."""
+        block_hash, host, action = self.pool.block_hash, self.host, self.policy.action
+        for b in victims:
+            h = block_hash[b]
+            # Unhashed tails are never reused by anyone else; a clean host copy needs no copy.
+            if h is None or host.has_copy(h) or action(b, now) != Action.OFFLOAD:
+                continue
+            if not host.copy_out(b, h):
+                return  # every host block is pinned by the pending plan
+
+    def _load_into_gpu(
+        self, s: Session, first: int, host_blocks: list[int], now: float
+    ) -> list[int]:
+        """Fresh GPU blocks for the session's blocks `first...`, loaded from `host_blocks`.
+
+        They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
+        exceed the free plus evictable GPU blocks.
+        """
+        self.host.pin(host_blocks)  # evictions below must not reuse them
+        n = len(host_blocks)
+        if n > self.pool.num_free:
+            self._evict(n - self.pool.num_free, now)
+        gpu = self.pool.allocate(n)
+        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
+        for k, b in enumerate(gpu):
+            h = s.block_hashes[first + k]
+            if self.index.insert(h, b):
+                block_hash[b] = h
+            owner[b] = s.session_id
+            position[b] = first + k
+            self.host.plan_load(host_blocks[k], b)
+        return gpu
+
+    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
+        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds
+        (as many as there are free or evictable GPU blocks)."""
+        found = self.host.run(s.block_hashes, first, limit)[: self.pool.num_available]
+        return self._load_into_gpu(s, first, found, now) if found else []
+
+    def prefetch(
+        self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
+    ) -> int:
+        """Start loading a paused session's offloaded blocks back to the GPU tier.
+
+        Room comes from free blocks, then from evicting others' blocks by the policy; the
+        session's resident blocks are held meanwhile. The loaded blocks are CACHED (ranked
+        by the policy) until the session's next `begin_step` hits them; a resume before the
+        copy ends waits for the remainder only, since the engine's forward waits on the
+        plan's transfer.
+
+        Returns:
+            Blocks whose load was planned.
+        """
+        s = self._session(session_id)
+        if self.host is None or s.state is SessionState.RUNNING:
+            return 0
+        limit = min(len(s.block_hashes), s.num_computed // self.block_size)
+        get = self.index.get
+        first = 0
+        while first < limit and get(s.block_hashes[first]) is not None:
+            first += 1
+        found = self.host.run(s.block_hashes, first, limit)[:max_blocks]
+        if not found:
+            return 0
+        # Hold the session's resident head so that making room cannot evict it.
+        resident = [get(h) for h in s.block_hashes[:first]]
+        self.pool.acquire_many(resident)
+        found = found[: self.pool.num_available]
+        if found:
+            now = self.clock() if now is None else now
+            gpu = self._load_into_gpu(s, first, found, now)
+            # The paused table names them, so that end_session finds what the session owns.
+            for k, b in enumerate(gpu):
+                if first + k < len(s.block_ids):
+                    s.block_ids[first + k] = b
+            resident += gpu
+            self._prefetched_blocks += len(gpu)
+        self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first
+        return len(found)
+
+    def take_transfers(self) -> TransferPlan:
+        """Hand the pending copies to the engine, which must run them before its next forward
+        pass. Unpins the host blocks they use (later plans run after them, in order)."""
+        return self.host.take_plan() if self.host is not None else TransferPlan([], [])

@@ -35,10 +35,10 @@ from kvsaga._core import get_core
 from kvsaga._validate import check_positive_int, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
-from kvsaga.host_tier import HostTier, TransferPlan
-from kvsaga.policy import Action, EvictionPolicy, make_policy
-from kvsaga.pool import CACHED, BlockPool
-from kvsaga.prefix import PrefixIndex, root_hash
+from kvsaga.host_tier import HostTier, HostTierOps
+from kvsaga.policy import EvictionPolicy, make_policy
+from kvsaga.pool import CACHED
+from kvsaga.prefix import root_hash
 from kvsaga.session import PauseHint, Session, SessionState
 
 
@@ -163,8 +163,9 @@ def _common_prefix_len(a: list[int], b: list[int]) -> int:
     return lo
 
 
-class KVCacheManager:
-    """Owns the GPU tier's blocks, the prefix index and the sessions.
+class KVCacheManager(HostTierOps):
+    """Owns the GPU tier's blocks, the prefix index and the sessions (the host tier's
+    operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py).
 
     Args:
         spec: shape of a KV block.
@@ -293,45 +294,13 @@ class KVCacheManager:
         """
         tokens = self._check_prompt(session_id, token_ids)
         now = self.clock() if now is None else now
-        bs = self.block_size
-        s = self.sessions.get(session_id)
-        if s is None:
-            s = Session(session_id, workflow, root_hash(salt))
-            keep = 0
-        else:
-            if s.state is SessionState.RUNNING:
-                raise InvalidRequest(f"session {session_id!r} already has an open step")
-            if salt is not None and root_hash(salt) != s.root:
-                raise InvalidRequest(f"session {session_id!r} was opened with another salt")
-            keep = _common_prefix_len(s.token_ids, tokens)
-            del s.block_hashes[keep // bs :]
-        s.token_ids = tokens
-        self.hasher.extend(s.block_hashes, s.root, tokens)
-
-        # Full-block hits, leaving at least the last prompt token to compute.
+        s, keep = self._open(session_id, tokens, salt, workflow)
+        # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
-        hits = self.index.longest_prefix(s.block_hashes, max_hit // bs)
-        self.pool.acquire_many(hits)  # before loads below can evict anything
-        if self.host is not None:
-            loaded = self._load_from_host(s, len(hits), max_hit // bs, now)
-            self._host_hit_tokens += len(loaded) * bs
-            hits += loaded
-        num_cached = len(hits) * bs
-
-        # The session's own partial tail, retained at its pause, if it survived.
+        hits = self._full_block_hits(s, max_hit // self.block_size, now)
+        num_cached = len(hits) * self.block_size
         if s.tail is not None:
-            b, gen, ntok = s.tail
-            alive = self._tail_alive(s)
-            s.tail = None
-            start = self.block_position[b] * bs
-            usable = min(ntok, keep - start, max_hit - start)
-            if alive and start == num_cached and usable > 0:
-                self.pool.acquire_many([b])
-                hits.append(b)
-                num_cached = start + usable
-            elif alive:  # its content no longer extends the context: drop it
-                self._drop(b)
-
+            num_cached = self._reuse_tail(s, hits, num_cached, min(keep, max_hit))
         owner = self.block_owner
         for b in hits:
             if owner[b] != session_id:
@@ -347,6 +316,54 @@ class KVCacheManager:
         self._hit_tokens += num_cached
         self.policy.step_started(s, now)
         return StepStart(len(tokens), num_cached, list(hits))
+
+    def _open(
+        self, session_id: str, tokens: list[int], salt: str | None, workflow: str
+    ) -> tuple[Session, int]:
+        """The session (new, or paused with its hashes cut to what `tokens` keeps), its
+        hashes extended over `tokens`, and how many of its old tokens `tokens` keeps."""
+        s = self.sessions.get(session_id)
+        if s is None:
+            s = Session(session_id, workflow, root_hash(salt))
+            keep = 0
+        else:
+            if s.state is SessionState.RUNNING:
+                raise InvalidRequest(f"session {session_id!r} already has an open step")
+            if salt is not None and root_hash(salt) != s.root:
+                raise InvalidRequest(f"session {session_id!r} was opened with another salt")
+            keep = _common_prefix_len(s.token_ids, tokens)
+            del s.block_hashes[keep // self.block_size :]
+        s.token_ids = tokens
+        self.hasher.extend(s.block_hashes, s.root, tokens)
+        return s, keep
+
+    def _full_block_hits(self, s: Session, limit: int, now: float) -> list[int]:
+        """Referenced blocks holding `s`'s first full blocks (up to `limit`): GPU hits, then
+        the host tier's run after them, loaded into fresh GPU blocks."""
+        hits = self.index.longest_prefix(s.block_hashes, limit)
+        self.pool.acquire_many(hits)  # before loads below can evict anything
+        if self.host is not None:
+            loaded = self._load_from_host(s, len(hits), limit, now)
+            self._host_hit_tokens += len(loaded) * self.block_size
+            hits += loaded
+        return hits
+
+    def _reuse_tail(self, s: Session, hits: list[int], num_cached: int, usable_end: int) -> int:
+        """Append the partial tail block retained at `s`'s pause to `hits` when it survived
+        and its tokens up to `usable_end` continue them; drop it when it survived but no
+        longer fits. Returns the cached token count."""
+        b, _, ntok = s.tail
+        alive = self._tail_alive(s)
+        s.tail = None
+        start = self.block_position[b] * self.block_size
+        usable = min(ntok, usable_end - start)
+        if alive and start == num_cached and usable > 0:
+            self.pool.acquire_many([b])
+            hits.append(b)
+            return start + usable
+        if alive:  # its content no longer extends the context
+            self._drop(b)
+        return num_cached
 
     def _check_prompt(self, session_id: str, token_ids: Sequence[int], *,
                       check_ids: bool = True) -> Sequence[int]:
@@ -641,11 +658,10 @@ class KVCacheManager:
             InvalidRequest: bad hint values, or the session has no open step.
         """
         s = self._running(session_id)
-        hint = PauseHint(tool, expected_s, bool(last_step))
-        now = self.clock() if now is None else now
-        if last_step:
-            self.end_session(session_id, now=now)
+        hinted = self._hint(session_id, now, tool, expected_s, last_step)
+        if hinted is None:
             return
+        hint, now = hinted
         s.state = SessionState.PAUSED
         s.paused_at = now
         s.hint = hint
@@ -669,13 +685,24 @@ class KVCacheManager:
         s = self._session(session_id)
         if s.state is SessionState.RUNNING:
             raise InvalidRequest(f"session {session_id!r} is running; hint at finish_step")
+        hinted = self._hint(session_id, now, tool, expected_s, last_step)
+        if hinted is None:
+            return
+        hint, now = hinted
+        s.hint = hint
+        self.policy.pause_hinted(s, now, hint)
+
+    def _hint(
+        self, session_id: str, now: float | None, tool: str | None,
+        expected_s: float | None, last_step: bool,
+    ) -> tuple[PauseHint, float] | None:
+        """The checked hint and the time, or None once `last_step` has ended the session."""
         hint = PauseHint(tool, expected_s, bool(last_step))
         now = self.clock() if now is None else now
         if last_step:
             self.end_session(session_id, now=now)
-            return
-        s.hint = hint
-        self.policy.pause_hinted(s, now, hint)
+            return None
+        return hint, now
 
     def resume_hint(self, session_id: str, *, now: float | None = None) -> None:
         """Say that a paused session's next step is imminent (its tool returned)."""
@@ -765,101 +792,6 @@ class KVCacheManager:
             and len(set(victims)) == num_blocks
             and not any([state[b] != CACHED for b in victims])
         )
-
-    # -- host tier ------------------------------------------------------------------------
-    @property
-    def host_pool(self) -> BlockPool | None:
-        return self.host.pool if self.host is not None else None
-
-    @property
-    def host_index(self) -> PrefixIndex:
-        return self.host.index if self.host is not None else PrefixIndex()
-
-    def _offload(self, victims: list[int], now: float) -> None:
-        """Plan GPU -> host copies for the victims the policy wants offloaded."""
-        block_hash, host, action = self.pool.block_hash, self.host, self.policy.action
-        for b in victims:
-            h = block_hash[b]
-            # Unhashed tails are never reused by anyone else; a clean host copy needs no copy.
-            if h is None or host.has_copy(h) or action(b, now) != Action.OFFLOAD:
-                continue
-            if not host.copy_out(b, h):
-                return  # every host block is pinned by the pending plan
-
-    def _load_into_gpu(
-        self, s: Session, first: int, host_blocks: list[int], now: float
-    ) -> list[int]:
-        """Fresh GPU blocks for the session's blocks `first...`, loaded from `host_blocks`.
-
-        They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
-        exceed the free plus evictable GPU blocks.
-        """
-        self.host.pin(host_blocks)  # evictions below must not reuse them
-        n = len(host_blocks)
-        if n > self.pool.num_free:
-            self._evict(n - self.pool.num_free, now)
-        gpu = self.pool.allocate(n)
-        owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
-        for k, b in enumerate(gpu):
-            h = s.block_hashes[first + k]
-            if self.index.insert(h, b):
-                block_hash[b] = h
-            owner[b] = s.session_id
-            position[b] = first + k
-            self.host.plan_load(host_blocks[k], b)
-        return gpu
-
-    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
-        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds
-        (as many as there are free or evictable GPU blocks)."""
-        found = self.host.run(s.block_hashes, first, limit)[: self.pool.num_available]
-        return self._load_into_gpu(s, first, found, now) if found else []
-
-    def prefetch(
-        self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
-    ) -> int:
-        """Start loading a paused session's offloaded blocks back to the GPU tier.
-
-        Room comes from free blocks, then from evicting others' blocks by the policy; the
-        session's resident blocks are held meanwhile. The loaded blocks are CACHED (ranked
-        by the policy) until the session's next `begin_step` hits them; a resume before the
-        copy ends waits for the remainder only, since the engine's forward waits on the
-        plan's transfer.
-
-        Returns:
-            Blocks whose load was planned.
-        """
-        s = self._session(session_id)
-        if self.host is None or s.state is SessionState.RUNNING:
-            return 0
-        limit = min(len(s.block_hashes), s.num_computed // self.block_size)
-        get = self.index.get
-        first = 0
-        while first < limit and get(s.block_hashes[first]) is not None:
-            first += 1
-        found = self.host.run(s.block_hashes, first, limit)[:max_blocks]
-        if not found:
-            return 0
-        # Hold the session's resident head so that making room cannot evict it.
-        resident = [get(h) for h in s.block_hashes[:first]]
-        self.pool.acquire_many(resident)
-        found = found[: self.pool.num_available]
-        if found:
-            now = self.clock() if now is None else now
-            gpu = self._load_into_gpu(s, first, found, now)
-            # The paused table names them, so that end_session finds what the session owns.
-            for k, b in enumerate(gpu):
-                if first + k < len(s.block_ids):
-                    s.block_ids[first + k] = b
-            resident += gpu
-            self._prefetched_blocks += len(gpu)
-        self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first
-        return len(found)
-
-    def take_transfers(self) -> TransferPlan:
-        """Hand the pending copies to the engine, which must run them before its next forward
-        pass. Unpins the host blocks they use (later plans run after them, in order)."""
-        return self.host.take_plan() if self.host is not None else TransferPlan([], [])
 
     def _drop(self, block_id: int) -> None:
         """Evict one CACHED block: unindex it and return it to the free queue."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvsaga.manager import TransferPlan
+from kvsaga.host_tier import TransferPlan
 
 
 @dataclass(eq=False)

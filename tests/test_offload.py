@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from kvsaga.manager import TransferPlan
+from kvsaga.host_tier import TransferPlan
 from kvsaga.offload import TransferEngine
 
 
