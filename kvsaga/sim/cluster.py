@@ -25,9 +25,10 @@ from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
 from kvsaga.sim.config import SimConfig
-from kvsaga.sim.metrics import percentile, tenant_key
+from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
 from kvsaga.sim.trace import Session
+from kvsaga.stats import percentile
 
 
 class _GPU(Simulator):
