@@ -398,7 +398,7 @@ class WorkflowScheduler(Scheduler):
         manager: KVCacheManager,
         *,
         overcommit: float = 1.0,
-        horizon_steps: float = 2.0,
+        horizon_steps: float = 1.0,
         prior_growth_tokens: int = 256,
         growth_alpha: float = 0.05,
         demote_factor: float = 4.0,

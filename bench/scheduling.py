@@ -1,0 +1,313 @@
+"""Schedulers side by side: fcfs (vLLM v1's rule) vs workflow-atomic admission, with the lru
+and graph policies, over a load x KV-capacity grid of every workload family and a two-tenant
+mix (simulated; `kvsaga.sim`, the same scheduler code the engine runs).
+
+    python bench/scheduling.py              # the default run (a few minutes on 2 cores)
+    python bench/scheduling.py --fit        # the fit of workflow's parameters (seed 101)
+    python bench/scheduling.py --families swe --no-write
+
+Capacity is a fraction of each trace's peak working set (the most blocks its live sessions
+hold at once, served without eviction): 1.0 is no pressure, 0.25 heavy thrash. Load
+multiplies the family's arrival rate. Traces are scaled (`scale`: token counts and tool
+times) with arrival rates divided by the same factor, so the load stays the family's.
+Writes the "## Scheduling (simulated)" section of bench/RESULTS.md (other sections are left
+alone) and bench/plots/scheduling.png, from what this run measured.
+
+Parameters of `workflow` are its defaults, chosen by `--fit` on seed 101 (swe, web, bfcl at
+load 1, capacity 0.5); the figures report seed 1 (every family) and the tenant mix (seed 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from kvsaga.sim.compare import add_tenant_slowdowns, peak_working_set
+from kvsaga.sim.simulator import SimConfig, simulate
+from kvsaga.sim.workloads import WORKLOADS, generate
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Scheduling (simulated)"
+PRESET = "a100-llama3-8b"
+# (sessions, scale) per family: small enough for a few minutes in all on 2 shared cores.
+DEFAULTS = {"swe": (24, 0.15), "web": (24, 0.15), "bfcl": (80, 0.5), "assistant": (10, 0.1)}
+GRID = ((1.0, 1.0), (1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity fraction)
+CONFIGS = (("fcfs", "lru"), ("fcfs", "graph"), ("workflow", "lru"), ("workflow", "graph"))
+REPORT_SEED, MIX_SEED, FIT_SEED = 1, 2, 101
+MIX = (("a", "swe"), ("b", "web"))  # tenant, family: 12 sessions each
+FIT_GRID = [{"overcommit": o, "horizon_steps": h} for o in (1.0, 1.5) for h in (1.0, 2.0)]
+# Written after reading the default run's figures; re-read them after a change.
+NOTES = """Notes (read from this run's figures):
+- The mix's capacity is floored at 2 x (longest session + 1) blocks so that each tenant's
+  half of the GPU holds its longest session; at both capacities that floor leaves the
+  shared runs without pressure (per-tenant TCT is the same under every scheduler), so the
+  AFS ratios above compare the tenants' baselines alone on half the GPU, not admission
+  order under contention. A mix that is under pressure with this floor needs longer
+  traces than this default run affords.
+- Where workflow misses 2x (swe at load 1x, bfcl at 25-50%), its TCT gain comes with
+  fewer recomputed tokens and a higher hit rate, but new sessions queue behind admitted
+  ones; at bfcl 25% it is 0.95x of fcfs (many short sessions, little reuse to protect).
+- KV utilization (time-averaged share of the GPU blocks holding data that is used or later
+  reused) stays below 0.85 everywhere for both schedulers: workflow keeps room for the
+  predicted growth of admitted sessions, which sits empty until they grow."""
+
+
+def trace(family: str, seed: int, load: float, sessions: int | None = None):
+    n, scale = DEFAULTS[family]
+    rate = WORKLOADS[family].arrival_rate * load / scale
+    return generate(family, sessions or n, seed=seed, arrival_rate=rate, scale=scale)
+
+
+def mix_trace(seed: int, load: float):
+    """Two tenants, each running its own family's sessions, interleaved by arrival."""
+    out = []
+    for tenant, fam in MIX:
+        for s in trace(fam, seed, load, sessions=12):
+            out.append(dataclasses.replace(s, id=f"{tenant}-{s.id}", tenant=tenant))
+    return sorted(out, key=lambda s: (s.arrival_s, s.id))
+
+
+def capacity(sessions, frac: float, tenants: int = 1) -> int:
+    """`frac` of the peak working set, but at least what the longest session (on each
+    tenant's share of the GPU, for a mix) needs."""
+    base = SimConfig(preset=PRESET)
+    longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
+    return max(int(peak_working_set(sessions, base) * frac), tenants * (longest + 1))
+
+
+def _run(task: tuple) -> dict:
+    family, seed, load, frac, sched, policy, params = task
+    sessions = mix_trace(seed, load) if family == "mix" else trace(family, seed, load)
+    tenants = len({s.tenant for s in sessions})
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(sessions, frac, tenants),
+                    policy=policy, scheduler=sched, scheduler_params=params)
+    t = time.perf_counter()
+    row = simulate(sessions, cfg).to_dict()
+    if tenants > 1:
+        add_tenant_slowdowns(row, sessions, cfg)
+    row.update(family=family, seed=seed, load=load, frac=frac, policy=policy,
+               params=params, wall_s=time.perf_counter() - t)
+    return row
+
+
+def run(tasks: list[tuple], workers: int) -> list[dict]:
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(_run, tasks))
+
+
+def _label(r: dict) -> str:
+    return f"{r['scheduler']}+{r['policy']}"
+
+
+def table(rows: list[dict], family: str) -> str:
+    head = ("| load | capacity | scheduler+policy | TCT mean s | TCT p95 s | tasks/h | hit rate "
+            "| recomputed | KV util | SLO |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        if r["family"] != family:
+            continue
+        lines.append(f"| {r['load']:g}x | {r['frac']:.0%} | {_label(r)} | {r['tct_mean_s']:.1f} "
+                     f"| {r['tct_p95_s']:.1f} | {r['tasks_per_hour']:.0f} | {r['hit_rate']:.3f} "
+                     f"| {r['recomputed_tokens'] / 1e6:.2f}M | {r['kv_utilization']:.3f} "
+                     f"| {r['slo_attainment']:.2f} |")
+    return "\n".join(lines)
+
+
+def _pick(rows, family, load, frac, label):
+    return next(r for r in rows if (r["family"], r["load"], r["frac"], _label(r))
+                == (family, load, frac, label))
+
+
+def goals(rows: list[dict], families: list[str]) -> str:
+    """The issue's goals, checked on every grid point (workflow+lru vs fcfs+lru)."""
+    out = ["| family | load | capacity | fcfs+lru hit | TCT mean gain | p95 gain | tasks/h ratio "
+           "| workflow KV util | SLO fcfs / workflow |", "|---|---|---|---|---|---|---|---|---|"]
+    for fam in families:
+        for load, frac in GRID:
+            f = _pick(rows, fam, load, frac, "fcfs+lru")
+            w = _pick(rows, fam, load, frac, "workflow+lru")
+            out.append(f"| {fam} | {load:g}x | {frac:.0%} | {f['hit_rate']:.3f} "
+                       f"| {f['tct_mean_s'] / w['tct_mean_s']:.2f}x "
+                       f"| {f['tct_p95_s'] / w['tct_p95_s']:.2f}x "
+                       f"| {w['tasks_per_hour'] / f['tasks_per_hour']:.2f} "
+                       f"| {w['kv_utilization']:.3f} "
+                       f"| {f['slo_attainment']:.2f} / {w['slo_attainment']:.2f} |")
+    return "\n".join(out)
+
+
+def verdict(rows: list[dict], families: list[str]) -> list[str]:
+    """One line per goal: met or missed, from the measured rows."""
+    pressured = [(fam, load, frac) for fam in families for load, frac in GRID
+                 if _pick(rows, fam, load, frac, "fcfs+lru")["hit_rate"] < 0.8]
+    gains, p95, tph, util = [], [], [], []
+    for key in pressured:
+        f, w = _pick(rows, *key, "fcfs+lru"), _pick(rows, *key, "workflow+lru")
+        gains.append((f["tct_mean_s"] / w["tct_mean_s"], key))
+        p95.append((f["tct_p95_s"] / w["tct_p95_s"], key))
+        tph.append((w["tasks_per_hour"] / f["tasks_per_hour"], key))
+        util.append((w["kv_utilization"], key))
+
+    def worst(xs):
+        return min(xs) if xs else (math.nan, None)
+
+    def fmt(x):
+        v, key = x
+        return "n/a" if key is None else f"{v:.2f} ({key[0]} {key[1]:g}x {key[2]:.0%})"
+
+    lines = [f"- Grid points where fcfs+lru's hit rate < 0.8: {len(pressured)} of "
+             f"{len(families) * len(GRID)}."]
+    ok = bool(gains) and worst(gains)[0] >= 2
+    lines.append(f"- Mean TCT >= 2x better there: {'met' if ok else 'missed'}; worst "
+                 f"{fmt(worst(gains))}, best {fmt(max(gains)) if gains else 'n/a'}.")
+    ok = bool(p95) and worst(p95)[0] >= 1
+    lines.append(f"- p95 TCT no worse: {'met' if ok else 'missed'}; worst gain {fmt(worst(p95))}.")
+    ok = bool(tph) and worst(tph)[0] >= 0.7
+    lines.append(f"- tasks/h >= 0.7x of fcfs's: {'met' if ok else 'missed'}; worst "
+                 f"{fmt(worst(tph))}.")
+    ok = bool(util) and worst(util)[0] >= 0.85
+    lines.append(f"- KV utilization >= 0.85 under pressure: {'met' if ok else 'missed'}; "
+                 f"lowest {fmt(worst(util))}.")
+    mix = [r for r in rows if r["family"] == "mix"]
+    if mix:
+        for r in mix:
+            if _label(r) in ("fcfs+lru", "workflow+lru"):
+                lines.append(f"- Two-tenant mix at {r['frac']:.0%}, {_label(r)}: "
+                             f"afs_max_slowdown_ratio {r['afs_max_slowdown_ratio']:.2f} "
+                             f"(slowdowns " + ", ".join(
+                                 f"{t} {v['slowdown']:.2f}" for t, v in r["tenants"].items())
+                             + ")")
+    slo_lines = []
+    for fam in families:
+        loads = [(load, frac) for load, frac in GRID
+                 if _pick(rows, fam, load, frac, "fcfs+lru")["slo_attainment"] >= 0.9]
+        if loads:
+            load, frac = max(loads, key=lambda x: (x[0], -x[1]))
+            w = _pick(rows, fam, load, frac, "workflow+lru")
+            slo_lines.append(f"{fam} {load:g}x {frac:.0%}: {w['slo_attainment']:.2f}")
+    lines.append("- SLO attainment of workflow where fcfs still attains 0.9 (heaviest such "
+                 "point per family; goal 0.99): " + ("; ".join(slo_lines) or "none"))
+    return lines
+
+
+def plot(rows: list[dict], families: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = families + (["mix"] if any(r["family"] == "mix" for r in rows) else [])
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.2 * len(fams), 3.2), squeeze=False)
+    try:
+        for ax, fam in zip(axes[0], fams, strict=True):
+            for sched, pol in CONFIGS:
+                pts = sorted((r["frac"], r["tct_mean_s"]) for r in rows
+                             if r["family"] == fam and r["load"] == 1.0
+                             and (r["scheduler"], r["policy"]) == (sched, pol))
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o",
+                        linestyle="-" if sched == "workflow" else "--", label=f"{sched}+{pol}")
+            ax.set_title(f"{fam} (load 1x)")
+            ax.set_xlabel("KV capacity / peak working set")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("mean TCT (s)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=70)
+    finally:
+        plt.close(fig)
+
+
+def write_section(body: str) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{SECTION}\n\n{body}\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else \
+        text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def fit(workers: int) -> None:
+    """The fit of workflow's parameters: mean TCT over swe, web and bfcl (seed 101, load 1,
+    capacity 0.5), relative to fcfs+lru on the same trace."""
+    fams = ("swe", "web", "bfcl")
+    tasks = [(f, FIT_SEED, 1.0, 0.5, "fcfs", "lru", None) for f in fams]
+    tasks += [(f, FIT_SEED, 1.0, 0.5, "workflow", "lru", p) for p in FIT_GRID for f in fams]
+    rows = run(tasks, workers)
+    base = {r["family"]: r["tct_mean_s"] for r in rows if r["scheduler"] == "fcfs"}
+    scores = []
+    for p in FIT_GRID:
+        mine = [r for r in rows if r["params"] == p]
+        gains = {r["family"]: base[r["family"]] / r["tct_mean_s"] for r in mine}
+        geo = math.exp(sum(math.log(g) for g in gains.values()) / len(gains))
+        scores.append((min(gains.values()), geo, p))
+        print(f"{p}: TCT gain vs fcfs+lru " + ", ".join(f"{f} {g:.2f}x" for f, g in
+                                                       gains.items()) + f"; geomean {geo:.2f}x")
+    print(f"chosen (largest smallest gain): {max(scores, key=lambda x: x[:2])[2]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", default=",".join(DEFAULTS))
+    ap.add_argument("--no-mix", action="store_true", help="skip the two-tenant mix")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+    if args.fit:
+        fit(args.workers)
+        return 0
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    for f in families:
+        WORKLOADS[f]  # unknown family: lists the known ones
+    tasks = [(f, REPORT_SEED, load, frac, s, p, None) for f in families for load, frac in GRID
+             for s, p in CONFIGS]
+    if not args.no_mix:
+        tasks += [("mix", MIX_SEED, 1.0, frac, s, p, None) for frac in (1.0, 0.5)
+                  for s, p in CONFIGS]
+    t0 = time.perf_counter()
+    rows = run(tasks, args.workers)
+    wall = time.perf_counter() - t0
+    cmd = "python bench/scheduling.py" + (" " + " ".join(sys.argv[1:]) if argv is None and
+                                          sys.argv[1:] else "")
+    parts = [f"Command: `{cmd}` ({len(rows)} simulations, {wall:.0f} s on this machine). "
+             f"Preset {PRESET}; seed {REPORT_SEED} per family, the two-tenant mix "
+             f"({', '.join(f'{t}: {f}' for t, f in MIX)}, 12 sessions each) seed {MIX_SEED}; "
+             f"workflow's parameters are its defaults, fitted with `--fit` on seed {FIT_SEED} "
+             f"(swe, web, bfcl), never on these traces. Capacity: share of the trace's peak "
+             f"working set; load: x the family's arrival rate.",
+             "", "### Goals (workflow+lru vs fcfs+lru; from this run)", "",
+             *verdict(rows, families), "", goals(rows, families), ""]
+    for fam in families + (["mix"] if not args.no_mix else []):
+        n, scale = DEFAULTS.get(fam, (24, 0.15))
+        what = f"{n} sessions, scale {scale}" if fam != "mix" else "2 tenants x 12 sessions"
+        parts += [f"### {fam} ({what})", "", table(rows, fam), ""]
+    mix = [r for r in rows if r["family"] == "mix"]
+    if mix:
+        parts += ["Tenant mix, per tenant (TCT mean s / alone on half the GPU s / slowdown):",
+                  ""]
+        for r in mix:
+            parts.append(f"- {r['frac']:.0%} {_label(r)}: " + "; ".join(
+                f"{t}: {v['tct_mean_s']:.1f} / {v['tct_alone_s']:.1f} / {v['slowdown']:.2f}"
+                for t, v in r["tenants"].items())
+                + f"; afs_max_slowdown_ratio {r['afs_max_slowdown_ratio']:.2f}")
+        parts.append("")
+    parts += [NOTES, "", "![mean TCT vs capacity](plots/scheduling.png)"]
+    body = "\n".join(parts)
+    print(body)
+    if not args.no_write:
+        (HERE / "plots").mkdir(exist_ok=True)
+        plot(rows, families, HERE / "plots" / "scheduling.png")
+        write_section(body)
+        print("wrote bench/RESULTS.md and bench/plots/scheduling.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
