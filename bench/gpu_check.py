@@ -321,6 +321,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or "absent" (the report must still be written)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
 def no_cuda_message(torch) -> str | None:
     """Why this machine cannot run the check, or None when it can."""
     if torch.cuda.is_available():
@@ -374,13 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = step_engine(tmp, left, env)
             print(f"[gpu_check] {step}: {r.status} in {r.seconds:.0f} s", flush=True)
             results.append(r)
-    import triton
-
     report = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": package_version("triton"),
         "gpu": {"name": name, "peaks": peaks},
         "steps": [r.__dict__ for r in results],
     }

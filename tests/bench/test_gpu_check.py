@@ -103,6 +103,11 @@ def test_installed_layout_imports_the_kernels_without_an_install(tmp_path):
     assert Path(proc.stdout.strip()).resolve() == (REPO / "kernels" / "__init__.py").resolve()
 
 
+def test_package_version_of_a_missing_package_is_absent():
+    assert gpu_check.package_version("torch") == torch.__version__
+    assert gpu_check.package_version("no-such-package-kvsaga") == "absent"
+
+
 def test_offload_share_of_host_link():
     detail = {"results": [{"GB/s": 32.0}]}
     assert gpu_check.offload_vs_link(detail, {"host_link_gbps": 64.0})["results"][0][
