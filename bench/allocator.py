@@ -405,7 +405,23 @@ def eviction_scaling(counts: list[int], repeat: int) -> tuple[list[str], dict]:
         lines += ["", f"Growth from {lo:,} to {hi:,} paused sessions: " + ", ".join(
             f"{p} {figures[p][hi][i] / figures[p][lo][i]:.2f}x" for p in SCALING_POLICIES)
             + ".", ""]
+        lines += scaling_goals(figures, counts, i) + [""]
     return lines, figures
+
+
+def scaling_goals(figures: dict, counts: list[int], i: int) -> list[str]:
+    """Issue 11's goals: every policy <= 2x lru at 4,000 paused sessions, and flat from
+    1,000 to 16,000 (here: growing no more than 1.5x, against a 16x growth in sessions)."""
+    out = []
+    if 4000 in counts:
+        worst = max(figures[p][4000][i] / figures["lru"][4000][i] for p in SCALING_POLICIES)
+        out.append(f"- every policy <= 2x lru at 4,000 paused sessions: "
+                   f"**{'met' if worst <= 2.0 else 'missed'}** (worst {worst:.2f}x).")
+    if 1000 in counts and 16000 in counts:
+        worst = max(figures[p][16000][i] / figures[p][1000][i] for p in SCALING_POLICIES)
+        out.append(f"- flat from 1,000 to 16,000 (growth <= 1.5x): "
+                   f"**{'met' if worst <= 1.5 else 'missed'}** (worst growth {worst:.2f}x).")
+    return out
 
 
 def write_section(title: str, body: str, path: Path) -> None:
@@ -436,7 +452,8 @@ def scaling_main(args: argparse.Namespace) -> None:
         "", *lines])
     print(body)
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")
+        Path(args.json).write_text(json.dumps(
+            {"command": cmd, "wall_s": wall, "figures": figures}, indent=1), encoding="utf-8")
     if args.write:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
 

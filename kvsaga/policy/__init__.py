@@ -25,6 +25,10 @@ from kvsaga.policy.saga import SagaPolicy
 from kvsaga.policy.ttl import TTLPolicy
 from kvsaga.session import PauseHint
 
+# The policy that engine, server and simulator use when none is named: the one that wins the
+# held-out evaluation (`python bench/policies.py`, bench/RESULTS.md).
+DEFAULT_POLICY = "graph"
+
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls
     for cls in (LRUPolicy, TTLPolicy, GraphPolicy, SagaPolicy, BeladyPolicy, ClairvoyantTTLPolicy)
@@ -56,6 +60,7 @@ __all__ = [
     "BlockView",
     "ClairvoyantTTLPolicy",
     "CostModel",
+    "DEFAULT_POLICY",
     "EvictionPolicy",
     "FutureOracle",
     "GraphPolicy",

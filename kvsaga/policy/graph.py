@@ -42,6 +42,15 @@ time queued rounded down to the grid (`elapsed_grid`), so it changes at grid poi
 end of a hinted pause, and on the session's events; a block's key is that rate times the
 block's rebuild cost.
 
+Self-correction. The graph's time to reuse is checked against what happens: at each pause
+the policy notes its prediction (pause residual + admission wait), and when the session
+comes back it learns log(observed / predicted), per (workflow, tool) and per workflow. Every
+later prediction for that tool is multiplied by exp of the mean error, shrunk towards the
+workflow's mean and that towards 0 by `calib_prior` pseudo-observations, so a workflow or
+tool whose pauses or queueing the graph misjudges (a workflow never seen in tuning, a
+queue the warm/cold wait model does not fit) is corrected from its own data, and one with
+no data is left alone. Hinted pauses are not corrected (hints win).
+
 Within a session the tail goes before the head (one stream per session, tail first); the
 plain cache drains in LRU order, priced by its oldest block. Each victim is offloaded when a
 host tier exists, the block may be reused and reloading it is cheaper than recomputing it;
@@ -56,6 +65,8 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Pred
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
+
+LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 
 
 class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -72,6 +83,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         wait_alpha: the weight, once 1 / wait_alpha resumes were seen, of each new admission
             wait in its running mean (before that, the plain mean of those seen).
         relearn_share: see `GroupedPolicy`.
+        calib_prior: pseudo-observations (of no error) that each self-correction factor
+            starts from (`correction`); None turns self-correction off.
     """
 
     name = "graph"
@@ -87,6 +100,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         prefetch_lead_s: float = 0.1,
         wait_alpha: float = 0.02,
         relearn_share: float = 0.125,
+        calib_prior: float | None = 4.0,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -104,6 +118,13 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
+        if calib_prior is not None and not calib_prior > 0:
+            raise ValueError(f"calib_prior must be > 0 or None, got {calib_prior!r}")
+        self.calib_prior = calib_prior
+        # Self-correction: (workflow, tool or None) -> [resumes, sum of log(observed /
+        # predicted)]; per paused session, what was predicted at its pause.
+        self._calib: dict[tuple[str, str | None], list] = {}
+        self._calib_pending: dict[str, tuple[str, str | None, float, float]] = {}
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -117,6 +138,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
+        pending = self._calib_pending.pop(session.session_id, None)
+        if pending is not None:
+            self._calibrate(*pending, now)
         ready = self._ready.pop(session.session_id, None)
         if ready is not None:
             w = self.admission_wait[ready[1]]
@@ -144,7 +168,37 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def step_finished(self, session, now: float, hint) -> None:
         super().step_finished(session, now, hint)
         # The context's size, for `is_warm` (its cached share decides the admission wait).
-        self._ctx_blocks[session.session_id] = len(session.block_ids)
+        sid = session.session_id
+        self._ctx_blocks[sid] = len(session.block_ids)
+        v = self.views[sid]
+        if hint.expected_s is None and not hint.last_step:
+            raw = self._predict_session(sid, now, True, True, calibrated=False)[0]
+            self._calib_pending[sid] = (v.workflow, v.tool, raw.expected_s, now)
+
+    # -- self-correction ----------------------------------------------------------------------
+    def _calibrate(self, workflow: str, tool: str | None, predicted_s: float, paused_at: float,
+                   now: float) -> None:
+        """A paused session came back: learn log(observed / predicted) time to reuse, per
+        (workflow, tool) and per workflow."""
+        lo = self.min_wait_s
+        r = math.log(max(now - paused_at, lo) / max(predicted_s, lo))
+        r = min(max(r, -LOG_CLIP), LOG_CLIP)
+        for key in ((workflow, NO_TOOL if tool is None else tool), (workflow, None)):
+            c = self._calib.setdefault(key, [0, 0.0])
+            c[0] += 1
+            c[1] += r
+
+    def correction(self, workflow: str, tool: str | None) -> float:
+        """Factor on the graph's predicted time to reuse: exp of the mean log(observed /
+        predicted) of this workflow's tool, shrunk towards the workflow's, which is shrunk
+        towards 1, each by `calib_prior` pseudo-observations: no data, no correction."""
+        k0 = self.calib_prior
+        wf = self._calib.get((workflow, None))
+        m = wf[1] / (wf[0] + k0) if wf else 0.0
+        kt = self._calib.get((workflow, NO_TOOL if tool is None else tool))
+        if kt:
+            m = (kt[1] + k0 * m) / (kt[0] + k0)
+        return math.exp(m)
 
     def resume_hinted(self, session, now: float) -> None:
         super().resume_hinted(session, now)
@@ -157,6 +211,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._on_host.pop(session.session_id, None)
         self._ready.pop(session.session_id, None)
         self._ctx_blocks.pop(session.session_id, None)
+        self._calib_pending.pop(session.session_id, None)
         super().session_ended(session, now)
 
     # -- predictions --------------------------------------------------------------------------
@@ -196,8 +251,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         """
         return self._predict_session(session_id, now, admission, True)[0]
 
-    def _predict_session(self, session_id: str, now: float, admission: bool, exact: bool
-                         ) -> tuple[Prediction, float]:
+    def _predict_session(self, session_id: str, now: float, admission: bool, exact: bool,
+                         calibrated: bool = True) -> tuple[Prediction, float]:
         """`predict_session`, with times read exactly or on the grid (`elapsed_grid`), and
         the time by which the prediction must be made again (inf: only on events)."""
         v = self.views.get(session_id)
@@ -217,7 +272,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             return (Prediction(self.graph.resume_share(v.workflow, kind), x - e + wait),
                     min(until, v.paused_at + x))
         p = self.graph.predict(v.workflow, v.tool, e)
-        return Prediction(p.p_resume, p.expected_s + wait), until
+        t = p.expected_s + wait
+        if calibrated and admission and self.calib_prior is not None:  # learned with the wait
+            t *= self.correction(v.workflow, v.tool)
+        return Prediction(p.p_resume, t), until
 
     def predict_plain(self, block_id: int, now: float) -> Prediction:
         """P(reuse) and expected seconds until a plain block is needed by any session."""
@@ -283,12 +341,25 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         p, until = self._predict_session(sid, now, True, not self.indexed)
         return p.p_resume / max(p.expected_s, self.min_wait_s), until
 
-    def _entry_key(self, base: float, position: int) -> float:
-        return base * self.block_cost(position)
+    # -- keys: (0, 0) dead, (1, loss) sessions and other plain, (2, loss) shared prefix in use
+    def _entry_key(self, base: float, position: int) -> tuple[int, float]:
+        return 1, base * self.block_cost(position)
 
-    def _plain_key(self, block_id: int, now: float) -> float:
+    def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         p = self.predict_plain(block_id, now)
-        return p.p_resume * self.block_cost(self._pos[block_id]) / p.expected_s
+        loss = p.p_resume * self.block_cost(self._pos[block_id]) / p.expected_s
+        return (2 if self.shared_in_use(block_id, now) else 1), loss
 
-    def _dead_key(self, block_id: int, now: float) -> float:
-        return 0.0
+    def shared_in_use(self, block_id: int, now: float) -> bool:
+        """A plain block that several steps hit, last within twice its mean gap between
+        hits: a prefix that live sessions still read. Its own rebuild is cheap, but every
+        cached context behind it is useless without it, which its loss does not count, so
+        it goes after every session's blocks."""
+        b = block_id
+        if self._gen[b] != self.view.block_generation[b] or self._uses[b] < 2:
+            return False
+        i = self._interval[b]
+        return i is not None and now - self._last_use[b] <= 2.0 * i
+
+    def _dead_key(self, block_id: int, now: float) -> tuple[int, float]:
+        return 0, 0.0

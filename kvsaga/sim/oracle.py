@@ -122,6 +122,10 @@ class TraceOracle:
             if h not in prefix:
                 own[h] = session_id
 
+    def is_waiting(self, session_id: str) -> bool:
+        """Whether the session's next step is released and waits for admission."""
+        return self._state.get(session_id) == _WAITING
+
     def _set(self, session_id: str, state: int) -> None:
         key = _key(self._sessions[session_id])
         old = self._state.get(session_id)

@@ -18,6 +18,9 @@ that SWE contexts land in the measured range.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
 from kvsaga.sim.registry import Registry
 from kvsaga.sim.trace import Session
@@ -205,3 +208,41 @@ def generate(workload: str, num_sessions: int, seed: int, arrival_rate: float | 
     """
     return WORKLOADS[workload].generate(num_sessions, seed, arrival_rate=arrival_rate,
                                         scale=scale)
+
+
+def perturb(spec: WorkloadSpec, name: str, *, latency: float = 1.0, spread: float = 1.0,
+            steps: float = 1.0, tokens: float = 1.0) -> WorkloadSpec:
+    """A variant of a family, for evaluating on workloads that no tuning saw.
+
+    Args:
+        spec: the family to change.
+        name: the variant's name (its sessions' workflow).
+        latency: multiplies every tool's median latency.
+        spread: multiplies every tool's log-latency sigma (> 1: heavier tails).
+        steps: multiplies the mean and the largest number of steps per session.
+        tokens: multiplies prompt sizes: the shared prefix, the task, the observations.
+    """
+    for what, x in (("latency", latency), ("spread", spread), ("steps", steps),
+                    ("tokens", tokens)):
+        if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+            raise ValueError(f"perturb: {what} must be a finite number > 0, got {x!r}")
+    tools = tuple(
+        dataclasses.replace(t, p50_s=t.p50_s * latency,
+                            p95_s=t.p50_s * latency * (t.p95_s / t.p50_s) ** spread,
+                            observation_tokens=t.observation_tokens * tokens)
+        for t in spec.tools)
+    lo, hi = spec.task_tokens
+    return dataclasses.replace(
+        spec, name=name, tools=tools, steps_mean=spec.steps_mean * steps,
+        steps_max=max(spec.steps_min, round(spec.steps_max * steps)),
+        prefix_tokens=round(spec.prefix_tokens * tokens),
+        task_tokens=(max(1, round(lo * tokens)), max(1, round(hi * tokens))))
+
+
+def mixed(*traces: list[Session]) -> list[Session]:
+    """Several traces served together (workflows mixed), in arrival order."""
+    out = [s for t in traces for s in t]
+    ids = [s.id for s in out]
+    if len(set(ids)) != len(ids):
+        raise ValueError("mixed traces must have distinct session ids")
+    return sorted(out, key=lambda s: s.arrival_s)

@@ -142,3 +142,31 @@ def test_queued_cold_session_goes_before_a_warm_one_paused_on_a_fast_tool(waits,
     kept = {"a": 2, "b": 1}
     kept[evicted] -= 1
     assert {s: len(policy.groups.get(s, [])) for s in ("a", "b")} == kept
+
+
+def test_self_correction_learns_the_error_and_shrinks_to_no_data():
+    policy = GraphPolicy(calib_prior=4.0)
+    train(policy.graph, "lint", 5.0)
+    m = make(policy, num_blocks=32)
+    assert policy.correction("default", "lint") == 1.0  # no data: no correction
+    t = 0.0
+    for k in range(4):  # lint keeps coming back 4x later than the graph predicts
+        run_step(m, "a", tokens(100, 4 + k), now=t, tool="lint")
+        t += 4 * policy.graph.predict("default", "lint", 0.0).expected_s
+    m.begin_step("a", tokens(100, 8), now=t)
+    f = policy.correction("default", "lint")
+    assert 1.5 < f < 4.0  # towards the observed 4x, shrunk by the prior
+    assert 1.0 < policy.correction("default", "other") < f  # unseen tool: the workflow's
+    with pytest.raises(ValueError, match="calib_prior"):
+        GraphPolicy(calib_prior=0.0)
+
+
+def test_a_shared_prefix_in_use_goes_after_session_blocks():
+    policy = GraphPolicy()
+    m = make(policy, num_blocks=16)
+    system = tokens(1000, 4)  # block 0, shared
+    for k, sid in enumerate(("a", "b", "c")):
+        run_step(m, sid, system + tokens(2000 + 100 * k, 8), now=float(k), tool="x")
+    assert policy.shared_in_use(0, 2.5)
+    assert policy.eviction_order(2.5)[-1] == 0
+    assert not policy.shared_in_use(0, 100.0)  # idle far past its gap between hits

@@ -147,3 +147,32 @@ def test_scale_shrinks_tokens_and_times_but_keeps_structure():
         for fs, ss in zip(f.steps, s.steps, strict=True):
             assert ss.tool_s == pytest.approx(0.1 * fs.tool_s)
             assert ss.input_tokens >= 1 and ss.output_tokens >= 1
+
+
+def test_perturb_scales_latency_spread_steps_and_tokens():
+    from kvsaga.sim.workloads import perturb
+
+    base = WORKLOADS["swe"]
+    v = perturb(base, "swe-x", latency=3.0, spread=1.5, steps=0.5, tokens=2.0)
+    for a, b in zip(base.tools, v.tools, strict=True):
+        assert b.p50_s == pytest.approx(3 * a.p50_s)
+        assert b.sigma == pytest.approx(1.5 * a.sigma)
+        assert b.observation_tokens == pytest.approx(2 * a.observation_tokens)
+    assert v.steps_mean == pytest.approx(base.steps_mean / 2) and v.name == "swe-x"
+    assert v.prefix_tokens == 2 * base.prefix_tokens
+    lat = [s.tool_s for x in v.generate(200, 3) for s in x.steps if s.tool]
+    base_lat = [s.tool_s for x in base.generate(200, 3) for s in x.steps if s.tool]
+    assert np.median(lat) > 2 * np.median(base_lat)
+    with pytest.raises(ValueError, match="latency"):
+        perturb(base, "bad", latency=0.0)
+
+
+def test_mixed_interleaves_by_arrival_and_rejects_clashing_ids():
+    from kvsaga.sim.workloads import mixed
+
+    a, b = generate("swe", 5, seed=1), generate("bfcl", 5, seed=1)
+    m = mixed(a, b)
+    assert len(m) == 10 and {s.workflow for s in m} == {"swe", "bfcl"}
+    assert [s.arrival_s for s in m] == sorted(s.arrival_s for s in m)
+    with pytest.raises(ValueError, match="distinct"):
+        mixed(a, a)

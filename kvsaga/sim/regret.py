@@ -1,0 +1,123 @@
+"""Per-victim regret against the future: what a policy evicted that was needed soonest.
+
+`record_regret(policy)` makes a policy instance note, at every victim search, each victim's
+class and its next use from a `TraceOracle` that the simulator feeds (it gives the policy an
+`oracle` attribute, which the simulator recognizes). Classes, from the manager's view:
+
+- `paused`: a live session's block, the session waiting on its tool (or its tool returned
+  and the simulator has not yet queued the step: then needed at once);
+- `queued`: a live session's block, its tool returned and its step waits for admission;
+- `running`: a live session's block while its step is open (a preempted retry);
+- `plain`: cache owned by no session (a shared prefix, or an ended session's) that a later
+  step reads;
+- `dead`: cache owned by no session that no later step reads.
+
+A victim is *reused* when a later step reads it (its eviction costs a rebuild), with the
+time until then; it is *premature* when some block left cached at that search is next used
+later than it (Belady would have taken that one instead), and its *regret* is how much
+sooner it is needed than the latest next use among the blocks left (seconds, capped at
+`horizon_s`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kvsaga.policy.base import EvictionPolicy
+from kvsaga.pool import CACHED
+from kvsaga.sim.oracle import TraceOracle
+from kvsaga.sim.trace import Session
+
+CLASSES = ("paused", "queued", "running", "plain", "dead")
+
+
+@dataclass
+class ClassRegret:
+    """What one class of victims cost."""
+
+    victims: int = 0
+    premature: int = 0
+    reused: int = 0  # victims read again later at all
+    regret_s: list[float] = field(default_factory=list)
+    next_use_s: list[float] = field(default_factory=list)  # of the reused victims
+
+
+@dataclass
+class RegretLog:
+    """Per class, over a whole run."""
+
+    horizon_s: float
+    by_class: dict[str, ClassRegret] = field(default_factory=lambda: defaultdict(ClassRegret))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        total = sum(c.victims for c in self.by_class.values()) or 1
+        out = {}
+        for name in CLASSES:
+            c = self.by_class.get(name)
+            if c is None or not c.victims:
+                continue
+            reg, nxt = sorted(c.regret_s), sorted(c.next_use_s)
+            out[name] = {
+                "share": c.victims / total, "victims": c.victims,
+                "premature": c.premature / c.victims, "reused": c.reused,
+                "median_regret_s": reg[len(reg) // 2] if reg else 0.0,
+                "median_next_use_s": nxt[len(nxt) // 2] if nxt else math.inf,
+            }
+        return out
+
+
+def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_size: int,
+                  horizon_s: float = 600.0) -> RegretLog:
+    """Make `policy` log its victims' regret during a simulation of `sessions`.
+
+    Returns:
+        The log that fills as the simulation runs.
+    """
+    oracle = getattr(policy, "oracle", None)
+    if not isinstance(oracle, TraceOracle):
+        oracle = TraceOracle(sessions, block_size)
+        policy.oracle = oracle  # the simulator feeds an oracle it finds on the policy
+    log = RegretLog(horizon_s)
+    choose = policy.choose_victims
+
+    def next_use(b: int, now: float) -> float:
+        view = policy.view
+        return oracle.next_use(view.block_owner[b], view.block_hash[b],
+                               view.block_position[b], now)
+
+    def classify(b: int, nu: float, now: float) -> str:
+        manager = policy.view  # in a simulation, the manager itself
+        owner = manager.block_owner[b]
+        s = manager.sessions.get(owner) if owner is not None else None
+        if s is None:
+            return "dead" if math.isinf(nu) else "plain"
+        if s.is_running:
+            return "running"
+        return "queued" if oracle.is_waiting(owner) else "paused"
+
+    def recording(num_blocks: int, now: float) -> list[int]:
+        victims = choose(num_blocks, now)
+        if not victims:
+            return victims
+        state = policy.view.pool.state
+        chosen = set(victims)
+        kept = [next_use(b, now) for b in range(len(state))
+                if state[b] == CACHED and b not in chosen]
+        latest = max(kept, default=-math.inf)
+        for b in victims:
+            nu = next_use(b, now)
+            c = log.by_class[classify(b, nu, now)]
+            c.victims += 1
+            if not math.isinf(nu):
+                c.reused += 1
+                c.next_use_s.append(nu - now)
+            if nu < latest:
+                c.premature += 1
+                c.regret_s.append(min(latest, now + horizon_s) - nu)
+        return victims
+
+    policy.choose_victims = recording
+    return log

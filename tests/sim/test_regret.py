@@ -1,0 +1,26 @@
+"""The per-victim regret log accounts for every eviction of a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy import make_policy
+from kvsaga.sim.regret import CLASSES, record_regret
+from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.sim.workloads import generate
+
+
+@pytest.mark.parametrize("name", ["lru", "ttl"])
+def test_every_victim_is_logged_once_with_a_class(name):
+    trace = generate("swe", 6, seed=2, arrival_rate=1.0, scale=0.05)
+    policy = make_policy(name)
+    sim = Simulator(trace, SimConfig(preset="a100-llama3-8b", num_gpu_blocks=240, policy=name),
+                    policy=policy)
+    log = record_regret(policy, trace, sim.block_size)
+    r = sim.run()
+    assert r.num_evicted_blocks > 0
+    s = log.summary()
+    assert set(s) <= set(CLASSES)
+    assert sum(c["victims"] for c in s.values()) == r.num_evicted_blocks
+    for c in s.values():
+        assert 0 <= c["reused"] <= c["victims"] and 0 <= c["premature"] <= 1
