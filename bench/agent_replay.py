@@ -561,7 +561,7 @@ def peer_ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
             fewer = s["prefill_tokens"] < plain["prefill_tokens"]
             out[name] = {"tct_speedup_over_vllm": tct, "fewer_prefill_tokens": fewer}
             out["lines"].append(
-                f"{name} vs vllm: mean TCT {tct:.2f}x faster (goal >= 1.64x: "
+                f"{name} vs vllm: mean TCT speed-up {tct:.2f}x (goal >= 1.64x: "
                 f"{'met' if tct >= 1.64 else 'not met'}); prefill tokens "
                 f"{s['prefill_tokens']:,} vs {plain['prefill_tokens']:,} "
                 f"({'fewer' if fewer else 'not fewer'})")
