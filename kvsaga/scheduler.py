@@ -216,6 +216,21 @@ class Scheduler:
         else:
             self._dequeue(req)
 
+    def forget_session(self, session_id: str, now: float) -> None:
+        """The session left this scheduler while paused: it ended, or it moved to another
+        GPU or replica (call after the manager's `end_session`). Whatever the scheduler
+        keeps about it goes, so it holds no admission room here; a later step of it here
+        is admitted afresh. Unknown sessions are ignored.
+
+        Raises:
+            ValueError: a step of the session is still waiting or running here (`finish`
+                it first); nothing changed.
+        """
+        if any(r.session_id == session_id for r in self.running) or any(
+                r.session_id == session_id for r in self.waiting):
+            raise ValueError(f"session {session_id!r} still has a step waiting or running "
+                             f"here; finish it before forgetting the session")
+
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
         """Decide one batch step and have `executor` carry it out (begin, allocate,
         preempt); returns what to run."""
@@ -656,6 +671,11 @@ class WorkflowScheduler(Scheduler):
         self._demote_at = min(self._demote_at, info.demote_at)
         self._set_blocks(info)
         self._shrink()
+
+    def forget_session(self, session_id: str, now: float) -> None:
+        super().forget_session(session_id, now)
+        if session_id in self.sessions:
+            self._forget(session_id)
 
     def _shrink(self) -> None:
         """While the admitted working sets outgrow the tiers (contexts grew more than

@@ -396,3 +396,39 @@ def test_bounded_waiting_under_a_flood():
     ids = [sid for _, sid in admitted]
     after = [sid for t, sid in admitted if t >= 5.0]
     assert after.index("B") <= 1 and len(ids) == 31
+
+
+def test_workflow_forgets_a_session_that_left_and_admits_the_next_at_once():
+    # A paused admitted session that moves to another GPU (or ends behind the scheduler's
+    # back) must stop holding working-set room here: before forget_session existed, c
+    # waited until the demotion long after.
+    m = manager(16)
+    s = _wf(m, demote_factor=100.0, demote_min_s=100.0)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
+    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)  # both admitted, paused on a tool
+    c = ToyRequest("c", toks(200, 20), max_new=1)
+    s.add(c, 1.0)
+    assert not s.schedule(1.0, ex).admitted
+    m.end_session("a", now=2.0)  # a moved away
+    assert not s.schedule(2.0, ex).admitted  # the scheduler does not know yet
+    s.forget_session("a", 2.0)
+    assert "a" not in s.sessions and s._committed == s.sessions["b"].blocks
+    assert s.schedule(2.0, ex).admitted == [c]
+    s.forget_session("nobody", 2.0)  # unknown: ignored
+    with pytest.raises(ValueError, match="'c' still has a step"):
+        s.forget_session("c", 2.0)  # running here: refused, nothing changed
+    assert "c" in s.sessions
+
+
+@pytest.mark.parametrize("name", ["fcfs", "workflow"])
+def test_forget_session_refuses_a_session_with_a_waiting_step(name):
+    s = make_scheduler(name, manager(16))
+    r = ToyRequest("a", toks(0, 8))
+    s.add(r, 0.0)
+    with pytest.raises(ValueError, match="'a' still has a step waiting or running"):
+        s.forget_session("a", 0.0)
+    assert s.waiting == [r]

@@ -249,6 +249,9 @@ class LLMEngine:
             self.abort(rid)
         if session_id in self.manager.sessions:
             self.manager.end_session(session_id, now=self.clock())
+        # A paused session has no request to abort: the scheduler must still let it go (it
+        # may hold admission room for it), e.g. when it moves to another replica.
+        self.scheduler.forget_session(session_id, self.clock())
         return aborted
 
     def tick(self) -> None:

@@ -83,6 +83,11 @@ class Scheduler:
         end_session; `ended`: its session is over)."""
         self.core.finish(request, now, ended=ended)
 
+    def forget_session(self, session_id: str, now: float) -> None:
+        """The session ended or moved away while paused (after the manager's end_session):
+        the core scheduler drops what it keeps about it."""
+        self.core.forget_session(session_id, now)
+
     def schedule(self, now: float) -> list[ScheduledChunk]:
         """One batch: the core decides, this adapter executes; chunks in batch order."""
         out = self.core.schedule(now, self)

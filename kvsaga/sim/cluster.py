@@ -7,7 +7,8 @@ return), from the GPUs' live state (`ReplicaStats`: free and evictable blocks, q
 running and paused sessions). A step the router moves off a session's previous GPU either
 migrates the session's KV (`kvsaga.migration`: export from that GPU's manager, import into
 the new one; the step arrives after `RoutingConfig.migrate_s`) or leaves it to be recomputed;
-the previous GPU ends its copy either way.
+the previous GPU ends its copy either way, and its scheduler forgets the session
+(`Scheduler.forget_session`): it holds no admission room there any more.
 
 Time: the GPUs share one clock. The loop always acts on the earliest thing pending: the next
 release in the cluster, or the GPU whose next batch step (or idle wake-up) comes first, so
@@ -177,6 +178,7 @@ class ClusterSimulator:
         self.num_moved += 1
         mgr = old.manager
         if sid not in mgr.sessions:
+            old.scheduler.forget_session(sid, old.now)
             return 0.0
         delay = 0.0
         if migrate:
@@ -190,6 +192,9 @@ class ClusterSimulator:
                 self.num_migrated += 1
                 delay = self.routing.migrate_s(export.num_tokens)
         mgr.end_session(sid, now=old.now)
+        # The old GPU's scheduler must learn it too: else the session stays admitted there,
+        # holding working-set room, until a demotion long after.
+        old.scheduler.forget_session(sid, old.now)
         return delay
 
     # -- the loop -------------------------------------------------------------------------

@@ -118,6 +118,17 @@ def test_end_session_aborts_its_request_and_forgets_it(model_dir):
     engine.manager.check_integrity()
 
 
+def test_end_session_of_a_paused_session_frees_its_admission(model_dir):
+    # Moving a paused session to another replica ends it here: the workflow scheduler must
+    # stop counting it admitted (holding working-set room), not wait to demote it.
+    engine = make_engine(model_dir, scheduler="workflow")
+    run(engine, FIRST, session_id="s", tool="t", expected_s=1000.0)
+    assert "s" in engine.scheduler.core.sessions
+    assert engine.end_session("s") == []  # nothing in flight
+    assert "s" not in engine.scheduler.core.sessions
+    assert engine.scheduler.core._committed == 0
+
+
 def test_public_limits_and_stats(model_dir):
     engine = make_engine(model_dir, max_num_seqs=5, max_num_batched_tokens=64)
     assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (5, 64)

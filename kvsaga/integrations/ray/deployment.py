@@ -222,8 +222,7 @@ class EngineReplica:
             if call.get("migrate") and sid in engine.manager.sessions:
                 with contextlib.suppress(KVSagaError):
                     out = export_session(engine, sid)
-            if sid in engine.manager.sessions:
-                engine.manager.end_session(sid)
+            engine.end_session(sid)  # the manager's copy and the scheduler's admission
             return out
 
         exported = await aengine.call(take)
