@@ -27,7 +27,10 @@ SECTION = "## Cluster routing (simulated)"
 # (router, scheduler, policy): the two baselines first, then kvsaga's.
 RUNS = (("round-robin", "fcfs", "lru"), ("affinity", "fcfs", "lru"),
         ("kvsaga", "fcfs", "lru"), ("kvsaga", "workflow", "lru"),
-        ("kvsaga", "workflow", "graph"))
+        ("kvsaga", "workflow", "graph"),
+        # workflow behind the baseline routers: sessions that move must not stay admitted
+        # on the GPU they left (Scheduler.forget_session)
+        ("round-robin", "workflow", "lru"), ("affinity", "workflow", "lru"))
 TARGET_RR, TARGET_AFF, TARGET_IMBALANCE = 2.0, 1.64, 1.15
 
 
