@@ -136,14 +136,24 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     ref = conversation(reference.client(), "sticky", 3)
     assert [t for t, *_ in sticky] == [t for t, *_ in ref]
 
-    # Load the session's home with a long step, then continue the session: the idle replica
-    # steals it and its KV migrates; the greedy answer does not change.
+    # Keep the session's home busy with long steps, back to back, then continue the
+    # session: the idle replica steals it and its KV migrates; the greedy answer does not
+    # change. The long steps share the session's system prompt, so prefix-aware placement
+    # sends them to the home replica. One long step alone can finish between two polls of
+    # the replicas' state (the tiny model is fast on an idle machine): the test would then
+    # never see the home busy.
     home = sticky[0][1]
-    busy = threading.Thread(target=lambda: c.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "busy"}], max_tokens=220,
-        temperature=0, extra_body={"ignore_eos": True}), daemon=True)
+    stop = threading.Event()
+
+    def keep_home_busy() -> None:
+        while not stop.is_set():
+            c.chat.completions.create(
+                model=MODEL, messages=[SYSTEM, {"role": "user", "content": "busy"}],
+                max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
+
+    busy = threading.Thread(target=keep_home_busy, daemon=True)
     busy.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while not any(st["busy"] for st in cache_states(cluster) if st["replica"] == home):
         assert time.monotonic() < deadline, "the long step never started on the home replica"
         time.sleep(0.05)
@@ -153,6 +163,7 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
                      {"role": "assistant", "content": text}]
     messages.append({"role": "user", "content": "step 3: list the files"})
     r, replica, reason = step(c, "sticky", messages)
+    stop.set()
     busy.join(120)
     assert (replica != home, reason) == (True, "steal")
     assert r.usage.prompt_tokens_details.cached_tokens > 0  # the KV came along
