@@ -25,7 +25,7 @@ from kvsaga.engine.scheduler import Scheduler
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
-from kvsaga.policy import EvictionPolicy, make_policy
+from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.storage import KVStorage, free_device_bytes
@@ -76,7 +76,7 @@ class LLMEngine:
         dtype: torch.dtype | None = None,
         kv_memory_bytes: int | None = None,
         block_size: int = 16,
-        policy: str | EvictionPolicy = "lru",
+        policy: str | EvictionPolicy = DEFAULT_POLICY,
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 1024,
         max_model_len: int | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 
 
@@ -24,8 +25,9 @@ class ServerSettings:
     """Address to bind; loopback by default so that nothing is exposed by accident."""
     port: int = 8000
     """TCP port."""
-    policy: str = "lru"
-    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES)."""
+    policy: str = DEFAULT_POLICY
+    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES; default: the one that
+    wins the held-out evaluation of bench/policies.py)."""
     scheduler: str = DEFAULT_SCHEDULER
     """Which requests run when (one of kvsaga.scheduler.SCHEDULERS): "workflow" admits whole
     agent sessions while their working sets fit, "fcfs" is vLLM's request-level rule."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -205,6 +206,8 @@ def cmd_sim(args) -> int:
             specs.append("belady")  # the reference every ratio needs
         sessions = _load(args)
         progress = not args.quiet and sys.stderr.isatty()
+        if not args.quiet and not progress:  # a log, not a terminal: a line per simulation
+            _log_lines_to_stderr()
         host_bytes = args.host_memory or None
         rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress,
                        schedulers=schedulers)
@@ -239,6 +242,30 @@ def cmd_sim(args) -> int:
         plot_sweep(sweep, args.plot, title=f"{name} on {cost.name}")
         print(f"wrote {args.plot}")
     return 0
+
+
+class _StderrLines(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged (not when it was made)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("kvsaga sim: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_lines_to_stderr() -> None:
+    """Show `kvsaga.sim`'s per-simulation lines on stderr (one handler per process)."""
+    logger = logging.getLogger("kvsaga.sim")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
 
 
 def _sweep(args, sessions, specs, host_bytes, progress, schedulers) -> list[dict]:

@@ -10,7 +10,9 @@ reference recomputed nothing but the row did, 1.0 when both recomputed nothing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
@@ -19,6 +21,10 @@ from kvsaga.policy import POLICIES
 from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import SimConfig, simulate
 from kvsaga.sim.trace import Session
+
+# One line per finished simulation (the CLI shows them when stderr is not a terminal,
+# where progress bars would flood a log).
+log = logging.getLogger("kvsaga.sim")
 
 
 def parse_policy(spec: str) -> tuple[str, bool | None]:
@@ -101,7 +107,10 @@ def _compare_policies(sessions, base, policies, host_memory_bytes, progress) -> 
     refs: dict[int, dict] = {}  # host blocks -> Belady's row
     for spec in tqdm(policies, disable=not progress, desc="policies", unit="policy",
                      leave=False):
+        t0 = time.perf_counter()
         row = simulate(sessions, configs[spec], progress=progress).to_dict()
+        log.info("simulated %s (scheduler %s): %d sessions in %.1f s", spec, base.scheduler,
+                 len(sessions), time.perf_counter() - t0)
         row["policy"] = spec
         results[spec] = row
         if configs[spec].policy == "belady":

@@ -50,7 +50,7 @@ def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
 def run_sim(sessions, synth, scheduler) -> list:
     preset = dataclasses.replace(PRESETS["a100-llama3-8b"], block_size=16)
     cfg = SimConfig(preset=preset, num_gpu_blocks=NUM_BLOCKS, max_num_batched_tokens=BUDGET,
-                    max_num_seqs=8, resume_hints=False, scheduler=scheduler)
+                    max_num_seqs=8, resume_hints=False, scheduler=scheduler, policy="lru")
     sim = Simulator(sessions, cfg, synthesizer=synth)
     log = record(sim.scheduler)
     sim.run()
@@ -61,7 +61,7 @@ def run_sim(sessions, synth, scheduler) -> list:
 def run_engine(model_dir, sessions, synth, scheduler) -> list:
     probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
     engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
-                       max_num_batched_tokens=BUDGET, scheduler=scheduler,
+                       max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
                        kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block)
     assert engine.manager.num_gpu_blocks == NUM_BLOCKS
     cls = {"fcfs": FCFSScheduler, "workflow": WorkflowScheduler}[scheduler]

@@ -11,6 +11,7 @@ import pytest
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import Request
 from kvsaga.engine.sampling import SamplingParams
+from kvsaga.policy import DEFAULT_POLICY
 
 from .helpers import OffloadSessionBlocksOnly
 
@@ -134,5 +135,5 @@ def test_public_limits_and_stats(model_dir):
     assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (5, 64)
     engine.add_request(FIRST, GREEDY)
     st = engine.stats()
-    assert (st.num_waiting, st.num_running, st.policy) == (1, 0, "lru")
+    assert (st.num_waiting, st.num_running, st.policy) == (1, 0, DEFAULT_POLICY)
     assert st.bytes_per_block == engine.spec.bytes_per_block

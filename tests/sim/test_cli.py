@@ -33,6 +33,14 @@ def test_tiny_run_writes_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
+def test_a_line_per_simulation_when_stderr_is_not_a_terminal(capsys):
+    assert main([a for a in TINY if a != "--quiet"] + ["--policy", "lru,graph"]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal, so lines instead of bars
+    for policy in ("lru", "graph", "belady"):
+        assert f"kvsaga sim: simulated {policy} (scheduler workflow): 4 sessions in " in err
+    assert "\r" not in err  # no progress bar
+
+
 def test_replays_a_trace_file(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
     write_trace(generate("bfcl", 3, seed=2, scale=0.05), trace)
