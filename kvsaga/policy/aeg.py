@@ -5,10 +5,8 @@ Learned online, per workflow type, from the session lifecycle alone (no trace, n
     START --step--> tool_a --pause, step--> tool_b --pause, step--> ... --> END
 
 Nodes are *pause kinds*: the tool a session waits on after an LLM step (`NO_TOOL` when the
-step named none), plus START (a new session) and END. An edge `a -> b` counts sessions that,
-paused on `a`, resumed and ran an LLM step that ended calling `b` (or ended the session:
-`b = END`); it carries the durations of that pause and of that LLM step. A session that ends
-while paused on `a` is an *abandonment* of `a` (edge `a -> END` with no resume).
+step named none), plus START (a new session) and END. A session that ends while paused on
+`a` is an *abandonment* of `a`; one that runs its next step *resumed* it.
 
 Per node the graph keeps the resume/abandon counts and a log-normal fit of the pause
 durations that ended in a resume; per workflow, the inter-arrival times of new sessions and
@@ -69,22 +67,12 @@ class IntervalEma:
 
 
 @dataclass(slots=True)
-class Edge:
-    """Transition a -> b: how often, the pause on a before it, the LLM step that chose b."""
-
-    pause: LogNormalFit
-    step: LogNormalFit
-    count: int = 0
-
-
-@dataclass(slots=True)
 class Node:
     """A pause kind in one workflow."""
 
     pause: LogNormalFit
     resumed: int = 0
     abandoned: int = 0
-    edges: dict[str, Edge] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -101,16 +89,13 @@ class WorkflowGraph:
 class _Track:
     """Where one live session is in its graph."""
 
-    __slots__ = ("workflow", "prev", "kind", "paused_at", "running", "step_start", "gap", "steps")
+    __slots__ = ("workflow", "kind", "paused_at", "running", "steps")
 
-    def __init__(self, workflow: str, now: float) -> None:
+    def __init__(self, workflow: str) -> None:
         self.workflow = workflow
-        self.prev = START  # the kind before `kind`: the source of the last transition
         self.kind = START
         self.paused_at: float | None = None
         self.running = True
-        self.step_start = now
-        self.gap: float | None = None  # the pause before the running step, if it resumed one
         self.steps = 0
 
 
@@ -118,7 +103,7 @@ class ExecutionGraph:
     """Per-workflow execution graphs, fed by session lifecycle events.
 
     Feed it `step_started` / `step_finished` / `session_ended` in time order (a policy
-    forwards its hooks); ask it `predict`, `transition_probs`, `mean_steps`, `pause_dist`.
+    forwards its hooks); ask it `predict`, `resume_window`, `mean_steps`, `pause_dist`.
 
     Args:
         prior_median_s, prior_sigma: the pause distribution assumed for kinds never seen.
@@ -164,12 +149,6 @@ class ExecutionGraph:
             n = g.nodes[kind] = Node(self._fit())
         return n
 
-    def _edge(self, node: Node, dst: str) -> Edge:
-        e = node.edges.get(dst)
-        if e is None:
-            e = node.edges[dst] = Edge(self._fit(), self._fit())
-        return e
-
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session_id: str, workflow: str, now: float) -> tuple[str, float] | None:
         """A step of a session begins.
@@ -180,7 +159,7 @@ class ExecutionGraph:
         """
         t = self._tracks.get(session_id)
         if t is None:
-            t = self._tracks[session_id] = _Track(workflow, now)
+            t = self._tracks[session_id] = _Track(workflow)
             g = self.workflow(workflow)
             g.arrivals.observe(now)
             return None
@@ -197,7 +176,7 @@ class ExecutionGraph:
             fit = self._by_kind[t.kind] = self._fit()
         fit.add(gap)
         self._all.add(gap)
-        t.running, t.step_start, t.gap = True, now, gap
+        t.running = True
         return t.kind, gap
 
     def step_finished(self, session_id: str, kind: str | None, now: float) -> None:
@@ -205,23 +184,16 @@ class ExecutionGraph:
         t = self._tracks.get(session_id)
         if t is None or not t.running:
             return
-        kind = NO_TOOL if kind is None else kind
-        self._transition(t, kind, now)
-        t.prev, t.kind, t.paused_at, t.running, t.gap = t.kind, kind, now, False, None
+        t.kind = NO_TOOL if kind is None else kind
+        t.paused_at, t.running = now, False
+        t.steps += 1
 
     def relabel(self, session_id: str, kind: str | None) -> None:
-        """A paused session's tool became known after its step finished: move its last
-        transition to the new kind (the count moves; the durations stay where they were)."""
+        """A paused session's tool became known after its step finished: its pause (resumed
+        or abandoned) counts for the new kind."""
         t = self._tracks.get(session_id)
-        kind = NO_TOOL if kind is None else kind
-        if t is None or t.running or kind == t.kind:
-            return
-        node = self.node(t.workflow, t.prev)
-        old = node.edges.get(t.kind)
-        if old is not None and old.count > 0:
-            old.count -= 1
-        self._edge(node, kind).count += 1
-        t.kind = kind
+        if t is not None and not t.running:
+            t.kind = NO_TOOL if kind is None else kind
 
     def session_ended(self, session_id: str, now: float) -> None:
         """The session is gone: after its last step (running) or while paused (abandoned)."""
@@ -230,21 +202,11 @@ class ExecutionGraph:
             return
         g = self.workflow(t.workflow)
         if t.running:
-            self._transition(t, END, now)
+            t.steps += 1
         else:
-            node = self.node(t.workflow, t.kind)
-            node.abandoned += 1
-            self._edge(node, END).count += 1
+            self.node(t.workflow, t.kind).abandoned += 1
         g.num_sessions += 1
         g.num_steps += t.steps
-
-    def _transition(self, t: _Track, dst: str, now: float) -> None:
-        e = self._edge(self.node(t.workflow, t.kind), dst)
-        e.count += 1
-        if t.gap is not None:
-            e.pause.add(t.gap)
-        e.step.add(max(now - t.step_start, 0.0))
-        t.steps += 1
 
     # -- predictions --------------------------------------------------------------------------
     def pause_dist(self, workflow: str, kind: str) -> LogNormalDist:
@@ -310,15 +272,6 @@ class ExecutionGraph:
         held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
         held = (held + (1.0 - p0) * window) / s_now
         return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
-
-    def transition_probs(self, workflow: str, kind: str) -> dict[str, float]:
-        """P(next pause kind | paused on `kind`), END included; {} when never seen."""
-        g = self.workflows.get(workflow)
-        node = g.nodes.get(kind) if g is not None else None
-        if node is None:
-            return {}
-        total = sum(e.count for e in node.edges.values())
-        return {dst: e.count / total for dst, e in node.edges.items() if e.count}
 
     def mean_steps(self, workflow: str | None = None) -> float:
         """Mean LLM steps per finished session (one prior session of `prior_steps`)."""

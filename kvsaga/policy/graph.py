@@ -292,18 +292,6 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         wait = max(interval, now - last, self.min_wait_s)
         return Prediction(uses / (uses + 1.0), wait)
 
-    def loss(self, block_id: int, now: float) -> float:
-        """Expected GPU seconds per second that evicting the block now would cost."""
-        w = self._where[block_id]
-        if w == OWNED:
-            p = self.predict_session(self._owner[block_id], now)
-        elif w == PLAIN:
-            p = self.predict_plain(block_id, now)
-        else:
-            return 0.0
-        c = self.block_cost(self._pos[block_id])
-        return p.p_resume * c / max(p.expected_s, self.min_wait_s)
-
     def action(self, block_id: int, now: float) -> Action:
         if not self.view.num_host_blocks or self._where[block_id] == DEAD:
             return Action.DISCARD

@@ -2,7 +2,7 @@
 
 Tool latencies are heavy-tailed and roughly log-normal (SAGA's defaults, Continuum's
 SWE-bench figures; docs/workloads.md). A fit keeps running statistics of log(duration) in
-O(1) memory and answers the questions the policies ask: the survival function, quantiles, the
+O(1) memory and answers the questions the policies ask: the survival function, the
 mean residual time of a pause that has already lasted `elapsed` seconds, and the expected
 time held within a window.
 
@@ -49,16 +49,6 @@ class LogNormalDist:
         if t <= 0:
             return 1.0
         return _phi_upper((math.log(t) - self.mu) / self.sigma)
-
-    def cdf(self, t: float) -> float:
-        """P(duration <= t)."""
-        return 1.0 - self.sf(t)
-
-    def quantile(self, q: float) -> float:
-        """The q-quantile, 0 < q < 1."""
-        from statistics import NormalDist
-
-        return math.exp(self.mu + self.sigma * NormalDist().inv_cdf(q))
 
     def limited_mean(self, b: float) -> float:
         """E[min(duration, b)] = E[D; D <= b] + b * P(D > b)."""

@@ -1,4 +1,4 @@
-"""`graph`: loss pricing, plain-cache reuse statistics, offload/discard, prefetch, laziness."""
+"""`graph`: session pricing, plain-cache reuse statistics, offload/discard, prefetch, laziness."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_scenarios import train
 
 
-def test_loss_is_p_times_rebuild_over_time():
+def test_session_blocks_are_priced_by_the_graphs_prediction():
     policy = GraphPolicy()
     train(policy.graph, "lint", 5.0)
     m = make(policy, num_blocks=8)
     run_step(m, "a", tokens(100, 8), now=0.0, tool="lint")
-    p = policy.predict_session("a", 1.0)
-    assert p == policy.graph.predict("default", "lint", 1.0)
+    assert policy.predict_session("a", 1.0) == policy.graph.predict("default", "lint", 1.0)
     cost = PrefillCost()
-    assert policy.loss(1, 1.0) == pytest.approx(p.p_resume * cost.recompute_s(4, 4) / p.expected_s)
-    assert policy.loss(0, 1.0) < policy.loss(1, 1.0)  # deeper blocks cost more to rebuild
+    assert policy.block_cost(1) == pytest.approx(cost.recompute_s(4, 4))
+    assert policy.block_cost(0) < policy.block_cost(1)  # deeper blocks cost more to rebuild
+    assert policy.eviction_order(1.0) == [1, 0]  # the session's tail goes first
 
 
 def test_plain_block_reuse_statistics():
