@@ -219,6 +219,22 @@ def _wf(m, **kw):
     return make_scheduler("workflow", m, **kw)
 
 
+def _two_paused(prompt_len=20, **kw):
+    """A workflow scheduler on a 64-token manager that admitted sessions a and b (prompts of
+    `prompt_len` tokens) at t=0 and saw both pause on a tool.
+
+    Returns (manager, scheduler, executor, a)."""
+    m = manager(16)
+    s = _wf(m, **kw)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, prompt_len), max_new=1, last=False)
+    b = ToyRequest("b", toks(100, prompt_len), max_new=1, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    return m, s, ex, a
+
+
 def test_workflow_admits_a_new_session_only_while_working_sets_fit():
     m = manager(16)  # 64 tokens
     s = _wf(m)
@@ -246,15 +262,8 @@ def test_workflow_admits_a_new_session_only_while_working_sets_fit():
 
 
 def test_workflow_demotes_a_session_away_far_longer_than_predicted():
-    m = manager(16)
-    s = _wf(m, demote_factor=2.0, demote_min_s=1.0)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
-    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
+    _, s, ex, a = _two_paused(demote_factor=2.0, demote_min_s=1.0)  # tool expected: 1 s
     c = ToyRequest("c", toks(200, 20), max_new=1)
-    for r in (a, b):
-        s.add(r, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)  # both pause on a tool expected to take 1 s
     s.add(c, 0.5)
     assert not s.schedule(0.5, ex).admitted
     assert not s.schedule(2.9, ex).admitted  # 2.9 < 2 x 1 s + 1 s
@@ -283,14 +292,7 @@ def test_workflow_admits_when_every_admitted_session_is_away_for_idle_admit_s():
 
 
 def test_workflow_shrinks_the_admitted_set_when_contexts_outgrow_the_pool():
-    m = manager(16)
-    s = _wf(m)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 12), max_new=1, last=False)
-    b = ToyRequest("b", toks(100, 12), max_new=1, last=False)
-    for r in (a, b):
-        s.add(r, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
+    m, s, ex, a = _two_paused(prompt_len=12)
     assert set(s.sessions) == {"a", "b"}
     # a's next step is much longer than predicted: once it pauses, b (admitted later) must
     # make room; its next step then waits for admission again.
@@ -402,14 +404,7 @@ def test_workflow_forgets_a_session_that_left_and_admits_the_next_at_once():
     # A paused admitted session that moves to another GPU (or ends behind the scheduler's
     # back) must stop holding working-set room here: before forget_session existed, c
     # waited until the demotion long after.
-    m = manager(16)
-    s = _wf(m, demote_factor=100.0, demote_min_s=100.0)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
-    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
-    for r in (a, b):
-        s.add(r, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)  # both admitted, paused on a tool
+    m, s, ex, _ = _two_paused(demote_factor=100.0, demote_min_s=100.0)
     c = ToyRequest("c", toks(200, 20), max_new=1)
     s.add(c, 1.0)
     assert not s.schedule(1.0, ex).admitted
