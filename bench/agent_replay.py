@@ -6,6 +6,20 @@
 
     python bench/agent_replay.py --engine vllm --vllm-python /path/to/vllm-env/bin/python
 
+    python bench/agent_replay.py --kvsaga-arms fcfs+lru,workflow+graph --repeat 3
+
+Schedulers (`--kvsaga-arms`, issue 10): kvsaga-serve arms named `scheduler+policy`, each a
+server started with `--scheduler S --policy P`, the first arm the baseline every other arm
+is compared with (mean and p95 task completion time, prefill tokens).
+
+Repeats (`--repeat N`): every arm runs N times, a fresh server each time, in alternating
+order (forward in even rounds, backward in odd ones), so that the load drift of a shared
+machine weighs on every arm alike. Each cell is the median over the rounds with its range;
+each ratio is the median of per-round ratios (the arms of one round ran back to back).
+Prefill tokens and the cached share do not depend on the CPU's speed; times do.
+`--write-results` writes the run's section of bench/RESULTS.md (one heading per mode:
+policies, schedulers, vLLM), leaving the rest of the file alone.
+
 vLLM as the peer (`--engine vllm`). The same sessions are replayed against plain vLLM (prefix
 caching on), vLLM with the kvsaga retention connector (`--vllm-policies`, enabled by
 `--kv-transfer-config` only), and kvsaga-serve (`--kvsaga-policies`): the same HF model
@@ -74,6 +88,7 @@ from kvsaga.stats import percentile
 
 POLICIES = ("lru", "ttl", "graph")
 SERVED_NAME = "replay"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results rewrites
 
 # Words for synthetic tool observations and tasks: common English words are one token each
 # for a BPE vocabulary, so the token counts land where we aim them.
@@ -139,6 +154,7 @@ class StepRecord:
     cached_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    round: int = 0  # which repeat of the arm (--repeat)
 
 
 @dataclass
@@ -273,7 +289,8 @@ def _free_port() -> int:
 class Server:
     """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
 
-    def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path) -> None:
+    def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path,
+                 scheduler: str | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -283,6 +300,8 @@ class Server:
                "--device", "cpu", "--served-model-name", SERVED_NAME, "--log-level", "warning"]
         if args.model:
             cmd += ["--model", args.model]
+        if scheduler is not None:
+            cmd += ["--scheduler", scheduler]
         if args.host_memory:
             cmd += ["--host-memory", str(args.host_memory)]
         self.cmd = cmd
@@ -357,12 +376,13 @@ class Arm:
     name: str
     engine: str  # "kvsaga" (kvsaga-serve) or "vllm"
     policy: str | None  # kvsaga policy: the server's, or the vLLM connector's (None: plain)
+    scheduler: str | None = None  # kvsaga-serve's --scheduler (None: its default)
 
     def start(self, args: argparse.Namespace, kv_bytes: int, logdir: Path) -> Server | VLLMArm:
         log = logdir / f"server-{self.name.replace(':', '-').replace('+', '-')}.log"
         if self.engine == "vllm":
             return VLLMArm(args, self.policy, kv_bytes, log)
-        return Server(args, self.policy, kv_bytes, log)
+        return Server(args, self.policy, kv_bytes, log, self.scheduler)
 
     def extra_body(self, session_id: str, hint: dict[str, Any]) -> dict[str, Any]:
         if self.engine == "vllm":  # the connector reads kv_transfer_params; plain vLLM ignores it
@@ -370,13 +390,41 @@ class Arm:
         return {"session_id": session_id, "kvsaga": hint}
 
 
-def arms(args: argparse.Namespace) -> list[Arm]:
-    """kvsaga engine: one kvsaga-serve per policy. vLLM: plain vLLM (prefix caching), vLLM
-    with the kvsaga connector per connector policy, then kvsaga-serve per policy."""
-    def names(csv: str) -> list[str]:
-        return [p.strip() for p in csv.split(",") if p.strip()]
+def _names(csv: str) -> list[str]:
+    return [p.strip() for p in csv.split(",") if p.strip()]
 
+
+def scheduler_arms(csv: str) -> list[Arm]:
+    """`--kvsaga-arms`: kvsaga-serve arms named `scheduler+policy` (e.g. `fcfs+lru`).
+
+    Raises:
+        SystemExit: an arm is not `scheduler+policy` or names an unknown scheduler or policy
+            (argparse-style message naming the arm).
+    """
+    from kvsaga.policy import POLICIES as KNOWN_POLICIES
+    from kvsaga.scheduler import SCHEDULERS
+
+    out = []
+    for name in _names(csv):
+        sched, plus, policy = name.partition("+")
+        if not plus or sched not in SCHEDULERS or policy not in KNOWN_POLICIES:
+            raise SystemExit(f"--kvsaga-arms: {name!r} is not scheduler+policy with a "
+                             f"scheduler in {sorted(SCHEDULERS)} and a policy in "
+                             f"{sorted(KNOWN_POLICIES)}")
+        out.append(Arm(name, "kvsaga", policy, sched))
+    if len({a.name for a in out}) != len(out):
+        raise SystemExit(f"--kvsaga-arms: an arm is named twice in {csv!r}")
+    return out
+
+
+def arms(args: argparse.Namespace) -> list[Arm]:
+    """kvsaga engine: one kvsaga-serve per policy (or per `--kvsaga-arms` scheduler+policy).
+    vLLM: plain vLLM (prefix caching), vLLM with the kvsaga connector per connector policy,
+    then kvsaga-serve per policy."""
+    names = _names
     if args.engine == "kvsaga":
+        if args.kvsaga_arms:
+            return scheduler_arms(args.kvsaga_arms)
         return [Arm(p, "kvsaga", p) for p in names(args.policies)]
     return ([Arm("vllm", "vllm", None)]
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
@@ -524,6 +572,7 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
         "step_latency_mean_s": statistics.fmean(lat) if lat else math.nan,
         "step_latency_p95_s": percentile(lat, 95),
         "task_time_mean_s": statistics.fmean(res.task_s) if res.task_s else math.nan,
+        "task_time_p95_s": percentile(res.task_s, 95) if res.task_s else math.nan,
         "tasks_completed": len(res.task_s),
         "wall_s": res.wall_s,
         "peak_context_tokens_measured": measured_peak(res.records),
@@ -548,43 +597,155 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def peer_ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """vLLM + connector against plain vLLM (issue 13's goal: >= 1.64x mean task completion
-    time, fewer prefill tokens), and kvsaga-serve against vLLM + connector."""
-    plain = summary.get("vllm")
-    out: dict[str, Any] = {"lines": []}
-    if plain is None:
-        return {}
-    for name, s in summary.items():
-        if name.startswith("vllm+") and s["task_time_mean_s"] > 0:
-            tct = plain["task_time_mean_s"] / s["task_time_mean_s"]
-            fewer = s["prefill_tokens"] < plain["prefill_tokens"]
-            out[name] = {"tct_speedup_over_vllm": tct, "fewer_prefill_tokens": fewer}
-            out["lines"].append(
-                f"{name} vs vllm: mean TCT speed-up {tct:.2f}x (goal >= 1.64x: "
-                f"{'met' if tct >= 1.64 else 'not met'}); prefill tokens "
-                f"{s['prefill_tokens']:,} vs {plain['prefill_tokens']:,} "
-                f"({'fewer' if fewer else 'not fewer'})")
-    for name, s in summary.items():
-        for peer, p in summary.items():
-            if name.startswith("kvsaga-serve:") and peer.startswith("vllm+"):
-                r = p["task_time_mean_s"] / s["task_time_mean_s"]
-                out[f"{name} vs {peer}"] = {"tct_speedup": r}
-                out["lines"].append(f"{name} vs {peer}: mean TCT {r:.2f}x "
-                                    f"({'at least as fast' if r >= 1 else 'slower'})")
+def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm's figures over its repeats: the median of every number (errors summed), and
+    each number's [min, max] under "range"."""
+    out: dict[str, Any] = dict(runs[0])
+    ranges: dict[str, list[float]] = {}
+    for key, value in runs[0].items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        values = [r[key] for r in runs if not math.isnan(r[key])]
+        if key == "errors":
+            out[key] = sum(values)
+        elif values:
+            out[key] = statistics.median(values)
+            ranges[key] = [min(values), max(values)]
+    out["error_examples"] = sorted({e for r in runs for e in r["error_examples"]})[:3]
+    out["runs"] = len(runs)
+    out["range"] = ranges
     return out
 
 
+def paired(rounds: list[dict[str, dict[str, Any]]], base: str, arm: str, key: str
+           ) -> list[float]:
+    """`base`'s figure over `arm`'s, per round (both ran in it, back to back)."""
+    return [r[base][key] / r[arm][key] for r in rounds
+            if base in r and arm in r and r[arm][key] > 0]
+
+
+def _ratio_text(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.2f}x"
+    return f"{med:.2f}x (per round {', '.join(f'{v:.2f}' for v in values)})"
+
+
+def comparisons(args: argparse.Namespace, systems: list[Arm],
+                rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The ratios each mode is judged by, as medians of per-round (paired) ratios:
+
+    - `--engine vllm`: every vLLM + connector arm against plain vLLM (issue 13's goal: mean
+      TCT >= 1.64x faster, fewer prefill tokens), and kvsaga-serve against vLLM + connector
+      (goal: at least as fast);
+    - `--kvsaga-arms`: every arm against the first (issue 10's goal for the workflow
+      scheduler against fcfs+lru: mean TCT >= 2x faster, p95 TCT no worse).
+    """
+    names = [a.name for a in systems]
+    pairs: list[tuple[str, str, float | None, str]] = []
+    if args.engine == "vllm":
+        pairs += [("vllm", n, 1.64, "issue 13") for n in names if n.startswith("vllm+")]
+        pairs += [(c, n, 1.0, "issue 13") for n in names if n.startswith("kvsaga-serve:")
+                  for c in names if c.startswith("vllm+")]
+    elif args.kvsaga_arms and len(names) > 1:
+        pairs += [(names[0], n, 2.0, "issue 10") for n in names[1:]]
+    out: dict[str, Any] = {"lines": []}
+    for base, arm, goal, issue in pairs:
+        tct = paired(rounds, base, arm, "task_time_mean_s")
+        p95 = paired(rounds, base, arm, "task_time_p95_s")
+        fewer = paired(rounds, base, arm, "prefill_tokens")
+        med = statistics.median(tct) if tct else math.nan
+        out[f"{arm} vs {base}"] = {
+            "tct_speedup": tct, "tct_speedup_median": med, "tct_p95_speedup": p95,
+            "prefill_ratio": fewer, "goal": goal, "goal_met": bool(goal and med >= goal)}
+        out["lines"].append(
+            f"{arm} vs {base}: mean TCT speed-up {_ratio_text(tct)} ({issue} goal >= "
+            f"{goal:g}x: {'met' if med >= goal else 'not met'}); p95 TCT {_ratio_text(p95)}; "
+            f"prefill tokens {base}/{arm} {_ratio_text(fewer)}")
+    return out
+
+
+def _cell(s: dict[str, Any], key: str, fmt: str) -> str:
+    """A median with its range over the repeats, when there was more than one."""
+    text = format(s[key], fmt)
+    lo_hi = s.get("range", {}).get(key)
+    if s.get("runs", 1) > 1 and lo_hi and lo_hi[0] != lo_hi[1]:
+        text += f" ({format(lo_hi[0], fmt)}-{format(lo_hi[1], fmt)})"
+    return text
+
+
+TABLE_HEAD = ("system", "prefill tok", "cached share", "step mean s", "step p95 s",
+              "task mean s", "task p95 s", "evictions", "preempt", "errors")
+
+
+def table_rows(summary: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, s in summary.items():
+        rows.append((name, _cell(s, "prefill_tokens", ",.0f"), _cell(s, "cached_share", ".1%"),
+                     _cell(s, "step_latency_mean_s", ".2f"), _cell(s, "step_latency_p95_s", ".2f"),
+                     _cell(s, "task_time_mean_s", ".1f"), _cell(s, "task_time_p95_s", ".1f"),
+                     _cell(s, "evictions", ".0f") if "evictions" in s else "-",
+                     _cell(s, "preemptions", ".0f") if "preemptions" in s else "-",
+                     str(s["errors"])))
+    return rows
+
+
 def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    head = ("system", "prefill tok", "cached share", "step mean s", "step p95 s", "task mean s",
-            "evictions", "preempt", "errors")
-    rows = [(p, f"{s['prefill_tokens']:,}", f"{s['cached_share']:.1%}",
-             f"{s['step_latency_mean_s']:.2f}", f"{s['step_latency_p95_s']:.2f}",
-             f"{s['task_time_mean_s']:.1f}", str(s.get("evictions", "-")),
-             str(s.get("preemptions", "-")), str(s["errors"])) for p, s in summary.items()]
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    for r in (head, *rows):
+    rows = table_rows(summary)
+    widths = [max(len(r[i]) for r in (TABLE_HEAD, *rows)) for i in range(len(TABLE_HEAD))]
+    for r in (TABLE_HEAD, *rows):
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    aligns = ["---"] + ["---:"] * (len(TABLE_HEAD) - 1)
+    return ["| " + " | ".join(r) + " |"
+            for r in (TABLE_HEAD, tuple(aligns), *table_rows(summary))]
+
+
+def results_title(args: argparse.Namespace) -> str:
+    """The RESULTS.md heading `--write-results` replaces (one per mode)."""
+    if args.engine == "vllm":
+        return "### Agent replay, interleaved repeats (written by bench/agent_replay.py)"
+    if args.kvsaga_arms:
+        return "## Agent replay: schedulers on live kvsaga-serve (written by bench/agent_replay.py)"
+    return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace the section headed `title` (up to the next heading of its level or above) in
+    the Markdown file at `path`, or append it; the rest of the file is left alone."""
+    level = len(title) - len(title.lstrip("#"))
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    new = [title, "", *body.rstrip("\n").splitlines(), ""]
+    if title in lines:
+        i = lines.index(title)
+        j = i + 1
+        while j < len(lines) and not (lines[j].startswith("#")
+                                      and len(lines[j]) - len(lines[j].lstrip("#")) <= level):
+            j += 1
+        lines[i:j] = new
+    else:
+        lines += ["", *new] if lines and lines[-1] else new
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def results_body(command: str, host: dict[str, Any], load_end: list[float], info: list[str],
+                 summary: dict[str, dict[str, Any]], lines: list[str], repeat: int) -> str:
+    """The section `--write-results` writes: the command, the machine and its load, the
+    workload, the per-arm medians (ranges over the repeats), and the judged ratios."""
+    order = ("forward in even rounds, backward in odd ones" if repeat > 1 else "one round")
+    return "\n".join([
+        f"`{command}` on {host['cpu']} ({host['cores']} cores, shared; Python "
+        f"{host['python']}, torch {host['torch']}); load average "
+        f"{host['loadavg_at_start'][0]:.1f} at the start, {load_end[0]:.1f} at the end. "
+        f"{repeat} round(s) of every arm, arm order {order}, each arm a fresh server. "
+        "Cells: the median over the rounds (min-max); ratios: the median of per-round "
+        "ratios (each round runs the arms back to back). Prefill tokens and the cached "
+        "share do not depend on the CPU's speed; times do (shared machine).",
+        "", *info, "", *markdown_table(summary), "", *[f"- {ln}" for ln in lines]])
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -616,6 +777,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--start-timeout", type=float, default=180.0, help="seconds to wait for a server")
     a("--request-timeout", type=float, default=300.0, help="seconds per request")
     a("--json", default=None, help="write the results here as JSON")
+    a("--kvsaga-arms", default=None,
+      help="kvsaga-serve arms as scheduler+policy pairs, the first the baseline (e.g. "
+           "fcfs+lru,workflow+graph); replaces --policies")
+    a("--repeat", type=int, default=1,
+      help="rounds of every arm; the order alternates (forward, backward, ...) so that load "
+           "drift weighs on every arm alike; figures are per-arm medians")
+    a("--write-results", action="store_true",
+      help="write this run's section of bench/RESULTS.md (one heading per mode)")
     v = p.add_argument_group("peer engine (--engine vllm)")
     v.add_argument("--engine", choices=("kvsaga", "vllm"), default="kvsaga",
                    help="kvsaga: one kvsaga-serve per --policies; vllm: plain vLLM (prefix "
@@ -658,8 +827,20 @@ def _load_tokenizer(model: str | None) -> tuple[Any, Any]:
     return Tokenizer.from_hf_dir(ckpt.path, ckpt.config.eos_token_ids), ckpt.config
 
 
+def run_order(systems: list[Arm], repeat: int) -> list[tuple[int, Arm]]:
+    """(round, arm) in the order they run: every arm once per round, forward in even rounds
+    and backward in odd ones (A B, B A, A B, ...), so that a drift in the machine's load over
+    the run weighs on every arm alike and no arm always runs first after a server start."""
+    out = []
+    for rnd in range(repeat):
+        out += [(rnd, a) for a in (systems if rnd % 2 == 0 else systems[::-1])]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     if args.engine == "vllm":
         # Both engines serve the same HF directory; vLLM's CPU attention takes blocks of a
         # multiple of 32 tokens, and kvsaga-serve gets the same block size and budget.
@@ -696,34 +877,57 @@ def main(argv: list[str] | None = None) -> int:
           f"{ws_bytes / 2**20:.1f} MiB; KV budget {kv_bytes / 2**20:.1f} MiB = {kv_blocks} "
           f"blocks of {args.block_size} tokens = {kv_bytes / ws_bytes:.0%} of the working set",
           flush=True)
-    summary: dict[str, dict[str, Any]] = {}
-    raw: dict[str, PolicyResult] = {}
+    info = [
+        f"Workload {args.workload} (seed {args.seed}): {len(sessions)} sessions, {num_steps} "
+        f"steps, tokens x{args.token_scale}, tool pauses x{args.time_scale} capped at "
+        f"{args.max_tool_s} s, sessions {args.arrival_gap} s apart, hint {args.hint}.",
+        f"KV budget {kv_bytes:,} B = {kv_blocks} blocks of {args.block_size} tokens = "
+        f"{kv_bytes / ws_bytes:.0%} of the {ws['peak_context_tokens']:,}-token working set; "
+        f"--max-num-seqs {args.max_num_seqs}."]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    records: dict[str, list[StepRecord]] = {a.name: [] for a in systems}
     with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:
-        for arm in systems:
+        for rnd, arm in run_order(systems, args.repeat):
+            if rnd == len(rounds):
+                rounds.append({})
             t = time.perf_counter()
-            raw[arm.name] = replay(args, sessions, arm, kv_bytes, Path(tmp))
-            summary[arm.name] = summarize(raw[arm.name], ws["shared_prefix_tokens"],
-                                          args.block_size)
-            print(f"  {arm.name}: {summary[arm.name]['prefill_tokens']:,} prefill tokens, "
-                  f"{time.perf_counter() - t:.0f} s", flush=True)
+            res = replay(args, sessions, arm, kv_bytes, Path(tmp))
+            for r in res.records:
+                r.round = rnd
+            records[arm.name] += res.records
+            rounds[rnd][arm.name] = summarize(res, ws["shared_prefix_tokens"], args.block_size)
+            print(f"  round {rnd} {arm.name}: {rounds[rnd][arm.name]['prefill_tokens']:,} "
+                  f"prefill tokens, task mean {rounds[rnd][arm.name]['task_time_mean_s']:.1f} "
+                  f"s, {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    summary = {a.name: median_summary([r[a.name] for r in rounds]) for a in systems}
+    load_end = [round(x, 2) for x in os.getloadavg()]
     print()
     print_table(summary)
-    peer = peer_ratios(summary)
-    for line in peer.get("lines", []):
-        print(line)
+    judged = comparisons(args, systems, rounds)
+    lines = list(judged.pop("lines"))
     ratio = None
     if "lru" in summary and "graph" in summary and summary["graph"]["prefill_tokens"]:
         ratio = summary["lru"]["prefill_tokens"] / summary["graph"]["prefill_tokens"]
         floor = summary["lru"]["floor_prefill_tokens"]
-        print(f"\nprefill tokens lru/graph: {ratio:.2f}x (goal >= 5x: "
-              f"{'met' if ratio >= 5 else 'not met'}); floor of an unbounded cache: "
-              f"{floor:,} tokens, so lru/floor = {summary['lru']['prefill_tokens'] / floor:.2f}x "
-              "bounds any policy's ratio")
+        lines.append(
+            f"prefill tokens lru/graph: {ratio:.2f}x (goal >= 5x: "
+            f"{'met' if ratio >= 5 else 'not met'}); floor of an unbounded cache: "
+            f"{floor:,.0f} tokens, so lru/floor = "
+            f"{summary['lru']['prefill_tokens'] / floor:.2f}x bounds any policy's ratio")
+    for line in lines:
+        print(line)
+    command = "python bench/agent_replay.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    if args.write_results:
+        write_section(RESULTS, results_title(args),
+                      results_body(command.strip(), host, load_end, info, summary, lines,
+                                   args.repeat))
+        print("wrote bench/RESULTS.md")
     if args.json:
         out = {
-            "command": "python bench/agent_replay.py " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-            "machine": {**host, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+            "command": command.strip(),
+            "machine": {**host, "loadavg_at_end": load_end},
             "config": vars(args),
             "workload": {"sessions": len(sessions), "steps": num_steps,
                          "steps_per_session": [len(s.steps) for s in sessions],
@@ -734,10 +938,11 @@ def main(argv: list[str] | None = None) -> int:
                           "tokens": kv_blocks * args.block_size,
                           "fraction_of_working_set": kv_bytes / ws_bytes},
             "policies": summary,
+            "rounds": rounds,
             "prefill_ratio_lru_over_graph": ratio,
             "goal_5x_met": None if ratio is None else ratio >= 5,
-            "vllm_peer": {k: v for k, v in peer.items() if k != "lines"} or None,
-            "steps": {p: [asdict(r) for r in res.records] for p, res in raw.items()},
+            "comparisons": judged or None,
+            "steps": {p: [asdict(r) for r in recs] for p, recs in records.items()},
         }
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")

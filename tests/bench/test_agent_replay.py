@@ -54,3 +54,63 @@ def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:
     assert ws["kv_bytes_per_token"] == 2 * 2 * 16 * 2 * 4
     assert kv["bytes"] == kv["blocks"] * 16 * ws["kv_bytes_per_token"]
     assert len(d["steps"]["lru"]) == 4
+
+
+
+def test_scheduler_arms_run_interleaved_and_write_their_section(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--kvsaga-arms` with `--repeat 2`: both arms run twice (A B, B A), medians and paired
+    ratios are reported, and `--write-results` writes only its own section."""
+    mod = _load_script()
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# R\n\n## Other\n\nkept\n")
+    monkeypatch.setattr(mod, "RESULTS", results)
+    out = tmp_path / "replay.json"
+    rc = mod.main([
+        "--model", str(tiny_dir), "--sessions", "2", "--steps", "2",
+        "--kvsaga-arms", "fcfs+lru,workflow+graph", "--repeat", "2",
+        "--token-scale", "0.005", "--time-scale", "0.01", "--max-tool-s", "0.05",
+        "--arrival-gap", "0", "--start-timeout", "60", "--json", str(out), "--write-results",
+    ])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert list(d["policies"]) == ["fcfs+lru", "workflow+graph"]
+    assert [sorted(r) for r in d["rounds"]] == [["fcfs+lru", "workflow+graph"]] * 2
+    for name, s in d["policies"].items():
+        assert s["runs"] == 2 and s["errors"] == 0
+        per_round = [r[name]["prefill_tokens"] for r in d["rounds"]]
+        assert s["prefill_tokens"] == pytest.approx(sum(per_round) / 2)  # median of two
+        assert s["range"]["prefill_tokens"] == [min(per_round), max(per_round)]
+        assert sorted({r["round"] for r in d["steps"][name]}) == [0, 1]
+    cmp = d["comparisons"]["workflow+graph vs fcfs+lru"]
+    assert len(cmp["tct_speedup"]) == 2 and cmp["goal"] == 2.0
+    text = results.read_text()
+    assert text.startswith("# R\n\n## Other\n\nkept\n")
+    assert "## Agent replay: schedulers on live kvsaga-serve" in text
+    assert "--kvsaga-arms fcfs+lru,workflow+graph --repeat 2" in text
+    assert "| workflow+graph |" in text
+
+
+def test_run_order_alternates() -> None:
+    mod = _load_script()
+    a, b, c = (mod.Arm(n, "kvsaga", "lru") for n in "abc")
+    order = [(r, x.name) for r, x in mod.run_order([a, b, c], 3)]
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a"),
+                     (2, "a"), (2, "b"), (2, "c")]
+
+
+@pytest.mark.parametrize("bad", ["fcfs", "fcfs+nope", "nope+lru", "fcfs+lru,fcfs+lru"])
+def test_bad_kvsaga_arms_are_named(bad: str) -> None:
+    with pytest.raises(SystemExit, match="--kvsaga-arms"):
+        _load_script().scheduler_arms(bad)
+
+
+def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
+    mod = _load_script()
+    path = tmp_path / "R.md"
+    path.write_text("# R\n\n## A\n\na\n\n### Mine\n\nold\n\n### B\n\nb\n\n## C\n\nc\n")
+    mod.write_section(path, "### Mine", "new\nlines")
+    assert path.read_text() == ("# R\n\n## A\n\na\n\n### Mine\n\nnew\nlines\n\n### B\n\nb\n"
+                                "\n## C\n\nc\n")
+    mod.write_section(path, "## D", "d")
+    assert path.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
