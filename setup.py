@@ -9,6 +9,7 @@ says so in one log line). Everything else about the package is declared in pypro
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -29,6 +30,7 @@ def _nanobind_extension() -> list[Extension]:
         Extension(
             "kvsaga._kvcore",
             sources=["csrc/kvcore.cpp", os.path.join(src, "nb_combined.cpp")],
+            depends=glob.glob("csrc/*.h"),  # rebuild when a header changes
             include_dirs=[
                 "csrc",
                 nanobind.include_dir(),

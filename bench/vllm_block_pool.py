@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 BS = 16
@@ -111,6 +113,10 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=16384)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    # Python puts this script's folder first on the path, and bench/kernels.py there would
+    # shadow the PyPI package `kernels` that transformers (imported by vLLM) probes for.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     import vllm
 
     n, r = args.blocks, args.repeat

@@ -17,12 +17,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
-#include <tsl/robin_map.h>  // ships with nanobind (ext/robin_map)
-
+#include "key_table.h"
 #include "queue.h"
 #include "sha256.h"
 
@@ -299,9 +297,15 @@ class Pool {
   nb::list allocate(int64_t count) {
     if (count < 0) throw nb::value_error("allocate: count must be >= 0");
     if (count > free_q_.size()) raise_out_of_blocks(count, free_q_.size());
-    buf_.resize(count);
-    take(count, buf_.data());
-    return to_list(buf_.data(), buf_.size());
+    PyObject* l = PyList_New(static_cast<Py_ssize_t>(count));
+    if (!l) throw_current();
+    nb::list out = nb::steal<nb::list>(l);
+    for (int64_t i = 0; i < count; ++i) {
+      int32_t b;
+      take(1, &b);
+      PyList_SET_ITEM(out.ptr(), i, id_object(b));
+    }
+    return out;
   }
 
   void acquire_many(nb::handle ids) {
@@ -510,28 +514,6 @@ class Hasher {
 
 // -- PrefixIndex --------------------------------------------------------------------------
 
-struct Key {
-  uint64_t w[4];
-  bool operator==(const Key& o) const { return std::memcmp(w, o.w, 32) == 0; }
-};
-
-// The keys are SHA-256 digests, but a client can grind prompts whose digests share low
-// bits; a per-process secret seed keeps it from aiming at one bucket.
-struct KeyHash {
-  uint64_t seed0, seed1;
-  size_t operator()(const Key& k) const {
-    uint64_t x = (k.w[0] ^ seed0) * 0x9E3779B97F4A7C15ull;
-    uint64_t y = (k.w[1] ^ seed1) * 0xC2B2AE3D27D4EB4Full;
-    return static_cast<size_t>(x ^ (y >> 29) ^ (x >> 32));
-  }
-};
-
-static KeyHash make_key_hash() {
-  std::random_device rd;
-  uint64_t a = (uint64_t(rd()) << 32) | rd(), b = (uint64_t(rd()) << 32) | rd();
-  return KeyHash{a, b};
-}
-
 // False when `h` is not a 32-byte bytes object (no such key can be in the index).
 static bool key_of(PyObject* h, Key& k) {
   if (!PyBytes_Check(h) || PyBytes_GET_SIZE(h) != 32) return false;
@@ -541,19 +523,19 @@ static bool key_of(PyObject* h, Key& k) {
 
 class Index {
  public:
-  Index() : map_(16, make_key_hash()) {}
-
   size_t size() const { return map_.size(); }
 
   nb::object get(nb::handle h) const {
     Key k;
     if (!key_of(h.ptr(), k)) return nb::none();
-    auto it = map_.find(k);
-    if (it == map_.end()) return nb::none();
-    return nb::int_(it->second);
+    int32_t b = map_.find(k);
+    if (b < 0) return nb::none();
+    return nb::int_(b);
   }
 
-  bool insert_key(const Key& k, int32_t b) { return map_.emplace(k, b).second; }
+  bool insert_key(const Key& k, int32_t b) { return map_.insert(k, b); }
+  bool erase_held(const Key& k, int32_t b) { return map_.erase_held(k, b); }
+  void prefetch(const Key& k) const { map_.prefetch(k); }
 
   bool insert(nb::handle h, int64_t b) {
     Key k;
@@ -572,8 +554,9 @@ class Index {
 
   nb::list items() const {
     nb::list out;
-    for (const auto& [k, b] : map_)
+    map_.for_each([&](const Key& k, int32_t b) {
       out.append(nb::make_tuple(nb::bytes(reinterpret_cast<const char*>(k.w), 32), b));
+    });
     return out;
   }
 
@@ -586,15 +569,15 @@ class Index {
     Key key;
     for (Py_ssize_t i = 0; i < k; ++i) {
       if (!key_of(items[i], key)) break;
-      auto it = map_.find(key);
-      if (it == map_.end()) break;
-      out.push_back(it->second);
+      int32_t b = map_.find(key);
+      if (b < 0) break;
+      out.push_back(b);
     }
     return to_list(out.data(), out.size());
   }
 
  private:
-  tsl::robin_map<Key, int32_t, KeyHash> map_;
+  KeyTable map_;
 };
 
 // -- the manager's hot loops --------------------------------------------------------------
@@ -697,11 +680,8 @@ class ManagerCore {
   void evict_blocks(nb::handle victims) {
     nb::list hashes = pool_->evict_many(victims);
     read_ids(victims, pool_->n, ids_);
-    for (size_t i = 0; i < ids_.size(); ++i) {
-      PyObject* h = PyList_GET_ITEM(hashes.ptr(), i);
-      if (h != Py_None) index_->remove(h);
-      PyList_SetItem(owner_.ptr(), ids_[i], Py_NewRef(Py_None));
-    }
+    unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, ids_.data(), ids_.size(),
+            false);
   }
 
   // KVCacheManager._evict for a policy whose victims are the head of `queue` (its
@@ -725,18 +705,13 @@ class ManagerCore {
       }
       ids_[i] = b;
     }
-    // Each victim's hash object is read (its key) and released: fetch it a few blocks ahead.
-    PyObject** hashes = reinterpret_cast<PyListObject*>(pool_->block_hash.ptr())->ob_item;
-    constexpr int64_t kAhead = 8;
-    for (int64_t i = 0; i < std::min(kAhead, num_blocks); ++i) prefetch_object(hashes[ids_[i]]);
+    held_.resize(num_blocks);
     for (int64_t i = 0; i < num_blocks; ++i) {
-      if (i + kAhead < num_blocks) prefetch_object(hashes[ids_[i + kAhead]]);
-      int32_t v = q.pop();
-      nb::object h = nb::steal(pool_->free_cached(v));
-      if (!h.is_none()) index_->remove(h);
-      PyList_SetItem(owner_.ptr(), v, Py_NewRef(Py_None));
+      q.pop();
+      held_[i] = pool_->free_cached(ids_[i]);
     }
     pool_->num_cached -= num_blocks;
+    unindex(held_.data(), ids_.data(), held_.size(), true);
   }
 
   // KVCacheManager._register_full_blocks (allocate_slots runs it; exposed for the benchmark).
@@ -802,6 +777,32 @@ class ManagerCore {
     nb::object ctx, table;
     Py_ssize_t start;
   };
+
+  // The last step of an eviction, once the victims are FREE: their old `hashes` leave the
+  // index (released here when `owned`) and their owners are forgotten. Per victim, two
+  // cache misses dominate: its hash object and its index slot, whose address needs the key
+  // from the object. Both are fetched ahead: the object kFar victims ahead, the slot kNear.
+  void unindex(PyObject* const* hashes, const int32_t* ids, size_t k, bool owned) {
+    constexpr size_t kFar = 16, kNear = 8;
+    for (size_t i = 0; i < std::min(kFar, k); ++i) prefetch_object(hashes[i]);
+    for (size_t i = 0; i < std::min(kNear, k); ++i) prefetch_slot(hashes[i]);
+    PyObject** owners = reinterpret_cast<PyListObject*>(owner_.ptr())->ob_item;
+    Key key;
+    for (size_t i = 0; i < k; ++i) {
+      if (i + kFar < k) prefetch_object(hashes[i + kFar]);
+      if (i + kNear < k) prefetch_slot(hashes[i + kNear]);
+      if (key_of(hashes[i], key)) index_->erase_held(key, ids[i]);
+      if (owned) Py_DECREF(hashes[i]);
+      PyObject* old = owners[ids[i]];
+      owners[ids[i]] = Py_NewRef(Py_None);
+      Py_DECREF(old);
+    }
+  }
+
+  void prefetch_slot(PyObject* h) const {
+    Key key;
+    if (key_of(h, key)) index_->prefetch(key);
+  }
 
   // A bytes digest spans the object's first ~70 bytes: two cache lines at most.
   static void prefetch_object(PyObject* o) {
@@ -991,6 +992,7 @@ class ManagerCore {
   std::vector<Row> rows_;
   std::vector<PyObject*> seen_;
   std::vector<int32_t> new_ids_, ids_;
+  std::vector<PyObject*> held_;
 };
 
 }  // namespace kvcore
