@@ -35,6 +35,7 @@ import torch
 
 import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
+from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
 
 # Memory bandwidth in GB/s by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_GBPS = [
@@ -154,7 +155,7 @@ def attention_case(name, batch, seq_len, q_len, device, impls, repeat) -> list[d
         fns["triton"] = lambda: kernels.paged_attention(
             *args, max_query_len=q_len, max_seq_len=seq_len, out=out, validate=False
         )
-    fns["reference"] = lambda: reference.paged_attention(*args, out=out)
+    fns["reference"] = lambda: reference.paged_attention(PagedAttentionArgs(*args), out)
     k = _dense_kv(k_cache, tables, seq_len)
     v = _dense_kv(v_cache, tables, seq_len)
     q = query.view(batch, q_len, HEADS, HEAD_DIM).transpose(1, 2)
@@ -179,7 +180,7 @@ def cache_write_case(n_tokens, device, impls, repeat) -> list[dict]:
     slots = torch.randperm(num_blocks * BLOCK_SIZE, device=device)[:n_tokens]
     args = (key, value, kv[:, 1, 0], kv[:, 1, 1], slots)
     nbytes = 2 * 2 * key.numel() * DTYPE.itemsize  # K and V, read and written
-    fns = {"reference": lambda: reference.cache_write(*args)}
+    fns = {"reference": lambda: reference.cache_write(CacheWriteArgs(*args))}
     if "triton" in impls:
         fns = {"triton": lambda: kernels.cache_write(*args, validate=False), **fns}
     return [dict(case="cache_write", impl=i, ms=median_seconds(f, device, repeat) * 1e3,

@@ -1,6 +1,7 @@
 """KV kernels: paged attention, cache write, block copy and staging gather/scatter.
 
-Each public function checks its arguments (`checks.py`) and then dispatches:
+Each public function checks its arguments (`checks.py`) and then dispatches (`cache_write`
+and `paged_attention` hand their implementation one bundle of inputs, `args.py`):
 - CUDA tensors: the Triton kernel (`attention.py`, `kv_write.py`, `blocks.py`);
 - CPU tensors: the torch reference (`reference.py`), except paged attention, which runs a
   batched `scaled_dot_product_attention` (`sdpa.py`, several times faster than the
@@ -28,6 +29,7 @@ import torch
 from kvsaga import envs
 
 from . import checks, reference, sdpa
+from .args import CacheWriteArgs, PagedAttentionArgs
 
 __all__ = [
     "block_copy",
@@ -73,6 +75,11 @@ def _triton_module(name: str, device: torch.device) -> ModuleType:
         ) from e
 
 
+def _impl(triton_module: str, device: torch.device) -> ModuleType:
+    """The module whose function runs a call on `device`: the Triton launcher or the reference."""
+    return _triton_module(triton_module, device) if use_triton(device) else reference
+
+
 def _full(validate: bool | None, device: torch.device) -> bool:
     return device.type != "cuda" if validate is None else validate
 
@@ -98,15 +105,9 @@ def cache_write(
             the token (padding). Slots other than -1 must be distinct.
         validate: check slot values (host sync); default: on CPU only.
     """
-    checks.check_cache_write(
-        key, value, k_cache, v_cache, slot_mapping, full=_full(validate, k_cache.device)
-    )
-    if use_triton(k_cache.device):
-        _triton_module("kv_write", k_cache.device).cache_write(
-            key, value, k_cache, v_cache, slot_mapping
-        )
-    else:
-        reference.cache_write(key, value, k_cache, v_cache, slot_mapping)
+    args = CacheWriteArgs(key, value, k_cache, v_cache, slot_mapping)
+    checks.check_cache_write(args, full=_full(validate, k_cache.device))
+    _impl("kv_write", k_cache.device).cache_write(args)
 
 
 def paged_attention(
@@ -150,37 +151,18 @@ def paged_attention(
         [num_query_tokens, num_heads, head_dim] in query's dtype (`out` when given). Rows
         past `query_start_loc[-1]` are zero when `out` is None and untouched otherwise.
     """
-    checks.check_paged_attention(
-        query,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        query_start_loc,
-        scale,
-        max_query_len,
-        max_seq_len,
-        out,
-        full=_full(validate, k_cache.device),
+    args = PagedAttentionArgs(
+        query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
+        max_query_len, max_seq_len,
     )
+    checks.check_paged_attention(args, out, full=_full(validate, k_cache.device))
     if use_triton(k_cache.device):
         fn = _triton_module("attention", k_cache.device).paged_attention
     elif envs.KVSAGA_KERNELS == "torch":
         fn = reference.paged_attention
     else:  # auto off CUDA: the batched-SDPA path, held to the reference by the tests
         fn = sdpa.paged_attention
-    return fn(
-        query,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        query_start_loc,
-        scale,
-        max_query_len=max_query_len,
-        max_seq_len=max_seq_len,
-        out=out,
-    )
+    return fn(args, out)
 
 
 def block_copy(
@@ -200,10 +182,7 @@ def block_copy(
         validate: check the ids (host sync); default: on CPU only.
     """
     checks.check_block_copy(kv, src_block_ids, dst_block_ids, full=_full(validate, kv.device))
-    if use_triton(kv.device):
-        _triton_module("blocks", kv.device).block_copy(kv, src_block_ids, dst_block_ids)
-    else:
-        reference.block_copy(kv, src_block_ids, dst_block_ids)
+    _impl("blocks", kv.device).block_copy(kv, src_block_ids, dst_block_ids)
 
 
 def gather_blocks(
@@ -225,9 +204,7 @@ def gather_blocks(
         [n, *kv.shape[1:]] contiguous (`out` when given).
     """
     checks.check_gather_blocks(kv, block_ids, out, full=_full(validate, kv.device))
-    if use_triton(kv.device):
-        return _triton_module("blocks", kv.device).gather_blocks(kv, block_ids, out)
-    return reference.gather_blocks(kv, block_ids, out)
+    return _impl("blocks", kv.device).gather_blocks(kv, block_ids, out)
 
 
 def scatter_blocks(
@@ -246,7 +223,4 @@ def scatter_blocks(
         validate: check the ids (host sync); default: on CPU only.
     """
     checks.check_scatter_blocks(staging, kv, block_ids, full=_full(validate, kv.device))
-    if use_triton(kv.device):
-        _triton_module("blocks", kv.device).scatter_blocks(staging, kv, block_ids)
-    else:
-        reference.scatter_blocks(staging, kv, block_ids)
+    _impl("blocks", kv.device).scatter_blocks(staging, kv, block_ids)

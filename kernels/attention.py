@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .spec import TRITON_TYPES, KernelSpec
+from .args import PagedAttentionArgs
+from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
 
-HEAD_DIMS = (16, 32, 64, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 # Decode partitions never get shorter than this many tokens: below it the reduce costs
@@ -394,40 +394,25 @@ def decode_num_splits(
     return -(-max_seq_len // partition), partition
 
 
-def _check_triton_shapes(query: torch.Tensor, k_cache: torch.Tensor) -> None:
-    head_dim = k_cache.shape[3]
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(
-            f"head_dim {head_dim} is not supported by the Triton kernels (one of {HEAD_DIMS}); "
-            "KVSAGA_KERNELS=torch runs the reference"
-        )
-
-
 def paged_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    *,
-    max_query_len: int | None = None,
-    max_seq_len: int | None = None,
-    out: torch.Tensor | None = None,
-    num_splits: int | None = None,
+    args: PagedAttentionArgs, out: torch.Tensor | None = None, *, num_splits: int | None = None
 ) -> torch.Tensor:
     """Launch paged attention; arguments as `kvsaga.kernels.paged_attention`, checked there.
 
     Args:
+        args: the query, caches, block tables, lengths, scale and host-side length bounds.
+        out: optional output, shaped and typed like the query.
         num_splits: decode only: force this many context partitions (tests use it to cover
             the split-K path on small inputs); default: chosen from the SM count.
 
     Returns:
         [num_query_tokens, num_heads, head_dim] in query's dtype.
     """
-    _check_triton_shapes(query, k_cache)
+    query, k_cache, v_cache = args.query, args.k_cache, args.v_cache
+    block_tables, seq_lens, query_start_loc = args.block_tables, args.seq_lens, args.query_start_loc
+    max_query_len, max_seq_len = args.max_query_len, args.max_seq_len
     num_tokens, num_heads, head_dim = query.shape
+    check_head_dim(head_dim)
     num_kv_heads = k_cache.shape[2]
     block_size = k_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -442,7 +427,7 @@ def paged_attention(
         return out
     upcast = query.device.type == "cpu"  # Triton's interpreter; see the module docstring
     ieee = query.dtype == torch.float32
-    scale_log2e = float(scale) * _LOG2E
+    scale_log2e = float(args.scale) * _LOG2E
     common = dict(
         stride_qt=query.stride(0),
         stride_qh=query.stride(1),

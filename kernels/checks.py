@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .args import CacheWriteArgs, PagedAttentionArgs
+
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -47,11 +49,15 @@ def _last_dim_contiguous(name: str, x: torch.Tensor) -> None:
         )
 
 
-def _per_block_contiguous(name: str, x: torch.Tensor) -> None:
-    if x.shape[0] > 0 and not x[0].is_contiguous():
+def _check_tier(kv: object) -> None:
+    """A tensor of blocks (`kv[i]` is block i), each block contiguous in memory."""
+    kv = _tensor("kv", kv)
+    if kv.dim() < 1:
+        raise ValueError("kv must have a leading block dim, got a 0-D tensor")
+    if kv.shape[0] > 0 and not kv[0].is_contiguous():
         raise ValueError(
-            f"{name} must be contiguous within each block (dims 1..), got shape "
-            f"{tuple(x.shape)} with strides {tuple(x.stride())}"
+            "kv must be contiguous within each block (dims 1..), got shape "
+            f"{tuple(kv.shape)} with strides {tuple(kv.stride())}"
         )
 
 
@@ -98,17 +104,10 @@ def _ids_distinct(name: str, ids: torch.Tensor) -> None:
         raise ValueError(f"{name} holds block {dup} more than once")
 
 
-def check_cache_write(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    *,
-    full: bool,
-) -> None:
+def check_cache_write(args: CacheWriteArgs, *, full: bool) -> None:
     """Check `cache_write` arguments (see `kvsaga.kernels.cache_write`)."""
-    _check_cache_pair(k_cache, v_cache)
+    key, value, k_cache, slot_mapping = args.key, args.value, args.k_cache, args.slot_mapping
+    _check_cache_pair(k_cache, args.v_cache)
     for name, x in (("key", key), ("value", value)):
         _tensor(name, x)
         _ndim(name, x, 3, "[num_tokens, num_kv_heads, head_dim]")
@@ -141,21 +140,12 @@ def check_cache_write(
 
 
 def check_paged_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    max_query_len: int | None,
-    max_seq_len: int | None,
-    out: torch.Tensor | None,
-    *,
-    full: bool,
+    args: PagedAttentionArgs, out: torch.Tensor | None, *, full: bool
 ) -> None:
     """Check `paged_attention` arguments (see `kvsaga.kernels.paged_attention`)."""
-    _check_cache_pair(k_cache, v_cache)
+    query, k_cache, block_tables = args.query, args.k_cache, args.block_tables
+    seq_lens, query_start_loc = args.seq_lens, args.query_start_loc
+    _check_cache_pair(k_cache, args.v_cache)
     device = k_cache.device
     _tensor("query", query)
     _ndim("query", query, 3, "[num_query_tokens, num_heads, head_dim]")
@@ -188,9 +178,9 @@ def check_paged_attention(
             f"query_start_loc has {query_start_loc.shape[0]} entries, expected batch + 1 = "
             f"{batch + 1}"
         )
-    if not isinstance(scale, (float, int)) or isinstance(scale, bool):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    for name, v in (("max_query_len", max_query_len), ("max_seq_len", max_seq_len)):
+    if not isinstance(args.scale, (float, int)) or isinstance(args.scale, bool):
+        raise TypeError(f"scale must be a float, got {type(args.scale).__name__}")
+    for name, v in (("max_query_len", args.max_query_len), ("max_seq_len", args.max_seq_len)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
     if out is not None:
@@ -202,23 +192,15 @@ def check_paged_attention(
         _same_device("out", out, device, "k_cache")
         _last_dim_contiguous("out", out)
     if full:
-        _check_attention_values(
-            query, k_cache, block_tables, seq_lens, query_start_loc, max_query_len, max_seq_len
-        )
+        _check_attention_values(args)
 
 
-def _check_attention_values(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    max_query_len: int | None,
-    max_seq_len: int | None,
-) -> None:
-    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
-    qsl = query_start_loc.cpu().long()
-    lens = seq_lens.cpu().long()
+def _check_attention_values(args: PagedAttentionArgs) -> None:
+    query, block_tables = args.query, args.block_tables
+    max_query_len, max_seq_len = args.max_query_len, args.max_seq_len
+    num_blocks, block_size = args.k_cache.shape[0], args.k_cache.shape[1]
+    qsl = args.query_start_loc.cpu().long()
+    lens = args.seq_lens.cpu().long()
     if int(qsl[0]) != 0:
         raise ValueError(f"query_start_loc[0] = {int(qsl[0])}, expected 0")
     q_lens = qsl[1:] - qsl[:-1]
@@ -259,10 +241,7 @@ def check_block_copy(
     kv: torch.Tensor, src_block_ids: torch.Tensor, dst_block_ids: torch.Tensor, *, full: bool
 ) -> None:
     """Check `block_copy` arguments (see `kvsaga.kernels.block_copy`)."""
-    _tensor("kv", kv)
-    if kv.dim() < 1:
-        raise ValueError("kv must have a leading block dim, got a 0-D tensor")
-    _per_block_contiguous("kv", kv)
+    _check_tier(kv)
     _index_vector("src_block_ids", src_block_ids, None, kv.device)
     _index_vector("dst_block_ids", dst_block_ids, src_block_ids.shape[0], kv.device)
     if not full:
@@ -283,10 +262,7 @@ def check_gather_blocks(
     kv: torch.Tensor, block_ids: torch.Tensor, out: torch.Tensor | None, *, full: bool
 ) -> None:
     """Check `gather_blocks` arguments (see `kvsaga.kernels.gather_blocks`)."""
-    _tensor("kv", kv)
-    if kv.dim() < 1:
-        raise ValueError("kv must have a leading block dim, got a 0-D tensor")
-    _per_block_contiguous("kv", kv)
+    _check_tier(kv)
     _index_vector("block_ids", block_ids, None, kv.device)
     if out is not None:
         _staging("out", out, kv, block_ids.shape[0])
@@ -298,10 +274,7 @@ def check_scatter_blocks(
     staging: torch.Tensor, kv: torch.Tensor, block_ids: torch.Tensor, *, full: bool
 ) -> None:
     """Check `scatter_blocks` arguments (see `kvsaga.kernels.scatter_blocks`)."""
-    _tensor("kv", kv)
-    if kv.dim() < 1:
-        raise ValueError("kv must have a leading block dim, got a 0-D tensor")
-    _per_block_contiguous("kv", kv)
+    _check_tier(kv)
     _index_vector("block_ids", block_ids, None, kv.device)
     _staging("staging", staging, kv, block_ids.shape[0])
     if full:

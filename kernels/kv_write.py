@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .spec import TRITON_TYPES, KernelSpec
+from .args import CacheWriteArgs
+from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
 
-HEAD_DIMS = (16, 32, 64, 128, 256)
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 
 
@@ -66,26 +66,17 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(_BITS[x.element_size()])
 
 
-def cache_write(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
+def cache_write(args: CacheWriteArgs) -> None:
     """Launch `cache_write`; arguments as `kvsaga.kernels.cache_write`, checked there."""
+    key, value, k_cache, v_cache = args.key, args.value, args.k_cache, args.v_cache
     num_tokens, num_kv_heads, head_dim = key.shape
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(
-            f"head_dim {head_dim} is not supported by the Triton kernels (one of {HEAD_DIMS}); "
-            "KVSAGA_KERNELS=torch runs the reference"
-        )
+    check_head_dim(head_dim)
     if num_tokens == 0:
         return
     block_h, num_warps = write_config(head_dim)
     grid = (num_tokens, triton.cdiv(num_kv_heads, block_h))
     _cache_write_kernel[grid](
-        _bits(key), _bits(value), _bits(k_cache), _bits(v_cache), slot_mapping,
+        _bits(key), _bits(value), _bits(k_cache), _bits(v_cache), args.slot_mapping,
         num_kv_heads, k_cache.shape[1],
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .args import PagedAttentionArgs
+
 
 def _sdpa(q, k, v, mask=None, scale=None, causal=False):
     """SDPA over one sequence; q: [H, Q, D]; k, v: [Hkv, S, D]; mask: [Q, S] bool (True =
@@ -45,46 +47,27 @@ def _sdpa(q, k, v, mask=None, scale=None, causal=False):
     )[0]
 
 
-def paged_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    scale: float,
-    *,
-    max_query_len: int | None = None,
-    max_seq_len: int | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None) -> torch.Tensor:
     """As `reference.paged_attention`; scores in fp32 (inputs upcast), output in query's dtype."""
-    del max_query_len, max_seq_len
+    query, k_cache, v_cache, scale = args.query, args.k_cache, args.v_cache, args.scale
     if out is None:
         out = torch.zeros_like(query)
-    starts = query_start_loc.tolist()
-    block_size = k_cache.shape[1]
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = query.shape[1] // num_kv_heads
-    tables = block_tables.long()
-    for i, seq_len in enumerate(seq_lens.tolist()):
-        q_start, q_end = starts[i], starts[i + 1]
-        q_len = q_end - q_start
-        if q_len == 0:
-            continue
-        ids = tables[i, : -(-seq_len // block_size)]
+    for rows, seq_len, ids in args.sequences():
+        q_len = rows.stop - rows.start
         # [Hkv, S, D] views over one contiguous copy of the sequence's blocks.
         k = k_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)
         v = v_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)
-        q = query[q_start:q_end].float()  # [Q, H, D]
+        q = query[rows].float()  # [Q, H, D]
         if q_len == 1:
             o = _sdpa(q.view(num_kv_heads, group, head_dim), k, v, scale=scale)  # [Hkv, g, D]
-            out[q_start] = o.reshape(-1, head_dim).to(out.dtype)
+            out[rows] = o.reshape(1, -1, head_dim).to(out.dtype)
             continue
         mask = None
         if q_len < seq_len:  # rows sit at positions seq_len - q_len ..; SDPA's causal is not
-            rows = torch.arange(seq_len - q_len, seq_len, device=query.device)
-            mask = torch.arange(seq_len, device=query.device)[None, :] <= rows[:, None]
+            pos = torch.arange(seq_len - q_len, seq_len, device=query.device)
+            mask = torch.arange(seq_len, device=query.device)[None, :] <= pos[:, None]
         o = _sdpa(q.transpose(0, 1), k, v, mask, scale, mask is None)  # [H, Q, D]
-        out[q_start:q_end] = o.transpose(0, 1).to(out.dtype)
+        out[rows] = o.transpose(0, 1).to(out.dtype)
     return out

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+# Every Triton kernel is built, and compiled ahead of time, for these head dims.
+HEAD_DIMS = (16, 32, 64, 128, 256)
+
 # Triton's pointer element type names, by torch dtype.
 TRITON_TYPES = {
     torch.float16: "fp16",
@@ -22,6 +25,15 @@ TRITON_TYPES = {
     torch.int32: "i32",
     torch.int64: "i64",
 }
+
+
+def check_head_dim(head_dim: int) -> None:
+    """Refuse a head dim no Triton kernel is built for (the torch reference takes any)."""
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(
+            f"head_dim {head_dim} is not supported by the Triton kernels (one of {HEAD_DIMS}); "
+            "KVSAGA_KERNELS=torch runs the reference"
+        )
 
 
 @dataclass(frozen=True)

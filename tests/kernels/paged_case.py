@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kvsaga.kernels.args import PagedAttentionArgs
+
 GUARD = 12345.0
 # Absolute and relative tolerance of a kernel against the reference, by dtype. The
 # reference computes in fp32 and rounds once; the kernels add reordered fp32 sums and, on a
@@ -59,6 +61,10 @@ class PagedCase:
             self.query_start_loc,
             self.scale,
         )
+
+    def attention_args(self, **bounds: int) -> PagedAttentionArgs:
+        """The case as the implementations take it; `bounds`: max_query_len, max_seq_len."""
+        return PagedAttentionArgs(*self.args(), **bounds)
 
     def guarded_out(self) -> torch.Tensor:
         return torch.full_like(self.query, GUARD)

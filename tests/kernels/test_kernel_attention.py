@@ -60,7 +60,7 @@ def _assert_matches(case: PagedCase, out: torch.Tensor, expected: torch.Tensor) 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_reference_matches_dense_sdpa(make, group, head_dim):
     case = make(torch.float32, group, head_dim, 16, "cpu", seed=group)
-    out = reference.paged_attention(*case.args(), out=case.guarded_out())
+    out = reference.paged_attention(case.attention_args(), case.guarded_out())
     _assert_matches(case, out, dense_attention(case))
 
 
@@ -75,7 +75,7 @@ GRID = [(d, g, h, b) for d in DTYPES for g in GROUPS for h, b in SHAPES] + [
 def test_decode_matches_reference(triton_device, dtype, group, head_dim, block_size):
     case = _decode_case(dtype, group, head_dim, block_size, triton_device)
     out = kernels.paged_attention(*case.args(), max_query_len=1, out=case.guarded_out())
-    expected = reference.paged_attention(*case.args(), out=case.guarded_out())
+    expected = reference.paged_attention(case.attention_args(), case.guarded_out())
     _assert_matches(case, out, expected)
 
 
@@ -88,7 +88,7 @@ EXTEND_GRID = [
 def test_extend_matches_reference(triton_device, dtype, group, head_dim, block_size):
     case = _extend_case(dtype, group, head_dim, block_size, triton_device)
     out = kernels.paged_attention(*case.args(), out=case.guarded_out())
-    expected = reference.paged_attention(*case.args(), out=case.guarded_out())
+    expected = reference.paged_attention(case.attention_args(), case.guarded_out())
     _assert_matches(case, out, expected)
 
 
@@ -99,16 +99,16 @@ def test_decode_split_k(triton_device, dtype, num_splits):
     case = make_case([300, 129, 64, 5], [1, 1, 1, 1], block_size=16, num_kv_heads=2, group=4,
                      head_dim=64, dtype=dtype, device=triton_device, seed=num_splits)
     attention = kernels._triton_module("attention", torch.device(triton_device))
-    out = attention.paged_attention(*case.args(), max_query_len=1, out=case.guarded_out(),
+    out = attention.paged_attention(case.attention_args(max_query_len=1), case.guarded_out(),
                                     num_splits=num_splits)
-    _assert_matches(case, out, reference.paged_attention(*case.args(), out=case.guarded_out()))
+    _assert_matches(case, out, reference.paged_attention(case.attention_args(), case.guarded_out()))
 
 
 def test_defaults_without_host_lengths_or_out(triton_device):
     """No max_query_len / max_seq_len / out: the launcher reads them; padding rows are 0."""
     case = _extend_case(torch.float16, 4, 64, 16, triton_device, seed=5)
     out = kernels.paged_attention(*case.args())
-    expected = reference.paged_attention(*case.args())
+    expected = reference.paged_attention(case.attention_args())
     n = case.query.shape[0] - case.num_pad_rows
     atol, rtol = TOLERANCES[torch.float16]
     torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
@@ -134,4 +134,4 @@ def test_llama_shapes_on_cuda(monkeypatch, query_lens):
                      head_dim=128, dtype=torch.bfloat16, device="cuda", seed=7)
     out = kernels.paged_attention(*case.args(), max_query_len=max(query_lens),
                                   max_seq_len=4096, out=case.guarded_out(), validate=True)
-    _assert_matches(case, out, reference.paged_attention(*case.args(), out=case.guarded_out()))
+    _assert_matches(case, out, reference.paged_attention(case.attention_args(), case.guarded_out()))

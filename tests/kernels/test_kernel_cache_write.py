@@ -7,6 +7,7 @@ import torch
 
 import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
+from kvsaga.kernels.args import CacheWriteArgs
 
 
 def _id(value: object) -> str | None:
@@ -32,7 +33,7 @@ def test_cache_write_matches_reference(triton_device, dtype, num_kv_heads, head_
     kv, qkv, slots = _inputs(dtype, num_kv_heads, head_dim, block_size, triton_device)
     key, value = qkv[:, num_kv_heads : 2 * num_kv_heads], qkv[:, 2 * num_kv_heads :]
     expected = kv.clone()
-    reference.cache_write(key, value, expected[:, 1, 0], expected[:, 1, 1], slots)
+    reference.cache_write(CacheWriteArgs(key, value, expected[:, 1, 0], expected[:, 1, 1], slots))
     kernels.cache_write(key, value, kv[:, 1, 0], kv[:, 1, 1], slots)
     # NaN everywhere the write must not reach (layer 0, other slots) stays NaN.
     torch.testing.assert_close(kv, expected, atol=0, rtol=0, equal_nan=True)

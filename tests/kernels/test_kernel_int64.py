@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     import torch
     import kvsaga.kernels as K
     from kvsaga.kernels import reference as R
+    from kvsaga.kernels.args import PagedAttentionArgs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     nb, bs, d = 2**20 + 8, 16, 64
@@ -41,7 +42,8 @@ SCRIPT = textwrap.dedent(
         qsl = torch.tensor([0, q_len], dtype=torch.int32, device=device)
         args = (q, k_cache, v_cache, tables, seq_lens, qsl, d**-0.5)
         out = K.paged_attention(*args, max_query_len=q_len)
-        torch.testing.assert_close(out, R.paged_attention(*args), atol=2e-3, rtol=2e-3)
+        want = R.paged_attention(PagedAttentionArgs(*args))
+        torch.testing.assert_close(out, want, atol=2e-3, rtol=2e-3)
 
     ids = lambda *v: torch.tensor(v, dtype=torch.int64, device=device)
     K.block_copy(kv, ids(nb - 1), ids(nb - 2))

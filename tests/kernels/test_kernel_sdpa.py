@@ -7,6 +7,7 @@ import torch
 from paged_case import GUARD, TOLERANCES, make_case
 
 from kvsaga.kernels import reference, sdpa
+from kvsaga.kernels.args import PagedAttentionArgs
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -46,8 +47,9 @@ def test_sdpa_path_matches_reference(dtype, group, q_lens, seq_lens):
     sl = torch.tensor(seq_lens, dtype=torch.int32)
     qsl = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
     q = torch.randn(sum(q_lens), h, d, generator=g).to(dtype)
-    want = reference.paged_attention(q, k_cache, v_cache, bt, sl, qsl, d**-0.5)
-    got = sdpa.paged_attention(q, k_cache, v_cache, bt, sl, qsl, d**-0.5)
+    args = PagedAttentionArgs(q, k_cache, v_cache, bt, sl, qsl, d**-0.5)
+    want = reference.paged_attention(args)
+    got = sdpa.paged_attention(args)
     assert got.dtype == dtype
     assert not got.isnan().any()
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
@@ -70,8 +72,8 @@ def test_sdpa_path_on_strided_poisoned_tier(dtype, group, pairs):
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=1 if group == 8 else 2, group=group, head_dim=64,
                      dtype=dtype, seed=len(pairs) + group)
-    want = reference.paged_attention(*case.args(), out=case.guarded_out())
-    got = sdpa.paged_attention(*case.args(), out=case.guarded_out())
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got = sdpa.paged_attention(case.attention_args(), case.guarded_out())
     n = case.query.shape[0] - case.num_pad_rows
     atol, rtol = TOLERANCES[dtype]
     assert not got[:n].isnan().any(), "NaN in the output: a poisoned slot was read"
