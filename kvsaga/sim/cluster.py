@@ -60,6 +60,14 @@ class _GPU(Simulator):
             return self.now
         return min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
 
+    def _horizon(self) -> float:
+        """A decode run here stays before the next routing and every other GPU's next
+        action (either may act on this GPU, and the cluster runs them in time order)."""
+        releases = self.cluster._releases
+        others = (g.next_time() for g in self.cluster.gpus if g is not self)
+        return min(super()._horizon(), releases[0][0] if releases else math.inf,
+                   min(others, default=math.inf))
+
     def advance_one(self) -> None:
         """One iteration of `Simulator.run`'s loop."""
         self._release_due_events()

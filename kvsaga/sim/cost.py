@@ -281,9 +281,17 @@ class StepCostModel:
                             ("decode_context_tokens", decode_context_tokens),
                             ("transfer_bytes", transfer_bytes)):
             _check_count(name, value)
+        return self._step_time(prefill_tokens, prefill_attention_pairs, prefill_context_tokens,
+                               decode_batch, decode_context_tokens, transfer_bytes)
+
+    def _step_time(self, prefill_tokens: float, prefill_attention_pairs: float,
+                   prefill_context_tokens: float, decode_batch: float,
+                   decode_context_tokens: float, transfer_bytes: float = 0) -> float:
+        """`step_time` without the argument checks: the simulator's inner loop, whose
+        figures are counts it made itself (the checks were a third of a decode step)."""
         tokens = prefill_tokens + decode_batch
         if tokens == 0:
-            return self.transfer_time(transfer_bytes)
+            return transfer_bytes / self.gpu.pcie_bw
         compute = self._flops(tokens, prefill_attention_pairs + decode_context_tokens)
         compute /= self.achievable_flops
         kv_read = (prefill_context_tokens + decode_context_tokens) * self.kv_bytes_per_token
@@ -293,7 +301,7 @@ class StepCostModel:
         if self.tp > 1:
             comm += 2 * self.model.num_layers * self.allreduce_latency_s
         gpu = max(compute, memory) + comm
-        return self.step_overhead_s + max(gpu, self.transfer_time(transfer_bytes))
+        return self.step_overhead_s + max(gpu, transfer_bytes / self.gpu.pcie_bw)
 
     def prefill_time(self, tokens: int, context: int = 0) -> float:
         """Seconds of a step that only prefills `tokens` new tokens over `context` cached ones.

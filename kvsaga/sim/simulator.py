@@ -139,12 +139,16 @@ class Simulator:
             policies that need the trace, such as an offline oracle).
         synthesizer: makes the sessions' token ids (default: `TokenSynthesizer()`; give one
             with a model's vocabulary to replay the same ids through an engine).
+        reference: run every batch step through `Scheduler.schedule`, without the decode
+            runs (see `step`): the slow reference whose results the fast path must equal.
     """
 
     def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
                  policy: EvictionPolicy | None = None,
-                 synthesizer: TokenSynthesizer | None = None) -> None:
+                 synthesizer: TokenSynthesizer | None = None, *,
+                 reference: bool = False) -> None:
         self.config = config or SimConfig()
+        self.reference = reference
         self.cost = self.config.cost
         self.sessions = list(sessions)
         ids = [s.id for s in self.sessions]
@@ -326,7 +330,12 @@ class Simulator:
         self._take_transfers()
 
     def step(self) -> int:
-        """Schedule and run one batch step; returns how many sessions finished in it."""
+        """Schedule and run one batch step, or a decode run of several (`_decode_run`);
+        returns how many sessions finished."""
+        if not self.reference and self._decoding_only():
+            finished = self._decode_run()
+            if finished is not None:
+                return finished
         out = self.scheduler.schedule(self.now, self)
         if not out.scheduled:
             if self.scheduler.running:
@@ -349,19 +358,8 @@ class Simulator:
             pairs += attention_pairs(chunk, before)
             ctx += before
         decode_ctx = sum(r.fed_position + 1 for r in decode)
-        dt = self.cost.step_time(prefill_tokens=sum(c for _, c in prefill),
-                                 prefill_attention_pairs=pairs, prefill_context_tokens=ctx,
-                                 decode_batch=len(decode), decode_context_tokens=decode_ctx)
-        self._take_transfers()
-        wait = self._copy_wait()
-        if wait:
-            # Copies overlap compute layer by layer: only their excess over it counts.
-            longer = self.cost.step_overhead_s + wait
-            if longer > dt:
-                self._load_wait += longer - dt
-                dt = longer
-        self._advance(self.now + dt)
-        self._busy += dt
+        self._run_for(self.cost._step_time(sum(c for _, c in prefill), pairs, ctx,
+                                           len(decode), decode_ctx))
         self._counts["batch_steps"] += 1
         self._counts["decode"] += len(decode)
         finished = 0
@@ -374,6 +372,93 @@ class Simulator:
             req.num_sampled += 1
             finished += self._maybe_finish(req)
         self.manager.tick(self.now)
+        return finished
+
+    def _run_for(self, dt: float) -> None:
+        """Carry out one batch step of GPU time `dt`: queue the manager's copies, wait for
+        those the step's blocks need, and advance the clock."""
+        self._take_transfers()
+        wait = self._copy_wait()
+        if wait:
+            # Copies overlap compute layer by layer: only their excess over it counts.
+            longer = self.cost.step_overhead_s + wait
+            if longer > dt:
+                self._load_wait += longer - dt
+                dt = longer
+        self._advance(self.now + dt)
+        self._busy += dt
+
+    # -- decode runs ----------------------------------------------------------------------
+    def _decoding_only(self) -> bool:
+        """Whether the next batch step is a plain decode step: something runs, nothing
+        waits, every running request decodes and the token budget covers them all. Then
+        `Scheduler.schedule` admits nobody and only calls `allocate(req, 1)` for each
+        running request in order (preempting if that raises `OutOfBlocks`)."""
+        sched = self.scheduler
+        running = sched.running
+        if not running or sched.num_waiting or len(running) > sched.max_num_batched_tokens:
+            return False
+        return not any(r.prefilling for r in running)
+
+    def _horizon(self) -> float:
+        """The time a decode run must stay before: the next event here (a release)."""
+        return self._events[0][0] if self._events else math.inf
+
+    def _decode_run(self) -> int | None:
+        """Plain decode steps of the running requests, up to the one that finishes a
+        request or the next event, each done as `Scheduler.schedule` + `_execute` would do
+        it, minus their per-step and per-request overheads; None if the first step needs
+        more blocks than the pool has (`schedule` then takes it, preemptions included).
+
+        Per step: `allocate` (manager calls) for each request whose fed token has no slot
+        yet, in running order, only while the pool holds a block for each of them (an
+        allocation takes at most one); the cost-model time, copies and waits, the clock,
+        `manager.tick`. Per run, not per step: each request's sampled count, slots left and
+        high-water mark (nothing reads them between two steps of the run).
+        """
+        running = list(self.scheduler.running)
+        n = len(running)
+        # At step j of the run request i feeds sample start[i] + j; due[i] is the first
+        # step at which it has no slot left (then `allocate` calls the manager).
+        start = [r.num_sampled for r in running]
+        due = [r.slots_ahead for r in running]
+        last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
+        ctx = sum(r.fed_position + 1 for r in running)
+        horizon = self._horizon()
+        cost, manager, pool = self.cost, self.manager, self.pool
+        next_due = min(due)
+        j = 0
+        while not j or self.now < horizon:
+            if j == next_due:
+                now_due = [i for i in range(n) if due[i] == j]
+                if len(now_due) > pool.num_available:
+                    break  # an allocation could fail: the scheduler decides this step
+                for i in now_due:
+                    r = running[i]
+                    r.num_sampled = start[i] + j
+                    r.slots_ahead = 0
+                    self.allocate(r, 1, self.now)
+                    due[i] = j + 1 + r.slots_ahead
+                next_due = min(due)
+            self._run_for(cost._step_time(0, 0, 0, n, ctx))
+            j += 1
+            ctx += n
+            if j == last:
+                break
+            manager.tick(self.now)
+        if not j:
+            return None
+        self._counts["batch_steps"] += j
+        self._counts["decode"] += n * j
+        for i, r in enumerate(running):
+            r.num_sampled = start[i] + j
+            r.slots_ahead = due[i] - j
+            # The run's last step fed position fed_position - 1 (its sample came after).
+            r.tokens.high_water = max(r.tokens.high_water, r.fed_position)
+        if j < last:
+            return 0
+        finished = sum(self._maybe_finish(r) for r in running)
+        manager.tick(self.now)
         return finished
 
     # -- the scheduler's executor ------------------------------------------------------
