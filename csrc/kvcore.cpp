@@ -521,6 +521,16 @@ static bool key_of(PyObject* h, Key& k) {
   return true;
 }
 
+// A bytes digest spans the object's first ~70 bytes: two cache lines at most.
+static void prefetch_object(PyObject* o) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(o);
+  __builtin_prefetch(reinterpret_cast<const char*>(o) + 64);
+#else
+  (void)o;
+#endif
+}
+
 class Index {
  public:
   size_t size() const { return map_.size(); }
@@ -535,7 +545,11 @@ class Index {
 
   bool insert_key(const Key& k, int32_t b) { return map_.insert(k, b); }
   bool erase_held(const Key& k, int32_t b) { return map_.erase_held(k, b); }
-  void prefetch(const Key& k) const { map_.prefetch(k); }
+  // Fetch the table slot of digest `h` (a bytes object) ahead of a lookup or erase.
+  void prefetch(PyObject* h) const {
+    Key k;
+    if (key_of(h, k)) map_.prefetch(k);
+  }
 
   bool insert(nb::handle h, int64_t b) {
     Key k;
@@ -567,7 +581,14 @@ class Index {
     PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
     std::vector<int32_t> out;
     Key key;
+    // Each hit reads its digest object and its table slot: both fetched ahead, as in
+    // ManagerCore::unindex.
+    constexpr Py_ssize_t kFar = 16, kNear = 8;
+    for (Py_ssize_t i = 0; i < std::min(kFar, k); ++i) prefetch_object(items[i]);
+    for (Py_ssize_t i = 0; i < std::min(kNear, k); ++i) prefetch(items[i]);
     for (Py_ssize_t i = 0; i < k; ++i) {
+      if (i + kFar < k) prefetch_object(items[i + kFar]);
+      if (i + kNear < k) prefetch(items[i + kNear]);
       if (!key_of(items[i], key)) break;
       int32_t b = map_.find(key);
       if (b < 0) break;
@@ -653,8 +674,8 @@ class ManagerCore {
     nb::object table = attr(s, n_block_ids_);
     int64_t need = blocks_to_add(table.ptr(), end);
     if (int64_t evict = room_for(need)) return nb::int_(evict);
-    nb::object slots = steal_or_throw(PyList_New(0));
-    take_slots(s, sid.ptr(), table.ptr(), start, end, slots.ptr());
+    nb::object slots = steal_or_throw(PyList_New(end - start));
+    take_slots(s, sid.ptr(), table.ptr(), start, end, slots.ptr(), 0);
     return slots;
   }
 
@@ -724,6 +745,37 @@ class ManagerCore {
     register_full(s, reinterpret_cast<PyListObject*>(table.ptr())->ob_item, first, last);
   }
 
+  // kvsaga.manager._check_token_ids: a new list of the ids. The plain case (a list or tuple
+  // of exact ints in range) is copied here; anything else goes through the Python twin,
+  // for its checks and its errors.
+  nb::object copy_token_ids(nb::handle token_ids) {
+    PyObject* t = token_ids.ptr();
+    if (!plain_token_ids(t)) return check_token_ids_(token_ids);
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(t);
+    PyObject** items = PySequence_Fast_ITEMS(t);
+    PyObject* l = PyList_New(k);
+    if (!l) throw_current();
+    for (Py_ssize_t i = 0; i < k; ++i) PyList_SET_ITEM(l, i, Py_NewRef(items[i]));
+    return nb::steal(l);
+  }
+
+  // begin_step's loop over its hits: a block owned by another session is shared now, and
+  // becomes plain cache (owner None).
+  void disown_shared(nb::handle hits, nb::handle sid) {
+    read_ids(hits, pool_->n, ids_);
+    PyObject** owners = reinterpret_cast<PyListObject*>(owner_.ptr())->ob_item;
+    for (int32_t b : ids_) {
+      PyObject* o = owners[b];
+      if (o == sid.ptr()) continue;
+      int same = PyObject_RichCompareBool(o, sid.ptr(), Py_EQ);
+      if (same < 0) throw_current();
+      if (!same) {
+        owners[b] = Py_NewRef(Py_None);
+        Py_DECREF(o);
+      }
+    }
+  }
+
   // KVCacheManager.decode_step without its eviction (see there).
   nb::object decode_step(nb::handle session_ids, nb::handle token_ids, nb::handle max_model_len) {
     nb::object tokens = checked_tokens(token_ids);
@@ -760,12 +812,12 @@ class ManagerCore {
     }
     if (int64_t evict = room_for(need)) return nb::int_(evict);
     // Pass 2: append, hash, allocate, one slot each.
-    nb::object slots = steal_or_throw(PyList_New(0));
+    nb::object slots = steal_or_throw(PyList_New(k));
     for (Py_ssize_t i = 0; i < k; ++i) {
       Row& r = rows_[i];
       if (PyList_Append(r.ctx.ptr(), toks[i])) throw_current();
       hash_new_blocks(r.s, r.ctx.ptr());
-      take_slots(r.s, ids[i], r.table.ptr(), r.start, r.start + 1, slots.ptr());
+      take_slots(r.s, ids[i], r.table.ptr(), r.start, r.start + 1, slots.ptr(), i);
     }
     rows_.clear();
     return slots;
@@ -785,12 +837,12 @@ class ManagerCore {
   void unindex(PyObject* const* hashes, const int32_t* ids, size_t k, bool owned) {
     constexpr size_t kFar = 16, kNear = 8;
     for (size_t i = 0; i < std::min(kFar, k); ++i) prefetch_object(hashes[i]);
-    for (size_t i = 0; i < std::min(kNear, k); ++i) prefetch_slot(hashes[i]);
+    for (size_t i = 0; i < std::min(kNear, k); ++i) index_->prefetch(hashes[i]);
     PyObject** owners = reinterpret_cast<PyListObject*>(owner_.ptr())->ob_item;
     Key key;
     for (size_t i = 0; i < k; ++i) {
       if (i + kFar < k) prefetch_object(hashes[i + kFar]);
-      if (i + kNear < k) prefetch_slot(hashes[i + kNear]);
+      if (i + kNear < k) index_->prefetch(hashes[i + kNear]);
       if (key_of(hashes[i], key)) index_->erase_held(key, ids[i]);
       if (owned) Py_DECREF(hashes[i]);
       PyObject* old = owners[ids[i]];
@@ -799,20 +851,7 @@ class ManagerCore {
     }
   }
 
-  void prefetch_slot(PyObject* h) const {
-    Key key;
-    if (key_of(h, key)) index_->prefetch(key);
-  }
 
-  // A bytes digest spans the object's first ~70 bytes: two cache lines at most.
-  static void prefetch_object(PyObject* o) {
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(o);
-    __builtin_prefetch(reinterpret_cast<const char*>(o) + 64);
-#else
-    (void)o;
-#endif
-  }
 
   static nb::object attr(PyObject* o, const nb::object& name) {
     return steal_or_throw(PyObject_GetAttr(o, name.ptr()));
@@ -846,23 +885,23 @@ class ManagerCore {
   // A list or tuple of exact ints in [0, 2^32) as it is; anything else through the Python
   // twin's checker, which returns a list or raises the reference error.
   nb::object checked_tokens(nb::handle token_ids) {
-    PyObject* t = token_ids.ptr();
-    if (PyList_CheckExact(t) || PyTuple_CheckExact(t)) {
-      Py_ssize_t k = PySequence_Fast_GET_SIZE(t);
-      PyObject** items = PySequence_Fast_ITEMS(t);
-      bool ok = true;
-      for (Py_ssize_t i = 0; i < k && ok; ++i) {
-        if (!PyLong_CheckExact(items[i])) {
-          ok = false;
-          break;
-        }
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
-        ok = !overflow && v >= 0 && v <= 0xffffffffLL;
-      }
-      if (ok) return nb::borrow(t);
-    }
+    if (plain_token_ids(token_ids.ptr())) return nb::borrow(token_ids);
     return check_token_ids_(token_ids);
+  }
+
+  // Whether `t` is a list or tuple of exact ints in [0, 2^32): the case that needs no
+  // Python, whose answer is the sequence itself.
+  static bool plain_token_ids(PyObject* t) {
+    if (!PyList_CheckExact(t) && !PyTuple_CheckExact(t)) return false;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(t);
+    PyObject** items = PySequence_Fast_ITEMS(t);
+    for (Py_ssize_t i = 0; i < k; ++i) {
+      if (!PyLong_CheckExact(items[i])) return false;
+      int overflow = 0;
+      long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+      if (overflow || v < 0 || v > 0xffffffffLL) return false;
+    }
+    return true;
   }
 
   static void check_context(Py_ssize_t length, nb::handle max_model_len) {
@@ -905,10 +944,11 @@ class ManagerCore {
     hasher_->extend(hashes, attr(s, n_root_), ctx);
   }
 
-  // KVCacheManager._take_slots: blocks up to `end`, slot ids of [start, end) appended to
-  // `out`, num_computed = end, and the blocks that became full registered in the index.
+  // KVCacheManager._take_slots: blocks up to `end`, the slot ids of [start, end) written to
+  // `out` (a new list) from index `at`, num_computed = end, and the blocks that became full
+  // registered in the index.
   void take_slots(PyObject* s, PyObject* sid, PyObject* table, Py_ssize_t start, Py_ssize_t end,
-                  PyObject* out) {
+                  PyObject* out, Py_ssize_t at) {
     Py_ssize_t have = PyList_GET_SIZE(table);
     Py_ssize_t total = (end + bs_ - 1) / bs_;
     if (total > have) {
@@ -919,14 +959,15 @@ class ManagerCore {
         nb::object id = nb::steal(id_object(b));
         if (PyList_Append(table, id.ptr())) throw_current();
         PyList_SetItem(owner_.ptr(), b, Py_NewRef(sid));
-        PyList_SetItem(position_.ptr(), b, PyLong_FromSsize_t(i));
+        PyList_SetItem(position_.ptr(), b, id_object(static_cast<int32_t>(i)));
       }
     }
     PyObject** row = reinterpret_cast<PyListObject*>(table)->ob_item;
-    for (Py_ssize_t pos = start; pos < end; ++pos) {
-      long b = PyLong_AsLong(row[pos / bs_]);
-      nb::object slot = steal_or_throw(PyLong_FromLongLong((long long)b * bs_ + pos % bs_));
-      if (PyList_Append(out, slot.ptr())) throw_current();
+    PyObject** slot = reinterpret_cast<PyListObject*>(out)->ob_item + at;
+    for (Py_ssize_t i = start / bs_; i * bs_ < end; ++i) {  // per block: its id, read once
+      long long first = static_cast<long long>(PyLong_AsLong(row[i])) * bs_;
+      for (Py_ssize_t pos = std::max(start, i * bs_); pos < std::min(end, (i + 1) * bs_); ++pos)
+        *slot++ = steal_or_throw(PyLong_FromLongLong(first + pos % bs_)).release().ptr();
     }
     nb::object end_obj = steal_or_throw(PyLong_FromSsize_t(end));
     if (PyObject_SetAttr(s, n_computed_.ptr(), end_obj.ptr())) throw_current();
@@ -937,7 +978,11 @@ class ManagerCore {
   void register_full(PyObject* s, PyObject** row, Py_ssize_t first, Py_ssize_t last) {
     nb::object hashes = attr(s, n_hashes_);
     PyObject* block_hash = pool_->block_hash.ptr();
+    PyObject** hs = reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item;
+    constexpr Py_ssize_t kAhead = 8;  // each insert's slot is a cache miss: fetch it ahead
+    for (Py_ssize_t i = first; i < std::min(last, first + kAhead); ++i) index_->prefetch(hs[i]);
     for (Py_ssize_t i = first; i < last; ++i) {
+      if (i + kAhead < last) index_->prefetch(hs[i + kAhead]);
       long b = PyLong_AsLong(row[i]);
       if (b < 0 || b >= pool_->n) throw nb::index_error("block table holds an invalid id");
       if (PyList_GET_ITEM(block_hash, b) != Py_None) continue;
@@ -1098,5 +1143,7 @@ NB_MODULE(_kvcore, m) {
       .def("evict_blocks", &ManagerCore::evict_blocks, "victims"_a)
       .def("evict_head", &ManagerCore::evict_head, "queue"_a, "num_blocks"_a)
       .def("register_full_blocks", &ManagerCore::register_full_blocks, "session_id"_a,
-           "first"_a, "last"_a);
+           "first"_a, "last"_a)
+      .def("copy_token_ids", &ManagerCore::copy_token_ids, "token_ids"_a.none())
+      .def("disown_shared", &ManagerCore::disown_shared, "hits"_a, "session_id"_a.none());
 }

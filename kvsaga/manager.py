@@ -301,10 +301,13 @@ class KVCacheManager(HostTierOps):
         num_cached = len(hits) * self.block_size
         if s.tail is not None:
             num_cached = self._reuse_tail(s, hits, num_cached, min(keep, max_hit))
-        owner = self.block_owner
-        for b in hits:
-            if owner[b] != session_id:
-                owner[b] = None  # shared by several sessions: plain cache
+        if self._hot is not None:
+            self._hot.disown_shared(hits, session_id)
+        else:
+            owner = self.block_owner
+            for b in hits:
+                if owner[b] != session_id:
+                    owner[b] = None  # shared by several sessions: plain cache
         s.block_ids = hits
         s.num_computed = num_cached
         s.state = SessionState.RUNNING
@@ -371,7 +374,8 @@ class KVCacheManager(HostTierOps):
         InvalidRequest naming what is wrong with it."""
         _check_session_id(session_id)
         if check_ids:
-            tokens = _check_token_ids(token_ids)
+            check = _check_token_ids if self._hot is None else self._hot.copy_token_ids
+            tokens = check(token_ids)
         elif isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
             raise InvalidRequest(
                 f"token_ids must be a sequence of ints, got {type(token_ids).__name__}")

@@ -42,3 +42,37 @@ def test_without_the_extension_python_stands_in_with_a_warning(monkeypatch, capl
     # Asked for by name, a missing C++ core is an error that says what to do.
     with pytest.raises(RuntimeError, match="KVSAGA_CORE=python"):
         _core.get_core("cpp")
+
+
+@pytest.mark.skipif(not _core.cpp_available(), reason="the C++ core is not built")
+@pytest.mark.parametrize("prompt", [
+    [1, 2, 3, 4, 5], (1, 2, 3, 4, 5), range(1, 6), [1, True, 3], [1, -1], [2**32], [1, 2.0],
+    "abc", b"ab", [], None, iter([1, 2]), [1, 2**32 - 1],
+])
+def test_begin_step_checks_prompts_as_the_python_core(prompt):
+    """The C++ core copies plain prompts itself and hands the rest to the Python checks:
+    the same prompt is accepted, or refused with the same error, on both cores."""
+    outcomes = []
+    for core in ("python", "cpp"):
+        m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4, core=core)
+        try:
+            st = m.begin_step("a", prompt)
+            outcomes.append(("ok", st.num_prompt_tokens, m.sessions["a"].token_ids))
+        except Exception as e:  # noqa: BLE001 - any error must match between cores
+            outcomes.append((type(e).__name__, str(e)))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.skipif(not _core.cpp_available(), reason="the C++ core is not built")
+def test_a_shared_hit_loses_its_owner_on_both_cores():
+    owners = []
+    for core in ("python", "cpp"):
+        m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 8, core=core)
+        m.begin_step("a", list(range(9)))
+        m.allocate_slots("a", 9)
+        m.finish_step("a")
+        m.begin_step("a", list(range(9)))  # its own blocks: it keeps them
+        assert m.block_owner[:2] == ["a", "a"]
+        m.begin_step("b", list(range(8)) + [99])  # a's first two blocks, shared now
+        owners.append(list(m.block_owner))
+    assert owners[0] == owners[1] and owners[1][:2] == [None, None]
