@@ -3,6 +3,7 @@
     kvsaga sim --workload swe --sessions 200 --seed 1 --policy lru,saga,ttl,graph,belady \\
         --scheduler fcfs,workflow --kv-memory 20G --preset a100-llama3-8b \\
         [--host-memory SIZE] [--trace FILE.jsonl] [--slo-factor 3] [--json OUT] [--plot OUT.png]
+        [--jobs N]
 
 Prints one row per scheduler and policy; `belady` is added as the reference when not asked
 for. `--plot`
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -101,6 +103,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--plot", default=None,
                    help="sweep KV capacity and plot recomputation against it (PNG)")
+    p.add_argument("--jobs", type=_positive(int), default=None,
+                   help="simulations run at once, in worker processes (default: one per "
+                   "CPU core; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sim)
     return p
@@ -209,11 +214,12 @@ def cmd_sim(args) -> int:
         if not args.quiet and not progress:  # a log, not a terminal: a line per simulation
             _log_lines_to_stderr()
         host_bytes = args.host_memory or None
+        jobs = args.jobs or default_jobs()
         rows = compare(sessions, base, specs, host_memory_bytes=host_bytes, progress=progress,
-                       schedulers=schedulers)
+                       schedulers=schedulers, jobs=jobs)
         sweep: list[dict] = []
         if args.plot is not None:
-            sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers)
+            sweep = _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs)
     except (ValueError, OSError, TraceError) as e:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
@@ -268,7 +274,15 @@ def _log_lines_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _sweep(args, sessions, specs, host_bytes, progress, schedulers) -> list[dict]:
+def default_jobs() -> int:
+    """The CPU cores this process may run on (each simulation keeps one busy)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> list[dict]:
     base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
@@ -280,7 +294,7 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers) -> list[dict
             continue  # the longest session would not fit
         for row in compare(sessions, _base_config(args, gib * GIB), specs,
                            host_memory_bytes=host_bytes, progress=progress,
-                           schedulers=schedulers):
+                           schedulers=schedulers, jobs=jobs):
             row["kv_gib"] = gib
             rows.append(row)
     return rows

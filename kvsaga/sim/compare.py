@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
@@ -67,7 +68,7 @@ def config_for(spec: str, base: SimConfig, host_memory_bytes: float | None) -> S
 
 def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str],
             host_memory_bytes: float | None = None, progress: bool = False,
-            schedulers: Sequence[str] | None = None) -> list[dict]:
+            schedulers: Sequence[str] | None = None, jobs: int = 1) -> list[dict]:
     """Run each policy under each scheduler on the trace; one row per pair, in order
     (schedulers outer, policies inner).
 
@@ -82,53 +83,100 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         base: capacity, preset, scheduler and default host tier.
         policies: policy specs (see the module docstring).
         host_memory_bytes: host tier size for `+host` specs.
-        progress: progress bars (one per simulation).
+        progress: progress bars (one per simulation; one over the simulations with jobs).
         schedulers: scheduler names (default: `base.scheduler` alone).
+        jobs: simulations run at once, in worker processes (1: one after another here).
+            Each simulation is deterministic, so the rows do not depend on it.
 
     Returns:
         Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
     """
-    rows = []
+    todo: list[tuple[str, SimConfig]] = []  # (a label for the log, config), each once
+
+    def index(label: str, cfg: SimConfig) -> int:
+        for i, (_, c) in enumerate(todo):
+            if c == cfg:
+                return i
+        todo.append((label, cfg))
+        return len(todo) - 1
+
+    plan = []  # (spec, config, simulation of it, simulation of its Belady reference)
     for name in schedulers or [base.scheduler]:
         sched = dataclasses.replace(base, scheduler=name)
-        rows += _compare_policies(sessions, sched, policies, host_memory_bytes, progress)
-    if len({s.tenant for s in sessions}) > 1:
-        for row in rows:
-            add_tenant_slowdowns(row, sessions, row.pop("_config"), progress)
-    else:
-        for row in rows:
-            row.pop("_config")
-    return rows
-
-
-def _compare_policies(sessions, base, policies, host_memory_bytes, progress) -> list[dict]:
-    configs = {spec: config_for(spec, base, host_memory_bytes) for spec in policies}
-    results: dict[str, dict] = {}
-    refs: dict[int, dict] = {}  # host blocks -> Belady's row
-    for spec in tqdm(policies, disable=not progress, desc="policies", unit="policy",
-                     leave=False):
-        t0 = time.perf_counter()
-        row = simulate(sessions, configs[spec], progress=progress).to_dict()
-        log.info("simulated %s (scheduler %s): %d sessions in %.1f s", spec, base.scheduler,
-                 len(sessions), time.perf_counter() - t0)
-        row["policy"] = spec
-        results[spec] = row
-        if configs[spec].policy == "belady":
-            refs.setdefault(configs[spec].host_blocks(), row)
-    for spec in policies:
-        host = configs[spec].host_blocks()
-        if host not in refs:
-            cfg = dataclasses.replace(configs[spec], policy="belady")
-            refs[host] = simulate(sessions, cfg, progress=progress).to_dict()
+        configs = {spec: config_for(spec, sched, host_memory_bytes) for spec in policies}
+        sims = {spec: index(spec, cfg) for spec, cfg in configs.items()}
+        refs: dict[int, int] = {}  # host blocks -> Belady's simulation (a requested one)
+        for spec, cfg in configs.items():
+            if cfg.policy == "belady":
+                refs.setdefault(cfg.host_blocks(), sims[spec])
+        for spec, cfg in configs.items():
+            host = cfg.host_blocks()
+            if host not in refs:
+                refs[host] = index("belady", dataclasses.replace(cfg, policy="belady"))
+            plan.append((spec, cfg, sims[spec], refs[host]))
+    done = run_many(sessions, [c for _, c in todo], jobs=jobs, progress=progress,
+                    labels=[label for label, _ in todo])
     rows = []
-    for spec in policies:
-        row = dict(results[spec])
-        ref = refs[configs[spec].host_blocks()]["recomputed_tokens"]
+    for spec, _, sim, ref in plan:
+        row = dict(done[sim], policy=spec)
+        ref_tokens = done[ref]["recomputed_tokens"]
         mine = row["recomputed_tokens"]
-        row["belady_ratio"] = mine / ref if ref else (1.0 if mine == 0 else math.nan)
-        row["_config"] = configs[spec]
+        row["belady_ratio"] = (mine / ref_tokens if ref_tokens
+                               else (1.0 if mine == 0 else math.nan))
         rows.append(row)
+    if len({s.tenant for s in sessions}) > 1:
+        for row, (_, cfg, _, _) in zip(rows, plan, strict=True):
+            add_tenant_slowdowns(row, sessions, cfg, progress)
     return rows
+
+
+def _simulate(sessions: Sequence[Session], config: SimConfig,
+              progress: bool = False) -> tuple[dict, float]:
+    """One simulation's row and its wall time (a worker process's task)."""
+    t0 = time.perf_counter()
+    row = simulate(sessions, config, progress=progress).to_dict()
+    return row, time.perf_counter() - t0
+
+
+def run_many(sessions: Sequence[Session], configs: Sequence[SimConfig], jobs: int = 1,
+             progress: bool = False, labels: Sequence[str] | None = None) -> list[dict]:
+    """`simulate(sessions, c).to_dict()` for each config, in order, `jobs` at a time.
+
+    Args:
+        sessions: the trace.
+        configs: one simulation each.
+        jobs: worker processes (1: run here, one after another, with a bar per simulation).
+        progress: progress bars.
+        labels: each simulation's name in the log line it gets when done (default: the
+            config's policy).
+
+    Raises:
+        ValueError: `jobs` is not an integer >= 1.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    out: list[dict | None] = [None] * len(configs)
+    names = list(labels) if labels is not None else [c.policy for c in configs]
+    if jobs == 1 or len(configs) < 2:
+        for i, cfg in enumerate(configs):
+            out[i], dt = _simulate(sessions, cfg, progress)
+            _log_done(names[i], cfg, len(sessions), dt)
+        return out
+    with ProcessPoolExecutor(max_workers=min(jobs, len(configs))) as pool, tqdm(
+            total=len(configs), disable=not progress, unit="sim",
+            desc=f"{len(configs)} simulations, {jobs} jobs") as bar:
+        futures = {pool.submit(_simulate, sessions, cfg): i for i, cfg in enumerate(configs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            out[i], dt = fut.result()
+            _log_done(names[i], configs[i], len(sessions), dt)
+            bar.update(1)
+    return out
+
+
+def _log_done(name: str, config: SimConfig, num_sessions: int, seconds: float) -> None:
+    log.info("simulated %s (scheduler %s): %d sessions in %.1f s", name, config.scheduler,
+             num_sessions, seconds)
 
 
 def tenant_share(config: SimConfig, k: int) -> SimConfig:
