@@ -29,10 +29,12 @@ def _nanobind_extension() -> list[Extension]:
     return [
         Extension(
             "kvsaga._kvcore",
-            sources=["csrc/kvcore.cpp", os.path.join(src, "nb_combined.cpp")],
+            # csrc/nanobind.cpp includes nanobind's nb_combined.cpp (from `src`).
+            sources=["csrc/kvcore.cpp", "csrc/nanobind.cpp"],
             depends=glob.glob("csrc/*.h"),  # rebuild when a header changes
             include_dirs=[
                 "csrc",
+                src,
                 nanobind.include_dir(),
                 os.path.join(root, "ext", "robin_map", "include"),
             ],
