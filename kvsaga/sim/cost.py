@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from kvsaga._validate import is_int, is_number
 from kvsaga.config import KVSpec
@@ -244,9 +245,8 @@ class StepCostModel:
         return self.gpu.hbm_bw * self.hbm_efficiency
 
     def _flops(self, tokens: float, attention_pairs: float) -> float:
-        # QK^T and PV: 2 FLOPs per multiply-add each, over this rank's share of the heads.
-        attention = 4 * self.model.hidden_size / self.tp * self.model.num_layers
-        return 2 * self.params_per_gpu * tokens + attention * attention_pairs
+        two_params, attention = self._roofline[:2]
+        return two_params * tokens + attention * attention_pairs
 
     def _comm_bytes_time(self, tokens: float) -> float:
         if self.tp == 1:
@@ -290,18 +290,30 @@ class StepCostModel:
         """`step_time` without the argument checks: the simulator's inner loop, whose
         figures are counts it made itself (the checks were a third of a decode step)."""
         tokens = prefill_tokens + decode_batch
+        two_params, attention, flops, kv_bytes, weights, hbm_bw, pcie_bw = self._roofline
         if tokens == 0:
-            return transfer_bytes / self.gpu.pcie_bw
-        compute = self._flops(tokens, prefill_attention_pairs + decode_context_tokens)
-        compute /= self.achievable_flops
-        kv_read = (prefill_context_tokens + decode_context_tokens) * self.kv_bytes_per_token
-        kv_written = tokens * self.kv_bytes_per_token
-        memory = (self.weight_bytes + kv_read + kv_written) / self.achievable_hbm_bw
+            return transfer_bytes / pcie_bw
+        compute = two_params * tokens + attention * (prefill_attention_pairs
+                                                     + decode_context_tokens)  # _flops
+        compute /= flops
+        kv_read = (prefill_context_tokens + decode_context_tokens) * kv_bytes
+        kv_written = tokens * kv_bytes
+        memory = (weights + kv_read + kv_written) / hbm_bw
         comm = self._comm_bytes_time(tokens)
         if self.tp > 1:
             comm += 2 * self.model.num_layers * self.allreduce_latency_s
         gpu = max(compute, memory) + comm
-        return self.step_overhead_s + max(gpu, transfer_bytes / self.gpu.pcie_bw)
+        return self.step_overhead_s + max(gpu, transfer_bytes / pcie_bw)
+
+    @cached_property
+    def _roofline(self) -> tuple[float, float, float, int, float, float, float]:
+        """`_step_time`'s constants, computed once instead of every step: 2 x params
+        (linear layers) and the attention FLOPs per (query, key) pair (QK^T and PV: 2 FLOPs
+        per multiply-add each, over this rank's share of the heads), then the properties."""
+        return (2 * self.params_per_gpu,
+                4 * self.model.hidden_size / self.tp * self.model.num_layers,
+                self.achievable_flops, self.kv_bytes_per_token, self.weight_bytes,
+                self.achievable_hbm_bw, self.gpu.pcie_bw)
 
     def prefill_time(self, tokens: int, context: int = 0) -> float:
         """Seconds of a step that only prefills `tokens` new tokens over `context` cached ones.

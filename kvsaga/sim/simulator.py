@@ -259,6 +259,8 @@ class Simulator:
 
     def _take_transfers(self) -> None:
         """Queue the manager's pending copies on the link (offloads first, as the plan)."""
+        if self.manager.host is None:
+            return  # no host tier, no copies (and no empty plan to build every step)
         plan = self.manager.take_transfers()
         if not plan:
             return

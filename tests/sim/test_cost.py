@@ -107,3 +107,24 @@ def test_agrees_with_the_policies_default_cost():
     for n, c in [(16, 0), (1_000, 0), (512, 50_000)]:
         assert 0.5 < m.recompute_s(n, c) / p.recompute_s(n, c) < 2
     assert 0.5 < m.reload_s(64) / p.reload_s(64) < 2
+
+
+# Step times of the cost model as written before `_step_time` cached its constants
+# (commit 511da20), to the bit: the fast path must not move any simulated time.
+PINNED_STEP_TIMES = [
+    ("a100-llama3-8b", (0, 0, 0, 1, 5000, 0), 0.011832641807058824),
+    ("a100-llama3-8b", (3000, 4500000, 1000, 5, 20000, 0), 0.25165523550295854),
+    ("a100-llama3-8b", (0, 0, 0, 64, 900000, 0), 0.08084305212235295),
+    ("a100-llama3-8b", (0, 0, 0, 0, 0, 2000000), 8e-05),
+    ("a100-llama3-8b", (8192, 33558528, 0, 0, 0, 5e8), 0.7374923743987377),
+    ("h100-llama3-70b", (0, 0, 0, 1, 5000, 0), 0.015833196627952677),
+    ("h100-llama3-70b", (3000, 4500000, 1000, 5, 20000, 0), 0.24104633715859897),
+    ("h100-llama3-70b", (0, 0, 0, 64, 900000, 0), 0.042369781730674363),
+    ("h100-llama3-70b", (8192, 33558528, 0, 0, 0, 5e8), 0.6770204959943749),
+]
+
+
+@pytest.mark.parametrize("preset,args,expected", PINNED_STEP_TIMES)
+def test_step_time_pinned_to_the_bit(preset, args, expected):
+    cost = PRESETS[preset]
+    assert cost.step_time(*args) == cost._step_time(*args) == expected
