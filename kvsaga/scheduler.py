@@ -31,18 +31,21 @@ backlogged set stays the same, every tenant's admissions differ from its weighte
 share of all admissions by less than 1 below and by less than k - 1 above (k tenants):
 for two tenants, by less than one session either way.
 
-Bounded waiting (`workflow`): within a tenant sessions are admitted in order; the head of
-the chosen tenant waits only for admitted sessions to finish or be demoted (and is admitted
-whenever no session is admitted at all), and by the bound above each backlogged tenant is
-chosen at least once every k admissions; so a waiting session is admitted after finitely
-many admissions. Resumed steps of admitted sessions go first, warm ones (context still
-resident) before cold ones, but the head of their queue is bypassed at most `max_bypass`
-times.
+Bounded waiting (`workflow`): within a tenant sessions are admitted in order, except that
+while the head of the chosen tenant does not fit, a session among the next
+`backfill_window` behind it that fits may go first (backfilling: a short session is not held
+behind a long one), at most `max_backfill` times ahead of one head; the head waits only for
+admitted sessions to finish or be demoted (and is admitted whenever no session is admitted
+at all), and by the bound above each backlogged tenant is chosen at least once every k
+admissions; so a waiting session is admitted after finitely many admissions. Resumed
+steps of admitted sessions go first, warm ones (context still resident) before cold ones,
+but the head of their queue is bypassed at most `max_bypass` times.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -186,12 +189,18 @@ class Scheduler:
         """The waiting request to admit next, or None to admit nobody more now."""
         raise NotImplementedError
 
+    def _backfill(self, head: Any) -> Sequence[Any]:
+        """Waiting requests that may be admitted instead of `head` when it does not fit
+        (in order; none: head-of-line blocking)."""
+        return ()
+
     def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
         """Whether admitting `req` with slots up to `end` is allowed (blocks included)."""
         return lookup.blocks_to_admit(end) <= self.manager.pool.num_available
 
-    def _admitted(self, req: Any, now: float) -> None:
-        """`req` was begun (its candidate choice is final)."""
+    def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
+        """`req` was begun (its candidate choice is final); `instead_of`: the candidate it
+        was backfilled ahead of (None: it was the candidate)."""
 
     # -- the executor's calls -------------------------------------------------------------
     @property
@@ -263,17 +272,20 @@ class Scheduler:
     def _admit(self, now: float, budget: int, executor: Executor, out: SchedulerOutput) -> int:
         """Begin the next waiting request and allocate its first chunk, if it may go and
         fits; returns the chunk (0: it waits, nothing changed)."""
-        req = self._candidate(now)
-        if req is None:
+        head = self._candidate(now)
+        if head is None:
             return 0
-        lk = self.lookup(req)
-        end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + budget)
-        if not self._fits(req, lk, end, now):
+        for req in (head, *self._backfill(head)):
+            lk = self.lookup(req)
+            end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + budget)
+            if self._fits(req, lk, end, now):
+                break
+        else:
             return 0
         self._dequeue(req)
         start = executor.begin(req, now)
         self.running.append(req)
-        self._admitted(req, now)
+        self._admitted(req, now, instead_of=None if req is head else head)
         # A reused tail may cover tokens past `end`: compute at least one token, inside
         # the tail's block, so that no block beyond the check is needed.
         n = max(end - start.num_cached_tokens, 1)
@@ -400,6 +412,10 @@ class WorkflowScheduler(Scheduler):
         admission_window: how many queued resumed steps, from the head, are looked at for a
             warm one (context still resident), which goes first.
         max_bypass: how many warm steps may be admitted ahead of the resumed queue's head.
+        backfill_window: when the next session to admit (its tenant's oldest) does not
+            fit, how many sessions queued behind it (same tenant) are tried instead, so a
+            small session is not held behind a large one (0: never).
+        max_backfill: how many sessions may be backfilled ahead of one waiting session.
         idle_admit_s: once the batch has been empty this long with every admitted session
             away on a tool call, the next session is admitted even if the working sets do
             not fit (the GPU would idle; `inf`: never). Demotion then makes room.
@@ -422,6 +438,8 @@ class WorkflowScheduler(Scheduler):
         reserve_decode_tokens: int = 64,
         admission_window: int = 16,
         max_bypass: int = 16,
+        backfill_window: int = 4,
+        max_backfill: int = 16,
         idle_admit_s: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         **limits: Any,
@@ -441,6 +459,8 @@ class WorkflowScheduler(Scheduler):
                                                 reserve_decode_tokens, 0)
         self.admission_window = _check_int("admission_window", admission_window, 0)
         self.max_bypass = _check_int("max_bypass", max_bypass, 0)
+        self.backfill_window = _check_int("backfill_window", backfill_window, 0)
+        self.max_backfill = _check_int("max_backfill", max_backfill, 0)
         self.idle_admit_s = _check_float("idle_admit_s", idle_admit_s, 0.0)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
@@ -451,6 +471,8 @@ class WorkflowScheduler(Scheduler):
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
         self._bypassed = 0  # warm steps admitted ahead of the resumed queue's current head
         self._head: Any = None
+        self._backfill_head: Any = None  # the waiting session last backfilled ahead of
+        self._backfilled = 0  # sessions admitted ahead of it
         self._retries: set[int] = set()  # preempted steps (by id): they keep their place
         self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
         self.deficits: dict[str | None, float] = {}  # backlogged tenants' AFS deficits
@@ -527,6 +549,15 @@ class WorkflowScheduler(Scheduler):
             return None
         return self._pending[self._next_tenant()][0]
 
+    def _backfill(self, head: Any) -> Sequence[Any]:
+        """Sessions queued behind `head`, a session waiting for admission, in its tenant's
+        queue (at most `backfill_window`, and none once `max_backfill` went ahead of it)."""
+        q = self._pending.get(head.tenant)
+        passed = self._backfilled if head is self._backfill_head else 0
+        if not q or q[0] is not head or passed >= self.max_backfill:
+            return ()
+        return list(itertools.islice(q, 1, 1 + self.backfill_window))
+
     def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
         """The session-level gate: admitting `req`'s session keeps the admitted working sets
         within the tiers (after demoting sessions away far too long), or nothing else is
@@ -541,17 +572,18 @@ class WorkflowScheduler(Scheduler):
         self._demote(now)
         if not self.sessions or self._committed + need <= limit:
             return True
-        return self._idle_for(now) >= self.idle_admit_s
+        return self._idle_long(now)
 
-    def _idle_for(self, now: float) -> float:
-        """Seconds the batch has been empty with no admitted session's step waiting (the
-        admitted sessions are all away on tool calls)."""
+    def _idle_long(self, now: float) -> bool:
+        """Whether the batch has been empty, with no admitted session's step waiting (the
+        admitted sessions all away on tool calls), for `idle_admit_s` up to `now`. Compared
+        as `wake_time` computes it, so that waking at that time admits (no float drift)."""
         if self.running or self._resumed:
             self._idle_since = None
-            return 0.0
+            return False
         if self._idle_since is None:
             self._idle_since = now
-        return now - self._idle_since
+        return now >= self._idle_since + self.idle_admit_s
 
     def _pick_resumed(self) -> Any:
         """The head of the resumed queue, or a warm step among the first
@@ -626,7 +658,11 @@ class WorkflowScheduler(Scheduler):
         self._committed += new - info.blocks
         info.blocks = new
 
-    def _admitted(self, req: Any, now: float) -> None:
+    def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
+        if instead_of is not None:
+            if instead_of is not self._backfill_head:
+                self._backfill_head, self._backfilled = instead_of, 0
+            self._backfilled += 1
         if self._resumed and req is not self._head and self._head is self._resumed[0]:
             self._bypassed += 1  # a warm step went ahead of the head
         sid = req.session_id

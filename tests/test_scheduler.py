@@ -54,6 +54,7 @@ def test_registry_names_and_defaults():
     ("workflow", {"overcommit": 0}, "overcommit must be a number > 0, got 0"),
     ("workflow", {"overcommit": float("nan")}, "overcommit"),
     ("workflow", {"max_bypass": -1}, "max_bypass must be an integer >= 0"),
+    ("workflow", {"backfill_window": -1}, "backfill_window must be an integer >= 0"),
     ("workflow", {"growth_alpha": 1.5}, "growth_alpha must be in \\(0, 1\\]"),
     ("workflow", {"tenant_weights": {"a": 0}}, "tenant_weights\\['a'\\]"),
     ("fcfs", {"max_num_seqs": 0}, "max_num_seqs must be an integer >= 1, got 0"),
@@ -427,3 +428,39 @@ def test_forget_session_refuses_a_session_with_a_waiting_step(name):
     with pytest.raises(ValueError, match="'a' still has a step waiting or running"):
         s.forget_session("a", 0.0)
     assert s.waiting == [r]
+
+
+@pytest.mark.parametrize("max_backfill,expected", [(0, []), (1, ["s1"]), (2, ["s1", "s2"])])
+def test_workflow_backfills_small_sessions_past_a_head_that_does_not_fit(max_backfill, expected):
+    """A session that fits goes ahead of its tenant's oldest waiting session when that one
+    does not fit, at most max_backfill times ahead of it (bounded waiting)."""
+    m = manager(16)
+    s = _wf(m, max_backfill=max_backfill)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 20), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)  # a pauses, admitted: 7 blocks
+    big = ToyRequest("big", toks(100, 30), max_new=1)  # 10 blocks: 17 > 16
+    smalls = [ToyRequest(f"s{i}", toks(200 + 100 * i, 4), max_new=1) for i in (1, 2)]
+    for r in (big, *smalls):
+        s.add(r, 1.0)
+    out = s.schedule(1.0, ex)
+    assert [r.session_id for r in out.admitted] == expected
+    ex.run(s, out, 1.0)  # the small ones end
+    out = s.schedule(2.0, ex)
+    assert not out.admitted  # big still does not fit, and nobody passes it any more
+    assert s.waiting[0] is big and len(s.waiting) == 3 - len(expected)
+
+
+def test_idle_admission_happens_at_the_wake_time_itself():
+    """Waking at `wake_time` admits, whatever the float rounding of idle_since + idle_admit_s."""
+    m = manager(16)
+    s = _wf(m, idle_admit_s=1.0)
+    ex = ToyExecutor(m)
+    t0 = 127.90400011551601  # (t0 + 1) - t0 < 1 in floats
+    for x, base in (("a", 0), ("b", 100)):
+        s.add(ToyRequest(x, toks(base, 20), max_new=1, last=False), t0)
+    ex.run(s, s.schedule(t0, ex), t0)
+    c = ToyRequest("c", toks(200, 20), max_new=1)
+    s.add(c, t0)
+    assert not s.schedule(t0, ex).admitted
+    assert s.schedule(s.wake_time, ex).admitted == [c]
