@@ -39,8 +39,9 @@ def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
 
     def spy(now, executor):
         out = schedule(now, executor)
-        log.append((tuple(r.session_id for r in out.admitted),
-                    tuple(r.session_id for r in out.preempted)))
+        if out.admitted or out.preempted:  # the simulator skips calls that decide nothing
+            log.append((tuple(r.session_id for r in out.admitted),
+                        tuple(r.session_id for r in out.preempted)))
         return out
 
     core.schedule = spy
