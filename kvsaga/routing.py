@@ -30,8 +30,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kvsaga._validate import is_int
+from kvsaga._validate import is_int, is_number
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.session import SessionState
+
+DEFAULT_RESUME_HORIZON_S = 10.0  # seconds ahead that a replica counts predicted resumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,14 @@ class ReplicaStats:
         queue_depth: steps waiting for admission.
         running: sessions with a step in flight.
         paused: sessions between steps (their KV retained).
-        predicted_resumes: paused sessions the policy expects back soon (they will need
-            their blocks again).
+        predicted_resumes: paused sessions expected back within the replica's horizon
+            (`count_predicted_resumes`): steps that will load it soon although they are
+            neither queued nor running now.
+        tenant_service: service each tenant has received on this replica so far (tokens
+            computed: prefill + decode), for fair share across the fleet (`FairShare`).
+        session_tokens: the context each session living here holds, in tokens (what a
+            move would migrate or recompute); a Mapping, so a replica may hand a live
+            view instead of a copy.
     """
 
     total_blocks: int = 1
@@ -56,6 +65,8 @@ class ReplicaStats:
     running: int = 0
     paused: int = 0
     predicted_resumes: int = 0
+    tenant_service: Mapping[str, float] = field(default_factory=dict)
+    session_tokens: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (
@@ -72,6 +83,16 @@ class ReplicaStats:
                 f"ReplicaStats: free ({self.free_blocks}) + evictable "
                 f"({self.evictable_blocks}) blocks exceed total ({self.total_blocks})"
             )
+        if not isinstance(self.tenant_service, Mapping):
+            raise ValueError("ReplicaStats.tenant_service must be a mapping tenant -> "
+                             f"service, got {type(self.tenant_service).__name__}")
+        for t, v in self.tenant_service.items():
+            if not isinstance(t, str) or not is_number(v) or not v >= 0:
+                raise ValueError(f"ReplicaStats.tenant_service[{t!r}] must be a number >= 0 "
+                                 f"keyed by a str tenant, got {v!r}")
+        if not isinstance(self.session_tokens, Mapping):
+            raise ValueError("ReplicaStats.session_tokens must be a mapping session -> "
+                             f"tokens, got {type(self.session_tokens).__name__}")
 
     @property
     def memory_pressure(self) -> float:
@@ -79,9 +100,15 @@ class ReplicaStats:
         return 1.0 - (self.free_blocks + self.evictable_blocks) / self.total_blocks
 
     @classmethod
-    def from_manager(cls, manager, queue_depth: int = 0, predicted_resumes: int = 0):
-        """The stats of a `KVCacheManager` (plus what its scheduler knows)."""
+    def from_manager(cls, manager, queue_depth: int = 0, *, now: float | None = None,
+                     resume_horizon_s: float = DEFAULT_RESUME_HORIZON_S,
+                     tenant_service: Mapping[str, float] | None = None):
+        """The stats of a `KVCacheManager` (plus what its scheduler knows): its blocks,
+        sessions, the paused sessions predicted back within `resume_horizon_s` seconds of
+        `now` (`count_predicted_resumes`), and each session's context size (a live view of
+        the manager's sessions, not a copy)."""
         s = manager.stats()
+        now = manager.clock() if now is None else now
         return cls(
             total_blocks=s.num_gpu_blocks,
             free_blocks=s.num_free_blocks,
@@ -89,8 +116,54 @@ class ReplicaStats:
             queue_depth=queue_depth,
             running=s.num_running_sessions,
             paused=s.num_paused_sessions,
-            predicted_resumes=predicted_resumes,
+            predicted_resumes=count_predicted_resumes(manager, now, resume_horizon_s),
+            tenant_service=dict(tenant_service or {}),
+            session_tokens=SessionTokens(manager.sessions),
         )
+
+
+
+def count_predicted_resumes(manager, now: float, horizon_s: float) -> int:
+    """Paused sessions of a manager expected to start a step within `horizon_s` of `now`.
+
+    A session's pause is predicted by its hint's `expected_s` when it gave one, else by
+    the Agent Execution Graph of a graph-learning policy (resume probability >= 1/2 and
+    the median residual pause within the horizon), else it is counted: an agent session
+    between steps is waiting on a tool and normally comes back.
+    """
+    graph = getattr(manager.policy, "graph", None)
+    n = 0
+    for s in manager.sessions.values():
+        if s.state is not SessionState.PAUSED or s.paused_at is None:
+            continue
+        elapsed = max(0.0, now - s.paused_at)
+        hint = s.hint
+        if hint is not None and hint.expected_s is not None:
+            n += hint.expected_s - elapsed <= horizon_s
+        elif graph is not None:
+            p = graph.predict(s.workflow, hint.tool if hint else None, elapsed)
+            n += p.p_resume >= 0.5 and p.expected_s <= horizon_s
+        else:
+            n += 1
+    return n
+
+
+class SessionTokens(Mapping):
+    """session id -> tokens of its context, read live from a manager's sessions."""
+
+    __slots__ = ("_sessions",)
+
+    def __init__(self, sessions: Mapping) -> None:
+        self._sessions = sessions
+
+    def __getitem__(self, sid: str) -> int:
+        return len(self._sessions[sid].token_ids)
+
+    def __iter__(self):
+        return iter(self._sessions)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +254,19 @@ class FairShare:
             raise ValueError(f"service must be >= 0, got {service!r}")
         self.usage[tenant] = self.usage.get(tenant, 0.0) + service
 
+    def observe(self, reports: Iterable[ReplicaStats | None]) -> None:
+        """Take the fleet's usage from the replicas' own counts (`tenant_service`, each
+        cumulative on its replica): the sum over the replicas that report any. Replicas
+        that report none leave the usage recorded so far as it is."""
+        total: dict[str, float] = {}
+        for st in reports:
+            if st is None:
+                continue
+            for t, v in st.tenant_service.items():
+                total[t] = total.get(t, 0.0) + v
+        if total:
+            self.usage = total
+
     def share_ratio(self, tenant: str) -> float:
         """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet)."""
         total = sum(self.usage.values())
@@ -194,15 +280,22 @@ class FairShare:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """Knobs of the `kvsaga` router.
+    """Knobs of the `kvsaga` router (defaults fitted with bench/cluster.py --fit; see
+    docs/cluster.md for the seeds).
 
     Attributes:
-        steal_queue_threshold: a step moves off its replica when that replica's queue
-            (reported plus in flight from this router) exceeds this while another is idle.
-        idle_queue: a replica whose queue is at most this and that runs fewer than
-            `idle_running` steps is idle.
-        idle_running: see `idle_queue`.
-        steal_max_share: tenants whose fleet share ratio exceeds this are not stolen for.
+        steal_min_waiting: a step may move off its replica only when that replica has at
+            least this many steps waiting (reported, or sent by this router and not yet
+            running there; 0: busy steps alone decide, as a batch slows with its size).
+        steal_margin: ... and another replica's load (`Router.busy`) is lower by at least
+            this many steps; that replica must have no step waiting.
+        resume_weight: weight of a replica's predicted resumes in its predicted load (the
+            sum of its busy steps and this times its paused sessions expected back soon),
+            which places new sessions and picks the replica that steals.
+        prefix_slack: a new session goes where its shared prefix is cached when that
+            replica's predicted load exceeds the least by at most this.
+        steal_max_share: tenants whose fleet share ratio (`FairShare`, from the service
+            the replicas report) exceeds this are not stolen for.
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -210,15 +303,29 @@ class RoutingConfig:
         prefix_memory: prefix keys remembered (least recently used are forgotten).
     """
 
-    steal_queue_threshold: int = 2
-    idle_queue: int = 0
-    idle_running: int = 1
+    steal_min_waiting: int = 0
+    steal_margin: float = 2.0
+    resume_weight: float = 1.0
+    prefix_slack: float = 0.0
     steal_max_share: float = 1.0
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
     cost: CostModel = field(default_factory=PrefillCost)
     prefix_memory: int = 4096
+
+    def __post_init__(self) -> None:
+        if not is_int(self.steal_min_waiting) or self.steal_min_waiting < 0:
+            raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
+                             f"{self.steal_min_waiting!r}")
+        for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
+                     "migrate_latency_s"):
+            v = getattr(self, name)
+            if not is_number(v) or not v >= 0:
+                raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
+        if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
+            raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
+                             f"{self.link_bandwidth!r}")
 
     def migrate_s(self, context_tokens: int) -> float:
         """Seconds to move a context's KV to another replica."""
@@ -238,6 +345,7 @@ class Router:
 
     def __init__(self, replicas: Iterable[str] = ()) -> None:
         self.replicas: list[str] = []
+        self._order: dict[str, int] = {}  # replica -> when it was added (a stable tie-break)
         self.in_flight: dict[str, int] = {}
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
@@ -250,6 +358,7 @@ class Router:
             raise ValueError(f"replica must be a non-empty str, got {replica!r}")
         if replica not in self.in_flight:
             self.replicas.append(replica)
+            self._order.setdefault(replica, len(self._order))
             self.in_flight[replica] = 0
 
     def remove_replica(self, replica: str) -> list[str]:
@@ -288,20 +397,31 @@ class Router:
         return self.homes.get(session)
 
     # -- choice -----------------------------------------------------------------------
-    def _queue(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+    def busy(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+        """Steps queued or running on a replica: what it reports, or what this router sent
+        there and has not seen finish, whichever is more (reports lag; other routers'
+        steps show only in reports)."""
         st = stats.get(r)
-        return (st.queue_depth if st else 0) + self.in_flight[r]
+        reported = st.queue_depth + st.running if st else 0
+        return max(reported, self.in_flight[r])
+
+    def waiting(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+        """Steps waiting for admission on a replica (reported, or sent and not running)."""
+        st = stats.get(r)
+        if st is None:
+            return self.in_flight[r]
+        return max(st.queue_depth, self.in_flight[r] - st.running)
 
     def _load(self, r: str, stats: Mapping[str, ReplicaStats]) -> tuple:
-        """Sort key: fewer queued + running steps, then less memory pressure, then fewer
-        paused sessions expecting to resume, then the replica's order."""
+        """Sort key: fewer busy steps, then less memory pressure, then fewer paused
+        sessions expecting to resume, then the replica's order."""
         st = stats.get(r) or ReplicaStats()
         return (
-            self._queue(r, stats) + st.running,
+            self.busy(r, stats),
             round(st.memory_pressure, 3),
             st.predicted_resumes,
             st.paused,
-            self.replicas.index(r),
+            self._order[r],
         )
 
     def least_loaded(self, stats: Mapping[str, ReplicaStats], exclude: str | None = None):
@@ -376,7 +496,8 @@ class AffinityRouter(Router):
 
 
 class KvsagaRouter(Router):
-    """Affinity + prefix-aware placement + work stealing + migration + fleet fair share."""
+    """Affinity + placement by predicted load + work stealing + migration + fleet fair
+    share."""
 
     name = "kvsaga"
 
@@ -393,10 +514,13 @@ class KvsagaRouter(Router):
             homes.discard(replica)
         return super().remove_replica(replica)
 
-    def _idle(self, r: str, stats: Mapping[str, ReplicaStats]) -> bool:
-        st = stats.get(r) or ReplicaStats()
-        c = self.config
-        return self._queue(r, stats) <= c.idle_queue and st.running < c.idle_running
+    def predicted_load(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
+        """Busy steps plus `resume_weight` x the paused sessions expected back soon: the
+        load a replica will have, not only the load it has (an agent's sessions spend
+        most of their time paused on tools, invisible to a queue-only count)."""
+        st = stats.get(r)
+        resumes = st.predicted_resumes if st else 0
+        return self.busy(r, stats) + self.config.resume_weight * resumes
 
     def _remember_prefix(self, key: str | None, r: str) -> None:
         if key is None:
@@ -406,35 +530,57 @@ class KvsagaRouter(Router):
         while len(self._prefix_homes) > self.config.prefix_memory:
             self._prefix_homes.popitem(last=False)
 
+    def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        self.fair.observe(stats.get(r) for r in self.replicas)
+        return super().route(req, stats)
+
     def _choose(self, req, stats):
         home = self.homes.get(req.session) if req.session is not None else None
         if home is None:
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
             return r
-        if self._queue(home, stats) > self.config.steal_queue_threshold and (
-            self.fair.share_ratio(req.tenant) <= self.config.steal_max_share
-        ):
-            idle = [x for x in self.replicas if x != home and self._idle(x, stats)]
-            if idle:
-                target = min(idle, key=lambda x: self._load(x, stats))
-                migrate = self.config.should_migrate(req.context_tokens)
-                self.num_stolen += 1
-                self.num_migrated += migrate
-                return Route(target, moved_from=home, migrate=migrate, reason="steal")
-        return Route(home, reason="affinity")
+        target = self._thief(home, req, stats)
+        if target is None:
+            return Route(home, reason="affinity")
+        home_stats = stats.get(home)
+        tokens = home_stats.session_tokens.get(req.session) if home_stats else None
+        if not is_int(tokens) or tokens < 0:  # the home did not report it: the caller's guess
+            tokens = req.context_tokens
+        migrate = self.config.should_migrate(tokens)
+        self.num_stolen += 1
+        self.num_migrated += migrate
+        return Route(target, moved_from=home, migrate=migrate, reason="steal")
+
+    def _thief(self, home: str, req: RouteRequest, stats) -> str | None:
+        """The replica that steals this step from `home`, or None: home has at least
+        `steal_min_waiting` steps waiting, the tenant is not above its fleet share,
+        and some replica with nothing waiting is busy by at least `steal_margin` fewer
+        steps (the one with the least predicted load)."""
+        c = self.config
+        if self.waiting(home, stats) < c.steal_min_waiting:
+            return None
+        if self.fair.share_ratio(req.tenant) > c.steal_max_share:
+            return None
+        limit = self.busy(home, stats) - c.steal_margin
+        free = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0
+                and self.busy(x, stats) <= limit]
+        if not free:
+            return None
+        return min(free, key=lambda x: (self.predicted_load(x, stats), self._load(x, stats)))
 
     def _place_new(self, req, stats) -> Route:
-        """A session without a home: among the replicas with the fewest queued and running
-        steps, one where its prefix is cached if any, else the least loaded."""
-        loads = {r: self._load(r, stats) for r in self.replicas}
-        fewest = min(v[0] for v in loads.values())
-        tied = [r for r in self.replicas if loads[r][0] == fewest]
+        """A session without a home: the replica with the least predicted load, or one
+        where its prefix is cached whose predicted load is within `prefix_slack` of it."""
+        pred = {r: self.predicted_load(r, stats) for r in self.replicas}
+        key = {r: (pred[r], self._load(r, stats)) for r in self.replicas}
+        best = min(self.replicas, key=key.__getitem__)
         hot = self._prefix_homes.get(req.prefix_key, ()) if req.prefix_key is not None else ()
-        warm = [r for r in tied if r in hot]
+        warm = [r for r in self.replicas
+                if r in hot and pred[r] <= pred[best] + self.config.prefix_slack]
         if warm:
-            return Route(min(warm, key=loads.__getitem__), reason="prefix")
-        return Route(min(tied, key=loads.__getitem__), reason="new")
+            return Route(min(warm, key=key.__getitem__), reason="prefix")
+        return Route(best, reason="new")
 
 
 ROUTERS: dict[str, type[Router]] = {

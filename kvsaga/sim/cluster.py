@@ -38,13 +38,28 @@ class _GPU(Simulator):
     def __init__(self, cluster: ClusterSimulator, name: str, config: SimConfig) -> None:
         self.cluster = cluster
         self.name = name
+        self.tenant_service: dict[str, float] = {}  # tokens computed here, per tenant
+        self._stats: ReplicaStats | None = None  # routing stats, until this GPU changes
         super().__init__([], config)
 
     def _push_event(self, t: float, session: Session, k: int) -> None:
         self.cluster.released(t, session, k)
 
     def place(self, t: float, session: Session, k: int) -> None:
+        self.changed()
         Simulator._push_event(self, t, session, k)
+
+    def changed(self) -> None:
+        """This GPU's state moved: its routing stats and next time are stale."""
+        self._stats = None
+        self.cluster.dirty.add(self)
+
+    def allocate(self, req, num_tokens: int, now: float) -> None:
+        before = req.num_computed
+        super().allocate(req, num_tokens, now)
+        key = tenant_key(req.session.tenant)
+        self.tenant_service[key] = self.tenant_service.get(key, 0.0) + (
+            req.num_computed - before)
 
     def _maybe_finish(self, req) -> int:
         done = req.num_sampled >= req.num_out
@@ -70,6 +85,7 @@ class _GPU(Simulator):
 
     def advance_one(self) -> None:
         """One iteration of `Simulator.run`'s loop."""
+        self.changed()
         self._release_due_events()
         if not self.scheduler.running and not self._admissible():
             self._idle()
@@ -77,7 +93,12 @@ class _GPU(Simulator):
             self.step()
 
     def routing_stats(self) -> ReplicaStats:
-        return ReplicaStats.from_manager(self.manager, queue_depth=self.scheduler.num_waiting)
+        """What a replica reports to the router (recomputed only after this GPU acted)."""
+        if self._stats is None:
+            self._stats = ReplicaStats.from_manager(
+                self.manager, queue_depth=self.scheduler.num_waiting, now=self.now,
+                tenant_service=self.tenant_service)
+        return self._stats
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,7 @@ class ClusterSimulator:
         if routing is None:
             routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost)
         self.routing = routing
+        self.dirty: set[_GPU] = set()
         self.gpus = [_GPU(self, f"gpu{i}", self.config) for i in range(gpus)]
         self.by_name = {g.name: g for g in self.gpus}
         kwargs = {"config": routing} if router == "kvsaga" else {}
@@ -184,6 +206,8 @@ class ClusterSimulator:
             new._tokens[sid] = tokens  # what was computed before stays "recomputed" if lost
         old._set_live(sid, 0)
         self.num_moved += 1
+        old.changed()
+        new.changed()
         mgr = old.manager
         if sid not in mgr.sessions:
             old.scheduler.forget_session(sid, old.now)
@@ -209,9 +233,13 @@ class ClusterSimulator:
     def run(self) -> ClusterResult:
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self.released(s.arrival_s, s, 0)
+        index = {g: i for i, g in enumerate(self.gpus)}
+        times = [g.next_time() for g in self.gpus]  # re-read only for GPUs that changed
         while True:
-            gpu = min(self.gpus, key=_GPU.next_time)
-            t_gpu = gpu.next_time()
+            for g in self.dirty:
+                times[index[g]] = g.next_time()
+            self.dirty.clear()
+            t_gpu = min(times)
             t_rel = self._releases[0][0] if self._releases else math.inf
             if t_rel == math.inf and t_gpu == math.inf:
                 break
@@ -219,7 +247,7 @@ class ClusterSimulator:
                 t, _, session, k = heapq.heappop(self._releases)
                 self._route(t, session, k)
             else:
-                gpu.advance_one()
+                self.gpus[times.index(t_gpu)].advance_one()
         return self._result()
 
     def _result(self) -> ClusterResult:

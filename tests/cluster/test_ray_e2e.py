@@ -59,7 +59,8 @@ def cluster(tiny_dir: Path):
         app = build_application(
             SETTINGS, 2, factory=factory(tiny_dir), torch_threads=1,
             ray_actor_options={"num_cpus": 0.5},
-            router_kwargs={"steal_queue_threshold": 0, "migrate_latency_s": 0.0},
+            router_kwargs={"steal_min_waiting": 0, "steal_margin": 1,
+                           "migrate_latency_s": 0.0},
             stats_period_s=0.2,
         )
         serve.run(app, name="kvsaga", route_prefix="/")

@@ -54,7 +54,7 @@ def test_affinity_stealing_and_route_annotation():
     async def go():
         a = StatsReplica("a", total_blocks=100, free_blocks=100)
         b = StatsReplica("b", total_blocks=100, free_blocks=100)
-        router = make_router([a, b], steal_queue_threshold=0)
+        router = make_router([a, b], steal_min_waiting=0, steal_margin=1)
         assert router.kv_router.replicas == ["a", "b"]
         call = {"kvsaga": 1, "session": "t/s1", "context_tokens": 2000}
         first = await choose(router, call, "r1")
@@ -125,3 +125,34 @@ def test_merge_metrics_labels_each_replica_once_per_family():
     assert 'kvsaga:y_total{replica="r2",model="m"} 2.0' in lines
     # Families stay contiguous: both x samples come before y's TYPE line.
     assert lines.index('kvsaga:x{replica="r2"} 3.0') < lines.index("# TYPE kvsaga:y counter")
+
+
+def test_replica_reports_resumes_tenant_service_and_session_tokens():
+    """What an engine replica hands the router: ReplicaStats fields that parse back, each
+    session's real context size, and per-tenant service counted from context growth."""
+    from types import SimpleNamespace
+
+    from kvsaga import KVCacheManager, KVSpec
+    from kvsaga.integrations.ray.deployment import EngineReplica
+    from kvsaga.integrations.ray.router import stats_of
+    from kvsaga.routing import ReplicaStats
+
+    mgr = KVCacheManager(KVSpec(2, 2, 16, block_size=4), 32)
+    engine = SimpleNamespace(manager=mgr, scheduler=SimpleNamespace(waiting=[1, 2]))
+    replica = object.__new__(EngineReplica)
+    replica._seen_tokens, replica._service = {}, {}
+    for i, sid in enumerate(("acme/s1", "acme/s2", "anon/s3")):
+        mgr.begin_step(sid, list(range(10 * i, 10 * i + 6)), now=0.0)
+        mgr.allocate_slots(sid, 6, now=0.0)
+        if sid != "acme/s2":
+            mgr.finish_step(sid, now=0.0)
+    row = replica._routing_stats(engine)
+    assert row["session_tokens"] == {"acme/s1": 6, "acme/s2": 6, "anon/s3": 6}
+    assert row["tenant_service"] == {"acme": 12.0, "anon": 6.0}
+    assert (row["queue_depth"], row["running"], row["paused"]) == (2, 1, 2)
+    assert row["predicted_resumes"] == 2  # paused, no hint: an agent comes back
+    parsed = stats_of(SimpleNamespace(routing_stats=row))
+    assert parsed == ReplicaStats(**row) and parsed.session_tokens["anon/s3"] == 6
+    # Only growth since the last report counts again.
+    mgr.append_tokens("acme/s2", [99, 98])
+    assert replica._routing_stats(engine)["tenant_service"] == {"acme": 14.0, "anon": 6.0}

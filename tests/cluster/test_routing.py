@@ -12,6 +12,7 @@ from kvsaga.routing import (
     Route,
     RouteRequest,
     RoutingConfig,
+    count_predicted_resumes,
     make_router,
     prefix_key,
     session_key,
@@ -56,6 +57,14 @@ def test_replica_stats_validation():
         ReplicaStats(queue_depth=-1)
     with pytest.raises(ValueError, match="exceed total"):
         ReplicaStats(total_blocks=4, free_blocks=3, evictable_blocks=2)
+    with pytest.raises(ValueError, match=r"tenant_service\['t'\]"):
+        ReplicaStats(tenant_service={"t": -1.0})
+    with pytest.raises(ValueError, match="session_tokens must be a mapping"):
+        ReplicaStats(session_tokens=[1])
+    with pytest.raises(ValueError, match="steal_min_waiting"):
+        RoutingConfig(steal_min_waiting=-1)
+    with pytest.raises(ValueError, match="link_bandwidth"):
+        RoutingConfig(link_bandwidth=0)
 
 
 def test_stats_from_manager():
@@ -98,8 +107,9 @@ def test_kvsaga_new_sessions_go_least_loaded_then_stick():
     stats = {"a": busy(1, running=3), "b": IDLE}
     first = r.route(RouteRequest("s1"), stats)
     assert first == Route("b", reason="new")
-    # b is no longer idle in the stats; the session stays on b while b's queue is short.
-    stats = {"a": IDLE, "b": busy(1)}
+    # b is no longer idle; the session stays on b while b is not busier than a by
+    # steal_margin steps.
+    stats = {"a": IDLE, "b": busy(0, running=1)}
     r.finished(first)
     assert r.route(RouteRequest("s1"), stats) == Route("b", reason="affinity")
 
@@ -128,8 +138,8 @@ def test_kvsaga_prefix_hot_placement():
     assert r.route(RouteRequest("s4", prefix_key="sys"), busy_a).replica == "b"
 
 
-def test_kvsaga_steals_from_an_overloaded_replica_to_an_idle_one():
-    cfg = RoutingConfig(steal_queue_threshold=2)
+def test_kvsaga_steals_from_an_overloaded_replica_to_a_less_busy_one():
+    cfg = RoutingConfig(steal_min_waiting=3, steal_margin=1)
     r = make_router("kvsaga", ["a", "b"], config=cfg)
     r.homes["s"] = "a"
     assert r.route(RouteRequest("s"), {"a": busy(2), "b": IDLE}).reason == "affinity"
@@ -137,9 +147,53 @@ def test_kvsaga_steals_from_an_overloaded_replica_to_an_idle_one():
     assert (got.replica, got.moved_from, got.reason) == ("b", "a", "steal")
     assert got.migrate  # 4000 tokens: moving KV is cheaper than recomputing it
     assert r.home("s") == "b" and r.num_stolen == 1 and r.num_migrated == 1
-    # No idle replica: it stays even when overloaded.
+    # The other replica has steps waiting itself: it stays even when overloaded.
     r.homes["t"] = "a"
     assert r.route(RouteRequest("t"), {"a": busy(9), "b": busy(1)}).replica == "a"
+    # The other is not less busy by steal_margin: it stays.
+    wide = make_router("kvsaga", ["a", "b"], config=RoutingConfig(steal_margin=20))
+    wide.homes["u"] = "a"
+    assert wide.route(RouteRequest("u"), {"a": busy(9), "b": IDLE}).reason == "affinity"
+
+
+def test_migrate_decision_uses_the_homes_real_token_count():
+    cfg = RoutingConfig(steal_min_waiting=1)
+    r = make_router("kvsaga", ["a", "b"], config=cfg)
+    r.homes["s"] = r.homes["t"] = "a"
+    # The caller guesses 4000 tokens, but the home holds 2: recomputing 2 is cheaper.
+    home = ReplicaStats(total_blocks=100, free_blocks=10, queue_depth=3, running=4,
+                        session_tokens={"s": 2, "t": 4000})
+    got = r.route(RouteRequest("s", context_tokens=4000), {"a": home, "b": IDLE})
+    assert got.reason == "steal" and not got.migrate
+    r.finished(got)
+    # The caller guesses nothing; the home reports 4000: migrating wins.
+    got = r.route(RouteRequest("t", context_tokens=0), {"a": home, "b": IDLE})
+    assert got.reason == "steal" and got.migrate
+
+
+def test_new_sessions_count_predicted_resumes():
+    r = make_router("kvsaga", ["a", "b"])
+    # a runs one step; b runs none but expects three paused sessions back soon.
+    stats = {"a": ReplicaStats(total_blocks=100, free_blocks=90, running=1),
+             "b": ReplicaStats(total_blocks=100, free_blocks=90, paused=3,
+                               predicted_resumes=3)}
+    assert r.route(RouteRequest("s"), stats).replica == "a"
+    blind = make_router("kvsaga", ["a", "b"], config=RoutingConfig(resume_weight=0.0))
+    assert blind.route(RouteRequest("s"), stats).replica == "b"
+
+
+def test_count_predicted_resumes_by_hint_and_horizon():
+    mgr = KVCacheManager(KVSpec(2, 2, 16, block_size=4), 32)
+    for i, (sid, expected) in enumerate((("soon", 1.0), ("late", 100.0), ("unknown", None))):
+        mgr.begin_step(sid, list(range(10 * i, 10 * i + 6)), now=0.0)  # nothing shared
+        mgr.allocate_slots(sid, 6, now=0.0)
+        mgr.finish_step(sid, now=0.0, expected_s=expected)
+    mgr.begin_step("running", list(range(6)), now=0.0)
+    assert count_predicted_resumes(mgr, now=0.0, horizon_s=10.0) == 2  # soon + unknown
+    assert count_predicted_resumes(mgr, now=95.0, horizon_s=10.0) == 3  # late is due now
+    st = ReplicaStats.from_manager(mgr, now=0.0, resume_horizon_s=10.0)
+    assert st.predicted_resumes == 2 and st.paused == 3
+    assert dict(st.session_tokens) == {"soon": 6, "late": 6, "unknown": 6, "running": 6}
 
 
 def test_migrate_versus_recompute_by_cost():
@@ -160,6 +214,22 @@ def test_fair_share_blocks_stealing_for_heavy_tenants():
     stats = {"a": busy(5), "b": IDLE}
     assert r.route(RouteRequest("h", tenant="heavy"), stats).replica == "a"
     assert r.route(RouteRequest("l", tenant="light"), stats).replica == "b"
+
+
+def test_fair_share_sums_the_service_every_replica_reports():
+    r = make_router("kvsaga", ["a", "b", "c"])
+    # "heavy" is served a little on each replica, "light" a lot on one: across the fleet
+    # heavy has had 3 x 40 = 120 and light 100, so heavy is the one above its share.
+    a = ReplicaStats(total_blocks=100, free_blocks=10, queue_depth=5, running=4,
+                     tenant_service={"heavy": 40.0})
+    b = ReplicaStats(total_blocks=100, free_blocks=90, tenant_service={"heavy": 40.0})
+    c = ReplicaStats(total_blocks=100, free_blocks=90,
+                     tenant_service={"heavy": 40.0, "light": 100.0})
+    r.homes["h"] = r.homes["l"] = "a"
+    stats = {"a": a, "b": b, "c": c}
+    assert r.route(RouteRequest("h", tenant="heavy"), stats).replica == "a"
+    assert r.fair.usage == {"heavy": 120.0, "light": 100.0}
+    assert r.route(RouteRequest("l", tenant="light"), stats).reason == "steal"
 
 
 def test_fair_share_ratio():

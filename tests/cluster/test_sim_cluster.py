@@ -3,6 +3,8 @@ routers of kvsaga.routing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kvsaga.sim.cluster import ClusterSimulator, simulate_cluster
@@ -81,3 +83,27 @@ def test_a_session_that_moves_leaves_no_admission_behind():
         assert not g.scheduler.sessions and g.scheduler._committed == 0
     aff = simulate_cluster(SESSIONS, WORKFLOW, gpus=2, router="affinity")
     assert rr.tct_mean_s <= 2.0 * aff.tct_mean_s
+
+
+def test_gpus_report_tenant_service_and_the_router_sums_it():
+    """Each simulated GPU counts the tokens it computed per tenant; the kvsaga router's fair
+    share is the sum over the GPUs (the fleet view), and predicted resumes never exceed the
+    paused sessions."""
+    sessions = [replace(s, tenant="a" if i % 3 else "b") for i, s in enumerate(SESSIONS)]
+    sim = ClusterSimulator(sessions, CONFIG, gpus=3, router="kvsaga")
+    seen = []
+    route = sim.router.route
+
+    def watch(req, stats):
+        seen.append({r: st for r, st in stats.items()})
+        return route(req, stats)
+
+    sim.router.route = watch
+    sim.run()
+    assert {t for g in sim.gpus for t in g.tenant_service} == {"a", "b"}
+    last = seen[-1]
+    fleet = {t: sum(st.tenant_service.get(t, 0.0) for st in last.values()) for t in ("a", "b")}
+    assert sim.router.fair.usage == pytest.approx(fleet)
+    assert fleet["a"] > fleet["b"] > 0  # a owns two sessions in three
+    assert all(st.predicted_resumes <= st.paused for stats in seen for st in stats.values())
+    assert any(st.predicted_resumes for stats in seen for st in stats.values())

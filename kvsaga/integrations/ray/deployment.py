@@ -37,7 +37,7 @@ from kvsaga._validate import is_int
 from kvsaga.errors import KVSagaError
 from kvsaga.integrations.ray.router import KvsagaRequestRouter
 from kvsaga.migration import export_session, import_session
-from kvsaga.routing import prefix_key, session_key
+from kvsaga.routing import ReplicaStats, prefix_key, session_key
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 from kvsaga.serve.settings import ServerSettings
 
@@ -133,6 +133,8 @@ class EngineReplica:
         self.app = build_app(factory or engine_factory(settings), settings)
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
+        self._seen_tokens: dict[str, int] = {}  # session -> context tokens at the last report
+        self._service: dict[str, float] = {}  # tenant -> context tokens gained here
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
@@ -255,20 +257,32 @@ class EngineReplica:
 
         return await self.app.state.engine.call(look)
 
-    def record_routing_stats(self) -> dict:
-        """What `KvsagaRequestRouter` reads (`kvsaga.routing.ReplicaStats` fields)."""
-        snap = self.app.state.engine.snapshot
-        if snap is None:
+    async def record_routing_stats(self) -> dict:
+        """What `KvsagaRequestRouter` reads (`kvsaga.routing.ReplicaStats` fields), taken on
+        the engine thread: blocks, queue, sessions, predicted resumes, each session's
+        context size (for the migrate-or-recompute decision) and the service each tenant
+        has had here (`tenant_service`)."""
+        if self._stack is None or self.app.state.engine.snapshot is None:
             return {}
-        st = snap.cache
-        return {
-            "total_blocks": st.num_gpu_blocks,
-            "free_blocks": st.num_free_blocks,
-            "evictable_blocks": st.num_evictable_blocks,
-            "queue_depth": snap.num_waiting,
-            "running": snap.num_running,
-            "paused": st.num_paused_sessions,
-        }
+        return await self.app.state.engine.call(self._routing_stats)
+
+    def _routing_stats(self, engine) -> dict:
+        """Routing stats of `engine` (runs on its thread). Service is counted as context
+        tokens gained (prompt + generated) per tenant, read from the manager's sessions;
+        an engine session id is `<tenant salt>/<session>` (`SessionRegistry.engine_id`)."""
+        mgr = engine.manager
+        tokens = {sid: len(s.token_ids) for sid, s in mgr.sessions.items()}
+        for sid, n in tokens.items():
+            gained = n - self._seen_tokens.get(sid, 0)
+            if gained > 0:
+                tenant = sid.split("/", 1)[0]
+                self._service[tenant] = self._service.get(tenant, 0.0) + gained
+        self._seen_tokens = tokens
+        stats = ReplicaStats.from_manager(
+            mgr, queue_depth=len(engine.scheduler.waiting), tenant_service=self._service)
+        row = {f: getattr(stats, f) for f in ReplicaStats.__slots__}
+        row["session_tokens"] = tokens
+        return row
 
 
 # -- the gateway ------------------------------------------------------------------------------
@@ -336,7 +350,9 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
     sid = path.split("/")[3] if ending else session_key(parsed, hdrs)
     call["tenant"] = salt or "anon"
     call["prefix_key"] = prefix_key(parsed)
-    call["context_tokens"] = len(body) // 4  # a rough token count of the conversation
+    # A rough guess of the context size: the router prefers the session's real token count,
+    # which its home replica reports (`session_tokens` in its routing stats).
+    call["context_tokens"] = len(body) // 4
     if sid is not None:
         call["engine_sid"] = SessionRegistry.engine_id(salt, sid)
         call["session"] = call["engine_sid"]
