@@ -290,7 +290,7 @@ class Server:
     """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
 
     def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path,
-                 scheduler: str | None = None) -> None:
+                 scheduler: str | None = None, extra: Sequence[str] = ()) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -304,6 +304,8 @@ class Server:
             cmd += ["--scheduler", scheduler]
         if args.host_memory:
             cmd += ["--host-memory", str(args.host_memory)]
+        cmd += list(extra)
+        self.stop_s = 120 if extra else 20  # --replicas: Ray's local cluster shuts down too
         self.cmd = cmd
         self._log = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
@@ -336,7 +338,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()  # uvicorn shuts down on SIGTERM
             try:
-                self.proc.wait(20)
+                self.proc.wait(self.stop_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
@@ -377,12 +379,13 @@ class Arm:
     engine: str  # "kvsaga" (kvsaga-serve) or "vllm"
     policy: str | None  # kvsaga policy: the server's, or the vLLM connector's (None: plain)
     scheduler: str | None = None  # kvsaga-serve's --scheduler (None: its default)
+    serve_args: tuple[str, ...] = ()  # more kvsaga-serve flags (--replicas mode)
 
     def start(self, args: argparse.Namespace, kv_bytes: int, logdir: Path) -> Server | VLLMArm:
         log = logdir / f"server-{self.name.replace(':', '-').replace('+', '-')}.log"
         if self.engine == "vllm":
             return VLLMArm(args, self.policy, kv_bytes, log)
-        return Server(args, self.policy, kv_bytes, log, self.scheduler)
+        return Server(args, self.policy, kv_bytes, log, self.scheduler, self.serve_args)
 
     def extra_body(self, session_id: str, hint: dict[str, Any]) -> dict[str, Any]:
         if self.engine == "vllm":  # the connector reads kv_transfer_params; plain vLLM ignores it
@@ -417,11 +420,37 @@ def scheduler_arms(csv: str) -> list[Arm]:
     return out
 
 
+# -- --replicas: routers in front of several kvsaga-serve replicas ---------------------------
+
+REPLICAS_TITLE = ("## Agent replay: routers on kvsaga-serve --replicas (written by "
+                  "bench/agent_replay.py)")
+REPLICA_ROUTERS = ("round-robin", "kvsaga")  # the baseline first
+
+
+def replica_arms(args: argparse.Namespace) -> list[Arm]:
+    """`--replicas N`: `kvsaga-serve --replicas N` (a local Ray cluster, N engine replicas,
+    each with the whole KV budget) once per router: round-robin (every step to the next
+    replica, sessions ignored) first, then kvsaga's (affinity + stealing + migration); the
+    same policy (`--replica-policy`) on both, so only the routing differs."""
+    return [Arm(f"replicas:{router}", "kvsaga", args.replica_policy,
+                serve_args=("--replicas", str(args.replicas), "--router", router))
+            for router in REPLICA_ROUTERS]
+
+
+def replica_pairs(names: list[str]) -> list[tuple[str, str, float, str]]:
+    """kvsaga's router against round-robin (issue 12's goal: fewer prefill tokens and a
+    lower mean task time, i.e. a speed-up above 1)."""
+    base = f"replicas:{REPLICA_ROUTERS[0]}"
+    return [(base, n, 1.0, "issue 12") for n in names if n != base]
+
+
 def arms(args: argparse.Namespace) -> list[Arm]:
     """kvsaga engine: one kvsaga-serve per policy (or per `--kvsaga-arms` scheduler+policy).
     vLLM: plain vLLM (prefix caching), vLLM with the kvsaga connector per connector policy,
     then kvsaga-serve per policy."""
     names = _names
+    if args.replicas:
+        return replica_arms(args)
     if args.engine == "kvsaga":
         if args.kvsaga_arms:
             return scheduler_arms(args.kvsaga_arms)
@@ -651,6 +680,8 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
                   for c in names if c.startswith("vllm+")]
     elif args.kvsaga_arms and len(names) > 1:
         pairs += [(names[0], n, 2.0, "issue 10") for n in names[1:]]
+    elif args.replicas:
+        pairs += replica_pairs(names)
     out: dict[str, Any] = {"lines": []}
     for base, arm, goal, issue in pairs:
         tct = paired(rounds, base, arm, "task_time_mean_s")
@@ -707,6 +738,8 @@ def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
 
 def results_title(args: argparse.Namespace) -> str:
     """The RESULTS.md heading `--write-results` replaces (one per mode)."""
+    if args.replicas:
+        return REPLICAS_TITLE
     if args.engine == "vllm":
         return "### Agent replay, interleaved repeats (written by bench/agent_replay.py)"
     if args.kvsaga_arms:
@@ -777,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--start-timeout", type=float, default=180.0, help="seconds to wait for a server")
     a("--request-timeout", type=float, default=300.0, help="seconds per request")
     a("--json", default=None, help="write the results here as JSON")
+    a("--replicas", type=int, default=None,
+      help="compare routers on kvsaga-serve --replicas N (a local Ray cluster; needs "
+           "kvsaga[cluster]): round-robin, then kvsaga; replaces --policies")
+    a("--replica-policy", default="graph", help="the eviction policy of --replicas' arms")
     a("--kvsaga-arms", default=None,
       help="kvsaga-serve arms as scheduler+policy pairs, the first the baseline (e.g. "
            "fcfs+lru,workflow+graph); replaces --policies")
@@ -841,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
+    if args.replicas is not None and args.replicas < 1:
+        raise SystemExit(f"--replicas must be >= 1, got {args.replicas}")
     if args.engine == "vllm":
         # Both engines serve the same HF directory; vLLM's CPU attention takes blocks of a
         # multiple of 32 tokens, and kvsaga-serve gets the same block size and budget.
@@ -884,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         f"KV budget {kv_bytes:,} B = {kv_blocks} blocks of {args.block_size} tokens = "
         f"{kv_bytes / ws_bytes:.0%} of the {ws['peak_context_tokens']:,}-token working set; "
         f"--max-num-seqs {args.max_num_seqs}."]
+    if args.replicas:
+        info.append(f"Each of the {args.replicas} replicas has this KV budget.")
     rounds: list[dict[str, dict[str, Any]]] = []
     records: dict[str, list[StepRecord]] = {a.name: [] for a in systems}
     with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:

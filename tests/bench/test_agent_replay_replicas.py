@@ -1,0 +1,43 @@
+"""bench/agent_replay.py --replicas: the router arms, the comparison they are judged by and
+their RESULTS heading (the live run needs a local Ray cluster: see docs/cluster.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench.test_agent_replay import _load_script
+
+
+def test_replica_arms_differ_only_in_the_router() -> None:
+    m = _load_script()
+    args = m.build_parser().parse_args(["--replicas", "2", "--replica-policy", "lru"])
+    got = m.arms(args)
+    assert [a.name for a in got] == ["replicas:round-robin", "replicas:kvsaga"]
+    for arm, router in zip(got, ("round-robin", "kvsaga"), strict=True):
+        assert (arm.engine, arm.policy) == ("kvsaga", "lru")
+        assert arm.serve_args == ("--replicas", "2", "--router", router)
+    assert m.results_title(args) == m.REPLICAS_TITLE
+    plain = m.build_parser().parse_args([])
+    assert all(not a.serve_args for a in m.arms(plain))
+    assert m.results_title(plain) != m.REPLICAS_TITLE
+
+
+def test_replicas_are_judged_kvsaga_against_round_robin() -> None:
+    m = _load_script()
+    args = m.build_parser().parse_args(["--replicas", "2"])
+    systems = m.arms(args)
+    fig = {"task_time_mean_s": 0.0, "task_time_p95_s": 0.0, "prefill_tokens": 0.0}
+    rounds = [{"replicas:round-robin": {**fig, "task_time_mean_s": 30.0,
+                                        "task_time_p95_s": 40.0, "prefill_tokens": 900.0},
+               "replicas:kvsaga": {**fig, "task_time_mean_s": 20.0, "task_time_p95_s": 40.0,
+                                   "prefill_tokens": 300.0}}]
+    judged = m.comparisons(args, systems, rounds)
+    got = judged["replicas:kvsaga vs replicas:round-robin"]
+    assert got["tct_speedup"] == [pytest.approx(1.5)]
+    assert got["prefill_ratio"] == [pytest.approx(3.0)] and got["goal_met"]
+    assert "issue 12" in judged["lines"][0]
+
+
+def test_bad_replica_count_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--replicas must be >= 1"):
+        _load_script().main(["--replicas", "0"])
