@@ -79,9 +79,8 @@ class _GPU(Simulator):
         """A decode run here stays before the next routing and every other GPU's next
         action (either may act on this GPU, and the cluster runs them in time order)."""
         releases = self.cluster._releases
-        others = (g.next_time() for g in self.cluster.gpus if g is not self)
         return min(super()._horizon(), releases[0][0] if releases else math.inf,
-                   min(others, default=math.inf))
+                   self.cluster.next_time_of_others(self))
 
     def advance_one(self) -> None:
         """One iteration of `Simulator.run`'s loop."""
@@ -230,11 +229,21 @@ class ClusterSimulator:
         return delay
 
     # -- the loop -------------------------------------------------------------------------
+    def next_time_of_others(self, gpu: _GPU) -> float:
+        """The earliest next action of the GPUs other than `gpu` (from the loop's times,
+        current for every GPU but the one acting)."""
+        i = self._index[gpu]
+        mine, self._times[i] = self._times[i], math.inf
+        try:
+            return min(self._times)
+        finally:
+            self._times[i] = mine
+
     def run(self) -> ClusterResult:
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self.released(s.arrival_s, s, 0)
-        index = {g: i for i, g in enumerate(self.gpus)}
-        times = [g.next_time() for g in self.gpus]  # re-read only for GPUs that changed
+        index = self._index = {g: i for i, g in enumerate(self.gpus)}
+        times = self._times = [g.next_time() for g in self.gpus]  # re-read if changed
         while True:
             for g in self.dirty:
                 times[index[g]] = g.next_time()
