@@ -293,7 +293,7 @@ def test_workflow_admits_when_every_admitted_session_is_away_for_idle_admit_s():
 
 
 def test_workflow_shrinks_the_admitted_set_when_contexts_outgrow_the_pool():
-    m, s, ex, a = _two_paused(prompt_len=12)
+    _, s, ex, a = _two_paused(prompt_len=12)
     assert set(s.sessions) == {"a", "b"}
     # a's next step is much longer than predicted: once it pauses, b (admitted later) must
     # make room; its next step then waits for admission again.
