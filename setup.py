@@ -36,7 +36,7 @@ def _nanobind_extension() -> list[Extension]:
                 "csrc",
                 src,
                 nanobind.include_dir(),
-                os.path.join(root, "ext", "robin_map", "include"),
+                os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
             ],
             language="c++",
             optional=True,
