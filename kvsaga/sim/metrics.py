@@ -42,6 +42,12 @@ class SimResult:
             cached and later hit (the time between its release and the hit counts).
         kv_occupancy: blocks not free (referenced or cached).
         kv_active: blocks referenced by running steps.
+        kv_live_share: min(blocks of the live sessions' contexts, GPU blocks): the room that
+            data with a future could fill at all (live: arrived, not ended, each context as
+            of its step's arrival or finish). kv_utilization can exceed it only by prefix
+            blocks that a later session hits, so a scheduler that keeps utilization near it
+            wastes little; where it is far below 1 (few live contexts against the pool),
+            no scheduler reaches a high utilization without holding sessions back.
     Host tier (0 without one):
         bytes_offloaded, bytes_reloaded: GPU -> host and host -> GPU copies (blocks x bytes).
         host_hit_tokens: prompt tokens found on the host (part of hit_tokens).
@@ -95,6 +101,7 @@ class SimResult:
     tasks_per_hour: float = math.nan
     slo_attainment: float = math.nan
     tenants: dict[str, dict[str, float]] | None = None
+    kv_live_share: float = math.nan
 
     @property
     def hit_rate(self) -> float:
@@ -157,6 +164,8 @@ class UsageRecorder:
         self.reused_cached_s = 0.0  # block-seconds cached before a hit
         self.active_s = 0.0  # block-seconds referenced by running steps
         self.occupied_s = 0.0  # block-seconds not free
+        self.live_blocks = 0  # the live sessions' context blocks (kept by the owner)
+        self.live_s = 0.0  # block-seconds of min(live_blocks, GPU blocks)
         self._last = now
         pool.observer = self
 
@@ -178,5 +187,6 @@ class UsageRecorder:
             active = pool.num_active
             self.active_s += active * dt
             self.occupied_s += (active + pool.num_cached) * dt
+            self.live_s += min(self.live_blocks, pool.num_blocks) * dt
         self._last = max(self._last, now)
         self.now = now

@@ -253,6 +253,7 @@ class Simulator:
         """Track the blocks of live sessions' contexts (for the peak working set)."""
         n = self.cost.kv_spec.num_blocks_for(num_tokens) if num_tokens else 0
         self._live_total += n - self._live_blocks.pop(sid, 0)
+        self.recorder.live_blocks = self._live_total
         if num_tokens:
             self._live_blocks[sid] = n
         self._peak_live = max(self._peak_live, self._live_total)
@@ -617,6 +618,7 @@ class Simulator:
             kv_utilization=(rec.active_s + rec.reused_cached_s) / area,
             kv_occupancy=rec.occupied_s / area,
             kv_active=rec.active_s / area,
+            kv_live_share=rec.live_s / area,
             bytes_offloaded=c["offloaded"] * self.cost.block_bytes,
             bytes_reloaded=c["loaded"] * self.cost.block_bytes,
             num_host_blocks=self.manager.num_host_blocks,
