@@ -481,6 +481,7 @@ class WorkflowScheduler(Scheduler):
         self._demote_at = math.inf  # no paused session is demotable before this
         self._idle_since: float | None = None  # the batch is empty and nobody resumed since
         self.num_demotions = 0
+        self._deferred: set[str] = set()  # demoted sessions not admitted again yet
 
     # -- queues ---------------------------------------------------------------------------
     @property
@@ -669,6 +670,8 @@ class WorkflowScheduler(Scheduler):
         info = self.sessions.get(sid)
         if info is None:  # a session admission: charge its tenant (AFS)
             self._charge(req.tenant)
+            if sid in self._deferred:
+                self._set_deferred(sid, False, now)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
         info.context = max(info.context, req.num_tokens)
@@ -706,14 +709,15 @@ class WorkflowScheduler(Scheduler):
         info.demote_at = now + self.demote_factor * self._expected_pause(s) + self.demote_min_s
         self._demote_at = min(self._demote_at, info.demote_at)
         self._set_blocks(info)
-        self._shrink()
+        self._shrink(now)
 
     def forget_session(self, session_id: str, now: float) -> None:
         super().forget_session(session_id, now)
+        self._deferred.discard(session_id)
         if session_id in self.sessions:
             self._forget(session_id)
 
-    def _shrink(self) -> None:
+    def _shrink(self, now: float) -> None:
         """While the admitted working sets outgrow the tiers (contexts grew more than
         predicted), demote the most recently admitted paused sessions: their next steps
         wait for room instead of evicting the older sessions' contexts."""
@@ -724,12 +728,29 @@ class WorkflowScheduler(Scheduler):
             if self._committed <= limit or len(self.sessions) == 1:
                 return
             if not self.sessions[sid].active:
-                self._forget(sid)
-                self.num_demotions += 1
+                self._demote_session(sid, now)
 
     def _forget(self, sid: str) -> None:
         info = self.sessions.pop(sid)
         self._committed -= info.blocks
+        self._deferred.discard(sid)
+
+    def _demote_session(self, sid: str, now: float) -> None:
+        """Demote a paused admitted session, and tell the policy that its blocks are needed
+        only after it is admitted again (`EvictionPolicy.session_deferred`)."""
+        self._forget(sid)
+        self.num_demotions += 1
+        self._set_deferred(sid, True, now)
+
+    def _set_deferred(self, sid: str, deferred: bool, now: float) -> None:
+        s = self.manager.sessions.get(sid)
+        if s is None:
+            return
+        if deferred:
+            self._deferred.add(sid)
+        else:
+            self._deferred.discard(sid)
+        self.manager.policy.session_deferred(s, deferred, now)
 
     def _demote(self, now: float) -> None:
         """Demote admitted sessions paused far longer than predicted (and forget those
@@ -744,8 +765,7 @@ class WorkflowScheduler(Scheduler):
             if sid not in sessions:
                 self._forget(sid)
             elif now >= info.demote_at:
-                self._forget(sid)
-                self.num_demotions += 1
+                self._demote_session(sid, now)
             else:
                 self._demote_at = min(self._demote_at, info.demote_at)
 

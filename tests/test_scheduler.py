@@ -464,3 +464,32 @@ def test_idle_admission_happens_at_the_wake_time_itself():
     s.add(c, t0)
     assert not s.schedule(t0, ex).admitted
     assert s.schedule(s.wake_time, ex).admitted == [c]
+
+
+def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
+    """A demoted session's blocks are needed only after it is admitted again: the scheduler
+    says so (`session_deferred`), and the graph policy then evicts them before those of a
+    session still admitted; re-admission takes it back."""
+    m = manager(24, policy="graph")
+    s = _wf(m, demote_factor=2.0, demote_min_s=1.0)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1.0)  # a pauses on a 1 s tool
+    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
+    s.add(b, 2.5)
+    ex.run(s, s.schedule(2.5, ex), 2.5, tool_s=100.0)  # b pauses on a 100 s tool
+    owner = {blk: sid for sid in "ab" for blk in m.sessions[sid].block_ids}
+    # a is overdue (its tool returns any moment): graph keeps it over b, expected in 100 s
+    assert owner[m.policy.eviction_order(3.0)[0]] == "b"
+    c = ToyRequest("c", toks(200, 40), max_new=1)
+    s.add(c, 3.0)  # does not fit beside a and b: a (paused 3 s > 2 x 1 s + 1 s) is demoted
+    out = s.schedule(3.0, ex)
+    assert out.admitted == [c] and "a" not in s.sessions
+    order = [owner[blk] for blk in m.policy.eviction_order(3.0) if blk in owner]
+    assert order[0] == "a"  # demoted: its blocks go first now
+    ex.run(s, out, 3.0)  # c ends
+    a2 = ToyRequest("a", a.prompt + a.out + [7], max_new=1, resumed=True)
+    s.add(a2, 4.0)
+    assert s.schedule(4.0, ex).admitted == [a2]  # a is admitted again
+    assert "a" in s.sessions and "a" not in m.policy._deferred

@@ -112,6 +112,11 @@ class EvictionPolicy:
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""
 
+    def session_deferred(self, session: Session, deferred: bool, now: float) -> None:
+        """The scheduler demoted the session (`deferred`: its next step waits for admission
+        behind the sessions still admitted, so its blocks are needed later than its pause
+        suggests), or admitted it again (not `deferred`)."""
+
     def tick(self, now: float) -> None:
         """Periodic call from the manager: expire TTLs, refresh predictions."""
 
