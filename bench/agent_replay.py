@@ -174,8 +174,10 @@ def _text_of(tok: Any, words: list[str], n: int) -> str:
     return tok.decode(ids[: max(1, n)]).strip() or words[0]
 
 
-def build_sessions(args: argparse.Namespace, tok: Any) -> list[ReplaySession]:
-    """Sample the workload and give every message its text."""
+def sample_steps(args: argparse.Namespace) -> tuple[Any, list[Any], list[list[ReplayStep]]]:
+    """Sample the workload: (its spec, the generator's sessions, each session's replayed
+    steps with their shortened pauses and hints). No text yet: the vLLM scheduler replay
+    (bench/vllm_scheduler_replay.py) uses the token counts alone."""
     from kvsaga.sim.workloads import WORKLOADS, generate
 
     spec = WORKLOADS[args.workload]
@@ -188,15 +190,10 @@ def build_sessions(args: argparse.Namespace, tok: Any) -> list[ReplaySession]:
     def pause(raw_s: float) -> float:
         return round(min(args.max_tool_s, raw_s * args.time_scale), 3)
 
-    tools = ", ".join(t.name for t in spec.tools)
-    prefix_n = trace[0].shared_prefix.tokens
-    unit = _SYSTEM.format(workflow=spec.description, tools=tools)
-    system = _text_of(tok, [f"{i}. {unit}" for i in range(1, 2 + prefix_n // 40)], prefix_n)
     out = []
-    for i, s in enumerate(trace):
+    for s in trace:
         steps = list(s.steps[: args.steps])
-        rng = random.Random(f"{args.seed}-{s.id}")
-        replay_steps, inputs = [], []
+        replay_steps = []
         for k, st in enumerate(steps):
             last = k == len(steps) - 1
             raw = st.tool_s / args.token_scale
@@ -209,8 +206,24 @@ def build_sessions(args: argparse.Namespace, tok: Any) -> list[ReplaySession]:
                 expected = pause(medians[st.tool]) if st.tool in medians else None
             replay_steps.append(ReplayStep(st.input_tokens, st.output_tokens, tool,
                                            0.0 if last else pause(raw), expected))
+        out.append(replay_steps)
+    return spec, trace, out
+
+
+def build_sessions(args: argparse.Namespace, tok: Any) -> list[ReplaySession]:
+    """Sample the workload and give every message its text."""
+    spec, trace, all_steps = sample_steps(args)
+    tools = ", ".join(t.name for t in spec.tools)
+    prefix_n = trace[0].shared_prefix.tokens
+    unit = _SYSTEM.format(workflow=spec.description, tools=tools)
+    system = _text_of(tok, [f"{i}. {unit}" for i in range(1, 2 + prefix_n // 40)], prefix_n)
+    out = []
+    for i, (s, replay_steps) in enumerate(zip(trace, all_steps, strict=True)):
+        rng = random.Random(f"{args.seed}-{s.id}")
+        inputs = []
+        for k, st in enumerate(replay_steps):
             words = [rng.choice(_WORDS) for _ in range(st.input_tokens + 8)]
-            head = "Task:" if k == 0 else f"Result of {steps[k - 1].tool or 'the tool'}:"
+            head = "Task:" if k == 0 else f"Result of {replay_steps[k - 1].tool or 'the tool'}:"
             inputs.append(f"{head} " + _text_of(tok, words, st.input_tokens - 3))
         # The generator's Poisson arrivals (one SWE task per ~100 s) would never overlap on a
         # shortened timeline; packing them makes the sessions compete for the KV budget.
@@ -353,12 +366,17 @@ class VLLMArm:
                  log: Path) -> None:
         from kvsaga.integrations.vllm.launch import VLLMServer
 
+        # "POLICY+gate": the connector with its session admission gate on
+        policy, _, gate = (policy or "").partition("+")
         self.server = VLLMServer(
-            Path(args.model), kv_bytes, connector_policy=policy, python=args.vllm_python,
+            Path(args.model), kv_bytes, connector_policy=policy or None,
+            connector_extra={"admission": True} if gate else {}, python=args.vllm_python,
             served_name=SERVED_NAME, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_model_len=min(2048, (kv_bytes // args.kv_bytes_per_token // args.block_size - 1)
                               * args.block_size), log=log)  # vLLM keeps one null block
         self.url = self.server.base_url
+        self.log = log
+        self.connector_stats: dict[str, float] = {}
 
     def wait_ready(self, timeout_s: float) -> None:
         self.server.start(timeout_s)
@@ -368,6 +386,25 @@ class VLLMArm:
 
     def stop(self) -> None:
         self.server.stop()
+        self.connector_stats = connector_stats(self.log)
+
+
+def connector_stats(log: Path) -> dict[str, float]:
+    """The kvsaga connector's last counters in a vLLM server log (empty for plain vLLM),
+    flattened: `connector_retained_steps`, `connector_released_blocks`, ... and
+    `connector_released_<reason>` (admit, preempt, headroom)."""
+    from kvsaga.integrations.vllm.hints import STATS_PREFIX
+
+    last = None
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if STATS_PREFIX in line:
+            last = line.split(STATS_PREFIX, 1)[1]
+    if last is None:
+        return {}
+    raw = json.loads(last)
+    out = {f"connector_{k}": float(v) for k, v in raw.items() if k != "by_reason"}
+    out.update({f"connector_released_{k}": float(v) for k, v in raw["by_reason"].items()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -455,6 +492,13 @@ def arms(args: argparse.Namespace) -> list[Arm]:
         if args.kvsaga_arms:
             return scheduler_arms(args.kvsaga_arms)
         return [Arm(p, "kvsaga", p) for p in names(args.policies)]
+    from kvsaga.policy import POLICIES as KNOWN_POLICIES
+
+    for p in names(args.vllm_policies):
+        policy, plus, gate = p.partition("+")
+        if policy not in KNOWN_POLICIES or (plus and gate != "gate"):
+            raise SystemExit(f"--vllm-policies: {p!r} is not POLICY or POLICY+gate with a "
+                             f"policy in {sorted(KNOWN_POLICIES)}")
     return ([Arm("vllm", "vllm", None)]
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
             + [Arm(f"kvsaga-serve:{p}", "kvsaga", p) for p in names(args.kvsaga_policies)])
@@ -535,6 +579,7 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         client.close()
     finally:
         server.stop()
+    result.metrics.update(getattr(server, "connector_stats", {}))
     result.records.sort(key=lambda r: (r.session, r.step))
     return result
 
@@ -829,8 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dtype (fp32) and KV budget")
     v.add_argument("--vllm-python", default=sys.executable,
                    help="interpreter that has vLLM (tests/integrations/vllm/make_env.sh)")
-    v.add_argument("--vllm-policies", default="ttl",
-                   help="kvsaga policies for the vLLM connector arms")
+    v.add_argument("--vllm-policies", default="ttl,ttl+gate",
+                   help="kvsaga policies for the vLLM connector arms; POLICY+gate also turns "
+                        "on the connector's session admission gate")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM")
     return p

@@ -28,9 +28,11 @@ step beyond one per scheduled request, default 0).
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -40,7 +42,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.logger import init_logger
 
-from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
+from kvsaga.integrations.vllm.gate import SessionGate
+from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.policy import make_policy
 from kvsaga.session import Session
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 logger = init_logger(__name__)
+STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
 
 
 class KVSagaConnectorMetadata(KVConnectorMetadata):
@@ -71,6 +75,12 @@ class RetentionStats:
     released_blocks: int = 0  # retained blocks given back under pressure
     pressure_releases: int = 0  # calls that had to release something
     by_reason: dict[str, int] = field(default_factory=dict)
+    deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
+    demotions: int = 0  # admitted sessions the gate demoted
+
+    def line(self) -> str:
+        """One log line (`STATS_PREFIX` + JSON), which bench/agent_replay.py reads back."""
+        return STATS_PREFIX + json.dumps(asdict(self), sort_keys=True)
 
 
 class KVSagaConnector(KVConnectorBase_V1):
@@ -90,6 +100,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         self.reserve_blocks = int(extra.get("reserve_blocks", 0))
         if self.reserve_blocks < 0:
             raise ValueError(f"reserve_blocks must be >= 0, got {self.reserve_blocks}")
+        self.admission = extra.get("admission", False)
+        if not isinstance(self.admission, bool):
+            raise ValueError(f"admission must be true or false, got {self.admission!r}")
+        self.gate_args = dict(extra.get("gate_args", {}))
+        self.gate: SessionGate | None = None
         self.block_size = vllm_config.cache_config.block_size
         self.pool: BlockPool | None = None
         self.ledger: BlockLedger | None = None
@@ -99,6 +114,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._steps: dict[str, StepInfo] = {}  # request id -> its session step
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         self.stats = RetentionStats()
+        # Seconds the policy judges pauses by; a replay on a simulated clock replaces it.
+        self.clock: Callable[[], float] = time.monotonic
+        self._logged = (0.0, "")  # when the last stats line went out, and what it said
 
     @property
     def requires_kv_delivery(self) -> bool:
@@ -110,6 +128,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         self.ledger = BlockLedger(
             self.policy, gpu_block_pool.num_gpu_blocks, self.block_size, self._usage
         )
+        if self.admission:
+            capacity = max(gpu_block_pool.num_gpu_blocks - 1 - self.reserve_blocks, 1)
+            self.gate = SessionGate(capacity, self.block_size, **self.gate_args)
 
     def _usage(self) -> float:
         """Share of blocks referenced by requests (retained-only blocks excluded)."""
@@ -141,7 +162,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.pool is None:
             return 0, False
         info = self._step(request)
-        now = time.monotonic()
+        now = self.clock()
+        if self.gate is not None and info is not None and not self.gate.admit(
+            info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now
+        ):
+            return None, False  # not yet: vLLM defers it and goes on with the next request
         if info is not None and info.session_id in self.holds:
             # its blocks are needed now
             self.policy.resume_hinted(session_for(self._sessions, info), now)
@@ -160,10 +185,12 @@ class KVSagaConnector(KVConnectorBase_V1):
     ) -> None:
         """The step is allocated: its hits hold the session's blocks now, so ours go."""
         self._probes.pop(request.request_id, None)
+        if self.gate is not None:
+            self.gate.started(request.request_id)
         info = self._step(request)
         if info is None or self.pool is None:
             return
-        now = time.monotonic()
+        now = self.clock()
         session = session_for(self._sessions, info)
         held = info.session_id in self.holds
         # The retained blocks among the step's own (GraphPolicy counts their reuse).
@@ -176,20 +203,37 @@ class KVSagaConnector(KVConnectorBase_V1):
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        """Retain a paused session's full blocks; end a session on its last step."""
+        """Retain a paused session's full blocks; end a session on its last step; then let
+        the admission gate demote sessions the admitted working sets no longer fit."""
         info = self._step(request)
         self._steps.pop(request.request_id, None)
         self._probes.pop(request.request_id, None)
-        if info is None or self.pool is None:
-            return False, None
-        now = time.monotonic()
+        now = self.clock()
+        if info is not None and self.pool is not None:
+            if info.hint.last_step:
+                self._end_session(info, now)
+            else:
+                self._retain(info, block_ids, now)
+        if self.gate is not None:
+            hint = info.hint if info is not None else None
+            for demoted in self.gate.finished(
+                request.request_id, info.session_id if info else None, request.num_tokens,
+                now, hint.expected_s if hint else None, bool(hint and hint.last_step),
+            ):
+                self._release_session(demoted)  # plain LRU cache in vLLM from now on
+        return False, None
+
+    def _end_session(self, info: StepInfo, now: float) -> None:
+        sid = info.session_id
+        self._release_session(sid)
+        self.policy.session_ended(session_for(self._sessions, info), now)
+        self._sessions.pop(sid, None)
+
+    def _retain(self, info: StepInfo, block_ids: list[int], now: float) -> None:
+        """Take a reference on the step's full, hashed blocks (its context's prefix) and
+        report them to the policy as the paused session's."""
         sid = info.session_id
         session = session_for(self._sessions, info)
-        if info.hint.last_step:
-            self._release_session(sid)
-            self.policy.session_ended(session, now)
-            self._sessions.pop(sid, None)
-            return False, None
         pool = self.pool
         keep = []
         for b in block_ids:
@@ -207,7 +251,6 @@ class KVSagaConnector(KVConnectorBase_V1):
         session.block_ids = list(self.holds[sid])
         self.policy.step_finished(session, now, info.hint)
         self.stats.retained_steps += 1
-        return False, None
 
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
@@ -215,15 +258,31 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.pool is None or not self.holds:
             return False
         want = self.pool.get_num_free_blocks() + 1 + self.reserve_blocks
-        return self._release_until(want, time.monotonic(), "preempt") > 0
+        return self._release_until(want, self.clock(), "preempt") > 0
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         """After each step, keep one free block per scheduled request (its next token may
         open a block) so decoding does not run into retained memory."""
+        now = self.clock()
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
-            self._release_until(n + self.reserve_blocks, time.monotonic(), "headroom")
+            self._release_until(n + self.reserve_blocks, now, "headroom")
+        if now - self._logged[0] >= STATS_LOG_EVERY_S:
+            self._log_stats(now)
         return KVSagaConnectorMetadata()
+
+    def shutdown(self) -> None:
+        self._log_stats(self.clock())
+
+    def _log_stats(self, now: float) -> None:
+        """Log the counters when they changed since the last line (at most every few s)."""
+        if self.gate is not None:
+            self.stats.deferrals = self.gate.num_deferrals
+            self.stats.demotions = self.gate.num_demotions
+        line = self.stats.line()
+        if line != self._logged[1]:
+            logger.info("%s", line)
+        self._logged = (now, line)
 
     def reset_cache(self) -> bool:
         """Give back every retained block (vLLM's prefix-cache reset needs them all free: it

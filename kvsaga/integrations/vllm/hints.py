@@ -13,6 +13,7 @@ from kvsaga.errors import InvalidRequest
 from kvsaga.session import PauseHint, Session
 
 HINT_KEY = "kvsaga"
+STATS_PREFIX = "kvsaga retention stats: "  # the connector's counters log line (then JSON)
 DEFAULT_WORKFLOW = "default"
 
 

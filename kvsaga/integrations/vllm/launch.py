@@ -38,6 +38,7 @@ class VLLMServer:
         kv_cache_bytes: the KV budget.
         connector_policy: a kvsaga policy name to enable the retention connector with; None
             for plain vLLM (prefix caching only).
+        connector_extra: more `kv_connector_extra_config` entries (e.g. `admission`).
         python: the interpreter that has vLLM.
         served_name: the model name clients send.
         dtype, block_size, max_model_len, max_num_seqs: as vLLM's flags.
@@ -48,6 +49,7 @@ class VLLMServer:
     model: Path
     kv_cache_bytes: int
     connector_policy: str | None = None
+    connector_extra: dict = field(default_factory=dict)
     python: str = sys.executable
     served_name: str = "model"
     dtype: str = "float32"
@@ -81,7 +83,10 @@ class VLLMServer:
         if self.eager:
             cmd.append("--enforce-eager")
         if self.connector_policy is not None:
-            cmd += ["--kv-transfer-config", kv_transfer_config(self.connector_policy)]
+            cmd += [
+                "--kv-transfer-config",
+                kv_transfer_config(self.connector_policy, **self.connector_extra),
+            ]
         return cmd
 
     def start(self, timeout_s: float = 900.0) -> VLLMServer:

@@ -14,13 +14,13 @@ pytest.importorskip("vllm")
 def hf_model_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as an HF directory, written from the shipped GGUF by kvsaga's
     exporter (reused from $KVSAGA_VLLM_MODEL_DIR when that directory holds one)."""
+    cached = os.environ.get("KVSAGA_VLLM_MODEL_DIR")
+    if cached and (Path(cached) / "config.json").is_file():
+        return Path(cached)  # kvsaga's engine (and its kernels) not needed then
     from kvsaga.engine.export import export_hf
     from kvsaga.engine.loader import default_model_path
     from kvsaga.engine.model_config import ModelLoadError
 
-    cached = os.environ.get("KVSAGA_VLLM_MODEL_DIR")
-    if cached and (Path(cached) / "config.json").is_file():
-        return Path(cached)
     try:
         gguf = default_model_path()
     except ModelLoadError as e:

@@ -5,6 +5,7 @@ prompt, then decode `max_tokens` tokens and finish, exactly as the engine core w
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -33,22 +34,31 @@ TOKEN = 7  # what the fake model emits: never the EOS id
 
 
 def make_scheduler(
-    model_dir, num_blocks: int, connector: bool, policy: str = "ttl", max_num_seqs: int = 8
+    model_dir,
+    num_blocks: int,
+    connector: bool,
+    policy: str = "ttl",
+    max_num_seqs: int = 8,
+    block_size: int = BLOCK_SIZE,
+    max_num_batched_tokens: int = 4096,
+    **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
-    caching on, with or without the kvsaga connector."""
+    caching on, with or without the kvsaga connector (`extra`: more connector settings)."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
-    kv_transfer = KVTransferConfig(**json.loads(kv_transfer_config(policy))) if connector else None
+    kv_transfer = (
+        KVTransferConfig(**json.loads(kv_transfer_config(policy, **extra))) if connector else None
+    )
     vllm_config = VllmConfig(
         model_config=model_config,
         scheduler_config=SchedulerConfig(
             max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=4096,
+            max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=2048,
             enable_chunked_prefill=True,
             is_encoder_decoder=False,
         ),
-        cache_config=CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=True),
+        cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=True),
         device_config=DeviceConfig("cpu"),
         kv_transfer_config=kv_transfer,
     )
@@ -59,7 +69,7 @@ def make_scheduler(
             KVCacheGroupSpec(
                 ["layer"],
                 FullAttentionSpec(
-                    block_size=BLOCK_SIZE, num_kv_heads=1, head_size=8, dtype=torch.float32
+                    block_size=block_size, num_kv_heads=1, head_size=8, dtype=torch.float32
                 ),
             )
         ],
@@ -69,17 +79,23 @@ def make_scheduler(
         vllm_config=vllm_config,
         kv_cache_config=kv_cache_config,
         structured_output_manager=StructuredOutputManager(vllm_config),
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
         log_stats=True,
     )
 
 
 _ids = itertools.count()
 init_none_hash(sha256)
-_hasher = get_request_block_hasher(BLOCK_SIZE, sha256)
 
 
-def make_request(prompt: list[int], max_tokens: int, hint: dict | None = None) -> Request:
+@functools.cache
+def _hasher(block_size: int):
+    return get_request_block_hasher(block_size, sha256)
+
+
+def make_request(
+    prompt: list[int], max_tokens: int, hint: dict | None = None, block_size: int = BLOCK_SIZE
+) -> Request:
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     if hint is not None:
         params.extra_args = {"kv_transfer_params": {"kvsaga": hint}}
@@ -88,7 +104,7 @@ def make_request(prompt: list[int], max_tokens: int, hint: dict | None = None) -
         prompt_token_ids=list(prompt),
         sampling_params=params,
         pooling_params=None,
-        block_hasher=_hasher,
+        block_hasher=_hasher(block_size),
     )
 
 

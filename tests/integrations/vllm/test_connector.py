@@ -153,3 +153,54 @@ def test_prefix_cache_reset_gives_back_retained_blocks(hf_model_dir):
     assert s.reset_prefix_cache(reset_connector=True) is False  # vLLM resets before us
     assert s.reset_prefix_cache(reset_connector=True) is True
     _assert_no_leak(s)
+
+
+def _paused_then_newcomer(s) -> tuple[int, bool]:
+    """Session A's first step (20 blocks) pauses on a tool; session B (25 blocks) arrives
+    and vLLM steps a few times; then A's last step. Returns (A's last step's cache hits,
+    whether B had been scheduled before A came back)."""
+    a1 = _prompt(1, 20)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    b = make_request(_prompt(3, 25), 2, {"session_id": "B", "last_step": True})
+    s.add_request(b)
+    b_early = any(b.request_id in step(s).num_scheduled_tokens for _ in range(3))
+    a2 = make_request(a1 + [TOKEN] * 2 + _prompt(2, 1), 2, {"session_id": "A", "last_step": True})
+    hits = run(s, [a2])[a2.request_id]  # steps until B has run as well
+    assert b.is_finished()
+    return hits, b_early
+
+
+def test_admission_gate_defers_a_session_that_would_evict_a_paused_one(hf_model_dir):
+    """With the gate on, a new session whose working set does not fit next to a paused one
+    waits while vLLM keeps stepping (the clock stands still, so neither idleness nor
+    max_wait_s admits it); the paused session's next step then hits all its blocks, and the
+    new session runs once it has ended. Without the gate, the new session's admission
+    releases the paused session's blocks."""
+    now = [0.0]
+    gated = make_scheduler(hf_model_dir, 40, connector=True, admission=True)
+    gated.connector.clock = lambda: now[0]
+    assert _paused_then_newcomer(gated) == (20 * BLOCK_SIZE, False)
+    assert gated.connector.gate.num_deferrals >= 3 and gated.connector.gate.sessions == {}
+    _assert_no_leak(gated)
+    plain = make_scheduler(hf_model_dir, 40, connector=True)
+    hits, b_early = _paused_then_newcomer(plain)
+    assert b_early and hits < 20 * BLOCK_SIZE
+    _assert_no_leak(plain)
+
+
+def test_admission_gate_admits_a_waiting_session_once_the_batch_idles(hf_model_dir):
+    """Bounded waiting: with every admitted session away on a tool call and nothing running
+    for idle_admit_s, the waiting session is admitted (vLLM would otherwise idle)."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=True,
+                       gate_args={"idle_admit_s": 2.0})
+    s.connector.clock = lambda: now[0]
+    run(s, [make_request(_prompt(5, 20), 2, {"session_id": "A", "tool": "t", "expected_s": 60})])
+    b = make_request(_prompt(6, 25), 2, {"session_id": "B", "last_step": True})
+    s.add_request(b)
+    assert b.request_id not in step(s).num_scheduled_tokens
+    now[0] = 2.5
+    assert run(s, []) == {} and b.is_finished()
+    s.connector.request_finished(
+        make_request(_prompt(5, 1), 1, {"session_id": "A", "last_step": True}), [])
+    _assert_no_leak(s)

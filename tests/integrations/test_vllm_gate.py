@@ -1,0 +1,88 @@
+"""SessionGate (kvsaga.integrations.vllm.gate): the connector's workflow-atomic admission,
+plain Python, driven with token counts and a clock as the connector drives it."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.integrations.vllm.gate import SessionGate
+
+BS = 16
+
+
+def _gate(**kw) -> SessionGate:
+    # 20 blocks; growth 16 tokens (1 block) per step until one is observed
+    return SessionGate(20, BS, prior_growth_tokens=16, **kw)
+
+
+def _run_step(g: SessionGate, rid: str, sid: str, context: int, now: float,
+              expected_s: float | None = 10.0, last: bool = False) -> list[str]:
+    g.started(rid)
+    return g.finished(rid, sid, context, now, expected_s, last)
+
+
+def test_admits_while_the_working_sets_fit_then_defers():
+    g = _gate()
+    assert g.admit("a", "w", 8 * BS, 0, now=0.0)  # 8 + 1 growth = 9 blocks
+    g.started("a0")
+    assert g.admit("b", "w", 8 * BS, 0, now=0.1)  # 18 <= 20
+    g.started("b0")
+    assert not g.admit("c", "w", 4 * BS, 0, now=0.2)  # 18 + 5 > 20: waits
+    assert g.num_deferrals == 1 and set(g.sessions) == {"a", "b"}
+    # an admitted session's next step always goes, whatever the memory
+    assert g.admit("a", "w", 30 * BS, 0, now=0.3)
+
+
+def test_a_shared_prefix_counts_once():
+    g = _gate()
+    for i, sid in enumerate("abc"):  # 4 shared blocks + 2 own + 1 growth each
+        assert g.admit(sid, "w", 6 * BS, 4 * BS, now=float(i))
+        g.started(f"{sid}0")
+    assert g.committed() == 4 + 3 * 3
+
+
+def test_waiting_is_bounded_by_idleness_and_by_max_wait():
+    g = _gate(idle_admit_s=2.0, max_wait_s=50.0)
+    assert g.admit("a", "w", 18 * BS, 0, now=0.0)
+    _run_step(g, "a0", "a", 19 * BS, now=1.0, expected_s=100.0)  # paused, nothing runs
+    assert not g.admit("b", "w", 4 * BS, 0, now=2.0)  # idle for 1 s only
+    assert g.admit("b", "w", 4 * BS, 0, now=3.5)  # idle 2.5 s: the memory would idle
+    g2 = _gate(idle_admit_s=1000.0, max_wait_s=5.0)
+    assert g2.admit("a", "w", 18 * BS, 0, now=0.0)
+    g2.started("a0")  # running, so never idle
+    assert not g2.admit("b", "w", 4 * BS, 0, now=1.0)
+    assert not g2.admit("b", "w", 4 * BS, 0, now=5.9)
+    assert g2.admit("b", "w", 4 * BS, 0, now=6.1)  # waited past max_wait_s
+
+
+def test_a_session_paused_far_longer_than_expected_is_demoted_for_a_waiting_one():
+    g = _gate(demote_factor=2.0, demote_min_s=1.0, idle_admit_s=1e9)
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("x")  # another request keeps the batch busy
+    _run_step(g, "a0", "a", 11 * BS, now=1.0, expected_s=3.0)
+    assert not g.admit("b", "w", 9 * BS, 0, now=5.0)  # paused 4 s <= 2 x 3 + 1
+    assert g.admit("b", "w", 9 * BS, 0, now=8.5)  # paused 7.5 s: a is demoted
+    assert set(g.sessions) == {"b"} and g.num_demotions == 1
+
+
+def test_growth_demotes_the_latest_paused_sessions_and_last_step_ends():
+    g = _gate()
+    assert g.admit("a", "w", 6 * BS, 0, now=0.0)
+    assert g.admit("b", "w", 6 * BS, 0, now=0.1)
+    assert _run_step(g, "b0", "b", 7 * BS, now=1.0) == []
+    assert _run_step(g, "a0", "a", 7 * BS, now=1.1) == []
+    g.admit("a", "w", 8 * BS, 0, now=2.0)
+    # a grew by 8 blocks in one step: the mean growth is now 8 blocks, 2 x (15 + 8) > 20
+    assert _run_step(g, "a1", "a", 15 * BS, now=3.0) == ["b"]
+    assert set(g.sessions) == {"a"}
+    assert _run_step(g, "a2", "a", 16 * BS, now=4.0, last=True) == []
+    assert g.sessions == {} and g.committed() == 0
+
+
+@pytest.mark.parametrize("kw", [{"capacity": 0}, {"block_size": 1.5}, {"horizon_steps": -1},
+                                {"max_wait_s": "x"}, {"demote_factor": float("nan")}])
+def test_bad_parameters_are_named(kw):
+    args = {"capacity": 20, "block_size": BS, **kw}
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=name):
+        SessionGate(args.pop("capacity"), args.pop("block_size"), **args)
