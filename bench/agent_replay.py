@@ -89,6 +89,7 @@ from kvsaga.stats import percentile
 POLICIES = ("lru", "ttl", "graph")
 SERVED_NAME = "replay"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results rewrites
+VLLM_SECTION = "## vLLM as the peer"  # where the vLLM-mode sections go in RESULTS.md
 
 # Words for synthetic tool observations and tasks: common English words are one token each
 # for a BPE vocabulary, so the token counts land where we aim them.
@@ -792,21 +793,36 @@ def results_title(args: argparse.Namespace) -> str:
     return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"
 
 
-def write_section(path: Path, title: str, body: str) -> None:
+def _section_end(lines: list[str], i: int) -> int:
+    """Index of the first line after the section headed at `lines[i]`: the next heading of
+    its level or above, or the end."""
+    level = len(lines[i]) - len(lines[i].lstrip("#"))
+    j = i + 1
+    while j < len(lines) and not (lines[j].startswith("#")
+                                  and len(lines[j]) - len(lines[j].lstrip("#")) <= level):
+        j += 1
+    return j
+
+
+def write_section(path: Path, title: str, body: str, parent: str | None = None) -> None:
     """Replace the section headed `title` (up to the next heading of its level or above) in
-    the Markdown file at `path`, or append it; the rest of the file is left alone."""
-    level = len(title) - len(title.lstrip("#"))
+    the Markdown file at `path`; a new one goes at the end of the section whose heading
+    starts with `parent` (when there is one), else at the end of the file. The rest of the
+    file is left alone."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     new = [title, "", *body.rstrip("\n").splitlines(), ""]
     if title in lines:
         i = lines.index(title)
-        j = i + 1
-        while j < len(lines) and not (lines[j].startswith("#")
-                                      and len(lines[j]) - len(lines[j].lstrip("#")) <= level):
-            j += 1
-        lines[i:j] = new
+        lines[i:_section_end(lines, i)] = new
     else:
-        lines += ["", *new] if lines and lines[-1] else new
+        at = len(lines)
+        for i, line in enumerate(lines):
+            if parent is not None and line.startswith(parent):
+                at = _section_end(lines, i)
+                break
+        if at and lines[at - 1]:
+            new = ["", *new]
+        lines[at:at] = new
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
@@ -1007,9 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/agent_replay.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     if args.write_results:
-        write_section(RESULTS, results_title(args),
-                      results_body(command.strip(), host, load_end, info, summary, lines,
-                                   args.repeat))
+        body = results_body(command.strip(), host, load_end, info, summary, lines, args.repeat)
+        write_section(RESULTS, results_title(args), body,
+                      parent=VLLM_SECTION if args.engine == "vllm" else None)
         print("wrote bench/RESULTS.md")
     if args.json:
         out = {

