@@ -8,6 +8,7 @@
 | `saga`       | SAGA's 0.3 recency + 0.5 (1 - P_reuse) + 0.2 size, with p95 tool TTLs        |
 | `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
 | `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
+| `adaptive`   | evicts by whichever of graph/ttl/saga/lru has the least ghost-list regret    |
 
 Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 
+from kvsaga.policy.adaptive import AdaptivePolicy
 from kvsaga.policy.base import Action, BlockView, EvictionPolicy
 from kvsaga.policy.belady import BeladyPolicy, ClairvoyantTTLPolicy, FutureOracle
 from kvsaga.policy.cost import CostModel, PrefillCost
@@ -31,7 +33,8 @@ DEFAULT_POLICY = "graph"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls
-    for cls in (LRUPolicy, TTLPolicy, GraphPolicy, SagaPolicy, BeladyPolicy, ClairvoyantTTLPolicy)
+    for cls in (LRUPolicy, TTLPolicy, GraphPolicy, SagaPolicy, AdaptivePolicy, BeladyPolicy,
+                ClairvoyantTTLPolicy)
 }
 
 
@@ -56,6 +59,7 @@ def make_policy(name: str, *, cost: CostModel | None = None, **kwargs) -> Evicti
 
 __all__ = [
     "Action",
+    "AdaptivePolicy",
     "BeladyPolicy",
     "BlockView",
     "ClairvoyantTTLPolicy",

@@ -131,6 +131,10 @@ class ExecutionGraph:
         self._by_kind: dict[str, LogNormalFit] = {}
         self._all = self._fit()
         self._tracks: dict[str, _Track] = {}
+        # predict() answers by (workflow, kind, elapsed) until what it reads changes (a
+        # resume or an abandoned pause): indexed policies ask on a time grid, so the same
+        # questions come back for every session of a tool.
+        self._predicted: dict[tuple[str, str, float], Prediction] = {}
 
     def _fit(self) -> LogNormalFit:
         # Every fit shrinks towards the same prior (one pseudo-observation).
@@ -166,6 +170,7 @@ class ExecutionGraph:
         if t.running:  # retried after a preemption: the same step
             return None
         gap = max(now - (t.paused_at if t.paused_at is not None else now), 0.0)
+        self._predicted.clear()
         g = self.workflow(t.workflow)
         node = self.node(t.workflow, t.kind)
         node.resumed += 1
@@ -204,6 +209,7 @@ class ExecutionGraph:
         if t.running:
             t.steps += 1
         else:
+            self._predicted.clear()
             self.node(t.workflow, t.kind).abandoned += 1
         g.num_sessions += 1
         g.num_steps += t.steps
@@ -245,11 +251,18 @@ class ExecutionGraph:
             Prediction(p_resume, expected_s).
         """
         kind = NO_TOOL if last_tool is None else last_tool
-        dist = self.pause_dist(workflow, kind)
-        p0 = self.resume_share(workflow, kind)
-        s = dist.sf(elapsed)
-        p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
-        return Prediction(p, dist.median_residual(elapsed))
+        key = (workflow, kind, elapsed)
+        out = self._predicted.get(key)
+        if out is None:
+            dist = self.pause_dist(workflow, kind)
+            p0 = self.resume_share(workflow, kind)
+            s = dist.sf(elapsed)
+            p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
+            out = Prediction(p, dist.median_residual(elapsed))
+            if len(self._predicted) >= 65536:  # exact times (a scan) do not come back
+                self._predicted.clear()
+            self._predicted[key] = out
+        return out
 
     def resume_window(
         self, workflow: str, last_tool: str | None, elapsed: float, window: float

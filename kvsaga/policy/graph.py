@@ -354,6 +354,11 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _entry_key(self, base: float, position: int) -> tuple[int, float]:
         return 1, base * self.block_cost(position)
 
+    def _keys_nonincreasing(self) -> bool:
+        # Tails first: rebuild costs fall along a session's blocks when they rise with
+        # position, and the session's rate is >= 0.
+        return self._costs_rise
+
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         p = self.predict_plain(block_id, now)
         loss = p.p_resume * self.block_cost(self._pos[block_id]) / p.expected_s

@@ -12,7 +12,9 @@ Every CACHED block of the GPU tier is in exactly one of three places:
   hit again after its session ended), in LRU order.
 
 A victim search merges one lazy stream per group (a session's blocks tail first, the dead
-queue, the plain queue), each yielding (key, block); the lowest (key, block) goes first.
+queue, the plain queue), each yielding ((key, tie-break), block); the lowest pair goes
+first. A queue block's tie-break is the block itself; a session's is its tail block, the same
+for all its blocks, so sessions with equal keys are taken one whole session at a time.
 
 Two ways to run that merge, with the same result for the same keys:
 - **scan** (`indexed = False`; `belady`, `oracle-ttl`, and `scan_order` for tests): compute
@@ -144,6 +146,7 @@ class GroupedPolicy(EvictionPolicy):
         self._ending: str | None = None
         # The index (used when `indexed`): see the module docstring.
         self._heap: list[tuple[Any, int, int, str]] = []  # (key, tail block, version, sid)
+        self._named: list[tuple[Any, int, int, str]] = []  # taken off the heap by a search
         self._timers: list[tuple[float, int, str]] = []  # (when, version, sid)
         self._version: dict[str, int] = {}
         self._base: dict[str, Any] = {}
@@ -164,6 +167,7 @@ class GroupedPolicy(EvictionPolicy):
         self.plain = BlockQueue(n)
         self.dead = BlockQueue(n)
         self._block_costs: list[float] = []
+        self._costs_rise = True  # block_cost never falls with position (so far)
 
     def _touch(self, now: float) -> None:
         # Any hook but the pool's own ends the release that follows an end_session.
@@ -215,6 +219,40 @@ class GroupedPolicy(EvictionPolicy):
         elif w == DEAD:
             self.dead.remove(block_id)
         self._where[block_id] = UNTRACKED
+
+    def blocks_uncached(self, block_ids: list[int]) -> None:
+        """`block_uncached` for a batch (an eviction's victims): a session's victims are
+        usually the first entries of its group (tails, in order), cut in one slice."""
+        where, owner_of = self._where, self._owner
+        cut: dict[str, list[int]] = {}
+        for b in block_ids:
+            w = where[b]
+            if w == OWNED:
+                sid = owner_of[b]
+                taken = cut.get(sid)
+                if taken is None:
+                    cut[sid] = [b]
+                else:
+                    taken.append(b)
+                owner_of[b] = None
+            elif w == PLAIN:
+                self.plain.remove(b)
+            elif w == DEAD:
+                self.dead.remove(b)
+            where[b] = UNTRACKED
+        groups, dirty = self.groups, self._dirty
+        for sid, taken in cut.items():
+            g = groups[sid]
+            k = len(taken)
+            if k == len(g):
+                del groups[sid]
+            else:
+                if [b for _, b in g[:k]] == taken:
+                    del g[:k]
+                else:
+                    gone = set(taken)
+                    g[:] = [x for x in g if x[1] not in gone]
+            dirty.add(sid)
 
     # -- session lifecycle --------------------------------------------------------------------
     def step_started(self, session: Session, now: float) -> None:
@@ -323,14 +361,16 @@ class GroupedPolicy(EvictionPolicy):
     def _index_victims(self, num_blocks: int, now: float) -> list[int]:
         """Merge the indexed sessions' tails with the dead and plain streams.
 
-        Candidates: the index's top, `more` (the next blocks of sessions taken from in this
-        call) and the head of each queue stream. A session taken from keeps yielding its
-        blocks, without heap operations, while they stay below every other candidate.
+        Candidates: the index's top, `more` (the rest of sessions taken from in this call)
+        and the head of each queue stream, compared by (key, tie-break). A session taken
+        from keeps yielding its blocks while they stay below every other candidate: all of
+        them at once when its keys never rise from tail to head (`_keys_nonincreasing`).
         """
         self._prepare(now)
         self._refresh(now)
         heap, version, groups, entry_key, base_of = (
             self._heap, self._version, self.groups, self._entry_key, self._base)
+        monotone = self._keys_nonincreasing()
         streams = self._queue_streams(now)
         heads = [next(s, None) for s in streams]
         more: list[tuple[Any, int, int, str, int]] = []
@@ -344,8 +384,8 @@ class GroupedPolicy(EvictionPolicy):
             if more and (best is None or more[0][:2] < best):
                 best, src = more[0][:2], -2
             for i, h in enumerate(heads):
-                if h is not None and (best is None or h < best):
-                    best, src = h, i
+                if h is not None and (best is None or h[0] < best):
+                    best, src = h[0], i
             return best, src
 
         try:
@@ -354,7 +394,7 @@ class GroupedPolicy(EvictionPolicy):
                 if best is None:
                     break
                 if src >= 0:
-                    out.append(best[1])
+                    out.append(heads[src][1])
                     heads[src] = next(streams[src], None)
                     continue
                 if src == -1:
@@ -364,24 +404,28 @@ class GroupedPolicy(EvictionPolicy):
                 else:
                     entry = heapq.heappop(more)
                     k = entry[4]
-                _, b, ver, sid = entry[:4]
-                out.append(b)
+                _, tie, ver, sid = entry[:4]
                 g, base = groups[sid], base_of[sid]
+                out.append(g[k][1])
+                if monotone:  # every later (key, tie) <= this one < every other candidate
+                    out.extend([nb for _, nb in g[k + 1:k + 1 + num_blocks - len(out)]])
+                    continue
                 bound, _ = best_other()
                 for j in range(k + 1, len(g)):
                     if len(out) >= num_blocks:
                         break
                     neg_pos, nb = g[j]
                     key = entry_key(base, -neg_pos)
-                    if bound is not None and not (key, nb) < bound:
-                        heapq.heappush(more, (key, nb, ver, sid, j))
+                    if bound is not None and not (key, tie) < bound:
+                        heapq.heappush(more, (key, tie, ver, sid, j))
                         break
                     out.append(nb)
         finally:
             for s in streams:
                 s.close()
-            for entry in popped:  # only named, not evicted: eviction marks them for re-keying
-                heapq.heappush(heap, entry)
+            # Named, not yet evicted: eviction re-keys their sessions; the next search puts
+            # back those it did not (a caller that only asks, as `eviction_order` does).
+            self._named.extend(popped)
         return out
 
     def _refresh(self, now: float) -> None:
@@ -391,7 +435,9 @@ class GroupedPolicy(EvictionPolicy):
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))
-        if state != self._global or stale or relearn:
+        if stale and state == self._global and not relearn:
+            self._compact()
+        elif state != self._global or stale or relearn:
             self._global = state
             self._learned_at_rebuild = self._learned
             self._heap, self._timers = [], []
@@ -406,6 +452,19 @@ class GroupedPolicy(EvictionPolicy):
         for sid in self._dirty:
             self._rekey(sid, now)
         self._dirty.clear()
+        version, heap = self._version, self._heap
+        for entry in self._named:
+            if version.get(entry[3]) == entry[2]:
+                heapq.heappush(heap, entry)
+        self._named.clear()
+
+    def _compact(self) -> None:
+        """Drop the stale entries of the index (keys of live entries stay as they are)."""
+        version = self._version
+        self._heap = [e for e in self._heap if version.get(e[3]) == e[2]]
+        heapq.heapify(self._heap)
+        self._timers = [t for t in self._timers if version.get(t[2]) == t[1]]
+        heapq.heapify(self._timers)
 
     def _rekey(self, sid: str, now: float) -> None:
         g = self.groups.get(sid)
@@ -439,17 +498,18 @@ class GroupedPolicy(EvictionPolicy):
 
     def _dead_stream(self, now: float) -> Stream:
         for b in self.dead:
-            yield self._dead_key(b, now), b
+            yield (self._dead_key(b, now), b), b
 
     def _plain_stream(self, now: float) -> Stream:
         for b in self.plain:
-            yield self._plain_key(b, now), b
+            yield (self._plain_key(b, now), b), b
 
     def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
         base, _ = self._session_base(sid, group, now)
         entry_key = self._entry_key
+        tie = group[0][1]  # one tie-break per session: tied sessions go one after another
         for neg_pos, b in group:  # tail first: the survivors stay a usable prefix
-            yield entry_key(base, -neg_pos), b
+            yield (entry_key(base, -neg_pos), tie), b
 
     def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
                       ) -> tuple[Any, float]:
@@ -460,6 +520,12 @@ class GroupedPolicy(EvictionPolicy):
     def _entry_key(self, base: Any, position: int) -> Any:
         """The key of the session's block at `position` (default: the session's key)."""
         return base
+
+    def _keys_nonincreasing(self) -> bool:
+        """Whether, within a session, each block's key is <= the key of the block before
+        it (tail first): the victim search then takes a session's blocks in bulk. True for
+        the default `_entry_key` (one key per session)."""
+        return type(self)._entry_key is GroupedPolicy._entry_key
 
     def _plain_key(self, block_id: int, now: float) -> Any:
         raise NotImplementedError
@@ -477,7 +543,10 @@ class GroupedPolicy(EvictionPolicy):
         memo = self._block_costs  # victim searches price the same positions over and over
         if position >= len(memo):
             bs, cost = self.block_size, self.cost
-            memo.extend(cost.recompute_s(bs, p * bs) for p in range(len(memo), position + 1))
+            start = len(memo)
+            memo.extend(cost.recompute_s(bs, p * bs) for p in range(start, position + 1))
+            self._costs_rise = self._costs_rise and all(
+                memo[i - 1] <= memo[i] for i in range(max(start, 1), len(memo)))
         return memo[position]
 
     def group_cost(self, group: list[tuple[int, int]]) -> float:

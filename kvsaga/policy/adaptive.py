@@ -1,0 +1,253 @@
+"""`adaptive`: follow, online, the ranking whose victims come back least.
+
+No fixed ranking wins everywhere: on held-out traffic `graph` beats the baselines on some
+traces and loses to plain `lru` on others (bench/RESULTS.md). `adaptive` runs several
+rankings side by side (the *experts*: `graph`, `ttl`, `saga`, `lru`, each a full policy fed
+the same observer calls and hooks) and evicts, at each victim search, the victims of the
+expert with the least measured regret.
+
+Regret is measured on ghost lists, as ARC and LeCaR do for recency and frequency. At every
+search each expert names the `n` victims it would evict (shadow experts skip blocks they
+already named that are still resident, so each walks down its own ranking as if it had
+evicted them); each named full block goes into that expert's ghost list (by content hash,
+with its rebuild cost). When a step begins, every block of its prompt that sits in an
+expert's ghost list is a block that expert's eviction would have made a step rebuild: the
+expert is charged its rebuild cost. A ghost list keeps the last `ghost_factor` x pool-size
+names; older ones fall out uncharged (they were not needed for a long time: good victims).
+
+Score of expert i = decayed rebuild seconds charged / decayed blocks named, shrunk towards
+the pooled score of all experts by `prior_blocks` pseudo-names (no data: every expert has the
+pooled score, and the first in `experts` leads). Both sums decay by exp(-names /
+`memory_blocks`) so a change of workload shows within a few pool turnovers. The lowest score
+leads; the leader must be beaten by `switch_margin` (a share of the pooled score) to change,
+so that noise does not flip it at each search.
+
+What the score does not see: a shadow expert's victims are the real cache's ranking, not
+the cache it would have held (its earlier choices did not happen); admission and timing that
+follow from different evictions are not replayed. Partial (unhashed) tail blocks are not
+tracked. Offload choices and prefetches follow the leader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+from kvsaga.policy.base import Action, EvictionPolicy
+from kvsaga.policy.cost import CostModel, PrefillCost
+
+DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")
+
+
+def _fan_out(calls: list) -> Callable[[object], None]:
+    """One call that makes each of `calls` with the same argument."""
+    def call(arg) -> None:
+        for f in calls:
+            f(arg)
+    return call
+
+
+def _batched(policy: EvictionPolicy, one: str) -> Callable[[list[int]], None]:
+    """The policy's batch form of `one` (`blocks_...`), or `one` called per block."""
+    many = getattr(policy, one.replace("block_", "blocks_"), None)
+    if many is not None:
+        return many
+    f = getattr(policy, one)
+
+    def each(ids: list[int]) -> None:
+        for b in ids:
+            f(b)
+    return each
+
+
+class _Expert:
+    """One ranking and what it is charged."""
+
+    __slots__ = ("name", "policy", "ghost", "charged", "named")
+
+    def __init__(self, name: str, policy: EvictionPolicy) -> None:
+        self.name = name
+        self.policy = policy
+        self.ghost: OrderedDict[bytes, float] = OrderedDict()  # hash -> rebuild seconds
+        self.charged = 0.0  # decayed rebuild seconds its names caused
+        self.named = 0.0  # decayed blocks named
+
+
+class AdaptivePolicy(EvictionPolicy):
+    """Evicts by the expert ranking with the least ghost regret (module docstring).
+
+    Args:
+        cost: prices rebuilding (default: `PrefillCost`), shared by every expert.
+        experts: names of the expert policies (online ones from `POLICIES`); the first leads
+            until data says otherwise.
+        ghost_factor: each ghost list holds this many pool sizes of names.
+        memory_blocks: decay scale of the scores, in pool sizes of names.
+        prior_blocks: pseudo-names (at the pooled score) each expert's score starts from.
+        switch_margin: share of the pooled score by which a challenger must beat the leader.
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        cost: CostModel | None = None,
+        experts: tuple[str, ...] = DEFAULT_EXPERTS,
+        ghost_factor: float = 8.0,
+        memory_blocks: float = 32.0,
+        prior_blocks: float = 2.0,
+        switch_margin: float = 0.05,
+    ) -> None:
+        super().__init__()
+        from kvsaga.policy import POLICIES, make_policy  # the registry imports this module
+
+        if not experts:
+            raise ValueError("experts must name at least one policy")
+        online = sorted(n for n, c in POLICIES.items()
+                        if not getattr(c, "needs_oracle", False) and c is not AdaptivePolicy)
+        for e in experts:
+            if e not in online:
+                raise ValueError(f"expert {e!r} is not an online policy; choose from {online}")
+        if len(set(experts)) != len(experts):
+            raise ValueError(f"experts must be distinct, got {experts!r}")
+        for what, x in (("ghost_factor", ghost_factor), ("memory_blocks", memory_blocks),
+                        ("prior_blocks", prior_blocks)):
+            if not x > 0:
+                raise ValueError(f"{what} must be > 0, got {x!r}")
+        if not switch_margin >= 0:
+            raise ValueError(f"switch_margin must be >= 0, got {switch_margin!r}")
+        self.cost: CostModel = cost if cost is not None else PrefillCost()
+        self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
+        self.leader = self.experts[0]
+        self.ghost_factor = ghost_factor
+        self.memory_blocks = memory_blocks
+        self.prior_blocks = prior_blocks
+        self.switch_margin = switch_margin
+        self._block_costs: list[float] = []
+
+    def bind(self, view) -> None:
+        super().bind(view)
+        self._ghost_cap = max(int(self.ghost_factor * view.num_gpu_blocks), 1)
+        self._decay_scale = self.memory_blocks * view.num_gpu_blocks
+        self._prior = self.prior_blocks * view.num_gpu_blocks
+        for e in self.experts:
+            e.policy.bind(view)
+        # The pool's calls go to every expert, batched where an expert batches.
+        pols = [e.policy for e in self.experts]
+        self.block_cached = _fan_out([p.block_cached for p in pols])
+        self.block_uncached = _fan_out([p.block_uncached for p in pols])
+        self.blocks_cached = _fan_out([_batched(p, "block_cached") for p in pols])
+        self.blocks_uncached = _fan_out([_batched(p, "block_uncached") for p in pols])
+
+    # -- scores ---------------------------------------------------------------------------
+    def scores(self) -> dict[str, float]:
+        """Each expert's shrunk regret: rebuild seconds per named block (lower is better)."""
+        named = sum(e.named for e in self.experts)
+        pooled = sum(e.charged for e in self.experts) / named if named > 0 else 0.0
+        k = self._prior
+        return {e.name: (e.charged + k * pooled) / (e.named + k) for e in self.experts}
+
+    def _elect(self) -> None:
+        s = self.scores()
+        named = sum(e.named for e in self.experts)
+        pooled = sum(e.charged for e in self.experts) / named if named > 0 else 0.0
+        best = min(self.experts, key=lambda e: s[e.name])
+        if s[best.name] < s[self.leader.name] - self.switch_margin * pooled:
+            self.leader = best
+
+    def block_cost(self, position: int) -> float:
+        """Seconds to rebuild the block at `position` behind its surviving head."""
+        memo = self._block_costs
+        if position >= len(memo):
+            bs = self.view.block_size
+            memo.extend(self.cost.recompute_s(bs, p * bs) for p in range(len(memo), position + 1))
+        return memo[position]
+
+    # -- victims --------------------------------------------------------------------------
+    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+        if num_blocks <= 0:
+            return []
+        self._elect()
+        out: list[int] = []
+        for e in self.experts:
+            named = self._name(e, num_blocks, now, shadow=e is not self.leader)
+            if e is self.leader:
+                out = named
+        return out
+
+    def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:
+        """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
+        blocks it already named (it would have evicted them), asking for more as needed."""
+        v = self.view
+        hashes, pos = v.block_hash, v.block_position
+        ghost = e.ghost
+        want = n
+        while True:
+            victims = e.policy.choose_victims(want, now)
+            if not shadow:
+                chosen = victims
+                break
+            chosen = [b for b in victims if hashes[b] is None or hashes[b] not in ghost]
+            if len(chosen) >= n or len(victims) < want or want >= 4 * n:
+                chosen = chosen[:n]
+                break
+            want = min(4 * n, want + n - len(chosen))
+        new = 0
+        for b in chosen:
+            h = hashes[b]
+            if h is not None and h not in ghost:
+                ghost[h] = self.block_cost(pos[b])
+                new += 1
+        while len(ghost) > self._ghost_cap:
+            ghost.popitem(last=False)  # not needed for a pool turnover: a good name
+        if new:
+            d = math.exp(-new / self._decay_scale)
+            for x in self.experts:
+                x.charged *= d
+                x.named *= d
+            e.named += new
+        return chosen
+
+    def action(self, block_id: int, now: float) -> Action:
+        return self.leader.policy.action(block_id, now)
+
+    # -- hooks: every expert learns; prompts charge the ghosts ------------------------------
+    def step_started(self, session, now: float) -> None:
+        for e in self.experts:
+            ghost = e.ghost
+            if ghost:
+                for h in session.block_hashes:
+                    c = ghost.pop(h, None)
+                    if c is not None:
+                        e.charged += c
+            e.policy.step_started(session, now)
+
+    def step_finished(self, session, now: float, hint) -> None:
+        for e in self.experts:
+            e.policy.step_finished(session, now, hint)
+
+    def pause_hinted(self, session, now: float, hint) -> None:
+        for e in self.experts:
+            e.policy.pause_hinted(session, now, hint)
+
+    def resume_hinted(self, session, now: float) -> None:
+        for e in self.experts:
+            e.policy.resume_hinted(session, now)
+
+    def session_ended(self, session, now: float) -> None:
+        for e in self.experts:
+            e.policy.session_ended(session, now)
+
+    def tick(self, now: float) -> None:
+        for e in self.experts:
+            e.policy.tick(now)
+
+    def prefetch_candidates(self, now: float) -> list[str]:
+        return self.leader.policy.prefetch_candidates(now)
+
+    def check_integrity(self) -> None:
+        """Each expert's own integrity check, where it has one."""
+        for e in self.experts:
+            check = getattr(e.policy, "check_integrity", None)
+            if check is not None:
+                check()

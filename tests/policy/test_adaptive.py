@@ -1,0 +1,55 @@
+"""`adaptive`: the leader follows the expert whose named victims come back least."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy import AdaptivePolicy
+
+from .helpers import make, run_step, tokens
+
+
+def test_leader_moves_to_the_expert_whose_victims_do_not_come_back():
+    # A (older) says it resumes soon, B (newer) in a long while: lru names A, ttl names B.
+    policy = AdaptivePolicy(experts=("lru", "ttl"))
+    m = make(policy, num_blocks=8)
+    assert policy.leader.name == "lru"  # no data: the first expert leads
+    for r in range(3):
+        a, b, c = f"a{r}", f"b{r}", f"c{r}"
+        base = 1000 * r
+        t = 10.0 * r
+        run_step(m, a, tokens(base, 8), t, tool="search", expected_s=0.5)
+        run_step(m, b, tokens(base + 100, 8), t + 1, tool="search", expected_s=1000.0)
+        run_step(m, c, tokens(base + 200, 24), t + 2, last_step=True)  # evicts 2 of A, B
+        run_step(m, a, tokens(base, 12), t + 3, last_step=True)  # A's prompt: its blocks
+        m.end_session(b)
+    s = policy.scores()
+    assert s["lru"] > s["ttl"]
+    assert policy.leader.name == "ttl"
+    assert policy.experts[0].charged > 0 and policy.experts[1].charged == 0
+
+
+def test_every_expert_sees_the_same_blocks():
+    policy = AdaptivePolicy()
+    m = make(policy, num_blocks=8)
+    run_step(m, "a", tokens(0, 12), 0.0, tool="search")
+    run_step(m, "b", tokens(100, 16), 1.0, tool="search")
+    policy.check_integrity()
+    cached = sorted(b for b in range(8) if m.pool.state[b] == 2)
+    for e in policy.experts:
+        assert sorted(e.policy.eviction_order()) == cached
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(experts=()), "at least one"),
+    (dict(experts=("lru", "belady")), "belady"),
+    (dict(experts=("lru", "adaptive")), "adaptive"),
+    (dict(experts=("lru", "lru")), "distinct"),
+    (dict(ghost_factor=0), "ghost_factor"),
+    (dict(memory_blocks=-1), "memory_blocks"),
+    (dict(prior_blocks=0), "prior_blocks"),
+    (dict(switch_margin=-0.1), "switch_margin"),
+])
+def test_bad_arguments_name_what_is_wrong(kw, what):
+    with pytest.raises(ValueError, match=what):
+        AdaptivePolicy(**kw)
