@@ -14,7 +14,7 @@ from kvsaga.sim.trace import Session, SharedPrefix, Step
 
 # Blocks of 4 tokens keep a trace of a few blocks meaningful.
 TINY = dataclasses.replace(PRESETS["a100-llama3-8b"], name="tiny-bs4", block_size=4)
-POLICIES = ("lru", "ttl", "graph", "saga", "belady", "oracle-ttl")
+POLICIES = ("lru", "ttl", "graph", "saga", "adaptive", "belady", "oracle-ttl")
 
 
 def _session(sid: str, arrival: float, steps: list[Step], prefix: int = 8) -> Session:
