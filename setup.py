@@ -26,21 +26,24 @@ def _nanobind_extension() -> list[Extension]:
         return []
     src = nanobind.source_dir()
     root = os.path.dirname(src)
+    include_dirs = [
+        "csrc",
+        src,
+        nanobind.include_dir(),
+        os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
+    ]
+    # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py).
     return [
         Extension(
-            "kvsaga._kvcore",
+            name,
             # csrc/nanobind.cpp includes nanobind's nb_combined.cpp (from `src`).
-            sources=["csrc/kvcore.cpp", "csrc/nanobind.cpp"],
+            sources=[f"csrc/{cpp}", "csrc/nanobind.cpp"],
             depends=glob.glob("csrc/*.h"),  # rebuild when a header changes
-            include_dirs=[
-                "csrc",
-                src,
-                nanobind.include_dir(),
-                os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
-            ],
+            include_dirs=include_dirs,
             language="c++",
             optional=True,
         )
+        for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"), ("kvsaga._paged_attn", "paged_attn.cpp"))
     ]
 
 
@@ -54,7 +57,9 @@ class _BuildExt(build_ext):
             flags = ["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-fno-strict-aliasing"]
             flags += ["-DNDEBUG", "-Wno-unused-parameter"]
         for ext in self.extensions:
-            ext.extra_compile_args = flags
+            # The attention loops need -O3 to be vectorised.
+            fast = ["-O3"] if ext.name == "kvsaga._paged_attn" and "-O2" in flags else []
+            ext.extra_compile_args = flags + fast
         super().build_extensions()
 
 

@@ -13,7 +13,9 @@ the scores:
 `python bench/generate.py --profile decode` showed why the earlier batched version (K/V
 gathered position by position into a `[batch, kv_heads, longest, head_dim]` tensor with a
 padding mask) lost: the position-level gather and the padding cost more than the attention.
-Same signature and semantics as the reference, which the tests hold it to.
+Decode rows (one query token) of fp32 caches go instead, all in one call per layer, to the
+C++ kernel that reads the cache in place (`inplace.py`), when it was built. Same signature
+and semantics as the reference, which the tests hold it to.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import inplace
 from .args import PagedAttentionArgs
 
 
@@ -54,8 +57,15 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None) -
         out = torch.zeros_like(query)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = query.shape[1] // num_kv_heads
+    in_place = inplace.supports(query, k_cache, v_cache)
+    if in_place:  # every decode row in one call, reading the cache in place
+        starts = args.query_start_loc.tolist()
+        inplace.paged_attention(
+            args, out, [i for i in range(len(starts) - 1) if starts[i + 1] - starts[i] == 1])
     for rows, seq_len, ids in args.sequences():
         q_len = rows.stop - rows.start
+        if in_place and q_len == 1:
+            continue
         # [Hkv, S, D] views over one contiguous copy of the sequence's blocks.
         k = k_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)
         v = v_cache.index_select(0, ids).flatten(0, 1)[:seq_len].float().transpose(0, 1)

@@ -346,12 +346,13 @@ class LLMEngine:
         delta = req.text[req.num_emitted_chars : max(end, req.num_emitted_chars)]
         req.num_emitted_chars += len(delta)
         if reason is None:
-            self.manager.append_tokens(req.session_id, [tok])
+            req.pending_token = tok  # appended by the next step's batched decode_step
         else:
             self._finish(req, reason)
         return self._output(req, delta, [tok])
 
     def _finish(self, req: Request, reason: str) -> None:
+        self.scheduler.flush(req)  # an aborted request keeps its last token, as before
         req.finish_reason = reason
         was_running = req.status is RequestStatus.RUNNING
         req.status = RequestStatus.FINISHED

@@ -38,9 +38,9 @@ class RMSNorm(nn.Module):
         self.weight = _empty(size, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x: [T, H]. One fused op for the normalisation: on a loaded CPU each op's
+        # parallel region costs more than its arithmetic (docs/architecture.md).
+        xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * xf.to(x.dtype)
 
 
@@ -76,9 +76,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         qkv = F.linear(x, self.qkv_proj, self.qkv_bias)  # [T, q + 2kv]
-        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
+        qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
+        # Q and K heads rotated together: one set of elementwise ops instead of two.
+        qk = apply_rope(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
         kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping, validate=self.validate)
         out = kernels.paged_attention(

@@ -55,6 +55,9 @@ class Request:
     generator: object | None = None
     text: str = ""
     num_emitted_chars: int = 0  # of `text`, already sent as deltas
+    # The last sampled token, not yet appended to the session in the manager: the next
+    # decode step appends it and allocates its slot in one batched `decode_step`.
+    pending_token: int | None = None
 
     @property
     def all_token_ids(self) -> list[int]:

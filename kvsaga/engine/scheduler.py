@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvsaga.engine.request import Request, RequestStatus
+from kvsaga.errors import OutOfBlocks
 from kvsaga.manager import KVCacheManager, StepStart
 from kvsaga.scheduler import DEFAULT_SCHEDULER, make_scheduler
 
@@ -50,6 +51,7 @@ class Scheduler:
         self.core = make_scheduler(name, manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens, **params)
         self._chunks: dict[int, ScheduledChunk] = {}  # this step's allocations, by request
+        self._decoded: dict[int, int] = {}  # slots `decode_step` allocated, by request
 
     @property
     def name(self) -> str:
@@ -90,13 +92,52 @@ class Scheduler:
 
     def schedule(self, now: float) -> list[ScheduledChunk]:
         """One batch: the core decides, this adapter executes; chunks in batch order."""
+        self._append_pending(now)
         out = self.core.schedule(now, self)
         chunks = self._chunks
         self._chunks = {}
+        self._decoded.clear()
         return [chunks[id(req)] for req, _ in out.scheduled]
+
+    def flush(self, req: Request) -> None:
+        """Append the request's pending token to its session (one `append_tokens`)."""
+        if req.pending_token is not None:
+            self.manager.append_tokens(req.session_id, [req.pending_token])
+            req.pending_token = None
+
+    def _append_pending(self, now: float) -> None:
+        """Hand the manager the tokens sampled last step.
+
+        When every running request is decoding (the usual step), one batched
+        `decode_step` appends each token and allocates its slot, and the core's
+        `allocate` calls below only pick those slots up: every running request is scheduled
+        (one token each, within the budget) and none can be preempted, as all slots exist.
+        Otherwise (a prefill chunk in the batch, or no room for every slot at once: the
+        core must choose whom to preempt), each token is appended on its own and the core
+        allocates as usual.
+        """
+        running = self.core.running
+        pending = [r for r in running if r.pending_token is not None]
+        if not pending:
+            return
+        if len(pending) == len(running) <= self.core.max_num_batched_tokens:
+            try:
+                slots = self.manager.decode_step([r.session_id for r in pending],
+                                                 [r.pending_token for r in pending], now=now)
+            except OutOfBlocks:  # nothing changed: the core preempts below
+                pass
+            else:
+                for r, slot in zip(pending, slots, strict=True):
+                    r.pending_token = None
+                    self._decoded[id(r)] = slot
+                return
+        for r in pending:
+            self.flush(r)
 
     # -- the core scheduler's executor ---------------------------------------------------
     def num_new_tokens(self, req: Request) -> int:
+        if id(req) in self._decoded:
+            return 1  # its slot is allocated, its token not computed yet
         return len(req.all_token_ids) - self.manager.num_computed_tokens(req.session_id)
 
     def begin(self, req: Request, now: float) -> StepStart:
@@ -108,6 +149,10 @@ class Scheduler:
         return st
 
     def allocate(self, req: Request, num_tokens: int, now: float) -> None:
+        slot = self._decoded.pop(id(req), None)
+        if slot is not None:  # `decode_step` gave it its slot already
+            self._chunks[id(req)] = ScheduledChunk(req, len(req.all_token_ids) - 1, 1, [slot])
+            return
         start = self.manager.num_computed_tokens(req.session_id)
         slots = self.manager.allocate_slots(req.session_id, num_tokens, now=now)
         self._chunks[id(req)] = ScheduledChunk(req, start, num_tokens, slots)

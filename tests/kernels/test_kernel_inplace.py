@@ -1,0 +1,85 @@
+"""The C++ in-place paged attention (kvsaga._paged_attn) against the torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from paged_case import GUARD, TOLERANCES, make_case
+
+from kvsaga.kernels import inplace, reference, sdpa
+
+pytestmark = pytest.mark.skipif(not inplace.available(), reason="kvsaga._paged_attn not built")
+
+PAIRS = {
+    # (context, new tokens): decodes around block edges, a sequence with no token.
+    "decode": [(1, 1), (15, 1), (16, 1), (17, 1), (53, 1), (300, 1), (20, 0)],
+    # prefill from scratch, extends over cached prefixes, a long extend.
+    "extend": [(15, 15), (16, 1), (17, 2), (53, 20), (17, 0), (300, 70), (129, 129)],
+}
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 40])  # the two unrolled sizes, and generic
+@pytest.mark.parametrize("group", [1, 3, 8])
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+@pytest.mark.parametrize("threads", [1, 3])
+def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads):
+    """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard)."""
+    pairs = PAIRS[kind]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=1 if group == 8 else 2, group=group, head_dim=head_dim,
+                     dtype=torch.float32, seed=len(pairs) + group + head_dim)
+    assert inplace.supports(case.query, case.k_cache, case.v_cache)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got = case.guarded_out()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inplace.paged_attention(case.attention_args(), got, list(range(len(pairs))))
+    finally:
+        torch.set_num_threads(before)
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    assert not got[:n].isnan().any(), "NaN in the output: a poisoned slot was read"
+    torch.testing.assert_close(got[:n], want[:n], atol=atol, rtol=rtol)
+    assert (got[n:] == GUARD).all(), "padding output rows were written"
+
+
+def test_inplace_runs_only_the_sequences_it_is_given():
+    pairs = PAIRS["extend"]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=7)
+    want = reference.paged_attention(case.attention_args())
+    got = case.guarded_out()
+    chosen = [1, 3, 5]
+    inplace.paged_attention(case.attention_args(), got, chosen)
+    starts = case.query_start_loc.tolist()
+    for i in range(len(pairs)):
+        rows = slice(starts[i], starts[i + 1])
+        if i in chosen:
+            torch.testing.assert_close(got[rows], want[rows], atol=2e-5, rtol=2e-5)
+        else:
+            assert (got[rows] == GUARD).all(), f"sequence {i} was not asked for"
+
+
+def test_supports_only_fp32_cpu_with_matching_layouts():
+    case = make_case([20], [1], block_size=16, num_kv_heads=2, group=2, head_dim=64,
+                     dtype=torch.float32)
+    assert inplace.supports(case.query, case.k_cache, case.v_cache)
+    assert not inplace.supports(case.query.half(), case.k_cache.half(), case.v_cache.half())
+    assert not inplace.supports(case.query, case.k_cache, case.v_cache.contiguous())
+
+
+def test_sdpa_path_sends_decode_rows_to_the_kernel(monkeypatch):
+    """The CPU production path runs every decode row of an fp32 batch in one kernel call,
+    and the other sequences through SDPA; together they match the reference."""
+    calls = []
+    real = inplace.paged_attention
+    monkeypatch.setattr(inplace, "paged_attention",
+                        lambda *a: calls.append(list(a[-1])) or real(*a))
+    pairs = PAIRS["extend"]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=3)
+    got = sdpa.paged_attention(case.attention_args(), case.guarded_out())
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    assert calls == [[i for i, (_, q) in enumerate(pairs) if q == 1]]
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
