@@ -10,16 +10,23 @@ warm-up request goes to each first. Then `--requests` chat requests (bench/gener
 "chat" prompts: about 8,000 prompt tokens for 16) are sent at once with the official `openai`
 client, greedy, EOS ignored so every request produces exactly `--max-tokens` tokens; the time
 is from the first send to the last response. Reported per server: wall seconds, output and
-prompt tokens/s, mean request latency; then kvsaga-serve's throughput over vLLM's (issue
-13's goal: >= 1.0x). vLLM runs from its own environment (`--vllm-python`;
-tests/integrations/vllm/make_env.sh builds one), by default with `--enforce-eager`.
+prompt tokens/s, and the CPU seconds its process tree used for the batch (on a shared machine
+the wall time is mostly waiting for a core; tokens per CPU-second are steadier); then
+kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x). `--repeat N` runs each
+server N times, interleaved, and reports the median run; `--write-results` rewrites the
+Throughput subsection of bench/RESULTS.md from the run; `--py-spy PATH` samples kvsaga-serve
+during its batch and prints where its threads spend the time. vLLM runs from its own
+environment (`--vllm-python`; tests/integrations/vllm/make_env.sh builds one), by default
+with `--enforce-eager`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -32,8 +39,34 @@ import agent_replay  # bench/ is the script's directory
 from generate import batch_prompts
 
 
-def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float) -> dict[str, Any]:
-    """All prompts at once, one thread each; returns the batch's figures."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and all its descendants alive
+    now (vLLM serves from an API process plus an engine-core process), from /proc."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parent[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
+               pid: int | None = None) -> dict[str, Any]:
+    """All prompts at once, one thread each; returns the batch's figures (with the CPU
+    seconds the server process tree `pid` used for the batch, when given)."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
@@ -56,12 +89,14 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float) 
             results[i] = f"{type(e).__name__}: {e}"[:200]
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    cpu0 = tree_cpu_s(pid) if pid else math.nan
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = tree_cpu_s(pid) - cpu0 if pid else math.nan
     client.close()
     ok = [r for r in results if isinstance(r, tuple)]
     out_tok, in_tok = sum(r[2] for r in ok), sum(r[1] for r in ok)
@@ -69,6 +104,8 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float) 
     return {"wall_s": wall, "requests": len(ok), "errors": errors,
             "prompt_tokens": in_tok, "output_tokens": out_tok,
             "output_tok_s": out_tok / wall, "prompt_tok_s": in_tok / wall,
+            "server_cpu_s": cpu, "output_tok_per_cpu_s": out_tok / cpu,
+            "loadavg": os.getloadavg()[0],
             "latency_mean_s": statistics.fmean(r[0] for r in ok) if ok else float("nan")}
 
 
@@ -87,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     a("--order", default="vllm,kvsaga", help="servers to run, in this order")
     a("--model", default=None, help="HF directory or GGUF (default: the bundled SmolLM2)")
     a("--start-timeout", type=float, default=900.0, help="seconds to wait for a server")
+    a("--repeat", type=int, default=1, help="runs of each server, interleaved")
+    a("--py-spy", default=None, metavar="PATH",
+      help="record kvsaga-serve with py-spy during the batch (raw stacks to PATH) and print "
+           "the top frames")
+    a("--write-results", action="store_true",
+      help="rewrite bench/RESULTS.md's Throughput subsection from this run")
     a("--json", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
     if args.block_size % 32:
@@ -100,44 +143,141 @@ def main(argv: list[str] | None = None) -> int:
     arms = {"vllm": agent_replay.Arm("vllm", "vllm", None),
             "kvsaga": agent_replay.Arm(f"kvsaga-serve:{args.kvsaga_policy}", "kvsaga",
                                        args.kvsaga_policy)}
-    results: dict[str, dict[str, Any]] = {}
+    order = [k.strip() for k in args.order.split(",") if k.strip()]
+    runs: dict[str, list[dict[str, Any]]] = {arms[k].name: [] for k in order}
     with tempfile.TemporaryDirectory(prefix="serve-throughput-") as tmp:
-        for key in [k.strip() for k in args.order.split(",") if k.strip()]:
-            arm = arms[key]
-            server = arm.start(args, args.kv_memory, Path(tmp))
-            if key == "vllm":
-                server.server.eager = not args.no_eager
-            try:
-                server.wait_ready(args.start_timeout)
-                results[arm.name] = send_batch(server.url, prompts, args.max_tokens, 900.0)
-            finally:
-                server.stop()
-            r = results[arm.name]
-            print(f"  {arm.name}: {r['wall_s']:.1f} s, {r['output_tok_s']:.1f} output tok/s, "
-                  f"{len(r['errors'])} errors", flush=True)
-    print(f"\n{args.requests} concurrent chat requests, {args.max_tokens} output tokens each, "
-          f"fp32, KV {args.kv_memory / 2**20:.0f} MiB, block {args.block_size}")
-    print(f"{'server':>20}  {'wall s':>7}  {'out tok/s':>9}  {'prompt tok/s':>12}  "
-          f"{'mean latency s':>14}  {'prompt tok':>10}")
-    for name, r in results.items():
-        print(f"{name:>20}  {r['wall_s']:7.1f}  {r['output_tok_s']:9.1f}  "
-              f"{r['prompt_tok_s']:12.1f}  {r['latency_mean_s']:14.1f}  {r['prompt_tokens']:10,}")
-    ratio = None
-    names = list(results)
-    if "vllm" in results and len(names) == 2:
-        ours = results[names[1] if names[0] == "vllm" else names[0]]
-        ratio = ours["output_tok_s"] / results["vllm"]["output_tok_s"]
-        print(f"kvsaga-serve / vLLM output tokens/s: {ratio:.2f}x (goal >= 1.0x: "
-              f"{'met' if ratio >= 1 else 'not met'})")
+        for rep in range(args.repeat):
+            for key in order:
+                arm = arms[key]
+                server = arm.start(args, args.kv_memory, Path(tmp))
+                if key == "vllm":
+                    server.server.eager = not args.no_eager
+                spy = None
+                try:
+                    server.wait_ready(args.start_timeout)
+                    if args.py_spy and key == "kvsaga":
+                        spy = PySpy(_server_pid(server), Path(args.py_spy))
+                    r = send_batch(server.url, prompts, args.max_tokens, 900.0,
+                                   _server_pid(server))
+                finally:
+                    if spy is not None:
+                        spy.stop()
+                    server.stop()
+                runs[arm.name].append(r)
+                print(f"  [{rep + 1}/{args.repeat}] {arm.name}: {r['wall_s']:.1f} s, "
+                      f"{r['output_tok_s']:.1f} output tok/s, {r['server_cpu_s']:.0f} server "
+                      f"CPU-s, load {r['loadavg']:.1f}, {len(r['errors'])} errors", flush=True)
+    results = {name: _summary(rs) for name, rs in runs.items()}
+    cmd = "python bench/serve_throughput.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    table = _table(args, results, cmd)
+    print("\n" + table)
+    if args.write_results:
+        _write_results(table, Path(__file__).resolve().parent / "RESULTS.md")
     if args.json:
-        cmd = "python bench/serve_throughput.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
         Path(args.json).write_text(json.dumps(
-            {"command": cmd, "config": vars(args), "results": results,
+            {"command": cmd, "config": vars(args), "runs": runs, "results": results,
              "machine": {**host, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-             "kvsaga_over_vllm_output_tok_s": ratio}, indent=1))
+             "kvsaga_over_vllm_output_tok_s": _ratio(results, "output_tok_s"),
+             "kvsaga_over_vllm_output_tok_per_cpu_s": _ratio(results, "output_tok_per_cpu_s")},
+            indent=1))
         print(f"wrote {args.json}")
-    return 1 if any(r["errors"] for r in results.values()) else 0
+    return 1 if any(r["errors"] for rs in runs.values() for r in rs) else 0
+
+
+class PySpy:
+    """`py-spy record` of a process (all threads, native frames off) until `stop()`, which
+    prints the frames that hold the most samples themselves (own time) and per thread."""
+
+    def __init__(self, pid: int | None, out: Path) -> None:
+        import subprocess
+
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads",
+             "--rate", "50", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, top: int = 20) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        self.proc.wait(60)
+        own: dict[str, int] = {}
+        threads: dict[str, int] = {}
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            n = int(count)
+            total += n
+            threads[frames[0]] = threads.get(frames[0], 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        print(f"py-spy: {total} samples of the kvsaga-serve process ({self.out})")
+        for name, table in (("thread", threads), ("own frame", own)):
+            for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+                print(f"  {name}: {100 * n / max(total, 1):5.1f}%  {frame}")
+
+
+def _server_pid(server: Any) -> int | None:
+    proc = getattr(server, "proc", None) or getattr(getattr(server, "server", None), "proc",
+                                                    None)
+    return proc.pid if proc is not None else None
+
+
+def _summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run of an arm (by output tok/s), with every run's rates beside it."""
+    med = sorted(rs, key=lambda r: r["output_tok_s"])[(len(rs) - 1) // 2]
+    return {**med, "all_output_tok_s": [r["output_tok_s"] for r in rs],
+            "all_output_tok_per_cpu_s": [r["output_tok_per_cpu_s"] for r in rs],
+            "all_loadavg": [r["loadavg"] for r in rs]}
+
+
+def _ratio(results: dict[str, dict[str, Any]], key: str) -> float | None:
+    """kvsaga-serve's figure over vLLM's, when both ran."""
+    if "vllm" not in results or len(results) != 2:
+        return None
+    ours = next(r for name, r in results.items() if name != "vllm")
+    return ours[key] / results["vllm"][key]
+
+
+def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: str) -> str:
+    """The RESULTS.md subsection: setup, one row per server (median run), the ratios."""
+    lines = [
+        f"`{cmd}`: {args.requests} concurrent chat requests (bench/generate.py's \"chat\" "
+        f"prompts), {args.max_tokens} output tokens each (EOS ignored), greedy, fp32, KV "
+        f"{args.kv_memory / 2**20:.0f} MiB, block {args.block_size}, `--max-num-seqs "
+        f"{args.max_num_seqs}`, both servers with their defaults otherwise, {args.repeat} "
+        f"run(s) each, interleaved ({args.order}); the median run by output tok/s. Server "
+        "CPU-s: user + system seconds of the server's process tree during the batch (read "
+        "this on a shared machine: wall time there is mostly waiting for a core).",
+        "",
+        "| server | wall s | output tok/s | output tok/CPU-s | server CPU-s | prompt tok | "
+        "load avg | output tok/s, every run |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        every = ", ".join(f"{x:.1f}" for x in r["all_output_tok_s"])
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['output_tok_s']:.1f} | "
+                     f"{r['output_tok_per_cpu_s']:.2f} | {r['server_cpu_s']:.0f} | "
+                     f"{r['prompt_tokens']:,} | {r['loadavg']:.1f} | {every} |")
+    wall, cpu = _ratio(results, "output_tok_s"), _ratio(results, "output_tok_per_cpu_s")
+    if wall is not None:
+        lines += ["", f"kvsaga-serve / vLLM output tokens/s: **{wall:.2f}x** (goal >= 1.0x: "
+                      f"{'met' if wall >= 1 else 'not met'}); per server CPU-second: "
+                      f"**{cpu:.2f}x**."]
+    return "\n".join(lines)
+
+
+def _write_results(table: str, path: Path) -> None:
+    """Replace the body of RESULTS.md's "### Throughput" subsection with this run's."""
+    doc = path.read_text(encoding="utf-8")
+    head = "### Throughput (`python bench/serve_throughput.py --vllm-python VENV/bin/python`)"
+    pattern = re.compile(rf"^{re.escape(head)}\n.*?(?=^##|\Z)", re.S | re.M)
+    text = f"{head}\n\n{table}\n\n"
+    doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else (
+        doc.rstrip("\n") + "\n\n" + text)
+    path.write_text(doc, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -248,3 +248,32 @@ def test_sampling_defaults_come_from_generation_config(model_dir, tmp_path):
     assert llm.default_params(top_p=None).top_p == 0.9  # None leaves the default
     assert len(llm.generate([5, 6, 7], llm.default_params(ignore_eos=True))[0].token_ids) == 7
     assert len(llm.generate([5, 6, 7])[0].token_ids) >= 1  # no params: the model's defaults
+
+
+def test_decode_steps_go_through_one_batched_decode_step(model_dir, alone, monkeypatch):
+    """Once every running request decodes, each step hands the manager its tokens in one
+    `decode_step` (#14) instead of an append and an allocation per request; the output is
+    unchanged, and a step with a prefill chunk in it falls back to one call per request."""
+    llm = make_llm(model_dir, max_num_batched_tokens=32)
+    mgr = llm.engine.manager
+    calls = {"decode_step": [], "append_tokens": 0}
+    real_decode, real_append = mgr.decode_step, mgr.append_tokens
+
+    def decode_step(sids, toks, **kw):
+        calls["decode_step"].append(len(sids))
+        return real_decode(sids, toks, **kw)
+
+    def append_tokens(sid, toks):
+        calls["append_tokens"] += 1
+        return real_append(sid, toks)
+
+    monkeypatch.setattr(mgr, "decode_step", decode_step)
+    monkeypatch.setattr(mgr, "append_tokens", append_tokens)
+    outs = llm.generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outs] == alone
+    assert max(calls["decode_step"]) == len(PROMPTS)  # the whole batch in one call
+    # 11 tokens of each request need a slot; the batched calls covered most of them.
+    assert sum(calls["decode_step"]) + calls["append_tokens"] == 11 * len(PROMPTS)
+    assert calls["append_tokens"] < sum(calls["decode_step"])
+    mgr.check_integrity()
+    assert mgr.stats().num_used_blocks == 0
