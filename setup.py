@@ -43,7 +43,8 @@ def _nanobind_extension() -> list[Extension]:
             language="c++",
             optional=True,
         )
-        for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"), ("kvsaga._paged_attn", "paged_attn.cpp"))
+        for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"),
+                          ("kvsaga._paged_attn", "paged_attn.cpp"))
     ]
 
 
