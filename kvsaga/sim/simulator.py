@@ -21,6 +21,12 @@ and allocates their slots at once. A block is taken exactly when the per-token e
 take it, so eviction timing and every policy callback are unchanged; only the manager's view
 of the tokens inside the block currently being written runs ahead.
 
+Decode runs: while nothing waits and every running request decodes, `schedule` would only
+allocate one token for each; the simulator then runs those batch steps back to back
+(`_decode_run`) with the same manager calls, cost-model times, copies and ticks, and no
+`schedule` call, until a request finishes, an event is due or an allocation could fail.
+`Simulator(reference=True)` runs every step through `schedule`; results are identical.
+
 The host tier (`SimConfig.num_host_blocks` / `host_memory_bytes`): the manager offloads victims
 the policy wants kept and loads host hits back; each batch step the simulator takes the
 manager's `TransferPlan` and queues it on one PCIe copy stream (FIFO, the preset's one-way

@@ -1,0 +1,269 @@
+"""Simulator speed: sessions simulated per CPU second, the per-step reference against the
+fast path (decode runs), side by side in one run, on the same traces; plus the README's
+`kvsaga sim` quickstart end to end with one worker process and with several.
+
+    python bench/sim_speed.py                   # the default run (a few minutes on 2 cores)
+    python bench/sim_speed.py --profile         # cProfile's top entries, both paths
+    python bench/sim_speed.py --baseline ../old-checkout --no-write
+
+Each simulation runs twice, each time in a fresh process, `Simulator(reference=True)`
+(every batch step through `Scheduler.schedule`, as before decode runs existed) and the
+default fast path; the two results must be identical (the script stops otherwise).
+Sessions/s is sessions over CPU seconds (`time.process_time`), which other processes on a
+shared machine disturb far less than wall time. `--baseline PATH` also times the same
+simulations with the kvsaga of another checkout (PYTHONPATH=PATH, its own simulator and
+core), right after them.
+Writes the "## Simulator speed" section of bench/RESULTS.md from what this run measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import json
+import math
+import os
+import platform
+import pstats
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kvsaga.config import parse_bytes
+from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.sim.workloads import generate
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Simulator speed"
+README_ARGS = ["--workload", "swe", "--sessions", "30", "--seed", "1", "--scale", "0.25",
+               "--kv-memory", "4G", "--policy", "lru,ttl,graph,belady"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One simulation: a generated trace and a config."""
+
+    name: str
+    family: str
+    sessions: int
+    scale: float
+    kv_memory: str
+    policy: str
+    scheduler: str = "workflow"
+    host_memory: str | None = None
+    gpus: int = 1  # > 1: a ClusterSimulator behind the kvsaga router
+
+    def trace(self):
+        return generate(self.family, self.sessions, seed=1, scale=self.scale)
+
+    def config(self) -> SimConfig:
+        return SimConfig(policy=self.policy, scheduler=self.scheduler,
+                         kv_memory_bytes=parse_bytes(self.kv_memory),
+                         host_memory_bytes=parse_bytes(self.host_memory)
+                         if self.host_memory else None)
+
+
+CASES = [
+    # The README quickstart's four simulations.
+    *(Case(f"readme {p}", "swe", 30, 0.25, "4G", p) for p in ("lru", "ttl", "graph", "belady")),
+    # bench/scheduling.py's sizes, under pressure, both schedulers.
+    Case("bfcl x80 @0.5, 1700M, fcfs lru", "bfcl", 80, 0.5, "1700M", "lru", "fcfs"),
+    Case("bfcl x80 @0.5, 1700M, workflow graph", "bfcl", 80, 0.5, "1700M", "graph"),
+    Case("web x24 @0.15, 2300M, fcfs graph", "web", 24, 0.15, "2300M", "graph", "fcfs"),
+    Case("swe x24 @0.15, 2300M + 4G host, graph", "swe", 24, 0.15, "2300M", "graph",
+         "workflow", "4G"),
+    # Full-size SWE sessions (the issue's slow case), one policy.
+    Case("swe x20 @1.0, 20G, lru", "swe", 20, 1.0, "20G", "lru"),
+    # A cluster (bench/cluster.py's shape, smaller): runs stop at every other GPU's step.
+    Case("cluster 4 GPUs, swe x24 @0.2, 3G", "swe", 24, 0.2, "3G", "graph", gpus=4),
+]
+
+
+def same(a: dict, b: dict) -> bool:
+    """Equal rows, NaN equal to NaN."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True,
+                                                                    default=str)
+
+
+def measure(cases: list[Case], repeat: int, baseline: str | None = None) -> list[dict]:
+    """Per case: the best of `repeat` CPU times of each path (and of the baseline checkout),
+    each run in a fresh process, one after the other (CPU time on a shared machine drifts
+    with its load, and a process that ran other simulations runs slower), and whether the
+    results are equal."""
+    here = str(HERE.parent)
+    out = []
+    for case in cases:
+        best = {"ref": math.inf, "fast": math.inf, "base": math.inf}
+        rows = {}
+        for _ in range(repeat):
+            for mode in ("ref", "fast", "base") if baseline else ("ref", "fast"):
+                t, rows[mode] = run_case(case, baseline if mode == "base" else here,
+                                         reference=mode == "ref")
+                best[mode] = min(best[mode], t)
+        if not same(rows["ref"], rows["fast"]):
+            diff = {k: (rows["ref"][k], rows["fast"][k]) for k in rows["ref"]
+                    if rows["ref"][k] != rows["fast"][k]}
+            sys.exit(f"sim_speed: {case.name}: fast path and reference differ: {diff}")
+        n = case.sessions
+        r = dict(case=case.name, sessions=n, steps=rows["fast"].get("num_batch_steps"),
+                 ref_s=best["ref"], fast_s=best["fast"], ref_rate=n / best["ref"],
+                 fast_rate=n / best["fast"], speedup=best["ref"] / best["fast"])
+        if baseline:
+            key = ("recomputed_tokens", "tct_mean_s")
+            r.update(base_s=best["base"], base_rate=n / best["base"],
+                     base_same=all(rows["base"][k] == rows["fast"][k] for k in key))
+        out.append(r)
+        print(f"{case.name:38s} ref {r['ref_rate']:7.1f}  fast {r['fast_rate']:7.1f}"
+              + (f"  baseline {r['base_rate']:7.1f}" if baseline else "")
+              + f" sessions/CPU s  ({r['speedup']:.2f}x)", flush=True)
+    return out
+
+
+# One simulation in a fresh process, with the kvsaga on PYTHONPATH (an older checkout has
+# no `reference` argument: it is passed only when set).
+RUN_SCRIPT = """
+import json, sys, time
+from kvsaga.config import parse_bytes
+from kvsaga.sim.cluster import ClusterSimulator
+from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.sim.workloads import generate
+c, reference = json.loads(sys.argv[1]), sys.argv[2] == "1"
+s = generate(c["family"], c["sessions"], seed=1, scale=c["scale"])
+cfg = SimConfig(policy=c["policy"], scheduler=c["scheduler"],
+                kv_memory_bytes=parse_bytes(c["kv_memory"]),
+                host_memory_bytes=parse_bytes(c["host_memory"]) if c["host_memory"] else None)
+kw = {"reference": True} if reference else {}
+t = time.process_time()
+if c["gpus"] > 1:
+    cluster = ClusterSimulator(s, cfg, gpus=c["gpus"], router="kvsaga")
+    for gpu in cluster.gpus:
+        gpu.reference = reference
+    row = cluster.run().row()
+else:
+    row = Simulator(s, cfg, **kw).run().to_dict()
+t = time.process_time() - t
+print(json.dumps([t, row], default=str))
+"""
+
+
+def run_case(case: Case, path: str, reference: bool) -> tuple[float, dict]:
+    """(CPU seconds, result row) of one simulation with the kvsaga at `path`."""
+    env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
+    done = subprocess.run([sys.executable, "-c", RUN_SCRIPT,
+                           json.dumps(dataclasses.asdict(case)), "1" if reference else "0"],
+                          env=env, check=True, capture_output=True, text=True)
+    t, row = json.loads(done.stdout.strip().splitlines()[-1])
+    return t, row
+
+
+def quickstart_wall(jobs: int) -> float:
+    """Wall seconds of the README's `kvsaga sim` command with `--jobs jobs`."""
+    cmd = [sys.executable, "-m", "kvsaga.cli", "sim", *README_ARGS, "--jobs", str(jobs),
+           "--quiet"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def profile(case: Case, top: int) -> None:
+    """cProfile's top entries (own time) of the reference and the fast path on one case."""
+    sessions, config = case.trace(), case.config()
+    for reference in (True, False):
+        prof = cProfile.Profile()
+        prof.enable()
+        Simulator(sessions, config, reference=reference).run()
+        prof.disable()
+        print(f"--- {case.name} ({'reference' if reference else 'fast path'})")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
+    """Replace (or append) this script's section of RESULTS.md, leaving the others alone."""
+    doc = path.read_text(encoding="utf-8")
+    text = f"{SECTION}\n\n{body}\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else (
+        doc.rstrip("\n") + "\n\n" + text)
+    path.write_text(doc, encoding="utf-8")
+
+
+def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
+           baseline_name: str = "") -> str:
+    lines = [
+        f"`{cmd}` ({seconds:.0f} s, Python {platform.python_version()}, "
+        f"{os.cpu_count()} shared CPU cores). Sessions simulated per CPU second "
+        "(best of the repeats, each simulation in a fresh process): `reference` runs "
+        "every batch step through `Scheduler.schedule` (the simulator before decode "
+        "runs), `fast` is the default "
+        "path; both give identical results (checked on every case), with the same "
+        "manager, policy and scheduler code.",
+        "",
+        "```",
+        f"{'case':38s} {'batch steps':>11s} {'reference':>10s} {'fast':>8s} {'speedup':>8s}"
+        + (f" {'baseline':>9s} {'vs base':>9s}" if baseline_name else ""),
+    ]
+    for r in rows:
+        steps = f"{r['steps']:,d}" if r["steps"] is not None else "-"
+        line = (f"{r['case']:38s} {steps:>11s} {r['ref_rate']:10.1f} {r['fast_rate']:8.1f}"
+                f" {r['speedup']:7.2f}x")
+        if baseline_name:
+            line += f" {r['base_rate']:9.1f} {r['base_s'] / r['fast_s']:8.2f}x"
+            line += "" if r["base_same"] else " (differs)"
+        lines.append(line)
+    ref = sum(r["ref_s"] for r in rows)
+    fast = sum(r["fast_s"] for r in rows)
+    lines += ["```", "",
+              f"- All cases together: {ref:.1f} CPU s reference, {fast:.1f} CPU s fast "
+              f"({ref / fast:.2f}x)."]
+    if baseline_name:
+        base = sum(r["base_s"] for r in rows)
+        lines.append(f"- `baseline`: the same simulations with the kvsaga of `{baseline_name}` "
+                     f"(its own simulator and C++ core), {base:.1f} CPU s in all "
+                     f"({base / fast:.2f}x the fast path's time); `vs base` is fast over it, "
+                     "and `(differs)` marks a case whose recomputed tokens or mean TCT "
+                     "differ from this tree's.")
+    if walls:
+        one = walls[1]
+        parts = ", ".join(f"`--jobs {j}` {w:.1f} s ({one / w:.2f}x)"
+                          for j, w in walls.items() if j != 1)
+        lines.append(f"- The README quickstart end to end (`kvsaga sim {' '.join(README_ARGS)}`"
+                     f", wall time, 4 simulations): `--jobs 1` {one:.1f} s, {parts}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=1, help="runs per path; the best counts")
+    ap.add_argument("--jobs", default="1,2", help="--jobs values for the quickstart timing "
+                    "(empty: skip it)")
+    ap.add_argument("--baseline", metavar="PATH", help="a checkout of an older kvsaga")
+    ap.add_argument("--baseline-name", default=None,
+                    help="what to call it in RESULTS.md (default: the path)")
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top entries of "
+                    "both paths on the first README case and the full-size case, and stop")
+    ap.add_argument("--top", type=int, default=15, help="entries per profile")
+    ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.profile:
+        profile(CASES[0], args.top)
+        profile(next(c for c in CASES if c.scale == 1.0), args.top)
+        return 0
+    t0 = time.perf_counter()
+    rows = measure(CASES, args.repeat, args.baseline)
+    walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
+    cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
+    if args.baseline:
+        cmd += f" --baseline {args.baseline_name or args.baseline}"
+    body = report(rows, walls, cmd, time.perf_counter() - t0,
+                  args.baseline_name or args.baseline or "")
+    print(body)
+    if not args.no_write:
+        write_section(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
