@@ -220,7 +220,8 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
               f"({ref / fast:.2f}x)."]
     if baseline_name:
         base = sum(r["base_s"] for r in rows)
-        lines.append(f"- `baseline`: the same simulations with the kvsaga of `{baseline_name}` "
+        lines.append(f"- `baseline`: the same simulations with the kvsaga of PATH, a checkout "
+                     f"of {baseline_name} "
                      f"(its own simulator and C++ core), {base:.1f} CPU s in all "
                      f"({base / fast:.2f}x the fast path's time); `vs base` is fast over it, "
                      "and `(differs)` marks a case whose recomputed tokens or mean TCT "
@@ -231,7 +232,19 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
                           for j, w in walls.items() if j != 1)
         lines.append(f"- The README quickstart end to end (`kvsaga sim {' '.join(README_ARGS)}`"
                      f", wall time, 4 simulations): `--jobs 1` {one:.1f} s, {parts}.")
+    lines.append(NOTES)
     return "\n".join(lines)
+
+
+# Written after reading the figures of a run; re-read them after a change.
+NOTES = """- Decode runs take out the scheduler's per-step loop on plain decode steps; what
+  remains is per block in the manager, the usage recorder and the scheduler's re-checks of
+  waiting steps (docs/simulator.md, "Speed": `python bench/sim_speed.py --profile`). The
+  issue's goal of 10x more sessions per second is not met by this path alone.
+- CPU time on 2 cores shared by several busy processes still moves by about 15% between
+  runs of one simulation: differences of that size (most of `vs base`) are noise, and the
+  wall times of the quickstart (one process per simulation with --jobs 2) show no gain
+  from a second process when no core is idle."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.baseline:
-        cmd += f" --baseline {args.baseline_name or args.baseline}"
+        cmd += " --baseline PATH"
     body = report(rows, walls, cmd, time.perf_counter() - t0,
                   args.baseline_name or args.baseline or "")
     print(body)
