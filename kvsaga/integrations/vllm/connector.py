@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
-logger = init_logger(__name__)
+# Under "vllm": vLLM configures that logger (and its handler) only, so the lines reach its log.
+logger = init_logger(f"vllm.{__name__}")
 STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
 
 
