@@ -156,3 +156,23 @@ def test_replica_reports_resumes_tenant_service_and_session_tokens():
     # Only growth since the last report counts again.
     mgr.append_tokens("acme/s2", [99, 98])
     assert replica._routing_stats(engine)["tenant_service"] == {"acme": 14.0, "anon": 6.0}
+
+
+def test_wait_loaded_returns_on_ready_or_failed_load():
+    """Every request to a replica waits for its model (not only the first, which a client
+    timeout may cancel), and a failed load does not hold requests for the whole timeout."""
+    import threading
+    from types import SimpleNamespace
+
+    from kvsaga.integrations.ray.deployment import _wait_loaded
+
+    ready = threading.Event()
+    engine = SimpleNamespace(wait_ready=ready.wait, load_error=None)
+    threading.Timer(0.2, ready.set).start()
+    _wait_loaded(engine, 30.0)
+    assert ready.is_set()
+    waits = []
+    failed = SimpleNamespace(wait_ready=lambda t: waits.append(t) and False,
+                             load_error=OSError("gone"))
+    _wait_loaded(failed, 30.0)
+    assert waits == [0.5]  # it gave up at the first look, not after 30 s

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,6 +46,7 @@ log = logging.getLogger("kvsaga.ray")
 ENGINE_DEPLOYMENT = "KvsagaEngine"
 _SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
 _PULL_TIMEOUT_S = 60.0
+_LOAD_TIMEOUT_S = 600.0
 
 
 # -- running an ASGI app in process ---------------------------------------------------------
@@ -106,6 +108,15 @@ async def asgi_messages(app: Any, scope: dict, body: bytes) -> AsyncIterator[dic
 # -- the engine replica -----------------------------------------------------------------------
 
 
+def _wait_loaded(engine: Any, timeout_s: float) -> None:
+    """Block until the engine's model is loaded, its load failed, or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not engine.wait_ready(0.5):
+        if engine.load_error is not None or time.monotonic() > deadline:
+            return
+
+
+
 class EngineReplica:
     """One engine and the single-node server app around it.
 
@@ -140,14 +151,15 @@ class EngineReplica:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
         a request for this replica waits instead of getting the loading 503."""
         async with self._lock:
-            if self._stack is not None:
-                return
-            stack = contextlib.AsyncExitStack()
-            await stack.enter_async_context(self.app.router.lifespan_context(self.app))
-            self._stack = stack
-            await asyncio.to_thread(self.app.state.engine.wait_ready, 600)
-            with contextlib.suppress(Exception):  # a failed load answers 503 per request
-                self.app.state.server.serving()
+            if self._stack is None:
+                stack = contextlib.AsyncExitStack()
+                await stack.enter_async_context(self.app.router.lifespan_context(self.app))
+                self._stack = stack
+        # Every caller waits, not only the first: a first caller cancelled while the model
+        # loads (its client timed out) must not let the next ones in before it is ready.
+        await asyncio.to_thread(_wait_loaded, self.app.state.engine, _LOAD_TIMEOUT_S)
+        with contextlib.suppress(Exception):  # a failed load answers 503 per request
+            self.app.state.server.serving()
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop the engine thread."""
