@@ -80,6 +80,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,7 +320,8 @@ class Server:
         if args.host_memory:
             cmd += ["--host-memory", str(args.host_memory)]
         cmd += list(extra)
-        self.stop_s = 120 if extra else 20  # --replicas: Ray's local cluster shuts down too
+        self.replicas = args.replicas if "--replicas" in extra else 0
+        self.stop_s = 120 if self.replicas else 20  # Ray's local cluster shuts down too
         self.cmd = cmd
         self._log = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
@@ -335,6 +337,8 @@ class Server:
                                    + self.log_tail())
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    if self.replicas:
+                        warm_replicas(self.url, self.replicas, deadline - time.monotonic())
                     return
             except httpx.HTTPError:
                 pass  # not listening yet
@@ -463,6 +467,20 @@ def scheduler_arms(csv: str) -> list[Arm]:
 REPLICAS_TITLE = ("## Agent replay: routers on kvsaga-serve --replicas (written by "
                   "bench/agent_replay.py)")
 REPLICA_ROUTERS = ("round-robin", "kvsaga")  # the baseline first
+
+
+def warm_replicas(url: str, n: int, timeout_s: float) -> None:
+    """Load every replica's model (`/metrics` reaches each one) and run one forward pass on
+    each (n one-shot prompts at once: the router spreads what is in flight), so that no
+    arm's first steps pay a replica's start-up; `replay`'s own warm-up reaches one."""
+    import httpx
+
+    httpx.get(f"{url}/metrics", timeout=max(timeout_s, 1.0)).raise_for_status()
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    with ThreadPoolExecutor(n) as pool:
+        for r in pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body,
+                                               timeout=max(timeout_s, 1.0)), range(n)):
+            r.raise_for_status()
 
 
 def replica_arms(args: argparse.Namespace) -> list[Arm]:
