@@ -59,8 +59,12 @@ def cluster(tiny_dir: Path):
         app = build_application(
             SETTINGS, 2, factory=factory(tiny_dir), torch_threads=1,
             ray_actor_options={"num_cpus": 0.5},
-            router_kwargs={"steal_min_waiting": 0, "steal_margin": 1,
-                           "migrate_latency_s": 0.0},
+            # Steal at 2 steps of difference: routing stats lag (a step that just ended
+            # may still count as running), so 1 would move steps of an idle session. No
+            # weight on predicted resumes: the paused session must not push the busy
+            # steps below off its home.
+            router_kwargs={"steal_min_waiting": 0, "steal_margin": 2, "prefix_slack": 1,
+                           "resume_weight": 0.0, "migrate_latency_s": 0.0},
             stats_period_s=0.2,
         )
         serve.run(app, name="kvsaga", route_prefix="/")
@@ -137,12 +141,12 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     ref = conversation(reference.client(), "sticky", 3)
     assert [t for t, *_ in sticky] == [t for t, *_ in ref]
 
-    # Keep the session's home busy with long steps, back to back, then continue the
-    # session: the idle replica steals it and its KV migrates; the greedy answer does not
-    # change. The long steps share the session's system prompt, so prefix-aware placement
-    # sends them to the home replica. One long step alone can finish between two polls of
-    # the replicas' state (the tiny model is fast on an idle machine): the test would then
-    # never see the home busy.
+    # Keep the session's home busy with two long steps at a time, back to back, then
+    # continue the session: the idle replica steals it and its KV migrates; the greedy
+    # answer does not change. The long steps share the session's system prompt, so
+    # prefix-aware placement (prefix_slack 1) sends them to the home replica. One long step
+    # alone can finish between two polls of the replicas' state (the tiny model is fast on
+    # an idle machine): the test would then never see the home busy.
     home = sticky[0][1]
     stop = threading.Event()
 
@@ -152,11 +156,12 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
                 model=MODEL, messages=[SYSTEM, {"role": "user", "content": "busy"}],
                 max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
 
-    busy = threading.Thread(target=keep_home_busy, daemon=True)
-    busy.start()
+    busy = [threading.Thread(target=keep_home_busy, daemon=True) for _ in range(2)]
+    for t in busy:
+        t.start()
     deadline = time.monotonic() + 180
-    while not any(st["busy"] for st in cache_states(cluster) if st["replica"] == home):
-        assert time.monotonic() < deadline, "the long step never started on the home replica"
+    while not any(st["steps"] >= 2 for st in cache_states(cluster) if st["replica"] == home):
+        assert time.monotonic() < deadline, "the long steps never started on the home replica"
         time.sleep(0.05)
     messages = [SYSTEM]
     for i, (text, *_rest) in enumerate(sticky):
@@ -165,7 +170,8 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     messages.append({"role": "user", "content": "step 3: list the files"})
     r, replica, reason = step(c, "sticky", messages)
     stop.set()
-    busy.join(120)
+    for t in busy:
+        t.join(120)
     assert (replica != home, reason) == (True, "steal")
     assert r.usage.prompt_tokens_details.cached_tokens > 0  # the KV came along
     ref = conversation(reference.client(), "sticky-ref", 4)

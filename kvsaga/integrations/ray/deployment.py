@@ -265,7 +265,8 @@ class EngineReplica:
             mgr.check_integrity()
             st = mgr.stats()
             return {"replica": self.replica_id, "used_blocks": st.num_used_blocks,
-                    "busy": engine.has_unfinished(), "sessions": sorted(mgr.sessions)}
+                    "busy": engine.has_unfinished(), "sessions": sorted(mgr.sessions),
+                    "steps": len(engine.scheduler.running) + len(engine.scheduler.waiting)}
 
         return await self.app.state.engine.call(look)
 
