@@ -38,6 +38,8 @@ from typing import Any
 import agent_replay  # bench/ is the script's directory
 from generate import batch_prompts
 
+from kvsaga.policy import DEFAULT_POLICY
+
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and all its descendants alive
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     a("--kv-memory", type=int, default=1 << 30, help="KV budget in bytes, both servers")
     a("--block-size", type=int, default=32, help="tokens per KV block, both servers")
     a("--max-num-seqs", type=int, default=16, help="batch limit, both servers")
-    a("--kvsaga-policy", default="graph", help="kvsaga-serve's eviction policy")
+    a("--kvsaga-policy", default=DEFAULT_POLICY,
+      help="kvsaga-serve's eviction policy (default: kvsaga-serve's own)")
     a("--vllm-python", default=sys.executable, help="interpreter that has vLLM")
     a("--no-eager", action="store_true", help="let vLLM compile (minutes of warm-up on CPU)")
     a("--order", default="vllm,kvsaga", help="servers to run, in this order")
