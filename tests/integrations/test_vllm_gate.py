@@ -80,7 +80,8 @@ def test_growth_demotes_the_latest_paused_sessions_and_last_step_ends():
 
 
 @pytest.mark.parametrize("kw", [{"capacity": 0}, {"block_size": 1.5}, {"horizon_steps": -1},
-                                {"max_wait_s": "x"}, {"demote_factor": float("nan")}])
+                                {"max_wait_s": "x"}, {"demote_factor": float("nan")},
+                                {"capacity": True}, {"idle_admit_s": False}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kvsaga._validate import check_positive_int, is_number
+
 
 @dataclass
 class _Admitted:
@@ -69,14 +71,13 @@ class SessionGate:
         max_wait_s: float = 120.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"gate {name} must be a positive integer, got {v!r}")
+            check_positive_int(f"gate {name}", v)
         for name, v in (("horizon_steps", horizon_steps),
                         ("prior_growth_tokens", prior_growth_tokens),
                         ("demote_factor", demote_factor), ("demote_min_s", demote_min_s),
                         ("default_pause_s", default_pause_s), ("idle_admit_s", idle_admit_s),
                         ("max_wait_s", max_wait_s)):
-            if not (isinstance(v, int | float) and v >= 0):
+            if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
         self.capacity = capacity
         self.block_size = block_size
