@@ -125,6 +125,22 @@ void run_one(const Args& a, int64_t item, std::vector<float>& buf) {
   }
 }
 
+// Starting a std::thread costs tens of microseconds, about what one sequence's decode
+// attention over a few hundred positions costs: a call gets one thread per kWorkPerThread
+// multiply-adds (QK and PV, every query row of every item) and runs inline below that.
+constexpr int64_t kWorkPerThread = int64_t{1} << 20;
+
+int64_t work_threads(const Args& a) {
+  int64_t work = 0;
+  for (int64_t i = 0; i < a.num_items; i += a.num_kv_heads) {
+    const int64_t s = a.seq_ids[i / a.num_kv_heads];
+    const int64_t q_len = a.q_start[s + 1] - a.q_start[s];
+    work += q_len * a.seq_lens[s];
+  }
+  work *= 2 * a.num_kv_heads * a.group * a.head_dim;
+  return 1 + work / kWorkPerThread;
+}
+
 void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t tables,
                      uintptr_t seq_lens, uintptr_t q_start, uintptr_t seq_ids,
                      int64_t num_seqs, int64_t num_kv_heads, int64_t group, int64_t head_dim,
@@ -143,7 +159,7 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
          num_kv_heads, group, head_dim, block_size, table_stride,
          q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale};
   const int64_t n = a.num_items;
-  const int64_t t = std::max<int64_t>(1, std::min(num_threads, n));
+  const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, work_threads(a)}));
   // Items are dealt round-robin: sequences of a batch differ in length (an item's cost).
   auto worker = [&a, n, t](int64_t w) {
     std::vector<float> buf;

@@ -10,6 +10,8 @@ whether it was built.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .args import PagedAttentionArgs
@@ -18,6 +20,20 @@ try:
     from kvsaga import _paged_attn
 except ImportError:  # not built: the SDPA path runs everything
     _paged_attn = None
+
+
+def _kernel_threads() -> int:
+    """Threads the kernel may start: torch's count only where OpenMP's workers sleep.
+
+    With OpenMP's default wait policy torch's workers spin for a while after each op, so
+    threads this kernel starts compete with them for the cores: on 2 cores, 2 threads here
+    made a 16-sequence decode batch slower than one (`python bench/generate.py --prompts
+    mixed --peer none --threads 2`, against the SDPA path). With OMP_WAIT_POLICY=PASSIVE
+    (kvsaga-serve sets it) the workers sleep and the kernel's threads run.
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return torch.get_num_threads()
+    return 1
 
 
 def available() -> bool:
@@ -57,5 +73,5 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[i
         len(seq_ids), num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
         k_cache.shape[1], tables.stride(0), query.stride(0), query.stride(1),
         out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        float(args.scale), torch.get_num_threads(),
+        float(args.scale), _kernel_threads(),
     )
