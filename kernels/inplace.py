@@ -31,9 +31,11 @@ def _kernel_threads() -> int:
     mixed --peer none --threads 2`, against the SDPA path). With OMP_WAIT_POLICY=PASSIVE
     (kvsaga-serve sets it) the workers sleep and the kernel's threads run.
     """
-    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
-        return torch.get_num_threads()
-    return 1
+    return torch.get_num_threads() if _OMP_PASSIVE else 1
+
+
+# Read once, as OpenMP itself does when torch first starts its workers.
+_OMP_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 def available() -> bool:

@@ -22,8 +22,12 @@ PAIRS = {
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("kind", sorted(PAIRS))
 @pytest.mark.parametrize("threads", [1, 3])
-def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads):
-    """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard)."""
+def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads,
+                                                    monkeypatch):
+    """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
+    With 3 threads the kernel may start its own (as under OMP_WAIT_POLICY=PASSIVE): the
+    extend cases hold enough work to split."""
+    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
     pairs = PAIRS[kind]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=1 if group == 8 else 2, group=group, head_dim=head_dim,
@@ -83,3 +87,16 @@ def test_sdpa_path_sends_decode_rows_to_the_kernel(monkeypatch):
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
     assert calls == [[i for i, (_, q) in enumerate(pairs) if q == 1]]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):
+    """Torch's thread count only where OpenMP's workers sleep; one thread beside spinners."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        monkeypatch.setattr(inplace, "_OMP_PASSIVE", False)
+        assert inplace._kernel_threads() == 1
+        monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+        assert inplace._kernel_threads() == 3
+    finally:
+        torch.set_num_threads(before)
