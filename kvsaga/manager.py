@@ -27,145 +27,34 @@ writes their K/V in the same forward pass, before any attention of that pass rea
 from __future__ import annotations
 
 import time
-from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from kvsaga._core import get_core
 from kvsaga._validate import check_positive_int, is_int
 from kvsaga.config import KVSpec
-from kvsaga.errors import InvalidRequest, OutOfBlocks, UnknownSession
+from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
+from kvsaga.manager_reads import ManagerReads
+from kvsaga.manager_types import (
+    CacheStats,
+    StepLookup,
+    StepStart,
+    _check_session_id,
+    _check_token_ids,
+    _common_prefix_len,
+)
 from kvsaga.policy import EvictionPolicy, make_policy
 from kvsaga.pool import CACHED
 from kvsaga.prefix import root_hash
 from kvsaga.session import PauseHint, Session, SessionState
 
-
-@dataclass(frozen=True, slots=True)
-class StepStart:
-    """What `begin_step` found.
-
-    Attributes:
-        num_prompt_tokens: tokens of the prompt.
-        num_cached_tokens: leading prompt tokens whose K/V is already in `block_ids`;
-            always < num_prompt_tokens, so the last prompt token is computed for its logits.
-        block_ids: the block table so far (the cached blocks).
-    """
-
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    block_ids: list[int]
+__all__ = ["CacheStats", "KVCacheManager", "StepLookup", "StepStart"]
 
 
-@dataclass(frozen=True, slots=True)
-class StepLookup:
-    """What `begin_step` would find for a prompt now, from `lookup` (which changes nothing).
-
-    Attributes:
-        num_prompt_tokens: tokens of the prompt.
-        num_cached_tokens: prompt tokens `begin_step` would find cached (GPU hits, then host
-            hits, then the session's retained tail), if the host hits all find GPU blocks to
-            load into; always < num_prompt_tokens.
-        gpu_hit_blocks: leading full blocks of the prompt resident in the GPU tier.
-        gpu_cached_blocks: how many of those are CACHED (no running step holds them):
-            `begin_step` takes them out of the free-or-evictable blocks.
-        host_hit_blocks: full blocks continuing the GPU hits that the host tier holds; each
-            loads into a fresh GPU block.
-        tail_tokens: tokens of the session's retained partial tail block that would be
-            reused (it is CACHED, and taken like a cached hit).
-        block_size: tokens per block.
-    """
-
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    gpu_hit_blocks: int
-    gpu_cached_blocks: int
-    host_hit_blocks: int
-    tail_tokens: int
-    block_size: int
-
-    @property
-    def num_hit_block_tokens(self) -> int:
-        """Tokens covered by the full-block hits (GPU and host), the tail not included."""
-        return (self.gpu_hit_blocks + self.host_hit_blocks) * self.block_size
-
-    def blocks_to_admit(self, end: int) -> int:
-        """Free-or-evictable GPU blocks that `begin_step` plus slots for the prompt's tokens
-        up to position `end` take: the cached GPU hits, and a block for every block of
-        [0, end) not hit on the GPU (host loads, the tail and new blocks alike)."""
-        bs = self.block_size
-        return self.gpu_cached_blocks + max(0, -(-end // bs) - self.gpu_hit_blocks)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """A snapshot of the cache. Token counts are cumulative since creation."""
-
-    num_gpu_blocks: int
-    num_free_blocks: int
-    num_used_blocks: int
-    num_evictable_blocks: int
-    queried_tokens: int
-    hit_tokens: int
-    num_evicted_blocks: int
-    num_running_sessions: int
-    num_paused_sessions: int
-    num_host_blocks: int = 0
-    num_host_cached_blocks: int = 0
-    host_hit_tokens: int = 0
-    offloaded_blocks: int = 0
-    loaded_blocks: int = 0
-    prefetched_blocks: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
-
-    @property
-    def usage(self) -> float:
-        """Share of GPU blocks referenced by running steps."""
-        return self.num_used_blocks / self.num_gpu_blocks
-
-
-def _check_session_id(session_id: object) -> None:
-    if not isinstance(session_id, str) or not session_id:
-        raise InvalidRequest(f"session_id must be a non-empty str, got {session_id!r}")
-
-
-def _check_token_ids(token_ids: object) -> list[int]:
-    """Copy token ids to a list, rejecting anything but ints in [0, 2^32)."""
-    if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
-        raise InvalidRequest(
-            f"token_ids must be a sequence of ints, got {type(token_ids).__name__}"
-        )
-    try:
-        array("I", token_ids)  # one C pass: type and range of every id
-    except (TypeError, OverflowError):
-        for t in token_ids:
-            if not is_int(t) or not 0 <= t < 2**32:
-                raise InvalidRequest(f"token ids must be ints in [0, 2^32), got {t!r}") from None
-        raise
-    return list(token_ids)
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if (a if len(a) == n else a[:n]) == (b if len(b) == n else b[:n]):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-class KVCacheManager(HostTierOps):
+class KVCacheManager(ManagerReads, HostTierOps):
     """Owns the GPU tier's blocks, the prefix index and the sessions (the host tier's
-    operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py).
+    operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py; the
+    calls that change nothing, `lookup` and `stats` among them, in kvsaga/manager_reads.py).
 
     Args:
         spec: shape of a KV block.
@@ -218,51 +107,6 @@ class KVCacheManager(HostTierOps):
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.policy.bind(self)
         self.pool.observer = self.policy
-
-    @property
-    def num_gpu_blocks(self) -> int:
-        return self.pool.num_blocks
-
-    # -- what policies read (kvsaga.policy.BlockView) --------------------------------------
-    @property
-    def block_generation(self) -> list[int]:
-        return self.pool.generation
-
-    @property
-    def block_hash(self) -> list[bytes | None]:
-        return self.pool.block_hash
-
-    def usage(self) -> float:
-        """Share of GPU blocks referenced by running steps."""
-        return self.pool.num_active / self.pool.num_blocks
-
-    def is_cached(self, block_id: int) -> bool:
-        return self.pool.state[block_id] == CACHED
-
-    # -- lookups --------------------------------------------------------------------------
-    def _session(self, session_id: str) -> Session:
-        try:
-            return self.sessions[session_id]
-        except (KeyError, TypeError):
-            raise UnknownSession(session_id) from None
-
-    def _running(self, session_id: str) -> Session:
-        s = self._session(session_id)
-        if s.state is not SessionState.RUNNING:
-            raise InvalidRequest(f"session {session_id!r} has no open step (call begin_step)")
-        return s
-
-    def session(self, session_id: str) -> Session:
-        """The manager's record of a session (read it; do not change it)."""
-        return self._session(session_id)
-
-    def block_table(self, session_id: str) -> list[int]:
-        """A copy of the running session's block table."""
-        return list(self._running(session_id).block_ids)
-
-    def num_computed_tokens(self, session_id: str) -> int:
-        """Tokens of the session's context that have KV slots."""
-        return self._session(session_id).num_computed
 
     # -- steps ----------------------------------------------------------------------------
     def begin_step(
@@ -394,88 +238,6 @@ class KVCacheManager(HostTierOps):
             )
         return tokens
 
-    def _tail_alive(self, s: Session) -> bool:
-        """Whether the partial tail block retained at the session's pause still holds it."""
-        b, gen, _ = s.tail
-        pool = self.pool
-        return (
-            pool.state[b] == CACHED
-            and pool.generation[b] == gen
-            and self.block_owner[b] == s.session_id
-        )
-
-    def lookup(
-        self,
-        session_id: str,
-        token_ids: Sequence[int],
-        *,
-        salt: str | None = None,
-        block_hashes: Sequence[bytes] | None = None,
-    ) -> StepLookup:
-        """What `begin_step(session_id, token_ids)` would find now, changing nothing.
-
-        No block is referenced, moved in any eviction order, loaded or evicted, and no
-        policy hook runs: a scheduler may ask for every waiting step, every time it decides,
-        and only `begin_step` the ones it admits. The answer holds until the next call that
-        changes the cache (an allocation may evict what it counted as a hit).
-
-        Args:
-            session_id: the session (it need not exist yet).
-            token_ids: the whole prompt, as `begin_step` would get it.
-            salt: tenant salt of a new session (an existing session keeps its own).
-            block_hashes: optional hashes of the prompt's leading full blocks, chained from
-                the salt's root as the manager hashes them (a caller that keeps them saves
-                rehashing); blocks past them are hashed here.
-        Returns:
-            StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
-        Raises:
-            InvalidRequest: as `begin_step` for a bad id or prompt, or a session that has
-                an open step. Token ids are checked where lookup reads them (those it
-                hashes and compares); `begin_step` checks every one.
-        """
-        tokens = self._check_prompt(session_id, token_ids, check_ids=False)
-        bs = self.block_size
-        max_hit = len(tokens) - 1
-        max_blocks = max_hit // bs
-        s = self.sessions.get(session_id)
-        if s is not None and s.state is SessionState.RUNNING:
-            raise InvalidRequest(f"session {session_id!r} already has an open step")
-        root = root_hash(salt) if s is None else s.root
-        hashes = block_hashes if block_hashes is not None else []
-        if len(hashes) < max_blocks:
-            hashes = list(hashes)  # the caller's list is read, never extended
-            if not hashes and s is not None:
-                keep = _common_prefix_len(s.token_ids, tokens)
-                hashes = s.block_hashes[: min(keep // bs, max_blocks)]
-            first = len(hashes) * bs
-            _check_token_ids(tokens[first : max_blocks * bs])
-            self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
-        hits = self.index.longest_prefix(hashes, max_blocks)
-        state = self.pool.state
-        cached = sum(1 for b in hits if state[b] == CACHED)
-        host = 0
-        if self.host is not None:
-            host = len(self.host.run(hashes, len(hits), max_blocks))
-        num_cached = (len(hits) + host) * bs
-        tail = 0
-        if s is not None and s.tail is not None and self._tail_alive(s):
-            b, _, ntok = s.tail
-            start = self.block_position[b] * bs
-            p = start // bs
-            if start == num_cached and (p == 0 or s.block_hashes[p - 1] == hashes[p - 1]):
-                # The prompt repeats the context up to the tail's block (their hash chains
-                # meet there); count the tail's tokens it repeats too.
-                old = s.token_ids
-                limit = min(ntok, max_hit - start, len(old) - start)
-                _check_token_ids(tokens[start : start + limit])
-                n = 0
-                while n < limit and old[start + n] == tokens[start + n]:
-                    n += 1
-                tail = n
-        if tail:
-            cached += 1
-        return StepLookup(len(tokens), num_cached + tail, len(hits), cached, host, tail, bs)
-
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""
         if self._hot is not None:
@@ -492,15 +254,6 @@ class KVCacheManager(HostTierOps):
             )
         s.token_ids.extend(tokens)
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
-
-    def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
-        """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
-        s = self._running(session_id)
-        return max(0, self.spec.num_blocks_for(s.num_computed + num_tokens) - len(s.block_ids))
-
-    def can_allocate(self, session_id: str, num_tokens: int) -> bool:
-        """Whether `allocate_slots` would succeed now (counting evictable blocks)."""
-        return self.num_blocks_needed(session_id, num_tokens) <= self.pool.num_available
 
     def allocate_slots(
         self, session_id: str, num_tokens: int, *, now: float | None = None
@@ -827,60 +580,3 @@ class KVCacheManager(HostTierOps):
         from kvsaga.migration import plan_import
 
         return plan_import(self, export, salt=salt, now=now)
-
-    # -- introspection --------------------------------------------------------------------
-    def stats(self) -> CacheStats:
-        running = sum(1 for s in self.sessions.values() if s.state is SessionState.RUNNING)
-        pool = self.pool
-        return CacheStats(
-            num_gpu_blocks=pool.num_blocks,
-            num_free_blocks=pool.num_free,
-            num_used_blocks=pool.num_active,
-            num_evictable_blocks=pool.num_cached,
-            queried_tokens=self._queried_tokens,
-            hit_tokens=self._hit_tokens,
-            num_evicted_blocks=self._evicted_blocks,
-            num_running_sessions=running,
-            num_paused_sessions=len(self.sessions) - running,
-            num_host_blocks=self.num_host_blocks,
-            num_host_cached_blocks=self.host.pool.num_cached if self.host else 0,
-            host_hit_tokens=self._host_hit_tokens,
-            offloaded_blocks=self.host.num_offloaded if self.host else 0,
-            loaded_blocks=self.host.num_loaded if self.host else 0,
-            prefetched_blocks=self._prefetched_blocks,
-        )
-
-    def check_integrity(self) -> None:
-        """Verify every invariant across pool, index and sessions (for tests)."""
-        pool = self.pool
-        pool.check_integrity()
-        if self.host is not None:
-            self.host.check_integrity()
-        for h, b in self.index.items():
-            assert pool.block_hash[b] == h, f"index maps a hash to block {b}, which holds another"
-            assert pool.state[b] != 0, f"index points at free block {b}"
-        hashed = sum(1 for h in pool.block_hash if h is not None)
-        assert hashed == len(self.index), f"{hashed} hashed blocks, {len(self.index)} indexed"
-        refs = [0] * pool.num_blocks
-        tails = set()
-        for s in self.sessions.values():
-            if s.state is SessionState.RUNNING:
-                assert s.tail is None, f"running session {s.session_id!r} keeps a tail"
-                assert len(s.block_ids) == -(-s.num_computed // self.block_size), (
-                    f"session {s.session_id!r}: {len(s.block_ids)} blocks for "
-                    f"{s.num_computed} tokens"
-                )
-                for b in s.block_ids:
-                    refs[b] += 1
-            elif s.tail is not None:
-                b, gen, _ = s.tail
-                if pool.state[b] == CACHED and pool.generation[b] == gen:
-                    tails.add(b)
-        for b in range(pool.num_blocks):
-            assert refs[b] == pool.refcount[b], (
-                f"block {b}: refcount {pool.refcount[b]} but {refs[b]} running tables hold it"
-            )
-            if pool.state[b] == CACHED:
-                assert pool.block_hash[b] is not None or b in tails, (
-                    f"cached block {b} has no hash and is no session's tail"
-                )

@@ -53,6 +53,7 @@ from kvsaga.prefix import root_hash
 from kvsaga.scheduler import make_scheduler
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.cost import attention_pairs
+from kvsaga.sim.executor import StepExecutor
 from kvsaga.sim.metrics import (
     SimResult,
     UsageRecorder,
@@ -60,82 +61,13 @@ from kvsaga.sim.metrics import (
     unloaded_tct,
 )
 from kvsaga.sim.oracle import TraceOracle
+from kvsaga.sim.request import SimRequest, SimTokens
 from kvsaga.sim.tokens import TokenSynthesizer
 from kvsaga.sim.trace import Session
 from kvsaga.stats import percentile
 
 
-class _Tokens:
-    """One trace session's token ids (a list, for the manager) and their block hashes."""
-
-    __slots__ = ("sid", "ids", "hashes", "root", "high_water")
-
-    def __init__(self, sid: str, ids: list[int], root: bytes) -> None:
-        self.sid = sid
-        self.ids = ids
-        self.hashes: list[bytes] = []
-        self.root = root
-        self.high_water = 0  # tokens [0, high_water) have had their KV computed
-
-
-class _Request:
-    """One step of a session (it survives preemptions); a `kvsaga.scheduler.StepRequest`."""
-
-    __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
-                 "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling",
-                 "retried", "session_id", "salt", "workflow", "tenant", "arrival", "resumed",
-                 "_ids", "_sim")
-
-    def __init__(self, session: Session, k: int, tokens: _Tokens, arrival: float,
-                 sim: Simulator) -> None:
-        self.session = session
-        self.k = k
-        self.tokens = tokens
-        self.base_len = session.prompt_length(k)
-        self.num_out = session.steps[k].output_tokens
-        self.num_sampled = 0
-        self.attempt_len = 0  # the current attempt's prompt: base + tokens sampled before it
-        self.num_computed = 0  # tokens of the context with KV slots
-        self.context_len = 0  # tokens of the context the manager holds
-        self.slots_ahead = 0  # decode slots allocated beyond the token fed now
-        self.prefilling = True
-        self.retried = False  # preempted at least once: later attempts redo lost work
-        self.session_id = session.id
-        self.salt = self.tenant = session.tenant
-        self.workflow = session.workflow
-        self.arrival = arrival
-        self.resumed = k > 0
-        self._ids: list[int] | None = None  # token_ids of the next attempt, built once
-        self._sim = sim
-
-    @property
-    def fed_position(self) -> int:
-        """Position of the token a decode step feeds: the last one sampled."""
-        return self.base_len + self.num_sampled - 1
-
-    @property
-    def num_tokens(self) -> int:
-        """The context the next attempt starts from: the prompt and the tokens sampled."""
-        return self.base_len + self.num_sampled
-
-    @property
-    def max_num_tokens(self) -> int:
-        return self.base_len + self.num_out
-
-    @property
-    def token_ids(self) -> list[int]:
-        n = self.num_tokens
-        if self._ids is None or len(self._ids) != n:
-            self._ids = self.tokens.ids[:n]
-        return self._ids
-
-    @property
-    def block_hashes(self) -> list[bytes]:
-        """Hashes of the next attempt's full blocks (kept per session: lookups are cheap)."""
-        return self._sim._hashes(self.tokens, (self.num_tokens - 1) // self._sim.block_size)
-
-
-class Simulator:
+class Simulator(StepExecutor):
     """Replays sessions through a `KVCacheManager` and a cost model.
 
     Args:
@@ -197,7 +129,7 @@ class Simulator:
             self.config.scheduler, self.manager, max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
             **(self.config.scheduler_params or {}))
-        self._tokens: dict[str, _Tokens] = {}
+        self._tokens: dict[str, SimTokens] = {}
         # Prefix tokens computed so far per (tenant, group): the shared prefix is content
         # that any session of the group may have computed first.
         self._prefix_high_water: dict[tuple[str | None, str], int] = {}
@@ -243,9 +175,9 @@ class Simulator:
             tokens = self._tokens.get(session.id)
             if tokens is None:
                 ids = self.synth.token_ids(session).tolist()
-                tokens = _Tokens(session.id, ids, root_hash(session.tenant))
+                tokens = SimTokens(session.id, ids, root_hash(session.tenant))
                 self._tokens[session.id] = tokens
-            self.scheduler.add(_Request(session, k, tokens, self.now, self), self.now)
+            self.scheduler.add(SimRequest(session, k, tokens, self.now, self), self.now)
             self._counts["prompt"] += session.prompt_length(k)
             if self.oracle is not None:
                 self.oracle.released(session.id)
@@ -351,8 +283,8 @@ class Simulator:
                 raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
             self._idle()  # everything waiting waits for admitted sessions to come back
             return 0
-        prefill: list[tuple[_Request, int]] = []  # (request, chunk)
-        decode: list[_Request] = []
+        prefill: list[tuple[SimRequest, int]] = []  # (request, chunk)
+        decode: list[SimRequest] = []
         for req, n in out.scheduled:
             if req.prefilling:
                 prefill.append((req, n))
@@ -360,7 +292,7 @@ class Simulator:
                 decode.append(req)
         return self._execute(prefill, decode)
 
-    def _execute(self, prefill: list[tuple[_Request, int]], decode: list[_Request]) -> int:
+    def _execute(self, prefill: list[tuple[SimRequest, int]], decode: list[SimRequest]) -> int:
         pairs = ctx = 0
         for req, chunk in prefill:
             before = req.num_computed - chunk
@@ -470,119 +402,6 @@ class Simulator:
         manager.tick(self.now)
         return finished
 
-    # -- the scheduler's executor ------------------------------------------------------
-    def _hashes(self, tokens: _Tokens, num_blocks: int) -> list[bytes]:
-        """The session's block hashes, extended to at least `num_blocks` blocks."""
-        if len(tokens.hashes) < num_blocks:
-            self.manager.hasher.extend(tokens.hashes, tokens.root,
-                                       tokens.ids[: num_blocks * self.block_size])
-            if self.oracle is not None:
-                self.oracle.note_hashes(tokens.sid, tokens.hashes)
-        return tokens.hashes
-
-    def num_new_tokens(self, req: _Request) -> int:
-        return req.attempt_len - req.num_computed if req.prefilling else 1
-
-    def begin(self, req: _Request, now: float):
-        s = req.session
-        if self.oracle is not None:
-            self.oracle.started(s.id)
-        attempt_len = req.num_tokens
-        start = self.manager.begin_step(s.id, req.token_ids, now=now, salt=s.tenant,
-                                        workflow=s.workflow)
-        req._ids = None
-        req.attempt_len = req.context_len = attempt_len
-        req.num_computed = start.num_cached_tokens
-        req.slots_ahead = 0
-        req.prefilling = True
-        self._counts["queried"] += attempt_len
-        self._counts["hit"] += start.num_cached_tokens
-        return start
-
-    def allocate(self, req: _Request, num_tokens: int, now: float) -> None:
-        """Prefill: slots for the chunk. Decode (num_tokens 1): make sure the token fed this
-        step (sample number `num_sampled`) has a slot, allocating to its block's end."""
-        if req.prefilling:
-            self._slots(req, num_tokens)
-            return
-        pos = req.fed_position
-        if req.slots_ahead:
-            req.slots_ahead -= 1
-        else:
-            # Up to the block's end, but never the last output: it is not fed back.
-            m = min(self.block_size - pos % self.block_size, req.num_out - req.num_sampled)
-            if req.context_len < pos + m:
-                self.manager.append_tokens(req.session.id,
-                                           req.tokens.ids[req.context_len: pos + m])
-                req.context_len = pos + m
-            self._slots(req, m)
-            req.slots_ahead = m - 1
-        req.tokens.high_water = max(req.tokens.high_water, pos + 1)
-
-    def _slots(self, req: _Request, num_tokens: int) -> None:
-        """allocate_slots for `num_tokens`, and the first-time / recomputed accounting."""
-        self.manager.allocate_slots(req.session.id, num_tokens, now=self.now)
-        start = req.num_computed
-        end = start + num_tokens
-        req.num_computed = end
-        if not req.prefilling:
-            return  # decode: _allocate_decode counts tokens as they are fed
-        s = req.session
-        key = (s.tenant, s.shared_prefix.group)
-        prefix_hw = self._prefix_high_water.get(key, 0)
-        seen = max(req.tokens.high_water, prefix_hw)
-        recomputed = max(0, min(end, seen) - start)
-        self._counts["recomputed"] += recomputed
-        if req.retried:
-            # A retry redoes what its preemption threw away (the step's own tokens and the
-            # hits it lost while requeued), not what eviction took while the session paused.
-            self._counts["recomputed_preempted"] += recomputed
-        self._counts["first"] += num_tokens - recomputed
-        req.tokens.high_water = max(req.tokens.high_water, end)
-        self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
-
-    def preempt(self, req: _Request, now: float) -> None:
-        if self.oracle is not None:
-            self.oracle.preempted(req.session.id)
-        self.manager.preempt(req.session.id, now=now)
-        if req.prefilling:
-            self._counts["abandoned"] += req.attempt_len - req.num_computed
-        req.slots_ahead = 0
-        req.retried = True
-        self._counts["preemptions"] += 1
-
-    # -- finishing ------------------------------------------------------------------------
-    def _maybe_finish(self, req: _Request) -> int:
-        if req.num_sampled < req.num_out:
-            return 0
-        s, k = req.session, req.k
-        # The last sampled token joins the context (the next prompt holds it) without KV.
-        end = req.base_len + req.num_out
-        if req.context_len < end:
-            self.manager.append_tokens(s.id, req.tokens.ids[req.context_len: end])
-            req.context_len = end
-        self._counts["steps"] += 1
-        if k == s.num_steps - 1:
-            if self.oracle is not None:
-                self.oracle.ended(s.id)
-            self._set_live(s.id, 0)
-            self.manager.end_session(s.id, now=self.now)
-            self.scheduler.finish(req, self.now, ended=True)
-            self._finished_at[s.id] = self.now
-            del self._tokens[s.id]
-            return 1
-        step = s.steps[k]
-        self._set_live(s.id, end)
-        if self.oracle is not None:
-            self.oracle.finished(s.id, self.now, step.tool_s)
-        hints = self.config.hints
-        self.manager.finish_step(
-            s.id, now=self.now,
-            tool=step.tool if hints != "none" else None,
-            expected_s=step.tool_s if hints == "oracle" else None)
-        self.scheduler.finish(req, self.now)
-        self._push_event(self.now + step.tool_s, s, k + 1)
-        return 0
 
     # -- results --------------------------------------------------------------------------
     def _result(self) -> SimResult:

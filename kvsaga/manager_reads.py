@@ -1,0 +1,211 @@
+"""The KVCacheManager's reads: calls that change nothing (the block facts policies read,
+session lookups, `lookup`, `num_blocks_needed`, `stats`, `check_integrity`). A mixin of
+`kvsaga.manager.KVCacheManager`, whose state (pool, index, sessions...) they read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvsaga.errors import InvalidRequest, UnknownSession
+from kvsaga.manager_types import CacheStats, StepLookup, _check_token_ids, _common_prefix_len
+from kvsaga.pool import CACHED
+from kvsaga.prefix import root_hash
+from kvsaga.session import Session, SessionState
+
+
+class ManagerReads:
+    """Read-only calls of `KVCacheManager` (see kvsaga/manager.py for the state)."""
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    # -- what policies read (kvsaga.policy.BlockView) --------------------------------------
+    @property
+    def block_generation(self) -> list[int]:
+        return self.pool.generation
+
+    @property
+    def block_hash(self) -> list[bytes | None]:
+        return self.pool.block_hash
+
+    def usage(self) -> float:
+        """Share of GPU blocks referenced by running steps."""
+        return self.pool.num_active / self.pool.num_blocks
+
+    def is_cached(self, block_id: int) -> bool:
+        return self.pool.state[block_id] == CACHED
+
+    # -- lookups --------------------------------------------------------------------------
+    def _session(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except (KeyError, TypeError):
+            raise UnknownSession(session_id) from None
+
+    def _running(self, session_id: str) -> Session:
+        s = self._session(session_id)
+        if s.state is not SessionState.RUNNING:
+            raise InvalidRequest(f"session {session_id!r} has no open step (call begin_step)")
+        return s
+
+    def session(self, session_id: str) -> Session:
+        """The manager's record of a session (read it; do not change it)."""
+        return self._session(session_id)
+
+    def block_table(self, session_id: str) -> list[int]:
+        """A copy of the running session's block table."""
+        return list(self._running(session_id).block_ids)
+
+    def num_computed_tokens(self, session_id: str) -> int:
+        """Tokens of the session's context that have KV slots."""
+        return self._session(session_id).num_computed
+
+    def _tail_alive(self, s: Session) -> bool:
+        """Whether the partial tail block retained at the session's pause still holds it."""
+        b, gen, _ = s.tail
+        pool = self.pool
+        return (
+            pool.state[b] == CACHED
+            and pool.generation[b] == gen
+            and self.block_owner[b] == s.session_id
+        )
+
+    def lookup(
+        self,
+        session_id: str,
+        token_ids: Sequence[int],
+        *,
+        salt: str | None = None,
+        block_hashes: Sequence[bytes] | None = None,
+    ) -> StepLookup:
+        """What `begin_step(session_id, token_ids)` would find now, changing nothing.
+
+        No block is referenced, moved in any eviction order, loaded or evicted, and no
+        policy hook runs: a scheduler may ask for every waiting step, every time it decides,
+        and only `begin_step` the ones it admits. The answer holds until the next call that
+        changes the cache (an allocation may evict what it counted as a hit).
+
+        Args:
+            session_id: the session (it need not exist yet).
+            token_ids: the whole prompt, as `begin_step` would get it.
+            salt: tenant salt of a new session (an existing session keeps its own).
+            block_hashes: optional hashes of the prompt's leading full blocks, chained from
+                the salt's root as the manager hashes them (a caller that keeps them saves
+                rehashing); blocks past them are hashed here.
+        Returns:
+            StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
+        Raises:
+            InvalidRequest: as `begin_step` for a bad id or prompt, or a session that has
+                an open step. Token ids are checked where lookup reads them (those it
+                hashes and compares); `begin_step` checks every one.
+        """
+        tokens = self._check_prompt(session_id, token_ids, check_ids=False)
+        bs = self.block_size
+        max_hit = len(tokens) - 1
+        max_blocks = max_hit // bs
+        s = self.sessions.get(session_id)
+        if s is not None and s.state is SessionState.RUNNING:
+            raise InvalidRequest(f"session {session_id!r} already has an open step")
+        root = root_hash(salt) if s is None else s.root
+        hashes = block_hashes if block_hashes is not None else []
+        if len(hashes) < max_blocks:
+            hashes = list(hashes)  # the caller's list is read, never extended
+            if not hashes and s is not None:
+                keep = _common_prefix_len(s.token_ids, tokens)
+                hashes = s.block_hashes[: min(keep // bs, max_blocks)]
+            first = len(hashes) * bs
+            _check_token_ids(tokens[first : max_blocks * bs])
+            self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
+        hits = self.index.longest_prefix(hashes, max_blocks)
+        state = self.pool.state
+        cached = sum(1 for b in hits if state[b] == CACHED)
+        host = 0
+        if self.host is not None:
+            host = len(self.host.run(hashes, len(hits), max_blocks))
+        num_cached = (len(hits) + host) * bs
+        tail = 0
+        if s is not None and s.tail is not None and self._tail_alive(s):
+            b, _, ntok = s.tail
+            start = self.block_position[b] * bs
+            p = start // bs
+            if start == num_cached and (p == 0 or s.block_hashes[p - 1] == hashes[p - 1]):
+                # The prompt repeats the context up to the tail's block (their hash chains
+                # meet there); count the tail's tokens it repeats too.
+                old = s.token_ids
+                limit = min(ntok, max_hit - start, len(old) - start)
+                _check_token_ids(tokens[start : start + limit])
+                n = 0
+                while n < limit and old[start + n] == tokens[start + n]:
+                    n += 1
+                tail = n
+        if tail:
+            cached += 1
+        return StepLookup(len(tokens), num_cached + tail, len(hits), cached, host, tail, bs)
+
+
+    def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
+        """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
+        s = self._running(session_id)
+        return max(0, self.spec.num_blocks_for(s.num_computed + num_tokens) - len(s.block_ids))
+
+    def can_allocate(self, session_id: str, num_tokens: int) -> bool:
+        """Whether `allocate_slots` would succeed now (counting evictable blocks)."""
+        return self.num_blocks_needed(session_id, num_tokens) <= self.pool.num_available
+
+    # -- introspection --------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        running = sum(1 for s in self.sessions.values() if s.state is SessionState.RUNNING)
+        pool = self.pool
+        return CacheStats(
+            num_gpu_blocks=pool.num_blocks,
+            num_free_blocks=pool.num_free,
+            num_used_blocks=pool.num_active,
+            num_evictable_blocks=pool.num_cached,
+            queried_tokens=self._queried_tokens,
+            hit_tokens=self._hit_tokens,
+            num_evicted_blocks=self._evicted_blocks,
+            num_running_sessions=running,
+            num_paused_sessions=len(self.sessions) - running,
+            num_host_blocks=self.num_host_blocks,
+            num_host_cached_blocks=self.host.pool.num_cached if self.host else 0,
+            host_hit_tokens=self._host_hit_tokens,
+            offloaded_blocks=self.host.num_offloaded if self.host else 0,
+            loaded_blocks=self.host.num_loaded if self.host else 0,
+            prefetched_blocks=self._prefetched_blocks,
+        )
+
+    def check_integrity(self) -> None:
+        """Verify every invariant across pool, index and sessions (for tests)."""
+        pool = self.pool
+        pool.check_integrity()
+        if self.host is not None:
+            self.host.check_integrity()
+        for h, b in self.index.items():
+            assert pool.block_hash[b] == h, f"index maps a hash to block {b}, which holds another"
+            assert pool.state[b] != 0, f"index points at free block {b}"
+        hashed = sum(1 for h in pool.block_hash if h is not None)
+        assert hashed == len(self.index), f"{hashed} hashed blocks, {len(self.index)} indexed"
+        refs = [0] * pool.num_blocks
+        tails = set()
+        for s in self.sessions.values():
+            if s.state is SessionState.RUNNING:
+                assert s.tail is None, f"running session {s.session_id!r} keeps a tail"
+                assert len(s.block_ids) == -(-s.num_computed // self.block_size), (
+                    f"session {s.session_id!r}: {len(s.block_ids)} blocks for "
+                    f"{s.num_computed} tokens"
+                )
+                for b in s.block_ids:
+                    refs[b] += 1
+            elif s.tail is not None:
+                b, gen, _ = s.tail
+                if pool.state[b] == CACHED and pool.generation[b] == gen:
+                    tails.add(b)
+        for b in range(pool.num_blocks):
+            assert refs[b] == pool.refcount[b], (
+                f"block {b}: refcount {pool.refcount[b]} but {refs[b]} running tables hold it"
+            )
+            if pool.state[b] == CACHED:
+                assert pool.block_hash[b] is not None or b in tails, (
+                    f"cached block {b} has no hash and is no session's tail"
+                )

@@ -1,0 +1,80 @@
+"""A simulated session's tokens and its steps as the scheduler sees them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvsaga.sim.trace import Session
+
+if TYPE_CHECKING:
+    from kvsaga.sim.simulator import Simulator
+
+
+class SimTokens:
+    """One trace session's token ids (a list, for the manager) and their block hashes."""
+
+    __slots__ = ("sid", "ids", "hashes", "root", "high_water")
+
+    def __init__(self, sid: str, ids: list[int], root: bytes) -> None:
+        self.sid = sid
+        self.ids = ids
+        self.hashes: list[bytes] = []
+        self.root = root
+        self.high_water = 0  # tokens [0, high_water) have had their KV computed
+
+
+class SimRequest:
+    """One step of a session (it survives preemptions); a `kvsaga.scheduler.StepRequest`."""
+
+    __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
+                 "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling",
+                 "retried", "session_id", "salt", "workflow", "tenant", "arrival", "resumed",
+                 "_ids", "_sim")
+
+    def __init__(self, session: Session, k: int, tokens: SimTokens, arrival: float,
+                 sim: Simulator) -> None:
+        self.session = session
+        self.k = k
+        self.tokens = tokens
+        self.base_len = session.prompt_length(k)
+        self.num_out = session.steps[k].output_tokens
+        self.num_sampled = 0
+        self.attempt_len = 0  # the current attempt's prompt: base + tokens sampled before it
+        self.num_computed = 0  # tokens of the context with KV slots
+        self.context_len = 0  # tokens of the context the manager holds
+        self.slots_ahead = 0  # decode slots allocated beyond the token fed now
+        self.prefilling = True
+        self.retried = False  # preempted at least once: later attempts redo lost work
+        self.session_id = session.id
+        self.salt = self.tenant = session.tenant
+        self.workflow = session.workflow
+        self.arrival = arrival
+        self.resumed = k > 0
+        self._ids: list[int] | None = None  # token_ids of the next attempt, built once
+        self._sim = sim
+
+    @property
+    def fed_position(self) -> int:
+        """Position of the token a decode step feeds: the last one sampled."""
+        return self.base_len + self.num_sampled - 1
+
+    @property
+    def num_tokens(self) -> int:
+        """The context the next attempt starts from: the prompt and the tokens sampled."""
+        return self.base_len + self.num_sampled
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.base_len + self.num_out
+
+    @property
+    def token_ids(self) -> list[int]:
+        n = self.num_tokens
+        if self._ids is None or len(self._ids) != n:
+            self._ids = self.tokens.ids[:n]
+        return self._ids
+
+    @property
+    def block_hashes(self) -> list[bytes]:
+        """Hashes of the next attempt's full blocks (kept per session: lookups are cheap)."""
+        return self._sim._hashes(self.tokens, (self.num_tokens - 1) // self._sim.block_size)
