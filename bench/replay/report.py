@@ -1,0 +1,271 @@
+"""Figures of a run: per-arm summaries and their medians over repeats, the paired ratios each
+mode is judged by, the tables, and the RESULTS.md section `--write-results` writes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+from kvsaga.stats import percentile
+
+from .arms import REPLICAS_TITLE, Arm, replica_pairs
+from .client import PolicyResult, StepRecord
+
+
+def measured_peak(records: list[StepRecord]) -> int:
+    """Peak over time of the live sessions' summed context: a running step holds its
+    prompt, a finished one its prompt and output, until the session's last step ends."""
+    events: list[tuple[float, str, int]] = []
+    last_step: dict[str, int] = {}
+    for r in records:
+        last_step[r.session] = max(last_step.get(r.session, -1), r.step)
+    for r in records:
+        if r.error:
+            continue
+        events.append((r.start, r.session, r.prompt_tokens))
+        done = r.step == last_step[r.session]
+        events.append((r.end, r.session, 0 if done else r.prompt_tokens + r.completion_tokens))
+    live: dict[str, int] = {}
+    peak = 0
+    for _, sid, ctx in sorted(events):
+        live[sid] = ctx
+        peak = max(peak, sum(live.values()))
+    return peak
+
+
+def floor_tokens(records: list[StepRecord], shared_prefix: int, block_size: int) -> int:
+    """Prefill tokens of an unbounded cache, which no policy can beat.
+
+    A later step computes what it appends to its session's context, plus the previous
+    step's last output token (sampled, never fed back, so its KV was never computed); a
+    first step computes its prompt but the shared prefix's full blocks, which only the first
+    session to arrive computes.
+    """
+    total, prev, first = 0, {}, True
+    shared = shared_prefix // block_size * block_size
+    for r in sorted((r for r in records if r.error is None), key=lambda r: r.start):
+        ctx = prev.get(r.session)
+        if ctx is None:
+            total += r.prompt_tokens - (0 if first else shared)
+            first = False
+        else:
+            total += r.prompt_tokens - ctx + 1
+        prev[r.session] = r.prompt_tokens + r.completion_tokens
+    return total
+
+
+def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[str, Any]:
+    ok = [r for r in res.records if r.error is None]
+    prompt = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens for r in ok)
+    lat = [r.end - r.start for r in ok]
+    return {
+        "requests": len(ok),
+        "errors": len(res.records) - len(ok),
+        "error_examples": sorted({r.error for r in res.records if r.error})[:3],
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "prefill_tokens": prompt - cached,
+        "cached_share": cached / prompt if prompt else 0.0,
+        "completion_tokens": sum(r.completion_tokens for r in ok),
+        "step_latency_mean_s": statistics.fmean(lat) if lat else math.nan,
+        "step_latency_p95_s": percentile(lat, 95),
+        "task_time_mean_s": statistics.fmean(res.task_s) if res.task_s else math.nan,
+        "task_time_p95_s": percentile(res.task_s, 95) if res.task_s else math.nan,
+        "tasks_completed": len(res.task_s),
+        "wall_s": res.wall_s,
+        "peak_context_tokens_measured": measured_peak(res.records),
+        "floor_prefill_tokens": floor_tokens(res.records, shared_prefix, block_size),
+        **{k: int(v) for k, v in res.metrics.items()},
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm's figures over its repeats: the median of every number (errors summed), and
+    each number's [min, max] under "range"."""
+    out: dict[str, Any] = dict(runs[0])
+    ranges: dict[str, list[float]] = {}
+    for key, value in runs[0].items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        values = [r[key] for r in runs if not math.isnan(r[key])]
+        if key == "errors":
+            out[key] = sum(values)
+        elif values:
+            out[key] = statistics.median(values)
+            ranges[key] = [min(values), max(values)]
+    out["error_examples"] = sorted({e for r in runs for e in r["error_examples"]})[:3]
+    out["runs"] = len(runs)
+    out["range"] = ranges
+    return out
+
+
+def paired(rounds: list[dict[str, dict[str, Any]]], base: str, arm: str, key: str
+           ) -> list[float]:
+    """`base`'s figure over `arm`'s, per round (both ran in it, back to back)."""
+    return [r[base][key] / r[arm][key] for r in rounds
+            if base in r and arm in r and r[arm][key] > 0]
+
+
+def _ratio_text(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.2f}x"
+    return f"{med:.2f}x (per round {', '.join(f'{v:.2f}' for v in values)})"
+
+
+def comparisons(args: argparse.Namespace, systems: list[Arm],
+                rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The ratios each mode is judged by, as medians of per-round (paired) ratios:
+
+    - `--engine vllm`: every vLLM + connector arm against plain vLLM (issue 13's goal: mean
+      TCT >= 1.64x faster, fewer prefill tokens), and kvsaga-serve against vLLM + connector
+      (goal: at least as fast);
+    - `--kvsaga-arms`: every arm against the first (issue 10's goal for the workflow
+      scheduler against fcfs+lru: mean TCT >= 2x faster, p95 TCT no worse).
+    """
+    names = [a.name for a in systems]
+    pairs: list[tuple[str, str, float | None, str]] = []
+    if args.engine == "vllm":
+        pairs += [("vllm", n, 1.64, "issue 13") for n in names if n.startswith("vllm+")]
+        pairs += [(c, n, 1.0, "issue 13") for n in names if n.startswith("kvsaga-serve:")
+                  for c in names if c.startswith("vllm+")]
+    elif args.kvsaga_arms and len(names) > 1:
+        pairs += [(names[0], n, 2.0, "issue 10") for n in names[1:]]
+    elif args.replicas:
+        pairs += replica_pairs(names)
+    out: dict[str, Any] = {"lines": []}
+    for base, arm, goal, issue in pairs:
+        tct = paired(rounds, base, arm, "task_time_mean_s")
+        p95 = paired(rounds, base, arm, "task_time_p95_s")
+        fewer = paired(rounds, base, arm, "prefill_tokens")
+        med = statistics.median(tct) if tct else math.nan
+        out[f"{arm} vs {base}"] = {
+            "tct_speedup": tct, "tct_speedup_median": med, "tct_p95_speedup": p95,
+            "prefill_ratio": fewer, "goal": goal, "goal_met": bool(goal and med >= goal)}
+        out["lines"].append(
+            f"{arm} vs {base}: mean TCT speed-up {_ratio_text(tct)} ({issue} goal >= "
+            f"{goal:g}x: {'met' if med >= goal else 'not met'}); p95 TCT {_ratio_text(p95)}; "
+            f"prefill tokens {base}/{arm} {_ratio_text(fewer)}")
+    return out
+
+
+def _cell(s: dict[str, Any], key: str, fmt: str) -> str:
+    """A median with its range over the repeats, when there was more than one."""
+    text = format(s[key], fmt)
+    lo_hi = s.get("range", {}).get(key)
+    if s.get("runs", 1) > 1 and lo_hi and lo_hi[0] != lo_hi[1]:
+        text += f" ({format(lo_hi[0], fmt)}-{format(lo_hi[1], fmt)})"
+    return text
+
+
+TABLE_HEAD = ("system", "prefill tok", "cached share", "step mean s", "step p95 s",
+              "task mean s", "task p95 s", "evictions", "preempt", "errors")
+
+
+def table_rows(summary: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, s in summary.items():
+        rows.append((name, _cell(s, "prefill_tokens", ",.0f"), _cell(s, "cached_share", ".1%"),
+                     _cell(s, "step_latency_mean_s", ".2f"), _cell(s, "step_latency_p95_s", ".2f"),
+                     _cell(s, "task_time_mean_s", ".1f"), _cell(s, "task_time_p95_s", ".1f"),
+                     _cell(s, "evictions", ".0f") if "evictions" in s else "-",
+                     _cell(s, "preemptions", ".0f") if "preemptions" in s else "-",
+                     str(s["errors"])))
+    return rows
+
+
+def print_table(summary: dict[str, dict[str, Any]]) -> None:
+    rows = table_rows(summary)
+    widths = [max(len(r[i]) for r in (TABLE_HEAD, *rows)) for i in range(len(TABLE_HEAD))]
+    for r in (TABLE_HEAD, *rows):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    aligns = ["---"] + ["---:"] * (len(TABLE_HEAD) - 1)
+    return ["| " + " | ".join(r) + " |"
+            for r in (TABLE_HEAD, tuple(aligns), *table_rows(summary))]
+
+
+def results_title(args: argparse.Namespace) -> str:
+    """The RESULTS.md heading `--write-results` replaces (one per mode)."""
+    if args.replicas:
+        return REPLICAS_TITLE
+    if args.engine == "vllm":
+        return "### Agent replay, interleaved repeats (written by bench/agent_replay.py)"
+    if args.kvsaga_arms:
+        return "## Agent replay: schedulers on live kvsaga-serve (written by bench/agent_replay.py)"
+    return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"
+
+
+def _section_end(lines: list[str], i: int) -> int:
+    """Index of the first line after the section headed at `lines[i]`: the next heading of
+    its level or above, or the end."""
+    level = len(lines[i]) - len(lines[i].lstrip("#"))
+    j = i + 1
+    while j < len(lines) and not (lines[j].startswith("#")
+                                  and len(lines[j]) - len(lines[j].lstrip("#")) <= level):
+        j += 1
+    return j
+
+
+def write_section(path: Path, title: str, body: str, parent: str | None = None) -> None:
+    """Replace the section headed `title` (up to the next heading of its level or above) in
+    the Markdown file at `path`; a new one goes at the end of the section whose heading
+    starts with `parent` (when there is one), else at the end of the file. The rest of the
+    file is left alone."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    new = [title, "", *body.rstrip("\n").splitlines(), ""]
+    if title in lines:
+        i = lines.index(title)
+        lines[i:_section_end(lines, i)] = new
+    else:
+        at = len(lines)
+        for i, line in enumerate(lines):
+            if parent is not None and line.startswith(parent):
+                at = _section_end(lines, i)
+                break
+        if at and lines[at - 1]:
+            new = ["", *new]
+        lines[at:at] = new
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def results_body(command: str, host: dict[str, Any], load_end: list[float], info: list[str],
+                 summary: dict[str, dict[str, Any]], lines: list[str], repeat: int) -> str:
+    """The section `--write-results` writes: the command, the machine and its load, the
+    workload, the per-arm medians (ranges over the repeats), and the judged ratios."""
+    order = ("forward in even rounds, backward in odd ones" if repeat > 1 else "one round")
+    return "\n".join([
+        f"`{command}` on {host['cpu']} ({host['cores']} cores, shared; Python "
+        f"{host['python']}, torch {host['torch']}); load average "
+        f"{host['loadavg_at_start'][0]:.1f} at the start, {load_end[0]:.1f} at the end. "
+        f"{repeat} round(s) of every arm, arm order {order}, each arm a fresh server. "
+        "Cells: the median over the rounds (min-max); ratios: the median of per-round "
+        "ratios (each round runs the arms back to back). Prefill tokens and the cached "
+        "share do not depend on the CPU's speed; times do (shared machine).",
+        "", *info, "", *markdown_table(summary), "", *[f"- {ln}" for ln in lines]])

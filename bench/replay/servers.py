@@ -1,0 +1,192 @@
+"""The servers under test: kvsaga-serve (one engine, or --replicas N behind Ray Serve) and
+vLLM, each in a subprocess on a free loopback port and stopped through its handle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+SERVED_NAME = "replay"  # the model name every server is started with
+
+# /metrics samples this benchmark reports, per engine (label sets summed).
+KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
+                  "kvsaga:num_preemptions_total": "preemptions",
+                  "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
+                  "kvsaga:kv_blocks_total": "kv_blocks"}
+VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
+                "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens"}
+
+
+def scrape_metrics(url: str, want: dict[str, str]) -> dict[str, float]:
+    """Totals of the wanted `/metrics` samples, parsed by prometheus_client's own parser."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = want.get(sample.name)
+            if key is not None:
+                out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+class Server:
+    """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
+
+    def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path,
+                 scheduler: str | None = None, extra: Sequence[str] = ()) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--host", "127.0.0.1",
+               "--port", str(self.port), "--policy", policy, "--kv-memory", str(kv_bytes),
+               "--block-size", str(args.block_size), "--max-num-seqs", str(args.max_num_seqs),
+               "--device", "cpu", "--served-model-name", SERVED_NAME, "--log-level", "warning"]
+        if args.model:
+            cmd += ["--model", args.model]
+        if scheduler is not None:
+            cmd += ["--scheduler", scheduler]
+        if args.host_memory:
+            cmd += ["--host-memory", str(args.host_memory)]
+        cmd += list(extra)
+        self.replicas = args.replicas if "--replicas" in extra else 0
+        self.stop_s = 120 if self.replicas else 20  # Ray's local cluster shuts down too
+        self.cmd = cmd
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=Path(__file__).resolve().parents[2])
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kvsaga-serve exited with {self.proc.returncode}:\n"
+                                   + self.log_tail())
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    if self.replicas:
+                        warm_replicas(self.url, self.replicas, deadline - time.monotonic())
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.25)
+        raise RuntimeError(f"kvsaga-serve not ready after {timeout_s} s:\n" + self.log_tail())
+
+    def metrics(self) -> dict[str, float]:
+        return scrape_metrics(self.url, KVSAGA_METRICS)
+
+    def log_tail(self, n: int = 30) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # uvicorn shuts down on SIGTERM
+            try:
+                self.proc.wait(self.stop_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class VLLMArm:
+    """A vLLM server (`kvsaga.integrations.vllm.launch`) behind the same interface as
+    `Server`: plain prefix caching (`policy` None) or with the kvsaga connector."""
+
+    def __init__(self, args: argparse.Namespace, policy: str | None, kv_bytes: int,
+                 log: Path) -> None:
+        from kvsaga.integrations.vllm.launch import VLLMServer
+
+        # "POLICY+gate": the connector with its session admission gate on
+        policy, _, gate = (policy or "").partition("+")
+        self.server = VLLMServer(
+            Path(args.model), kv_bytes, connector_policy=policy or None,
+            connector_extra={"admission": True} if gate else {}, python=args.vllm_python,
+            served_name=SERVED_NAME, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+            max_model_len=min(2048, (kv_bytes // args.kv_bytes_per_token // args.block_size - 1)
+                              * args.block_size), log=log)  # vLLM keeps one null block
+        self.url = self.server.base_url
+        self.log = log
+        self.connector_stats: dict[str, float] = {}
+
+    def wait_ready(self, timeout_s: float) -> None:
+        self.server.start(timeout_s)
+
+    def metrics(self) -> dict[str, float]:
+        return scrape_metrics(self.url, VLLM_METRICS)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.connector_stats = connector_stats(self.log)
+
+
+def connector_stats(log: Path) -> dict[str, float]:
+    """The kvsaga connector's last counters in a vLLM server log (empty for plain vLLM),
+    flattened: `connector_retained_steps`, `connector_released_blocks`, ... and
+    `connector_released_<reason>` (admit, preempt, headroom)."""
+    from kvsaga.integrations.vllm.hints import STATS_PREFIX
+
+    last = None
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if STATS_PREFIX in line:
+            last = line.split(STATS_PREFIX, 1)[1]
+    if last is None:
+        return {}
+    raw = json.loads(last)
+    out = {f"connector_{k}": float(v) for k, v in raw.items() if k != "by_reason"}
+    out.update({f"connector_released_{k}": float(v) for k, v in raw["by_reason"].items()})
+    return out
+
+
+
+def warm_replicas(url: str, n: int, timeout_s: float) -> None:
+    """Load every replica's model (`/metrics` reaches each one) and run one forward pass on
+    each (n one-shot prompts at once: the router spreads what is in flight), so that no
+    arm's first steps pay a replica's start-up; `replay`'s own warm-up reaches one."""
+    import httpx
+
+    httpx.get(f"{url}/metrics", timeout=max(timeout_s, 1.0)).raise_for_status()
+    body = {"model": SERVED_NAME, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    with ThreadPoolExecutor(n) as pool:
+        for r in pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body,
+                                               timeout=max(timeout_s, 1.0)), range(n)):
+            r.raise_for_status()
+
+
+
+def vllm_model_dir(model: str | None) -> str:
+    """An HF directory of the model for vLLM (which reads no GGUF): `model` itself when it is
+    one, else written from the GGUF by kvsaga's exporter into ~/.cache/kvsaga (kept)."""
+    from kvsaga.engine.export import export_hf
+    from kvsaga.engine.loader import default_model_path
+
+    if model is not None and (Path(model) / "config.json").is_file():
+        return model
+    gguf = Path(model) if model else default_model_path()
+    out = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvsaga"
+    out = out / f"{gguf.stem}-hf"
+    if not (out / "config.json").is_file():
+        print(f"writing {gguf.name} as an HF directory for vLLM: {out}", file=sys.stderr)
+        export_hf(gguf, out)
+    return str(out)
