@@ -20,6 +20,13 @@ from kvsaga.scheduler import (
     make_scheduler,
     scheduler_params,
 )
+from kvsaga.scheduler.fair_share import FairShare
+from kvsaga.scheduler.working_set import (
+    GrowthTable,
+    demote_deadline,
+    shrink,
+    working_set_blocks,
+)
 from tests.sched_helpers import ToyExecutor, ToyRequest, drive
 
 BS = 4
@@ -493,3 +500,49 @@ def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
     s.add(a2, 4.0)
     assert s.schedule(4.0, ex).admitted == [a2]  # a is admitted again
     assert "a" in s.sessions and "a" not in m.policy._deferred
+
+
+@settings(max_examples=100, deadline=None)
+@given(k=st.integers(1, 4), n=st.integers(1, 60),
+       weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=4, max_size=4),
+       ages=st.lists(st.floats(0, 10), min_size=4, max_size=4))
+def test_fair_share_admissions_stay_within_the_stated_bound(k, n, weights, ages):
+    """FairShare's deviation bound, on admissions themselves: with a fixed backlogged set,
+    each tenant's admissions minus its weighted share of all admissions lies in (-(k - 1), 1)
+    (two tenants: less than one session either way)."""
+    tenants = [f"t{i}" for i in range(k)]
+    fs = FairShare(dict(zip(tenants, weights[:k], strict=True)))
+    fs.backlog_changed(tenants)
+    total = sum(fs.weight(t) for t in tenants)
+    count = dict.fromkeys(tenants, 0)
+    for i in range(1, n + 1):
+        t = fs.next_tenant(lambda t: ages[tenants.index(t)])
+        fs.charge(t)
+        count[t] += 1
+        for u in tenants:
+            dev = count[u] - i * fs.weight(u) / total
+            assert -max(k - 1, 1) < dev < 1, (u, dev)
+
+
+def test_working_set_rule_shared_by_scheduler_and_gate():
+    """The working-set pieces: an EMA after 1 / alpha observations, blocks rounded up, the
+    demotion deadline, and shrink demoting the most recent paused sessions, keeping one."""
+    g = GrowthTable(prior=10.0, alpha=0.5)
+    assert g.mean("w") == 10.0
+    g.observe("w", 4.0)
+    assert g.mean("w") == 4.0  # the first observation replaces the prior
+    g.observe("w", 8.0)
+    g.observe("w", 16.0)
+    assert g.mean("w") == 11.0  # EMA with weight 1/2 after 2 observations: 6 -> 11
+    assert working_set_blocks(5, 1.0, 3.5, 4) == 3  # 8.5 tokens -> 3 blocks
+    assert working_set_blocks(-3, 0.0, 9.0, 4) == 0
+    assert demote_deadline(100.0, 5.0, 4.0, 10.0) == 130.0
+    sessions = {"a": (5, True), "b": (5, True), "c": (5, False), "d": (5, True)}
+    committed = [20]  # blocks; "c" is running (not paused)
+
+    def demote(sid):
+        committed[0] -= sessions.pop(sid)[0]
+
+    out = shrink(sessions, lambda: committed[0] > 8, lambda s: s[1], demote)
+    assert out == ["d", "b", "a"] and list(sessions) == ["c"] and committed[0] == 5
+    assert shrink({"a": (9, True)}, lambda: True, lambda s: s[1], demote) == []  # keeps one

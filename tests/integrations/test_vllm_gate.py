@@ -81,9 +81,22 @@ def test_growth_demotes_the_latest_paused_sessions_and_last_step_ends():
 
 @pytest.mark.parametrize("kw", [{"capacity": 0}, {"block_size": 1.5}, {"horizon_steps": -1},
                                 {"max_wait_s": "x"}, {"demote_factor": float("nan")},
-                                {"capacity": True}, {"idle_admit_s": False}])
+                                {"capacity": True}, {"idle_admit_s": False},
+                                {"growth_alpha": 0}, {"growth_alpha": 1.5}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name):
         SessionGate(args.pop("capacity"), args.pop("block_size"), **args)
+
+
+def test_growth_is_the_schedulers_estimate():
+    """The gate learns growth with the workflow scheduler's estimate (kvsaga.scheduler.
+    working_set: a plain mean over the first 1 / growth_alpha steps, then an EMA)."""
+    g = _gate(growth_alpha=0.5)
+    assert g.admit("a", "w", BS, 0, now=0.0)
+    for i, context in enumerate((BS, 3 * BS, 4 * BS, 8 * BS)):  # growth 2, 1, 4 blocks
+        _run_step(g, f"a{i}", "a", context, now=float(i))
+        assert g.admit("a", "w", context, 0, now=float(i) + 0.5)
+    # a plain mean of 2 and 1 blocks (1.5), then with weight 1/2: (1.5 + 4) / 2 = 2.75 blocks
+    assert g._growth.mean("w") == 2.75 * BS

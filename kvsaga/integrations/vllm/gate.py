@@ -2,7 +2,7 @@
 
 Retention alone cannot stop thrash: once the paused sessions' contexts and the running batch
 together outgrow the KV memory, every resumed step evicts another session's context and then
-recomputes its own. kvsaga's `workflow` scheduler (kvsaga/scheduler.py) admits whole sessions
+recomputes its own. kvsaga's `workflow` scheduler (kvsaga/scheduler/) admits whole sessions
 instead; this gate is the same rule in the form vLLM's connector API allows: vLLM asks the
 connector about every waiting request before it allocates (`get_num_new_matched_tokens`),
 and an answer of "not yet" defers the request to the next step while the requests behind it
@@ -11,8 +11,9 @@ go on.
 - A step of an admitted session always goes ahead (its context is what the gate protects).
 - A session's first step (or the next step of a demoted one) is admitted while the admitted
   sessions' predicted working sets fit the KV blocks: each its context (less the prefix
-  it shares with others, counted once) plus `horizon_steps` steps of the mean observed
-  context growth per step, rounded up to blocks.
+  it shares with others, counted once) plus `horizon_steps` steps of the workflow's
+  observed context growth per step (a mean, then an exponential moving average), rounded
+  up to blocks.
 - When one does not fit, admitted sessions paused far longer than expected
   (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
   does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
@@ -20,7 +21,9 @@ go on.
 - Whenever the admitted working sets outgrow the blocks (sessions grow), the most recently
   admitted paused sessions are demoted until they fit.
 
-Plain Python (no vLLM import): the connector feeds it token counts and the clock.
+Plain Python (no vLLM import): the connector feeds it token counts and the clock. The
+working-set rule itself (growth estimate, rounding, demotion deadline, shrink order) is
+`kvsaga.scheduler.working_set`, the very code the `workflow` scheduler runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
+from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, working_set_blocks
 
 
 @dataclass
@@ -50,6 +54,7 @@ class SessionGate:
         block_size: tokens per block.
         horizon_steps: steps of expected growth counted in a working set.
         prior_growth_tokens: growth per step assumed for a workflow before one is seen.
+        growth_alpha: weight of each new observed growth once 1 / growth_alpha were seen.
         demote_factor, demote_min_s: a paused session is demotable once its pause exceeds
             demote_factor x its expected pause + demote_min_s.
         default_pause_s: expected pause when a step gives no `expected_s`.
@@ -64,6 +69,7 @@ class SessionGate:
         *,
         horizon_steps: float = 1.0,
         prior_growth_tokens: float = 64.0,
+        growth_alpha: float = 0.05,
         demote_factor: float = 4.0,
         demote_min_s: float = 10.0,
         default_pause_s: float = 30.0,
@@ -79,17 +85,19 @@ class SessionGate:
                         ("max_wait_s", max_wait_s)):
             if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
+        if not (is_number(growth_alpha) and 0 < growth_alpha <= 1):
+            raise ValueError(f"gate parameter growth_alpha must be in (0, 1], got "
+                             f"{growth_alpha!r}")
         self.capacity = capacity
         self.block_size = block_size
         self.horizon_steps = float(horizon_steps)
-        self.prior_growth_tokens = float(prior_growth_tokens)
         self.demote_factor = float(demote_factor)
         self.demote_min_s = float(demote_min_s)
         self.default_pause_s = float(default_pause_s)
         self.idle_admit_s = float(idle_admit_s)
         self.max_wait_s = float(max_wait_s)
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
-        self._growth: dict[str, tuple[float, int]] = {}  # workflow -> (mean, observations)
+        self._growth = GrowthTable(prior_growth_tokens, growth_alpha)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
         self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
         self._in_flight: set[str] = set()  # request ids allocated and not finished
@@ -98,12 +106,9 @@ class SessionGate:
         self.num_demotions = 0
 
     # -- working sets -------------------------------------------------------------------------
-    def _growth_of(self, workflow: str) -> float:
-        return self._growth.get(workflow, (self.prior_growth_tokens, 0))[0]
-
     def _blocks(self, s: _Admitted) -> int:
-        tokens = max(s.context - s.shared, 0) + self.horizon_steps * self._growth_of(s.workflow)
-        return math.ceil(tokens / self.block_size)
+        return working_set_blocks(s.context - s.shared, self.horizon_steps,
+                                  self._growth.mean(s.workflow), self.block_size)
 
     def committed(self) -> int:
         """Blocks the admitted sessions are predicted to hold (their shared prefix once)."""
@@ -144,7 +149,8 @@ class SessionGate:
             if s.paused_at is None:
                 continue
             expected = self.default_pause_s if s.expected_s is None else s.expected_s
-            if now - s.paused_at > self.demote_factor * expected + self.demote_min_s:
+            if now > demote_deadline(s.paused_at, expected, self.demote_factor,
+                                     self.demote_min_s):
                 self._demote(sid)
         return not self.sessions or self._fits_with(new)
 
@@ -178,23 +184,15 @@ class SessionGate:
         if s is None:
             return []
         if s.last_finish is not None:
-            mean, n = self._growth.get(s.workflow, (self.prior_growth_tokens, 0))
-            n += 1
-            self._growth[s.workflow] = (mean + (context_tokens - s.last_finish - mean) / n, n)
+            self._growth.observe(s.workflow, context_tokens - s.last_finish)
         s.context = s.last_finish = context_tokens
         s.paused_at, s.expected_s = now, expected_s
         return self._shrink()
 
     def _shrink(self) -> list[str]:
         """Demote the most recently admitted paused sessions until the rest fit."""
-        out = []
-        for sid in reversed(list(self.sessions)):
-            if self.committed() <= self.capacity or len(self.sessions) == 1:
-                break
-            if self.sessions[sid].paused_at is not None:
-                self._demote(sid)
-                out.append(sid)
-        return out
+        return shrink(self.sessions, lambda: self.committed() > self.capacity,
+                      lambda s: s.paused_at is not None, self._demote)
 
     def forget(self, sid: str) -> None:
         """The session is over (its last step, or the connector dropped it)."""

@@ -1,0 +1,94 @@
+"""The scheduler that `LLMEngine` and the simulator both drive. Pure Python, no torch.
+
+Each batch step an executor (the engine runs the model; the simulator a cost model) calls
+`schedule(now, executor)`; the scheduler decides which running steps compute how many
+tokens under the token budget (chunked prefill), whom to preempt when blocks run out, and
+which waiting steps to admit, and asks the executor to carry each decision out through
+four calls (`Executor`). The executor runs the batch, and reports each finished step with
+`finish`. The scheduler reads the cache through `KVCacheManager.lookup`, which changes
+nothing, and `begin_step`s (through the executor) only the steps it admits.
+
+Schedulers by name (`make_scheduler(name, manager, **params)`):
+
+- `fcfs`: vLLM v1's rule. Requests are admitted in arrival order while the blocks for their
+  prefix hits and first chunk are free or evictable (head-of-line blocking); when a running
+  request cannot get a block, the newest running request is preempted (its full blocks stay
+  cached) and requeued at the front; a step that preempted admits nobody.
+- `workflow` (default): workflow-atomic admission. The unit is the agent session: a new
+  session is admitted only while the predicted working sets of the admitted sessions
+  (context + expected growth over their next steps) and its own fit the KV tiers; an
+  admitted session keeps its place across tool calls, and its resumed steps go before any
+  new session. A session paused far longer than predicted is demoted so others may enter.
+  New sessions are ordered across tenants by Agent Fair Share (below), FIFO within one.
+
+Agent Fair Share (`kvsaga.scheduler.fair_share`): each backlogged tenant has a deficit
+against its weighted fair share of session admissions; the largest deficit goes first, and
+each tenant's admissions stay within a stated bound of its fair share. The working-set rule
+(growth estimate, demotion deadline, shrink order) is `kvsaga.scheduler.working_set`, which
+the vLLM session gate shares.
+
+Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow`, `fair_share`,
+`working_set`; everything public is importable from `kvsaga.scheduler`.
+
+Bounded waiting (`workflow`): within a tenant sessions are admitted in order, except that
+while the head of the chosen tenant does not fit, a session among the next
+`backfill_window` behind it that fits may go first (backfilling: a short session is not held
+behind a long one), at most `max_backfill` times ahead of one head; the head waits only for
+admitted sessions to finish or be demoted (and is admitted whenever no session is admitted
+at all), and by the AFS bound each backlogged tenant is chosen at least once every k
+admissions; so a waiting session is admitted after finitely many admissions. Resumed
+steps of admitted sessions go first, warm ones (context still resident) before cold ones,
+but the head of their queue is bypassed at most `max_bypass` times.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from kvsaga.manager import KVCacheManager
+from kvsaga.scheduler.base import Executor, Scheduler, SchedulerOutput, StepRequest
+from kvsaga.scheduler.fcfs import FCFSScheduler
+from kvsaga.scheduler.workflow import WorkflowScheduler
+
+__all__ = ["DEFAULT_SCHEDULER", "SCHEDULERS", "Executor", "FCFSScheduler", "Scheduler",
+           "SchedulerOutput", "StepRequest", "WorkflowScheduler", "make_scheduler",
+           "scheduler_params"]
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls for cls in (FCFSScheduler, WorkflowScheduler)
+}
+DEFAULT_SCHEDULER = "workflow"
+
+
+def make_scheduler(name: str, manager: KVCacheManager, **params: Any) -> Scheduler:
+    """Build a scheduler by name.
+
+    Args:
+        name: a `SCHEDULERS` name ("fcfs", "workflow").
+        manager: the KV cache manager it schedules over.
+        params: `max_num_seqs`, `max_num_batched_tokens`, and the scheduler's own
+            parameters (see its class).
+    Raises:
+        ValueError: an unknown name (listing the known ones), an unknown parameter (listing
+            the scheduler's), or a bad value (naming it).
+    """
+    cls = SCHEDULERS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    known = scheduler_params(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; its "
+                         f"parameters: {', '.join(known)}")
+    return cls(manager, **params)
+
+
+def scheduler_params(name: str) -> list[str]:
+    """The parameter names `make_scheduler(name, ...)` accepts."""
+    cls = SCHEDULERS[name]
+    names = ["max_num_seqs", "max_num_batched_tokens"]
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is p.KEYWORD_ONLY:
+            names.append(p.name)
+    return names

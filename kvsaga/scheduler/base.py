@@ -1,0 +1,274 @@
+"""The mechanics every scheduler shares: the request and executor protocols, one batch
+step's output, and `Scheduler` (continuous batching, chunked prefill, preemption of the
+newest, admission through a side-effect-free `KVCacheManager.lookup`). See the package
+docstring (`kvsaga.scheduler`) for the schedulers built on it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from kvsaga._validate import is_int, is_number
+from kvsaga.errors import OutOfBlocks
+from kvsaga.manager import KVCacheManager, StepLookup, StepStart
+
+
+@runtime_checkable
+class StepRequest(Protocol):
+    """One LLM step of an agent session, as the scheduler sees it (engine and simulator
+    requests both satisfy it).
+
+    Attributes:
+        session_id: the manager's session id.
+        salt: tenant salt for prefix sharing (None: unsalted).
+        workflow: workflow type (for the Agent Execution Graph and growth estimates).
+        tenant: who is served (for Agent Fair Share); None is one default tenant.
+        arrival: when this step was queued (seconds, the executor's clock).
+        resumed: a later step of a session that already ran one (False: a new session).
+        token_ids: the context the next `begin_step` gets: prompt plus tokens sampled so far.
+        num_tokens: len(token_ids), without building it.
+        max_num_tokens: the context length at which the step ends at the latest (prompt +
+            output limit); admission reserves room towards it.
+        block_hashes: optional cache of token_ids' full-block hashes (None: hashed by lookup).
+    """
+
+    session_id: str
+    salt: str | None
+    workflow: str
+    tenant: str | None
+    arrival: float
+    resumed: bool
+
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    @property
+    def max_num_tokens(self) -> int: ...
+
+
+class Executor(Protocol):
+    """What carries out the scheduler's decisions (the engine, or the simulator)."""
+
+    def num_new_tokens(self, req: Any) -> int:
+        """Tokens a running request computes before it samples next (the rest of its
+        prompt, or 1 while decoding)."""
+
+    def begin(self, req: Any, now: float) -> StepStart:
+        """Open the admitted step: `manager.begin_step` with the request's context."""
+
+    def allocate(self, req: Any, num_tokens: int, now: float) -> None:
+        """KV slots for the request's next `num_tokens` tokens (`manager.allocate_slots`);
+        raises OutOfBlocks having changed nothing the scheduler depends on."""
+
+    def preempt(self, req: Any, now: float) -> None:
+        """Take the running step's blocks back (`manager.preempt`); it will be begun again."""
+
+
+@dataclass
+class SchedulerOutput:
+    """One batch step's decisions.
+
+    Attributes:
+        scheduled: (request, tokens to compute) in batch order: running requests first (in
+            admission order), then the ones admitted in this step.
+        admitted: requests begun in this step, in order.
+        preempted: requests preempted in this step, in order (they are waiting again).
+    """
+
+    scheduled: list[tuple[Any, int]] = field(default_factory=list)
+    admitted: list[Any] = field(default_factory=list)
+    preempted: list[Any] = field(default_factory=list)
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"scheduler parameter {name} must be an integer >= {minimum}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
+    ok = is_number(value) and not math.isnan(value)
+    if not ok or value < minimum or (strict and value == minimum):
+        op = ">" if strict else ">="
+        raise ValueError(f"scheduler parameter {name} must be a number {op} {minimum:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+class Scheduler:
+    """Continuous batching over a `KVCacheManager`: the parts every scheduler shares.
+
+    Subclasses decide the order of waiting steps (`_candidate`), what must fit besides the
+    first chunk (`_fits`) and how waiting steps are queued (`_enqueue`).
+
+    Args:
+        manager: the KV cache manager (owns every block decision).
+        max_num_seqs: most requests running at once.
+        max_num_batched_tokens: token budget of one batch step (chunked prefill).
+    """
+
+    name = ""
+
+    def __init__(self, manager: KVCacheManager, *, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192) -> None:
+        if not isinstance(manager, KVCacheManager):
+            raise ValueError(f"manager must be a KVCacheManager, got {type(manager).__name__}")
+        self.manager = manager
+        self.max_num_seqs = check_int("max_num_seqs", max_num_seqs, 1)
+        self.max_num_batched_tokens = check_int(
+            "max_num_batched_tokens", max_num_batched_tokens, 1)
+        self.running: list[Any] = []  # in admission order: the newest is preempted first
+        self.num_preemptions = 0
+
+    # -- queueing (per scheduler) ---------------------------------------------------------
+    @property
+    def waiting(self) -> list[Any]:
+        """The waiting requests, in the order they would be considered (roughly)."""
+        raise NotImplementedError
+
+    @property
+    def num_waiting(self) -> int:
+        raise NotImplementedError
+
+    def _enqueue(self, req: Any, now: float, *, retry: bool) -> None:
+        raise NotImplementedError
+
+    def _dequeue(self, req: Any) -> bool:
+        """Take a waiting request out of the queues; False if it was not there."""
+        raise NotImplementedError
+
+    def _candidate(self, now: float) -> Any | None:
+        """The waiting request to admit next, or None to admit nobody more now."""
+        raise NotImplementedError
+
+    def _backfill(self, head: Any) -> Sequence[Any]:
+        """Waiting requests that may be admitted instead of `head` when it does not fit
+        (in order; none: head-of-line blocking)."""
+        return ()
+
+    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
+        """Whether admitting `req` with slots up to `end` is allowed (blocks included)."""
+        return lookup.blocks_to_admit(end) <= self.manager.pool.num_available
+
+    def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
+        """`req` was begun (its candidate choice is final); `instead_of`: the candidate it
+        was backfilled ahead of (None: it was the candidate)."""
+
+    # -- the executor's calls -------------------------------------------------------------
+    @property
+    def wake_time(self) -> float:
+        """When a waiting step may become admissible with nothing running and nothing
+        arriving (inf: only an arrival or a finish can change the decision)."""
+        return math.inf
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or self.num_waiting > 0
+
+    def add(self, req: Any, now: float) -> None:
+        """Queue a step (a new session's first, or a paused session's next)."""
+        self._enqueue(req, now, retry=False)
+
+    def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
+        """A step is done or aborted, running or waiting: forget it. Call after the
+        manager's `finish_step` / `end_session`; `ended`: the session is over too."""
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            self._dequeue(req)
+
+    def forget_session(self, session_id: str, now: float) -> None:
+        """The session left this scheduler while paused: it ended, or it moved to another
+        GPU or replica (call after the manager's `end_session`). Whatever the scheduler
+        keeps about it goes, so it holds no admission room here; a later step of it here
+        is admitted afresh. Unknown sessions are ignored.
+
+        Raises:
+            ValueError: a step of the session is still waiting or running here (`finish`
+                it first); nothing changed.
+        """
+        if any(r.session_id == session_id for r in self.running) or any(
+                r.session_id == session_id for r in self.waiting):
+            raise ValueError(f"session {session_id!r} still has a step waiting or running "
+                             f"here; finish it before forgetting the session")
+
+    def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
+        """Decide one batch step and have `executor` carry it out (begin, allocate,
+        preempt); returns what to run."""
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(executor.num_new_tokens(req), budget)
+            if not self._allocate(req, n, now, executor, out):
+                break  # it preempted itself: everything after it is gone too
+            out.scheduled.append((req, n))
+            budget -= n
+            i += 1
+        # As vLLM: a step that had to preempt admits nobody.
+        while (not out.preempted and budget > 0 and len(self.running) < self.max_num_seqs
+               and self.num_waiting):
+            n = self._admit(now, budget, executor, out)
+            if not n:
+                break
+            budget -= n
+        return out
+
+    # -- mechanics ------------------------------------------------------------------------
+    def lookup(self, req: Any) -> StepLookup:
+        """What `begin_step` would find for the request now (no side effects)."""
+        return self.manager.lookup(req.session_id, req.token_ids, salt=req.salt,
+                                   block_hashes=getattr(req, "block_hashes", None))
+
+    def _admit(self, now: float, budget: int, executor: Executor, out: SchedulerOutput) -> int:
+        """Begin the next waiting request and allocate its first chunk, if it may go and
+        fits; returns the chunk (0: it waits, nothing changed)."""
+        head = self._candidate(now)
+        if head is None:
+            return 0
+        for req in (head, *self._backfill(head)):
+            lk = self.lookup(req)
+            end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + budget)
+            if self._fits(req, lk, end, now):
+                break
+        else:
+            return 0
+        self._dequeue(req)
+        start = executor.begin(req, now)
+        self.running.append(req)
+        self._admitted(req, now, instead_of=None if req is head else head)
+        # A reused tail may cover tokens past `end`: compute at least one token, inside
+        # the tail's block, so that no block beyond the check is needed.
+        n = max(end - start.num_cached_tokens, 1)
+        try:
+            executor.allocate(req, n, now)
+        except OutOfBlocks as e:  # the check above promised room
+            raise RuntimeError(f"admission of session {req.session_id!r} found no room for "
+                               f"its first chunk: {e}") from e
+        out.admitted.append(req)
+        out.scheduled.append((req, n))
+        return n
+
+    def _allocate(self, req: Any, n: int, now: float, executor: Executor,
+                  out: SchedulerOutput) -> bool:
+        """Slots for a running request, preempting the newest until they fit; False if
+        `req` itself was preempted."""
+        while True:
+            try:
+                executor.allocate(req, n, now)
+                return True
+            except OutOfBlocks:
+                victim = self.running.pop()
+                executor.preempt(victim, now)
+                self.num_preemptions += 1
+                out.preempted.append(victim)
+                self._enqueue(victim, now, retry=True)
+                if victim is req:
+                    return False

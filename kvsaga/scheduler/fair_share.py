@@ -1,0 +1,58 @@
+"""Agent Fair Share: which tenant's waiting session the `workflow` scheduler admits next.
+
+Each tenant has a weight (1 by default) and a deficit. At each session admission, every
+backlogged tenant (one with a session waiting for admission) is credited its weight share of
+that admission and the admitted tenant is debited 1; the tenant with the largest deficit
+goes next (ties: the oldest waiting session). Deficits restart at 0 whenever the backlogged
+set changes.
+
+Deviation bound: a tenant's deficit is its weighted fair share of the admissions so far
+minus its admissions. The backlogged tenants' deficits sum to 0 and each stays above -1 (a
+tenant is debited only when its deficit is the largest, hence >= 0, and it is credited a
+positive share first), so each stays below k - 1 (k tenants). Hence, while the backlogged
+set stays the same, each tenant's admissions exceed its fair share by less than 1 and fall
+short of it by less than k - 1: for two tenants, less than one session either way.
+tests/test_scheduler.py checks it on random weights and admission sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+
+class FairShare:
+    """Deficits of the backlogged tenants (see the module docstring).
+
+    Args:
+        weights: weight per tenant; absent tenants weigh 1.
+    """
+
+    def __init__(self, weights: Mapping[str | None, float]) -> None:
+        self.weights = dict(weights)
+        self.deficits: dict[str | None, float] = {}  # backlogged tenants only
+
+    def weight(self, tenant: str | None) -> float:
+        return self.weights.get(tenant, 1.0)
+
+    def backlog_changed(self, backlogged: Iterable[str | None]) -> None:
+        """The set of backlogged tenants changed: their deficits restart at 0."""
+        self.deficits = dict.fromkeys(backlogged, 0.0)
+
+    def next_tenant(self, oldest: Callable[[str | None], float]) -> str | None:
+        """The backlogged tenant with the largest deficit; ties go to the smallest
+        `oldest(tenant)` (the arrival of its oldest waiting session)."""
+        d = self.deficits
+        if len(d) == 1:
+            return next(iter(d))
+        return max(d, key=lambda t: (d[t], -oldest(t)))
+
+    def charge(self, tenant: str | None) -> None:
+        """`tenant` had a session admitted: credit every backlogged tenant its share of the
+        admission and debit `tenant` 1 (a tenant not backlogged is not charged)."""
+        d = self.deficits
+        if tenant not in d:
+            return
+        total = sum(self.weight(t) for t in d)
+        for t in d:
+            d[t] += self.weight(t) / total
+        d[tenant] -= 1.0

@@ -1,0 +1,442 @@
+"""`workflow` (the default scheduler): workflow-atomic admission with Agent Fair Share and
+bounded waiting; the rule is stated in the package docstring (`kvsaga.scheduler`)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kvsaga.manager import KVCacheManager, StepLookup
+from kvsaga.scheduler.base import Scheduler, check_float, check_int
+from kvsaga.scheduler.fair_share import FairShare
+from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, working_set_blocks
+
+
+class _Admitted:
+    """An admitted session: what its working set is predicted from."""
+
+    __slots__ = ("tenant", "workflow", "context", "shared", "steps", "active",
+                 "last_context", "demote_at", "blocks")
+
+    def __init__(self, tenant: str | None, workflow: str, context: int) -> None:
+        self.tenant = tenant
+        self.workflow = workflow
+        self.context = context  # tokens of its context, as of its last admission or finish
+        self.shared = 0  # leading tokens of it in blocks other sessions share (a prefix)
+        self.steps = 0  # steps finished
+        self.active = True  # a step is queued or running (not paused on a tool)
+        self.last_context: int | None = None  # context at its last finish, for growth
+        self.demote_at = math.inf  # when a pause this long makes it demotable
+        self.blocks = 0  # predicted working set, blocks
+
+
+class WorkflowScheduler(Scheduler):
+    """Workflow-atomic admission with Agent Fair Share (see the module docstring).
+
+    Args:
+        manager, max_num_seqs, max_num_batched_tokens: as `Scheduler`.
+        overcommit: admit while predicted working sets <= overcommit x (GPU + host blocks).
+        horizon_steps: steps of expected growth counted in an admitted session's working
+            set (fewer when the Agent Execution Graph expects the session to end sooner).
+        prior_growth_tokens: context growth per step assumed for a workflow until one is
+            observed (too small a guess is corrected by demotion, below).
+        growth_alpha: weight of each new observed growth once 1 / growth_alpha were seen.
+        demote_factor, demote_min_s: a paused admitted session whose pause exceeds
+            demote_factor x its expected pause + demote_min_s is demoted when a waiting
+            session does not fit (its blocks stay cached; its next step must be admitted
+            again, ahead of its tenant's new sessions). Independently, whenever the
+            admitted working sets outgrow the tiers, the most recently admitted paused
+            sessions are demoted until they fit.
+        default_pause_s: expected pause when neither the step's hint nor an Agent Execution
+            Graph (a `graph` policy's) predicts one.
+        reserve_decode_tokens: decode tokens of headroom reserved per running step: a step
+            is admitted only if its whole prompt plus this many tokens fits in the free and
+            evictable blocks left after every running step's own reserve (0: first chunk).
+        admission_window: how many queued resumed steps, from the head, are looked at for a
+            warm one (context still resident), which goes first.
+        max_bypass: how many warm steps may be admitted ahead of the resumed queue's head.
+        backfill_window: when the next session to admit (its tenant's oldest) does not
+            fit, how many sessions queued behind it (same tenant) are tried instead, so a
+            small session is not held behind a large one (0: never).
+        max_backfill: how many sessions may be backfilled ahead of one waiting session.
+        idle_admit_s: once the batch has been empty this long with every admitted session
+            away on a tool call, the next session is admitted even if the working sets do
+            not fit (the GPU would idle; `inf`: never). Demotion then makes room.
+        tenant_weights: Agent Fair Share weight per tenant (default 1 each).
+    """
+
+    name = "workflow"
+
+    def __init__(
+        self,
+        manager: KVCacheManager,
+        *,
+        overcommit: float = 1.0,
+        horizon_steps: float = 1.0,
+        prior_growth_tokens: int = 256,
+        growth_alpha: float = 0.05,
+        demote_factor: float = 4.0,
+        demote_min_s: float = 10.0,
+        default_pause_s: float = 30.0,
+        reserve_decode_tokens: int = 64,
+        admission_window: int = 16,
+        max_bypass: int = 16,
+        backfill_window: int = 4,
+        max_backfill: int = 16,
+        idle_admit_s: float = 1.0,
+        tenant_weights: Mapping[str | None, float] | None = None,
+        **limits: Any,
+    ) -> None:
+        super().__init__(manager, **limits)
+        self.overcommit = check_float("overcommit", overcommit, 0.0, strict=True)
+        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0)
+        self.prior_growth_tokens = check_int("prior_growth_tokens", prior_growth_tokens, 0)
+        self.growth_alpha = check_float("growth_alpha", growth_alpha, 0.0, strict=True)
+        if self.growth_alpha > 1:
+            raise ValueError(f"scheduler parameter growth_alpha must be in (0, 1], got "
+                             f"{growth_alpha!r}")
+        self.demote_factor = check_float("demote_factor", demote_factor, 0.0)
+        self.demote_min_s = check_float("demote_min_s", demote_min_s, 0.0)
+        self.default_pause_s = check_float("default_pause_s", default_pause_s, 0.0)
+        self.reserve_decode_tokens = check_int("reserve_decode_tokens",
+                                                reserve_decode_tokens, 0)
+        self.admission_window = check_int("admission_window", admission_window, 0)
+        self.max_bypass = check_int("max_bypass", max_bypass, 0)
+        self.backfill_window = check_int("backfill_window", backfill_window, 0)
+        self.max_backfill = check_int("max_backfill", max_backfill, 0)
+        self.idle_admit_s = check_float("idle_admit_s", idle_admit_s, 0.0)
+        weights = dict(tenant_weights or {})
+        for t, w in weights.items():
+            check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
+        self.tenant_weights = weights
+        self._fair = FairShare(weights)
+        self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
+        self.sessions: dict[str, _Admitted] = {}  # admitted sessions
+        self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
+        self._bypassed = 0  # warm steps admitted ahead of the resumed queue's current head
+        self._head: Any = None
+        self._backfill_head: Any = None  # the waiting session last backfilled ahead of
+        self._backfilled = 0  # sessions admitted ahead of it
+        self._retries: set[int] = set()  # preempted steps (by id): they keep their place
+        self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
+        self._growth = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
+        self._committed = 0  # sum of admitted sessions' working sets, blocks
+        self._demote_at = math.inf  # no paused session is demotable before this
+        self._idle_since: float | None = None  # the batch is empty and nobody resumed since
+        self.num_demotions = 0
+        self._deferred: set[str] = set()  # demoted sessions not admitted again yet
+
+    # -- queues ---------------------------------------------------------------------------
+    @property
+    def waiting(self) -> list[Any]:
+        out = list(self._resumed)
+        for q in self._pending.values():
+            out.extend(q)
+        return out
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._resumed) + sum(len(q) for q in self._pending.values())
+
+    def _enqueue(self, req: Any, now: float, *, retry: bool) -> None:
+        info = self.sessions.get(req.session_id)
+        if info is not None:
+            if retry:
+                self._resumed.appendleft(req)
+                self._retries.add(id(req))
+            else:
+                self._resumed.append(req)
+                info.active = True
+            return
+        q = self._pending.get(req.tenant)
+        if q is None:
+            q = self._pending[req.tenant] = deque()
+            self._backlog_changed()
+        if req.resumed:
+            q.appendleft(req)  # a demoted session's next step: its task is under way
+        else:
+            q.append(req)
+
+    def _dequeue(self, req: Any) -> bool:
+        self._retries.discard(id(req))
+        if self._resumed and self._resumed[0] is req:
+            self._resumed.popleft()
+            return True
+        if req in self._resumed:
+            self._resumed.remove(req)
+            return True
+        q = self._pending.get(req.tenant)
+        if q is None or req not in q:
+            return False
+        q.remove(req)
+        if not q:
+            del self._pending[req.tenant]
+            self._backlog_changed()
+        return True
+
+    def _backlog_changed(self) -> None:
+        """The set of backlogged tenants changed: their deficits restart (AFS)."""
+        self._fair.backlog_changed(self._pending)
+
+    @property
+    def deficits(self) -> dict[str | None, float]:
+        """The backlogged tenants' Agent Fair Share deficits (`FairShare`)."""
+        return self._fair.deficits
+
+    @property
+    def wake_time(self) -> float:
+        if not self._pending:
+            return math.inf
+        idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
+        return min(self._demote_at, idle)
+
+    # -- admission order ------------------------------------------------------------------
+    def _candidate(self, now: float) -> Any | None:
+        if self._resumed:
+            return self._pick_resumed()
+        if not self._pending:
+            return None
+        return self._pending[self._fair.next_tenant(self._oldest)][0]
+
+    def _backfill(self, head: Any) -> Sequence[Any]:
+        """Sessions queued behind `head`, a session waiting for admission, in its tenant's
+        queue (at most `backfill_window`, and none once `max_backfill` went ahead of it)."""
+        q = self._pending.get(head.tenant)
+        passed = self._backfilled if head is self._backfill_head else 0
+        if not q or q[0] is not head or passed >= self.max_backfill:
+            return ()
+        return list(itertools.islice(q, 1, 1 + self.backfill_window))
+
+    def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
+        """The session-level gate: admitting `req`'s session keeps the admitted working sets
+        within the tiers (after demoting sessions away far too long), or nothing else is
+        admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
+        if not self.sessions:
+            return True
+        own = req.num_tokens - lookup.gpu_hit_blocks * self.manager.block_size
+        need = self._working_set(req.workflow, own, 0)
+        limit = self.overcommit * self.capacity
+        if self._committed + need <= limit:
+            return True
+        self._demote(now)
+        if not self.sessions or self._committed + need <= limit:
+            return True
+        return self._idle_long(now)
+
+    def _idle_long(self, now: float) -> bool:
+        """Whether the batch has been empty, with no admitted session's step waiting (the
+        admitted sessions all away on tool calls), for `idle_admit_s` up to `now`. Compared
+        as `wake_time` computes it, so that waking at that time admits (no float drift)."""
+        if self.running or self._resumed:
+            self._idle_since = None
+            return False
+        if self._idle_since is None:
+            self._idle_since = now
+        return now >= self._idle_since + self.idle_admit_s
+
+    def _pick_resumed(self) -> Any:
+        """The head of the resumed queue, or a warm step among the first
+        `admission_window` (at most `max_bypass` times ahead of one head)."""
+        head = self._resumed[0]
+        if head is not self._head:
+            self._head, self._bypassed = head, 0
+        if id(head) in self._retries or self._bypassed >= self.max_bypass or self._is_warm(head):
+            return head
+        for i in range(1, min(self.admission_window, len(self._resumed))):
+            if self._is_warm(self._resumed[i]):
+                return self._resumed[i]
+        return head
+
+    def _is_warm(self, req: Any) -> bool:
+        """Whether most of a paused session's context is still on the GPU: the block at
+        the middle of its prompt is resident (policies evict tails first, so the head up to
+        it almost surely is too). O(1), unlike a lookup."""
+        s = self.manager.sessions.get(req.session_id)
+        if s is None:
+            return False
+        mid = req.num_tokens // (2 * self.manager.block_size)
+        return mid < len(s.block_hashes) and self.manager.index.get(s.block_hashes[mid]) is not None
+
+    def _oldest(self, tenant: str | None) -> float:
+        """Arrival of the tenant's oldest waiting session (AFS ties)."""
+        return self._pending[tenant][0].arrival
+
+    # -- working sets ---------------------------------------------------------------------
+    def _graph(self):
+        return getattr(self.manager.policy, "graph", None)
+
+    def _working_set(self, workflow: str, context: int, steps_done: int) -> int:
+        """Blocks a session is predicted to hold over its next steps: its own context (not
+        a prefix shared with others) plus the workflow's mean growth per step over
+        `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer steps
+        left), capped at the tiers' capacity."""
+        horizon = self.horizon_steps
+        graph = self._graph()
+        if graph is not None:
+            horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
+        blocks = working_set_blocks(context, horizon, self._growth.mean(workflow),
+                                    self.manager.block_size)
+        return min(blocks, self.capacity)
+
+    def _shared_tokens(self, sid: str) -> int:
+        """Tokens of the session's context held in leading blocks that other sessions share
+        (a common prefix): they are counted once, not in each session's working set."""
+        m = self.manager
+        get, owner = m.index.get, m.block_owner
+        n = 0
+        for h in m.sessions[sid].block_hashes:
+            b = get(h)
+            if b is None or owner[b] is not None:
+                break
+            n += 1
+        return n * m.block_size
+
+    def _set_blocks(self, info: _Admitted) -> None:
+        new = self._working_set(info.workflow, info.context - info.shared, info.steps)
+        self._committed += new - info.blocks
+        info.blocks = new
+
+    def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
+        if instead_of is not None:
+            if instead_of is not self._backfill_head:
+                self._backfill_head, self._backfilled = instead_of, 0
+            self._backfilled += 1
+        if self._resumed and req is not self._head and self._head is self._resumed[0]:
+            self._bypassed += 1  # a warm step went ahead of the head
+        sid = req.session_id
+        info = self.sessions.get(sid)
+        if info is None:  # a session admission: charge its tenant (AFS)
+            self._fair.charge(req.tenant)
+            if sid in self._deferred:
+                self._set_deferred(sid, False, now)
+            info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
+            info.shared = self._shared_tokens(sid)
+        info.context = max(info.context, req.num_tokens)
+        info.active = True
+        info.demote_at = math.inf
+        self._set_blocks(info)
+
+    def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
+        super().finish(req, now, ended=ended)
+        sid = req.session_id
+        info = self.sessions.get(sid)
+        if info is None:
+            return
+        s = self.manager.sessions.get(sid)
+        if ended or s is None:
+            self._forget(sid)
+            return
+        info.steps += 1
+        context = req.num_tokens
+        if info.last_context is not None:
+            self._growth.observe(info.workflow, context - info.last_context)
+        info.last_context = context
+        info.context = context
+        info.shared = self._shared_tokens(sid)
+        info.active = False
+        info.demote_at = demote_deadline(now, self._expected_pause(s), self.demote_factor,
+                                        self.demote_min_s)
+        self._demote_at = min(self._demote_at, info.demote_at)
+        self._set_blocks(info)
+        self._shrink(now)
+
+    def forget_session(self, session_id: str, now: float) -> None:
+        super().forget_session(session_id, now)
+        self._deferred.discard(session_id)
+        if session_id in self.sessions:
+            self._forget(session_id)
+
+    def _shrink(self, now: float) -> None:
+        """While the admitted working sets outgrow the tiers (contexts grew more than
+        predicted), demote the most recently admitted paused sessions: their next steps
+        wait for room instead of evicting the older sessions' contexts."""
+        limit = self.overcommit * self.capacity
+        if self._committed > limit:
+            shrink(self.sessions, lambda: self._committed > limit,
+                   lambda info: not info.active, lambda sid: self._demote_session(sid, now))
+
+    def _forget(self, sid: str) -> None:
+        info = self.sessions.pop(sid)
+        self._committed -= info.blocks
+        self._deferred.discard(sid)
+
+    def _demote_session(self, sid: str, now: float) -> None:
+        """Demote a paused admitted session, and tell the policy that its blocks are needed
+        only after it is admitted again (`EvictionPolicy.session_deferred`)."""
+        self._forget(sid)
+        self.num_demotions += 1
+        self._set_deferred(sid, True, now)
+
+    def _set_deferred(self, sid: str, deferred: bool, now: float) -> None:
+        s = self.manager.sessions.get(sid)
+        if s is None:
+            return
+        if deferred:
+            self._deferred.add(sid)
+        else:
+            self._deferred.discard(sid)
+        self.manager.policy.session_deferred(s, deferred, now)
+
+    def _demote(self, now: float) -> None:
+        """Demote admitted sessions paused far longer than predicted (and forget those
+        ended behind the scheduler's back), so that waiting sessions may be admitted."""
+        if now < self._demote_at:
+            return
+        self._demote_at = math.inf
+        sessions = self.manager.sessions
+        for sid, info in list(self.sessions.items()):
+            if info.active:
+                continue
+            if sid not in sessions:
+                self._forget(sid)
+            elif now >= info.demote_at:
+                self._demote_session(sid, now)
+            else:
+                self._demote_at = min(self._demote_at, info.demote_at)
+
+    def _expected_pause(self, s) -> float:
+        """Seconds the session's pause is expected to last: its hint, else the Agent
+        Execution Graph's prediction (the median pause of its tool), else the default."""
+        hint = s.hint
+        if hint is not None and hint.expected_s is not None:
+            return hint.expected_s
+        graph = self._graph()
+        if graph is not None:
+            return graph.predict(s.workflow, hint.tool if hint else None, 0.0).expected_s
+        return self.default_pause_s
+
+    # -- block-level check ----------------------------------------------------------------
+    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
+        available = self.manager.pool.num_available
+        if lookup.blocks_to_admit(end) > available:
+            return False
+        if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):
+            return False
+        if self.running and self.reserve_decode_tokens:
+            # The whole prompt and some decode headroom, for it and for every running step:
+            # admitting what the pool cannot carry to completion only defers a preemption.
+            # With nothing running the first chunk suffices (progress is guaranteed).
+            full = lookup.blocks_to_admit(self._reserve_target(req, req.num_tokens))
+            if full + self._running_reserve() > available:
+                return False
+        return True
+
+    def _reserve_target(self, req: Any, context: int) -> int:
+        """Tokens a step holds after `reserve_decode_tokens` more decode tokens (never past
+        its output limit)."""
+        last = req.max_num_tokens - 1  # the last output is not fed back
+        return max(context, min(context + self.reserve_decode_tokens, last))
+
+    def _running_reserve(self) -> int:
+        """Blocks the running steps will take soon: the rest of each prompt and its next
+        `reserve_decode_tokens` decode tokens."""
+        bs = self.manager.block_size
+        sessions = self.manager.sessions
+        total = 0
+        for r in self.running:
+            held = len(sessions[r.session_id].block_ids)
+            total += max(0, -(-self._reserve_target(r, r.num_tokens) // bs) - held)
+        return total
