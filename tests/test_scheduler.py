@@ -502,6 +502,34 @@ def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
     assert "a" in s.sessions and "a" not in m.policy._deferred
 
 
+
+def test_ttl_releases_a_demoted_sessions_blocks_until_its_tool_returns():
+    """ttl (the default policy) acts on a demotion too: the demoted session's blocks go
+    before an admitted paused session's, and are kept again once its tool returns."""
+    m = manager(24, policy="ttl")
+    s = _wf(m, demote_factor=2.0, demote_min_s=1.0)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1.0)  # a pauses on a 1 s tool
+    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
+    s.add(b, 2.5)
+    ex.run(s, s.schedule(2.5, ex), 2.5, tool_s=100.0)  # b pauses on a 100 s tool
+    owner = {blk: sid for sid in "ab" for blk in m.sessions[sid].block_ids}
+
+    def first_victim(now):
+        return next(owner[blk] for blk in m.policy.eviction_order(now) if blk in owner)
+
+    assert first_victim(3.0) == "b"  # ttl keeps a (its 1 s tool returns any moment)
+    c = ToyRequest("c", toks(200, 40), max_new=1)
+    s.add(c, 3.0)  # does not fit beside a and b: a (paused 3 s > 2 x 1 s + 1 s) is demoted
+    out = s.schedule(3.0, ex)
+    assert out.admitted == [c] and "a" not in s.sessions
+    assert first_victim(3.0) == "a" and m.policy.session_value("a", 3.0)[0]  # released
+    m.resume_hint("a", now=3.5)  # its tool returned: it is first in line again
+    assert first_victim(3.5) == "b"
+
+
 @settings(max_examples=100, deadline=None)
 @given(k=st.integers(1, 4), n=st.integers(1, 60),
        weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=4, max_size=4),

@@ -47,6 +47,7 @@ import math
 from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GRID_RATIO, GroupedPolicy, SessionView, sticky_level
+from kvsaga.session import PauseHint
 
 
 class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -87,6 +88,20 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
     def step_started(self, session, now: float) -> None:
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
+
+    def session_deferred(self, session, deferred: bool, now: float) -> None:
+        """The scheduler demoted the paused session: its next step waits for admission
+        behind the admitted sessions, so its pause says nothing about when its blocks are
+        read again. They are released (judged as a session that does not come back: before
+        every live session's) until its tool returns (then they are needed soon: it is
+        first in its tenant's queue) or its next step starts. Re-admission (`deferred`
+        False) needs nothing: the step has started, and its next pause is judged afresh."""
+        if not deferred:
+            return
+        self._touch(now)
+        v = self._touched_view(session)
+        if not v.running:
+            v.hint = PauseHint(tool=v.tool, last_step=True)
 
     # -- pricing ------------------------------------------------------------------------------
     def rent(self) -> float:
