@@ -48,6 +48,7 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Hashable, Iterator
 from itertools import count, islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
@@ -221,38 +222,45 @@ class GroupedPolicy(EvictionPolicy):
         self._where[block_id] = UNTRACKED
 
     def blocks_uncached(self, block_ids: list[int]) -> None:
-        """`block_uncached` for a batch (an eviction's victims): a session's victims are
-        usually the first entries of its group (tails, in order), cut in one slice."""
+        """`block_uncached` for a batch. An eviction's victims come as runs of one session's
+        blocks, tail first (the first entries of its group), a resume's hits as a run head
+        first (the last entries): each run leaves its group in one slice (`_cut`)."""
         where, owner_of = self._where, self._owner
-        cut: dict[str, list[int]] = {}
+        run: list[int] = []
+        run_sid = None
         for b in block_ids:
             w = where[b]
             if w == OWNED:
                 sid = owner_of[b]
-                taken = cut.get(sid)
-                if taken is None:
-                    cut[sid] = [b]
+                if sid != run_sid:
+                    if run:
+                        self._cut(run_sid, run)
+                    run_sid, run = sid, [b]
                 else:
-                    taken.append(b)
+                    run.append(b)
                 owner_of[b] = None
             elif w == PLAIN:
                 self.plain.remove(b)
             elif w == DEAD:
                 self.dead.remove(b)
             where[b] = UNTRACKED
-        groups, dirty = self.groups, self._dirty
-        for sid, taken in cut.items():
-            g = groups[sid]
-            k = len(taken)
-            if k == len(g):
-                del groups[sid]
-            else:
-                if [b for _, b in g[:k]] == taken:
-                    del g[:k]
-                else:
-                    gone = set(taken)
-                    g[:] = [x for x in g if x[1] not in gone]
-            dirty.add(sid)
+        if run:
+            self._cut(run_sid, run)
+
+    def _cut(self, sid: str, taken: list[int]) -> None:
+        """Take `taken` (distinct blocks of `sid`'s group) out of the group."""
+        g = self.groups[sid]
+        k = len(taken)
+        if k == len(g):
+            del self.groups[sid]
+        elif list(map(itemgetter(1), g[:k])) == taken:
+            del g[:k]  # tails: an eviction's victims
+        elif list(map(itemgetter(1), g[-k:])) == taken[::-1]:
+            del g[-k:]  # heads first: a resume's hits
+        else:
+            gone = set(taken)
+            g[:] = [x for x in g if x[1] not in gone]
+        self._dirty.add(sid)
 
     # -- session lifecycle --------------------------------------------------------------------
     def step_started(self, session: Session, now: float) -> None:
@@ -368,14 +376,39 @@ class GroupedPolicy(EvictionPolicy):
         """
         self._prepare(now)
         self._refresh(now)
+        heap, version, groups = self._heap, self._version, self.groups
+        streams = self._queue_streams(now)
+        out: list[int] = []
+        popped: list[tuple[Any, int, int, str]] = []
+        try:
+            if not streams and self._keys_nonincreasing():
+                # The usual case (no dead or plain cache): each session the index's top
+                # names leaves whole, tail first, until the count is reached.
+                pop = heapq.heappop
+                while heap and len(out) < num_blocks:
+                    entry = pop(heap)
+                    if version.get(entry[3]) != entry[2]:
+                        continue  # stale: its session was re-keyed or ended
+                    popped.append(entry)
+                    out += [b for _, b in groups[entry[3]][:num_blocks - len(out)]]
+            else:
+                self._merge_victims(num_blocks, streams, out, popped)
+        finally:
+            for s in streams:
+                s.close()
+            # Named, not yet evicted: eviction re-keys their sessions; the next search puts
+            # back those it did not (a caller that only asks, as `eviction_order` does).
+            self._named.extend(popped)
+        return out
+
+    def _merge_victims(self, num_blocks: int, streams: list[Stream], out: list[int],
+                       popped: list[tuple[Any, int, int, str]]) -> None:
+        """The general search: the index's top, `more` and the queue streams' heads."""
         heap, version, groups, entry_key, base_of = (
             self._heap, self._version, self.groups, self._entry_key, self._base)
         monotone = self._keys_nonincreasing()
-        streams = self._queue_streams(now)
         heads = [next(s, None) for s in streams]
         more: list[tuple[Any, int, int, str, int]] = []
-        popped = []
-        out: list[int] = []
 
         def best_other() -> tuple[tuple[Any, int] | None, int]:
             while heap and version.get(heap[0][3]) != heap[0][2]:
@@ -388,45 +421,37 @@ class GroupedPolicy(EvictionPolicy):
                     best, src = h[0], i
             return best, src
 
-        try:
-            while len(out) < num_blocks:
-                best, src = best_other()
-                if best is None:
+        while len(out) < num_blocks:
+            best, src = best_other()
+            if best is None:
+                break
+            if src >= 0:
+                out.append(heads[src][1])
+                heads[src] = next(streams[src], None)
+                continue
+            if src == -1:
+                entry = heapq.heappop(heap)
+                popped.append(entry)
+                k = 0
+            else:
+                entry = heapq.heappop(more)
+                k = entry[4]
+            _, tie, ver, sid = entry[:4]
+            g, base = groups[sid], base_of[sid]
+            out.append(g[k][1])
+            if monotone:  # every later (key, tie) <= this one < every other candidate
+                out.extend([nb for _, nb in g[k + 1:k + 1 + num_blocks - len(out)]])
+                continue
+            bound, _ = best_other()
+            for j in range(k + 1, len(g)):
+                if len(out) >= num_blocks:
                     break
-                if src >= 0:
-                    out.append(heads[src][1])
-                    heads[src] = next(streams[src], None)
-                    continue
-                if src == -1:
-                    entry = heapq.heappop(heap)
-                    popped.append(entry)
-                    k = 0
-                else:
-                    entry = heapq.heappop(more)
-                    k = entry[4]
-                _, tie, ver, sid = entry[:4]
-                g, base = groups[sid], base_of[sid]
-                out.append(g[k][1])
-                if monotone:  # every later (key, tie) <= this one < every other candidate
-                    out.extend([nb for _, nb in g[k + 1:k + 1 + num_blocks - len(out)]])
-                    continue
-                bound, _ = best_other()
-                for j in range(k + 1, len(g)):
-                    if len(out) >= num_blocks:
-                        break
-                    neg_pos, nb = g[j]
-                    key = entry_key(base, -neg_pos)
-                    if bound is not None and not (key, tie) < bound:
-                        heapq.heappush(more, (key, tie, ver, sid, j))
-                        break
-                    out.append(nb)
-        finally:
-            for s in streams:
-                s.close()
-            # Named, not yet evicted: eviction re-keys their sessions; the next search puts
-            # back those it did not (a caller that only asks, as `eviction_order` does).
-            self._named.extend(popped)
-        return out
+                neg_pos, nb = g[j]
+                key = entry_key(base, -neg_pos)
+                if bound is not None and not (key, tie) < bound:
+                    heapq.heappush(more, (key, tie, ver, sid, j))
+                    break
+                out.append(nb)
 
     def _refresh(self, now: float) -> None:
         """Re-key the sessions whose key may have changed since the last search."""
@@ -478,7 +503,9 @@ class GroupedPolicy(EvictionPolicy):
         neg_pos, b = g[0]
         heapq.heappush(self._heap, (self._entry_key(base, -neg_pos), b, ver, sid))
         if until < math.inf:
-            heapq.heappush(self._timers, (until, ver, sid))
+            # The key was judged at `now`, so it next changes after it: a deadline that
+            # rounding put at or before `now` would fire again at every search at this time.
+            heapq.heappush(self._timers, (max(until, math.nextafter(now, math.inf)), ver, sid))
 
     def _global_state(self, now: float) -> Hashable:
         """What every session's key depends on besides its own state (default: nothing)."""

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from kvsaga import OutOfBlocks
 from kvsaga.policy import POLICIES
 from kvsaga.policy.groups import GRID_RATIO, GRID_S, elapsed_grid
-from tests.policy.helpers import build, make
+from tests.policy.helpers import build, make, run_step, tokens
 from tests.policy.test_properties import apply, op_lists
 
 INDEXED = sorted(n for n, c in POLICIES.items() if getattr(c, "indexed", False))
@@ -69,3 +69,22 @@ def test_elapsed_grid_brackets_the_time(e):
         assert hi == pytest.approx(lo * GRID_RATIO)
         k = math.log(lo / GRID_S) / math.log(GRID_RATIO)
         assert k == pytest.approx(round(k))
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_a_deadline_rounded_onto_the_search_time_re_keys_once(name):
+    # Times summed in 1 ms steps: the pause is a hair under one grid step old, yet its next
+    # grid point, paused_at + GRID_S, rounds to the search time itself. The key is judged
+    # at that time, so searching again at the same time must not re-key it again.
+    paused_at, now = 0.06200000000000005, 0.06300000000000004
+    assert now - paused_at < GRID_S and paused_at + GRID_S >= now
+    policy = build(name)
+    m = make(policy, num_blocks=8)
+    run_step(m, "a", tokens(0, 8), now=paused_at, tool="search")
+    policy.choose_victims(1, now)
+    keyed = []
+    base = policy._session_base
+    policy._session_base = lambda sid, g, t: keyed.append(sid) or base(sid, g, t)
+    for _ in range(3):
+        policy.choose_victims(1, now)
+    assert keyed == []
