@@ -7,7 +7,8 @@ boundaries in `AttentionMetadata`. Every layer writes its new K/V with
 `kvsaga.kernels.cache_write` and attends with `kvsaga.kernels.paged_attention`.
 
 Parameters use HF checkpoint names on load (`load_weights`), but q/k/v and gate/up are stored
-fused so that each is one matmul.
+fused so that each is one matmul. On CPU in fp32, `load_weights` also gives every projection
+and the LM head a oneDNN-packed copy (`kvsaga.engine.cpu_linear`), which the forward uses.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kvsaga import kernels
+from kvsaga.engine import cpu_linear
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.rope import apply_rope, rope_cos_sin, rope_inv_freq
@@ -64,6 +66,13 @@ class Attention(nn.Module):
         self.o_bias = (
             _empty(cfg.hidden_size, dtype=dtype, device=device) if cfg.attention_out_bias else None
         )
+        self.qkv_packed: torch.Tensor | None = None  # cpu_linear.pack copies (pack_weights)
+        self.o_packed: torch.Tensor | None = None
+
+    def pack_weights(self) -> None:
+        """(Re)build the oneDNN copies of the projections from the current weights."""
+        self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias)
+        self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias)
 
     def forward(
         self,
@@ -75,7 +84,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         t = x.shape[0]
-        qkv = F.linear(x, self.qkv_proj, self.qkv_bias)  # [T, q + 2kv]
+        qkv = cpu_linear.linear(x, self.qkv_proj, self.qkv_bias, self.qkv_packed)  # [T, q+2kv]
         qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
         # Q and K heads rotated together: one set of elementwise ops instead of two.
         qk = apply_rope(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
@@ -94,7 +103,8 @@ class Attention(nn.Module):
             max_seq_len=meta.max_seq_len,
             validate=self.validate,
         )  # [T, num_heads, head_dim]
-        return F.linear(out.reshape(t, self.q_size), self.o_proj, self.o_bias)
+        out = out.reshape(t, self.q_size)
+        return cpu_linear.linear(out, self.o_proj, self.o_bias, self.o_packed)
 
 
 class MLP(nn.Module):
@@ -107,10 +117,18 @@ class MLP(nn.Module):
             2 * cfg.intermediate_size, cfg.hidden_size, dtype=dtype, device=device
         )
         self.down_proj = _empty(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, device=device)
+        self.gate_up_packed: torch.Tensor | None = None  # cpu_linear.pack copies (pack_weights)
+        self.down_packed: torch.Tensor | None = None
+
+    def pack_weights(self) -> None:
+        """(Re)build the oneDNN copies of the projections from the current weights."""
+        self.gate_up_packed = cpu_linear.pack(self.gate_up_proj)
+        self.down_packed = cpu_linear.pack(self.down_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.gate_up_proj).chunk(2, dim=-1)  # [T, I] each
-        return F.linear(F.silu(gate) * up, self.down_proj)
+        gate_up = cpu_linear.linear(x, self.gate_up_proj, None, self.gate_up_packed)
+        gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
+        return cpu_linear.linear(F.silu(gate) * up, self.down_proj, None, self.down_packed)
 
 
 class DecoderLayer(nn.Module):
@@ -171,6 +189,7 @@ class LlamaForCausalLM(nn.Module):
             if config.tie_word_embeddings
             else _empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         )
+        self.lm_head_packed: torch.Tensor | None = None  # cpu_linear.pack copy (pack_weights)
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
@@ -212,7 +231,7 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Args: hidden [N, hidden_size]. Returns: fp32 logits [N, vocab_size]."""
-        return F.linear(hidden, self.lm_head).float()
+        return cpu_linear.linear(hidden, self.lm_head, None, self.lm_head_packed).float()
 
     def forward(
         self,
@@ -276,6 +295,18 @@ class LlamaForCausalLM(nn.Module):
         missing = [n for n, p in self.named_parameters() if rows[n] < p.shape[0]]
         if missing:
             raise ModelLoadError(f"checkpoint lacks weights for: {sorted(missing)[:8]}")
+        self.pack_weights()
+
+    def pack_weights(self) -> None:
+        """Give every projection and the LM head its oneDNN copy (`cpu_linear.pack`; None,
+        so `F.linear`, off CPU, outside fp32 or without oneDNN). `load_weights` calls it;
+        call it again after changing weights any other way, or the forward keeps using the
+        copies of the old ones.
+        """
+        for layer in self.layers:
+            layer.attn.pack_weights()
+            layer.mlp.pack_weights()
+        self.lm_head_packed = cpu_linear.pack(self.lm_head)
 
     def _set_freq_factors(self, factors: torch.Tensor) -> None:
         c = self.config

@@ -1,0 +1,87 @@
+"""kvsaga.engine.cpu_linear: oneDNN-packed fp32 linears agree with F.linear, and every case
+it does not cover (other dtypes, other devices, no oneDNN) takes F.linear unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kvsaga.engine import cpu_linear
+from kvsaga.engine.loader import load_model
+
+from .helpers import forward_all
+
+needs_onednn = pytest.mark.skipif(
+    cpu_linear.pack(torch.ones(2, 2)) is None, reason="this torch has no usable oneDNN linear"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_linear_matches_f_linear(rows, with_bias):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(96, 40, generator=g)
+    b = torch.randn(96, generator=g) if with_bias else None
+    x = torch.randn(rows, 40, generator=g)
+    packed = cpu_linear.pack(w, b)
+    assert packed is not None
+    torch.testing.assert_close(cpu_linear.linear(x, w, b, packed), F.linear(x, w, b))
+    # A strided input (a column slice, as split heads give) reads the same values.
+    wide = torch.randn(rows, 64, generator=g)[:, 10:50]
+    torch.testing.assert_close(cpu_linear.linear(wide, w, b, packed), F.linear(wide, w, b))
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [
+        torch.ones(8, 4, dtype=torch.float16),
+        torch.ones(8, 4, dtype=torch.bfloat16),
+        torch.ones(8, dtype=torch.float32),
+        torch.ones(2, 8, 4, dtype=torch.float32),
+    ],
+    ids=["fp16", "bf16", "1-d", "3-d"],
+)
+def test_pack_declines_what_it_does_not_cover(weight):
+    assert cpu_linear.pack(weight) is None
+
+
+def test_pack_declines_without_onednn(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert cpu_linear.pack(torch.ones(8, 4)) is None
+
+
+@needs_onednn
+def test_non_fp32_input_takes_f_linear():
+    """A model cast after packing: the stale fp32 copy is not used for bf16 inputs."""
+    w = torch.randn(16, 8)
+    packed = cpu_linear.pack(w)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    out = cpu_linear.linear(x, w.to(torch.bfloat16), None, packed)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, F.linear(x, w.to(torch.bfloat16)))
+
+
+@needs_onednn
+def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
+    """load_weights packs every projection and the LM head; the packed forward's logits equal
+    the F.linear forward's within fp32 rounding, and greedy picks agree."""
+    model = load_model(tiny_model_dir("qwen2_bias_tied"), dtype=torch.float32, device="cpu",
+                       progress=False).model
+    packs = [model.lm_head_packed]
+    for layer in model.layers:
+        packs += [layer.attn.qkv_packed, layer.attn.o_packed]
+        packs += [layer.mlp.gate_up_packed, layer.mlp.down_packed]
+    assert all(p is not None and p.is_mkldnn for p in packs)
+    ids = list(range(3, 40))
+    packed_logits = forward_all(model, ids)
+    model.lm_head_packed = None
+    for layer in model.layers:
+        layer.attn.qkv_packed = layer.attn.o_packed = None
+        layer.mlp.gate_up_packed = layer.mlp.down_packed = None
+    plain_logits = forward_all(model, ids)
+    torch.testing.assert_close(packed_logits, plain_logits, atol=2e-4, rtol=1e-4)
+    assert torch.equal(packed_logits.argmax(-1), plain_logits.argmax(-1))
+    model.pack_weights()
+    assert model.layers[0].mlp.down_packed is not None
