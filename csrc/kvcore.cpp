@@ -575,11 +575,18 @@ class Index {
   }
 
   nb::list longest_prefix(nb::handle hashes, nb::handle limit) const {
+    std::vector<int32_t> out;
+    scan_prefix(hashes, limit, out);
+    return to_list(out.data(), out.size());
+  }
+
+  // The blocks of the leading run of `hashes` (at most `limit`) found here, into `out`.
+  void scan_prefix(nb::handle hashes, nb::handle limit, std::vector<int32_t>& out) const {
     nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
     Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
     if (!limit.is_none()) k = std::min<Py_ssize_t>(k, nb::cast<Py_ssize_t>(limit));
     PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-    std::vector<int32_t> out;
+    out.clear();
     Key key;
     // Each hit reads its digest object and its table slot: both fetched ahead, as in
     // ManagerCore::unindex.
@@ -594,7 +601,6 @@ class Index {
       if (b < 0) break;
       out.push_back(b);
     }
-    return to_list(out.data(), out.size());
   }
 
  private:
@@ -759,6 +765,47 @@ class ManagerCore {
     return nb::steal(l);
   }
 
+  // KVCacheManager.lookup's GPU hits, without a list of them: (how many leading `hashes`
+  // are indexed, up to `limit`; how many of those blocks are CACHED).
+  nb::tuple prefix_hits(nb::handle hashes, nb::handle limit) {
+    index_->scan_prefix(hashes, limit, ids_);
+    int64_t cached = 0;
+    for (int32_t b : ids_) cached += pool_->state.data[b] == kCached;
+    return nb::make_tuple(ids_.size(), cached);
+  }
+
+  // begin_step's prompt for a paused session whose context is `ctx` (a list the manager
+  // owns): `ctx` becomes equal to `token_ids`, changed in place past their common prefix,
+  // whose length is returned. Only the new tokens are checked and copied; a token equal to
+  // the context's is the same object or an equal exact int (so it passed the checks once).
+  // -1, nothing changed, when `token_ids` is not a plain list or tuple of ints in range:
+  // the caller then copies them with the Python checks (and their errors).
+  Py_ssize_t reopen_context(nb::handle ctx, nb::handle token_ids) {
+    PyObject* t = token_ids.ptr();
+    PyObject* c = ctx.ptr();
+    if ((!PyList_CheckExact(t) && !PyTuple_CheckExact(t)) || !PyList_CheckExact(c)) return -1;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(t);
+    PyObject** items = PySequence_Fast_ITEMS(t);
+    Py_ssize_t m = PyList_GET_SIZE(c);
+    PyObject** old = reinterpret_cast<PyListObject*>(c)->ob_item;
+    Py_ssize_t keep = 0, n = std::min(k, m);
+    for (; keep < n; ++keep) {
+      PyObject* a = items[keep];
+      PyObject* b = old[keep];
+      if (a == b) continue;
+      if (!PyLong_CheckExact(a) || !PyLong_CheckExact(b)) break;
+      int same = PyObject_RichCompareBool(a, b, Py_EQ);
+      if (same < 0) throw_current();
+      if (!same) break;
+    }
+    for (Py_ssize_t i = keep; i < k; ++i)
+      if (!plain_token_id(items[i])) return -1;
+    if (PyList_SetSlice(c, keep, m, nullptr)) throw_current();
+    for (Py_ssize_t i = keep; i < k; ++i)
+      if (PyList_Append(c, items[i])) throw_current();
+    return keep;
+  }
+
   // begin_step's loop over its hits: a block owned by another session is shared now, and
   // becomes plain cache (owner None).
   void disown_shared(nb::handle hits, nb::handle sid) {
@@ -895,13 +942,17 @@ class ManagerCore {
     if (!PyList_CheckExact(t) && !PyTuple_CheckExact(t)) return false;
     Py_ssize_t k = PySequence_Fast_GET_SIZE(t);
     PyObject** items = PySequence_Fast_ITEMS(t);
-    for (Py_ssize_t i = 0; i < k; ++i) {
-      if (!PyLong_CheckExact(items[i])) return false;
-      int overflow = 0;
-      long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
-      if (overflow || v < 0 || v > 0xffffffffLL) return false;
-    }
+    for (Py_ssize_t i = 0; i < k; ++i)
+      if (!plain_token_id(items[i])) return false;
     return true;
+  }
+
+  // An exact int in [0, 2^32).
+  static bool plain_token_id(PyObject* o) {
+    if (!PyLong_CheckExact(o)) return false;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow && v >= 0 && v <= 0xffffffffLL;
   }
 
   static void check_context(Py_ssize_t length, nb::handle max_model_len) {
@@ -1145,5 +1196,7 @@ NB_MODULE(_kvcore, m) {
       .def("register_full_blocks", &ManagerCore::register_full_blocks, "session_id"_a,
            "first"_a, "last"_a)
       .def("copy_token_ids", &ManagerCore::copy_token_ids, "token_ids"_a.none())
+      .def("prefix_hits", &ManagerCore::prefix_hits, "hashes"_a, "limit"_a.none())
+      .def("reopen_context", &ManagerCore::reopen_context, "context"_a, "token_ids"_a.none())
       .def("disown_shared", &ManagerCore::disown_shared, "hits"_a, "session_id"_a.none());
 }

@@ -136,9 +136,10 @@ class KVCacheManager(ManagerReads, HostTierOps):
             InvalidRequest: bad ids or tokens, a prompt over max_model_len or larger than the
                 whole pool, the session already has an open step, or a different salt.
         """
-        tokens = self._check_prompt(session_id, token_ids)
+        self._check_prompt(session_id, token_ids)
         now = self.clock() if now is None else now
-        s, keep = self._open(session_id, tokens, salt, workflow)
+        s, keep = self._open(session_id, token_ids, salt, workflow)
+        tokens = s.token_ids
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
         hits = self._full_block_hits(s, max_hit // self.block_size, now)
@@ -165,23 +166,31 @@ class KVCacheManager(ManagerReads, HostTierOps):
         return StepStart(len(tokens), num_cached, list(hits))
 
     def _open(
-        self, session_id: str, tokens: list[int], salt: str | None, workflow: str
+        self, session_id: str, token_ids: Sequence[int], salt: str | None, workflow: str
     ) -> tuple[Session, int]:
-        """The session (new, or paused with its hashes cut to what `tokens` keeps), its
-        hashes extended over `tokens`, and how many of its old tokens `tokens` keeps."""
+        """The session (new, or paused with its hashes cut to what the prompt keeps) with the
+        prompt, checked, as its context and its hashes extended over it, and how many of its
+        old tokens the prompt keeps. Nothing changes when a token id is bad."""
         s = self.sessions.get(session_id)
+        copy = _check_token_ids if self._hot is None else self._hot.copy_token_ids
         if s is None:
             s = Session(session_id, workflow, root_hash(salt))
+            s.token_ids = copy(token_ids)
             keep = 0
         else:
             if s.state is SessionState.RUNNING:
                 raise InvalidRequest(f"session {session_id!r} already has an open step")
             if salt is not None and root_hash(salt) != s.root:
                 raise InvalidRequest(f"session {session_id!r} was opened with another salt")
-            keep = _common_prefix_len(s.token_ids, tokens)
+            # The C++ core checks and copies only the tokens past the common prefix (a resumed
+            # session's prompt repeats its whole context); -1: the checks below decide.
+            keep = -1 if self._hot is None else self._hot.reopen_context(s.token_ids, token_ids)
+            if keep < 0:
+                tokens = copy(token_ids)
+                keep = _common_prefix_len(s.token_ids, tokens)
+                s.token_ids = tokens
             del s.block_hashes[keep // self.block_size :]
-        s.token_ids = tokens
-        self.hasher.extend(s.block_hashes, s.root, tokens)
+        self.hasher.extend(s.block_hashes, s.root, s.token_ids)
         return s, keep
 
     def _full_block_hits(self, s: Session, limit: int, now: float) -> list[int]:
@@ -212,19 +221,13 @@ class KVCacheManager(ManagerReads, HostTierOps):
             self._drop(b)
         return num_cached
 
-    def _check_prompt(self, session_id: str, token_ids: Sequence[int], *,
-                      check_ids: bool = True) -> Sequence[int]:
-        """A step's prompt (a copy when `check_ids`, which checks every id), or
-        InvalidRequest naming what is wrong with it."""
+    def _check_prompt(self, session_id: str, tokens: Sequence[int]) -> None:
+        """InvalidRequest naming what is wrong with a step's prompt: its type and length
+        (its ids are checked where they are read)."""
         _check_session_id(session_id)
-        if check_ids:
-            check = _check_token_ids if self._hot is None else self._hot.copy_token_ids
-            tokens = check(token_ids)
-        elif isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
             raise InvalidRequest(
-                f"token_ids must be a sequence of ints, got {type(token_ids).__name__}")
-        else:
-            tokens = token_ids
+                f"token_ids must be a sequence of ints, got {type(tokens).__name__}")
         if not tokens:
             raise InvalidRequest("token_ids must not be empty")
         if self.max_model_len is not None and len(tokens) > self.max_model_len:
@@ -236,7 +239,6 @@ class KVCacheManager(ManagerReads, HostTierOps):
                 f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
                 f"blocks; the pool has only {self.pool.num_blocks}"
             )
-        return tokens
 
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""

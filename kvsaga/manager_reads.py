@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from kvsaga.errors import InvalidRequest, UnknownSession
 from kvsaga.manager_types import CacheStats, StepLookup, _check_token_ids, _common_prefix_len
-from kvsaga.pool import CACHED
+from kvsaga.pool import CACHED, count_in_state
 from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
 
@@ -100,7 +100,8 @@ class ManagerReads:
                 an open step. Token ids are checked where lookup reads them (those it
                 hashes and compares); `begin_step` checks every one.
         """
-        tokens = self._check_prompt(session_id, token_ids, check_ids=False)
+        self._check_prompt(session_id, token_ids)
+        tokens = token_ids
         bs = self.block_size
         max_hit = len(tokens) - 1
         max_blocks = max_hit // bs
@@ -117,13 +118,15 @@ class ManagerReads:
             first = len(hashes) * bs
             _check_token_ids(tokens[first : max_blocks * bs])
             self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
-        hits = self.index.longest_prefix(hashes, max_blocks)
-        state = self.pool.state
-        cached = sum(1 for b in hits if state[b] == CACHED)
+        if self._hot is not None:
+            num_hits, cached = self._hot.prefix_hits(hashes, max_blocks)
+        else:
+            hits = self.index.longest_prefix(hashes, max_blocks)
+            num_hits, cached = len(hits), count_in_state(self.pool.state, hits, CACHED)
         host = 0
         if self.host is not None:
-            host = len(self.host.run(hashes, len(hits), max_blocks))
-        num_cached = (len(hits) + host) * bs
+            host = len(self.host.run(hashes, num_hits, max_blocks))
+        num_cached = (num_hits + host) * bs
         tail = 0
         if s is not None and s.tail is not None and self._tail_alive(s):
             b, _, ntok = s.tail
@@ -141,7 +144,7 @@ class ManagerReads:
                 tail = n
         if tail:
             cached += 1
-        return StepLookup(len(tokens), num_cached + tail, len(hits), cached, host, tail, bs)
+        return StepLookup(len(tokens), num_cached + tail, num_hits, cached, host, tail, bs)
 
 
     def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:

@@ -17,6 +17,7 @@ A CACHED block leaves that state only through `acquire_many` (a cache hit) or an
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Protocol
 
 from kvsaga._validate import check_positive_int
@@ -180,6 +181,14 @@ class BlockPool:
     def check_integrity(self) -> None:
         """Verify every invariant; raise AssertionError naming the first broken one."""
         check_pool(self, self._free)
+
+
+def count_in_state(state, block_ids: list[int], value: int) -> int:
+    """How many of `block_ids` are in state `value`, given a pool's `state` (either core's):
+    one pass in C, not a Python loop (a lookup counts a whole context's hits)."""
+    if len(block_ids) < 2:
+        return sum(state[b] == value for b in block_ids)
+    return itemgetter(*block_ids)(state).count(value)
 
 
 def check_pool(pool, free_ids) -> None:

@@ -76,3 +76,36 @@ def test_a_shared_hit_loses_its_owner_on_both_cores():
         m.begin_step("b", list(range(8)) + [99])  # a's first two blocks, shared now
         owners.append(list(m.block_owner))
     assert owners[0] == owners[1] and owners[1][:2] == [None, None]
+
+
+@pytest.mark.skipif(not _core.cpp_available(), reason="the C++ core is not built")
+@pytest.mark.parametrize("tail", [
+    [10, 11], [], [-1], [2**32], [10, "x"], "first-float", "first-true", "diverge",
+])
+def test_a_resumed_prompt_is_checked_as_on_the_python_core(tail):
+    """A paused session's next prompt: the C++ core checks and copies only the tokens past
+    the context it repeats, yet accepts and refuses exactly what the Python core does, and
+    a refused prompt leaves the session as it was."""
+    context = list(range(10))
+    if tail == "first-float":
+        prompt = [0.0, *context[1:], 10]  # equal to the context's 0, but not an int
+    elif tail == "first-true":
+        prompt = [context[0], True, *context[2:], 10]  # True == 1, not an int either
+    elif tail == "diverge":
+        prompt = context[:6] + [99, 98, 97]
+    else:
+        prompt = context + tail
+    outcomes = []
+    for core in ("python", "cpp"):
+        m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 8, core=core)
+        m.begin_step("a", context)
+        m.allocate_slots("a", 10)
+        m.finish_step("a")
+        try:
+            st = m.begin_step("a", prompt)
+            outcomes.append(("ok", st.num_cached_tokens, m.sessions["a"].token_ids))
+        except Exception as e:  # noqa: BLE001 - any error must match between cores
+            assert m.sessions["a"].token_ids == context
+            outcomes.append((type(e).__name__, str(e)))
+        m.check_integrity()
+    assert outcomes[0] == outcomes[1]

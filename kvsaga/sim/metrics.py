@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from kvsaga.pool import ACTIVE, BlockPool
 from kvsaga.sim.cost import StepCostModel
@@ -147,9 +150,12 @@ def tenant_key(tenant: str | None) -> str:
 class UsageRecorder:
     """Sits between a pool and its observer (the policy) and integrates block usage.
 
-    Every call is forwarded unchanged, so the policy sees exactly what it would see alone.
+    Every call is forwarded unchanged, so the policy sees exactly what it would see alone;
+    a batch (`blocks_cached` / `blocks_uncached`, how the pool reports a whole table) goes
+    on as a batch when the policy takes batches, else block by block as the pool would.
     The pool updates a block's state before notifying, so at `block_uncached` a state of
-    ACTIVE means a cache hit reclaimed the block, and FREE means it was evicted.
+    ACTIVE means a cache hit reclaimed the block, and FREE means it was evicted. A block
+    leaves CACHED only after entering it, so its entry time is always the last one recorded.
 
     Args:
         pool: the GPU tier; its observer is replaced by this recorder.
@@ -160,24 +166,38 @@ class UsageRecorder:
         self.pool = pool
         self.inner = pool.observer
         self.now = now
-        self._cached_since: dict[int, float] = {}
+        self._cached_at = np.zeros(pool.num_blocks)  # when each block last became CACHED
         self.reused_cached_s = 0.0  # block-seconds cached before a hit
         self.active_s = 0.0  # block-seconds referenced by running steps
         self.occupied_s = 0.0  # block-seconds not free
         self.live_blocks = 0  # the live sessions' context blocks (kept by the owner)
         self.live_s = 0.0  # block-seconds of min(live_blocks, GPU blocks)
         self._last = now
+        self._inner_cached = _batched(self.inner, "block_cached")
+        self._inner_uncached = _batched(self.inner, "block_uncached")
         pool.observer = self
 
     def block_cached(self, block_id: int) -> None:
-        self._cached_since[block_id] = self.now
+        self._cached_at[block_id] = self.now
         self.inner.block_cached(block_id)
 
     def block_uncached(self, block_id: int) -> None:
-        since = self._cached_since.pop(block_id, None)
-        if since is not None and self.pool.state[block_id] == ACTIVE:
-            self.reused_cached_s += self.now - since
+        if self.pool.state[block_id] == ACTIVE:
+            self.reused_cached_s += self.now - float(self._cached_at[block_id])
         self.inner.block_uncached(block_id)
+
+    def blocks_cached(self, block_ids: list[int]) -> None:
+        self._cached_at[block_ids] = self.now
+        self._inner_cached(block_ids)
+
+    def blocks_uncached(self, block_ids: list[int]) -> None:
+        if block_ids:
+            state = self.pool.state
+            hits = [b for b in block_ids if state[b] == ACTIVE]
+            if hits:
+                since = self._cached_at[hits]
+                self.reused_cached_s += float((self.now - since).sum())
+        self._inner_uncached(block_ids)
 
     def advance(self, now: float) -> None:
         """Integrate the pool's current counts up to `now` and move the clock there."""
@@ -190,3 +210,18 @@ class UsageRecorder:
             self.live_s += min(self.live_blocks, pool.num_blocks) * dt
         self._last = max(self._last, now)
         self.now = now
+
+
+def _batched(observer: object, name: str) -> Callable[[list[int]], None]:
+    """`observer`'s batch form of the per-block callback `name` (block_cached ->
+    blocks_cached), or a loop over the per-block one when it has none."""
+    many = getattr(observer, name.replace("block_", "blocks_"), None)
+    if many:
+        return many
+    one = getattr(observer, name)
+
+    def each(block_ids: list[int]) -> None:
+        for b in block_ids:
+            one(b)
+
+    return each
