@@ -206,6 +206,7 @@ class HostTierOps:
         s = self._session(session_id)
         if self.host is None or s.state is SessionState.RUNNING:
             return 0
+        self._changes += 1  # loads and evictions may follow (KVCacheManager.cache_version)
         limit = min(len(s.block_hashes), s.num_computed // self.block_size)
         get = self.index.get
         first = 0

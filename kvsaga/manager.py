@@ -104,6 +104,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         self._queried_tokens = 0
         self._hit_tokens = 0
         self._evicted_blocks = 0
+        self._changes = 0  # see cache_version
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.policy.bind(self)
         self.pool.observer = self.policy
@@ -139,6 +140,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         self._check_prompt(session_id, token_ids)
         now = self.clock() if now is None else now
         s, keep = self._open(session_id, token_ids, salt, workflow)
+        self._changes += 1
         tokens = s.token_ids
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
@@ -421,6 +423,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         if hinted is None:
             return
         hint, now = hinted
+        self._changes += 1
         s.state = SessionState.PAUSED
         s.paused_at = now
         s.hint = hint
@@ -478,6 +481,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         freed.
         """
         s = self._running(session_id)
+        self._changes += 1
         s.state = SessionState.PAUSED
         s.paused_at = self.clock() if now is None else now
         self._release_table(s, keep_tail=False)
@@ -486,6 +490,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         """Forget a session. Its full blocks stay as plain prefix cache for anyone."""
         s = self._session(session_id)
         now = self.clock() if now is None else now
+        self._changes += 1
         self.policy.session_ended(s, now)
         if s.state is SessionState.RUNNING:
             self._release_table(s, keep_tail=False)
@@ -514,6 +519,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
 
     # -- eviction -------------------------------------------------------------------------
     def _evict(self, num_blocks: int, now: float) -> None:
+        self._changes += 1
         queue = getattr(self.policy, "victim_queue", None)
         if queue is not None and self._hot is not None and self.host is None and (
             self.pool.observer is self.policy
@@ -554,6 +560,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
 
     def _drop(self, block_id: int) -> None:
         """Evict one CACHED block: unindex it and return it to the free queue."""
+        self._changes += 1
         h = self.pool.block_hash[block_id]
         if h is not None:
             self.index.remove(h)

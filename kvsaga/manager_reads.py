@@ -147,6 +147,14 @@ class ManagerReads:
         return StepLookup(len(tokens), num_cached + tail, num_hits, cached, host, tail, bs)
 
 
+    @property
+    def cache_version(self) -> tuple[int, int]:
+        """Changes whenever a `lookup` answer may change: a step begun, finished or
+        preempted, a session ended, an eviction, a prefetch, a block registered in the prefix
+        index. A caller that asks `lookup` again about the same prompt at the same version
+        gets the same answer (a scheduler re-checking its waiting steps may keep them)."""
+        return self._changes, len(self.index)
+
     def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
         """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
         s = self._running(session_id)

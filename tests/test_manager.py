@@ -215,3 +215,55 @@ def test_bad_counts_and_hints():
 def test_unknown_policy_name():
     with pytest.raises(ValueError, match="'nope'"):
         make(policy="nope")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cache_version_changes_whenever_a_lookup_answer_does(core, seed):
+    """Random steps of a few sessions sharing a prefix over a small pool (evictions, tails,
+    ended sessions): between two moments with the same cache_version every lookup answers
+    the same, so a scheduler may keep the answers of its waiting steps."""
+    import random
+
+    rng = random.Random(seed)
+    m = KVCacheManager(KVSpec(2, 2, 8, block_size=BS), 12, clock=lambda: 0.0,
+                       core=core.name)
+    shared = list(range(500, 508))
+    ctx = {sid: shared + [rng.randrange(100) for _ in range(3)] for sid in "abc"}
+    probes = {sid: list(tokens) for sid, tokens in ctx.items()}
+    seen: dict = {}
+    for _ in range(60):
+        sid = rng.choice("abc")
+        s = m.sessions.get(sid)
+        if s is None or s.state.name != "RUNNING":
+            prompt = ctx[sid] + [rng.randrange(100) for _ in range(rng.randrange(1, 6))]
+            try:
+                st = m.begin_step(sid, prompt)
+                m.allocate_slots(sid, len(prompt) - st.num_cached_tokens)
+            except OutOfBlocks:
+                m.preempt(sid)
+            else:
+                ctx[sid] = prompt
+        elif rng.random() < 0.4:  # decode a few tokens: allocations that may evict
+            more = [rng.randrange(100) for _ in range(rng.randrange(1, 6))]
+            m.append_tokens(sid, more)
+            ctx[sid] = ctx[sid] + more
+            try:
+                m.allocate_slots(sid, len(more))
+            except OutOfBlocks:
+                m.preempt(sid)
+        elif rng.random() < 0.2:
+            m.end_session(sid)
+            ctx[sid] = shared + [rng.randrange(100)]
+        else:
+            m.finish_step(sid)
+        m.check_integrity()
+        answers = {}
+        for p, tokens in probes.items():
+            s = m.sessions.get(p)
+            if s is None or s.state.name != "RUNNING":
+                answers[p] = m.lookup(p, tokens + [1])
+        version = m.cache_version
+        for p, lk in answers.items():
+            if (version, p) in seen:
+                assert seen[version, p] == lk
+            seen[version, p] = lk

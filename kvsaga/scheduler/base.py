@@ -125,6 +125,9 @@ class Scheduler:
             "max_num_batched_tokens", max_num_batched_tokens, 1)
         self.running: list[Any] = []  # in admission order: the newest is preempted first
         self.num_preemptions = 0
+        # Lookups of waiting requests at the manager's current cache_version, by id(req).
+        self._lookups: dict[int, tuple[Any, int, StepLookup]] = {}
+        self._lookup_version: tuple[int, int] | None = None
 
     # -- queueing (per scheduler) ---------------------------------------------------------
     @property
@@ -223,9 +226,20 @@ class Scheduler:
 
     # -- mechanics ------------------------------------------------------------------------
     def lookup(self, req: Any) -> StepLookup:
-        """What `begin_step` would find for the request now (no side effects)."""
-        return self.manager.lookup(req.session_id, req.token_ids, salt=req.salt,
-                                   block_hashes=getattr(req, "block_hashes", None))
+        """What `begin_step` would find for the request now (no side effects). A waiting
+        request asked about again before the manager's cache changed (its `cache_version`)
+        gets the answer it got, without a new lookup of its whole prompt."""
+        version = self.manager.cache_version
+        if version != self._lookup_version:
+            self._lookups.clear()
+            self._lookup_version = version
+        kept = self._lookups.get(id(req))
+        if kept is not None and kept[0] is req and kept[1] == req.num_tokens:
+            return kept[2]
+        lk = self.manager.lookup(req.session_id, req.token_ids, salt=req.salt,
+                                 block_hashes=getattr(req, "block_hashes", None))
+        self._lookups[id(req)] = (req, req.num_tokens, lk)
+        return lk
 
     def _admit(self, now: float, budget: int, executor: Executor, out: SchedulerOutput) -> int:
         """Begin the next waiting request and allocate its first chunk, if it may go and
