@@ -485,14 +485,17 @@ class Hasher {
   }
   const int64_t block_size;
 
-  // Appends to `hashes` the hash of every full block of `token_ids` not yet hashed.
-  void extend(nb::handle hashes, nb::handle root, nb::handle token_ids) {
+  // Appends to `hashes` the hash of every full block of `token_ids` not yet hashed, up to
+  // `num_blocks` hashes in all when it is not None.
+  void extend(nb::handle hashes, nb::handle root, nb::handle token_ids,
+              nb::handle num_blocks = nb::none()) {
     PyObject* hl = hashes.ptr();
     if (!PyList_Check(hl)) throw nb::type_error("hashes must be a list");
     Py_ssize_t have = PyList_GET_SIZE(hl);
     Py_ssize_t ntok = PySequence_Size(token_ids.ptr());
     if (ntok < 0) throw_current();
     Py_ssize_t full = ntok / block_size;
+    if (!num_blocks.is_none()) full = std::min(full, nb::cast<Py_ssize_t>(num_blocks));
     if (full <= have) return;
     const uint8_t* parent = digest_of(have ? PyList_GET_ITEM(hl, have - 1) : root.ptr());
     std::memcpy(buf_.data(), parent, 32);
@@ -1170,7 +1173,8 @@ NB_MODULE(_kvcore, m) {
   nb::class_<Hasher>(m, "BlockHasher")
       .def(nb::init<int64_t>(), "block_size"_a)
       .def_ro("block_size", &Hasher::block_size)
-      .def("extend", &Hasher::extend, "hashes"_a, "root"_a, "token_ids"_a);
+      .def("extend", &Hasher::extend, "hashes"_a, "root"_a, "token_ids"_a,
+           "num_blocks"_a.none() = nb::none());
 
   nb::class_<Index>(m, "PrefixIndex")
       .def(nb::init<>())

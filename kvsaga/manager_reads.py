@@ -117,7 +117,7 @@ class ManagerReads:
                 hashes = s.block_hashes[: min(keep // bs, max_blocks)]
             first = len(hashes) * bs
             _check_token_ids(tokens[first : max_blocks * bs])
-            self.hasher.extend(hashes, root, tokens[: max_blocks * bs])
+            self.hasher.extend(hashes, root, tokens, max_blocks)
         if self._hot is not None:
             num_hits, cached = self._hot.prefix_hits(hashes, max_blocks)
         else:

@@ -37,17 +37,23 @@ class BlockHasher:
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
 
-    def extend(self, hashes: list[bytes], root: bytes, token_ids: Sequence[int]) -> None:
-        """Append to `hashes` the hashes of every full block of `token_ids` not yet hashed.
+    def extend(self, hashes: list[bytes], root: bytes, token_ids: Sequence[int],
+               num_blocks: int | None = None) -> None:
+        """Append to `hashes` the hashes of every full block of `token_ids` not yet hashed,
+        up to `num_blocks` hashes in all when given (a caller holding a longer context
+        hashes its first blocks without slicing it).
 
         `hashes[i]` is the hash of block i of `token_ids`, chained from `root`.
         """
         bs = self.block_size
         first = len(hashes) * bs
-        if len(token_ids) - first < bs:
+        end = len(token_ids) // bs * bs
+        if num_blocks is not None:
+            end = min(end, num_blocks * bs)
+        if end - first < bs:
             return
         # One C pass packs every new token; each block then hashes (parent || 4*bs bytes).
-        buf = array("I", token_ids[first : len(token_ids) // bs * bs]).tobytes()
+        buf = array("I", token_ids[first:end]).tobytes()
         parent = hashes[-1] if hashes else root
         append, step = hashes.append, 4 * bs
         for off in range(0, len(buf), step):

@@ -64,6 +64,19 @@ def test_extend_hashes_only_full_blocks_incrementally(core):
     assert fresh == hashes
 
 
+def test_extend_up_to_num_blocks_equals_extending_a_slice(core):
+    """`num_blocks` caps the hashes in all: the same chain as hashing the context's first
+    blocks, grown in steps, never past the context's full blocks."""
+    toks = list(range(3, 40))  # 9 full blocks of 4, and one token
+    want: list[bytes] = []
+    core.BlockHasher(4).extend(want, b"r" * 32, toks)
+    got: list[bytes] = []
+    h = core.BlockHasher(4)
+    for n, expected in ((0, 0), (2, 2), (1, 2), (5, 5), (12, 9), (None, 9)):
+        h.extend(got, b"r" * 32, toks, n)
+        assert got == want[:expected]
+
+
 @pytest.mark.parametrize("bs", [1, 4, 16, 17])
 def test_chain_equals_its_reference(core, bs):
     """Either core's chain is exactly SHA-256 over (parent, uint32 tokens), per tenant root."""

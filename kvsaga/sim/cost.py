@@ -31,6 +31,8 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from kvsaga._validate import is_int, is_number
 from kvsaga.config import KVSpec
 from kvsaga.sim.registry import Registry
@@ -304,6 +306,20 @@ class StepCostModel:
             comm += 2 * self.model.num_layers * self.allreduce_latency_s
         gpu = max(compute, memory) + comm
         return self.step_overhead_s + max(gpu, transfer_bytes / pcie_bw)
+
+    def decode_step_times(self, batch: int, contexts: np.ndarray) -> np.ndarray:
+        """`_step_time(0, 0, 0, batch, c)` for each decode context `c` of `contexts` (an int
+        array), with the same float operations in the same order, so every element equals
+        the scalar call exactly (a simulator's decode run times all its steps at once)."""
+        two_params, attention, flops, kv_bytes, weights, hbm_bw, pcie_bw = self._roofline
+        compute = two_params * batch + attention * contexts
+        compute /= flops
+        memory = (weights + contexts * kv_bytes + batch * kv_bytes) / hbm_bw
+        comm = self._comm_bytes_time(batch)
+        if self.tp > 1:
+            comm += 2 * self.model.num_layers * self.allreduce_latency_s
+        gpu = np.maximum(compute, memory) + comm
+        return self.step_overhead_s + np.maximum(gpu, 0 / pcie_bw)
 
     @cached_property
     def _roofline(self) -> tuple[float, float, float, int, float, float, float]:

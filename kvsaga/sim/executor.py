@@ -14,8 +14,7 @@ class StepExecutor:
     def _hashes(self, tokens: SimTokens, num_blocks: int) -> list[bytes]:
         """The session's block hashes, extended to at least `num_blocks` blocks."""
         if len(tokens.hashes) < num_blocks:
-            self.manager.hasher.extend(tokens.hashes, tokens.root,
-                                       tokens.ids[: num_blocks * self.block_size])
+            self.manager.hasher.extend(tokens.hashes, tokens.root, tokens.ids, num_blocks)
             if self.oracle is not None:
                 self.oracle.note_hashes(tokens.sid, tokens.hashes)
         return tokens.hashes

@@ -39,11 +39,13 @@ their excess over the GPU time adds (`StepCostModel.step_time`'s rule). Copies n
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import inspect
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from kvsaga.manager import KVCacheManager
@@ -355,7 +357,9 @@ class Simulator(StepExecutor):
         yet, in running order, only while the pool holds a block for each of them (an
         allocation takes at most one); the cost-model time, copies and waits, the clock,
         `manager.tick`. Per run, not per step: each request's sampled count, slots left and
-        high-water mark (nothing reads them between two steps of the run).
+        high-water mark (nothing reads them between two steps of the run). Without a host
+        tier (no copies to wait for) the steps' times and usage integrals are computed for
+        the whole run at once (`_decode_steps_at_once`).
         """
         running = list(self.scheduler.running)
         n = len(running)
@@ -365,28 +369,10 @@ class Simulator(StepExecutor):
         due = [r.slots_ahead for r in running]
         last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
         ctx = sum(r.fed_position + 1 for r in running)
-        horizon = self._horizon()
-        cost, manager, pool = self.cost, self.manager, self.pool
-        next_due = min(due)
-        j = 0
-        while not j or self.now < horizon:
-            if j == next_due:
-                now_due = [i for i in range(n) if due[i] == j]
-                if len(now_due) > pool.num_available:
-                    break  # an allocation could fail: the scheduler decides this step
-                for i in now_due:
-                    r = running[i]
-                    r.num_sampled = start[i] + j
-                    r.slots_ahead = 0
-                    self.allocate(r, 1, self.now)
-                    due[i] = j + 1 + r.slots_ahead
-                next_due = min(due)
-            self._run_for(cost._step_time(0, 0, 0, n, ctx))
-            j += 1
-            ctx += n
-            if j == last:
-                break
-            manager.tick(self.now)
+        if self.manager.host is None and self._steps_before_horizon(n, ctx, last) >= 8:
+            j = self._decode_steps_at_once(running, start, due, last, ctx)
+        else:  # copies to wait for, or too few steps to pay for the arrays
+            j = self._decode_steps(running, start, due, last, ctx)
         if not j:
             return None
         self._counts["batch_steps"] += j
@@ -399,8 +385,116 @@ class Simulator(StepExecutor):
         if j < last:
             return 0
         finished = sum(self._maybe_finish(r) for r in running)
-        manager.tick(self.now)
+        self.manager.tick(self.now)
         return finished
+
+    def _allocate_due(self, running: list[SimRequest], start: list[int], due: list[int],
+                      j: int) -> bool:
+        """Step j's allocations (the requests due then, in running order); False, nothing
+        done, if the pool might not hold a block for each (the scheduler decides then)."""
+        now_due = [i for i, d in enumerate(due) if d == j]
+        if len(now_due) > self.pool.num_available:
+            return False
+        for i in now_due:
+            r = running[i]
+            r.num_sampled = start[i] + j
+            r.slots_ahead = 0
+            self.allocate(r, 1, self.now)
+            due[i] = j + 1 + r.slots_ahead
+        return True
+
+    def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
+                      last: int, ctx: int) -> int:
+        """The run's steps one at a time (the host tier's copies may stretch each);
+        returns how many ran."""
+        n = len(running)
+        horizon = self._horizon()
+        cost, manager = self.cost, self.manager
+        next_due = min(due)
+        j = 0
+        while not j or self.now < horizon:
+            if j == next_due:
+                if not self._allocate_due(running, start, due, j):
+                    break
+                next_due = min(due)
+            self._run_for(cost._step_time(0, 0, 0, n, ctx))
+            j += 1
+            ctx += n
+            if j == last:
+                break
+            manager.tick(self.now)
+        return j
+
+    def _steps_before_horizon(self, n: int, ctx: int, last: int) -> int:
+        """At least as many steps as a run of `n` requests from context `ctx` can take
+        before the next event, at most `last`: a step takes no less than the first (its
+        context only grows)."""
+        room = self._horizon() - self.now
+        if room >= math.inf:
+            return last
+        first = self.cost._step_time(0, 0, 0, n, ctx)
+        return min(last, max(1, int(room / first) + 2))
+
+    def _decode_steps_at_once(self, running: list[SimRequest], start: list[int],
+                              due: list[int], last: int, ctx: int) -> int:
+        """`_decode_steps` without copies: the clock of every step of the run from one
+        array of step times (the same sums, in the same order), then the steps' manager
+        calls and ticks at their times, then the usage integrals over the steps run, with
+        the pool's counts of each step. Returns how many steps ran."""
+        n = len(running)
+        limit = self._steps_before_horizon(n, ctx, last)
+        dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64))
+        # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
+        times = np.cumsum(np.concatenate(([self.now], dts))).tolist()
+        # Step j > 0 runs only while times[j] is before the next event.
+        steps = bisect.bisect_left(times, self._horizon(), 1, limit)
+        pool, manager, rec = self.pool, self.manager, self.recorder
+        ticks = type(manager.policy).tick is not EvictionPolicy.tick
+        counts = [(0, pool.num_active, pool.num_cached)]  # (first step, active, cached)
+        next_due = min(due)
+        j = 0
+        while j < steps:
+            if j == next_due:
+                self.now = rec.now = times[j]
+                if not self._allocate_due(running, start, due, j):
+                    steps = j
+                    break
+                next_due = min(due)
+                counts.append((j, pool.num_active, pool.num_cached))
+            stop = min(next_due, steps)
+            if ticks:  # after each step but the run's last (the finish ticks then)
+                for i in range(j + 1, min(stop, last - 1) + 1):
+                    self.now = times[i]
+                    manager.tick(self.now)
+            j = stop
+        if steps:
+            self._integrate(times, dts, steps, counts)
+        return steps
+
+    def _integrate(self, times: list[float], dts: np.ndarray, steps: int,
+                   counts: list[tuple[int, int, int]]) -> None:
+        """Advance the clock, busy time and usage integrals over the run's first `steps`
+        steps as `_run_for` step by step would: each a sequential sum of the same terms."""
+        rec = self.recorder
+        ends = np.array(times[1: steps + 1])
+        spans = ends - np.array([rec._last, *times[1:steps]])  # advance's `now - _last`
+        active = np.empty(steps, dtype=np.int64)
+        cached = np.empty(steps, dtype=np.int64)
+        bounds = [c[0] for c in counts[1:]] + [steps]
+        for (first, a, c), end in zip(counts, bounds, strict=True):
+            active[first:end] = a
+            cached[first:end] = c
+        live = min(rec.live_blocks, self.pool.num_blocks)
+
+        def total(start: float, terms: np.ndarray) -> float:
+            return float(np.cumsum(np.concatenate(([start], terms)))[-1])
+
+        rec.active_s = total(rec.active_s, active * spans)
+        rec.occupied_s = total(rec.occupied_s, (active + cached) * spans)
+        rec.live_s = total(rec.live_s, live * spans)
+        self._busy = total(self._busy, dts[:steps])
+        self.now = rec.now = rec._last = times[steps]
+
 
 
     # -- results --------------------------------------------------------------------------

@@ -128,3 +128,17 @@ PINNED_STEP_TIMES = [
 def test_step_time_pinned_to_the_bit(preset, args, expected):
     cost = PRESETS[preset]
     assert cost.step_time(*args) == cost._step_time(*args) == expected
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_decode_step_times_equal_the_scalar_step_time_exactly(name):
+    """A decode run times its steps with one array call; each must be the very float the
+    per-step call gives (runs and the per-step reference must agree to the bit)."""
+    import numpy as np
+
+    cost = get_preset(name)
+    for batch in (1, 3, 64):
+        contexts = np.array([batch, 17 * batch, 4097 * batch, 131_071 * batch, 10**6],
+                            dtype=np.int64)
+        got = cost.decode_step_times(batch, contexts).tolist()
+        assert got == [cost._step_time(0, 0, 0, batch, int(c)) for c in contexts]
