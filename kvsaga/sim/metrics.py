@@ -211,6 +211,29 @@ class UsageRecorder:
         self._last = max(self._last, now)
         self.now = now
 
+    def advance_through(self, times: list[float], counts: list[tuple[int, int, int]]) -> None:
+        """`advance(t)` for each t of `times` in turn (a decode run's step ends), the pool's
+        active and cached counts being `counts[k][1:]` from step `counts[k][0]` on (they
+        change only where the run allocates): the same sums in the same order as step by
+        step, without reading the pool at each step."""
+        live = min(self.live_blocks, self.pool.num_blocks)
+        active_s, occupied_s, live_s, last = (self.active_s, self.occupied_s, self.live_s,
+                                              self._last)
+        bounds = [c[0] for c in counts[1:]] + [len(times)]
+        for (first, active, cached), end in zip(counts, bounds, strict=True):
+            occupied = active + cached
+            for t in times[first:end]:
+                dt = t - last
+                if dt > 0:
+                    active_s += active * dt
+                    occupied_s += occupied * dt
+                    live_s += live * dt
+                last = max(last, t)
+        self.active_s, self.occupied_s, self.live_s, self._last = (active_s, occupied_s,
+                                                                    live_s, last)
+        if times:
+            self.now = times[-1]
+
 
 def _batched(observer: object, name: str) -> Callable[[list[int]], None]:
     """`observer`'s batch form of the per-block callback `name` (block_cached ->

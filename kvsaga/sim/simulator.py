@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import inspect
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -443,9 +444,9 @@ class Simulator(StepExecutor):
         the pool's counts of each step. Returns how many steps ran."""
         n = len(running)
         limit = self._steps_before_horizon(n, ctx, last)
-        dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64))
+        dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()
         # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
-        times = np.cumsum(np.concatenate(([self.now], dts))).tolist()
+        times = list(itertools.accumulate(dts, initial=self.now))
         # Step j > 0 runs only while times[j] is before the next event.
         steps = bisect.bisect_left(times, self._horizon(), 1, limit)
         pool, manager, rec = self.pool, self.manager, self.recorder
@@ -471,29 +472,16 @@ class Simulator(StepExecutor):
             self._integrate(times, dts, steps, counts)
         return steps
 
-    def _integrate(self, times: list[float], dts: np.ndarray, steps: int,
+    def _integrate(self, times: list[float], dts: list[float], steps: int,
                    counts: list[tuple[int, int, int]]) -> None:
         """Advance the clock, busy time and usage integrals over the run's first `steps`
-        steps as `_run_for` step by step would: each a sequential sum of the same terms."""
-        rec = self.recorder
-        ends = np.array(times[1: steps + 1])
-        spans = ends - np.array([rec._last, *times[1:steps]])  # advance's `now - _last`
-        active = np.empty(steps, dtype=np.int64)
-        cached = np.empty(steps, dtype=np.int64)
-        bounds = [c[0] for c in counts[1:]] + [steps]
-        for (first, a, c), end in zip(counts, bounds, strict=True):
-            active[first:end] = a
-            cached[first:end] = c
-        live = min(rec.live_blocks, self.pool.num_blocks)
-
-        def total(start: float, terms: np.ndarray) -> float:
-            return float(np.cumsum(np.concatenate(([start], terms)))[-1])
-
-        rec.active_s = total(rec.active_s, active * spans)
-        rec.occupied_s = total(rec.occupied_s, (active + cached) * spans)
-        rec.live_s = total(rec.live_s, live * spans)
-        self._busy = total(self._busy, dts[:steps])
-        self.now = rec.now = rec._last = times[steps]
+        steps as `_run_for` step by step would (the same sums in the same order)."""
+        self.recorder.advance_through(times[1: steps + 1], counts)
+        busy = self._busy
+        for dt in dts[:steps]:
+            busy += dt
+        self._busy = busy
+        self.now = times[steps]
 
 
 
