@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from kvsaga.pool import ACTIVE, BlockPool
+from kvsaga.pool import ACTIVE, BlockPool, count_in_state
 from kvsaga.sim.cost import StepCostModel
 from kvsaga.sim.trace import Session
 
@@ -191,12 +191,13 @@ class UsageRecorder:
         self._inner_cached(block_ids)
 
     def blocks_uncached(self, block_ids: list[int]) -> None:
-        if block_ids:
-            state = self.pool.state
-            hits = [b for b in block_ids if state[b] == ACTIVE]
-            if hits:
-                since = self._cached_at[hits]
-                self.reused_cached_s += float((self.now - since).sum())
+        state = self.pool.state
+        # The pool reports a batch of hits (ACTIVE) or of evictions (FREE): count first.
+        hit = count_in_state(state, block_ids, ACTIVE)
+        if hit:
+            hits = block_ids if hit == len(block_ids) else [
+                b for b in block_ids if state[b] == ACTIVE]
+            self.reused_cached_s += float((self.now - self._cached_at[hits]).sum())
         self._inner_uncached(block_ids)
 
     def advance(self, now: float) -> None:

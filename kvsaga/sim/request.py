@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvsaga.sim.trace import Session
@@ -23,13 +24,36 @@ class SimTokens:
         self.high_water = 0  # tokens [0, high_water) have had their KV computed
 
 
+class IdsPrefix(Sequence):
+    """The first `n` ids of a list, without copying them: a waiting step's prompt, which
+    the scheduler's lookups may ask for at every batch step."""
+
+    __slots__ = ("_ids", "_n")
+
+    def __init__(self, ids: list[int], n: int) -> None:
+        self._ids = ids
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._ids[slice(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("token index out of range")
+        return self._ids[i]
+
+
 class SimRequest:
     """One step of a session (it survives preemptions); a `kvsaga.scheduler.StepRequest`."""
 
     __slots__ = ("session", "k", "tokens", "base_len", "num_out", "num_sampled",
                  "attempt_len", "num_computed", "context_len", "slots_ahead", "prefilling",
                  "retried", "session_id", "salt", "workflow", "tenant", "arrival", "resumed",
-                 "_ids", "_sim")
+                 "_sim")
 
     def __init__(self, session: Session, k: int, tokens: SimTokens, arrival: float,
                  sim: Simulator) -> None:
@@ -50,7 +74,6 @@ class SimRequest:
         self.workflow = session.workflow
         self.arrival = arrival
         self.resumed = k > 0
-        self._ids: list[int] | None = None  # token_ids of the next attempt, built once
         self._sim = sim
 
     @property
@@ -68,11 +91,10 @@ class SimRequest:
         return self.base_len + self.num_out
 
     @property
-    def token_ids(self) -> list[int]:
-        n = self.num_tokens
-        if self._ids is None or len(self._ids) != n:
-            self._ids = self.tokens.ids[:n]
-        return self._ids
+    def token_ids(self) -> Sequence[int]:
+        """The next attempt's context, as a view (lookups read its length and a few ids;
+        `begin` passes the manager a list of them)."""
+        return IdsPrefix(self.tokens.ids, self.num_tokens)
 
     @property
     def block_hashes(self) -> list[bytes]:
