@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -65,10 +66,59 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   return s;
 }
 
+// Sum and maximum of a score row, 16 partials each, for the same reason as `dot`.
+inline float row_sum(const float* __restrict a, int64_t n) {
+  float acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  float s = acc[0];
+  for (; i < n; ++i) s += a[i];
+  return s;
+}
+
+inline float row_max(const float* __restrict a, int64_t n) {
+  float acc[16];
+  std::fill(acc, acc + 16, -INFINITY);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] = acc[j] > a[i + j] ? acc[j] : a[i + j];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] = acc[j] > acc[j + w] ? acc[j] : acc[j + w];
+  float m = acc[0];
+  for (; i < n; ++i) m = m > a[i] ? m : a[i];
+  return m;
+}
+
 template <int D>
 inline void axpy(float* __restrict y, float w, const float* __restrict x, int64_t n) {
   if constexpr (D > 0) n = D;
   for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+// exp(x) for x in [-87, 0] (a score minus its row's maximum), written so that the compiler
+// vectorises the softmax loop (std::exp is a scalar libm call per score). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two
+// for an exact r), exp(r) by a degree-7 polynomial, 2^n put in the exponent bits; relative
+// error about 2e-7, i.e. fp32 rounding.
+// The caller clamps x to [-87, 0] in a loop of its own (exp(-87) ~ 1.6e-38, fp32's normal
+// range ends there): a float clamp in this loop would keep the compiler from vectorising it.
+inline float exp_nonpos(float x) {
+  const float n = static_cast<float>(static_cast<int32_t>(x * 1.44269504f - 0.5f));
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
 }
 
 // One (sequence, KV head): every query row of the sequence, its `group` heads together:
@@ -91,26 +141,29 @@ KV_CLONES void run_item(const Args& a, int64_t item, std::vector<float>& buf) {
     const float* qrow = a.q + (q0 + r) * a.q_tok + h * g * a.q_head;
     for (int64_t j = 0; j < g; ++j)
       for (int64_t i = 0; i < d; ++i) qloc[j * d + i] = qrow[j * a.q_head + i] * a.scale;
-    for (int64_t p = 0; p < ctx; ++p) {
-      const float* krow = a.k + table[p / bs] * a.c_block + (p % bs) * a.c_tok + h * a.c_head;
-      for (int64_t j = 0; j < g; ++j) sc_all[j * ctx + p] = dot<D>(qloc + j * d, krow, d);
+    // Block by block (no division per position): p0 is the block's first position.
+    for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
+      const float* kblk = a.k + table[p0 / bs] * a.c_block + h * a.c_head;
+      const int64_t n = std::min(bs, ctx - p0);
+      for (int64_t o = 0; o < n; ++o)
+        for (int64_t j = 0; j < g; ++j)
+          sc_all[j * ctx + p0 + o] = dot<D>(qloc + j * d, kblk + o * a.c_tok, d);
     }
     for (int64_t j = 0; j < g; ++j) {
-      float* sc = sc_all + j * ctx;
-      float m = -INFINITY;
-      for (int64_t p = 0; p < ctx; ++p) m = std::max(m, sc[p]);
-      float sum = 0;
-      for (int64_t p = 0; p < ctx; ++p) {
-        sc[p] = std::exp(sc[p] - m);
-        sum += sc[p];
-      }
-      const float inv = 1.0f / sum;
+      float* __restrict sc = sc_all + j * ctx;
+      const float m = row_max(sc, ctx);
+      for (int64_t p = 0; p < ctx; ++p) sc[p] = std::max(sc[p] - m, -87.0f);
+      for (int64_t p = 0; p < ctx; ++p) sc[p] = exp_nonpos(sc[p]);
+      const float inv = 1.0f / row_sum(sc, ctx);
       for (int64_t p = 0; p < ctx; ++p) sc[p] *= inv;
     }
     std::fill(acc, acc + g * d, 0.0f);
-    for (int64_t p = 0; p < ctx; ++p) {
-      const float* vrow = a.v + table[p / bs] * a.c_block + (p % bs) * a.c_tok + h * a.c_head;
-      for (int64_t j = 0; j < g; ++j) axpy<D>(acc + j * d, sc_all[j * ctx + p], vrow, d);
+    for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
+      const float* vblk = a.v + table[p0 / bs] * a.c_block + h * a.c_head;
+      const int64_t n = std::min(bs, ctx - p0);
+      for (int64_t o = 0; o < n; ++o)
+        for (int64_t j = 0; j < g; ++j)
+          axpy<D>(acc + j * d, sc_all[j * ctx + p0 + o], vblk + o * a.c_tok, d);
     }
     float* orow = a.out + (q0 + r) * a.o_tok + h * g * a.o_head;
     for (int64_t j = 0; j < g; ++j) std::copy(acc + j * d, acc + (j + 1) * d, orow + j * a.o_head);

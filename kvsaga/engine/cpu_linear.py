@@ -36,8 +36,9 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor
     """oneDNN's reordered copy of `weight` [N, K] for `linear`, or None to keep `F.linear`.
 
     None unless `weight` is a 2-D fp32 CPU tensor and this torch has oneDNN's linear; also
-    None when the packed matmul fails or disagrees with `F.linear` on a random probe (a
-    build whose oneDNN cannot run here must cost speed, never correctness).
+    None when the packed matmul fails or disagrees with `F.linear` on a random probe by more
+    than 1e-4 of the largest output (a build whose oneDNN cannot run here must cost speed,
+    never correctness).
     """
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
         return None
@@ -52,7 +53,10 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor
     except RuntimeError:
         return None
     want = F.linear(probe, w, bias)
-    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+    # fp32 sums of K products in another order: errors scale with the outputs' magnitude,
+    # so an element-wise tolerance would refuse good copies (outputs near zero); a broken
+    # kernel is off by the outputs' own size.
+    if (got - want).abs().max() > 1e-4 * want.abs().max() + 1e-6:
         return None
     return packed
 

@@ -85,3 +85,31 @@ def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
     assert torch.equal(packed_logits.argmax(-1), plain_logits.argmax(-1))
     model.pack_weights()
     assert model.layers[0].mlp.down_packed is not None
+
+
+def test_pack_declines_a_kernel_that_disagrees(monkeypatch):
+    """The probe: a oneDNN that runs but computes something else leaves F.linear in place."""
+
+    class WrongOps:
+        @staticmethod
+        def _reorder_linear_weight(w, rows):
+            return w
+
+        @staticmethod
+        def _linear_pointwise(x, w, bias, *_):
+            return F.linear(x, w, bias) * 1.01
+
+    monkeypatch.setattr(cpu_linear, "_onednn_linear", lambda: WrongOps)
+    assert cpu_linear.pack(torch.randn(16, 8)) is None
+
+
+@needs_onednn
+def test_smollm_packs_every_projection(smollm):
+    """On the real checkpoint every weight passes the probe (a too-strict probe once left
+    one layer's down projection on F.linear)."""
+    model = smollm.model
+    assert model.lm_head_packed is not None
+    for layer in model.layers:
+        packs = (layer.attn.qkv_packed, layer.attn.o_packed, layer.mlp.gate_up_packed,
+                 layer.mlp.down_packed)
+        assert all(p is not None for p in packs)

@@ -65,6 +65,23 @@ def test_inplace_runs_only_the_sequences_it_is_given():
             assert (got[rows] == GUARD).all(), f"sequence {i} was not asked for"
 
 
+@pytest.mark.parametrize("spread", [1.0, 30.0, 1000.0])
+def test_inplace_softmax_over_wide_score_ranges(spread):
+    """The kernel's own exp (valid on [-87, 0], inputs clamped there first): queries scaled
+    so that scores span far more than 87, where exp underflows, and a nearly one-hot
+    softmax; the output still matches the reference."""
+    pairs = PAIRS["decode"] + [(70, 3)]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=11)
+    case.query.mul_(spread)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got = case.guarded_out()
+    inplace.paged_attention(case.attention_args(), got, list(range(len(pairs))))
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(got[:n], want[:n], atol=atol, rtol=rtol)
+
+
 def test_supports_only_fp32_cpu_with_matching_layouts():
     case = make_case([20], [1], block_size=16, num_kv_heads=2, group=2, head_dim=64,
                      dtype=torch.float32)
