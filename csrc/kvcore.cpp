@@ -248,7 +248,8 @@ class Pool {
         state(n, "i"),
         gen(n, "q"),
         free_q_(n),
-        scratch_(n, 0) {
+        scratch_(n, 0),
+        cached_at_(n, 0.0) {
     reserve_ids(n);
     block_hash = steal_or_throw(PyList_New(n));
     for (int32_t b = 0; b < n; ++b) {
@@ -263,6 +264,11 @@ class Pool {
   SharedArray<int64_t> gen;
   nb::object block_hash;  // list: bytes | None per block
   int64_t num_cached = 0;
+  // Cache residence, for a simulator's usage metrics: `clock` is the time its owner says
+  // it is; `reused_s` adds, for each CACHED block a hit reclaims, in order, the time since
+  // it became CACHED.
+  double clock = 0.0;
+  double reused_s = 0.0;
 
   int64_t num_free() const { return free_q_.size(); }
   int64_t num_active() const { return n - free_q_.size() - num_cached; }
@@ -374,6 +380,7 @@ class Pool {
       } else {
         state.data[b] = kActive;
         ref.data[b] = 1;
+        reused_s += clock - cached_at_[b];
         reclaimed.push_back(b);
       }
     }
@@ -414,6 +421,7 @@ class Pool {
       if (--ref.data[b]) continue;
       if (hashes[b] != Py_None || b == keep_unhashed) {
         state.data[b] = kCached;
+        cached_at_[b] = clock;
         to_cache.push_back(b);
       } else {
         state.data[b] = kFree;
@@ -442,6 +450,7 @@ class Pool {
   IntrusiveQueue free_q_;
   std::vector<int32_t> scratch_;  // per-block counters for batch checks; all 0 between calls
   std::vector<int32_t> buf_, buf2_;
+  std::vector<double> cached_at_;  // when each CACHED block became so (`clock` then)
   nb::object observer_ = nb::none(), one_cached_, one_uncached_, many_cached_, many_uncached_;
 
  public:
@@ -1164,6 +1173,8 @@ NB_MODULE(_kvcore, m) {
       .def_prop_ro("generation", [](Pool& p) { return p.gen.view; })
       .def_prop_ro("block_hash", [](Pool& p) { return p.block_hash; })
       .def_prop_rw("observer", &Pool::observer, &Pool::set_observer)
+      .def_rw("clock", &Pool::clock)
+      .def_rw("reused_s", &Pool::reused_s)
       .def("free_ids", &Pool::free_ids, "Free blocks, oldest first.")
       .def("allocate", &Pool::allocate, "count"_a)
       .def("acquire_many", &Pool::acquire_many, "block_ids"_a)

@@ -70,6 +70,12 @@ class BlockPool:
             self._free.push(b)
         self.num_cached = 0
         self.observer = _NullObserver()
+        # Cache residence, for a simulator's usage metrics: `clock` is the time its owner
+        # says it is; `reused_s` adds, for each CACHED block a hit reclaims, in order, the
+        # time since it became CACHED.
+        self.clock = 0.0
+        self.reused_s = 0.0
+        self._cached_at = [0.0] * num_blocks
 
     @property
     def observer(self) -> PoolObserver:
@@ -133,6 +139,10 @@ class BlockPool:
                 ref[b] = 1
                 reclaimed.append(b)
         if reclaimed:
+            clock, cached_at, reused = self.clock, self._cached_at, self.reused_s
+            for b in reclaimed:
+                reused += clock - cached_at[b]
+            self.reused_s = reused
             self.num_cached -= len(reclaimed)
             self._uncached_many(reclaimed)
 
@@ -156,6 +166,9 @@ class BlockPool:
                 to_free.append(b)
         self._free.push_many(to_free)
         if to_cache:
+            clock, cached_at = self.clock, self._cached_at
+            for b in to_cache:
+                cached_at[b] = clock
             self.num_cached += len(to_cache)
             self._cached_many(to_cache)
 

@@ -138,3 +138,22 @@ def test_cpp_pool_rejects_misuse_and_changes_nothing(core):
     with pytest.raises(ValueError):
         q.remove_many([1, 1])
     assert list(q) == [1]
+
+
+def test_reused_s_adds_each_hits_time_in_cache(core):
+    """The pool times each block's stay in CACHED by its owner's clock: a hit adds the
+    time since the block's release; an evicted block adds nothing; FREE blocks never."""
+    p = core.BlockPool(4)
+    a, b, c = p.allocate(3)
+    p.block_hash[a] = p.block_hash[b] = b"h" * 32  # hashed: cached on release
+    p.clock = 1.0
+    p.release_many([a, b, c])  # c (no hash) goes back to FREE
+    p.clock = 3.5
+    p.acquire_many([a])  # cached since 1.0
+    p.clock = 4.0
+    p.evict_many([b])
+    assert p.reused_s == 2.5
+    p.release_many([a])
+    p.clock = 10.0
+    p.acquire_many([a])  # cached since 4.0
+    assert p.reused_s == 2.5 + 6.0

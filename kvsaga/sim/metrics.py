@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from kvsaga.pool import ACTIVE, BlockPool, count_in_state
+from kvsaga.pool import BlockPool
 from kvsaga.sim.cost import StepCostModel
 from kvsaga.sim.trace import Session
 
@@ -148,57 +145,38 @@ def tenant_key(tenant: str | None) -> str:
 
 
 class UsageRecorder:
-    """Sits between a pool and its observer (the policy) and integrates block usage.
-
-    Every call is forwarded unchanged, so the policy sees exactly what it would see alone;
-    a batch (`blocks_cached` / `blocks_uncached`, how the pool reports a whole table) goes
-    on as a batch when the policy takes batches, else block by block as the pool would.
-    The pool updates a block's state before notifying, so at `block_uncached` a state of
-    ACTIVE means a cache hit reclaimed the block, and FREE means it was evicted. A block
-    leaves CACHED only after entering it, so its entry time is always the last one recorded.
+    """Integrates a pool's block usage over time. The pool itself times each block's stays
+    in CACHED (`BlockPool.clock`, `reused_s`), as it reclaims blocks, so the recorder needs
+    no call per block: it keeps the pool's clock at its own.
 
     Args:
-        pool: the GPU tier; its observer is replaced by this recorder.
+        pool: the GPU tier.
         now: the start time.
     """
 
     def __init__(self, pool: BlockPool, now: float = 0.0) -> None:
         self.pool = pool
-        self.inner = pool.observer
+        self._reused_before = pool.reused_s
         self.now = now
-        self._cached_at = np.zeros(pool.num_blocks)  # when each block last became CACHED
-        self.reused_cached_s = 0.0  # block-seconds cached before a hit
         self.active_s = 0.0  # block-seconds referenced by running steps
         self.occupied_s = 0.0  # block-seconds not free
         self.live_blocks = 0  # the live sessions' context blocks (kept by the owner)
         self.live_s = 0.0  # block-seconds of min(live_blocks, GPU blocks)
         self._last = now
-        self._inner_cached = _batched(self.inner, "block_cached")
-        self._inner_uncached = _batched(self.inner, "block_uncached")
-        pool.observer = self
 
-    def block_cached(self, block_id: int) -> None:
-        self._cached_at[block_id] = self.now
-        self.inner.block_cached(block_id)
+    @property
+    def now(self) -> float:
+        return self._now
 
-    def block_uncached(self, block_id: int) -> None:
-        if self.pool.state[block_id] == ACTIVE:
-            self.reused_cached_s += self.now - float(self._cached_at[block_id])
-        self.inner.block_uncached(block_id)
+    @now.setter
+    def now(self, now: float) -> None:
+        self._now = now
+        self.pool.clock = now
 
-    def blocks_cached(self, block_ids: list[int]) -> None:
-        self._cached_at[block_ids] = self.now
-        self._inner_cached(block_ids)
-
-    def blocks_uncached(self, block_ids: list[int]) -> None:
-        state = self.pool.state
-        # The pool reports a batch of hits (ACTIVE) or of evictions (FREE): count first.
-        hit = count_in_state(state, block_ids, ACTIVE)
-        if hit:
-            hits = block_ids if hit == len(block_ids) else [
-                b for b in block_ids if state[b] == ACTIVE]
-            self.reused_cached_s += float((self.now - self._cached_at[hits]).sum())
-        self._inner_uncached(block_ids)
+    @property
+    def reused_cached_s(self) -> float:
+        """Block-seconds that blocks later hit spent CACHED before the hit."""
+        return self.pool.reused_s - self._reused_before
 
     def advance(self, now: float) -> None:
         """Integrate the pool's current counts up to `now` and move the clock there."""
@@ -235,17 +213,3 @@ class UsageRecorder:
         if times:
             self.now = times[-1]
 
-
-def _batched(observer: object, name: str) -> Callable[[list[int]], None]:
-    """`observer`'s batch form of the per-block callback `name` (block_cached ->
-    blocks_cached), or a loop over the per-block one when it has none."""
-    many = getattr(observer, name.replace("block_", "blocks_"), None)
-    if many:
-        return many
-    one = getattr(observer, name)
-
-    def each(block_ids: list[int]) -> None:
-        for b in block_ids:
-            one(b)
-
-    return each

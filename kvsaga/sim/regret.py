@@ -120,4 +120,7 @@ def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_siz
         return victims
 
     policy.choose_victims = recording
+    # LRU on the C++ core lets the manager evict its queue's head without asking
+    # choose_victims (the same victims); the log must see every choice.
+    policy.victim_queue = None
     return log
