@@ -302,14 +302,35 @@ def test_workflow_admits_when_every_admitted_session_is_away_for_idle_admit_s():
 def test_workflow_shrinks_the_admitted_set_when_contexts_outgrow_the_pool():
     _, s, ex, a = _two_paused(prompt_len=12)
     assert set(s.sessions) == {"a", "b"}
-    # a's next step is much longer than predicted: once it pauses, b (admitted later) must
-    # make room; its next step then waits for admission again.
+    # a's next step is much longer than predicted: once it pauses, one of the two must make
+    # room (a: its pause began last, so it is expected back last); its next step then waits
+    # for admission again.
     a2 = ToyRequest("a", a.prompt + a.out + toks(50, 30), max_new=1, last=False, resumed=True)
     s.add(a2, 1.0)
     for t in (1.0, 2.0):
         ex.run(s, s.schedule(t, ex), t)
-    assert set(s.sessions) == {"a"} and s.num_demotions == 1
+    assert set(s.sessions) == {"b"} and s.num_demotions == 1
+    assert s._committed <= s.capacity
 
+
+
+def test_shrink_demotes_the_session_expected_back_last():
+    """When the admitted working sets outgrow the pool, the paused session whose tool is
+    expected to take longest is demoted, not the most recently admitted one."""
+    m = manager(32)
+    s = _wf(m)
+    ex = ToyExecutor(m)
+    reqs = {}
+    for i, (sid, tool_s) in enumerate((("a", 1.0), ("b", 50.0), ("c", 1.0))):
+        reqs[sid] = ToyRequest(sid, toks(100 * i, 12), max_new=1, last=False)
+        s.add(reqs[sid], 0.1 * i)
+        ex.run(s, s.schedule(0.1 * i, ex), 0.1 * i, tool_s=tool_s)
+    assert set(s.sessions) == {"a", "b", "c"}
+    a = reqs["a"]
+    a2 = ToyRequest("a", a.prompt + a.out + toks(500, 40), max_new=1, last=False, resumed=True)
+    s.add(a2, 1.0)
+    ex.run(s, s.schedule(1.0, ex), 1.0)
+    assert set(s.sessions) == {"a", "c"} and s.num_demotions == 1  # b: back in 50 s
 
 def test_workflow_admits_a_too_large_session_when_none_is_admitted():
     m = manager(8)
@@ -554,7 +575,7 @@ def test_fair_share_admissions_stay_within_the_stated_bound(k, n, weights, ages)
 
 def test_working_set_rule_shared_by_scheduler_and_gate():
     """The working-set pieces: an EMA after 1 / alpha observations, blocks rounded up, the
-    demotion deadline, and shrink demoting the most recent paused sessions, keeping one."""
+    demotion deadline, and shrink demoting paused sessions in the given order, keeping one."""
     g = GrowthTable(prior=10.0, alpha=0.5)
     assert g.mean("w") == 10.0
     g.observe("w", 4.0)
@@ -571,6 +592,7 @@ def test_working_set_rule_shared_by_scheduler_and_gate():
     def demote(sid):
         committed[0] -= sessions.pop(sid)[0]
 
-    out = shrink(sessions, lambda: committed[0] > 8, lambda s: s[1], demote)
+    out = shrink(sessions, ["d", "c", "b", "a"], lambda: committed[0] > 8, lambda s: s[1],
+                 demote)
     assert out == ["d", "b", "a"] and list(sessions) == ["c"] and committed[0] == 5
-    assert shrink({"a": (9, True)}, lambda: True, lambda s: s[1], demote) == []  # keeps one
+    assert shrink({"a": (9, True)}, ["a"], lambda: True, lambda s: s[1], demote) == []

@@ -5,13 +5,14 @@ An admitted session is predicted to hold its own context (less a prefix shared w
 sessions) plus its workflow's expected context growth over its next steps. A new session is
 admitted while the predicted working sets fit; a session paused far longer than expected
 may be demoted so others enter; when the working sets outgrow the memory anyway (contexts
-grew more than predicted), the most recently admitted paused sessions are demoted first.
+grew more than predicted), paused sessions are demoted (the scheduler: those expected back
+last; the vLLM gate: the most recently admitted).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -68,13 +69,13 @@ def demote_deadline(paused_at: float, expected_s: float, factor: float, min_s: f
     return paused_at + factor * expected_s + min_s
 
 
-def shrink(sessions: Mapping[str, T], over: Callable[[], bool], paused: Callable[[T], bool],
-           demote: Callable[[str], None]) -> list[str]:
-    """While `over()` (the admitted working sets outgrow the memory), demote the most
-    recently admitted paused sessions (`sessions` is in admission order), keeping at least
-    one admitted; returns the demoted ids in order."""
+def shrink(sessions: Mapping[str, T], order: Iterable[str], over: Callable[[], bool],
+           paused: Callable[[T], bool], demote: Callable[[str], None]) -> list[str]:
+    """While `over()` (the admitted working sets outgrow the memory), demote paused sessions
+    in `order` (ids of `sessions`, the admitted ones, which `demote` removes from it), keeping
+    at least one admitted; returns the demoted ids in order."""
     out = []
-    for sid in reversed(list(sessions)):
+    for sid in list(order):
         if not over() or len(sessions) == 1:
             break
         if paused(sessions[sid]):

@@ -191,7 +191,8 @@ class SessionGate:
 
     def _shrink(self) -> list[str]:
         """Demote the most recently admitted paused sessions until the rest fit."""
-        return shrink(self.sessions, lambda: self.committed() > self.capacity,
+        return shrink(self.sessions, reversed(list(self.sessions)),
+                      lambda: self.committed() > self.capacity,
                       lambda s: s.paused_at is not None, self._demote)
 
     def forget(self, sid: str) -> None:
