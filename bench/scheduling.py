@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -350,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--save-rows", metavar="JSON", help="also save the measured rows")
+    ap.add_argument("--from-rows", metavar="JSON",
+                    help="render the section from rows a run saved (its command and wall "
+                         "time), without simulating: to rewrite the notes")
     args = ap.parse_args(argv)
     if args.fit:
         fit(args.workers)
@@ -364,11 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mix:
         tasks += [("mix", MIX_SEED, MIX_LOAD, frac, s, p, None) for frac in (1.0, 0.5)
                   for s, p in CONFIGS]
-    t0 = time.perf_counter()
-    rows = run(tasks, args.workers)
-    wall = time.perf_counter() - t0
-    cmd = "python bench/scheduling.py" + (" " + " ".join(sys.argv[1:]) if argv is None and
-                                          sys.argv[1:] else "")
+    if args.from_rows:
+        saved = json.loads(Path(args.from_rows).read_text())
+        rows, wall, cmd = saved["rows"], saved["wall_s"], saved["command"]
+    else:
+        t0 = time.perf_counter()
+        rows = run(tasks, args.workers)
+        wall = time.perf_counter() - t0
+        argv_ = sys.argv[1:] if argv is None else list(argv)
+        cmd = " ".join(["python bench/scheduling.py", *argv_])
+        if args.save_rows:
+            Path(args.save_rows).write_text(json.dumps(
+                {"rows": rows, "wall_s": wall, "command": cmd}))
     parts = [f"Command: `{cmd}` ({len(rows)} simulations, {wall:.0f} s on this machine). "
              f"Preset {PRESET}; seed {REPORT_SEED} per family, the two-tenant mix "
              f"({', '.join(f'{t}: {f}' for t, f in MIX)}, 12 sessions each, {MIX_LOAD:g}x load) "
