@@ -145,6 +145,7 @@ class GroupedPolicy(EvictionPolicy):
         self.groups: dict[str, list[tuple[int, int]]] = {}  # sid -> [(-position, block)]
         self._now = 0.0
         self._ending: str | None = None
+        self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
         # The index (used when `indexed`): see the module docstring.
         self._heap: list[tuple[Any, int, int, str]] = []  # (key, tail block, version, sid)
         self._named: list[tuple[Any, int, int, str]] = []  # taken off the heap by a search
@@ -225,6 +226,8 @@ class GroupedPolicy(EvictionPolicy):
         """`block_uncached` for a batch. An eviction's victims come as runs of one session's
         blocks, tail first (the first entries of its group), a resume's hits as a run head
         first (the last entries): each run leaves its group in one slice (`_cut`)."""
+        if self._planned(block_ids):
+            return
         where, owner_of = self._where, self._owner
         run: list[int] = []
         run_sid = None
@@ -246,6 +249,30 @@ class GroupedPolicy(EvictionPolicy):
             where[b] = UNTRACKED
         if run:
             self._cut(run_sid, run)
+
+    def _planned(self, block_ids: list[int]) -> bool:
+        """Uncache the victims the last search named, by its runs (session, count), when
+        `block_ids` are they and each run is still its group's tail: no work per block.
+        Their `_where` / `_owner` marks stay (stale OWNED): only a CACHED block's marks are
+        ever read, and `block_cached` rewrites them."""
+        plan, self._plan = self._plan, None
+        if plan is None or plan[0] != block_ids:
+            return False
+        groups, i = self.groups, 0
+        for sid, k in plan[1]:
+            g = groups.get(sid)
+            if g is None or list(map(itemgetter(1), g[:k])) != block_ids[i:i + k]:
+                return False  # changed since: block by block (nothing was cut yet)
+            i += k
+        dirty = self._dirty
+        for sid, k in plan[1]:
+            g = groups[sid]
+            if k == len(g):
+                del groups[sid]
+            else:
+                del g[:k]
+            dirty.add(sid)
+        return True
 
     def _cut(self, sid: str, taken: list[int]) -> None:
         """Take `taken` (distinct blocks of `sid`'s group) out of the group."""
@@ -384,13 +411,16 @@ class GroupedPolicy(EvictionPolicy):
             if not streams and self._keys_nonincreasing():
                 # The usual case (no dead or plain cache): each session the index's top
                 # names leaves whole, tail first, until the count is reached.
-                pop = heapq.heappop
+                pop, runs = heapq.heappop, []
                 while heap and len(out) < num_blocks:
                     entry = pop(heap)
                     if version.get(entry[3]) != entry[2]:
                         continue  # stale: its session was re-keyed or ended
                     popped.append(entry)
-                    out += [b for _, b in groups[entry[3]][:num_blocks - len(out)]]
+                    take = groups[entry[3]][:num_blocks - len(out)]
+                    runs.append((entry[3], len(take)))
+                    out += [b for _, b in take]
+                self._plan = (out.copy(), runs)
             else:
                 self._merge_victims(num_blocks, streams, out, popped)
         finally:
@@ -606,4 +636,6 @@ class GroupedPolicy(EvictionPolicy):
                 f"block {b}: {'' if cached else 'not '}CACHED but "
                 f"{'' if b in seen else 'un'}tracked"
             )
-            assert (self._where[b] != UNTRACKED) == cached, f"block {b}: stale place"
+            # An evicted session block may keep a stale OWNED mark (`_planned`); a queue
+            # mark is exact (belady reads it to spot stale entries).
+            assert cached or self._where[b] in (UNTRACKED, OWNED), f"block {b}: stale place"
