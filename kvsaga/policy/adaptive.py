@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import compress
 
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
@@ -177,27 +178,41 @@ class AdaptivePolicy(EvictionPolicy):
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:
         """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
-        blocks it already named (it would have evicted them), asking for more as needed."""
+        blocks it already named (it would have evicted them), asking for more as needed.
+        Hashes and positions are read by C-level maps; the loop left is one dict check
+        per named block (O(1) per victim)."""
         v = self.view
         hashes, pos = v.block_hash, v.block_position
         ghost = e.ghost
         want = n
+        victims: list[int] = []
+        hs: list[bytes | None] = []
+        keep: list[bool] = []
         while True:
+            seen = victims
             victims = e.policy.choose_victims(want, now)
             if not shadow:
-                chosen = victims
+                chosen, hs = victims, list(map(hashes.__getitem__, victims))
                 break
-            chosen = [b for b in victims if hashes[b] is None or hashes[b] not in ghost]
+            if victims[:len(seen)] != seen:  # not an extension of the last answer: redo
+                hs, keep = [], []
+            more = list(map(hashes.__getitem__, victims[len(hs):]))
+            keep += [h is None or h not in ghost for h in more]
+            hs += more
+            chosen = list(compress(victims, keep))
             if len(chosen) >= n or len(victims) < want or want >= 4 * n:
                 chosen = chosen[:n]
+                hs = list(compress(hs, keep))[:n]
                 break
             want = min(4 * n, want + n - len(chosen))
-        new = 0
-        for b in chosen:
-            h = hashes[b]
+        positions = list(map(pos.__getitem__, chosen))
+        if positions:
+            self.block_cost(max(positions))  # the memo below covers every position
+        memo, before = self._block_costs, len(ghost)
+        for h, p in zip(hs, positions, strict=True):
             if h is not None and h not in ghost:
-                ghost[h] = self.block_cost(pos[b])
-                new += 1
+                ghost[h] = memo[p]
+        new = len(ghost) - before
         while len(ghost) > self._ghost_cap:
             ghost.popitem(last=False)  # not needed for a pool turnover: a good name
         if new:

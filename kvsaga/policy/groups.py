@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 UNTRACKED, DEAD, PLAIN, OWNED = 0, 1, 2, 3
 
 Stream = Iterator[tuple[Any, int]]
+_REKEY_ALL = object()  # a global state no policy has: the next search re-keys everyone
 
 GRID_S = 1e-3  # first point of the elapsed-time grid
 GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
@@ -512,6 +513,11 @@ class GroupedPolicy(EvictionPolicy):
             if version.get(entry[3]) == entry[2]:
                 heapq.heappush(heap, entry)
         self._named.clear()
+
+    def rekey_all(self) -> None:
+        """Make the next search re-key every session, as relearning does (what
+        `bench/allocator.py --eviction-scaling` times to amortize it)."""
+        self._global = _REKEY_ALL
 
     def _compact(self) -> None:
         """Drop the stale entries of the index (keys of live entries stay as they are)."""

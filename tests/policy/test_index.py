@@ -88,3 +88,20 @@ def test_a_deadline_rounded_onto_the_search_time_re_keys_once(name):
     for _ in range(3):
         policy.choose_victims(1, now)
     assert keyed == []
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_rekey_all_makes_the_next_search_re_key_every_session(name):
+    policy = build(name)
+    m = make(policy, num_blocks=12)
+    for i, sid in enumerate("abc"):
+        run_step(m, sid, tokens(100 * i, 12), now=0.01 * i, tool="search")
+    policy.choose_victims(1, 0.5)
+    keyed = []
+    base = policy._session_base
+    policy._session_base = lambda sid, g, t: keyed.append(sid) or base(sid, g, t)
+    policy.choose_victims(1, 0.5)
+    assert keyed == []
+    policy.rekey_all()
+    policy.choose_victims(1, 0.5)
+    assert len(policy.groups) == 3 and sorted(keyed) == sorted(policy.groups)

@@ -1,0 +1,39 @@
+"""bench/allocator.py --eviction-scaling on tiny counts: every online policy measured in
+the three tables (one instant, 1 ms apart, amortized over relearning), the goals judged
+from them, and its section written alone into RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("allocator", ROOT / "bench" / "allocator.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["allocator"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
+    mod = load()
+    lines, figures = mod.eviction_scaling([8, 16], repeat=1)
+    assert set(figures) == set(mod.SCALING_POLICIES) >= {"lru", "ttl", "saga", "graph"}
+    for p in mod.SCALING_POLICIES:
+        for n in (8, 16):
+            assert len(figures[p][n]) == 3 and all(x > 0 for x in figures[p][n])
+    # lru never re-keys: its amortized figure is its first.
+    assert figures["lru"][16][2] == figures["lru"][16][0]
+    text = "\n".join(lines)
+    assert text.count("| paused sessions |") == 3
+    assert text.count("Growth from 8 to 16 paused sessions") == 3
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Measured results\n\n## Other\n\nkept\n", encoding="utf-8")
+    mod.write_section(mod.SCALING_SECTION, text, out)
+    mod.write_section(mod.SCALING_SECTION, text, out)  # replaced, not appended twice
+    doc = out.read_text(encoding="utf-8")
+    assert doc.count(mod.SCALING_SECTION) == 1 and "## Other\n\nkept" in doc
