@@ -27,15 +27,21 @@ Two ways to run that merge, with the same result for the same keys:
   geometric scale that moves only once the value moved a whole step: `sticky_level`). A heap
   of (key of the session's tail, tail block, version) holds one live entry per session;
   stale entries are skipped when they surface and the heap is rebuilt when they dominate.
-  A search re-keys only the sessions marked since the last one, then pops victims:
-  O((marked + victims) * log(sessions)). What the policies learn (pause fits, admission
+  A search re-keys only the sessions marked since the last one, then pops victim sessions
+  (one pop gives a session's blocks in one slice when its keys never rise from tail to
+  head): O((marked + victim sessions) * log(sessions)). It records its runs (session,
+  count); when the pool uncaches exactly those victims, each run leaves its group in one
+  slice, with no Python work per block (`_planned`). What the policies learn (pause fits, admission
   waits) changes many keys at once: keys are recomputed from the current statistics when
   a session is re-keyed, and all of them once `relearn_share` x sessions learning events
   (steps begun, sessions ended) have passed since the last full rebuild.
 
 Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
-- a block sits in one place; groups are sorted and never empty.
+- a block sits in one place; groups are sorted and never empty;
+- a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
+  UNTRACKED, or OWNED when it left by a planned run (stale, never read: `block_cached`
+  rewrites them).
 The one ownership change the pool does not report is `end_session` turning a session's
 blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
 blocks its release caches right after are routed there too.
