@@ -78,16 +78,17 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   alone on half the GPU under the same scheduler and policy, so a tenant that gains more
   from sharing the whole GPU shows a lower slowdown.
 - Why the misses (admission wait and demotions are workflow's own counters): at bfcl 1x
-  25% (and 50%) the live sessions' contexts need 0.97 (0.93) of the GPU on average, so
-  memory, not eviction order, bounds how many sessions run at once; fcfs+lru admits them
-  all and recomputes (0.82M tokens, GPU busy 0.97), workflow admits what fits and the rest
-  queue: 24.5 of its 33.9 s mean TCT at 25% is waiting for admission, and its p95 there is
-  worse than fcfs's (99.5 vs 82.6 s). The gain bound assumes unbounded KV, so it is far
-  from reachable where the live share is near 1. Admitting more (overcommit 1.1, 1.25) or
-  reserving more growth (horizon 0.5 / 1) trades queueing for thrash and did not raise the
-  smallest gain on the fit seed (`--fit`). At swe 1x 25% the wait is small (4.8 s of 38.5
-  s): 2x needs a mean TCT within 9% of the unloaded 25.1 s at a quarter of the memory;
-  the loss is recomputation while admitted (0.76M tokens), after demotions.
+  25% the live sessions' contexts need 0.96 of the GPU on average, so memory, not
+  eviction order, bounds how many sessions run at once; fcfs+lru admits them all and
+  recomputes (0.82M tokens), workflow admits what fits and the rest queue: 21.2 of its
+  30.6 s mean TCT at 25% is waiting for admission (its p95 is now below fcfs's, 59.8 vs
+  82.6 s, since the shrink ages sessions it already demoted twice: `shrink_aging`). The
+  gain bound assumes unbounded KV, so it is far from reachable where the live share is
+  near 1. Admitting more (overcommit 1.1, 1.25) or reserving more growth (horizon 0.5 / 1)
+  trades queueing for thrash and did not raise the smallest gain on the fit seed
+  (`--fit`). At swe 1x 25% the wait is small (5.3 s of 37.9 s): 2x needs a mean TCT
+  within 9% of the unloaded 25.1 s at a quarter of the memory; the loss is recomputation
+  while admitted (0.60M tokens), after demotions.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (fcfs+lru's hit rate
   0.88); there the admission gate costs workflow p95 (0.87x) for no gain in the mean.
 - AFS: at 100% the mix is under no memory pressure in the shared run (every config gives
@@ -98,9 +99,9 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   equal slowdowns when one tenant's sessions are longer.
 - The default policy is ttl (kvsaga.policy.DEFAULT_POLICY). Both ttl and graph act on the
   scheduler's demotions (EvictionPolicy.session_deferred: graph ranks a demoted session's
-  blocks as needed 100x later, ttl releases them until its tool returns). workflow+graph
-  beats workflow+ttl at bfcl 1x 50% (15.1 vs 17.1 s) and 25% (31.4 vs 33.9 s) and loses at
-  web 1x 50% (17.2 vs 13.9 s) and 25% (32.4 vs 29.5 s)."""
+  blocks as needed 100x later, ttl releases them until its tool returns). workflow+ttl
+  beats workflow+graph at bfcl 1x 50% (15.7 vs 17.6 s) and 25% (30.6 vs 37.0 s) and at
+  web 1x 50% (13.9 vs 16.9 s) and 25% (36.6 vs 40.7 s)."""
 
 
 def trace(family: str, seed: int, load: float, sessions: int | None = None):

@@ -62,6 +62,7 @@ def test_registry_names_and_defaults():
     ("workflow", {"overcommit": float("nan")}, "overcommit"),
     ("workflow", {"max_bypass": -1}, "max_bypass must be an integer >= 0"),
     ("workflow", {"backfill_window": -1}, "backfill_window must be an integer >= 0"),
+    ("workflow", {"shrink_aging": -1}, "shrink_aging must be an integer >= 0"),
     ("workflow", {"growth_alpha": 1.5}, "growth_alpha must be in \\(0, 1\\]"),
     ("workflow", {"tenant_weights": {"a": 0}}, "tenant_weights\\['a'\\]"),
     ("fcfs", {"max_num_seqs": 0}, "max_num_seqs must be an integer >= 1, got 0"),
@@ -331,6 +332,41 @@ def test_shrink_demotes_the_session_expected_back_last():
     s.add(a2, 1.0)
     ex.run(s, s.schedule(1.0, ex), 1.0)
     assert set(s.sessions) == {"a", "c"} and s.num_demotions == 1  # b: back in 50 s
+
+@pytest.mark.parametrize("aging,demoted", [(1, "c"), (0, "b")])
+def test_shrink_aging_does_not_demote_the_same_session_again(aging, demoted):
+    """b (a 50 s tool) is demoted when a outgrows its working set; once readmitted and
+    paused again, the next shrink demotes c (paused, eligible) instead of b again, unless
+    aging is off (0). (The default, 2, lets a session be demoted twice in the usual order.)"""
+    m = manager(32)
+    s = _wf(m, shrink_aging=aging)
+    ex = ToyExecutor(m)
+    tool = {"a": 1.0, "b": 50.0, "c": 1.0}
+    reqs = {}
+
+    def step(sid, now, grow, last=False):
+        prev = reqs[sid]
+        reqs[sid] = ToyRequest(sid, prev.prompt + prev.out + toks(1000 + 100 * int(now), grow),
+                               max_new=1, last=last, resumed=True)
+        s.add(reqs[sid], now)
+        out = s.schedule(now, ex)
+        ex.run(s, out, now, tool_s=tool[sid])
+        assert out.admitted == [reqs[sid]]
+
+    for i, sid in enumerate("abc"):
+        reqs[sid] = ToyRequest(sid, toks(100 * i, 12), max_new=1, last=False)
+        s.add(reqs[sid], 0.1 * i)
+        ex.run(s, s.schedule(0.1 * i, ex), 0.1 * i, tool_s=tool[sid])
+    step("a", 1.0, 40)  # a grew: b, back last, is demoted
+    assert set(s.sessions) == {"a", "c"} and s.num_demotions == 1
+    step("a", 2.0, 1, last=True)  # a ends: room for b again
+    step("b", 3.0, 2)  # b readmitted, paused on its 50 s tool again
+    assert set(s.sessions) == {"b", "c"}
+    step("c", 4.0, 40)  # c grew: one of the paused b, c must go
+    assert s.num_demotions == 2 and set(s.sessions) == {"b", "c"} - {demoted}
+    assert s._committed <= s.capacity
+    assert make_scheduler("workflow", m).shrink_aging == 2
+
 
 def test_workflow_admits_a_too_large_session_when_none_is_admitted():
     m = manager(8)
