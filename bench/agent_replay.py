@@ -80,7 +80,14 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from replay.arms import REPLICAS_TITLE, Arm, arms, scheduler_arms  # noqa: E402
+from replay.arms import (  # noqa: E402
+    REPLICA_ROUTERS,  # noqa: E402
+    REPLICAS_TITLE,
+    Arm,
+    arms,
+    ray_default_text,
+    scheduler_arms,
+)
 from replay.client import StepRecord, replay  # noqa: E402
 from replay.report import (  # noqa: E402
     comparisons,
@@ -136,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--json", default=None, help="write the results here as JSON")
     a("--replicas", type=int, default=None,
       help="compare routers on kvsaga-serve --replicas N (a local Ray cluster; needs "
-           "kvsaga[cluster]): round-robin, then kvsaga; replaces --policies")
+           "kvsaga[cluster]), one arm per --replica-routers; replaces --policies")
     a("--replica-policy", default="graph", help="the eviction policy of --replicas' arms")
+    a("--replica-routers", default=",".join(REPLICA_ROUTERS),
+      help="--replicas' arms, one per kvsaga-serve --router, run in this order; kvsaga is "
+           "compared with each other one (ray-default: Ray Serve's own default router)")
     a("--kvsaga-arms", default=None,
       help="kvsaga-serve arms as scheduler+policy pairs, the first the baseline (e.g. "
            "fcfs+lru,workflow+graph); replaces --policies")
@@ -233,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{kv_bytes / ws_bytes:.0%} of the {ws['peak_context_tokens']:,}-token working set; "
         f"--max-num-seqs {args.max_num_seqs}."]
     if args.replicas:
-        info.append(f"Each of the {args.replicas} replicas has this KV budget.")
+        info.append(f"Each of the {args.replicas} replicas has this KV budget; "
+                    f"--replica-policy {args.replica_policy}.")
+        if "ray-default" in args.replica_routers:
+            info.append(ray_default_text())
     rounds: list[dict[str, dict[str, Any]]] = []
     records: dict[str, list[StepRecord]] = {a.name: [] for a in systems}
     with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:

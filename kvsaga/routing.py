@@ -586,6 +586,11 @@ class KvsagaRouter(Router):
 ROUTERS: dict[str, type[Router]] = {
     r.name: r for r in (RoundRobinRouter, AffinityRouter, KvsagaRouter)
 }
+# `kvsaga-serve --replicas --router` also takes Ray Serve's own default request router
+# (`kvsaga.integrations.ray.router.RayDefaultRequestRouter`): no kvsaga.routing decision,
+# the baseline a Ray Serve user gets without kvsaga's router.
+RAY_DEFAULT_ROUTER = "ray-default"
+REPLICA_ROUTERS = (*ROUTERS, RAY_DEFAULT_ROUTER)
 
 
 def make_router(name: str, replicas: Iterable[str] = (), **kwargs) -> Router:

@@ -36,7 +36,7 @@ def _bytes(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from kvsaga.policy import POLICIES
-    from kvsaga.routing import ROUTERS
+    from kvsaga.routing import REPLICA_ROUTERS
     from kvsaga.scheduler import SCHEDULERS
 
     d = ServerSettings()
@@ -93,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--replicas", type=int, default=None,
       help="run N engine replicas behind this endpoint on Ray Serve (needs kvsaga[cluster]; "
       "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster)")
-    a("--router", default="kvsaga", choices=sorted(ROUTERS),
+    a("--router", default="kvsaga", choices=sorted(REPLICA_ROUTERS),
       help="how --replicas routes steps: session affinity + work stealing + KV migration "
-      "(kvsaga), sticky consistent hash (affinity), or round-robin")
+      "(kvsaga), sticky consistent hash (affinity), round-robin, or Ray Serve's own default "
+      "request router (ray-default)")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
       help="log level; debug also prints the traceback of a failure")
     return p

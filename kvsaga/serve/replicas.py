@@ -54,12 +54,12 @@ def run_replicas(settings: ServerSettings, num_replicas: int, router: str = "kvs
         RayMissing: Ray is not installed.
         ValueError: num_replicas < 1 or an unknown router.
     """
-    from kvsaga.routing import ROUTERS
+    from kvsaga.routing import REPLICA_ROUTERS
 
     if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"--replicas must be an int >= 1, got {num_replicas!r}")
-    if router not in ROUTERS:
-        raise ValueError(f"unknown router {router!r}; choose one of {sorted(ROUTERS)}")
+    if router not in REPLICA_ROUTERS:
+        raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
     ray, serve = _import_ray()
     from kvsaga.integrations.ray.deployment import build_application
 

@@ -12,30 +12,46 @@ def test_replica_arms_differ_only_in_the_router() -> None:
     m = _load_script()
     args = m.build_parser().parse_args(["--replicas", "2", "--replica-policy", "lru"])
     got = m.arms(args)
-    assert [a.name for a in got] == ["replicas:round-robin", "replicas:kvsaga"]
-    for arm, router in zip(got, ("round-robin", "kvsaga"), strict=True):
+    routers = ("ray-default", "round-robin", "kvsaga")
+    assert [a.name for a in got] == [f"replicas:{r}" for r in routers]
+    for arm, router in zip(got, routers, strict=True):
         assert (arm.engine, arm.policy) == ("kvsaga", "lru")
         assert arm.serve_args == ("--replicas", "2", "--router", router)
     assert m.results_title(args) == m.REPLICAS_TITLE
     plain = m.build_parser().parse_args([])
     assert all(not a.serve_args for a in m.arms(plain))
     assert m.results_title(plain) != m.REPLICAS_TITLE
+    two = m.build_parser().parse_args(["--replicas", "2", "--replica-routers", "kvsaga,affinity"])
+    assert [a.name for a in m.arms(two)] == ["replicas:kvsaga", "replicas:affinity"]
 
 
-def test_replicas_are_judged_kvsaga_against_round_robin() -> None:
+@pytest.mark.parametrize("bad", ["round-robin", "kvsaga,nope", "kvsaga,kvsaga", ""])
+def test_bad_replica_routers_are_named(bad: str) -> None:
+    m = _load_script()
+    args = m.build_parser().parse_args(["--replicas", "2", "--replica-routers", bad])
+    with pytest.raises(SystemExit, match="--replica-routers"):
+        m.arms(args)
+
+
+def test_replicas_are_judged_kvsaga_against_every_other_router() -> None:
     m = _load_script()
     args = m.build_parser().parse_args(["--replicas", "2"])
     systems = m.arms(args)
     fig = {"task_time_mean_s": 0.0, "task_time_p95_s": 0.0, "prefill_tokens": 0.0}
-    rounds = [{"replicas:round-robin": {**fig, "task_time_mean_s": 30.0,
+    rounds = [{"replicas:ray-default": {**fig, "task_time_mean_s": 40.0,
+                                        "task_time_p95_s": 50.0, "prefill_tokens": 1200.0},
+               "replicas:round-robin": {**fig, "task_time_mean_s": 30.0,
                                         "task_time_p95_s": 40.0, "prefill_tokens": 900.0},
                "replicas:kvsaga": {**fig, "task_time_mean_s": 20.0, "task_time_p95_s": 40.0,
                                    "prefill_tokens": 300.0}}]
     judged = m.comparisons(args, systems, rounds)
+    ray = judged["replicas:kvsaga vs replicas:ray-default"]
+    assert ray["tct_speedup"] == [pytest.approx(2.0)]
+    assert ray["prefill_ratio"] == [pytest.approx(4.0)] and ray["goal_met"]
     got = judged["replicas:kvsaga vs replicas:round-robin"]
     assert got["tct_speedup"] == [pytest.approx(1.5)]
     assert got["prefill_ratio"] == [pytest.approx(3.0)] and got["goal_met"]
-    assert "issue 12" in judged["lines"][0]
+    assert len(judged["lines"]) == 2 and "issue 12" in judged["lines"][0]
 
 
 def test_bad_replica_count_is_refused() -> None:

@@ -17,7 +17,10 @@ from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
 from ray.serve.request_router import PendingRequest  # noqa: E402
 
 from kvsaga.integrations.ray.deployment import merge_metrics, routing_call  # noqa: E402
-from kvsaga.integrations.ray.router import KvsagaRequestRouter  # noqa: E402
+from kvsaga.integrations.ray.router import (  # noqa: E402
+    KvsagaRequestRouter,
+    RayDefaultRequestRouter,
+)
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 
 
@@ -96,6 +99,42 @@ def test_pins_foreign_calls_and_dead_replicas():
         assert call["route"]["moved_from"] == home and not call["route"]["migrate"]
 
     asyncio.run(go())
+
+
+def test_ray_default_router_is_rays_own_except_for_pins():
+    """`--router ray-default`: Ray Serve's default class decides every step (two random
+    candidates in ray 2.60's power-of-two-choices), sessions ignored; pinned calls still
+    reach the replica they name."""
+    from ray.serve.config import RequestRouterConfig
+
+    from kvsaga.integrations.ray.deployment import _router_config, build_application
+
+    ray_default = RequestRouterConfig().get_request_router_class()
+    assert issubclass(RayDefaultRequestRouter, ray_default)
+    assert RayDefaultRequestRouter.choose_replicas is not ray_default.choose_replicas
+
+    async def go():
+        reps = [StatsReplica(n) for n in "abc"]
+        router = RayDefaultRequestRouter(deployment_id=DeploymentID(name="KvsagaEngine"),
+                                         handle_source=DeploymentHandleSource.UNKNOWN)
+        router.initialize_state()
+        router.update_replicas(reps)
+        cands = list(router.curr_replicas.values())
+        assert await router.choose_replicas(cands, pending({"kvsaga": 1, "pin": "c"}, "p")) \
+            == [[reps[2]]]
+        call = {"kvsaga": 1, "session": "t/s1"}
+        for i in range(8):
+            ranks = await router.choose_replicas(cands, pending(dict(call), f"r{i}"))
+            assert len(ranks) == 1 and len(ranks[0]) == 2  # Ray's two choices
+            assert set(ranks[0]) <= set(reps)
+        assert "route" not in call  # no kvsaga decision: nothing moves with the session
+
+    asyncio.run(go())
+    cfg = _router_config("ray-default", None, 0.5)
+    assert cfg.request_router_class.endswith("router.RayDefaultRequestRouter")
+    assert not cfg.request_router_kwargs
+    with pytest.raises(ValueError, match="unknown router 'random'"):
+        build_application(ServerSettings(device="cpu"), 2, router="random")
 
 
 def test_routing_call_extracts_tenant_session_and_prefix():

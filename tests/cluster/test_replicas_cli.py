@@ -15,6 +15,7 @@ def test_flags_parse():
     args = build_parser().parse_args(["--replicas", "3", "--router", "affinity"])
     assert (args.replicas, args.router) == (3, "affinity")
     assert build_parser().parse_args([]).replicas is None
+    assert build_parser().parse_args(["--router", "ray-default"]).router == "ray-default"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--router", "random"])
 

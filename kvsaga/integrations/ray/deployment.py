@@ -38,7 +38,13 @@ from kvsaga._validate import is_int
 from kvsaga.errors import KVSagaError
 from kvsaga.integrations.ray.router import KvsagaRequestRouter
 from kvsaga.migration import export_session, import_session
-from kvsaga.routing import ReplicaStats, prefix_key, session_key
+from kvsaga.routing import (
+    RAY_DEFAULT_ROUTER,
+    REPLICA_ROUTERS,
+    ReplicaStats,
+    prefix_key,
+    session_key,
+)
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 from kvsaga.serve.settings import ServerSettings
 
@@ -486,6 +492,20 @@ class KvsagaGateway:
         return await self.core.forward(request)
 
 
+def _router_config(router: str, router_kwargs: dict | None,
+                   stats_period_s: float) -> RequestRouterConfig:
+    """The engine deployment's request router: kvsaga's adapter over `kvsaga.routing`, or
+    Ray Serve's default (which reads no routing stats and takes no kwargs)."""
+    if router == RAY_DEFAULT_ROUTER:
+        return RequestRouterConfig(
+            request_router_class="kvsaga.integrations.ray.router.RayDefaultRequestRouter")
+    return RequestRouterConfig(
+        request_router_class="kvsaga.integrations.ray.router.KvsagaRequestRouter",
+        request_router_kwargs={"router": router, **(router_kwargs or {})},
+        request_routing_stats_period_s=stats_period_s,
+    )
+
+
 def build_application(
     settings: ServerSettings,
     num_replicas: int,
@@ -502,7 +522,8 @@ def build_application(
     Args:
         settings: the server settings every replica runs with.
         num_replicas: engine replicas (>= 1).
-        router: a `kvsaga.routing` router name.
+        router: a `kvsaga.routing` router name, or `ray-default` (Ray Serve's own default
+            request router, `RayDefaultRequestRouter`).
         router_kwargs: `RoutingConfig` fields for the `kvsaga` router.
         ray_actor_options: per replica (e.g. `{"num_gpus": 1}` on a GPU cluster).
         factory: loads an engine (tests pass a tiny model's); default from `settings`.
@@ -511,16 +532,14 @@ def build_application(
     """
     if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+    if router not in REPLICA_ROUTERS:
+        raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
     engine = serve.deployment(
         EngineReplica,
         name=ENGINE_DEPLOYMENT,
         num_replicas=num_replicas,
         max_ongoing_requests=settings.max_num_seqs + settings.max_queue + 8,
         ray_actor_options=ray_actor_options or {},
-        request_router_config=RequestRouterConfig(
-            request_router_class="kvsaga.integrations.ray.router.KvsagaRequestRouter",
-            request_router_kwargs={"router": router, **(router_kwargs or {})},
-            request_routing_stats_period_s=stats_period_s,
-        ),
+        request_router_config=_router_config(router, router_kwargs, stats_period_s),
     ).bind(settings, factory, torch_threads)
     return KvsagaGateway.bind(engine, settings)

@@ -1,5 +1,5 @@
 """KvsagaRequestRouter: a Ray Serve request router that is a thin adapter over
-`kvsaga.routing`.
+`kvsaga.routing`; RayDefaultRequestRouter: Ray Serve's own default router, the baseline.
 
 Ray Serve calls `choose_replicas` for each pending request to the engine deployment. A
 kvsaga call carries a dict (`args[0]`) with the routing facts the gateway extracted from the
@@ -17,6 +17,7 @@ import logging
 import weakref
 from typing import Any, ClassVar
 
+from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
@@ -38,6 +39,18 @@ def stats_of(replica: RunningReplica) -> ReplicaStats:
         return ReplicaStats(**(replica.routing_stats or {}))
     except (TypeError, ValueError, AttributeError):
         return ReplicaStats()
+
+
+def pinned(router: RequestRouter, call: dict | None,
+           candidates: list[RunningReplica]) -> list[list[RunningReplica]] | None:
+    """The replica a pinned kvsaga call names (exports, imports, metrics and cache state
+    are addressed to one replica), or None when the call is not pinned. A pin to a replica
+    that is gone reaches another, which answers "misrouted"."""
+    pin = call.get("pin") if call is not None else None
+    if pin is None:
+        return None
+    by_id = {r.replica_id.unique_id: r for r in router._replicas.values()}
+    return [[by_id[pin]]] if pin in by_id else [candidates]
 
 
 class KvsagaRequestRouter(RequestRouter):
@@ -73,11 +86,10 @@ class KvsagaRequestRouter(RequestRouter):
         call = kvsaga_call(pending_request)
         if call is None or not candidate_replicas:
             return [candidate_replicas]
-        by_id = {r.replica_id.unique_id: r for r in self._replicas.values()}
-        pin = call.get("pin")
+        pin = pinned(self, call, candidate_replicas)
         if pin is not None:
-            # A pin to a replica that is gone reaches another, which answers "misrouted".
-            return [[by_id[pin]]] if pin in by_id else [candidate_replicas]
+            return pin
+        by_id = {r.replica_id.unique_id: r for r in self._replicas.values()}
         rid = pending_request.metadata.internal_request_id
         route = self._routes.get(rid)
         if route is None or route.replica not in by_id:  # routed once, even on retries
@@ -104,3 +116,23 @@ class KvsagaRequestRouter(RequestRouter):
         route = self._routes.pop(internal_request_id, None)
         if route is not None:
             self.kv_router.finished(route)
+
+
+class RayDefaultRequestRouter(RequestRouterConfig().get_request_router_class()):
+    """Ray Serve's own default request router (`RequestRouterConfig`'s default class: in
+    ray 2.60 `PowerOfTwoChoicesRequestRouter`, which asks two random replicas for their
+    queue length and takes the shorter), unchanged for every step: sessions are ignored,
+    so a session's steps land wherever it sends them and no KV follows. Only kvsaga's
+    pinned calls go to the replica they name, as under `KvsagaRequestRouter`, so that
+    `/metrics` still reaches every replica. `--router ray-default`: the baseline a Ray
+    Serve user has without kvsaga's router."""
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        pin = pinned(self, kvsaga_call(pending_request), candidate_replicas)
+        if pin is not None:
+            return pin
+        return await super().choose_replicas(candidate_replicas, pending_request)
