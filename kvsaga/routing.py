@@ -56,6 +56,8 @@ class ReplicaStats:
         session_tokens: the context each session living here holds, in tokens (what a
             move would migrate or recompute); a Mapping, so a replica may hand a live
             view instead of a copy.
+        block_size: tokens per KV block, to compare `session_tokens` with the pool
+            (`commitment`).
     """
 
     total_blocks: int = 1
@@ -67,17 +69,19 @@ class ReplicaStats:
     predicted_resumes: int = 0
     tenant_service: Mapping[str, float] = field(default_factory=dict)
     session_tokens: Mapping[str, int] = field(default_factory=dict)
+    block_size: int = 16
 
     def __post_init__(self) -> None:
         for name in (
             "total_blocks", "free_blocks", "evictable_blocks", "queue_depth", "running",
-            "paused", "predicted_resumes",
+            "paused", "predicted_resumes", "block_size",
         ):
             v = getattr(self, name)
             if not is_int(v) or v < 0:
                 raise ValueError(f"ReplicaStats.{name} must be an int >= 0, got {v!r}")
-        if self.total_blocks == 0:
-            raise ValueError("ReplicaStats.total_blocks must be > 0")
+        if self.total_blocks == 0 or self.block_size == 0:
+            raise ValueError("ReplicaStats.total_blocks and block_size must be > 0, got "
+                             f"{self.total_blocks!r} and {self.block_size!r}")
         if self.free_blocks + self.evictable_blocks > self.total_blocks:
             raise ValueError(
                 f"ReplicaStats: free ({self.free_blocks}) + evictable "
@@ -99,6 +103,18 @@ class ReplicaStats:
         """Share of blocks running steps hold (0: all reclaimable, 1: none)."""
         return 1.0 - (self.free_blocks + self.evictable_blocks) / self.total_blocks
 
+    @property
+    def capacity_tokens(self) -> int:
+        return self.total_blocks * self.block_size
+
+    @property
+    def commitment(self) -> float:
+        """The contexts of the sessions living here over the pool, in tokens: above 1 they
+        cannot all stay cached, so every resumed step recomputes what the others evicted
+        (the thrash that no queue count shows). A shared prefix counts once per session, so
+        this is an upper bound."""
+        return sum(self.session_tokens.values()) / self.capacity_tokens
+
     @classmethod
     def from_manager(cls, manager, queue_depth: int = 0, *, now: float | None = None,
                      resume_horizon_s: float = DEFAULT_RESUME_HORIZON_S,
@@ -119,6 +135,7 @@ class ReplicaStats:
             predicted_resumes=count_predicted_resumes(manager, now, resume_horizon_s),
             tenant_service=dict(tenant_service or {}),
             session_tokens=SessionTokens(manager.sessions),
+            block_size=manager.spec.block_size,
         )
 
 
@@ -296,6 +313,11 @@ class RoutingConfig:
             replica's predicted load exceeds the least by at most this.
         steal_max_share: tenants whose fleet share ratio (`FairShare`, from the service
             the replicas report) exceeds this are not stolen for.
+        max_commitment: a replica whose sessions' contexts exceed this share of its pool
+            (`ReplicaStats.commitment`) is overcommitted: it thrashes. A step of one of its
+            sessions moves to a replica where that session fits below this share and that
+            has no more busy steps and nothing waiting (a memory steal), and new sessions
+            go to one that is not overcommitted when there is one (0: off).
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -304,10 +326,11 @@ class RoutingConfig:
     """
 
     steal_min_waiting: int = 0
-    steal_margin: float = 2.0
+    steal_margin: float = 3.0
     resume_weight: float = 1.0
     prefix_slack: float = 0.0
     steal_max_share: float = 1.0
+    max_commitment: float = 1.0
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
@@ -319,7 +342,7 @@ class RoutingConfig:
             raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
                              f"{self.steal_min_waiting!r}")
         for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
-                     "migrate_latency_s"):
+                     "max_commitment", "migrate_latency_s"):
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
@@ -347,6 +370,7 @@ class Router:
         self.replicas: list[str] = []
         self._order: dict[str, int] = {}  # replica -> when it was added (a stable tie-break)
         self.in_flight: dict[str, int] = {}
+        self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
         for r in replicas:
@@ -360,6 +384,7 @@ class Router:
             self.replicas.append(replica)
             self._order.setdefault(replica, len(self._order))
             self.in_flight[replica] = 0
+            self.routed.setdefault(replica, 0)
 
     def remove_replica(self, replica: str) -> list[str]:
         """Forget a replica (it died or was scaled down). Returns the sessions that lived
@@ -414,13 +439,16 @@ class Router:
 
     def _load(self, r: str, stats: Mapping[str, ReplicaStats]) -> tuple:
         """Sort key: fewer busy steps, then less memory pressure, then fewer paused
-        sessions expecting to resume, then the replica's order."""
+        sessions expecting to resume, then fewer steps routed there so far (ties are
+        common when replicas idle: taking the first in order would load the first replicas
+        most over a run), then the replica's order."""
         st = stats.get(r) or ReplicaStats()
         return (
             self.busy(r, stats),
             round(st.memory_pressure, 3),
             st.predicted_resumes,
             st.paused,
+            self.routed[r],
             self._order[r],
         )
 
@@ -437,6 +465,7 @@ class Router:
         if dead is not None:  # its KV died with its replica: recompute where it lands
             route = Route(route.replica, moved_from=dead, reason="lost")
         self.in_flight[route.replica] += 1
+        self.routed[route.replica] += 1
         if req.session is not None:
             self.homes[req.session] = route.replica
         return route
@@ -553,31 +582,59 @@ class KvsagaRouter(Router):
         return Route(target, moved_from=home, migrate=migrate, reason="steal")
 
     def _thief(self, home: str, req: RouteRequest, stats) -> str | None:
-        """The replica that steals this step from `home`, or None: home has at least
-        `steal_min_waiting` steps waiting, the tenant is not above its fleet share,
-        and some replica with nothing waiting is busy by at least `steal_margin` fewer
-        steps (the one with the least predicted load)."""
+        """The replica that steals this step from `home`, or None. The tenant must not be
+        above its fleet share, and then either (queue) home has at least
+        `steal_min_waiting` steps waiting and some replica with nothing waiting is busy by
+        at least `steal_margin` fewer steps, or (memory) home is overcommitted and some
+        replica with nothing waiting and no more busy steps than home has room for the
+        session below `max_commitment` (`_roomy`). The one with the least predicted load
+        steals."""
         c = self.config
-        if self.waiting(home, stats) < c.steal_min_waiting:
-            return None
         if self.fair.share_ratio(req.tenant) > c.steal_max_share:
             return None
-        limit = self.busy(home, stats) - c.steal_margin
-        free = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0
-                and self.busy(x, stats) <= limit]
+        busy_home = self.busy(home, stats)
+        idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
+        free = []
+        if self.waiting(home, stats) >= c.steal_min_waiting:
+            free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
+        if not free:
+            free = self._roomy(home, req, stats, [x for x in idle
+                                                  if self.busy(x, stats) <= busy_home])
         if not free:
             return None
         return min(free, key=lambda x: (self.predicted_load(x, stats), self._load(x, stats)))
 
+    def _roomy(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
+        """Of `cands`, the replicas the session fits on below `max_commitment`, when its
+        home is above it (else none: a home that is not overcommitted keeps it)."""
+        limit = self.config.max_commitment
+        st = stats.get(home)
+        if not limit or st is None or not cands or st.commitment <= limit:
+            return []
+        tokens = st.session_tokens.get(req.session, req.context_tokens)
+        out = []
+        for x in cands:
+            sx = stats.get(x)
+            if sx is not None and sx.commitment + tokens / sx.capacity_tokens <= limit:
+                out.append(x)
+        return out
+
+    def _overcommitted(self, r: str, stats) -> bool:
+        st = stats.get(r)
+        limit = self.config.max_commitment
+        return bool(limit) and st is not None and st.commitment > limit
+
     def _place_new(self, req, stats) -> Route:
-        """A session without a home: the replica with the least predicted load, or one
-        where its prefix is cached whose predicted load is within `prefix_slack` of it."""
+        """A session without a home: the replica with the least predicted load among those
+        not overcommitted (all, if every one is), or one where its prefix is cached whose
+        predicted load is within `prefix_slack` of it."""
         pred = {r: self.predicted_load(r, stats) for r in self.replicas}
-        key = {r: (pred[r], self._load(r, stats)) for r in self.replicas}
+        key = {r: (self._overcommitted(r, stats), pred[r], self._load(r, stats))
+               for r in self.replicas}
         best = min(self.replicas, key=key.__getitem__)
         hot = self._prefix_homes.get(req.prefix_key, ()) if req.prefix_key is not None else ()
-        warm = [r for r in self.replicas
-                if r in hot and pred[r] <= pred[best] + self.config.prefix_slack]
+        warm = [r for r in self.replicas if r in hot and key[r][0] == key[best][0]
+                and pred[r] <= pred[best] + self.config.prefix_slack]
         if warm:
             return Route(min(warm, key=key.__getitem__), reason="prefix")
         return Route(best, reason="new")

@@ -61,6 +61,10 @@ def test_replica_stats_validation():
         ReplicaStats(tenant_service={"t": -1.0})
     with pytest.raises(ValueError, match="session_tokens must be a mapping"):
         ReplicaStats(session_tokens=[1])
+    with pytest.raises(ValueError, match="block_size must be > 0"):
+        ReplicaStats(block_size=0)
+    with pytest.raises(ValueError, match="max_commitment"):
+        RoutingConfig(max_commitment=-0.5)
     with pytest.raises(ValueError, match="steal_min_waiting"):
         RoutingConfig(steal_min_waiting=-1)
     with pytest.raises(ValueError, match="link_bandwidth"):
@@ -171,6 +175,55 @@ def test_migrate_decision_uses_the_homes_real_token_count():
     assert got.reason == "steal" and got.migrate
 
 
+def held(queue: int = 0, running: int = 0, **sessions: int) -> ReplicaStats:
+    """A replica of 100 blocks of 16 tokens (1,600 tokens) holding these sessions."""
+    return ReplicaStats(total_blocks=100, free_blocks=50, queue_depth=queue, running=running,
+                        session_tokens=sessions, block_size=16)
+
+
+def test_commitment_is_the_sessions_context_over_the_pool():
+    assert held(s=800, t=1600).commitment == pytest.approx(1.5)
+    assert held().commitment == 0.0 and held().capacity_tokens == 1600
+
+
+def test_an_overcommitted_home_hands_a_resuming_session_to_a_roomy_replica():
+    """Memory steal: home's sessions (2,400 of 1,600 tokens) cannot all stay cached, so
+    the step of `s` (800 tokens) moves, with its KV, to the replica where it fits below
+    max_commitment, although neither replica queues anything."""
+    r = make_router("kvsaga", ["a", "b", "c"])
+    r.homes["s"] = "a"
+    stats = {"a": held(running=1, s=800, t=1600), "b": held(t2=1200), "c": held(t3=100)}
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.moved_from, got.reason, got.migrate) == ("c", "a", "steal", True)
+    # No room anywhere (b and c would go above 1.0) or the home is not overcommitted: stay.
+    for others, home in (({"b": held(t2=1200), "c": held(t3=1000)}, held(s=800, t=1600)),
+                         ({"b": IDLE, "c": IDLE}, held(s=800, t=700))):
+        r2 = make_router("kvsaga", ["a", "b", "c"])
+        r2.homes["s"] = "a"
+        assert r2.route(RouteRequest("s"), {"a": home, **others}).reason == "affinity"
+    # A busier replica does not take it, nor one with a step waiting; max_commitment 0
+    # turns the memory steal off.
+    for b, cfg in ((held(running=3, t2=10), RoutingConfig()),
+                   (held(queue=1, t2=10), RoutingConfig()),
+                   (IDLE, RoutingConfig(max_commitment=0.0))):
+        r3 = make_router("kvsaga", ["a", "b"], config=cfg)
+        r3.homes["s"] = "a"
+        got = r3.route(RouteRequest("s"), {"a": held(running=1, s=800, t=1600), "b": b})
+        assert got.reason == "affinity"
+
+
+def test_new_sessions_avoid_overcommitted_replicas():
+    r = make_router("kvsaga", ["a", "b"])
+    # a is idle by steps but its sessions overflow its pool; b runs two steps.
+    stats = {"a": held(s=2000), "b": held(running=2, t=100)}
+    assert r.route(RouteRequest("new"), stats).replica == "b"
+    off = make_router("kvsaga", ["a", "b"], config=RoutingConfig(max_commitment=0.0))
+    assert off.route(RouteRequest("new"), stats).replica == "a"
+    # Every replica overcommitted: predicted load decides again.
+    both = {"a": held(s=2000), "b": held(running=2, t=2000)}
+    assert make_router("kvsaga", ["a", "b"]).route(RouteRequest("n"), both).replica == "a"
+
+
 def test_new_sessions_count_predicted_resumes():
     r = make_router("kvsaga", ["a", "b"])
     # a runs one step; b runs none but expects three paused sessions back soon.
@@ -192,7 +245,7 @@ def test_count_predicted_resumes_by_hint_and_horizon():
     assert count_predicted_resumes(mgr, now=0.0, horizon_s=10.0) == 2  # soon + unknown
     assert count_predicted_resumes(mgr, now=95.0, horizon_s=10.0) == 3  # late is due now
     st = ReplicaStats.from_manager(mgr, now=0.0, resume_horizon_s=10.0)
-    assert st.predicted_resumes == 2 and st.paused == 3
+    assert st.predicted_resumes == 2 and st.paused == 3 and st.block_size == 4
     assert dict(st.session_tokens) == {"soon": 6, "late": 6, "unknown": 6, "running": 6}
 
 

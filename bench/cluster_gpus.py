@@ -1,0 +1,106 @@
+"""Where a cluster run's busy time went, GPU by GPU: the evidence behind load_imbalance.
+
+    python bench/cluster_gpus.py --family swe --gpus 16 --sessions-per-gpu 8 --seed 1
+    python bench/cluster_gpus.py --family swe --gpus 16 --seed 1 --knob max_commitment=0
+
+One simulation (the trace of bench/cluster.py: same families, load and scale) with kvsaga
+routing (`--knob NAME=VALUE` overrides a `RoutingConfig` field), printing per GPU, busiest
+first: busy time and its share of the mean, the busy time it had when the last session
+arrived (what is left is the drain), batch steps, tokens recomputed, sessions placed there
+first, steps stolen in and out, and the share of routing decisions at which its sessions'
+contexts overflowed its pool (`ReplicaStats.commitment` > 1: the thrash no queue count shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+from cluster import trace
+
+from kvsaga.config import parse_bytes
+from kvsaga.routing import RoutingConfig
+from kvsaga.sim.cluster import ClusterSimulator
+from kvsaga.sim.config import SimConfig
+
+
+class WatchedCluster(ClusterSimulator):
+    """A ClusterSimulator that records, per GPU, what `main` prints."""
+
+    def __init__(self, *args, last_arrival: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_arrival = last_arrival
+        self.busy_at_last_arrival: dict[str, float] = {}
+        self.placed: collections.Counter = collections.Counter()
+        self.stolen_in: collections.Counter = collections.Counter()
+        self.stolen_out: collections.Counter = collections.Counter()
+        self.overflowing: collections.Counter = collections.Counter()
+        self.decisions = 0
+
+    def _route(self, t, session, k) -> None:
+        if t >= self.last_arrival and not self.busy_at_last_arrival:
+            self.busy_at_last_arrival = {g.name: g._busy for g in self.gpus}
+        self.decisions += 1
+        for g in self.gpus:
+            self.overflowing[g.name] += g.routing_stats().commitment > 1
+        super()._route(t, session, k)
+        if k == 0:
+            self.placed[self._routes[session.id].replica] += 1
+
+    def _move(self, session, old, new, migrate: bool) -> float:
+        self.stolen_out[old.name] += 1
+        self.stolen_in[new.name] += 1
+        return super()._move(session, old, new, migrate)
+
+
+def _knob(text: str) -> tuple[str, float]:
+    name, eq, value = text.partition("=")
+    if not eq or name not in RoutingConfig.__dataclass_fields__:
+        raise argparse.ArgumentTypeError(f"--knob wants NAME=VALUE with a RoutingConfig "
+                                         f"field, got {text!r}")
+    return name, float(value)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", default="swe")
+    p.add_argument("--gpus", type=int, default=16)
+    p.add_argument("--sessions-per-gpu", type=int, default=8)
+    p.add_argument("--scale", type=float, default=0.2)
+    p.add_argument("--load", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kv-memory", default="3G")
+    p.add_argument("--scheduler", default="workflow")
+    p.add_argument("--policy", default="lru")
+    p.add_argument("--knob", type=_knob, action="append", default=[],
+                   help="RoutingConfig override, e.g. steal_margin=2 (repeatable)")
+    args = p.parse_args()
+    knobs = {k: int(v) if k == "steal_min_waiting" else v for k, v in args.knob}
+    sessions = trace(args.family, args.gpus, args.sessions_per_gpu, args.scale, args.seed,
+                     args.load)
+    config = SimConfig(kv_memory_bytes=parse_bytes(args.kv_memory), policy=args.policy,
+                       scheduler=args.scheduler)
+    routing = RoutingConfig(bytes_per_token=config.cost.kv_spec.bytes_per_token,
+                            cost=config.cost, **knobs)
+    last = max(s.arrival_s for s in sessions)
+    sim = WatchedCluster(sessions, config, args.gpus, "kvsaga", routing, last_arrival=last)
+    res = sim.run()
+    print(f"{args.family}, {args.gpus} GPUs x {args.sessions_per_gpu} sessions, seed "
+          f"{args.seed}, knobs {knobs or 'default'}: mean TCT {res.tct_mean_s:.1f} s, "
+          f"load_imbalance {res.load_imbalance:.3f}, {res.num_moved} steps moved; last "
+          f"arrival at {last:.0f} s, makespan {res.makespan_s:.0f} s")
+    mean = sum(g._busy for g in sim.gpus) / len(sim.gpus)
+    print(f"{'gpu':>6} {'busy s':>8} {'x mean':>6} {'at last arr':>11} {'steps':>7} "
+          f"{'recomputed':>10} {'placed':>6} {'in':>4} {'out':>4} {'overflow':>8}")
+    for g in sorted(sim.gpus, key=lambda g: -g._busy):
+        n = g.name
+        print(f"{n:>6} {g._busy:8.1f} {g._busy / mean:6.2f} "
+              f"{sim.busy_at_last_arrival.get(n, g._busy):11.1f} "
+              f"{g._counts['batch_steps']:7,} {g._counts['recomputed']:10,} "
+              f"{sim.placed[n]:6} {sim.stolen_in[n]:4} {sim.stolen_out[n]:4} "
+              f"{sim.overflowing[n] / max(1, sim.decisions):8.0%}")
+
+
+if __name__ == "__main__":
+    main()
