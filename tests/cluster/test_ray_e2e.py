@@ -63,7 +63,7 @@ def cluster(tiny_dir: Path):
             # may still count as running), so 1 would move steps of an idle session. No
             # weight on predicted resumes: the paused session must not push the busy
             # steps below off its home.
-            router_kwargs={"steal_min_waiting": 0, "steal_margin": 2, "prefix_slack": 1,
+            router_kwargs={"steal_min_waiting": 0, "steal_margin": 2, "prefix_slack": 2,
                            "resume_weight": 0.0, "migrate_latency_s": 0.0},
             stats_period_s=0.2,
         )
@@ -141,22 +141,25 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     ref = conversation(reference.client(), "sticky", 3)
     assert [t for t, *_ in sticky] == [t for t, *_ in ref]
 
-    # Keep the session's home busy with two long steps at a time, back to back, then
+    # Keep the session's home busy with three long steps at a time, back to back, then
     # continue the session: the idle replica steals it and its KV migrates; the greedy
     # answer does not change. The long steps share the session's system prompt, so
-    # prefix-aware placement (prefix_slack 1) sends them to the home replica. One long step
-    # alone can finish between two polls of the replicas' state (the tiny model is fast on
-    # an idle machine): the test would then never see the home busy.
+    # prefix-aware placement (prefix_slack 2) sends them to the home replica. With fewer,
+    # all can be between two requests when the session's step is routed (the tiny model is
+    # fast, and 200 tokens are its context limit): the home would not look busy.
     home = sticky[0][1]
     stop = threading.Event()
 
+    placed: list[str | None] = []  # where the long steps ran (for the failure message)
+
     def keep_home_busy() -> None:
         while not stop.is_set():
-            c.chat.completions.create(
+            raw = c.chat.completions.with_raw_response.create(
                 model=MODEL, messages=[SYSTEM, {"role": "user", "content": "busy"}],
                 max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
+            placed.append(raw.headers.get("x-kvsaga-replica"))
 
-    busy = [threading.Thread(target=keep_home_busy, daemon=True) for _ in range(2)]
+    busy = [threading.Thread(target=keep_home_busy, daemon=True) for _ in range(3)]
     for t in busy:
         t.start()
     deadline = time.monotonic() + 180
@@ -172,7 +175,8 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     stop.set()
     for t in busy:
         t.join(120)
-    assert (replica != home, reason) == (True, "steal")
+    assert (replica != home, reason) == (True, "steal"), (
+        f"{placed.count(home)} of {len(placed)} long steps had finished on the home")
     assert r.usage.prompt_tokens_details.cached_tokens > 0  # the KV came along
     ref = conversation(reference.client(), "sticky-ref", 4)
     assert r.choices[0].message.content == ref[3][0]

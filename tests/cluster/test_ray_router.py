@@ -180,15 +180,17 @@ def test_replica_reports_resumes_tenant_service_and_session_tokens():
     engine = SimpleNamespace(manager=mgr, scheduler=SimpleNamespace(waiting=[1, 2]))
     replica = object.__new__(EngineReplica)
     replica._seen_tokens, replica._service = {}, {}
-    for i, sid in enumerate(("acme/s1", "acme/s2", "anon/s3")):
+    for i, sid in enumerate(("acme/s1", "acme/s2", "anon/s3", "oneshot-cmpl-1")):
         mgr.begin_step(sid, list(range(10 * i, 10 * i + 6)), now=0.0)
         mgr.allocate_slots(sid, 6, now=0.0)
-        if sid != "acme/s2":
+        if sid not in ("acme/s2", "oneshot-cmpl-1"):
             mgr.finish_step(sid, now=0.0)
     row = replica._routing_stats(engine)
-    assert row["session_tokens"] == {"acme/s1": 6, "acme/s2": 6, "anon/s3": 6}
+    assert row["session_tokens"] == {"acme/s1": 6, "acme/s2": 6, "anon/s3": 6,
+                                     "oneshot-cmpl-1": 6}
+    # A one-shot request is no tenant of its own (it would make the others look served).
     assert row["tenant_service"] == {"acme": 12.0, "anon": 6.0}
-    assert (row["queue_depth"], row["running"], row["paused"]) == (2, 1, 2)
+    assert (row["queue_depth"], row["running"], row["paused"]) == (2, 2, 2)
     assert row["predicted_resumes"] == 2  # paused, no hint: an agent comes back
     parsed = stats_of(SimpleNamespace(routing_stats=row))
     assert parsed == ReplicaStats(**row) and parsed.session_tokens["anon/s3"] == 6

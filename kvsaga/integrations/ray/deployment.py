@@ -288,13 +288,17 @@ class EngineReplica:
     def _routing_stats(self, engine) -> dict:
         """Routing stats of `engine` (runs on its thread). Service is counted as context
         tokens gained (prompt + generated) per tenant, read from the manager's sessions;
-        an engine session id is `<tenant salt>/<session>` (`SessionRegistry.engine_id`)."""
+        an engine session id is `<tenant salt>/<session>` (`SessionRegistry.engine_id`);
+        one-shot requests are not counted."""
         mgr = engine.manager
         tokens = {sid: len(s.token_ids) for sid, s in mgr.sessions.items()}
         for sid, n in tokens.items():
             gained = n - self._seen_tokens.get(sid, 0)
-            if gained > 0:
-                tenant = sid.split("/", 1)[0]
+            tenant, slash, _ = sid.partition("/")
+            # A one-shot request's id ("oneshot-<request id>") names no tenant: counted as
+            # a tenant of its own, each made the session tenants look over-served, and the
+            # router then refused to steal for them.
+            if gained > 0 and slash:
                 self._service[tenant] = self._service.get(tenant, 0.0) + gained
         self._seen_tokens = tokens
         stats = ReplicaStats.from_manager(
