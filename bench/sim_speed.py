@@ -152,10 +152,13 @@ print(json.dumps([t, row], default=str))
 
 def run_case(case: Case, path: str, reference: bool) -> tuple[float, dict]:
     """(CPU seconds, result row) of one simulation with the kvsaga at `path`."""
-    env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
+    root = str(Path(path).resolve())
+    env = dict(os.environ, PYTHONPATH=root)
+    # Run in the checkout's root: `python -c` puts the working directory first on sys.path,
+    # ahead of PYTHONPATH, so another working directory's kvsaga would be the one timed.
     done = subprocess.run([sys.executable, "-c", RUN_SCRIPT,
                            json.dumps(dataclasses.asdict(case)), "1" if reference else "0"],
-                          env=env, check=True, capture_output=True, text=True)
+                          env=env, cwd=root, check=True, capture_output=True, text=True)
     t, row = json.loads(done.stdout.strip().splitlines()[-1])
     return t, row
 
@@ -248,19 +251,23 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   their step times come from one array call and their usage integrals from one pass), the
   scheduler's lookups of a waiting step kept while `KVCacheManager.cache_version` stands
   (about 70% of them in the README cases), a resumed prompt checked and copied by the C++
-  core only past the context it repeats, GPU hits counted in one C++ pass, batch pool
-  callbacks through the usage recorder. The reference path shares all but the decode runs.
+  core only past the context it repeats, GPU hits counted in one C++ pass, cache residence
+  timed by the pool (no usage recorder between pool and policy). The reference path shares
+  all but the decode runs (docs/simulator.md, "Speed").
+- Before this section's run, `--baseline` timed the working directory's kvsaga whatever
+  PATH said (`python -c` puts it ahead of PYTHONPATH): the previous section's `vs base` of
+  0.99x compared the tree with itself. Each simulation now runs in its checkout's root.
 - What remains is per step and proportional to the context: `begin_step` scans the
   prompt's block hashes and takes the context's blocks back one by one, `finish_step`
   releases them, and the policy hears of each block (docs/simulator.md, "Speed"). Going
   10x past the baseline needs a paused session's table kept across its pause rather than
   released and retaken block by block; not done.
 - `(differs)`: ttl and graph changed on main since the baseline (other lanes: 4363522,
-  2421daa), which changes those rows; this tree's fast path equals its reference, and its
-  lookup reuse changes no row (checked case by case).
+  2421daa); the cases of unchanged policies (lru, belady) give the baseline's rows to the
+  bit, this tree's fast path equals its reference, and its lookup reuse changes no row.
 - CPU time on 2 cores shared by several busy processes moves by 15% or more between
-  runs of one simulation: small ratios are noise, and the quickstart's wall times show no
-  gain from a second process when no core is idle."""
+  runs of one simulation (small ratios are noise); the quickstart's wall times depend on
+  how busy the cores are."""
 
 
 def main(argv: list[str] | None = None) -> int:
