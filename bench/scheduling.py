@@ -101,9 +101,9 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   from sharing than b (web) although AFS keeps their admissions within one session of
   equal shares (the deviation bound, tests/test_scheduler.py): equal admissions are not
   equal slowdowns when one tenant's sessions are longer.
-- The default policy is ttl (kvsaga.policy.DEFAULT_POLICY). Both ttl and graph act on the
-  scheduler's demotions (EvictionPolicy.session_deferred: graph ranks a demoted session's
-  blocks as needed 100x later, ttl releases them until its tool returns). workflow+ttl
+- Measured when ttl was the default policy (kvsaga.policy.DEFAULT_POLICY). Both act on the
+  scheduler's demotions (EvictionPolicy.session_deferred: graph then ranked a demoted
+  session's blocks as needed 100x later, ttl releases them until its tool returns). workflow+ttl
   beats workflow+graph at bfcl 1x 50% (15.7 vs 17.6 s) and 25% (30.6 vs 37.0 s) and at
   web 1x 50% (13.9 vs 16.9 s) and 25% (36.6 vs 40.7 s)."""
 

@@ -34,8 +34,20 @@ from the resume hint to the step's start, learned online (a running mean that fo
 `wait_alpha`) separately for **warm** resumes (at the hint, the session's cached blocks
 covered more than half its context, so its middle block, which warm-first admission checks,
 is resident) and **cold** ones; a queued session's W shrinks by the time it has waited (FIFO:
-the longer it has queued, the nearer its turn). Without resume hints both Ws stay 0 and the
-pause fits, measured from the pause to the step's start, already include the wait.
+the longer it has queued, the nearer its turn). With `residual_wait` the queued session's W
+is instead the observed mean residual wait given the time it has queued
+(`WaitSamples.residual` over the recent warm or cold waits): no FIFO assumption, so a step
+that has queued longer than most expects to queue longer still. Without resume hints both
+Ws stay 0 and the pause fits, measured from the pause to the step's start, already include
+the wait.
+
+Demotion. A session that the scheduler demoted (`session_deferred`) runs its next step only
+once admitted again, which takes as long as the admitted sessions' steps and pauses, not the
+tool's: graph learns how long demotions last (demotion to step start, `WaitSamples`) and
+prices a demoted session's blocks by the later of the graph's prediction and the mean
+residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
+the tuning seed; docs/architecture.md): pricing a demoted session whose tool had returned
+as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
@@ -60,6 +72,9 @@ otherwise it is discarded.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from itertools import accumulate
 
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
@@ -68,10 +83,50 @@ from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 # A demoted session (Scheduler -> session_deferred) waits for the admitted sessions to
-# finish or be demoted before its next step runs: its blocks rank as needed this many times
-# later than predicted, so they go before the admitted sessions' (checked on seed 101 of
-# bench/scheduling.py, the fit seed, among 1, 3, 10 and 100: web and bfcl at 50% and 25%).
+# finish or be demoted before its next step runs. Until the policy has seen a demoted
+# session come back, its blocks rank as needed this many times later than predicted
+# (checked on seed 101 of bench/scheduling.py, the fit seed, among 1, 3, 10 and 100: web
+# and bfcl at 50% and 25%); from then on, by the demotions it saw (`WaitSamples`).
 DEFERRED_SLOWDOWN = 100.0
+
+
+class WaitSamples:
+    """The most recent observed waits, and the mean time still to wait given the time
+    waited so far: E[W - q | W > q] over the samples, without assuming any shape (waits
+    behind a demotion are heavy-tailed: the longer one has lasted, the longer it will).
+
+    Args:
+        size: how many recent samples are kept (older ones are forgotten).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._recent: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
+        self._suffix: list[float] | None = None  # suffix sums of _sorted, built on demand
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def add(self, wait_s: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(wait_s)
+        insort(self._sorted, wait_s)
+        self._suffix = None
+
+    def residual(self, waited_s: float) -> float | None:
+        """Mean seconds still to wait after `waited_s`; `waited_s` itself once every sample
+        is shorter (as long again: the tail is unknown); None with no samples."""
+        xs = self._sorted
+        if not xs:
+            return None
+        i = bisect_right(xs, waited_s)
+        n = len(xs) - i
+        if n == 0:
+            return waited_s
+        if self._suffix is None:
+            self._suffix = list(accumulate(reversed(xs)))[::-1] + [0.0]
+        return (self._suffix[i] - n * waited_s) / n
 
 
 class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -90,6 +145,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         relearn_share: see `GroupedPolicy`.
         calib_prior: pseudo-observations (of no error) that each self-correction factor
             starts from (`correction`); None turns self-correction off.
+        residual_wait: price a queued session's admission wait by the observed residual
+            wait given the time queued (True: picked by `bench/policies.py --tune`), or by
+            the running mean less that time.
     """
 
     name = "graph"
@@ -106,6 +164,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         wait_alpha: float = 0.02,
         relearn_share: float = 0.125,
         calib_prior: float | None = 4.0,
+        residual_wait: bool = True,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -121,6 +180,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
         # Admission wait (resume hint -> step start), warm and cold: [mean, count].
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
+        self.residual_wait = bool(residual_wait)
+        self.wait_samples = {True: WaitSamples(), False: WaitSamples()}
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         if calib_prior is not None and not calib_prior > 0:
@@ -130,7 +191,12 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         # predicted)]; per paused session, what was predicted at its pause.
         self._calib: dict[tuple[str, str | None], list] = {}
         self._calib_pending: dict[str, tuple[str, str | None, float, float]] = {}
-        self._deferred: set[str] = set()  # sessions the scheduler demoted (session_deferred)
+        # Sessions the scheduler demoted (session_deferred), and since when; and since when
+        # each session demoted since its last step start was, kept until its next start,
+        # which tells `deferred_wait` how long a demotion lasts.
+        self._deferred: dict[str, float] = {}
+        self._deferred_since: dict[str, float] = {}
+        self.deferred_wait = WaitSamples()
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -144,6 +210,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
+        since = self._deferred_since.pop(session.session_id, None)
+        if since is not None:
+            self.deferred_wait.add(max(now - since, 0.0))
         pending = self._calib_pending.pop(session.session_id, None)
         if pending is not None:
             self._calibrate(*pending, now)
@@ -152,6 +221,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             w = self.admission_wait[ready[1]]
             w[1] += 1
             w[0] += (max(now - ready[0], 0.0) - w[0]) / min(w[1], 1.0 / self.wait_alpha)
+            self.wait_samples[ready[1]].add(max(now - ready[0], 0.0))
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
         owner, gen = self.view.block_owner, self.view.block_generation
@@ -214,18 +284,20 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             self._ready[sid] = (now, self.is_warm(sid))
 
     def session_deferred(self, session, deferred: bool, now: float) -> None:
-        """A demoted session's blocks rank as needed DEFERRED_SLOWDOWN x later than its
-        prediction says (before every admitted session's), until it is admitted again."""
+        """A demoted session's blocks are needed once it is admitted again and its step
+        starts: `deferred_time`."""
         sid = session.session_id
         if deferred:
-            self._deferred.add(sid)
+            self._deferred.setdefault(sid, now)
+            self._deferred_since.setdefault(sid, now)
         else:
-            self._deferred.discard(sid)
+            self._deferred.pop(sid, None)
         if sid in self.groups:
             self._dirty.add(sid)
 
     def session_ended(self, session, now: float) -> None:
-        self._deferred.discard(session.session_id)
+        self._deferred.pop(session.session_id, None)
+        self._deferred_since.pop(session.session_id, None)
         self._on_host.pop(session.session_id, None)
         self._ready.pop(session.session_id, None)
         self._ctx_blocks.pop(session.session_id, None)
@@ -240,8 +312,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return g is not None and 2 * len(g) > self._ctx_blocks.get(session_id, 0)
 
     def expected_wait(self, session_id: str, now: float) -> float:
-        """Expected seconds from the session's resume to its step's admission (learned, by
-        whether the session is warm now), less what it has already queued."""
+        """Expected seconds from now to the session's step's admission (learned, by whether
+        the session is warm now), given what it has already queued (`residual_wait`)."""
         return self._expected_wait(session_id, now, True)[0]
 
     def _since(self, t0: float, now: float, exact: bool) -> tuple[float, float]:
@@ -250,13 +322,13 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return self.elapsed_since(t0, now)
 
     def _expected_wait(self, session_id: str, now: float, exact: bool) -> tuple[float, float]:
-        wait = self.admission_wait[self.is_warm(session_id)][0]
+        warm = self.is_warm(session_id)
         ready = self._ready.get(session_id)
-        until = math.inf
-        if ready is not None:
-            queued, until = self._since(ready[0], now, exact)
-            wait -= queued
-        return max(wait, 0.0), until
+        queued, until = (0.0, math.inf) if ready is None else self._since(ready[0], now, exact)
+        if self.residual_wait:
+            left = self.wait_samples[warm].residual(queued)
+            return (0.0 if left is None else left), until
+        return max(self.admission_wait[warm][0] - queued, 0.0), until
 
     def predict_session(self, session_id: str, now: float, admission: bool = True) -> Prediction:
         """P(reuse) and expected seconds until the session's blocks are needed again.
@@ -347,8 +419,24 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         p, until = self._predict_session(sid, now, True, not self.indexed)
         wait = max(p.expected_s, self.min_wait_s)
         if sid in self._deferred:
-            wait *= DEFERRED_SLOWDOWN
+            wait, until_d = self._deferred_time(sid, wait, now, not self.indexed)
+            until = min(until, until_d)
         return p.p_resume / wait, until
+
+    def deferred_time(self, session_id: str, predicted_s: float, now: float) -> float:
+        """Expected seconds until a demoted session's blocks are read, given the graph's
+        `predicted_s`: the demotions seen so far say how much longer one that has lasted
+        this long still lasts (`WaitSamples.residual`), and the later of the two counts;
+        before any demotion was seen to end, `predicted_s` x DEFERRED_SLOWDOWN."""
+        return self._deferred_time(session_id, predicted_s, now, True)[0]
+
+    def _deferred_time(self, sid: str, predicted_s: float, now: float, exact: bool
+                       ) -> tuple[float, float]:
+        lasted, until = self._since(self._deferred[sid], now, exact)
+        left = self.deferred_wait.residual(lasted)
+        if left is None:
+            return predicted_s * DEFERRED_SLOWDOWN, math.inf
+        return max(predicted_s, left, self.min_wait_s), until
 
     # -- keys: (0, 0) dead, (1, loss) sessions and other plain, (2, loss) shared prefix in use
     def _entry_key(self, base: float, position: int) -> tuple[int, float]:

@@ -19,14 +19,20 @@ Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few block
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 from kvsaga.policy.base import Action, EvictionPolicy
+from kvsaga.sim.cost import PRESETS
 from kvsaga.sim.simulator import SimConfig, Simulator
-from kvsaga.sim.trace import Session
+from kvsaga.sim.trace import Session, SharedPrefix, Step
+
+# Blocks of 4 tokens keep a trace of a few blocks meaningful.
+TINY = dataclasses.replace(PRESETS["a100-llama3-8b"], name="tiny-bs4", block_size=4)
 
 
 class _Pruned(Exception):
@@ -132,3 +138,23 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
             for alt in range(1, policy.branching[d]):
                 stack.append(policy.taken[:d] + [alt])
     return Optimum(int(best), best_script, runs, best_depth)
+
+
+def tiny_session(sid: str, arrival: float, steps: list[Step], prefix: int = 8) -> Session:
+    """One session of a tiny trace (workflow "t", shared prefix "sys")."""
+    return Session(id=sid, workflow="t", arrival_s=arrival,
+                   shared_prefix=SharedPrefix("sys", prefix), steps=tuple(steps))
+
+
+def random_tiny_trace(seed: int) -> list[Session]:
+    """2-3 sessions of 2-3 steps, a few 4-token blocks each: small enough to search
+    exhaustively (with `TINY`), random enough that policies disagree."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(rng.choice([2, 3])):
+        steps = [Step(rng.randint(1, 6), rng.randint(1, 3), "t", rng.choice([0.01, 0.1, 1.0]))
+                 for _ in range(rng.choice([2, 3]) - 1)]
+        steps.append(Step(rng.randint(1, 4), 1))
+        out.append(tiny_session(f"s{i}", rng.uniform(0, 0.05), steps,
+                                prefix=rng.choice([4, 8])))
+    return out

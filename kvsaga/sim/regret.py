@@ -4,6 +4,8 @@
 class and its next use from a `TraceOracle` that the simulator feeds (it gives the policy an
 `oracle` attribute, which the simulator recognizes). Classes, from the manager's view:
 
+- `demoted`: a live session's block while the scheduler has demoted the session
+  (`session_deferred`): its next step waits to be admitted again, whatever its tool does;
 - `paused`: a live session's block, the session waiting on its tool (or its tool returned
   and the simulator has not yet queued the step: then needed at once);
 - `queued`: a live session's block, its tool returned and its step waits for admission;
@@ -16,12 +18,15 @@ A victim is *reused* when a later step reads it (its eviction costs a rebuild), 
 time until then; it is *premature* when some block left cached at that search is next used
 later than it (Belady would have taken that one instead), and its *regret* is how much
 sooner it is needed than the latest next use among the blocks left (seconds, capped at
-`horizon_s`).
+`horizon_s`). The oracle's next use of a live session's block is its trace release time;
+the step that reads it may start later (admission), so each session victim also records
+the simulated time until its session's next step actually started (`median_step_s`).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +36,7 @@ from kvsaga.pool import CACHED
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.trace import Session
 
-CLASSES = ("paused", "queued", "running", "plain", "dead")
+CLASSES = ("demoted", "paused", "queued", "running", "plain", "dead")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class ClassRegret:
     reused: int = 0  # victims read again later at all
     regret_s: list[float] = field(default_factory=list)
     next_use_s: list[float] = field(default_factory=list)  # of the reused victims
+    evicted: list[tuple[float, str]] = field(default_factory=list)  # (when, session)
 
 
 @dataclass
@@ -51,6 +57,18 @@ class RegretLog:
 
     horizon_s: float
     by_class: dict[str, ClassRegret] = field(default_factory=lambda: defaultdict(ClassRegret))
+    starts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def _until_step(self, c: ClassRegret) -> float:
+        """Median simulated seconds from a session victim's eviction to its session's next
+        step start (inf: none, or no session victims)."""
+        waits = []
+        for when, sid in c.evicted:
+            st = self.starts.get(sid, [])
+            i = bisect_right(st, when)
+            waits.append(st[i] - when if i < len(st) else math.inf)
+        waits.sort()
+        return waits[len(waits) // 2] if waits else math.inf
 
     def summary(self) -> dict[str, dict[str, float]]:
         total = sum(c.victims for c in self.by_class.values()) or 1
@@ -65,6 +83,7 @@ class RegretLog:
                 "premature": c.premature / c.victims, "reused": c.reused,
                 "median_regret_s": reg[len(reg) // 2] if reg else 0.0,
                 "median_next_use_s": nxt[len(nxt) // 2] if nxt else math.inf,
+                "median_step_s": self._until_step(c),
             }
         return out
 
@@ -82,6 +101,16 @@ def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_siz
         policy.oracle = oracle  # the simulator feeds an oracle it finds on the policy
     log = RegretLog(horizon_s)
     choose = policy.choose_victims
+    demoted: set[str] = set()
+    deferred_hook, started_hook = policy.session_deferred, policy.step_started
+
+    def session_deferred(session, deferred: bool, now: float) -> None:
+        (demoted.add if deferred else demoted.discard)(session.session_id)
+        deferred_hook(session, deferred, now)
+
+    def step_started(session, now: float) -> None:
+        log.starts[session.session_id].append(now)
+        started_hook(session, now)
 
     def next_use(b: int, now: float) -> float:
         view = policy.view
@@ -96,6 +125,8 @@ def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_siz
             return "dead" if math.isinf(nu) else "plain"
         if s.is_running:
             return "running"
+        if owner in demoted:
+            return "demoted"
         return "queued" if oracle.is_waiting(owner) else "paused"
 
     def recording(num_blocks: int, now: float) -> list[int]:
@@ -111,6 +142,9 @@ def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_siz
             nu = next_use(b, now)
             c = log.by_class[classify(b, nu, now)]
             c.victims += 1
+            owner = policy.view.block_owner[b]
+            if owner is not None:
+                c.evicted.append((now, owner))
             if not math.isinf(nu):
                 c.reused += 1
                 c.next_use_s.append(nu - now)
@@ -123,4 +157,6 @@ def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_siz
     # LRU on the C++ core lets the manager evict its queue's head without asking
     # choose_victims (the same victims); the log must see every choice.
     policy.victim_queue = None
+    policy.session_deferred = session_deferred
+    policy.step_started = step_started
     return log

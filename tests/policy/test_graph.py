@@ -7,6 +7,7 @@ import pytest
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import PrefillCost
+from kvsaga.policy.graph import DEFERRED_SLOWDOWN, WaitSamples
 from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_scenarios import train
 
@@ -114,20 +115,27 @@ def test_admission_wait_is_learned_from_resume_hint_to_step_start_warm_and_cold(
     m.resume_hint("c", now=2.0)  # cold: nothing of it is cached
     run_step(m, "c", tokens(200, 9), now=7.0, tool="grep")  # queued 5 s
     assert policy.admission_wait == {True: [0.0, 1], False: [5.0, 1]}
+    assert policy.wait_samples[False].residual(0.0) == 5.0
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("waits, evicted", [
     ({True: [0.0, 10], False: [5.0, 10]}, "b"),  # learned waits: the cold queued one goes
     ({True: [0.0, 0], False: [0.0, 0]}, "a"),  # none learned: the pause alone (old rule)
 ])
-def test_queued_cold_session_goes_before_a_warm_one_paused_on_a_fast_tool(waits, evicted):
+def test_queued_cold_session_goes_before_a_warm_one_paused_on_a_fast_tool(waits, evicted,
+                                                                          residual):
     """b's tool has returned but most of its context was evicted, so it waits ~5 s for
     admission (cold requests queue FIFO); a just paused on a 0.1 s tool with its context
     resident, so it will be admitted at once. a's blocks are needed first: b's go (by the
-    pause alone b, 'needed now', would outrank a and a's tail would go)."""
-    policy = GraphPolicy()
+    pause alone b, 'needed now', would outrank a and a's tail would go). The waits are
+    learned as running means or as samples (`residual_wait`)."""
+    policy = GraphPolicy(residual_wait=residual)
     train(policy.graph, "grep", 0.1)
     policy.admission_wait = waits
+    for warm, (mean, n) in waits.items():
+        for _ in range(n):
+            policy.wait_samples[warm].add(mean)
     m = make(policy, num_blocks=8)
     run_step(m, "b", tokens(200, 16), now=0.0, tool="grep")  # 4 blocks
     run_step(m, "x", tokens(300, 28), now=0.5)  # 7 blocks: 3 of b's, tail first
@@ -170,3 +178,63 @@ def test_a_shared_prefix_in_use_goes_after_session_blocks():
     assert policy.shared_in_use(0, 2.5)
     assert policy.eviction_order(2.5)[-1] == 0
     assert not policy.shared_in_use(0, 100.0)  # idle far past its gap between hits
+
+
+def test_wait_samples_residual_matches_a_direct_count_and_forgets_the_oldest():
+    w = WaitSamples(size=4)
+    assert w.residual(0.0) is None  # nothing seen
+    for x in (1.0, 2.0, 8.0):
+        w.add(x)
+    assert w.residual(0.0) == pytest.approx((1 + 2 + 8) / 3)
+    assert w.residual(1.5) == pytest.approx(((2 - 1.5) + (8 - 1.5)) / 2)
+    assert w.residual(9.0) == 9.0  # longer than every sample: as long again
+    w.add(3.0)
+    w.add(4.0)  # the 1.0 is forgotten
+    assert len(w) == 4
+    assert w.residual(0.0) == pytest.approx((2 + 8 + 3 + 4) / 4)
+
+
+def _demoted_and_admitted(policy: GraphPolicy):
+    """d paused at 0 on a 0.1 s tool, returned at 0.2 and was demoted at 0.3; a paused at
+    1.0 on the same tool with its context resident. Returns the manager at 1.0."""
+    train(policy.graph, "grep", 0.1)
+    m = make(policy, num_blocks=8)
+    run_step(m, "d", tokens(200, 12), now=0.0, tool="grep")  # 3 blocks
+    m.resume_hint("d", now=0.2)
+    policy.session_deferred(m.sessions["d"], True, 0.3)
+    run_step(m, "a", tokens(100, 12), now=1.0, tool="grep")  # 3 blocks
+    return m
+
+
+def test_a_demoted_session_is_priced_by_how_long_demotions_last():
+    """Before any demotion was seen to end, a demoted session's time to reuse is its
+    prediction x DEFERRED_SLOWDOWN; once demotions were seen to last ~10 s, the residual
+    of those given how long this one lasted, so its blocks go before a just-paused
+    admitted session's, even though its tool has returned ('needed now' by the pause)."""
+    policy = GraphPolicy()
+    m = _demoted_and_admitted(policy)
+    assert policy.deferred_time("d", 0.5, 1.0) == pytest.approx(0.5 * DEFERRED_SLOWDOWN)
+    for x in (9.0, 10.0, 11.0):
+        policy.deferred_wait.add(x)
+    assert policy.deferred_time("d", 0.5, 1.0) == pytest.approx(10.0 - 0.7)
+    victim = policy.choose_victims(1, 1.0)[0]
+    assert policy._owner[victim] == "d"
+    policy.session_deferred(m.sessions["d"], False, 1.5)  # admitted again
+    run_step(m, "d", tokens(200, 13), now=2.0, tool="grep")
+    assert "d" not in policy._deferred
+    assert len(policy.deferred_wait) == 4  # 0.3 -> 2.0 learned
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_queued_wait_is_the_mean_less_time_queued_or_the_observed_residual(residual):
+    """Cold waits of 1, 1 and 10 s (mean 4): a cold step queued 2 s expects the mean less
+    2 s under FIFO, or the mean of what the longer waits had left: 10 - 2 s."""
+    policy = GraphPolicy(residual_wait=residual)
+    m = make(policy, num_blocks=16)
+    policy.admission_wait[False] = [4.0, 3]
+    for w in (1.0, 1.0, 10.0):
+        policy.wait_samples[False].add(w)
+    run_step(m, "q", tokens(900, 4), now=20.0, tool="grep")
+    m.resume_hint("q", now=21.0)
+    policy._ctx_blocks["q"] = 100  # most of its context is gone: cold
+    assert policy.expected_wait("q", 23.0) == pytest.approx(8.0 if residual else 2.0)

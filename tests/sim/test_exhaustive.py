@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 
-from kvsaga.sim.cost import PRESETS
-from kvsaga.sim.exhaustive import ScriptedPolicy, exhaustive_optimum
+from kvsaga.sim.exhaustive import (
+    TINY,
+    ScriptedPolicy,
+    exhaustive_optimum,
+    random_tiny_trace,
+    tiny_session,
+)
 from kvsaga.sim.simulator import SimConfig, Simulator, simulate
-from kvsaga.sim.trace import Session, SharedPrefix, Step
+from kvsaga.sim.trace import Session, Step
 
-# Blocks of 4 tokens keep a trace of a few blocks meaningful.
-TINY = dataclasses.replace(PRESETS["a100-llama3-8b"], name="tiny-bs4", block_size=4)
 POLICIES = ("lru", "ttl", "graph", "saga", "adaptive", "belady", "oracle-ttl")
 
 
-def _session(sid: str, arrival: float, steps: list[Step], prefix: int = 8) -> Session:
-    return Session(id=sid, workflow="t", arrival_s=arrival,
-                   shared_prefix=SharedPrefix("sys", prefix), steps=tuple(steps))
-
-
 def hand_trace() -> list[Session]:
-    return [_session("A", 0.0, [Step(4, 2, "read", 0.5), Step(5, 2, "test", 0.05), Step(3, 1)]),
-            _session("B", 0.02, [Step(6, 2, "read", 0.3), Step(4, 1)]),
-            _session("C", 0.04, [Step(5, 2, "read", 0.01), Step(2, 1)])]
-
-
-def random_trace(seed: int) -> list[Session]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(rng.choice([2, 3])):
-        steps = [Step(rng.randint(1, 6), rng.randint(1, 3), "t", rng.choice([0.01, 0.1, 1.0]))
-                 for _ in range(rng.choice([2, 3]) - 1)]
-        steps.append(Step(rng.randint(1, 4), 1))
-        out.append(_session(f"s{i}", rng.uniform(0, 0.05), steps, prefix=rng.choice([4, 8])))
-    return out
+    return [tiny_session("A", 0.0, [Step(4, 2, "read", 0.5), Step(5, 2, "test", 0.05),
+                                    Step(3, 1)]),
+            tiny_session("B", 0.02, [Step(6, 2, "read", 0.3), Step(4, 1)]),
+            tiny_session("C", 0.04, [Step(5, 2, "read", 0.01), Step(2, 1)])]
 
 
 def policy_results(sessions, config) -> dict[str, int]:
@@ -63,7 +50,7 @@ def test_hand_trace_optimum_and_belady_gap(num_blocks, optimum, belady):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_no_policy_beats_the_optimum_on_random_tiny_traces(seed):
-    sessions = random_trace(seed)
+    sessions = random_tiny_trace(seed)
     longest = max(TINY.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
     config = SimConfig(preset=TINY, num_gpu_blocks=longest + 1)
     best = exhaustive_optimum(sessions, config, max_runs=20_000)

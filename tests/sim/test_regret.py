@@ -22,5 +22,8 @@ def test_every_victim_is_logged_once_with_a_class(name):
     s = log.summary()
     assert set(s) <= set(CLASSES)
     assert sum(c["victims"] for c in s.values()) == r.num_evicted_blocks
-    for c in s.values():
+    for name, c in s.items():
         assert 0 <= c["reused"] <= c["victims"] and 0 <= c["premature"] <= 1
+        assert c["median_step_s"] >= 0
+        if name in ("paused", "queued", "demoted"):  # a live session's step reads it later
+            assert c["median_step_s"] < float("inf")

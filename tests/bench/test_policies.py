@@ -1,0 +1,104 @@
+"""bench/policies.py: the tuning rule, the tuning/evaluation split, and that the default
+policy is the one the tuning picked."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvsaga.policy import DEFAULT_POLICY, POLICIES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("policies_bench",
+                                                  ROOT / "bench" / "policies.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["policies_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
+    return {"trace": trace, "seed": seed, "frac": frac, "policy": policy,
+            "recomputed_tokens": recomputed, "hit_rate": hit, "num_gpu_blocks": blocks}
+
+
+def test_pick_prefers_most_cases_at_or_below_the_best_baseline_then_least_recomputation():
+    mod = load()
+    rows = []
+    for k, (lru, saga, ttl, a, b) in enumerate([(10, 12, 11, 9, 10), (20, 19, 25, 19, 30),
+                                                (5, 6, 7, 6, 5)]):
+        for p, x in zip(("lru", "saga", "ttl", "a", "b"), (lru, saga, ttl, a, b), strict=True):
+            rows.append(_row("swe", 1, 0.1 * (k + 1), p, x, blocks=100 + k))
+    # thrashing (lru hit rate below the range): not counted
+    rows += [_row("web", 1, 0.3, p, x, hit=0.5) for p, x in
+             (("lru", 1), ("saga", 1), ("ttl", 1), ("a", 99), ("b", 1))]
+    assert mod.score(rows, "a") == (2, 34.0, 3)
+    assert mod.score(rows, "b") == (2, 45.0, 3)
+    assert mod.pick(rows, ["a", "b"]) == "a"  # same count, less recomputed
+    assert mod.pick(rows, ["lru", "b"]) == "lru"  # lru: 2 of 3, 35 < 45
+    with pytest.raises(ValueError, match="nothing to pick"):
+        mod.pick(rows, ["missing"])
+
+
+def test_policy_specs_parse_and_bad_ones_are_refused():
+    mod = load()
+    assert mod.parse_spec("graph") == ("graph", {})
+    assert mod.parse_spec("graph[residual_wait=1,calib_prior=2.5]") == (
+        "graph", {"residual_wait": 1.0, "calib_prior": 2.5})
+    for bad in ("graph[x]", "graph[", "gr aph"):
+        with pytest.raises(ValueError, match="spec|constant"):
+            mod.parse_spec(bad)
+
+
+def test_evaluation_refuses_tuning_seeds_and_tune_refuses_held_out_traces():
+    mod = load()
+    with pytest.raises(SystemExit):
+        mod.main(["--seeds", str(mod.TUNE_SEEDS[0]), "--no-write"])
+    with pytest.raises(SystemExit):
+        mod.main(["--tune", "--traces", "swe-slow", "--no-write"])
+    with pytest.raises(SystemExit):
+        mod.main(["--tune", "--seeds", str(mod.EVAL_SEEDS[0]), "--no-write"])
+    assert not set(mod.TUNE_SEEDS) & set(mod.EVAL_SEEDS)
+
+
+def test_default_policy_and_its_constants_are_what_the_tuning_picked():
+    mod = load()
+    tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
+    assert set(tuned["seeds"]) <= set(mod.TUNE_SEEDS)
+    name, params = mod.parse_spec(tuned["pick"])
+    assert name == DEFAULT_POLICY
+    defaults = inspect.signature(POLICIES[name]).parameters
+    for key, value in params.items():
+        assert defaults[key].default == value, (key, defaults[key].default, value)
+
+
+def test_one_tiny_run_renders_both_sections(tmp_path):
+    mod = load()
+    rows, skipped = mod.run(["swe"], [0.6], ["lru", "saga", "ttl", "graph"], [103], 1)
+    assert not skipped and {r["policy"] for r in rows} == {"lru", "saga", "ttl", "graph"}
+    text = mod.markdown(rows, skipped, ["lru", "saga", "ttl", "graph"], "cmd", 1.0, [103])
+    assert text.startswith(mod.SECTION) and "| swe | 103 | 60% |" in text
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# R\n\n## Other\n\nkept\n\n{mod.SECTION}\n\nold\n")
+    mod.write_section(text, results)
+    out = results.read_text()
+    assert "kept" in out and "old" not in out and out.count(mod.SECTION) == 1
+
+
+def test_every_tuned_constant_is_its_policys_default():
+    mod = load()
+    tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
+    picks = mod.variant_picks(tuned["rows"], tuned["candidates"])
+    assert picks == tuned["variants"]
+    for base, spec in picks.items():
+        defaults = inspect.signature(POLICIES[base]).parameters
+        for key, value in mod.parse_spec(spec)[1].items():
+            assert defaults[key].default == value, (base, key)
