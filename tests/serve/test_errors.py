@@ -107,16 +107,36 @@ def test_503_while_loading(tiny_dir: Path):
 
 
 def test_session_busy_is_409(server: LiveServer):
+    """A second request of a session whose first is still running gets 409 session_busy.
+
+    The engine thread is held between steps while the first request is in it, so the first
+    cannot finish before the second arrives, however loaded the machine is.
+    """
     body = {"model": MODEL, "prompt": "agent ", "max_tokens": 80, "ignore_eos": True,
             "session_id": "busy-1"}
+    held, release = threading.Event(), threading.Event()
+
+    def hold_while_running(engine) -> None:
+        if any(r.session_id == "anon/busy-1" for r in engine.requests.values()):
+            held.set()
+            release.wait(30)
+
+    def in_flight() -> bool:
+        ctx = server.app.state.server.serving().sessions.get("anon/busy-1")
+        return ctx is not None and ctx.in_flight is not None
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(_post, server, "/v1/completions", json=body)
-        deadline = time.monotonic() + 10
-        while not server.call(lambda e: any(r.session_id == "anon/busy-1"
-                                            for r in e.requests.values())):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        err = _error(_post(server, "/v1/completions", json={**body, "max_tokens": 1}), 409)
+        try:
+            deadline = time.monotonic() + 30
+            while not (held.is_set() and in_flight()):
+                assert time.monotonic() < deadline, "the first request never started"
+                if not held.is_set():
+                    server.app.state.engine.post(hold_while_running)
+                held.wait(0.02)
+            err = _error(_post(server, "/v1/completions", json={**body, "max_tokens": 1}), 409)
+        finally:
+            release.set()
         assert err["code"] == "session_busy"
         assert first.result().status_code == 200
     assert _post(server, "/v1/sessions/busy-1/end").status_code == 200
