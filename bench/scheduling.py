@@ -77,35 +77,31 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   contends (fcfs+lru recomputes there). Each tenant's slowdown is against its own trace
   alone on half the GPU under the same scheduler and policy, so a tenant that gains more
   from sharing the whole GPU shows a lower slowdown.
-- Why the misses (admission wait and demotions are workflow's own counters): at bfcl 1x
-  25% the live sessions' contexts need 0.96 of the GPU on average, so memory, not
-  eviction order, bounds how many sessions run at once; fcfs+lru admits them all and
-  recomputes (0.82M tokens), workflow admits what fits and the rest queue: 21.2 of its
-  30.6 s mean TCT at 25% is waiting for admission (its p95 is now below fcfs's, 59.8 vs
-  82.6 s, since the shrink ages sessions it already demoted twice: `shrink_aging`). The
-  gain bound assumes unbounded KV, so it is far from reachable where the live share is
-  near 1. Admitting more (overcommit 1.1, 1.25) or reserving more growth (horizon 0.5 / 1)
-  trades queueing for thrash and did not raise the smallest gain on the fit seed
-  (`--fit`). At swe 1x 25% the wait is small (5.3 s of 37.9 s): 2x needs a mean TCT
-  within 9% of the unloaded 25.1 s at a quarter of the memory; the loss is recomputation
-  while admitted (0.60M tokens), after demotions.
-- Held out: swe* (tools 3x slower) at 50% is hardly under pressure (fcfs+lru's hit rate
-  0.88); there the admission gate costs workflow p95 (0.87x) for no gain in the mean.
-- AFS: at 100% the mix is under no memory pressure in the shared run (every config gives
-  a 21.1 s and b 10.7 s), so the ratio is set by each tenant's run alone on half the GPU,
-  which is pressured: admission order cannot move it, and neither can compute order
-  (tenant a's 21.1 s is within 7% of its unloaded 19.7 s: the goals line "at best" is the
-  lowest ratio any order reaches without slowing a tenant, 1.98 at 100% and 1.64 at 50%,
-  both above the 1.5 goal; only delaying tenant b would get there, which this scheduler
-  does not do). At 50% tenant a (swe) gains less
-  from sharing than b (web) although AFS keeps their admissions within one session of
-  equal shares (the deviation bound, tests/test_scheduler.py): equal admissions are not
-  equal slowdowns when one tenant's sessions are longer.
-- Measured when ttl was the default policy (kvsaga.policy.DEFAULT_POLICY). Both act on the
-  scheduler's demotions (EvictionPolicy.session_deferred: graph then ranked a demoted
-  session's blocks as needed 100x later, ttl releases them until its tool returns). workflow+ttl
-  beats workflow+graph at bfcl 1x 50% (15.7 vs 17.6 s) and 25% (30.6 vs 37.0 s) and at
-  web 1x 50% (13.9 vs 16.9 s) and 25% (36.6 vs 40.7 s)."""
+- Why the misses (the goals lines above give, at each miss, the share of the mean TCT spent
+  waiting for admission; admission wait and demotions are workflow's own counters, in the
+  per-family tables): where the live share is near 1 (bfcl at 25%), memory, not eviction
+  order, bounds how many sessions run at once. fcfs+lru admits them all and recomputes;
+  workflow admits what fits and the rest queue, so most of its mean TCT there is admission
+  wait. The gain bound assumes unbounded KV, so it is far from reachable where the live
+  share is near 1. Admitting more (overcommit 1.1, 1.25) or reserving less growth (horizon
+  0.5) trades queueing for thrash and did not raise the smallest gain on the fit seed
+  (`--fit`). Where the wait is small (swe at 25%), the loss is recomputation while admitted,
+  after demotions: 2x would need a mean TCT close to the unloaded one at a quarter of the
+  memory. The shrink ages sessions it already demoted (`shrink_aging`), which keeps p95 at
+  or above fcfs's where the same long-tool sessions were demoted at every pause.
+- Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
+  rate); there the admission gate can cost workflow p95 for no gain in the mean.
+- AFS: where the mix is under no memory pressure in the shared run, the ratio is set by
+  each tenant's run alone on half the GPU, which is pressured: admission order cannot move
+  it, and neither can compute order when a tenant's shared-run TCT is already close to its
+  unloaded TCT (the goals line "at best" is the lowest ratio any order reaches without
+  slowing a tenant; only delaying the other tenant would go lower, which this scheduler
+  does not do). Equal admissions (AFS keeps them within one session of equal shares: the
+  deviation bound, tests/test_scheduler.py) are not equal slowdowns when one tenant's
+  sessions are longer.
+- The default policy (kvsaga.policy.DEFAULT_POLICY) is chosen by `bench/policies.py
+  --tune`, not here; workflow+graph's rows show the other agent-aware policy under the same
+  scheduler."""
 
 
 def trace(family: str, seed: int, load: float, sessions: int | None = None):
