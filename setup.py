@@ -4,14 +4,18 @@ Why setuptools and not scikit-build-core + CMake: the extension is one translati
 nanobind's own sources, and setuptools' `optional=True` is exactly the fallback the project
 needs: where no C++17 compiler (or no Python headers) is found, the build warns and the
 package installs without the extension; kvsaga then runs its Python core (kvsaga/_core.py
-says so in one log line). Everything else about the package is declared in pyproject.toml.
+says so in one log line). Where both are found the build is required: a compile error fails
+the install instead of hiding behind the fallback. Everything else about the package is
+declared in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -57,11 +61,23 @@ class _BuildExt(build_ext):
         else:
             flags = ["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-fno-strict-aliasing"]
             flags += ["-DNDEBUG", "-Wno-unused-parameter"]
+        required = self._compiler_found()
         for ext in self.extensions:
             # The attention loops need -O3 to be vectorised.
             fast = ["-O3"] if ext.name == "kvsaga._paged_attn" and "-O2" in flags else []
             ext.extra_compile_args = flags + fast
+            # Optional only where no compiler exists: a compile error on a machine that has
+            # one fails the install (else CI would pass on the Python core, the C++ core's
+            # parity tests skipped).
+            ext.optional = not required
         super().build_extensions()
+
+    def _compiler_found(self) -> bool:
+        """Whether the C++ compiler setuptools picked (unix compilers) and the Python
+        headers are on this machine."""
+        cmd = getattr(self.compiler, "compiler_so", None)
+        headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+        return bool(cmd) and shutil.which(cmd[0]) is not None and os.path.exists(headers)
 
 
 setup(ext_modules=_nanobind_extension(), cmdclass={"build_ext": _BuildExt})

@@ -393,6 +393,7 @@ class Router:
             return []
         self.replicas.remove(replica)
         del self.in_flight[replica]
+        del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)

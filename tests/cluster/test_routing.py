@@ -310,3 +310,17 @@ def test_sync_and_finished_bookkeeping():
     assert got == Route("c", moved_from=route.replica, reason="lost")
     r.session_ended("s")
     assert r.home("s") is None
+
+
+def test_a_replica_added_again_starts_with_no_routed_steps():
+    """Ties go to the replica routed the fewest steps: one that was removed and added back
+    (a restart) holds nothing, so its old count must not make it lose every tie."""
+    r = make_router("kvsaga", ["a", "b"])
+    for i in range(3):
+        r.finished(r.route(RouteRequest(f"s{i}"), {"a": IDLE, "b": busy(3)}))
+    assert r.routed["a"] == 3
+    r.remove_replica("a")
+    r.add_replica("a")
+    assert r.routed["a"] == 0
+    r.finished(r.route(RouteRequest("fresh"), {"a": IDLE, "b": IDLE}))
+    assert r.routed == {"a": 1, "b": 0}
