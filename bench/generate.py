@@ -141,6 +141,21 @@ def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+def thread_cpu_s(pid: int | str = "self") -> dict[int, float]:
+    """CPU seconds (user + system) so far of each live thread of process `pid`, by thread
+    id, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    per: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        per[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return per
+
+
 class ThreadCPU:
     """CPU seconds per kind of thread of this process, from /proc/self/task (Linux): the
     engine's own thread (the one that made this object), the other live threads (torch's
@@ -155,16 +170,7 @@ class ThreadCPU:
 
     @staticmethod
     def _read() -> tuple[dict[int, float], float]:
-        tick = os.sysconf("SC_CLK_TCK")
-        per: dict[int, float] = {}
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            per[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-        return per, time.process_time()
+        return thread_cpu_s(), time.process_time()
 
     def take(self) -> dict[str, float]:
         """CPU seconds since the previous `take()` (or since construction): "total",

@@ -11,7 +11,9 @@ warm-up request goes to each first. Then `--requests` chat requests (bench/gener
 client, greedy, EOS ignored so every request produces exactly `--max-tokens` tokens; the time
 is from the first send to the last response. Reported per server: wall seconds, output and
 prompt tokens/s, and the CPU seconds its process tree used for the batch (on a shared machine
-the wall time is mostly waiting for a core; tokens per CPU-second are steadier); then
+the wall time is mostly waiting for a core; tokens per CPU-second are steadier), for
+kvsaga-serve split by thread (engine thread, event loop, OpenMP workers, exited threads:
+`server_threads`); then
 kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x). `--repeat N` runs each
 server N times, interleaved, and reports the median run; `--write-results` rewrites the
 Throughput subsection of bench/RESULTS.md from the run; `--py-spy PATH` samples kvsaga-serve
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import agent_replay  # bench/ is the script's directory
-from generate import batch_prompts
+from generate import batch_prompts, thread_cpu_s
 
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -92,6 +94,7 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
     cpu0 = tree_cpu_s(pid) if pid else math.nan
+    threads0 = thread_cpu_s(pid) if pid else {}
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -99,6 +102,7 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
         t.join()
     wall = time.perf_counter() - t0
     cpu = tree_cpu_s(pid) - cpu0 if pid else math.nan
+    split = server_threads(pid, threads0, cpu) if pid else {}
     client.close()
     ok = [r for r in results if isinstance(r, tuple)]
     out_tok, in_tok = sum(r[2] for r in ok), sum(r[1] for r in ok)
@@ -107,8 +111,24 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
             "prompt_tokens": in_tok, "output_tokens": out_tok,
             "output_tok_s": out_tok / wall, "prompt_tok_s": in_tok / wall,
             "server_cpu_s": cpu, "output_tok_per_cpu_s": out_tok / cpu,
-            "loadavg": os.getloadavg()[0],
+            "loadavg": os.getloadavg()[0], "server_threads_cpu_s": split,
             "latency_mean_s": statistics.fmean(r[0] for r in ok) if ok else float("nan")}
+
+
+def server_threads(pid: int, before: dict[int, float], tree_cpu: float) -> dict[str, float]:
+    """Where the server's CPU seconds of the batch went, by thread of its process `pid`:
+    its main thread (the event loop, for kvsaga-serve), its busiest other thread (the
+    engine thread), the other threads alive at the end (torch's OpenMP workers), and the
+    rest of the tree (threads that exited meanwhile, such as the in-place decode kernel's,
+    and child processes)."""
+    after = thread_cpu_s(pid)
+    used = {t: v - before.get(t, 0.0) for t, v in after.items()}
+    main = used.pop(pid, 0.0)
+    busiest = max(used, key=used.__getitem__, default=None)
+    engine = used.pop(busiest, 0.0) if busiest is not None else 0.0
+    others = sum(used.values())
+    return {"main": main, "busiest": engine, "other_live": others,
+            "rest": tree_cpu - main - engine - others}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{rep + 1}/{args.repeat}] {arm.name}: {r['wall_s']:.1f} s, "
                       f"{r['output_tok_s']:.1f} output tok/s, {r['server_cpu_s']:.0f} server "
                       f"CPU-s, load {r['loadavg']:.1f}, {len(r['errors'])} errors", flush=True)
+                if key == "kvsaga":
+                    t = r["server_threads_cpu_s"]
+                    print(f"      its CPU-s by thread: engine {t['busiest']:.1f}, event loop "
+                          f"{t['main']:.1f}, OpenMP workers {t['other_live']:.1f}, exited "
+                          f"(in-place kernel) {t['rest']:.1f}", flush=True)
     results = {name: _summary(rs) for name, rs in runs.items()}
     cmd = "python bench/serve_throughput.py " + " ".join(
         argv if argv is not None else sys.argv[1:])

@@ -1,0 +1,46 @@
+"""bench/serve_throughput.py's split of a server's CPU seconds by thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+import serve_throughput  # noqa: E402
+from generate import thread_cpu_s  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_server_threads_names_the_busiest_thread_and_the_exited_rest():
+    pid = os.getpid()
+    before, cpu0 = thread_cpu_s(pid), time.process_time()
+    stop = threading.Event()
+    engine = threading.Thread(target=lambda: (_burn(0.4), stop.wait()))  # alive at the end
+    engine.start()
+    exited = threading.Thread(target=_burn, args=(0.2,))
+    exited.start()
+    exited.join()
+    try:
+        while thread_cpu_s(pid).get(engine.native_id, 0.0) < 0.39:
+            time.sleep(0.01)
+        split = serve_throughput.server_threads(pid, before, time.process_time() - cpu0)
+    finally:
+        stop.set()
+        engine.join()
+    assert split["busiest"] == pytest.approx(0.4, abs=0.08)
+    assert split["rest"] == pytest.approx(0.2, abs=0.08)  # the exited thread
+    assert split["main"] < 0.15  # this thread mostly slept
+    assert split["other_live"] < 0.1
