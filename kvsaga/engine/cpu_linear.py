@@ -8,11 +8,15 @@ backend makes the same choice: one oneDNN matmul per linear layer, its weight pr
 
 `pack` makes oneDNN's blocked copy of a weight (the plain parameter stays: loading,
 `state_dict` and the embedding keep using it; the copy costs the projection weights' size
-again in memory). `linear` uses the copy when there is one and `F.linear` otherwise, so CUDA,
-half precision and a torch without oneDNN run exactly as before.
+again in memory). `linear` uses the copy when there is one and it still copies the weight
+(same storage, no in-place write since: `load_state_dict`, `copy_` or a cast would otherwise
+leave the forward on the old weights), and `F.linear` otherwise, so CUDA, half precision and
+a torch without oneDNN run exactly as before.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,17 @@ import torch.nn.functional as F
 # Rows the reorder is laid out for. oneDNN picks its blocking from it; 1 to 1024 rows ran
 # within a few percent of each other at every batch size measured, decode sizes included.
 _PACK_ROWS = 64
+
+
+class Packed(NamedTuple):
+    """oneDNN's copy of a weight, and which weight it copies."""
+
+    tensor: torch.Tensor
+    source: tuple[int, int]  # the weight's (data_ptr, version counter) when it was packed
+
+
+def _source(weight: torch.Tensor) -> tuple[int, int]:
+    return weight.data_ptr(), weight._version
 
 
 def _onednn_linear() -> object | None:
@@ -32,7 +47,7 @@ def _onednn_linear() -> object | None:
     return ops
 
 
-def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Packed | None:
     """oneDNN's reordered copy of `weight` [N, K] for `linear`, or None to keep `F.linear`.
 
     None unless `weight` is a 2-D fp32 CPU tensor and this torch has oneDNN's linear; also
@@ -47,6 +62,7 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor
         return None
     w = weight.detach()
     try:
+        source = _source(weight)  # inference tensors have no version counter: not packed
         packed = ops._reorder_linear_weight(w.contiguous(), _PACK_ROWS)
         probe = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(0))
         got = ops._linear_pointwise(probe, packed, bias, "none", [], "")
@@ -58,19 +74,21 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor
     # kernel is off by the outputs' own size.
     if (got - want).abs().max() > 1e-4 * want.abs().max() + 1e-6:
         return None
-    return packed
+    return Packed(packed, source)
 
 
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    packed: torch.Tensor | None,
+    packed: Packed | None,
 ) -> torch.Tensor:
     """x @ weight.T + bias: through `packed` (from `pack(weight)`) when given, else F.linear.
 
-    An input that is not fp32 on CPU (a model moved or cast after packing) takes F.linear.
+    An input that is not fp32 on CPU (a model moved or cast after packing), or a weight
+    changed since it was packed, takes F.linear.
     """
-    if packed is None or not x.is_cpu or x.dtype != torch.float32:
+    if (packed is None or not x.is_cpu or x.dtype != torch.float32
+            or packed.source != _source(weight)):
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, packed.tensor, bias, "none", [], "")

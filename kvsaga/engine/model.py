@@ -66,8 +66,8 @@ class Attention(nn.Module):
         self.o_bias = (
             _empty(cfg.hidden_size, dtype=dtype, device=device) if cfg.attention_out_bias else None
         )
-        self.qkv_packed: torch.Tensor | None = None  # cpu_linear.pack copies (pack_weights)
-        self.o_packed: torch.Tensor | None = None
+        self.qkv_packed: cpu_linear.Packed | None = None  # pack_weights fills them
+        self.o_packed: cpu_linear.Packed | None = None
 
     def pack_weights(self) -> None:
         """(Re)build the oneDNN copies of the projections from the current weights."""
@@ -117,8 +117,8 @@ class MLP(nn.Module):
             2 * cfg.intermediate_size, cfg.hidden_size, dtype=dtype, device=device
         )
         self.down_proj = _empty(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, device=device)
-        self.gate_up_packed: torch.Tensor | None = None  # cpu_linear.pack copies (pack_weights)
-        self.down_packed: torch.Tensor | None = None
+        self.gate_up_packed: cpu_linear.Packed | None = None  # pack_weights fills them
+        self.down_packed: cpu_linear.Packed | None = None
 
     def pack_weights(self) -> None:
         """(Re)build the oneDNN copies of the projections from the current weights."""
@@ -189,7 +189,7 @@ class LlamaForCausalLM(nn.Module):
             if config.tie_word_embeddings
             else _empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         )
-        self.lm_head_packed: torch.Tensor | None = None  # cpu_linear.pack copy (pack_weights)
+        self.lm_head_packed: cpu_linear.Packed | None = None  # pack_weights fills it
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
@@ -300,8 +300,8 @@ class LlamaForCausalLM(nn.Module):
     def pack_weights(self) -> None:
         """Give every projection and the LM head its oneDNN copy (`cpu_linear.pack`; None,
         so `F.linear`, off CPU, outside fp32 or without oneDNN). `load_weights` calls it;
-        call it again after changing weights any other way, or the forward keeps using the
-        copies of the old ones.
+        call it again after changing weights any other way: until then the forward takes
+        `F.linear` for every weight changed since (`cpu_linear.linear` checks).
         """
         for layer in self.layers:
             layer.attn.pack_weights()

@@ -64,6 +64,31 @@ def test_non_fp32_input_takes_f_linear():
 
 
 @needs_onednn
+@pytest.mark.parametrize("change", ["in place", "new storage"])
+def test_a_weight_changed_after_packing_takes_f_linear(change):
+    """The packed copy holds the old values: after `copy_` (as `load_state_dict` does) or
+    a new tensor behind the parameter, the forward must use the weight as it is now."""
+    g = torch.Generator().manual_seed(5)
+    layer = torch.nn.Linear(8, 16, bias=False)
+    packed = cpu_linear.pack(layer.weight)
+    new = torch.randn(16, 8, generator=g)
+    with torch.no_grad():
+        if change == "in place":
+            layer.weight.copy_(new)
+        else:
+            layer.weight.data = new
+    x = torch.randn(3, 8, generator=g)
+    torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed), F.linear(x, new))
+
+
+def test_inference_tensors_are_not_packed():
+    """A weight made under inference_mode has no version counter to tell a later change."""
+    with torch.inference_mode():
+        w = torch.randn(16, 8)
+    assert cpu_linear.pack(w) is None
+
+
+@needs_onednn
 def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
     """load_weights packs every projection and the LM head; the packed forward's logits equal
     the F.linear forward's within fp32 rounding, and greedy picks agree."""
@@ -73,7 +98,7 @@ def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
     for layer in model.layers:
         packs += [layer.attn.qkv_packed, layer.attn.o_packed]
         packs += [layer.mlp.gate_up_packed, layer.mlp.down_packed]
-    assert all(p is not None and p.is_mkldnn for p in packs)
+    assert all(p is not None and p.tensor.is_mkldnn for p in packs)
     ids = list(range(3, 40))
     packed_logits = forward_all(model, ids)
     model.lm_head_packed = None
