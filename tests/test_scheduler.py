@@ -530,20 +530,28 @@ def test_idle_admission_happens_at_the_wake_time_itself():
     assert s.schedule(s.wake_time, ex).admitted == [c]
 
 
-def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
-    """A demoted session's blocks are needed only after it is admitted again: the scheduler
-    says so (`session_deferred`), and the graph policy then evicts them before those of a
-    session still admitted; re-admission takes it back."""
-    m = manager(24, policy="graph")
+def _a_and_b_paused(policy: str):
+    """a paused on a 1 s tool at 0 s, b on a 100 s tool at 2.5 s, under a workflow scheduler
+    that demotes a session paused over 2 x its expected pause + 1 s. Returns the manager,
+    the scheduler, the executor, a's request and the owner of each of their blocks."""
+    m = manager(24, policy=policy)
     s = _wf(m, demote_factor=2.0, demote_min_s=1.0)
     ex = ToyExecutor(m)
     a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
     s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1.0)  # a pauses on a 1 s tool
+    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1.0)
     b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
     s.add(b, 2.5)
-    ex.run(s, s.schedule(2.5, ex), 2.5, tool_s=100.0)  # b pauses on a 100 s tool
+    ex.run(s, s.schedule(2.5, ex), 2.5, tool_s=100.0)
     owner = {blk: sid for sid in "ab" for blk in m.sessions[sid].block_ids}
+    return m, s, ex, a, owner
+
+
+def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
+    """A demoted session's blocks are needed only after it is admitted again: the scheduler
+    says so (`session_deferred`), and the graph policy then evicts them before those of a
+    session still admitted; re-admission takes it back."""
+    m, s, ex, a, owner = _a_and_b_paused("graph")
     # a is overdue (its tool returns any moment): graph keeps it over b, expected in 100 s
     assert owner[m.policy.eviction_order(3.0)[0]] == "b"
     c = ToyRequest("c", toks(200, 40), max_new=1)
@@ -563,16 +571,7 @@ def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
 def test_ttl_releases_a_demoted_sessions_blocks_until_its_tool_returns():
     """ttl (the default policy) acts on a demotion too: the demoted session's blocks go
     before an admitted paused session's, and are kept again once its tool returns."""
-    m = manager(24, policy="ttl")
-    s = _wf(m, demote_factor=2.0, demote_min_s=1.0)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 20), max_new=1, last=False)
-    s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=1.0)  # a pauses on a 1 s tool
-    b = ToyRequest("b", toks(100, 20), max_new=1, last=False)
-    s.add(b, 2.5)
-    ex.run(s, s.schedule(2.5, ex), 2.5, tool_s=100.0)  # b pauses on a 100 s tool
-    owner = {blk: sid for sid in "ab" for blk in m.sessions[sid].block_ids}
+    m, s, ex, _, owner = _a_and_b_paused("ttl")
 
     def first_victim(now):
         return next(owner[blk] for blk in m.policy.eviction_order(now) if blk in owner)
