@@ -40,8 +40,8 @@ Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
 - a block sits in one place; groups are sorted and never empty;
 - a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
-  UNTRACKED, or OWNED when it left by a planned run (stale, never read: `block_cached`
-  rewrites them).
+  UNTRACKED, or OWNED only when it left by a planned run (stale, never read:
+  `block_cached` rewrites them; `_stale` names those blocks).
 The one ownership change the pool does not report is `end_session` turning a session's
 blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
 blocks its release caches right after are routed there too.
@@ -153,6 +153,7 @@ class GroupedPolicy(EvictionPolicy):
         self._now = 0.0
         self._ending: str | None = None
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
+        self._stale: set[int] = set()  # uncached by a plan, marks left OWNED (check_integrity)
         # The index (used when `indexed`): see the module docstring.
         self._heap: list[tuple[Any, int, int, str]] = []  # (key, tail block, version, sid)
         self._named: list[tuple[Any, int, int, str]] = []  # taken off the heap by a search
@@ -208,6 +209,7 @@ class GroupedPolicy(EvictionPolicy):
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
             self._dirty.add(owner)
+        self._stale.discard(block_id)
 
     def block_uncached(self, block_id: int) -> None:
         w = self._where[block_id]
@@ -279,6 +281,7 @@ class GroupedPolicy(EvictionPolicy):
             else:
                 del g[:k]
             dirty.add(sid)
+        self._stale.update(block_ids)
         return True
 
     def _cut(self, sid: str, taken: list[int]) -> None:
@@ -648,6 +651,7 @@ class GroupedPolicy(EvictionPolicy):
                 f"block {b}: {'' if cached else 'not '}CACHED but "
                 f"{'' if b in seen else 'un'}tracked"
             )
-            # An evicted session block may keep a stale OWNED mark (`_planned`); a queue
+            # Only a block a plan uncached keeps a stale OWNED mark (`_planned`); a queue
             # mark is exact (belady reads it to spot stale entries).
-            assert cached or self._where[b] in (UNTRACKED, OWNED), f"block {b}: stale place"
+            assert cached or self._where[b] == UNTRACKED or (
+                self._where[b] == OWNED and b in self._stale), f"block {b}: stale place"

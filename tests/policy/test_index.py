@@ -105,3 +105,19 @@ def test_rekey_all_makes_the_next_search_re_key_every_session(name):
     policy.rekey_all()
     policy.choose_victims(1, 0.5)
     assert len(policy.groups) == 3 and sorted(keyed) == sorted(policy.groups)
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_integrity_refuses_a_stale_owned_mark_no_plan_left(name):
+    """Only blocks a planned eviction uncached may keep an OWNED mark (the property test
+    above checks those pass): a free block marked OWNED any other way is a bookkeeping bug
+    that check_integrity must name."""
+    m = make(build(name), num_blocks=8)
+    run_step(m, "a", tokens(0, 16), 0.0, tool="t", expected_s=5.0)  # 4 blocks, 4 free
+    policy = m.policy
+    policy.check_integrity()
+    free = next(b for b in range(8) if not policy.view.is_cached(b))
+    assert free not in policy._stale
+    policy._where[free] = 3  # OWNED, with no plan behind it
+    with pytest.raises(AssertionError, match="stale place"):
+        policy.check_integrity()
