@@ -2,20 +2,20 @@
 
 Why setuptools and not scikit-build-core + CMake: the extension is one translation unit plus
 nanobind's own sources, and setuptools' `optional=True` is exactly the fallback the project
-needs: where no C++17 compiler (or no Python headers) is found, the build warns and the
-package installs without the extension; kvsaga then runs its Python core (kvsaga/_core.py
-says so in one log line). Where both are found the build is required: a compile error fails
-the install instead of hiding behind the fallback. Everything else about the package is
-declared in pyproject.toml.
+needs: where no working C++17 compiler (or no Python headers) is found, the build warns and
+the package installs without the extension; kvsaga then runs its Python core (kvsaga/_core.py
+says so in one log line). Where a probe file compiles, the build is required: a compile
+error in csrc/ fails the install instead of hiding behind the fallback. Everything else
+about the package is declared in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shutil
 import sys
 import sysconfig
+import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -66,18 +66,26 @@ class _BuildExt(build_ext):
             # The attention loops need -O3 to be vectorised.
             fast = ["-O3"] if ext.name == "kvsaga._paged_attn" and "-O2" in flags else []
             ext.extra_compile_args = flags + fast
-            # Optional only where no compiler exists: a compile error on a machine that has
-            # one fails the install (else CI would pass on the Python core, the C++ core's
-            # parity tests skipped).
+            # Optional only where no working compiler exists: a compile error on a machine
+            # that has one fails the install (else CI would pass on the Python core, the
+            # C++ core's parity tests skipped).
             ext.optional = not required
         super().build_extensions()
 
     def _compiler_found(self) -> bool:
-        """Whether the C++ compiler setuptools picked (unix compilers) and the Python
-        headers are on this machine."""
-        cmd = getattr(self.compiler, "compiler_so", None)
-        headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
-        return bool(cmd) and shutil.which(cmd[0]) is not None and os.path.exists(headers)
+        """Whether the compiler setuptools picked builds C++17 against the Python headers:
+        a probe file that includes Python.h, compiled with the extensions' standard flag."""
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.cpp")
+            with open(src, "w") as f:
+                f.write("#include <Python.h>\nint kvsaga_probe() { return 0; }\n")
+            std = "/std:c++17" if self.compiler.compiler_type == "msvc" else "-std=c++17"
+            try:
+                self.compiler.compile([src], output_dir=tmp, extra_postargs=[std],
+                                      include_dirs=[sysconfig.get_paths()["include"]])
+            except Exception:  # CompileError, or no compiler to run at all
+                return False
+        return True
 
 
 setup(ext_modules=_nanobind_extension(), cmdclass={"build_ext": _BuildExt})
