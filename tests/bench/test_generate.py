@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.threads import burn
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import generate  # noqa: E402
@@ -17,20 +19,14 @@ import generate  # noqa: E402
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 
 
-def _burn(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
-
-
 def test_thread_cpu_splits_engine_live_and_exited_threads():
     split = generate.ThreadCPU()
-    _burn(0.3)  # this thread: "engine"
-    exited = threading.Thread(target=_burn, args=(0.3,))
+    burn(0.3)  # this thread: "engine"
+    exited = threading.Thread(target=burn, args=(0.3,))
     exited.start()
     exited.join()
     stop = threading.Event()
-    live = threading.Thread(target=lambda: (_burn(0.3), stop.wait()))
+    live = threading.Thread(target=lambda: (burn(0.3), stop.wait()))
     live.start()
     try:
         while live.is_alive() and not _burnt(live):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.threads import burn
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import serve_throughput  # noqa: E402
@@ -18,19 +20,13 @@ from generate import thread_cpu_s  # noqa: E402
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 
 
-def _burn(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
-
-
 def test_server_threads_names_the_busiest_thread_and_the_exited_rest():
     pid = os.getpid()
     before, cpu0 = thread_cpu_s(pid), time.process_time()
     stop = threading.Event()
-    engine = threading.Thread(target=lambda: (_burn(0.4), stop.wait()))  # alive at the end
+    engine = threading.Thread(target=lambda: (burn(0.4), stop.wait()))  # alive at the end
     engine.start()
-    exited = threading.Thread(target=_burn, args=(0.2,))
+    exited = threading.Thread(target=burn, args=(0.2,))
     exited.start()
     exited.join()
     try:
