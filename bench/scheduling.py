@@ -97,7 +97,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   unloaded TCT (the goals line "at best" is the lowest ratio any order reaches without
   slowing a tenant; only delaying the other tenant would go lower, which this scheduler
   does not do). Equal admissions (AFS keeps them within one session of equal shares: the
-  deviation bound, tests/test_scheduler.py) are not equal slowdowns when one tenant's
+  deviation bound, tests/scheduler/test_fair_share.py) are not equal slowdowns when one tenant's
   sessions are longer.
 - The default policy (kvsaga.policy.DEFAULT_POLICY) is chosen by `bench/policies.py
   --tune`, not here; workflow+graph's rows show the other agent-aware policy under the same

@@ -12,7 +12,7 @@ tenant is debited only when its deficit is the largest, hence >= 0, and it is cr
 positive share first), so each stays below k - 1 (k tenants). Hence, while the backlogged
 set stays the same, each tenant's admissions exceed its fair share by less than 1 and fall
 short of it by less than k - 1: for two tenants, less than one session either way.
-tests/test_scheduler.py checks it on random weights and admission sequences.
+tests/scheduler/test_fair_share.py checks it on random weights and admission sequences.
 """
 
 from __future__ import annotations
