@@ -53,8 +53,8 @@ import heapq
 import math
 from bisect import bisect_left, insort
 from collections.abc import Hashable, Iterator
-from itertools import count, islice
-from operator import itemgetter
+from itertools import count, groupby, islice
+from operator import gt, itemgetter, neg
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
@@ -88,6 +88,15 @@ def elapsed_grid(e: float) -> tuple[float, float]:
         k -= 1
         lo = GRID_S * GRID_RATIO**k
     return lo, GRID_S * GRID_RATIO ** (k + 1)
+
+
+def extend_sorted(g: list, keys: list) -> None:
+    """Add sorted, distinct `keys` to the sorted list `g` (none of them in it already)."""
+    if g[-1] < keys[0]:
+        g.extend(keys)  # the usual case: a release continues the group past its tail
+    else:
+        for key in keys:
+            insort(g, key)
 
 
 def sticky_level(x: float, level: int, ratio: float) -> int:
@@ -210,6 +219,50 @@ class GroupedPolicy(EvictionPolicy):
             self._where[block_id] = OWNED
             self._dirty.add(owner)
         self._stale.discard(block_id)
+
+    def blocks_cached(self, block_ids: list[int]) -> None:
+        """`block_cached` for a batch, with the same result. A step's release caches its
+        table tail first: a run of the session's own blocks, positions falling, then the
+        shared prefix's (plain cache). Each such run of a live session extends its group in
+        one call, with no method call per block (the simulator releases whole contexts at
+        every step); anything else goes block by block, in order."""
+        n = len(block_ids)
+        if n < 2:
+            for b in block_ids:
+                self.block_cached(b)  # a subclass's own, as the pool would call it
+            return
+        take = itemgetter(*block_ids)
+        pos = take(self.view.block_position)
+        i = 0
+        for sid, same in groupby(take(self.view.block_owner)):
+            k = len(list(same))
+            run = block_ids[i:i + k]
+            if (sid is None or sid == self._ending or k < 2
+                    or not all(map(gt, pos[i:i + k], pos[i + 1:i + k]))):
+                for b in run:
+                    self.block_cached(b)
+            else:
+                self._own_run(sid, run, pos[i:i + k])
+            i += k
+
+    def _own_run(self, sid: str, run: list[int], pos: tuple[int, ...]) -> None:
+        """`block_cached` of `run`, blocks of live session `sid` at falling positions."""
+        now, where, owner_of = self._now, self._where, self._owner
+        positions, cached_at = self._pos, self._cached_at
+        for b, p in zip(run, pos, strict=True):
+            positions[b] = p
+            cached_at[b] = now
+            owner_of[b] = sid
+            where[b] = OWNED
+        keys = list(zip(map(neg, pos), run, strict=True))
+        g = self.groups.get(sid)
+        if g is None:
+            self.groups[sid] = keys
+        else:
+            extend_sorted(g, keys)
+        self._dirty.add(sid)
+        if self._stale:
+            self._stale.difference_update(run)
 
     def block_uncached(self, block_id: int) -> None:
         w = self._where[block_id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 
 import hypothesis.strategies as st
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 
 from kvsaga import OutOfBlocks
 from kvsaga.policy import POLICIES
-from kvsaga.policy.groups import GRID_RATIO, GRID_S, elapsed_grid
+from kvsaga.policy.groups import GRID_RATIO, GRID_S, GroupedPolicy, elapsed_grid
 from tests.policy.helpers import build, make, run_step, tokens
 from tests.policy.test_properties import apply, op_lists
 
@@ -121,3 +122,46 @@ def test_integrity_refuses_a_stale_owned_mark_no_plan_left(name):
     policy._where[free] = 3  # OWNED, with no plan behind it
     with pytest.raises(AssertionError, match="stale place"):
         policy.check_integrity()
+
+
+
+GROUPED = sorted(n for n, c in POLICIES.items() if issubclass(c, GroupedPolicy))
+
+
+def _walk(m, rng: random.Random, now: float) -> None:
+    """One step of a random session: its context extended, or cut back, or a new prompt
+    sharing only a prefix; finished, preempted or ended."""
+    sid = f"s{rng.randrange(4)}"
+    s = m.sessions.get(sid)
+    old = list(s.token_ids) if s is not None else [7] * 8
+    keep = rng.choice([len(old), len(old), len(old) // 2, 8])
+    prompt = (old[:keep] + [rng.randrange(50) for _ in range(rng.randrange(1, 12))])[-40:]
+    with contextlib.suppress(OutOfBlocks):
+        st = m.begin_step(sid, prompt, now=now, workflow="w")
+        m.allocate_slots(sid, len(prompt) - st.num_cached_tokens, now=now)
+    if not m.sessions[sid].is_running:
+        return
+    r = rng.random()
+    if r < 0.1:
+        m.preempt(sid, now=now)
+    elif r < 0.2:
+        m.end_session(sid, now=now)
+    else:
+        m.finish_step(sid, now=now, tool="t")
+
+
+@pytest.mark.parametrize("name", GROUPED)
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_blocks_cached_equals_block_by_block(name, seed):
+    # The pool reports a release in one `blocks_cached` call; without it, block by block.
+    batched = make(build(name), num_blocks=24)
+    single = make(build(name), num_blocks=24)
+    single.policy.blocks_cached = None  # the pool then calls block_cached per block
+    single.pool.observer = single.policy
+    for k in range(150):
+        now = 0.25 * k
+        for m in (batched, single):
+            _walk(m, random.Random(seed * 1000 + k), now)
+        batched.policy.check_integrity()
+        assert batched.policy.groups == single.policy.groups
+        assert batched.policy.eviction_order(now) == single.policy.eviction_order(now)
