@@ -99,7 +99,7 @@ class BeladyPolicy(GroupedPolicy):
         self._stamp[block_id] += 1  # its heap entry is stale now
 
     def session_ended(self, session, now: float) -> None:
-        moved = [b for _, b in self.groups.get(session.session_id, [])]
+        moved = list(self.groups.get(session.session_id, []))
         super().session_ended(session, now)
         for b in moved:
             self._push(b, now)
@@ -136,9 +136,10 @@ class BeladyPolicy(GroupedPolicy):
             out.append(self._session_stream(sid, g, now))
         return out
 
-    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
-        for neg_pos, b in group:  # one oracle question per block, asked lazily
-            yield (-self._ask(sid, b, now), neg_pos), b
+    def _session_stream(self, sid: str, group: list[int], now: float) -> Stream:
+        pos = self._pos
+        for b in group:  # one oracle question per block, asked lazily
+            yield (-self._ask(sid, b, now), -pos[b]), b
 
     def action(self, block_id: int, now: float) -> Action:
         if not self.view.num_host_blocks:
@@ -179,12 +180,12 @@ class ClairvoyantTTLPolicy(TTLPolicy):
         self,
         sid: str,
         view: SessionView,
-        group: list[tuple[int, int]],
+        group: list[int],
         elapsed: float,
         window: float,
         now: float,
     ) -> tuple[float, float]:
-        _, tail = group[0]
+        tail = group[0]
         nu = self.oracle.next_use(sid, self.view.block_hash[tail], self._pos[tail], now)
         left = max(nu - now, 0.0)
         return (1.0, left) if left <= window else (0.0, window)

@@ -414,7 +414,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return out
 
     # -- keys: the loss itself ----------------------------------------------------------------
-    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+    def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[float, float]:
         p, until = self._predict_session(sid, now, True, not self.indexed)
         wait = max(p.expected_s, self.min_wait_s)

@@ -2,10 +2,11 @@
 
 Every CACHED block of the GPU tier is in exactly one of three places:
 
-- its owner session's group (`view.block_owner[b]` is a live session): a list of
-  (-position, block), sorted, so the tail is the first entry and the head the last. That
-  order makes the two hottest updates O(1): a step's release caches blocks tail first
-  (appends), and a resume's hits reclaim them head first (pops);
+- its owner session's group (`view.block_owner[b]` is a live session): a list of its
+  block ids sorted by (-position, block) (positions in `_pos`), so the tail is the first
+  entry and the head the last. That order makes the two hottest updates O(1): a step's
+  release caches blocks tail first (appends), and a resume's hits reclaim them head first
+  (pops); and a run of victims is a slice of the list itself (no per-block object);
 - `dead`: private blocks of a session that has ended (FIFO, each session's tail first).
   Nobody is expected to reuse them, so every policy here evicts them first;
 - `plain`: cache owned by no session (a prefix shared by several sessions, or anything
@@ -52,9 +53,9 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from itertools import count, groupby, islice
-from operator import gt, itemgetter, neg
+from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
@@ -90,13 +91,14 @@ def elapsed_grid(e: float) -> tuple[float, float]:
     return lo, GRID_S * GRID_RATIO ** (k + 1)
 
 
-def extend_sorted(g: list, keys: list) -> None:
-    """Add sorted, distinct `keys` to the sorted list `g` (none of them in it already)."""
-    if g[-1] < keys[0]:
-        g.extend(keys)  # the usual case: a release continues the group past its tail
+def extend_sorted(g: list, items: list, key: Callable[[Any], Any]) -> None:
+    """Add `items`, sorted and distinct by `key`, to the list `g` sorted by `key` (none of
+    them in it already)."""
+    if key(g[-1]) < key(items[0]):
+        g.extend(items)  # the usual case: a release continues the group past its tail
     else:
-        for key in keys:
-            insort(g, key)
+        for x in items:
+            insort(g, x, key=key)
 
 
 def sticky_level(x: float, level: int, ratio: float) -> int:
@@ -158,7 +160,7 @@ class GroupedPolicy(EvictionPolicy):
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.relearn_share = relearn_share
         self.views: dict[str, SessionView] = {}
-        self.groups: dict[str, list[tuple[int, int]]] = {}  # sid -> [(-position, block)]
+        self.groups: dict[str, list[int]] = {}  # sid -> blocks, by (-position, block)
         self._now = 0.0
         self._ending: str | None = None
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
@@ -207,14 +209,13 @@ class GroupedPolicy(EvictionPolicy):
             self.dead.push(block_id)
             self._where[block_id] = DEAD
         else:
-            key = (-pos, block_id)
             g = self.groups.get(owner)
             if g is None:
-                self.groups[owner] = [key]
-            elif g[-1] < key:
-                g.append(key)  # the usual case: released tail first
+                self.groups[owner] = [block_id]
+            elif (-self._pos[g[-1]], g[-1]) < (-pos, block_id):
+                g.append(block_id)  # the usual case: released tail first
             else:
-                insort(g, key)
+                insort(g, block_id, key=self._order_key)
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
             self._dirty.add(owner)
@@ -254,12 +255,11 @@ class GroupedPolicy(EvictionPolicy):
             cached_at[b] = now
             owner_of[b] = sid
             where[b] = OWNED
-        keys = list(zip(map(neg, pos), run, strict=True))
         g = self.groups.get(sid)
         if g is None:
-            self.groups[sid] = keys
+            self.groups[sid] = list(run)  # positions fall: already in group order
         else:
-            extend_sorted(g, keys)
+            extend_sorted(g, run, self._order_key)
         self._dirty.add(sid)
         if self._stale:
             self._stale.difference_update(run)
@@ -269,11 +269,10 @@ class GroupedPolicy(EvictionPolicy):
         if w == OWNED:
             sid = self._owner[block_id]
             g = self.groups[sid]
-            key = (-self._pos[block_id], block_id)
-            if g[-1] == key:
+            if g[-1] == block_id:
                 g.pop()  # the usual case: hits reclaim a context head first
             else:
-                del g[bisect_left(g, key)]
+                del g[bisect_left(g, self._order_key(block_id), key=self._order_key)]
             if not g:
                 del self.groups[sid]
             self._owner[block_id] = None
@@ -323,7 +322,7 @@ class GroupedPolicy(EvictionPolicy):
         groups, i = self.groups, 0
         for sid, k in plan[1]:
             g = groups.get(sid)
-            if g is None or list(map(itemgetter(1), g[:k])) != block_ids[i:i + k]:
+            if g is None or g[:k] != block_ids[i:i + k]:
                 return False  # changed since: block by block (nothing was cut yet)
             i += k
         dirty = self._dirty
@@ -343,13 +342,13 @@ class GroupedPolicy(EvictionPolicy):
         k = len(taken)
         if k == len(g):
             del self.groups[sid]
-        elif list(map(itemgetter(1), g[:k])) == taken:
+        elif g[:k] == taken:
             del g[:k]  # tails: an eviction's victims
-        elif list(map(itemgetter(1), g[-k:])) == taken[::-1]:
+        elif g[-k:] == taken[::-1]:
             del g[-k:]  # heads first: a resume's hits
         else:
             gone = set(taken)
-            g[:] = [x for x in g if x[1] not in gone]
+            g[:] = [b for b in g if b not in gone]
         self._dirty.add(sid)
 
     # -- session lifecycle --------------------------------------------------------------------
@@ -401,7 +400,7 @@ class GroupedPolicy(EvictionPolicy):
         self._version.pop(sid, None)  # its index entries turn stale
         self._base.pop(sid, None)
         self._dirty.discard(sid)
-        for _, b in self.groups.pop(sid, []):  # tail first
+        for b in self.groups.pop(sid, []):  # tail first
             self.dead.push(b)
             self._where[b] = DEAD
             self._owner[b] = None
@@ -482,7 +481,7 @@ class GroupedPolicy(EvictionPolicy):
                     popped.append(entry)
                     take = groups[entry[3]][:num_blocks - len(out)]
                     runs.append((entry[3], len(take)))
-                    out += [b for _, b in take]
+                    out += take
                 self._plan = (out.copy(), runs)
             else:
                 self._merge_victims(num_blocks, streams, out, popped)
@@ -497,8 +496,8 @@ class GroupedPolicy(EvictionPolicy):
     def _merge_victims(self, num_blocks: int, streams: list[Stream], out: list[int],
                        popped: list[tuple[Any, int, int, str]]) -> None:
         """The general search: the index's top, `more` and the queue streams' heads."""
-        heap, version, groups, entry_key, base_of = (
-            self._heap, self._version, self.groups, self._entry_key, self._base)
+        heap, version, groups, entry_key, base_of, pos = (
+            self._heap, self._version, self.groups, self._entry_key, self._base, self._pos)
         monotone = self._keys_nonincreasing()
         heads = [next(s, None) for s in streams]
         more: list[tuple[Any, int, int, str, int]] = []
@@ -531,16 +530,16 @@ class GroupedPolicy(EvictionPolicy):
                 k = entry[4]
             _, tie, ver, sid = entry[:4]
             g, base = groups[sid], base_of[sid]
-            out.append(g[k][1])
+            out.append(g[k])
             if monotone:  # every later (key, tie) <= this one < every other candidate
-                out.extend([nb for _, nb in g[k + 1:k + 1 + num_blocks - len(out)]])
+                out.extend(g[k + 1:k + 1 + num_blocks - len(out)])
                 continue
             bound, _ = best_other()
             for j in range(k + 1, len(g)):
                 if len(out) >= num_blocks:
                     break
-                neg_pos, nb = g[j]
-                key = entry_key(base, -neg_pos)
+                nb = g[j]
+                key = entry_key(base, pos[nb])
                 if bound is not None and not (key, tie) < bound:
                     heapq.heappush(more, (key, tie, ver, sid, j))
                     break
@@ -598,8 +597,8 @@ class GroupedPolicy(EvictionPolicy):
         ver = self._version[sid] = next(self._versions)
         base, until = self._session_base(sid, g, now)
         self._base[sid] = base
-        neg_pos, b = g[0]
-        heapq.heappush(self._heap, (self._entry_key(base, -neg_pos), b, ver, sid))
+        b = g[0]
+        heapq.heappush(self._heap, (self._entry_key(base, self._pos[b]), b, ver, sid))
         if until < math.inf:
             # The key was judged at `now`, so it next changes after it: a deadline that
             # rounding put at or before `now` would fire again at every search at this time.
@@ -629,14 +628,14 @@ class GroupedPolicy(EvictionPolicy):
         for b in self.plain:
             yield (self._plain_key(b, now), b), b
 
-    def _session_stream(self, sid: str, group: list[tuple[int, int]], now: float) -> Stream:
+    def _session_stream(self, sid: str, group: list[int], now: float) -> Stream:
         base, _ = self._session_base(sid, group, now)
-        entry_key = self._entry_key
-        tie = group[0][1]  # one tie-break per session: tied sessions go one after another
-        for neg_pos, b in group:  # tail first: the survivors stay a usable prefix
-            yield (entry_key(base, -neg_pos), tie), b
+        entry_key, pos = self._entry_key, self._pos
+        tie = group[0]  # one tie-break per session: tied sessions go one after another
+        for b in group:  # tail first: the survivors stay a usable prefix
+            yield (entry_key(base, pos[b]), tie), b
 
-    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+    def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[Any, float]:
         """(the session's key, the time by which it must be recomputed; inf: only on
         events)."""
@@ -659,6 +658,10 @@ class GroupedPolicy(EvictionPolicy):
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
+    def _order_key(self, block_id: int) -> tuple[int, int]:
+        """A cached block's place in its group: tail (highest position) first."""
+        return -self._pos[block_id], block_id
+
     def usage(self) -> float:
         """Share of GPU blocks referenced by running steps (`CacheStats.usage`)."""
         return self.view.usage()
@@ -674,10 +677,10 @@ class GroupedPolicy(EvictionPolicy):
                 memo[i - 1] <= memo[i] for i in range(max(start, 1), len(memo)))
         return memo[position]
 
-    def group_cost(self, group: list[tuple[int, int]]) -> float:
+    def group_cost(self, group: list[int]) -> float:
         """Seconds to rebuild a session's cached blocks (from its first cached position)."""
         bs = self.block_size
-        return self.cost.recompute_s(len(group) * bs, -group[-1][0] * bs)
+        return self.cost.recompute_s(len(group) * bs, self._pos[group[-1]] * bs)
 
     def idle_s(self, sid: str, now: float) -> float:
         """Seconds a paused session has waited (0 when running or unknown)."""
@@ -690,8 +693,8 @@ class GroupedPolicy(EvictionPolicy):
         seen: dict[int, int] = {}
         for sid, g in self.groups.items():
             assert g, f"empty group for session {sid!r}"
-            assert g == sorted(g), f"group of {sid!r} is not sorted tail first"
-            for _, b in g:
+            assert g == sorted(g, key=self._order_key), f"group of {sid!r} is not sorted tail first"
+            for b in g:
                 assert self._owner[b] == sid and self._where[b] == OWNED, f"block {b} misfiled"
                 seen[b] = OWNED
         for where, q in ((PLAIN, self.plain), (DEAD, self.dead)):

@@ -185,7 +185,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return self._norm
 
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
-    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+    def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[tuple[int, float], float]:
         used, max_idle, max_size = self._norm
         v = self.views.get(sid)

@@ -83,6 +83,8 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.max_usage = max_usage
         self._rent = 0.0
         self._pressure = 0  # level of 1 / (1 - usage) on the 2^(1/4) scale
+        self._rent_usage = -1.0  # the usage `rent` last priced, and its answer
+        self._rent_last = 0.0
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
@@ -110,8 +112,11 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         The pressure factor 1 / (1 - u) is read on a 2^(1/4) scale that moves only once it
         changed by a whole step (`sticky_level`), so every key changes only then."""
         u = min(self.usage(), self.max_usage)
-        self._pressure = sticky_level(1.0 / (1.0 - u), self._pressure, GRID_RATIO)
-        return self.block_cost(0) / self.base_ttl_s * GRID_RATIO**self._pressure
+        if u != self._rent_usage:  # the same usage gives the same level: keep the last rent
+            self._rent_usage = u
+            self._pressure = sticky_level(1.0 / (1.0 - u), self._pressure, GRID_RATIO)
+            self._rent_last = self.block_cost(0) / self.base_ttl_s * GRID_RATIO**self._pressure
+        return self._rent_last
 
     def _prepare(self, now: float) -> None:
         self._rent = self.rent()
@@ -135,7 +140,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         cls, v, ttl = self._value(session_id, g, now, e)
         return cls == 1, v, ttl
 
-    def _value(self, sid: str, group: list[tuple[int, int]], now: float, e: float
+    def _value(self, sid: str, group: list[int], now: float, e: float
                ) -> tuple[int, float, float]:
         """(class, V per block, break-even TTL) with the pause judged `e` seconds old."""
         n = len(group)
@@ -157,7 +162,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self,
         sid: str,
         view: SessionView,
-        group: list[tuple[int, int]],
+        group: list[int],
         elapsed: float,
         window: float,
         now: float,
@@ -171,7 +176,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         return self.graph.resume_window(view.workflow, view.tool, elapsed, window)
 
     # -- keys: class 0 dead, (1, time released), (2, V per block) live, (3, time) plain -----
-    def _session_base(self, sid: str, group: list[tuple[int, int]], now: float
+    def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[tuple[int, float], float]:
         view = self.views.get(sid)
         paused_at = view.paused_at if view is not None else now
