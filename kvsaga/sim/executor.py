@@ -27,7 +27,7 @@ class StepExecutor:
         if self.oracle is not None:
             self.oracle.started(s.id)
         attempt_len = req.num_tokens
-        start = self.manager.begin_step(s.id, req.tokens.ids[:attempt_len], now=now,
+        start = self.manager.begin_step(s.id, req.tokens.prompt(attempt_len), now=now,
                                         salt=s.tenant, workflow=s.workflow)
         req.attempt_len = req.context_len = attempt_len
         req.num_computed = start.num_cached_tokens

@@ -14,14 +14,27 @@ if TYPE_CHECKING:
 class SimTokens:
     """One trace session's token ids (a list, for the manager) and their block hashes."""
 
-    __slots__ = ("sid", "ids", "hashes", "root", "high_water")
+    __slots__ = ("sid", "ids", "hashes", "root", "high_water", "_prompt")
 
     def __init__(self, sid: str, ids: list[int], root: bytes) -> None:
         self.sid = sid
         self.ids = ids
         self.hashes: list[bytes] = []
+        self._prompt: list[int] = []
         self.root = root
         self.high_water = 0  # tokens [0, high_water) have had their KV computed
+
+    def prompt(self, n: int) -> list[int]:
+        """The first `n` ids, as a list kept from one call to the next: a session's
+        prompts only grow (each repeats the last and adds to it), so each call copies only
+        the ids past the last one, not the whole context. Only read it (`begin_step` copies
+        what it keeps)."""
+        p = self._prompt
+        if len(p) < n:
+            p += self.ids[len(p):n]
+        elif len(p) > n:
+            del p[n:]
+        return p
 
 
 class IdsPrefix(Sequence):

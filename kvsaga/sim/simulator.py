@@ -45,6 +45,8 @@ import inspect
 import itertools
 import math
 from collections.abc import Sequence
+from functools import reduce
+from operator import add
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -192,7 +194,7 @@ class Simulator(StepExecutor):
 
     def _set_live(self, sid: str, num_tokens: int) -> None:
         """Track the blocks of live sessions' contexts (for the peak working set)."""
-        n = self.cost.kv_spec.num_blocks_for(num_tokens) if num_tokens else 0
+        n = -(-num_tokens // self.block_size)
         self._live_total += n - self._live_blocks.pop(sid, 0)
         self.recorder.live_blocks = self._live_total
         if num_tokens:
@@ -477,10 +479,7 @@ class Simulator(StepExecutor):
         """Advance the clock, busy time and usage integrals over the run's first `steps`
         steps as `_run_for` step by step would (the same sums in the same order)."""
         self.recorder.advance_through(times[1: steps + 1], counts)
-        busy = self._busy
-        for dt in dts[:steps]:
-            busy += dt
-        self._busy = busy
+        self._busy = reduce(add, dts[:steps], self._busy)  # in order, as step by step
         self.now = times[steps]
 
 

@@ -253,3 +253,14 @@ def test_bad_config_and_trace():
         Simulator([_session("A", 0, [Step(1, 1)]), _session("A", 1, [Step(1, 1)])])
     assert SimConfig(kv_memory_bytes=COST.block_bytes * 7).blocks() == 7
     assert SimConfig().blocks() == COST.num_blocks(COST.default_kv_memory_bytes())
+
+
+def test_a_sessions_prompt_list_grows_and_is_cut_back():
+    from kvsaga.sim.request import SimTokens
+
+    t = SimTokens("s", list(range(100, 130)), b"r" * 32)
+    p = t.prompt(10)
+    assert p == list(range(100, 110))
+    assert t.prompt(25) is p and p == list(range(100, 125))  # the same list, extended
+    assert t.prompt(5) == list(range(100, 105))
+    assert t.prompt(30) == t.ids
