@@ -15,10 +15,16 @@
 
 #include <nanobind/nanobind.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -35,14 +41,20 @@ struct Args {
   const int32_t* tables;
   const int32_t* seq_lens;
   const int32_t* q_start;
-  const int32_t* seq_ids;  // the sequences to run
-  int64_t num_items;       // len(seq_ids) * num_kv_heads
+  const int32_t* seq_ids;  // the sequences to run; null: sequences 0 .. num_seqs - 1
+  int64_t num_items;       // num_seqs * num_kv_heads
   int64_t num_kv_heads, group, head_dim, block_size, table_stride;
   int64_t q_tok, q_head;                   // query strides
   int64_t o_tok, o_head;                   // out strides
   int64_t c_block, c_tok, c_head;          // k/v cache strides (shared layout)
   float scale;
+  bool avx512;  // run the AVX-512 tiles (run_item_avx512) where the head size has them
 };
+
+inline int64_t seq_of(const Args& a, int64_t item) {
+  const int64_t i = item / a.num_kv_heads;
+  return a.seq_ids != nullptr ? a.seq_ids[i] : i;
+}
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define KV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -62,7 +74,7 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   for (int w = 8; w >= 1; w /= 2)
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   float s = acc[0];
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; D == 0 && i < n; ++i) s += a[i] * b[i];  // D > 0: a multiple of 16
   return s;
 }
 
@@ -121,56 +133,232 @@ inline float exp_nonpos(float x) {
   return e * scale;
 }
 
-// One (sequence, KV head): every query row of the sequence, its `group` heads together:
-// pass 1 scores every position (each K row read once), then a softmax per head, then
-// pass 2 accumulates V rows (each read once) into the group's outputs.
+// Walks one (sequence, KV head)'s rows of a cache position by position through its block
+// table (no division per position; a table entry is read only once a position of its block
+// is reached, so entries past the sequence's blocks are never read).
+struct RowWalk {
+  const float* cache;
+  const int32_t* table;
+  int64_t c_block, c_tok, head_off, bs;
+  int64_t block = 0, off = 0;
+  const float* base = nullptr;
+
+  const float* next() {
+    if (off == 0) base = cache + static_cast<int64_t>(table[block]) * c_block + head_off;
+    const float* row = base + off * c_tok;
+    if (++off == bs) {
+      off = 0;
+      ++block;
+    }
+    return row;
+  }
+};
+
+// What one (sequence, KV head) item needs: where its rows are and its scratch buffers.
+struct Item {
+  int64_t h, seq_len, q0, q_len;
+  const int32_t* table;
+  float* sc_all;  // [group, seq_len] scores, then probabilities
+  float* qloc;    // [group, head_dim] the scaled query row
+  float* acc;     // [group, head_dim] output accumulators (generic path)
+
+  RowWalk rows(const Args& a, const float* cache) const {
+    return RowWalk{cache, table, a.c_block, a.c_tok, h * a.c_head, a.block_size};
+  }
+};
+
+Item make_item(const Args& a, int64_t item, std::vector<float>& buf) {
+  const int64_t s = seq_of(a, item);
+  Item it{item % a.num_kv_heads, a.seq_lens[s], a.q_start[s], a.q_start[s + 1] - a.q_start[s],
+          a.tables + s * a.table_stride, nullptr, nullptr, nullptr};
+  const int64_t g = a.group, d = a.head_dim;
+  buf.resize(static_cast<size_t>(g * it.seq_len + 2 * g * d));
+  it.sc_all = buf.data();
+  it.qloc = it.sc_all + g * it.seq_len;
+  it.acc = it.qloc + g * d;
+  return it;
+}
+
+// Query row r of the item, its `group` heads scaled into qloc; returns the positions the
+// row attends to (causal: seq_len - q_len + r + 1).
+inline int64_t load_query(const Args& a, const Item& it, int64_t r) {
+  const float* qrow = a.q + (it.q0 + r) * a.q_tok + it.h * a.group * a.q_head;
+  for (int64_t j = 0; j < a.group; ++j)
+    for (int64_t i = 0; i < a.head_dim; ++i)
+      it.qloc[j * a.head_dim + i] = qrow[j * a.q_head + i] * a.scale;
+  return it.seq_len - it.q_len + r + 1;
+}
+
+// Scores of `rows` heads over ctx positions (row stride ctx) turned into probabilities.
+inline void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
+  for (int64_t j = 0; j < rows; ++j) {
+    float* __restrict sc = sc_all + j * ctx;
+    const float m = row_max(sc, ctx);
+    for (int64_t p = 0; p < ctx; ++p) sc[p] = std::max(sc[p] - m, -87.0f);
+    for (int64_t p = 0; p < ctx; ++p) sc[p] = exp_nonpos(sc[p]);
+    const float inv = 1.0f / row_sum(sc, ctx);
+    for (int64_t p = 0; p < ctx; ++p) sc[p] *= inv;
+  }
+}
+
+// One (sequence, KV head), any head size, plain C++ the compiler vectorises: every query
+// row of the sequence, its `group` heads together: pass 1 scores every position (each K
+// row read once), then a softmax per head, then pass 2 accumulates V rows (each read once).
 template <int D>
-KV_CLONES void run_item(const Args& a, int64_t item, std::vector<float>& buf) {
-  const int64_t s = a.seq_ids[item / a.num_kv_heads];
-  const int64_t h = item % a.num_kv_heads;
-  const int64_t seq_len = a.seq_lens[s];
-  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
-  const int32_t* table = a.tables + s * a.table_stride;
-  const int64_t g = a.group, d = D > 0 ? D : a.head_dim, bs = a.block_size;
-  buf.resize(static_cast<size_t>(g * seq_len + 2 * g * d));
-  float* __restrict sc_all = buf.data();
-  float* __restrict qloc = sc_all + g * seq_len;
-  float* __restrict acc = qloc + g * d;
-  for (int64_t r = 0; r < q_len; ++r) {
-    const int64_t ctx = seq_len - q_len + r + 1;  // positions this row attends to
-    const float* qrow = a.q + (q0 + r) * a.q_tok + h * g * a.q_head;
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t i = 0; i < d; ++i) qloc[j * d + i] = qrow[j * a.q_head + i] * a.scale;
-    // Block by block (no division per position): p0 is the block's first position.
-    for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
-      const float* kblk = a.k + table[p0 / bs] * a.c_block + h * a.c_head;
-      const int64_t n = std::min(bs, ctx - p0);
-      for (int64_t o = 0; o < n; ++o)
-        for (int64_t j = 0; j < g; ++j)
-          sc_all[j * ctx + p0 + o] = dot<D>(qloc + j * d, kblk + o * a.c_tok, d);
+KV_CLONES void run_item(const Args& a, int64_t index, std::vector<float>& buf) {
+  const Item it = make_item(a, index, buf);
+  const int64_t g = a.group, d = D > 0 ? D : a.head_dim;
+  float* __restrict sc_all = it.sc_all;
+  float* __restrict acc = it.acc;
+  for (int64_t r = 0; r < it.q_len; ++r) {
+    const int64_t ctx = load_query(a, it, r);
+    RowWalk k = it.rows(a, a.k);
+    for (int64_t p = 0; p < ctx; ++p) {
+      const float* krow = k.next();
+      for (int64_t j = 0; j < g; ++j) sc_all[j * ctx + p] = dot<D>(it.qloc + j * d, krow, d);
     }
-    for (int64_t j = 0; j < g; ++j) {
-      float* __restrict sc = sc_all + j * ctx;
-      const float m = row_max(sc, ctx);
-      for (int64_t p = 0; p < ctx; ++p) sc[p] = std::max(sc[p] - m, -87.0f);
-      for (int64_t p = 0; p < ctx; ++p) sc[p] = exp_nonpos(sc[p]);
-      const float inv = 1.0f / row_sum(sc, ctx);
-      for (int64_t p = 0; p < ctx; ++p) sc[p] *= inv;
-    }
+    softmax_rows(sc_all, g, ctx);
     std::fill(acc, acc + g * d, 0.0f);
-    for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
-      const float* vblk = a.v + table[p0 / bs] * a.c_block + h * a.c_head;
-      const int64_t n = std::min(bs, ctx - p0);
-      for (int64_t o = 0; o < n; ++o)
-        for (int64_t j = 0; j < g; ++j)
-          axpy<D>(acc + j * d, sc_all[j * ctx + p0 + o], vblk + o * a.c_tok, d);
+    RowWalk v = it.rows(a, a.v);
+    for (int64_t p = 0; p < ctx; ++p) {
+      const float* vrow = v.next();
+      for (int64_t j = 0; j < g; ++j) axpy<D>(acc + j * d, sc_all[j * ctx + p], vrow, d);
     }
-    float* orow = a.out + (q0 + r) * a.o_tok + h * g * a.o_head;
+    float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j = 0; j < g; ++j) std::copy(acc + j * d, acc + (j + 1) * d, orow + j * a.o_head);
   }
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define KV_HAS_AVX512_PATH 1
+#define KV_AVX512 __attribute__((target("avx512f")))
+
+// The AVX-512 path for head sizes 64 and 128 (C = head_dim / 16 vectors per row). The
+// generic loop above reduces each (position, head) dot product across its 16 lanes on its
+// own, which costs more than its multiply-adds; here each 16 positions' partial vectors
+// are reduced together (sum16), and pass 2 keeps a tile of heads' accumulators in
+// registers. Heads go in tiles of GT (the query or accumulators of a tile stay in registers).
+
+// Lane i of the result: the sum of the 16 lanes of v[i]. Two unpack levels gather four
+// vectors' partial sums into each 128-bit lane, two shuffle levels add across the lanes.
+KV_AVX512 inline __m512 sum16(const __m512* v) {
+  __m512 b[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m512 x = v[4 * i], y = v[4 * i + 1], z = v[4 * i + 2], w = v[4 * i + 3];
+    // per 128-bit lane: [x, y, x, y] and [z, w, z, w] partials
+    const __m512 xy = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    const __m512 zw = _mm512_add_ps(_mm512_unpacklo_ps(z, w), _mm512_unpackhi_ps(z, w));
+    // per 128-bit lane: [x, y, z, w]
+    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(xy), _mm512_castps_pd(zw));
+    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(xy), _mm512_castps_pd(zw));
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  // Fold the four 128-bit lanes: b[i]'s total ends up in lane i.
+  const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(c0, c1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Pass 1 for GT heads (query rows q, stride C * 16): scores of ctx positions into sc (row
+// stride ctx), 16 positions at a time.
+template <int C, int GT>
+KV_AVX512 void scores_tile(const float* q, RowWalk k, int64_t ctx, float* sc) {
+  __m512 qv[GT][C];
+  for (int t = 0; t < GT; ++t)
+    for (int c = 0; c < C; ++c) qv[t][c] = _mm512_loadu_ps(q + (t * C + c) * 16);
+  alignas(64) __m512 part[GT][16];
+  for (int64_t p0 = 0; p0 < ctx; p0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, ctx - p0));
+    for (int o = 0; o < n; ++o) {
+      const float* krow = k.next();
+      __m512 kv[C];
+      for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_ps(krow + c * 16);
+      for (int t = 0; t < GT; ++t) {
+        __m512 s = _mm512_mul_ps(qv[t][0], kv[0]);
+        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(qv[t][c], kv[c], s);
+        part[t][o] = s;
+      }
+    }
+    for (int t = 0; t < GT; ++t) {
+      for (int o = n; o < 16; ++o) part[t][o] = _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(sc + t * ctx + p0, static_cast<__mmask16>((1u << n) - 1),
+                            sum16(part[t]));
+    }
+  }
+}
+
+// Pass 2 for GT heads: out rows (stride o_head) = probabilities (sc, row stride ctx) @ V.
+template <int C, int GT>
+KV_AVX512 void values_tile(const float* sc, RowWalk v, int64_t ctx, float* out, int64_t o_head) {
+  __m512 acc[GT][C];
+  for (int t = 0; t < GT; ++t)
+    for (int c = 0; c < C; ++c) acc[t][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < ctx; ++p) {
+    const float* vrow = v.next();
+    __m512 vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(vrow + c * 16);
+    for (int t = 0; t < GT; ++t) {
+      const __m512 w = _mm512_set1_ps(sc[t * ctx + p]);
+      for (int c = 0; c < C; ++c) acc[t][c] = _mm512_fmadd_ps(w, vv[c], acc[t][c]);
+    }
+  }
+  for (int t = 0; t < GT; ++t)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + t * o_head + c * 16, acc[t][c]);
+}
+
+// Heads j0 .. j0 + gt of the group (gt <= 16 / C) through one pass, GT fixed at compile time.
+template <int C, bool Scores>
+KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64_t ctx,
+                    float* orow) {
+  const int64_t d = C * 16;
+  const float* q = it.qloc + j0 * d;
+  float* sc = it.sc_all + j0 * ctx;
+  const float* cache = Scores ? a.k : a.v;
+  float* out = orow + j0 * a.o_head;
+#define KV_TILE(GT)                                                        \
+  case GT:                                                                 \
+    if constexpr (GT * C <= 16) {                                          \
+      if constexpr (Scores) return scores_tile<C, GT>(q, it.rows(a, cache), ctx, sc); \
+      else return values_tile<C, GT>(sc, it.rows(a, cache), ctx, out, a.o_head); \
+    }                                                                      \
+    break;
+  switch (gt) {
+    KV_TILE(1)
+    KV_TILE(2)
+    KV_TILE(3)
+    KV_TILE(4)
+  }
+#undef KV_TILE
+}
+
+template <int C>
+KV_AVX512 void run_item_avx512(const Args& a, int64_t index, std::vector<float>& buf) {
+  const Item it = make_item(a, index, buf);
+  const int64_t g = a.group, most = std::min<int64_t>(4, 16 / C);
+  for (int64_t r = 0; r < it.q_len; ++r) {
+    const int64_t ctx = load_query(a, it, r);
+    float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
+    for (int64_t j0 = 0; j0 < g; j0 += most)
+      tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow);
+    softmax_rows(it.sc_all, g, ctx);
+    for (int64_t j0 = 0; j0 < g; j0 += most)
+      tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow);
+  }
+}
+
+bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
+#else
+bool cpu_has_avx512() { return false; }
+#endif
+
 void run_one(const Args& a, int64_t item, std::vector<float>& buf) {
+#ifdef KV_HAS_AVX512_PATH
+  if (a.avx512 && a.head_dim == 64) return run_item_avx512<4>(a, item, buf);
+  if (a.avx512 && a.head_dim == 128) return run_item_avx512<8>(a, item, buf);
+#endif
   switch (a.head_dim) {
     case 64: return run_item<64>(a, item, buf);
     case 128: return run_item<128>(a, item, buf);
@@ -186,7 +374,7 @@ constexpr int64_t kWorkPerThread = int64_t{1} << 20;
 int64_t work_threads(const Args& a) {
   int64_t work = 0;
   for (int64_t i = 0; i < a.num_items; i += a.num_kv_heads) {
-    const int64_t s = a.seq_ids[i / a.num_kv_heads];
+    const int64_t s = seq_of(a, i);
     const int64_t q_len = a.q_start[s + 1] - a.q_start[s];
     work += q_len * a.seq_lens[s];
   }
@@ -199,7 +387,7 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
                      int64_t num_seqs, int64_t num_kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_size, int64_t table_stride, int64_t q_tok, int64_t q_head,
                      int64_t o_tok, int64_t o_head, int64_t c_block, int64_t c_tok,
-                     int64_t c_head, float scale, int64_t num_threads) {
+                     int64_t c_head, float scale, int64_t num_threads, bool generic) {
   Args a{reinterpret_cast<float*>(out),
          reinterpret_cast<const float*>(q),
          reinterpret_cast<const float*>(k),
@@ -210,7 +398,8 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
          reinterpret_cast<const int32_t*>(seq_ids),
          num_seqs * num_kv_heads,
          num_kv_heads, group, head_dim, block_size, table_stride,
-         q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale};
+         q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale,
+         !generic && cpu_has_avx512()};
   const int64_t n = a.num_items;
   const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, work_threads(a)}));
   // Items are dealt round-robin: sequences of a batch differ in length (an item's cost).
@@ -225,6 +414,34 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
   for (auto& th : pool) th.join();
 }
 
+// Copies each new token's K and V rows into its cache slot (slot = block * block_size +
+// offset; -1 skips the token). Any dtype: sizes and strides are in bytes, and each (token,
+// KV head) row is one memcpy of row_bytes. Every slot is checked before the first write, so
+// a bad one changes nothing.
+void cache_write(uintptr_t key, uintptr_t value, uintptr_t k_cache, uintptr_t v_cache,
+                 uintptr_t slots, int64_t num_tokens, int64_t num_kv_heads, int64_t row_bytes,
+                 int64_t k_tok, int64_t k_head, int64_t v_tok, int64_t v_head, int64_t c_block,
+                 int64_t c_tok, int64_t c_head, int64_t block_size, int64_t num_blocks) {
+  const auto* slot = reinterpret_cast<const int64_t*>(slots);
+  for (int64_t i = 0; i < num_tokens; ++i)
+    if (slot[i] < -1 || slot[i] >= num_blocks * block_size)
+      throw std::invalid_argument("slot_mapping[" + std::to_string(i) + "] = " +
+                                  std::to_string(slot[i]) + " is out of range: the cache has " +
+                                  std::to_string(num_blocks * block_size) + " slots");
+  const auto* kin = reinterpret_cast<const char*>(key);
+  const auto* vin = reinterpret_cast<const char*>(value);
+  auto* kc = reinterpret_cast<char*>(k_cache);
+  auto* vc = reinterpret_cast<char*>(v_cache);
+  for (int64_t i = 0; i < num_tokens; ++i) {
+    if (slot[i] < 0) continue;
+    const int64_t at = slot[i] / block_size * c_block + slot[i] % block_size * c_tok;
+    for (int64_t h = 0; h < num_kv_heads; ++h) {
+      std::memcpy(kc + at + h * c_head, kin + i * k_tok + h * k_head, row_bytes);
+      std::memcpy(vc + at + h * c_head, vin + i * v_tok + h * v_head, row_bytes);
+    }
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_paged_attn, m) {
@@ -233,5 +450,10 @@ NB_MODULE(_paged_attn, m) {
         "seq_lens"_a, "q_start"_a, "seq_ids"_a, "num_seqs"_a, "num_kv_heads"_a, "group"_a,
         "head_dim"_a, "block_size"_a, "table_stride"_a, "q_tok"_a, "q_head"_a, "o_tok"_a,
         "o_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "scale"_a, "num_threads"_a,
+        "generic"_a, nb::call_guard<nb::gil_scoped_release>());
+  m.def("cache_write", &cache_write, "key"_a, "value"_a, "k_cache"_a, "v_cache"_a, "slots"_a,
+        "num_tokens"_a, "num_kv_heads"_a, "row_bytes"_a, "k_tok"_a, "k_head"_a, "v_tok"_a,
+        "v_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "block_size"_a, "num_blocks"_a,
         nb::call_guard<nb::gil_scoped_release>());
+  m.def("has_avx512", &cpu_has_avx512, "Whether paged_attention can take its AVX-512 path.");
 }

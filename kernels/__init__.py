@@ -5,8 +5,10 @@ and `paged_attention` hand their implementation one bundle of inputs, `args.py`)
 - CUDA tensors: the Triton kernel (`attention.py`, `kv_write.py`, `blocks.py`);
 - CPU tensors: the torch reference (`reference.py`), except paged attention, which runs a
   batched `scaled_dot_product_attention` (`sdpa.py`, several times faster than the
-  one-sequence-at-a-time reference); with `KVSAGA_KERNELS=triton`, the Triton kernel under
-  Triton's interpreter (slow; that is how the tests run them on CPU);
+  one-sequence-at-a-time reference) and the C++ kernel for decode rows, and cache writes,
+  which run the C++ row copy (`inplace.py`) where it was built; with
+  `KVSAGA_KERNELS=triton`, the Triton kernel under Triton's interpreter (slow; that is how
+  the tests run them on CPU);
 - `KVSAGA_KERNELS=torch`: the torch reference everywhere.
 
 Range checks (`validate`): None (default) checks the values of index tensors (slots, block
@@ -28,7 +30,7 @@ import torch
 
 from kvsaga import envs
 
-from . import checks, reference, sdpa
+from . import checks, inplace, reference, sdpa
 from .args import CacheWriteArgs, PagedAttentionArgs
 
 __all__ = [
@@ -107,6 +109,10 @@ def cache_write(
     """
     args = CacheWriteArgs(key, value, k_cache, v_cache, slot_mapping)
     checks.check_cache_write(args, full=_full(validate, k_cache.device))
+    if not use_triton(k_cache.device) and envs.KVSAGA_KERNELS != "torch" and (
+            inplace.supports_write(args)):
+        inplace.cache_write(args)  # auto off CUDA: the C++ row copy, held to the reference
+        return
     _impl("kv_write", k_cache.device).cache_write(args)
 
 

@@ -1,11 +1,13 @@
-"""In-place paged attention for CPU: the C++ kernel kvsaga._paged_attn (csrc/paged_attn.cpp).
+"""In-place paged attention and cache write for CPU: kvsaga._paged_attn (csrc/paged_attn.cpp).
 
 The SDPA path (`sdpa.py`) copies each sequence's K/V out of the cache through its block
 table in every layer; for decode that copy is most of the step (docs/architecture.md,
 "Where a CPU step's time goes"). This kernel reads K/V where they lie, one call per layer
-for every sequence it is given, the `group` query heads of a KV head together. fp32 only;
-it is optional (built by setup.py where a C++17 compiler exists), and `available()` says
-whether it was built.
+for every sequence it is given, the `group` query heads of a KV head together; head sizes
+64 and 128 take an AVX-512 path where the CPU has it. fp32 only. `cache_write` stores a
+layer's new K/V rows with one memcpy per (token, KV head): the reference's indexed
+assignment took 0.4 ms per decode-sized call. Both are optional (built by setup.py where a
+C++17 compiler exists), and `available()` says whether they were built.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 
 import torch
 
-from .args import PagedAttentionArgs
+from .args import CacheWriteArgs, PagedAttentionArgs
 
 try:
     from kvsaga import _paged_attn
@@ -55,25 +57,56 @@ def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
     )
 
 
-def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int]) -> None:
-    """Causal paged attention of the sequences `seq_ids` of the batch, written into `out`.
+def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
+                    *, generic: bool = False) -> None:
+    """Causal paged attention of the sequences `seq_ids` of the batch (None: all of them),
+    written into `out`.
 
     Arguments as `kvsaga.kernels.paged_attention` (already checked there), with `out`
     required (rows of other sequences are left as they are) and `supports(...)` true.
+    `generic`: skip the AVX-512 path (the tests hold both paths to the reference).
     """
-    if not seq_ids:
+    if seq_ids is not None and not seq_ids:
         return
     query, k_cache, v_cache = args.query, args.k_cache, args.v_cache
     tables = args.block_tables.to(torch.int32).contiguous()
     lens = args.seq_lens.to(torch.int32).contiguous()
     starts = args.query_start_loc.to(torch.int32).contiguous()
-    ids = torch.tensor(seq_ids, dtype=torch.int32)
+    ids = None if seq_ids is None else torch.tensor(seq_ids, dtype=torch.int32)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     _paged_attn.paged_attention(
         out.data_ptr(), query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-        tables.data_ptr(), lens.data_ptr(), starts.data_ptr(), ids.data_ptr(),
-        len(seq_ids), num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
+        tables.data_ptr(), lens.data_ptr(), starts.data_ptr(),
+        0 if ids is None else ids.data_ptr(), lens.shape[0] if ids is None else ids.shape[0],
+        num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
         k_cache.shape[1], tables.stride(0), query.stride(0), query.stride(1),
         out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        float(args.scale), _kernel_threads(),
+        float(args.scale), _kernel_threads(), generic,
+    )
+
+
+def supports_write(args: CacheWriteArgs) -> bool:
+    """Whether `cache_write` can run these tensors: built, CPU, the caches laid out alike,
+    every last dim contiguous (any dtype: rows are copied as bytes)."""
+    tensors = (args.key, args.value, args.k_cache, args.v_cache)
+    return (
+        _paged_attn is not None
+        and args.k_cache.device.type == "cpu"
+        and args.k_cache.stride() == args.v_cache.stride()
+        and all(t.stride(-1) == 1 for t in tensors)
+        and args.slot_mapping.is_contiguous()
+    )
+
+
+def cache_write(args: CacheWriteArgs) -> None:
+    """As `reference.cache_write` (arguments checked by `kvsaga.kernels.cache_write`,
+    `supports_write(args)` true); ValueError, nothing written, for a slot out of range."""
+    key, value, k_cache, v_cache = args.key, args.value, args.k_cache, args.v_cache
+    size = k_cache.element_size()
+    _paged_attn.cache_write(
+        key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        args.slot_mapping.data_ptr(), key.shape[0], k_cache.shape[2], k_cache.shape[3] * size,
+        key.stride(0) * size, key.stride(1) * size, value.stride(0) * size,
+        value.stride(1) * size, k_cache.stride(0) * size, k_cache.stride(1) * size,
+        k_cache.stride(2) * size, k_cache.shape[1], k_cache.shape[0],
     )

@@ -14,7 +14,9 @@ the scores:
 gathered position by position into a `[batch, kv_heads, longest, head_dim]` tensor with a
 padding mask) lost: the position-level gather and the padding cost more than the attention.
 Decode rows (one query token) of fp32 caches go instead, all in one call per layer, to the
-C++ kernel that reads the cache in place (`inplace.py`), when it was built. Same signature
+C++ kernel that reads the cache in place (`inplace.py`), when it was built; a batch whose
+`max_query_len` is 1 (a decode step) goes there whole, without reading its lengths on
+the host. Same signature
 and semantics as the reference, which the tests hold it to.
 """
 
@@ -58,6 +60,9 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None) -
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = query.shape[1] // num_kv_heads
     in_place = inplace.supports(query, k_cache, v_cache)
+    if in_place and args.max_query_len == 1:  # a decode step: no host read, no SDPA
+        inplace.paged_attention(args, out, None)
+        return out
     if in_place:  # every decode row in one call, reading the cache in place
         starts = args.query_start_loc.tolist()
         inplace.paged_attention(

@@ -22,11 +22,14 @@ PAIRS = {
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("kind", sorted(PAIRS))
 @pytest.mark.parametrize("threads", [1, 3])
-def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads,
+@pytest.mark.parametrize("generic", [False, True], ids=["auto", "generic"])
+def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, generic,
                                                     monkeypatch):
     """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
     With 3 threads the kernel may start its own (as under OMP_WAIT_POLICY=PASSIVE): the
-    extend cases hold enough work to split."""
+    extend cases hold enough work to split. "auto" takes the AVX-512 tiles for head sizes
+    64 and 128 where the CPU has them (group 8 runs two tiles of heads), "generic" the
+    plain loops."""
     monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
     pairs = PAIRS[kind]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
@@ -38,7 +41,8 @@ def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threa
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inplace.paged_attention(case.attention_args(), got, list(range(len(pairs))))
+        inplace.paged_attention(case.attention_args(), got, list(range(len(pairs))),
+                                generic=generic)
     finally:
         torch.set_num_threads(before)
     n = case.query.shape[0] - case.num_pad_rows
@@ -104,6 +108,25 @@ def test_sdpa_path_sends_decode_rows_to_the_kernel(monkeypatch):
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
     assert calls == [[i for i, (_, q) in enumerate(pairs) if q == 1]]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_sdpa_path_runs_a_decode_step_in_one_call_without_ids(monkeypatch):
+    """max_query_len == 1: every sequence in one kernel call (ids None, so no host read of
+    the lengths); a sequence without a query token is skipped; matches the reference."""
+    calls = []
+    real = inplace.paged_attention
+    monkeypatch.setattr(inplace, "paged_attention",
+                        lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    pairs = PAIRS["decode"]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=5)
+    args = case.attention_args(max_query_len=1, max_seq_len=300)
+    got = sdpa.paged_attention(args, case.guarded_out())
+    want = reference.paged_attention(args, case.guarded_out())
+    assert calls == [None]
+    n = case.query.shape[0] - case.num_pad_rows
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    assert (got[n:] == GUARD).all()
 
 
 def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):

@@ -1,0 +1,104 @@
+"""CPU time of one layer's decode-step KV work, each CPU path side by side in one run.
+
+    python bench/cpu_attention.py [--repeat 300] [--block-size 32]
+
+The shapes of the 16-request chat batch's decode (issue 13; SmolLM2-135M: 3 KV heads, 3
+query heads per KV head, head size 64, fp32): 16 sequences of 163 to 913 tokens, each
+sequence's blocks shuffled in a 30-layer tier, one layer's strided views. Rows:
+- paged attention in the C++ kernel (kvsaga._paged_attn), its generic loops and its
+  AVX-512 tiles (where the CPU has AVX-512), one thread;
+- cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
+  the C++ row copy.
+CPU milliseconds per call (process time, so other jobs on a shared machine disturb it
+little), median of 5 rounds of `--repeat` calls, and each path's speed-up over the first
+row of its kind. Every path's output is checked against the torch reference first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from kvsaga.kernels import inplace, reference
+from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
+
+PROMPT_LENS = [131, 200, 300, 400, 500, 600, 700, 881, 150, 250, 350, 450, 550, 650, 750, 850]
+NUM_LAYERS, NUM_KV_HEADS, GROUP, HEAD_DIM = 30, 3, 3, 64
+
+
+def _case(block_size: int, new_tokens: int = 32) -> tuple[PagedAttentionArgs, CacheWriteArgs]:
+    gen = torch.Generator().manual_seed(0)
+    lens = [n + new_tokens for n in PROMPT_LENS]
+    counts = [-(-n // block_size) for n in lens]
+    num_blocks = sum(counts) + 4
+    kv = torch.randn(num_blocks, NUM_LAYERS, 2, block_size, NUM_KV_HEADS, HEAD_DIM,
+                     generator=gen)
+    k_cache, v_cache = kv[:, NUM_LAYERS // 2, 0], kv[:, NUM_LAYERS // 2, 1]
+    perm = torch.randperm(num_blocks, generator=gen)
+    tables = torch.zeros(len(lens), max(counts), dtype=torch.int32)
+    start = 0
+    for i, n in enumerate(counts):
+        tables[i, :n] = perm[start:start + n]
+        start += n
+    query = torch.randn(len(lens), NUM_KV_HEADS * GROUP, HEAD_DIM, generator=gen)
+    attn = PagedAttentionArgs(
+        query, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32),
+        torch.arange(len(lens) + 1, dtype=torch.int32), HEAD_DIM**-0.5, 1, max(lens))
+    last = [(n - 1) for n in lens]
+    slots = torch.tensor([int(tables[i, p // block_size]) * block_size + p % block_size
+                          for i, p in enumerate(last)])
+    qkv = torch.randn(len(lens), 3 * NUM_KV_HEADS, HEAD_DIM, generator=gen)
+    write = CacheWriteArgs(qkv[:, :NUM_KV_HEADS], qkv[:, NUM_KV_HEADS:2 * NUM_KV_HEADS],
+                           k_cache, v_cache, slots)
+    return attn, write
+
+
+def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
+    for _ in range(3):
+        fn()
+    rounds = []
+    for _ in range(5):
+        t = time.process_time()
+        for _ in range(repeat):
+            fn()
+        rounds.append((time.process_time() - t) / repeat * 1e3)
+    return statistics.median(rounds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=300, help="calls per timed round")
+    ap.add_argument("--block-size", type=int, default=32)
+    args = ap.parse_args(argv)
+    if not inplace.available():
+        raise SystemExit("kvsaga._paged_attn is not built: nothing to time")
+    torch.set_num_threads(1)
+    attn, write = _case(args.block_size)
+    want = reference.paged_attention(attn)
+    rows: list[tuple[str, str, float]] = []
+    for label, generic in (("generic loops", True), ("AVX-512 tiles", False)):
+        if not generic and not inplace._paged_attn.has_avx512():
+            continue
+        out = torch.zeros_like(attn.query)
+        inplace.paged_attention(attn, out, None, generic=generic)
+        torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+        rows.append(("paged attention", label, _cpu_ms(
+            lambda g=generic, o=out: inplace.paged_attention(attn, o, None, generic=g),
+            args.repeat)))
+    for label, fn in (("torch reference", reference.cache_write),
+                      ("C++ row copy", inplace.cache_write)):
+        rows.append(("cache_write", label, _cpu_ms(lambda f=fn: f(write), args.repeat)))
+    print(f"one layer of a 16-sequence decode step ({sum(PROMPT_LENS) + 16 * 32} context "
+          f"tokens, block {args.block_size}), CPU ms per call, 1 thread")
+    first: dict[str, float] = {}
+    for op, label, ms in rows:
+        base = first.setdefault(op, ms)
+        print(f"  {op:<16} {label:<16} {ms:8.3f} ms  {base / ms:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
