@@ -1,10 +1,10 @@
 """CPU time of one layer's decode-step KV work, each CPU path side by side in one run.
 
-    python bench/cpu_attention.py [--repeat 300] [--block-size 32]
+    python bench/cpu_attention.py [--repeat 300] [--block-size 32] [--layers 30]
 
 The shapes of the 16-request chat batch's decode (issue 13; SmolLM2-135M: 3 KV heads, 3
 query heads per KV head, head size 64, fp32): 16 sequences of 163 to 913 tokens, each
-sequence's blocks shuffled in a 30-layer tier, one layer's strided views. Rows:
+sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided views. Rows:
 - paged attention in the C++ kernel (kvsaga._paged_attn), its generic loops and its
   AVX-512 tiles (where the CPU has AVX-512), one thread;
 - cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
@@ -27,17 +27,18 @@ from kvsaga.kernels import inplace, reference
 from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
 
 PROMPT_LENS = [131, 200, 300, 400, 500, 600, 700, 881, 150, 250, 350, 450, 550, 650, 750, 850]
-NUM_LAYERS, NUM_KV_HEADS, GROUP, HEAD_DIM = 30, 3, 3, 64
+NUM_KV_HEADS, GROUP, HEAD_DIM = 3, 3, 64
 
 
-def _case(block_size: int, new_tokens: int = 32) -> tuple[PagedAttentionArgs, CacheWriteArgs]:
+def _case(block_size: int, num_layers: int,
+          new_tokens: int = 32) -> tuple[PagedAttentionArgs, CacheWriteArgs]:
     gen = torch.Generator().manual_seed(0)
     lens = [n + new_tokens for n in PROMPT_LENS]
     counts = [-(-n // block_size) for n in lens]
     num_blocks = sum(counts) + 4
-    kv = torch.randn(num_blocks, NUM_LAYERS, 2, block_size, NUM_KV_HEADS, HEAD_DIM,
+    kv = torch.randn(num_blocks, num_layers, 2, block_size, NUM_KV_HEADS, HEAD_DIM,
                      generator=gen)
-    k_cache, v_cache = kv[:, NUM_LAYERS // 2, 0], kv[:, NUM_LAYERS // 2, 1]
+    k_cache, v_cache = kv[:, num_layers // 2, 0], kv[:, num_layers // 2, 1]
     perm = torch.randperm(num_blocks, generator=gen)
     tables = torch.zeros(len(lens), max(counts), dtype=torch.int32)
     start = 0
@@ -69,15 +70,16 @@ def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(rounds)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=300, help="calls per timed round")
     ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=30, help="layers of the tier (its strides)")
     args = ap.parse_args(argv)
     if not inplace.available():
         raise SystemExit("kvsaga._paged_attn is not built: nothing to time")
     torch.set_num_threads(1)
-    attn, write = _case(args.block_size)
+    attn, write = _case(args.block_size, args.layers)
     want = reference.paged_attention(attn)
     rows: list[tuple[str, str, float]] = []
     for label, generic in (("generic loops", True), ("AVX-512 tiles", False)):
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     for op, label, ms in rows:
         base = first.setdefault(op, ms)
         print(f"  {op:<16} {label:<16} {ms:8.3f} ms  {base / ms:5.2f}x")
+    return rows
 
 
 if __name__ == "__main__":
