@@ -36,7 +36,8 @@ def _nanobind_extension() -> list[Extension]:
         nanobind.include_dir(),
         os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
     ]
-    # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py).
+    # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py);
+    # kvsaga._evict: the eviction policies' victim index (kvsaga/policy/session_heap.py).
     return [
         Extension(
             name,
@@ -48,7 +49,8 @@ def _nanobind_extension() -> list[Extension]:
             optional=True,
         )
         for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"),
-                          ("kvsaga._paged_attn", "paged_attn.cpp"))
+                          ("kvsaga._paged_attn", "paged_attn.cpp"),
+                          ("kvsaga._evict", "session_heap.cpp"))
     ]
 
 

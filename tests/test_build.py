@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 # Each extension and its own translation unit (setup.py); both include nanobind.cpp and csrc/*.h.
-EXTENSIONS = {"kvsaga._kvcore": "kvcore.cpp", "kvsaga._paged_attn": "paged_attn.cpp"}
+EXTENSIONS = {"kvsaga._kvcore": "kvcore.cpp", "kvsaga._paged_attn": "paged_attn.cpp",
+              "kvsaga._evict": "session_heap.cpp"}
 
 
 @pytest.mark.parametrize("name", EXTENSIONS)

@@ -31,14 +31,21 @@ tracked. Offload choices and prefetches follow the leader.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from itertools import compress
+from itertools import compress, repeat, starmap
+from operator import not_
 
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 
 DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")
+
+
+def _drain(it) -> None:
+    """Run an iterator to its end, keeping nothing (its items are calls made for their
+    effect)."""
+    deque(it, maxlen=0)
 
 
 def _fan_out(calls: list) -> Callable[[object], None]:
@@ -197,7 +204,7 @@ class AdaptivePolicy(EvictionPolicy):
             if victims[:len(seen)] != seen:  # not an extension of the last answer: redo
                 hs, keep = [], []
             more = list(map(hashes.__getitem__, victims[len(hs):]))
-            keep += [h is None or h not in ghost for h in more]
+            keep += map(not_, map(ghost.__contains__, more))  # None is never a ghost
             hs += more
             chosen = list(compress(victims, keep))
             if len(chosen) >= n or len(victims) < want or want >= 4 * n:
@@ -208,13 +215,14 @@ class AdaptivePolicy(EvictionPolicy):
         positions = list(map(pos.__getitem__, chosen))
         if positions:
             self.block_cost(max(positions))  # the memo below covers every position
-        memo, before = self._block_costs, len(ghost)
-        for h, p in zip(hs, positions, strict=True):
-            if h is not None and h not in ghost:
-                ghost[h] = memo[p]
+        before = len(ghost)
+        # Each full block's hash enters with its rebuild cost unless it is a ghost already
+        # (setdefault: the first name stays), in C-level loops: no bytecode per block.
+        costs = map(self._block_costs.__getitem__, positions)
+        _drain(starmap(ghost.setdefault, compress(zip(hs, costs, strict=True), hs)))
         new = len(ghost) - before
-        while len(ghost) > self._ghost_cap:
-            ghost.popitem(last=False)  # not needed for a pool turnover: a good name
+        # The oldest names, not needed for a pool turnover (good names), fall out.
+        _drain(map(ghost.popitem, repeat(False, len(ghost) - self._ghost_cap)))
         if new:
             d = math.exp(-new / self._decay_scale)
             for x in self.experts:

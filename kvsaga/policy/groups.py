@@ -26,7 +26,8 @@ Two ways to run that merge, with the same result for the same keys:
   next grid point or deadline (a timer the policy returns with the key), or a change of the
   policy's global state (`_global_state`: memory pressure and normalizers, each on a
   geometric scale that moves only once the value moved a whole step: `sticky_level`). A heap
-  of (key of the session's tail, tail block, version) holds one live entry per session;
+  of (key of the session's tail, tail block, version) holds one live entry per session
+  (`_index`: kvsaga/policy/session_heap.py, in C++ where the manager runs the C++ core);
   stale entries are skipped when they surface and the heap is rebuilt when they dominate.
   A search re-keys only the sessions marked since the last one, then pops victim sessions
   (one pop gives a session's blocks in one slice when its keys never rise from tail to
@@ -54,13 +55,14 @@ import heapq
 import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator
-from itertools import count, groupby, islice
+from itertools import groupby, islice
 from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
 from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from kvsaga.session import PauseHint
 
 if TYPE_CHECKING:
@@ -166,13 +168,9 @@ class GroupedPolicy(EvictionPolicy):
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
         self._stale: set[int] = set()  # uncached by a plan, marks left OWNED (check_integrity)
         # The index (used when `indexed`): see the module docstring.
-        self._heap: list[tuple[Any, int, int, str]] = []  # (key, tail block, version, sid)
-        self._named: list[tuple[Any, int, int, str]] = []  # taken off the heap by a search
-        self._timers: list[tuple[float, int, str]] = []  # (when, version, sid)
-        self._version: dict[str, int] = {}
+        self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}
         self._dirty: set[str] = set()
-        self._versions = count(1)
         self._global: Hashable = None
         self._learned = 0  # learning events so far
         self._learned_at_rebuild = -1
@@ -181,6 +179,8 @@ class GroupedPolicy(EvictionPolicy):
         super().bind(view)
         n = view.num_gpu_blocks
         self.block_size = view.block_size
+        # The C++ index where the manager runs the C++ core (and it was built).
+        self._index = make_session_heap(getattr(getattr(view, "core", None), "name", "") == "cpp")
         self._where = bytearray(n)
         self._owner: list[str | None] = [None] * n
         self._pos = [0] * n
@@ -397,7 +397,7 @@ class GroupedPolicy(EvictionPolicy):
         self._learned += 1
         sid = session.session_id
         self.views.pop(sid, None)
-        self._version.pop(sid, None)  # its index entries turn stale
+        self._index.drop(sid)  # its index entries turn stale
         self._base.pop(sid, None)
         self._dirty.discard(sid)
         for b in self.groups.pop(sid, []):  # tail first
@@ -465,47 +465,37 @@ class GroupedPolicy(EvictionPolicy):
         """
         self._prepare(now)
         self._refresh(now)
-        heap, version, groups = self._heap, self._version, self.groups
         streams = self._queue_streams(now)
         out: list[int] = []
-        popped: list[tuple[Any, int, int, str]] = []
+        # The index keeps the sessions it names aside: eviction re-keys them; the next
+        # search puts back those it did not (a caller that only asks, as `eviction_order`).
         try:
             if not streams and self._keys_nonincreasing():
                 # The usual case (no dead or plain cache): each session the index's top
                 # names leaves whole, tail first, until the count is reached.
-                pop, runs = heapq.heappop, []
-                while heap and len(out) < num_blocks:
-                    entry = pop(heap)
-                    if version.get(entry[3]) != entry[2]:
-                        continue  # stale: its session was re-keyed or ended
-                    popped.append(entry)
-                    take = groups[entry[3]][:num_blocks - len(out)]
-                    runs.append((entry[3], len(take)))
-                    out += take
+                groups = self.groups
+                runs = self._index.runs(num_blocks)
+                for sid, k in runs:
+                    out += groups[sid][:k]
                 self._plan = (out.copy(), runs)
             else:
-                self._merge_victims(num_blocks, streams, out, popped)
+                self._merge_victims(num_blocks, streams, out)
         finally:
             for s in streams:
                 s.close()
-            # Named, not yet evicted: eviction re-keys their sessions; the next search puts
-            # back those it did not (a caller that only asks, as `eviction_order` does).
-            self._named.extend(popped)
         return out
 
-    def _merge_victims(self, num_blocks: int, streams: list[Stream], out: list[int],
-                       popped: list[tuple[Any, int, int, str]]) -> None:
+    def _merge_victims(self, num_blocks: int, streams: list[Stream], out: list[int]) -> None:
         """The general search: the index's top, `more` and the queue streams' heads."""
-        heap, version, groups, entry_key, base_of, pos = (
-            self._heap, self._version, self.groups, self._entry_key, self._base, self._pos)
+        index, groups, entry_key, base_of, pos = (
+            self._index, self.groups, self._entry_key, self._base, self._pos)
         monotone = self._keys_nonincreasing()
         heads = [next(s, None) for s in streams]
-        more: list[tuple[Any, int, int, str, int]] = []
+        more: list[tuple[Any, int, str, int]] = []  # (key, tie, session, next entry)
 
         def best_other() -> tuple[tuple[Any, int] | None, int]:
-            while heap and version.get(heap[0][3]) != heap[0][2]:
-                heapq.heappop(heap)  # stale: its session was re-keyed or ended
-            best, src = (heap[0][:2], -1) if heap else (None, 0)
+            top = index.top()
+            best, src = (top, -1) if top is not None else (None, 0)
             if more and (best is None or more[0][:2] < best):
                 best, src = more[0][:2], -2
             for i, h in enumerate(heads):
@@ -522,13 +512,9 @@ class GroupedPolicy(EvictionPolicy):
                 heads[src] = next(streams[src], None)
                 continue
             if src == -1:
-                entry = heapq.heappop(heap)
-                popped.append(entry)
-                k = 0
+                sid, tie, k = index.pop(), best[1], 0
             else:
-                entry = heapq.heappop(more)
-                k = entry[4]
-            _, tie, ver, sid = entry[:4]
+                _, tie, sid, k = heapq.heappop(more)
             g, base = groups[sid], base_of[sid]
             out.append(g[k])
             if monotone:  # every later (key, tie) <= this one < every other candidate
@@ -541,68 +527,50 @@ class GroupedPolicy(EvictionPolicy):
                 nb = g[j]
                 key = entry_key(base, pos[nb])
                 if bound is not None and not (key, tie) < bound:
-                    heapq.heappush(more, (key, tie, ver, sid, j))
+                    heapq.heappush(more, (key, tie, sid, j))
                     break
                 out.append(nb)
 
     def _refresh(self, now: float) -> None:
         """Re-key the sessions whose key may have changed since the last search."""
+        index = self._index
         state = self._global_state(now)
-        stale = len(self._heap) > 2 * len(self.groups) + 64
+        stale = len(index) > 2 * len(self.groups) + 64
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))
         if stale and state == self._global and not relearn:
-            self._compact()
+            index.compact()
         elif state != self._global or stale or relearn:
             self._global = state
             self._learned_at_rebuild = self._learned
-            self._heap, self._timers = [], []
-            self._version.clear()
+            index.clear()
             self._base.clear()
             self._dirty = set(self.groups)
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, ver, sid = heapq.heappop(timers)
-            if self._version.get(sid) == ver:
-                self._dirty.add(sid)
-        for sid in self._dirty:
+        dirty = self._dirty
+        dirty.update(index.due(now))
+        for sid in dirty:
             self._rekey(sid, now)
-        self._dirty.clear()
-        version, heap = self._version, self._heap
-        for entry in self._named:
-            if version.get(entry[3]) == entry[2]:
-                heapq.heappush(heap, entry)
-        self._named.clear()
+        dirty.clear()
+        index.restore()
 
     def rekey_all(self) -> None:
         """Make the next search re-key every session, as relearning does (what
         `bench/allocator.py --eviction-scaling` times to amortize it)."""
         self._global = _REKEY_ALL
 
-    def _compact(self) -> None:
-        """Drop the stale entries of the index (keys of live entries stay as they are)."""
-        version = self._version
-        self._heap = [e for e in self._heap if version.get(e[3]) == e[2]]
-        heapq.heapify(self._heap)
-        self._timers = [t for t in self._timers if version.get(t[2]) == t[1]]
-        heapq.heapify(self._timers)
-
     def _rekey(self, sid: str, now: float) -> None:
         g = self.groups.get(sid)
         if not g:
-            self._version.pop(sid, None)
+            self._index.drop(sid)
             self._base.pop(sid, None)
             return
-        ver = self._version[sid] = next(self._versions)
         base, until = self._session_base(sid, g, now)
         self._base[sid] = base
         b = g[0]
-        heapq.heappush(self._heap, (self._entry_key(base, self._pos[b]), b, ver, sid))
-        if until < math.inf:
-            # The key was judged at `now`, so it next changes after it: a deadline that
-            # rounding put at or before `now` would fire again at every search at this time.
-            heapq.heappush(self._timers, (max(until, math.nextafter(now, math.inf)), ver, sid))
+        # The key was judged at `now`, so it next changes after it: the index fires a
+        # deadline that rounding put at or before `now` at the next search after `now`.
+        self._index.push(sid, self._entry_key(base, self._pos[b]), b, len(g), until, now)
 
     def _global_state(self, now: float) -> Hashable:
         """What every session's key depends on besides its own state (default: nothing)."""
