@@ -28,6 +28,7 @@ bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
 bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
+                              [--profile POLICY]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
@@ -35,7 +36,8 @@ allocate under eviction, and the table gives ns per allocated block for every on
 (`allocate_slots`, victims chosen, evicted and reused), best of `--repeat` sessions, with
 the garbage collector paused during each timed call (as `timeit` does); the policies'
 timed calls take turns. A third table amortizes the full re-key that relearning does.
-The ratio to lru's figure in the same run is the figure to read.
+The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
+instead, the cProfile of that policy's same-instant allocations at the first --paused count.
 """
 
 from __future__ import annotations
@@ -355,7 +357,8 @@ TOOLS = ("search", "edit", "test", "shell", "browse")
 
 
 def bench_eviction_scaling(paused: int, policy: str, repeat: int, per: int = 32,
-                           new_blocks: int = 128) -> Iterator[tuple[float, float, float]]:
+                           new_blocks: int = 128, timer=None
+                           ) -> Iterator[tuple[float, float, float]]:
     """ns per allocated block of `allocate_slots` under eviction with `paused` sessions of
     `per` blocks paused on tool calls and half of all contexts resident: (all allocations
     at one instant, allocations 1 ms apart so that time-driven re-keying is included,
@@ -387,7 +390,7 @@ def bench_eviction_scaling(paused: int, policy: str, repeat: int, per: int = 32,
         if k == 2 * repeat:  # the last allocation re-keys every session, as relearning does
             for p in indexed:
                 p.rekey_all()
-        el = timed_allocation(m, sid, n, now) / new_blocks
+        el = (timer or timed_allocation)(m, sid, n, now) / new_blocks
         if k < 2 * repeat:
             best[dt] = min(best[dt], el)
         m.finish_step(sid, now=now, tool="search")
@@ -413,6 +416,52 @@ def timed_allocation(m: KVCacheManager, sid: str, n: int, now: float) -> float:
         return clock() - t
     finally:
         gc.enable()
+
+
+def profile_eviction(paused: int, policy: str, repeat: int, top: int = 25) -> str:
+    """cProfile of one policy's timed same-instant allocations (the first table's), the
+    cheaper half of them (the others include a full re-key): the functions with the most
+    own time, in microseconds per allocation. The profiler's cost per call inflates the
+    many small ones: read the order, not the sum."""
+    import cProfile
+    import pstats
+
+    runs: list[tuple[float, cProfile.Profile]] = []
+
+    def profiled(m: KVCacheManager, sid: str, n: int, now: float) -> float:
+        if len(runs) >= repeat:  # only the allocations at one instant
+            return timed_allocation(m, sid, n, now)
+        prof = cProfile.Profile()
+        gc.collect()
+        gc.disable()
+        try:
+            t = clock()
+            prof.enable()
+            m.allocate_slots(sid, n, now=now)
+            prof.disable()
+            el = clock() - t
+        finally:
+            gc.enable()
+        runs.append((el, prof))
+        return el
+
+    for _ in bench_eviction_scaling(paused, policy, repeat, timer=profiled):
+        pass
+    kept = sorted(runs, key=lambda r: r[0])[:max(repeat // 2, 1)]
+    agg = pstats.Stats(kept[0][1])
+    for _, prof in kept[1:]:
+        agg.add(prof)
+    k = len(kept)
+    rows = sorted(((tt, ct, nc, where) for where, (_, nc, tt, ct, _) in agg.stats.items()),
+                  reverse=True)[:top]
+    lines = [f"{policy} at {paused:,} paused sessions, the cheaper {k} of {repeat} "
+             f"allocations of 128 blocks ({sum(r[0] for r in kept) / k * 1e6:,.0f} us each, "
+             "profiled): own / cumulative us per allocation, calls per allocation, function",
+             ""]
+    for tt, ct, nc, (path, line, fn) in rows:
+        lines.append(f"{tt / k * 1e6:8.1f} {ct / k * 1e6:8.1f} {nc / k:7.1f}  "
+                     f"{Path(path).name}:{line} {fn}")
+    return "\n".join(lines)
 
 
 def eviction_scaling(counts: list[int], repeat: int) -> tuple[list[str], dict]:
@@ -502,7 +551,7 @@ def scaling_main(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"command": cmd, "wall_s": wall, "figures": figures}, indent=1), encoding="utf-8")
-    if args.write:
+    if args.write or args.write_results:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
 
 
@@ -526,9 +575,16 @@ def main() -> None:
                     help="only the eviction-scaling table (every online policy)")
     ap.add_argument("--paused", default="250,1000,4000,16000",
                     help="paused-session counts for --eviction-scaling")
+    ap.add_argument("--profile", metavar="POLICY",
+                    help="with --eviction-scaling: cProfile one policy's timed allocations "
+                         "at the first --paused count instead of the tables")
     ap.add_argument("--write", action="store_true",
-                    help="with --eviction-scaling: write its section of bench/RESULTS.md")
+                    help="with --eviction-scaling: write its section of bench/RESULTS.md "
+                         "(--write-results too)")
     args = ap.parse_args()
+    if args.eviction_scaling and args.profile:
+        print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
+        return
     if args.eviction_scaling:
         scaling_main(args)
         return

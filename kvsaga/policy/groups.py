@@ -547,10 +547,14 @@ class GroupedPolicy(EvictionPolicy):
             index.clear()
             self._base.clear()
             self._dirty = set(self.groups)
-        dirty = self._dirty
+        dirty, groups, base = self._dirty, self.groups, self._base
         dirty.update(index.due(now))
         for sid in dirty:
-            self._rekey(sid, now)
+            if sid in groups:
+                self._rekey(sid, now)
+            else:  # no cached block left (evicted, or its hits took them)
+                index.drop(sid)
+                base.pop(sid, None)
         dirty.clear()
         index.restore()
 
@@ -560,11 +564,8 @@ class GroupedPolicy(EvictionPolicy):
         self._global = _REKEY_ALL
 
     def _rekey(self, sid: str, now: float) -> None:
-        g = self.groups.get(sid)
-        if not g:
-            self._index.drop(sid)
-            self._base.pop(sid, None)
-            return
+        """Key a session that holds cached blocks, in the index."""
+        g = self.groups[sid]
         base, until = self._session_base(sid, g, now)
         self._base[sid] = base
         b = g[0]

@@ -146,16 +146,20 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     # -- the index's normalizers --------------------------------------------------------------
     def _set_size(self, sid: str, n: int) -> None:
+        """Record an entry's size; `_size_count` holds the sizes in use (count > 0), so the
+        largest is found among the few distinct sizes, not by stepping down one by one."""
         old = self._size.pop(sid, 0)
         counts = self._size_count
         if old:
             counts[old] -= 1
+            if not counts[old]:
+                del counts[old]
         if n:
             self._size[sid] = n
             counts[n] = counts.get(n, 0) + 1
             self._max_size = max(self._max_size, n)
-        while self._max_size and not counts.get(self._max_size):
-            self._max_size -= 1
+        if self._max_size not in counts:
+            self._max_size = max(counts, default=0)
 
     def _oldest_pause(self) -> float | None:
         """When the longest-paused live session paused (None: none is paused)."""

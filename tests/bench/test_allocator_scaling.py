@@ -37,3 +37,10 @@ def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
     mod.write_section(mod.SCALING_SECTION, text, out)  # replaced, not appended twice
     doc = out.read_text(encoding="utf-8")
     assert doc.count(mod.SCALING_SECTION) == 1 and "## Other\n\nkept" in doc
+
+
+def test_profile_names_the_policy_search_per_allocation():
+    text = load().profile_eviction(8, "ttl", repeat=4, top=200)
+    head, _, *rows = text.splitlines()
+    assert head.startswith("ttl at 8 paused sessions, the cheaper 2 of 4 allocations")
+    assert any("groups.py:" in r and r.endswith(" choose_victims") for r in rows)
