@@ -8,7 +8,10 @@ sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided v
 - paged attention in the C++ kernel (kvsaga._paged_attn), its generic loops and its
   AVX-512 tiles (where the CPU has AVX-512), one thread;
 - cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
-  the C++ row copy.
+  the C++ row copy;
+- one prefill chunk's attention (prompts of 881, 500 and 131 tokens, causal, like a
+  1,024-token step of the engine): the SDPA path (each sequence's blocks copied out, one
+  fused SDPA call per sequence) and the in-place kernel's AVX-512 tiles.
 CPU milliseconds per call (process time, so other jobs on a shared machine disturb it
 little), median of 5 rounds of `--repeat` calls, and each path's speed-up over the first
 row of its kind. Every path's output is checked against the torch reference first.
@@ -23,17 +26,20 @@ from collections.abc import Callable
 
 import torch
 
-from kvsaga.kernels import inplace, reference
+from kvsaga.kernels import inplace, reference, sdpa
 from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
 
 PROMPT_LENS = [131, 200, 300, 400, 500, 600, 700, 881, 150, 250, 350, 450, 550, 650, 750, 850]
 NUM_KV_HEADS, GROUP, HEAD_DIM = 3, 3, 64
 
 
-def _case(block_size: int, num_layers: int,
-          new_tokens: int = 32) -> tuple[PagedAttentionArgs, CacheWriteArgs]:
-    gen = torch.Generator().manual_seed(0)
-    lens = [n + new_tokens for n in PROMPT_LENS]
+PREFILL_LENS = [881, 500, 131]
+
+
+def _attention_case(lens: list[int], query_lens: list[int], block_size: int, num_layers: int,
+                    gen: torch.Generator) -> PagedAttentionArgs:
+    """Sequences of `lens` tokens (the last `query_lens` of each new), their blocks
+    shuffled in a tier of `num_layers` layers; attention over one layer's views."""
     counts = [-(-n // block_size) for n in lens]
     num_blocks = sum(counts) + 4
     kv = torch.randn(num_blocks, num_layers, 2, block_size, NUM_KV_HEADS, HEAD_DIM,
@@ -45,10 +51,19 @@ def _case(block_size: int, num_layers: int,
     for i, n in enumerate(counts):
         tables[i, :n] = perm[start:start + n]
         start += n
-    query = torch.randn(len(lens), NUM_KV_HEADS * GROUP, HEAD_DIM, generator=gen)
-    attn = PagedAttentionArgs(
-        query, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32),
-        torch.arange(len(lens) + 1, dtype=torch.int32), HEAD_DIM**-0.5, 1, max(lens))
+    query = torch.randn(sum(query_lens), NUM_KV_HEADS * GROUP, HEAD_DIM, generator=gen)
+    starts = torch.tensor([0, *query_lens]).cumsum(0).to(torch.int32)
+    return PagedAttentionArgs(
+        query, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), starts,
+        HEAD_DIM**-0.5, max(query_lens), max(lens))
+
+
+def _decode_case(block_size: int, num_layers: int,
+                 new_tokens: int = 32) -> tuple[PagedAttentionArgs, CacheWriteArgs]:
+    gen = torch.Generator().manual_seed(0)
+    lens = [n + new_tokens for n in PROMPT_LENS]
+    attn = _attention_case(lens, [1] * len(lens), block_size, num_layers, gen)
+    k_cache, v_cache, tables = attn.k_cache, attn.v_cache, attn.block_tables
     last = [(n - 1) for n in lens]
     slots = torch.tensor([int(tables[i, p // block_size]) * block_size + p % block_size
                           for i, p in enumerate(last)])
@@ -79,7 +94,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     if not inplace.available():
         raise SystemExit("kvsaga._paged_attn is not built: nothing to time")
     torch.set_num_threads(1)
-    attn, write = _case(args.block_size, args.layers)
+    attn, write = _decode_case(args.block_size, args.layers)
+    prefill = _attention_case(PREFILL_LENS, PREFILL_LENS, args.block_size, args.layers,
+                              torch.Generator().manual_seed(1))
     want = reference.paged_attention(attn)
     rows: list[tuple[str, str, float]] = []
     for label, generic in (("generic loops", True), ("AVX-512 tiles", False)):
@@ -94,12 +111,21 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     for label, fn in (("torch reference", reference.cache_write),
                       ("C++ row copy", inplace.cache_write)):
         rows.append(("cache_write", label, _cpu_ms(lambda f=fn: f(write), args.repeat)))
+    want = reference.paged_attention(prefill)
+    for label, whole in (("SDPA path", False), ("AVX-512 tiles", True)):
+        if whole and not inplace.has_tiles(HEAD_DIM):
+            continue
+        out = sdpa.paged_attention(prefill, whole=whole)
+        torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+        rows.append(("prefill attention", label, _cpu_ms(
+            lambda w=whole: sdpa.paged_attention(prefill, whole=w), max(1, args.repeat // 30))))
     print(f"one layer of a 16-sequence decode step ({sum(PROMPT_LENS) + 16 * 32} context "
-          f"tokens, block {args.block_size}), CPU ms per call, 1 thread")
+          f"tokens) and of a {sum(PREFILL_LENS)}-token prefill, block {args.block_size}, "
+          "CPU ms per call, 1 thread")
     first: dict[str, float] = {}
     for op, label, ms in rows:
         base = first.setdefault(op, ms)
-        print(f"  {op:<16} {label:<16} {ms:8.3f} ms  {base / ms:5.2f}x")
+        print(f"  {op:<18} {label:<16} {ms:8.3f} ms  {base / ms:5.2f}x")
     return rows
 
 

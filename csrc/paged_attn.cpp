@@ -20,6 +20,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -42,7 +43,7 @@ struct Args {
   const int32_t* seq_lens;
   const int32_t* q_start;
   const int32_t* seq_ids;  // the sequences to run; null: sequences 0 .. num_seqs - 1
-  int64_t num_items;       // num_seqs * num_kv_heads
+  int64_t num_seqs;
   int64_t num_kv_heads, group, head_dim, block_size, table_stride;
   int64_t q_tok, q_head;                   // query strides
   int64_t o_tok, o_head;                   // out strides
@@ -51,10 +52,14 @@ struct Args {
   bool avx512;  // run the AVX-512 tiles (run_item_avx512) where the head size has them
 };
 
-inline int64_t seq_of(const Args& a, int64_t item) {
-  const int64_t i = item / a.num_kv_heads;
+inline int64_t seq_of(const Args& a, int64_t i) {
   return a.seq_ids != nullptr ? a.seq_ids[i] : i;
 }
+
+// A unit of work: query rows r0 .. r1 - 1 of sequence s, the query heads of KV head h.
+struct Task {
+  int64_t s, h, r0, r1;
+};
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define KV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -154,9 +159,9 @@ struct RowWalk {
   }
 };
 
-// What one (sequence, KV head) item needs: where its rows are and its scratch buffers.
+// What one task needs: where its rows are and its scratch buffers.
 struct Item {
-  int64_t h, seq_len, q0, q_len;
+  int64_t h, seq_len, q0, q_len, r0, r1;
   const int32_t* table;
   float* sc_all;  // [group, seq_len] scores, then probabilities
   float* qloc;    // [group, head_dim] the scaled query row
@@ -167,10 +172,10 @@ struct Item {
   }
 };
 
-Item make_item(const Args& a, int64_t item, std::vector<float>& buf) {
-  const int64_t s = seq_of(a, item);
-  Item it{item % a.num_kv_heads, a.seq_lens[s], a.q_start[s], a.q_start[s + 1] - a.q_start[s],
-          a.tables + s * a.table_stride, nullptr, nullptr, nullptr};
+Item make_item(const Args& a, const Task& task, std::vector<float>& buf) {
+  const int64_t s = task.s;
+  Item it{task.h, a.seq_lens[s], a.q_start[s], a.q_start[s + 1] - a.q_start[s], task.r0,
+          task.r1, a.tables + s * a.table_stride, nullptr, nullptr, nullptr};
   const int64_t g = a.group, d = a.head_dim;
   buf.resize(static_cast<size_t>(g * it.seq_len + 2 * g * d));
   it.sc_all = buf.data();
@@ -205,12 +210,12 @@ inline void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
 // row of the sequence, its `group` heads together: pass 1 scores every position (each K
 // row read once), then a softmax per head, then pass 2 accumulates V rows (each read once).
 template <int D>
-KV_CLONES void run_item(const Args& a, int64_t index, std::vector<float>& buf) {
-  const Item it = make_item(a, index, buf);
+KV_CLONES void run_item(const Args& a, const Task& task, std::vector<float>& buf) {
+  const Item it = make_item(a, task, buf);
   const int64_t g = a.group, d = D > 0 ? D : a.head_dim;
   float* __restrict sc_all = it.sc_all;
   float* __restrict acc = it.acc;
-  for (int64_t r = 0; r < it.q_len; ++r) {
+  for (int64_t r = it.r0; r < it.r1; ++r) {
     const int64_t ctx = load_query(a, it, r);
     RowWalk k = it.rows(a, a.k);
     for (int64_t p = 0; p < ctx; ++p) {
@@ -335,10 +340,10 @@ KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64
 }
 
 template <int C>
-KV_AVX512 void run_item_avx512(const Args& a, int64_t index, std::vector<float>& buf) {
-  const Item it = make_item(a, index, buf);
+KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<float>& buf) {
+  const Item it = make_item(a, task, buf);
   const int64_t g = a.group, most = std::min<int64_t>(4, 16 / C);
-  for (int64_t r = 0; r < it.q_len; ++r) {
+  for (int64_t r = it.r0; r < it.r1; ++r) {
     const int64_t ctx = load_query(a, it, r);
     float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j0 = 0; j0 < g; j0 += most)
@@ -354,7 +359,7 @@ bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 bool cpu_has_avx512() { return false; }
 #endif
 
-void run_one(const Args& a, int64_t item, std::vector<float>& buf) {
+void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
   if (a.avx512 && a.head_dim == 64) return run_item_avx512<4>(a, item, buf);
   if (a.avx512 && a.head_dim == 128) return run_item_avx512<8>(a, item, buf);
@@ -370,16 +375,25 @@ void run_one(const Args& a, int64_t item, std::vector<float>& buf) {
 // attention over a few hundred positions costs: a call gets one thread per kWorkPerThread
 // multiply-adds (QK and PV, every query row of every item) and runs inline below that.
 constexpr int64_t kWorkPerThread = int64_t{1} << 20;
+// Query rows per task: a prefill chunk's sequence splits into many tasks, so that two
+// threads share a batch of one long and one short prompt evenly.
+constexpr int64_t kRowsPerTask = 16;
 
-int64_t work_threads(const Args& a) {
-  int64_t work = 0;
-  for (int64_t i = 0; i < a.num_items; i += a.num_kv_heads) {
+// The tasks of a call, each sequence's row ranges for every KV head, and its work in
+// multiply-adds.
+std::vector<Task> make_tasks(const Args& a, int64_t& work) {
+  std::vector<Task> tasks;
+  work = 0;
+  for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t s = seq_of(a, i);
     const int64_t q_len = a.q_start[s + 1] - a.q_start[s];
     work += q_len * a.seq_lens[s];
+    for (int64_t h = 0; h < a.num_kv_heads; ++h)
+      for (int64_t r0 = 0; r0 < q_len; r0 += kRowsPerTask)
+        tasks.push_back({s, h, r0, std::min(q_len, r0 + kRowsPerTask)});
   }
   work *= 2 * a.num_kv_heads * a.group * a.head_dim;
-  return 1 + work / kWorkPerThread;
+  return tasks;
 }
 
 void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t tables,
@@ -396,21 +410,25 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
          reinterpret_cast<const int32_t*>(seq_lens),
          reinterpret_cast<const int32_t*>(q_start),
          reinterpret_cast<const int32_t*>(seq_ids),
-         num_seqs * num_kv_heads,
+         num_seqs,
          num_kv_heads, group, head_dim, block_size, table_stride,
          q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale,
          !generic && cpu_has_avx512()};
-  const int64_t n = a.num_items;
-  const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, work_threads(a)}));
-  // Items are dealt round-robin: sequences of a batch differ in length (an item's cost).
-  auto worker = [&a, n, t](int64_t w) {
+  int64_t work = 0;
+  const std::vector<Task> tasks = make_tasks(a, work);
+  const auto n = static_cast<int64_t>(tasks.size());
+  const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, 1 + work / kWorkPerThread}));
+  // Tasks are taken one at a time from a shared counter: they differ in cost (context
+  // length, causal rows), so a fixed deal would leave one thread idle at the end.
+  std::atomic<int64_t> next{0};
+  auto worker = [&a, &tasks, &next, n]() {
     std::vector<float> buf;
-    for (int64_t i = w; i < n; i += t) run_one(a, i, buf);
+    for (int64_t i = next++; i < n; i = next++) run_one(a, tasks[static_cast<size_t>(i)], buf);
   };
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(t - 1));
-  for (int64_t w = 1; w < t; ++w) pool.emplace_back(worker, w);
-  worker(0);
+  for (int64_t w = 1; w < t; ++w) pool.emplace_back(worker);
+  worker();
   for (auto& th : pool) th.join();
 }
 

@@ -45,6 +45,12 @@ def available() -> bool:
     return _paged_attn is not None
 
 
+def has_tiles(head_dim: int) -> bool:
+    """Whether the kernel runs its AVX-512 tiles for this head size on this CPU: then it
+    beats SDPA on prefill and extend rows too (`sdpa.py` sends it every row)."""
+    return _paged_attn is not None and head_dim in (64, 128) and _paged_attn.has_avx512()
+
+
 def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """Whether the kernel can run these tensors: built, CPU, fp32, K and V laid out alike."""
     return (

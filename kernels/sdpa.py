@@ -16,7 +16,10 @@ padding mask) lost: the position-level gather and the padding cost more than the
 Decode rows (one query token) of fp32 caches go instead, all in one call per layer, to the
 C++ kernel that reads the cache in place (`inplace.py`), when it was built; a batch whose
 `max_query_len` is 1 (a decode step) goes there whole, without reading its lengths on
-the host. Same signature
+the host, and so does every batch where the kernel has its AVX-512 tiles (head size 64 or
+128 on an AVX-512 CPU): there it also beats SDPA on prefill rows (`python
+bench/cpu_attention.py`), with no per-sequence copy of the blocks. SDPA keeps the prefill
+and extend rows elsewhere. Same signature
 and semantics as the reference, which the tests hold it to.
 """
 
@@ -52,16 +55,24 @@ def _sdpa(q, k, v, mask=None, scale=None, causal=False):
     )[0]
 
 
-def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None) -> torch.Tensor:
-    """As `reference.paged_attention`; scores in fp32 (inputs upcast), output in query's dtype."""
+def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None, *,
+                    whole: bool | None = None) -> torch.Tensor:
+    """As `reference.paged_attention`; scores in fp32 (inputs upcast), output in query's dtype.
+
+    `whole`: send prefill and extend rows to the in-place kernel too (where it supports the
+    tensors); default: where it has its AVX-512 tiles (`inplace.has_tiles`). False keeps
+    them on SDPA (bench/cpu_attention.py times both).
+    """
     query, k_cache, v_cache, scale = args.query, args.k_cache, args.v_cache, args.scale
     if out is None:
         out = torch.zeros_like(query)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = query.shape[1] // num_kv_heads
     in_place = inplace.supports(query, k_cache, v_cache)
-    if in_place and args.max_query_len == 1:  # a decode step: no host read, no SDPA
-        inplace.paged_attention(args, out, None)
+    if whole is None:
+        whole = inplace.has_tiles(head_dim)
+    if in_place and (args.max_query_len == 1 or whole):
+        inplace.paged_attention(args, out, None)  # every row, no host read, no SDPA
         return out
     if in_place:  # every decode row in one call, reading the cache in place
         starts = args.query_start_loc.tolist()

@@ -20,6 +20,8 @@ def test_cpu_attention_times_every_path(capsys):
     rows = cpu_attention.main(["--repeat", "1", "--layers", "2", "--block-size", "16"])
     labels = [(op, label) for op, label, _ in rows]
     assert ("paged attention", "generic loops") in labels
-    assert labels[-2:] == [("cache_write", "torch reference"), ("cache_write", "C++ row copy")]
+    assert ("cache_write", "torch reference") in labels
+    assert ("cache_write", "C++ row copy") in labels
+    assert ("prefill attention", "SDPA path") in labels
     assert all(ms > 0 for _, _, ms in rows)
     assert "CPU ms per call" in capsys.readouterr().out

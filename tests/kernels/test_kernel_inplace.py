@@ -94,19 +94,22 @@ def test_supports_only_fp32_cpu_with_matching_layouts():
     assert not inplace.supports(case.query, case.k_cache, case.v_cache.contiguous())
 
 
-def test_sdpa_path_sends_decode_rows_to_the_kernel(monkeypatch):
+@pytest.mark.parametrize("tiles", [False, True], ids=["sdpa-prefill", "whole"])
+def test_sdpa_path_sends_decode_rows_to_the_kernel(tiles, monkeypatch):
     """The CPU production path runs every decode row of an fp32 batch in one kernel call,
-    and the other sequences through SDPA; together they match the reference."""
+    and the other sequences through SDPA; with `whole` (the default where the kernel has
+    its AVX-512 tiles) the whole batch goes to the kernel in one call (ids None). Either
+    way the output matches the reference."""
     calls = []
     real = inplace.paged_attention
     monkeypatch.setattr(inplace, "paged_attention",
-                        lambda *a: calls.append(list(a[-1])) or real(*a))
+                        lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
     pairs = PAIRS["extend"]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=3)
-    got = sdpa.paged_attention(case.attention_args(), case.guarded_out())
+    got = sdpa.paged_attention(case.attention_args(), case.guarded_out(), whole=tiles)
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
-    assert calls == [[i for i, (_, q) in enumerate(pairs) if q == 1]]
+    assert calls == ([None] if tiles else [[i for i, (_, q) in enumerate(pairs) if q == 1]])
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
@@ -127,6 +130,18 @@ def test_sdpa_path_runs_a_decode_step_in_one_call_without_ids(monkeypatch):
     n = case.query.shape[0] - case.num_pad_rows
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     assert (got[n:] == GUARD).all()
+
+
+def test_sdpa_path_sends_whole_batches_where_the_kernel_has_tiles(monkeypatch):
+    monkeypatch.setattr(inplace, "has_tiles", lambda head_dim: head_dim == 64)
+    calls = []
+    monkeypatch.setattr(inplace, "paged_attention", lambda *a, **k: calls.append(a[-1]))
+    for head_dim, expected in ((64, None), (40, [1])):
+        calls.clear()
+        case = make_case([20, 16], [20, 1], block_size=16, num_kv_heads=2, group=3,
+                         head_dim=head_dim, dtype=torch.float32)
+        sdpa.paged_attention(case.attention_args(max_query_len=20))
+        assert calls == [expected]
 
 
 def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):
