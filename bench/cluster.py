@@ -42,15 +42,15 @@ RUNS = (("round-robin", "fcfs", "lru"), ("affinity", "fcfs", "lru"),
 GOAL_RUNS = RUNS[:2] + (("kvsaga", "workflow", "lru"),)  # the runs the goals name
 IDEAL_KV = "64G"  # the ideal reference's GPU: room for any one session
 TARGET_RR, TARGET_AFF, TARGET_IMBALANCE = 2.0, 1.64, 1.15
-# --fit: the RoutingConfig knob settings tried (max_commitment 0: no memory steal, the
-# defaults before it).
+# --fit: the RoutingConfig knob settings tried (busy_balance 0: no balance steal, the
+# defaults before it; steal_margin 3 and max_commitment 1 were fitted before it).
 FIT_GRID = (
-    {"steal_min_waiting": 0, "steal_margin": 2.0, "max_commitment": 0.0},
-    {"steal_min_waiting": 0, "steal_margin": 2.0, "max_commitment": 1.0},
-    {"steal_min_waiting": 0, "steal_margin": 3.0, "max_commitment": 1.0},
-    {"steal_min_waiting": 0, "steal_margin": 3.0, "max_commitment": 0.9},
-    {"steal_min_waiting": 0, "steal_margin": 4.0, "max_commitment": 1.0},
-    {"steal_min_waiting": 1, "steal_margin": 3.0, "max_commitment": 1.0},
+    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.0},
+    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.02},
+    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.05},
+    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.1},
+    {"steal_margin": 2.0, "max_commitment": 1.0, "busy_balance": 0.05},
+    {"steal_margin": 4.0, "max_commitment": 1.0, "busy_balance": 0.05},
 )
 
 
@@ -114,15 +114,15 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def fit(args, kv: int) -> None:
-    """Try every FIT_GRID setting with kvsaga + workflow + lru on the given families and
-    seeds; print them ranked by the geometric mean of mean TCT (the worst load_imbalance
-    beside) and pick the fastest whose worst imbalance meets TARGET_IMBALANCE (the goals
-    ask for both), else the fastest."""
-    gpus = int(args.gpus.split(",")[0])
+    """Try every FIT_GRID setting with kvsaga + workflow + lru on the given families,
+    seeds and GPU counts; print them ranked by the geometric mean of mean TCT (the worst
+    load_imbalance beside) and pick the fastest whose worst imbalance meets
+    TARGET_IMBALANCE (the goals ask for both), else the fastest."""
     combos = list(FIT_GRID)
-    cases = [(f, s) for f in args.family.split(",") for s in _ints(args.seed)]
-    jobs = [(f, gpus, args.sessions_per_gpu, args.scale, s, args.load, kv,
-             ("kvsaga", "workflow", "lru"), c) for c in combos for f, s in cases]
+    cases = [(f, s, g) for g in _ints(args.gpus) for f in args.family.split(",")
+             for s in _ints(args.seed)]
+    jobs = [(f, g, args.sessions_per_gpu, args.scale, s, args.load, kv,
+             ("kvsaga", "workflow", "lru"), c) for c in combos for f, s, g in cases]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(run_one, jobs))
     scored = []
@@ -131,7 +131,7 @@ def fit(args, kv: int) -> None:
         gm = math.exp(sum(math.log(r["tct_mean_s"]) for r in mine) / len(mine))
         imb = max(r["load_imbalance"] for r in mine)
         scored.append((gm, imb, c))
-    print(f"fit on {cases}, {gpus} GPUs, load {args.load}x, {args.sessions_per_gpu} "
+    print(f"fit on (family, seed, GPUs) {cases}, load {args.load}x, {args.sessions_per_gpu} "
           "sessions per GPU (geometric mean of mean TCT, worst load_imbalance):")
     scored.sort(key=lambda x: x[0])
     ok = [s for s in scored if s[1] <= TARGET_IMBALANCE]

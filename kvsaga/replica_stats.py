@@ -37,6 +37,10 @@ class ReplicaStats:
             view instead of a copy.
         block_size: tokens per KV block, to compare `session_tokens` with the pool
             (`commitment`).
+        busy_s: seconds the replica has spent running batch steps since it started (its
+            accumulated work, not its current load): the router evens it out across the
+            fleet (`RoutingConfig.busy_balance`), which a count of queued and running
+            steps cannot do once arrivals stop and a few replicas hold the last sessions.
     """
 
     total_blocks: int = 1
@@ -49,6 +53,7 @@ class ReplicaStats:
     tenant_service: Mapping[str, float] = field(default_factory=dict)
     session_tokens: Mapping[str, int] = field(default_factory=dict)
     block_size: int = 16
+    busy_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,6 +71,8 @@ class ReplicaStats:
                 f"ReplicaStats: free ({self.free_blocks}) + evictable "
                 f"({self.evictable_blocks}) blocks exceed total ({self.total_blocks})"
             )
+        if not is_number(self.busy_s) or not self.busy_s >= 0:
+            raise ValueError(f"ReplicaStats.busy_s must be a number >= 0, got {self.busy_s!r}")
         if not isinstance(self.tenant_service, Mapping):
             raise ValueError("ReplicaStats.tenant_service must be a mapping tenant -> "
                              f"service, got {type(self.tenant_service).__name__}")
@@ -97,11 +104,12 @@ class ReplicaStats:
     @classmethod
     def from_manager(cls, manager, queue_depth: int = 0, *, now: float | None = None,
                      resume_horizon_s: float = DEFAULT_RESUME_HORIZON_S,
-                     tenant_service: Mapping[str, float] | None = None):
-        """The stats of a `KVCacheManager` (plus what its scheduler knows): its blocks,
-        sessions, the paused sessions predicted back within `resume_horizon_s` seconds of
-        `now` (`count_predicted_resumes`), and each session's context size (a live view of
-        the manager's sessions, not a copy)."""
+                     tenant_service: Mapping[str, float] | None = None,
+                     busy_s: float = 0.0):
+        """The stats of a `KVCacheManager` (plus what its scheduler knows and the busy
+        time its engine measured): its blocks, sessions, the paused sessions predicted back
+        within `resume_horizon_s` seconds of `now` (`count_predicted_resumes`), and each
+        session's context size (a live view of the manager's sessions, not a copy)."""
         s = manager.stats()
         now = manager.clock() if now is None else now
         return cls(
@@ -115,6 +123,7 @@ class ReplicaStats:
             tenant_service=dict(tenant_service or {}),
             session_tokens=SessionTokens(manager.sessions),
             block_size=manager.spec.block_size,
+            busy_s=busy_s,
         )
 
 

@@ -18,7 +18,9 @@ Routers, by name (`make_router`):
   the step moves (work stealing), and the session's KV moves with it when migrating is
   cheaper than recomputing it. Tenants above their fair share of the fleet's service are
   not stolen for, so an idle replica's capacity goes first to the tenants the fleet has
-  served least.
+  served least. A replica whose accumulated busy time runs ahead of the fleet's mean
+  (`ReplicaStats.busy_s`) hands its sessions' steps to idle replicas behind it, so the
+  last long sessions do not keep a few replicas busy while the rest idle.
 """
 
 from __future__ import annotations
@@ -175,6 +177,13 @@ class RoutingConfig:
             sessions moves to a replica where that session fits below this share and that
             has no more busy steps and nothing waiting (a memory steal), and new sessions
             go to one that is not overcommitted when there is one (0: off).
+        busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
+            exceeds the mean of the replicas' by more than this share of it is ahead: a
+            step of one of its sessions moves to a replica behind the mean that has nothing
+            waiting, no more busy steps and room for the session (a balance steal; 0: off).
+            Queue counts even out the load of the moment; this evens out the work done,
+            which they cannot once arrivals stop and the last long sessions keep a few
+            replicas busy while the rest idle.
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -188,6 +197,7 @@ class RoutingConfig:
     prefix_slack: float = 0.0
     steal_max_share: float = 1.0
     max_commitment: float = 1.0
+    busy_balance: float = 0.05
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
@@ -199,7 +209,7 @@ class RoutingConfig:
             raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
                              f"{self.steal_min_waiting!r}")
         for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
-                     "max_commitment", "migrate_latency_s"):
+                     "max_commitment", "busy_balance", "migrate_latency_s"):
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
@@ -430,23 +440,21 @@ class KvsagaRouter(Router):
         target = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")
-        home_stats = stats.get(home)
-        tokens = home_stats.session_tokens.get(req.session) if home_stats else None
-        if not is_int(tokens) or tokens < 0:  # the home did not report it: the caller's guess
-            tokens = req.context_tokens
-        migrate = self.config.should_migrate(tokens)
+        migrate = self.config.should_migrate(self._tokens(home, req, stats))
         self.num_stolen += 1
         self.num_migrated += migrate
         return Route(target, moved_from=home, migrate=migrate, reason="steal")
 
     def _thief(self, home: str, req: RouteRequest, stats) -> str | None:
         """The replica that steals this step from `home`, or None. The tenant must not be
-        above its fleet share, and then either (queue) home has at least
-        `steal_min_waiting` steps waiting and some replica with nothing waiting is busy by
-        at least `steal_margin` fewer steps, or (memory) home is overcommitted and some
-        replica with nothing waiting and no more busy steps than home has room for the
-        session below `max_commitment` (`_roomy`). The one with the least predicted load
-        steals."""
+        above its fleet share, and the thief must have no step waiting; then, in order:
+        (queue) home has at least `steal_min_waiting` steps waiting and some replica is
+        busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
+        replica with no more busy steps than home has room for the session below
+        `max_commitment` (`_roomy`); of those, the one with the least predicted load
+        steals. Else (balance) home's accumulated busy time is ahead of the fleet's and
+        some replica with no more busy steps is behind it (`_behind`): the one furthest
+        behind steals."""
         c = self.config
         if self.fair.share_ratio(req.tenant) > c.steal_max_share:
             return None
@@ -455,27 +463,54 @@ class KvsagaRouter(Router):
         free = []
         if self.waiting(home, stats) >= c.steal_min_waiting:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
+        no_busier = [x for x in idle if self.busy(x, stats) <= busy_home]
         if not free:
-            free = self._roomy(home, req, stats, [x for x in idle
-                                                  if self.busy(x, stats) <= busy_home])
-        if not free:
-            return None
-        return min(free, key=lambda x: (self.predicted_load(x, stats), self._load(x, stats)))
+            free = self._roomy(home, req, stats, no_busier)
+        if free:
+            return min(free, key=lambda x: (self.predicted_load(x, stats), self._load(x, stats)))
+        behind = self._behind(home, req, stats, no_busier)
+        if behind:
+            return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats)))
+        return None
+
+    def _tokens(self, home: str, req: RouteRequest, stats) -> int:
+        """The session's context as its home reports it, else the caller's guess."""
+        st = stats.get(home)
+        tokens = st.session_tokens.get(req.session) if st is not None else None
+        return tokens if is_int(tokens) and tokens >= 0 else req.context_tokens
+
+    def _fits(self, x: str, tokens: int, stats) -> bool:
+        """Whether `tokens` more keep replica `x` at or below `max_commitment` (always,
+        when that is off)."""
+        limit = self.config.max_commitment
+        sx = stats.get(x)
+        if not limit:
+            return True
+        return sx is not None and sx.commitment + tokens / sx.capacity_tokens <= limit
 
     def _roomy(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
         """Of `cands`, the replicas the session fits on below `max_commitment`, when its
         home is above it (else none: a home that is not overcommitted keeps it)."""
-        limit = self.config.max_commitment
-        st = stats.get(home)
-        if not limit or st is None or not cands or st.commitment <= limit:
+        if not self._overcommitted(home, stats) or not cands:
             return []
-        tokens = st.session_tokens.get(req.session, req.context_tokens)
-        out = []
-        for x in cands:
-            sx = stats.get(x)
-            if sx is not None and sx.commitment + tokens / sx.capacity_tokens <= limit:
-                out.append(x)
-        return out
+        tokens = self._tokens(home, req, stats)
+        return [x for x in cands if self._fits(x, tokens, stats)]
+
+    def _behind(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
+        """Of `cands`, the replicas whose accumulated busy time is below the mean of the
+        replicas that report it and that have room for the session, when home's is above
+        that mean by more than `busy_balance` x the mean (else none). The gap between
+        the mean and its bound is the hysteresis that keeps a moved session from moving
+        straight back."""
+        tol = self.config.busy_balance
+        if not tol or not cands or home not in stats:
+            return []
+        done = {r: stats[r].busy_s for r in self.replicas if r in stats}
+        mean = sum(done.values()) / len(done)
+        if not mean > 0 or done[home] <= (1.0 + tol) * mean:
+            return []
+        tokens = self._tokens(home, req, stats)
+        return [x for x in cands if x in done and done[x] < mean and self._fits(x, tokens, stats)]
 
     def _overcommitted(self, r: str, stats) -> bool:
         st = stats.get(r)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -70,6 +71,9 @@ class AsyncEngine:
         # each step; None until the engine has loaded.
         self.snapshot: EngineStats | None = None
         self.num_in_flight = 0  # requests submitted and not yet finished (event-loop side)
+        # Seconds the engine thread has spent in `engine.step()` (its accumulated work, which
+        # a Ray replica reports for routing: `ReplicaStats.busy_s`); engine thread only.
+        self.busy_s = 0.0
         self._idle_wait_s = idle_wait_s
         self._commands: queue.SimpleQueue[tuple[Callable[[LLMEngine], Any], Any]] = (
             queue.SimpleQueue()
@@ -210,6 +214,7 @@ class AsyncEngine:
                 fut.set_exception(e)
 
     def _step(self, engine: LLMEngine) -> None:
+        start = time.perf_counter()
         try:
             outputs = engine.step()
         except Exception as e:
@@ -218,6 +223,8 @@ class AsyncEngine:
             log.exception("engine step failed; aborting every request in flight")
             self._fail_all(engine, e)
             return
+        finally:
+            self.busy_s += time.perf_counter() - start
         streams = self._streams
         for out in outputs:
             stream = streams.get(out.request_id)

@@ -96,7 +96,7 @@ class _GPU(Simulator):
         if self._stats is None:
             self._stats = ReplicaStats.from_manager(
                 self.manager, queue_depth=self.scheduler.num_waiting, now=self.now,
-                tenant_service=self.tenant_service)
+                tenant_service=self.tenant_service, busy_s=self._busy)
         return self._stats
 
 

@@ -80,6 +80,30 @@ def test_affinity_stealing_and_route_annotation():
     asyncio.run(go())
 
 
+def test_busy_time_the_replicas_report_drives_a_balance_steal():
+    """The adapter hands each replica's `busy_s` to kvsaga.routing: with `busy_balance`
+    set, a session whose home has worked far more than the other replica moves there
+    (nothing queues anywhere); without it, it stays."""
+    async def go(balance: float) -> dict:
+        # 1,000 blocks of 16 tokens: room for the session's 2,000 tokens on either.
+        a = StatsReplica("a", total_blocks=1000, free_blocks=1000, busy_s=1.0)
+        b = StatsReplica("b", total_blocks=1000, free_blocks=1000, busy_s=1.0)
+        router = make_router([a, b], busy_balance=balance)
+        call = {"kvsaga": 1, "session": "t/s", "context_tokens": 2000}
+        home = await choose(router, call, "r1")
+        router.on_request_completed(
+            next(i for i in router.curr_replicas if i.unique_id == home), "r1")
+        (a if home == "a" else b).stats["busy_s"] = 30.0  # home ran far ahead
+        nxt = dict(call)
+        await choose(router, nxt, "r2")
+        return {"home": home, **nxt["route"]}
+
+    moved = asyncio.run(go(0.1))
+    assert moved["reason"] == "steal" and moved["moved_from"] == moved["home"]
+    assert moved["replica"] != moved["home"] and moved["migrate"]
+    assert asyncio.run(go(0.0))["reason"] == "affinity"
+
+
 def test_pins_foreign_calls_and_dead_replicas():
     async def go():
         a, b = StatsReplica("a"), StatsReplica("b")
@@ -180,6 +204,8 @@ def test_replica_reports_resumes_tenant_service_and_session_tokens():
     engine = SimpleNamespace(manager=mgr, scheduler=SimpleNamespace(waiting=[1, 2]))
     replica = object.__new__(EngineReplica)
     replica._seen_tokens, replica._service = {}, {}
+    # The seconds its engine thread has spent in steps (AsyncEngine.busy_s).
+    replica.app = SimpleNamespace(state=SimpleNamespace(engine=SimpleNamespace(busy_s=2.5)))
     for i, sid in enumerate(("acme/s1", "acme/s2", "anon/s3", "oneshot-cmpl-1")):
         mgr.begin_step(sid, list(range(10 * i, 10 * i + 6)), now=0.0)
         mgr.allocate_slots(sid, 6, now=0.0)
@@ -192,6 +218,7 @@ def test_replica_reports_resumes_tenant_service_and_session_tokens():
     assert row["tenant_service"] == {"acme": 12.0, "anon": 6.0}
     assert (row["queue_depth"], row["running"], row["paused"]) == (2, 2, 2)
     assert row["predicted_resumes"] == 2  # paused, no hint: an agent comes back
+    assert row["busy_s"] == 2.5
     parsed = stats_of(SimpleNamespace(routing_stats=row))
     assert parsed == ReplicaStats(**row) and parsed.session_tokens["anon/s3"] == 6
     # Only growth since the last report counts again.

@@ -69,6 +69,11 @@ def test_replica_stats_validation():
         RoutingConfig(steal_min_waiting=-1)
     with pytest.raises(ValueError, match="link_bandwidth"):
         RoutingConfig(link_bandwidth=0)
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="busy_s"):
+            ReplicaStats(busy_s=bad)
+        with pytest.raises(ValueError, match="busy_balance"):
+            RoutingConfig(busy_balance=bad)
 
 
 def test_stats_from_manager():
@@ -210,6 +215,75 @@ def test_an_overcommitted_home_hands_a_resuming_session_to_a_roomy_replica():
         r3.homes["s"] = "a"
         got = r3.route(RouteRequest("s"), {"a": held(running=1, s=800, t=1600), "b": b})
         assert got.reason == "affinity"
+
+
+def worked(busy_s: float, queue: int = 0, running: int = 0, **sessions: int) -> ReplicaStats:
+    """`held`, having run batch steps for `busy_s` seconds so far."""
+    return ReplicaStats(total_blocks=100, free_blocks=50, queue_depth=queue, running=running,
+                        session_tokens=sessions, block_size=16, busy_s=busy_s)
+
+
+BALANCED = RoutingConfig(busy_balance=0.1)
+
+
+def test_a_replica_ahead_in_busy_time_hands_a_step_to_the_one_furthest_behind():
+    """Balance steal: nothing queues and nothing overflows, but a has worked 150 s against
+    a mean of 100 s (more than 10% ahead): s's step moves, with its KV, to the idle replica
+    furthest behind the mean (c), not to b (behind, but less so)."""
+    r = make_router("kvsaga", ["a", "b", "c", "d"], config=BALANCED)
+    r.homes["s"] = "a"
+    stats = {"a": worked(150, s=400), "b": worked(80), "c": worked(60), "d": worked(110)}
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.moved_from, got.reason, got.migrate) == ("c", "a", "steal", True)
+    assert r.home("s") == "c" and r.num_stolen == 1
+
+
+@pytest.mark.parametrize("case", ["within tolerance", "off", "busier thief", "thief waits",
+                                  "no room", "nobody behind", "no busy time yet"])
+def test_the_balance_steal_leaves_a_step_home(case):
+    cfg, home = BALANCED, worked(150, s=400)
+    other = worked(50)  # mean 100: home 50% ahead, other 50% behind
+    if case == "within tolerance":
+        home, other = worked(105, s=400), worked(95)  # 5% ahead < 10%
+    elif case == "off":
+        cfg = RoutingConfig(busy_balance=0.0)
+    elif case == "busier thief":
+        other = worked(50, running=1)
+    elif case == "thief waits":
+        other = worked(50, queue=1, running=1)
+        home = worked(150, running=1, s=400)
+    elif case == "no room":
+        other = worked(50, t=1500)  # 1,500 + 400 tokens > 1,600 (max_commitment 1)
+    elif case == "nobody behind":
+        home, other = worked(150, s=400), worked(150)
+    elif case == "no busy time yet":
+        home, other = worked(0, s=400), worked(0)
+    r = make_router("kvsaga", ["a", "b"], config=cfg)
+    r.homes["s"] = "a"
+    got = r.route(RouteRequest("s"), {"a": home, "b": other})
+    assert (got.replica, got.reason) == ("a", "affinity")
+
+
+def test_a_replica_that_does_not_report_is_out_of_the_busy_time_mean():
+    """b has not reported (no stats yet): the mean is over a and c only, and b cannot be
+    the thief (its busy time is unknown); c, behind that mean, is."""
+    r = make_router("kvsaga", ["a", "b", "c"], config=BALANCED)
+    r.homes["s"] = "a"
+    got = r.route(RouteRequest("s"), {"a": worked(150, s=400), "c": worked(50)})
+    assert (got.replica, got.reason) == ("c", "steal")
+    r2 = make_router("kvsaga", ["a", "b"], config=BALANCED)
+    r2.homes["s"] = "a"
+    assert r2.route(RouteRequest("s"), {"a": worked(150, s=400)}).reason == "affinity"
+
+
+def test_a_queue_steal_goes_first_to_the_least_loaded_not_the_least_worked():
+    """When home's queue is over the margin, the queue steal decides (least predicted
+    load) even if busy time is uneven too."""
+    r = make_router("kvsaga", ["a", "b", "c"], config=BALANCED)
+    r.homes["s"] = "a"
+    stats = {"a": worked(150, queue=3, running=4, s=400), "b": worked(10, running=1),
+             "c": worked(140)}
+    assert r.route(RouteRequest("s"), stats).replica == "c"
 
 
 def test_new_sessions_avoid_overcommitted_replicas():

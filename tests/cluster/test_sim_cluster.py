@@ -107,3 +107,35 @@ def test_gpus_report_tenant_service_and_the_router_sums_it():
     assert fleet["a"] > fleet["b"] > 0  # a owns two sessions in three
     assert all(st.predicted_resumes <= st.paused for stats in seen for st in stats.values())
     assert any(st.predicted_resumes for stats in seen for st in stats.values())
+
+
+def test_gpus_report_their_busy_time_and_the_balance_steal_evens_it_out():
+    """Each GPU reports the batch-step seconds it has run so far (`ReplicaStats.busy_s`,
+    never decreasing); with `busy_balance` on, the router moves steps off GPUs ahead of
+    the mean, and the run's load_imbalance (max / mean busy time) drops on this trace
+    (1.106 -> 1.029; simulated time, deterministic), every block still returned."""
+    from kvsaga.routing import RoutingConfig
+
+    def run(balance: float):
+        cost = CONFIG.cost
+        routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost,
+                                busy_balance=balance)
+        sim = ClusterSimulator(SESSIONS, CONFIG, gpus=3, router="kvsaga", routing=routing)
+        seen = []
+        route = sim.router.route
+
+        def watch(req, stats):
+            seen.append({r: st.busy_s for r, st in stats.items()})
+            return route(req, stats)
+
+        sim.router.route = watch
+        return sim, sim.run(), seen
+
+    _, off, _ = run(0.0)
+    sim, on, seen = run(0.05)
+    for g in sim.gpus:
+        trail = [s[g.name] for s in seen]
+        assert trail == sorted(trail) and trail[-1] <= g._busy
+        assert g.manager.stats().num_used_blocks == 0
+    assert on.num_moved > off.num_moved
+    assert on.load_imbalance < off.load_imbalance

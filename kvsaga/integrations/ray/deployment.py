@@ -286,7 +286,8 @@ class EngineReplica:
         return await self.app.state.engine.call(self._routing_stats)
 
     def _routing_stats(self, engine) -> dict:
-        """Routing stats of `engine` (runs on its thread). Service is counted as context
+        """Routing stats of `engine` (runs on its thread), with the seconds its thread has
+        spent in engine steps (`AsyncEngine.busy_s`). Service is counted as context
         tokens gained (prompt + generated) per tenant, read from the manager's sessions;
         an engine session id is `<tenant salt>/<session>` (`SessionRegistry.engine_id`);
         one-shot requests are not counted."""
@@ -302,7 +303,8 @@ class EngineReplica:
                 self._service[tenant] = self._service.get(tenant, 0.0) + gained
         self._seen_tokens = tokens
         stats = ReplicaStats.from_manager(
-            mgr, queue_depth=len(engine.scheduler.waiting), tenant_service=self._service)
+            mgr, queue_depth=len(engine.scheduler.waiting), tenant_service=self._service,
+            busy_s=self.app.state.engine.busy_s)
         row = {f: getattr(stats, f) for f in ReplicaStats.__slots__}
         row["session_tokens"] = tokens
         return row
