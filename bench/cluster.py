@@ -6,8 +6,10 @@ Each GPU runs the real manager, policy and scheduler (`kvsaga.sim.cluster`); the
 GPU is `--load` x the family's default arrival rate (scaled like bench/policies.py), so N
 GPUs get N times the arrivals, with `--sessions-per-gpu` sessions each: enough that one GPU
 would thrash. A reference row, `ideal`, runs the same trace with one roomy GPU per session
-(no queueing, no eviction): no router can beat its mean TCT, so it bounds the ratios a
-family allows. Writes the "## Cluster routing (simulated)" section of bench/RESULTS.md.
+(no queueing, no eviction), and the floor (`floor_tct`, computed without simulating: tool
+pauses plus each step's own new tokens alone on a GPU) is a lower bound on any router's
+mean TCT, so it bounds the ratios a family allows. Writes the "## Cluster routing
+(simulated)" section of bench/RESULTS.md.
 
 The `kvsaga` router's defaults (`RoutingConfig`) were fitted with `--fit` on seeds 1 and 2
 (the four families); the report runs other seeds.
@@ -25,6 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from allocator import write_section
 
 from kvsaga.config import parse_bytes
@@ -43,14 +46,15 @@ GOAL_RUNS = RUNS[:2] + (("kvsaga", "workflow", "lru"),)  # the runs the goals na
 IDEAL_KV = "64G"  # the ideal reference's GPU: room for any one session
 TARGET_RR, TARGET_AFF, TARGET_IMBALANCE = 2.0, 1.64, 1.15
 # --fit: the RoutingConfig knob settings tried (busy_balance 0: no balance steal, the
-# defaults before it; steal_margin 3 and max_commitment 1 were fitted before it).
+# defaults before it; steal_margin 3 and max_commitment 1 were fitted before it, and
+# margins 2 and 4 with busy_balance 0.05 were slower on seeds 1 and 2).
 FIT_GRID = (
-    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.0},
-    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.02},
-    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.05},
-    {"steal_margin": 3.0, "max_commitment": 1.0, "busy_balance": 0.1},
-    {"steal_margin": 2.0, "max_commitment": 1.0, "busy_balance": 0.05},
-    {"steal_margin": 4.0, "max_commitment": 1.0, "busy_balance": 0.05},
+    {"busy_balance": 0.0},
+    {"busy_balance": 0.02, "busy_balance_min_s": 5.0},
+    {"busy_balance": 0.05, "busy_balance_min_s": 0.0},
+    {"busy_balance": 0.05, "busy_balance_min_s": 5.0},
+    {"busy_balance": 0.05, "busy_balance_min_s": 10.0},
+    {"busy_balance": 0.1, "busy_balance_min_s": 5.0},
 )
 
 
@@ -83,22 +87,43 @@ def run_one(job: tuple) -> dict:
     return row
 
 
-def verdicts(rows: list[dict]) -> list[str]:
-    """Ratios of mean TCT against the baselines and the ideal bound, and the targets met
-    or missed."""
+def floor_tct(sessions, cost) -> float:
+    """A lower bound on any router's mean TCT, from the cost model without simulating: each
+    session's tool pauses, plus per step one prefill of only its new tokens (the step's
+    input; the first step's prompt but the shared prefix, as if another session had cached
+    it) and its other output tokens decoded one by one, alone on a GPU (batch 1 is the
+    fastest step of the roofline model; the simulator's steps add chunking and batching)."""
+    total = 0.0
+    for s in sessions:
+        for k, st in enumerate(s.steps):
+            ctx = s.prompt_length(k)
+            new = ctx - s.shared_prefix.tokens if k == 0 else st.input_tokens
+            total += cost.prefill_time(new, ctx - new)
+            decode_ctx = np.arange(ctx + 1, ctx + st.output_tokens)
+            total += float(cost.decode_step_times(1, decode_ctx).sum()) if len(decode_ctx) else 0.0
+            total += st.tool_s if k < len(s.steps) - 1 else 0.0
+    return total / len(sessions)
+
+
+def verdicts(rows: list[dict], floor_s: float) -> list[str]:
+    """Ratios of mean TCT against the baselines and the bounds (`floor_tct`, and the ideal
+    run when there is one), and the targets met or missed."""
     base = {(r["router"], r["scheduler"], r["policy"]): r for r in rows}
     rr, aff = base[RUNS[0]], base[RUNS[1]]
     ideal = next((r for r in rows if r["router"] == "ideal"), None)
     out = []
     if ideal is not None:
-        bound_rr = rr["tct_mean_s"] / ideal["tct_mean_s"]
-        bound_aff = aff["tct_mean_s"] / ideal["tct_mean_s"]
-        out.append(f"- bound (ideal mean TCT {ideal['tct_mean_s']:.1f} s): at most "
-                   f"{bound_rr:.2f}x over round-robin, {bound_aff:.2f}x over affinity.")
-        out += [f"- the {target}x target over {name} is out of any router's reach here: the "
-                f"bound is {bound:.2f}x." for name, bound, target in
-                (("round-robin", bound_rr, TARGET_RR), ("affinity", bound_aff, TARGET_AFF))
-                if bound < target]
+        out.append(f"- ideal mean TCT {ideal['tct_mean_s']:.1f} s: at most "
+                   f"{rr['tct_mean_s'] / ideal['tct_mean_s']:.2f}x over round-robin, "
+                   f"{aff['tct_mean_s'] / ideal['tct_mean_s']:.2f}x over affinity.")
+    bound_rr, bound_aff = rr["tct_mean_s"] / floor_s, aff["tct_mean_s"] / floor_s
+    out.append(f"- floor (a lower bound on any router's mean TCT: tool pauses + each step's "
+               f"own new tokens alone on a GPU) {floor_s:.1f} s: at most {bound_rr:.2f}x over "
+               f"round-robin, {bound_aff:.2f}x over affinity.")
+    out += [f"- the {target}x target over {name} is out of any router's reach here: the "
+            f"floor bounds it at {bound:.2f}x." for name, bound, target in
+            (("round-robin", bound_rr, TARGET_RR), ("affinity", bound_aff, TARGET_AFF))
+            if bound < target]
     for r in rows:
         if r["router"] != "kvsaga":
             continue
@@ -179,11 +204,13 @@ def main() -> None:
             with ProcessPoolExecutor(args.workers) as pool:
                 rows = list(pool.map(run_one, jobs))
             wall = sum(r["wall_s"] for r in rows)
+            floor_s = floor_tct(trace(family, gpus, args.sessions_per_gpu, args.scale, seed,
+                                      args.load), SimConfig(kv_memory_bytes=kv).cost)
             n = gpus * args.sessions_per_gpu
             block = [f"### {gpus} GPUs: {n} {family} sessions (seed {seed}, load "
                      f"{args.load}x, scale {args.scale}), {args.kv_memory} KV per GPU "
                      f"({wall:.0f} s of simulation)", "", "```", format_rows(rows), "```",
-                     "", *verdicts(rows), ""]
+                     "", *verdicts(rows, floor_s), ""]
             print("\n".join(block), flush=True)
             lines += block
     cmd = (f"python bench/cluster.py --gpus {args.gpus} --family {args.family} "
@@ -195,8 +222,9 @@ def main() -> None:
         f"`{cmd}`. Preset a100-llama3-8b. Each GPU: the real manager, policy and "
         "scheduler; the router: kvsaga.routing (docs/cluster.md), its defaults fitted with "
         "`--fit` on seeds 1 and 2 (the four families), not on this seed. Mean TCT ratios are "
-        f"baseline / kvsaga; `ideal` is one {IDEAL_KV} GPU per session (a bound, not a "
-        "router).", "", *lines])
+        f"baseline / kvsaga; `ideal` is one {IDEAL_KV} GPU per session (not a router), and "
+        "the floor (`floor_tct`) a lower bound on any router's mean TCT computed from the "
+        "cost model without simulating.", "", *lines])
     if not args.no_write:
         # The default fleet (8 GPUs) has the main section; other sizes each their own.
         title = SECTION if args.gpus == "8" else f"{SECTION[:-1]}, {args.gpus} GPUs)"

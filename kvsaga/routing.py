@@ -72,8 +72,8 @@ class Route:
             previous replica is gone); None otherwise.
         migrate: the moved session's KV should be exported from `moved_from` and imported
             on `replica` (cheaper than recomputing it); False: recompute.
-        reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "lost",
-            "round-robin", "hash", "least-loaded").
+        reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "balance",
+            "lost", "round-robin", "hash", "least-loaded").
     """
 
     replica: str
@@ -178,12 +178,17 @@ class RoutingConfig:
             has no more busy steps and nothing waiting (a memory steal), and new sessions
             go to one that is not overcommitted when there is one (0: off).
         busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
-            exceeds the mean of the replicas' by more than this share of it is ahead: a
-            step of one of its sessions moves to a replica behind the mean that has nothing
-            waiting, no more busy steps and room for the session (a balance steal; 0: off).
+            exceeds the mean of the replicas' by more than this share of it (and by at
+            least `busy_balance_min_s`) is ahead: a step of one of its sessions moves to a
+            replica behind the mean that has nothing waiting, no more busy steps and room
+            for the session (a balance steal; 0: off). The session moves again only once
+            its new home is ahead in turn.
             Queue counts even out the load of the moment; this evens out the work done,
             which they cannot once arrivals stop and the last long sessions keep a few
             replicas busy while the rest idle.
+        busy_balance_min_s: seconds of work below which a lead is no imbalance (0: any
+            lead over `busy_balance` counts; a fleet that should keep a quiet session
+            where it is, e.g. two replicas of which one has served it, sets a few seconds).
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -198,6 +203,7 @@ class RoutingConfig:
     steal_max_share: float = 1.0
     max_commitment: float = 1.0
     busy_balance: float = 0.05
+    busy_balance_min_s: float = 0.0
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
@@ -209,7 +215,8 @@ class RoutingConfig:
             raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
                              f"{self.steal_min_waiting!r}")
         for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
-                     "max_commitment", "busy_balance", "migrate_latency_s"):
+                     "max_commitment", "busy_balance", "busy_balance_min_s",
+                     "migrate_latency_s"):
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
@@ -437,16 +444,17 @@ class KvsagaRouter(Router):
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
             return r
-        target = self._thief(home, req, stats)
+        target, reason = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")
         migrate = self.config.should_migrate(self._tokens(home, req, stats))
         self.num_stolen += 1
         self.num_migrated += migrate
-        return Route(target, moved_from=home, migrate=migrate, reason="steal")
+        return Route(target, moved_from=home, migrate=migrate, reason=reason)
 
-    def _thief(self, home: str, req: RouteRequest, stats) -> str | None:
-        """The replica that steals this step from `home`, or None. The tenant must not be
+    def _thief(self, home: str, req: RouteRequest, stats) -> tuple[str | None, str]:
+        """The replica that steals this step from `home` and why ("steal" or "balance"),
+        or (None, ""). The tenant must not be
         above its fleet share, and the thief must have no step waiting; then, in order:
         (queue) home has at least `steal_min_waiting` steps waiting and some replica is
         busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
@@ -457,7 +465,7 @@ class KvsagaRouter(Router):
         behind steals."""
         c = self.config
         if self.fair.share_ratio(req.tenant) > c.steal_max_share:
-            return None
+            return None, ""
         busy_home = self.busy(home, stats)
         idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
         free = []
@@ -467,11 +475,12 @@ class KvsagaRouter(Router):
         if not free:
             free = self._roomy(home, req, stats, no_busier)
         if free:
-            return min(free, key=lambda x: (self.predicted_load(x, stats), self._load(x, stats)))
+            return min(free, key=lambda x: (self.predicted_load(x, stats),
+                                            self._load(x, stats))), "steal"
         behind = self._behind(home, req, stats, no_busier)
         if behind:
-            return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats)))
-        return None
+            return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
+        return None, ""
 
     def _tokens(self, home: str, req: RouteRequest, stats) -> int:
         """The session's context as its home reports it, else the caller's guess."""
@@ -499,15 +508,15 @@ class KvsagaRouter(Router):
     def _behind(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
         """Of `cands`, the replicas whose accumulated busy time is below the mean of the
         replicas that report it and that have room for the session, when home's is above
-        that mean by more than `busy_balance` x the mean (else none). The gap between
-        the mean and its bound is the hysteresis that keeps a moved session from moving
-        straight back."""
-        tol = self.config.busy_balance
-        if not tol or not cands or home not in stats:
+        that mean by more than `busy_balance` x the mean and `busy_balance_min_s` (else
+        none)."""
+        c = self.config
+        if not c.busy_balance or not cands or home not in stats:
             return []
         done = {r: stats[r].busy_s for r in self.replicas if r in stats}
         mean = sum(done.values()) / len(done)
-        if not mean > 0 or done[home] <= (1.0 + tol) * mean:
+        if not mean > 0 or done[home] - mean <= max(c.busy_balance * mean,
+                                                     c.busy_balance_min_s):
             return []
         tokens = self._tokens(home, req, stats)
         return [x for x in cands if x in done and done[x] < mean and self._fits(x, tokens, stats)]

@@ -28,6 +28,10 @@ class StepRecord:
     completion_tokens: int = 0
     error: str | None = None
     round: int = 0  # which repeat of the arm (--repeat)
+    # kvsaga-serve --replicas: the replica that served the step and why the router sent it
+    # there (the x-kvsaga-replica and x-kvsaga-route headers); None elsewhere.
+    replica: str | None = None
+    route: str | None = None
 
 
 @dataclass
@@ -59,10 +63,11 @@ def run_session(client: Any, arm: Arm, sess: ReplaySession, t0: float,
             hint["last_step"] = True
         rec = StepRecord(sess.id, k, time.perf_counter(), 0.0)
         try:
-            resp = client.chat.completions.create(
+            raw = client.chat.completions.with_raw_response.create(
                 model=SERVED_NAME, messages=conversation(sess, k, outputs),
                 max_tokens=st.output_tokens, temperature=0,
                 extra_body=arm.extra_body(sess.id, hint))
+            resp = raw.parse()
         except Exception as e:  # counted and reported; the session cannot go on
             rec.end = time.perf_counter()
             rec.error = f"{type(e).__name__}: {e}"[:300]
@@ -70,6 +75,8 @@ def run_session(client: Any, arm: Arm, sess: ReplaySession, t0: float,
                 result.records.append(rec)
             return
         rec.end = time.perf_counter()
+        rec.replica = raw.headers.get("x-kvsaga-replica")
+        rec.route = raw.headers.get("x-kvsaga-route")
         u = resp.usage
         rec.prompt_tokens = u.prompt_tokens
         rec.completion_tokens = u.completion_tokens

@@ -59,6 +59,27 @@ def floor_tokens(records: list[StepRecord], shared_prefix: int, block_size: int)
     return total
 
 
+def replica_changes(records: list[StepRecord]) -> int:
+    """Steps served on another replica than their session's previous step (each one a
+    session moved: its KV migrated or recomputed)."""
+    last: dict[str, str] = {}
+    n = 0
+    for r in sorted(records, key=lambda r: (r.session, r.step)):
+        if r.error is None and r.replica is not None:
+            n += r.session in last and last[r.session] != r.replica
+            last[r.session] = r.replica
+    return n
+
+
+def route_counts(records: list[StepRecord]) -> dict[str, int]:
+    """How many steps the router sent where they went for each reason (x-kvsaga-route)."""
+    out: dict[str, int] = {}
+    for r in records:
+        if r.error is None and r.route is not None:
+            out[r.route] = out.get(r.route, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[str, Any]:
     ok = [r for r in res.records if r.error is None]
     prompt = sum(r.prompt_tokens for r in ok)
@@ -81,6 +102,8 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
         "wall_s": res.wall_s,
         "peak_context_tokens_measured": measured_peak(res.records),
         "floor_prefill_tokens": floor_tokens(res.records, shared_prefix, block_size),
+        "replica_changes": replica_changes(res.records),
+        "routes": route_counts(res.records),
         **{k: int(v) for k, v in res.metrics.items()},
     }
 
@@ -170,7 +193,18 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
             f"{arm} vs {base}: mean TCT speed-up {_ratio_text(tct)} ({issue} goal >= "
             f"{goal:g}x: {'met' if med >= goal else 'not met'}); p95 TCT {_ratio_text(p95)}; "
             f"prefill tokens {base}/{arm} {_ratio_text(fewer)}")
+    if args.replicas:
+        out["lines"] += [moves_line(n, [r[n] for r in rounds if n in r]) for n in names]
     return out
+
+
+def moves_line(arm: str, runs: list[dict[str, Any]]) -> str:
+    """Per round, how many of an arm's steps changed replica, and the router's reasons (what
+    a session's move costs: a migration or a recompute, and the hand-over between them)."""
+    per = ", ".join(f"{r['replica_changes']} of {r['requests']}" for r in runs)
+    routes = ", ".join(f"{k} {v}" for k, v in runs[0]["routes"].items()) if runs else ""
+    return (f"{arm}: steps that changed replica per round {per}"
+            + (f"; routes (round 0) {routes}" if routes else ""))
 
 
 def _cell(s: dict[str, Any], key: str, fmt: str) -> str:

@@ -37,13 +37,15 @@ def test_replicas_are_judged_kvsaga_against_every_other_router() -> None:
     m = _load_script()
     args = m.build_parser().parse_args(["--replicas", "2"])
     systems = m.arms(args)
-    fig = {"task_time_mean_s": 0.0, "task_time_p95_s": 0.0, "prefill_tokens": 0.0}
+    fig = {"task_time_mean_s": 0.0, "task_time_p95_s": 0.0, "prefill_tokens": 0.0,
+           "requests": 16, "replica_changes": 0, "routes": {}}
     rounds = [{"replicas:ray-default": {**fig, "task_time_mean_s": 40.0,
                                         "task_time_p95_s": 50.0, "prefill_tokens": 1200.0},
                "replicas:round-robin": {**fig, "task_time_mean_s": 30.0,
                                         "task_time_p95_s": 40.0, "prefill_tokens": 900.0},
                "replicas:kvsaga": {**fig, "task_time_mean_s": 20.0, "task_time_p95_s": 40.0,
-                                   "prefill_tokens": 300.0}}]
+                                   "prefill_tokens": 300.0, "replica_changes": 1,
+                                   "routes": {"affinity": 11, "new": 4, "steal": 1}}}]
     judged = m.comparisons(args, systems, rounds)
     ray = judged["replicas:kvsaga vs replicas:ray-default"]
     assert ray["tct_speedup"] == [pytest.approx(2.0)]
@@ -51,7 +53,31 @@ def test_replicas_are_judged_kvsaga_against_every_other_router() -> None:
     got = judged["replicas:kvsaga vs replicas:round-robin"]
     assert got["tct_speedup"] == [pytest.approx(1.5)]
     assert got["prefill_ratio"] == [pytest.approx(3.0)] and got["goal_met"]
-    assert len(judged["lines"]) == 2 and "issue 12" in judged["lines"][0]
+    assert len(judged["lines"]) == 5 and "issue 12" in judged["lines"][0]
+    # Then each arm's moves: how many steps changed replica, and the router's reasons.
+    assert judged["lines"][4] == ("replicas:kvsaga: steps that changed replica per round 1 "
+                                  "of 16; routes (round 0) affinity 11, new 4, steal 1")
+    assert judged["lines"][2].endswith("per round 0 of 16")
+
+
+def test_replica_changes_and_route_counts_come_from_the_headers() -> None:
+    from bench.replay.client import StepRecord
+    from bench.replay.report import replica_changes, route_counts
+
+    def rec(session: str, step: int, replica: str | None, route: str | None,
+            error: str | None = None) -> StepRecord:
+        return StepRecord(session, step, 0.0, 1.0, error=error, replica=replica, route=route)
+
+    records = [rec("a", 1, "r1", "affinity"), rec("a", 0, "r1", "new"),
+               rec("a", 2, "r2", "steal"), rec("a", 3, "r1", "balance"),
+               rec("b", 0, "r2", "new"), rec("b", 1, "r1", None, error="503"),
+               rec("b", 2, "r2", "affinity")]
+    # a: r1 r1 r2 r1 (two moves; out of step order in the list); b's failed step is no move.
+    assert replica_changes(records) == 2
+    assert route_counts(records) == {"affinity": 2, "balance": 1, "new": 2, "steal": 1}
+    # A single-node server sends no headers: nothing moved, no routes.
+    plain = [rec("a", 0, None, None), rec("a", 1, None, None)]
+    assert replica_changes(plain) == 0 and route_counts(plain) == {}
 
 
 def test_bad_replica_count_is_refused() -> None:

@@ -62,9 +62,12 @@ def cluster(tiny_dir: Path):
             # Steal at 2 steps of difference: routing stats lag (a step that just ended
             # may still count as running), so 1 would move steps of an idle session. No
             # weight on predicted resumes: the paused session must not push the busy
-            # steps below off its home.
+            # steps below off its home. No balance steal: the sticky session's home is
+            # the only replica that has worked, so it would move off at its next step
+            # (tested on fake replicas, test_ray_router.py).
             router_kwargs={"steal_min_waiting": 0, "steal_margin": 2, "prefix_slack": 2,
-                           "resume_weight": 0.0, "migrate_latency_s": 0.0},
+                           "resume_weight": 0.0, "migrate_latency_s": 0.0,
+                           "busy_balance": 0.0},
             stats_period_s=0.2,
         )
         serve.run(app, name="kvsaga", route_prefix="/")

@@ -99,7 +99,7 @@ def test_busy_time_the_replicas_report_drives_a_balance_steal():
         return {"home": home, **nxt["route"]}
 
     moved = asyncio.run(go(0.1))
-    assert moved["reason"] == "steal" and moved["moved_from"] == moved["home"]
+    assert moved["reason"] == "balance" and moved["moved_from"] == moved["home"]
     assert moved["replica"] != moved["home"] and moved["migrate"]
     assert asyncio.run(go(0.0))["reason"] == "affinity"
 

@@ -234,17 +234,21 @@ def test_a_replica_ahead_in_busy_time_hands_a_step_to_the_one_furthest_behind():
     r.homes["s"] = "a"
     stats = {"a": worked(150, s=400), "b": worked(80), "c": worked(60), "d": worked(110)}
     got = r.route(RouteRequest("s"), stats)
-    assert (got.replica, got.moved_from, got.reason, got.migrate) == ("c", "a", "steal", True)
+    assert (got.replica, got.moved_from, got.reason, got.migrate) == ("c", "a", "balance", True)
     assert r.home("s") == "c" and r.num_stolen == 1
 
 
-@pytest.mark.parametrize("case", ["within tolerance", "off", "busier thief", "thief waits",
-                                  "no room", "nobody behind", "no busy time yet"])
+@pytest.mark.parametrize("case", ["within tolerance", "under the floor", "off", "busier thief",
+                                  "thief waits", "no room", "nobody behind",
+                                  "no busy time yet"])
 def test_the_balance_steal_leaves_a_step_home(case):
     cfg, home = BALANCED, worked(150, s=400)
     other = worked(50)  # mean 100: home 50% ahead, other 50% behind
     if case == "within tolerance":
         home, other = worked(105, s=400), worked(95)  # 5% ahead < 10%
+    elif case == "under the floor":
+        cfg = RoutingConfig(busy_balance=0.1, busy_balance_min_s=5.0)
+        home, other = worked(8, s=400), worked(2)  # 60% ahead, but by 3 s < 5 s
     elif case == "off":
         cfg = RoutingConfig(busy_balance=0.0)
     elif case == "busier thief":
@@ -270,7 +274,7 @@ def test_a_replica_that_does_not_report_is_out_of_the_busy_time_mean():
     r = make_router("kvsaga", ["a", "b", "c"], config=BALANCED)
     r.homes["s"] = "a"
     got = r.route(RouteRequest("s"), {"a": worked(150, s=400), "c": worked(50)})
-    assert (got.replica, got.reason) == ("c", "steal")
+    assert (got.replica, got.reason) == ("c", "balance")
     r2 = make_router("kvsaga", ["a", "b"], config=BALANCED)
     r2.homes["s"] = "a"
     assert r2.route(RouteRequest("s"), {"a": worked(150, s=400)}).reason == "affinity"
@@ -283,7 +287,8 @@ def test_a_queue_steal_goes_first_to_the_least_loaded_not_the_least_worked():
     r.homes["s"] = "a"
     stats = {"a": worked(150, queue=3, running=4, s=400), "b": worked(10, running=1),
              "c": worked(140)}
-    assert r.route(RouteRequest("s"), stats).replica == "c"
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.reason) == ("c", "steal")
 
 
 def test_new_sessions_avoid_overcommitted_replicas():
