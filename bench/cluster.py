@@ -70,8 +70,13 @@ def run_one(job: tuple) -> dict:
     sessions = trace(family, gpus, spg, scale, seed, load)
     t = time.perf_counter()
     if run == "ideal":
+        # Each session on a GPU of its own, where it stays: the balance steal would move
+        # sessions between GPUs that each serve one (944 moves on swe, seed 7).
         config = SimConfig(kv_memory_bytes=parse_bytes(IDEAL_KV), policy="lru")
-        row = simulate_cluster(sessions, config, gpus=len(sessions), router="kvsaga").row()
+        stay = RoutingConfig(bytes_per_token=config.cost.kv_spec.bytes_per_token,
+                             cost=config.cost, busy_balance=0.0)
+        row = simulate_cluster(sessions, config, gpus=len(sessions), router="kvsaga",
+                               routing=stay).row()
         row["router"] = "ideal"
         row["gpus"] = len(sessions)
     else:
