@@ -4,6 +4,7 @@ fast path (decode runs), side by side in one run, on the same traces; plus the R
 
     python bench/sim_speed.py                   # the default run (a few minutes on 2 cores)
     python bench/sim_speed.py --profile         # cProfile's top entries, both paths
+    python bench/sim_speed.py --profile --case 'readme graph' --top 25
     python bench/sim_speed.py --baseline ../old-checkout --no-write
 
 Each simulation runs twice, each time in a fresh process, `Simulator(reference=True)`
@@ -81,6 +82,11 @@ CASES = [
     # A cluster (bench/cluster.py's shape, smaller): runs stop at every other GPU's step.
     Case("cluster 4 GPUs, swe x24 @0.2, 3G", "swe", 24, 0.2, "3G", "graph", gpus=4),
 ]
+
+
+def select(texts: list[str] | None) -> list[Case]:
+    """The cases whose name contains one of `texts` (None: all of them)."""
+    return [c for c in CASES if texts is None or any(t in c.name for t in texts)]
 
 
 def same(a: dict, b: dict) -> bool:
@@ -279,16 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-name", default=None,
                     help="what to call it in RESULTS.md (default: the path)")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top entries of "
-                    "both paths on the first README case and the full-size case, and stop")
+                    "both paths on the --case cases (default: the first README case and the "
+                    "full-size case), and stop")
+    ap.add_argument("--case", action="append", metavar="TEXT", help="only the cases whose "
+                    "name contains TEXT (repeatable); a subset is printed, not written")
     ap.add_argument("--top", type=int, default=15, help="entries per profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = ap.parse_args(argv)
+    cases = select(args.case)
+    if not cases:
+        ap.error(f"no case name contains any of {args.case}")
     if args.profile:
-        profile(CASES[0], args.top)
-        profile(next(c for c in CASES if c.scale == 1.0), args.top)
+        for case in cases if args.case else (CASES[0], *select(["@1.0"])):
+            profile(case, args.top)
         return 0
     t0 = time.perf_counter()
-    rows = measure(CASES, args.repeat, args.baseline)
+    rows = measure(cases, args.repeat, args.baseline)
     walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.baseline:
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(rows, walls, cmd, time.perf_counter() - t0,
                   args.baseline_name or args.baseline or "")
     print(body)
-    if not args.no_write:
+    if not args.no_write and not args.case:
         write_section(body)
     return 0
 

@@ -34,3 +34,11 @@ def test_measures_both_paths_and_writes_its_section(tmp_path):
     mod.write_section(body, results)
     text = results.read_text()
     assert "kept" in text and "old" not in text and text.count("## Simulator speed") == 1
+
+
+def test_case_filter_picks_cases_by_name():
+    mod = load()
+    assert [c.name for c in mod.select(["readme lru", "@1.0"])] == [
+        "readme lru", "swe x20 @1.0, 20G, lru"]
+    assert mod.select(None) == mod.CASES
+    assert mod.select(["no such case"]) == []
