@@ -5,6 +5,7 @@ fast path (decode runs), side by side in one run, on the same traces; plus the R
     python bench/sim_speed.py                   # the default run (a few minutes on 2 cores)
     python bench/sim_speed.py --profile         # cProfile's top entries, both paths
     python bench/sim_speed.py --profile --case 'readme graph' --top 25
+    python bench/sim_speed.py --split           # shares of schedule, manager calls, policy
     python bench/sim_speed.py --baseline ../old-checkout --no-write
 
 Each simulation runs twice, each time in a fresh process, `Simulator(reference=True)`
@@ -190,6 +191,81 @@ def profile(case: Case, top: int) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+# What `--split` times, inclusive (a manager call made inside `schedule` counts in both).
+SPLIT = [("kvsaga.manager", "KVCacheManager", ("begin_step", "finish_step", "allocate_slots",
+                                               "_evict")),
+         ("kvsaga.manager_reads", "ManagerReads", ("lookup",)),
+         ("kvsaga.sim.simulator", "Simulator", ("_decode_run",))]
+POLICY_HOOKS = ("blocks_cached", "blocks_uncached", "choose_victims", "step_started",
+                "step_finished")
+
+
+def split(case: Case) -> dict[str, tuple[int, float]]:
+    """Where one fast-path simulation of `case` spends its time: (calls, seconds) of
+    `Scheduler.schedule` by outcome (a step admitted, or nobody admitted while something
+    waits), of the manager's step calls, of the decode runs and of the policy's hooks,
+    each inclusive, and of the whole run ("total"). Wall time of this process, with the
+    timing's own overhead: shares, not rates."""
+    import importlib
+
+    from kvsaga.scheduler.base import Scheduler
+
+    acc: dict[str, list] = {}
+
+    def timed(label: str, fn):
+        def call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                rec = acc.setdefault(label, [0, 0.0])
+                rec[0] += 1
+                rec[1] += time.perf_counter() - t
+        return call
+
+    def schedule(self, now, executor, _orig=Scheduler.schedule):
+        waiting = self.num_waiting
+        t = time.perf_counter()
+        out = _orig(self, now, executor)
+        kind = ("admits a step" if out.admitted else
+                "admits nobody, something waits" if waiting and not out.preempted else "other")
+        rec = acc.setdefault(f"schedule: {kind}", [0, 0.0])
+        rec[0] += 1
+        rec[1] += time.perf_counter() - t
+        return out
+
+    saved = [(Scheduler, "schedule", Scheduler.__dict__["schedule"])]
+    Scheduler.schedule = schedule
+    for module, cls_name, names in SPLIT:
+        cls = getattr(importlib.import_module(module), cls_name)
+        for n in names:
+            saved.append((cls, n, cls.__dict__[n]))
+            setattr(cls, n, timed(f"{cls_name}.{n}", cls.__dict__[n]))
+    try:
+        sim = Simulator(case.trace(), case.config())
+        policy = sim.manager.policy
+        for n in POLICY_HOOKS:
+            if hasattr(policy, n):
+                setattr(policy, n, timed(f"policy.{n}", getattr(policy, n)))
+        sim.pool.observer = policy  # the pool re-reads the (now timed) observer calls
+        t = time.perf_counter()
+        sim.run()
+        acc["total"] = [1, time.perf_counter() - t]
+    finally:
+        for cls, n, fn in saved:
+            setattr(cls, n, fn)
+    return {k: (v[0], v[1]) for k, v in acc.items()}
+
+
+def print_split(case: Case) -> None:
+    parts = split(case)
+    total = parts.pop("total")[1]
+    print(f"--- {case.name}: {total:.3f} s (wall, timed), inclusive shares")
+    for label, (n, sec) in sorted(parts.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {label:40s} {100 * sec / total:5.1f}%  {n:7,d} calls  "
+              f"{1e6 * sec / n:8.1f} us/call")
+
+
 def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
     """Replace (or append) this script's section of RESULTS.md, leaving the others alone."""
     doc = path.read_text(encoding="utf-8")
@@ -201,10 +277,11 @@ def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
 
 
 def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
-           baseline_name: str = "") -> str:
+           baseline_name: str = "", loads: tuple[float, float] | None = None) -> str:
+    load = f", load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end" if loads else ""
     lines = [
         f"`{cmd}` ({seconds:.0f} s, Python {platform.python_version()}, "
-        f"{os.cpu_count()} shared CPU cores). Sessions simulated per CPU second "
+        f"{os.cpu_count()} shared CPU cores{load}). Sessions simulated per CPU second "
         "(best of the repeats, each simulation in a fresh process): `reference` runs "
         "every batch step through `Scheduler.schedule` (the simulator before decode "
         "runs), `fast` is the default "
@@ -254,23 +331,26 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
 
 # Written after reading the figures of a run; re-read them after a change.
 NOTES = """- The fast path: decode runs (plain decode steps back to back; without a host tier
-  their step times come from one array call and their usage integrals from one pass), the
-  scheduler's lookups of a waiting step kept while `KVCacheManager.cache_version` stands
-  (about 70% of them in the README cases), a resumed prompt checked and copied by the C++
-  core only past the context it repeats, GPU hits counted in one C++ pass, cache residence
-  timed by the pool (no usage recorder between pool and policy). The reference path shares
-  all but the decode runs (docs/simulator.md, "Speed").
-- Before this section's run, `--baseline` timed the working directory's kvsaga whatever
-  PATH said (`python -c` puts it ahead of PYTHONPATH): the previous section's `vs base` of
-  0.99x compared the tree with itself. Each simulation now runs in its checkout's root.
-- What remains is per step and proportional to the context: `begin_step` scans the
-  prompt's block hashes and takes the context's blocks back one by one, `finish_step`
-  releases them, and the policy hears of each block (docs/simulator.md, "Speed"). Going
-  10x past the baseline needs a paused session's table kept across its pause rather than
-  released and retaken block by block; not done.
-- `(differs)`: ttl and graph changed on main since the baseline (other lanes: 4363522,
-  2421daa); the cases of unchanged policies (lru, belady) give the baseline's rows to the
-  bit, this tree's fast path equals its reference, and its lookup reuse changes no row.
+  their step times come from one array call and their usage integrals from one pass, summed
+  in order in C), the scheduler's lookups of a waiting step kept while
+  `KVCacheManager.cache_version` stands, a resumed prompt checked and copied by the C++ core
+  only past the context it repeats (handed over as one list that grows with the session),
+  GPU hits counted in one C++ pass, cache residence timed by the pool, and a step's release
+  reported to a grouped policy in one call that extends the session's group by its run of
+  blocks (d90dd15). The reference path shares all but the decode runs (docs/simulator.md,
+  "Speed"). Other lanes' work since the previous section is in both paths too (the grouped
+  policies' groups of block ids, 315a3fd).
+- Where the time goes (`python bench/sim_speed.py --split`): every step makes a dozen
+  Python calls, each O(the context's blocks) in C or in Python; no part dominates. Going
+  10x past the baseline needs that per-block work gone at each step (a paused session's
+  table kept whole across its pause), which changes what the usage metrics, the pool's
+  cache-residence clock and every policy observe: a contract change, not done
+  (docs/simulator.md, "Speed").
+- `(differs)`: decisions changed on main since the baseline (other lanes: the workflow
+  scheduler's demotions, c8757a5 and ed3c783; ttl and graph, 4363522 and 2421daa); readme
+  belady's row already differs at 01642d6, before this section's changes, which change no
+  row (each checked side by side against its parent). This tree's fast path equals its
+  reference on every case.
 - CPU time on 2 cores shared by several busy processes moves by 15% or more between
   runs of one simulation (small ratios are noise); the quickstart's wall times depend on
   how busy the cores are."""
@@ -289,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                     "full-size case), and stop")
     ap.add_argument("--case", action="append", metavar="TEXT", help="only the cases whose "
                     "name contains TEXT (repeatable); a subset is printed, not written")
+    ap.add_argument("--split", action="store_true", help="print where the fast path's time "
+                    "goes on the --case cases (default: all): schedule calls by outcome, "
+                    "manager calls, decode runs, policy hooks; and stop")
     ap.add_argument("--top", type=int, default=15, help="entries per profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -299,14 +382,20 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases if args.case else (CASES[0], *select(["@1.0"])):
             profile(case, args.top)
         return 0
+    if args.split:
+        for case in cases:
+            if case.gpus == 1:
+                print_split(case)
+        return 0
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     rows = measure(cases, args.repeat, args.baseline)
     walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.baseline:
         cmd += " --baseline PATH"
     body = report(rows, walls, cmd, time.perf_counter() - t0,
-                  args.baseline_name or args.baseline or "")
+                  args.baseline_name or args.baseline or "", (load0, os.getloadavg()[0]))
     print(body)
     if not args.no_write and not args.case:
         write_section(body)

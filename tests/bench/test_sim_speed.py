@@ -42,3 +42,17 @@ def test_case_filter_picks_cases_by_name():
         "readme lru", "swe x20 @1.0, 20G, lru"]
     assert mod.select(None) == mod.CASES
     assert mod.select(["no such case"]) == []
+
+
+def test_split_times_the_parts_and_puts_every_method_back():
+    from kvsaga.manager import KVCacheManager
+    from kvsaga.scheduler.base import Scheduler
+
+    mod = load()
+    before = (Scheduler.schedule, KVCacheManager.begin_step)
+    parts = mod.split(mod.Case("tiny", "swe", 4, 0.05, "1G", "lru"))
+    assert (Scheduler.schedule, KVCacheManager.begin_step) == before
+    total = parts["total"][1]
+    assert parts["KVCacheManager.begin_step"][0] > 0 and parts["policy.blocks_cached"][0] > 0
+    assert 0 < parts["schedule: admits a step"][0] <= parts["KVCacheManager.begin_step"][0]
+    assert all(0 <= sec <= total for label, (_, sec) in parts.items())
