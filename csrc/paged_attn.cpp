@@ -460,6 +460,39 @@ void cache_write(uintptr_t key, uintptr_t value, uintptr_t k_cache, uintptr_t v_
   }
 }
 
+// Rotary embedding in place, "rotate half" layout: in each head row of x [T, heads,
+// head_dim] (strides in elements, last dim contiguous), the pairs (i, i + half) turn by
+// token t's angle i: (a, b) -> (a cos - b sin, b cos + a sin). cos and sin: [T, half],
+// contiguous. The same products and sums as torch's apply_rope (kvsaga/engine/rope.py),
+// each rounded on its own (no fused multiply-add), so the same bits.
+#if defined(__GNUC__) && !defined(__clang__)
+#define KV_NO_FMA __attribute__((optimize("fp-contract=off")))
+#else
+#define KV_NO_FMA
+#endif
+KV_CLONES KV_NO_FMA void rope(uintptr_t x, uintptr_t cos, uintptr_t sin, int64_t num_tokens,
+                    int64_t heads, int64_t half, int64_t x_tok, int64_t x_head) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  auto* xs = reinterpret_cast<float*>(x);
+  const auto* cs = reinterpret_cast<const float*>(cos);
+  const auto* sn = reinterpret_cast<const float*>(sin);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const float* __restrict c = cs + t * half;
+    const float* __restrict s = sn + t * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* __restrict a = xs + t * x_tok + h * x_head;
+      float* __restrict b = a + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float ai = a[i], bi = b[i];
+        a[i] = ai * c[i] - bi * s[i];
+        b[i] = bi * c[i] + ai * s[i];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_paged_attn, m) {
@@ -473,5 +506,7 @@ NB_MODULE(_paged_attn, m) {
         "num_tokens"_a, "num_kv_heads"_a, "row_bytes"_a, "k_tok"_a, "k_head"_a, "v_tok"_a,
         "v_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "block_size"_a, "num_blocks"_a,
         nb::call_guard<nb::gil_scoped_release>());
+  m.def("rope", &rope, "x"_a, "cos"_a, "sin"_a, "num_tokens"_a, "heads"_a, "half"_a,
+        "x_tok"_a, "x_head"_a, nb::call_guard<nb::gil_scoped_release>());
   m.def("has_avx512", &cpu_has_avx512, "Whether paged_attention can take its AVX-512 path.");
 }

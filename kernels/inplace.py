@@ -116,3 +116,27 @@ def cache_write(args: CacheWriteArgs) -> None:
         value.stride(1) * size, k_cache.stride(0) * size, k_cache.stride(1) * size,
         k_cache.stride(2) * size, k_cache.shape[1], k_cache.shape[0],
     )
+
+
+def supports_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether `rope_` can rotate x [T, heads, head_dim] by cos/sin [T, head_dim // 2]:
+    built, all fp32 on CPU, x's last dim and cos/sin contiguous, shapes matching."""
+    return (
+        _paged_attn is not None
+        and x.device.type == "cpu"
+        and x.dtype == cos.dtype == sin.dtype == torch.float32
+        and x.dim() == 3
+        and x.stride(-1) == 1
+        and cos.is_contiguous()
+        and sin.is_contiguous()
+        and cos.shape == sin.shape == (x.shape[0], x.shape[2] // 2)
+        and x.shape[2] % 2 == 0
+    )
+
+
+def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x in place as `kvsaga.engine.rope.apply_rope` does (the same float products
+    and sums, so the same bits) and return it; `supports_rope(x, cos, sin)` must hold."""
+    _paged_attn.rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), x.shape[0], x.shape[1],
+                     x.shape[2] // 2, x.stride(0), x.stride(1))
+    return x

@@ -24,7 +24,7 @@ from kvsaga import kernels
 from kvsaga.engine import cpu_linear
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
-from kvsaga.engine.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from kvsaga.engine.rope import rope_cos_sin, rope_inv_freq, rotate
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -86,8 +86,8 @@ class Attention(nn.Module):
         t = x.shape[0]
         qkv = cpu_linear.linear(x, self.qkv_proj, self.qkv_bias, self.qkv_packed)  # [T, q+2kv]
         qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
-        # Q and K heads rotated together: one set of elementwise ops instead of two.
-        qk = apply_rope(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
+        # Q and K heads rotated together (in place in the projection's output on CPU).
+        qk = rotate(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
         kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping, validate=self.validate)

@@ -11,6 +11,7 @@ import math
 import torch
 
 from kvsaga.engine.model_config import RopeScaling
+from kvsaga.kernels import inplace
 
 
 def rope_inv_freq(
@@ -89,3 +90,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., :half], x[..., half:]
     c, s = cos[:, None, :], sin[:, None, :]
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope(x, cos, sin)`, in place where the C++ kernel can (fp32 on CPU: one call
+    instead of six torch ops and a copy, each a parallel region for the engine thread to
+    wait on), else as a new tensor. Use the result, not x: x changes only in the first case.
+    """
+    if inplace.supports_rope(x, cos, sin):
+        return inplace.rope_(x, cos, sin)
+    return apply_rope(x, cos, sin)
