@@ -1,6 +1,6 @@
 """BlockPool: the bookkeeping of one tier's blocks, over integer ids. Pure Python.
 
-The readable reference of the C++ core's pool (csrc/kvcore.cpp, see kvsaga/_core.py).
+The readable reference of the C++ core's pool (csrc/block_pool.h, see kvsaga/_core.py).
 
 Every block is in exactly one of three states:
 

@@ -1,0 +1,269 @@
+// kvsaga._kvcore.BlockPool: the twin of kvsaga/pool.py (refcounts, states, generations and
+// the free queue; the per-block arrays Python reads as memoryviews).
+#pragma once
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kvcore_common.h"
+#include "queue.h"
+
+namespace kvcore {
+
+// An int array in a bytearray that Python sees as a writable memoryview of `fmt`.
+template <class T>
+struct SharedArray {
+  nb::object view;
+  T* data = nullptr;
+  SharedArray(size_t n, const char* fmt) {
+    nb::object ba = steal_or_throw(
+        PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n * sizeof(T))));
+    data = reinterpret_cast<T*>(PyByteArray_AS_STRING(ba.ptr()));
+    std::memset(data, 0, n * sizeof(T));
+    // The memoryview holds an export of the bytearray, which therefore never moves.
+    view = steal_or_throw(PyMemoryView_FromObject(ba.ptr())).attr("cast")(fmt);
+  }
+};
+
+inline int32_t check_num_blocks(nb::handle num_blocks) {
+  PyObject* o = num_blocks.ptr();
+  long long v = -1;
+  if (PyLong_Check(o) && !PyBool_Check(o)) {
+    int overflow = 0;
+    v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow) v = -1;
+  }
+  if (v < 1 || v > (1 << 30)) {
+    PyErr_Format(g_errors->invalid.ptr(), "num_blocks must be a positive int, got %R", o);
+    throw_current();
+  }
+  return static_cast<int32_t>(v);
+}
+
+class Pool {
+ public:
+  Pool(nb::handle num_blocks, std::string tier)
+      : n(check_num_blocks(num_blocks)),
+        tier(std::move(tier)),
+        ref(n, "i"),
+        state(n, "i"),
+        gen(n, "q"),
+        free_q_(n),
+        scratch_(n, 0),
+        cached_at_(n, 0.0) {
+    reserve_ids(n);
+    block_hash = steal_or_throw(PyList_New(n));
+    for (int32_t b = 0; b < n; ++b) {
+      PyList_SET_ITEM(block_hash.ptr(), b, Py_NewRef(Py_None));
+      free_q_.push(b);
+    }
+  }
+
+  const int32_t n;
+  const std::string tier;
+  SharedArray<int32_t> ref, state;
+  SharedArray<int64_t> gen;
+  nb::object block_hash;  // list: bytes | None per block
+  int64_t num_cached = 0;
+  // Cache residence, for a simulator's usage metrics: `clock` is the time its owner says
+  // it is; `reused_s` adds, for each CACHED block a hit reclaims, in order, the time since
+  // it became CACHED.
+  double clock = 0.0;
+  double reused_s = 0.0;
+
+  int64_t num_free() const { return free_q_.size(); }
+  int64_t num_active() const { return n - free_q_.size() - num_cached; }
+  int64_t num_available() const { return free_q_.size() + num_cached; }
+
+  nb::list free_ids() const {
+    std::vector<int32_t> out;
+    for (int32_t b = free_q_.first(); b != free_q_.end(); b = free_q_.after(b)) out.push_back(b);
+    return to_list(out.data(), out.size());
+  }
+
+  // -- observer -------------------------------------------------------------------------
+  nb::object observer() const { return observer_; }
+
+  void set_observer(nb::object obs) {
+    nb::object one_c = obs.attr("block_cached"), one_u = obs.attr("block_uncached");
+    nb::object many_c = nb::getattr(obs, "blocks_cached", nb::none());
+    nb::object many_u = nb::getattr(obs, "blocks_uncached", nb::none());
+    observer_ = obs;
+    one_cached_ = one_c;
+    one_uncached_ = one_u;
+    many_cached_ = nb::bool_(many_c) ? many_c : nb::object();
+    many_uncached_ = nb::bool_(many_u) ? many_u : nb::object();
+  }
+
+  // -- transitions (the Python twin's API) ----------------------------------------------
+  [[noreturn]] void raise_out_of_blocks(int64_t needed, int64_t available) const {
+    raise_instance(g_errors->out_of_blocks,
+                   g_errors->out_of_blocks(needed, available, nb::str(tier.c_str())));
+  }
+
+  nb::list allocate(int64_t count) {
+    if (count < 0) throw nb::value_error("allocate: count must be >= 0");
+    if (count > free_q_.size()) raise_out_of_blocks(count, free_q_.size());
+    PyObject* l = PyList_New(static_cast<Py_ssize_t>(count));
+    if (!l) throw_current();
+    nb::list out = nb::steal<nb::list>(l);
+    for (int64_t i = 0; i < count; ++i) {
+      int32_t b;
+      take(1, &b);
+      PyList_SET_ITEM(out.ptr(), i, id_object(b));
+    }
+    return out;
+  }
+
+  void acquire_many(nb::handle ids) {
+    read_ids(ids, n, buf_);
+    for (int32_t b : buf_)
+      if (state.data[b] == kFree) raise_state(b, "acquire_many takes active or cached blocks");
+    acquire(buf_.data(), buf_.size());
+  }
+
+  void release_many(nb::handle ids, int64_t keep_unhashed) {
+    read_ids(ids, n, buf_);
+    check_releasable(buf_.data(), buf_.size());
+    release(buf_.data(), buf_.size(), keep_unhashed);
+  }
+
+  nb::list evict_many(nb::handle ids) {
+    read_ids(ids, n, buf_);
+    size_t k = buf_.size();
+    size_t i = 0;
+    const char* why = nullptr;
+    for (; i < k; ++i) {
+      int32_t b = buf_[i];
+      if (state.data[b] != kCached) why = "evict_many takes cached blocks";
+      else if (scratch_[b]++) why = "evict_many got it twice";
+      if (why) break;
+    }
+    for (size_t j = 0; j < k && j <= i; ++j) scratch_[buf_[j]] = 0;
+    if (why) raise_state(buf_[i], why);
+    PyObject* hashes = PyList_New(static_cast<Py_ssize_t>(k));
+    if (!hashes) throw_current();
+    nb::list out = nb::steal<nb::list>(hashes);
+    for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(hashes, j, free_cached(buf_[j]));
+    num_cached -= static_cast<int64_t>(k);
+    notify(false, buf_.data(), k);
+    return out;
+  }
+
+  // A CACHED block becomes FREE (at the free queue's tail); returns its old hash (a new
+  // reference). The caller fixes num_cached and tells the observer.
+  PyObject* free_cached(int32_t b) {
+    PyObject* h = PyList_GET_ITEM(block_hash.ptr(), b);  // the reference moves to the caller
+    PyList_SET_ITEM(block_hash.ptr(), b, Py_NewRef(Py_None));
+    state.data[b] = kFree;
+    free_q_.push(b);
+    return h;
+  }
+
+  // -- internal, for the manager's hot loops (arguments already valid) ------------------
+  void take(int64_t count, int32_t* out) {
+    for (int64_t i = 0; i < count; ++i) {
+      int32_t b = free_q_.pop();
+      ref.data[b] = 1;
+      state.data[b] = kActive;
+      gen.data[b] += 1;
+      out[i] = b;
+    }
+  }
+
+  void acquire(const int32_t* ids, size_t k) {
+    std::vector<int32_t>& reclaimed = buf2_;
+    reclaimed.clear();
+    for (size_t i = 0; i < k; ++i) {
+      int32_t b = ids[i];
+      if (state.data[b] == kActive) {
+        ref.data[b] += 1;
+      } else {
+        state.data[b] = kActive;
+        ref.data[b] = 1;
+        reused_s += clock - cached_at_[b];
+        reclaimed.push_back(b);
+      }
+    }
+    if (!reclaimed.empty()) {
+      num_cached -= static_cast<int64_t>(reclaimed.size());
+      notify(false, reclaimed.data(), reclaimed.size());
+    }
+  }
+
+ private:
+  [[noreturn]] void raise_state(int32_t b, const char* why) const {
+    static const char* names[] = {"free", "active", "cached"};
+    PyErr_Format(PyExc_ValueError, "%s block %d: %s", names[state.data[b]], b, why);
+    throw_current();
+  }
+
+  // Every id must be ACTIVE and named at most refcount times.
+  void check_releasable(const int32_t* ids, size_t k) {
+    size_t i = 0;
+    bool ok = true;
+    for (; i < k; ++i) {
+      int32_t b = ids[i];
+      if (state.data[b] != kActive || ++scratch_[b] > ref.data[b]) {
+        ok = false;
+        break;
+      }
+    }
+    for (size_t j = 0; j < k && j <= i; ++j) scratch_[ids[j]] = 0;
+    if (!ok) raise_state(ids[i], "release_many names it more often than it is referenced");
+  }
+
+  void release(const int32_t* ids, size_t k, int64_t keep_unhashed) {
+    std::vector<int32_t>& to_cache = buf2_;
+    to_cache.clear();
+    PyObject** hashes = reinterpret_cast<PyListObject*>(block_hash.ptr())->ob_item;
+    for (size_t i = 0; i < k; ++i) {
+      int32_t b = ids[i];
+      if (--ref.data[b]) continue;
+      if (hashes[b] != Py_None || b == keep_unhashed) {
+        state.data[b] = kCached;
+        cached_at_[b] = clock;
+        to_cache.push_back(b);
+      } else {
+        state.data[b] = kFree;
+        free_q_.push(b);
+      }
+    }
+    if (!to_cache.empty()) {
+      num_cached += static_cast<int64_t>(to_cache.size());
+      notify(true, to_cache.data(), to_cache.size());
+    }
+  }
+
+  // Tells the observer, in one call when it takes batches, else block by block.
+  void notify(bool cached, const int32_t* ids, size_t k) {
+    const nb::object& many = cached ? many_cached_ : many_uncached_;
+    if (many.is_valid()) {
+      many(to_list(ids, k));
+      return;
+    }
+    const nb::object& one = cached ? one_cached_ : one_uncached_;
+    if (!one.is_valid()) return;
+    std::vector<int32_t> copy(ids, ids + k);  // the callback may re-enter the pool
+    for (int32_t b : copy) one(b);
+  }
+
+  IntrusiveQueue free_q_;
+  std::vector<int32_t> scratch_;  // per-block counters for batch checks; all 0 between calls
+  std::vector<int32_t> buf_, buf2_;
+  std::vector<double> cached_at_;  // when each CACHED block became so (`clock` then)
+  nb::object observer_ = nb::none(), one_cached_, one_uncached_, many_cached_, many_uncached_;
+
+ public:
+  // The observer (a policy) holds the manager, which holds this pool: a cycle that Python's
+  // collector must see through (tp_traverse / tp_clear below).
+  template <class F>
+  void for_each_ref(F&& f) {
+    for (nb::object* o : {&block_hash, &observer_, &one_cached_, &one_uncached_, &many_cached_,
+                          &many_uncached_})
+      f(*o);
+  }
+};
+
+}  // namespace kvcore

@@ -1,0 +1,77 @@
+// What every class of kvsaga._kvcore (csrc/kvcore.cpp) shares: the block states, kvsaga.errors'
+// classes, raising the pending Python error, and block-id lists read and written as Python ints.
+// Header-only like the rest of the core: kvcore.cpp is the extension's one translation unit.
+#pragma once
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace nb = nanobind;
+
+namespace kvcore {
+
+enum : int32_t { kFree = 0, kActive = 1, kCached = 2 };
+
+// kvsaga.errors' classes, looked up once at import.
+struct Errors {
+  nb::object invalid, unknown, out_of_blocks;
+};
+inline Errors* g_errors = nullptr;
+
+[[noreturn]] inline void throw_current() { throw nb::python_error(); }
+
+[[noreturn]] inline void raise_instance(const nb::object& cls, const nb::object& inst) {
+  PyErr_SetObject(cls.ptr(), inst.ptr());
+  throw_current();
+}
+
+inline nb::object steal_or_throw(PyObject* o) {
+  if (!o) throw_current();
+  return nb::steal(o);
+}
+
+// -- id lists -----------------------------------------------------------------------------
+
+// Reads a sequence of block ids into `out`, each checked against [0, n).
+inline void read_ids(nb::handle seq, int32_t n, std::vector<int32_t>& out) {
+  nb::object fast = steal_or_throw(PySequence_Fast(seq.ptr(), "block ids must be a sequence"));
+  Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
+  PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+  out.resize(k);
+  for (Py_ssize_t i = 0; i < k; ++i) {
+    long v = PyLong_AsLong(items[i]);
+    if (v == -1 && PyErr_Occurred()) throw_current();
+    if (v < 0 || v >= n) {
+      PyErr_Format(PyExc_IndexError, "block id %ld out of range [0, %d)", v, n);
+      throw_current();
+    }
+    out[i] = static_cast<int32_t>(v);
+  }
+}
+
+// Python ints for block ids 0..n-1 of the largest pool or queue made so far: handing out a
+// block id is then a reference, not an allocation (ints above 256 are not cached by Python).
+inline std::vector<PyObject*>* g_ids = new std::vector<PyObject*>();
+
+inline void reserve_ids(int32_t n) {
+  g_ids->reserve(n);
+  while (g_ids->size() < static_cast<size_t>(n)) {
+    PyObject* o = PyLong_FromSize_t(g_ids->size());
+    if (!o) throw_current();
+    g_ids->push_back(o);
+  }
+}
+
+inline PyObject* id_object(int32_t b) {
+  return static_cast<size_t>(b) < g_ids->size() ? Py_NewRef((*g_ids)[b]) : PyLong_FromLong(b);
+}
+
+inline nb::list to_list(const int32_t* ids, size_t k) {
+  PyObject* l = PyList_New(static_cast<Py_ssize_t>(k));
+  if (!l) throw_current();
+  for (size_t i = 0; i < k; ++i) PyList_SET_ITEM(l, i, id_object(ids[i]));
+  return nb::steal<nb::list>(l);
+}
+
+}  // namespace kvcore
