@@ -22,6 +22,8 @@ try:
     from kvsaga import _paged_attn
 except ImportError:  # not built: the SDPA path runs everything
     _paged_attn = None
+# Asked once: `has_tiles` runs in every layer's attention call.
+_HAS_AVX512 = _paged_attn is not None and _paged_attn.has_avx512()
 
 
 def _kernel_threads() -> int:
@@ -48,7 +50,7 @@ def available() -> bool:
 def has_tiles(head_dim: int) -> bool:
     """Whether the kernel runs its AVX-512 tiles for this head size on this CPU: then it
     beats SDPA on prefill and extend rows too (`sdpa.py` sends it every row)."""
-    return _paged_attn is not None and head_dim in (64, 128) and _paged_attn.has_avx512()
+    return head_dim in (64, 128) and _HAS_AVX512
 
 
 def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:

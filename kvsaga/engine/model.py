@@ -41,7 +41,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H]. One fused op for the normalisation: on a loaded CPU each op's
-        # parallel region costs more than its arithmetic (docs/architecture.md).
+        # parallel region costs more than its arithmetic (docs/architecture.md). In fp32
+        # the weight goes into it too (the same products, so the same bits:
+        # tests/engine/test_model_ops.py); other dtypes normalise in fp32 first.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * xf.to(x.dtype)
 
