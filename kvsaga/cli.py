@@ -202,8 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write. The root handler's stream:
+    a `main()` called in-process (tests, a notebook) may see sys.stderr swapped and closed
+    after it returns (pytest's capsys), and a record logged later, often from a server's or
+    engine's thread, would then print '--- Logging error ---' instead of the line."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
+    logging.basicConfig(level=level.upper(), stream=_CurrentStderr(), force=True,
                         format="%(levelname)s %(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 

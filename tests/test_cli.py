@@ -4,7 +4,9 @@ failures, streamed answers, the --stats line, prompts kept off stdout."""
 from __future__ import annotations
 
 import io
+import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,27 @@ def test_load_crash_is_one_line_and_a_traceback_under_debug(capsys, monkeypatch)
     assert "Traceback" not in err and "--log-level debug" in err
     assert cli.main(["generate", "hi", "--device", "cpu", "--log-level", "debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_line_logged_after_main_returns_reaches_the_current_stderr(monkeypatch):
+    """main() called in-process sets up logging while sys.stderr is one stream (pytest's
+    capsys: closed when the test ends); a line logged later, e.g. by a server's thread, must
+    go to the stderr of that moment, not fail as '--- Logging error ---'."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        during = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", during)
+        assert cli.main(["generate", "hi", "--model", "/nope", "--log-level", "info"]) == 2
+        during.close()
+        after = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", after)
+        logging.getLogger("kvsaga.test").info("logged later")
+        assert "Logging error" not in after.getvalue()
+        assert re.fullmatch(r"INFO \S+ kvsaga\.test: logged later\n", after.getvalue())
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _run(argv: list[str], tiny: Path) -> list[str]:
