@@ -45,6 +45,7 @@ RUNS = (("round-robin", "fcfs", "lru"), ("affinity", "fcfs", "lru"),
 GOAL_RUNS = RUNS[:2] + (("kvsaga", "workflow", "lru"),)  # the runs the goals name
 IDEAL_KV = "64G"  # the ideal reference's GPU: room for any one session
 TARGET_RR, TARGET_AFF, TARGET_IMBALANCE = 2.0, 1.64, 1.15
+DEFAULT_SPG, DEFAULT_LOAD = 16, 2.0  # the main section's sessions per GPU and load
 # --fit: the RoutingConfig knob settings tried (busy_balance 0: no balance steal, the
 # defaults before it; steal_margin 3 and max_commitment 1 were fitted before it, and
 # margins 2 and 4 with busy_balance 0.05 were slower on seeds 1 and 2).
@@ -171,6 +172,17 @@ def fit(args, kv: int) -> None:
         print(f"  {gm:8.2f} s  {imb:.3f}  {c}{'  <- picked' if s is pick else ''}")
 
 
+def section_title(args) -> str:
+    """The RESULTS heading a run writes: the default fleet at the default load has the main
+    section; another fleet size has its own, and so has the default fleet at another load
+    (sessions per GPU or arrival rate)."""
+    if args.gpus != "8":
+        return f"{SECTION[:-1]}, {args.gpus} GPUs)"
+    if (args.sessions_per_gpu, args.load) != (DEFAULT_SPG, DEFAULT_LOAD):
+        return f"{SECTION[:-1]}, {args.sessions_per_gpu} sessions per GPU at {args.load:g}x)"
+    return SECTION
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 
@@ -180,9 +192,9 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", default="8", help="comma-separated GPU counts")
     p.add_argument("--family", default=",".join(FAMILIES), help="comma-separated families")
-    p.add_argument("--sessions-per-gpu", type=int, default=16)
+    p.add_argument("--sessions-per-gpu", type=int, default=DEFAULT_SPG)
     p.add_argument("--scale", type=float, default=0.2)
-    p.add_argument("--load", type=float, default=2.0,
+    p.add_argument("--load", type=float, default=DEFAULT_LOAD,
                    help="arrivals per GPU, x the family's default rate")
     p.add_argument("--seed", default="7", help="trace seed (--fit: comma-separated)")
     p.add_argument("--kv-memory", default="3G", help="KV capacity of each GPU")
@@ -231,8 +243,7 @@ def main() -> None:
         "the floor (`floor_tct`) a lower bound on any router's mean TCT computed from the "
         "cost model without simulating.", "", *lines])
     if not args.no_write:
-        # The default fleet (8 GPUs) has the main section; other sizes each their own.
-        title = SECTION if args.gpus == "8" else f"{SECTION[:-1]}, {args.gpus} GPUs)"
+        title = section_title(args)
         write_section(title, body, Path(__file__).resolve().parent / "RESULTS.md")
         print(f"wrote {title} to bench/RESULTS.md")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,3 +44,14 @@ def test_verdicts_name_the_targets_the_floor_puts_out_of_reach():
         "- the 1.64x target over affinity is out of any router's reach here: the floor "
         "bounds it at 1.20x."]
     assert "3.00x better than round-robin" in lines[-1] and "target 2.0x: met" in lines[-1]
+
+
+@pytest.mark.parametrize(("gpus", "spg", "load", "title"), [
+    ("8", 16, 2.0, "## Cluster routing (simulated)"),
+    ("64", 8, 2.0, "## Cluster routing (simulated, 64 GPUs)"),
+    ("8", 64, 8.0, "## Cluster routing (simulated, 64 sessions per GPU at 8x)"),
+    ("8", 16, 4.0, "## Cluster routing (simulated, 16 sessions per GPU at 4x)"),
+])
+def test_each_fleet_and_load_writes_its_own_section(gpus, spg, load, title):
+    args = SimpleNamespace(gpus=gpus, sessions_per_gpu=spg, load=load)
+    assert cluster.section_title(args) == title
