@@ -131,10 +131,12 @@ class ExecutionGraph:
         self._by_kind: dict[str, LogNormalFit] = {}
         self._all = self._fit()
         self._tracks: dict[str, _Track] = {}
-        # predict() answers by (workflow, kind, elapsed) until what it reads changes (a
-        # resume or an abandoned pause): indexed policies ask on a time grid, so the same
-        # questions come back for every session of a tool.
+        # predict() answers by (workflow, kind, elapsed), resume_window() by (workflow,
+        # kind, elapsed, window), until what they read changes (a resume or an abandoned
+        # pause): indexed policies ask on a time grid, so the same questions come back for
+        # every session of a tool (of one size, for resume_window).
         self._predicted: dict[tuple[str, str, float], Prediction] = {}
+        self._windows: dict[tuple[str, str, float, float], tuple[float, float]] = {}
 
     def _fit(self) -> LogNormalFit:
         # Every fit shrinks towards the same prior (one pseudo-observation).
@@ -170,7 +172,7 @@ class ExecutionGraph:
         if t.running:  # retried after a preemption: the same step
             return None
         gap = max(now - (t.paused_at if t.paused_at is not None else now), 0.0)
-        self._predicted.clear()
+        self._forget()
         g = self.workflow(t.workflow)
         node = self.node(t.workflow, t.kind)
         node.resumed += 1
@@ -209,12 +211,17 @@ class ExecutionGraph:
         if t.running:
             t.steps += 1
         else:
-            self._predicted.clear()
+            self._forget()
             self.node(t.workflow, t.kind).abandoned += 1
         g.num_sessions += 1
         g.num_steps += t.steps
 
     # -- predictions --------------------------------------------------------------------------
+    def _forget(self) -> None:
+        """What the remembered answers read changed: forget them."""
+        self._predicted.clear()
+        self._windows.clear()
+
     def pause_dist(self, workflow: str, kind: str) -> LogNormalDist:
         """The pause-duration distribution of `kind` in `workflow`, with fallbacks."""
         k = self.min_samples
@@ -276,6 +283,17 @@ class ExecutionGraph:
         if window <= 0:
             return 0.0, 0.0
         kind = NO_TOOL if last_tool is None else last_tool
+        key = (workflow, kind, elapsed, window)
+        out = self._windows.get(key)
+        if out is None:
+            out = self._resume_window(workflow, kind, elapsed, window)
+            if len(self._windows) >= 65536:  # exact times (a scan) do not come back
+                self._windows.clear()
+            self._windows[key] = out
+        return out
+
+    def _resume_window(self, workflow: str, kind: str, elapsed: float, window: float
+                       ) -> tuple[float, float]:
         dist = self.pause_dist(workflow, kind)
         p0 = self.resume_share(workflow, kind)
         s_now = p0 * dist.sf(elapsed) + (1.0 - p0)  # survival including never-resumers

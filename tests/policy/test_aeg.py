@@ -113,6 +113,20 @@ def test_resume_window_matches_its_definition():
     assert g.resume_window("w", "read", e, 0.0) == (0.0, 0.0)
 
 
+def test_resume_window_is_remembered_until_a_resume_or_an_abandonment_changes_it():
+    g = ExecutionGraph()
+    g.step_started("a", "w", 0.0)
+    g.step_finished("a", "read", 0.0)
+    first = g.resume_window("w", "read", 0.5, 2.0)
+    assert g.resume_window("w", "read", 0.5, 2.0) is first  # the same question, remembered
+    g.step_started("a", "w", 9.0)  # a 9 s pause on read: the fit moves
+    moved = g.resume_window("w", "read", 0.5, 2.0)
+    assert moved != first
+    g.step_finished("a", "read", 9.0)
+    g.session_ended("a", 9.5)  # abandoned while paused: p0 falls
+    assert g.resume_window("w", "read", 0.5, 2.0) not in (first, moved)
+
+
 def test_no_tool_pauses_that_end_learn_p_zero():
     g = ExecutionGraph()
     for i in range(20):
