@@ -61,9 +61,9 @@ class ToyExecutor:
         self.m.preempt(req.session_id, now=now)
 
     def run(self, sched: Scheduler, out: SchedulerOutput, now: float,
-            tool_s: float = 1.0) -> list[ToyRequest]:
+            tool_s: float = 1.0, tool: str = "t") -> list[ToyRequest]:
         """Sample for every request whose context is computed; finish the steps that reach
-        their limit (pause for `tool_s`, or end). Returns the finished requests."""
+        their limit (pause on `tool` for `tool_s`, or end). Returns the finished requests."""
         done = []
         for req, _ in out.scheduled:
             if req.num_tokens != self.m.num_computed_tokens(req.session_id):
@@ -75,7 +75,7 @@ class ToyExecutor:
             if req.last:
                 self.m.end_session(req.session_id, now=now)
             else:
-                self.m.finish_step(req.session_id, now=now, tool="t", expected_s=tool_s)
+                self.m.finish_step(req.session_id, now=now, tool=tool, expected_s=tool_s)
             sched.finish(req, now, ended=req.last)
             done.append(req)
         return done

@@ -92,6 +92,12 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"scheduler parameter {name} must be True or False, got {value!r}")
+    return value
+
+
 def check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
     ok = is_number(value) and not math.isnan(value)
     if not ok or value < minimum or (strict and value == minimum):

@@ -2,7 +2,10 @@
 the vLLM session gate (kvsaga/integrations/vllm/gate.py). Plain Python: no torch, no vLLM.
 
 An admitted session is predicted to hold its own context (less a prefix shared with other
-sessions) plus its workflow's expected context growth over its next steps. A new session is
+sessions) plus its workflow's expected context growth over its next steps (the scheduler
+can predict the first of them from the tool it paused on and charge the growth only while a
+step of it is queued or running: `tool_growth`, `paused_growth`; the vLLM gate, which sees
+no tools, charges the workflow's mean growth all along). A new session is
 admitted while the predicted working sets fit; a session paused far longer than expected
 may be demoted so others enter; when the working sets outgrow the memory anyway (contexts
 grew more than predicted), paused sessions are demoted (the scheduler: those expected back
@@ -35,12 +38,15 @@ class Growth:
 
 
 class GrowthTable:
-    """`Growth` per workflow, starting from `prior` tokens per step until one is observed."""
+    """`Growth` per workflow, starting from `prior` tokens per step until one is observed,
+    and per (workflow, tool): the growth of the step after a pause on that tool, which is
+    mostly the tool's observation (a web fetch adds five times what a search does)."""
 
     def __init__(self, prior: float, alpha: float) -> None:
         self.prior = float(prior)
         self.alpha = float(alpha)
         self.by_workflow: dict[str, Growth] = {}
+        self.by_tool: dict[tuple[str, str], Growth] = {}
 
     def __getitem__(self, workflow: str) -> Growth:
         g = self.by_workflow.get(workflow)
@@ -48,19 +54,35 @@ class GrowthTable:
             g = self.by_workflow[workflow] = Growth(self.prior)
         return g
 
-    def mean(self, workflow: str) -> float:
+    def mean(self, workflow: str, tool: str | None = None) -> float:
+        """The expected growth of a step: after a pause on `tool`, that tool's mean once
+        one was observed; else the workflow's."""
+        if tool is not None:
+            g = self.by_tool.get((workflow, tool))
+            if g is not None:
+                return g.mean
         g = self.by_workflow.get(workflow)
         return self.prior if g is None else g.mean
 
-    def observe(self, workflow: str, growth_tokens: float) -> None:
+    def observe(self, workflow: str, growth_tokens: float, tool: str | None = None) -> None:
+        """A step grew the context by `growth_tokens`; `tool`: the pause before it."""
         self[workflow].add(growth_tokens, self.alpha)
+        if tool is not None:
+            g = self.by_tool.get((workflow, tool))
+            if g is None:
+                g = self.by_tool[workflow, tool] = Growth(self.prior)
+            g.add(growth_tokens, self.alpha)
 
 
 def working_set_blocks(own_tokens: float, horizon_steps: float, growth_tokens: float,
-                       block_size: int) -> int:
+                       block_size: int, first_growth_tokens: float | None = None) -> int:
     """Blocks a session is predicted to hold: its own context plus `horizon_steps` steps of
-    `growth_tokens` growth, rounded up to blocks."""
-    return math.ceil((max(own_tokens, 0) + horizon_steps * growth_tokens) / block_size)
+    `growth_tokens` growth (the first of them `first_growth_tokens`, when given: the next
+    step's own prediction), rounded up to blocks."""
+    growth = horizon_steps * growth_tokens
+    if first_growth_tokens is not None:
+        growth += min(horizon_steps, 1.0) * (first_growth_tokens - growth_tokens)
+    return math.ceil((max(own_tokens, 0) + growth) / block_size)
 
 
 def demote_deadline(paused_at: float, expected_s: float, factor: float, min_s: float) -> float:

@@ -164,3 +164,41 @@ def test_idle_admission_happens_at_the_wake_time_itself():
     s.add(c, t0)
     assert not s.schedule(t0, ex).admitted
     assert s.schedule(s.wake_time, ex).admitted == [c]
+
+
+@pytest.mark.parametrize("paused_growth", [False, True])
+def test_a_paused_session_is_charged_its_growth_only_once_its_next_step_comes(paused_growth):
+    """A paused context does not grow: by default (paused_growth False) a paused session is
+    charged its context only, so room kept for its growth can admit another session; its
+    growth is charged again when its next step is queued."""
+    m, s, ex, a = two_paused(paused_growth=paused_growth)  # 21-token contexts, growth 8
+    paused = 6 if not paused_growth else 8  # ceil(21 / 4), ceil((21 + 8) / 4)
+    assert s.sessions["a"].blocks == paused and s._committed == 2 * paused
+    c = ToyRequest("c", toks(200, 8), max_new=1, last=False)  # (8 + 8) / 4 = 4 blocks
+    s.add(c, 1.0)
+    out = s.schedule(1.0, ex)
+    assert out.admitted == ([] if paused_growth else [c])
+    ex.run(s, out, 1.0)
+    a2 = ToyRequest("a", a.prompt + a.out + [7], max_new=1, resumed=True)
+    s.add(a2, 2.0)
+    assert s.sessions["a"].blocks == 8  # queued again: its growth is charged
+
+
+@pytest.mark.parametrize("tool_growth,blocks", [(True, 21), (False, 17)])
+def test_the_next_growth_is_predicted_from_the_tool_the_session_paused_on(tool_growth, blocks):
+    """Steps after a pause on "fetch" grow by 21 tokens, after "search" by 5: the paused
+    session's working set counts the growth of the tool it paused on (tool_growth), not
+    the workflow's last (alpha 1) growth."""
+    m = manager(64)
+    s = wf(m, growth_alpha=1.0, paused_growth=True, tool_growth=tool_growth)
+    ex = ToyExecutor(m)
+    ctx = toks(0, 8)
+    for k, (grow, tool) in enumerate([(0, "fetch"), (20, "search"), (4, "fetch"),
+                                      (20, "search"), (4, "fetch")]):
+        r = ToyRequest("a", ctx + toks(1000 + 100 * k, grow), max_new=1, last=False,
+                       resumed=k > 0)
+        s.add(r, float(k))
+        ex.run(s, s.schedule(float(k), ex), float(k), tool=tool)
+        ctx = r.prompt + r.out
+    assert len(ctx) == 61 and s._growth.mean("default") == 5
+    assert s.sessions["a"].blocks == blocks  # ceil((61 + 21) / 4), ceil((61 + 5) / 4)

@@ -28,3 +28,16 @@ def test_working_set_rule_shared_by_scheduler_and_gate():
                  demote)
     assert out == ["d", "b", "a"] and list(sessions) == ["c"] and committed[0] == 5
     assert shrink({"a": (9, True)}, ["a"], lambda: True, lambda s: s[1], demote) == []
+
+
+def test_growth_is_learned_per_tool_and_falls_back_to_the_workflow():
+    """The growth after a pause on a tool is that tool's mean once observed (a fetch adds
+    more than a search); else the workflow's; the first horizon step uses it."""
+    g = GrowthTable(prior=10.0, alpha=1.0)
+    g.observe("w", 4.0, tool="search")
+    g.observe("w", 20.0, tool="fetch")
+    assert (g.mean("w", "search"), g.mean("w", "fetch"), g.mean("w")) == (4.0, 20.0, 20.0)
+    assert g.mean("w", "unseen") == 20.0 and g.mean("x", "search") == 10.0
+    assert working_set_blocks(8, 2.0, 4.0, 4, first_growth_tokens=12.0) == 6  # 8 + 12 + 4
+    assert working_set_blocks(8, 0.5, 4.0, 4, first_growth_tokens=12.0) == 4  # 8 + 6
+    assert working_set_blocks(8, 0.5, 4.0, 4) == 3  # 8 + 2
