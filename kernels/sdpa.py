@@ -64,16 +64,19 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None, *
     them on SDPA (bench/cpu_attention.py times both).
     """
     query, k_cache, v_cache, scale = args.query, args.k_cache, args.v_cache, args.scale
-    if out is None:
-        out = torch.zeros_like(query)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     group = query.shape[1] // num_kv_heads
     in_place = inplace.supports(query, k_cache, v_cache)
     if whole is None:
         whole = inplace.has_tiles(head_dim)
     if in_place and (args.max_query_len == 1 or whole):
-        inplace.paged_attention(args, out, None)  # every row, no host read, no SDPA
+        if out is None:  # the kernel writes every query row; zero only the padding after
+            out = torch.empty_like(query)
+            out[int(args.query_start_loc[-1]):].zero_()
+        inplace.paged_attention(args, out, None)  # every row, no SDPA
         return out
+    if out is None:
+        out = torch.zeros_like(query)
     if in_place:  # every decode row in one call, reading the cache in place
         starts = args.query_start_loc.tolist()
         inplace.paged_attention(

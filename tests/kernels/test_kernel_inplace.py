@@ -144,6 +144,20 @@ def test_sdpa_path_sends_whole_batches_where_the_kernel_has_tiles(monkeypatch):
         assert calls == [expected]
 
 
+@pytest.mark.parametrize("max_query_len", [1, 20])
+def test_sdpa_path_without_out_zeroes_only_the_padding_rows(max_query_len):
+    """With no `out`, the kernel's output buffer starts empty: every query row is written
+    by the kernel and the padding rows after `query_start_loc[-1]` are zero."""
+    q_lens = [1, 1] if max_query_len == 1 else [20, 1]
+    case = make_case([20, 16], q_lens, block_size=16, num_kv_heads=2, group=3, head_dim=64,
+                     dtype=torch.float32, num_pad_rows=3)
+    args = case.attention_args(max_query_len=max_query_len, max_seq_len=20)
+    got = sdpa.paged_attention(args, whole=True)
+    want = reference.paged_attention(args)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    assert (got[-3:] == 0).all()
+
+
 def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):
     """Torch's thread count only where OpenMP's workers sleep; one thread beside spinners."""
     before = torch.get_num_threads()
