@@ -35,12 +35,14 @@ class ModelRunner:
             The chunks that were sampled (in row order of the output) and the sampler output.
         """
         input_ids: list[int] = []
+        positions: list[int] = []  # known here; meta.positions() would take ~6 tensor ops
         slots: list[int] = []
         tables, seq_lens, query_lens, logits_rows = [], [], [], []
         sampled: list[ScheduledChunk] = []
         for c in chunks:
             ctx = c.request.all_token_ids
             input_ids.extend(ctx[c.start : c.start + c.num_tokens])
+            positions.extend(range(c.start, c.start + c.num_tokens))
             slots.extend(c.slots)
             tables.append(self.manager.block_table(c.request.session_id))
             seq_lens.append(c.start + c.num_tokens)
@@ -52,10 +54,11 @@ class ModelRunner:
             tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows, slots
         )
         ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
         if not sampled:
-            self.model.hidden_states(ids, meta.positions(), self.kv_cache, meta)
+            self.model.hidden_states(ids, pos, self.kv_cache, meta)
             return [], None
-        logits = self.model(ids, meta.positions(), self.kv_cache, meta)  # [N, vocab] fp32
+        logits = self.model(ids, pos, self.kv_cache, meta)  # [N, vocab] fp32
         params = [c.request.params for c in sampled]
         gens = [c.request.generator for c in sampled]
         return sampled, self.sampler(logits, params, gens)
