@@ -40,3 +40,24 @@ def test_server_threads_names_the_busiest_thread_and_the_exited_rest():
     assert split["rest"] == pytest.approx(0.2, abs=0.08)  # the exited thread
     assert split["main"] < 0.15  # this thread mostly slept
     assert split["other_live"] < 0.1
+
+
+def _result(tok_s: float, load: float) -> dict:
+    return {"wall_s": 10.0, "output_tok_s": tok_s, "output_tok_per_cpu_s": tok_s / 2,
+            "server_cpu_s": 20.0, "prompt_tokens": 8580, "loadavg": load,
+            "all_output_tok_s": [tok_s], "all_output_tok_per_cpu_s": [tok_s / 2],
+            "all_loadavg": [load]}
+
+
+def test_table_judges_the_goal_only_on_a_quiet_machine():
+    import argparse
+
+    args = argparse.Namespace(requests=16, max_tokens=64, kv_memory=1 << 30, block_size=32,
+                              max_num_seqs=16, repeat=1, order="vllm,kvsaga")
+    cores = os.cpu_count() or 1
+    quiet = serve_throughput._table(
+        args, {"vllm": _result(100, 0.5), "kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+    assert "(goal >= 1.0x: met)" in quiet and "quiet machine" not in quiet
+    loaded = serve_throughput._table(
+        args, {"vllm": _result(100, cores + 1), "kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+    assert "not judged: the machine was loaded" in loaded and "rerun on a quiet" in loaded
