@@ -393,7 +393,7 @@ class WorkflowScheduler(Scheduler):
         predicted), demote paused sessions, those expected back last first (their memory
         would idle longest, and their next step is the least urgent): their next steps wait
         for room instead of evicting the contexts of sessions about to resume. (Most recently
-        admitted first did worse on the fit seed 101: `bench/scheduling.py --fit`.) Aging:
+        admitted first did worse on seed 101, the earlier single-seed `--fit`.) Aging:
         sessions demoted `shrink_aging` times already go after all others, or the same
         long-tool sessions are demoted at every pause and make the p95 TCT (seed 101, bfcl
         1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse)."""
