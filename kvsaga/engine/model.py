@@ -132,7 +132,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = cpu_linear.linear(x, self.gate_up_proj, None, self.gate_up_packed)
         gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
-        return cpu_linear.linear(F.silu(gate) * up, self.down_proj, None, self.down_packed)
+        act = F.silu(gate).mul_(up)  # in SiLU's fresh output: one [T, I] buffer, not two
+        return cpu_linear.linear(act, self.down_proj, None, self.down_packed)
 
 
 class DecoderLayer(nn.Module):
@@ -154,8 +155,11 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta)
-        return x + self.mlp(self.post_attn_norm(x))
+        # Residual adds into the sublayers' fresh outputs (a + b == b + a, bit for bit): a
+        # prefill chunk's [T, H] buffers are megabytes, each new one paid in page faults
+        # (the adds and SiLU x up were 2.6% and 1.8% of the prefill profile's own time).
+        x = self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta).add_(x)
+        return self.mlp(self.post_attn_norm(x)).add_(x)
 
 
 class LlamaForCausalLM(nn.Module):
