@@ -21,7 +21,8 @@ from typing import Protocol, runtime_checkable
 from kvsaga.policy.aeg import ExecutionGraph
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, SessionView, Stream
+from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy, SessionView
+from kvsaga.policy.search import Stream
 from kvsaga.policy.ttl import TTLPolicy
 
 

@@ -12,31 +12,8 @@ Every CACHED block of the GPU tier is in exactly one of three places:
 - `plain`: cache owned by no session (a prefix shared by several sessions, or anything
   hit again after its session ended), in LRU order.
 
-A victim search merges one lazy stream per group (a session's blocks tail first, the dead
-queue, the plain queue), each yielding ((key, tie-break), block); the lowest pair goes
-first. A queue block's tie-break is the block itself; a session's is its tail block, the same
-for all its blocks, so sessions with equal keys are taken one whole session at a time.
-
-Two ways to run that merge, with the same result for the same keys:
-- **scan** (`indexed = False`; `belady`, `oracle-ttl`, and `scan_order` for tests): compute
-  every session's key at each search: O(sessions + victims * log(sessions)) per call;
-- **index** (`indexed = True`; `ttl`, `saga`, `graph`): a session's key is a function of its
-  state and of time *rounded down to a grid* (`elapsed_grid`: 1 ms, then steps of 2^(1/4)),
-  so it changes only on events: the session's own hooks, a change of its cached blocks, its
-  next grid point or deadline (a timer the policy returns with the key), or a change of the
-  policy's global state (`_global_state`: memory pressure and normalizers, each on a
-  geometric scale that moves only once the value moved a whole step: `sticky_level`). A heap
-  of (key of the session's tail, tail block, version) holds one live entry per session
-  (`_index`: kvsaga/policy/session_heap.py, in C++ where the manager runs the C++ core);
-  stale entries are skipped when they surface and the heap is rebuilt when they dominate.
-  A search re-keys only the sessions marked since the last one, then pops victim sessions
-  (one pop gives a session's blocks in one slice when its keys never rise from tail to
-  head): O((marked + victim sessions) * log(sessions)). It records its runs (session,
-  count); when the pool uncaches exactly those victims, each run leaves its group in one
-  slice, with no Python work per block (`_planned`). What the policies learn (pause fits, admission
-  waits) changes many keys at once: keys are recomputed from the current statistics when
-  a session is re-keyed, and all of them once `relearn_share` x sessions learning events
-  (steps begun, sessions ended) have passed since the last full rebuild.
+Victims come from the search in kvsaga/policy/search.py (`VictimSearch`, which this
+class mixes in): a merge of one stream per group, by a scan or by an event-driven index.
 
 Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
@@ -51,17 +28,16 @@ blocks its release caches right after are routed there too.
 
 from __future__ import annotations
 
-import heapq
-import math
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable, Iterator
-from itertools import groupby, islice
+from collections.abc import Callable, Hashable
+from itertools import groupby
 from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
 from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.policy.search import VictimSearch
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from kvsaga.session import PauseHint
 
@@ -69,29 +45,6 @@ if TYPE_CHECKING:
     from kvsaga.session import Session
 
 UNTRACKED, DEAD, PLAIN, OWNED = 0, 1, 2, 3
-
-Stream = Iterator[tuple[Any, int]]
-_REKEY_ALL = object()  # a global state no policy has: the next search re-keys everyone
-
-GRID_S = 1e-3  # first point of the elapsed-time grid
-GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
-_LOG_RATIO = math.log(GRID_RATIO)
-
-
-def elapsed_grid(e: float) -> tuple[float, float]:
-    """(e rounded down to the grid, the next grid point): 0, 1 ms, then x 2^(1/4) steps.
-
-    Keys that depend on time read it through this grid, so they change at grid points only.
-    """
-    if e < GRID_S:
-        return 0.0, GRID_S
-    k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
-    lo = GRID_S * GRID_RATIO**k
-    if lo > e:  # rounding in log(): step back
-        k -= 1
-        lo = GRID_S * GRID_RATIO**k
-    return lo, GRID_S * GRID_RATIO ** (k + 1)
-
 
 def extend_sorted(g: list, items: list, key: Callable[[Any], Any]) -> None:
     """Add `items`, sorted and distinct by `key`, to the list `g` sorted by `key` (none of
@@ -101,14 +54,6 @@ def extend_sorted(g: list, items: list, key: Callable[[Any], Any]) -> None:
     else:
         for x in items:
             insort(g, x, key=key)
-
-
-def sticky_level(x: float, level: int, ratio: float) -> int:
-    """x's level on a geometric scale (level k stands for ratio**k), kept at `level` while x
-    stays within one step of it: a normalizer that hovers near a boundary does not flip
-    every key back and forth. x must be > 0."""
-    exact = math.log(x) / math.log(ratio)
-    return level if abs(exact - level) <= 1.0 else round(exact)
 
 
 class SessionView:
@@ -135,7 +80,7 @@ class SessionView:
         return self.running or self.imminent
 
 
-class GroupedPolicy(EvictionPolicy):
+class GroupedPolicy(VictimSearch, EvictionPolicy):
     """Tracks evictable blocks per owner session; subclasses give the keys.
 
     Subclasses define `_session_base` (a session's key and when it must be recomputed),
@@ -408,223 +353,6 @@ class GroupedPolicy(EvictionPolicy):
 
     def tick(self, now: float) -> None:
         self._touch(now)
-
-    # -- victims ------------------------------------------------------------------------------
-    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
-        self._touch(now)
-        if num_blocks <= 0:
-            return []
-        if self.indexed:
-            return self._index_victims(num_blocks, now)
-        return self._scan_victims(num_blocks, now)
-
-    def eviction_order(self, now: float | None = None) -> list[int]:
-        """Every evictable block, first victim first (for tests and debugging)."""
-        now = self._now if now is None else now
-        if self.indexed:
-            return self._index_victims(len(self.plain) + len(self.dead) + sum(
-                len(g) for g in self.groups.values()), now)
-        return self._scan_victims(None, now)
-
-    def scan_order(self, now: float) -> list[int]:
-        """Every evictable block in the order a full scan of every session's key gives: the
-        reference that the index must reproduce (exactly so with `relearn_share=0`)."""
-        return self._scan_victims(None, now)
-
-    def _scan_victims(self, num_blocks: int | None, now: float) -> list[int]:
-        streams = self._streams(now)
-        try:
-            return [b for _, b in islice(heapq.merge(*streams), num_blocks)]
-        finally:
-            for s in streams:
-                s.close()
-
-    def _streams(self, now: float) -> list[Stream]:
-        self._prepare(now)
-        out = self._queue_streams(now)
-        for sid, g in self.groups.items():
-            out.append(self._session_stream(sid, g, now))
-        return out
-
-    def _queue_streams(self, now: float) -> list[Stream]:
-        out: list[Stream] = []
-        if len(self.dead):
-            out.append(self._dead_stream(now))
-        if len(self.plain):
-            out.append(self._plain_stream(now))
-        return out
-
-    # -- the index ----------------------------------------------------------------------------
-    def _index_victims(self, num_blocks: int, now: float) -> list[int]:
-        """Merge the indexed sessions' tails with the dead and plain streams.
-
-        Candidates: the index's top, `more` (the rest of sessions taken from in this call)
-        and the head of each queue stream, compared by (key, tie-break). A session taken
-        from keeps yielding its blocks while they stay below every other candidate: all of
-        them at once when its keys never rise from tail to head (`_keys_nonincreasing`).
-        """
-        self._prepare(now)
-        self._refresh(now)
-        streams = self._queue_streams(now)
-        out: list[int] = []
-        # The index keeps the sessions it names aside: eviction re-keys them; the next
-        # search puts back those it did not (a caller that only asks, as `eviction_order`).
-        try:
-            if not streams and self._keys_nonincreasing():
-                # The usual case (no dead or plain cache): each session the index's top
-                # names leaves whole, tail first, until the count is reached.
-                groups = self.groups
-                runs = self._index.runs(num_blocks)
-                for sid, k in runs:
-                    out += groups[sid][:k]
-                self._plan = (out.copy(), runs)
-            else:
-                self._merge_victims(num_blocks, streams, out)
-        finally:
-            for s in streams:
-                s.close()
-        return out
-
-    def _merge_victims(self, num_blocks: int, streams: list[Stream], out: list[int]) -> None:
-        """The general search: the index's top, `more` and the queue streams' heads."""
-        index, groups, entry_key, base_of, pos = (
-            self._index, self.groups, self._entry_key, self._base, self._pos)
-        monotone = self._keys_nonincreasing()
-        heads = [next(s, None) for s in streams]
-        more: list[tuple[Any, int, str, int]] = []  # (key, tie, session, next entry)
-
-        def best_other() -> tuple[tuple[Any, int] | None, int]:
-            top = index.top()
-            best, src = (top, -1) if top is not None else (None, 0)
-            if more and (best is None or more[0][:2] < best):
-                best, src = more[0][:2], -2
-            for i, h in enumerate(heads):
-                if h is not None and (best is None or h[0] < best):
-                    best, src = h[0], i
-            return best, src
-
-        while len(out) < num_blocks:
-            best, src = best_other()
-            if best is None:
-                break
-            if src >= 0:
-                out.append(heads[src][1])
-                heads[src] = next(streams[src], None)
-                continue
-            if src == -1:
-                sid, tie, k = index.pop(), best[1], 0
-            else:
-                _, tie, sid, k = heapq.heappop(more)
-            g, base = groups[sid], base_of[sid]
-            out.append(g[k])
-            if monotone:  # every later (key, tie) <= this one < every other candidate
-                out.extend(g[k + 1:k + 1 + num_blocks - len(out)])
-                continue
-            bound, _ = best_other()
-            for j in range(k + 1, len(g)):
-                if len(out) >= num_blocks:
-                    break
-                nb = g[j]
-                key = entry_key(base, pos[nb])
-                if bound is not None and not (key, tie) < bound:
-                    heapq.heappush(more, (key, tie, sid, j))
-                    break
-                out.append(nb)
-
-    def _refresh(self, now: float) -> None:
-        """Re-key the sessions whose key may have changed since the last search."""
-        index = self._index
-        state = self._global_state(now)
-        stale = len(index) > 2 * len(self.groups) + 64
-        relearn = (self._learned != self._learned_at_rebuild
-                   and self._learned - self._learned_at_rebuild
-                   > self.relearn_share * len(self.groups))
-        if stale and state == self._global and not relearn:
-            index.compact()
-        elif state != self._global or stale or relearn:
-            self._global = state
-            self._learned_at_rebuild = self._learned
-            index.clear()
-            self._base.clear()
-            self._dirty = set(self.groups)
-        dirty, groups, base = self._dirty, self.groups, self._base
-        dirty.update(index.due(now))
-        for sid in dirty:
-            if sid in groups:
-                self._rekey(sid, now)
-            else:  # no cached block left (evicted, or its hits took them)
-                index.drop(sid)
-                base.pop(sid, None)
-        dirty.clear()
-        index.restore()
-
-    def rekey_all(self) -> None:
-        """Make the next search re-key every session, as relearning does (what
-        `bench/allocator.py --eviction-scaling` times to amortize it)."""
-        self._global = _REKEY_ALL
-
-    def _rekey(self, sid: str, now: float) -> None:
-        """Key a session that holds cached blocks, in the index."""
-        g = self.groups[sid]
-        base, until = self._session_base(sid, g, now)
-        self._base[sid] = base
-        b = g[0]
-        # The key was judged at `now`, so it next changes after it: the index fires a
-        # deadline that rounding put at or before `now` at the next search after `now`.
-        self._index.push(sid, self._entry_key(base, self._pos[b]), b, len(g), until, now)
-
-    def _global_state(self, now: float) -> Hashable:
-        """What every session's key depends on besides its own state (default: nothing)."""
-        return None
-
-    def elapsed_since(self, t0: float, now: float) -> tuple[float, float]:
-        """(seconds since t0 as keys read them, when that next changes): rounded down to
-        the grid when indexed, exact (and no deadline) for a scan-only policy."""
-        e = max(now - t0, 0.0)
-        if not self.indexed:
-            return e, math.inf
-        lo, hi = elapsed_grid(e)
-        return lo, t0 + hi
-
-    def _prepare(self, now: float) -> None:
-        """Compute per-call constants before the streams are read."""
-
-    def _dead_stream(self, now: float) -> Stream:
-        for b in self.dead:
-            yield (self._dead_key(b, now), b), b
-
-    def _plain_stream(self, now: float) -> Stream:
-        for b in self.plain:
-            yield (self._plain_key(b, now), b), b
-
-    def _session_stream(self, sid: str, group: list[int], now: float) -> Stream:
-        base, _ = self._session_base(sid, group, now)
-        entry_key, pos = self._entry_key, self._pos
-        tie = group[0]  # one tie-break per session: tied sessions go one after another
-        for b in group:  # tail first: the survivors stay a usable prefix
-            yield (entry_key(base, pos[b]), tie), b
-
-    def _session_base(self, sid: str, group: list[int], now: float
-                      ) -> tuple[Any, float]:
-        """(the session's key, the time by which it must be recomputed; inf: only on
-        events)."""
-        raise NotImplementedError
-
-    def _entry_key(self, base: Any, position: int) -> Any:
-        """The key of the session's block at `position` (default: the session's key)."""
-        return base
-
-    def _keys_nonincreasing(self) -> bool:
-        """Whether, within a session, each block's key is <= the key of the block before
-        it (tail first): the victim search then takes a session's blocks in bulk. True for
-        the default `_entry_key` (one key per session)."""
-        return type(self)._entry_key is GroupedPolicy._entry_key
-
-    def _plain_key(self, block_id: int, now: float) -> Any:
-        raise NotImplementedError
-
-    def _dead_key(self, block_id: int, now: float) -> Any:
-        raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
     def _order_key(self, block_id: int) -> tuple[int, int]:

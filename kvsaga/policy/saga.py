@@ -37,8 +37,9 @@ import math
 
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import GRID_S, GroupedPolicy, elapsed_grid, sticky_level
+from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
+from kvsaga.policy.search import GRID_S, elapsed_grid, sticky_level
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
 

@@ -46,7 +46,8 @@ import math
 
 from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
-from kvsaga.policy.groups import GRID_RATIO, GroupedPolicy, SessionView, sticky_level
+from kvsaga.policy.groups import GroupedPolicy, SessionView
+from kvsaga.policy.search import GRID_RATIO, sticky_level
 from kvsaga.session import PauseHint
 
 

@@ -43,4 +43,4 @@ def test_profile_names_the_policy_search_per_allocation():
     text = load().profile_eviction(8, "ttl", repeat=4, top=200)
     head, _, *rows = text.splitlines()
     assert head.startswith("ttl at 8 paused sessions, the cheaper 2 of 4 allocations")
-    assert any("groups.py:" in r and r.endswith(" choose_victims") for r in rows)
+    assert any("search.py:" in r and r.endswith(" choose_victims") for r in rows)

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 
 from kvsaga import OutOfBlocks
 from kvsaga.policy import POLICIES
-from kvsaga.policy.groups import GRID_RATIO, GRID_S, GroupedPolicy, elapsed_grid
+from kvsaga.policy.groups import GroupedPolicy
+from kvsaga.policy.search import GRID_RATIO, GRID_S, elapsed_grid
 from tests.policy.helpers import build, make, run_step, tokens
 from tests.policy.test_properties import apply, op_lists
 
