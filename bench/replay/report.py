@@ -59,16 +59,17 @@ def floor_tokens(records: list[StepRecord], shared_prefix: int, block_size: int)
     return total
 
 
-def replica_changes(records: list[StepRecord]) -> int:
+def replica_changes(records: list[StepRecord]) -> int | None:
     """Steps served on another replica than their session's previous step (each one a
-    session moved: its KV migrated or recomputed)."""
+    session moved: its KV migrated or recomputed); None when no step names its replica
+    (a single node, or Ray's own router, whose responses carry no x-kvsaga-replica)."""
     last: dict[str, str] = {}
     n = 0
     for r in sorted(records, key=lambda r: (r.session, r.step)):
         if r.error is None and r.replica is not None:
             n += r.session in last and last[r.session] != r.replica
             last[r.session] = r.replica
-    return n
+    return n if last else None
 
 
 def route_counts(records: list[StepRecord]) -> dict[str, int]:
@@ -201,6 +202,8 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
 def moves_line(arm: str, runs: list[dict[str, Any]]) -> str:
     """Per round, how many of an arm's steps changed replica, and the router's reasons (what
     a session's move costs: a migration or a recompute, and the hand-over between them)."""
+    if any(r["replica_changes"] is None for r in runs):
+        return f"{arm}: which replica served each step is not reported (no x-kvsaga-replica)"
     per = ", ".join(f"{r['replica_changes']} of {r['requests']}" for r in runs)
     routes = ", ".join(f"{k} {v}" for k, v in runs[0]["routes"].items()) if runs else ""
     return (f"{arm}: steps that changed replica per round {per}"
