@@ -180,9 +180,10 @@ class RoutingConfig:
         busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
             exceeds the mean of the replicas' by more than this share of it (and by at
             least `busy_balance_min_s`) is ahead: a step of one of its sessions moves to a
-            replica behind the mean that has nothing waiting, no more busy steps and room
-            for the session (a balance steal; 0: off). The session moves again only once
-            its new home is ahead in turn.
+            replica behind the mean that has nothing waiting, fewer busy steps than it
+            and room for the session (a balance steal; 0: off). A home with nothing in
+            flight keeps its session (moving it would gain no concurrency). The session
+            moves again only once its new home is ahead in turn.
             Queue counts even out the load of the moment; this evens out the work done,
             which they cannot once arrivals stop and the last long sessions keep a few
             replicas busy while the rest idle.
@@ -461,8 +462,8 @@ class KvsagaRouter(Router):
         replica with no more busy steps than home has room for the session below
         `max_commitment` (`_roomy`); of those, the one with the least predicted load
         steals. Else (balance) home's accumulated busy time is ahead of the fleet's and
-        some replica with no more busy steps is behind it (`_behind`): the one furthest
-        behind steals."""
+        some replica with fewer busy steps than home is behind it (`_behind`): the one
+        furthest behind steals."""
         c = self.config
         if self.fair.share_ratio(req.tenant) > c.steal_max_share:
             return None, ""
@@ -477,7 +478,11 @@ class KvsagaRouter(Router):
         if free:
             return min(free, key=lambda x: (self.predicted_load(x, stats),
                                             self._load(x, stats))), "steal"
-        behind = self._behind(home, req, stats, no_busier)
+        # Work done evens out only by moving work that would otherwise wait on home: a
+        # home with nothing in flight (a lone session on a quiet fleet) keeps its step,
+        # else the session would move at every step as its home pulls ahead in turn.
+        less_busy = [x for x in no_busier if self.busy(x, stats) < busy_home]
+        behind = self._behind(home, req, stats, less_busy)
         if behind:
             return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
         return None, ""

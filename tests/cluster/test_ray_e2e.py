@@ -63,8 +63,9 @@ def cluster(tiny_dir: Path):
             # may still count as running), so 1 would move steps of an idle session. No
             # weight on predicted resumes: the paused session must not push the busy
             # steps below off its home. No balance steal: the sticky session's home is
-            # the only replica that has worked, so it would move off at its next step
-            # (tested on fake replicas, test_ray_router.py).
+            # the only replica that has worked, and a lagging report can still show its
+            # last step running, which would move it at its next step (the balance
+            # steal itself is tested on fake replicas, test_ray_router.py).
             router_kwargs={"steal_min_waiting": 0, "steal_margin": 2, "prefix_slack": 2,
                            "resume_weight": 0.0, "migrate_latency_s": 0.0,
                            "busy_balance": 0.0},
