@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvsaga import __version__
+from kvsaga.logs import StderrHandler
 
 log = logging.getLogger("kvsaga.cli")
 
@@ -202,23 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _CurrentStderr:
-    """Writes to whatever `sys.stderr` is at the time of the write. The root handler's stream:
-    a `main()` called in-process (tests, a notebook) may see sys.stderr swapped and closed
-    after it returns (pytest's capsys), and a record logged later, often from a server's or
-    engine's thread, would then print '--- Logging error ---' instead of the line."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=_CurrentStderr(), force=True,
-                        format="%(levelname)s %(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    fmt = logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s", "%H:%M:%S")
+    logging.basicConfig(level=level.upper(), handlers=[StderrHandler(fmt)], force=True)
 
 
 def report_failure(prog: str, e: BaseException, debug: bool, context: str = "") -> int:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 
 from kvsaga.config import parse_bytes
+from kvsaga.logs import StderrHandler
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
@@ -250,27 +251,11 @@ def cmd_sim(args) -> int:
     return 0
 
 
-class _StderrLines(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a line is logged (not when it was made)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("kvsaga sim: %(message)s"))
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
 def _log_lines_to_stderr() -> None:
     """Show `kvsaga.sim`'s per-simulation lines on stderr (one handler per process)."""
     logger = logging.getLogger("kvsaga.sim")
-    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
-        logger.addHandler(_StderrLines())
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        logger.addHandler(StderrHandler(logging.Formatter("kvsaga sim: %(message)s")))
     logger.setLevel(logging.INFO)
 
 
