@@ -148,7 +148,9 @@ def fit(args, kv: int) -> None:
     """Try every FIT_GRID setting with kvsaga + workflow + lru on the given families,
     seeds and GPU counts; print them ranked by the geometric mean of mean TCT (the worst
     load_imbalance beside) and pick the fastest whose worst imbalance meets
-    TARGET_IMBALANCE (the goals ask for both), else the fastest."""
+    TARGET_IMBALANCE (the goals ask for both), else the fastest. A balance steal with no
+    floor is not eligible: it moves a lone session on a quiet fleet at every second or
+    third step (RoutingConfig.busy_balance_min_s), which no fleet simulated here shows."""
     combos = list(FIT_GRID)
     cases = [(f, s, g) for g in _ints(args.gpus) for f in args.family.split(",")
              for s in _ints(args.seed)]
@@ -165,11 +167,19 @@ def fit(args, kv: int) -> None:
     print(f"fit on (family, seed, GPUs) {cases}, load {args.load}x, {args.sessions_per_gpu} "
           "sessions per GPU (geometric mean of mean TCT, worst load_imbalance):")
     scored.sort(key=lambda x: x[0])
-    ok = [s for s in scored if s[1] <= TARGET_IMBALANCE]
-    pick = (ok or scored)[0]
+    eligible = [s for s in scored if _quiet_safe(s[2])]
+    ok = [s for s in eligible if s[1] <= TARGET_IMBALANCE]
+    pick = (ok or eligible)[0]
     for s in scored:
         gm, imb, c = s
-        print(f"  {gm:8.2f} s  {imb:.3f}  {c}{'  <- picked' if s is pick else ''}")
+        note = "  <- picked" if s is pick else "" if _quiet_safe(c) else "  (no floor)"
+        print(f"  {gm:8.2f} s  {imb:.3f}  {c}{note}")
+
+
+def _quiet_safe(knobs: dict) -> bool:
+    """Whether a setting keeps a lone session home on a quiet fleet: no balance steal, or
+    one with a floor."""
+    return not knobs.get("busy_balance") or knobs.get("busy_balance_min_s", 0.0) > 0
 
 
 def section_title(args) -> str:

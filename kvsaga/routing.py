@@ -180,16 +180,19 @@ class RoutingConfig:
         busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
             exceeds the mean of the replicas' by more than this share of it (and by at
             least `busy_balance_min_s`) is ahead: a step of one of its sessions moves to a
-            replica behind the mean that has nothing waiting, fewer busy steps than it
-            and room for the session (a balance steal; 0: off). A home with nothing in
-            flight keeps its session (moving it would gain no concurrency). The session
-            moves again only once its new home is ahead in turn.
+            replica behind the mean that has nothing waiting, no more busy steps and room
+            for the session (a balance steal; 0: off). The session moves again only once
+            its new home is ahead in turn.
             Queue counts even out the load of the moment; this evens out the work done,
             which they cannot once arrivals stop and the last long sessions keep a few
             replicas busy while the rest idle.
-        busy_balance_min_s: seconds of work below which a lead is no imbalance (0: any
-            lead over `busy_balance` counts; a fleet that should keep a quiet session
-            where it is, e.g. two replicas of which one has served it, sets a few seconds).
+        busy_balance_min_s: for a home that holds no other work (no step in flight, no
+            other paused session), seconds of work below which its lead is no imbalance
+            (0: any lead over `busy_balance` counts). Without it a lone session on a quiet
+            fleet moves, with its KV, at every second or third step: its home is the
+            replica that has worked, so it leads the mean by half the session's own work.
+            The default keeps such a session home until the lead is 10 s of work. A home
+            shared with other work needs no floor: moving one of its sessions spreads it.
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -204,7 +207,7 @@ class RoutingConfig:
     steal_max_share: float = 1.0
     max_commitment: float = 1.0
     busy_balance: float = 0.05
-    busy_balance_min_s: float = 0.0
+    busy_balance_min_s: float = 10.0
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
@@ -462,8 +465,8 @@ class KvsagaRouter(Router):
         replica with no more busy steps than home has room for the session below
         `max_commitment` (`_roomy`); of those, the one with the least predicted load
         steals. Else (balance) home's accumulated busy time is ahead of the fleet's and
-        some replica with fewer busy steps than home is behind it (`_behind`): the one
-        furthest behind steals."""
+        some replica with no more busy steps is behind it (`_behind`): the one furthest
+        behind steals."""
         c = self.config
         if self.fair.share_ratio(req.tenant) > c.steal_max_share:
             return None, ""
@@ -478,14 +481,16 @@ class KvsagaRouter(Router):
         if free:
             return min(free, key=lambda x: (self.predicted_load(x, stats),
                                             self._load(x, stats))), "steal"
-        # Work done evens out only by moving work that would otherwise wait on home: a
-        # home with nothing in flight (a lone session on a quiet fleet) keeps its step,
-        # else the session would move at every step as its home pulls ahead in turn.
-        less_busy = [x for x in no_busier if self.busy(x, stats) < busy_home]
-        behind = self._behind(home, req, stats, less_busy)
+        behind = self._behind(home, req, stats, no_busier)
         if behind:
             return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
         return None, ""
+
+    def _shared(self, home: str, stats) -> bool:
+        """Whether a session resuming on `home` shares it with other work: steps in
+        flight, or other sessions paused there (`paused` counts the resuming one too)."""
+        st = stats.get(home)
+        return self.busy(home, stats) > 0 or (st is not None and st.paused > 1)
 
     def _tokens(self, home: str, req: RouteRequest, stats) -> int:
         """The session's context as its home reports it, else the caller's guess."""
@@ -513,15 +518,15 @@ class KvsagaRouter(Router):
     def _behind(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
         """Of `cands`, the replicas whose accumulated busy time is below the mean of the
         replicas that report it and that have room for the session, when home's is above
-        that mean by more than `busy_balance` x the mean and `busy_balance_min_s` (else
-        none)."""
+        that mean by more than `busy_balance` x the mean and, for a home with no other
+        work (`_shared`), `busy_balance_min_s` (else none)."""
         c = self.config
         if not c.busy_balance or not cands or home not in stats:
             return []
         done = {r: stats[r].busy_s for r in self.replicas if r in stats}
         mean = sum(done.values()) / len(done)
-        if not mean > 0 or done[home] - mean <= max(c.busy_balance * mean,
-                                                     c.busy_balance_min_s):
+        floor = 0.0 if self._shared(home, stats) else c.busy_balance_min_s
+        if not mean > 0 or done[home] - mean <= max(c.busy_balance * mean, floor):
             return []
         tokens = self._tokens(home, req, stats)
         return [x for x in cands if x in done and done[x] < mean and self._fits(x, tokens, stats)]

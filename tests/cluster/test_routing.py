@@ -217,62 +217,80 @@ def test_an_overcommitted_home_hands_a_resuming_session_to_a_roomy_replica():
         assert got.reason == "affinity"
 
 
-def worked(busy_s: float, queue: int = 0, running: int = 0, **sessions: int) -> ReplicaStats:
+def worked(busy_s: float, queue: int = 0, running: int = 0, paused: int = 0,
+           **sessions: int) -> ReplicaStats:
     """`held`, having run batch steps for `busy_s` seconds so far."""
     return ReplicaStats(total_blocks=100, free_blocks=50, queue_depth=queue, running=running,
-                        session_tokens=sessions, block_size=16, busy_s=busy_s)
+                        paused=paused, session_tokens=sessions, block_size=16, busy_s=busy_s)
 
 
-BALANCED = RoutingConfig(busy_balance=0.1)
+BALANCED = RoutingConfig(busy_balance=0.1, busy_balance_min_s=0.0)
 
 
 def test_a_replica_ahead_in_busy_time_hands_a_step_to_the_one_furthest_behind():
-    """Balance steal: nothing queues and nothing overflows, but a (one step running) has
-    worked 150 s against a mean of 100 s (more than 10% ahead): s's step moves, with its
-    KV, to the idle replica furthest behind the mean (c), not to b (behind, but less so)."""
+    """Balance steal: nothing queues and nothing overflows, but a has worked 150 s against
+    a mean of 100 s (more than 10% ahead): s's step moves, with its KV, to the idle replica
+    furthest behind the mean (c), not to b (behind, but less so)."""
     r = make_router("kvsaga", ["a", "b", "c", "d"], config=BALANCED)
     r.homes["s"] = "a"
-    stats = {"a": worked(150, running=1, s=400), "b": worked(80), "c": worked(60),
-             "d": worked(110)}
+    stats = {"a": worked(150, s=400), "b": worked(80), "c": worked(60), "d": worked(110)}
     got = r.route(RouteRequest("s"), stats)
     assert (got.replica, got.moved_from, got.reason, got.migrate) == ("c", "a", "balance", True)
     assert r.home("s") == "c" and r.num_stolen == 1
 
 
 @pytest.mark.parametrize("case", ["within tolerance", "under the floor", "off", "busier thief",
-                                  "as busy thief", "home idle", "thief waits", "no room",
-                                  "nobody behind", "no busy time yet"])
+                                  "thief waits", "no room", "nobody behind",
+                                  "no busy time yet"])
 def test_the_balance_steal_leaves_a_step_home(case):
-    cfg, home = BALANCED, worked(150, running=1, s=400)
+    cfg, home = BALANCED, worked(150, s=400)
     other = worked(50)  # mean 100: home 50% ahead, other 50% behind
     if case == "within tolerance":
-        home, other = worked(105, running=1, s=400), worked(95)  # 5% ahead < 10%
-    elif case == "under the floor":
+        home, other = worked(105, s=400), worked(95)  # 5% ahead < 10%
+    elif case == "under the floor":  # a lone session's home: the floor applies
         cfg = RoutingConfig(busy_balance=0.1, busy_balance_min_s=5.0)
-        home, other = worked(8, running=1, s=400), worked(2)  # 60% ahead, but by 3 s < 5 s
+        home, other = worked(8, paused=1, s=400), worked(2)  # 60% ahead, but by 3 s < 5 s
     elif case == "off":
         cfg = RoutingConfig(busy_balance=0.0)
     elif case == "busier thief":
-        other = worked(50, running=2)
-    elif case == "as busy thief":
-        other = worked(50, running=1)  # moving gains no concurrency
-    elif case == "home idle":
-        # A lone session on a quiet fleet: its home, the only replica that has worked,
-        # runs nothing now; moving it would make it bounce at every step.
-        home = worked(150, s=400)
+        other = worked(50, running=1)
     elif case == "thief waits":
         other = worked(50, queue=1, running=1)
-        home = worked(150, running=2, s=400)
+        home = worked(150, running=1, s=400)
     elif case == "no room":
         other = worked(50, t=1500)  # 1,500 + 400 tokens > 1,600 (max_commitment 1)
     elif case == "nobody behind":
-        home, other = worked(150, running=1, s=400), worked(150)
+        home, other = worked(150, s=400), worked(150)
     elif case == "no busy time yet":
-        home, other = worked(0, running=1, s=400), worked(0)
+        home, other = worked(0, s=400), worked(0)
     r = make_router("kvsaga", ["a", "b"], config=cfg)
     r.homes["s"] = "a"
     got = r.route(RouteRequest("s"), {"a": home, "b": other})
     assert (got.replica, got.reason) == ("a", "affinity")
+
+
+def test_a_lone_session_on_a_quiet_fleet_stays_home_by_default():
+    """Two replicas, one session, nothing else running: its home leads the mean by half
+    the work the session has done. The default floor (10 s of work) keeps it home; with no
+    floor it would move at this step and, as the other replica pulls ahead in turn, back
+    again a few steps later."""
+    stats = {"a": worked(8, paused=1, s=400), "b": worked(0)}  # lead 4 s over a 4 s mean
+    r = make_router("kvsaga", ["a", "b"])
+    r.homes["s"] = "a"
+    assert r.route(RouteRequest("s"), stats).reason == "affinity"
+    floorless = make_router("kvsaga", ["a", "b"], config=RoutingConfig(busy_balance_min_s=0.0))
+    floorless.homes["s"] = "a"
+    assert floorless.route(RouteRequest("s"), stats).reason == "balance"
+
+
+@pytest.mark.parametrize("other_work", [{"running": 1}, {"paused": 2}])
+def test_a_shared_home_needs_no_floor(other_work):
+    """The same 4 s lead on a home that also runs a step, or holds another paused session:
+    moving s spreads work, so the default floor does not hold it back."""
+    r = make_router("kvsaga", ["a", "b"])
+    r.homes["s"] = "a"
+    stats = {"a": worked(8, s=400, **{"paused": 1, **other_work}), "b": worked(0)}
+    assert r.route(RouteRequest("s"), stats).reason == "balance"
 
 
 def test_a_replica_that_does_not_report_is_out_of_the_busy_time_mean():
@@ -280,11 +298,11 @@ def test_a_replica_that_does_not_report_is_out_of_the_busy_time_mean():
     the thief (its busy time is unknown); c, behind that mean, is."""
     r = make_router("kvsaga", ["a", "b", "c"], config=BALANCED)
     r.homes["s"] = "a"
-    got = r.route(RouteRequest("s"), {"a": worked(150, running=1, s=400), "c": worked(50)})
+    got = r.route(RouteRequest("s"), {"a": worked(150, s=400), "c": worked(50)})
     assert (got.replica, got.reason) == ("c", "balance")
     r2 = make_router("kvsaga", ["a", "b"], config=BALANCED)
     r2.homes["s"] = "a"
-    assert r2.route(RouteRequest("s"), {"a": worked(150, running=1, s=400)}).reason == "affinity"
+    assert r2.route(RouteRequest("s"), {"a": worked(150, s=400)}).reason == "affinity"
 
 
 def test_a_queue_steal_goes_first_to_the_least_loaded_not_the_least_worked():
