@@ -178,11 +178,11 @@ class RoutingConfig:
             has no more busy steps and nothing waiting (a memory steal), and new sessions
             go to one that is not overcommitted when there is one (0: off).
         busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
-            exceeds the mean of the replicas' by more than this share of it (and by at
-            least `busy_balance_min_s`) is ahead: a step of one of its sessions moves to a
-            replica behind the mean that has nothing waiting, no more busy steps and room
-            for the session (a balance steal; 0: off). The session moves again only once
-            its new home is ahead in turn.
+            exceeds the mean of the replicas' by more than this share of it (and, when it
+            holds no other work, by `busy_balance_min_s`) is ahead: a step of one of its
+            sessions moves to a replica behind the mean that has nothing waiting, no more
+            busy steps and room for the session (a balance steal; 0: off). The session
+            moves again only once its new home is ahead in turn.
             Queue counts even out the load of the moment; this evens out the work done,
             which they cannot once arrivals stop and the last long sessions keep a few
             replicas busy while the rest idle.
