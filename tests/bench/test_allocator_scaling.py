@@ -1,6 +1,6 @@
-"""bench/allocator.py --eviction-scaling on tiny counts: every online policy measured in
-the three tables (one instant, 1 ms apart, amortized over relearning), the goals judged
-from them, and its section written alone into RESULTS.md."""
+"""bench/allocator.py --eviction-scaling (bench/eviction_scaling.py) on tiny counts: every
+online policy measured in the three tables (one instant, 1 ms apart, amortized over
+relearning), the goals judged from them, and its section written alone into RESULTS.md."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("allocator", ROOT / "bench" / "allocator.py")
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["allocator"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def load():
+    """bench/eviction_scaling.py, after the bench/allocator.py it imports."""
+    _module("allocator")
+    return _module("eviction_scaling")
 
 
 def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
