@@ -94,39 +94,42 @@ def test_supports_only_fp32_cpu_with_matching_layouts():
     assert not inplace.supports(case.query, case.k_cache, case.v_cache.contiguous())
 
 
-@pytest.mark.parametrize("tiles", [False, True], ids=["sdpa-prefill", "whole"])
-def test_sdpa_path_sends_decode_rows_to_the_kernel(tiles, monkeypatch):
-    """The CPU production path runs every decode row of an fp32 batch in one kernel call,
-    and the other sequences through SDPA; with `whole` (the default where the kernel has
-    its AVX-512 tiles) the whole batch goes to the kernel in one call (ids None). Either
-    way the output matches the reference."""
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list:
+    """The `ids` argument of every in-place kernel call the test makes (None: the whole
+    batch), the kernel still running."""
     calls = []
     real = inplace.paged_attention
     monkeypatch.setattr(inplace, "paged_attention",
                         lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("tiles", [False, True], ids=["sdpa-prefill", "whole"])
+def test_sdpa_path_sends_decode_rows_to_the_kernel(tiles, kernel_calls):
+    """The CPU production path runs every decode row of an fp32 batch in one kernel call,
+    and the other sequences through SDPA; with `whole` (the default where the kernel has
+    its AVX-512 tiles) the whole batch goes to the kernel in one call (ids None). Either
+    way the output matches the reference."""
     pairs = PAIRS["extend"]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=3)
     got = sdpa.paged_attention(case.attention_args(), case.guarded_out(), whole=tiles)
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
-    assert calls == ([None] if tiles else [[i for i, (_, q) in enumerate(pairs) if q == 1]])
+    assert kernel_calls == ([None] if tiles else [[i for i, (_, q) in enumerate(pairs) if q == 1]])
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
-def test_sdpa_path_runs_a_decode_step_in_one_call_without_ids(monkeypatch):
+def test_sdpa_path_runs_a_decode_step_in_one_call_without_ids(kernel_calls):
     """max_query_len == 1: every sequence in one kernel call (ids None, so no host read of
     the lengths); a sequence without a query token is skipped; matches the reference."""
-    calls = []
-    real = inplace.paged_attention
-    monkeypatch.setattr(inplace, "paged_attention",
-                        lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
     pairs = PAIRS["decode"]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=5)
     args = case.attention_args(max_query_len=1, max_seq_len=300)
     got = sdpa.paged_attention(args, case.guarded_out())
     want = reference.paged_attention(args, case.guarded_out())
-    assert calls == [None]
+    assert kernel_calls == [None]
     n = case.query.shape[0] - case.num_pad_rows
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     assert (got[n:] == GUARD).all()
