@@ -222,13 +222,22 @@ class Scheduler:
             budget -= n
             i += 1
         # As vLLM: a step that had to preempt admits nobody.
-        while (not out.preempted and budget > 0 and len(self.running) < self.max_num_seqs
-               and self.num_waiting):
+        if not out.preempted:
+            self.admit_waiting(now, budget, executor, out)
+        return out
+
+    def admit_waiting(self, now: float, budget: int, executor: Executor,
+                      out: SchedulerOutput) -> None:
+        """`schedule`'s admissions, once the running requests have their tokens: begin
+        waiting requests (into `out`) while the token budget left and `max_num_seqs` allow.
+        A simulator's decode run calls it alone at a step whose running requests only
+        decode (their `allocate(req, 1)` calls made), to take exactly `schedule`'s
+        decisions there without its per-request loop."""
+        while budget > 0 and len(self.running) < self.max_num_seqs and self.num_waiting:
             n = self._admit(now, budget, executor, out)
             if not n:
                 break
             budget -= n
-        return out
 
     # -- mechanics ------------------------------------------------------------------------
     def lookup(self, req: Any) -> StepLookup:

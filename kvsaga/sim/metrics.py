@@ -10,7 +10,7 @@ from operator import add
 import numpy as np
 
 from kvsaga.pool import BlockPool
-from kvsaga.sim.cost import StepCostModel
+from kvsaga.sim.cost import StepCostModel, attention_pairs
 from kvsaga.sim.trace import Session
 
 
@@ -123,7 +123,9 @@ def unloaded_tct(session: Session, cost: StepCostModel, max_num_batched_tokens: 
     """A session's TCT alone on an idle GPU with unbounded KV: its tool time plus each step's
     prefill (the new tokens over all earlier ones, in chunks of the batch budget) and decode
     (one token a step; its sum is exact because a one-token decode step's time is affine in
-    its context, being memory-bound on every preset)."""
+    its context, being memory-bound on every preset). The step times are
+    `prefill_time` / `decode_step_time` without their argument checks (counts made here)."""
+    step_time = cost._step_time
     t = 0.0
     cached = 0
     for k, step in enumerate(session.steps):
@@ -131,12 +133,12 @@ def unloaded_tct(session: Session, cost: StepCostModel, max_num_batched_tokens: 
         pos = cached
         while pos < prompt:
             chunk = min(prompt - pos, max_num_batched_tokens)
-            t += cost.prefill_time(chunk, pos)
+            t += step_time(chunk, attention_pairs(chunk, pos), pos, 0, 0)
             pos += chunk
         n = step.output_tokens - 1  # the first output comes from the prefill
         if n > 0:
-            first = cost.decode_step_time(1, prompt + 1)
-            last = cost.decode_step_time(1, prompt + n)
+            first = step_time(0, 0, 0, 1, prompt + 1)
+            last = step_time(0, 0, 0, 1, prompt + n)
             t += n * (first + last) / 2
         t += step.tool_s
         cached = prompt + step.output_tokens - 1  # the last output is never fed

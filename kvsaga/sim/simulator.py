@@ -55,7 +55,7 @@ from kvsaga.manager import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
 from kvsaga.pool import ACTIVE
 from kvsaga.prefix import root_hash
-from kvsaga.scheduler import make_scheduler
+from kvsaga.scheduler import SchedulerOutput, make_scheduler
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.cost import attention_pairs
 from kvsaga.sim.executor import StepExecutor
@@ -145,6 +145,8 @@ class Simulator(StepExecutor):
                             loaded=0)
         self._load_wait = 0.0
         self._busy = 0.0
+        self._admit_budget = 0  # a decode run's token budget to admit with (0: no check)
+        self._admission: SchedulerOutput | None = None  # what a decode run's step admitted
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)
@@ -336,13 +338,14 @@ class Simulator(StepExecutor):
 
     # -- decode runs ----------------------------------------------------------------------
     def _decoding_only(self) -> bool:
-        """Whether the next batch step is a plain decode step: something runs, nothing
-        waits, every running request decodes and the token budget covers them all. Then
-        `Scheduler.schedule` admits nobody and only calls `allocate(req, 1)` for each
-        running request in order (preempting if that raises `OutOfBlocks`)."""
+        """Whether the next batch step starts as a plain decode step: something runs,
+        every running request decodes and the token budget covers them all. Then
+        `Scheduler.schedule` calls `allocate(req, 1)` for each running request in order
+        (preempting if that raises `OutOfBlocks`), then, if something waits, its
+        admissions (`Scheduler.admit_waiting`)."""
         sched = self.scheduler
         running = sched.running
-        if not running or sched.num_waiting or len(running) > sched.max_num_batched_tokens:
+        if not running or len(running) > sched.max_num_batched_tokens:
             return False
         return not any(r.prefilling for r in running)
 
@@ -352,20 +355,30 @@ class Simulator(StepExecutor):
 
     def _decode_run(self) -> int | None:
         """Plain decode steps of the running requests, up to the one that finishes a
-        request or the next event, each done as `Scheduler.schedule` + `_execute` would do
-        it, minus their per-step and per-request overheads; None if the first step needs
-        more blocks than the pool has (`schedule` then takes it, preemptions included).
+        request, admits a waiting one, or the next event, each done as
+        `Scheduler.schedule` + `_execute` would do it, minus their per-step and per-request
+        overheads; None if the first step needs more blocks than the pool has (`schedule`
+        then takes it, preemptions included).
 
         Per step: `allocate` (manager calls) for each request whose fed token has no slot
         yet, in running order, only while the pool holds a block for each of them (an
-        allocation takes at most one); the cost-model time, copies and waits, the clock,
+        allocation takes at most one); if something waits, the scheduler's admissions at
+        that step (`_admits`: a step that admits is carried out by `_execute`, as
+        `schedule`'s would be); the cost-model time, copies and waits, the clock,
         `manager.tick`. Per run, not per step: each request's sampled count, slots left and
         high-water mark (nothing reads them between two steps of the run). Without a host
         tier (no copies to wait for) the steps' times and usage integrals are computed for
         the whole run at once (`_decode_steps_at_once`).
         """
-        running = list(self.scheduler.running)
+        sched = self.scheduler
+        running = list(sched.running)
         n = len(running)
+        # What waits stays waiting through the run (no event is released in it; a run ends
+        # at an admission or a preemption), and so do the budget and seats left to admit.
+        budget = sched.max_num_batched_tokens - n
+        self._admit_budget = budget if (
+            budget > 0 and n < sched.max_num_seqs and sched.num_waiting) else 0
+        self._admission = None
         # At step j of the run request i feeds sample start[i] + j; due[i] is the first
         # step at which it has no slot left (then `allocate` calls the manager).
         start = [r.num_sampled for r in running]
@@ -376,7 +389,8 @@ class Simulator(StepExecutor):
             j = self._decode_steps_at_once(running, start, due, last, ctx)
         else:  # copies to wait for, or too few steps to pay for the arrays
             j = self._decode_steps(running, start, due, last, ctx)
-        if not j:
+        admitted = self._admission
+        if not j and admitted is None:
             return None
         self._counts["batch_steps"] += j
         self._counts["decode"] += n * j
@@ -385,6 +399,13 @@ class Simulator(StepExecutor):
             r.slots_ahead = due[i] - j
             # The run's last step fed position fed_position - 1 (its sample came after).
             r.tokens.high_water = max(r.tokens.high_water, r.fed_position)
+        if admitted is not None:
+            # Step j admitted: every running request had its `allocate(req, 1)` of step j
+            # (the due ones' manager calls made), then the admissions; run it as a step.
+            for r in running:
+                r.slots_ahead -= 1
+                r.tokens.high_water = max(r.tokens.high_water, r.fed_position + 1)
+            return self._execute(admitted.scheduled, running)
         if j < last:
             return 0
         finished = sum(self._maybe_finish(r) for r in running)
@@ -406,6 +427,22 @@ class Simulator(StepExecutor):
             due[i] = j + 1 + r.slots_ahead
         return True
 
+    def _admits(self, running: list[SimRequest], start: list[int], j: int) -> bool:
+        """At step j of a decode run, after its allocations: the scheduler's admissions, as
+        `schedule` makes them there (at `self.now`, the running requests' sampled counts
+        those of step j: a scheduler may read them); True if one began (`_admission` holds
+        them, and the run ends before the step). With nothing waiting, False."""
+        if not self._admit_budget:
+            return False
+        for i, r in enumerate(running):
+            r.num_sampled = start[i] + j
+        out = SchedulerOutput()
+        self.scheduler.admit_waiting(self.now, self._admit_budget, self, out)
+        if not out.admitted:
+            return False
+        self._admission = out
+        return True
+
     def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
                       last: int, ctx: int) -> int:
         """The run's steps one at a time (the host tier's copies may stretch each);
@@ -420,6 +457,8 @@ class Simulator(StepExecutor):
                 if not self._allocate_due(running, start, due, j):
                     break
                 next_due = min(due)
+            if self._admits(running, start, j):
+                break
             self._run_for(cost._step_time(0, 0, 0, n, ctx))
             j += 1
             ctx += n
@@ -456,6 +495,10 @@ class Simulator(StepExecutor):
         counts = [(0, pool.num_active, pool.num_cached)]  # (first step, active, cached)
         next_due = min(due)
         j = 0
+        if self._admit_budget:
+            steps = self._steps_admitting(running, start, due, times, steps, last, counts,
+                                          ticks)
+            j = steps
         while j < steps:
             if j == next_due:
                 self.now = rec.now = times[j]
@@ -472,6 +515,33 @@ class Simulator(StepExecutor):
             j = stop
         if steps:
             self._integrate(times, dts, steps, counts)
+        return steps
+
+    def _steps_admitting(self, running: list[SimRequest], start: list[int], due: list[int],
+                         times: list[float], steps: int, last: int,
+                         counts: list[tuple[int, int, int]], ticks: bool) -> int:
+        """`_decode_steps_at_once`'s manager calls and ticks while something waits: step by
+        step, each step's allocations then the scheduler's admissions (`_admits`) at its
+        start time. Returns the steps run before the one that admitted or could not
+        allocate (`steps` if none), with `counts` extended at the allocations."""
+        manager, rec, pool = self.manager, self.recorder, self.pool
+        next_due = min(due)
+        for j in range(steps):
+            t = times[j]
+            if j and ticks:  # the tick after step j - 1 (never the run's last: j < last)
+                self.now = t
+                manager.tick(t)
+            self.now = rec.now = t
+            if j == next_due:
+                if not self._allocate_due(running, start, due, j):
+                    return j
+                next_due = min(due)
+                counts.append((j, pool.num_active, pool.num_cached))
+            if self._admits(running, start, j):
+                return j
+        if ticks and steps < last:  # the tick after the run's last step
+            self.now = times[steps]
+            manager.tick(self.now)
         return steps
 
     def _integrate(self, times: list[float], dts: list[float], steps: int,
