@@ -158,13 +158,29 @@ def thread_cpu_s(pid: int | str = "self") -> dict[int, float]:
     return per
 
 
+# The name of the in-place kernel's pool threads (csrc/paged_attn.cpp, `Pool`).
+KERNEL_POOL = "kvsaga-attn"
+
+
+def kernel_pool_threads(pid: int | str = "self") -> set[int]:
+    """Thread ids of the in-place kernel's worker pool in process `pid` (Linux)."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == KERNEL_POOL:
+                found.add(int(tid))
+        except OSError:  # exited meanwhile
+            continue
+    return found
+
+
 class ThreadCPU:
     """CPU seconds per kind of thread of this process, from /proc/self/task (Linux): the
-    engine's own thread (the one that made this object), the other live threads (torch's
-    OpenMP workers), and threads that exited meanwhile (the in-place decode kernel's,
-    started per call). On a quiet machine a phase's wall time is at least the engine
-    thread's CPU time: what it runs alone (Python, small ops, its share of parallel ones)
-    caps the cores a phase can keep busy at total / engine thread."""
+    engine's own thread (the one that made this object), the in-place kernel's pool
+    threads, the other live threads (torch's OpenMP workers), and threads that exited
+    meanwhile. On a quiet machine a phase's wall time is at least the engine thread's CPU
+    time: what it runs alone (Python, small ops, its share of parallel ones) caps the
+    cores a phase can keep busy at total / engine thread."""
 
     def __init__(self) -> None:
         self.me = threading.get_native_id()
@@ -176,20 +192,23 @@ class ThreadCPU:
 
     def take(self) -> dict[str, float]:
         """CPU seconds since the previous `take()` (or since construction): "total",
-        "engine", "live_others", "exited"."""
+        "engine", "kernel_pool", "live_others", "exited"."""
         (per0, cpu0), (per1, cpu1) = self.last, self._read()
         self.last = per1, cpu1
-        main = per1.get(self.me, 0.0) - per0.get(self.me, 0.0)
-        others = sum(v - per0.get(t, 0.0) for t, v in per1.items() if t != self.me)
+        used = {t: v - per0.get(t, 0.0) for t, v in per1.items()}
+        main = used.pop(self.me, 0.0)
+        pool = sum(used.pop(t, 0.0) for t in kernel_pool_threads())
+        others = sum(used.values())
         total = cpu1 - cpu0
-        return {"total": total, "engine": main, "live_others": others,
-                "exited": total - main - others}
+        return {"total": total, "engine": main, "kernel_pool": pool, "live_others": others,
+                "exited": total - main - pool - others}
 
     def phase(self, name: str, steps: int, wall: float) -> None:
         """Print the split since the previous phase ended."""
         c = self.take()
         print(f"{name}: {steps} steps, {wall:.2f} s wall, {c['total']:.1f} CPU-s: engine "
-              f"thread {c['engine']:.1f}, live other threads {c['live_others']:.1f}, exited "
+              f"thread {c['engine']:.1f}, kernel pool {c['kernel_pool']:.1f}, live other "
+              f"threads {c['live_others']:.1f}, exited "
               f"threads {c['exited']:.1f}; at most {c['total'] / c['engine']:.2f} cores busy")
 
 

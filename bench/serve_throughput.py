@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import agent_replay  # bench/ is the script's directory
-from generate import batch_prompts, thread_cpu_s
+from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
 
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -118,17 +118,18 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
 def server_threads(pid: int, before: dict[int, float], tree_cpu: float) -> dict[str, float]:
     """Where the server's CPU seconds of the batch went, by thread of its process `pid`:
     its main thread (the event loop, for kvsaga-serve), its busiest other thread (the
-    engine thread), the other threads alive at the end (torch's OpenMP workers), and the
-    rest of the tree (threads that exited meanwhile, such as the in-place decode kernel's,
-    and child processes)."""
+    engine thread), the in-place kernel's pool threads, the other threads alive at the end
+    (torch's OpenMP workers), and the rest of the tree (threads that exited meanwhile, and
+    child processes)."""
     after = thread_cpu_s(pid)
     used = {t: v - before.get(t, 0.0) for t, v in after.items()}
     main = used.pop(pid, 0.0)
+    pool = sum(used.pop(t, 0.0) for t in kernel_pool_threads(pid))
     busiest = max(used, key=used.__getitem__, default=None)
     engine = used.pop(busiest, 0.0) if busiest is not None else 0.0
     others = sum(used.values())
-    return {"main": main, "busiest": engine, "other_live": others,
-            "rest": tree_cpu - main - engine - others}
+    return {"main": main, "busiest": engine, "kernel_pool": pool, "other_live": others,
+            "rest": tree_cpu - main - engine - pool - others}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 if key == "kvsaga":
                     t = r["server_threads_cpu_s"]
                     print(f"      its CPU-s by thread: engine {t['busiest']:.1f}, event loop "
-                          f"{t['main']:.1f}, OpenMP workers {t['other_live']:.1f}, exited "
-                          f"(in-place kernel) {t['rest']:.1f}", flush=True)
+                          f"{t['main']:.1f}, in-place kernel pool {t['kernel_pool']:.1f}, "
+                          f"OpenMP workers {t['other_live']:.1f}, exited {t['rest']:.1f}",
+                          flush=True)
     results = {name: _summary(rs) for name, rs in runs.items()}
     cmd = "python bench/serve_throughput.py " + " ".join(
         argv if argv is not None else sys.argv[1:])

@@ -49,3 +49,48 @@ def _burnt(thread: threading.Thread) -> bool:
     stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") >= 0.29
+
+
+def test_thread_cpu_counts_the_kernel_pool_apart():
+    """A live thread named as the in-place kernel's pool threads counts as "kernel_pool",
+    not as an OpenMP worker."""
+    split = generate.ThreadCPU()
+    stop = threading.Event()
+
+    def pool_thread() -> None:
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(generate.KERNEL_POOL)
+        burn(0.3)
+        stop.wait()
+
+    live = threading.Thread(target=pool_thread)
+    live.start()
+    try:
+        while live.is_alive() and not _burnt(live):
+            time.sleep(0.01)
+        c = split.take()
+    finally:
+        stop.set()
+        live.join()
+    assert c["kernel_pool"] == pytest.approx(0.3, abs=0.08)
+    assert c["live_others"] < 0.05
+
+
+def test_kernel_pool_threads_finds_the_kernels_workers(monkeypatch):
+    """The kernel names its pool threads as `kernel_pool_threads` looks for them."""
+    import torch
+
+    from kvsaga.kernels import inplace
+    from tests.kernels.paged_case import make_case
+
+    if not inplace.available():
+        pytest.skip("kvsaga._paged_attn not built")
+    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    case = make_case([600] * 8, [1] * 8, block_size=16, num_kv_heads=2, group=3, head_dim=64,
+                     dtype=torch.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inplace.paged_attention(case.attention_args(), case.guarded_out(), None)
+    finally:
+        torch.set_num_threads(before)
+    assert generate.kernel_pool_threads()

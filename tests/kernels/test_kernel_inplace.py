@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 from paged_case import GUARD, TOLERANCES, make_case
@@ -172,3 +176,64 @@ def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):
         assert inplace._kernel_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def _threaded_case(seed: int):
+    """A decode batch with enough work for the kernel to use several threads, and the
+    reference's output for it."""
+    pairs = [(300 + 37 * i, 1) for i in range(12)]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=seed)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    return case, want
+
+
+def test_inplace_calls_from_several_threads_at_once(monkeypatch):
+    """The kernel releases the GIL, so Python threads can be in it together: one uses the
+    worker pool, the others run on their own thread; every result matches the reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    cases = [_threaded_case(seed) for seed in range(4)]
+
+    def run(i: int) -> float:
+        case, want = cases[i % len(cases)]
+        got = case.guarded_out()
+        inplace.paged_attention(case.attention_args(), got, None)
+        return float((got - want).abs().max())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            errors = list(pool.map(run, range(32)))
+    finally:
+        torch.set_num_threads(before)
+    assert max(errors) < 1e-4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_inplace_in_a_forked_child_starts_its_own_workers(monkeypatch):
+    """A child forked after the parent's pool started has none of its threads: the kernel
+    must start its own there, not wait forever on the parent's."""
+    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    case, want = _threaded_case(seed=9)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inplace.paged_attention(case.attention_args(), case.guarded_out(), None)  # pool up
+        pid = os.fork()
+        if pid == 0:  # the child: only the kernel and elementwise ops on small tensors
+            got = case.guarded_out()
+            inplace.paged_attention(case.attention_args(), got, None)
+            os._exit(0 if float((got - want).abs().max()) < 1e-4 else 1)
+    finally:
+        torch.set_num_threads(before)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in the kernel")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's output differs"
