@@ -47,11 +47,50 @@ def test_verdicts_name_the_targets_the_floor_puts_out_of_reach():
 
 
 @pytest.mark.parametrize(("gpus", "spg", "load", "title"), [
-    ("8", 16, 2.0, "## Cluster routing (simulated)"),
-    ("64", 8, 2.0, "## Cluster routing (simulated, 64 GPUs)"),
-    ("8", 64, 8.0, "## Cluster routing (simulated, 64 sessions per GPU at 8x)"),
-    ("8", 16, 4.0, "## Cluster routing (simulated, 16 sessions per GPU at 4x)"),
+    ("8", 64, "thrash", "## Cluster routing (simulated)"),
+    ("64", 16, "thrash", "## Cluster routing (simulated, 64 GPUs)"),
+    ("8", 64, "8", "## Cluster routing (simulated, 64 sessions per GPU at 8x)"),
+    ("8", 16, "thrash", "## Cluster routing (simulated, 16 sessions per GPU at the thrash load)"),
 ])
 def test_each_fleet_and_load_writes_its_own_section(gpus, spg, load, title):
     args = SimpleNamespace(gpus=gpus, sessions_per_gpu=spg, load=load)
     assert cluster.section_title(args) == title
+
+
+class _Serial:
+    map = staticmethod(map)
+
+
+def test_the_thrash_load_is_the_first_where_one_gpu_keeps_half_its_roomy_hit_rate(
+        monkeypatch):
+    """Seed 1 keeps 0.8 / load of its roomy hit rate, seed 2 0.9 / load: the mean drops to
+    0.425 at load 2 (0.85 at load 1); only the fit seeds are simulated."""
+    seen = []
+
+    def hit(job):
+        family, spg, scale, seed, load, kv = job
+        seen.append(seed)
+        return 0.9 if kv == cluster.ROOMY_KV else 0.9 * (0.8 if seed == 1 else 0.9) / load
+
+    monkeypatch.setattr(cluster, "one_gpu_hit_rate", hit)
+    load, lines = cluster.thrash_load("bfcl", 8, 0.1, "1G", _Serial())
+    assert load == 2.0
+    assert set(seen) == set(cluster.FIT_SEEDS)
+    assert [ln.split(":")[1] for ln in lines] == [" load 0.5x", " load 1x", " load 2x"]
+    assert lines[-1].endswith("(mean 0.43)")
+
+
+def test_no_thrash_on_the_grid_says_so_and_takes_the_largest_load(monkeypatch):
+    monkeypatch.setattr(cluster, "one_gpu_hit_rate", lambda job: 0.5)
+    load, lines = cluster.thrash_load("bfcl", 8, 0.1, "1G", _Serial())
+    assert load == cluster.LOAD_GRID[-1]
+    assert "no load of the grid thrashes one GPU" in lines[-1]
+
+
+def test_one_gpu_thrashes_with_less_memory_on_a_real_trace():
+    """The criterion's measurement itself: the same trace on one GPU keeps less of its hit
+    rate with a small pool than with the roomy one."""
+    job = ("swe", 6, 0.05, 1, 4.0)
+    small = cluster.one_gpu_hit_rate((*job, "1G"))
+    roomy = cluster.one_gpu_hit_rate((*job, cluster.ROOMY_KV))
+    assert 0 <= small < roomy <= 1
