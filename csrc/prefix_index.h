@@ -13,8 +13,19 @@ namespace kvcore {
 
 // Reads token ids [first, last) of a sequence (a list or tuple of ints in [0, 2^32)) as
 // native-endian uint32 into `out`, as the Python twin's array("I", ...) does.
+// A list or tuple is read in place; any other sequence (a view of a longer list, say) is
+// sliced to [first, last) once, not copied whole.
 inline void read_tokens(PyObject* seq, Py_ssize_t first, Py_ssize_t last, uint8_t* out) {
+  nb::object part;
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+    part = steal_or_throw(PySequence_GetSlice(seq, first, last));
+    seq = part.ptr();
+    last -= first;
+    first = 0;
+  }
   nb::object fast = steal_or_throw(PySequence_Fast(seq, "token ids must be a sequence"));
+  if (PySequence_Fast_GET_SIZE(fast.ptr()) < last)
+    throw nb::value_error("token ids: the sequence is shorter than its length");
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   for (Py_ssize_t i = first; i < last; ++i) {
     unsigned long long v = PyLong_AsUnsignedLongLong(items[i]);

@@ -92,7 +92,7 @@ class ManagerReads:
             salt: tenant salt of a new session (an existing session keeps its own).
             block_hashes: optional hashes of the prompt's leading full blocks, chained from
                 the salt's root as the manager hashes them (a caller that keeps them saves
-                rehashing); blocks past them are hashed here.
+                rehashing); blocks past them are hashed here, only as far as the hits go.
         Returns:
             StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
         Raises:
@@ -115,16 +115,10 @@ class ManagerReads:
             if not hashes and s is not None:
                 keep = _common_prefix_len(s.token_ids, tokens)
                 hashes = s.block_hashes[: min(keep // bs, max_blocks)]
-            first = len(hashes) * bs
-            _check_token_ids(tokens[first : max_blocks * bs])
-            self.hasher.extend(hashes, root, tokens, max_blocks)
-        if self._hot is not None:
-            num_hits, cached = self._hot.prefix_hits(hashes, max_blocks)
-        else:
-            hits = self.index.longest_prefix(hashes, max_blocks)
-            num_hits, cached = len(hits), count_in_state(self.pool.state, hits, CACHED)
+        num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks)
         host = 0
         if self.host is not None:
+            self._hash_to(hashes, root, tokens, max_blocks)
             host = len(self.host.run(hashes, num_hits, max_blocks))
         num_cached = (num_hits + host) * bs
         tail = 0
@@ -146,6 +140,39 @@ class ManagerReads:
             cached += 1
         return StepLookup(len(tokens), num_cached + tail, num_hits, cached, host, tail, bs)
 
+
+    def _gpu_hits(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
+                  max_blocks: int) -> tuple[int, int]:
+        """(the prompt's leading full blocks resident on the GPU, up to `max_blocks`; how
+        many of them are CACHED), `hashes` (its leading hashes known, a list `lookup` owns)
+        hashed on only while every known one hits, a few blocks at a time, doubling: a
+        resumed session's new blocks are hashed up to its first miss, not to the prompt's
+        end (a scheduler may ask at every batch step)."""
+        num_hits = cached = walked = 0
+        grow = 1
+        while True:
+            part = hashes[walked:] if walked else hashes
+            if self._hot is not None:
+                n, c = self._hot.prefix_hits(part, max_blocks - walked)
+            else:
+                hits = self.index.longest_prefix(part, max_blocks - walked)
+                n, c = len(hits), count_in_state(self.pool.state, hits, CACHED)
+            num_hits += n
+            cached += c
+            if n < len(part) or len(hashes) >= max_blocks:
+                return num_hits, cached
+            walked = len(hashes)
+            self._hash_to(hashes, root, tokens, min(max_blocks, walked + grow))
+            grow *= 2
+
+    def _hash_to(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
+                 num_blocks: int) -> None:
+        """Extend `hashes` over `tokens`' full blocks up to `num_blocks`, checking the ids
+        hashed (InvalidRequest, as `begin_step`)."""
+        first = len(hashes) * self.block_size
+        if first < num_blocks * self.block_size:
+            _check_token_ids(tokens[first : num_blocks * self.block_size])
+            self.hasher.extend(hashes, root, tokens, num_blocks)
 
     @property
     def cache_version(self) -> tuple[int, int]:

@@ -116,3 +116,21 @@ def test_cpp_sha256_both_paths_equal_hashlib(core):
         data = rng.randbytes(n)
         for portable in (False, True):
             assert _kvcore._sha256(data, portable) == hashlib.sha256(data).digest()
+
+
+def test_extend_reads_any_sequence_as_a_list(core):
+    """A sequence other than a list or tuple (the simulator's view of a prompt, a prefix
+    of a longer list) hashes as the list of its ids; the C++ core slices it to the blocks
+    it hashes, and a bad id among them still raises."""
+    from kvsaga.sim.request import IdsPrefix
+
+    ids = list(range(100, 150))
+    h = core.BlockHasher(4)
+    want: list[bytes] = []
+    h.extend(want, b"r" * 32, ids[:37])
+    got: list[bytes] = [want[0]]  # from block 1 on: the view is read from there
+    h.extend(got, b"r" * 32, IdsPrefix(ids, 37))
+    assert got == want and len(got) == 9
+    bad = ids[:8] + [2**32] + ids[9:]
+    with pytest.raises((ValueError, OverflowError)):
+        h.extend([], b"r" * 32, IdsPrefix(bad, 20))

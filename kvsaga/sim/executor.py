@@ -12,12 +12,23 @@ class StepExecutor:
     """Carries out the scheduler's decisions on the simulator's manager."""
 
     def _hashes(self, tokens: SimTokens, num_blocks: int) -> list[bytes]:
-        """The session's block hashes, extended to at least `num_blocks` blocks."""
-        if len(tokens.hashes) < num_blocks:
-            self.manager.hasher.extend(tokens.hashes, tokens.root, tokens.ids, num_blocks)
+        """The session's block hashes known, for lookups of a prompt of `num_blocks` full
+        blocks: first the manager's hashes of the session's context (the same chain over
+        the same ids: taken, not hashed again), then hashed here up to `num_blocks` only for
+        a session the manager does not hold (its first prompt, whose shared prefix the
+        lookups of its waiting step walk again and again) or for the trace oracle, which
+        reads every hash; otherwise `lookup` hashes the prompt's new blocks as far as its
+        hits go (to the first new block, which `begin_step` hashes with the rest)."""
+        known = tokens.hashes
+        if len(known) < num_blocks:
+            s = self.manager.sessions.get(tokens.sid)
+            if s is not None and len(s.block_hashes) > len(known):
+                known += s.block_hashes[len(known):num_blocks]
+            if (s is None or self.oracle is not None) and len(known) < num_blocks:
+                self.manager.hasher.extend(known, tokens.root, tokens.ids, num_blocks)
             if self.oracle is not None:
-                self.oracle.note_hashes(tokens.sid, tokens.hashes)
-        return tokens.hashes
+                self.oracle.note_hashes(tokens.sid, known)
+        return known
 
     def num_new_tokens(self, req: SimRequest) -> int:
         return req.attempt_len - req.num_computed if req.prefilling else 1

@@ -94,3 +94,30 @@ def test_lookup_uses_given_block_hashes():
     assert m.lookup("b", prompt, block_hashes=hashes).gpu_hit_blocks == 3
     assert m.lookup("b", prompt, block_hashes=hashes[:1]).gpu_hit_blocks == 3  # rest hashed
     assert m.lookup("b", prompt).gpu_hit_blocks == 3
+
+
+def test_lookup_hashes_new_blocks_only_as_far_as_the_hits_go():
+    """A resumed prompt's new blocks are hashed up to the first miss (the session's own
+    hashes cover its context), not to the prompt's end; the answer is begin_step's."""
+    m = manager(16)
+    st0 = m.begin_step("a", toks(0, 9), now=0.0)
+    m.allocate_slots("a", 9 - st0.num_cached_tokens)
+    m.finish_step("a", now=1.0)  # 2 full blocks (4 tokens each) and a tail
+    prompt = toks(0, 9) + toks(50, 40)  # 49 tokens: 12 full blocks before the last token
+    hashed = []
+    real = m.hasher
+
+    class Counting:
+        block_size = real.block_size
+
+        def extend(self, hashes, root, token_ids, num_blocks=None):
+            before = len(hashes)
+            real.extend(hashes, root, token_ids, num_blocks)
+            hashed.append(len(hashes) - before)
+
+    m.hasher = Counting()
+    lk = m.lookup("a", prompt)
+    m.hasher = real
+    assert sum(hashed) == 1  # block 2, the first new one: a miss
+    assert lk.gpu_hit_blocks == 2
+    assert m.begin_step("a", prompt, now=2.0).num_cached_tokens == lk.num_cached_tokens
