@@ -6,7 +6,9 @@ The shapes of the 16-request chat batch's decode (issue 13; SmolLM2-135M: 3 KV h
 query heads per KV head, head size 64, fp32): 16 sequences of 163 to 913 tokens, each
 sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided views. Rows:
 - paged attention in the C++ kernel (kvsaga._paged_attn), its generic loops and its
-  AVX-512 tiles (where the CPU has AVX-512), one thread;
+  AVX-512 tiles (where the CPU has AVX-512), one thread: one layer called again and again
+  (its K/V stay in the CPU's caches), and "every layer" (the calls go through the tier's
+  layers in turn, as a decode step does, so K/V come from memory);
 - cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
   the C++ row copy;
 - one prefill chunk's attention (prompts of 881, 500 and 131 tokens, causal, like a
@@ -20,6 +22,7 @@ row of its kind. Every path's output is checked against the torch reference firs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -56,6 +59,13 @@ def _attention_case(lens: list[int], query_lens: list[int], block_size: int, num
     return PagedAttentionArgs(
         query, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), starts,
         HEAD_DIM**-0.5, max(query_lens), max(lens))
+
+
+def _every_layer(attn: PagedAttentionArgs) -> list[PagedAttentionArgs]:
+    """`attn` over each layer of its tier in turn (its caches are views of one layer)."""
+    tier = attn.k_cache._base  # [num_blocks, num_layers, 2, block_size, heads, head_dim]
+    return [dataclasses.replace(attn, k_cache=tier[:, i, 0], v_cache=tier[:, i, 1])
+            for i in range(tier.shape[1])]
 
 
 def _decode_case(block_size: int, num_layers: int,
@@ -98,6 +108,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     prefill = _attention_case(PREFILL_LENS, PREFILL_LENS, args.block_size, args.layers,
                               torch.Generator().manual_seed(1))
     want = reference.paged_attention(attn)
+    layers = _every_layer(attn)
+    other = torch.zeros_like(attn.query)  # the views of another layer: checked once too
+    inplace.paged_attention(layers[0], other, None)
+    torch.testing.assert_close(other, reference.paged_attention(layers[0]), atol=2e-5, rtol=2e-5)
     rows: list[tuple[str, str, float]] = []
     for label, generic in (("generic loops", True), ("AVX-512 tiles", False)):
         if not generic and not inplace._paged_attn.has_avx512():
@@ -108,6 +122,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
         rows.append(("paged attention", label, _cpu_ms(
             lambda g=generic, o=out: inplace.paged_attention(attn, o, None, generic=g),
             args.repeat)))
+        rows.append(("every layer", label, _cpu_ms(
+            lambda g=generic, o=out: [inplace.paged_attention(a, o, None, generic=g)
+                                      for a in layers],
+            max(1, args.repeat // len(layers))) / len(layers)))
     for label, fn in (("torch reference", reference.cache_write),
                       ("C++ row copy", inplace.cache_write)):
         rows.append(("cache_write", label, _cpu_ms(lambda f=fn: f(write), args.repeat)))

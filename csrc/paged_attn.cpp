@@ -145,19 +145,37 @@ inline float exp_nonpos(float x) {
   return e * scale;
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define KV_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define KV_PREFETCH(p) ((void)(p))
+#endif
+
 // Walks one (sequence, KV head)'s rows of a cache position by position through its block
-// table (no division per position; a table entry is read only once a position of its block
-// is reached, so entries past the sequence's blocks are never read).
+// table (no division per position; a table entry is read only once the walk reaches the
+// block before it, and only entries of the `blocks` the walk covers are read). It asks the
+// CPU to prefetch each row of the next block as it reads the same row of this one: blocks
+// lie anywhere in the tier, so the hardware's stream prefetch stops at each block's end,
+// and a decode step reads every layer's K/V from memory (the tier is far larger than the
+// caches): one block ahead keeps that read going.
 struct RowWalk {
   const float* cache;
   const int32_t* table;
-  int64_t c_block, c_tok, head_off, bs;
+  int64_t c_block, c_tok, head_off, bs, row_len, blocks;
   int64_t block = 0, off = 0;
   const float* base = nullptr;
+  const float* ahead = nullptr;  // the next block's rows for this head; null at the last
 
   const float* next() {
-    if (off == 0) base = cache + static_cast<int64_t>(table[block]) * c_block + head_off;
+    if (off == 0) {
+      base = cache + static_cast<int64_t>(table[block]) * c_block + head_off;
+      ahead = block + 1 < blocks
+                  ? cache + static_cast<int64_t>(table[block + 1]) * c_block + head_off
+                  : nullptr;
+    }
     const float* row = base + off * c_tok;
+    if (ahead != nullptr)
+      for (int64_t i = 0; i < row_len; i += 16) KV_PREFETCH(ahead + off * c_tok + i);
     if (++off == bs) {
       off = 0;
       ++block;
@@ -174,8 +192,10 @@ struct Item {
   float* qloc;    // [group, head_dim] the scaled query row
   float* acc;     // [group, head_dim] output accumulators (generic path)
 
-  RowWalk rows(const Args& a, const float* cache) const {
-    return RowWalk{cache, table, a.c_block, a.c_tok, h * a.c_head, a.block_size};
+  // The walk over the first ctx positions.
+  RowWalk rows(const Args& a, const float* cache, int64_t ctx) const {
+    return RowWalk{cache, table, a.c_block, a.c_tok, h * a.c_head, a.block_size,
+                   a.head_dim, (ctx + a.block_size - 1) / a.block_size};
   }
 };
 
@@ -224,14 +244,14 @@ KV_CLONES void run_item(const Args& a, const Task& task, std::vector<float>& buf
   float* __restrict acc = it.acc;
   for (int64_t r = it.r0; r < it.r1; ++r) {
     const int64_t ctx = load_query(a, it, r);
-    RowWalk k = it.rows(a, a.k);
+    RowWalk k = it.rows(a, a.k, ctx);
     for (int64_t p = 0; p < ctx; ++p) {
       const float* krow = k.next();
       for (int64_t j = 0; j < g; ++j) sc_all[j * ctx + p] = dot<D>(it.qloc + j * d, krow, d);
     }
     softmax_rows(sc_all, g, ctx);
     std::fill(acc, acc + g * d, 0.0f);
-    RowWalk v = it.rows(a, a.v);
+    RowWalk v = it.rows(a, a.v, ctx);
     for (int64_t p = 0; p < ctx; ++p) {
       const float* vrow = v.next();
       for (int64_t j = 0; j < g; ++j) axpy<D>(acc + j * d, sc_all[j * ctx + p], vrow, d);
@@ -333,8 +353,8 @@ KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64
 #define KV_TILE(GT)                                                        \
   case GT:                                                                 \
     if constexpr (GT * C <= 16) {                                          \
-      if constexpr (Scores) return scores_tile<C, GT>(q, it.rows(a, cache), ctx, sc); \
-      else return values_tile<C, GT>(sc, it.rows(a, cache), ctx, out, a.o_head); \
+      if constexpr (Scores) return scores_tile<C, GT>(q, it.rows(a, cache, ctx), ctx, sc); \
+      else return values_tile<C, GT>(sc, it.rows(a, cache, ctx), ctx, out, a.o_head); \
     }                                                                      \
     break;
   switch (gt) {

@@ -20,6 +20,7 @@ def test_cpu_attention_times_every_path(capsys):
     rows = cpu_attention.main(["--repeat", "1", "--layers", "2", "--block-size", "16"])
     labels = [(op, label) for op, label, _ in rows]
     assert ("paged attention", "generic loops") in labels
+    assert ("every layer", "generic loops") in labels
     assert ("cache_write", "torch reference") in labels
     assert ("cache_write", "C++ row copy") in labels
     assert ("prefill attention", "SDPA path") in labels
