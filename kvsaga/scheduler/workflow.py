@@ -10,9 +10,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvsaga.manager import KVCacheManager, StepLookup
-from kvsaga.scheduler.base import Scheduler, check_bool, check_float, check_int
+from kvsaga.scheduler.base import (
+    Executor,
+    Scheduler,
+    SchedulerOutput,
+    check_bool,
+    check_float,
+    check_int,
+)
 from kvsaga.scheduler.fair_share import FairShare
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, working_set_blocks
+
+# What holds the next session to admit back (`WorkflowScheduler.wait_causes`), in the order
+# checked: "pool": its first chunk exceeds the free and evictable blocks (the running steps'
+# blocks fill the GPU); "contexts": the admitted sessions' own contexts plus its uncached
+# prompt exceed the tiers (memory is full of live data); "growth": they fit, but not with
+# the growth predicted for it and the admitted sessions; "reserve": the running steps' decode
+# reserve; "batch": nothing was tried (token budget, max_num_seqs, resumed steps first).
+WAIT_CAUSES = ("pool", "contexts", "growth", "reserve", "batch")
 
 
 class _Admitted:
@@ -149,6 +164,13 @@ class WorkflowScheduler(Scheduler):
         self.admission_wait_s = 0.0  # their summed waits, from queueing to admission
         self._deferred: set[str] = set()  # demoted sessions not admitted again yet
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
+        # Why sessions wait for admission: session-seconds of waiting by what held the next
+        # session back (`WAIT_CAUSES`), and how full the admitted contexts kept the tiers.
+        self.wait_causes = dict.fromkeys(WAIT_CAUSES, 0.0)
+        self.waiting_s = 0.0  # time with at least one session waiting for admission
+        self.waiting_context_s = 0.0  # over it: admitted contexts' share of the tiers x time
+        self._cause: str | None = None  # what held back the head in this batch step
+        self._since: tuple[float, int, str, float] | None = None  # (time, waiting, cause, fill)
 
     # -- queues ---------------------------------------------------------------------------
     @property
@@ -216,6 +238,38 @@ class WorkflowScheduler(Scheduler):
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         return min(self._demote_at, idle)
 
+    # -- why sessions wait ----------------------------------------------------------------
+    def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
+        self._account(now)
+        self._cause = None
+        out = super().schedule(now, executor)
+        waiting = sum(len(q) for q in self._pending.values())
+        if waiting:
+            fill = self._context_blocks() / self.capacity
+            self._since = (now, waiting, self._cause or "batch", fill)
+        return out
+
+    def _account(self, now: float) -> None:
+        """Charge the time since the last batch step to what held sessions back then."""
+        if self._since is None:
+            return
+        t, waiting, cause, fill = self._since
+        dt = max(now - t, 0.0)
+        self.wait_causes[cause] += dt * waiting
+        self.waiting_s += dt
+        self.waiting_context_s += dt * fill
+        self._since = None
+
+    def _context_blocks(self) -> int:
+        """Blocks of the admitted sessions' own contexts, without predicted growth."""
+        bs = self.manager.block_size
+        return sum(-(-max(i.context - i.shared, 0) // bs) for i in self.sessions.values())
+
+    def _held_back(self, cause: str) -> None:
+        """Note why the first session tried in this batch step (the head) was not admitted."""
+        if self._cause is None:
+            self._cause = cause
+
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:
         if self._resumed:
@@ -247,7 +301,11 @@ class WorkflowScheduler(Scheduler):
         self._demote(now)
         if not self.sessions or self._committed + need <= limit:
             return True
-        return self._idle_long(now)
+        if self._idle_long(now):
+            return True
+        bare = working_set_blocks(own, 0.0, 0.0, self.manager.block_size)
+        self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
+        return False
 
     def _idle_long(self, now: float) -> bool:
         """Whether the batch has been empty, with no admitted session's step waiting (the
@@ -462,6 +520,7 @@ class WorkflowScheduler(Scheduler):
     def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
         available = self.manager.pool.num_available
         if lookup.blocks_to_admit(end) > available:
+            self._held_back("pool")
             return False
         if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):
             return False
@@ -471,6 +530,7 @@ class WorkflowScheduler(Scheduler):
             # With nothing running the first chunk suffices (progress is guaranteed).
             full = lookup.blocks_to_admit(self._reserve_target(req, req.num_tokens))
             if full + self._running_reserve() > available:
+                self._held_back("reserve")
                 return False
         return True
 
