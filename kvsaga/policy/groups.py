@@ -19,8 +19,8 @@ Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
 - a block sits in one place; groups are sorted and never empty;
 - a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
-  UNTRACKED, or OWNED only when it left by a planned run (stale, never read:
-  `block_cached` rewrites them; `_stale` names those blocks).
+  UNTRACKED, or OWNED only when it left by a planned run or a resume's run of its own
+  group (stale, never read: `block_cached` rewrites them; `_stale` names those blocks).
 The one ownership change the pool does not report is `end_session` turning a session's
 blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
 blocks its release caches right after are routed there too.
@@ -231,9 +231,13 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def blocks_uncached(self, block_ids: list[int]) -> None:
         """`block_uncached` for a batch. An eviction's victims come as runs of one session's
         blocks, tail first (the first entries of its group), a resume's hits as a run head
-        first (the last entries): each run leaves its group in one slice (`_cut`)."""
+        first (the last entries): each run leaves its group in one slice (`_cut`), and a
+        resume's own run with no work per block (`_reclaimed_head`)."""
         if self._planned(block_ids):
             return
+        k = self._reclaimed_head(block_ids)
+        if k:
+            block_ids = block_ids[:-k]  # what precedes it (a shared prefix): block by block
         where, owner_of = self._where, self._owner
         run: list[int] = []
         run_sid = None
@@ -255,6 +259,30 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             where[b] = UNTRACKED
         if run:
             self._cut(run_sid, run)
+
+    def _reclaimed_head(self, block_ids: list[int]) -> int:
+        """Uncache the run that ends `block_ids` when it is the head of its session's group,
+        head first (a resume's hits of the session's own blocks, the retained tail aside):
+        one slice off the group, the run's marks left as a planned run's are (stale OWNED,
+        in `_stale`). Returns the run's length, 0 (nothing done) for any other batch."""
+        if not block_ids or self._where[block_ids[-1]] != OWNED:
+            return 0
+        sid = self._owner[block_ids[-1]]
+        g = self.groups[sid]
+        try:
+            run = block_ids[block_ids.index(g[-1]):]
+        except ValueError:
+            return 0
+        k = len(run)
+        if k > len(g) or g[-k:] != run[::-1]:
+            return 0
+        if k == len(g):
+            del self.groups[sid]
+        else:
+            del g[-k:]
+        self._dirty.add(sid)
+        self._stale.update(run)
+        return k
 
     def _planned(self, block_ids: list[int]) -> bool:
         """Uncache the victims the last search named, by its runs (session, count), when
@@ -404,7 +432,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
                 f"block {b}: {'' if cached else 'not '}CACHED but "
                 f"{'' if b in seen else 'un'}tracked"
             )
-            # Only a block a plan uncached keeps a stale OWNED mark (`_planned`); a queue
+            # Only a block a plan or a resume's run uncached keeps a stale OWNED mark; a queue
             # mark is exact (belady reads it to spot stale entries).
             assert cached or self._where[b] == UNTRACKED or (
                 self._where[b] == OWNED and b in self._stale), f"block {b}: stale place"

@@ -166,3 +166,31 @@ def test_batched_blocks_cached_equals_block_by_block(name, seed):
         batched.policy.check_integrity()
         assert batched.policy.groups == single.policy.groups
         assert batched.policy.eviction_order(now) == single.policy.eviction_order(now)
+
+
+@pytest.mark.parametrize("name", GROUPED)
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_blocks_uncached_equals_block_by_block(name, seed):
+    # The pool reports a resume's hits and an eviction's victims in one `blocks_uncached`
+    # call (a resume's own run leaves its group in one slice); without it, block by block.
+    batched = make(build(name), num_blocks=24)
+    single = make(build(name), num_blocks=24)
+    single.policy.blocks_uncached = None  # the pool then calls block_uncached per block
+    single.pool.observer = single.policy
+    reclaimed = []
+    head = batched.policy._reclaimed_head
+
+    def counted(block_ids, _head=head):
+        k = _head(block_ids)
+        reclaimed.append(k)
+        return k
+
+    batched.policy._reclaimed_head = counted
+    for k in range(150):
+        now = 0.25 * k
+        for m in (batched, single):
+            _walk(m, random.Random(seed * 1000 + k), now)
+        batched.policy.check_integrity()
+        assert batched.policy.groups == single.policy.groups
+        assert batched.policy.eviction_order(now) == single.policy.eviction_order(now)
+    assert any(reclaimed)  # resumes took their own runs in one slice
