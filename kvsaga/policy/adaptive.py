@@ -2,18 +2,21 @@
 
 No fixed ranking wins everywhere: on held-out traffic `graph` beats the baselines on some
 traces and loses to plain `lru` on others (bench/RESULTS.md). `adaptive` runs several
-rankings side by side (the *experts*: `graph`, `ttl`, `saga`, `lru`, each a full policy fed
-the same observer calls and hooks) and evicts, at each victim search, the victims of the
-expert with the least measured regret.
+rankings side by side (the *experts*: by default `ttl`, `saga`, `lru`, each a full policy
+fed the same observer calls and hooks) and evicts, at each victim search, the victims of the
+expert with the least measured regret. The experts and `shadow_share` are what `python
+bench/policies.py --tune` picked among its settings (with and without `graph`, shadows
+naming all or an eighth of each search's victims).
 
 Regret is measured on ghost lists, as ARC and LeCaR do for recency and frequency. At every
-search each expert names the `n` victims it would evict (shadow experts skip blocks they
-already named that are still resident, so each walks down its own ranking as if it had
-evicted them); each named full block goes into that expert's ghost list (by content hash,
-with its rebuild cost). When a step begins, every block of its prompt that sits in an
-expert's ghost list is a block that expert's eviction would have made a step rebuild: the
-expert is charged its rebuild cost. A ghost list keeps the last `ghost_factor` x pool-size
-names; older ones fall out uncharged (they were not needed for a long time: good victims).
+search the leader names the `n` victims it evicts and each shadow expert the first
+`ceil(shadow_share n)` of its own ranking, skipping blocks it already named that are still
+resident (so each walks down its ranking as if it had evicted them); each named full block
+goes into that expert's ghost list (by content hash, with its rebuild cost). When a step
+begins, every block of its prompt that sits in an expert's ghost list is a block that
+expert's eviction would have made a step rebuild: the expert is charged its rebuild cost.
+A ghost list keeps the last `ghost_factor` x pool-size names; older ones fall out uncharged
+(they were not needed for a long time: good victims).
 
 Score of expert i = decayed rebuild seconds charged / decayed blocks named, shrunk towards
 the pooled score of all experts by `prior_blocks` pseudo-names (no data: every expert has the
@@ -39,7 +42,7 @@ from operator import not_
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 
-DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")
+DEFAULT_EXPERTS = ("ttl", "saga", "lru")  # picked by `bench/policies.py --tune`
 
 
 def _drain(it) -> None:
@@ -93,6 +96,9 @@ class AdaptivePolicy(EvictionPolicy):
         memory_blocks: decay scale of the scores, in pool sizes of names.
         prior_blocks: pseudo-names (at the pooled score) each expert's score starts from.
         switch_margin: share of the pooled score by which a challenger must beat the leader.
+        shadow_share: a shadow expert names this share of the victims asked for (at least
+            one) at each search: the ghost evidence accrues more slowly, and a search costs
+            the leader's plus that share of each shadow's naming.
     """
 
     name = "adaptive"
@@ -105,6 +111,7 @@ class AdaptivePolicy(EvictionPolicy):
         memory_blocks: float = 32.0,
         prior_blocks: float = 2.0,
         switch_margin: float = 0.05,
+        shadow_share: float = 0.125,
     ) -> None:
         super().__init__()
         from kvsaga.policy import POLICIES, make_policy  # the registry imports this module
@@ -124,6 +131,8 @@ class AdaptivePolicy(EvictionPolicy):
                 raise ValueError(f"{what} must be > 0, got {x!r}")
         if not switch_margin >= 0:
             raise ValueError(f"switch_margin must be >= 0, got {switch_margin!r}")
+        if not 0 < shadow_share <= 1:
+            raise ValueError(f"shadow_share must be in (0, 1], got {shadow_share!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
         self.leader = self.experts[0]
@@ -131,6 +140,7 @@ class AdaptivePolicy(EvictionPolicy):
         self.memory_blocks = memory_blocks
         self.prior_blocks = prior_blocks
         self.switch_margin = switch_margin
+        self.shadow_share = shadow_share
         self._block_costs: list[float] = []
 
     def bind(self, view) -> None:
@@ -176,11 +186,13 @@ class AdaptivePolicy(EvictionPolicy):
         if num_blocks <= 0:
             return []
         self._elect()
+        shadow_n = max(1, math.ceil(self.shadow_share * num_blocks))
         out: list[int] = []
         for e in self.experts:
-            named = self._name(e, num_blocks, now, shadow=e is not self.leader)
             if e is self.leader:
-                out = named
+                out = self._name(e, num_blocks, now, shadow=False)
+            else:
+                self._name(e, shadow_n, now, shadow=True)
         return out
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:

@@ -53,7 +53,8 @@ def test_policy_specs_parse_and_bad_ones_are_refused():
     assert mod.parse_spec("graph") == ("graph", {})
     assert mod.parse_spec("graph[residual_wait=1,calib_prior=2.5]") == (
         "graph", {"residual_wait": 1.0, "calib_prior": 2.5})
-    for bad in ("graph[x]", "graph[", "gr aph"):
+    assert mod.parse_spec("adaptive[experts=ttl+lru]") == ("adaptive", {"experts": ("ttl", "lru")})
+    for bad in ("graph[x]", "graph[", "gr aph", "adaptive[experts=ttl+]"):
         with pytest.raises(ValueError, match="spec|constant"):
             mod.parse_spec(bad)
 

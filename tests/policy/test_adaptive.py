@@ -49,7 +49,23 @@ def test_every_expert_sees_the_same_blocks():
     (dict(memory_blocks=-1), "memory_blocks"),
     (dict(prior_blocks=0), "prior_blocks"),
     (dict(switch_margin=-0.1), "switch_margin"),
+    (dict(shadow_share=0), "shadow_share"),
+    (dict(shadow_share=1.5), "shadow_share"),
 ])
 def test_bad_arguments_name_what_is_wrong(kw, what):
     with pytest.raises(ValueError, match=what):
         AdaptivePolicy(**kw)
+
+
+def test_a_shadow_expert_names_only_its_share_of_each_search():
+    # Four paused sessions of 2 full blocks each fill the pool; the fifth step evicts 4.
+    policy = AdaptivePolicy(experts=("lru", "ttl"), shadow_share=0.25)
+    m = make(policy, num_blocks=8)
+    for i in range(4):
+        run_step(m, f"s{i}", tokens(100 * i, 8), float(i), tool="search")
+    lead, shadow = policy.experts
+    assert (len(lead.ghost), len(shadow.ghost)) == (0, 0)
+    run_step(m, "new", tokens(900, 16), 10.0, last_step=True)  # 4 victims asked for
+    assert len(lead.ghost) == 4  # the leader names every victim it evicts
+    assert len(shadow.ghost) == 1  # the shadow: ceil(0.25 x 4)
+    policy.check_integrity()
