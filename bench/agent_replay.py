@@ -163,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "dtype (fp32) and KV budget")
     v.add_argument("--vllm-python", default=sys.executable,
                    help="interpreter that has vLLM (tests/integrations/vllm/make_env.sh)")
-    v.add_argument("--vllm-policies", default="ttl,ttl+gate",
-                   help="kvsaga policies for the vLLM connector arms; POLICY+gate also turns "
-                        "on the connector's session admission gate")
+    v.add_argument("--vllm-policies", default="ttl",
+                   help="vLLM connector arms: POLICY (a kvsaga policy, the connector's "
+                        "defaults: session gate on), POLICY+nogate (retention alone), "
+                        "POLICY+gate (gate forced on)")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM")
     return p

@@ -31,6 +31,7 @@ import importlib.util
 import json
 import math
 import random
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
 
 
 def _agent_replay():
@@ -62,6 +64,8 @@ class ArmResult:
     preemptions: int = 0
     steps: int = 0
     task_s: list[float] = field(default_factory=list)
+    busy_s: float = 0.0  # simulated seconds the steps took (the rest: nothing to run)
+    wait_s: list[float] = field(default_factory=list)  # per request: arrival to first step
     connector: dict[str, Any] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
@@ -72,6 +76,8 @@ class ArmResult:
             "task_time_p95_s": _p95(self.task_s),
             "preemptions": self.preemptions,
             "steps": self.steps,
+            "busy_s": self.busy_s,
+            "queue_wait_mean_s": statistics.fmean(self.wait_s),
             **{f"connector_{k}": v for k, v in self.connector.items()},
         }
 
@@ -110,10 +116,12 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     from tests.integrations.vllm.harness import TOKEN, make_request, make_scheduler
 
     system, sessions = session_prompts(args, seed)
+    from replay.servers import connector_arm
+
     extra = json.loads(args.connector_extra)
-    policy, _, gate = (policy or "").partition("+")  # POLICY+gate: the admission gate on
-    if gate:
-        extra["admission"] = True
+    if policy:
+        policy, settings = connector_arm(policy)
+        extra.update(settings)
     sched = make_scheduler(model_dir, kv_blocks(args, system, sessions), bool(policy),
                            policy or "ttl", max_num_seqs=args.max_num_seqs,
                            block_size=args.block_size,
@@ -128,10 +136,11 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     due = [(arrived[i], i, 0) for i in range(len(sessions))]  # (time, session, step)
     heapq.heapify(due)
     live: dict[str, tuple[int, int]] = {}  # request id -> (session, step)
+    arrival: dict[str, float] = {}  # request id -> when it arrived
     res = ArmResult()
     while due or live:
         while due and due[0][0] <= now:
-            _, i, k = heapq.heappop(due)
+            t_due, i, k = heapq.heappop(due)
             st = sessions[i][k]
             # the message as the chat template frames it, then the assistant's header
             n_in = st.input_tokens + args.template_tokens
@@ -146,6 +155,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
             req = make_request(context[i], st.output_tokens, hint, args.block_size)
             res.prompt_tokens += len(context[i])
             live[req.request_id] = (i, k)
+            arrival[req.request_id] = t_due
             sched.add_request(req)
         if not live:
             now = due[0][0]
@@ -157,6 +167,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
         res.scheduled_tokens += n_tokens
         res.preemptions += len(out.preempted_req_ids)
         res.cached_tokens += sum(r.num_computed_tokens for r in out.scheduled_new_reqs)
+        res.wait_s += [now - arrival.pop(r.req_id) for r in out.scheduled_new_reqs]
         if args.trace:
             for r in out.scheduled_new_reqs:
                 i, k = live[r.req_id]
@@ -169,7 +180,9 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
                      for q in sched.running])
                 print(f"t={now:7.2f} s{i} step {k} prompt {len(r.prompt_token_ids)} hit "
                       f"{r.num_computed_tokens} free {pool.get_num_free_blocks()} held {held}")
-        now += args.step_s + args.token_s * n_tokens
+        dt = args.step_s + args.token_s * n_tokens
+        now += dt
+        res.busy_s += dt
         runner = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: j for j, r in enumerate(ids)},
                                    sampled_token_ids=[[TOKEN] for _ in ids])
         for outputs in sched.update_from_output(out, runner).values():
@@ -193,27 +206,35 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     return res
 
 
-def table(rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
-    """Markdown: one row per arm and seed, then per arm the median over the seeds."""
+def table(rows: dict[str, dict[int, dict[str, Any]]],
+          groups: list[list[int]] | None = None) -> list[str]:
+    """Markdown: one row per arm and seed, then per arm and seed group (default: all seeds
+    in one) the median speed-up and prefill ratio over plain vLLM."""
     out = ["| arm | seed | prefill tokens | cached share | TCT mean s | TCT p95 s | preemptions "
-           "| speed-up | connector |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| queue wait s | speed-up | connector |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     medians = []
     for name, by_seed in rows.items():
-        ups, fewer = [], []
+        ups, fewer = {}, {}
         for seed, f in by_seed.items():
             base = rows["vllm"][seed]
-            up = base["task_time_mean_s"] / f["task_time_mean_s"]
-            ups.append(up)
-            fewer.append(base["prefill_tokens"] / f["prefill_tokens"])
+            ups[seed] = base["task_time_mean_s"] / f["task_time_mean_s"]
+            fewer[seed] = base["prefill_tokens"] / f["prefill_tokens"]
             conn = ", ".join(f"{k[10:]} {v}" for k, v in f.items() if k.startswith("connector_"))
             out.append(f"| {name} | {seed} | {f['prefill_tokens']:,} | {f['cached_share']:.1%} | "
                        f"{f['task_time_mean_s']:.1f} | {f['task_time_p95_s']:.1f} | "
-                       f"{f['preemptions']} | {up:.2f}x | {conn} |")
-        medians.append(f"- {name}: median over seeds {', '.join(map(str, by_seed))}: mean TCT "
-                       f"speed-up {statistics.median(ups):.2f}x (range {min(ups):.2f}-"
-                       f"{max(ups):.2f}), prefill tokens vllm/{name} "
-                       f"{statistics.median(fewer):.2f}x")
-    return [*out, "", *medians[1:]]
+                       f"{f['preemptions']} | {f['queue_wait_mean_s']:.2f} | {ups[seed]:.2f}x "
+                       f"| {conn} |")
+        if name == "vllm":
+            continue
+        for group in groups or [list(by_seed)]:
+            g = [x for x in group if x in by_seed]
+            u = [ups[x] for x in g]
+            medians.append(f"- {name}: median over seeds {', '.join(map(str, g))}: mean TCT "
+                           f"speed-up {statistics.median(u):.2f}x (range {min(u):.2f}-"
+                           f"{max(u):.2f}), prefill tokens vllm/{name} "
+                           f"{statistics.median(fewer[x] for x in g):.2f}x")
+    return [*out, "", *medians]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sessions", type=int, default=6)
     a("--steps", type=int, default=8)
     a("--seeds", default="0", help="comma-separated generator seeds")
+    a("--seed-groups", default=None,
+      help="seed groups reported apart, e.g. '5,6,7,8,9;10,11,12,13,14' (default: one)")
+    a("--unbounded-blocks", type=int, default=0,
+      help="also replay plain vLLM with this many usable KV blocks (an arm 'vllm@N': how "
+           "much any retention could gain)")
     a("--token-scale", type=float, default=0.02)
     a("--time-scale", type=float, default=20.0)
     a("--max-tool-s", type=float, default=10.0)
@@ -233,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--block-size", type=int, default=32)
     a("--max-num-seqs", type=int, default=16)
     a("--max-num-batched-tokens", type=int, default=4096)
-    a("--policies", default="ttl,ttl+gate",
-      help="connector policies (plain vLLM always runs); POLICY+gate also turns on the "
-           "connector's session admission gate")
+    a("--policies", default="ttl+nogate,ttl",
+      help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
+           "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on)")
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms")
     a("--template-tokens", type=int, default=8,
@@ -269,11 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         for policy in arms:
             name = "vllm" if policy is None else f"vllm+{policy}"
             rows.setdefault(name, {})[seed] = replay(args, model_dir, seed, policy).figures()
-    lines = table(rows)
+        if args.unbounded_blocks:
+            wide = argparse.Namespace(**{**vars(args), "kv_blocks": args.unbounded_blocks})
+            rows.setdefault(f"vllm@{args.unbounded_blocks}", {})[seed] = replay(
+                wide, model_dir, seed, None).figures()
+    groups = ([[int(x) for x in g.split(",") if x.strip()] for g in args.seed_groups.split(";")]
+              if args.seed_groups else None)
+    lines = table(rows, groups)
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()
-        cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + " ".join(
+        cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
             argv if argv is not None else sys.argv[1:])
         title = (f"### vLLM's scheduler on a simulated clock: {args.step_s:g} s per step + "
                  f"{args.token_s:g} s per token (written by bench/vllm_scheduler_replay.py)")
@@ -284,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
                    f"KV {args.kv_fraction:.0%} of the working set")
                 + f", --max-num-seqs {args.max_num_seqs}. Speed-up: plain vLLM's mean TCT "
-                "over the arm's, same seed.")
+                "over the arm's, same seed. Queue wait: a request's mean wait from its "
+                "arrival to its first step. vllm@N: plain vLLM with N usable blocks (how much "
+                "any retention could gain).")
         ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
                          parent=ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .servers import Server, VLLMArm
+from .servers import Server, VLLMArm, connector_arm
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,8 @@ def arms(args: argparse.Namespace) -> list[Arm]:
         if args.kvsaga_arms:
             return scheduler_arms(args.kvsaga_arms)
         return [Arm(p, "kvsaga", p) for p in names(args.policies)]
-    from kvsaga.policy import POLICIES as KNOWN_POLICIES
-
     for p in names(args.vllm_policies):
-        policy, plus, gate = p.partition("+")
-        if policy not in KNOWN_POLICIES or (plus and gate != "gate"):
-            raise SystemExit(f"--vllm-policies: {p!r} is not POLICY or POLICY+gate with a "
-                             f"policy in {sorted(KNOWN_POLICIES)}")
+        connector_arm(p)  # a bad name fails before any server starts
     return ([Arm("vllm", "vllm", None)]
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
             + [Arm(f"kvsaga-serve:{p}", "kvsaga", p) for p in names(args.kvsaga_policies)])

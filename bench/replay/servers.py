@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 SERVED_NAME = "replay"  # the model name every server is started with
 
@@ -47,6 +48,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+
+
+def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
+    """A vLLM connector arm's name as the policy and the `kv_connector_extra_config` entries
+    it sets: `POLICY` (the connector's defaults), `POLICY+gate` (the session admission gate
+    on), `POLICY+nogate` (off: retention alone)."""
+    from kvsaga.policy import POLICIES
+
+    policy, plus, suffix = name.partition("+")
+    if policy not in POLICIES or (plus and suffix not in ("gate", "nogate")):
+        raise SystemExit(f"connector arm {name!r} is not POLICY, POLICY+gate or POLICY+nogate "
+                         f"with a policy in {sorted(POLICIES)}")
+    return policy, ({"admission": suffix == "gate"} if plus else {})
 
 class Server:
     """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
@@ -118,11 +132,10 @@ class VLLMArm:
                  log: Path) -> None:
         from kvsaga.integrations.vllm.launch import VLLMServer
 
-        # "POLICY+gate": the connector with its session admission gate on
-        policy, _, gate = (policy or "").partition("+")
+        policy, extra = connector_arm(policy) if policy else (None, {})
         self.server = VLLMServer(
-            Path(args.model), kv_bytes, connector_policy=policy or None,
-            connector_extra={"admission": True} if gate else {}, python=args.vllm_python,
+            Path(args.model), kv_bytes, connector_policy=policy,
+            connector_extra=extra, python=args.vllm_python,
             served_name=SERVED_NAME, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_model_len=min(2048, (kv_bytes // args.kv_bytes_per_token // args.block_size - 1)
                               * args.block_size), log=log)  # vLLM keeps one null block

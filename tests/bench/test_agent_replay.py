@@ -117,3 +117,18 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
     assert path.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
     mod.write_section(path, "### E", "e", parent="## A")  # new: at the end of its parent
     assert "### B\n\nb\n\n### E\n\ne\n\n## C\n" in path.read_text()
+
+
+def test_connector_arm_names_map_to_the_connector_settings() -> None:
+    """`--vllm-policies` (and vllm_scheduler_replay's `--policies`) names: POLICY runs the
+    connector's defaults, +gate / +nogate set its admission gate; anything else fails
+    before a server starts."""
+    _load_script()  # puts bench/ (the replay package) on sys.path
+    from replay.servers import connector_arm
+
+    assert connector_arm("ttl") == ("ttl", {})
+    assert connector_arm("graph+gate") == ("graph", {"admission": True})
+    assert connector_arm("ttl+nogate") == ("ttl", {"admission": False})
+    for bad in ("nope", "ttl+gates", "ttl+"):
+        with pytest.raises(SystemExit, match="connector arm"):
+            connector_arm(bad)

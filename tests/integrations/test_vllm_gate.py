@@ -11,8 +11,10 @@ BS = 16
 
 
 def _gate(**kw) -> SessionGate:
-    # 20 blocks; growth 16 tokens (1 block) per step until one is observed
-    return SessionGate(20, BS, prior_growth_tokens=16, **kw)
+    # 20 blocks; growth 16 tokens (1 block) per step until one is observed; one step of it
+    # reserved at admission (the rules under test, not the defaults)
+    return SessionGate(20, BS, **{"prior_growth_tokens": 16, "horizon_steps": 1.0,
+                                  "idle_admit_s": 1.0, **kw})
 
 
 def _run_step(g: SessionGate, rid: str, sid: str, context: int, now: float,
@@ -72,17 +74,33 @@ def test_growth_demotes_the_latest_paused_sessions_and_last_step_ends():
     assert _run_step(g, "b0", "b", 7 * BS, now=1.0) == []
     assert _run_step(g, "a0", "a", 7 * BS, now=1.1) == []
     g.admit("a", "w", 8 * BS, 0, now=2.0)
-    # a grew by 8 blocks in one step: the mean growth is now 8 blocks, 2 x (15 + 8) > 20
+    # a grew by 8 blocks in one step: the contexts as they stand, 15 + 7 > 20
     assert _run_step(g, "a1", "a", 15 * BS, now=3.0) == ["b"]
     assert set(g.sessions) == {"a"}
     assert _run_step(g, "a2", "a", 16 * BS, now=4.0, last=True) == []
     assert g.sessions == {} and g.committed() == 0
 
 
+def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand():
+    """A session is admitted only with room for horizon_steps of growth, but admitted
+    sessions are demoted only once their contexts themselves outgrow the blocks (a
+    demotion costs a wait and a recompute); shrink_horizon_steps counts growth there too."""
+    for shrink_h, demoted in ((0.0, []), (2.0, []), (3.0, ["b"])):
+        g = _gate(horizon_steps=3.0, shrink_horizon_steps=shrink_h)
+        assert g.admit("a", "w", 6 * BS, 0, now=0.0)  # 6 + 3 = 9 blocks
+        assert g.admit("b", "w", 6 * BS, 0, now=0.1)  # 18 <= 20
+        assert not g.admit("c", "w", BS, 0, now=0.2)  # 18 + 4 > 20
+        assert _run_step(g, "b0", "b", 7 * BS, now=1.0) == []  # 6 + 3 + 7 + 3 = 19
+        # contexts 9 + 7 = 16 fit; with 2 steps of growth (1 block) each 20 fit, 3: 22 not
+        g.admit("a", "w", 8 * BS, 0, now=2.0)
+        assert _run_step(g, "a0", "a", 9 * BS, now=3.0) == demoted
+
+
 @pytest.mark.parametrize("kw", [{"capacity": 0}, {"block_size": 1.5}, {"horizon_steps": -1},
                                 {"max_wait_s": "x"}, {"demote_factor": float("nan")},
                                 {"capacity": True}, {"idle_admit_s": False},
-                                {"growth_alpha": 0}, {"growth_alpha": 1.5}])
+                                {"growth_alpha": 0}, {"growth_alpha": 1.5},
+                                {"shrink_horizon_steps": -0.5}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))

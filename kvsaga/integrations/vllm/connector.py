@@ -19,11 +19,20 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes vLLM preempt a
   running request or stall: it only says yes to `has_pending_block_frees` after releasing.
 - S's last step (`last_step`), or a request that names no session: nothing is retained.
+- Admission (`admission`, on by default): a session gate (`gate.SessionGate`, kvsaga's
+  workflow rule) defers a session's step while the admitted sessions' predicted working sets
+  fill the blocks, so paused contexts are not thrashed by the sessions that would evict them.
+  A deferred step may still run unretained in vLLM's free blocks when its prefill is cheap
+  on this machine: at most `best_effort_steps` steps' fixed cost, by `step_cost.StepCost`'s
+  online fit of vLLM's step times (where a step's fixed cost dominates, holding sessions back
+  would shrink the batch for nothing; where tokens dominate, recompute delays everyone).
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
 `policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
-step beyond one per scheduled request, default 0).
+step beyond one per scheduled request, default 0), `admission` (the session gate, default
+true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 10; 0: a
+deferred step always waits), `step_cost_args` (`StepCost` keyword arguments).
 """
 
 from __future__ import annotations
@@ -42,9 +51,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.logger import init_logger
 
+from kvsaga._validate import is_number
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
+from kvsaga.integrations.vllm.step_cost import StepCost
 from kvsaga.policy import make_policy
 from kvsaga.session import Session
 
@@ -78,6 +89,7 @@ class RetentionStats:
     by_reason: dict[str, int] = field(default_factory=dict)
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
+    best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
 
     def line(self) -> str:
         """One log line (`STATS_PREFIX` + JSON), which bench/agent_replay.py reads back."""
@@ -101,10 +113,17 @@ class KVSagaConnector(KVConnectorBase_V1):
         self.reserve_blocks = int(extra.get("reserve_blocks", 0))
         if self.reserve_blocks < 0:
             raise ValueError(f"reserve_blocks must be >= 0, got {self.reserve_blocks}")
-        self.admission = extra.get("admission", False)
+        self.admission = extra.get("admission", True)
         if not isinstance(self.admission, bool):
             raise ValueError(f"admission must be true or false, got {self.admission!r}")
         self.gate_args = dict(extra.get("gate_args", {}))
+        self.best_effort_steps = extra.get("best_effort_steps", 10)
+        if not (is_number(self.best_effort_steps) and self.best_effort_steps >= 0):
+            raise ValueError(f"best_effort_steps must be a number >= 0, got "
+                             f"{self.best_effort_steps!r}")
+        self.cost = StepCost(**dict(extra.get("step_cost_args", {})))
+        self._step_mark: tuple[float, int] | None = None  # (when, tokens) of the last step
+        self._unretained: set[str] = set()  # request ids run past the gate: nothing kept
         self.gate: SessionGate | None = None
         self.block_size = vllm_config.cache_config.block_size
         self.pool: BlockPool | None = None
@@ -164,10 +183,18 @@ class KVSagaConnector(KVConnectorBase_V1):
             return 0, False
         info = self._step(request)
         now = self.clock()
+        new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
+        watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now
         ):
+            if self._best_effort(request.num_tokens - num_computed_tokens,
+                                 new_blocks + 1 + watermark):
+                self._unretained.add(request.request_id)
+                self.stats.best_effort += 1
+                return 0, False
             return None, False  # not yet: vLLM defers it and goes on with the next request
+        self._unretained.discard(request.request_id)
         if info is not None and info.session_id in self.holds:
             # its blocks are needed now
             self.policy.resume_hinted(session_for(self._sessions, info), now)
@@ -175,11 +202,18 @@ class KVSagaConnector(KVConnectorBase_V1):
         # queue; a request probed again without being admitted asks for twice as much each
         # time, so retention can never keep a request waiting for good.
         tries = self._probes[request.request_id] = self._probes.get(request.request_id, 0) + 1
-        new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
-        watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
         need = (new_blocks + 1 + watermark) * 2 ** (tries - 1)
         self._release_until(need + self.reserve_blocks, now, "admit")
         return 0, False
+
+    def _best_effort(self, tokens: int, blocks: int) -> bool:
+        """Whether a step the gate holds back may run anyway, unretained: its `tokens` to
+        compute add at most `best_effort_steps` steps' fixed cost to the batch (`StepCost`),
+        and its `blocks` fit in vLLM's free blocks beside one per running request and the
+        reserve, without releasing anything retained."""
+        return (self.best_effort_steps > 0 and self.cost.cheap(tokens, self.best_effort_steps)
+                and blocks + self.gate.num_in_flight + self.reserve_blocks
+                <= self.pool.get_num_free_blocks())
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -213,6 +247,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         if info is not None and self.pool is not None:
             if info.hint.last_step:
                 self._end_session(info, now)
+            elif request.request_id in self._unretained:
+                self._unretained.discard(request.request_id)
             else:
                 self._retain(info, block_ids, now)
         if self.gate is not None:
@@ -222,6 +258,8 @@ class KVSagaConnector(KVConnectorBase_V1):
                 now, hint.expected_s if hint else None, bool(hint and hint.last_step),
             ):
                 self._release_session(demoted)  # plain LRU cache in vLLM from now on
+            if not self.gate.num_in_flight:
+                self._step_mark = None  # the time to the next step may be idle
         return False, None
 
     def _end_session(self, info: StepInfo, now: float) -> None:
@@ -265,6 +303,10 @@ class KVSagaConnector(KVConnectorBase_V1):
         """After each step, keep one free block per scheduled request (its next token may
         open a block) so decoding does not run into retained memory."""
         now = self.clock()
+        tokens = sum(scheduler_output.num_scheduled_tokens.values())
+        if self._step_mark is not None:
+            self.cost.observe(self._step_mark[1], now - self._step_mark[0])
+        self._step_mark = (now, tokens) if tokens else None
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
             self._release_until(n + self.reserve_blocks, now, "headroom")

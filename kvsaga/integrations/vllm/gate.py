@@ -18,8 +18,14 @@ go on.
   (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
   does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
   `idle_admit_s` (the memory would idle), or after `max_wait_s`.
-- Whenever the admitted working sets outgrow the blocks (sessions grow), the most recently
-  admitted paused sessions are demoted until they fit.
+- Whenever the admitted sessions' contexts as they stand (`shrink_horizon_steps` steps of
+  growth, default none) outgrow the blocks, the most recently admitted paused sessions are
+  demoted until they fit. Admission reserves growth (`horizon_steps`, default 4) and the
+  shrink does not: a session admitted is seldom demoted, since a demotion costs both its
+  wait for re-admission and the recompute of its context (bench/vllm_scheduler_replay.py on
+  seeds 0-4: demotions under the earlier horizon 1 for both were most of the prefill the
+  gate left above an unbounded cache's; RESULTS.md, "vLLM's scheduler on a simulated
+  clock").
 
 Plain Python (no vLLM import): the connector feeds it token counts and the clock. The
 working-set rule itself (growth estimate, rounding, demotion deadline, shrink order) is
@@ -52,7 +58,7 @@ class SessionGate:
     Args:
         capacity: KV blocks the admitted working sets may fill.
         block_size: tokens per block.
-        horizon_steps: steps of expected growth counted in a working set.
+        horizon_steps: steps of expected growth counted in a working set at admission.
         prior_growth_tokens: growth per step assumed for a workflow before one is seen.
         growth_alpha: weight of each new observed growth once 1 / growth_alpha were seen.
         demote_factor, demote_min_s: a paused session is demotable once its pause exceeds
@@ -60,6 +66,8 @@ class SessionGate:
         default_pause_s: expected pause when a step gives no `expected_s`.
         idle_admit_s: admit a waiting session anyway once no request has run this long.
         max_wait_s: admit a waiting session anyway once it has waited this long.
+        shrink_horizon_steps: steps of growth counted when deciding whether the admitted
+            sessions outgrew the blocks (demotion).
     """
 
     def __init__(
@@ -67,14 +75,15 @@ class SessionGate:
         capacity: int,
         block_size: int,
         *,
-        horizon_steps: float = 1.0,
+        horizon_steps: float = 4.0,
         prior_growth_tokens: float = 64.0,
         growth_alpha: float = 0.05,
         demote_factor: float = 4.0,
         demote_min_s: float = 10.0,
         default_pause_s: float = 30.0,
-        idle_admit_s: float = 1.0,
+        idle_admit_s: float = 5.0,
         max_wait_s: float = 120.0,
+        shrink_horizon_steps: float = 0.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -82,7 +91,8 @@ class SessionGate:
                         ("prior_growth_tokens", prior_growth_tokens),
                         ("demote_factor", demote_factor), ("demote_min_s", demote_min_s),
                         ("default_pause_s", default_pause_s), ("idle_admit_s", idle_admit_s),
-                        ("max_wait_s", max_wait_s)):
+                        ("max_wait_s", max_wait_s),
+                        ("shrink_horizon_steps", shrink_horizon_steps)):
             if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
         if not (is_number(growth_alpha) and 0 < growth_alpha <= 1):
@@ -96,6 +106,7 @@ class SessionGate:
         self.default_pause_s = float(default_pause_s)
         self.idle_admit_s = float(idle_admit_s)
         self.max_wait_s = float(max_wait_s)
+        self.shrink_horizon_steps = float(shrink_horizon_steps)
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GrowthTable(prior_growth_tokens, growth_alpha)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
@@ -106,17 +117,19 @@ class SessionGate:
         self.num_demotions = 0
 
     # -- working sets -------------------------------------------------------------------------
-    def _blocks(self, s: _Admitted) -> int:
-        return working_set_blocks(s.context - s.shared, self.horizon_steps,
+    def _blocks(self, s: _Admitted, horizon: float | None = None) -> int:
+        return working_set_blocks(s.context - s.shared,
+                                  self.horizon_steps if horizon is None else horizon,
                                   self._growth.mean(s.workflow), self.block_size)
 
-    def committed(self) -> int:
-        """Blocks the admitted sessions are predicted to hold (their shared prefix once)."""
+    def committed(self, horizon: float | None = None) -> int:
+        """Blocks the admitted sessions are predicted to hold (their shared prefix once),
+        with `horizon` steps of growth each (default `horizon_steps`)."""
         if not self.sessions:
             return 0
         shared = max(s.shared for s in self.sessions.values())
         return math.ceil(shared / self.block_size) + sum(
-            self._blocks(s) for s in self.sessions.values())
+            self._blocks(s, horizon) for s in self.sessions.values())
 
     # -- the decision -------------------------------------------------------------------------
     def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
@@ -170,6 +183,11 @@ class SessionGate:
         self._in_flight.add(request_id)
         self._idle_since = None
 
+    @property
+    def num_in_flight(self) -> int:
+        """Requests allocated and not finished."""
+        return len(self._in_flight)
+
     def finished(self, request_id: str, sid: str | None, context_tokens: int, now: float,
                  expected_s: float | None, last_step: bool) -> list[str]:
         """A request finished (`sid` None: no session). Returns the sessions demoted because
@@ -190,9 +208,10 @@ class SessionGate:
         return self._shrink()
 
     def _shrink(self) -> list[str]:
-        """Demote the most recently admitted paused sessions until the rest fit."""
+        """Demote the most recently admitted paused sessions until the rest fit (with
+        `shrink_horizon_steps` of growth)."""
         return shrink(self.sessions, reversed(list(self.sessions)),
-                      lambda: self.committed() > self.capacity,
+                      lambda: self.committed(self.shrink_horizon_steps) > self.capacity,
                       lambda s: s.paused_at is not None, self._demote)
 
     def forget(self, sid: str) -> None:

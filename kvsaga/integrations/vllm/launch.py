@@ -98,6 +98,13 @@ class VLLMServer:
         """
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+        # From a source checkout, the connector the server loads is this checkout's, wherever
+        # the command runs from (the vLLM environment may have another kvsaga, or none). An
+        # installed kvsaga's directory is not added: it holds that environment's packages.
+        root = Path(__file__).resolve().parents[3]
+        if (root / "pyproject.toml").is_file():
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(root), env.get("PYTHONPATH")) if p)
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -1,6 +1,7 @@
 """KVSagaConnector inside vLLM's real scheduler (vllm.v1.core.sched.Scheduler and its
 BlockPool), driven step by step as the engine core drives it, with and without the connector
-over the same memory."""
+over the same memory. The retention tests turn the session admission gate off
+(`admission=False`: retention alone); the gate's tests, and those of the defaults, follow."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _agent_then_filler(s) -> int:
 
 def test_paused_session_hits_after_pressure_that_evicts_it_in_plain_vllm(hf_model_dir):
     plain = make_scheduler(hf_model_dir, 48, connector=False)
-    kept = make_scheduler(hf_model_dir, 48, connector=True)
+    kept = make_scheduler(hf_model_dir, 48, connector=True, admission=False)
     assert _agent_then_filler(plain) == 0  # vLLM's LRU reused A's blocks for the filler
     assert _agent_then_filler(kept) == len(SYSTEM) + 8 * BLOCK_SIZE  # all of step 1's blocks
     assert kept.connector.stats.resumed_hits == 1
@@ -54,7 +55,7 @@ def test_policy_picks_which_paused_session_to_release(hf_model_dir):
     """Two paused sessions, retained memory needed by a third request: ttl releases the one
     whose tool takes an hour, and the one due back in a second keeps its blocks."""
     for soon_first in (True, False):
-        s = make_scheduler(hf_model_dir, 40, connector=True)
+        s = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
         order = [("S", 1.0), ("L", 3600.0)] if soon_first else [("L", 3600.0), ("S", 1.0)]
         prompts = {}
         for i, (sid, pause) in enumerate(order):
@@ -72,7 +73,7 @@ def test_retention_never_preempts_a_running_request(hf_model_dir):
     """Retained sessions hold most of memory while two requests decode past it: vLLM asks
     before preempting, the connector releases, and no request is ever preempted; without
     the retained sessions the same run needs no preemption either."""
-    s = make_scheduler(hf_model_dir, 40, connector=True)
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
     for i in range(3):
         hint = {"session_id": f"P{i}", "tool": "t", "expected_s": 60}
         run(s, [make_request(_prompt(40 + i, 8), 1, hint)])
@@ -95,7 +96,7 @@ def test_retention_never_preempts_a_running_request(hf_model_dir):
 def test_asked_before_preemption_the_connector_frees_blocks(hf_model_dir):
     """`has_pending_block_frees` (vLLM asks it right before preempting) releases retained
     blocks and says so; with nothing retained it says no, and vLLM preempts as usual."""
-    s = make_scheduler(hf_model_dir, 24, connector=True)
+    s = make_scheduler(hf_model_dir, 24, connector=True, admission=False)
     run(s, [make_request(_prompt(45, 6), 1, {"session_id": "H", "tool": "t", "expected_s": 60})])
     free = _pool(s).get_num_free_blocks()
     assert s.connector.has_pending_block_frees() is True
@@ -109,7 +110,7 @@ def test_asked_before_preemption_the_connector_frees_blocks(hf_model_dir):
 def test_admission_is_never_blocked_by_retained_blocks(hf_model_dir):
     """A request that needs all of memory is admitted although paused sessions retain most
     of it (the scheduler would otherwise wait forever: nothing else frees blocks)."""
-    s = make_scheduler(hf_model_dir, 40, connector=True)
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
     for i in range(4):
         hint = {"session_id": f"Q{i}", "tool": "t", "expected_s": 60}
         run(s, [make_request(_prompt(60 + i, 9), 1, hint)])
@@ -123,7 +124,7 @@ def test_admission_is_never_blocked_by_retained_blocks(hf_model_dir):
 def test_shared_prefix_and_session_end_release_everything(hf_model_dir):
     """Sessions sharing a system prompt retain it together; ending each gives back exactly its
     references (block reference counts return to zero, no block lost or freed twice)."""
-    s = make_scheduler(hf_model_dir, 64, connector=True)
+    s = make_scheduler(hf_model_dir, 64, connector=True, admission=False)
     sids = [f"W{i}" for i in range(3)]
     for i, sid in enumerate(sids):
         hint = {"session_id": sid, "tool": "t", "expected_s": 10}
@@ -139,7 +140,7 @@ def test_shared_prefix_and_session_end_release_everything(hf_model_dir):
 
 
 def test_requests_without_a_session_or_with_a_bad_hint_are_left_to_vllm(hf_model_dir):
-    s = make_scheduler(hf_model_dir, 32, connector=True)
+    s = make_scheduler(hf_model_dir, 32, connector=True, admission=False)
     run(s, [make_request(_prompt(90, 3), 2)])
     run(s, [make_request(_prompt(91, 3), 2, {"session_id": 7})])
     run(s, [make_request(_prompt(92, 3), 2, {"session_id": "X", "bogus": 1})])
@@ -148,7 +149,7 @@ def test_requests_without_a_session_or_with_a_bad_hint_are_left_to_vllm(hf_model
 
 
 def test_prefix_cache_reset_gives_back_retained_blocks(hf_model_dir):
-    s = make_scheduler(hf_model_dir, 32, connector=True)
+    s = make_scheduler(hf_model_dir, 32, connector=True, admission=False)
     run(s, [make_request(_prompt(95, 4), 2, {"session_id": "R", "tool": "t", "expected_s": 9})])
     assert s.reset_prefix_cache(reset_connector=True) is False  # vLLM resets before us
     assert s.reset_prefix_cache(reset_connector=True) is True
@@ -182,7 +183,7 @@ def test_admission_gate_defers_a_session_that_would_evict_a_paused_one(hf_model_
     assert _paused_then_newcomer(gated) == (20 * BLOCK_SIZE, False)
     assert gated.connector.gate.num_deferrals >= 3 and gated.connector.gate.sessions == {}
     _assert_no_leak(gated)
-    plain = make_scheduler(hf_model_dir, 40, connector=True)
+    plain = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
     hits, b_early = _paused_then_newcomer(plain)
     assert b_early and hits < 20 * BLOCK_SIZE
     _assert_no_leak(plain)
@@ -203,4 +204,54 @@ def test_admission_gate_admits_a_waiting_session_once_the_batch_idles(hf_model_d
     assert run(s, []) == {} and b.is_finished()
     s.connector.request_finished(
         make_request(_prompt(5, 1), 1, {"session_id": "A", "last_step": True}), [])
+    _assert_no_leak(s)
+
+
+def test_the_step_cost_is_fitted_from_vllms_steps(hf_model_dir):
+    """The connector times vLLM's steps (the clock between two schedules) against their
+    scheduled tokens: on a clock that charges 0.25 s per step + 3 ms per token the fit is
+    exactly that; an interval after which nothing was left running is not a step."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 64, connector=True)
+    s.connector.clock = lambda: now[0]
+    for i in range(5):  # a request per step, of different sizes: prefill and decode mixed
+        s.add_request(make_request(_prompt(40 + i, 1 + 2 * i), 3,
+                                   {"session_id": f"C{i}", "last_step": True}))
+        out = step(s)
+        now[0] += 0.25 + 0.003 * sum(out.num_scheduled_tokens.values())
+    while s.has_unfinished_requests():
+        out = step(s)
+        now[0] += 0.25 + 0.003 * sum(out.num_scheduled_tokens.values())
+    now[0] += 100.0  # idle: the next request's schedule must not count it
+    run(s, [make_request(_prompt(49, 2), 1, {"session_id": "D", "last_step": True})])
+    assert s.connector.cost.fit() == pytest.approx((0.25, 0.003))
+    _assert_no_leak(s)
+
+
+@pytest.mark.parametrize("per_token_s,rides", [(0.0001, True), (0.5, False)])
+def test_a_held_back_step_rides_along_only_where_its_prefill_is_cheap(
+        hf_model_dir, per_token_s, rides):
+    """The gate holds session B back (its working set does not fit beside paused A's); with
+    steps that cost mostly their fixed 0.5 s (the fit: 0.1 ms per token), B's small step runs
+    anyway in the free blocks, unretained, and A keeps every block; where a token costs
+    0.5 s, B waits until A has ended. A's next step hits all of its context either way."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True)  # the defaults: the gate is on
+    s.connector.clock = lambda: now[0]
+    for n in (1, 200, 5, 90):  # the fit the connector would have from earlier steps
+        s.connector.cost.observe(n, 0.5 + per_token_s * n)
+    a1 = _prompt(1, 20)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    b = make_request(_prompt(3, 3), 2, {"session_id": "B", "tool": "t", "expected_s": 5})
+    s.add_request(b)
+    b_ran = any(b.request_id in step(s).num_scheduled_tokens for _ in range(3))
+    assert b_ran is rides and "B" not in s.connector.gate.sessions
+    if rides:
+        run(s, [])
+        assert b.is_finished() and "B" not in s.connector.holds
+    assert len(s.connector.holds["A"]) == 20
+    a2 = make_request(a1 + [TOKEN] * 2 + _prompt(2, 1), 2, {"session_id": "A", "last_step": True})
+    assert run(s, [a2])[a2.request_id] == 20 * BLOCK_SIZE
+    assert b.is_finished()
+    run(s, [make_request(_prompt(3, 3) + [TOKEN] * 2, 1, {"session_id": "B", "last_step": True})])
     _assert_no_leak(s)
