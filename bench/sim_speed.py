@@ -7,6 +7,7 @@ fast path (decode runs), side by side in one run, on the same traces; plus the R
     python bench/sim_speed.py --profile --case 'readme graph' --top 25
     python bench/sim_speed.py --split           # shares of schedule, manager calls, policy
     python bench/sim_speed.py --baseline ../old-checkout --no-write
+    python bench/sim_speed.py --baseline ../goal-checkout --previous ../last-landing
 
 Each simulation runs twice, each time in a fresh process, `Simulator(reference=True)`
 (every batch step through `Scheduler.schedule`, as before decode runs existed) and the
@@ -14,7 +15,8 @@ default fast path; the two results must be identical (the script stops otherwise
 Sessions/s is sessions over CPU seconds (`time.process_time`), which other processes on a
 shared machine disturb far less than wall time. `--baseline PATH` also times the same
 simulations with the kvsaga of another checkout (PYTHONPATH=PATH, its own simulator and
-core), right after them.
+core), right after them; `--previous PATH` likewise times a checkout of the last change
+measured (its rows must equal this tree's: a speed-up changes no result).
 Writes the "## Simulator speed" section of bench/RESULTS.md from what this run measured.
 """
 
@@ -96,20 +98,22 @@ def same(a: dict, b: dict) -> bool:
                                                                     default=str)
 
 
-def measure(cases: list[Case], repeat: int, baseline: str | None = None) -> list[dict]:
-    """Per case: the best of `repeat` CPU times of each path (and of the baseline checkout),
-    each run in a fresh process, one after the other (CPU time on a shared machine drifts
-    with its load, and a process that ran other simulations runs slower), and whether the
-    results are equal."""
+def measure(cases: list[Case], repeat: int, baseline: str | None = None,
+            previous: str | None = None) -> list[dict]:
+    """Per case: the best of `repeat` CPU times of each path (and of the baseline and
+    previous checkouts), each run in a fresh process, one after the other (CPU time on a
+    shared machine drifts with its load, and a process that ran other simulations runs
+    slower), and whether the results are equal."""
     here = str(HERE.parent)
+    paths = {"ref": here, "fast": here, "base": baseline, "prev": previous}
+    modes = [m for m in ("ref", "fast", "base", "prev") if paths[m]]
     out = []
     for case in cases:
-        best = {"ref": math.inf, "fast": math.inf, "base": math.inf}
+        best = dict.fromkeys(modes, math.inf)
         rows = {}
         for _ in range(repeat):
-            for mode in ("ref", "fast", "base") if baseline else ("ref", "fast"):
-                t, rows[mode] = run_case(case, baseline if mode == "base" else here,
-                                         reference=mode == "ref")
+            for mode in modes:
+                t, rows[mode] = run_case(case, paths[mode], reference=mode == "ref")
                 best[mode] = min(best[mode], t)
         if not same(rows["ref"], rows["fast"]):
             diff = {k: (rows["ref"][k], rows["fast"][k]) for k in rows["ref"]
@@ -123,9 +127,13 @@ def measure(cases: list[Case], repeat: int, baseline: str | None = None) -> list
             key = ("recomputed_tokens", "tct_mean_s")
             r.update(base_s=best["base"], base_rate=n / best["base"],
                      base_same=all(rows["base"][k] == rows["fast"][k] for k in key))
+        if previous:
+            r.update(prev_s=best["prev"], prev_rate=n / best["prev"],
+                     prev_same=same(rows["prev"], rows["fast"]))
         out.append(r)
         print(f"{case.name:38s} ref {r['ref_rate']:7.1f}  fast {r['fast_rate']:7.1f}"
               + (f"  baseline {r['base_rate']:7.1f}" if baseline else "")
+              + (f"  previous {r['prev_rate']:7.1f}" if previous else "")
               + f" sessions/CPU s  ({r['speedup']:.2f}x)", flush=True)
     return out
 
@@ -195,7 +203,7 @@ def profile(case: Case, top: int) -> None:
 SPLIT = [("kvsaga.manager", "KVCacheManager", ("begin_step", "finish_step", "allocate_slots",
                                                "_evict")),
          ("kvsaga.manager_reads", "ManagerReads", ("lookup",)),
-         ("kvsaga.sim.simulator", "Simulator", ("_decode_run",))]
+         ("kvsaga.sim.simulator", "Simulator", ("_decode_run", "_admits"))]
 POLICY_HOOKS = ("blocks_cached", "blocks_uncached", "choose_victims", "step_started",
                 "step_finished")
 
@@ -277,7 +285,8 @@ def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
 
 
 def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
-           baseline_name: str = "", loads: tuple[float, float] | None = None) -> str:
+           baseline_name: str = "", loads: tuple[float, float] | None = None,
+           previous_name: str = "") -> str:
     load = f", load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end" if loads else ""
     lines = [
         f"`{cmd}` ({seconds:.0f} s, Python {platform.python_version()}, "
@@ -290,7 +299,8 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
         "",
         "```",
         f"{'case':38s} {'batch steps':>11s} {'reference':>10s} {'fast':>8s} {'speedup':>8s}"
-        + (f" {'baseline':>9s} {'vs base':>9s}" if baseline_name else ""),
+        + (f" {'baseline':>9s} {'vs base':>9s}" if baseline_name else "")
+        + (f" {'previous':>9s} {'vs prev':>8s}" if previous_name else ""),
     ]
     for r in rows:
         steps = f"{r['steps']:,d}" if r["steps"] is not None else "-"
@@ -299,6 +309,9 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
         if baseline_name:
             line += f" {r['base_rate']:9.1f} {r['base_s'] / r['fast_s']:8.2f}x"
             line += "" if r["base_same"] else " (differs)"
+        if previous_name:
+            line += f" {r['prev_rate']:9.1f} {r['prev_s'] / r['fast_s']:7.2f}x"
+            line += "" if r["prev_same"] else " (row differs)"
         lines.append(line)
     ref = sum(r["ref_s"] for r in rows)
     fast = sum(r["fast_s"] for r in rows)
@@ -319,6 +332,14 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
                      f"CPU second. Measured {base / fast:.2f}x over all cases (per case "
                      f"{min(ratios):.2f}x to {max(ratios):.2f}x): "
                      + ("**met**." if met else "**missed**."))
+    if previous_name:
+        prev = sum(r["prev_s"] for r in rows)
+        differ = [r["case"] for r in rows if not r["prev_same"]]
+        lines.append(f"- `previous`: the same simulations with a checkout of {previous_name}, "
+                     f"{prev:.1f} CPU s in all ({prev / fast:.2f}x the fast path's time); "
+                     "`vs prev` is fast over it. "
+                     + (f"Rows that differ from this tree's: {', '.join(differ)}."
+                        if differ else "Every result row equals this tree's, field by field."))
     if walls:
         one = walls[1]
         parts = ", ".join(f"`--jobs {j}` {w:.1f} s ({one / w:.2f}x)"
@@ -364,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", metavar="PATH", help="a checkout of an older kvsaga")
     ap.add_argument("--baseline-name", default=None,
                     help="what to call it in RESULTS.md (default: the path)")
+    ap.add_argument("--previous", metavar="PATH2", help="a checkout of the last change "
+                    "measured, timed beside (its rows must equal this tree's)")
+    ap.add_argument("--previous-name", default=None,
+                    help="what to call it in RESULTS.md (default: the path)")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top entries of "
                     "both paths on the --case cases (default: the first README case and the "
                     "full-size case), and stop")
@@ -389,13 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    rows = measure(cases, args.repeat, args.baseline)
+    rows = measure(cases, args.repeat, args.baseline, args.previous)
     walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.baseline:
         cmd += " --baseline PATH"
+    if args.previous:
+        cmd += " --previous PATH2"
     body = report(rows, walls, cmd, time.perf_counter() - t0,
-                  args.baseline_name or args.baseline or "", (load0, os.getloadavg()[0]))
+                  args.baseline_name or args.baseline or "", (load0, os.getloadavg()[0]),
+                  args.previous_name or args.previous or "")
     print(body)
     if not args.no_write and not args.case:
         write_section(body)

@@ -207,7 +207,9 @@ class UsageRecorder:
             return
         live = min(self.live_blocks, self.pool.num_blocks)
         t = np.array(times)
-        dt = np.diff(t, prepend=self._last)
+        dt = np.empty(len(times))  # np.diff(t, prepend=self._last), without its broadcast
+        dt[0] = t[0] - self._last
+        np.subtract(t[1:], t[:-1], out=dt[1:])
         if len(times) < 8 or not (dt >= 0).all():
             self._advance_each(times, counts, live)
         else:

@@ -23,12 +23,15 @@ def test_measures_both_paths_and_writes_its_section(tmp_path):
     cases = [mod.Case("tiny", "swe", 4, 0.05, "1G", "lru"),
              mod.Case("tiny cluster", "swe", 6, 0.05, "1G", "lru", gpus=2)]
     here = str(ROOT)  # this checkout as its own baseline: the same results
-    rows = mod.measure(cases, repeat=1, baseline=here)
+    rows = mod.measure(cases, repeat=1, baseline=here, previous=here)
     assert [r["case"] for r in rows] == ["tiny", "tiny cluster"]
     assert all(r["ref_s"] > 0 and r["fast_s"] > 0 and r["sessions"] in (4, 6) for r in rows)
     assert all(r["base_s"] > 0 and r["base_same"] for r in rows)
-    body = mod.report(rows, {}, "python bench/sim_speed.py", 1.0, baseline_name="itself")
+    assert all(r["prev_s"] > 0 and r["prev_same"] for r in rows)
+    body = mod.report(rows, {}, "python bench/sim_speed.py", 1.0, baseline_name="itself",
+                      previous_name="itself too")
     assert "tiny cluster" in body and "identical results" in body
+    assert "checkout of itself too" in body and "Every result row equals" in body
     results = tmp_path / "RESULTS.md"
     results.write_text("# R\n\n## Other\n\nkept\n\n## Simulator speed\n\nold\n")
     mod.write_section(body, results)
