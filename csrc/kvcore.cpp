@@ -138,7 +138,10 @@ NB_MODULE(_kvcore, m) {
       .def("register_full_blocks", &ManagerCore::register_full_blocks, "session_id"_a,
            "first"_a, "last"_a)
       .def("copy_token_ids", &ManagerCore::copy_token_ids, "token_ids"_a.none())
-      .def("prefix_hits", &ManagerCore::prefix_hits, "hashes"_a, "limit"_a.none())
+      .def("prefix_hits", &ManagerCore::prefix_hits, "hashes"_a, "limit"_a.none(),
+           "table"_a.none() = nb::none())
+      .def("session_hits", &ManagerCore::session_hits, "table"_a.none(), "hashes"_a,
+           "limit"_a.none())
       .def("reopen_context", &ManagerCore::reopen_context, "context"_a, "token_ids"_a.none())
       .def("disown_shared", &ManagerCore::disown_shared, "hits"_a, "session_id"_a.none());
 }

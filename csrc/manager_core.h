@@ -169,12 +169,24 @@ class ManagerCore {
   }
 
   // KVCacheManager.lookup's GPU hits, without a list of them: (how many leading `hashes`
-  // are indexed, up to `limit`; how many of those blocks are CACHED).
-  nb::tuple prefix_hits(nb::handle hashes, nb::handle limit) {
-    index_->scan_prefix(hashes, limit, ids_);
+  // are indexed, up to `limit`; how many of those blocks are CACHED). `table`: the
+  // session's block table (see session_hits), or None.
+  nb::tuple prefix_hits(nb::handle hashes, nb::handle limit, nb::handle table) {
+    hits_into(table, hashes, limit);
     int64_t cached = 0;
     for (int32_t b : ids_) cached += pool_->state.data[b] == kCached;
     return nb::make_tuple(ids_.size(), cached);
+  }
+
+  // The index's blocks for the leading run of `hashes` (at most `limit`), as
+  // PrefixIndex.longest_prefix, read first from `table`, the session's block table as its
+  // last step left it: block table[i] holds hashes[i] when that is its registered hash, and
+  // a registered hash is indexed under exactly its block (check_integrity), so those are
+  // the index's answers, found without probing it (a resume walks its whole context
+  // again); the index is probed from the first block that no longer holds its hash.
+  nb::list session_hits(nb::handle table, nb::handle hashes, nb::handle limit) {
+    hits_into(table, hashes, limit);
+    return to_list(ids_.data(), ids_.size());
   }
 
   // begin_step's prompt for a paused session whose context is `ctx` (a list the manager
@@ -302,6 +314,36 @@ class ManagerCore {
   }
 
 
+
+  // session_hits into ids_.
+  void hits_into(nb::handle table, nb::handle hashes, nb::handle limit) {
+    nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
+    if (!limit.is_none()) k = std::min<Py_ssize_t>(k, nb::cast<Py_ssize_t>(limit));
+    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+    ids_.clear();
+    if (PyList_Check(table.ptr())) {
+      PyObject* t = table.ptr();
+      Py_ssize_t n = std::min(k, PyList_GET_SIZE(t));
+      PyObject** row = reinterpret_cast<PyListObject*>(t)->ob_item;
+      PyObject** registered = reinterpret_cast<PyListObject*>(pool_->block_hash.ptr())->ob_item;
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        long b = PyLong_AsLong(row[i]);
+        if (b == -1 && PyErr_Occurred()) throw_current();
+        if (b < 0 || b >= pool_->n) break;
+        PyObject* h = registered[b];
+        if (h != items[i] && !same_digest(h, items[i])) break;
+        ids_.push_back(static_cast<int32_t>(b));
+      }
+    }
+    index_->scan_items(items, static_cast<Py_ssize_t>(ids_.size()), k, ids_);
+  }
+
+  static bool same_digest(PyObject* a, PyObject* b) {
+    return PyBytes_Check(a) && PyBytes_Check(b) && PyBytes_GET_SIZE(a) == 32 &&
+           PyBytes_GET_SIZE(b) == 32 &&
+           std::memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), 32) == 0;
+  }
 
   static nb::object attr(PyObject* o, const nb::object& name) {
     return steal_or_throw(PyObject_GetAttr(o, name.ptr()));

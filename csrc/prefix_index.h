@@ -153,15 +153,20 @@ class Index {
     nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
     Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
     if (!limit.is_none()) k = std::min<Py_ssize_t>(k, nb::cast<Py_ssize_t>(limit));
-    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
     out.clear();
+    scan_items(PySequence_Fast_ITEMS(fast.ptr()), 0, k, out);
+  }
+
+  // scan_prefix's walk over `items[first:k]`, appending the blocks found to `out`.
+  void scan_items(PyObject** items, Py_ssize_t first, Py_ssize_t k,
+                  std::vector<int32_t>& out) const {
     Key key;
     // Each hit reads its digest object and its table slot: both fetched ahead, as in
     // ManagerCore::unindex.
     constexpr Py_ssize_t kFar = 16, kNear = 8;
-    for (Py_ssize_t i = 0; i < std::min(kFar, k); ++i) prefetch_object(items[i]);
-    for (Py_ssize_t i = 0; i < std::min(kNear, k); ++i) prefetch(items[i]);
-    for (Py_ssize_t i = 0; i < k; ++i) {
+    for (Py_ssize_t i = first; i < std::min(first + kFar, k); ++i) prefetch_object(items[i]);
+    for (Py_ssize_t i = first; i < std::min(first + kNear, k); ++i) prefetch(items[i]);
+    for (Py_ssize_t i = first; i < k; ++i) {
       if (i + kFar < k) prefetch_object(items[i + kFar]);
       if (i + kNear < k) prefetch(items[i + kNear]);
       if (!key_of(items[i], key)) break;

@@ -198,7 +198,10 @@ class KVCacheManager(ManagerReads, HostTierOps):
     def _full_block_hits(self, s: Session, limit: int, now: float) -> list[int]:
         """Referenced blocks holding `s`'s first full blocks (up to `limit`): GPU hits, then
         the host tier's run after them, loaded into fresh GPU blocks."""
-        hits = self.index.longest_prefix(s.block_hashes, limit)
+        if self._hot is not None:  # the same blocks, read first off the session's table
+            hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
+        else:
+            hits = self.index.longest_prefix(s.block_hashes, limit)
         self.pool.acquire_many(hits)  # before loads below can evict anything
         if self.host is not None:
             loaded = self._load_from_host(s, len(hits), limit, now)

@@ -115,7 +115,8 @@ class ManagerReads:
             if not hashes and s is not None:
                 keep = _common_prefix_len(s.token_ids, tokens)
                 hashes = s.block_hashes[: min(keep // bs, max_blocks)]
-        num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks)
+        table = s.block_ids if s is not None else None
+        num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks, table)
         host = 0
         if self.host is not None:
             self._hash_to(hashes, root, tokens, max_blocks)
@@ -142,18 +143,20 @@ class ManagerReads:
 
 
     def _gpu_hits(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
-                  max_blocks: int) -> tuple[int, int]:
+                  max_blocks: int, table: list[int] | None = None) -> tuple[int, int]:
         """(the prompt's leading full blocks resident on the GPU, up to `max_blocks`; how
         many of them are CACHED), `hashes` (its leading hashes known, a list `lookup` owns)
         hashed on only while every known one hits, a few blocks at a time, doubling: a
         resumed session's new blocks are hashed up to its first miss, not to the prompt's
-        end (a scheduler may ask at every batch step)."""
+        end (a scheduler may ask at every batch step). `table`: the session's block table,
+        which the C++ core reads its first hits off (`ManagerCore.session_hits`)."""
         num_hits = cached = walked = 0
         grow = 1
         while True:
             part = hashes[walked:] if walked else hashes
             if self._hot is not None:
-                n, c = self._hot.prefix_hits(part, max_blocks - walked)
+                n, c = self._hot.prefix_hits(part, max_blocks - walked,
+                                             None if walked else table)
             else:
                 hits = self.index.longest_prefix(part, max_blocks - walked)
                 n, c = len(hits), count_in_state(self.pool.state, hits, CACHED)

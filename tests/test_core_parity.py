@@ -156,3 +156,45 @@ TestParityHost = _machine("lru", 6)
 for _name in POLICIES:
     if _name != "lru":
         globals()[f"TestParity_{_name.replace('-', '_')}"] = _machine(_name, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_session_hits_are_the_index_walk(seed):
+    """`ManagerCore.session_hits` (and `prefix_hits` given the table) read a paused
+    session's hits off its block table, then probe the index: the same blocks as the
+    index's walk alone, whatever was evicted, reused or shared since its last step."""
+    import random
+
+    rng = random.Random(seed)
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 12, core="cpp", clock=lambda: 0.0)
+    ctx: dict[str, list[int]] = {}
+    read_off_tables = 0
+    for k in range(300):
+        sid = rng.choice(SESSIONS)
+        old = ctx.get(sid, []) if rng.random() < 0.8 else []
+        prompt = (old + [rng.randrange(3) for _ in range(rng.randrange(1, 9))])[-40:]
+        s = m.sessions.get(sid)
+        if s is not None:
+            limit = (len(prompt) - 1) // BS
+            want = m.index.longest_prefix(s.block_hashes, limit)
+            got = m._hot.session_hits(s.block_ids, s.block_hashes, limit)
+            assert got == want
+            assert m._hot.prefix_hits(s.block_hashes, limit, s.block_ids) == \
+                m._hot.prefix_hits(s.block_hashes, limit)
+            read_off_tables += bool(got) and got[0] == (s.block_ids or [None])[0]
+        try:
+            start = m.begin_step(sid, prompt, now=float(k))
+            m.allocate_slots(sid, len(prompt) - start.num_cached_tokens, now=float(k))
+        except Exception:  # noqa: BLE001 - a full pool: the step is not taken
+            if sid in m.sessions and m.sessions[sid].is_running:
+                m.preempt(sid)
+            continue
+        m.append_tokens(sid, [rng.randrange(3)])
+        if rng.random() < 0.1:
+            m.end_session(sid)
+            ctx.pop(sid, None)
+        else:
+            m.finish_step(sid, now=float(k))
+            ctx[sid] = list(m.sessions[sid].token_ids)
+        m.check_integrity()
+    assert read_off_tables > 10

@@ -147,6 +147,7 @@ class Simulator(StepExecutor):
         self._busy = 0.0
         self._admit_budget = 0  # a decode run's token budget to admit with (0: no check)
         self._admission: SchedulerOutput | None = None  # what a decode run's step admitted
+        self._admit_out = SchedulerOutput()  # the run's output for `admit_waiting`
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)
@@ -379,6 +380,8 @@ class Simulator(StepExecutor):
         self._admit_budget = budget if (
             budget > 0 and n < sched.max_num_seqs and sched.num_waiting) else 0
         self._admission = None
+        if self._admit_budget:  # filled only by an admission (`_admit` changes nothing else)
+            self._admit_out = SchedulerOutput()
         # At step j of the run request i feeds sample start[i] + j; due[i] is the first
         # step at which it has no slot left (then `allocate` calls the manager).
         start = [r.num_sampled for r in running]
@@ -436,7 +439,7 @@ class Simulator(StepExecutor):
             return False
         for i, r in enumerate(running):
             r.num_sampled = start[i] + j
-        out = SchedulerOutput()
+        out = self._admit_out
         self.scheduler.admit_waiting(self.now, self._admit_budget, self, out)
         if not out.admitted:
             return False
