@@ -40,6 +40,7 @@ __all__ = [
     "paged_attention",
     "reference",
     "scatter_blocks",
+    "step_plan",
     "use_triton",
 ]
 
@@ -169,6 +170,43 @@ def paged_attention(
     else:  # auto off CUDA: the batched-SDPA path, held to the reference by the tests
         fn = sdpa.paged_attention
     return fn(args, out)
+
+
+def step_plan(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    scale: float,
+    *,
+    query_dtype: torch.dtype,
+    num_query_tokens: int,
+    max_query_len: int | None,
+    max_seq_len: int | None = None,
+) -> inplace.StepPlan | None:
+    """An `inplace.StepPlan` for a forward pass whose every layer's `cache_write` and
+    `paged_attention` (caches laid out as these, queries of `query_dtype` with their last
+    dim contiguous, `num_query_tokens` rows, no padding rows) would run the in-place
+    kernels whole; None where they would not (CUDA,
+    `KVSAGA_KERNELS` set, kernel not built, other dtypes, or prefill rows where the kernel
+    has no AVX-512 tiles): then call those two as usual. Values are not checked here: run
+    the public kernels over the same metadata once first.
+    """
+    head_dim = k_cache.shape[-1]
+    probe = k_cache.new_empty(0, 1, head_dim, dtype=query_dtype)  # stands in for the queries
+    if (
+        use_triton(k_cache.device)
+        or envs.KVSAGA_KERNELS == "torch"
+        or not inplace.supports(probe, k_cache, v_cache)
+        or not slot_mapping.is_contiguous()
+        or not (max_query_len == 1 or inplace.has_tiles(head_dim))
+        or int(query_start_loc[-1]) != num_query_tokens
+    ):
+        return None
+    return inplace.StepPlan(block_tables, seq_lens, query_start_loc, slot_mapping, scale,
+                            max_query_len, max_seq_len)
 
 
 def block_copy(

@@ -142,3 +142,37 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     _paged_attn.rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), x.shape[0], x.shape[1],
                      x.shape[2] // 2, x.stride(0), x.stride(1))
     return x
+
+
+class StepPlan:
+    """One forward pass's cache write and paged attention for every layer, the shared
+    arguments converted once and no per-call checks or dispatch.
+
+    Why: a decode step calls both kernels once per layer, and their checks, dispatch and
+    argument conversion were Python work on the engine thread, with the other core idle
+    (`python bench/generate.py --prompts chat --peer none --profile decode`). Build it with
+    `kvsaga.kernels.step_plan`, which says when the in-place kernels take every row; the
+    caller must have passed the same metadata through the checked public kernels once
+    (the model does so at layer 0), since nothing here checks values.
+    """
+
+    def __init__(self, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                 query_start_loc: torch.Tensor, slot_mapping: torch.Tensor, scale: float,
+                 max_query_len: int | None, max_seq_len: int | None) -> None:
+        self.tables = block_tables.to(torch.int32).contiguous()
+        self.lens = seq_lens.to(torch.int32).contiguous()
+        self.starts = query_start_loc.to(torch.int32).contiguous()
+        self.slots = slot_mapping
+        self.scale = scale
+        self.bounds = (max_query_len, max_seq_len)
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """Write key/value [T, kv_heads, head_dim] into the caches, then return causal
+        attention of query [T, heads, head_dim] over them: `kvsaga.kernels.cache_write`
+        and `kvsaga.kernels.paged_attention` on the same tensors, the same bits."""
+        cache_write(CacheWriteArgs(key, value, k_cache, v_cache, self.slots))
+        out = torch.empty_like(query)
+        paged_attention(PagedAttentionArgs(query, k_cache, v_cache, self.tables, self.lens,
+                                           self.starts, self.scale, *self.bounds), out, None)
+        return out

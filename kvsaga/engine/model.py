@@ -86,6 +86,7 @@ class Attention(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
+        plan: kernels.inplace.StepPlan | None = None,
     ) -> torch.Tensor:
         t = x.shape[0]
         qkv = cpu_linear.linear(x, self.qkv_proj, self.qkv_bias, self.qkv_packed)  # [T, q+2kv]
@@ -94,6 +95,9 @@ class Attention(nn.Module):
         qk = rotate(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        if plan is not None:
+            out = plan.attend(q, k, v, k_cache, v_cache).reshape(t, self.q_size)
+            return cpu_linear.linear(out, self.o_proj, self.o_bias, self.o_packed)
         kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping, validate=self.validate)
         out = kernels.paged_attention(
             q,
@@ -154,11 +158,12 @@ class DecoderLayer(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
+        plan: kernels.inplace.StepPlan | None = None,
     ) -> torch.Tensor:
         # Residual adds into the sublayers' fresh outputs (a + b == b + a, bit for bit): a
         # prefill chunk's [T, H] buffers are megabytes, each new one paid in page faults
         # (the adds and SiLU x up were 2.6% and 1.8% of the prefill profile's own time).
-        x = self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta).add_(x)
+        x = self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta, plan).add_(x)
         return self.mlp(self.post_attn_norm(x)).add_(x)
 
 
@@ -232,9 +237,24 @@ class LlamaForCausalLM(nn.Module):
             )
         x = F.embedding(input_ids, self.embed_tokens)  # [T, H]
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
+        plan = self._step_plan(kv_cache, attn_metadata, x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, kv_cache[:, i, 0], kv_cache[:, i, 1], attn_metadata)
+            # Layer 0 runs the checked kernels (they check the metadata's values once); the
+            # others take the plan where there is one.
+            x = layer(x, cos, sin, kv_cache[:, i, 0], kv_cache[:, i, 1], attn_metadata,
+                      plan if i > 0 else None)
         return self.norm(x)
+
+    def _step_plan(self, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                   x: torch.Tensor) -> kernels.inplace.StepPlan | None:
+        """The in-place kernels' plan for this pass (`kvsaga.kernels.step_plan`), or None."""
+        if len(self.layers) < 2:
+            return None
+        return kernels.step_plan(
+            kv_cache[:, 0, 0], kv_cache[:, 0, 1], meta.block_tables, meta.seq_lens,
+            meta.query_start_loc, meta.slot_mapping, self.layers[0].attn.scale,
+            query_dtype=x.dtype, num_query_tokens=x.shape[0],
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len)
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
