@@ -260,6 +260,8 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self._release_session(demoted)  # plain LRU cache in vLLM from now on
             if not self.gate.num_in_flight:
                 self._step_mark = None  # the time to the next step may be idle
+        if not self._steps:  # no session step left in flight: the counters may rest here
+            self._log_stats(now)
         return False, None
 
     def _end_session(self, info: StepInfo, now: float) -> None:
@@ -315,10 +317,13 @@ class KVSagaConnector(KVConnectorBase_V1):
         return KVSagaConnectorMetadata()
 
     def shutdown(self) -> None:
-        self._log_stats(self.clock())
+        if self.pool is not None:  # the scheduler's instance: the workers' count nothing
+            self._log_stats(self.clock())
 
     def _log_stats(self, now: float) -> None:
-        """Log the counters when they changed since the last line (at most every few s)."""
+        """Log the counters when they changed since the last line (called every few seconds
+        of steps, and whenever no session step is left in flight, so a run's final counts
+        reach the log even when the server is stopped without a shutdown)."""
         if self.gate is not None:
             self.stats.deferrals = self.gate.num_deferrals
             self.stats.demotions = self.gate.num_demotions

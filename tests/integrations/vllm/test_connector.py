@@ -255,3 +255,22 @@ def test_a_held_back_step_rides_along_only_where_its_prefill_is_cheap(
     assert b.is_finished()
     run(s, [make_request(_prompt(3, 3) + [TOKEN] * 2, 1, {"session_id": "B", "last_step": True})])
     _assert_no_leak(s)
+
+
+def test_the_counters_reach_the_log_from_the_scheduler_side_only(hf_model_dir, monkeypatch):
+    """bench/agent_replay.py reads the last stats line of vLLM's log: it is written once no
+    session step is left in flight (a stopped server may never shut its connector down), and
+    a worker-side instance (it counts nothing) writes none at its shutdown."""
+    import kvsaga.integrations.vllm.connector as mod
+
+    lines = []
+    monkeypatch.setattr(mod.logger, "info", lambda fmt, *a: lines.append(fmt % a))
+    s = make_scheduler(hf_model_dir, 32, connector=True, admission=False)
+    run(s, [make_request(_prompt(97, 3), 2, {"session_id": "L", "tool": "t", "expected_s": 9})])
+    assert lines and '"retained_steps": 1' in lines[-1]
+    n = len(lines)
+    mod.KVSagaConnector(s.connector._vllm_config, mod.KVConnectorRole.WORKER).shutdown()
+    s.connector.shutdown()  # nothing changed since the last line
+    assert len(lines) == n
+    run(s, [make_request(_prompt(97, 3) + [TOKEN] * 2, 1, {"session_id": "L", "last_step": True})])
+    _assert_no_leak(s)
