@@ -153,15 +153,17 @@ inline float exp_nonpos(float x) {
 
 // Walks one (sequence, KV head)'s rows of a cache position by position through its block
 // table (no division per position; a table entry is read only once the walk reaches the
-// block before it, and only entries of the `blocks` the walk covers are read). It asks the
-// CPU to prefetch each row of the next block as it reads the same row of this one: blocks
-// lie anywhere in the tier, so the hardware's stream prefetch stops at each block's end,
-// and a decode step reads every layer's K/V from memory (the tier is far larger than the
-// caches): one block ahead keeps that read going.
+// block before it, and only entries of the `blocks` the walk covers are read). A `cold` walk
+// asks the CPU to prefetch each row of the next block as it reads the same row of this one:
+// blocks lie anywhere in the tier, so the hardware's stream prefetch stops at each block's
+// end, and a decode step reads every layer's K/V from memory (the tier is far larger than
+// the caches): one block ahead keeps that read going. The later rows of a prefill task find
+// the rows in cache, where the prefetches only cost instructions (10% of a prefill call).
 struct RowWalk {
   const float* cache;
   const int32_t* table;
   int64_t c_block, c_tok, head_off, bs, row_len, blocks;
+  bool cold;
   int64_t block = 0, off = 0;
   const float* base = nullptr;
   const float* ahead = nullptr;  // the next block's rows for this head; null at the last
@@ -169,7 +171,7 @@ struct RowWalk {
   const float* next() {
     if (off == 0) {
       base = cache + static_cast<int64_t>(table[block]) * c_block + head_off;
-      ahead = block + 1 < blocks
+      ahead = cold && block + 1 < blocks
                   ? cache + static_cast<int64_t>(table[block + 1]) * c_block + head_off
                   : nullptr;
     }
@@ -192,10 +194,10 @@ struct Item {
   float* qloc;    // [group, head_dim] the scaled query row
   float* acc;     // [group, head_dim] output accumulators (generic path)
 
-  // The walk over the first ctx positions.
-  RowWalk rows(const Args& a, const float* cache, int64_t ctx) const {
+  // The walk over the first ctx positions; `cold`: the task's first over them (prefetch).
+  RowWalk rows(const Args& a, const float* cache, int64_t ctx, bool cold) const {
     return RowWalk{cache, table, a.c_block, a.c_tok, h * a.c_head, a.block_size,
-                   a.head_dim, (ctx + a.block_size - 1) / a.block_size};
+                   a.head_dim, (ctx + a.block_size - 1) / a.block_size, cold};
   }
 };
 
@@ -244,14 +246,14 @@ KV_CLONES void run_item(const Args& a, const Task& task, std::vector<float>& buf
   float* __restrict acc = it.acc;
   for (int64_t r = it.r0; r < it.r1; ++r) {
     const int64_t ctx = load_query(a, it, r);
-    RowWalk k = it.rows(a, a.k, ctx);
+    RowWalk k = it.rows(a, a.k, ctx, r == it.r0);
     for (int64_t p = 0; p < ctx; ++p) {
       const float* krow = k.next();
       for (int64_t j = 0; j < g; ++j) sc_all[j * ctx + p] = dot<D>(it.qloc + j * d, krow, d);
     }
     softmax_rows(sc_all, g, ctx);
     std::fill(acc, acc + g * d, 0.0f);
-    RowWalk v = it.rows(a, a.v, ctx);
+    RowWalk v = it.rows(a, a.v, ctx, r == it.r0);
     for (int64_t p = 0; p < ctx; ++p) {
       const float* vrow = v.next();
       for (int64_t j = 0; j < g; ++j) axpy<D>(acc + j * d, sc_all[j * ctx + p], vrow, d);
@@ -344,7 +346,7 @@ KV_AVX512 void values_tile(const float* sc, RowWalk v, int64_t ctx, float* out, 
 // Heads j0 .. j0 + gt of the group (gt <= 16 / C) through one pass, GT fixed at compile time.
 template <int C, bool Scores>
 KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64_t ctx,
-                    float* orow) {
+                    float* orow, bool cold) {
   const int64_t d = C * 16;
   const float* q = it.qloc + j0 * d;
   float* sc = it.sc_all + j0 * ctx;
@@ -353,8 +355,8 @@ KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64
 #define KV_TILE(GT)                                                        \
   case GT:                                                                 \
     if constexpr (GT * C <= 16) {                                          \
-      if constexpr (Scores) return scores_tile<C, GT>(q, it.rows(a, cache, ctx), ctx, sc); \
-      else return values_tile<C, GT>(sc, it.rows(a, cache, ctx), ctx, out, a.o_head); \
+      if constexpr (Scores) return scores_tile<C, GT>(q, it.rows(a, cache, ctx, cold), ctx, sc); \
+      else return values_tile<C, GT>(sc, it.rows(a, cache, ctx, cold), ctx, out, a.o_head); \
     }                                                                      \
     break;
   switch (gt) {
@@ -374,10 +376,10 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
     const int64_t ctx = load_query(a, it, r);
     float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j0 = 0; j0 < g; j0 += most)
-      tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow);
+      tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
     softmax_rows(it.sc_all, g, ctx);
     for (int64_t j0 = 0; j0 < g; j0 += most)
-      tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow);
+      tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
   }
 }
 
