@@ -319,7 +319,10 @@ def main() -> None:
     args = p.parse_args()
     kv = parse_bytes(args.kv_memory)
     if args.load != "thrash":
-        float(args.load)  # a clear error for a load that is neither
+        try:
+            float(args.load)
+        except ValueError:
+            p.error(f"--load must be a number or 'thrash', got {args.load!r}")
     if args.fit and set(_ints(args.seed)) - set(FIT_SEEDS):
         p.error(f"--fit runs on the fit seeds {FIT_SEEDS} only")
     with ProcessPoolExecutor(args.workers) as pool:
