@@ -28,7 +28,7 @@ bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
 bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
-                              [--profile POLICY]
+                              [--profile POLICY] [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
@@ -383,6 +383,10 @@ def main() -> None:
     ap.add_argument("--profile", metavar="POLICY",
                     help="with --eviction-scaling: cProfile one policy's timed allocations "
                          "at the first --paused count instead of the tables")
+    ap.add_argument("--policies", metavar="SPECS",
+                    help="with --eviction-scaling: policy specs side by side, lru among them "
+                         "(default: every online policy at its defaults), e.g. "
+                         "'lru,adaptive,adaptive[shadow_share=1]'")
     ap.add_argument("--write", action="store_true",
                     help="with --eviction-scaling: write its section of bench/RESULTS.md "
                          "(--write-results too)")

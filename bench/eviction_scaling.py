@@ -8,6 +8,8 @@ Run through bench/allocator.py, which owns the cache set-up it shares:
     python bench/allocator.py --eviction-scaling --paused 250,1000,4000,16000 --repeat 5 \
         --write-results
     python bench/allocator.py --eviction-scaling --paused 4000 --profile ttl
+    python bench/allocator.py --eviction-scaling --paused 4000 \
+        --policies "lru,ttl,adaptive,adaptive[shadow_share=1]"   # settings side by side
 """
 
 from __future__ import annotations
@@ -23,14 +25,25 @@ from pathlib import Path
 from allocator import BS, SPEC, clock, write_section
 
 from kvsaga import KVCacheManager
-from kvsaga.policy import POLICIES
+from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
 
 SCALING_SECTION = "## Eviction scaling with paused sessions"
 SCALING_POLICIES = tuple(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
 TOOLS = ("search", "edit", "test", "shell", "browse")
 
 
-def bench_eviction_scaling(paused: int, policy: str, repeat: int, per: int = 32,
+def build(spec: str) -> str | EvictionPolicy:
+    """A policy name, or a spec with constants (`adaptive[shadow_share=1]`, as
+    bench/policies.py reads them) built into a policy."""
+    if "[" not in spec:
+        return spec
+    from policies import parse_spec  # bench/ is on the path when run as a script
+
+    name, params = parse_spec(spec)
+    return make_policy(name, **params) if params else name
+
+
+def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: int, per: int = 32,
                            new_blocks: int = 128, timer=None
                            ) -> Iterator[tuple[float, float, float]]:
     """ns per allocated block of `allocate_slots` under eviction with `paused` sessions of
@@ -138,14 +151,17 @@ def profile_eviction(paused: int, policy: str, repeat: int, top: int = 25) -> st
     return "\n".join(lines)
 
 
-def eviction_scaling(counts: list[int], repeat: int) -> tuple[list[str], dict]:
-    """The scaling tables (markdown lines) and their figures."""
-    figures: dict[str, dict[int, tuple[float, float, float]]] = {
-        p: {} for p in SCALING_POLICIES}
+def eviction_scaling(counts: list[int], repeat: int,
+                     policies: tuple[str, ...] = SCALING_POLICIES) -> tuple[list[str], dict]:
+    """The scaling tables (markdown lines) and their figures, one column per policy spec
+    (`lru` among them: the ratios are to it)."""
+    if "lru" not in policies:
+        raise ValueError(f"the ratios are to lru: add it to the policies, got {policies!r}")
+    figures: dict[str, dict[int, tuple[float, float, float]]] = {p: {} for p in policies}
     for n in counts:
         # Every policy's cache is built first; then their timed allocations take turns,
         # so that each ratio compares calls made under the same load of the machine.
-        runs = {p: bench_eviction_scaling(n, p, repeat) for p in SCALING_POLICIES}
+        runs = {p: bench_eviction_scaling(n, build(p), repeat) for p in policies}
         for run in runs.values():
             next(run)
         while runs:
@@ -161,18 +177,20 @@ def eviction_scaling(counts: list[int], repeat: int) -> tuple[list[str], dict]:
             "amortized: the first table plus the full re-key that relearning does once per "
             "relearn_share x sessions learning events (one per allocation here), measured "
             "on the run's last allocation and spread over that period")):
-        cols = " | ".join(SCALING_POLICIES)
+        cols = " | ".join(policies)
         lines += [f"ns per allocated block, {what}:", "",
                   f"| paused sessions | {cols} | worst / lru |",
-                  "|---:|" + "---:|" * (len(SCALING_POLICIES) + 1)]
+                  "|---:|" + "---:|" * (len(policies) + 1)]
         for n in counts:
-            worst = max(figures[p][n][i] for p in SCALING_POLICIES)
-            cells = " | ".join(f"{figures[p][n][i]:,.0f}" for p in SCALING_POLICIES)
+            worst = max(figures[p][n][i] for p in policies)
+            cells = " | ".join(f"{figures[p][n][i]:,.0f}" for p in policies)
             lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n][i]:.2f}x |")
         lo, hi = (1000 if 1000 in counts else counts[0]), counts[-1]
-        lines += ["", f"Growth from {lo:,} to {hi:,} paused sessions: " + ", ".join(
-            f"{p} {figures[p][hi][i] / figures[p][lo][i]:.2f}x" for p in SCALING_POLICIES)
-            + ".", ""]
+        lines.append("")
+        if hi != lo:
+            lines += [f"Growth from {lo:,} to {hi:,} paused sessions: " + ", ".join(
+                f"{p} {figures[p][hi][i] / figures[p][lo][i]:.2f}x" for p in policies)
+                + ".", ""]
         lines += scaling_goals(figures, counts, i) + [""]
     return lines, figures
 
@@ -182,11 +200,11 @@ def scaling_goals(figures: dict, counts: list[int], i: int) -> list[str]:
     1,000 to 16,000 (here: growing no more than 1.5x, against a 16x growth in sessions)."""
     out = []
     if 4000 in counts:
-        ratio = {p: figures[p][4000][i] / figures["lru"][4000][i] for p in SCALING_POLICIES}
+        ratio = {p: figures[p][4000][i] / figures["lru"][4000][i] for p in figures}
         out.append("- every policy <= 2x lru at 4,000 paused sessions: "
                    + _judged(ratio, 2.0, "worst"))
     if 1000 in counts and 16000 in counts:
-        growth = {p: figures[p][16000][i] / figures[p][1000][i] for p in SCALING_POLICIES}
+        growth = {p: figures[p][16000][i] / figures[p][1000][i] for p in figures}
         out.append("- flat from 1,000 to 16,000 (growth <= 1.5x): "
                    + _judged(growth, 1.5, "worst growth"))
     return out
@@ -201,12 +219,18 @@ def _judged(values: dict[str, float], bound: float, worst: str) -> str:
 
 
 def scaling_main(args: argparse.Namespace) -> None:
+    from policies import split_specs
+
     counts = [int(x) for x in args.paused.split(",") if x]
+    policies = tuple(split_specs(args.policies)) if args.policies else SCALING_POLICIES
+    if args.policies and (args.write or args.write_results):
+        raise SystemExit("--policies compares settings: its tables are printed, not "
+                         "written (RESULTS.md's section is every policy at its defaults)")
     t = time.perf_counter()
-    lines, figures = eviction_scaling(counts, args.repeat)
+    lines, figures = eviction_scaling(counts, args.repeat, policies)
     wall = time.perf_counter() - t
     cmd = f"python bench/allocator.py --eviction-scaling --paused {args.paused} " \
-          f"--repeat {args.repeat}"
+          f"--repeat {args.repeat}" + (f' --policies "{args.policies}"' if args.policies else "")
     body = "\n".join([
         f"`{cmd}` ({wall:.0f} s, Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}; 2 shared cores, so figures move "

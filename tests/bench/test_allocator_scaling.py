@@ -8,6 +8,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
+from kvsaga.policy import AdaptivePolicy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,3 +54,16 @@ def test_profile_names_the_policy_search_per_allocation():
     head, _, *rows = text.splitlines()
     assert head.startswith("ttl at 8 paused sessions, the cheaper 2 of 4 allocations")
     assert any("search.py:" in r and r.endswith(" choose_victims") for r in rows)
+
+
+def test_policy_specs_with_constants_run_side_by_side_and_lru_is_required():
+    mod = load()
+    _module("policies")  # the spec parser eviction_scaling borrows
+    specs = ("lru", "adaptive", "adaptive[shadow_share=1]")
+    lines, figures = mod.eviction_scaling([8], repeat=1, policies=specs)
+    assert set(figures) == set(specs)
+    assert "| paused sessions | lru | adaptive | adaptive[shadow_share=1] | worst / lru |" in lines
+    assert isinstance(mod.build("adaptive[shadow_share=1]"), AdaptivePolicy)
+    assert mod.build("ttl") == "ttl"
+    with pytest.raises(ValueError, match="lru"):
+        mod.eviction_scaling([8], repeat=1, policies=("ttl",))
