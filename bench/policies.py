@@ -10,8 +10,10 @@ Two modes, never mixed:
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
   (tests/bench/test_policies.py checks it). `--regret` is a diagnosis and may run the
   tuning seeds.
-- the default mode evaluates at other seeds (`EVAL_SEEDS`; a tuning seed is refused) on the
-  built-in swe family and on workloads those families never produced:
+- the default mode evaluates at other seeds (`EVAL_SEEDS`; a tuning seed is refused; the
+  goals are judged on all of them and on each of `SEED_SETS`: seeds read while the policies
+  were built, and fresh ones) on the built-in swe family and on workloads those families
+  never produced:
 
 - `swe-slow`: swe with every tool 3x slower and 1.5x the log-latency spread (heavier tails);
 - `web-short`: web with half the steps and 1.5x the prompt sizes;
