@@ -358,15 +358,23 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   only past the context it repeats (handed over as one list that grows with the session),
   GPU hits counted in one C++ pass, cache residence timed by the pool, and a step's release
   reported to a grouped policy in one call that extends the session's group by its run of
-  blocks (d90dd15). The reference path shares all but the decode runs (docs/simulator.md,
-  "Speed"). Other lanes' work since the previous section is in both paths too (the grouped
-  policies' groups of block ids, 315a3fd).
-- Where the time goes (`python bench/sim_speed.py --split`): every step makes a dozen
-  Python calls, each O(the context's blocks) in C or in Python; no part dominates. Going
-  10x past the baseline needs that per-block work gone at each step (a paused session's
-  table kept whole across its pause), which changes what the usage metrics, the pool's
-  cache-residence clock and every policy observe: a contract change, not done
-  (docs/simulator.md, "Speed").
+  blocks (d90dd15). This session's four changes (`previous` is main before them): decode
+  runs go on while steps wait for room, asking the scheduler's admissions alone at each
+  step (`Scheduler.admit_waiting`; `schedule` calls that admitted nobody: 4,342 -> 10 on
+  readme lru); `lookup` hashes only as far as its hits go and the simulator takes the
+  manager's hashes of a context (each block hashed once); a paused session's hits are read
+  off its block table in the C++ core (`ManagerCore.session_hits`, no index probe per
+  block); a resume's own run leaves a grouped policy's group in one slice. The reference
+  path shares all but the decode runs (docs/simulator.md, "Speed").
+- Where the time goes now (`python bench/sim_speed.py --split`): the decode runs hold most
+  of it, and in them, while steps wait, the scheduler's admission check at every step
+  (asked so that its decisions and their side effects, demotions, stay exact); then
+  `begin_step`, `lookup` and `finish_step`, each O(the context's blocks) in C++ or, for the
+  grouped policies' bookkeeping, in Python. 10x past the baseline needs changes outside
+  the simulator: the scheduler saying until when its "admit nobody" answer holds, the
+  grouped policies' per-block marks kept per run, and a paused session's table held whole
+  by the pool (a contract change for the pool, every policy's order and the usage
+  metrics); docs/simulator.md, "Speed".
 - `(differs)`: decisions changed on main since the baseline (other lanes: the workflow
   scheduler's demotions, c8757a5 and ed3c783; ttl and graph, 4363522 and 2421daa); readme
   belady's row already differs at 01642d6, before this section's changes, which change no
