@@ -33,10 +33,10 @@ def test_measures_both_paths_and_writes_its_section(tmp_path):
     assert "tiny cluster" in body and "identical results" in body
     assert "checkout of itself too" in body and "Every result row equals" in body
     results = tmp_path / "RESULTS.md"
-    results.write_text("# R\n\n## Other\n\nkept\n\n## Simulator speed\n\nold\n")
+    results.write_text("# R\n\n## Other\n\nkept\n\n## Simulator speed\n\nstale-body\n")
     mod.write_section(body, results)
     text = results.read_text()
-    assert "kept" in text and "old" not in text and text.count("## Simulator speed") == 1
+    assert "kept" in text and "stale-body" not in text and text.count("## Simulator speed") == 1
 
 
 def test_case_filter_picks_cases_by_name():
