@@ -33,18 +33,32 @@ def stream() -> list[Session]:
 
 
 def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Wrap `core.schedule` to log each call's (admitted, preempted) session ids."""
+    """Wrap `core.schedule` to log each call's (admitted, preempted) session ids, and
+    `core.admit_waiting` for the admissions the simulator's decode runs ask for alone (one
+    batch step each; inside `schedule` it is not logged twice)."""
     log: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-    schedule = core.schedule
+    schedule, admit_waiting = core.schedule, core.admit_waiting
+    inside = [False]
 
     def spy(now, executor):
-        out = schedule(now, executor)
+        inside[0] = True
+        try:
+            out = schedule(now, executor)
+        finally:
+            inside[0] = False
         if out.admitted or out.preempted:  # the simulator skips calls that decide nothing
             log.append((tuple(r.session_id for r in out.admitted),
                         tuple(r.session_id for r in out.preempted)))
         return out
 
+    def admit_spy(now, budget, executor, out):
+        before = len(out.admitted)
+        admit_waiting(now, budget, executor, out)
+        if not inside[0] and len(out.admitted) > before:
+            log.append((tuple(r.session_id for r in out.admitted[before:]), ()))
+
     core.schedule = spy
+    core.admit_waiting = admit_spy
     return log
 
 
