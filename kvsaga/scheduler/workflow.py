@@ -84,14 +84,14 @@ class WorkflowScheduler(Scheduler):
         shrink_aging: a session demoted this many times (either way) is demoted by the
             shrink only after every paused session demoted fewer times, so the same
             long-tool sessions are not demoted again and again (0: no aging).
-        paused_growth: charge a paused session its expected growth too (False: its context
-            only, and its growth again once its next step is queued: a paused context does
-            not grow, and room kept for it holds nothing meanwhile).
+        paused_growth: charge a paused session its expected growth too (False, the default:
+            its context only, and its growth again once its next step is queued: a paused
+            context does not grow, and room kept for it holds nothing meanwhile).
         tool_growth: predict a session's next growth from the tool it paused on (learned
-            per workflow and tool), not from the workflow's mean alone. (`bench/scheduling.py
-            --fit` picks paused_growth False with tool_growth True on seeds 101-106, but on
-            the report seed that made bfcl 1x 25%'s p95 0.93x of fcfs's: the defaults stay
-            the former rule; docs/architecture.md has the figures.)
+            per workflow and tool), not from the workflow's mean alone (True, the default).
+            Both defaults are `bench/scheduling.py --fit`'s pick on seeds 101-106, with p95,
+            tasks/h and the non-thrash figures constrained on those seeds
+            (docs/architecture.md has the figures).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
     """
 
@@ -115,8 +115,8 @@ class WorkflowScheduler(Scheduler):
         max_backfill: int = 16,
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
-        paused_growth: bool = True,
-        tool_growth: bool = False,
+        paused_growth: bool = False,
+        tool_growth: bool = True,
         tenant_weights: Mapping[str | None, float] | None = None,
         **limits: Any,
     ) -> None:

@@ -24,7 +24,7 @@ def toks(base: int, n: int) -> list[int]:
 def wf(m, **kw):
     """A workflow scheduler with a small growth prior, no idle admission, no overcommit, and
     paused sessions charged their growth too (`paused_growth`), which the tests' pool sizes
-    assume (tests/scheduler/test_workflow.py checks paused_growth=False too)."""
+    assume (the default, False, is checked in tests/scheduler/test_workflow.py)."""
     kw.setdefault("paused_growth", True)
     kw.setdefault("overcommit", 1.0)
     kw.setdefault("max_num_batched_tokens", 64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.pool import CACHED
+from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest, drive
 from tests.scheduler.helpers import manager, toks, two_paused, wf
 
@@ -182,6 +183,8 @@ def test_a_paused_session_is_charged_its_growth_only_once_its_next_step_comes(pa
     a2 = ToyRequest("a", a.prompt + a.out + [7], max_new=1, resumed=True)
     s.add(a2, 2.0)
     assert s.sessions["a"].blocks == 8  # queued again: its growth is charged
+    defaults = make_scheduler("workflow", manager(16))  # the fit's pick (bench/scheduling_fit.py)
+    assert (defaults.paused_growth, defaults.tool_growth) == (False, True)
 
 
 @pytest.mark.parametrize("tool_growth,blocks", [(True, 21), (False, 17)])
