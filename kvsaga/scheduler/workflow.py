@@ -170,6 +170,7 @@ class WorkflowScheduler(Scheduler):
         self.waiting_s = 0.0  # time with at least one session waiting for admission
         self.waiting_context_s = 0.0  # over it: admitted contexts' share of the tiers x time
         self._cause: str | None = None  # what held back the head in this batch step
+        self._held = "batch"  # ... in the last batch step: charged until the next one
         self._since: tuple[float, int, str, float] | None = None  # (time, waiting, cause, fill)
 
     # -- queues ---------------------------------------------------------------------------
@@ -204,6 +205,7 @@ class WorkflowScheduler(Scheduler):
             q.appendleft(req)  # a demoted session's next step: its task is under way
         else:
             q.append(req)
+        self._account(now)
 
     def _dequeue(self, req: Any) -> bool:
         self._retries.discard(id(req))
@@ -239,26 +241,29 @@ class WorkflowScheduler(Scheduler):
         return min(self._demote_at, idle)
 
     # -- why sessions wait ----------------------------------------------------------------
-    def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
+    def admit_waiting(self, now: float, budget: int, executor: Executor,
+                      out: SchedulerOutput) -> None:
         self._account(now)
         self._cause = None
-        out = super().schedule(now, executor)
-        waiting = sum(len(q) for q in self._pending.values())
-        if waiting:
-            fill = self._context_blocks() / self.capacity
-            self._since = (now, waiting, self._cause or "batch", fill)
-        return out
+        super().admit_waiting(now, budget, executor, out)
+        self._held = self._cause or "batch"
+        self._account(now)
 
     def _account(self, now: float) -> None:
-        """Charge the time since the last batch step to what held sessions back then."""
-        if self._since is None:
-            return
-        t, waiting, cause, fill = self._since
-        dt = max(now - t, 0.0)
-        self.wait_causes[cause] += dt * waiting
-        self.waiting_s += dt
-        self.waiting_context_s += dt * fill
+        """Charge the time since the last change to what held the waiting sessions back
+        then, and start a new interval (called around every admission attempt and at every
+        queueing of a session for admission, so each waiting session is counted from its
+        arrival to its admission)."""
+        if self._since is not None:
+            t, waiting, cause, fill = self._since
+            dt = max(now - t, 0.0)
+            self.wait_causes[cause] += dt * waiting
+            self.waiting_s += dt
+            self.waiting_context_s += dt * fill
+        waiting = sum(len(q) for q in self._pending.values())
         self._since = None
+        if waiting:
+            self._since = (now, waiting, self._held, self._context_blocks() / self.capacity)
 
     def _context_blocks(self) -> int:
         """Blocks of the admitted sessions' own contexts, without predicted growth."""
