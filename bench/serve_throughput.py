@@ -12,8 +12,8 @@ client, greedy, EOS ignored so every request produces exactly `--max-tokens` tok
 is from the first send to the last response. Reported per server: wall seconds, output and
 prompt tokens/s, and the CPU seconds its process tree used for the batch (on a shared machine
 the wall time is mostly waiting for a core; tokens per CPU-second are steadier), for
-kvsaga-serve split by thread (engine thread, event loop, OpenMP workers, exited threads:
-`server_threads`); then
+kvsaga-serve split by thread (engine thread, event loop, the in-place kernel's pool,
+OpenMP workers, exited threads: `server_threads`); then
 kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x). `--repeat N` runs each
 server N times, interleaved, and reports the median run; `--write-results` rewrites the
 Throughput subsection of bench/RESULTS.md from the run; `--py-spy PATH` samples kvsaga-serve

@@ -20,8 +20,12 @@
 #include <immintrin.h>
 #endif
 
+#ifdef _WIN32
+#include <process.h>
+#else
 #include <pthread.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -411,13 +415,19 @@ void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 // the kernel, the GIL being released) runs on its own thread alone. The pool is never
 // destroyed (its workers sleep until the process exits), and a forked child, which has
 // none of the parent's threads, starts a pool of its own on its first call.
+#ifdef _WIN32
+inline int64_t process_id() { return _getpid(); }
+#else
+inline int64_t process_id() { return getpid(); }
+#endif
+
 class Pool {
  public:
   // The pool of this process.
   static Pool& get() {
     static std::atomic<Pool*> current{nullptr};
     Pool* pool = current.load();
-    if (pool != nullptr && pool->owner_ == getpid()) return *pool;
+    if (pool != nullptr && pool->owner_ == process_id()) return *pool;
     auto* fresh = new Pool();  // a parent's pool is left as it is (its threads are not here)
     if (current.compare_exchange_strong(pool, fresh)) return *fresh;
     delete fresh;  // another thread installed one first (no worker started yet: safe)
@@ -455,7 +465,7 @@ class Pool {
   }
 
  private:
-  Pool() : owner_(getpid()) {}
+  Pool() : owner_(process_id()) {}
 
   // Worker `index`: waits for each new job, runs it if the job wants that many workers.
   void work(size_t index) {
@@ -473,7 +483,7 @@ class Pool {
     }
   }
 
-  const pid_t owner_;
+  const int64_t owner_;
   std::mutex call_;  // held by the call using the workers
   std::mutex m_;     // guards everything below
   std::condition_variable wake_, done_;

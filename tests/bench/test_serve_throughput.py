@@ -15,7 +15,7 @@ from tests.bench.threads import burn
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import serve_throughput  # noqa: E402
-from generate import thread_cpu_s  # noqa: E402
+from generate import KERNEL_POOL, thread_cpu_s  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 
@@ -40,6 +40,31 @@ def test_server_threads_names_the_busiest_thread_and_the_exited_rest():
     assert split["rest"] == pytest.approx(0.2, abs=0.08)  # the exited thread
     assert split["main"] < 0.15  # this thread mostly slept
     assert split["other_live"] < 0.1
+
+
+def test_server_threads_counts_the_kernel_pool_apart():
+    """A live thread named as the in-place kernel's pool threads is counted as the pool,
+    even when it is the busiest (it is not the engine thread)."""
+    pid = os.getpid()
+    before, cpu0 = thread_cpu_s(pid), time.process_time()
+    stop = threading.Event()
+
+    def pool_thread() -> None:
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(KERNEL_POOL)
+        burn(0.3)
+        stop.wait()
+
+    pool = threading.Thread(target=pool_thread)
+    pool.start()
+    try:
+        while thread_cpu_s(pid).get(pool.native_id, 0.0) < 0.29:
+            time.sleep(0.01)
+        split = serve_throughput.server_threads(pid, before, time.process_time() - cpu0)
+    finally:
+        stop.set()
+        pool.join()
+    assert split["kernel_pool"] == pytest.approx(0.3, abs=0.08)
+    assert split["busiest"] < 0.1
 
 
 def _result(tok_s: float, load: float) -> dict:
