@@ -23,17 +23,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kvsaga.policy import DEFAULT_POLICY
+
 CONNECTOR_MODULE = "kvsaga.integrations.vllm.connector"
 CONNECTOR_CLASS = "KVSagaConnector"
 CACHE_POLICY_MODULE = "kvsaga.integrations.vllm.cache_policy"
 CACHE_POLICY_CLASS = "KVSagaCachePolicy"
 
 
-def kv_transfer_config(policy: str = "ttl", **extra: Any) -> str:
+def kv_transfer_config(policy: str = DEFAULT_POLICY, **extra: Any) -> str:
     """The `--kv-transfer-config` JSON that turns the retention connector on.
 
     Args:
-        policy: a kvsaga policy name (`ttl`, `graph`, `lru`, `saga`).
+        policy: a kvsaga policy name (`ttl`, `graph`, `lru`, `saga`); by default the
+            one kvsaga's own engine and server use (`kvsaga.policy.DEFAULT_POLICY`).
         extra: more `kv_connector_extra_config` entries (e.g. `reserve_blocks`).
     """
     return json.dumps(

@@ -56,7 +56,7 @@ from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.integrations.vllm.step_cost import StepCost
-from kvsaga.policy import make_policy
+from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.session import Session
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         super().__init__(vllm_config, role, kv_cache_config)
         extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
         self.policy = make_policy(
-            str(extra.get("policy", "ttl")), **dict(extra.get("policy_args", {}))
+            str(extra.get("policy", DEFAULT_POLICY)), **dict(extra.get("policy_args", {}))
         )
         self.reserve_blocks = int(extra.get("reserve_blocks", 0))
         if self.reserve_blocks < 0:
