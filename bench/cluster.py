@@ -21,8 +21,9 @@ family allows; `--ideal` adds a reference row with one roomy GPU per session. Wr
 own sections, `section_title`).
 
 The `kvsaga` router's defaults (`RoutingConfig`) were fitted with `--fit` on seeds 1 and 2
-(the four families, at their thrash loads); the report runs other seeds: 7, and 11 and 12,
-which no fit or design choice looked at.
+(the four families at 2x with 16 sessions per GPU; not refitted at the thrash loads); the
+report runs other seeds: 7 (which informed the form of the balance steal, docs/cluster.md),
+and 11 and 12, which no fit or design choice looked at.
 
     python bench/cluster.py                               # 8 GPUs, four families, 3 seeds
     python bench/cluster.py --fit --seed 1,2
