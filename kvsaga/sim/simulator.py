@@ -39,16 +39,11 @@ their excess over the GPU time adds (`StepCostModel.step_time`'s rule). Copies n
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import inspect
-import itertools
 import math
 from collections.abc import Sequence
-from functools import reduce
-from operator import add
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from kvsaga.manager import KVCacheManager
@@ -58,6 +53,7 @@ from kvsaga.prefix import root_hash
 from kvsaga.scheduler import SchedulerOutput, make_scheduler
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.cost import attention_pairs
+from kvsaga.sim.decode_runs import DecodeRuns
 from kvsaga.sim.executor import StepExecutor
 from kvsaga.sim.metrics import (
     SimResult,
@@ -72,7 +68,7 @@ from kvsaga.sim.trace import Session
 from kvsaga.stats import percentile
 
 
-class Simulator(StepExecutor):
+class Simulator(DecodeRuns, StepExecutor):
     """Replays sessions through a `KVCacheManager` and a cost model.
 
     Args:
@@ -336,226 +332,6 @@ class Simulator(StepExecutor):
                 dt = longer
         self._advance(self.now + dt)
         self._busy += dt
-
-    # -- decode runs ----------------------------------------------------------------------
-    def _decoding_only(self) -> bool:
-        """Whether the next batch step starts as a plain decode step: something runs,
-        every running request decodes and the token budget covers them all. Then
-        `Scheduler.schedule` calls `allocate(req, 1)` for each running request in order
-        (preempting if that raises `OutOfBlocks`), then, if something waits, its
-        admissions (`Scheduler.admit_waiting`)."""
-        sched = self.scheduler
-        running = sched.running
-        if not running or len(running) > sched.max_num_batched_tokens:
-            return False
-        return not any(r.prefilling for r in running)
-
-    def _horizon(self) -> float:
-        """The time a decode run must stay before: the next event here (a release)."""
-        return self._events[0][0] if self._events else math.inf
-
-    def _decode_run(self) -> int | None:
-        """Plain decode steps of the running requests, up to the one that finishes a
-        request, admits a waiting one, or the next event, each done as
-        `Scheduler.schedule` + `_execute` would do it, minus their per-step and per-request
-        overheads; None if the first step needs more blocks than the pool has (`schedule`
-        then takes it, preemptions included).
-
-        Per step: `allocate` (manager calls) for each request whose fed token has no slot
-        yet, in running order, only while the pool holds a block for each of them (an
-        allocation takes at most one); if something waits, the scheduler's admissions at
-        that step (`_admits`: a step that admits is carried out by `_execute`, as
-        `schedule`'s would be); the cost-model time, copies and waits, the clock,
-        `manager.tick`. Per run, not per step: each request's sampled count, slots left and
-        high-water mark (nothing reads them between two steps of the run). Without a host
-        tier (no copies to wait for) the steps' times and usage integrals are computed for
-        the whole run at once (`_decode_steps_at_once`).
-        """
-        sched = self.scheduler
-        running = list(sched.running)
-        n = len(running)
-        # What waits stays waiting through the run (no event is released in it; a run ends
-        # at an admission or a preemption), and so do the budget and seats left to admit.
-        budget = sched.max_num_batched_tokens - n
-        self._admit_budget = budget if (
-            budget > 0 and n < sched.max_num_seqs and sched.num_waiting) else 0
-        self._admission = None
-        if self._admit_budget:  # filled only by an admission (`_admit` changes nothing else)
-            self._admit_out = SchedulerOutput()
-        # At step j of the run request i feeds sample start[i] + j; due[i] is the first
-        # step at which it has no slot left (then `allocate` calls the manager).
-        start = [r.num_sampled for r in running]
-        due = [r.slots_ahead for r in running]
-        last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
-        ctx = sum(r.fed_position + 1 for r in running)
-        if self.manager.host is None and self._steps_before_horizon(n, ctx, last) >= 8:
-            j = self._decode_steps_at_once(running, start, due, last, ctx)
-        else:  # copies to wait for, or too few steps to pay for the arrays
-            j = self._decode_steps(running, start, due, last, ctx)
-        admitted = self._admission
-        if not j and admitted is None:
-            return None
-        self._counts["batch_steps"] += j
-        self._counts["decode"] += n * j
-        for i, r in enumerate(running):
-            r.num_sampled = start[i] + j
-            r.slots_ahead = due[i] - j
-            # The run's last step fed position fed_position - 1 (its sample came after).
-            r.tokens.high_water = max(r.tokens.high_water, r.fed_position)
-        if admitted is not None:
-            # Step j admitted: every running request had its `allocate(req, 1)` of step j
-            # (the due ones' manager calls made), then the admissions; run it as a step.
-            for r in running:
-                r.slots_ahead -= 1
-                r.tokens.high_water = max(r.tokens.high_water, r.fed_position + 1)
-            return self._execute(admitted.scheduled, running)
-        if j < last:
-            return 0
-        finished = sum(self._maybe_finish(r) for r in running)
-        self.manager.tick(self.now)
-        return finished
-
-    def _allocate_due(self, running: list[SimRequest], start: list[int], due: list[int],
-                      j: int) -> bool:
-        """Step j's allocations (the requests due then, in running order); False, nothing
-        done, if the pool might not hold a block for each (the scheduler decides then)."""
-        now_due = [i for i, d in enumerate(due) if d == j]
-        if len(now_due) > self.pool.num_available:
-            return False
-        for i in now_due:
-            r = running[i]
-            r.num_sampled = start[i] + j
-            r.slots_ahead = 0
-            self.allocate(r, 1, self.now)
-            due[i] = j + 1 + r.slots_ahead
-        return True
-
-    def _admits(self, running: list[SimRequest], start: list[int], j: int) -> bool:
-        """At step j of a decode run, after its allocations: the scheduler's admissions, as
-        `schedule` makes them there (at `self.now`, the running requests' sampled counts
-        those of step j: a scheduler may read them); True if one began (`_admission` holds
-        them, and the run ends before the step). With nothing waiting, False."""
-        if not self._admit_budget:
-            return False
-        for i, r in enumerate(running):
-            r.num_sampled = start[i] + j
-        out = self._admit_out
-        self.scheduler.admit_waiting(self.now, self._admit_budget, self, out)
-        if not out.admitted:
-            return False
-        self._admission = out
-        return True
-
-    def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
-                      last: int, ctx: int) -> int:
-        """The run's steps one at a time (the host tier's copies may stretch each);
-        returns how many ran."""
-        n = len(running)
-        horizon = self._horizon()
-        cost, manager = self.cost, self.manager
-        next_due = min(due)
-        j = 0
-        while not j or self.now < horizon:
-            if j == next_due:
-                if not self._allocate_due(running, start, due, j):
-                    break
-                next_due = min(due)
-            if self._admits(running, start, j):
-                break
-            self._run_for(cost._step_time(0, 0, 0, n, ctx))
-            j += 1
-            ctx += n
-            if j == last:
-                break
-            manager.tick(self.now)
-        return j
-
-    def _steps_before_horizon(self, n: int, ctx: int, last: int) -> int:
-        """At least as many steps as a run of `n` requests from context `ctx` can take
-        before the next event, at most `last`: a step takes no less than the first (its
-        context only grows)."""
-        room = self._horizon() - self.now
-        if room >= math.inf:
-            return last
-        first = self.cost._step_time(0, 0, 0, n, ctx)
-        return min(last, max(1, int(room / first) + 2))
-
-    def _decode_steps_at_once(self, running: list[SimRequest], start: list[int],
-                              due: list[int], last: int, ctx: int) -> int:
-        """`_decode_steps` without copies: the clock of every step of the run from one
-        array of step times (the same sums, in the same order), then the steps' manager
-        calls and ticks at their times, then the usage integrals over the steps run, with
-        the pool's counts of each step. Returns how many steps ran."""
-        n = len(running)
-        limit = self._steps_before_horizon(n, ctx, last)
-        dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()
-        # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
-        times = list(itertools.accumulate(dts, initial=self.now))
-        # Step j > 0 runs only while times[j] is before the next event.
-        steps = bisect.bisect_left(times, self._horizon(), 1, limit)
-        pool, manager, rec = self.pool, self.manager, self.recorder
-        ticks = type(manager.policy).tick is not EvictionPolicy.tick
-        counts = [(0, pool.num_active, pool.num_cached)]  # (first step, active, cached)
-        next_due = min(due)
-        j = 0
-        if self._admit_budget:
-            steps = self._steps_admitting(running, start, due, times, steps, last, counts,
-                                          ticks)
-            j = steps
-        while j < steps:
-            if j == next_due:
-                self.now = rec.now = times[j]
-                if not self._allocate_due(running, start, due, j):
-                    steps = j
-                    break
-                next_due = min(due)
-                counts.append((j, pool.num_active, pool.num_cached))
-            stop = min(next_due, steps)
-            if ticks:  # after each step but the run's last (the finish ticks then)
-                for i in range(j + 1, min(stop, last - 1) + 1):
-                    self.now = times[i]
-                    manager.tick(self.now)
-            j = stop
-        if steps:
-            self._integrate(times, dts, steps, counts)
-        return steps
-
-    def _steps_admitting(self, running: list[SimRequest], start: list[int], due: list[int],
-                         times: list[float], steps: int, last: int,
-                         counts: list[tuple[int, int, int]], ticks: bool) -> int:
-        """`_decode_steps_at_once`'s manager calls and ticks while something waits: step by
-        step, each step's allocations then the scheduler's admissions (`_admits`) at its
-        start time. Returns the steps run before the one that admitted or could not
-        allocate (`steps` if none), with `counts` extended at the allocations."""
-        manager, rec, pool = self.manager, self.recorder, self.pool
-        next_due = min(due)
-        for j in range(steps):
-            t = times[j]
-            if j and ticks:  # the tick after step j - 1 (never the run's last: j < last)
-                self.now = t
-                manager.tick(t)
-            self.now = rec.now = t
-            if j == next_due:
-                if not self._allocate_due(running, start, due, j):
-                    return j
-                next_due = min(due)
-                counts.append((j, pool.num_active, pool.num_cached))
-            if self._admits(running, start, j):
-                return j
-        if ticks and steps < last:  # the tick after the run's last step
-            self.now = times[steps]
-            manager.tick(self.now)
-        return steps
-
-    def _integrate(self, times: list[float], dts: list[float], steps: int,
-                   counts: list[tuple[int, int, int]]) -> None:
-        """Advance the clock, busy time and usage integrals over the run's first `steps`
-        steps as `_run_for` step by step would (the same sums in the same order)."""
-        self.recorder.advance_through(times[1: steps + 1], counts)
-        self._busy = reduce(add, dts[:steps], self._busy)  # in order, as step by step
-        self.now = times[steps]
-
-
 
     # -- results --------------------------------------------------------------------------
     def _result(self) -> SimResult:
