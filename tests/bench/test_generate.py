@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.threads import burn
+from tests.bench.threads import burn, live_thread, name_this_thread
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -25,16 +25,10 @@ def test_thread_cpu_splits_engine_live_and_exited_threads():
     exited = threading.Thread(target=burn, args=(0.3,))
     exited.start()
     exited.join()
-    stop = threading.Event()
-    live = threading.Thread(target=lambda: (burn(0.3), stop.wait()))
-    live.start()
-    try:
+    with live_thread(lambda: burn(0.3)) as live:
         while live.is_alive() and not _burnt(live):
             time.sleep(0.01)
         c = split.take()
-    finally:
-        stop.set()
-        live.join()
     # Clock ticks are 10 ms; each thread burnt 300 ms of its own CPU time.
     assert c["engine"] == pytest.approx(0.3, abs=0.08)
     assert c["live_others"] == pytest.approx(0.3, abs=0.08)
@@ -55,22 +49,10 @@ def test_thread_cpu_counts_the_kernel_pool_apart():
     """A live thread named as the in-place kernel's pool threads counts as "kernel_pool",
     not as an OpenMP worker."""
     split = generate.ThreadCPU()
-    stop = threading.Event()
-
-    def pool_thread() -> None:
-        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(generate.KERNEL_POOL)
-        burn(0.3)
-        stop.wait()
-
-    live = threading.Thread(target=pool_thread)
-    live.start()
-    try:
+    with live_thread(lambda: (name_this_thread(generate.KERNEL_POOL), burn(0.3))) as live:
         while live.is_alive() and not _burnt(live):
             time.sleep(0.01)
         c = split.take()
-    finally:
-        stop.set()
-        live.join()
     assert c["kernel_pool"] == pytest.approx(0.3, abs=0.08)
     assert c["live_others"] < 0.05
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.threads import burn
+from tests.bench.threads import burn, live_thread, name_this_thread
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -23,19 +23,13 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="ne
 def test_server_threads_names_the_busiest_thread_and_the_exited_rest():
     pid = os.getpid()
     before, cpu0 = thread_cpu_s(pid), time.process_time()
-    stop = threading.Event()
-    engine = threading.Thread(target=lambda: (burn(0.4), stop.wait()))  # alive at the end
-    engine.start()
-    exited = threading.Thread(target=burn, args=(0.2,))
-    exited.start()
-    exited.join()
-    try:
+    with live_thread(lambda: burn(0.4)) as engine:  # alive at the end
+        exited = threading.Thread(target=burn, args=(0.2,))
+        exited.start()
+        exited.join()
         while thread_cpu_s(pid).get(engine.native_id, 0.0) < 0.39:
             time.sleep(0.01)
         split = serve_throughput.server_threads(pid, before, time.process_time() - cpu0)
-    finally:
-        stop.set()
-        engine.join()
     assert split["busiest"] == pytest.approx(0.4, abs=0.08)
     assert split["rest"] == pytest.approx(0.2, abs=0.08)  # the exited thread
     assert split["main"] < 0.15  # this thread mostly slept
@@ -47,22 +41,10 @@ def test_server_threads_counts_the_kernel_pool_apart():
     even when it is the busiest (it is not the engine thread)."""
     pid = os.getpid()
     before, cpu0 = thread_cpu_s(pid), time.process_time()
-    stop = threading.Event()
-
-    def pool_thread() -> None:
-        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(KERNEL_POOL)
-        burn(0.3)
-        stop.wait()
-
-    pool = threading.Thread(target=pool_thread)
-    pool.start()
-    try:
+    with live_thread(lambda: (name_this_thread(KERNEL_POOL), burn(0.3))) as pool:
         while thread_cpu_s(pid).get(pool.native_id, 0.0) < 0.29:
             time.sleep(0.01)
         split = serve_throughput.server_threads(pid, before, time.process_time() - cpu0)
-    finally:
-        stop.set()
-        pool.join()
     assert split["kernel_pool"] == pytest.approx(0.3, abs=0.08)
     assert split["busiest"] < 0.1
 
