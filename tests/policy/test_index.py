@@ -151,14 +151,18 @@ def _walk(m, rng: random.Random, now: float) -> None:
         m.finish_step(sid, now=now, tool="t")
 
 
-@pytest.mark.parametrize("name", GROUPED)
-@pytest.mark.parametrize("seed", range(3))
-def test_batched_blocks_cached_equals_block_by_block(name, seed):
-    # The pool reports a release in one `blocks_cached` call; without it, block by block.
+def _batched_and_single(name, batched_hook):
+    """Two managers with the policy `name`; the second without `batched_hook`, so that the
+    pool calls its per-block twin for each block instead."""
     batched = make(build(name), num_blocks=24)
     single = make(build(name), num_blocks=24)
-    single.policy.blocks_cached = None  # the pool then calls block_cached per block
+    setattr(single.policy, batched_hook, None)
     single.pool.observer = single.policy
+    return batched, single
+
+
+def _walk_alike(batched, single, seed):
+    """The same random walk through both; their groups and eviction orders stay equal."""
     for k in range(150):
         now = 0.25 * k
         for m in (batched, single):
@@ -170,13 +174,18 @@ def test_batched_blocks_cached_equals_block_by_block(name, seed):
 
 @pytest.mark.parametrize("name", GROUPED)
 @pytest.mark.parametrize("seed", range(3))
+def test_batched_blocks_cached_equals_block_by_block(name, seed):
+    # The pool reports a release in one `blocks_cached` call; without it, block by block.
+    batched, single = _batched_and_single(name, "blocks_cached")
+    _walk_alike(batched, single, seed)
+
+
+@pytest.mark.parametrize("name", GROUPED)
+@pytest.mark.parametrize("seed", range(3))
 def test_batched_blocks_uncached_equals_block_by_block(name, seed):
     # The pool reports a resume's hits and an eviction's victims in one `blocks_uncached`
     # call (a resume's own run leaves its group in one slice); without it, block by block.
-    batched = make(build(name), num_blocks=24)
-    single = make(build(name), num_blocks=24)
-    single.policy.blocks_uncached = None  # the pool then calls block_uncached per block
-    single.pool.observer = single.policy
+    batched, single = _batched_and_single(name, "blocks_uncached")
     reclaimed = []
     head = batched.policy._reclaimed_head
 
@@ -186,11 +195,5 @@ def test_batched_blocks_uncached_equals_block_by_block(name, seed):
         return k
 
     batched.policy._reclaimed_head = counted
-    for k in range(150):
-        now = 0.25 * k
-        for m in (batched, single):
-            _walk(m, random.Random(seed * 1000 + k), now)
-        batched.policy.check_integrity()
-        assert batched.policy.groups == single.policy.groups
-        assert batched.policy.eviction_order(now) == single.policy.eviction_order(now)
+    _walk_alike(batched, single, seed)
     assert any(reclaimed)  # resumes took their own runs in one slice
