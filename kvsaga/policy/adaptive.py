@@ -6,7 +6,9 @@ rankings side by side (the *experts*: by default `ttl`, `saga`, `lru`, each a fu
 fed the same observer calls and hooks) and evicts, at each victim search, the victims of the
 expert with the least measured regret. The experts and `shadow_share` are what `python
 bench/policies.py --tune` picked among its settings (with and without `graph`, shadows
-naming all or an eighth of each search's victims).
+naming all or an eighth of each search's victims) under the workflow scheduler's defaults
+before 1ea556d; rerun under the current ones it prefers `graph` among the experts and every
+victim named (bench/RESULTS.md, "Eviction policies: tuning").
 
 Regret is measured on ghost lists, as ARC and LeCaR do for recency and frequency. At every
 search the leader names the `n` victims it evicts and each shadow expert the first

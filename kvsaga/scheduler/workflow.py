@@ -243,7 +243,8 @@ class WorkflowScheduler(Scheduler):
     # -- why sessions wait ----------------------------------------------------------------
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
-        self._account(now)
+        # One `_account` after the attempt suffices: the interval it closes was opened with
+        # the cause that held then (`_since`), whatever this attempt finds.
         self._cause = None
         super().admit_waiting(now, budget, executor, out)
         self._held = self._cause or "batch"
