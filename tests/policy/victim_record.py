@@ -1,0 +1,141 @@
+"""A recorded workload and the victims each policy names on it: the guard that a change made
+for speed leaves every policy's decisions as they were (tests/policy/test_victim_record.py).
+
+Two seeded walks, time moving in steps from 0 to seconds so that grid points, TTLs and
+relearning come up: `ops`, the manager's calls at random (`apply` of test_properties.py:
+steps begun, allocated, finished with tool hints, preempted, ended; pause and resume hints;
+ticks; transfers) over 32 sessions sharing short prefixes, so that every victim class (dead,
+plain, paused, preempted) comes up; and `agents`, 48 sessions with contexts of their own
+that grow step by step and pause on tools (the eviction bench's shape: whole paused sessions
+leave at once). The record of a run is every `choose_victims` answer and every offload-or-discard
+choice, in order, plus the set of cached blocks after each call (which also covers a policy
+the manager evicts for without asking it, as `lru` on the C++ core); the fixture keeps a
+SHA-256 of each record, per policy and pool.
+
+A ranking changed on purpose changes its record: regenerate the fixture with
+`python -m tests.policy.victim_record --write` (from the repository root) and say so in the
+commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from kvsaga import OutOfBlocks
+from kvsaga.policy import make_policy
+from tests.policy.helpers import build, make
+from tests.policy.test_properties import OPS, apply
+
+FIXTURE = Path(__file__).with_name("victim_record.json")
+# Policy specs: a name, or a name and its keyword arguments.
+SPECS: dict[str, tuple[str, dict]] = {
+    "lru": ("lru", {}),
+    "ttl": ("ttl", {}),
+    "saga": ("saga", {}),
+    "graph": ("graph", {}),
+    "belady": ("belady", {}),
+    "oracle-ttl": ("oracle-ttl", {}),
+    "adaptive": ("adaptive", {}),
+    "adaptive-all": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
+                                  "shadow_share": 1.0}),
+}
+POOLS = {"gpu64": (64, 0), "gpu48-host16": (48, 16)}
+STEPS = (0.0, 0.0, 4e-4, 1e-3, 3e-3, 0.02, 0.05, 0.4, 2.0, 7.0)
+TOOLS = ("search", "edit", "test", "shell")
+
+
+def _ops_call(m, rng: random.Random, now: float) -> float:
+    op = rng.choice(OPS)
+    return apply(m, op, rng.randrange(32), rng.randrange(1, 15), rng.randrange(4), now)
+
+
+def _agents_call(m, rng: random.Random, now: float) -> float:
+    """A step of one of 48 sessions (a new one, or a paused one resuming): its context plus
+    new tokens of its own, allocated, finished on a tool; now and then a pause or resume
+    hint, or the session's end; a session left
+    running by a failed allocation is preempted."""
+    i = rng.randrange(48)
+    sid = f"a{i}"
+    s = m.sessions.get(sid)
+    r = rng.random()
+    if s is not None and s.is_running:  # its allocation found no room: it waits
+        m.preempt(sid, now=now)
+        return now
+    if s is not None and r < 0.15:
+        if r < 0.05:
+            m.resume_hint(sid, now=now)
+        elif r < 0.1:
+            m.pause_hint(sid, now=now, tool=rng.choice(TOOLS), expected_s=rng.choice([0.01, 1.0]))
+        else:
+            m.end_session(sid, now=now)
+        return now
+    ctx = list(s.token_ids) if s is not None else []
+    prompt = (ctx + [1000 * i + len(ctx) + j for j in range(rng.randrange(2, 12))])[-36:]
+    st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
+    m.allocate_slots(sid, len(prompt) - st.num_cached_tokens, now=now)
+    m.finish_step(sid, now=now, tool=rng.choice(TOOLS), last_step=r > 0.97)
+    return now
+
+
+WORKLOADS = {"ops": _ops_call, "agents": _agents_call}
+
+
+def _policy(spec: str):
+    name, kw = SPECS[spec]
+    return make_policy(name, **kw) if kw else build(name)
+
+
+def record(spec: str, pool: str, workload: str, seed: int = 11, calls: int = 1200) -> list:
+    """The record of `spec`'s run of the seeded `workload` in `pool` (module docstring)."""
+    num_blocks, host = POOLS[pool]
+    m = make(_policy(spec), num_blocks=num_blocks, num_host_blocks=host)
+    out: list = []
+    policy = m.policy
+    policy.victim_queue = None  # lru's shortcut on the C++ core: the record asks it instead
+    choose, action = policy.choose_victims, policy.action
+
+    def named(n, now):
+        v = choose(n, now)
+        out.append(("v", n, list(v)))
+        return v
+
+    def chose(b, now):
+        a = action(b, now)
+        out.append(("a", b, int(a)))
+        return a
+
+    policy.choose_victims, policy.action = named, chose
+    rng = random.Random(seed)
+    now = 0.0
+    call = WORKLOADS[workload]
+    for _ in range(calls):
+        with contextlib.suppress(OutOfBlocks):
+            now = call(m, rng, now)
+        now += rng.choice(STEPS)
+        out.append(("c", [b for b in range(num_blocks) if m.is_cached(b)]))
+    m.check_integrity()
+    return out
+
+
+def digest(rec: list) -> str:
+    return hashlib.sha256(json.dumps(rec).encode()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--write", action="store_true", help=f"rewrite {FIXTURE.name}")
+    args = ap.parse_args()
+    got = {f"{w}/{p}/{s}": digest(record(s, p, w)) for w in WORKLOADS for p in POOLS
+           for s in SPECS}
+    print(json.dumps(got, indent=1))
+    if args.write:
+        FIXTURE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
