@@ -176,6 +176,15 @@ class Scheduler:
         arriving (inf: only an arrival or a finish can change the decision)."""
         return math.inf
 
+    def refusal_until(self, now: float) -> float:
+        """After an `admit_waiting` at `now` that admitted nobody: the time before which
+        another call would admit nobody too, and change nothing a repeat of this one does
+        not (no demotion), while the manager's `cache_version`, the pool's blocks and the
+        running requests stay as they are but for their contexts growing by decode (a
+        simulator's decode run skips the checks until then). The rule here reads blocks,
+        not the time (inf); a scheduler whose admissions depend on the time says when."""
+        return math.inf
+
     @property
     def has_work(self) -> bool:
         return bool(self.running) or self.num_waiting > 0

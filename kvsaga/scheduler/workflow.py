@@ -171,7 +171,8 @@ class WorkflowScheduler(Scheduler):
         self.waiting_context_s = 0.0  # over it: admitted contexts' share of the tiers x time
         self._cause: str | None = None  # what held back the head in this batch step
         self._held = "batch"  # ... in the last batch step: charged until the next one
-        self._since: tuple[float, int, str, float] | None = None  # (time, waiting, cause, fill)
+        # (start, waiting, cause, fill, the totals then) of the interval being charged
+        self._since: tuple[float, int, str, float, tuple[float, float, float]] | None = None
 
     # -- queues ---------------------------------------------------------------------------
     @property
@@ -240,6 +241,16 @@ class WorkflowScheduler(Scheduler):
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         return min(self._demote_at, idle)
 
+    def refusal_until(self, now: float) -> float:
+        # Time enters admission through two rules only. Demotion: `_demote` acts once `now`
+        # reaches `_demote_at`, and a deadline already passed was either acted on (it moved
+        # on) or not reached (a repeat does not reach it either). Idle: `idle_admit_s`.
+        if not self._pending:
+            return math.inf  # only resumed steps wait: no session-level gate, no timer
+        demote = self._demote_at if self._demote_at > now else math.inf
+        idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
+        return min(demote, idle)
+
     # -- why sessions wait ----------------------------------------------------------------
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
@@ -254,17 +265,24 @@ class WorkflowScheduler(Scheduler):
         """Charge the time since the last change to what held the waiting sessions back
         then, and start a new interval (called around every admission attempt and at every
         queueing of a session for admission, so each waiting session is counted from its
-        arrival to its admission)."""
-        if self._since is not None:
-            t, waiting, cause, fill = self._since
-            dt = max(now - t, 0.0)
-            self.wait_causes[cause] += dt * waiting
-            self.waiting_s += dt
-            self.waiting_context_s += dt * fill
+        arrival to its admission). An interval that goes on unchanged is charged from its
+        start each time (its totals then, plus its length times its rate), so a refusal
+        repeated at every batch step charges the same as one at its end."""
         waiting = sum(len(q) for q in self._pending.values())
+        fill = self._context_blocks() / self.capacity if waiting else 0.0
+        since = self._since
+        if since is not None:
+            t, was_waiting, cause, was_fill, totals = since
+            dt = max(now - t, 0.0)
+            self.wait_causes[cause] = totals[0] + dt * was_waiting
+            self.waiting_s = totals[1] + dt
+            self.waiting_context_s = totals[2] + dt * was_fill
+            if (was_waiting, cause, was_fill) == (waiting, self._held, fill):
+                return
         self._since = None
         if waiting:
-            self._since = (now, waiting, self._held, self._context_blocks() / self.capacity)
+            totals = (self.wait_causes[self._held], self.waiting_s, self.waiting_context_s)
+            self._since = (now, waiting, self._held, fill, totals)
 
     def _context_blocks(self) -> int:
         """Blocks of the admitted sessions' own contexts, without predicted growth."""

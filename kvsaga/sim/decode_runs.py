@@ -72,6 +72,7 @@ class DecodeRuns:
         self._admit_budget = budget if (
             budget > 0 and n < sched.max_num_seqs and sched.num_waiting) else 0
         self._admission = None
+        self._refused_until = -math.inf  # no refusal known to hold yet
         if self._admit_budget:  # filled only by an admission (`_admit` changes nothing else)
             self._admit_out = SchedulerOutput()
         # At step j of the run request i feeds sample start[i] + j; due[i] is the first
@@ -120,20 +121,29 @@ class DecodeRuns:
             r.slots_ahead = 0
             self.allocate(r, 1, self.now)
             due[i] = j + 1 + r.slots_ahead
+        if now_due:
+            self._refused_until = -math.inf  # the pool changed: ask the scheduler again
         return True
 
     def _admits(self, running: list[SimRequest], start: list[int], j: int) -> bool:
         """At step j of a decode run, after its allocations: the scheduler's admissions, as
         `schedule` makes them there (at `self.now`, the running requests' sampled counts
         those of step j: a scheduler may read them); True if one began (`_admission` holds
-        them, and the run ends before the step). With nothing waiting, False."""
-        if not self._admit_budget:
+        them, and the run ends before the step). With nothing waiting, False. A refusal
+        is not asked again while it holds (`Scheduler.refusal_until`, with the cache
+        version and the pool's blocks as they were: `_allocate_due` ends it), since the
+        scheduler would refuse again and change nothing."""
+        if not self._admit_budget or (self.now < self._refused_until
+                                      and self.manager.cache_version == self._refused_at):
             return False
         for i, r in enumerate(running):
             r.num_sampled = start[i] + j
         out = self._admit_out
-        self.scheduler.admit_waiting(self.now, self._admit_budget, self, out)
+        sched = self.scheduler
+        sched.admit_waiting(self.now, self._admit_budget, self, out)
         if not out.admitted:
+            self._refused_until = sched.refusal_until(self.now)
+            self._refused_at = self.manager.cache_version
             return False
         self._admission = out
         return True

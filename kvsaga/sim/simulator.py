@@ -144,6 +144,9 @@ class Simulator(DecodeRuns, StepExecutor):
         self._admit_budget = 0  # a decode run's token budget to admit with (0: no check)
         self._admission: SchedulerOutput | None = None  # what a decode run's step admitted
         self._admit_out = SchedulerOutput()  # the run's output for `admit_waiting`
+        # A decode run's last refusal holds until then, while the cache version stands.
+        self._refused_until = -math.inf
+        self._refused_at: object = None
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)

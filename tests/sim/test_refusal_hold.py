@@ -1,0 +1,91 @@
+"""`Scheduler.refusal_until`: how long an admission attempt that admitted nobody holds (a
+decode run skips the attempts until then), and the wait-cause accounting it relies on: a
+refusal repeated at every batch step charges exactly what one at its end would."""
+
+from __future__ import annotations
+
+import math
+
+from kvsaga.scheduler import make_scheduler
+from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.helpers import manager, toks, two_paused
+
+
+def _waiting_c(**kw):
+    """a and b admitted and paused; c (20 tokens) waits: the contexts leave it no room."""
+    m, s, ex, _ = two_paused(prompt_len=20, **kw)
+    c = ToyRequest("c", toks(200, 20), max_new=1, arrival=1.0)
+    s.add(c, 1.0)
+    return m, s, ex, c
+
+
+def test_workflow_refusal_holds_until_the_first_demotion_deadline():
+    _, s, ex, c = _waiting_c()
+    assert not s.schedule(1.0, ex).admitted
+    until = s.refusal_until(1.0)
+    assert 1.0 < until < math.inf and until == s._demote_at
+    for t in (2.0, until - 1e-6):  # asked again before then: the same refusal, no demotion
+        assert not s.schedule(t, ex).admitted
+        assert s.num_demotions == 0
+    assert s.schedule(until, ex).admitted == [c]  # the paused sessions are demoted then
+    assert s.num_demotions > 0
+
+
+def test_refusal_without_a_timer_holds_forever():
+    """Only the pool holds c back under fcfs; and under workflow once no demotion deadline
+    is ahead (idle admission off)."""
+    m = manager(4)
+    s = make_scheduler("fcfs", m, max_num_batched_tokens=64)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 12), max_new=4)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s.add(ToyRequest("c", toks(100, 12), max_new=1, arrival=0.5), 0.5)
+    assert [r for r, _ in s.schedule(1.0, ex).scheduled] == [a]
+    assert s.refusal_until(1.0) == math.inf
+    _, w, ex2, _ = _waiting_c(demote_factor=math.inf)
+    assert not w.schedule(1.0, ex2).admitted
+    assert w.refusal_until(1.0) == math.inf
+
+
+def test_a_repeated_refusal_charges_what_one_at_its_end_does():
+    """Wait causes, waiting time and context fill are the same, to the bit, whether the
+    refusal is asked at every step or only at its first and last."""
+    every = _waiting_c()[1:]
+    ends = _waiting_c()[1:]
+    times = [1.0 + 0.1 * i for i in range(37)]
+    for t in times:
+        assert not every[0].schedule(t, every[1]).admitted
+    for t in (times[0], times[-1]):
+        assert not ends[0].schedule(t, ends[1]).admitted
+    a, b = every[0], ends[0]
+    assert a.wait_causes == b.wait_causes and a.wait_causes["contexts"] > 0
+    assert (a.waiting_s, a.waiting_context_s) == (b.waiting_s, b.waiting_context_s)
+
+
+def test_decode_runs_skip_held_refusals_with_the_reference_accounting():
+    """While a refusal holds, a decode run does not ask again (fewer admission attempts
+    than the reference's), and the scheduler's figures equal the reference's to the bit."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from tests.sim.test_decode_runs import tiny_trace
+
+    config = SimConfig(num_gpu_blocks=400, scheduler="workflow", policy="graph")
+    sessions = tiny_trace()
+    figures, attempts = [], []
+    for reference in (True, False):
+        sim = Simulator(sessions, config, reference=reference)
+        sched, n = sim.scheduler, [0]
+        admit_waiting = sched.admit_waiting
+
+        def counted(*args, _admit=admit_waiting, _n=n):
+            _n[0] += 1
+            return _admit(*args)
+
+        sched.admit_waiting = counted
+        row = sim.run().to_dict()
+        figures.append((row, sched.wait_causes, sched.waiting_s, sched.waiting_context_s,
+                        sched.num_demotions, sched.admission_wait_s))
+        attempts.append(n[0])
+    assert figures[0] == figures[1]
+    assert sum(figures[0][1].values()) > 0
+    assert attempts[1] < 0.6 * attempts[0], attempts  # 0.82 when every step asks
