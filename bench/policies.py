@@ -8,8 +8,8 @@ Two modes, never mixed:
   best of lru, saga and ttl, then the least recomputation over them. It writes the pick to
   bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
-  (tests/bench/test_policies.py checks it). `--regret` is a diagnosis and may run the
-  tuning seeds.
+  (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
+  is a diagnosis and may run the tuning seeds; `--reference` is bench/policies_reference.py.
 - the default mode evaluates at other seeds (`EVAL_SEEDS`; a tuning seed is refused; the
   goals are judged on all of them and on each of `SEED_SETS`: seeds read while the policies
   were built, and fresh ones) on the built-in swe family and on workloads those families
@@ -41,7 +41,6 @@ the only exact bound and is feasible for tiny traces only. Every table says so.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -53,7 +52,6 @@ from pathlib import Path
 
 from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.sim.compare import peak_working_set
-from kvsaga.sim.exhaustive import TINY, exhaustive_optimum, random_tiny_trace
 from kvsaga.sim.regret import CLASSES, record_regret
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, mixed, perturb
@@ -281,25 +279,6 @@ def score(rows: list[dict], policy: str) -> tuple[int, float, int] | None:
     return ok, float(sum(mine)), len(cases)
 
 
-def pick(rows: list[dict], candidates: list[str]) -> str:
-    """The tuning rule: most pressured cases at or below the best baseline, then the least
-    recomputation over them."""
-    scored = {p: score(rows, p) for p in candidates}
-    scored = {p: s for p, s in scored.items() if s is not None}
-    if not scored:
-        raise ValueError("no candidate ran every pressured case: nothing to pick")
-    return min(scored, key=lambda p: (-scored[p][0], scored[p][1]))
-
-
-def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
-    """Per policy tuned with several constant settings, the setting the tuning rule picks
-    among them (its class defaults must be that setting)."""
-    by_base: dict[str, list[str]] = {}
-    for c in candidates:
-        by_base.setdefault(parse_spec(c)[0], []).append(c)
-    return {b: pick(rows, specs) for b, specs in by_base.items() if len(specs) > 1}
-
-
 def wins(rows: list[dict], policies: list[str]) -> list[str]:
     """Per online policy: total recomputation over the pressured cases, and how often it is
     at most the best baseline."""
@@ -315,24 +294,6 @@ def wins(rows: list[dict], policies: list[str]) -> list[str]:
 def _header(command: str, wall_s: float, seeds: list[int], what: str) -> str:
     return (f"`{command}`: {wall_s / 60:.1f} min, Python {platform.python_version()}, preset "
             f"{PRESET}, {what} seeds {', '.join(map(str, seeds))}.")
-
-
-def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
-                  seeds: list[int], chosen: str) -> str:
-    out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
-           f"Built-in families {', '.join(sorted({r['trace'] for r in rows}))}; the evaluation "
-           "(\"## Eviction policies (held-out, simulated)\") never runs these seeds.", "",
-           "Recomputed prompt tokens (millions; in brackets, the ratio to the best of lru, "
-           "saga and ttl):", ""]
-    out += tables(rows, candidates)
-    out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
-    out += wins(rows, candidates)
-    out += ["", f"Pick (most cases at or below the best baseline, then least recomputation): "
-            f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
-    for base, spec in variant_picks(rows, candidates).items():
-        out.append(f"Constants of `{base}` by the same rule among its settings: `{spec}` "
-                   "(its defaults).")
-    return "\n".join(out) + "\n"
 
 
 def _tuned() -> dict | None:
@@ -410,68 +371,6 @@ def regret_report(traces: list[str], seed: int, frac: float, policies: list[str]
     return "\n".join(lines) + "\n"
 
 
-REF_SECTION = "## Offline references against the exact optimum (tiny traces, simulated)"
-REF_SEEDS = range(200, 224)  # tiny traces; no policy constant was chosen on them
-REF_POLICIES = ("lru", "saga", "ttl", "graph", "adaptive", "belady", "oracle-ttl")
-
-
-def _reference_case(task: tuple) -> list[dict]:
-    """Every policy and the exhaustive optimum on one tiny trace, at each capacity from the
-    longest session + 1 block up to where the optimum recomputes nothing."""
-    seed, scheduler = task
-    sessions = random_tiny_trace(seed)
-    longest = max(TINY.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
-    rows = []
-    for blocks in range(longest + 1, longest + 6):
-        config = SimConfig(preset=TINY, num_gpu_blocks=blocks, scheduler=scheduler)
-        try:
-            best = exhaustive_optimum(sessions, config, max_runs=20_000)
-        except RuntimeError:
-            continue  # too many choices to search: this capacity is left out, and said so
-        if best.recomputed_tokens == 0:
-            break
-        row = {"seed": seed, "scheduler": scheduler, "blocks": blocks,
-               "optimum": best.recomputed_tokens}
-        for p in REF_POLICIES:
-            row[p] = Simulator(sessions, dataclasses.replace(config, policy=p)).run() \
-                .recomputed_tokens
-        rows.append(row)
-    return rows
-
-
-def reference(workers: int, command: str) -> str:
-    """Each policy's recomputation over the exact optimum on tiny traces, per scheduler."""
-    t = time.perf_counter()
-    tasks = [(s, sched) for sched in ("fcfs", "workflow") for s in REF_SEEDS]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        rows = [r for rs in pool.map(_reference_case, tasks) for r in rs]
-    wall = time.perf_counter() - t
-    out = [REF_SECTION, "",
-           f"`{command}`: {wall / 60:.1f} min. {len(REF_SEEDS)} random tiny traces "
-           "(`kvsaga.sim.exhaustive.random_tiny_trace`, seeds "
-           f"{REF_SEEDS.start}-{REF_SEEDS.stop - 1}: 2-3 sessions of 2-3 steps, 4-token "
-           "blocks), each at every capacity from its longest session + 1 block up to where "
-           "the optimum recomputes nothing; the optimum is the exhaustive search over every "
-           "eviction choice under the same scheduler (kvsaga/sim/exhaustive.py), a true "
-           "lower bound. Cases: the (trace, capacity) pairs where the optimum recomputes "
-           "something.", "",
-           "| scheduler | cases | policy | = optimum | mean x optimum | worst x optimum |",
-           "|---|---:|---|---:|---:|---:|"]
-    for sched in ("fcfs", "workflow"):
-        mine = [r for r in rows if r["scheduler"] == sched]
-        for p in REF_POLICIES:
-            ratios = [r[p] / r["optimum"] for r in mine]
-            if not ratios:
-                continue
-            same = sum(r[p] == r["optimum"] for r in mine)
-            out.append(f"| {sched} | {len(mine)} | {p} | {same} | "
-                       f"{sum(ratios) / len(ratios):.2f}x | {max(ratios):.2f}x |")
-    out += ["", "So `belady` and `oracle-ttl` stay *references*, not bounds, in every table: "
-            "the exact optimum is out of reach beyond tiny traces, and on these the gap of "
-            "each reference to it is the figure above."]
-    return "\n".join(out) + "\n"
-
-
 def write_section(text: str, path: Path, section: str = SECTION) -> None:
     """Replace (or append) our section of RESULTS.md, leaving the others alone."""
     doc = path.read_text(encoding="utf-8") if path.exists() else "# Measured results\n"
@@ -534,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python bench/policies.py", *(argv if argv is not None else sys.argv[1:])])
     fractions = [float(x) for x in args.fractions.split(",")]
     if args.reference:
+        from policies_reference import REF_SECTION, reference
         text = reference(args.workers, command)
         print(text)
         if not args.no_write:
@@ -547,28 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             write_section(f"{REGRET_SECTION}\n\n" + text, HERE / "RESULTS.md", REGRET_SECTION)
         return 0
     if args.tune:
-        bad = [t for t in traces if t not in FAMILIES]
-        if bad or set(seeds) - set(TUNE_SEEDS):
-            p.error(f"--tune runs only the built-in families {FAMILIES} at the tuning seeds "
-                    f"{TUNE_SEEDS}")
-        t = time.perf_counter()
-        if args.from_json:  # re-render a saved tuning
-            saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-            rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
-            seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
-        else:
-            rows, _ = run(traces, fractions, policies, seeds, args.workers)
-            wall = time.perf_counter() - t
-        chosen = pick(rows, policies)
-        text = tune_markdown(rows, policies, command, wall, seeds, chosen)
-        print(text)
-        if not args.no_write:
-            _save(TUNE_JSON, {"pick": chosen, "seeds": seeds, "traces": traces,
-                              "variants": variant_picks(rows, policies),
-                              "candidates": policies, "command": command, "wall_s": wall,
-                              "rows": rows})
-            write_section(text, HERE / "RESULTS.md", TUNE_SECTION)
-        return 0
+        from policies_tune import tune  # bench/ is on the path when run as a script
+        return tune(p, args, traces, seeds, policies, fractions, command)
     if set(seeds) & set(TUNE_SEEDS):
         p.error(f"seeds {TUNE_SEEDS} are the tuning seeds: evaluate on others")
     t = time.perf_counter()

@@ -2,13 +2,12 @@
 
 No fixed ranking wins everywhere: on held-out traffic `graph` beats the baselines on some
 traces and loses to plain `lru` on others (bench/RESULTS.md). `adaptive` runs several
-rankings side by side (the *experts*: by default `ttl`, `saga`, `lru`, each a full policy
-fed the same observer calls and hooks) and evicts, at each victim search, the victims of the
-expert with the least measured regret. The experts and `shadow_share` are what `python
+rankings side by side (the *experts*: by default `graph`, `ttl`, `saga`, `lru`, each a full
+policy fed the same observer calls and hooks) and evicts, at each victim search, the victims
+of the expert with the least measured regret. The experts and `shadow_share` are what `python
 bench/policies.py --tune` picked among its settings (with and without `graph`, shadows
-naming all or an eighth of each search's victims) under the workflow scheduler's defaults
-before 1ea556d; rerun under the current ones it prefers `graph` among the experts and every
-victim named (bench/RESULTS.md, "Eviction policies: tuning").
+naming all or an eighth of each search's victims; bench/RESULTS.md, "Eviction policies:
+tuning").
 
 Regret is measured on ghost lists, as ARC and LeCaR do for recency and frequency. At every
 search the leader names the `n` victims it evicts and each shadow expert the first
@@ -44,7 +43,7 @@ from operator import not_
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 
-DEFAULT_EXPERTS = ("ttl", "saga", "lru")  # picked by `bench/policies.py --tune`
+DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")  # picked by `bench/policies.py --tune`
 
 
 def _drain(it) -> None:

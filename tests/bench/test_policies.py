@@ -3,7 +3,7 @@ policy is the one the tuning picked."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
 import json
 import sys
@@ -16,13 +16,13 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("policies_bench",
-                                                  ROOT / "bench" / "policies.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["policies_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def load(name: str = "policies"):
+    """bench/NAME.py as a module, with bench/ on the path (its modules import each other, as
+    when run as a script)."""
+    bench = str(ROOT / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
 
 
 def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
@@ -31,7 +31,7 @@ def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
 
 
 def test_pick_prefers_most_cases_at_or_below_the_best_baseline_then_least_recomputation():
-    mod = load()
+    mod, tune = load(), load("policies_tune")
     rows = []
     for k, (lru, saga, ttl, a, b) in enumerate([(10, 12, 11, 9, 10), (20, 19, 25, 19, 30),
                                                 (5, 6, 7, 6, 5)]):
@@ -42,10 +42,10 @@ def test_pick_prefers_most_cases_at_or_below_the_best_baseline_then_least_recomp
              (("lru", 1), ("saga", 1), ("ttl", 1), ("a", 99), ("b", 1))]
     assert mod.score(rows, "a") == (2, 34.0, 3)
     assert mod.score(rows, "b") == (2, 45.0, 3)
-    assert mod.pick(rows, ["a", "b"]) == "a"  # same count, less recomputed
-    assert mod.pick(rows, ["lru", "b"]) == "lru"  # lru: 2 of 3, 35 < 45
+    assert tune.pick(rows, ["a", "b"]) == "a"  # same count, less recomputed
+    assert tune.pick(rows, ["lru", "b"]) == "lru"  # lru: 2 of 3, 35 < 45
     with pytest.raises(ValueError, match="nothing to pick"):
-        mod.pick(rows, ["missing"])
+        tune.pick(rows, ["missing"])
 
 
 def test_policy_specs_parse_and_bad_ones_are_refused():
@@ -97,7 +97,7 @@ def test_one_tiny_run_renders_both_sections(tmp_path):
 def test_every_tuned_constant_is_its_policys_default():
     mod = load()
     tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
-    picks = mod.variant_picks(tuned["rows"], tuned["candidates"])
+    picks = load("policies_tune").variant_picks(tuned["rows"], tuned["candidates"])
     assert picks == tuned["variants"]
     for base, spec in picks.items():
         defaults = inspect.signature(POLICIES[base]).parameters

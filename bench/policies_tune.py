@@ -1,0 +1,100 @@
+"""The tuning half of bench/policies.py: pick the default policy on the tuning seeds.
+
+`python bench/policies.py --tune` runs the built-in families (swe, web, bfcl, assistant) at
+the tuning seeds (`TUNE_SEEDS`) and picks, among `TUNE_CANDIDATES`, by one rule fixed before
+any evaluation: the most pressured cases (lru hit rate in `HIT_RANGE`) at or below the best of
+lru, saga and ttl, then the least recomputation over them. It writes the pick to
+bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section of
+bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that pick
+(tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`) never
+runs these seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from policies import (
+    FAMILIES,
+    HERE,
+    HIT_RANGE,
+    TUNE_JSON,
+    TUNE_SECTION,
+    TUNE_SEEDS,
+    _header,
+    _save,
+    parse_spec,
+    run,
+    score,
+    tables,
+    wins,
+    write_section,
+)
+
+from kvsaga.policy import DEFAULT_POLICY
+
+
+def pick(rows: list[dict], candidates: list[str]) -> str:
+    """The tuning rule: most pressured cases at or below the best baseline, then the least
+    recomputation over them."""
+    scored = {p: score(rows, p) for p in candidates}
+    scored = {p: s for p, s in scored.items() if s is not None}
+    if not scored:
+        raise ValueError("no candidate ran every pressured case: nothing to pick")
+    return min(scored, key=lambda p: (-scored[p][0], scored[p][1]))
+
+
+def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
+    """Per policy tuned with several constant settings, the setting the tuning rule picks
+    among them (its class defaults must be that setting)."""
+    by_base: dict[str, list[str]] = {}
+    for c in candidates:
+        by_base.setdefault(parse_spec(c)[0], []).append(c)
+    return {b: pick(rows, specs) for b, specs in by_base.items() if len(specs) > 1}
+
+
+def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
+                  seeds: list[int], chosen: str) -> str:
+    out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
+           f"Built-in families {', '.join(sorted({r['trace'] for r in rows}))}; the evaluation "
+           "(\"## Eviction policies (held-out, simulated)\") never runs these seeds.", "",
+           "Recomputed prompt tokens (millions; in brackets, the ratio to the best of lru, "
+           "saga and ttl):", ""]
+    out += tables(rows, candidates)
+    out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
+    out += wins(rows, candidates)
+    out += ["", f"Pick (most cases at or below the best baseline, then least recomputation): "
+            f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
+    for base, spec in variant_picks(rows, candidates).items():
+        out.append(f"Constants of `{base}` by the same rule among its settings: `{spec}` "
+                   "(its defaults).")
+    return "\n".join(out) + "\n"
+
+
+def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
+         fractions: list[float], command: str) -> int:
+    """The `--tune` mode: run (or re-render from `--from-json`), pick, print, write."""
+    bad = [t for t in traces if t not in FAMILIES]
+    if bad or set(seeds) - set(TUNE_SEEDS):
+        parser.error(f"--tune runs only the built-in families {FAMILIES} at the tuning seeds "
+                     f"{TUNE_SEEDS}")
+    t = time.perf_counter()
+    if args.from_json:  # re-render a saved tuning
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
+        seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
+    else:
+        rows, _ = run(traces, fractions, policies, seeds, args.workers)
+        wall = time.perf_counter() - t
+    chosen = pick(rows, policies)
+    text = tune_markdown(rows, policies, command, wall, seeds, chosen)
+    print(text)
+    if not args.no_write:
+        _save(TUNE_JSON, {"pick": chosen, "seeds": seeds, "traces": traces,
+                          "variants": variant_picks(rows, policies),
+                          "candidates": policies, "command": command, "wall_s": wall,
+                          "rows": rows})
+        write_section(text, HERE / "RESULTS.md", TUNE_SECTION)
+    return 0
