@@ -132,3 +132,18 @@ def test_connector_arm_names_map_to_the_connector_settings() -> None:
     for bad in ("nope", "ttl+gates", "ttl+"):
         with pytest.raises(SystemExit, match="connector arm"):
             connector_arm(bad)
+
+
+def test_vllm_sections_are_one_per_seed_and_scale() -> None:
+    """--engine vllm runs of other seeds or scales write sections of their own beside each
+    other (a report over several seeds is one run per seed); a rerun replaces its own."""
+    m = _load_script()
+    parse = m.build_parser().parse_args
+    a = m.results_title(parse(["--engine", "vllm", "--seed", "15", "--token-scale", "0.05"]))
+    b = m.results_title(parse(["--engine", "vllm", "--seed", "16", "--token-scale", "0.05"]))
+    c = m.results_title(parse(["--engine", "vllm", "--seed", "15", "--token-scale", "0.1"]))
+    assert len({a, b, c}) == 3 and all(t.startswith("### Agent replay, interleaved repeats")
+                                       for t in (a, b, c))
+    assert "seed 15" in a and "x0.05" in a
+    assert a == m.results_title(parse(["--engine", "vllm", "--seed", "15",
+                                       "--token-scale", "0.05"]))

@@ -22,10 +22,13 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 - Admission (`admission`, on by default): a session gate (`gate.SessionGate`, kvsaga's
   workflow rule) defers a session's step while the admitted sessions' predicted working sets
   fill the blocks, so paused contexts are not thrashed by the sessions that would evict them.
-  A deferred step may still run unretained in vLLM's free blocks when its prefill is cheap
-  on this machine: at most `best_effort_steps` steps' fixed cost, by `step_cost.StepCost`'s
-  online fit of vLLM's step times (where a step's fixed cost dominates, holding sessions back
-  would shrink the batch for nothing; where tokens dominate, recompute delays everyone).
+  A deferred step may still run unretained in vLLM's free blocks when its whole context's
+  prefill is cheap on this machine: at most `best_effort_steps` steps' fixed cost, by
+  `step_cost.StepCost`'s online fit of vLLM's step times (where a step's fixed cost
+  dominates, holding sessions back would shrink the batch for nothing; where tokens
+  dominate, recompute delays everyone). The whole context, not only its uncached part: a
+  step run unretained leaves its blocks to vLLM's LRU under the very pressure that deferred
+  it, so its next step recomputes all of it.
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
@@ -90,6 +93,10 @@ class RetentionStats:
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
+    # `StepCost`'s fit of vLLM's steps when the line was written (0: not fitted yet):
+    # microseconds per step and per scheduled token, i.e. whether prefill dominates here.
+    step_fixed_us: int = 0
+    step_token_us: int = 0
 
     def line(self) -> str:
         """One log line (`STATS_PREFIX` + JSON), which bench/agent_replay.py reads back."""
@@ -188,7 +195,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now
         ):
-            if self._best_effort(request.num_tokens - num_computed_tokens,
+            if self._best_effort(request.num_tokens,
                                  new_blocks + 1 + watermark):
                 self._unretained.add(request.request_id)
                 self.stats.best_effort += 1
@@ -207,8 +214,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         return 0, False
 
     def _best_effort(self, tokens: int, blocks: int) -> bool:
-        """Whether a step the gate holds back may run anyway, unretained: its `tokens` to
-        compute add at most `best_effort_steps` steps' fixed cost to the batch (`StepCost`),
+        """Whether a step the gate holds back may run anyway, unretained: its context's
+        `tokens` (what its next step recomputes once vLLM's LRU has evicted them) cost at
+        most `best_effort_steps` steps' fixed cost to compute (`StepCost`),
         and its `blocks` fit in vLLM's free blocks beside one per running request and the
         reserve, without releasing anything retained."""
         return (self.best_effort_steps > 0 and self.cost.cheap(tokens, self.best_effort_steps)
@@ -327,6 +335,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.gate is not None:
             self.stats.deferrals = self.gate.num_deferrals
             self.stats.demotions = self.gate.num_demotions
+        fitted = self.cost.fit()
+        if fitted is not None:
+            self.stats.step_fixed_us, self.stats.step_token_us = (round(x * 1e6) for x in fitted)
         line = self.stats.line()
         if line != self._logged[1]:
             logger.info("%s", line)
