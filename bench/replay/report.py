@@ -130,10 +130,13 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     each number's [min, max] under "range"."""
     out: dict[str, Any] = dict(runs[0])
     ranges: dict[str, list[float]] = {}
-    for key, value in runs[0].items():
+    # A counter a round never logged (the connector's per-reason releases appear once one
+    # happens) is 0 in that round.
+    keys = {k: v for r in reversed(runs) for k, v in r.items()}
+    for key, value in keys.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        values = [r[key] for r in runs if not math.isnan(r[key])]
+        values = [r.get(key, 0) for r in runs if not math.isnan(r.get(key, 0))]
         if key == "errors":
             out[key] = sum(values)
         elif values:

@@ -147,3 +147,17 @@ def test_vllm_sections_are_one_per_seed_and_scale() -> None:
     assert "seed 15" in a and "x0.05" in a
     assert a == m.results_title(parse(["--engine", "vllm", "--seed", "15",
                                        "--token-scale", "0.05"]))
+
+
+def test_median_summary_counts_a_counter_one_round_never_logged_as_zero() -> None:
+    """The connector logs a release reason only once one happened: a round without it must
+    not fail the summary (it is 0 there)."""
+    _load_script()
+    from replay.report import median_summary
+
+    base = {"errors": 0, "error_examples": [], "prefill_tokens": 10}
+    got = median_summary([{**base, "connector_released_admit": 4}, dict(base),
+                          {**base, "connector_released_admit": 2}])
+    assert got["connector_released_admit"] == 2
+    assert got["range"]["connector_released_admit"] == [0, 4]
+    assert median_summary([dict(base), {**base, "x": 3}])["x"] == 1.5
