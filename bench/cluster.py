@@ -269,10 +269,12 @@ def family_loads(args, pool) -> tuple[dict[str, float], list[str]]:
     return loads, lines
 
 
-def report(args, kv: int, loads: dict[str, float], pool) -> tuple[list, list[str]]:
+def report(args, kv: int, loads: dict[str, float], pool,
+           done=None) -> tuple[list, list[str]]:
     """Simulate every (GPUs, family, seed) with the chosen runs (all submitted at once, so
     the workers stay busy); returns the results and the RESULTS lines (one table and its
-    verdicts each)."""
+    verdicts each). `done(results, lines, pending)` is called as each case finishes, in
+    order (a fleet run takes an hour: what finished is kept if it is stopped)."""
     runs = [*(RUNS if args.runs == "all" else GOAL_RUNS), *(["ideal"] if args.ideal else [])]
     cases = [(g, f, s) for g in _ints(args.gpus) for f in args.family.split(",")
              for s in _ints(args.seed)]
@@ -293,6 +295,8 @@ def report(args, kv: int, loads: dict[str, float], pool) -> tuple[list, list[str
         print("\n".join(block), flush=True)
         lines += block
         results.append((gpus, family, seed, load, rows))
+        if done is not None:
+            done(results, lines, list(futures)[len(results):])
     return results, lines
 
 
@@ -317,6 +321,8 @@ def main() -> None:
     p.add_argument("--ideal", action="store_true",
                    help="add the ideal reference (one GPU per session: slow for fleets)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md",
+                   help="the file whose section is written (after each finished case)")
     args = p.parse_args()
     kv = parse_bytes(args.kv_memory)
     if args.load != "thrash":
@@ -326,23 +332,44 @@ def main() -> None:
             p.error(f"--load must be a number or 'thrash', got {args.load!r}")
     if args.fit and set(_ints(args.seed)) - set(FIT_SEEDS):
         p.error(f"--fit runs on the fit seeds {FIT_SEEDS} only")
+    cmd = (f"python bench/cluster.py --gpus {args.gpus} --family {args.family} "
+           f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
+           f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
+           + (" --ideal" if args.ideal else ""))
     with ProcessPoolExecutor(args.workers) as pool:
         loads, load_lines = family_loads(args, pool)
         if args.fit:
             fit(args, kv, loads)
             return
-        results, lines = report(args, kv, loads, pool)
-    cmd = (f"python bench/cluster.py --gpus {args.gpus} --family {args.family} "
-           f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
-           f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
-           + (" --ideal" if args.ideal else ""))
+
+        def write(results, lines, pending):
+            if not args.no_write:
+                write_section(section_title(args),
+                              section_body(args, cmd, load_lines, results, lines, pending),
+                              args.results)
+
+        results, lines = report(args, kv, loads, pool, done=write)
+    print("\n".join(summary(results)))
+    if not args.no_write:
+        print(f"wrote {section_title(args)} to {args.results}")
+
+
+def section_body(args, cmd: str, load_lines: list[str], results: list, lines: list[str],
+                 pending: list[tuple]) -> str:
+    """The RESULTS section: the command, how the loads were chosen, the summary table and
+    each case's table; `pending` (GPUs, family, seed) cases had not finished when it was
+    written, and the section says so."""
     how = ("Each family's load is its thrash load: the smallest of "
            f"{', '.join(f'{x:g}x' for x in LOAD_GRID)} at which one GPU with fcfs + lru, "
            f"serving {args.sessions_per_gpu} sessions, keeps at most {THRASH_KEEP:g} of the "
            f"hit rate it has with {ROOMY_KV} (room for all), averaged over the fit seeds "
            f"{', '.join(map(str, FIT_SEEDS))} (hit rate / roomy hit rate per seed):"
            if load_lines else "")
-    body = "\n".join([
+    unfinished = ([f"**Partial**: written after {len(results)} of "
+                   f"{len(results) + len(pending)} cases; not finished then (GPUs, family, "
+                   f"seed): {', '.join(f'({g}, {f}, {s})' for g, f, s in pending)}.", ""]
+                  if pending else [])
+    return "\n".join([
         f"`{cmd}`. Preset a100-llama3-8b. Each GPU: the real manager, policy and "
         "scheduler; the router: kvsaga.routing (docs/cluster.md), its defaults fitted with "
         f"`--fit` on seeds {', '.join(map(str, FIT_SEEDS))} (the four families), not on the "
@@ -350,12 +377,7 @@ def main() -> None:
         "are baseline / kvsaga + workflow + lru; the floor (`floor_tct`) is a lower bound "
         "on any router's mean TCT computed from the cost model without simulating.", "",
         *([how, "", *[f"- {x}" for x in load_lines], ""] if how else []),
-        *summary(results), "", *lines])
-    print("\n".join(summary(results)))
-    if not args.no_write:
-        title = section_title(args)
-        write_section(title, body, Path(__file__).resolve().parent / "RESULTS.md")
-        print(f"wrote {title} to bench/RESULTS.md")
+        *unfinished, *summary(results), "", *lines])
 
 
 if __name__ == "__main__":

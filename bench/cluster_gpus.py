@@ -1,10 +1,17 @@
-"""Where a cluster run's busy time went, GPU by GPU: the evidence behind load_imbalance.
+"""Where a cluster run's busy time went, GPU by GPU: the evidence behind load_imbalance;
+and where its sessions' time went: the evidence behind a mean TCT.
 
     python bench/cluster_gpus.py --family swe --gpus 16 --sessions-per-gpu 8 --seed 1
     python bench/cluster_gpus.py --family swe --gpus 16 --seed 1 --knob max_commitment=0
+    python bench/cluster_gpus.py --family assistant --gpus 8 --sessions-per-gpu 64 --load 8
 
 One simulation (the trace of bench/cluster.py: same families, load and scale) with kvsaga
-routing (`--knob NAME=VALUE` overrides a `RoutingConfig` field), printing per GPU, busiest
+routing (`--knob NAME=VALUE` overrides a `RoutingConfig` field; `--router`, `--scheduler`
+and `--policy` run another arm), printing first the mean TCT split into tool pauses,
+waiting (a step released on its GPU until it first starts: admission, or a full batch),
+service (first start to last token) and the rest (migration delays); the GPUs' busy share of
+the makespan (low: they idle while steps wait, so memory, not compute, holds them); and
+the context a resumed step could reuse against what it found cached. Then per GPU, busiest
 first: busy time and its share of the mean, the busy time it had when the last session
 arrived (what is left is the drain), batch steps, tokens recomputed, sessions placed there
 first, steps stolen in and out, and the share of routing decisions at which its sessions'
@@ -24,8 +31,36 @@ from kvsaga.sim.cluster import ClusterSimulator
 from kvsaga.sim.config import SimConfig
 
 
+class WatchedGPU(ClusterSimulator.gpu_class):
+    """A cluster GPU that records, per step, when it was released here, first started and
+    finished, and, at its first start, its prompt, the tokens found cached and the tokens
+    it could have found (the context before the step's new input; a first step: its
+    shared prefix)."""
+
+    def begin(self, req, now: float):
+        key = (req.session.id, req.k)
+        first = key not in self.cluster.steps
+        start = super().begin(req, now)
+        if first:
+            s, k = req.session, req.k
+            reusable = (s.shared_prefix.tokens if k == 0
+                        else s.prompt_length(k) - s.steps[k].input_tokens)
+            self.cluster.steps[key] = [req.arrival, now, now, req.attempt_len,
+                                       start.num_cached_tokens, reusable]
+        return start
+
+    def _maybe_finish(self, req) -> int:
+        done = req.num_sampled >= req.num_out
+        ended = super()._maybe_finish(req)
+        if done:
+            self.cluster.steps[(req.session.id, req.k)][2] = self.now
+        return ended
+
+
 class WatchedCluster(ClusterSimulator):
-    """A ClusterSimulator that records, per GPU, what `main` prints."""
+    """A ClusterSimulator that records, per GPU and per step, what `main` prints."""
+
+    gpu_class = WatchedGPU
 
     def __init__(self, *args, last_arrival: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -36,6 +71,8 @@ class WatchedCluster(ClusterSimulator):
         self.stolen_out: collections.Counter = collections.Counter()
         self.overflowing: collections.Counter = collections.Counter()
         self.decisions = 0
+        # (session, step) -> [released here, first start, end, prompt, cached, reusable]
+        self.steps: dict[tuple[str, int], list] = {}
 
     def _route(self, t, session, k) -> None:
         if t >= self.last_arrival and not self.busy_at_last_arrival:
@@ -61,6 +98,29 @@ def _knob(text: str) -> tuple[str, float]:
     return name, float(value)
 
 
+def time_split(sim: WatchedCluster, sessions, res, mean_busy: float) -> list[str]:
+    """Mean TCT as tool pauses + waiting + service + the rest (per session, summed over its
+    steps), the GPUs' busy share of the makespan, and the reusable context found cached."""
+    n = len(sessions)
+    tool = sum(st.tool_s for s in sessions for st in s.steps[:-1]) / n
+    steps = sim.steps.items()
+    wait = sum(v[1] - v[0] for _, v in steps) / n
+    first_wait = sum(v[1] - v[0] for (_, k), v in steps if k == 0) / n
+    service = sum(v[2] - v[1] for _, v in steps) / n
+    rest = res.tct_mean_s - tool - wait - service
+    later = [v for (_, k), v in steps if k > 0]
+    reusable = sum(v[5] for v in later)
+    cached = sum(v[4] for v in later)
+    return [
+        f"mean TCT {res.tct_mean_s:.1f} s = tool pauses {tool:.1f} + waiting {wait:.1f} "
+        f"(first steps {first_wait:.1f}) + service {service:.1f} + rest {rest:.1f}",
+        f"GPUs busy {mean_busy:.0f} s each on average: {mean_busy / res.makespan_s:.0%} of "
+        f"the makespan",
+        f"resumed steps: {cached:,} tokens found cached of {reusable:,} reusable "
+        f"({cached / max(1, reusable):.0%})",
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +131,7 @@ def main() -> None:
     p.add_argument("--load", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--kv-memory", default="3G")
+    p.add_argument("--router", default="kvsaga")
     p.add_argument("--scheduler", default="workflow")
     p.add_argument("--policy", default="lru")
     p.add_argument("--knob", type=_knob, action="append", default=[],
@@ -84,13 +145,16 @@ def main() -> None:
     routing = RoutingConfig(bytes_per_token=config.cost.kv_spec.bytes_per_token,
                             cost=config.cost, **knobs)
     last = max(s.arrival_s for s in sessions)
-    sim = WatchedCluster(sessions, config, args.gpus, "kvsaga", routing, last_arrival=last)
+    sim = WatchedCluster(sessions, config, args.gpus, args.router, routing,
+                         last_arrival=last)
     res = sim.run()
-    print(f"{args.family}, {args.gpus} GPUs x {args.sessions_per_gpu} sessions, seed "
-          f"{args.seed}, knobs {knobs or 'default'}: mean TCT {res.tct_mean_s:.1f} s, "
+    print(f"{args.family}, {args.gpus} GPUs x {args.sessions_per_gpu} sessions at "
+          f"{args.load:g}x, seed {args.seed}, {args.router} + {args.scheduler} + "
+          f"{args.policy}, knobs {knobs or 'default'}: mean TCT {res.tct_mean_s:.1f} s, "
           f"load_imbalance {res.load_imbalance:.3f}, {res.num_moved} steps moved; last "
           f"arrival at {last:.0f} s, makespan {res.makespan_s:.0f} s")
     mean = sum(g._busy for g in sim.gpus) / len(sim.gpus)
+    print("\n".join(time_split(sim, sessions, res, mean)))
     print(f"{'gpu':>6} {'busy s':>8} {'x mean':>6} {'at last arr':>11} {'steps':>7} "
           f"{'recomputed':>10} {'placed':>6} {'in':>4} {'out':>4} {'overflow':>8}")
     for g in sorted(sim.gpus, key=lambda g: -g._busy):

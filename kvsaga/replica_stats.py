@@ -54,6 +54,9 @@ class ReplicaStats:
     session_tokens: Mapping[str, int] = field(default_factory=dict)
     block_size: int = 16
     busy_s: float = 0.0
+    # `commitment`, summed on its first read: a router reads it for many replicas at each
+    # decision, and a report stands for one moment (a live `session_tokens` view included).
+    _commitment: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -98,8 +101,11 @@ class ReplicaStats:
         """The contexts of the sessions living here over the pool, in tokens: above 1 they
         cannot all stay cached, so every resumed step recomputes what the others evicted
         (the thrash that no queue count shows). A shared prefix counts once per session, so
-        this is an upper bound."""
-        return sum(self.session_tokens.values()) / self.capacity_tokens
+        this is an upper bound. Summed once per report, on its first read."""
+        if self._commitment is None:
+            object.__setattr__(self, "_commitment",
+                               sum(self.session_tokens.values()) / self.capacity_tokens)
+        return self._commitment
 
     @classmethod
     def from_manager(cls, manager, queue_depth: int = 0, *, now: float | None = None,

@@ -439,6 +439,7 @@ class KvsagaRouter(Router):
             self._prefix_homes.popitem(last=False)
 
     def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        stats = stats if isinstance(stats, dict) else dict(stats)  # read many times below
         self.fair.observe(stats.get(r) for r in self.replicas)
         return super().route(req, stats)
 
@@ -468,20 +469,26 @@ class KvsagaRouter(Router):
         some replica with no more busy steps is behind it (`_behind`): the one furthest
         behind steals."""
         c = self.config
-        if self.fair.share_ratio(req.tenant) > c.steal_max_share:
-            return None, ""
         busy_home = self.busy(home, stats)
+        # Each rule's condition on home alone first: most steps stay home, and the lists
+        # of candidates cost a pass over the fleet (64 GPUs: most of the routing time).
+        queue = (self.waiting(home, stats) >= c.steal_min_waiting
+                 and busy_home >= c.steal_margin)
+        memory = self._overcommitted(home, stats)
+        ahead = self._ahead(home, stats)
+        if not (queue or memory or ahead) or self.fair.share_ratio(req.tenant) > c.steal_max_share:
+            return None, ""
         idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
         free = []
-        if self.waiting(home, stats) >= c.steal_min_waiting:
+        if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
         no_busier = [x for x in idle if self.busy(x, stats) <= busy_home]
-        if not free:
+        if not free and memory:
             free = self._roomy(home, req, stats, no_busier)
         if free:
             return min(free, key=lambda x: (self.predicted_load(x, stats),
                                             self._load(x, stats))), "steal"
-        behind = self._behind(home, req, stats, no_busier)
+        behind = self._behind(home, req, stats, no_busier, ahead)
         if behind:
             return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
         return None, ""
@@ -515,19 +522,27 @@ class KvsagaRouter(Router):
         tokens = self._tokens(home, req, stats)
         return [x for x in cands if self._fits(x, tokens, stats)]
 
-    def _behind(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
-        """Of `cands`, the replicas whose accumulated busy time is below the mean of the
-        replicas that report it and that have room for the session, when home's is above
-        that mean by more than `busy_balance` x the mean and, for a home with no other
-        work (`_shared`), `busy_balance_min_s` (else none)."""
+    def _ahead(self, home: str, stats) -> tuple[dict[str, float], float] | None:
+        """The accumulated busy time of the replicas that report it and its mean, when
+        home's is above that mean by more than `busy_balance` x the mean and, for a home
+        with no other work (`_shared`), `busy_balance_min_s`; else None."""
         c = self.config
-        if not c.busy_balance or not cands or home not in stats:
-            return []
+        if not c.busy_balance or home not in stats:
+            return None
         done = {r: stats[r].busy_s for r in self.replicas if r in stats}
         mean = sum(done.values()) / len(done)
         floor = 0.0 if self._shared(home, stats) else c.busy_balance_min_s
         if not mean > 0 or done[home] - mean <= max(c.busy_balance * mean, floor):
+            return None
+        return done, mean
+
+    def _behind(self, home: str, req: RouteRequest, stats, cands: list[str],
+                ahead: tuple[dict[str, float], float] | None) -> list[str]:
+        """Of `cands`, the replicas whose accumulated busy time is below the mean and that
+        have room for the session, when home is ahead (`_ahead`; else none)."""
+        if ahead is None or not cands:
             return []
+        done, mean = ahead
         tokens = self._tokens(home, req, stats)
         return [x for x in cands if x in done and done[x] < mean and self._fits(x, tokens, stats)]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from kvsaga.errors import KVSagaError
@@ -100,6 +100,25 @@ class _GPU(Simulator):
         return self._stats
 
 
+class _LiveStats(Mapping):
+    """GPU name -> its routing stats, built when the router first reads them (round-robin
+    and affinity read none; a GPU's stats are rebuilt after each of its actions)."""
+
+    __slots__ = ("_gpus",)
+
+    def __init__(self, gpus: dict[str, _GPU]) -> None:
+        self._gpus = gpus
+
+    def __getitem__(self, name: str) -> ReplicaStats:
+        return self._gpus[name].routing_stats()
+
+    def __iter__(self):
+        return iter(self._gpus)
+
+    def __len__(self) -> int:
+        return len(self._gpus)
+
+
 @dataclass(frozen=True)
 class ClusterResult:
     """One cluster run.
@@ -134,7 +153,8 @@ class ClusterResult:
 
 
 class ClusterSimulator:
-    """Replays sessions on `gpus` simulated GPUs behind a router.
+    """Replays sessions on `gpus` simulated GPUs behind a router (each a `gpu_class`, which
+    a diagnosis may extend: bench/cluster_gpus.py).
 
     Args:
         sessions: the trace (unique ids).
@@ -144,6 +164,8 @@ class ClusterSimulator:
         routing: the `kvsaga` router's knobs (default: migration priced with the preset:
             its bytes per token and cost model, over `link_bandwidth`).
     """
+
+    gpu_class = _GPU
 
     def __init__(self, sessions: Sequence[Session], config: SimConfig | None = None,
                  gpus: int = 2, router: str = "kvsaga",
@@ -158,7 +180,7 @@ class ClusterSimulator:
             routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost)
         self.routing = routing
         self.dirty: set[_GPU] = set()
-        self.gpus = [_GPU(self, f"gpu{i}", self.config) for i in range(gpus)]
+        self.gpus = [self.gpu_class(self, f"gpu{i}", self.config) for i in range(gpus)]
         self.by_name = {g.name: g for g in self.gpus}
         kwargs = {"config": routing} if router == "kvsaga" else {}
         self.router = make_router(router, [g.name for g in self.gpus], **kwargs)
@@ -185,7 +207,7 @@ class ClusterSimulator:
 
     # -- routing --------------------------------------------------------------------------
     def _route(self, t: float, session: Session, k: int) -> None:
-        stats = {g.name: g.routing_stats() for g in self.gpus}
+        stats = _LiveStats(self.by_name)
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
                            prefix_key=f"{session.tenant}/{session.shared_prefix.group}",
                            context_tokens=session.prompt_length(k - 1) if k else 0)

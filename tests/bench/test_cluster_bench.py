@@ -94,3 +94,21 @@ def test_one_gpu_thrashes_with_less_memory_on_a_real_trace():
     small = cluster.one_gpu_hit_rate((*job, "1G"))
     roomy = cluster.one_gpu_hit_rate((*job, cluster.ROOMY_KV))
     assert 0 <= small < roomy <= 1
+
+
+def test_a_section_written_before_the_end_names_the_cases_not_finished():
+    """A fleet run writes its section after each case: a stopped run keeps what finished,
+    and the section says which cases it lacks (the last write has no such line)."""
+    args = SimpleNamespace(sessions_per_gpu=64)
+    row = {"scheduler": "fcfs", "policy": "lru", "load_imbalance": 1.0}
+    rows = [{**row, "router": "round-robin", "tct_mean_s": 30.0},
+            {**row, "router": "affinity", "tct_mean_s": 20.0},
+            {**row, "router": "kvsaga", "scheduler": "workflow", "tct_mean_s": 10.0}]
+    done = [(64, "bfcl", 11, 4.0, rows)]
+    partial = cluster.section_body(args, "python bench/cluster.py", [], done, ["(lines)"],
+                                   [(64, "swe", 11), (64, "web", 11)])
+    assert "**Partial**: written after 1 of 3 cases; not finished then (GPUs, family, " \
+           "seed): (64, swe, 11), (64, web, 11)." in partial
+    assert "| 64 | bfcl | 11 | 4x | 3.00x | 2.00x | 1.000 | met |" in partial
+    final = cluster.section_body(args, "python bench/cluster.py", [], done, ["(lines)"], [])
+    assert "Partial" not in final and final.startswith("`python bench/cluster.py`")

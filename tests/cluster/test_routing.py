@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kvsaga import KVCacheManager, KVSpec
@@ -189,6 +191,20 @@ def held(queue: int = 0, running: int = 0, **sessions: int) -> ReplicaStats:
 def test_commitment_is_the_sessions_context_over_the_pool():
     assert held(s=800, t=1600).commitment == pytest.approx(1.5)
     assert held().commitment == 0.0 and held().capacity_tokens == 1600
+
+
+def test_commitment_is_summed_once_per_report():
+    """A report stands for one moment: a live `session_tokens` view that grows after the
+    first read leaves that report's commitment as it was; the next report sees the growth.
+    The memo is no field: a report's fields rebuild it (the Ray replica sends them)."""
+    live = {"s": 800}
+    report = ReplicaStats(total_blocks=100, free_blocks=50, session_tokens=live)
+    assert report.commitment == pytest.approx(0.5)
+    live["t"] = 800
+    assert report.commitment == pytest.approx(0.5)
+    again = ReplicaStats(**{f.name: getattr(report, f.name)
+                            for f in dataclasses.fields(report) if f.init})
+    assert again.commitment == pytest.approx(1.0) and again == report
 
 
 def test_an_overcommitted_home_hands_a_resuming_session_to_a_roomy_replica():

@@ -305,7 +305,7 @@ class EngineReplica:
         stats = ReplicaStats.from_manager(
             mgr, queue_depth=len(engine.scheduler.waiting), tenant_service=self._service,
             busy_s=self.app.state.engine.busy_s)
-        row = {f: getattr(stats, f) for f in ReplicaStats.__slots__}
+        row = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.init}
         row["session_tokens"] = tokens
         return row
 
