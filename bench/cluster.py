@@ -241,14 +241,13 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
 
 def section_title(args) -> str:
     """The RESULTS heading a run writes: the default fleet at the thrash loads has the main
-    section; another fleet size has its own, and so has the default fleet at another load
+    section; another fleet size has its own, and so has each fleet at another load
     (sessions per GPU or a fixed arrival rate)."""
-    if args.gpus != "8":
-        return f"{SECTION[:-1]}, {args.gpus} GPUs)"
+    parts = [] if args.gpus == "8" else [f"{args.gpus} GPUs"]
     if args.sessions_per_gpu != DEFAULT_SPG or args.load != "thrash":
         at = "the thrash load" if args.load == "thrash" else f"{float(args.load):g}x"
-        return f"{SECTION[:-1]}, {args.sessions_per_gpu} sessions per GPU at {at})"
-    return SECTION
+        parts.append(f"{args.sessions_per_gpu} sessions per GPU at {at}")
+    return f"{SECTION[:-1]}, {', '.join(parts)})" if parts else SECTION
 
 
 def _ints(text: str) -> list[int]:

@@ -111,11 +111,12 @@ def time_split(sim: WatchedCluster, sessions, res, mean_busy: float) -> list[str
     later = [v for (_, k), v in steps if k > 0]
     reusable = sum(v[5] for v in later)
     cached = sum(v[4] for v in later)
+    early = sum(sim.busy_at_last_arrival.values()) / len(sim.gpus)
     return [
         f"mean TCT {res.tct_mean_s:.1f} s = tool pauses {tool:.1f} + waiting {wait:.1f} "
         f"(first steps {first_wait:.1f}) + service {service:.1f} + rest {rest:.1f}",
         f"GPUs busy {mean_busy:.0f} s each on average: {mean_busy / res.makespan_s:.0%} of "
-        f"the makespan",
+        f"the makespan, {early / sim.last_arrival:.0%} of the time until the last arrival",
         f"resumed steps: {cached:,} tokens found cached of {reusable:,} reusable "
         f"({cached / max(1, reusable):.0%})",
     ]

@@ -48,7 +48,9 @@ def test_verdicts_name_the_targets_the_floor_puts_out_of_reach():
 
 @pytest.mark.parametrize(("gpus", "spg", "load", "title"), [
     ("8", 64, "thrash", "## Cluster routing (simulated)"),
-    ("64", 16, "thrash", "## Cluster routing (simulated, 64 GPUs)"),
+    ("64", 64, "thrash", "## Cluster routing (simulated, 64 GPUs)"),
+    ("64", 16, "thrash",
+     "## Cluster routing (simulated, 64 GPUs, 16 sessions per GPU at the thrash load)"),
     ("8", 64, "8", "## Cluster routing (simulated, 64 sessions per GPU at 8x)"),
     ("8", 16, "thrash", "## Cluster routing (simulated, 16 sessions per GPU at the thrash load)"),
 ])
