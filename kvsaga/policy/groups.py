@@ -382,6 +382,11 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def tick(self, now: float) -> None:
         self._touch(now)
 
+    # A tick only records the time: ticks in a row, with no other call between them, leave
+    # the state of the last alone (a simulator's decode run sends only that one). An
+    # override of `tick` does not inherit the mark.
+    tick.coalesces = True
+
     # -- helpers ------------------------------------------------------------------------------
     def _order_key(self, block_id: int) -> tuple[int, int]:
         """A cached block's place in its group: tail (highest position) first."""

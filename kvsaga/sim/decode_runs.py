@@ -133,8 +133,7 @@ class DecodeRuns:
         is not asked again while it holds (`Scheduler.refusal_until`, with the cache
         version and the pool's blocks as they were: `_allocate_due` ends it), since the
         scheduler would refuse again and change nothing."""
-        if not self._admit_budget or (self.now < self._refused_until
-                                      and self.manager.cache_version == self._refused_at):
+        if not self._admit_budget or self._refusal_holds():
             return False
         for i, r in enumerate(running):
             r.num_sampled = start[i] + j
@@ -147,6 +146,10 @@ class DecodeRuns:
             return False
         self._admission = out
         return True
+
+    def _refusal_holds(self) -> bool:
+        """Whether the run's last refusal still holds now (see `_admits`)."""
+        return self.now < self._refused_until and self.manager.cache_version == self._refused_at
 
     def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
                       last: int, ctx: int) -> int:
@@ -196,13 +199,16 @@ class DecodeRuns:
         # Step j > 0 runs only while times[j] is before the next event.
         steps = bisect.bisect_left(times, self._horizon(), 1, limit)
         pool, manager, rec = self.pool, self.manager, self.recorder
-        ticks = type(manager.policy).tick is not EvictionPolicy.tick
+        tick = type(manager.policy).tick
+        ticks = tick is not EvictionPolicy.tick
+        # Ticks in a row that the policy says leave the state of the last: only that one.
+        coalesce = ticks and getattr(tick, "coalesces", False)
         counts = [(0, pool.num_active, pool.num_cached)]  # (first step, active, cached)
         next_due = min(due)
         j = 0
         if self._admit_budget:
             steps = self._steps_admitting(running, start, due, times, steps, last, counts,
-                                          ticks)
+                                          ticks, coalesce)
             j = steps
         while j < steps:
             if j == next_due:
@@ -214,7 +220,8 @@ class DecodeRuns:
                 counts.append((j, pool.num_active, pool.num_cached))
             stop = min(next_due, steps)
             if ticks:  # after each step but the run's last (the finish ticks then)
-                for i in range(j + 1, min(stop, last - 1) + 1):
+                hi = min(stop, last - 1)
+                for i in range(max(j + 1, hi) if coalesce else j + 1, hi + 1):
                     self.now = times[i]
                     manager.tick(self.now)
             j = stop
@@ -224,19 +231,26 @@ class DecodeRuns:
 
     def _steps_admitting(self, running: list[SimRequest], start: list[int], due: list[int],
                          times: list[float], steps: int, last: int,
-                         counts: list[tuple[int, int, int]], ticks: bool) -> int:
+                         counts: list[tuple[int, int, int]], ticks: bool,
+                         coalesce: bool) -> int:
         """`_decode_steps_at_once`'s manager calls and ticks while something waits: step by
         step, each step's allocations then the scheduler's admissions (`_admits`) at its
         start time. Returns the steps run before the one that admitted or could not
-        allocate (`steps` if none), with `counts` extended at the allocations."""
+        allocate (`steps` if none), with `counts` extended at the allocations. With
+        `coalesce`, a step that neither allocates nor asks (its refusal holds) leaves its
+        tick to the next one sent (`GroupedPolicy.tick.coalesces`)."""
         manager, rec, pool = self.manager, self.recorder, self.pool
         next_due = min(due)
+        pending = None  # the time of a tick left to the next one
         for j in range(steps):
             t = times[j]
-            if j and ticks:  # the tick after step j - 1 (never the run's last: j < last)
-                self.now = t
-                manager.tick(t)
             self.now = rec.now = t
+            if j and ticks:  # the tick after step j - 1 (never the run's last: j < last)
+                if coalesce and j != next_due and self._refusal_holds():
+                    pending = t
+                    continue
+                pending = None
+                manager.tick(t)
             if j == next_due:
                 if not self._allocate_due(running, start, due, j):
                     return j
@@ -245,8 +259,10 @@ class DecodeRuns:
             if self._admits(running, start, j):
                 return j
         if ticks and steps < last:  # the tick after the run's last step
-            self.now = times[steps]
-            manager.tick(self.now)
+            pending = times[steps]
+        if pending is not None:
+            self.now = pending
+            manager.tick(pending)
         return steps
 
     def _integrate(self, times: list[float], dts: list[float], steps: int,

@@ -89,3 +89,42 @@ def test_decode_runs_skip_held_refusals_with_the_reference_accounting():
     assert figures[0] == figures[1]
     assert sum(figures[0][1].values()) > 0
     assert attempts[1] < 0.6 * attempts[0], attempts  # 0.82 when every step asks
+
+
+def _ticks(policy_cls, reference):
+    """(result row, policy ticks) of a pressured workflow run with a built policy."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from tests.sim.test_decode_runs import tiny_trace
+
+    n = [0]
+
+    class Counted(policy_cls):
+        def tick(self, now):
+            n[0] += 1
+            super().tick(now)
+
+    if getattr(policy_cls.tick, "coalesces", False):
+        Counted.tick.coalesces = True
+    config = SimConfig(num_gpu_blocks=400, scheduler="workflow")
+    row = Simulator(tiny_trace(), config, policy=Counted(), reference=reference).run()
+    return row.to_dict(), n[0]
+
+
+def test_ticks_in_a_row_go_as_one_only_when_the_policy_says_so():
+    """A grouped policy's tick only records the time (`tick.coalesces`): a decode run sends
+    one tick where the reference sends one per step, with the same results. A policy whose
+    tick lacks the mark gets every one."""
+    from kvsaga.policy.graph import GraphPolicy
+    from tests.sim.test_decode_runs import same
+
+    ref, ref_ticks = _ticks(GraphPolicy, True)
+    fast, fast_ticks = _ticks(GraphPolicy, False)
+    assert same(ref, fast) and fast_ticks < 0.8 * ref_ticks, (fast_ticks, ref_ticks)
+
+    class Unmarked(GraphPolicy):
+        def tick(self, now):
+            super().tick(now)
+
+    assert not getattr(Unmarked.tick, "coalesces", False)
+    (ref, ref_ticks), (fast, fast_ticks) = _ticks(Unmarked, True), _ticks(Unmarked, False)
+    assert same(ref, fast) and fast_ticks == ref_ticks
