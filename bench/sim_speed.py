@@ -353,33 +353,34 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
 # Written after reading the figures of a run; re-read them after a change.
 NOTES = """- The fast path: decode runs (plain decode steps back to back; without a host tier
   their step times come from one array call and their usage integrals from one pass, summed
-  in order in C), the scheduler's lookups of a waiting step kept while
-  `KVCacheManager.cache_version` stands, a resumed prompt checked and copied by the C++ core
-  only past the context it repeats (handed over as one list that grows with the session),
-  GPU hits counted in one C++ pass, cache residence timed by the pool, and a step's release
-  reported to a grouped policy in one call that extends the session's group by its run of
-  blocks (d90dd15). This session's four changes (`previous` is main before them): decode
-  runs go on while steps wait for room, asking the scheduler's admissions alone at each
-  step (`Scheduler.admit_waiting`; `schedule` calls that admitted nobody: 4,342 -> 10 on
-  readme lru); `lookup` hashes only as far as its hits go and the simulator takes the
-  manager's hashes of a context (each block hashed once); a paused session's hits are read
-  off its block table in the C++ core (`ManagerCore.session_hits`, no index probe per
-  block); a resume's own run leaves a grouped policy's group in one slice. The reference
+  in order in C), going on while steps wait for room with the scheduler's admissions asked
+  at a step only when its last refusal may have changed (`Scheduler.refusal_until`, the
+  cache version, an allocation), a policy's ticks in a row sent as one where its tick only
+  records the time (`tick.coalesces`: ttl, graph, saga, belady), the scheduler's lookups of
+  a waiting step kept while `KVCacheManager.cache_version` stands, resumed prompts checked
+  and copied by the C++ core only past the context they repeat, GPU hits read off the
+  session's block table and counted in C++, each block hashed once, cache residence timed
+  by the pool, a step's release reported to a grouped policy in one call. The reference
   path shares all but the decode runs (docs/simulator.md, "Speed").
-- Where the time goes now (`python bench/sim_speed.py --split`): the decode runs hold most
-  of it, and in them, while steps wait, the scheduler's admission check at every step
-  (asked so that its decisions and their side effects, demotions, stay exact); then
-  `begin_step`, `lookup` and `finish_step`, each O(the context's blocks) in C++ or, for the
-  grouped policies' bookkeeping, in Python. 10x past the baseline needs changes outside
-  the simulator: the scheduler saying until when its "admit nobody" answer holds, the
-  grouped policies' per-block marks kept per run, and a paused session's table held whole
-  by the pool (a contract change for the pool, every policy's order and the usage
-  metrics); docs/simulator.md, "Speed".
+- This session's two changes (`previous` is main at 33465c6 without them, so its rows
+  must equal this tree's): refusals held (readme lru: 6,087 admission attempts -> 1,939,
+  994 of which admit; the workflow scheduler's wait-cause charges made exact under it) and
+  coalesced ticks (readme ttl: 4,581M -> 4,187M instructions for the run less its setup,
+  `valgrind --tool=callgrind`, which the load does not move).
+- Where the time goes now (`python bench/sim_speed.py --split`): no part
+  dominates. Per admitted step `lookup`, `begin_step` and the first chunk's allocation, per
+  finished step `finish_step`, each O(the context's blocks) in C++ or, for the grouped
+  policies, in Python (their per-block marks: kvsaga/policy/groups.py, search.py); per
+  decode block one `append_tokens` + `allocate_slots` (6,700 on readme lru, 13,900 on the
+  full-size case); per run the arrays of its step times. 10x past the baseline needs each
+  step's per-block work gone, not cheaper: the grouped policies' marks kept per run, and a
+  paused session's table held whole by the pool (a contract change for the pool, every
+  policy's order and the usage metrics); docs/simulator.md, "Speed".
 - `(differs)`: decisions changed on main since the baseline (other lanes: the workflow
-  scheduler's demotions, c8757a5 and ed3c783; ttl and graph, 4363522 and 2421daa); readme
-  belady's row already differs at 01642d6, before this section's changes, which change no
-  row (each checked side by side against its parent). This tree's fast path equals its
-  reference on every case.
+  scheduler's demotions and defaults, ttl's and graph's parameters); readme belady's row
+  already differs at 01642d6, before the speed changes, none of which changes a row (each
+  checked side by side against its parent). This tree's fast path equals its reference on
+  every case.
 - CPU time on 2 cores shared by several busy processes moves by 15% or more between
   runs of one simulation (small ratios are noise); the quickstart's wall times depend on
   how busy the cores are."""
