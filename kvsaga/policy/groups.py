@@ -19,8 +19,9 @@ Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
 - a block sits in one place; groups are sorted and never empty;
 - a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
-  UNTRACKED, or OWNED only when it left by a planned run or a resume's run of its own
-  group (stale, never read: `block_cached` rewrites them; `_stale` names those blocks).
+  UNTRACKED, or OWNED only when it left in a run of its group's tail (`_tail_runs`) or a
+  resume's run of its own group (stale, never read: `block_cached` rewrites them; `_stale`
+  names those blocks).
 The one ownership change the pool does not report is `end_session` turning a session's
 blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
 blocks its release caches right after are routed there too.
@@ -110,8 +111,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self.groups: dict[str, list[int]] = {}  # sid -> blocks, by (-position, block)
         self._now = 0.0
         self._ending: str | None = None
-        self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
-        self._stale: set[int] = set()  # uncached by a plan, marks left OWNED (check_integrity)
+        self._stale: set[int] = set()  # uncached in a run, marks left OWNED (check_integrity)
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}
@@ -231,9 +231,10 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def blocks_uncached(self, block_ids: list[int]) -> None:
         """`block_uncached` for a batch. An eviction's victims come as runs of one session's
         blocks, tail first (the first entries of its group), a resume's hits as a run head
-        first (the last entries): each run leaves its group in one slice (`_cut`), and a
-        resume's own run with no work per block (`_reclaimed_head`)."""
-        if self._planned(block_ids):
+        first (the last entries): each run leaves its group in one slice, with no work per
+        block for victims that are whole tails (`_tail_runs`) and for a resume's own run
+        (`_reclaimed_head`), by `_cut` otherwise."""
+        if self._tail_runs(block_ids):
             return
         k = self._reclaimed_head(block_ids)
         if k:
@@ -263,8 +264,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def _reclaimed_head(self, block_ids: list[int]) -> int:
         """Uncache the run that ends `block_ids` when it is the head of its session's group,
         head first (a resume's hits of the session's own blocks, the retained tail aside):
-        one slice off the group, the run's marks left as a planned run's are (stale OWNED,
-        in `_stale`). Returns the run's length, 0 (nothing done) for any other batch."""
+        one slice off the group, the run's marks left as `_tail_runs` leaves them (stale
+        OWNED, in `_stale`). Returns the run's length, 0 (nothing done) for any other batch."""
         if not block_ids or self._where[block_ids[-1]] != OWNED:
             return 0
         sid = self._owner[block_ids[-1]]
@@ -284,23 +285,30 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._stale.update(run)
         return k
 
-    def _planned(self, block_ids: list[int]) -> bool:
-        """Uncache the victims the last search named, by its runs (session, count), when
-        `block_ids` are they and each run is still its group's tail: no work per block.
-        Their `_where` / `_owner` marks stay (stale OWNED): only a CACHED block's marks are
-        ever read, and `block_cached` rewrites them."""
-        plan, self._plan = self._plan, None
-        if plan is None or plan[0] != block_ids:
+    def _tail_runs(self, block_ids: list[int]) -> bool:
+        """Uncache `block_ids` when they are runs of live sessions' blocks, each run the
+        tail of its session's group (a victim search's answer: this policy's own, or, in
+        `adaptive`, the leading expert's as every other expert sees it): one slice off each
+        group, with no Python work per block. Their `_where` / `_owner` marks stay (stale
+        OWNED, in `_stale`): only a CACHED block's marks are ever read, and `block_cached`
+        rewrites them. Returns False, nothing done, for any other batch."""
+        if len(block_ids) < 2:
             return False
-        groups, i = self.groups, 0
-        for sid, k in plan[1]:
-            g = groups.get(sid)
-            if g is None or g[:k] != block_ids[i:i + k]:
-                return False  # changed since: block by block (nothing was cut yet)
+        take = itemgetter(*block_ids)
+        if take(self._where).count(OWNED) != len(block_ids):
+            return False
+        groups = self.groups
+        runs: list[tuple[str, list[int], int]] = []
+        i = 0
+        for sid, same in groupby(take(self._owner)):
+            k = len(list(same))
+            g = groups[sid]
+            if g[:k] != block_ids[i:i + k] or any(sid is r[0] for r in runs):
+                return False  # not its tail, or its group twice: block by block
+            runs.append((sid, g, k))
             i += k
         dirty = self._dirty
-        for sid, k in plan[1]:
-            g = groups[sid]
+        for sid, g, k in runs:
             if k == len(g):
                 del groups[sid]
             else:
@@ -437,7 +445,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
                 f"block {b}: {'' if cached else 'not '}CACHED but "
                 f"{'' if b in seen else 'un'}tracked"
             )
-            # Only a block a plan or a resume's run uncached keeps a stale OWNED mark; a queue
-            # mark is exact (belady reads it to spot stale entries).
+            # Only a block uncached in a run of its group's tail or head keeps a stale OWNED
+            # mark; a queue mark is exact (belady reads it to spot stale entries).
             assert cached or self._where[b] == UNTRACKED or (
                 self._where[b] == OWNED and b in self._stale), f"block {b}: stale place"

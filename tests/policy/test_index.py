@@ -110,8 +110,8 @@ def test_rekey_all_makes_the_next_search_re_key_every_session(name):
 
 
 @pytest.mark.parametrize("name", INDEXED)
-def test_integrity_refuses_a_stale_owned_mark_no_plan_left(name):
-    """Only blocks a planned eviction uncached may keep an OWNED mark (the property test
+def test_integrity_refuses_a_stale_owned_mark_no_run_left(name):
+    """Only blocks uncached in a run of their group may keep an OWNED mark (the property test
     above checks those pass): a free block marked OWNED any other way is a bookkeeping bug
     that check_integrity must name."""
     m = make(build(name), num_blocks=8)
@@ -120,7 +120,7 @@ def test_integrity_refuses_a_stale_owned_mark_no_plan_left(name):
     policy.check_integrity()
     free = next(b for b in range(8) if not policy.view.is_cached(b))
     assert free not in policy._stale
-    policy._where[free] = 3  # OWNED, with no plan behind it
+    policy._where[free] = 3  # OWNED, with no run behind it
     with pytest.raises(AssertionError, match="stale place"):
         policy.check_integrity()
 
