@@ -198,7 +198,8 @@ class AdaptivePolicy(EvictionPolicy):
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:
         """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
-        blocks it already named (it would have evicted them), asking for more as needed.
+        blocks it already named (it would have evicted them): when its first `n` hold some,
+        it takes the rest from its first 4n (no more, so a search stays O(n)).
         Hashes and positions are read by C-level maps; the loop left is one dict check
         per named block (O(1) per victim)."""
         v = self.view
@@ -224,7 +225,8 @@ class AdaptivePolicy(EvictionPolicy):
                 chosen = chosen[:n]
                 hs = list(compress(hs, keep))[:n]
                 break
-            want = min(4 * n, want + n - len(chosen))
+            # A ranking's first `want` victims begin its first 4n: one more search, at most.
+            want = 4 * n
         positions = list(map(pos.__getitem__, chosen))
         if positions:
             self.block_cost(max(positions))  # the memo below covers every position
