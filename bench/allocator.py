@@ -28,14 +28,17 @@ bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
 bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
+                              [--instructions COUNTS]
                               [--profile POLICY] [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
 allocate under eviction, and the table gives ns per allocated block for every online policy
-(`allocate_slots`, victims chosen, evicted and reused), best of `--repeat` sessions, with
-the garbage collector paused during each timed call (as `timeit` does); the policies'
-timed calls take turns. A third table amortizes the full re-key that relearning does.
+(`allocate_slots`, victims chosen, evicted and reused), best of `--repeat` sessions, each
+after a 64 MiB read that leaves the caches cold, with the garbage collector paused during
+each timed call (as `timeit` does); the policies' timed calls take turns. --instructions
+COUNTS adds instructions per allocated block counted by callgrind (load-free). A third
+table amortizes the full re-key that relearning does.
 The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
 instead, the cProfile of that policy's same-instant allocations at the first --paused count.
 """
@@ -387,6 +390,10 @@ def main() -> None:
                     help="with --eviction-scaling: policy specs side by side, lru among them "
                          "(default: every online policy at its defaults), e.g. "
                          "'lru,adaptive,adaptive[shadow_share=1]'")
+    ap.add_argument("--instructions", metavar="COUNTS",
+                    help="with --eviction-scaling: also count instructions per allocated "
+                         "block under valgrind's callgrind at these paused-session counts "
+                         "(e.g. 1000,4000,16000; minutes per policy at 16,000)")
     ap.add_argument("--write", action="store_true",
                     help="with --eviction-scaling: write its section of bench/RESULTS.md "
                          "(--write-results too)")

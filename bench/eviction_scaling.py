@@ -7,6 +7,8 @@ Run through bench/allocator.py, which owns the cache set-up it shares:
 
     python bench/allocator.py --eviction-scaling --paused 250,1000,4000,16000 --repeat 5 \
         --write-results
+    python bench/allocator.py --eviction-scaling --paused 1000,4000,16000 --repeat 5 \
+        --instructions 1000,4000,16000   # also instructions per block, under callgrind
     python bench/allocator.py --eviction-scaling --paused 4000 --profile ttl
     python bench/allocator.py --eviction-scaling --paused 4000 \
         --policies "lru,ttl,adaptive,adaptive[shadow_share=1]"   # settings side by side
@@ -17,8 +19,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import operator
 import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,12 +102,24 @@ def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: in
     yield best[0.0] * 1e9, best[1e-3] * 1e9, amortized * 1e9
 
 
+# Read through before each timed call, so that every call starts with caches as cold at any
+# session count: twice the 32 MiB last-level cache of the machine the figures come from.
+SWEEP = bytes(range(256)) * (256 << 10)  # 64 MiB
+
+
+def cold_caches() -> None:
+    """Evict the CPU caches by reading SWEEP. (A garbage collection, used before, also
+    evicts them, but by an amount that grows with the heap, so with the paused sessions:
+    part of every policy's growth, lru's included, was the measurement's.)"""
+    zlib.crc32(SWEEP)
+
+
 def timed_allocation(m: KVCacheManager, sid: str, n: int, now: float) -> float:
-    """CPU seconds of one allocate_slots, with the garbage collector paused (as `timeit`
-    does: a collection over the whole heap is not the policy's)."""
-    gc.collect()
+    """CPU seconds of one allocate_slots, cold caches, with the garbage collector paused (as
+    `timeit` does: a collection over the whole heap is not the policy's)."""
     gc.disable()
     try:
+        cold_caches()
         t = clock()
         m.allocate_slots(sid, n, now=now)
         return clock() - t
@@ -119,9 +141,9 @@ def profile_eviction(paused: int, policy: str, repeat: int, top: int = 25) -> st
         if len(runs) >= repeat:  # only the allocations at one instant
             return timed_allocation(m, sid, n, now)
         prof = cProfile.Profile()
-        gc.collect()
         gc.disable()
         try:
+            cold_caches()
             t = clock()
             prof.enable()
             m.allocate_slots(sid, n, now=now)
@@ -218,6 +240,92 @@ def _judged(values: dict[str, float], bound: float, worst: str) -> str:
     return text + (f"; over it: {', '.join(over)})." if over else ").")
 
 
+# log(16,000) / log(1,000): what a heap step's O(log n) alone could add from 1,000 to
+# 16,000 sessions (a scan would add 16x).
+LOG_GROWTH = math.log(16000) / math.log(1000)
+
+
+def count_child(paused: int, specs: list[str], repeat: int) -> None:
+    """Run under callgrind by `instruction_counts`: each policy's cache is built in turn and
+    its first `repeat` same-instant allocations are made through `operator.call`, the one C
+    function callgrind is told to count inside (--toggle-collect) and to dump after (one
+    profile per call, numbered in call order), so only they are counted."""
+    for spec in specs:
+        made = [0]
+
+        def counted(m: KVCacheManager, sid: str, n: int, now: float, made=made) -> float:
+            made[0] += 1
+            if made[0] <= repeat:
+                operator.call(m.allocate_slots, sid, n, now=now)
+            else:
+                m.allocate_slots(sid, n, now=now)
+            return 1.0
+
+        gc.disable()  # a collection inside a counted call is not the policy's work
+        for _ in bench_eviction_scaling(paused, build(spec), repeat, timer=counted):
+            pass
+        gc.enable()
+        gc.collect()
+
+
+def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int = 3,
+                       new_blocks: int = 128) -> tuple[list[str], dict]:
+    """Instructions per allocated block of the same-instant allocations, the fewest of
+    `repeat` (as the time tables take the best: a relearning re-key of every session falls
+    on some of them, amortized in the third time table), counted by callgrind (valgrind),
+    one child process per count: a figure that the load of the machine does not move, and
+    that grows only with the work done (not with cache misses). The table's markdown lines
+    and {policy: {count: instructions per block}}."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions counts with valgrind's callgrind: install valgrind")
+    figures: dict[str, dict[int, float]] = {p: {} for p in policies}
+    here = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            child = (f"import sys; sys.path.insert(0, {str(here)!r}); "
+                     f"from eviction_scaling import count_child; "
+                     f"count_child({n}, {list(policies)!r}, {repeat})")
+            out = Path(tmp) / str(n)
+            out.mkdir()
+            r = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                 "--toggle-collect=_operator_call", "--dump-after=_operator_call",
+                 f"--callgrind-out-file={out}/cg.out", sys.executable, "-c", child],
+                capture_output=True, text=True, check=False)
+            # One dump per counted call, cg.out.1, cg.out.2, ...: its "totals:" line.
+            dumps = sorted(out.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
+            calls = [int(m.group(1)) for f in dumps
+                     if (m := re.search(r"^totals: (\d+)", f.read_text(), re.M))]
+            if r.returncode or len(calls) != repeat * len(policies) or not min(calls):
+                raise SystemExit(f"callgrind counted {len(calls)} calls at {n} paused "
+                                 f"sessions, not {repeat} per policy (this Python needs its "
+                                 f"_operator_call symbol): {r.stderr[-2000:]}")
+            for i, p in enumerate(policies):
+                figures[p][n] = min(calls[i * repeat:(i + 1) * repeat]) / new_blocks
+    cols = " | ".join(policies)
+    lines = ["Instructions per allocated block (callgrind; the fewest of the first "
+             f"{repeat} same-instant allocations; a count, so the machine's load does not "
+             "move it):", "",
+             f"| paused sessions | {cols} | worst / lru |",
+             "|---:|" + "---:|" * (len(policies) + 1)]
+    for n in counts:
+        worst = max(figures[p][n] for p in policies)
+        cells = " | ".join(f"{figures[p][n]:,.0f}" for p in policies)
+        lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n]:.2f}x |")
+    lines.append("")
+    if 1000 in counts and 16000 in counts:
+        growth = {p: figures[p][16000] / figures[p][1000] for p in policies}
+        lines += ["Growth from 1,000 to 16,000 paused sessions: " + ", ".join(
+            f"{p} {g:.3f}x" for p, g in growth.items()) + ".", "",
+            f"- flat from 1,000 to 16,000 in work done (growth <= {LOG_GROWTH:.2f}x, "
+            "log 16,000 / log 1,000): " + _judged(growth, LOG_GROWTH, "worst growth")]
+    if 4000 in counts:
+        ratio = {p: figures[p][4000] / figures["lru"][4000] for p in policies}
+        lines.append("- in instructions, every policy <= 2x lru at 4,000 paused sessions: "
+                     + _judged(ratio, 2.0, "worst"))
+    return lines + [""], figures
+
+
 def scaling_main(args: argparse.Namespace) -> None:
     from policies import split_specs
 
@@ -231,19 +339,35 @@ def scaling_main(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - t
     cmd = f"python bench/allocator.py --eviction-scaling --paused {args.paused} " \
           f"--repeat {args.repeat}" + (f' --policies "{args.policies}"' if args.policies else "")
+    counted: dict = {}
+    if args.instructions:
+        cmd += f" --instructions {args.instructions}"
+        t = time.perf_counter()
+        more, counted = instruction_counts(
+            [int(x) for x in args.instructions.split(",") if x], policies)
+        lines += more
+        wall_ir = time.perf_counter() - t
     body = "\n".join([
-        f"`{cmd}` ({wall:.0f} s, Python {platform.python_version()}, "
-        f"{platform.processor() or platform.machine()}; 2 shared cores, so figures move "
+        f"`{cmd}` ({wall:.0f} s timed"
+        + (f", {wall_ir:.0f} s under callgrind" if args.instructions else "")
+        + f", Python {platform.python_version()}, "
+        f"{platform.processor() or platform.machine()}; 2 shared cores, so times move "
         "by tens of percent between runs: read the ratios). `allocate_slots` of a new "
-        "128-block session under eviction, best of the repeats, in CPU time, with a "
-        "garbage collection before each timed call (so each starts with cold caches); "
+        "128-block session under eviction, best of the repeats, in CPU time, each timed "
+        "call after a 64 MiB read that leaves the caches as cold at every session count "
+        "(a garbage collection did that before, by an amount that grew with the heap); "
         "sessions of 32 blocks paused on tool calls 1 ms apart, half of all contexts "
         "resident. The policies' timed allocations take turns, so each ratio compares "
-        "calls made under the same load.",
+        "calls made under the same load. Flat means no algorithmic growth: instructions "
+        "per allocated block (`--instructions`, a count) that grow no more than an O(log n) "
+        "heap step could. Time per block grows also with cache and TLB misses as the "
+        "tables outgrow the caches: lru, whose instructions per block do not grow, shows "
+        "how much.",
         "", *lines])
     print(body)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"command": cmd, "wall_s": wall, "figures": figures}, indent=1), encoding="utf-8")
+            {"command": cmd, "wall_s": wall, "figures": figures, "instructions": counted},
+            indent=1), encoding="utf-8")
     if args.write or args.write_results:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
