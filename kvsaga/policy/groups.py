@@ -111,6 +111,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self.groups: dict[str, list[int]] = {}  # sid -> blocks, by (-position, block)
         self._now = 0.0
         self._ending: str | None = None
+        self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
         self._stale: set[int] = set()  # uncached in a run, marks left OWNED (check_integrity)
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
@@ -292,23 +293,19 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         group, with no Python work per block. Their `_where` / `_owner` marks stay (stale
         OWNED, in `_stale`): only a CACHED block's marks are ever read, and `block_cached`
         rewrites them. Returns False, nothing done, for any other batch."""
-        if len(block_ids) < 2:
+        runs = self._runs_of(block_ids)
+        if runs is None:
             return False
-        take = itemgetter(*block_ids)
-        if take(self._where).count(OWNED) != len(block_ids):
-            return False
-        groups = self.groups
-        runs: list[tuple[str, list[int], int]] = []
-        i = 0
-        for sid, same in groupby(take(self._owner)):
-            k = len(list(same))
-            g = groups[sid]
-            if g[:k] != block_ids[i:i + k] or any(sid is r[0] for r in runs):
+        groups, seen, i = self.groups, set(), 0
+        for sid, k in runs:
+            g = groups.get(sid)
+            if g is None or sid in seen or g[:k] != block_ids[i:i + k]:
                 return False  # not its tail, or its group twice: block by block
-            runs.append((sid, g, k))
+            seen.add(sid)
             i += k
         dirty = self._dirty
-        for sid, g, k in runs:
+        for sid, k in runs:
+            g = groups[sid]
             if k == len(g):
                 del groups[sid]
             else:
@@ -316,6 +313,20 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             dirty.add(sid)
         self._stale.update(block_ids)
         return True
+
+    def _runs_of(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
+        """The runs (session, count) of `block_ids` when all are owned blocks: the last
+        search's own record when these are its victims (no work per block), else read off
+        their owner marks in C-level maps (another policy's victims). None otherwise."""
+        plan, self._plan = self._plan, None
+        if plan is not None and plan[0] == block_ids:
+            return plan[1]
+        if len(block_ids) < 2:
+            return None
+        take = itemgetter(*block_ids)
+        if take(self._where).count(OWNED) != len(block_ids):
+            return None
+        return [(sid, len(list(same))) for sid, same in groupby(take(self._owner))]
 
     def _cut(self, sid: str, taken: list[int]) -> None:
         """Take `taken` (distinct blocks of `sid`'s group) out of the group."""

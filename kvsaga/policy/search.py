@@ -19,12 +19,14 @@ Two ways to run that merge, with the same result for the same keys:
   stale entries are skipped when they surface and the heap is rebuilt when they dominate.
   A search re-keys only the sessions marked since the last one, then pops victim sessions
   (one pop gives a session's blocks in one slice when its keys never rise from tail to
-  head): O((marked + victim sessions) * log(sessions)). When the pool uncaches the
-  victims, each session's run leaves its group in one slice, with no Python work per block
-  (`_tail_runs`). What the policies learn (pause fits, admission waits) changes many keys
-  at once: keys are recomputed from the current statistics when a session is re-keyed, and
-  all of them once `relearn_share` x sessions learning events (steps begun, sessions
-  ended) have passed since the last full rebuild.
+  head): O((marked + victim sessions) * log(sessions)). It records its runs (session,
+  count); when the pool uncaches the victims, each session's run leaves its group in one
+  slice, with no Python work per block (`_tail_runs`; another policy's victims, as
+  adaptive's experts see their leader's, have their runs read off the owner marks). What
+  the policies learn (pause fits, admission waits) changes many keys at once: keys are
+  recomputed from the current statistics when a session is re-keyed, and all of them once
+  `relearn_share` x sessions learning events (steps begun, sessions ended) have passed
+  since the last full rebuild.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def sticky_level(x: float, level: int, ratio: float) -> int:
 class VictimSearch:
     """The search half of `GroupedPolicy` (mixed into it): reads its block bookkeeping
     (`groups`, `dead`, `plain`, `_pos`, `views`) and index state (`_index`, `_base`,
-    `_dirty`, `_global`, `_learned`), which `GroupedPolicy.__init__` and `bind`
+    `_dirty`, `_global`, `_learned`, `_plan`), which `GroupedPolicy.__init__` and `bind`
     set up, and defines the hooks a policy gives its keys through (`_session_base`,
     `_entry_key`, `_plain_key`, `_dead_key`, `_prepare`, `_global_state`)."""
 
@@ -138,8 +140,10 @@ class VictimSearch:
                 # The usual case (no dead or plain cache): each session the index's top
                 # names leaves whole, tail first, until the count is reached.
                 groups = self.groups
-                for sid, k in self._index.runs(num_blocks):
+                runs = self._index.runs(num_blocks)
+                for sid, k in runs:
                     out += groups[sid][:k]
+                self._plan = (out.copy(), runs)  # its uncaching needs no work per block
             else:
                 self._merge_victims(num_blocks, streams, out)
         finally:
