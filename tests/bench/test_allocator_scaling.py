@@ -5,6 +5,7 @@ relearning), the goals judged from them, and its section written alone into RESU
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,3 +68,24 @@ def test_policy_specs_with_constants_run_side_by_side_and_lru_is_required():
     assert mod.build("ttl") == "ttl"
     with pytest.raises(ValueError, match="lru"):
         mod.eviction_scaling([8], repeat=1, policies=("ttl",))
+
+
+def test_count_child_makes_each_policys_allocations_through_operator_call(monkeypatch):
+    # callgrind counts only inside operator.call: the first `repeat` same-instant
+    # allocations of each policy, in turn, go through it; the rest do not.
+    mod = load()
+    through = []
+    real = mod.operator.call
+    monkeypatch.setattr(mod.operator, "call",
+                        lambda f, *a, **kw: through.append(f.__self__.policy.name) or real(
+                            f, *a, **kw))
+    mod.count_child(8, ["lru", "saga"], repeat=2)
+    assert through == ["lru", "lru", "saga", "saga"]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_instruction_counts_table_states_the_flatness_bound():
+    mod = load()
+    lines, figures = mod.instruction_counts([8], ("lru",), repeat=1)
+    assert figures["lru"][8] > 100  # instructions per allocated block, counted
+    assert "| paused sessions | lru | worst / lru |" in lines
