@@ -41,7 +41,10 @@ thread with the official `openai` client: a system message shared by its workflo
 text of about the group's prefix length), then per step a user (first step) or tool message
 of about `input_tokens` tokens of synthetic text, `max_tokens=output_tokens`,
 `temperature=0`, the `kvsaga` hint (`tool`, `expected_s`, `workflow`; `last_step` on the
-last step), and then a sleep for the tool's scaled latency.
+last step), and then a sleep for the tool's scaled latency. The model may stop at its EOS
+before `max_tokens` (SmolLM2 replies 6-8 tokens where the swe trace at x0.05 asks 13-18), so
+contexts grow less than the trace; `--ignore-eos` makes each reply exactly its step's output
+tokens, as the working set below and bench/vllm_scheduler_replay.py assume.
 
 Pauses. On a CPU every forward pass of SmolLM2-135M takes ~0.3-1 s, so a scaled step takes
 seconds whatever its token count. Tool latencies shortened like the tokens (e.g. x0.05:
@@ -127,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time-scale", type=float, default=20.0, help="multiplies every tool latency")
     a("--max-tool-s", type=float, default=10.0, help="cap on one (shortened) tool pause")
     a("--arrival-gap", type=float, default=1.0, help="seconds between session arrivals")
+    a("--ignore-eos", action="store_true",
+      help="every reply runs to its step's output tokens (the model's EOS ignored), so the "
+           "contexts grow as the sampled trace and the working set say")
     a("--hint", choices=("median", "exact", "none"), default="median",
       help="expected_s sent: the tool's median latency, the exact pause, or none")
     a("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
@@ -239,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     info = [
         f"Workload {args.workload} (seed {args.seed}): {len(sessions)} sessions, {num_steps} "
         f"steps, tokens x{args.token_scale}, tool pauses x{args.time_scale} capped at "
-        f"{args.max_tool_s} s, sessions {args.arrival_gap} s apart, hint {args.hint}.",
+        f"{args.max_tool_s} s, sessions {args.arrival_gap} s apart, hint {args.hint}"
+        + (", replies to their full output tokens (EOS ignored)." if args.ignore_eos else "."),
         f"KV budget {kv_bytes:,} B = {kv_blocks} blocks of {args.block_size} tokens = "
         f"{kv_bytes / ws_bytes:.0%} of the {ws['peak_context_tokens']:,}-token working set; "
         f"--max-num-seqs {args.max_num_seqs}."]

@@ -47,8 +47,9 @@ class PolicyResult:
 
 
 def run_session(client: Any, arm: Arm, sess: ReplaySession, t0: float,
-                result: PolicyResult, lock: threading.Lock) -> None:
-    """Replay one session: its steps in order, each followed by its tool pause."""
+                result: PolicyResult, lock: threading.Lock, ignore_eos: bool = False) -> None:
+    """Replay one session: its steps in order, each followed by its tool pause
+    (`ignore_eos`: every reply is exactly its step's output tokens)."""
     time.sleep(max(0.0, t0 + sess.arrival_s - time.perf_counter()))
     arrived = time.perf_counter()
     outputs: list[str] = []
@@ -66,7 +67,8 @@ def run_session(client: Any, arm: Arm, sess: ReplaySession, t0: float,
             raw = client.chat.completions.with_raw_response.create(
                 model=SERVED_NAME, messages=conversation(sess, k, outputs),
                 max_tokens=st.output_tokens, temperature=0,
-                extra_body=arm.extra_body(sess.id, hint))
+                extra_body={**arm.extra_body(sess.id, hint),
+                            **({"ignore_eos": True} if ignore_eos else {})})
             resp = raw.parse()
         except Exception as e:  # counted and reported; the session cannot go on
             rec.end = time.perf_counter()
@@ -110,7 +112,8 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         lock = threading.Lock()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=run_session,
-                                    args=(client, arm, s, t0, result, lock),
+                                    args=(client, arm, s, t0, result, lock,
+                                          getattr(args, "ignore_eos", False)),
                                     name=f"replay-{s.id}", daemon=True) for s in sessions]
         for t in threads:
             t.start()

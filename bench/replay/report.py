@@ -256,9 +256,10 @@ def results_title(args: argparse.Namespace) -> str:
     if args.replicas:
         return REPLICAS_TITLE
     if args.engine == "vllm":  # one section per workload, seed and scale: runs sit side by side
+        eos = ", EOS ignored" if getattr(args, "ignore_eos", False) else ""
         return (f"### Agent replay, interleaved repeats: {args.workload} seed {args.seed}, "
                 f"{args.sessions} sessions, tokens x{args.token_scale:g}, pauses "
-                f"x{args.time_scale:g} (written by bench/agent_replay.py)")
+                f"x{args.time_scale:g}{eos} (written by bench/agent_replay.py)")
     if args.kvsaga_arms:
         return "## Agent replay: schedulers on live kvsaga-serve (written by bench/agent_replay.py)"
     return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"

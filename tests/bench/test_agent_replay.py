@@ -147,6 +147,9 @@ def test_vllm_sections_are_one_per_seed_and_scale() -> None:
     assert "seed 15" in a and "x0.05" in a
     assert a == m.results_title(parse(["--engine", "vllm", "--seed", "15",
                                        "--token-scale", "0.05"]))
+    eos = m.results_title(parse(["--engine", "vllm", "--seed", "15", "--token-scale", "0.05",
+                                 "--ignore-eos"]))
+    assert eos != a and "EOS ignored" in eos
 
 
 def test_median_summary_counts_a_counter_one_round_never_logged_as_zero() -> None:
@@ -161,3 +164,37 @@ def test_median_summary_counts_a_counter_one_round_never_logged_as_zero() -> Non
     assert got["connector_released_admit"] == 2
     assert got["range"]["connector_released_admit"] == [0, 4]
     assert median_summary([dict(base), {**base, "x": 3}])["x"] == 1.5
+
+
+def test_ignore_eos_reaches_every_request_of_either_engine() -> None:
+    """--ignore-eos: each step asks for its full output tokens (the body carries ignore_eos
+    next to the arm's session hint); without it the body is the arm's alone."""
+    import threading
+    from types import SimpleNamespace
+
+    _load_script()
+    from replay.arms import Arm
+    from replay.client import PolicyResult, run_session
+    from replay.workload import ReplaySession, ReplayStep
+
+    sent = []
+
+    def create(**kw):
+        sent.append(kw["extra_body"])
+        usage = SimpleNamespace(prompt_tokens=5, completion_tokens=2, prompt_tokens_details=None)
+        msg = SimpleNamespace(message=SimpleNamespace(content="ok"))
+        parsed = SimpleNamespace(usage=usage, choices=[msg])
+        return SimpleNamespace(headers={}, parse=lambda: parsed)
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(
+        with_raw_response=SimpleNamespace(create=create))))
+    sess = ReplaySession("s0", "wf", 0.0, "sys", ["a", "b"],
+                         [ReplayStep(3, 2, "t", 0.0, 1.0), ReplayStep(3, 2, None, 0.0, None)])
+    for engine in ("vllm", "kvsaga"):
+        for flag in (True, False):
+            sent.clear()
+            run_session(client, Arm("x", engine, "lru"), sess, 0.0, PolicyResult("x"),
+                        threading.Lock(), flag)
+            assert len(sent) == 2
+            assert all(b.get("ignore_eos", False) is flag for b in sent)
+            assert all(("kv_transfer_params" in b) == (engine == "vllm") for b in sent)
