@@ -22,7 +22,6 @@ seeds (bench/scheduling_fit.py, which holds the fit).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -44,11 +43,7 @@ PRESET = "a100-llama3-8b"
 # (sessions, scale) per family: small enough for a few minutes in all on 2 shared cores.
 DEFAULTS = {"swe": (24, 0.15), "web": (24, 0.15), "bfcl": (80, 0.5), "assistant": (10, 0.1)}
 GRID = ((1.0, 1.0), (1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity fraction)
-REPORT_SEED, MIX_SEED, FIT_SEEDS = 1, 2, (101, 102, 103, 104, 105, 106)
-MIX = (("a", "swe"), ("b", "web"))  # tenant, family: 12 sessions each
-# At 1x the mix's peak working set stays under its capacity floor (below): no pressure at
-# any capacity; at 2x it is 1.7x the floor, so the 50% point contends.
-MIX_LOAD = 2.0
+REPORT_SEED, FIT_SEEDS = 1, (101, 102, 103, 104, 105, 106)
 DEFAULT = f"{DEFAULT_SCHEDULER}+{DEFAULT_POLICY}"  # what the goals are about
 CONFIGS = (("fcfs", "lru"), ("fcfs", "graph"), ("workflow", "lru"), ("workflow", "graph"))
 if (DEFAULT_SCHEDULER, DEFAULT_POLICY) not in CONFIGS:
@@ -58,10 +53,6 @@ if (DEFAULT_SCHEDULER, DEFAULT_POLICY) not in CONFIGS:
 PERTURBED = {"swe*": ("swe", {"latency": 3.0, "tokens": 1.2}),
              "web*": ("web", {"latency": 0.5, "steps": 1.3}),
              "bfcl*": ("bfcl", {"latency": 2.0, "tokens": 1.5, "spread": 1.5})}
-# The AFS probe (mix only): the default with tenant a (swe, the higher slowdown) weighted 4x
-# in Agent Fair Share, i.e. admitted ahead of b; it shows how far admission order moves the
-# ratio.
-AFS_PROBE = {"tenant_weights": {"a": 4.0}}
 # Written after reading the default run's figures; re-read them after a change.
 NOTES = """Notes (what the columns mean, and where a goal cannot be met):
 - Gain bound: fcfs+lru's mean TCT over the sessions' mean unloaded TCT (each session alone
@@ -111,10 +102,23 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   trace's with no memory pressure (its 100% point, in the goals line) at a quarter of the
   memory, where one session's context near its end fills most of the pool. The shrink ages
   sessions it already demoted (`shrink_aging`), so the same long-tool sessions are not
-  demoted at every pause.
+  demoted at every pause. At bfcl the GPU is busy most of the makespan even with no memory
+  pressure (the miss lines' 100% figure), so recomputation (mostly of demoted sessions'
+  contexts) lengthens the queue. A demoted session's next step goes ahead of the other
+  waiting demoted ones, but each is overtaken at most `max_overtake` (16) times: unbounded,
+  a session demoted early could wait until the trace's end (the miss lines give the
+  longest single wait). The second `--fit` round (shrink_order x max_overtake on seeds
+  101-106) chose it with a smallest gain of 1.30x (bfcl 1x 25%), against 1.43x for the
+  unbounded order in the first round: the bound costs mean TCT there and buys p95.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
   rate); there the admission gate costs workflow mean and p95 TCT for no gain.
-- AFS: where the mix is under no memory pressure in the shared run, the ratio is set by
+- AFS, noisy mix (declared in bench/scheduling_mix.py before any workflow run on it; seeds
+  2, 7, 8 never developed on): fcfs+lru lets tenant a crowd b out; workflow's memory share
+  (docs/architecture.md, "Agent Fair Share") keeps b's admission wait under a second a
+  session on seeds 7 and 8 (the per-tenant rows' last figure), and b's remaining slowdown
+  is compute: b's steps run in batches full of a's work on
+  a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that.
+- AFS, mix: where the mix is under no memory pressure in the shared run, the ratio is set by
   each tenant's run alone on half the GPU, which is pressured: admission order cannot move
   it, and neither can compute order when a tenant's shared-run TCT is already close to its
   unloaded TCT (the goals line "at best" is the lowest ratio any order reaches without
@@ -144,15 +148,6 @@ def trace(family: str, seed: int, load: float, sessions: int | None = None):
     return spec.generate(sessions or n, seed, arrival_rate=rate, scale=scale)
 
 
-def mix_trace(seed: int, load: float):
-    """Two tenants, each running its own family's sessions, interleaved by arrival."""
-    out = []
-    for tenant, fam in MIX:
-        for s in trace(fam, seed, load, sessions=12):
-            out.append(dataclasses.replace(s, id=f"{tenant}-{s.id}", tenant=tenant))
-    return sorted(out, key=lambda s: (s.arrival_s, s.id))
-
-
 def capacity(sessions, frac: float, tenants: int = 1) -> int:
     """`frac` of the peak working set, but at least what the longest session (on each
     tenant's share of the GPU, for a mix) needs."""
@@ -163,7 +158,9 @@ def capacity(sessions, frac: float, tenants: int = 1) -> int:
 
 def _run(task: tuple) -> dict:
     family, seed, load, frac, sched, policy, params = task
-    sessions = mix_trace(seed, load) if family == "mix" else trace(family, seed, load)
+    import scheduling_mix  # it imports this module's helpers
+    sessions = (scheduling_mix.mix_trace(family, seed) if family in scheduling_mix.MIXES
+                else trace(family, seed, load))
     tenants = len({s.tenant for s in sessions})
     cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(sessions, frac, tenants),
                     policy=policy, scheduler=sched, scheduler_params=params)
@@ -174,6 +171,7 @@ def _run(task: tuple) -> dict:
     # again, per session of the trace; it is part of every task's TCT.
     row["admission_wait_s"] = getattr(sim.scheduler, "admission_wait_s", 0.0) / len(sessions)
     row["num_demotions"] = getattr(sim.scheduler, "num_demotions", 0)
+    row["admission_wait_max_s"] = getattr(sim.scheduler, "admission_wait_max_s", 0.0)
     # What held the waiting sessions back (`WorkflowScheduler.wait_causes`), per session, and
     # how full the admitted contexts kept the GPU while someone waited.
     causes = getattr(sim.scheduler, "wait_causes", {})
@@ -184,6 +182,9 @@ def _run(task: tuple) -> dict:
                                    else math.nan)
     if tenants > 1:
         add_tenant_slowdowns(row, sessions, cfg)
+        waits = getattr(sim.scheduler, "tenant_admission_wait_s", {})
+        for tenant, entry in row["tenants"].items():  # per session of the tenant
+            entry["admission_wait_s"] = waits.get(tenant, 0.0) / entry["tasks"]
     row.update(family=family, seed=seed, load=load, frac=frac, policy=policy,
                params=params, wall_s=time.perf_counter() - t,
                tct_unloaded_mean_s=sum(unloaded_tct(s, cfg.cost, cfg.max_num_batched_tokens)
@@ -265,37 +266,6 @@ def goals(rows: list[dict], families: list[str]) -> str:
     return "\n".join(out)
 
 
-def tenant_unloaded() -> dict[str, float]:
-    """Mean unloaded TCT per tenant of the mix (each session alone on an idle GPU with
-    unbounded KV): no scheduler, whatever its order, finishes a tenant's tasks sooner."""
-    cfg = SimConfig(preset=PRESET)
-    sessions = mix_trace(MIX_SEED, MIX_LOAD)
-    out = {}
-    for tenant, _ in MIX:
-        xs = [unloaded_tct(s, cfg.cost, cfg.max_num_batched_tokens) for s in sessions
-              if s.tenant == tenant]
-        out[tenant] = sum(xs) / len(xs)
-    return out
-
-
-def afs_floor(r: dict, unloaded: dict[str, float]) -> str:
-    """The lowest afs_max_slowdown_ratio any order of admission or compute could reach on
-    row `r` without slowing a tenant down: each tenant's slowdown is at least its unloaded
-    TCT over its TCT alone on half the GPU, and the smallest slowdown cannot rise."""
-    ten = r["tenants"]
-    floors = {t: unloaded[t] / v["tct_alone_s"] for t, v in ten.items()}
-    low = max(floors.values()) / min(v["slowdown"] for v in ten.values())
-    # <= 1.5 with the highest floor reached: the least slowed tenant must slow to floor / 1.5
-    top = max(floors.values())
-    fast = min(ten, key=lambda t: ten[t]["slowdown"])
-    need = top / 1.5 * ten[fast]["tct_alone_s"]
-    return (f"at best {low:.2f} without slowing a tenant (slowdown floors, unloaded TCT / "
-            f"alone: " + ", ".join(f"{t} {unloaded[t]:.1f} s / {ten[t]['tct_alone_s']:.1f} s "
-                                   f"= {f:.2f}" for t, f in floors.items()) + "); 1.5 would "
-            f"need {fast}'s mean TCT >= {need:.1f} s (now {ten[fast]['tct_mean_s']:.1f} s) even "
-            f"with every other tenant at its floor")
-
-
 def miss_line(rows: list[dict], gain: float, key: tuple) -> str:
     """Where the time goes at a 2x miss (waiting for admission vs being served), and what
     the same trace takes with no memory pressure (its 100% point, where the grid has one)."""
@@ -303,13 +273,16 @@ def miss_line(rows: list[dict], gain: float, key: tuple) -> str:
     f, w = _pick(rows, *key, "fcfs+lru"), _pick(rows, *key, DEFAULT)
     line = (f"- Missed at {fam} {load:g}x {frac:.0%} ({gain:.2f}x): of {DEFAULT}'s "
             f"{w['tct_mean_s']:.1f} s mean TCT, {w['admission_wait_s']:.1f} s is waiting for "
-            f"admission ({w['num_demotions']} demotions), against "
+            f"admission ({w['num_demotions']} demotions; the longest single wait "
+            f"{w['admission_wait_max_s']:.1f} s), against "
             f"{w['tct_unloaded_mean_s']:.1f} s unloaded; live share {w['kv_live_share']:.2f}, "
             f"GPU busy {w['busy_s'] / w['makespan_s']:.2f} of the makespan. {waits(w)}")
     if (load, 1.0) in GRID:
         free = _pick(rows, fam, load, 1.0, DEFAULT)
         line += (f" 2x needs <= {f['tct_mean_s'] / 2:.1f} s; with no memory pressure (100%) "
-                 f"the same trace takes {free['tct_mean_s']:.1f} s.")
+                 f"the same trace takes {free['tct_mean_s']:.1f} s, the GPU busy "
+                 f"{free['busy_s'] / free['makespan_s']:.2f} of its makespan; here workflow "
+                 f"recomputes {w['recomputed_tokens'] / 1e3:.0f}k tokens.")
     return line
 
 
@@ -324,28 +297,6 @@ def waits(w: dict) -> str:
         f"{k} {v / total:.0%}" for k, v in c.items() if v) + f"; someone waited "
         f"{w['waiting_share']:.0%} of the makespan, and then the admitted sessions' contexts "
         f"filled {w['waiting_context_fill']:.2f} of the GPU.")
-
-
-def afs_lines(rows: list[dict]) -> list[str]:
-    """The two-tenant mix's AFS ratio per capacity (fcfs+lru, the default, the probe), the
-    floor without slowing a tenant, and the admission wait that AFS's order acts on."""
-    mix = [r for r in rows if r["family"] == "mix"]
-    if not mix:
-        return []
-    unloaded = tenant_unloaded()
-    lines = []
-    for r in mix:
-        label = _label(r)
-        if label not in ("fcfs+lru", DEFAULT) and not r.get("params"):
-            continue
-        line = (f"- Two-tenant mix at {r['frac']:.0%}, {label}: afs_max_slowdown_ratio "
-                f"{r['afs_max_slowdown_ratio']:.2f} (slowdowns " + ", ".join(
-                    f"{t} {v['slowdown']:.2f}" for t, v in r["tenants"].items()) + ")")
-        if label == DEFAULT:
-            line += (f"; {afs_floor(r, unloaded)}; admission wait {r['admission_wait_s']:.1f} s "
-                     f"a session")
-        lines.append(line)
-    return lines
 
 
 def verdict(rows: list[dict], families: list[str]) -> list[str]:
@@ -405,7 +356,8 @@ def verdict(rows: list[dict], families: list[str]) -> list[str]:
                      f"{'met' if worst(fill)[0] >= 0.85 else 'missed'}; {DEFAULT} lowest "
                      f"{fmt(worst(fill))}, highest {fmt(max(fill))}; fcfs+lru lowest "
                      f"{fmt(worst(fcfs_fill))}.")
-    lines += afs_lines(rows)
+    import scheduling_mix  # it imports this module's helpers
+    lines += scheduling_mix.afs_lines(rows)
     slo_lines = []
     for fam in families:
         loads = [(load, frac) for load, frac in GRID
@@ -457,11 +409,12 @@ def write_section(body: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import scheduling_fit  # it imports this module's helpers
+    import scheduling_fit  # they import this module's helpers
+    import scheduling_mix
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(DEFAULTS))
-    ap.add_argument("--no-mix", action="store_true", help="skip the two-tenant mix")
+    ap.add_argument("--no-mix", action="store_true", help="skip the tenant mixes")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
     ap.add_argument("--no-write", action="store_true", help="print only")
@@ -482,10 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks += [(f, REPORT_SEED, 1.0, 0.5, s, p, None) for f in PERTURBED
               for s, p in (("fcfs", "lru"), tuple(DEFAULT.split("+")))]
     if not args.no_mix:
-        tasks += [("mix", MIX_SEED, MIX_LOAD, frac, s, p, None) for frac in (1.0, 0.5)
-                  for s, p in CONFIGS]
-        tasks += [("mix", MIX_SEED, MIX_LOAD, frac, *DEFAULT.split("+"), AFS_PROBE)
-                  for frac in (1.0, 0.5)]
+        tasks += scheduling_mix.mix_tasks(CONFIGS)
     if args.from_rows:
         saved = json.loads(Path(args.from_rows).read_text())
         rows, wall, cmd = saved["rows"], saved["wall_s"], saved["command"]
@@ -498,22 +448,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_rows:
             Path(args.save_rows).write_text(json.dumps(
                 {"rows": rows, "wall_s": wall, "command": cmd}))
-    held = [r for r in rows if r["seed"] in scheduling_fit.HELD_OUT_SEEDS]
+    mixes = scheduling_mix.MIXES
+    held = [r for r in rows if r["seed"] in scheduling_fit.HELD_OUT_SEEDS
+            and r["family"] not in mixes]
     n_sims = len(rows)
-    rows = [r for r in rows if r["seed"] in (REPORT_SEED, MIX_SEED)]
+    rows = [r for r in rows if r["seed"] == REPORT_SEED or r["family"] in mixes]
     parts = [f"Command: `{cmd}` ({n_sims} simulations, {wall:.0f} s on this machine). "
-             f"Preset {PRESET}; seed {REPORT_SEED} per family, the two-tenant mix "
-             f"({', '.join(f'{t}: {f}' for t, f in MIX)}, 12 sessions each, {MIX_LOAD:g}x load) "
-             f"seed {MIX_SEED}; "
+             f"Preset {PRESET}; seed {REPORT_SEED} per family, the two-tenant mixes "
+             f"(bench/scheduling_mix.py) seeds {scheduling_mix.MIX_SEED} (mix) and "
+             f"{', '.join(map(str, scheduling_mix.NOISY_SEEDS))} (noisy); "
              f"workflow's parameters are its defaults, fitted with `--fit` on seeds "
              f"{', '.join(map(str, FIT_SEEDS))} (swe, web, bfcl), never on these traces. "
              f"Capacity: share of the trace's peak working set; load: x the family's arrival "
              f"rate.",
              "", f"### Goals ({DEFAULT}, the defaults, vs fcfs+lru; from this run)", "",
              *verdict(rows, families), "", goals(rows, families), ""]
-    for fam in families + (["mix"] if not args.no_mix else []):
-        n, scale = DEFAULTS.get(fam, (24, 0.15))
-        what = f"{n} sessions, scale {scale}" if fam != "mix" else "2 tenants x 12 sessions"
+    for fam in families + (["mix", "noisy"] if not args.no_mix else []):
+        if fam in mixes:
+            what = ", ".join(f"{t}: {n} {f} sessions at {x:g}x" for t, f, x, n in mixes[fam])
+        else:
+            what = "{} sessions, scale {}".format(*DEFAULTS[fam])
         parts += [f"### {fam} ({what})", "", table(rows, fam), ""]
     parts += ["### Held-out variants (load 1x, capacity 50%)", "",
               "; ".join(f"{k}: {b} with " + ", ".join(f"{x} x{v:g}" for x, v in kn.items())
@@ -522,16 +476,7 @@ def main(argv: list[str] | None = None) -> int:
               f"### Held-out seeds ({', '.join(map(str, scheduling_fit.HELD_OUT_SEEDS))}: never "
               f"fitted on nor looked at before the fit; {DEFAULT} vs fcfs+lru where fcfs+lru's "
               f"hit rate < 0.8)", "", scheduling_fit.held_out_table(held, families), ""]
-    mix = [r for r in rows if r["family"] == "mix"]
-    if mix:
-        parts += ["Tenant mix, per tenant (TCT mean s / alone on half the GPU s / slowdown):",
-                  ""]
-        for r in mix:
-            parts.append(f"- {r['frac']:.0%} {_label(r)}: " + "; ".join(
-                f"{t}: {v['tct_mean_s']:.1f} / {v['tct_alone_s']:.1f} / {v['slowdown']:.2f}"
-                for t, v in r["tenants"].items())
-                + f"; afs_max_slowdown_ratio {r['afs_max_slowdown_ratio']:.2f}")
-        parts.append("")
+    parts += scheduling_mix.tenant_table(rows)
     parts += [NOTES, "", "![mean TCT vs capacity](plots/scheduling.png)"]
     body = "\n".join(parts)
     print(body)

@@ -23,7 +23,10 @@ Schedulers by name (`make_scheduler(name, manager, **params)`):
 
 Agent Fair Share (`kvsaga.scheduler.fair_share`): each backlogged tenant has a deficit
 against its weighted fair share of session admissions; the largest deficit goes first, and
-each tenant's admissions stay within a stated bound of its fair share. The working-set rule
+each tenant's admissions stay within a stated bound of its fair share. With two or more
+tenants present, each also has a weighted share of the tiers: a tenant whose session fits
+within its share is not refused for other tenants' paused sessions above their shares
+(they are demoted) nor held behind another tenant's session that does not fit. The working-set rule
 (growth estimate, demotion deadline, shrink order) is `kvsaga.scheduler.working_set`, which
 the vLLM session gate shares.
 
@@ -36,7 +39,9 @@ while the head of the chosen tenant does not fit, a session among the next
 behind a long one), at most `max_backfill` times ahead of one head; the head waits only for
 admitted sessions to finish or be demoted (and is admitted whenever no session is admitted
 at all), and by the AFS bound each backlogged tenant is chosen at least once every k
-admissions; so a waiting session is admitted after finitely many admissions. Resumed
+admissions; so a waiting session is admitted after finitely many admissions. A demoted
+session's next step queues ahead of its tenant's new sessions, most recently demoted first,
+but each waiting one is overtaken so at most `max_overtake` times. Resumed
 steps of admitted sessions go first, warm ones (context still resident) before cold ones,
 but the head of their queue is bypassed at most `max_bypass` times.
 """

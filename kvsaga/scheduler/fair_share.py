@@ -13,6 +13,15 @@ positive share first), so each stays below k - 1 (k tenants). Hence, while the b
 set stays the same, each tenant's admissions exceed its fair share by less than 1 and fall
 short of it by less than k - 1: for two tenants, less than one session either way.
 tests/scheduler/test_fair_share.py checks it on random weights and admission sequences.
+
+Memory (in `WorkflowScheduler`): with k >= 2 tenants present (admitted or waiting), tenant
+t's share of the tiers is limit x w_t / (sum of the present tenants' weights). When a
+session of t waits and t's admitted working sets plus its own fit within t's share, it is
+refused only while other tenants' active sessions (a step queued or running) hold the room:
+other tenants' paused sessions above their shares are demoted for it (all that are needed,
+or none when that cannot make room), and the next session of a tenant that does not fit
+does not hold it back (it is tried next). Without a second tenant nothing binds: a tenant
+alone uses all of the memory. tests/scheduler/test_share.py checks both sides.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, w
 # the growth predicted for it and the admitted sessions; "reserve": the running steps' decode
 # reserve; "batch": nothing was tried (token budget, max_num_seqs, resumed steps first).
 WAIT_CAUSES = ("pool", "contexts", "growth", "reserve", "batch")
+SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
 
 
 class _Admitted:
@@ -76,7 +77,8 @@ class WorkflowScheduler(Scheduler):
         max_bypass: how many warm steps may be admitted ahead of the resumed queue's head.
         backfill_window: when the next session to admit (its tenant's oldest) does not
             fit, how many sessions queued behind it (same tenant) are tried instead, so a
-            small session is not held behind a large one (0: never).
+            small session is not held behind a large one (0: never). Then the next sessions
+            of other tenants below their shares of the tiers are tried (Agent Fair Share).
         max_backfill: how many sessions may be backfilled ahead of one waiting session.
         idle_admit_s: once the batch has been empty this long with every admitted session
             away on a tool call, the next session is admitted even if the working sets do
@@ -84,6 +86,16 @@ class WorkflowScheduler(Scheduler):
         shrink_aging: a session demoted this many times (either way) is demoted by the
             shrink only after every paused session demoted fewer times, so the same
             long-tool sessions are not demoted again and again (0: no aging).
+        shrink_order: which paused sessions the shrink demotes first (after aging):
+            "latest_back" (the default: those expected back last) or "smallest" (the
+            smallest working sets: a demoted session's blocks are released first, so this
+            loses the fewest blocks to recompute; it raised bfcl 1x 25% on the fit seeds
+            but made non-thrash figures worse there, so `--fit` rejected it).
+        max_overtake: a demoted session's next step queues ahead of its tenant's new
+            sessions and of the demoted steps already waiting (the most recently demoted
+            is the likeliest still cached), but ahead of each waiting one at most this
+            many times; then it queues behind it. This bounds the wait: unbounded, one
+            long session waited from 21 s to the trace's end (seed 106, bfcl 1x 25%).
         paused_growth: charge a paused session its expected growth too (False, the default:
             its context only, and its growth again once its next step is queued: a paused
             context does not grow, and room kept for it holds nothing meanwhile).
@@ -91,7 +103,8 @@ class WorkflowScheduler(Scheduler):
             per workflow and tool), not from the workflow's mean alone (True, the default).
             Both defaults are `bench/scheduling.py --fit`'s pick on seeds 101-106, with p95,
             tasks/h and the non-thrash figures constrained on those seeds
-            (docs/architecture.md has the figures).
+            (docs/architecture.md has the figures); so are those of `shrink_order` and
+            `max_overtake` (a later round of the same fit).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
     """
 
@@ -115,6 +128,8 @@ class WorkflowScheduler(Scheduler):
         max_backfill: int = 16,
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
+        shrink_order: str = "latest_back",
+        max_overtake: int = 16,
         paused_growth: bool = False,
         tool_growth: bool = True,
         tenant_weights: Mapping[str | None, float] | None = None,
@@ -139,6 +154,11 @@ class WorkflowScheduler(Scheduler):
         self.max_backfill = check_int("max_backfill", max_backfill, 0)
         self.idle_admit_s = check_float("idle_admit_s", idle_admit_s, 0.0)
         self.shrink_aging = check_int("shrink_aging", shrink_aging, 0)
+        if shrink_order not in SHRINK_ORDERS:
+            raise ValueError(f"scheduler parameter shrink_order must be one of "
+                             f"{', '.join(SHRINK_ORDERS)}, got {shrink_order!r}")
+        self.shrink_order = shrink_order
+        self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         weights = dict(tenant_weights or {})
@@ -157,12 +177,17 @@ class WorkflowScheduler(Scheduler):
         self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
         self._growth = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
         self._committed = 0  # sum of admitted sessions' working sets, blocks
+        self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
         self._idle_since: float | None = None  # the batch is empty and nobody resumed since
         self.num_demotions = 0
         self.num_session_admissions = 0  # new sessions and demoted ones admitted again
         self.admission_wait_s = 0.0  # their summed waits, from queueing to admission
-        self._deferred: set[str] = set()  # demoted sessions not admitted again yet
+        self.admission_wait_max_s = 0.0  # the longest of them
+        self.tenant_admission_wait_s: dict[str | None, float] = {}  # their sum per tenant
+        # Demoted sessions not admitted again yet, with how many steps of sessions demoted
+        # later were queued ahead of theirs (`_insert_demoted`).
+        self._deferred: dict[str, int] = {}
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
         # Why sessions wait for admission: session-seconds of waiting by what held the next
         # session back (`WAIT_CAUSES`), and how full the admitted contexts kept the tiers.
@@ -202,11 +227,29 @@ class WorkflowScheduler(Scheduler):
         if q is None:
             q = self._pending[req.tenant] = deque()
             self._backlog_changed()
-        if req.resumed:
-            q.appendleft(req)  # a demoted session's next step: its task is under way
+        if req.resumed:  # a demoted session's next step: its task is under way
+            self._insert_demoted(q, req)
         else:
             q.append(req)
         self._account(now)
+
+    def _insert_demoted(self, q: deque[Any], req: Any) -> None:
+        """Queue a demoted session's step ahead of its tenant's new sessions and of the
+        demoted steps waiting, except behind any of those already overtaken
+        `max_overtake` times (see the class docstring)."""
+        overtaken = self._deferred
+        i = 0
+        for j, r in enumerate(q):
+            if not r.resumed:
+                break
+            if overtaken.get(r.session_id, 0) >= self.max_overtake:
+                i = j + 1
+        for r in itertools.islice(q, i, None):
+            if not r.resumed:
+                break
+            if r.session_id in overtaken:
+                overtaken[r.session_id] += 1
+        q.insert(i, req)
 
     def _dequeue(self, req: Any) -> bool:
         self._retries.discard(id(req))
@@ -306,10 +349,24 @@ class WorkflowScheduler(Scheduler):
         """Sessions queued behind `head`, a session waiting for admission, in its tenant's
         queue (at most `backfill_window`, and none once `max_backfill` went ahead of it)."""
         q = self._pending.get(head.tenant)
-        passed = self._backfilled if head is self._backfill_head else 0
-        if not q or q[0] is not head or passed >= self.max_backfill:
+        if not q or q[0] is not head:
             return ()
-        return list(itertools.islice(q, 1, 1 + self.backfill_window))
+        passed = self._backfilled if head is self._backfill_head else 0
+        same = [] if passed >= self.max_backfill else list(
+            itertools.islice(q, 1, 1 + self.backfill_window))
+        return same + self._entitled_heads(head.tenant)
+
+    def _entitled_heads(self, tenant: str | None) -> list[Any]:
+        """The next sessions of the other waiting tenants that hold less than their shares
+        of the tiers (`_shares`), in Agent Fair Share order: a tenant whose session cannot
+        be admitted does not hold back a tenant entitled to memory."""
+        if len(self._pending) < 2:
+            return []
+        shares = self._shares(self.overcommit * self.capacity)
+        held, d = self._tenant_blocks, self._fair.deficits
+        others = sorted((t for t in self._pending if t != tenant and held.get(t, 0) < shares[t]),
+                        key=lambda t: (-d.get(t, 0.0), self._oldest(t)))
+        return [self._pending[t][0] for t in others]
 
     def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
         """The session-level gate: admitting `req`'s session keeps the admitted working sets
@@ -325,11 +382,55 @@ class WorkflowScheduler(Scheduler):
         self._demote(now)
         if not self.sessions or self._committed + need <= limit:
             return True
+        if self._reclaim_share(req.tenant, need, limit, now):
+            return True
         if self._idle_long(now):
             return True
         bare = working_set_blocks(own, 0.0, 0.0, self.manager.block_size)
         self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
         return False
+
+    # -- Agent Fair Share of the memory -----------------------------------------------------
+    def _shares(self, limit: float) -> dict[str | None, float] | None:
+        """Each present tenant's (admitted or waiting) weighted share of the tiers' `limit`
+        blocks; None with fewer than two present (then nobody's share binds)."""
+        present = {i.tenant for i in self.sessions.values()}
+        present.update(self._pending)
+        if len(present) < 2:
+            return None
+        weight = self._fair.weight
+        total = sum(weight(t) for t in present)
+        return {t: limit * weight(t) / total for t in present}
+
+    def _reclaim_share(self, tenant: str | None, need: int, limit: float, now: float) -> bool:
+        """Make room for a session of `tenant` (`need` blocks) that the tiers cannot take,
+        if its tenant stays within its share with it: demote paused sessions of tenants
+        above their shares (in `_demotion_order`, each only while its tenant is still
+        above its share). All of them or none: when that cannot make room, nothing is
+        demoted. This is the memory half of Agent Fair Share's bound (module
+        kvsaga.scheduler.fair_share): a tenant is refused within its share only while
+        other tenants' active sessions (a step queued or running) hold the memory."""
+        shares = self._shares(limit)
+        held = self._tenant_blocks
+        if shares is None or held.get(tenant, 0) + need > shares[tenant]:
+            return False
+        left = dict(held)
+        victims = []
+        freed = 0
+        paused = [sid for sid, i in self.sessions.items() if not i.active and i.tenant != tenant]
+        for sid in self._demotion_order(paused):
+            if self._committed - freed + need <= limit:
+                break
+            info = self.sessions[sid]
+            if left.get(info.tenant, 0) > shares[info.tenant]:
+                victims.append(sid)
+                freed += info.blocks
+                left[info.tenant] -= info.blocks
+        if self._committed - freed + need > limit:
+            return False
+        for sid in victims:
+            self._demote_session(sid, now)
+        return True
 
     def _idle_long(self, now: float) -> bool:
         """Whether the batch has been empty, with no admitted session's step waiting (the
@@ -412,6 +513,8 @@ class WorkflowScheduler(Scheduler):
             new = min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
                       self.capacity)
         self._committed += new - info.blocks
+        self._tenant_blocks[info.tenant] = self._tenant_blocks.get(info.tenant, 0) + (
+            new - info.blocks)
         info.blocks = new
 
     def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
@@ -427,6 +530,9 @@ class WorkflowScheduler(Scheduler):
             self._fair.charge(req.tenant)
             self.num_session_admissions += 1
             self.admission_wait_s += now - req.arrival
+            self.admission_wait_max_s = max(self.admission_wait_max_s, now - req.arrival)
+            waits = self.tenant_admission_wait_s
+            waits[req.tenant] = waits.get(req.tenant, 0.0) + now - req.arrival
             if sid in self._deferred:
                 self._set_deferred(sid, False, now)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
@@ -465,33 +571,56 @@ class WorkflowScheduler(Scheduler):
 
     def forget_session(self, session_id: str, now: float) -> None:
         super().forget_session(session_id, now)
-        self._deferred.discard(session_id)
+        self._deferred.pop(session_id, None)
         self._times_demoted.pop(session_id, None)
         if session_id in self.sessions:
             self._forget(session_id)
 
     def _shrink(self, now: float) -> None:
         """While the admitted working sets outgrow the tiers (contexts grew more than
-        predicted), demote paused sessions, those expected back last first (their memory
-        would idle longest, and their next step is the least urgent): their next steps wait
-        for room instead of evicting the contexts of sessions about to resume. (Most recently
-        admitted first did worse on seed 101, the earlier single-seed `--fit`.) Aging:
+        predicted), demote paused sessions in `shrink_order`: "latest_back", those expected
+        back last first (their memory would idle longest, and their next step is the least
+        urgent), or "smallest", the smallest working sets first (the fewest blocks lost
+        to recompute); their next steps wait for room instead of evicting the contexts of
+        sessions about to resume. (Most recently admitted first did worse on seed 101, the
+        earlier single-seed `--fit`.) Aging:
         sessions demoted `shrink_aging` times already go after all others, or the same
         long-tool sessions are demoted at every pause and make the p95 TCT (seed 101, bfcl
         1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse)."""
         limit = self.overcommit * self.capacity
         if self._committed > limit:
-            aged = self.shrink_aging or math.inf
-            times = self._times_demoted
-            later = sorted(self.sessions, key=lambda sid: (times.get(sid, 0) >= aged,
-                                                           -self.sessions[sid].demote_at))
-            shrink(self.sessions, later, lambda: self._committed > limit,
-                   lambda info: not info.active, lambda sid: self._demote_session(sid, now))
+            shares = self._shares(limit)
+            order = self._demotion_order(self.sessions)
+            if shares is not None:  # tenants above their shares first (AFS)
+                held = self._tenant_blocks
+                order.sort(key=lambda sid: held.get(self.sessions[sid].tenant, 0)
+                           <= shares[self.sessions[sid].tenant])
+            shrink(self.sessions, order, lambda: self._committed > limit,
+                   lambda a: not a.active, lambda sid: self._demote_session(sid, now))
+
+    def _demotion_order(self, sids) -> list[str]:
+        """Admitted sessions `sids` in the order they are demoted: `shrink_order`, those
+        demoted `shrink_aging` times already last."""
+        aged = self.shrink_aging or math.inf
+        times = self._times_demoted
+        info = self.sessions
+        if self.shrink_order == "smallest":
+            def key(sid):
+                return times.get(sid, 0) >= aged, info[sid].blocks
+        else:
+            def key(sid):
+                return times.get(sid, 0) >= aged, -info[sid].demote_at
+        return sorted(sids, key=key)
 
     def _forget(self, sid: str) -> None:
         info = self.sessions.pop(sid)
         self._committed -= info.blocks
-        self._deferred.discard(sid)
+        left = self._tenant_blocks[info.tenant] - info.blocks
+        if left:
+            self._tenant_blocks[info.tenant] = left
+        else:
+            del self._tenant_blocks[info.tenant]
+        self._deferred.pop(sid, None)
 
     def _demote_session(self, sid: str, now: float) -> None:
         """Demote a paused admitted session, and tell the policy that its blocks are needed
@@ -506,9 +635,9 @@ class WorkflowScheduler(Scheduler):
         if s is None:
             return
         if deferred:
-            self._deferred.add(sid)
+            self._deferred[sid] = 0
         else:
-            self._deferred.discard(sid)
+            self._deferred.pop(sid, None)
         self.manager.policy.session_deferred(s, deferred, now)
 
     def _demote(self, now: float) -> None:

@@ -63,3 +63,33 @@ def test_fit_score_and_held_out_table(mods):
     # header, rule, and per seed the three pressured points
     assert len(table) == 2 + 3 * len(fit.HELD_OUT_SEEDS)
     assert all("| 2.00x |" in line for line in table[2:])
+
+
+def test_noisy_mix_and_its_goal_line(mods):
+    """The noisy-neighbour mix is what bench/scheduling_mix.py declares (one family, tenant
+    a at 4x b's rate), and its goal line is met only where the default's ratio is <= 1.5
+    and below fcfs+lru's at every seed."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_mix as mix
+    finally:
+        sys.path.remove(str(BENCH))
+    sched, _ = mods
+    sessions = mix.mix_trace("noisy", 101)
+    assert [sum(s.tenant == t for s in sessions) for t in "ab"] == [32, 8]
+    assert {s.workflow for s in sessions} == {"web"}
+    sched_name, policy = sched.DEFAULT.split("+")
+
+    def row(scheduler, policy, seed, frac, ratio):
+        return {"family": "noisy", "seed": seed, "frac": frac, "scheduler": scheduler,
+                "policy": policy, "params": None, "afs_max_slowdown_ratio": ratio,
+                "tenants": {"a": {"slowdown": 1.0}, "b": {"slowdown": ratio}}}
+
+    rows = []
+    for seed in mix.NOISY_SEEDS:
+        for frac in mix.MIX_FRACS["noisy"]:
+            rows += [row("fcfs", "lru", seed, frac, 4.0),
+                     row(sched_name, policy, seed, frac, 1.2 if frac == 0.5 else 2.0)]
+    lines = [x for x in mix.afs_lines(rows) if x.startswith("- Noisy")]
+    assert len(lines) == 2 and "at 50%" in lines[0] and ": met;" in lines[0]
+    assert "at 25%" in lines[1] and ": missed;" in lines[1]
