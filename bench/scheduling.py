@@ -108,8 +108,9 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   waiting demoted ones, but each is overtaken at most `max_overtake` (16) times: unbounded,
   a session demoted early could wait until the trace's end (the miss lines give the
   longest single wait). The second `--fit` round (shrink_order x max_overtake on seeds
-  101-106) chose it with a smallest gain of 1.30x (bfcl 1x 25%), against 1.43x for the
-  unbounded order in the first round: the bound costs mean TCT there and buys p95.
+  101-106, with ttl, the default policy then) chose it with a smallest gain of 1.30x (bfcl
+  1x 25%), against 1.43x for the unbounded order in the first round: the bound costs mean
+  TCT there and buys p95. The fit has not been rerun since lru became the default policy.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
   rate); there the admission gate costs workflow mean and p95 TCT for no gain.
 - AFS, noisy mix (declared in bench/scheduling_mix.py before any workflow run on it; seeds
