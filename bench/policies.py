@@ -75,10 +75,13 @@ SEED_SETS = (("seeds 102, 103 (read while the policies were built)", SEEN_SEEDS)
              ("seeds 201, 202 (fresh: first run once the method was fixed)", FRESH_SEEDS))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[residual_wait=0]", "graph[residual_wait=1]",
-                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=1]",
-                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=0.125]",
-                   "adaptive[experts=ttl+saga+lru,shadow_share=1]",
-                   "adaptive[experts=ttl+saga+lru,shadow_share=0.125]")
+                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=1,realized=0]",
+                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=0.125,realized=0]",
+                   "adaptive[experts=ttl+saga+lru,shadow_share=1,realized=0]",
+                   "adaptive[experts=ttl+saga+lru,shadow_share=0.125,realized=0]",
+                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=1]",
+                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=2]",
+                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=4]")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"

@@ -8,7 +8,7 @@
 | `saga`       | SAGA's 0.3 recency + 0.5 (1 - P_reuse) + 0.2 size, with p95 tool TTLs        |
 | `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
 | `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
-| `adaptive`   | evicts by whichever of graph/ttl/saga/lru has the least ghost-list regret    |
+| `adaptive`   | graph/ttl/saga/lru take turns; the one whose victims cost least leads        |
 
 Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
 """
@@ -32,7 +32,7 @@ from kvsaga.session import PauseHint
 # best of lru, saga and ttl, then least recomputation over them; bench/RESULTS.md, "Eviction
 # policies: tuning"), then judged on held-out seeds and traces (tests/bench/test_policies.py
 # checks that the two agree).
-DEFAULT_POLICY = "lru"
+DEFAULT_POLICY = "adaptive"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

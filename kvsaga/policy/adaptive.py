@@ -30,6 +30,15 @@ What the score does not see: a shadow expert's victims are the real cache's rank
 the cache it would have held (its earlier choices did not happen); admission and timing that
 follow from different evictions are not replayed. Partial (unhashed) tail blocks are not
 tracked. Offload choices and prefetches follow the leader.
+
+`realized=True` judges each expert only by what happened while it led, so that those
+knock-on effects count. The leader alone names victims (no shadows); experts take turns
+leading for an *epoch* (`epoch_pools` pool sizes of named victims) until each has led once,
+then each epoch goes to the lowest score, where an expert's score is the rebuild seconds of
+its own victims that steps read again, per prompt block read by steps started while it led
+(both decayed and shrunk to the pooled rate as above). A ranking that evicts contexts which
+then queue longer and push out others shows as more rebuilds per block read. Its evidence is
+confounded by the traffic of the epochs each expert happened to lead.
 """
 
 from __future__ import annotations
@@ -83,7 +92,8 @@ class _Expert:
         self.policy = policy
         self.ghost: OrderedDict[bytes, float] = OrderedDict()  # hash -> rebuild seconds
         self.charged = 0.0  # decayed rebuild seconds its names caused
-        self.named = 0.0  # decayed blocks named
+        # decayed blocks named, or (`realized`) prompt blocks read while it led
+        self.named = 0.0
 
 
 class AdaptivePolicy(EvictionPolicy):
@@ -100,6 +110,10 @@ class AdaptivePolicy(EvictionPolicy):
         shadow_share: a shadow expert names this share of the victims asked for (at least
             one) at each search: the ghost evidence accrues more slowly, and a search costs
             the leader's plus that share of each shadow's naming.
+        realized: score by what happened while each expert led (experts lead in turns;
+            rebuilds per block read), not by ghost lists of every expert's names (module
+            docstring).
+        epoch_pools: with `realized`, how many pool sizes of victims one leadership lasts.
     """
 
     name = "adaptive"
@@ -113,6 +127,8 @@ class AdaptivePolicy(EvictionPolicy):
         prior_blocks: float = 2.0,
         switch_margin: float = 0.05,
         shadow_share: float = 0.125,
+        realized: bool = True,
+        epoch_pools: float = 1.0,
     ) -> None:
         super().__init__()
         from kvsaga.policy import POLICIES, make_policy  # the registry imports this module
@@ -134,6 +150,8 @@ class AdaptivePolicy(EvictionPolicy):
             raise ValueError(f"switch_margin must be >= 0, got {switch_margin!r}")
         if not 0 < shadow_share <= 1:
             raise ValueError(f"shadow_share must be in (0, 1], got {shadow_share!r}")
+        if not epoch_pools > 0:
+            raise ValueError(f"epoch_pools must be > 0, got {epoch_pools!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
         self.leader = self.experts[0]
@@ -142,6 +160,9 @@ class AdaptivePolicy(EvictionPolicy):
         self.prior_blocks = prior_blocks
         self.switch_margin = switch_margin
         self.shadow_share = shadow_share
+        self.realized = bool(realized)
+        self.epoch_pools = epoch_pools
+        self._turns = 1  # epochs led so far, while the experts take their first turns
         self._block_costs: list[float] = []
 
     def bind(self, view) -> None:
@@ -149,6 +170,8 @@ class AdaptivePolicy(EvictionPolicy):
         self._ghost_cap = max(int(self.ghost_factor * view.num_gpu_blocks), 1)
         self._decay_scale = self.memory_blocks * view.num_gpu_blocks
         self._prior = self.prior_blocks * view.num_gpu_blocks
+        self._epoch = max(self.epoch_pools * view.num_gpu_blocks, 1.0)
+        self._epoch_left = self._epoch
         for e in self.experts:
             e.policy.bind(view)
         # The pool's calls go to every expert, batched where an expert batches.
@@ -186,6 +209,8 @@ class AdaptivePolicy(EvictionPolicy):
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         if num_blocks <= 0:
             return []
+        if self.realized:
+            return self._lead(num_blocks, now)
         self._elect()
         shadow_n = max(1, math.ceil(self.shadow_share * num_blocks))
         out: list[int] = []
@@ -194,6 +219,20 @@ class AdaptivePolicy(EvictionPolicy):
                 out = self._name(e, num_blocks, now, shadow=False)
             else:
                 self._name(e, shadow_n, now, shadow=True)
+        return out
+
+    def _lead(self, num_blocks: int, now: float) -> list[int]:
+        """`realized`: the leader names every victim; at the end of its epoch the
+        next expert in turn leads (first round), then the one with the lowest score."""
+        if self._epoch_left <= 0:
+            self._epoch_left = self._epoch
+            if self._turns < len(self.experts):
+                self.leader = self.experts[self._turns]
+                self._turns += 1
+            else:
+                self._elect()
+        out = self._name(self.leader, num_blocks, now, shadow=False)
+        self._epoch_left -= len(out)
         return out
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:
@@ -243,7 +282,8 @@ class AdaptivePolicy(EvictionPolicy):
             for x in self.experts:
                 x.charged *= d
                 x.named *= d
-            e.named += new
+            if not self.realized:
+                e.named += new
         return chosen
 
     def action(self, block_id: int, now: float) -> Action:
@@ -251,6 +291,8 @@ class AdaptivePolicy(EvictionPolicy):
 
     # -- hooks: every expert learns; prompts charge the ghosts ------------------------------
     def step_started(self, session, now: float) -> None:
+        if self.realized:
+            self.leader.named += len(session.block_hashes)
         for e in self.experts:
             ghost = e.ghost
             if ghost:
@@ -263,6 +305,10 @@ class AdaptivePolicy(EvictionPolicy):
     def step_finished(self, session, now: float, hint) -> None:
         for e in self.experts:
             e.policy.step_finished(session, now, hint)
+
+    def session_deferred(self, session, deferred: bool, now: float) -> None:
+        for e in self.experts:
+            e.policy.session_deferred(session, deferred, now)
 
     def pause_hinted(self, session, now: float, hint) -> None:
         for e in self.experts:

@@ -11,7 +11,7 @@ from .helpers import make, run_step, tokens
 
 def test_leader_moves_to_the_expert_whose_victims_do_not_come_back():
     # A (older) says it resumes soon, B (newer) in a long while: lru names A, ttl names B.
-    policy = AdaptivePolicy(experts=("lru", "ttl"))
+    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=False)  # ghost evidence
     m = make(policy, num_blocks=8)
     assert policy.leader.name == "lru"  # no data: the first expert leads
     for r in range(3):
@@ -51,6 +51,7 @@ def test_every_expert_sees_the_same_blocks():
     (dict(switch_margin=-0.1), "switch_margin"),
     (dict(shadow_share=0), "shadow_share"),
     (dict(shadow_share=1.5), "shadow_share"),
+    (dict(realized=True, epoch_pools=0), "epoch_pools"),
 ])
 def test_bad_arguments_name_what_is_wrong(kw, what):
     with pytest.raises(ValueError, match=what):
@@ -59,7 +60,7 @@ def test_bad_arguments_name_what_is_wrong(kw, what):
 
 def test_a_shadow_expert_names_only_its_share_of_each_search():
     # Four paused sessions of 2 full blocks each fill the pool; the fifth step evicts 4.
-    policy = AdaptivePolicy(experts=("lru", "ttl"), shadow_share=0.25)
+    policy = AdaptivePolicy(experts=("lru", "ttl"), shadow_share=0.25, realized=False)
     m = make(policy, num_blocks=8)
     for i in range(4):
         run_step(m, f"s{i}", tokens(100 * i, 8), float(i), tool="search")
@@ -68,4 +69,37 @@ def test_a_shadow_expert_names_only_its_share_of_each_search():
     run_step(m, "new", tokens(900, 16), 10.0, last_step=True)  # 4 victims asked for
     assert len(lead.ghost) == 4  # the leader names every victim it evicts
     assert len(shadow.ghost) == 1  # the shadow: ceil(0.25 x 4)
+    policy.check_integrity()
+
+
+def test_every_expert_hears_of_demotions():
+    # A demotion changes how ttl and graph rank the session: adaptive must pass it on.
+    policy = AdaptivePolicy(experts=("graph", "ttl"))
+    m = make(policy, num_blocks=8)
+    run_step(m, "a", tokens(0, 8), 0.0, tool="search")
+    graph, ttl = (e.policy for e in policy.experts)
+    session = m.sessions["a"]
+    policy.session_deferred(session, True, 1.0)
+    assert "a" in graph._deferred
+    assert ttl.views["a"].hint.last_step  # released until its tool returns
+    policy.session_deferred(session, False, 2.0)
+    assert "a" not in graph._deferred
+    policy.check_integrity()
+
+
+def test_realized_evidence_lets_each_expert_lead_an_epoch_and_only_the_leader_names():
+    # Pool of 8, epochs of one pool size (8 victims): lru leads the first, ttl the next.
+    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=True, epoch_pools=1.0)
+    m = make(policy, num_blocks=8)
+    lru, ttl = policy.experts
+    for i in range(4):
+        run_step(m, f"s{i}", tokens(100 * i, 8), float(i), tool="search")
+    run_step(m, "n0", tokens(900, 32), 10.0, last_step=True)  # 8 victims: lru's epoch
+    assert policy.leader is lru and len(lru.ghost) == 8 and not ttl.ghost
+    assert 15 < lru.named <= 16  # the 16 prompt blocks read while it led (decayed)
+    run_step(m, "n1", tokens(2000, 8), 11.0, last_step=True)  # the epoch is over
+    assert policy.leader is ttl and ttl.ghost and len(lru.ghost) == 8
+    run_step(m, "s0", tokens(0, 12), 12.0, last_step=True)  # reads s0's evicted blocks
+    # s0's 3 blocks were read under ttl; the victims lru named are charged to lru
+    assert 2.9 < ttl.named <= 3 and lru.charged > 0 and ttl.charged == 0
     policy.check_integrity()

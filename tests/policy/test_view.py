@@ -12,7 +12,7 @@ from tests.policy.helpers import FakeView, build
 
 
 def _session(sid: str) -> SimpleNamespace:
-    return SimpleNamespace(session_id=sid, workflow="w", block_ids=[])
+    return SimpleNamespace(session_id=sid, workflow="w", block_ids=[], block_hashes=[])
 
 
 def test_the_manager_and_the_fake_are_block_views():

@@ -42,7 +42,7 @@ SPECS: dict[str, tuple[str, dict]] = {
     "oracle-ttl": ("oracle-ttl", {}),
     "adaptive": ("adaptive", {}),
     "adaptive-all": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
-                                  "shadow_share": 1.0}),
+                                  "shadow_share": 1.0, "realized": False}),
 }
 POOLS = {"gpu64": (64, 0), "gpu48-host16": (48, 16)}
 STEPS = (0.0, 0.0, 4e-4, 1e-3, 3e-3, 0.02, 0.05, 0.4, 2.0, 7.0)
