@@ -56,7 +56,8 @@ class ModelRunner:
         ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
         if not sampled:
-            self.model.hidden_states(ids, pos, self.kv_cache, meta)
+            # No row is read: the last layer only writes its K/V.
+            self.model.hidden_states(ids, pos, self.kv_cache, meta, ids.new_empty(0))
             return [], None
         logits = self.model(ids, pos, self.kv_cache, meta)  # [N, vocab] fp32
         params = [c.request.params for c in sampled]
