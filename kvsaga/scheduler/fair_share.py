@@ -6,10 +6,17 @@ that admission and the admitted tenant is debited 1; the tenant with the largest
 goes next (ties: the oldest waiting session). Deficits restart at 0 whenever the backlogged
 set changes.
 
-Deviation bound: a tenant's deficit is its weighted fair share of the admissions so far
-minus its admissions. The backlogged tenants' deficits sum to 0 and each stays above -1 (a
-tenant is debited only when its deficit is the largest, hence >= 0, and it is credited a
-positive share first), so each stays below k - 1 (k tenants). Hence, while the backlogged
+Only admissions in fair order are charged: the admitted tenant's deficit is the largest.
+The others are work-conserving: a session of another tenant that holds less than its memory
+share admitted while the favoured tenant's next session cannot fit (`_entitled_heads`), a
+session backfilled behind the head, or a demoted session coming back. The memory shares
+below bound those; charging them would push the admitted tenant's deficit below -1 and
+void the bound (tests/test_manager_stateful.py found that sequence).
+
+Deviation bound: a tenant's deficit is its weighted fair share of the charged admissions
+minus its charged admissions. The backlogged tenants' deficits sum to 0 and each stays
+above -1 (a tenant is debited only when its deficit is the largest, hence >= 0, and it is
+credited a positive share first), so each stays below k - 1 (k tenants). Hence, while the backlogged
 set stays the same, each tenant's admissions exceed its fair share by less than 1 and fall
 short of it by less than k - 1: for two tenants, less than one session either way.
 tests/scheduler/test_fair_share.py checks it on random weights and admission sequences.
@@ -57,10 +64,11 @@ class FairShare:
 
     def charge(self, tenant: str | None) -> None:
         """`tenant` had a session admitted: credit every backlogged tenant its share of the
-        admission and debit `tenant` 1 (a tenant not backlogged is not charged)."""
+        admission and debit `tenant` 1. A tenant not backlogged, or admitted out of fair
+        order (its deficit is not the largest), is not charged."""
         d = self.deficits
-        if tenant not in d:
-            return
+        if tenant not in d or d[tenant] < max(d.values()):
+            return  # out of fair order (see the module docstring): not charged
         total = sum(self.weight(t) for t in d)
         for t in d:
             d[t] += self.weight(t) / total

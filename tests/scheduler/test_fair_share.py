@@ -82,3 +82,20 @@ def test_fair_share_admissions_stay_within_the_stated_bound(k, n, weights, ages)
         for u in tenants:
             dev = count[u] - i * fs.weight(u) / total
             assert -max(k - 1, 1) < dev < 1, (u, dev)
+
+
+@settings(max_examples=100, deadline=None)
+@given(picks=st.lists(st.integers(0, 2), min_size=1, max_size=40))
+def test_admissions_out_of_fair_order_are_not_charged(picks):
+    """Work-conserving admissions (a tenant whose deficit is not the largest) leave the
+    deficits as they were, so any mix of in-order and out-of-order admissions keeps every
+    deficit in (-1, k - 1): the stated bound on the charged admissions."""
+    tenants = ["a", "b", "c"]
+    fs = FairShare({})
+    fs.backlog_changed(tenants)
+    for i in picks:
+        before = dict(fs.deficits)
+        fs.charge(tenants[i])
+        if before[tenants[i]] < max(before.values()):
+            assert fs.deficits == before
+        assert all(-1 < d < 2 for d in fs.deficits.values())
