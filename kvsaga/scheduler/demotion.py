@@ -1,0 +1,144 @@
+"""Demotions of the `workflow` scheduler's admitted sessions: the shrink when the admitted
+working sets outgrow the tiers, the pause deadline of a session away far longer than
+predicted, and the memory half of Agent Fair Share (a tenant within its share reclaims room
+from tenants above theirs; the bound is stated in `kvsaga.scheduler.fair_share`).
+
+A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), split from it by concept: it
+reads and updates the scheduler's admitted sessions (`sessions`, `_committed`,
+`_tenant_blocks`), its demotion marks (`_deferred`, `_times_demoted`, `_demote_at`) and its
+parameters (`overcommit`, `shrink_order`, `shrink_aging`); nothing else uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kvsaga.scheduler.working_set import shrink
+
+
+class Demotions:
+    """Which admitted sessions are demoted, and when (see the module docstring)."""
+
+    def _shrink(self, now: float) -> None:
+        """While the admitted working sets outgrow the tiers (contexts grew more than
+        predicted), demote paused sessions in `shrink_order`: "latest_back", those expected
+        back last first (their memory would idle longest, and their next step is the least
+        urgent), or "smallest", the smallest working sets first (the fewest blocks lost
+        to recompute); their next steps wait for room instead of evicting the contexts of
+        sessions about to resume. (Most recently admitted first did worse on seed 101, the
+        earlier single-seed `--fit`.) Aging:
+        sessions demoted `shrink_aging` times already go after all others, or the same
+        long-tool sessions are demoted at every pause and make the p95 TCT (seed 101, bfcl
+        1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse)."""
+        limit = self.overcommit * self.capacity
+        if self._committed > limit:
+            shares = self._shares(limit)
+            order = self._demotion_order(self.sessions)
+            if shares is not None:  # tenants above their shares first (AFS)
+                held = self._tenant_blocks
+                order.sort(key=lambda sid: held.get(self.sessions[sid].tenant, 0)
+                           <= shares[self.sessions[sid].tenant])
+            shrink(self.sessions, order, lambda: self._committed > limit,
+                   lambda a: not a.active, lambda sid: self._demote_session(sid, now))
+
+    def _demotion_order(self, sids) -> list[str]:
+        """Admitted sessions `sids` in the order they are demoted: `shrink_order`, those
+        demoted `shrink_aging` times already last."""
+        aged = self.shrink_aging or math.inf
+        times = self._times_demoted
+        info = self.sessions
+        if self.shrink_order == "smallest":
+            def key(sid):
+                return times.get(sid, 0) >= aged, info[sid].blocks
+        else:
+            def key(sid):
+                return times.get(sid, 0) >= aged, -info[sid].demote_at
+        return sorted(sids, key=key)
+
+    def _forget(self, sid: str) -> None:
+        info = self.sessions.pop(sid)
+        self._committed -= info.blocks
+        left = self._tenant_blocks[info.tenant] - info.blocks
+        if left:
+            self._tenant_blocks[info.tenant] = left
+        else:
+            del self._tenant_blocks[info.tenant]
+        self._deferred.pop(sid, None)
+
+    def _demote_session(self, sid: str, now: float) -> None:
+        """Demote a paused admitted session, and tell the policy that its blocks are needed
+        only after it is admitted again (`EvictionPolicy.session_deferred`)."""
+        self._forget(sid)
+        self.num_demotions += 1
+        self._times_demoted[sid] = self._times_demoted.get(sid, 0) + 1
+        self._set_deferred(sid, True, now)
+
+    def _set_deferred(self, sid: str, deferred: bool, now: float) -> None:
+        s = self.manager.sessions.get(sid)
+        if s is None:
+            return
+        if deferred:
+            self._deferred[sid] = 0
+        else:
+            self._deferred.pop(sid, None)
+        self.manager.policy.session_deferred(s, deferred, now)
+
+    def _demote(self, now: float) -> None:
+        """Demote admitted sessions paused far longer than predicted (and forget those
+        ended behind the scheduler's back), so that waiting sessions may be admitted."""
+        if now < self._demote_at:
+            return
+        self._demote_at = math.inf
+        sessions = self.manager.sessions
+        for sid, info in list(self.sessions.items()):
+            if info.active:
+                continue
+            if sid not in sessions:
+                self._forget(sid)
+                self._times_demoted.pop(sid, None)
+            elif now >= info.demote_at:
+                self._demote_session(sid, now)
+            else:
+                self._demote_at = min(self._demote_at, info.demote_at)
+
+    # -- Agent Fair Share of the memory -----------------------------------------------------
+    def _shares(self, limit: float) -> dict[str | None, float] | None:
+        """Each present tenant's (admitted or waiting) weighted share of the tiers' `limit`
+        blocks; None with fewer than two present (then nobody's share binds)."""
+        present = {i.tenant for i in self.sessions.values()}
+        present.update(self._pending)
+        if len(present) < 2:
+            return None
+        weight = self._fair.weight
+        total = sum(weight(t) for t in present)
+        return {t: limit * weight(t) / total for t in present}
+
+    def _reclaim_share(self, tenant: str | None, need: int, limit: float, now: float) -> bool:
+        """Make room for a session of `tenant` (`need` blocks) that the tiers cannot take,
+        if its tenant stays within its share with it: demote paused sessions of tenants
+        above their shares (in `_demotion_order`, each only while its tenant is still
+        above its share). All of them or none: when that cannot make room, nothing is
+        demoted. This is the memory half of Agent Fair Share's bound (module
+        kvsaga.scheduler.fair_share): a tenant is refused within its share only while
+        other tenants' active sessions (a step queued or running) hold the memory."""
+        shares = self._shares(limit)
+        held = self._tenant_blocks
+        if shares is None or held.get(tenant, 0) + need > shares[tenant]:
+            return False
+        left = dict(held)
+        victims = []
+        freed = 0
+        paused = [sid for sid, i in self.sessions.items() if not i.active and i.tenant != tenant]
+        for sid in self._demotion_order(paused):
+            if self._committed - freed + need <= limit:
+                break
+            info = self.sessions[sid]
+            if left.get(info.tenant, 0) > shares[info.tenant]:
+                victims.append(sid)
+                freed += info.blocks
+                left[info.tenant] -= info.blocks
+        if self._committed - freed + need > limit:
+            return False
+        for sid in victims:
+            self._demote_session(sid, now)
+        return True
