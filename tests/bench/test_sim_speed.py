@@ -59,3 +59,27 @@ def test_split_times_the_parts_and_puts_every_method_back():
     assert parts["KVCacheManager.begin_step"][0] > 0 and parts["policy.blocks_cached"][0] > 0
     assert 0 < parts["schedule: admits a step"][0] <= parts["KVCacheManager.begin_step"][0]
     assert all(0 <= sec <= total for label, (_, sec) in parts.items())
+
+
+def test_issue_baseline_gets_the_same_capacity_and_marks_what_it_cannot_run():
+    mod = load()
+    host = mod.Case("h", "swe", 4, 0.05, "1G", "graph", "fcfs", host_memory="2G")
+    cfg = host.issue_config()
+    assert cfg["num_gpu_blocks"] == host.config().blocks()
+    assert cfg["num_host_blocks"] == host.config().host_blocks() > 0
+    assert cfg["admission"] == "fifo" and cfg["policy"] == "graph"
+    assert mod.Case("w", "swe", 4, 0.05, "1G", "lru").issue_config()["admission"] == "reserve"
+    assert mod.Case("c", "swe", 4, 0.05, "1G", "lru", gpus=2).issue_config() is None
+    rows = [dict(case="fast one", steps=10, ref_s=2.0, fast_s=1.0, ref_rate=1.0, fast_rate=2.0,
+                 speedup=2.0, issue_s=20.0, issue_rate=0.1, issue_steps=12,
+                 issue_recomputed=5, recomputed=3),
+            dict(case="slow one", steps=10, ref_s=2.0, fast_s=1.0, ref_rate=1.0,
+                 fast_rate=2.0, speedup=2.0, issue_s=3.0, issue_rate=0.7, issue_steps=10,
+                 issue_recomputed=3, recomputed=3),
+            dict(case="a cluster", steps=None, ref_s=2.0, fast_s=1.0, ref_rate=1.0,
+                 fast_rate=2.0, speedup=2.0, issue_s=None, issue_rate=None)]
+    body = mod.report(rows, {}, "python bench/sim_speed.py", 1.0, issue_name="f9d2af5")
+    # Over the cases it ran: (20 + 3) / (1 + 1); per case the one under 10x is a miss.
+    assert "**11.50x** (met)" in body and "1 of 2 under 10x (misses): slow one 3.00x" in body
+    assert "Not run on it (no cluster simulator then): a cluster." in body
+    assert "n/a" in body.split("a cluster")[1].splitlines()[0]
