@@ -56,6 +56,10 @@ SECTION = "## Simulator speed"
 GOAL = 10.0  # issue 12: sessions per CPU second over the baseline's
 README_ARGS = ["--workload", "swe", "--sessions", "30", "--seed", "1", "--scale", "0.25",
                "--kv-memory", "4G", "--policy", "lru,ttl,graph,belady"]
+# The quickstart the issue ran (f9d2af5's README, `--kv-gib 20` then, without its `--plot`).
+ISSUE_POLICIES = ("lru", "saga", "ttl", "graph", "belady")
+ISSUE_ARGS = ["--workload", "swe", "--sessions", "200", "--seed", "1", "--policy",
+              ",".join(ISSUE_POLICIES), "--kv-memory", "20G"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +115,7 @@ CASES = [
     # The README quickstart the issue ran (f9d2af5's: `kvsaga sim --workload swe --sessions
     # 200 --seed 1 --policy lru,saga,ttl,graph,belady --kv-gib 20`), one case per policy.
     *(Case(f"issue quickstart {p}", "swe", 200, 1.0, "20G", p)
-      for p in ("lru", "saga", "ttl", "graph", "belady")),
+      for p in ISSUE_POLICIES),
 ]
 
 
@@ -251,10 +255,9 @@ def run_case(case: Case, trace: Path, path: str, mode: str) -> tuple[float, dict
     return t, row
 
 
-def quickstart_wall(jobs: int) -> float:
-    """Wall seconds of the README's `kvsaga sim` command with `--jobs jobs`."""
-    cmd = [sys.executable, "-m", "kvsaga.cli", "sim", *README_ARGS, "--jobs", str(jobs),
-           "--quiet"]
+def quickstart_wall(jobs: int, args: list[str] = README_ARGS) -> float:
+    """Wall seconds of a `kvsaga sim` command (the README's) with `--jobs jobs`."""
+    cmd = [sys.executable, "-m", "kvsaga.cli", "sim", *args, "--jobs", str(jobs), "--quiet"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     return time.perf_counter() - t
@@ -359,7 +362,8 @@ def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
 
 def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
            baseline_name: str = "", loads: tuple[float, float] | None = None,
-           previous_name: str = "", issue_name: str = "") -> str:
+           previous_name: str = "", issue_name: str = "",
+           issue_walls: dict[int, float] | None = None) -> str:
     load = f", load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end" if loads else ""
     lines = [
         f"`{cmd}` ({seconds:.0f} s, Python {platform.python_version()}, "
@@ -422,8 +426,29 @@ def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
                           for j, w in walls.items() if j != 1)
         lines.append(f"- The README quickstart end to end (`kvsaga sim {' '.join(README_ARGS)}`"
                      f", wall time, 4 simulations): `--jobs 1` {one:.1f} s, {parts}.")
+    if issue_walls:
+        lines.append(issue_wall_line(rows, issue_walls))
     lines.append(NOTES)
     return "\n".join(lines)
+
+
+def issue_wall_line(rows: list[dict], walls: dict[int, float]) -> str:
+    """The issue's quickstart end to end through today's CLI, against the CPU time the
+    issue's simulator took on its five simulations (one process ran them one after
+    another: its wall time was at least that)."""
+    parts = ", ".join(f"`--jobs {j}` {w:.1f} s" for j, w in walls.items())
+    quick = [r for r in rows if r["case"].startswith("issue quickstart")]
+    old = [r["issue_s"] for r in quick if r.get("issue_s") is not None]
+    line = (f"- The issue's quickstart end to end through today's CLI (`kvsaga sim "
+            f"{' '.join(ISSUE_ARGS)}`, without `--plot`, whose sweep runs each policy at "
+            f"up to 5 capacities), wall time: {parts}.")
+    if len(old) == len(ISSUE_POLICIES):
+        best = min(walls.values())
+        line += (f" The issue's simulator took {sum(old):.0f} CPU s on the same five "
+                 f"simulations (the `issue quickstart` rows, run one after another as its "
+                 f"CLI did, so at least that in wall time): {sum(old) / best:.1f}x the "
+                 f"fastest wall time here.")
+    return line
 
 
 def issue_lines(rows: list[dict], issue_name: str) -> list[str]:
@@ -505,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per path; the best counts")
     ap.add_argument("--jobs", default="1,2", help="--jobs values for the quickstart timing "
                     "(empty: skip it)")
+    ap.add_argument("--issue-jobs", default="1,2", help="--jobs values for timing the "
+                    "issue's quickstart through today's CLI (empty: skip it)")
     ap.add_argument("--baseline", metavar="PATH", help="a checkout of an older kvsaga")
     ap.add_argument("--baseline-name", default=None,
                     help="what to call it in RESULTS.md (default: the path)")
@@ -544,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     rows = measure(cases, args.repeat, args.baseline, args.previous, args.issue_baseline)
     walls = {int(j): quickstart_wall(int(j)) for j in args.jobs.split(",") if j}
+    issue_walls = {int(j): quickstart_wall(int(j), ISSUE_ARGS)
+                   for j in args.issue_jobs.split(",") if j}
     cmd = "python bench/sim_speed.py" + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
     if args.issue_baseline:
         cmd += " --issue-baseline PATH3"
@@ -554,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(rows, walls, cmd, time.perf_counter() - t0,
                   args.baseline_name or args.baseline or "", (load0, os.getloadavg()[0]),
                   args.previous_name or args.previous or "",
-                  args.issue_baseline_name or args.issue_baseline or "")
+                  args.issue_baseline_name or args.issue_baseline or "", issue_walls)
     print(body)
     if not args.no_write and not args.case:
         write_section(body)
