@@ -462,7 +462,7 @@ def issue_lines(rows: list[dict], issue_name: str) -> list[str]:
            "the simulator and its run, CPU seconds). It has no scheduler module: its "
            "admission rule stands in for the scheduler (`fifo`, vLLM's rule, for `fcfs`; "
            "`reserve`, its default warm-first rule, for `workflow`), so its decisions and "
-           "result rows differ from this tree's (below: its batch steps and recomputed "
+           "result rows may differ from this tree's (below: its batch steps and recomputed "
            "tokens beside this tree's). `vs issue` is fast over it."]
     if not ran:
         return out + ["- Goal (issue 12, item 4): no case ran on the issue's simulator."]
@@ -501,20 +501,26 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   session's block table and counted in C++, each block hashed once, cache residence timed
   by the pool, a step's release reported to a grouped policy in one call. The reference
   path shares all but the decode runs (docs/simulator.md, "Speed").
-- This session's two changes (`previous` is main at 33465c6 without them, so its rows
-  must equal this tree's): refusals held (readme lru: 6,087 admission attempts -> 1,939,
-  994 of which admit; the workflow scheduler's wait-cause charges made exact under it) and
-  coalesced ticks (readme ttl: 4,581M -> 4,187M instructions for the run less its setup,
-  `valgrind --tool=callgrind`, which the load does not move).
-- Where the time goes now (`python bench/sim_speed.py --split`): no part
-  dominates. Per admitted step `lookup`, `begin_step` and the first chunk's allocation, per
-  finished step `finish_step`, each O(the context's blocks) in C++ or, for the grouped
-  policies, in Python (their per-block marks: kvsaga/policy/groups.py, search.py); per
-  decode block one `append_tokens` + `allocate_slots` (6,700 on readme lru, 13,900 on the
-  full-size case); per run the arrays of its step times. 10x past the baseline needs each
-  step's per-block work gone, not cheaper: the grouped policies' marks kept per run, and a
-  paused session's table held whole by the pool (a contract change for the pool, every
-  policy's order and the usage metrics); docs/simulator.md, "Speed".
+- `vs issue`: where the issue's simulator takes the decisions this tree takes (the same
+  batch steps and recomputed tokens in the second table: the `fcfs` cases, whose rule is
+  vLLM's in both), the ratio is speed alone. Where they differ, its `reserve` rule is not
+  the workflow scheduler: on the issue's quickstart it recomputes several times more
+  tokens (it thrashes at 20 GiB), so part of that ratio is work the workflow scheduler no
+  longer causes, not the same work done faster. Every case under 10x is a miss (listed
+  above).
+- Where the time goes now (`python bench/sim_speed.py --split`): on the issue's quickstart
+  (`--case 'issue quickstart lru'`), the scheduler's admissions asked inside decode runs
+  (about half: every decode allocation ends a refusal's hold, and with sessions waiting
+  nearly every step allocates) and the lookups they make (a fifth: an eviction or a
+  registration changes the cache version at nearly every allocation). On the small cases
+  no part dominates. Per admitted step `lookup`, `begin_step` and the first chunk's
+  allocation, per finished step `finish_step`, each O(the context's blocks) in C++ or, for
+  the grouped policies, in Python (their per-block marks: kvsaga/policy/groups.py,
+  search.py); per decode block one `append_tokens` + `allocate_slots` (6,700 on readme
+  lru, 13,900 on the full-size case); per run the arrays of its step times. 10x on every
+  case needs each step's per-block work gone, not cheaper: the grouped policies' marks
+  kept per run, and a paused session's table held whole by the pool (a contract change for
+  the pool, every policy's order and the usage metrics); docs/simulator.md, "Speed".
 - `(differs)`: decisions changed on main since the baseline (other lanes: the workflow
   scheduler's demotions and defaults, ttl's and graph's parameters); readme belady's row
   already differs at 01642d6, before the speed changes, none of which changes a row (each
@@ -554,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                     "manager calls, decode runs, policy hooks; and stop")
     ap.add_argument("--top", type=int, default=15, help="entries per profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--json", metavar="OUT", help="also save what this run measured (rows, "
+                    "wall times, command, load) to OUT")
+    ap.add_argument("--from-json", metavar="IN", help="measure nothing: write the section "
+                    "from a run saved with --json (after its notes changed)")
     args = ap.parse_args(argv)
     cases = select(args.case)
     if not cases:
@@ -567,6 +577,25 @@ def main(argv: list[str] | None = None) -> int:
             if case.gpus == 1:
                 print_split(case)
         return 0
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        saved["walls"] = {int(j): w for j, w in saved["walls"].items()}
+        saved["issue_walls"] = {int(j): w for j, w in saved["issue_walls"].items()}
+    else:
+        saved = run_all(args, cases)
+        if args.json:
+            Path(args.json).write_text(json.dumps(saved, indent=1), encoding="utf-8")
+    body = report(saved["rows"], saved["walls"], saved["cmd"], saved["seconds"],
+                  saved["baseline_name"], tuple(saved["loads"]), saved["previous_name"],
+                  saved["issue_name"], saved["issue_walls"])
+    print(body)
+    if not args.no_write and not args.case:
+        write_section(body)
+    return 0
+
+
+def run_all(args, cases: list[Case]) -> dict:
+    """Every measurement of a run, as `report` takes them."""
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     rows = measure(cases, args.repeat, args.baseline, args.previous, args.issue_baseline)
@@ -580,14 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd += " --baseline PATH"
     if args.previous:
         cmd += " --previous PATH2"
-    body = report(rows, walls, cmd, time.perf_counter() - t0,
-                  args.baseline_name or args.baseline or "", (load0, os.getloadavg()[0]),
-                  args.previous_name or args.previous or "",
-                  args.issue_baseline_name or args.issue_baseline or "", issue_walls)
-    print(body)
-    if not args.no_write and not args.case:
-        write_section(body)
-    return 0
+    return dict(rows=rows, walls=walls, issue_walls=issue_walls, cmd=cmd,
+                seconds=time.perf_counter() - t0, loads=(load0, os.getloadavg()[0]),
+                baseline_name=args.baseline_name or args.baseline or "",
+                previous_name=args.previous_name or args.previous or "",
+                issue_name=args.issue_baseline_name or args.issue_baseline or "")
 
 
 if __name__ == "__main__":
