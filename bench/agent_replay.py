@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--vllm-policies", default="ttl",
                    help="vLLM connector arms: POLICY (a kvsaga policy, the connector's "
                         "defaults: session gate on), POLICY+nogate (retention alone), "
-                        "POLICY+gate (gate forced on)")
+                        "POLICY+gate (gate forced on), POLICY+noroom (the gate without "
+                        "room admission)")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM")
     return p

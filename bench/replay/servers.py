@@ -23,7 +23,13 @@ KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
                   "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
                   "kvsaga:kv_blocks_total": "kv_blocks"}
 VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
-                "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens"}
+                "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
+                # where a request's time went: waiting to be scheduled (the connector's gate
+                # defers there), prefill, decode (summed over requests), and engine steps
+                "vllm:request_queue_time_seconds_sum": "queue_s",
+                "vllm:request_prefill_time_seconds_sum": "prefill_s",
+                "vllm:request_decode_time_seconds_sum": "decode_s",
+                "vllm:iteration_tokens_total_count": "engine_steps"}
 
 
 def scrape_metrics(url: str, want: dict[str, str]) -> dict[str, float]:
@@ -50,17 +56,27 @@ def _free_port() -> int:
 
 
 
+CONNECTOR_SUFFIXES = {  # a connector arm's suffix -> the kv_connector_extra_config it sets
+    "gate": {"admission": True},
+    "nogate": {"admission": False},  # retention alone
+    # the gate on predicted working sets alone, as before room admission (A/B of 2026-11-30)
+    "noroom": {"admission": True, "gate_args": {"room_admit": False}},
+}
+
+
 def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
     """A vLLM connector arm's name as the policy and the `kv_connector_extra_config` entries
     it sets: `POLICY` (the connector's defaults), `POLICY+gate` (the session admission gate
-    on), `POLICY+nogate` (off: retention alone)."""
+    on), `POLICY+nogate` (off: retention alone), `POLICY+noroom` (the gate without room
+    admission: it defers on the predicted working sets even where vLLM has room)."""
     from kvsaga.policy import POLICIES
 
     policy, plus, suffix = name.partition("+")
-    if policy not in POLICIES or (plus and suffix not in ("gate", "nogate")):
-        raise SystemExit(f"connector arm {name!r} is not POLICY, POLICY+gate or POLICY+nogate "
-                         f"with a policy in {sorted(POLICIES)}")
-    return policy, ({"admission": suffix == "gate"} if plus else {})
+    if policy not in POLICIES or (plus and suffix not in CONNECTOR_SUFFIXES):
+        raise SystemExit(f"connector arm {name!r} is not POLICY or POLICY+SUFFIX with a "
+                         f"suffix in {sorted(CONNECTOR_SUFFIXES)} and a policy in "
+                         f"{sorted(POLICIES)}")
+    return policy, (dict(CONNECTOR_SUFFIXES[suffix]) if plus else {})
 
 class Server:
     """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""

@@ -121,7 +121,7 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
 
 def test_connector_arm_names_map_to_the_connector_settings() -> None:
     """`--vllm-policies` (and vllm_scheduler_replay's `--policies`) names: POLICY runs the
-    connector's defaults, +gate / +nogate set its admission gate; anything else fails
+    connector's defaults, +gate / +nogate / +noroom set its admission gate; anything else fails
     before a server starts."""
     _load_script()  # puts bench/ (the replay package) on sys.path
     from replay.servers import connector_arm
@@ -129,6 +129,8 @@ def test_connector_arm_names_map_to_the_connector_settings() -> None:
     assert connector_arm("ttl") == ("ttl", {})
     assert connector_arm("graph+gate") == ("graph", {"admission": True})
     assert connector_arm("ttl+nogate") == ("ttl", {"admission": False})
+    assert connector_arm("ttl+noroom") == ("ttl", {"admission": True,
+                                                   "gate_args": {"room_admit": False}})
     for bad in ("nope", "ttl+gates", "ttl+"):
         with pytest.raises(SystemExit, match="connector arm"):
             connector_arm(bad)

@@ -100,7 +100,8 @@ def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand(
                                 {"max_wait_s": "x"}, {"demote_factor": float("nan")},
                                 {"capacity": True}, {"idle_admit_s": False},
                                 {"growth_alpha": 0}, {"growth_alpha": 1.5},
-                                {"shrink_horizon_steps": -0.5}])
+                                {"shrink_horizon_steps": -0.5}, {"room_admit": 1},
+                                {"room_steps": -1}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
@@ -118,3 +119,43 @@ def test_growth_is_the_schedulers_estimate():
         assert g.admit("a", "w", context, 0, now=float(i) + 0.5)
     # a plain mean of 2 and 1 blocks (1.5), then with weight 1/2: (1.5 + 4) / 2 = 2.75 blocks
     assert g._growth.mean("w") == 2.75 * BS
+
+
+def test_a_session_vllm_has_room_for_goes_ahead_whatever_the_prediction():
+    """The prediction defers c (18 + 5 > 20 blocks), but vLLM has c's blocks free beside
+    one step's growth (1 block) of each admitted session: c goes ahead, and the wait and
+    the reason are counted. With less spare room, or room_admit off, c waits."""
+    def two_admitted(**kw) -> SessionGate:
+        g = _gate(**kw)
+        for sid, t in (("a", 0.0), ("b", 0.1)):
+            assert g.admit(sid, "w", 8 * BS, 0, now=t)
+            g.started(f"{sid}0")
+        return g
+
+    g = two_admitted()
+    assert g.next_step_blocks() == 2
+    assert not g.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=1)  # growth of 2 not covered
+    assert g.num_deferred_with_room == 1  # its own blocks were free, though
+    assert not g.admit("c", "w", 4 * BS, 0, now=0.3, spare_blocks=-1)  # no room at all
+    assert g.num_deferrals == 2 and g.num_deferred_with_room == 1
+    assert g.admit("c", "w", 4 * BS, 0, now=0.7, spare_blocks=2)
+    assert set(g.sessions) == {"a", "b", "c"}
+    assert g.admitted_by == {"room": 1} and g.wait_s == pytest.approx(0.5)
+    off = two_admitted(room_admit=False)
+    assert not off.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=100)
+    wide = two_admitted(room_steps=3.0)  # 3 blocks of growth per admitted session
+    assert not wide.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=5)
+    assert wide.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=6)
+    # a session that fits the prediction never waits: nothing counted
+    g2 = _gate()
+    assert g2.admit("a", "w", 4 * BS, 0, now=0.0, spare_blocks=-5)
+    assert g2.admitted_by == {} and g2.wait_s == 0.0
+
+
+def test_a_waiting_session_admitted_by_idleness_or_max_wait_says_so():
+    g = _gate(idle_admit_s=2.0, max_wait_s=50.0)
+    assert g.admit("a", "w", 18 * BS, 0, now=0.0)
+    _run_step(g, "a0", "a", 19 * BS, now=1.0, expected_s=100.0)
+    assert not g.admit("b", "w", 4 * BS, 0, now=2.0, spare_blocks=-1)
+    assert g.admit("b", "w", 4 * BS, 0, now=3.5, spare_blocks=-1)
+    assert g.admitted_by == {"idle": 1} and g.wait_s == pytest.approx(1.5)

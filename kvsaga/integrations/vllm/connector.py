@@ -21,7 +21,10 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 - S's last step (`last_step`), or a request that names no session: nothing is retained.
 - Admission (`admission`, on by default): a session gate (`gate.SessionGate`, kvsaga's
   workflow rule) defers a session's step while the admitted sessions' predicted working sets
-  fill the blocks, so paused contexts are not thrashed by the sessions that would evict them.
+  fill the blocks and vLLM has no room for it now (its blocks free, beside one per running
+  request and the admitted sessions' next growth, without releasing anything retained), so
+  paused contexts are not thrashed by the sessions that would evict them, and a session is
+  never held back from memory that would otherwise idle.
   A deferred step may still run unretained in vLLM's free blocks when its whole context's
   prefill is cheap on this machine: at most `best_effort_steps` steps' fixed cost, by
   `step_cost.StepCost`'s online fit of vLLM's step times (where a step's fixed cost
@@ -93,6 +96,15 @@ class RetentionStats:
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
+    # Where the gate's waiting went: deferrals while vLLM had the step's blocks free (no
+    # retained block needed), the seconds held-back sessions waited in all, and how they got
+    # in at last (vLLM had room, the predicted working sets fit, idle batch, max wait).
+    deferred_with_room: int = 0
+    gate_wait_s: float = 0.0
+    admitted_room: int = 0
+    admitted_fit: int = 0
+    admitted_idle: int = 0
+    admitted_max_wait: int = 0
     # `StepCost`'s fit of vLLM's steps when the line was written (0: not fitted yet):
     # microseconds per step and per scheduled token, i.e. whether prefill dominates here.
     step_fixed_us: int = 0
@@ -193,10 +205,10 @@ class KVSagaConnector(KVConnectorBase_V1):
         new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
         watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
         if self.gate is not None and info is not None and not self.gate.admit(
-            info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now
+            info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
+            self._spare(new_blocks + 1 + watermark),
         ):
-            if self._best_effort(request.num_tokens,
-                                 new_blocks + 1 + watermark):
+            if self._best_effort(request.num_tokens, new_blocks + 1 + watermark):
                 self._unretained.add(request.request_id)
                 self.stats.best_effort += 1
                 return 0, False
@@ -213,6 +225,14 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._release_until(need + self.reserve_blocks, now, "admit")
         return 0, False
 
+    def _spare(self, blocks: int) -> int:
+        """vLLM's free blocks (free or plain evictable cache: a retained block is never free)
+        left after `blocks` more, one per running request and the reserve; negative when
+        they do not fit without releasing retained blocks. Prefix hits are taken as held
+        (the shared prompt and a resumed context are, by retention or a running request)."""
+        return (self.pool.get_num_free_blocks() - blocks - self.gate.num_in_flight
+                - self.reserve_blocks)
+
     def _best_effort(self, tokens: int, blocks: int) -> bool:
         """Whether a step the gate holds back may run anyway, unretained: its context's
         `tokens` (what its next step recomputes once vLLM's LRU has evicted them) cost at
@@ -220,8 +240,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         and its `blocks` fit in vLLM's free blocks beside one per running request and the
         reserve, without releasing anything retained."""
         return (self.best_effort_steps > 0 and self.cost.cheap(tokens, self.best_effort_steps)
-                and blocks + self.gate.num_in_flight + self.reserve_blocks
-                <= self.pool.get_num_free_blocks())
+                and self._spare(blocks) >= 0)
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -332,9 +351,14 @@ class KVSagaConnector(KVConnectorBase_V1):
         """Log the counters when they changed since the last line (called every few seconds
         of steps, and whenever no session step is left in flight, so a run's final counts
         reach the log even when the server is stopped without a shutdown)."""
-        if self.gate is not None:
-            self.stats.deferrals = self.gate.num_deferrals
-            self.stats.demotions = self.gate.num_demotions
+        gate = self.gate
+        if gate is not None:
+            st = self.stats
+            st.deferrals, st.demotions = gate.num_deferrals, gate.num_demotions
+            st.deferred_with_room = gate.num_deferred_with_room
+            st.gate_wait_s = round(gate.wait_s, 1)
+            for how in ("room", "fit", "idle", "max_wait"):
+                setattr(st, f"admitted_{how}", gate.admitted_by.get(how, 0))
         fitted = self.cost.fit()
         if fitted is not None:
             self.stats.step_fixed_us, self.stats.step_token_us = (round(x * 1e6) for x in fitted)

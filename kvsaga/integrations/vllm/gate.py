@@ -14,6 +14,15 @@ go on.
   it shares with others, counted once) plus `horizon_steps` steps of the workflow's
   observed context growth per step (a mean, then an exponential moving average), rounded
   up to blocks.
+- A session's first step is also admitted whenever vLLM has room for it right now: the
+  connector passes the blocks vLLM could still hand out after this step's allocation and
+  one block per running request, without releasing anything retained (`spare_blocks`), and
+  the step goes ahead when they cover the next step's growth of every admitted session
+  (`room_admit`, default on). The prediction above is what guards the admitted sessions
+  when memory is short; when it is not short, deferring only shrinks the batch: live on
+  fit seeds 0-1 (docs/integrations.md, "Where the gate's time went") the gate deferred
+  first steps for seconds while vLLM had their blocks free, and that wait, not recompute,
+  was the connector's extra task time.
 - When one does not fit, admitted sessions paused far longer than expected
   (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
   does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
@@ -68,6 +77,8 @@ class SessionGate:
         max_wait_s: admit a waiting session anyway once it has waited this long.
         shrink_horizon_steps: steps of growth counted when deciding whether the admitted
             sessions outgrew the blocks (demotion).
+        room_admit: admit a session whose step vLLM has room for now (see `admit`).
+        room_steps: steps of the admitted sessions' growth that room must cover.
     """
 
     def __init__(
@@ -84,6 +95,8 @@ class SessionGate:
         idle_admit_s: float = 5.0,
         max_wait_s: float = 120.0,
         shrink_horizon_steps: float = 0.0,
+        room_admit: bool = True,
+        room_steps: float = 1.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -92,9 +105,13 @@ class SessionGate:
                         ("demote_factor", demote_factor), ("demote_min_s", demote_min_s),
                         ("default_pause_s", default_pause_s), ("idle_admit_s", idle_admit_s),
                         ("max_wait_s", max_wait_s),
-                        ("shrink_horizon_steps", shrink_horizon_steps)):
+                        ("shrink_horizon_steps", shrink_horizon_steps),
+                        ("room_steps", room_steps)):
             if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
+        if not isinstance(room_admit, bool):
+            raise ValueError(f"gate parameter room_admit must be true or false, got "
+                             f"{room_admit!r}")
         if not (is_number(growth_alpha) and 0 < growth_alpha <= 1):
             raise ValueError(f"gate parameter growth_alpha must be in (0, 1], got "
                              f"{growth_alpha!r}")
@@ -107,6 +124,8 @@ class SessionGate:
         self.idle_admit_s = float(idle_admit_s)
         self.max_wait_s = float(max_wait_s)
         self.shrink_horizon_steps = float(shrink_horizon_steps)
+        self.room_admit = room_admit
+        self.room_steps = float(room_steps)
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GrowthTable(prior_growth_tokens, growth_alpha)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
@@ -115,6 +134,12 @@ class SessionGate:
         self._idle_since: float | None = 0.0
         self.num_deferrals = 0
         self.num_demotions = 0
+        # Where the waiting went (the connector logs these): deferrals while vLLM had room
+        # for the step, seconds waited by the sessions the gate held back (first deferral
+        # to admission), and how each waiting session got in at last.
+        self.num_deferred_with_room = 0
+        self.wait_s = 0.0
+        self.admitted_by: dict[str, int] = {}
 
     # -- working sets -------------------------------------------------------------------------
     def _blocks(self, s: _Admitted, horizon: float | None = None) -> int:
@@ -133,25 +158,49 @@ class SessionGate:
 
     # -- the decision -------------------------------------------------------------------------
     def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
-              now: float) -> bool:
+              now: float, spare_blocks: int | None = None) -> bool:
         """Whether a step of session `sid` (`num_tokens` of prompt, the first `shared_tokens`
         of them a prefix cached for other sessions) may be allocated now. True admits the
-        session (a later `finished` or `ended` must follow)."""
+        session (a later `finished` or `ended` must follow).
+
+        `spare_blocks`: the blocks vLLM would still have free (or plain evictable cache, no
+        retained block among them) after allocating this step and one block per running
+        request; None when unknown. A new session is admitted when they cover `room_steps`
+        steps' growth of every admitted session (`room_admit`): it then evicts nothing an
+        admitted session holds or is about to need."""
         s = self.sessions.get(sid)
         if s is not None:
             s.context, s.paused_at = max(s.context, num_tokens), None
             return True
         shared = self._shared.setdefault(sid, min(shared_tokens, num_tokens))
         new = _Admitted(workflow, num_tokens, shared, now)
+        reason = "fit"
         if not self._fits(new, now):
             since = self._waiting_since.setdefault(sid, now)
             idle = self._idle_since is not None and now - self._idle_since >= self.idle_admit_s
-            if not idle and now - since < self.max_wait_s:
+            room = spare_blocks is not None and spare_blocks >= self.next_step_blocks()
+            if self.room_admit and room:
+                reason = "room"
+            elif idle:
+                reason = "idle"
+            elif now - since >= self.max_wait_s:
+                reason = "max_wait"
+            else:
                 self.num_deferrals += 1
+                self.num_deferred_with_room += spare_blocks is not None and spare_blocks >= 0
                 return False
-        self._waiting_since.pop(sid, None)
+        since = self._waiting_since.pop(sid, None)
+        if since is not None:
+            self.wait_s += now - since
+            self.admitted_by[reason] = self.admitted_by.get(reason, 0) + 1
         self.sessions[sid] = new
         return True
+
+    def next_step_blocks(self) -> int:
+        """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps
+        of their workflow's growth each, rounded up to blocks."""
+        return sum(math.ceil(self.room_steps * self._growth.mean(s.workflow) / self.block_size)
+                   for s in self.sessions.values())
 
     def _fits(self, new: _Admitted, now: float) -> bool:
         if not self.sessions:

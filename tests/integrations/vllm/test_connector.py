@@ -207,6 +207,38 @@ def test_admission_gate_admits_a_waiting_session_once_the_batch_idles(hf_model_d
     _assert_no_leak(s)
 
 
+@pytest.mark.parametrize("room_admit", [True, False])
+def test_admission_gate_admits_a_session_vllm_has_room_for(hf_model_dir, room_admit):
+    """The prediction defers B (paused A's working set with 20 steps of growth overflows the
+    40 blocks), but vLLM has B's blocks free beside A's next growth without releasing any
+    block A holds: B is admitted and retained, and A still hits its whole context. With
+    room_admit off, B waits until A has ended (the clock stands still: no idle admission)."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True,
+                       gate_args={"horizon_steps": 20.0, "room_admit": room_admit})
+    s.connector.clock = lambda: now[0]
+    a1 = _prompt(1, 10)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    b1 = _prompt(3, 5)
+    b = make_request(b1, 2, {"session_id": "B", "tool": "t", "expected_s": 30})
+    s.add_request(b)
+    b_ran = any(b.request_id in step(s).num_scheduled_tokens for _ in range(3))
+    gate = s.connector.gate
+    assert b_ran is room_admit and ("B" in gate.sessions) is room_admit
+    assert gate.admitted_by == ({"room": 1} if room_admit else {})
+    assert gate.num_deferred_with_room == (0 if room_admit else 3)
+    a2 = make_request(a1 + [TOKEN] * 2 + _prompt(2, 1), 2, {"session_id": "A", "last_step": True})
+    assert run(s, [a2])[a2.request_id] == 10 * BLOCK_SIZE
+    assert b.is_finished()
+    if room_admit:
+        assert len(s.connector.holds["B"]) == 5
+        b2 = make_request(b1 + [TOKEN] * 2, 1, {"session_id": "B", "last_step": True})
+        assert run(s, [b2])[b2.request_id] == 5 * BLOCK_SIZE
+    else:
+        run(s, [make_request(b1 + [TOKEN] * 2, 1, {"session_id": "B", "last_step": True})])
+    _assert_no_leak(s)
+
+
 def test_the_step_cost_is_fitted_from_vllms_steps(hf_model_dir):
     """The connector times vLLM's steps (the clock between two schedules) against their
     scheduled tokens: on a clock that charges 0.25 s per step + 3 ms per token the fit is
@@ -236,7 +268,9 @@ def test_a_held_back_step_rides_along_only_where_its_prefill_is_cheap(
     anyway in the free blocks, unretained, and A keeps every block; where a token costs
     0.5 s, B waits until A has ended. A's next step hits all of its context either way."""
     now = [0.0]
-    s = make_scheduler(hf_model_dir, 40, connector=True)  # the defaults: the gate is on
+    # the gate on, and B's step not let in by vLLM's room for it (what is under test here is
+    # riding along; room admission has its own test)
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
     s.connector.clock = lambda: now[0]
     for n in (1, 200, 5, 90):  # the fit the connector would have from earlier steps
         s.connector.cost.observe(n, 0.5 + per_token_s * n)
