@@ -176,6 +176,7 @@ class AdaptivePolicy(EvictionPolicy):
             e.policy.bind(view)
         # The pool's calls go to every expert, batched where an expert batches.
         pols = [e.policy for e in self.experts]
+        self._followers = [p for p in pols if hasattr(p, "expect_runs")]
         self.block_cached = _fan_out([p.block_cached for p in pols])
         self.block_uncached = _fan_out([p.block_uncached for p in pols])
         self.blocks_cached = _fan_out([_batched(p, "block_cached") for p in pols])
@@ -233,6 +234,13 @@ class AdaptivePolicy(EvictionPolicy):
                 self._elect()
         out = self._name(self.leader, num_blocks, now, shadow=False)
         self._epoch_left -= len(out)
+        # The other experts see these victims leave as runs of session tails, as the
+        # leader does: they take the runs from its search, not from each victim's marks.
+        runs = getattr(self.leader.policy, "victim_runs", None)
+        plan = runs() if runs is not None else None
+        for p in self._followers:
+            if p is not self.leader.policy:
+                p.expect_runs(plan)
         return out
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:

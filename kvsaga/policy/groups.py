@@ -19,9 +19,10 @@ Invariants (checked by `check_integrity`):
 - the tracked blocks are exactly the pool's CACHED blocks;
 - a block sits in one place; groups are sorted and never empty;
 - a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
-  UNTRACKED, or OWNED only when it left in a run of its group's tail (`_tail_runs`) or a
-  resume's run of its own group (stale, never read: `block_cached` rewrites them; `_stale`
-  names those blocks).
+  UNTRACKED, or OWNED with its old owner only when it left in a run of its group's tail
+  (`_tail_runs`) or a resume's run of its own group (stale, never read: `block_cached`
+  rewrites them; a block uncached one by one has its owner cleared). No per-block record
+  of those runs is kept: it would cost a set update per victim.
 The one ownership change the pool does not report is `end_session` turning a session's
 blocks into plain cache: `session_ended` moves the session's group to `dead`, and the
 blocks its release caches right after are routed there too.
@@ -112,7 +113,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._now = 0.0
         self._ending: str | None = None
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
-        self._stale: set[int] = set()  # uncached in a run, marks left OWNED (check_integrity)
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}
@@ -165,7 +165,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
             self._dirty.add(owner)
-        self._stale.discard(block_id)
 
     def blocks_cached(self, block_ids: list[int]) -> None:
         """`block_cached` for a batch, with the same result. A step's release caches its
@@ -207,8 +206,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         else:
             extend_sorted(g, run, self._order_key)
         self._dirty.add(sid)
-        if self._stale:
-            self._stale.difference_update(run)
 
     def block_uncached(self, block_id: int) -> None:
         w = self._where[block_id]
@@ -266,7 +263,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         """Uncache the run that ends `block_ids` when it is the head of its session's group,
         head first (a resume's hits of the session's own blocks, the retained tail aside):
         one slice off the group, the run's marks left as `_tail_runs` leaves them (stale
-        OWNED, in `_stale`). Returns the run's length, 0 (nothing done) for any other batch."""
+        OWNED). Returns the run's length, 0 (nothing done) for any other batch."""
         if not block_ids or self._where[block_ids[-1]] != OWNED:
             return 0
         sid = self._owner[block_ids[-1]]
@@ -283,7 +280,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         else:
             del g[-k:]
         self._dirty.add(sid)
-        self._stale.update(run)
         return k
 
     def _tail_runs(self, block_ids: list[int]) -> bool:
@@ -291,7 +287,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         tail of its session's group (a victim search's answer: this policy's own, or, in
         `adaptive`, the leading expert's as every other expert sees it): one slice off each
         group, with no Python work per block. Their `_where` / `_owner` marks stay (stale
-        OWNED, in `_stale`): only a CACHED block's marks are ever read, and `block_cached`
+        OWNED): only a CACHED block's marks are ever read, and `block_cached`
         rewrites them. Returns False, nothing done, for any other batch."""
         runs = self._runs_of(block_ids)
         if runs is None:
@@ -311,7 +307,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             else:
                 del g[:k]
             dirty.add(sid)
-        self._stale.update(block_ids)
         return True
 
     def _runs_of(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
@@ -457,6 +452,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
                 f"{'' if b in seen else 'un'}tracked"
             )
             # Only a block uncached in a run of its group's tail or head keeps a stale OWNED
-            # mark; a queue mark is exact (belady reads it to spot stale entries).
+            # mark (and its owner); a queue mark is exact (belady reads it to spot stale
+            # entries).
             assert cached or self._where[b] == UNTRACKED or (
-                self._where[b] == OWNED and b in self._stale), f"block {b}: stale place"
+                self._where[b] == OWNED and self._owner[b] is not None), \
+                f"block {b}: stale place"

@@ -129,6 +129,7 @@ class VictimSearch:
         from keeps yielding its blocks while they stay below every other candidate: all of
         them at once when its keys never rise from tail to head (`_keys_nonincreasing`).
         """
+        self._plan = None
         self._prepare(now)
         self._refresh(now)
         streams = self._queue_streams(now)
@@ -223,6 +224,18 @@ class VictimSearch:
                 base.pop(sid, None)
         dirty.clear()
         index.restore()
+
+    def victim_runs(self) -> tuple[list[int], list[tuple[str, int]]] | None:
+        """(victims, their runs (session, count)) of the last search when it took whole
+        runs off session tails and the pool has not uncached them yet; None otherwise."""
+        return self._plan
+
+    def expect_runs(self, plan: tuple[list[int], list[tuple[str, int]]] | None) -> None:
+        """The pool is about to uncache another policy's victims, whose runs `plan` gives
+        (`victim_runs` of the policy that named them, as adaptive's leader): their uncaching
+        takes its runs from it instead of reading every victim's owner mark. Each run is
+        still checked to be its group's tail; a plan that does not fit is ignored."""
+        self._plan = plan
 
     def rekey_all(self) -> None:
         """Make the next search re-key every session, as relearning does (what

@@ -119,7 +119,7 @@ def test_integrity_refuses_a_stale_owned_mark_no_run_left(name):
     policy = m.policy
     policy.check_integrity()
     free = next(b for b in range(8) if not policy.view.is_cached(b))
-    assert free not in policy._stale
+    assert policy._owner[free] is None
     policy._where[free] = 3  # OWNED, with no run behind it
     with pytest.raises(AssertionError, match="stale place"):
         policy.check_integrity()
