@@ -76,13 +76,20 @@ def tenant_unloaded(name: str, seed: int) -> dict[str, float]:
     return out
 
 
-def afs_floor(r: dict, unloaded: dict[str, float]) -> str:
-    """The lowest afs_max_slowdown_ratio any order of admission or compute could reach on
-    row `r` without slowing a tenant down: each tenant's slowdown is at least its unloaded
-    TCT over its TCT alone on half the GPU, and the smallest slowdown cannot rise."""
+def slowdown_floors(r: dict, unloaded: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Each tenant's slowdown floor on row `r` (its unloaded TCT over its TCT alone on half
+    the GPU: no order of admission or compute finishes its tasks sooner), and the lowest
+    afs_max_slowdown_ratio reachable without slowing a tenant down (the highest floor over
+    the smallest slowdown, which cannot rise)."""
     ten = r["tenants"]
     floors = {t: unloaded[t] / v["tct_alone_s"] for t, v in ten.items()}
-    low = max(floors.values()) / min(v["slowdown"] for v in ten.values())
+    return floors, max(floors.values()) / min(v["slowdown"] for v in ten.values())
+
+
+def afs_floor(r: dict, unloaded: dict[str, float]) -> str:
+    """`slowdown_floors` of row `r`, in words, with what 1.5 would take."""
+    ten = r["tenants"]
+    floors, low = slowdown_floors(r, unloaded)
     # <= 1.5 with the highest floor reached: the least slowed tenant must slow to floor / 1.5
     top = max(floors.values())
     fast = min(ten, key=lambda t: ten[t]["slowdown"])
@@ -128,9 +135,13 @@ def afs_lines(rows: list[dict]) -> list[str]:
             ok = w["afs_max_slowdown_ratio"] <= 1.5 and (
                 w["afs_max_slowdown_ratio"] < f["afs_max_slowdown_ratio"])
             met = met and ok
+            floors, low = slowdown_floors(w, tenant_unloaded("noisy", seed))
             per.append(f"seed {seed}: fcfs+lru {f['afs_max_slowdown_ratio']:.2f} ({_slowdowns(f)})"
-                       f", {DEFAULT} {w['afs_max_slowdown_ratio']:.2f} ({_slowdowns(w)})")
-        lines.append(f"- Noisy neighbour at {frac:.0%} (goal <= 1.5 and below fcfs+lru's): "
+                       f", {DEFAULT} {w['afs_max_slowdown_ratio']:.2f} ({_slowdowns(w)}; "
+                       f"floors " + ", ".join(f"{t} {v:.2f}" for t, v in floors.items())
+                       + f"; at best {low:.2f} without slowing a tenant)")
+        lines.append(f"- Noisy neighbour at {frac:.0%} (goal <= 1.5 and below fcfs+lru's; a "
+                     f"tenant's floor: its unloaded TCT / its TCT alone on half the GPU): "
                      f"{'met' if met else 'missed'}; " + "; ".join(per))
     return lines
 

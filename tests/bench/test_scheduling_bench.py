@@ -83,7 +83,8 @@ def test_noisy_mix_and_its_goal_line(mods):
     def row(scheduler, policy, seed, frac, ratio):
         return {"family": "noisy", "seed": seed, "frac": frac, "scheduler": scheduler,
                 "policy": policy, "params": None, "afs_max_slowdown_ratio": ratio,
-                "tenants": {"a": {"slowdown": 1.0}, "b": {"slowdown": ratio}}}
+                "tenants": {"a": {"slowdown": 1.0, "tct_alone_s": 100.0},
+                            "b": {"slowdown": ratio, "tct_alone_s": 100.0}}}
 
     rows = []
     for seed in mix.NOISY_SEEDS:
@@ -93,3 +94,21 @@ def test_noisy_mix_and_its_goal_line(mods):
     lines = [x for x in mix.afs_lines(rows) if x.startswith("- Noisy")]
     assert len(lines) == 2 and "at 50%" in lines[0] and ": met;" in lines[0]
     assert "at 25%" in lines[1] and ": missed;" in lines[1]
+    # Each seed's default row carries the tenants' floors (unloaded TCT / alone).
+    unloaded = mix.tenant_unloaded("noisy", mix.NOISY_SEEDS[0])
+    assert f"floors a {unloaded['a'] / 100:.2f}, b {unloaded['b'] / 100:.2f}" in lines[0]
+
+
+def test_slowdown_floors(mods):
+    """A tenant's floor is its unloaded TCT over its TCT alone; the best reachable ratio is
+    the highest floor over the smallest slowdown (which cannot rise)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_mix as mix
+    finally:
+        sys.path.remove(str(BENCH))
+    r = {"tenants": {"a": {"slowdown": 0.4, "tct_alone_s": 50.0},
+                     "b": {"slowdown": 1.6, "tct_alone_s": 10.0}}}
+    floors, best = mix.slowdown_floors(r, {"a": 5.0, "b": 6.0})
+    assert floors == {"a": 0.1, "b": 0.6}
+    assert best == 0.6 / 0.4
