@@ -329,7 +329,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if self.residual_wait:
             left = self.wait_samples[warm].residual(queued)
             return (0.0 if left is None else left), until
-        return max(self.admission_wait[warm][0] - queued, 0.0), until
+        left = self.admission_wait[warm][0] - queued
+        return (0.0 if left < 0.0 else left), until  # max(left, 0.0) without a call
 
     def predict_session(self, session_id: str, now: float, admission: bool = True) -> Prediction:
         """P(reuse) and expected seconds until the session's blocks are needed again.
@@ -356,7 +357,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if v.hint.last_step:
             return Prediction(0.0, math.inf), math.inf
         e, until_e = self._since(v.paused_at, now, exact)
-        until = min(until, until_e)
+        until = until_e if until_e < until else until  # min(until, until_e): keyed per session
         x = v.hint.expected_s
         if x is not None and now - v.paused_at < x:
             kind = NO_TOOL if v.tool is None else v.tool
@@ -418,7 +419,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[float, float]:
         p, until = self._predict_session(sid, now, True, not self.indexed)
-        wait = max(p.expected_s, self.min_wait_s)
+        wait = p.expected_s
+        wait = self.min_wait_s if self.min_wait_s > wait else wait  # max(), without a call
         if sid in self._deferred:
             wait, until_d = self._deferred_time(sid, wait, now, not self.indexed)
             until = min(until, until_d)

@@ -82,6 +82,8 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._max_size = 0
         self._levels = (0, 0)  # largest idle and largest size, on a 2x scale (sticky)
         self._norm = (0.0, 1.0, 1.0)  # (used, largest idle, largest size) as keys read them
+        self._reuse_now: dict[str, float] = {}  # per search: see _search_reuse, _search_ttl
+        self._ttl_now: dict[tuple, float] = {}
 
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:
@@ -135,15 +137,34 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
             out[sid] = (expired, score)
         return out
 
-    def _score(self, sid: str, idle: float, recency: float, size: float, used: float
-               ) -> tuple[bool, float]:
+    def _score(self, sid: str, idle: float, recency: float, size: float, used: float,
+               keying: bool = False) -> tuple[bool, float]:
+        """(expired, score); `keying`: within a victim search, whose P_reuse and TTLs per
+        workflow and tool are computed once (`_search_reuse`, `_search_ttl`)."""
         v = self.views.get(sid)
         if v is None or v.needed_now:  # preempted: its retry is queued
             p, expired = 1.0, False
         else:
-            p = 0.0 if v.hint.last_step else self.p_reuse(v.workflow)
-            expired = idle > self.ttl_s(v.tool, used, v.hint.expected_s)
+            reuse, ttl_s = ((self._search_reuse, self._search_ttl) if keying
+                            else (self.p_reuse, self.ttl_s))
+            p = 0.0 if v.hint.last_step else reuse(v.workflow)
+            expired = idle > ttl_s(v.tool, used, v.hint.expected_s)
         return expired, W_RECENCY * recency + W_REUSE * (1.0 - p) + W_SIZE * size
+
+    def _search_reuse(self, workflow: str) -> float:
+        """`p_reuse`, remembered for the rest of the search (nothing is learned during one)."""
+        p = self._reuse_now.get(workflow)
+        if p is None:
+            p = self._reuse_now[workflow] = self.p_reuse(workflow)
+        return p
+
+    def _search_ttl(self, tool: str | None, used: float, expected_s: float | None) -> float:
+        """`ttl_s`, remembered for the rest of the search (`used` is fixed during one)."""
+        key = (tool, used, expected_s)
+        ttl = self._ttl_now.get(key)
+        if ttl is None:
+            ttl = self._ttl_now[key] = self.ttl_s(tool, used, expected_s)
+        return ttl
 
     # -- the index's normalizers --------------------------------------------------------------
     def _set_size(self, sid: str, n: int) -> None:
@@ -185,6 +206,8 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._levels = (idle_level, size_level)
         m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
         self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
+        self._reuse_now.clear()  # what was learned since the last search counts
+        self._ttl_now.clear()
 
     def _global_state(self, now: float) -> tuple[float, float, float]:
         return self._norm
@@ -197,15 +220,17 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         if v is None or v.needed_now:
             exact, idle, until = 0.0, 0.0, math.inf
         else:
-            exact = max(now - v.paused_at, 0.0)
+            exact = now - v.paused_at
+            exact = 0.0 if exact < 0.0 else exact  # max(exact, 0.0) without a call
             idle, until = elapsed_grid(exact)
             until += v.paused_at
-        recency = min(idle / max_idle, 1.0)
-        expired, score = self._score(sid, exact, recency, min(len(group) / max_size, 1.0),
-                                     used)
+        recency, size = idle / max_idle, len(group) / max_size  # each clipped to 1 (min)
+        expired, score = self._score(sid, exact, 1.0 if recency > 1.0 else recency,
+                                     1.0 if size > 1.0 else size, used, keying=True)
         if v is not None and not v.needed_now and not expired:
-            ttl = self.ttl_s(v.tool, used, v.hint.expected_s)
-            until = min(until, math.nextafter(v.paused_at + ttl, math.inf))
+            ttl = self._search_ttl(v.tool, used, v.hint.expected_s)
+            t = math.nextafter(v.paused_at + ttl, math.inf)
+            until = t if t < until else until  # min(until, t)
         return (1 if expired else 2, -score), until
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:

@@ -45,6 +45,15 @@ GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
 _LOG_RATIO = math.log(GRID_RATIO)
 
 
+def _grid_point(k: int) -> float:
+    return GRID_S * GRID_RATIO**k
+
+
+# The grid's first points (to about 10^16 s), the same floats `_grid_point` gives: keying
+# reads them without a pow() each.
+_GRID_POINTS = tuple(map(_grid_point, range(256)))
+
+
 def elapsed_grid(e: float) -> tuple[float, float]:
     """(e rounded down to the grid, the next grid point): 0, 1 ms, then x 2^(1/4) steps.
 
@@ -53,11 +62,13 @@ def elapsed_grid(e: float) -> tuple[float, float]:
     if e < GRID_S:
         return 0.0, GRID_S
     k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
-    lo = GRID_S * GRID_RATIO**k
+    points = _GRID_POINTS if k < len(_GRID_POINTS) - 1 else tuple(map(_grid_point,
+                                                                       range(k + 2)))
+    lo = points[k]
     if lo > e:  # rounding in log(): step back
         k -= 1
-        lo = GRID_S * GRID_RATIO**k
-    return lo, GRID_S * GRID_RATIO ** (k + 1)
+        lo = points[k]
+    return lo, points[k + 1]
 
 
 def sticky_level(x: float, level: int, ratio: float) -> int:
@@ -216,12 +227,12 @@ class VictimSearch:
             self._dirty = set(self.groups)
         dirty, groups, base = self._dirty, self.groups, self._base
         dirty.update(index.due(now))
-        for sid in dirty:
-            if sid in groups:
-                self._rekey(sid, now)
-            else:  # no cached block left (evicted, or its hits took them)
+        live = [sid for sid in dirty if sid in groups]
+        if len(live) < len(dirty):
+            for sid in dirty.difference(live):  # no cached block left (evicted, or hit)
                 index.drop(sid)
                 base.pop(sid, None)
+        self._rekey(live, now)
         dirty.clear()
         index.restore()
 
@@ -242,15 +253,21 @@ class VictimSearch:
         `bench/allocator.py --eviction-scaling` times to amortize it)."""
         self._global = _REKEY_ALL
 
-    def _rekey(self, sid: str, now: float) -> None:
-        """Key a session that holds cached blocks, in the index."""
-        g = self.groups[sid]
-        base, until = self._session_base(sid, g, now)
-        self._base[sid] = base
-        b = g[0]
-        # The key was judged at `now`, so it next changes after it: the index fires a
-        # deadline that rounding put at or before `now` at the next search after `now`.
-        self._index.push(sid, self._entry_key(base, self._pos[b]), b, len(g), until, now)
+    def _rekey(self, sids: list[str], now: float) -> None:
+        """Key sessions that hold cached blocks, in the index (one loop for all of them:
+        a relearning re-keys every session)."""
+        groups, base_of, pos, session_base = self.groups, self._base, self._pos, self._session_base
+        push = self._index.push
+        entry_key = None if self._one_key_per_session() else self._entry_key
+        for sid in sids:
+            g = groups[sid]
+            base, until = session_base(sid, g, now)
+            base_of[sid] = base
+            b = g[0]
+            # The key was judged at `now`, so it next changes after it: the index fires a
+            # deadline that rounding put at or before `now` at the next search after `now`.
+            push(sid, base if entry_key is None else entry_key(base, pos[b]), b, len(g), until,
+                 now)
 
     def _global_state(self, now: float) -> Hashable:
         """What every session's key depends on besides its own state (default: nothing)."""
@@ -259,7 +276,8 @@ class VictimSearch:
     def elapsed_since(self, t0: float, now: float) -> tuple[float, float]:
         """(seconds since t0 as keys read them, when that next changes): rounded down to
         the grid when indexed, exact (and no deadline) for a scan-only policy."""
-        e = max(now - t0, 0.0)
+        e = now - t0
+        e = 0.0 if e < 0.0 else e  # max(e, 0.0) without a call (keying runs it per session)
         if not self.indexed:
             return e, math.inf
         lo, hi = elapsed_grid(e)
@@ -297,6 +315,10 @@ class VictimSearch:
         """Whether, within a session, each block's key is <= the key of the block before
         it (tail first): the victim search then takes a session's blocks in bulk. True for
         the default `_entry_key` (one key per session)."""
+        return self._one_key_per_session()
+
+    def _one_key_per_session(self) -> bool:
+        """Whether every block's key is its session's (the default `_entry_key`)."""
         return type(self)._entry_key is VictimSearch._entry_key
 
     def _plain_key(self, block_id: int, now: float) -> Any:

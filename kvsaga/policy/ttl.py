@@ -190,10 +190,12 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         # Released early (V <= 0): keyed by when its value crossed zero, which time does not
         # move; V is judged at the grid point.
         key = (2, v) if cls == 2 else (1, paused_at + e + v / self._rent)
-        until = min(until, paused_at + ttl)
+        t = paused_at + ttl
+        until = t if t < until else until  # min(until, t) without a call: run per session
         x = view.hint.expected_s
         if x is not None and now - paused_at < x:
-            until = min(until, paused_at + x)
+            t = paused_at + x
+            until = t if t < until else until
         return key, until
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:

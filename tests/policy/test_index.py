@@ -73,6 +73,23 @@ def test_elapsed_grid_brackets_the_time(e):
         assert k == pytest.approx(round(k))
 
 
+@given(st.one_of(st.floats(0.0, 1e30), st.integers(0, 400).map(
+    lambda k: math.nextafter(GRID_S * GRID_RATIO**k, 0.0))))
+@settings(max_examples=500, deadline=None)
+def test_elapsed_grid_reads_the_same_points_as_computing_them(e):
+    """The grid's points come from a table (no pow() per key) up to about 10^16 s and are
+    computed past it: the same floats as GRID_S * GRID_RATIO**k, the rule keys were judged
+    by before the table, just below a point included (where log() rounding steps back)."""
+    lo, hi = elapsed_grid(e)
+    if e < GRID_S:
+        assert (lo, hi) == (0.0, GRID_S)
+        return
+    k = math.floor(math.log(e / GRID_S) / math.log(GRID_RATIO) + 1e-12)
+    if GRID_S * GRID_RATIO**k > e:
+        k -= 1
+    assert (lo, hi) == (GRID_S * GRID_RATIO**k, GRID_S * GRID_RATIO ** (k + 1))
+
+
 @pytest.mark.parametrize("name", INDEXED)
 def test_a_deadline_rounded_onto_the_search_time_re_keys_once(name):
     # Times summed in 1 ms steps: the pause is a hair under one grid step old, yet its next
