@@ -31,7 +31,9 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   dominates, holding sessions back would shrink the batch for nothing; where tokens
   dominate, recompute delays everyone). The whole context, not only its uncached part: a
   step run unretained leaves its blocks to vLLM's LRU under the very pressure that deferred
-  it, so its next step recomputes all of it.
+  it, so its next step recomputes all of it. A step told to ride along that vLLM then could
+  not allocate waits for the gate from then on: vLLM stops admitting at the first request
+  it cannot allocate, so it would hold up every request behind it.
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
@@ -96,6 +98,7 @@ class RetentionStats:
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
+    ride_failed: int = 0  # probes of a step told to ride along that vLLM could not allocate
     # Where the gate's waiting went: deferrals while vLLM had the step's blocks free (no
     # retained block needed), the seconds held-back sessions waited in all, and how they got
     # in at last (vLLM had room, the predicted working sets fit, idle batch, max wait).
@@ -204,11 +207,19 @@ class KVSagaConnector(KVConnectorBase_V1):
         now = self.clock()
         new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
         watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
+        # What vLLM's allocation takes from the free count: the new blocks, one more, the
+        # watermark, and the prefix hits that sit in the free queue (plain cache).
+        alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
-            self._spare(new_blocks + 1 + watermark),
+            self._spare(alloc),
         ):
-            if self._best_effort(request.num_tokens, new_blocks + 1 + watermark):
+            # A step told to ride along and probed again was not allocated: vLLM's admission
+            # loop stops at a request it cannot allocate, so it would hold up every request
+            # behind it. It waits for the gate instead.
+            if request.request_id in self._unretained:
+                self.stats.ride_failed += 1
+            elif self._best_effort(request.num_tokens, alloc):
                 self._unretained.add(request.request_id)
                 self.stats.best_effort += 1
                 return 0, False
@@ -221,15 +232,25 @@ class KVSagaConnector(KVConnectorBase_V1):
         # queue; a request probed again without being admitted asks for twice as much each
         # time, so retention can never keep a request waiting for good.
         tries = self._probes[request.request_id] = self._probes.get(request.request_id, 0) + 1
-        need = (new_blocks + 1 + watermark) * 2 ** (tries - 1)
+        need = alloc * 2 ** (tries - 1)
         self._release_until(need + self.reserve_blocks, now, "admit")
         return 0, False
 
+    def _free_hits(self, request: Request, num_computed_tokens: int) -> int:
+        """The request's prefix-hit blocks that sit in vLLM's free queue (reference count 0:
+        plain cache), which its allocation takes out of the free count too."""
+        hashes = getattr(request, "block_hashes", None) or ()
+        n = 0
+        for h in hashes[: num_computed_tokens // self.block_size]:
+            cached = self.pool.get_cached_block(h, [0])
+            n += bool(cached) and cached[0].ref_cnt == 0
+        return n
+
     def _spare(self, blocks: int) -> int:
         """vLLM's free blocks (free or plain evictable cache: a retained block is never free)
-        left after `blocks` more, one per running request and the reserve; negative when
-        they do not fit without releasing retained blocks. Prefix hits are taken as held
-        (the shared prompt and a resumed context are, by retention or a running request)."""
+        left after allocating `blocks` (hits in the free queue included), one per running
+        request and the reserve; negative when they do not fit without releasing retained
+        blocks."""
         return (self.pool.get_num_free_blocks() - blocks - self.gate.num_in_flight
                 - self.reserve_blocks)
 

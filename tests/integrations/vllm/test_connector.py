@@ -291,6 +291,47 @@ def test_a_held_back_step_rides_along_only_where_its_prefill_is_cheap(
     _assert_no_leak(s)
 
 
+@pytest.mark.parametrize("count_free_hits", [True, False])
+def test_a_step_vllm_cannot_allocate_never_holds_up_the_queue(
+        hf_model_dir, monkeypatch, count_free_hits):
+    """B's first step rode along unretained, so its blocks sit in vLLM's free queue as plain
+    cache; its next step hits them, and they plus its new blocks exceed the free blocks.
+    vLLM's admission loop stops at a request it cannot allocate, so a "ride along" answer
+    for it would hold up C (no session) behind it. Counting the hits in the free queue, B
+    is deferred at once and C runs in that step; without that count (the accounting before
+    the fix), B is told once, is not allocated, and is deferred from its next probe on."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
+    s.connector.clock = lambda: now[0]
+    for n in (1, 200, 5, 90):  # steps cost mostly their fixed 0.5 s: riding along is cheap
+        s.connector.cost.observe(n, 0.5 + 0.0001 * n)
+    if not count_free_hits:
+        monkeypatch.setattr(s.connector, "_free_hits", lambda request, tokens: 0)
+    run(s, [make_request(_prompt(1, 20), 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    b1 = _prompt(3, 5)
+    run(s, [make_request(b1, 1, {"session_id": "B", "tool": "t", "expected_s": 5})])
+    assert s.connector.stats.best_effort == 1 and "B" not in s.connector.holds
+    assert _pool(s).get_num_free_blocks() == 19  # B's 5 cached blocks among them
+    b2 = make_request(b1 + [TOKEN] + _prompt(4, 15), 2, {"session_id": "B", "last_step": True})
+    c = make_request(_prompt(5, 2), 2)
+    s.add_request(b2)
+    s.add_request(c)
+    first = step(s).num_scheduled_tokens
+    assert b2.request_id not in first
+    assert (c.request_id in first) is count_free_hits
+    second = step(s).num_scheduled_tokens
+    assert b2.request_id not in second and (c.request_id in first or c.request_id in second)
+    stats = s.connector.stats
+    assert stats.best_effort == (1 if count_free_hits else 2)
+    assert stats.ride_failed == (0 if count_free_hits else 1)
+    assert len(s.connector.holds["A"]) == 20  # nothing retained was given up for B
+    s.connector.request_finished(
+        make_request(_prompt(1, 1), 1, {"session_id": "A", "last_step": True}), [])
+    run(s, [])
+    assert b2.is_finished() and c.is_finished()
+    _assert_no_leak(s)
+
+
 def test_the_counters_reach_the_log_from_the_scheduler_side_only(hf_model_dir, monkeypatch):
     """bench/agent_replay.py reads the last stats line of vLLM's log: it is written once no
     session step is left in flight (a stopped server may never shut its connector down), and
