@@ -195,8 +195,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return None
 
     def _prepare(self, now: float) -> None:
+        size, groups = self._size, self.groups
         for sid in self._dirty:
-            self._set_size(sid, len(self.groups.get(sid, ())))
+            n = len(groups.get(sid, ()))
+            if n != size.get(sid, 0):  # (setting an unchanged size changes nothing)
+                self._set_size(sid, n)
         oldest = self._oldest_pause()
         idle_level, size_level = self._levels
         if oldest is not None and now - oldest >= GRID_S:

@@ -258,7 +258,8 @@ class VictimSearch:
         a relearning re-keys every session)."""
         groups, base_of, pos, session_base = self.groups, self._base, self._pos, self._session_base
         push = self._index.push
-        entry_key = None if self._one_key_per_session() else self._entry_key
+        # One key per session (the default `_entry_key`): the session's key is its tail's.
+        entry_key = None if type(self)._entry_key is VictimSearch._entry_key else self._entry_key
         for sid in sids:
             g = groups[sid]
             base, until = session_base(sid, g, now)
@@ -315,10 +316,6 @@ class VictimSearch:
         """Whether, within a session, each block's key is <= the key of the block before
         it (tail first): the victim search then takes a session's blocks in bulk. True for
         the default `_entry_key` (one key per session)."""
-        return self._one_key_per_session()
-
-    def _one_key_per_session(self) -> bool:
-        """Whether every block's key is its session's (the default `_entry_key`)."""
         return type(self)._entry_key is VictimSearch._entry_key
 
     def _plain_key(self, block_id: int, now: float) -> Any:
