@@ -112,3 +112,34 @@ def test_slowdown_floors(mods):
     floors, best = mix.slowdown_floors(r, {"a": 5.0, "b": 6.0})
     assert floors == {"a": 0.1, "b": 0.6}
     assert best == 0.6 / 0.4
+
+
+def test_oracle_order_takes_the_fewest_remaining_steps_first(mods):
+    """bench/scheduling_oracle.py: sessions waiting for admission go in order of their true
+    remaining steps (ties in arrival order); its rows get their own label, and the miss
+    line quotes them."""
+    from types import SimpleNamespace
+
+    from kvsaga import KVCacheManager, KVSpec
+    from kvsaga.scheduler import make_scheduler
+
+    sched, _ = mods
+    import scheduling_oracle as oracle  # on the path while `mods` holds it
+
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16, policy="lru", clock=lambda: 0.0)
+    s = oracle.OracleOrder(m)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        make_scheduler(oracle.NAME, m)  # bench-only: not in the library's registry
+    for i, (steps, k) in enumerate(((6, 0), (5, 1), (2, 0), (4, 1))):
+        s.add(SimpleNamespace(session_id=f"s{i}", tenant=None, resumed=k > 0, arrival=0.1 * i,
+                              session=SimpleNamespace(steps=(None,) * steps), k=k), 0.1 * i)
+    assert [r.session_id for r in s.waiting] == ["s3", "s1", "s0", "s2"]  # demoted first
+    assert s._candidate(1.0).session_id == "s2"  # 2 steps left, though new and last
+    assert [r.session_id for r in s.waiting] == ["s2", "s3", "s1", "s0"]  # 2, 3, 4, 6 left
+    assert len(oracle.oracle_tasks(["swe"], sched.GRID, 1, "lru")) == 3  # frac < 1 only
+    row = {"tct_mean_s": 10.0, "busy_s": 50.0, "num_batch_steps": 9, "recomputed_tokens": 1,
+           "computed_tokens": 4}
+    line = oracle.oracle_line({"tct_mean_s": 30.0}, row, row, row)
+    assert "gives 10.0 s (3.00x fcfs+lru)" in line and "25% of the prefill" in line
+    got = sched._run(("bfcl", 101, 1.0, 0.25, oracle.NAME, "lru", None))
+    assert got["scheduler"] == oracle.NAME and got["num_demotions"] > 0
