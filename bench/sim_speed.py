@@ -503,11 +503,11 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   path shares all but the decode runs (docs/simulator.md, "Speed").
 - `vs issue`: where the issue's simulator takes the decisions this tree takes (the same
   batch steps and recomputed tokens in the second table: the `fcfs` cases, whose rule is
-  vLLM's in both), the ratio is speed alone. Where they differ, its `reserve` rule is not
-  the workflow scheduler: on the issue's quickstart it recomputes several times more
-  tokens (it thrashes at 20 GiB), so part of that ratio is work the workflow scheduler no
-  longer causes, not the same work done faster. Every case under 10x is a miss (listed
-  above).
+  vLLM's in both, and in this run the host-tier case), the ratio is speed alone. Where
+  they differ, its `reserve` rule is not the workflow scheduler: on the issue's quickstart
+  it recomputed about 10x to 16x the tokens in the run of 2026-11-30 (it thrashes at 20
+  GiB), so part of that ratio is work the workflow scheduler no longer causes, not the
+  same work done faster. Every case under 10x is a miss (listed above).
 - Where the time goes now (`python bench/sim_speed.py --split`): on the issue's quickstart
   (`--case 'issue quickstart lru'`), the scheduler's admissions asked inside decode runs
   (about half: every decode allocation ends a refusal's hold, and with sessions waiting
