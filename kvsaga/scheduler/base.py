@@ -165,6 +165,20 @@ class Scheduler:
         """Whether admitting `req` with slots up to `end` is allowed (blocks included)."""
         return lookup.blocks_to_admit(end) <= self.manager.pool.num_available
 
+    def _grant(self, req: Any, n: int) -> int:
+        """Tokens a running request computes in this step, of the `n` the budget leaves it
+        (0: it sits the step out); all of them here (Agent Fair Share of compute may cut a
+        prefill chunk: `fair_share.ComputeShares`)."""
+        return n
+
+    def _chunk_limit(self, req: Any, budget: int) -> int:
+        """Most tokens a waiting request's first chunk may take of the `budget` left
+        (0: it is not admitted in this step)."""
+        return budget
+
+    def _charge_chunk(self, req: Any, n: int) -> None:
+        """An admitted request's first chunk of `n` tokens was allocated."""
+
     def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
         """`req` was begun (its candidate choice is final); `instead_of`: the candidate it
         was backfilled ahead of (None: it was the candidate)."""
@@ -224,7 +238,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(executor.num_new_tokens(req), budget)
+            want = min(executor.num_new_tokens(req), budget)
+            n = self._grant(req, want)
+            if want and not n:  # its tenant's compute share is spent in this step
+                i += 1
+                continue
             if not self._allocate(req, n, now, executor, out):
                 break  # it preempted itself: everything after it is gone too
             out.scheduled.append((req, n))
@@ -272,8 +290,11 @@ class Scheduler:
         if head is None:
             return 0
         for req in (head, *self._backfill(head)):
+            limit = self._chunk_limit(req, budget)
+            if not limit:
+                continue
             lk = self.lookup(req)
-            end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + budget)
+            end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + limit)
             if self._fits(req, lk, end, now):
                 break
         else:
@@ -290,6 +311,7 @@ class Scheduler:
         except OutOfBlocks as e:  # the check above promised room
             raise RuntimeError(f"admission of session {req.session_id!r} found no room for "
                                f"its first chunk: {e}") from e
+        self._charge_chunk(req, n)
         out.admitted.append(req)
         out.scheduled.append((req, n))
         return n

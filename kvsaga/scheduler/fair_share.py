@@ -1,4 +1,5 @@
-"""Agent Fair Share: which tenant's waiting session the `workflow` scheduler admits next.
+"""Agent Fair Share: which tenant's waiting session the `workflow` scheduler admits next, and
+(below, "Compute") how a batch step's tokens are split among tenants.
 
 Each tenant has a weight (1 by default) and a deficit. At each session admission, every
 backlogged tenant (one with a session waiting for admission) is credited its weight share of
@@ -29,11 +30,24 @@ other tenants' paused sessions above their shares are demoted for it (all that a
 or none when that cannot make room), and the next session of a tenant that does not fit
 does not hold it back (it is tried next). Without a second tenant nothing binds: a tenant
 alone uses all of the memory. tests/scheduler/test_share.py checks both sides.
+
+Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=...)`): while two or more
+tenants compete in a batch step (a request running or waiting), the step's tokens are split
+among them by `share_allowances` (max-min fair by weight over `share_step_tokens`; a tenant
+that needs less than its share leaves the rest to the others). A running prefill chunk or an
+admitted step's first chunk takes only what its tenant has left; a tenant with nothing left
+sits the step out, and its queued step does not hold back another tenant's. Decodes (and
+1-token chunks) always run and are charged first. Bound, per step: each competing tenant
+computes at least min(its demand, floor(share_step_tokens x its weight share)) tokens (at
+least 1), so a tenant with many sessions cannot fill the step with its prefill while another
+tenant's steps wait or decode in it. tests/scheduler/test_share_compute.py checks the bound
+on random demands and the scheduler following it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 
 class FairShare:
@@ -73,3 +87,117 @@ class FairShare:
         for t in d:
             d[t] += self.weight(t) / total
         d[tenant] -= 1.0
+
+
+def share_allowances(demands: Mapping[str | None, float], weights: Mapping[str | None, float],
+                     step_tokens: int) -> dict[str | None, int]:
+    """Agent Fair Share of one batch step's compute: tokens each competing tenant may have
+    computed in the step (max-min fair by weight, i.e. water-filling).
+
+    `demands`: tokens each competing tenant could use in the step (its running requests'
+    next chunks and decodes; `math.inf` with a session step waiting). `step_tokens` is
+    split by weight; a tenant whose demand is below its share gets its demand and the rest
+    of its share goes to the others, by weight (work-conserving). Bound: every tenant gets
+    at least min(its demand, floor(step_tokens x w_t / sum of the weights), and at least 1).
+    """
+    left = dict(demands)
+    out: dict[str | None, int] = {}
+    room = float(step_tokens)
+    while left:
+        total = sum(weights.get(t, 1.0) for t in left)
+        sated = [t for t in left if left[t] <= room * weights.get(t, 1.0) / total]
+        if not sated:
+            break
+        for t in sated:
+            out[t] = int(left.pop(t))
+            room -= out[t]
+    for t in left:
+        out[t] = max(int(room * weights.get(t, 1.0) / total), 1)
+    return out
+
+
+class ComputeShares:
+    """Agent Fair Share of compute, a part of `WorkflowScheduler` (a mixin): while two or
+    more tenants compete (a request running or waiting), each batch step's tokens follow
+    `share_allowances` over `share_step_tokens`: a running request's prefill chunk and an
+    admitted request's first chunk take only what their tenant's allowance has left (none
+    left: it sits the step out). Decodes are never held back, so a step's decodes all run
+    (the engine's batched decode and the simulator's decode runs rely on it). With fewer
+    than two tenants competing, or `share_step_tokens` 0, nothing changes.
+
+    Why: a tenant with many sessions otherwise fills every batch step with its prefill
+    chunks, and another tenant's decodes ride in those long steps (bench/RESULTS.md, the
+    noisy-neighbour rows). Short steps while tenants compete bound that.
+    """
+
+    share_step_tokens = 0
+    _allow: dict[str | None, int] | None = None
+
+    def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
+        """The step's allowances, from the running requests' `needs` (None: no sharing)."""
+        if not self.share_step_tokens:
+            return None
+        demands: dict[str | None, float] = {}
+        for r, n in zip(self.running, needs, strict=True):
+            demands[r.tenant] = demands.get(r.tenant, 0) + n
+        for r in self._waiting_heads():
+            demands[r.tenant] = math.inf
+        if len(demands) < 2:
+            return None
+        allow = share_allowances(demands, self.tenant_weights,
+                                 min(self.share_step_tokens, self.max_num_batched_tokens))
+        for r, n in zip(self.running, needs, strict=True):
+            if n == 1:  # decodes always run: charged first
+                allow[r.tenant] -= 1
+        return allow
+
+    def schedule(self, now, executor):
+        needs = [executor.num_new_tokens(r) for r in self.running]
+        self._allow = self._compete(needs)
+        try:
+            return super().schedule(now, executor)
+        finally:
+            self._allow = None
+
+    def admit_waiting(self, now, budget, executor, out) -> None:
+        alone = self._allow is None  # a decode run's call: every running request decodes
+        if alone:
+            self._allow = self._compete([1] * len(self.running))
+        try:
+            super().admit_waiting(now, budget, executor, out)
+        finally:
+            if alone:
+                self._allow = None
+
+    def _grant(self, req, n: int) -> int:
+        allow = self._allow
+        if allow is None or n <= 1:
+            return n
+        n = max(min(n, allow[req.tenant]), 0)
+        allow[req.tenant] -= n
+        return n
+
+    def _chunk_limit(self, req, budget: int) -> int:
+        allow = self._allow
+        if allow is None:
+            return budget
+        return max(min(budget, allow.get(req.tenant, budget)), 0)
+
+    def _charge_chunk(self, req, n: int) -> None:
+        if self._allow is not None and req.tenant in self._allow:
+            self._allow[req.tenant] -= n
+
+    def _share_backfill(self, head) -> list:
+        """When `head`'s tenant has no allowance left in this step: the first waiting
+        request of each tenant that has some (so one tenant's queue does not hold the
+        others' compute back)."""
+        allow = self._allow
+        if allow is None or allow.get(head.tenant, 1) > 0:
+            return []
+        seen = {head.tenant}
+        out = []
+        for r in self._waiting_heads():
+            if r.tenant not in seen and allow.get(r.tenant, 0) > 0:
+                seen.add(r.tenant)
+                out.append(r)
+        return out

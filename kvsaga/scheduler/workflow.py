@@ -19,7 +19,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.demotion import Demotions
-from kvsaga.scheduler.fair_share import FairShare
+from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, working_set_blocks
 
 # What holds the next session to admit back (`WorkflowScheduler.wait_causes`), in the order
@@ -51,7 +51,7 @@ class _Admitted:
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
 
 
-class WorkflowScheduler(Demotions, Scheduler):
+class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -107,6 +107,9 @@ class WorkflowScheduler(Demotions, Scheduler):
             (docs/architecture.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
+        share_step_tokens: Agent Fair Share of compute: while two or more tenants
+            compete, the batch step's tokens split among them by weight
+            (`fair_share.ComputeShares`; 0: off).
     """
 
     name = "workflow"
@@ -134,6 +137,7 @@ class WorkflowScheduler(Demotions, Scheduler):
         paused_growth: bool = False,
         tool_growth: bool = True,
         tenant_weights: Mapping[str | None, float] | None = None,
+        share_step_tokens: int = 128,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -167,6 +171,7 @@ class WorkflowScheduler(Demotions, Scheduler):
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
         self.tenant_weights = weights
         self._fair = FairShare(weights)
+        self.share_step_tokens = check_int("share_step_tokens", share_step_tokens, 0)
         self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
         self.sessions: dict[str, _Admitted] = {}  # admitted sessions
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
@@ -351,11 +356,18 @@ class WorkflowScheduler(Demotions, Scheduler):
         queue (at most `backfill_window`, and none once `max_backfill` went ahead of it)."""
         q = self._pending.get(head.tenant)
         if not q or q[0] is not head:
-            return ()
+            return self._share_backfill(head)
         passed = self._backfilled if head is self._backfill_head else 0
         same = [] if passed >= self.max_backfill else list(
             itertools.islice(q, 1, 1 + self.backfill_window))
-        return same + self._entitled_heads(head.tenant)
+        return same + self._entitled_heads(head.tenant) + self._share_backfill(head)
+
+    def _waiting_heads(self) -> list[Any]:
+        """The first waiting step of each tenant (resumed steps first), for compute shares."""
+        heads: dict[str | None, Any] = {}
+        for r in itertools.chain(self._resumed, (q[0] for q in self._pending.values())):
+            heads.setdefault(r.tenant, r)
+        return list(heads.values())
 
     def _entitled_heads(self, tenant: str | None) -> list[Any]:
         """The next sessions of the other waiting tenants that hold less than their shares
