@@ -126,7 +126,10 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   (docs/architecture.md, "Agent Fair Share") keeps b's admission wait under a second a
   session on seeds 7 and 8 (the per-tenant rows' last figure), and b's remaining slowdown
   is compute: b's steps run in batches full of a's work on
-  a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that.
+  a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that;
+  Agent Fair Share of compute (`share_step_tokens`: the batch step's tokens split among the
+  competing tenants) shortens those steps, and a gains from it as much as b, so the ratio
+  (slowest over fastest) stays above 1.5; the goals lines give each tenant's floor.
 - AFS, mix: where the mix is under no memory pressure in the shared run, the ratio is set by
   each tenant's run alone on half the GPU, which is pressured: admission order cannot move
   it, and neither can compute order when a tenant's shared-run TCT is already close to its
@@ -135,7 +138,8 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   does not do: the goals line gives the TCT the less slowed tenant would need). AFS orders
   admissions, and in the shared run nearly no session waits for one (the goals lines'
   admission wait), so its deficits have nothing to reorder: the probe row, the default with
-  tenant a weighted 4x, is identical to the default at both capacities (weights from each
+  tenant a weighted 4x, differs from the default only through the compute share's weights
+  (weights from each
   tenant's TCT alone, the goals lines' "alone" figures, would be nearer 1:1). Equal
   admissions (AFS keeps them within one session of equal shares: the deviation bound,
   tests/scheduler/test_fair_share.py) are not equal slowdowns when one tenant's sessions

@@ -164,25 +164,28 @@ def tenant_table(rows: list[dict]) -> list[str]:
     return out
 
 
-FIT_SEEDS = (101, 102, 103)  # the compute-share fit's noisy seeds (never NOISY_SEEDS)
-SHARE_GRID = (0, 64, 128, 256, 1024)  # share_step_tokens tried (0: compute share off)
+FIT_SEEDS = (101, 102, 103)  # the compute-share fit's seeds of both mixes (never reported)
+SHARE_GRID = (0, 64, 128, 256, 512, 1024)  # share_step_tokens tried (0: compute share off)
 
 
 def fit_share(workers: int) -> int:
-    """Fit `share_step_tokens` (Agent Fair Share of compute) on the noisy mix at
-    `FIT_SEEDS`: the lowest mean afs_max_slowdown_ratio among the values whose mean TCT is
-    no worse than with the share off at any fit point; prints every point, returns it."""
+    """Fit `share_step_tokens` (Agent Fair Share of compute) on both mixes at `FIT_SEEDS`
+    and their capacities: the lowest mean afs_max_slowdown_ratio among the values whose mean
+    TCT is no worse than with the share off at any fit point; prints every point, returns
+    the value picked."""
     from scheduling import run
     sched, policy = DEFAULT.split("+")
-    tasks = [("noisy", seed, 1.0, frac, sched, policy, {"share_step_tokens": w})
-             for w in SHARE_GRID for seed in FIT_SEEDS for frac in MIX_FRACS["noisy"]]
+    points = [(name, seed, frac) for name in MIXES for seed in FIT_SEEDS
+              for frac in MIX_FRACS[name]]
+    tasks = [(name, seed, MIX_LOAD if name == "mix" else 1.0, frac, sched, policy,
+              {"share_step_tokens": w}) for w in SHARE_GRID for name, seed, frac in points]
     rows = run(tasks, workers)
     by = {}
     for r in rows:
         by.setdefault(r["params"]["share_step_tokens"], []).append(r)
-        print(f"share_step_tokens {r['params']['share_step_tokens']}, seed {r['seed']} "
-              f"{r['frac']:.0%}: ratio {r['afs_max_slowdown_ratio']:.2f} ({_slowdowns(r)}), "
-              f"mean TCT {r['tct_mean_s']:.1f} s")
+        print(f"share_step_tokens {r['params']['share_step_tokens']}, {r['family']} seed "
+              f"{r['seed']} {r['frac']:.0%}: ratio {r['afs_max_slowdown_ratio']:.2f} "
+              f"({_slowdowns(r)}), mean TCT {r['tct_mean_s']:.1f} s")
     off = by[0]
     ok = [w for w in SHARE_GRID if all(
         r["tct_mean_s"] <= o["tct_mean_s"] for r, o in zip(by[w], off, strict=True))]
@@ -191,7 +194,8 @@ def fit_share(workers: int) -> int:
         mean = sum(r["afs_max_slowdown_ratio"] for r in by[w]) / len(by[w])
         print(f"share_step_tokens {w}: mean ratio {mean:.2f}"
               f"{'' if w in ok else ' (a mean TCT worse than off)'}")
-    print(f"picked share_step_tokens {best} (fit seeds {', '.join(map(str, FIT_SEEDS))})")
+    print(f"picked share_step_tokens {best} (both mixes, seeds "
+          f"{', '.join(map(str, FIT_SEEDS))})")
     return best
 
 
