@@ -10,10 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("sim_speed", ROOT / "bench" / "sim_speed.py")
+def load(name: str = "sim_speed"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["sim_speed"] = mod  # dataclasses look their module up
+    sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -51,9 +51,9 @@ def test_split_times_the_parts_and_puts_every_method_back():
     from kvsaga.manager import KVCacheManager
     from kvsaga.scheduler.base import Scheduler
 
-    mod = load()
+    mod, prof = load(), load("sim_speed_profile")
     before = (Scheduler.schedule, KVCacheManager.begin_step)
-    parts = mod.split(mod.Case("tiny", "swe", 4, 0.05, "1G", "lru"))
+    parts = prof.split(mod.Case("tiny", "swe", 4, 0.05, "1G", "lru"))
     assert (Scheduler.schedule, KVCacheManager.begin_step) == before
     total = parts["total"][1]
     assert parts["KVCacheManager.begin_step"][0] > 0 and parts["policy.blocks_cached"][0] > 0
