@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if ratio >= 5 else 'not met'}); floor of an unbounded cache: "
             f"{floor:,.0f} tokens, so lru/floor = "
             f"{summary['lru']['prefill_tokens'] / floor:.2f}x bounds any policy's ratio")
+    lines += ceiling_lines(sessions, summary)
     for line in lines:
         print(line)
     command = "python bench/agent_replay.py " + " ".join(
@@ -320,6 +321,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     failed = any(s["errors"] for s in summary.values())
     return 1 if failed else 0
+
+
+def ceiling_lines(sessions, summary: dict[str, dict[str, Any]]) -> list[str]:
+    """How much faster any engine could finish these tasks than the first arm (the baseline
+    every goal is judged against): a task takes at least its tool pauses, so the baseline's
+    mean TCT over the sessions' mean tool time bounds every TCT speed-up over it. A goal
+    above that bound cannot be shown on this workload at this machine's speed."""
+    tool = sum(sum(st.tool_s for st in s.steps[:-1]) for s in sessions) / len(sessions)
+    if tool <= 0 or not summary:
+        return []
+    name, base = next(iter(summary.items()))
+    tct = base["task_time_mean_s"]
+    return [f"ceiling: the tool pauses alone average {tool:.1f} s a task, so no engine can "
+            f"finish these tasks more than {tct / tool:.2f}x faster than {name} "
+            f"(mean TCT {tct:.1f} s)"]
 
 
 if __name__ == "__main__":

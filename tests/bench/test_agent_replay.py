@@ -200,3 +200,16 @@ def test_ignore_eos_reaches_every_request_of_either_engine() -> None:
             assert len(sent) == 2
             assert all(b.get("ignore_eos", False) is flag for b in sent)
             assert all(("kv_transfer_params" in b) == (engine == "vllm") for b in sent)
+
+
+def test_ceiling_bounds_any_speedup_by_the_tool_pauses() -> None:
+    from types import SimpleNamespace as NS
+
+    mod = _load_script()
+    # Two sessions: tool pauses 3 + 1 s and 5 s (the last step has no pause after it).
+    sessions = [NS(steps=[NS(tool_s=3.0), NS(tool_s=1.0), NS(tool_s=9.0)]),
+                NS(steps=[NS(tool_s=5.0), NS(tool_s=7.0)])]
+    summary = {"vllm": {"task_time_mean_s": 6.0}, "vllm+ttl": {"task_time_mean_s": 5.0}}
+    (line,) = mod.ceiling_lines(sessions, summary)
+    assert "4.5 s a task" in line and "1.33x faster than vllm" in line  # 6.0 / 4.5
+    assert mod.ceiling_lines([NS(steps=[NS(tool_s=0.0)])], summary) == []
