@@ -127,9 +127,11 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   session on seeds 7 and 8 (the per-tenant rows' last figure), and b's remaining slowdown
   is compute: b's steps run in batches full of a's work on
   a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that;
-  Agent Fair Share of compute (`share_step_tokens`: the batch step's tokens split among the
-  competing tenants) shortens those steps, and a gains from it as much as b, so the ratio
-  (slowest over fastest) stays above 1.5; the goals lines give each tenant's floor.
+  Agent Fair Share of compute (opt-in, `share_step_tokens` 128: the batch step's tokens
+  capped and split among the competing tenants; its own rows) shortens those steps, and a
+  gains from it as much as b, so the ratio (slowest over fastest) stays above 1.5; the
+  goals lines give each tenant's floor. It is off by default: on a real engine, with a
+  fixed cost per step, the cap makes a long prompt take many steps.
 - AFS, mix: where the mix is under no memory pressure in the shared run, the ratio is set by
   each tenant's run alone on half the GPU, which is pressured: admission order cannot move
   it, and neither can compute order when a tenant's shared-run TCT is already close to its

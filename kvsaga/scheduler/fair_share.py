@@ -31,7 +31,9 @@ or none when that cannot make room), and the next session of a tenant that does 
 does not hold it back (it is tried next). Without a second tenant nothing binds: a tenant
 alone uses all of the memory. tests/scheduler/test_share.py checks both sides.
 
-Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=...)`): while two or more
+Compute (`ComputeShares`, opt-in: `WorkflowScheduler(share_step_tokens=N)`, default 0 =
+off, because the cap shortens every batch step while tenants compete and a real engine pays
+a fixed cost per step; bench/scheduling_mix.py fits N on the simulator): while two or more
 tenants compete in a batch step (a request running or waiting), the step's tokens are split
 among them by `share_allowances` (max-min fair by weight over `share_step_tokens`; a tenant
 that needs less than its share leaves the rest to the others). A running prefill chunk or an

@@ -107,9 +107,13 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
             (docs/architecture.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
-        share_step_tokens: Agent Fair Share of compute: while two or more tenants
-            compete, the batch step's tokens split among them by weight
-            (`fair_share.ComputeShares`; 0: off).
+        share_step_tokens: Agent Fair Share of compute, opt-in (0, the default: off):
+            while two or more tenants compete, each batch step computes at most this many
+            tokens besides its decodes, split among the tenants by weight
+            (`fair_share.ComputeShares`). It buys another tenant's latency with short
+            steps: a real engine pays a fixed cost per step, so a long prompt then takes
+            many steps. 128 is `bench/scheduling_mix.py`'s fit on the simulator's cost
+            model (noisy-neighbour and two-tenant mixes, seeds 101-103).
     """
 
     name = "workflow"
@@ -137,7 +141,7 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
         paused_growth: bool = False,
         tool_growth: bool = True,
         tenant_weights: Mapping[str | None, float] | None = None,
-        share_step_tokens: int = 128,
+        share_step_tokens: int = 0,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)

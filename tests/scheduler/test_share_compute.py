@@ -54,13 +54,14 @@ def _long_prefill(s, ex, session="A0"):
     return r
 
 
-@pytest.mark.parametrize("share", [32, 0])
+@pytest.mark.parametrize("share", [32, 0, None])
 def test_a_long_prefill_leaves_another_tenant_its_share(share):
     """While B's step waits, A's running prefill takes only its half of the step's share
     and B's step is admitted with its own in the same batch step; with the share off
-    (0), A's chunk takes the whole budget and B is not admitted."""
+    (0, and the default, None: it is opt-in), A's chunk takes the whole budget and B is not
+    admitted."""
     m = manager(128)
-    s = wf(m, share_step_tokens=share)
+    s = wf(m) if share is None else wf(m, share_step_tokens=share)
     ex = ToyExecutor(m)
     a = _long_prefill(s, ex)
     b = ToyRequest("B0", toks(5000, 40), tenant="B", max_new=2, arrival=1.0)
