@@ -159,3 +159,21 @@ def test_a_waiting_session_admitted_by_idleness_or_max_wait_says_so():
     assert not g.admit("b", "w", 4 * BS, 0, now=2.0, spare_blocks=-1)
     assert g.admit("b", "w", 4 * BS, 0, now=3.5, spare_blocks=-1)
     assert g.admitted_by == {"idle": 1} and g.wait_s == pytest.approx(1.5)
+
+
+def test_a_step_that_rode_along_ends_its_wait():
+    """A deferred step the connector lets ride along (unretained) stops waiting then: its
+    session's next deferral starts a new wait, so max_wait does not count the time between
+    the two steps (before, the first deferral's start stood and the next step went ahead at
+    once by max_wait)."""
+    g = _gate(idle_admit_s=1000.0, max_wait_s=20.0)
+    assert g.admit("a", "w", 18 * BS, 0, now=0.0)
+    g.started("a0")  # running: never idle
+    assert not g.admit("b", "w", 4 * BS, 0, now=1.0)  # deferred at t=1
+    g.rode_along("b", now=2.0)  # ... and ran anyway, unretained
+    g.started("b0")
+    assert g.finished("b0", "b", 5 * BS, 3.0, 10.0, False) == []  # not admitted: no state
+    assert not g.admit("b", "w", 5 * BS, 0, now=100.0)  # a new wait starts here
+    assert not g.admit("b", "w", 5 * BS, 0, now=119.0)
+    assert g.admit("b", "w", 5 * BS, 0, now=121.0)  # 21 s of this wait > max_wait_s
+    assert g.wait_s == pytest.approx(1.0 + 21.0) and g.admitted_by == {"max_wait": 1}

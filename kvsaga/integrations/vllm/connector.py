@@ -222,6 +222,7 @@ class KVSagaConnector(KVConnectorBase_V1):
             elif self._best_effort(request.num_tokens, alloc):
                 self._unretained.add(request.request_id)
                 self.stats.best_effort += 1
+                self.gate.rode_along(info.session_id, now)
                 return 0, False
             return None, False  # not yet: vLLM defers it and goes on with the next request
         self._unretained.discard(request.request_id)

@@ -196,6 +196,14 @@ class SessionGate:
         self.sessions[sid] = new
         return True
 
+    def rode_along(self, sid: str, now: float) -> None:
+        """A step the gate deferred goes ahead anyway, unretained (the connector's
+        best-effort ride-along): its wait ends now, and the session's next step starts a
+        wait of its own if it is deferred (it is still not admitted)."""
+        since = self._waiting_since.pop(sid, None)
+        if since is not None:
+            self.wait_s += now - since
+
     def next_step_blocks(self) -> int:
         """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps
         of their workflow's growth each, rounded up to blocks."""
