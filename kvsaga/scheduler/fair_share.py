@@ -154,6 +154,8 @@ class ComputeShares:
         return allow
 
     def schedule(self, now, executor):
+        if not self.share_step_tokens:  # off (the default): no pass over the running requests
+            return super().schedule(now, executor)
         needs = [executor.num_new_tokens(r) for r in self.running]
         self._allow = self._compete(needs)
         try:
@@ -163,7 +165,7 @@ class ComputeShares:
 
     def admit_waiting(self, now, budget, executor, out) -> None:
         alone = self._allow is None  # a decode run's call: every running request decodes
-        if alone:
+        if alone and self.share_step_tokens:
             self._allow = self._compete([1] * len(self.running))
         try:
             super().admit_waiting(now, budget, executor, out)

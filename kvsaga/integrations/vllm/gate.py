@@ -189,9 +189,7 @@ class SessionGate:
                 self.num_deferrals += 1
                 self.num_deferred_with_room += spare_blocks is not None and spare_blocks >= 0
                 return False
-        since = self._waiting_since.pop(sid, None)
-        if since is not None:
-            self.wait_s += now - since
+        if self._end_wait(sid, now):
             self.admitted_by[reason] = self.admitted_by.get(reason, 0) + 1
         self.sessions[sid] = new
         return True
@@ -200,9 +198,15 @@ class SessionGate:
         """A step the gate deferred goes ahead anyway, unretained (the connector's
         best-effort ride-along): its wait ends now, and the session's next step starts a
         wait of its own if it is deferred (it is still not admitted)."""
+        self._end_wait(sid, now)
+
+    def _end_wait(self, sid: str, now: float) -> bool:
+        """End `sid`'s wait, if it was waiting (counted in `wait_s`); whether it was."""
         since = self._waiting_since.pop(sid, None)
-        if since is not None:
-            self.wait_s += now - since
+        if since is None:
+            return False
+        self.wait_s += now - since
+        return True
 
     def next_step_blocks(self) -> int:
         """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps
