@@ -31,9 +31,11 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   dominates, holding sessions back would shrink the batch for nothing; where tokens
   dominate, recompute delays everyone). The whole context, not only its uncached part: a
   step run unretained leaves its blocks to vLLM's LRU under the very pressure that deferred
-  it, so its next step recomputes all of it. A step told to ride along that vLLM then could
-  not allocate waits for the gate from then on: vLLM stops admitting at the first request
-  it cannot allocate, so it would hold up every request behind it.
+  it, so its next step recomputes all of it. A step told to ride along and probed again
+  before vLLM allocated it waits for the gate from then on: vLLM stops admitting at the
+  first request it cannot allocate, so it would hold up every request behind it. A step
+  that rode along, ran and was preempted is probed again as any deferred step (it may
+  ride along again).
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
@@ -98,7 +100,7 @@ class RetentionStats:
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
-    ride_failed: int = 0  # probes of a step told to ride along that vLLM could not allocate
+    ride_failed: int = 0  # steps told to ride along and probed again before vLLM allocated them
     # Where the gate's waiting went: deferrals while vLLM had the step's blocks free (no
     # retained block needed), the seconds held-back sessions waited in all, and how they got
     # in at last (vLLM had room, the predicted working sets fit, idle batch, max wait).
@@ -145,7 +147,9 @@ class KVSagaConnector(KVConnectorBase_V1):
                              f"{self.best_effort_steps!r}")
         self.cost = StepCost(**dict(extra.get("step_cost_args", {})))
         self._step_mark: tuple[float, int] | None = None  # (when, tokens) of the last step
+        self._riding: set[str] = set()  # request ids told to ride along, not yet allocated
         self._unretained: set[str] = set()  # request ids run past the gate: nothing kept
+        self._no_ride: set[str] = set()  # request ids whose ride vLLM did not allocate
         self.gate: SessionGate | None = None
         self.block_size = vllm_config.cache_config.block_size
         self.pool: BlockPool | None = None
@@ -216,16 +220,20 @@ class KVSagaConnector(KVConnectorBase_V1):
         ):
             # A step told to ride along and probed again was not allocated: vLLM's admission
             # loop stops at a request it cannot allocate, so it would hold up every request
-            # behind it. It waits for the gate instead.
-            if request.request_id in self._unretained:
+            # behind it. It waits for the gate instead. (One that was allocated, ran and was
+            # preempted left `_riding` at its allocation: it may ride again.)
+            if request.request_id in self._riding:
+                self._riding.discard(request.request_id)
+                self._no_ride.add(request.request_id)
                 self.stats.ride_failed += 1
-            elif self._best_effort(request.num_tokens, alloc):
-                self._unretained.add(request.request_id)
+            elif (request.request_id not in self._no_ride
+                  and self._best_effort(request.num_tokens, alloc)):
+                self._riding.add(request.request_id)
                 self.stats.best_effort += 1
                 self.gate.rode_along(info.session_id, now)
                 return 0, False
             return None, False  # not yet: vLLM defers it and goes on with the next request
-        self._unretained.discard(request.request_id)
+        self._forget_ride(request.request_id)
         if info is not None and info.session_id in self.holds:
             # its blocks are needed now
             self.policy.resume_hinted(session_for(self._sessions, info), now)
@@ -269,6 +277,9 @@ class KVSagaConnector(KVConnectorBase_V1):
     ) -> None:
         """The step is allocated: its hits hold the session's blocks now, so ours go."""
         self._probes.pop(request.request_id, None)
+        if request.request_id in self._riding:  # it rode along: nothing kept at its finish
+            self._riding.discard(request.request_id)
+            self._unretained.add(request.request_id)
         if self.gate is not None:
             self.gate.started(request.request_id)
         info = self._step(request)
@@ -293,12 +304,13 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._steps.pop(request.request_id, None)
         self._probes.pop(request.request_id, None)
         now = self.clock()
+        rid = request.request_id  # run unretained (or told to ride along and not allocated)
+        unretained = rid in self._unretained or rid in self._riding
+        self._forget_ride(rid)
         if info is not None and self.pool is not None:
             if info.hint.last_step:
                 self._end_session(info, now)
-            elif request.request_id in self._unretained:
-                self._unretained.discard(request.request_id)
-            else:
+            elif not unretained:
                 self._retain(info, block_ids, now)
         if self.gate is not None:
             hint = info.hint if info is not None else None
@@ -312,6 +324,12 @@ class KVSagaConnector(KVConnectorBase_V1):
         if not self._steps:  # no session step left in flight: the counters may rest here
             self._log_stats(now)
         return False, None
+
+    def _forget_ride(self, request_id: str) -> None:
+        """The request is admitted by the gate or finished: no ride-along state stays."""
+        self._riding.discard(request_id)
+        self._no_ride.discard(request_id)
+        self._unretained.discard(request_id)
 
     def _end_session(self, info: StepInfo, now: float) -> None:
         sid = info.session_id

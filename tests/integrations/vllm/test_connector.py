@@ -349,3 +349,38 @@ def test_the_counters_reach_the_log_from_the_scheduler_side_only(hf_model_dir, m
     assert len(lines) == n
     run(s, [make_request(_prompt(97, 3) + [TOKEN] * 2, 1, {"session_id": "L", "last_step": True})])
     _assert_no_leak(s)
+
+
+def test_a_ride_along_step_preempted_after_it_ran_may_ride_again(hf_model_dir):
+    """B's step rides along (the gate holds B back beside admitted A) and runs; decoding
+    then fills the blocks, and with nothing retained vLLM preempts B, its newest running
+    request. That was no failed ride: once D (no session) has finished and freed its blocks,
+    B's re-probe may ride along again while A still runs (the clock stands still: neither
+    idleness nor max_wait_s would admit B), and no ride counts as failed."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
+    s.connector.clock = lambda: now[0]
+    for n in (1, 200, 5, 90):  # steps cost mostly their fixed 0.5 s: riding along is cheap
+        s.connector.cost.observe(n, 0.5 + 0.0001 * n)
+    a = make_request(_prompt(1, 10), 120, {"session_id": "A", "last_step": True})
+    d = make_request(_prompt(2, 20), 40)
+    b = make_request(_prompt(3, 3), 120, {"session_id": "B", "last_step": True})
+    for r in (a, d, b):
+        s.add_request(r)
+    assert set(step(s).num_scheduled_tokens) == {a.request_id, d.request_id, b.request_id}
+    assert s.connector.stats.best_effort == 1 and "B" not in s.connector.gate.sessions
+    preempted = False
+    while not a.is_finished():
+        out = step(s)
+        if not preempted and b.request_id in (out.preempted_req_ids or ()):
+            preempted = True
+            assert not d.is_finished()
+        elif preempted and b.request_id in out.num_scheduled_tokens:
+            break
+    assert preempted, "the scenario must preempt B"
+    assert d.is_finished() and not a.is_finished()  # B ran again beside A, after D freed room
+    stats = s.connector.stats
+    assert stats.ride_failed == 0 and stats.best_effort == 2
+    run(s, [])
+    assert b.is_finished()
+    _assert_no_leak(s)
