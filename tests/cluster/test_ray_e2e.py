@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import socket
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,23 +41,53 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model("llama_gqa4_untied", tmp_path_factory.mktemp("ray-tiny"))
 
 
+ENGINE_KWARGS = {"device": "cpu", "progress": False, "kv_memory_bytes": 4 * 2**20,
+                 "max_num_seqs": 4}
+
+
 def factory(path: Path):
-    return functools.partial(LLMEngine, str(path), device="cpu", progress=False,
-                             kv_memory_bytes=4 * 2**20, max_num_seqs=4)
+    return functools.partial(LLMEngine, str(path), **ENGINE_KWARGS)
+
+
+class HeldEngine(LLMEngine):
+    """The tiny model's engine on a Ray replica, which steps nothing while a file named
+    after the replica exists in `hold_dir`: steps sent there wait in its queue, and the
+    load the router reads (its queue depth, the steps it has in flight) stays put until
+    the test lets go. Long steps would finish at whatever speed the machine's load allows,
+    and the home would not look busy when the step to steal is routed. Commands (routing
+    stats, session exports) still run between the held steps."""
+
+    def __init__(self, *args, hold_dir: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._hold = Path(hold_dir) / serve.get_replica_context().replica_id.unique_id
+
+    def step(self):
+        if self._hold.exists():
+            time.sleep(0.01)
+            return []
+        return super().step()
 
 
 SETTINGS = ServerSettings(served_model_name=MODEL, max_num_seqs=4)
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_dir: Path):
+def hold_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a file named after a replica holds its engine (`HeldEngine`)."""
+    return tmp_path_factory.mktemp("ray-hold")
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_dir: Path, hold_dir: Path):
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[2])}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = build_application(
-            SETTINGS, 2, factory=factory(tiny_dir), torch_threads=1,
+            SETTINGS, 2, torch_threads=1,
+            factory=functools.partial(HeldEngine, str(tiny_dir), hold_dir=str(hold_dir),
+                                      **ENGINE_KWARGS),
             ray_actor_options={"num_cpus": 0.5},
             # Steal at 2 steps of difference: routing stats lag (a step that just ended
             # may still count as running), so 1 would move steps of an idle session. No
@@ -126,6 +156,11 @@ def cache_states(url: str) -> list[dict]:
     return states
 
 
+def steps_on(url: str, replica: str) -> int | None:
+    """Steps queued or running on a replica (None when it does not answer)."""
+    return next((st["steps"] for st in cache_states(url) if st["replica"] == replica), None)
+
+
 def wait_idle(url: str, timeout: float = 60) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
@@ -136,7 +171,8 @@ def wait_idle(url: str, timeout: float = 60) -> list[dict]:
         time.sleep(0.2)
 
 
-def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveServer):
+def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveServer,
+                                                  hold_dir: Path):
     c = client(cluster)
     sticky = conversation(c, "sticky", 3)
     assert len({replica for _, replica, _, _ in sticky}) == 1  # affinity holds
@@ -145,42 +181,50 @@ def test_affinity_stealing_migration_and_no_leaks(cluster: str, reference: LiveS
     ref = conversation(reference.client(), "sticky", 3)
     assert [t for t, *_ in sticky] == [t for t, *_ in ref]
 
-    # Keep the session's home busy with three long steps at a time, back to back, then
-    # continue the session: the idle replica steals it and its KV migrates; the greedy
-    # answer does not change. The long steps share the session's system prompt, so
-    # prefix-aware placement (prefix_slack 2) sends them to the home replica. With fewer,
-    # all can be between two requests when the session's step is routed (the tiny model is
-    # fast, and 200 tokens are its context limit): the home would not look busy.
+    # Load the session's home with three long steps that stay queued there (its engine is
+    # held, `HeldEngine`), then continue the session: the idle replica steals it and its KV
+    # migrates; the greedy answer does not change. The long steps share the session's
+    # system prompt, so prefix-aware placement (prefix_slack 2) sends all three home. The
+    # hold makes the load the router reads stand still (its own count of steps in flight
+    # there, and the replica's reports) instead of racing the long steps' end.
     home = sticky[0][1]
-    stop = threading.Event()
+    hold = hold_dir / home
+    placed: list[str | None] = []  # where the long steps ran
 
-    placed: list[str | None] = []  # where the long steps ran (for the failure message)
+    def long_step() -> None:
+        raw = c.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[SYSTEM, {"role": "user", "content": "busy"}],
+            max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
+        placed.append(raw.headers.get("x-kvsaga-replica"))
 
-    def keep_home_busy() -> None:
-        while not stop.is_set():
-            raw = c.chat.completions.with_raw_response.create(
-                model=MODEL, messages=[SYSTEM, {"role": "user", "content": "busy"}],
-                max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
-            placed.append(raw.headers.get("x-kvsaga-replica"))
-
-    busy = [threading.Thread(target=keep_home_busy, daemon=True) for _ in range(3)]
-    for t in busy:
-        t.start()
-    deadline = time.monotonic() + 180
-    while not any(st["steps"] >= 2 for st in cache_states(cluster) if st["replica"] == home):
-        assert time.monotonic() < deadline, "the long steps never started on the home replica"
-        time.sleep(0.05)
     messages = [SYSTEM]
     for i, (text, *_rest) in enumerate(sticky):
         messages += [{"role": "user", "content": f"step {i}: list the files"},
                      {"role": "assistant", "content": text}]
     messages.append({"role": "user", "content": "step 3: list the files"})
-    r, replica, reason = step(c, "sticky", messages)
-    stop.set()
-    for t in busy:
-        t.join(120)
-    assert (replica != home, reason) == (True, "steal"), (
-        f"{placed.count(home)} of {len(placed)} long steps had finished on the home")
+    hold.touch()
+    with ThreadPoolExecutor(4) as pool:
+        try:
+            busy = [pool.submit(long_step) for _ in range(3)]
+            deadline = time.monotonic() + 180
+            while steps_on(cluster, home) != 3:
+                assert time.monotonic() < deadline, (
+                    f"the long steps never all queued on the home: {cache_states(cluster)}")
+                time.sleep(0.05)
+            moved = pool.submit(step, c, "sticky", messages)
+            # Stolen, it runs on the other replica while the home holds; kept home (no
+            # steal), it queues there behind the hold as a fourth step: let go then.
+            while not moved.done() and steps_on(cluster, home) != 4:
+                assert time.monotonic() < deadline + 120, "the session's step went nowhere"
+                time.sleep(0.05)
+        finally:
+            hold.unlink()
+        r, replica, reason = moved.result()
+        for f in busy:
+            f.result()
+    assert placed == [home] * 3
+    assert replica != home and reason == "steal", (
+        f"the step went to {replica} ({reason}) while its home {home} held 3 steps")
     assert r.usage.prompt_tokens_details.cached_tokens > 0  # the KV came along
     ref = conversation(reference.client(), "sticky-ref", 4)
     assert r.choices[0].message.content == ref[3][0]
