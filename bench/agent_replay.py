@@ -327,15 +327,25 @@ def ceiling_lines(sessions, summary: dict[str, dict[str, Any]]) -> list[str]:
     """How much faster any engine could finish these tasks than the first arm (the baseline
     every goal is judged against): a task takes at least its tool pauses, so the baseline's
     mean TCT over the sessions' mean tool time bounds every TCT speed-up over it. A goal
-    above that bound cannot be shown on this workload at this machine's speed."""
+    above that bound cannot be shown on this workload at this machine's speed. Then the
+    pressure the baseline was under: its prefill tokens over the floor of a cache that never
+    evicts (what a retention can at best remove)."""
     tool = sum(sum(st.tool_s for st in s.steps[:-1]) for s in sessions) / len(sessions)
-    if tool <= 0 or not summary:
+    if not summary:
         return []
     name, base = next(iter(summary.items()))
     tct = base["task_time_mean_s"]
-    return [f"ceiling: the tool pauses alone average {tool:.1f} s a task, so no engine can "
-            f"finish these tasks more than {tct / tool:.2f}x faster than {name} "
-            f"(mean TCT {tct:.1f} s)"]
+    out = []
+    if tool > 0:
+        out.append(f"ceiling: the tool pauses alone average {tool:.1f} s a task, so no engine "
+                   f"can finish these tasks more than {tct / tool:.2f}x faster than {name} "
+                   f"(mean TCT {tct:.1f} s)")
+    floor = base.get("floor_prefill_tokens")
+    if floor:
+        out.append(f"pressure: {name} computed {base['prefill_tokens']:,.0f} prefill tokens, "
+                   f"{base['prefill_tokens'] / floor:.2f}x the {floor:,.0f} of a cache that "
+                   f"never evicts (its own requests' floor)")
+    return out
 
 
 if __name__ == "__main__":

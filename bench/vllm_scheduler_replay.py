@@ -20,7 +20,10 @@ Reported per arm and seed: prefill tokens computed (scheduled tokens that are no
 tokens: recomputation after a preemption counts), the cached share of prompt tokens at each
 request's first scheduling, mean and p95 task completion time (arrival to the last step's
 end), preemptions, steps, and the connector's counters (blocks released, by reason). The
-speed-up of each connector arm over plain vLLM is the ratio of mean TCTs, per seed.
+speed-up of each connector arm over plain vLLM is the ratio of mean TCTs, per seed. Then per
+seed what bounds any engine's gain: the ceiling (plain vLLM's mean TCT over a task's tool
+pauses), the pressure (plain vLLM's prefill over the unbounded arm's, `--unbounded-blocks`)
+and when plain vLLM's last task ended (a live run's length).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class ArmResult:
     steps: int = 0
     task_s: list[float] = field(default_factory=list)
     busy_s: float = 0.0  # simulated seconds the steps took (the rest: nothing to run)
+    end_s: float = 0.0  # when the last task ended (what a live run's wall time follows)
     wait_s: list[float] = field(default_factory=list)  # per request: arrival to first step
     connector: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +81,7 @@ class ArmResult:
             "preemptions": self.preemptions,
             "steps": self.steps,
             "busy_s": self.busy_s,
+            "end_s": self.end_s,
             "queue_wait_mean_s": statistics.fmean(self.wait_s),
             **{f"connector_{k}": v for k, v in self.connector.items()},
         }
@@ -206,6 +211,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
                     heapq.heappush(due, (now + st.tool_s, i, k + 1))
                 else:
                     res.task_s.append(now - arrived[i])
+    res.end_s = now
     if sched.connector is not None:
         sched.connector._log_stats(now)  # copies the gate's counters into the stats
         stats = json.loads(sched.connector.stats.line().split(": ", 1)[1])
@@ -243,6 +249,33 @@ def table(rows: dict[str, dict[int, dict[str, Any]]],
                            f"{max(u):.2f}), prefill tokens vllm/{name} "
                            f"{statistics.median(fewer[x] for x in g):.2f}x")
     return [*out, "", *medians]
+
+
+def tool_s_per_task(args, seed: int) -> float:
+    """The sessions' mean tool time per task (their pauses, the last step has none)."""
+    _, sessions = session_prompts(args, seed)
+    return statistics.fmean(sum(st.tool_s for st in s) for s in sessions)
+
+
+def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """Per seed, what bounds any engine's gain over plain vLLM on this workload and clock:
+    the ceiling (plain vLLM's mean TCT over the tool pauses a task spends, which no engine
+    can shorten), the pressure (plain vLLM's prefill over an unbounded cache's, `vllm@N`,
+    when that arm ran) and when plain vLLM's last task ended (a live run's wall time)."""
+    wide = rows.get(f"vllm@{args.unbounded_blocks}", {})
+    out = []
+    for seed, base in rows["vllm"].items():
+        tool = tool_s_per_task(args, seed)
+        ceiling = base["task_time_mean_s"] / tool if tool > 0 else math.inf
+        text = (f"- seed {seed}: ceiling {ceiling:.2f}x (plain vLLM's mean TCT "
+                f"{base['task_time_mean_s']:.1f} s over {tool:.1f} s of tool pauses a task)")
+        if seed in wide:
+            floor = wide[seed]["prefill_tokens"]
+            text += (f"; pressure {base['prefill_tokens'] / floor:.2f}x (plain vLLM's "
+                     f"{base['prefill_tokens']:,} prefill tokens over vllm@"
+                     f"{args.unbounded_blocks}'s {floor:,})")
+        out.append(text + f"; plain vLLM's last task ends at {base['end_s']:.1f} s")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 wide, model_dir, seed, None).figures()
     groups = ([[int(x) for x in g.split(",") if x.strip()] for g in args.seed_groups.split(";")]
               if args.seed_groups else None)
-    lines = table(rows, groups)
+    lines = [*table(rows, groups), *bound_lines(args, rows)]
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()

@@ -213,3 +213,14 @@ def test_ceiling_bounds_any_speedup_by_the_tool_pauses() -> None:
     (line,) = mod.ceiling_lines(sessions, summary)
     assert "4.5 s a task" in line and "1.33x faster than vllm" in line  # 6.0 / 4.5
     assert mod.ceiling_lines([NS(steps=[NS(tool_s=0.0)])], summary) == []
+
+
+def test_pressure_line_says_the_baselines_prefill_over_the_floor() -> None:
+    from types import SimpleNamespace as NS
+
+    mod = _load_script()
+    summary = {"vllm": {"task_time_mean_s": 6.0, "prefill_tokens": 3000,
+                        "floor_prefill_tokens": 2000}}
+    ceiling, pressure = mod.ceiling_lines([NS(steps=[NS(tool_s=2.0), NS(tool_s=0.0)])], summary)
+    assert "3.00x faster than vllm" in ceiling
+    assert "3,000 prefill tokens, 1.50x the 2,000" in pressure
