@@ -34,6 +34,7 @@ from kvsaga._validate import check_positive_int, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
+from kvsaga.manager_journal import EvictionJournal
 from kvsaga.manager_reads import ManagerReads
 from kvsaga.manager_types import (
     CacheStats,
@@ -51,7 +52,7 @@ from kvsaga.session import PauseHint, Session, SessionState
 __all__ = ["CacheStats", "KVCacheManager", "StepLookup", "StepStart"]
 
 
-class KVCacheManager(ManagerReads, HostTierOps):
+class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
     """Owns the GPU tier's blocks, the prefix index and the sessions (the host tier's
     operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py; the
     calls that change nothing, `lookup` and `stats` among them, in kvsaga/manager_reads.py).
@@ -527,6 +528,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
         if queue is not None and self._hot is not None and self.host is None and (
             self.pool.observer is self.policy
         ):  # LRU on the C++ core: its victims are the queue's head, evicted in one call
+            self._note_evicted(None)
             self._hot.evict_head(queue, num_blocks)
             self._evicted_blocks += num_blocks
             return
@@ -536,6 +538,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
                 f"policy {self.policy.name!r} named invalid victims {victims} "
                 f"for {num_blocks} blocks"
             )
+        self._note_evicted(victims)
         if self.host is not None:
             self._offload(victims, now)
         if self._hot is not None:  # the same loops, in the C++ core
@@ -564,6 +567,7 @@ class KVCacheManager(ManagerReads, HostTierOps):
     def _drop(self, block_id: int) -> None:
         """Evict one CACHED block: unindex it and return it to the free queue."""
         self._changes += 1
+        self._note_evicted(None)  # no block taken in its place
         h = self.pool.block_hash[block_id]
         if h is not None:
             self.index.remove(h)

@@ -134,6 +134,8 @@ class Scheduler:
         # Lookups of waiting requests at the manager's current cache_version, by id(req).
         self._lookups: dict[int, tuple[Any, int, StepLookup]] = {}
         self._lookup_version: tuple[int, int] | None = None
+        self._asked: list[tuple[Any, StepLookup, int]] = []  # last attempt's lookups
+        self._asked_head: Any = None  # and its candidate
 
     # -- queueing (per scheduler) ---------------------------------------------------------
     @property
@@ -199,6 +201,44 @@ class Scheduler:
         not the time (inf); a scheduler whose admissions depend on the time says when."""
         return math.inf
 
+    def refusal_stands(self, now: float, evicted: list[tuple[int, bytes | None, int]]) -> bool:
+        """After an `admit_waiting` that admitted nobody, with its `refusal_until` not
+        reached: whether another call now would refuse too and change nothing a repeat of
+        it does not, when since the refusal the cache changed only by the evictions
+        `evicted` (`KVCacheManager.journal`: each made room for a decode block), blocks
+        registered in the prefix index and the running steps' decode blocks. The candidate
+        must be the same (`_candidate` may read the cache), every lookup the refusal made
+        must be known now (`KVCacheManager.lookup_after`: as it was, or less its last hits;
+        a request without `block_hashes`: unknown), and `_refusal_kept` must say yes. The
+        refusal then goes on with those lookups."""
+        if self.num_waiting and self._candidate(now) is not self._asked_head:
+            return False
+        after = self.manager.lookup_after
+        asked = []
+        for req, found, limit in self._asked:
+            hashes = getattr(req, "block_hashes", None)
+            found = None if hashes is None else after(req.session_id, found, hashes, evicted)
+            if found is None:
+                return False
+            asked.append((req, found, limit))
+        if not self._refusal_kept(asked):
+            return False
+        self._asked = asked
+        return True
+
+    def _refusal_kept(self, asked: list[tuple[Any, StepLookup, int]]) -> bool:
+        """`refusal_stands`' last word, given the refused steps, their lookups now and
+        their chunk limits: here yes, as `_fits` only gets harder. Each free-or-evictable
+        block fell by one per decode block; a step whose last k hits were evicted (each for
+        a decode block) needs at most k fewer blocks for its first chunk (k fewer cached
+        hits to take, up to k more blocks to fill), never fewer than the pool lost."""
+        return True
+
+    @staticmethod
+    def _first_end(lookup: StepLookup, limit: int) -> int:
+        """Where the first chunk of a step with `lookup`'s hits ends, `limit` tokens at most."""
+        return min(lookup.num_prompt_tokens, lookup.num_hit_block_tokens + limit)
+
     @property
     def has_work(self) -> bool:
         return bool(self.running) or self.num_waiting > 0
@@ -260,6 +300,7 @@ class Scheduler:
         A simulator's decode run calls it alone at a step whose running requests only
         decode (their `allocate(req, 1)` calls made), to take exactly `schedule`'s
         decisions there without its per-request loop."""
+        self._asked, self._asked_head = [], None
         while budget > 0 and len(self.running) < self.max_num_seqs and self.num_waiting:
             n = self._admit(now, budget, executor, out)
             if not n:
@@ -286,7 +327,7 @@ class Scheduler:
     def _admit(self, now: float, budget: int, executor: Executor, out: SchedulerOutput) -> int:
         """Begin the next waiting request and allocate its first chunk, if it may go and
         fits; returns the chunk (0: it waits, nothing changed)."""
-        head = self._candidate(now)
+        head = self._asked_head = self._candidate(now)
         if head is None:
             return 0
         for req in (head, *self._backfill(head)):
@@ -294,7 +335,8 @@ class Scheduler:
             if not limit:
                 continue
             lk = self.lookup(req)
-            end = min(lk.num_prompt_tokens, lk.num_hit_block_tokens + limit)
+            self._asked.append((req, lk, limit))
+            end = self._first_end(lk, limit)
             if self._fits(req, lk, end, now):
                 break
         else:

@@ -205,6 +205,8 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
         self.waiting_s = 0.0  # time with at least one session waiting for admission
         self.waiting_context_s = 0.0  # over it: admitted contexts' share of the tiers x time
         self._cause: str | None = None  # what held back the head in this batch step
+        self._pool_need = 0  # the pool check's blocks of the step `_fits` checks
+        self._cause_need: int | None = None  # that of the head, if `_cause` is not "pool"
         self._held = "batch"  # ... in the last batch step: charged until the next one
         # (start, waiting, cause, fill, the totals then) of the interval being charged
         self._since: tuple[float, int, str, float, tuple[float, float, float]] | None = None
@@ -304,12 +306,27 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         return min(demote, idle)
 
+    def _refusal_kept(self, asked) -> bool:
+        # The cause charged must stay. A head that passed the pool check must still pass it;
+        # fewer hits for a new session's step grow its working set: "growth" may turn into
+        # "contexts", a "reserve" refusal may fail the session gate first.
+        if self._cause_need is None:
+            return True
+        req, found, limit = asked[0]
+        need = found.blocks_to_admit(self._first_end(found, limit))
+        if need > self.manager.pool.num_available or (
+                found is not self._asked[0][1] and req.session_id not in self.sessions
+                and self._held != "contexts"):
+            return False
+        self._cause_need = need
+        return True
+
     # -- why sessions wait ----------------------------------------------------------------
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
         # One `_account` after the attempt suffices: the interval it closes was opened with
         # the cause that held then (`_since`), whatever this attempt finds.
-        self._cause = None
+        self._cause = self._cause_need = None
         super().admit_waiting(now, budget, executor, out)
         self._held = self._cause or "batch"
         self._account(now)
@@ -343,9 +360,11 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
         return sum(-(-max(i.context - i.shared, 0) // bs) for i in self.sessions.values())
 
     def _held_back(self, cause: str) -> None:
-        """Note why the first session tried in this batch step (the head) was not admitted."""
+        """Note why the first session tried in this batch step (the head) was not admitted
+        (and, if it passed the pool check, the blocks that check needed: `refusal_stands`)."""
         if self._cause is None:
             self._cause = cause
+            self._cause_need = None if cause == "pool" else self._pool_need
 
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:
@@ -565,7 +584,8 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
     # -- block-level check ----------------------------------------------------------------
     def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
         available = self.manager.pool.num_available
-        if lookup.blocks_to_admit(end) > available:
+        self._pool_need = lookup.blocks_to_admit(end)
+        if self._pool_need > available:
             self._held_back("pool")
             return False
         if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):

@@ -73,6 +73,7 @@ class DecodeRuns:
             budget > 0 and n < sched.max_num_seqs and sched.num_waiting) else 0
         self._admission = None
         self._refused_until = -math.inf  # no refusal known to hold yet
+        self._allocated = False  # a decode block taken since the refusal was last checked
         if self._admit_budget:  # filled only by an admission (`_admit` changes nothing else)
             self._admit_out = SchedulerOutput()
         # At step j of the run request i feeds sample start[i] + j; due[i] is the first
@@ -85,6 +86,7 @@ class DecodeRuns:
             j = self._decode_steps_at_once(running, start, due, last, ctx)
         else:  # copies to wait for, or too few steps to pay for the arrays
             j = self._decode_steps(running, start, due, last, ctx)
+        self.manager.stop_journal()
         admitted = self._admission
         if not j and admitted is None:
             return None
@@ -122,7 +124,7 @@ class DecodeRuns:
             self.allocate(r, 1, self.now)
             due[i] = j + 1 + r.slots_ahead
         if now_due:
-            self._refused_until = -math.inf  # the pool changed: ask the scheduler again
+            self._allocated = True  # the pool changed: a refusal must be shown to stand
         return True
 
     def _admits(self, running: list[SimRequest], start: list[int], j: int) -> bool:
@@ -143,13 +145,30 @@ class DecodeRuns:
         if not out.admitted:
             self._refused_until = sched.refusal_until(self.now)
             self._refused_at = self.manager.cache_version
+            self._allocated = False
+            self.manager.start_journal()
             return False
         self._admission = out
         return True
 
     def _refusal_holds(self) -> bool:
-        """Whether the run's last refusal still holds now (see `_admits`)."""
-        return self.now < self._refused_until and self.manager.cache_version == self._refused_at
+        """Whether the run's last refusal still holds now (see `_admits`): before its
+        `refusal_until`, and with the cache as it was, or changed since only by decode
+        allocations and evictions that the scheduler says leave it standing
+        (`Scheduler.refusal_stands`, given `KVCacheManager.journal`'s victims)."""
+        if self.now >= self._refused_until:
+            return False
+        manager = self.manager
+        version = manager.cache_version
+        if version == self._refused_at and not self._allocated:
+            return True
+        evicted = manager.journal()
+        if evicted is None or not self.scheduler.refusal_stands(self.now, evicted):
+            self._refused_until = -math.inf  # ask again
+            return False
+        manager.start_journal()  # the refusal stands as of now: check later changes only
+        self._refused_at, self._allocated = version, False
+        return True
 
     def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
                       last: int, ctx: int) -> int:

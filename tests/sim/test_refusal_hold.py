@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import manager, toks, two_paused
@@ -128,3 +130,38 @@ def test_ticks_in_a_row_go_as_one_only_when_the_policy_says_so():
     assert not getattr(Unmarked.tick, "coalesces", False)
     (ref, ref_ticks), (fast, fast_ticks) = _ticks(Unmarked, True), _ticks(Unmarked, False)
     assert same(ref, fast) and fast_ticks == ref_ticks
+
+
+@pytest.mark.parametrize("scheduler", ["fcfs", "workflow"])
+@pytest.mark.parametrize("policy", ["saga", "graph"])
+def test_refusals_stand_across_evictions_with_the_reference_results(scheduler, policy):
+    """Under pressure nearly every decode block evicts: a refusal goes on across those
+    evictions when the scheduler says it stands (`Scheduler.refusal_stands`, from the
+    manager's eviction journal), its lookups kept or cut to the hits left, and the run's
+    results and the scheduler's figures equal the reference's to the bit."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from tests.sim.test_decode_runs import same, tiny_trace
+
+    config = SimConfig(num_gpu_blocks=380, scheduler=scheduler, policy=policy)
+    sessions = tiny_trace()
+    rows, figures, kept = [], [], []
+    for reference in (True, False):
+        sim = Simulator(sessions, config, reference=reference)
+        sched, n = sim.scheduler, [0, 0]
+        stands = sched.refusal_stands
+
+        def counted(now, evicted, _stands=stands, _n=n, _s=sched):
+            before = [f for _, f, _ in _s._asked]
+            ok = _stands(now, evicted)
+            _n[0] += ok and bool(evicted)
+            _n[1] += ok and any(a is not f for a, (_, f, _) in zip(before, _s._asked, strict=True))
+            return ok
+
+        sched.refusal_stands = counted
+        rows.append(sim.run().to_dict())
+        figures.append((getattr(sched, "wait_causes", None), getattr(sched, "waiting_s", None),
+                        sched.num_preemptions))
+        kept.append(n)
+    assert same(rows[0], rows[1]) and figures[0] == figures[1]
+    assert kept[0] == [0, 0] and kept[1][0] > 0, kept  # the reference never holds one
+    assert scheduler == "fcfs" or kept[1][1] > 0, kept  # lookups cut to the hits left

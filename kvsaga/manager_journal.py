@@ -1,0 +1,100 @@
+"""The KVCacheManager's eviction journal: which blocks were evicted since a mark, so that a
+caller holding `lookup` answers can tell what they are now without asking again.
+
+`cache_version` changes at every eviction; under memory pressure nearly every decode block
+evicts one, and a scheduler that keeps its waiting steps' lookups (or a refusal of them)
+only while the version stands asks again at nearly every batch step. Most evictions take a
+block no waiting step hits, or the tail of a paused session's context (the waiting step's
+own): `lookup_after` tells, per answer, from the journal's (block, hash, position) of each
+victim, what `lookup` would say now, or that it cannot tell.
+A mixin of `kvsaga.manager.KVCacheManager` (its `_evict` and `_drop` write the journal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvsaga.manager_types import StepLookup
+
+# One journal entry per `cache_version` change it accounts for: the victims of one eviction,
+# as (block, hash or None, position in its session's table) read before they were evicted.
+Victims = list[tuple[int, bytes | None, int]]
+
+
+class EvictionJournal:
+    """`start_journal`, `journal`, `lookup_stands` (see the module docstring)."""
+
+    _journal: list[Victims] | None = None
+    _journal_from = 0
+
+    def start_journal(self) -> None:
+        """Record the evictions from now on (read them with `journal`); a new start drops
+        the old record. Changes nothing else."""
+        self._journal = []
+        self._journal_from = self._changes
+
+    def stop_journal(self) -> None:
+        """Record no more evictions."""
+        self._journal = None
+
+    def journal(self) -> list[tuple[int, bytes | None, int]] | None:
+        """The blocks evicted since `start_journal`, as (block, its hash then or None, its
+        position), when evictions that made room for new blocks are all that changed the
+        cache since then but blocks registered in the prefix index and slots given to
+        running steps (no step begun, finished, preempted or ended, no block dropped
+        without taking its place, no prefetch, no host tier): each victim then stands for
+        a block taken. None otherwise, or when an eviction's victims were not recorded
+        (the C++ core's LRU evicts its queue's head without naming them), or when no
+        journal was started."""
+        log = self._journal
+        if log is None or self.host is not None or self._changes - self._journal_from != len(log):
+            return None
+        return [v for victims in log for v in victims]
+
+    def _note_evicted(self, victims: list[int] | None) -> None:
+        """Journal one eviction, before it happens (None: its victims are unknown), if a
+        journal is kept."""
+        if self._journal is None:
+            return
+        if victims is None:
+            self._journal = None
+            return
+        block_hash, position = self.pool.block_hash, self.block_position
+        self._journal.append([(b, block_hash[b], position[b]) for b in victims])
+
+    def lookup_after(self, session_id: str, found: StepLookup, hashes: Sequence[bytes],
+                     evicted: list[tuple[int, bytes | None, int]]) -> StepLookup | None:
+        """`lookup`'s answer now for session `session_id`'s prompt whose leading full-block
+        hashes are `hashes` (those known: at least its hits'), given `found`, its
+        answer before the evictions `evicted` (from `journal`: the only changes since but
+        blocks registered in the index and running steps' slots). `found` itself when no
+        victim was one of its GPU hits (a hashed block sits in the index under its hash, at
+        the same position in every table that holds it) or its session's retained tail,
+        and the prompt's first block past its hits is still not in the index; `found`
+        less its last k hits when the victims among its hits were exactly those (CACHED,
+        as every victim: k fewer hits, k fewer of them cached); None (ask `lookup`) for
+        anything else, and with a host tier (an eviction may offload a block the prompt
+        would hit there)."""
+        if self.host is not None:
+            return None
+        n = found.gpu_hit_blocks
+        known = min(n, len(hashes))
+        s = self.sessions.get(session_id)
+        tail = s.tail[0] if s is not None and s.tail is not None else -1
+        lost = set()
+        for b, h, p in evicted:
+            if b == tail or (h is not None and known <= p < n):
+                return None  # its tail, or a hit whose hash is not in `hashes`
+            if h is not None and p < n and hashes[p] == h:
+                lost.add(p)
+        k = len(lost)
+        if k and (found.tail_tokens or min(lost) != n - k):
+            return None
+        # The first block past the hits must still miss (unless the prompt has none).
+        if n - k < (found.num_prompt_tokens - 1) // self.block_size and (
+                n - k >= len(hashes) or self.index.get(hashes[n - k]) is not None):
+            return None
+        if not k:
+            return found
+        bs = self.block_size
+        return StepLookup(found.num_prompt_tokens, (n - k) * bs, n - k,
+                          found.gpu_cached_blocks - k, 0, 0, bs)

@@ -1,0 +1,99 @@
+"""The eviction journal (kvsaga/manager_journal.py): `journal` names every victim since
+`start_journal` or says it cannot, and `lookup_after` answers what `lookup` answers now,
+or nothing, over random histories on both cores."""
+
+import random
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec, OutOfBlocks
+from kvsaga.prefix import root_hash
+
+BS = 4
+
+
+def _hashes(m, sid, tokens):
+    s = m.sessions.get(sid)
+    out: list[bytes] = []
+    m.hasher.extend(out, root_hash(None) if s is None else s.root, tokens,
+                    (len(tokens) - 1) // BS)
+    return out
+
+
+def _begin(m, sid, prompt):
+    try:
+        st = m.begin_step(sid, prompt)
+        m.allocate_slots(sid, len(prompt) - st.num_cached_tokens)
+    except OutOfBlocks:
+        m.preempt(sid)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("policy", ["saga", "ttl", "graph"])
+@pytest.mark.parametrize("seed", range(4))
+def test_lookup_after_is_lookup_now(core, policy, seed):
+    """Sessions sharing a prefix over a small pool; at random moments the paused ones'
+    next prompts are looked up and a journal started, one session decodes (its blocks
+    evict others'), and every answer `lookup_after` gives equals a fresh `lookup`. Both
+    kinds of answer occur: unchanged, and less the hits whose blocks were evicted."""
+    rng = random.Random(seed)
+    m = KVCacheManager(KVSpec(2, 2, 8, block_size=BS), 24, clock=lambda: 0.0,
+                       core=core.name, policy=policy)
+    shared = list(range(500, 508))
+    ctx = {sid: shared + [rng.randrange(100) for _ in range(5)] for sid in "abcd"}
+    kinds = {"same": 0, "shrunk": 0}
+    for _ in range(80):
+        sid = rng.choice("abcd")
+        s = m.sessions.get(sid)
+        if s is None or s.state.name != "RUNNING":
+            prompt = ctx[sid] + [rng.randrange(100) for _ in range(rng.randrange(1, 9))]
+            if _begin(m, sid, prompt):
+                ctx[sid] = prompt
+            continue
+        if rng.random() < 0.3:
+            m.finish_step(sid)
+            continue
+        probes = {}
+        for p, tokens in ctx.items():
+            ps = m.sessions.get(p)
+            if p != sid and (ps is None or ps.state.name != "RUNNING"):
+                prompt = tokens + [7, 8]
+                probes[p] = (prompt, m.lookup(p, prompt), _hashes(m, p, prompt))
+        m.start_journal()
+        for _ in range(rng.randrange(1, 12)):  # decode: a block every BS tokens
+            tok = rng.randrange(100)
+            m.append_tokens(sid, [tok])
+            try:
+                m.allocate_slots(sid, 1)
+            except OutOfBlocks:
+                m.preempt(sid)
+                break
+            ctx[sid] = ctx[sid] + [tok]
+        evicted = m.journal()
+        if m.sessions[sid].state.name != "RUNNING":
+            assert evicted is None  # a preemption is not an eviction
+            continue
+        assert evicted is not None
+        for p, (prompt, found, hashes) in probes.items():
+            after = m.lookup_after(p, found, hashes, evicted)
+            if after is not None:
+                assert after == m.lookup(p, prompt)
+                kinds["same" if after is found else "shrunk"] += 1
+        m.check_integrity()
+    m.stop_journal()
+    assert m.journal() is None
+    assert kinds["same"] and kinds["shrunk"]
+
+
+def test_journal_is_none_after_any_other_change():
+    """A step begun or finished, or no journal started: the journal cannot tell."""
+    m = KVCacheManager(KVSpec(2, 2, 8, block_size=BS), 8, clock=lambda: 0.0, policy="saga")
+    assert m.journal() is None
+    m.start_journal()
+    assert m.journal() == []
+    assert _begin(m, "a", list(range(10)))
+    assert m.journal() is None
+    m.start_journal()
+    m.finish_step("a")
+    assert m.journal() is None
