@@ -257,9 +257,11 @@ def results_title(args: argparse.Namespace) -> str:
         return REPLICAS_TITLE
     if args.engine == "vllm":  # one section per workload, seed and scale: runs sit side by side
         eos = ", EOS ignored" if getattr(args, "ignore_eos", False) else ""
+        kv = (f", KV {args.kv_fraction:g} of the working set"
+              if args.kv_fraction != 0.5 and not args.kv_memory else "")
         return (f"### Agent replay, interleaved repeats: {args.workload} seed {args.seed}, "
                 f"{args.sessions} sessions, tokens x{args.token_scale:g}, pauses "
-                f"x{args.time_scale:g}{eos} (written by bench/agent_replay.py)")
+                f"x{args.time_scale:g}{kv}{eos} (written by bench/agent_replay.py)")
     if args.kvsaga_arms:
         return "## Agent replay: schedulers on live kvsaga-serve (written by bench/agent_replay.py)"
     return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"

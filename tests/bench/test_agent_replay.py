@@ -152,6 +152,9 @@ def test_vllm_sections_are_one_per_seed_and_scale() -> None:
     eos = m.results_title(parse(["--engine", "vllm", "--seed", "15", "--token-scale", "0.05",
                                  "--ignore-eos"]))
     assert eos != a and "EOS ignored" in eos
+    kv = m.results_title(parse(["--engine", "vllm", "--seed", "15", "--token-scale", "0.05",
+                                "--kv-fraction", "0.25"]))
+    assert kv != a and "KV 0.25 of the working set" in kv
 
 
 def test_median_summary_counts_a_counter_one_round_never_logged_as_zero() -> None:
