@@ -12,8 +12,10 @@ sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided v
 - cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
   the C++ row copy;
 - one prefill chunk's attention (prompts of 881, 500 and 131 tokens, causal, like a
-  1,024-token step of the engine): the SDPA path (each sequence's blocks copied out, one
-  fused SDPA call per sequence) and the in-place kernel's AVX-512 tiles.
+  1,024-token step of the engine), and one agent step's (384 new tokens of each of two
+  sessions over cached prefixes of 1,024, two decoding sessions beside them): the SDPA
+  path (each sequence's blocks copied out, one fused SDPA call per sequence), the in-place
+  kernel's AVX-512 row tiles, and its extend GEMM.
 CPU milliseconds per call (process time, so other jobs on a shared machine disturb it
 little), median of 5 rounds of `--repeat` calls, and each path's speed-up over the first
 row of its kind. Every path's output is checked against the torch reference first.
@@ -37,6 +39,10 @@ NUM_KV_HEADS, GROUP, HEAD_DIM = 3, 3, 64
 
 
 PREFILL_LENS = [881, 500, 131]
+# An agent step (bench/extend_step.py's second case): two sessions' 384 new tokens over
+# cached prefixes of 1,024, beside two decoding sessions.
+EXTEND_LENS = [1408, 1408, 1041, 1041]
+EXTEND_QUERY_LENS = [384, 384, 1, 1]
 
 
 def _attention_case(lens: list[int], query_lens: list[int], block_size: int, num_layers: int,
@@ -83,6 +89,24 @@ def _decode_case(block_size: int, num_layers: int,
     return attn, write
 
 
+def _chunk_rows(op: str, case: PagedAttentionArgs, repeat: int) -> list[tuple[str, str, float]]:
+    """A prefill or extend batch's attention on each path: the SDPA path (blocks copied
+    out, one SDPA call per sequence), the in-place kernel's AVX-512 row tiles, and its
+    extend GEMM (the dispatch's choice), each checked against the reference first."""
+    want = reference.paged_attention(case)
+    paths: list[tuple[str, Callable[[], torch.Tensor]]] = [
+        ("SDPA path", lambda: sdpa.paged_attention(case, whole=False))]
+    if inplace.has_tiles(HEAD_DIM):
+        out = torch.empty_like(case.query)
+        paths += [(label, lambda p=path: inplace.paged_attention(case, out, None, path=p) or out)
+                  for label, path in (("AVX-512 tiles", "rows"), ("extend GEMM", "auto"))]
+    rows = []
+    for label, fn in paths:
+        torch.testing.assert_close(fn(), want, atol=2e-5, rtol=2e-5)
+        rows.append((op, label, _cpu_ms(fn, max(1, repeat // 30))))
+    return rows
+
+
 def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
     for _ in range(3):
         fn()
@@ -107,39 +131,36 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     attn, write = _decode_case(args.block_size, args.layers)
     prefill = _attention_case(PREFILL_LENS, PREFILL_LENS, args.block_size, args.layers,
                               torch.Generator().manual_seed(1))
+    extend = _attention_case(EXTEND_LENS, EXTEND_QUERY_LENS, args.block_size, args.layers,
+                             torch.Generator().manual_seed(2))
     want = reference.paged_attention(attn)
     layers = _every_layer(attn)
     other = torch.zeros_like(attn.query)  # the views of another layer: checked once too
     inplace.paged_attention(layers[0], other, None)
     torch.testing.assert_close(other, reference.paged_attention(layers[0]), atol=2e-5, rtol=2e-5)
     rows: list[tuple[str, str, float]] = []
-    for label, generic in (("generic loops", True), ("AVX-512 tiles", False)):
-        if not generic and not inplace._paged_attn.has_avx512():
+    for label, path in (("generic loops", "generic"), ("AVX-512 tiles", "auto")):
+        if path != "generic" and not inplace._paged_attn.has_avx512():
             continue
         out = torch.zeros_like(attn.query)
-        inplace.paged_attention(attn, out, None, generic=generic)
+        inplace.paged_attention(attn, out, None, path=path)
         torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
         rows.append(("paged attention", label, _cpu_ms(
-            lambda g=generic, o=out: inplace.paged_attention(attn, o, None, generic=g),
+            lambda p=path, o=out: inplace.paged_attention(attn, o, None, path=p),
             args.repeat)))
         rows.append(("every layer", label, _cpu_ms(
-            lambda g=generic, o=out: [inplace.paged_attention(a, o, None, generic=g)
-                                      for a in layers],
+            lambda p=path, o=out: [inplace.paged_attention(a, o, None, path=p)
+                                   for a in layers],
             max(1, args.repeat // len(layers))) / len(layers)))
     for label, fn in (("torch reference", reference.cache_write),
                       ("C++ row copy", inplace.cache_write)):
         rows.append(("cache_write", label, _cpu_ms(lambda f=fn: f(write), args.repeat)))
-    want = reference.paged_attention(prefill)
-    for label, whole in (("SDPA path", False), ("AVX-512 tiles", True)):
-        if whole and not inplace.has_tiles(HEAD_DIM):
-            continue
-        out = sdpa.paged_attention(prefill, whole=whole)
-        torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
-        rows.append(("prefill attention", label, _cpu_ms(
-            lambda w=whole: sdpa.paged_attention(prefill, whole=w), max(1, args.repeat // 30))))
+    for op, case in (("prefill attention", prefill), ("extend attention", extend)):
+        rows += _chunk_rows(op, case, args.repeat)
     print(f"one layer of a 16-sequence decode step ({sum(PROMPT_LENS) + 16 * 32} context "
-          f"tokens) and of a {sum(PREFILL_LENS)}-token prefill, block {args.block_size}, "
-          "CPU ms per call, 1 thread")
+          f"tokens), of a {sum(PREFILL_LENS)}-token prefill and of an agent step's extend "
+          f"({EXTEND_QUERY_LENS} new tokens over contexts of {EXTEND_LENS}), block "
+          f"{args.block_size}, CPU ms per call, 1 thread")
     first: dict[str, float] = {}
     for op, label, ms in rows:
         base = first.setdefault(op, ms)

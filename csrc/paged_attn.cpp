@@ -53,6 +53,7 @@ struct Args {
   int64_t c_block, c_tok, c_head;          // k/v cache strides (shared layout)
   float scale;
   bool avx512;  // run the AVX-512 tiles (run_item_avx512) where the head size has them
+  bool gemm;    // and the extend path (run_item_gemm) for tasks of kGemmLanes query heads
 };
 
 inline int64_t seq_of(const Args& a, int64_t i) {
@@ -379,6 +380,141 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
   }
 }
 
+// The extend path (AVX-512, head sizes 64 and 128): a task whose rows hold at least
+// kGemmLanes query heads (rows x group) runs as two small GEMMs instead of one query row at
+// a time. Why: the row loop above streams every K and V row of the context once per query
+// row and reduces each score across its 16 lanes (`sum16`); an agent step's prefill of a
+// few hundred new tokens over a cached prefix of a thousand or more spent a third of its
+// time there (`python bench/extend_step.py --profile 25`). Here the task's M = rows x group
+// query heads lie across vector lanes (Qt: [head_dim][M], scaled), so
+//   scores St[p][m] = sum_i Qt[i][m] * K[p][i]   (16 positions' K rows copied to a tile,
+//                                                each element broadcast: no reductions),
+//   a softmax down each lane (causal: lane m sees positions < its row's context),
+//   out[m][i] = sum_p St[p][m] * V[p][i] / sum_p St[p][m]  (V read in place, broadcast),
+// each K and V element read once per 16 query heads instead of once per query row.
+constexpr int64_t kGemmLanes = 8;
+
+// exp_nonpos on 16 lanes (the same polynomial; x already clamped to [-87, 0]).
+KV_AVX512 inline __m512 exp_nonpos16(__m512 x) {
+  const __m512i ni = _mm512_cvttps_epi32(
+      _mm512_sub_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(0.5f)));
+  const __m512 n = _mm512_cvtepi32_ps(ni);
+  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+  r = _mm512_add_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+                                 _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
+}
+
+// Scores of 16 positions (their K rows contiguous in `tile`, row stride D) for the 16
+// query lanes of Qt + lane0 (row stride mpad), into St rows (row stride mpad).
+template <int D>
+KV_AVX512 inline void gemm_scores(const float* qt, int64_t mpad, const float* tile, float* st) {
+  __m512 acc[16];
+  for (int o = 0; o < 16; ++o) acc[o] = _mm512_setzero_ps();
+  for (int i = 0; i < D; ++i) {
+    const __m512 q = _mm512_loadu_ps(qt + i * mpad);
+    for (int o = 0; o < 16; ++o) acc[o] = _mm512_fmadd_ps(q, _mm512_set1_ps(tile[o * D + i]), acc[o]);
+  }
+  for (int o = 0; o < 16; ++o) _mm512_storeu_ps(st + o * mpad, acc[o]);
+}
+
+// Softmax down 16 lanes of St (rows 0 .. ctx - 1, stride mpad), unnormalised: lane l keeps
+// rows < lens[l] (the others become 0); returns 1 / each lane's sum.
+KV_AVX512 inline __m512 gemm_softmax(float* st, int64_t mpad, int64_t ctx, __m512i lens) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t p = 0; p < ctx; ++p) {
+    const __mmask16 in = _mm512_cmpgt_epi32_mask(lens, _mm512_set1_epi32(static_cast<int>(p)));
+    mx = _mm512_mask_max_ps(mx, in, mx, _mm512_loadu_ps(st + p * mpad));
+  }
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  for (int64_t p = 0; p < ctx; ++p) {
+    const __mmask16 in = _mm512_cmpgt_epi32_mask(lens, _mm512_set1_epi32(static_cast<int>(p)));
+    const __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(st + p * mpad), mx), lo);
+    const __m512 e = _mm512_maskz_mov_ps(in, exp_nonpos16(x));
+    _mm512_storeu_ps(st + p * mpad, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+}
+
+// 16 output elements (i0 .. i0 + 15) of 16 query lanes: sum over positions of St[p][lane] *
+// V[p][i], V rows in place (`vrows`); acc[o] holds element i0 + o of every lane.
+KV_AVX512 inline void gemm_values(const float* st, int64_t mpad, const float* const* vrows,
+                                  int64_t ctx, int64_t i0, __m512* acc) {
+  for (int o = 0; o < 16; ++o) acc[o] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < ctx; ++p) {
+    const __m512 w = _mm512_loadu_ps(st + p * mpad);
+    const float* v = vrows[p] + i0;
+    for (int o = 0; o < 16; ++o) acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(v[o]), w, acc[o]);
+  }
+}
+
+template <int C>
+KV_AVX512 void run_item_gemm(const Args& a, const Task& task, std::vector<float>& buf) {
+  constexpr int64_t D = C * 16;
+  const int64_t s = task.s, g = a.group, h = task.h;
+  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
+  const int64_t first = a.seq_lens[s] - q_len;  // position of the sequence's query row 0
+  const int64_t rows = task.r1 - task.r0, m = rows * g, nv = (m + 15) / 16, mpad = nv * 16;
+  const int64_t ctx = first + task.r1, ctx_pad = (ctx + 15) / 16 * 16;
+  // buf: Qt [D][mpad], St [ctx_pad][mpad], the K tile [16][D], an output tile [16][16].
+  buf.resize(static_cast<size_t>(D * mpad + ctx_pad * mpad + 16 * D + 256));
+  float* qt = buf.data();
+  float* st = qt + D * mpad;
+  float* tile = st + ctx_pad * mpad;
+  float* otile = tile + 16 * D;
+  thread_local std::vector<int32_t> lens;  // each lane's context length
+  thread_local std::vector<const float*> vrows;  // each position's V row
+  lens.resize(static_cast<size_t>(mpad));
+  vrows.resize(static_cast<size_t>(ctx));
+  for (int64_t l = 0; l < mpad; ++l) {
+    const int64_t r = task.r0 + l / g, j = l % g;
+    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);  // padding lanes: finite
+    const float* qrow = a.q + (q0 + r) * a.q_tok + (h * g + j) * a.q_head;
+    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = l < m ? qrow[i] * a.scale : 0.0f;
+  }
+  const int32_t* table = a.tables + s * a.table_stride;
+  for (int64_t p0 = 0; p0 < ctx_pad; p0 += 16) {
+    for (int64_t o = 0; o < 16; ++o) {
+      const int64_t p = p0 + o;
+      if (p >= ctx) {
+        std::fill(tile + o * D, tile + (o + 1) * D, 0.0f);  // scores masked below
+        continue;
+      }
+      const int64_t at = static_cast<int64_t>(table[p / a.block_size]) * a.c_block +
+                         p % a.block_size * a.c_tok + h * a.c_head;
+      std::memcpy(tile + o * D, a.k + at, D * sizeof(float));
+      vrows[static_cast<size_t>(p)] = a.v + at;
+    }
+    for (int64_t mv = 0; mv < nv; ++mv)
+      gemm_scores<D>(qt + mv * 16, mpad, tile, st + p0 * mpad + mv * 16);
+  }
+  for (int64_t mv = 0; mv < nv; ++mv) {
+    const __m512i lv = _mm512_loadu_si512(lens.data() + mv * 16);
+    const __m512 inv = gemm_softmax(st + mv * 16, mpad, ctx, lv);
+    const int64_t lanes = std::min<int64_t>(16, m - mv * 16);
+    for (int64_t i0 = 0; i0 < D; i0 += 16) {
+      __m512 acc[16];
+      gemm_values(st + mv * 16, mpad, vrows.data(), ctx, i0, acc);
+      for (int o = 0; o < 16; ++o) _mm512_storeu_ps(otile + o * 16, _mm512_mul_ps(acc[o], inv));
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t lane = mv * 16 + l, r = task.r0 + lane / g, j = lane % g;
+        float* orow = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head + i0;
+        for (int o = 0; o < 16; ++o) orow[o] = otile[o * 16 + l];
+      }
+    }
+  }
+}
+
 bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 #else
 bool cpu_has_avx512() { return false; }
@@ -386,6 +522,10 @@ bool cpu_has_avx512() { return false; }
 
 void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
+  if (a.gemm && (item.r1 - item.r0) * a.group >= kGemmLanes) {
+    if (a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
+    if (a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
+  }
   if (a.avx512 && a.head_dim == 64) return run_item_avx512<4>(a, item, buf);
   if (a.avx512 && a.head_dim == 128) return run_item_avx512<8>(a, item, buf);
 #endif
@@ -403,6 +543,10 @@ constexpr int64_t kWorkPerThread = int64_t{1} << 20;
 // Query rows per task: a prefill chunk's sequence splits into many tasks, so that two
 // threads share a batch of one long and one short prompt evenly.
 constexpr int64_t kRowsPerTask = 16;
+
+// `path` of a call: every AVX-512 path where it applies, the row tiles only (no extend
+// GEMM), or the generic loops only (the tests hold each to the reference).
+constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2;
 
 // The tasks of a call, each sequence's row ranges for every KV head, and its work in
 // multiply-adds.
@@ -426,7 +570,7 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
                      int64_t num_seqs, int64_t num_kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_size, int64_t table_stride, int64_t q_tok, int64_t q_head,
                      int64_t o_tok, int64_t o_head, int64_t c_block, int64_t c_tok,
-                     int64_t c_head, float scale, int64_t num_threads, bool generic) {
+                     int64_t c_head, float scale, int64_t num_threads, int64_t path) {
   Args a{reinterpret_cast<float*>(out),
          reinterpret_cast<const float*>(q),
          reinterpret_cast<const float*>(k),
@@ -438,7 +582,7 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
          num_seqs,
          num_kv_heads, group, head_dim, block_size, table_stride,
          q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale,
-         !generic && cpu_has_avx512()};
+         path != kPathGeneric && cpu_has_avx512(), path == kPathAuto && cpu_has_avx512()};
   int64_t work = 0;
   const std::vector<Task> tasks = make_tasks(a, work);
   const auto n = static_cast<int64_t>(tasks.size());
@@ -522,7 +666,7 @@ NB_MODULE(_paged_attn, m) {
         "seq_lens"_a, "q_start"_a, "seq_ids"_a, "num_seqs"_a, "num_kv_heads"_a, "group"_a,
         "head_dim"_a, "block_size"_a, "table_stride"_a, "q_tok"_a, "q_head"_a, "o_tok"_a,
         "o_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "scale"_a, "num_threads"_a,
-        "generic"_a, nb::call_guard<nb::gil_scoped_release>());
+        "path"_a, nb::call_guard<nb::gil_scoped_release>());
   m.def("cache_write", &cache_write, "key"_a, "value"_a, "k_cache"_a, "v_cache"_a, "slots"_a,
         "num_tokens"_a, "num_kv_heads"_a, "row_bytes"_a, "k_tok"_a, "k_head"_a, "v_tok"_a,
         "v_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "block_size"_a, "num_blocks"_a,

@@ -65,14 +65,20 @@ def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
     )
 
 
+# The kernel's paths (csrc/paged_attn.cpp, `path`): every AVX-512 path where it applies,
+# the AVX-512 row tiles without the extend GEMM, the generic loops alone.
+PATHS = {"auto": 0, "rows": 1, "generic": 2}
+
+
 def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
-                    *, generic: bool = False) -> None:
+                    *, path: str = "auto") -> None:
     """Causal paged attention of the sequences `seq_ids` of the batch (None: all of them),
     written into `out`.
 
     Arguments as `kvsaga.kernels.paged_attention` (already checked there), with `out`
     required (rows of other sequences are left as they are) and `supports(...)` true.
-    `generic`: skip the AVX-512 path (the tests hold both paths to the reference).
+    `path`: "auto", or "rows" (no extend GEMM) or "generic" (no AVX-512 at all), which
+    the tests and bench/cpu_attention.py hold beside it.
     """
     if seq_ids is not None and not seq_ids:
         return
@@ -89,7 +95,7 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[i
         num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
         k_cache.shape[1], tables.stride(0), query.stride(0), query.stride(1),
         out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        float(args.scale), _kernel_threads(), generic,
+        float(args.scale), _kernel_threads(), PATHS[path],
     )
 
 

@@ -26,14 +26,16 @@ PAIRS = {
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("kind", sorted(PAIRS))
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("generic", [False, True], ids=["auto", "generic"])
-def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, generic,
+@pytest.mark.parametrize("path", sorted(inplace.PATHS))
+def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, path,
                                                     monkeypatch):
     """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
     With 3 threads the kernel may start its own (as under OMP_WAIT_POLICY=PASSIVE): the
-    extend cases hold enough work to split. "auto" takes the AVX-512 tiles for head sizes
-    64 and 128 where the CPU has them (group 8 runs two tiles of heads), "generic" the
-    plain loops."""
+    extend cases hold enough work to split. "auto" takes the AVX-512 paths for head sizes
+    64 and 128 where the CPU has them: the extend GEMM for tasks of 8 or more query heads
+    (rows x group; partial lanes, causal lanes, contexts not a multiple of 16), the row
+    tiles for the others (group 8 runs two tiles of heads); "rows" the row tiles alone,
+    "generic" the plain loops."""
     monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
     pairs = PAIRS[kind]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
@@ -46,7 +48,7 @@ def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threa
     torch.set_num_threads(threads)
     try:
         inplace.paged_attention(case.attention_args(), got, list(range(len(pairs))),
-                                generic=generic)
+                                path=path)
     finally:
         torch.set_num_threads(before)
     n = case.query.shape[0] - case.num_pad_rows
