@@ -53,6 +53,9 @@ RESULT = "@@extend_step "  # a worker's reply line starts with this
 BLOCK = 32
 DECODER_NEW = 16  # fresh tokens of each decoding request's prompt
 SECTION = "### The agent-replay step shape, kvsaga's engine vs vLLM's"
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+# Where the section goes the first time: in "vLLM as the peer", before the live replay.
+RESULTS_ANCHOR = "### Agent replay (`python bench/agent_replay.py"
 
 
 # --------------------------------------------------------------------------------------
@@ -320,6 +323,7 @@ def report(args: argparse.Namespace, cases: list[dict[str, int]],
     head = "| case | window | " + " | ".join(f"{a} steps | {a} wall s / CPU s" for a in arms)
     if len(arms) == 2:
         head += " | vLLM / kvsaga wall | vLLM / kvsaga CPU"
+    head += " |"
     lines += [head, "|" + " --- |" * (head.count("|") - 1)]
     for i, c in enumerate(cases):
         name = f"P={c['P']} N={c['N']} S={c['S']} D={c['D']}"
@@ -345,11 +349,14 @@ def report(args: argparse.Namespace, cases: list[dict[str, int]],
 
 
 def write_results(table: str, path: Path) -> None:
-    """Replace (or append) this script's subsection of RESULTS.md."""
+    """Replace this script's subsection of RESULTS.md (the first time: insert it before
+    the live agent replay's, or at the end)."""
     text = path.read_text()
     start = text.find(SECTION)
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
+        at = text.find(RESULTS_ANCHOR)
+        text = (text.rstrip("\n") + "\n\n" + table if at < 0
+                else text[:at] + table + "\n" + text[at:])
     else:
         end = text.find("\n#", start + len(SECTION))
         text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
@@ -416,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report(args, cases, results, (load0, os.getloadavg()[0]))
     print(table)
     if args.write_results:
-        write_results(table, Path(__file__).resolve().parent / "RESULTS.md")
+        write_results(table, RESULTS_PATH)
     if args.json:
         Path(args.json).write_text(json.dumps({"cases": cases, "results": results}, indent=1))
     return 0
