@@ -413,7 +413,9 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   their step times come from one array call and their usage integrals from one pass, summed
   in order in C), going on while steps wait for room with the scheduler's admissions asked
   at a step only when its last refusal may have changed (`Scheduler.refusal_until`, the
-  cache version, an allocation), a policy's ticks in a row sent as one where its tick only
+  cache version, an allocation; kept across decode allocations and the evictions they
+  cause while `Scheduler.refusal_stands` says so from the manager's eviction journal,
+  kvsaga/manager_journal.py), a policy's ticks in a row sent as one where its tick only
   records the time (`tick.coalesces`: ttl, graph, saga, belady), the scheduler's lookups of
   a waiting step kept while `KVCacheManager.cache_version` stands, resumed prompts checked
   and copied by the C++ core only past the context they repeat, GPU hits read off the
@@ -428,18 +430,22 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   GiB), so part of that ratio is work the workflow scheduler no longer causes, not the
   same work done faster. Every case under 10x is a miss (listed above).
 - Where the time goes now (`python bench/sim_speed.py --split`): on the issue's quickstart
-  (`--case 'issue quickstart lru'`), the scheduler's admissions asked inside decode runs
-  (about half: every decode allocation ends a refusal's hold, and with sessions waiting
-  nearly every step allocates) and the lookups they make (a fifth: an eviction or a
-  registration changes the cache version at nearly every allocation). On the small cases
-  no part dominates. Per admitted step `lookup`, `begin_step` and the first chunk's
-  allocation, per finished step `finish_step`, each O(the context's blocks) in C++ or, for
-  the grouped policies, in Python (their per-block marks: kvsaga/policy/groups.py,
-  search.py); per decode block one `append_tokens` + `allocate_slots` (6,700 on readme
-  lru, 13,900 on the full-size case); per run the arrays of its step times. 10x on every
-  case needs each step's per-block work gone, not cheaper: the grouped policies' marks
-  kept per run, and a paused session's table held whole by the pool (a contract change for
-  the pool, every policy's order and the usage metrics); docs/simulator.md, "Speed".
+  (`--case 'issue quickstart saga'`), the policy's hooks (about two fifths: `choose_victims`
+  at each of the 126,216 decode blocks that evict one, `blocks_uncached` of those victims
+  and of resumed steps' hits, `blocks_cached` of each finished step's whole context), the
+  scheduler's admissions (a third, most of it the 6,058 admitted steps' `begin_step` and
+  first chunk: 20,115 attempts and 18,244 lookups, 57,660 and 86,428 before refusals were
+  kept across evictions) and the manager's own part of `allocate_slots`, `begin_step` and
+  `finish_step`. With the C++ core's LRU (victims not named) a refusal still ends at each
+  eviction. On the small cases no part dominates. Per admitted step `lookup`, `begin_step`
+  and the first chunk's allocation, per finished step `finish_step`, each O(the context's
+  blocks) in C++ or, for the grouped policies, in Python (their per-block marks:
+  kvsaga/policy/groups.py, search.py); per decode block one `append_tokens` +
+  `allocate_slots` (6,700 on readme lru, 13,900 on the full-size case); per run the arrays
+  of its step times. 10x on every case needs each step's per-block work gone, not cheaper:
+  the grouped policies' marks kept per run, and a paused session's table held whole by the
+  pool (a contract change for the pool, every policy's order and the usage metrics);
+  docs/simulator.md, "Speed".
 - `(differs)`: decisions changed on main since the baseline (other lanes: the workflow
   scheduler's demotions and defaults, ttl's and graph's parameters); readme belady's row
   already differs at 01642d6, before the speed changes, none of which changes a row (each

@@ -28,6 +28,7 @@ def profile(case, top: int) -> None:
 SPLIT = [("kvsaga.manager", "KVCacheManager", ("begin_step", "finish_step", "allocate_slots",
                                                "_evict")),
          ("kvsaga.manager_reads", "ManagerReads", ("lookup",)),
+         ("kvsaga.scheduler.base", "Scheduler", ("admit_waiting",)),
          ("kvsaga.sim.decode_runs", "DecodeRuns", ("_decode_run", "_admits"))]
 POLICY_HOOKS = ("blocks_cached", "blocks_uncached", "choose_victims", "step_started",
                 "step_finished")

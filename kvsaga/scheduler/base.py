@@ -134,7 +134,8 @@ class Scheduler:
         # Lookups of waiting requests at the manager's current cache_version, by id(req).
         self._lookups: dict[int, tuple[Any, int, StepLookup]] = {}
         self._lookup_version: tuple[int, int] | None = None
-        self._asked: list[tuple[Any, StepLookup, int]] = []  # last attempt's lookups
+        # The last attempt's steps looked up: (request, lookup, chunk limit, block hashes).
+        self._asked: list[tuple[Any, StepLookup, int, Any]] = []
         self._asked_head: Any = None  # and its candidate
 
     # -- queueing (per scheduler) ---------------------------------------------------------
@@ -215,18 +216,19 @@ class Scheduler:
             return False
         after = self.manager.lookup_after
         asked = []
-        for req, found, limit in self._asked:
-            hashes = getattr(req, "block_hashes", None)
+        for req, found, limit, hashes in self._asked:
+            if hashes is None:  # the list only grows: kept while the refusal goes on
+                hashes = getattr(req, "block_hashes", None)
             found = None if hashes is None else after(req.session_id, found, hashes, evicted)
             if found is None:
                 return False
-            asked.append((req, found, limit))
+            asked.append((req, found, limit, hashes))
         if not self._refusal_kept(asked):
             return False
         self._asked = asked
         return True
 
-    def _refusal_kept(self, asked: list[tuple[Any, StepLookup, int]]) -> bool:
+    def _refusal_kept(self, asked: list[tuple[Any, StepLookup, int, Any]]) -> bool:
         """`refusal_stands`' last word, given the refused steps, their lookups now and
         their chunk limits: here yes, as `_fits` only gets harder. Each free-or-evictable
         block fell by one per decode block; a step whose last k hits were evicted (each for
@@ -335,7 +337,7 @@ class Scheduler:
             if not limit:
                 continue
             lk = self.lookup(req)
-            self._asked.append((req, lk, limit))
+            self._asked.append((req, lk, limit, None))
             end = self._first_end(lk, limit)
             if self._fits(req, lk, end, now):
                 break

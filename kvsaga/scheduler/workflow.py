@@ -312,7 +312,7 @@ class WorkflowScheduler(Demotions, ComputeShares, Scheduler):
         # "contexts", a "reserve" refusal may fail the session gate first.
         if self._cause_need is None:
             return True
-        req, found, limit = asked[0]
+        req, found, limit, _ = asked[0]
         need = found.blocks_to_admit(self._first_end(found, limit))
         if need > self.manager.pool.num_available or (
                 found is not self._asked[0][1] and req.session_id not in self.sessions

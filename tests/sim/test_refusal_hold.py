@@ -151,10 +151,10 @@ def test_refusals_stand_across_evictions_with_the_reference_results(scheduler, p
         stands = sched.refusal_stands
 
         def counted(now, evicted, _stands=stands, _n=n, _s=sched):
-            before = [f for _, f, _ in _s._asked]
+            before = [a[1] for a in _s._asked]
             ok = _stands(now, evicted)
             _n[0] += ok and bool(evicted)
-            _n[1] += ok and any(a is not f for a, (_, f, _) in zip(before, _s._asked, strict=True))
+            _n[1] += ok and any(f is not a[1] for f, a in zip(before, _s._asked, strict=True))
             return ok
 
         sched.refusal_stands = counted
