@@ -52,7 +52,7 @@ from typing import Any
 RESULT = "@@extend_step "  # a worker's reply line starts with this
 BLOCK = 32
 DECODER_NEW = 16  # fresh tokens of each decoding request's prompt
-SECTION = "### The agent-replay step shape, kvsaga's engine vs vLLM's"
+SECTION = "### The agent-replay step shape, kvsaga's engine vs vLLM's"  # + ", N thread(s)"
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 # Where the section goes the first time: in "vLLM as the peer", before the live replay.
 RESULTS_ANCHOR = "### Agent replay (`python bench/agent_replay.py"
@@ -312,7 +312,7 @@ def report(args: argparse.Namespace, cases: list[dict[str, int]],
            results: dict[str, list[list[dict[str, Any]]]], load: tuple[float, float]) -> str:
     arms = list(results)
     cmd = "python bench/extend_step.py " + " ".join(sys.argv[1:])
-    lines = [SECTION, "",
+    lines = [section_title(args.threads), "",
              f"`{cmd}` on {platform.processor() or platform.machine()} "
              f"({os.cpu_count()} cores, shared; Python {platform.python_version()}); load "
              f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end. Each case "
@@ -348,18 +348,24 @@ def report(args: argparse.Namespace, cases: list[dict[str, int]],
     return "\n".join(lines) + "\n"
 
 
+def section_title(threads: int) -> str:
+    """The RESULTS.md subsection of a run with `threads` threads (one per thread count)."""
+    return f"{SECTION}, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def write_results(table: str, path: Path) -> None:
-    """Replace this script's subsection of RESULTS.md (the first time: insert it before
-    the live agent replay's, or at the end)."""
+    """Replace this run's subsection of RESULTS.md, the one its first line names (the first
+    time: insert it before the live agent replay's, or at the end)."""
+    title = table.split("\n", 1)[0]
     text = path.read_text()
-    start = text.find(SECTION)
+    start = text.find(title + "\n")
     if start < 0:
         at = text.find(RESULTS_ANCHOR)
         text = (text.rstrip("\n") + "\n\n" + table if at < 0
                 else text[:at] + table + "\n" + text[at:])
     else:
-        end = text.find("\n#", start + len(SECTION))
-        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
+        end = text.find("\n#", start + len(title))
+        text = text[:start] + table + ("\n" + text[end + 1:] if end >= 0 else "")
     path.write_text(text)
 
 

@@ -413,17 +413,33 @@ KV_AVX512 inline __m512 exp_nonpos16(__m512 x) {
   return _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
 }
 
-// Scores of 16 positions (their K rows contiguous in `tile`, row stride D) for the 16
-// query lanes of Qt + lane0 (row stride mpad), into St rows (row stride mpad).
-template <int D>
+// Scores of PT positions (their K rows contiguous in `tile`, row stride D) for NV x 16
+// query lanes (Qt from lane 0 of the group, row stride mpad), into St rows (stride mpad).
+// Each broadcast K element feeds NV lanes' vectors: with NV = 3 and PT = 8, 11 loads per
+// 24 multiply-adds (a single vector of lanes took 17 per 16).
+template <int D, int NV, int PT>
 KV_AVX512 inline void gemm_scores(const float* qt, int64_t mpad, const float* tile, float* st) {
-  __m512 acc[16];
-  for (int o = 0; o < 16; ++o) acc[o] = _mm512_setzero_ps();
+  __m512 acc[NV][PT];
+  for (int t = 0; t < NV; ++t)
+    for (int o = 0; o < PT; ++o) acc[t][o] = _mm512_setzero_ps();
   for (int i = 0; i < D; ++i) {
-    const __m512 q = _mm512_loadu_ps(qt + i * mpad);
-    for (int o = 0; o < 16; ++o) acc[o] = _mm512_fmadd_ps(q, _mm512_set1_ps(tile[o * D + i]), acc[o]);
+    __m512 q[NV];
+    for (int t = 0; t < NV; ++t) q[t] = _mm512_loadu_ps(qt + i * mpad + t * 16);
+    for (int o = 0; o < PT; ++o) {
+      const __m512 k = _mm512_set1_ps(tile[o * D + i]);
+      for (int t = 0; t < NV; ++t) acc[t][o] = _mm512_fmadd_ps(q[t], k, acc[t][o]);
+    }
   }
-  for (int o = 0; o < 16; ++o) _mm512_storeu_ps(st + o * mpad, acc[o]);
+  for (int t = 0; t < NV; ++t)
+    for (int o = 0; o < PT; ++o) _mm512_storeu_ps(st + o * mpad + t * 16, acc[t][o]);
+}
+
+// A 16-position K tile's scores for lane vectors mv .. mv + NV - 1.
+template <int D, int NV>
+KV_AVX512 inline void gemm_scores_tile(const float* qt, int64_t mpad, const float* tile,
+                                       float* st) {
+  constexpr int PT = NV == 1 ? 16 : 8;  // NV x PT accumulators: 16 or 24 of 32 registers
+  for (int o = 0; o < 16; o += PT) gemm_scores<D, NV, PT>(qt, mpad, tile + o * D, st + o * mpad);
 }
 
 // Softmax down 16 lanes of St (rows 0 .. ctx - 1, stride mpad), unnormalised: lane l keeps
@@ -446,16 +462,40 @@ KV_AVX512 inline __m512 gemm_softmax(float* st, int64_t mpad, int64_t ctx, __m51
   return _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
 }
 
-// 16 output elements (i0 .. i0 + 15) of 16 query lanes: sum over positions of St[p][lane] *
-// V[p][i], V rows in place (`vrows`); acc[o] holds element i0 + o of every lane.
+// Output elements i0 .. i0 + DT - 1 of NV x 16 query lanes: the sum over positions of
+// St[p][lane] * V[p][i], V rows read in place (`vrows`), scaled by each lane's 1 / sum
+// (`inv`), then written to the lanes' output rows (`orows`, stride o_head per head).
+template <int NV, int DT>
 KV_AVX512 inline void gemm_values(const float* st, int64_t mpad, const float* const* vrows,
-                                  int64_t ctx, int64_t i0, __m512* acc) {
-  for (int o = 0; o < 16; ++o) acc[o] = _mm512_setzero_ps();
+                                  int64_t ctx, int64_t i0, const __m512* inv, float* otile,
+                                  float* const* orows, int64_t lanes) {
+  __m512 acc[NV][DT];
+  for (int t = 0; t < NV; ++t)
+    for (int o = 0; o < DT; ++o) acc[t][o] = _mm512_setzero_ps();
   for (int64_t p = 0; p < ctx; ++p) {
-    const __m512 w = _mm512_loadu_ps(st + p * mpad);
+    __m512 w[NV];
+    for (int t = 0; t < NV; ++t) w[t] = _mm512_loadu_ps(st + p * mpad + t * 16);
     const float* v = vrows[p] + i0;
-    for (int o = 0; o < 16; ++o) acc[o] = _mm512_fmadd_ps(_mm512_set1_ps(v[o]), w, acc[o]);
+    for (int o = 0; o < DT; ++o) {
+      const __m512 b = _mm512_set1_ps(v[o]);
+      for (int t = 0; t < NV; ++t) acc[t][o] = _mm512_fmadd_ps(b, w[t], acc[t][o]);
+    }
   }
+  for (int t = 0; t < NV; ++t) {
+    for (int o = 0; o < DT; ++o) _mm512_storeu_ps(otile + o * 16, _mm512_mul_ps(acc[t][o], inv[t]));
+    for (int64_t l = 0; l < 16 && t * 16 + l < lanes; ++l)
+      for (int o = 0; o < DT; ++o) orows[t * 16 + l][i0 + o] = otile[o * 16 + l];
+  }
+}
+
+// Lane vectors mv .. mv + NV - 1 through the values pass, DT output elements at a time.
+template <int D, int NV>
+KV_AVX512 inline void gemm_values_group(const float* st, int64_t mpad, const float* const* vrows,
+                                        int64_t ctx, const __m512* inv, float* otile,
+                                        float* const* orows, int64_t lanes) {
+  constexpr int DT = NV == 1 ? 16 : 8;
+  for (int64_t i0 = 0; i0 < D; i0 += DT)
+    gemm_values<NV, DT>(st, mpad, vrows, ctx, i0, inv, otile, orows, lanes);
 }
 
 template <int C>
@@ -474,13 +514,20 @@ KV_AVX512 void run_item_gemm(const Args& a, const Task& task, std::vector<float>
   float* otile = tile + 16 * D;
   thread_local std::vector<int32_t> lens;  // each lane's context length
   thread_local std::vector<const float*> vrows;  // each position's V row
+  thread_local std::vector<float*> orows;  // each lane's output row
   lens.resize(static_cast<size_t>(mpad));
   vrows.resize(static_cast<size_t>(ctx));
+  orows.resize(static_cast<size_t>(mpad));
   for (int64_t l = 0; l < mpad; ++l) {
     const int64_t r = task.r0 + l / g, j = l % g;
-    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);  // padding lanes: finite
+    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);
+    if (l >= m) {  // padding lanes: zero queries, a finite softmax, never written out
+      for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = 0.0f;
+      continue;
+    }
     const float* qrow = a.q + (q0 + r) * a.q_tok + (h * g + j) * a.q_head;
-    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = l < m ? qrow[i] * a.scale : 0.0f;
+    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = qrow[i] * a.scale;
+    orows[static_cast<size_t>(l)] = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head;
   }
   const int32_t* table = a.tables + s * a.table_stride;
   for (int64_t p0 = 0; p0 < ctx_pad; p0 += 16) {
@@ -495,23 +542,27 @@ KV_AVX512 void run_item_gemm(const Args& a, const Task& task, std::vector<float>
       std::memcpy(tile + o * D, a.k + at, D * sizeof(float));
       vrows[static_cast<size_t>(p)] = a.v + at;
     }
-    for (int64_t mv = 0; mv < nv; ++mv)
-      gemm_scores<D>(qt + mv * 16, mpad, tile, st + p0 * mpad + mv * 16);
-  }
-  for (int64_t mv = 0; mv < nv; ++mv) {
-    const __m512i lv = _mm512_loadu_si512(lens.data() + mv * 16);
-    const __m512 inv = gemm_softmax(st + mv * 16, mpad, ctx, lv);
-    const int64_t lanes = std::min<int64_t>(16, m - mv * 16);
-    for (int64_t i0 = 0; i0 < D; i0 += 16) {
-      __m512 acc[16];
-      gemm_values(st + mv * 16, mpad, vrows.data(), ctx, i0, acc);
-      for (int o = 0; o < 16; ++o) _mm512_storeu_ps(otile + o * 16, _mm512_mul_ps(acc[o], inv));
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t lane = mv * 16 + l, r = task.r0 + lane / g, j = lane % g;
-        float* orow = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head + i0;
-        for (int o = 0; o < 16; ++o) orow[o] = otile[o * 16 + l];
-      }
+    // Lane vectors in groups of up to 3 (the register budget).
+    for (int64_t mv = 0, n; mv < nv; mv += n) {
+      n = std::min<int64_t>(3, nv - mv);
+      float* out = st + p0 * mpad + mv * 16;
+      if (n == 3) gemm_scores_tile<D, 3>(qt + mv * 16, mpad, tile, out);
+      else if (n == 2) gemm_scores_tile<D, 2>(qt + mv * 16, mpad, tile, out);
+      else gemm_scores_tile<D, 1>(qt + mv * 16, mpad, tile, out);
     }
+  }
+  for (int64_t mv = 0, n; mv < nv; mv += n) {
+    n = std::min<int64_t>(3, nv - mv);
+    __m512 inv[3];
+    for (int64_t t = 0; t < n; ++t)
+      inv[t] = gemm_softmax(st + (mv + t) * 16, mpad, ctx,
+                            _mm512_loadu_si512(lens.data() + (mv + t) * 16));
+    const float* sv = st + mv * 16;
+    float* const* ov = orows.data() + mv * 16;
+    const int64_t lanes = m - mv * 16;
+    if (n == 3) gemm_values_group<D, 3>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
+    else if (n == 2) gemm_values_group<D, 2>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
+    else gemm_values_group<D, 1>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
   }
 }
 

@@ -4,7 +4,9 @@ The SDPA path (`sdpa.py`) copies each sequence's K/V out of the cache through it
 table in every layer; for decode that copy is most of the step (docs/architecture.md,
 "Where a CPU step's time goes"). This kernel reads K/V where they lie, one call per layer
 for every sequence it is given, the `group` query heads of a KV head together; head sizes
-64 and 128 take an AVX-512 path where the CPU has it. fp32 only. `cache_write` stores a
+64 and 128 take an AVX-512 path where the CPU has it, and there a prefill or extend task of
+8 or more query heads runs as two small GEMMs over the task's heads (docs/architecture.md,
+"The agent step's extend attention"). fp32 only. `cache_write` stores a
 layer's new K/V rows with one memcpy per (token, KV head): the reference's indexed
 assignment took 0.4 ms per decode-sized call. Both are optional (built by setup.py where a
 C++17 compiler exists), and `available()` says whether they were built.

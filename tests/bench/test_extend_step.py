@@ -65,9 +65,12 @@ def test_cases_parse_and_bad_ones_name_themselves():
 
 def test_kvsaga_alone_runs_and_writes_its_section(tmp_path, capsys, monkeypatch):
     """A real worker (the default model, two tiny cases, one repeat): the table has both
-    windows of each case, and --write-results replaces its own section only."""
+    windows of each case, and --write-results replaces its own section only (one per
+    thread count)."""
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Measured\n\n" + extend_step.SECTION + "\n\nold\n\n## Next\nkept\n")
+    other = extend_step.section_title(2) + "\n\nother\n"
+    results.write_text("# Measured\n\n" + extend_step.section_title(1) + "\n\nold\n\n"
+                       + other + "\n## Next\nkept\n")
     monkeypatch.setattr(extend_step, "RESULTS_PATH", results)
     assert extend_step.main(["--cases", "64:16:1:1,48:32:1:0", "--repeat", "1",
                              "--max-tokens", "2", "--threads", "1", "--write-results"]) == 0
@@ -75,5 +78,5 @@ def test_kvsaga_alone_runs_and_writes_its_section(tmp_path, capsys, monkeypatch)
     assert "| P=64 N=16 S=1 D=1 | extend | 1 |" in out
     assert "| P=48 N=32 S=1 D=0 | decode | 1 |" in out
     text = results.read_text()
-    assert "old" not in text and text.endswith("## Next\nkept\n")
+    assert "old" not in text and text.endswith(other + "\n## Next\nkept\n")
     assert "| P=64 N=16 S=1 D=1 | decode |" in text
