@@ -17,6 +17,8 @@
 #include <limits>
 #include <vector>
 
+#include "ghost_list.h"
+
 namespace nb = nanobind;
 using namespace nb::literals;
 
@@ -206,8 +208,8 @@ class SessionHeap {
 }  // namespace
 
 NB_MODULE(_evict, m) {
-  m.doc() = "The eviction policies' victim index in C++ (kvsaga/policy/session_heap.py is "
-            "the reference).";
+  m.doc() = "The eviction policies' victim index and adaptive's ghost lists in C++ "
+            "(kvsaga/policy/session_heap.py and ghost_list.py are the references).";
   nb::class_<SessionHeap>(m, "SessionHeap")
       .def(nb::init<>())
       .def("__len__", &SessionHeap::size)
@@ -220,4 +222,12 @@ NB_MODULE(_evict, m) {
       .def("restore", &SessionHeap::restore)
       .def("compact", &SessionHeap::compact)
       .def("clear", &SessionHeap::clear);
+  // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
+  nb::class_<ghost::GhostList>(m, "GhostList")
+      .def(nb::init<int64_t>(), "cap"_a)
+      .def("__len__", &ghost::GhostList::size)
+      .def("__contains__", &ghost::GhostList::contains, "h"_a.none())
+      .def("pop", &ghost::GhostList::pop, "h"_a.none(), "default"_a.none() = nb::none())
+      .def("charge", &ghost::GhostList::charge, "total"_a, "hashes"_a)
+      .def("enter", &ghost::GhostList::enter, "hashes"_a, "costs"_a);
 }

@@ -44,21 +44,15 @@ confounded by the traffic of the epochs each expert happened to lead.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from itertools import compress, repeat, starmap
+from itertools import compress
 from operator import not_
 
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
 
 DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")  # picked by `bench/policies.py --tune`
-
-
-def _drain(it) -> None:
-    """Run an iterator to its end, keeping nothing (its items are calls made for their
-    effect)."""
-    deque(it, maxlen=0)
 
 
 def _fan_out(calls: list) -> Callable[[object], None]:
@@ -90,7 +84,7 @@ class _Expert:
     def __init__(self, name: str, policy: EvictionPolicy) -> None:
         self.name = name
         self.policy = policy
-        self.ghost: OrderedDict[bytes, float] = OrderedDict()  # hash -> rebuild seconds
+        self.ghost = PyGhostList(1)  # hash -> rebuild seconds; bind sizes it
         self.charged = 0.0  # decayed rebuild seconds its names caused
         # decayed blocks named, or (`realized`) prompt blocks read while it led
         self.named = 0.0
@@ -172,8 +166,10 @@ class AdaptivePolicy(EvictionPolicy):
         self._prior = self.prior_blocks * view.num_gpu_blocks
         self._epoch = max(self.epoch_pools * view.num_gpu_blocks, 1.0)
         self._epoch_left = self._epoch
+        cpp = getattr(getattr(view, "core", None), "name", "") == "cpp"
         for e in self.experts:
             e.policy.bind(view)
+            e.ghost = make_ghost_list(self._ghost_cap, cpp)  # in C++ on the C++ core
         # The pool's calls go to every expert, batched where an expert batches.
         pols = [e.policy for e in self.experts]
         self._followers = [p for p in pols if hasattr(p, "expect_runs")]
@@ -247,8 +243,8 @@ class AdaptivePolicy(EvictionPolicy):
         """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
         blocks it already named (it would have evicted them): when its first `n` hold some,
         it takes the rest from its first 4n (no more, so a search stays O(n)).
-        Hashes and positions are read by C-level maps; the loop left is one dict check
-        per named block (O(1) per victim)."""
+        Hashes and positions are read by C-level maps, and the ghost list takes them in one
+        call (kvsaga/policy/ghost_list.py; O(1) per victim)."""
         v = self.view
         hashes, pos = v.block_hash, v.block_position
         ghost = e.ghost
@@ -277,14 +273,10 @@ class AdaptivePolicy(EvictionPolicy):
         positions = list(map(pos.__getitem__, chosen))
         if positions:
             self.block_cost(max(positions))  # the memo below covers every position
-        before = len(ghost)
         # Each full block's hash enters with its rebuild cost unless it is a ghost already
-        # (setdefault: the first name stays), in C-level loops: no bytecode per block.
-        costs = map(self._block_costs.__getitem__, positions)
-        _drain(starmap(ghost.setdefault, compress(zip(hs, costs, strict=True), hs)))
-        new = len(ghost) - before
-        # The oldest names, not needed for a pool turnover (good names), fall out.
-        _drain(map(ghost.popitem, repeat(False, len(ghost) - self._ghost_cap)))
+        # (the first name stays); the oldest names, not needed for a pool turnover (good
+        # names), fall out.
+        new = ghost.enter(hs, list(map(self._block_costs.__getitem__, positions)))
         if new:
             d = math.exp(-new / self._decay_scale)
             for x in self.experts:
@@ -302,12 +294,8 @@ class AdaptivePolicy(EvictionPolicy):
         if self.realized:
             self.leader.named += len(session.block_hashes)
         for e in self.experts:
-            ghost = e.ghost
-            if ghost:
-                for h in session.block_hashes:
-                    c = ghost.pop(h, None)
-                    if c is not None:
-                        e.charged += c
+            if e.ghost:
+                e.charged = e.ghost.charge(e.charged, session.block_hashes)
             e.policy.step_started(session, now)
 
     def step_finished(self, session, now: float, hint) -> None:

@@ -64,22 +64,25 @@ class SessionView:
     `running` is True from `step_started` to `step_finished`; a running session with cached
     blocks was preempted (the manager tells policies nothing then) and is about to retry.
     `imminent` is True from `resume_hinted` (its tool returned) to its next step.
+    `needed_now` (running or imminent: its blocks will be read as soon as the scheduler
+    gets to it) is kept beside them by `mark`, a slot rather than a property because keying
+    reads it per session.
     """
 
-    __slots__ = ("workflow", "tool", "paused_at", "hint", "running", "imminent")
+    __slots__ = ("workflow", "tool", "paused_at", "hint", "running", "imminent", "needed_now")
 
     def __init__(self, workflow: str) -> None:
         self.workflow = workflow
         self.tool: str | None = None
         self.paused_at = 0.0
         self.hint = PauseHint()
-        self.running = True
-        self.imminent = False
+        self.mark(running=True, imminent=False)
 
-    @property
-    def needed_now(self) -> bool:
-        """Its blocks will be read as soon as the scheduler gets to it."""
-        return self.running or self.imminent
+    def mark(self, running: bool, imminent: bool) -> None:
+        """Set `running` and `imminent` (and so `needed_now`)."""
+        self.running = running
+        self.imminent = imminent
+        self.needed_now = running or imminent
 
 
 class GroupedPolicy(VictimSearch, EvictionPolicy):
@@ -127,6 +130,9 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self.block_size = view.block_size
         # The C++ index where the manager runs the C++ core (and it was built).
         self._index = make_session_heap(getattr(getattr(view, "core", None), "name", "") == "cpp")
+        # Share of GPU blocks referenced by running steps (`CacheStats.usage`): the view's
+        # own method, with no call of ours around it (a search reads it).
+        self.usage = view.usage
         self._where = bytearray(n)
         self._owner: list[str | None] = [None] * n
         self._pos = [0] * n
@@ -232,7 +238,9 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         first (the last entries): each run leaves its group in one slice, with no work per
         block for victims that are whole tails (`_tail_runs`) and for a resume's own run
         (`_reclaimed_head`), by `_cut` otherwise."""
-        if self._tail_runs(block_ids):
+        plan, self._plan = self._plan, None
+        if self._tail_runs(block_ids, plan[1] if plan is not None and plan[0] == block_ids
+                           else self._owner_runs(block_ids)):
             return
         k = self._reclaimed_head(block_ids)
         if k:
@@ -282,14 +290,15 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._dirty.add(sid)
         return k
 
-    def _tail_runs(self, block_ids: list[int]) -> bool:
+    def _tail_runs(self, block_ids: list[int], runs: list[tuple[str, int]] | None) -> bool:
         """Uncache `block_ids` when they are runs of live sessions' blocks, each run the
         tail of its session's group (a victim search's answer: this policy's own, or, in
         `adaptive`, the leading expert's as every other expert sees it): one slice off each
         group, with no Python work per block. Their `_where` / `_owner` marks stay (stale
         OWNED): only a CACHED block's marks are ever read, and `block_cached`
-        rewrites them. Returns False, nothing done, for any other batch."""
-        runs = self._runs_of(block_ids)
+        rewrites them. `runs`: their runs (session, count), from the last search's record
+        when these are its victims, else `_owner_runs`. Returns False, nothing done, for any
+        other batch."""
         if runs is None:
             return False
         groups, seen, i = self.groups, set(), 0
@@ -309,13 +318,10 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             dirty.add(sid)
         return True
 
-    def _runs_of(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
-        """The runs (session, count) of `block_ids` when all are owned blocks: the last
-        search's own record when these are its victims (no work per block), else read off
-        their owner marks in C-level maps (another policy's victims). None otherwise."""
-        plan, self._plan = self._plan, None
-        if plan is not None and plan[0] == block_ids:
-            return plan[1]
+    def _owner_runs(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
+        """The runs (session, count) of `block_ids` when all are owned blocks, read off
+        their owner marks in C-level maps (victims the last search did not record). None
+        otherwise."""
         if len(block_ids) < 2:
             return None
         take = itemgetter(*block_ids)
@@ -342,9 +348,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def step_started(self, session: Session, now: float) -> None:
         self._touch(now)
         self._learned += 1
-        v = self._touched_view(session)
-        v.running = True
-        v.imminent = False
+        self._touched_view(session).mark(running=True, imminent=False)
 
     def _touched_view(self, session: Session) -> SessionView:
         """`session`'s view (made on first sight), marked for re-keying."""
@@ -357,8 +361,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def step_finished(self, session: Session, now: float, hint: PauseHint) -> None:
         self._touch(now)
         v = self._touched_view(session)
-        v.running = False
-        v.imminent = False
+        v.mark(running=False, imminent=False)
         v.tool = hint.tool
         v.hint = hint
         v.paused_at = now
@@ -377,7 +380,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._dirty.add(session.session_id)
         v = self.views.get(session.session_id)
         if v is not None and not v.running:
-            v.imminent = True
+            v.mark(running=False, imminent=True)
 
     def session_ended(self, session: Session, now: float) -> None:
         self._touch(now)
@@ -405,10 +408,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def _order_key(self, block_id: int) -> tuple[int, int]:
         """A cached block's place in its group: tail (highest position) first."""
         return -self._pos[block_id], block_id
-
-    def usage(self) -> float:
-        """Share of GPU blocks referenced by running steps (`CacheStats.usage`)."""
-        return self.view.usage()
 
     def block_cost(self, position: int) -> float:
         """Seconds to rebuild the block at `position` of a context whose head survives."""

@@ -1,0 +1,140 @@
+// kvsaga._evict.GhostList: adaptive's ghost list of one expert in C++, the twin of
+// kvsaga/policy/ghost_list.py's PyGhostList (the reference; read its docstrings for what each
+// method means). tests/policy/test_ghost_list.py drives both side by side.
+//
+// Why: an eviction names ~100 victims, and the Python list (an OrderedDict of 32-byte hashes)
+// spends, per name, a dict probe and a linked-list node on a table of pool-size x 8 entries,
+// and per name that falls out a probe, a node and the freeing of its key object, each a
+// cache miss when the names come between two steps. Here a name is a 32-byte key and its
+// cost in one ring (insertion order), and the table (key_table.h) maps a key to its ring slot:
+// a name that falls out is read off the ring in order and erased by (hash bits, slot).
+#pragma once
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "key_table.h"
+
+namespace ghost {
+
+namespace nb = nanobind;
+
+class GhostList {
+ public:
+  explicit GhostList(int64_t cap) : cap_(cap) {
+    if (cap < 1) throw nb::value_error("GhostList capacity must be >= 1");
+  }
+
+  size_t size() const { return live_; }
+
+  bool contains(nb::handle h) const {
+    kvcore::Key k;
+    return read_key(h, &k) && table_.find(k) >= 0;
+  }
+
+  // pop(h, default): h's cost, taken out; default when it is not a ghost.
+  nb::object pop(nb::handle h, nb::handle dflt) {
+    kvcore::Key k;
+    if (!read_key(h, &k)) return nb::borrow(dflt);
+    double c;
+    return take(k, &c) ? nb::float_(c) : nb::borrow(dflt);
+  }
+
+  // charge(total, hashes): total plus the cost of each hash that is a ghost, added in
+  // order, each ghost taken out.
+  double charge(double total, nb::handle hashes) {
+    nb::object it = nb::steal(PyObject_GetIter(hashes.ptr()));
+    if (!it.is_valid()) throw nb::python_error();
+    kvcore::Key k;
+    double c;
+    while (PyObject* o = PyIter_Next(it.ptr())) {
+      bool ok = read_key(o, &k);
+      Py_DECREF(o);
+      if (ok && take(k, &c)) total += c;
+    }
+    if (PyErr_Occurred()) throw nb::python_error();
+    return total;
+  }
+
+  // enter(hashes, costs): each hash not None and not yet a ghost enters with its cost (a
+  // ghost keeps its first cost and place); then the oldest fall out down to the capacity.
+  // Returns how many entered.
+  int64_t enter(nb::list hashes, nb::list costs) {
+    size_t n = hashes.size();
+    if (costs.size() != n) throw nb::value_error("enter: hashes and costs differ in length");
+    int64_t added = 0;
+    kvcore::Key k;
+    for (size_t i = 0; i < n; ++i) {
+      nb::handle h = hashes[i];
+      if (h.is_none()) continue;
+      if (!read_key(h, &k)) throw nb::type_error("a ghost's hash must be 32 bytes");
+      double c = PyFloat_AsDouble(costs[i].ptr());
+      if (c == -1.0 && PyErr_Occurred()) throw nb::python_error();
+      if (ring_.size() >= 64 && ring_.size() >= 2 * (live_ + 1)) compact();
+      if (ring_.size() >= (size_t(1) << 30)) throw nb::value_error("GhostList full");
+      if (!table_.insert(k, static_cast<int32_t>(ring_.size()))) continue;  // a ghost already
+      ring_.push_back(Slot{k, c, true});
+      ++live_;
+      ++added;
+    }
+    while (live_ > size_t(cap_)) pop_oldest();
+    return added;
+  }
+
+ private:
+  struct Slot {
+    kvcore::Key key;
+    double cost;
+    bool live;
+  };
+
+  static bool read_key(nb::handle h, kvcore::Key* k) {
+    if (!PyBytes_Check(h.ptr()) || PyBytes_GET_SIZE(h.ptr()) != 32) return false;
+    std::memcpy(k->w, PyBytes_AS_STRING(h.ptr()), 32);
+    return true;
+  }
+
+  // Drops the dead slots (taken, or fallen out) and re-indexes the table: once they are
+  // half the ring, so each name pays O(1) for it.
+  void compact() {
+    std::vector<Slot> kept;
+    kept.reserve(live_ + 1);
+    kvcore::KeyTable table;
+    for (size_t i = head_; i < ring_.size(); ++i) {
+      if (!ring_[i].live) continue;
+      table.insert(ring_[i].key, static_cast<int32_t>(kept.size()));
+      kept.push_back(ring_[i]);
+    }
+    ring_.swap(kept);
+    table_ = std::move(table);
+    head_ = 0;
+  }
+
+  bool take(const kvcore::Key& k, double* c) {
+    int32_t slot = table_.find(k);
+    if (slot < 0) return false;
+    table_.erase_held(k, slot);
+    ring_[slot].live = false;
+    *c = ring_[slot].cost;
+    --live_;
+    return true;
+  }
+
+  void pop_oldest() {
+    while (!ring_[head_].live) ++head_;
+    Slot& s = ring_[head_++];
+    table_.erase_held(s.key, static_cast<int32_t>(&s - ring_.data()));
+    s.live = false;
+    --live_;
+  }
+
+  int64_t cap_;
+  std::vector<Slot> ring_;  // names in order of entry; dead: taken or fallen out
+  size_t head_ = 0;         // ring_[:head_] are all dead
+  size_t live_ = 0;
+  kvcore::KeyTable table_;  // key -> its ring slot
+};
+
+}  // namespace ghost

@@ -1,0 +1,78 @@
+"""A ghost list of `adaptive` (kvsaga/policy/adaptive.py): the content hashes an expert named
+as victims, each with its rebuild cost, oldest first, at most `cap` of them.
+
+Two implementations with the same behaviour (tests/policy/test_ghost_list.py drives them side
+by side): `PyGhostList` here, the readable reference and the fallback, and the C++
+`kvsaga._evict.GhostList` (csrc/ghost_list.h), which keeps each name as 32 bytes in one ring
+and a table of slots: naming a victim, and letting the oldest name fall out, then touch a
+few cache lines instead of a dict entry, a list node and a key object each.
+`make_ghost_list` picks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+
+class PyGhostList:
+    """Names in order of entry, with their costs; the Python reference (module docstring).
+
+    Args:
+        cap: the most names kept; older ones fall out when more enter.
+    """
+
+    __slots__ = ("_names", "_cap")
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"GhostList capacity must be >= 1, got {cap!r}")
+        self._names: OrderedDict[bytes, float] = OrderedDict()
+        self._cap = cap
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, h: object) -> bool:
+        return h in self._names
+
+    def pop(self, h: bytes, default: float | None = None) -> float | None:
+        """`h`'s cost, taken out of the list; `default` when it is not a ghost."""
+        return self._names.pop(h, default)
+
+    def charge(self, total: float, hashes: Iterable[bytes | None]) -> float:
+        """`total` plus the cost of each of `hashes` that is a ghost, added in order; each
+        ghost is taken out (a step read it: its name was charged)."""
+        pop = self._names.pop
+        for h in hashes:
+            c = pop(h, None)
+            if c is not None:
+                total += c
+        return total
+
+    def enter(self, hashes: list[bytes | None], costs: list[float]) -> int:
+        """Enter each hash (None: a partial block, skipped) with its cost unless it is a
+        ghost already (it keeps its first cost and place); then the oldest names fall out
+        down to the capacity. Returns how many entered."""
+        if len(hashes) != len(costs):
+            raise ValueError("enter: hashes and costs differ in length")
+        names = self._names
+        before = len(names)
+        for h, c in zip(hashes, costs, strict=True):
+            if h is not None:
+                names.setdefault(h, c)
+        new = len(names) - before
+        for _ in range(len(names) - self._cap):
+            names.popitem(last=False)
+        return new
+
+
+def make_ghost_list(cap: int, cpp: bool) -> PyGhostList:
+    """The C++ ghost list when `cpp` and kvsaga._evict was built, else the Python one."""
+    if cpp:
+        try:
+            from kvsaga._evict import GhostList
+        except ImportError:
+            return PyGhostList(cap)
+        return GhostList(cap)
+    return PyGhostList(cap)

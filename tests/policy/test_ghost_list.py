@@ -1,0 +1,62 @@
+"""The ghost list of `adaptive`: the C++ twin (kvsaga._evict.GhostList) behaves as the Python
+reference (PyGhostList) under the same calls, including the oldest names falling out, names
+taken out of the middle and entering again, and the ring's compaction."""
+
+import hashlib
+import random
+
+import pytest
+
+from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
+
+_evict = pytest.importorskip("kvsaga._evict")
+
+
+def h(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest()
+
+
+def test_reference_semantics():
+    g = PyGhostList(3)
+    assert g.enter([h(1), None, h(2), h(1)], [1.0, 9.0, 2.0, 5.0]) == 2  # h(1) keeps 1.0
+    assert len(g) == 2 and h(1) in g and None not in g
+    assert g.enter([h(3), h(4)], [3.0, 4.0]) == 2 and len(g) == 3 and h(1) not in g  # oldest out
+    assert g.charge(10.0, [h(2), h(9), h(4), h(2)]) == 16.0 and len(g) == 1
+    assert g.pop(h(3)) == 3.0 and g.pop(h(3), -1.0) == -1.0 and not g
+
+
+def test_cpp_matches_reference_under_random_calls():
+    rng = random.Random(7)
+    py, cpp = PyGhostList(40), make_ghost_list(40, cpp=True)
+    assert type(cpp) is _evict.GhostList
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.5:
+            n = rng.randint(0, 12)
+            hs = [None if rng.random() < 0.1 else h(rng.randint(0, 120)) for _ in range(n)]
+            cs = [rng.random() for _ in range(n)]
+            assert py.enter(hs, cs) == cpp.enter(hs, cs)
+        elif op < 0.8:
+            hs = [h(rng.randint(0, 120)) for _ in range(rng.randint(0, 10))] + [None]
+            total = rng.random()
+            assert py.charge(total, hs) == cpp.charge(total, iter(hs))
+        else:
+            x = None if rng.random() < 0.1 else h(rng.randint(0, 120))
+            assert (x in py) == (x in cpp)
+            assert py.pop(x) == cpp.pop(x)
+        assert len(py) == len(cpp)
+    # Same names, same order: draining both by charging every candidate gives equal sums.
+    every = [h(i) for i in range(121)]
+    assert py.charge(0.0, every) == cpp.charge(0.0, every) and not py and not cpp
+
+
+def test_bad_input_is_refused():
+    for make in (PyGhostList, _evict.GhostList):
+        with pytest.raises(ValueError):
+            make(0)
+    g = _evict.GhostList(4)
+    with pytest.raises(ValueError):
+        g.enter([h(1)], [])
+    with pytest.raises(TypeError):
+        g.enter([b"short"], [1.0])
+    assert len(g) == 0
