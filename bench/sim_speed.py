@@ -436,8 +436,7 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
   scheduler's admissions (a third, most of it the 6,058 admitted steps' `begin_step` and
   first chunk: 20,115 attempts and 18,244 lookups, 57,660 and 86,428 before refusals were
   kept across evictions) and the manager's own part of `allocate_slots`, `begin_step` and
-  `finish_step`. With the C++ core's LRU (victims not named) a refusal still ends at each
-  eviction. On the small cases no part dominates. Per admitted step `lookup`, `begin_step`
+  `finish_step`. On the small cases no part dominates. Per admitted step `lookup`, `begin_step`
   and the first chunk's allocation, per finished step `finish_step`, each O(the context's
   blocks) in C++ or, for the grouped policies, in Python (their per-block marks:
   kvsaga/policy/groups.py, search.py); per decode block one `append_tokens` +

@@ -528,7 +528,8 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
         if queue is not None and self._hot is not None and self.host is None and (
             self.pool.observer is self.policy
         ):  # LRU on the C++ core: its victims are the queue's head, evicted in one call
-            self._note_evicted(None)
+            if self._journal is not None:
+                self._note_evicted(queue.head(num_blocks))
             self._hot.evict_head(queue, num_blocks)
             self._evicted_blocks += num_blocks
             return

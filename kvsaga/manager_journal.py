@@ -42,17 +42,16 @@ class EvictionJournal:
         cache since then but blocks registered in the prefix index and slots given to
         running steps (no step begun, finished, preempted or ended, no block dropped
         without taking its place, no prefetch, no host tier): each victim then stands for
-        a block taken. None otherwise, or when an eviction's victims were not recorded
-        (the C++ core's LRU evicts its queue's head without naming them), or when no
-        journal was started."""
+        a block taken (the C++ core's LRU evicts its queue's head: read before it goes).
+        None otherwise, or when no journal was started."""
         log = self._journal
         if log is None or self.host is not None or self._changes - self._journal_from != len(log):
             return None
         return [v for victims in log for v in victims]
 
     def _note_evicted(self, victims: list[int] | None) -> None:
-        """Journal one eviction, before it happens (None: its victims are unknown), if a
-        journal is kept."""
+        """Journal one eviction, before it happens, if a journal is kept (None: a change
+        the journal does not account for, which ends it)."""
         if self._journal is None:
             return
         if victims is None:

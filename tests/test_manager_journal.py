@@ -30,7 +30,7 @@ def _begin(m, sid, prompt):
     return True
 
 
-@pytest.mark.parametrize("policy", ["saga", "ttl", "graph"])
+@pytest.mark.parametrize("policy", ["lru", "saga", "ttl", "graph"])
 @pytest.mark.parametrize("seed", range(4))
 def test_lookup_after_is_lookup_now(core, policy, seed):
     """Sessions sharing a prefix over a small pool; at random moments the paused ones'
