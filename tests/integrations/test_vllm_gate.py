@@ -126,7 +126,7 @@ def test_a_session_vllm_has_room_for_goes_ahead_whatever_the_prediction():
     one step's growth (1 block) of each admitted session: c goes ahead, and the wait and
     the reason are counted. With less spare room, or room_admit off, c waits."""
     def two_admitted(**kw) -> SessionGate:
-        g = _gate(**kw)
+        g = _gate(**{"room_steps": 1.0, **kw})
         for sid, t in (("a", 0.0), ("b", 0.1)):
             assert g.admit(sid, "w", 8 * BS, 0, now=t)
             g.started(f"{sid}0")
