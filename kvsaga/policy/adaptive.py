@@ -289,6 +289,16 @@ class AdaptivePolicy(EvictionPolicy):
     def action(self, block_id: int, now: float) -> Action:
         return self.leader.policy.action(block_id, now)
 
+    @property
+    def graph(self):
+        """The leader's Agent Execution Graph (None under `lru`): the workflow scheduler
+        predicts working sets from the policy's `graph`, so while an expert leads,
+        admission is the one that expert has when it runs alone. Without it every expert
+        ran under graph-less admission inside `adaptive` and was not the policy it was
+        judged as (`saga` inside adaptive recomputed 1.34x saga's tokens alone on
+        swe-slow seed 202 at 30%)."""
+        return getattr(self.leader.policy, "graph", None)
+
     # -- hooks: every expert learns; prompts charge the ghosts ------------------------------
     def step_started(self, session, now: float) -> None:
         if self.realized:

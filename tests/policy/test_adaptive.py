@@ -103,3 +103,34 @@ def test_realized_evidence_lets_each_expert_lead_an_epoch_and_only_the_leader_na
     # s0's 3 blocks were read under ttl; the victims lru named are charged to lru
     assert 2.9 < ttl.named <= 3 and lru.charged > 0 and ttl.charged == 0
     policy.check_integrity()
+
+
+def test_the_scheduler_reads_the_leaders_execution_graph():
+    # The workflow scheduler predicts working sets from `policy.graph`: adaptive must show
+    # the leader's, or an expert inside it runs under other admission than alone.
+    policy = AdaptivePolicy(experts=("saga", "lru"))
+    saga, lru = policy.experts
+    assert policy.graph is saga.policy.graph
+    policy.leader = lru
+    assert policy.graph is None
+
+
+@pytest.mark.parametrize("expert", ["saga", "graph"])
+def test_a_single_expert_simulates_as_that_policy_alone(expert):
+    from kvsaga.sim.compare import peak_working_set
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from kvsaga.sim.workloads import WORKLOADS
+
+    spec = WORKLOADS["swe"]  # a trace where graph-less admission changed saga's cost 1.3x
+    trace = spec.generate(12, 4, arrival_rate=spec.arrival_rate / 0.1, scale=0.1)
+    base = SimConfig(preset="a100-llama3-8b")
+    longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
+    blocks = max(int(0.3 * peak_working_set(trace, base)), longest + 1)
+
+    def recomputed(policy):
+        config = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=blocks, policy=expert)
+        return Simulator(trace, config, policy=policy).run().recomputed_tokens
+
+    alone = recomputed(None)
+    assert alone > 0  # under pressure: the victims matter
+    assert recomputed(AdaptivePolicy(experts=(expert,))) == alone
