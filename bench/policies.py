@@ -2,17 +2,17 @@
 
 Two modes, never mixed:
 
-- `--tune` runs the four built-in families (swe, web, bfcl, assistant) at the tuning seeds
-  (`TUNE_SEEDS`) and picks, among `TUNE_CANDIDATES` (policies, and policies with a constant
-  set: `graph[residual_wait=1]`), the one with the most pressured cases at or below the
-  best of lru, saga and ttl, then the least recomputation over them. It writes the pick to
-  bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
+- `--tune` runs the fit set: the four built-in families (swe, web, bfcl, assistant) at
+  `FAMILY_SEEDS` and the held-out traces below at `TRACE_SEEDS` (every seed read while the
+  policies were built), and picks, among `TUNE_CANDIDATES` (policies, and policies with a
+  constant set: `graph[residual_wait=1]`), the one with the most pressured cases at or below
+  the best of lru, saga and ttl, then the least recomputation over them. It writes the pick
+  to bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
   (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
-  is a diagnosis and may run the tuning seeds; `--reference` is bench/policies_reference.py.
-- the default mode evaluates at other seeds (`EVAL_SEEDS`; a tuning seed is refused; the
-  goals are judged on all of them and on each of `SEED_SETS`: seeds read while the policies
-  were built, and fresh ones) on the built-in swe family and on workloads those families
+  is a diagnosis and may run the fit seeds; `--reference` is bench/policies_reference.py.
+- the default mode evaluates at other seeds (`EVAL_SEEDS`, first run once the default was
+  fixed; a fit seed is refused) on the built-in swe family and on workloads those families
   never produced:
 
 - `swe-slow`: swe with every tool 3x slower and 1.5x the log-latency spread (heavier tails);
@@ -64,24 +64,16 @@ POLICIES = ("lru", "saga", "ttl", "graph", "adaptive", "belady", "oracle-ttl")
 OFFLINE = ("belady", "oracle-ttl")
 CANDIDATES = ("graph", "adaptive")  # online policies judged against the goals
 FRACTIONS = (0.3, 0.6)
-TUNE_SEEDS = (1, 101)  # the only seeds --tune runs and the evaluation refuses
-# Held-out seeds in two sets, judged apart as well as together: 102 and 103 were read many
-# times while the policies were built (no longer clean); 201 and 202 were first run after
-# the method under test was fixed (`blend`, 2026-11-30).
-SEEN_SEEDS = (102, 103)
-FRESH_SEEDS = (201, 202)
-EVAL_SEEDS = SEEN_SEEDS + FRESH_SEEDS
-SEED_SETS = (("seeds 102, 103 (read while the policies were built)", SEEN_SEEDS),
-             ("seeds 201, 202 (fresh: first run once the method was fixed)", FRESH_SEEDS))
+# The fit set: every seed read while the policies were built (2026-11-29/30). --tune runs
+# the built-in families at FAMILY_SEEDS and the held-out traces at TRACE_SEEDS; the
+# evaluation refuses all of them and runs EVAL_SEEDS, first run once the default was fixed.
+FAMILY_SEEDS = (1, 101)
+TRACE_SEEDS = (102, 103, 201, 202)
+TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
+EVAL_SEEDS = (301, 302)
+SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = ()  # subsets judged apart as well
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
-TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[residual_wait=0]", "graph[residual_wait=1]",
-                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=1,realized=0]",
-                   "adaptive[experts=graph+ttl+saga+lru,shadow_share=0.125,realized=0]",
-                   "adaptive[experts=ttl+saga+lru,shadow_share=1,realized=0]",
-                   "adaptive[experts=ttl+saga+lru,shadow_share=0.125,realized=0]",
-                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=1]",
-                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=2]",
-                   "adaptive[experts=graph+ttl+saga+lru,realized=1,epoch_pools=4]")
+TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph", "adaptive")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"
@@ -308,8 +300,11 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
     out = [SECTION, "", _header(command, wall_s, seeds, "held-out")]
     tuned = _tuned()
     if tuned is not None:
-        out.append(f"Tuned (`{tuned['command']}`) on seeds "
-                   f"{', '.join(map(str, tuned['seeds']))} of {', '.join(tuned['traces'])}, "
+        traces = ", ".join(dict.fromkeys(tuned["traces"]))
+        out.append(f"Tuned (`{tuned['command']}`) on the fit seeds "
+                   f"{', '.join(map(str, tuned['seeds']))} (families at "
+                   f"{', '.join(map(str, FAMILY_SEEDS))}, held-out traces at "
+                   f"{', '.join(map(str, TRACE_SEEDS))}) of {traces}, "
                    f"which picked `{tuned['pick']}` "
                    f"(`DEFAULT_POLICY` = `{DEFAULT_POLICY}`); nothing here was tuned.")
     if skipped:
@@ -420,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regret", action="store_true",
                    help="per-victim regret by block class instead of the sweep")
     args = p.parse_args(argv)
-    names = FAMILIES if args.tune else TRACES
+    names = tuple(dict.fromkeys(FAMILIES + TRACES)) if args.tune else TRACES  # swe once
     traces = [t for t in (args.traces or ",".join(names)).split(",") if t]
     for t in traces:
         if t not in TRACES + FAMILIES:
@@ -453,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         from policies_tune import tune  # bench/ is on the path when run as a script
         return tune(p, args, traces, seeds, policies, fractions, command)
     if set(seeds) & set(TUNE_SEEDS):
-        p.error(f"seeds {TUNE_SEEDS} are the tuning seeds: evaluate on others")
+        p.error(f"seeds {TUNE_SEEDS} are the fit seeds (--tune): evaluate on others")
     t = time.perf_counter()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))

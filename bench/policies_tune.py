@@ -1,13 +1,14 @@
 """The tuning half of bench/policies.py: pick the default policy on the tuning seeds.
 
-`python bench/policies.py --tune` runs the built-in families (swe, web, bfcl, assistant) at
-the tuning seeds (`TUNE_SEEDS`) and picks, among `TUNE_CANDIDATES`, by one rule fixed before
-any evaluation: the most pressured cases (lru hit rate in `HIT_RANGE`) at or below the best of
-lru, saga and ttl, then the least recomputation over them. It writes the pick to
-bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section of
-bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that pick
-(tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`) never
-runs these seeds.
+`python bench/policies.py --tune` runs the fit set: the built-in families (swe, web, bfcl,
+assistant) at `FAMILY_SEEDS` and the held-out traces (swe-slow, web-short, swe+bfcl, bfcl-v4,
+swe) at `TRACE_SEEDS`, every seed read while the policies were built, and picks, among
+`TUNE_CANDIDATES`, by one rule fixed before any evaluation: the most pressured cases (lru
+hit rate in `HIT_RANGE`) at or below the best of lru, saga and ttl, then the least
+recomputation over them. It writes the pick to bench/plots/policies_tune.json and the
+"## Eviction policies: tuning (simulated)" section of bench/RESULTS.md; `DEFAULT_POLICY` and
+the policies' default constants must be that pick (tests/bench/test_policies.py). The
+evaluation (bench/policies.py without `--tune`) refuses these seeds.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from pathlib import Path
 
 from policies import (
     FAMILIES,
+    FAMILY_SEEDS,
     HERE,
     HIT_RANGE,
+    TRACE_SEEDS,
+    TRACES,
     TUNE_JSON,
     TUNE_SECTION,
     TUNE_SEEDS,
@@ -58,8 +62,11 @@ def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
 def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
                   seeds: list[int], chosen: str) -> str:
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
-           f"Built-in families {', '.join(sorted({r['trace'] for r in rows}))}; the evaluation "
-           "(\"## Eviction policies (held-out, simulated)\") never runs these seeds.", "",
+           f"Fit set: built-in families at seeds {', '.join(map(str, FAMILY_SEEDS))}, held-out "
+           f"traces at seeds {', '.join(map(str, TRACE_SEEDS))} (every seed read while the "
+           "policies were built; traces: "
+           f"{', '.join(sorted({r['trace'] for r in rows}))}); the evaluation "
+           "(\"## Eviction policies (held-out, simulated)\") refuses these seeds.", "",
            "Recomputed prompt tokens (millions; in brackets, the ratio to the best of lru, "
            "saga and ttl):", ""]
     out += tables(rows, candidates)
@@ -76,17 +83,21 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
 def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
          fractions: list[float], command: str) -> int:
     """The `--tune` mode: run (or re-render from `--from-json`), pick, print, write."""
-    bad = [t for t in traces if t not in FAMILIES]
-    if bad or set(seeds) - set(TUNE_SEEDS):
-        parser.error(f"--tune runs only the built-in families {FAMILIES} at the tuning seeds "
-                     f"{TUNE_SEEDS}")
+    if set(seeds) - set(TUNE_SEEDS):
+        parser.error(f"--tune runs only the fit seeds: the built-in families {FAMILIES} at "
+                     f"{FAMILY_SEEDS}, the held-out traces {TRACES} at {TRACE_SEEDS}")
     t = time.perf_counter()
     if args.from_json:  # re-render a saved tuning
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
         rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
         seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
     else:
-        rows, _ = run(traces, fractions, policies, seeds, args.workers)
+        rows = []
+        for names, fit in ((FAMILIES, FAMILY_SEEDS), (TRACES, TRACE_SEEDS)):
+            mine = [t for t in traces if t in names]
+            at = [s for s in seeds if s in fit]
+            if mine and at:
+                rows += run(mine, fractions, policies, at, args.workers)[0]
         wall = time.perf_counter() - t
     chosen = pick(rows, policies)
     text = tune_markdown(rows, policies, command, wall, seeds, chosen)

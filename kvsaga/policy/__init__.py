@@ -28,11 +28,11 @@ from kvsaga.policy.ttl import TTLPolicy
 from kvsaga.session import PauseHint
 
 # The policy that engine and server use when none is named: the one that `python
-# bench/policies.py --tune` picks on the tuning seeds (most pressured cases at or below the
+# bench/policies.py --tune` picks on the fit seeds (most pressured cases at or below the
 # best of lru, saga and ttl, then least recomputation over them; bench/RESULTS.md, "Eviction
-# policies: tuning"), then judged on held-out seeds and traces (tests/bench/test_policies.py
-# checks that the two agree).
-DEFAULT_POLICY = "adaptive"
+# policies: tuning"), then judged on fresh seeds and perturbed traces
+# (tests/bench/test_policies.py checks that the two agree).
+DEFAULT_POLICY = "ttl"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

@@ -59,12 +59,11 @@ def test_policy_specs_parse_and_bad_ones_are_refused():
             mod.parse_spec(bad)
 
 
-def test_evaluation_refuses_tuning_seeds_and_tune_refuses_held_out_traces():
+def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds():
     mod = load()
-    with pytest.raises(SystemExit):
-        mod.main(["--seeds", str(mod.TUNE_SEEDS[0]), "--no-write"])
-    with pytest.raises(SystemExit):
-        mod.main(["--tune", "--traces", "swe-slow", "--no-write"])
+    for seed in mod.TUNE_SEEDS:  # every fit seed, of the families and of the traces
+        with pytest.raises(SystemExit):
+            mod.main(["--seeds", str(seed), "--no-write"])
     with pytest.raises(SystemExit):
         mod.main(["--tune", "--seeds", str(mod.EVAL_SEEDS[0]), "--no-write"])
     assert not set(mod.TUNE_SEEDS) & set(mod.EVAL_SEEDS)
