@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga.scheduler.workflow import WAIT_CAUSES
+from kvsaga.scheduler.wait_causes import WAIT_CAUSES
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.helpers import toks, two_paused
 
