@@ -112,7 +112,8 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   longest single wait). The second `--fit` round (shrink_order x max_overtake on seeds
   101-106, with ttl, the default policy then) chose it with a smallest gain of 1.30x (bfcl
   1x 25%), against 1.43x for the unbounded order in the first round: the bound costs mean
-  TCT there and buys p95. The fit has not been rerun since lru became the default policy.
+  TCT there and buys p95. The fit has not been rerun since; the default policy
+  changed after it (lru, then adaptive, now ttl: `bench/policies.py --tune`).
 - Oracle rows (workflow-oracle, the pressured points; bench/scheduling_oracle.py): the
   default with the sessions waiting for admission in order of their true remaining steps,
   which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8)
