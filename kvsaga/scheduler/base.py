@@ -137,6 +137,7 @@ class Scheduler:
         # The last attempt's steps looked up: (request, lookup, chunk limit, block hashes).
         self._asked: list[tuple[Any, StepLookup, int, Any]] = []
         self._asked_head: Any = None  # and its candidate
+        self._asked_graph: Any = None  # and the policy's graph then (`_graph`)
 
     # -- queueing (per scheduler) ---------------------------------------------------------
     @property
@@ -211,7 +212,11 @@ class Scheduler:
         must be the same (`_candidate` may read the cache), every lookup the refusal made
         must be known now (`KVCacheManager.lookup_after`: as it was, or less its last hits;
         a request without `block_hashes`: unknown), and `_refusal_kept` must say yes. The
-        refusal then goes on with those lookups."""
+        refusal then goes on with those lookups. The policy's graph (`_graph`: a
+        scheduler may read its predictions) must be the same object too: an adaptive
+        policy may switch leaders, and graphs, while it chooses victims."""
+        if self._graph() is not self._asked_graph:
+            return False  # a policy switched graphs in an eviction: predictions differ
         if self.num_waiting and self._candidate(now) is not self._asked_head:
             return False
         after = self.manager.lookup_after
@@ -302,7 +307,7 @@ class Scheduler:
         A simulator's decode run calls it alone at a step whose running requests only
         decode (their `allocate(req, 1)` calls made), to take exactly `schedule`'s
         decisions there without its per-request loop."""
-        self._asked, self._asked_head = [], None
+        self._asked, self._asked_head, self._asked_graph = [], None, self._graph()
         while budget > 0 and len(self.running) < self.max_num_seqs and self.num_waiting:
             n = self._admit(now, budget, executor, out)
             if not n:
@@ -310,6 +315,10 @@ class Scheduler:
             budget -= n
 
     # -- mechanics ------------------------------------------------------------------------
+    def _graph(self) -> Any:
+        """The policy's Agent Execution Graph, if it keeps one (None otherwise)."""
+        return getattr(self.manager.policy, "graph", None)
+
     def lookup(self, req: Any) -> StepLookup:
         """What `begin_step` would find for the request now (no side effects). A waiting
         request asked about again before the manager's cache changed (its `cache_version`)

@@ -56,6 +56,7 @@ class Demotions:
         return sorted(sids, key=key)
 
     def _forget(self, sid: str) -> None:
+        self._num_forgotten += 1  # the admitted sets changed (`refusal_until` reads it)
         info = self.sessions.pop(sid)
         self._committed -= info.blocks
         left = self._tenant_blocks[info.tenant] - info.blocks

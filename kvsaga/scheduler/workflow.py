@@ -11,7 +11,9 @@ from typing import Any
 
 from kvsaga.manager import KVCacheManager, StepLookup
 from kvsaga.scheduler.base import (
+    Executor,
     Scheduler,
+    SchedulerOutput,
     check_bool,
     check_float,
     check_int,
@@ -182,6 +184,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
         self._idle_since: float | None = None  # the batch is empty and nobody resumed since
+        self._num_forgotten = 0  # admitted sessions demoted or forgotten so far
+        self._forgotten_before = 0  # ... when the last admission attempt began
         self.num_demotions = 0
         self.num_session_admissions = 0  # new sessions and demoted ones admitted again
         self.admission_wait_s = 0.0  # their summed waits, from queueing to admission
@@ -284,9 +288,19 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         # on) or not reached (a repeat does not reach it either). Idle: `idle_admit_s`.
         if not self._pending:
             return math.inf  # only resumed steps wait: no session-level gate, no timer
+        if self._num_forgotten != self._forgotten_before:
+            # The attempt demoted a session (to reclaim a tenant's share, or at a
+            # deadline) after choosing whom to try: a repeat reads the smaller admitted
+            # sets (`_entitled_heads`, `_session_fits`) and may admit.
+            return now
         demote = self._demote_at if self._demote_at > now else math.inf
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         return min(demote, idle)
+
+    def admit_waiting(self, now: float, budget: int, executor: Executor,
+                      out: SchedulerOutput) -> None:
+        self._forgotten_before = self._num_forgotten
+        super().admit_waiting(now, budget, executor, out)
 
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:
@@ -387,9 +401,6 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         return self._pending[tenant][0].arrival
 
     # -- working sets ---------------------------------------------------------------------
-    def _graph(self):
-        return getattr(self.manager.policy, "graph", None)
-
     def _working_set(self, workflow: str, context: int, steps_done: int,
                      tool: str | None = None) -> int:
         """Blocks a session is predicted to hold over its next steps: its own context (not
