@@ -53,7 +53,7 @@ struct Args {
   int64_t c_block, c_tok, c_head;          // k/v cache strides (shared layout)
   float scale;
   bool avx512;  // run the AVX-512 tiles (run_item_avx512) where the head size has them
-  bool gemm;    // and the extend path (run_item_gemm) for tasks of kGemmLanes query heads
+  bool gemm;    // and the extend path (run_item_gemm, paged_attn_gemm.h) where gemm_takes
 };
 
 inline int64_t seq_of(const Args& a, int64_t i) {
@@ -380,191 +380,7 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
   }
 }
 
-// The extend path (AVX-512, head sizes 64 and 128): a task whose rows hold at least
-// kGemmLanes query heads (rows x group) runs as two small GEMMs instead of one query row at
-// a time. Why: the row loop above streams every K and V row of the context once per query
-// row and reduces each score across its 16 lanes (`sum16`); an agent step's prefill of a
-// few hundred new tokens over a cached prefix of a thousand or more spent a third of its
-// time there (`python bench/extend_step.py --profile 25`). Here the task's M = rows x group
-// query heads lie across vector lanes (Qt: [head_dim][M], scaled), so
-//   scores St[p][m] = sum_i Qt[i][m] * K[p][i]   (16 positions' K rows copied to a tile,
-//                                                each element broadcast: no reductions),
-//   a softmax down each lane (causal: lane m sees positions < its row's context),
-//   out[m][i] = sum_p St[p][m] * V[p][i] / sum_p St[p][m]  (V read in place, broadcast),
-// each K and V element read once per 16 query heads instead of once per query row.
-constexpr int64_t kGemmLanes = 8;
-
-// exp_nonpos on 16 lanes (the same polynomial; x already clamped to [-87, 0]).
-KV_AVX512 inline __m512 exp_nonpos16(__m512 x) {
-  const __m512i ni = _mm512_cvttps_epi32(
-      _mm512_sub_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(0.5f)));
-  const __m512 n = _mm512_cvtepi32_ps(ni);
-  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
-  r = _mm512_add_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
-                                 _mm512_set1_ps(1.0f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
-}
-
-// Scores of PT positions (their K rows contiguous in `tile`, row stride D) for NV x 16
-// query lanes (Qt from lane 0 of the group, row stride mpad), into St rows (stride mpad).
-// Each broadcast K element feeds NV lanes' vectors: with NV = 3 and PT = 8, 11 loads per
-// 24 multiply-adds (a single vector of lanes took 17 per 16).
-template <int D, int NV, int PT>
-KV_AVX512 inline void gemm_scores(const float* qt, int64_t mpad, const float* tile, float* st) {
-  __m512 acc[NV][PT];
-  for (int t = 0; t < NV; ++t)
-    for (int o = 0; o < PT; ++o) acc[t][o] = _mm512_setzero_ps();
-  for (int i = 0; i < D; ++i) {
-    __m512 q[NV];
-    for (int t = 0; t < NV; ++t) q[t] = _mm512_loadu_ps(qt + i * mpad + t * 16);
-    for (int o = 0; o < PT; ++o) {
-      const __m512 k = _mm512_set1_ps(tile[o * D + i]);
-      for (int t = 0; t < NV; ++t) acc[t][o] = _mm512_fmadd_ps(q[t], k, acc[t][o]);
-    }
-  }
-  for (int t = 0; t < NV; ++t)
-    for (int o = 0; o < PT; ++o) _mm512_storeu_ps(st + o * mpad + t * 16, acc[t][o]);
-}
-
-// A 16-position K tile's scores for lane vectors mv .. mv + NV - 1.
-template <int D, int NV>
-KV_AVX512 inline void gemm_scores_tile(const float* qt, int64_t mpad, const float* tile,
-                                       float* st) {
-  constexpr int PT = NV == 1 ? 16 : 8;  // NV x PT accumulators: 16 or 24 of 32 registers
-  for (int o = 0; o < 16; o += PT) gemm_scores<D, NV, PT>(qt, mpad, tile + o * D, st + o * mpad);
-}
-
-// Softmax down 16 lanes of St (rows 0 .. ctx - 1, stride mpad), unnormalised: lane l keeps
-// rows < lens[l] (the others become 0); returns 1 / each lane's sum.
-KV_AVX512 inline __m512 gemm_softmax(float* st, int64_t mpad, int64_t ctx, __m512i lens) {
-  __m512 mx = _mm512_set1_ps(-INFINITY);
-  for (int64_t p = 0; p < ctx; ++p) {
-    const __mmask16 in = _mm512_cmpgt_epi32_mask(lens, _mm512_set1_epi32(static_cast<int>(p)));
-    mx = _mm512_mask_max_ps(mx, in, mx, _mm512_loadu_ps(st + p * mpad));
-  }
-  __m512 sum = _mm512_setzero_ps();
-  const __m512 lo = _mm512_set1_ps(-87.0f);
-  for (int64_t p = 0; p < ctx; ++p) {
-    const __mmask16 in = _mm512_cmpgt_epi32_mask(lens, _mm512_set1_epi32(static_cast<int>(p)));
-    const __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(st + p * mpad), mx), lo);
-    const __m512 e = _mm512_maskz_mov_ps(in, exp_nonpos16(x));
-    _mm512_storeu_ps(st + p * mpad, e);
-    sum = _mm512_add_ps(sum, e);
-  }
-  return _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
-}
-
-// Output elements i0 .. i0 + DT - 1 of NV x 16 query lanes: the sum over positions of
-// St[p][lane] * V[p][i], V rows read in place (`vrows`), scaled by each lane's 1 / sum
-// (`inv`), then written to the lanes' output rows (`orows`, stride o_head per head).
-template <int NV, int DT>
-KV_AVX512 inline void gemm_values(const float* st, int64_t mpad, const float* const* vrows,
-                                  int64_t ctx, int64_t i0, const __m512* inv, float* otile,
-                                  float* const* orows, int64_t lanes) {
-  __m512 acc[NV][DT];
-  for (int t = 0; t < NV; ++t)
-    for (int o = 0; o < DT; ++o) acc[t][o] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < ctx; ++p) {
-    __m512 w[NV];
-    for (int t = 0; t < NV; ++t) w[t] = _mm512_loadu_ps(st + p * mpad + t * 16);
-    const float* v = vrows[p] + i0;
-    for (int o = 0; o < DT; ++o) {
-      const __m512 b = _mm512_set1_ps(v[o]);
-      for (int t = 0; t < NV; ++t) acc[t][o] = _mm512_fmadd_ps(b, w[t], acc[t][o]);
-    }
-  }
-  for (int t = 0; t < NV; ++t) {
-    for (int o = 0; o < DT; ++o) _mm512_storeu_ps(otile + o * 16, _mm512_mul_ps(acc[t][o], inv[t]));
-    for (int64_t l = 0; l < 16 && t * 16 + l < lanes; ++l)
-      for (int o = 0; o < DT; ++o) orows[t * 16 + l][i0 + o] = otile[o * 16 + l];
-  }
-}
-
-// Lane vectors mv .. mv + NV - 1 through the values pass, DT output elements at a time.
-template <int D, int NV>
-KV_AVX512 inline void gemm_values_group(const float* st, int64_t mpad, const float* const* vrows,
-                                        int64_t ctx, const __m512* inv, float* otile,
-                                        float* const* orows, int64_t lanes) {
-  constexpr int DT = NV == 1 ? 16 : 8;
-  for (int64_t i0 = 0; i0 < D; i0 += DT)
-    gemm_values<NV, DT>(st, mpad, vrows, ctx, i0, inv, otile, orows, lanes);
-}
-
-template <int C>
-KV_AVX512 void run_item_gemm(const Args& a, const Task& task, std::vector<float>& buf) {
-  constexpr int64_t D = C * 16;
-  const int64_t s = task.s, g = a.group, h = task.h;
-  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
-  const int64_t first = a.seq_lens[s] - q_len;  // position of the sequence's query row 0
-  const int64_t rows = task.r1 - task.r0, m = rows * g, nv = (m + 15) / 16, mpad = nv * 16;
-  const int64_t ctx = first + task.r1, ctx_pad = (ctx + 15) / 16 * 16;
-  // buf: Qt [D][mpad], St [ctx_pad][mpad], the K tile [16][D], an output tile [16][16].
-  buf.resize(static_cast<size_t>(D * mpad + ctx_pad * mpad + 16 * D + 256));
-  float* qt = buf.data();
-  float* st = qt + D * mpad;
-  float* tile = st + ctx_pad * mpad;
-  float* otile = tile + 16 * D;
-  thread_local std::vector<int32_t> lens;  // each lane's context length
-  thread_local std::vector<const float*> vrows;  // each position's V row
-  thread_local std::vector<float*> orows;  // each lane's output row
-  lens.resize(static_cast<size_t>(mpad));
-  vrows.resize(static_cast<size_t>(ctx));
-  orows.resize(static_cast<size_t>(mpad));
-  for (int64_t l = 0; l < mpad; ++l) {
-    const int64_t r = task.r0 + l / g, j = l % g;
-    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);
-    if (l >= m) {  // padding lanes: zero queries, a finite softmax, never written out
-      for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = 0.0f;
-      continue;
-    }
-    const float* qrow = a.q + (q0 + r) * a.q_tok + (h * g + j) * a.q_head;
-    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = qrow[i] * a.scale;
-    orows[static_cast<size_t>(l)] = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head;
-  }
-  const int32_t* table = a.tables + s * a.table_stride;
-  for (int64_t p0 = 0; p0 < ctx_pad; p0 += 16) {
-    for (int64_t o = 0; o < 16; ++o) {
-      const int64_t p = p0 + o;
-      if (p >= ctx) {
-        std::fill(tile + o * D, tile + (o + 1) * D, 0.0f);  // scores masked below
-        continue;
-      }
-      const int64_t at = static_cast<int64_t>(table[p / a.block_size]) * a.c_block +
-                         p % a.block_size * a.c_tok + h * a.c_head;
-      std::memcpy(tile + o * D, a.k + at, D * sizeof(float));
-      vrows[static_cast<size_t>(p)] = a.v + at;
-    }
-    // Lane vectors in groups of up to 3 (the register budget).
-    for (int64_t mv = 0, n; mv < nv; mv += n) {
-      n = std::min<int64_t>(3, nv - mv);
-      float* out = st + p0 * mpad + mv * 16;
-      if (n == 3) gemm_scores_tile<D, 3>(qt + mv * 16, mpad, tile, out);
-      else if (n == 2) gemm_scores_tile<D, 2>(qt + mv * 16, mpad, tile, out);
-      else gemm_scores_tile<D, 1>(qt + mv * 16, mpad, tile, out);
-    }
-  }
-  for (int64_t mv = 0, n; mv < nv; mv += n) {
-    n = std::min<int64_t>(3, nv - mv);
-    __m512 inv[3];
-    for (int64_t t = 0; t < n; ++t)
-      inv[t] = gemm_softmax(st + (mv + t) * 16, mpad, ctx,
-                            _mm512_loadu_si512(lens.data() + (mv + t) * 16));
-    const float* sv = st + mv * 16;
-    float* const* ov = orows.data() + mv * 16;
-    const int64_t lanes = m - mv * 16;
-    if (n == 3) gemm_values_group<D, 3>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
-    else if (n == 2) gemm_values_group<D, 2>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
-    else gemm_values_group<D, 1>(sv, mpad, vrows.data(), ctx, inv, otile, ov, lanes);
-  }
-}
+#include "paged_attn_gemm.h"  // the extend path, run_item_gemm
 
 bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 #else
@@ -573,7 +389,7 @@ bool cpu_has_avx512() { return false; }
 
 void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
-  if (a.gemm && (item.r1 - item.r0) * a.group >= kGemmLanes) {
+  if (a.gemm && gemm_takes(a, item)) {
     if (a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
     if (a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
   }
@@ -725,4 +541,7 @@ NB_MODULE(_paged_attn, m) {
   m.def("rope", &rope, "x"_a, "cos"_a, "sin"_a, "num_tokens"_a, "heads"_a, "half"_a,
         "x_tok"_a, "x_head"_a, nb::call_guard<nb::gil_scoped_release>());
   m.def("has_avx512", &cpu_has_avx512, "Whether paged_attention can take its AVX-512 path.");
+#ifdef KV_HAS_AVX512_PATH
+  m.attr("gemm_max_context") = kGemmMaxContext;  // the extend GEMM's cap (paged_attn_gemm.h)
+#endif
 }

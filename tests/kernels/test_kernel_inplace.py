@@ -92,6 +92,30 @@ def test_inplace_softmax_over_wide_score_ranges(spread):
     torch.testing.assert_close(got[:n], want[:n], atol=atol, rtol=rtol)
 
 
+@pytest.mark.skipif(not inplace.available() or not inplace._paged_attn.has_avx512(),
+                    reason="no AVX-512 extend GEMM here")
+def test_auto_leaves_the_extend_gemm_beyond_its_context_cap():
+    """The extend GEMM keeps a task's scores for every position (ctx x 16 rows x group
+    floats per thread), so `auto` runs it only up to gemm_max_context and the row tiles
+    beyond: a sequence wholly past the cap, one whose last task crosses it (its earlier
+    tasks end at or under it) and a short extend all match the reference on `auto`, and
+    the rows past the cap are the row tiles' own bits (the GEMM sums in another order)."""
+    cap = inplace._paged_attn.gemm_max_context
+    pairs = [(cap + 100, 40), (cap + 16, 48), (300, 40)]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=1, group=3, head_dim=64, dtype=torch.float32, seed=13)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got = {path: case.guarded_out() for path in ("auto", "rows")}
+    for path, out in got.items():
+        inplace.paged_attention(case.attention_args(), out, None, path=path)
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(got["auto"][:n], want[:n], atol=atol, rtol=rtol)
+    starts = case.query_start_loc.tolist()
+    past = [*range(starts[0], starts[1]), *range(starts[1] + 32, starts[2])]
+    assert torch.equal(got["auto"][past], got["rows"][past]), "a task past the cap ran the GEMM"
+
+
 def test_supports_only_fp32_cpu_with_matching_layouts():
     case = make_case([20], [1], block_size=16, num_kv_heads=2, group=2, head_dim=64,
                      dtype=torch.float32)
