@@ -60,22 +60,28 @@ class GhostList {
 
   // enter(hashes, costs): each hash not None and not yet a ghost enters with its cost (a
   // ghost keeps its first cost and place); then the oldest fall out down to the capacity.
-  // Returns how many entered.
+  // Returns how many entered. Bad input (a hash that is not 32 bytes, a cost that is not a
+  // number) raises before anything enters: the list is left as it was.
   int64_t enter(nb::list hashes, nb::list costs) {
     size_t n = hashes.size();
     if (costs.size() != n) throw nb::value_error("enter: hashes and costs differ in length");
-    int64_t added = 0;
-    kvcore::Key k;
+    std::vector<Slot> named;
+    named.reserve(n);
     for (size_t i = 0; i < n; ++i) {
       nb::handle h = hashes[i];
       if (h.is_none()) continue;
-      if (!read_key(h, &k)) throw nb::type_error("a ghost's hash must be 32 bytes");
-      double c = PyFloat_AsDouble(costs[i].ptr());
-      if (c == -1.0 && PyErr_Occurred()) throw nb::python_error();
+      Slot s{{}, 0.0, true};
+      if (!read_key(h, &s.key)) throw nb::type_error("a ghost's hash must be 32 bytes");
+      s.cost = PyFloat_AsDouble(costs[i].ptr());
+      if (s.cost == -1.0 && PyErr_Occurred()) throw nb::python_error();
+      named.push_back(s);
+    }
+    if (ring_.size() + named.size() > (size_t(1) << 30)) throw nb::value_error("GhostList full");
+    int64_t added = 0;
+    for (const Slot& s : named) {
       if (ring_.size() >= 64 && ring_.size() >= 2 * (live_ + 1)) compact();
-      if (ring_.size() >= (size_t(1) << 30)) throw nb::value_error("GhostList full");
-      if (!table_.insert(k, static_cast<int32_t>(ring_.size()))) continue;  // a ghost already
-      ring_.push_back(Slot{k, c, true});
+      if (!table_.insert(s.key, static_cast<int32_t>(ring_.size()))) continue;  // a ghost already
+      ring_.push_back(s);
       ++live_;
       ++added;
     }

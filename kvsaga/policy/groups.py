@@ -144,6 +144,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
 
     def _touch(self, now: float) -> None:
         # Any hook but the pool's own ends the release that follows an end_session.
+        # (VictimSearch.choose_victims inlines these two lines: change both together.)
         self._now = now
         self._ending = None
 

@@ -68,3 +68,16 @@ def test_bad_input_is_refused():
     with pytest.raises(TypeError):
         g.enter([b"short"], [1.0])
     assert len(g) == 0
+
+
+def test_cpp_bad_input_changes_nothing():
+    """A bad name or cost anywhere in a call raises before any name enters."""
+    _evict = _cpp()
+    g = _evict.GhostList(8)
+    assert g.enter([h(1)], [1.0]) == 1
+    with pytest.raises(TypeError):
+        g.enter([h(2), h(3), b"short", h(4)], [2.0, 3.0, 4.0, 5.0])
+    with pytest.raises(TypeError):
+        g.enter([h(2), h(3)], [2.0, "three"])
+    assert len(g) == 1 and h(1) in g and h(2) not in g and h(3) not in g
+    assert g.enter([h(2)], [2.0]) == 1 and len(g) == 2
