@@ -21,6 +21,17 @@ def _waiting_c(**kw):
     return m, s, ex, c
 
 
+def _fcfs_running_a():
+    """fcfs on a 4-block pool with a (12 tokens) running: a new 12-token step cannot fit."""
+    m = manager(4)
+    s = make_scheduler("fcfs", m, max_num_batched_tokens=64)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 12), max_new=4)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    return m, s, ex, a
+
+
 def test_workflow_refusal_holds_until_the_first_demotion_deadline():
     _, s, ex, c = _waiting_c()
     assert not s.schedule(1.0, ex).admitted
@@ -36,12 +47,7 @@ def test_workflow_refusal_holds_until_the_first_demotion_deadline():
 def test_refusal_without_a_timer_holds_forever():
     """Only the pool holds c back under fcfs; and under workflow once no demotion deadline
     is ahead (idle admission off)."""
-    m = manager(4)
-    s = make_scheduler("fcfs", m, max_num_batched_tokens=64)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 12), max_new=4)
-    s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
+    m, s, ex, a = _fcfs_running_a()
     s.add(ToyRequest("c", toks(100, 12), max_new=1, arrival=0.5), 0.5)
     assert [r for r, _ in s.schedule(1.0, ex).scheduled] == [a]
     assert s.refusal_until(1.0) == math.inf
@@ -202,12 +208,7 @@ def test_a_refusal_stands_only_with_the_graph_it_was_asked_with(switch):
     asked before does not stand after (`refusal_stands`), all else unchanged."""
     from kvsaga.prefix import BlockHasher, root_hash
 
-    m = manager(4)
-    s = make_scheduler("fcfs", m, max_num_batched_tokens=64)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 12), max_new=4)
-    s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
+    m, s, ex, _ = _fcfs_running_a()
     c = ToyRequest("c", toks(100, 12), max_new=1, arrival=0.5)
     c.block_hashes = []
     BlockHasher(m.block_size).extend(c.block_hashes, root_hash(None), c.token_ids,
