@@ -186,17 +186,33 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             return
         take = itemgetter(*block_ids)
         pos = take(self.view.block_position)
+        queues = type(self).block_cached is GroupedPolicy.block_cached
         i = 0
         for sid, same in groupby(take(self.view.block_owner)):
             k = len(list(same))
             run = block_ids[i:i + k]
-            if (sid is None or sid == self._ending or k < 2
-                    or not all(map(gt, pos[i:i + k], pos[i + 1:i + k]))):
+            if sid is None or sid == self._ending:
+                if queues:
+                    self._queue_run(run, pos[i:i + k], PLAIN if sid is None else DEAD)
+                else:
+                    for b in run:
+                        self.block_cached(b)  # a subclass's own (belady keys each block)
+            elif k < 2 or not all(map(gt, pos[i:i + k], pos[i + 1:i + k])):
                 for b in run:
                     self.block_cached(b)
             else:
                 self._own_run(sid, run, pos[i:i + k])
             i += k
+
+    def _queue_run(self, run: list[int], pos: tuple[int, ...], where: int) -> None:
+        """`block_cached` of `run`, blocks that go to `plain` (owned by no session: a shared
+        prefix released at every step) or to `dead` (`where`), in one call per run."""
+        now, marks, positions, cached_at = self._now, self._where, self._pos, self._cached_at
+        for b, p in zip(run, pos, strict=True):
+            positions[b] = p
+            cached_at[b] = now
+            marks[b] = where
+        (self.plain if where == PLAIN else self.dead).push_many(run)
 
     def _own_run(self, sid: str, run: list[int], pos: tuple[int, ...]) -> None:
         """`block_cached` of `run`, blocks of live session `sid` at falling positions."""
@@ -246,6 +262,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         k = self._reclaimed_head(block_ids)
         if k:
             block_ids = block_ids[:-k]  # what precedes it (a shared prefix): block by block
+        if self._plain_run(block_ids):
+            return
         where, owner_of = self._where, self._owner
         run: list[int] = []
         run_sid = None
@@ -267,6 +285,18 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             where[b] = UNTRACKED
         if run:
             self._cut(run_sid, run)
+
+    def _plain_run(self, block_ids: list[int]) -> bool:
+        """Uncache `block_ids` in one call when all are plain cache (a resume's hits of a
+        prefix shared by several sessions, taken back at every step). False, nothing done,
+        for any other batch."""
+        where = self._where
+        if len(block_ids) < 2 or itemgetter(*block_ids)(where).count(PLAIN) != len(block_ids):
+            return False
+        self.plain.remove_many(block_ids)
+        for b in block_ids:
+            where[b] = UNTRACKED
+        return True
 
     def _reclaimed_head(self, block_ids: list[int]) -> int:
         """Uncache the run that ends `block_ids` when it is the head of its session's group,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from kvsaga import OutOfBlocks
 from kvsaga.policy import POLICIES
-from kvsaga.policy.groups import GroupedPolicy
+from kvsaga.policy.groups import PLAIN, GroupedPolicy
 from kvsaga.policy.search import GRID_RATIO, GRID_S, elapsed_grid
 from tests.policy.helpers import build, make, run_step, tokens
 from tests.policy.test_properties import apply, op_lists
@@ -194,7 +194,17 @@ def _walk_alike(batched, single, seed):
 def test_batched_blocks_cached_equals_block_by_block(name, seed):
     # The pool reports a release in one `blocks_cached` call; without it, block by block.
     batched, single = _batched_and_single(name, "blocks_cached")
+    queued = []
+    run = batched.policy._queue_run
+
+    def counted(blocks, pos, where, _run=run):
+        queued.append((where, len(blocks)))
+        _run(blocks, pos, where)
+
+    batched.policy._queue_run = counted
     _walk_alike(batched, single, seed)
+    if name != "belady":  # belady keys each plain block itself: block by block
+        assert any(w == PLAIN and k > 1 for w, k in queued), "no shared prefix released"
 
 
 @pytest.mark.parametrize("name", GROUPED)
@@ -212,5 +222,14 @@ def test_batched_blocks_uncached_equals_block_by_block(name, seed):
         return k
 
     batched.policy._reclaimed_head = counted
+    plain_runs = []
+    plain_run = batched.policy._plain_run
+
+    def counted_plain(block_ids, _run=plain_run):
+        plain_runs.append(_run(block_ids))
+        return plain_runs[-1]
+
+    batched.policy._plain_run = counted_plain
     _walk_alike(batched, single, seed)
+    assert any(plain_runs), "no shared prefix taken back in one call"
     assert any(reclaimed)  # resumes took their own runs in one slice
