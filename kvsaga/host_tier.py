@@ -114,6 +114,12 @@ class HostTier:
         self._loads.append((host_block, gpu_block))
         self.num_loaded += 1
 
+    @property
+    def has_plan(self) -> bool:
+        """Whether `take_plan` would change anything: copies queued or host blocks pinned
+        (a simulator asks at every batch step, and most have none)."""
+        return bool(self._offloads or self._loads or self._pinned)
+
     def take_plan(self) -> TransferPlan:
         """The pending copies; unpins their host blocks (later plans run after them)."""
         plan = TransferPlan(self._offloads, self._loads)

@@ -23,7 +23,12 @@ class OffloadMachine(ManagerMachine):
 
     @rule()
     def run_transfers(self):
+        pending = self.m.host.has_plan  # False: taking the plan would change nothing
+        pinned = self.m.host.pool.refcount.copy()
         plan = self.m.take_transfers()
+        assert not self.m.host.has_plan
+        if not pending:
+            assert not plan and self.m.host.pool.refcount == pinned
         for g, h in plan.offloads:
             self.host[h] = self.gpu[g]
         for h, g in plan.loads:

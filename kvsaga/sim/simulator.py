@@ -205,11 +205,12 @@ class Simulator(DecodeRuns, StepExecutor):
 
     def _take_transfers(self) -> None:
         """Queue the manager's pending copies on the link (offloads first, as the plan)."""
-        if self.manager.host is None:
-            return  # no host tier, no copies (and no empty plan to build every step)
+        host = self.manager.host
+        if host is None or not host.has_plan:
+            return  # no copies (and no empty plan to build every step)
         plan = self.manager.take_transfers()
         if not plan:
-            return
+            return  # pins released only
         t = max(self.now, self._link_free)
         done = self._copy_done
         for b, _ in plan.offloads:
