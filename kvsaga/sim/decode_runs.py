@@ -82,10 +82,11 @@ class DecodeRuns:
         due = [r.slots_ahead for r in running]
         last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
         ctx = sum(r.fed_position + 1 for r in running)
-        if self.manager.host is None and self._steps_before_horizon(n, ctx, last) >= 8:
-            j = self._decode_steps_at_once(running, start, due, last, ctx)
+        limit = self._steps_before_horizon(n, ctx, last)
+        if self.manager.host is None and limit >= 8:
+            j = self._decode_steps_at_once(running, start, due, last, ctx, limit)
         else:  # copies to wait for, or too few steps to pay for the arrays
-            j = self._decode_steps(running, start, due, last, ctx)
+            j = self._decode_steps(running, start, due, last, ctx, limit)
         self.manager.stop_journal()
         admitted = self._admission
         if not j and admitted is None:
@@ -171,12 +172,19 @@ class DecodeRuns:
         return True
 
     def _decode_steps(self, running: list[SimRequest], start: list[int], due: list[int],
-                      last: int, ctx: int) -> int:
-        """The run's steps one at a time (the host tier's copies may stretch each);
-        returns how many ran."""
+                      last: int, ctx: int, limit: int) -> int:
+        """The run's steps one at a time (the host tier's copies may stretch each), their
+        GPU times computed ahead for the `limit` steps (`_steps_before_horizon`: copies
+        only lengthen steps, so no more of them run before the next event); returns how
+        many ran."""
         n = len(running)
         horizon = self._horizon()
-        cost, manager = self.cost, self.manager
+        manager = self.manager
+        if limit >= 8:  # enough steps to pay for the arrays
+            dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64))
+            dts = dts.tolist()
+        else:
+            dts = [self.cost._step_time(0, 0, 0, n, ctx + n * j) for j in range(limit)]
         next_due = min(due)
         j = 0
         while not j or self.now < horizon:
@@ -186,9 +194,8 @@ class DecodeRuns:
                 next_due = min(due)
             if self._admits(running, start, j):
                 break
-            self._run_for(cost._step_time(0, 0, 0, n, ctx))
+            self._run_for(dts[j])
             j += 1
-            ctx += n
             if j == last:
                 break
             manager.tick(self.now)
@@ -205,13 +212,12 @@ class DecodeRuns:
         return min(last, max(1, int(room / first) + 2))
 
     def _decode_steps_at_once(self, running: list[SimRequest], start: list[int],
-                              due: list[int], last: int, ctx: int) -> int:
+                              due: list[int], last: int, ctx: int, limit: int) -> int:
         """`_decode_steps` without copies: the clock of every step of the run from one
         array of step times (the same sums, in the same order), then the steps' manager
         calls and ticks at their times, then the usage integrals over the steps run, with
         the pool's counts of each step. Returns how many steps ran."""
         n = len(running)
-        limit = self._steps_before_horizon(n, ctx, last)
         dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()
         # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
         times = list(itertools.accumulate(dts, initial=self.now))
