@@ -78,10 +78,11 @@ def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: in
     # The policies that keep an index: the policy itself, or adaptive's experts.
     indexed = [getattr(p, "policy", p) for p in getattr(m.policy, "experts", [m.policy])]
     indexed = [p for p in indexed if hasattr(p, "rekey_all")]
-    best = {0.0: float("inf"), 1e-3: float("inf")}
+    best = [float("inf"), float("inf")]  # at one instant, 1 ms apart
     base, n = paused * ctx, new_blocks * BS
     for k in range(2 * repeat + 1):
-        dt = 0.0 if k < repeat else 1e-3
+        apart = k >= repeat
+        now += 1e-3 if apart else 0.0  # each of these 1 ms after the last: timers fire
         sid = f"new{k}"
         m.begin_step(sid, [base + k * n + j for j in range(n)], now=now)
         if k == 2 * repeat:  # the last allocation re-keys every session, as relearning does
@@ -89,17 +90,15 @@ def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: in
                 p.rekey_all()
         el = (timer or timed_allocation)(m, sid, n, now) / new_blocks
         if k < 2 * repeat:
-            best[dt] = min(best[dt], el)
+            best[apart] = min(best[apart], el)
         m.finish_step(sid, now=now, tool="search")
-        now += dt
         yield None
-    amortized = best[0.0]
+    amortized = best[0]
     if indexed:
         # Relearning re-keys every session once per relearn_share x sessions learning
         # events; each allocation here follows one (the step it serves began).
-        period = max(indexed[0].relearn_share * len(indexed[0].groups), 1.0)
-        amortized += max(el - best[1e-3], 0.0) / period
-    yield best[0.0] * 1e9, best[1e-3] * 1e9, amortized * 1e9
+        amortized += max(el - best[1], 0.0) / relearn_period(m)
+    yield best[0] * 1e9, best[1] * 1e9, amortized * 1e9
 
 
 # Read through before each timed call, so that every call starts with caches as cold at any
@@ -199,16 +198,9 @@ def eviction_scaling(counts: list[int], repeat: int,
             "amortized: the first table plus the full re-key that relearning does once per "
             "relearn_share x sessions learning events (one per allocation here), measured "
             "on the run's last allocation and spread over that period")):
-        cols = " | ".join(policies)
         lines += [f"ns per allocated block, {what}:", "",
-                  f"| paused sessions | {cols} | worst / lru |",
-                  "|---:|" + "---:|" * (len(policies) + 1)]
-        for n in counts:
-            worst = max(figures[p][n][i] for p in policies)
-            cells = " | ".join(f"{figures[p][n][i]:,.0f}" for p in policies)
-            lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n][i]:.2f}x |")
+                  *_table(figures, counts, policies, i, "{:,.0f}")]
         lo, hi = (1000 if 1000 in counts else counts[0]), counts[-1]
-        lines.append("")
         if hi != lo:
             lines += [f"Growth from {lo:,} to {hi:,} paused sessions: " + ", ".join(
                 f"{p} {figures[p][hi][i] / figures[p][lo][i]:.2f}x" for p in policies)
@@ -245,41 +237,53 @@ def _judged(values: dict[str, float], bound: float, worst: str) -> str:
 LOG_GROWTH = math.log(16000) / math.log(1000)
 
 
+def relearn_period(m: KVCacheManager) -> float:
+    """Allocations between two relearning re-keys of every session in `m`'s policy (one
+    learning event per allocation here; inf when it keeps no index: never)."""
+    indexed = [getattr(p, "policy", p) for p in getattr(m.policy, "experts", [m.policy])]
+    indexed = [p for p in indexed if hasattr(p, "rekey_all")]
+    return max(indexed[0].relearn_share * len(indexed[0].groups), 1.0) if indexed else math.inf
+
+
 def count_child(paused: int, specs: list[str], repeat: int) -> None:
     """Run under callgrind by `instruction_counts`: each policy's cache is built in turn and
-    its first `repeat` same-instant allocations are made through `operator.call`, the one C
-    function callgrind is told to count inside (--toggle-collect) and to dump after (one
-    profile per call, numbered in call order), so only they are counted."""
+    all its 2 x `repeat` + 1 timed allocations (same instant, 1 ms apart, the full re-key)
+    are made through `operator.call`, the one C function callgrind is told to count inside
+    (--toggle-collect) and to dump after (one profile per call, numbered in call order), so
+    only they are counted. Prints each policy's relearning period (allocations), one JSON
+    list, for the amortized figure."""
+    periods = []
     for spec in specs:
-        made = [0]
+        seen: list[KVCacheManager] = []
 
-        def counted(m: KVCacheManager, sid: str, n: int, now: float, made=made) -> float:
-            made[0] += 1
-            if made[0] <= repeat:
-                operator.call(m.allocate_slots, sid, n, now=now)
-            else:
-                m.allocate_slots(sid, n, now=now)
+        def counted(m: KVCacheManager, sid: str, n: int, now: float, seen=seen) -> float:
+            seen[:] = [m]
+            operator.call(m.allocate_slots, sid, n, now=now)
             return 1.0
 
         gc.disable()  # a collection inside a counted call is not the policy's work
         for _ in bench_eviction_scaling(paused, build(spec), repeat, timer=counted):
             pass
+        periods.append(relearn_period(seen[0]))
         gc.enable()
         gc.collect()
+    print(json.dumps(periods))
 
 
 def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int = 3,
                        new_blocks: int = 128) -> tuple[list[str], dict]:
-    """Instructions per allocated block of the same-instant allocations, the fewest of
-    `repeat` (as the time tables take the best: a relearning re-key of every session falls
-    on some of them, amortized in the third time table), counted by callgrind (valgrind),
-    one child process per count: a figure that the load of the machine does not move, and
-    that grows only with the work done (not with cache misses). The table's markdown lines
-    and {policy: {count: instructions per block}}."""
+    """Instructions per allocated block, counted by callgrind (valgrind), one child process
+    per count, in the three readings of the time tables: the fewest of `repeat` allocations
+    at one instant (the first after the cache is built re-keys every session, as a
+    relearning does), the fewest of `repeat` 1 ms apart, and the first plus the last
+    allocation's full re-key spread over the relearning period. A figure that the load of
+    the machine does not move, and that grows only with the work done (not with cache
+    misses). The tables' markdown lines and {policy: {count: (same, apart, amortized)}}."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions counts with valgrind's callgrind: install valgrind")
-    figures: dict[str, dict[int, float]] = {p: {} for p in policies}
+    figures: dict[str, dict[int, tuple[float, float, float]]] = {p: {} for p in policies}
     here = Path(__file__).resolve().parent
+    per = 2 * repeat + 1
     with tempfile.TemporaryDirectory() as tmp:
         for n in counts:
             child = (f"import sys; sys.path.insert(0, {str(here)!r}); "
@@ -296,34 +300,48 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
             dumps = sorted(out.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
             calls = [int(m.group(1)) for f in dumps
                      if (m := re.search(r"^totals: (\d+)", f.read_text(), re.M))]
-            if r.returncode or len(calls) != repeat * len(policies) or not min(calls):
+            if r.returncode or len(calls) != per * len(policies) or not min(calls):
                 raise SystemExit(f"callgrind counted {len(calls)} calls at {n} paused "
-                                 f"sessions, not {repeat} per policy (this Python needs its "
+                                 f"sessions, not {per} per policy (this Python needs its "
                                  f"_operator_call symbol): {r.stderr[-2000:]}")
+            periods = json.loads(r.stdout.strip().splitlines()[-1])
             for i, p in enumerate(policies):
-                figures[p][n] = min(calls[i * repeat:(i + 1) * repeat]) / new_blocks
+                c = [x / new_blocks for x in calls[i * per:(i + 1) * per]]
+                same, apart = min(c[:repeat]), min(c[repeat:2 * repeat])
+                figures[p][n] = (same, apart, same + max(c[-1] - apart, 0.0) / periods[i])
+    lines = []
+    for i, what in enumerate(("allocations at one instant", "allocations 1 ms apart",
+                              "amortized (the full re-key of relearning spread over its "
+                              "period)")):
+        lines += [f"Instructions per allocated block, {what} (callgrind; a count, so the "
+                  "machine's load does not move it):", "",
+                  *_table(figures, counts, policies, i, "{:,.0f}")]
+        if 1000 in counts and 16000 in counts:
+            growth = {p: figures[p][16000][i] / figures[p][1000][i] for p in policies}
+            lines += ["Growth from 1,000 to 16,000 paused sessions: " + ", ".join(
+                f"{p} {g:.3f}x" for p, g in growth.items()) + ".", "",
+                f"- flat from 1,000 to 16,000 in work done (growth <= {LOG_GROWTH:.2f}x, "
+                "log 16,000 / log 1,000): " + _judged(growth, LOG_GROWTH, "worst growth")]
+        if 4000 in counts:
+            ratio = {p: figures[p][4000][i] / figures["lru"][4000][i] for p in policies}
+            lines.append("- in instructions, every policy <= 2x lru at 4,000 paused sessions: "
+                         + _judged(ratio, 2.0, "worst"))
+        lines.append("")
+    return lines, figures
+
+
+def _table(figures: dict, counts: list[int], policies: tuple[str, ...], i: int,
+           fmt: str) -> list[str]:
+    """A markdown table of reading `i` of `figures`, one row per count, and its worst
+    ratio to lru."""
     cols = " | ".join(policies)
-    lines = ["Instructions per allocated block (callgrind; the fewest of the first "
-             f"{repeat} same-instant allocations; a count, so the machine's load does not "
-             "move it):", "",
-             f"| paused sessions | {cols} | worst / lru |",
+    lines = [f"| paused sessions | {cols} | worst / lru |",
              "|---:|" + "---:|" * (len(policies) + 1)]
     for n in counts:
-        worst = max(figures[p][n] for p in policies)
-        cells = " | ".join(f"{figures[p][n]:,.0f}" for p in policies)
-        lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n]:.2f}x |")
-    lines.append("")
-    if 1000 in counts and 16000 in counts:
-        growth = {p: figures[p][16000] / figures[p][1000] for p in policies}
-        lines += ["Growth from 1,000 to 16,000 paused sessions: " + ", ".join(
-            f"{p} {g:.3f}x" for p, g in growth.items()) + ".", "",
-            f"- flat from 1,000 to 16,000 in work done (growth <= {LOG_GROWTH:.2f}x, "
-            "log 16,000 / log 1,000): " + _judged(growth, LOG_GROWTH, "worst growth")]
-    if 4000 in counts:
-        ratio = {p: figures[p][4000] / figures["lru"][4000] for p in policies}
-        lines.append("- in instructions, every policy <= 2x lru at 4,000 paused sessions: "
-                     + _judged(ratio, 2.0, "worst"))
-    return lines + [""], figures
+        worst = max(figures[p][n][i] for p in policies)
+        cells = " | ".join(fmt.format(figures[p][n][i]) for p in policies)
+        lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n][i]:.2f}x |")
+    return lines + [""]
 
 
 def scaling_main(args: argparse.Namespace) -> None:

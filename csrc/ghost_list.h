@@ -11,6 +11,7 @@
 #pragma once
 #include <nanobind/nanobind.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -76,6 +77,66 @@ class GhostList {
       if (s.cost == -1.0 && PyErr_Occurred()) throw nb::python_error();
       named.push_back(s);
     }
+    return admit(named);
+  }
+
+  // enter_blocks(blocks, hashes, positions, costs): enter(hashes[b] for b in blocks,
+  // costs[positions[b]] for b in blocks), read off the caller's tables here (a victim
+  // search's names: no Python list of hashes, positions and costs per call). A position
+  // past `costs` returns -1 - that position, with nothing entered (the caller extends its
+  // table of costs and calls again); bad input raises, nothing entered.
+  int64_t enter_blocks(nb::handle blocks, nb::handle hashes, nb::handle positions,
+                       nb::handle costs) {
+    if (!PyList_Check(blocks.ptr()) || !PyList_Check(costs.ptr()))
+      throw nb::type_error("enter_blocks: blocks and costs must be lists");
+    Py_ssize_t n = PyList_GET_SIZE(blocks.ptr()), ncost = PyList_GET_SIZE(costs.ptr());
+    std::vector<Slot> named;
+    named.reserve(static_cast<size_t>(n));
+    int64_t beyond = -1;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* b = PyList_GET_ITEM(blocks.ptr(), i);
+      nb::object h = item(hashes, b);
+      if (h.is_none()) continue;
+      Slot s{{}, 0.0, true};
+      if (!read_key(h, &s.key)) throw nb::type_error("a ghost's hash must be 32 bytes");
+      nb::object p = item(positions, b);
+      int64_t pos = PyLong_AsLongLong(p.ptr());
+      if (pos == -1 && PyErr_Occurred()) throw nb::python_error();
+      if (pos < 0) throw nb::value_error("enter_blocks: a negative position");
+      if (pos >= ncost) {
+        beyond = std::max(beyond, pos);
+        continue;
+      }
+      s.cost = PyFloat_AsDouble(PyList_GET_ITEM(costs.ptr(), pos));
+      if (s.cost == -1.0 && PyErr_Occurred()) throw nb::python_error();
+      named.push_back(s);
+    }
+    if (beyond >= 0) return -1 - beyond;
+    return admit(named);
+  }
+
+ private:
+  struct Slot {
+    kvcore::Key key;
+    double cost;
+    bool live;
+  };
+
+  // table[key] (a list's item read in place).
+  static nb::object item(nb::handle table, PyObject* key) {
+    if (PyList_Check(table.ptr()) && PyLong_Check(key)) {
+      Py_ssize_t i = PyLong_AsSsize_t(key);
+      if (i >= 0 && i < PyList_GET_SIZE(table.ptr()))
+        return nb::borrow(PyList_GET_ITEM(table.ptr(), i));
+      PyErr_Clear();
+    }
+    PyObject* o = PyObject_GetItem(table.ptr(), key);
+    if (!o) throw nb::python_error();
+    return nb::steal(o);
+  }
+
+  // Enters checked names (enter's second half).
+  int64_t admit(const std::vector<Slot>& named) {
     if (ring_.size() + named.size() > (size_t(1) << 30)) throw nb::value_error("GhostList full");
     int64_t added = 0;
     for (const Slot& s : named) {
@@ -88,13 +149,6 @@ class GhostList {
     while (live_ > size_t(cap_)) pop_oldest();
     return added;
   }
-
- private:
-  struct Slot {
-    kvcore::Key key;
-    double cost;
-    bool live;
-  };
 
   static bool read_key(nb::handle h, kvcore::Key* k) {
     if (!PyBytes_Check(h.ptr()) || PyBytes_GET_SIZE(h.ptr()) != 32) return false;

@@ -229,5 +229,7 @@ NB_MODULE(_evict, m) {
       .def("__contains__", &ghost::GhostList::contains, "h"_a.none())
       .def("pop", &ghost::GhostList::pop, "h"_a.none(), "default"_a.none() = nb::none())
       .def("charge", &ghost::GhostList::charge, "total"_a, "hashes"_a)
-      .def("enter", &ghost::GhostList::enter, "hashes"_a, "costs"_a);
+      .def("enter", &ghost::GhostList::enter, "hashes"_a, "costs"_a)
+      .def("enter_blocks", &ghost::GhostList::enter_blocks, "blocks"_a, "hashes"_a,
+           "positions"_a, "costs"_a);
 }

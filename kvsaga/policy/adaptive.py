@@ -243,40 +243,18 @@ class AdaptivePolicy(EvictionPolicy):
         """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
         blocks it already named (it would have evicted them): when its first `n` hold some,
         it takes the rest from its first 4n (no more, so a search stays O(n)).
-        Hashes and positions are read by C-level maps, and the ghost list takes them in one
-        call (kvsaga/policy/ghost_list.py; O(1) per victim)."""
-        v = self.view
-        hashes, pos = v.block_hash, v.block_position
+        The ghost list reads the victims' hashes, positions and rebuild costs off the
+        view's tables itself, in one call (kvsaga/policy/ghost_list.py; O(1) per victim)."""
         ghost = e.ghost
-        want = n
-        victims: list[int] = []
-        hs: list[bytes | None] = []
-        keep: list[bool] = []
-        while True:
-            seen = victims
-            victims = e.policy.choose_victims(want, now)
-            if not shadow:
-                chosen, hs = victims, list(map(hashes.__getitem__, victims))
-                break
-            if victims[:len(seen)] != seen:  # not an extension of the last answer: redo
-                hs, keep = [], []
-            more = list(map(hashes.__getitem__, victims[len(hs):]))
-            keep += map(not_, map(ghost.__contains__, more))  # None is never a ghost
-            hs += more
-            chosen = list(compress(victims, keep))
-            if len(chosen) >= n or len(victims) < want or want >= 4 * n:
-                chosen = chosen[:n]
-                hs = list(compress(hs, keep))[:n]
-                break
-            # A ranking's first `want` victims begin its first 4n: one more search, at most.
-            want = 4 * n
-        positions = list(map(pos.__getitem__, chosen))
-        if positions:
-            self.block_cost(max(positions))  # the memo below covers every position
+        chosen = self._shadow_names(e, n, now) if shadow else e.policy.choose_victims(n, now)
         # Each full block's hash enters with its rebuild cost unless it is a ghost already
         # (the first name stays); the oldest names, not needed for a pool turnover (good
         # names), fall out.
-        new = ghost.enter(hs, list(map(self._block_costs.__getitem__, positions)))
+        v = self.view
+        new = ghost.enter_blocks(chosen, v.block_hash, v.block_position, self._block_costs)
+        if new < 0:  # a position past the memo of costs: extend it, enter again
+            self.block_cost(-1 - new)
+            new = ghost.enter_blocks(chosen, v.block_hash, v.block_position, self._block_costs)
         if new:
             d = math.exp(-new / self._decay_scale)
             for x in self.experts:
@@ -285,6 +263,26 @@ class AdaptivePolicy(EvictionPolicy):
             if not self.realized:
                 e.named += new
         return chosen
+
+    def _shadow_names(self, e: _Expert, n: int, now: float) -> list[int]:
+        """A shadow expert's `n` names: its first victims that are not ghosts already,
+        from its first 4n at most."""
+        hashes, ghost = self.view.block_hash, e.ghost
+        want = n
+        victims: list[int] = []
+        keep: list[bool] = []
+        while True:
+            seen = victims
+            victims = e.policy.choose_victims(want, now)
+            if victims[:len(seen)] != seen:  # not an extension of the last answer: redo
+                keep = []
+            more = list(map(hashes.__getitem__, victims[len(keep):]))
+            keep += map(not_, map(ghost.__contains__, more))  # None is never a ghost
+            chosen = list(compress(victims, keep))
+            if len(chosen) >= n or len(victims) < want or want >= 4 * n:
+                return chosen[:n]
+            # A ranking's first `want` victims begin its first 4n: one more search, at most.
+            want = 4 * n
 
     def action(self, block_id: int, now: float) -> Action:
         return self.leader.policy.action(block_id, now)

@@ -66,6 +66,19 @@ class PyGhostList:
             names.popitem(last=False)
         return new
 
+    def enter_blocks(self, blocks: list[int], hashes, positions, costs: list[float]) -> int:
+        """`enter` of blocks' names: `hashes[b]` with cost `costs[positions[b]]` for each
+        block `b`, read off the caller's tables (a victim search's names). A position past
+        `costs` returns -1 - that position, nothing entered (extend `costs`, call again)."""
+        hs = [hashes[b] for b in blocks]
+        at = [positions[b] for b in blocks]
+        past = max((p for h, p in zip(hs, at, strict=True) if h is not None and p >= len(costs)),
+                   default=-1)
+        if past >= 0:
+            return -1 - past
+        return self.enter(hs, [0.0 if h is None else costs[p]
+                               for h, p in zip(hs, at, strict=True)])
+
 
 def make_ghost_list(cap: int, cpp: bool) -> PyGhostList:
     """The C++ ghost list when `cpp` and kvsaga._evict was built, else the Python one."""

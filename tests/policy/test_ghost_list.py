@@ -81,3 +81,28 @@ def test_cpp_bad_input_changes_nothing():
         g.enter([h(2), h(3)], [2.0, "three"])
     assert len(g) == 1 and h(1) in g and h(2) not in g and h(3) not in g
     assert g.enter([h(2)], [2.0]) == 1 and len(g) == 2
+
+
+@pytest.mark.parametrize("cpp", [False, True])
+def test_enter_blocks_reads_the_tables_as_enter_would(cpp):
+    # enter_blocks(blocks, ...) == enter([hashes[b]...], [costs[positions[b]]...]); a position
+    # past the costs answers -1 - that position and enters nothing.
+    if cpp:
+        _cpp()
+    rng = random.Random(3)
+    hashes = [None if rng.random() < 0.2 else h(rng.randint(0, 60)) for _ in range(50)]
+    positions = [rng.randint(0, 9) for _ in range(50)]
+    costs = [float(p) + 0.5 for p in range(10)]
+    by_blocks, by_names = make_ghost_list(30, cpp), PyGhostList(30)
+    for _ in range(200):
+        blocks = [rng.randrange(50) for _ in range(rng.randint(0, 8))]
+        assert by_blocks.enter_blocks(blocks, hashes, positions, costs) == by_names.enter(
+            [hashes[b] for b in blocks], [costs[positions[b]] for b in blocks])
+        assert len(by_blocks) == len(by_names)
+    every = [h(i) for i in range(61)]
+    assert by_blocks.charge(0.0, every) == by_names.charge(0.0, every)
+    short = make_ghost_list(30, cpp)
+    named = [b for b in range(50) if hashes[b] is not None]
+    deepest = max(positions[b] for b in named)
+    assert short.enter_blocks(named, hashes, positions, costs[:deepest]) == -1 - deepest
+    assert len(short) == 0
