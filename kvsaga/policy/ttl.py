@@ -86,6 +86,11 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._pressure = 0  # level of 1 / (1 - usage) on the 2^(1/4) scale
         self._rent_usage = -1.0  # the usage `rent` last priced, and its answer
         self._rent_last = 0.0
+        self._group_costs: dict[tuple[int, int], float] = {}  # (blocks, head position) -> s
+
+    def bind(self, view) -> None:
+        super().bind(view)
+        self._group_costs.clear()  # priced at the view's block size
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
@@ -138,17 +143,24 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
             return False, 0.0, math.inf
         view = self.views.get(session_id)
         e = max(now - view.paused_at, 0.0) if view is not None else 0.0
-        cls, v, ttl = self._value(session_id, g, now, e)
+        cls, v, ttl = self._value(session_id, view, g, now, e)
         return cls == 1, v, ttl
 
-    def _value(self, sid: str, group: list[int], now: float, e: float
-               ) -> tuple[int, float, float]:
-        """(class, V per block, break-even TTL) with the pause judged `e` seconds old."""
+    def _value(self, sid: str, view: SessionView | None, group: list[int], now: float,
+               e: float) -> tuple[int, float, float]:
+        """(class, V per block, break-even TTL) of session `sid` (its `view`, None when
+        unknown) with the pause judged `e` seconds old."""
         n = len(group)
-        cost = self.group_cost(group)
+        # The rebuild price of (block count, head position), remembered: a full re-key
+        # prices every session, and the same shapes recur.
+        shape = (n, self._pos[group[-1]])
+        cost = self._group_costs.get(shape)
+        if cost is None:
+            if len(self._group_costs) >= 65536:
+                self._group_costs.clear()
+            cost = self._group_costs[shape] = self.group_cost(group)
         rent = n * self._rent
         ttl = cost / rent if rent > 0 else math.inf
-        view = self.views.get(sid)
         if view is None or view.needed_now:
             return 2, cost / n, ttl  # preempted: its retry needs these blocks right away
         if view.hint.last_step:
@@ -182,7 +194,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         view = self.views.get(sid)
         paused_at = view.paused_at if view is not None else now
         e, until = self.elapsed_since(paused_at, now)
-        cls, v, ttl = self._value(sid, group, now, e)
+        cls, v, ttl = self._value(sid, view, group, now, e)
         if view is None or view.needed_now or view.hint.last_step:
             return (cls, v), math.inf
         if now - paused_at >= ttl:
