@@ -30,16 +30,17 @@ import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from kvsaga._validate import is_int, is_number
-from kvsaga.policy.cost import CostModel, PrefillCost
+from kvsaga._validate import is_int
+from kvsaga.fair_share import FairShare
 from kvsaga.replica_stats import (  # noqa: F401  (re-exported: the routing API takes them)
     DEFAULT_RESUME_HORIZON_S,
     ReplicaStats,
     SessionTokens,
     count_predicted_resumes,
 )
+from kvsaga.routing_config import RoutingConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,137 +107,6 @@ def prefix_key(body: Mapping) -> str | None:
     if isinstance(prompt, str) and prompt:
         return hashlib.sha256(prompt[:256].encode()).hexdigest()[:16]
     return None
-
-
-@dataclass(slots=True)
-class FairShare:
-    """Per-tenant service summed over every replica: the fleet view of Agent Fair Share.
-
-    Each replica's scheduler accounts the service it gives (GPU seconds or tokens); the
-    router adds it up here, so a tenant that is served a lot on one replica has used its
-    share everywhere.
-
-    Attributes:
-        weights: a tenant's weight (default 1.0); its fair share is weight / total weight
-            of the tenants seen.
-    """
-
-    weights: dict[str, float] = field(default_factory=dict)
-    usage: dict[str, float] = field(default_factory=dict)
-
-    def record(self, tenant: str, service: float) -> None:
-        """Add service a tenant received on any replica."""
-        if not service >= 0:
-            raise ValueError(f"service must be >= 0, got {service!r}")
-        self.usage[tenant] = self.usage.get(tenant, 0.0) + service
-
-    def observe(self, reports: Iterable[ReplicaStats | None]) -> None:
-        """Take the fleet's usage from the replicas' own counts (`tenant_service`, each
-        cumulative on its replica): the sum over the replicas that report any. Replicas
-        that report none leave the usage recorded so far as it is."""
-        total: dict[str, float] = {}
-        for st in reports:
-            if st is None:
-                continue
-            for t, v in st.tenant_service.items():
-                total[t] = total.get(t, 0.0) + v
-        if total:
-            self.usage = total
-
-    def share_ratio(self, tenant: str) -> float:
-        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet)."""
-        total = sum(self.usage.values())
-        if total <= 0:
-            return 0.0
-        tenants = set(self.usage) | {tenant}
-        wsum = sum(self.weights.get(t, 1.0) for t in tenants)
-        fair = self.weights.get(tenant, 1.0) / wsum
-        return (self.usage.get(tenant, 0.0) / total) / fair
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingConfig:
-    """Knobs of the `kvsaga` router (defaults fitted with bench/cluster.py --fit; see
-    docs/cluster.md for the seeds).
-
-    Attributes:
-        steal_min_waiting: a step may move off its replica only when that replica has at
-            least this many steps waiting (reported, or sent by this router and not yet
-            running there; 0: busy steps alone decide, as a batch slows with its size).
-        steal_margin: ... and another replica's load (`Router.busy`) is lower by at least
-            this many steps; that replica must have no step waiting.
-        resume_weight: weight of a replica's predicted resumes in its predicted load (the
-            sum of its busy steps and this times its paused sessions expected back soon),
-            which places new sessions and picks the replica that steals.
-        prefix_slack: a new session goes where its shared prefix is cached when that
-            replica's predicted load exceeds the least by at most this.
-        steal_max_share: tenants whose fleet share ratio (`FairShare`, from the service
-            the replicas report) exceeds this are not stolen for.
-        max_commitment: a replica whose sessions' contexts exceed this share of its pool
-            (`ReplicaStats.commitment`) is overcommitted: it thrashes. A step of one of its
-            sessions moves to a replica where that session fits below this share and that
-            has no more busy steps and nothing waiting (a memory steal), and new sessions
-            go to one that is not overcommitted when there is one (0: off).
-        busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
-            exceeds the mean of the replicas' by more than this share of it (and, when it
-            holds no other work, by `busy_balance_min_s`) is ahead: a step of one of its
-            sessions moves to a replica behind the mean that has nothing waiting, no more
-            busy steps and room for the session (a balance steal; 0: off). The session
-            moves again only once its new home is ahead in turn.
-            Queue counts even out the load of the moment; this evens out the work done,
-            which they cannot once arrivals stop and the last long sessions keep a few
-            replicas busy while the rest idle.
-        busy_balance_min_s: for a home that holds no other work (no step in flight, no
-            other paused session), seconds of work below which its lead is no imbalance
-            (0: any lead over `busy_balance` counts). Without it a lone session on a quiet
-            fleet moves, with its KV, at every second or third step: its home is the
-            replica that has worked, so it leads the mean by half the session's own work.
-            The default keeps such a session home until the lead is 10 s of work. A home
-            shared with other work needs no floor: moving one of its sessions spreads it.
-        bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
-        link_bandwidth: bytes/s between replicas (export to host, network, import).
-        migrate_latency_s: fixed cost of one migration (export + import round trip).
-        cost: prices recomputing a context (the eviction policies' CostModel).
-        prefix_memory: prefix keys remembered (least recently used are forgotten).
-    """
-
-    steal_min_waiting: int = 0
-    steal_margin: float = 3.0
-    resume_weight: float = 1.0
-    prefix_slack: float = 0.0
-    steal_max_share: float = 1.0
-    max_commitment: float = 1.0
-    busy_balance: float = 0.05
-    busy_balance_min_s: float = 10.0
-    bytes_per_token: int = 128 * 1024
-    link_bandwidth: float = 10e9
-    migrate_latency_s: float = 2e-3
-    cost: CostModel = field(default_factory=PrefillCost)
-    prefix_memory: int = 4096
-
-    def __post_init__(self) -> None:
-        if not is_int(self.steal_min_waiting) or self.steal_min_waiting < 0:
-            raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
-                             f"{self.steal_min_waiting!r}")
-        for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
-                     "max_commitment", "busy_balance", "busy_balance_min_s",
-                     "migrate_latency_s"):
-            v = getattr(self, name)
-            if not is_number(v) or not v >= 0:
-                raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
-        if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
-            raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
-                             f"{self.link_bandwidth!r}")
-
-    def migrate_s(self, context_tokens: int) -> float:
-        """Seconds to move a context's KV to another replica."""
-        return self.migrate_latency_s + context_tokens * self.bytes_per_token / self.link_bandwidth
-
-    def should_migrate(self, context_tokens: int) -> bool:
-        """Whether moving a context's KV beats recomputing it on the new replica."""
-        if context_tokens <= 0:
-            return False
-        return self.migrate_s(context_tokens) < self.cost.recompute_s(context_tokens, 0)
 
 
 class Router:
@@ -525,14 +395,20 @@ class KvsagaRouter(Router):
     def _ahead(self, home: str, stats) -> tuple[dict[str, float], float] | None:
         """The accumulated busy time of the replicas that report it and its mean, when
         home's is above that mean by more than `busy_balance` x the mean and, for a home
-        with no other work (`_shared`), `busy_balance_min_s`; else None."""
+        with no other work (`_shared`) whose lead is a quiet fleet's (at least
+        `busy_balance_quiet` x the mean), by more than `busy_balance_min_s`; else None.
+        The floor thus scales with the fleet's load: on a fleet that has worked, a lone
+        session's home leads by a share of the mean, and its lead counts as any other."""
         c = self.config
         if not c.busy_balance or home not in stats:
             return None
         done = {r: stats[r].busy_s for r in self.replicas if r in stats}
         mean = sum(done.values()) / len(done)
-        floor = 0.0 if self._shared(home, stats) else c.busy_balance_min_s
-        if not mean > 0 or done[home] - mean <= max(c.busy_balance * mean, floor):
+        lead = done[home] - mean
+        if not mean > 0 or lead <= c.busy_balance * mean:
+            return None
+        if (lead <= c.busy_balance_min_s and lead >= c.busy_balance_quiet * mean
+                and not self._shared(home, stats)):
             return None
         return done, mean
 

@@ -114,3 +114,30 @@ def test_a_section_written_before_the_end_names_the_cases_not_finished():
     assert "| 64 | bfcl | 11 | 4x | 3.00x | 2.00x | 1.000 | met |" in partial
     final = cluster.section_body(args, "python bench/cluster.py", [], done, ["(lines)"], [])
     assert "Partial" not in final and final.startswith("`python bench/cluster.py`")
+
+
+def test_a_family_no_load_thrashes_is_outside_the_goals_not_a_miss(monkeypatch):
+    """When no load of the grid thrashes one GPU (one GPU keeps its whole roomy hit rate,
+    as bfcl does at 16 sessions per GPU), the goals' premise fails: the family is named,
+    its rows say n/a (not missed) and the section says why; a family that thrashes keeps
+    its verdict."""
+    monkeypatch.setattr(cluster, "one_gpu_hit_rate",
+                        lambda job: 0.8 if job[0] == "bfcl" or job[5] == cluster.ROOMY_KV
+                        else 0.1)
+    args = SimpleNamespace(family="bfcl,swe", load="thrash", sessions_per_gpu=16,
+                           scale=0.1, kv_memory="1G")
+    loads, lines, no_thrash = cluster.family_loads(args, _Serial())
+    assert no_thrash == frozenset({"bfcl"})
+    assert loads == {"bfcl": cluster.LOAD_GRID[-1], "swe": cluster.LOAD_GRID[0]}
+    row = {"scheduler": "fcfs", "policy": "lru", "load_imbalance": 1.3}
+    rows = [{**row, "router": "round-robin", "tct_mean_s": 15.0},
+            {**row, "router": "affinity", "tct_mean_s": 12.0},
+            {**row, "router": "kvsaga", "scheduler": "workflow", "tct_mean_s": 10.0}]
+    done = [(64, "bfcl", 7, 16.0, rows), (64, "swe", 7, 0.5, rows)]
+    body = cluster.section_body(args, "python bench/cluster.py", lines, done, [], [],
+                                no_thrash)
+    assert "| 64 | bfcl | 7 | 16x | 1.50x | 1.20x | 1.300 | n/a (one GPU does not thrash) |" \
+        in body
+    assert "| 64 | swe | 7 | 0.5x | 1.50x | 1.20x | 1.300 | missed |" in body
+    assert "bfcl: no load of the grid thrashes one GPU (above), so the goals' premise" in body
+    assert "n/a" not in "\n".join(cluster.summary(done))

@@ -76,6 +76,8 @@ def test_replica_stats_validation():
             ReplicaStats(busy_s=bad)
         with pytest.raises(ValueError, match="busy_balance"):
             RoutingConfig(busy_balance=bad)
+        with pytest.raises(ValueError, match="busy_balance_quiet"):
+            RoutingConfig(busy_balance_quiet=bad)
 
 
 def test_stats_from_manager():
@@ -263,9 +265,9 @@ def test_the_balance_steal_leaves_a_step_home(case):
     other = worked(50)  # mean 100: home 50% ahead, other 50% behind
     if case == "within tolerance":
         home, other = worked(105, s=400), worked(95)  # 5% ahead < 10%
-    elif case == "under the floor":  # a lone session's home: the floor applies
+    elif case == "under the floor":  # a lone session's home on a quiet fleet: the floor
         cfg = RoutingConfig(busy_balance=0.1, busy_balance_min_s=5.0)
-        home, other = worked(8, paused=1, s=400), worked(2)  # 60% ahead, but by 3 s < 5 s
+        home, other = worked(8, paused=1, s=400), worked(0)  # 100% ahead, but by 4 s < 5 s
     elif case == "off":
         cfg = RoutingConfig(busy_balance=0.0)
     elif case == "busier thief":
@@ -297,6 +299,37 @@ def test_a_lone_session_on_a_quiet_fleet_stays_home_by_default():
     floorless = make_router("kvsaga", ["a", "b"], config=RoutingConfig(busy_balance_min_s=0.0))
     floorless.homes["s"] = "a"
     assert floorless.route(RouteRequest("s"), stats).reason == "balance"
+
+
+def test_a_lone_home_in_a_worked_fleets_drain_moves_under_the_floor():
+    """A fleet that has worked (mean 6 s) drains: a holds one session and leads the mean by
+    1 s (17%, over busy_balance), less than the 10 s floor but less than the mean too, so
+    its lead is the drain's, not its own session's on a quiet fleet: the step moves to the
+    replica furthest behind. The rule before `busy_balance_quiet` (0: the floor holds
+    every lone home) kept it on a, the 64-GPU bfcl burst's imbalance."""
+    stats = {"a": worked(7, paused=1, s=400), "b": worked(6), "c": worked(5), "d": worked(6)}
+    r = make_router("kvsaga", ["a", "b", "c", "d"])
+    r.homes["s"] = "a"
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.moved_from, got.reason) == ("c", "a", "balance")
+    old = make_router("kvsaga", ["a", "b", "c", "d"],
+                      config=RoutingConfig(busy_balance_quiet=0.0))
+    old.homes["s"] = "a"
+    assert old.route(RouteRequest("s"), stats).reason == "affinity"
+
+
+def test_a_lead_of_at_least_busy_balance_quiet_x_the_mean_is_a_quiet_fleets():
+    """Three replicas, only a has worked (9 s): it leads the mean (3 s) by 6 s = 2 x the
+    mean, its own session's work on an otherwise idle fleet; the floor (10 s) keeps the
+    session home. With `busy_balance_quiet` 3 a lead of 2 x the mean is a drain's and the
+    step moves; with no floor it moves too."""
+    stats = {"a": worked(9, paused=1, s=400), "b": worked(0), "c": worked(0)}
+    for cfg, reason in ((RoutingConfig(), "affinity"),
+                        (RoutingConfig(busy_balance_quiet=3.0), "balance"),
+                        (RoutingConfig(busy_balance_min_s=0.0), "balance")):
+        r = make_router("kvsaga", ["a", "b", "c"], config=cfg)
+        r.homes["s"] = "a"
+        assert r.route(RouteRequest("s"), stats).reason == reason, cfg
 
 
 @pytest.mark.parametrize("other_work", [{"running": 1}, {"paused": 2}])

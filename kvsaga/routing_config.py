@@ -1,0 +1,104 @@
+"""The knobs of the `kvsaga` router (`kvsaga.routing.KvsagaRouter`) and the migration cost
+they price, apart from the routing rules that read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvsaga._validate import is_int, is_number
+from kvsaga.policy.cost import CostModel, PrefillCost
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Knobs of the `kvsaga` router (defaults fitted with bench/cluster.py --fit; see
+    docs/cluster.md for the seeds).
+
+    Attributes:
+        steal_min_waiting: a step may move off its replica only when that replica has at
+            least this many steps waiting (reported, or sent by this router and not yet
+            running there; 0: busy steps alone decide, as a batch slows with its size).
+        steal_margin: ... and another replica's load (`Router.busy`) is lower by at least
+            this many steps; that replica must have no step waiting.
+        resume_weight: weight of a replica's predicted resumes in its predicted load (the
+            sum of its busy steps and this times its paused sessions expected back soon),
+            which places new sessions and picks the replica that steals.
+        prefix_slack: a new session goes where its shared prefix is cached when that
+            replica's predicted load exceeds the least by at most this.
+        steal_max_share: tenants whose fleet share ratio (`FairShare`, from the service
+            the replicas report) exceeds this are not stolen for.
+        max_commitment: a replica whose sessions' contexts exceed this share of its pool
+            (`ReplicaStats.commitment`) is overcommitted: it thrashes. A step of one of its
+            sessions moves to a replica where that session fits below this share and that
+            has no more busy steps and nothing waiting (a memory steal), and new sessions
+            go to one that is not overcommitted when there is one (0: off).
+        busy_balance: a replica whose accumulated busy time (`ReplicaStats.busy_s`)
+            exceeds the mean of the replicas' by more than this share of it (and, when it
+            holds no other work, by `busy_balance_min_s`) is ahead: a step of one of its
+            sessions moves to a replica behind the mean that has nothing waiting, no more
+            busy steps and room for the session (a balance steal; 0: off). The session
+            moves again only once its new home is ahead in turn.
+            Queue counts even out the load of the moment; this evens out the work done,
+            which they cannot once arrivals stop and the last long sessions keep a few
+            replicas busy while the rest idle.
+        busy_balance_min_s: for a home that holds no other work (no step in flight, no
+            other paused session) on a quiet fleet (`busy_balance_quiet`), seconds of work
+            below which its lead is no imbalance (0: any lead over `busy_balance` counts).
+            Without it a lone session on a quiet fleet moves, with its KV, at every second
+            or third step: its home is the replica that has worked, so it leads the mean by
+            half the session's own work. The default keeps such a session home until the
+            lead is 10 s of work. A home shared with other work needs no floor: moving one
+            of its sessions spreads it.
+        busy_balance_quiet: a lone home's lead counts as a quiet fleet's, and
+            `busy_balance_min_s` holds its session, only when the lead is at least this
+            share of the fleet's mean busy time: most of the work the fleet has done is
+            then the home's own (a lone session on an otherwise idle fleet leads the mean
+            by (replicas - 1) x the mean). A smaller lead on a lone home is the drain of a
+            loaded fleet, where the fixed floor (more than a GPU's whole busy time in a
+            short burst) kept the last sessions on the replicas ahead (0: the floor always
+            holds a lone home, the rule before this knob).
+        bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
+        link_bandwidth: bytes/s between replicas (export to host, network, import).
+        migrate_latency_s: fixed cost of one migration (export + import round trip).
+        cost: prices recomputing a context (the eviction policies' CostModel).
+        prefix_memory: prefix keys remembered (least recently used are forgotten).
+    """
+
+    steal_min_waiting: int = 0
+    steal_margin: float = 3.0
+    resume_weight: float = 1.0
+    prefix_slack: float = 0.0
+    steal_max_share: float = 1.0
+    max_commitment: float = 1.0
+    busy_balance: float = 0.05
+    busy_balance_min_s: float = 10.0
+    busy_balance_quiet: float = 1.0
+    bytes_per_token: int = 128 * 1024
+    link_bandwidth: float = 10e9
+    migrate_latency_s: float = 2e-3
+    cost: CostModel = field(default_factory=PrefillCost)
+    prefix_memory: int = 4096
+
+    def __post_init__(self) -> None:
+        if not is_int(self.steal_min_waiting) or self.steal_min_waiting < 0:
+            raise ValueError("RoutingConfig.steal_min_waiting must be an int >= 0, got "
+                             f"{self.steal_min_waiting!r}")
+        for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
+                     "max_commitment", "busy_balance", "busy_balance_min_s", "busy_balance_quiet",
+                     "migrate_latency_s"):
+            v = getattr(self, name)
+            if not is_number(v) or not v >= 0:
+                raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
+        if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
+            raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
+                             f"{self.link_bandwidth!r}")
+
+    def migrate_s(self, context_tokens: int) -> float:
+        """Seconds to move a context's KV to another replica."""
+        return self.migrate_latency_s + context_tokens * self.bytes_per_token / self.link_bandwidth
+
+    def should_migrate(self, context_tokens: int) -> bool:
+        """Whether moving a context's KV beats recomputing it on the new replica."""
+        if context_tokens <= 0:
+            return False
+        return self.migrate_s(context_tokens) < self.cost.recompute_s(context_tokens, 0)
