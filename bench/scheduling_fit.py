@@ -22,18 +22,19 @@ from kvsaga.policy import DEFAULT_POLICY
 
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
-# This round: which paused sessions the shrink demotes, and the bound on how often a
-# waiting demoted session is overtaken (the other defaults as the previous round chose:
-# horizon_steps 1, paused_growth False, tool_growth True, overcommit 1; that round's grid
-# was horizon_steps {0.5, 1} x paused_growth x tool_growth and overcommit {1.1, 1.25}).
-FIT_GRID = [{"shrink_order": o, "max_overtake": k} for o in ("latest_back", "smallest")
-            for k in (4, 16)]
-# The rule before paused_growth and tool_growth were fitted, with demoted sessions queued
-# last-demoted-first without a bound (as before max_overtake); a candidate must not make a
-# non-thrash figure worse than it by more than the slack (`non_thrash_worse`), nor have a
-# lower smallest p95 gain unless that stays >= 1 (`P95_FLOOR`).
-PREVIOUS = {"overcommit": 1.0, "horizon_steps": 1.0, "paused_growth": True,
-            "tool_growth": False, "shrink_order": "latest_back", "max_overtake": 10**6}
+# This round (the third, issue 10 seventh session): the order of the sessions waiting for
+# admission, queue order ("fifo", the defaults so far) or least predicted remaining work
+# first with aging `aging_s` (kvsaga/scheduler/admission_order.py). The earlier rounds:
+# horizon_steps {0.5, 1} x paused_growth x tool_growth and overcommit {1.1, 1.25} (round 1:
+# horizon_steps 1, paused_growth False, tool_growth True, overcommit 1), then shrink_order
+# {latest_back, smallest} x max_overtake {4, 16} (round 2: latest_back, 16).
+FIT_GRID = [{"admission_order": "fifo"}] + [
+    {"admission_order": "predicted", "aging_s": a} for a in (20.0, 40.0, 80.0)]
+# The rule a candidate is checked against: today's defaults (each earlier round's pick). A
+# candidate must not make a non-thrash figure worse than it by more than the slack
+# (`non_thrash_worse`), nor have a lower smallest p95 gain unless that stays >= 1
+# (`P95_FLOOR`).
+PREVIOUS = {"admission_order": "fifo"}
 NON_THRASH_SLACK = 0.02  # one seed's noise at an unpressured point stays below it
 P95_FLOOR = 1.0  # the goal: p95 TCT no worse than fcfs+lru's
 TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's

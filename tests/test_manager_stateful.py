@@ -155,13 +155,15 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     scheduler = "fcfs"
     policy = "lru"
+    params: dict = {}  # the scheduler's own parameters
 
     def __init__(self):
         super().__init__()
         self.m = KVCacheManager(
             KVSpec(1, 1, 4, block_size=BS), 12, clock=lambda: 0.0, policy=build(self.policy)
         )
-        self.s = make_scheduler(self.scheduler, self.m, max_num_seqs=3, max_num_batched_tokens=6)
+        self.s = make_scheduler(self.scheduler, self.m, max_num_seqs=3, max_num_batched_tokens=6,
+                                **self.params)
         self.ex = ToyExecutor(self.m)
         self.now = 0.0
         self.paused: dict[str, ToyRequest] = {}  # sessions between steps: their last step
@@ -213,9 +215,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(-1 < d < max(len(deficits) - 1, 1) for d in deficits.values())
 
 
-def _scheduler_machine_for(scheduler: str, policy: str):
+def _scheduler_machine_for(scheduler: str, policy: str, params: dict | None = None):
     cls = type(f"SchedulerMachine_{scheduler}_{policy}", (SchedulerMachine,),
-               {"scheduler": scheduler, "policy": policy})
+               {"scheduler": scheduler, "policy": policy, "params": params or {}})
     cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
     return cls.TestCase
 
@@ -224,3 +226,8 @@ for _sched in SCHEDULERS:
     for _name in POLICIES:
         globals()[f"TestSchedulerStateful_{_sched}_{_name.replace('-', '_')}"] = (
             _scheduler_machine_for(_sched, _name))
+# workflow's predicted admission order (kvsaga/scheduler/admission_order.py), with an AEG
+# policy (its prior) and without one
+for _name in ("lru", "ttl"):
+    globals()[f"TestSchedulerStateful_workflow_predicted_{_name}"] = _scheduler_machine_for(
+        "workflow", _name, {"admission_order": "predicted", "aging_s": 2.0})

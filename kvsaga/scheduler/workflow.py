@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvsaga.manager import KVCacheManager, StepLookup
+from kvsaga.scheduler.admission_order import AdmissionOrder
 from kvsaga.scheduler.base import (
     Executor,
     Scheduler,
@@ -45,7 +46,7 @@ class _Admitted:
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
 
 
-class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
+class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -100,6 +101,13 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
             tasks/h and the non-thrash figures constrained on those seeds
             (docs/architecture.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
+        admission_order: the order of each tenant's sessions waiting for admission:
+            "fifo" (queue order, demoted sessions' steps ahead of new sessions: above) or
+            "predicted" (least predicted remaining work first, with aging:
+            `kvsaga.scheduler.admission_order`).
+        aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
+            before another goes ahead of it (a factor e of predicted work is worth aging_s
+            seconds of waiting).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
         share_step_tokens: Agent Fair Share of compute, opt-in (0, the default: off):
             while two or more tenants compete, each batch step computes at most this many
@@ -134,6 +142,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         max_overtake: int = 16,
         paused_growth: bool = False,
         tool_growth: bool = True,
+        admission_order: str = "fifo",
+        aging_s: float = 40.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
         **limits: Any,
@@ -164,6 +174,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
+        self._init_admission_order(admission_order, aging_s)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
@@ -229,6 +240,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
             self._insert_demoted(q, req)
         else:
             q.append(req)
+        self._order_changed()
         self._account(now)
 
     def _insert_demoted(self, q: deque[Any], req: Any) -> None:
@@ -308,6 +320,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
             return self._pick_resumed()
         if not self._pending:
             return None
+        self._sort_pending()
         return self._pending[self._fair.next_tenant(self._oldest)][0]
 
     def _backfill(self, head: Any) -> Sequence[Any]:
@@ -471,6 +484,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
         super().finish(req, now, ended=ended)
+        self._step_done(req, ended)
         sid = req.session_id
         if ended:
             self._times_demoted.pop(sid, None)
@@ -500,6 +514,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, Scheduler):
         super().forget_session(session_id, now)
         self._deferred.pop(session_id, None)
         self._times_demoted.pop(session_id, None)
+        self._session_left(session_id)
         if session_id in self.sessions:
             self._forget(session_id)
 

@@ -62,10 +62,11 @@ def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     return log
 
 
-def run_sim(sessions, synth, scheduler) -> list:
+def run_sim(sessions, synth, scheduler, params=None) -> list:
     preset = dataclasses.replace(PRESETS["a100-llama3-8b"], block_size=16)
     cfg = SimConfig(preset=preset, num_gpu_blocks=NUM_BLOCKS, max_num_batched_tokens=BUDGET,
-                    max_num_seqs=8, resume_hints=False, scheduler=scheduler, policy="lru")
+                    max_num_seqs=8, resume_hints=False, scheduler=scheduler, policy="lru",
+                    scheduler_params=params)
     sim = Simulator(sessions, cfg, synthesizer=synth)
     log = record(sim.scheduler)
     sim.run()
@@ -73,10 +74,11 @@ def run_sim(sessions, synth, scheduler) -> list:
     return log
 
 
-def run_engine(model_dir, sessions, synth, scheduler) -> list:
+def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
     engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
                        max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
+                       scheduler_params=params,
                        kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block)
     assert engine.manager.num_gpu_blocks == NUM_BLOCKS
     cls = {"fcfs": FCFSScheduler, "workflow": WorkflowScheduler}[scheduler]
@@ -109,13 +111,15 @@ def run_engine(model_dir, sessions, synth, scheduler) -> list:
     return log
 
 
-@pytest.mark.parametrize("scheduler", ["fcfs", "workflow"])
-def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler):
+@pytest.mark.parametrize("scheduler,params", [
+    ("fcfs", None), ("workflow", None),
+    ("workflow", {"admission_order": "predicted", "aging_s": 1.0})])
+def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
     model_dir = tiny_model_dir("llama_gqa4_untied")
-    sim_log = run_sim(sessions, synth, scheduler)
-    engine_log = run_engine(model_dir, sessions, synth, scheduler)
+    sim_log = run_sim(sessions, synth, scheduler, params)
+    engine_log = run_engine(model_dir, sessions, synth, scheduler, params)
     admitted = [sid for a, _ in sim_log for sid in a]
     assert len(admitted) >= 12  # every step admitted, retries included
     if scheduler == "fcfs":

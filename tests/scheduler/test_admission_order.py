@@ -1,0 +1,130 @@
+"""`workflow`'s admission order: "fifo" vs "predicted" (least predicted remaining work first,
+with aging), the session-length table it learns, its bound, and its bad parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kvsaga.scheduler.admission_order import (
+    MAX_COST,
+    SessionLengths,
+    order_key,
+    predicted_cost,
+)
+from tests.sched_helpers import ToyExecutor, ToyRequest, drive
+from tests.scheduler.helpers import manager, toks, wf
+
+
+def test_remaining_steps_are_the_mean_residual_of_longer_finished_sessions():
+    t = SessionLengths()
+    assert t.remaining("w", 0, 5.0) == 5.0  # the prior session alone
+    assert t.remaining("w", 7, 5.0) == 1.0  # past the prior: at least this next step
+    for n in (2, 4, 4, 10):
+        t.observe("w", n)
+    # done 3: the longer ones are 4, 4, 10 (1, 1, 7 left) and the prior's 5 (2 left)
+    assert t.remaining("w", 3, 5.0) == pytest.approx((1 + 1 + 7 + 2) / 4)
+    assert t.remaining("other", 3, 5.0) == 2.0  # tables are per workflow
+    with pytest.raises(ValueError, match="at least one step"):
+        t.observe("w", 0)
+    assert t.counts["w"] == {2: 1, 4: 2, 10: 1}  # the bad one changed nothing
+
+
+def test_predicted_cost_counts_the_context_and_half_the_growth_over_the_steps_left():
+    assert predicted_cost(3, 100, 10) == 3 * (100 + 15)
+    assert predicted_cost(1, -5, 0) == 0.0
+
+
+def test_the_aging_bound_orders_any_two_sessions_by_their_queueing_times():
+    """A session queued aging_s x ln(MAX_COST) seconds before another goes ahead of it,
+    however large its prediction and small the other's."""
+    gap = 10.0 * math.log(MAX_COST)
+    assert order_key(1e30, 0.0, 10.0) < order_key(0.0, gap + 1e-6, 10.0)
+    assert order_key(1e30, 0.0, 10.0) > order_key(0.0, gap - 1e-3, 10.0)
+
+
+def _queued(**kw):
+    """A workflow scheduler whose pool holds one admitted session (a, 44 tokens), with two new
+    sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1)."""
+    m = manager(16)
+    s = wf(m, backfill_window=0, **kw)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
+    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
+    s.add(big, 0.0)
+    s.add(small, 0.1)
+    assert not s.schedule(0.1, ex).admitted  # a's working set leaves no room for either
+    return s, big, small
+
+
+def test_fifo_keeps_queue_order():
+    s, big, small = _queued()
+    assert s.waiting == [big, small]
+
+
+def test_predicted_puts_the_least_remaining_work_first():
+    s, big, small = _queued(admission_order="predicted", aging_s=1.0)
+    assert s.remaining_cost(small) < s.remaining_cost(big)
+    assert s.waiting == [small, big]
+
+
+def test_predicted_ages_a_session_that_waited_longer():
+    """big waited 0.1 s longer: worth ln(cost ratio) x aging_s of it once aging_s is short."""
+    s, big, small = _queued(admission_order="predicted", aging_s=0.05)
+    assert math.log(s.remaining_cost(big) / s.remaining_cost(small)) < 0.1 / 0.05
+    assert s.waiting == [big, small]
+
+
+def test_the_scheduler_learns_session_lengths_from_finished_sessions():
+    s = wf(manager(64), admission_order="predicted")
+    a1 = ToyRequest("a", toks(0, 4), max_new=1, last=False)
+    a2 = ToyRequest("a", toks(0, 4) + [1, 5], max_new=1, resumed=True, arrival=3.0)
+    b = ToyRequest("b", toks(100, 4), max_new=1)
+    drive(s, [(0.0, a1), (0.0, b), (3.0, a2)])
+    assert s._lengths.counts == {"default": {1: 1, 2: 1}}
+    assert not s._steps_seen  # nothing kept of ended sessions
+
+
+def test_a_waiting_session_near_its_workflows_end_goes_first():
+    """Steps done lower the expected steps left: with every finished session 3 steps long, a
+    session that did 2 has 1 left and goes before a new one of the same context."""
+    s, big, small = _queued(admission_order="predicted")
+    for _ in range(5):
+        s._lengths.observe("default", 3)
+    fresh = ToyRequest("fresh", toks(300, 24), max_new=1, arrival=0.2)
+    s.manager.sessions["big"] = type("S", (), {"num_steps": 2})()  # big did 2 steps
+    try:
+        assert s.remaining_cost(big) < s.remaining_cost(fresh)
+    finally:
+        del s.manager.sessions["big"]
+
+
+@pytest.mark.parametrize("bad", ["shortest", None, 1])
+def test_admission_order_must_be_known(bad):
+    with pytest.raises(ValueError, match="admission_order must be one of fifo, predicted"):
+        wf(manager(16), admission_order=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, "10", True])
+def test_aging_s_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="aging_s must be a number > 0"):
+        wf(manager(16), admission_order="predicted", aging_s=bad)
+
+
+@pytest.mark.parametrize("policy", ["ttl", "graph"])
+def test_the_simulators_fast_path_equals_its_reference_with_the_predicted_order(policy):
+    """The order changes only at events, so refusals held across decode runs (the fast
+    path) take the reference's decisions."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from tests.sim.test_decode_runs import same, tiny_trace
+
+    config = SimConfig(num_gpu_blocks=380, scheduler="workflow", policy=policy,
+                       scheduler_params={"admission_order": "predicted", "aging_s": 5.0})
+    rows = []
+    for reference in (True, False):
+        sim = Simulator(tiny_trace(), config, reference=reference)
+        rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
+    assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
