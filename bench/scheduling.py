@@ -33,7 +33,7 @@ from pathlib import Path
 import scheduling_oracle
 
 from kvsaga.policy import DEFAULT_POLICY
-from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.scheduler import DEFAULT_SCHEDULER, WorkflowScheduler
 from kvsaga.sim.compare import add_tenant_slowdowns, peak_working_set
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -50,6 +50,9 @@ DEFAULT = f"{DEFAULT_SCHEDULER}+{DEFAULT_POLICY}"  # what the goals are about
 CONFIGS = (("fcfs", "lru"), ("fcfs", "graph"), ("workflow", "lru"), ("workflow", "graph"))
 if (DEFAULT_SCHEDULER, DEFAULT_POLICY) not in CONFIGS:
     CONFIGS += ((DEFAULT_SCHEDULER, DEFAULT_POLICY),)
+# The opt-in admission order (kvsaga/scheduler/admission_order.py; aging_s as fitted), run
+# beside the default at every grid point of the report and held-out seeds.
+PREDICTED = {"admission_order": "predicted"}
 # Held-out variants (never fitted on): slower / faster tools, longer sessions, bigger
 # prompts; run at load 1x, capacity 50%, fcfs+lru vs the default.
 PERTURBED = {"swe*": ("swe", {"latency": 3.0, "tokens": 1.2}),
@@ -120,6 +123,13 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   quote them: where the oracle reaches 2x and the default does not, memory does not rule
   2x out; the default lacks the sessions' lengths. docs/architecture.md ("Where bfcl 1x
   25%'s time goes") has the fit seeds' figures and the online orders tried.
+- Predicted order rows (`workflow+ttl (admission_order predicted)`, every grid point of
+  seeds 1, 7, 8; the held-out table's last column): the opt-in order of waiting sessions
+  by predicted remaining work with aging (kvsaga/scheduler/admission_order.py). `--fit`'s
+  third round chose it on seeds 101-106 (smallest gain 1.30x -> 1.42x, no non-thrash
+  figure worse there by over 2%), but on these seeds it is mixed and makes a non-thrash
+  figure worse (the "Opt-in predicted" goals line), so the default stays "fifo";
+  docs/architecture.md ("Admission by predicted remaining work") has the orders tried.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
   rate); there the admission gate costs workflow mean and p95 TCT for no gain.
 - AFS, noisy mix (declared in bench/scheduling_mix.py before any workflow run on it; seeds
@@ -305,7 +315,42 @@ def miss_line(rows: list[dict], gain: float, key: tuple) -> str:
               == (*key, f"{scheduling_oracle.NAME}+{DEFAULT_POLICY}")]
     if oracle:
         line += scheduling_oracle.oracle_line(f, w, oracle[0], free)
+    p = _predicted(rows, key)
+    if p is not None:
+        line += (f" The opt-in predicted admission order gives {p['tct_mean_s']:.1f} s "
+                 f"({f['tct_mean_s'] / p['tct_mean_s']:.2f}x fcfs+lru).")
     return line
+
+
+def _predicted(rows: list[dict], key: tuple) -> dict | None:
+    """The opt-in predicted admission order's row at `key` (None: not run)."""
+    label = _label({"scheduler": DEFAULT_SCHEDULER, "policy": DEFAULT_POLICY,
+                    "params": PREDICTED})
+    found = [r for r in rows if (r["family"], r["load"], r["frac"], _label(r)) == (*key, label)]
+    return found[0] if found else None
+
+
+def predicted_lines(rows: list[dict], families: list[str]) -> list[str]:
+    """The opt-in predicted admission order against fcfs+lru and the default: its gains
+    where the 2x goal applies, and every non-thrash figure it makes worse."""
+    gains, worse = [], []
+    for fam in families:
+        for load, frac in GRID:
+            f, w = _pick(rows, fam, load, frac, "fcfs+lru"), _pick(rows, fam, load, frac, DEFAULT)
+            p = _predicted(rows, (fam, load, frac))
+            if f["hit_rate"] < 0.8 and bound(f) >= 2:
+                gains.append(f"{fam} {load:g}x {frac:.0%} {f['tct_mean_s'] / p['tct_mean_s']:.2f}x"
+                             f" (default {f['tct_mean_s'] / w['tct_mean_s']:.2f}x)")
+            if f["hit_rate"] >= 0.8:
+                for m, sign in (("tct_mean_s", -1), ("tct_p95_s", -1), ("tasks_per_hour", 1),
+                                ("slo_attainment", 1)):
+                    if sign * (p[m] - w[m]) < 0:
+                        worse.append(f"{fam} {load:g}x {frac:.0%} {m} {w[m]:.2f} -> {p[m]:.2f}")
+    aging = WorkflowScheduler.__init__.__kwdefaults__["aging_s"]
+    return [f"- Opt-in predicted admission order (`admission_order=\"predicted\"`, aging_s "
+            f"{aging:g}; `--fit` round 3 picked it on seeds 101-106), mean TCT gain where the "
+            "2x goal applies: " + "; ".join(gains) + ". Non-thrash figures (fcfs+lru hit >= "
+            "0.8) it makes worse than the default: " + ("; ".join(worse) or "none") + "."]
 
 
 def waits(w: dict) -> str:
@@ -349,6 +394,8 @@ def verdict(rows: list[dict], families: list[str]) -> list[str]:
                  f"points): {'met' if ok else 'missed'}; worst {fmt(worst(gains))}, best "
                  f"{fmt(max(gains)) if gains else 'n/a'}.")
     lines += [miss_line(rows, g, key) for g, key in sorted(gains) if g < 2]
+    if _predicted(rows, pressured[0]) is not None:
+        lines += predicted_lines(rows, families)
     if beyond:
         lines.append("- Points where 2x is out of reach (fcfs+lru's mean TCT is under twice the "
                      "sessions' mean unloaded TCT): " + "; ".join(
@@ -456,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (REPORT_SEED, *scheduling_fit.HELD_OUT_SEEDS):
         tasks += scheduling_oracle.oracle_tasks(families, GRID, seed, DEFAULT_POLICY)
     tasks += scheduling_fit.held_out_tasks(families)
+    tasks += [(f, seed, load, frac, DEFAULT_SCHEDULER, DEFAULT_POLICY, PREDICTED)
+              for seed in (REPORT_SEED, *scheduling_fit.HELD_OUT_SEEDS) for f in families
+              for load, frac in GRID]
     tasks += [(f, REPORT_SEED, 1.0, 0.5, s, p, None) for f in PERTURBED
               for s, p in (("fcfs", "lru"), tuple(DEFAULT.split("+")))]
     if not args.no_mix:

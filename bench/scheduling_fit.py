@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import scheduling_oracle
-from scheduling import DEFAULT, DEFAULTS, FIT_SEEDS, GRID, _label, _pick, run
+from scheduling import DEFAULT, DEFAULTS, FIT_SEEDS, GRID, PREDICTED, _label, _pick, run
 
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -146,9 +146,11 @@ def held_out_table(rows: list[dict], families: list[str]) -> str:
     """The goals on the held-out seeds, at the points where fcfs+lru's hit rate < 0.8."""
     out = ["| seed | family | load | capacity | fcfs+lru hit | TCT mean gain | gain bound "
            "| p95 gain | tasks/h ratio | admission wait s (pool / contexts / growth) "
-           "| oracle order gain |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| oracle order gain | predicted order gain |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     oracle = f"{scheduling_oracle.NAME}+{DEFAULT_POLICY}"
+    predicted = _label({"scheduler": DEFAULT.split("+")[0], "policy": DEFAULT_POLICY,
+                        "params": PREDICTED})
     for seed in HELD_OUT_SEEDS:
         seeded = [r for r in rows if r["seed"] == seed]
         for fam in families:
@@ -165,12 +167,14 @@ def held_out_table(rows: list[dict], families: list[str]) -> str:
                            f"| {w['tasks_per_hour'] / f['tasks_per_hour']:.2f} "
                            f"| {w['admission_wait_s']:.1f} ({c['pool']:.1f} / "
                            f"{c['contexts']:.1f} / {c['growth']:.1f}) "
-                           f"| {_oracle_gain(seeded, f, oracle)} |")
+                           f"| {_oracle_gain(seeded, f, oracle)} "
+                           f"| {_oracle_gain(seeded, f, predicted)} |")
     return "\n".join(out)
 
 
 def _oracle_gain(rows: list[dict], f: dict, label: str) -> str:
-    """fcfs+lru's mean TCT over the oracle admission order's at `f`'s point (n/a: not run)."""
+    """fcfs+lru's mean TCT over the `label` row's (the oracle admission order's, or the
+    predicted one's) at `f`'s point (n/a: not run)."""
     o = [r for r in rows if (r["family"], r["load"], r["frac"]) == (f["family"], f["load"],
                                                                     f["frac"])
          and _label(r) == label]

@@ -19,7 +19,10 @@ Schedulers by name (`make_scheduler(name, manager, **params)`):
   (context + expected growth over their next steps) and its own fit the KV tiers; an
   admitted session keeps its place across tool calls, and its resumed steps go before any
   new session. A session paused far longer than predicted is demoted so others may enter.
-  New sessions are ordered across tenants by Agent Fair Share (below), FIFO within one.
+  New sessions are ordered across tenants by Agent Fair Share (below); within a tenant
+  (`admission_order`) in queue order ("fifo", the default), or, opt-in, the least
+  predicted remaining work first, aged by queueing time ("predicted":
+  `kvsaga.scheduler.admission_order`).
 
 Agent Fair Share (`kvsaga.scheduler.fair_share`): each backlogged tenant has a deficit
 against its weighted fair share of session admissions; the largest deficit goes first, and
@@ -34,9 +37,12 @@ prefill does not fill every step another tenant's requests run in. The working-s
 the vLLM session gate shares.
 
 Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow`, `fair_share`,
-`working_set`; everything public is importable from `kvsaga.scheduler`.
+`working_set`, `admission_order`; everything public is importable from `kvsaga.scheduler`.
 
-Bounded waiting (`workflow`): within a tenant sessions are admitted in order, except that
+Bounded waiting (`workflow`): with the "predicted" order (opt-in), each tenant's
+waiting sessions are sorted by ln(predicted remaining work) + arrival / `aging_s`, so a
+session queued `aging_s` x ln(`admission_order.MAX_COST`) seconds before another goes ahead
+of it; with "fifo", within a tenant sessions are admitted in order, except that
 while the head of the chosen tenant does not fit, a session among the next
 `backfill_window` behind it that fits may go first (backfilling: a short session is not held
 behind a long one), at most `max_backfill` times ahead of one head; the head waits only for

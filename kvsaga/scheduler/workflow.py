@@ -102,12 +102,15 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             (docs/architecture.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
         admission_order: the order of each tenant's sessions waiting for admission:
-            "fifo" (queue order, demoted sessions' steps ahead of new sessions: above) or
-            "predicted" (least predicted remaining work first, with aging:
-            `kvsaga.scheduler.admission_order`).
+            "fifo" (the default: queue order, demoted sessions' steps ahead of new
+            sessions, with `max_overtake`) or "predicted" (opt-in: least predicted
+            remaining work first, with aging; `kvsaga.scheduler.admission_order`). `--fit`'s
+            third round (seeds 101-106) picked "predicted", but on the report seed it made
+            a non-thrash figure worse (bench/RESULTS.md), so it stays opt-in.
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
-            seconds of waiting).
+            seconds of waiting). 80 is `--fit`'s third round's pick (seeds 101-106: fifo vs
+            predicted x aging_s {20, 40, 80}).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
         share_step_tokens: Agent Fair Share of compute, opt-in (0, the default: off):
             while two or more tenants compete, each batch step computes at most this many
@@ -143,7 +146,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         paused_growth: bool = False,
         tool_growth: bool = True,
         admission_order: str = "fifo",
-        aging_s: float = 40.0,
+        aging_s: float = 80.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
         **limits: Any,

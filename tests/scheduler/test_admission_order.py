@@ -61,7 +61,7 @@ def _queued(**kw):
 
 
 def test_fifo_keeps_queue_order():
-    s, big, small = _queued()
+    s, big, small = _queued(admission_order="fifo")
     assert s.waiting == [big, small]
 
 
@@ -100,6 +100,12 @@ def test_a_waiting_session_near_its_workflows_end_goes_first():
         assert s.remaining_cost(big) < s.remaining_cost(fresh)
     finally:
         del s.manager.sessions["big"]
+
+
+def test_fifo_is_the_default_and_aging_s_the_fitted_80():
+    from kvsaga.scheduler import make_scheduler
+    s = make_scheduler("workflow", manager(16))
+    assert (s.admission_order, s.aging_s) == ("fifo", 80.0)
 
 
 @pytest.mark.parametrize("bad", ["shortest", None, 1])
