@@ -27,6 +27,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from kvsaga.scheduler.base import check_float
+
 ADMISSION_ORDERS = ("fifo", "predicted")  # `WorkflowScheduler(admission_order=...)`
 MAX_REMAINING_STEPS = 1000  # an expected remaining count is capped at this
 MAX_COST = 1e12  # token-steps: a prediction is clipped to [1, MAX_COST] (the aging bound)
@@ -90,12 +92,11 @@ class AdmissionOrder:
         if order not in ADMISSION_ORDERS:
             raise ValueError(f"scheduler parameter admission_order must be one of "
                              f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
-        if not (isinstance(aging_s, int | float) and not isinstance(aging_s, bool)
-                and aging_s > 0 and not math.isnan(aging_s)):
-            raise ValueError(f"scheduler parameter aging_s must be a number > 0, got "
-                             f"{aging_s!r}")
+        aging_s = check_float("aging_s", aging_s, 0.0, strict=True)
+        if math.isinf(aging_s):  # no aging: a session could wait forever
+            raise ValueError("scheduler parameter aging_s must be finite, got inf")
         self.admission_order = order
-        self.aging_s = float(aging_s)
+        self.aging_s = aging_s
         self._lengths = SessionLengths()
         self._steps_seen: dict[str, int] = {}  # live sessions' steps, as of their last finish
         self._order_stale = False  # a queue or a table changed since the queues were sorted

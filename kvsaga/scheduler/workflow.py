@@ -109,7 +109,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             a non-thrash figure worse (bench/RESULTS.md), so it stays opt-in.
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
-            seconds of waiting). 80 is `--fit`'s third round's pick (seeds 101-106: fifo vs
+            seconds of waiting; finite). 80 is `--fit`'s third round's pick (seeds 101-106: fifo vs
             predicted x aging_s {20, 40, 80}).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
         share_step_tokens: Agent Fair Share of compute, opt-in (0, the default: off):

@@ -120,6 +120,12 @@ def test_aging_s_must_be_a_positive_number(bad):
         wf(manager(16), admission_order="predicted", aging_s=bad)
 
 
+def test_aging_s_must_be_finite():
+    """Without aging a session with a large prediction could wait forever."""
+    with pytest.raises(ValueError, match="aging_s must be finite"):
+        wf(manager(16), admission_order="predicted", aging_s=math.inf)
+
+
 @pytest.mark.parametrize("policy", ["ttl", "graph"])
 def test_the_simulators_fast_path_equals_its_reference_with_the_predicted_order(policy):
     """The order changes only at events, so refusals held across decode runs (the fast
