@@ -89,11 +89,12 @@ class GhostList {
                        nb::handle costs) {
     if (!PyList_Check(blocks.ptr()) || !PyList_Check(costs.ptr()))
       throw nb::type_error("enter_blocks: blocks and costs must be lists");
-    Py_ssize_t n = PyList_GET_SIZE(blocks.ptr()), ncost = PyList_GET_SIZE(costs.ptr());
     std::vector<Slot> named;
-    named.reserve(static_cast<size_t>(n));
+    named.reserve(static_cast<size_t>(PyList_GET_SIZE(blocks.ptr())));
     int64_t beyond = -1;
-    for (Py_ssize_t i = 0; i < n; ++i) {
+    // Sizes are read at each item: a table's __getitem__ may run Python code that
+    // shrinks `blocks` or `costs`.
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(blocks.ptr()); ++i) {
       PyObject* b = PyList_GET_ITEM(blocks.ptr(), i);
       nb::object h = item(hashes, b);
       if (h.is_none()) continue;
@@ -103,7 +104,7 @@ class GhostList {
       int64_t pos = PyLong_AsLongLong(p.ptr());
       if (pos == -1 && PyErr_Occurred()) throw nb::python_error();
       if (pos < 0) throw nb::value_error("enter_blocks: a negative position");
-      if (pos >= ncost) {
+      if (pos >= PyList_GET_SIZE(costs.ptr())) {
         beyond = std::max(beyond, pos);
         continue;
       }

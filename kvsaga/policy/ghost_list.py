@@ -70,14 +70,26 @@ class PyGhostList:
         """`enter` of blocks' names: `hashes[b]` with cost `costs[positions[b]]` for each
         block `b`, read off the caller's tables (a victim search's names). A position past
         `costs` returns -1 - that position, nothing entered (extend `costs`, call again)."""
-        hs = [hashes[b] for b in blocks]
-        at = [positions[b] for b in blocks]
-        past = max((p for h, p in zip(hs, at, strict=True) if h is not None and p >= len(costs)),
-                   default=-1)
-        if past >= 0:
-            return -1 - past
-        return self.enter(hs, [0.0 if h is None else costs[p]
-                               for h, p in zip(hs, at, strict=True)])
+        hs: list[bytes | None] = []
+        cs: list[float] = []
+        beyond = -1
+        for b in blocks:  # the C++ list's checks, in its order: hash, then position
+            h = hashes[b]
+            if h is None:  # a partial block: no name, its position is not read
+                continue
+            if not isinstance(h, bytes) or len(h) != 32:
+                raise TypeError("a ghost's hash must be 32 bytes")
+            p = positions[b]
+            if p < 0:
+                raise ValueError("enter_blocks: a negative position")
+            if p >= len(costs):
+                beyond = max(beyond, p)
+                continue
+            hs.append(h)
+            cs.append(costs[p])
+        if beyond >= 0:
+            return -1 - beyond
+        return self.enter(hs, cs)
 
 
 def make_ghost_list(cap: int, cpp: bool) -> PyGhostList:

@@ -17,8 +17,13 @@ the session, the request's context length, the scheduler's own growth and length
 Aging bounds the wait: the order key is ln(cost) + arrival / aging_s (cost clipped to
 [1, `MAX_COST`]), so a session that was queued `aging_s` x ln(`MAX_COST`) seconds before
 another goes ahead of it whatever their predictions, and every session eventually leads
-its tenant's queue. The key does not change with time, only with events (a step's end
-updates the tables), so a refusal's time bound (`refusal_until`) is unaffected.
+its tenant's queue. That bounds queue order, not the wait itself: backfill
+(`max_backfill`) still lets sessions that fit pass the head, and the sort replaces
+`max_overtake`'s placement of demoted sessions. The key does not change with time, only
+with events (a step's end updates the tables), so a refusal's time bound
+(`refusal_until`) is unaffected. Lengths are learned from the steps this scheduler saw:
+a session whose earlier steps ran on another replica (stolen, migrated) is learned as
+shorter than it was (known; the session export does not carry its step count yet).
 """
 
 from __future__ import annotations

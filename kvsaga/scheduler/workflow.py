@@ -413,7 +413,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         return mid < len(s.block_hashes) and self.manager.index.get(s.block_hashes[mid]) is not None
 
     def _oldest(self, tenant: str | None) -> float:
-        """Arrival of the tenant's oldest waiting session (AFS ties)."""
+        """Arrival of the tenant's head waiting session (AFS ties): its oldest under "fifo",
+        its least predicted work under "predicted"."""
         return self._pending[tenant][0].arrival
 
     # -- working sets ---------------------------------------------------------------------

@@ -106,3 +106,19 @@ def test_enter_blocks_reads_the_tables_as_enter_would(cpp):
     deepest = max(positions[b] for b in named)
     assert short.enter_blocks(named, hashes, positions, costs[:deepest]) == -1 - deepest
     assert len(short) == 0
+
+
+@pytest.mark.parametrize("cpp", [False, True])
+def test_enter_blocks_rejects_bad_tables_alike_and_enters_nothing(cpp):
+    # The Python list is the C++ list's reference, bad input included: a partial block's
+    # position is never read, a negative position and a hash of the wrong size raise (before
+    # a position past the costs is answered), and the list is left as it was.
+    if cpp:
+        _cpp()
+    g = make_ghost_list(8, cpp)
+    assert g.enter_blocks([0, 1], [h(1), None], {0: 0}, [1.0]) == 1  # no positions[1]
+    with pytest.raises(ValueError, match="negative position"):
+        g.enter_blocks([0], [h(2)], [-1], [1.0, 2.0])
+    with pytest.raises(TypeError, match="32 bytes"):
+        g.enter_blocks([0, 1], [h(3), b"x"], [5, 0], [1.0])
+    assert len(g) == 1 and h(1) in g and h(2) not in g and h(3) not in g

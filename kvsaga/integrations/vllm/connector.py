@@ -38,7 +38,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   ride along again).
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
-Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default `ttl`),
+Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
+`kvsaga.policy.DEFAULT_POLICY`),
 `policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 10; 0: a
