@@ -24,7 +24,9 @@ from kvsaga._validate import check_positive_int, is_number
 
 @runtime_checkable
 class CostModel(Protocol):
-    """What rebuilding and reloading KV cost, in seconds."""
+    """What rebuilding and reloading KV cost, in seconds: pure functions of their arguments
+    (ttl memoizes a group's price by its size and position until the policy is bound again,
+    so a model whose answers drift would be priced from stale memos)."""
 
     def recompute_s(self, num_tokens: int, context_tokens: int) -> float:
         """Prefill seconds to rebuild `num_tokens` tokens after `context_tokens` cached ones."""
