@@ -26,6 +26,8 @@ from kvsaga.policy import EvictionPolicy
 from kvsaga.scheduler import SchedulerOutput
 from kvsaga.sim.request import SimRequest
 
+ARRAY_STEPS = 8  # a run's step times come from one array call from this many steps on
+
 
 class DecodeRuns:
     """The decode-run steps of `Simulator` (a mixin: see the module docstring)."""
@@ -83,7 +85,7 @@ class DecodeRuns:
         last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
         ctx = sum(r.fed_position + 1 for r in running)
         limit = self._steps_before_horizon(n, ctx, last)
-        if self.manager.host is None and limit >= 8:
+        if self.manager.host is None and limit >= ARRAY_STEPS:
             j = self._decode_steps_at_once(running, start, due, last, ctx, limit)
         else:  # copies to wait for, or too few steps to pay for the arrays
             j = self._decode_steps(running, start, due, last, ctx, limit)
@@ -180,11 +182,7 @@ class DecodeRuns:
         n = len(running)
         horizon = self._horizon()
         manager = self.manager
-        if limit >= 8:  # enough steps to pay for the arrays
-            dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64))
-            dts = dts.tolist()
-        else:
-            dts = [self.cost._step_time(0, 0, 0, n, ctx + n * j) for j in range(limit)]
+        dts = self._step_times(n, ctx, limit)
         next_due = min(due)
         j = 0
         while not j or self.now < horizon:
@@ -211,6 +209,14 @@ class DecodeRuns:
         first = self.cost._step_time(0, 0, 0, n, ctx)
         return min(last, max(1, int(room / first) + 2))
 
+    def _step_times(self, n: int, ctx: int, limit: int) -> list[float]:
+        """GPU seconds of a run's first `limit` decode steps of `n` rows, `ctx` context
+        tokens in all at the first (n more at each): one array call from ARRAY_STEPS steps
+        on, equal to the per-step model to the bit."""
+        if limit < ARRAY_STEPS:
+            return [self.cost._step_time(0, 0, 0, n, ctx + n * j) for j in range(limit)]
+        return self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()
+
     def _decode_steps_at_once(self, running: list[SimRequest], start: list[int],
                               due: list[int], last: int, ctx: int, limit: int) -> int:
         """`_decode_steps` without copies: the clock of every step of the run from one
@@ -218,7 +224,7 @@ class DecodeRuns:
         calls and ticks at their times, then the usage integrals over the steps run, with
         the pool's counts of each step. Returns how many steps ran."""
         n = len(running)
-        dts = self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()
+        dts = self._step_times(n, ctx, limit)
         # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
         times = list(itertools.accumulate(dts, initial=self.now))
         # Step j > 0 runs only while times[j] is before the next event.
