@@ -39,20 +39,21 @@ the vLLM session gate shares.
 Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow`, `fair_share`,
 `working_set`, `admission_order`; everything public is importable from `kvsaga.scheduler`.
 
-Bounded waiting (`workflow`): with the "predicted" order (opt-in), each tenant's
-waiting sessions are sorted by ln(predicted remaining work) + arrival / `aging_s`, so a
-session queued `aging_s` x ln(`admission_order.MAX_COST`) seconds before another goes ahead
-of it; with "fifo", within a tenant sessions are admitted in order, except that
-while the head of the chosen tenant does not fit, a session among the next
-`backfill_window` behind it that fits may go first (backfilling: a short session is not held
-behind a long one), at most `max_backfill` times ahead of one head; the head waits only for
-admitted sessions to finish or be demoted (and is admitted whenever no session is admitted
-at all), and by the AFS bound each backlogged tenant is chosen at least once every k
-admissions; so a waiting session is admitted after finitely many admissions. A demoted
-session's next step queues ahead of its tenant's new sessions, most recently demoted first,
-but each waiting one is overtaken so at most `max_overtake` times. Resumed
-steps of admitted sessions go first, warm ones (context still resident) before cold ones,
-but the head of their queue is bypassed at most `max_bypass` times.
+Bounded waiting (`workflow`): the reserve (`max_wait_s`, `admission_order`'s docstring
+states the bound). Once the session waiting longest for admission has waited `max_wait_s`,
+no other session is admitted until it is (no backfill, no other tenant, no other order);
+the admitted sessions only leave then, and it is admitted once its working set fits beside
+them (at once with none admitted, or after `idle_admit_s` with all of them away). So it
+waits at most `max_wait_s`, plus the reserves of the sessions queued before it, plus the
+time the sessions admitted then take to end or be demoted. Order and shares alone do not
+bound the wait: the "predicted" order ages by ln(predicted remaining work) + arrival /
+`aging_s` (finite, but aging_s x ln(cost ratio) can be long), and while a tenant's head
+does not fit, backfill (at most `max_backfill` ahead of one head) and other tenants'
+sessions within their shares go first. A demoted session's next step queues ahead of its
+tenant's new sessions, most recently demoted first, but each waiting one is overtaken so
+at most `max_overtake` times. Resumed steps of admitted sessions go first, warm ones
+(context still resident) before cold ones, but the head of their queue is bypassed at most
+`max_bypass` times.
 """
 
 from __future__ import annotations

@@ -14,16 +14,28 @@ length), so a session near the typical end of its workflow goes before a new one
 signals that both the engine and the simulator have are read: the manager's step count of
 the session, the request's context length, the scheduler's own growth and length tables.
 
-Aging bounds the wait: the order key is ln(cost) + arrival / aging_s (cost clipped to
+Aging bounds the order: the key is ln(cost) + arrival / aging_s (cost clipped to
 [1, `MAX_COST`]), so a session that was queued `aging_s` x ln(`MAX_COST`) seconds before
-another goes ahead of it whatever their predictions, and every session eventually leads
-its tenant's queue. That bounds queue order, not the wait itself: backfill
-(`max_backfill`) still lets sessions that fit pass the head, and the sort replaces
-`max_overtake`'s placement of demoted sessions. The key does not change with time, only
-with events (a step's end updates the tables), so a refusal's time bound
-(`refusal_until`) is unaffected. Lengths are learned from the steps this scheduler saw:
-a session whose earlier steps ran on another replica (stolen, migrated) is learned as
-shorter than it was (known; the session export does not carry its step count yet).
+another goes ahead of it whatever their predictions. Order alone does not bound the wait
+(backfill lets sessions that fit pass the head): the reserve does, in either order.
+
+The reserve (`max_wait_s`): once the session queued earliest among those waiting for
+admission (a new session, or a demoted one's next step; any tenant) has waited
+`max_wait_s`, it is the only session that may be admitted until it is: no backfill, no
+other tenant's session, no other order; only the steps of sessions already admitted go on.
+The admitted sessions then only leave (each ends after finitely many steps, or is demoted
+at its pause deadline or by the shrink), and the reserved session is admitted as soon as
+its working set fits beside theirs, at once when none is admitted, or when the batch has
+idled `idle_admit_s` with all of them away on tools. So a session waits at most
+`max_wait_s`, plus the reserves of the sessions queued before it still waiting then (each
+bounded alike), plus the time until the sessions admitted then have left or fit it beside
+them. The reserve starts at a time known in advance (`reserve_at`), so a refusal's time
+bound (`refusal_until`) and the simulator's wake-up (`wake_time`) include it.
+
+The "predicted" key does not change with time, only with events (a step's end updates the
+tables). Lengths are learned from the steps the manager counted: a session imported from
+another replica (`kvsaga.migration`) brings its step count along, so it is not learned
+as shorter than it was.
 """
 
 from __future__ import annotations
@@ -93,7 +105,7 @@ class AdmissionOrder:
     session's steps so far, and when the waiting queues need sorting again. It reads the
     scheduler's `manager`, `_pending`, `_growth` and `_graph()`."""
 
-    def _init_admission_order(self, order: str, aging_s: float) -> None:
+    def _init_admission_order(self, order: str, aging_s: float, max_wait_s: float) -> None:
         if order not in ADMISSION_ORDERS:
             raise ValueError(f"scheduler parameter admission_order must be one of "
                              f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
@@ -105,6 +117,46 @@ class AdmissionOrder:
         self._lengths = SessionLengths()
         self._steps_seen: dict[str, int] = {}  # live sessions' steps, as of their last finish
         self._order_stale = False  # a queue or a table changed since the queues were sorted
+        max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
+        if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
+            raise ValueError("scheduler parameter max_wait_s must be finite, got inf")
+        self.max_wait_s = max_wait_s
+        self._first: Any = None  # the waiting session queued earliest (`_first_waiting`)
+        self._first_stale = False  # ... unknown: it was admitted or left
+        self._holding: Any = None  # the session the reserve holds for, at the last candidate
+
+    # -- the reserve (bounded waiting) ----------------------------------------------------
+    def _waiting_added(self, req: Any) -> None:
+        """`req` joined a queue of sessions waiting for admission."""
+        if not self._first_stale and (self._first is None or req.arrival < self._first.arrival):
+            self._first = req
+
+    def _waiting_removed(self, req: Any) -> None:
+        """`req` left the queues of sessions waiting for admission."""
+        if req is self._first:
+            self._first, self._first_stale = None, True
+
+    def _first_waiting(self) -> Any | None:
+        """The session waiting for admission queued earliest (ties: the first found)."""
+        if self._first_stale:
+            self._first_stale = False
+            self._first = min((r for q in self._pending.values() for r in q),
+                              key=lambda r: r.arrival, default=None)
+        return self._first
+
+    @property
+    def reserve_at(self) -> float:
+        """When the reserve starts for the session waiting longest (inf: none waits)."""
+        first = self._first_waiting()
+        return math.inf if first is None else first.arrival + self.max_wait_s
+
+    def _reserved(self, now: float) -> Any | None:
+        """The session the reserve holds admission for at `now`, if any (remembered for
+        `_backfill`, which runs right after `_candidate`)."""
+        first = self._first_waiting()
+        held = first if first is not None and now >= first.arrival + self.max_wait_s else None
+        self._holding = held
+        return held
 
     def _order_changed(self) -> None:
         self._order_stale = True

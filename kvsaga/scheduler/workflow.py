@@ -107,6 +107,9 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             remaining work first, with aging; `kvsaga.scheduler.admission_order`). `--fit`'s
             third round (seeds 101-106) picked "predicted", but on the report seed it made
             a non-thrash figure worse (bench/RESULTS.md), so it stays opt-in.
+        max_wait_s: bounded waiting: once the session waiting longest for admission has
+            waited this long, no other session is admitted before it (the reserve; the
+            bound it gives is stated in `kvsaga.scheduler.admission_order`). Finite.
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s third round's pick (seeds 101-106: fifo vs
@@ -147,6 +150,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         tool_growth: bool = True,
         admission_order: str = "fifo",
         aging_s: float = 80.0,
+        max_wait_s: float = 120.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
         **limits: Any,
@@ -177,7 +181,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
-        self._init_admission_order(admission_order, aging_s)
+        self._init_admission_order(admission_order, aging_s, max_wait_s)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
@@ -243,6 +247,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             self._insert_demoted(q, req)
         else:
             q.append(req)
+        self._waiting_added(req)
         self._order_changed()
         self._account(now)
 
@@ -276,6 +281,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         if q is None or req not in q:
             return False
         q.remove(req)
+        self._waiting_removed(req)
         if not q:
             del self._pending[req.tenant]
             self._backlog_changed()
@@ -295,12 +301,16 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         if not self._pending:
             return math.inf
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
-        return min(self._demote_at, idle)
+        # The reserve's start, unless it already holds (then waking for it would spin).
+        reserve = math.inf if self._holding is self._first_waiting() else self.reserve_at
+        return min(self._demote_at, idle, reserve)
 
     def refusal_until(self, now: float) -> float:
-        # Time enters admission through two rules only. Demotion: `_demote` acts once `now`
-        # reaches `_demote_at`, and a deadline already passed was either acted on (it moved
-        # on) or not reached (a repeat does not reach it either). Idle: `idle_admit_s`.
+        # Time enters admission through three rules only. The reserve starts at
+        # `reserve_at` (then the candidate is fixed until admitted). Demotion: `_demote`
+        # acts once `now` reaches `_demote_at`, and a deadline already passed was either
+        # acted on (it moved on) or not reached (a repeat does not reach it either). Idle:
+        # `idle_admit_s`.
         if not self._pending:
             return math.inf  # only resumed steps wait: no session-level gate, no timer
         if self._num_forgotten != self._forgotten_before:
@@ -310,7 +320,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             return now
         demote = self._demote_at if self._demote_at > now else math.inf
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
-        return min(demote, idle)
+        reserve = self.reserve_at
+        return min(demote, idle, reserve if reserve > now else math.inf)
 
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
@@ -319,16 +330,21 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
 
     # -- admission order ------------------------------------------------------------------
     def _candidate(self, now: float) -> Any | None:
+        held = self._reserved(now)
         if self._resumed:
             return self._pick_resumed()
-        if not self._pending:
-            return None
+        if held is not None or not self._pending:
+            return held
         self._sort_pending()
         return self._pending[self._fair.next_tenant(self._oldest)][0]
 
     def _backfill(self, head: Any) -> Sequence[Any]:
         """Sessions queued behind `head`, a session waiting for admission, in its tenant's
-        queue (at most `backfill_window`, and none once `max_backfill` went ahead of it)."""
+        queue (at most `backfill_window`, and none once `max_backfill` went ahead of it).
+        While the reserve holds (`_candidate` set `_holding`), only admitted sessions'
+        steps (compute shares') may go instead: no session is admitted before it."""
+        if self._holding is not None:
+            return [r for r in self._share_backfill(head) if r.session_id in self.sessions]
         q = self._pending.get(head.tenant)
         if not q or q[0] is not head:
             return self._share_backfill(head)

@@ -46,14 +46,17 @@ def test_workflow_refusal_holds_until_the_first_demotion_deadline():
 
 def test_refusal_without_a_timer_holds_forever():
     """Only the pool holds c back under fcfs; and under workflow once no demotion deadline
-    is ahead (idle admission off)."""
+    is ahead (idle admission off) and c's reserve (`max_wait_s`) already holds; before it
+    holds, until it starts."""
     m, s, ex, a = _fcfs_running_a()
     s.add(ToyRequest("c", toks(100, 12), max_new=1, arrival=0.5), 0.5)
     assert [r for r, _ in s.schedule(1.0, ex).scheduled] == [a]
     assert s.refusal_until(1.0) == math.inf
-    _, w, ex2, _ = _waiting_c(demote_factor=math.inf)
+    _, w, ex2, _ = _waiting_c(demote_factor=math.inf, max_wait_s=5.0)
     assert not w.schedule(1.0, ex2).admitted
-    assert w.refusal_until(1.0) == math.inf
+    assert w.refusal_until(1.0) == w.reserve_at == 6.0
+    assert not w.schedule(6.0, ex2).admitted
+    assert w.refusal_until(6.0) == math.inf
 
 
 def test_a_repeated_refusal_charges_what_one_at_its_end_does():
