@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.prefix import root_hash
 from kvsaga.session import SessionState
@@ -42,6 +43,9 @@ class SessionExport:
         block_size / block_shape / dtype: the KV layout; the receiver's must match.
         kv: the K/V, `[len(block_hashes), *block_shape]` on the host (None for a
             bookkeeping-only export).
+        num_steps: steps the session ran before the export; the imported session keeps
+            the count, so the receiver's scheduler predicts its remaining work from where
+            it is (`kvsaga.scheduler.admission_order`), not as a new session's.
     """
 
     session_id: str
@@ -53,6 +57,7 @@ class SessionExport:
     block_shape: tuple[int, ...]
     dtype: str
     kv: Any = field(default=None, repr=False)
+    num_steps: int = 0
 
     @property
     def num_blocks(self) -> int:
@@ -105,6 +110,7 @@ def plan_export(manager, session_id: str) -> ExportPlan:
         block_size=bs,
         block_shape=tuple(manager.spec.block_shape),
         dtype=manager.spec.dtype,
+        num_steps=s.num_steps,
     )
     return ExportPlan(export, sources)
 
@@ -121,6 +127,9 @@ def _check_compatible(manager, export: SessionExport, salt: str | None) -> None:
             f"{export.dtype}) differs from this manager's (block_size {spec.block_size}, "
             f"block {spec.block_shape}, {spec.dtype})"
         )
+    if not is_int(export.num_steps) or export.num_steps < 0:
+        raise InvalidRequest(f"session {export.session_id!r}: export's num_steps must be an "
+                             f"integer >= 0, got {export.num_steps!r}")
     if root_hash(salt) != export.root:
         raise InvalidRequest(f"session {export.session_id!r} was exported under another salt")
     if export.num_tokens != export.num_blocks * export.block_size:
@@ -175,6 +184,7 @@ def plan_import(
     first = start.num_cached_tokens // export.block_size
     blocks = manager.block_table(sid)[first:]
     manager.finish_step(sid, now=now)
+    s.num_steps = export.num_steps  # the import's own step is bookkeeping, not a step
     return first, blocks
 
 

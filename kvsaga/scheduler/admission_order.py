@@ -33,9 +33,11 @@ them. The reserve starts at a time known in advance (`reserve_at`), so a refusal
 bound (`refusal_until`) and the simulator's wake-up (`wake_time`) include it.
 
 The "predicted" key does not change with time, only with events (a step's end updates the
-tables). Lengths are learned from the steps the manager counted: a session imported from
-another replica (`kvsaga.migration`) brings its step count along, so it is not learned
-as shorter than it was.
+tables). Lengths are learned from the steps the manager counted (`Session.num_steps`): a
+session imported from another replica (`kvsaga.migration`) brings its step count along,
+so it is neither predicted nor learned as shorter than it was. Known gaps: a move that
+carries no KV (no full block cached, or no room on the receiver: the step is recomputed
+there) starts the count afresh, and the manager counts a preempted step's retry as a step.
 """
 
 from __future__ import annotations
@@ -178,6 +180,15 @@ class AdmissionOrder:
         prior = graph.mean_steps(req.workflow) if graph is not None else done + 1.0
         left = self._lengths.remaining(req.workflow, done, prior)
         return predicted_cost(left, req.num_tokens, self._growth.mean(req.workflow))
+
+    def _step_admitted(self, req: Any) -> None:
+        """At a session's first step here (just begun), count the steps it ran before: a
+        session whose earlier steps ran elsewhere (imported with its count,
+        `kvsaga.migration`) is learned at its full length, even if its only step here is
+        its last. Later counts come from `_step_done`."""
+        s = self.manager.sessions.get(req.session_id)
+        if s is not None:
+            self._steps_seen.setdefault(req.session_id, s.num_steps - 1)
 
     def _step_done(self, req: Any, ended: bool) -> None:
         """Count the finished step; at the session's end, learn its length."""

@@ -485,6 +485,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         if self._resumed and req is not self._head and self._head is self._resumed[0]:
             self._bypassed += 1  # a warm step went ahead of the head
         sid = req.session_id
+        self._step_admitted(req)
         info = self.sessions.get(sid)
         if info is None:  # a session admission: charge its tenant (AFS)
             self._fair.charge(req.tenant)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from kvsaga import InvalidRequest
 from kvsaga.scheduler.admission_order import (
     MAX_COST,
     SessionLengths,
@@ -140,3 +141,41 @@ def test_the_simulators_fast_path_equals_its_reference_with_the_predicted_order(
         sim = Simulator(tiny_trace(), config, reference=reference)
         rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
     assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
+
+
+def _migrated(num_steps_done: int):
+    """A session that ran `num_steps_done` steps on one manager, exported and imported into
+    another, whose predicted-order scheduler then runs its last step. Returns (scheduler,
+    the destination manager's session as imported)."""
+    from dataclasses import replace
+
+    from kvsaga.migration import plan_export, plan_import
+
+    src, dst = manager(16), manager(16)
+    tokens = toks(0, 8)
+    for _ in range(num_steps_done):
+        src.begin_step("m", tokens, now=0.0)
+        src.allocate_slots("m", len(tokens) - src.num_computed_tokens("m"), now=0.0)
+        src.finish_step("m", now=0.0)
+        tokens = tokens + toks(500 + len(tokens), 4)
+    export = plan_export(src, "m").export
+    assert export.num_steps == num_steps_done
+    with pytest.raises(InvalidRequest, match="num_steps"):
+        plan_import(dst, replace(export, num_steps=-1), now=0.0)
+    assert "m" not in dst.sessions  # the bad export changed nothing
+    plan_import(dst, export, now=0.0)
+    imported = dst.sessions["m"].num_steps
+    s = wf(dst, admission_order="predicted")
+    last = ToyRequest("m", tokens, max_new=1, resumed=True)
+    s.add(last, 0.0)
+    drive(s, [])
+    return s, imported
+
+
+def test_a_migrated_session_keeps_its_step_count_and_is_learned_at_its_full_length():
+    """The export carries the steps the session ran (`SessionExport.num_steps`): the
+    receiver predicts its remaining work from there and, when it ends, learns its whole
+    length, not the one step it saw."""
+    s, imported = _migrated(3)
+    assert imported == 3
+    assert s._lengths.counts == {"default": {4: 1}}
