@@ -22,14 +22,22 @@ from kvsaga.policy import DEFAULT_POLICY
 
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
-# This round (the third, issue 10 seventh session): the order of the sessions waiting for
-# admission, queue order ("fifo", the defaults so far) or least predicted remaining work
-# first with aging `aging_s` (kvsaga/scheduler/admission_order.py). The earlier rounds:
-# horizon_steps {0.5, 1} x paused_growth x tool_growth and overcommit {1.1, 1.25} (round 1:
-# horizon_steps 1, paused_growth False, tool_growth True, overcommit 1), then shrink_order
-# {latest_back, smallest} x max_overtake {4, 16} (round 2: latest_back, 16).
-FIT_GRID = [{"admission_order": "fifo"}] + [
-    {"admission_order": "predicted", "aging_s": a} for a in (20.0, 40.0, 80.0)]
+# This round (the fourth, issue 10 eighth session, with graph (residual_wait) the default
+# policy since b97ce7a; the earlier rounds ran with ttl): the order of the sessions waiting
+# for admission again (fifo, or predicted with aging_s {40, 80, 160}), the reserve that
+# bounds the wait (max_wait_s; 120 s, the default, never binds on the fit points: their
+# longest wait without it is 82 s), and round 2's runner-up (shrink_order "smallest") with
+# the predicted order. The earlier rounds: horizon_steps {0.5, 1} x paused_growth x
+# tool_growth and overcommit {1.1, 1.25} (round 1: horizon_steps 1, paused_growth False,
+# tool_growth True, overcommit 1), then shrink_order {latest_back, smallest} x max_overtake
+# {4, 16} (round 2: latest_back, 16), then fifo vs predicted x aging_s {20, 40, 80}
+# (round 3: predicted / 80, left opt-in after a look at the report seed).
+FIT_GRID = [{"admission_order": "fifo"},
+            {"admission_order": "fifo", "max_wait_s": 30.0},
+            {"admission_order": "fifo", "max_wait_s": 60.0}] + [
+    {"admission_order": "predicted", "aging_s": a} for a in (40.0, 80.0, 160.0)] + [
+    {"admission_order": "predicted", "aging_s": 80.0, "max_wait_s": 60.0},
+    {"admission_order": "predicted", "aging_s": 80.0, "shrink_order": "smallest"}]
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
 # candidate must not make a non-thrash figure worse than it by more than the slack
 # (`non_thrash_worse`), nor have a lower smallest p95 gain unless that stays >= 1
