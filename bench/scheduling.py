@@ -143,20 +143,20 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   gains from it as much as b, so the ratio (slowest over fastest) stays above 1.5; the
   goals lines give each tenant's floor. It is off by default: on a real engine, with a
   fixed cost per step, the cap makes a long prompt take many steps.
-- AFS, mix: where the mix is under no memory pressure in the shared run, the ratio is set by
-  each tenant's run alone on half the GPU, which is pressured: admission order cannot move
-  it, and neither can compute order when a tenant's shared-run TCT is already close to its
-  unloaded TCT (the goals line "at best" is the lowest ratio any order reaches without
-  slowing a tenant; only delaying the other tenant would go lower, which this scheduler
-  does not do: the goals line gives the TCT the less slowed tenant would need). AFS orders
-  admissions, and in the shared run nearly no session waits for one (the goals lines'
-  admission wait), so its deficits have nothing to reorder: the probe row, the default with
-  tenant a weighted 4x, differs from the default only through the compute share's weights
-  (weights from each
-  tenant's TCT alone, the goals lines' "alone" figures, would be nearer 1:1). Equal
-  admissions (AFS keeps them within one session of equal shares: the deviation bound,
-  tests/scheduler/test_fair_share.py) are not equal slowdowns when one tenant's sessions
-  are longer.
+- AFS, mix: each tenant's slowdown is against its run alone on half the GPU, which is
+  pressured, while in the shared run nearly no session waits for admission (the goals
+  lines' admission wait), so AFS's deficits have little to reorder (the probe row, tenant a
+  weighted 4x, equals the default's). The goals line gives two floors: the unloaded one
+  (strict: no order finishes a tenant's tasks sooner) and each tenant's TCT alone on the
+  whole GPU at the mix's capacity (`add_whole_gpu`: what it gets with the other tenant
+  absent, its own sessions still sharing batch steps), with the TCT the less slowed tenant
+  would need for 1.5, and says whether 1.5 takes slowing a tenant down. Agent Fair Share
+  is work-conserving: it acts only while a tenant is held back from its share, and does
+  not delay a tenant to equalise the gains from sharing (docs/architecture.md, "Agent Fair
+  Share", has the decision and the development seeds' floors: `python
+  bench/scheduling_mix.py --floors SEEDS`). Equal admissions (within one session of equal
+  shares: the deviation bound, tests/scheduler/test_fair_share.py) are not equal
+  slowdowns when one tenant's sessions are longer.
 - The default policy (kvsaga.policy.DEFAULT_POLICY) is chosen by `bench/policies.py
   --tune`, not here; workflow+graph's rows show the other agent-aware policy under the same
   scheduler."""
@@ -210,6 +210,7 @@ def _run(task: tuple) -> dict:
                                    else math.nan)
     if tenants > 1:
         add_tenant_slowdowns(row, sessions, cfg)
+        scheduling_mix.add_whole_gpu(row, sessions, cfg)
         waits = getattr(sim.scheduler, "tenant_admission_wait_s", {})
         for tenant, entry in row["tenants"].items():  # per session of the tenant
             entry["admission_wait_s"] = waits.get(tenant, 0.0) / entry["tasks"]

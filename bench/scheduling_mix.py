@@ -24,8 +24,8 @@ import dataclasses
 
 from scheduling import DEFAULT, PRESET, _label, trace
 
-from kvsaga.sim.metrics import unloaded_tct
-from kvsaga.sim.simulator import SimConfig
+from kvsaga.sim.metrics import tenant_key, unloaded_tct
+from kvsaga.sim.simulator import SimConfig, simulate
 
 MIX_SEED = 2
 MIX_LOAD = 2.0  # at 1x the mix stays under its capacity floor: no pressure at any capacity
@@ -82,29 +82,61 @@ def tenant_unloaded(name: str, seed: int) -> dict[str, float]:
     return out
 
 
-def slowdown_floors(r: dict, unloaded: dict[str, float]) -> tuple[dict[str, float], float]:
-    """Each tenant's slowdown floor on row `r` (its unloaded TCT over its TCT alone on half
-    the GPU: no order of admission or compute finishes its tasks sooner), and the lowest
-    afs_max_slowdown_ratio reachable without slowing a tenant down (the highest floor over
-    the smallest slowdown, which cannot rise)."""
+def add_whole_gpu(row: dict, sessions, config: SimConfig) -> None:
+    """Add each tenant's mean TCT alone on the whole GPU (`tct_whole_s`: its sessions only,
+    at the mix's KV capacity, under the same scheduler, policy and parameters) to
+    `row["tenants"]`: what the tenant gets when the other is absent. Its gap to the shared
+    run is what the other tenant costs it; its gap to the unloaded TCT is the tenant's own
+    sessions contending with each other, which no order between tenants removes."""
+    for tenant, entry in row["tenants"].items():
+        own = [s for s in sessions if tenant_key(s.tenant) == tenant]
+        entry["tct_whole_s"] = simulate(own, config).tct_mean_s
+
+
+def slowdown_floors(r: dict, unloaded: dict[str, float], *,
+                    whole: bool = False) -> tuple[dict[str, float], float]:
+    """Each tenant's slowdown floor on row `r` and the lowest afs_max_slowdown_ratio
+    reachable without slowing a tenant down (the highest floor over the smallest slowdown,
+    which cannot rise). The floor is the tenant's unloaded TCT over its TCT alone on half
+    the GPU (no order of admission or compute finishes its tasks sooner: a strict bound), or,
+    with `whole`, its TCT alone on the whole GPU over the same (`add_whole_gpu`: what the
+    scheduler gives the tenant with the other absent; not strict, but the unloaded floor
+    also assumes away the tenant's own sessions' contention)."""
     ten = r["tenants"]
-    floors = {t: unloaded[t] / v["tct_alone_s"] for t, v in ten.items()}
+    floors = {t: (v["tct_whole_s"] if whole else unloaded[t]) / v["tct_alone_s"]
+              for t, v in ten.items()}
     return floors, max(floors.values()) / min(v["slowdown"] for v in ten.values())
 
 
 def afs_floor(r: dict, unloaded: dict[str, float]) -> str:
-    """`slowdown_floors` of row `r`, in words, with what 1.5 would take."""
+    """`slowdown_floors` of row `r`, in words, with what 1.5 would take and, where the floors
+    rule 1.5 out, that it would take slowing the less slowed tenant down."""
     ten = r["tenants"]
     floors, low = slowdown_floors(r, unloaded)
     # <= 1.5 with the highest floor reached: the least slowed tenant must slow to floor / 1.5
     top = max(floors.values())
     fast = min(ten, key=lambda t: ten[t]["slowdown"])
     need = top / 1.5 * ten[fast]["tct_alone_s"]
-    return (f"at best {low:.2f} without slowing a tenant (slowdown floors, unloaded TCT / "
-            f"alone: " + ", ".join(f"{t} {unloaded[t]:.1f} s / {ten[t]['tct_alone_s']:.1f} s "
-                                   f"= {f:.2f}" for t, f in floors.items()) + "); 1.5 would "
-            f"need {fast}'s mean TCT >= {need:.1f} s (now {ten[fast]['tct_mean_s']:.1f} s) even "
-            f"with every other tenant at its floor")
+    out = (f"at best {low:.2f} without slowing a tenant (slowdown floors, unloaded TCT / "
+           f"alone: " + ", ".join(f"{t} {unloaded[t]:.1f} s / {ten[t]['tct_alone_s']:.1f} s "
+                                  f"= {f:.2f}" for t, f in floors.items()) + "); 1.5 would "
+           f"need {fast}'s mean TCT >= {need:.1f} s (now {ten[fast]['tct_mean_s']:.1f} s) even "
+           f"with every other tenant at its floor")
+    wlow = None  # rows saved before `add_whole_gpu` lack the whole-GPU figures
+    if all("tct_whole_s" in v for v in ten.values()):
+        wfloors, wlow = slowdown_floors(r, unloaded, whole=True)
+        wtop = max(wfloors.values())
+        out += ("; with each tenant at its TCT alone on the whole GPU (" + ", ".join(
+            f"{t} {v['tct_whole_s']:.1f} s" for t, v in ten.items()) + f"), at best "
+            f"{wlow:.2f}, and 1.5 would need {fast}'s mean TCT >= "
+            f"{wtop / 1.5 * ten[fast]['tct_alone_s']:.1f} s")
+    if low > 1.5:
+        verdict = "1.5 only by slowing a tenant (strict)"
+    elif wlow is not None and wlow > 1.5:
+        verdict = "1.5 only by slowing a tenant, unless one beats its TCT alone on the whole GPU"
+    else:
+        verdict = "1.5 within the floors"
+    return out + f": {verdict}"
 
 
 def _slowdowns(r: dict) -> str:
@@ -212,8 +244,41 @@ def fit_share(workers: int) -> int:
     return best
 
 
+def floors(seeds: list[int], workers: int, params: dict | None = None) -> None:
+    """Print, per seed and capacity of "mix" (development seeds only: never the report
+    seed), the default's ratio against the lowest reachable without slowing a tenant with
+    each floor (unloaded; alone on the whole GPU), and each tenant's TCT shared / alone on
+    the whole GPU / unloaded: how much of a tenant's slowdown the other tenant causes."""
+    from scheduling import run
+    sched, policy = DEFAULT.split("+")
+    tasks = [("mix", seed, MIX_LOAD, frac, sched, policy, params) for seed in seeds
+             for frac in MIX_FRACS["mix"]]
+    for r in run(tasks, workers):
+        unloaded = tenant_unloaded("mix", r["seed"])
+        low = slowdown_floors(r, unloaded)[1]
+        whole = slowdown_floors(r, unloaded, whole=True)[1]
+        print(f"mix seed {r['seed']} {r['frac']:.0%} {_label(r)}: ratio "
+              f"{r['afs_max_slowdown_ratio']:.2f}, at best {low:.2f} (unloaded floors), "
+              f"{whole:.2f} (whole-GPU floors); " + "; ".join(
+                  f"{t} {v['tct_mean_s']:.1f} / {v['tct_whole_s']:.1f} / {unloaded[t]:.1f} s"
+                  for t, v in r["tenants"].items()) + " (shared / whole GPU / unloaded)")
+
+
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)")
+    import json
+    ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)"
+                                 ", or with --floors print the mix's floors (see floors)")
     ap.add_argument("--workers", type=int, default=2)
-    fit_share(ap.parse_args().workers)
+    ap.add_argument("--floors", metavar="SEEDS", help="comma-separated development seeds of "
+                    "the mix (never its report seed, MIX_SEED)")
+    ap.add_argument("--params", type=json.loads, default=None,
+                    help="with --floors: the default scheduler's parameters, as JSON")
+    args = ap.parse_args()
+    if args.floors:
+        chosen = [int(x) for x in args.floors.split(",")]
+        if MIX_SEED in chosen:
+            ap.error(f"seed {MIX_SEED} is the mix's report seed: pick development seeds")
+        floors(chosen, args.workers, args.params)
+    else:
+        fit_share(args.workers)

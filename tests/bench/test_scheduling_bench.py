@@ -114,6 +114,37 @@ def test_slowdown_floors(mods):
     assert best == 0.6 / 0.4
 
 
+def test_mix_rows_carry_each_tenant_alone_on_the_whole_gpu(mods):
+    """A mix row carries each tenant's TCT alone on the whole GPU (no scheduler finishes a
+    tenant's tasks sooner than unloaded), and the goal line's verdict reads both floors:
+    1.5 out of reach by the unloaded floors (strict), by the whole-GPU ones, or neither."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_mix as mix
+    finally:
+        sys.path.remove(str(BENCH))
+    sched, _ = mods
+    row = sched._run(("mix", 101, mix.MIX_LOAD, 0.5, "workflow", "graph", None))
+    unloaded = mix.tenant_unloaded("mix", 101)
+    for t, v in row["tenants"].items():
+        assert v["tct_whole_s"] >= unloaded[t]
+    floors, best = mix.slowdown_floors(row, unloaded, whole=True)
+    assert floors == {t: v["tct_whole_s"] / v["tct_alone_s"] for t, v in row["tenants"].items()}
+    unl = {"a": 5.0, "b": 2.0}
+
+    def verdict(whole_a):
+        r = {"tenants": {"a": {"slowdown": 0.4, "tct_alone_s": 50.0, "tct_mean_s": 20.0,
+                               "tct_whole_s": whole_a},
+                         "b": {"slowdown": 0.2, "tct_alone_s": 50.0, "tct_mean_s": 10.0,
+                               "tct_whole_s": 9.0}}}
+        return mix.afs_floor(r, unl).rsplit(": ", 1)[1]
+
+    assert verdict(6.0) == "1.5 within the floors"  # floors 0.12 / 0.2 = 0.6 and 0.6
+    assert verdict(18.0).startswith("1.5 only by slowing a tenant, unless")  # 0.36 / 0.2
+    unl["a"] = 16.0  # unloaded floor 0.32: 1.6 > 1.5 whatever the whole-GPU runs say
+    assert verdict(18.0) == "1.5 only by slowing a tenant (strict)"
+
+
 def test_oracle_order_takes_the_fewest_remaining_steps_first(mods):
     """bench/scheduling_oracle.py: sessions waiting for admission go in order of their true
     remaining steps (ties in arrival order); its rows get their own label, and the miss
