@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "block_queue.h"
 #include "kvcore_common.h"
 #include "queue.h"
 
@@ -94,6 +95,8 @@ class Pool {
     one_uncached_ = one_u;
     many_cached_ = nb::bool_(many_c) ? many_c : nb::object();
     many_uncached_ = nb::bool_(many_u) ? many_u : nb::object();
+    queue_cached_ = queue_method(many_cached_, "push_many");
+    queue_uncached_ = queue_method(many_uncached_, "remove_many");
   }
 
   // -- transitions (the Python twin's API) ----------------------------------------------
@@ -236,9 +239,29 @@ class Pool {
     }
   }
 
-  // Tells the observer, in one call when it takes batches, else block by block.
+  // The C++ queue whose own `name` method (push_many or remove_many) `fn` is, bound, when
+  // its capacity is this pool's (LRU's order: the policy binds its hooks to them); else null.
+  PyQueue* queue_method(const nb::object& fn, const char* name) const {
+    if (!fn.is_valid()) return nullptr;
+    nb::object self = nb::getattr(fn, "__self__", nb::none());
+    PyQueue* q = nullptr;
+    if (!nb::try_cast<PyQueue*>(self, q, false) || !q) return nullptr;
+    if (!nb::getattr(fn, "__func__", nb::none()).is(nb::getattr(nb::type<PyQueue>(), name)))
+      return nullptr;
+    return q->raw().capacity() == n ? q : nullptr;
+  }
+
+  // Tells the observer, in one call when it takes batches, else block by block. A batch
+  // callback that is a C++ queue's own method gets the ids straight (the same checks and
+  // errors as through the call; `many_*_` keeps the queue alive, unless the collector
+  // cleared it to None).
   void notify(bool cached, const int32_t* ids, size_t k) {
     const nb::object& many = cached ? many_cached_ : many_uncached_;
+    PyQueue* q = cached ? queue_cached_ : queue_uncached_;
+    if (q && !many.is_none()) {
+      cached ? q->push_ids(ids, k) : q->remove_ids(ids, k);
+      return;
+    }
     if (many.is_valid()) {
       many(to_list(ids, k));
       return;
@@ -254,6 +277,8 @@ class Pool {
   std::vector<int32_t> buf_, buf2_;
   std::vector<double> cached_at_;  // when each CACHED block became so (`clock` then)
   nb::object observer_ = nb::none(), one_cached_, one_uncached_, many_cached_, many_uncached_;
+  PyQueue* queue_cached_ = nullptr;  // see queue_method
+  PyQueue* queue_uncached_ = nullptr;
 
  public:
   // The observer (a policy) holds the manager, which holds this pool: a cycle that Python's

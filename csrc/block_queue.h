@@ -33,8 +33,19 @@ class PyQueue {
 
   void push_many(nb::handle ids) {
     read_ids(ids, q_.capacity(), buf_);
-    check_batch(true);
-    for (int32_t b : buf_) q_.push(b);
+    push_ids(buf_.data(), buf_.size());
+  }
+
+  // push_many / remove_many of ids already read and in range (the pool's batches, when this
+  // queue's own methods are its observer's: no list made and read back).
+  void push_ids(const int32_t* ids, size_t k) {
+    check_batch(ids, k, true);
+    for (size_t i = 0; i < k; ++i) q_.push(ids[i]);
+  }
+
+  void remove_ids(const int32_t* ids, size_t k) {
+    check_batch(ids, k, false);
+    for (size_t i = 0; i < k; ++i) q_.remove(ids[i]);
   }
 
   void remove(int64_t b) {
@@ -45,8 +56,7 @@ class PyQueue {
 
   void remove_many(nb::handle ids) {
     read_ids(ids, q_.capacity(), buf_);
-    check_batch(false);
-    for (int32_t b : buf_) q_.remove(b);
+    remove_ids(buf_.data(), buf_.size());
   }
 
   int64_t peek() const { return q_.size() ? q_.first() : -1; }
@@ -96,23 +106,23 @@ class PyQueue {
     PyErr_Format(PyExc_ValueError, "block %d is not queued", b);
     throw_current();
   }
-  // Every id in buf_ once, and unlinked (push) or linked (remove): checked before any
-  // change, so a bad batch changes nothing.
-  void check_batch(bool push) {
+  // Every id once, and unlinked (push) or linked (remove): checked before any change, so a
+  // bad batch changes nothing.
+  void check_batch(const int32_t* ids, size_t k, bool push) {
     marks_.resize(q_.capacity(), 0);
     size_t i = 0;
     bool ok = true;
-    for (; i < buf_.size(); ++i) {
-      int32_t b = buf_[i];
+    for (; i < k; ++i) {
+      int32_t b = ids[i];
       if (marks_[b]++ || q_.contains(b) == push) {
         ok = false;
         break;
       }
     }
-    for (size_t j = 0; j < buf_.size() && j <= i; ++j) marks_[buf_[j]] = 0;
+    for (size_t j = 0; j < k && j <= i; ++j) marks_[ids[j]] = 0;
     if (ok) return;
-    if (q_.contains(buf_[i]) == push) push ? raise_linked(buf_[i]) : raise_unlinked(buf_[i]);
-    PyErr_Format(PyExc_ValueError, "block %d appears twice", buf_[i]);
+    if (q_.contains(ids[i]) == push) push ? raise_linked(ids[i]) : raise_unlinked(ids[i]);
+    PyErr_Format(PyExc_ValueError, "block %d appears twice", ids[i]);
     throw_current();
   }
 

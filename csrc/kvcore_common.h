@@ -31,6 +31,33 @@ inline nb::object steal_or_throw(PyObject* o) {
   return nb::steal(o);
 }
 
+// -- ints -------------------------------------------------------------------------------
+
+// The value of `o` when it is an exact int of one machine digit or none (every block id and
+// token id in practice), read inline; false otherwise, and the caller then uses the C API's
+// conversion (for its errors, big ints, subclasses and __index__). Saves the call and the
+// overflow checks of PyLong_AsLong on each of a context's blocks and tokens.
+inline bool small_long(PyObject* o, long& v) {
+  if (!PyLong_CheckExact(o)) return false;
+#if PY_VERSION_HEX >= 0x030C0000
+  PyLongObject* l = reinterpret_cast<PyLongObject*>(o);
+  if (!PyUnstable_Long_IsCompact(l)) return false;
+  v = static_cast<long>(PyUnstable_Long_CompactValue(l));
+  return true;
+#else
+  Py_ssize_t size = Py_SIZE(o);
+  if (size < -1 || size > 1) return false;
+  v = size ? static_cast<long>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]) * size : 0;
+  return true;
+#endif
+}
+
+// PyLong_AsLong, without a call for a small exact int.
+inline long as_long(PyObject* o) {
+  long v;
+  return small_long(o, v) ? v : PyLong_AsLong(o);
+}
+
 // -- id lists -----------------------------------------------------------------------------
 
 // Reads a sequence of block ids into `out`, each checked against [0, n).
@@ -40,7 +67,7 @@ inline void read_ids(nb::handle seq, int32_t n, std::vector<int32_t>& out) {
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   out.resize(k);
   for (Py_ssize_t i = 0; i < k; ++i) {
-    long v = PyLong_AsLong(items[i]);
+    long v = as_long(items[i]);
     if (v == -1 && PyErr_Occurred()) throw_current();
     if (v < 0 || v >= n) {
       PyErr_Format(PyExc_IndexError, "block id %ld out of range [0, %d)", v, n);

@@ -96,7 +96,7 @@ class ManagerCore {
     PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
     ids_.resize(k);
     for (Py_ssize_t i = 0; i < k; ++i) {
-      long b = PyLong_AsLong(items[i]);
+      long b = as_long(items[i]);
       if (b == -1 && PyErr_Occurred()) throw_current();
       if (b < 0 || b >= pool_->n || pool_->state.data[b] != kCached) return false;
       ids_[i] = static_cast<int32_t>(b);
@@ -204,6 +204,12 @@ class ManagerCore {
     Py_ssize_t m = PyList_GET_SIZE(c);
     PyObject** old = reinterpret_cast<PyListObject*>(c)->ob_item;
     Py_ssize_t keep = 0, n = std::min(k, m);
+    // A resumed prompt mostly holds its context's very objects: skip the identical run by
+    // chunks of pointers first, then go token by token from the first chunk that differs.
+    constexpr Py_ssize_t kChunk = 64;
+    while (keep + kChunk <= n &&
+           std::memcmp(items + keep, old + keep, kChunk * sizeof(PyObject*)) == 0)
+      keep += kChunk;
     for (; keep < n; ++keep) {
       PyObject* a = items[keep];
       PyObject* b = old[keep];
@@ -328,7 +334,7 @@ class ManagerCore {
       PyObject** row = reinterpret_cast<PyListObject*>(t)->ob_item;
       PyObject** registered = reinterpret_cast<PyListObject*>(pool_->block_hash.ptr())->ob_item;
       for (Py_ssize_t i = 0; i < n; ++i) {
-        long b = PyLong_AsLong(row[i]);
+        long b = as_long(row[i]);
         if (b == -1 && PyErr_Occurred()) throw_current();
         if (b < 0 || b >= pool_->n) break;
         PyObject* h = registered[b];
@@ -395,6 +401,8 @@ class ManagerCore {
   // An exact int in [0, 2^32).
   static bool plain_token_id(PyObject* o) {
     if (!PyLong_CheckExact(o)) return false;
+    long small;
+    if (small_long(o, small)) return small >= 0 && small <= 0xffffffffL;
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     return !overflow && v >= 0 && v <= 0xffffffffLL;
@@ -461,7 +469,7 @@ class ManagerCore {
     PyObject** row = reinterpret_cast<PyListObject*>(table)->ob_item;
     PyObject** slot = reinterpret_cast<PyListObject*>(out)->ob_item + at;
     for (Py_ssize_t i = start / bs_; i * bs_ < end; ++i) {  // per block: its id, read once
-      long long first = static_cast<long long>(PyLong_AsLong(row[i])) * bs_;
+      long long first = static_cast<long long>(as_long(row[i])) * bs_;
       for (Py_ssize_t pos = std::max(start, i * bs_); pos < std::min(end, (i + 1) * bs_); ++pos)
         *slot++ = steal_or_throw(PyLong_FromLongLong(first + pos % bs_)).release().ptr();
     }
@@ -479,7 +487,7 @@ class ManagerCore {
     for (Py_ssize_t i = first; i < std::min(last, first + kAhead); ++i) index_->prefetch(hs[i]);
     for (Py_ssize_t i = first; i < last; ++i) {
       if (i + kAhead < last) index_->prefetch(hs[i + kAhead]);
-      long b = PyLong_AsLong(row[i]);
+      long b = as_long(row[i]);
       if (b < 0 || b >= pool_->n) throw nb::index_error("block table holds an invalid id");
       if (PyList_GET_ITEM(block_hash, b) != Py_None) continue;
       PyObject* h = PyList_GET_ITEM(hashes.ptr(), i);

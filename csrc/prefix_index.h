@@ -28,7 +28,10 @@ inline void read_tokens(PyObject* seq, Py_ssize_t first, Py_ssize_t last, uint8_
     throw nb::value_error("token ids: the sequence is shorter than its length");
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   for (Py_ssize_t i = first; i < last; ++i) {
-    unsigned long long v = PyLong_AsUnsignedLongLong(items[i]);
+    long small;
+    unsigned long long v = small_long(items[i], small) && small >= 0
+                               ? static_cast<unsigned long long>(small)
+                               : PyLong_AsUnsignedLongLong(items[i]);
     if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw_current();
     if (v > 0xffffffffull) throw nb::value_error("token id out of range [0, 2^32)");
     uint32_t t = static_cast<uint32_t>(v);

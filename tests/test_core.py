@@ -109,3 +109,84 @@ def test_a_resumed_prompt_is_checked_as_on_the_python_core(tail):
             outcomes.append((type(e).__name__, str(e)))
         m.check_integrity()
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.skipif(not _core.cpp_available(), reason="the C++ core is not built")
+@pytest.mark.parametrize("change", ["same", "copies", "diverge", "float", "big", "shorter"])
+def test_a_long_resumed_prompt_is_checked_as_on_the_python_core(change):
+    """A context past the C++ core's chunked comparison (64 pointers at a time): the prompt
+    holding the context's very objects, equal copies of them (ints past 2^30 too), a
+    divergence, a float equal to an int or a shorter prompt inside the identical run give
+    the Python core's session."""
+    context = [7, 2**31 + 5, *range(1000, 1198)]  # 200 tokens: ints of one digit and more
+    prompt = list(context)
+    if change == "copies":
+        prompt = [int(str(t)) for t in context]  # equal ints, other objects
+    elif change == "diverge":
+        prompt[130] = 99
+    elif change == "float":
+        prompt[150] = float(prompt[150])
+    elif change == "big":
+        prompt[70] = 2**32  # out of range, where the identical run would have skipped
+    elif change == "shorter":
+        prompt = prompt[:100]
+    outcomes = []
+    for core in ("python", "cpp"):
+        m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 64, core=core)
+        m.begin_step("a", context)
+        m.allocate_slots("a", len(context))
+        m.finish_step("a")
+        try:
+            st = m.begin_step("a", prompt + [5])
+            outcomes.append(("ok", st.num_prompt_tokens, st.num_cached_tokens,
+                             m.sessions["a"].token_ids, m.sessions["a"].block_hashes))
+        except Exception as e:  # noqa: BLE001 - any error must match between cores
+            outcomes.append((type(e).__name__, str(e), m.sessions["a"].token_ids))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.skipif(not _core.cpp_available(), reason="the C++ core is not built")
+@pytest.mark.parametrize("clash", [None, "queued", "unqueued"])
+def test_a_pool_tells_a_cpp_queue_its_batches_as_through_a_call(clash):
+    """When an observer's batch hooks are a C++ BlockQueue's own push_many / remove_many
+    (LRU binds them so), the C++ pool links and unlinks the ids in that queue itself: the
+    queue's order, the pool and the errors are those of calling the hooks."""
+    core = _core.get_core("cpp")
+    results = []
+    for direct in (True, False):
+        pool, queue = core.BlockPool(8), core.BlockQueue(8)
+        pool.observer = _queue_observer(queue, direct)
+        ids = pool.allocate(5)
+        for b in ids:
+            pool.block_hash[b] = bytes([b]) * 32
+        got = []
+        try:
+            if clash == "queued":
+                queue.push(ids[2])  # the release's batch then names a queued block
+            pool.release_many(ids[::-1], -1)
+            got.append(list(queue))
+            if clash == "unqueued":
+                queue.remove(ids[1])  # the reclaim's batch then names an unqueued block
+            pool.acquire_many([ids[1], ids[3]])
+        except ValueError as e:
+            got.append(str(e))
+        results.append((got, list(queue), list(pool.state), list(pool.refcount)))
+    assert results[0] == results[1]
+
+
+def _queue_observer(queue, direct: bool):
+    """An observer keeping `queue`: its batch hooks the queue's own methods (`direct`) or
+    Python functions calling them."""
+
+    class Observer:
+        block_cached, block_uncached = queue.push, queue.remove
+        if direct:
+            blocks_cached, blocks_uncached = queue.push_many, queue.remove_many
+        else:
+            def blocks_cached(self, ids):
+                queue.push_many(ids)
+
+            def blocks_uncached(self, ids):
+                queue.remove_many(ids)
+
+    return Observer()
