@@ -130,13 +130,17 @@ def afs_floor(r: dict, unloaded: dict[str, float]) -> str:
             f"{t} {v['tct_whole_s']:.1f} s" for t, v in ten.items()) + f"), at best "
             f"{wlow:.2f}, and 1.5 would need {fast}'s mean TCT >= "
             f"{wtop / 1.5 * ten[fast]['tct_alone_s']:.1f} s")
+    return out + f": {_verdict(low, wlow)}"
+
+
+def _verdict(low: float, wlow: float | None) -> str:
+    """Whether 1.5 takes slowing a tenant down, from the lowest ratios reachable without it
+    by the unloaded floors (`low`, strict) and the whole-GPU ones (`wlow`; None: absent)."""
     if low > 1.5:
-        verdict = "1.5 only by slowing a tenant (strict)"
-    elif wlow is not None and wlow > 1.5:
-        verdict = "1.5 only by slowing a tenant, unless one beats its TCT alone on the whole GPU"
-    else:
-        verdict = "1.5 within the floors"
-    return out + f": {verdict}"
+        return "1.5 only by slowing a tenant (strict)"
+    if wlow is not None and wlow > 1.5:
+        return "1.5 only by slowing a tenant, unless one beats its TCT alone on the whole GPU"
+    return "1.5 within the floors"
 
 
 def _slowdowns(r: dict) -> str:
@@ -181,11 +185,19 @@ def _noisy_line(at: list[dict], frac: float, label: str) -> str:
         w = next(r for r in at if r["seed"] == seed and _label(r) == label)
         met = met and w["afs_max_slowdown_ratio"] <= 1.5 and (
             w["afs_max_slowdown_ratio"] < f["afs_max_slowdown_ratio"])
-        floors, low = slowdown_floors(w, tenant_unloaded("noisy", seed))
+        unloaded = tenant_unloaded("noisy", seed)
+        floors, low = slowdown_floors(w, unloaded)
+        wlow = (slowdown_floors(w, unloaded, whole=True)[1]
+                if all("tct_whole_s" in v for v in w["tenants"].values()) else None)
+        behind = [t for t, v in w["tenants"].items() if v["slowdown"] > 1]
         per.append(f"seed {seed}: fcfs+lru {f['afs_max_slowdown_ratio']:.2f} ({_slowdowns(f)})"
                    f", {label} {w['afs_max_slowdown_ratio']:.2f} ({_slowdowns(w)}; "
                    f"floors " + ", ".join(f"{t} {v:.2f}" for t, v in floors.items())
-                   + f"; at best {low:.2f} without slowing a tenant)")
+                   + f"; at best {low:.2f} without slowing a tenant"
+                   + ("" if wlow is None else f", {wlow:.2f} by the whole-GPU floors")
+                   + f": {_verdict(low, wlow)}"
+                   + (f"; slower than alone on half the GPU: {', '.join(behind)}" if behind
+                      else "") + ")")
     return (f"- Noisy neighbour at {frac:.0%}, {label} (goal <= 1.5 and below fcfs+lru's; a "
             f"tenant's floor: its unloaded TCT / its TCT alone on half the GPU): "
             f"{'met' if met else 'missed'}; " + "; ".join(per))
