@@ -43,6 +43,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
+# Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
+ALL_HITS_BLOCKS = 20_000
+ALL_HITS_ARM = "vllm+allhits"
+ALL_HITS_ORDERS = ("fcfs", "srpt")
+ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt"}
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
@@ -121,8 +126,31 @@ def reply_tokens(args, step: Any) -> int:
     return step.output_tokens if cap is None else max(1, min(step.output_tokens, cap))
 
 
-def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
-    """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain)."""
+def keep_every_hit(sched: Any, usable: int) -> None:
+    """Make a scheduler built over many blocks behave as one with `usable` blocks whose
+    prefix cache never loses a block: vLLM may reference (run) at most `usable` blocks at once,
+    but every block freed stays cached beside them for free. Its mean TCT is the task time with
+    every prefix hit kept at this budget, under vLLM's own scheduling: what any retention of
+    paused sessions' blocks (which must fit in the same `usable` blocks) can reach at most,
+    unless it also changes which requests run together."""
+    pool = sched.kv_cache_manager.block_pool
+    total_free = pool.get_num_free_blocks
+
+    def get_num_free_blocks() -> int:
+        free = total_free()
+        in_use = pool.num_gpu_blocks - 1 - free  # referenced blocks (the null block aside)
+        return min(free, usable - in_use)
+
+    pool.get_num_free_blocks = get_num_free_blocks
+
+
+def replay(args, model_dir: str, seed: int, policy: str | None,
+           all_hits: str | None = None) -> ArmResult:
+    """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain).
+    `all_hits` ("fcfs" or "srpt"): plain vLLM at the budget with a cache that never evicts
+    (`keep_every_hit`), in vLLM's arrival order or, "srpt", clairvoyant: each request's
+    priority is the decode steps its session has left (this step's included), so vLLM runs
+    (and preempts for) the session nearest its end first."""
     from vllm.v1.outputs import ModelRunnerOutput
 
     from tests.integrations.vllm.harness import TOKEN, make_request, make_scheduler
@@ -134,11 +162,16 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
     if policy:
         policy, settings = connector_arm(policy)
         extra.update(settings)
-    sched = make_scheduler(model_dir, kv_blocks(args, system, sessions), bool(policy),
+    blocks = kv_blocks(args, system, sessions)
+    sched = make_scheduler(model_dir, max(blocks, ALL_HITS_BLOCKS) if all_hits else blocks,
+                           bool(policy),
                            policy or "ttl", max_num_seqs=args.max_num_seqs,
                            block_size=args.block_size,
                            max_num_batched_tokens=args.max_num_batched_tokens,
+                           scheduling_policy="priority" if all_hits == "srpt" else "fcfs",
                            **(extra if policy else {}))
+    if all_hits:
+        keep_every_hit(sched, blocks - 1)
     now = 0.0
     if sched.connector is not None:
         sched.connector.clock = lambda: now
@@ -165,6 +198,8 @@ def replay(args, model_dir: str, seed: int, policy: str | None) -> ArmResult:
                 if st.expected_s is not None:
                     hint["expected_s"] = st.expected_s
             req = make_request(context[i], reply_tokens(args, st), hint, args.block_size)
+            if all_hits == "srpt":
+                req.priority = sum(reply_tokens(args, later) for later in sessions[i][k:])
             res.prompt_tokens += len(context[i])
             live[req.request_id] = (i, k)
             arrival[req.request_id] = t_due
@@ -261,7 +296,8 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """Per seed, what bounds any engine's gain over plain vLLM on this workload and clock:
     the ceiling (plain vLLM's mean TCT over the tool pauses a task spends, which no engine
     can shorten), the pressure (plain vLLM's prefill over an unbounded cache's, `vllm@N`,
-    when that arm ran) and when plain vLLM's last task ended (a live run's wall time)."""
+    when that arm ran), when plain vLLM's last task ended (a live run's wall time) and, when
+    `--all-hits` ran, the speed-ups with every hit kept at this budget (`keep_every_hit`)."""
     wide = rows.get(f"vllm@{args.unbounded_blocks}", {})
     out = []
     for seed, base in rows["vllm"].items():
@@ -275,6 +311,12 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
                      f"{base['prefill_tokens']:,} prefill tokens over vllm@"
                      f"{args.unbounded_blocks}'s {floor:,})")
         out.append(text + f"; plain vLLM's last task ends at {base['end_s']:.1f} s")
+        kept = [(name, rows[name][seed]) for name in (ALL_HITS_ARM, ALL_HITS_ARM + "+srpt")
+                if seed in rows.get(name, {})]
+        if kept:
+            out[-1] += "; every hit kept at this budget: " + ", ".join(
+                f"{base['task_time_mean_s'] / f['task_time_mean_s']:.2f}x ({name})"
+                for name, f in kept)
     return out
 
 
@@ -291,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--unbounded-blocks", type=int, default=0,
       help="also replay plain vLLM with this many usable KV blocks (an arm 'vllm@N': how "
            "much any retention could gain)")
+    a("--all-hits", action="store_true",
+      help=f"also replay plain vLLM at the same budget with a cache that never evicts: arm "
+           f"'{ALL_HITS_ARM}' (vLLM's order: the TCT with every prefix hit kept, what any "
+           "retention can reach without changing which requests run together) and "
+           f"'{ALL_HITS_ARM}+srpt' (a clairvoyant order, the session with the fewest decode "
+           "steps left first: what reordering could add on top)")
     a("--token-scale", type=float, default=0.02)
     a("--time-scale", type=float, default=20.0)
     a("--max-tool-s", type=float, default=10.0)
@@ -341,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         for policy in arms:
             name = "vllm" if policy is None else f"vllm+{policy}"
             rows.setdefault(name, {})[seed] = replay(args, model_dir, seed, policy).figures()
+        if args.all_hits:
+            for order in ALL_HITS_ORDERS:
+                rows.setdefault(ALL_HITS_ARM + ORDER_SUFFIX[order], {})[seed] = replay(
+                    args, model_dir, seed, None, all_hits=order).figures()
         if args.unbounded_blocks:
             wide = argparse.Namespace(**{**vars(args), "kv_blocks": args.unbounded_blocks})
             rows.setdefault(f"vllm@{args.unbounded_blocks}", {})[seed] = replay(

@@ -41,10 +41,12 @@ def make_scheduler(
     max_num_seqs: int = 8,
     block_size: int = BLOCK_SIZE,
     max_num_batched_tokens: int = 4096,
+    scheduling_policy: str = "fcfs",
     **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
-    caching on, with or without the kvsaga connector (`extra`: more connector settings)."""
+    caching on, with or without the kvsaga connector (`extra`: more connector settings);
+    `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first)."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
     kv_transfer = (
         KVTransferConfig(**json.loads(kv_transfer_config(policy, **extra))) if connector else None
@@ -57,6 +59,7 @@ def make_scheduler(
             max_model_len=2048,
             enable_chunked_prefill=True,
             is_encoder_decoder=False,
+            policy=scheduling_policy,
         ),
         cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=True),
         device_config=DeviceConfig("cpu"),

@@ -1,0 +1,72 @@
+"""bench/vllm_scheduler_replay.py's "every hit kept" arm (`keep_every_hit`) on vLLM's real
+scheduler: at most the budget's blocks are ever referenced, and nothing freed is lost."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, run, step  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "vllm_scheduler_replay.py"
+
+
+@pytest.fixture(scope="module")
+def replay_module():
+    spec = importlib.util.spec_from_file_location("vllm_scheduler_replay", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prompt(tag: int, blocks: int) -> list[int]:
+    return [20_000 + tag * 500 + i for i in range(blocks * BLOCK_SIZE)]
+
+
+def _referenced(s) -> int:
+    return sum(1 for b in s.kv_cache_manager.block_pool.blocks if b.ref_cnt > 0 and not b.is_null)
+
+
+def _second_step_hits(s) -> int:
+    """A request, then others that need most of 10 usable blocks, then the first one's
+    prompt extended: its prompt tokens hit."""
+    first = _prompt(1, 4)
+    run(s, [make_request(first, 2)])
+    for i in range(3):
+        run(s, [make_request(_prompt(10 + i, 8), 2)])
+    again = make_request(first + [TOKEN] * 2 + _prompt(2, 1), 2)
+    return run(s, [again])[again.request_id]
+
+
+def test_every_hit_kept_within_the_budget(hf_model_dir, replay_module):
+    usable = 10
+    plain = make_scheduler(hf_model_dir, usable + 1, connector=False)
+    assert _second_step_hits(plain) == 0  # vLLM's LRU reused the first request's blocks
+    kept = make_scheduler(hf_model_dir, 200, connector=False)
+    replay_module.keep_every_hit(kept, usable)
+    assert _second_step_hits(kept) == 4 * BLOCK_SIZE
+
+
+def test_every_hit_kept_references_at_most_the_budget(hf_model_dir, replay_module):
+    """Four requests that grow to 4 blocks each over 10 usable blocks: they cannot all run
+    at once, whatever the pool behind holds; vLLM queues (or preempts) them, they run
+    together as far as the budget allows, and every one finishes."""
+    usable = 10
+    s = make_scheduler(hf_model_dir, 200, connector=False)
+    replay_module.keep_every_hit(s, usable)
+    for i in range(4):
+        s.add_request(make_request(_prompt(30 + i, 3), 8))
+    peak = 0
+    for _ in range(200):
+        if not s.has_unfinished_requests():
+            break
+        step(s)
+        peak = max(peak, _referenced(s))
+    assert not s.has_unfinished_requests()
+    assert 4 < peak <= usable  # more than one request ran, never past the budget
