@@ -101,7 +101,8 @@ def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand(
                                 {"capacity": True}, {"idle_admit_s": False},
                                 {"growth_alpha": 0}, {"growth_alpha": 1.5},
                                 {"shrink_horizon_steps": -0.5}, {"room_admit": 1},
-                                {"room_steps": -1}])
+                                {"room_steps": -1}, {"room_fit_steps": -1},
+                                {"room_fit_steps": "3"}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
@@ -124,9 +125,10 @@ def test_growth_is_the_schedulers_estimate():
 def test_a_session_vllm_has_room_for_goes_ahead_whatever_the_prediction():
     """The prediction defers c (18 + 5 > 20 blocks), but vLLM has c's blocks free beside
     one step's growth (1 block) of each admitted session: c goes ahead, and the wait and
-    the reason are counted. With less spare room, or room_admit off, c waits."""
+    the reason are counted. With less spare room, or room_admit off, c waits. (The check
+    that c also fits beside the admitted contexts, room_fit_steps, is off here: below.)"""
     def two_admitted(**kw) -> SessionGate:
-        g = _gate(**{"room_steps": 1.0, **kw})
+        g = _gate(**{"room_steps": 1.0, "room_fit_steps": None, **kw})
         for sid, t in (("a", 0.0), ("b", 0.1)):
             assert g.admit(sid, "w", 8 * BS, 0, now=t)
             g.started(f"{sid}0")
@@ -150,6 +152,29 @@ def test_a_session_vllm_has_room_for_goes_ahead_whatever_the_prediction():
     g2 = _gate()
     assert g2.admit("a", "w", 4 * BS, 0, now=0.0, spare_blocks=-5)
     assert g2.admitted_by == {} and g2.wait_s == 0.0
+
+
+def test_room_admits_only_a_session_that_fits_beside_the_admitted_contexts():
+    """vLLM has room for c now, but a and b (8 blocks each, admitted) will need theirs back:
+    room admits c only while c with room_fit_steps steps of growth fits beside their
+    contexts as they stand (the shrink's rule), so c is not demoted at its first finish and
+    then recomputed. Without the check, room admits it whatever its size."""
+    def two_admitted(**kw) -> SessionGate:
+        g = _gate(**{"room_steps": 1.0, "room_fit_steps": 1.0, **kw})
+        for sid, t in (("a", 0.0), ("b", 0.1)):
+            assert g.admit(sid, "w", 8 * BS, 0, now=t)
+            _run_step(g, f"{sid}0", sid, 8 * BS, now=t + 0.05)  # paused, 8 blocks each
+        return g
+
+    g = two_admitted()
+    assert not g.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=10)  # 8 + 8 + 4 + 1 > 20
+    assert g.num_deferred_with_room == 1 and "c" not in g.sessions
+    assert g.admit("c", "w", 3 * BS, 0, now=0.3, spare_blocks=10)  # 8 + 8 + 3 + 1 = 20
+    assert g.admitted_by == {"room": 1}
+    assert _run_step(g, "c0", "c", 4 * BS, now=0.4) == []  # its first finish demotes nothing
+    off = two_admitted(room_fit_steps=None)
+    assert off.admit("c", "w", 4 * BS, 0, now=0.2, spare_blocks=10)
+    assert _run_step(off, "c0", "c", 5 * BS, now=0.4) == ["c"]  # and demoted at once
 
 
 def test_a_waiting_session_admitted_by_idleness_or_max_wait_says_so():

@@ -31,6 +31,16 @@ go on.
   fit seeds 0-1 (docs/integrations.md, "Where the gate's time went") the gate deferred
   first steps for seconds while vLLM had their blocks free, and that wait, not recompute,
   was the connector's extra task time.
+- Room admits a session only while it fits, with `room_fit_steps` (default 3) steps of
+  growth, beside the admitted sessions' contexts as they stand: what the shrink below checks
+  at every finish. vLLM's free blocks are often an admitted session's released context (its
+  step is due back); a session let in on them outgrew the blocks at its first finish and the
+  shrink demoted it, whose next step recomputed its context, again and again late in a run
+  (the compute-bound replay above, fit seeds 0 and 1: 4 demotions on seed 1). With the check,
+  on that replay's fit seeds 0-4, mean TCT over plain vLLM's 1.41, 1.25, 1.33, 1.02, 1.40x ->
+  1.44, 1.40, 1.39, 1.28, 1.33x (1 and 2 steps: 1.26 and 1.28x geometric mean against
+  1.37x for 3 and 1.35x for 3.5); the tool-bound replay (x2 pauses, 0.15 s + 5 ms) is
+  unchanged on seeds 0-4.
 - When one does not fit, admitted sessions paused far longer than expected
   (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
   does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
@@ -87,6 +97,8 @@ class SessionGate:
             sessions outgrew the blocks (demotion).
         room_admit: admit a session whose step vLLM has room for now (see `admit`).
         room_steps: steps of the admitted sessions' growth that room must cover.
+        room_fit_steps: steps of growth a session admitted by room must fit with beside
+            the admitted sessions' contexts as they stand (None: no such check).
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class SessionGate:
         shrink_horizon_steps: float = 0.0,
         room_admit: bool = True,
         room_steps: float = 2.0,
+        room_fit_steps: float | None = 3.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -117,6 +130,10 @@ class SessionGate:
                         ("room_steps", room_steps)):
             if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
+        if room_fit_steps is not None and not (is_number(room_fit_steps)
+                                               and room_fit_steps >= 0):
+            raise ValueError(f"gate parameter room_fit_steps must be a number >= 0 or null, "
+                             f"got {room_fit_steps!r}")
         if not isinstance(room_admit, bool):
             raise ValueError(f"gate parameter room_admit must be true or false, got "
                              f"{room_admit!r}")
@@ -134,6 +151,7 @@ class SessionGate:
         self.shrink_horizon_steps = float(shrink_horizon_steps)
         self.room_admit = room_admit
         self.room_steps = float(room_steps)
+        self.room_fit_steps = None if room_fit_steps is None else float(room_fit_steps)
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GrowthTable(prior_growth_tokens, growth_alpha)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
@@ -186,7 +204,8 @@ class SessionGate:
         if not self._fits(new, now):
             since = self._waiting_since.setdefault(sid, now)
             idle = self._idle_since is not None and now - self._idle_since >= self.idle_admit_s
-            room = spare_blocks is not None and spare_blocks >= self.next_step_blocks()
+            room = (spare_blocks is not None and spare_blocks >= self.next_step_blocks()
+                    and self._room_fits(new))
             if self.room_admit and room:
                 reason = "room"
             elif idle:
@@ -237,10 +256,21 @@ class SessionGate:
         return not self.sessions or self._fits_with(new)
 
     def _fits_with(self, new: _Admitted) -> bool:
+        return self._total_with(new, self.horizon_steps, self.horizon_steps) <= self.capacity
+
+    def _room_fits(self, new: _Admitted) -> bool:
+        """Whether `new`, with `room_fit_steps` steps of growth, fits beside the admitted
+        sessions' contexts as they stand (`shrink_horizon_steps`): what the shrink checks at
+        every finish, so a session admitted by room is not demoted at its first one."""
+        return self.room_fit_steps is None or self._total_with(
+            new, self.room_fit_steps, self.shrink_horizon_steps) <= self.capacity
+
+    def _total_with(self, new: _Admitted, new_horizon: float, horizon: float) -> int:
+        """Blocks of the admitted working sets (`horizon` steps of growth each) and `new`'s
+        (`new_horizon`), the shared prefix once."""
         shared = max([new.shared, *(s.shared for s in self.sessions.values())])
-        total = math.ceil(shared / self.block_size) + self._blocks(new) + sum(
-            self._blocks(s) for s in self.sessions.values())
-        return total <= self.capacity
+        return math.ceil(shared / self.block_size) + self._blocks(new, new_horizon) + sum(
+            self._blocks(s, horizon) for s in self.sessions.values())
 
     def _demote(self, sid: str) -> None:
         del self.sessions[sid]
