@@ -8,13 +8,21 @@
 // cache miss once the heap outgrows the cache). Sessions are Python objects (str ids) mapped
 // to slots by a dict; a slot is reused once its session is dropped, which is safe because
 // versions are unique: an old entry's version never matches the slot's new one.
+//
+// Time-driven re-keys without Python: a push may carry the session's *timed* record (its
+// key is a function of a class of sessions and of the grid point of its elapsed pause,
+// kvsaga/policy/search.py `grid_index`) and the key of its class at its current grid
+// point. `due` then re-keys a session whose deadline passed from that table when its
+// class has a key for its new grid point, and hands Python only the others.
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <unordered_map>
 #include <vector>
 
 #include "ghost_list.h"
@@ -51,6 +59,20 @@ inline bool timer_after(const Timer& a, const Timer& b) {
   return a.ver > b.ver;
 }
 
+// A session's timed record (push's `timed`): its key at elapsed grid point k is
+// table[(cls, k)] = (k0, v, mode): (k0, v * mult) (mode 0) or (k0, (t0 + grid(k)) + v)
+// (mode 1), while now - t0 < limit; its deadline min(t0 + grid(k + 1), extra).
+struct Timed {
+  int64_t cls = -1;  // -1: none (Python re-keys it)
+  double t0, limit, extra, mult;
+  double value;  // the table's value it was last keyed from (`base`)
+  int64_t tie, size;
+};
+struct TableKey {
+  double k0, v;
+  int64_t mode;
+};
+
 [[noreturn]] void throw_current() { throw nb::python_error(); }
 
 double read_number(PyObject* o) {
@@ -64,20 +86,62 @@ class SessionHeap {
   size_t size() const { return heap_.size(); }
 
   void push(nb::handle sid, nb::handle key, int64_t tie, int64_t size, double until,
-            double now) {
+            double now, nb::handle timed) {
     if (!PyTuple_Check(key.ptr()) || PyTuple_GET_SIZE(key.ptr()) != 2)
       throw nb::type_error("key must be a tuple of two numbers");
-    Entry e{read_number(PyTuple_GET_ITEM(key.ptr(), 0)),
-            read_number(PyTuple_GET_ITEM(key.ptr(), 1)), tie, ++versions_, size, 0};
-    e.slot = slot_for(sid);
-    version_[e.slot] = e.ver;
-    heap_.push_back(e);
-    std::push_heap(heap_.begin(), heap_.end(), after);
-    if (until < std::numeric_limits<double>::infinity()) {
-      double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
-      timers_.push_back({when, e.ver, e.slot});
-      std::push_heap(timers_.begin(), timers_.end(), timer_after);
+    Timed t;
+    TableKey tk{};
+    int64_t k = 0;
+    if (!timed.is_none()) {
+      PyObject* o = timed.ptr();
+      if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 9)
+        throw nb::type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
+      t.cls = read_int(PyTuple_GET_ITEM(o, 0));
+      k = read_int(PyTuple_GET_ITEM(o, 1));
+      tk = {read_number(PyTuple_GET_ITEM(o, 2)), read_number(PyTuple_GET_ITEM(o, 3)),
+            read_int(PyTuple_GET_ITEM(o, 4))};
+      t.t0 = read_number(PyTuple_GET_ITEM(o, 5));
+      t.limit = read_number(PyTuple_GET_ITEM(o, 6));
+      t.extra = read_number(PyTuple_GET_ITEM(o, 7));
+      t.mult = read_number(PyTuple_GET_ITEM(o, 8));
+      t.value = tk.v;
+      if (t.cls < 0 || (tk.mode != 0 && tk.mode != 1))
+        throw nb::value_error("timed: cls must be >= 0 and mode 0 or 1");
     }
+    double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
+    double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
+    int32_t slot = slot_for(sid);
+    t.tie = tie;
+    t.size = size;
+    timed_[slot] = t;
+    if (t.cls >= 0) table_[table_key(t.cls, k)] = tk;
+    enter(k0, k1, slot, until, now);
+  }
+
+  // The value the session's key was last computed from by its timed record (before its
+  // multiplier or pause start): the policy's per-session base behind that key.
+  double base(nb::handle sid) const {
+    PyObject* found = PyDict_GetItemWithError(slot_of_.ptr(), sid.ptr());
+    if (!found) {
+      if (PyErr_Occurred()) throw_current();
+      throw nb::key_error("no such session");
+    }
+    const Timed& t = timed_[PyLong_AsLong(found)];
+    if (t.cls < 0) throw nb::key_error("the session has no timed record");
+    return t.value;
+  }
+
+  // Forget the table of keys (what they were computed from changed); timed records stay,
+  // and a session whose class has no key left goes back to Python when due.
+  void forget_keys() { table_.clear(); }
+
+  // The elapsed-time grid of kvsaga/policy/search.py (its first point, log of its ratio,
+  // its points), read exactly as `grid_index` reads it.
+  void set_grid(double grid_s, double log_ratio, const std::vector<double>& points) {
+    if (points.size() < 2) throw nb::value_error("the grid needs two points at least");
+    grid_s_ = grid_s;
+    log_ratio_ = log_ratio;
+    points_ = points;
   }
 
   void drop(nb::handle sid) {
@@ -99,7 +163,8 @@ class SessionHeap {
       std::pop_heap(timers_.begin(), timers_.end(), timer_after);
       Timer t = timers_.back();
       timers_.pop_back();
-      if (version_[t.slot] == t.ver) out.append(sids_[t.slot]);
+      if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now))
+        out.append(sids_[t.slot]);
     }
     return out;
   }
@@ -143,6 +208,7 @@ class SessionHeap {
     timers_.clear();
     slot_of_.clear();
     version_.clear();
+    timed_.clear();
     sids_.clear();
     free_.clear();
   }
@@ -171,12 +237,73 @@ class SessionHeap {
       slot = static_cast<int32_t>(version_.size());
       version_.push_back(0);
       sids_.emplace_back();
+      timed_.emplace_back();
     }
     nb::object boxed = nb::steal(PyLong_FromLong(slot));
     if (!boxed.is_valid() || PyDict_SetItem(slot_of_.ptr(), sid.ptr(), boxed.ptr()) != 0)
       throw_current();
     sids_[slot] = nb::borrow(sid);
     return slot;
+  }
+
+  static int64_t read_int(PyObject* o) {
+    long long x = PyLong_AsLongLong(o);
+    if (x == -1 && PyErr_Occurred()) throw_current();
+    return x;
+  }
+
+  static uint64_t table_key(int64_t cls, int64_t k) {
+    return (static_cast<uint64_t>(cls) << 16) ^ static_cast<uint64_t>(k + 1);
+  }
+
+  // A new live entry of `slot`, and its timer when `until` is finite.
+  void enter(double k0, double k1, int32_t slot, double until, double now) {
+    const Timed& t = timed_[slot];
+    Entry e{k0, k1, t.tie, ++versions_, t.size, slot};
+    version_[slot] = e.ver;
+    heap_.push_back(e);
+    std::push_heap(heap_.begin(), heap_.end(), after);
+    if (until < std::numeric_limits<double>::infinity()) {
+      double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
+      timers_.push_back({when, e.ver, slot});
+      std::push_heap(timers_.begin(), timers_.end(), timer_after);
+    }
+  }
+
+  // search.py's grid_index: (k, grid(k), grid(k + 1)) of an elapsed time e >= 0, k = -1
+  // below the first point; false near the end of the points held (Python extends them).
+  bool grid_index(double e, int64_t& k, double& lo, double& hi) const {
+    if (e < grid_s_) {
+      k = -1, lo = 0.0, hi = grid_s_;
+      return true;
+    }
+    int64_t n = static_cast<int64_t>(points_.size());
+    k = static_cast<int64_t>(std::floor(std::log(e / grid_s_) / log_ratio_ + 1e-12));
+    if (k < 0 || k >= n - 1) return false;
+    if (points_[k] > e) --k;  // rounding in log(): step back
+    if (k < 0 || k + 2 >= n) return false;
+    lo = points_[k], hi = points_[k + 1];
+    return true;
+  }
+
+  // Re-key a due session from the table; false (nothing done) when it has no timed
+  // record, its pause reached its limit, or its class has no key at its grid point.
+  bool rekey_from_table(int32_t slot, double now) {
+    const Timed& t = timed_[slot];
+    if (t.cls < 0 || points_.empty()) return false;
+    double d = now - t.t0;
+    if (!(d < t.limit)) return false;
+    int64_t k;
+    double lo, hi;
+    if (!grid_index(d < 0.0 ? 0.0 : d, k, lo, hi)) return false;
+    auto it = table_.find(table_key(t.cls, k));
+    if (it == table_.end()) return false;
+    const TableKey& tk = it->second;
+    timed_[slot].value = tk.v;
+    double k1 = tk.mode == 0 ? tk.v * t.mult : (t.t0 + lo) + tk.v;
+    double until = t.t0 + hi;
+    enter(tk.k0, k1, slot, t.extra < until ? t.extra : until, now);
+    return true;
   }
 
   // Drops stale entries off the top; whether a live one is left.
@@ -202,6 +329,10 @@ class SessionHeap {
   std::vector<int64_t> version_;   // per slot; 0: no live entry
   std::vector<nb::object> sids_;   // per slot
   std::vector<int32_t> free_;      // dropped slots, for reuse
+  std::vector<Timed> timed_;       // per slot
+  std::unordered_map<uint64_t, TableKey> table_;  // (class, grid point) -> key
+  double grid_s_ = 0.0, log_ratio_ = 1.0;
+  std::vector<double> points_;     // empty: no grid set, no re-key from the table
   int64_t versions_ = 0;
 };
 
@@ -213,7 +344,11 @@ NB_MODULE(_evict, m) {
   nb::class_<SessionHeap>(m, "SessionHeap")
       .def(nb::init<>())
       .def("__len__", &SessionHeap::size)
-      .def("push", &SessionHeap::push, "sid"_a, "key"_a, "tie"_a, "size"_a, "until"_a, "now"_a)
+      .def("push", &SessionHeap::push, "sid"_a, "key"_a, "tie"_a, "size"_a, "until"_a, "now"_a,
+           "timed"_a.none() = nb::none())
+      .def("forget_keys", &SessionHeap::forget_keys)
+      .def("base", &SessionHeap::base, "sid"_a)
+      .def("set_grid", &SessionHeap::set_grid, "grid_s"_a, "log_ratio"_a, "points"_a)
       .def("drop", &SessionHeap::drop, "sid"_a)
       .def("due", &SessionHeap::due, "now"_a)
       .def("top", &SessionHeap::top)

@@ -137,6 +137,9 @@ class ExecutionGraph:
         # every session of a tool (of one size, for resume_window).
         self._predicted: dict[tuple[str, str, float], Prediction] = {}
         self._windows: dict[tuple[str, str, float, float], tuple[float, float]] = {}
+        # Counts the changes of what predictions and step counts read (policies forget
+        # keys they computed from an older version).
+        self.version = 0
 
     def _fit(self) -> LogNormalFit:
         # Every fit shrinks towards the same prior (one pseudo-observation).
@@ -207,6 +210,7 @@ class ExecutionGraph:
         t = self._tracks.pop(session_id, None)
         if t is None:
             return
+        self.version += 1  # mean_steps changes
         g = self.workflow(t.workflow)
         if t.running:
             t.steps += 1
@@ -219,6 +223,7 @@ class ExecutionGraph:
     # -- predictions --------------------------------------------------------------------------
     def _forget(self) -> None:
         """What the remembered answers read changed: forget them."""
+        self.version += 1
         self._predicted.clear()
         self._windows.clear()
 

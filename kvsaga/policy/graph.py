@@ -80,6 +80,7 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Pred
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
+from kvsaga.policy.search import grid_index
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 # A demoted session (Scheduler -> session_deferred) waits for the admitted sessions to
@@ -197,6 +198,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._deferred: dict[str, float] = {}
         self._deferred_since: dict[str, float] = {}
         self.deferred_wait = WaitSamples()
+        self._learned_waits = 0  # changes of the corrections and admission waits
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -217,6 +219,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if pending is not None:
             self._calibrate(*pending, now)
         ready = self._ready.pop(session.session_id, None)
+        if pending is not None or ready is not None:
+            self._learned_waits += 1  # corrections or admission waits: keys change
         if ready is not None:
             w = self.admission_wait[ready[1]]
             w[1] += 1
@@ -424,6 +428,36 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             wait, until_d = self._deferred_time(sid, wait, now, not self.indexed)
             until = min(until, until_d)
         return p.p_resume / wait, until
+
+    def _timed_base(self, sid: str, group: list[int], now: float):
+        """`_session_base` and, for a paused session that is not queued, demoted or on its
+        last step, its timed record (search.py `_rekey`): its rate is then a function of
+        its class (workflow, tool, warm, the hinted pause while it lasts) and of the grid
+        point of its pause (`_predict_session`), shared through `_memo`, and its key that
+        rate times its tail's rebuild cost."""
+        v = self.views.get(sid)
+        if (v is None or v.needed_now or v.hint.last_step or sid in self._deferred
+                or sid in self._ready):
+            return (*self._session_base(sid, group, now), None)
+        t0 = v.paused_at
+        d = now - t0
+        k, _, hi = grid_index(0.0 if d < 0.0 else d)
+        x = v.hint.expected_s
+        hinted = x is not None and d < x  # else the graph's prediction (the hint is late)
+        sig = (v.workflow, v.tool, self.is_warm(sid), x if hinted else None)
+        base = self._memo.get((sig, k))
+        if base is None:
+            base = self._memo[sig, k] = self._session_base(sid, group, now)[0]
+        until = t0 + hi  # (`_predict_session`'s deadline)
+        if hinted:
+            t = t0 + x
+            until = t if t < until else until
+            return base, until, (sig, k, 1, base, 0, t0, x, t, self.block_cost(self._pos[group[0]]))
+        return base, until, (sig, k, 1, base, 0, t0, math.inf, math.inf,
+                             self.block_cost(self._pos[group[0]]))
+
+    def _keys_token(self) -> tuple[int, int]:
+        return self.graph.version, self._learned_waits
 
     def deferred_time(self, session_id: str, predicted_s: float, now: float) -> float:
         """Expected seconds until a demoted session's blocks are read, given the graph's

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable
-from itertools import groupby
+from itertools import count, groupby
 from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +123,13 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._global: Hashable = None
         self._learned = 0  # learning events so far
         self._learned_at_rebuild = -1
+        # Timed records (search.py `_rekey`): class ids by signature, never reused, the
+        # policy's own memo of what keys by (signature, grid point) share, and the
+        # statistics both were computed from.
+        self._classes: dict[Hashable, int] = {}
+        self._class_ids = count()
+        self._memo: dict[tuple[Hashable, int], Any] = {}
+        self._token: Hashable = None
 
     def bind(self, view: BlockView) -> None:
         super().bind(view)
@@ -130,6 +137,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self.block_size = view.block_size
         # The C++ index where the manager runs the C++ core (and it was built).
         self._index = make_session_heap(getattr(getattr(view, "core", None), "name", "") == "cpp")
+        self._classes.clear()  # (keys priced at another block size)
+        self._memo.clear()
         # Share of GPU blocks referenced by running steps (`CacheStats.usage`): the view's
         # own method, with no call of ours around it (a search reads it).
         self.usage = view.usage

@@ -39,7 +39,7 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
-from kvsaga.policy.search import GRID_S, elapsed_grid, sticky_level
+from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
 
@@ -218,23 +218,47 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
     def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[tuple[int, float], float]:
+        return self._timed_base(sid, group, now)[:2]
+
+    def _timed_base(self, sid: str, group: list[int], now: float):
+        """`_session_base` and, for a paused entry, its timed record (search.py `_rekey`):
+        its score is then a function of its class (workflow, tool, hint, size; the
+        normalizers are in `_keys_token`) and of the grid point of its idle time, shared
+        through `_memo`; whether it expired reads the exact time (its TTL is the limit of
+        an entry's record; an expired entry stays expired)."""
         used, max_idle, max_size = self._norm
         v = self.views.get(sid)
         if v is None or v.needed_now:
-            exact, idle, until = 0.0, 0.0, math.inf
+            exact, k, idle, until, sig = 0.0, -1, 0.0, math.inf, None
         else:
             exact = now - v.paused_at
             exact = 0.0 if exact < 0.0 else exact  # max(exact, 0.0) without a call
-            idle, until = elapsed_grid(exact)
+            k, idle, until = grid_index(exact)
             until += v.paused_at
-        recency, size = idle / max_idle, len(group) / max_size  # each clipped to 1 (min)
-        expired, score = self._score(sid, exact, 1.0 if recency > 1.0 else recency,
-                                     1.0 if size > 1.0 else size, used, keying=True)
-        if v is not None and not v.needed_now and not expired:
-            ttl = self._search_ttl(v.tool, used, v.hint.expected_s)
-            t = math.nextafter(v.paused_at + ttl, math.inf)
-            until = t if t < until else until  # min(until, t)
-        return (1 if expired else 2, -score), until
+            sig = (v.workflow, v.tool, v.hint.expected_s, v.hint.last_step, len(group))
+        score = self._memo.get((sig, k)) if sig is not None else None
+        if score is None:
+            recency, size = idle / max_idle, len(group) / max_size  # each clipped to 1
+            expired, score = self._score(sid, exact, 1.0 if recency > 1.0 else recency,
+                                         1.0 if size > 1.0 else size, used, keying=True)
+            if sig is not None:
+                self._memo[sig, k] = score
+        if sig is None:
+            return (1 if expired else 2, -score), until, None
+        ttl = self._search_ttl(v.tool, used, v.hint.expected_s)
+        if exact > ttl:  # (`_score`'s test) expired: for good, keyed by its score alone
+            return (1, -score), until, ((*sig, True), k, 1, -score, 0, v.paused_at, math.inf,
+                                        math.inf, 1.0)
+        t = math.nextafter(v.paused_at + ttl, math.inf)
+        until = t if t < until else until  # min(until, t)
+        if not ttl >= 0.0:  # (a negative hint: the limit below would not say "not expired")
+            return (2, -score), until, None
+        # Not expired while the idle time (clamped at 0) is <= ttl: below nextafter(ttl).
+        return (2, -score), until, ((*sig, False), k, 2, -score, 0, v.paused_at,
+                                    math.nextafter(ttl, math.inf), t, 1.0)
+
+    def _keys_token(self) -> tuple[int, tuple[float, float, float], int]:
+        return self.graph.version, self._norm, self.all_latency.n
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         return 3, self._cached_at[block_id]

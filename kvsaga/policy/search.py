@@ -27,6 +27,18 @@ Two ways to run that merge, with the same result for the same keys:
   recomputed from the current statistics when a session is re-keyed, and all of them once
   `relearn_share` x sessions learning events (steps begun, sessions ended) have passed
   since the last full rebuild.
+
+Class keys. Most re-keys are a paused session crossing a grid point, and a paused
+session's key is a function of a few things it shares with a *class* of sessions (its
+workflow, tool, size, hint...) and of its grid point. A policy's `_timed_base` gives, with
+the key, the session's class signature and its *timed record*; the index remembers the
+class's key at that grid point and re-keys the session itself when its deadline passes and
+its class has a key at its new grid point (no Python call per session: in C++ on the C++
+core), and the policy's `_memo` shares the expensive part among a class's sessions when
+Python keys (a relearning's full re-key). Both hold keys computed from the statistics the
+policy's `_keys_token` names, and are forgotten when it changes, so a session's key is the
+one Python would compute at that moment: the victims do not change
+(tests/policy/test_timed_rekey.py).
 """
 
 from __future__ import annotations
@@ -54,13 +66,13 @@ def _grid_point(k: int) -> float:
 _GRID_POINTS = tuple(map(_grid_point, range(256)))
 
 
-def elapsed_grid(e: float) -> tuple[float, float]:
-    """(e rounded down to the grid, the next grid point): 0, 1 ms, then x 2^(1/4) steps.
-
-    Keys that depend on time read it through this grid, so they change at grid points only.
-    """
+def grid_index(e: float) -> tuple[int, float, float]:
+    """(k, e rounded down to the grid, the next grid point) for e >= 0: the grid is 0, 1 ms,
+    then x 2^(1/4) steps, and k numbers its points (-1: 0; 0: 1 ms). The victim index
+    (session_heap.py, in C++ too) reads it this way, operation for operation, to re-key a
+    session from its class's keys by grid point."""
     if e < GRID_S:
-        return 0.0, GRID_S
+        return -1, 0.0, GRID_S
     k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
     points = _GRID_POINTS if k < len(_GRID_POINTS) - 1 else tuple(map(_grid_point,
                                                                        range(k + 2)))
@@ -68,7 +80,16 @@ def elapsed_grid(e: float) -> tuple[float, float]:
     if lo > e:  # rounding in log(): step back
         k -= 1
         lo = points[k]
-    return lo, points[k + 1]
+    return k, lo, points[k + 1]
+
+
+def elapsed_grid(e: float) -> tuple[float, float]:
+    """(e rounded down to the grid, the next grid point) (`grid_index`).
+
+    Keys that depend on time read it through this grid, so they change at grid points only.
+    """
+    _, lo, hi = grid_index(e)
+    return lo, hi
 
 
 def sticky_level(x: float, level: int, ratio: float) -> int:
@@ -87,6 +108,9 @@ class VictimSearch:
     `_entry_key`, `_plain_key`, `_dead_key`, `_prepare`, `_global_state`)."""
 
     _one_key = True  # one key per session (the default `_entry_key`): its tail's
+    # Timed records with the keys (`_rekey`); False: Python keys every due session (with
+    # `_memo` emptied too, the reference tests/policy/test_timed_rekey.py compares with).
+    class_keys = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,11 +227,14 @@ class VictimSearch:
                 sid, tie, k = index.pop(), best[1], 0
             else:
                 _, tie, sid, k = heapq.heappop(more)
-            g, base = groups[sid], base_of[sid]
+            g = groups[sid]
             out.append(g[k])
             if monotone:  # every later (key, tie) <= this one < every other candidate
                 out.extend(g[k + 1:k + 1 + num_blocks - len(out)])
                 continue
+            base = base_of[sid]
+            if base is None:  # last keyed by the index from its class's table (`_rekey`)
+                base = index.base(sid)
             bound, _ = best_other()
             for j in range(k + 1, len(g)):
                 if len(out) >= num_blocks:
@@ -227,6 +254,12 @@ class VictimSearch:
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))
+        token = self._keys_token()
+        if token != self._token:  # the classes' keys were computed from other statistics
+            self._token = token
+            self._classes.clear()
+            self._memo.clear()
+            index.forget_keys()
         if stale and state == self._global and not relearn:
             index.compact()
         elif state != self._global or stale or relearn:
@@ -265,20 +298,49 @@ class VictimSearch:
 
     def _rekey(self, sids: Iterable[str], now: float) -> None:
         """Key sessions that hold cached blocks, in the index (one loop for all of them:
-        a relearning re-keys every session)."""
-        groups, base_of, pos, session_base = self.groups, self._base, self._pos, self._session_base
+        a relearning re-keys every session). With `_timed_base`, each key goes with its
+        timed record (session_heap.py), so that the index re-keys the session itself at
+        its next grid points while its class's keys are known; its base is then asked
+        of the index (None in `_base`)."""
+        groups, base_of, pos = self.groups, self._base, self._pos
         push = self._index.push
         # One key per session (the default `_entry_key`): the session's key is its tail's.
         entry_key = None if self._one_key else self._entry_key
+        timed_base = getattr(self, "_timed_base", None) if self.class_keys else None
+        if timed_base is None:
+            session_base = self._session_base
+            for sid in sids:
+                g = groups[sid]
+                base, until = session_base(sid, g, now)
+                base_of[sid] = base
+                b = g[0]
+                # The key was judged at `now`, so it next changes after it: the index fires
+                # a deadline that rounding put at or before `now` at the next search after
+                # `now`.
+                push(sid, base if entry_key is None else entry_key(base, pos[b]), b, len(g),
+                     until, now)
+            return
+        classes, new_class = self._classes, self._class_ids.__next__
         for sid in sids:
             g = groups[sid]
-            base, until = session_base(sid, g, now)
-            base_of[sid] = base
+            base, until, rec = timed_base(sid, g, now)
             b = g[0]
-            # The key was judged at `now`, so it next changes after it: the index fires a
-            # deadline that rounding put at or before `now` at the next search after `now`.
-            push(sid, base if entry_key is None else entry_key(base, pos[b]), b, len(g), until,
-                 now)
+            key = base if entry_key is None else entry_key(base, pos[b])
+            if rec is None:
+                base_of[sid] = base
+            else:
+                base_of[sid] = None
+                cls = classes.get(rec[0])
+                if cls is None:
+                    cls = classes[rec[0]] = new_class()
+                rec = (cls, *rec[1:])
+            push(sid, key, b, len(g), until, now, rec)
+
+    def _keys_token(self) -> Hashable:
+        """What the keys of `_timed_base`'s classes are computed from besides the class
+        and the grid point (the policy's statistics): when it changes, they are forgotten
+        (default: nothing)."""
+        return None
 
     def _global_state(self, now: float) -> Hashable:
         """What every session's key depends on besides its own state (default: nothing)."""

@@ -16,6 +16,19 @@ a victim search then reads no Python object per heap level. `make_session_heap` 
 
 Ordering: (key, tail block, version), lexicographic; versions are unique, so the order of
 any two entries is fixed and both implementations pop the same sequence.
+
+Time-driven re-keys from a table: a paused session's key often depends on time only
+through the grid point of its elapsed pause (search.py `grid_index`), the rest being shared
+by a *class* of sessions (same workflow, tool, size...). A push may carry the session's
+timed record `(cls, k, k0, value, mode, t0, limit, extra, mult)`: its class, the grid point
+k of its key, that key as (k0, value, mode), its pause start t0, the elapsed time `limit`
+below which the table applies, its deadline cap `extra` and its multiplier. The key of
+class `cls` at grid point k is then remembered as (k0, value, mode), and a due session
+whose class has a key at its new grid point j is re-keyed by the index itself, to
+(k0, value * mult) (mode 0) or (k0, (t0 + grid(j)) + value) (mode 1), deadline
+min(t0 + grid(j + 1), extra): the same floats the policy's Python would compute, with no
+Python call per session. `forget_keys` empties the table when what it was computed from
+changes (the policy's statistics).
 """
 
 from __future__ import annotations
@@ -25,13 +38,16 @@ import math
 from collections.abc import Hashable
 from itertools import count
 
+from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
+
 Key = tuple[float, float]
+Timed = tuple[int, int, float, float, int, float, float, float, float]
 
 
 class PySessionHeap:
     """Sessions by (key, tail block); the Python reference (module docstring)."""
 
-    __slots__ = ("_heap", "_named", "_timers", "_version", "_versions")
+    __slots__ = ("_heap", "_named", "_table", "_timed", "_timers", "_version", "_versions")
 
     def __init__(self) -> None:
         self._heap: list[tuple[Key, int, int, Hashable, int]] = []  # key, tie, ver, sid, size
@@ -39,33 +55,87 @@ class PySessionHeap:
         self._timers: list[tuple[float, int, Hashable]] = []  # (when, version, sid)
         self._version: dict[Hashable, int] = {}
         self._versions = count(1)
+        # sid -> (cls, t0, limit, extra, mult, tie, size, the value last keyed from)
+        self._timed: dict[Hashable, tuple] = {}
+        self._table: dict[tuple[int, int], tuple[float, float, int]] = {}
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
         return len(self._heap)
 
     def push(self, sid: Hashable, key: Key, tie: int, size: int, until: float,
-             now: float) -> None:
+             now: float, timed: Timed | None = None) -> None:
         """Key `sid` (holding `size` blocks, tail block `tie`): its older entries turn
         stale. `until`: when its key next changes by time alone (inf: only on events);
-        a deadline at or before `now` fires at the first search after `now`."""
+        a deadline at or before `now` fires at the first search after `now`. `timed`: its
+        timed record (module docstring), None when only Python can re-key it."""
+        if timed is None:
+            self._timed.pop(sid, None)
+        else:
+            cls, k, k0, value, mode, t0, limit, extra, mult = timed
+            if not cls >= 0 or mode not in (0, 1):
+                raise ValueError("timed: cls must be >= 0 and mode 0 or 1")
+            self._timed[sid] = (cls, t0, limit, extra, mult, tie, size, value)
+            self._table[cls, k] = (k0, value, mode)
+        self._enter(sid, key, tie, size, until, now)
+
+    def _enter(self, sid: Hashable, key: Key, tie: int, size: int, until: float,
+               now: float) -> None:
         ver = self._version[sid] = next(self._versions)
         heapq.heappush(self._heap, (key, tie, ver, sid, size))
         if until < math.inf:
             heapq.heappush(self._timers, (max(until, math.nextafter(now, math.inf)), ver, sid))
 
+    def base(self, sid: Hashable) -> float:
+        """The value `sid`'s key was last computed from by its timed record (before its
+        multiplier or pause start): the policy's per-session base behind that key."""
+        t = self._timed.get(sid)
+        if t is None:
+            raise KeyError(sid)
+        return t[7]
+
+    def forget_keys(self) -> None:
+        """Forget the table of keys by class and grid point (module docstring)."""
+        self._table.clear()
+
+    def set_grid(self, grid_s: float, log_ratio: float, points: list[float]) -> None:
+        """The C++ index's copy of the grid; this one reads search.py's own."""
+
     def drop(self, sid: Hashable) -> None:
         """Forget `sid` (no cached block, or ended): its entries turn stale."""
         self._version.pop(sid, None)
+        self._timed.pop(sid, None)
 
     def due(self, now: float) -> list[Hashable]:
-        """Sessions whose current key's deadline is <= now (each timer fires once)."""
+        """Sessions whose current key's deadline is <= now (each timer fires once), less
+        those re-keyed from the table (module docstring): Python re-keys these."""
         timers, version, out = self._timers, self._version, []
         while timers and timers[0][0] <= now:
             _, ver, sid = heapq.heappop(timers)
-            if version.get(sid) == ver:
+            if version.get(sid) == ver and not self._rekey_from_table(sid, now):
                 out.append(sid)
         return out
+
+    def _rekey_from_table(self, sid: Hashable, now: float) -> bool:
+        """Re-key a due session from the table; False (nothing done) when it has no timed
+        record, its pause reached its limit, or its class has no key at its grid point."""
+        t = self._timed.get(sid)
+        if t is None:
+            return False
+        cls, t0, limit, extra, mult, tie, size, _ = t
+        d = now - t0
+        if not d < limit:
+            return False
+        k, lo, hi = grid_index(0.0 if d < 0.0 else d)
+        hit = self._table.get((cls, k)) if k + 2 < len(_GRID_POINTS) else None
+        if hit is None:
+            return False
+        k0, value, mode = hit
+        self._timed[sid] = (*t[:7], value)
+        until = t0 + hi
+        self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,
+                    extra if extra < until else until, now)
+        return True
 
     def _live_top(self) -> tuple[Key, int, int, Hashable, int] | None:
         heap, version = self._heap, self._version
@@ -110,6 +180,7 @@ class PySessionHeap:
         """Forget every session (a full re-key follows)."""
         self._heap, self._named, self._timers = [], [], []
         self._version.clear()
+        self._timed.clear()
 
     def compact(self) -> None:
         """Drop stale entries and timers (live keys stay as they are)."""
@@ -127,5 +198,7 @@ def make_session_heap(cpp: bool) -> PySessionHeap:
             from kvsaga._evict import SessionHeap
         except ImportError:
             return PySessionHeap()
-        return SessionHeap()
+        heap = SessionHeap()
+        heap.set_grid(GRID_S, _LOG_RATIO, list(_GRID_POINTS))
+        return heap
     return PySessionHeap()

@@ -47,7 +47,7 @@ import math
 from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy, SessionView
-from kvsaga.policy.search import GRID_RATIO, sticky_level
+from kvsaga.policy.search import GRID_RATIO, grid_index, sticky_level
 from kvsaga.session import PauseHint
 
 
@@ -191,13 +191,54 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
     # -- keys: class 0 dead, (1, time released), (2, V per block) live, (3, time) plain -----
     def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[tuple[int, float], float]:
+        return self._timed_base(sid, group, now)[:2]
+
+    def _timed_base(self, sid: str, group: list[int], now: float):
+        """`_session_base` and, for a paused session before its TTL, its timed record
+        (search.py `_rekey`): its key is then a function of its class (workflow, tool,
+        blocks, head position, the hinted pause while it lasts; the rent is in
+        `_keys_token`) and of the grid point of its pause, shared through `_memo`."""
         view = self.views.get(sid)
         paused_at = view.paused_at if view is not None else now
-        e, until = self.elapsed_since(paused_at, now)
-        cls, v, ttl = self._value(sid, view, group, now, e)
+        d = now - paused_at
+        if not self.indexed:  # (`elapsed_since`, which a scan-only subclass reads exactly)
+            return (*self._key(sid, view, group, now, d, d if d > 0.0 else 0.0, math.inf,
+                               self._value(sid, view, group, now, d if d > 0.0 else 0.0)), None)
+        k, e, hi = grid_index(0.0 if d < 0.0 else d)
+        if view is None or view.needed_now or view.hint.last_step:
+            return (*self._key(sid, view, group, now, d, e, paused_at + hi,
+                               self._value(sid, view, group, now, e)), None)
+        x = view.hint.expected_s
+        hinted = x is not None and d < x
+        sig = (view.workflow, view.tool, len(group), self._pos[group[-1]], x if hinted else None)
+        value = self._memo.get((sig, k))
+        if value is None:
+            value = self._value(sid, view, group, now, e)
+            if d < value[2]:  # (past its TTL V reads the exact time: not shared)
+                self._memo[sig, k] = value
+        key, until = self._key(sid, view, group, now, d, e, paused_at + hi, value)
+        ttl = value[2]
+        if d >= ttl:
+            return key, until, None
+        extra, limit = paused_at + ttl, ttl
+        if hinted:
+            t = paused_at + x
+            extra = t if t < extra else extra  # min() without a call: run per session
+            limit = x if x < limit else limit
+        if key[0] == 2:
+            return key, until, (sig, k, 2, key[1], 0, paused_at, limit, extra, 1.0)
+        return key, until, (sig, k, 1, value[1] / self._rent, 1, paused_at, limit, extra, 1.0)
+
+    def _key(self, sid: str, view: SessionView | None, group: list[int], now: float,
+             d: float, e: float, until: float, value: tuple[int, float, float]
+             ) -> tuple[tuple[int, float], float]:
+        """(key, deadline) of a session `d` seconds into its pause, judged `e` seconds old
+        (`until`: when that next changes), whose `_value` is `value`."""
+        cls, v, ttl = value
         if view is None or view.needed_now or view.hint.last_step:
             return (cls, v), math.inf
-        if now - paused_at >= ttl:
+        paused_at = view.paused_at
+        if d >= ttl:
             return (1, paused_at + ttl), math.inf
         # Released early (V <= 0): keyed by when its value crossed zero, which time does not
         # move; V is judged at the grid point.
@@ -205,10 +246,13 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         t = paused_at + ttl
         until = t if t < until else until  # min(until, t) without a call: run per session
         x = view.hint.expected_s
-        if x is not None and now - paused_at < x:
+        if x is not None and d < x:
             t = paused_at + x
             until = t if t < until else until
         return key, until
+
+    def _keys_token(self) -> tuple[int, float]:
+        return self.graph.version, self._rent
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         cached_at = self._cached_at[block_id]

@@ -9,6 +9,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from kvsaga.policy.search import grid_index
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 
 try:
@@ -20,13 +21,23 @@ needs_cpp = pytest.mark.skipif(SessionHeap is None, reason="kvsaga._evict is not
 
 sids = st.sampled_from("abcdef")
 keys = st.tuples(st.integers(0, 3), st.sampled_from([-math.inf, -1.5, 0.0, 0.25, 2.0]))
-times = st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0])
+TIMES = [0.0, 0.5, 1.0, 2.0, 5.0]
+times = st.sampled_from(TIMES)
+# Timed records (session_heap.py's docstring) at grid points that the times above reach.
+grid_points = st.sampled_from(sorted({grid_index(max(b - a, 0.0))[0]
+                                      for a in TIMES for b in TIMES}))
+timed = st.one_of(st.none(), st.tuples(
+    st.integers(0, 2), grid_points, st.integers(0, 3), st.sampled_from([-2.0, 0.0, 0.75]),
+    st.integers(0, 1), times, st.sampled_from([math.inf, 0.5, 2.0]),
+    st.sampled_from([math.inf, 1.0, 3.0]), st.sampled_from([1.0, 2.5])))
 ops = st.one_of(
     st.tuples(st.just("push"), sids, keys, st.integers(0, 9), st.integers(1, 5),
-              st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), times),
+              st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), times, timed),
+    st.tuples(st.just("forget_keys")),
     st.tuples(st.just("drop"), sids),
     st.tuples(st.just("due"), times),
     st.tuples(st.just("top")),
+    st.tuples(st.just("base"), sids),
     st.tuples(st.just("pop")),
     st.tuples(st.just("runs"), st.integers(0, 12)),
     st.tuples(st.just("restore")),
@@ -39,6 +50,11 @@ def _apply(index, op: tuple):
     name, *args = op
     if name == "pop" and index.top() is None:
         return None  # pop needs a live entry
+    if name == "base":
+        try:
+            return index.base(*args)
+        except KeyError:
+            return KeyError
     out = getattr(index, name)(*args)
     return out, len(index)
 
@@ -47,7 +63,7 @@ def _apply(index, op: tuple):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ops, max_size=60))
 def test_cpp_index_answers_as_the_python_reference(seq):
-    py, cpp = PySessionHeap(), SessionHeap()
+    py, cpp = PySessionHeap(), make_session_heap(True)
     for op in seq:
         # Keys come back as floats from C++: equal numbers compare equal.
         assert _apply(py, op) == _apply(cpp, op), op
@@ -76,3 +92,21 @@ def test_make_session_heap_falls_back_to_python():
     assert type(make_session_heap(False)) is PySessionHeap
     expected = PySessionHeap if SessionHeap is None else SessionHeap
     assert type(make_session_heap(True)) is expected
+
+
+@pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
+def test_a_due_session_is_re_keyed_from_its_class_key_at_its_new_grid_point(cpp):
+    if cpp and SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    index = make_session_heap(cpp)
+    k, lo, hi = grid_index(0.5)
+    # "a" paused at 0 (key at grid point k: class 7), "b" at 1 keyed at its own point;
+    # both are due once 1.5 passes, b at point k (a's key by class), a past its limit.
+    index.push("a", (2, 1.0), 10, 4, hi, 0.5, (7, k, 2, 0.25, 0, 0.0, 1.2, math.inf, 4.0))
+    kb, _, hb = grid_index(0.2)
+    index.push("b", (2, 3.0), 20, 4, 1.0 + hb, 1.2, (7, kb, 2, 3.0, 0, 1.0, math.inf, 9.0, 1.0))
+    assert index.due(1.5) == ["a"]  # past its limit: Python re-keys it
+    assert index.top() == ((2, 0.25 * 1.0), 20)  # b: class 7's value at k, times its mult
+    index.forget_keys()
+    index.push("a", (1, 0.0), 10, 4, math.inf, 1.5)
+    assert index.due(1.0 + 2 * hi) == ["b"]  # no key left for its class
