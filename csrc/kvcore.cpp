@@ -129,7 +129,7 @@ NB_MODULE(_kvcore, m) {
       .def("append_tokens", &ManagerCore::append_tokens, "session_id"_a.none(),
            "token_ids"_a.none(), "max_model_len"_a.none())
       .def("allocate_slots", &ManagerCore::allocate_slots, "session_id"_a.none(),
-           "num_tokens"_a.none())
+           "num_tokens"_a.none(), "return_slots"_a = true)
       .def("decode_step", &ManagerCore::decode_step, "session_ids"_a.none(), "token_ids"_a.none(),
            "max_model_len"_a.none())
       .def("victims_valid", &ManagerCore::victims_valid, "victims"_a, "num_blocks"_a)

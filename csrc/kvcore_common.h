@@ -33,10 +33,11 @@ inline nb::object steal_or_throw(PyObject* o) {
 
 // -- ints -------------------------------------------------------------------------------
 
-// The value of `o` when it is an exact int of one machine digit or none (every block id and
-// token id in practice), read inline; false otherwise, and the caller then uses the C API's
-// conversion (for its errors, big ints, subclasses and __index__). Saves the call and the
-// overflow checks of PyLong_AsLong on each of a context's blocks and tokens.
+// The value of `o` when it is an exact int below 2^30 in size (every block id and most token
+// ids; on Python 3.11 below 2^60, which covers the simulator's ids below 2^31), read inline;
+// false otherwise, and the caller then uses the C API's conversion (for its errors, big ints,
+// subclasses and __index__). Saves the call and the overflow checks of PyLong_AsLong on each
+// of a context's blocks and tokens.
 inline bool small_long(PyObject* o, long& v) {
   if (!PyLong_CheckExact(o)) return false;
 #if PY_VERSION_HEX >= 0x030C0000
@@ -45,9 +46,14 @@ inline bool small_long(PyObject* o, long& v) {
   v = static_cast<long>(PyUnstable_Long_CompactValue(l));
   return true;
 #else
+  static_assert(PyLong_SHIFT == 30, "CPython 3.11 ints hold 30-bit digits");
   Py_ssize_t size = Py_SIZE(o);
-  if (size < -1 || size > 1) return false;
-  v = size ? static_cast<long>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]) * size : 0;
+  const digit* d = reinterpret_cast<PyLongObject*>(o)->ob_digit;
+  constexpr Py_ssize_t kDigits = sizeof(long) >= 8 ? 2 : 1;  // as many as a long holds
+  if (size < -kDigits || size > kDigits) return false;
+  long m = size == 0 ? 0 : static_cast<long>(d[0]);
+  if (size == 2 || size == -2) m |= static_cast<long>(d[1]) << PyLong_SHIFT;
+  v = size < 0 ? -m : m;
   return true;
 #endif
 }

@@ -56,7 +56,7 @@ class ManagerCore {
 
   // KVCacheManager.allocate_slots without its eviction: the slots, or (nothing changed)
   // the number of blocks the caller must evict first.
-  nb::object allocate_slots(nb::handle sid, nb::handle num_tokens) {
+  nb::object allocate_slots(nb::handle sid, nb::handle num_tokens, bool return_slots = true) {
     PyObject* s = running_session(sid.ptr());
     PyObject* n_obj = num_tokens.ptr();
     long long n = 0;
@@ -83,6 +83,10 @@ class ManagerCore {
     nb::object table = attr(s, n_block_ids_);
     int64_t need = blocks_to_add(table.ptr(), end);
     if (int64_t evict = room_for(need)) return nb::int_(evict);
+    if (!return_slots) {
+      take_slots(s, sid.ptr(), table.ptr(), start, end, nullptr, 0);
+      return nb::none();
+    }
     nb::object slots = steal_or_throw(PyList_New(end - start));
     take_slots(s, sid.ptr(), table.ptr(), start, end, slots.ptr(), 0);
     return slots;
@@ -449,8 +453,8 @@ class ManagerCore {
   }
 
   // KVCacheManager._take_slots: blocks up to `end`, the slot ids of [start, end) written to
-  // `out` (a new list) from index `at`, num_computed = end, and the blocks that became full
-  // registered in the index.
+  // `out` (a new list; null: not made) from index `at`, num_computed = end, and the blocks
+  // that became full registered in the index.
   void take_slots(PyObject* s, PyObject* sid, PyObject* table, Py_ssize_t start, Py_ssize_t end,
                   PyObject* out, Py_ssize_t at) {
     Py_ssize_t have = PyList_GET_SIZE(table);
@@ -467,8 +471,8 @@ class ManagerCore {
       }
     }
     PyObject** row = reinterpret_cast<PyListObject*>(table)->ob_item;
-    PyObject** slot = reinterpret_cast<PyListObject*>(out)->ob_item + at;
-    for (Py_ssize_t i = start / bs_; i * bs_ < end; ++i) {  // per block: its id, read once
+    PyObject** slot = out ? reinterpret_cast<PyListObject*>(out)->ob_item + at : nullptr;
+    for (Py_ssize_t i = start / bs_; slot && i * bs_ < end; ++i) {  // per block: its id, once
       long long first = static_cast<long long>(as_long(row[i])) * bs_;
       for (Py_ssize_t pos = std::max(start, i * bs_); pos < std::min(end, (i + 1) * bs_); ++pos)
         *slot++ = steal_or_throw(PyLong_FromLongLong(first + pos % bs_)).release().ptr();

@@ -238,13 +238,11 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
             raise InvalidRequest("token_ids must not be empty")
         if self.max_model_len is not None and len(tokens) > self.max_model_len:
             raise InvalidRequest(
-                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}"
-            )
+                f"prompt of {len(tokens)} tokens exceeds max_model_len {self.max_model_len}")
         if self.spec.num_blocks_for(len(tokens)) > self.pool.num_blocks:
             raise InvalidRequest(
                 f"prompt of {len(tokens)} tokens needs {self.spec.num_blocks_for(len(tokens))} "
-                f"blocks; the pool has only {self.pool.num_blocks}"
-            )
+                f"blocks; the pool has only {self.pool.num_blocks}")
 
     def append_tokens(self, session_id: str, token_ids: Sequence[int]) -> None:
         """Extend a running session's context (decode: the token just sampled)."""
@@ -263,25 +261,25 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
         s.token_ids.extend(tokens)
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
 
-    def allocate_slots(
-        self, session_id: str, num_tokens: int, *, now: float | None = None
-    ) -> list[int]:
+    def allocate_slots(self, session_id: str, num_tokens: int, *, now: float | None = None,
+                       return_slots: bool = True) -> list[int] | None:
         """Give KV slots to the next `num_tokens` uncomputed tokens of a running session.
 
         Evicts (by the policy) if the free blocks do not suffice. All or nothing.
 
         Returns:
-            One slot (block_id * block_size + offset) per token, in order.
+            One slot (block_id * block_size + offset) per token, in order; None with
+            `return_slots=False` (the same blocks and evictions; for the simulator).
         Raises:
             InvalidRequest: num_tokens not positive, more than the uncomputed tokens, or the
                 context could never fit in the pool.
             OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
         """
         if self._hot is not None:
-            out = self._hot.allocate_slots(session_id, num_tokens)
+            out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             if out.__class__ is int:  # the policy (Python) evicts, then the core allocates
                 self._evict(out, self.clock() if now is None else now)
-                out = self._hot.allocate_slots(session_id, num_tokens)
+                out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             return out
         s = self._running(session_id)
         check_positive_int("num_tokens", num_tokens, InvalidRequest)
@@ -293,7 +291,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
                 f"session {session_id!r} without slots (append_tokens first)"
             )
         self._make_room(self._blocks_to_add(s, end), now)
-        return self._take_slots(s, session_id, start, end)
+        return self._take_slots(s, session_id, start, end, return_slots)
 
     def decode_step(
         self, session_ids: Sequence[str], token_ids: Sequence[int], *, now: float | None = None
@@ -369,9 +367,10 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
         if need > pool.num_free:
             self._evict(need - pool.num_free, self.clock() if now is None else now)
 
-    def _take_slots(self, s: Session, session_id: str, start: int, end: int) -> list[int]:
-        """Slots for tokens [start, end) of a session with room made: new blocks, slot ids,
-        num_computed = end, and the blocks that became full registered in the index."""
+    def _take_slots(self, s: Session, session_id: str, start: int, end: int,
+                    listed: bool = True) -> list[int] | None:
+        """Slots for tokens [start, end) of a session with room made: new blocks, slot ids
+        (None unless `listed`), num_computed = end, the blocks that became full indexed."""
         bs = self.block_size
         table = s.block_ids
         total_blocks = -(-end // bs)
@@ -383,7 +382,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
                 owner[table[i]] = session_id
                 position[table[i]] = i
         slots: list[int] = []
-        pos = start
+        pos = start if listed else end
         while pos < end:
             i = pos // bs
             stop = min(end, (i + 1) * bs)
@@ -392,7 +391,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
             pos = stop
         s.num_computed = end
         self._register_full_blocks(s, start // bs, end // bs)
-        return slots
+        return slots if listed else None
 
     def _register_full_blocks(self, s: Session, first: int, last: int) -> None:
         block_hash, insert = self.pool.block_hash, self.index.insert

@@ -93,9 +93,10 @@ class ParityMachine(RuleBasedStateMachine):
             new = [*new, bad]
         self.both(lambda m: m.append_tokens(sid, new))
 
-    @rule(sid=some_sid, n=st.one_of(st.integers(-1, 20), st.sampled_from([None, True, 2.0])))
-    def allocate(self, sid, n):
-        self.both(lambda m: m.allocate_slots(sid, n, now=self.now))
+    @rule(sid=some_sid, n=st.one_of(st.integers(-1, 20), st.sampled_from([None, True, 2.0])),
+          listed=st.booleans())
+    def allocate(self, sid, n, listed):
+        self.both(lambda m: m.allocate_slots(sid, n, now=self.now, return_slots=listed))
 
     @precondition(lambda self: self.running())
     @rule(data=st.data())

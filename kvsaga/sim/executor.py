@@ -70,7 +70,8 @@ class StepExecutor:
 
     def _slots(self, req: SimRequest, num_tokens: int) -> None:
         """allocate_slots for `num_tokens`, and the first-time / recomputed accounting."""
-        self.manager.allocate_slots(req.session.id, num_tokens, now=self.now)
+        self.manager.allocate_slots(req.session.id, num_tokens, now=self.now,
+                                    return_slots=False)
         start = req.num_computed
         end = start + num_tokens
         req.num_computed = end
