@@ -22,8 +22,10 @@ request's first scheduling, mean and p95 task completion time (arrival to the la
 end), preemptions, steps, and the connector's counters (blocks released, by reason). The
 speed-up of each connector arm over plain vLLM is the ratio of mean TCTs, per seed. Then per
 seed what bounds any engine's gain: the ceiling (plain vLLM's mean TCT over a task's tool
-pauses), the pressure (plain vLLM's prefill over the unbounded arm's, `--unbounded-blocks`)
-and when plain vLLM's last task ended (a live run's length).
+pauses), the pressure (plain vLLM's prefill over the unbounded arm's, `--unbounded-blocks`),
+when plain vLLM's last task ended (a live run's length) and, with `--all-hits`, plain vLLM at
+the same budget with every prefix hit kept, in its own order and in a clairvoyant one (what
+retention can reach at most, and what reordering adds on top).
 """
 
 from __future__ import annotations
