@@ -72,6 +72,11 @@ struct TableKey {
   double k0, v;
   int64_t mode;
 };
+// A class's key at every grid point (timed mode 2): (k0, -((w * min(grid(k) / s, 1) + a)
+// + b)), saga's score of an entry idle grid(k) seconds.
+struct Formula {
+  double k0, w, s, a, b;
+};
 
 [[noreturn]] void throw_current() { throw nb::python_error(); }
 
@@ -91,6 +96,7 @@ class SessionHeap {
       throw nb::type_error("key must be a tuple of two numbers");
     Timed t;
     TableKey tk{};
+    Formula formula{};
     int64_t k = 0;
     if (!timed.is_none()) {
       PyObject* o = timed.ptr();
@@ -98,15 +104,24 @@ class SessionHeap {
         throw nb::type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
       t.cls = read_int(PyTuple_GET_ITEM(o, 0));
       k = read_int(PyTuple_GET_ITEM(o, 1));
-      tk = {read_number(PyTuple_GET_ITEM(o, 2)), read_number(PyTuple_GET_ITEM(o, 3)),
-            read_int(PyTuple_GET_ITEM(o, 4))};
+      tk.k0 = read_number(PyTuple_GET_ITEM(o, 2));
+      tk.mode = read_int(PyTuple_GET_ITEM(o, 4));
+      if (tk.mode != 2) tk.v = read_number(PyTuple_GET_ITEM(o, 3));
+      if (tk.mode == 2) {
+        PyObject* f = PyTuple_GET_ITEM(o, 3);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 4)
+          throw nb::type_error("timed mode 2: value must be (w, s, a, b)");
+        formula = {tk.k0, read_number(PyTuple_GET_ITEM(f, 0)),
+                   read_number(PyTuple_GET_ITEM(f, 1)), read_number(PyTuple_GET_ITEM(f, 2)),
+                   read_number(PyTuple_GET_ITEM(f, 3))};
+      }
       t.t0 = read_number(PyTuple_GET_ITEM(o, 5));
       t.limit = read_number(PyTuple_GET_ITEM(o, 6));
       t.extra = read_number(PyTuple_GET_ITEM(o, 7));
       t.mult = read_number(PyTuple_GET_ITEM(o, 8));
       t.value = tk.v;
-      if (t.cls < 0 || (tk.mode != 0 && tk.mode != 1))
-        throw nb::value_error("timed: cls must be >= 0 and mode 0 or 1");
+      if (t.cls < 0 || tk.mode < 0 || tk.mode > 2)
+        throw nb::value_error("timed: cls must be >= 0 and mode 0, 1 or 2");
     }
     double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
     double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
@@ -114,7 +129,12 @@ class SessionHeap {
     t.tie = tie;
     t.size = size;
     timed_[slot] = t;
-    if (t.cls >= 0) table_[table_key(t.cls, k)] = tk;
+    if (t.cls >= 0 && tk.mode == 2) {
+      formulas_[t.cls] = formula;
+      timed_[slot].value = std::numeric_limits<double>::quiet_NaN();
+    } else if (t.cls >= 0) {
+      table_[table_key(t.cls, k)] = tk;
+    }
     enter(k0, k1, slot, until, now);
   }
 
@@ -127,13 +147,17 @@ class SessionHeap {
       throw nb::key_error("no such session");
     }
     const Timed& t = timed_[PyLong_AsLong(found)];
-    if (t.cls < 0) throw nb::key_error("the session has no timed record");
+    if (t.cls < 0 || std::isnan(t.value))
+      throw nb::key_error("the session has no timed record with a value");
     return t.value;
   }
 
   // Forget the table of keys (what they were computed from changed); timed records stay,
   // and a session whose class has no key left goes back to Python when due.
-  void forget_keys() { table_.clear(); }
+  void forget_keys() {
+    table_.clear();
+    formulas_.clear();
+  }
 
   // The elapsed-time grid of kvsaga/policy/search.py (its first point, log of its ratio,
   // its points), read exactly as `grid_index` reads it.
@@ -296,13 +320,22 @@ class SessionHeap {
     int64_t k;
     double lo, hi;
     if (!grid_index(d < 0.0 ? 0.0 : d, k, lo, hi)) return false;
+    double until = t.t0 + hi;
+    if (t.extra < until) until = t.extra;
+    auto f = formulas_.find(t.cls);
+    if (f != formulas_.end()) {
+      const Formula& x = f->second;
+      double r = lo / x.s;
+      volatile double wr = x.w * (r > 1.0 ? 1.0 : r);  // (no fused multiply-add: as Python)
+      enter(x.k0, -((wr + x.a) + x.b), slot, until, now);
+      return true;
+    }
     auto it = table_.find(table_key(t.cls, k));
     if (it == table_.end()) return false;
     const TableKey& tk = it->second;
     timed_[slot].value = tk.v;
     double k1 = tk.mode == 0 ? tk.v * t.mult : (t.t0 + lo) + tk.v;
-    double until = t.t0 + hi;
-    enter(tk.k0, k1, slot, t.extra < until ? t.extra : until, now);
+    enter(tk.k0, k1, slot, until, now);
     return true;
   }
 
@@ -331,6 +364,7 @@ class SessionHeap {
   std::vector<int32_t> free_;      // dropped slots, for reuse
   std::vector<Timed> timed_;       // per slot
   std::unordered_map<uint64_t, TableKey> table_;  // (class, grid point) -> key
+  std::unordered_map<int64_t, Formula> formulas_;  // class -> key at every grid point
   double grid_s_ = 0.0, log_ratio_ = 1.0;
   std::vector<double> points_;     // empty: no grid set, no re-key from the table
   int64_t versions_ = 0;

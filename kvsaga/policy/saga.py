@@ -222,10 +222,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     def _timed_base(self, sid: str, group: list[int], now: float):
         """`_session_base` and, for a paused entry, its timed record (search.py `_rekey`):
-        its score is then a function of its class (workflow, tool, hint, size; the
-        normalizers are in `_keys_token`) and of the grid point of its idle time, shared
-        through `_memo`; whether it expired reads the exact time (its TTL is the limit of
-        an entry's record; an expired entry stays expired)."""
+        its score is then a function of its class (workflow, last step, size; the
+        normalizers are in `_keys_token`) and of its idle time on the grid, which the
+        record gives as a formula (session_heap.py's mode 2) and `_memo` shares; whether
+        it expired reads the exact time (its TTL is the limit of an entry's record; an
+        expired entry stays expired)."""
         used, max_idle, max_size = self._norm
         v = self.views.get(sid)
         if v is None or v.needed_now:
@@ -235,7 +236,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
             exact = 0.0 if exact < 0.0 else exact  # max(exact, 0.0) without a call
             k, idle, until = grid_index(exact)
             until += v.paused_at
-            sig = (v.workflow, v.tool, v.hint.expected_s, v.hint.last_step, len(group))
+            sig = (v.workflow, v.hint.last_step, len(group))
         score = self._memo.get((sig, k)) if sig is not None else None
         if score is None:
             recency, size = idle / max_idle, len(group) / max_size  # each clipped to 1
@@ -245,16 +246,21 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
                 self._memo[sig, k] = score
         if sig is None:
             return (1 if expired else 2, -score), until, None
+        # `_score`'s sum, as (W_RECENCY * recency + a) + b
+        size = len(group) / max_size
+        p = 0.0 if v.hint.last_step else self._search_reuse(v.workflow)
+        formula = (W_RECENCY, max_idle, W_REUSE * (1.0 - p), W_SIZE * (1.0 if size > 1.0
+                                                                         else size))
         ttl = self._search_ttl(v.tool, used, v.hint.expected_s)
         if exact > ttl:  # (`_score`'s test) expired: for good, keyed by its score alone
-            return (1, -score), until, ((*sig, True), k, 1, -score, 0, v.paused_at, math.inf,
+            return (1, -score), until, ((*sig, True), k, 1, formula, 2, v.paused_at, math.inf,
                                         math.inf, 1.0)
         t = math.nextafter(v.paused_at + ttl, math.inf)
         until = t if t < until else until  # min(until, t)
         if not ttl >= 0.0:  # (a negative hint: the limit below would not say "not expired")
             return (2, -score), until, None
         # Not expired while the idle time (clamped at 0) is <= ttl: below nextafter(ttl).
-        return (2, -score), until, ((*sig, False), k, 2, -score, 0, v.paused_at,
+        return (2, -score), until, ((*sig, False), k, 2, formula, 2, v.paused_at,
                                     math.nextafter(ttl, math.inf), t, 1.0)
 
     def _keys_token(self) -> tuple[int, tuple[float, float, float], int]:

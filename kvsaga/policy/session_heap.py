@@ -27,8 +27,10 @@ class `cls` at grid point k is then remembered as (k0, value, mode), and a due s
 whose class has a key at its new grid point j is re-keyed by the index itself, to
 (k0, value * mult) (mode 0) or (k0, (t0 + grid(j)) + value) (mode 1), deadline
 min(t0 + grid(j + 1), extra): the same floats the policy's Python would compute, with no
-Python call per session. `forget_keys` empties the table when what it was computed from
-changes (the policy's statistics).
+Python call per session. Mode 2 gives a class's key at every grid point at once, `value`
+being (w, s, a, b): (k0, -((w * min(grid(j) / s, 1) + a) + b)) (saga's score).
+`forget_keys` empties the table when what it was computed from changes (the policy's
+statistics).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ Timed = tuple[int, int, float, float, int, float, float, float, float]
 class PySessionHeap:
     """Sessions by (key, tail block); the Python reference (module docstring)."""
 
-    __slots__ = ("_heap", "_named", "_table", "_timed", "_timers", "_version", "_versions")
+    __slots__ = ("_formulas", "_heap", "_named", "_table", "_timed", "_timers", "_version",
+                 "_versions")
 
     def __init__(self) -> None:
         self._heap: list[tuple[Key, int, int, Hashable, int]] = []  # key, tie, ver, sid, size
@@ -58,6 +61,7 @@ class PySessionHeap:
         # sid -> (cls, t0, limit, extra, mult, tie, size, the value last keyed from)
         self._timed: dict[Hashable, tuple] = {}
         self._table: dict[tuple[int, int], tuple[float, float, int]] = {}
+        self._formulas: dict[int, tuple[float, float, float, float, float]] = {}
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
@@ -73,10 +77,15 @@ class PySessionHeap:
             self._timed.pop(sid, None)
         else:
             cls, k, k0, value, mode, t0, limit, extra, mult = timed
-            if not cls >= 0 or mode not in (0, 1):
-                raise ValueError("timed: cls must be >= 0 and mode 0 or 1")
+            if not cls >= 0 or mode not in (0, 1, 2):
+                raise ValueError("timed: cls must be >= 0 and mode 0, 1 or 2")
+            if mode == 2:
+                w, s, a, b = value
+                self._formulas[cls] = (k0, w, s, a, b)
+                value = None
+            else:
+                self._table[cls, k] = (k0, value, mode)
             self._timed[sid] = (cls, t0, limit, extra, mult, tie, size, value)
-            self._table[cls, k] = (k0, value, mode)
         self._enter(sid, key, tie, size, until, now)
 
     def _enter(self, sid: Hashable, key: Key, tie: int, size: int, until: float,
@@ -90,13 +99,14 @@ class PySessionHeap:
         """The value `sid`'s key was last computed from by its timed record (before its
         multiplier or pause start): the policy's per-session base behind that key."""
         t = self._timed.get(sid)
-        if t is None:
+        if t is None or t[7] is None:
             raise KeyError(sid)
         return t[7]
 
     def forget_keys(self) -> None:
-        """Forget the table of keys by class and grid point (module docstring)."""
+        """Forget the keys by class and grid point (module docstring)."""
         self._table.clear()
+        self._formulas.clear()
 
     def set_grid(self, grid_s: float, log_ratio: float, points: list[float]) -> None:
         """The C++ index's copy of the grid; this one reads search.py's own."""
@@ -127,14 +137,24 @@ class PySessionHeap:
         if not d < limit:
             return False
         k, lo, hi = grid_index(0.0 if d < 0.0 else d)
-        hit = self._table.get((cls, k)) if k + 2 < len(_GRID_POINTS) else None
+        if k + 2 >= len(_GRID_POINTS):
+            return False
+        until = t0 + hi
+        until = extra if extra < until else until
+        f = self._formulas.get(cls)
+        if f is not None:
+            k0, w, s, a, b = f
+            r = lo / s
+            self._enter(sid, (k0, -((w * (1.0 if r > 1.0 else r) + a) + b)), tie, size, until,
+                        now)
+            return True
+        hit = self._table.get((cls, k))
         if hit is None:
             return False
         k0, value, mode = hit
         self._timed[sid] = (*t[:7], value)
-        until = t0 + hi
         self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,
-                    extra if extra < until else until, now)
+                    until, now)
         return True
 
     def _live_top(self) -> tuple[Key, int, int, Hashable, int] | None:

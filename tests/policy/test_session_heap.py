@@ -26,10 +26,14 @@ times = st.sampled_from(TIMES)
 # Timed records (session_heap.py's docstring) at grid points that the times above reach.
 grid_points = st.sampled_from(sorted({grid_index(max(b - a, 0.0))[0]
                                       for a in TIMES for b in TIMES}))
+record_ends = (times, st.sampled_from([math.inf, 0.5, 2.0]),
+               st.sampled_from([math.inf, 1.0, 3.0]), st.sampled_from([1.0, 2.5]))
 timed = st.one_of(st.none(), st.tuples(
     st.integers(0, 2), grid_points, st.integers(0, 3), st.sampled_from([-2.0, 0.0, 0.75]),
-    st.integers(0, 1), times, st.sampled_from([math.inf, 0.5, 2.0]),
-    st.sampled_from([math.inf, 1.0, 3.0]), st.sampled_from([1.0, 2.5])))
+    st.integers(0, 1), *record_ends), st.tuples(  # a formula (mode 2), classes of their own
+    st.integers(3, 4), grid_points, st.integers(0, 3),
+    st.tuples(st.just(0.3), st.sampled_from([1.0, 0.7]), st.sampled_from([0.0, 0.45]),
+              st.sampled_from([0.05, 0.2])), st.just(2), *record_ends))
 ops = st.one_of(
     st.tuples(st.just("push"), sids, keys, st.integers(0, 9), st.integers(1, 5),
               st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), times, timed),
