@@ -110,15 +110,16 @@ class ManagerReads:
             raise InvalidRequest(f"session {session_id!r} already has an open step")
         root = root_hash(salt) if s is None else s.root
         hashes = block_hashes if block_hashes is not None else []
-        if len(hashes) < max_blocks:
-            hashes = list(hashes)  # the caller's list is read, never extended
-            if not hashes and s is not None:
-                keep = _common_prefix_len(s.token_ids, tokens)
-                hashes = s.block_hashes[: min(keep // bs, max_blocks)]
+        if not hashes and s is not None and max_blocks:
+            keep = _common_prefix_len(s.token_ids, tokens)
+            hashes = s.block_hashes[: min(keep // bs, max_blocks)]
         table = s.block_ids if s is not None else None
-        num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks, table)
+        hashes, num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks, table,
+                                                  owned=hashes is not block_hashes)
         host = 0
         if self.host is not None:
+            if hashes is block_hashes and len(hashes) < max_blocks:
+                hashes = list(hashes)  # the caller's list is read, never extended
             self._hash_to(hashes, root, tokens, max_blocks)
             host = len(self.host.run(hashes, num_hits, max_blocks))
         num_cached = (num_hits + host) * bs
@@ -143,15 +144,19 @@ class ManagerReads:
 
 
     def _gpu_hits(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
-                  max_blocks: int, table: list[int] | None = None) -> tuple[int, int]:
-        """(the prompt's leading full blocks resident on the GPU, up to `max_blocks`; how
-        many of them are CACHED), `hashes` (its leading hashes known, a list `lookup` owns)
-        hashed on only while every known one hits, a few blocks at a time, doubling: a
-        resumed session's new blocks are hashed up to its first miss, not to the prompt's
-        end (a scheduler may ask at every batch step). `table`: the session's block table,
+                  max_blocks: int, table: list[int] | None = None, owned: bool = False,
+                  ) -> tuple[list[bytes], int, int]:
+        """(the prompt's leading hashes known, the prompt's leading full blocks resident on
+        the GPU, up to `max_blocks`; how many of them are CACHED), `hashes` (its leading
+        hashes known) hashed on only while every known one hits, a few blocks at a time,
+        doubling: a resumed session's new blocks are hashed up to its first miss, not to the
+        prompt's end (a scheduler may ask at every batch step). Unless `owned`, `hashes` is
+        copied before it is first extended (a caller's list is read, never extended; most
+        lookups miss before its end and copy nothing). `table`: the session's block table,
         which the C++ core reads its first hits off (`ManagerCore.session_hits`)."""
         num_hits = cached = walked = 0
         grow = 1
+        copied = owned
         while True:
             part = hashes[walked:] if walked else hashes
             if self._hot is not None:
@@ -163,8 +168,10 @@ class ManagerReads:
             num_hits += n
             cached += c
             if n < len(part) or len(hashes) >= max_blocks:
-                return num_hits, cached
+                return hashes, num_hits, cached
             walked = len(hashes)
+            if not copied:
+                hashes, copied = list(hashes), True
             self._hash_to(hashes, root, tokens, min(max_blocks, walked + grow))
             grow *= 2
 
