@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,8 +43,8 @@ import numpy as np
 from allocator import write_section
 
 from kvsaga.config import parse_bytes
-from kvsaga.routing import RoutingConfig
-from kvsaga.sim.cluster import format_rows, simulate_cluster
+from kvsaga.routing import ROUTERS, RoutingConfig
+from kvsaga.sim.cluster import CLUSTER_COLUMNS, format_rows, simulate_cluster
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.simulator import simulate
 from kvsaga.sim.workloads import WORKLOADS, generate
@@ -287,26 +288,76 @@ def report(args, kv: int, loads: dict[str, float], pool,
     runs = [*(RUNS if args.runs == "all" else GOAL_RUNS), *(["ideal"] if args.ideal else [])]
     cases = [(g, f, s) for g in _ints(args.gpus) for f in args.family.split(",")
              for s in _ints(args.seed)]
-    futures = {case: [pool.submit(run_one, (case[1], case[0], args.sessions_per_gpu,
-                                            args.scale, case[2], loads[case[1]], kv, run,
-                                            None)) for run in runs] for case in cases}
+    reused = baseline_rows(args.baselines, section_title(args)) if args.baselines else {}
+
+    def simulated(run) -> bool:
+        return args.routers is None or (run[0] if run != "ideal" else run) in args.routers
+
+    def start(case, run):
+        if simulated(run):
+            return pool.submit(run_one, (case[1], case[0], args.sessions_per_gpu, args.scale,
+                                         case[2], loads[case[1]], kv, run, None))
+        old = {(r["router"], r["scheduler"], r["policy"]): r for r in reused.get(case, [])}
+        if run not in old:
+            raise ValueError(f"--baselines {args.baselines} has no {' + '.join(run)} row "
+                             f"for {case[0]} GPUs, {case[1]}, seed {case[2]}")
+        return old[run]
+
+    futures = {case: [start(case, run) for run in runs] for case in cases}
     results, lines = [], []
     for (gpus, family, seed), fs in futures.items():
-        rows = [f.result() for f in fs]
+        rows = [f if isinstance(f, dict) else f.result() for f in fs]
         load = loads[family]
         wall = sum(r["wall_s"] for r in rows)
         sessions = trace(family, gpus, args.sessions_per_gpu, args.scale, seed, load)
         floor_s = floor_tct(sessions, SimConfig(kv_memory_bytes=kv).cost)
+        kept = sorted({r["router"] for r in rows if r.get("reused")})
         block = [f"### {gpus} GPUs: {len(sessions)} {family} sessions (seed {seed}, load "
                  f"{load:g}x, scale {args.scale}), {args.kv_memory} KV per GPU ({wall:.0f} s "
-                 "of simulation)", "", "```", format_rows(rows), "```", "",
-                 *verdicts(rows, floor_s), ""]
+                 "of simulation" + (f"; the {', '.join(kept)} rows reused from "
+                                    f"{args.baselines.name}" if kept else "") + ")",
+                 "", "```", format_rows(rows), "```", "", *verdicts(rows, floor_s), ""]
         print("\n".join(block), flush=True)
         lines += block
         results.append((gpus, family, seed, load, rows))
         if done is not None:
             done(results, lines, list(futures)[len(results):])
     return results, lines
+
+
+def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dict]]:
+    """The rows of the tables a previous run wrote into section `title` of `path`, by
+    (GPUs, family, seed): `--routers` reuses them for the routers it does not simulate (the
+    round-robin and affinity rows do not depend on the kvsaga router's code). The figures
+    are as printed (mean TCT to 0.1 s), so a ratio over them can differ from the first
+    run's in its last digit."""
+    text = path.read_text(encoding="utf-8")
+    section = re.search(rf"^{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    if section is None:
+        raise ValueError(f"{path} has no section {title!r}")
+    found = {}
+    for gpus, family, seed, table in re.findall(
+            r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)[^\n]*\n\n```\n(.*?)\n```",
+            section.group(1), re.S | re.M):
+        rows = []
+        for line in table.splitlines()[1:]:
+            cells = line.split()
+            if len(cells) != len(CLUSTER_COLUMNS):
+                raise ValueError(f"{path}: a row of {family} seed {seed} has {len(cells)} "
+                                 f"cells, not {len(CLUSTER_COLUMNS)}: {line!r}")
+            row = {key: _cell(cell, fmt) for (_, key, fmt), cell in zip(CLUSTER_COLUMNS, cells,
+                                                                       strict=True)}
+            row.update(family=family, seed=int(seed), wall_s=0.0, reused=True)
+            rows.append(row)
+        found[(int(gpus), family, int(seed))] = rows
+    return found
+
+
+def _cell(text: str, fmt: str):
+    """One printed table cell back as a number (`CLUSTER_COLUMNS` formats) or text."""
+    if fmt == "{:,}" or (fmt == "{}" and text.isdigit()):
+        return int(text.replace(",", ""))
+    return float(text) if fmt != "{}" else text
 
 
 def main() -> None:
@@ -327,6 +378,12 @@ def main() -> None:
                    help="goal: round-robin + fcfs + lru, affinity + fcfs + lru and kvsaga + "
                         "workflow + lru; all: also kvsaga + fcfs, kvsaga + graph and "
                         "affinity + workflow")
+    p.add_argument("--routers", type=lambda t: {x.strip() for x in t.split(",") if x.strip()},
+                   help="comma-separated routers to simulate (default: all); the other runs' "
+                        "rows come from --baselines")
+    p.add_argument("--baselines", type=Path,
+                   help="a RESULTS file whose section of this fleet and load holds a previous "
+                        "run's tables: --routers reuses its rows for the routers not simulated")
     p.add_argument("--ideal", action="store_true",
                    help="add the ideal reference (one GPU per session: slow for fleets)")
     p.add_argument("--no-write", action="store_true")
@@ -339,12 +396,19 @@ def main() -> None:
             float(args.load)
         except ValueError:
             p.error(f"--load must be a number or 'thrash', got {args.load!r}")
+    if args.routers is not None and (bad := args.routers - {*ROUTERS, "ideal"}):
+        p.error(f"--routers: unknown {', '.join(sorted(bad))}; choose from "
+                f"{', '.join(ROUTERS)}")
+    if args.routers is not None and args.baselines is None and not args.fit:
+        p.error("--routers needs --baselines (the rows of the routers not simulated)")
     if args.fit and set(_ints(args.seed)) - set(FIT_SEEDS):
         p.error(f"--fit runs on the fit seeds {FIT_SEEDS} only")
     cmd = (f"python bench/cluster.py --gpus {args.gpus} --family {args.family} "
            f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
            f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
-           + (" --ideal" if args.ideal else ""))
+           + (" --ideal" if args.ideal else "")
+           + (f" --routers {','.join(sorted(args.routers))} --baselines {args.baselines}"
+              if args.routers is not None else ""))
     with ProcessPoolExecutor(args.workers) as pool:
         loads, load_lines, no_thrash = family_loads(args, pool)
         if args.fit:
