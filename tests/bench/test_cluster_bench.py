@@ -141,3 +141,99 @@ def test_a_family_no_load_thrashes_is_outside_the_goals_not_a_miss(monkeypatch):
     assert "| 64 | swe | 7 | 0.5x | 1.50x | 1.20x | 1.300 | missed |" in body
     assert "bfcl: no load of the grid thrashes one GPU (above), so the goals' premise" in body
     assert "n/a" not in "\n".join(cluster.summary(done))
+
+
+def _goal_rows(rr_s: float, aff_s: float, mine_s: float, imbalance: float = 1.0) -> list[dict]:
+    row = {"scheduler": "fcfs", "policy": "lru", "load_imbalance": imbalance, "tct_p95_s": 1.0,
+           "tasks_per_hour": 1.0, "migrated_gb": 0.0, "num_moved": 1234, "recomputed_tokens": 0,
+           "hit_rate": 0.5, "gpus": 64}
+    return [{**row, "router": "round-robin", "tct_mean_s": rr_s},
+            {**row, "router": "affinity", "tct_mean_s": aff_s},
+            {**row, "router": "kvsaga", "scheduler": "workflow", "tct_mean_s": mine_s}]
+
+
+def test_the_goal_text_says_where_the_floor_leaves_a_target_no_room():
+    """1.64x over affinity with a floor of 100 s: affinity at 160 s puts it out of reach,
+    at 166 s it needs a mean TCT within 1.2% of the floor (no practical room), at 200 s
+    there is room (22%); an n/a family gets no text."""
+    results = [(64, "assistant", 7, 4.0, _goal_rows(300.0, 160.0, 120.0), 100.0),
+               (64, "assistant", 11, 4.0, _goal_rows(300.0, 166.0, 120.0), 100.0),
+               (64, "assistant", 12, 4.0, _goal_rows(300.0, 200.0, 120.0), 100.0),
+               (64, "bfcl", 7, 16.0, _goal_rows(300.0, 100.0, 120.0), 100.0)]
+    text = "\n".join(cluster.goal_text(results, frozenset({"bfcl"})))
+    assert ("over affinity (target 1.64x) the floor bounds any router at 1.60x, 1.66x, 2.00x "
+            "(seeds 7, 11, 12): out of any router's reach on seed 7; no practical room on "
+            "seed 11 (1.2%); room on seed 12 (22.0%)") in text
+    assert "over round-robin (target 2.0x) the floor bounds any router at 3.00x, 3.00x, " \
+           "3.00x (seeds 7, 11, 12): room on seeds 7 (50.0%), 11 (50.0%), 12 (50.0%)" in text
+    assert "bfcl" not in text
+    lines = cluster.verdicts(results[1][4], floor_s=100.0)
+    assert ("- the 1.64x target over affinity leaves no practical room here: it needs a mean "
+            "TCT of at most 101.2 s, within 1.2% of the floor, which counts no queueing at "
+            "all.") in lines
+    assert lines[-1].endswith("mean TCT 20.0% above the floor.")
+
+
+def test_baseline_rows_read_back_what_a_section_printed(tmp_path):
+    """--routers reuses a previous run's rows from its tables: each printed cell comes back
+    as the value it printed (commas and all), by (GPUs, family, seed)."""
+    rows = _goal_rows(473.2, 424.2, 306.3, 1.182)
+    args = SimpleNamespace(gpus="64", sessions_per_gpu=16, load="thrash")
+    title = cluster.section_title(args)
+    table = cluster.format_rows(rows)
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"## Other\n\n### 64 GPUs: 1024 assistant sessions (seed 9, x)\n\n```\n"
+                    f"{table}\n```\n\n{title}\n\ntext\n\n### 64 GPUs: 1024 assistant sessions "
+                    f"(seed 7, load 4x), 3G KV per GPU (574 s of simulation)\n\n```\n{table}\n"
+                    "```\n\n- verdicts\n")
+    found = cluster.baseline_rows(path, title)
+    assert list(found) == [(64, "assistant", 7)]
+    for got, want in zip(found[(64, "assistant", 7)], rows, strict=True):
+        assert {k: got[k] for k in want} == want
+        assert got["reused"] and got["wall_s"] == 0.0
+    with pytest.raises(ValueError, match="has no section"):
+        cluster.baseline_rows(path, "## Cluster routing (simulated, 3 GPUs)")
+
+
+class _Now:
+    """A pool that runs each job at once."""
+
+    @staticmethod
+    def submit(fn, job):
+        from concurrent.futures import Future
+        f = Future()
+        f.set_result(fn(job))
+        return f
+
+
+def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_path,
+                                                                          monkeypatch):
+    args = SimpleNamespace(gpus="64", family="assistant", seed="7", sessions_per_gpu=16,
+                           scale=0.2, load="thrash", kv_memory="3G", runs="goal", ideal=False,
+                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md")
+    old = _goal_rows(473.2, 424.2, 306.3, 1.182)
+    args.baselines.write_text(
+        f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
+        f"load 4x)\n\n```\n{cluster.format_rows(old)}\n```\n")
+    ran, mine = [], old[2]
+
+    def run_one(job):
+        ran.append(job[7])
+        return {**mine, "tct_mean_s": 300.0, "wall_s": 5.0}
+
+    monkeypatch.setattr(cluster, "run_one", run_one)
+    monkeypatch.setattr(cluster, "floor_tct", lambda sessions, cost: 250.0)
+    monkeypatch.setattr(cluster, "trace", lambda *a: [None] * 1024)
+    results, lines = cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+    assert ran == [("kvsaga", "workflow", "lru")]
+    rows = results[0][4]
+    assert [r["tct_mean_s"] for r in rows] == [473.2, 424.2, 300.0]
+    assert lines[0].endswith("(5 s of simulation; the affinity, round-robin rows reused "
+                             "from RESULTS.md)")
+    args.routers = {"affinity"}  # no kvsaga row to reuse: a clear error
+    old.pop()
+    args.baselines.write_text(
+        f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
+        f"load 4x)\n\n```\n{cluster.format_rows(old)}\n```\n")
+    with pytest.raises(ValueError, match="has no kvsaga \\+ workflow \\+ lru row for 64 GPUs"):
+        cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
