@@ -345,7 +345,7 @@ def report(args, kv: int, loads: dict[str, float], pool,
     reused = baseline_rows(args.baselines, section_title(args)) if args.baselines else {}
 
     def simulated(run) -> bool:
-        return args.routers is None or (run[0] if run != "ideal" else run) in args.routers
+        return args.routers is None or run == "ideal" or run[0] in args.routers
 
     def start(case, run):
         if simulated(run):
@@ -366,10 +366,12 @@ def report(args, kv: int, loads: dict[str, float], pool,
         sessions = trace(family, gpus, args.sessions_per_gpu, args.scale, seed, load)
         floor_s = floor_tct(sessions, SimConfig(kv_memory_bytes=kv).cost)
         kept = sorted({r["router"] for r in rows if r.get("reused")})
+        there = max((r["case_wall_s"] for r in rows if r.get("reused")), default=0.0)
         block = [f"### {gpus} GPUs: {len(sessions)} {family} sessions (seed {seed}, load "
                  f"{load:g}x, scale {args.scale}), {args.kv_memory} KV per GPU ({wall:.0f} s "
                  "of simulation" + (f"; the {', '.join(kept)} rows reused from "
-                                    f"{args.baselines.name}" if kept else "") + ")",
+                                    f"{args.baselines.name}, whose run of the case took "
+                                    f"{there:.0f} s" if kept else "") + ")",
                  "", "```", format_rows(rows), "```", "", *verdicts(rows, floor_s), ""]
         print("\n".join(block), flush=True)
         lines += block
@@ -390,9 +392,10 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
     if section is None:
         raise ValueError(f"{path} has no section {title!r}")
     found = {}
-    for gpus, family, seed, table in re.findall(
-            r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)[^\n]*\n\n```\n(.*?)\n```",
+    for gpus, family, seed, head, table in re.findall(
+            r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)([^\n]*)\n\n```\n(.*?)\n```",
             section.group(1), re.S | re.M):
+        took = re.search(r"took (\d+) s\)$|\((\d+) s of simulation\)$", head)
         rows = []
         for line in table.splitlines()[1:]:
             cells = line.split()
@@ -401,7 +404,8 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
                                  f"cells, not {len(CLUSTER_COLUMNS)}: {line!r}")
             row = {key: _cell(cell, fmt) for (_, key, fmt), cell in zip(CLUSTER_COLUMNS, cells,
                                                                        strict=True)}
-            row.update(family=family, seed=int(seed), wall_s=0.0, reused=True)
+            row.update(family=family, seed=int(seed), wall_s=0.0, reused=True,
+                       case_wall_s=float(next(g for g in took.groups() if g)) if took else 0.0)
             rows.append(row)
         found[(int(gpus), family, int(seed))] = rows
     return found
@@ -432,9 +436,11 @@ def main() -> None:
                    help="goal: round-robin + fcfs + lru, affinity + fcfs + lru and kvsaga + "
                         "workflow + lru; all: also kvsaga + fcfs, kvsaga + graph and "
                         "affinity + workflow")
-    p.add_argument("--routers", type=lambda t: {x.strip() for x in t.split(",") if x.strip()},
-                   help="comma-separated routers to simulate (default: all); the other runs' "
-                        "rows come from --baselines")
+    p.add_argument("--routers", type=lambda t: {x.strip() for x in t.split(",")
+                                                if x.strip() not in ("", "none")},
+                   help="comma-separated routers to simulate (default: all; 'none': write "
+                        "the section from --baselines' rows alone); the other runs' rows "
+                        "come from --baselines")
     p.add_argument("--baselines", type=Path,
                    help="a RESULTS file whose section of this fleet and load holds a previous "
                         "run's tables: --routers reuses its rows for the routers not simulated")
@@ -461,7 +467,8 @@ def main() -> None:
            f"--sessions-per-gpu {args.sessions_per_gpu} --scale {args.scale} --load "
            f"{args.load} --seed {args.seed} --kv-memory {args.kv_memory} --runs {args.runs}"
            + (" --ideal" if args.ideal else "")
-           + (f" --routers {','.join(sorted(args.routers))} --baselines {args.baselines}"
+           + (f" --routers {','.join(sorted(args.routers)) or 'none'} --baselines "
+              f"{args.baselines}"
               if args.routers is not None else ""))
     with ProcessPoolExecutor(args.workers) as pool:
         loads, load_lines, no_thrash = family_loads(args, pool)

@@ -190,7 +190,7 @@ def test_baseline_rows_read_back_what_a_section_printed(tmp_path):
     assert list(found) == [(64, "assistant", 7)]
     for got, want in zip(found[(64, "assistant", 7)], rows, strict=True):
         assert {k: got[k] for k in want} == want
-        assert got["reused"] and got["wall_s"] == 0.0
+        assert got["reused"] and got["wall_s"] == 0.0 and got["case_wall_s"] == 574.0
     with pytest.raises(ValueError, match="has no section"):
         cluster.baseline_rows(path, "## Cluster routing (simulated, 3 GPUs)")
 
@@ -214,7 +214,8 @@ def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_pa
     old = _goal_rows(473.2, 424.2, 306.3, 1.182)
     args.baselines.write_text(
         f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
-        f"load 4x)\n\n```\n{cluster.format_rows(old)}\n```\n")
+        f"load 4x), 3G KV per GPU (574 s of simulation)\n\n```\n{cluster.format_rows(old)}"
+        "\n```\n")
     ran, mine = [], old[2]
 
     def run_one(job):
@@ -229,7 +230,14 @@ def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_pa
     rows = results[0][4]
     assert [r["tct_mean_s"] for r in rows] == [473.2, 424.2, 300.0]
     assert lines[0].endswith("(5 s of simulation; the affinity, round-robin rows reused "
-                             "from RESULTS.md)")
+                             "from RESULTS.md, whose run of the case took 574 s)")
+    # A section written from reused rows alone names the first run's time again.
+    args.routers = set()
+    monkeypatch.setattr(cluster, "run_one", None)
+    results, lines = cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+    assert lines[0].endswith("(0 s of simulation; the affinity, kvsaga, round-robin rows "
+                             "reused from RESULTS.md, whose run of the case took 574 s)")
+    monkeypatch.setattr(cluster, "run_one", run_one)
     args.routers = {"affinity"}  # no kvsaga row to reuse: a clear error
     old.pop()
     args.baselines.write_text(
