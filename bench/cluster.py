@@ -395,7 +395,7 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
     for gpus, family, seed, head, table in re.findall(
             r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)([^\n]*)\n\n```\n(.*?)\n```",
             section.group(1), re.S | re.M):
-        took = re.search(r"took (\d+) s\)$|\((\d+) s of simulation\)$", head)
+        took = re.search(r"took (\d+) s\)$", head) or re.search(r"\((\d+) s of simulation", head)
         rows = []
         for line in table.splitlines()[1:]:
             cells = line.split()
@@ -405,7 +405,7 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
             row = {key: _cell(cell, fmt) for (_, key, fmt), cell in zip(CLUSTER_COLUMNS, cells,
                                                                        strict=True)}
             row.update(family=family, seed=int(seed), wall_s=0.0, reused=True,
-                       case_wall_s=float(next(g for g in took.groups() if g)) if took else 0.0)
+                       case_wall_s=float(took.group(1)) if took else 0.0)
             rows.append(row)
         found[(int(gpus), family, int(seed))] = rows
     return found

@@ -375,13 +375,13 @@ class KvsagaRouter(Router):
         tokens = st.session_tokens.get(req.session) if st is not None else None
         return tokens if is_int(tokens) and tokens >= 0 else req.context_tokens
 
-    def _fits(self, x: str, tokens: int, stats) -> bool:
-        """Whether `tokens` more keep replica `x` at or below `max_commitment` (always,
-        when that is off)."""
-        limit = self.config.max_commitment
-        sx = stats.get(x)
-        if not limit:
+    def _fits(self, x: str, tokens: int, stats, limit: float | None = None) -> bool:
+        """Whether `tokens` more keep replica `x` at or below `limit` (default
+        `max_commitment`; always, when `max_commitment` is off)."""
+        if not self.config.max_commitment:
             return True
+        limit = self.config.max_commitment if limit is None else limit
+        sx = stats.get(x)
         return sx is not None and sx.commitment + tokens / sx.capacity_tokens <= limit
 
     def _roomy(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
@@ -415,12 +415,20 @@ class KvsagaRouter(Router):
     def _behind(self, home: str, req: RouteRequest, stats, cands: list[str],
                 ahead: tuple[dict[str, float], float] | None) -> list[str]:
         """Of `cands`, the replicas whose accumulated busy time is below the mean and that
-        have room for the session, when home is ahead (`_ahead`; else none)."""
+        have room for the session, when home is ahead (`_ahead`; else none). Room: the
+        session keeps them at or below `max_commitment`, or, when home is above it, at or
+        below `busy_balance_crowding` x home's commitment (opt-in): when every pool
+        overflows (a thrashing fleet's drain), a session is no more crowded on a replica
+        behind than on the home ahead, which otherwise keeps recomputing what its sessions
+        evict."""
         if ahead is None or not cands:
             return []
         done, mean = ahead
         tokens = self._tokens(home, req, stats)
-        return [x for x in cands if x in done and done[x] < mean and self._fits(x, tokens, stats)]
+        c = self.config
+        limit = max(c.max_commitment, c.busy_balance_crowding * stats[home].commitment)
+        return [x for x in cands
+                if x in done and done[x] < mean and self._fits(x, tokens, stats, limit)]
 
     def _overcommitted(self, r: str, stats) -> bool:
         st = stats.get(r)

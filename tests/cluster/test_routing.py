@@ -78,6 +78,8 @@ def test_replica_stats_validation():
             RoutingConfig(busy_balance=bad)
         with pytest.raises(ValueError, match="busy_balance_quiet"):
             RoutingConfig(busy_balance_quiet=bad)
+        with pytest.raises(ValueError, match="busy_balance_crowding"):
+            RoutingConfig(busy_balance_crowding=bad)
 
 
 def test_stats_from_manager():
@@ -285,6 +287,31 @@ def test_the_balance_steal_leaves_a_step_home(case):
     r.homes["s"] = "a"
     got = r.route(RouteRequest("s"), {"a": home, "b": other})
     assert (got.replica, got.reason) == ("a", "affinity")
+
+
+def test_when_every_pool_overflows_a_balance_steal_may_take_a_replica_no_more_crowded():
+    """A thrashing fleet's drain: every pool overflows (commitment > max_commitment 1), so
+    no replica has room below it. a is 50% ahead in busy time at commitment 1.5 (s: 400 of
+    its 2,400 tokens); c, furthest behind, would hold 1.25 + 0.25 = 1.5 with s, no more
+    crowded than a: with `busy_balance_crowding` 1 the step moves there. b, behind too but
+    at 1.3 + 0.25 = 1.55 > 1.5, does not take it when it is the only one behind. With the
+    default 0 (room below max_commitment only) s stays on a."""
+    def fleet(b_tokens):
+        return {"a": worked(150, s=400, t=2000), "b": worked(80, u=b_tokens),
+                "c": worked(60, v=2000), "d": worked(140, w=1700)}
+
+    crowding = dataclasses.replace(BALANCED, busy_balance_crowding=1.0)
+    r = make_router("kvsaga", ["a", "b", "c", "d"], config=crowding)
+    r.homes["s"] = "a"
+    got = r.route(RouteRequest("s"), fleet(1700))
+    assert (got.replica, got.moved_from, got.reason) == ("c", "a", "balance")
+    for cfg, others, reason in (
+            (BALANCED, fleet(1700), "affinity"),
+            (crowding, {k: v for k, v in fleet(2080).items() if k != "c"}, "affinity"),
+            (crowding, {k: v for k, v in fleet(2000).items() if k != "c"}, "balance")):
+        r2 = make_router("kvsaga", list(others), config=cfg)
+        r2.homes["s"] = "a"
+        assert r2.route(RouteRequest("s"), others).reason == reason, (cfg, others)
 
 
 def test_a_lone_session_on_a_quiet_fleet_stays_home_by_default():
