@@ -30,13 +30,13 @@ class OracleOrder(WorkflowScheduler):
 
     name = NAME
 
-    def _candidate(self, now: float) -> Any | None:
-        if not self._resumed:
-            for q in self._pending.values():
-                ordered = sorted(q, key=remaining_steps)  # stable: ties keep queue order
-                q.clear()
-                q.extend(ordered)
-        return super()._candidate(now)
+    def _sort_pending(self) -> None:
+        """Replaces the default's order (`admission_order`) at the same point of
+        `_candidate`, at every call."""
+        for q in self._pending.values():
+            ordered = sorted(q, key=remaining_steps)  # stable: ties keep queue order
+            q.clear()
+            q.extend(ordered)
 
 
 def simulator(sessions, cfg: SimConfig) -> Simulator:

@@ -20,9 +20,9 @@ Schedulers by name (`make_scheduler(name, manager, **params)`):
   admitted session keeps its place across tool calls, and its resumed steps go before any
   new session. A session paused far longer than predicted is demoted so others may enter.
   New sessions are ordered across tenants by Agent Fair Share (below); within a tenant
-  (`admission_order`) in queue order ("fifo", the default), or, opt-in, the least
-  predicted remaining work first, aged by queueing time ("predicted":
-  `kvsaga.scheduler.admission_order`).
+  (`admission_order`) the least predicted remaining work first, aged by queueing time
+  ("predicted", the default: `kvsaga.scheduler.admission_order`), or in queue order
+  ("fifo").
 
 Agent Fair Share (`kvsaga.scheduler.fair_share`): each backlogged tenant has a deficit
 against its weighted fair share of session admissions; the largest deficit goes first, and

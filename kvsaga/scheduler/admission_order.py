@@ -1,6 +1,7 @@
-"""The order in which `workflow` admits waiting sessions: first come first served within a
-tenant ("fifo"), or by predicted remaining work with aging ("predicted",
-`WorkflowScheduler(admission_order=...)`).
+"""The order in which `workflow` admits waiting sessions: by predicted remaining work with
+aging ("predicted", the default: `bench/scheduling.py --fit` round 4, seeds 101-106), or
+first come first served within a tenant ("fifo"; `WorkflowScheduler(admission_order=...)`),
+and the reserve that bounds every session's wait in either order (`max_wait_s`).
 
 Why predicted remaining work: where memory bounds how many sessions run at once, the
 sessions waiting for admission queue for memory, and the order that lowers the mean wait is

@@ -25,8 +25,8 @@ def wf(m, **kw):
     """A workflow scheduler with a small growth prior, no idle admission, no overcommit,
     paused sessions charged their growth too (`paused_growth`), which the tests' pool sizes
     assume (the default, False, is checked in tests/scheduler/test_workflow.py), and
-    sessions waiting in queue order (`admission_order` "fifo", the default, whose rules the
-    tests check; "predicted" is tests/scheduler/test_admission_order.py's)."""
+    sessions waiting in queue order (`admission_order` "fifo", whose rules the tests check;
+    "predicted", the default, is tests/scheduler/test_admission_order.py's)."""
     kw.setdefault("paused_growth", True)
     kw.setdefault("admission_order", "fifo")
     kw.setdefault("overcommit", 1.0)
