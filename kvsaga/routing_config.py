@@ -63,7 +63,7 @@ class RoutingConfig:
             fleet), a replica no more crowded than home (1) takes the session. Opt-in (0:
             `max_commitment` only): on assistant at 64 GPUs x 16 sessions, where the rule
             with 0 finds no target at most decisions of the GPU furthest ahead, 1 took
-            load_imbalance on fit seed 1 from 1.236 to 1.210 only (docs/cluster.md).
+            load_imbalance on the fit seeds from 1.236 / 1.225 to 1.210 / 1.136 (docs/cluster.md).
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
