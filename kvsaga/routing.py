@@ -416,8 +416,8 @@ class KvsagaRouter(Router):
                 ahead: tuple[dict[str, float], float] | None) -> list[str]:
         """Of `cands`, the replicas whose accumulated busy time is below the mean and that
         have room for the session, when home is ahead (`_ahead`; else none). Room: the
-        session keeps them at or below `max_commitment`, or, when home is above it, at or
-        below `busy_balance_crowding` x home's commitment (opt-in): when every pool
+        session keeps them at or below `max_commitment`, or, when `busy_balance_crowding`
+        x home's commitment exceeds that, at or below this product (opt-in): when every pool
         overflows (a thrashing fleet's drain), a session is no more crowded on a replica
         behind than on the home ahead, which otherwise keeps recomputing what its sessions
         evict."""
