@@ -355,6 +355,7 @@ def report(args, kv: int, loads: dict[str, float], pool,
         if run not in old:
             raise ValueError(f"--baselines {args.baselines} has no {' + '.join(run)} row "
                              f"for {case[0]} GPUs, {case[1]}, seed {case[2]}")
+        same_experiment(args, case, loads[case[1]], old[run])
         return old[run]
 
     futures = {case: [start(case, run) for run in runs] for case in cases}
@@ -381,12 +382,26 @@ def report(args, kv: int, loads: dict[str, float], pool,
     return results, lines
 
 
+def same_experiment(args, case: tuple[int, str, int], load: float, row: dict) -> None:
+    """Refuse a reused row whose case heading names another load, scale or KV memory than
+    this run's: the section title and (GPUs, family, seed) alone do not tell them apart."""
+    ours = {"load": f"{load:g}x", "scale": f"{args.scale:g}", "KV": args.kv_memory}
+    theirs = {"load": f"{row['load']:g}x", "scale": f"{row['scale']:g}", "KV": row["kv"]}
+    if parse_bytes(row["kv"]) == parse_bytes(args.kv_memory):
+        theirs["KV"] = ours["KV"]  # the same capacity spelled another way
+    wrong = [f"{k} {theirs[k]} (this run: {ours[k]})" for k in ours if ours[k] != theirs[k]]
+    if wrong:
+        raise ValueError(f"--baselines {args.baselines}: the {case[0]} GPUs, {case[1]}, seed "
+                         f"{case[2]} rows were run at another {', '.join(wrong)}")
+
+
 def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dict]]:
     """The rows of the tables a previous run wrote into section `title` of `path`, by
-    (GPUs, family, seed): `--routers` reuses them for the routers it does not simulate (the
-    round-robin and affinity rows do not depend on the kvsaga router's code). The figures
-    are as printed (mean TCT to 0.1 s), so a ratio over them can differ from the first
-    run's in its last digit."""
+    (GPUs, family, seed), each with the load, scale and KV memory its case heading names
+    (`same_experiment` checks them): `--routers` reuses them for the routers it does not
+    simulate (the round-robin and affinity rows do not depend on the kvsaga router's code).
+    The figures are as printed (mean TCT to 0.1 s), so a ratio over them can differ from the
+    first run's in its last digit."""
     text = path.read_text(encoding="utf-8")
     section = re.search(rf"^{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     if section is None:
@@ -396,6 +411,10 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
             r"^### (\d+) GPUs: \d+ (\S+) sessions \(seed (\d+)([^\n]*)\n\n```\n(.*?)\n```",
             section.group(1), re.S | re.M):
         took = re.search(r"took (\d+) s\)$", head) or re.search(r"\((\d+) s of simulation", head)
+        setup = re.match(r", load ([^,]+)x, scale ([^)]+)\), (\S+) KV per GPU", head)
+        if setup is None:
+            raise ValueError(f"{path}: the heading of {family} seed {seed} does not name its "
+                             f"load, scale and KV memory: {head!r}")
         rows = []
         for line in table.splitlines()[1:]:
             cells = line.split()
@@ -405,6 +424,8 @@ def baseline_rows(path: Path, title: str) -> dict[tuple[int, str, int], list[dic
             row = {key: _cell(cell, fmt) for (_, key, fmt), cell in zip(CLUSTER_COLUMNS, cells,
                                                                        strict=True)}
             row.update(family=family, seed=int(seed), wall_s=0.0, reused=True,
+                       load=float(setup.group(1)), scale=float(setup.group(2)),
+                       kv=setup.group(3),
                        case_wall_s=float(took.group(1)) if took else 0.0)
             rows.append(row)
         found[(int(gpus), family, int(seed))] = rows

@@ -3,6 +3,7 @@ model without simulating (what its RESULTS lines call a target out of any router
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,8 +185,8 @@ def test_baseline_rows_read_back_what_a_section_printed(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text(f"## Other\n\n### 64 GPUs: 1024 assistant sessions (seed 9, x)\n\n```\n"
                     f"{table}\n```\n\n{title}\n\ntext\n\n### 64 GPUs: 1024 assistant sessions "
-                    f"(seed 7, load 4x), 3G KV per GPU (574 s of simulation)\n\n```\n{table}\n"
-                    "```\n\n- verdicts\n")
+                    f"(seed 7, load 4x, scale 0.2), 3G KV per GPU (574 s of simulation)\n\n"
+                    f"```\n{table}\n```\n\n- verdicts\n")
     found = cluster.baseline_rows(path, title)
     assert list(found) == [(64, "assistant", 7)]
     for got, want in zip(found[(64, "assistant", 7)], rows, strict=True):
@@ -214,8 +215,8 @@ def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_pa
     old = _goal_rows(473.2, 424.2, 306.3, 1.182)
     args.baselines.write_text(
         f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
-        f"load 4x), 3G KV per GPU (574 s of simulation)\n\n```\n{cluster.format_rows(old)}"
-        "\n```\n")
+        f"load 4x, scale 0.2), 3G KV per GPU (574 s of simulation)\n\n```\n"
+        f"{cluster.format_rows(old)}\n```\n")
     ran, mine = [], old[2]
 
     def run_one(job):
@@ -242,6 +243,38 @@ def test_routers_simulates_only_the_named_router_and_reuses_the_baselines(tmp_pa
     old.pop()
     args.baselines.write_text(
         f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
-        f"load 4x)\n\n```\n{cluster.format_rows(old)}\n```\n")
+        f"load 4x, scale 0.2), 3G KV per GPU (9 s of simulation)\n\n```\n"
+        f"{cluster.format_rows(old)}\n```\n")
     with pytest.raises(ValueError, match="has no kvsaga \\+ workflow \\+ lru row for 64 GPUs"):
         cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+
+
+@pytest.mark.parametrize("heading, wrong", [
+    ("load 4x, scale 0.1), 3G KV", "scale 0.1 (this run: 0.2)"),
+    ("load 2x, scale 0.2), 3G KV", "load 2x (this run: 4x)"),
+    ("load 4x, scale 0.2), 2G KV", "KV 2G (this run: 3G)"),
+])
+def test_baselines_of_another_scale_load_or_kv_are_refused(tmp_path, monkeypatch, heading,
+                                                            wrong):
+    """A section of the same fleet can hold a run at another scale, load or KV memory (the
+    title does not name them): its rows are another experiment, so reusing them is an
+    error naming what differs; the same KV spelled otherwise ("3GiB") is the same run."""
+    args = SimpleNamespace(gpus="64", family="assistant", seed="7", sessions_per_gpu=16,
+                           scale=0.2, load="thrash", kv_memory="3G", runs="goal", ideal=False,
+                           routers={"kvsaga"}, baselines=tmp_path / "RESULTS.md")
+    old = _goal_rows(473.2, 424.2, 306.3, 1.182)
+    monkeypatch.setattr(cluster, "run_one", lambda job: {**old[2], "wall_s": 5.0})
+    monkeypatch.setattr(cluster, "floor_tct", lambda sessions, cost: 250.0)
+    monkeypatch.setattr(cluster, "trace", lambda *a: [None] * 1024)
+
+    def write(head):
+        args.baselines.write_text(
+            f"{cluster.section_title(args)}\n\n### 64 GPUs: 1024 assistant sessions (seed 7, "
+            f"{head} per GPU (574 s of simulation)\n\n```\n{cluster.format_rows(old)}\n```\n")
+
+    write(heading)
+    with pytest.raises(ValueError, match=re.escape(f"were run at another {wrong}")):
+        cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+    write("load 4x, scale 0.2), 3GiB KV")
+    results, _ = cluster.report(args, 3 * 2**30, {"assistant": 4.0}, _Now())
+    assert [r["tct_mean_s"] for r in results[0][4]] == [473.2, 424.2, 306.3]
