@@ -23,3 +23,11 @@ def check_positive_int(label: str, value: object, error: type[Exception] = Value
     if not is_int(value) or value <= 0:
         raise error(f"{label} must be a positive int, got {value!r}")
     return value
+
+
+def check_bool(label: str, value: object, error: type[Exception] = ValueError) -> bool:
+    """`value` if it is True or False, else `error("<label> must be True or False, got ...")`
+    (a truthy 1 or "no" is a typo; the C++ core's bindings refuse it too)."""
+    if not isinstance(value, bool):
+        raise error(f"{label} must be True or False, got {value!r}")
+    return value

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from kvsaga._core import get_core
-from kvsaga._validate import check_positive_int, is_int
+from kvsaga._validate import check_bool, check_positive_int, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
@@ -254,10 +254,8 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
 
     def _append(self, s: Session, tokens: list[int]) -> None:
         if self.max_model_len is not None and len(s.token_ids) + len(tokens) > self.max_model_len:
-            raise InvalidRequest(
-                f"context of {len(s.token_ids) + len(tokens)} tokens exceeds max_model_len "
-                f"{self.max_model_len}"
-            )
+            raise InvalidRequest(f"context of {len(s.token_ids) + len(tokens)} tokens exceeds "
+                                 f"max_model_len {self.max_model_len}")
         s.token_ids.extend(tokens)
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
 
@@ -272,9 +270,10 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
             `return_slots=False` (the same blocks and evictions; for the simulator).
         Raises:
             InvalidRequest: num_tokens not positive, more than the uncomputed tokens, or the
-                context could never fit in the pool.
+                context could never fit in the pool; return_slots not a bool (either core).
             OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
         """
+        check_bool("return_slots", return_slots, InvalidRequest)
         if self._hot is not None:
             out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             if out.__class__ is int:  # the policy (Python) evicts, then the core allocates

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
 from kvsaga import KVCacheManager, KVSpec, _core
+from kvsaga.errors import InvalidRequest
 
 
 def test_env_picks_the_core(monkeypatch):
@@ -190,3 +192,26 @@ def _queue_observer(queue, direct: bool):
                 queue.remove_many(ids)
 
     return Observer()
+
+
+@pytest.mark.parametrize("core", ["python", "cpp"])
+@pytest.mark.parametrize("listed", [True, False, 0, None, 1, "no"])
+def test_return_slots_must_be_a_bool_on_either_core(monkeypatch, core, listed):
+    """A truthy 1 or "no" for return_slots is a typo: both cores refuse it with the same
+    error before any block is taken (the C++ binding alone would raise a bare TypeError)."""
+    if core == "cpp" and not _core.cpp_available():
+        pytest.skip("the C++ core is not built")
+    monkeypatch.setenv("KVSAGA_CORE", core)
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4)
+    assert m.core.name == core
+    m.begin_step("a", [1, 2, 3, 4, 5])
+    before = m.stats()
+    if isinstance(listed, bool):
+        out = m.allocate_slots("a", 5, return_slots=listed)
+        assert out == ([0, 1, 2, 3, 4] if listed else None)
+        return
+    with pytest.raises(InvalidRequest, match=f"return_slots must be True or False, got "
+                                             f"{re.escape(repr(listed))}"):
+        m.allocate_slots("a", 5, return_slots=listed)
+    assert m.stats() == before and m.sessions["a"].num_computed == 0
+    assert m.allocate_slots("a", 5) == [0, 1, 2, 3, 4]  # nothing was taken

@@ -94,7 +94,7 @@ class ParityMachine(RuleBasedStateMachine):
         self.both(lambda m: m.append_tokens(sid, new))
 
     @rule(sid=some_sid, n=st.one_of(st.integers(-1, 20), st.sampled_from([None, True, 2.0])),
-          listed=st.booleans())
+          listed=st.sampled_from([True, False, True, False, 0, None, 1, "no"]))
     def allocate(self, sid, n, listed):
         self.both(lambda m: m.allocate_slots(sid, n, now=self.now, return_slots=listed))
 
