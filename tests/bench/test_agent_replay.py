@@ -3,14 +3,12 @@ model served by real kvsaga-serve subprocesses; checks the JSON the benchmark wr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "agent_replay.py"
+from tests.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +20,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("agent_replay", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("agent_replay")
 
 
 def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:

@@ -4,32 +4,20 @@ relearning), the goals judged from them, and its section written alone into RESU
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 from kvsaga.policy import AdaptivePolicy
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench_scripts import load_bench
 
 
 def load():
     """bench/eviction_scaling.py, after the bench/allocator.py it imports."""
-    _module("allocator")
-    return _module("eviction_scaling")
+    load_bench("allocator")
+    return load_bench("eviction_scaling")
 
 
 def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
@@ -61,7 +49,7 @@ def test_profile_names_the_policy_search_per_allocation():
 
 def test_policy_specs_with_constants_run_side_by_side_and_lru_is_required():
     mod = load()
-    _module("policies")  # the spec parser eviction_scaling borrows
+    load_bench("policies")  # the spec parser eviction_scaling borrows
     specs = ("lru", "adaptive", "adaptive[shadow_share=1]")
     lines, figures = mod.eviction_scaling([8], repeat=1, policies=specs)
     assert set(figures) == set(specs)

@@ -3,19 +3,15 @@ equal, and writes only its own section of RESULTS.md."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tests.bench_scripts import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name: str = "sim_speed"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench(name)
 
 
 def test_measures_both_paths_and_writes_its_section(tmp_path):

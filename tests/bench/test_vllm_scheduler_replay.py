@@ -3,19 +3,11 @@ against the real scheduler in tests/integrations/vllm's environment)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "vllm_scheduler_replay.py"
+from tests.bench_scripts import load_bench
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("vllm_scheduler_replay", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("vllm_scheduler_replay")
 
 
 def test_bound_lines_give_the_ceiling_pressure_and_end_per_seed() -> None:

@@ -3,26 +3,18 @@ scheduler: at most the budget's blocks are ever referenced, and nothing freed is
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("vllm")
 
-from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, run, step  # noqa: E402
+from tests.bench_scripts import load_bench  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "vllm_scheduler_replay.py"
+from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, run, step  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def replay_module():
-    spec = importlib.util.spec_from_file_location("vllm_scheduler_replay", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("vllm_scheduler_replay")
 
 
 def _prompt(tag: int, blocks: int) -> list[int]:
