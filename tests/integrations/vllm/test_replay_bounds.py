@@ -62,3 +62,23 @@ def test_every_hit_kept_references_at_most_the_budget(hf_model_dir, replay_modul
         peak = max(peak, _referenced(s))
     assert not s.has_unfinished_requests()
     assert 4 < peak <= usable  # more than one request ran, never past the budget
+
+
+def test_rebuilt_tokens_are_what_an_unbounded_cache_does_not_compute(hf_model_dir, replay_module):
+    """The rebuild count (the tokens behind the rebuild share): plain vLLM under pressure
+    computes again KV it had computed before, at most the prefill an unbounded cache saves
+    (what it computes beyond that are partial blocks, never cached by vLLM); an unbounded
+    cache rebuilds nothing."""
+    import argparse
+
+    args = replay_module.build_parser().parse_args(
+        ["--sessions", "3", "--steps", "4", "--token-scale", "0.05", "--time-scale", "0.25",
+         "--kv-fraction", "0.25"])
+    pressed = replay_module.replay(args, str(hf_model_dir), 0, None)
+    wide = replay_module.replay(argparse.Namespace(**{**vars(args), "kv_blocks": 2000}),
+                                str(hf_model_dir), 0, None)
+    saved = pressed.figures()["prefill_tokens"] - wide.figures()["prefill_tokens"]
+    assert wide.rebuilt_tokens == 0 and wide.rebuild_s == 0.0
+    assert 0 < pressed.rebuilt_tokens <= saved
+    assert pressed.rebuild_s == pytest.approx(args.token_s * pressed.rebuilt_tokens)
+    assert 0 < pressed.figures()["rebuild_share"] < 1
