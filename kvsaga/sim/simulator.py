@@ -252,8 +252,11 @@ class Simulator(DecodeRuns, StepExecutor):
         if self._ran:
             raise RuntimeError("a Simulator runs once; build a new one to run again")
         self._ran = True
-        with tqdm(total=len(self.sessions), disable=not progress, unit="session",
-                  desc=f"sim {self.manager.policy.name}") as bar:
+        # No bar object at all without `progress`: a disabled tqdm still makes its
+        # multiprocessing lock (an import and a semaphore, ms of a small simulation).
+        bar = (tqdm(total=len(self.sessions), unit="session",
+                    desc=f"sim {self.manager.policy.name}") if progress else None)
+        try:
             sched = self.scheduler
             while self._events or sched.has_work:
                 self._release_due_events()
@@ -261,7 +264,11 @@ class Simulator(DecodeRuns, StepExecutor):
                     self._idle()
                     continue
                 done = self.step()
-                bar.update(done)
+                if bar is not None:
+                    bar.update(done)
+        finally:
+            if bar is not None:
+                bar.close()
         return self._result()
 
     def _admissible(self) -> bool:
