@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
 ALL_HITS_ARM = "vllm+allhits"
+CLOSE_TOKEN = 3  # `--hint close`'s one-token request
 ALL_HITS_ORDERS = ("fcfs", "srpt")
 ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt"}
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
@@ -85,6 +86,7 @@ class ArmResult:
     end_s: float = 0.0  # when the last task ended (what a live run's wall time follows)
     wait_s: list[float] = field(default_factory=list)  # per request: arrival to first step
     connector: dict[str, Any] = field(default_factory=dict)
+    held_at_end: int = 0  # blocks the connector still retained when every task had ended
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -198,15 +200,24 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
     # KV for at some time (contexts only grow), and whether the shared system prompt ever was.
     computed = [0] * len(sessions)
     system_done = False
+    closing: set[str] = set()  # `--hint close`: the requests that only end a session
     while due or live:
         while due and due[0][0] <= now:
             t_due, i, k = heapq.heappop(due)
+            if k == len(sessions[i]):  # the session's close: one token, no context
+                req = make_request([CLOSE_TOKEN], 1, {"session_id": f"s{i}", "workflow":
+                                                      args.workload, "last_step": True},
+                                   args.block_size)
+                closing.add(req.request_id)
+                live[req.request_id] = (i, k)
+                sched.add_request(req)
+                continue
             st = sessions[i][k]
             # the message as the chat template frames it, then the assistant's header
             n_in = st.input_tokens + args.template_tokens
             context[i] += [rng.randrange(1000, 49000) for _ in range(n_in)]
             hint: dict[str, Any] = {"session_id": f"s{i}", "workflow": args.workload}
-            if args.hint == "session":
+            if args.hint in ("session", "close"):
                 pass  # what a client knows before the model replies: no tool, no last step
             elif k == len(sessions[i]) - 1:
                 hint["last_step"] = True
@@ -230,9 +241,12 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         res.steps += 1
         res.scheduled_tokens += n_tokens
         res.preemptions += len(out.preempted_req_ids)
-        res.cached_tokens += sum(r.num_computed_tokens for r in out.scheduled_new_reqs)
-        res.wait_s += [now - arrival.pop(r.req_id) for r in out.scheduled_new_reqs]
+        news = [r for r in out.scheduled_new_reqs if r.req_id not in closing]
+        res.cached_tokens += sum(r.num_computed_tokens for r in news)
+        res.wait_s += [now - arrival.pop(r.req_id) for r in news]
         for rid, n in out.num_scheduled_tokens.items():
+            if rid in closing:
+                continue
             i = live[rid][0]
             end = sched.requests[rid].num_computed_tokens  # already advanced by schedule()
             had = max(computed[i], len(system) if system_done else 0)
@@ -265,6 +279,9 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                 if o.finish_reason is None:
                     continue
                 i, k = live.pop(o.request_id)
+                if o.request_id in closing:
+                    closing.discard(o.request_id)
+                    continue
                 st = sessions[i][k]
                 n_out = reply_tokens(args, st)
                 res.decode_tokens += n_out - 1
@@ -274,8 +291,11 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                     heapq.heappush(due, (now + st.tool_s, i, k + 1))
                 else:
                     res.task_s.append(now - arrived[i])
+                    if args.hint == "close":  # the client ends the session once it knows
+                        heapq.heappush(due, (now, i, k + 1))
     res.end_s = now
     if sched.connector is not None:
+        res.held_at_end = sum(len(b) for b in sched.connector.holds.values())
         sched.connector._log_stats(now)  # copies the gate's counters into the stats
         stats = json.loads(sched.connector.stats.line().split(": ", 1)[1])
         res.connector = {k: v for k, v in stats.items() if k != "by_reason" and v}
@@ -378,12 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time-scale", type=float, default=20.0)
     a("--max-tool-s", type=float, default=10.0)
     a("--arrival-gap", type=float, default=1.0)
-    a("--hint", choices=("median", "exact", "none", "session"), default="median",
+    a("--hint", choices=("median", "exact", "none", "session", "close"), default="median",
       help="what each request tells the connector besides its session: the tool its reply "
            "calls and that tool's median pause (median), the pause itself (exact), the tool "
            "alone (none), all with last_step on a session's last step; session: the session "
            "and workflow only (a client does not know its reply's tool, nor that it is the "
-           "last, before the model has replied)")
+           "last, before the model has replied); close: as session, and once a session's last "
+           "reply is in, a one-token request with last_step (the client ends the session)")
     a("--kv-fraction", type=float, default=0.5)
     a("--block-size", type=int, default=32)
     a("--max-num-seqs", type=int, default=16)

@@ -82,3 +82,24 @@ def test_rebuilt_tokens_are_what_an_unbounded_cache_does_not_compute(hf_model_di
     assert 0 < pressed.rebuilt_tokens <= saved
     assert pressed.rebuild_s == pytest.approx(args.token_s * pressed.rebuilt_tokens)
     assert 0 < pressed.figures()["rebuild_share"] < 1
+
+
+def test_close_requests_cost_a_token_each_and_end_every_session(hf_model_dir, replay_module):
+    """`--hint close`: a client that cannot say "last step" in advance ends each session with a
+    one-token request once its last reply is in. It costs a prefill token per session, is no
+    task's step (every task still ends once), and ends the connector's sessions: nothing
+    stays retained."""
+    base = ["--sessions", "3", "--steps", "4", "--token-scale", "0.05", "--time-scale", "0.25",
+            "--kv-fraction", "0.25"]
+    parse = replay_module.build_parser().parse_args
+    told = replay_module.replay(parse(base), str(hf_model_dir), 0, None)
+    closed = replay_module.replay(parse([*base, "--hint", "close"]), str(hf_model_dir), 0, None)
+    assert len(closed.task_s) == len(told.task_s) == 3
+    assert closed.prompt_tokens == told.prompt_tokens  # the closes are no step's prompt
+    # at least their own token each (a close's block may also push a cached one out)
+    assert closed.figures()["prefill_tokens"] >= told.figures()["prefill_tokens"] + 3
+    conn = replay_module.replay(parse([*base, "--hint", "close"]), str(hf_model_dir), 0, "ttl")
+    assert len(conn.task_s) == 3 and conn.held_at_end == 0
+    # Without the close (and without last_step) the finished sessions' blocks stay retained.
+    left = replay_module.replay(parse([*base, "--hint", "session"]), str(hf_model_dir), 0, "ttl")
+    assert len(left.task_s) == 3 and left.held_at_end > 0
