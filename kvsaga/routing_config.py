@@ -40,7 +40,11 @@ class RoutingConfig:
             moves again only once its new home is ahead in turn.
             Queue counts even out the load of the moment; this evens out the work done,
             which they cannot once arrivals stop and the last long sessions keep a few
-            replicas busy while the rest idle.
+            replicas busy while the rest idle. A replica ahead by more than this share
+            and more than `busy_balance_min_s` takes no step from another either: the
+            queue and memory steals, which count steps and memory only, handed the replica
+            furthest ahead more work in a thrashing fleet, where no replica had room for
+            the balance steal to hand it back.
         busy_balance_min_s: for a home that holds no other work (no step in flight, no
             other paused session) on a quiet fleet (`busy_balance_quiet`), seconds of work
             below which its lead is no imbalance (0: any lead over `busy_balance` counts).

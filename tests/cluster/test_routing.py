@@ -314,6 +314,42 @@ def test_when_every_pool_overflows_a_balance_steal_may_take_a_replica_no_more_cr
         assert r2.route(RouteRequest("s"), others).reason == reason, (cfg, others)
 
 
+def test_a_replica_ahead_in_busy_time_steals_no_step():
+    """Queue and memory steals count steps and memory, not work done: without this rule
+    they handed steps to the replica furthest ahead of the fleet, which the balance steal,
+    blocked for room in a thrashing fleet, could not move back (assistant, 32 GPUs x 16
+    sessions, fit seed 1: load_imbalance 1.203 with it, 1.120 without). b has worked 300 s
+    against a mean of 150 s; c is behind. Both idle, b first in order: the step goes to c
+    (the rule before picked b); with c waiting, nobody takes it."""
+    queued = worked(100, queue=2, running=4)  # busy 6 >= steal_margin 3 more than b, c
+    overflowing = worked(100, running=1, s=800, t=1600)  # commitment 1.5
+    for home in (queued, overflowing):
+        r = make_router("kvsaga", ["a", "b", "c"])
+        r.homes["s"] = "a"
+        got = r.route(RouteRequest("s"), {"a": home, "b": worked(300), "c": worked(50)})
+        assert (got.replica, got.moved_from, got.reason) == ("c", "a", "steal")
+        r2 = make_router("kvsaga", ["a", "b", "c"])
+        r2.homes["s"] = "a"
+        stats = {"a": home, "b": worked(300), "c": worked(50, queue=1, running=1)}
+        assert r2.route(RouteRequest("s"), stats).reason == "affinity"
+        # With the balance steal off, busy time is not read: b takes it.
+        off = make_router("kvsaga", ["a", "b", "c"], config=RoutingConfig(busy_balance=0.0))
+        off.homes["s"] = "a"
+        assert off.route(RouteRequest("s"), stats).replica == "b"
+
+
+def test_a_thief_ahead_by_less_than_the_floor_still_steals():
+    """Early in a run the mean is small: b leads it (5 s) by 3 s, 60%, but by less than
+    `busy_balance_min_s` (10 s), so it still takes a's queued step; a lead of 12 s over
+    a mean of 9 s keeps it out."""
+    for b_busy, want in ((8, "b"), (21, "a")):
+        r = make_router("kvsaga", ["a", "b", "c"])
+        r.homes["s"] = "a"
+        stats = {"a": worked(4, queue=2, running=4), "b": worked(b_busy),
+                 "c": worked(3, queue=1, running=1)}
+        assert r.route(RouteRequest("s"), stats).replica == want, b_busy
+
+
 def test_a_lone_session_on_a_quiet_fleet_stays_home_by_default():
     """Two replicas, one session, nothing else running: its home leads the mean by half
     the work the session has done. The default floor (10 s of work) keeps it home; with no
@@ -383,11 +419,12 @@ def test_a_replica_that_does_not_report_is_out_of_the_busy_time_mean():
 
 def test_a_queue_steal_goes_first_to_the_least_loaded_not_the_least_worked():
     """When home's queue is over the margin, the queue steal decides (least predicted
-    load) even if busy time is uneven too."""
+    load) even if busy time is uneven too. (c, at 90 s, is within `busy_balance` of the
+    mean: a thief further ahead takes nothing.)"""
     r = make_router("kvsaga", ["a", "b", "c"], config=BALANCED)
     r.homes["s"] = "a"
     stats = {"a": worked(150, queue=3, running=4, s=400), "b": worked(10, running=1),
-             "c": worked(140)}
+             "c": worked(90)}
     got = r.route(RouteRequest("s"), stats)
     assert (got.replica, got.reason) == ("c", "steal")
 
