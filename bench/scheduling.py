@@ -106,7 +106,15 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   never reads this report seed, and the held-out seeds' table shows the spread. Where the
   wait is small (swe at 25%), 2x would need a mean TCT within a few percent of the same
   trace's with no memory pressure (its 100% point, in the goals line) at a quarter of the
-  memory, where one session's context near its end fills most of the pool. The shrink ages
+  memory, where one session's context near its end fills most of the pool: there the
+  capacity is its floor, the longest session + 1 block, on every fit seed.
+  bench/scheduling_recompute.py splits the recomputation by the step that redoes it: on
+  the fit seeds 60-71% is demoted sessions admitted again, the rest sessions admitted
+  throughout their pause, whose blocks go almost only while the admitted contexts exceed
+  the GPU (docs/architecture.md, "Where swe 1x 25%'s recomputation comes from"). Demoting
+  at once when a queued step's growth overflows (`queue_shrink`, `--fit` round 6) raised
+  swe 1x 25% to 1.83x on the fit seeds (from 1.75x) but lowered bfcl 1x 25% to 1.48x (from
+  1.51x), so it stays opt-in. The shrink ages
   sessions it already demoted (`shrink_aging`), so the same long-tool sessions are not
   demoted at every pause. At bfcl the GPU is busy most of the makespan even with no memory
   pressure (the miss lines' 100% figure), so recomputation (mostly of demoted sessions'

@@ -101,6 +101,10 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             tasks/h and the non-thrash figures constrained on those seeds
             (docs/architecture.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
+        queue_shrink: run the shrink also when a queued step's growth is charged again
+            (False: only when a step finishes, so a resumed step's prefill could evict the
+            paused admitted sessions' contexts until the next finish). Opt-in: `--fit`
+            round 6 found swe 1x 25% 1.75x -> 1.83x but bfcl 1x 25% 1.51x -> 1.48x.
         admission_order: the order of each tenant's sessions waiting for admission:
             "predicted" (the default: least predicted remaining work first, with aging;
             `kvsaga.scheduler.admission_order`) or "fifo" (queue order, demoted sessions'
@@ -147,6 +151,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         max_overtake: int = 16,
         paused_growth: bool = False,
         tool_growth: bool = True,
+        queue_shrink: bool = False,
         admission_order: str = "predicted",
         aging_s: float = 80.0,
         max_wait_s: float = 120.0,
@@ -180,6 +185,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
+        self.queue_shrink = check_bool("queue_shrink", queue_shrink)
         self._init_admission_order(admission_order, aging_s, max_wait_s)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
@@ -237,6 +243,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
                 info.active = True
                 if not self.paused_growth:  # its next step came: its growth counts again
                     self._set_blocks(info)
+                    if self.queue_shrink:
+                        self._shrink(now)
             return
         q = self._pending.get(req.tenant)
         if q is None:

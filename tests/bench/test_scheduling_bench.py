@@ -174,3 +174,24 @@ def test_oracle_order_takes_the_fewest_remaining_steps_first(mods):
     assert "gives 10.0 s (3.00x fcfs+lru)" in line and "25% of the prefill" in line
     got = sched._run(("bfcl", 101, 1.0, 0.25, oracle.NAME, "lru", None))
     assert got["scheduler"] == oracle.NAME and got["num_demotions"] > 0
+
+
+def test_recompute_diagnosis_accounts_for_every_recomputed_token(mods):
+    """bench/scheduling_recompute.py observes without changing: its split by the step
+    that recomputes adds up to the row's recomputed tokens, and the row equals an
+    unobserved run's. At swe 1x 25% the capacity is its floor (the longest session + 1)."""
+    sched, _ = mods
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_recompute
+    finally:
+        sys.path.remove(str(BENCH))
+    d = scheduling_recompute.measure("swe", 1.0, 0.25, 101, "graph")
+    split = {k: v for k, v in d["counts"].items() if k.startswith("recomputed")}
+    assert sum(split.values()) == d["row"]["recomputed_tokens"] > 0
+    assert d["counts"]["prefill"] == d["row"]["computed_tokens"]
+    assert split.get("recomputed demoted", 0) > 0 and len(d["demotions"]) > 0
+    assert d["capacity"] == d["longest"] + 1 < d["peak"]
+    plain = sched._run(("swe", 101, 1.0, 0.25, "workflow", "graph", None))
+    assert plain["tct_mean_s"] == d["row"]["tct_mean_s"]
+    assert plain["recomputed_tokens"] == d["row"]["recomputed_tokens"]

@@ -132,3 +132,31 @@ def test_ttl_releases_a_demoted_sessions_blocks_until_its_tool_returns():
     assert first_victim(3.0) == "a" and m.policy.session_value("a", 3.0)[0]  # released
     m.resume_hint("a", now=3.5)  # its tool returned: it is first in line again
     assert first_victim(3.5) == "b"
+
+
+@pytest.mark.parametrize("queue_shrink", [True, False])
+def test_queue_shrink_demotes_when_a_queued_steps_growth_overflows(queue_shrink):
+    """A paused session is charged its context only; its growth is charged again when its
+    next step is queued. If that overflows the pool, `queue_shrink` demotes a paused
+    session at once, before the step's prefill can evict admitted contexts; without it the
+    admitted working sets stay over the pool until some step finishes."""
+    m = manager(16)
+    s = wf(m, paused_growth=False, queue_shrink=queue_shrink)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 20), max_new=9, last=False)
+    b = ToyRequest("b", toks(100, 20), max_new=9, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    t = 0.0
+    while s.running or s.num_waiting:  # both admitted (7 blocks each, growth 2 included)
+        ex.run(s, s.schedule(t, ex), t)  # ... and run to their pause
+        t += 1.0
+    assert set(s.sessions) == {"a", "b"} and s._committed == s.capacity  # 8 + 8 contexts
+    a2 = ToyRequest("a", a.prompt + a.out, max_new=1, last=False, resumed=True)
+    s.add(a2, t)  # a's growth (2 blocks) is charged again: 18 > 16
+    if queue_shrink:
+        assert set(s.sessions) == {"a"} and s.num_demotions == 1
+        assert s._committed <= s.capacity
+    else:
+        assert set(s.sessions) == {"a", "b"} and s.num_demotions == 0
+        assert s._committed > s.capacity

@@ -41,6 +41,7 @@ def test_registry_names_and_defaults():
     ("workflow", {"growth_alpha": 1.5}, "growth_alpha must be in \\(0, 1\\]"),
     ("workflow", {"paused_growth": 1}, "paused_growth must be True or False, got 1"),
     ("workflow", {"tool_growth": "yes"}, "tool_growth must be True or False"),
+    ("workflow", {"queue_shrink": 0}, "queue_shrink must be True or False, got 0"),
     ("workflow", {"tenant_weights": {"a": 0}}, "tenant_weights\\['a'\\]"),
     ("fcfs", {"max_num_seqs": 0}, "max_num_seqs must be an integer >= 1, got 0"),
     ("fcfs", {"max_num_batched_tokens": True}, "max_num_batched_tokens"),
