@@ -32,7 +32,7 @@ from kvsaga.session import PauseHint
 # best of lru, saga and ttl, then least recomputation over them; bench/RESULTS.md, "Eviction
 # policies: tuning"), then judged on fresh seeds and perturbed traces
 # (tests/bench/test_policies.py checks that the two agree).
-DEFAULT_POLICY = "graph"
+DEFAULT_POLICY = "ttl"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

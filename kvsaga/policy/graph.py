@@ -147,8 +147,11 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         calib_prior: pseudo-observations (of no error) that each self-correction factor
             starts from (`correction`); None turns self-correction off.
         residual_wait: price a queued session's admission wait by the observed residual
-            wait given the time queued (True: picked by `bench/policies.py --tune` on the
-            fit seeds of 2026-12-01), or (False) by the running mean less that time.
+            wait given the time queued (True), or (False) by the running mean less that
+            time (False: picked by `bench/policies.py --tune` on the fit seeds of
+            2026-12-01's eighth session, 39 of 71 pressured cases against 36; True had
+            been picked on the seventh's, without seeds 401 and 402 and before the
+            workflow scheduler's predicted admission order).
     """
 
     name = "graph"
@@ -165,7 +168,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         wait_alpha: float = 0.02,
         relearn_share: float = 0.125,
         calib_prior: float | None = 4.0,
-        residual_wait: bool = True,
+        residual_wait: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
