@@ -13,7 +13,8 @@
 // evicting an active one, an id out of range) raises here and changes nothing.
 //
 // One concept a file, all headers of this one translation unit: kvcore_common.h (errors, id
-// lists), block_queue.h, block_pool.h, prefix_index.h (hasher and index), manager_core.h;
+// lists), block_queue.h, block_pool.h, prefix_index.h (hasher and index), manager_core.h,
+// marks.h (a policy's per-block marks written in one call);
 // this file binds them. queue.h, key_table.h and sha256.h are their building blocks.
 
 #include <nanobind/nanobind.h>
@@ -26,6 +27,7 @@
 #include "block_queue.h"
 #include "kvcore_common.h"
 #include "manager_core.h"
+#include "marks.h"
 #include "prefix_index.h"
 #include "sha256.h"
 
@@ -72,6 +74,31 @@ NB_MODULE(_kvcore, m) {
         return nb::bytes(reinterpret_cast<const char*>(out), 32);
       },
       "data"_a, "portable"_a, "SHA-256 of `data` (tests: both compression paths).");
+
+  m.def(
+      "scatter",
+      [](nb::handle marks, nb::handle ids, nb::handle values) {
+        store_marks(marks, ids, values, Source::kEach);
+      },
+      "marks"_a, "ids"_a, "values"_a,
+      "marks[ids[i]] = values[i] for each i (a list or bytearray; kvsaga/marks.py).");
+  m.def(
+      "fill",
+      [](nb::handle marks, nb::handle ids, nb::handle value) {
+        store_marks(marks, ids, value, Source::kOne);
+      },
+      "marks"_a, "ids"_a, "value"_a.none(),
+      "marks[i] = value for each i of ids (a list or bytearray; kvsaga/marks.py).");
+
+  m.def(
+      "copy",
+      [](nb::handle marks, nb::handle source, nb::handle ids) {
+        store_marks(marks, ids, source, Source::kSame);
+      },
+      "marks"_a, "source"_a, "ids"_a,
+      "marks[i] = source[i] for each i of ids (kvsaga/marks.py).");
+  m.def("owner_runs", &owner_runs, "ids"_a, "owners"_a, "positions"_a,
+        "[(owner, length, positions falling)] of ids' runs of equal owners (kvsaga/marks.py).");
 
   nb::class_<PyQueue>(m, "BlockQueue")
       .def(nb::init<int32_t>(), "capacity"_a)

@@ -33,10 +33,11 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable
 from itertools import count, groupby
-from operator import gt, itemgetter
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from kvsaga.block_queue import BlockQueue
+from kvsaga.marks import make_marks
 from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.search import VictimSearch
@@ -136,7 +137,9 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         n = view.num_gpu_blocks
         self.block_size = view.block_size
         # The C++ index where the manager runs the C++ core (and it was built).
-        self._index = make_session_heap(getattr(getattr(view, "core", None), "name", "") == "cpp")
+        cpp = getattr(getattr(view, "core", None), "name", "") == "cpp"
+        self._index = make_session_heap(cpp)
+        self._marks = make_marks(cpp)  # a release's marks and runs, one call each
         self._classes.clear()  # (keys priced at another block size)
         self._memo.clear()
         # Share of GPU blocks referenced by running steps (`CacheStats.usage`): the view's
@@ -193,45 +196,41 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             for b in block_ids:
                 self.block_cached(b)  # a subclass's own, as the pool would call it
             return
-        take = itemgetter(*block_ids)
-        pos = take(self.view.block_position)
         queues = type(self).block_cached is GroupedPolicy.block_cached
         i = 0
-        for sid, same in groupby(take(self.view.block_owner)):
-            k = len(list(same))
+        view = self.view
+        for sid, k, falling in self._marks.owner_runs(block_ids, view.block_owner,
+                                                      view.block_position):
             run = block_ids[i:i + k]
             if sid is None or sid == self._ending:
                 if queues:
-                    self._queue_run(run, pos[i:i + k], PLAIN if sid is None else DEAD)
+                    self._queue_run(run, PLAIN if sid is None else DEAD)
                 else:
                     for b in run:
                         self.block_cached(b)  # a subclass's own (belady keys each block)
-            elif k < 2 or not all(map(gt, pos[i:i + k], pos[i + 1:i + k])):
+            elif k < 2 or not falling:
                 for b in run:
                     self.block_cached(b)
             else:
-                self._own_run(sid, run, pos[i:i + k])
+                self._own_run(sid, run)
             i += k
 
-    def _queue_run(self, run: list[int], pos: tuple[int, ...], where: int) -> None:
+    def _queue_run(self, run: list[int], where: int) -> None:
         """`block_cached` of `run`, blocks that go to `plain` (owned by no session: a shared
         prefix released at every step) or to `dead` (`where`), in one call per run."""
-        now, marks, positions, cached_at = self._now, self._where, self._pos, self._cached_at
-        for b, p in zip(run, pos, strict=True):
-            positions[b] = p
-            cached_at[b] = now
-            marks[b] = where
+        marks = self._marks
+        marks.copy(self._pos, self.view.block_position, run)
+        marks.fill(self._cached_at, run, self._now)
+        marks.fill(self._where, run, where)
         (self.plain if where == PLAIN else self.dead).push_many(run)
 
-    def _own_run(self, sid: str, run: list[int], pos: tuple[int, ...]) -> None:
+    def _own_run(self, sid: str, run: list[int]) -> None:
         """`block_cached` of `run`, blocks of live session `sid` at falling positions."""
-        now, where, owner_of = self._now, self._where, self._owner
-        positions, cached_at = self._pos, self._cached_at
-        for b, p in zip(run, pos, strict=True):
-            positions[b] = p
-            cached_at[b] = now
-            owner_of[b] = sid
-            where[b] = OWNED
+        marks = self._marks  # one call a mark (kvsaga/marks.py)
+        marks.copy(self._pos, self.view.block_position, run)
+        marks.fill(self._cached_at, run, self._now)
+        marks.fill(self._owner, run, sid)
+        marks.fill(self._where, run, OWNED)
         g = self.groups.get(sid)
         if g is None:
             self.groups[sid] = list(run)  # positions fall: already in group order

@@ -203,9 +203,9 @@ def test_batched_blocks_cached_equals_block_by_block(name, seed):
     queued = []
     run = batched.policy._queue_run
 
-    def counted(blocks, pos, where, _run=run):
+    def counted(blocks, where, _run=run):
         queued.append((where, len(blocks)))
-        _run(blocks, pos, where)
+        _run(blocks, where)
 
     batched.policy._queue_run = counted
     _walk_alike(batched, single, seed)
