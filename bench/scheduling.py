@@ -112,7 +112,8 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   the fit seeds 60-71% is demoted sessions admitted again, the rest sessions admitted
   throughout their pause, whose blocks go almost only while the admitted contexts exceed
   the GPU (docs/architecture.md, "Where swe 1x 25%'s recomputation comes from"). Demoting
-  at once when a queued step's growth overflows (`queue_shrink`, `--fit` round 6) raised
+  at once when a queued step's growth overflows (`queue_shrink`, `--fit` round 6, graph
+  the default policy then) raised
   swe 1x 25% to 1.83x on the fit seeds (from 1.75x) but lowered bfcl 1x 25% to 1.48x (from
   1.51x), so it stays opt-in. The shrink ages
   sessions it already demoted (`shrink_aging`), so the same long-tool sessions are not

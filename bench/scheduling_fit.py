@@ -25,7 +25,8 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # This round (the sixth, issue 10 ninth session): the shrink when a queued step's growth is
 # charged again (`queue_shrink`), for swe 1x 25%, where 81% of the prefill is recomputed on
 # seed 1 (diagnosed on seeds 101-106: see docs/architecture.md, "Where swe 1x 25%'s
-# recomputation comes from"). Result (`python bench/scheduling.py --fit`): smallest gain
+# recomputation comes from"). Result (`python bench/scheduling.py --fit`, with graph the
+# default policy then, before 1af2077 made it ttl): smallest gain
 # (bfcl 1x 25%) 1.51x (the default) -> 1.48x; swe 1x 25% 1.75x -> 1.83x, swe 2x 50% 2.49x
 # -> 2.60x, web 1x 25% 2.47x -> 2.38x, bfcl 1x 50% 1.63x -> 1.56x: the default stays, and
 # `queue_shrink` stays opt-in (the run was stopped at the default's non-thrash check against
