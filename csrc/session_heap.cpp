@@ -12,8 +12,13 @@
 // Time-driven re-keys without Python: a push may carry the session's *timed* record (its
 // key is a function of a class of sessions and of the grid point of its elapsed pause,
 // kvsaga/policy/search.py `grid_index`) and the key of its class at its current grid
-// point. `due` then re-keys a session whose deadline passed from that table when its
-// class has a key for its new grid point, and hands Python only the others.
+// point, or its class's formula (modes 2-4). `due` then re-keys a session whose deadline
+// passed from that table when its class has a key for its new grid point, or from the
+// formula at any grid point, and hands Python only the others. The formulas of modes 3
+// (ttl) and 4 (graph) are the log-normal pause model of kvsaga/policy/lognormal.py and
+// aeg.py, operation for operation with the same libm functions (erfc, log, exp, pow) and
+// the quantile statistics.NormalDist uses, so a key is the float Python computes
+// (session_heap.py `ttl_window_key`, `graph_rate`: the references).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/vector.h>
@@ -72,11 +77,111 @@ struct TableKey {
   double k0, v;
   int64_t mode;
 };
-// A class's key at every grid point (timed mode 2): (k0, -((w * min(grid(k) / s, 1) + a)
-// + b)), saga's score of an entry idle grid(k) seconds.
+// A class's key at every grid point: mode 2, p = (w, s, a, b): (k0, -((w * min(grid(k) /
+// s, 1) + a) + b)), saga's score of an entry idle grid(k) seconds; mode 3 (ttl), p = (mu,
+// sigma, p0, cost, rent, n, r, ttl): `ttl_key`; mode 4 (graph), p = (mu, sigma, p0, wait,
+// corr, min_wait): (1, graph_rate(...) * mult).
 struct Formula {
-  double k0, w, s, a, b;
+  int64_t mode;
+  double k0;
+  double p[8];
 };
+
+// --- kvsaga/policy/lognormal.py and aeg.py's pause model, operation for operation -----------
+// Python's max(a, b) / min(a, b) of two floats: the second only when strictly beyond.
+inline double py_max(double a, double b) { return b > a ? b : a; }
+inline double py_min(double a, double b) { return b < a ? b : a; }
+// A product kept apart from the sum it feeds (no fused multiply-add: as Python).
+inline double mul(double a, double b) {
+  volatile double x = a * b;
+  return x;
+}
+const double kSqrt2 = std::sqrt(2.0);
+inline double phi_upper(double z) { return mul(0.5, std::erfc(z / kSqrt2)); }
+
+const double kMinSigma = 0.05;  // lognormal.py MIN_SIGMA: LogNormalDist floors sigma there
+
+struct LogNormal {
+  double mu, sigma;
+  LogNormal(double m, double s) : mu(m), sigma(py_max(s, kMinSigma)) {}
+  double mean() const {
+    volatile double two = 2.0;  // pow(), as Python's ** calls it, not folded into sigma * sigma
+    return std::exp(mu + mul(0.5, std::pow(sigma, two)));
+  }
+  double sf(double t) const {
+    if (t <= 0) return 1.0;
+    return phi_upper((std::log(t) - mu) / sigma);
+  }
+  double limited_mean(double b) const {
+    if (b <= 0) return 0.0;
+    double z = (std::log(b) - mu) / sigma;
+    double below = mul(mean(), 1.0 - phi_upper(z - sigma));
+    return below + mul(b, phi_upper(z));
+  }
+  double mean_residual(double elapsed) const {
+    if (elapsed <= 0) return mean();
+    double z = (std::log(elapsed) - mu) / sigma;
+    double s = phi_upper(z);
+    if (s < 1e-250) return mul(elapsed, sigma) / py_max(z - sigma, 1.0);
+    return mul(mean(), phi_upper(z - sigma)) / s - elapsed;
+  }
+  // inv_cdf: statistics.NormalDist().inv_cdf's own function, called (not copied).
+  double median_residual(double elapsed, PyObject* inv_cdf) const {
+    double s = sf(elapsed);
+    if (s < 1e-300) return mean_residual(elapsed);
+    PyObject* args[3];
+    nb::object p = nb::steal(PyFloat_FromDouble(s / 2.0)), zero = nb::steal(PyFloat_FromDouble(0.0)),
+               one = nb::steal(PyFloat_FromDouble(1.0));
+    args[0] = p.ptr(), args[1] = zero.ptr(), args[2] = one.ptr();
+    nb::object q = nb::steal(PyObject_Vectorcall(inv_cdf, args, 3, nullptr));
+    if (!q.is_valid()) throw nb::python_error();
+    double z = -PyFloat_AsDouble(q.ptr());
+    if (z == 1.0 && PyErr_Occurred()) throw nb::python_error();
+    return py_max(std::exp(mu + mul(sigma, z)) - py_max(elapsed, 0.0), 0.0);
+  }
+};
+
+// aeg.py `ExecutionGraph._resume_window`: (P(resume within the window), E[time held in it]).
+void resume_window(const LogNormal& d, double p0, double e, double w, double& p, double& held) {
+  if (w <= 0) {
+    p = 0.0, held = 0.0;
+    return;
+  }
+  double s_now = mul(p0, d.sf(e)) + (1.0 - p0);
+  if (s_now <= 0) {
+    p = 0.0, held = w;
+    return;
+  }
+  double p_within = mul(p0, d.sf(e) - d.sf(e + w)) / s_now;
+  double h = mul(p0, d.limited_mean(e + w) - d.limited_mean(e));
+  h = (h + mul(1.0 - p0, w)) / s_now;
+  p = py_min(py_max(p_within, 0.0), 1.0);
+  held = py_min(py_max(h, 0.0), w);
+}
+
+// ttl's key at elapsed grid point lo (ttl.py `_value`, `_key`) as a table entry: (2, V / n)
+// (mode 0, ttl's multiplier being 1) while V > 0, else (1, (V / n) / r) (mode 1: the key
+// adds the pause's start and lo).
+TableKey ttl_key(const double* f, double lo) {
+  LogNormal d{f[0], f[1]};
+  double p, held;
+  resume_window(d, f[2], lo, f[7] - lo, p, held);
+  double v = mul(p, f[3]) - mul(f[4], held);
+  if (v > 0) return {2.0, v / f[5], 0};
+  return {1.0, (v / f[5]) / f[6], 1};
+}
+
+// graph's rate P(reuse) / E[time to reuse] at elapsed grid point lo (graph.py
+// `_predict_session`, `_session_base`; aeg.py `predict`).
+double graph_rate(const double* f, double lo, PyObject* inv_cdf) {
+  LogNormal d{f[0], f[1]};
+  double p0 = f[2];
+  double s = d.sf(lo);
+  double p = p0 < 1.0 ? mul(p0, s) / (mul(p0, s) + (1.0 - p0)) : 1.0;
+  double t = mul(d.median_residual(lo, inv_cdf) + f[3], f[4]);
+  double w = f[5] > t ? f[5] : t;
+  return p / w;
+}
 
 [[noreturn]] void throw_current() { throw nb::python_error(); }
 
@@ -106,22 +211,30 @@ class SessionHeap {
       k = read_int(PyTuple_GET_ITEM(o, 1));
       tk.k0 = read_number(PyTuple_GET_ITEM(o, 2));
       tk.mode = read_int(PyTuple_GET_ITEM(o, 4));
-      if (tk.mode != 2) tk.v = read_number(PyTuple_GET_ITEM(o, 3));
-      if (tk.mode == 2) {
+      if (tk.mode < 2) tk.v = read_number(PyTuple_GET_ITEM(o, 3));
+      if (tk.mode >= 2 && tk.mode <= 4) {
+        // mode 4's tuple starts with the session's own base (`base`), then the formula's.
+        static const Py_ssize_t sizes[] = {4, 8, 7};
         PyObject* f = PyTuple_GET_ITEM(o, 3);
-        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 4)
-          throw nb::type_error("timed mode 2: value must be (w, s, a, b)");
-        formula = {tk.k0, read_number(PyTuple_GET_ITEM(f, 0)),
-                   read_number(PyTuple_GET_ITEM(f, 1)), read_number(PyTuple_GET_ITEM(f, 2)),
-                   read_number(PyTuple_GET_ITEM(f, 3))};
+        Py_ssize_t want = sizes[tk.mode - 2], skip = tk.mode == 4 ? 1 : 0;
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != want)
+          throw nb::type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
+        formula.mode = tk.mode;
+        formula.k0 = tk.k0;
+        for (Py_ssize_t i = skip; i < want; ++i)
+          formula.p[i - skip] = read_number(PyTuple_GET_ITEM(f, i));
+        tk.v = skip ? read_number(PyTuple_GET_ITEM(f, 0))
+                    : std::numeric_limits<double>::quiet_NaN();
+        if (tk.mode == 4 && !inv_cdf_.is_valid())
+          inv_cdf_ = nb::module_::import_("statistics").attr("_normal_dist_inv_cdf");
       }
       t.t0 = read_number(PyTuple_GET_ITEM(o, 5));
       t.limit = read_number(PyTuple_GET_ITEM(o, 6));
       t.extra = read_number(PyTuple_GET_ITEM(o, 7));
       t.mult = read_number(PyTuple_GET_ITEM(o, 8));
       t.value = tk.v;
-      if (t.cls < 0 || tk.mode < 0 || tk.mode > 2)
-        throw nb::value_error("timed: cls must be >= 0 and mode 0, 1 or 2");
+      if (t.cls < 0 || tk.mode < 0 || tk.mode > 4)
+        throw nb::value_error("timed: cls must be >= 0 and mode 0 to 4");
     }
     double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
     double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
@@ -129,9 +242,9 @@ class SessionHeap {
     t.tie = tie;
     t.size = size;
     timed_[slot] = t;
-    if (t.cls >= 0 && tk.mode == 2) {
+    if (t.cls >= 0 && tk.mode >= 2) {
       formulas_[t.cls] = formula;
-      timed_[slot].value = std::numeric_limits<double>::quiet_NaN();
+      timed_[slot].value = tk.v;
     } else if (t.cls >= 0) {
       table_[table_key(t.cls, k)] = tk;
     }
@@ -322,17 +435,25 @@ class SessionHeap {
     if (!grid_index(d < 0.0 ? 0.0 : d, k, lo, hi)) return false;
     double until = t.t0 + hi;
     if (t.extra < until) until = t.extra;
-    auto f = formulas_.find(t.cls);
-    if (f != formulas_.end()) {
-      const Formula& x = f->second;
-      double r = lo / x.s;
-      volatile double wr = x.w * (r > 1.0 ? 1.0 : r);  // (no fused multiply-add: as Python)
-      enter(x.k0, -((wr + x.a) + x.b), slot, until, now);
-      return true;
-    }
+    // The class's key at this grid point: from its table, else from its formula (modes 3
+    // and 4 then enter it in the table, for the class's next sessions at this point).
     auto it = table_.find(table_key(t.cls, k));
-    if (it == table_.end()) return false;
-    const TableKey& tk = it->second;
+    TableKey tk;
+    if (it != table_.end()) {
+      tk = it->second;
+    } else {
+      auto f = formulas_.find(t.cls);
+      if (f == formulas_.end()) return false;
+      const Formula& x = f->second;
+      if (x.mode == 2) {
+        double r = lo / x.p[1];
+        timed_[slot].value = std::numeric_limits<double>::quiet_NaN();
+        enter(x.k0, -((mul(x.p[0], r > 1.0 ? 1.0 : r) + x.p[2]) + x.p[3]), slot, until, now);
+        return true;
+      }
+      tk = x.mode == 3 ? ttl_key(x.p, lo) : TableKey{1.0, graph_rate(x.p, lo, inv_cdf_.ptr()), 0};
+      table_[table_key(t.cls, k)] = tk;
+    }
     timed_[slot].value = tk.v;
     double k1 = tk.mode == 0 ? tk.v * t.mult : (t.t0 + lo) + tk.v;
     enter(tk.k0, k1, slot, until, now);
@@ -365,6 +486,7 @@ class SessionHeap {
   std::vector<Timed> timed_;       // per slot
   std::unordered_map<uint64_t, TableKey> table_;  // (class, grid point) -> key
   std::unordered_map<int64_t, Formula> formulas_;  // class -> key at every grid point
+  nb::object inv_cdf_;             // statistics' NormalDist quantile (mode 4)
   double grid_s_ = 0.0, log_ratio_ = 1.0;
   std::vector<double> points_;     // empty: no grid set, no re-key from the table
   int64_t versions_ = 0;

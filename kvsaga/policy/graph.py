@@ -456,8 +456,27 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             t = t0 + x
             until = t if t < until else until
             return base, until, (sig, k, 1, base, 0, t0, x, t, self.block_cost(self._pos[group[0]]))
-        return base, until, (sig, k, 1, base, 0, t0, math.inf, math.inf,
-                             self.block_cost(self._pos[group[0]]))
+        mult = self.block_cost(self._pos[group[0]])
+        if self.class_formulas:  # unhinted: its class's rate at every grid point (mode 4)
+            return base, until, (sig, k, 1, (base, *self._formula(sid, sig, v, now)), 4, t0,
+                                 math.inf, math.inf, mult)
+        return base, until, (sig, k, 1, base, 0, t0, math.inf, math.inf, mult)
+
+    def _formula(self, sid: str, sig: tuple, v, now: float) -> tuple[float, ...]:
+        """The numbers `_predict_session` reads for an unhinted pause of class `sig` (mu,
+        sigma, p0, admission wait, correction, min_wait_s; session_heap.py `graph_rate`),
+        kept in `_memo` with the class keys (forgotten with them when the statistics
+        change)."""
+        f = self._memo.get(sig)
+        if f is None:
+            kind = NO_TOOL if v.tool is None else v.tool
+            dist = self.graph.pause_dist(v.workflow, kind)
+            corr = 1.0 if self.calib_prior is None else self.correction(v.workflow, v.tool)
+            f = self._memo[sig] = (dist.mu, dist.sigma,
+                                   self.graph.resume_share(v.workflow, kind),
+                                   self._expected_wait(sid, now, False)[0], corr,
+                                   self.min_wait_s)
+        return f
 
     def _keys_token(self) -> tuple[int, int]:
         return self.graph.version, self._learned_waits

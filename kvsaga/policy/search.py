@@ -35,7 +35,12 @@ the key, the session's class signature and its *timed record*; the index remembe
 class's key at that grid point and re-keys the session itself when its deadline passes and
 its class has a key at its new grid point (no Python call per session: in C++ on the C++
 core), and the policy's `_memo` shares the expensive part among a class's sessions when
-Python keys (a relearning's full re-key). Both hold keys computed from the statistics the
+Python keys (a relearning's full re-key). Where the key is a known function of the grid
+point, the record gives the class's *formula* instead (saga's score, ttl's and graph's
+log-normal pause model: session_heap.py modes 2-4), so the index re-keys the session at
+every grid point, not only at those its class's table holds; after the statistics change,
+Python keys one session of each class to bring its formula back, not one per class and
+grid point. Both hold keys computed from the statistics the
 policy's `_keys_token` names, and are forgotten when it changes, so a session's key is the
 one Python would compute at that moment: the victims do not change
 (tests/policy/test_timed_rekey.py).
@@ -111,6 +116,10 @@ class VictimSearch:
     # Timed records with the keys (`_rekey`); False: Python keys every due session (with
     # `_memo` emptied too, the reference tests/policy/test_timed_rekey.py compares with).
     class_keys = True
+    # With class keys, `_timed_base` may give its class's formula (session_heap.py modes 2-4:
+    # the key at every grid point); False: only the key at the session's grid point (the
+    # table; what tests/policy/test_key_formulas.py compares with).
+    class_formulas = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

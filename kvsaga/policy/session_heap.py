@@ -28,9 +28,16 @@ whose class has a key at its new grid point j is re-keyed by the index itself, t
 (k0, value * mult) (mode 0) or (k0, (t0 + grid(j)) + value) (mode 1), deadline
 min(t0 + grid(j + 1), extra): the same floats the policy's Python would compute, with no
 Python call per session. Mode 2 gives a class's key at every grid point at once, `value`
-being (w, s, a, b): (k0, -((w * min(grid(j) / s, 1) + a) + b)) (saga's score).
-`forget_keys` empties the table when what it was computed from changes (the policy's
-statistics).
+being (w, s, a, b): (k0, -((w * min(grid(j) / s, 1) + a) + b)) (saga's score). Modes 3
+and 4 give a class's key at every grid point from the log-normal pause model the policies
+learn (lognormal.py, aeg.py): mode 3, `value` (mu, sigma, p0, cost, rent, n, r, ttl), is
+ttl's key (`ttl_window_key`); mode 4, `value` (base, mu, sigma, p0, wait, corr, min_wait),
+graph's: (1, `graph_rate` x mult), `base` being the session's rate when pushed. The C++
+index computes them operation for operation with the same libm functions, so that a
+session paused for long re-keys at every grid point without Python, not only at the
+points its class's table holds; each key so computed enters the table (the class's next
+sessions at that point read it there). `forget_keys` empties the table when what it was computed
+from changes (the policy's statistics).
 """
 
 from __future__ import annotations
@@ -40,10 +47,60 @@ import math
 from collections.abc import Hashable
 from itertools import count
 
+from kvsaga.policy.lognormal import LogNormalDist
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
 
 Key = tuple[float, float]
 Timed = tuple[int, int, float, float, int, float, float, float, float]
+_FORMULA_SIZES = {2: 4, 3: 8, 4: 7}  # modes with a formula: the numbers `value` holds
+
+
+def resume_window(dist: LogNormalDist, p0: float, elapsed: float, window: float
+                  ) -> tuple[float, float]:
+    """`ExecutionGraph.resume_window`'s answer from its pause fit `dist` and resume share
+    `p0` (aeg.py `_resume_window`, operation for operation): (P(resume within the
+    window), E[seconds held within it]) given no resume in `elapsed` seconds."""
+    if window <= 0:
+        return 0.0, 0.0
+    s_now = p0 * dist.sf(elapsed) + (1.0 - p0)
+    if s_now <= 0:
+        return 0.0, window
+    p_within = p0 * (dist.sf(elapsed) - dist.sf(elapsed + window)) / s_now
+    held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
+    held = (held + (1.0 - p0) * window) / s_now
+    return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
+
+
+def ttl_entry(f: tuple[float, ...], lo: float) -> tuple[int, float, int]:
+    """ttl's key of an unhinted pause judged `lo` seconds in (a grid point before its TTL),
+    from its class's formula f = (mu, sigma, p0, cost, rent, n, r, ttl) (ttl.py `_value`
+    and `_key`), as a table entry (k0, value, mode): (2, V / n, 0) while V > 0 (ttl's
+    multiplier is 1), else (1, V / n / r, 1) (the key adds the pause's start and lo)."""
+    mu, sigma, p0, cost, rent, n, r, ttl = f
+    p, held = resume_window(LogNormalDist(mu, sigma), p0, lo, ttl - lo)
+    v = p * cost - rent * held
+    return (2, v / n, 0) if v > 0 else (1, v / n / r, 1)
+
+
+def ttl_window_key(f: tuple[float, ...], t0: float, lo: float) -> Key:
+    """ttl's key of a session paused at t0 (`ttl_entry` read as `_rekey_from_table`
+    reads a table entry)."""
+    k0, value, mode = ttl_entry(f, lo)
+    return (k0, value * 1.0 if mode == 0 else (t0 + lo) + value)
+
+
+def graph_rate(f: tuple[float, ...], lo: float) -> float:
+    """graph's rate P(reuse) / E[time to reuse] of a session judged `lo` seconds into an
+    unhinted pause, from its class's formula f = (mu, sigma, p0, wait, corr, min_wait):
+    graph.py `_predict_session` and `_session_base` over aeg.py `predict`."""
+    mu, sigma, p0, wait, corr, min_wait = f
+    dist = LogNormalDist(mu, sigma)
+    s = dist.sf(lo)
+    p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
+    t = dist.median_residual(lo) + wait
+    t *= corr
+    w = min_wait if min_wait > t else t
+    return p / w
 
 
 class PySessionHeap:
@@ -77,12 +134,15 @@ class PySessionHeap:
             self._timed.pop(sid, None)
         else:
             cls, k, k0, value, mode, t0, limit, extra, mult = timed
-            if not cls >= 0 or mode not in (0, 1, 2):
-                raise ValueError("timed: cls must be >= 0 and mode 0, 1 or 2")
-            if mode == 2:
-                w, s, a, b = value
-                self._formulas[cls] = (k0, w, s, a, b)
-                value = None
+            if not cls >= 0 or mode not in (0, 1, 2, 3, 4):
+                raise ValueError("timed: cls must be >= 0 and mode 0 to 4")
+            if mode >= 2:
+                if not isinstance(value, tuple) or len(value) != _FORMULA_SIZES[mode]:
+                    raise TypeError("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 "
+                                    "numbers")
+                f = tuple(map(float, value))
+                self._formulas[cls] = (mode, k0, f[1:] if mode == 4 else f)
+                value = f[0] if mode == 4 else None
             else:
                 self._table[cls, k] = (k0, value, mode)
             self._timed[sid] = (cls, t0, limit, extra, mult, tie, size, value)
@@ -141,16 +201,23 @@ class PySessionHeap:
             return False
         until = t0 + hi
         until = extra if extra < until else until
-        f = self._formulas.get(cls)
-        if f is not None:
-            k0, w, s, a, b = f
-            r = lo / s
-            self._enter(sid, (k0, -((w * (1.0 if r > 1.0 else r) + a) + b)), tie, size, until,
-                        now)
-            return True
+        # The class's key at this grid point: from its table, else from its formula
+        # (modes 3 and 4 then enter it in the table, for the class's next sessions here).
         hit = self._table.get((cls, k))
         if hit is None:
-            return False
+            formula = self._formulas.get(cls)
+            if formula is None:
+                return False
+            mode, k0, f = formula
+            if mode == 2:
+                w, s, a, b = f
+                r = lo / s
+                self._timed[sid] = (*t[:7], None)
+                self._enter(sid, (k0, -((w * (1.0 if r > 1.0 else r) + a) + b)), tie, size,
+                            until, now)
+                return True
+            hit = self._table[cls, k] = (ttl_entry(f, lo) if mode == 3
+                                         else (1, graph_rate(f, lo), 0))
         k0, value, mode = hit
         self._timed[sid] = (*t[:7], value)
         self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,

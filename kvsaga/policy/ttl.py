@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 
-from kvsaga.policy.aeg import ExecutionGraph, FeedsExecutionGraph
+from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy, SessionView
 from kvsaga.policy.search import GRID_RATIO, grid_index, sticky_level
@@ -225,9 +225,35 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
             t = paused_at + x
             extra = t if t < extra else extra  # min() without a call: run per session
             limit = x if x < limit else limit
+        if not hinted and self.class_formulas:  # its class's key at every grid point (mode 3)
+            return key, until, (sig, k, key[0], self._formula(sig, view, ttl), 3, paused_at,
+                                limit, extra, 1.0)
         if key[0] == 2:
             return key, until, (sig, k, 2, key[1], 0, paused_at, limit, extra, 1.0)
         return key, until, (sig, k, 1, value[1] / self._rent, 1, paused_at, limit, extra, 1.0)
+
+    def _shape_cost(self, n: int, head: int) -> float:
+        """`group_cost` of a group of n blocks whose head sits at position `head`."""
+        cost = self._group_costs.get((n, head))
+        if cost is None:
+            bs = self.block_size
+            cost = self.cost.recompute_s(n * bs, head * bs)
+        return cost
+
+    def _formula(self, sig: tuple, view: SessionView, ttl: float) -> tuple[float, ...]:
+        """The numbers `_value` reads for an unhinted pause of class `sig` (mu, sigma, p0,
+        cost, rent, n, r, ttl; session_heap.py `ttl_window_key`), kept in `_memo` with the
+        class keys (forgotten with them when the statistics or the rent change)."""
+        f = self._memo.get(sig)
+        if f is None:
+            kind = NO_TOOL if view.tool is None else view.tool
+            dist = self.graph.pause_dist(view.workflow, kind)
+            n, head = sig[2], sig[3]
+            f = self._memo[sig] = (dist.mu, dist.sigma,
+                                   self.graph.resume_share(view.workflow, kind),
+                                   self._shape_cost(n, head), n * self._rent, float(n),
+                                   self._rent, ttl)
+        return f
 
     def _key(self, sid: str, view: SessionView | None, group: list[int], now: float,
              d: float, e: float, until: float, value: tuple[int, float, float]

@@ -33,7 +33,17 @@ timed = st.one_of(st.none(), st.tuples(
     st.integers(0, 1), *record_ends), st.tuples(  # a formula (mode 2), classes of their own
     st.integers(3, 4), grid_points, st.integers(0, 3),
     st.tuples(st.just(0.3), st.sampled_from([1.0, 0.7]), st.sampled_from([0.0, 0.45]),
-              st.sampled_from([0.05, 0.2])), st.just(2), *record_ends))
+              st.sampled_from([0.05, 0.2])), st.just(2), *record_ends), st.tuples(
+    # ttl's (mode 3) and graph's (mode 4) formulas: classes of their own
+    st.just(5), grid_points, st.just(1), st.tuples(
+        st.sampled_from([-1.0, 0.5]), st.sampled_from([0.3, 1.5]), st.sampled_from([0.6, 1.0]),
+        st.just(0.2), st.sampled_from([1e-3, 0.05]), st.just(4.0), st.just(2.5e-4),
+        st.sampled_from([0.5, 4.0])), st.just(3), times, st.sampled_from([math.inf, 2.0]),
+    st.sampled_from([math.inf, 3.0]), st.just(1.0)), st.tuples(
+    st.just(6), grid_points, st.just(1), st.tuples(
+        st.sampled_from([0.5, 2.0]), st.sampled_from([-1.0, 0.5]), st.sampled_from([0.3, 1.5]),
+        st.sampled_from([0.6, 1.0]), st.sampled_from([0.0, 0.4]), st.sampled_from([1.0, 1.3]),
+        st.just(1e-3)), st.just(4), *record_ends))
 ops = st.one_of(
     st.tuples(st.just("push"), sids, keys, st.integers(0, 9), st.integers(1, 5),
               st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), times, timed),
