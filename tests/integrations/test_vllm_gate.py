@@ -102,7 +102,8 @@ def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand(
                                 {"growth_alpha": 0}, {"growth_alpha": 1.5},
                                 {"shrink_horizon_steps": -0.5}, {"room_admit": 1},
                                 {"room_steps": -1}, {"room_fit_steps": -1},
-                                {"room_fit_steps": "3"}])
+                                {"room_fit_steps": "3"}, {"pause_quantile": 1.5},
+                                {"pause_quantile": "0.9"}, {"pause_min_observed": 0}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
@@ -202,3 +203,58 @@ def test_a_step_that_rode_along_ends_its_wait():
     assert not g.admit("b", "w", 5 * BS, 0, now=119.0)
     assert g.admit("b", "w", 5 * BS, 0, now=121.0)  # 21 s of this wait > max_wait_s
     assert g.wait_s == pytest.approx(1.0 + 21.0) and g.admitted_by == {"max_wait": 1}
+
+
+def _pause(g: SessionGate, sid: str, rid: str, start: float, pause: float,
+           expected_s: float | None = None) -> float:
+    """Session `sid` runs a step finishing at `start`, pauses `pause` s and comes back."""
+    assert g.admit(sid, "w", 2 * BS, 0, now=start)
+    _run_step(g, rid, sid, 2 * BS, start, expected_s=expected_s)
+    assert g.admit(sid, "w", 3 * BS, 0, now=start + pause)
+    return start + pause
+
+
+def test_an_unhinted_pause_expires_past_the_workflows_observed_quantile():
+    """A client that sends only its session id never says which step is its last: the gate
+    learns the workflow's pauses (finish to next step) and demotes an unhinted session paused
+    past their `pause_quantile` quantile, so it holds no memory a waiting session needs."""
+    g = _gate(pause_quantile=0.5, pause_min_observed=3)
+    t = 0.0
+    for i, pause in enumerate((1.0, 2.0)):
+        t = _pause(g, "x", f"x{i}", t, pause) + 0.1
+    assert g.pause_limit("w") is None  # two observed, three needed
+    t = _pause(g, "x", "x2", t, 3.0) + 0.1  # the median of 1, 2, 3 s: 2 s
+    assert g.pause_limit("w") == pytest.approx(2.0)
+    _run_step(g, "x3", "x", 3 * BS, t, expected_s=None)  # x's last step (it never says so)
+    assert g.expire(t + 1.9) == [] and "x" in g.sessions
+    assert g.expire(t + 2.1) == ["x"] and "x" not in g.sessions
+    assert g.num_expired == g.num_demotions == 1
+    # it comes back after all: a new admission, and its long pause is observed
+    assert g.admit("x", "w", 4 * BS, 0, now=t + 10.0)
+    assert g.pause_limit("w") == pytest.approx(2.5)  # median of 1, 2, 3, 10
+
+
+def test_hinted_pauses_running_steps_and_other_workflows_do_not_expire():
+    g = _gate(pause_quantile=0.5, pause_min_observed=1)
+    _pause(g, "x", "x0", 0.0, 1.0)  # limit 1 s for workflow w
+    assert g.admit("h", "w", 2 * BS, 0, now=0.0)
+    _run_step(g, "h0", "h", 2 * BS, 1.0, expected_s=0.5)  # hinted: the deadline of admit
+    g.started("x1")  # x runs: not paused
+    assert g.admit("o", "other", 2 * BS, 0, now=1.0)  # no pause of its workflow observed
+    _run_step(g, "o0", "o", 2 * BS, 1.0, expected_s=None)
+    assert g.expire(100.0) == [] and set(g.sessions) == {"x", "h", "o"}
+
+
+def test_an_ended_session_no_longer_blocks_a_waiting_one():
+    """The defect this rule fixes: a finished session (no `last_step`) filled the blocks and
+    a new one waited for them until the batch had idled; once the pause is past what the
+    workflow shows, the new one is admitted by the predicted fit, without waiting."""
+    g = _gate(pause_quantile=0.9, pause_min_observed=2, idle_admit_s=1000.0)
+    for i in range(2):
+        _pause(g, "x", f"x{i}", float(i), 0.5)
+    g.started("x2")
+    g.finished("x2", "x", 15 * BS, 2.0, None, False)  # x's last step; 16 of 20 blocks
+    g.started("busy")  # another request runs: the batch never idles
+    assert not g.admit("b", "w", 6 * BS, 0, now=2.2)  # x's pause is still a usual one
+    assert g.expire(3.0) == ["x"]
+    assert g.admit("b", "w", 6 * BS, 0, now=3.0) and g.admitted_by == {"fit": 1}

@@ -24,7 +24,11 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   fill the blocks and vLLM has no room for it now (its blocks free, beside one per running
   request and the admitted sessions' next growth, without releasing anything retained), so
   paused contexts are not thrashed by the sessions that would evict them, and a session is
-  never held back from memory that would otherwise idle.
+  never held back from memory that would otherwise idle. A session paused without a hint
+  for longer than the workflow's observed pauses allow (`SessionGate.expire`, checked before
+  every admission probe) is demoted and its blocks released: a client that sends only its
+  session id never says which step is the last, and its finished sessions must not hold
+  memory that waiting sessions need.
   A deferred step may still run unretained in vLLM's free blocks when its whole context's
   prefill is cheap on this machine: at most `best_effort_steps` steps' fixed cost, by
   `step_cost.StepCost`'s online fit of vLLM's step times (where a step's fixed cost
@@ -100,6 +104,7 @@ class RetentionStats:
     by_reason: dict[str, int] = field(default_factory=dict)
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
     demotions: int = 0  # admitted sessions the gate demoted
+    expired: int = 0  # of them, unhinted pauses past the workflow's observed quantile
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
     ride_failed: int = 0  # steps told to ride along and probed again before vLLM allocated them
     # Where the gate's waiting went: deferrals while vLLM had the step's blocks free (no
@@ -215,6 +220,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         # What vLLM's allocation takes from the free count: the new blocks, one more, the
         # watermark, and the prefix hits that sit in the free queue (plain cache).
         alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
+        if self.gate is not None:
+            for sid in self.gate.expire(now):  # ended without saying so, by its pause
+                self._release_session(sid)  # plain LRU cache in vLLM from now on
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
             self._spare(alloc),
@@ -396,6 +404,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if gate is not None:
             st = self.stats
             st.deferrals, st.demotions = gate.num_deferrals, gate.num_demotions
+            st.expired = gate.num_expired
             st.deferred_with_room = gate.num_deferred_with_room
             st.gate_wait_s = round(gate.wait_s, 1)
             for how in ("room", "fit", "idle", "max_wait"):
