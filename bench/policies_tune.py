@@ -13,6 +13,7 @@ evaluation (bench/policies.py without `--tune`) refuses these seeds.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from policies import (
     write_section,
 )
 
-from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 
 def pick(rows: list[dict], candidates: list[str]) -> str:
@@ -50,17 +51,46 @@ def pick(rows: list[dict], candidates: list[str]) -> str:
     return min(scored, key=lambda p: (-scored[p][0], scored[p][1]))
 
 
-def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
-    """Per policy tuned with several constant settings, the setting the tuning rule picks
-    among them (its class defaults must be that setting)."""
+def _settings(candidates: list[str]) -> dict[str, list[str]]:
+    """Policies tuned with several constant settings -> their candidate specs."""
     by_base: dict[str, list[str]] = {}
     for c in candidates:
         by_base.setdefault(parse_spec(c)[0], []).append(c)
-    return {b: pick(rows, specs) for b, specs in by_base.items() if len(specs) > 1}
+    return {b: specs for b, specs in by_base.items() if len(specs) > 1}
+
+
+def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
+    """Per policy tuned with several constant settings, the setting (its candidate spec)
+    the tuning rule picks among them (its class defaults must be that setting)."""
+    return {b: pick(rows, specs) for b, specs in _settings(candidates).items()}
+
+
+def setting_constants(candidates: list[str]) -> dict[str, dict[str, float]]:
+    """What each setting of a policy tuned with several ran with, for every constant one of
+    its settings names: the spec's value, else the class default now. A bare name means the
+    defaults of the day it ran, so a run saves these beside its rows and a re-render keeps
+    the saved ones (tests/bench/test_policies.py pins the defaults to the pick's)."""
+    out: dict[str, dict[str, float]] = {}
+    for base, specs in _settings(candidates).items():
+        keys = sorted({k for s in specs for k in parse_spec(s)[1]})
+        defaults = inspect.signature(POLICIES[base]).parameters
+        for s in specs:
+            given = parse_spec(s)[1]
+            out[s] = {k: float(given.get(k, defaults[k].default)) for k in keys}
+    return out
+
+
+def explicit(spec: str, constants: dict[str, dict[str, float]]) -> str:
+    """`spec` with every varied constant written out (`graph` -> `graph[residual_wait=0]`)."""
+    values = constants.get(spec)
+    if not values:
+        return spec
+    return f"{parse_spec(spec)[0]}[{','.join(f'{k}={v:g}' for k, v in values.items())}]"
 
 
 def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
-                  seeds: list[int], chosen: str) -> str:
+                  seeds: list[int], chosen: str, constants: dict[str, dict[str, float]],
+                  notes: list[str] | None = None) -> str:
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
            f"Fit set: built-in families at seeds {', '.join(map(str, FAMILY_SEEDS))}, held-out "
            f"traces at seeds {', '.join(map(str, TRACE_SEEDS))} (every seed read while the "
@@ -75,8 +105,12 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     out += ["", f"Pick (most cases at or below the best baseline, then least recomputation): "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
     for base, spec in variant_picks(rows, candidates).items():
+        full = explicit(spec, constants)
+        ran = f"ran as `{full}`; " if full != spec else ""
         out.append(f"Constants of `{base}` by the same rule among its settings: `{spec}` "
-                   "(its defaults).")
+                   f"({ran}its defaults).")
+    if notes:  # what changed since the run, kept with its rows
+        out += ["", *notes]
     return "\n".join(out) + "\n"
 
 
@@ -91,8 +125,12 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
         rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
         seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
+        if "constants" not in saved and _settings(policies):
+            parser.error(f"{args.from_json} does not record what its bare policy names ran "
+                         "with (\"constants\"): rerun --tune")
+        constants, notes = saved.get("constants", {}), saved.get("notes", [])
     else:
-        rows = []
+        rows, constants, notes = [], setting_constants(policies), []
         for names, fit in ((FAMILIES, FAMILY_SEEDS), (TRACES, TRACE_SEEDS)):
             mine = [t for t in traces if t in names]
             at = [s for s in seeds if s in fit]
@@ -100,12 +138,13 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
                 rows += run(mine, fractions, policies, at, args.workers)[0]
         wall = time.perf_counter() - t
     chosen = pick(rows, policies)
-    text = tune_markdown(rows, policies, command, wall, seeds, chosen)
+    text = tune_markdown(rows, policies, command, wall, seeds, chosen, constants, notes)
     print(text)
     if not args.no_write:
         _save(TUNE_JSON, {"pick": chosen, "seeds": seeds, "traces": traces,
-                          "variants": variant_picks(rows, policies),
-                          "candidates": policies, "command": command, "wall_s": wall,
-                          "rows": rows})
+                          "variants": {b: explicit(v, constants) for b, v in
+                                       variant_picks(rows, policies).items()},
+                          "constants": constants, "notes": notes, "candidates": policies,
+                          "command": command, "wall_s": wall, "rows": rows})
         write_section(text, HERE / "RESULTS.md", TUNE_SECTION)
     return 0

@@ -94,11 +94,47 @@ def test_one_tiny_run_renders_both_sections(tmp_path):
 
 
 def test_every_tuned_constant_is_its_policys_default():
-    mod = load()
+    """The constants the tuning picked among a policy's settings are that policy's class
+    defaults: read from the signatures, so flipping e.g. graph's residual_wait fails here."""
+    mod, tune = load(), load("policies_tune")
     tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
-    picks = load("policies_tune").variant_picks(tuned["rows"], tuned["candidates"])
-    assert picks == tuned["variants"]
-    for base, spec in picks.items():
-        defaults = inspect.signature(POLICIES[base]).parameters
+    constants = tuned["constants"]  # what each setting ran with, bare names included
+    for spec, values in constants.items():  # a spec's own constants are what it ran with
         for key, value in mod.parse_spec(spec)[1].items():
-            assert defaults[key].default == value, (base, key)
+            assert values[key] == value, (spec, key)
+    picks = tune.variant_picks(tuned["rows"], tuned["candidates"])
+    assert set(picks) == set(tuned["variants"]) and "graph" in picks
+    for base, label in picks.items():
+        spec = tuned["variants"][base]
+        assert spec == tune.explicit(label, constants), (base, label, spec)
+        name, params = mod.parse_spec(spec)
+        assert name == base and params, spec  # every varied constant written out
+        defaults = inspect.signature(POLICIES[base]).parameters
+        for key, value in params.items():
+            assert defaults[key].default == value, (base, key, defaults[key].default, value)
+
+
+def test_a_tuning_run_records_what_bare_names_ran_with(tmp_path, capsys):
+    """A bare name's constants are its class defaults on the day it ran; re-rendering keeps
+    the saved ones instead of today's, and refuses a save that lacks them."""
+    mod, tune = load(), load("policies_tune")
+    cands = ["lru", "saga", "ttl", "graph", "graph[residual_wait=1]"]
+    got = tune.setting_constants(cands)
+    assert got == {"graph": {"residual_wait": 0.0}, "graph[residual_wait=1]":
+                   {"residual_wait": 1.0}}
+    assert tune.explicit("graph", got) == "graph[residual_wait=0]"
+    assert tune.explicit("ttl", got) == "ttl"
+    rows = [_row("swe", 1, 0.3, p, x) for p, x in zip(cands, (5, 6, 7, 3, 4), strict=True)]
+    then = {"graph": {"residual_wait": 1.0}, "graph[residual_wait=1]": {"residual_wait": 1.0}}
+    saved = {"rows": rows, "command": "cmd", "wall_s": 1.0, "seeds": [1], "traces": ["swe"],
+             "candidates": cands, "constants": then, "notes": ["a note"]}
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps(saved))
+    assert mod.main(["--tune", "--from-json", str(path), "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "`graph` (ran as `graph[residual_wait=1]`; its defaults)" in out
+    assert out.rstrip().endswith("a note")
+    del saved["constants"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit):
+        mod.main(["--tune", "--from-json", str(path), "--no-write"])
