@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--replicas", type=int, default=None,
       help="compare routers on kvsaga-serve --replicas N (a local Ray cluster; needs "
            "kvsaga[cluster]), one arm per --replica-routers; replaces --policies")
-    a("--replica-policy", default="graph", help="the eviction policy of --replicas' arms")
+    a("--replica-policy", default="graph",
+      help="the eviction policy of --replicas' arms (default graph, which RESULTS' recorded "
+           "--replicas run used; not kvsaga-serve's own default, kvsaga.policy.DEFAULT_POLICY)")
     a("--replica-routers", default=",".join(REPLICA_ROUTERS),
       help="--replicas' arms, one per kvsaga-serve --router, run in this order; kvsaga is "
            "compared with each other one (ray-default: Ray Serve's own default router)")
@@ -175,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "POLICY+gate (gate forced on), POLICY+noroom (the gate without "
                         "room admission)")
     v.add_argument("--kvsaga-policies", default="graph",
-                   help="kvsaga-serve policies run next to vLLM")
+                   help="kvsaga-serve policies run next to vLLM (default graph, which RESULTS' "
+                        "recorded default replay used; not kvsaga-serve's own default, "
+                        "kvsaga.policy.DEFAULT_POLICY)")
     return p
 
 

@@ -1,6 +1,7 @@
 """Schedulers side by side: fcfs (vLLM v1's rule) vs workflow-atomic admission, with the lru
-and graph policies, over a load x KV-capacity grid of every workload family and a two-tenant
-mix (simulated; `kvsaga.sim`, the same scheduler code the engine runs).
+and graph policies and the default one (`kvsaga.policy.DEFAULT_POLICY`), over a load x
+KV-capacity grid of every workload family and a two-tenant mix (simulated; `kvsaga.sim`, the
+same scheduler code the engine runs).
 
     python bench/scheduling.py              # the default run (a few minutes on 2 cores)
     python bench/scheduling.py --fit        # the fit of workflow's parameters (seeds 101-106)
@@ -126,22 +127,23 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   101-106, with ttl, the default policy then) chose it with a smallest gain of 1.30x (bfcl
   1x 25%), against 1.43x for the unbounded order in the first round: the bound costs mean
   TCT there and buys p95. The fourth round (eighth session) reran the fit with graph, the
-  default policy now (`bench/policies.py --tune`): bench/scheduling_fit.py records it.
+  default policy then (`bench/policies.py --tune`; kvsaga.policy.DEFAULT_POLICY names
+  today's): bench/scheduling_fit.py records it.
 - Oracle rows (workflow-oracle, the pressured points; bench/scheduling_oracle.py): the
   default with the sessions waiting for admission in order of their true remaining steps,
   which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8)
   quote them: where the oracle reaches 2x and the default does not, memory does not rule
   2x out; the default lacks the sessions' lengths. docs/architecture.md ("Where bfcl 1x
   25%'s time goes") has the fit seeds' figures and the online orders tried.
-- Fifo order rows (`workflow+graph (admission_order fifo)`, every grid point of seeds 1,
-  7, 8; the held-out table's last column): the order of waiting sessions before the
-  default became the predicted one (least predicted remaining work first, with aging:
-  kvsaga/scheduler/admission_order.py). `--fit`'s fourth round chose "predicted" (aging_s
-  80) on seeds 101-106 with graph, the default policy (smallest gain 1.31x -> 1.51x at
-  bfcl 1x 25%, no non-thrash figure worse there by over 2%); these rows and the "fifo
-  admission order" goals line show what that choice gives and costs on the report and
-  held-out seeds, which the fit never read. docs/architecture.md ("Admission by predicted
-  remaining work") has the orders tried.
+- Fifo order rows (`workflow+POLICY (admission_order fifo)`, POLICY the default; every
+  grid point of seeds 1, 7, 8; the held-out table's last column): the order of waiting
+  sessions before the default became the predicted one (least predicted remaining work
+  first, with aging: kvsaga/scheduler/admission_order.py). `--fit`'s fourth round chose
+  "predicted" (aging_s 80) on seeds 101-106 with graph, the default policy then (smallest
+  gain 1.31x -> 1.51x at bfcl 1x 25%, no non-thrash figure worse there by over 2%); these
+  rows and the "fifo admission order" goals line show what that choice gives and costs on
+  the report and held-out seeds, which the fit never read. docs/architecture.md
+  ("Admission by predicted remaining work") has the orders tried.
 - Bounded waiting: the reserve (`max_wait_s`, 120 s): once the session waiting longest
   has waited that long, nothing is admitted before it; the miss lines give the longest
   single wait.
