@@ -38,6 +38,9 @@ inline void store_marks(nb::handle marks, nb::handle ids, nb::handle values, Sou
   Py_ssize_t m = 0;
   if (!one) {
     fast = steal_or_throw(PySequence_Fast(values.ptr(), "values must be a sequence"));
+    // `values` is `marks` itself (PySequence_Fast hands a list back as is): read a snapshot,
+    // as the twin does (its stores would otherwise change the values still to be read).
+    if (fast.ptr() == t) fast = steal_or_throw(PySequence_List(t));
     m = PySequence_Fast_GET_SIZE(fast.ptr());
     vals = PySequence_Fast_ITEMS(fast.ptr());
   }

@@ -101,6 +101,12 @@ inline double phi_upper(double z) { return mul(0.5, std::erfc(z / kSqrt2)); }
 
 const double kMinSigma = 0.05;  // lognormal.py MIN_SIGMA: LogNormalDist floors sigma there
 
+// A quantile function of statistics and how many arguments it takes (`normal_inv_cdf`).
+struct InvCdf {
+  nb::object fn;
+  size_t nargs = 3;
+};
+
 struct LogNormal {
   double mu, sigma;
   LogNormal(double m, double s) : mu(m), sigma(py_max(s, kMinSigma)) {}
@@ -125,15 +131,16 @@ struct LogNormal {
     if (s < 1e-250) return mul(elapsed, sigma) / py_max(z - sigma, 1.0);
     return mul(mean(), phi_upper(z - sigma)) / s - elapsed;
   }
-  // inv_cdf: statistics.NormalDist().inv_cdf's own function, called (not copied).
-  double median_residual(double elapsed, PyObject* inv_cdf) const {
+  // inv_cdf: statistics.NormalDist().inv_cdf's own function, called (not copied), with
+  // (p, 0, 1) (its private function) or (p) (the public method: `normal_inv_cdf`).
+  double median_residual(double elapsed, const InvCdf& inv_cdf) const {
     double s = sf(elapsed);
     if (s < 1e-300) return mean_residual(elapsed);
     PyObject* args[3];
     nb::object p = nb::steal(PyFloat_FromDouble(s / 2.0)), zero = nb::steal(PyFloat_FromDouble(0.0)),
                one = nb::steal(PyFloat_FromDouble(1.0));
     args[0] = p.ptr(), args[1] = zero.ptr(), args[2] = one.ptr();
-    nb::object q = nb::steal(PyObject_Vectorcall(inv_cdf, args, 3, nullptr));
+    nb::object q = nb::steal(PyObject_Vectorcall(inv_cdf.fn.ptr(), args, inv_cdf.nargs, nullptr));
     if (!q.is_valid()) throw nb::python_error();
     double z = -PyFloat_AsDouble(q.ptr());
     if (z == 1.0 && PyErr_Occurred()) throw nb::python_error();
@@ -173,7 +180,7 @@ TableKey ttl_key(const double* f, double lo) {
 
 // graph's rate P(reuse) / E[time to reuse] at elapsed grid point lo (graph.py
 // `_predict_session`, `_session_base`; aeg.py `predict`).
-double graph_rate(const double* f, double lo, PyObject* inv_cdf) {
+double graph_rate(const double* f, double lo, const InvCdf& inv_cdf) {
   LogNormal d{f[0], f[1]};
   double p0 = f[2];
   double s = d.sf(lo);
@@ -191,6 +198,80 @@ double read_number(PyObject* o) {
   return x;
 }
 
+// session_heap.py `_RULES` and `FORMULA_FIELDS`: what each number of a timed record must be.
+enum Rule { kNotNan, kFinite, kPos, kNonNeg, kShare };
+const char* const kRuleText[] = {"not NaN", "finite", "finite and > 0", "finite and >= 0",
+                                 "finite and in [0, 1]"};
+inline bool meets(Rule r, double v) {
+  switch (r) {
+    case kNotNan: return !std::isnan(v);
+    case kFinite: return std::isfinite(v);
+    case kPos: return std::isfinite(v) && v > 0;
+    case kNonNeg: return std::isfinite(v) && v >= 0;
+    case kShare: return v >= 0.0 && v <= 1.0;
+  }
+  return false;
+}
+struct FormulaFields {
+  Py_ssize_t size;
+  const char* names[8];
+  Rule rules[8];
+};
+const FormulaFields kFormulaFields[] = {
+    {4, {"mode 2 w", "mode 2 s", "mode 2 a", "mode 2 b"}, {kFinite, kPos, kFinite, kFinite}},
+    {8, {"mode 3 mu", "mode 3 sigma", "mode 3 p0", "mode 3 cost", "mode 3 rent", "mode 3 n",
+         "mode 3 r", "mode 3 ttl"},
+     {kFinite, kNonNeg, kShare, kFinite, kFinite, kPos, kPos, kFinite}},
+    {7, {"mode 4 base", "mode 4 mu", "mode 4 sigma", "mode 4 p0", "mode 4 wait", "mode 4 corr",
+         "mode 4 min_wait"},
+     {kFinite, kFinite, kNonNeg, kShare, kFinite, kFinite, kPos}},
+};
+
+// A number field of a timed record (session_heap.py `_real`): a float or an object with
+// __float__ or __index__, meeting `rule`; else TypeError / ValueError naming it.
+double read_field(PyObject* o, const char* name, Rule rule = kNotNan) {
+  PyTypeObject* tp = Py_TYPE(o);
+  PyNumberMethods* nm = tp->tp_as_number;
+  if (!PyFloat_Check(o) && !(nm && (nm->nb_float || nm->nb_index))) {
+    PyErr_Format(PyExc_TypeError, "timed: %s must be a real number, got %s", name, tp->tp_name);
+    throw_current();
+  }
+  double v = read_number(o);
+  if (!meets(rule, v)) {
+    nb::object f = nb::steal(PyFloat_FromDouble(v));
+    PyErr_Format(PyExc_ValueError, "timed: %s must be %s, got %R", name, kRuleText[rule],
+                 f.ptr());
+    throw_current();
+  }
+  return v;
+}
+
+// An integer field of a timed record (session_heap.py `_int`: operator.index).
+int64_t read_index(PyObject* o, const char* name) {
+  nb::object i = nb::steal(PyNumber_Index(o));
+  if (!i.is_valid()) {
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw_current();
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "timed: %s must be an integer, got %s", name,
+                 Py_TYPE(o)->tp_name);
+    throw_current();
+  }
+  long long x = PyLong_AsLongLong(i.ptr());
+  if (x == -1 && PyErr_Occurred()) throw_current();
+  return x;
+}
+
+// statistics.NormalDist().inv_cdf's own function (what lognormal.py's quantile calls):
+// the module's private `_normal_dist_inv_cdf(p, mu, sigma)` where it exists, else the
+// public method of NormalDist(0, 1), called with p alone.
+// The public method checks 0 < p < 1 (true here: p = sf / 2 with sf >= 1e-300) and calls the
+// private function with (p, 0.0, 1.0): the same float either way.
+InvCdf normal_inv_cdf() {
+  nb::module_ st = nb::module_::import_("statistics");
+  if (nb::hasattr(st, "_normal_dist_inv_cdf")) return {st.attr("_normal_dist_inv_cdf"), 3};
+  return {st.attr("NormalDist")().attr("inv_cdf"), 1};
+}
+
 class SessionHeap {
  public:
   size_t size() const { return heap_.size(); }
@@ -204,37 +285,47 @@ class SessionHeap {
     Formula formula{};
     int64_t k = 0;
     if (!timed.is_none()) {
+      // session_heap.py `check_timed`: the same fields, order, rules and messages; all read
+      // before anything changes.
       PyObject* o = timed.ptr();
       if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 9)
         throw nb::type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
-      t.cls = read_int(PyTuple_GET_ITEM(o, 0));
-      k = read_int(PyTuple_GET_ITEM(o, 1));
-      tk.k0 = read_number(PyTuple_GET_ITEM(o, 2));
-      tk.mode = read_int(PyTuple_GET_ITEM(o, 4));
-      if (tk.mode < 2) tk.v = read_number(PyTuple_GET_ITEM(o, 3));
-      if (tk.mode >= 2 && tk.mode <= 4) {
+      t.cls = read_index(PyTuple_GET_ITEM(o, 0), "cls");
+      if (t.cls < 0) {
+        PyErr_Format(PyExc_ValueError, "timed: cls must be >= 0, got %lld",
+                     static_cast<long long>(t.cls));
+        throw_current();
+      }
+      k = read_index(PyTuple_GET_ITEM(o, 1), "k");
+      tk.k0 = read_field(PyTuple_GET_ITEM(o, 2), "k0");
+      tk.mode = read_index(PyTuple_GET_ITEM(o, 4), "mode");
+      if (tk.mode < 0 || tk.mode > 4) {
+        PyErr_Format(PyExc_ValueError, "timed: mode must be 0 to 4, got %lld",
+                     static_cast<long long>(tk.mode));
+        throw_current();
+      }
+      if (tk.mode < 2) tk.v = read_field(PyTuple_GET_ITEM(o, 3), "value");
+      if (tk.mode >= 2) {
         // mode 4's tuple starts with the session's own base (`base`), then the formula's.
-        static const Py_ssize_t sizes[] = {4, 8, 7};
+        const FormulaFields& fields = kFormulaFields[tk.mode - 2];
         PyObject* f = PyTuple_GET_ITEM(o, 3);
-        Py_ssize_t want = sizes[tk.mode - 2], skip = tk.mode == 4 ? 1 : 0;
+        Py_ssize_t want = fields.size, skip = tk.mode == 4 ? 1 : 0;
         if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != want)
           throw nb::type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
         formula.mode = tk.mode;
         formula.k0 = tk.k0;
-        for (Py_ssize_t i = skip; i < want; ++i)
-          formula.p[i - skip] = read_number(PyTuple_GET_ITEM(f, i));
-        tk.v = skip ? read_number(PyTuple_GET_ITEM(f, 0))
-                    : std::numeric_limits<double>::quiet_NaN();
-        if (tk.mode == 4 && !inv_cdf_.is_valid())
-          inv_cdf_ = nb::module_::import_("statistics").attr("_normal_dist_inv_cdf");
+        double read[8];
+        for (Py_ssize_t i = 0; i < want; ++i)
+          read[i] = read_field(PyTuple_GET_ITEM(f, i), fields.names[i], fields.rules[i]);
+        for (Py_ssize_t i = skip; i < want; ++i) formula.p[i - skip] = read[i];
+        tk.v = skip ? read[0] : std::numeric_limits<double>::quiet_NaN();
+        if (tk.mode == 4 && !inv_cdf_.fn.is_valid()) inv_cdf_ = normal_inv_cdf();
       }
-      t.t0 = read_number(PyTuple_GET_ITEM(o, 5));
-      t.limit = read_number(PyTuple_GET_ITEM(o, 6));
-      t.extra = read_number(PyTuple_GET_ITEM(o, 7));
-      t.mult = read_number(PyTuple_GET_ITEM(o, 8));
+      t.t0 = read_field(PyTuple_GET_ITEM(o, 5), "t0");
+      t.limit = read_field(PyTuple_GET_ITEM(o, 6), "limit");
+      t.extra = read_field(PyTuple_GET_ITEM(o, 7), "extra");
+      t.mult = read_field(PyTuple_GET_ITEM(o, 8), "mult");
       t.value = tk.v;
-      if (t.cls < 0 || tk.mode < 0 || tk.mode > 4)
-        throw nb::value_error("timed: cls must be >= 0 and mode 0 to 4");
     }
     double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
     double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
@@ -383,12 +474,6 @@ class SessionHeap {
     return slot;
   }
 
-  static int64_t read_int(PyObject* o) {
-    long long x = PyLong_AsLongLong(o);
-    if (x == -1 && PyErr_Occurred()) throw_current();
-    return x;
-  }
-
   static uint64_t table_key(int64_t cls, int64_t k) {
     return (static_cast<uint64_t>(cls) << 16) ^ static_cast<uint64_t>(k + 1);
   }
@@ -451,7 +536,7 @@ class SessionHeap {
         enter(x.k0, -((mul(x.p[0], r > 1.0 ? 1.0 : r) + x.p[2]) + x.p[3]), slot, until, now);
         return true;
       }
-      tk = x.mode == 3 ? ttl_key(x.p, lo) : TableKey{1.0, graph_rate(x.p, lo, inv_cdf_.ptr()), 0};
+      tk = x.mode == 3 ? ttl_key(x.p, lo) : TableKey{1.0, graph_rate(x.p, lo, inv_cdf_), 0};
       table_[table_key(t.cls, k)] = tk;
     }
     timed_[slot].value = tk.v;
@@ -486,7 +571,7 @@ class SessionHeap {
   std::vector<Timed> timed_;       // per slot
   std::unordered_map<uint64_t, TableKey> table_;  // (class, grid point) -> key
   std::unordered_map<int64_t, Formula> formulas_;  // class -> key at every grid point
-  nb::object inv_cdf_;             // statistics' NormalDist quantile (mode 4)
+  InvCdf inv_cdf_;                 // statistics' NormalDist quantile (mode 4)
   double grid_s_ = 0.0, log_ratio_ = 1.0;
   std::vector<double> points_;     // empty: no grid set, no re-key from the table
   int64_t versions_ = 0;

@@ -109,6 +109,21 @@ def test_bad_input_changes_nothing():
         assert m == [None] * 3
 
 
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(["list", "bytes"]), blocks=st.lists(st.integers(0, 3), min_size=4,
+                                                                 max_size=4))
+def test_scatter_reads_values_before_storing_when_they_are_the_marks(kind, blocks):
+    """`values` may be `marks` itself: both read it whole before the first store."""
+    init = [10, 11, 12, 13] if kind == "list" else bytearray([10, 11, 12, 13])
+    a, b = both(kind, 4, init)
+    py.scatter(a, blocks, a)
+    _cpp().scatter(b, blocks, b)
+    assert a == b
+    m = list(init)
+    py.scatter(m, [1, 2, 3, 0], m)
+    assert m == [13, 10, 11, 12]
+
+
 def test_references_are_kept_and_released():
     """Each store takes a reference to its value and drops the one to what it replaced."""
     class Tracked:

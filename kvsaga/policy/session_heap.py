@@ -46,13 +46,81 @@ import heapq
 import math
 from collections.abc import Hashable
 from itertools import count
+from operator import index
+from typing import Any
 
 from kvsaga.policy.lognormal import LogNormalDist
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
 
 Key = tuple[float, float]
-Timed = tuple[int, int, float, float, int, float, float, float, float]
-_FORMULA_SIZES = {2: 4, 3: 8, 4: 7}  # modes with a formula: the numbers `value` holds
+# (cls, k, k0, value, mode, t0, limit, extra, mult): `value` a float (modes 0, 1) or the
+# formula's tuple (modes 2-4, `FORMULA_FIELDS`).
+Timed = tuple[int, int, float, float | tuple[float, ...], int, float, float, float, float]
+# The numbers a formula's `value` holds, by mode, each with the rule it must meet (checked
+# at push by both implementations alike: a key computed later from a bad formula would
+# divide by zero in one and give inf or NaN in the other).
+_F, _POS, _NONNEG, _SHARE = "finite", "finite and > 0", "finite and >= 0", "finite and in [0, 1]"
+FORMULA_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (("w", _F), ("s", _POS), ("a", _F), ("b", _F)),
+    3: (("mu", _F), ("sigma", _NONNEG), ("p0", _SHARE), ("cost", _F), ("rent", _F),
+        ("n", _POS), ("r", _POS), ("ttl", _F)),
+    4: (("base", _F), ("mu", _F), ("sigma", _NONNEG), ("p0", _SHARE), ("wait", _F),
+        ("corr", _F), ("min_wait", _POS)),
+}
+_RULES = {"not NaN": lambda v: not math.isnan(v), _F: math.isfinite,
+          _POS: lambda v: math.isfinite(v) and v > 0,
+          _NONNEG: lambda v: math.isfinite(v) and v >= 0,
+          _SHARE: lambda v: 0.0 <= v <= 1.0}
+
+
+def _int(x: Any, name: str) -> int:
+    """An integer field of a timed record (Python's int or an object with __index__, as
+    the C++ index reads it)."""
+    try:
+        return index(x)
+    except TypeError:
+        raise TypeError(f"timed: {name} must be an integer, got {type(x).__name__}") from None
+
+
+def _real(x: Any, name: str, rule: str = "not NaN") -> float:
+    """A number field of a timed record: a float, or an object with __float__ or __index__
+    (what the C++ index's PyFloat_AsDouble reads; a str is refused), meeting `rule`."""
+    tp = type(x)
+    if not (hasattr(tp, "__float__") or hasattr(tp, "__index__")):
+        raise TypeError(f"timed: {name} must be a real number, got {tp.__name__}")
+    v = float(x)
+    if not _RULES[rule](v):
+        raise ValueError(f"timed: {name} must be {rule}, got {v!r}")
+    return v
+
+
+def check_timed(timed: Any) -> tuple:
+    """`timed` validated and read as the index keeps it: (cls, k, k0, value, mode, t0,
+    limit, extra, mult) with ints, floats and the formula as a tuple of floats; raises
+    TypeError or ValueError naming the first bad field (the C++ index checks the same
+    fields in the same order with the same messages)."""
+    if not isinstance(timed, tuple) or len(timed) != 9:
+        raise TypeError("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)")
+    cls = _int(timed[0], "cls")
+    if cls < 0:
+        raise ValueError(f"timed: cls must be >= 0, got {cls}")
+    k = _int(timed[1], "k")
+    k0 = _real(timed[2], "k0")
+    mode = _int(timed[4], "mode")
+    if not 0 <= mode <= 4:
+        raise ValueError(f"timed: mode must be 0 to 4, got {mode}")
+    value = timed[3]
+    if mode < 2:
+        value = _real(value, "value")
+    else:
+        fields = FORMULA_FIELDS[mode]
+        if not isinstance(value, tuple) or len(value) != len(fields):
+            raise TypeError("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers")
+        value = tuple(_real(x, f"mode {mode} {name}", rule)
+                      for x, (name, rule) in zip(value, fields, strict=True))
+    t0, limit, extra, mult = (_real(timed[i], name) for i, name in
+                              zip(range(5, 9), ("t0", "limit", "extra", "mult"), strict=True))
+    return cls, k, k0, value, mode, t0, limit, extra, mult
 
 
 def resume_window(dist: LogNormalDist, p0: float, elapsed: float, window: float
@@ -118,7 +186,8 @@ class PySessionHeap:
         # sid -> (cls, t0, limit, extra, mult, tie, size, the value last keyed from)
         self._timed: dict[Hashable, tuple] = {}
         self._table: dict[tuple[int, int], tuple[float, float, int]] = {}
-        self._formulas: dict[int, tuple[float, float, float, float, float]] = {}
+        # cls -> (mode, k0, the formula's numbers; mode 4's without the session's base)
+        self._formulas: dict[int, tuple[int, float, tuple[float, ...]]] = {}
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
@@ -133,14 +202,9 @@ class PySessionHeap:
         if timed is None:
             self._timed.pop(sid, None)
         else:
-            cls, k, k0, value, mode, t0, limit, extra, mult = timed
-            if not cls >= 0 or mode not in (0, 1, 2, 3, 4):
-                raise ValueError("timed: cls must be >= 0 and mode 0 to 4")
+            cls, k, k0, value, mode, t0, limit, extra, mult = check_timed(timed)
             if mode >= 2:
-                if not isinstance(value, tuple) or len(value) != _FORMULA_SIZES[mode]:
-                    raise TypeError("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 "
-                                    "numbers")
-                f = tuple(map(float, value))
+                f = value
                 self._formulas[cls] = (mode, k0, f[1:] if mode == 4 else f)
                 value = f[0] if mode == 4 else None
             else:

@@ -167,3 +167,53 @@ def test_grid_crossings_are_keyed_without_python_and_name_the_same_victims(name)
     # from the formulas, one session per class after each resume (the walk measured 24 a
     # step against 6-26, half as many in all).
     assert sum(counts) < 0.6 * sum(by_table), (counts, by_table)
+
+
+def _learned_policy(name: str):
+    """A ttl or graph policy that watched sessions pause on three tools in two workflows
+    (each tool's pauses from its own log-normal), the last of them still paused."""
+    m = make(make_policy(name), num_blocks=400)
+    p = _indexed_parts(m.policy)[0]
+    p.class_formulas = True
+    rng, now = random.Random(3), 0.0
+    for i in range(40):
+        sid, wf = f"s{i}", f"w{i % 2}"
+        for step in range(rng.randrange(1, 4)):
+            toks = [i * 1000 + step * 100 + j for j in range(8)]
+            st = m.begin_step(sid, toks, now=now, workflow=wf)
+            m.allocate_slots(sid, len(toks) - st.num_cached_tokens, now=now)
+            tool = ("a", "b", "c")[(i + step) % 3]
+            m.finish_step(sid, now=now, tool=tool)
+            now += rng.lognormvariate((-3.0, 0.0, 1.5)[(i + step) % 3], 0.8)
+    m.check_integrity()
+    return p, now
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_the_reference_keys_are_the_policies_own(name):
+    """`ttl_window_key` and `graph_rate` (what the C++ index is checked against) equal the
+    keys ttl's `_key` / `_value` and graph's `_session_base` compute themselves, for each
+    paused session at grid points from the first to far in its tail."""
+    p, t_end = _learned_policy(name)
+    checked = 0
+    for d in (0.0, 2e-3, 0.05, 0.7, 3.0, 40.0, 600.0):
+        now = t_end + d
+        for sid, view in list(p.views.items()):
+            g = p.groups.get(sid)
+            if not g or view.needed_now or view.hint.last_step:
+                continue
+            p._memo.clear()  # the policy's own computation, not a key shared by its class
+            p._prepare(now)
+            _, lo, _ = grid_index(max(now - view.paused_at, 0.0))
+            key, _, rec = p._timed_base(sid, g, now)
+            if rec is None:
+                continue  # past its TTL, queued or demoted: not a formula's key
+            f = rec[3]
+            if name == "ttl":
+                own = p._key(sid, view, g, now, now - view.paused_at, lo, math.inf,
+                             p._value(sid, view, g, now, lo))[0]
+                assert key == own == ttl_window_key(f, view.paused_at, lo), (sid, d)
+            else:
+                assert key == p._session_base(sid, g, now)[0] == graph_rate(f[1:], lo)
+            checked += 1
+    assert checked >= 20

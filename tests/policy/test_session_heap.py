@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import hypothesis.strategies as st
 import pytest
@@ -124,3 +126,110 @@ def test_a_due_session_is_re_keyed_from_its_class_key_at_its_new_grid_point(cpp)
     index.forget_keys()
     index.push("a", (1, 0.0), 10, 4, math.inf, 1.5)
     assert index.due(1.0 + 2 * hi) == ["b"]  # no key left for its class
+
+
+# One bad field per record (session_heap.py `check_timed`); good records of each mode first.
+GOOD = {
+    0: (1, 3, 2, 0.5, 0, 0.0, math.inf, math.inf, 1.0),
+    2: (1, 3, 2, (0.3, 1.0, 0.0, 0.2), 2, 0.0, math.inf, math.inf, 1.0),
+    3: (1, 3, 1, (0.5, 1.5, 0.6, 0.2, 1e-3, 4.0, 2.5e-4, 4.0), 3, 0.0, math.inf, math.inf,
+        1.0),
+    4: (1, 3, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0),
+}
+BAD_FIELDS = ["0.5", "x", None, math.nan, math.inf, -math.inf, 0.0, -1.0, 1.5, 0, True, 2.0]
+
+
+def _with(record: tuple, at: int, x, inner: int | None = None) -> tuple:
+    rec = list(record)
+    if inner is None:
+        rec[at] = x
+    else:
+        v = list(rec[at])
+        v[inner] = x
+        rec[at] = tuple(v)
+    return tuple(rec)
+
+
+bad_records = st.sampled_from(sorted(GOOD)).flatmap(lambda mode: st.one_of(
+    st.builds(_with, st.just(GOOD[mode]), st.integers(0, 8), st.sampled_from(BAD_FIELDS)),
+    st.builds(_with, st.just(GOOD[mode]), st.just(3), st.sampled_from(BAD_FIELDS),
+              st.integers(0, len(GOOD[mode][3]) - 1)) if mode >= 2 else st.nothing()))
+
+
+def _outcome(index, sid, timed):
+    try:
+        index.push(sid, (2, 0.0), 5, 1, 0.5, 0.0, timed)
+    except Exception as e:  # noqa: BLE001 - the class and message are compared
+        return type(e), str(e)
+    return None
+
+
+@needs_cpp
+@settings(max_examples=400, deadline=None)
+@given(bad_records, st.lists(st.sampled_from(sorted(GOOD)), max_size=3))
+def test_bad_timed_records_raise_alike_and_change_nothing(timed, before):
+    """The same error (class and message naming the field) from both, or both accept; a
+    refused push leaves either index as it was, and what either accepts re-keys alike."""
+    py, cpp = PySessionHeap(), make_session_heap(True)
+    for i, mode in enumerate(before):
+        for index in (py, cpp):
+            index.push(f"s{i}", (2, float(i)), i, 1, 0.5, 0.0, GOOD[mode])
+    out = _outcome(py, "s0", timed)
+    assert out == _outcome(cpp, "s0", timed), timed
+    assert len(py) == len(cpp)
+    assert py.top() == cpp.top()
+    for now in (0.7, 3.0, 50.0):
+        assert py.due(now) == cpp.due(now)
+        assert py.top() == cpp.top()
+
+
+@pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
+def test_timed_formulas_are_checked_at_push(cpp):
+    """Each case the reviewer found: a str, a float mode, a zero n or r (Python divided by
+    zero inside `due`, after popping the timer), a NaN mu (a NaN key)."""
+    if cpp and SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    index = make_session_heap(cpp)
+    index.push("a", (2, 1.0), 1, 1, 0.5, 0.0, GOOD[3])
+    cases = [
+        (_with(GOOD[3], 3, "0.5", 0), TypeError, "timed: mode 3 mu must be a real number, got str"),
+        (_with(GOOD[0], 4, 1.0), TypeError, "timed: mode must be an integer, got float"),
+        (_with(GOOD[3], 3, 0.0, 5), ValueError, "timed: mode 3 n must be finite and > 0, got 0.0"),
+        (_with(GOOD[3], 3, 0.0, 6), ValueError, "timed: mode 3 r must be finite and > 0, got 0.0"),
+        (_with(GOOD[3], 3, math.nan, 0), ValueError, "timed: mode 3 mu must be finite, got nan"),
+        (_with(GOOD[3], 3, 1.5, 2), ValueError, "timed: mode 3 p0 must be finite and in [0, 1]"),
+        (_with(GOOD[4], 3, -0.1, 2), ValueError, "timed: mode 4 sigma must be finite and >= 0"),
+        (_with(GOOD[4], 3, 0.0, 6), ValueError, "timed: mode 4 min_wait must be finite and > 0"),
+        (_with(GOOD[2], 3, 0.0, 1), ValueError, "timed: mode 2 s must be finite and > 0"),
+        (_with(GOOD[0], 5, math.nan), ValueError, "timed: t0 must be not NaN, got nan"),
+    ]
+    for timed, error, message in cases:
+        with pytest.raises(error) as raised:
+            index.push("b", (0, 0.0), 2, 1, 0.5, 0.0, timed)
+        assert str(raised.value).startswith(message)
+        assert len(index) == 1 and index.top() == ((2, 1.0), 1)
+    assert index.due(0.7) == []  # "a" re-keyed by its class's formula; "b" never entered
+    assert len(index) == 2 and index.top()[1] == 1
+
+
+@needs_cpp
+def test_the_quantile_falls_back_to_normal_dist_inv_cdf(monkeypatch):
+    """Without statistics' private `_normal_dist_inv_cdf` the C++ index calls the public
+    NormalDist().inv_cdf and keys graph's formula (mode 4) to the same float."""
+    import statistics
+
+    def keys(index) -> list:
+        out = []
+        for t in (0.3, 2.0, 40.0, 900.0):
+            index.push("g", (0, 0.0), 1, 1, 1e-9, 0.0, GOOD[4])
+            assert index.due(t) == []
+            out.append(index.top())
+        return out
+
+    want = keys(PySessionHeap())
+    assert keys(make_session_heap(True)) == want
+    # A statistics module without the private function (NormalDist's own module keeps it).
+    public = types.ModuleType("statistics")
+    public.NormalDist = statistics.NormalDist
+    monkeypatch.setitem(sys.modules, "statistics", public)
+    assert keys(make_session_heap(True)) == want
