@@ -148,7 +148,7 @@ struct LogNormal {
   }
 };
 
-// aeg.py `ExecutionGraph._resume_window`: (P(resume within the window), E[time held in it]).
+// lognormal.py `resume_window`: (P(resume within the window), E[time held in it]).
 void resume_window(const LogNormal& d, double p0, double e, double w, double& p, double& held) {
   if (w <= 0) {
     p = 0.0, held = 0.0;

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvsaga.policy.lognormal import LogNormalDist, LogNormalFit
+from kvsaga.policy.lognormal import LogNormalDist, LogNormalFit, resume_window
 
 START = "<start>"
 END = "<end>"
@@ -299,15 +299,8 @@ class ExecutionGraph:
 
     def _resume_window(self, workflow: str, kind: str, elapsed: float, window: float
                        ) -> tuple[float, float]:
-        dist = self.pause_dist(workflow, kind)
-        p0 = self.resume_share(workflow, kind)
-        s_now = p0 * dist.sf(elapsed) + (1.0 - p0)  # survival including never-resumers
-        if s_now <= 0:
-            return 0.0, window
-        p_within = p0 * (dist.sf(elapsed) - dist.sf(elapsed + window)) / s_now
-        held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
-        held = (held + (1.0 - p0) * window) / s_now
-        return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
+        return resume_window(self.pause_dist(workflow, kind), self.resume_share(workflow, kind),
+                             elapsed, window)
 
     def mean_steps(self, workflow: str | None = None) -> float:
         """Mean LLM steps per finished session (one prior session of `prior_steps`)."""

@@ -92,6 +92,24 @@ class LogNormalDist:
         return max(math.exp(self.mu + self.sigma * z) - max(elapsed, 0.0), 0.0)
 
 
+def resume_window(dist: LogNormalDist, p0: float, elapsed: float, window: float
+                  ) -> tuple[float, float]:
+    """How a paused session spends the next `window` seconds under the cure model (a share
+    p0 of pauses resume, after a pause drawn from `dist`; the rest never): (P(resume within
+    the window), E[seconds held within it]), given no resume in `elapsed` seconds. The one
+    implementation: aeg.py's `ExecutionGraph.resume_window` and session_heap.py's ttl
+    keys both call it (csrc/session_heap.cpp computes it operation for operation)."""
+    if window <= 0:
+        return 0.0, 0.0
+    s_now = p0 * dist.sf(elapsed) + (1.0 - p0)  # survival including never-resumers
+    if s_now <= 0:
+        return 0.0, window
+    p_within = p0 * (dist.sf(elapsed) - dist.sf(elapsed + window)) / s_now
+    held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
+    held = (held + (1.0 - p0) * window) / s_now
+    return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
+
+
 class LogNormalFit:
     """Running log-normal fit (Welford on log durations) with a prior.
 

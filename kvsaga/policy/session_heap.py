@@ -49,7 +49,7 @@ from itertools import count
 from operator import index
 from typing import Any
 
-from kvsaga.policy.lognormal import LogNormalDist
+from kvsaga.policy.lognormal import LogNormalDist, resume_window
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
 
 Key = tuple[float, float]
@@ -121,22 +121,6 @@ def check_timed(timed: Any) -> tuple:
     t0, limit, extra, mult = (_real(timed[i], name) for i, name in
                               zip(range(5, 9), ("t0", "limit", "extra", "mult"), strict=True))
     return cls, k, k0, value, mode, t0, limit, extra, mult
-
-
-def resume_window(dist: LogNormalDist, p0: float, elapsed: float, window: float
-                  ) -> tuple[float, float]:
-    """`ExecutionGraph.resume_window`'s answer from its pause fit `dist` and resume share
-    `p0` (aeg.py `_resume_window`, operation for operation): (P(resume within the
-    window), E[seconds held within it]) given no resume in `elapsed` seconds."""
-    if window <= 0:
-        return 0.0, 0.0
-    s_now = p0 * dist.sf(elapsed) + (1.0 - p0)
-    if s_now <= 0:
-        return 0.0, window
-    p_within = p0 * (dist.sf(elapsed) - dist.sf(elapsed + window)) / s_now
-    held = p0 * (dist.limited_mean(elapsed + window) - dist.limited_mean(elapsed))
-    held = (held + (1.0 - p0) * window) / s_now
-    return min(max(p_within, 0.0), 1.0), min(max(held, 0.0), window)
 
 
 def ttl_entry(f: tuple[float, ...], lo: float) -> tuple[int, float, int]:

@@ -153,12 +153,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         n = len(group)
         # The rebuild price of (block count, head position), remembered: a full re-key
         # prices every session, and the same shapes recur.
-        shape = (n, self._pos[group[-1]])
-        cost = self._group_costs.get(shape)
-        if cost is None:
-            if len(self._group_costs) >= 65536:
-                self._group_costs.clear()
-            cost = self._group_costs[shape] = self.group_cost(group)
+        cost = self._shape_cost(n, self._pos[group[-1]])
         rent = n * self._rent
         ttl = cost / rent if rent > 0 else math.inf
         if view is None or view.needed_now:
@@ -233,11 +228,15 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         return key, until, (sig, k, 1, value[1] / self._rent, 1, paused_at, limit, extra, 1.0)
 
     def _shape_cost(self, n: int, head: int) -> float:
-        """`group_cost` of a group of n blocks whose head sits at position `head`."""
-        cost = self._group_costs.get((n, head))
+        """`group_cost` of a group of n blocks whose head sits at position `head`,
+        remembered by shape (`_value` and `_formula` read it)."""
+        shape = (n, head)
+        cost = self._group_costs.get(shape)
         if cost is None:
+            if len(self._group_costs) >= 65536:
+                self._group_costs.clear()
             bs = self.block_size
-            cost = self.cost.recompute_s(n * bs, head * bs)
+            cost = self._group_costs[shape] = self.cost.recompute_s(n * bs, head * bs)
         return cost
 
     def _formula(self, sig: tuple, view: SessionView, ttl: float) -> tuple[float, ...]:
