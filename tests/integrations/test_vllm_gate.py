@@ -258,3 +258,26 @@ def test_an_ended_session_no_longer_blocks_a_waiting_one():
     assert not g.admit("b", "w", 6 * BS, 0, now=2.2)  # x's pause is still a usual one
     assert g.expire(3.0) == ["x"]
     assert g.admit("b", "w", 6 * BS, 0, now=3.0) and g.admitted_by == {"fit": 1}
+
+
+def test_the_returning_session_never_expires_at_its_own_admission():
+    """The connector expires sessions right before it asks `admit` for a step: the session
+    whose step that is has just come back, however long it paused, and keeps its place."""
+    g = _gate(pause_quantile=0.5, pause_min_observed=1)
+    _pause(g, "x", "x0", 0.0, 1.0)  # limit 1 s
+    _run_step(g, "x1", "x", 3 * BS, 1.0, expected_s=None)
+    assert g.expire(10.0, returning="x") == [] and "x" in g.sessions
+    assert g.admit("x", "w", 4 * BS, 0, now=10.0) and g.num_demotions == 0
+    assert g.expire(10.0) == []  # running again: nothing to expire
+
+
+def test_pauses_of_sessions_that_never_return_are_not_kept_forever():
+    g = _gate()
+    g.PAUSED_TRACKED = 4
+    for i in range(10):  # one-step sessions that never come back (no last_step)
+        g.started(f"r{i}")
+        g.finished(f"r{i}", f"s{i}", BS, float(i), None, False)
+    assert list(g._paused_since) == ["s6", "s7", "s8", "s9"]  # the latest, oldest first
+    g.started("r10")
+    g.finished("r10", "s7", BS, 10.0, None, False)  # s7 paused again: timed from now, last
+    assert list(g._paused_since) == ["s6", "s8", "s9", "s7"]

@@ -217,12 +217,14 @@ class KVSagaConnector(KVConnectorBase_V1):
         now = self.clock()
         new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
         watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
-        # What vLLM's allocation takes from the free count: the new blocks, one more, the
-        # watermark, and the prefix hits that sit in the free queue (plain cache).
-        alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
-        if self.gate is not None:
-            for sid in self.gate.expire(now):  # ended without saying so, by its pause
+        if self.gate is not None:  # sessions that ended without saying so, by their pause
+            returning = info.session_id if info is not None else None
+            for sid in self.gate.expire(now, returning):
                 self._release_session(sid)  # plain LRU cache in vLLM from now on
+        # What vLLM's allocation takes from the free count: the new blocks, one more, the
+        # watermark, and the prefix hits that sit in the free queue (plain cache; counted
+        # after the releases above, which may have put some there).
+        alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
             self._spare(alloc),

@@ -123,6 +123,11 @@ class SessionGate:
     """
 
     PAUSES_KEPT = 512  # observed pauses per workflow the quantile is taken over (latest)
+    # Sessions whose pause is timed (finished, not yet back). A session that ends without
+    # saying so never comes back, so the oldest entries are dropped past this many: a
+    # session back after more than PAUSED_TRACKED others paused is not observed (its pause
+    # is among the longest; the quantile then leans short by at most that one sample).
+    PAUSED_TRACKED = 8192
 
     def __init__(
         self,
@@ -326,15 +331,21 @@ class SessionGate:
                                       if len(seen) >= self.pause_min_observed else None)
         return self._limits[workflow]
 
-    def expire(self, now: float) -> list[str]:
+    def expire(self, now: float, returning: str | None = None) -> list[str]:
         """Demote the admitted sessions paused without a hint for longer than their
         workflow's `pause_limit`, and return them (the connector releases their blocks).
         A session that ended without saying so looks like this; one that was only slow
         comes back as a new one (admitted again if it fits, its context in vLLM's LRU
-        cache until then). Hinted pauses keep the demotion deadline of `admit`."""
+        cache until then). Hinted pauses keep the demotion deadline of `admit`.
+        `returning`: the session whose step is being admitted now; its pause has ended, so
+        it never expires here, however long it was.
+
+        Until a workflow has `pause_min_observed` pauses observed (say, one-step sessions
+        that never come back) its unhinted pauses do not expire: they wait for the
+        demotion deadline or an idle batch, as before this rule."""
         out = []
         for sid, s in list(self.sessions.items()):
-            if s.paused_at is None or s.expected_s is not None:
+            if s.paused_at is None or s.expected_s is not None or sid == returning:
                 continue
             limit = self.pause_limit(s.workflow)
             if limit is not None and now - s.paused_at > limit:
@@ -365,7 +376,10 @@ class SessionGate:
             self.forget(sid)
             return []
         if sid is not None:
+            self._paused_since.pop(sid, None)  # re-inserted last: oldest first stays true
             self._paused_since[sid] = now
+            if len(self._paused_since) > self.PAUSED_TRACKED:
+                del self._paused_since[next(iter(self._paused_since))]
         s = self.sessions.get(sid) if sid is not None else None
         if s is None:
             return []
