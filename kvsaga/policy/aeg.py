@@ -26,7 +26,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvsaga.policy.lognormal import LogNormalDist, LogNormalFit, resume_window
+from kvsaga.policy.lognormal import (
+    LogNormalDist,
+    LogNormalFit,
+    resume_prediction,
+    resume_window,
+)
 
 START = "<start>"
 END = "<end>"
@@ -266,11 +271,8 @@ class ExecutionGraph:
         key = (workflow, kind, elapsed)
         out = self._predicted.get(key)
         if out is None:
-            dist = self.pause_dist(workflow, kind)
-            p0 = self.resume_share(workflow, kind)
-            s = dist.sf(elapsed)
-            p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
-            out = Prediction(p, dist.median_residual(elapsed))
+            out = Prediction(*resume_prediction(self.pause_dist(workflow, kind),
+                                                self.resume_share(workflow, kind), elapsed))
             if len(self._predicted) >= 65536:  # exact times (a scan) do not come back
                 self._predicted.clear()
             self._predicted[key] = out

@@ -49,7 +49,7 @@ from itertools import count
 from operator import index
 from typing import Any
 
-from kvsaga.policy.lognormal import LogNormalDist, resume_window
+from kvsaga.policy.lognormal import LogNormalDist, resume_prediction, resume_window
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
 
 Key = tuple[float, float]
@@ -146,10 +146,8 @@ def graph_rate(f: tuple[float, ...], lo: float) -> float:
     unhinted pause, from its class's formula f = (mu, sigma, p0, wait, corr, min_wait):
     graph.py `_predict_session` and `_session_base` over aeg.py `predict`."""
     mu, sigma, p0, wait, corr, min_wait = f
-    dist = LogNormalDist(mu, sigma)
-    s = dist.sf(lo)
-    p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
-    t = dist.median_residual(lo) + wait
+    p, t = resume_prediction(LogNormalDist(mu, sigma), p0, lo)
+    t = t + wait
     t *= corr
     w = min_wait if min_wait > t else t
     return p / w
