@@ -33,11 +33,11 @@ and 4 give a class's key at every grid point from the log-normal pause model the
 learn (lognormal.py, aeg.py): mode 3, `value` (mu, sigma, p0, cost, rent, n, r, ttl), is
 ttl's key (`ttl_window_key`); mode 4, `value` (base, mu, sigma, p0, wait, corr, min_wait),
 graph's: (1, `graph_rate` x mult), `base` being the session's rate when pushed. The C++
-index computes them operation for operation with the same libm functions, so that a
-session paused for long re-keys at every grid point without Python, not only at the
-points its class's table holds; each key so computed enters the table (the class's next
-sessions at that point read it there). `forget_keys` empties the table when what it was computed
-from changes (the policy's statistics).
+index computes them (csrc/session_keys.h) operation for operation with the same libm
+functions, so that a session paused for long re-keys at every grid point without Python,
+not only at the points its class's table holds; each key so computed enters the table
+(the class's next sessions at that point read it there). `forget_keys` empties the table
+when what it was computed from changes (the policy's statistics).
 """
 
 from __future__ import annotations
