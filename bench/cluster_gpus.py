@@ -71,6 +71,16 @@ class WatchedCluster(ClusterSimulator):
         self.stolen_out: collections.Counter = collections.Counter()
         self.overflowing: collections.Counter = collections.Counter()
         self.decisions = 0
+        self.timeline_s = 0.0  # --timeline: sample every GPU's busy time this often
+        self.samples: list[tuple[float, dict[str, float], dict[str, float]]] = []
+        # Per GPU, its sessions' resumed steps routed while it was ahead (`_ahead`), by
+        # what a balance steal found: "nobody" (no replica behind the mean with nothing
+        # waiting and no more busy steps), "room" (some behind, none with room), "fits";
+        # "moved (...)": the step moved all the same (a queue or memory steal, or a balance
+        # steal when it fits); "forced": a balance steal where none had room
+        # (`busy_balance_force`, or `busy_balance_crowding`).
+        self.ahead: dict[str, collections.Counter] = collections.defaultdict(
+            collections.Counter)
         # (session, step) -> [released here, first start, end, prompt, cached, reusable]
         self.steps: dict[tuple[str, int], list] = {}
 
@@ -80,9 +90,43 @@ class WatchedCluster(ClusterSimulator):
         self.decisions += 1
         for g in self.gpus:
             self.overflowing[g.name] += g.routing_stats().commitment > 1
+        if self.timeline_s and (not self.samples or t >= self.samples[-1][0] + self.timeline_s):
+            self.samples.append((t, {g.name: g._busy for g in self.gpus},
+                                 {g.name: g.routing_stats().commitment for g in self.gpus}))
+        home = self.router.homes.get(session.id) if k else None
+        why = self._ahead_outcome(home, session) if home is not None else None
         super()._route(t, session, k)
+        if why is not None:
+            route = self._routes[session.id]
+            forced = route.reason == "balance" and why == "room"
+            moved = route.moved_from is not None
+            self.ahead[home]["forced" if forced else f"moved ({why})" if moved else why] += 1
         if k == 0:
             self.placed[self._routes[session.id].replica] += 1
+
+    def _ahead_outcome(self, home: str, session) -> str | None:
+        """None when `home` is not ahead (`KvsagaRouter._ahead`); else what a balance steal
+        would find: "nobody" behind the mean that is idle and no busier, or "room" (some,
+        none with room for the session below `max_commitment`), or "fits"."""
+        router = self.router
+        if not hasattr(router, "_ahead"):
+            return None
+        stats = {g.name: g.routing_stats() for g in self.gpus}
+        ahead = router._ahead(home, stats)
+        if ahead is None:
+            return None
+        done, mean = ahead
+        busy_home = router.busy(home, stats)
+        behind = [x for x in router.replicas if x != home and router.waiting(x, stats) == 0
+                  and router.busy(x, stats) <= busy_home and done[x] < mean]
+        if not behind:
+            return "nobody"
+        tokens = router._tokens(home, self._request(session), stats)
+        return "fits" if any(router._fits(x, tokens, stats) for x in behind) else "room"
+
+    def _request(self, session):
+        from kvsaga.routing import RouteRequest
+        return RouteRequest(session=session.id)
 
     def _move(self, session, old, new, migrate: bool) -> float:
         self.stolen_out[old.name] += 1
@@ -135,6 +179,9 @@ def main() -> None:
     p.add_argument("--router", default="kvsaga")
     p.add_argument("--scheduler", default="workflow")
     p.add_argument("--policy", default="lru")
+    p.add_argument("--timeline", type=float, default=0.0, metavar="S",
+                   help="also sample every GPU's busy time every S s of the run and print "
+                        "the busiest GPUs' share of the mean over time")
     p.add_argument("--knob", type=_knob, action="append", default=[],
                    help="RoutingConfig override, e.g. steal_margin=2 (repeatable)")
     args = p.parse_args()
@@ -148,6 +195,7 @@ def main() -> None:
     last = max(s.arrival_s for s in sessions)
     sim = WatchedCluster(sessions, config, args.gpus, args.router, routing,
                          last_arrival=last)
+    sim.timeline_s = args.timeline
     res = sim.run()
     print(f"{args.family}, {args.gpus} GPUs x {args.sessions_per_gpu} sessions at "
           f"{args.load:g}x, seed {args.seed}, {args.router} + {args.scheduler} + "
@@ -164,7 +212,27 @@ def main() -> None:
               f"{sim.busy_at_last_arrival.get(n, g._busy):11.1f} "
               f"{g._counts['batch_steps']:7,} {g._counts['recomputed']:10,} "
               f"{sim.placed[n]:6} {sim.stolen_in[n]:4} {sim.stolen_out[n]:4} "
-              f"{sim.overflowing[n] / max(1, sim.decisions):8.0%}")
+              f"{sim.overflowing[n] / max(1, sim.decisions):8.0%}  ahead: "
+              f"{dict(sim.ahead[n]) if sim.ahead[n] else '-'}")
+    if sim.samples:
+        print(timeline(sim))
+
+
+def timeline(sim: WatchedCluster, top: int = 4) -> str:
+    """Per sample: the fleet's mean busy time and mean commitment, and the `top` busiest
+    GPUs at the end: their busy time over the mean then, and their commitment."""
+    names = [g.name for g in sorted(sim.gpus, key=lambda g: -g._busy)[:top]]
+    lines = [f"{'t s':>6} {'mean busy':>9} {'mean cmt':>8} {'max/mean':>8} (who) | "
+             + " | ".join(f"{n}: x mean, cmt" for n in names)]
+    for t, busy, cmt in sim.samples:
+        mean = sum(busy.values()) / len(busy)
+        if not mean > 0:
+            continue
+        who = max(busy, key=busy.__getitem__)
+        lines.append(f"{t:6.0f} {mean:9.1f} {sum(cmt.values()) / len(cmt):8.2f} "
+                     f"{busy[who] / mean:8.3f} ({who}) | "
+                     + " | ".join(f"{busy[n] / mean:5.3f} {cmt[n]:4.2f}" for n in names))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -437,7 +437,10 @@ class KvsagaRouter(Router):
     def _behind(self, home: str, req: RouteRequest, stats, cands: list[str],
                 ahead: tuple[dict[str, float], float] | None) -> list[str]:
         """Of `cands`, the replicas whose accumulated busy time is below the mean and that
-        have room for the session, when home is ahead (`_ahead`; else none). Room: the
+        have room for the session, when home is ahead (`_ahead`; else none); when none
+        has room and home leads the mean by more than `busy_balance_force` x the mean and
+        `busy_balance_min_s`, the least crowded of those behind (lowest commitment with
+        the session). Room: the
         session keeps them at or below `max_commitment`, or, when `busy_balance_crowding`
         x home's commitment exceeds that, at or below this product (opt-in): when every pool
         overflows (a thrashing fleet's drain), a session is no more crowded on a replica
@@ -449,8 +452,17 @@ class KvsagaRouter(Router):
         tokens = self._tokens(home, req, stats)
         c = self.config
         limit = max(c.max_commitment, c.busy_balance_crowding * stats[home].commitment)
-        return [x for x in cands
-                if x in done and done[x] < mean and self._fits(x, tokens, stats, limit)]
+        behind = [x for x in cands if x in done and done[x] < mean]
+        roomy = [x for x in behind if self._fits(x, tokens, stats, limit)]
+        force = c.busy_balance_force
+        if roomy or not force or done[home] - mean <= max(force * mean, c.busy_balance_min_s):
+            return roomy
+        # Far ahead (`busy_balance_force`): balance before room. The least crowded replica
+        # behind takes the session; its KV displaces cached KV there (a replica behind has
+        # time to recompute it), where home would keep recomputing its own.
+        crowd = {x: stats[x].commitment + tokens / stats[x].capacity_tokens
+                 for x in behind if x in stats}
+        return [min(crowd, key=lambda x: (crowd[x], done[x]))] if crowd else []
 
     def _overcommitted(self, r: str, stats) -> bool:
         st = stats.get(r)

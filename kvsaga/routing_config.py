@@ -68,6 +68,13 @@ class RoutingConfig:
             `max_commitment` only): on assistant at 64 GPUs x 16 sessions, where the rule
             with 0 finds no target at most decisions of the GPU furthest ahead, 1 took
             load_imbalance on the fit seeds from 1.236 / 1.225 to 1.210 / 1.136 (docs/cluster.md).
+        busy_balance_force: a home ahead of the mean by more than this share of it (and
+            more than `busy_balance_min_s`) hands a resuming session to the least crowded
+            replica behind (lowest commitment with the session) when no replica behind has
+            room for it (0: off, room always required). When every
+            pool overflows (a thrashing fleet's drain), room holds the session on a home
+            that keeps pulling ahead: its thrash is its own busy time, and a replica behind
+            has time to spare for what the session displaces there.
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
@@ -85,6 +92,7 @@ class RoutingConfig:
     busy_balance_min_s: float = 10.0
     busy_balance_quiet: float = 1.0
     busy_balance_crowding: float = 0.0
+    busy_balance_force: float = 0.0
     bytes_per_token: int = 128 * 1024
     link_bandwidth: float = 10e9
     migrate_latency_s: float = 2e-3
@@ -97,7 +105,7 @@ class RoutingConfig:
                              f"{self.steal_min_waiting!r}")
         for name in ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
                      "max_commitment", "busy_balance", "busy_balance_min_s", "busy_balance_quiet",
-                     "busy_balance_crowding", "migrate_latency_s"):
+                     "busy_balance_crowding", "busy_balance_force", "migrate_latency_s"):
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")

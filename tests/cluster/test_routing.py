@@ -314,6 +314,35 @@ def test_when_every_pool_overflows_a_balance_steal_may_take_a_replica_no_more_cr
         assert r2.route(RouteRequest("s"), others).reason == reason, (cfg, others)
 
 
+def test_a_home_far_ahead_hands_a_step_to_the_least_crowded_replica_behind():
+    """Every pool overflows, so no replica behind has room for s (400 tokens) below
+    max_commitment 1. a leads the mean (100 s) by 50%. With `busy_balance_force` 0.3 that
+    lead is too far ahead to keep s for want of room: s moves to b, the least crowded
+    replica behind (1,700 + 400 of 1,600 tokens: 1.31), not c, further behind but more
+    crowded (1.63). Off (the default 0) or with a lead under the force share (0.6), and
+    when nobody is behind, s stays on a; a replica behind with room still comes first."""
+    def fleet(c_tokens=2200, **extra):
+        return {"a": worked(150, s=400, t=2000), "b": worked(80, u=1700),
+                "c": worked(60, v=c_tokens), "d": worked(110, w=1700), **extra}
+
+    def route(cfg, stats):
+        r = make_router("kvsaga", list(stats), config=cfg)
+        r.homes["s"] = "a"
+        return r.route(RouteRequest("s"), stats)
+
+    force = dataclasses.replace(BALANCED, busy_balance_force=0.3)
+    got = route(force, fleet())
+    assert (got.replica, got.moved_from, got.reason) == ("b", "a", "balance")
+    assert route(BALANCED, fleet()).reason == "affinity"
+    assert route(dataclasses.replace(BALANCED, busy_balance_force=0.6), fleet()).reason == (
+        "affinity")
+    level = {k: worked(150, u=1700) for k in ("b", "c", "d")}
+    assert route(force, {"a": worked(150, s=400, t=2000), **level}).reason == "affinity"
+    assert route(force, fleet(c_tokens=100)).replica == "c"  # room first, furthest behind
+    with pytest.raises(ValueError, match="busy_balance_force"):
+        RoutingConfig(busy_balance_force=-1.0)
+
+
 def test_a_replica_ahead_in_busy_time_steals_no_step():
     """Queue and memory steals count steps and memory, not work done: without this rule
     they handed steps to the replica furthest ahead of the fleet, which the balance steal,
