@@ -24,8 +24,14 @@ namespace nb = nanobind;
 
 class GhostList {
  public:
-  explicit GhostList(int64_t cap) : cap_(cap) {
+  // reserve: room made at once for that many names (at most cap), so that filling the list
+  // to it rehashes nothing (the owner knows how many names it is about to enter).
+  explicit GhostList(int64_t cap, int64_t reserve = 0) : cap_(cap) {
     if (cap < 1) throw nb::value_error("GhostList capacity must be >= 1");
+    if (reserve < 0) throw nb::value_error("GhostList reserve must be >= 0");
+    size_t n = static_cast<size_t>(std::min(reserve, cap));
+    ring_.reserve(n);
+    table_.reserve(n);
   }
 
   size_t size() const { return live_; }
@@ -161,8 +167,9 @@ class GhostList {
   // half the ring, so each name pays O(1) for it.
   void compact() {
     std::vector<Slot> kept;
-    kept.reserve(live_ + 1);
+    kept.reserve(ring_.capacity());  // the names to come fit without a reallocation
     kvcore::KeyTable table;
+    table.reserve(live_ + 1);  // one allocation, not a rehash at each doubling from 16
     for (size_t i = head_; i < ring_.size(); ++i) {
       if (!ring_[i].live) continue;
       table.insert(ring_[i].key, static_cast<int32_t>(kept.size()));

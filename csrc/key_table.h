@@ -57,6 +57,14 @@ class KeyTable {
     return true;
   }
 
+  // Room for n keys without growing (a table about to be filled: one allocation instead of
+  // a rehash at every doubling on the way).
+  void reserve(size_t n) {
+    size_t want = meta_.size();
+    while (2 * n > want) want *= 2;
+    if (want > meta_.size()) rehash(want);
+  }
+
   // Removes k; false when it is absent.
   bool erase(const Key& k) {
     uint32_t h = hash(k);
@@ -122,9 +130,12 @@ class KeyTable {
     return true;
   }
 
-  void grow() {
-    std::vector<Meta> old_meta(2 * meta_.size(), Meta{0, -1});
-    std::vector<Key> old_keys(2 * keys_.size());
+  void grow() { rehash(2 * meta_.size()); }
+
+  // Re-inserts every key into `slots` slots (a power of 2, more than the keys held).
+  void rehash(size_t slots) {
+    std::vector<Meta> old_meta(slots, Meta{0, -1});
+    std::vector<Key> old_keys(slots);
     old_meta.swap(meta_);
     old_keys.swap(keys_);
     mask_ = meta_.size() - 1;

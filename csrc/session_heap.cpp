@@ -484,7 +484,7 @@ NB_MODULE(_evict, m) {
       .def("clear", &SessionHeap::clear);
   // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
   nb::class_<ghost::GhostList>(m, "GhostList")
-      .def(nb::init<int64_t>(), "cap"_a)
+      .def(nb::init<int64_t, int64_t>(), "cap"_a, "reserve"_a = 0)
       .def("__len__", &ghost::GhostList::size)
       .def("__contains__", &ghost::GhostList::contains, "h"_a.none())
       .def("pop", &ghost::GhostList::pop, "h"_a.none(), "default"_a.none() = nb::none())

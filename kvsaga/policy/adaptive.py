@@ -167,9 +167,13 @@ class AdaptivePolicy(EvictionPolicy):
         self._epoch = max(self.epoch_pools * view.num_gpu_blocks, 1.0)
         self._epoch_left = self._epoch
         cpp = getattr(getattr(view, "core", None), "name", "") == "cpp"
+        # Room for the names of one leadership at once (realized: an epoch's victims; else
+        # a pool's worth): a list filled name by name rehashed its table at every doubling,
+        # each rehash landing inside one victim search.
+        room = int(self._epoch) if self.realized else view.num_gpu_blocks
         for e in self.experts:
             e.policy.bind(view)
-            e.ghost = make_ghost_list(self._ghost_cap, cpp)  # in C++ on the C++ core
+            e.ghost = make_ghost_list(self._ghost_cap, cpp, room)  # in C++ on the C++ core
         # The pool's calls go to every expert, batched where an expert batches.
         pols = [e.policy for e in self.experts]
         self._followers = [p for p in pols if hasattr(p, "expect_runs")]

@@ -20,13 +20,18 @@ class PyGhostList:
 
     Args:
         cap: the most names kept; older ones fall out when more enter.
+        reserve: names to make room for at once (the C++ list sizes its ring and table for
+            min(reserve, cap) names, so filling it to that rehashes nothing); a dict has no
+            capacity to set, so here it is only checked.
     """
 
     __slots__ = ("_names", "_cap")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, reserve: int = 0) -> None:
         if cap < 1:
             raise ValueError(f"GhostList capacity must be >= 1, got {cap!r}")
+        if reserve < 0:
+            raise ValueError(f"GhostList reserve must be >= 0, got {reserve!r}")
         self._names: OrderedDict[bytes, float] = OrderedDict()
         self._cap = cap
 
@@ -92,12 +97,12 @@ class PyGhostList:
         return self.enter(hs, cs)
 
 
-def make_ghost_list(cap: int, cpp: bool) -> PyGhostList:
+def make_ghost_list(cap: int, cpp: bool, reserve: int = 0) -> PyGhostList:
     """The C++ ghost list when `cpp` and kvsaga._evict was built, else the Python one."""
     if cpp:
         try:
             from kvsaga._evict import GhostList
         except ImportError:
-            return PyGhostList(cap)
-        return GhostList(cap)
-    return PyGhostList(cap)
+            return PyGhostList(cap, reserve)
+        return GhostList(cap, reserve)
+    return PyGhostList(cap, reserve)

@@ -54,14 +54,41 @@ def test_cpp_matches_reference_under_random_calls():
     assert py.charge(0.0, every) == cpp.charge(0.0, every) and not py and not cpp
 
 
+@pytest.mark.parametrize("reserve", [1, 37, 40, 10_000])
+def test_reserved_room_changes_nothing_but_capacity(reserve):
+    """A list made with room for `reserve` names (its table sized at once, capped at the
+    list's capacity) behaves as one grown name by name, through fills, falls, takes and the
+    ring's compactions (which size their new table at once too)."""
+    _cpp()
+    rng = random.Random(reserve)
+    ref, grown, roomy = (PyGhostList(40, reserve), make_ghost_list(40, cpp=True),
+                         make_ghost_list(40, cpp=True, reserve=reserve))
+    for _ in range(1500):
+        if rng.random() < 0.6:
+            hs = [h(rng.randint(0, 150)) for _ in range(rng.randint(0, 12))]
+            cs = [rng.random() for _ in hs]
+            assert ref.enter(hs, cs) == grown.enter(hs, cs) == roomy.enter(hs, cs)
+        else:
+            hs = [h(rng.randint(0, 150)) for _ in range(rng.randint(0, 10))]
+            total = rng.random()
+            assert ref.charge(total, hs) == grown.charge(total, hs) == roomy.charge(total, hs)
+        assert len(ref) == len(grown) == len(roomy)
+    every = [h(i) for i in range(151)]
+    assert ref.charge(0.0, every) == grown.charge(0.0, every) == roomy.charge(0.0, every)
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError):
         PyGhostList(0)
+    with pytest.raises(ValueError):
+        PyGhostList(4, reserve=-1)
     with pytest.raises(ValueError):
         PyGhostList(4).enter([b"x" * 32], [])
     _evict = _cpp()
     with pytest.raises(ValueError):
         _evict.GhostList(0)
+    with pytest.raises(ValueError):
+        _evict.GhostList(4, reserve=-1)
     g = _evict.GhostList(4)
     with pytest.raises(ValueError):
         g.enter([h(1)], [])
