@@ -4,8 +4,9 @@
 assistant) at `FAMILY_SEEDS` and the held-out traces (swe-slow, web-short, swe+bfcl, bfcl-v4,
 swe) at `TRACE_SEEDS`, every seed read while the policies were built, and picks, among
 `TUNE_CANDIDATES`, by one rule fixed before any evaluation: the most pressured cases (lru
-hit rate in `HIT_RANGE`) at or below the best of lru, saga and ttl, then the least
-recomputation over them. It writes the pick to bench/plots/policies_tune.json and the
+hit rate in `HIT_RANGE`) ranked by `TUNE_RULE`: the worst ratio to the best of lru, saga
+and ttl, then the number of cases above 1.0x of it, then the total recomputation (least
+first; why in bench/policies.py's docstring). It writes the pick to bench/plots/policies_tune.json and the
 "## Eviction policies: tuning (simulated)" section of bench/RESULTS.md; `DEFAULT_POLICY` and
 the policies' default constants must be that pick (tests/bench/test_policies.py). The
 evaluation (bench/policies.py without `--tune`) refuses these seeds.
@@ -26,13 +27,14 @@ from policies import (
     TRACE_SEEDS,
     TRACES,
     TUNE_JSON,
+    TUNE_RULE,
     TUNE_SECTION,
     TUNE_SEEDS,
     _header,
     _save,
     parse_spec,
+    rank,
     run,
-    score,
     tables,
     wins,
     write_section,
@@ -42,13 +44,14 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 
 def pick(rows: list[dict], candidates: list[str]) -> str:
-    """The tuning rule: most pressured cases at or below the best baseline, then the least
-    recomputation over them."""
-    scored = {p: score(rows, p) for p in candidates}
-    scored = {p: s for p, s in scored.items() if s is not None}
-    if not scored:
+    """The tune rule (`TUNE_RULE`): the least worst ratio to the best of lru, saga and ttl
+    over the pressured cases, then the fewest cases above 1.0x of it, then the least
+    recomputation over them; ties go to the first candidate."""
+    ranked = {p: rank(rows, p) for p in candidates}
+    ranked = {p: r for p, r in ranked.items() if r is not None}
+    if not ranked:
         raise ValueError("no candidate ran every pressured case: nothing to pick")
-    return min(scored, key=lambda p: (-scored[p][0], scored[p][1]))
+    return min(ranked, key=ranked.__getitem__)
 
 
 def _settings(candidates: list[str]) -> dict[str, list[str]]:
@@ -102,7 +105,7 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     out += tables(rows, candidates)
     out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
     out += wins(rows, candidates)
-    out += ["", f"Pick (most cases at or below the best baseline, then least recomputation): "
+    out += ["", f"Pick by the tune rule ({TUNE_RULE}; fixed before the run): "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
     for base, spec in variant_picks(rows, candidates).items():
         full = explicit(spec, constants)

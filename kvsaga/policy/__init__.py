@@ -28,9 +28,10 @@ from kvsaga.policy.ttl import TTLPolicy
 from kvsaga.session import PauseHint
 
 # The policy that engine and server use when none is named: the one that `python
-# bench/policies.py --tune` picks on the fit seeds (most pressured cases at or below the
-# best of lru, saga and ttl, then least recomputation over them; bench/RESULTS.md, "Eviction
-# policies: tuning"), then judged on fresh seeds and perturbed traces
+# bench/policies.py --tune` picks on the fit seeds by its tune rule (least worst ratio to the
+# best of lru, saga and ttl over the pressured cases, then fewest cases above 1.0x of it,
+# then least recomputation; bench/RESULTS.md, "Eviction policies: tuning"), then judged on
+# fresh seeds and perturbed traces
 # (tests/bench/test_policies.py checks that the two agree).
 DEFAULT_POLICY = "ttl"
 

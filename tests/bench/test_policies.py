@@ -30,20 +30,31 @@ def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
             "recomputed_tokens": recomputed, "hit_rate": hit, "num_gpu_blocks": blocks}
 
 
-def test_pick_prefers_most_cases_at_or_below_the_best_baseline_then_least_recomputation():
+def test_pick_ranks_worst_ratio_then_cases_above_best_then_recomputation():
     mod, tune = load(), load("policies_tune")
+    cols = ("lru", "saga", "ttl", "a", "b", "c", "d", "e")
     rows = []
-    for k, (lru, saga, ttl, a, b) in enumerate([(10, 12, 11, 9, 10), (20, 19, 25, 19, 30),
-                                                (5, 6, 7, 6, 5)]):
-        for p, x in zip(("lru", "saga", "ttl", "a", "b"), (lru, saga, ttl, a, b), strict=True):
+    for k, xs in enumerate([(10, 12, 11, 9, 10, 10, 10.5, 12),  # best baseline 10
+                            (20, 19, 25, 19, 30, 19, 19.95, 19),  # 19
+                            (5, 6, 7, 6, 5, 10, 5.25, 6)]):  # 5
+        for p, x in zip(cols, xs, strict=True):
             rows.append(_row("swe", 1, 0.1 * (k + 1), p, x, blocks=100 + k))
     # thrashing (lru hit rate below the range): not counted
     rows += [_row("web", 1, 0.3, p, x, hit=0.5) for p, x in
-             (("lru", 1), ("saga", 1), ("ttl", 1), ("a", 99), ("b", 1))]
+             zip(cols, (1, 1, 1, 99, 1, 99, 99, 99), strict=True)]
     assert mod.score(rows, "a") == (2, 34.0, 3)
-    assert mod.score(rows, "b") == (2, 45.0, 3)
-    assert tune.pick(rows, ["a", "b"]) == "a"  # same count, less recomputed
-    assert tune.pick(rows, ["lru", "b"]) == "lru"  # lru: 2 of 3, 35 < 45
+    assert mod.rank(rows, "a") == (pytest.approx(1.2), 1, 34.0)
+    assert mod.rank(rows, "e") == (pytest.approx(1.2), 2, 37.0)
+    assert mod.rank(rows, "lru") == (pytest.approx(20 / 19), 1, 35.0)
+    # c is above the best on one case only (count-first would pick it), but 2x there;
+    # d is 1.05x on all three: the worst ratio comes first
+    assert tune.pick(rows, ["c", "d"]) == "d"
+    assert tune.pick(rows, ["e", "a"]) == "a"  # same worst, fewer cases above 1.0x
+    assert tune.pick(rows, ["a", "lru"]) == "lru"  # lru's worst 1.05x < a's 1.2x
+    assert tune.pick(rows, ["b", "a"]) == "a"
+    f = [dict(r, policy="f", recomputed_tokens=9.5 if r["frac"] == 0.1 else
+              r["recomputed_tokens"]) for r in rows if r["policy"] == "a"]
+    assert tune.pick(rows + f, ["f", "a"]) == "a"  # same worst and count, fewer tokens
     with pytest.raises(ValueError, match="nothing to pick"):
         tune.pick(rows, ["missing"])
 
