@@ -3,13 +3,14 @@
 `python bench/policies.py --tune` runs the fit set: the built-in families (swe, web, bfcl,
 assistant) at `FAMILY_SEEDS` and the held-out traces (swe-slow, web-short, swe+bfcl, bfcl-v4,
 swe) at `TRACE_SEEDS`, every seed read while the policies were built, and picks, among
-`TUNE_CANDIDATES`, by one rule fixed before any evaluation: the most pressured cases (lru
-hit rate in `HIT_RANGE`) ranked by `TUNE_RULE`: the worst ratio to the best of lru, saga
-and ttl, then the number of cases above 1.0x of it, then the total recomputation (least
-first; why in bench/policies.py's docstring). It writes the pick to bench/plots/policies_tune.json and the
-"## Eviction policies: tuning (simulated)" section of bench/RESULTS.md; `DEFAULT_POLICY` and
-the policies' default constants must be that pick (tests/bench/test_policies.py). The
-evaluation (bench/policies.py without `--tune`) refuses these seeds.
+`TUNE_CANDIDATES`, by one rule fixed before any run under it (`TUNE_RULE`), over the
+pressured cases (lru hit rate in `HIT_RANGE`): the least worst ratio to the best of lru,
+saga and ttl, then the fewest cases above 1.0x of it, then the least total recomputation
+(why in bench/policies.py's docstring). It writes the pick to
+bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section
+of bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that
+pick (tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`)
+refuses these seeds.
 """
 
 from __future__ import annotations
@@ -68,31 +69,44 @@ def variant_picks(rows: list[dict], candidates: list[str]) -> dict[str, str]:
     return {b: pick(rows, specs) for b, specs in _settings(candidates).items()}
 
 
-def setting_constants(candidates: list[str]) -> dict[str, dict[str, float]]:
+def setting_constants(candidates: list[str]) -> dict[str, dict[str, float | list[str]]]:
     """What each setting of a policy tuned with several ran with, for every constant one of
     its settings names: the spec's value, else the class default now. A bare name means the
     defaults of the day it ran, so a run saves these beside its rows and a re-render keeps
     the saved ones (tests/bench/test_policies.py pins the defaults to the pick's)."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | list[str]]] = {}
     for base, specs in _settings(candidates).items():
         keys = sorted({k for s in specs for k in parse_spec(s)[1]})
         defaults = inspect.signature(POLICIES[base]).parameters
         for s in specs:
             given = parse_spec(s)[1]
-            out[s] = {k: float(given.get(k, defaults[k].default)) for k in keys}
+            out[s] = {k: _constant(given.get(k, defaults[k].default)) for k in keys}
     return out
 
 
-def explicit(spec: str, constants: dict[str, dict[str, float]]) -> str:
+def _constant(value):
+    """A constant as saved: a number as a float, names (`experts`) as a list of them."""
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return float(value)
+
+
+def _written(value) -> str:
+    """A saved constant as a spec writes it: `2.5`, or `ttl+saga+lru`."""
+    return "+".join(value) if isinstance(value, list) else f"{value:g}"
+
+
+def explicit(spec: str, constants: dict[str, dict[str, float | list[str]]]) -> str:
     """`spec` with every varied constant written out (`graph` -> `graph[residual_wait=0]`)."""
     values = constants.get(spec)
     if not values:
         return spec
-    return f"{parse_spec(spec)[0]}[{','.join(f'{k}={v:g}' for k, v in values.items())}]"
+    return f"{parse_spec(spec)[0]}[{','.join(f'{k}={_written(v)}' for k, v in values.items())}]"
 
 
 def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
-                  seeds: list[int], chosen: str, constants: dict[str, dict[str, float]],
+                  seeds: list[int], chosen: str,
+                  constants: dict[str, dict[str, float | list[str]]],
                   notes: list[str] | None = None) -> str:
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
            f"Fit set: built-in families at seeds {', '.join(map(str, FAMILY_SEEDS))}, held-out "

@@ -33,7 +33,7 @@ from kvsaga.session import PauseHint
 # then least recomputation; bench/RESULTS.md, "Eviction policies: tuning"), then judged on
 # fresh seeds and perturbed traces
 # (tests/bench/test_policies.py checks that the two agree).
-DEFAULT_POLICY = "ttl"
+DEFAULT_POLICY = "graph"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

@@ -88,7 +88,9 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
     assert name == DEFAULT_POLICY
     defaults = inspect.signature(POLICIES[name]).parameters
     for key, value in params.items():
-        assert defaults[key].default == value, (key, defaults[key].default, value)
+        default = defaults[key].default
+        assert (list(default) if isinstance(default, tuple) else default) == (
+            list(value) if isinstance(value, tuple) else value), (key, default, value)
 
 
 def test_one_tiny_run_renders_both_sections(tmp_path):
@@ -114,38 +116,55 @@ def test_every_tuned_constant_is_its_policys_default():
         for key, value in mod.parse_spec(spec)[1].items():
             assert values[key] == value, (spec, key)
     picks = tune.variant_picks(tuned["rows"], tuned["candidates"])
-    assert set(picks) == set(tuned["variants"]) and "graph" in picks
+    assert set(picks) == set(tuned["variants"]) and picks
     for base, label in picks.items():
         spec = tuned["variants"][base]
         assert spec == tune.explicit(label, constants), (base, label, spec)
         name, params = mod.parse_spec(spec)
         assert name == base and params, spec  # every varied constant written out
         defaults = inspect.signature(POLICIES[base]).parameters
-        for key, value in params.items():
-            assert defaults[key].default == value, (base, key, defaults[key].default, value)
+        for key, value in params.items():  # names (adaptive's experts) saved as lists
+            assert tune._constant(defaults[key].default) == tune._constant(value), (
+                base, key, defaults[key].default, value)
 
 
 def test_a_tuning_run_records_what_bare_names_ran_with(tmp_path, capsys):
     """A bare name's constants are its class defaults on the day it ran; re-rendering keeps
     the saved ones instead of today's, and refuses a save that lacks them."""
     mod, tune = load(), load("policies_tune")
-    cands = ["lru", "saga", "ttl", "graph", "graph[residual_wait=1]"]
+    now = float(inspect.signature(POLICIES["graph"]).parameters["residual_wait"].default)
+    other = f"graph[residual_wait={1 - now:g}]"
+    cands = ["lru", "saga", "ttl", "graph", other]
     got = tune.setting_constants(cands)
-    assert got == {"graph": {"residual_wait": 0.0}, "graph[residual_wait=1]":
-                   {"residual_wait": 1.0}}
-    assert tune.explicit("graph", got) == "graph[residual_wait=0]"
+    assert got == {"graph": {"residual_wait": now}, other: {"residual_wait": 1 - now}}
+    assert tune.explicit("graph", got) == f"graph[residual_wait={now:g}]"
     assert tune.explicit("ttl", got) == "ttl"
     rows = [_row("swe", 1, 0.3, p, x) for p, x in zip(cands, (5, 6, 7, 3, 4), strict=True)]
-    then = {"graph": {"residual_wait": 1.0}, "graph[residual_wait=1]": {"residual_wait": 1.0}}
+    then = {"graph": {"residual_wait": 1 - now}, other: {"residual_wait": 1 - now}}
     saved = {"rows": rows, "command": "cmd", "wall_s": 1.0, "seeds": [1], "traces": ["swe"],
              "candidates": cands, "constants": then, "notes": ["a note"]}
     path = tmp_path / "tune.json"
     path.write_text(json.dumps(saved))
     assert mod.main(["--tune", "--from-json", str(path), "--no-write"]) == 0
     out = capsys.readouterr().out
-    assert "`graph` (ran as `graph[residual_wait=1]`; its defaults)" in out
+    assert f"`graph` (ran as `{other}`; its defaults)" in out
     assert out.rstrip().endswith("a note")
     del saved["constants"]
     path.write_text(json.dumps(saved))
     with pytest.raises(SystemExit):
         mod.main(["--tune", "--from-json", str(path), "--no-write"])
+
+
+def test_names_as_constants_are_saved_and_written_back():
+    """adaptive's settings differ in `experts` (names): saved as lists, written back as
+    `a+b` specs that parse to what ran."""
+    mod, tune = load(), load("policies_tune")
+    other = "adaptive[experts=graph+ttl,realized=1]"
+    got = tune.setting_constants(["adaptive", other])
+    assert got[other] == {"experts": ["graph", "ttl"], "realized": 1.0}
+    defaults = inspect.signature(POLICIES["adaptive"]).parameters
+    assert got["adaptive"] == {"experts": list(defaults["experts"].default),
+                               "realized": float(defaults["realized"].default)}
+    assert tune.explicit(other, got) == other
+    assert mod.parse_spec(tune.explicit("adaptive", got))[1]["experts"] == \
+        defaults["experts"].default

@@ -134,3 +134,78 @@ def test_a_single_expert_simulates_as_that_policy_alone(expert):
     alone = recomputed(None)
     assert alone > 0  # under pressure: the victims matter
     assert recomputed(AdaptivePolicy(experts=(expert,))) == alone
+
+
+def _rounds(m, policy, n: int, back: str, first: int = 0) -> None:
+    """`n` rounds in which two paused sessions meet an eviction: A (older) says its tool
+    takes 0.5 s, B (newer) 1000 s, so lru names A and ttl names B; then `back` ("a" or "b")
+    reads its prompt again and the other session ends. Rounds are 10 s apart."""
+    for r in range(first, first + n):
+        base, t = 1000 * r, 10.0 * r
+        run_step(m, f"a{r}", tokens(base, 8), t, tool="search", expected_s=0.5)
+        run_step(m, f"b{r}", tokens(base + 100, 8), t + 1, tool="search", expected_s=1000.0)
+        run_step(m, f"c{r}", tokens(base + 200, 24), t + 2, last_step=True)  # evicts 2
+        again, gone = (f"a{r}", f"b{r}") if back == "a" else (f"b{r}", f"a{r}")
+        run_step(m, again, tokens(base + (0 if back == "a" else 100), 12), t + 3,
+                 last_step=True)
+        m.end_session(gone)
+
+
+def _ghost_policy(experts, **kw) -> AdaptivePolicy:
+    kw = dict(realized=False, shadow_share=1.0, ghost_factor=1.0) | kw
+    return AdaptivePolicy(experts=experts, **kw)
+
+
+def test_leader_leaves_ttl_for_lru_when_ttls_victims_come_back():
+    # The mirror of the first test: the same evictions, but B returns and A does not, so
+    # ttl (which named B) is wrong and lru (which named A) right.
+    policy = _ghost_policy(("ttl", "lru"))
+    m = make(policy, num_blocks=8)
+    assert policy.leader.name == "ttl"
+    _rounds(m, policy, 3, back="b")
+    s = policy.scores()
+    assert s["ttl"] > s["lru"]
+    assert policy.leader.name == "lru"
+    policy.check_integrity()
+
+
+def test_of_three_experts_the_one_charged_never_leads():
+    # saga drops A too (its 0.5 s TTL has run out when the eviction comes), so with A
+    # never back only ttl is charged: the leader is lru or saga, never ttl.
+    policy = _ghost_policy(("ttl", "saga", "lru"))
+    m = make(policy, num_blocks=8)
+    _rounds(m, policy, 3, back="b")
+    s = policy.scores()
+    assert s["ttl"] > max(s["saga"], s["lru"])
+    assert policy.leader.name in ("saga", "lru")
+    ttl = policy.experts[0]
+    assert ttl.charged > 0 and all(e.charged == 0 for e in policy.experts[1:])
+
+
+def test_a_leader_within_the_switch_margin_keeps_the_lead():
+    # Hysteresis: the same evidence moves the lead at margin 0, not at a margin larger than
+    # the gap between the two scores (a share of the pooled score).
+    moved = _ghost_policy(("ttl", "lru"), switch_margin=0.0)
+    _rounds(make(moved, num_blocks=8), moved, 1, back="b")
+    assert moved.leader.name == "lru"
+    kept = _ghost_policy(("ttl", "lru"), switch_margin=10.0)
+    _rounds(make(kept, num_blocks=8), kept, 1, back="b")
+    s = kept.scores()
+    named = sum(e.named for e in kept.experts)
+    pooled = sum(e.charged for e in kept.experts) / named
+    assert s["ttl"] > s["lru"] > s["ttl"] - 10.0 * pooled  # worse, but within the margin
+    assert kept.leader.name == "ttl"
+
+
+def test_the_lead_comes_back_when_the_traffic_changes():
+    # First B returns (lru right), then for longer A returns (ttl right): with evidence
+    # decayed over a few pool turnovers of names the lead goes to lru, then back to ttl.
+    policy = _ghost_policy(("ttl", "lru"), memory_blocks=2.0, prior_blocks=0.5)
+    m = make(policy, num_blocks=8)
+    _rounds(m, policy, 3, back="b")
+    assert policy.leader.name == "lru"
+    _rounds(m, policy, 8, back="a", first=3)
+    s = policy.scores()
+    assert s["lru"] > s["ttl"]
+    assert policy.leader.name == "ttl"
+    policy.check_integrity()
