@@ -73,10 +73,13 @@ NO_THRASH = "no load of the grid thrashes one GPU"
 ROOMY_KV = "64G"
 # --fit: the RoutingConfig knob settings tried (busy_balance 0: no balance steal;
 # busy_balance_quiet 0: the fixed floor on every lone home, the rule before the quiet test;
+# busy_balance_force 0: room always required, the rule before balance before room, whose
+# 0.1 was chosen on assistant at 64 GPUs x 16 sessions, seeds 1 and 2 (docs/cluster.md);
 # steal_margin 3 and max_commitment 1 were fitted before, and margins 2 and 4 with
 # busy_balance 0.05 were slower on seeds 1 and 2).
 FIT_GRID = (
     {"busy_balance": 0.0},
+    {"busy_balance_force": 0.0},
     {"busy_balance": 0.05, "busy_balance_quiet": 0.0},
     {"busy_balance": 0.02},
     {"busy_balance": 0.05},

@@ -93,7 +93,7 @@ class WatchedCluster(ClusterSimulator):
         if self.timeline_s and (not self.samples or t >= self.samples[-1][0] + self.timeline_s):
             self.samples.append((t, {g.name: g._busy for g in self.gpus},
                                  {g.name: g.routing_stats().commitment for g in self.gpus}))
-        home = self.router.homes.get(session.id) if k else None
+        home = self.router.homes.get(session.id) if k and self.timeline_s else None
         why = self._ahead_outcome(home, session) if home is not None else None
         super()._route(t, session, k)
         if why is not None:
@@ -181,7 +181,8 @@ def main() -> None:
     p.add_argument("--policy", default="lru")
     p.add_argument("--timeline", type=float, default=0.0, metavar="S",
                    help="also sample every GPU's busy time every S s of the run and print "
-                        "the busiest GPUs' share of the mean over time")
+                        "the busiest GPUs' share of the mean over time, and count what the "
+                        "balance steal found at each GPU's decisions while it was ahead")
     p.add_argument("--knob", type=_knob, action="append", default=[],
                    help="RoutingConfig override, e.g. steal_margin=2 (repeatable)")
     args = p.parse_args()

@@ -245,6 +245,7 @@ def worked(busy_s: float, queue: int = 0, running: int = 0, paused: int = 0,
 
 
 BALANCED = RoutingConfig(busy_balance=0.1, busy_balance_min_s=0.0)
+ROOM_FIRST = dataclasses.replace(BALANCED, busy_balance_force=0.0)  # room always required
 
 
 def test_a_replica_ahead_in_busy_time_hands_a_step_to_the_one_furthest_behind():
@@ -261,7 +262,7 @@ def test_a_replica_ahead_in_busy_time_hands_a_step_to_the_one_furthest_behind():
 
 @pytest.mark.parametrize("case", ["within tolerance", "under the floor", "off", "busier thief",
                                   "thief waits", "no room", "nobody behind",
-                                  "no busy time yet"])
+                                  "no busy time yet", "no room, lead under the force share"])
 def test_the_balance_steal_leaves_a_step_home(case):
     cfg, home = BALANCED, worked(150, s=400)
     other = worked(50)  # mean 100: home 50% ahead, other 50% behind
@@ -277,8 +278,12 @@ def test_the_balance_steal_leaves_a_step_home(case):
     elif case == "thief waits":
         other = worked(50, queue=1, running=1)
         home = worked(150, running=1, s=400)
-    elif case == "no room":
+    elif case == "no room":  # with balance before room off; a lead under it: below
+        cfg = ROOM_FIRST
         other = worked(50, t=1500)  # 1,500 + 400 tokens > 1,600 (max_commitment 1)
+    elif case == "no room, lead under the force share":  # ahead (> 5%), not far (< 10%)
+        cfg = dataclasses.replace(BALANCED, busy_balance=0.05)
+        home, other = worked(108, s=400), worked(92, t=1500)
     elif case == "nobody behind":
         home, other = worked(150, s=400), worked(150)
     elif case == "no busy time yet":
@@ -294,19 +299,20 @@ def test_when_every_pool_overflows_a_balance_steal_may_take_a_replica_no_more_cr
     no replica has room below it. a is 50% ahead in busy time at commitment 1.5 (s: 400 of
     its 2,400 tokens); c, furthest behind, would hold 1.25 + 0.25 = 1.5 with s, no more
     crowded than a: with `busy_balance_crowding` 1 the step moves there. b, behind too but
-    at 1.3 + 0.25 = 1.55 > 1.5, does not take it when it is the only one behind. With the
-    default 0 (room below max_commitment only) s stays on a."""
+    at 1.3 + 0.25 = 1.55 > 1.5, does not take it when it is the only one behind. With
+    crowding 0 (room below max_commitment only) s stays on a. (`busy_balance_force` off
+    here: a's lead would move s by that rule.)"""
     def fleet(b_tokens):
         return {"a": worked(150, s=400, t=2000), "b": worked(80, u=b_tokens),
                 "c": worked(60, v=2000), "d": worked(140, w=1700)}
 
-    crowding = dataclasses.replace(BALANCED, busy_balance_crowding=1.0)
+    crowding = dataclasses.replace(ROOM_FIRST, busy_balance_crowding=1.0)
     r = make_router("kvsaga", ["a", "b", "c", "d"], config=crowding)
     r.homes["s"] = "a"
     got = r.route(RouteRequest("s"), fleet(1700))
     assert (got.replica, got.moved_from, got.reason) == ("c", "a", "balance")
     for cfg, others, reason in (
-            (BALANCED, fleet(1700), "affinity"),
+            (ROOM_FIRST, fleet(1700), "affinity"),
             (crowding, {k: v for k, v in fleet(2080).items() if k != "c"}, "affinity"),
             (crowding, {k: v for k, v in fleet(2000).items() if k != "c"}, "balance")):
         r2 = make_router("kvsaga", list(others), config=cfg)
@@ -319,8 +325,9 @@ def test_a_home_far_ahead_hands_a_step_to_the_least_crowded_replica_behind():
     max_commitment 1. a leads the mean (100 s) by 50%. With `busy_balance_force` 0.3 that
     lead is too far ahead to keep s for want of room: s moves to b, the least crowded
     replica behind (1,700 + 400 of 1,600 tokens: 1.31), not c, further behind but more
-    crowded (1.63). Off (the default 0) or with a lead under the force share (0.6), and
-    when nobody is behind, s stays on a; a replica behind with room still comes first."""
+    crowded (1.63). Off (0) or with a lead under the force share (0.6), and when nobody
+    is behind, s stays on a; a replica behind with room still comes first. The default
+    (0.1) moves it."""
     def fleet(c_tokens=2200, **extra):
         return {"a": worked(150, s=400, t=2000), "b": worked(80, u=1700),
                 "c": worked(60, v=c_tokens), "d": worked(110, w=1700), **extra}
@@ -333,7 +340,8 @@ def test_a_home_far_ahead_hands_a_step_to_the_least_crowded_replica_behind():
     force = dataclasses.replace(BALANCED, busy_balance_force=0.3)
     got = route(force, fleet())
     assert (got.replica, got.moved_from, got.reason) == ("b", "a", "balance")
-    assert route(BALANCED, fleet()).reason == "affinity"
+    assert route(ROOM_FIRST, fleet()).reason == "affinity"
+    assert route(BALANCED, fleet()).replica == "b"
     assert route(dataclasses.replace(BALANCED, busy_balance_force=0.6), fleet()).reason == (
         "affinity")
     level = {k: worked(150, u=1700) for k in ("b", "c", "d")}
