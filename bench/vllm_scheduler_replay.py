@@ -25,7 +25,9 @@ seed what bounds any engine's gain: the ceiling (plain vLLM's mean TCT over a ta
 pauses), the pressure (plain vLLM's prefill over the unbounded arm's, `--unbounded-blocks`),
 when plain vLLM's last task ended (a live run's length) and, with `--all-hits`, plain vLLM at
 the same budget with every prefix hit kept, in its own order and in a clairvoyant one (what
-retention can reach at most, and what reordering adds on top).
+retention can reach at most, and what reordering adds on top), and a true upper bound on
+any connector's gain (bench/vllm_replay_bound.py: plain vLLM's mean TCT over a lower bound on
+any schedule's at the budget, beside the gains measured).
 """
 
 from __future__ import annotations
@@ -340,6 +342,26 @@ def tool_s_per_task(args, seed: int) -> float:
     return statistics.fmean(sum(st.tool_s for st in s) for s in sessions)
 
 
+def tct_bound(args, seed: int) -> dict[str, float]:
+    """A lower bound on the mean TCT of any schedule of this seed's sessions on this clock,
+    KV budget and vLLM's limits (bench/vllm_replay_bound.py states the argument): plain
+    vLLM's mean TCT over it bounds any connector's gain."""
+    from vllm_replay_bound import mean_tct_lower_bound, task_needs
+
+    system, sessions = session_prompts(args, seed)
+    needs = [task_needs(s, len(system), i * args.arrival_gap, step_s=args.step_s,
+                        token_s=args.token_s, block_size=args.block_size,
+                        chunk_tokens=args.max_num_batched_tokens,
+                        template_tokens=args.template_tokens,
+                        template_end_tokens=args.template_end_tokens,
+                        reply=lambda st: reply_tokens(args, st))
+             for i, s in enumerate(sessions)]
+    return mean_tct_lower_bound(needs, step_s=args.step_s, token_s=args.token_s,
+                                usable_blocks=kv_blocks(args, system, sessions) - 1,
+                                system_blocks=len(system) // args.block_size,
+                                max_num_seqs=args.max_num_seqs)
+
+
 def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """Per seed, what bounds any engine's gain over plain vLLM on this workload and clock:
     the ceiling (plain vLLM's mean TCT over the tool pauses a task spends, which no engine
@@ -372,6 +394,15 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             out[-1] += "; every hit kept at this budget: " + ", ".join(
                 f"{base['task_time_mean_s'] / f['task_time_mean_s']:.2f}x ({name})"
                 for name, f in kept)
+        b = tct_bound(args, seed)
+        plain = base["task_time_mean_s"]
+        measured = ", ".join(f"{name} {plain / arm[seed]['task_time_mean_s']:.2f}x"
+                             for name, arm in rows.items()
+                             if name.startswith("vllm+") and seed in arm)
+        out[-1] += (f"; **bound: no connector gains more than {plain / b['bound_s']:.2f}x** "
+                    f"(no schedule's mean TCT is below {b['bound_s']:.1f} s; every task alone, "
+                    f"no rebuild, no queueing: {b['solo_s']:.1f} s, {plain / b['solo_s']:.2f}x)"
+                    + (f", measured {measured}" if measured else ""))
     return out
 
 

@@ -24,6 +24,8 @@ def test_bound_lines_give_the_ceiling_pressure_and_end_per_seed() -> None:
     assert line.startswith("- seed 0: ceiling 3.00x")
     assert "pressure 1.50x" in line and "ends at 20.0 s" in line
     assert "rebuild share 25.0% (plain vLLM computed 1,200 tokens again: 2.0 s of its 8.0 s" in line
+    bound = mod.tct_bound(args, 0)["bound_s"]
+    assert f"no connector gains more than {3 * tool / bound:.2f}x" in line
     args.unbounded_blocks = 0  # no unbounded arm: no pressure figure
     del rows["vllm@2000"]
     (line,) = mod.bound_lines(args, rows)

@@ -103,7 +103,8 @@ def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand(
                                 {"shrink_horizon_steps": -0.5}, {"room_admit": 1},
                                 {"room_steps": -1}, {"room_fit_steps": -1},
                                 {"room_fit_steps": "3"}, {"pause_quantile": 1.5},
-                                {"pause_quantile": "0.9"}, {"pause_min_observed": 0}])
+                                {"pause_quantile": "0.9"}, {"pause_min_observed": 0},
+                                {"reserve_wait_factor": -1}, {"reserve_wait_factor": "2"}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
@@ -281,3 +282,35 @@ def test_pauses_of_sessions_that_never_return_are_not_kept_forever():
     g.started("r10")
     g.finished("r10", "s7", BS, 10.0, None, False)  # s7 paused again: timed from now, last
     assert list(g._paused_since) == ["s6", "s8", "s9", "s7"]
+
+
+def test_the_reserved_growth_gives_way_once_the_waiting_costs_more_than_a_recompute():
+    """c fits beside the admitted contexts as they stand (10 of 20 blocks) but not beside
+    their reserved growth (horizon 8 steps of one block). The reservation insures c against
+    a later demotion, i.e. against recomputing c's own 4 blocks (64 tokens, 0.64 s at 10 ms a
+    token): c is admitted once the sessions waiting have together waited
+    reserve_wait_factor (2) x that, 1.28 s; d, which would not fit beside the contexts as
+    they stand, is never admitted this way. Without a step-cost fit (token_s None), or with
+    the rule off, the reservation holds."""
+    def one_admitted(**kw) -> SessionGate:
+        g = _gate(**{"horizon_steps": 8.0, "idle_admit_s": 1e9, "max_wait_s": 1e9, **kw})
+        assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+        _run_step(g, "a0", "a", 10 * BS, now=0.1)  # paused, 10 blocks (+ 8 reserved)
+        g.started("busy")  # another request runs: never idle
+        return g
+
+    g = one_admitted()
+    assert not g.admit("c", "w", 4 * BS, 0, now=1.0, token_s=0.01)  # its wait begins
+    assert not g.admit("d", "w", 11 * BS, 0, now=1.5, token_s=0.01)  # 10 + 11 > 20
+    # c waited 1.0 s, d 0.5 s: 1.5 s >= 1.28 s; d still does not fit beside a's context
+    assert not g.admit("d", "w", 11 * BS, 0, now=2.0, token_s=0.01)
+    assert g.admit("c", "w", 4 * BS, 0, now=2.0, token_s=0.01)
+    assert g.admitted_by == {"waited": 1} and set(g.sessions) == {"a", "c"}
+    before = one_admitted()
+    assert not before.admit("c", "w", 4 * BS, 0, now=1.0, token_s=0.01)
+    assert not before.admit("c", "w", 4 * BS, 0, now=2.2, token_s=0.01)  # 1.2 s < 1.28 s
+    assert before.admit("c", "w", 4 * BS, 0, now=2.3, token_s=0.01)  # alone, 1.3 s
+    for g2, token_s in ((one_admitted(), None), (one_admitted(reserve_wait_factor=None), 0.01)):
+        assert not g2.admit("c", "w", 4 * BS, 0, now=1.0, token_s=token_s)
+        assert not g2.admit("c", "w", 4 * BS, 0, now=40.0, token_s=token_s)  # a not overdue
+        assert g2.admitted_by == {}

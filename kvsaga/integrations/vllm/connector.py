@@ -29,6 +29,9 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   every admission probe) is demoted and its blocks released: a client that sends only its
   session id never says which step is the last, and its finished sessions must not hold
   memory that waiting sessions need.
+  Growth the gate reserves for admitted sessions gives way to a session that fits beside
+  their contexts as they stand once the waiting sessions together waited twice its
+  context's recompute (`reserve_wait_factor`, priced by `StepCost`'s seconds per token).
   A deferred step may still run unretained in vLLM's free blocks when its whole context's
   prefill is cheap on this machine: at most `best_effort_steps` steps' fixed cost, by
   `step_cost.StepCost`'s online fit of vLLM's step times (where a step's fixed cost
@@ -116,6 +119,7 @@ class RetentionStats:
     admitted_fit: int = 0
     admitted_idle: int = 0
     admitted_max_wait: int = 0
+    admitted_waited: int = 0  # fit beside the contexts; the wait outgrew its recompute
     # `StepCost`'s fit of vLLM's steps when the line was written (0: not fitted yet):
     # microseconds per step and per scheduled token, i.e. whether prefill dominates here.
     step_fixed_us: int = 0
@@ -225,9 +229,10 @@ class KVSagaConnector(KVConnectorBase_V1):
         # watermark, and the prefix hits that sit in the free queue (plain cache; counted
         # after the releases above, which may have put some there).
         alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
+        fitted = self.cost.fit()  # (fixed, per token): a token's cost prices a recompute
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
-            self._spare(alloc),
+            self._spare(alloc), None if fitted is None else fitted[1],
         ):
             # A step told to ride along and probed again was not allocated: vLLM's admission
             # loop stops at a request it cannot allocate, so it would hold up every request
@@ -409,7 +414,7 @@ class KVSagaConnector(KVConnectorBase_V1):
             st.expired = gate.num_expired
             st.deferred_with_room = gate.num_deferred_with_room
             st.gate_wait_s = round(gate.wait_s, 1)
-            for how in ("room", "fit", "idle", "max_wait"):
+            for how in ("room", "fit", "idle", "max_wait", "waited"):
                 setattr(st, f"admitted_{how}", gate.admitted_by.get(how, 0))
         fitted = self.cost.fit()
         if fitted is not None:

@@ -54,6 +54,25 @@ go on.
   gate left above an unbounded cache's; RESULTS.md, "vLLM's scheduler on a simulated
   clock").
 
+- Reserved growth gives way (`reserve_wait_factor`, default 2): a session that fits beside
+  the admitted sessions' contexts as they stand, but not beside their reserved growth, is
+  admitted once the sessions waiting have together waited `reserve_wait_factor` x the
+  recompute of its own context (its tokens x the connector's fitted seconds per token): the
+  reservation insures it against a later demotion, which costs that recompute at most,
+  while every waiting session pays for it. On bench/vllm_scheduler_replay.py's workload
+  calibrated to the published 38% rebuild share (10 sessions, KV 15% of the working set,
+  0.025 s per step + 0.65 ms per token) the reservation was what shrank the gate's batches:
+  on fit seeds 0-4 with advance hints the gate ran 1,800-2,861 steps against plain vLLM's
+  1,065-1,574 and reached 0.92-1.25x plain vLLM's mean TCT; with the rule 1.12-1.30x, and
+  1.10-1.26x with session-only hints (1.04-1.33x before). The factor was chosen there, on
+  fit seeds 0-4 only, by the highest worst seed over both hint modes: 0.5 / 1 / 2 gave
+  1.06 / 1.03 / 1.10x (the reservation dropped altogether, `horizon_steps` 0: 1.06x). On the
+  compute-bound 6-session workload (KV 25%, pauses x0.25) it lowers the worst fit seed:
+  seeds 0-4 1.44, 1.40, 1.39, 1.28, 1.33x -> 1.42, 1.16, 1.58, 1.20, 1.37x (geometric
+  mean 1.37x -> 1.34x). Releasing a paused session's retained context for a waiting one
+  once the wait outgrew that context's recompute was tried first and lost (fit medians
+  1.05x / 1.10x against 1.10x / 1.10x): the demoted session, back from its pause, waits in
+  turn and then recomputes.
 - A pause the client gave no expected length for (`expected_s` None: a client that sends
   only its session id, not the tool its model will call) is judged by the pauses the gate
   has seen of that workflow: once `pause_min_observed` of them have ended in a next step,
@@ -120,6 +139,9 @@ class SessionGate:
         pause_quantile: an unhinted pause expires past this quantile (0-1) of the
             workflow's observed pauses (see `expire`).
         pause_min_observed: observed pauses of a workflow before unhinted pauses expire.
+        reserve_wait_factor: a session that fits beside the admitted contexts as they stand
+            is admitted once the waiting sessions together waited this many times its
+            predicted recompute (see `_reserve_paid`); None: never (growth always reserved).
     """
 
     PAUSES_KEPT = 512  # observed pauses per workflow the quantile is taken over (latest)
@@ -148,6 +170,7 @@ class SessionGate:
         room_fit_steps: float | None = 3.0,
         pause_quantile: float = 0.8,
         pause_min_observed: int = 8,
+        reserve_wait_factor: float | None = 2.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -168,6 +191,10 @@ class SessionGate:
             raise ValueError(f"gate parameter pause_quantile must be in [0, 1], got "
                              f"{pause_quantile!r}")
         check_positive_int("gate pause_min_observed", pause_min_observed)
+        if reserve_wait_factor is not None and not (is_number(reserve_wait_factor)
+                                                    and reserve_wait_factor >= 0):
+            raise ValueError(f"gate parameter reserve_wait_factor must be a number >= 0 or "
+                             f"null, got {reserve_wait_factor!r}")
         if not isinstance(room_admit, bool):
             raise ValueError(f"gate parameter room_admit must be true or false, got "
                              f"{room_admit!r}")
@@ -188,6 +215,8 @@ class SessionGate:
         self.room_fit_steps = None if room_fit_steps is None else float(room_fit_steps)
         self.pause_quantile = float(pause_quantile)
         self.pause_min_observed = pause_min_observed
+        self.reserve_wait_factor = (None if reserve_wait_factor is None
+                                    else float(reserve_wait_factor))
         self._pauses: dict[str, deque[float]] = {}  # workflow -> observed pauses, latest
         self._paused_since: dict[str, float] = {}  # session -> its last step's finish
         self._limits: dict[str, float | None] = {}  # workflow -> pause_limit, until a pause
@@ -224,7 +253,8 @@ class SessionGate:
 
     # -- the decision -------------------------------------------------------------------------
     def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
-              now: float, spare_blocks: int | None = None) -> bool:
+              now: float, spare_blocks: int | None = None,
+              token_s: float | None = None) -> bool:
         """Whether a step of session `sid` (`num_tokens` of prompt, the first `shared_tokens`
         of them a prefix cached for other sessions) may be allocated now. True admits the
         session (a later `finished` or `ended` must follow).
@@ -233,7 +263,10 @@ class SessionGate:
         retained block among them) after allocating this step and one block per running
         request; None when unknown. A new session is admitted when they cover `room_steps`
         steps' growth of every admitted session (`room_admit`): it then evicts nothing an
-        admitted session holds or is about to need."""
+        admitted session holds or is about to need.
+
+        `token_s`: seconds one prefill token adds to vLLM's step (the connector's
+        `StepCost` fit; None until fitted): what a recompute costs, for `_reserve_paid`."""
         since = self._paused_since.pop(sid, None)
         if since is not None:  # the session is back: its pause ended now
             self._pauses.setdefault(workflow, deque(maxlen=self.PAUSES_KEPT)).append(
@@ -253,6 +286,8 @@ class SessionGate:
                     and self._room_fits(new))
             if self.room_admit and room:
                 reason = "room"
+            elif self._reserve_paid(new, now, token_s):
+                reason = "waited"
             elif idle:
                 reason = "idle"
             elif now - since >= self.max_wait_s:
@@ -265,6 +300,25 @@ class SessionGate:
             self.admitted_by[reason] = self.admitted_by.get(reason, 0) + 1
         self.sessions[sid] = new
         return True
+
+    def _reserve_paid(self, new: _Admitted, now: float, token_s: float | None) -> bool:
+        """Whether `new` goes ahead although the admitted sessions' reserved growth leaves
+        no room for it: it fits beside their contexts as they stand (the shrink's test:
+        admitting it demotes nobody now), and the sessions waiting (it among them) have
+        together waited `reserve_wait_factor` x what recomputing `new`'s own context would
+        cost (`token_s` a token).
+
+        Why: growth is reserved so that a session admitted now is not demoted at a later
+        finish, when the contexts have grown, and its context recomputed. That insurance is
+        worth at most that recompute; what it costs is the wait of every session held back
+        for growth that has not happened yet (their steps then run later, alone, in smaller
+        batches). Once the wait has cost more, the reservation gives way."""
+        if self.reserve_wait_factor is None or token_s is None:
+            return False
+        waited = sum(now - t for t in self._waiting_since.values())
+        recompute_s = token_s * max(new.context - new.shared, 0)
+        return (waited >= self.reserve_wait_factor * recompute_s
+                and self._total_with(new, 0.0, self.shrink_horizon_steps) <= self.capacity)
 
     def rode_along(self, sid: str, now: float) -> None:
         """A step the gate deferred goes ahead anyway, unretained (the connector's

@@ -384,3 +384,41 @@ def test_a_ride_along_step_preempted_after_it_ran_may_ride_again(hf_model_dir):
     run(s, [])
     assert b.is_finished()
     _assert_no_leak(s)
+
+
+@pytest.mark.parametrize("factor", [2.0, None])
+def test_reserved_growth_gives_way_to_a_session_that_waited_more_than_its_recompute(
+        hf_model_dir, factor):
+    """Paused A holds 10 of 39 blocks and the gate reserves 20 steps of its growth, so B
+    (5 blocks) never fits the prediction; vLLM's room does not admit it either (off here),
+    nor idleness or max_wait_s. B fits beside A's context as it stands, and its recompute
+    costs 80 tokens x 10 ms (the step-cost fit): once B has waited 2 x 0.8 s it goes ahead,
+    through vLLM's scheduler, without releasing any block A retains; A's next step hits its
+    whole context. With the rule off (reserve_wait_factor null) B waits for A to end."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, best_effort_steps=0,
+                       gate_args={"horizon_steps": 20.0, "room_admit": False,
+                                  "idle_admit_s": 1e9, "max_wait_s": 1e9,
+                                  "reserve_wait_factor": factor})
+    s.connector.clock = lambda: now[0]
+    for n in (1, 200, 5, 90):  # the fit the connector would have from earlier steps
+        s.connector.cost.observe(n, 0.5 + 0.01 * n)
+    a1 = _prompt(1, 10)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    b = make_request(_prompt(3, 5), 2, {"session_id": "B", "last_step": True})
+    s.add_request(b)
+    ran = []
+    for t in (0.0, 1.0, 1.5, 2.0):
+        now[0] = t
+        if b.request_id in step(s).num_scheduled_tokens:
+            ran.append(t)
+    assert ran == ([2.0] if factor else [])  # 1.5 s < 2 x 0.8 s <= 2.0 s
+    stats = s.connector.stats
+    s.connector._log_stats(now[0])
+    assert stats.admitted_waited == (1 if factor else 0)
+    assert len(s.connector.holds["A"]) == 10  # nothing A retains was given up for B
+    a2 = make_request(a1 + [TOKEN] * 2 + _prompt(2, 1), 2, {"session_id": "A", "last_step": True})
+    assert run(s, [a2])[a2.request_id] == 10 * BLOCK_SIZE
+    run(s, [])
+    assert b.is_finished()
+    _assert_no_leak(s)

@@ -126,3 +126,23 @@ def test_session_only_hints_never_make_vllm_wait_for_finished_sessions(hf_model_
             <= 1.1 * plain.figures()["task_time_mean_s"])
     assert "admitted_idle" not in conn.connector
     assert conn.connector.get("expired", 0) > 0  # finished sessions were let go
+
+
+def test_no_arm_beats_the_mean_tct_lower_bound(hf_model_dir, replay_module):
+    """The bound printed beside the measured gains (bench/vllm_replay_bound.py) is a lower
+    bound on the mean task time of any schedule at the budget: through vLLM's real
+    scheduler, plain vLLM, the connector, and every hit kept in vLLM's order and in the
+    clairvoyant one all stay at or above it, on a workload where the budget binds."""
+    parse = replay_module.build_parser().parse_args
+    args = parse(["--sessions", "4", "--steps", "4", "--token-scale", "0.1", "--time-scale",
+                  "2", "--max-tool-s", "7200", "--kv-fraction", "0.15", "--step-s", "0.025",
+                  "--token-s", "0.00065"])
+    bound = replay_module.tct_bound(args, 0)
+    assert 0 < bound["solo_s"] <= bound["bound_s"]
+    arms = [replay_module.replay(args, str(hf_model_dir), 0, None),
+            replay_module.replay(args, str(hf_model_dir), 0, "ttl"),
+            *(replay_module.replay(args, str(hf_model_dir), 0, None, all_hits=order)
+              for order in replay_module.ALL_HITS_ORDERS)]
+    for res in arms:
+        assert len(res.task_s) == 4
+        assert res.figures()["task_time_mean_s"] >= bound["bound_s"] - 1e-9
