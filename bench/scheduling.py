@@ -144,9 +144,9 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   rows and the "fifo admission order" goals line show what that choice gives and costs on
   the report and held-out seeds, which the fit never read. docs/architecture.md
   ("Admission by predicted remaining work") has the orders tried.
-- Bounded waiting: the reserve (`max_wait_s`, 120 s): once the session waiting longest
-  has waited that long, nothing is admitted before it; the miss lines give the longest
-  single wait.
+- Bounded waiting: the reserve (`max_wait_s`, 60 s since `--fit` round 7; 120 s before):
+  once the session waiting longest has waited that long, nothing is admitted before it;
+  the miss lines give the longest single wait.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
   rate); there the admission gate costs workflow mean and p95 TCT for no gain.
 - AFS, noisy mix (declared in bench/scheduling_mix.py before any workflow run on it; seeds
@@ -566,9 +566,11 @@ def main(argv: list[str] | None = None) -> int:
               "; ".join(f"{k}: {b} with " + ", ".join(f"{x} x{v:g}" for x, v in kn.items())
                         for k, (b, kn) in PERTURBED.items()) + ".", "",
               perturbed_table(rows), "",
-              f"### Held-out seeds ({', '.join(map(str, scheduling_fit.HELD_OUT_SEEDS))}: never "
-              f"fitted on nor looked at before the fit; {DEFAULT} vs fcfs+lru where fcfs+lru's "
-              f"hit rate < 0.8)", "", scheduling_fit.held_out_table(held, families), ""]
+              f"### Held-out seeds ({', '.join(map(str, scheduling_fit.SEEN_SEEDS))}: never "
+              f"fitted on, read in earlier reports; "
+              f"{', '.join(map(str, scheduling_fit.FRESH_SEEDS))}: fresh, run once after the "
+              f"fit's choices were frozen; {DEFAULT} vs fcfs+lru where fcfs+lru's hit rate "
+              f"< 0.8)", "", scheduling_fit.held_out_table(held, families), ""]
     parts += scheduling_mix.tenant_table(rows)
     parts += [NOTES, "", "![mean TCT vs capacity](plots/scheduling.png)"]
     body = "\n".join(parts)
