@@ -131,12 +131,12 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   today's): bench/scheduling_fit.py records it.
 - Oracle rows (workflow-oracle, the pressured points; bench/scheduling_oracle.py): the
   default with the sessions waiting for admission in order of their true remaining steps,
-  which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8)
-  quote them: where the oracle reaches 2x and the default does not, memory does not rule
+  which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8,
+  13, 14) quote them: where the oracle reaches 2x and the default does not, memory does not rule
   2x out; the default lacks the sessions' lengths. docs/architecture.md ("Where bfcl 1x
   25%'s time goes") has the fit seeds' figures and the online orders tried.
 - Fifo order rows (`workflow+POLICY (admission_order fifo)`, POLICY the default; every
-  grid point of seeds 1, 7, 8; the held-out table's last column): the order of waiting
+  grid point of seeds 1, 7, 8, 13, 14; the held-out table's last column): the order of waiting
   sessions before the default became the predicted one (least predicted remaining work
   first, with aging: kvsaga/scheduler/admission_order.py). `--fit`'s fourth round chose
   "predicted" (aging_s 80) on seeds 101-106 with graph, the default policy then (smallest
