@@ -314,3 +314,31 @@ def test_the_reserved_growth_gives_way_once_the_waiting_costs_more_than_a_recomp
         assert not g2.admit("c", "w", 4 * BS, 0, now=1.0, token_s=token_s)
         assert not g2.admit("c", "w", 4 * BS, 0, now=40.0, token_s=token_s)  # a not overdue
         assert g2.admitted_by == {}
+
+
+def test_an_aborted_deferred_session_stops_counting_as_waiting():
+    """The reserve_wait rule sums every waiting session's wait: a session whose request is
+    aborted while the gate defers it (vLLM reports it finished, never allocated) must end its
+    wait there, or its ever-growing stale wait makes every later session's reservation
+    "paid" at its first probe."""
+    g = _gate(horizon_steps=8.0, idle_admit_s=1e9, max_wait_s=1e9)
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    _run_step(g, "a0", "a", 10 * BS, now=0.1)  # paused, 10 blocks (+ 8 reserved)
+    g.started("busy")  # another request runs: never idle
+    assert not g.admit("d", "w", 11 * BS, 0, now=1.0, token_s=0.01)  # d waits
+    assert g.finished("d0", "d", 11 * BS, 1.1, None, False) == []  # d aborted, not admitted
+    # c's own wait is 0 s < 2 x 0.64 s: without d's stale 3.9 s it is deferred
+    assert not g.admit("c", "w", 4 * BS, 0, now=5.0, token_s=0.01)
+    assert g.admitted_by == {} and set(g.sessions) == {"a"}
+
+
+def test_a_zero_token_cost_prices_no_recompute_and_pays_no_reservation():
+    """StepCost.fit clamps its per-token slope at 0: with token_s 0 every wait would cover
+    "2 x 0 s" of recompute and the reservation would give way at every first probe."""
+    g = _gate(horizon_steps=8.0, idle_admit_s=1e9, max_wait_s=1e9)
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    _run_step(g, "a0", "a", 10 * BS, now=0.1)
+    g.started("busy")
+    assert not g.admit("c", "w", 4 * BS, 0, now=1.0, token_s=0.0)
+    assert not g.admit("c", "w", 4 * BS, 0, now=5.0, token_s=0.0)
+    assert g.admitted_by == {}

@@ -312,8 +312,11 @@ class SessionGate:
         finish, when the contexts have grown, and its context recomputed. That insurance is
         worth at most that recompute; what it costs is the wait of every session held back
         for growth that has not happened yet (their steps then run later, alone, in smaller
-        batches). Once the wait has cost more, the reservation gives way."""
-        if self.reserve_wait_factor is None or token_s is None:
+        batches). Once the wait has cost more, the reservation gives way.
+
+        A fit of zero seconds a token (`StepCost.fit` clamps its slope at 0) prices no
+        recompute, so the rule would fire at every probe: it needs `token_s` > 0."""
+        if self.reserve_wait_factor is None or token_s is None or token_s <= 0:
             return False
         waited = sum(now - t for t in self._waiting_since.values())
         recompute_s = token_s * max(new.context - new.shared, 0)
@@ -436,6 +439,8 @@ class SessionGate:
                 del self._paused_since[next(iter(self._paused_since))]
         s = self.sessions.get(sid) if sid is not None else None
         if s is None:
+            if sid is not None:  # e.g. aborted while deferred: its wait is over, not stale
+                self._end_wait(sid, now)
             return []
         if s.last_finish is not None:
             self._growth.observe(s.workflow, context_tokens - s.last_finish)
