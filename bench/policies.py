@@ -326,8 +326,9 @@ def wins(rows: list[dict], policies: list[str]) -> list[str]:
     for p in policies:
         s = None if p in OFFLINE else score(rows, p)
         if s is not None:
-            worst = rank(rows, p)[0]
-            out.append(f"| {p} | {s[1] / 1e6:.3f} | {s[0]} of {s[2]} | {worst:.2f}x |")
+            r = rank(rows, p)  # None when no case is pressured
+            worst = f"{r[0]:.2f}x" if r else "n/a"
+            out.append(f"| {p} | {s[1] / 1e6:.3f} | {s[0]} of {s[2]} | {worst} |")
     return ["| policy | recomputed (M tokens, pressured cases) | <= best baseline | "
             "worst x best baseline |", "|---|---:|---:|---:|", *out]
 

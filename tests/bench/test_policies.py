@@ -59,6 +59,15 @@ def test_pick_ranks_worst_ratio_then_cases_above_best_then_recomputation():
         tune.pick(rows, ["missing"])
 
 
+def test_wins_renders_without_pressured_cases():
+    """No case in the pressured range (every row thrashing): rank() is None, and the
+    table says n/a instead of raising."""
+    mod = load()
+    rows = [_row("web", 1, 0.3, p, 1, hit=0.5) for p in ("lru", "saga", "ttl", "a")]
+    assert mod.rank(rows, "a") is None
+    assert mod.wins(rows, ["a"])[-1] == "| a | 0.000 | 0 of 0 | n/a |"
+
+
 def test_policy_specs_parse_and_bad_ones_are_refused():
     mod = load()
     assert mod.parse_spec("graph") == ("graph", {})
