@@ -26,7 +26,7 @@ from vllm.v1.kv_offload.cpu.policies.base import CachePolicy, ChunkStatus, order
 
 from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
-from kvsaga.policy import DEFAULT_POLICY, make_policy
+from kvsaga.policy import make_policy
 from kvsaga.session import Session
 
 logger = init_logger(__name__)
@@ -42,7 +42,7 @@ class KVSagaCachePolicy(CachePolicy):
         cache_capacity: number of CPU chunks (chunk ids are 0 .. cache_capacity - 1).
     """
 
-    policy_name = DEFAULT_POLICY
+    policy_name = "ttl"  # explicit: KVSagaGraphCachePolicy is the graph one
 
     def __init__(self, cache_capacity: int) -> None:
         super().__init__(cache_capacity)

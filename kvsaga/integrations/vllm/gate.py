@@ -66,7 +66,8 @@ go on.
   1,065-1,574 and reached 0.92-1.25x plain vLLM's mean TCT; with the rule 1.12-1.30x, and
   1.10-1.26x with session-only hints (1.04-1.33x before). The factor was chosen there, on
   fit seeds 0-4 only, by the highest worst seed over both hint modes: 0.5 / 1 / 2 gave
-  1.06 / 1.03 / 1.10x (the reservation dropped altogether, `horizon_steps` 0: 1.06x). On the
+  1.06 / 1.03 / 1.10x (the reservation dropped altogether, `horizon_steps` 0: 1.06x); these
+  and the 6-session figures next came from a driver not kept in the repository. On the
   compute-bound 6-session workload (KV 25%, pauses x0.25) it lowers the worst fit seed:
   seeds 0-4 1.44, 1.40, 1.39, 1.28, 1.33x -> 1.42, 1.16, 1.58, 1.20, 1.37x (geometric
   mean 1.37x -> 1.34x). Releasing a paused session's retained context for a waiting one

@@ -37,7 +37,7 @@ def make_scheduler(
     model_dir,
     num_blocks: int,
     connector: bool,
-    policy: str = "ttl",
+    policy: str | None = "ttl",
     max_num_seqs: int = 8,
     block_size: int = BLOCK_SIZE,
     max_num_batched_tokens: int = 4096,
@@ -45,11 +45,14 @@ def make_scheduler(
     **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
-    caching on, with or without the kvsaga connector (`extra`: more connector settings);
+    caching on, with or without the kvsaga connector (`extra`: more connector settings;
+    `policy` None: `kv_transfer_config`'s default, `kvsaga.policy.DEFAULT_POLICY`);
     `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first)."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
     kv_transfer = (
-        KVTransferConfig(**json.loads(kv_transfer_config(policy, **extra))) if connector else None
+        KVTransferConfig(**json.loads(kv_transfer_config(**extra) if policy is None
+                                        else kv_transfer_config(policy, **extra)))
+        if connector else None
     )
     vllm_config = VllmConfig(
         model_config=model_config,

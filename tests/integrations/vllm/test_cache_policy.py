@@ -96,3 +96,15 @@ def test_reset_and_malformed_hint():
     assert _resident(mgr, _keys("bad", 2)) == 0
     _store(mgr, "after", _keys("n", 4), {"session_id": "N", "tool": "t"})
     assert _resident(mgr, _keys("n", 4)) == 4
+
+
+def test_the_two_classes_rank_with_ttl_and_graph():
+    """`KVSagaCachePolicy` is ttl whatever kvsaga's DEFAULT_POLICY is (it is now graph,
+    which `KVSagaGraphCachePolicy` already offers): the two differ."""
+    from kvsaga.integrations.vllm.cache_policy import KVSagaCachePolicy, KVSagaGraphCachePolicy
+    from kvsaga.policy import make_policy
+
+    assert CACHE_POLICY_CLASS == "KVSagaCachePolicy"
+    for cls, name in ((KVSagaCachePolicy, "ttl"), (KVSagaGraphCachePolicy, "graph")):
+        assert cls.policy_name == name
+        assert type(cls(8).policy) is type(make_policy(name))

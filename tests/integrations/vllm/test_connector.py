@@ -51,6 +51,18 @@ def test_paused_session_hits_after_pressure_that_evicts_it_in_plain_vllm(hf_mode
     _assert_no_leak(kept)
 
 
+def test_the_default_policy_retains_through_vllm(hf_model_dir):
+    """`kv_transfer_config()` without a policy (kvsaga's DEFAULT_POLICY, which the
+    benchmarks, run with ttl, never exercise): the same retention, no block lost."""
+    from kvsaga.policy import DEFAULT_POLICY, make_policy
+
+    kept = make_scheduler(hf_model_dir, 48, connector=True, policy=None, admission=False)
+    assert type(kept.connector.policy) is type(make_policy(DEFAULT_POLICY))
+    assert _agent_then_filler(kept) == len(SYSTEM) + 8 * BLOCK_SIZE
+    assert kept.connector.stats.resumed_hits == 1
+    _assert_no_leak(kept)
+
+
 def test_policy_picks_which_paused_session_to_release(hf_model_dir):
     """Two paused sessions, retained memory needed by a third request: ttl releases the one
     whose tool takes an hour, and the one due back in a second keeps its blocks."""
