@@ -28,6 +28,10 @@ class PyGhostList:
     __slots__ = ("_names", "_cap")
 
     def __init__(self, cap: int, reserve: int = 0) -> None:
+        # the C++ list's binding takes ints only (a bool is one): refuse the rest alike
+        for name, x in (("capacity", cap), ("reserve", reserve)):
+            if not isinstance(x, int):
+                raise TypeError(f"GhostList {name} must be an int, got {x!r}")
         if cap < 1:
             raise ValueError(f"GhostList capacity must be >= 1, got {cap!r}")
         if reserve < 0:

@@ -97,6 +97,15 @@ def test_bad_input_is_refused():
     assert len(g) == 0
 
 
+@pytest.mark.parametrize("args", [(4, 1.5), (4.0, 1), (4, "2")])
+def test_both_refuse_non_int_sizes_alike(args):
+    """A float or str capacity or reserve is a TypeError in both twins."""
+    with pytest.raises(TypeError):
+        PyGhostList(*args)
+    with pytest.raises(TypeError):
+        _cpp().GhostList(*args)
+
+
 def test_cpp_bad_input_changes_nothing():
     """A bad name or cost anywhere in a call raises before any name enters."""
     _evict = _cpp()
