@@ -117,8 +117,9 @@ def test_demotion_tells_the_policy_and_graph_evicts_the_demoted_session_first():
 
 
 def test_ttl_releases_a_demoted_sessions_blocks_until_its_tool_returns():
-    """ttl (the default policy) acts on a demotion too: the demoted session's blocks go
-    before an admitted paused session's, and are kept again once its tool returns."""
+    """ttl (the default policy until 87c9588 made it graph) acts on a demotion too: the
+    demoted session's blocks go before an admitted paused session's, and are kept again once
+    its tool returns."""
     m, s, ex, _, owner = _a_and_b_paused("ttl")
 
     def first_victim(now):
