@@ -76,7 +76,7 @@ class RoutingConfig:
             ahead: its thrash is its own busy time, and a replica behind has time to spare
             for what the session displaces there. 0.1 (the one value tried, against 0): on
             assistant at 64 GPUs x 16 sessions, fit seeds 1 and 2, load_imbalance 1.192 /
-            1.159 -> 1.049 / see docs/cluster.md, at +1.5% mean TCT on seed 1.
+            1.159 -> 1.049 / 1.044, at +1.5% mean TCT on seed 1.
         bytes_per_token: KV bytes per token (KVSpec.bytes_per_token), for migration cost.
         link_bandwidth: bytes/s between replicas (export to host, network, import).
         migrate_latency_s: fixed cost of one migration (export + import round trip).
