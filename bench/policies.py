@@ -158,11 +158,17 @@ def split_specs(text: str) -> list[str]:
 TRACES = ("swe-slow", "web-short", "swe+bfcl", "bfcl-v4", "swe")
 
 
+def _blocks(peak: int, longest: int, frac: float) -> int:
+    """GPU blocks for a capacity fraction of the peak, never below the longest session + 1
+    block (else that session could never run)."""
+    return max(int(peak * frac), longest + 1)
+
+
 def _capacity(trace, frac: float) -> tuple[int, int]:
     base = SimConfig(preset=PRESET)
     peak = peak_working_set(trace, base)
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
-    return max(int(peak * frac), longest + 1), peak
+    return _blocks(peak, longest, frac), peak
 
 
 @functools.cache
@@ -179,7 +185,7 @@ def _run(task: tuple) -> dict:
     name, seed, frac, policy = task
     trace = build_trace(name, seed)
     peak, longest = _peak(name, seed)
-    blocks = max(int(peak * frac), longest + 1)  # as _capacity
+    blocks = _blocks(peak, longest, frac)
     t = time.perf_counter()
     base, params = parse_spec(policy)
     config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
