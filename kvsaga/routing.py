@@ -403,8 +403,14 @@ class KvsagaRouter(Router):
         if not self.config.max_commitment:
             return True
         limit = self.config.max_commitment if limit is None else limit
+        with_session = self._commitment_with(x, tokens, stats)
+        return with_session is not None and with_session <= limit
+
+    @staticmethod
+    def _commitment_with(x: str, tokens: int, stats) -> float | None:
+        """Replica `x`'s commitment once `tokens` more land on it; None without its stats."""
         sx = stats.get(x)
-        return sx is not None and sx.commitment + tokens / sx.capacity_tokens <= limit
+        return None if sx is None else sx.commitment + tokens / sx.capacity_tokens
 
     def _roomy(self, home: str, req: RouteRequest, stats, cands: list[str]) -> list[str]:
         """Of `cands`, the replicas the session fits on below `max_commitment`, when its
@@ -440,12 +446,11 @@ class KvsagaRouter(Router):
         have room for the session, when home is ahead (`_ahead`; else none); when none
         has room and home leads the mean by more than `busy_balance_force` x the mean and
         `busy_balance_min_s`, the least crowded of those behind (lowest commitment with
-        the session). Room: the
-        session keeps them at or below `max_commitment`, or, when `busy_balance_crowding`
-        x home's commitment exceeds that, at or below this product (opt-in): when every pool
-        overflows (a thrashing fleet's drain), a session is no more crowded on a replica
-        behind than on the home ahead, which otherwise keeps recomputing what its sessions
-        evict."""
+        the session). Room: the session keeps them at or below `max_commitment`, or, when
+        `busy_balance_crowding` x home's commitment exceeds that, at or below this product
+        (opt-in): when every pool overflows (a thrashing fleet's drain), a session is no
+        more crowded on a replica behind than on the home ahead, which otherwise keeps
+        recomputing what its sessions evict."""
         if ahead is None or not cands:
             return []
         done, mean = ahead
@@ -460,8 +465,7 @@ class KvsagaRouter(Router):
         # Far ahead (`busy_balance_force`): balance before room. The least crowded replica
         # behind takes the session; its KV displaces cached KV there (a replica behind has
         # time to recompute it), where home would keep recomputing its own.
-        crowd = {x: stats[x].commitment + tokens / stats[x].capacity_tokens
-                 for x in behind if x in stats}
+        crowd = {x: self._commitment_with(x, tokens, stats) for x in behind if x in stats}
         return [min(crowd, key=lambda x: (crowd[x], done[x]))] if crowd else []
 
     def _overcommitted(self, r: str, stats) -> bool:
