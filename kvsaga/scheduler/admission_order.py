@@ -48,8 +48,9 @@ from collections.abc import Callable
 from typing import Any
 
 from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.session_length import SessionLengthModel
 
-ADMISSION_ORDERS = ("fifo", "predicted")  # `WorkflowScheduler(admission_order=...)`
+ADMISSION_ORDERS = ("fifo", "predicted", "gittins")  # `WorkflowScheduler(admission_order=...)`
 MAX_REMAINING_STEPS = 1000  # an expected remaining count is capped at this
 MAX_COST = 1e12  # token-steps: a prediction is clipped to [1, MAX_COST] (the aging bound)
 
@@ -108,7 +109,8 @@ class AdmissionOrder:
     session's steps so far, and when the waiting queues need sorting again. It reads the
     scheduler's `manager`, `_pending`, `_growth` and `_graph()`."""
 
-    def _init_admission_order(self, order: str, aging_s: float, max_wait_s: float) -> None:
+    def _init_admission_order(self, order: str, aging_s: float, max_wait_s: float,
+                              length_prior: float = 1.0) -> None:
         if order not in ADMISSION_ORDERS:
             raise ValueError(f"scheduler parameter admission_order must be one of "
                              f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
@@ -118,6 +120,8 @@ class AdmissionOrder:
         self.admission_order = order
         self.aging_s = aging_s
         self._lengths = SessionLengths()
+        self._length_model = SessionLengthModel(length_prior)  # the "gittins" order's
+        self.length_prior = self._length_model.prior_weight
         self._steps_seen: dict[str, int] = {}  # live sessions' steps, as of their last finish
         self._order_stale = False  # a queue or a table changed since the queues were sorted
         max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
@@ -174,10 +178,15 @@ class AdmissionOrder:
             sort_queue(q, self.remaining_cost, self.aging_s)
 
     def remaining_cost(self, req: Any) -> float:
-        """Token-steps `req`'s session is predicted to hold until it ends (`predicted_cost`)."""
+        """Token-steps `req`'s session is predicted to hold until it ends (`predicted_cost`);
+        under "gittins", the Gittins rank of that work (`kvsaga.scheduler.session_length`)."""
         s = self.manager.sessions.get(req.session_id)
         done = s.num_steps if s is not None else 0
         graph = self._graph()
+        if self.admission_order == "gittins":
+            return self._length_model.gittins_rank(
+                req.workflow, done, req.num_tokens, self._growth.mean(req.workflow),
+                graph.mean_steps(None) if graph is not None else None)
         prior = graph.mean_steps(req.workflow) if graph is not None else done + 1.0
         left = self._lengths.remaining(req.workflow, done, prior)
         return predicted_cost(left, req.num_tokens, self._growth.mean(req.workflow))
@@ -188,18 +197,25 @@ class AdmissionOrder:
         `kvsaga.migration`) is learned at its full length, even if its only step here is
         its last. Later counts come from `_step_done`."""
         s = self.manager.sessions.get(req.session_id)
-        if s is not None:
-            self._steps_seen.setdefault(req.session_id, s.num_steps - 1)
+        if s is not None and req.session_id not in self._steps_seen:
+            self._steps_seen[req.session_id] = s.num_steps - 1
+            if s.num_steps > 1:  # steps it ran elsewhere: reached, the session goes on
+                self._length_model.steps_done(req.workflow, 0, s.num_steps - 1)
 
     def _step_done(self, req: Any, ended: bool) -> None:
         """Count the finished step; at the session's end, learn its length."""
         sid = req.session_id
         if ended:
-            self._lengths.observe(req.workflow, self._steps_seen.pop(sid, 0) + 1)
+            before = self._steps_seen.pop(sid, 0)
+            self._lengths.observe(req.workflow, before + 1)
+            self._length_model.ended_after(req.workflow, before, before + 1)
         else:
             s = self.manager.sessions.get(sid)
             if s is not None:
+                before = self._steps_seen.get(sid, 0)
                 self._steps_seen[sid] = s.num_steps
+                if s.num_steps > before:  # censored: its length is > s.num_steps so far
+                    self._length_model.steps_done(req.workflow, before, s.num_steps)
         self._order_stale = True
 
     def _session_left(self, sid: str) -> None:

@@ -107,9 +107,11 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             round 6 found swe 1x 25% 1.75x -> 1.83x but bfcl 1x 25% 1.51x -> 1.48x.
         admission_order: the order of each tenant's sessions waiting for admission:
             "predicted" (the default: least predicted remaining work first, with aging;
-            `kvsaga.scheduler.admission_order`) or "fifo" (queue order, demoted sessions'
-            steps ahead of new sessions, with `max_overtake`). `--fit`'s fourth round
-            (seeds 101-106, graph policy) picked "predicted" with aging_s 80.
+            `kvsaga.scheduler.admission_order`), "gittins" (the Gittins rank of that work
+            from censored lengths, `kvsaga.scheduler.session_length`; its prior's weight in
+            sessions: `length_prior`) or "fifo" (queue order, demoted sessions' steps ahead
+            of new sessions, with `max_overtake`). `--fit`'s fourth round (seeds 101-106,
+            graph policy) picked "predicted" with aging_s 80.
         max_wait_s: bounded waiting: once the session waiting longest for admission has
             waited this long, no other session is admitted before it (the reserve; the
             bound it gives is stated in `kvsaga.scheduler.admission_order`). Finite; 60 is
@@ -155,6 +157,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         admission_order: str = "predicted",
         aging_s: float = 80.0,
         max_wait_s: float = 60.0,
+        length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
         **limits: Any,
@@ -186,7 +189,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
-        self._init_admission_order(admission_order, aging_s, max_wait_s)
+        self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)

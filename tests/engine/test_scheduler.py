@@ -114,7 +114,8 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
 @pytest.mark.parametrize("scheduler,params", [
     ("fcfs", None), ("workflow", None),
     ("workflow", {"admission_order": "predicted"}),
-    ("workflow", {"admission_order": "predicted", "aging_s": 1.0})])
+    ("workflow", {"admission_order": "predicted", "aging_s": 1.0}),
+    ("workflow", {"admission_order": "gittins"})])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
