@@ -104,7 +104,8 @@ def test_admission_reserves_growth_and_the_shrink_counts_contexts_as_they_stand(
                                 {"room_steps": -1}, {"room_fit_steps": -1},
                                 {"room_fit_steps": "3"}, {"pause_quantile": 1.5},
                                 {"pause_quantile": "0.9"}, {"pause_min_observed": 0},
-                                {"reserve_wait_factor": -1}, {"reserve_wait_factor": "2"}])
+                                {"reserve_wait_factor": -1}, {"reserve_wait_factor": "2"},
+                                {"expire_long_hints": 1}])
 def test_bad_parameters_are_named(kw):
     args = {"capacity": 20, "block_size": BS, **kw}
     name = next(iter(kw))
@@ -235,7 +236,7 @@ def test_an_unhinted_pause_expires_past_the_workflows_observed_quantile():
     assert g.pause_limit("w") == pytest.approx(2.5)  # median of 1, 2, 3, 10
 
 
-def test_hinted_pauses_running_steps_and_other_workflows_do_not_expire():
+def test_pauses_hinted_short_running_steps_and_other_workflows_do_not_expire():
     g = _gate(pause_quantile=0.5, pause_min_observed=1)
     _pause(g, "x", "x0", 0.0, 1.0)  # limit 1 s for workflow w
     assert g.admit("h", "w", 2 * BS, 0, now=0.0)
@@ -244,6 +245,26 @@ def test_hinted_pauses_running_steps_and_other_workflows_do_not_expire():
     assert g.admit("o", "other", 2 * BS, 0, now=1.0)  # no pause of its workflow observed
     _run_step(g, "o0", "o", 2 * BS, 1.0, expected_s=None)
     assert g.expire(100.0) == [] and set(g.sessions) == {"x", "h", "o"}
+
+
+@pytest.mark.parametrize("expire_long_hints", [True, False])
+def test_a_pause_hinted_longer_than_the_usual_ones_expires_past_them(expire_long_hints):
+    """A client's hint says x's tool takes 30 s, longer than the workflow's observed pauses
+    (limit 1 s). Kept admitted for its hinted pause (demoted only past 4 x 30 + 10 s), x
+    held the room a waiting session needed; it expires past the limit as an unhinted pause
+    would, and the waiting one is admitted by the predicted fit. A pause hinted within the
+    limit keeps its deadline (`test_pauses_hinted_short_...`). Off: the earlier rule."""
+    g = _gate(pause_quantile=0.5, pause_min_observed=1, idle_admit_s=1000.0,
+              expire_long_hints=expire_long_hints)
+    _pause(g, "x", "x0", 0.0, 1.0)  # limit 1 s for workflow w
+    g.started("x1")
+    g.finished("x1", "x", 15 * BS, 1.0, 30.0, False)  # 16 of 20 blocks, hinted 30 s
+    g.started("busy")  # another request runs: the batch never idles
+    assert not g.admit("b", "w", 6 * BS, 0, now=1.5)
+    assert g.expire(1.5) == []  # 0.5 s: within the usual pauses
+    assert g.expire(2.5) == (["x"] if expire_long_hints else [])
+    assert g.admit("b", "w", 6 * BS, 0, now=2.5) is expire_long_hints
+    assert g.num_expired == int(expire_long_hints)
 
 
 def test_an_ended_session_no_longer_blocks_a_waiting_one():

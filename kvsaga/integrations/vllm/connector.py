@@ -28,7 +28,9 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   for longer than the workflow's observed pauses allow (`SessionGate.expire`, checked before
   every admission probe) is demoted and its blocks released: a client that sends only its
   session id never says which step is the last, and its finished sessions must not hold
-  memory that waiting sessions need.
+  memory that waiting sessions need. A pause hinted longer than those observed expires the
+  same way (`expire_long_hints`): held for its whole hinted pause, it kept waiting sessions
+  out.
   Growth the gate reserves for admitted sessions gives way to a session that fits beside
   their contexts as they stand once the waiting sessions together waited twice its
   context's recompute (`reserve_wait_factor`, priced by `StepCost`'s seconds per token).

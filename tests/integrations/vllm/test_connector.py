@@ -434,3 +434,52 @@ def test_reserved_growth_gives_way_to_a_session_that_waited_more_than_its_recomp
     run(s, [])
     assert b.is_finished()
     _assert_no_leak(s)
+
+
+@pytest.mark.parametrize("expire_long_hints", [True, False])
+def test_a_session_hinted_to_pause_long_lets_a_waiting_one_in_past_the_usual_pause(
+        hf_model_dir, expire_long_hints):
+    """A's hint says its tool takes 30 s; the workflow's observed pauses say 0.5 s (one
+    pause seen, quantile 0.5). B (30 of 39 blocks) does not fit beside A's 12-block context
+    (no growth reserved here; vLLM's room, idleness, max_wait_s, the reservation rule and
+    riding along are off, and the clock stands still between steps, so only expiry can let
+    B in). Through vLLM's scheduler: once A's pause runs past 0.5 s, A expires, its blocks go
+    to vLLM's LRU and B runs. With `expire_long_hints` off (the rule before) A keeps B out
+    for its whole hinted pause: B waits until A has ended, and A hits its whole context."""
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, best_effort_steps=0,
+                       gate_args={"horizon_steps": 0.0, "room_admit": False,
+                                  "idle_admit_s": 1e9, "max_wait_s": 1e9,
+                                  "reserve_wait_factor": None, "pause_min_observed": 1,
+                                  "pause_quantile": 0.5,
+                                  "expire_long_hints": expire_long_hints})
+    s.connector.clock = lambda: now[0]
+    hint = {"session_id": "A", "workflow": "w"}
+    a1 = _prompt(1, 10)
+    run(s, [make_request(a1, 2, {**hint, "tool": "edit_file", "expected_s": 0.1})])
+    now[0] = 0.5  # A back after 0.5 s: the workflow's only observed pause
+    a2 = a1 + [TOKEN] * 2 + _prompt(2, 1)
+    run(s, [make_request(a2, 2, {**hint, "tool": "run_tests", "expected_s": 30})])
+    assert len(s.connector.holds["A"]) == 11
+    b = make_request(_prompt(3, 30), 2, {"session_id": "B", "workflow": "w",
+                                         "last_step": True})
+    s.add_request(b)
+    now[0] = 0.8  # A paused 0.3 s: a usual pause, B waits
+    assert b.request_id not in step(s).num_scheduled_tokens
+    now[0] = 1.2  # 0.7 s: past the usual pauses, far short of the hinted 30 s
+    assert (b.request_id in step(s).num_scheduled_tokens) is expire_long_hints
+    gate = s.connector.gate
+    assert ("A" in gate.sessions) is not expire_long_hints
+    assert ("A" in s.connector.holds) is not expire_long_hints
+    assert gate.num_expired == int(expire_long_hints)
+    if expire_long_hints:
+        assert gate.admitted_by == {"fit": 1}
+        run(s, [])
+        assert b.is_finished()
+    a3 = make_request(a2 + [TOKEN] * 2 + _prompt(4, 1), 2, {**hint, "last_step": True})
+    hits = run(s, [a3])[a3.request_id]
+    if not expire_long_hints:
+        assert hits == 11 * BLOCK_SIZE  # A's whole context, kept while B waited
+        run(s, [])
+        assert b.is_finished()
+    _assert_no_leak(s)

@@ -132,17 +132,21 @@ def test_no_arm_beats_the_mean_tct_lower_bound(hf_model_dir, replay_module):
     """The bound printed beside the measured gains (bench/vllm_replay_bound.py) is a lower
     bound on the mean task time of any schedule at the budget: through vLLM's real
     scheduler, plain vLLM, the connector, and every hit kept in vLLM's order and in the
-    clairvoyant one all stay at or above it, on a workload where the budget binds."""
+    clairvoyant one all stay at or above it, on a workload where the budget binds. Plain
+    vLLM and the connector, whose cached blocks count against the budget, stay at or above
+    the bound with memory too (`memory_bound`: each paused context kept or computed again);
+    the every-hit-kept arms keep freed blocks outside the budget, so it does not hold them."""
     parse = replay_module.build_parser().parse_args
     args = parse(["--sessions", "4", "--steps", "4", "--token-scale", "0.1", "--time-scale",
                   "2", "--max-tool-s", "7200", "--kv-fraction", "0.15", "--step-s", "0.025",
                   "--token-s", "0.00065"])
     bound = replay_module.tct_bound(args, 0)
-    assert 0 < bound["solo_s"] <= bound["bound_s"]
+    assert 0 < bound["solo_s"] <= bound["bound_s"] <= bound["memory_s"] + 1e-9
     arms = [replay_module.replay(args, str(hf_model_dir), 0, None),
             replay_module.replay(args, str(hf_model_dir), 0, "ttl"),
             *(replay_module.replay(args, str(hf_model_dir), 0, None, all_hits=order)
               for order in replay_module.ALL_HITS_ORDERS)]
-    for res in arms:
+    for k, res in enumerate(arms):
         assert len(res.task_s) == 4
-        assert res.figures()["task_time_mean_s"] >= bound["bound_s"] - 1e-9
+        low = bound["memory_s"] if k < 2 else bound["bound_s"]
+        assert res.figures()["task_time_mean_s"] >= low - 1e-9
