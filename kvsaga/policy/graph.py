@@ -81,6 +81,7 @@ from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 from kvsaga.policy.search import grid_index
+from kvsaga.policy.trust import PredictionTrust
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 # A demoted session (Scheduler -> session_deferred) waits for the admitted sessions to
@@ -153,6 +154,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             saga and ttl: 1.50x against False's 3.38x over 71 pressured cases). False had
             been picked in the eighth by the earlier rule (most cases at or below that
             best: 39 of 71 against 36).
+        trust: learn the log errors of the predicted time to reuse of every session graph
+            evicts from, per workflow and state, and multiply the loss rate by the factor
+            they call for (`PredictionTrust`, kvsaga/policy/trust.py; its prior is
+            `calib_prior`, 4 pseudo-observations when that is None).
     """
 
     name = "graph"
@@ -170,6 +175,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         relearn_share: float = 0.125,
         calib_prior: float | None = 4.0,
         residual_wait: bool = True,
+        trust: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -203,6 +209,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._deferred_since: dict[str, float] = {}
         self.deferred_wait = WaitSamples()
         self._learned_waits = 0  # changes of the corrections and admission waits
+        # Self-scoring against recency (`trust`): per session evicted from and not yet back,
+        # (workflow, state, graph's forecast, recency's, when).
+        self.trust = PredictionTrust(calib_prior or 4.0) if trust else None
+        self._trust_pending: dict[str, tuple[str, str, float, float, float]] = {}
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -222,6 +232,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         pending = self._calib_pending.pop(session.session_id, None)
         if pending is not None:
             self._calibrate(*pending, now)
+        scored = self._trust_pending.pop(session.session_id, None)
+        if scored is not None:
+            wf, state, graph_s, recency_s, at = scored
+            self.trust.add(wf, state, max(now - at, 0.0), graph_s, recency_s)
         ready = self._ready.pop(session.session_id, None)
         if pending is not None or ready is not None:
             self._learned_waits += 1  # corrections or admission waits: keys change
@@ -310,6 +324,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._ready.pop(session.session_id, None)
         self._ctx_blocks.pop(session.session_id, None)
         self._calib_pending.pop(session.session_id, None)
+        self._trust_pending.pop(session.session_id, None)
         super().session_ended(session, now)
 
     # -- predictions --------------------------------------------------------------------------
@@ -351,7 +366,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         return self._predict_session(session_id, now, admission, True)[0]
 
     def _predict_session(self, session_id: str, now: float, admission: bool, exact: bool,
-                         calibrated: bool = True) -> tuple[Prediction, float]:
+                         calibrated: bool = True, hedged: bool = False
+                         ) -> tuple[Prediction, float]:
         """`predict_session`, with times read exactly or on the grid (`elapsed_grid`), and
         the time by which the prediction must be made again (inf: only on events)."""
         v = self.views.get(session_id)
@@ -374,6 +390,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         t = p.expected_s + wait
         if calibrated and admission and self.calib_prior is not None:  # learned with the wait
             t *= self.correction(v.workflow, v.tool)
+        if hedged and self.trust is not None and v.workflow is not None:
+            t /= self.trust.factor(v.workflow, "paused")
         return Prediction(p.p_resume, t), until
 
     def predict_plain(self, block_id: int, now: float) -> Prediction:
@@ -425,13 +443,63 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     # -- keys: the loss itself ----------------------------------------------------------------
     def _session_base(self, sid: str, group: list[int], now: float
                       ) -> tuple[float, float]:
-        p, until = self._predict_session(sid, now, True, not self.indexed)
+        p_resume, wait, until = self._graph_time(sid, now, not self.indexed, True)
+        return p_resume / wait, until
+
+    def _graph_time(self, sid: str, now: float, exact: bool, hedged: bool
+                    ) -> tuple[float, float, float]:
+        """(P(reuse), expected seconds until the session's blocks are read, the time by
+        which to ask again), demotion included; `hedged`: divided by `trust`'s factor (the
+        rate's, for the forecast's own errors), else the forecast itself."""
+        p, until = self._predict_session(sid, now, True, exact, hedged=hedged)
         wait = p.expected_s
         wait = self.min_wait_s if self.min_wait_s > wait else wait  # max(), without a call
         if sid in self._deferred:
-            wait, until_d = self._deferred_time(sid, wait, now, not self.indexed)
+            wait, until_d = self._deferred_time(sid, wait, now, exact)
             until = min(until, until_d)
-        return p.p_resume / wait, until
+        if hedged and self.trust is not None:  # (paused: inside `_predict_session`)
+            state = "demoted" if sid in self._deferred else (
+                "queued" if self.views[sid].imminent else None)
+            if state is not None:
+                wait /= self.trust.factor(self.views[sid].workflow, state)
+        return p.p_resume, wait, until
+
+    def _trust_state(self, sid: str, now: float) -> str | None:
+        """Which `PredictionTrust` state prices a session: None for a running one, one on
+        its last step, and one within a hinted pause (hints win; the blend leaves them)."""
+        v = self.views.get(sid)
+        if v is None or v.running:
+            return None
+        if sid in self._deferred:
+            return "demoted"
+        if v.imminent:
+            return "queued"
+        x = v.hint.expected_s
+        if v.hint.last_step or (x is not None and now - v.paused_at < x):
+            return None
+        return "paused"
+
+    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+        """The search, and with `trust`, each session it takes from (and was not taken
+        from since its last step) noted with graph's forecast, to be scored when it is back."""
+        victims = super().choose_victims(num_blocks, now)
+        if self.trust is None or not victims:
+            return victims
+        plan, pending = self._plan if self.indexed else None, self._trust_pending
+        if plan is not None:  # this search's whole runs off tails: no walk over blocks
+            sids = [sid for sid, _ in plan[1]]
+        else:
+            where, owner = self._where, self._owner
+            sids = list(dict.fromkeys(owner[b] for b in victims if where[b] == OWNED))
+        for sid in sids:
+            if sid not in pending:
+                state = self._trust_state(sid, now)
+                if state is not None:
+                    v = self.views[sid]
+                    graph_s = self._graph_time(sid, now, True, False)[1]
+                    idle = max(now - v.paused_at, self.min_wait_s)
+                    pending[sid] = (v.workflow, state, graph_s, idle, now)
+        return victims
 
     def _timed_base(self, sid: str, group: list[int], now: float):
         """`_session_base` and, for a paused session that is not queued, demoted or on its
@@ -473,14 +541,17 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             kind = NO_TOOL if v.tool is None else v.tool
             dist = self.graph.pause_dist(v.workflow, kind)
             corr = 1.0 if self.calib_prior is None else self.correction(v.workflow, v.tool)
+            if self.trust is not None:  # `_predict_session(hedged=True)`
+                corr /= self.trust.factor(v.workflow, "paused")
             f = self._memo[sig] = (dist.mu, dist.sigma,
                                    self.graph.resume_share(v.workflow, kind),
                                    self._expected_wait(sid, now, False)[0], corr,
                                    self.min_wait_s)
         return f
 
-    def _keys_token(self) -> tuple[int, int]:
-        return self.graph.version, self._learned_waits
+    def _keys_token(self) -> tuple[int, int, int]:
+        return (self.graph.version, self._learned_waits,
+                0 if self.trust is None else self.trust.version)
 
     def deferred_time(self, session_id: str, predicted_s: float, now: float) -> float:
         """Expected seconds until a demoted session's blocks are read, given the graph's
