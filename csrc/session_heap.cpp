@@ -83,7 +83,20 @@ struct Formula {
   int64_t mode;
   double k0;
   double p[8];
+  double limit;  // the limit of the record that gave it (saga's: just past its TTL)
 };
+
+// session_heap.py `_class_limits`: a record's (limit, deadline cap) in a formula's class.
+void class_limits(const Formula& f, double t0, double& limit, double& extra) {
+  const double inf = std::numeric_limits<double>::infinity();
+  if (f.mode == 3) {
+    limit = f.p[7], extra = t0 + f.p[7];
+  } else if (f.mode == 2 && f.limit < inf) {
+    limit = f.limit, extra = std::nextafter(t0 + std::nextafter(f.limit, -inf), inf);
+  } else {
+    limit = inf, extra = inf;
+  }
+}
 
 [[noreturn]] void throw_current() { throw nb::python_error(); }
 
@@ -218,6 +231,7 @@ class SessionHeap {
     t.size = size;
     timed_[slot] = t;
     if (t.cls >= 0 && tk.mode >= 2) {
+      formula.limit = t.limit;
       formulas_[t.cls] = formula;
       timed_[slot].value = tk.v;
     } else if (t.cls >= 0) {
@@ -277,6 +291,81 @@ class SessionHeap {
       timers_.pop_back();
       if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now))
         out.append(sids_[t.slot]);
+    }
+    return out;
+  }
+
+  // For each class of the live timed records, one session of it: the latest paused (largest
+  // t0), then the lowest tail block (session_heap.py `timed_classes`).
+  nb::dict timed_classes(nb::handle among) const {
+    std::unordered_map<int64_t, int32_t> best;
+    for (int32_t s : live_slots(among)) {
+      if (timed_[s].cls < 0) continue;
+      auto [it, fresh] = best.try_emplace(timed_[s].cls, s);
+      const Timed& b = timed_[it->second];
+      const Timed& t = timed_[s];
+      if (!fresh && (t.t0 > b.t0 || (t.t0 == b.t0 && t.tie < b.tie))) it->second = s;
+    }
+    nb::dict out;
+    for (const auto& [cls, s] : best) out[nb::int_(cls)] = sids_[s];
+    return out;
+  }
+
+  // Re-key every live session whose timed record's class `mapping` maps, from the new
+  // class's key at its grid point (session_heap.py `rekey_classes`); the others, as a set,
+  // for Python to key.
+  nb::set rekey_classes(nb::dict mapping, double now, nb::handle among) {
+    std::unordered_map<int64_t, int64_t> to;
+    for (auto [k, v] : mapping) to[nb::cast<int64_t>(k)] = nb::cast<int64_t>(v);
+    std::vector<int32_t> order;
+    nb::set rest;
+    for (int32_t s : live_slots(among)) {
+      if (timed_[s].cls >= 0 && to.count(timed_[s].cls)) {
+        order.push_back(s);
+      } else {
+        rest.add(sids_[s]);
+      }
+    }
+    // In (tail block, version) order, as the reference: versions and timers come out alike.
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      if (timed_[a].tie != timed_[b].tie) return timed_[a].tie < timed_[b].tie;
+      return version_[a] < version_[b];
+    });
+    for (int32_t s : order) {
+      Timed& t = timed_[s];
+      int64_t dst = to[t.cls];
+      if (dst != t.cls) {
+        auto f = formulas_.find(dst);
+        if (f == formulas_.end()) {
+          rest.add(sids_[s]);
+          continue;
+        }
+        t.cls = dst;
+        class_limits(f->second, t.t0, t.limit, t.extra);
+      }
+      if (!rekey_from_table(s, now)) rest.add(sids_[s]);
+    }
+    return rest;
+  }
+
+  // The live slots: all of them (`among` None), or those of the sessions `among` names
+  // (an iterable; unknown and dropped ones are skipped), each once.
+  std::vector<int32_t> live_slots(nb::handle among) const {
+    std::vector<int32_t> out;
+    if (among.is_none()) {
+      for (int32_t s = 0; s < static_cast<int32_t>(version_.size()); ++s)
+        if (version_[s] != 0) out.push_back(s);
+      return out;
+    }
+    std::vector<bool> seen(version_.size(), false);
+    for (nb::handle sid : nb::iter(among)) {
+      PyObject* found = PyDict_GetItemWithError(slot_of_.ptr(), sid.ptr());
+      if (!found) {
+        if (PyErr_Occurred()) throw_current();
+        continue;
+      }
+      int32_t s = static_cast<int32_t>(PyLong_AsLong(found));
+      if (!seen[s]) seen[s] = true, out.push_back(s);
     }
     return out;
   }
@@ -481,6 +570,9 @@ NB_MODULE(_evict, m) {
       .def("runs", &SessionHeap::runs, "num_blocks"_a)
       .def("restore", &SessionHeap::restore)
       .def("compact", &SessionHeap::compact)
+      .def("timed_classes", &SessionHeap::timed_classes, "among"_a.none() = nb::none())
+      .def("rekey_classes", &SessionHeap::rekey_classes, "mapping"_a, "now"_a,
+           "among"_a.none() = nb::none())
       .def("clear", &SessionHeap::clear);
   // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
   nb::class_<ghost::GhostList>(m, "GhostList")

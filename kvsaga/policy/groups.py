@@ -128,6 +128,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         # policy's own memo of what keys by (signature, grid point) share, and the
         # statistics both were computed from.
         self._classes: dict[Hashable, int] = {}
+        self._sig_of: dict[int, Hashable] = {}  # class id -> signature, kept across tokens
         self._class_ids = count()
         self._memo: dict[tuple[Hashable, int], Any] = {}
         self._token: Hashable = None
@@ -141,6 +142,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._index = make_session_heap(cpp)
         self._marks = make_marks(cpp)  # a release's marks and runs, one call each
         self._classes.clear()  # (keys priced at another block size)
+        self._sig_of.clear()
         self._memo.clear()
         # Share of GPU blocks referenced by running steps (`CacheStats.usage`): the view's
         # own method, with no call of ours around it (a search reads it).

@@ -236,7 +236,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
             exact = 0.0 if exact < 0.0 else exact  # max(exact, 0.0) without a call
             k, idle, until = grid_index(exact)
             until += v.paused_at
-            sig = (v.workflow, v.hint.last_step, len(group))
+            # (tool and hint fix its TTL, the limit of its record: a full re-key moves a
+            # class's records to its new key together, session_heap.py `rekey_classes`)
+            sig = (v.workflow, v.hint.last_step, len(group), v.tool, v.hint.expected_s)
         score = self._memo.get((sig, k)) if sig is not None else None
         if score is None:
             recency, size = idle / max_idle, len(group) / max_size  # each clipped to 1

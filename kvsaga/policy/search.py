@@ -44,6 +44,14 @@ grid point. Both hold keys computed from the statistics the
 policy's `_keys_token` names, and are forgotten when it changes, so a session's key is the
 one Python would compute at that moment: the victims do not change
 (tests/policy/test_timed_rekey.py).
+
+Re-keying many sessions at once (a full re-key: relearning, a change of `_global_state`; or
+the many due sessions of an expert of `adaptive` that led no search for an epoch) goes by
+class too (`_rekey_by_class`, session_heap.py `rekey_classes`): the sessions whose own
+state did not change keep their class's signature, so Python keys one session of each
+class under the current statistics (which gives the class its new id and key) and the
+index re-keys the others from it; only the sessions whose state changed, those without a
+timed record and those the class's key does not cover go through Python one by one.
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ from typing import Any
 
 Stream = Iterator[tuple[Any, int]]
 _REKEY_ALL = object()  # a global state no policy has: the next search re-keys everyone
+
+# Due sessions from this many on are re-keyed by class (`_rekey_by_class`), not each in
+# Python: after an expert of adaptive led no search for an epoch, nearly all of them.
+_BY_CLASS = 8
 
 GRID_S = 1e-3  # first point of the elapsed-time grid
 GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
@@ -269,16 +281,21 @@ class VictimSearch:
             self._classes.clear()
             self._memo.clear()
             index.forget_keys()
+            if len(self._sig_of) > 4 * len(self.groups) + 1024:  # (kept for `_rekey_everyone`)
+                self._sig_of.clear()
+        full = False
         if stale and state == self._global and not relearn:
             index.compact()
         elif state != self._global or stale or relearn:
             self._global = state
             self._learned_at_rebuild = self._learned
-            index.clear()
-            self._base.clear()
-            self._dirty = set(self.groups)
+            full = self._rekey_everyone(now)
+        if not full:
+            due = index.due(now)
+            if len(due) >= _BY_CLASS and self.class_keys:  # many (an idle expert's turn)
+                due = self._rekey_by_class(set(due) - self._dirty, now) | self._dirty
+            self._dirty.update(due)
         dirty, groups, base = self._dirty, self.groups, self._base
-        dirty.update(index.due(now))
         live = dirty & groups.keys()
         if len(live) < len(dirty):
             for sid in dirty - live:  # no cached block left (evicted, or hit)
@@ -286,7 +303,53 @@ class VictimSearch:
                 base.pop(sid, None)
         self._rekey(live, now)
         dirty.clear()
+        if full:  # one entry per session, as a cleared index keyed afresh holds
+            index.compact()
         index.restore()
+
+    def _rekey_everyone(self, now: float) -> bool:
+        """Make every session's key the one its state and the current statistics give:
+        the sessions whose own state changed since the last search (`_dirty`) and those
+        without a timed record are left in `_dirty` for Python; the others are re-keyed
+        by the index from their class's key (`rekey_classes`), each class's being learned
+        by keying one of its sessions in Python first when the statistics changed since it
+        was computed (their class ids were forgotten with `_classes`), not all of them."""
+        index, groups, classes = self._index, self.groups, self._classes
+        own = self._dirty
+        if not self.class_keys or not self._sig_of:
+            index.clear()
+            self._base.clear()
+            self._dirty = set(groups)
+            return False
+        for sid in own:  # their class may have changed with their state: Python keys them
+            index.drop(sid)
+        self._dirty = self._rekey_by_class(None, now) | own
+        # Every timed record now carries a class of `classes` (or is keyed again below).
+        self._sig_of = {c: sig for sig, c in classes.items()}
+        return True
+
+    def _rekey_by_class(self, among: Iterable[str] | None, now: float) -> set[str]:
+        """Re-key the indexed sessions `among` names (None: all) whose own state did not
+        change, class by class (session_heap.py `rekey_classes`): a class whose keys were
+        forgotten (new statistics) is learned by keying one of its sessions in Python.
+        The sessions left for Python to key."""
+        index, groups, classes, sig_of = self._index, self.groups, self._classes, self._sig_of
+        mapping: dict[int, int] = {}
+        keyed: list[str] = []
+        for cls, sid in index.timed_classes(among).items():
+            sig = sig_of.get(cls)
+            if sig is None:
+                continue
+            new = classes.get(sig)
+            if new is None and sid in groups:  # forgotten: key one of the class in Python
+                self._rekey((sid,), now)
+                keyed.append(sid)
+                new = classes.get(sig)
+            if new is not None:
+                mapping[cls] = new
+        rest = index.rekey_classes(mapping, now, among)
+        rest.difference_update(keyed)
+        return rest
 
     def victim_runs(self) -> tuple[list[int], list[tuple[str, int]]] | None:
         """(victims, their runs (session, count)) of the last search when it took whole
@@ -302,8 +365,10 @@ class VictimSearch:
 
     def rekey_all(self) -> None:
         """Make the next search re-key every session, as relearning does (what
-        `bench/allocator.py --eviction-scaling` times to amortize it)."""
+        `bench/allocator.py --eviction-scaling` times to amortize it), with the class keys
+        forgotten as new statistics forget them (relearning follows learning)."""
         self._global = _REKEY_ALL
+        self._token = _REKEY_ALL
 
     def _rekey(self, sids: Iterable[str], now: float) -> None:
         """Key sessions that hold cached blocks, in the index (one loop for all of them:
@@ -342,6 +407,7 @@ class VictimSearch:
                 cls = classes.get(rec[0])
                 if cls is None:
                     cls = classes[rec[0]] = new_class()
+                    self._sig_of[cls] = rec[0]
                 rec = (cls, *rec[1:])
             push(sid, key, b, len(g), until, now, rec)
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from itertools import count
 from operator import index
 from typing import Any
@@ -153,6 +153,20 @@ def graph_rate(f: tuple[float, ...], lo: float) -> float:
     return p / w
 
 
+def _class_limits(formula: tuple, t0: float) -> tuple[float, float]:
+    """(limit, deadline cap) of the record of a session paused at t0 in the class of
+    `formula` (its entry in `_formulas`), as the policies' `_timed_base` gives them: ttl's
+    (mode 3) its break-even time and t0 plus it; graph's (mode 4) none; saga's (mode 2,
+    whose signature fixes its TTL) the class's record limit, just past its TTL, and just
+    past t0 plus that TTL (none once expired)."""
+    mode, _, f, limit = formula
+    if mode == 3:
+        return f[7], t0 + f[7]
+    if mode == 2 and limit < math.inf:
+        return limit, math.nextafter(t0 + math.nextafter(limit, -math.inf), math.inf)
+    return math.inf, math.inf
+
+
 class PySessionHeap:
     """Sessions by (key, tail block); the Python reference (module docstring)."""
 
@@ -168,8 +182,9 @@ class PySessionHeap:
         # sid -> (cls, t0, limit, extra, mult, tie, size, the value last keyed from)
         self._timed: dict[Hashable, tuple] = {}
         self._table: dict[tuple[int, int], tuple[float, float, int]] = {}
-        # cls -> (mode, k0, the formula's numbers; mode 4's without the session's base)
-        self._formulas: dict[int, tuple[int, float, tuple[float, ...]]] = {}
+        # cls -> (mode, k0, the formula's numbers; mode 4's without the session's base,
+        # the limit of the record that gave it)
+        self._formulas: dict[int, tuple[int, float, tuple[float, ...], float]] = {}
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
@@ -187,7 +202,7 @@ class PySessionHeap:
             cls, k, k0, value, mode, t0, limit, extra, mult = check_timed(timed)
             if mode >= 2:
                 f = value
-                self._formulas[cls] = (mode, k0, f[1:] if mode == 4 else f)
+                self._formulas[cls] = (mode, k0, f[1:] if mode == 4 else f, limit)
                 value = f[0] if mode == 4 else None
             else:
                 self._table[cls, k] = (k0, value, mode)
@@ -254,7 +269,7 @@ class PySessionHeap:
             formula = self._formulas.get(cls)
             if formula is None:
                 return False
-            mode, k0, f = formula
+            mode, k0, f, _ = formula
             if mode == 2:
                 w, s, a, b = f
                 r = lo / s
@@ -269,6 +284,62 @@ class PySessionHeap:
         self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,
                     until, now)
         return True
+
+    def _among(self, among: Iterable[Hashable] | None) -> list[Hashable]:
+        """The live sessions: all of them, or those `among` names (unknown ones skipped)."""
+        if among is None:
+            return list(self._version)
+        version = self._version
+        return [sid for sid in dict.fromkeys(among) if sid in version]
+
+    def timed_classes(self, among: Iterable[Hashable] | None = None) -> dict[int, Hashable]:
+        """For each class of the live timed records (of the sessions `among` names, when
+        given), one session of it: the latest paused (largest t0), then the lowest tail
+        block. What a re-key of many sessions keys in Python first, to learn the class's
+        key under the policy's current statistics."""
+        best: dict[int, tuple[float, int, Hashable]] = {}
+        timed = self._timed
+        for sid in self._among(among):
+            t = timed.get(sid)
+            if t is None:
+                continue
+            b = best.get(t[0])
+            if b is None or t[1] > b[0] or (t[1] == b[0] and t[5] < b[1]):
+                best[t[0]] = (t[1], t[5], sid)
+        return {cls: b[2] for cls, b in best.items()}
+
+    def rekey_classes(self, mapping: dict[int, int], now: float,
+                      among: Iterable[Hashable] | None = None) -> set[Hashable]:
+        """A re-key without Python per session: every live session (of those `among`
+        names, when given) whose timed
+        record's class `mapping` maps to a class (itself, while the keys it was computed
+        from still hold) is re-keyed from that class's key at its grid point now, as `due`
+        re-keys; the rest, as a set, for Python to key. A session whose class maps to
+        another one moves only when that class has a formula, whose limits it takes
+        (`_class_limits`); and it goes to Python when its key at now is not known (as
+        `due`) or its pause reached its limit. Sessions are re-keyed in (tail block,
+        version) order, so that both indexes give the same versions and timers; their old
+        entries stay, stale, until `compact`."""
+        version, timed, order, rest = self._version, self._timed, [], set()
+        for sid in self._among(among):
+            t = timed.get(sid)
+            if t is not None and t[0] in mapping:
+                order.append(sid)
+            else:
+                rest.add(sid)
+        order.sort(key=lambda sid: (self._timed[sid][5], version[sid]))
+        for sid in order:
+            t = self._timed[sid]
+            dst = mapping[t[0]]
+            if dst != t[0]:
+                formula = self._formulas.get(dst)
+                if formula is None:
+                    rest.add(sid)
+                    continue
+                self._timed[sid] = (dst, t[1], *_class_limits(formula, t[1]), *t[4:])
+            if not self._rekey_from_table(sid, now):
+                rest.add(sid)
+        return rest
 
     def _live_top(self) -> tuple[Key, int, int, Hashable, int] | None:
         heap, version = self._heap, self._version

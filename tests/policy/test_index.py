@@ -119,17 +119,25 @@ def test_a_deadline_rounded_onto_the_search_time_re_keys_once(name):
 
 @pytest.mark.parametrize("name", INDEXED)
 def test_rekey_all_makes_the_next_search_re_key_every_session(name):
-    policy = build(name)
-    m = make(policy, num_blocks=12)
-    for i, sid in enumerate("abc"):
+    """A full re-key (what relearning does) gives every session the key that the current
+    statistics give (the scan's order), though Python keys only one session of each class
+    of timed records whose statistics changed and the index re-keys the rest of it
+    (search.py `_rekey_everyone`)."""
+    policy = build(name, relearn_share=100.0)  # no relearning but `rekey_all`
+    m = make(policy, num_blocks=24)
+    for i, sid in enumerate("abcde"):
         run_step(m, sid, tokens(100 * i, 12), now=0.01 * i, tool="search")
     policy.choose_victims(1, 0.5)
     keyed = count_keyings(policy)
     policy.choose_victims(1, 0.5)
     assert keyed == []
+    # Learning: "a" resumes after its pause on the tool the others wait on too, and pauses.
+    run_step(m, "a", tokens(0, 16), now=0.6, tool="edit")
     policy.rekey_all()
-    policy.choose_victims(1, 0.5)
-    assert len(policy.groups) == 3 and sorted(keyed) == sorted(policy.groups)
+    policy.choose_victims(1, 0.6)
+    # a (its own state changed) and one of b-e (one class)
+    assert len(policy.groups) == 5 and sorted(keyed)[0] == "a" and len(keyed) == 2
+    assert policy.eviction_order(0.6) == policy.scan_order(0.6)
 
 
 @pytest.mark.parametrize("name", INDEXED)

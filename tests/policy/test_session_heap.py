@@ -59,6 +59,12 @@ ops = st.one_of(
     st.tuples(st.just("restore")),
     st.tuples(st.just("compact")),
     st.tuples(st.just("clear")),
+    st.tuples(st.just("timed_classes"), st.one_of(st.none(), st.lists(sids, max_size=4))),
+    # A re-key of all (None) or some sessions: classes mapped to themselves or to others
+    # (a formula's class or not).
+    st.tuples(st.just("rekey_classes"),
+              st.dictionaries(st.integers(0, 6), st.integers(0, 6), max_size=4), times,
+              st.one_of(st.none(), st.lists(sids, max_size=4))),
 )
 
 
@@ -233,3 +239,38 @@ def test_the_quantile_falls_back_to_normal_dist_inv_cdf(monkeypatch):
     public.NormalDist = statistics.NormalDist
     monkeypatch.setitem(sys.modules, "statistics", public)
     assert keys(make_session_heap(True)) == want
+
+
+@pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
+def test_a_full_re_key_moves_sessions_to_their_class_under_new_statistics(cpp):
+    """`rekey_classes`: a session of a forgotten class (old statistics) is keyed from the
+    class its signature has now when that class has a formula (ttl's: its limit and
+    deadline from the new break-even time), itself re-keyed from its own class while
+    those keys hold; the others, and sessions without a record, go back to Python."""
+    if cpp and SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    from kvsaga.policy.session_heap import ttl_window_key
+
+    index = make_session_heap(cpp)
+    old, new = GOOD[3][3], _with(GOOD[3], 3, 2.5, 7)[3]  # the break-even time 4 -> 2.5
+    k, _, _ = grid_index(0.2)
+    index.push("a", (2, 1.0), 10, 4, 0.3, 0.2, (5, k, 1, old, 3, 0.0, 4.0, 4.0, 1.0))
+    index.push("b", (2, 2.0), 20, 4, 0.3, 0.2, (1, k, 2, 0.5, 0, 0.0, math.inf, math.inf, 2.0))
+    index.push("c", (3, 0.0), 30, 4, math.inf, 0.2)  # no timed record
+    index.push("d", (2, 0.0), 40, 4, 0.3, 0.2, (8, k, 1, new, 3, 0.1, 2.5, 2.6, 1.0))
+    assert index.timed_classes() == {5: "a", 1: "b", 8: "d"}
+    index.forget_keys()
+    index.push("d", (2, 5.0), 40, 4, 0.3, 0.2, (9, k, 1, new, 3, 0.1, 2.5, 2.6, 1.0))
+    # a: class 5 -> 9 (a formula); b: class 1 -> 1, but the table was forgotten; d: its
+    # class is not mapped (as the session a full re-key keyed in Python to learn it).
+    assert index.rekey_classes({5: 9, 1: 1}, 1.0) == {"b", "c", "d"}
+    _, lo, _ = grid_index(1.0)
+    assert index.top() == (ttl_window_key(new, 0.0, lo), 10)
+    assert "a" not in index.due(2.4)  # re-keyed at its grid points below the new limit
+    assert index.due(2.5) == ["a"]  # past the new break-even time: Python keys it
+    index.drop("a")
+    index.drop("d")
+    index.push("e", (2, 0.0), 50, 4, 0.3, 3.0, (1, k, 2, 0.5, 0, 2.8, math.inf, math.inf, 1.0))
+    # b and e move to class 9: b is past its break-even time, e (paused at 2.8) is not.
+    assert index.rekey_classes({1: 9}, 3.0) == {"b", "c"}
+    assert index.top() == (ttl_window_key(new, 2.8, grid_index(0.2)[1]), 50)
