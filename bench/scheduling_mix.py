@@ -221,36 +221,60 @@ def tenant_table(rows: list[dict]) -> list[str]:
     return out
 
 
-FIT_SEEDS = (101, 102, 103)  # the compute-share fit's seeds of both mixes (never reported)
-SHARE_GRID = (0, 64, 128, 256, 512, 1024)  # share_step_tokens tried (0: compute share off)
+FIT_SEEDS = tuple(range(102, 110))  # the AFS fit seeds of both mixes (never reported)
+SHARE_GRID = (0, 64, 128, 256, 512)  # share_step_tokens tried (0: compute share off)
+
+
+def _fit_point(task: tuple) -> tuple[dict, dict[str, float]]:
+    """One fit point (mix, seed, capacity) under each `SHARE_GRID` value: per value, the
+    run's mean TCT and ratio; each tenant's TCT alone on half the GPU is simulated once (a
+    tenant alone has no other tenant to share with, so the value does not change it)."""
+    from scheduling import capacity
+
+    from kvsaga.sim.compare import tenant_share
+    name, seed, frac = task
+    sched, policy = DEFAULT.split("+")
+    sessions = mix_trace(name, seed)
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(sessions, frac, len(MIXES[name])),
+                    policy=policy, scheduler=sched)
+    half = tenant_share(cfg, len(MIXES[name]))
+    alone = {t: simulate([s for s in sessions if s.tenant == t], half).tct_mean_s
+             for t, *_ in MIXES[name]}
+    out = {}
+    for w in SHARE_GRID:
+        r = simulate(sessions, dataclasses.replace(
+            cfg, scheduler_params={"share_step_tokens": w})).to_dict()
+        slow = {t: r["tenants"][t]["tct_mean_s"] / alone[t] for t in alone}
+        out[w] = {"tct_mean_s": r["tct_mean_s"], "slowdowns": slow,
+                  "ratio": max(slow.values()) / min(slow.values())}
+    return out, alone
 
 
 def fit_share(workers: int) -> int:
     """Fit `share_step_tokens` (Agent Fair Share of compute) on both mixes at `FIT_SEEDS`
     and their capacities: the lowest mean afs_max_slowdown_ratio among the values whose mean
-    TCT is no worse than with the share off at any fit point; prints every point, returns
-    the value picked."""
-    from scheduling import run
-    sched, policy = DEFAULT.split("+")
+    TCT is no worse than with the share off at any fit point (0 if none); prints every
+    point, returns the value picked."""
+    from concurrent.futures import ProcessPoolExecutor
     points = [(name, seed, frac) for name in MIXES for seed in FIT_SEEDS
               for frac in MIX_FRACS[name]]
-    tasks = [(name, seed, MIX_LOAD if name == "mix" else 1.0, frac, sched, policy,
-              {"share_step_tokens": w}) for w in SHARE_GRID for name, seed, frac in points]
-    rows = run(tasks, workers)
-    by = {}
-    for r in rows:
-        by.setdefault(r["params"]["share_step_tokens"], []).append(r)
-        print(f"share_step_tokens {r['params']['share_step_tokens']}, {r['family']} seed "
-              f"{r['seed']} {r['frac']:.0%}: ratio {r['afs_max_slowdown_ratio']:.2f} "
-              f"({_slowdowns(r)}), mean TCT {r['tct_mean_s']:.1f} s")
-    off = by[0]
-    ok = [w for w in SHARE_GRID if all(
-        r["tct_mean_s"] <= o["tct_mean_s"] for r, o in zip(by[w], off, strict=True))]
-    best = min(ok, key=lambda w: sum(r["afs_max_slowdown_ratio"] for r in by[w]))
+    with ProcessPoolExecutor(workers) as ex:
+        res = list(ex.map(_fit_point, points))
+    for (name, seed, frac), (by, _) in zip(points, res, strict=True):
+        for w, r in by.items():
+            print(f"share_step_tokens {w}, {name} seed {seed} {frac:.0%}: ratio "
+                  f"{r['ratio']:.2f} (" + ", ".join(f"{t} {v:.2f}" for t, v in
+                                                    r["slowdowns"].items())
+                  + f"), mean TCT {r['tct_mean_s']:.1f} s")
+    ok = [w for w in SHARE_GRID if all(by[w]["tct_mean_s"] <= by[0]["tct_mean_s"]
+                                       for by, _ in res)]
+    best = min(ok, key=lambda w: sum(by[w]["ratio"] for by, _ in res))
     for w in SHARE_GRID:
-        mean = sum(r["afs_max_slowdown_ratio"] for r in by[w]) / len(by[w])
-        print(f"share_step_tokens {w}: mean ratio {mean:.2f}"
-              f"{'' if w in ok else ' (a mean TCT worse than off)'}")
+        mean = sum(by[w]["ratio"] for by, _ in res) / len(res)
+        worse = sum(by[w]["tct_mean_s"] > by[0]["tct_mean_s"] for by, _ in res)
+        print(f"share_step_tokens {w}: mean ratio {mean:.3f}, mean TCT "
+              f"{sum(by[w]['tct_mean_s'] for by, _ in res) / len(res):.2f} s"
+              f"{'' if w in ok else f' (mean TCT worse than off at {worse} points)'}")
     print(f"picked share_step_tokens {best} (both mixes, seeds "
           f"{', '.join(map(str, FIT_SEEDS))})")
     return best
@@ -276,18 +300,46 @@ def floors(seeds: list[int], workers: int, params: dict | None = None) -> None:
                   for t, v in r["tenants"].items()) + " (shared / whole GPU / unloaded)")
 
 
+def report(workers: int, seeds: list[int] | None = None) -> None:
+    """Run only the mixes' rows of bench/scheduling.py (`mix_tasks`) and print their goals
+    lines and per-tenant table (RESULTS' AFS and noisy-neighbour bullets come from here).
+    `seeds`: run both mixes on these seeds instead (fresh seeds, once)."""
+    global MIX_SEED, NOISY_SEEDS
+    from scheduling import CONFIGS, run
+    mix_seeds = seeds or [MIX_SEED]
+    if seeds:
+        NOISY_SEEDS = tuple(seeds)
+    tasks = []
+    for seed in mix_seeds:
+        MIX_SEED = seed
+        tasks += [t for t in mix_tasks(CONFIGS) if t[0] == "mix" or seed == mix_seeds[0]]
+    rows = run(tasks, workers)
+    for seed in mix_seeds:
+        MIX_SEED = seed  # afs_lines' unloaded floors are this seed's
+        print("\n".join(afs_lines([r for r in rows if r["family"] == "mix"
+                                   and r["seed"] == seed])))
+    print("\n".join(afs_lines([r for r in rows if r["family"] == "noisy"])))
+    print("\n".join(tenant_table(rows)))
+
+
 if __name__ == "__main__":
     import argparse
     import json
     ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)"
-                                 ", or with --floors print the mix's floors (see floors)")
+                                 ", with --floors print the mix's floors (see floors), or "
+                                 "with --report run the mixes' rows (see report)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--floors", metavar="SEEDS", help="comma-separated development seeds of "
                     "the mix (never its report seed, MIX_SEED)")
     ap.add_argument("--params", type=json.loads, default=None,
                     help="with --floors: the default scheduler's parameters, as JSON")
+    ap.add_argument("--report", action="store_true", help="run and print the mixes' rows")
+    ap.add_argument("--seeds", metavar="SEEDS", help="with --report: comma-separated seeds "
+                    "for both mixes instead of MIX_SEED and NOISY_SEEDS")
     args = ap.parse_args()
-    if args.floors:
+    if args.report:
+        report(args.workers, [int(x) for x in args.seeds.split(",")] if args.seeds else None)
+    elif args.floors:
         chosen = [int(x) for x in args.floors.split(",")]
         if MIX_SEED in chosen:
             ap.error(f"seed {MIX_SEED} is the mix's report seed: pick development seeds")

@@ -30,9 +30,10 @@ each tenant's admissions stay within a stated bound of its fair share. With two 
 tenants present, each also has a weighted share of the tiers: a tenant whose session fits
 within its share is not refused for other tenants' paused sessions above their shares
 (they are demoted) nor held behind another tenant's session that does not fit. And, opt-in
-(`share_step_tokens`, default off), while two or more tenants compete in a batch step its
-tokens are capped and split among them by weight (decodes always run), so one tenant's
-prefill does not fill every step another tenant's requests run in. The working-set rule
+(`share_step_tokens`, default off), while two or more tenants compete in a batch step the
+tenant with the least weighted service may fill it and the others' prefill is capped
+(decodes always run), so one tenant's prefill does not fill every step another tenant's
+requests run in. The working-set rule
 (growth estimate, demotion deadline, shrink order) is `kvsaga.scheduler.working_set`, which
 the vLLM session gate shares.
 

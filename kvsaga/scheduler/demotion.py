@@ -29,17 +29,20 @@ class Demotions:
         earlier single-seed `--fit`.) Aging:
         sessions demoted `shrink_aging` times already go after all others, or the same
         long-tool sessions are demoted at every pause and make the p95 TCT (seed 101, bfcl
-        1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse)."""
+        1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse). With two or more
+        tenants, only sessions of tenants above their shares are demoted (the shares sum to
+        the limit, so an excess is always some tenant's): a tenant within its share is not
+        shrunk for another's growth (tests/scheduler/test_share_shrink.py)."""
         limit = self.overcommit * self.capacity
         if self._committed > limit:
             shares = self._shares(limit)
-            order = self._demotion_order(self.sessions)
-            if shares is not None:  # tenants above their shares first (AFS)
-                held = self._tenant_blocks
-                order.sort(key=lambda sid: held.get(self.sessions[sid].tenant, 0)
-                           <= shares[self.sessions[sid].tenant])
-            shrink(self.sessions, order, lambda: self._committed > limit,
-                   lambda a: not a.active, lambda sid: self._demote_session(sid, now))
+            held = self._tenant_blocks
+
+            def demotable(a) -> bool:  # AFS: only tenants above their shares are shrunk
+                return not a.active and (shares is None or held.get(a.tenant, 0) > shares[a.tenant])
+            shrink(self.sessions, self._demotion_order(self.sessions),
+                   lambda: self._committed > limit, demotable,
+                   lambda sid: self._demote_session(sid, now))
 
     def _demotion_order(self, sids) -> list[str]:
         """Admitted sessions `sids` in the order they are demoted: `shrink_order`, those

@@ -28,22 +28,36 @@ session of t waits and t's admitted working sets plus its own fit within t's sha
 refused only while other tenants' active sessions (a step queued or running) hold the room:
 other tenants' paused sessions above their shares are demoted for it (all that are needed,
 or none when that cannot make room), and the next session of a tenant that does not fit
-does not hold it back (it is tried next). Without a second tenant nothing binds: a tenant
-alone uses all of the memory. tests/scheduler/test_share.py checks both sides.
+does not hold it back (it is tried next). When the admitted working sets outgrow the tiers
+(contexts grew past their prediction), the shrink demotes only paused sessions of tenants
+above their shares: a tenant within its share is not demoted for another's growth. Without
+a second tenant nothing binds: a tenant alone uses all of the memory.
+tests/scheduler/test_share.py and test_share_shrink.py check both sides.
 
-Compute (`ComputeShares`, opt-in: `WorkflowScheduler(share_step_tokens=N)`, default 0 =
-off, because the cap shortens every batch step while tenants compete and a real engine pays
-a fixed cost per step; bench/scheduling_mix.py fits N on the simulator): while two or more
-tenants compete in a batch step (a request running or waiting), the step's tokens are split
-among them by `share_allowances` (max-min fair by weight over `share_step_tokens`; a tenant
-that needs less than its share leaves the rest to the others). A running prefill chunk or an
-admitted step's first chunk takes only what its tenant has left; a tenant with nothing left
-sits the step out, and its queued step does not hold back another tenant's. Decodes (and
-1-token chunks) always run and are charged first. Bound, per step: each competing tenant
-computes at least min(its demand, floor(share_step_tokens x its weight share)) tokens (at
-least 1), so a tenant with many sessions cannot fill the step with its prefill while another
-tenant's steps wait or decode in it. tests/scheduler/test_share_compute.py checks the bound
-on random demands and the scheduler following it.
+Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=N)`; 0 = off): while two or
+more tenants compete in a batch step (a request running or waiting), the competing tenant
+with the least weighted service (prefill tokens computed for it in competing steps, over
+its weight; ties: a tenant with a step waiting, then the running queue's order) is
+favoured: it may fill the step up to the token budget. Every other competing tenant
+computes at most max(floor(N x w_t / sum of the other competing tenants' weights), 1)
+tokens besides its decodes (`favoured_allowances`): a running prefill chunk or an admitted
+step's first chunk takes only what its tenant has left, a tenant with nothing left sits
+the step out, and its queued step does not hold back another tenant's. Decodes (and
+1-token chunks) always run and are charged first.
+
+Why favour the tenant behind rather than split the step evenly (the rule before): a light
+tenant's steps otherwise ride in batch steps full of a heavy tenant's prefill (its decodes
+wait for the whole step), and an even split caps the light tenant's own prefill too; its
+mean TCT was above its TCT alone on its 1/k of the GPU (bench/RESULTS.md, noisy
+neighbour). Max-min fairness gives a tenant that asks for less than its share all it asks.
+
+Bounds (tests/scheduler/test_share_compute.py checks both): (1) per step, a competing tenant
+that is not favoured computes at most its cap above plus its decodes, so a step that carries
+the favoured tenant's work holds at most N tokens of the others' prefill; (2) service, two
+tenants: while both have more work than a step holds and budget >= N x (1 + largest weight /
+smallest weight), the spread of their weighted service (largest minus smallest service /
+weight) never grows past max(its start, budget / smallest weight): the tenant behind gains
+more per step than the one ahead until it overtakes it, by at most one step's budget.
 """
 
 from __future__ import annotations
@@ -91,67 +105,80 @@ class FairShare:
         d[tenant] -= 1.0
 
 
-def share_allowances(demands: Mapping[str | None, float], weights: Mapping[str | None, float],
-                     step_tokens: int) -> dict[str | None, int]:
-    """Agent Fair Share of one batch step's compute: tokens each competing tenant may have
-    computed in the step (max-min fair by weight, i.e. water-filling).
+def favoured_allowances(demands: Mapping[str | None, float],
+                        weights: Mapping[str | None, float], served: Mapping[str | None, float],
+                        step_tokens: int, budget: int) -> tuple[str | None, dict[str | None, int]]:
+    """Agent Fair Share of one batch step's compute: the favoured tenant and the tokens each
+    competing tenant may have computed in the step (see the module docstring, "Compute").
 
-    `demands`: tokens each competing tenant could use in the step (its running requests'
-    next chunks and decodes; `math.inf` with a session step waiting). `step_tokens` is
-    split by weight; a tenant whose demand is below its share gets its demand and the rest
-    of its share goes to the others, by weight (work-conserving). Bound: every tenant gets
-    at least min(its demand, floor(step_tokens x w_t / sum of the weights), and at least 1).
+    `demands`: the competing tenants (their values are not read: a favoured tenant's demand
+    is bounded by the budget anyway). `served`: tokens computed for each tenant in earlier
+    competing steps. The tenant with the least `served / weight` (ties: the first in
+    `demands`) gets `budget`; each other one max(floor(step_tokens x its weight / the other
+    tenants' weights), 1).
+
+    Raises:
+        ValueError: fewer than two tenants, or a weight that is not positive.
     """
-    left = dict(demands)
-    out: dict[str | None, int] = {}
-    room = float(step_tokens)
-    while left:
-        total = sum(weights.get(t, 1.0) for t in left)
-        sated = [t for t in left if left[t] <= room * weights.get(t, 1.0) / total]
-        if not sated:
-            break
-        for t in sated:
-            out[t] = int(left.pop(t))
-            room -= out[t]
-    for t in left:
-        out[t] = max(int(room * weights.get(t, 1.0) / total), 1)
-    return out
+    if len(demands) < 2:
+        raise ValueError(f"compute shares need two or more competing tenants, got "
+                         f"{list(demands)!r}")
+    w = {t: weights.get(t, 1.0) for t in demands}
+    bad = [t for t, x in w.items() if not x > 0]
+    if bad:
+        got = ", ".join(f"{t!r}: {w[t]!r}" for t in bad)
+        raise ValueError(f"tenant weights must be > 0, got {got}")
+    fav = min(demands, key=lambda t: served.get(t, 0.0) / w[t])
+    rest = sum(x for t, x in w.items() if t != fav)
+    out = {t: max(int(step_tokens * w[t] / rest), 1) for t in demands if t != fav}
+    out[fav] = budget
+    return fav, out
 
 
 class ComputeShares:
     """Agent Fair Share of compute, a part of `WorkflowScheduler` (a mixin): while two or
-    more tenants compete (a request running or waiting), each batch step's tokens follow
-    `share_allowances` over `share_step_tokens`: a running request's prefill chunk and an
-    admitted request's first chunk take only what their tenant's allowance has left (none
-    left: it sits the step out). Decodes are never held back, so a step's decodes all run
-    (the engine's batched decode and the simulator's decode runs rely on it). With fewer
-    than two tenants competing, or `share_step_tokens` 0, nothing changes.
+    more tenants compete (a request running or waiting), each batch step follows
+    `favoured_allowances`: the tenant with the least weighted service so far may fill the
+    step, each other one computes at most its part of `share_step_tokens` besides its
+    decodes; a running request's prefill chunk and an admitted request's first chunk take
+    only what their tenant's allowance has left (none left: it sits the step out). Decodes
+    are never held back, so a step's decodes all run (the engine's batched decode and the
+    simulator's decode runs rely on it). With fewer than two tenants competing, or
+    `share_step_tokens` 0, nothing changes.
 
     Why: a tenant with many sessions otherwise fills every batch step with its prefill
     chunks, and another tenant's decodes ride in those long steps (bench/RESULTS.md, the
-    noisy-neighbour rows). Short steps while tenants compete bound that.
+    noisy-neighbour rows).
     """
 
     share_step_tokens = 0
     _allow: dict[str | None, int] | None = None
+    _served: dict[str | None, float]  # tokens computed per tenant in competing steps
 
     def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
         """The step's allowances, from the running requests' `needs` (None: no sharing)."""
         if not self.share_step_tokens:
             return None
-        demands: dict[str | None, float] = {}
+        # Tenants with a step waiting first: they win ties of service (at the start, the
+        # tenant that would wait goes ahead of the one whose prefill runs).
+        demands: dict[str | None, float] = {r.tenant: math.inf for r in self._waiting_heads()}
         for r, n in zip(self.running, needs, strict=True):
             demands[r.tenant] = demands.get(r.tenant, 0) + n
-        for r in self._waiting_heads():
-            demands[r.tenant] = math.inf
         if len(demands) < 2:
             return None
-        allow = share_allowances(demands, self.tenant_weights,
-                                 min(self.share_step_tokens, self.max_num_batched_tokens))
+        _, allow = favoured_allowances(demands, self.tenant_weights, self._served,
+                                       min(self.share_step_tokens, self.max_num_batched_tokens),
+                                       self.max_num_batched_tokens)
         for r, n in zip(self.running, needs, strict=True):
-            if n == 1:  # decodes always run: charged first
+            if n == 1:  # decodes always run: charged first (not served: see `_serve`)
                 allow[r.tenant] -= 1
         return allow
+
+    def _serve(self, tenant: str | None, n: int) -> None:
+        """Count `n` prefill tokens computed for `tenant` in a competing step. Decodes are
+        not counted: they always run, and a simulator's decode run (many decode steps
+        decided at once) must leave the same service as its steps one by one."""
+        self._served[tenant] = self._served.get(tenant, 0) + n
 
     def schedule(self, now, executor):
         if not self.share_step_tokens:  # off (the default): no pass over the running requests
@@ -179,6 +206,7 @@ class ComputeShares:
             return n
         n = max(min(n, allow[req.tenant]), 0)
         allow[req.tenant] -= n
+        self._serve(req.tenant, n)
         return n
 
     def _chunk_limit(self, req, budget: int) -> int:
@@ -190,6 +218,7 @@ class ComputeShares:
     def _charge_chunk(self, req, n: int) -> None:
         if self._allow is not None and req.tenant in self._allow:
             self._allow[req.tenant] -= n
+            self._serve(req.tenant, n)
 
     def _share_backfill(self, head) -> list:
         """When `head`'s tenant has no allowance left in this step: the first waiting

@@ -1,7 +1,8 @@
-"""Agent Fair Share of compute (`fair_share.share_allowances`, `ComputeShares`): the split
-of a batch step's tokens among competing tenants, its stated bound, and the scheduler
-following it (a long prefill of one tenant leaves room for another's step in the same
-batch step; one tenant alone is not touched)."""
+"""Agent Fair Share of compute (`fair_share.favoured_allowances`, `ComputeShares`): the
+favoured tenant (least weighted service) and the caps of the others, both stated bounds
+(per step; the spread of weighted service), the scheduler following them (a long prefill
+of one tenant leaves room for another's step; a tenant with several prefills is capped while
+another is behind), bad input, and one tenant alone untouched."""
 
 from __future__ import annotations
 
@@ -10,56 +11,101 @@ import random
 
 import pytest
 
-from kvsaga.scheduler.fair_share import share_allowances
+from kvsaga.scheduler.fair_share import favoured_allowances
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import manager, toks, wf
 
-
-def test_allowances_follow_weights_and_give_unused_shares_away():
-    assert share_allowances({"a": math.inf, "b": math.inf}, {}, 128) == {"a": 64, "b": 64}
-    assert share_allowances({"a": math.inf, "b": math.inf}, {"b": 3.0}, 128) == {
-        "a": 32, "b": 96}
-    # b needs 10 (its decodes): the rest of its share goes to a (work-conserving)
-    assert share_allowances({"a": math.inf, "b": 10}, {}, 128) == {"a": 118, "b": 10}
-    assert share_allowances({"a": 5, "b": 10}, {}, 128) == {"a": 5, "b": 10}
+INF = math.inf
 
 
-def test_allowances_bound_on_random_demands():
-    """The docstring's bound: each tenant gets at least min(its demand, floor(step x its
-    weight share)) and at least 1; sated tenants get exactly their demand; the split never
-    exceeds the step but by the 1-token minimums, and wastes at most one token a tenant."""
+def test_the_tenant_behind_gets_the_budget_and_the_others_their_caps():
+    assert favoured_allowances({"a": INF, "b": INF}, {}, {"a": 10, "b": 3}, 128, 512) == (
+        "b", {"a": 128, "b": 512})
+    # weights: b's service counts a third as much; a, ahead, keeps the cap
+    assert favoured_allowances({"a": INF, "b": INF}, {"b": 3.0}, {"a": 10, "b": 27}, 128,
+                               512) == ("b", {"a": 128, "b": 512})
+    # three tenants: the two not favoured split the cap by weight (at least 1 each)
+    fav, got = favoured_allowances({"a": INF, "b": 5, "c": INF}, {"c": 3.0},
+                                   {"a": 0, "b": 9, "c": 90}, 100, 400)
+    assert fav == "a" and got == {"a": 400, "b": 25, "c": 75}
+    assert favoured_allowances({"a": 1, "b": 1}, {}, {"a": 5}, 1, 8) == ("b", {"a": 1, "b": 8})
+    # ties: the first tenant in `demands`
+    assert favoured_allowances({"b": INF, "a": 3}, {}, {}, 64, 256)[0] == "b"
+
+
+@pytest.mark.parametrize("demands,weights,match", [
+    ({"a": INF}, {}, "two or more competing tenants"),
+    ({"a": INF, "b": INF}, {"b": 0.0}, "tenant weights must be > 0, got 'b': 0.0"),
+    ({"a": INF, "b": INF}, {"a": -2.0}, "tenant weights must be > 0, got 'a': -2.0"),
+])
+def test_bad_allowance_input_is_refused(demands, weights, match):
+    with pytest.raises(ValueError, match=match):
+        favoured_allowances(demands, weights, {}, 64, 128)
+
+
+def test_per_step_bound_on_random_input():
+    """Bound (1): every tenant but the favoured one (the least served / weight) gets
+    max(floor(step x w / the others' weights), 1), whose sum is at most step + k; the
+    favoured one gets the whole budget."""
     rng = random.Random(5)
     for _ in range(2000):
         k = rng.randint(2, 5)
         tenants = [f"t{i}" for i in range(k)]
         weights = {t: rng.choice([0.5, 1.0, 2.0, 3.0]) for t in tenants}
-        demands = {t: rng.choice([math.inf, rng.randint(1, 300)]) for t in tenants}
-        step = rng.randint(1, 512)
-        got = share_allowances(demands, weights, step)
-        total = sum(weights.values())
+        served = {t: rng.randint(0, 1000) for t in tenants}
+        budget = rng.randint(1, 1024)
+        step = rng.randint(1, budget)
+        fav, got = favoured_allowances(dict.fromkeys(tenants, INF), weights, served, step,
+                                       budget)
+        assert served[fav] / weights[fav] == min(served[t] / weights[t] for t in tenants)
+        assert got[fav] == budget
+        rest = sum(weights[t] for t in tenants if t != fav)
         for t in tenants:
-            assert got[t] >= max(min(demands[t], math.floor(step * weights[t] / total)), 1)
-            assert got[t] <= max(demands[t], 1)
-        assert sum(got.values()) <= step + k
-        if sum(demands.values()) >= step:
-            assert sum(got.values()) >= step - k
+            if t != fav:
+                assert got[t] == max(math.floor(step * weights[t] / rest), 1)
+        assert sum(v for t, v in got.items() if t != fav) <= step + k
 
 
-def _long_prefill(s, ex, session="A0"):
-    """A request of tenant A with a 200-token prompt admitted and partly prefilled."""
-    r = ToyRequest(session, toks(0, 200), tenant="A", max_new=2)
+def test_service_spread_bound_while_both_tenants_have_more_work():
+    """Bound (2), two tenants: with both demands above a step's budget, each step the one
+    ahead takes its cap and the favoured one the rest of the budget; when budget >= step x
+    (1 + largest weight / smallest weight), the spread of weighted service (largest -
+    smallest service / weight) never grows past max(its start, budget / smallest weight)."""
+    rng = random.Random(11)
+    for _ in range(500):
+        weights = {"a": rng.choice([0.5, 1.0, 2.0, 3.0]), "b": rng.choice([0.5, 1.0, 3.0])}
+        ratio = max(weights.values()) / min(weights.values())
+        budget = rng.randint(8, 1024)
+        step = rng.randint(1, max(int(budget / (1 + ratio)), 1))
+        served = {t: float(rng.randint(0, 3000)) for t in weights}
+
+        def spread(served=served, weights=weights):
+            v = [served[t] / weights[t] for t in weights]
+            return max(v) - min(v)
+
+        bound = max(spread(), budget / min(weights.values()))
+        for _ in range(200):
+            fav, got = favoured_allowances(dict.fromkeys(weights, INF), weights, served,
+                                           step, budget)
+            other = "b" if fav == "a" else "a"
+            served[other] += got[other]
+            served[fav] += budget - got[other]
+            assert spread() <= bound + 1e-9
+
+
+def _long_prefill(s, ex, session="A0", n=200):
+    """A request of tenant A with an `n`-token prompt admitted and partly prefilled."""
+    r = ToyRequest(session, toks(0 if session == "A0" else 20_000, n), tenant="A", max_new=2)
     s.add(r, 0.0)
-    out = s.schedule(0.0, ex)
-    ex.run(s, out, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
     return r
 
 
 @pytest.mark.parametrize("share", [32, 0, None])
-def test_a_long_prefill_leaves_another_tenant_its_share(share):
-    """While B's step waits, A's running prefill takes only its half of the step's share
-    and B's step is admitted with its own in the same batch step; with the share off
-    (0, and the default, None: it is opt-in), A's chunk takes the whole budget and B is not
-    admitted."""
+def test_a_long_prefill_leaves_another_tenant_room(share):
+    """While B's step waits, A's running prefill takes only its cap and B's step is admitted
+    in the same batch step (B, with a step waiting, wins the tie of service); with the share
+    off (0, and the default, None), A's chunk takes the whole budget and B is not admitted."""
     m = manager(128)
     s = wf(m) if share is None else wf(m, share_step_tokens=share)
     ex = ToyExecutor(m)
@@ -69,35 +115,63 @@ def test_a_long_prefill_leaves_another_tenant_its_share(share):
     out = s.schedule(1.0, ex)
     chunks = {r.session_id: n for r, n in out.scheduled}
     if share:
-        assert chunks == {"A0": 16, "B0": 16} and out.admitted == [b]
+        assert chunks == {"A0": 32, "B0": 32} and out.admitted == [b]
     else:
         assert chunks == {"A0": 64} and out.admitted == []
     assert a in s.running
     m.check_integrity()
 
 
+def test_the_tenant_ahead_is_capped_across_its_requests():
+    """A has two prefills running and has been served more than B: in each step while B's
+    request runs, A's prefill chunks together take at most the cap (bound 1), whatever
+    A's number of requests, and B's prefill goes whole."""
+    m = manager(256)
+    s = wf(m, share_step_tokens=16, max_num_batched_tokens=64)
+    ex = ToyExecutor(m)
+    _long_prefill(s, ex, "A0", 300)
+    _long_prefill(s, ex, "A1", 300)
+    s._served.update({"A": 500, "B": 0})
+    b = ToyRequest("B0", toks(9000, 120), tenant="B", max_new=3, arrival=1.0)
+    s.add(b, 1.0)
+    for step in range(4):
+        out = s.schedule(1.0 + step, ex)
+        got: dict[str, int] = {}
+        for r, n in out.scheduled:
+            if n > 1:
+                got[r.tenant] = got.get(r.tenant, 0) + n
+        assert got.get("A", 0) <= 16, (step, got)
+        if step < 2:  # B's 120-token prompt: 48 then 48 (the budget less A's 16), then 24
+            assert got["B"] == 48, (step, got)
+        ex.run(s, out, 1.0 + step)
+    assert s._served["A"] < 500 + 4 * 16 + 1
+    m.check_integrity()
+
+
 def test_one_tenant_alone_keeps_the_whole_budget():
     """No other tenant competes: A's prefill takes the whole token budget, as without
-    tenants (single-tenant decisions are unchanged)."""
+    tenants (single-tenant decisions are unchanged), and no service is counted."""
     m = manager(128)
     s = wf(m, share_step_tokens=32)
     ex = ToyExecutor(m)
     _long_prefill(s, ex)
     out = s.schedule(1.0, ex)
     assert [n for _, n in out.scheduled] == [64]
+    assert s._served == {}
 
 
-def test_a_tenant_out_of_share_does_not_hold_the_queue():
-    """A's running prefill spends A's allowance; A's resumed step at the head of the queue
-    then sits the step out and B's session behind it is admitted instead (without that,
-    nobody would be admitted in the step)."""
+def test_a_tenant_out_of_allowance_does_not_hold_the_queue():
+    """A, ahead in service, spends its cap on its running prefill; A's resumed step at the
+    head of the queue then sits the step out and B's session behind it is admitted instead
+    (without that, nobody would be admitted in the step)."""
     m = manager(128)
-    s = wf(m, share_step_tokens=32)
+    s = wf(m, share_step_tokens=16)
     ex = ToyExecutor(m)
     a0 = ToyRequest("A0", toks(9000, 20), tenant="A", max_new=1, last=False)
     s.add(a0, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=0.5)  # admitted, then paused
     _long_prefill(s, ex, session="A1")
+    s._served["A"] = 100
     nxt = ToyRequest("A0", toks(9000, 22), tenant="A", max_new=1, resumed=True, arrival=0.5)
     b = ToyRequest("B0", toks(5000, 20), tenant="B", max_new=2, arrival=1.0)
     s.add(nxt, 0.5)
@@ -105,10 +179,18 @@ def test_a_tenant_out_of_share_does_not_hold_the_queue():
     assert s.waiting[0] is nxt  # the resumed step heads the queue
     out = s.schedule(1.0, ex)
     assert out.admitted == [b]
-    assert {r.session_id: n for r, n in out.scheduled} == {"A1": 16, "B0": 16}
+    assert {r.session_id: n for r, n in out.scheduled} == {"A1": 16, "B0": 20}
     m.check_integrity()
 
 
-def test_bad_share_parameter_is_refused():
-    with pytest.raises(ValueError, match="share_step_tokens"):
-        wf(manager(16), share_step_tokens=-1)
+@pytest.mark.parametrize("kw,match", [
+    ({"share_step_tokens": -1}, "share_step_tokens"),
+    ({"share_step_tokens": 1.5}, "share_step_tokens"),
+    ({"share_step_tokens": "128"}, "share_step_tokens"),
+    ({"tenant_weights": {"a": 0.0}}, r"tenant_weights\['a'\]"),
+    ({"tenant_weights": {"a": -1.0}}, r"tenant_weights\['a'\]"),
+    ({"tenant_weights": {"a": math.nan}}, r"tenant_weights\['a'\]"),
+])
+def test_bad_share_parameters_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        wf(manager(16), **kw)
