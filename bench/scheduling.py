@@ -34,7 +34,7 @@ from pathlib import Path
 import scheduling_oracle
 
 from kvsaga.policy import DEFAULT_POLICY
-from kvsaga.scheduler import DEFAULT_SCHEDULER, WorkflowScheduler
+from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.sim.compare import add_tenant_slowdowns, peak_working_set
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -132,11 +132,15 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
 - Oracle rows (workflow-oracle, the pressured points; bench/scheduling_oracle.py): the
   default with the sessions waiting for admission in order of their true remaining steps,
   which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8,
-  13, 14) quote them: where the oracle reaches 2x and the default does not, memory does not rule
+  13-16) quote them: where the oracle reaches 2x and the default does not, memory does not rule
   2x out; the default lacks the sessions' lengths. docs/architecture.md ("Where bfcl 1x
   25%'s time goes") has the fit seeds' figures and the online orders tried.
+- Gittins order rows (`workflow+POLICY (admission_order gittins)`, the pressured points of
+  seeds 1, 7, 8, 13-16; the held-out table's last column): the Gittins index of censored
+  session lengths (kvsaga/scheduler/session_length.py), opt-in: `--fit` round 8 (seeds
+  101-106) gave it a smallest gain of 1.48x against the default's 1.50x (bfcl 1x 25%).
 - Fifo order rows (`workflow+POLICY (admission_order fifo)`, POLICY the default; every
-  grid point of seeds 1, 7, 8, 13, 14; the held-out table's last column): the order of waiting
+  grid point of seeds 1, 7, 8, 13-16; the held-out table's fifo column): the order of waiting
   sessions before the default became the predicted one (least predicted remaining work
   first, with aging: kvsaga/scheduler/admission_order.py). `--fit`'s fourth round chose
   "predicted" (aging_s 80) on seeds 101-106 with graph, the default policy then (smallest
@@ -144,7 +148,8 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   rows and the "fifo admission order" goals line show what that choice gives and costs on
   the report and held-out seeds, which the fit never read. docs/architecture.md
   ("Admission by predicted remaining work") has the orders tried.
-- Bounded waiting: the reserve (`max_wait_s`, 60 s since `--fit` round 7; 120 s before):
+- Bounded waiting: the reserve (`max_wait_s`, 120 s since `--fit` round 8 with graph; 60 s
+  from round 7, fitted with ttl):
   once the session waiting longest has waited that long, nothing is admitted before it;
   the miss lines give the longest single wait.
 - Held out: swe* (tools 3x slower) at 50% is hardly under pressure (see fcfs+lru's hit
@@ -337,39 +342,20 @@ def miss_line(rows: list[dict], gain: float, key: tuple) -> str:
     if p is not None:
         line += (f" The fifo admission order (the default before `--fit` round 4) gives "
                  f"{p['tct_mean_s']:.1f} s ({f['tct_mean_s'] / p['tct_mean_s']:.2f}x fcfs+lru).")
+    import scheduling_fit  # it imports this module's helpers
+    p = _fifo(rows, key, scheduling_fit.other_order())
+    if p is not None:
+        line += (f" The {p['params']['admission_order']} admission order gives "
+                 f"{p['tct_mean_s']:.1f} s ({f['tct_mean_s'] / p['tct_mean_s']:.2f}x fcfs+lru).")
     return line
 
 
-def _fifo(rows: list[dict], key: tuple) -> dict | None:
-    """The fifo admission order's row at `key` (None: not run)."""
+def _fifo(rows: list[dict], key: tuple, params: dict = FIFO) -> dict | None:
+    """The fifo admission order's row (or `params`') at `key` (None: not run)."""
     label = _label({"scheduler": DEFAULT_SCHEDULER, "policy": DEFAULT_POLICY,
-                    "params": FIFO})
+                    "params": params})
     found = [r for r in rows if (r["family"], r["load"], r["frac"], _label(r)) == (*key, label)]
     return found[0] if found else None
-
-
-def fifo_lines(rows: list[dict], families: list[str]) -> list[str]:
-    """The fifo admission order against fcfs+lru and the default: its gains where the 2x
-    goal applies, and every non-thrash figure the default (predicted) makes worse than it."""
-    gains, worse = [], []
-    for fam in families:
-        for load, frac in GRID:
-            f, w = _pick(rows, fam, load, frac, "fcfs+lru"), _pick(rows, fam, load, frac, DEFAULT)
-            p = _fifo(rows, (fam, load, frac))
-            if f["hit_rate"] < 0.8 and bound(f) >= 2:
-                gains.append(f"{fam} {load:g}x {frac:.0%} {f['tct_mean_s'] / p['tct_mean_s']:.2f}x"
-                             f" (default {f['tct_mean_s'] / w['tct_mean_s']:.2f}x)")
-            if f["hit_rate"] >= 0.8:
-                for m, sign in (("tct_mean_s", -1), ("tct_p95_s", -1), ("tasks_per_hour", 1),
-                                ("slo_attainment", 1)):
-                    if sign * (w[m] - p[m]) < 0:
-                        worse.append(f"{fam} {load:g}x {frac:.0%} {m} {p[m]:.2f} -> {w[m]:.2f}")
-    aging = WorkflowScheduler.__init__.__kwdefaults__["aging_s"]
-    return [f"- The fifo admission order (`admission_order=\"fifo\"`, the default until "
-            f"`--fit` round 4 chose \"predicted\", aging_s {aging:g}, on seeds 101-106), mean "
-            "TCT gain where the 2x goal applies: " + "; ".join(gains) + ". Non-thrash figures "
-            "(fcfs+lru hit >= 0.8) where the default (predicted) is worse than fifo: "
-            + ("; ".join(worse) or "none") + "."]
 
 
 def waits(w: dict) -> str:
@@ -413,8 +399,9 @@ def verdict(rows: list[dict], families: list[str]) -> list[str]:
                  f"points): {'met' if ok else 'missed'}; worst {fmt(worst(gains))}, best "
                  f"{fmt(max(gains)) if gains else 'n/a'}.")
     lines += [miss_line(rows, g, key) for g, key in sorted(gains) if g < 2]
+    import scheduling_fit  # it imports this module's helpers
     if _fifo(rows, pressured[0]) is not None:
-        lines += fifo_lines(rows, families)
+        lines += scheduling_fit.fifo_lines(rows, families)
     if beyond:
         lines.append("- Points where 2x is out of reach (fcfs+lru's mean TCT is under twice the "
                      "sessions' mean unloaded TCT): " + "; ".join(
@@ -507,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--save-rows", metavar="JSON", help="also save the measured rows")
+    ap.add_argument("--reuse-rows", metavar="JSON", help="take the rows of tasks a saved "
+                    "run measured from it (same code: check), simulate only the rest")
     ap.add_argument("--from-rows", metavar="JSON",
                     help="render the section from rows a run saved (its command and wall "
                          "time), without simulating: to rewrite the notes")
@@ -525,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks += [(f, seed, load, frac, DEFAULT_SCHEDULER, DEFAULT_POLICY, FIFO)
               for seed in (REPORT_SEED, *scheduling_fit.HELD_OUT_SEEDS) for f in families
               for load, frac in GRID]
+    tasks += scheduling_fit.other_order_tasks(families,
+                                              (REPORT_SEED, *scheduling_fit.HELD_OUT_SEEDS))
     tasks += [(f, REPORT_SEED, 1.0, 0.5, s, p, None) for f in PERTURBED
               for s, p in (("fcfs", "lru"), tuple(DEFAULT.split("+")))]
     if not args.no_mix:
@@ -532,21 +523,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_rows:
         saved = json.loads(Path(args.from_rows).read_text())
         rows, wall, cmd = saved["rows"], saved["wall_s"], saved["command"]
+        reused = saved.get("reused", "")
     else:
         t0 = time.perf_counter()
-        rows = run(tasks, args.workers)
+        old = json.loads(Path(args.reuse_rows).read_text()) if args.reuse_rows else None
+        rows = scheduling_fit.run_reusing(tasks, old["rows"] if old else [], args.workers)
         wall = time.perf_counter() - t0
         argv_ = sys.argv[1:] if argv is None else list(argv)
         cmd = " ".join(["python bench/scheduling.py", *argv_])
+        reused = (f"; {rows.reused} of them reused from {args.reuse_rows}, made by "
+                  f"`{old['command']}` ({old['wall_s']:.0f} s)" if old else "")
         if args.save_rows:
             Path(args.save_rows).write_text(json.dumps(
-                {"rows": rows, "wall_s": wall, "command": cmd}))
+                {"rows": rows, "wall_s": wall, "command": cmd, "reused": reused}))
     mixes = scheduling_mix.MIXES
     held = [r for r in rows if r["seed"] in scheduling_fit.HELD_OUT_SEEDS
             and r["family"] not in mixes]
     n_sims = len(rows)
     rows = [r for r in rows if r["seed"] == REPORT_SEED or r["family"] in mixes]
-    parts = [f"Command: `{cmd}` ({n_sims} simulations, {wall:.0f} s on this machine). "
+    parts = [f"Command: `{cmd}` ({n_sims} simulations{reused}; {wall:.0f} s on this machine). "
              f"Preset {PRESET}; seed {REPORT_SEED} per family, the two-tenant mixes "
              f"(bench/scheduling_mix.py) seeds {scheduling_mix.MIX_SEED} (mix) and "
              f"{', '.join(map(str, scheduling_mix.NOISY_SEEDS))} (noisy); "

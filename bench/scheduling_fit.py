@@ -13,16 +13,29 @@ the largest smallest gain. Nothing in it reads the report seed or the held-out s
 
 from __future__ import annotations
 
+import json
 import math
 
 import scheduling_oracle
-from scheduling import DEFAULT, DEFAULTS, FIFO, FIT_SEEDS, GRID, _label, _pick, run
+from scheduling import (
+    DEFAULT,
+    DEFAULTS,
+    FIFO,
+    FIT_SEEDS,
+    GRID,
+    _fifo,
+    _label,
+    _pick,
+    bound,
+    run,
+)
 
 from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.scheduler import WorkflowScheduler
 
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
-# This round (the seventh, issue 10 tenth session): the refit with ttl, the default policy
+# Round 7 (issue 10 tenth session): the refit with ttl, the default policy
 # since 1af2077 (rounds 4-6 ran with graph), of every earlier round's choice. Result (`python
 # bench/scheduling.py --fit --workers 2`, seeds 101-106 only; smallest gain, all at bfcl 1x
 # 25%): the default then (predicted, aging_s 80, max_wait_s 120) 1.42x; fifo 1.30x; aging_s
@@ -31,7 +44,7 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # that order: horizon_steps 0.5 rejected (non-thrash: swe seed 103 1x 50% mean TCT 22.77 ->
 # 23.96 s, SLO 1.00 -> 0.96; web seed 105 1x 50% 8.19 -> 8.39 s), "smallest" rejected
 # (assistant seed 104 1x 25% 163.76 -> 169.57 s), max_wait_s 60 chosen (no non-thrash
-# figure worse; p95 >= 1.17x, tasks/h >= 1.07 at every fit point): now the default. Its
+# figure worse; p95 >= 1.17x, tasks/h >= 1.07 at every fit point): the default until round 8. Its
 # fit-point gains: swe 1.75x / 1.77x / 2.49x, web 2.35x / 2.32x / 3.10x, bfcl 1.60x / 1.43x
 # / 2.02x (1x 50%, 1x 25%, 2x 50%). Admission orders probed at bfcl 1x 25% on the same seeds
 # (a driver over `_run` with subclasses, not kept; geomean gain over fcfs+lru): the oracle
@@ -70,22 +83,31 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # shrink_order "smallest": smallest gain (bfcl 1x 25%) 1.31x, 1.28x, 1.31x; 1.45x, 1.51x,
 # 1.49x; 1.50x, 1.51x; chosen predicted / 80 (max_wait_s 120; no non-thrash figure worse
 # than fifo's by over 2%), now the default.
-FIT_GRID = [{"admission_order": "fifo"}, {"aging_s": 40.0}, {"aging_s": 160.0},
-            {"max_wait_s": 60.0}, {"shrink_order": "smallest"}, {"queue_shrink": True},
-            {"paused_growth": True}, {"tool_growth": False}, {"horizon_steps": 0.5}]
+# This round (the eighth, issue 10 eleventh session), with graph the default policy (87c9588),
+# against round 7's pick (predicted, aging_s 80, max_wait_s 60): the "gittins" admission order
+# (kvsaga/scheduler/session_length.py) at length_prior 1 and 4, and max_wait_s refitted under
+# graph. Result (`python bench/scheduling.py --fit --workers 1`, seeds 101-106 only; smallest
+# gain, all at bfcl 1x 25%): the default then 1.50x; gittins 1.48x, gittins/4 1.48x;
+# max_wait_s 30 1.45x, 90 1.51x, 120 1.51x (90 and 120 equal at every fit point: no wait
+# there reaches 90 s; 120 first by the geomean's last digits). Chosen max_wait_s 120 (no
+# non-thrash figure worse by over 2%, p95 >= 1.19x, tasks/h >= 1.07 at every fit point): now
+# the default. RESULTS "Scheduling" has every candidate's figures.
+FIT_GRID = [{"admission_order": "gittins"}, {"admission_order": "gittins", "length_prior": 4.0},
+            {"max_wait_s": 30.0}, {"max_wait_s": 90.0}, {"max_wait_s": 120.0}]
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
 # candidate must not make a non-thrash figure worse than it by more than the slack
 # (`non_thrash_worse`), nor have a lower smallest p95 gain unless that stays >= 1
 # (`P95_FLOOR`).
-PREVIOUS = {"admission_order": "predicted", "max_wait_s": 60.0}
+PREVIOUS = {"admission_order": "predicted", "max_wait_s": 120.0}
 NON_THRASH_SLACK = 0.02  # one seed's noise at an unpressured point stays below it
 P95_FLOOR = 1.0  # the goal: p95 TCT no worse than fcfs+lru's
 TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # Seeds never used by the fit nor for the report: the default vs fcfs+lru on each, at every
 # grid point where fcfs+lru's hit rate is below 0.8 (bench/scheduling.py's default run).
-# 7 and 8 were read in earlier reports (seen); 13 and 14 are fresh: chosen by the lead
-# before any run on them, first run once after round 7's choices were frozen.
-SEEN_SEEDS, FRESH_SEEDS = (7, 8), (13, 14)
+# 7 and 8 were read in earlier reports, 13 and 14 first run once after round 7's choices
+# were frozen (seen); 15 and 16 are fresh: chosen by the lead before any run on them, first
+# run once after round 8's choices were frozen.
+SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14), (15, 16)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 
@@ -181,6 +203,68 @@ def non_thrash_worse(params: dict, workers: int) -> list[str]:
     return out
 
 
+def other_order() -> dict:
+    """The admission order the default does not use, of "predicted" and "gittins" (its rows
+    run beside the default at the pressured points of the report and held-out seeds)."""
+    default = WorkflowScheduler.__init__.__kwdefaults__["admission_order"]
+    return {"admission_order": "predicted" if default == "gittins" else "gittins"}
+
+
+def other_order_tasks(families: list[str], seeds) -> list[tuple]:
+    """The other order (`other_order`) at every pressured grid point of `seeds`."""
+    sched, policy = DEFAULT.split("+")
+    return [(f, s, load, frac, sched, policy, other_order()) for s in seeds for f in families
+            for load, frac in GRID if frac < 1]
+
+
+def fifo_lines(rows: list[dict], families: list[str]) -> list[str]:
+    """The fifo admission order against fcfs+lru and the default: its gains where the 2x
+    goal applies, and every non-thrash figure the default (predicted) makes worse than it."""
+    gains, worse = [], []
+    for fam in families:
+        for load, frac in GRID:
+            f, w = _pick(rows, fam, load, frac, "fcfs+lru"), _pick(rows, fam, load, frac, DEFAULT)
+            p = _fifo(rows, (fam, load, frac))
+            if f["hit_rate"] < 0.8 and bound(f) >= 2:
+                gains.append(f"{fam} {load:g}x {frac:.0%} {f['tct_mean_s'] / p['tct_mean_s']:.2f}x"
+                             f" (default {f['tct_mean_s'] / w['tct_mean_s']:.2f}x)")
+            if f["hit_rate"] >= 0.8:
+                for m, sign in (("tct_mean_s", -1), ("tct_p95_s", -1), ("tasks_per_hour", 1),
+                                ("slo_attainment", 1)):
+                    if sign * (w[m] - p[m]) < 0:
+                        worse.append(f"{fam} {load:g}x {frac:.0%} {m} {p[m]:.2f} -> {w[m]:.2f}")
+    aging = WorkflowScheduler.__init__.__kwdefaults__["aging_s"]
+    return [f"- The fifo admission order (`admission_order=\"fifo\"`, the default until "
+            f"`--fit` round 4 chose \"predicted\", aging_s {aging:g}, on seeds 101-106), mean "
+            "TCT gain where the 2x goal applies: " + "; ".join(gains) + ". Non-thrash figures "
+            "(fcfs+lru hit >= 0.8) where the default (predicted) is worse than fifo: "
+            + ("; ".join(worse) or "none") + "."]
+
+
+class Rows(list):
+    """Result rows, with how many were reused from a saved run (`run_reusing`)."""
+
+    reused = 0
+
+
+def task_key(task: tuple) -> tuple:
+    """What identifies a row's task (the oracle's rows name their scheduler)."""
+    family, seed, load, frac, sched, policy, params = task
+    return family, seed, load, frac, sched, policy, json.dumps(params, sort_keys=True)
+
+
+def run_reusing(tasks: list[tuple], saved: list[dict], workers: int) -> Rows:
+    """The rows of `tasks` in order: a saved row where `saved` has its task (measured by
+    the same code, which the caller vouches for), the rest simulated."""
+    have = {task_key((r["family"], r["seed"], r["load"], r["frac"], r["scheduler"],
+                      r["policy"], r["params"])): r for r in saved}
+    todo = [t for t in tasks if task_key(t) not in have]
+    new = iter(run(todo, workers) if todo else [])
+    out = Rows(have.get(task_key(t)) or next(new) for t in tasks)
+    out.reused = len(tasks) - len(todo)
+    return out
+
+
 def held_out_tasks(families: list[str]) -> list[tuple]:
     """fcfs+lru and the default at every grid point of every held-out seed."""
     sched, policy = DEFAULT.split("+")
@@ -192,11 +276,11 @@ def held_out_table(rows: list[dict], families: list[str]) -> str:
     """The goals on the held-out seeds, at the points where fcfs+lru's hit rate < 0.8."""
     out = ["| seed | family | load | capacity | fcfs+lru hit | TCT mean gain | gain bound "
            "| p95 gain | tasks/h ratio | admission wait s (pool / contexts / growth) "
-           "| oracle order gain | fifo order gain |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"| oracle order gain | fifo order gain | {other_order()['admission_order']} order "
+           "gain |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     oracle = f"{scheduling_oracle.NAME}+{DEFAULT_POLICY}"
-    fifo = _label({"scheduler": DEFAULT.split("+")[0], "policy": DEFAULT_POLICY,
-                   "params": FIFO})
+    fifo, other = (_label({"scheduler": DEFAULT.split("+")[0], "policy": DEFAULT_POLICY,
+                           "params": p}) for p in (FIFO, other_order()))
     for seed in HELD_OUT_SEEDS:
         seeded = [r for r in rows if r["seed"] == seed]
         for fam in families:
@@ -214,13 +298,14 @@ def held_out_table(rows: list[dict], families: list[str]) -> str:
                            f"| {w['admission_wait_s']:.1f} ({c['pool']:.1f} / "
                            f"{c['contexts']:.1f} / {c['growth']:.1f}) "
                            f"| {_oracle_gain(seeded, f, oracle)} "
-                           f"| {_oracle_gain(seeded, f, fifo)} |")
+                           f"| {_oracle_gain(seeded, f, fifo)} "
+                           f"| {_oracle_gain(seeded, f, other)} |")
     return "\n".join(out)
 
 
 def _oracle_gain(rows: list[dict], f: dict, label: str) -> str:
-    """fcfs+lru's mean TCT over the `label` row's (the oracle admission order's, or the
-    fifo one's) at `f`'s point (n/a: not run)."""
+    """fcfs+lru's mean TCT over the `label` row's (the oracle admission order's, the fifo
+    one's or the other order's) at `f`'s point (n/a: not run)."""
     o = [r for r in rows if (r["family"], r["load"], r["frac"]) == (f["family"], f["load"],
                                                                     f["frac"])
          and _label(r) == label]

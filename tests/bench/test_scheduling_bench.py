@@ -195,3 +195,20 @@ def test_recompute_diagnosis_accounts_for_every_recomputed_token(mods):
     plain = sched._run(("swe", 101, 1.0, 0.25, "workflow", "graph", None))
     assert plain["tct_mean_s"] == d["row"]["tct_mean_s"]
     assert plain["recomputed_tokens"] == d["row"]["recomputed_tokens"]
+
+
+def test_run_reusing_takes_saved_rows_in_task_order(mods):
+    """A saved row stands for its task (the oracle's by its scheduler name, params by
+    value); only the tasks the saved run lacks are simulated, and rows keep task order."""
+    _, fit = mods
+
+    def saved(family, sched, params=None):
+        return {"family": family, "seed": 1, "load": 1.0, "frac": 0.5, "scheduler": sched,
+                "policy": "graph", "params": params}
+
+    rows = [saved("swe", "workflow-oracle"), saved("web", "workflow", {"admission_order": "fifo"})]
+    tasks = [("web", 1, 1.0, 0.5, "workflow", "graph", {"admission_order": "fifo"}),
+             ("swe", 1, 1.0, 0.5, "workflow-oracle", "graph", None)]
+    got = fit.run_reusing(tasks, rows, workers=1)
+    assert list(got) == [rows[1], rows[0]] and got.reused == 2
+    assert fit.task_key(tasks[0]) != fit.task_key((*tasks[0][:6], {"admission_order": "gittins"}))
