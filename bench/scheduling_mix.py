@@ -206,10 +206,11 @@ def _noisy_line(at: list[dict], frac: float, label: str) -> str:
 def tenant_table(rows: list[dict]) -> list[str]:
     """Per tenant of every mix row: TCT mean, TCT alone on half the GPU, slowdown."""
     out = []
+    mix_seeds = {r["seed"] for r in rows if r["family"] == "mix"}
     for r in rows:
         if r["family"] not in MIXES:
             continue
-        seed = f" seed {r['seed']}" if r["family"] == "noisy" else ""
+        seed = f" seed {r['seed']}" if r["family"] == "noisy" or len(mix_seeds) > 1 else ""
         out.append(f"- {r['family']}{seed} {r['frac']:.0%} {_label(r)}: " + "; ".join(
             f"{t}: {v['tct_mean_s']:.1f} / {v['tct_alone_s']:.1f} / {v['slowdown']:.2f} / "
             f"{v.get('admission_wait_s', 0.0):.1f}" for t, v in r["tenants"].items())
