@@ -342,6 +342,24 @@ def wins(rows: list[dict], policies: list[str]) -> list[str]:
             "worst x best baseline |", "|---|---:|---:|---:|", *out]
 
 
+def ranking(rows: list[dict], policies: list[str], label: str | None = None) -> list[str]:
+    """The online policies ranked by the tune rule (`rank`) on these pressured cases, and
+    where the default stands: issue 11 asks that the default win this evaluation."""
+    ranked = sorted((r, p) for p in policies if p not in OFFLINE
+                    and (r := rank(rows, p)) is not None)
+    if not ranked:
+        return []
+    order = ", ".join(f"`{p}` {r[0]:.2f}x ({r[1]} above 1.0x)" for r, p in ranked)
+    names = [p for _, p in ranked]
+    where = (f"the default `{DEFAULT_POLICY}` ranks {names.index(DEFAULT_POLICY) + 1} of "
+             f"{len(names)}: " + ("**it wins**" if names[0] == DEFAULT_POLICY else
+                                  f"**missed** (`{names[0]}` wins)")
+             if DEFAULT_POLICY in names else f"the default `{DEFAULT_POLICY}` did not run")
+    head = f"- {label}: " if label else "By the tune rule on these cases (worst ratio, then " \
+        "cases above 1.0x, then tokens): "
+    return [f"{head}{order}; {where}."]
+
+
 def _header(command: str, wall_s: float, seeds: list[int], what: str) -> str:
     return (f"`{command}`: {wall_s / 60:.1f} min, Python {platform.python_version()}, preset "
             f"{PRESET}, {what} seeds {', '.join(map(str, seeds))}.")
@@ -375,6 +393,11 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
     out += ["", f"Cases under pressure but not thrashing (lru hit rate in {HIT_RANGE}; "
             "capacities that floor to the same pool counted once):", ""]
     out += wins(rows, policies)
+    out += ["", *ranking(rows, policies)]
+    for label, subset in SEED_SETS:
+        mine = [r for r in rows if r["seed"] in subset]
+        if mine and len(mine) < len(rows):
+            out += ranking(mine, policies, label)
     for p in dict.fromkeys((DEFAULT_POLICY, *CANDIDATES)):
         if p not in policies:
             continue

@@ -177,3 +177,18 @@ def test_names_as_constants_are_saved_and_written_back():
     assert tune.explicit(other, got) == other
     assert mod.parse_spec(tune.explicit("adaptive", got))[1]["experts"] == \
         defaults["experts"].default
+
+
+def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_wins():
+    """The held-out section states, by the tune rule, who wins and where the default
+    stands (issue 11: the default must win this evaluation); references are not ranked."""
+    mod = load()
+    rows = [_row("swe", 1, 0.3, p, x) for p, x in
+            (("lru", 10), ("saga", 12), ("ttl", 11), (mod.DEFAULT_POLICY, 9), ("x", 20),
+             ("belady", 1))]
+    line = mod.ranking(rows, ["lru", "saga", "ttl", mod.DEFAULT_POLICY, "x", "belady"])[0]
+    assert line.index(f"`{mod.DEFAULT_POLICY}` 0.90x") < line.index("`lru` 1.00x")
+    assert "belady" not in line and "**it wins**" in line
+    rows[3]["recomputed_tokens"] = 15
+    line = mod.ranking(rows, ["lru", "saga", "ttl", mod.DEFAULT_POLICY])[0]
+    assert f"the default `{mod.DEFAULT_POLICY}` ranks 4 of 4: **missed** (`lru` wins)" in line
