@@ -390,6 +390,11 @@ def scaling_main(args: argparse.Namespace) -> None:
         "hold still; after they change (anything learned, a normalizer step, adaptive's "
         "leader change) a class's keys are computed again in Python as its sessions reach "
         "grid points (ttl and graph: once per class and grid point; saga: once per class). "
+        "A full re-key (relearning, a normalizer or rent step) and many sessions due at once "
+        "(an expert of adaptive that led no search for an epoch) key one session of each "
+        "class in Python and the index re-keys the rest of the class from it "
+        "(kvsaga/policy/search.py `_rekey_by_class`); the amortized reading's relearning "
+        "forgets the class keys first, as new statistics do. "
         "The bench learns nothing between its allocations (its steps start new sessions); "
         "traffic whose steps resume paused sessions changes ttl's and graph's statistics "
         "at every resume, and pays Python re-keys between.",
