@@ -54,15 +54,16 @@ def mix_trace(name: str, seed: int):
     return sorted(out, key=lambda s: (s.arrival_s, s.id))
 
 
-def mix_tasks(configs) -> list[tuple]:
-    """Every mix's runs: `configs` (scheduler, policy) at its capacities and seeds, and the
-    AFS probe on "mix"."""
+def mix_tasks(configs, mix_seed: int = MIX_SEED,
+              noisy_seeds: tuple[int, ...] = NOISY_SEEDS) -> list[tuple]:
+    """Every mix's runs: `configs` (scheduler, policy) at its capacities, "mix" on
+    `mix_seed` with the AFS probe, "noisy" on `noisy_seeds`."""
     default = tuple(DEFAULT.split("+"))
-    tasks = [("mix", MIX_SEED, MIX_LOAD, f, s, p, None) for f in MIX_FRACS["mix"]
+    tasks = [("mix", mix_seed, MIX_LOAD, f, s, p, None) for f in MIX_FRACS["mix"]
              for s, p in configs]
-    tasks += [("mix", MIX_SEED, MIX_LOAD, f, *default, AFS_PROBE) for f in MIX_FRACS["mix"]]
-    tasks += [("mix", MIX_SEED, MIX_LOAD, f, *default, COMPUTE_SHARE) for f in MIX_FRACS["mix"]]
-    tasks += [("noisy", seed, 1.0, f, s, p, params) for seed in NOISY_SEEDS
+    tasks += [("mix", mix_seed, MIX_LOAD, f, *default, AFS_PROBE) for f in MIX_FRACS["mix"]]
+    tasks += [("mix", mix_seed, MIX_LOAD, f, *default, COMPUTE_SHARE) for f in MIX_FRACS["mix"]]
+    tasks += [("noisy", seed, 1.0, f, s, p, params) for seed in noisy_seeds
               for f in MIX_FRACS["noisy"]
               for s, p, params in (("fcfs", "lru", None), (*default, None),
                                    (*default, COMPUTE_SHARE))]
@@ -147,13 +148,14 @@ def _slowdowns(r: dict) -> str:
     return ", ".join(f"{t} {v['slowdown']:.2f}" for t, v in r["tenants"].items())
 
 
-def afs_lines(rows: list[dict]) -> list[str]:
+def afs_lines(rows: list[dict], mix_seed: int = MIX_SEED,
+              noisy_seeds: tuple[int, ...] = NOISY_SEEDS) -> list[str]:
     """The goals lines of both mixes: "mix" per capacity (fcfs+lru, the default, the probe)
-    with the floor without slowing a tenant; "noisy" per capacity and seed, fcfs+lru vs the
-    default."""
+    with the floor without slowing a tenant (the floors of `mix_seed`, the rows' seed);
+    "noisy" per capacity and seed of `noisy_seeds`, fcfs+lru vs the default."""
     lines = []
     mix = [r for r in rows if r["family"] == "mix"]
-    unloaded = tenant_unloaded("mix", MIX_SEED) if mix else {}
+    unloaded = tenant_unloaded("mix", mix_seed) if mix else {}
     for r in mix:
         label = _label(r)
         if label not in ("fcfs+lru", DEFAULT) and not r.get("params"):
@@ -171,16 +173,16 @@ def afs_lines(rows: list[dict]) -> list[str]:
         at = [r for r in noisy if r["frac"] == frac]
         for label in (DEFAULT, shared):
             if any(_label(r) == label for r in at):
-                lines.append(_noisy_line(at, frac, label))
+                lines.append(_noisy_line(at, frac, label, noisy_seeds))
     return lines
 
 
-def _noisy_line(at: list[dict], frac: float, label: str) -> str:
-    """The noisy-neighbour goal at one capacity for the arm `label`, per seed against
-    fcfs+lru, with each tenant's floor."""
+def _noisy_line(at: list[dict], frac: float, label: str, seeds: tuple[int, ...]) -> str:
+    """The noisy-neighbour goal at one capacity for the arm `label`, per seed of `seeds`
+    against fcfs+lru, with each tenant's floor."""
     per = []
     met = True
-    for seed in NOISY_SEEDS:
+    for seed in seeds:
         f = next(r for r in at if r["seed"] == seed and _label(r) == "fcfs+lru")
         w = next(r for r in at if r["seed"] == seed and _label(r) == label)
         met = met and w["afs_max_slowdown_ratio"] <= 1.5 and (
@@ -305,21 +307,19 @@ def report(workers: int, seeds: list[int] | None = None) -> None:
     """Run only the mixes' rows of bench/scheduling.py (`mix_tasks`) and print their goals
     lines and per-tenant table (RESULTS' AFS and noisy-neighbour bullets come from here).
     `seeds`: run both mixes on these seeds instead (fresh seeds, once)."""
-    global MIX_SEED, NOISY_SEEDS
     from scheduling import CONFIGS, run
     mix_seeds = seeds or [MIX_SEED]
-    if seeds:
-        NOISY_SEEDS = tuple(seeds)
+    noisy_seeds = tuple(seeds) if seeds else NOISY_SEEDS
     tasks = []
     for seed in mix_seeds:
-        MIX_SEED = seed
-        tasks += [t for t in mix_tasks(CONFIGS) if t[0] == "mix" or seed == mix_seeds[0]]
+        tasks += [t for t in mix_tasks(CONFIGS, seed, noisy_seeds)
+                  if t[0] == "mix" or seed == mix_seeds[0]]
     rows = run(tasks, workers)
-    for seed in mix_seeds:
-        MIX_SEED = seed  # afs_lines' unloaded floors are this seed's
+    for seed in mix_seeds:  # afs_lines' unloaded floors are this seed's
         print("\n".join(afs_lines([r for r in rows if r["family"] == "mix"
-                                   and r["seed"] == seed])))
-    print("\n".join(afs_lines([r for r in rows if r["family"] == "noisy"])))
+                                   and r["seed"] == seed], seed, noisy_seeds)))
+    print("\n".join(afs_lines([r for r in rows if r["family"] == "noisy"],
+                              noisy_seeds=noisy_seeds)))
     print("\n".join(tenant_table(rows)))
 
 

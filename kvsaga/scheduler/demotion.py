@@ -30,9 +30,11 @@ class Demotions:
         sessions demoted `shrink_aging` times already go after all others, or the same
         long-tool sessions are demoted at every pause and make the p95 TCT (seed 101, bfcl
         1x 25%: p95 48.7 -> 45.0 s with aging 2; 1 and 3 were worse). With two or more
-        tenants, only sessions of tenants above their shares are demoted (the shares sum to
-        the limit, so an excess is always some tenant's): a tenant within its share is not
-        shrunk for another's growth (tests/scheduler/test_share_shrink.py)."""
+        tenants, only paused sessions of tenants above their shares are demoted (the shares
+        sum to the limit, so an excess is some tenant's): a tenant within its share is not
+        shrunk for another's growth. When the tenants above their shares have no paused
+        session (all active), nothing is demoted and the commitment stays above the limit
+        until one of their steps finishes (tests/scheduler/test_share_shrink.py)."""
         limit = self.overcommit * self.capacity
         if self._committed > limit:
             shares = self._shares(limit)

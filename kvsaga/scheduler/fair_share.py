@@ -43,7 +43,11 @@ computes at most max(floor(N x w_t / sum of the other competing tenants' weights
 tokens besides its decodes (`favoured_allowances`): a running prefill chunk or an admitted
 step's first chunk takes only what its tenant has left, a tenant with nothing left sits
 the step out, and its queued step does not hold back another tenant's. Decodes (and
-1-token chunks) always run and are charged first.
+1-token chunks) always run and are charged first. Catch-up (weighted fair queueing's rule):
+a tenant that enters competition, or comes back after a step without work, starts at no
+less than the least weighted service of the tenants already competing (times its weight),
+so it gets no credit for the time it was absent: otherwise a tenant joining a long-running
+server late would be favoured until it matched the incumbents' whole history.
 
 Why favour the tenant behind rather than split the step evenly (the rule before): a light
 tenant's steps otherwise ride in batch steps full of a heavy tenant's prefill (its decodes
@@ -53,11 +57,16 @@ neighbour). Max-min fairness gives a tenant that asks for less than its share al
 
 Bounds (tests/scheduler/test_share_compute.py checks both): (1) per step, a competing tenant
 that is not favoured computes at most its cap above plus its decodes, so a step that carries
-the favoured tenant's work holds at most N tokens of the others' prefill; (2) service, two
-tenants: while both have more work than a step holds and budget >= N x (1 + largest weight /
-smallest weight), the spread of their weighted service (largest minus smallest service /
-weight) never grows past max(its start, budget / smallest weight): the tenant behind gains
-more per step than the one ahead until it overtakes it, by at most one step's budget.
+the favoured tenant's work holds at most N + (number of other competing tenants) tokens of
+the others' prefill (each cap is at least 1 token, so a cap whose floor is 0 adds one token
+above N); (2) service, two tenants: while both have more work than a step holds and budget
+>= N x (1 + largest weight / smallest weight), the spread of their weighted service (largest
+minus smallest service / weight) never grows past max(its start, budget / smallest weight):
+the tenant behind gains more per step than the one ahead until it overtakes it, by at most
+one step's budget. By the catch-up rule, a tenant entering competition starts no further
+behind than the least-served tenant already there (level with a lone incumbent), so a
+tenant joining late is favoured for about one step's budget, not until it matches the
+incumbents' whole history (test_a_tenant_joining_late_catches_up_to_the_incumbents_service).
 """
 
 from __future__ import annotations
@@ -113,9 +122,9 @@ def favoured_allowances(demands: Mapping[str | None, float],
 
     `demands`: the competing tenants (their values are not read: a favoured tenant's demand
     is bounded by the budget anyway). `served`: tokens computed for each tenant in earlier
-    competing steps. The tenant with the least `served / weight` (ties: the first in
-    `demands`) gets `budget`; each other one max(floor(step_tokens x its weight / the other
-    tenants' weights), 1).
+    competing steps (raised on entry by `ComputeShares`'s catch-up rule). The tenant with
+    the least `served / weight` (ties: the first in `demands`) gets `budget`; each other one
+    max(floor(step_tokens x its weight / the other tenants' weights), 1).
 
     Raises:
         ValueError: fewer than two tenants, or a weight that is not positive.
@@ -141,7 +150,9 @@ class ComputeShares:
     `favoured_allowances`: the tenant with the least weighted service so far may fill the
     step, each other one computes at most its part of `share_step_tokens` besides its
     decodes; a running request's prefill chunk and an admitted request's first chunk take
-    only what their tenant's allowance has left (none left: it sits the step out). Decodes
+    only what their tenant's allowance has left (none left: it sits the step out); a tenant
+    entering competition starts at the least weighted service of those already in it
+    (`_catch_up`). Decodes
     are never held back, so a step's decodes all run (the engine's batched decode and the
     simulator's decode runs rely on it). With fewer than two tenants competing, or
     `share_step_tokens` 0, nothing changes.
@@ -154,6 +165,7 @@ class ComputeShares:
     share_step_tokens = 0
     _allow: dict[str | None, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
+    _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
 
     def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
         """The step's allowances, from the running requests' `needs` (None: no sharing)."""
@@ -164,6 +176,7 @@ class ComputeShares:
         demands: dict[str | None, float] = {r.tenant: math.inf for r in self._waiting_heads()}
         for r, n in zip(self.running, needs, strict=True):
             demands[r.tenant] = demands.get(r.tenant, 0) + n
+        self._catch_up(demands)
         if len(demands) < 2:
             return None
         _, allow = favoured_allowances(demands, self.tenant_weights, self._served,
@@ -173,6 +186,24 @@ class ComputeShares:
             if n == 1:  # decodes always run: charged first (not served: see `_serve`)
                 allow[r.tenant] -= 1
         return allow
+
+    def _catch_up(self, demands: Mapping[str | None, float]) -> None:
+        """Weighted fair queueing's catch-up rule: a tenant that enters competition (or comes
+        back after a step without work) has its service raised to at least the least
+        weighted service of the tenants that were already competing. Without it a tenant
+        joining late, with no service, would be favoured until it matched the incumbents'
+        whole history (in a long-running server, capping them for an unbounded time)."""
+        before = self._competing
+        self._competing = set(demands)
+        w = self.tenant_weights
+        served = self._served
+        stay = [t for t in demands if t in before]
+        if not stay or len(stay) == len(demands):
+            return
+        floor = min(served.get(t, 0.0) / w.get(t, 1.0) for t in stay)
+        for t in demands:
+            if t not in before:
+                served[t] = max(served.get(t, 0.0), floor * w.get(t, 1.0))
 
     def _serve(self, tenant: str | None, n: int) -> None:
         """Count `n` prefill tokens computed for `tenant` in a competing step. Decodes are

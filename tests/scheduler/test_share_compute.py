@@ -132,6 +132,7 @@ def test_the_tenant_ahead_is_capped_across_its_requests():
     _long_prefill(s, ex, "A0", 300)
     _long_prefill(s, ex, "A1", 300)
     s._served.update({"A": 500, "B": 0})
+    s._competing = {"A", "B"}  # B competed before (new, the catch-up rule would lift it to 500)
     b = ToyRequest("B0", toks(9000, 120), tenant="B", max_new=3, arrival=1.0)
     s.add(b, 1.0)
     for step in range(4):
@@ -172,6 +173,7 @@ def test_a_tenant_out_of_allowance_does_not_hold_the_queue():
     ex.run(s, s.schedule(0.0, ex), 0.0, tool_s=0.5)  # admitted, then paused
     _long_prefill(s, ex, session="A1")
     s._served["A"] = 100
+    s._competing = {"A", "B"}  # B competed before, at 0 (else the catch-up rule lifts it)
     nxt = ToyRequest("A0", toks(9000, 22), tenant="A", max_new=1, resumed=True, arrival=0.5)
     b = ToyRequest("B0", toks(5000, 20), tenant="B", max_new=2, arrival=1.0)
     s.add(nxt, 0.5)
@@ -194,3 +196,47 @@ def test_a_tenant_out_of_allowance_does_not_hold_the_queue():
 def test_bad_share_parameters_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         wf(manager(16), **kw)
+
+
+def test_a_tenant_joining_late_catches_up_to_the_incumbents_service():
+    """The catch-up rule: A has been served 100,000 tokens when B's first step arrives; B
+    starts at A's weighted service, not at 0, so it is favoured for about one step's budget
+    and then the two alternate: the spread of their service never passes one step's budget
+    (without the rule B took the whole budget less A's cap in every step, for 100,000 / 48
+    steps)."""
+    m = manager(1024)
+    s = wf(m, share_step_tokens=16, max_num_batched_tokens=64)
+    ex = ToyExecutor(m)
+    _long_prefill(s, ex, "A0", 1500)
+    s._served["A"] = 100_000.0
+    b = ToyRequest("B0", toks(9000, 1500), tenant="B", max_new=1, arrival=1.0)
+    s.add(b, 1.0)
+    favoured_b = 0
+    for step in range(10):
+        before = s._served.get("B", 0.0)
+        out = s.schedule(1.0 + step, ex)
+        ex.run(s, out, 1.0 + step)
+        favoured_b += s._served["B"] - before > 16
+        assert abs(s._served["A"] - s._served["B"]) <= 64, (step, s._served)
+    assert s._served["B"] >= 100_000 and favoured_b <= 6  # they alternate
+    m.check_integrity()
+
+
+def test_a_tenant_back_from_idle_does_not_bank_service():
+    """A tenant that sat out (no request running or waiting) comes back at the least
+    weighted service of those still competing, with its weight: it gets no credit for the
+    steps it was away."""
+    from kvsaga.scheduler.fair_share import ComputeShares
+
+    class Bare(ComputeShares):
+        tenant_weights = {"b": 2.0}
+
+    c = Bare()
+    c._served = {"a": 900.0, "b": 100.0, "c": 700.0}
+    c._catch_up({"a": 1, "c": 1})  # b idle
+    c._catch_up({"a": 1, "b": 1, "c": 1})  # b back: at least 2 x min(900, 700)
+    assert c._served == {"a": 900.0, "b": 1400.0, "c": 700.0}
+    c._catch_up({"a": 1, "b": 1, "c": 1, "d": 1})  # d new: at least 700 / 1
+    assert c._served["d"] == 700.0
+    c._catch_up({"a": 1, "b": 1, "c": 1, "d": 1})  # nobody new: nothing moves
+    assert c._served == {"a": 900.0, "b": 1400.0, "c": 700.0, "d": 700.0}

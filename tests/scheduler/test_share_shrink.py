@@ -45,10 +45,40 @@ def test_shrink_keeps_a_paused_session_within_its_share():
     assert s._committed > s.capacity  # ... for A's growth past its share
 
 
+def test_shrink_demotes_the_paused_session_of_the_tenant_above_its_share():
+    """The other side, with both tenants holding a paused session: A's resumed step
+    outgrows its prediction and takes A above its share while B is within its own; when B's
+    next step finishes (the shrink runs), A's paused session A1 is demoted and B's B0 kept
+    (the shares' test, not the demotion order, picks it)."""
+    m = manager(32)  # 128 tokens: each tenant's share is 16 blocks
+    s = wf(m, reserve_decode_tokens=0)
+    ex = ToyExecutor(m)
+    first = [ToyRequest("A0", toks(0, 16), tenant="A", max_new=1, last=False),
+             ToyRequest("A1", toks(1000, 16), tenant="A", max_new=1, last=False),
+             ToyRequest("B0", toks(5000, 20), tenant="B", max_new=1, last=False)]
+    for r in first:
+        s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    assert set(s.sessions) == {"A0", "A1", "B0"} and s.num_demotions == 0
+    a2 = ToyRequest("A0", first[0].token_ids + toks(100, 60), tenant="A", max_new=6,
+                    last=False, resumed=True, arrival=1.0)
+    b2 = ToyRequest("B0", first[2].token_ids + toks(6000, 1), tenant="B", max_new=1,
+                    last=False, resumed=True, arrival=1.0)
+    s.add(a2, 1.0)
+    s.add(b2, 1.0)
+    now = 1.0
+    while b2 not in ex.run(s, s.schedule(now, ex), now, tool_s=5.0):
+        now += 0.1
+    assert a2 in s.running  # A's session is active: only A1 is A's to demote
+    assert set(s.sessions) == {"A0", "B0"} and s.num_demotions == 1
+    shares = s._shares(s.overcommit * s.capacity)
+    assert s._tenant_blocks["B"] <= shares["B"] < s._tenant_blocks["A"]
+    m.check_integrity()
+
+
 def test_shrink_still_demotes_a_paused_session_above_its_share():
-    """The other side: a tenant above its share (here alone, so no share binds) is shrunk
-    as before: A's resumed step outgrows its prediction and A's own paused session, away
-    longest, is demoted."""
+    """One tenant alone (no share binds) is shrunk as before: A's resumed step outgrows its
+    prediction and A's own paused session, away longest, is demoted."""
     m = manager(32)
     s = wf(m, reserve_decode_tokens=0)
     ex = ToyExecutor(m)
