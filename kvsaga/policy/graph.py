@@ -81,7 +81,7 @@ from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 from kvsaga.policy.search import grid_index
-from kvsaga.policy.trust import PredictionTrust
+from kvsaga.policy.trust import PredictionTrust, flag
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 # A demoted session (Scheduler -> session_deferred) waits for the admitted sessions to
@@ -191,7 +191,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
         # Admission wait (resume hint -> step start), warm and cold: [mean, count].
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
-        self.residual_wait = bool(residual_wait)
+        self.residual_wait = flag("residual_wait", residual_wait)
         self.wait_samples = {True: WaitSamples(), False: WaitSamples()}
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
@@ -211,7 +211,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._learned_waits = 0  # changes of the corrections and admission waits
         # Self-scoring against recency (`trust`): per session evicted from and not yet back,
         # (workflow, state, graph's forecast, recency's, when).
-        self.trust = PredictionTrust(calib_prior or 4.0) if trust else None
+        self.trust = PredictionTrust(calib_prior or 4.0) if flag("trust", trust) else None
         self._trust_pending: dict[str, tuple[str, str, float, float, float]] = {}
 
     def bind(self, view) -> None:
@@ -390,8 +390,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         t = p.expected_s + wait
         if calibrated and admission and self.calib_prior is not None:  # learned with the wait
             t *= self.correction(v.workflow, v.tool)
-        if hedged and self.trust is not None and v.workflow is not None:
-            t /= self.trust.factor(v.workflow, "paused")
+        if hedged and self.trust is not None and session_id not in self._deferred:
+            t /= self.trust.factor(v.workflow, "paused")  # (one hedge: demoted in `_graph_time`)
         return Prediction(p.p_resume, t), until
 
     def predict_plain(self, block_id: int, now: float) -> Prediction:

@@ -336,7 +336,9 @@ class VictimSearch:
         index, groups, classes, sig_of = self._index, self.groups, self._classes, self._sig_of
         mapping: dict[int, int] = {}
         keyed: list[str] = []
-        for cls, sid in index.timed_classes(among).items():
+        # By class id: the C++ index's order (a hash map's) is not the Python twin's, and the
+        # order sets the new classes' ids and the versions, which the twins must agree on.
+        for cls, sid in sorted(index.timed_classes(among).items()):
             sig = sig_of.get(cls)
             if sig is None:
                 continue

@@ -33,6 +33,17 @@ import math
 STATES = ("paused", "queued", "demoted")
 
 
+def flag(name: str, value: object) -> bool:
+    """An on/off parameter: a bool, or the number 0 or 1 (what a bench spec such as
+    `graph[trust=1]` passes). Anything else, a string above all (`"false"` is truthy), is
+    refused, naming the parameter."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool (or 0 / 1), got {value!r}")
+
+
 class PredictionTrust:
     """Per (workflow, state): log errors of graph's forecasts of the time to reuse of the
     sessions it evicted from, and the factor on their loss rate those errors call for.

@@ -86,3 +86,56 @@ def test_a_workflow_whose_forecasts_miss_is_kept_over_one_forecast_well(indexed)
     assert policy.trust.factor("good", "paused") == 1.0
     assert policy.trust.factor("bad", "paused") > 4.0
     assert [owner[v] for v in policy.choose_victims(1, 0.2)] == ["a"]
+
+
+def test_a_demoted_session_is_hedged_once_by_its_demotion_errors():
+    """A demoted session's forecast is scored (and hedged) as `demoted` only: errors of
+    `paused` forecasts, which graph learned against other sessions' pauses, leave its rate
+    as it was; `demoted` errors change it."""
+    policy = GraphPolicy(trust=True)
+    train(policy.graph, "lint", 5.0)
+    m = make(policy, num_blocks=8)
+    run_step(m, "d", tokens(100, 8), now=0.0, tool="lint")
+    run_step(m, "p", tokens(200, 8), now=0.0, tool="lint")
+    policy.session_deferred(m.sessions["d"], True, 0.5)
+    before = policy._graph_time("d", 1.0, True, True)[1]
+    paused_before = policy._graph_time("p", 1.0, True, True)[1]
+    for k in range(8):  # paused forecasts missed 20x both ways: factor well above 1
+        policy.trust.add("default", "paused", 5.0 * (20.0 if k % 2 else 1 / 20.0), 5.0, 1.0)
+    assert policy.trust.factor("default", "paused") > 4.0
+    assert policy._graph_time("d", 1.0, True, True)[1] == pytest.approx(before)
+    assert policy._graph_time("p", 1.0, True, True)[1] < paused_before / 4.0  # paused: hedged
+    for k in range(8):
+        policy.trust.add("default", "demoted", 5.0 * (20.0 if k % 2 else 1 / 20.0), 5.0, 1.0)
+    assert policy._graph_time("d", 1.0, True, True)[1] == pytest.approx(
+        before / policy.trust.factor("default", "demoted"))
+
+
+@pytest.mark.parametrize("value", ["false", "0", None, 2, 0.5])
+def test_an_on_off_parameter_that_is_not_a_bool_is_refused(value):
+    for name in ("trust", "residual_wait"):
+        with pytest.raises(ValueError, match=name):
+            GraphPolicy(**{name: value})
+    assert GraphPolicy(trust=1.0).trust is not None  # `graph[trust=1]` in a bench spec
+    assert GraphPolicy(trust=0).trust is None and GraphPolicy(trust=False).trust is None
+
+
+def test_a_workflow_less_session_is_keyed_alike_by_the_index_and_the_scan():
+    """With `trust`, a session with no workflow is hedged by its (None, paused) errors in
+    Python (`_predict_session`) as in its class's formula the index re-keys it by
+    (`_formula`): both orders stay equal as its pause crosses grid points."""
+    policy = GraphPolicy(trust=True, relearn_share=0.0)
+    train(policy.graph, "lint", 5.0)
+    m = make(policy, num_blocks=12)
+    st = m.begin_step("n", tokens(100, 12), now=0.0, workflow=None)
+    m.allocate_slots("n", 12 - st.num_cached_tokens, now=0.0)
+    m.finish_step("n", now=0.0, tool="lint")
+    run_step(m, "a", tokens(200, 12), now=0.0, tool="lint")
+    for k in range(8):
+        policy.trust.add(None, "paused", 5.0 * (20.0 if k % 2 else 1 / 20.0), 5.0, 1.0)
+    assert policy.trust.factor(None, "paused") > 4.0
+    for now in (0.5, 1.0, 2.0, 4.0, 7.0, 9.0, 20.0, 60.0):
+        assert policy.eviction_order(now) == policy.scan_order(now)
+        for sid in ("n", "a"):  # the rate behind each key, not only their order
+            assert policy._index.base(sid) == pytest.approx(
+                policy._session_base(sid, policy.groups[sid], now)[0], rel=1e-9)
