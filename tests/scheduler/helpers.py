@@ -1,5 +1,5 @@
 """Set-ups the scheduler tests share: a small manager, token runs, a workflow scheduler with
-test-friendly defaults, and two sessions admitted and paused."""
+test-friendly defaults, two sessions admitted and paused, and two waiting behind a full pool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga.scheduler import make_scheduler
-from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.sched_helpers import ToyExecutor, ToyRequest, drive
 
 BS = 4
 
@@ -51,3 +51,30 @@ def two_paused(prompt_len=20, **kw):
         s.add(r, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
     return m, s, ex, a
+
+
+def queued_big_small(**kw):
+    """A workflow scheduler whose pool holds one admitted session (a, 44 tokens), with two new
+    sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1)."""
+    m = manager(16)
+    s = wf(m, backfill_window=0, **kw)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
+    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
+    s.add(big, 0.0)
+    s.add(small, 0.1)
+    assert not s.schedule(0.1, ex).admitted  # a's working set leaves no room for either
+    return s, big, small
+
+
+def two_finished_sessions(**kw):
+    """A workflow scheduler that has run two sessions to their ends: a (2 steps, resumed at
+    3 s) and b (1 step)."""
+    s = wf(manager(64), **kw)
+    a1 = ToyRequest("a", toks(0, 4), max_new=1, last=False)
+    a2 = ToyRequest("a", toks(0, 4) + [1, 5], max_new=1, resumed=True, arrival=3.0)
+    b = ToyRequest("b", toks(100, 4), max_new=1)
+    drive(s, [(0.0, a1), (0.0, b), (3.0, a2)])
+    return s

@@ -14,8 +14,8 @@ from kvsaga.scheduler.admission_order import (
     order_key,
     predicted_cost,
 )
-from tests.sched_helpers import ToyExecutor, ToyRequest, drive
-from tests.scheduler.helpers import manager, toks, wf
+from tests.sched_helpers import ToyRequest, drive
+from tests.scheduler.helpers import manager, queued_big_small, toks, two_finished_sessions, wf
 
 
 def test_remaining_steps_are_the_mean_residual_of_longer_finished_sessions():
@@ -45,46 +45,27 @@ def test_the_aging_bound_orders_any_two_sessions_by_their_queueing_times():
     assert order_key(1e30, 0.0, 10.0) > order_key(0.0, gap - 1e-3, 10.0)
 
 
-def _queued(**kw):
-    """A workflow scheduler whose pool holds one admitted session (a, 44 tokens), with two new
-    sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1)."""
-    m = manager(16)
-    s = wf(m, backfill_window=0, **kw)
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
-    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
-    s.add(big, 0.0)
-    s.add(small, 0.1)
-    assert not s.schedule(0.1, ex).admitted  # a's working set leaves no room for either
-    return s, big, small
-
 
 def test_fifo_keeps_queue_order():
-    s, big, small = _queued(admission_order="fifo")
+    s, big, small = queued_big_small(admission_order="fifo")
     assert s.waiting == [big, small]
 
 
 def test_predicted_puts_the_least_remaining_work_first():
-    s, big, small = _queued(admission_order="predicted", aging_s=1.0)
+    s, big, small = queued_big_small(admission_order="predicted", aging_s=1.0)
     assert s.remaining_cost(small) < s.remaining_cost(big)
     assert s.waiting == [small, big]
 
 
 def test_predicted_ages_a_session_that_waited_longer():
     """big waited 0.1 s longer: worth ln(cost ratio) x aging_s of it once aging_s is short."""
-    s, big, small = _queued(admission_order="predicted", aging_s=0.05)
+    s, big, small = queued_big_small(admission_order="predicted", aging_s=0.05)
     assert math.log(s.remaining_cost(big) / s.remaining_cost(small)) < 0.1 / 0.05
     assert s.waiting == [big, small]
 
 
 def test_the_scheduler_learns_session_lengths_from_finished_sessions():
-    s = wf(manager(64), admission_order="predicted")
-    a1 = ToyRequest("a", toks(0, 4), max_new=1, last=False)
-    a2 = ToyRequest("a", toks(0, 4) + [1, 5], max_new=1, resumed=True, arrival=3.0)
-    b = ToyRequest("b", toks(100, 4), max_new=1)
-    drive(s, [(0.0, a1), (0.0, b), (3.0, a2)])
+    s = two_finished_sessions(admission_order="predicted")
     assert s._lengths.counts == {"default": {1: 1, 2: 1}}
     assert not s._steps_seen  # nothing kept of ended sessions
 
@@ -92,7 +73,7 @@ def test_the_scheduler_learns_session_lengths_from_finished_sessions():
 def test_a_waiting_session_near_its_workflows_end_goes_first():
     """Steps done lower the expected steps left: with every finished session 3 steps long, a
     session that did 2 has 1 left and goes before a new one of the same context."""
-    s, big, small = _queued(admission_order="predicted")
+    s, big, small = queued_big_small(admission_order="predicted")
     for _ in range(5):
         s._lengths.observe("default", 3)
     fresh = ToyRequest("fresh", toks(300, 24), max_new=1, arrival=0.2)

@@ -9,8 +9,7 @@ import math
 import pytest
 
 from kvsaga.scheduler.session_length import SessionLengthModel, _gittins_terms
-from tests.sched_helpers import ToyRequest, drive
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import manager, queued_big_small, two_finished_sessions, wf
 
 
 def approx(xs):
@@ -132,26 +131,9 @@ def test_bad_observations_change_nothing():
     assert (m.version, m.reached, m.ended) == before
 
 
-def _queued(**kw):
-    """Like test_admission_order's: one admitted session (a, 44 tokens) fills the pool;
-    `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1) wait."""
-    from tests.sched_helpers import ToyExecutor
-
-    m = manager(16)
-    s = wf(m, backfill_window=0, **kw)
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
-    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
-    s.add(big, 0.0)
-    s.add(small, 0.1)
-    assert not s.schedule(0.1, ex).admitted
-    return s, big, small
-
 
 def test_gittins_puts_the_least_ranked_work_first_and_learns_censored_steps():
-    s, big, small = _queued(admission_order="gittins", aging_s=1.0)
+    s, big, small = queued_big_small(admission_order="gittins", aging_s=1.0)
     assert s.remaining_cost(small) < s.remaining_cost(big)
     assert s.waiting == [small, big]
     # a's first step finished (it goes on): one session reached step 1, none ended
@@ -160,11 +142,7 @@ def test_gittins_puts_the_least_ranked_work_first_and_learns_censored_steps():
 
 
 def test_gittins_learns_finished_lengths_in_the_scheduler():
-    s = wf(manager(64), admission_order="gittins")
-    a1 = ToyRequest("a", toks(0, 4), max_new=1, last=False)
-    a2 = ToyRequest("a", toks(0, 4) + [1, 5], max_new=1, resumed=True, arrival=3.0)
-    b = ToyRequest("b", toks(100, 4), max_new=1)
-    drive(s, [(0.0, a1), (0.0, b), (3.0, a2)])
+    s = two_finished_sessions(admission_order="gittins")
     lm = s._length_model
     assert lm.reached["default"][1:3] == [2, 1] and lm.ended["default"][1:3] == [1, 1]
     assert not s._steps_seen
