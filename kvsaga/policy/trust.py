@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 
+from kvsaga._validate import check_bool, is_number
+
 STATES = ("paused", "queued", "demoted")
 
 
@@ -37,11 +39,9 @@ def flag(name: str, value: object) -> bool:
     """An on/off parameter: a bool, or the number 0 or 1 (what a bench spec such as
     `graph[trust=1]` passes). Anything else, a string above all (`"false"` is truthy), is
     refused, naming the parameter."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be a bool (or 0 / 1), got {value!r}")
+    if is_number(value) and value in (0, 1):
+        value = bool(value)
+    return check_bool(name, value)
 
 
 class PredictionTrust:

@@ -71,8 +71,7 @@ incumbents' whole history (test_a_tenant_joining_late_catches_up_to_the_incumben
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 
 class FairShare:
@@ -114,32 +113,33 @@ class FairShare:
         d[tenant] -= 1.0
 
 
-def favoured_allowances(demands: Mapping[str | None, float],
+def favoured_allowances(tenants: Collection[str | None],
                         weights: Mapping[str | None, float], served: Mapping[str | None, float],
                         step_tokens: int, budget: int) -> tuple[str | None, dict[str | None, int]]:
     """Agent Fair Share of one batch step's compute: the favoured tenant and the tokens each
     competing tenant may have computed in the step (see the module docstring, "Compute").
 
-    `demands`: the competing tenants (their values are not read: a favoured tenant's demand
-    is bounded by the budget anyway). `served`: tokens computed for each tenant in earlier
-    competing steps (raised on entry by `ComputeShares`'s catch-up rule). The tenant with
-    the least `served / weight` (ties: the first in `demands`) gets `budget`; each other one
-    max(floor(step_tokens x its weight / the other tenants' weights), 1).
+    `tenants`: the competing tenants, in tie order (how much each asks for does not matter:
+    a favoured tenant's demand is bounded by the budget anyway). `served`: tokens computed
+    for each tenant in earlier competing steps (raised on entry by `ComputeShares`'s
+    catch-up rule). The tenant with the least `served / weight` (ties: the first in
+    `tenants`) gets `budget`; each other one max(floor(step_tokens x its weight / the other
+    tenants' weights), 1).
 
     Raises:
         ValueError: fewer than two tenants, or a weight that is not positive.
     """
-    if len(demands) < 2:
+    if len(tenants) < 2:
         raise ValueError(f"compute shares need two or more competing tenants, got "
-                         f"{list(demands)!r}")
-    w = {t: weights.get(t, 1.0) for t in demands}
+                         f"{list(tenants)!r}")
+    w = {t: weights.get(t, 1.0) for t in tenants}
     bad = [t for t, x in w.items() if not x > 0]
     if bad:
         got = ", ".join(f"{t!r}: {w[t]!r}" for t in bad)
         raise ValueError(f"tenant weights must be > 0, got {got}")
-    fav = min(demands, key=lambda t: served.get(t, 0.0) / w[t])
+    fav = min(tenants, key=lambda t: served.get(t, 0.0) / w[t])
     rest = sum(x for t, x in w.items() if t != fav)
-    out = {t: max(int(step_tokens * w[t] / rest), 1) for t in demands if t != fav}
+    out = {t: max(int(step_tokens * w[t] / rest), 1) for t in tenants if t != fav}
     out[fav] = budget
     return fav, out
 
@@ -173,13 +173,12 @@ class ComputeShares:
             return None
         # Tenants with a step waiting first: they win ties of service (at the start, the
         # tenant that would wait goes ahead of the one whose prefill runs).
-        demands: dict[str | None, float] = {r.tenant: math.inf for r in self._waiting_heads()}
-        for r, n in zip(self.running, needs, strict=True):
-            demands[r.tenant] = demands.get(r.tenant, 0) + n
-        self._catch_up(demands)
-        if len(demands) < 2:
+        tenants = dict.fromkeys(r.tenant for r in self._waiting_heads())
+        tenants.update(dict.fromkeys(r.tenant for r in self.running))
+        self._catch_up(tenants)
+        if len(tenants) < 2:
             return None
-        _, allow = favoured_allowances(demands, self.tenant_weights, self._served,
+        _, allow = favoured_allowances(tenants, self.tenant_weights, self._served,
                                        min(self.share_step_tokens, self.max_num_batched_tokens),
                                        self.max_num_batched_tokens)
         for r, n in zip(self.running, needs, strict=True):
@@ -187,21 +186,21 @@ class ComputeShares:
                 allow[r.tenant] -= 1
         return allow
 
-    def _catch_up(self, demands: Mapping[str | None, float]) -> None:
+    def _catch_up(self, tenants: Collection[str | None]) -> None:
         """Weighted fair queueing's catch-up rule: a tenant that enters competition (or comes
         back after a step without work) has its service raised to at least the least
         weighted service of the tenants that were already competing. Without it a tenant
         joining late, with no service, would be favoured until it matched the incumbents'
         whole history (in a long-running server, capping them for an unbounded time)."""
         before = self._competing
-        self._competing = set(demands)
+        self._competing = set(tenants)
         w = self.tenant_weights
         served = self._served
-        stay = [t for t in demands if t in before]
-        if not stay or len(stay) == len(demands):
+        stay = [t for t in tenants if t in before]
+        if not stay or len(stay) == len(tenants):
             return
         floor = min(served.get(t, 0.0) / w.get(t, 1.0) for t in stay)
-        for t in demands:
+        for t in tenants:
             if t not in before:
                 served[t] = max(served.get(t, 0.0), floor * w.get(t, 1.0))
 
