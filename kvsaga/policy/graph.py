@@ -48,6 +48,9 @@ prices a demoted session's blocks by the later of the graph's prediction and the
 residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
 the tuning seed; docs/architecture.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
+With `median_returns` a queued (residual_wait) or demoted session's wait is the *median*
+residual of the observed waits, per workflow shrunk to the pooled ones, as a pause's is the
+median residual of its fit (kvsaga/policy/returns.py says why).
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
@@ -72,14 +75,12 @@ otherwise it is discarded.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
-from collections import deque
-from itertools import accumulate
 
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
+from kvsaga.policy.returns import WaitSamples, WorkflowWaits
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.trust import PredictionTrust, flag
 
@@ -90,45 +91,6 @@ LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 # (checked on seed 101 of bench/scheduling.py, the fit seed, among 1, 3, 10 and 100: web
 # and bfcl at 50% and 25%); from then on, by the demotions it saw (`WaitSamples`).
 DEFERRED_SLOWDOWN = 100.0
-
-
-class WaitSamples:
-    """The most recent observed waits, and the mean time still to wait given the time
-    waited so far: E[W - q | W > q] over the samples, without assuming any shape (waits
-    behind a demotion are heavy-tailed: the longer one has lasted, the longer it will).
-
-    Args:
-        size: how many recent samples are kept (older ones are forgotten).
-    """
-
-    def __init__(self, size: int = 256) -> None:
-        self._recent: deque[float] = deque(maxlen=size)
-        self._sorted: list[float] = []
-        self._suffix: list[float] | None = None  # suffix sums of _sorted, built on demand
-
-    def __len__(self) -> int:
-        return len(self._recent)
-
-    def add(self, wait_s: float) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            del self._sorted[bisect_left(self._sorted, self._recent[0])]
-        self._recent.append(wait_s)
-        insort(self._sorted, wait_s)
-        self._suffix = None
-
-    def residual(self, waited_s: float) -> float | None:
-        """Mean seconds still to wait after `waited_s`; `waited_s` itself once every sample
-        is shorter (as long again: the tail is unknown); None with no samples."""
-        xs = self._sorted
-        if not xs:
-            return None
-        i = bisect_right(xs, waited_s)
-        n = len(xs) - i
-        if n == 0:
-            return waited_s
-        if self._suffix is None:
-            self._suffix = list(accumulate(reversed(xs)))[::-1] + [0.0]
-        return (self._suffix[i] - n * waited_s) / n
 
 
 class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -158,6 +120,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             evicts from, per workflow and state, and multiply the loss rate by the factor
             they call for (`PredictionTrust`, kvsaga/policy/trust.py; its prior is
             `calib_prior`, 4 pseudo-observations when that is None).
+        median_returns: forecast a queued or demoted session's return by the median, not
+            the mean, residual of the observed waits, per workflow shrunk to the pooled
+            ones by `calib_prior` (or 4) (`WorkflowWaits`, kvsaga/policy/returns.py).
     """
 
     name = "graph"
@@ -176,6 +141,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         calib_prior: float | None = 4.0,
         residual_wait: bool = True,
         trust: bool = False,
+        median_returns: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -192,7 +158,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         # Admission wait (resume hint -> step start), warm and cold: [mean, count].
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
         self.residual_wait = flag("residual_wait", residual_wait)
-        self.wait_samples = {True: WaitSamples(), False: WaitSamples()}
+        self.median_returns = flag("median_returns", median_returns)
+        waits = (lambda: WorkflowWaits(calib_prior or 4.0)) if self.median_returns else WaitSamples
+        self.wait_samples = {True: waits(), False: waits()}
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         if calib_prior is not None and not calib_prior > 0:
@@ -207,7 +175,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         # which tells `deferred_wait` how long a demotion lasts.
         self._deferred: dict[str, float] = {}
         self._deferred_since: dict[str, float] = {}
-        self.deferred_wait = WaitSamples()
+        self.deferred_wait = waits()
         self._learned_waits = 0  # changes of the corrections and admission waits
         # Self-scoring against recency (`trust`): per session evicted from and not yet back,
         # (workflow, state, graph's forecast, recency's, when).
@@ -228,7 +196,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def step_started(self, session, now: float) -> None:
         since = self._deferred_since.pop(session.session_id, None)
         if since is not None:
-            self.deferred_wait.add(max(now - since, 0.0))
+            self.deferred_wait.add(max(now - since, 0.0), session.workflow)
         pending = self._calib_pending.pop(session.session_id, None)
         if pending is not None:
             self._calibrate(*pending, now)
@@ -243,7 +211,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             w = self.admission_wait[ready[1]]
             w[1] += 1
             w[0] += (max(now - ready[0], 0.0) - w[0]) / min(w[1], 1.0 / self.wait_alpha)
-            self.wait_samples[ready[1]].add(max(now - ready[0], 0.0))
+            self.wait_samples[ready[1]].add(max(now - ready[0], 0.0), session.workflow)
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
         owner, gen = self.view.block_owner, self.view.block_generation
@@ -339,6 +307,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         the session is warm now), given what it has already queued (`residual_wait`)."""
         return self._expected_wait(session_id, now, True)[0]
 
+    def _workflow_of(self, session_id: str) -> str | None:
+        v = self.views.get(session_id)
+        return None if v is None else v.workflow
+
     def _since(self, t0: float, now: float, exact: bool) -> tuple[float, float]:
         if exact:
             return max(now - t0, 0.0), math.inf
@@ -349,7 +321,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         ready = self._ready.get(session_id)
         queued, until = (0.0, math.inf) if ready is None else self._since(ready[0], now, exact)
         if self.residual_wait:
-            left = self.wait_samples[warm].residual(queued)
+            left = self.wait_samples[warm].residual(queued, self._workflow_of(session_id))
             return (0.0 if left is None else left), until
         left = self.admission_wait[warm][0] - queued
         return (0.0 if left < 0.0 else left), until  # max(left, 0.0) without a call
@@ -563,7 +535,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _deferred_time(self, sid: str, predicted_s: float, now: float, exact: bool
                        ) -> tuple[float, float]:
         lasted, until = self._since(self._deferred[sid], now, exact)
-        left = self.deferred_wait.residual(lasted)
+        left = self.deferred_wait.residual(lasted, self._workflow_of(sid))
         if left is None:
             return predicted_s * DEFERRED_SLOWDOWN, math.inf
         return max(predicted_s, left, self.min_wait_s), until

@@ -1,0 +1,122 @@
+"""When a queued or demoted session comes back: observed waits, and the forecast `graph` reads.
+
+`graph` prices a session's blocks by P(reuse) * rebuild / T, with T its forecast of the time
+until the session's next step. For a paused session T is the Execution Graph's *median*
+residual pause (aeg.py: with the mean, sessions probably back soon were undervalued, since
+a few very long pauses set it). For a session whose tool has returned and which queues for
+admission, and for one the scheduler demoted, T came instead from the *mean* residual of
+the recent observed waits (`WaitSamples.residual`), pooled over every workflow. Those waits
+are heavy-tailed (a demotion lasts as long as the admitted sessions' steps and pauses), so
+their mean sits far above the typical wait: on the fit seeds (bench/RESULTS.md, "Why graph
+loses where it loses") graph's forecasts for the demoted and queued sessions it evicted from
+were off by a median e^1.6 and e^1.1, a quarter to a half of them back more than e times
+sooner, and those evictions were graph's surplus over saga's.
+
+`WorkflowWaits` (graph's `median_returns`) forecasts those two states as the pauses are
+forecast: the median of the observed residual waits given the time already waited, so one
+long demotion cannot price every demoted session as gone for good. Each workflow's own
+waits count one each and every workflow's pooled waits count `prior` in all (an empirical
+Bayes mixture: a workflow with no history gets the pooled median, one with many gets its
+own), so a workflow whose sessions queue or stay demoted unlike the others' (one never
+seen in tuning) is priced from its own record. Nothing in it is fitted: the median is the
+pauses' statistic, and `prior` is graph's `calib_prior`, the pseudo-observations of every
+other shrinkage in graph.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from itertools import accumulate
+
+
+class WaitSamples:
+    """The most recent observed waits, and the mean time still to wait given the time
+    waited so far: E[W - q | W > q] over the samples, without assuming any shape (waits
+    behind a demotion are heavy-tailed: the longer one has lasted, the longer it will).
+
+    Args:
+        size: how many recent samples are kept (older ones are forgotten).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._recent: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
+        self._suffix: list[float] | None = None  # suffix sums of _sorted, built on demand
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def add(self, wait_s: float, workflow: str | None = None) -> None:
+        """One observed wait (`workflow`: whose; this pooled record ignores it)."""
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(wait_s)
+        insort(self._sorted, wait_s)
+        self._suffix = None
+
+    def residual(self, waited_s: float, workflow: str | None = None) -> float | None:
+        """Mean seconds still to wait after `waited_s`; `waited_s` itself once every sample
+        is shorter (as long again: the tail is unknown); None with no samples. `workflow`
+        is ignored here (`WorkflowWaits` reads it)."""
+        xs = self._sorted
+        if not xs:
+            return None
+        i = bisect_right(xs, waited_s)
+        n = len(xs) - i
+        if n == 0:
+            return waited_s
+        if self._suffix is None:
+            self._suffix = list(accumulate(reversed(xs)))[::-1] + [0.0]
+        return (self._suffix[i] - n * waited_s) / n
+
+
+class WorkflowWaits(WaitSamples):
+    """Observed waits pooled and per workflow; the forecast is the *median* time still to
+    wait given the time waited so far, over a mixture of the workflow's own waits (weight
+    1 each) and the pooled ones (weight `prior` in all).
+
+    Args:
+        prior: the pooled waits' total weight against a workflow's own (> 0).
+        size: how many recent samples are kept, pooled and per workflow.
+    """
+
+    def __init__(self, prior: float, size: int = 256) -> None:
+        super().__init__(size)
+        if not prior > 0:
+            raise ValueError(f"prior must be > 0, got {prior!r}")
+        self.prior = prior
+        self._size = size
+        self.by_workflow: dict[str, WaitSamples] = {}
+
+    def add(self, wait_s: float, workflow: str | None = None) -> None:
+        if not wait_s >= 0:
+            raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
+        super().add(wait_s)
+        if workflow is not None:
+            own = self.by_workflow.get(workflow)
+            if own is None:
+                own = self.by_workflow[workflow] = WaitSamples(self._size)
+            own.add(wait_s)
+
+    def residual(self, waited_s: float, workflow: str | None = None) -> float | None:
+        """Median seconds still to wait after `waited_s` (the mixture's, above); `waited_s`
+        itself once every sample is shorter; None with no samples."""
+        pool = self._sorted
+        if not pool:
+            return None
+        own_xs = self.by_workflow[workflow]._sorted if workflow in self.by_workflow else []
+        i, j = bisect_right(own_xs, waited_s), bisect_right(pool, waited_s)
+        a, b = len(own_xs) - i, len(pool) - j
+        if a == 0 and b == 0:
+            return waited_s
+        w_pool = self.prior / b if b else 0.0
+        half = 0.5 * (a + (self.prior if b else 0.0))
+        got = 0.0
+        while True:  # merge the two suffixes upward until half the weight is below
+            if j >= len(pool) or (i < len(own_xs) and own_xs[i] <= pool[j]):
+                x, got, i = own_xs[i], got + 1.0, i + 1
+            else:
+                x, got, j = pool[j], got + w_pool, j + 1
+            if got >= half - 1e-12 or (i >= len(own_xs) and j >= len(pool)):
+                return x - waited_s

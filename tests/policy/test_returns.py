@@ -1,0 +1,119 @@
+"""`WorkflowWaits` (graph's `median_returns`): median residual waits, per workflow shrunk to
+the pooled ones; graph reads it for queued and demoted sessions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvsaga.policy import GraphPolicy
+from kvsaga.policy.returns import WaitSamples, WorkflowWaits
+from tests.policy.helpers import make, run_step, tokens
+from tests.policy.test_graph import _demoted_and_admitted
+
+
+def _weighted_median_residual(own: list[float], pool: list[float], prior: float,
+                              waited: float) -> float | None:
+    """The definition, by brute force: the smallest x above `waited` at which the mixture's
+    weight (own waits 1 each, pooled ones `prior` in all) reaches half of its total."""
+    if not pool:
+        return None
+    mine = [x for x in own if x > waited]
+    pooled = [x for x in pool if x > waited]
+    if not mine and not pooled:
+        return waited
+    items = [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
+    total = sum(w for _, w in items)
+    got = 0.0
+    for x, w in sorted(items):
+        got += w
+        if got >= total / 2 - 1e-12:
+            return x - waited
+    raise AssertionError("unreachable")
+
+
+def test_median_residual_without_workflows_is_the_pooled_median():
+    w = WorkflowWaits(prior=4.0)
+    assert w.residual(0.0) is None  # nothing seen
+    for x in (1.0, 2.0, 100.0):
+        w.add(x)
+    assert w.residual(0.0) == pytest.approx(2.0)  # the median, not the mean (34.3)
+    assert WaitSamples().residual(0.0) is None
+    assert w.residual(1.5) == pytest.approx(2.0 - 1.5)  # of 2 and 100: the lower middle
+    assert w.residual(200.0) == 200.0  # longer than every sample: as long again
+
+
+def test_a_workflow_with_its_own_record_is_priced_from_it_an_unseen_one_from_the_pool():
+    w = WorkflowWaits(prior=4.0)
+    for _ in range(40):
+        w.add(10.0, "slow")
+    for _ in range(200):
+        w.add(0.5, "fast")
+    assert w.residual(0.0, "slow") == pytest.approx(10.0)  # 40 own against 4 pooled
+    assert w.residual(0.0, "fast") == pytest.approx(0.5)
+    assert w.residual(0.0, "never-seen") == pytest.approx(0.5)  # the pooled median
+    few = WorkflowWaits(prior=4.0)
+    for _ in range(100):
+        few.add(0.5, "fast")
+    few.add(10.0, "new")  # one own wait against 4 pooled: still the pool's
+    assert few.residual(0.0, "new") == pytest.approx(0.5)
+
+
+def test_median_residual_matches_the_definition_on_random_waits():
+    rng = random.Random(7)
+    w = WorkflowWaits(prior=3.0, size=50)
+    own: dict[str, list[float]] = {"a": [], "b": []}
+    pool: list[float] = []
+    for _ in range(120):
+        wf = rng.choice(["a", "b"])
+        x = rng.lognormvariate(0.0, 1.5)
+        w.add(x, wf)
+        own[wf] = (own[wf] + [x])[-50:]  # each record forgets its oldest past `size`
+        pool = (pool + [x])[-50:]
+        for waited in (0.0, 0.5, 2.0, 20.0):
+            for wf2 in ("a", "b", "c"):
+                want = _weighted_median_residual(own.get(wf2, []), pool, 3.0, waited)
+                assert w.residual(waited, wf2) == pytest.approx(want), (waited, wf2)
+
+
+def test_bad_input_is_refused_by_name():
+    with pytest.raises(ValueError, match="prior"):
+        WorkflowWaits(prior=0.0)
+    w = WorkflowWaits(prior=1.0)
+    with pytest.raises(ValueError, match="wait_s"):
+        w.add(-1.0, "a")
+    assert len(w) == 0 and w.residual(0.0) is None  # state unchanged
+    with pytest.raises(ValueError, match="median_returns"):
+        GraphPolicy(median_returns="yes")
+
+
+def test_graph_prices_demoted_and_queued_sessions_by_the_median_with_the_option():
+    """Demotions that lasted 1, 1.2 and 50 s: the mean residual (17.4 s at 0.7 s lasted)
+    prices the demoted session as gone for long; the median (1.2 - 0.7 s) as back soon.
+    The same for a queued cold step and its admission waits."""
+    for median in (False, True):
+        policy = GraphPolicy(median_returns=median)
+        _demoted_and_admitted(policy)
+        for x in (1.0, 1.2, 50.0):
+            policy.deferred_wait.add(x, "default")
+        want = 1.2 - 0.7 if median else (0.3 + 0.5 + 49.3) / 3
+        assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(want)
+    for median in (False, True):
+        policy = GraphPolicy(median_returns=median)
+        m = make(policy, num_blocks=16)
+        for x in (1.0, 3.0, 40.0):
+            policy.wait_samples[False].add(x, "default")
+        run_step(m, "q", tokens(900, 4), now=20.0, tool="grep")
+        m.resume_hint("q", now=21.0)
+        policy._ctx_blocks["q"] = 100  # cold
+        assert policy.expected_wait("q", 21.5) == pytest.approx(
+            2.5 if median else ((1.0 - 0.5) + (3.0 - 0.5) + (40.0 - 0.5)) / 3)
+
+
+def test_graph_learns_demotions_per_workflow():
+    policy = GraphPolicy(median_returns=True)
+    m = _demoted_and_admitted(policy)
+    policy.session_deferred(m.sessions["d"], False, 1.5)
+    run_step(m, "d", tokens(200, 13), now=2.0, tool="grep")
+    assert policy.deferred_wait.by_workflow["default"]._sorted == [pytest.approx(1.7)]
