@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM connector arms: POLICY (a kvsaga policy, the connector's "
                         "defaults: session gate on), POLICY+nogate (retention alone), "
                         "POLICY+gate (gate forced on), POLICY+noroom (the gate without "
-                        "room admission)")
+                        "room admission), POLICY+fifo (the gate in vLLM's queue order)")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM (default graph, which RESULTS' "
                         "recorded default replay used; not kvsaga-serve's own default, "

@@ -61,6 +61,8 @@ CONNECTOR_SUFFIXES = {  # a connector arm's suffix -> the kv_connector_extra_con
     "nogate": {"admission": False},  # retention alone
     # the gate on predicted working sets alone, as before room admission (A/B of 2026-11-30)
     "noroom": {"admission": True, "gate_args": {"room_admit": False}},
+    # the gate letting waiting sessions in in vLLM's queue order, as before admission_order
+    "fifo": {"admission": True, "gate_args": {"admission_order": "fifo"}},
 }
 
 
@@ -68,7 +70,8 @@ def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
     """A vLLM connector arm's name as the policy and the `kv_connector_extra_config` entries
     it sets: `POLICY` (the connector's defaults), `POLICY+gate` (the session admission gate
     on), `POLICY+nogate` (off: retention alone), `POLICY+noroom` (the gate without room
-    admission: it defers on the predicted working sets even where vLLM has room)."""
+    admission: it defers on the predicted working sets even where vLLM has room),
+    `POLICY+fifo` (the gate in vLLM's queue order: `gate_args` `admission_order` "fifo")."""
     from kvsaga.policy import POLICIES
 
     policy, plus, suffix = name.partition("+")

@@ -363,3 +363,90 @@ def test_a_zero_token_cost_prices_no_recompute_and_pays_no_reservation():
     assert not g.admit("c", "w", 4 * BS, 0, now=1.0, token_s=0.0)
     assert not g.admit("c", "w", 4 * BS, 0, now=5.0, token_s=0.0)
     assert g.admitted_by == {}
+
+
+# -- admission order (gate_order) -------------------------------------------------------------
+def _order_gate(**kw) -> SessionGate:
+    # 20 blocks, no growth reserved, and only the fit lets a waiting session in (no room,
+    # idleness, max_wait_s or reservation rule), so two sessions compete for one place
+    return _gate(horizon_steps=0.0, room_admit=False, idle_admit_s=1e9, max_wait_s=1e9,
+                 reserve_wait_factor=None, **kw)
+
+
+def _long_and_short_wait(g: SessionGate, short_at: float = 0.0) -> None:
+    """a (15 blocks) runs; long session L (12 blocks, a first step) and short session S
+    (10 blocks, its last step) are deferred; then a ends and one of L, S fits, not both."""
+    assert g.admit("a", "w", 15 * BS, 0, now=0.0)
+    g.started("a0")
+    assert not g.admit("L", "w", 12 * BS, 0, now=0.0)
+    assert not g.admit("S", "w", 10 * BS, 0, now=short_at, last_step=True)
+    g.new_step()
+    _run_step(g, "a0", "a", 16 * BS, now=short_at, last=True)
+
+
+@pytest.mark.parametrize("order", ["fifo", "predicted"])
+def test_the_predicted_order_lets_a_short_session_in_before_a_long_one_asked_first(order):
+    g = _order_gate(admission_order=order, prior_steps=4.0)
+    _long_and_short_wait(g)
+    # vLLM asks in its queue order: L first. FIFO admits it; "predicted" ranks S (one step
+    # left) ahead, and S and L do not fit together, so L yields
+    assert g.admit("L", "w", 12 * BS, 0, now=1.0) is (order == "fifo")
+    assert g.admit("S", "w", 10 * BS, 0, now=1.0, last_step=True) is (order == "predicted")
+    assert g.order.num_yielded == (order == "predicted")
+    if order == "predicted":  # once S has ended, L gets in
+        g.started("s0")
+        _run_step(g, "s0", "S", 11 * BS, now=2.0, last=True)
+        assert g.admit("L", "w", 12 * BS, 0, now=2.0)
+        assert set(g.sessions) == {"L"} and g.order.waiting == {}
+
+
+def test_aging_lets_a_long_session_that_waited_go_before_a_newer_short_one():
+    # aging_s 1: L deferred 5 s before S; L's predicted work (4 steps of 12 blocks) is
+    # e^2.3 times S's, worth 2.3 s of waiting only
+    g = _order_gate(admission_order="predicted", prior_steps=4.0, aging_s=1.0)
+    _long_and_short_wait(g, short_at=5.0)
+    assert not g.admit("S", "w", 10 * BS, 0, now=6.0, last_step=True)  # yields to L
+    assert g.admit("L", "w", 12 * BS, 0, now=6.0)
+    assert g.order.num_yielded == 1
+
+
+def test_a_waiting_session_vllm_stopped_asking_about_holds_nobody_back():
+    g = _order_gate(admission_order="predicted", prior_steps=4.0)
+    _long_and_short_wait(g)
+    g.new_step()
+    g.new_step()  # S not asked about for two engine steps (say, aborted)
+    assert g.admit("L", "w", 12 * BS, 0, now=1.0)
+    assert g.order.num_yielded == 0
+
+
+def test_a_yielding_session_is_admitted_past_max_wait():
+    g = _gate(horizon_steps=0.0, room_admit=False, idle_admit_s=1e9, max_wait_s=5.0,
+              reserve_wait_factor=None, admission_order="predicted", prior_steps=4.0)
+    _long_and_short_wait(g)
+    assert not g.admit("L", "w", 12 * BS, 0, now=4.0)  # yields to S
+    g.new_step()
+    assert g.admit("S", "w", 10 * BS, 0, now=4.0, last_step=True)
+    g.started("s0")
+    assert g.admit("L", "w", 12 * BS, 0, now=5.5)  # S runs; L waited 5.5 s > max_wait_s
+    assert g.admitted_by["max_wait"] == 1
+
+
+def test_session_lengths_are_learned_from_last_steps():
+    g = _order_gate(admission_order="predicted", prior_steps=1.0)
+    for i in range(3):  # three sessions of 3 steps end
+        sid = f"x{i}"
+        for k in range(3):
+            assert g.admit(sid, "w", BS, 0, now=float(k))
+            _run_step(g, f"{sid}-{k}", sid, 2 * BS, now=float(k) + 0.5, last=k == 2)
+    assert g.order.lengths.counts == {"w": {3: 3}}
+    assert g.order.done == {}
+    # a new session: (3 x 3 + 1 prior step) / 4 steps left expected
+    assert g.order.lengths.remaining("w", 0, g.order.prior_steps) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("kw", [{"admission_order": "lifo"}, {"aging_s": 0},
+                                {"aging_s": float("inf")}, {"prior_steps": 0.5},
+                                {"prior_steps": True}])
+def test_bad_order_parameters_are_rejected(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        _gate(**kw)

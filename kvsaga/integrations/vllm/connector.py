@@ -31,6 +31,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   memory that waiting sessions need. A pause hinted longer than those observed expires the
   same way (`expire_long_hints`): held for its whole hinted pause, it kept waiting sessions
   out.
+  Where memory fits one waiting session but not two, the gate picks by predicted remaining
+  work with aging, not vLLM's queue order (`admission_order`, `gate_order`).
   Growth the gate reserves for admitted sessions gives way to a session that fits beside
   their contexts as they stand once the waiting sessions together waited twice its
   context's recompute (`reserve_wait_factor`, priced by `StepCost`'s seconds per token).
@@ -108,6 +110,7 @@ class RetentionStats:
     pressure_releases: int = 0  # calls that had to release something
     by_reason: dict[str, int] = field(default_factory=dict)
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)
+    yielded: int = 0  # of them, to waiting sessions ranked ahead (gate admission_order)
     demotions: int = 0  # admitted sessions the gate demoted
     expired: int = 0  # of them, unhinted pauses past the workflow's observed quantile
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
@@ -234,7 +237,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         fitted = self.cost.fit()  # (fixed, per token): a token's cost prices a recompute
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
-            self._spare(alloc), None if fitted is None else fitted[1],
+            self._spare(alloc), None if fitted is None else fitted[1], info.hint.last_step,
         ):
             # A step told to ride along and probed again was not allocated: vLLM's admission
             # loop stops at a request it cannot allocate, so it would hold up every request
@@ -393,6 +396,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         tokens = sum(scheduler_output.num_scheduled_tokens.values())
         if self._step_mark is not None:
             self.cost.observe(self._step_mark[1], now - self._step_mark[0])
+        if self.gate is not None:
+            self.gate.new_step()
         self._step_mark = (now, tokens) if tokens else None
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
@@ -413,7 +418,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if gate is not None:
             st = self.stats
             st.deferrals, st.demotions = gate.num_deferrals, gate.num_demotions
-            st.expired = gate.num_expired
+            st.expired, st.yielded = gate.num_expired, gate.order.num_yielded
             st.deferred_with_room = gate.num_deferred_with_room
             st.gate_wait_s = round(gate.wait_s, 1)
             for how in ("room", "fit", "idle", "max_wait", "waited"):

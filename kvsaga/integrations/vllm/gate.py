@@ -106,6 +106,9 @@ go on.
   (1.12x); driver not kept in the repository. Cost, on the compute-bound 6-session workload
   (KV 25%, pauses x0.25) with advance hints: fit seeds 0-4 1.42, 1.16, 1.58, 1.20, 1.37x
   -> 1.31, 1.16, 1.65, 1.07, 1.38x (geometric mean 1.34x -> 1.30x).
+- Order (`admission_order`, default "predicted"): where memory fits one more session but
+  not two, the one with the least predicted remaining work goes first, with aging, not
+  the one vLLM asks about first (`gate_order` has the rule and the fit).
 
 Plain Python (no vLLM import): the connector feeds it token counts and the clock. The
 working-set rule itself (growth estimate, rounding, demotion deadline, shrink order) is
@@ -119,6 +122,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
+from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, working_set_blocks
 from kvsaga.stats import percentile
 
@@ -162,6 +166,12 @@ class SessionGate:
             predicted recompute (see `_reserve_paid`); None: never (growth always reserved).
         expire_long_hints: a hinted pause expected longer than the workflow's observed
             `pause_quantile` expires past it as an unhinted one does (see `expire`).
+        admission_order: "fifo" (vLLM's queue order) or "predicted" (the session with the
+            least predicted remaining work first, with aging; `gate_order`).
+        aging_s: "predicted"'s aging: a factor e of predicted work is worth this many
+            seconds of waiting.
+        prior_steps: "predicted"'s prior session length (steps) before sessions of a
+            workflow were seen to end.
     """
 
     PAUSES_KEPT = 512  # observed pauses per workflow the quantile is taken over (latest)
@@ -192,6 +202,9 @@ class SessionGate:
         pause_min_observed: int = 8,
         reserve_wait_factor: float | None = 2.0,
         expire_long_hints: bool = True,
+        admission_order: str = "predicted",
+        aging_s: float = 20.0,
+        prior_steps: float = 16.0,
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -257,6 +270,7 @@ class SessionGate:
         self.num_deferred_with_room = 0
         self.wait_s = 0.0
         self.admitted_by: dict[str, int] = {}
+        self.order = WaitingOrder(admission_order, aging_s, prior_steps)
 
     # -- working sets -------------------------------------------------------------------------
     def _blocks(self, s: _Admitted, horizon: float | None = None) -> int:
@@ -276,7 +290,7 @@ class SessionGate:
     # -- the decision -------------------------------------------------------------------------
     def admit(self, sid: str, workflow: str, num_tokens: int, shared_tokens: int,
               now: float, spare_blocks: int | None = None,
-              token_s: float | None = None) -> bool:
+              token_s: float | None = None, last_step: bool = False) -> bool:
         """Whether a step of session `sid` (`num_tokens` of prompt, the first `shared_tokens`
         of them a prefix cached for other sessions) may be allocated now. True admits the
         session (a later `finished` or `ended` must follow).
@@ -288,40 +302,89 @@ class SessionGate:
         admitted session holds or is about to need.
 
         `token_s`: seconds one prefill token adds to vLLM's step (the connector's
-        `StepCost` fit; None until fitted): what a recompute costs, for `_reserve_paid`."""
+        `StepCost` fit; None until fitted): what a recompute costs, for `_reserve_paid`.
+
+        `last_step`: the step is hinted as the session's last (its remaining work is one
+        step, for `admission_order` "predicted", which may defer a session otherwise
+        admissible to waiting ones ranked ahead of it: `_yields`)."""
         since = self._paused_since.pop(sid, None)
         if since is not None:  # the session is back: its pause ended now
             self._pauses.setdefault(workflow, deque(maxlen=self.PAUSES_KEPT)).append(
                 now - since)
             self._limits.pop(workflow, None)
+        self.order.seen(sid, workflow)
         s = self.sessions.get(sid)
         if s is not None:
             s.context, s.paused_at = max(s.context, num_tokens), None
             return True
         shared = self._shared.setdefault(sid, min(shared_tokens, num_tokens))
         new = _Admitted(workflow, num_tokens, shared, now)
-        reason = "fit"
-        if not self._fits(new, now):
-            since = self._waiting_since.setdefault(sid, now)
-            idle = self._idle_since is not None and now - self._idle_since >= self.idle_admit_s
-            room = (spare_blocks is not None and spare_blocks >= self.next_step_blocks()
-                    and self._room_fits(new))
-            if self.room_admit and room:
-                reason = "room"
-            elif self._reserve_paid(new, now, token_s):
-                reason = "waited"
-            elif idle:
-                reason = "idle"
-            elif now - since >= self.max_wait_s:
-                reason = "max_wait"
-            else:
-                self.num_deferrals += 1
-                self.num_deferred_with_room += spare_blocks is not None and spare_blocks >= 0
-                return False
+        fits = self._fits(new, now)  # (demotes sessions paused past their deadline)
+        if not fits:
+            self._waiting_since.setdefault(sid, now)
+        since = self._waiting_since.get(sid, now)
+        reason = self._reason(new, since, now, spare_blocks, token_s, fits)
+        mine = Waiting(workflow, num_tokens, shared, since, last_step, self.order.step)
+        if reason not in (None, "max_wait") and self._yields(sid, new, mine, now, spare_blocks,
+                                                             token_s):
+            self._waiting_since.setdefault(sid, now)
+            self.order.num_yielded += 1
+            reason = None
+        if reason is None:
+            self.num_deferrals += 1
+            self.num_deferred_with_room += spare_blocks is not None and spare_blocks >= 0
+            self.order.probed(sid, mine)
+            return False
         if self._end_wait(sid, now):
             self.admitted_by[reason] = self.admitted_by.get(reason, 0) + 1
         self.sessions[sid] = new
         return True
+
+    def _reason(self, new: _Admitted, since: float, now: float, spare_blocks: int | None,
+                token_s: float | None, fits: bool) -> str | None:
+        """Why `new` (waiting since `since`) may be admitted now, or None (see `admit`)."""
+        if fits:
+            return "fit"
+        if (self.room_admit and spare_blocks is not None
+                and spare_blocks >= self.next_step_blocks() and self._room_fits(new)):
+            return "room"
+        if self._reserve_paid(new, now, token_s):
+            return "waited"
+        if self._idle_since is not None and now - self._idle_since >= self.idle_admit_s:
+            return "idle"
+        if now - since >= self.max_wait_s:
+            return "max_wait"
+        return None
+
+    def _yields(self, sid: str, new: _Admitted, mine: Waiting, now: float,
+                spare_blocks: int | None, token_s: float | None) -> bool:
+        """Whether `new` (session `sid`, admissible now) waits for sessions ranked ahead of it
+        (`admission_order` "predicted", `gate_order`): those admissible now, let in greedily
+        in rank order, would leave it no longer admissible. vLLM's free blocks for each are
+        `spare_blocks` (`new`'s) corrected by the two steps' allocations, and each let in
+        takes its allocation and a running request's block from the rest."""
+        ahead = self.order.ahead(sid, mine, self._growth.mean)
+        if not ahead:
+            return False
+        added: list[str] = []
+        spare = spare_blocks
+        try:
+            for w in ahead:
+                y = _Admitted(w.workflow, w.num_tokens, min(w.shared, w.num_tokens), now)
+                y_spare = None if spare is None else spare + _alloc(new, self.block_size) - \
+                    _alloc(y, self.block_size)
+                y_fits = not self.sessions or self._fits_with(y)
+                if self._reason(y, w.since, now, y_spare, token_s, y_fits) is None:
+                    continue
+                added.append(f"\0ahead{len(added)}")  # never a session id vLLM sends
+                self.sessions[added[-1]] = y
+                if spare is not None:
+                    spare -= _alloc(y, self.block_size) + 1
+            return bool(added) and self._reason(new, mine.since, now, spare, token_s,
+                                                self._fits_with(new)) is None
+        finally:
+            for key in added:
+                del self.sessions[key]
 
     def _reserve_paid(self, new: _Admitted, now: float, token_s: float | None) -> bool:
         """Whether `new` goes ahead although the admitted sessions' reserved growth leaves
@@ -353,6 +416,7 @@ class SessionGate:
 
     def _end_wait(self, sid: str, now: float) -> bool:
         """End `sid`'s wait, if it was waiting (counted in `wait_s`); whether it was."""
+        self.order.waiting.pop(sid, None)
         since = self._waiting_since.pop(sid, None)
         if since is None:
             return False
@@ -457,6 +521,8 @@ class SessionGate:
         self._in_flight.discard(request_id)
         if not self._in_flight:
             self._idle_since = now
+        if sid is not None:
+            self.order.step_finished(sid, last_step)
         if sid is not None and last_step:
             self.forget(sid)
             return []
@@ -489,3 +555,15 @@ class SessionGate:
         self._shared.pop(sid, None)
         self._waiting_since.pop(sid, None)
         self._paused_since.pop(sid, None)
+        self.order.forget(sid)
+
+    def new_step(self) -> None:
+        """vLLM scheduled an engine step (the connector calls this once a step): waiting
+        sessions vLLM has not asked about since the step before no longer hold others back."""
+        self.order.step += 1
+
+
+def _alloc(s: _Admitted, block_size: int) -> int:
+    """Blocks vLLM's allocation of `s`'s step takes from its free count: its uncached
+    tokens' blocks and one more."""
+    return math.ceil(max(s.context - s.shared, 1) / block_size) + 1
