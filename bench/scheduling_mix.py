@@ -226,12 +226,21 @@ def tenant_table(rows: list[dict]) -> list[str]:
 
 FIT_SEEDS = tuple(range(102, 110))  # the AFS fit seeds of both mixes (never reported)
 SHARE_GRID = (0, 64, 128, 256, 512)  # share_step_tokens tried (0: compute share off)
+# share_lag_tokens tried with each share_step_tokens above 0 (0: 2842931's catch-up; the
+# rest 1/4, 1, 4 and 16 batch steps of the preset's 8192-token budget).
+LAG_GRID = (0, 2048, 8192, 32768, 131072)
+FIT_ARMS = ((0, 0),) + tuple((n, lag) for n in SHARE_GRID if n for lag in LAG_GRID)
+
+
+def _arm(arm: tuple[int, int]) -> str:
+    return f"share_step_tokens {arm[0]} share_lag_tokens {arm[1]}"
 
 
 def _fit_point(task: tuple) -> tuple[dict, dict[str, float]]:
-    """One fit point (mix, seed, capacity) under each `SHARE_GRID` value: per value, the
-    run's mean TCT and ratio; each tenant's TCT alone on half the GPU is simulated once (a
-    tenant alone has no other tenant to share with, so the value does not change it)."""
+    """One fit point (mix, seed, capacity) under each `FIT_ARMS` pair (share_step_tokens,
+    share_lag_tokens): per pair, the run's mean TCT and ratio; each tenant's TCT alone on
+    half the GPU is simulated once (a tenant alone has no other tenant to share with, so the
+    pair does not change it)."""
     from scheduling import capacity
 
     from kvsaga.sim.compare import tenant_share
@@ -244,43 +253,51 @@ def _fit_point(task: tuple) -> tuple[dict, dict[str, float]]:
     alone = {t: simulate([s for s in sessions if s.tenant == t], half).tct_mean_s
              for t, *_ in MIXES[name]}
     out = {}
-    for w in SHARE_GRID:
-        r = simulate(sessions, dataclasses.replace(
-            cfg, scheduler_params={"share_step_tokens": w})).to_dict()
+    for arm in FIT_ARMS:
+        r = simulate(sessions, dataclasses.replace(cfg, scheduler_params={
+            "share_step_tokens": arm[0], "share_lag_tokens": arm[1]})).to_dict()
         slow = {t: r["tenants"][t]["tct_mean_s"] / alone[t] for t in alone}
-        out[w] = {"tct_mean_s": r["tct_mean_s"], "slowdowns": slow,
-                  "ratio": max(slow.values()) / min(slow.values())}
+        out[arm] = {"tct_mean_s": r["tct_mean_s"], "slowdowns": slow,
+                    "ratio": max(slow.values()) / min(slow.values())}
     return out, alone
 
 
-def fit_share(workers: int) -> int:
-    """Fit `share_step_tokens` (Agent Fair Share of compute) on both mixes at `FIT_SEEDS`
-    and their capacities: the lowest mean afs_max_slowdown_ratio among the values whose mean
-    TCT is no worse than with the share off at any fit point (0 if none); prints every
-    point, returns the value picked."""
+def fit_share(workers: int) -> tuple[tuple[int, int], int]:
+    """Fit Agent Fair Share of compute on both mixes at `FIT_SEEDS` and their capacities.
+    The default (share_step_tokens, share_lag_tokens): the pair of `FIT_ARMS` with the lowest
+    mean afs_max_slowdown_ratio among those whose mean TCT is no worse than with the share
+    off at any fit point ((0, 0), off, if none). The lag used whenever the share is on: the
+    one with the lowest mean ratio at the opt-in `COMPUTE_SHARE` (ties: the smaller lag, the
+    tighter bound). Prints every point; returns both picks."""
     from concurrent.futures import ProcessPoolExecutor
     points = [(name, seed, frac) for name in MIXES for seed in FIT_SEEDS
               for frac in MIX_FRACS[name]]
     with ProcessPoolExecutor(workers) as ex:
         res = list(ex.map(_fit_point, points))
     for (name, seed, frac), (by, _) in zip(points, res, strict=True):
-        for w, r in by.items():
-            print(f"share_step_tokens {w}, {name} seed {seed} {frac:.0%}: ratio "
-                  f"{r['ratio']:.2f} (" + ", ".join(f"{t} {v:.2f}" for t, v in
-                                                    r["slowdowns"].items())
+        for arm, r in by.items():
+            print(f"{_arm(arm)}, {name} seed {seed} {frac:.0%}: ratio {r['ratio']:.2f} ("
+                  + ", ".join(f"{t} {v:.2f}" for t, v in r["slowdowns"].items())
                   + f"), mean TCT {r['tct_mean_s']:.1f} s")
-    ok = [w for w in SHARE_GRID if all(by[w]["tct_mean_s"] <= by[0]["tct_mean_s"]
-                                       for by, _ in res)]
-    best = min(ok, key=lambda w: sum(by[w]["ratio"] for by, _ in res))
-    for w in SHARE_GRID:
-        mean = sum(by[w]["ratio"] for by, _ in res) / len(res)
-        worse = sum(by[w]["tct_mean_s"] > by[0]["tct_mean_s"] for by, _ in res)
-        print(f"share_step_tokens {w}: mean ratio {mean:.3f}, mean TCT "
-              f"{sum(by[w]['tct_mean_s'] for by, _ in res) / len(res):.2f} s"
-              f"{'' if w in ok else f' (mean TCT worse than off at {worse} points)'}")
-    print(f"picked share_step_tokens {best} (both mixes, seeds "
+    off = (0, 0)
+    ok = [a for a in FIT_ARMS if all(by[a]["tct_mean_s"] <= by[off]["tct_mean_s"]
+                                     for by, _ in res)]
+
+    def mean_ratio(arm):
+        return sum(by[arm]["ratio"] for by, _ in res) / len(res)
+
+    best = min(ok, key=mean_ratio)
+    for arm in FIT_ARMS:
+        worse = sum(by[arm]["tct_mean_s"] > by[off]["tct_mean_s"] for by, _ in res)
+        print(f"{_arm(arm)}: mean ratio {mean_ratio(arm):.3f}, mean TCT "
+              f"{sum(by[arm]['tct_mean_s'] for by, _ in res) / len(res):.2f} s"
+              f"{'' if arm in ok else f' (mean TCT worse than off at {worse} points)'}")
+    opt_in = COMPUTE_SHARE["share_step_tokens"]
+    lag = min(LAG_GRID, key=lambda x: (round(mean_ratio((opt_in, x)), 3), x))
+    print(f"picked {_arm(best)} as the default, share_lag_tokens {lag} for the share when on"
+          f" (lowest mean ratio at share_step_tokens {opt_in}; both mixes, seeds "
           f"{', '.join(map(str, FIT_SEEDS))})")
-    return best
+    return best, lag
 
 
 def floors(seeds: list[int], workers: int, params: dict | None = None) -> None:

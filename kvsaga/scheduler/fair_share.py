@@ -43,11 +43,15 @@ computes at most max(floor(N x w_t / sum of the other competing tenants' weights
 tokens besides its decodes (`favoured_allowances`): a running prefill chunk or an admitted
 step's first chunk takes only what its tenant has left, a tenant with nothing left sits
 the step out, and its queued step does not hold back another tenant's. Decodes (and
-1-token chunks) always run and are charged first. Catch-up (weighted fair queueing's rule):
-a tenant that enters competition, or comes back after a step without work, starts at no
-less than the least weighted service of the tenants already competing (times its weight),
-so it gets no credit for the time it was absent: otherwise a tenant joining a long-running
-server late would be favoured until it matched the incumbents' whole history.
+1-token chunks) always run and are charged first. Catch-up with a bounded lag (start-time
+fair queueing's rule, less a lag): a tenant that enters competition, or comes back after a
+step without work, starts at no less than the least weighted service of the tenants
+already competing less `share_lag_tokens` (weighted: tokens per unit of weight, times its
+weight). Without a floor a tenant joining a long-running server late would be favoured
+until it matched the incumbents' whole history; with no lag (0: 2842931's rule) a light
+agent tenant, which has a step without work at every tool pause, lost at each pause the
+credit it was owed and rode in the heavy tenant's steps again (bench/RESULTS.md, the
+noisy-neighbour lines). The lag lets it keep up to that much credit across a pause.
 
 Why favour the tenant behind rather than split the step evenly (the rule before): a light
 tenant's steps otherwise ride in batch steps full of a heavy tenant's prefill (its decodes
@@ -63,15 +67,23 @@ above N); (2) service, two tenants: while both have more work than a step holds 
 >= N x (1 + largest weight / smallest weight), the spread of their weighted service (largest
 minus smallest service / weight) never grows past max(its start, budget / smallest weight):
 the tenant behind gains more per step than the one ahead until it overtakes it, by at most
-one step's budget. By the catch-up rule, a tenant entering competition starts no further
-behind than the least-served tenant already there (level with a lone incumbent), so a
-tenant joining late is favoured for about one step's budget, not until it matches the
+one step's budget; (3) lag: a tenant entering competition starts at most `share_lag_tokens`
+of weighted service behind the least-served tenant already there, so a tenant joining late
+is favoured for about lag + one step's budget of its own prefill, not until it matches the
 incumbents' whole history (test_a_tenant_joining_late_catches_up_to_the_incumbents_service).
+With two tenants, both with more work than a step holds whenever both compete and the
+budget condition of (2), the spread of weighted service starting from 0 never exceeds
+max(share_lag_tokens, budget / smallest weight), across any sequence of entries and exits:
+an entry leaves the newcomer at most the lag behind (or as far ahead as when it left: a
+tenant alone is not counted), and (2) holds between entries (test_share_lag_bound).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+from kvsaga.scheduler.base import check_float, check_int
 
 
 class FairShare:
@@ -151,11 +163,10 @@ class ComputeShares:
     step, each other one computes at most its part of `share_step_tokens` besides its
     decodes; a running request's prefill chunk and an admitted request's first chunk take
     only what their tenant's allowance has left (none left: it sits the step out); a tenant
-    entering competition starts at the least weighted service of those already in it
-    (`_catch_up`). Decodes
-    are never held back, so a step's decodes all run (the engine's batched decode and the
-    simulator's decode runs rely on it). With fewer than two tenants competing, or
-    `share_step_tokens` 0, nothing changes.
+    entering competition starts at no less than the least weighted service of those already
+    in it less `share_lag_tokens` (`_catch_up`). Decodes are never held back, so a step's
+    decodes all run (the engine's batched decode and the simulator's decode runs rely on it).
+    With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes.
 
     Why: a tenant with many sessions otherwise fills every batch step with its prefill
     chunks, and another tenant's decodes ride in those long steps (bench/RESULTS.md, the
@@ -163,9 +174,21 @@ class ComputeShares:
     """
 
     share_step_tokens = 0
+    share_lag_tokens = 0.0  # the catch-up's lag (`_catch_up`), weighted service tokens
     _allow: dict[str | None, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
+
+    def _init_compute_share(self, step_tokens: object, lag_tokens: object) -> None:
+        """Check and set `WorkflowScheduler`'s `share_step_tokens` and `share_lag_tokens`
+        (finite: the lag is what bounds how long a newcomer is favoured)."""
+        self.share_step_tokens = check_int("share_step_tokens", step_tokens, 0)
+        lag = check_float("share_lag_tokens", lag_tokens, 0.0)
+        if math.isinf(lag):
+            raise ValueError(f"scheduler parameter share_lag_tokens must be finite (it bounds "
+                             f"how far behind a tenant enters competition), got {lag_tokens!r}")
+        self.share_lag_tokens = lag
+        self._served = {}
 
     def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
         """The step's allowances, from the running requests' `needs` (None: no sharing)."""
@@ -187,11 +210,13 @@ class ComputeShares:
         return allow
 
     def _catch_up(self, tenants: Collection[str | None]) -> None:
-        """Weighted fair queueing's catch-up rule: a tenant that enters competition (or comes
-        back after a step without work) has its service raised to at least the least
-        weighted service of the tenants that were already competing. Without it a tenant
-        joining late, with no service, would be favoured until it matched the incumbents'
-        whole history (in a long-running server, capping them for an unbounded time)."""
+        """The catch-up rule with a bounded lag: a tenant that enters competition (or comes
+        back after a step without work) has its weighted service raised to at least the
+        least weighted service of the tenants that were already competing less
+        `share_lag_tokens`. Without a floor a tenant joining late, with no service, would be
+        favoured until it matched the incumbents' whole history (in a long-running server,
+        capping them for an unbounded time); the lag lets a tenant back from a short pause
+        keep the credit it had (up to the lag)."""
         before = self._competing
         self._competing = set(tenants)
         w = self.tenant_weights
@@ -199,7 +224,7 @@ class ComputeShares:
         stay = [t for t in tenants if t in before]
         if not stay or len(stay) == len(tenants):
             return
-        floor = min(served.get(t, 0.0) / w.get(t, 1.0) for t in stay)
+        floor = min(served.get(t, 0.0) / w.get(t, 1.0) for t in stay) - self.share_lag_tokens
         for t in tenants:
             if t not in before:
                 served[t] = max(served.get(t, 0.0), floor * w.get(t, 1.0))

@@ -124,10 +124,10 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             while two or more tenants compete, the tenant with the least weighted service
             may fill the batch step and each other one computes at most its weight's part
             of this many tokens besides its decodes (`fair_share.ComputeShares`). It buys
-            the tenant behind latency with short steps for the others: a real engine pays
-            a fixed cost per step. 128 was `bench/scheduling_mix.py`'s pick for the even
-            split before (seeds 101-103); on seeds 102-109 the favoured rule at 128 makes
-            the mean TCT worse than off at 2 of 32 fit points, so the fit keeps it off.
+            the tenant behind latency with short steps for the others (a real engine pays
+            a fixed cost per step); `bench/scheduling_mix.py`'s fit keeps it off.
+        share_lag_tokens: with the compute share on, how far behind the least-served
+            competing tenant (weighted service, finite) a tenant entering competition starts.
     """
 
     name = "workflow"
@@ -161,6 +161,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
+        share_lag_tokens: float = 0.0,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -196,8 +197,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
         self.tenant_weights = weights
         self._fair = FairShare(weights)
-        self.share_step_tokens = check_int("share_step_tokens", share_step_tokens, 0)
-        self._served: dict[str | None, float] = {}  # AFS of compute (`ComputeShares`)
+        self._init_compute_share(share_step_tokens, share_lag_tokens)  # `ComputeShares`
         self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
         self.sessions: dict[str, _Admitted] = {}  # admitted sessions
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)
