@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace session_keys {
 
@@ -83,31 +84,51 @@ struct LogNormal {
   }
 };
 
-// lognormal.py `resume_window`: (P(resume within the window), E[time held in it]).
-inline void resume_window(const LogNormal& d, double p0, double e, double w, double& p, double& held) {
-  if (w <= 0) {
-    p = 0.0, held = 0.0;
-    return;
-  }
-  double s_now = mul(p0, d.sf(e)) + (1.0 - p0);
-  if (s_now <= 0) {
-    p = 0.0, held = w;
-    return;
-  }
-  double p_within = mul(p0, d.sf(e) - d.sf(e + w)) / s_now;
-  double h = mul(p0, d.limited_mean(e + w) - d.limited_mean(e));
-  h = (h + mul(1.0 - p0, w)) / s_now;
-  p = py_min(py_max(p_within, 0.0), 1.0);
-  held = py_min(py_max(h, 0.0), w);
+// A point x of the pause model, as resume_window reads it: (sf(x), limited_mean(x)), both
+// from one z and one phi_upper(z), the floats LogNormal::sf and limited_mean give apart.
+struct TailAt {
+  double sf, lm;
+};
+inline TailAt tail_at(const LogNormal& d, double mean, double x) {
+  if (x <= 0) return {1.0, 0.0};
+  double z = (std::log(x) - d.mu) / d.sigma;
+  double up = phi_upper(z);
+  return {up, mul(mean, 1.0 - phi_upper(z - d.sigma)) + mul(x, up)};
 }
+
+// What a class's ttl keys share (kept with its formula): the model's mean, and the window's
+// end x = lo + (ttl - lo), which rounding leaves at the same float for most grid points.
+struct TtlMemo {
+  bool has_mean = false;
+  double mean = 0.0;
+  double end_x = std::numeric_limits<double>::quiet_NaN();  // NaN: none yet
+  TailAt end{1.0, 0.0};
+};
 
 // ttl's key at elapsed grid point lo (ttl.py `_value`, `_key`) as a table entry: (2, V / n)
 // (mode 0, ttl's multiplier being 1) while V > 0, else (1, (V / n) / r) (mode 1: the key
-// adds the pause's start and lo).
-inline TableKey ttl_key(const double* f, double lo) {
+// adds the pause's start and lo). lognormal.py `resume_window` operation for operation,
+// with each of its repeated survival and limited-mean terms computed once (and the window's
+// end remembered in `memo`): the same floats, two erfc calls per new grid point, not seven.
+inline TableKey ttl_key(const double* f, double lo, TtlMemo& memo) {
   LogNormal d{f[0], f[1]};
-  double p, held;
-  resume_window(d, f[2], lo, f[7] - lo, p, held);
+  double p0 = f[2], w = f[7] - lo, p = 0.0, held = 0.0;
+  if (w > 0) {
+    if (!memo.has_mean) memo.mean = d.mean(), memo.has_mean = true;
+    TailAt now = tail_at(d, memo.mean, lo);
+    double s_now = mul(p0, now.sf) + (1.0 - p0);
+    if (s_now <= 0) {
+      held = w;
+    } else {
+      double x = lo + w;
+      if (!(x == memo.end_x)) memo.end = tail_at(d, memo.mean, x), memo.end_x = x;
+      double p_within = mul(p0, now.sf - memo.end.sf) / s_now;
+      double h = mul(p0, memo.end.lm - now.lm);
+      h = (h + mul(1.0 - p0, w)) / s_now;
+      p = py_min(py_max(p_within, 0.0), 1.0);
+      held = py_min(py_max(h, 0.0), w);
+    }
+  }
   double v = mul(p, f[3]) - mul(f[4], held);
   if (v > 0) return {2.0, v / f[5], 0};
   return {1.0, (v / f[5]) / f[6], 1};

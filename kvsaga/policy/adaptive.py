@@ -9,6 +9,11 @@ bench/policies.py --tune` picked among its settings (with and without `graph`, s
 naming all or an eighth of each search's victims; bench/RESULTS.md, "Eviction policies:
 tuning").
 
+The experts that group blocks by session (`graph`, `ttl`, `saga`) track the same blocks in
+the same groups, so they keep one copy between them (groups.py `share_blocks`): the pool's
+calls go to the first, whose bookkeeping marks the sessions they touch dirty in every one of
+them; their keys, indexes and statistics stay their own.
+
 Regret is measured on ghost lists, as ARC and LeCaR do for recency and frequency. At every
 search the leader names the `n` victims it evicts and each shadow expert the first
 `ceil(shadow_share n)` of its own ranking, skipping blocks it already named that are still
@@ -51,6 +56,7 @@ from operator import not_
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
+from kvsaga.policy.groups import GroupedPolicy
 
 DEFAULT_EXPERTS = ("graph", "ttl", "saga", "lru")  # picked by `bench/policies.py --tune`
 
@@ -74,6 +80,17 @@ def _batched(policy: EvictionPolicy, one: str) -> Callable[[list[int]], None]:
         for b in ids:
             f(b)
     return each
+
+
+_POOL_CALLS = ("block_cached", "blocks_cached", "block_uncached", "blocks_uncached")
+
+
+def _tracks_groups(policy: EvictionPolicy) -> bool:
+    """Whether `policy` keeps the grouped policies' block tracking as it is (groups.py), so
+    that one copy of it can serve several experts (`share_blocks`): a subclass that keeps
+    its own per-block state in the pool's calls (belady) does not share."""
+    return isinstance(policy, GroupedPolicy) and all(
+        getattr(type(policy), f) is getattr(GroupedPolicy, f) for f in _POOL_CALLS)
 
 
 class _Expert:
@@ -111,6 +128,9 @@ class AdaptivePolicy(EvictionPolicy):
     """
 
     name = "adaptive"
+    # The grouped experts share one block tracking (`bind`); False: each keeps its own (the
+    # reference tests/policy/test_adaptive.py compares with: the same victims).
+    share_tracking = True
 
     def __init__(
         self,
@@ -174,8 +194,15 @@ class AdaptivePolicy(EvictionPolicy):
         for e in self.experts:
             e.policy.bind(view)
             e.ghost = make_ghost_list(self._ghost_cap, cpp, room)  # in C++ on the C++ core
-        # The pool's calls go to every expert, batched where an expert batches.
+        # The grouped experts (graph, ttl, saga) track the same blocks in the same groups:
+        # the first keeps them for all (`share_blocks`, groups.py), so a victim leaves one
+        # set of groups, not one per expert; their keys and indexes stay their own.
         pols = [e.policy for e in self.experts]
+        grouped = [p for p in pols if _tracks_groups(p)] if self.share_tracking else []
+        if len(grouped) > 1:
+            grouped[0].share_blocks(grouped[1:])
+            pols = [p for p in pols if p not in grouped[1:]]
+        # The pool's calls go to every expert that tracks blocks, batched where it batches.
         self._followers = [p for p in pols if hasattr(p, "expect_runs")]
         self.block_cached = _fan_out([p.block_cached for p in pols])
         self.block_uncached = _fan_out([p.block_uncached for p in pols])

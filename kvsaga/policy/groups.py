@@ -120,7 +120,13 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}
+        # Sessions to re-key at the next search. One set for the policy's life (updated in
+        # place, never replaced), so that `share_blocks` can hold it.
         self._dirty: set[str] = set()
+        # What the pool's calls mark dirty, and whose `_cached_at` they stamp: this policy
+        # alone, or also the policies that share its block tracking (`share_blocks`).
+        self._mark = self._dirty.add
+        self._sharing: tuple[GroupedPolicy, ...] = (self,)
         self._global: Hashable = None
         self._learned = 0  # learning events so far
         self._learned_at_rebuild = -1
@@ -156,6 +162,30 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._block_costs: list[float] = []
         self._costs_rise = True  # block_cost never falls with position (so far)
 
+    def share_blocks(self, others: list[GroupedPolicy]) -> None:
+        """Let `others` (bound to the same view, fed the same hooks) read this policy's block
+        tracking instead of keeping copies: one set of groups, queues and marks, kept by
+        this policy's pool calls alone, which then also mark the sessions they touch dirty
+        in each of `others` and stamp each one's `_cached_at` with its own `_now` (their
+        clocks differ after a search one of them made). `adaptive` does this for its
+        grouped experts: the pool's calls go to this one, so a victim's uncaching costs
+        one expert's work, not one per expert. The others' keys, views, indexes and
+        statistics stay their own; they must get no pool call of their own after this."""
+        sharing = (self, *others)
+        for p in others:
+            if p.view is not self.view or not isinstance(p, GroupedPolicy):
+                raise ValueError("share_blocks: a grouped policy bound to the same view")
+            p.groups, p.plain, p.dead = self.groups, self.plain, self.dead
+            p._where, p._owner, p._pos = self._where, self._owner, self._pos
+        dirty = tuple(p._dirty for p in sharing)
+
+        def mark(sid: str) -> None:
+            for d in dirty:
+                d.add(sid)
+
+        self._sharing = sharing
+        self._mark = mark
+
     def _touch(self, now: float) -> None:
         # Any hook but the pool's own ends the release that follows an end_session.
         # (VictimSearch.choose_victims inlines these two lines: change both together.)
@@ -168,7 +198,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         owner = v.block_owner[block_id]
         pos = v.block_position[block_id]
         self._pos[block_id] = pos
-        self._cached_at[block_id] = self._now
+        for p in self._sharing:
+            p._cached_at[block_id] = p._now
         if owner is None:
             self.plain.push(block_id)
             self._where[block_id] = PLAIN
@@ -185,7 +216,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
                 insort(g, block_id, key=self._order_key)
             self._owner[block_id] = owner
             self._where[block_id] = OWNED
-            self._dirty.add(owner)
+            self._mark(owner)
 
     def blocks_cached(self, block_ids: list[int]) -> None:
         """`block_cached` for a batch, with the same result. A step's release caches its
@@ -222,7 +253,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         prefix released at every step) or to `dead` (`where`), in one call per run."""
         marks = self._marks
         marks.copy(self._pos, self.view.block_position, run)
-        marks.fill(self._cached_at, run, self._now)
+        for p in self._sharing:
+            marks.fill(p._cached_at, run, p._now)
         marks.fill(self._where, run, where)
         (self.plain if where == PLAIN else self.dead).push_many(run)
 
@@ -230,7 +262,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         """`block_cached` of `run`, blocks of live session `sid` at falling positions."""
         marks = self._marks  # one call a mark (kvsaga/marks.py)
         marks.copy(self._pos, self.view.block_position, run)
-        marks.fill(self._cached_at, run, self._now)
+        for p in self._sharing:
+            marks.fill(p._cached_at, run, p._now)
         marks.fill(self._owner, run, sid)
         marks.fill(self._where, run, OWNED)
         g = self.groups.get(sid)
@@ -238,7 +271,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             self.groups[sid] = list(run)  # positions fall: already in group order
         else:
             extend_sorted(g, run, self._order_key)
-        self._dirty.add(sid)
+        self._mark(sid)
 
     def block_uncached(self, block_id: int) -> None:
         w = self._where[block_id]
@@ -252,7 +285,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             if not g:
                 del self.groups[sid]
             self._owner[block_id] = None
-            self._dirty.add(sid)
+            self._mark(sid)
         elif w == PLAIN:
             self.plain.remove(block_id)
         elif w == DEAD:
@@ -328,7 +361,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             del self.groups[sid]
         else:
             del g[-k:]
-        self._dirty.add(sid)
+        self._mark(sid)
         return k
 
     def _tail_runs(self, block_ids: list[int], runs: list[tuple[str, int]] | None) -> bool:
@@ -349,14 +382,14 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
                 return False  # not its tail, or its group twice: block by block
             seen.add(sid)
             i += k
-        dirty = self._dirty
+        mark = self._mark
         for sid, k in runs:
             g = groups[sid]
             if k == len(g):
                 del groups[sid]
             else:
                 del g[:k]
-            dirty.add(sid)
+            mark(sid)
         return True
 
     def _owner_runs(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
@@ -383,7 +416,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         else:
             gone = set(taken)
             g[:] = [b for b in g if b not in gone]
-        self._dirty.add(sid)
+        self._mark(sid)
 
     # -- session lifecycle --------------------------------------------------------------------
     def step_started(self, session: Session, now: float) -> None:

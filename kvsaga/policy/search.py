@@ -319,11 +319,11 @@ class VictimSearch:
         if not self.class_keys or not self._sig_of:
             index.clear()
             self._base.clear()
-            self._dirty = set(groups)
+            own.update(groups)  # (in place: `_dirty` is one set for the policy's life)
             return False
         for sid in own:  # their class may have changed with their state: Python keys them
             index.drop(sid)
-        self._dirty = self._rekey_by_class(None, now) | own
+        own |= self._rekey_by_class(None, now)
         # Every timed record now carries a class of `classes` (or is keyed again below).
         self._sig_of = {c: sig for sig, c in classes.items()}
         return True

@@ -208,6 +208,12 @@ class PySessionHeap:
                 self._table[cls, k] = (k0, value, mode)
             self._timed[sid] = (cls, t0, limit, extra, mult, tie, size, value)
         self._enter(sid, key, tie, size, until, now)
+        # A formula's key at the session's own grid point enters the table now (the key
+        # the policy just computed, by the formula), so that the class's next sessions to
+        # reach that point read it there: after a re-key in Python, as after the index's.
+        if timed is not None and mode >= 3 and k >= -1 and k + 2 < len(_GRID_POINTS) and (
+                (cls, k) not in self._table):
+            self._formula_key(cls, k, 0.0 if k < 0 else _GRID_POINTS[k])
 
     def _enter(self, sid: Hashable, key: Key, tie: int, size: int, until: float,
                now: float) -> None:
@@ -277,13 +283,19 @@ class PySessionHeap:
                 self._enter(sid, (k0, -((w * (1.0 if r > 1.0 else r) + a) + b)), tie, size,
                             until, now)
                 return True
-            hit = self._table[cls, k] = (ttl_entry(f, lo) if mode == 3
-                                         else (1, graph_rate(f, lo), 0))
+            hit = self._formula_key(cls, k, lo)
         k0, value, mode = hit
         self._timed[sid] = (*t[:7], value)
         self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,
                     until, now)
         return True
+
+    def _formula_key(self, cls: int, k: int, lo: float) -> tuple[float, float, int]:
+        """Class `cls`'s key at grid point k (at lo) from its formula (mode 3 or 4), entered
+        in the table."""
+        mode, _, f, _ = self._formulas[cls]
+        hit = self._table[cls, k] = ttl_entry(f, lo) if mode == 3 else (1, graph_rate(f, lo), 0)
+        return hit
 
     def _among(self, among: Iterable[Hashable] | None) -> list[Hashable]:
         """The live sessions: all of them, or those `among` names (unknown ones skipped)."""

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import random
 
+import pytest
+from hypothesis import given, settings
+
+from kvsaga import OutOfBlocks
 from kvsaga.policy import AdaptivePolicy
+from tests.policy.test_properties import apply, op_lists
+from tests.policy.victim_record import STEPS, WORKLOADS
 
 from .helpers import make, run_step, tokens
 
@@ -209,3 +216,85 @@ def test_the_lead_comes_back_when_the_traffic_changes():
     assert s["lru"] > s["ttl"]
     assert policy.leader.name == "ttl"
     policy.check_integrity()
+
+
+def _shared_and_own(realized: bool, num_blocks: int, host: int) -> tuple:
+    """Two adaptive managers for the same calls: the grouped experts sharing one block
+    tracking (the default), and each keeping its own (the reference). Short epochs, so that
+    the lead changes often."""
+    shared = AdaptivePolicy(realized=realized, epoch_pools=0.25)
+    own = AdaptivePolicy(realized=realized, epoch_pools=0.25)
+    own.share_tracking = False
+    return (make(shared, num_blocks=num_blocks, num_host_blocks=host),
+            make(own, num_blocks=num_blocks, num_host_blocks=host))
+
+
+def _same_tracking(ms: tuple, named: list) -> None:
+    """Both managers named the same victims, and each grouped expert tracks the same
+    blocks, marks the same sessions dirty and stamps the same cache times in both."""
+    assert named[0] == named[1]
+    for m in ms:
+        m.check_integrity()
+        m.policy.check_integrity()
+    cached = [b for b in range(ms[0].num_gpu_blocks) if ms[0].is_cached(b)]
+    for a, b in zip(ms[0].policy.experts, ms[1].policy.experts, strict=True):
+        if a.name == "lru":
+            continue
+        pa, pb = a.policy, b.policy
+        assert pa._dirty == pb._dirty, a.name
+        assert pa.groups == pb.groups and list(pa.plain) == list(pb.plain)
+        assert list(pa.dead) == list(pb.dead)
+        assert [pa._cached_at[x] for x in cached] == [pb._cached_at[x] for x in cached]
+    assert ms[0].policy.leader.name == ms[1].policy.leader.name
+
+
+def _recording(ms: tuple) -> list:
+    named: list[list] = [[], []]
+    for m, out in zip(ms, named, strict=True):
+        choose = m.policy.choose_victims
+        m.policy.choose_victims = lambda n, now, c=choose, o=out: o.append(c(n, now)) or o[-1]
+    groups = ms[0].policy.experts[0].policy.groups
+    assert all(e.policy.groups is groups for e in ms[0].policy.experts if e.name != "lru")
+    assert all(e.policy.groups is not groups for e in ms[1].policy.experts[1:]
+               if e.name != "lru")
+    return named
+
+
+@pytest.mark.parametrize("realized", [True, False])
+@settings(max_examples=30, deadline=None)
+@given(ops=op_lists)
+def test_shared_block_tracking_gives_what_each_expert_tracking_its_own_gives(realized, ops):
+    ms = _shared_and_own(realized, 24, 4)
+    named = _recording(ms)
+    now = 0.0
+    for op, i, n, x in ops:
+        for m in ms:
+            with contextlib.suppress(OutOfBlocks):
+                after = apply(m, op, i, n, x, now)
+        now = after + 0.01
+        _same_tracking(ms, named)
+
+
+@pytest.mark.parametrize("walk", ["ops", "agents"])
+@pytest.mark.parametrize("realized", [True, False])
+def test_shared_block_tracking_on_the_recorded_walks(walk, realized):
+    """The victim record's walks (48 agent sessions, or the manager's calls at random),
+    checked after every call: many sessions lose blocks long after their last hook."""
+    ms = _shared_and_own(realized, 48, 16)
+    named = _recording(ms)
+    call = WORKLOADS[walk]
+    rngs = [random.Random(5), random.Random(5)]
+    now = 0.0
+    for _ in range(500):
+        for m, rng in zip(ms, rngs, strict=True):
+            with contextlib.suppress(OutOfBlocks):
+                after = call(m, rng, now)
+            step = rng.choice(STEPS)
+        now = after + step
+        _same_tracking(ms, named)
+
+
+def test_share_blocks_refuses_a_policy_of_another_view():
+    a, b = make("ttl").policy, make("saga").policy
+    with pytest.raises(ValueError, match="same view"):
+        a.share_blocks([b])

@@ -24,6 +24,7 @@ from kvsaga.policy.session_heap import (
     graph_rate,
     make_session_heap,
     resume_window,
+    ttl_entry,
     ttl_window_key,
 )
 from tests.policy.helpers import make
@@ -88,6 +89,68 @@ def test_cpp_graph_formula_gives_the_python_reference_rate(f, t0, e, mult):
         rate = graph_rate(f, grid_index((t0 + e) - t0)[1])
         assert want[0] == (1, rate * mult)
         assert py.base("s") == cpp.base("s") == rate
+
+
+def _class_keys_over_time(index, f: tuple, t0s: list[float], steps: list[float]) -> list:
+    """Sessions of one ttl class (formula `f`, pushed with each) paused at `t0s`, re-keyed
+    by the index as time moves through `steps`: every (key, tail) the index holds after each
+    step, lowest first. The C++ index keeps what a class's keys share between grid points
+    (`TtlMemo`: the window's end, the mean), so this walks one class across many points."""
+    k, _, hi = grid_index(0.0)
+    for i, t0 in enumerate(t0s):
+        index.push(f"s{i}", (0, 0.0), i, 1, t0 + hi, t0,
+                   (7, k, 1, f, 3, t0, f[7], t0 + f[7], 1.0))
+    out = []
+    for now in steps:
+        due = index.due(now)
+        order = []
+        while index.top() is not None:
+            order.append((index.top(), index.pop()))
+        index.restore()
+        out.append((sorted(due), order))
+    return out
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(ttl_formulas, st.lists(st.floats(0.0, 50.0), min_size=1, max_size=12),
+       st.lists(st.floats(1e-4, 30.0), min_size=1, max_size=12))
+def test_cpp_ttl_class_keys_across_grid_points_give_the_python_reference(f, t0s, gaps):
+    steps = [max(t0s)]
+    for g in gaps:
+        steps.append(steps[-1] + g)
+    want = _class_keys_over_time(PySessionHeap(), f, t0s, steps)
+    assert _class_keys_over_time(make_session_heap(True), f, t0s, steps) == want
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(ttl_formulas, st.lists(st.floats(0.0, 20.0), min_size=2, max_size=12),
+       st.lists(st.floats(1e-4, 5.0), min_size=1, max_size=8))
+def test_a_python_keyed_class_fills_the_table_at_its_grid_points(f, t0s, gaps):
+    """Sessions keyed in Python (pushed at their own grid points with their class's
+    formula, as a full re-key pushes them) enter their class's key there; the class's
+    sessions that reach those points later read it: the keys of both indexes agree, and
+    equal the reference's."""
+    start = max(t0s)
+    steps = [start]
+    for g in gaps:
+        steps.append(steps[-1] + g)
+    got = []
+    for index in (PySessionHeap(), make_session_heap(True)):
+        for i, t0 in enumerate(t0s):
+            k, lo, hi = grid_index(start - t0)
+            key = ttl_window_key(f, t0, lo)
+            until = min(t0 + hi, t0 + f[7])
+            index.push(f"s{i}", key, i, 1, until, start, (7, k, key[0], f, 3, t0, f[7],
+                                                         t0 + f[7], 1.0))
+        if isinstance(index, PySessionHeap):
+            for t0 in t0s:  # each pushed point's key is in the table
+                k, lo, _ = grid_index(start - t0)
+                if start - t0 < f[7]:
+                    assert index._table[7, k] == ttl_entry(f, lo)
+        got.append(_class_keys_over_time(index, f, [], steps))
+    assert got[0] == got[1]
 
 
 def _learned_graph(seed: int) -> ExecutionGraph:
