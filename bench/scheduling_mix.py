@@ -41,7 +41,8 @@ NOISY_SEEDS = (2, 7, 8)
 # ratio.
 AFS_PROBE = {"tenant_weights": {"a": 4.0}}
 # Agent Fair Share of compute is opt-in (its cap shortens every batch step while tenants
-# compete); the mixes also run it at `fit_share`'s pick on seeds 101-103 (below).
+# compete; `fit_share` keeps it off): the mixes also run it at 128 tokens, with the
+# scheduler's default catch-up lag (`share_lag_tokens`, `fit_share`'s pick for it).
 COMPUTE_SHARE = {"share_step_tokens": 128}
 
 

@@ -20,7 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.demotion import Demotions
-from kvsaga.scheduler.fair_share import ComputeShares, FairShare
+from kvsaga.scheduler.fair_share import SHARE_LAG_TOKENS, ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, working_set_blocks
 
@@ -161,7 +161,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
-        share_lag_tokens: float = 0.0,
+        share_lag_tokens: float = SHARE_LAG_TOKENS,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)

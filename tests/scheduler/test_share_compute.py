@@ -199,13 +199,13 @@ def test_bad_share_parameters_are_refused(kw, match):
 
 
 def test_a_tenant_joining_late_catches_up_to_the_incumbents_service():
-    """The catch-up rule: A has been served 100,000 tokens when B's first step arrives; B
-    starts at A's weighted service, not at 0, so it is favoured for about one step's budget
-    and then the two alternate: the spread of their service never passes one step's budget
-    (without the rule B took the whole budget less A's cap in every step, for 100,000 / 48
-    steps)."""
+    """The catch-up rule, with no lag: A has been served 100,000 tokens when B's first step
+    arrives; B starts at A's weighted service, not at 0, so it is favoured for about one
+    step's budget and then the two alternate: the spread of their service never passes one
+    step's budget (without the rule B took the whole budget less A's cap in every step, for
+    100,000 / 48 steps)."""
     m = manager(1024)
-    s = wf(m, share_step_tokens=16, max_num_batched_tokens=64)
+    s = wf(m, share_step_tokens=16, share_lag_tokens=0, max_num_batched_tokens=64)
     ex = ToyExecutor(m)
     _long_prefill(s, ex, "A0", 1500)
     s._served["A"] = 100_000.0
@@ -230,6 +230,7 @@ def test_a_tenant_back_from_idle_does_not_bank_service():
 
     class Bare(ComputeShares):
         tenant_weights = {"b": 2.0}
+        share_lag_tokens = 0.0  # no lag (2842931's rule; test_fair_share_lag has the lag)
 
     c = Bare()
     c._served = {"a": 900.0, "b": 100.0, "c": 700.0}
