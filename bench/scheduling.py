@@ -69,8 +69,9 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   at a time, and memory-time kept or recomputed across pauses in windows of time). The
   unloaded TCT is not used: it fixes the chunking and hits no shared prefix, so a schedule
   can beat it slightly. Where the bound is below 2 the 2x goal is out of reach for any
-  scheduler: swe at 1x load and 50% (its tools take almost no time, so a session's TCT is
-  nearly all GPU time) and every 100% point.
+  scheduler: at seed 1, swe at 1x load and 50% (its tools take almost no time, so a
+  session's TCT is nearly all GPU time) and every 100% point; other seeds: the held-out
+  table's gain bound column.
 - KV utilization (kv_utilization) is the time-averaged share of the GPU's KV blocks holding
   KV that is used: referenced by a running step, or cached and hit later (a paused
   session's blocks count for its whole pause when it comes back and hits them). Free
@@ -500,9 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     import scheduling_mix
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default=",".join(DEFAULTS))
+    ap.add_argument("--families", default=",".join(DEFAULTS),
+                    help="comma-separated workflow families to run (default: %(default)s)")
     ap.add_argument("--no-mix", action="store_true", help="skip the tenant mixes")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="simulator processes run in parallel (default: %(default)s)")
     ap.add_argument("--fit", action="store_true", help="run the parameter fit and exit")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--save-rows", metavar="JSON", help="also save the measured rows")

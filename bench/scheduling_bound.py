@@ -30,13 +30,15 @@ preemption and order; even idling):
    steps ("emitting steps", n_k of them: the chunk may be one token) each attend to the
    whole prompt, so all of its ceil(L_k / block_size) blocks are resident during each of
    them: the leading floor(shared prefix / block_size) may be shared with other sessions,
-   the rest ("own" blocks) are the session's alone (its token ids are its own). Each
-   emitting step lasts at least a one-token decode over its context (j = 0 .. n_k - 1 over
-   L_k + j tokens). If the own blocks of m + 1 phases exceed the GPU less the fewest shared
-   blocks any running session holds, no m + 1 of them run in one batch step; with
-   threshold (blocks - shared) / (m + 1), the phases above it ("big") run at most m to a
-   batch step. Batch steps run one after another, so the big phases' emitting steps are
-   processed as on m parallel machines, preemptively (a session may stop between steps).
+   the rest ("own" blocks) are the session's alone (its token ids are its own). The chunk
+   lasts at least a one-token chunk over L_k - 1 cached tokens (a longer one computes more
+   and reads and writes the same L_k tokens), each decode at least a one-token decode over
+   its context (L_k + j tokens, j = 1 .. n_k - 1). If the own blocks of m + 1 phases
+   exceed the GPU less the fewest shared blocks any running session holds, no m + 1 of
+   them run in one batch step; with threshold (blocks - shared) / (m + 1), the phases
+   above it ("big") run at most m to a batch step. Batch steps run one after another, so
+   the big phases' emitting steps are processed as on m parallel machines, preemptively
+   (a session may stop between steps).
    Per session with a big phase: r_i = arrival + the solo time of its steps and pauses
    before its first big step (its earliest start), p_i = the emitting steps' time of its big
    phases, q_i = the solo time after its last big phase (its pause, the later steps and
@@ -155,8 +157,9 @@ def session_needs(session: Session, cost: StepCostModel, budget: int) -> Session
         if k:
             need.pauses.append((session.steps[k - 1].tool_s, shared * bs, hit))
         prefill = _prefill_lower(cost, prompt - hit, hit, budget)
-        emitting = _decode_sum(cost, prompt, step.output_tokens)
-        solo = prefill + _decode_sum(cost, prompt + 1, step.output_tokens - 1)
+        decoding = _decode_sum(cost, prompt + 1, step.output_tokens - 1)
+        emitting = cost.prefill_time(1, prompt - 1) + decoding  # last chunk, decodes
+        solo = prefill + decoding
         own = -(-prompt // bs) - shared
         need.steps.append((solo, step.tool_s, emitting, own))
         need.solo_s += solo + step.tool_s
@@ -273,7 +276,7 @@ def _window_bound(needs: Sequence[SessionNeeds], cost: StepCostModel, num_blocks
             window = arrived & (arr >= s)
             size = int(window.sum())
             can = window & done_ok
-            if size - int(can.sum()) >= size or not can.any():
+            if not can.any():
                 best = max(best, size)
                 continue
             most = size
@@ -329,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     import scheduling
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default=str(scheduling.REPORT_SEED))
-    ap.add_argument("--families", default="swe,web,bfcl")
+    ap.add_argument("--seeds", default=str(scheduling.REPORT_SEED),
+                    help="comma-separated trace seeds (default: the report seed, %(default)s)")
+    ap.add_argument("--families", default="swe,web,bfcl",
+                    help="comma-separated workflow families (default: %(default)s)")
     args = ap.parse_args(argv)
     print("| seed | family | load | capacity | solo bound s | memory bound s | from |")
     print("|---|---|---|---|---|---|---|")

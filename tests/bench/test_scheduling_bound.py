@@ -64,16 +64,30 @@ def test_phases_over_half_the_gpu_run_one_at_a_time(mods):
     # their emitting steps cannot share a batch step, so the second ends after both
     sessions = [one_step("a", 960, 50), one_step("b", 960, 50)]
     need = bound.session_needs(sessions[0], COST, 8192)
-    emit = sum(COST.decode_step_time(1, 960 + j) for j in range(50))
-    assert need.steps[0][2] == pytest.approx(emit)
+    # the last prefill chunk (at least one token over 959 cached) then 49 decodes
+    emit = COST.prefill_time(1, 959) + sum(COST.decode_step_time(1, 960 + j)
+                                           for j in range(1, 50))
+    assert need.steps[0][2] == pytest.approx(emit, rel=1e-12)
     got = bound.mean_tct_bound(sessions, COST, 100)
     assert got["which"] == "exclusive phases, m 1"
-    assert got["bound_s"] == pytest.approx((need.solo_s + 2 * emit) / 2)
+    assert got["bound_s"] == pytest.approx((need.solo_s + 2 * emit) / 2, rel=1e-12)
     assert got["solo_s"] == pytest.approx(need.solo_s)
     # room for both: nothing excludes, the bound is the solo one
     assert bound.mean_tct_bound(sessions, COST, 200)["which"] == "solo"
     for sched in ("fcfs", "workflow"):
         assert simulated(sessions, 100, sched) >= got["bound_s"] - 1e-9
+
+
+def test_the_last_prefill_chunk_is_timed_as_a_chunk_not_a_decode(mods):
+    _, bound, _ = mods
+    # one output: the emitting phase is the last chunk alone; at its least (one token over
+    # 959 cached) it reads 959 tokens' KV and writes one, a decode over 960 reads 960 and
+    # writes one, so a decode's time would overstate it by one token's KV read
+    need = bound.session_needs(one_step("a", 960, 1), COST, 8192)
+    assert need.steps[0][2] == COST.prefill_time(1, 959)
+    kv_read = COST.kv_bytes_per_token / COST.achievable_hbm_bw
+    assert COST.decode_step_time(1, 960) - need.steps[0][2] == pytest.approx(kv_read, rel=1e-3)
+    assert need.area == need.steps[0][2] * 60  # 60 own blocks
 
 
 def test_gpu_time_that_cannot_be_shared_binds_the_window_bound(mods):
