@@ -172,9 +172,20 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         one expert's work, not one per expert. The others' keys, views, indexes and
         statistics stay their own; they must get no pool call of their own after this."""
         sharing = (self, *others)
+        # Every one is checked before any is re-pointed: a bad one leaves all unchanged.
+        seen = {id(self)}
+        for i, p in enumerate(others):
+            if not isinstance(p, GroupedPolicy):
+                raise TypeError(f"share_blocks: others[{i}] must be a GroupedPolicy, "
+                                f"got {type(p).__name__}")
+            if p.view is None or p.view is not self.view:
+                raise ValueError(f"share_blocks: others[{i}] ({p.name}) must be a grouped "
+                                 f"policy bound to the same view as this one")
+            if id(p) in seen:
+                raise ValueError(f"share_blocks: others[{i}] ({p.name}) is listed twice "
+                                 f"or is this policy")
+            seen.add(id(p))
         for p in others:
-            if p.view is not self.view or not isinstance(p, GroupedPolicy):
-                raise ValueError("share_blocks: a grouped policy bound to the same view")
             p.groups, p.plain, p.dead = self.groups, self.plain, self.dead
             p._where, p._owner, p._pos = self._where, self._owner, self._pos
         dirty = tuple(p._dirty for p in sharing)

@@ -21,6 +21,10 @@ own), so a workflow whose sessions queue or stay demoted unlike the others' (one
 seen in tuning) is priced from its own record. Nothing in it is fitted: the median is the
 pauses' statistic, and `prior` is graph's `calib_prior`, the pseudo-observations of every
 other shrinkage in graph.
+
+Only the `TRACKED_WORKFLOWS` most recently updated workflows keep a record of their own (an
+engine that serves ever new workflow names would otherwise keep one per name for ever); a
+workflow dropped past that bound is forecast, like one never seen, from the pooled waits.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from itertools import accumulate
+
+# Workflows with a record of their own in `WorkflowWaits`, at most: past this many, the least
+# recently updated one is forgotten. The bench traces have a handful of workflows, so no
+# decision there depends on it; it bounds memory where workflow names never repeat.
+TRACKED_WORKFLOWS = 1024
 
 
 class WaitSamples:
@@ -79,14 +88,21 @@ class WorkflowWaits(WaitSamples):
     Args:
         prior: the pooled waits' total weight against a workflow's own (> 0).
         size: how many recent samples are kept, pooled and per workflow.
+        workflows: how many workflows keep a record of their own (the least recently
+            updated is dropped past it; a dropped one is forecast from the pooled waits).
     """
 
-    def __init__(self, prior: float, size: int = 256) -> None:
-        super().__init__(size)
+    def __init__(self, prior: float, size: int = 256,
+                 workflows: int = TRACKED_WORKFLOWS) -> None:
         if not prior > 0:
             raise ValueError(f"prior must be > 0, got {prior!r}")
+        if isinstance(workflows, bool) or not isinstance(workflows, int) or workflows < 1:
+            raise ValueError(f"workflows must be an int >= 1, got {workflows!r}")
+        super().__init__(size)
         self.prior = prior
         self._size = size
+        self._workflows = workflows
+        # Insertion order is update order: each add moves its workflow to the end.
         self.by_workflow: dict[str, WaitSamples] = {}
 
     def add(self, wait_s: float, workflow: str | None = None) -> None:
@@ -94,9 +110,12 @@ class WorkflowWaits(WaitSamples):
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
         super().add(wait_s)
         if workflow is not None:
-            own = self.by_workflow.get(workflow)
+            own = self.by_workflow.pop(workflow, None)
             if own is None:
-                own = self.by_workflow[workflow] = WaitSamples(self._size)
+                own = WaitSamples(self._size)
+                if len(self.by_workflow) >= self._workflows:  # forget the stalest
+                    del self.by_workflow[next(iter(self.by_workflow))]
+            self.by_workflow[workflow] = own  # (re)inserted last: the most recent
             own.add(wait_s)
 
     def residual(self, waited_s: float, workflow: str | None = None) -> float | None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 from kvsaga import OutOfBlocks
-from kvsaga.policy import AdaptivePolicy
+from kvsaga.policy import POLICIES, AdaptivePolicy
 from tests.policy.test_properties import apply, op_lists
 from tests.policy.victim_record import STEPS, WORKLOADS
 
@@ -298,3 +298,35 @@ def test_share_blocks_refuses_a_policy_of_another_view():
     a, b = make("ttl").policy, make("saga").policy
     with pytest.raises(ValueError, match="same view"):
         a.share_blocks([b])
+
+
+def _tracking(p) -> tuple:
+    return (p.groups, p.plain, p.dead, p._where, p._owner, p._pos)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    ("saga of another view", ValueError, r"others\[1\] \(saga\) must be .* same view"),
+    ("lru of this view", TypeError, r"others\[1\] must be a GroupedPolicy, got LRUPolicy"),
+    ("a name", TypeError, r"others\[1\] must be a GroupedPolicy, got str"),
+    ("the good one again", ValueError, r"others\[1\] \(saga\) is listed twice"),
+    ("the sharer itself", ValueError, r"others\[1\] \(ttl\) is listed twice or is this"),
+])
+def test_share_blocks_checks_every_policy_before_sharing_any(bad, error, message):
+    """A good policy then a bad one: the error names the bad one and what is wrong with
+    it, and neither the good one nor the sharer was changed (all are checked first)."""
+    m = make("ttl")
+    a = m.policy
+    good = POLICIES["saga"]()
+    good.bind(a.view)
+    lru = POLICIES["lru"]()
+    lru.bind(a.view)
+    wrong = {"saga of another view": make("saga").policy, "lru of this view": lru,
+             "a name": "saga", "the good one again": good, "the sharer itself": a}[bad]
+    before = _tracking(good)
+    with pytest.raises(error, match=message):
+        a.share_blocks([good, wrong])
+    assert all(x is y for x, y in zip(_tracking(good), before, strict=True))
+    assert not any(x is y for x, y in zip(_tracking(good), _tracking(a), strict=True))
+    assert a._sharing == (a,)
+    a.share_blocks([good])  # and the good one alone is still accepted
+    assert good.groups is a.groups and a._sharing == (a, good)

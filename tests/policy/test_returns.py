@@ -8,7 +8,7 @@ import random
 import pytest
 
 from kvsaga.policy import GraphPolicy
-from kvsaga.policy.returns import WaitSamples, WorkflowWaits
+from kvsaga.policy.returns import TRACKED_WORKFLOWS, WaitSamples, WorkflowWaits
 from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_graph import _demoted_and_admitted
 
@@ -77,9 +77,29 @@ def test_median_residual_matches_the_definition_on_random_waits():
                 assert w.residual(waited, wf2) == pytest.approx(want), (waited, wf2)
 
 
+def test_only_the_most_recently_updated_workflows_keep_a_record():
+    """Ever new workflow names: at most `workflows` records, the stalest dropped first; a
+    dropped workflow is forecast from the pooled waits, as one never seen."""
+    w = WorkflowWaits(prior=2.0, workflows=3)
+    for name, x in (("a", 1.0), ("b", 2.0), ("c", 3.0), ("a", 1.5), ("d", 4.0)):
+        w.add(x, name)
+    assert list(w.by_workflow) == ["c", "a", "d"]  # b, the least recently updated, gone
+    assert w.by_workflow["a"]._sorted == [1.0, 1.5]  # kept whole, moved to the end
+    assert len(w) == 5  # the pooled waits keep every one
+    assert w.residual(0.0, "b") == w.residual(0.0, "never seen")
+    big = WorkflowWaits(prior=2.0)  # the default bound
+    for i in range(3 * TRACKED_WORKFLOWS):
+        big.add(1.0, f"wf{i}")
+    assert len(big.by_workflow) == TRACKED_WORKFLOWS
+    assert next(iter(big.by_workflow)) == f"wf{2 * TRACKED_WORKFLOWS}"
+
+
 def test_bad_input_is_refused_by_name():
     with pytest.raises(ValueError, match="prior"):
         WorkflowWaits(prior=0.0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="workflows must be an int >= 1"):
+            WorkflowWaits(prior=1.0, workflows=bad)
     w = WorkflowWaits(prior=1.0)
     with pytest.raises(ValueError, match="wait_s"):
         w.add(-1.0, "a")
