@@ -419,6 +419,35 @@ def test_a_waiting_session_vllm_stopped_asking_about_holds_nobody_back():
     assert g.order.num_yielded == 0
 
 
+def test_a_waiting_session_not_asked_about_since_the_step_before_is_dropped():
+    """One vLLM aborts while deferred, never reported, must not stay in the waiting order
+    (memory, and every probe sorts it) once it can no longer hold anyone back."""
+    g = _order_gate(admission_order="predicted", prior_steps=4.0)
+    _long_and_short_wait(g)  # L, S asked about in engine step 0; now step 1
+    assert set(g.order.waiting) == {"L", "S"}  # asked in the step before: kept
+    assert not g.admit("L", "w", 12 * BS, 0, now=1.0)  # S still ranks ahead: L yields
+    g.new_step()  # step 2: S not asked about in step 1 or 2
+    assert set(g.order.waiting) == {"L"}
+    assert g.admit("L", "w", 12 * BS, 0, now=2.0)  # nobody ahead of it now
+    assert g.order.waiting == {} and g.order.num_yielded == 1
+    assert not g.admit("S", "w", 10 * BS, 0, now=3.0, last_step=True)  # asked again: back
+    assert set(g.order.waiting) == {"S"}
+
+
+def test_an_aborted_step_is_not_counted_nor_learned_as_a_session_end():
+    """vLLM reports a step aborted before its allocation as finished (never `started`): it
+    is no step done, and a `last_step` hint on it teaches no session length."""
+    g = _order_gate(admission_order="predicted", prior_steps=1.0)
+    assert g.admit("x", "w", BS, 0, now=0.0)
+    _run_step(g, "x0", "x", 2 * BS, now=0.5)  # one step done
+    assert g.admit("x", "w", 2 * BS, 0, now=1.0)
+    g.finished("x1", "x", 2 * BS, 1.5, None, False)  # admitted, aborted before allocation
+    assert g.order.done["x"] == ("w", 1)
+    assert g.admit("x", "w", 2 * BS, 0, now=2.0, last_step=True)
+    g.finished("x2", "x", 2 * BS, 2.5, None, True)  # its hinted last step, aborted
+    assert g.order.lengths.counts == {} and "x" not in g.order.done and g.sessions == {}
+
+
 def test_a_yielding_session_is_admitted_past_max_wait():
     g = _gate(horizon_steps=0.0, room_admit=False, idle_admit_s=1e9, max_wait_s=5.0,
               reserve_wait_factor=None, admission_order="predicted", prior_steps=4.0)

@@ -518,10 +518,11 @@ class SessionGate:
                  expected_s: float | None, last_step: bool) -> list[str]:
         """A request finished (`sid` None: no session). Returns the sessions demoted because
         the admitted working sets outgrew the blocks (their retained blocks may go)."""
+        ran = request_id in self._in_flight  # allocated: not aborted while waiting
         self._in_flight.discard(request_id)
         if not self._in_flight:
             self._idle_since = now
-        if sid is not None:
+        if sid is not None and ran:  # an aborted step is no step done, nor a session's end
             self.order.step_finished(sid, last_step)
         if sid is not None and last_step:
             self.forget(sid)
@@ -560,7 +561,7 @@ class SessionGate:
     def new_step(self) -> None:
         """vLLM scheduled an engine step (the connector calls this once a step): waiting
         sessions vLLM has not asked about since the step before no longer hold others back."""
-        self.order.step += 1
+        self.order.new_step()
 
 
 def _alloc(s: _Admitted, block_size: int) -> int:

@@ -22,7 +22,8 @@ with aging.
   sessions ranked ahead of it, each admissible now and let in greedily in rank order, would
   leave it no longer admissible. Only sessions vLLM asked about in this engine step or the
   one before count: one vLLM stopped asking about (aborted, or behind a request
-  vLLM could not allocate) holds nobody back. A session past `max_wait_s` never yields, so
+  vLLM could not allocate) holds nobody back, and is dropped from the waiting sessions
+  (`WaitingOrder.new_step`) until vLLM asks again. A session past `max_wait_s` never yields, so
   the gate's bound on waiting holds in either order.
 
 The defaults were chosen on bench/vllm_scheduler_replay.py's workload calibrated to the
@@ -114,6 +115,15 @@ class WaitingOrder:
     def forget(self, sid: str) -> None:
         self.done.pop(sid, None)
         self.waiting.pop(sid, None)
+
+    def new_step(self) -> None:
+        """vLLM scheduled an engine step: drop the waiting sessions it did not ask about in
+        this step or the one before. They hold nobody back from now on (`ahead` skips them
+        until asked again, when `probed` records them anew), and one vLLM aborted without
+        reporting would otherwise stay, growing the memory and every probe's sort."""
+        self.step += 1
+        for sid in [o for o, w in self.waiting.items() if w.probed < self.step - 1]:
+            del self.waiting[sid]
 
     def key(self, sid: str, w: Waiting, growth: float) -> float:
         """`w`'s rank (smallest first): ln(predicted remaining token-steps) + since / aging_s."""
