@@ -137,6 +137,8 @@ class WaitingOrder:
         if self.order == "fifo":
             return []
         me = self.key(sid, mine, growth(mine.workflow))
+        # (Every entry was probed in this engine step or the one before: `new_step` drops
+        # the others.)
         ranked = sorted((self.key(o, w, growth(w.workflow)), o) for o, w in self.waiting.items()
-                        if o != sid and w.probed >= self.step - 1)
+                        if o != sid)
         return [self.waiting[o] for k, o in ranked if k < me]
