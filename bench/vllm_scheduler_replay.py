@@ -87,6 +87,7 @@ class ArmResult:
     busy_s: float = 0.0  # simulated seconds the steps took (the rest: nothing to run)
     end_s: float = 0.0  # when the last task ended (what a live run's wall time follows)
     wait_s: list[float] = field(default_factory=list)  # per request: arrival to first step
+    service_s: float = 0.0  # summed over requests: first step to the last step's end
     connector: dict[str, Any] = field(default_factory=dict)
     held_at_end: int = 0  # blocks the connector still retained when every task had ended
 
@@ -103,6 +104,9 @@ class ArmResult:
             "rebuild_share": self.rebuild_s / self.busy_s if self.busy_s else 0.0,
             "end_s": self.end_s,
             "queue_wait_mean_s": statistics.fmean(self.wait_s),
+            # a task's time is its tool pauses, its steps' queue waits and their service
+            "task_wait_mean_s": sum(self.wait_s) / len(self.task_s),
+            "task_service_mean_s": self.service_s / len(self.task_s),
             **{f"connector_{k}": v for k, v in self.connector.items()},
         }
 
@@ -203,6 +207,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
     computed = [0] * len(sessions)
     system_done = False
     closing: set[str] = set()  # `--hint close`: the requests that only end a session
+    started: dict[str, float] = {}  # request id -> its first step's start
     while due or live:
         while due and due[0][0] <= now:
             t_due, i, k = heapq.heappop(due)
@@ -246,6 +251,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         news = [r for r in out.scheduled_new_reqs if r.req_id not in closing]
         res.cached_tokens += sum(r.num_computed_tokens for r in news)
         res.wait_s += [now - arrival.pop(r.req_id) for r in news]
+        started.update((r.req_id, now) for r in news)
         for rid, n in out.num_scheduled_tokens.items():
             if rid in closing:
                 continue
@@ -285,6 +291,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                     closing.discard(o.request_id)
                     continue
                 st = sessions[i][k]
+                res.service_s += now - started.pop(o.request_id)
                 n_out = reply_tokens(args, st)
                 res.decode_tokens += n_out - 1
                 # the reply as the next prompt carries it: its tokens and the turn's end
@@ -475,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--write-results", action="store_true",
       help="write this run's section of bench/RESULTS.md (one per step cost)")
     a("--trace", action="store_true", help="print every request's first scheduling")
+    a("--breakdown", action="store_true",
+      help="also print per seed where each arm's task time goes: tool pauses + queue waits "
+           "+ service (bench/vllm_replay_breakdown.py)")
+    a("--fit", action="store_true",
+      help="rerun the gate's admission-order fit (bench/vllm_gate_fit.py) instead of the "
+           "arms: every --fit-grid setting as the connector arm 'ttl' on --seeds (the "
+           "connector's fit seeds 0-4 only), chosen by the highest worst seed then median")
+    a("--fit-grid", default=None,
+      help="the fit's settings, ';'-separated 'fifo' or 'AGING_S:PRIOR_STEPS' (default: the "
+           "grid the connector's defaults were chosen from, bench/vllm_gate_fit.DEFAULT_GRID)")
     return p
 
 
@@ -485,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--model-dir {model_dir}: no config.json (write one with "
                          "bench/agent_replay.py --engine vllm or tests/integrations/vllm/run.sh)")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.fit:
+        import vllm_gate_fit
+
+        return vllm_gate_fit.run(args, argv, model_dir, seeds, replay, _agent_replay())
     arms = [None] + [p.strip() for p in args.policies.split(",") if p.strip()]
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
@@ -502,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = ([[int(x) for x in g.split(",") if x.strip()] for g in args.seed_groups.split(";")]
               if args.seed_groups else None)
     lines = [*table(rows, groups), *bound_lines(args, rows)]
+    if args.breakdown:
+        from vllm_replay_breakdown import breakdown_lines
+
+        lines += ["", *breakdown_lines(rows, {s: tool_s_per_task(args, s) for s in seeds})]
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()

@@ -3,6 +3,8 @@ against the real scheduler in tests/integrations/vllm's environment)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.bench_scripts import load_bench
 
 
@@ -47,3 +49,90 @@ def test_hint_session_is_a_choice_and_a_label_names_the_section() -> None:
     mod = _load()
     args = mod.build_parser().parse_args(["--hint", "session", "--label", "calibrated"])
     assert args.hint == "session" and args.label == "calibrated"
+
+
+def _fit():
+    return load_bench("vllm_gate_fit")
+
+
+def test_fit_grid_parses_fifo_and_pairs_and_names_a_bad_entry() -> None:
+    gf = _fit()
+    grid = gf.parse_grid("fifo; 20:16 ;10:8;")
+    assert [s.label for s in grid] == ["fifo", "predicted 20 / 16", "predicted 10 / 8"]
+    assert grid[1].gate_args() == {"admission_order": "predicted", "aging_s": 20.0,
+                                   "prior_steps": 16.0}
+    assert len(gf.parse_grid(gf.DEFAULT_GRID)) == 16  # fifo and the 15 settings fitted
+    for bad in ("20", "x:1", "0:8", "20:0.5", "fifo;fifo", ""):
+        with pytest.raises(SystemExit) as e:
+            gf.parse_grid(bad)
+        assert "--fit-grid" in str(e.value)
+
+
+def test_fit_refuses_seeds_outside_the_fit_seeds() -> None:
+    gf = _fit()
+    assert gf.check_fit_seeds([0, 4, 0]) == [0, 4]
+    for seeds in ([0, 76], [81], []):
+        with pytest.raises(SystemExit) as e:
+            gf.check_fit_seeds(seeds)
+        assert "fit seeds" in str(e.value)
+
+
+def test_fit_chooses_the_best_worst_seed_then_median_ties_to_the_first() -> None:
+    gf = _fit()
+    a, b, c, d = (gf.Setting("fifo"), gf.Setting("predicted", 20.0, 16.0),
+                  gf.Setting("predicted", 10.0, 8.0), gf.Setting("predicted", 5.0, 4.0))
+    # b has the best median but the worst seed; c and d tie on both: c is listed first
+    ups = {a: {0: 1.2, 1: 1.3, 2: 1.4}, b: {0: 1.1, 1: 1.9, 2: 2.0},
+           c: {0: 1.25, 1: 1.3, 2: 1.5}, d: {0: 1.5, 1: 1.3, 2: 1.25}}
+    assert gf.choose(ups) == c
+    assert gf.choose({a: ups[a], b: {0: 1.2, 1: 1.35, 2: 1.5}}) == b  # equal worst: median
+
+
+class _Figures:
+    def __init__(self, tct: float) -> None:
+        self.tct = tct
+
+    def figures(self) -> dict:
+        return {"task_time_mean_s": self.tct}
+
+
+def test_fit_replays_every_setting_on_every_seed_and_writes_its_table() -> None:
+    """A stand-in for the replay: TCT by (seed, the setting the connector extra names)."""
+    gf = _fit()
+    import argparse
+    import json
+
+    calls = []
+
+    def fake_replay(args, model_dir, seed, policy):
+        calls.append((seed, policy, args.connector_extra))
+        if policy is None:
+            return _Figures(40.0 + seed)
+        g = json.loads(args.connector_extra)["gate_args"]
+        assert json.loads(args.connector_extra)["keep"] == 1  # the caller's extra is kept
+        tct = 30.0 if g["admission_order"] == "fifo" else 20.0 + g["aging_s"] * seed
+        return _Figures(tct)
+
+    args = argparse.Namespace(connector_extra='{"keep": 1, "gate_args": {"room_admit": true}}')
+    grid = gf.parse_grid("fifo;1:16;5:16")
+    res = gf.fit(args, "dir", [0, 1], grid, fake_replay)
+    assert len(calls) == 2 + 3 * 2 and args.connector_extra.startswith('{"keep"')
+    assert res["chosen"] == grid[1]  # 1:16 is 2.00x / 1.95x worst; fifo 1.33x; 5:16 1.64x
+    assert res["speedups"][grid[0]] == {0: 40 / 30, 1: 41 / 30}
+    lines = gf.fit_table(res, gf.Setting("predicted", 20.0, 16.0))
+    assert lines[2].startswith("| fifo | 1.33x | 1.37x | 1.33x |")
+    assert lines[3].startswith("| **predicted 1 / 16** | 2.00x | 1.95x |")
+    assert "Chosen: **predicted 1 / 16**" in lines[-1] and "not in this grid" in lines[-1]
+    assert "is the pick." in gf.fit_table(res, grid[1])[-1]
+    assert json.dumps(gf.to_json(res))  # plain JSON
+
+
+def test_breakdown_line_names_each_arms_parts() -> None:
+    bd = load_bench("vllm_replay_breakdown")
+    f = {"task_time_mean_s": 30.0, "task_wait_mean_s": 4.0, "task_service_mean_s": 6.0,
+         "steps": 1200, "busy_s": 50.0, "rebuild_share": 0.1}
+    rows = {"vllm": {3: f}, "vllm+ttl": {3: {**f, "connector_gate_wait_s": 12.5}}}
+    (line,) = bd.breakdown_lines(rows, {3: 20.0})
+    assert line.startswith("- seed 3: mean TCT = tool pauses + queue waits + service")
+    assert "vllm 30.0 = 20.0 + 4.0 + 6.0 s (1,200 steps, 50.0 s busy, 5.0 s rebuild)" in line
+    assert "gate waits 12.5 s)" in line

@@ -32,7 +32,9 @@ seeds 0-4 only, advance hints, by the highest worst seed then median speed-up ov
 vLLM, among "fifo" (the order before: 1.19x worst, 1.25x median) and "predicted" with
 (aging_s, prior_steps) in {10, 30, 100} x {1, 8}, then {3, 5, 20} x {8} and {5, 10, 20} x
 {4, 16} (worst seeds 1.06-1.25x, medians 1.20-1.39x): aging_s 20, prior_steps 16, **1.25x
-worst, 1.29x median** (a /tmp driver calling the script's `replay`, not kept). The surface
+worst, 1.29x median**. First run by a /tmp driver; rerun from the repository by
+`bench/vllm_scheduler_replay.py --fit` (bench/vllm_gate_fit.py; its docstring has the
+command), which reproduces the table and the pick (2026-12-01, on 3fb55f1's gate). The surface
 is jagged (20 / 8: 1.16x worst; 10 / 16: 1.08x), so part of the margin may be the pick's
 luck: bench/RESULTS.md has fresh seeds. With session-only hints (no `last_step`, so no
 length learned) the same setting on the fit seeds: worst 1.07x against "fifo"'s 1.10x,
