@@ -20,18 +20,22 @@ Aging bounds the order: the key is ln(cost) + arrival / aging_s (cost clipped to
 another goes ahead of it whatever their predictions. Order alone does not bound the wait
 (backfill lets sessions that fit pass the head): the reserve does, in either order.
 
-The reserve (`max_wait_s`): once the session queued earliest among those waiting for
-admission (a new session, or a demoted one's next step; any tenant) has waited
-`max_wait_s`, it is the only session that may be admitted until it is: no backfill, no
-other tenant's session, no other order; only the steps of sessions already admitted go on.
+The reserve (`max_wait_s`): each session waiting for admission (a new session, or a
+demoted one's next step; any tenant) has a deadline, fixed when it queued: its queueing
+time + `max_wait_s`, or sooner under the tail guard (`tail_wait_factor`,
+`kvsaga.scheduler.tail_guard`: what is left of a budget for all its waits together). Once
+the earliest deadline has passed (ties: the one queued earliest), that session is the only
+one that may be admitted until it is: no backfill, no other tenant's session, no other
+order; only the steps of sessions already admitted go on.
 The admitted sessions then only leave (each ends after finitely many steps, or is demoted
 at its pause deadline or by the shrink), and the reserved session is admitted as soon as
 its working set fits beside theirs, at once when none is admitted, or when the batch has
 idled `idle_admit_s` with all of them away on tools. So a session waits at most
-`max_wait_s`, plus the reserves of the sessions queued before it still waiting then (each
-bounded alike), plus the time until the sessions admitted then have left or fit it beside
-them. The reserve starts at a time known in advance (`reserve_at`), so a refusal's time
-bound (`refusal_until`) and the simulator's wake-up (`wake_time`) include it.
+`max_wait_s` (its deadline, or sooner), plus the reserves of the sessions due before it
+still waiting then (each bounded alike), plus the time until the sessions admitted then
+have left or fit it beside them. The reserve starts at a time known in advance
+(`reserve_at`), so a refusal's time bound (`refusal_until`) and the simulator's wake-up
+(`wake_time`) include it.
 
 The "predicted" key does not change with time, only with events (a step's end updates the
 tables). Lengths are learned from the steps the manager counted (`Session.num_steps`): a
@@ -49,6 +53,7 @@ from typing import Any
 
 from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.session_length import SessionLengthModel
+from kvsaga.scheduler.tail_guard import WaitBudgets
 
 ADMISSION_ORDERS = ("fifo", "predicted", "gittins")  # `WorkflowScheduler(admission_order=...)`
 MAX_REMAINING_STEPS = 1000  # an expected remaining count is capped at this
@@ -110,7 +115,7 @@ class AdmissionOrder:
     scheduler's `manager`, `_pending`, `_growth` and `_graph()`."""
 
     def _init_admission_order(self, order: str, aging_s: float, max_wait_s: float,
-                              length_prior: float = 1.0) -> None:
+                              length_prior: float = 1.0, tail_wait_factor: float = 0.0) -> None:
         if order not in ADMISSION_ORDERS:
             raise ValueError(f"scheduler parameter admission_order must be one of "
                              f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
@@ -128,40 +133,54 @@ class AdmissionOrder:
         if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
             raise ValueError("scheduler parameter max_wait_s must be finite, got inf")
         self.max_wait_s = max_wait_s
-        self._first: Any = None  # the waiting session queued earliest (`_first_waiting`)
+        self._budgets = WaitBudgets(tail_wait_factor, max_wait_s)  # the tail guard
+        self.tail_wait_factor = self._budgets.factor
+        self._deadlines: dict[str, float] = {}  # waiting session -> its reserve deadline
+        self._first: Any = None  # the waiting session due first (`_first_waiting`)
         self._first_stale = False  # ... unknown: it was admitted or left
         self._holding: Any = None  # the session the reserve holds for, at the last candidate
 
     # -- the reserve (bounded waiting) ----------------------------------------------------
+    def _due(self, req: Any) -> tuple[float, float]:
+        """A waiting session's place in the reserve's order: its deadline (fixed when it
+        queued, `kvsaga.scheduler.tail_guard`), then its queueing time."""
+        return self._deadlines[req.session_id], req.arrival
+
     def _waiting_added(self, req: Any) -> None:
-        """`req` joined a queue of sessions waiting for admission."""
-        if not self._first_stale and (self._first is None or req.arrival < self._first.arrival):
+        """`req` joined a queue of sessions waiting for admission: fix its deadline."""
+        b = self._budgets  # off: the old deadline (and no need of the request's workflow)
+        self._deadlines[req.session_id] = (b.deadline(req.session_id, req.workflow, req.arrival)
+                                           if b.factor else req.arrival + self.max_wait_s)
+        if not self._first_stale and (self._first is None
+                                      or self._due(req) < self._due(self._first)):
             self._first = req
 
     def _waiting_removed(self, req: Any) -> None:
         """`req` left the queues of sessions waiting for admission."""
+        self._deadlines.pop(req.session_id, None)
         if req is self._first:
             self._first, self._first_stale = None, True
 
     def _first_waiting(self) -> Any | None:
-        """The session waiting for admission queued earliest (ties: the first found)."""
+        """The session waiting for admission with the earliest deadline (with the tail
+        guard off, the one queued earliest; ties: the first found)."""
         if self._first_stale:
             self._first_stale = False
             self._first = min((r for q in self._pending.values() for r in q),
-                              key=lambda r: r.arrival, default=None)
+                              key=self._due, default=None)
         return self._first
 
     @property
     def reserve_at(self) -> float:
-        """When the reserve starts for the session waiting longest (inf: none waits)."""
+        """When the reserve starts for the session due first (inf: none waits)."""
         first = self._first_waiting()
-        return math.inf if first is None else first.arrival + self.max_wait_s
+        return math.inf if first is None else self._deadlines[first.session_id]
 
     def _reserved(self, now: float) -> Any | None:
         """The session the reserve holds admission for at `now`, if any (remembered for
         `_backfill`, which runs right after `_candidate`)."""
         first = self._first_waiting()
-        held = first if first is not None and now >= first.arrival + self.max_wait_s else None
+        held = first if first is not None and now >= self._deadlines[first.session_id] else None
         self._holding = held
         return held
 
@@ -191,21 +210,26 @@ class AdmissionOrder:
         left = self._lengths.remaining(req.workflow, done, prior)
         return predicted_cost(left, req.num_tokens, self._growth.mean(req.workflow))
 
-    def _step_admitted(self, req: Any) -> None:
-        """At a session's first step here (just begun), count the steps it ran before: a
-        session whose earlier steps ran elsewhere (imported with its count,
+    def _step_admitted(self, req: Any, now: float) -> None:
+        """A session admission (the session not admitted yet) adds its wait to the tail
+        guard's sum. At a session's first step here (just begun), count the steps it ran
+        before: a session whose earlier steps ran elsewhere (imported with its count,
         `kvsaga.migration`) is learned at its full length, even if its only step here is
         its last. Later counts come from `_step_done`."""
+        if req.session_id not in self.sessions:
+            self._budgets.admitted(req.session_id, req.arrival, now)
         s = self.manager.sessions.get(req.session_id)
         if s is not None and req.session_id not in self._steps_seen:
             self._steps_seen[req.session_id] = s.num_steps - 1
             if s.num_steps > 1:  # steps it ran elsewhere: reached, the session goes on
                 self._length_model.steps_done(req.workflow, 0, s.num_steps - 1)
 
-    def _step_done(self, req: Any, ended: bool) -> None:
-        """Count the finished step; at the session's end, learn its length."""
+    def _step_done(self, req: Any, ended: bool, now: float) -> None:
+        """Count the finished step; at the session's end, learn its length and its time
+        less its admission waits (the tail guard's)."""
         sid = req.session_id
         if ended:
+            self._budgets.ended(sid, req.workflow, now)
             before = self._steps_seen.pop(sid, 0)
             self._lengths.observe(req.workflow, before + 1)
             self._length_model.ended_after(req.workflow, before, before + 1)
@@ -220,3 +244,4 @@ class AdmissionOrder:
 
     def _session_left(self, sid: str) -> None:
         self._steps_seen.pop(sid, None)
+        self._budgets.forget(sid)

@@ -119,14 +119,19 @@ class Demotions:
         total = sum(weight(t) for t in present)
         return {t: limit * weight(t) / total for t in present}
 
-    def _reclaim_share(self, tenant: str | None, need: int, limit: float, now: float) -> bool:
-        """Make room for a session of `tenant` (`need` blocks) that the tiers cannot take,
-        if its tenant stays within its share with it: demote paused sessions of tenants
-        above their shares (in `_demotion_order`, each only while its tenant is still
-        above its share). All of them or none: when that cannot make room, nothing is
-        demoted. This is the memory half of Agent Fair Share's bound (module
+    def _reclaim_share(self, req, need: int, limit: float, now: float) -> bool:
+        """Make room for `req`'s session (`need` blocks) that the tiers cannot take, if its
+        tenant stays within its share with it: demote paused sessions of tenants above
+        their shares (in `_demotion_order`, each only while its tenant is still above its
+        share). All of them or none: when that cannot make room, nothing is demoted. This
+        is the memory half of Agent Fair Share's bound (module
         kvsaga.scheduler.fair_share): a tenant is refused within its share only while
-        other tenants' active sessions (a step queued or running) hold the memory."""
+        other tenants' active sessions (a step queued or running) hold the memory. First,
+        a session the tail guard made due (`_reclaim_due`) may take any paused session's
+        room."""
+        if self._reclaim_due(req, need, limit, now):
+            return True
+        tenant = req.tenant
         shares = self._shares(limit)
         held = self._tenant_blocks
         if shares is None or held.get(tenant, 0) + need > shares[tenant]:
@@ -143,6 +148,28 @@ class Demotions:
                 victims.append(sid)
                 freed += info.blocks
                 left[info.tenant] -= info.blocks
+        if self._committed - freed + need > limit:
+            return False
+        for sid in victims:
+            self._demote_session(sid, now)
+        return True
+
+    # -- the tail guard's room (kvsaga.scheduler.tail_guard) --------------------------------
+    def _reclaim_due(self, req, need: int, limit: float, now: float) -> bool:
+        """With the tail guard on, make room for the session the reserve holds for (its
+        deadline passed): demote paused admitted sessions, any tenant's, in
+        `_demotion_order`, until it fits; all of them or none. Without this the reserve
+        only stops new admissions, and a session whose context is long waits for the
+        admitted ones to end (on the fit seeds, for most of its budget again)."""
+        if not self.tail_wait_factor or self._holding is not req:
+            return False
+        paused = [sid for sid, i in self.sessions.items() if not i.active]
+        victims, freed = [], 0
+        for sid in self._demotion_order(paused):
+            if self._committed - freed + need <= limit:
+                break
+            victims.append(sid)
+            freed += self.sessions[sid].blocks
         if self._committed - freed + need > limit:
             return False
         for sid in victims:

@@ -105,17 +105,16 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             (False: only when a step finishes, so a resumed step's prefill could evict the
             paused admitted sessions' contexts until the next finish). Opt-in: `--fit`
             round 6 found swe 1x 25% 1.75x -> 1.83x but bfcl 1x 25% 1.51x -> 1.48x.
-        admission_order: the order of each tenant's sessions waiting for admission:
-            "predicted" (the default: least predicted remaining work first, with aging;
-            `kvsaga.scheduler.admission_order`), "gittins" (the Gittins rank of that work
-            from censored lengths, `kvsaga.scheduler.session_length`; its prior's weight in
-            sessions: `length_prior`) or "fifo" (queue order, demoted sessions' steps ahead
-            of new sessions, with `max_overtake`). `--fit`'s fourth round (seeds 101-106,
-            graph policy) picked "predicted" with aging_s 80.
-        max_wait_s: bounded waiting: once the session waiting longest for admission has
-            waited this long, no other session is admitted before it (the reserve; the
-            bound it gives is stated in `kvsaga.scheduler.admission_order`). Finite; 120 is
-            `--fit` round 8's pick (seeds 101-106, graph policy; round 7's 60 under ttl).
+        admission_order: the order of each tenant's waiting sessions: "predicted" (the
+            default, `--fit` round 4: least predicted remaining work first, with aging;
+            `kvsaga.scheduler.admission_order`), "gittins" (`session_length`; its prior's
+            weight: `length_prior`) or "fifo" (queue order, with `max_overtake`).
+        max_wait_s: the reserve: once a waiting session's deadline (at most its queueing
+            time + max_wait_s) has passed, no other is admitted before it (`admission_order`
+            states the bound). Finite; 120: `--fit` round 8 (seeds 101-106, graph policy).
+        tail_wait_factor: the tail guard (`kvsaga.scheduler.tail_guard`): a session's
+            admission waits, summed, are due within this many times its workflow's learned
+            time less such waits (0: off, each wait bounded by max_wait_s alone).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -158,6 +157,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         admission_order: str = "predicted",
         aging_s: float = 80.0,
         max_wait_s: float = 120.0,
+        tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = 0,
@@ -191,7 +191,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
-        self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior)
+        self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
+                                   tail_wait_factor)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
@@ -398,7 +399,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self._demote(now)
         if not self.sessions or self._committed + need <= limit:
             return True
-        if self._reclaim_share(req.tenant, need, limit, now):
+        if self._reclaim_share(req, need, limit, now):
             return True
         if self._idle_long(now):
             return True
@@ -497,7 +498,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         if self._resumed and req is not self._head and self._head is self._resumed[0]:
             self._bypassed += 1  # a warm step went ahead of the head
         sid = req.session_id
-        self._step_admitted(req)
+        self._step_admitted(req, now)
         info = self.sessions.get(sid)
         if info is None:  # a session admission: charge its tenant (AFS)
             self._fair.charge(req.tenant)
@@ -517,7 +518,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
         super().finish(req, now, ended=ended)
-        self._step_done(req, ended)
+        self._step_done(req, ended, now)
         sid = req.session_id
         if ended:
             self._times_demoted.pop(sid, None)
