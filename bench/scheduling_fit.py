@@ -340,14 +340,14 @@ def run_reusing(tasks: list[tuple], saved: list[dict], workers: int) -> Rows:
     return out
 
 
-def held_out_tasks(families: list[str]) -> list[tuple]:
+def held_out_tasks(families: list[str], seeds=HELD_OUT_SEEDS) -> list[tuple]:
     """fcfs+lru and the default at every grid point of every held-out seed."""
     sched, policy = DEFAULT.split("+")
-    return [(f, s, load, frac, sc, p, None) for s in HELD_OUT_SEEDS for f in families
+    return [(f, s, load, frac, sc, p, None) for s in seeds for f in families
             for load, frac in GRID for sc, p in (("fcfs", "lru"), (sched, policy))]
 
 
-def held_out_table(rows: list[dict], families: list[str]) -> str:
+def held_out_table(rows: list[dict], families: list[str], seeds=HELD_OUT_SEEDS) -> str:
     """The goals on the held-out seeds, at the points where fcfs+lru's hit rate < 0.8."""
     out = ["| seed | family | load | capacity | fcfs+lru hit | TCT mean gain | gain bound "
            "| p95 gain | tasks/h ratio | admission wait s (pool / contexts / growth) "
@@ -356,7 +356,7 @@ def held_out_table(rows: list[dict], families: list[str]) -> str:
     oracle = f"{scheduling_oracle.NAME}+{DEFAULT_POLICY}"
     fifo, other = (_label({"scheduler": DEFAULT.split("+")[0], "policy": DEFAULT_POLICY,
                            "params": p}) for p in (FIFO, other_order()))
-    for seed in HELD_OUT_SEEDS:
+    for seed in seeds:
         seeded = [r for r in rows if r["seed"] == seed]
         for fam in families:
             for load, frac in GRID:
@@ -385,3 +385,49 @@ def _oracle_gain(rows: list[dict], f: dict, label: str) -> str:
                                                                     f["frac"])
          and _label(r) == label]
     return f"{f['tct_mean_s'] / o[0]['tct_mean_s']:.2f}x" if o else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--held-out SEEDS`: the held-out table of seeds outside the default run (fresh ones,
+    run once after the fit's choices are frozen), without the report seed's grid."""
+    import argparse
+    import time
+
+    from scheduling import DEFAULTS as FAMILIES
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--held-out", required=True, metavar="SEEDS",
+                    help="comma-separated seeds, e.g. 35,36")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help="comma-separated families (default: %(default)s)")
+    ap.add_argument("--orders", action="store_true", help="also the oracle, fifo and other "
+                    "admission orders at the pressured points (their columns; else n/a)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="simulator processes (default: %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        seeds = tuple(int(x) for x in args.held_out.split(",") if x.strip())
+    except ValueError:
+        ap.error(f"--held-out takes comma-separated integers, got {args.held_out!r}")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if not seeds or unknown:
+        ap.error(f"no seeds, or unknown families {unknown} (known: {', '.join(FAMILIES)})")
+    tasks = held_out_tasks(families, seeds)
+    if args.orders:
+        for seed in seeds:
+            tasks += scheduling_oracle.oracle_tasks(families, GRID, seed, DEFAULT_POLICY)
+        sched = DEFAULT.split("+")[0]
+        tasks += [(f, seed, load, frac, sched, DEFAULT_POLICY, p) for seed in seeds
+                  for f in families for load, frac in GRID if frac < 1
+                  for p in (FIFO, other_order())]
+    t0 = time.perf_counter()
+    rows = run(tasks, args.workers)
+    factor = WorkflowScheduler.__init__.__kwdefaults__["tail_wait_factor"]
+    print(f"{len(rows)} simulations, {time.perf_counter() - t0:.0f} s; workflow's parameters "
+          f"are its defaults (tail_wait_factor {factor:g})")
+    print(held_out_table(rows, families, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

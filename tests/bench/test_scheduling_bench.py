@@ -212,3 +212,38 @@ def test_run_reusing_takes_saved_rows_in_task_order(mods):
     got = fit.run_reusing(tasks, rows, workers=1)
     assert list(got) == [rows[1], rows[0]] and got.reused == 2
     assert fit.task_key(tasks[0]) != fit.task_key((*tasks[0][:6], {"admission_order": "gittins"}))
+
+
+def test_round_9_ranks_p95_misses_per_seed_first(mods):
+    """bench/scheduling_fit.py's round-9 rule: a candidate with fewer (seed, point) pairs
+    whose p95 gain is below 1 ranks first, whatever its mean gains; then the smallest gain.
+    The geomean over seeds would hide seed 2's miss below."""
+    _, fit = mods
+
+    def row(seed, tct, p95, params):
+        return {"family": "swe", "seed": seed, "load": 1.0, "frac": 0.5, "scheduler":
+                "workflow" if params is not None else "fcfs", "policy": "graph",
+                "params": params, "tct_mean_s": tct, "tct_p95_s": p95, "tasks_per_hour": 100.0}
+
+    a, b = {"tail_wait_factor": 0.0}, {"tail_wait_factor": 3.0}
+    base = {("swe", s, 1.0, 0.5): row(s, 8.0, 16.0, None) for s in (1, 2)}
+    rows = [row(1, 2.0, 4.0, a), row(2, 2.0, 20.0, a),  # gains 4x, 4x; p95 4x, 0.8x
+            row(1, 4.0, 8.0, b), row(2, 4.0, 16.0, b)]  # gains 2x, 2x; p95 2x, 1x
+    sa, sb = fit.score(rows, base, a), fit.score(rows, base, b)
+    da, db = fit.per_seed(rows, base, a), fit.per_seed(rows, base, b)
+    assert sa["swe 1x 50%"]["p95"] == pytest.approx(20 ** 0.5 / 5 * 2)  # geomean > 1
+    assert fit.p95_misses(da) == ["swe 1x 50% seed 2 0.80x"] and fit.p95_misses(db) == []
+    assert fit.RULE == "p95_misses"
+    assert fit.rank_key(sb, db) < fit.rank_key(sa, da)  # b first despite half the gain
+    table = fit.candidate_table([a, b], {0: sa, 1: sb}, {0: da, 1: db}).splitlines()
+    assert table[2].endswith("| 4.00x | 1: swe 1x 50% seed 2 0.80x |")
+    assert table[3].endswith("| 2.00x | 0 |")
+
+
+def test_held_out_cli_refuses_bad_seeds_and_families(mods, capsys):
+    _, fit = mods
+    for argv, says in ((["--held-out", "3x"], "comma-separated integers, got '3x'"),
+                       (["--held-out", "35", "--families", "chat"], "unknown families ['chat']")):
+        with pytest.raises(SystemExit):
+            fit.main(argv)
+        assert says in capsys.readouterr().err
