@@ -5,8 +5,8 @@ Two modes, never mixed:
 - `--tune` runs the fit set: the four built-in families (swe, web, bfcl, assistant) at
   `FAMILY_SEEDS` and the held-out traces below at `TRACE_SEEDS` (every seed read while the
   policies were built), and picks, among `TUNE_CANDIDATES` (lru, saga, ttl, and graph
-  with and without `trust`, its self-scoring, and with `median_returns`), by the tune rule
-  below. It writes the pick
+  with `median_returns` and with `spread`, its forecast's spread priced, for queued and
+  demoted sessions or queued ones only), by the tune rule below. It writes the pick
   to bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
   (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
@@ -73,10 +73,10 @@ HERE = Path(__file__).resolve().parent
 SECTION = "## Eviction policies (held-out, simulated)"
 PRESET = "a100-llama3-8b"
 BASELINES = ("lru", "saga", "ttl")
-POLICIES = ("lru", "saga", "ttl", "graph", "graph[median_returns=0]", "adaptive", "belady",
-            "oracle-ttl")
+SPREAD = "graph[spread=1,spread_states=queued]"  # opt-in, evaluated beside the default
+POLICIES = ("lru", "saga", "ttl", "graph", SPREAD, "adaptive", "belady", "oracle-ttl")
 OFFLINE = ("belady", "oracle-ttl")
-CANDIDATES = ("graph", "graph[median_returns=0]", "adaptive")  # online ones judged on the goals
+CANDIDATES = ("graph", SPREAD, "adaptive")  # online ones judged on the goals
 FRACTIONS = (0.3, 0.6)
 # The fit set: every seed read while the policies were built (2026-11-29 to 12-01; 301 and
 # 302 were the evaluation of 2026-11-30, 401 and 402 that of 2026-12-01's seventh session,
@@ -87,15 +87,16 @@ FAMILY_SEEDS = (1, 101)
 TRACE_SEEDS = (102, 103, 201, 202, 301, 302, 401, 402)
 TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # 501, 502 were first run on 2026-12-01 (seventh session), 601, 602 in the tenth, 701, 702
-# in the eleventh, and are seen since; 801, 802 were chosen by the lead (twelfth session)
-# before any run on them and are run once, after the default is frozen.
-EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802)
+# in the eleventh, 801, 802 in the twelfth, and are seen since; 901, 902 were chosen by the
+# lead (thirteenth session) before any run on them and are run once, after the default is
+# frozen.
+EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902)
 SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart as well
-    ("seen seeds 501, 502, 601, 602, 701, 702", (501, 502, 601, 602, 701, 702)),
-    ("fresh seeds 801, 802", (801, 802)))
+    ("seen seeds 501-802", (501, 502, 601, 602, 701, 702, 801, 802)),
+    ("fresh seeds 901, 902", (901, 902)))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
-TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[trust=0]", "graph[trust=1]",
-                   "graph[median_returns=1]")
+TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
+                   "graph[spread=1,spread_states=queued]")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"

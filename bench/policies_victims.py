@@ -106,7 +106,8 @@ def row(name: str, seed: int, frac: float, spec: str) -> tuple[str, list[str]]:
         c = by[s]
         cell = f"{c['blocks']} blocks, back {_median(c['back']):.1f} s"
         if c["err"]:
-            cell += (f", abs log err {_median([abs(x) for x in c['err']]):.1f}, "
+            cell += (f", abs log err {_median([abs(x) for x in c['err']]):.1f} "
+                     f"(signed {_median(c['err']):+.1f}), "
                      f"{sum(x < -1 for x in c['err'])} of {len(c['err'])} > e x sooner")
         cells.append(cell)
     return f"| {name} | {seed} | {frac:.0%} | {spec} | {tokens / 1e6:.3f} | " + \

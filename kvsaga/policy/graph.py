@@ -82,6 +82,7 @@ from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 from kvsaga.policy.returns import WaitSamples, WorkflowWaits
 from kvsaga.policy.search import grid_index
+from kvsaga.policy.spread import SpreadWaits, spread_flags
 from kvsaga.policy.trust import PredictionTrust, flag
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
@@ -125,6 +126,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             ones by `calib_prior` (or 4) (`WorkflowWaits`, kvsaga/policy/returns.py). True:
             picked by the tune rule on the fit seeds in the twelfth session (worst 1.50x
             as without it, 28 cases above 1.0x against 35, 13.17M tokens against 13.83M).
+        spread: price a queued or demoted session by the expected inverse of its residual
+            wait, not the inverse of its median (`SpreadWaits.priced`, spread.py): a wide
+            record of waits brings its blocks forward. Implies `median_returns`' record.
+        spread_states: which of `queued` and `demoted` `spread` prices (names, or a tuple).
     """
 
     name = "graph"
@@ -144,6 +149,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         residual_wait: bool = True,
         trust: bool = False,
         median_returns: bool = True,
+        spread: bool = False,
+        spread_states: tuple[str, ...] = ("queued", "demoted"),
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -161,7 +168,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
         self.residual_wait = flag("residual_wait", residual_wait)
         self.median_returns = flag("median_returns", median_returns)
-        waits = (lambda: WorkflowWaits(calib_prior or 4.0)) if self.median_returns else WaitSamples
+        self.spread = flag("spread", spread)
+        self._spread_q, self._spread_d = spread_flags(self.spread, spread_states)
+        waits = (lambda: (SpreadWaits if self.spread else WorkflowWaits)(calib_prior or 4.0)) \
+            if self.median_returns or self.spread else WaitSamples
         self.wait_samples = {True: waits(), False: waits()}
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
@@ -323,7 +333,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         ready = self._ready.get(session_id)
         queued, until = (0.0, math.inf) if ready is None else self._since(ready[0], now, exact)
         if self.residual_wait:
-            left = self.wait_samples[warm].residual(queued, self._workflow_of(session_id))
+            ws, wf = self.wait_samples[warm], self._workflow_of(session_id)
+            left = ws.priced(queued, wf) if self._spread_q and ready else ws.residual(queued, wf)
             return (0.0 if left is None else left), until
         left = self.admission_wait[warm][0] - queued
         return (0.0 if left < 0.0 else left), until  # max(left, 0.0) without a call
@@ -537,7 +548,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _deferred_time(self, sid: str, predicted_s: float, now: float, exact: bool
                        ) -> tuple[float, float]:
         lasted, until = self._since(self._deferred[sid], now, exact)
-        left = self.deferred_wait.residual(lasted, self._workflow_of(sid))
+        dw, wf = self.deferred_wait, self._workflow_of(sid)
+        left = dw.priced(lasted, wf) if self._spread_d else dw.residual(lasted, wf)
         if left is None:
             return predicted_s * DEFERRED_SLOWDOWN, math.inf
         return max(predicted_s, left, self.min_wait_s), until
