@@ -36,7 +36,6 @@ from bisect import bisect_right
 
 from kvsaga.policy.returns import WorkflowWaits
 
-
 SPREAD_STATES = ("queued", "demoted")
 
 
