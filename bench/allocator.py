@@ -28,7 +28,7 @@ bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
 bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
-                              [--instructions COUNTS]
+                              [--instructions COUNTS] [--cache-misses COUNTS]
                               [--profile POLICY] [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
@@ -37,7 +37,10 @@ allocate under eviction, and the table gives ns per allocated block for every on
 (`allocate_slots`, victims chosen, evicted and reused), best of `--repeat` sessions, each
 after a 64 MiB read that leaves the caches cold, with the garbage collector paused during
 each timed call (as `timeit` does); the policies' timed calls take turns. --instructions
-COUNTS adds instructions per allocated block counted by callgrind (load-free). A third
+COUNTS adds instructions per allocated block counted by callgrind (load-free);
+--cache-misses COUNTS last-level cache misses per allocated block, each allocation after a
+flush of callgrind's simulated caches (load-free: the memory lines a cold call touches,
+which the times pay and the instruction counts miss). A third
 table amortizes the full re-key that relearning does.
 The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
 instead, the cProfile of that policy's same-instant allocations at the first --paused count.
@@ -394,6 +397,11 @@ def main() -> None:
                     help="with --eviction-scaling: also count instructions per allocated "
                          "block under valgrind's callgrind at these paused-session counts "
                          "(e.g. 1000,4000,16000; minutes per policy at 16,000)")
+    ap.add_argument("--cache-misses", metavar="COUNTS",
+                    help="with --eviction-scaling: also count last-level cache misses per "
+                         "allocated block (callgrind's cache simulation, each allocation "
+                         "after a flush) at these paused-session counts (e.g. 4000; slower "
+                         "than --instructions)")
     ap.add_argument("--write", action="store_true",
                     help="with --eviction-scaling: write its section of bench/RESULTS.md "
                          "(--write-results too)")

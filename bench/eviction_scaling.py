@@ -245,19 +245,24 @@ def relearn_period(m: KVCacheManager) -> float:
     return max(indexed[0].relearn_share * len(indexed[0].groups), 1.0) if indexed else math.inf
 
 
-def count_child(paused: int, specs: list[str], repeat: int) -> None:
+def count_child(paused: int, specs: list[str], repeat: int, sweep: bool = False) -> None:
     """Run under callgrind by `instruction_counts`: each policy's cache is built in turn and
     all its 2 x `repeat` + 1 timed allocations (same instant, 1 ms apart, the full re-key)
     are made through `operator.call`, the one C function callgrind is told to count inside
     (--toggle-collect) and to dump after (one profile per call, numbered in call order), so
-    only they are counted. Prints each policy's relearning period (allocations), one JSON
-    list, for the amortized figure."""
+    only they are counted. With `sweep` (the cache-miss reading), each follows its own
+    `operator.call` of `sim_cold_caches` (dumped too, and dropped by the reader): callgrind
+    simulates the caches only while it counts, so the flush must be counted to happen.
+    Prints each policy's relearning period (allocations), one JSON list, for the
+    amortized figure."""
     periods = []
     for spec in specs:
         seen: list[KVCacheManager] = []
 
         def counted(m: KVCacheManager, sid: str, n: int, now: float, seen=seen) -> float:
             seen[:] = [m]
+            if sweep:
+                operator.call(sim_cold_caches)
             operator.call(m.allocate_slots, sid, n, now=now)
             return 1.0
 
@@ -270,36 +275,57 @@ def count_child(paused: int, specs: list[str], repeat: int) -> None:
     print(json.dumps(periods))
 
 
+def sim_cold_caches() -> None:
+    """`cold_caches` for the simulated caches: one read of every 64-byte line of SWEEP
+    (the simulator's caches are LRU with 64-byte lines; a byte a line flushes them as the
+    whole read does, at 1/64 of the instructions under valgrind)."""
+    bytes(SWEEP[::64])
+
+
+# The caches callgrind simulates for `--cache-misses`: this machine's L1 (32 KiB, 8-way,
+# per core) and its L3 as the last level (32 MiB, 16-way), given explicitly because
+# valgrind 3.19 reads this host's L3 as 256 MiB, 1-way.
+CACHE_SIM = ("--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=33554432,16,64")
+
+
 def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int = 3,
-                       new_blocks: int = 128) -> tuple[list[str], dict]:
+                       new_blocks: int = 128, cache_misses: bool = False
+                       ) -> tuple[list[str], dict]:
     """Instructions per allocated block, counted by callgrind (valgrind), one child process
     per count, in the three readings of the time tables: the fewest of `repeat` allocations
     at one instant (the first after the cache is built re-keys every session, as a
     relearning does), the fewest of `repeat` 1 ms apart, and the first plus the last
     allocation's full re-key spread over the relearning period. A figure that the load of
     the machine does not move, and that grows only with the work done (not with cache
-    misses). The tables' markdown lines and {policy: {count: (same, apart, amortized)}}."""
+    misses). With `cache_misses`, instead: last-level cache misses per allocated block
+    (instruction fetches, data reads and writes), each allocation after a flush of the
+    simulated caches (`CACHE_SIM`), as each timed call follows the 64 MiB read: a count of
+    the memory lines a cold call touches, which the time tables pay and the instruction
+    counts do not see. The tables' markdown lines and {policy: {count: (same, apart,
+    amortized)}}."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions counts with valgrind's callgrind: install valgrind")
     figures: dict[str, dict[int, tuple[float, float, float]]] = {p: {} for p in policies}
     here = Path(__file__).resolve().parent
     per = 2 * repeat + 1
+    calls_per = 2 if cache_misses else 1  # (with a flush counted before each allocation)
     with tempfile.TemporaryDirectory() as tmp:
         for n in counts:
             child = (f"import sys; sys.path.insert(0, {str(here)!r}); "
                      f"from eviction_scaling import count_child; "
-                     f"count_child({n}, {list(policies)!r}, {repeat})")
+                     f"count_child({n}, {list(policies)!r}, {repeat}, {cache_misses})")
             out = Path(tmp) / str(n)
             out.mkdir()
             r = subprocess.run(
-                ["valgrind", "--tool=callgrind", "--collect-atstart=no",
-                 "--toggle-collect=_operator_call", "--dump-after=_operator_call",
+                ["valgrind", "--tool=callgrind", *(CACHE_SIM if cache_misses else ()),
+                 "--collect-atstart=no", "--toggle-collect=_operator_call",
+                 "--dump-after=_operator_call",
                  f"--callgrind-out-file={out}/cg.out", sys.executable, "-c", child],
                 capture_output=True, text=True, check=False)
             # One dump per counted call, cg.out.1, cg.out.2, ...: its "totals:" line.
             dumps = sorted(out.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
-            calls = [int(m.group(1)) for f in dumps
-                     if (m := re.search(r"^totals: (\d+)", f.read_text(), re.M))]
+            calls = [_dump_figure(f.read_text(), cache_misses) for f in dumps]
+            calls = [c for c in calls if c is not None][calls_per - 1::calls_per]
             if r.returncode or len(calls) != per * len(policies) or not min(calls):
                 raise SystemExit(f"callgrind counted {len(calls)} calls at {n} paused "
                                  f"sessions, not {per} per policy (this Python needs its "
@@ -309,14 +335,17 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
                 c = [x / new_blocks for x in calls[i * per:(i + 1) * per]]
                 same, apart = min(c[:repeat]), min(c[repeat:2 * repeat])
                 figures[p][n] = (same, apart, same + max(c[-1] - apart, 0.0) / periods[i])
+    what = ("Last-level cache misses (instruction fetches, data reads and writes) per "
+            "allocated block, each allocation after a flush of the simulated caches"
+            if cache_misses else "Instructions per allocated block")
+    fmt = "{:,.1f}" if cache_misses else "{:,.0f}"
     lines = []
-    for i, what in enumerate(("allocations at one instant", "allocations 1 ms apart",
+    for i, when in enumerate(("allocations at one instant", "allocations 1 ms apart",
                               "amortized (the full re-key of relearning spread over its "
                               "period)")):
-        lines += [f"Instructions per allocated block, {what} (callgrind; a count, so the "
-                  "machine's load does not move it):", "",
-                  *_table(figures, counts, policies, i, "{:,.0f}")]
-        if 1000 in counts and 16000 in counts:
+        lines += [f"{what}, {when} (callgrind; a count, so the machine's load does not "
+                  "move it):", "", *_table(figures, counts, policies, i, fmt)]
+        if 1000 in counts and 16000 in counts and not cache_misses:
             growth = {p: figures[p][16000][i] / figures[p][1000][i] for p in policies}
             lines += ["Growth from 1,000 to 16,000 paused sessions: " + ", ".join(
                 f"{p} {g:.3f}x" for p, g in growth.items()) + ".", "",
@@ -324,10 +353,25 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
                 "log 16,000 / log 1,000): " + _judged(growth, LOG_GROWTH, "worst growth")]
         if 4000 in counts:
             ratio = {p: figures[p][4000][i] / figures["lru"][4000][i] for p in policies}
-            lines.append("- in instructions, every policy <= 2x lru at 4,000 paused sessions: "
+            lines.append(f"- in {'cache misses' if cache_misses else 'instructions'}, every "
+                         "policy <= 2x lru at 4,000 paused sessions: "
                          + _judged(ratio, 2.0, "worst"))
         lines.append("")
     return lines, figures
+
+
+def _dump_figure(text: str, cache_misses: bool) -> int | None:
+    """A callgrind dump's instructions, or with `cache_misses` its last-level misses
+    (ILmr + DLmr + DLmw), from its "events:" and "totals:" lines (None: no totals)."""
+    m = re.search(r"^totals: ([\d ]+)", text, re.M)
+    if m is None:
+        return None
+    values = [int(x) for x in m.group(1).split()]
+    if not cache_misses:
+        return values[0]
+    names = re.search(r"^events: (.+)$", text, re.M).group(1).split()
+    got = dict(zip(names, values + [0] * (len(names) - len(values)), strict=True))
+    return got["ILmr"] + got["DLmr"] + got["DLmw"]
 
 
 def _table(figures: dict, counts: list[int], policies: tuple[str, ...], i: int,
@@ -358,6 +402,7 @@ def scaling_main(args: argparse.Namespace) -> None:
     cmd = f"python bench/allocator.py --eviction-scaling --paused {args.paused} " \
           f"--repeat {args.repeat}" + (f' --policies "{args.policies}"' if args.policies else "")
     counted: dict = {}
+    misses: dict = {}
     if args.instructions:
         cmd += f" --instructions {args.instructions}"
         t = time.perf_counter()
@@ -365,9 +410,17 @@ def scaling_main(args: argparse.Namespace) -> None:
             [int(x) for x in args.instructions.split(",") if x], policies)
         lines += more
         wall_ir = time.perf_counter() - t
+    if args.cache_misses:
+        cmd += f" --cache-misses {args.cache_misses}"
+        t = time.perf_counter()
+        more, misses = instruction_counts(
+            [int(x) for x in args.cache_misses.split(",") if x], policies, cache_misses=True)
+        lines += more
+        wall_ir = (wall_ir if args.instructions else 0.0) + time.perf_counter() - t
     body = "\n".join([
         f"`{cmd}` ({wall:.0f} s timed"
-        + (f", {wall_ir:.0f} s under callgrind" if args.instructions else "")
+        + (f", {wall_ir:.0f} s under callgrind" if args.instructions or args.cache_misses
+           else "")
         + f", Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}; 2 shared cores, so times move "
         "by tens of percent between runs: read the ratios). `allocate_slots` of a new "
@@ -402,7 +455,8 @@ def scaling_main(args: argparse.Namespace) -> None:
     print(body)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"command": cmd, "wall_s": wall, "figures": figures, "instructions": counted},
+            {"command": cmd, "wall_s": wall, "figures": figures, "instructions": counted,
+             "cache_misses": misses},
             indent=1), encoding="utf-8")
     if args.write or args.write_results:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")

@@ -84,3 +84,27 @@ def test_instruction_counts_table_states_the_flatness_bound():
     assert same > 100 and apart > 100  # instructions per allocated block, counted
     assert amortized == same  # lru keeps no index: nothing to re-key
     assert "| paused sessions | lru | worst / lru |" in lines
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_cache_misses_count_a_flushed_allocations_last_level_misses():
+    # Each counted allocation follows a counted flush of the simulated caches (callgrind
+    # simulates only while it counts), whose dump is dropped: a cold allocation misses the
+    # last level at least once per block it writes a slot into, a warm one would not.
+    mod = load()
+    lines, figures = mod.instruction_counts([8], ("lru",), repeat=1, cache_misses=True)
+    same, apart, amortized = figures["lru"][8]
+    assert 1 < same < 1000 and 1 < apart < 1000
+    assert amortized == same
+    assert any(line.startswith("Last-level cache misses") for line in lines)
+    assert "| paused sessions | lru | worst / lru |" in lines
+
+
+def test_a_dumps_last_level_misses_are_read_by_event_name():
+    mod = load()
+    text = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\ntotals: 900 80 70 6 5 4 3 2 1\n"
+    assert mod._dump_figure(text, False) == 900
+    assert mod._dump_figure(text, True) == 3 + 2 + 1
+    # callgrind leaves trailing zero events off the totals line
+    assert mod._dump_figure("events: Ir I1mr ILmr DLmr DLmw\ntotals: 50 7 4\n", True) == 4
+    assert mod._dump_figure("events: Ir\n", False) is None
