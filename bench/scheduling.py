@@ -166,11 +166,12 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   session on seeds 7 and 8 (the per-tenant rows' last figure), and b's remaining slowdown
   is compute: b's steps run in batches full of a's work on
   a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that;
-  Agent Fair Share of compute (opt-in, `share_step_tokens` 128: the batch step's tokens
-  capped and split among the competing tenants; its own rows) shortens those steps, and a
-  gains from it as much as b, so the ratio (slowest over fastest) stays above 1.5; the
-  goals lines give each tenant's floor. It is off by default: on a real engine, with a
-  fixed cost per step, the cap makes a long prompt take many steps.
+  Agent Fair Share of compute (on by default since session 13, `share_step_tokens` 128:
+  the tenant behind in service may fill the batch step, the others' prefill is capped; the
+  `(share_step_tokens 0)` rows are the default with it off) shortens those steps, and a
+  gains from it too, so the ratio (slowest over fastest) stays above 1.5 at most points;
+  the goals lines give each tenant's floor. On a real engine, with a fixed cost per step,
+  the cap makes a long prompt beside another tenant's decodes take many steps.
 - AFS, mix: each tenant's slowdown is against its run alone on half the GPU, which is
   pressured, while in the shared run nearly no session waits for admission (the goals
   lines' admission wait), so AFS's deficits have little to reorder (the probe row, tenant a

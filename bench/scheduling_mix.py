@@ -40,10 +40,10 @@ NOISY_SEEDS = (2, 7, 8)
 # in Agent Fair Share, i.e. admitted ahead of b; it shows how far admission order moves the
 # ratio.
 AFS_PROBE = {"tenant_weights": {"a": 4.0}}
-# Agent Fair Share of compute is opt-in (its cap shortens every batch step while tenants
-# compete; `fit_share` keeps it off): the mixes also run it at 128 tokens, with the
-# scheduler's default catch-up lag (`share_lag_tokens`, `fit_share`'s pick for it).
-COMPUTE_SHARE = {"share_step_tokens": 128}
+# Agent Fair Share of compute is on by default since session 13 (`fit_share`'s pick,
+# `kvsaga.scheduler.fair_share.SHARE_STEP_TOKENS`): the mixes also run the default with it
+# off, the arm it is judged against.
+COMPUTE_SHARE = {"share_step_tokens": 0}
 
 
 def mix_trace(name: str, seed: int):

@@ -29,8 +29,8 @@ against its weighted fair share of session admissions; the largest deficit goes 
 each tenant's admissions stay within a stated bound of its fair share. With two or more
 tenants present, each also has a weighted share of the tiers: a tenant whose session fits
 within its share is not refused for other tenants' paused sessions above their shares
-(they are demoted) nor held behind another tenant's session that does not fit. And, opt-in
-(`share_step_tokens`, default off), while two or more tenants compete in a batch step the
+(they are demoted) nor held behind another tenant's session that does not fit. And
+(`share_step_tokens`, default 128), while two or more tenants compete in a batch step the
 tenant with the least weighted service may fill it and the others' prefill is capped
 (decodes always run), so one tenant's prefill does not fill every step another tenant's
 requests run in. The working-set rule

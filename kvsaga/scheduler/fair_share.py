@@ -34,7 +34,8 @@ above their shares: a tenant within its share is not demoted for another's growt
 a second tenant nothing binds: a tenant alone uses all of the memory.
 tests/scheduler/test_share.py and test_share_shrink.py check both sides.
 
-Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=N)`; 0 = off): while two or
+Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=N)`, default
+`SHARE_STEP_TOKENS` 128; 0 = off): while two or
 more tenants compete in a batch step (a request running or waiting), the competing tenant
 with the least weighted service (prefill tokens computed for it in competing steps, over
 its weight; ties: a tenant with a step waiting, then the running queue's order) is
@@ -87,12 +88,16 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from kvsaga.scheduler.base import check_float, check_int
 
-# `WorkflowScheduler(share_lag_tokens=...)`'s default, 4 batch steps of the 8192-token
-# budget: `python bench/scheduling_mix.py`'s pick for the share when on (lowest mean ratio
-# at share_step_tokens 128 over the AFS fit seeds 102-109; 0 / 2048 / 8192 / 32768 /
-# 131072: 1.723 / 1.631 / 1.613 / 1.593 / 1.593; 32768 and 131072 print alike at every fit
-# point, so the lag never binds there). It decides nothing while the share is off.
-SHARE_LAG_TOKENS = 32768.0
+# `WorkflowScheduler(share_step_tokens=..., share_lag_tokens=...)`'s defaults: the pick of
+# `python bench/scheduling_mix.py` (session 13, on 0eb44ff's code, AFS fit seeds 102-109,
+# both mixes and capacities, 32 points) by a rule written before that fit ran: the lowest
+# mean afs_max_slowdown_ratio among the arms whose mean TCT is within 3% of the share off at
+# every fit point (`scheduling_mix.pick_default`). Off / (64, 128, 256, 512) x lag 8192:
+# mean ratio 1.908 / 1.543, 1.618, 1.715, 1.810; 128 with lag 8192 is the only arm within 3%
+# everywhere (worst +0.4%, noisy seed 106 25%; mean TCT 24.36 -> 21.57 s), so the share is
+# on by default since then (it was opt-in: session 12's rule refused any cost at any point).
+SHARE_STEP_TOKENS = 128
+SHARE_LAG_TOKENS = 8192.0  # one batch step of the preset's 8192-token budget
 
 
 class FairShare:
@@ -175,14 +180,15 @@ class ComputeShares:
     entering competition starts at no less than the least weighted service of those already
     in it less `share_lag_tokens` (`_catch_up`). Decodes are never held back, so a step's
     decodes all run (the engine's batched decode and the simulator's decode runs rely on it).
-    With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes.
+    With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes (one
+    tenant, the common case, pays nothing for the default being on).
 
     Why: a tenant with many sessions otherwise fills every batch step with its prefill
     chunks, and another tenant's decodes ride in those long steps (bench/RESULTS.md, the
     noisy-neighbour rows).
     """
 
-    share_step_tokens = 0
+    share_step_tokens = SHARE_STEP_TOKENS
     share_lag_tokens = SHARE_LAG_TOKENS  # the catch-up's lag (`_catch_up`), weighted tokens
     _allow: dict[str | None, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
@@ -245,7 +251,7 @@ class ComputeShares:
         self._served[tenant] = self._served.get(tenant, 0) + n
 
     def schedule(self, now, executor):
-        if not self.share_step_tokens:  # off (the default): no pass over the running requests
+        if not self.share_step_tokens:  # off: no pass over the running requests
             return super().schedule(now, executor)
         needs = [executor.num_new_tokens(r) for r in self.running]
         self._allow = self._compete(needs)

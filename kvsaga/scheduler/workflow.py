@@ -20,7 +20,8 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.demotion import Demotions
-from kvsaga.scheduler.fair_share import SHARE_LAG_TOKENS, ComputeShares, FairShare
+from kvsaga.scheduler.fair_share import (SHARE_LAG_TOKENS, SHARE_STEP_TOKENS, ComputeShares,
+                                         FairShare)
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, working_set_blocks
 
@@ -119,12 +120,11 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
         tenant_weights: Agent Fair Share weight per tenant (default 1 each).
-        share_step_tokens: Agent Fair Share of compute, opt-in (0, the default: off):
-            while two or more tenants compete, the tenant with the least weighted service
-            may fill the batch step and each other one computes at most its weight's part
-            of this many tokens besides its decodes (`fair_share.ComputeShares`). It buys
-            the tenant behind latency with short steps for the others (a real engine pays
-            a fixed cost per step); `bench/scheduling_mix.py`'s fit keeps it off.
+        share_step_tokens: Agent Fair Share of compute (0: off; default 128,
+            `fair_share.SHARE_STEP_TOKENS`, `bench/scheduling_mix.py`'s fit): while two or
+            more tenants compete, the tenant with the least weighted service may fill the
+            batch step and each other one computes at most its weight's part of this many
+            tokens besides its decodes (`fair_share.ComputeShares`). One tenant: no effect.
         share_lag_tokens: with the compute share on, how far behind the least-served
             competing tenant (weighted service, finite) a tenant entering competition starts.
     """
@@ -160,7 +160,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
-        share_step_tokens: int = 0,
+        share_step_tokens: int = SHARE_STEP_TOKENS,
         share_lag_tokens: float = SHARE_LAG_TOKENS,
         **limits: Any,
     ) -> None:

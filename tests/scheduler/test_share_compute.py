@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from kvsaga.scheduler.fair_share import favoured_allowances
+from kvsaga.scheduler.fair_share import SHARE_STEP_TOKENS, favoured_allowances
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import manager, toks, wf
 
@@ -105,17 +105,24 @@ def _long_prefill(s, ex, session="A0", n=200):
 def test_a_long_prefill_leaves_another_tenant_room(share):
     """While B's step waits, A's running prefill takes only its cap and B's step is admitted
     in the same batch step (B, with a step waiting, wins the tie of service); with the share
-    off (0, and the default, None), A's chunk takes the whole budget and B is not admitted."""
-    m = manager(128)
-    s = wf(m) if share is None else wf(m, share_step_tokens=share)
+    off (0), A's chunk takes the whole budget and B is not admitted. None: the default,
+    `SHARE_STEP_TOKENS` (on), at a budget 4x the cap."""
+    m = manager(512)
+    if share is None:
+        cap, budget = SHARE_STEP_TOKENS, 4 * SHARE_STEP_TOKENS
+        s = wf(m, max_num_batched_tokens=budget)
+    else:
+        cap, budget = share, 64
+        s = wf(m, share_step_tokens=share)
     ex = ToyExecutor(m)
-    a = _long_prefill(s, ex)
+    a = _long_prefill(s, ex, n=budget * 3)
     b = ToyRequest("B0", toks(5000, 40), tenant="B", max_new=2, arrival=1.0)
     s.add(b, 1.0)
     out = s.schedule(1.0, ex)
     chunks = {r.session_id: n for r, n in out.scheduled}
-    if share:
-        assert chunks == {"A0": 32, "B0": 32} and out.admitted == [b]
+    if cap:
+        assert chunks == {"A0": cap, "B0": 40 if share is None else 32}
+        assert out.admitted == [b]
     else:
         assert chunks == {"A0": 64} and out.admitted == []
     assert a in s.running
