@@ -20,8 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.demotion import Demotions
-from kvsaga.scheduler.fair_share import (SHARE_LAG_TOKENS, SHARE_STEP_TOKENS, ComputeShares,
-                                         FairShare)
+from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, working_set_blocks
 
@@ -160,8 +159,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
-        share_step_tokens: int = SHARE_STEP_TOKENS,
-        share_lag_tokens: float = SHARE_LAG_TOKENS,
+        share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
+        share_lag_tokens: float = ComputeShares.share_lag_tokens,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
