@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM connector arms: POLICY (a kvsaga policy, the connector's "
                         "defaults: session gate on), POLICY+nogate (retention alone), "
                         "POLICY+gate (gate forced on), POLICY+noroom (the gate without "
-                        "room admission), POLICY+fifo (the gate in vLLM's queue order)")
+                        "room admission), POLICY+fifo (the gate in vLLM's queue order), "
+                        "POLICY+ride (deferred steps ride along, best_effort_steps 10)")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM (default graph, which RESULTS' "
                         "recorded default replay used; not kvsaga-serve's own default, "

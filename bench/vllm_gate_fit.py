@@ -41,46 +41,73 @@ FIT_ARM = "ttl"  # the connector arm fitted: ttl with the connector's defaults, 
 @dataclass(frozen=True)
 class Setting:
     """One point of the grid: the gate's `admission_order` and, for "predicted", its two
-    settings."""
+    settings; `extra`: more connector settings, (key, value) pairs, a key `gate.NAME` a
+    `gate_args` entry, any other a top-level `kv_connector_extra_config` entry (e.g.
+    `best_effort_steps`)."""
 
     order: str
     aging_s: float | None = None
     prior_steps: float | None = None
+    extra: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
-        if self.order == "fifo":
-            return "fifo"
-        return f"predicted {self.aging_s:g} / {self.prior_steps:g}"
+        base = ("fifo" if self.order == "fifo"
+                else f"predicted {self.aging_s:g} / {self.prior_steps:g}")
+        return " ".join([base, *(f"{k}={json.dumps(v)}" for k, v in self.extra)])
 
     def gate_args(self) -> dict[str, Any]:
         """The `gate_args` entries (kv_connector_extra_config) that select this setting."""
-        if self.order == "fifo":
-            return {"admission_order": "fifo"}
-        return {"admission_order": "predicted", "aging_s": self.aging_s,
-                "prior_steps": self.prior_steps}
+        out: dict[str, Any] = ({"admission_order": "fifo"} if self.order == "fifo" else
+                               {"admission_order": "predicted", "aging_s": self.aging_s,
+                                "prior_steps": self.prior_steps})
+        out.update((k[5:], v) for k, v in self.extra if k.startswith("gate."))
+        return out
+
+    def connector_extra(self, base: dict[str, Any]) -> dict[str, Any]:
+        """`base` (the run's --connector-extra) with this setting's entries over it."""
+        out = {**base, **{k: v for k, v in self.extra if not k.startswith("gate.")}}
+        out["gate_args"] = {**base.get("gate_args", {}), **self.gate_args()}
+        return out
+
+
+def _bad(entry: str) -> SystemExit:
+    return SystemExit(f"--fit-grid entry {entry!r} is not 'fifo' or 'AGING_S:PRIOR_STEPS' "
+                      "(aging_s > 0, prior_steps >= 1), then optional KEY=JSON settings")
 
 
 def parse_grid(text: str) -> list[Setting]:
-    """'fifo;20:16;10:8' -> settings: entries separated by ';', each "fifo" or
-    "AGING_S:PRIOR_STEPS" (numbers, aging_s > 0, prior_steps >= 1, as the gate demands)."""
+    """'fifo;20:16;10:8 best_effort_steps=0' -> settings: entries separated by ';', each
+    "fifo" or "AGING_S:PRIOR_STEPS" (numbers, aging_s > 0, prior_steps >= 1, as the gate
+    demands), then optional space-separated KEY=VALUE connector settings (VALUE as JSON;
+    KEY `gate.NAME` for a gate argument). The connector checks the values when it starts."""
     out: list[Setting] = []
     for raw in text.split(";"):
         entry = raw.strip()
         if not entry:
             continue
-        if entry == "fifo":
-            setting = Setting("fifo")
-        else:
-            aging, colon, prior = entry.partition(":")
+        head, *pairs = entry.split()
+        extra = []
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
             try:
-                setting = Setting("predicted", float(aging), float(prior))
+                extra.append((key, json.loads(value)))
             except ValueError:
-                setting = None
-            if (not colon or setting is None or not 0 < setting.aging_s < float("inf")
+                raise _bad(entry) from None
+            if not (eq and key) or key in ("gate_args", "gate.admission_order", "gate.aging_s",
+                                           "gate.prior_steps"):
+                raise _bad(entry)
+        if head == "fifo":
+            setting = Setting("fifo", extra=tuple(extra))
+        else:
+            aging, colon, prior = head.partition(":")
+            try:
+                setting = Setting("predicted", float(aging), float(prior), tuple(extra))
+            except ValueError:
+                raise _bad(entry) from None
+            if (not colon or not 0 < setting.aging_s < float("inf")
                     or not 1 <= setting.prior_steps < float("inf")):
-                raise SystemExit(f"--fit-grid entry {entry!r} is not 'fifo' or "
-                                 "'AGING_S:PRIOR_STEPS' with aging_s > 0 and prior_steps >= 1")
+                raise _bad(entry)
         if setting in out:
             raise SystemExit(f"--fit-grid lists {entry!r} twice")
         out.append(setting)
@@ -120,8 +147,7 @@ def fit(args: Any, model_dir: str, seeds: Sequence[int], grid: Sequence[Setting]
              for seed in seeds}
     speedups: dict[Setting, dict[int, float]] = {}
     for setting in grid:
-        extra = {**base_extra,
-                 "gate_args": {**base_extra.get("gate_args", {}), **setting.gate_args()}}
+        extra = setting.connector_extra(base_extra)
         ns = type(args)(**{**vars(args), "connector_extra": json.dumps(extra)})
         speedups[setting] = {
             seed: plain[seed] / replay(ns, model_dir, seed, FIT_ARM).figures()["task_time_mean_s"]
@@ -143,16 +169,15 @@ def fit_table(result: dict[str, Any], default: Setting) -> list[str]:
         out.append(f"| {name} | " + " | ".join(f"{ups[s]:.2f}x" for s in seeds)
                    + f" | {worst:.2f}x | {med:.2f}x |")
     worst, med = score(speedups[chosen])
-    same = chosen == default
+    mine = find_default(list(speedups), default)
     out += ["", "Plain vLLM's mean TCT per seed: " + ", ".join(
                 f"{s} {t:.1f} s" for s, t in result["plain_tct_s"].items()) + ".",
             f"Rule: the highest worst seed, then the highest median (unrounded; ties to the "
             f"first listed). Chosen: **{chosen.label}** ({worst:.2f}x worst, {med:.2f}x "
             f"median). The connector's default ({default.label}) "
-            + ("is the pick." if same else "is not the pick" + (
-                f" ({score(speedups[default])[0]:.2f}x worst, "
-                f"{score(speedups[default])[1]:.2f}x median)." if default in speedups
-                else ": it is not in this grid."))]
+            + ("is the pick." if mine == chosen else "is not the pick" + (
+                f" ({score(speedups[mine])[0]:.2f}x worst, {score(speedups[mine])[1]:.2f}x "
+                "median)." if mine is not None else ": it is not in this grid."))]
     return out
 
 
@@ -164,16 +189,31 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def gate_default() -> Setting:
-    """The connector's current default order (read from SessionGate's signature)."""
+    """The connector's current defaults for what the grid varies: the gate's order
+    (SessionGate's signature) and `best_effort_steps` (step_cost.BEST_EFFORT_STEPS)."""
     import inspect
 
     from kvsaga.integrations.vllm.gate import SessionGate
+    from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS
 
     p = inspect.signature(SessionGate.__init__).parameters
-    order = p["admission_order"].default
-    if order == "fifo":
-        return Setting("fifo")
-    return Setting(order, float(p["aging_s"].default), float(p["prior_steps"].default))
+    extra = (("best_effort_steps", BEST_EFFORT_STEPS),)
+    if p["admission_order"].default == "fifo":
+        return Setting("fifo", extra=extra)
+    return Setting(p["admission_order"].default, float(p["aging_s"].default),
+                   float(p["prior_steps"].default), extra)
+
+
+def find_default(grid: Sequence[Setting], default: Setting) -> Setting | None:
+    """The grid's setting that runs the connector as `default` does (an entry that leaves
+    a setting out runs its default), or None."""
+    want = default.connector_extra({})
+    for s in grid:
+        mine = s.connector_extra({})
+        merged = {**want, **mine, "gate_args": {**want["gate_args"], **mine["gate_args"]}}
+        if merged == want:
+            return s
+    return None
 
 
 def run(args: Any, argv: list[str] | None, model_dir: str, seeds: Sequence[int],

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
            "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on), "
            "POLICY+noroom (the gate without room admission), POLICY+fifo (the gate in vLLM's "
-           "queue order)")
+           "queue order), POLICY+ride (deferred steps ride along: best_effort_steps 10)")
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms")
     a("--template-tokens", type=int, default=8,

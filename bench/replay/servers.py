@@ -63,6 +63,8 @@ CONNECTOR_SUFFIXES = {  # a connector arm's suffix -> the kv_connector_extra_con
     "noroom": {"admission": True, "gate_args": {"room_admit": False}},
     # the gate letting waiting sessions in in vLLM's queue order, as before admission_order
     "fifo": {"admission": True, "gate_args": {"admission_order": "fifo"}},
+    # deferred steps riding along unretained, as before best_effort_steps' default became 0
+    "ride": {"best_effort_steps": 10},
 }
 
 
@@ -71,7 +73,8 @@ def connector_arm(name: str) -> tuple[str, dict[str, Any]]:
     it sets: `POLICY` (the connector's defaults), `POLICY+gate` (the session admission gate
     on), `POLICY+nogate` (off: retention alone), `POLICY+noroom` (the gate without room
     admission: it defers on the predicted working sets even where vLLM has room),
-    `POLICY+fifo` (the gate in vLLM's queue order: `gate_args` `admission_order` "fifo")."""
+    `POLICY+fifo` (the gate in vLLM's queue order: `gate_args` `admission_order` "fifo"),
+    `POLICY+ride` (deferred steps ride along: `best_effort_steps` 10, the default before)."""
     from kvsaga.policy import POLICIES
 
     policy, plus, suffix = name.partition("+")

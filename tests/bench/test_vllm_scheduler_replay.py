@@ -62,7 +62,14 @@ def test_fit_grid_parses_fifo_and_pairs_and_names_a_bad_entry() -> None:
     assert grid[1].gate_args() == {"admission_order": "predicted", "aging_s": 20.0,
                                    "prior_steps": 16.0}
     assert len(gf.parse_grid(gf.DEFAULT_GRID)) == 16  # fifo and the 15 settings fitted
-    for bad in ("20", "x:1", "0:8", "20:0.5", "fifo;fifo", ""):
+    (be,) = gf.parse_grid("20:16 best_effort_steps=5 gate.room_steps=1.5")
+    assert be.label == "predicted 20 / 16 best_effort_steps=5 gate.room_steps=1.5"
+    assert be.connector_extra({"best_effort_steps": 10, "gate_args": {"room_admit": True}}) == {
+        "best_effort_steps": 5, "gate_args": {"room_admit": True, "room_steps": 1.5,
+                                              "admission_order": "predicted", "aging_s": 20.0,
+                                              "prior_steps": 16.0}}
+    for bad in ("20", "x:1", "0:8", "20:0.5", "fifo;fifo", "", "20:16 be", "20:16 x=[",
+                "20:16 gate.aging_s=3", "20:16 =1"):
         with pytest.raises(SystemExit) as e:
             gf.parse_grid(bad)
         assert "--fit-grid" in str(e.value)
@@ -125,6 +132,16 @@ def test_fit_replays_every_setting_on_every_seed_and_writes_its_table() -> None:
     assert "Chosen: **predicted 1 / 16**" in lines[-1] and "not in this grid" in lines[-1]
     assert "is the pick." in gf.fit_table(res, grid[1])[-1]
     assert json.dumps(gf.to_json(res))  # plain JSON
+
+
+def test_the_default_is_found_where_an_entry_leaves_a_setting_at_its_default() -> None:
+    gf = _fit()
+    default = gf.Setting("predicted", 20.0, 16.0, (("best_effort_steps", 10.0),))
+    grid = gf.parse_grid("fifo;20:16 best_effort_steps=0;20:16;20:16 best_effort_steps=10")
+    assert gf.find_default(grid, default) == grid[2]  # best_effort_steps left at its default
+    assert gf.find_default(grid[3:], default) == grid[3]
+    assert gf.find_default(grid[:2], default) is None
+    assert gf.gate_default().order in ("fifo", "predicted")  # read from the code
 
 
 def test_breakdown_line_names_each_arms_parts() -> None:

@@ -36,7 +36,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   Growth the gate reserves for admitted sessions gives way to a session that fits beside
   their contexts as they stand once the waiting sessions together waited twice its
   context's recompute (`reserve_wait_factor`, priced by `StepCost`'s seconds per token).
-  A deferred step may still run unretained in vLLM's free blocks when its whole context's
+  With `best_effort_steps` > 0 (off by default since 2026-12-01: see below), a deferred
+  step may still run unretained in vLLM's free blocks when its whole context's
   prefill is cheap on this machine: at most `best_effort_steps` steps' fixed cost, by
   `step_cost.StepCost`'s online fit of vLLM's step times (where a step's fixed cost
   dominates, holding sessions back would shrink the batch for nothing; where tokens
@@ -46,14 +47,20 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   before vLLM allocated it waits for the gate from then on: vLLM stops admitting at the
   first request it cannot allocate, so it would hold up every request behind it. A step
   that rode along, ran and was preempted is probed again as any deferred step (it may
-  ride along again).
+  ride along again). Off by default: on bench/vllm_scheduler_replay.py's GPU-like clocks
+  (25 ms per step + 0.65 ms per token) a step that rode along left its context to vLLM's
+  LRU and recomputed it at its next step, and the fit (`--fit`, fit seeds 0-4, the
+  calibrated 10-session workload, ties broken by the compute-bound 6-session one) took 0
+  over 2, 5, 7 and the earlier 10: worst seed 1.25x -> 1.28x and 1.06x -> 1.17x
+  (bench/RESULTS.md, "vLLM as the peer"). Where a step's fixed cost dominates (a CPU), 5-10
+  may still pay; that was not measured again.
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
 `kvsaga.policy.DEFAULT_POLICY`),
 `policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
-true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 10; 0: a
+true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
 deferred step always waits), `step_cost_args` (`StepCost` keyword arguments).
 """
 
@@ -77,7 +84,7 @@ from kvsaga._validate import is_number
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
-from kvsaga.integrations.vllm.step_cost import StepCost
+from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS, StepCost
 from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.session import Session
 
@@ -156,7 +163,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if not isinstance(self.admission, bool):
             raise ValueError(f"admission must be true or false, got {self.admission!r}")
         self.gate_args = dict(extra.get("gate_args", {}))
-        self.best_effort_steps = extra.get("best_effort_steps", 10)
+        self.best_effort_steps = extra.get("best_effort_steps", BEST_EFFORT_STEPS)
         if not (is_number(self.best_effort_steps) and self.best_effort_steps >= 0):
             raise ValueError(f"best_effort_steps must be a number >= 0, got "
                              f"{self.best_effort_steps!r}")

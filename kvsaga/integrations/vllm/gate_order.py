@@ -34,7 +34,9 @@ vLLM, among "fifo" (the order before: 1.19x worst, 1.25x median) and "predicted"
 {4, 16} (worst seeds 1.06-1.25x, medians 1.20-1.39x): aging_s 20, prior_steps 16, **1.25x
 worst, 1.29x median**. First run by a /tmp driver; rerun from the repository by
 `bench/vllm_scheduler_replay.py --fit` (bench/vllm_gate_fit.py; its docstring has the
-command), which reproduces the table and the pick (2026-12-01, on 3fb55f1's gate). The surface
+command), which reproduces the table and the pick (2026-12-01, on 3fb55f1's gate); refitted
+there with riding along off (the connector's `best_effort_steps` 0, its new default) it
+picks aging_s 20, prior_steps 16 again, 1.28x worst, 1.31x median. The surface
 is jagged (20 / 8: 1.16x worst; 10 / 16: 1.08x), so part of the margin may be the pick's
 luck: bench/RESULTS.md has fresh seeds. With session-only hints (no `last_step`, so no
 length learned) the same setting on the fit seeds: worst 1.07x against "fifo"'s 1.10x,

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from kvsaga._validate import check_positive_int, is_number
 
+# The connector's default `best_effort_steps`: a deferred step rides along, unretained, when
+# its whole context's prefill costs at most this many steps' fixed cost (connector.py).
+BEST_EFFORT_STEPS = 0.0
+
 
 class StepCost:
     """Online fit of a step's duration: `fixed` seconds plus `per_token` per scheduled token.

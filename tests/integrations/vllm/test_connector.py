@@ -272,17 +272,21 @@ def test_the_step_cost_is_fitted_from_vllms_steps(hf_model_dir):
     _assert_no_leak(s)
 
 
-@pytest.mark.parametrize("per_token_s,rides", [(0.0001, True), (0.5, False)])
+@pytest.mark.parametrize("per_token_s,steps,rides",
+                         [(0.0001, 10, True), (0.5, 10, False), (0.0001, None, False)])
 def test_a_held_back_step_rides_along_only_where_its_prefill_is_cheap(
-        hf_model_dir, per_token_s, rides):
+        hf_model_dir, per_token_s, steps, rides):
     """The gate holds session B back (its working set does not fit beside paused A's); with
-    steps that cost mostly their fixed 0.5 s (the fit: 0.1 ms per token), B's small step runs
-    anyway in the free blocks, unretained, and A keeps every block; where a token costs
-    0.5 s, B waits until A has ended. A's next step hits all of its context either way."""
+    `best_effort_steps` 10 and steps that cost mostly their fixed 0.5 s (the fit: 0.1 ms per
+    token), B's small step runs anyway in the free blocks, unretained, and A keeps every
+    block; where a token costs 0.5 s, or by default (riding along off), B waits until A has
+    ended. A's next step hits all of its context either way."""
     now = [0.0]
     # the gate on, and B's step not let in by vLLM's room for it (what is under test here is
     # riding along; room admission has its own test)
-    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
+    more = {} if steps is None else {"best_effort_steps": steps}
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False},
+                       **more)
     s.connector.clock = lambda: now[0]
     for n in (1, 200, 5, 90):  # the fit the connector would have from earlier steps
         s.connector.cost.observe(n, 0.5 + per_token_s * n)
@@ -313,7 +317,8 @@ def test_a_step_vllm_cannot_allocate_never_holds_up_the_queue(
     is deferred at once and C runs in that step; without that count (the accounting before
     the fix), B is told once, is not allocated, and is deferred from its next probe on."""
     now = [0.0]
-    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False},
+                       best_effort_steps=10)  # riding along is off by default
     s.connector.clock = lambda: now[0]
     for n in (1, 200, 5, 90):  # steps cost mostly their fixed 0.5 s: riding along is cheap
         s.connector.cost.observe(n, 0.5 + 0.0001 * n)
@@ -370,7 +375,8 @@ def test_a_ride_along_step_preempted_after_it_ran_may_ride_again(hf_model_dir):
     B's re-probe may ride along again while A still runs (the clock stands still: neither
     idleness nor max_wait_s would admit B), and no ride counts as failed."""
     now = [0.0]
-    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False})
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False},
+                       best_effort_steps=10)  # riding along is off by default
     s.connector.clock = lambda: now[0]
     for n in (1, 200, 5, 90):  # steps cost mostly their fixed 0.5 s: riding along is cheap
         s.connector.cost.observe(n, 0.5 + 0.0001 * n)
