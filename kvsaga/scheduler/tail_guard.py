@@ -1,4 +1,5 @@
-"""The tail guard of the `workflow` scheduler (`WorkflowScheduler(tail_wait_factor=...)`):
+"""The tail guard of the `workflow` scheduler (`WorkflowScheduler(tail_wait_factor=...)`, 3
+by default: `bench/scheduling.py --fit` round 9, seeds 101-106):
 a bound on each session's total wait for admission, relative to its workflow's own time,
 on top of the fixed bound of any single wait (`max_wait_s`, the reserve in
 `kvsaga.scheduler.admission_order`).

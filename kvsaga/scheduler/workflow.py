@@ -114,7 +114,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             states the bound). Finite; 120: `--fit` round 8 (seeds 101-106, graph policy).
         tail_wait_factor: the tail guard (`kvsaga.scheduler.tail_guard`): a session's
             admission waits, summed, are due within this many times its workflow's learned
-            time less such waits (0: off, each wait bounded by max_wait_s alone).
+            time less such waits (0: off: max_wait_s alone); 3 is `--fit` round 9's pick.
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -156,7 +156,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         admission_order: str = "predicted",
         aging_s: float = 80.0,
         max_wait_s: float = 120.0,
-        tail_wait_factor: float = 0.0,
+        tail_wait_factor: float = 3.0,
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults

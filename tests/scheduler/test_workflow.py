@@ -159,9 +159,9 @@ def test_idle_admission_happens_at_the_wake_time_itself():
     ex = ToyExecutor(m)
     t0 = 127.90400011551601  # (t0 + 1) - t0 < 1 in floats
     for x, base in (("a", 0), ("b", 100)):
-        s.add(ToyRequest(x, toks(base, 20), max_new=1, last=False), t0)
+        s.add(ToyRequest(x, toks(base, 20), max_new=1, last=False, arrival=t0), t0)
     ex.run(s, s.schedule(t0, ex), t0)
-    c = ToyRequest("c", toks(200, 20), max_new=1)
+    c = ToyRequest("c", toks(200, 20), max_new=1, arrival=t0)  # queued now: no reserve yet
     s.add(c, t0)
     assert not s.schedule(t0, ex).admitted
     assert s.schedule(s.wake_time, ex).admitted == [c]

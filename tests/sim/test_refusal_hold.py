@@ -52,11 +52,16 @@ def test_refusal_without_a_timer_holds_forever():
     s.add(ToyRequest("c", toks(100, 12), max_new=1, arrival=0.5), 0.5)
     assert [r for r, _ in s.schedule(1.0, ex).scheduled] == [a]
     assert s.refusal_until(1.0) == math.inf
-    _, w, ex2, _ = _waiting_c(demote_factor=math.inf, max_wait_s=5.0)
+    _, w, ex2, _ = _waiting_c(demote_factor=math.inf, max_wait_s=5.0, tail_wait_factor=0.0)
     assert not w.schedule(1.0, ex2).admitted
     assert w.refusal_until(1.0) == w.reserve_at == 6.0
     assert not w.schedule(6.0, ex2).admitted
     assert w.refusal_until(6.0) == math.inf
+    # With the tail guard on (the default), the reserve demotes a paused session for c.
+    _, g, ex3, c = _waiting_c(demote_factor=math.inf, max_wait_s=5.0)
+    assert g.tail_wait_factor > 0 and not g.schedule(1.0, ex3).admitted
+    assert g.refusal_until(1.0) == g.reserve_at == 6.0
+    assert g.schedule(6.0, ex3).admitted == [c] and g.num_demotions == 1
 
 
 def test_a_repeated_refusal_charges_what_one_at_its_end_does():
