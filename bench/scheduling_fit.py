@@ -132,7 +132,9 @@ TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # 7 and 8 were read in earlier reports, 13 and 14 first run once after round 7's choices
 # were frozen, 15 and 16 once after round 8's (seen); 19 and 20 are fresh: chosen by the lead
 # before any run on them, first run once in session 12 with round 8's choices unchanged.
-SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14, 15, 16), (19, 20)
+# 35 and 36 (session 13's fresh seeds) were run once, with `--held-out 35,36`, after round
+# 9's choice was landed (b02ce8a); 19 and 20 are seen since.
+SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20), (35, 36)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)
