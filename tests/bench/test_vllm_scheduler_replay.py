@@ -130,7 +130,11 @@ def test_fit_replays_every_setting_on_every_seed_and_writes_its_table() -> None:
     assert lines[2].startswith("| fifo | 1.33x | 1.37x | 1.33x |")
     assert lines[3].startswith("| **predicted 1 / 16** | 2.00x | 1.95x |")
     assert "Chosen: **predicted 1 / 16**" in lines[-1] and "not in this grid" in lines[-1]
-    assert "is the pick." in gf.fit_table(res, grid[1])[-1]
+    # every setting ran over the extra: 1:16 is that default only where the extra is, too
+    assert "1 / 16 ran with keep=1 gate.room_admit=true from --connector-extra" in gf.fit_table(
+        res, grid[1])[-1]
+    kept = gf.Setting("predicted", 1.0, 16.0, (("keep", 1), ("gate.room_admit", True)))
+    assert "is the pick." in gf.fit_table(res, kept)[-1]
     assert json.dumps(gf.to_json(res))  # plain JSON
 
 
@@ -142,6 +146,86 @@ def test_the_default_is_found_where_an_entry_leaves_a_setting_at_its_default() -
     assert gf.find_default(grid[3:], default) == grid[3]
     assert gf.find_default(grid[:2], default) is None
     assert gf.gate_default().order in ("fifo", "predicted")  # read from the code
+
+
+def test_an_entry_run_over_connector_extra_is_the_default_only_if_that_extra_is() -> None:
+    """3fb55f1's reproduction: '20:16' run with --connector-extra best_effort_steps 10 where
+    the default is 0 measured riding along on, so it is not the connector's default."""
+    gf = _fit()
+    import argparse
+
+    default = gf.Setting("predicted", 20.0, 16.0, (("best_effort_steps", 0.0),))
+    grid = gf.parse_grid("20:16;fifo")
+
+    def fake_replay(args, model_dir, seed, policy):
+        return _Figures(40.0 if policy is None else 20.0)
+
+    ride = gf.fit(argparse.Namespace(connector_extra='{"best_effort_steps": 10}'), "dir", [0],
+                  grid, fake_replay)
+    last = gf.fit_table(ride, default)[-1]
+    assert "is the pick" not in last
+    assert ("not in this grid as run (predicted 20 / 16 ran with best_effort_steps=10 from "
+            "--connector-extra, so it is not the default)") in last
+    assert 'over --connector-extra {"best_effort_steps": 10}' in gf.fit_table(ride, default)[-2]
+    assert gf.find_default(grid, default, {"best_effort_steps": 10}) is None
+    assert gf.differs(grid[1], default, {"gate_args": {"room_admit": True}}) == [
+        ("gate.room_admit", True), ("gate.admission_order", "fifo")]
+    # the default's own value over it, or an entry that sets the default back: the default
+    same = gf.fit(argparse.Namespace(connector_extra='{"best_effort_steps": 0}'), "dir", [0],
+                  grid, fake_replay)
+    assert gf.fit_table(same, default)[-1].endswith(f"({default.label}) is the pick.")
+    back = gf.parse_grid("20:16 best_effort_steps=0")
+    assert gf.find_default(back, default, {"best_effort_steps": 10}) == back[0]
+
+
+def _section_args(mod, *extra: str):
+    return mod.build_parser().parse_args(["--step-s", "0.025", "--token-s", "0.00065", *extra])
+
+
+def test_results_sections_name_the_reply_cap_in_the_arms_and_the_fits_title() -> None:
+    """Two runs that differ only in --reply-tokens write two sections, the fit's too."""
+    mod = _load()
+    fit = "The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit", "."
+    plain, _ = mod.results_section(_section_args(mod, "--label", "x"), [], *fit)
+    # the title before --reply-tokens was in it: earlier sections are replaced on a rerun
+    assert plain == ("### The gate's admission-order fit on a simulated clock: 0.025 s per "
+                     "step + 0.00065 s per token, x (written by bench/vllm_scheduler_replay.py "
+                     "--fit)")
+    argv = ["--reply-tokens", "8", "--label", "x"]
+    capped, body = mod.results_section(_section_args(mod, *argv), argv, *fit)
+    assert capped != plain and "per token, replies <= 8 tokens, x (written" in capped
+    assert body.startswith("`VENV/bin/python bench/vllm_scheduler_replay.py --reply-tokens 8")
+    assert "replies at most 8 tokens, 32-token blocks" in body and body.endswith("hints median.")
+    arms, _ = mod.results_section(_section_args(mod, *argv), argv, "vLLM's scheduler",
+                                  "bench/vllm_scheduler_replay.py", ".")
+    assert arms.startswith("### vLLM's scheduler on a simulated clock: 0.025 s")
+    assert "replies <= 8 tokens, x (written by bench/vllm_scheduler_replay.py)" in arms
+
+
+def test_fit_writes_its_section_under_the_shared_title(tmp_path, monkeypatch) -> None:
+    """`--fit --write-results` through main: the section's title is `results_section`'s."""
+    mod = _load()
+    (tmp_path / "config.json").write_text("{}")
+    written = []
+
+    class _Ar:
+        RESULTS, VLLM_SECTION = "RESULTS.md", "vllm"
+
+        @staticmethod
+        def write_section(path, title, body, parent):
+            written.append((title, body))
+
+    monkeypatch.setattr(mod, "_agent_replay", lambda: _Ar)
+    monkeypatch.setattr(mod, "replay", lambda args, d, seed, policy: _Figures(
+        40.0 if policy is None else 20.0))
+    argv = ["--model-dir", str(tmp_path), "--seeds", "0", "--fit", "--fit-grid", "20:16",
+            "--reply-tokens", "8", "--write-results"]
+    assert mod.main(argv) == 0
+    ((title, body),) = written
+    assert title == mod.results_section(mod.build_parser().parse_args(argv), argv,
+                                        "The gate's admission-order fit",
+                                        "bench/vllm_scheduler_replay.py --fit", "")[0]
+    assert "replies <= 8 tokens" in title and "| **predicted 20 / 16** | 2.00x |" in body
 
 
 def test_breakdown_line_names_each_arms_parts() -> None:
