@@ -1,5 +1,6 @@
-"""The tail guard of the `workflow` scheduler (`WorkflowScheduler(tail_wait_factor=...)`, 3
-by default: `bench/scheduling.py --fit` round 9, seeds 101-106):
+"""The tail guard of the `workflow` scheduler (`WorkflowScheduler(tail_wait_factor=...)`; off,
+0, by default, opt-in: `--fit` round 9 chose 3, reverted because at web 4x load on half the
+GPU it multiplies the p95 it targets by up to 3x, `bench/scheduling_fit.py --tail-guard-check`):
 a bound on each session's total wait for admission, relative to its workflow's own time,
 on top of the fixed bound of any single wait (`max_wait_s`, the reserve in
 `kvsaga.scheduler.admission_order`).

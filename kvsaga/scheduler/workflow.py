@@ -114,7 +114,10 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             states the bound). Finite; 120: `--fit` round 8 (seeds 101-106, graph policy).
         tail_wait_factor: the tail guard (`kvsaga.scheduler.tail_guard`): a session's
             admission waits, summed, are due within this many times its workflow's learned
-            time less such waits (0: off: max_wait_s alone); 3 is `--fit` round 9's pick.
+            time less such waits (0, the default: off, max_wait_s alone). Opt-in: `--fit`
+            round 9 chose 3, reverted to 0 because at web 4x load on half the GPU (AFS fit
+            seeds 102-105, `bench/scheduling_fit.py --tail-guard-check`) 3 multiplies the
+            very p95 it targets by up to 3x.
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -156,7 +159,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         admission_order: str = "predicted",
         aging_s: float = 80.0,
         max_wait_s: float = 120.0,
-        tail_wait_factor: float = 3.0,
+        tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults

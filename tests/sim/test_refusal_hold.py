@@ -57,8 +57,8 @@ def test_refusal_without_a_timer_holds_forever():
     assert w.refusal_until(1.0) == w.reserve_at == 6.0
     assert not w.schedule(6.0, ex2).admitted
     assert w.refusal_until(6.0) == math.inf
-    # With the tail guard on (the default), the reserve demotes a paused session for c.
-    _, g, ex3, c = _waiting_c(demote_factor=math.inf, max_wait_s=5.0)
+    # With the tail guard on (opt-in), the reserve demotes a paused session for c.
+    _, g, ex3, c = _waiting_c(demote_factor=math.inf, max_wait_s=5.0, tail_wait_factor=3.0)
     assert g.tail_wait_factor > 0 and not g.schedule(1.0, ex3).admitted
     assert g.refusal_until(1.0) == g.reserve_at == 6.0
     assert g.schedule(6.0, ex3).admitted == [c] and g.num_demotions == 1
