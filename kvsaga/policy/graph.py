@@ -48,9 +48,8 @@ prices a demoted session's blocks by the later of the graph's prediction and the
 residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
 the tuning seed; docs/architecture.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
-With `median_returns` a queued (residual_wait) or demoted session's wait is the *median*
-residual of the observed waits, per workflow shrunk to the pooled ones, as a pause's is the
-median residual of its fit (kvsaga/policy/returns.py says why).
+How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
+kvsaga/policy/return_forecast.py.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
@@ -80,18 +79,11 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Pred
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
-from kvsaga.policy.returns import WaitSamples, WorkflowWaits
+from kvsaga.policy.return_forecast import ReturnForecast
 from kvsaga.policy.search import grid_index
-from kvsaga.policy.spread import SpreadWaits, spread_flags
 from kvsaga.policy.trust import PredictionTrust, flag
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
-# A demoted session (Scheduler -> session_deferred) waits for the admitted sessions to
-# finish or be demoted before its next step runs. Until the policy has seen a demoted
-# session come back, its blocks rank as needed this many times later than predicted
-# (checked on seed 101 of bench/scheduling.py, the fit seed, among 1, 3, 10 and 100: web
-# and bfcl at 50% and 25%); from then on, by the demotions it saw (`WaitSamples`).
-DEFERRED_SLOWDOWN = 100.0
 
 
 class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -105,31 +97,15 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         alpha: EMA weight of each new gap between uses of a plain block.
         prefetch_lead_s: how long before a paused session's predicted resume its offloaded
             blocks start loading back (on top of the copy's own duration).
-        wait_alpha: the weight, once 1 / wait_alpha resumes were seen, of each new admission
-            wait in its running mean (before that, the plain mean of those seen).
         relearn_share: see `GroupedPolicy`.
         calib_prior: pseudo-observations (of no error) that each self-correction factor
             starts from (`correction`); None turns self-correction off.
-        residual_wait: price a queued session's admission wait by the observed residual
-            wait given the time queued (True), or (False) by the running mean less that
-            time. True: picked by `bench/policies.py --tune` on the fit seeds under the
-            tune rule of 2026-12-01's tenth session (least worst ratio to the best of lru,
-            saga and ttl: 1.50x against False's 3.38x over 71 pressured cases). False had
-            been picked in the eighth by the earlier rule (most cases at or below that
-            best: 39 of 71 against 36).
         trust: learn the log errors of the predicted time to reuse of every session graph
             evicts from, per workflow and state, and multiply the loss rate by the factor
             they call for (`PredictionTrust`, kvsaga/policy/trust.py; its prior is
             `calib_prior`, 4 pseudo-observations when that is None).
-        median_returns: forecast a queued or demoted session's return by the median, not
-            the mean, residual of the observed waits, per workflow shrunk to the pooled
-            ones by `calib_prior` (or 4) (`WorkflowWaits`, kvsaga/policy/returns.py). True:
-            picked by the tune rule on the fit seeds in the twelfth session (worst 1.50x
-            as without it, 28 cases above 1.0x against 35, 13.17M tokens against 13.83M).
-        spread: price a queued or demoted session by the expected inverse of its residual
-            wait, not the inverse of its median (`SpreadWaits.priced`, spread.py): a wide
-            record of waits brings its blocks forward. Implies `median_returns`' record.
-        spread_states: which of `queued` and `demoted` `spread` prices (names, or a tuple).
+        wait_alpha, residual_wait, median_returns, spread, spread_states: how admission
+            and demotion waits are learned and read (`ReturnForecast`, documents each).
     """
 
     name = "graph"
@@ -160,34 +136,24 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.plain_interval_s = plain_interval_s
         self.alpha = alpha
         self.prefetch_lead_s = prefetch_lead_s
-        if not 0 < wait_alpha <= 1:
-            raise ValueError(f"wait_alpha must be in (0, 1], got {wait_alpha!r}")
-        self.wait_alpha = wait_alpha
         self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
-        # Admission wait (resume hint -> step start), warm and cold: [mean, count].
-        self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}
-        self.residual_wait = flag("residual_wait", residual_wait)
-        self.median_returns = flag("median_returns", median_returns)
-        self.spread = flag("spread", spread)
-        self._spread_q, self._spread_d = spread_flags(self.spread, spread_states)
-        waits = (lambda: (SpreadWaits if self.spread else WorkflowWaits)(calib_prior or 4.0)) \
-            if self.median_returns or self.spread else WaitSamples
-        self.wait_samples = {True: waits(), False: waits()}
-        self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
-        self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         if calib_prior is not None and not calib_prior > 0:
             raise ValueError(f"calib_prior must be > 0 or None, got {calib_prior!r}")
         self.calib_prior = calib_prior
+        # Admission waits (warm and cold) and demotions' lengths, learned and read.
+        self.returns = ReturnForecast(residual_wait, wait_alpha, median_returns, spread,
+                                      spread_states, calib_prior or 4.0)
+        self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
+        self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         # Self-correction: (workflow, tool or None) -> [resumes, sum of log(observed /
         # predicted)]; per paused session, what was predicted at its pause.
         self._calib: dict[tuple[str, str | None], list] = {}
         self._calib_pending: dict[str, tuple[str, str | None, float, float]] = {}
         # Sessions the scheduler demoted (session_deferred), and since when; and since when
         # each session demoted since its last step start was, kept until its next start,
-        # which tells `deferred_wait` how long a demotion lasts.
+        # which tells `returns` how long a demotion lasts.
         self._deferred: dict[str, float] = {}
         self._deferred_since: dict[str, float] = {}
-        self.deferred_wait = waits()
         self._learned_waits = 0  # changes of the corrections and admission waits
         # Self-scoring against recency (`trust`): per session evicted from and not yet back,
         # (workflow, state, graph's forecast, recency's, when).
@@ -208,7 +174,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def step_started(self, session, now: float) -> None:
         since = self._deferred_since.pop(session.session_id, None)
         if since is not None:
-            self.deferred_wait.add(max(now - since, 0.0), session.workflow)
+            self.returns.demotion_ended(max(now - since, 0.0), session.workflow)
         pending = self._calib_pending.pop(session.session_id, None)
         if pending is not None:
             self._calibrate(*pending, now)
@@ -220,10 +186,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if pending is not None or ready is not None:
             self._learned_waits += 1  # corrections or admission waits: keys change
         if ready is not None:
-            w = self.admission_wait[ready[1]]
-            w[1] += 1
-            w[0] += (max(now - ready[0], 0.0) - w[0]) / min(w[1], 1.0 / self.wait_alpha)
-            self.wait_samples[ready[1]].add(max(now - ready[0], 0.0), session.workflow)
+            self.returns.admitted(ready[1], max(now - ready[0], 0.0), session.workflow)
         super().step_started(session, now)
         self.graph.step_started(session.session_id, session.workflow, now)
         owner, gen = self.view.block_owner, self.view.block_generation
@@ -332,12 +295,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         warm = self.is_warm(session_id)
         ready = self._ready.get(session_id)
         queued, until = (0.0, math.inf) if ready is None else self._since(ready[0], now, exact)
-        if self.residual_wait:
-            ws, wf = self.wait_samples[warm], self._workflow_of(session_id)
-            left = ws.priced(queued, wf) if self._spread_q and ready else ws.residual(queued, wf)
-            return (0.0 if left is None else left), until
-        left = self.admission_wait[warm][0] - queued
-        return (0.0 if left < 0.0 else left), until  # max(left, 0.0) without a call
+        wf = self._workflow_of(session_id)
+        return self.returns.admission_left(warm, queued, wf, ready is not None), until
 
     def predict_session(self, session_id: str, now: float, admission: bool = True) -> Prediction:
         """P(reuse) and expected seconds until the session's blocks are needed again.
@@ -540,19 +499,16 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     def deferred_time(self, session_id: str, predicted_s: float, now: float) -> float:
         """Expected seconds until a demoted session's blocks are read, given the graph's
-        `predicted_s`: the demotions seen so far say how much longer one that has lasted
-        this long still lasts (`WaitSamples.residual`), and the later of the two counts;
-        before any demotion was seen to end, `predicted_s` x DEFERRED_SLOWDOWN."""
+        `predicted_s`: the later of it and how much longer the demotions seen say one that
+        has lasted this long still lasts (`ReturnForecast.demoted_time`)."""
         return self._deferred_time(session_id, predicted_s, now, True)[0]
 
     def _deferred_time(self, sid: str, predicted_s: float, now: float, exact: bool
                        ) -> tuple[float, float]:
         lasted, until = self._since(self._deferred[sid], now, exact)
-        dw, wf = self.deferred_wait, self._workflow_of(sid)
-        left = dw.priced(lasted, wf) if self._spread_d else dw.residual(lasted, wf)
-        if left is None:
-            return predicted_s * DEFERRED_SLOWDOWN, math.inf
-        return max(predicted_s, left, self.min_wait_s), until
+        t, seen = self.returns.demoted_time(predicted_s, lasted, self._workflow_of(sid),
+                                            self.min_wait_s)
+        return t, (until if seen else math.inf)
 
     # -- keys: (0, 0) dead, (1, loss) sessions and other plain, (2, loss) shared prefix in use
     def _entry_key(self, base: float, position: int) -> tuple[int, float]:

@@ -21,12 +21,17 @@ is read from it unchanged) and adds `priced`: the time T* with 1 / T* = E[1 / T]
 log-normal fit of the residual waits given the time already waited, centred on the median
 residual (the mixture's, as `WorkflowWaits.residual`) and with the mixture's variance of
 the log residuals around it, each sample's log ratio to the median clipped at `clip`
-(e^5 = 148x, as graph's other log errors). So T* = median * exp(-s^2 / 2): a tight record
-leaves graph's ranking as it was, a wide one brings the session's blocks forward as soon as
-ttl's recency would. The moments come from every observed wait (every resume and every
-demotion's end), not from graph's victims only (`trust`'s record, a few dozen per workflow,
-whose factors did not hold up); per workflow the own waits weigh 1 each and the pooled ones
-`prior` in all, as in `WorkflowWaits`. Nothing is fitted: `prior` is graph's `calib_prior`.
+(e^5 = 148x, as graph's other log errors). So T* = median * exp(-min(s^2, 2 clip) / 2): a
+tight record leaves graph's ranking as it was, a wide one brings the session's blocks forward
+as soon as ttl's recency would. The cap (not fitted) bounds the whole shift log(median / T*)
+by `clip`, as each sample's log ratio is bounded: T* >= median * e^-5. The per-sample clip
+alone bounds s^2 only by clip^2 = 25: a record split between waits far below and far above
+its median would price a session as back up to e^12.5 (about 270,000x) sooner than the
+median, more than graph lets any one log error count (graph.py's LOG_CLIP). The moments
+come from every observed wait (every resume and every demotion's end), not from graph's
+victims only (`trust`'s record, a few dozen per workflow, whose factors did not hold up);
+per workflow the own waits weigh 1 each and the pooled ones `prior` in all, as in
+`WorkflowWaits`. Nothing is fitted: `prior` is graph's `calib_prior`.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class SpreadWaits(WorkflowWaits):
     Args:
         prior: the pooled waits' total weight against a workflow's own (> 0).
         size: how many recent samples are kept, pooled and per workflow.
-        clip: one sample's |log(residual / median)| counts at most this much.
+        clip: one sample's |log(residual / median)| counts at most this much, and so does
+            `priced`'s whole shift log(median / T*) (s^2 capped at 2 clip).
         floor_s: residuals below this many seconds count as this (no log of 0).
     """
 
@@ -101,8 +107,9 @@ class SpreadWaits(WorkflowWaits):
 
     def priced(self, waited_s: float, workflow: str | None = None) -> float | None:
         """Seconds T* with 1 / T* the expected inverse of the time still to wait after
-        `waited_s`: the median residual times exp(-s^2 / 2), s^2 = `log_spread`; None with
-        no samples, `waited_s` itself once every sample is shorter (as `residual`)."""
+        `waited_s`: the median residual times exp(-min(s^2, 2 clip) / 2), s^2 = `log_spread`
+        (the cap keeps T* >= median * e^-clip: module docstring); None with no samples,
+        `waited_s` itself once every sample is shorter (as `residual`)."""
         key = (waited_s, workflow)
         got = self._memo.get(key)
         if got is not None:

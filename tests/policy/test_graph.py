@@ -7,7 +7,8 @@ import pytest
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import PrefillCost
-from kvsaga.policy.graph import DEFERRED_SLOWDOWN, WaitSamples
+from kvsaga.policy.return_forecast import DEFERRED_SLOWDOWN
+from kvsaga.policy.returns import WaitSamples
 from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_scenarios import train
 
@@ -115,8 +116,8 @@ def test_admission_wait_is_learned_from_resume_hint_to_step_start_warm_and_cold(
     m.end_session("x", now=1.2)
     m.resume_hint("c", now=2.0)  # cold: nothing of it is cached
     run_step(m, "c", tokens(200, 9), now=7.0, tool="grep")  # queued 5 s
-    assert policy.admission_wait == {True: [0.0, 1], False: [5.0, 1]}
-    assert policy.wait_samples[False].residual(0.0) == 5.0
+    assert policy.returns.admission_wait == {True: [0.0, 1], False: [5.0, 1]}
+    assert policy.returns.wait_samples[False].residual(0.0) == 5.0
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -133,10 +134,10 @@ def test_queued_cold_session_goes_before_a_warm_one_paused_on_a_fast_tool(waits,
     learned as running means or as samples (`residual_wait`)."""
     policy = GraphPolicy(residual_wait=residual)
     train(policy.graph, "grep", 0.1)
-    policy.admission_wait = waits
+    policy.returns.admission_wait = waits
     for warm, (mean, n) in waits.items():
         for _ in range(n):
-            policy.wait_samples[warm].add(mean)
+            policy.returns.wait_samples[warm].add(mean)
     m = make(policy, num_blocks=8)
     run_step(m, "b", tokens(200, 16), now=0.0, tool="grep")  # 4 blocks
     run_step(m, "x", tokens(300, 28), now=0.5)  # 7 blocks: 3 of b's, tail first
@@ -166,8 +167,9 @@ def test_self_correction_learns_the_error_and_shrinks_to_no_data():
     f = policy.correction("default", "lint")
     assert 1.5 < f < 4.0  # towards the observed 4x, shrunk by the prior
     assert 1.0 < policy.correction("default", "other") < f  # unseen tool: the workflow's
-    with pytest.raises(ValueError, match="calib_prior"):
-        GraphPolicy(calib_prior=0.0)
+    for bad in (0.0, -1.0):  # -1: named, not refused as the wait records' `prior`
+        with pytest.raises(ValueError, match="calib_prior"):
+            GraphPolicy(calib_prior=bad)
 
 
 def test_a_shared_prefix_in_use_goes_after_session_blocks():
@@ -216,14 +218,14 @@ def test_a_demoted_session_is_priced_by_how_long_demotions_last():
     m = _demoted_and_admitted(policy)
     assert policy.deferred_time("d", 0.5, 1.0) == pytest.approx(0.5 * DEFERRED_SLOWDOWN)
     for x in (9.0, 10.0, 11.0):
-        policy.deferred_wait.add(x)
+        policy.returns.deferred_wait.add(x)
     assert policy.deferred_time("d", 0.5, 1.0) == pytest.approx(10.0 - 0.7)
     victim = policy.choose_victims(1, 1.0)[0]
     assert policy._owner[victim] == "d"
     policy.session_deferred(m.sessions["d"], False, 1.5)  # admitted again
     run_step(m, "d", tokens(200, 13), now=2.0, tool="grep")
     assert "d" not in policy._deferred
-    assert len(policy.deferred_wait) == 4  # 0.3 -> 2.0 learned
+    assert len(policy.returns.deferred_wait) == 4  # 0.3 -> 2.0 learned
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -232,9 +234,9 @@ def test_queued_wait_is_the_mean_less_time_queued_or_the_observed_residual(resid
     2 s under FIFO, or the mean of what the longer waits had left: 10 - 2 s."""
     policy = GraphPolicy(residual_wait=residual)
     m = make(policy, num_blocks=16)
-    policy.admission_wait[False] = [4.0, 3]
+    policy.returns.admission_wait[False] = [4.0, 3]
     for w in (1.0, 1.0, 10.0):
-        policy.wait_samples[False].add(w)
+        policy.returns.wait_samples[False].add(w)
     run_step(m, "q", tokens(900, 4), now=20.0, tool="grep")
     m.resume_hint("q", now=21.0)
     policy._ctx_blocks["q"] = 100  # most of its context is gone: cold

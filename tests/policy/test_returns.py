@@ -116,14 +116,14 @@ def test_graph_prices_demoted_and_queued_sessions_by_the_median_with_the_option(
         policy = GraphPolicy(median_returns=median)
         _demoted_and_admitted(policy)
         for x in (1.0, 1.2, 50.0):
-            policy.deferred_wait.add(x, "default")
+            policy.returns.deferred_wait.add(x, "default")
         want = 1.2 - 0.7 if median else (0.3 + 0.5 + 49.3) / 3
         assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(want)
     for median in (False, True):
         policy = GraphPolicy(median_returns=median)
         m = make(policy, num_blocks=16)
         for x in (1.0, 3.0, 40.0):
-            policy.wait_samples[False].add(x, "default")
+            policy.returns.wait_samples[False].add(x, "default")
         run_step(m, "q", tokens(900, 4), now=20.0, tool="grep")
         m.resume_hint("q", now=21.0)
         policy._ctx_blocks["q"] = 100  # cold
@@ -136,4 +136,4 @@ def test_graph_learns_demotions_per_workflow():
     m = _demoted_and_admitted(policy)
     policy.session_deferred(m.sessions["d"], False, 1.5)
     run_step(m, "d", tokens(200, 13), now=2.0, tool="grep")
-    assert policy.deferred_wait.by_workflow["default"]._sorted == [pytest.approx(1.7)]
+    assert policy.returns.deferred_wait.by_workflow["default"]._sorted == [pytest.approx(1.7)]

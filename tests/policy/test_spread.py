@@ -89,6 +89,17 @@ def test_one_huge_outlier_moves_the_price_by_at_most_the_clip():
     assert w.priced(0.0) == pytest.approx(math.exp(-0.5))
 
 
+def test_a_spread_past_twice_the_clip_shifts_the_price_by_the_clip_at_most():
+    """Half the waits at the median, half e^8 above it: every log ratio within the clip (0
+    or 5), yet s^2 = 12.5 > 2 clip; T* stops at median * e^-clip, not e^-6.25."""
+    w = SpreadWaits(prior=4.0)
+    for x in (1.0, 1.0, math.e ** 8, math.e ** 8):
+        w.add(x)
+    assert w.residual(0.0) == pytest.approx(1.0)
+    assert w.log_spread(0.0) == pytest.approx(12.5)
+    assert w.priced(0.0) == pytest.approx(math.exp(-5.0))
+
+
 def test_bad_input_is_refused_by_name_and_leaves_the_record_unchanged():
     with pytest.raises(ValueError, match="clip"):
         SpreadWaits(prior=1.0, clip=0.0)
@@ -114,7 +125,7 @@ def test_graph_with_spread_prices_demoted_and_queued_sessions_by_the_expected_in
         policy = GraphPolicy(spread=spread)
         _demoted_and_admitted(policy)
         for x in (1.0, 1.2, 50.0):
-            policy.deferred_wait.add(x, "default")
+            policy.returns.deferred_wait.add(x, "default")
         s2 = sum(math.log(r / 0.5) ** 2 for r in (0.3, 0.5, 49.3)) / 3
         want = 0.5 * math.exp(-s2 / 2) if spread else 0.5
         assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(want)
@@ -122,7 +133,7 @@ def test_graph_with_spread_prices_demoted_and_queued_sessions_by_the_expected_in
         policy = GraphPolicy(spread=spread)
         m = make(policy, num_blocks=16)
         for x in (1.0, 3.0, 40.0):
-            policy.wait_samples[False].add(x, "default")
+            policy.returns.wait_samples[False].add(x, "default")
         run_step(m, "p", tokens(300, 5), now=19.0, tool="grep")
         policy._ctx_blocks["p"] = 100  # cold, paused, its tool still running
         assert policy.expected_wait("p", 21.5) == pytest.approx(3.0)  # the median
@@ -137,8 +148,8 @@ def test_graph_with_spread_prices_demoted_and_queued_sessions_by_the_expected_in
 def test_spread_off_is_median_returns():
     """The option off, graph reads `WorkflowWaits` exactly as before."""
     policy = GraphPolicy(spread=False)
-    assert type(policy.deferred_wait) is WorkflowWaits
-    assert type(GraphPolicy(median_returns=False, spread=True).deferred_wait) is SpreadWaits
+    assert type(policy.returns.deferred_wait) is WorkflowWaits
+    assert type(GraphPolicy(median_returns=False, spread=True).returns.deferred_wait) is SpreadWaits
 
 
 def test_spread_states_choose_which_states_are_priced_by_spread():
@@ -147,11 +158,11 @@ def test_spread_states_choose_which_states_are_priced_by_spread():
     policy = GraphPolicy(spread=True, spread_states=("queued",))
     _demoted_and_admitted(policy)
     for x in (1.0, 1.2, 50.0):
-        policy.deferred_wait.add(x, "default")
+        policy.returns.deferred_wait.add(x, "default")
     assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(0.5)  # the median
-    assert (policy._spread_q, policy._spread_d) == (True, False)
-    assert GraphPolicy(spread=True, spread_states="demoted")._spread_d
-    assert not GraphPolicy(spread=False)._spread_q  # off: no state priced by spread
+    assert (policy.returns.spread_queued, policy.returns.spread_demoted) == (True, False)
+    assert GraphPolicy(spread=True, spread_states="demoted").returns.spread_demoted
+    assert not GraphPolicy(spread=False).returns.spread_queued  # off: no state priced by spread
     for bad in ((), ("queued", "paused"), "running", 3):
         with pytest.raises(ValueError, match="spread_states"):
             GraphPolicy(spread=True, spread_states=bad)
