@@ -288,6 +288,27 @@ def sim_cold_caches() -> None:
 CACHE_SIM = ("--cache-sim=yes", "--I1=32768,8,64", "--D1=32768,8,64", "--LL=33554432,16,64")
 
 
+def require_valgrind(flag: str) -> None:
+    """Stop with a message naming the flag given when valgrind is missing: `scaling_main`
+    asks before any timing, so the missing tool is not found minutes into a run."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit(f"{flag} counts with valgrind's callgrind: install valgrind")
+
+
+def parse_counts(flag: str, value: str) -> list[int]:
+    """The paused-session counts of a COUNTS flag (e.g. '1000,4000,16000'), or SystemExit
+    naming the flag and the value: `scaling_main` parses every COUNTS list before timing,
+    so a typo such as '4k' is not found minutes later as a bare ValueError."""
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"{flag} takes comma-separated integers (paused-session counts, "
+                         f"each at least 1), got {value!r}")
+    return counts
+
+
 def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int = 3,
                        new_blocks: int = 128, cache_misses: bool = False
                        ) -> tuple[list[str], dict]:
@@ -303,8 +324,7 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
     the memory lines a cold call touches, which the time tables pay and the instruction
     counts do not see. The tables' markdown lines and {policy: {count: (same, apart,
     amortized)}}."""
-    if shutil.which("valgrind") is None:
-        raise SystemExit("--instructions counts with valgrind's callgrind: install valgrind")
+    require_valgrind("--cache-misses" if cache_misses else "--instructions")
     figures: dict[str, dict[int, tuple[float, float, float]]] = {p: {} for p in policies}
     here = Path(__file__).resolve().parent
     per = 2 * repeat + 1
@@ -391,7 +411,13 @@ def _table(figures: dict, counts: list[int], policies: tuple[str, ...], i: int,
 def scaling_main(args: argparse.Namespace) -> None:
     from policies import split_specs
 
-    counts = [int(x) for x in args.paused.split(",") if x]
+    # Every flag is checked before the timed run, which takes minutes.
+    counts = parse_counts("--paused", args.paused)
+    instr = parse_counts("--instructions", args.instructions) if args.instructions else []
+    miss = parse_counts("--cache-misses", args.cache_misses) if args.cache_misses else []
+    for flag, given in (("--instructions", instr), ("--cache-misses", miss)):
+        if given:
+            require_valgrind(flag)
     policies = tuple(split_specs(args.policies)) if args.policies else SCALING_POLICIES
     if args.policies and (args.write or args.write_results):
         raise SystemExit("--policies compares settings: its tables are printed, not "
@@ -406,15 +432,13 @@ def scaling_main(args: argparse.Namespace) -> None:
     if args.instructions:
         cmd += f" --instructions {args.instructions}"
         t = time.perf_counter()
-        more, counted = instruction_counts(
-            [int(x) for x in args.instructions.split(",") if x], policies)
+        more, counted = instruction_counts(instr, policies)
         lines += more
         wall_ir = time.perf_counter() - t
     if args.cache_misses:
         cmd += f" --cache-misses {args.cache_misses}"
         t = time.perf_counter()
-        more, misses = instruction_counts(
-            [int(x) for x in args.cache_misses.split(",") if x], policies, cache_misses=True)
+        more, misses = instruction_counts(miss, policies, cache_misses=True)
         lines += more
         wall_ir = (wall_ir if args.instructions else 0.0) + time.perf_counter() - t
     body = "\n".join([

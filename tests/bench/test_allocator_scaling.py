@@ -4,6 +4,7 @@ relearning), the goals judged from them, and its section written alone into RESU
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -108,3 +109,51 @@ def test_a_dumps_last_level_misses_are_read_by_event_name():
     # callgrind leaves trailing zero events off the totals line
     assert mod._dump_figure("events: Ir I1mr ILmr DLmr DLmw\ntotals: 50 7 4\n", True) == 4
     assert mod._dump_figure("events: Ir\n", False) is None
+
+
+def scaling_args(**given) -> argparse.Namespace:
+    """bench/allocator.py --eviction-scaling's arguments, tiny counts, `given` over them."""
+    args = dict(paused="8", repeat=1, policies=None, instructions=None, cache_misses=None,
+                write=False, write_results=False, json=None)
+    return argparse.Namespace(**(args | given))
+
+
+def untimed(mod, monkeypatch) -> None:
+    """Any timed run from here on fails the test: the flags must be refused before it."""
+    def timed(*a, **kw):
+        raise AssertionError("timed before the flags were checked")
+    monkeypatch.setattr(mod, "eviction_scaling", timed)
+    monkeypatch.setattr(mod, "instruction_counts", timed)
+
+
+@pytest.mark.parametrize("flag", ["instructions", "cache_misses"])
+@pytest.mark.parametrize("value", ["4k", "4000,x", "0", ","])
+def test_a_bad_counts_list_is_refused_before_timing_naming_its_flag(monkeypatch, flag, value):
+    mod = load()
+    untimed(mod, monkeypatch)
+    monkeypatch.setattr(mod.shutil, "which", lambda name: "/usr/bin/valgrind")
+    name = "--" + flag.replace("_", "-")
+    with pytest.raises(SystemExit, match=f"^{name} takes comma-separated integers") as e:
+        mod.scaling_main(scaling_args(**{flag: value}))
+    assert repr(value) in str(e.value)
+
+
+@pytest.mark.parametrize("flag", ["instructions", "cache_misses"])
+def test_missing_valgrind_is_found_before_timing_and_names_the_flag_given(monkeypatch, flag):
+    mod = load()
+    untimed(mod, monkeypatch)
+    monkeypatch.setattr(mod.shutil, "which", lambda name: None)
+    name = "--" + flag.replace("_", "-")
+    other = "--cache-misses" if flag == "instructions" else "--instructions"
+    with pytest.raises(SystemExit, match=f"^{name} counts with valgrind") as e:
+        mod.scaling_main(scaling_args(**{flag: "4000"}))
+    assert other not in str(e.value)
+
+
+def test_instruction_counts_names_cache_misses_when_valgrind_is_missing(monkeypatch):
+    mod = load()
+    monkeypatch.setattr(mod.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="^--cache-misses counts with valgrind"):
+        mod.instruction_counts([8], ("lru",), repeat=1, cache_misses=True)
+    with pytest.raises(SystemExit, match="^--instructions counts with valgrind"):
+        mod.instruction_counts([8], ("lru",), repeat=1)
