@@ -270,9 +270,10 @@ def _fit_point(task: tuple) -> tuple[dict, dict[str, float]]:
 def pick_default(points: list[dict], slack: float = TCT_SLACK) -> tuple:
     """The fit's rule. `points`: per fit point, arm -> {"tct_mean_s", "ratio"}; the arm
     (0, 0) is off. An arm qualifies when its mean TCT is at most (1 + slack) x off's at
-    every point; the pick is the qualifying arm with the lowest mean ratio over the points
-    (ties: off first, then the larger share_step_tokens, fewer capped steps). Off when no
-    arm lowers the mean ratio.
+    every point; the pick is the qualifying arm with the lowest mean ratio over the points.
+    Ties: off first, then the larger share_step_tokens (fewer capped steps), then the order
+    the arms are listed in (`points[0]`'s, which `_fit_point` builds in `FIT_ARMS` order):
+    at one step size, lag 8192 before 32768. Off when no arm lowers the mean ratio.
 
     Why this rule: the share is judged by the AFS goal's own figure (the ratio, averaged over
     every fit point, both mixes and capacities), but it must not buy fairness with task

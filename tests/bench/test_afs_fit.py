@@ -54,3 +54,15 @@ def test_off_when_nothing_qualifies_or_nothing_helps(mix):
 def test_the_fit_arms_start_with_off(mix):
     assert mix.FIT_ARMS[0] == OFF
     assert all(n > 0 and lag > 0 for n, lag in mix.FIT_ARMS[1:])
+
+
+def test_a_tie_at_one_step_size_goes_to_fit_arms_order(mix):
+    """At one step size the lags tie to the order the arms are listed in, which the fit
+    builds from `FIT_ARMS`: 8192 before 32768."""
+    assert mix.FIT_ARMS.index((128, 8192)) < mix.FIT_ARMS.index((128, 32768))
+    arms = [OFF, (128, 8192), (128, 32768)]
+    figs = {OFF: (10.0, 1.3), (128, 8192): (9.0, 1.2), (128, 32768): (9.0, 1.2)}
+    pts = [{a: {"tct_mean_s": figs[a][0], "ratio": figs[a][1]} for a in arms}]
+    assert mix.pick_default(pts, 0.03) == (128, 8192)
+    pts = [{a: pts[0][a] for a in reversed(arms)}]  # listed the other way round
+    assert mix.pick_default(pts, 0.03) == (128, 32768)
