@@ -117,7 +117,7 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # tail_wait_factor 3 (no non-thrash figure worse; tasks/h >= 1.06 at every fit point): now
 # the default, and PREVIOUS. Its cost on the fit seeds: web 1x 25% 2.39x -> 1.87x, bfcl 1x
 # 25% 1.40x -> 1.33x, web 1x 50% 2.53x -> 2.35x; swe 1x 25% rises 1.77x -> 1.87x.
-# Reverted by the lead (issue 10, fourteenth session): tail_wait_factor is 0 (off) again,
+# Reverted by the lead (issue 10, thirteenth session): tail_wait_factor is 0 (off) again,
 # the default and PREVIOUS, so PREVIOUS is round 8's pick once more and the command above
 # reproduces round 9 as it ran. Why: on AFS fit seeds only (102-105, never reported), a web
 # tenant at 4x load alone on half the GPU, the runs the mixes' slowdowns make, goes from
