@@ -23,6 +23,7 @@ from scheduling import (
     FIFO,
     FIT_SEEDS,
     GRID,
+    REPORT_SEED,
     _fifo,
     _label,
     _pick,
@@ -460,7 +461,8 @@ def tail_guard_check(seeds: tuple[int, ...] = TAIL_GUARD_SEEDS) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """`--held-out SEEDS`: the held-out table of seeds outside the default run (fresh ones,
-    run once after the fit's choices are frozen), without the report seed's grid.
+    run once after the fit's choices are frozen; the fit seeds and the report seed are
+    refused), without the report seed's grid.
     `--tail-guard-check [SEEDS]`: the tail guard on vs off at the mixes' points (AFS fit
     seeds only; `tail_guard_check`)."""
     import argparse
@@ -501,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in families if f not in FAMILIES]
     if not seeds or unknown:
         ap.error(f"no seeds, or unknown families {unknown} (known: {', '.join(FAMILIES)})")
+    seen = [s for s in seeds if s in FIT_SEEDS or s == REPORT_SEED]
+    if seen:  # the fit's seeds and the report seed are not held out
+        ap.error(f"--held-out takes seeds outside the fit seeds "
+                 f"{FIT_SEEDS[0]}-{FIT_SEEDS[-1]} and the report seed {REPORT_SEED}; got {seen}")
     tasks = held_out_tasks(families, seeds)
     if args.orders:
         for seed in seeds:

@@ -127,8 +127,9 @@ class Demotions:
         is the memory half of Agent Fair Share's bound (module
         kvsaga.scheduler.fair_share): a tenant is refused within its share only while
         other tenants' active sessions (a step queued or running) hold the memory. First,
-        a session the tail guard made due (`_reclaim_due`) may take any paused session's
-        room."""
+        a session the tail guard made due (`_reclaim_due`) may take the room of its own
+        tenant's paused sessions and of those of tenants above their shares, whether or not
+        its tenant stays within its share (so the bound holds for the others)."""
         if self._reclaim_due(req, need, limit, now):
             return True
         tenant = req.tenant
@@ -157,19 +158,31 @@ class Demotions:
     # -- the tail guard's room (kvsaga.scheduler.tail_guard) --------------------------------
     def _reclaim_due(self, req, need: int, limit: float, now: float) -> bool:
         """With the tail guard on, make room for the session the reserve holds for (its
-        deadline passed): demote paused admitted sessions, any tenant's, in
-        `_demotion_order`, until it fits; all of them or none. Without this the reserve
-        only stops new admissions, and a session whose context is long waits for the
-        admitted ones to end (on the fit seeds, for most of its budget again)."""
+        deadline passed): demote paused admitted sessions in `_demotion_order` until it
+        fits; all of them or none. Without this the reserve only stops new admissions, and
+        a session whose context is long waits for the admitted ones to end (on the fit
+        seeds, for most of its budget again). With two or more tenants, only its own
+        tenant's paused sessions and those of tenants above their shares (each only while
+        its tenant is still above its share, as in `_reclaim_share`) are taken: the due
+        session's tenant may be above its share, and a tenant within its share keeps the
+        memory half of Agent Fair Share's bound (kvsaga.scheduler.fair_share)
+        (tests/scheduler/test_tail_guard.py). One tenant alone: any paused session."""
         if not self.tail_wait_factor or self._holding is not req:
             return False
+        shares = self._shares(limit)
+        left = dict(self._tenant_blocks)
         paused = [sid for sid, i in self.sessions.items() if not i.active]
         victims, freed = [], 0
         for sid in self._demotion_order(paused):
             if self._committed - freed + need <= limit:
                 break
+            info = self.sessions[sid]
+            if (shares is not None and info.tenant != req.tenant
+                    and left.get(info.tenant, 0) <= shares[info.tenant]):
+                continue  # AFS: a tenant within its share keeps its room
             victims.append(sid)
-            freed += self.sessions[sid].blocks
+            freed += info.blocks
+            left[info.tenant] = left.get(info.tenant, 0) - info.blocks
         if self._committed - freed + need > limit:
             return False
         for sid in victims:

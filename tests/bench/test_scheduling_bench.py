@@ -242,9 +242,13 @@ def test_round_9_ranks_p95_misses_per_seed_first(mods):
 
 
 def test_held_out_cli_refuses_bad_seeds_and_families(mods, capsys):
+    """Also the fit seeds and the report seed: they are seen, not held out."""
     _, fit = mods
+    seen = "fit seeds 101-106 and the report seed 1; got"
     for argv, says in ((["--held-out", "3x"], "comma-separated integers, got '3x'"),
-                       (["--held-out", "35", "--families", "chat"], "unknown families ['chat']")):
+                       (["--held-out", "35", "--families", "chat"], "unknown families ['chat']"),
+                       (["--held-out", "35,101,1"], f"{seen} [101, 1]"),
+                       (["--held-out", "106"], f"{seen} [106]")):
         with pytest.raises(SystemExit):
             fit.main(argv)
         assert says in capsys.readouterr().err

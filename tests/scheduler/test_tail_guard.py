@@ -140,3 +140,37 @@ def test_the_guard_is_off_by_default():
     s = make_scheduler("workflow", manager(16))
     assert s.tail_wait_factor == 0.0
     assert s._budgets.deadline("x", "default", 5.0) == 5.0 + s.max_wait_s  # the reserve alone
+
+
+def _two_tenants_due(b_sessions: int, num_blocks: int):
+    """Tenant b's `b_sessions` paused sessions (12 tokens, 6 blocks each with their growth)
+    are admitted first, then tenant a's a1 (the same size): on the demotion order's ties,
+    b's come first. a's c (24 tokens, 8 blocks) arrives at 3 and becomes due at 7
+    (z, a's, taught the workflow 2 s; factor 2); with a1 and c a holds 14 blocks, above
+    its share (half of the pool)."""
+    s = wf(manager(num_blocks), max_wait_s=1e6, tail_wait_factor=2.0)
+    arrivals = [(0.0, ToyRequest("z", toks(0, 8), max_new=3, tenant="a", arrival=0.0))]
+    arrivals += [(0.0, ToyRequest(f"b{i}", toks(200 + 100 * i, 12), max_new=1, last=False,
+                                  tenant="b", arrival=0.0)) for i in range(b_sessions)]
+    arrivals += [(0.0, ToyRequest("a1", toks(1000, 12), max_new=1, last=False, tenant="a",
+                                  arrival=0.0)),
+                 (3.0, ToyRequest("c", toks(3000, 24), max_new=1, tenant="a", arrival=3.0))]
+    admitted, _ = drive(s, arrivals)
+    return s, dict((sid, t) for t, sid in admitted)
+
+
+def test_a_due_session_above_its_share_takes_its_own_tenants_room():
+    """b holds 6 of its 8 blocks of share: c (due, a above its share) demotes a's own a1,
+    not b0, although b0 comes first in the demotion order (the memory half of AFS's bound,
+    kvsaga/scheduler/fair_share.py)."""
+    s, at = _two_tenants_due(1, 16)
+    assert at["c"] == pytest.approx(7.0)
+    assert s.num_demotions == 1 and s._times_demoted == {"a1": 1}
+
+
+def test_a_due_session_takes_the_room_of_a_tenant_above_its_share():
+    """b holds 12 blocks of its 11 of share: b0, first in the demotion order, is taken for
+    c; after it b is within its share and keeps b1."""
+    s, at = _two_tenants_due(2, 22)
+    assert at["c"] == pytest.approx(7.0)
+    assert s.num_demotions == 1 and s._times_demoted == {"b0": 1}
