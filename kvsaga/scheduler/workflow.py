@@ -84,17 +84,16 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             long-tool sessions are not demoted again and again (0: no aging).
         shrink_order: which paused sessions the shrink demotes first (after aging):
             "latest_back" (the default: those expected back last) or "smallest" (the
-            smallest working sets: a demoted session's blocks are released first, so this
-            loses the fewest blocks to recompute; it raised bfcl 1x 25% on the fit seeds
-            but made non-thrash figures worse there, so `--fit` rejected it).
+            smallest working sets, losing the fewest blocks to recompute; it raised bfcl
+            1x 25% on the fit seeds but worsened non-thrash figures: `--fit` rejected it).
         max_overtake: a demoted session's next step queues ahead of its tenant's new
             sessions and of the demoted steps already waiting (the most recently demoted
             is the likeliest still cached), but ahead of each waiting one at most this
             many times; then it queues behind it. This bounds the wait: unbounded, one
             long session waited from 21 s to the trace's end (seed 106, bfcl 1x 25%).
         paused_growth: charge a paused session its expected growth too (False, the default:
-            its context only, and its growth again once its next step is queued: a paused
-            context does not grow, and room kept for it holds nothing meanwhile).
+            its context only, its growth again once its next step is queued: room kept for
+            a paused context, which does not grow, holds nothing meanwhile).
         tool_growth: predict a session's next growth from the tool it paused on (learned
             per workflow and tool), not from the workflow's mean alone (True, the default).
             Both defaults are `bench/scheduling.py --fit`'s pick on seeds 101-106, with p95,
@@ -103,8 +102,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             `max_overtake` (a later round of the same fit).
         queue_shrink: run the shrink also when a queued step's growth is charged again
             (False: only when a step finishes, so a resumed step's prefill could evict the
-            paused admitted sessions' contexts until the next finish). Opt-in: `--fit`
-            round 6 found swe 1x 25% 1.75x -> 1.83x but bfcl 1x 25% 1.51x -> 1.48x.
+            paused admitted sessions' contexts until then). Opt-in: `--fit` round 6 found
+            swe 1x 25% 1.75x -> 1.83x but bfcl 1x 25% 1.51x -> 1.48x.
         admission_order: the order of each tenant's waiting sessions: "predicted" (the
             default, `--fit` round 4: least predicted remaining work first, with aging;
             `kvsaga.scheduler.admission_order`), "gittins" (`session_length`; its prior's
@@ -114,10 +113,8 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             states the bound). Finite; 120: `--fit` round 8 (seeds 101-106, graph policy).
         tail_wait_factor: the tail guard (`kvsaga.scheduler.tail_guard`): a session's
             admission waits, summed, are due within this many times its workflow's learned
-            time less such waits (0, the default: off, max_wait_s alone). Opt-in: `--fit`
-            round 9 chose 3, reverted to 0 because at web 4x load on half the GPU (AFS fit
-            seeds 102-105, `bench/scheduling_fit.py --tail-guard-check`) 3 multiplies the
-            very p95 it targets by up to 3x.
+            time less such waits (0, the default: off). Opt-in: round 9's pick, 3, raised
+            p95 up to 3x at web 4x load (`bench/scheduling_fit.py --tail-guard-check`).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -128,7 +125,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             batch step and each other one computes at most its weight's part of this many
             tokens besides its decodes (`fair_share.ComputeShares`). One tenant: no effect.
         share_lag_tokens: with the compute share on, how far behind the least-served
-            competing tenant (weighted service, finite) a tenant entering competition starts.
+            competing tenant (weighted service, finite) an entering tenant starts.
     """
 
     name = "workflow"
