@@ -74,7 +74,9 @@ class WaitBudgets:
 
     def admitted(self, session_id: str, arrival: float, now: float) -> None:
         """A step of the session queued at `arrival` was admitted at `now` (a session
-        admission: a new session, or a demoted one admitted again)."""
+        admission: a new session, or a demoted one admitted again). Off: nothing kept."""
+        if not self.factor:
+            return
         if session_id not in self._start:
             if len(self._start) >= MAX_LIVE:
                 return
@@ -82,7 +84,9 @@ class WaitBudgets:
         self._waited[session_id] = self._waited.get(session_id, 0.0) + max(0.0, now - arrival)
 
     def ended(self, session_id: str, workflow: str, now: float) -> None:
-        """The session ended at `now`: learn its time less its waits."""
+        """The session ended at `now`: learn its time less its waits (off: nothing)."""
+        if not self.factor:
+            return
         start = self._start.pop(session_id, None)
         waited = self._waited.pop(session_id, 0.0)
         if start is not None:
