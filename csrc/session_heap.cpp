@@ -76,6 +76,81 @@ class SessionHeap {
             double now, nb::handle timed) {
     if (!PyTuple_Check(key.ptr()) || PyTuple_GET_SIZE(key.ptr()) != 2)
       throw nb::type_error("key must be a tuple of two numbers");
+    apply(read_push(sid, key, tie, size, until, timed), now);
+  }
+
+  // A usual search's index work in one call (session_heap.py `refresh_runs`, the
+  // reference): compact when stale, drops, pushes (all read and checked before anything
+  // changes), due; then, when no due session is left for Python, restore and runs.
+  nb::tuple refresh_runs(double now, nb::handle drops, nb::handle pushes, int64_t num_blocks,
+                         int64_t stale_limit) {
+    nb::object ds = nb::steal(PySequence_List(drops.ptr()));
+    if (!ds.is_valid()) throw_current();
+    nb::object ps = nb::steal(PySequence_List(pushes.ptr()));
+    if (!ps.is_valid()) throw_current();
+    Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
+    for (Py_ssize_t i = 0; i < nd; ++i)
+      if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
+    std::vector<Pushed> read;
+    read.reserve(np);
+    for (Py_ssize_t i = 0; i < np; ++i) read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i)));
+    if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
+    for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
+    for (const Pushed& p : read) apply(p, now);
+    nb::list due_now = due(now);
+    if (PyList_GET_SIZE(due_now.ptr()) > 0) return nb::make_tuple(due_now, nb::none());
+    restore();
+    if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none());
+    return nb::make_tuple(nb::none(), runs(num_blocks));
+  }
+
+  // A push read and checked, not applied yet (`refresh_runs` reads all its pushes first,
+  // so that a bad one changes nothing).
+  struct Pushed {
+    nb::handle sid;
+    double k0, k1, until;
+    Timed t;
+    TableKey tk;
+    Formula formula;
+    int64_t k;
+  };
+
+  // `refresh_runs`'s push i, (sid, key, tie, size, until, timed): session_heap.py
+  // `_check_push`, the same checks in the same order with the same messages.
+  Pushed read_refresh(Py_ssize_t i, PyObject* p) {
+    long long at = static_cast<long long>(i);
+    if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 6) {
+      PyErr_Format(PyExc_TypeError,
+                   "refresh_runs: push %lld must be (sid, key, tie, size, until, timed)", at);
+      throw_current();
+    }
+    PyObject* sid = PyTuple_GET_ITEM(p, 0);
+    PyObject* key = PyTuple_GET_ITEM(p, 1);
+    PyObject* tie = PyTuple_GET_ITEM(p, 2);
+    PyObject* size = PyTuple_GET_ITEM(p, 3);
+    PyObject* until = PyTuple_GET_ITEM(p, 4);
+    if (PyObject_Hash(sid) == -1) throw_current();
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2 ||
+        !is_real(PyTuple_GET_ITEM(key, 0)) || !is_real(PyTuple_GET_ITEM(key, 1))) {
+      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: key must be a tuple of two numbers",
+                   at);
+      throw_current();
+    }
+    if (!PyIndex_Check(tie) || !PyIndex_Check(size)) {
+      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: tie and size must be integers", at);
+      throw_current();
+    }
+    if (!is_real(until)) {
+      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: until must be a number", at);
+      throw_current();
+    }
+    int64_t t = read_index(tie, "tie"), n = read_index(size, "size");
+    return read_push(sid, key, t, n, read_number(until), PyTuple_GET_ITEM(p, 5));
+  }
+
+  // `key` must be a tuple of two items (the callers check).
+  Pushed read_push(nb::handle sid, nb::handle key, int64_t tie, int64_t size, double until,
+                   nb::handle timed) {
     Timed t;
     TableKey tk{};
     Formula formula{};
@@ -125,18 +200,28 @@ class SessionHeap {
     }
     double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
     double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
-    int32_t slot = slot_for(sid);
+    if (PyObject_Hash(sid.ptr()) == -1) throw_current();
     t.tie = tie;
     t.size = size;
+    return Pushed{sid, k0, k1, until, t, tk, formula, k};
+  }
+
+  // Push `p` (read by `read_push`).
+  void apply(const Pushed& p, double now) {
+    const Timed& t = p.t;
+    const TableKey& tk = p.tk;
+    int64_t k = p.k;
+    int32_t slot = slot_for(p.sid);
     timed_[slot] = t;
     if (t.cls >= 0 && tk.mode >= 2) {
+      Formula formula = p.formula;
       formula.limit = t.limit;
       formulas_[t.cls] = formula;
       timed_[slot].value = tk.v;
     } else if (t.cls >= 0) {
       table_[table_key(t.cls, k)] = tk;
     }
-    enter(k0, k1, slot, until, now);
+    enter(p.k0, p.k1, slot, p.until, now);
     // A formula's key at the session's own grid point enters the table now (the key Python
     // just computed, by the formula), so that the class's next sessions to reach that point
     // read it there: after a re-key in Python, as when the index re-keyed them itself.
@@ -487,6 +572,8 @@ NB_MODULE(_evict, m) {
       .def("timed_classes", &SessionHeap::timed_classes, "among"_a.none() = nb::none())
       .def("rekey_classes", &SessionHeap::rekey_classes, "mapping"_a, "now"_a,
            "among"_a.none() = nb::none())
+      .def("refresh_runs", &SessionHeap::refresh_runs, "now"_a, "drops"_a, "pushes"_a,
+           "num_blocks"_a, "stale_limit"_a)
       .def("clear", &SessionHeap::clear);
   // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
   nb::class_<ghost::GhostList>(m, "GhostList")

@@ -86,12 +86,18 @@ inline const FormulaFields kFormulaFields[] = {
      {kFinite, kFinite, kNonNeg, kShare, kFinite, kFinite, kPos}},
 };
 
+// A number as the index reads one (session_heap.py `_is_real`): a float, or an object with
+// __float__ or __index__ (a str is not).
+inline bool is_real(PyObject* o) {
+  PyNumberMethods* nm = Py_TYPE(o)->tp_as_number;
+  return PyFloat_Check(o) || (nm && (nm->nb_float || nm->nb_index));
+}
+
 // A number field of a timed record (session_heap.py `_real`): a float or an object with
 // __float__ or __index__, meeting `rule`; else TypeError / ValueError naming it.
 inline double read_field(PyObject* o, const char* name, Rule rule = kNotNan) {
   PyTypeObject* tp = Py_TYPE(o);
-  PyNumberMethods* nm = tp->tp_as_number;
-  if (!PyFloat_Check(o) && !(nm && (nm->nb_float || nm->nb_index))) {
+  if (!is_real(o)) {
     PyErr_Format(PyExc_TypeError, "timed: %s must be a real number, got %s", name, tp->tp_name);
     throw_current();
   }

@@ -196,23 +196,28 @@ class VictimSearch:
         """
         self._plan = None
         self._prepare(now)
-        self._refresh(now)
-        # No dead or plain cache (the usual case): no stream to merge.
-        streams = self._queue_streams(now) if len(self.dead) or len(self.plain) else []
+        # No dead or plain cache (the usual case): no stream to merge, and each session the
+        # index's top names leaves whole, tail first, until the count is reached.
+        whole = not (len(self.dead) or len(self.plain)) and (
+            self._one_key or self._keys_nonincreasing())
+        runs = self._refresh(now, num_blocks if whole else -1)
+        if whole and not (self._one_key or self._keys_nonincreasing()):
+            # Keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
+            # the runs taken go back, and the general search merges.
+            self._index.restore()
+            whole = False
         out: list[int] = []
         # The index keeps the sessions it names aside: eviction re-keys them; the next
         # search puts back those it did not (a caller that only asks, as `eviction_order`).
+        if whole:
+            groups = self.groups
+            for sid, k in runs:
+                out += groups[sid][:k]
+            self._plan = (out.copy(), runs)  # its uncaching needs no work per block
+            return out
+        streams = self._queue_streams(now) if len(self.dead) or len(self.plain) else []
         try:
-            if not streams and (self._one_key or self._keys_nonincreasing()):
-                # The usual case (no dead or plain cache): each session the index's top
-                # names leaves whole, tail first, until the count is reached.
-                groups = self.groups
-                runs = self._index.runs(num_blocks)
-                for sid, k in runs:
-                    out += groups[sid][:k]
-                self._plan = (out.copy(), runs)  # its uncaching needs no work per block
-            else:
-                self._merge_victims(num_blocks, streams, out)
+            self._merge_victims(num_blocks, streams, out)
         finally:
             for s in streams:
                 s.close()
@@ -267,11 +272,14 @@ class VictimSearch:
                     break
                 out.append(nb)
 
-    def _refresh(self, now: float) -> None:
-        """Re-key the sessions whose key may have changed since the last search."""
+    def _refresh(self, now: float, num_blocks: int = -1) -> list[tuple[Any, int]] | None:
+        """Re-key the sessions whose key may have changed since the last search; then, for
+        `num_blocks` >= 0, take the index's runs for that many blocks (`runs`) and return
+        them. The usual search (no full re-key) is one index call, `refresh_runs`: the
+        drops, the keys Python computed for the sessions marked since, the time-driven
+        re-keys and the runs, where each used to be a call of its own into the index."""
         index = self._index
         state = self._global_state(now)
-        stale = len(index) > 2 * len(self.groups) + 64
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))
@@ -283,29 +291,47 @@ class VictimSearch:
             index.forget_keys()
             if len(self._sig_of) > 4 * len(self.groups) + 1024:  # (kept for `_rekey_everyone`)
                 self._sig_of.clear()
-        full = False
-        if stale and state == self._global and not relearn:
-            index.compact()
-        elif state != self._global or stale or relearn:
-            self._global = state
-            self._learned_at_rebuild = self._learned
-            full = self._rekey_everyone(now)
-        if not full:
-            due = index.due(now)
-            if len(due) >= _BY_CLASS and self.class_keys:  # many (an idle expert's turn)
-                due = self._rekey_by_class(set(due) - self._dirty, now) | self._dirty
-            self._dirty.update(due)
-        dirty, groups, base = self._dirty, self.groups, self._base
-        live = dirty & groups.keys()
-        if len(live) < len(dirty):
-            for sid in dirty - live:  # no cached block left (evicted, or hit)
-                index.drop(sid)
-                base.pop(sid, None)
-        self._rekey(live, now)
+        dirty, groups = self._dirty, self.groups
+        if state == self._global and not relearn:
+            # Keys of the marked sessions first, then the timers: a marked session's new
+            # key makes its timer stale, so the index re-keys only the others, which gives
+            # every session the key it had when the timers went first.
+            live = dirty & groups.keys()
+            gone = dirty - live if len(live) < len(dirty) else ()
+            for sid in gone:  # no cached block left (evicted, or hit)
+                self._base.pop(sid, None)
+            pushes = self._keys(live, now)
+            dirty.clear()
+            due, runs = index.refresh_runs(now, gone, pushes, num_blocks,
+                                           2 * len(groups) + 64)
+            if due is None:
+                return runs
+            # Due sessions that only Python keys (their class's keys unknown, or past its
+            # limit): many at once go by class (an idle expert's turn).
+            if len(due) >= _BY_CLASS and self.class_keys:
+                due = self._rekey_by_class(due, now)
+            self._drop_or_rekey(set(due), now)
+            index.restore()
+            return index.runs(num_blocks) if num_blocks >= 0 else None
+        self._global = state
+        self._learned_at_rebuild = self._learned
+        if self._rekey_everyone(now):
+            self._drop_or_rekey(dirty, now)
+            index.compact()  # one entry per session, as a cleared index keyed afresh holds
+        else:
+            self._drop_or_rekey(dirty, now)
         dirty.clear()
-        if full:  # one entry per session, as a cleared index keyed afresh holds
-            index.compact()
         index.restore()
+        return index.runs(num_blocks) if num_blocks >= 0 else None
+
+    def _drop_or_rekey(self, sids: set[str], now: float) -> None:
+        """Re-key those of `sids` that hold cached blocks; drop the others from the index."""
+        live = sids & self.groups.keys()
+        if len(live) < len(sids):
+            for sid in sids - live:  # no cached block left (evicted, or hit)
+                self._index.drop(sid)
+                self._base.pop(sid, None)
+        self._rekey(live, now)
 
     def _rekey_everyone(self, now: float) -> bool:
         """Make every session's key the one its state and the current statistics give:
@@ -373,13 +399,21 @@ class VictimSearch:
         self._token = _REKEY_ALL
 
     def _rekey(self, sids: Iterable[str], now: float) -> None:
-        """Key sessions that hold cached blocks, in the index (one loop for all of them:
-        a relearning re-keys every session). With `_timed_base`, each key goes with its
-        timed record (session_heap.py), so that the index re-keys the session itself at
-        its next grid points while its class's keys are known; its base is then asked
-        of the index (None in `_base`)."""
-        groups, base_of, pos = self.groups, self._base, self._pos
+        """Key sessions that hold cached blocks, in the index (`_keys`, then a push each)."""
         push = self._index.push
+        for sid, key, tie, size, until, timed in self._keys(sids, now):
+            push(sid, key, tie, size, until, now, timed)
+
+    def _keys(self, sids: Iterable[str], now: float) -> list[tuple]:
+        """The index's pushes (sid, key, tail block, size, until, timed) that key sessions
+        holding cached blocks, judged at `now` (one loop for all of them: a relearning
+        re-keys every session). With `_timed_base`, each key goes with its timed record
+        (session_heap.py), so that the index re-keys the session itself at its next grid
+        points while its class's keys are known; its base is then asked of the index (None
+        in `_base`). The key was judged at `now`, so it next changes after it: the index
+        fires a deadline that rounding put at or before `now` at the next search after it."""
+        groups, base_of, pos = self.groups, self._base, self._pos
+        out: list[tuple] = []
         # One key per session (the default `_entry_key`): the session's key is its tail's.
         entry_key = None if self._one_key else self._entry_key
         timed_base = getattr(self, "_timed_base", None) if self.class_keys else None
@@ -390,12 +424,9 @@ class VictimSearch:
                 base, until = session_base(sid, g, now)
                 base_of[sid] = base
                 b = g[0]
-                # The key was judged at `now`, so it next changes after it: the index fires
-                # a deadline that rounding put at or before `now` at the next search after
-                # `now`.
-                push(sid, base if entry_key is None else entry_key(base, pos[b]), b, len(g),
-                     until, now)
-            return
+                out.append((sid, base if entry_key is None else entry_key(base, pos[b]), b,
+                            len(g), until, None))
+            return out
         classes, new_class = self._classes, self._class_ids.__next__
         for sid in sids:
             g = groups[sid]
@@ -411,7 +442,8 @@ class VictimSearch:
                     cls = classes[rec[0]] = new_class()
                     self._sig_of[cls] = rec[0]
                 rec = (cls, *rec[1:])
-            push(sid, key, b, len(g), until, now, rec)
+            out.append((sid, key, b, len(g), until, rec))
+        return out
 
     def _keys_token(self) -> Hashable:
         """What the keys of `_timed_base`'s classes are computed from besides the class

@@ -123,6 +123,30 @@ def check_timed(timed: Any) -> tuple:
     return cls, k, k0, value, mode, t0, limit, extra, mult
 
 
+def _is_real(x: Any) -> bool:
+    """A number as both indexes read one (a float, or an object with __float__ or
+    __index__; a str is not)."""
+    tp = type(x)
+    return hasattr(tp, "__float__") or hasattr(tp, "__index__")
+
+
+def _check_push(i: int, p: Any) -> None:
+    """`refresh_runs`'s push i, (sid, key, tie, size, until, timed), checked before anything
+    changes (the C++ index checks the same, in the same order, with the same messages)."""
+    if not isinstance(p, tuple) or len(p) != 6:
+        raise TypeError(f"refresh_runs: push {i} must be (sid, key, tie, size, until, timed)")
+    sid, key, tie, size, until, timed = p
+    hash(sid)
+    if not isinstance(key, tuple) or len(key) != 2 or not all(map(_is_real, key)):
+        raise TypeError(f"refresh_runs: push {i}: key must be a tuple of two numbers")
+    if not (hasattr(type(tie), "__index__") and hasattr(type(size), "__index__")):
+        raise TypeError(f"refresh_runs: push {i}: tie and size must be integers")
+    if not _is_real(until):
+        raise TypeError(f"refresh_runs: push {i}: until must be a number")
+    if timed is not None:
+        check_timed(timed)
+
+
 def ttl_entry(f: tuple[float, ...], lo: float) -> tuple[int, float, int]:
     """ttl's key of an unhinted pause judged `lo` seconds in (a grid point before its TTL),
     from its class's formula f = (mu, sigma, p0, cost, rent, n, r, ttl) (ttl.py `_value`
@@ -391,6 +415,36 @@ class PySessionHeap:
             if version.get(e[3]) == e[2]:
                 heapq.heappush(heap, e)
         self._named.clear()
+
+    def refresh_runs(self, now: float, drops: Iterable[Hashable],
+                     pushes: Iterable[tuple], num_blocks: int, stale_limit: int
+                     ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None]:
+        """A usual search's index work in one call (search.py `_refresh`): `compact` when
+        more than `stale_limit` entries are held, `drop` each of `drops`, `push` each of
+        `pushes` ((sid, key, tie, size, until, timed), judged at `now`), then `due(now)`.
+        When no due session is left for Python: `restore`, then `runs(num_blocks)` (none
+        for a negative count), and returns (None, runs). Otherwise returns (the due
+        sessions, None) with nothing restored or taken: Python keys them first. Every push
+        is checked before anything changes, so a bad one leaves the index as it was.
+
+        One call instead of one per step: on the C++ index each call is a dispatch whose
+        code a search after other work finds out of the CPU caches."""
+        drops, pushes = list(drops), list(pushes)
+        for sid in drops:
+            hash(sid)  # an unhashable id fails here, before anything changed
+        for i, p in enumerate(pushes):
+            _check_push(i, p)
+        if len(self._heap) > stale_limit:
+            self.compact()
+        for sid in drops:
+            self.drop(sid)
+        for sid, key, tie, size, until, timed in pushes:
+            self.push(sid, key, tie, size, until, now, timed)
+        due = self.due(now)
+        if due:
+            return due, None
+        self.restore()
+        return None, (self.runs(num_blocks) if num_blocks >= 0 else None)
 
     def clear(self) -> None:
         """Forget every session (a full re-key follows)."""

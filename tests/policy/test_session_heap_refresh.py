@@ -1,0 +1,135 @@
+"""`refresh_runs`, a usual search's index work in one call (session_heap.py, and
+csrc/session_heap.cpp's twin): the same answers from both indexes, the same as the calls it
+stands for made one by one, a bad push refused by both alike with nothing changed, and the
+policies' victims the same whichever index they run on."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+import kvsaga.policy.groups as groups_module
+from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
+from tests.policy.test_session_heap import (
+    SessionHeap,
+    _apply,
+    keys,
+    needs_cpp,
+    ops,
+    sids,
+    timed,
+    times,
+)
+from tests.policy.victim_record import record
+
+pushes = st.lists(st.tuples(sids, keys, st.integers(0, 9), st.integers(1, 5),
+                            st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), timed),
+                  max_size=4)
+refresh = st.tuples(st.just("refresh_runs"), times, st.lists(sids, max_size=3), pushes,
+                    st.integers(-1, 12), st.integers(0, 8))
+
+
+def _one_by_one(index, now, drops, pushes, num_blocks, stale_limit):
+    """What `refresh_runs` stands for, as the calls search.py made before it."""
+    if len(index) > stale_limit:
+        index.compact()
+    for sid in drops:
+        index.drop(sid)
+    for sid, key, tie, size, until, rec in pushes:
+        index.push(sid, key, tie, size, until, now, rec)
+    due = index.due(now)
+    if due:
+        return due, None
+    index.restore()
+    return None, (index.runs(num_blocks) if num_blocks >= 0 else None)
+
+
+def _state(index) -> tuple:
+    """What a search can read of an index: its size, its order (each live entry popped,
+    then put back) and what is due later."""
+    top = []
+    while index.top() is not None:
+        top.append((index.top(), index.pop()))
+    index.restore()
+    return len(index), top
+
+
+@needs_cpp
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ops, refresh), max_size=50))
+def test_refresh_runs_answers_alike_in_both_indexes(seq):
+    py, cpp = PySessionHeap(), make_session_heap(True)
+    for op in seq:
+        assert _apply(py, op) == _apply(cpp, op), op
+
+
+@pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
+@settings(max_examples=150, deadline=None)
+@given(seq=st.lists(ops, max_size=30), call=refresh)
+def test_refresh_runs_is_the_calls_it_stands_for(cpp, seq, call):
+    """After any history, one `refresh_runs` leaves the index as the same calls made one
+    by one, and answers as they do."""
+    if cpp and SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    a, b = make_session_heap(cpp), make_session_heap(cpp)
+    for op in seq:
+        _apply(a, op)
+        _apply(b, op)
+    _, now, drops, pushes, num_blocks, stale_limit = call
+    assert a.refresh_runs(now, drops, pushes, num_blocks, stale_limit) == _one_by_one(
+        b, now, drops, pushes, num_blocks, stale_limit)
+    assert _state(a) == _state(b)
+    for later in (0.5, 3.0, 50.0):
+        assert a.due(later) == b.due(later)
+
+
+GOOD_PUSH = ("s", (2, 0.5), 3, 2, 1.0, None)
+BAD_PUSHES = [
+    ["s"], ("s", (2, 0.5), 3, 2, 1.0), ("s", (2,), 3, 2, 1.0, None),
+    ("s", (2, "x"), 3, 2, 1.0, None), ("s", [2, 0.5], 3, 2, 1.0, None),
+    ("s", (2, 0.5), 3.0, 2, 1.0, None), ("s", (2, 0.5), 3, "2", 1.0, None),
+    ("s", (2, 0.5), 3, 2, "1", None), (["s"], (2, 0.5), 3, 2, 1.0, None),
+    ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1, 0.5, 7, 0.0, 1.0, 1.0, 1.0)),
+    ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1, "v", 0, 0.0, 1.0, 1.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize("bad", range(len(BAD_PUSHES)))
+@pytest.mark.parametrize("drops", [[], ["a"], [["unhashable"]]])
+def test_a_bad_push_is_refused_alike_and_changes_nothing(bad, drops):
+    """The bad push comes after a good one and a drop: neither happens. Both indexes raise
+    the same error class and message."""
+    made = [PySessionHeap()]
+    cpp = make_session_heap(True)
+    if not isinstance(cpp, PySessionHeap):
+        made.append(cpp)
+    errors = []
+    for index in made:
+        index.push("a", (1, 0.0), 7, 1, 0.5, 0.0, None)
+        index.push("b", (1, 1.0), 8, 2, math.inf, 0.0, None)
+        before = _state(index)
+        with pytest.raises((TypeError, ValueError)) as e:
+            index.refresh_runs(1.0, drops, [GOOD_PUSH, BAD_PUSHES[bad]], 4, 100)
+        errors.append((e.type, str(e.value)))
+        assert _state(index) == before
+        assert index.due(1.0) == ["a"]  # its timer was left alone too
+    assert len(set(errors)) == 1, errors
+
+
+@pytest.mark.parametrize("spec", ["ttl", "saga", "graph", "adaptive"])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10**6), workload=st.sampled_from(["agents", "ops"]))
+def test_victims_are_the_same_on_either_index(spec, seed, workload):
+    """Randomized workloads (tests/policy/victim_record.py's, on the C++ core): every
+    victim, offload choice and cached set alike whether the policies' index is the C++
+    twin (one `refresh_runs` a search) or the Python reference."""
+    if SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    on_cpp = record(spec, "gpu64", workload, seed=seed, calls=400)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(groups_module, "make_session_heap", lambda cpp: PySessionHeap())
+        on_py = record(spec, "gpu64", workload, seed=seed, calls=400)
+    assert on_cpp == on_py
