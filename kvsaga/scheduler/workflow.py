@@ -21,8 +21,9 @@ from kvsaga.scheduler.base import (
 )
 from kvsaga.scheduler.demotion import Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
+from kvsaga.scheduler.session_gate import READMIT_CHARGES, SessionGate
 from kvsaga.scheduler.wait_causes import WaitCauses
-from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, working_set_blocks
+from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 
 SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
 
@@ -46,7 +47,8 @@ class _Admitted:
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
 
 
-class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Scheduler):
+class WorkflowScheduler(WaitCauses, SessionGate, Demotions, ComputeShares, AdmissionOrder,
+                        Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -115,6 +117,10 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
             admission waits, summed, are due within this many times its workflow's learned
             time less such waits (0, the default: off). Opt-in: round 9's pick, 3, raised
             p95 up to 3x at web 4x load (`bench/scheduling_fit.py --tail-guard-check`).
+        readmit_charge: what the gate charges a demoted session admitted again: "uncached"
+            (only the part of its context not cached, as for a new session), "context"
+            (the same, and its whole context must fit beside the admitted contexts) or
+            "full" (its whole context; `kvsaga.scheduler.session_gate`).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -158,6 +164,7 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         max_wait_s: float = 120.0,
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
+        readmit_charge: str = "uncached",
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
@@ -190,6 +197,10 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
+        if readmit_charge not in READMIT_CHARGES:
+            raise ValueError(f"scheduler parameter readmit_charge must be one of "
+                             f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
+        self.readmit_charge = readmit_charge
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
                                    tail_wait_factor)
         weights = dict(tenant_weights or {})
@@ -384,39 +395,6 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
                         key=lambda t: (-d.get(t, 0.0), self._oldest(t)))
         return [self._pending[t][0] for t in others]
 
-    def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
-        """The session-level gate: admitting `req`'s session keeps the admitted working sets
-        within the tiers (after demoting sessions away far too long), or nothing else is
-        admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
-        if not self.sessions:
-            return True
-        own = req.num_tokens - lookup.gpu_hit_blocks * self.manager.block_size
-        need = self._working_set(req.workflow, own, 0)
-        limit = self.overcommit * self.capacity
-        if self._committed + need <= limit:
-            return True
-        self._demote(now)
-        if not self.sessions or self._committed + need <= limit:
-            return True
-        if self._reclaim_share(req, need, limit, now):
-            return True
-        if self._idle_long(now):
-            return True
-        bare = working_set_blocks(own, 0.0, 0.0, self.manager.block_size)
-        self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
-        return False
-
-    def _idle_long(self, now: float) -> bool:
-        """Whether the batch has been empty, with no admitted session's step waiting (the
-        admitted sessions all away on tool calls), for `idle_admit_s` up to `now`. Compared
-        as `wake_time` computes it, so that waking at that time admits (no float drift)."""
-        if self.running or self._resumed:
-            self._idle_since = None
-            return False
-        if self._idle_since is None:
-            self._idle_since = now
-        return now >= self._idle_since + self.idle_admit_s
-
     def _pick_resumed(self) -> Any:
         """The head of the resumed queue, or a warm step among the first
         `admission_window` (at most `max_bypass` times ahead of one head)."""
@@ -444,50 +422,6 @@ class WorkflowScheduler(WaitCauses, Demotions, ComputeShares, AdmissionOrder, Sc
         """Arrival of the tenant's head waiting session (AFS ties): its oldest under "fifo",
         its least predicted work under "predicted"."""
         return self._pending[tenant][0].arrival
-
-    # -- working sets ---------------------------------------------------------------------
-    def _working_set(self, workflow: str, context: int, steps_done: int,
-                     tool: str | None = None) -> int:
-        """Blocks a session is predicted to hold over its next steps: its own context (not
-        a prefix shared with others) plus the workflow's mean growth per step over
-        `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer steps
-        left), the first of them predicted from `tool`, the tool of its last pause, when
-        `tool_growth`; capped at the tiers' capacity."""
-        horizon = self.horizon_steps
-        graph = self._graph()
-        if graph is not None:
-            horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
-        first = self._growth.mean(workflow, tool) if self.tool_growth and tool else None
-        blocks = working_set_blocks(context, horizon, self._growth.mean(workflow),
-                                    self.manager.block_size, first)
-        return min(blocks, self.capacity)
-
-    def _shared_tokens(self, sid: str) -> int:
-        """Tokens of the session's context held in leading blocks that other sessions share
-        (a common prefix): they are counted once, not in each session's working set."""
-        m = self.manager
-        get, owner = m.index.get, m.block_owner
-        n = 0
-        for h in m.sessions[sid].block_hashes:
-            b = get(h)
-            if b is None or owner[b] is not None:
-                break
-            n += 1
-        return n * m.block_size
-
-    def _set_blocks(self, info: _Admitted) -> None:
-        """Charge the session's working set; a paused one only its context, unless
-        `paused_growth` (it grows only once its next step comes)."""
-        own = info.context - info.shared
-        if info.active or self.paused_growth:
-            new = self._working_set(info.workflow, own, info.steps, info.tool)
-        else:
-            new = min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
-                      self.capacity)
-        self._committed += new - info.blocks
-        self._tenant_blocks[info.tenant] = self._tenant_blocks.get(info.tenant, 0) + (
-            new - info.blocks)
-        info.blocks = new
 
     def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
         if instead_of is not None:

@@ -1,0 +1,212 @@
+"""Why `workflow` demotes, and why memory stays empty (a diagnosis, any seed; it changes
+nothing it measures: the scheduler's and the recorder's calls are only observed).
+
+    python bench/scheduling_overflow.py swe 1 0.25 101,102,103,104,105,106
+    python bench/scheduling_overflow.py swe 1 0.5 101,102,103,104,105,106 --memory
+
+Demotions (default mode). Every change of the admitted working sets (`_committed`) is
+tagged with the event that made it: a session admitted (new, or a demoted one again), a
+paused session's next step queued (its predicted growth charged again: `paused_growth`
+False), or a step finished (the charge set to the context it reached, paused). Each
+demotion is attributed to the event that last took the working sets over the tiers, and
+per finish the context reached is compared with the working set predicted for it (growth
+beyond the prediction). Per session: its demotions and its recomputed prefill tokens.
+
+Memory (`--memory`): time shares of the makespan by the live sessions' contexts (arrived,
+not ended) against the GPU, and whether a session was waiting for admission meanwhile: a
+GPU left empty while nobody waits is the trace's demand, not the scheduler holding back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter, defaultdict
+from typing import Any
+
+from scheduling import PRESET, capacity, trace
+
+from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.sim.simulator import SimConfig, Simulator
+
+
+def _sim(family: str, load: float, frac: float, seed: int, policy: str,
+         params: dict | None) -> Simulator:
+    sessions = trace(family, seed, load)
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(sessions, frac), policy=policy,
+                    scheduler=DEFAULT_SCHEDULER, scheduler_params=params)
+    return Simulator(sessions, cfg)
+
+
+def demotions(family: str, load: float, frac: float, seed: int, policy: str,
+              params: dict | None = None) -> dict[str, Any]:
+    """One observed simulation (module docstring, default mode)."""
+    sim = _sim(family, load, frac, seed, policy, params)
+    sched = sim.scheduler
+    limit = sched.overcommit * sched.capacity
+    state: dict[str, Any] = {"event": "start", "over_by": "none"}
+    why: Counter = Counter()  # demotions by the event that took the sets over the tiers
+    how: Counter = Counter()  # demotions by the rule that demoted
+    fin: Counter = Counter()
+    per_session: dict[str, Counter] = defaultdict(Counter)
+    set_blocks, admitted, enqueue, finish = (sched._set_blocks, sched._admitted,
+                                             sched._enqueue, sched.finish)
+    demote, shrink, deadline = sched._demote_session, sched._shrink, sched._demote
+
+    def tagged(event, fn):
+        def call(*a, **k):
+            before, state["event"] = state["event"], event(*a) if callable(event) else event
+            try:
+                return fn(*a, **k)
+            finally:
+                state["event"] = before
+        return call
+
+    def on_set_blocks(info) -> None:
+        was = sched._committed
+        set_blocks(info)
+        if was <= limit < sched._committed:
+            state["over_by"] = state["event"]
+
+    def on_finish(req, now, *, ended=False):
+        info = sched.sessions.get(req.session_id)
+        if info is not None and not ended:
+            state["pred"] = info.blocks  # its working set predicted while the step ran
+        state["event"] = "finish"
+        try:
+            finish(req, now, ended=ended)
+        finally:
+            state["event"] = "start"
+        info = sched.sessions.get(req.session_id)
+        if info is not None and not ended and "pred" in state:
+            ctx = -(-(info.context - info.shared) // sim.manager.block_size)
+            fin["finishes"] += 1
+            if ctx > state["pred"]:
+                fin["context beyond its predicted working set"] += 1
+                fin["blocks beyond"] += ctx - state["pred"]
+        state.pop("pred", None)
+
+    def on_demote(sid, now):
+        how[state.get("rule", "other")] += 1
+        why[state["over_by"]] += 1
+        per_session[sid]["demotions"] += 1
+        demote(sid, now)
+
+    def rule(name, fn):
+        def call(*a, **k):
+            state["rule"] = name
+            try:
+                return fn(*a, **k)
+            finally:
+                state["rule"] = "other"
+        return call
+
+    sched._set_blocks = on_set_blocks
+    sched._admitted = tagged(lambda req, now, **k: "admitted (demoted again)"
+                             if req.session_id in sched._deferred else "admitted (new)",
+                             admitted)
+    sched._enqueue = tagged("next step queued (growth charged again)", enqueue)
+    sched.finish = on_finish
+    sched._demote_session = on_demote
+    sched._shrink = rule("shrink", shrink)
+    sched._demote = rule("pause deadline", deadline)
+
+    slots = sim._slots
+
+    def on_slots(req, n):
+        before = sim.recomputed_so_far
+        slots(req, n)
+        per_session[req.session_id]["recomputed"] += sim.recomputed_so_far - before
+    sim._slots = on_slots
+    row = sim.run().to_dict()
+    return {"row": row, "why": why, "how": how, "finish": fin, "sessions": per_session,
+            "lengths": {s.id: s.total_tokens for s in sim.sessions}}
+
+
+def memory(family: str, load: float, frac: float, seed: int, policy: str,
+           params: dict | None = None) -> dict[str, Any]:
+    """One observed simulation (module docstring, `--memory`): seconds of the makespan by
+    (live contexts' share of the GPU, a session waiting for admission or not)."""
+    sim = _sim(family, load, frac, seed, policy, params)
+    rec, sched = sim.recorder, sim.scheduler
+    gpu = sim.manager.num_gpu_blocks
+    out: Counter = Counter()
+    last = [rec._last]
+
+    def note(now: float) -> None:
+        dt = now - last[0]
+        if dt > 0:
+            live = min(rec.live_blocks, gpu) / gpu
+            band = "live < 0.5" if live < 0.5 else "live 0.5-0.85" if live < 0.85 else \
+                "live >= 0.85"
+            waiting = bool(getattr(sched, "_pending", None))
+            out[band, waiting] += dt
+            out["occupied", band] += (rec.pool.num_active + rec.pool.num_cached) / gpu * dt
+            last[0] = now
+
+    adv, through = rec.advance, rec.advance_through
+
+    def on_advance(now):
+        note(now)
+        adv(now)
+
+    def on_through(times, counts):
+        if times:
+            note(times[-1])
+        through(times, counts)
+    rec.advance, rec.advance_through = on_advance, on_through
+    row = sim.run().to_dict()
+    return {"row": row, "time": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("family")
+    ap.add_argument("load", type=float)
+    ap.add_argument("capacity", type=float, help="share of the peak working set")
+    ap.add_argument("seeds", help="comma-separated")
+    ap.add_argument("--policy", default=DEFAULT_POLICY)
+    ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
+    a = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
+    for seed in seeds:
+        if a.memory:
+            d = memory(a.family, a.load, a.capacity, seed, a.policy)
+            t, r = d["time"], d["row"]
+            span = r["makespan_s"]
+            bands = ("live < 0.5", "live 0.5-0.85", "live >= 0.85")
+            cells = "; ".join(
+                f"{b} {(t[b, False] + t[b, True]) / span:.0%} of the makespan (someone "
+                f"waiting {t[b, True] / span:.0%}, occupied "
+                f"{t['occupied', b] / max(t[b, False] + t[b, True], 1e-9):.2f})"
+                for b in bands)
+            print(f"seed {seed}: mean TCT {r['tct_mean_s']:.1f} s, kv_utilization "
+                  f"{r['kv_utilization']:.2f}, live share {r['kv_live_share']:.2f}: {cells}",
+                  flush=True)
+            continue
+        d = demotions(a.family, a.load, a.capacity, seed, a.policy)
+        r, f, per = d["row"], d["finish"], d["sessions"]
+        n = sum(d["how"].values())
+        rec = sorted(per.items(), key=lambda kv: -kv[1]["recomputed"])
+        total = sum(c["recomputed"] for _, c in rec) or 1
+        top = rec[:3]
+        lengths = sorted(d["lengths"].values(), reverse=True)
+        print(f"seed {seed}: mean TCT {r['tct_mean_s']:.1f} s, {n} demotions, by rule: "
+              + ", ".join(f"{k} {v}" for k, v in d["how"].most_common())
+              + "; by what took the working sets over the tiers: "
+              + ", ".join(f"{k} {v}" for k, v in d["why"].most_common())
+              + f"; finishes {f['finishes']}, context beyond its predicted working set at "
+              f"{f['context beyond its predicted working set']} ({f['blocks beyond']} blocks "
+              f"in all); recomputed {total / 1e3:.0f}k tokens, the top 3 sessions "
+              + ", ".join(f"{sid} {c['recomputed'] / total:.0%} ({c['demotions']} demotions, "
+                          f"length rank {lengths.index(d['lengths'][sid]) + 1})"
+                          for sid, c in top), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

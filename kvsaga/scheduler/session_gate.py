@@ -1,0 +1,128 @@
+"""The session-level gate of the `workflow` scheduler: the working set an admitted session
+is charged, and whether admitting a waiting session keeps the admitted working sets within
+the tiers (including a demoted session admitted again: `readmit_charge`).
+
+A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), split from it by concept: it
+reads and updates the scheduler's admitted sessions (`sessions`, `_committed`,
+`_tenant_blocks`), its growth table and its parameters (`overcommit`, `horizon_steps`,
+`tool_growth`, `paused_growth`, `idle_admit_s`, `readmit_charge`); the demotions it may call
+for live in `kvsaga.scheduler.demotion`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvsaga.manager import StepLookup
+from kvsaga.scheduler.working_set import working_set_blocks
+
+# `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
+READMIT_CHARGES = ("uncached", "context", "full")
+
+
+class SessionGate:
+    """Working sets and the admission gate (see the module docstring)."""
+
+    def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
+        """The session-level gate: admitting `req`'s session keeps the admitted working sets
+        within the tiers (after demoting sessions away far too long), or nothing else is
+        admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
+        if not self.sessions:
+            return True
+        own, whole = self._readmit_tokens(req, lookup)
+        need = self._working_set(req.workflow, own, 0)
+        limit = self.overcommit * self.capacity
+
+        def fits() -> bool:
+            if self._committed + need > limit:
+                return False
+            return whole is None or self._context_blocks() + working_set_blocks(
+                whole, 0.0, 0.0, self.manager.block_size) <= limit
+        if fits():
+            return True
+        self._demote(now)
+        if not self.sessions or fits():
+            return True
+        if self._reclaim_share(req, need, limit, now):
+            return True
+        if self._idle_long(now):
+            return True
+        bare = working_set_blocks(own, 0.0, 0.0, self.manager.block_size)
+        self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
+        return False
+
+    def _readmit_tokens(self, req: Any, lookup: StepLookup) -> tuple[int, int | None]:
+        """The tokens of `req`'s session that the gate charges as its own context, and,
+        under `readmit_charge` "context", the whole own context that must also fit beside
+        the admitted sessions' contexts (else None). A new session's GPU hits are a prefix
+        it shares with others (its own blocks do not exist yet): never charged. A demoted
+        session's hits are mostly its own context, still cached: "uncached" (the default
+        until `--fit` round 10) charges only the rest, as for a new session, so it is
+        admitted again while its cached blocks would take the admitted sessions over the
+        tiers, and the next shrink demotes another paused session (on the fit seeds at swe
+        1x 25%, 66-84% of the demotions: `bench/scheduling_overflow.py`); "full" charges
+        its whole own context (less the prefix it shares); "context" charges as
+        "uncached" but admits only while its whole own context fits beside the admitted
+        contexts (growth not counted)."""
+        hit = lookup.gpu_hit_blocks * self.manager.block_size
+        own = req.num_tokens - hit
+        if self.readmit_charge == "uncached" or req.session_id not in self._deferred:
+            return own, None
+        whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
+        return (whole, None) if self.readmit_charge == "full" else (own, whole)
+
+    def _idle_long(self, now: float) -> bool:
+        """Whether the batch has been empty, with no admitted session's step waiting (the
+        admitted sessions all away on tool calls), for `idle_admit_s` up to `now`. Compared
+        as `wake_time` computes it, so that waking at that time admits (no float drift)."""
+        if self.running or self._resumed:
+            self._idle_since = None
+            return False
+        if self._idle_since is None:
+            self._idle_since = now
+        return now >= self._idle_since + self.idle_admit_s
+
+    # -- working sets ---------------------------------------------------------------------
+    def _working_set(self, workflow: str, context: int, steps_done: int,
+                     tool: str | None = None) -> int:
+        """Blocks a session is predicted to hold over its next steps: its own context (not
+        a prefix shared with others) plus the workflow's mean growth per step over
+        `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer steps
+        left), the first of them predicted from `tool`, the tool of its last pause, when
+        `tool_growth`; capped at the tiers' capacity."""
+        horizon = self.horizon_steps
+        graph = self._graph()
+        if graph is not None:
+            horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
+        first = self._growth.mean(workflow, tool) if self.tool_growth and tool else None
+        blocks = working_set_blocks(context, horizon, self._growth.mean(workflow),
+                                    self.manager.block_size, first)
+        return min(blocks, self.capacity)
+
+    def _shared_tokens(self, sid: str) -> int:
+        """Tokens of the session's context held in leading blocks that other sessions share
+        (a common prefix): they are counted once, not in each session's working set."""
+        m = self.manager
+        get, owner = m.index.get, m.block_owner
+        n = 0
+        for h in m.sessions[sid].block_hashes:
+            b = get(h)
+            if b is None or owner[b] is not None:
+                break
+            n += 1
+        return n * m.block_size
+
+    def _set_blocks(self, info: Any) -> None:
+        """Charge the session's working set; a paused one only its context, unless
+        `paused_growth` (it grows only once its next step comes)."""
+        own = info.context - info.shared
+        if info.active or self.paused_growth:
+            new = self._working_set(info.workflow, own, info.steps, info.tool)
+        else:
+            new = min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
+                      self.capacity)
+        self._committed += new - info.blocks
+        self._tenant_blocks[info.tenant] = self._tenant_blocks.get(info.tenant, 0) + (
+            new - info.blocks)
+        info.blocks = new
+
