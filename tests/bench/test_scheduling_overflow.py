@@ -1,0 +1,48 @@
+"""bench/scheduling_overflow.py observes without changing: its counts add up (every
+demotion attributed to a rule and to the event that took the admitted working sets over the
+tiers; every recomputed token to a session) and its rows equal an unobserved run's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling
+        import scheduling_overflow
+        yield scheduling, scheduling_overflow
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_demotions_are_all_attributed_and_the_row_is_unchanged(mods):
+    sched, over = mods
+    d = over.demotions("swe", 1.0, 0.25, 101, "graph")
+    plain = sched._run(("swe", 101, 1.0, 0.25, "workflow", "graph", None))
+    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    n = plain["num_demotions"]
+    assert n > 0 and sum(d["how"].values()) == n == sum(d["why"].values())
+    assert "none" not in d["why"]  # each demotion followed a crossing of the tiers
+    assert sum(c["demotions"] for c in d["sessions"].values()) == n
+    assert sum(c["recomputed"] for c in d["sessions"].values()) == plain["recomputed_tokens"]
+    f = d["finish"]
+    assert 0 <= f["context beyond its predicted working set"] <= f["finishes"]
+
+
+def test_memory_mode_covers_the_makespan(mods):
+    sched, over = mods
+    d = over.memory("swe", 1.0, 0.5, 103, "graph")
+    t, r = d["time"], d["row"]
+    bands = ("live < 0.5", "live 0.5-0.85", "live >= 0.85")
+    covered = sum(t[b, w] for b in bands for w in (False, True))
+    assert covered == pytest.approx(r["makespan_s"], rel=1e-6)
+    plain = sched._run(("swe", 103, 1.0, 0.5, "workflow", "graph", None))
+    assert r["tct_mean_s"] == plain["tct_mean_s"]
