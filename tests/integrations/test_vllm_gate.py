@@ -479,3 +479,28 @@ def test_session_lengths_are_learned_from_last_steps():
 def test_bad_order_parameters_are_rejected(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         _gate(**kw)
+
+
+def test_a_waited_admission_can_require_the_new_sessions_own_growth_to_fit():
+    """reserve_fit_steps: a session let in by the reserve_wait rule must fit with that many
+    steps of its own growth beside the admitted contexts as they stand. c (4 blocks) fits
+    beside a's 10 with no growth (the default, 0) or with 6 steps of one block (20 of 20),
+    not with 7 (21): it then waits however long the others have waited."""
+    def waited(steps: float) -> SessionGate:
+        g = _gate(horizon_steps=8.0, idle_admit_s=1e9, max_wait_s=1e9, reserve_fit_steps=steps)
+        assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+        _run_step(g, "a0", "a", 10 * BS, now=0.1)  # paused, 10 blocks (+ 8 reserved)
+        g.started("busy")
+        assert not g.admit("c", "w", 4 * BS, 0, now=1.0, token_s=0.01)  # its wait begins
+        return g
+
+    for steps in (0.0, 6.0):
+        g = waited(steps)
+        assert g.admit("c", "w", 4 * BS, 0, now=2.3, token_s=0.01)  # 1.3 s >= 1.28 s
+        assert g.admitted_by == {"waited": 1}
+    g = waited(7.0)
+    assert not g.admit("c", "w", 4 * BS, 0, now=2.3, token_s=0.01)
+    assert not g.admit("c", "w", 4 * BS, 0, now=50.0, token_s=0.01)
+    assert g.admitted_by == {} and set(g.sessions) == {"a"}
+    with pytest.raises(ValueError, match="reserve_fit_steps"):
+        _gate(reserve_fit_steps=-1)

@@ -106,9 +106,8 @@ go on.
   (1.12x); driver not kept in the repository. Cost, on the compute-bound 6-session workload
   (KV 25%, pauses x0.25) with advance hints: fit seeds 0-4 1.42, 1.16, 1.58, 1.20, 1.37x
   -> 1.31, 1.16, 1.65, 1.07, 1.38x (geometric mean 1.34x -> 1.30x).
-- Order (`admission_order`, default "predicted"): where memory fits one more session but
-  not two, the one with the least predicted remaining work goes first, with aging, not
-  the one vLLM asks about first (`gate_order` has the rule and the fit).
+- Order (`admission_order`, default "predicted"): the least predicted remaining work first,
+  with aging, not vLLM's queue order (`gate_order` has the rule and the fit).
 
 Plain Python (no vLLM import): the connector feeds it token counts and the clock. The
 working-set rule itself (growth estimate, rounding, demotion deadline, shrink order) is
@@ -164,6 +163,7 @@ class SessionGate:
         reserve_wait_factor: a session that fits beside the admitted contexts as they stand
             is admitted once the waiting sessions together waited this many times its
             predicted recompute (see `_reserve_paid`); None: never (growth always reserved).
+        reserve_fit_steps: steps of its own growth such a session must fit with (0: none).
         expire_long_hints: a hinted pause expected longer than the workflow's observed
             `pause_quantile` expires past it as an unhinted one does (see `expire`).
         admission_order: "fifo" (vLLM's queue order) or "predicted" (the session with the
@@ -201,6 +201,7 @@ class SessionGate:
         pause_quantile: float = 0.8,
         pause_min_observed: int = 8,
         reserve_wait_factor: float | None = 2.0,
+        reserve_fit_steps: float = 0.0,
         expire_long_hints: bool = True,
         admission_order: str = "predicted",
         aging_s: float = 20.0,
@@ -214,21 +215,18 @@ class SessionGate:
                         ("default_pause_s", default_pause_s), ("idle_admit_s", idle_admit_s),
                         ("max_wait_s", max_wait_s),
                         ("shrink_horizon_steps", shrink_horizon_steps),
-                        ("room_steps", room_steps)):
+                        ("room_steps", room_steps), ("reserve_fit_steps", reserve_fit_steps)):
             if not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
-        if room_fit_steps is not None and not (is_number(room_fit_steps)
-                                               and room_fit_steps >= 0):
-            raise ValueError(f"gate parameter room_fit_steps must be a number >= 0 or null, "
-                             f"got {room_fit_steps!r}")
+        for name, v in (("room_fit_steps", room_fit_steps),
+                        ("reserve_wait_factor", reserve_wait_factor)):
+            if v is not None and not (is_number(v) and v >= 0):
+                raise ValueError(f"gate parameter {name} must be a number >= 0 or null, "
+                                 f"got {v!r}")
         if not (is_number(pause_quantile) and 0 <= pause_quantile <= 1):
             raise ValueError(f"gate parameter pause_quantile must be in [0, 1], got "
                              f"{pause_quantile!r}")
         check_positive_int("gate pause_min_observed", pause_min_observed)
-        if reserve_wait_factor is not None and not (is_number(reserve_wait_factor)
-                                                    and reserve_wait_factor >= 0):
-            raise ValueError(f"gate parameter reserve_wait_factor must be a number >= 0 or "
-                             f"null, got {reserve_wait_factor!r}")
         for name, v in (("room_admit", room_admit), ("expire_long_hints", expire_long_hints)):
             if not isinstance(v, bool):
                 raise ValueError(f"gate parameter {name} must be true or false, got {v!r}")
@@ -252,6 +250,7 @@ class SessionGate:
         self.pause_min_observed = pause_min_observed
         self.reserve_wait_factor = (None if reserve_wait_factor is None
                                     else float(reserve_wait_factor))
+        self.reserve_fit_steps = float(reserve_fit_steps)
         self._pauses: dict[str, deque[float]] = {}  # workflow -> observed pauses, latest
         self._paused_since: dict[str, float] = {}  # session -> its last step's finish
         self._limits: dict[str, float | None] = {}  # workflow -> pause_limit, until a pause
@@ -388,10 +387,10 @@ class SessionGate:
 
     def _reserve_paid(self, new: _Admitted, now: float, token_s: float | None) -> bool:
         """Whether `new` goes ahead although the admitted sessions' reserved growth leaves
-        no room for it: it fits beside their contexts as they stand (the shrink's test:
-        admitting it demotes nobody now), and the sessions waiting (it among them) have
-        together waited `reserve_wait_factor` x what recomputing `new`'s own context would
-        cost (`token_s` a token).
+        no room for it: it fits, with `reserve_fit_steps` steps of its growth, beside their
+        contexts as they stand (the shrink's test: admitting it demotes nobody now), and the
+        sessions waiting (it among them) have together waited `reserve_wait_factor` x what
+        recomputing `new`'s own context would cost (`token_s` a token).
 
         Why: growth is reserved so that a session admitted now is not demoted at a later
         finish, when the contexts have grown, and its context recomputed. That insurance is
@@ -406,7 +405,8 @@ class SessionGate:
         waited = sum(now - t for t in self._waiting_since.values())
         recompute_s = token_s * max(new.context - new.shared, 0)
         return (waited >= self.reserve_wait_factor * recompute_s
-                and self._total_with(new, 0.0, self.shrink_horizon_steps) <= self.capacity)
+                and self._total_with(new, self.reserve_fit_steps, self.shrink_horizon_steps)
+                <= self.capacity)
 
     def rode_along(self, sid: str, now: float) -> None:
         """A step the gate deferred goes ahead anyway, unretained (the connector's
