@@ -31,6 +31,8 @@ CPU attention needs a multiple of 32) and the same KV budget in bytes (vLLM's
 `kv_transfer_params: {"kvsaga": {"session_id", "tool", "expected_s", "last_step"}}`.
 Reported besides the table: the mean-TCT ratio of plain vLLM to vLLM + connector (issue 13's
 goal: >= 1.64x, with fewer prefill tokens) and of vLLM + connector to kvsaga-serve.
+`--only-arms kvsaga-serve:ttl` runs one arm of that list alone (same server, model, block
+size and budget), e.g. to compare two commits' kvsaga-serve without the vLLM arms' load.
 
 What it does. `kvsaga.sim.generate` samples agent sessions (step counts, tools, token counts,
 tool latencies); they are scaled (`--token-scale` for tokens; `--time-scale`, capped by
@@ -108,7 +110,7 @@ from replay.workload import build_sessions, sample_steps, working_set  # noqa: E
 __all__ = [  # what tests and the other bench scripts reach through this module
     "REPLICAS_TITLE", "RESULTS", "SERVED_NAME", "VLLM_SECTION", "Arm", "arms", "build_parser",
     "comparisons", "machine", "main", "results_title", "run_order", "sample_steps",
-    "scheduler_arms", "vllm_model_dir", "write_section"]
+    "scheduler_arms", "select_arms", "vllm_model_dir", "write_section"]
 
 POLICIES = ("lru", "ttl", "graph")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results rewrites
@@ -164,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
            "drift weighs on every arm alike; figures are per-arm medians")
     a("--write-results", action="store_true",
       help="write this run's section of bench/RESULTS.md (one heading per mode)")
+    a("--only-arms", default=None,
+      help="run only these of the mode's arms, comma-separated as the table names them "
+           "(e.g. kvsaga-serve:ttl with --engine vllm: the same server, model, block size and "
+           "KV budget as in the full run, without the vLLM arms' load); not with "
+           "--write-results (a section holds every arm)")
     v = p.add_argument_group("peer engine (--engine vllm)")
     v.add_argument("--engine", choices=("kvsaga", "vllm"), default="kvsaga",
                    help="kvsaga: one kvsaga-serve per --policies; vllm: plain vLLM (prefix "
@@ -206,6 +213,25 @@ def run_order(systems: list[Arm], repeat: int) -> list[tuple[int, Arm]]:
     return out
 
 
+def select_arms(systems: list[Arm], only: str | None, write_results: bool) -> list[Arm]:
+    """`--only-arms`: the named arms of the mode's list, in its order (None: all).
+
+    Raises:
+        SystemExit: a name that is not one of the mode's arms, none named, or
+            `--write-results` (a partial run would replace the whole section).
+    """
+    if only is None:
+        return systems
+    want = [n.strip() for n in only.split(",") if n.strip()]
+    known = [a.name for a in systems]
+    bad = [n for n in want if n not in known]
+    if bad or not want:
+        raise SystemExit(f"--only-arms: {only!r} must name arms of this mode: {known}")
+    if write_results:
+        raise SystemExit("--only-arms runs part of a section's arms: not with --write-results")
+    return [a for a in systems if a.name in want]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
@@ -220,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: --block-size {args.block_size} -> 32 (vLLM's CPU attention)",
                   file=sys.stderr)
             args.block_size = 32
-    systems = arms(args)
+    systems = select_arms(arms(args), args.only_arms, args.write_results)
     host = machine()  # before the run: the load average says how shared the machine was
     tok, cfg = _load_tokenizer(args.model)
     sessions = build_sessions(args, tok)

@@ -110,19 +110,72 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
 
 
 def machine() -> dict[str, Any]:
+    """The host a run measured: CPU model, its widest x86 vector ISA, cores, when the
+    machine booted, Python, torch and its threads, the load average.
+
+    Why the ISA and the boot: "AMD EPYC" named two different hosts in RESULTS. The
+    2026-11-30 live replay ran on one with AVX-512, where the engine's attention kernels
+    (csrc/paged_attn.cpp) take their AVX-512 tiles and extend GEMM; the machine booted on
+    2026-12-01 has AVX2 only, so extend and prefill rows go to SDPA, and the same code took
+    about 5x the CPU per step there (the "second run" note under "Agent replay against
+    today's connector"). A run's times compare with another's only on the same kind of host.
+    """
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform(),
+        info = []
+    fields = {}  # the first processor's fields (all cores of a VM are alike)
+    for line in info:
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name", cpu)
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": cpu, "vector_isa": vector_isa(flags), "cores": os.cpu_count(),
+            "booted_utc": boot_time_utc(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def vector_isa(flags: set[str]) -> str:
+    """The widest x86 vector extension in /proc/cpuinfo's flags ("AVX-512", "AVX2", "AVX",
+    else "baseline"); "unknown" with no flags (not Linux, or not x86)."""
+    if not flags:
+        return "unknown"
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in flags:
+            return name
+    return "baseline"
+
+
+def boot_time_utc() -> str | None:
+    """When this machine booted (UTC, to the minute, from /proc/stat's btime): two runs
+    with different boots may have run on different hosts. None where /proc is absent."""
+    import datetime
+
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                at = datetime.datetime.fromtimestamp(int(line.split()[1]), datetime.UTC)
+                return at.strftime("%Y-%m-%d %H:%M")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def host_text(host: dict[str, Any]) -> str:
+    """The host as a RESULTS line names it: CPU, vector ISA, cores, boot, Python, torch."""
+    isa = host.get("vector_isa")
+    booted = host.get("booted_utc")
+    return (f"{host['cpu']} ({'' if isa is None else isa + ', '}{host['cores']} cores, "
+            f"shared; {'' if booted is None else f'booted {booted} UTC; '}Python "
+            f"{host['python']}, torch {host['torch']}"
+            + (f", {host['torch_threads']} threads by default" if "torch_threads" in host else "")
+            + ")")
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -306,8 +359,7 @@ def results_body(command: str, host: dict[str, Any], load_end: list[float], info
     workload, the per-arm medians (ranges over the repeats), and the judged ratios."""
     order = ("forward in even rounds, backward in odd ones" if repeat > 1 else "one round")
     return "\n".join([
-        f"`{command}` on {host['cpu']} ({host['cores']} cores, shared; Python "
-        f"{host['python']}, torch {host['torch']}); load average "
+        f"`{command}` on {host_text(host)}; load average "
         f"{host['loadavg_at_start'][0]:.1f} at the start, {load_end[0]:.1f} at the end. "
         f"{repeat} round(s) of every arm, arm order {order}, each arm a fresh server. "
         "Cells: the median over the rounds (min-max); ratios: the median of per-round "

@@ -220,3 +220,44 @@ def test_pressure_line_says_the_baselines_prefill_over_the_floor() -> None:
     ceiling, pressure = mod.ceiling_lines([NS(steps=[NS(tool_s=2.0), NS(tool_s=0.0)])], summary)
     assert "3.00x faster than vllm" in ceiling
     assert "3,000 prefill tokens, 1.50x the 2,000" in pressure
+
+
+def test_only_arms_runs_the_named_arms_of_the_mode() -> None:
+    """`--only-arms kvsaga-serve:ttl` with `--engine vllm` keeps that one arm (the same
+    server as in the full run); a name the mode lacks, an empty list, or `--write-results`
+    (a partial section) fail before any server starts."""
+    m = _load_script()
+    args = m.build_parser().parse_args(["--engine", "vllm", "--kvsaga-policies", "ttl,lru"])
+    systems = m.arms(args)
+    assert [a.name for a in systems] == ["vllm", "vllm+ttl", "kvsaga-serve:ttl",
+                                         "kvsaga-serve:lru"]
+    assert m.select_arms(systems, None, True) == systems
+    kept = m.select_arms(systems, "kvsaga-serve:lru, vllm", False)
+    assert [(a.name, a.engine, a.policy) for a in kept] == [
+        ("vllm", "vllm", None), ("kvsaga-serve:lru", "kvsaga", "lru")]
+    for bad in ("ttl", "kvsaga-serve:graph", " , "):
+        with pytest.raises(SystemExit, match="--only-arms"):
+            m.select_arms(systems, bad, False)
+    with pytest.raises(SystemExit, match="--write-results"):
+        m.select_arms(systems, "vllm", True)
+
+
+def test_host_line_names_the_vector_isa_and_the_boot() -> None:
+    """RESULTS' host line says which vector ISA the CPU has and when the machine booted:
+    "AMD EPYC" alone named an AVX-512 host and an AVX2 one, whose times differ ~5x."""
+    _load_script()
+    from replay.report import host_text, machine, vector_isa
+
+    assert vector_isa({"sse2", "avx", "avx2", "avx512f"}) == "AVX-512"
+    assert vector_isa({"sse2", "avx", "avx2"}) == "AVX2"
+    assert vector_isa({"sse2"}) == "baseline"
+    assert vector_isa(set()) == "unknown"
+    host = {"cpu": "AMD EPYC", "vector_isa": "AVX2", "cores": 2, "booted_utc": "2026-12-01 10:53",
+            "python": "3.11.7", "torch": "2.13.0+cpu", "torch_threads": 2}
+    assert host_text(host) == ("AMD EPYC (AVX2, 2 cores, shared; booted 2026-12-01 10:53 UTC; "
+                               "Python 3.11.7, torch 2.13.0+cpu, 2 threads by default)")
+    old = {k: host[k] for k in ("cpu", "cores", "python", "torch")}  # a JSON from before
+    assert host_text(old) == "AMD EPYC (2 cores, shared; Python 3.11.7, torch 2.13.0+cpu)"
+    now = machine()
+    assert now["vector_isa"] in ("AVX-512", "AVX2", "AVX", "baseline", "unknown")
+    assert now["torch_threads"] >= 1
