@@ -4,9 +4,10 @@ Two modes, never mixed:
 
 - `--tune` runs the fit set: the four built-in families (swe, web, bfcl, assistant) at
   `FAMILY_SEEDS` and the held-out traces below at `TRACE_SEEDS` (every seed read while the
-  policies were built), and picks, among `TUNE_CANDIDATES` (lru, saga, ttl, and graph
+  policies were built), and picks, among `TUNE_CANDIDATES` (lru, saga, ttl, graph
   with `median_returns` and with `spread`, its forecast's spread priced, for queued and
-  demoted sessions or queued ones only), by the tune rule below. It writes the pick
+  demoted sessions or queued ones only, and `adaptive` over all four rankings or over
+  graph's and ttl's only, by realized or ghost regret), by the tune rule below. It writes the pick
   to bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
   (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
@@ -96,7 +97,15 @@ SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart a
     ("fresh seeds 901, 902", (901, 902)))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
-                   "graph[spread=1,spread_states=queued]")
+                   "graph[spread=1,spread_states=queued]",
+                   # fourteenth session: adaptive as it is (graph, ttl, saga, lru take turns,
+                   # realized regret) and three selectors between graph's and ttl's rankings
+                   # only: realized regret, ghost regret with shadows naming an eighth of each
+                   # search's victims, ghost regret with full shadows
+                   "adaptive[experts=graph+ttl+saga+lru,realized=1,shadow_share=0.125]",
+                   "adaptive[experts=graph+ttl,realized=1,shadow_share=0.125]",
+                   "adaptive[experts=graph+ttl,realized=0,shadow_share=0.125]",
+                   "adaptive[experts=graph+ttl,realized=0,shadow_share=1]")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"
