@@ -88,13 +88,13 @@ FAMILY_SEEDS = (1, 101)
 TRACE_SEEDS = (102, 103, 201, 202, 301, 302, 401, 402)
 TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # 501, 502 were first run on 2026-12-01 (seventh session), 601, 602 in the tenth, 701, 702
-# in the eleventh, 801, 802 in the twelfth, and are seen since; 901, 902 were chosen by the
-# lead (thirteenth session) before any run on them and are run once, after the default is
-# frozen.
-EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902)
+# in the eleventh, 801, 802 in the twelfth, 901, 902 in the thirteenth, and are seen since;
+# 911, 912 were chosen by the lead (fourteenth session) before any run on them and are run
+# once, after the default is frozen.
+EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912)
 SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart as well
-    ("seen seeds 501-802", (501, 502, 601, 602, 701, 702, 801, 802)),
-    ("fresh seeds 901, 902", (901, 902)))
+    ("seen seeds 501-902", (501, 502, 601, 602, 701, 702, 801, 802, 901, 902)),
+    ("fresh seeds 911, 912", (911, 912)))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
                    "graph[spread=1,spread_states=queued]",
