@@ -8,7 +8,7 @@
 | `saga`       | SAGA's 0.3 recency + 0.5 (1 - P_reuse) + 0.2 size, with p95 tool TTLs        |
 | `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
 | `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
-| `adaptive`   | graph/ttl/saga/lru take turns; the one whose victims cost least leads        |
+| `adaptive`   | graph and ttl take turns; the one whose victims cost least leads             |
 
 Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
 """
