@@ -144,6 +144,15 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # bench/scheduling_mix.py --report --workers 1`'s two-tenant and noisy-neighbour goals lines
 # must not be worse than PREVIOUS's (AFS ratio, slowdowns, mean / p95 TCT); if they are, the
 # next candidate in the order is checked the same way, and PREVIOUS stays if none passes.
+# Result (`python bench/scheduling.py --fit --workers 1` on 0471b91, 2026-12-02 01:26-02:00
+# UTC, load 6-8 from other lanes; RESULTS has the table): p95 misses per (seed, point) 3
+# (PREVIOUS), 4 ("full": web 1x 50% / 25% seed 103 0.79x, bfcl 1x 25% seeds 102 0.92x and 106
+# 0.73x), 4 ("context": web seed 103 0.71x twice, bfcl 1x 25% seed 103 0.99x, 106 0.80x);
+# smallest gain 1.40x / 1.33x / 1.43x (bfcl 1x 25%). Chosen: PREVIOUS (the default stays
+# "uncached"; the veto was not needed). What "full" would have given on the fit seeds: swe 1x
+# 25% 1.77x -> 1.91x, swe 1x 50% 1.72x -> 1.80x, web 1x 25% 2.39x -> 2.65x, but bfcl 1x 25%
+# 1.40x -> 1.33x and bfcl 2x 50% 2.07x -> 1.88x: charging the cached context ends swe's
+# re-admission churn and lengthens bfcl's queue, where the GPU has no spare time.
 FIT_GRID = [{"readmit_charge": "full"}, {"readmit_charge": "context"}]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
