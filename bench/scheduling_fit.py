@@ -131,7 +131,7 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # Round 10 (issue 10, fourteenth session), graph the default policy, against PREVIOUS (round
 # 8's pick, guard off): what the gate charges a demoted session admitted again
 # (`readmit_charge`, kvsaga/scheduler/session_gate.py). Why: on the fit seeds at swe 1x 25%
-# the demotions are all the shrink's, and 66-84% of them follow a demoted session's
+# the demotions are all the shrink's, and 67-84% of them follow a demoted session's
 # re-admission that took the admitted working sets over the tiers (the gate charged only its
 # uncached part; its cached context then counts in full), so the next finish demotes another
 # paused session, whose context is recomputed in turn; growth beyond the prediction is 2-5%

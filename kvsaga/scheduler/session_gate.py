@@ -56,14 +56,16 @@ class SessionGate:
         under `readmit_charge` "context", the whole own context that must also fit beside
         the admitted sessions' contexts (else None). A new session's GPU hits are a prefix
         it shares with others (its own blocks do not exist yet): never charged. A demoted
-        session's hits are mostly its own context, still cached: "uncached" (the default
-        until `--fit` round 10) charges only the rest, as for a new session, so it is
+        session's hits are mostly its own context, still cached: "uncached" (the default,
+        kept by `--fit` round 10) charges only the rest, as for a new session, so it is
         admitted again while its cached blocks would take the admitted sessions over the
         tiers, and the next shrink demotes another paused session (on the fit seeds at swe
-        1x 25%, 66-84% of the demotions: `bench/scheduling_overflow.py`); "full" charges
+        1x 25%, 67-84% of the demotions: `bench/scheduling_overflow.py`); "full" charges
         its whole own context (less the prefix it shares); "context" charges as
         "uncached" but admits only while its whole own context fits beside the admitted
-        contexts (growth not counted)."""
+        contexts (growth not counted). Round 10 (seeds 101-106): "full" lifts swe 1x 25%
+        1.77x -> 1.91x but lowers bfcl 1x 25% 1.40x -> 1.33x (its queue grows) and adds a
+        p95 miss; "context" leaves swe as it was; bench/scheduling_fit.py has the round."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         if self.readmit_charge == "uncached" or req.session_id not in self._deferred:
