@@ -117,8 +117,8 @@ def machine() -> dict[str, Any]:
     2026-11-30 live replay ran on one with AVX-512, where the engine's attention kernels
     (csrc/paged_attn.cpp) take their AVX-512 tiles and extend GEMM; the machine booted on
     2026-12-01 has AVX2 only, so extend and prefill rows go to SDPA, and the same code took
-    about 5x the CPU per step there (the "second run" note under "Agent replay against
-    today's connector"). A run's times compare with another's only on the same kind of host.
+    4.2-5.7x the engine CPU per step there (`python bench/extend_step.py --threads 2
+    --repeat 3`; RESULTS, "Why every arm of that run was slower: another host, not the code"). A run's times compare with another's only on the same kind of host.
     """
     import torch
 
@@ -160,7 +160,7 @@ def boot_time_utc() -> str | None:
     try:
         for line in Path("/proc/stat").read_text().splitlines():
             if line.startswith("btime "):
-                at = datetime.datetime.fromtimestamp(int(line.split()[1]), datetime.UTC)
+                at = datetime.datetime.fromtimestamp(int(line.split()[1]), datetime.timezone.utc)
                 return at.strftime("%Y-%m-%d %H:%M")
     except (OSError, ValueError):
         pass
