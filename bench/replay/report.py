@@ -118,7 +118,8 @@ def machine() -> dict[str, Any]:
     (csrc/paged_attn.cpp) take their AVX-512 tiles and extend GEMM; the machine booted on
     2026-12-01 has AVX2 only, so extend and prefill rows go to SDPA, and the same code took
     4.2-5.7x the engine CPU per step there (`python bench/extend_step.py --threads 2
-    --repeat 3`; RESULTS, "Why every arm of that run was slower: another host, not the code"). A run's times compare with another's only on the same kind of host.
+    --repeat 3`; RESULTS, "Why every arm of that run was slower: another host, not the
+    code"). A run's times compare with another's only on the same kind of host.
     """
     import torch
 
