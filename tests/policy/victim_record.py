@@ -43,6 +43,10 @@ SPECS: dict[str, tuple[str, dict]] = {
     "adaptive": ("adaptive", {}),
     "adaptive-all": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
                                   "shadow_share": 1.0, "realized": False}),
+    # the default before the fourteenth session (four experts, realized regret), kept covered
+    # now that `adaptive`'s default experts are graph and ttl
+    "adaptive-four": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
+                                   "realized": True}),
 }
 POOLS = {"gpu64": (64, 0), "gpu48-host16": (48, 16)}
 STEPS = (0.0, 0.0, 4e-4, 1e-3, 3e-3, 0.02, 0.05, 0.4, 2.0, 7.0)
