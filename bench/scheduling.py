@@ -248,7 +248,7 @@ def _run(task: tuple) -> dict:
                                             cfg.max_num_batched_tokens)
         row.update(tct_bound_mean_s=b["bound_s"], tct_bound_from=b["which"])
     row.update(family=family, seed=seed, load=load, frac=frac, policy=policy,
-               params=params, wall_s=time.perf_counter() - t,
+               params=params, capacity_blocks=cfg.num_gpu_blocks, wall_s=time.perf_counter() - t,
                tct_unloaded_mean_s=sum(unloaded_tct(s, cfg.cost, cfg.max_num_batched_tokens)
                                        for s in sessions) / len(sessions))
     return row

@@ -119,7 +119,23 @@ class Demotions:
         total = sum(weight(t) for t in present)
         return {t: limit * weight(t) / total for t in present}
 
-    def _reclaim_share(self, req, need: int, limit: float, now: float) -> bool:
+    def _room_after(self, need: int, whole: int | None, limit: float,
+                    victims: list[str]) -> bool:
+        """Whether `need` blocks fit within `limit` once `victims` are demoted and, when
+        `whole` is given (`readmit_charge` "context": a demoted session's whole own
+        context in blocks), whether that context also fits beside the contexts left."""
+        freed = sum(self.sessions[sid].blocks for sid in victims)
+        if self._committed - freed + need > limit:
+            return False
+        if whole is None:
+            return True
+        bs = self.manager.block_size
+        ctx = sum(-(-max(i.context - i.shared, 0) // bs) for sid, i in self.sessions.items()
+                  if sid not in victims)
+        return ctx + whole <= limit
+
+    def _reclaim_share(self, req, need: int, limit: float, now: float,
+                       whole: int | None = None) -> bool:
         """Make room for `req`'s session (`need` blocks) that the tiers cannot take, if its
         tenant stays within its share with it: demote paused sessions of tenants above
         their shares (in `_demotion_order`, each only while its tenant is still above its
@@ -129,8 +145,9 @@ class Demotions:
         other tenants' active sessions (a step queued or running) hold the memory. First,
         a session the tail guard made due (`_reclaim_due`) may take the room of its own
         tenant's paused sessions and of those of tenants above their shares, whether or not
-        its tenant stays within its share (so the bound holds for the others)."""
-        if self._reclaim_due(req, need, limit, now):
+        its tenant stays within its share (so the bound holds for the others). With
+        `whole` (`readmit_charge` "context"), its whole own context must fit too."""
+        if self._reclaim_due(req, need, limit, now, whole):
             return True
         tenant = req.tenant
         shares = self._shares(limit)
@@ -138,25 +155,24 @@ class Demotions:
         if shares is None or held.get(tenant, 0) + need > shares[tenant]:
             return False
         left = dict(held)
-        victims = []
-        freed = 0
+        victims: list[str] = []
         paused = [sid for sid, i in self.sessions.items() if not i.active and i.tenant != tenant]
         for sid in self._demotion_order(paused):
-            if self._committed - freed + need <= limit:
+            if self._room_after(need, whole, limit, victims):
                 break
             info = self.sessions[sid]
             if left.get(info.tenant, 0) > shares[info.tenant]:
                 victims.append(sid)
-                freed += info.blocks
                 left[info.tenant] -= info.blocks
-        if self._committed - freed + need > limit:
+        if not self._room_after(need, whole, limit, victims):
             return False
         for sid in victims:
             self._demote_session(sid, now)
         return True
 
     # -- the tail guard's room (kvsaga.scheduler.tail_guard) --------------------------------
-    def _reclaim_due(self, req, need: int, limit: float, now: float) -> bool:
+    def _reclaim_due(self, req, need: int, limit: float, now: float,
+                     whole: int | None = None) -> bool:
         """With the tail guard on, make room for the session the reserve holds for (its
         deadline passed): demote paused admitted sessions in `_demotion_order` until it
         fits; all of them or none. Without this the reserve only stops new admissions, and
@@ -166,24 +182,24 @@ class Demotions:
         its tenant is still above its share, as in `_reclaim_share`) are taken: the due
         session's tenant may be above its share, and a tenant within its share keeps the
         memory half of Agent Fair Share's bound (kvsaga.scheduler.fair_share)
-        (tests/scheduler/test_tail_guard.py). One tenant alone: any paused session."""
+        (tests/scheduler/test_tail_guard.py). One tenant alone: any paused session. With
+        `whole` (`readmit_charge` "context"), its whole own context must fit too."""
         if not self.tail_wait_factor or self._holding is not req:
             return False
         shares = self._shares(limit)
         left = dict(self._tenant_blocks)
         paused = [sid for sid, i in self.sessions.items() if not i.active]
-        victims, freed = [], 0
+        victims: list[str] = []
         for sid in self._demotion_order(paused):
-            if self._committed - freed + need <= limit:
+            if self._room_after(need, whole, limit, victims):
                 break
             info = self.sessions[sid]
             if (shares is not None and info.tenant != req.tenant
                     and left.get(info.tenant, 0) <= shares[info.tenant]):
                 continue  # AFS: a tenant within its share keeps its room
             victims.append(sid)
-            freed += info.blocks
             left[info.tenant] = left.get(info.tenant, 0) - info.blocks
-        if self._committed - freed + need > limit:
+        if not self._room_after(need, whole, limit, victims):
             return False
         for sid in victims:
             self._demote_session(sid, now)

@@ -21,9 +21,9 @@ from kvsaga.scheduler.base import (
 )
 from kvsaga.scheduler.demotion import Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
-from kvsaga.scheduler.session_gate import READMIT_CHARGES, SessionGate
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
+from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate
 
 SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
 
@@ -47,7 +47,7 @@ class _Admitted:
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
 
 
-class WorkflowScheduler(WaitCauses, SessionGate, Demotions, ComputeShares, AdmissionOrder,
+class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, AdmissionOrder,
                         Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
@@ -120,7 +120,7 @@ class WorkflowScheduler(WaitCauses, SessionGate, Demotions, ComputeShares, Admis
         readmit_charge: what the gate charges a demoted session admitted again: "uncached"
             (only the part of its context not cached, as for a new session), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
-            "full" (its whole context; `kvsaga.scheduler.session_gate`).
+            "full" (its whole context; `kvsaga.scheduler.working_set_gate`).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).

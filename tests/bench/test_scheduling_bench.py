@@ -241,6 +241,27 @@ def test_round_9_ranks_p95_misses_per_seed_first(mods):
     assert table[3].endswith("| 2.00x | 0 |")
 
 
+def test_p95_misses_count_a_run_shared_by_two_fit_points_once(mods):
+    """`scheduling.capacity` floors the capacity at the longest session + 1 block, so the
+    25% and 50% points of a seed can be one run (same blocks): its p95 miss counts once.
+    Seed 2 misses at 25% and 50% on one capacity (one run), seed 3 at two capacities (two)."""
+    _, fit = mods
+
+    def row(seed, frac, blocks, p95, params):
+        return {"family": "web", "seed": seed, "load": 1.0, "frac": frac, "scheduler":
+                "workflow" if params is not None else "fcfs", "policy": "graph",
+                "params": params, "tct_mean_s": 4.0, "tct_p95_s": p95,
+                "tasks_per_hour": 100.0, "capacity_blocks": blocks}
+
+    a = {"tail_wait_factor": 0.0}
+    caps = {(2, 0.5): 40, (2, 0.25): 40, (3, 0.5): 80, (3, 0.25): 50}
+    base = {("web", s, 1.0, f): row(s, f, c, 10.0, None) for (s, f), c in caps.items()}
+    rows = [row(s, f, c, 20.0, a) for (s, f), c in caps.items()]
+    miss = fit.p95_misses(fit.per_seed(rows, base, a))
+    assert miss == ["web 1x 50% = web 1x 25% seed 2 0.50x", "web 1x 50% seed 3 0.50x",
+                    "web 1x 25% seed 3 0.50x"]
+
+
 def test_held_out_cli_refuses_bad_seeds_and_families(mods, capsys):
     """Also the fit seeds and the report seed: they are seen, not held out."""
     _, fit = mods

@@ -1,5 +1,5 @@
 """What the gate charges a demoted session admitted again (`readmit_charge`,
-kvsaga/scheduler/session_gate.py): its uncached part only, or its whole context too."""
+kvsaga/scheduler/working_set_gate.py): its uncached part only, or its whole context too."""
 
 from __future__ import annotations
 
@@ -28,20 +28,20 @@ def _demoted_a_back(charge: str, grow: int):
     return s, ex, a3
 
 
-@pytest.mark.parametrize("charge,grow,admitted", [
-    ("uncached", 5, True),  # charged 9 uncached tokens + growth: 3 + 6 blocks fit 16
-    ("context", 5, False),  # its whole context, 13 blocks, beside b's 4: over 16
-    ("context", 4, True),   # 12 + 4 blocks: fits (growth not counted)
-    ("full", 4, False),     # 12 blocks + 2 of growth beside b's 6: over 16
-])
+@pytest.mark.parametrize("charge,grow,admitted,cause", [
+    ("uncached", 5, True, None),  # charged 9 uncached tokens + growth: 3 + 6 blocks fit 16
+    ("context", 5, False, "contexts"),  # its whole context, 13 blocks, beside b's 4: > 16
+    ("context", 4, True, None),   # 12 + 4 blocks: fits (growth not counted)
+    ("full", 4, False, "growth"),  # 12 blocks + 2 of growth beside b's 6: over 16 (the
+])                                 # contexts alone, 12 + 4, fit: its growth is the cause)
 def test_readmit_charge_decides_whether_a_cached_demoted_session_enters(charge, grow,
-                                                                        admitted):
+                                                                        admitted, cause):
     s, ex, a3 = _demoted_a_back(charge, grow)
     out = s.schedule(3.0, ex)
     assert (out.admitted == [a3]) is admitted
     assert ("a" in s.sessions) is admitted
     if not admitted:
-        assert s._cause in ("contexts", "growth") and s._committed <= s.capacity
+        assert s._cause == cause and s._committed <= s.capacity
 
 
 def test_readmit_charge_leaves_new_sessions_alone():
