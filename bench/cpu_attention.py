@@ -6,8 +6,8 @@ The shapes of the 16-request chat batch's decode (issue 13; SmolLM2-135M: 3 KV h
 query heads per KV head, head size 64, fp32): 16 sequences of 163 to 913 tokens, each
 sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided views. Rows:
 - paged attention in the C++ kernel (kvsaga._paged_attn), its generic loops and its
-  AVX-512 tiles (where the CPU has AVX-512), one thread: one layer called again and again
-  (its K/V stay in the CPU's caches), and "every layer" (the calls go through the tier's
+  AVX-512 or AVX2 tiles (where the CPU has them), one thread: one layer called again and
+  again (its K/V stay in the CPU's caches), and "every layer" (the calls go through the tier's
   layers in turn, as a decode step does, so K/V come from memory);
 - cache_write of the step's 16 new tokens: the torch reference (indexed assignment) and
   the C++ row copy;
@@ -15,7 +15,7 @@ sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided v
   1,024-token step of the engine), and one agent step's (384 new tokens of each of two
   sessions over cached prefixes of 1,024, two decoding sessions beside them): the SDPA
   path (each sequence's blocks copied out, one fused SDPA call per sequence), the in-place
-  kernel's AVX-512 row tiles, and its extend GEMM.
+  kernel's row tiles (AVX-512, else AVX2), and its extend GEMM.
 CPU milliseconds per call (process time, so other jobs on a shared machine disturb it
 little), median of 5 rounds of `--repeat` calls, and each path's speed-up over the first
 row of its kind. Every path's output is checked against the torch reference first.
@@ -91,7 +91,7 @@ def _decode_case(block_size: int, num_layers: int,
 
 def _chunk_rows(op: str, case: PagedAttentionArgs, repeat: int) -> list[tuple[str, str, float]]:
     """A prefill or extend batch's attention on each path: the SDPA path (blocks copied
-    out, one SDPA call per sequence), the in-place kernel's AVX-512 row tiles, and its
+    out, one SDPA call per sequence), the in-place kernel's row tiles, and its
     extend GEMM (the dispatch's choice), each checked against the reference first."""
     want = reference.paged_attention(case)
     paths: list[tuple[str, Callable[[], torch.Tensor]]] = [
@@ -99,12 +99,16 @@ def _chunk_rows(op: str, case: PagedAttentionArgs, repeat: int) -> list[tuple[st
     if inplace.has_tiles(HEAD_DIM):
         out = torch.empty_like(case.query)
         paths += [(label, lambda p=path: inplace.paged_attention(case, out, None, path=p) or out)
-                  for label, path in (("AVX-512 tiles", "rows"), ("extend GEMM", "auto"))]
+                  for label, path in ((_TILES, "rows"), ("extend GEMM", "auto"))]
     rows = []
     for label, fn in paths:
         torch.testing.assert_close(fn(), want, atol=2e-5, rtol=2e-5)
         rows.append((op, label, _cpu_ms(fn, max(1, repeat // 30))))
     return rows
+
+
+# The tiled rows' label: the instruction set the kernel's tiles use on this CPU.
+_TILES = {"avx512": "AVX-512 tiles", "avx2": "AVX2 tiles"}.get(inplace.tile_isa(), "tiles")
 
 
 def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -139,8 +143,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     inplace.paged_attention(layers[0], other, None)
     torch.testing.assert_close(other, reference.paged_attention(layers[0]), atol=2e-5, rtol=2e-5)
     rows: list[tuple[str, str, float]] = []
-    for label, path in (("generic loops", "generic"), ("AVX-512 tiles", "auto")):
-        if path != "generic" and not inplace._paged_attn.has_avx512():
+    for label, path in (("generic loops", "generic"), (_TILES, "auto")):
+        if path != "generic" and not inplace.tile_isa():
             continue
         out = torch.zeros_like(attn.query)
         inplace.paged_attention(attn, out, None, path=path)

@@ -53,6 +53,7 @@ struct Args {
   int64_t c_block, c_tok, c_head;          // k/v cache strides (shared layout)
   float scale;
   bool avx512;  // run the AVX-512 tiles (run_item_avx512) where the head size has them
+  bool avx2;    // without AVX-512: the AVX2 + FMA twins of both (paged_attn_avx2.h)
   bool gemm;    // and the extend path (run_item_gemm, paged_attn_gemm.h) where gemm_takes
 };
 
@@ -381,20 +382,31 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
 }
 
 #include "paged_attn_gemm.h"  // the extend path, run_item_gemm
+#include "paged_attn_avx2.h"  // run_item_avx2 and run_item_gemm8 for AVX2-only CPUs
 
 bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 #else
 bool cpu_has_avx512() { return false; }
+bool cpu_has_avx2_fma() { return false; }
 #endif
+
+// Which tiles paged_attention runs for head sizes 64 and 128 on this CPU ("" : none).
+const char* tile_isa() {
+  return cpu_has_avx512() ? "avx512" : cpu_has_avx2_fma() ? "avx2" : "";
+}
 
 void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
   if (a.gemm && gemm_takes(a, item)) {
-    if (a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
-    if (a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
+    if (a.avx512 && a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
+    if (a.avx512 && a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
+    if (a.avx2 && a.head_dim == 64) return run_item_gemm8<64>(a, item, buf);
+    if (a.avx2 && a.head_dim == 128) return run_item_gemm8<128>(a, item, buf);
   }
   if (a.avx512 && a.head_dim == 64) return run_item_avx512<4>(a, item, buf);
   if (a.avx512 && a.head_dim == 128) return run_item_avx512<8>(a, item, buf);
+  if (a.avx2 && a.head_dim == 64) return run_item_avx2<8>(a, item, buf);
+  if (a.avx2 && a.head_dim == 128) return run_item_avx2<16>(a, item, buf);
 #endif
   switch (a.head_dim) {
     case 64: return run_item<64>(a, item, buf);
@@ -411,8 +423,8 @@ constexpr int64_t kWorkPerThread = int64_t{1} << 20;
 // threads share a batch of one long and one short prompt evenly.
 constexpr int64_t kRowsPerTask = 16;
 
-// `path` of a call: every AVX-512 path where it applies, the row tiles only (no extend
-// GEMM), or the generic loops only (the tests hold each to the reference).
+// `path` of a call: every tiled path (AVX-512, else AVX2) where it applies, the row tiles
+// only (no extend GEMM), or the generic loops only (the tests hold each to the reference).
 constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2;
 
 // The tasks of a call, each sequence's row ranges for every KV head, and its work in
@@ -449,7 +461,9 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
          num_seqs,
          num_kv_heads, group, head_dim, block_size, table_stride,
          q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale,
-         path != kPathGeneric && cpu_has_avx512(), path == kPathAuto && cpu_has_avx512()};
+         path != kPathGeneric && cpu_has_avx512(),
+         path != kPathGeneric && !cpu_has_avx512() && cpu_has_avx2_fma(),
+         path == kPathAuto && tile_isa()[0] != '\0'};
   int64_t work = 0;
   const std::vector<Task> tasks = make_tasks(a, work);
   const auto n = static_cast<int64_t>(tasks.size());
@@ -541,6 +555,7 @@ NB_MODULE(_paged_attn, m) {
   m.def("rope", &rope, "x"_a, "cos"_a, "sin"_a, "num_tokens"_a, "heads"_a, "half"_a,
         "x_tok"_a, "x_head"_a, nb::call_guard<nb::gil_scoped_release>());
   m.def("has_avx512", &cpu_has_avx512, "Whether paged_attention can take its AVX-512 path.");
+  m.def("tile_isa", &tile_isa, "The tiles paged_attention runs here: avx512, avx2 or ''.");
 #ifdef KV_HAS_AVX512_PATH
   m.attr("gemm_max_context") = kGemmMaxContext;  // the extend GEMM's cap (paged_attn_gemm.h)
 #endif

@@ -191,7 +191,7 @@ def step_plan(
     dim contiguous, `num_query_tokens` rows, no padding rows) would run the in-place
     kernels whole; None where they would not (CUDA,
     `KVSAGA_KERNELS` set, kernel not built, other dtypes, or prefill rows where the kernel
-    has no AVX-512 tiles): then call those two as usual. Values are not checked here: run
+    has no AVX-512 or AVX2 tiles): then call those two as usual. Values are not checked here: run
     the public kernels over the same metadata once first.
     """
     head_dim = k_cache.shape[-1]

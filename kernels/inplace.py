@@ -4,7 +4,8 @@ The SDPA path (`sdpa.py`) copies each sequence's K/V out of the cache through it
 table in every layer; for decode that copy is most of the step (docs/architecture.md,
 "Where a CPU step's time goes"). This kernel reads K/V where they lie, one call per layer
 for every sequence it is given, the `group` query heads of a KV head together; head sizes
-64 and 128 take an AVX-512 path where the CPU has it, and there a prefill or extend task of
+64 and 128 take an AVX-512 path where the CPU has it (else an AVX2 + FMA twin of it,
+csrc/paged_attn_avx2.h), and there a prefill or extend task of
 8 or more query heads runs as two small GEMMs over the task's heads (docs/architecture.md,
 "The agent step's extend attention"). fp32 only. `cache_write` stores a
 layer's new K/V rows with one memcpy per (token, KV head): the reference's indexed
@@ -24,8 +25,8 @@ try:
     from kvsaga import _paged_attn
 except ImportError:  # not built: the SDPA path runs everything
     _paged_attn = None
-# Asked once: `has_tiles` runs in every layer's attention call.
-_HAS_AVX512 = _paged_attn is not None and _paged_attn.has_avx512()
+# Asked once: `has_tiles` runs in every layer's attention call. "avx512", "avx2" or "".
+_TILE_ISA: str = "" if _paged_attn is None else _paged_attn.tile_isa()
 
 
 def _kernel_threads() -> int:
@@ -49,10 +50,16 @@ def available() -> bool:
     return _paged_attn is not None
 
 
+def tile_isa() -> str:
+    """The tiles the kernel runs for head sizes 64 and 128 on this CPU: "avx512", "avx2"
+    (AVX2 + FMA without AVX-512) or "" (the generic loops only)."""
+    return _TILE_ISA
+
+
 def has_tiles(head_dim: int) -> bool:
-    """Whether the kernel runs its AVX-512 tiles for this head size on this CPU: then it
-    beats SDPA on prefill and extend rows too (`sdpa.py` sends it every row)."""
-    return head_dim in (64, 128) and _HAS_AVX512
+    """Whether the kernel runs its AVX-512 or AVX2 tiles for this head size on this CPU:
+    then it beats SDPA on prefill and extend rows too (`sdpa.py` sends it every row)."""
+    return head_dim in (64, 128) and _TILE_ISA != ""
 
 
 def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
@@ -67,8 +74,8 @@ def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
     )
 
 
-# The kernel's paths (csrc/paged_attn.cpp, `path`): every AVX-512 path where it applies,
-# the AVX-512 row tiles without the extend GEMM, the generic loops alone.
+# The kernel's paths (csrc/paged_attn.cpp, `path`): every tiled path (AVX-512, else AVX2)
+# where it applies, the row tiles without the extend GEMM, the generic loops alone.
 PATHS = {"auto": 0, "rows": 1, "generic": 2}
 
 
@@ -79,7 +86,7 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[i
 
     Arguments as `kvsaga.kernels.paged_attention` (already checked there), with `out`
     required (rows of other sequences are left as they are) and `supports(...)` true.
-    `path`: "auto", or "rows" (no extend GEMM) or "generic" (no AVX-512 at all), which
+    `path`: "auto", or "rows" (no extend GEMM) or "generic" (no vector tiles at all), which
     the tests and bench/cpu_attention.py hold beside it.
     """
     if seq_ids is not None and not seq_ids:

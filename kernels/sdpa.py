@@ -16,11 +16,11 @@ padding mask) lost: the position-level gather and the padding cost more than the
 Decode rows (one query token) of fp32 caches go instead, all in one call per layer, to the
 C++ kernel that reads the cache in place (`inplace.py`), when it was built; a batch whose
 `max_query_len` is 1 (a decode step) goes there whole, without reading its lengths on
-the host, and so does every batch where the kernel has its AVX-512 tiles (head size 64 or
-128 on an AVX-512 CPU): there it also beats SDPA on prefill rows (`python
-bench/cpu_attention.py`), with no per-sequence copy of the blocks. SDPA keeps the prefill
-and extend rows elsewhere. Same signature
-and semantics as the reference, which the tests hold it to.
+the host, and so does every batch where the kernel has its tiles (head size 64 or 128 on
+an AVX-512 CPU, or an AVX2 + FMA one): there its extend GEMM also beats SDPA on prefill
+and extend rows (`python bench/cpu_attention.py`), with no per-sequence copy of the
+blocks. SDPA keeps the prefill and extend rows elsewhere. Same signature and semantics
+as the reference, which the tests hold it to.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor | None = None, *
     """As `reference.paged_attention`; scores in fp32 (inputs upcast), output in query's dtype.
 
     `whole`: send prefill and extend rows to the in-place kernel too (where it supports the
-    tensors); default: where it has its AVX-512 tiles (`inplace.has_tiles`). False keeps
+    tensors); default: where it has its AVX-512 or AVX2 tiles (`inplace.has_tiles`). False keeps
     them on SDPA (bench/cpu_attention.py times both).
     """
     query, k_cache, v_cache, scale = args.query, args.k_cache, args.v_cache, args.scale

@@ -31,8 +31,8 @@ def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threa
                                                     monkeypatch):
     """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
     With 3 threads the kernel may start its own (as under OMP_WAIT_POLICY=PASSIVE): the
-    extend cases hold enough work to split. "auto" takes the AVX-512 paths for head sizes
-    64 and 128 where the CPU has them: the extend GEMM for tasks of 8 or more query heads
+    extend cases hold enough work to split. "auto" takes the AVX-512 (else AVX2) paths for
+    head sizes 64 and 128 where the CPU has them: the extend GEMM for tasks of 8 or more query heads
     (rows x group; partial lanes, causal lanes, contexts not a multiple of 16), the row
     tiles for the others (group 8 runs two tiles of heads); "rows" the row tiles alone,
     "generic" the plain loops."""
@@ -92,8 +92,8 @@ def test_inplace_softmax_over_wide_score_ranges(spread):
     torch.testing.assert_close(got[:n], want[:n], atol=atol, rtol=rtol)
 
 
-@pytest.mark.skipif(not inplace.available() or not inplace._paged_attn.has_avx512(),
-                    reason="no AVX-512 extend GEMM here")
+@pytest.mark.skipif(not inplace.available() or not inplace.tile_isa(),
+                    reason="no extend GEMM here (neither AVX-512 nor AVX2 + FMA)")
 def test_auto_leaves_the_extend_gemm_beyond_its_context_cap():
     """The extend GEMM keeps a task's scores for every position (ctx x 16 rows x group
     floats per thread), so `auto` runs it only up to gemm_max_context and the row tiles

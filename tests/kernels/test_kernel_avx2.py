@@ -1,0 +1,98 @@
+"""The kernel's AVX2 + FMA tiles (csrc/paged_attn_avx2.h) against the torch reference.
+
+Why a file of its own: the AVX-512 tiles ran on the hosts the kernel was written on, and a
+CPU with AVX2 but no AVX-512 (the host of 2026-12-01) sent prefill and extend rows to SDPA.
+These tests say which tiles this CPU gets (from /proc/cpuinfo, independent of the kernel's
+own check) and, where that is AVX2, hold both AVX2 paths ("rows": the row tiles; "auto":
+the extend GEMM for tasks of 8 or more query heads) to the reference over the shapes that
+stress the 8-lane layout: contexts that are not multiples of 8, partial lane vectors, GQA
+groups that do not fill a tile of 3 heads, decode, prefill and extend rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from paged_case import GUARD, TOLERANCES, make_case
+
+from kvsaga.kernels import inplace, reference
+
+pytestmark = pytest.mark.skipif(not inplace.available(), reason="kvsaga._paged_attn not built")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FLAGS = _cpu_flags()
+AVX2_ONLY = {"avx2", "fma"} <= FLAGS and "avx512f" not in FLAGS
+needs_avx2 = pytest.mark.skipif(not AVX2_ONLY, reason="not an AVX2 + FMA CPU without AVX-512")
+
+
+@pytest.mark.skipif(not FLAGS, reason="no /proc/cpuinfo flags to compare with")
+def test_kernel_reports_the_tiles_this_cpu_has():
+    """tile_isa names what the CPU's flags allow; has_tiles (which sends prefill and extend
+    rows to the kernel) follows it."""
+    want = ("avx512" if "avx512f" in FLAGS else
+            "avx2" if {"avx2", "fma"} <= FLAGS else "")
+    assert inplace.tile_isa() == want
+    assert inplace.has_tiles(64) == inplace.has_tiles(128) == (want != "")
+    assert not inplace.has_tiles(40)
+
+
+# (context, new tokens) per sequence.
+SHAPES = {
+    "decode": [(1, 1), (7, 1), (8, 1), (9, 1), (31, 1), (33, 1), (301, 1)],
+    "prefill": [(1, 1), (7, 7), (9, 9), (40, 40), (131, 131)],
+    "extend": [(12, 3), (17, 2), (53, 20), (300, 70), (1041, 17), (20, 0)],
+}
+
+
+@needs_avx2
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("kind", sorted(SHAPES))
+@pytest.mark.parametrize("path", ["rows", "auto"])
+def test_avx2_tiles_match_reference(path, kind, group, head_dim):
+    """NaN-poisoned tier (paged_case): no stray read or write, outputs within the fp32
+    tolerance of the reference; and not the generic loops' bits everywhere (so the tiles,
+    whose sums run in another order, are what ran)."""
+    pairs = SHAPES[kind]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=group, head_dim=head_dim, dtype=torch.float32,
+                     seed=group * 7 + head_dim + len(kind))
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got, generic = case.guarded_out(), case.guarded_out()
+    inplace.paged_attention(case.attention_args(), got, None, path=path)
+    inplace.paged_attention(case.attention_args(), generic, None, path="generic")
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    assert not got[:n].isnan().any(), "NaN in the output: a poisoned slot was read"
+    torch.testing.assert_close(got[:n], want[:n], atol=atol, rtol=rtol)
+    assert (got[n:] == GUARD).all(), "padding output rows were written"
+    assert not torch.equal(got[:n], generic[:n]), "the generic loops ran, not the tiles"
+
+
+@needs_avx2
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_avx2_extend_gemm_and_row_tiles_differ_in_order_only(head_dim):
+    """An extend task of 16 rows x group 3 (48 query heads: six lane vectors) runs the
+    GEMM on `auto` and the row tiles on `rows`: both match the reference and each other
+    to fp32 tolerance, but not bit for bit (two different kernels ran)."""
+    case = make_case([700], [48], block_size=32, num_kv_heads=3, group=3,
+                     head_dim=head_dim, dtype=torch.float32, seed=5)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    out = {p: case.guarded_out() for p in ("auto", "rows")}
+    for p, o in out.items():
+        inplace.paged_attention(case.attention_args(), o, None, path=p)
+    atol, rtol = TOLERANCES[torch.float32]
+    for o in out.values():
+        torch.testing.assert_close(o[:48], want[:48], atol=atol, rtol=rtol)
+    assert not torch.equal(out["auto"][:48], out["rows"][:48])
