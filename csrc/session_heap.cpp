@@ -129,7 +129,7 @@ class SessionHeap {
     PyObject* tie = PyTuple_GET_ITEM(p, 2);
     PyObject* size = PyTuple_GET_ITEM(p, 3);
     PyObject* until = PyTuple_GET_ITEM(p, 4);
-    if (PyObject_Hash(sid) == -1) throw_current();
+    if (PyObject_Hash(sid) == -1) reraise_naming(at, "sid: ");
     if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2 ||
         !is_real(PyTuple_GET_ITEM(key, 0)) || !is_real(PyTuple_GET_ITEM(key, 1))) {
       PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: key must be a tuple of two numbers",
@@ -144,8 +144,15 @@ class SessionHeap {
       PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: until must be a number", at);
       throw_current();
     }
-    int64_t t = read_index(tie, "tie"), n = read_index(size, "size");
-    return read_push(sid, key, t, n, read_number(until), PyTuple_GET_ITEM(p, 5));
+    long long t, n;
+    double u;
+    read_push_values(at, key, tie, size, until, t, n, u);
+    try {
+      return read_push(sid, key, t, n, u, PyTuple_GET_ITEM(p, 5));
+    } catch (nb::python_error& e) {  // a bad timed record: the same error, the push named
+      e.restore();
+      reraise_naming(at, "");
+    }
   }
 
   // `key` must be a tuple of two items (the callers check).

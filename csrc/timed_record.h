@@ -126,4 +126,57 @@ inline int64_t read_index(PyObject* o, const char* name) {
   return x;
 }
 
+// The pending Python error, a TypeError or ValueError, raised again, its type kept, as
+// "refresh_runs: push <at>: <what><message>" (session_heap.py `_check_push` names the push
+// the same way); any other error goes on as it is.
+[[noreturn]] inline void reraise_naming(long long at, const char* what) {
+  if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+    throw_current();
+  PyObject *type, *value, *trace;
+  PyErr_Fetch(&type, &value, &trace);
+  PyErr_NormalizeException(&type, &value, &trace);
+  nb::object ty = nb::steal(type), val = nb::steal(value), tr = nb::steal(trace);
+  PyErr_Format(ty.ptr(), "refresh_runs: push %lld: %s%S", at, what, val.ptr());
+  throw_current();
+}
+
+// A push's values, its types already checked (session_heap.py `_check_push`, the same
+// order and messages): no NaN key or deadline, a tie within int64, a size >= 1 (a smaller
+// one would make `runs` hand out more blocks than asked).
+inline void read_push_values(long long at, PyObject* key, PyObject* tie, PyObject* size,
+                             PyObject* until, long long& t, long long& n, double& u) {
+  if (std::isnan(read_number(PyTuple_GET_ITEM(key, 0))) ||
+      std::isnan(read_number(PyTuple_GET_ITEM(key, 1)))) {
+    PyErr_Format(PyExc_ValueError, "refresh_runs: push %lld: key must not be NaN, got %R", at,
+                 key);
+    throw_current();
+  }
+  nb::object ti = nb::steal(PyNumber_Index(tie));
+  if (!ti.is_valid()) throw_current();
+  nb::object si = nb::steal(PyNumber_Index(size));
+  if (!si.is_valid()) throw_current();
+  int over = 0;
+  t = PyLong_AsLongLongAndOverflow(ti.ptr(), &over);
+  if (t == -1 && PyErr_Occurred()) throw_current();
+  if (over != 0) {
+    PyErr_Format(PyExc_ValueError, "refresh_runs: push %lld: tie must fit in int64, got %R", at,
+                 ti.ptr());
+    throw_current();
+  }
+  n = PyLong_AsLongLongAndOverflow(si.ptr(), &over);
+  if (n == -1 && PyErr_Occurred()) throw_current();
+  if (over != 0 || n < 1) {
+    PyErr_Format(PyExc_ValueError,
+                 "refresh_runs: push %lld: size must be >= 1 and fit in int64, got %R", at,
+                 si.ptr());
+    throw_current();
+  }
+  u = read_number(until);
+  if (std::isnan(u)) {
+    PyErr_Format(PyExc_ValueError, "refresh_runs: push %lld: until must not be NaN, got %R", at,
+                 until);
+    throw_current();
+  }
+}
+
 }  // namespace timed_record

@@ -296,14 +296,25 @@ class VictimSearch:
             # Keys of the marked sessions first, then the timers: a marked session's new
             # key makes its timer stale, so the index re-keys only the others, which gives
             # every session the key it had when the timers went first.
+            # Python's state changes only once the index took the call: if it raises (a
+            # bad push), the marked sessions stay marked and their bases and classes stay.
             live = dirty & groups.keys()
             gone = dirty - live if len(live) < len(dirty) else ()
+            bases: dict[str, Any] = {}
+            classes, known = self._classes, len(self._classes)
+            try:
+                pushes = self._keys(live, now, bases)
+                due, runs = index.refresh_runs(now, gone, pushes, num_blocks,
+                                               2 * len(groups) + 64)
+            except BaseException:
+                for sig in list(classes)[known:]:  # the class ids this keying gave
+                    self._sig_of.pop(classes.pop(sig), None)
+                raise
+            base_of = self._base
             for sid in gone:  # no cached block left (evicted, or hit)
-                self._base.pop(sid, None)
-            pushes = self._keys(live, now)
+                base_of.pop(sid, None)
+            base_of.update(bases)
             dirty.clear()
-            due, runs = index.refresh_runs(now, gone, pushes, num_blocks,
-                                           2 * len(groups) + 64)
             if due is None:
                 return runs
             # Due sessions that only Python keys (their class's keys unknown, or past its
@@ -404,15 +415,20 @@ class VictimSearch:
         for sid, key, tie, size, until, timed in self._keys(sids, now):
             push(sid, key, tie, size, until, now, timed)
 
-    def _keys(self, sids: Iterable[str], now: float) -> list[tuple]:
+    def _keys(self, sids: Iterable[str], now: float,
+              base_of: dict[str, Any] | None = None) -> list[tuple]:
         """The index's pushes (sid, key, tail block, size, until, timed) that key sessions
         holding cached blocks, judged at `now` (one loop for all of them: a relearning
         re-keys every session). With `_timed_base`, each key goes with its timed record
         (session_heap.py), so that the index re-keys the session itself at its next grid
         points while its class's keys are known; its base is then asked of the index (None
         in `_base`). The key was judged at `now`, so it next changes after it: the index
-        fires a deadline that rounding put at or before `now` at the next search after it."""
-        groups, base_of, pos = self.groups, self._base, self._pos
+        fires a deadline that rounding put at or before `now` at the next search after it.
+        The bases go into `base_of` (default `_base`; `_refresh` passes its own, kept only
+        once the index accepted the pushes)."""
+        groups, pos = self.groups, self._pos
+        if base_of is None:
+            base_of = self._base
         out: list[tuple] = []
         # One key per session (the default `_entry_key`): the session's key is its tail's.
         entry_key = None if self._one_key else self._entry_key

@@ -130,21 +130,43 @@ def _is_real(x: Any) -> bool:
     return hasattr(tp, "__float__") or hasattr(tp, "__index__")
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_push(i: int, p: Any) -> None:
     """`refresh_runs`'s push i, (sid, key, tie, size, until, timed), checked before anything
     changes (the C++ index checks the same, in the same order, with the same messages)."""
     if not isinstance(p, tuple) or len(p) != 6:
         raise TypeError(f"refresh_runs: push {i} must be (sid, key, tie, size, until, timed)")
     sid, key, tie, size, until, timed = p
-    hash(sid)
+    try:
+        hash(sid)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"refresh_runs: push {i}: sid: {e}") from None
     if not isinstance(key, tuple) or len(key) != 2 or not all(map(_is_real, key)):
         raise TypeError(f"refresh_runs: push {i}: key must be a tuple of two numbers")
     if not (hasattr(type(tie), "__index__") and hasattr(type(size), "__index__")):
         raise TypeError(f"refresh_runs: push {i}: tie and size must be integers")
     if not _is_real(until):
         raise TypeError(f"refresh_runs: push {i}: until must be a number")
+    # Values next, as the C++ index holds them: a NaN key or deadline never orders, a tie
+    # past int64 does not fit its entry, and a size below 1 would make `runs` hand out
+    # more blocks than asked (its count goes down by each run's size).
+    if any(math.isnan(float(x)) for x in key):
+        raise ValueError(f"refresh_runs: push {i}: key must not be NaN, got {key!r}")
+    tie, size = index(tie), index(size)
+    if not _INT64_MIN <= tie <= _INT64_MAX:
+        raise ValueError(f"refresh_runs: push {i}: tie must fit in int64, got {tie!r}")
+    if not 1 <= size <= _INT64_MAX:
+        raise ValueError(f"refresh_runs: push {i}: size must be >= 1 and fit in int64, "
+                         f"got {size!r}")
+    if math.isnan(float(until)):
+        raise ValueError(f"refresh_runs: push {i}: until must not be NaN, got {until!r}")
     if timed is not None:
-        check_timed(timed)
+        try:
+            check_timed(timed)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"refresh_runs: push {i}: {e}") from None
 
 
 def ttl_entry(f: tuple[float, ...], lo: float) -> tuple[int, float, int]:

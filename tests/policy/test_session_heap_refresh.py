@@ -5,14 +5,18 @@ policies' victims the same whichever index they run on."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
 import kvsaga.policy.groups as groups_module
+from kvsaga import OutOfBlocks
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
+from tests.policy.helpers import make
 from tests.policy.test_session_heap import (
     SessionHeap,
     _apply,
@@ -23,7 +27,7 @@ from tests.policy.test_session_heap import (
     timed,
     times,
 )
-from tests.policy.victim_record import record
+from tests.policy.victim_record import _agents_call, _policy, record
 
 pushes = st.lists(st.tuples(sids, keys, st.integers(0, 9), st.integers(1, 5),
                             st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), timed),
@@ -94,6 +98,12 @@ BAD_PUSHES = [
     ("s", (2, 0.5), 3, 2, "1", None), (["s"], (2, 0.5), 3, 2, 1.0, None),
     ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1, 0.5, 7, 0.0, 1.0, 1.0, 1.0)),
     ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1, "v", 0, 0.0, 1.0, 1.0, 1.0)),
+    # Values the index cannot hold: a size below 1 (`runs` would hand out more than asked),
+    # a NaN key or deadline, a tie past int64 (C++ and Python once differed there).
+    ("s", (2, 0.5), 3, -5, 1.0, None), ("s", (2, 0.5), 3, 0, 1.0, None),
+    ("s", (math.nan, 0.5), 3, 2, 1.0, None), ("s", (2, math.nan), 3, 2, 1.0, None),
+    ("s", (2, 0.5), 3, 2, math.nan, None), ("s", (2, 0.5), 2**70, 2, 1.0, None),
+    ("s", (2, 0.5), -(2**63) - 1, 2, 1.0, None), ("s", (2, 0.5), 3, 2**63, 1.0, None),
 ]
 
 
@@ -114,6 +124,8 @@ def test_a_bad_push_is_refused_alike_and_changes_nothing(bad, drops):
         with pytest.raises((TypeError, ValueError)) as e:
             index.refresh_runs(1.0, drops, [GOOD_PUSH, BAD_PUSHES[bad]], 4, 100)
         errors.append((e.type, str(e.value)))
+        if drops != [["unhashable"]]:  # (that drop fails first)
+            assert str(e.value).startswith("refresh_runs: push 1"), e.value  # names the push
         assert _state(index) == before
         assert index.due(1.0) == ["a"]  # its timer was left alone too
     assert len(set(errors)) == 1, errors
@@ -133,3 +145,46 @@ def test_victims_are_the_same_on_either_index(spec, seed, workload):
         mp.setattr(groups_module, "make_session_heap", lambda cpp: PySessionHeap())
         on_py = record(spec, "gpu64", workload, seed=seed, calls=400)
     assert on_cpp == on_py
+
+
+class _Refusing:
+    """An index whose `refresh_runs` raises (as on a bad push); the rest is the real one's."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def __len__(self):
+        return len(self._real)
+
+    def refresh_runs(self, *args):
+        raise ValueError("refresh_runs: push 0: refused")
+
+
+@pytest.mark.parametrize("spec", ["ttl", "graph"])
+def test_a_refused_refresh_leaves_the_search_as_it_was(spec):
+    """When the index refuses a search's pushes, the policy loses nothing: its marked
+    sessions, bases and class ids stay, and the next search names the same victims as a twin
+    whose search was never refused."""
+    runs = []
+    for _ in range(2):
+        m = make(_policy(spec), num_blocks=64, num_host_blocks=0)
+        rng, now = random.Random(5), 0.0
+        for _ in range(300):
+            with contextlib.suppress(OutOfBlocks):
+                now = _agents_call(m, rng, now)
+            now += 1e-3
+        runs.append((m.policy, now))
+    (refused, now), (twin, _) = runs
+    assert twin._dirty  # something is marked for the search to key
+    real = refused._index
+    refused._index = _Refusing(real)
+    with pytest.raises(ValueError, match="refused"):
+        refused.choose_victims(4, now)
+    refused._index = real
+    assert refused._dirty == twin._dirty
+    assert refused._base == twin._base
+    assert refused._classes == twin._classes
+    assert list(refused.choose_victims(4, now)) == list(twin.choose_victims(4, now))
