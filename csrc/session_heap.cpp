@@ -167,7 +167,7 @@ class SessionHeap {
       // before anything changes.
       PyObject* o = timed.ptr();
       if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 9)
-        throw nb::type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
+        raise_type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
       t.cls = read_index(PyTuple_GET_ITEM(o, 0), "cls");
       if (t.cls < 0) {
         PyErr_Format(PyExc_ValueError, "timed: cls must be >= 0, got %lld",
@@ -189,7 +189,7 @@ class SessionHeap {
         PyObject* f = PyTuple_GET_ITEM(o, 3);
         Py_ssize_t want = fields.size, skip = tk.mode == 4 ? 1 : 0;
         if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != want)
-          throw nb::type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
+          raise_type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
         formula.mode = tk.mode;
         formula.k0 = tk.k0;
         double read[8];

@@ -51,6 +51,13 @@ inline void class_limits(const Formula& f, double t0, double& limit, double& ext
 
 [[noreturn]] inline void throw_current() { throw nb::python_error(); }
 
+// A TypeError as a Python error (nb::python_error, not nb::type_error), so that callers that
+// catch python_error to name the bad push see it too.
+[[noreturn]] inline void raise_type_error(const char* message) {
+  PyErr_SetString(PyExc_TypeError, message);
+  throw_current();
+}
+
 inline double read_number(PyObject* o) {
   double x = PyFloat_AsDouble(o);
   if (x == -1.0 && PyErr_Occurred()) throw_current();

@@ -104,6 +104,10 @@ BAD_PUSHES = [
     ("s", (math.nan, 0.5), 3, 2, 1.0, None), ("s", (2, math.nan), 3, 2, 1.0, None),
     ("s", (2, 0.5), 3, 2, math.nan, None), ("s", (2, 0.5), 2**70, 2, 1.0, None),
     ("s", (2, 0.5), -(2**63) - 1, 2, 1.0, None), ("s", (2, 0.5), 3, 2**63, 1.0, None),
+    # A timed record of the wrong length, and a mode-2 formula of the wrong length: C++ once
+    # raised these without naming the push.
+    ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1)),
+    ("s", (2, 0.5), 3, 2, 1.0, (0, 0, 1, (1.0, 2.0), 2, 0.0, 1.0, 1.0, 1.0)),
 ]
 
 
