@@ -57,8 +57,11 @@ def tile_isa() -> str:
 
 
 def has_tiles(head_dim: int) -> bool:
-    """Whether the kernel runs its AVX-512 or AVX2 tiles for this head size on this CPU:
-    then it beats SDPA on prefill and extend rows too (`sdpa.py` sends it every row)."""
+    """Whether the kernel runs its AVX-512 or AVX2 tiles for this head size on this CPU;
+    `sdpa.py` then sends it every row. Measured (bench/cpu_attention.py, RESULTS): with
+    AVX-512 it beats SDPA on prefill and extend rows; with AVX2 its GEMM beats SDPA on
+    prefill (1.39x) and is level on extend (1.05x, one run), and tasks past the GEMM's
+    context cap run the row tiles, slower than SDPA there (not yet routed around)."""
     return head_dim in (64, 128) and _TILE_ISA != ""
 
 
