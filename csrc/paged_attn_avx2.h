@@ -224,47 +224,15 @@ KV_AVX2 inline void gemm8_values(const float* st, int64_t mpad, const float* con
 
 template <int D>
 KV_AVX2 void run_item_gemm8(const Args& a, const Task& task, std::vector<float>& buf) {
-  const int64_t s = task.s, g = a.group, h = task.h;
-  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
-  const int64_t first = a.seq_lens[s] - q_len;  // position of the sequence's query row 0
-  const int64_t rows = task.r1 - task.r0, m = rows * g, nv = (m + 7) / 8, mpad = nv * 8;
-  const int64_t ctx = first + task.r1, ctx_pad = (ctx + 7) / 8 * 8;
-  // buf: Qt [D][mpad], St [ctx_pad][mpad], the K tile [8][D], an output tile [8][8].
-  buf.resize(static_cast<size_t>(D * mpad + ctx_pad * mpad + 8 * D + 64));
-  float* qt = buf.data();
-  float* st = qt + D * mpad;
-  float* tile = st + ctx_pad * mpad;
-  float* otile = tile + 8 * D;
-  thread_local std::vector<int32_t> lens;        // each lane's context length
-  thread_local std::vector<const float*> vrows;  // each position's V row
-  thread_local std::vector<float*> orows;        // each lane's output row
-  lens.resize(static_cast<size_t>(mpad));
-  vrows.resize(static_cast<size_t>(ctx));
-  orows.resize(static_cast<size_t>(mpad));
-  for (int64_t l = 0; l < mpad; ++l) {
-    const int64_t r = task.r0 + l / g, j = l % g;
-    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);
-    if (l >= m) {  // padding lanes: zero queries, a finite softmax, never written out
-      for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = 0.0f;
-      continue;
-    }
-    const float* qrow = a.q + (q0 + r) * a.q_tok + (h * g + j) * a.q_head;
-    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = qrow[i] * a.scale;
-    orows[static_cast<size_t>(l)] = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head;
-  }
-  const int32_t* table = a.tables + s * a.table_stride;
-  for (int64_t p0 = 0; p0 < ctx_pad; p0 += 8) {
-    for (int64_t o = 0; o < 8; ++o) {
-      const int64_t p = p0 + o;
-      if (p >= ctx) {  // past the context: zero rows, their scores never read
-        std::fill(tile + o * D, tile + (o + 1) * D, 0.0f);
-        continue;
-      }
-      const int64_t at = static_cast<int64_t>(table[p / a.block_size]) * a.c_block +
-                         p % a.block_size * a.c_tok + h * a.c_head;
-      std::memcpy(tile + o * D, a.k + at, D * sizeof(float));
-      vrows[static_cast<size_t>(p)] = a.v + at;
-    }
+  // The layout and the K tiles are the AVX-512 GEMM's, at 8 lanes (paged_attn_gemm.h).
+  const GemmLayout L = gemm_layout<8, D>(a, task, buf);
+  const int64_t m = L.m, nv = L.nv, mpad = L.mpad, ctx = L.ctx;
+  float *const qt = L.qt, *const st = L.st, *const tile = L.tile, *const otile = L.otile;
+  const std::vector<int32_t>& lens = *L.lens;
+  const std::vector<const float*>& vrows = *L.vrows;
+  const std::vector<float*>& orows = *L.orows;
+  for (int64_t p0 = 0; p0 < L.ctx_pad; p0 += 8) {
+    gemm_k_tile<8, D>(a, L, p0);
     for (int64_t mv = 0, n; mv < nv; mv += n) {  // lane vectors two at a time
       n = std::min<int64_t>(2, nv - mv);
       float* out = st + p0 * mpad + mv * 8;

@@ -159,50 +159,89 @@ KV_AVX512 inline void gemm_values_group(const float* st, int64_t mpad, const flo
     gemm_values<NV, DT>(st, mpad, vrows, ctx, i0, inv, otile, orows, lanes);
 }
 
+// What both extend GEMMs (this file's, 16 lanes; paged_attn_avx2.h's, 8) lay out before
+// their vector passes, for W lanes and head size D: the scratch in `buf` (Qt [D][mpad], St
+// [ctx_pad][mpad], a K tile [W][D], an output tile [W][W]), Qt filled (queries scaled;
+// padding lanes zero: a finite softmax, never written out), and each lane's context length
+// and output row. Scalar code, one copy for both ISAs.
+struct GemmLayout {
+  int64_t h, m, nv, mpad, ctx, ctx_pad;
+  float *qt, *st, *tile, *otile;
+  const int32_t* table;
+  std::vector<int32_t>* lens;        // each lane's context length
+  std::vector<const float*>* vrows;  // each position's V row (set by gemm_k_tile)
+  std::vector<float*>* orows;        // each lane's output row
+};
+
+template <int64_t W, int64_t D>
+inline GemmLayout gemm_layout(const Args& a, const Task& task, std::vector<float>& buf) {
+  thread_local std::vector<int32_t> lens;
+  thread_local std::vector<const float*> vrows;
+  thread_local std::vector<float*> orows;
+  GemmLayout L;
+  const int64_t s = task.s, g = a.group;
+  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
+  const int64_t first = a.seq_lens[s] - q_len;  // position of the sequence's query row 0
+  L.h = task.h;
+  L.m = (task.r1 - task.r0) * g;
+  L.nv = (L.m + W - 1) / W;
+  L.mpad = L.nv * W;
+  L.ctx = first + task.r1;
+  L.ctx_pad = (L.ctx + W - 1) / W * W;
+  buf.resize(static_cast<size_t>(D * L.mpad + L.ctx_pad * L.mpad + W * D + W * W));
+  L.qt = buf.data();
+  L.st = L.qt + D * L.mpad;
+  L.tile = L.st + L.ctx_pad * L.mpad;
+  L.otile = L.tile + W * D;
+  L.table = a.tables + s * a.table_stride;
+  lens.resize(static_cast<size_t>(L.mpad));
+  vrows.resize(static_cast<size_t>(L.ctx));
+  orows.resize(static_cast<size_t>(L.mpad));
+  for (int64_t l = 0; l < L.mpad; ++l) {
+    const int64_t r = task.r0 + l / g, j = l % g;
+    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < L.m ? first + r + 1 : L.ctx);
+    if (l >= L.m) {
+      for (int64_t i = 0; i < D; ++i) L.qt[i * L.mpad + l] = 0.0f;
+      continue;
+    }
+    const float* qrow = a.q + (q0 + r) * a.q_tok + (L.h * g + j) * a.q_head;
+    for (int64_t i = 0; i < D; ++i) L.qt[i * L.mpad + l] = qrow[i] * a.scale;
+    orows[static_cast<size_t>(l)] = a.out + (q0 + r) * a.o_tok + (L.h * g + j) * a.o_head;
+  }
+  L.lens = &lens;
+  L.vrows = &vrows;
+  L.orows = &orows;
+  return L;
+}
+
+// Positions p0 .. p0 + W - 1's K rows copied into the tile (rows past the context zero:
+// their scores are masked), their V rows noted for the values pass (read in place).
+template <int64_t W, int64_t D>
+inline void gemm_k_tile(const Args& a, const GemmLayout& L, int64_t p0) {
+  for (int64_t o = 0; o < W; ++o) {
+    const int64_t p = p0 + o;
+    if (p >= L.ctx) {
+      std::fill(L.tile + o * D, L.tile + (o + 1) * D, 0.0f);
+      continue;
+    }
+    const int64_t at = static_cast<int64_t>(L.table[p / a.block_size]) * a.c_block +
+                       p % a.block_size * a.c_tok + L.h * a.c_head;
+    std::memcpy(L.tile + o * D, a.k + at, D * sizeof(float));
+    (*L.vrows)[static_cast<size_t>(p)] = a.v + at;
+  }
+}
+
 template <int C>
 KV_AVX512 void run_item_gemm(const Args& a, const Task& task, std::vector<float>& buf) {
   constexpr int64_t D = C * 16;
-  const int64_t s = task.s, g = a.group, h = task.h;
-  const int64_t q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
-  const int64_t first = a.seq_lens[s] - q_len;  // position of the sequence's query row 0
-  const int64_t rows = task.r1 - task.r0, m = rows * g, nv = (m + 15) / 16, mpad = nv * 16;
-  const int64_t ctx = first + task.r1, ctx_pad = (ctx + 15) / 16 * 16;
-  // buf: Qt [D][mpad], St [ctx_pad][mpad], the K tile [16][D], an output tile [16][16].
-  buf.resize(static_cast<size_t>(D * mpad + ctx_pad * mpad + 16 * D + 256));
-  float* qt = buf.data();
-  float* st = qt + D * mpad;
-  float* tile = st + ctx_pad * mpad;
-  float* otile = tile + 16 * D;
-  thread_local std::vector<int32_t> lens;  // each lane's context length
-  thread_local std::vector<const float*> vrows;  // each position's V row
-  thread_local std::vector<float*> orows;  // each lane's output row
-  lens.resize(static_cast<size_t>(mpad));
-  vrows.resize(static_cast<size_t>(ctx));
-  orows.resize(static_cast<size_t>(mpad));
-  for (int64_t l = 0; l < mpad; ++l) {
-    const int64_t r = task.r0 + l / g, j = l % g;
-    lens[static_cast<size_t>(l)] = static_cast<int32_t>(l < m ? first + r + 1 : ctx);
-    if (l >= m) {  // padding lanes: zero queries, a finite softmax, never written out
-      for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = 0.0f;
-      continue;
-    }
-    const float* qrow = a.q + (q0 + r) * a.q_tok + (h * g + j) * a.q_head;
-    for (int64_t i = 0; i < D; ++i) qt[i * mpad + l] = qrow[i] * a.scale;
-    orows[static_cast<size_t>(l)] = a.out + (q0 + r) * a.o_tok + (h * g + j) * a.o_head;
-  }
-  const int32_t* table = a.tables + s * a.table_stride;
-  for (int64_t p0 = 0; p0 < ctx_pad; p0 += 16) {
-    for (int64_t o = 0; o < 16; ++o) {
-      const int64_t p = p0 + o;
-      if (p >= ctx) {
-        std::fill(tile + o * D, tile + (o + 1) * D, 0.0f);  // scores masked below
-        continue;
-      }
-      const int64_t at = static_cast<int64_t>(table[p / a.block_size]) * a.c_block +
-                         p % a.block_size * a.c_tok + h * a.c_head;
-      std::memcpy(tile + o * D, a.k + at, D * sizeof(float));
-      vrows[static_cast<size_t>(p)] = a.v + at;
-    }
+  const GemmLayout L = gemm_layout<16, D>(a, task, buf);
+  const int64_t m = L.m, nv = L.nv, mpad = L.mpad, ctx = L.ctx;
+  float *const qt = L.qt, *const st = L.st, *const tile = L.tile, *const otile = L.otile;
+  const std::vector<int32_t>& lens = *L.lens;
+  const std::vector<const float*>& vrows = *L.vrows;
+  const std::vector<float*>& orows = *L.orows;
+  for (int64_t p0 = 0; p0 < L.ctx_pad; p0 += 16) {
+    gemm_k_tile<16, D>(a, L, p0);
     // Lane vectors in groups of up to 3 (the register budget).
     for (int64_t mv = 0, n; mv < nv; mv += n) {
       n = std::min<int64_t>(3, nv - mv);
