@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import importlib.util
 import json
-import math
 import random
 import shlex
 import statistics
@@ -46,24 +44,26 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
-ALL_HITS_ARM = "vllm+allhits"
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
 ALL_HITS_ORDERS = ("fcfs", "srpt")
 ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt"}
+# Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
-
-
-def _agent_replay():
-    spec = importlib.util.spec_from_file_location("agent_replay", ROOT / "bench/agent_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests and --fit)
+    ALL_HITS_ARM,
+    _agent_replay,
+    bound_lines,
+    kv_blocks,
+    reply_tokens,
+    session_prompts,
+    table,
+    tct_bound,
+    tool_s_per_task,
+)
 
 
 @dataclass
@@ -115,34 +115,6 @@ def _p95(values: list[float]) -> float:
     from kvsaga.stats import percentile
 
     return percentile(values, 95)
-
-
-def session_prompts(args, seed: int) -> tuple[list[int], list[list[Any]]]:
-    """(the shared system prompt's ids, each session's steps) for one seed."""
-    ar = _agent_replay()
-    ns = argparse.Namespace(**{**vars(args), "seed": seed})
-    _, trace, steps = ar.sample_steps(ns)
-    system = [100 + i for i in range(trace[0].shared_prefix.tokens + args.template_tokens)]
-    return system, steps
-
-
-def kv_blocks(args, system: list[int], sessions: list[list[Any]]) -> int:
-    """The budget: `--kv-fraction` of every session's final context at once (the system
-    prompt once), at least the longest context plus a block; plus vLLM's null block."""
-    if args.kv_blocks:
-        return args.kv_blocks + 1
-    per_step = args.template_tokens + args.template_end_tokens
-    sizes = [sum(st.input_tokens + st.output_tokens + per_step for st in s) for s in sessions]
-    peak = len(system) + sum(sizes)
-    need = math.ceil((len(system) + max(sizes)) / args.block_size) + 1
-    return max(int(args.kv_fraction * peak) // args.block_size, need) + 1
-
-
-def reply_tokens(args, step: Any) -> int:
-    """The step's reply length: the trace's output tokens, at most `--reply-tokens` (a
-    live model ending its replies at EOS; the KV budget still counts the trace's)."""
-    cap = args.reply_tokens
-    return step.output_tokens if cap is None else max(1, min(step.output_tokens, cap))
 
 
 def keep_every_hit(sched: Any, usable: int) -> None:
@@ -310,114 +282,6 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         res.connector = {k: v for k, v in stats.items() if k != "by_reason" and v}
         res.connector.update({f"released_{k}": v for k, v in sorted(stats["by_reason"].items())})
     return res
-
-
-def table(rows: dict[str, dict[int, dict[str, Any]]],
-          groups: list[list[int]] | None = None) -> list[str]:
-    """Markdown: one row per arm and seed, then per arm and seed group (default: all seeds
-    in one) the median speed-up and prefill ratio over plain vLLM."""
-    out = ["| arm | seed | prefill tokens | cached share | rebuild share | TCT mean s | TCT p95 s "
-           "| preemptions | queue wait s | speed-up | connector |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    medians = []
-    for name, by_seed in rows.items():
-        ups, fewer = {}, {}
-        for seed, f in by_seed.items():
-            base = rows["vllm"][seed]
-            ups[seed] = base["task_time_mean_s"] / f["task_time_mean_s"]
-            fewer[seed] = base["prefill_tokens"] / f["prefill_tokens"]
-            conn = ", ".join(f"{k[10:]} {v}" for k, v in f.items() if k.startswith("connector_"))
-            out.append(f"| {name} | {seed} | {f['prefill_tokens']:,} | {f['cached_share']:.1%} | "
-                       f"{f['rebuild_share']:.1%} | {f['task_time_mean_s']:.1f} | "
-                       f"{f['task_time_p95_s']:.1f} | {f['preemptions']} | "
-                       f"{f['queue_wait_mean_s']:.2f} | {ups[seed]:.2f}x | {conn} |")
-        if name == "vllm":
-            continue
-        for group in groups or [list(by_seed)]:
-            g = [x for x in group if x in by_seed]
-            u = [ups[x] for x in g]
-            medians.append(f"- {name}: median over seeds {', '.join(map(str, g))}: mean TCT "
-                           f"speed-up {statistics.median(u):.2f}x (range {min(u):.2f}-"
-                           f"{max(u):.2f}), prefill tokens vllm/{name} "
-                           f"{statistics.median(fewer[x] for x in g):.2f}x")
-    return [*out, "", *medians]
-
-
-def tool_s_per_task(args, seed: int) -> float:
-    """The sessions' mean tool time per task (their pauses, the last step has none)."""
-    _, sessions = session_prompts(args, seed)
-    return statistics.fmean(sum(st.tool_s for st in s) for s in sessions)
-
-
-def tct_bound(args, seed: int) -> dict[str, float]:
-    """A lower bound on the mean TCT of any schedule of this seed's sessions on this clock,
-    KV budget and vLLM's limits (bench/vllm_replay_bound.py states the argument): plain
-    vLLM's mean TCT over it bounds any connector's gain."""
-    from vllm_replay_bound import MAX_EXACT_TASKS, mean_tct_lower_bound, memory_bound, task_needs
-
-    system, sessions = session_prompts(args, seed)
-    needs = [task_needs(s, len(system), i * args.arrival_gap, step_s=args.step_s,
-                        token_s=args.token_s, block_size=args.block_size,
-                        chunk_tokens=args.max_num_batched_tokens,
-                        template_tokens=args.template_tokens,
-                        template_end_tokens=args.template_end_tokens,
-                        reply=lambda st: reply_tokens(args, st))
-             for i, s in enumerate(sessions)]
-    kw = {"step_s": args.step_s, "token_s": args.token_s,
-          "usable_blocks": kv_blocks(args, system, sessions) - 1,
-          "system_blocks": len(system) // args.block_size, "max_num_seqs": args.max_num_seqs}
-    out = mean_tct_lower_bound(needs, **kw)
-    if len(needs) <= MAX_EXACT_TASKS:  # with memory: contexts that cannot co-reside
-        out["memory_s"] = memory_bound(needs, block_size=args.block_size, **kw)["bound_s"]
-    return out
-
-
-def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
-    """Per seed, what bounds any engine's gain over plain vLLM on this workload and clock:
-    the ceiling (plain vLLM's mean TCT over the tool pauses a task spends, which no engine
-    can shorten), its rebuild share (the part of its steps' time spent computing again KV
-    it had computed before: what retention can save at most), the pressure (plain vLLM's
-    prefill over an unbounded cache's, `vllm@N`, when that arm ran), when plain vLLM's last
-    task ended (a live run's wall time) and, when `--all-hits` ran, the speed-ups with every
-    hit kept at this budget (`keep_every_hit`)."""
-    wide = rows.get(f"vllm@{args.unbounded_blocks}", {})
-    out = []
-    for seed, base in rows["vllm"].items():
-        tool = tool_s_per_task(args, seed)
-        ceiling = base["task_time_mean_s"] / tool if tool > 0 else math.inf
-        text = (f"- seed {seed}: ceiling {ceiling:.2f}x (plain vLLM's mean TCT "
-                f"{base['task_time_mean_s']:.1f} s over {tool:.1f} s of tool pauses a task)")
-        if seed in wide:
-            floor = wide[seed]["prefill_tokens"]
-            text += (f"; pressure {base['prefill_tokens'] / floor:.2f}x (plain vLLM's "
-                     f"{base['prefill_tokens']:,} prefill tokens over vllm@"
-                     f"{args.unbounded_blocks}'s {floor:,})")
-        if "rebuilt_tokens" in base:
-            rebuild_s = base["rebuild_share"] * base["busy_s"]
-            text += (f"; rebuild share {base['rebuild_share']:.1%} (plain vLLM computed "
-                     f"{base['rebuilt_tokens']:,} tokens again: {rebuild_s:.1f} s of its "
-                     f"{base['busy_s']:.1f} s of steps)")
-        out.append(text + f"; plain vLLM's last task ends at {base['end_s']:.1f} s")
-        kept = [(name, rows[name][seed]) for name in (ALL_HITS_ARM, ALL_HITS_ARM + "+srpt")
-                if seed in rows.get(name, {})]
-        if kept:
-            out[-1] += "; every hit kept at this budget: " + ", ".join(
-                f"{base['task_time_mean_s'] / f['task_time_mean_s']:.2f}x ({name})"
-                for name, f in kept)
-        b = tct_bound(args, seed)
-        plain = base["task_time_mean_s"]
-        measured = ", ".join(f"{name} {plain / arm[seed]['task_time_mean_s']:.2f}x"
-                             for name, arm in rows.items()
-                             if name.startswith("vllm+") and seed in arm)
-        low = max(b["bound_s"], b.get("memory_s", 0.0))
-        memory = (f"; with memory (keep or compute again each paused context): "
-                  f"{b['memory_s']:.1f} s, {plain / b['memory_s']:.2f}x; without: "
-                  f"{b['bound_s']:.1f} s, {plain / b['bound_s']:.2f}x" if "memory_s" in b else "")
-        out[-1] += (f"; **bound: no connector gains more than {plain / low:.2f}x** "
-                    f"(no schedule's mean TCT is below {low:.1f} s{memory}; every task alone, "
-                    f"no rebuild, no queueing: {b['solo_s']:.1f} s, {plain / b['solo_s']:.2f}x)"
-                    + (f", measured {measured}" if measured else ""))
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
