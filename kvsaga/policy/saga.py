@@ -41,6 +41,8 @@ from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
 from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 
+_TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
+
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
 
 
@@ -82,8 +84,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._max_size = 0
         self._levels = (0, 0)  # largest idle and largest size, on a 2x scale (sticky)
         self._norm = (0.0, 1.0, 1.0)  # (used, largest idle, largest size) as keys read them
-        self._reuse_now: dict[str, float] = {}  # per search: see _search_reuse, _search_ttl
+        # P_reuse and TTLs as computed from the statistics of `_stats_at` (graph version,
+        # latencies seen): see _search_reuse, _search_ttl.
+        self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
+        self._stats_at: tuple[int, int] = (-1, -1)
 
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:
@@ -152,14 +157,16 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return expired, W_RECENCY * recency + W_REUSE * (1.0 - p) + W_SIZE * size
 
     def _search_reuse(self, workflow: str) -> float:
-        """`p_reuse`, remembered for the rest of the search (nothing is learned during one)."""
+        """`p_reuse`, remembered until the statistics change (`_prepare`; nothing is learned
+        during a search)."""
         p = self._reuse_now.get(workflow)
         if p is None:
             p = self._reuse_now[workflow] = self.p_reuse(workflow)
         return p
 
     def _search_ttl(self, tool: str | None, used: float, expected_s: float | None) -> float:
-        """`ttl_s`, remembered for the rest of the search (`used` is fixed during one)."""
+        """`ttl_s`, remembered until the statistics change (`_prepare`; `used` is part of
+        the key)."""
         key = (tool, used, expected_s)
         ttl = self._ttl_now.get(key)
         if ttl is None:
@@ -209,8 +216,15 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._levels = (idle_level, size_level)
         m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
         self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
-        self._reuse_now.clear()  # what was learned since the last search counts
-        self._ttl_now.clear()
+        # What was learned since the last search counts: the graph's version moves with
+        # every change mean_steps reads, and every latency seen adds to all_latency (the
+        # same statistics `_keys_token` names). Unchanged, the last searches' answers hold,
+        # and a cold search does not compute them again (each a few us of Python).
+        stats = (self.graph.version, self.all_latency.n)
+        if stats != self._stats_at or len(self._ttl_now) > _TTL_MEMO:
+            self._stats_at = stats
+            self._reuse_now.clear()
+            self._ttl_now.clear()
 
     def _global_state(self, now: float) -> tuple[float, float, float]:
         return self._norm
