@@ -156,7 +156,21 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # 25% 1.77x -> 1.91x, swe 1x 50% 1.72x -> 1.80x, web 1x 25% 2.39x -> 2.65x, but bfcl 1x 25%
 # 1.40x -> 1.33x and bfcl 2x 50% 2.07x -> 1.88x: charging the cached context ends swe's
 # re-admission churn and lengthens bfcl's queue, where the GPU has no spare time.
-FIT_GRID = [{"readmit_charge": "full"}, {"readmit_charge": "context"}]
+# Round 11 (issue 10, fifteenth session), graph the default policy, against PREVIOUS (round
+# 8's pick, unchanged by rounds 9 and 10). Why: on the fit seeds at bfcl 1x 25% (the smallest
+# gain, 1.40x, and the p95 miss of seed 106) a session's TCT beyond its unloaded time is
+# mostly its waits to be admitted again after a demotion, 1.6-14.4 s a session against
+# 0.1-5.6 s of first admission (the slowest 5%: 22-83 s after 2-5 demotions), and 33-64% of
+# the demotions (84-161 a seed, all the shrink's) follow a paused session's next step
+# queueing, its predicted growth charged again, while no context ever outgrew its
+# prediction (`python bench/scheduling_overflow.py bfcl 1 0.25 101,...,106`; RESULTS
+# "Scheduling" has the split). Candidates: the shrink on the admitted contexts alone
+# (`shrink_on` "contexts": no demotion for growth that has not come), and a demoted
+# session's step aged from its session's first queueing (`readmit_order` "session_age":
+# a session part-way through holds more context than a new one and, aged only from its
+# re-queueing, sorts behind the stream of new ones). The rule, stated before the round ran
+# and unchanged from round 10 (`RULE`, then the `bench/scheduling_mix.py --report` veto).
+FIT_GRID = [{"shrink_on": "contexts"}, {"readmit_order": "session_age"}]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
 # candidate must not make a non-thrash figure worse than it by more than the slack

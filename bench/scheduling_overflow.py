@@ -3,6 +3,7 @@ nothing it measures: the scheduler's and the recorder's calls are only observed)
 
     python bench/scheduling_overflow.py swe 1 0.25 101,102,103,104,105,106
     python bench/scheduling_overflow.py swe 1 0.5 101,102,103,104,105,106 --memory
+    python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --waits
 
 Demotions (default mode). Every change of the admitted working sets (`_committed`) is
 tagged with the event that made it: a session admitted (new, or a demoted one again), a
@@ -15,6 +16,11 @@ beyond the prediction). Per session: its demotions and its recomputed prefill to
 Memory (`--memory`): time shares of the makespan by the live sessions' contexts (arrived,
 not ended) against the GPU, and whether a session was waiting for admission meanwhile: a
 GPU left empty while nobody waits is the trace's demand, not the scheduler holding back.
+
+Waits (`--waits`): where each session's TCT goes: its unloaded TCT (`unloaded_tct`), its
+waits for its first admission and for admissions again after demotions, and the rest
+(queueing of admitted sessions' steps, recomputation, slower batches); per seed for all
+sessions and for the slowest 5% (the p95's tail), against fcfs+lru's TCT of the same ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from scheduling import PRESET, capacity, trace
 
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
 
 
@@ -160,6 +167,53 @@ def memory(family: str, load: float, frac: float, seed: int, policy: str,
     return {"row": row, "time": out}
 
 
+def waits(family: str, load: float, frac: float, seed: int, policy: str,
+          params: dict | None = None) -> dict[str, Any]:
+    """One observed simulation (module docstring, `--waits`) and fcfs+lru's of the same
+    trace: per session its TCT under both, its unloaded TCT, its admission waits (first
+    and again after demotions) and its demotions."""
+    sim = _sim(family, load, frac, seed, policy, params)
+    sched = sim.scheduler
+    first: Counter = Counter()
+    again: Counter = Counter()
+    demoted: Counter = Counter()
+    admitted, demote = sched._admitted, sched._demote_session
+
+    def on_admitted(req, now, **k):
+        sid = req.session_id
+        if sid not in sched.sessions:  # a session admission: its wait ends now
+            (again if sid in sched._deferred else first)[sid] += now - req.arrival
+        return admitted(req, now, **k)
+
+    def on_demote(sid, now):
+        demoted[sid] += 1
+        return demote(sid, now)
+    sched._admitted, sched._demote_session = on_admitted, on_demote
+    row = sim.run().to_dict()
+    sessions = sim.sessions
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=sim.config.num_gpu_blocks, policy="lru",
+                    scheduler="fcfs")
+    base = Simulator(sessions, cfg)
+    base.run()
+    per = {s.id: {"tct": sim._finished_at[s.id] - s.arrival_s,
+                  "fcfs": base._finished_at[s.id] - s.arrival_s,
+                  "unloaded": unloaded_tct(s, cfg.cost, cfg.max_num_batched_tokens),
+                  "first": first[s.id], "again": again[s.id], "demotions": demoted[s.id]}
+           for s in sessions}
+    return {"row": row, "sessions": per}
+
+
+def _waits_line(per: dict[str, dict], ids: list[str]) -> str:
+    n = len(ids)
+
+    def mean(k: str) -> float:
+        return sum(per[i][k] for i in ids) / n
+    rest = mean("tct") - mean("unloaded") - mean("first") - mean("again")
+    return (f"TCT {mean('tct'):.1f} s (fcfs+lru {mean('fcfs'):.1f}, unloaded "
+            f"{mean('unloaded'):.1f}), admission wait first {mean('first'):.1f} / again "
+            f"{mean('again'):.1f}, demotions {mean('demotions'):.1f}, rest {rest:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("family")
@@ -168,12 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("seeds", help="comma-separated")
     ap.add_argument("--policy", default=DEFAULT_POLICY)
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
+    ap.add_argument("--waits", action="store_true", help="the waits mode (docstring)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
     for seed in seeds:
+        if a.waits:
+            per = waits(a.family, a.load, a.capacity, seed, a.policy)["sessions"]
+            ids = sorted(per, key=lambda i: -per[i]["tct"])
+            tail = ids[:max(1, len(ids) // 20)]
+            print(f"seed {seed}: all {len(ids)} sessions: {_waits_line(per, ids)}; the "
+                  f"slowest {len(tail)}: {_waits_line(per, tail)}", flush=True)
+            continue
         if a.memory:
             d = memory(a.family, a.load, a.capacity, seed, a.policy)
             t, r = d["time"], d["row"]

@@ -26,6 +26,7 @@ from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate
 
 SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
+SHRINK_ON = ("working_sets", "contexts")  # `WorkflowScheduler(shrink_on=...)`
 
 
 class _Admitted:
@@ -88,6 +89,9 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             "latest_back" (the default: those expected back last) or "smallest" (the
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
             1x 25% on the fit seeds but worsened non-thrash figures: `--fit` rejected it).
+        shrink_on: what the shrink keeps within the tiers: "working_sets" (the charged
+            working sets, predicted growth included) or "contexts" (the admitted contexts
+            alone; `Demotions._shrink` says why).
         max_overtake: a demoted session's next step queues ahead of its tenant's new
             sessions and of the demoted steps already waiting (the most recently demoted
             is the likeliest still cached), but ahead of each waiting one at most this
@@ -121,6 +125,10 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             (only the part of its context not cached, as for a new session), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
             "full" (its whole context; `kvsaga.scheduler.working_set_gate`).
+        readmit_order: where a demoted session's next step waits under "predicted" /
+            "gittins": "sorted" (among the new sessions, aged from its queueing),
+            "session_age" (aged from its session's first queueing) or "first" (ahead of
+            the new sessions; `AdmissionOrder._sort_pending` says why).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -155,6 +163,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         idle_admit_s: float = 1.0,
         shrink_aging: int = 2,
         shrink_order: str = "latest_back",
+        shrink_on: str = "working_sets",
         max_overtake: int = 16,
         paused_growth: bool = False,
         tool_growth: bool = True,
@@ -165,6 +174,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
         readmit_charge: str = "uncached",
+        readmit_order: str = "sorted",
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
@@ -193,6 +203,10 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             raise ValueError(f"scheduler parameter shrink_order must be one of "
                              f"{', '.join(SHRINK_ORDERS)}, got {shrink_order!r}")
         self.shrink_order = shrink_order
+        if shrink_on not in SHRINK_ON:
+            raise ValueError(f"scheduler parameter shrink_on must be one of "
+                             f"{', '.join(SHRINK_ON)}, got {shrink_on!r}")
+        self.shrink_on = shrink_on
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
@@ -202,7 +216,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
         self.readmit_charge = readmit_charge
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
-                                   tail_wait_factor)
+                                   tail_wait_factor, readmit_order)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)

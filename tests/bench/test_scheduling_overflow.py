@@ -46,3 +46,19 @@ def test_memory_mode_covers_the_makespan(mods):
     assert covered == pytest.approx(r["makespan_s"], rel=1e-6)
     plain = sched._run(("swe", 103, 1.0, 0.5, "workflow", "graph", None))
     assert r["tct_mean_s"] == plain["tct_mean_s"]
+
+
+def test_waits_mode_splits_each_sessions_tct_and_changes_nothing(mods):
+    sched, over = mods
+    d = over.waits("bfcl", 1.0, 0.25, 101, "graph")
+    plain = sched._run(("bfcl", 101, 1.0, 0.25, "workflow", "graph", None))
+    base = sched._run(("bfcl", 101, 1.0, 0.25, "fcfs", "lru", None))
+    per = d["sessions"]
+    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    n = len(per)
+    assert sum(p["tct"] for p in per.values()) / n == pytest.approx(plain["tct_mean_s"])
+    assert sum(p["fcfs"] for p in per.values()) / n == pytest.approx(base["tct_mean_s"])
+    assert sum(p["demotions"] for p in per.values()) == plain["num_demotions"] > 0
+    waited = sum(p["first"] + p["again"] for p in per.values()) / n
+    assert waited == pytest.approx(plain["admission_wait_s"])
+    assert all(p["tct"] >= p["first"] + p["again"] >= 0 for p in per.values())
