@@ -40,8 +40,8 @@ FIT_ARM = "ttl"  # the connector arm fitted: ttl with the connector's defaults, 
 class Setting:
     """One point of the grid: the gate's `admission_order` and, for "predicted", its two
     settings; `extra`: more connector settings, (key, value) pairs, a key `gate.NAME` a
-    `gate_args` entry, any other a top-level `kv_connector_extra_config` entry (e.g.
-    `best_effort_steps`)."""
+    `gate_args` entry, a key `sched.NAME` a `scheduler_args` entry (KVSagaScheduler), any
+    other a top-level `kv_connector_extra_config` entry (e.g. `best_effort_steps`)."""
 
     order: str
     aging_s: float | None = None
@@ -64,8 +64,11 @@ class Setting:
 
     def connector_extra(self, base: dict[str, Any]) -> dict[str, Any]:
         """`base` (the run's --connector-extra) with this setting's entries over it."""
-        out = {**base, **{k: v for k, v in self.extra if not k.startswith("gate.")}}
+        out = {**base, **{k: v for k, v in self.extra if not k.startswith(("gate.", "sched."))}}
         out["gate_args"] = {**base.get("gate_args", {}), **self.gate_args()}
+        sched = {k[6:]: v for k, v in self.extra if k.startswith("sched.")}
+        if sched:  # KVSagaScheduler's settings (`--fit-arm POLICY+sched`)
+            out["scheduler_args"] = {**base.get("scheduler_args", {}), **sched}
         return out
 
 
@@ -135,6 +138,12 @@ def choose(speedups: dict[Setting, dict[int, float]]) -> Setting:
     return max(speedups, key=lambda s: score(speedups[s]))
 
 
+def fit_arm(args: Any) -> str:
+    """The connector arm fitted: `--fit-arm` (e.g. "ttl+sched", the connector with kvsaga's
+    scheduler plug-in), by default `FIT_ARM`."""
+    return getattr(args, "fit_arm", None) or FIT_ARM
+
+
 def fit(args: Any, model_dir: str, seeds: Sequence[int], grid: Sequence[Setting],
         replay: Callable[..., Any]) -> dict[str, Any]:
     """Replay plain vLLM and every setting on every seed (`replay(args, model_dir, seed,
@@ -149,7 +158,8 @@ def fit(args: Any, model_dir: str, seeds: Sequence[int], grid: Sequence[Setting]
         extra = setting.connector_extra(base_extra)
         ns = type(args)(**{**vars(args), "connector_extra": json.dumps(extra)})
         speedups[setting] = {
-            seed: plain[seed] / replay(ns, model_dir, seed, FIT_ARM).figures()["task_time_mean_s"]
+            seed: plain[seed] / replay(ns, model_dir, seed, fit_arm(args)).figures()[
+                "task_time_mean_s"]
             for seed in seeds}
     return {"plain_tct_s": plain, "speedups": speedups, "chosen": choose(speedups),
             "connector_extra": base_extra}
@@ -258,7 +268,7 @@ def run(args: Any, argv: list[str] | None, model_dir: str, seeds: Sequence[int],
     if args.write_results:
         title, body = section(
             args, argv, "The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit",
-            f"; connector arm '{FIT_ARM}' with each setting's gate_args; speed-up: plain "
+            f"; connector arm '{fit_arm(args)}' with each setting's gate_args; speed-up: plain "
             "vLLM's mean TCT over the setting's, per fit seed.")
         ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
                          parent=ar.VLLM_SECTION)

@@ -138,7 +138,8 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
                      f"{base['rebuilt_tokens']:,} tokens again: {rebuild_s:.1f} s of its "
                      f"{base['busy_s']:.1f} s of steps)")
         out.append(text + f"; plain vLLM's last task ends at {base['end_s']:.1f} s")
-        kept = [(name, rows[name][seed]) for name in (ALL_HITS_ARM, ALL_HITS_ARM + "+srpt")
+        kept = [(name, rows[name][seed]) for name in (ALL_HITS_ARM, ALL_HITS_ARM + "+srpt",
+                                                       ALL_HITS_ARM + "+sched")
                 if seed in rows.get(name, {})]
         if kept:
             out[-1] += "; every hit kept at this budget: " + ", ".join(

@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
-ALL_HITS_ORDERS = ("fcfs", "srpt")
-ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt"}
+ALL_HITS_ORDERS = ("fcfs", "srpt", "sched")
+ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt", "sched": "+sched"}
+ORDER_ARMS = ("sched", "srpt")  # a connector arm's order suffixes (`split_order`)
 # Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
@@ -135,6 +136,28 @@ def keep_every_hit(sched: Any, usable: int) -> None:
     pool.get_num_free_blocks = get_num_free_blocks
 
 
+def split_order(arm: str) -> tuple[str, str | None]:
+    """A connector arm's name less its order suffix, and the order: "+sched" (kvsaga's
+    scheduler plug-in, `KVSagaScheduler` under vLLM's priority policy: the arm is vLLM +
+    kvsaga, connector and scheduler), "+srpt" (the clairvoyant order of the all-hits arm, a
+    reference no online order reaches), None (vLLM's first come, first served)."""
+    for suffix in ORDER_ARMS:
+        if arm.endswith("+" + suffix):
+            return arm[: -len(suffix) - 1], suffix
+    return arm, None
+
+
+def scheduler_class(order: str | None) -> type:
+    """The Scheduler class vLLM's `--scheduler-cls` would name for `order`."""
+    if order == "sched":
+        from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+        return KVSagaScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    return Scheduler
+
+
 def replay(args, model_dir: str, seed: int, policy: str | None,
            all_hits: str | None = None) -> ArmResult:
     """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain).
@@ -150,7 +173,9 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
     from replay.servers import connector_arm
 
     extra = json.loads(args.connector_extra)
+    order = all_hits
     if policy:
+        policy, order = split_order(policy)
         policy, settings = connector_arm(policy)
         extra.update(settings)
     blocks = kv_blocks(args, system, sessions)
@@ -159,13 +184,14 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                            policy or "ttl", max_num_seqs=args.max_num_seqs,
                            block_size=args.block_size,
                            max_num_batched_tokens=args.max_num_batched_tokens,
-                           scheduling_policy="priority" if all_hits == "srpt" else "fcfs",
-                           **(extra if policy else {}))
+                           scheduling_policy="fcfs" if order in (None, "fcfs") else "priority",
+                           scheduler_cls=scheduler_class(order), **(extra if policy else {}))
     if all_hits:
         keep_every_hit(sched, blocks - 1)
     now = 0.0
-    if sched.connector is not None:
-        sched.connector.clock = lambda: now
+    for part in (sched.connector, sched if order == "sched" else None):
+        if part is not None:
+            part.clock = lambda: now
     rng = random.Random(seed)
     context: list[list[int]] = [list(system) for _ in sessions]
     arrived = [i * args.arrival_gap for i in range(len(sessions))]
@@ -205,7 +231,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                 if st.expected_s is not None:
                     hint["expected_s"] = st.expected_s
             req = make_request(context[i], reply_tokens(args, st), hint, args.block_size)
-            if all_hits == "srpt":
+            if order == "srpt":
                 req.priority = sum(reply_tokens(args, later) for later in sessions[i][k:])
             res.prompt_tokens += len(context[i])
             live[req.request_id] = (i, k)
@@ -302,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
            f"'{ALL_HITS_ARM}' (vLLM's order: the TCT with every prefix hit kept, what any "
            "retention can reach without changing which requests run together) and "
            f"'{ALL_HITS_ARM}+srpt' (a clairvoyant order, the session with the fewest decode "
-           "steps left first: what reordering could add on top)")
+           "steps left first: what reordering could add on top) and "
+           f"'{ALL_HITS_ARM}+sched' (the online order of kvsaga's scheduler plug-in, "
+           "KVSagaScheduler: how much of that an online order takes)")
     a("--token-scale", type=float, default=0.02)
     a("--time-scale", type=float, default=20.0)
     a("--max-tool-s", type=float, default=10.0)
@@ -322,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
            "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on), "
            "POLICY+noroom (the gate without room admission), POLICY+fifo (the gate in vLLM's "
-           "queue order), POLICY+ride (deferred steps ride along: best_effort_steps 10)")
+           "queue order), POLICY+ride (deferred steps ride along: best_effort_steps 10); any of "
+           "them +sched (kvsaga's scheduler plug-in too: KVSagaScheduler, vLLM's priority "
+           "policy) or +srpt (a clairvoyant order, a reference: vLLM's priority policy, the "
+           "session with the fewest decode steps left first)")
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms")
     a("--template-tokens", type=int, default=8,
@@ -353,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="rerun the gate's admission-order fit (bench/vllm_gate_fit.py) instead of the "
            "arms: every --fit-grid setting as the connector arm 'ttl' on --seeds (the "
            "connector's fit seeds 0-4 only), chosen by the highest worst seed then median")
+    a("--fit-arm", default=None,
+      help="the connector arm --fit replays each setting as (default: ttl, the connector "
+           "alone; e.g. ttl+sched: with kvsaga's scheduler plug-in)")
     a("--fit-grid", default=None,
       help="the fit's settings, ';'-separated 'fifo' or 'AGING_S:PRIOR_STEPS' (default: the "
            "grid the connector's defaults were chosen from, bench/vllm_gate_fit.DEFAULT_GRID)")

@@ -237,3 +237,18 @@ def test_breakdown_line_names_each_arms_parts() -> None:
     assert line.startswith("- seed 3: mean TCT = tool pauses + queue waits + service")
     assert "vllm 30.0 = 20.0 + 4.0 + 6.0 s (1,200 steps, 50.0 s busy, 5.0 s rebuild)" in line
     assert "gate waits 12.5 s)" in line
+
+
+def test_fit_grid_sched_keys_become_scheduler_args_and_order_suffixes_split() -> None:
+    gf = _fit()
+    (setting,) = gf.parse_grid('20:16 sched.aging_s=60 sched.work="steps" keep_demoted=true')
+    extra = setting.connector_extra({"scheduler_args": {"prior_steps": 8}})
+    assert extra["scheduler_args"] == {"prior_steps": 8, "aging_s": 60, "work": "steps"}
+    assert extra["keep_demoted"] is True and "sched.aging_s" not in extra
+    assert "scheduler_args" not in gf.parse_grid("20:16")[0].connector_extra({})
+    args = _load().build_parser().parse_args(["--fit-arm", "ttl+sched"])
+    assert gf.fit_arm(args) == "ttl+sched" and gf.fit_arm(object()) == gf.FIT_ARM
+    mod = _load()
+    assert mod.split_order("ttl+nogate+sched") == ("ttl+nogate", "sched")
+    assert mod.split_order("ttl+srpt") == ("ttl", "srpt")
+    assert mod.split_order("ttl+ride") == ("ttl+ride", None)

@@ -61,7 +61,10 @@ Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, def
 `policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
-deferred step always waits), `step_cost_args` (`StepCost` keyword arguments).
+deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
+`keep_demoted` (default false: a session the gate's shrink demotes keeps its blocks until
+memory is needed, released then before the policy's choice; changed little on the fit seeds,
+docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only).
 """
 
 from __future__ import annotations
@@ -163,6 +166,10 @@ class KVSagaConnector(KVConnectorBase_V1):
         if not isinstance(self.admission, bool):
             raise ValueError(f"admission must be true or false, got {self.admission!r}")
         self.gate_args = dict(extra.get("gate_args", {}))
+        self.keep_demoted = extra.get("keep_demoted", False)
+        if not isinstance(self.keep_demoted, bool):
+            raise ValueError(f"keep_demoted must be true or false, got {self.keep_demoted!r}")
+        self._demoted: dict[str, None] = {}  # kept demoted sessions, oldest demotion first
         self.best_effort_steps = extra.get("best_effort_steps", BEST_EFFORT_STEPS)
         if not (is_number(self.best_effort_steps) and self.best_effort_steps >= 0):
             raise ValueError(f"best_effort_steps must be a number >= 0, got "
@@ -288,8 +295,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         left after allocating `blocks` (hits in the free queue included), one per running
         request and the reserve; negative when they do not fit without releasing retained
         blocks."""
-        return (self.pool.get_num_free_blocks() - blocks - self.gate.num_in_flight
-                - self.reserve_blocks)
+        return (self.pool.get_num_free_blocks() + self._demoted_only() - blocks
+                - self.gate.num_in_flight - self.reserve_blocks)
 
     def _best_effort(self, tokens: int, blocks: int) -> bool:
         """Whether a step the gate holds back may run anyway, unretained: its context's
@@ -346,7 +353,10 @@ class KVSagaConnector(KVConnectorBase_V1):
                 request.request_id, info.session_id if info else None, request.num_tokens,
                 now, hint.expected_s if hint else None, bool(hint and hint.last_step),
             ):
-                self._release_session(demoted)  # plain LRU cache in vLLM from now on
+                if self.keep_demoted and demoted in self.holds:
+                    self._demoted[demoted] = None  # released first, once memory is needed
+                else:
+                    self._release_session(demoted)  # plain LRU cache in vLLM from now on
             if not self.gate.num_in_flight:
                 self._step_mark = None  # the time to the next step may be idle
         if not self._steps:  # no session step left in flight: the counters may rest here
@@ -466,13 +476,40 @@ class KVSagaConnector(KVConnectorBase_V1):
             self.ledger.uncache(block_id)
 
     def _release_session(self, sid: str) -> None:
+        self._demoted.pop(sid, None)
         for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
             self._drop(b, sid)
+
+    def _demoted_only(self) -> int:
+        """Retained blocks held by kept demoted sessions alone (`keep_demoted`): vLLM's room
+        in all but name, since any need for memory releases them before anything else."""
+        return sum(1 for sid in self._demoted for b in self.holds.get(sid, ())
+                   if self.pool.blocks[b].ref_cnt == len(self._holders[b])
+                   and all(h in self._demoted for h in self._holders[b]))
+
+    def _release_demoted(self, free_wanted: int) -> int:
+        """Release kept demoted sessions' blocks, the oldest demotion first and each
+        session's tail first, until vLLM has `free_wanted` free blocks."""
+        pool, released = self.pool, 0
+        while self._demoted and pool.get_num_free_blocks() < free_wanted:
+            sid = next(iter(self._demoted))
+            blocks = self.holds.get(sid)
+            if not blocks:
+                self._release_session(sid)
+                continue
+            self._drop(blocks.pop(), sid)
+            released += 1
+            if not blocks:
+                self._release_session(sid)
+        return released
 
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
         """Release retained blocks in the policy's order until vLLM has `free_wanted` free
         blocks or nothing is retained. Returns how many retained blocks were released."""
         pool = self.pool
+        demoted = self._release_demoted(free_wanted)
+        if demoted:
+            self.stats.by_reason["demoted"] = self.stats.by_reason.get("demoted", 0) + demoted
         released = 0
         while self._holders and pool.get_num_free_blocks() < free_wanted:
             short = free_wanted - pool.get_num_free_blocks()
@@ -487,9 +524,11 @@ class KVSagaConnector(KVConnectorBase_V1):
                     self._drop(b, sid)
                 released += 1
         if released:
+            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + released
+        released += demoted
+        if released:
             self.stats.released_blocks += released
             self.stats.pressure_releases += 1
-            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + released
         return released
 
     # -- worker side: nothing to move ----------------------------------------------------------

@@ -42,12 +42,14 @@ def make_scheduler(
     block_size: int = BLOCK_SIZE,
     max_num_batched_tokens: int = 4096,
     scheduling_policy: str = "fcfs",
+    scheduler_cls: type[Scheduler] = Scheduler,
     **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
     caching on, with or without the kvsaga connector (`extra`: more connector settings;
     `policy` None: `kv_transfer_config`'s default, `kvsaga.policy.DEFAULT_POLICY`);
-    `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first)."""
+    `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first);
+    `scheduler_cls` what vLLM's `--scheduler-cls` names (a Scheduler subclass)."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
     kv_transfer = (
         KVTransferConfig(**json.loads(kv_transfer_config(**extra) if policy is None
@@ -81,7 +83,7 @@ def make_scheduler(
         ],
     )
     vllm_config.cache_config.num_gpu_blocks = num_blocks
-    return Scheduler(
+    return scheduler_cls(
         vllm_config=vllm_config,
         kv_cache_config=kv_cache_config,
         structured_output_manager=StructuredOutputManager(vllm_config),
