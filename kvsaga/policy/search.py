@@ -324,13 +324,23 @@ class VictimSearch:
             self._drop_or_rekey(set(due), now)
             index.restore()
             return index.runs(num_blocks) if num_blocks >= 0 else None
+        learned_before = self._learned_at_rebuild
         self._global = state
         self._learned_at_rebuild = self._learned
-        if self._rekey_everyone(now):
-            self._drop_or_rekey(dirty, now)
-            index.compact()  # one entry per session, as a cleared index keyed afresh holds
-        else:
-            self._drop_or_rekey(dirty, now)
+        try:
+            if self._rekey_everyone(now):
+                self._drop_or_rekey(dirty, now)
+                index.compact()  # one entry per session, as a cleared index keyed afresh holds
+            else:
+                self._drop_or_rekey(dirty, now)
+        except BaseException:
+            # A keying or push that raised left some sessions keyed from the new statistics
+            # and others still holding keys from the old ones (not marked, their class keys
+            # forgotten): the next search re-keys every session again, as if this one had
+            # not begun, so no session keeps a key the current statistics do not give.
+            self._global = _REKEY_ALL
+            self._learned_at_rebuild = learned_before
+            raise
         dirty.clear()
         index.restore()
         return index.runs(num_blocks) if num_blocks >= 0 else None

@@ -1,0 +1,75 @@
+"""A full re-key that raises part way (a policy's keying, a push the index refuses) leaves
+no session with a key the current statistics do not give: the next search re-keys every
+session again (search.py `_refresh`), so its order is the full scan's."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy import POLICIES
+from tests.policy.helpers import build, make, run_step, tokens
+
+INDEXED = sorted(n for n, c in POLICIES.items() if getattr(c, "indexed", False))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def fail_keying(policy, after: int) -> dict[str, int]:
+    """Make the policy's Python keying raise at its `after`-th call from now, once."""
+    name = "_timed_base" if hasattr(policy, "_timed_base") else "_session_base"
+    keying = getattr(policy, name)
+    calls = {"n": 0}
+
+    def keyed(sid, g, t):
+        calls["n"] += 1
+        if calls["n"] == after:
+            raise Boom(sid)
+        return keying(sid, g, t)
+
+    setattr(policy, name, keyed)
+    return calls
+
+
+@pytest.mark.parametrize("after", [1, 2])
+@pytest.mark.parametrize("name", INDEXED)
+def test_a_full_re_key_that_raises_is_redone_whole(name, after):
+    """After the error, the order is the full scan's and the index holds every cached
+    block once. (On this small cache the order also held before the rollback, the stale
+    keys ranking alike: the next test is the one that needs it.)"""
+    policy = build(name, relearn_share=100.0)  # no relearning but `rekey_all`
+    m = make(policy, num_blocks=24)
+    for i, sid in enumerate("abcde"):
+        run_step(m, sid, tokens(100 * i, 12), now=0.01 * i, tool="search")
+    policy.choose_victims(1, 0.5)
+    # Learning ("a" resumes after its pause on the tool the others wait on, and pauses
+    # again on another), then a full re-key whose `after`-th Python keying raises.
+    run_step(m, "a", tokens(0, 16), now=0.6, tool="edit")
+    policy.rekey_all()
+    calls = fail_keying(policy, after)
+    with pytest.raises(Boom):
+        policy.choose_victims(1, 0.6)
+    assert calls["n"] == after
+    policy.check_integrity()
+    assert policy.eviction_order(0.6) == policy.scan_order(0.6)
+    assert policy.choose_victims(2, 0.7) == policy.scan_order(0.7)[:2]
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_a_failed_full_re_key_leaves_the_next_search_a_full_one(name):
+    """The failed search changed no statistics it answers from: the next search takes the
+    full re-key again (Python keys at least one session per class), not the usual one."""
+    policy = build(name, relearn_share=100.0)
+    m = make(policy, num_blocks=24)
+    for i, sid in enumerate("abcde"):
+        run_step(m, sid, tokens(100 * i, 12), now=0.01 * i, tool="search")
+    policy.choose_victims(1, 0.5)
+    policy.rekey_all()
+    fail_keying(policy, 1)
+    with pytest.raises(Boom):
+        policy.choose_victims(1, 0.5)
+    calls = fail_keying(policy, 10**9)  # counts only
+    policy.choose_victims(1, 0.5)
+    assert calls["n"] >= 1
+    assert policy.eviction_order(0.5) == policy.scan_order(0.5)
