@@ -21,6 +21,8 @@ from pathlib import Path
 
 from kvsaga.integrations.vllm import kv_transfer_config
 
+SCHEDULER_CLS = "kvsaga.integrations.vllm.scheduler.KVSagaScheduler"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""
@@ -39,6 +41,9 @@ class VLLMServer:
         connector_policy: a kvsaga policy name to enable the retention connector with; None
             for plain vLLM (prefix caching only).
         connector_extra: more `kv_connector_extra_config` entries (e.g. `admission`).
+        scheduler_cls: a Scheduler class by qualified name (`--scheduler-cls`, run under
+            `--scheduling-policy priority`), e.g. `SCHEDULER_CLS` (kvsaga's plug-in); None:
+            vLLM's own.
         python: the interpreter that has vLLM.
         served_name: the model name clients send.
         dtype, block_size, max_model_len, max_num_seqs: as vLLM's flags.
@@ -50,6 +55,7 @@ class VLLMServer:
     kv_cache_bytes: int
     connector_policy: str | None = None
     connector_extra: dict = field(default_factory=dict)
+    scheduler_cls: str | None = None
     python: str = sys.executable
     served_name: str = "model"
     dtype: str = "float32"
@@ -82,6 +88,8 @@ class VLLMServer:
         ]  # fmt: skip
         if self.eager:
             cmd.append("--enforce-eager")
+        if self.scheduler_cls is not None:
+            cmd += ["--scheduling-policy", "priority", "--scheduler-cls", self.scheduler_cls]
         if self.connector_policy is not None:
             cmd += [
                 "--kv-transfer-config",

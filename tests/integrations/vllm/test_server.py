@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
-from kvsaga.integrations.vllm.launch import VLLMServer  # noqa: E402
+from kvsaga.integrations.vllm.launch import SCHEDULER_CLS, VLLMServer  # noqa: E402
 
 BLOCK = 32  # tokens per block (vLLM's CPU attention takes multiples of 32)
 BLOCK_BYTES = BLOCK * 46_080  # SmolLM2-135M, fp32: 30 layers x 3 KV heads x 64 x 2 x 4 bytes
@@ -52,14 +52,20 @@ def _agent_run(server: VLLMServer) -> tuple[int, int]:
     return r1.usage.prompt_tokens, r2.usage.prompt_tokens_details.cached_tokens
 
 
-@pytest.mark.parametrize("policy", [None, "ttl"], ids=["plain-vllm", "kvsaga-connector"])
-def test_second_step_hits_after_the_tool_pause(hf_model_dir, tmp_path, policy):
+@pytest.mark.parametrize(("policy", "scheduler"), [(None, None), ("ttl", None),
+                                                   ("ttl", SCHEDULER_CLS)],
+                         ids=["plain-vllm", "kvsaga-connector", "kvsaga-connector+scheduler"])
+def test_second_step_hits_after_the_tool_pause(hf_model_dir, tmp_path, policy, scheduler):
+    """The third case: kvsaga's scheduler plug-in too (`--scheduler-cls`, configuration
+    only), which must start, serve and keep the connector's hit."""
     server = VLLMServer(
         hf_model_dir, NUM_BLOCKS * BLOCK_BYTES, connector_policy=policy, served_name="smol",
-        max_model_len=512, max_num_seqs=4, log=tmp_path / "vllm.log",
+        max_model_len=512, max_num_seqs=4, log=tmp_path / "vllm.log", scheduler_cls=scheduler,
     )  # fmt: skip
     with server:
         prompt1, cached2 = _agent_run(server)
+    if scheduler is not None:  # vLLM loaded the plug-in by name (it warns that it did)
+        assert "Using custom scheduler class " + scheduler in server.log.read_text()
     full_blocks = prompt1 // BLOCK * BLOCK
     assert prompt1 > 150
     if policy is None:
