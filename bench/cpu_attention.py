@@ -15,7 +15,11 @@ sequence's blocks shuffled in a tier of `--layers` layers, one layer's strided v
   1,024-token step of the engine), and one agent step's (384 new tokens of each of two
   sessions over cached prefixes of 1,024, two decoding sessions beside them): the SDPA
   path (each sequence's blocks copied out, one fused SDPA call per sequence), the in-place
-  kernel's row tiles (AVX-512, else AVX2), and its extend GEMM.
+  kernel's row tiles (AVX-512, else AVX2), and its extend GEMM;
+- a long extend: one session's 256 new tokens over a cached prefix of 6,144 (past the
+  AVX-512 GEMM's 4,096-position cap, where that GEMM leaves the task to the row tiles; the
+  AVX2 one keeps a chunk of scores and has no cap), one decoding session beside it, in a
+  tier of 2 layers (30 would take over 1 GB).
 CPU milliseconds per call (process time, so other jobs on a shared machine disturb it
 little), median of 5 rounds of `--repeat` calls, and each path's speed-up over the first
 row of its kind. Every path's output is checked against the torch reference first.
@@ -43,6 +47,9 @@ PREFILL_LENS = [881, 500, 131]
 # cached prefixes of 1,024, beside two decoding sessions.
 EXTEND_LENS = [1408, 1408, 1041, 1041]
 EXTEND_QUERY_LENS = [384, 384, 1, 1]
+# A long session's step: 256 new tokens over 6,144 cached, past kGemmMaxContext (4,096).
+LONG_LENS = [6400, 6145]
+LONG_QUERY_LENS = [256, 1]
 
 
 def _attention_case(lens: list[int], query_lens: list[int], block_size: int, num_layers: int,
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
                               torch.Generator().manual_seed(1))
     extend = _attention_case(EXTEND_LENS, EXTEND_QUERY_LENS, args.block_size, args.layers,
                              torch.Generator().manual_seed(2))
+    long = _attention_case(LONG_LENS, LONG_QUERY_LENS, args.block_size, 2,
+                           torch.Generator().manual_seed(3))
     want = reference.paged_attention(attn)
     layers = _every_layer(attn)
     other = torch.zeros_like(attn.query)  # the views of another layer: checked once too
@@ -159,11 +168,13 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     for label, fn in (("torch reference", reference.cache_write),
                       ("C++ row copy", inplace.cache_write)):
         rows.append(("cache_write", label, _cpu_ms(lambda f=fn: f(write), args.repeat)))
-    for op, case in (("prefill attention", prefill), ("extend attention", extend)):
+    for op, case in (("prefill attention", prefill), ("extend attention", extend),
+                     ("long extend", long)):
         rows += _chunk_rows(op, case, args.repeat)
     print(f"one layer of a 16-sequence decode step ({sum(PROMPT_LENS) + 16 * 32} context "
           f"tokens), of a {sum(PREFILL_LENS)}-token prefill and of an agent step's extend "
-          f"({EXTEND_QUERY_LENS} new tokens over contexts of {EXTEND_LENS}), block "
+          f"({EXTEND_QUERY_LENS} new tokens over contexts of {EXTEND_LENS}) and a long one "
+          f"({LONG_QUERY_LENS} over {LONG_LENS}), block "
           f"{args.block_size}, CPU ms per call, 1 thread")
     first: dict[str, float] = {}
     for op, label, ms in rows:

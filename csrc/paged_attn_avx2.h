@@ -15,7 +15,8 @@
 // Layout differences from the AVX-512 code: a vector holds 8 floats (C = head_dim / 8
 // vectors per row) and there are 16 registers instead of 32, so the tiles are narrower:
 // the row tiles take up to 3 heads at once and the values pass 32 output columns at a time;
-// the GEMM takes 8 positions per K tile and up to 2 lane vectors (16 query heads) at once.
+// the GEMM takes 8 positions per K tile and up to 3 lane vectors (24 query heads) at once,
+// and walks the context in chunks with an online softmax (run_item_gemm8: no context cap).
 
 #pragma once
 
@@ -165,7 +166,8 @@ KV_AVX2 inline void gemm8_scores(const float* qt, int64_t mpad, const float* til
     for (int o = 0; o < PT; ++o) _mm256_storeu_ps(st + o * mpad + t * 8, acc[t][o]);
 }
 
-// An 8-position K tile's scores for NV lane vectors.
+// An 8-position K tile's scores for NV lane vectors: NV x PT accumulators, 8 to 12 of the
+// 16 registers (with NV = 3, PT = 4: 7 loads per 12 multiply-adds).
 template <int D, int NV>
 KV_AVX2 inline void gemm8_scores_tile(const float* qt, int64_t mpad, const float* tile,
                                       float* st) {
@@ -173,40 +175,75 @@ KV_AVX2 inline void gemm8_scores_tile(const float* qt, int64_t mpad, const float
   for (int o = 0; o < 8; o += PT) gemm8_scores<D, NV, PT>(qt, mpad, tile + o * D, st + o * mpad);
 }
 
-// Softmax down 8 lanes of St (rows 0 .. ctx - 1, stride mpad), unnormalised: lane l keeps
-// rows < lens[l] (the others become 0, by an AND with the compare's all-ones/zero mask);
-// returns 1 / each lane's sum. Every lane keeps row 0 at least, so each maximum is finite.
-KV_AVX2 inline __m256 gemm8_softmax(float* st, int64_t mpad, int64_t ctx, __m256i lens) {
-  __m256 mx = _mm256_set1_ps(-INFINITY);
-  for (int64_t p = 0; p < ctx; ++p) {
-    const __m256 in = _mm256_castsi256_ps(
-        _mm256_cmpgt_epi32(lens, _mm256_set1_epi32(static_cast<int>(p))));
-    mx = _mm256_blendv_ps(mx, _mm256_max_ps(mx, _mm256_loadu_ps(st + p * mpad)), in);
+// Positions per chunk of the AVX2 extend GEMM: St holds one chunk's scores ([kChunk8][mpad],
+// 12 KiB for 48 query heads), so Qt, St and the output accumulators stay in L1/L2 whatever
+// the context, and the GEMM needs no context cap.
+constexpr int64_t kChunk8 = 64;
+
+// All-ones in the lanes whose context holds position p (lens > p), zero in the others.
+KV_AVX2 inline __m256 lanes_see8(__m256i lens, int64_t p) {
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lens, _mm256_set1_epi32(static_cast<int>(p))));
+}
+
+// Asks the CPU for row p (D floats) of the task's head in `cache` (K or V), if p is in the
+// context: the rows of a chunk lie in blocks anywhere in the tier, where the hardware's
+// stream prefetch stops at each block's end.
+template <int64_t D>
+inline void prefetch_row8(const Args& a, const GemmLayout& L, const float* cache, int64_t p) {
+  if (p >= L.ctx) return;
+  const float* row = cache + static_cast<int64_t>(L.table[p / a.block_size]) * a.c_block +
+                     p % a.block_size * a.c_tok + L.h * a.c_head;
+  for (int64_t i = 0; i < D; i += 16) KV_PREFETCH(row + i);
+}
+
+// One chunk's online softmax down 8 lanes (St rows 0 .. kc - 1 are positions c0 ..):
+// lane l keeps positions < lens[l] (`masked`: some lane ends inside the chunk; else no
+// compare at all). The running maximum `m` and sum `l` (8 floats each) move to the chunk's;
+// St becomes exp(score - new max), and the return value is exp(old max - new max), by which
+// the output accumulators must be scaled. Chunk 0 holds position 0, which every lane sees,
+// so each maximum is finite from then on (a lane with no position in a later chunk keeps
+// its maximum: factor 1, probabilities 0).
+KV_AVX2 inline __m256 flash8_softmax(float* st, int64_t mpad, int64_t kc, int64_t c0,
+                                     __m256i lens, bool masked, float* m, float* l) {
+  const __m256 old = _mm256_loadu_ps(m);
+  __m256 mx = old;
+  if (masked) {
+    for (int64_t p = 0; p < kc; ++p)
+      mx = _mm256_blendv_ps(mx, _mm256_max_ps(mx, _mm256_loadu_ps(st + p * mpad)),
+                            lanes_see8(lens, c0 + p));
+  } else {
+    for (int64_t p = 0; p < kc; ++p) mx = _mm256_max_ps(mx, _mm256_loadu_ps(st + p * mpad));
   }
-  __m256 sum = _mm256_setzero_ps();
   const __m256 lo = _mm256_set1_ps(-87.0f);
-  for (int64_t p = 0; p < ctx; ++p) {
-    const __m256 in = _mm256_castsi256_ps(
-        _mm256_cmpgt_epi32(lens, _mm256_set1_epi32(static_cast<int>(p))));
+  // old - mx: -inf in chunk 0 (old = -inf), clamped to -87: a factor of ~1e-38 on zeros.
+  const __m256 alpha = exp_nonpos8(_mm256_max_ps(_mm256_sub_ps(old, mx), lo));
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p) {
     const __m256 x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(st + p * mpad), mx), lo);
-    const __m256 e = _mm256_and_ps(exp_nonpos8(x), in);
+    __m256 e = exp_nonpos8(x);
+    if (masked) e = _mm256_and_ps(e, lanes_see8(lens, c0 + p));
     _mm256_storeu_ps(st + p * mpad, e);
     sum = _mm256_add_ps(sum, e);
   }
-  return _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
+  _mm256_storeu_ps(m, mx);
+  _mm256_storeu_ps(l, _mm256_fmadd_ps(_mm256_loadu_ps(l), alpha, sum));
+  return alpha;
 }
 
-// Output elements i0 .. i0 + DT - 1 of NV x 8 query lanes: sum over positions of
-// St[p][lane] * V[p][i] (V rows read in place), times each lane's 1 / sum, transposed
-// through `otile` ([DT][8]) into the lanes' output rows; `lanes`: the real lanes left.
+// Output elements i0 .. i0 + DT - 1 of NV x 8 query lanes, accumulated in Ot ([D][mpad],
+// from the first lane): Ot = Ot * alpha + sum over the chunk's kc positions of St[p][lane] *
+// V[p][i] (V rows read in place, `vrows`); `first`: Ot is not yet written (taken as 0).
+// NV x DT accumulators: 12 of the 16 registers at NV = 3, DT = 4.
 template <int NV, int DT>
-KV_AVX2 inline void gemm8_values(const float* st, int64_t mpad, const float* const* vrows,
-                                 int64_t ctx, int64_t i0, const __m256* inv, float* otile,
-                                 float* const* orows, int64_t lanes) {
+KV_AVX2 inline void flash8_values(const float* st, int64_t mpad, const float* const* vrows,
+                                  int64_t kc, int64_t i0, const __m256* alpha, float* ot,
+                                  bool first) {
   __m256 acc[NV][DT];
   for (int t = 0; t < NV; ++t)
-    for (int o = 0; o < DT; ++o) acc[t][o] = _mm256_setzero_ps();
-  for (int64_t p = 0; p < ctx; ++p) {
+    for (int o = 0; o < DT; ++o)
+      acc[t][o] = first ? _mm256_setzero_ps()
+                        : _mm256_mul_ps(_mm256_loadu_ps(ot + (i0 + o) * mpad + t * 8), alpha[t]);
+  for (int64_t p = 0; p < kc; ++p) {
     __m256 w[NV];
     for (int t = 0; t < NV; ++t) w[t] = _mm256_loadu_ps(st + p * mpad + t * 8);
     const float* v = vrows[p] + i0;
@@ -215,47 +252,85 @@ KV_AVX2 inline void gemm8_values(const float* st, int64_t mpad, const float* con
       for (int t = 0; t < NV; ++t) acc[t][o] = _mm256_fmadd_ps(b, w[t], acc[t][o]);
     }
   }
-  for (int t = 0; t < NV; ++t) {
-    for (int o = 0; o < DT; ++o) _mm256_storeu_ps(otile + o * 8, _mm256_mul_ps(acc[t][o], inv[t]));
-    for (int64_t l = 0; l < 8 && t * 8 + l < lanes; ++l)
-      for (int o = 0; o < DT; ++o) orows[t * 8 + l][i0 + o] = otile[o * 8 + l];
-  }
+  for (int t = 0; t < NV; ++t)
+    for (int o = 0; o < DT; ++o) _mm256_storeu_ps(ot + (i0 + o) * mpad + t * 8, acc[t][o]);
 }
 
+// Lane vectors mv .. mv + NV - 1 through one chunk's values pass, every output element.
+template <int D, int NV>
+KV_AVX2 inline void flash8_values_all(const float* st, int64_t mpad, const float* const* vrows,
+                                      int64_t kc, const __m256* alpha, float* ot, bool first) {
+  constexpr int DT = NV == 1 ? 8 : 4;
+  for (int64_t i0 = 0; i0 < D; i0 += DT)
+    flash8_values<NV, DT>(st, mpad, vrows, kc, i0, alpha, ot, first);
+}
+
+// The extend GEMM on AVX2 (see paged_attn_gemm.h for why and the math), one chunk of
+// kChunk8 positions at a time with an online softmax (as flash attention does): the scores
+// of a chunk (its K rows copied 8 at a time into a tile), each lane's running maximum and
+// sum brought up to date, the values pass over the chunk's V rows into the accumulators
+// Ot [D][mpad] (rescaled where a maximum moved), and at the end Ot / sum transposed into the
+// lanes' output rows. Lane vectors go three at a time (the register budget). Why chunks:
+// the first AVX2 version kept every position's scores (St [ctx_pad][mpad], 270 KiB at a
+// context of 1,408 with 48 query heads) and ran its values pass over all of them once per
+// 4 output elements, rereading St and V from L2/L3 16 times; it was level with SDPA at best
+// on the agent step (bench/RESULTS.md). A chunk's St and V rows stay in L1.
 template <int D>
 KV_AVX2 void run_item_gemm8(const Args& a, const Task& task, std::vector<float>& buf) {
-  // The layout and the K tiles are the AVX-512 GEMM's, at 8 lanes (paged_attn_gemm.h).
-  const GemmLayout L = gemm_layout<8, D>(a, task, buf);
-  const int64_t m = L.m, nv = L.nv, mpad = L.mpad, ctx = L.ctx;
-  float *const qt = L.qt, *const st = L.st, *const tile = L.tile, *const otile = L.otile;
+  const int64_t mpad = ((task.r1 - task.r0) * a.group + 7) / 8 * 8;  // as gemm_layout's
+  // After the layout's scratch: Ot, then the lanes' running maxima and sums.
+  const GemmLayout L = gemm_layout<8, D>(a, task, buf, kChunk8, D * mpad + 2 * mpad);
+  const int64_t m = L.m, nv = L.nv, ctx = L.ctx;
+  float *const st = L.st, *const ot = L.extra, *const mrun = ot + D * mpad;
+  float *const lrun = mrun + mpad;
+  std::fill(mrun, mrun + mpad, -INFINITY);
+  std::fill(lrun, lrun + mpad, 0.0f);
   const std::vector<int32_t>& lens = *L.lens;
   const std::vector<const float*>& vrows = *L.vrows;
   const std::vector<float*>& orows = *L.orows;
-  for (int64_t p0 = 0; p0 < L.ctx_pad; p0 += 8) {
-    gemm_k_tile<8, D>(a, L, p0);
-    for (int64_t mv = 0, n; mv < nv; mv += n) {  // lane vectors two at a time
-      n = std::min<int64_t>(2, nv - mv);
-      float* out = st + p0 * mpad + mv * 8;
-      if (n == 2) gemm8_scores_tile<D, 2>(qt + mv * 8, mpad, tile, out);
-      else gemm8_scores_tile<D, 1>(qt + mv * 8, mpad, tile, out);
+  int32_t shortest = lens[0];  // lanes are in row order: lane 0 has the fewest positions
+  for (int64_t c0 = 0; c0 < ctx; c0 += kChunk8) {
+    const int64_t kc = std::min(kChunk8, ctx - c0);
+    for (int64_t p0 = c0; p0 < c0 + kc; p0 += 8) {
+      gemm_k_tile<8, D>(a, L, p0);
+      for (int64_t o = 0; o < 8; ++o) {  // this chunk's V rows, the next chunk's K rows
+        prefetch_row8<D>(a, L, a.v, p0 + o);
+        prefetch_row8<D>(a, L, a.k, p0 + kChunk8 + o);
+      }
+      for (int64_t mv = 0, n; mv < nv; mv += n) {
+        n = std::min<int64_t>(3, nv - mv);
+        float* out = st + (p0 - c0) * mpad + mv * 8;
+        if (n == 3) gemm8_scores_tile<D, 3>(L.qt + mv * 8, mpad, L.tile, out);
+        else if (n == 2) gemm8_scores_tile<D, 2>(L.qt + mv * 8, mpad, L.tile, out);
+        else gemm8_scores_tile<D, 1>(L.qt + mv * 8, mpad, L.tile, out);
+      }
+    }
+    const bool masked = c0 + kc > shortest;
+    const float* const* vr = vrows.data() + c0;
+    for (int64_t mv = 0, n; mv < nv; mv += n) {
+      n = std::min<int64_t>(3, nv - mv);
+      __m256 alpha[3];
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t lane = (mv + t) * 8;
+        alpha[t] = flash8_softmax(st + lane, mpad, kc, c0,
+                                  _mm256_loadu_si256(
+                                      reinterpret_cast<const __m256i*>(lens.data() + lane)),
+                                  masked, mrun + lane, lrun + lane);
+      }
+      const float* sv = st + mv * 8;
+      float* o = ot + mv * 8;
+      if (n == 3) flash8_values_all<D, 3>(sv, mpad, vr, kc, alpha, o, c0 == 0);
+      else if (n == 2) flash8_values_all<D, 2>(sv, mpad, vr, kc, alpha, o, c0 == 0);
+      else flash8_values_all<D, 1>(sv, mpad, vr, kc, alpha, o, c0 == 0);
     }
   }
-  for (int64_t mv = 0, n; mv < nv; mv += n) {
-    n = std::min<int64_t>(2, nv - mv);
-    __m256 inv[2];
-    for (int64_t t = 0; t < n; ++t)
-      inv[t] = gemm8_softmax(st + (mv + t) * 8, mpad, ctx,
-                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                 lens.data() + (mv + t) * 8)));
-    const float* sv = st + mv * 8;
-    float* const* ov = orows.data() + mv * 8;
-    const int64_t lanes = m - mv * 8;
-    if (n == 2) {
-      for (int64_t i0 = 0; i0 < D; i0 += 4)
-        gemm8_values<2, 4>(sv, mpad, vrows.data(), ctx, i0, inv, otile, ov, lanes);
-    } else {
-      for (int64_t i0 = 0; i0 < D; i0 += 8)
-        gemm8_values<1, 8>(sv, mpad, vrows.data(), ctx, i0, inv, otile, ov, lanes);
+  alignas(32) float row[8];
+  for (int64_t mv = 0; mv < nv; ++mv) {
+    const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_loadu_ps(lrun + mv * 8));
+    const int64_t lanes = std::min<int64_t>(8, m - mv * 8);
+    for (int64_t i = 0; i < D; ++i) {
+      _mm256_store_ps(row, _mm256_mul_ps(_mm256_loadu_ps(ot + i * mpad + mv * 8), inv));
+      for (int64_t l = 0; l < lanes; ++l) orows[static_cast<size_t>(mv * 8 + l)][i] = row[l];
     }
   }
 }

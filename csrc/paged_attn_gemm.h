@@ -25,7 +25,8 @@
 //   out[m][i] = sum_p St[p][m] * V[p][i] / sum_p St[p][m]  (V read in place, broadcast),
 // each K and V element read once per 16 query heads instead of once per query row.
 constexpr int64_t kGemmLanes = 8;
-// The longest context (positions up to the task's last query row) that `auto` runs here; a
+// The longest context (positions up to the task's last query row) that `auto` runs on this
+// file's AVX-512 GEMM (the AVX2 one keeps one chunk of scores and has no cap); a
 // longer task takes the row tiles, whose scratch is one query row's scores. Why a cap: St
 // holds the scores of every position for all of a task's query heads at once, ctx_pad x mpad
 // floats per thread with mpad up to kRowsPerTask (16) rows x group, so without one it grows
@@ -36,12 +37,13 @@ constexpr int64_t kGemmLanes = 8;
 // longer contexts were not measured on this path.
 constexpr int64_t kGemmMaxContext = 4096;
 
-// Whether `auto` runs a task here: enough query heads to fill the lanes, a context within
-// kGemmMaxContext.
-inline bool gemm_takes(const Args& a, const Task& task) {
+// Whether `auto` runs a task on an extend GEMM: enough query heads to fill the lanes and,
+// for this file's AVX-512 GEMM (`capped`), a context within kGemmMaxContext (the AVX2 one
+// keeps one chunk of scores at a time and has no cap).
+inline bool gemm_takes(const Args& a, const Task& task, bool capped) {
   const int64_t q_len = a.q_start[task.s + 1] - a.q_start[task.s];
   return (task.r1 - task.r0) * a.group >= kGemmLanes &&
-         a.seq_lens[task.s] - q_len + task.r1 <= kGemmMaxContext;
+         (!capped || a.seq_lens[task.s] - q_len + task.r1 <= kGemmMaxContext);
 }
 
 // exp_nonpos on 16 lanes (the same polynomial; x already clamped to [-87, 0]).
@@ -166,15 +168,18 @@ KV_AVX512 inline void gemm_values_group(const float* st, int64_t mpad, const flo
 // and output row. Scalar code, one copy for both ISAs.
 struct GemmLayout {
   int64_t h, m, nv, mpad, ctx, ctx_pad;
-  float *qt, *st, *tile, *otile;
+  float *qt, *st, *tile, *otile, *extra;
   const int32_t* table;
   std::vector<int32_t>* lens;        // each lane's context length
   std::vector<const float*>* vrows;  // each position's V row (set by gemm_k_tile)
   std::vector<float*>* orows;        // each lane's output row
 };
 
+// `st_rows`: St's rows (0: ctx_pad, every position's scores at once; the AVX2 GEMM keeps
+// one chunk of positions); `extra`: floats after the output tile, at L.extra.
 template <int64_t W, int64_t D>
-inline GemmLayout gemm_layout(const Args& a, const Task& task, std::vector<float>& buf) {
+inline GemmLayout gemm_layout(const Args& a, const Task& task, std::vector<float>& buf,
+                              int64_t st_rows = 0, int64_t extra = 0) {
   thread_local std::vector<int32_t> lens;
   thread_local std::vector<const float*> vrows;
   thread_local std::vector<float*> orows;
@@ -188,11 +193,13 @@ inline GemmLayout gemm_layout(const Args& a, const Task& task, std::vector<float
   L.mpad = L.nv * W;
   L.ctx = first + task.r1;
   L.ctx_pad = (L.ctx + W - 1) / W * W;
-  buf.resize(static_cast<size_t>(D * L.mpad + L.ctx_pad * L.mpad + W * D + W * W));
+  const int64_t rows = st_rows > 0 ? st_rows : L.ctx_pad;
+  buf.resize(static_cast<size_t>(D * L.mpad + rows * L.mpad + W * D + W * W + extra));
   L.qt = buf.data();
   L.st = L.qt + D * L.mpad;
-  L.tile = L.st + L.ctx_pad * L.mpad;
+  L.tile = L.st + rows * L.mpad;
   L.otile = L.tile + W * D;
+  L.extra = L.otile + W * W;
   L.table = a.tables + s * a.table_stride;
   lens.resize(static_cast<size_t>(L.mpad));
   vrows.resize(static_cast<size_t>(L.ctx));

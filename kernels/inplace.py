@@ -59,10 +59,10 @@ def tile_isa() -> str:
 def has_tiles(head_dim: int) -> bool:
     """Whether the kernel runs its AVX-512 or AVX2 tiles for this head size on this CPU;
     `sdpa.py` then sends it every row. Measured (bench/cpu_attention.py, RESULTS): with
-    AVX-512 it beats SDPA on prefill and extend rows; with AVX2 its GEMM beats SDPA on
-    prefill (1.30-1.50x) and is level with it at best on extend (0.79-1.05x, four runs),
-    and tasks past the GEMM's context cap run the row tiles, slower than SDPA there (not
-    yet routed around)."""
+    AVX-512 it beats SDPA on prefill and extend rows; with AVX2 the first GEMM beat SDPA
+    on prefill (1.30-1.50x) and was level with it at best on extend (0.79-1.05x, four
+    runs); the chunked AVX2 GEMM that replaced it (docs/architecture.md, "The agent step's
+    extend attention") has no context cap."""
     return head_dim in (64, 128) and _TILE_ISA != ""
 
 

@@ -25,5 +25,6 @@ def test_cpu_attention_times_every_path(capsys):
     assert ("cache_write", "C++ row copy") in labels
     assert ("prefill attention", "SDPA path") in labels
     assert ("extend attention", "SDPA path") in labels
+    assert ("long extend", "SDPA path") in labels
     assert all(ms > 0 for _, _, ms in rows)
     assert "CPU ms per call" in capsys.readouterr().out

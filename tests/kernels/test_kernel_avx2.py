@@ -96,3 +96,38 @@ def test_avx2_extend_gemm_and_row_tiles_differ_in_order_only(head_dim):
     for o in out.values():
         torch.testing.assert_close(o[:48], want[:48], atol=atol, rtol=rtol)
     assert not torch.equal(out["auto"][:48], out["rows"][:48])
+
+
+@needs_avx2
+@pytest.mark.parametrize("spread", [1.0, 4.0, 1000.0])
+@pytest.mark.parametrize("group", [1, 2, 3])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_avx2_extend_gemm_chunks_match_reference(head_dim, group, spread):
+    """The AVX2 extend GEMM walks a task's context in chunks of 64 positions with an online
+    softmax (each lane's running maximum and sum; the output accumulators rescaled when a
+    maximum moves): contexts of one to several chunks, not multiples of 64 or 8, tasks whose
+    rows end inside a chunk (the causal mask there) or on its edge, partial lane vectors
+    (groups 1-3 give 8 to 48 query heads a task), and queries scaled so that the maximum
+    moves from chunk to chunk and exp underflows: `auto` matches the reference, and it is
+    the GEMM that ran there (not the row tiles' bits). At a spread of 1,000 the scores
+    reach thousands and every fp32 path (the generic loops too) rounds them past the
+    usual tolerance: there `auto` must be within twice the generic loops' own error."""
+    pairs = [(64, 16), (65, 16), (200, 37), (319, 40), (129, 129), (330, 8), (1041, 17)]
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=32,
+                     num_kv_heads=2, group=group, head_dim=head_dim, dtype=torch.float32,
+                     seed=int(spread) + group * 3 + head_dim)
+    case.query.mul_(spread)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    got = {p: case.guarded_out() for p in ("auto", "rows", "generic")}
+    for p, o in got.items():
+        inplace.paged_attention(case.attention_args(), o, None, path=p)
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    assert not got["auto"][:n].isnan().any(), "NaN in the output: a poisoned slot was read"
+    if spread < 100:
+        torch.testing.assert_close(got["auto"][:n], want[:n], atol=atol, rtol=rtol)
+    else:
+        generic = (got["generic"][:n] - want[:n]).abs().max().item()
+        assert (got["auto"][:n] - want[:n]).abs().max().item() <= 2 * generic + atol
+    assert (got["auto"][n:] == GUARD).all(), "padding output rows were written"
+    assert not torch.equal(got["auto"][:n], got["rows"][:n]), "the GEMM did not run"
