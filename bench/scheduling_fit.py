@@ -170,6 +170,17 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # a session part-way through holds more context than a new one and, aged only from its
 # re-queueing, sorts behind the stream of new ones). The rule, stated before the round ran
 # and unchanged from round 10 (`RULE`, then the `bench/scheduling_mix.py --report` veto).
+# Result (`python bench/scheduling.py --fit --workers 1` on 1a48b12's code, 2026-12-02
+# 04:36-05:12 UTC, load 7-11; RESULTS has the table): distinct runs with a p95 miss 2 / 2 /
+# 2 (PREVIOUS: web 1x seed 105 0.93x, bfcl 1x 25% seed 106 0.73x; "contexts": 0.96x,
+# 0.86x; "session_age": 0.93x, 0.71x); smallest gain (bfcl 1x 25%) 1.40x / 1.45x / 1.46x.
+# The fit chose readmit_order "session_age" (tasks/h >= 1.07 at every fit point, no
+# non-thrash figure worse than PREVIOUS's); the veto rejected it: `python
+# bench/scheduling_mix.py --report --workers 1` with it the default against PREVIOUS's
+# (both on 266cf4c's code) makes the two-tenant mix at 50% 1.44 -> 1.52 (the AFS goal,
+# <= 1.5, met -> missed) and noisy seed 8 2.91 -> 3.36 (50%), 2.26 -> 2.63 (25%). The
+# next in the order, shrink_on "contexts", was then checked the same way (RESULTS
+# "Scheduling" has the outcome); PREVIOUS stays unless it passes.
 FIT_GRID = [{"shrink_on": "contexts"}, {"readmit_order": "session_age"}]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
