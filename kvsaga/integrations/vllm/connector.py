@@ -84,6 +84,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 
 from kvsaga._validate import is_number
+from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
@@ -169,7 +170,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         self.keep_demoted = extra.get("keep_demoted", False)
         if not isinstance(self.keep_demoted, bool):
             raise ValueError(f"keep_demoted must be true or false, got {self.keep_demoted!r}")
-        self._demoted: dict[str, None] = {}  # kept demoted sessions, oldest demotion first
+        self._demoted = KeptDemoted()  # kept demoted sessions (`keep_demoted`)
         self.best_effort_steps = extra.get("best_effort_steps", BEST_EFFORT_STEPS)
         if not (is_number(self.best_effort_steps) and self.best_effort_steps >= 0):
             raise ValueError(f"best_effort_steps must be a number >= 0, got "
@@ -249,9 +250,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         # after the releases above, which may have put some there).
         alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
         fitted = self.cost.fit()  # (fixed, per token): a token's cost prices a recompute
+        sid = info.session_id if info is not None else None
         if self.gate is not None and info is not None and not self.gate.admit(
             info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
-            self._spare(alloc), None if fitted is None else fitted[1], info.hint.last_step,
+            self._spare(alloc, sid), None if fitted is None else fitted[1],
+            info.hint.last_step,
         ):
             # A step told to ride along and probed again was not allocated: vLLM's admission
             # loop stops at a request it cannot allocate, so it would hold up every request
@@ -269,6 +272,8 @@ class KVSagaConnector(KVConnectorBase_V1):
                 return 0, False
             return None, False  # not yet: vLLM defers it and goes on with the next request
         self._forget_ride(request.request_id)
+        # A kept demoted session admitted again: its blocks are this step's hits, not room.
+        self._demoted.discard(sid)
         if info is not None and info.session_id in self.holds:
             # its blocks are needed now
             self.policy.resume_hinted(session_for(self._sessions, info), now)
@@ -290,12 +295,13 @@ class KVSagaConnector(KVConnectorBase_V1):
             n += bool(cached) and cached[0].ref_cnt == 0
         return n
 
-    def _spare(self, blocks: int) -> int:
-        """vLLM's free blocks (free or plain evictable cache: a retained block is never free)
+    def _spare(self, blocks: int, sid: str | None = None) -> int:
+        """vLLM's free blocks (free or plain evictable cache: a retained block is never free;
+        kept demoted sessions' blocks other than session `sid`'s, whose step this is, count)
         left after allocating `blocks` (hits in the free queue included), one per running
         request and the reserve; negative when they do not fit without releasing retained
         blocks."""
-        return (self.pool.get_num_free_blocks() + self._demoted_only() - blocks
+        return (self.pool.get_num_free_blocks() + self._demoted_only(sid) - blocks
                 - self.gate.num_in_flight - self.reserve_blocks)
 
     def _best_effort(self, tokens: int, blocks: int) -> bool:
@@ -354,7 +360,7 @@ class KVSagaConnector(KVConnectorBase_V1):
                 now, hint.expected_s if hint else None, bool(hint and hint.last_step),
             ):
                 if self.keep_demoted and demoted in self.holds:
-                    self._demoted[demoted] = None  # released first, once memory is needed
+                    self._demoted.keep(demoted)  # released first, once memory is needed
                 else:
                     self._release_session(demoted)  # plain LRU cache in vLLM from now on
             if not self.gate.num_in_flight:
@@ -476,38 +482,21 @@ class KVSagaConnector(KVConnectorBase_V1):
             self.ledger.uncache(block_id)
 
     def _release_session(self, sid: str) -> None:
-        self._demoted.pop(sid, None)
+        self._demoted.discard(sid)
         for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
             self._drop(b, sid)
 
-    def _demoted_only(self) -> int:
-        """Retained blocks held by kept demoted sessions alone (`keep_demoted`): vLLM's room
-        in all but name, since any need for memory releases them before anything else."""
-        return sum(1 for sid in self._demoted for b in self.holds.get(sid, ())
-                   if self.pool.blocks[b].ref_cnt == len(self._holders[b])
-                   and all(h in self._demoted for h in self._holders[b]))
-
-    def _release_demoted(self, free_wanted: int) -> int:
-        """Release kept demoted sessions' blocks, the oldest demotion first and each
-        session's tail first, until vLLM has `free_wanted` free blocks."""
-        pool, released = self.pool, 0
-        while self._demoted and pool.get_num_free_blocks() < free_wanted:
-            sid = next(iter(self._demoted))
-            blocks = self.holds.get(sid)
-            if not blocks:
-                self._release_session(sid)
-                continue
-            self._drop(blocks.pop(), sid)
-            released += 1
-            if not blocks:
-                self._release_session(sid)
-        return released
+    def _demoted_only(self, exclude: str | None = None) -> int:
+        """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
+        admitted): `KeptDemoted.room`."""
+        return self._demoted.room(self.pool.blocks, self.holds, self._holders, exclude)
 
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
         """Release retained blocks in the policy's order until vLLM has `free_wanted` free
         blocks or nothing is retained. Returns how many retained blocks were released."""
         pool = self.pool
-        demoted = self._release_demoted(free_wanted)
+        demoted = self._demoted.release(pool.get_num_free_blocks, free_wanted, self.holds,
+                                        self._drop, self._release_session)
         if demoted:
             self.stats.by_reason["demoted"] = self.stats.by_reason.get("demoted", 0) + demoted
         released = 0

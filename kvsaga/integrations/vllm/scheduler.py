@@ -9,23 +9,30 @@ vLLM's first-come-first-served order gains less than the same hits with the sess
 its end first (bench/RESULTS.md, "every hit kept" against "+ clairvoyant order"). vLLM's
 "priority" policy already orders its waiting queue by `Request.priority` (smallest first,
 then arrival) and preempts the running request of the largest; what it lacks is a priority
-that knows agent sessions. This subclass only sets that number, when a request of a session
-arrives (`add_request`), from what kvsaga's workflow scheduler ranks by
-(`kvsaga.scheduler.admission_order`): the session's predicted remaining token-steps
-(expected remaining steps, learned per workflow from sessions that ended with `last_step`,
-times the context it holds over them), with aging by arrival:
+that knows agent sessions. This subclass only sets that number when a request arrives
+(`add_request`), for a session's request from what kvsaga's workflow scheduler ranks by
+(`kvsaga.scheduler.admission_order`): the session's predicted remaining work, by default
+its expected remaining steps (learned per workflow from sessions that ended with
+`last_step`), with aging by arrival:
 
-    priority = round(1000 * (aging_s * ln(predicted work) + arrival_s))
+    priority = round(1000 * (aging_s * ln(predicted steps left) + arrival_s))
 
 A factor e of predicted work is worth `aging_s` seconds of arrival, so the order is a
 static key (vLLM's heap never needs re-sorting) and a request waits behind later arrivals
-for at most aging_s x ln(MAX_COST) seconds' worth of them. Requests outside any session keep
-their own priority. Everything else is vLLM's: which requests fit, chunked prefill, the
-preemption mechanics; and the retention connector, when on, decides what stays cached.
+for at most aging_s x ln(MAX_COST) seconds' worth of them. A request outside any session is
+ranked on the same scale, as one step of work arriving now (ln 1 = 0: round(1000 *
+arrival_s)), so it neither jumps every session nor waits behind them all; a client's own
+`priority` (vLLM's default 0) is added to either, as milliseconds of arrival. Everything
+else is vLLM's: which requests fit, chunked prefill, the preemption mechanics (a running
+request of the largest priority is preempted first, session or not); and the retention
+connector, when on, decides what stays cached. A request id vLLM already holds (a streaming
+input's next chunk) is left as vLLM handles it, unranked.
 
 Settings (all optional) come from the connector's `kv_connector_extra_config`
-`"scheduler_args"`: `aging_s`, `prior_steps`, `prior_growth_tokens`, `work` ("tokens":
-remaining steps times context, the default; "steps": remaining steps alone).
+`"scheduler_args"`: `aging_s` (default 60), `prior_steps` (16), `prior_growth_tokens` (64),
+`work` ("steps": remaining steps alone, the default; "tokens": remaining steps times the
+context held over them, `predicted_cost`). Defaults from bench/vllm_scheduler_replay.py's
+ttl+sched fit on fit seeds 0-4 (docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -74,24 +81,36 @@ class SessionRanker:
 
     def priority(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool,
                  now: float) -> int:
-        """The priority of session `sid`'s step arriving `now` with `prompt_tokens`, and
-        record the step (its session's length is learned when `last_step`)."""
-        done, last_prompt = self.live.pop(sid, (0, 0))
-        if done:  # the context grew by the reply and this message since the last step
-            n = self.seen[workflow] = self.seen.get(workflow, 0) + 1
-            g = self.growth.get(workflow, self.prior_growth)
-            self.growth[workflow] = g + (max(prompt_tokens - last_prompt, 0) - g) / n
+        """The priority of session `sid`'s step arriving `now` with `prompt_tokens` (no state
+        changes: `record` the step once vLLM accepted it)."""
+        done, last_prompt = self.live.get(sid, (0, 0))
         growth = self.growth.get(workflow, self.prior_growth)
+        if done:  # the context grew by the reply and this message since the last step
+            n = self.seen.get(workflow, 0) + 1
+            growth += (max(prompt_tokens - last_prompt, 0) - growth) / n
         left = 1.0 if last_step else self.lengths.remaining(workflow, done, self.prior_steps)
         work = (left if self.work == "steps"
                 else predicted_cost(left, prompt_tokens, growth))
+        return self.rank(work, now)
+
+    def rank(self, work: float, now: float) -> int:
+        """The priority of `work` (predicted steps or token-steps) arriving `now`."""
+        return round(1000 * self.aging_s * order_key(work, now, self.aging_s))
+
+    def record(self, sid: str, workflow: str, prompt_tokens: int, last_step: bool) -> None:
+        """Session `sid`'s step was accepted: count it and its context's growth (its
+        session's length is learned when `last_step`)."""
+        done, last_prompt = self.live.pop(sid, (0, 0))
+        if done:
+            n = self.seen[workflow] = self.seen.get(workflow, 0) + 1
+            g = self.growth.get(workflow, self.prior_growth)
+            self.growth[workflow] = g + (max(prompt_tokens - last_prompt, 0) - g) / n
         if last_step:
             self.lengths.observe(workflow, done + 1)
         else:
             self.live[sid] = (done + 1, prompt_tokens)
             if len(self.live) > self.TRACKED:
                 del self.live[next(iter(self.live))]
-        return round(1000 * self.aging_s * order_key(work, now, self.aging_s))
 
 
 class KVSagaScheduler(Scheduler):
@@ -109,12 +128,27 @@ class KVSagaScheduler(Scheduler):
         self.clock: Callable[[], float] = time.monotonic
 
     def add_request(self, request: Request) -> None:
+        """Rank a new request (see the module docstring), then vLLM's own `add_request`; an
+        id vLLM already holds goes to vLLM unranked, and nothing is recorded if vLLM raises."""
+        if request.request_id in self.requests:  # a streaming input's next chunk, or a clash
+            super().add_request(request)
+            return
         try:
             info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
-        except ValueError:  # a malformed hint: vLLM's own priority (the connector logs it)
+        except ValueError:  # a malformed hint: ranked as no session (the connector logs it)
             info = None
-        if info is not None:
-            request.priority = self.ranker.priority(
+        now, own = self.clock(), request.priority
+        if info is None:
+            request.priority = own + self.ranker.rank(1.0, now)
+        else:
+            request.priority = own + self.ranker.priority(
                 info.session_id, info.workflow, request.num_prompt_tokens,
-                info.hint.last_step, self.clock())
-        super().add_request(request)
+                info.hint.last_step, now)
+        try:
+            super().add_request(request)
+        except BaseException:
+            request.priority = own
+            raise
+        if info is not None:
+            self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
+                               info.hint.last_step)

@@ -48,19 +48,50 @@ def test_a_session_at_its_last_step_goes_before_an_earlier_new_session(hf_model_
         run(s, [])  # both finish; nothing stuck
 
 
-def test_requests_outside_sessions_keep_their_priority_and_sessions_learn_lengths(
+def test_requests_outside_sessions_rank_on_the_sessions_scale_and_lengths_are_learned(
         hf_model_dir):
+    """A request outside any session is one step of work arriving now: it goes before a new
+    session that came at the same time (16 steps predicted) but not before one that came
+    more than aging_s x ln 16 seconds earlier; a client's own priority is added."""
     s = _kvsaga(hf_model_dir)
     s.clock = lambda: 0.0
     plain = make_request(_prompt(3, 1), 1)
     plain.priority = 7
     s.add_request(plain)
-    assert plain.priority == 7
+    assert plain.priority == 7  # one step at clock 0: 0, plus the client's 7
+    run(s, [])
+    session = make_request(_prompt(5, 1), 1, {"session_id": "B", "tool": "t"})
+    s.add_request(session)
+    s.clock = lambda: 1000.0  # > 60 s x ln 16 later: the session waited long enough
+    late = make_request(_prompt(6, 1), 1)
+    assert _first_scheduled(s, [late]) == session.request_id
+    assert late.priority == 1_000_000 > session.priority
+    run(s, [])
     for k in range(3):  # a session of 3 steps, the last hinted: its length is learned
         hint = {"session_id": "A", "workflow": "swe", "last_step": k == 2}
         run(s, [make_request(_prompt(4, 1 + k), 1, hint)])
     assert s.ranker.lengths.counts == {"swe": {3: 1}}
     assert "A" not in s.ranker.live  # the ended session is forgotten
+
+
+def test_a_request_vllm_refuses_or_already_holds_changes_no_ranking(hf_model_dir):
+    s = _kvsaga(hf_model_dir)
+    s.clock = lambda: 0.0
+    first = make_request(_prompt(7, 2), 1, {"session_id": "A", "tool": "t"})
+    s.add_request(first)
+    before = (dict(s.ranker.live), first.priority)
+    with pytest.raises(AssertionError, match="duplicate request id"):
+        s.add_request(first)  # the same id again: vLLM's own error, no step counted
+    assert (s.ranker.live, first.priority) == before
+
+    def refuse(request):
+        raise RuntimeError("queue full")
+
+    s._enqueue_waiting_request = refuse
+    again = make_request(_prompt(7, 3), 1, {"session_id": "A", "tool": "t"})
+    with pytest.raises(RuntimeError, match="queue full"):
+        s.add_request(again)
+    assert (s.ranker.live, again.priority) == (before[0], 0)
 
 
 def test_it_names_the_flag_it_needs_and_a_bad_setting(hf_model_dir):
@@ -74,23 +105,53 @@ def test_it_names_the_flag_it_needs_and_a_bad_setting(hf_model_dir):
         _kvsaga(hf_model_dir, 16, scheduler_args={"work": "bytes"})
 
 
-def test_kept_demoted_blocks_go_first_and_count_as_room(hf_model_dir):
-    """`keep_demoted`: a demoted session's blocks stay retained (hits if it returns before
-    memory is needed) but are released before the policy's own choice, and the gate counts
-    them as vLLM's room. Demotion is marked by hand here (the gate's shrink decides it)."""
-    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False, keep_demoted=True)
-    for sid, tag in (("D", 20), ("K", 21)):  # two paused sessions, 12 blocks each
-        run(s, [make_request(_prompt(tag, 12), 2, {"session_id": sid, "tool": "t",
-                                                   "expected_s": 1.0 if sid == "D" else 9e3})])
+def _demoting(hf_model_dir, keep: bool):
+    """Session D (12 blocks) admitted; K (4 blocks) and then E (K's first block and 3 of its
+    own) each demoted by the gate's shrink at their finish: no growth is reserved at
+    admission, 15 steps of one block each are predicted at every finish."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, keep_demoted=keep,
+                       gate_args={"horizon_steps": 0, "prior_growth_tokens": 16,
+                                  "shrink_horizon_steps": 15})
+    k1 = _prompt(21, 4)
+    for sid, prompt in (("D", _prompt(20, 12)), ("K", k1), ("E", k1[:16] + _prompt(22, 3))):
+        run(s, [make_request(prompt, 2, {"session_id": sid, "tool": "t", "expected_s": 600.0})])
+    return s, k1
+
+
+def test_kept_demoted_sessions_count_shared_blocks_once_and_go_first(hf_model_dir):
+    """`keep_demoted` through the gate: the shrink demotes K then E; without the option their
+    blocks go back at once, with it they stay retained, counted as vLLM's room (a block the
+    two share once), and are released before the policy's choice."""
+    s, _ = _demoting(hf_model_dir, keep=False)
+    assert s.connector.gate.num_demotions == 2 and set(s.connector.holds) == {"D"}
+    s, _ = _demoting(hf_model_dir, keep=True)
     c = s.connector
-    c._demoted["D"] = None
-    assert c._demoted_only() == 12
+    assert list(c._demoted) == ["K", "E"] and list(c.gate.sessions) == ["D"]
+    assert c.holds["K"][0] == c.holds["E"][0] and len(c.holds["K"]) == len(c.holds["E"]) == 4
+    assert c._demoted_only() == 7  # 4 + 4 held, one of them by both
     free = c.pool.get_num_free_blocks()
-    assert c._release_until(free + 3, 0.0, "admit") == 3
-    assert len(c.holds["D"]) == 9 and len(c.holds["K"]) == 12  # D's tail went, K kept all
-    assert c.stats.by_reason == {"demoted": 3}
-    c._release_until(free + 15, 0.0, "admit")
-    assert "D" not in c.holds and "D" not in c._demoted and len(c.holds["K"]) == 9
-    assert c.stats.by_reason == {"demoted": 12, "admit": 3}
+    assert c._release_until(free + 2, 0.0, "admit") == 2
+    assert len(c.holds["K"]) == 2 and len(c.holds["E"]) == 4  # K, the older demotion, first
+    assert c.stats.by_reason == {"demoted": 2} and len(c.holds["D"]) == 12
+
+
+def test_a_kept_demoted_session_coming_back_keeps_its_hits(hf_model_dir):
+    """K, demoted before E, comes back with a step that needs 2 blocks released: the gate
+    admits it, so its blocks are its hits, neither vLLM's room nor the first to go; E's go.
+    (Counted as demoted, K's own hits went first, vLLM could not allocate the step, and its
+    second probe released all of E's blocks and D's too.)"""
+    s, k1 = _demoting(hf_model_dir, keep=True)
+    c = s.connector
+    seen = []
+    admit = c.gate.admit
+    c.gate.admit = lambda *a, **k: seen.append((a[0], a[5], c.pool.get_num_free_blocks())) \
+        or admit(*a, **k)
+    k2 = k1 + [7, 7] + _prompt(23, 21)[:334]  # 400 tokens: 21 blocks beyond its 4 hits
+    (hits,) = run(s, [make_request(k2, 2, {"session_id": "K", "tool": "t"})]).values()
+    assert hits == 4 * BLOCK_SIZE
+    ((sid, spare, free),) = seen
+    assert sid == "K" and spare == free + 3 - (21 + 1)  # E's own 3 blocks count, not K's
+    assert len(c.holds["E"]) < 4 and len(c.holds["D"]) == 12  # E's went, not D's
+    assert "admit" not in c.stats.by_reason  # nothing beyond the kept demoted blocks
     with pytest.raises(ValueError, match="keep_demoted"):
         make_scheduler(hf_model_dir, 16, connector=True, keep_demoted="yes")
