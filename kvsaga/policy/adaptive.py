@@ -61,6 +61,7 @@ from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
 from kvsaga.policy.groups import GroupedPolicy
+from kvsaga.policy.shadow import ShadowCache
 
 DEFAULT_EXPERTS = ("graph", "ttl")  # picked by `bench/policies.py --tune` (fourteenth session)
 
@@ -147,6 +148,8 @@ class AdaptivePolicy(EvictionPolicy):
         shadow_share: float = 0.125,
         realized: bool = True,
         epoch_pools: float = 1.0,
+        shadow_cache: bool = False,
+        shadow_memory: float = 8.0,
     ) -> None:
         super().__init__()
         from kvsaga.policy import POLICIES, make_policy  # the registry imports this module
@@ -170,6 +173,8 @@ class AdaptivePolicy(EvictionPolicy):
             raise ValueError(f"shadow_share must be in (0, 1], got {shadow_share!r}")
         if not epoch_pools > 0:
             raise ValueError(f"epoch_pools must be > 0, got {epoch_pools!r}")
+        if not shadow_memory > 0:
+            raise ValueError(f"shadow_memory must be > 0, got {shadow_memory!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
         self.leader = self.experts[0]
@@ -180,6 +185,9 @@ class AdaptivePolicy(EvictionPolicy):
         self.shadow_share = shadow_share
         self.realized = bool(realized)
         self.epoch_pools = epoch_pools
+        self.shadow_cache = bool(shadow_cache)
+        self.shadow_memory = shadow_memory
+        self._shadows: list[ShadowCache] = []
         self._turns = 1  # epochs led so far, while the experts take their first turns
         self._block_costs: list[float] = []
 
@@ -198,6 +206,12 @@ class AdaptivePolicy(EvictionPolicy):
         for e in self.experts:
             e.policy.bind(view)
             e.ghost = make_ghost_list(self._ghost_cap, cpp, room)  # in C++ on the C++ core
+        if self.shadow_cache:  # each expert's own cache, ranked by a second instance of it
+            from kvsaga.policy import make_policy  # the registry imports this module
+            self._shadows = [
+                ShadowCache(make_policy(e.name, cost=self.cost), view.num_gpu_blocks,
+                            view.block_size, self.block_cost, cpp) for e in self.experts]
+            self._shadow_scale = self.shadow_memory * view.num_gpu_blocks
         # The grouped experts (graph, ttl, saga) track the same blocks in the same groups:
         # the first keeps them for all (`share_blocks`, groups.py), so a victim leaves one
         # set of groups, not one per expert; their keys and indexes stay their own.
@@ -215,13 +229,21 @@ class AdaptivePolicy(EvictionPolicy):
 
     # -- scores ---------------------------------------------------------------------------
     def scores(self) -> dict[str, float]:
-        """Each expert's shrunk regret: rebuild seconds per named block (lower is better)."""
+        """Each expert's shrunk regret: rebuild seconds per named block (lower is better);
+        with `shadow_cache`, the decayed rebuild seconds of its shadow."""
+        if self._shadows:
+            return {e.name: e.charged for e in self.experts}
         named = sum(e.named for e in self.experts)
         pooled = sum(e.charged for e in self.experts) / named if named > 0 else 0.0
         k = self._prior
         return {e.name: (e.charged + k * pooled) / (e.named + k) for e in self.experts}
 
     def _elect(self) -> None:
+        if self._shadows:  # hysteresis: the leader changes when beaten by switch_margin
+            best = min(self.experts, key=lambda e: e.charged)
+            if best.charged < (1.0 - self.switch_margin) * self.leader.charged:
+                self.leader = best
+            return
         s = self.scores()
         named = sum(e.named for e in self.experts)
         pooled = sum(e.charged for e in self.experts) / named if named > 0 else 0.0
@@ -241,6 +263,8 @@ class AdaptivePolicy(EvictionPolicy):
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         if num_blocks <= 0:
             return []
+        if self.shadow_cache:
+            return self._follow(num_blocks, now)
         if self.realized:
             return self._lead(num_blocks, now)
         self._elect()
@@ -265,6 +289,19 @@ class AdaptivePolicy(EvictionPolicy):
                 self._elect()
         out = self._name(self.leader, num_blocks, now, shadow=False)
         self._epoch_left -= len(out)
+        self._expect(out)
+        return out
+
+    def _follow(self, num_blocks: int, now: float) -> list[int]:
+        """`shadow_cache`: the expert whose shadow cache rebuilt least leads; it names every
+        victim (no ghosts: the shadows are the evidence)."""
+        self._elect()
+        out = self.leader.policy.choose_victims(num_blocks, now)
+        self._expect(out)
+        return out
+
+    def _expect(self, out: list[int]) -> None:
+        """Tell the experts that did not search how the leader's victims leave."""
         # The other experts see these victims leave as runs of session tails, as the
         # leader does: they take the runs from its search, not from each victim's marks.
         runs = getattr(self.leader.policy, "victim_runs", None)
@@ -272,7 +309,6 @@ class AdaptivePolicy(EvictionPolicy):
         for p in self._followers:
             if p is not self.leader.policy:
                 p.expect_runs(plan)
-        return out
 
     def _name(self, e: _Expert, n: int, now: float, shadow: bool) -> list[int]:
         """The expert's `n` victims, entered in its ghost list. A shadow expert skips the
@@ -334,6 +370,13 @@ class AdaptivePolicy(EvictionPolicy):
 
     # -- hooks: every expert learns; prompts charge the ghosts ------------------------------
     def step_started(self, session, now: float) -> None:
+        if self._shadows:
+            d = math.exp(-len(session.block_hashes) / self._shadow_scale)
+            for e, sh in zip(self.experts, self._shadows, strict=True):
+                e.charged = e.charged * d + sh.step_started(session, now)
+            for e in self.experts:
+                e.policy.step_started(session, now)
+            return
         if self.realized:
             self.leader.named += len(session.block_hashes)
         for e in self.experts:
@@ -344,33 +387,45 @@ class AdaptivePolicy(EvictionPolicy):
     def step_finished(self, session, now: float, hint) -> None:
         for e in self.experts:
             e.policy.step_finished(session, now, hint)
+        for sh in self._shadows:
+            sh.step_finished(session, now, hint)
 
     def session_deferred(self, session, deferred: bool, now: float) -> None:
         for e in self.experts:
             e.policy.session_deferred(session, deferred, now)
+        for sh in self._shadows:
+            sh.policy.session_deferred(sh.seen(session), deferred, now)
 
     def pause_hinted(self, session, now: float, hint) -> None:
         for e in self.experts:
             e.policy.pause_hinted(session, now, hint)
+        for sh in self._shadows:
+            sh.policy.pause_hinted(sh.seen(session), now, hint)
 
     def resume_hinted(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.resume_hinted(session, now)
+        for sh in self._shadows:
+            sh.policy.resume_hinted(sh.seen(session), now)
 
     def session_ended(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.session_ended(session, now)
+        for sh in self._shadows:
+            sh.session_ended(session, now)
 
     def tick(self, now: float) -> None:
         for e in self.experts:
             e.policy.tick(now)
+        for sh in self._shadows:
+            sh.policy.tick(now)
 
     def prefetch_candidates(self, now: float) -> list[str]:
         return self.leader.policy.prefetch_candidates(now)
 
     def check_integrity(self) -> None:
         """Each expert's own integrity check, where it has one."""
-        for e in self.experts:
-            check = getattr(e.policy, "check_integrity", None)
+        for p in [e.policy for e in self.experts] + [sh.policy for sh in self._shadows]:
+            check = getattr(p, "check_integrity", None)
             if check is not None:
                 check()
