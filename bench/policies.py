@@ -7,7 +7,8 @@ Two modes, never mixed:
   policies were built), and picks, among `TUNE_CANDIDATES` (lru, saga, ttl, graph
   with `median_returns` and with `spread`, its forecast's spread priced, for queued and
   demoted sessions or queued ones only, and `adaptive` over all four rankings or over
-  graph's and ttl's only, by realized or ghost regret), by the tune rule below. It writes the pick
+  graph's and ttl's only, by realized or ghost regret or by shadow caches of their own), by
+  the tune rule below. It writes the pick
   to bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
   (kvsaga/policy/__init__.py) and the policies' default constants must be that pick
   (tests/bench/test_policies.py checks it); the code is bench/policies_tune.py. `--regret`
@@ -90,11 +91,11 @@ TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # 501, 502 were first run on 2026-12-01 (seventh session), 601, 602 in the tenth, 701, 702
 # in the eleventh, 801, 802 in the twelfth, 901, 902 in the thirteenth, and are seen since;
 # 911, 912 were chosen by the lead (fourteenth session) before any run on them and are run
-# once, after the default is frozen.
-EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912)
+# once, after the default is frozen; 921, 922 likewise in the fifteenth session.
+EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912, 921, 922)
 SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart as well
-    ("seen seeds 501-902", (501, 502, 601, 602, 701, 702, 801, 802, 901, 902)),
-    ("fresh seeds 911, 912", (911, 912)))
+    ("seen seeds 501-912", (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912)),
+    ("fresh seeds 921, 922", (921, 922)))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
                    "graph[spread=1,spread_states=queued]",
@@ -105,7 +106,11 @@ TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[sprea
                    "adaptive[experts=graph+ttl+saga+lru,realized=1,shadow_share=0.125]",
                    "adaptive[experts=graph+ttl,realized=1,shadow_share=0.125]",
                    "adaptive[experts=graph+ttl,realized=0,shadow_share=0.125]",
-                   "adaptive[experts=graph+ttl,realized=0,shadow_share=1]")
+                   "adaptive[experts=graph+ttl,realized=0,shadow_share=1]",
+                   # fifteenth session: graph and ttl judged by shadow caches of their own
+                   # (kvsaga/policy/shadow.py), 10% hysteresis, 8 pool sizes of memory
+                   "adaptive[experts=graph+ttl,shadow_cache=1,switch_margin=0.1,"
+                   "shadow_memory=8]")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"

@@ -29,7 +29,6 @@ cache), O(log n) per victim where its expert is, and three lists of the pool's l
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 from kvsaga.policy.base import EvictionPolicy
 
@@ -61,13 +60,14 @@ class ShadowCache:
         num_blocks: the shadow's size (the real pool's).
         block_size: tokens per block.
         block_cost: seconds to rebuild the block at a position (behind its surviving head).
-        cpp: bind the expert to the C++ index structures (as on the real C++ core).
+        core: the real manager's core (its `name`, "cpp" or "python", picks the expert's
+            index structures), None for Python's.
     """
 
     num_host_blocks = 0
 
     def __init__(self, policy: EvictionPolicy, num_blocks: int, block_size: int,
-                 block_cost: Callable[[int], float], cpp: bool = False) -> None:
+                 block_cost: Callable[[int], float], core=None) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks!r}")
         n = num_blocks
@@ -86,7 +86,7 @@ class ShadowCache:
         self._known: dict[str, int] = {}  # full blocks of its context at its last step end
         self._running: set[str] = set()
         self._block_cost = block_cost
-        self.core = SimpleNamespace(name="cpp") if cpp else None
+        self.core = core
         self.policy = policy
         policy.bind(self)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from kvsaga.config import parse_bytes
 from kvsaga.logs import StderrHandler
+from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
@@ -73,8 +74,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--arrival-rate", type=_positive(float), default=None,
                    help="sessions per second (default: the family's)")
     p.add_argument("--trace", default=None, help="replay this JSON Lines trace instead")
-    p.add_argument("--policy", default="lru,saga,ttl,graph,belady",
-                   help="comma-separated policies; suffix +host for a host-tier run")
+    p.add_argument("--policy", default=",".join(dict.fromkeys(
+                       ("lru", "saga", "ttl", "graph", DEFAULT_POLICY, "belady"))),
+                   help="comma-separated policies; suffix +host for a host-tier run "
+                   f"(default: lru, saga, ttl, graph, the default {DEFAULT_POLICY}, belady)")
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                    help=f"comma-separated schedulers, run side by side: "
                    f"{', '.join(sorted(SCHEDULERS))} (default: {DEFAULT_SCHEDULER})")

@@ -18,7 +18,8 @@ from .helpers import make, run_step, tokens
 
 def test_leader_moves_to_the_expert_whose_victims_do_not_come_back():
     # A (older) says it resumes soon, B (newer) in a long while: lru names A, ttl names B.
-    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=False)  # ghost evidence
+    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=False,  # ghost evidence
+                            shadow_cache=False)
     m = make(policy, num_blocks=8)
     assert policy.leader.name == "lru"  # no data: the first expert leads
     for r in range(3):
@@ -67,7 +68,8 @@ def test_bad_arguments_name_what_is_wrong(kw, what):
 
 def test_a_shadow_expert_names_only_its_share_of_each_search():
     # Four paused sessions of 2 full blocks each fill the pool; the fifth step evicts 4.
-    policy = AdaptivePolicy(experts=("lru", "ttl"), shadow_share=0.25, realized=False)
+    policy = AdaptivePolicy(experts=("lru", "ttl"), shadow_share=0.25, realized=False,
+                            shadow_cache=False)
     m = make(policy, num_blocks=8)
     for i in range(4):
         run_step(m, f"s{i}", tokens(100 * i, 8), float(i), tool="search")
@@ -96,7 +98,8 @@ def test_every_expert_hears_of_demotions():
 
 def test_realized_evidence_lets_each_expert_lead_an_epoch_and_only_the_leader_names():
     # Pool of 8, epochs of one pool size (8 victims): lru leads the first, ttl the next.
-    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=True, epoch_pools=1.0)
+    policy = AdaptivePolicy(experts=("lru", "ttl"), realized=True, epoch_pools=1.0,
+                            shadow_cache=False)
     m = make(policy, num_blocks=8)
     lru, ttl = policy.experts
     for i in range(4):
@@ -159,7 +162,10 @@ def _rounds(m, policy, n: int, back: str, first: int = 0) -> None:
 
 
 def _ghost_policy(experts, **kw) -> AdaptivePolicy:
-    kw = dict(realized=False, shadow_share=1.0, ghost_factor=1.0) | kw
+    # ghost evidence with the margin these tests were written for (the default is 0.1
+    # since the fifteenth session's shadow caches)
+    kw = dict(realized=False, shadow_share=1.0, ghost_factor=1.0, switch_margin=0.05,
+              shadow_cache=False) | kw
     return AdaptivePolicy(experts=experts, **kw)
 
 
@@ -222,8 +228,8 @@ def _shared_and_own(realized: bool, num_blocks: int, host: int) -> tuple:
     """Two adaptive managers for the same calls: the grouped experts sharing one block
     tracking (the default), and each keeping its own (the reference). Short epochs, so that
     the lead changes often."""
-    shared = AdaptivePolicy(realized=realized, epoch_pools=0.25)
-    own = AdaptivePolicy(realized=realized, epoch_pools=0.25)
+    shared = AdaptivePolicy(realized=realized, epoch_pools=0.25, shadow_cache=False)
+    own = AdaptivePolicy(realized=realized, epoch_pools=0.25, shadow_cache=False)
     own.share_tracking = False
     return (make(shared, num_blocks=num_blocks, num_host_blocks=host),
             make(own, num_blocks=num_blocks, num_host_blocks=host))

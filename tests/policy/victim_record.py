@@ -40,13 +40,17 @@ SPECS: dict[str, tuple[str, dict]] = {
     "graph": ("graph", {}),
     "belady": ("belady", {}),
     "oracle-ttl": ("oracle-ttl", {}),
-    "adaptive": ("adaptive", {}),
+    # adaptive before the fifteenth session's default (shadow caches, tests/policy/
+    # test_shadow.py): realized regret, 5% margin, as recorded
+    "adaptive": ("adaptive", {"shadow_cache": False, "switch_margin": 0.05}),
     "adaptive-all": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
-                                  "shadow_share": 1.0, "realized": False}),
+                                  "shadow_share": 1.0, "realized": False,
+                                  "shadow_cache": False, "switch_margin": 0.05}),
     # the default before the fourteenth session (four experts, realized regret), kept covered
     # now that `adaptive`'s default experts are graph and ttl
     "adaptive-four": ("adaptive", {"experts": ("graph", "ttl", "saga", "lru"),
-                                   "realized": True}),
+                                   "realized": True, "shadow_cache": False,
+                                   "switch_margin": 0.05}),
 }
 POOLS = {"gpu64": (64, 0), "gpu48-host16": (48, 16)}
 STEPS = (0.0, 0.0, 4e-4, 1e-3, 3e-3, 0.02, 0.05, 0.4, 2.0, 7.0)
