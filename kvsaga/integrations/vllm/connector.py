@@ -63,7 +63,7 @@ step beyond one per scheduled request, default 0), `admission` (the session gate
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
 deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
 `keep_demoted` (default false: a session the gate's shrink demotes keeps its blocks until
-memory is needed, released then before the policy's choice; changed little on the fit seeds,
+memory is needed, released then before the policy's choice; +0.01x on the worst fit seed,
 docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only).
 """
 
