@@ -41,11 +41,22 @@ default is whatever it picks): over the fit set's pressured cases (lru hit rate 
 the least of lru's, saga's and ttl's on the same case, minimize, in this order,
   1. the worst r over the fit cases,
   2. the number of fit cases with r > 1.0,
-  3. the total recomputed tokens over the fit cases.
+  3. the total recomputed tokens over the fit cases, where totals within `TIE_SHARE` (2%)
+     of the least are equal, and among equals the incumbent (`TUNE_INCUMBENT`, the default
+     the tuning started from) stays.
 The worst ratio comes first because the goal is per case ("on every trace") and because a
 count of cases at r <= 1.0 favours a baseline by construction: lru, saga and ttl can never
 be above the best of themselves on a case they win, so the count (the rule until this
 session) rewarded ttl's own wins; the worst ratio does not.
+The tie band was added by the lead in the fifteenth session, after the fresh seeds 921,
+922 had run: the shadow-cache `adaptive` had tied `graph[median_returns=1]` on keys 1 and 2
+and led by 1.1% of tokens on key 3 (13.022M against 13.168M), inside the spread that one
+block of pool moves a case by (bench/policies_chaos.py `--jitter`, run on seen seeds before
+the fresh run: each case spans ~2x), while costing two more experts' work per step (its
+fit-set simulations took 2.3x graph's time) and changing the policy that the scheduling
+goals of issue 10 are judged with, whose checks it had not run. A challenger that ties on
+keys 1 and 2 must now lead the incumbent by more than 2% of tokens. Decided after the fresh run
+(which graph won), so 921 and 922 are no longer a clean test of this choice.
 
 `belady` is a reference, not a lower bound: admission depends on what is resident, and it
 ranks by the trace's release times; the exhaustive optimum (kvsaga/sim/exhaustive.py) is
@@ -116,9 +127,16 @@ TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"
 HIT_RANGE = (0.8, 0.98)  # lru hit rates of "under pressure but not thrashing"
 TARGET_BEST, TARGET_BELADY = 1.0, 1.10
+# Totals within this share of the least count as equal, and the incumbent keeps its place
+# among equals (the lead, fifteenth session, after the fresh run of 921, 922: the module
+# docstring says why).
+TIE_SHARE = 0.02
+TUNE_INCUMBENT = "graph[median_returns=1]"  # the default the tuning started from
 TUNE_RULE = ("the worst ratio to the best of lru, saga and ttl over the fit set's pressured "
              "cases, then the number of those cases above 1.0x of it, then the total "
-             "recomputed tokens over them (least first)")
+             f"recomputed tokens over them (least first; totals within {TIE_SHARE:.0%} of the "
+             "least are equal, and among equals the incumbent default stays: a band the lead added "
+             "after the fifteenth session's fresh run)")
 
 
 def _scaled(family: str, n: int, seed: int, scale: float, spec=None):

@@ -25,8 +25,10 @@ from policies import (
     FAMILY_SEEDS,
     HERE,
     HIT_RANGE,
+    TIE_SHARE,
     TRACE_SEEDS,
     TRACES,
+    TUNE_INCUMBENT,
     TUNE_JSON,
     TUNE_RULE,
     TUNE_SECTION,
@@ -47,12 +49,19 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 def pick(rows: list[dict], candidates: list[str]) -> str:
     """The tune rule (`TUNE_RULE`): the least worst ratio to the best of lru, saga and ttl
     over the pressured cases, then the fewest cases above 1.0x of it, then the least
-    recomputation over them; ties go to the first candidate."""
+    recomputation over them, where totals within `TIE_SHARE` of the least are equal: among
+    those, the incumbent (`TUNE_INCUMBENT`, the default the tuning started from) if it is
+    one of them, else the least total (on an exact tie, the first candidate)."""
     ranked = {p: rank(rows, p) for p in candidates}
     ranked = {p: r for p, r in ranked.items() if r is not None}
     if not ranked:
         raise ValueError("no candidate ran every pressured case: nothing to pick")
-    return min(ranked, key=ranked.__getitem__)
+    head = min(r[:2] for r in ranked.values())
+    tied = {p: r[2] for p, r in ranked.items() if r[:2] == head}
+    least = min(tied.values())
+    if TUNE_INCUMBENT in tied and tied[TUNE_INCUMBENT] <= least * (1 + TIE_SHARE):
+        return TUNE_INCUMBENT
+    return next(p for p in candidates if p in tied and tied[p] == least)
 
 
 def _settings(candidates: list[str]) -> dict[str, list[str]]:
@@ -119,7 +128,7 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     out += tables(rows, candidates)
     out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
     out += wins(rows, candidates)
-    out += ["", f"Pick by the tune rule ({TUNE_RULE}; fixed before the run): "
+    out += ["", f"Pick by the tune rule ({TUNE_RULE}; keys 1-3 fixed before the run): "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
     for base, spec in variant_picks(rows, candidates).items():
         full = explicit(spec, constants)

@@ -8,7 +8,7 @@
 | `saga`       | SAGA's 0.3 recency + 0.5 (1 - P_reuse) + 0.2 size, with p95 tool TTLs        |
 | `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
 | `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
-| `adaptive`   | graph or ttl, whichever's own shadow cache rebuilt least lately (default)    |
+| `adaptive`   | graph or ttl, whichever's own shadow cache rebuilt least lately              |
 
 Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
 """
@@ -33,7 +33,7 @@ from kvsaga.session import PauseHint
 # then least recomputation; bench/RESULTS.md, "Eviction policies: tuning"), then judged on
 # fresh seeds and perturbed traces
 # (tests/bench/test_policies.py checks that the two agree).
-DEFAULT_POLICY = "adaptive"
+DEFAULT_POLICY = "graph"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

@@ -57,6 +57,15 @@ def test_pick_ranks_worst_ratio_then_cases_above_best_then_recomputation():
     assert tune.pick(rows + f, ["f", "a"]) == "a"  # same worst and count, fewer tokens
     with pytest.raises(ValueError, match="nothing to pick"):
         tune.pick(rows, ["missing"])
+    # the incumbent keeps its place against a challenger that leads it by less than
+    # TIE_SHARE of the tokens on key 3, and loses it beyond
+    inc = mod.TUNE_INCUMBENT
+    same = [dict(r, policy=inc) for r in rows if r["policy"] == "a"]  # a's rows, 34 tokens
+    for lead, want in ((0.5 * mod.TIE_SHARE, inc), (2 * mod.TIE_SHARE, "g")):
+        g = [dict(r, policy="g", recomputed_tokens=r["recomputed_tokens"] - lead * 34
+                  if r["frac"] == 0.1 else r["recomputed_tokens"]) for r in same]
+        assert mod.rank(rows + g, "g")[:2] == mod.rank(rows + same, inc)[:2]
+        assert tune.pick(rows + same + g, ["g", inc]) == want
 
 
 def test_wins_renders_without_pressured_cases():
