@@ -265,7 +265,7 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self._no_ride.add(request.request_id)
                 self.stats.ride_failed += 1
             elif (request.request_id not in self._no_ride
-                  and self._best_effort(request.num_tokens, alloc)):
+                  and self._best_effort(request.num_tokens, alloc, sid)):
                 self._riding.add(request.request_id)
                 self.stats.best_effort += 1
                 self.gate.rode_along(info.session_id, now)
@@ -304,14 +304,15 @@ class KVSagaConnector(KVConnectorBase_V1):
         return (self.pool.get_num_free_blocks() + self._demoted_only(sid) - blocks
                 - self.gate.num_in_flight - self.reserve_blocks)
 
-    def _best_effort(self, tokens: int, blocks: int) -> bool:
+    def _best_effort(self, tokens: int, blocks: int, sid: str | None = None) -> bool:
         """Whether a step the gate holds back may run anyway, unretained: its context's
         `tokens` (what its next step recomputes once vLLM's LRU has evicted them) cost at
         most `best_effort_steps` steps' fixed cost to compute (`StepCost`),
         and its `blocks` fit in vLLM's free blocks beside one per running request and the
-        reserve, without releasing anything retained."""
+        reserve, without releasing anything retained (session `sid`'s own kept demoted
+        blocks are its hits, not room: `_spare`)."""
         return (self.best_effort_steps > 0 and self.cost.cheap(tokens, self.best_effort_steps)
-                and self._spare(blocks) >= 0)
+                and self._spare(blocks, sid) >= 0)
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int

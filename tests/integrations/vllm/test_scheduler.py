@@ -155,3 +155,17 @@ def test_a_kept_demoted_session_coming_back_keeps_its_hits(hf_model_dir):
     assert "admit" not in c.stats.by_reason  # nothing beyond the kept demoted blocks
     with pytest.raises(ValueError, match="keep_demoted"):
         make_scheduler(hf_model_dir, 16, connector=True, keep_demoted="yes")
+
+
+def test_a_kept_demoted_session_riding_along_does_not_count_its_own_blocks_as_room(
+        hf_model_dir):
+    """Riding along past the gate asks the same room as admission: a returning kept demoted
+    session's own blocks are its hits, not room (only E's 3 count for K; all 7 for D)."""
+    s, _ = _demoting(hf_model_dir, keep=True)
+    c = s.connector
+    c.best_effort_steps, c.cost.cheap = 10, lambda tokens, steps: True
+    assert (c._demoted_only("K"), c._demoted_only()) == (3, 7)
+    fits = c.pool.get_num_free_blocks() + 3 - c.gate.num_in_flight - c.reserve_blocks
+    assert c._best_effort(1, fits, "K") and not c._best_effort(1, fits + 1, "K")
+    assert c._best_effort(1, fits + 4, "D")
+
