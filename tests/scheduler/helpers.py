@@ -78,3 +78,20 @@ def two_finished_sessions(**kw):
     b = ToyRequest("b", toks(100, 4), max_new=1)
     drive(s, [(0.0, a1), (0.0, b), (3.0, a2)])
     return s
+
+
+def run_two_to_pause(m, s) -> tuple[ToyExecutor, ToyRequest, float]:
+    """Sessions a and b (20-token prompts, up to 9 new tokens, more steps to come) added to
+    scheduler `s` on manager `m` at t=0 and run, one step a second, until both pause.
+
+    Returns (executor, a, the time they paused by)."""
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 20), max_new=9, last=False)
+    b = ToyRequest("b", toks(100, 20), max_new=9, last=False)
+    for r in (a, b):
+        s.add(r, 0.0)
+    t = 0.0
+    while s.running or s.num_waiting:
+        ex.run(s, s.schedule(t, ex), t)
+        t += 1.0
+    return ex, a, t

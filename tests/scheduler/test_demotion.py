@@ -7,7 +7,7 @@ import pytest
 
 from kvsaga.scheduler import make_scheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks, two_paused, wf
+from tests.scheduler.helpers import manager, run_two_to_pause, toks, two_paused, wf
 
 
 def test_workflow_shrinks_the_admitted_set_when_contexts_outgrow_the_pool():
@@ -143,15 +143,7 @@ def test_queue_shrink_demotes_when_a_queued_steps_growth_overflows(queue_shrink)
     admitted working sets stay over the pool until some step finishes."""
     m = manager(16)
     s = wf(m, paused_growth=False, queue_shrink=queue_shrink)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 20), max_new=9, last=False)
-    b = ToyRequest("b", toks(100, 20), max_new=9, last=False)
-    for r in (a, b):
-        s.add(r, 0.0)
-    t = 0.0
-    while s.running or s.num_waiting:  # both admitted (7 blocks each, growth 2 included)
-        ex.run(s, s.schedule(t, ex), t)  # ... and run to their pause
-        t += 1.0
+    _, a, t = run_two_to_pause(m, s)  # both admitted (7 blocks each, growth 2 included)
     assert set(s.sessions) == {"a", "b"} and s._committed == s.capacity  # 8 + 8 contexts
     a2 = ToyRequest("a", a.prompt + a.out, max_new=1, last=False, resumed=True)
     s.add(a2, t)  # a's growth (2 blocks) is charged again: 18 > 16

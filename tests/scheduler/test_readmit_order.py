@@ -12,7 +12,7 @@ import pytest
 from kvsaga.scheduler import make_scheduler
 from kvsaga.scheduler.admission_order import demoted_first, order_key, sort_queue
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import manager, run_two_to_pause, toks, wf
 
 
 def _req(sid: str, arrival: float, resumed: bool) -> ToyRequest:
@@ -119,15 +119,7 @@ def test_shrink_on_contexts_ignores_growth_that_has_not_come(shrink_on, demoted)
     the pool, the contexts are not. Only "working_sets" demotes b for it."""
     m = manager(16)
     s = wf(m, paused_growth=False, queue_shrink=True, shrink_on=shrink_on)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 20), max_new=9, last=False)
-    b = ToyRequest("b", toks(100, 20), max_new=9, last=False)
-    for r in (a, b):
-        s.add(r, 0.0)
-    t = 0.0
-    while s.running or s.num_waiting:
-        ex.run(s, s.schedule(t, ex), t)
-        t += 1.0
+    _, a, t = run_two_to_pause(m, s)
     assert set(s.sessions) == {"a", "b"} and s._context_blocks() == s.capacity
     s.add(ToyRequest("a", a.prompt + a.out, max_new=1, last=False, resumed=True), t)
     assert (s._committed > s.capacity) == (not demoted)  # "contexts" lets it stay over
