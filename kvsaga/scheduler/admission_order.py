@@ -220,7 +220,7 @@ class AdmissionOrder:
 
         Why not "sorted" alone: on the fit seeds at bfcl 1x 25% a session's TCT beyond its
         unloaded time is mostly waits to be admitted again after a demotion (1.6-14.4 s a
-        session against 0.1-5.6 s for new sessions; the slowest 5% wait 22-83 s, after 2-5
+        session against 0.1-5.6 s for new sessions; the slowest 5% wait 22-83 s, after 2.8-3.8
         demotions), because a session part-way through holds a larger context than a new
         one and sorts behind the stream of new ones (a factor e of predicted work is worth
         `aging_s` of waiting, counted from its re-queueing): RESULTS "Scheduling"."""
