@@ -68,7 +68,7 @@ class WorkingSetGate:
         1.77x -> 1.91x but lowers bfcl 1x 25% 1.40x -> 1.33x (its queue grows) and misses
         p95 at 3 distinct runs against 2; "context" leaves swe as it was; the whole-context
         check also binds when the tail guard or Agent Fair Share demotes to make room
-        (`_reclaim_due`, `_reclaim_share`); bench/scheduling_fit.py has the round."""
+        (`_reclaim_due`, `_reclaim_share`); docs/scheduling_fit_history.md has the round."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         if self.readmit_charge == "uncached" or req.session_id not in self._deferred:

@@ -85,7 +85,7 @@ def test_a_waiting_session_near_its_workflows_end_goes_first():
 
 
 def test_predicted_is_the_default_with_the_fitted_aging_and_wait_bound():
-    """`--fit` rounds 4 and 8 (bench/scheduling_fit.py, seeds 101-106)."""
+    """`--fit` rounds 4 and 8 (docs/scheduling_fit_history.md, seeds 101-106)."""
     from kvsaga.scheduler import make_scheduler
     s = make_scheduler("workflow", manager(16))
     assert (s.admission_order, s.aging_s, s.max_wait_s) == ("predicted", 80.0, 120.0)
