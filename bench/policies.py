@@ -52,8 +52,9 @@ The tie band was added by the lead in the fifteenth session, after the fresh see
 922 had run: the shadow-cache `adaptive` had tied `graph[median_returns=1]` on keys 1 and 2
 and led by 1.1% of tokens on key 3 (13.022M against 13.168M), inside the spread that one
 block of pool moves a case by (bench/policies_chaos.py `--jitter`, run on seen seeds before
-the fresh run: each case spans ~2x), while costing two more experts' work per step (its
-fit-set simulations took 2.3x graph's time) and changing the policy that the scheduling
+the fresh run: each case spans ~2x), while costing about three more experts' work per step
+than graph alone (the real ttl and two shadows, each a full expert; its fit-set
+simulations took 2.3x graph's time) and changing the policy that the scheduling
 goals of issue 10 are judged with, whose checks it had not run. A challenger that ties on
 keys 1 and 2 must now lead the incumbent by more than 2% of tokens. Decided after the fresh run
 (which graph won), so 921 and 922 are no longer a clean test of this choice.

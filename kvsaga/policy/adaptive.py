@@ -67,11 +67,14 @@ those seconds, decayed by exp(-prompt blocks read / `shadow_memory` pool sizes);
 changes when another expert's score is below (1 - `switch_margin`) of its own (hysteresis:
 a switch hands the newcomer a cache shaped by another ranking). What it cannot see is the
 timing: a ranking's misses lengthen steps and change the schedule (admission, overlap),
-and the shadows replay the schedule of the real run only.
+and the shadows replay the schedule of the real run only. The shadows are evidence, never
+part of the real cache: the real experts get each hook first, and a shadow that raises is
+logged once and the shadows are dropped (the current leader keeps the lead).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from itertools import compress
@@ -83,7 +86,20 @@ from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.shadow import ShadowCache
 
+log = logging.getLogger("kvsaga.policy")
+
 DEFAULT_EXPERTS = ("graph", "ttl")  # picked by `bench/policies.py --tune` (fourteenth session)
+
+
+def _as_bool(what: str, x) -> bool:
+    """`x` as a bool, for a flag that may come from JSON policy_args: "false" is not true."""
+    if isinstance(x, bool):
+        return x
+    if isinstance(x, int) and x in (0, 1):
+        return bool(x)
+    if isinstance(x, str) and x.strip().lower() in ("true", "false", "1", "0"):
+        return x.strip().lower() in ("true", "1")
+    raise ValueError(f"{what} must be a bool (true/false), got {x!r}")
 
 
 def _fan_out(calls: list) -> Callable[[object], None]:
@@ -151,7 +167,8 @@ class AdaptivePolicy(EvictionPolicy):
             docstring).
         epoch_pools: with `realized`, how many pool sizes of victims one leadership lasts.
         shadow_cache: judge experts by shadow caches of their own (module docstring);
-            overrides `realized` and the ghost lists.
+            overrides `realized` and the ghost lists (none are allocated). A bool, or
+            "true"/"false"/1/0 as JSON policy_args give it (as is `realized`).
         shadow_memory: with `shadow_cache`, the decay scale of the shadows' rebuild seconds,
             in pool sizes of prompt blocks read.
     """
@@ -178,6 +195,8 @@ class AdaptivePolicy(EvictionPolicy):
         super().__init__()
         from kvsaga.policy import POLICIES, make_policy  # the registry imports this module
 
+        realized = _as_bool("realized", realized)
+        shadow_cache = _as_bool("shadow_cache", shadow_cache)
         if not experts:
             raise ValueError("experts must name at least one policy")
         online = sorted(n for n, c in POLICIES.items()
@@ -207,9 +226,9 @@ class AdaptivePolicy(EvictionPolicy):
         self.prior_blocks = prior_blocks
         self.switch_margin = switch_margin
         self.shadow_share = shadow_share
-        self.realized = bool(realized)
+        self.realized = realized
         self.epoch_pools = epoch_pools
-        self.shadow_cache = bool(shadow_cache)
+        self.shadow_cache = shadow_cache
         self.shadow_memory = shadow_memory
         self._shadows: list[ShadowCache] = []
         self._turns = 1  # epochs led so far, while the experts take their first turns
@@ -229,7 +248,8 @@ class AdaptivePolicy(EvictionPolicy):
         room = int(self._epoch) if self.realized else view.num_gpu_blocks
         for e in self.experts:
             e.policy.bind(view)
-            e.ghost = make_ghost_list(self._ghost_cap, cpp, room)  # in C++ on the C++ core
+            if not self.shadow_cache:  # shadows are the evidence: no ghost list to fill
+                e.ghost = make_ghost_list(self._ghost_cap, cpp, room)  # C++ on the C++ core
         if self.shadow_cache:  # each expert's own cache, ranked by a second instance of it
             from kvsaga.policy import make_policy  # the registry imports this module
             self._shadows = [
@@ -256,7 +276,7 @@ class AdaptivePolicy(EvictionPolicy):
     def scores(self) -> dict[str, float]:
         """Each expert's shrunk regret: rebuild seconds per named block (lower is better);
         with `shadow_cache`, the decayed rebuild seconds of its shadow."""
-        if self._shadows:
+        if self.shadow_cache:
             return {e.name: e.charged for e in self.experts}
         named = sum(e.named for e in self.experts)
         pooled = sum(e.charged for e in self.experts) / named if named > 0 else 0.0
@@ -264,7 +284,9 @@ class AdaptivePolicy(EvictionPolicy):
         return {e.name: (e.charged + k * pooled) / (e.named + k) for e in self.experts}
 
     def _elect(self) -> None:
-        if self._shadows:  # hysteresis: the leader changes when beaten by switch_margin
+        if self.shadow_cache:  # hysteresis: the leader changes when beaten by switch_margin
+            if not self._shadows:  # dropped after a failure (`_on_shadows`): keep the leader
+                return
             best = min(self.experts, key=lambda e: e.charged)
             if best.charged < (1.0 - self.switch_margin) * self.leader.charged:
                 self.leader = best
@@ -394,13 +416,30 @@ class AdaptivePolicy(EvictionPolicy):
         return getattr(self.leader.policy, "graph", None)
 
     # -- hooks: every expert learns; prompts charge the ghosts ------------------------------
+    def _on_shadows(self, call: Callable[[ShadowCache], None]) -> None:
+        """`call` on each shadow, after the real experts had the hook. The shadows are
+        evidence only: one that raises must not break the real cache, so the error is
+        logged (once: the shadows are dropped with it) and the current leader stays."""
+        if not self._shadows:
+            return
+        try:
+            for sh in self._shadows:
+                call(sh)
+        except Exception:
+            log.exception("adaptive: a shadow cache failed; shadows dropped, %r keeps the lead",
+                          self.leader.name)
+            self._shadows = []
+
     def step_started(self, session, now: float) -> None:
-        if self._shadows:
-            d = math.exp(-len(session.block_hashes) / self._shadow_scale)
-            for e, sh in zip(self.experts, self._shadows, strict=True):
-                e.charged = e.charged * d + sh.step_started(session, now)
+        if self.shadow_cache:
             for e in self.experts:
                 e.policy.step_started(session, now)
+            d = math.exp(-len(session.block_hashes) / self._shadow_scale)
+            charged = []
+            self._on_shadows(lambda sh: charged.append(sh.step_started(session, now)))
+            if self._shadows:  # every shadow answered: the scores move together
+                for e, c in zip(self.experts, charged, strict=True):
+                    e.charged = e.charged * d + c
             return
         if self.realized:
             self.leader.named += len(session.block_hashes)
@@ -412,45 +451,41 @@ class AdaptivePolicy(EvictionPolicy):
     def step_finished(self, session, now: float, hint) -> None:
         for e in self.experts:
             e.policy.step_finished(session, now, hint)
-        for sh in self._shadows:
-            sh.step_finished(session, now, hint)
+        self._on_shadows(lambda sh: sh.step_finished(session, now, hint))
 
     def session_deferred(self, session, deferred: bool, now: float) -> None:
         for e in self.experts:
             e.policy.session_deferred(session, deferred, now)
-        for sh in self._shadows:
-            sh.policy.session_deferred(sh.seen(session), deferred, now)
+        self._on_shadows(lambda sh: sh.policy.session_deferred(sh.seen(session), deferred, now))
 
     def pause_hinted(self, session, now: float, hint) -> None:
         for e in self.experts:
             e.policy.pause_hinted(session, now, hint)
-        for sh in self._shadows:
-            sh.policy.pause_hinted(sh.seen(session), now, hint)
+        self._on_shadows(lambda sh: sh.policy.pause_hinted(sh.seen(session), now, hint))
 
     def resume_hinted(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.resume_hinted(session, now)
-        for sh in self._shadows:
-            sh.policy.resume_hinted(sh.seen(session), now)
+        self._on_shadows(lambda sh: sh.policy.resume_hinted(sh.seen(session), now))
 
     def session_ended(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.session_ended(session, now)
-        for sh in self._shadows:
-            sh.session_ended(session, now)
+        self._on_shadows(lambda sh: sh.session_ended(session, now))
 
     def tick(self, now: float) -> None:
         for e in self.experts:
             e.policy.tick(now)
-        for sh in self._shadows:
-            sh.policy.tick(now)
+        self._on_shadows(lambda sh: sh.policy.tick(now))
 
     def prefetch_candidates(self, now: float) -> list[str]:
         return self.leader.policy.prefetch_candidates(now)
 
     def check_integrity(self) -> None:
-        """Each expert's own integrity check, where it has one."""
-        for p in [e.policy for e in self.experts] + [sh.policy for sh in self._shadows]:
+        """Each expert's own integrity check, where it has one, and each shadow's."""
+        for p in [e.policy for e in self.experts]:
             check = getattr(p, "check_integrity", None)
             if check is not None:
                 check()
+        for sh in self._shadows:
+            sh.check_integrity()

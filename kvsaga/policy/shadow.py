@@ -15,12 +15,14 @@ shadow is a block pool of the real pool's size with its own expert instance boun
 (`BlockView`): at each step start it looks the prompt's full blocks up by content hash (the
 longest cached prefix, as the manager does), charges the rebuild seconds of the blocks
 this session's context held at its last step end that are not found, and allocates the
-rest, evicting by its own expert; at the step's end it allocates the decoded blocks and
-releases the context tail first, as the manager does. Each shadow expert sees every hook
+rest, evicting by its own expert; at the step's end it allocates the decoded blocks (full
+only where their KV was computed, `num_computed`) and releases the context tail first, as
+the manager does, keeping a paused session's partial tail block cached (unhashed) for its
+next step. Each shadow expert sees every hook
 the real one sees, with the shadow's block table in place of the real one.
 
 What a shadow does not replay: timing and admission (steps start when they start in the
-real run, whichever expert leads), partial tail blocks, the host tier (a shadow has none:
+real run, whichever expert leads), the host tier (a shadow has none:
 an evicted block is rebuilt), and the scheduler's view of a working set. Its cost: the work
 of one more expert per step and per victim (each shadow evicts about as much as the real
 cache), O(log n) per victim where its expert is, and three lists of the pool's length.
@@ -84,6 +86,8 @@ class ShadowCache:
         self._index: dict[bytes, int] = {}
         self._tables: dict[str, list[int]] = {}  # the session's blocks at its last step
         self._known: dict[str, int] = {}  # full blocks of its context at its last step end
+        # a paused session's partial tail: (block, generation, its tokens), as the manager's
+        self._tails: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self._running: set[str] = set()
         self._block_cost = block_cost
         self.core = core
@@ -103,9 +107,10 @@ class ShadowCache:
         the session's earlier context that it does not hold."""
         sid = session.session_id
         if sid in self._running:  # preempted and retried: its blocks were released
-            self._release(sid, self._tables.get(sid, []))
-        hashes = session.block_hashes
-        limit = min(len(hashes), max(len(session.token_ids) - 1, 0) // self.block_size)
+            self._release(sid, self._tables.get(sid, []), keep_tail=False)
+        hashes, tokens, bs = session.block_hashes, session.token_ids, self.block_size
+        max_hit = max(len(tokens) - 1, 0)
+        limit = min(len(hashes), max_hit // bs)
         index, hits = self._index, []
         for h in hashes[:limit]:
             b = index.get(h)
@@ -123,45 +128,122 @@ class ShadowCache:
             ref[b] += 1
             if owner[b] != sid:
                 owner[b] = None  # shared by several sessions: plain cache
+        tail = self._tails.pop(sid, None)
+        if tail is not None:  # the partial tail kept at its pause, reused as the manager does
+            b, gen, kept = tail
+            if state[b] == _CACHED and self.block_generation[b] == gen:
+                start = len(hits) * bs
+                usable = 0
+                if self.block_position[b] == len(hits):
+                    for x, y in zip(kept, tokens[start:max_hit], strict=False):
+                        if x != y:
+                            break
+                        usable += 1
+                if usable:
+                    ref[b] = 1
+                    state[b] = _ACTIVE
+                    reclaimed.append(b)
+                    hits.append(b)
+                else:
+                    self._evict([b])  # no longer extends the context: dropped
         self._active += len(reclaimed)
         if reclaimed:
             self.policy.blocks_uncached(reclaimed)
         self._running.add(sid)
         self.policy.step_started(_Seen(session, list(hits)), now)
-        self._tables[sid] = hits + self._allocate(sid, len(hits), hashes, now)
+        table = self._tables[sid] = hits  # the references taken are in the table at once
+        self._grow(sid, table, hashes, len(tokens), now)  # the prefill computes the prompt
         return charged
 
     def step_finished(self, session, now: float, hint) -> None:
         sid = session.session_id
         table = self._tables.get(sid, [])
-        if sid in self._running:
-            table += self._allocate(sid, len(table), session.block_hashes, now)
+        if sid in self._running:  # the decoded tokens: blocks up to those with KV computed
+            done = self._computed(session)
+            self._grow(sid, table, session.block_hashes, done, now)
         self.policy.step_finished(_Seen(session, table), now, hint)
         if sid in self._running:
-            self._release(sid, table)
-        self._known[sid] = len(table)
+            self._release(sid, table, keep_tail=True, tokens=session.token_ids[:done])
+        self._known[sid] = sum(self.block_hash[b] is not None for b in table)
 
     def session_ended(self, session, now: float) -> None:
         sid = session.session_id
         table = self._tables.pop(sid, [])
+        if sid in self._running:  # ended by its last step: what it decoded stays cached
+            self._grow(sid, table, session.block_hashes, self._computed(session), now)
         self.policy.session_ended(_Seen(session, table), now)
         if sid in self._running:
-            self._release(sid, table)
+            self._release(sid, table, keep_tail=False)
+        tail = self._tails.pop(sid, None)
+        if tail is not None and self._state[tail[0]] == _CACHED \
+                and self.block_generation[tail[0]] == tail[1]:
+            self._evict([tail[0]])
         owner = self.block_owner
         for b in table:
             if owner[b] == sid:
                 owner[b] = None
         self._known.pop(sid, None)
 
+    @staticmethod
+    def _computed(session) -> int:
+        """Tokens of `session` whose KV the real step computed (all, where not told)."""
+        done = getattr(session, "num_computed", None)
+        return len(session.token_ids) if done is None else done
+
     def seen(self, session) -> _Seen:
         """`session` with this shadow's block table, for the other hooks."""
         return _Seen(session, self._tables.get(session.session_id, []))
 
+    def check_integrity(self) -> None:
+        """Raise AssertionError unless every block is in exactly one state and accounted
+        for: free blocks on the free stack once each, active blocks referenced by the
+        running sessions' tables, cached blocks unreferenced, the index pointing at live
+        blocks of its hashes; then the expert's own check, where it has one."""
+        state, ref = self._state, self._ref
+        assert state.count(_FREE) == len(self._free) == len(set(self._free))
+        assert all(state[b] == _FREE for b in self._free)
+        assert state.count(_ACTIVE) == self._active
+        held = [0] * self.num_gpu_blocks
+        for sid in self._running:
+            for b in self._tables.get(sid, []):
+                held[b] += 1
+        for b in range(self.num_gpu_blocks):
+            assert ref[b] == held[b], f"block {b}: {ref[b]} references, {held[b]} held"
+            assert (ref[b] > 0) == (state[b] == _ACTIVE), f"block {b} state {state[b]}"
+        for h, b in self._index.items():
+            assert self.block_hash[b] == h and state[b] != _FREE
+        check = getattr(self.policy, "check_integrity", None)  # lru keeps no groups
+        if check is not None:
+            check()
+
     # -- the pool ---------------------------------------------------------------------------
-    def _allocate(self, sid: str, first: int, hashes: list[bytes], now: float) -> list[int]:
-        """Blocks for `hashes[first:]` (positions first...), evicting by the expert; fewer
-        when the cached blocks cannot make room (the rest is not held)."""
-        need = len(hashes) - first
+    def _grow(self, sid: str, table: list[int], hashes: list[bytes], computed: int,
+              now: float) -> None:
+        """Extend `table` to the blocks of `computed` tokens, as the manager's slots do:
+        the full ones hashed and indexed (a partial tail that became full too), one
+        unhashed block for a partial tail; fewer when the cached blocks cannot make room
+        (the rest is not held)."""
+        bs = self.block_size
+        full = min(computed // bs, len(hashes))
+        need = full + (1 if computed > full * bs else 0)
+        if table and self.block_hash[table[-1]] is None and len(table) - 1 < full:
+            self._index_block(table[-1], hashes[len(table) - 1])  # the tail filled up
+        first = len(table)
+        for i, b in enumerate(self._allocate(sid, first, need - first, now), first):
+            table.append(b)
+            if i < full:
+                self._index_block(b, hashes[i])
+
+    def _index_block(self, b: int, h: bytes) -> None:
+        if h in self._index:  # the same content held twice: the first copy stays indexed
+            self.block_hash[b] = None
+        else:
+            self._index[h] = b
+            self.block_hash[b] = h
+
+    def _allocate(self, sid: str, first: int, need: int, now: float) -> list[int]:
+        """`need` unhashed blocks for positions first..., evicting by the expert; fewer
+        when the cached blocks cannot make room."""
         if need <= 0:
             return []
         free = self._free
@@ -171,20 +253,14 @@ class ShadowCache:
             self._evict(self.policy.choose_victims(min(short, cached), now))
         ids = [free.pop() for _ in range(min(need, len(free)))]
         ref, state, gen = self._ref, self._state, self.block_generation
-        owner, position, block_hash, index = (self.block_owner, self.block_position,
-                                              self.block_hash, self._index)
+        owner, position, block_hash = self.block_owner, self.block_position, self.block_hash
         for i, b in enumerate(ids, first):
             ref[b] = 1
             state[b] = _ACTIVE
             gen[b] += 1
             owner[b] = sid
             position[b] = i
-            h = hashes[i]
-            if h in index:  # the same content held twice: the first copy stays indexed
-                block_hash[b] = None
-            else:
-                index[h] = b
-                block_hash[b] = h
+            block_hash[b] = None
         self._active += len(ids)
         return ids
 
@@ -204,9 +280,19 @@ class ShadowCache:
         for b in victims:
             owner[b] = None
 
-    def _release(self, sid: str, table: list[int]) -> None:
-        """Drop the step's references, tail first (as the manager does)."""
+    def _release(self, sid: str, table: list[int], keep_tail: bool,
+                 tokens: list[int] | None = None) -> None:
+        """Drop the step's references, tail first (as the manager does); with `keep_tail`
+        (a pause) the partial tail block stays cached, unhashed, as the real pool keeps it
+        for the session's next step (evictable like any cached block)."""
         ref, state, block_hash, free = self._ref, self._state, self.block_hash, self._free
+        tail = -1
+        if keep_tail and table and block_hash[table[-1]] is None and tokens is not None:
+            start = (len(table) - 1) * self.block_size
+            if len(tokens) > start:
+                tail = table[-1]
+                self._tails[sid] = (tail, self.block_generation[tail],
+                                    tuple(tokens[start:start + self.block_size]))
         to_cache = []
         for b in reversed(table):
             r = ref[b] - 1
@@ -214,7 +300,7 @@ class ShadowCache:
             if r:
                 continue
             self._active -= 1
-            if block_hash[b] is not None:
+            if block_hash[b] is not None or b == tail:
                 state[b] = _CACHED
                 to_cache.append(b)
             else:
