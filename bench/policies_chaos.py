@@ -125,13 +125,20 @@ def timeline(name: str, seed: int, blocks: int, spec: str, others: list[str]) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", default="swe-slow")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--fraction", type=float, default=0.3)
-    p.add_argument("--policies", default="graph,ttl")
-    p.add_argument("--jitter", default="0,1,2,4,8")
-    p.add_argument("--streams", default=None, help="two experts, A,B")
-    p.add_argument("--timeline", default=None, help="an adaptive setting")
+    p.add_argument("--trace", default="swe-slow",
+                   help="a family or held-out trace of bench/policies.py (default swe-slow)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="a fit seed or a seen evaluation seed; fresh ones are refused")
+    p.add_argument("--fraction", type=float, default=0.3,
+                   help="the pool as a share of the trace's peak working set (default 0.3)")
+    p.add_argument("--policies", default="graph,ttl",
+                   help="policy specs for --jitter and --timeline, comma-separated")
+    p.add_argument("--jitter", default="0,1,2,4,8",
+                   help="blocks added to the pool, comma-separated ('' to skip)")
+    p.add_argument("--streams", default=None,
+                   help="two experts A,B: each leads a run alone while both shadows rank it")
+    p.add_argument("--timeline", default=None,
+                   help="an adaptive setting whose leader changes and losses to print")
     args = p.parse_args(argv)
     seen = P.TUNE_SEEDS + P.SEED_SETS[0][1]  # the fresh ones (SEED_SETS[1]) are not
     if args.seed not in seen:

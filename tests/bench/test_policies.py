@@ -201,3 +201,12 @@ def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_w
     rows[3]["recomputed_tokens"] = 15
     line = mod.ranking(rows, ["lru", "saga", "ttl", mod.DEFAULT_POLICY])[0]
     assert f"the default `{mod.DEFAULT_POLICY}` ranks 4 of 4: **missed** (`lru` wins)" in line
+
+
+def test_chaos_diagnosis_refuses_fresh_seeds_before_any_run():
+    """bench/policies_chaos.py reads seen seeds only: a fresh evaluation seed (or any seed
+    outside the fit and seen sets) is refused before anything is simulated."""
+    chaos, mod = load("policies_chaos"), load()
+    for seed in (*mod.SEED_SETS[1][1], 12345):
+        with pytest.raises(SystemExit):
+            chaos.main(["--seed", str(seed), "--jitter", ""])
