@@ -14,9 +14,10 @@ search's victims). No setting beat `graph` alone (1.50x with fewer cases above 1
 `graph` stayed the default policy then. Fifteenth session: `shadow_cache` (below; graph+ttl,
 `switch_margin` 0.1, `shadow_memory` 8) ties `graph` on the rule's first two keys (worst
 1.50x, 28 of 71 pressured fit cases above 1.0x) and recomputes less over them (13.022M
-tokens against 13.168M), so by the rule it is adaptive's setting and `adaptive` is the
-default policy; the margin is 1.1% of the tokens, well inside the swing that a pool a few
-blocks larger gives one case (bench/RESULTS.md, "Why adaptive lost to both its experts").
+tokens against 13.168M), so it is adaptive's setting; it did not become the default policy:
+the margin is 1.1% of the tokens, well inside the swing that a pool a few blocks larger gives
+one case (bench/RESULTS.md, "Why adaptive lost to both its experts"), and the tune rule's tie
+band (bench/policies.py `TIE_SHARE`) keeps the incumbent `graph` among such equals.
 
 The experts that group blocks by session (`graph`, `ttl`, `saga`) track the same blocks in
 the same groups, so they keep one copy between them (groups.py `share_blocks`): the pool's

@@ -84,14 +84,20 @@ class SessionRanker:
         """The priority of session `sid`'s step arriving `now` with `prompt_tokens` (no state
         changes: `record` the step once vLLM accepted it)."""
         done, last_prompt = self.live.get(sid, (0, 0))
-        growth = self.growth.get(workflow, self.prior_growth)
-        if done:  # the context grew by the reply and this message since the last step
-            n = self.seen.get(workflow, 0) + 1
-            growth += (max(prompt_tokens - last_prompt, 0) - growth) / n
+        growth = self._growth(workflow, done, prompt_tokens, last_prompt)
         left = 1.0 if last_step else self.lengths.remaining(workflow, done, self.prior_steps)
         work = (left if self.work == "steps"
                 else predicted_cost(left, prompt_tokens, growth))
         return self.rank(work, now)
+
+    def _growth(self, workflow: str, done: int, prompt_tokens: int, last_prompt: int) -> float:
+        """The workflow's mean prompt growth a step, with this step's counted when it follows
+        one of the session's (the context grew by the reply and this message since)."""
+        growth = self.growth.get(workflow, self.prior_growth)
+        if not done:
+            return growth
+        n = self.seen.get(workflow, 0) + 1
+        return growth + (max(prompt_tokens - last_prompt, 0) - growth) / n
 
     def rank(self, work: float, now: float) -> int:
         """The priority of `work` (predicted steps or token-steps) arriving `now`."""
@@ -102,9 +108,8 @@ class SessionRanker:
         session's length is learned when `last_step`)."""
         done, last_prompt = self.live.pop(sid, (0, 0))
         if done:
-            n = self.seen[workflow] = self.seen.get(workflow, 0) + 1
-            g = self.growth.get(workflow, self.prior_growth)
-            self.growth[workflow] = g + (max(prompt_tokens - last_prompt, 0) - g) / n
+            self.growth[workflow] = self._growth(workflow, done, prompt_tokens, last_prompt)
+            self.seen[workflow] = self.seen.get(workflow, 0) + 1
         if last_step:
             self.lengths.observe(workflow, done + 1)
         else:

@@ -169,3 +169,24 @@ def test_a_kept_demoted_session_riding_along_does_not_count_its_own_blocks_as_ro
     assert c._best_effort(1, fits, "K") and not c._best_effort(1, fits + 1, "K")
     assert c._best_effort(1, fits + 4, "D")
 
+
+
+def test_the_ranker_learns_prompt_growth_only_when_a_step_is_recorded():
+    """With `work` "tokens" a session's rank counts the context's growth a step: the mean
+    growth per workflow, learned from accepted steps only (`priority` changes nothing)."""
+    from kvsaga.integrations.vllm.scheduler import SessionRanker
+
+    r = SessionRanker(prior_growth_tokens=64.0, work="tokens")
+    r.record("A", "swe", 100, last_step=False)
+    assert r.growth == {}  # a first step has no growth to learn
+    r.priority("A", "swe", 160, last_step=False, now=0.0)
+    assert r.growth == {} and r.live == {"A": (1, 100)}  # ranking is side-effect free
+    r.record("A", "swe", 160, last_step=False)
+    assert r.growth == {"swe": 60.0} and r.seen == {"swe": 1}  # 64 + (60 - 64) / 1
+    r.record("A", "swe", 190, last_step=False)  # grew 30: the mean of 60 and 30
+    assert r.growth == {"swe": 45.0} and r.seen == {"swe": 2}
+    # more predicted growth ranks the same step later (a larger priority value)
+    fast = SessionRanker(prior_growth_tokens=0.0, work="tokens")
+    slow = SessionRanker(prior_growth_tokens=512.0, work="tokens")
+    assert (fast.priority("B", "swe", 100, last_step=False, now=0.0)
+            < slow.priority("B", "swe", 100, last_step=False, now=0.0))
