@@ -37,7 +37,9 @@ from kvsaga.scheduler import WorkflowScheduler
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
 # The fit rounds so far (1-11: what each tried, chose and why): docs/scheduling_fit_history.md.
-FIT_GRID = [{"shrink_on": "contexts"}, {"readmit_order": "session_age"}]
+# Round 12: the gate's growth calibrated online (`growth_quantile`, the median or a high
+# quantile of realized / predicted growth; kvsaga/scheduler/growth_calibration.py).
+FIT_GRID = [{"growth_quantile": 0.5}, {"growth_quantile": 0.9}]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
 # candidate must not make a non-thrash figure worse than it by more than the slack

@@ -4,6 +4,7 @@ nothing it measures: the scheduler's and the recorder's calls are only observed)
     python bench/scheduling_overflow.py swe 1 0.25 101,102,103,104,105,106
     python bench/scheduling_overflow.py swe 1 0.5 101,102,103,104,105,106 --memory
     python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --waits
+    python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --growth
 
 Demotions (default mode). Every change of the admitted working sets (`_committed`) is
 tagged with the event that made it: a session admitted (new, or a demoted one again), a
@@ -21,6 +22,12 @@ Waits (`--waits`): where each session's TCT goes: its unloaded TCT (`unloaded_tc
 waits for its first admission and for admissions again after demotions, and the rest
 (queueing of admitted sessions' steps, recomputation, slower batches); per seed for all
 sessions and for the slowest 5% (the p95's tail), against fcfs+lru's TCT of the same ones.
+
+Growth (`--growth`): per finished step of an admitted session, the growth the gate predicted
+for it (uncalibrated: the workflow's, or its tool's, mean growth from one finish to the
+next, `_growth_tokens`) against the growth realized from the context each charge was based
+on: the last finish's (while the step was queued) and the step's prompt (while admitted,
+the tool's observation already in it); quantiles of realized / predicted, by step index.
 """
 
 from __future__ import annotations
@@ -203,6 +210,52 @@ def waits(family: str, load: float, frac: float, seed: int, policy: str,
     return {"row": row, "sessions": per}
 
 
+def growth(family: str, load: float, frac: float, seed: int, policy: str,
+           params: dict | None = None) -> dict[str, Any]:
+    """One observed simulation (module docstring, `--growth`): its row, and per finished
+    step of an admitted session (step index, predicted growth, realized growth from the last
+    finish (None for its first step since admission), realized growth from its prompt),
+    tokens."""
+    sim = _sim(family, load, frac, seed, policy, params)
+    sched = sim.scheduler
+    out: list[tuple[int, float, float | None, float]] = []
+    finish = sched.finish
+
+    def on_finish(req, now, *, ended=False):
+        info = sched.sessions.get(req.session_id)
+        if info is not None and not ended:
+            pred = sched._growth_tokens(info.workflow, info.steps, info.tool)
+            c = req.num_tokens
+            last = None if info.last_context is None else c - info.last_context
+            out.append((req.k, pred, last, c - info.context))
+        return finish(req, now, ended=ended)
+    sched.finish = on_finish
+    return {"row": sim.run().to_dict(), "steps": out}
+
+
+def _quantiles(xs: list[float]) -> str:
+    xs = sorted(xs)
+    if not xs:
+        return "none"
+    q = [xs[min(len(xs) - 1, int(p * len(xs)))] for p in (0.5, 0.9, 0.99)]
+    over = sum(x > 1 for x in xs) / len(xs)
+    return (f"median {q[0]:.2f} / p90 {q[1]:.2f} / p99 {q[2]:.2f}, above 1 at {over:.0%} "
+            f"of {len(xs)}")
+
+
+def _growth_lines(steps: list[tuple[int, float, float | None, float]]) -> list[str]:
+    bands = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 10**9))
+    lines = []
+    for name, rows in [("all steps", steps)] + [
+            (f"step {lo}" if lo == hi else f"steps {lo}+" if hi > 10**6 else
+             f"steps {lo}-{hi}", [r for r in steps if lo <= r[0] <= hi]) for lo, hi in bands]:
+        q = [r[2] / r[1] for r in rows if r[2] is not None and r[1] > 0]
+        a = [r[3] / r[1] for r in rows if r[1] > 0]
+        lines.append(f"  {name}: realized / predicted from the last finish {_quantiles(q)}; "
+                     f"from the prompt {_quantiles(a)}")
+    return lines
+
+
 def _waits_line(per: dict[str, dict], ids: list[str]) -> str:
     n = len(ids)
 
@@ -223,11 +276,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default=DEFAULT_POLICY)
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
     ap.add_argument("--waits", action="store_true", help="the waits mode (docstring)")
+    ap.add_argument("--growth", action="store_true", help="the growth mode (docstring)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
+    if a.growth:
+        steps = []
+        for seed in seeds:
+            steps += growth(a.family, a.load, a.capacity, seed, a.policy)["steps"]
+        print(f"{a.family} {a.load:g}x {a.capacity:.0%}, seeds {a.seeds}: steps by their "
+              "index in the session (0: its first step; from the last finish: none)",
+              flush=True)
+        print("\n".join(_growth_lines(steps)), flush=True)
+        return 0
     for seed in seeds:
         if a.waits:
             per = waits(a.family, a.load, a.capacity, seed, a.policy)["sessions"]

@@ -23,7 +23,7 @@ from kvsaga.scheduler.demotion import Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
-from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate
+from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, calibration
 
 SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
 SHRINK_ON = ("working_sets", "contexts")  # `WorkflowScheduler(shrink_on=...)`
@@ -33,7 +33,7 @@ class _Admitted:
     """An admitted session: what its working set is predicted from."""
 
     __slots__ = ("tenant", "workflow", "context", "shared", "steps", "active",
-                 "last_context", "demote_at", "blocks", "tool")
+                 "last_context", "demote_at", "blocks", "tool", "on_prompt")
 
     def __init__(self, tenant: str | None, workflow: str, context: int) -> None:
         self.tenant = tenant
@@ -46,6 +46,7 @@ class _Admitted:
         self.demote_at = math.inf  # when a pause this long makes it demotable
         self.blocks = 0  # predicted working set, blocks
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
+        self.on_prompt = True  # `context` is its admitted step's prompt, not a finish's
 
 
 class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, AdmissionOrder,
@@ -140,6 +141,10 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             tokens besides its decodes (`fair_share.ComputeShares`). One tenant: no effect.
         share_lag_tokens: with the compute share on, how far behind the least-served
             competing tenant (weighted service, finite) an entering tenant starts.
+        growth_quantile: 0 (the default: off) or, in (0, 1], the quantile of realized /
+            predicted growth that calibrates the charged growth online, per workflow, tool
+            and phase (`kvsaga.scheduler.growth_calibration` says why); growth_prior_steps:
+            its pseudo-observations of no correction (a fresh scheduler charges as if off).
     """
 
     name = "workflow"
@@ -178,6 +183,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
+        growth_quantile: float = 0.0,
+        growth_prior_steps: float = 8.0,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -233,6 +240,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         self._retries: set[int] = set()  # preempted steps (by id): they keep their place
         self._pending: dict[str | None, deque[Any]] = {}  # per tenant: sessions to admit
         self._growth = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
+        self._calibration = calibration("growth_quantile", growth_quantile,
+                                        "growth_prior_steps", growth_prior_steps)
         self._committed = 0  # sum of admitted sessions' working sets, blocks
         self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
@@ -459,7 +468,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)
             info.shared = self._shared_tokens(sid)
         info.context = max(info.context, req.num_tokens)
-        info.active = True
+        info.active = info.on_prompt = True
         info.demote_at = math.inf
         self._set_blocks(info)
 
@@ -476,15 +485,17 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         if ended or s is None:
             self._forget(sid)
             return
-        info.steps += 1
         context = req.num_tokens
+        if self._calibration is not None:
+            self._calibrate(info, context)
+        info.steps += 1
         if info.last_context is not None:
             self._growth.observe(info.workflow, context - info.last_context, info.tool)
         info.last_context = context
         info.tool = s.hint.tool if s.hint is not None else None
         info.context = context
         info.shared = self._shared_tokens(sid)
-        info.active = False
+        info.active = info.on_prompt = False
         info.demote_at = demote_deadline(now, self._expected_pause(s), self.demote_factor,
                                         self.demote_min_s)
         self._demote_at = min(self._demote_at, info.demote_at)

@@ -14,10 +14,26 @@ from __future__ import annotations
 from typing import Any
 
 from kvsaga.manager import StepLookup
+from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.working_set import working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", "context", "full")
+
+
+def calibration(q_name: str, quantile: object, w_name: str,
+                prior_steps: object) -> GrowthCalibration | None:
+    """`WorkflowScheduler`'s growth calibration from its parameters (None: quantile 0, off),
+    errors naming the parameter."""
+    q = check_float(q_name, quantile, 0.0)
+    if q > 1:
+        raise ValueError(f"scheduler parameter {q_name} must be 0 (off) or in (0, 1], got "
+                         f"{quantile!r}")
+    w = check_float(w_name, prior_steps, 0.0)
+    if w == float("inf"):
+        raise ValueError(f"scheduler parameter {w_name} must be finite, got {prior_steps!r}")
+    return GrowthCalibration(q, w) if q > 0 else None
 
 
 class WorkingSetGate:
@@ -89,20 +105,45 @@ class WorkingSetGate:
 
     # -- working sets ---------------------------------------------------------------------
     def _working_set(self, workflow: str, context: int, steps_done: int,
-                     tool: str | None = None) -> int:
+                     tool: str | None = None, phase: str = "admitted") -> int:
         """Blocks a session is predicted to hold over its next steps: its own context (not
-        a prefix shared with others) plus the workflow's mean growth per step over
-        `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer steps
-        left), the first of them predicted from `tool`, the tool of its last pause, when
-        `tool_growth`; capped at the tiers' capacity."""
+        a prefix shared with others) plus its predicted growth (`_growth_tokens`), times
+        the calibration's factor for `phase` when `growth_quantile` is on ("queued": the
+        context is the last finished step's; "admitted": the current step's prompt;
+        `kvsaga.scheduler.growth_calibration`); capped at the tiers' capacity."""
+        growth = self._growth_tokens(workflow, steps_done, tool)
+        if self._calibration is not None:
+            growth *= self._calibration.factor(workflow, tool if self.tool_growth else None,
+                                               phase)
+        blocks = working_set_blocks(context, 1.0, growth, self.manager.block_size)
+        return min(blocks, self.capacity)
+
+    def _growth_tokens(self, workflow: str, steps_done: int, tool: str | None) -> float:
+        """Tokens of growth predicted, uncalibrated: the workflow's mean growth per step
+        over `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer
+        steps left), the first of them predicted from `tool`, the tool of its last pause,
+        when `tool_growth`."""
         horizon = self.horizon_steps
         graph = self._graph()
         if graph is not None:
             horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
-        first = self._growth.mean(workflow, tool) if self.tool_growth and tool else None
-        blocks = working_set_blocks(context, horizon, self._growth.mean(workflow),
-                                    self.manager.block_size, first)
-        return min(blocks, self.capacity)
+        mean = self._growth.mean(workflow)
+        growth = horizon * mean
+        if self.tool_growth and tool:
+            growth += min(horizon, 1.0) * (self._growth.mean(workflow, tool) - mean)
+        return growth
+
+    def _calibrate(self, info: Any, context: int) -> None:
+        """A step of the admitted session `info` finished with `context` tokens: its growth
+        from the last finish (the basis of the charge while it was queued) and from its
+        prompt (while admitted), each against the uncalibrated prediction, to the
+        calibration (call before `info` is updated for the finish)."""
+        pred = self._growth_tokens(info.workflow, info.steps, info.tool)
+        tool = info.tool if self.tool_growth else None
+        cal = self._calibration
+        if info.last_context is not None:
+            cal.observe(info.workflow, tool, "queued", context - info.last_context, pred)
+        cal.observe(info.workflow, tool, "admitted", context - info.context, pred)
 
     def _shared_tokens(self, sid: str) -> int:
         """Tokens of the session's context held in leading blocks that other sessions share
@@ -122,7 +163,8 @@ class WorkingSetGate:
         `paused_growth` (it grows only once its next step comes)."""
         own = info.context - info.shared
         if info.active or self.paused_growth:
-            new = self._working_set(info.workflow, own, info.steps, info.tool)
+            new = self._working_set(info.workflow, own, info.steps, info.tool,
+                                    "admitted" if info.on_prompt else "queued")
         else:
             new = min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
                       self.capacity)

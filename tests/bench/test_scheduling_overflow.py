@@ -62,3 +62,16 @@ def test_waits_mode_splits_each_sessions_tct_and_changes_nothing(mods):
     waited = sum(p["first"] + p["again"] for p in per.values()) / n
     assert waited == pytest.approx(plain["admission_wait_s"])
     assert all(p["tct"] >= p["first"] + p["again"] >= 0 for p in per.values())
+
+
+def test_growth_mode_compares_each_step_with_its_prediction_and_changes_nothing(mods):
+    sched, over = mods
+    d = over.growth("bfcl", 1.0, 0.25, 101, "graph")
+    plain = sched._run(("bfcl", 101, 1.0, 0.25, "workflow", "graph", None))
+    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    steps = d["steps"]
+    assert steps and all(pred > 0 and from_prompt >= 0 for _, pred, _, from_prompt in steps)
+    # the prompt repeats the last finish's context: growth from it is at least that since
+    assert all(last is None or last >= p for _, _, last, p in steps)
+    assert any(last is not None for _, _, last, _ in steps)
+    assert all(line.startswith("  ") for line in over._growth_lines(steps))
