@@ -34,6 +34,12 @@ simulated)" section of bench/RESULTS.md from what it measured.
     python bench/policies.py --traces swe-slow --fractions 0.5 --no-write
     python bench/policies.py --regret --fractions 0.3   # per-victim regret by block class
     python bench/policies.py --reference      # every policy against the exact optimum (tiny)
+    python bench/policies.py --smooth         # also each pressured case at 5 pool sizes
+
+`--smooth` (bench/policies_smooth.py, sixteenth session) judges each pressured case also by
+its mean over five pool sizes within +-2% of its own, since one block of pool swings a case
+~2x; both verdicts are printed. With `--tune --smooth` the pick is made on the smoothed
+figures and written to bench/plots/policies_tune_smooth.json; that pick is the default.
 
 The tune rule (`TUNE_RULE`; written down on 2026-12-01 before any run under it, and the
 default is whatever it picks): over the fit set's pressured cases (lru hit rate in
@@ -79,7 +85,6 @@ from pathlib import Path
 
 from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.sim.compare import peak_working_set
-from kvsaga.sim.regret import CLASSES, record_regret
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, mixed, perturb
 
@@ -103,11 +108,12 @@ TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # 501, 502 were first run on 2026-12-01 (seventh session), 601, 602 in the tenth, 701, 702
 # in the eleventh, 801, 802 in the twelfth, 901, 902 in the thirteenth, and are seen since;
 # 911, 912 were chosen by the lead (fourteenth session) before any run on them and are run
-# once, after the default is frozen; 921, 922 likewise in the fifteenth session.
-EVAL_SEEDS = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912, 921, 922)
+# once, after the default is frozen; 921, 922 likewise in the fifteenth, 931, 932 in the
+# sixteenth session.
+SEEN = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912, 921, 922)
+EVAL_SEEDS = (*SEEN, 931, 932)
 SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart as well
-    ("seen seeds 501-912", (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912)),
-    ("fresh seeds 921, 922", (921, 922)))
+    ("seen seeds 501-922", SEEN), ("fresh seeds 931, 932", (931, 932)))
 FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
                    "graph[spread=1,spread_states=queued]",
@@ -221,17 +227,17 @@ def _peak(name: str, seed: int) -> tuple[int, int]:
 
 
 def _run(task: tuple) -> dict:
-    name, seed, frac, policy = task
+    name, seed, frac, policy, *size = task  # size: a pool other than the case's (--smooth)
     trace = build_trace(name, seed)
     peak, longest = _peak(name, seed)
-    blocks = _blocks(peak, longest, frac)
+    blocks = size[0] if size else _blocks(peak, longest, frac)
     t = time.perf_counter()
     base, params = parse_spec(policy)
     config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
     built = make_policy(base, cost=config.cost, **params) if params else None
     r = Simulator(trace, config, policy=built).run()
     row = r.to_dict()
-    row.update(trace=name, seed=seed, frac=frac, policy=policy, peak=peak,
+    row.update(trace=name, seed=seed, frac=frac, policy=policy, peak=peak, longest=longest,
                hit_rate=r.hit_rate, wall_s=time.perf_counter() - t)
     return row
 
@@ -448,43 +454,6 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
     return "\n".join(out) + "\n"
 
 
-def regret_report(traces: list[str], seed: int, frac: float, policies: list[str],
-                  command: str) -> str:
-    """Per policy and block class: victims, how many a later step read, how soon."""
-    lines = [f"Per-victim regret (`{command}`, seed {seed}, capacity "
-             f"{frac:.0%} of the peak working set). Per class: victims, victims a later step "
-             "read (each one a rebuild), the median time until that read by the trace "
-             "(release times), the median simulated time until the victim's session next "
-             "started a step (`step`), and the share evicted while a block needed later "
-             "by the trace stayed cached (premature). `demoted`: sessions the scheduler "
-             "demoted (they wait for re-admission):", "",
-             "| trace | policy | recomputed (M) | " + " | ".join(CLASSES) + " |",
-             "|---|---|---:|" + "---|" * len(CLASSES)]
-    for name in traces:
-        trace = build_trace(name, seed)
-        if trace is None:
-            continue
-        blocks, _ = _capacity(trace, frac)
-        for p in policies:
-            base, params = parse_spec(p)
-            config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
-            policy = make_policy(base, cost=config.cost, **params)
-            sim = Simulator(trace, config, policy=policy)
-            log = record_regret(policy, trace, sim.block_size)
-            r = sim.run()
-            s = log.summary()
-            cells = []
-            for c in CLASSES:
-                x = s.get(c)
-                cells.append("-" if x is None else
-                             f"{x['victims']} / {x['reused']} reused, "
-                             f"{x['median_next_use_s']:.2f} s, step "
-                             f"{x['median_step_s']:.2f} s, {x['premature']:.0%} prem.")
-            lines.append(f"| {name} | {p} | {r.recomputed_tokens / 1e6:.3f} | "
-                         + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_section(text: str, path: Path, section: str = SECTION) -> None:
     """Replace (or append) our section of RESULTS.md, leaving the others alone."""
     doc = path.read_text(encoding="utf-8") if path.exists() else "# Measured results\n"
@@ -532,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on tiny traces")
     p.add_argument("--regret", action="store_true",
                    help="per-victim regret by block class instead of the sweep")
+    p.add_argument("--smooth", action="store_true",
+                   help="also judge each pressured case by its mean over five pool sizes "
+                        "within +-2%% (bench/policies_smooth.py); with --tune, pick on that")
     args = p.parse_args(argv)
     names = tuple(dict.fromkeys(FAMILIES + TRACES)) if args.tune else TRACES  # swe once
     traces = [t for t in (args.traces or ",".join(names)).split(",") if t]
@@ -557,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.regret:
         online = [x for x in policies if x not in OFFLINE]
+        from policies_regret import regret_report
         text = regret_report(traces, seeds[0], fractions[0], online, command)
         print(text)
         if not args.no_write:
@@ -572,15 +545,25 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
         rows, skipped, command = saved["rows"], saved["skipped"], saved["command"]
         wall, seeds, policies = saved["wall_s"], saved["seeds"], saved["policies"]
+        extra, smooth_s = saved.get("smooth_rows"), saved.get("smooth_s", 0.0)
     else:
         rows, skipped = run(traces, fractions, policies, seeds, args.workers)
-        wall = time.perf_counter() - t
+        wall, extra, smooth_s = time.perf_counter() - t, None, 0.0
+        if args.smooth:
+            import policies_smooth as S
+            extra, smooth_s = S.run_smooth(rows, S.smooth_policies(policies, False),
+                                           args.workers)
     text = markdown(rows, skipped, policies, command, wall, seeds)
+    if extra is not None:
+        import policies_smooth as S
+        text += "\n".join(S.markdown(S.smoothed(rows, extra), policies, smooth_s,
+                                     [DEFAULT_POLICY])) + "\n"
     print(text)
     if not args.no_write:
         _save(HERE / "plots" / "policies.json",
               {"rows": rows, "skipped": skipped, "command": command, "wall_s": wall,
-               "seeds": seeds, "policies": policies})
+               "seeds": seeds, "policies": policies, "smooth_rows": extra,
+               "smooth_s": smooth_s})
         write_section(text, HERE / "RESULTS.md")
     return 0
 

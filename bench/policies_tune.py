@@ -10,7 +10,10 @@ saga and ttl, then the fewest cases above 1.0x of it, then the least total recom
 bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section
 of bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that
 pick (tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`)
-refuses these seeds.
+refuses these seeds. With `--smooth` the pick is made on each pressured case's mean over
+five pool sizes (bench/policies_smooth.py), beside the per-size pick, and written to
+bench/plots/policies_tune_smooth.json and its own section; where that file exists, its pick
+is the default.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ from policies import (
 )
 
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
+
+TUNE_SMOOTH_JSON = HERE / "plots" / "policies_tune_smooth.json"
+TUNE_SMOOTH_SECTION = "## Eviction policies: tuning, smoothed over pool sizes (simulated)"
 
 
 def pick(rows: list[dict], candidates: list[str]) -> str:
@@ -147,9 +153,11 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         parser.error(f"--tune runs only the fit seeds: the built-in families {FAMILIES} at "
                      f"{FAMILY_SEEDS}, the held-out traces {TRACES} at {TRACE_SEEDS}")
     t = time.perf_counter()
+    extra, smooth_s = None, 0.0
     if args.from_json:  # re-render a saved tuning
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
         rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
+        extra, smooth_s = saved.get("smooth_rows"), saved.get("smooth_s", 0.0)
         seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
         if "constants" not in saved and _settings(policies):
             parser.error(f"{args.from_json} does not record what its bare policy names ran "
@@ -163,14 +171,31 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
             if mine and at:
                 rows += run(mine, fractions, policies, at, args.workers)[0]
         wall = time.perf_counter() - t
+        if args.smooth:
+            import policies_smooth as S
+            extra, smooth_s = S.run_smooth(rows, S.smooth_policies(policies, True),
+                                           args.workers)
     chosen = pick(rows, policies)
     text = tune_markdown(rows, policies, command, wall, seeds, chosen, constants, notes)
+    if extra is not None:
+        import policies_smooth as S
+        srows = S.smoothed(rows, extra)
+        smooth_pick = pick(srows, policies)
+        text += "\n".join(S.markdown(srows, policies, smooth_s, [])) + "\n"
+        text += (f"\nPick by the tune rule on the smoothed figures: **`{smooth_pick}`** "
+                 f"(per pool size: `{chosen}`); the smoothed pick is the default; "
+                 f"`kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`.\n")
+        chosen = smooth_pick
     print(text)
     if not args.no_write:
-        _save(TUNE_JSON, {"pick": chosen, "seeds": seeds, "traces": traces,
-                          "variants": {b: explicit(v, constants) for b, v in
-                                       variant_picks(rows, policies).items()},
-                          "constants": constants, "notes": notes, "candidates": policies,
-                          "command": command, "wall_s": wall, "rows": rows})
-        write_section(text, HERE / "RESULTS.md", TUNE_SECTION)
+        out, section = ((TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION) if extra is not None
+                        else (TUNE_JSON, TUNE_SECTION))
+        text = text.replace(TUNE_SECTION, section, 1)
+        _save(out, {"pick": chosen, "seeds": seeds, "traces": traces,
+                    "variants": {b: explicit(v, constants) for b, v in
+                                 variant_picks(rows, policies).items()},
+                    "constants": constants, "notes": notes, "candidates": policies,
+                    "command": command, "wall_s": wall, "rows": rows,
+                    "smooth_rows": extra, "smooth_s": smooth_s})
+        write_section(text, HERE / "RESULTS.md", section)
     return 0

@@ -210,3 +210,50 @@ def test_chaos_diagnosis_refuses_fresh_seeds_before_any_run():
     for seed in (*mod.SEED_SETS[1][1], 12345):
         with pytest.raises(SystemExit):
             chaos.main(["--seed", str(seed), "--jitter", ""])
+
+
+def test_smoothing_sizes_are_five_within_two_percent_and_never_below_the_floor():
+    smooth = load("policies_smooth")
+    assert smooth.pool_sizes(1000, 500) == [980, 990, 1000, 1010, 1020]
+    # at the floor (longest session + 1 block) the five shift up together
+    assert smooth.pool_sizes(1000, 999) == [1000, 1010, 1020, 1030, 1040]
+    assert smooth.pool_sizes(1000, 985) == [986, 996, 1006, 1016, 1026]
+
+
+def test_smoothed_rows_are_means_over_every_size_and_feed_the_same_verdicts():
+    mod, smooth = load(), load("policies_smooth")
+
+    def row(policy, tokens, blocks=100, hit=0.9, frac=0.3):
+        return {**_row("swe", 931, frac, policy, tokens, hit, blocks), "longest": 50}
+    # one pressured case (lru hit 0.9) and one thrashing case (hit 0.5) at another capacity
+    rows = [row(p, x) for p, x in (("lru", 10), ("saga", 12), ("ttl", 9), ("g", 11))]
+    rows += [row(p, 5, 200, 0.5, 0.6) for p in ("lru", "saga", "ttl", "g")]
+    todo = smooth.tasks(rows, ["lru", "saga", "ttl", "g"])
+    # only the pressured case, four more sizes (its own is reused), every policy
+    assert len(todo) == 16 and {t[:3] for t in todo} == {("swe", 931, 0.3)}
+    assert {t[4] for t in todo} == {98, 99, 101, 102}
+    # at the other sizes g is the best and ttl the worst: smoothed, g wins
+    extra = []
+    for _, _, _, p, size in todo:
+        x = {"lru": 10, "saga": 12, "ttl": 14, "g": 8}[p]
+        extra.append({**row(p, x, size), "num_gpu_blocks": size})
+    srows = smooth.smoothed(rows, extra[:-1])  # g lacks one size: not smoothed
+    assert {r["policy"] for r in srows} == {"lru", "saga", "ttl"}
+    srows = smooth.smoothed(rows, extra)
+    by = {r["policy"]: r["recomputed_tokens"] for r in srows}
+    assert by == {"lru": 10, "saga": 12, "ttl": (9 + 4 * 14) / 5, "g": (11 + 4 * 8) / 5}
+    assert mod.rank(rows, "g")[0] > 1.0 and mod.rank(srows, "g")[0] < 1.0
+    text = "\n".join(smooth.markdown(srows, ["lru", "saga", "ttl", "g"], 60.0, ["g"]))
+    assert "Smoothed goal for `g`" in text and "**met**" in text
+    tune = load("policies_tune")
+    assert tune.pick(rows, ["lru", "ttl", "g"]) == "ttl"
+    assert tune.pick(srows, ["lru", "ttl", "g"]) == "g"
+
+
+def test_the_smoothed_tuning_pick_is_the_default_where_it_ran():
+    tune = load("policies_tune")
+    if not tune.TUNE_SMOOTH_JSON.exists():
+        pytest.skip("no smoothed tuning saved")
+    tuned = json.loads(tune.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
+    assert set(tuned["seeds"]) <= set(load().TUNE_SEEDS)
+    assert load().parse_spec(tuned["pick"])[0] == DEFAULT_POLICY
