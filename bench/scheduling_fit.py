@@ -61,8 +61,9 @@ TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # 37 and 38 (session 14's fresh seeds) were run once, `--held-out 37,38`, after round 10
 # kept the default (8ec060e); 35 and 36 are seen since.
 # 53 and 54 (session 15's fresh seeds, chosen by the lead) run once, `--held-out 53,54`,
-# after round 11's choice is landed; 37 and 38 are seen since.
-SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38), (53, 54)
+# after round 11's choice is landed; 37 and 38 are seen since. 55 and 56 (session 16's,
+# chosen by the lead) run once after round 12 kept the default; 53 and 54 are seen since.
+SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54), (55, 56)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)

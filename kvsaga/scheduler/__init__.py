@@ -38,7 +38,9 @@ requests run in. The working-set rule
 the vLLM session gate shares.
 
 Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow`, `fair_share`,
-`working_set`, `admission_order`; everything public is importable from `kvsaga.scheduler`.
+`working_set`, `growth_calibration` (the gate's growth corrected by realized growth,
+`growth_quantile`), `admission_order`; everything public is importable from
+`kvsaga.scheduler`.
 
 Bounded waiting (`workflow`): the reserve (`max_wait_s`, `admission_order`'s docstring
 states the bound). Once the session waiting longest for admission has waited `max_wait_s`,
