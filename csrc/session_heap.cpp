@@ -29,9 +29,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "class_table.h"
 #include "ghost_list.h"
 #include "session_keys.h"
 #include "timed_record.h"
+#include "timer_wheel.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -40,6 +42,8 @@ namespace {
 
 using namespace session_keys;
 using namespace timed_record;
+using timer_wheel::Timer;
+using class_table::ClassTable;
 
 struct Entry {
   double k0, k1;  // the key (class, value)
@@ -58,15 +62,6 @@ inline bool before(const Entry& a, const Entry& b) {
 }
 inline bool after(const Entry& a, const Entry& b) { return before(b, a); }  // min-heap order
 
-struct Timer {
-  double when;
-  int64_t ver;
-  int32_t slot;
-};
-inline bool timer_after(const Timer& a, const Timer& b) {
-  if (a.when != b.when) return a.when > b.when;
-  return a.ver > b.ver;
-}
 
 class SessionHeap {
  public:
@@ -226,7 +221,7 @@ class SessionHeap {
       formulas_[t.cls] = formula;
       timed_[slot].value = tk.v;
     } else if (t.cls >= 0) {
-      table_[table_key(t.cls, k)] = tk;
+      table_.set(ClassTable::key(t.cls, k), tk);
     }
     enter(p.k0, p.k1, slot, p.until, now);
     // A formula's key at the session's own grid point enters the table now (the key Python
@@ -234,7 +229,7 @@ class SessionHeap {
     // read it there: after a re-key in Python, as when the index re-keyed them itself.
     int64_t n = static_cast<int64_t>(points_.size());
     if (t.cls >= 0 && tk.mode >= 3 && k >= -1 && k + 2 < n &&
-        table_.find(table_key(t.cls, k)) == table_.end())
+        !table_.find(ClassTable::key(t.cls, k)))
       formula_key(formulas_[t.cls], t.cls, k, k < 0 ? 0.0 : points_[k]);
   }
 
@@ -265,6 +260,7 @@ class SessionHeap {
     if (points.size() < 2) throw nb::value_error("the grid needs two points at least");
     grid_s_ = grid_s;
     log_ratio_ = log_ratio;
+    timers_.set_width(grid_s);
     points_ = points;
   }
 
@@ -283,13 +279,9 @@ class SessionHeap {
 
   nb::list due(double now) {
     nb::list out;
-    while (!timers_.empty() && timers_.front().when <= now) {
-      std::pop_heap(timers_.begin(), timers_.end(), timer_after);
-      Timer t = timers_.back();
-      timers_.pop_back();
-      if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now))
-        out.append(sids_[t.slot]);
-    }
+    timers_.due(now, [&](const Timer& t) {
+      if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now)) out.append(sids_[t.slot]);
+    });
     return out;
   }
 
@@ -417,10 +409,7 @@ class SessionHeap {
                                [&](const Entry& e) { return version_[e.slot] != e.ver; }),
                 heap_.end());
     std::make_heap(heap_.begin(), heap_.end(), after);
-    timers_.erase(std::remove_if(timers_.begin(), timers_.end(),
-                                 [&](const Timer& t) { return version_[t.slot] != t.ver; }),
-                  timers_.end());
-    std::make_heap(timers_.begin(), timers_.end(), timer_after);
+    timers_.compact([&](const Timer& t) { return version_[t.slot] != t.ver; });
   }
 
  private:
@@ -445,10 +434,6 @@ class SessionHeap {
     return slot;
   }
 
-  static uint64_t table_key(int64_t cls, int64_t k) {
-    return (static_cast<uint64_t>(cls) << 16) ^ static_cast<uint64_t>(k + 1);
-  }
-
   // A new live entry of `slot`, and its timer when `until` is finite.
   void enter(double k0, double k1, int32_t slot, double until, double now) {
     const Timed& t = timed_[slot];
@@ -458,8 +443,7 @@ class SessionHeap {
     std::push_heap(heap_.begin(), heap_.end(), after);
     if (until < std::numeric_limits<double>::infinity()) {
       double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
-      timers_.push_back({when, e.ver, slot});
-      std::push_heap(timers_.begin(), timers_.end(), timer_after);
+      timers_.push({when, e.ver, slot});
     }
   }
 
@@ -493,10 +477,10 @@ class SessionHeap {
     if (t.extra < until) until = t.extra;
     // The class's key at this grid point: from its table, else from its formula (modes 3
     // and 4 then enter it in the table, for the class's next sessions at this point).
-    auto it = table_.find(table_key(t.cls, k));
+    const TableKey* hit = table_.find(ClassTable::key(t.cls, k));
     TableKey tk;
-    if (it != table_.end()) {
-      tk = it->second;
+    if (hit) {
+      tk = *hit;
     } else {
       auto f = formulas_.find(t.cls);
       if (f == formulas_.end()) return false;
@@ -520,7 +504,7 @@ class SessionHeap {
   TableKey formula_key(Formula& x, int64_t cls, int64_t k, double lo) {
     TableKey tk = x.mode == 3 ? ttl_key(x.p, lo, x.memo)
                               : TableKey{1.0, graph_rate(x.p, lo, inv_cdf_), 0};
-    table_[table_key(cls, k)] = tk;
+    table_.set(ClassTable::key(cls, k), tk);
     return tk;
   }
 
@@ -542,13 +526,13 @@ class SessionHeap {
   }
 
   std::vector<Entry> heap_, named_;
-  std::vector<Timer> timers_;
+  timer_wheel::TimerWheel timers_;  // csrc/timer_wheel.h
   nb::dict slot_of_;               // session -> slot
   std::vector<int64_t> version_;   // per slot; 0: no live entry
   std::vector<nb::object> sids_;   // per slot
   std::vector<int32_t> free_;      // dropped slots, for reuse
   std::vector<Timed> timed_;       // per slot
-  std::unordered_map<uint64_t, TableKey> table_;  // (class, grid point) -> key
+  ClassTable table_;               // (class, grid point) -> key: csrc/class_table.h
   std::unordered_map<int64_t, Formula> formulas_;  // class -> key at every grid point
   InvCdf inv_cdf_;                 // statistics' NormalDist quantile (mode 4)
   double grid_s_ = 0.0, log_ratio_ = 1.0;

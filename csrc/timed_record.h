@@ -19,7 +19,9 @@ using session_keys::TtlMemo;
 // A session's timed record (push's `timed`): its key at elapsed grid point k is
 // table[(cls, k)] = (k0, v, mode): (k0, v * mult) (mode 0) or (k0, (t0 + grid(k)) + v)
 // (mode 1), while now - t0 < limit; its deadline min(t0 + grid(k + 1), extra).
-struct Timed {
+// One cache line each (alignas): `due` reads a record per due session, between two engine
+// steps, when a record across two lines would cost two misses.
+struct alignas(64) Timed {
   int64_t cls = -1;  // -1: none (Python re-keys it)
   double t0, limit, extra, mult;
   double value;  // the table's value it was last keyed from (`base`)

@@ -1,6 +1,7 @@
 """bench/allocator.py --eviction-scaling (bench/eviction_scaling.py) on tiny counts: every
-online policy measured in the three tables (one instant, 1 ms apart, amortized over
-relearning), the goals judged from them, and its section written alone into RESULTS.md."""
+online policy measured in the four tables (one instant, 1 ms apart, amortized over
+relearning, the whole step), the goals judged from them, and its section written alone
+into RESULTS.md."""
 
 from __future__ import annotations
 
@@ -27,18 +28,53 @@ def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
     assert set(figures) == set(mod.SCALING_POLICIES) >= {"lru", "ttl", "saga", "graph"}
     for p in mod.SCALING_POLICIES:
         for n in (8, 16):
-            assert len(figures[p][n]) == 3 and all(x > 0 for x in figures[p][n])
+            assert len(figures[p][n]) == 4 and all(x > 0 for x in figures[p][n])
     # lru never re-keys: its amortized figure is its first.
     assert figures["lru"][16][2] == figures["lru"][16][0]
     text = "\n".join(lines)
-    assert text.count("| paused sessions |") == 3
-    assert text.count("Growth from 8 to 16 paused sessions") == 3
+    assert text.count("| paused sessions |") == 4
+    assert text.count("Growth from 8 to 16 paused sessions") == 4
+    assert "the whole step 1 ms apart" in text
     out = tmp_path / "RESULTS.md"
     out.write_text("# Measured results\n\n## Other\n\nkept\n", encoding="utf-8")
     mod.write_section(mod.SCALING_SECTION, text, out)
     mod.write_section(mod.SCALING_SECTION, text, out)  # replaced, not appended twice
     doc = out.read_text(encoding="utf-8")
     assert doc.count(mod.SCALING_SECTION) == 1 and "## Other\n\nkept" in doc
+
+
+def test_the_step_reading_times_begin_allocate_and_finish_together():
+    # adaptive's shadow caches replay each step in begin_step and finish_step: the fourth
+    # reading times the whole step, so their work is seen; the allocation readings stay
+    # allocate_slots alone.
+    mod = load()
+    calls = []
+    real = mod.KVCacheManager
+
+    class Spy(real):
+        def begin_step(self, sid, *a, **kw):
+            calls.append(("begin", sid))
+            return super().begin_step(sid, *a, **kw)
+
+        def finish_step(self, sid, *a, **kw):
+            calls.append(("finish", sid))
+            return super().finish_step(sid, *a, **kw)
+
+    stepped = []
+
+    def step_timer(m, sid, tokens, now):
+        stepped.append(sid)
+        assert ("begin", sid) not in calls  # the timer begins it itself
+        return mod.timed_step(m, sid, tokens, now)
+
+    mod.KVCacheManager = Spy
+    try:
+        out = list(mod.bench_eviction_scaling(8, "adaptive", 2, step_timer=step_timer))
+    finally:
+        mod.KVCacheManager = real
+    assert stepped == ["new4", "new5"]  # after 2 at one instant and 2 apart
+    assert ("begin", "new4") in calls and ("finish", "new5") in calls
+    assert len(out[-1]) == 4 and out[-1][3] > 0
 
 
 def test_profile_names_the_policy_search_per_allocation():
