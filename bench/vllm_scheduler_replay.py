@@ -27,7 +27,9 @@ when plain vLLM's last task ended (a live run's length) and, with `--all-hits`, 
 the same budget with every prefix hit kept, in its own order and in a clairvoyant one (what
 retention can reach at most, and what reordering adds on top), and a true upper bound on
 any connector's gain (bench/vllm_replay_bound.py: plain vLLM's mean TCT over a lower bound on
-any schedule's at the budget, beside the gains measured).
+any schedule's at the budget, beside the gains measured). The offload arms run vLLM's CPU
+offload tier's real scheduler side with an emulated worker and a stated copy cost
+(bench/vllm_offload_sim.py).
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ ALL_HITS_BLOCKS = 20_000
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
 ALL_HITS_ORDERS = ("fcfs", "srpt", "sched")
 ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt", "sched": "+sched"}
-ORDER_ARMS = ("sched", "srpt")  # a connector arm's order suffixes (`split_order`)
+ORDER_ARMS = ("sched", "srpt")
+# The harness's KV spec (one layer, one KV head of 8, float32, K and V): bytes a token, which
+# sizes the offload tier's host bytes (`--host-factor`) in chunks of one block.
+HARNESS_BYTES_PER_TOKEN = 1 * 8 * 4 * 2  # a connector arm's order suffixes (`split_order`)
 # Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.py is no package)
+from vllm_offload_sim import DEFAULT_OFFLOAD_TOKEN_S  # noqa: E402
 from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests and --fit)
     ALL_HITS_ARM,
     _agent_replay,
@@ -171,25 +177,47 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
 
     system, sessions = session_prompts(args, seed)
     from replay.servers import connector_arm
+    from vllm_offload_sim import OffloadWorker, host_bytes, parts, split_offload
+
+    from kvsaga.integrations.vllm import offload_transfer_config
 
     extra = json.loads(args.connector_extra)
     order = all_hits
+    policy, tier = split_offload(policy) if policy else (None, None)
     if policy:
         policy, order = split_order(policy)
         policy, settings = connector_arm(policy)
         extra.update(settings)
     blocks = kv_blocks(args, system, sessions)
+    kv_transfer = None
+    if tier:  # vLLM's offload tier, alone or behind the retention connector (MultiConnector)
+        chunks = round(args.host_factor * (blocks - 1))
+        kv_transfer = offload_transfer_config(
+            host_bytes(chunks, args.block_size, HARNESS_BYTES_PER_TOKEN), tier,
+            {"policy": policy, **extra} if policy else None)
     sched = make_scheduler(model_dir, max(blocks, ALL_HITS_BLOCKS) if all_hits else blocks,
                            bool(policy),
                            policy or "ttl", max_num_seqs=args.max_num_seqs,
                            block_size=args.block_size,
                            max_num_batched_tokens=args.max_num_batched_tokens,
                            scheduling_policy="fcfs" if order in (None, "fcfs") else "priority",
-                           scheduler_cls=scheduler_class(order), **(extra if policy else {}))
+                           scheduler_cls=scheduler_class(order), kv_transfer=kv_transfer,
+                           **(extra if policy else {}))
     if all_hits:
         keep_every_hit(sched, blocks - 1)
     now = 0.0
-    for part in (sched.connector, sched if order == "sched" else None):
+    connector, offload = parts(sched.connector) if sched.connector else (None, None)
+    worker = None
+    if offload is not None:
+        manager = offload.connector_scheduler.manager
+        assert manager._num_chunks == chunks, (manager._num_chunks, chunks)
+        worker = OffloadWorker(args.block_size, args.offload_token_s,
+                               multi=connector is not None)
+    # kvsaga's cache policy judges pauses by a clock too (vLLM's LRU has none)
+    tier_policy = offload.connector_scheduler.manager._policy if offload else None
+    timed = (connector, sched if order == "sched" else None,
+             tier_policy if hasattr(tier_policy, "clock") else None)
+    for part in timed:
         if part is not None:
             part.clock = lambda: now
     rng = random.Random(seed)
@@ -266,20 +294,25 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         if args.trace:
             for r in out.scheduled_new_reqs:
                 i, k = live[r.req_id]
-                held = sorted(sched.connector.holds) if sched.connector else []
+                held = sorted(connector.holds) if connector else []
                 pool = sched.kv_cache_manager.block_pool
                 used = sum(1 for b in pool.blocks if b.ref_cnt > 0 and not b.is_null)
-                nh = len(sched.connector._holders) if sched.connector else 0
+                nh = len(connector._holders) if connector else 0
                 held = f"{held} used {used} retained {nh} running " + str(
                     [(live[q.request_id][0], q.num_tokens, q.num_computed_tokens)
                      for q in sched.running])
                 print(f"t={now:7.2f} s{i} step {k} prompt {len(r.prompt_token_ids)} hit "
                       f"{r.num_computed_tokens} free {pool.get_num_free_blocks()} held {held}")
         dt = args.step_s + args.token_s * n_tokens
+        kv_out = None
+        if worker is not None:  # the offload tier's copies, charged to this step
+            kv_out, moved_s = worker.complete(out.kv_connector_metadata)
+            dt += moved_s
         now += dt
         res.busy_s += dt
         runner = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: j for j, r in enumerate(ids)},
-                                   sampled_token_ids=[[TOKEN] for _ in ids])
+                                   sampled_token_ids=[[TOKEN] for _ in ids],
+                                   kv_connector_output=kv_out)
         for outputs in sched.update_from_output(out, runner).values():
             for o in outputs.outputs:
                 if o.finish_reason is None:
@@ -301,12 +334,14 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
                     if args.hint == "close":  # the client ends the session once it knows
                         heapq.heappush(due, (now, i, k + 1))
     res.end_s = now
-    if sched.connector is not None:
-        res.held_at_end = sum(len(b) for b in sched.connector.holds.values())
-        sched.connector._log_stats(now)  # copies the gate's counters into the stats
-        stats = json.loads(sched.connector.stats.line().split(": ", 1)[1])
+    if connector is not None:
+        res.held_at_end = sum(len(b) for b in connector.holds.values())
+        connector._log_stats(now)  # copies the gate's counters into the stats
+        stats = json.loads(connector.stats.line().split(": ", 1)[1])
         res.connector = {k: v for k, v in stats.items() if k != "by_reason" and v}
         res.connector.update({f"released_{k}": v for k, v in sorted(stats["by_reason"].items())})
+    if worker is not None:
+        res.connector.update(worker.counters())
     return res
 
 
@@ -353,7 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
            "queue order), POLICY+ride (deferred steps ride along: best_effort_steps 10); any of "
            "them +sched (kvsaga's scheduler plug-in too: KVSagaScheduler, vLLM's priority "
            "policy) or +srpt (a clairvoyant order, a reference: vLLM's priority policy, the "
-           "session with the fewest decode steps left first)")
+           "session with the fewest decode steps left first); offload-lru, offload-kvsaga, "
+           "offload-kvsaga-graph (vLLM's CPU offload tier with vLLM's LRU or kvsaga's cache "
+           "policy, --host-factor) and ARM+offload-... (the connector arm ARM and the tier in "
+           "vLLM's MultiConnector)")
+    a("--host-factor", type=float, default=2.0,
+      help="offload arms (offload-lru, offload-kvsaga, offload-kvsaga-graph, or POLICY+"
+           "offload-...: the retention connector and the tier in vLLM's MultiConnector): the "
+           "host tier's chunks (one block each) as a multiple of the usable GPU KV blocks")
+    a("--offload-token-s", type=float, default=DEFAULT_OFFLOAD_TOKEN_S,
+      help="simulated seconds per token an offload arm moves between host and GPU, loads and "
+           "stores alike, added to the step that issues them (bench/vllm_offload_sim.py: "
+           "this machine's measured copy rate for SmolLM2's float32 KV)")
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms")
     a("--template-tokens", type=int, default=8,

@@ -7,8 +7,10 @@ kvsaga's engine and simulator run):
   session's request finishes it keeps that session's GPU blocks referenced through the tool
   call, and releases them when the session ends or when vLLM needs the memory, in the policy's
   order. Enable it with `--kv-transfer-config` (`kv_transfer_config()` below builds the JSON).
-- `KVSagaCachePolicy` (`kvsaga.integrations.vllm.cache_policy`), a cache policy for vLLM's CPU
-  offload tier (`OffloadingConnector`): offloaded chunks are evicted in the same order.
+- `KVSagaCachePolicy` / `KVSagaGraphCachePolicy` (`kvsaga.integrations.vllm.cache_policy`),
+  cache policies for vLLM's CPU offload tier (`OffloadingConnector`): offloaded chunks are
+  evicted in the same order (`offload_transfer_config()` builds the JSON, the tier alone or
+  behind the connector in vLLM's `MultiConnector`).
 
 A request names its session and the pause that follows in `kv_transfer_params`:
 `{"kvsaga": {"session_id": "task-42", "tool": "run_tests", "expected_s": 8, "last_step": false,
@@ -29,6 +31,9 @@ CONNECTOR_MODULE = "kvsaga.integrations.vllm.connector"
 CONNECTOR_CLASS = "KVSagaConnector"
 CACHE_POLICY_MODULE = "kvsaga.integrations.vllm.cache_policy"
 CACHE_POLICY_CLASS = "KVSagaCachePolicy"
+# The offload tier's policies by the name a user knows: vLLM's own, and kvsaga's two.
+OFFLOAD_POLICIES = {"lru": None, "arc": None, "ttl": CACHE_POLICY_CLASS,
+                    "graph": "KVSagaGraphCachePolicy"}
 
 
 def kv_transfer_config(policy: str = DEFAULT_POLICY, **extra: Any) -> str:
@@ -49,10 +54,45 @@ def kv_transfer_config(policy: str = DEFAULT_POLICY, **extra: Any) -> str:
     )
 
 
+def offload_transfer_config(cpu_bytes: int, eviction: str = "graph",
+                            retention: dict[str, Any] | None = None) -> str:
+    """The `--kv-transfer-config` JSON of vLLM's CPU offload tier (`OffloadingConnector`),
+    alone or, with `retention`, behind kvsaga's retention connector in vLLM's
+    `MultiConnector` (the retention connector first: it may defer a step, and it never
+    loads KV, so the offload tier answers every hit outside the GPU).
+
+    Args:
+        cpu_bytes: host memory for offloaded KV (`cpu_bytes_to_use`).
+        eviction: the tier's policy: vLLM's `lru` (its default) or `arc`, or kvsaga's `ttl`
+            (`KVSagaCachePolicy`) or `graph` (`KVSagaGraphCachePolicy`, the default: the
+            higher worst fit seed against vLLM's LRU, bench/RESULTS.md "vLLM's CPU offload
+            tier").
+        retention: None (the tier alone) or the retention connector's
+            `kv_connector_extra_config` (e.g. `{"policy": "ttl"}`).
+    """
+    if eviction not in OFFLOAD_POLICIES:
+        raise ValueError(f"eviction {eviction!r}: not one of {sorted(OFFLOAD_POLICIES)}")
+    if not isinstance(cpu_bytes, int) or cpu_bytes <= 0:
+        raise ValueError(f"cpu_bytes {cpu_bytes!r}: must be a positive int")
+    cls = OFFLOAD_POLICIES[eviction]
+    extra: dict[str, Any] = {"cpu_bytes_to_use": cpu_bytes, "eviction_policy": cls or eviction}
+    if cls is not None:
+        extra["cache_policy_module_path"] = CACHE_POLICY_MODULE
+    offload = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
+               "kv_connector_extra_config": extra}
+    if retention is None:
+        return json.dumps(offload)
+    kvsaga = json.loads(kv_transfer_config(**retention))
+    return json.dumps({"kv_connector": "MultiConnector", "kv_role": "kv_both",
+                       "kv_connector_extra_config": {"connectors": [kvsaga, offload]}})
+
+
 __all__ = [
     "CACHE_POLICY_CLASS",
     "CACHE_POLICY_MODULE",
     "CONNECTOR_CLASS",
     "CONNECTOR_MODULE",
+    "OFFLOAD_POLICIES",
     "kv_transfer_config",
+    "offload_transfer_config",
 ]

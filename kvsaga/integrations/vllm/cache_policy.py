@@ -18,7 +18,7 @@ Enable it through the offloading connector's extra config, e.g.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vllm.logger import init_logger
 from vllm.v1.kv_offload.base import OffloadKey, ReqContext
@@ -46,6 +46,9 @@ class KVSagaCachePolicy(CachePolicy):
 
     def __init__(self, cache_capacity: int) -> None:
         super().__init__(cache_capacity)
+        # Seconds the policy judges pauses by; a replay on a simulated clock replaces it
+        # (bench/vllm_offload_sim.py), as it does the connector's.
+        self.clock: Callable[[], float] = time.monotonic
         self._reset()
 
     def _reset(self) -> None:
@@ -83,7 +86,7 @@ class KVSagaCachePolicy(CachePolicy):
         """A request reads or offers these chunks: its session's step has begun."""
         info = self._info(req_context)
         if info is not None and info.session_id not in self._running:
-            now = time.monotonic()
+            now = self.clock()
             self._running.add(info.session_id)
             self.policy.step_started(session_for(self._sessions, info), now)
 
@@ -104,7 +107,7 @@ class KVSagaCachePolicy(CachePolicy):
             self._file(key, new_owner, pos)
         if info is None or sid is None:
             return
-        now = time.monotonic()
+        now = self.clock()
         session = session_for(self._sessions, info)
         if sid not in self._running:
             self.policy.step_started(session, now)
@@ -127,7 +130,7 @@ class KVSagaCachePolicy(CachePolicy):
         key_of = self._key_of
         victims = [
             key_of[c]
-            for c in self.policy.choose_victims(n + len(protected), time.monotonic())
+            for c in self.policy.choose_victims(n + len(protected), self.clock())
             if key_of[c] not in protected
         ][:n]
         if len(victims) < n:

@@ -43,19 +43,23 @@ def make_scheduler(
     max_num_batched_tokens: int = 4096,
     scheduling_policy: str = "fcfs",
     scheduler_cls: type[Scheduler] = Scheduler,
+    kv_transfer: str | None = None,
     **extra,
 ) -> Scheduler:
     """A vLLM scheduler over `num_blocks` KV blocks (one of them vLLM's null block), prefix
     caching on, with or without the kvsaga connector (`extra`: more connector settings;
     `policy` None: `kv_transfer_config`'s default, `kvsaga.policy.DEFAULT_POLICY`);
     `scheduling_policy` is vLLM's ("fcfs", or "priority": requests' `priority` first);
-    `scheduler_cls` what vLLM's `--scheduler-cls` names (a Scheduler subclass)."""
+    `scheduler_cls` what vLLM's `--scheduler-cls` names (a Scheduler subclass);
+    `kv_transfer`: a whole `--kv-transfer-config` JSON instead (e.g. the offload tier's,
+    `offload_transfer_config`), taking the place of `connector`, `policy` and `extra`."""
     model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="float32")
-    kv_transfer = (
-        KVTransferConfig(**json.loads(kv_transfer_config(**extra) if policy is None
-                                        else kv_transfer_config(policy, **extra)))
-        if connector else None
-    )
+    transfer = None
+    if kv_transfer is not None:
+        transfer = KVTransferConfig(**json.loads(kv_transfer))
+    elif connector:
+        transfer = KVTransferConfig(**json.loads(kv_transfer_config(**extra) if policy is None
+                                                 else kv_transfer_config(policy, **extra)))
     vllm_config = VllmConfig(
         model_config=model_config,
         scheduler_config=SchedulerConfig(
@@ -68,7 +72,7 @@ def make_scheduler(
         ),
         cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=True),
         device_config=DeviceConfig("cpu"),
-        kv_transfer_config=kv_transfer,
+        kv_transfer_config=transfer,
     )
     kv_cache_config = KVCacheConfig(
         num_blocks=num_blocks,
