@@ -423,6 +423,11 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
                    f"{', '.join(map(str, TRACE_SEEDS))}) of {traces}, "
                    f"which picked by the tune rule ({TUNE_RULE}) `{tuned['pick']}` "
                    f"(`DEFAULT_POLICY` = `{DEFAULT_POLICY}`); nothing here was tuned.")
+    smooth = TUNE_JSON.with_name("policies_tune_smooth.json")  # policies_tune's, --smooth
+    if smooth.exists():
+        s = json.loads(smooth.read_text(encoding="utf-8"))
+        out.append(f"Tuned on the smoothed figures (`{s['command']}`, fit seeds "
+                   f"{', '.join(map(str, s['seeds']))}): `{s['pick']}`, the default.")
     if skipped:
         out.append(f"Skipped (data not installed): {', '.join(skipped)}.")
     out += ["", "Recomputed prompt tokens (millions) and, in brackets, their ratio to the best "
