@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra is not None:
         import policies_smooth as S
         text += "\n".join(S.markdown(S.smoothed(rows, extra), policies, smooth_s,
-                                     [DEFAULT_POLICY])) + "\n"
+                                     [DEFAULT_POLICY, "graph"])) + "\n"
     print(text)
     if not args.no_write:
         _save(HERE / "plots" / "policies.json",

@@ -21,7 +21,7 @@ spanning 4%. A size equal to the case's own pool reuses the single-size run's ro
 Only the pressured cases (lru hit rate in `HIT_RANGE` at the case's own pool, one per
 distinct pool size, as the single-size verdict counts them) get the extra sizes, and only
 for the policies the verdict needs: lru, saga and ttl (the reference) and the policies being
-judged (the evaluation: `DEFAULT_POLICY`; `--tune`: the candidates given). Offline
+judged (the evaluation: `DEFAULT_POLICY` and `graph`; `--tune`: the candidates given). Offline
 references are not smoothed. Both verdicts are printed: per pool size, as issue 11 states
 the goal, and smoothed.
 """
@@ -49,7 +49,7 @@ def pool_sizes(blocks: int, longest: int) -> list[int]:
 def smooth_policies(policies: list[str], tune: bool) -> list[str]:
     """What the smoothed pass runs: the baselines and the policies judged, in `policies`'
     order where they are in it."""
-    judged = [p for p in policies if p not in P.OFFLINE] if tune else [DEFAULT_POLICY]
+    judged = [p for p in policies if p not in P.OFFLINE] if tune else [DEFAULT_POLICY, "graph"]
     return list(dict.fromkeys([*P.BASELINES, *judged]))
 
 

@@ -28,12 +28,14 @@ from kvsaga.policy.ttl import TTLPolicy
 from kvsaga.session import PauseHint
 
 # The policy that engine and server use when none is named: the one that `python
-# bench/policies.py --tune` picks on the fit seeds by its tune rule (least worst ratio to the
-# best of lru, saga and ttl over the pressured cases, then fewest cases above 1.0x of it,
-# then least recomputation; bench/RESULTS.md, "Eviction policies: tuning"), then judged on
-# fresh seeds and perturbed traces
+# bench/policies.py --tune --smooth` picks on the fit seeds by its tune rule (least worst
+# ratio to the best of lru, saga and ttl over the pressured cases, then fewest cases above
+# 1.0x of it, then least recomputation), each case judged by its mean over five pool sizes
+# within +-2% (bench/policies_smooth.py; bench/RESULTS.md, "Eviction policies: tuning,
+# smoothed over pool sizes": ttl since the sixteenth session, graph per pool size), then
+# judged on fresh seeds and perturbed traces
 # (tests/bench/test_policies.py checks that the two agree).
-DEFAULT_POLICY = "graph"
+DEFAULT_POLICY = "ttl"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls

@@ -99,11 +99,14 @@ def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds():
 
 
 def test_default_policy_and_its_constants_are_what_the_tuning_picked():
+    """The per-size tuning's pick is the default unless a smoothed tuning ran (then that
+    one's is: the test below); either way its constants are its class defaults."""
     mod = load()
     tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
     assert set(tuned["seeds"]) <= set(mod.TUNE_SEEDS)
     name, params = mod.parse_spec(tuned["pick"])
-    assert name == DEFAULT_POLICY
+    if not load("policies_tune").TUNE_SMOOTH_JSON.exists():
+        assert name == DEFAULT_POLICY
     defaults = inspect.signature(POLICIES[name]).parameters
     for key, value in params.items():
         default = defaults[key].default
@@ -188,10 +191,13 @@ def test_names_as_constants_are_saved_and_written_back():
         defaults["experts"].default
 
 
-def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_wins():
+def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_wins(
+        monkeypatch):
     """The held-out section states, by the tune rule, who wins and where the default
-    stands (issue 11: the default must win this evaluation); references are not ranked."""
+    stands (issue 11: the default must win this evaluation); references are not ranked.
+    The default is named `g` here, apart from the baselines (it may be one of them)."""
     mod = load()
+    monkeypatch.setattr(mod, "DEFAULT_POLICY", "g")
     rows = [_row("swe", 1, 0.3, p, x) for p, x in
             (("lru", 10), ("saga", 12), ("ttl", 11), (mod.DEFAULT_POLICY, 9), ("x", 20),
              ("belady", 1))]
