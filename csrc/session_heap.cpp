@@ -279,9 +279,23 @@ class SessionHeap {
 
   nb::list due(double now) {
     nb::list out;
-    timers_.due(now, [&](const Timer& t) {
-      if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now)) out.append(sids_[t.slot]);
-    });
+    timers_.due(
+        now,
+        [&](const Timer& t) {
+          if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now))
+            out.append(sids_[t.slot]);
+        },
+        [&](const Timer& t) {
+          __builtin_prefetch(&version_[t.slot]);
+          __builtin_prefetch(&timed_[t.slot]);
+        },
+        [&](const Timer& t) {  // the table cell `rekey_from_table` will look up first
+          const Timed& r = timed_[t.slot];
+          int64_t k;
+          double lo, hi, d = now - r.t0;
+          if (r.cls >= 0 && d < r.limit && grid_index(d < 0.0 ? 0.0 : d, k, lo, hi))
+            table_.prefetch(ClassTable::key(r.cls, k));
+        });
     return out;
   }
 
