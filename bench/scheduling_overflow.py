@@ -5,6 +5,7 @@ nothing it measures: the scheduler's and the recorder's calls are only observed)
     python bench/scheduling_overflow.py swe 1 0.5 101,102,103,104,105,106 --memory
     python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --waits
     python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --growth
+    python bench/scheduling_overflow.py bfcl 2 0.5 101,102,103 --params '{"growth_quantile": 0.9}'
 
 Demotions (default mode). Every change of the admitted working sets (`_committed`) is
 tagged with the event that made it: a session admitted (new, or a demoted one again), a
@@ -33,6 +34,7 @@ the tool's observation already in it); quantiles of realized / predicted, by ste
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter, defaultdict
 from typing import Any
@@ -277,15 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
     ap.add_argument("--waits", action="store_true", help="the waits mode (docstring)")
     ap.add_argument("--growth", action="store_true", help="the growth mode (docstring)")
+    ap.add_argument("--params", default=None, help="workflow scheduler parameters, a JSON "
+                    "object (default: its defaults)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
+    try:
+        params = None if a.params is None else json.loads(a.params)
+    except ValueError:
+        params = None
+    if a.params is not None and not isinstance(params, dict):
+        ap.error(f"--params must be a JSON object, got {a.params!r}")
     if a.growth:
         steps = []
         for seed in seeds:
-            steps += growth(a.family, a.load, a.capacity, seed, a.policy)["steps"]
+            steps += growth(a.family, a.load, a.capacity, seed, a.policy, params)["steps"]
         print(f"{a.family} {a.load:g}x {a.capacity:.0%}, seeds {a.seeds}: steps by their "
               "index in the session (0: its first step; from the last finish: none)",
               flush=True)
@@ -293,14 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for seed in seeds:
         if a.waits:
-            per = waits(a.family, a.load, a.capacity, seed, a.policy)["sessions"]
+            per = waits(a.family, a.load, a.capacity, seed, a.policy, params)["sessions"]
             ids = sorted(per, key=lambda i: -per[i]["tct"])
             tail = ids[:max(1, len(ids) // 20)]
             print(f"seed {seed}: all {len(ids)} sessions: {_waits_line(per, ids)}; the "
                   f"slowest {len(tail)}: {_waits_line(per, tail)}", flush=True)
             continue
         if a.memory:
-            d = memory(a.family, a.load, a.capacity, seed, a.policy)
+            d = memory(a.family, a.load, a.capacity, seed, a.policy, params)
             t, r = d["time"], d["row"]
             span = r["makespan_s"]
             bands = ("live < 0.5", "live 0.5-0.85", "live >= 0.85")
@@ -313,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['kv_utilization']:.2f}, live share {r['kv_live_share']:.2f}: {cells}",
                   flush=True)
             continue
-        d = demotions(a.family, a.load, a.capacity, seed, a.policy)
+        d = demotions(a.family, a.load, a.capacity, seed, a.policy, params)
         r, f, per = d["row"], d["finish"], d["sessions"]
         n = sum(d["how"].values())
         rec = sorted(per.items(), key=lambda kv: -kv[1]["recomputed"])

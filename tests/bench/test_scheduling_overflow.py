@@ -75,3 +75,15 @@ def test_growth_mode_compares_each_step_with_its_prediction_and_changes_nothing(
     assert all(last is None or last >= p for _, _, last, p in steps)
     assert any(last is not None for _, _, last, _ in steps)
     assert all(line.startswith("  ") for line in over._growth_lines(steps))
+
+
+def test_params_reach_the_scheduler_and_bad_ones_are_refused(mods, capsys):
+    _, over = mods
+    tuned = over.demotions("bfcl", 2.0, 0.5, 104, "graph", {"growth_quantile": 0.9})
+    plain = over.demotions("bfcl", 2.0, 0.5, 104, "graph")
+    assert sum(tuned["how"].values()) != sum(plain["how"].values())  # 34 against 56
+    assert tuned["row"]["tct_mean_s"] != plain["row"]["tct_mean_s"]
+    for bad in ("[1]", "{not json"):
+        with pytest.raises(SystemExit):
+            over.main(["bfcl", "1", "0.25", "101", "--params", bad])
+        assert "--params must be a JSON object" in capsys.readouterr().err
