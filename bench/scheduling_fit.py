@@ -180,6 +180,32 @@ def fit(workers: int) -> None:
     print("no candidate keeps the non-thrash figures")
 
 
+def policy_check(policy: str, against: str, workers: int) -> list[str]:
+    """A policy change judged with the scheduler unchanged (`--policy-check`): on the fit
+    seeds, `PREVIOUS` (today's workflow defaults) with `policy` against fcfs+lru at the fit
+    points (the line and table row `fit` prints for a candidate), then every non-thrash
+    figure that `policy` makes worse than `against` does (slack 0, each with its change)."""
+    points = [(f, s, load, frac) for s in FIT_SEEDS for f in FIT_FAMILIES
+              for load, frac in FIT_POINTS]
+    rows = run([(*pt, "fcfs", "lru", None) for pt in points]
+               + [(*pt, "workflow", policy, PREVIOUS) for pt in points], workers)
+    base = {(r["family"], r["seed"], r["load"], r["frac"]): r for r in rows
+            if r["scheduler"] == "fcfs"}
+    _FCFS_ROWS.update(base)
+    s, seeds = score(rows, base, PREVIOUS), per_seed(rows, base, PREVIOUS)
+    out = [f"workflow {PREVIOUS} + {policy}: vs fcfs+lru (geomean over seeds "
+           f"{', '.join(map(str, FIT_SEEDS))}), mean TCT gain / p95 gain / tasks/h: "
+           + ", ".join(f"{k} {v['gain']:.2f}x/{v['p95']:.2f}x/{v['tph']:.2f}"
+                       for k, v in s.items())
+           + "; p95 below fcfs+lru's at: " + ("; ".join(p95_misses(seeds)) or "none"),
+           candidate_table([PREVIOUS], {0: s}, {0: seeds})]
+    worse = non_thrash_worse(PREVIOUS, workers, policy=policy, against=against, slack=0.0)
+    out.append(f"non-thrash points (fcfs+lru hit >= 0.8, fit seeds): {len(_NON_THRASH)}; "
+               f"figures where {policy} is worse than {against} (any amount; SLO any drop): "
+               f"{len(worse)}" + (": " + "; ".join(worse) if worse else ""))
+    return out
+
+
 def candidate_table(grid: list[dict], scores: dict, seeds: dict) -> str:
     """The round's candidates as a markdown table: per fit point the geomeans over the fit
     seeds (mean TCT gain / p95 gain / tasks/h ratio), the smallest gain, and the (seed,
@@ -199,12 +225,16 @@ def candidate_table(grid: list[dict], scores: dict, seeds: dict) -> str:
     return "\n".join(out)
 
 
-def non_thrash_worse(params: dict, workers: int) -> list[str]:
+def non_thrash_worse(params: dict, workers: int, policy: str = DEFAULT_POLICY,
+                     against: str | None = None,
+                     slack: float = NON_THRASH_SLACK) -> list[str]:
     """The figures (mean and p95 TCT, tasks/h, SLO) at the fit seeds' non-thrash points
-    (fcfs+lru's hit rate >= 0.8; every family and grid point) that `params` makes worse
-    than `PREVIOUS` by more than `NON_THRASH_SLACK` (SLO: any drop): the issue's "no figure
-    in the non-thrash regime gets worse", on fit seeds."""
-    if params == PREVIOUS:
+    (fcfs+lru's hit rate >= 0.8; every family and grid point) that `params` with `policy`
+    makes worse than `PREVIOUS` with `against` (default: the same policy) by more than
+    `slack` (SLO: any drop): the issue's "no figure in the non-thrash regime gets worse",
+    on fit seeds. `against` lets a policy change be judged with the scheduler unchanged."""
+    against = against or policy
+    if params == PREVIOUS and against == policy:
         return []  # it cannot be worse than itself (rounds 1-8 simulated it anyway)
     points = [(f, s, load, frac) for s in FIT_SEEDS for f in DEFAULTS for load, frac in GRID]
     if not _NON_THRASH:  # fcfs+lru at every point (those the fit ran, reused)
@@ -213,16 +243,15 @@ def non_thrash_worse(params: dict, workers: int) -> list[str]:
         fcfs = [_FCFS_ROWS.get(pt) or next(todo) for pt in points]
         _NON_THRASH.extend(pt for pt, r in zip(points, fcfs, strict=True)
                            if r["hit_rate"] >= 0.8)
-    arms = [PREVIOUS] + ([] if params == PREVIOUS else [params])
-    rows = run([(*pt, "workflow", DEFAULT_POLICY, p) for p in arms for pt in _NON_THRASH],
-               workers)
+    arms = [(PREVIOUS, against), (params, policy)]
+    rows = run([(*pt, "workflow", pol, p) for p, pol in arms for pt in _NON_THRASH], workers)
     old, new = rows[:len(_NON_THRASH)], rows[-len(_NON_THRASH):]
     out = []
     for pt, o, n in zip(_NON_THRASH, old, new, strict=True):
         for m, sign in (("tct_mean_s", -1), ("tct_p95_s", -1), ("tasks_per_hour", 1)):
-            if sign * (n[m] - o[m]) < -NON_THRASH_SLACK * o[m]:
+            if sign * (n[m] - o[m]) < -slack * o[m]:
                 out.append(f"{pt[0]} seed {pt[1]} {pt[2]:g}x {pt[3]:.0%} {m} {o[m]:.2f} -> "
-                           f"{n[m]:.2f}")
+                           f"{n[m]:.2f} ({n[m] / o[m] - 1:+.1%})")
         if n["slo_attainment"] < o["slo_attainment"]:
             out.append(f"{pt[0]} seed {pt[1]} {pt[2]:g}x {pt[3]:.0%} slo_attainment "
                        f"{o['slo_attainment']:.2f} -> {n['slo_attainment']:.2f}")
@@ -291,22 +320,27 @@ def run_reusing(tasks: list[tuple], saved: list[dict], workers: int) -> Rows:
     return out
 
 
-def held_out_tasks(families: list[str], seeds=HELD_OUT_SEEDS) -> list[tuple]:
-    """fcfs+lru and the default at every grid point of every held-out seed."""
-    sched, policy = DEFAULT.split("+")
+def held_out_tasks(families: list[str], seeds=HELD_OUT_SEEDS,
+                   policy: str = DEFAULT_POLICY) -> list[tuple]:
+    """fcfs+lru and the default scheduler with `policy` (default: the default policy) at
+    every grid point of every held-out seed."""
+    sched = DEFAULT.split("+")[0]
     return [(f, s, load, frac, sc, p, None) for s in seeds for f in families
             for load, frac in GRID for sc, p in (("fcfs", "lru"), (sched, policy))]
 
 
-def held_out_table(rows: list[dict], families: list[str], seeds=HELD_OUT_SEEDS) -> str:
-    """The goals on the held-out seeds, at the points where fcfs+lru's hit rate < 0.8."""
+def held_out_table(rows: list[dict], families: list[str], seeds=HELD_OUT_SEEDS,
+                   policy: str = DEFAULT_POLICY) -> str:
+    """The goals on the held-out seeds, at the points where fcfs+lru's hit rate < 0.8,
+    for the default scheduler with `policy`."""
     out = ["| seed | family | load | capacity | fcfs+lru hit | TCT mean gain | gain bound "
            "| p95 gain | tasks/h ratio | admission wait s (pool / contexts / growth) "
            f"| oracle order gain | fifo order gain | {other_order()['admission_order']} order "
            "gain |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    oracle = f"{scheduling_oracle.NAME}+{DEFAULT_POLICY}"
-    fifo, other = (_label({"scheduler": DEFAULT.split("+")[0], "policy": DEFAULT_POLICY,
-                           "params": p}) for p in (FIFO, other_order()))
+    sched = DEFAULT.split("+")[0]
+    oracle = f"{scheduling_oracle.NAME}+{policy}"
+    fifo, other = (_label({"scheduler": sched, "policy": policy, "params": p})
+                   for p in (FIFO, other_order()))
     for seed in seeds:
         seeded = [r for r in rows if r["seed"] == seed]
         for fam in families:
@@ -314,7 +348,7 @@ def held_out_table(rows: list[dict], families: list[str], seeds=HELD_OUT_SEEDS) 
                 f = _pick(seeded, fam, load, frac, "fcfs+lru")
                 if f["hit_rate"] >= 0.8:
                     continue
-                w = _pick(seeded, fam, load, frac, DEFAULT)
+                w = _pick(seeded, fam, load, frac, f"{sched}+{policy}")
                 c = w["wait_causes"]
                 out.append(f"| {seed} | {fam} | {load:g}x | {frac:.0%} | {f['hit_rate']:.3f} "
                            f"| {f['tct_mean_s'] / w['tct_mean_s']:.2f}x "
@@ -392,11 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     run once after the fit's choices are frozen; the fit seeds and the report seed are
     refused), without the report seed's grid.
     `--tail-guard-check [SEEDS]`: the tail guard on vs off at the mixes' points (AFS fit
-    seeds only; `tail_guard_check`)."""
+    seeds only; `tail_guard_check`).
+    `--policy-check AGAINST`: the fit seeds' baseline row with `--policy`, and its
+    non-thrash figures against AGAINST's (`policy_check`).
+    `--policy NAME`: the policy of the workflow arm in --held-out and --policy-check."""
     import argparse
     import time
 
     from scheduling import DEFAULTS as FAMILIES
+
+    from kvsaga.policy import POLICIES
     ap = argparse.ArgumentParser(description=main.__doc__)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--held-out", metavar="SEEDS", help="comma-separated seeds, e.g. 35,36")
@@ -404,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
                       const=",".join(map(str, TAIL_GUARD_SEEDS)),
                       help="tail_wait_factor 0 vs 3 on the mixes, AFS fit seeds only "
                       "(default: %(const)s)")
+    mode.add_argument("--policy-check", metavar="AGAINST",
+                      help="fit seeds 101-106: workflow's defaults with --policy vs fcfs+lru "
+                      "at the fit points, and every non-thrash figure worse than with AGAINST")
+    ap.add_argument("--policy", default=DEFAULT_POLICY,
+                    help="eviction policy of the workflow arm in --held-out and "
+                    "--policy-check (default: %(default)s, kvsaga.policy.DEFAULT_POLICY)")
     ap.add_argument("--families", default=",".join(FAMILIES),
                     help="comma-separated families (default: %(default)s)")
     ap.add_argument("--orders", action="store_true", help="also the oracle, fifo and other "
@@ -411,6 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="simulator processes (default: %(default)s)")
     args = ap.parse_args(argv)
+    unknown = [p for p in (args.policy, args.policy_check) if p is not None
+               and p not in POLICIES]
+    if unknown:
+        ap.error(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(POLICIES))})")
+    if args.policy_check is not None:
+        t0 = time.perf_counter()
+        lines = policy_check(args.policy, args.policy_check, args.workers)
+        print(f"{time.perf_counter() - t0:.0f} s; workflow {PREVIOUS}")
+        print("\n".join(lines))
+        return 0
     flag, given = (("--held-out", args.held_out) if args.held_out is not None
                    else ("--tail-guard-check", args.tail_guard_check))
     try:
@@ -435,12 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     if seen:  # the fit's seeds and the report seed are not held out
         ap.error(f"--held-out takes seeds outside the fit seeds "
                  f"{FIT_SEEDS[0]}-{FIT_SEEDS[-1]} and the report seed {REPORT_SEED}; got {seen}")
-    tasks = held_out_tasks(families, seeds)
+    tasks = held_out_tasks(families, seeds, args.policy)
     if args.orders:
         for seed in seeds:
-            tasks += scheduling_oracle.oracle_tasks(families, GRID, seed, DEFAULT_POLICY)
+            tasks += scheduling_oracle.oracle_tasks(families, GRID, seed, args.policy)
         sched = DEFAULT.split("+")[0]
-        tasks += [(f, seed, load, frac, sched, DEFAULT_POLICY, p) for seed in seeds
+        tasks += [(f, seed, load, frac, sched, args.policy, p) for seed in seeds
                   for f in families for load, frac in GRID if frac < 1
                   for p in (FIFO, other_order())]
     t0 = time.perf_counter()
@@ -448,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     factor = WorkflowScheduler.__init__.__kwdefaults__["tail_wait_factor"]
     print(f"{len(rows)} simulations, {time.perf_counter() - t0:.0f} s; workflow's parameters "
           f"are its defaults (tail_wait_factor {factor:g}; round 9 chose 3, the lead "
-          f"reverted it to 0 on AFS fit seeds: --tail-guard-check)")
-    print(held_out_table(rows, families, seeds))
+          f"reverted it to 0 on AFS fit seeds: --tail-guard-check)"
+          + ("" if args.policy == DEFAULT_POLICY else f"; policy {args.policy}"))
+    print(held_out_table(rows, families, seeds, args.policy))
     return 0
 
 

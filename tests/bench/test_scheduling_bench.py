@@ -273,3 +273,42 @@ def test_held_out_cli_refuses_bad_seeds_and_families(mods, capsys):
         with pytest.raises(SystemExit):
             fit.main(argv)
         assert says in capsys.readouterr().err
+
+
+def test_policy_option_refuses_unknown_names_and_names_the_known(mods, capsys):
+    """`--policy` and `--policy-check` take a registered policy name; anything else is a
+    usage error naming the bad name and the known ones, before any simulation."""
+    _, fit = mods
+    for argv in (["--held-out", "35", "--policy", "nope"], ["--policy-check", "nope"],
+                 ["--policy-check", "graph", "--policy", "LRU"]):
+        with pytest.raises(SystemExit):
+            fit.main(argv)
+        err = capsys.readouterr().err
+        assert "unknown policy" in err and "known: " in err and "graph" in err
+        assert repr(argv[-1]) in err
+
+
+def test_held_out_and_non_thrash_run_the_named_policy(mods, monkeypatch):
+    """With a policy named, the held-out tasks' workflow arm and the table read that
+    policy's rows; the non-thrash check runs today's defaults with `against` as the old arm
+    and `policy` as the new one, and reports each worse figure with its change."""
+    _, fit = mods
+    tasks = fit.held_out_tasks(["swe"], (35,), "lru")
+    assert {(t[4], t[5]) for t in tasks} == {("fcfs", "lru"), ("workflow", "lru")}
+    assert len(tasks) == 2 * len(fit.GRID)
+    pt = ("swe", 101, 1.0, 1.0)
+    ran = []
+
+    def fake_run(todo, workers):
+        ran.extend(todo)
+        return [{"tct_mean_s": 10.0 if t[5] == "graph" else 10.1, "tct_p95_s": 20.0,
+                 "tasks_per_hour": 50.0, "slo_attainment": 1.0} for t in todo]
+
+    monkeypatch.setattr(fit, "run", fake_run)
+    monkeypatch.setattr(fit, "_NON_THRASH", [pt])
+    worse = fit.non_thrash_worse(fit.PREVIOUS, 1, policy="ttl", against="graph", slack=0.0)
+    assert [t[5] for t in ran] == ["graph", "ttl"] and all(t[6] == fit.PREVIOUS for t in ran)
+    assert worse == ["swe seed 101 1x 100% tct_mean_s 10.00 -> 10.10 (+1.0%)"]
+    assert fit.non_thrash_worse(fit.PREVIOUS, 1, policy="ttl", against="graph") == []
+    ran.clear()
+    assert fit.non_thrash_worse(fit.PREVIOUS, 1, policy="ttl") == [] and ran == []
