@@ -41,7 +41,9 @@ COUNTS adds instructions per allocated block counted by callgrind (load-free);
 --cache-misses COUNTS last-level cache misses per allocated block, each allocation after a
 flush of callgrind's simulated caches (load-free: the memory lines a cold call touches,
 which the times pay and the instruction counts miss). A third
-table amortizes the full re-key that relearning does.
+table amortizes the full re-key that relearning does; a fourth times the whole step
+(begin_step, allocate_slots, finish_step), where a policy's work outside the allocation
+(adaptive's shadow caches) shows.
 The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
 instead, the cProfile of that policy's same-instant allocations at the first --paused count.
 """
