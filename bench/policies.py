@@ -534,8 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.regret:
         online = [x for x in policies if x not in OFFLINE]
-        from policies_regret import regret_report
-        text = regret_report(traces, seeds[0], fractions[0], online, command)
+        from policies_regret import regret_report, regret_smoothed
+        text = (regret_smoothed if args.smooth else regret_report)(
+            traces, seeds[0], fractions[0], online, command)
         print(text)
         if not args.no_write:
             write_section(f"{REGRET_SECTION}\n\n" + text, HERE / "RESULTS.md", REGRET_SECTION)

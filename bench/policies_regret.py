@@ -45,3 +45,40 @@ def regret_report(traces: list[str], seed: int, frac: float, policies: list[str]
             lines.append(f"| {name} | {p} | {r.recomputed_tokens / 1e6:.3f} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def regret_smoothed(traces: list[str], seed: int, frac: float, policies: list[str],
+                    command: str) -> str:
+    """`--regret --smooth`: per policy and block class, victims and victims read again,
+    summed over the case's five smoothing pool sizes (bench/policies_smooth.py), beside the
+    mean recomputation over them: where a policy loses in expectation, not at one draw."""
+    from policies import _blocks, _peak
+    from policies_smooth import pool_sizes
+    lines = [f"Per-victim regret over five pool sizes (`{command}`, seed {seed}, capacity "
+             f"{frac:.0%} of the peak working set and +-2%). Per class: victims / victims a "
+             "later step read, summed over the sizes:", "",
+             "| trace | policy | pool sizes | mean recomputed (M) | " + " | ".join(CLASSES)
+             + " |", "|---|---|---|---:|" + "---:|" * len(CLASSES)]
+    for name in traces:
+        trace = build_trace(name, seed)
+        if trace is None:
+            continue
+        peak, longest = _peak(name, seed)
+        sizes = pool_sizes(_blocks(peak, longest, frac), longest)
+        for p in policies:
+            base, params = parse_spec(p)
+            victims = {c: [0, 0] for c in CLASSES}
+            recomputed = 0
+            for blocks in sizes:
+                config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
+                policy = make_policy(base, cost=config.cost, **params)
+                sim = Simulator(trace, config, policy=policy)
+                log = record_regret(policy, trace, sim.block_size)
+                recomputed += sim.run().recomputed_tokens
+                for c, x in log.summary().items():
+                    victims[c][0] += x["victims"]
+                    victims[c][1] += x["reused"]
+            cells = [f"{v} / {r}" if v else "-" for v, r in victims.values()]
+            lines.append(f"| {name} | {p} | {sizes[0]}-{sizes[-1]} | "
+                         f"{recomputed / len(sizes) / 1e6:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

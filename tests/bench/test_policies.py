@@ -263,3 +263,19 @@ def test_the_smoothed_tuning_pick_is_the_default_where_it_ran():
     tuned = json.loads(tune.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
     assert set(tuned["seeds"]) <= set(load().TUNE_SEEDS)
     assert load().parse_spec(tuned["pick"])[0] == DEFAULT_POLICY
+
+
+def test_regret_over_the_smoothing_sizes_sums_victims_and_averages_recomputation(
+        monkeypatch):
+    """`--regret --smooth`: one row per policy with its pool sizes, the mean recomputed
+    tokens over them and per class victims / victims read again (two sizes here, for time)."""
+    mod, smooth, regret = load(), load("policies_smooth"), load("policies_regret")
+    monkeypatch.setattr(smooth, "pool_sizes", lambda blocks, longest: [blocks, blocks + 8])
+    text = regret.regret_smoothed(["swe"], 103, 0.6, ["lru"], "cmd")
+    row = next(line for line in text.splitlines() if line.startswith("| swe | lru |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    peak, longest = mod._peak("swe", 103)
+    blocks = mod._blocks(peak, longest, 0.6)
+    assert cells[2] == f"{blocks}-{blocks + 8}"
+    dead = cells[4 + list(regret.CLASSES).index("dead")]
+    assert dead == "-" or dead.endswith("/ 0")  # a dead block is never read again
