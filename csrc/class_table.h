@@ -11,15 +11,23 @@
 #include <cstdint>
 #include <vector>
 
+#include "prefetch.h"
 #include "session_keys.h"
 
 namespace class_table {
 
 using session_keys::TableKey;
 
+// The largest class id and grid point a key holds (the pushes are checked against them,
+// csrc/session_push.h): cls < 2^48 fills the key's top 48 bits, k + 1 < 2^16 - 1 its low 16
+// without all ones, so that no (class, grid point) is the empty-cell mark kEmpty.
+constexpr int64_t kMaxClass = (int64_t{1} << 48) - 1;
+constexpr int64_t kMaxPoint = 65533;
+
 class ClassTable {
  public:
-  // The key of (class, grid point) as the table stores it (k >= -1, below 2^16 points).
+  // The key of (class, grid point) as the table stores it (0 <= cls <= kMaxClass,
+  // -1 <= k <= kMaxPoint).
   static uint64_t key(int64_t cls, int64_t k) {
     return (static_cast<uint64_t>(cls) << 16) ^ static_cast<uint64_t>(k + 1);
   }
@@ -36,7 +44,7 @@ class ClassTable {
 
   // Asks the CPU for the cell where a lookup of `k` starts (no effect on the contents).
   void prefetch(uint64_t k) const {
-    if (used_ != 0) __builtin_prefetch(&cells_[home(k)]);
+    if (used_ != 0) KV_PREFETCH(&cells_[home(k)]);
   }
 
   void set(uint64_t k, const TableKey& v) {
@@ -65,7 +73,7 @@ class ClassTable {
   }
 
  private:
-  // (class, grid point) keys have their top 16 bits clear while class ids stay below 2^48.
+  // No (class, grid point) key is all ones (kMaxClass, kMaxPoint).
   static constexpr uint64_t kEmpty = ~0ull;
   struct alignas(32) Cell {  // two to a cache line
     uint64_t key;

@@ -15,6 +15,8 @@
 #include <random>
 #include <vector>
 
+#include "prefetch.h"
+
 namespace kvcore {
 
 struct Key {
@@ -86,14 +88,10 @@ class KeyTable {
   // Fetch k's home slot ahead of a find or erase: its probe entry, and the keys there and
   // after it (a find compares them; an erase's backward shift moves them).
   void prefetch(const Key& k) const {
-#if defined(__GNUC__) || defined(__clang__)
     size_t i = hash(k) & mask_;
-    __builtin_prefetch(&meta_[i]);
-    __builtin_prefetch(&keys_[i]);
-    __builtin_prefetch(&keys_[(i + 2) & mask_]);
-#else
-    (void)k;
-#endif
+    KV_PREFETCH(&meta_[i]);
+    KV_PREFETCH(&keys_[i]);
+    KV_PREFETCH(&keys_[(i + 2) & mask_]);
   }
 
   template <class F>

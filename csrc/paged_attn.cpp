@@ -16,6 +16,7 @@
 
 #include <nanobind/nanobind.h>
 
+#include "prefetch.h"
 #include "worker_pool.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -142,12 +143,6 @@ inline float exp_nonpos(float x) {
   std::memcpy(&scale, &bits, sizeof scale);
   return e * scale;
 }
-
-#if defined(__GNUC__) || defined(__clang__)
-#define KV_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#else
-#define KV_PREFETCH(p) ((void)(p))
-#endif
 
 // Walks one (sequence, KV head)'s rows of a cache position by position through its block
 // table (no division per position; a table entry is read only once the walk reaches the

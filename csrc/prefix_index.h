@@ -7,6 +7,7 @@
 
 #include "key_table.h"
 #include "kvcore_common.h"
+#include "prefetch.h"
 #include "sha256.h"
 
 namespace kvcore {
@@ -94,12 +95,8 @@ inline bool key_of(PyObject* h, Key& k) {
 
 // A bytes digest spans the object's first ~70 bytes: two cache lines at most.
 inline void prefetch_object(PyObject* o) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(o);
-  __builtin_prefetch(reinterpret_cast<const char*>(o) + 64);
-#else
-  (void)o;
-#endif
+  KV_PREFETCH(o);
+  KV_PREFETCH(reinterpret_cast<const char*>(o) + 64);
 }
 
 class Index {

@@ -9,6 +9,8 @@
 // to slots by a dict; a slot is reused once its session is dropped, which is safe because
 // versions are unique: an old entry's version never matches the slot's new one.
 //
+// A push is read and checked by csrc/session_push.h before anything changes.
+//
 // Time-driven re-keys without Python: a push may carry the session's *timed* record (its
 // key is a function of a class of sessions and of the grid point of its elapsed pause,
 // kvsaga/policy/search.py `grid_index`) and the key of its class at its current grid
@@ -31,7 +33,9 @@
 
 #include "class_table.h"
 #include "ghost_list.h"
+#include "prefetch.h"
 #include "session_keys.h"
+#include "session_push.h"
 #include "timed_record.h"
 #include "timer_wheel.h"
 
@@ -43,6 +47,7 @@ namespace {
 using namespace session_keys;
 using namespace timed_record;
 using timer_wheel::Timer;
+using namespace session_push;
 using class_table::ClassTable;
 
 struct Entry {
@@ -71,7 +76,7 @@ class SessionHeap {
             double now, nb::handle timed) {
     if (!PyTuple_Check(key.ptr()) || PyTuple_GET_SIZE(key.ptr()) != 2)
       throw nb::type_error("key must be a tuple of two numbers");
-    apply(read_push(sid, key, tie, size, until, timed), now);
+    apply(read_push(sid, key, tie, size, until, timed, inv_cdf_), now);
   }
 
   // A usual search's index work in one call (session_heap.py `refresh_runs`, the
@@ -79,6 +84,7 @@ class SessionHeap {
   // changes), due; then, when no due session is left for Python, restore and runs.
   nb::tuple refresh_runs(double now, nb::handle drops, nb::handle pushes, int64_t num_blocks,
                          int64_t stale_limit) {
+    if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
     nb::object ds = nb::steal(PySequence_List(drops.ptr()));
     if (!ds.is_valid()) throw_current();
     nb::object ps = nb::steal(PySequence_List(pushes.ptr()));
@@ -88,7 +94,7 @@ class SessionHeap {
       if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
     std::vector<Pushed> read;
     read.reserve(np);
-    for (Py_ssize_t i = 0; i < np; ++i) read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i)));
+    for (Py_ssize_t i = 0; i < np; ++i) read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
     for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
     for (const Pushed& p : read) apply(p, now);
@@ -97,115 +103,6 @@ class SessionHeap {
     restore();
     if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none());
     return nb::make_tuple(nb::none(), runs(num_blocks));
-  }
-
-  // A push read and checked, not applied yet (`refresh_runs` reads all its pushes first,
-  // so that a bad one changes nothing).
-  struct Pushed {
-    nb::handle sid;
-    double k0, k1, until;
-    Timed t;
-    TableKey tk;
-    Formula formula;
-    int64_t k;
-  };
-
-  // `refresh_runs`'s push i, (sid, key, tie, size, until, timed): session_heap.py
-  // `_check_push`, the same checks in the same order with the same messages.
-  Pushed read_refresh(Py_ssize_t i, PyObject* p) {
-    long long at = static_cast<long long>(i);
-    if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 6) {
-      PyErr_Format(PyExc_TypeError,
-                   "refresh_runs: push %lld must be (sid, key, tie, size, until, timed)", at);
-      throw_current();
-    }
-    PyObject* sid = PyTuple_GET_ITEM(p, 0);
-    PyObject* key = PyTuple_GET_ITEM(p, 1);
-    PyObject* tie = PyTuple_GET_ITEM(p, 2);
-    PyObject* size = PyTuple_GET_ITEM(p, 3);
-    PyObject* until = PyTuple_GET_ITEM(p, 4);
-    if (PyObject_Hash(sid) == -1) reraise_naming(at, "sid: ");
-    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2 ||
-        !is_real(PyTuple_GET_ITEM(key, 0)) || !is_real(PyTuple_GET_ITEM(key, 1))) {
-      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: key must be a tuple of two numbers",
-                   at);
-      throw_current();
-    }
-    if (!PyIndex_Check(tie) || !PyIndex_Check(size)) {
-      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: tie and size must be integers", at);
-      throw_current();
-    }
-    if (!is_real(until)) {
-      PyErr_Format(PyExc_TypeError, "refresh_runs: push %lld: until must be a number", at);
-      throw_current();
-    }
-    long long t, n;
-    double u;
-    read_push_values(at, key, tie, size, until, t, n, u);
-    try {
-      return read_push(sid, key, t, n, u, PyTuple_GET_ITEM(p, 5));
-    } catch (nb::python_error& e) {  // a bad timed record: the same error, the push named
-      e.restore();
-      reraise_naming(at, "");
-    }
-  }
-
-  // `key` must be a tuple of two items (the callers check).
-  Pushed read_push(nb::handle sid, nb::handle key, int64_t tie, int64_t size, double until,
-                   nb::handle timed) {
-    Timed t;
-    TableKey tk{};
-    Formula formula{};
-    int64_t k = 0;
-    if (!timed.is_none()) {
-      // session_heap.py `check_timed`: the same fields, order, rules and messages; all read
-      // before anything changes.
-      PyObject* o = timed.ptr();
-      if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 9)
-        raise_type_error("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)");
-      t.cls = read_index(PyTuple_GET_ITEM(o, 0), "cls");
-      if (t.cls < 0) {
-        PyErr_Format(PyExc_ValueError, "timed: cls must be >= 0, got %lld",
-                     static_cast<long long>(t.cls));
-        throw_current();
-      }
-      k = read_index(PyTuple_GET_ITEM(o, 1), "k");
-      tk.k0 = read_field(PyTuple_GET_ITEM(o, 2), "k0");
-      tk.mode = read_index(PyTuple_GET_ITEM(o, 4), "mode");
-      if (tk.mode < 0 || tk.mode > 4) {
-        PyErr_Format(PyExc_ValueError, "timed: mode must be 0 to 4, got %lld",
-                     static_cast<long long>(tk.mode));
-        throw_current();
-      }
-      if (tk.mode < 2) tk.v = read_field(PyTuple_GET_ITEM(o, 3), "value");
-      if (tk.mode >= 2) {
-        // mode 4's tuple starts with the session's own base (`base`), then the formula's.
-        const FormulaFields& fields = kFormulaFields[tk.mode - 2];
-        PyObject* f = PyTuple_GET_ITEM(o, 3);
-        Py_ssize_t want = fields.size, skip = tk.mode == 4 ? 1 : 0;
-        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != want)
-          raise_type_error("timed modes 2, 3, 4: value must be a tuple of 4, 8, 7 numbers");
-        formula.mode = tk.mode;
-        formula.k0 = tk.k0;
-        double read[8];
-        for (Py_ssize_t i = 0; i < want; ++i)
-          read[i] = read_field(PyTuple_GET_ITEM(f, i), fields.names[i], fields.rules[i]);
-        for (Py_ssize_t i = skip; i < want; ++i) formula.p[i - skip] = read[i];
-        tk.v = skip ? read[0] : std::numeric_limits<double>::quiet_NaN();
-        if (tk.mode == 4 && !inv_cdf_.fn.is_valid()) inv_cdf_ = normal_inv_cdf();
-      }
-      t.t0 = read_field(PyTuple_GET_ITEM(o, 5), "t0");
-      t.limit = read_field(PyTuple_GET_ITEM(o, 6), "limit");
-      t.extra = read_field(PyTuple_GET_ITEM(o, 7), "extra");
-      t.mult = read_field(PyTuple_GET_ITEM(o, 8), "mult");
-      t.value = tk.v;
-    }
-    double k0 = read_number(PyTuple_GET_ITEM(key.ptr(), 0));
-    double k1 = read_number(PyTuple_GET_ITEM(key.ptr(), 1));
-    if (PyObject_Hash(sid.ptr()) == -1) throw_current();
-    t.tie = tie;
-    t.size = size;
-    return Pushed{sid, k0, k1, until, t, tk, formula, k};
   }
 
   // Push `p` (read by `read_push`).
@@ -258,10 +155,21 @@ class SessionHeap {
   // its points), read exactly as `grid_index` reads it.
   void set_grid(double grid_s, double log_ratio, const std::vector<double>& points) {
     if (points.size() < 2) throw nb::value_error("the grid needs two points at least");
+    // (a grid point's index must fit a table key: class_table.h kMaxPoint)
+    if (points.size() > static_cast<size_t>(class_table::kMaxPoint) + 2)
+      throw nb::value_error("the grid holds 65535 points at most");
     grid_s_ = grid_s;
     log_ratio_ = log_ratio;
     timers_.set_width(grid_s);
     points_ = points;
+  }
+
+  // The timers' placement (timer_wheel.h `layout`): (on the ring, beyond it, ring buckets
+  // holding any), for tests.
+  nb::tuple timer_layout() const {
+    int64_t ring, far, buckets;
+    timers_.layout(ring, far, buckets);
+    return nb::make_tuple(ring, far, buckets);
   }
 
   void drop(nb::handle sid) {
@@ -278,6 +186,7 @@ class SessionHeap {
   }
 
   nb::list due(double now) {
+    if (std::isnan(now)) throw nb::value_error("due: now must not be NaN");
     nb::list out;
     timers_.due(
         now,
@@ -286,8 +195,8 @@ class SessionHeap {
             out.append(sids_[t.slot]);
         },
         [&](const Timer& t) {
-          __builtin_prefetch(&version_[t.slot]);
-          __builtin_prefetch(&timed_[t.slot]);
+          KV_PREFETCH(&version_[t.slot]);
+          KV_PREFETCH(&timed_[t.slot]);
         },
         [&](const Timer& t) {  // the table cell `rekey_from_table` will look up first
           const Timed& r = timed_[t.slot];
@@ -457,7 +366,7 @@ class SessionHeap {
     std::push_heap(heap_.begin(), heap_.end(), after);
     if (until < std::numeric_limits<double>::infinity()) {
       double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
-      timers_.push({when, e.ver, slot});
+      timers_.push({when, e.ver, slot}, now);
     }
   }
 
@@ -568,6 +477,7 @@ NB_MODULE(_evict, m) {
       .def("base", &SessionHeap::base, "sid"_a)
       .def("set_grid", &SessionHeap::set_grid, "grid_s"_a, "log_ratio"_a, "points"_a)
       .def("drop", &SessionHeap::drop, "sid"_a)
+      .def("_timer_layout", &SessionHeap::timer_layout)
       .def("due", &SessionHeap::due, "now"_a)
       .def("top", &SessionHeap::top)
       .def("pop", &SessionHeap::pop)

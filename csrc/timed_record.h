@@ -135,6 +135,28 @@ inline int64_t read_index(PyObject* o, const char* name) {
   return x;
 }
 
+// An integer field of a timed record within [lo, hi] (session_heap.py `_bounded`): else
+// ValueError "timed: <name> must be <range>, got <value>", whatever the int's size.
+inline int64_t read_bounded(PyObject* o, const char* name, int64_t lo, int64_t hi,
+                            const char* range) {
+  nb::object i = nb::steal(PyNumber_Index(o));
+  if (!i.is_valid()) {
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw_current();
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "timed: %s must be an integer, got %s", name,
+                 Py_TYPE(o)->tp_name);
+    throw_current();
+  }
+  int over = 0;
+  long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &over);
+  if (x == -1 && PyErr_Occurred()) throw_current();
+  if (over != 0 || x < lo || x > hi) {
+    PyErr_Format(PyExc_ValueError, "timed: %s must be %s, got %S", name, range, i.ptr());
+    throw_current();
+  }
+  return x;
+}
+
 // The pending Python error, a TypeError or ValueError, raised again, its type kept, as
 // "refresh_runs: push <at>: <what><message>" (session_heap.py `_check_push` names the push
 // the same way); any other error goes on as it is.

@@ -42,14 +42,16 @@ class TimerWheel {
   void set_width(double width) {
     if (!empty()) return;
     width_ = width > 0 && std::isfinite(width) ? width : 1e-3;
-    started_ = false;
   }
 
   bool empty() const { return near_ == 0 && far_.empty(); }
 
-  void push(const Timer& t) {
+  // `now`: the caller's time. An empty wheel anchors its ring there (or at t.when, when
+  // earlier or `now` is NaN), not on the first timer's bucket: a far first timer would
+  // otherwise leave every nearer one in the ring's first bucket, all re-sorted by each `due`.
+  void push(const Timer& t, double now) {
+    if (empty()) cur_ = bucket(now < t.when ? now : t.when);
     int64_t b = bucket(t.when);
-    if (!started_) cur_ = b, started_ = true;
     if (b < cur_) b = cur_;  // (a deadline before the buckets read so far: the first one)
     if (b - cur_ < kRing) {
       ring_[at(b)].push_back(t);
@@ -66,9 +68,11 @@ class TimerWheel {
   // `ahead2(timer)`: the index prefetches what firing will read (the session's record,
   // then its class's table cell), so that the misses of a batch overlap instead of
   // following one another.
+  // A NaN `now` fires nothing (its bucket would be the ring's far end: the callers refuse it
+  // first).
   template <class Fire, class Ahead, class Ahead2>
   void due(double now, Fire&& fire, Ahead&& ahead, Ahead2&& ahead2) {
-    if (empty()) return;
+    if (empty() || std::isnan(now)) return;
     // (now before the buckets read so far: only the first holds timers that may be due)
     int64_t target = std::max(bucket(now), cur_);
     while (cur_ <= target) {
@@ -87,9 +91,18 @@ class TimerWheel {
         while (n < batch_.size() && batch_[n].when <= now) ahead(batch_[n++]);
         for (size_t j = 0; j < n; ++j) ahead2(batch_[j]);
         size_t i = 0;
-        for (; i < batch_.size() && batch_[i].when <= now; ++i) {
-          --near_;
-          fire(batch_[i]);
+        try {
+          for (; i < batch_.size() && batch_[i].when <= now; ++i) {
+            --near_;
+            fire(batch_[i]);
+          }
+        } catch (...) {
+          // The timer being fired is gone (as the reference's heap popped it); the rest of
+          // the batch goes back into its bucket, to fire in order at the next `due`.
+          here.insert(here.end(), batch_.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                      batch_.end());
+          batch_.clear();
+          throw;
         }
         // Those not due yet go back (the bucket holds now: its later part waits), with any
         // pushed meanwhile.
@@ -117,7 +130,13 @@ class TimerWheel {
     for (std::vector<Timer>& b : ring_) b.clear();
     far_.clear();
     near_ = 0;
-    started_ = false;
+  }
+
+  // (timers on the ring, timers beyond it, ring buckets holding any): what tests read to
+  // check where timers were placed (the order `due` gives does not show it).
+  void layout(int64_t& ring, int64_t& far, int64_t& buckets) const {
+    ring = near_, far = static_cast<int64_t>(far_.size()), buckets = 0;
+    for (const std::vector<Timer>& b : ring_) buckets += b.empty() ? 0 : 1;
   }
 
  private:
@@ -150,7 +169,6 @@ class TimerWheel {
   int64_t cur_ = 0;           // the first bucket not read to its end
   int64_t near_ = 0;          // timers on the ring
   double width_ = 1e-3;
-  bool started_ = false;
 };
 
 }  // namespace timer_wheel

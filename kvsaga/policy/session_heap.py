@@ -82,6 +82,20 @@ def _int(x: Any, name: str) -> int:
         raise TypeError(f"timed: {name} must be an integer, got {type(x).__name__}") from None
 
 
+# The largest class id and grid point a timed record may name: the C++ index packs
+# (cls, k + 1) into one 64-bit table key whose all-ones value marks an empty cell
+# (csrc/class_table.h), so both indexes refuse what does not fit.
+MAX_CLASS, MAX_POINT = 2**48 - 1, 65533
+
+
+def _bounded(x: Any, name: str, lo: int, hi: int, text: str) -> int:
+    """An integer field of a timed record within [lo, hi]; else ValueError naming it."""
+    v = _int(x, name)
+    if not lo <= v <= hi:
+        raise ValueError(f"timed: {name} must be {text}, got {v}")
+    return v
+
+
 def _real(x: Any, name: str, rule: str = "not NaN") -> float:
     """A number field of a timed record: a float, or an object with __float__ or __index__
     (what the C++ index's PyFloat_AsDouble reads; a str is refused), meeting `rule`."""
@@ -101,10 +115,8 @@ def check_timed(timed: Any) -> tuple:
     fields in the same order with the same messages)."""
     if not isinstance(timed, tuple) or len(timed) != 9:
         raise TypeError("timed must be (cls, k, k0, value, mode, t0, limit, extra, mult)")
-    cls = _int(timed[0], "cls")
-    if cls < 0:
-        raise ValueError(f"timed: cls must be >= 0, got {cls}")
-    k = _int(timed[1], "k")
+    cls = _bounded(timed[0], "cls", 0, MAX_CLASS, "0 to 2**48 - 1")
+    k = _bounded(timed[1], "k", -1, MAX_POINT, "-1 to 65533")
     k0 = _real(timed[2], "k0")
     mode = _int(timed[4], "mode")
     if not 0 <= mode <= 4:
@@ -291,7 +303,11 @@ class PySessionHeap:
 
     def due(self, now: float) -> list[Hashable]:
         """Sessions whose current key's deadline is <= now (each timer fires once), less
-        those re-keyed from the table (module docstring): Python re-keys these."""
+        those re-keyed from the table (module docstring): Python re-keys these. A NaN
+        `now` is refused (ValueError), nothing fired. When a re-key raises (mode 4 calls
+        statistics' quantile), the timer being fired is gone and the others stay."""
+        if math.isnan(now):
+            raise ValueError("due: now must not be NaN")
         timers, version, out = self._timers, self._version, []
         while timers and timers[0][0] <= now:
             _, ver, sid = heapq.heappop(timers)
@@ -451,6 +467,8 @@ class PySessionHeap:
 
         One call instead of one per step: on the C++ index each call is a dispatch whose
         code a search after other work finds out of the CPU caches."""
+        if math.isnan(now):  # (every timer would be judged against it)
+            raise ValueError("refresh_runs: now must not be NaN")
         drops, pushes = list(drops), list(pushes)
         for sid in drops:
             hash(sid)  # an unhashable id fails here, before anything changed

@@ -1,14 +1,18 @@
 """The C++ victim index's timers (csrc/timer_wheel.h: buckets on a ring, a heap beyond it)
 fire in the order of the Python reference's binary heap, (when, version): across buckets,
-past the ring's end, after long jumps of the clock, and when the clock goes back."""
+past the ring's end, after long jumps of the clock, when the clock goes back, at another
+bucket width, after a far first timer, and after a re-key that raised; a NaN clock is
+refused by both indexes alike."""
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 
+from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 
 try:
@@ -61,3 +65,88 @@ def test_timers_at_negative_times_and_far_deadlines():
     for now in (-5.5, -5.0, 0.0, 1e15, 2e15):
         assert cpp.due(now) == py.due(now), now
     assert py.due(3e15) == cpp.due(3e15) == []
+
+
+@needs_cpp
+@pytest.mark.parametrize("seed", range(2))
+def test_timers_at_another_grid_width_fire_in_the_reference_order(seed):
+    # The wheel's buckets are the grid's first point wide (set_grid): untimed pushes only,
+    # so that the grid changes nothing but the buckets.
+    cpp, py = make_session_heap(True), PySessionHeap()
+    cpp.set_grid(0.0137, _LOG_RATIO, list(_GRID_POINTS))
+    assert _drive(cpp, random.Random(seed), 3000) == _drive(py, random.Random(seed), 3000)
+
+
+@pytest.mark.parametrize("cpp", [False, True])
+def test_a_nan_now_is_refused_with_nothing_changed(cpp):
+    if cpp and SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    index = make_session_heap(True) if cpp else PySessionHeap()
+    index.push("a", (1, 0.0), 1, 1, 0.5, 0.0)
+    index.push("b", (1, 1.0), 2, 1, 0.2, 0.0)
+    with pytest.raises(ValueError, match="^due: now must not be NaN$"):
+        index.due(math.nan)
+    with pytest.raises(ValueError, match="^refresh_runs: now must not be NaN$"):
+        index.refresh_runs(math.nan, ["a"], [("c", (0, 0.0), 3, 1, 0.1, None)], 4, 0)
+    assert len(index) == 2
+    assert index.due(1.0) == ["b", "a"]
+    assert index.runs(4) == [("a", 1), ("b", 1)]
+
+
+@needs_cpp
+@pytest.mark.parametrize("width", [None, 0.0137])
+def test_a_far_first_timer_leaves_the_nearer_ones_in_their_buckets(width):
+    # An empty wheel anchors on the push's `now`, not on its first timer: a timer an hour
+    # ahead waits beyond the ring, and the nearer ones each sit in their own bucket.
+    cpp, py = make_session_heap(True), PySessionHeap()
+    if width is not None:
+        cpp.set_grid(width, _LOG_RATIO, list(_GRID_POINTS))
+    w = GRID_S if width is None else width
+    for index in (cpp, py):
+        index.push("far", (1, 0.0), 0, 1, 3600.0, 0.0)
+        for i in range(200):
+            index.push(f"s{i}", (1, float(i)), i + 1, 1, (i + 1) * 0.7 * w, 0.0)
+    ring, far, buckets = cpp._timer_layout()
+    assert (ring, far) == (200, 1)
+    assert buckets >= 100
+    for now in [j * 10.3 * w for j in range(16)] + [3600.0]:
+        assert cpp.due(now) == py.due(now), now
+    assert cpp._timer_layout() == (0, 0, 0)
+
+
+def _fail_once(monkeypatch) -> dict:
+    """statistics' normal quantile (what graph's mode-4 keys call, in both indexes) made to
+    raise once when armed."""
+    real = statistics._normal_dist_inv_cdf
+    state = {"armed": False}
+
+    def inv_cdf(*args):
+        if state["armed"]:
+            state["armed"] = False
+            raise statistics.StatisticsError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(statistics, "_normal_dist_inv_cdf", inv_cdf)
+    return state
+
+
+@needs_cpp
+def test_a_rekey_that_raises_leaves_the_other_timers_in_order(monkeypatch):
+    # "g" (mode 4: its re-key calls the quantile) fires first in a bucket of four; its
+    # re-key raises. As the reference's heap, the index loses that one timer only: the
+    # others fire at the next `due`, in order.
+    state = _fail_once(monkeypatch)
+    graph = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
+    answers = []
+    for index in (make_session_heap(True), PySessionHeap()):
+        index.push("g", (1, 0.0), 1, 1, 1.0, 0.0, graph)
+        for i, sid in enumerate(("u1", "u2", "u3")):
+            index.push(sid, (1, 1.0 + i), 2 + i, 1, 1.0, 0.0)
+        index.push("later", (1, 9.0), 9, 1, 2.0, 0.0)
+        state["armed"] = True
+        with pytest.raises(statistics.StatisticsError, match="injected"):
+            index.due(1.5)
+        assert not state["armed"]
+        answers.append((index.due(1.5), index.due(2.5), len(index), index.runs(9)))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (["u1", "u2", "u3"], ["later"])
