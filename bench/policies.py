@@ -39,7 +39,9 @@ simulated)" section of bench/RESULTS.md from what it measured.
 `--smooth` (bench/policies_smooth.py, sixteenth session) judges each pressured case also by
 its mean over five pool sizes within +-2% of its own, since one block of pool swings a case
 ~2x; both verdicts are printed. With `--tune --smooth` the pick is made on the smoothed
-figures and written to bench/plots/policies_tune_smooth.json; that pick is the default.
+figures and written to bench/plots/policies_tune_smooth.json; that pick is the default
+only if the run covered the whole fit set and the pick passes issue 10's non-thrash check
+(bench/policies_tune.py, `smoothed_default`).
 
 The tune rule (`TUNE_RULE`; written down on 2026-12-01 before any run under it, and the
 default is whatever it picks): over the fit set's pressured cases (lru hit rate in
@@ -393,9 +395,16 @@ def ranking(rows: list[dict], policies: list[str], label: str | None = None) -> 
         return []
     order = ", ".join(f"`{p}` {r[0]:.2f}x ({r[1]} above 1.0x)" for r, p in ranked)
     names = [p for _, p in ranked]
+    first = names[0]
+    if first in BASELINES:  # its ratios are to the best baseline, itself among them
+        why = ("its ratio is to the best of lru, saga and ttl, itself among them, so never "
+               "below 1.0x: no policy beat the baselines on every case")
+        top = f"the baseline `{first}` ranks first; {why}"
+        won = f"**it ranks first, as a baseline** ({why})"
+    else:
+        top, won = f"`{first}` wins", "**it wins**"
     where = (f"the default `{DEFAULT_POLICY}` ranks {names.index(DEFAULT_POLICY) + 1} of "
-             f"{len(names)}: " + ("**it wins**" if names[0] == DEFAULT_POLICY else
-                                  f"**missed** (`{names[0]}` wins)")
+             f"{len(names)}: " + (won if first == DEFAULT_POLICY else f"**missed** ({top})")
              if DEFAULT_POLICY in names else f"the default `{DEFAULT_POLICY}` did not run")
     head = f"- {label}: " if label else "By the tune rule on these cases (worst ratio, then " \
         "cases above 1.0x, then tokens): "
@@ -423,11 +432,12 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
                    f"{', '.join(map(str, TRACE_SEEDS))}) of {traces}, "
                    f"which picked by the tune rule ({TUNE_RULE}) `{tuned['pick']}` "
                    f"(`DEFAULT_POLICY` = `{DEFAULT_POLICY}`); nothing here was tuned.")
-    smooth = TUNE_JSON.with_name("policies_tune_smooth.json")  # policies_tune's, --smooth
-    if smooth.exists():
-        s = json.loads(smooth.read_text(encoding="utf-8"))
-        out.append(f"Tuned on the smoothed figures (`{s['command']}`, fit seeds "
-                   f"{', '.join(map(str, s['seeds']))}): `{s['pick']}`, the default.")
+    import policies_tune as T  # imports this module: loaded here, not at the top
+    if T.TUNE_SMOOTH_JSON.exists():
+        s = json.loads(T.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
+        out.append(f"Tuned on the smoothed figures (`{s['command']}`, "
+                   f"{T.coverage(s['seeds'], s['traces'], s['candidates'])}): "
+                   f"`{s['pick']}`; {T.default_verdict(s)}.")
     if skipped:
         out.append(f"Skipped (data not installed): {', '.join(skipped)}.")
     out += ["", "Recomputed prompt tokens (millions) and, in brackets, their ratio to the best "

@@ -9,11 +9,17 @@ saga and ttl, then the fewest cases above 1.0x of it, then the least total recom
 (why in bench/policies.py's docstring). It writes the pick to
 bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section
 of bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that
-pick (tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`)
+pick unless a smoothed tuning sets the default by the rule below
+(tests/bench/test_policies.py). The evaluation (bench/policies.py without `--tune`)
 refuses these seeds. With `--smooth` the pick is made on each pressured case's mean over
 five pool sizes (bench/policies_smooth.py), beside the per-size pick, and written to
-bench/plots/policies_tune_smooth.json and its own section; where that file exists, its pick
-is the default.
+bench/plots/policies_tune_smooth.json and its own section. That pick is the default only
+if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, the baselines
+and the incumbent among its candidates) and the pick passes issue 10's non-thrash check
+(`NON_THRASH_CHECKS`: `python bench/scheduling_fit.py --policy-check INCUMBENT --policy
+PICK --workers 1`, no non-thrash figure worse by more than 2%, as scheduler candidates pass
+the two-tenant veto); otherwise the incumbent stays (`smoothed_default`). The lead's rule,
+sixteenth session, after ttl had become the default on a tune over seeds 401, 402 only.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import inspect
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from policies import (
+    BASELINES,
     FAMILIES,
     FAMILY_SEEDS,
     HERE,
@@ -50,6 +58,81 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 TUNE_SMOOTH_JSON = HERE / "plots" / "policies_tune_smooth.json"
 TUNE_SMOOTH_SECTION = "## Eviction policies: tuning, smoothed over pool sizes (simulated)"
+NON_THRASH_SLACK = 0.02  # issue 10's fit slack: no non-thrash figure worse by more
+
+
+class NonThrashCheck(NamedTuple):
+    """Issue 10's non-thrash check of a pick against the incumbent, as run and recorded."""
+    against: str  # the incumbent it was checked against (a policy name)
+    over_slack: int  # non-thrash figures worse than with `against` by > NON_THRASH_SLACK
+    command: str
+    figures: str
+
+    @property
+    def passes(self) -> bool:
+        return self.over_slack == 0
+
+
+# Recorded checks, by the pick's policy name. A pick without one has not passed.
+NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
+    "ttl": NonThrashCheck(
+        "graph", 4,
+        "python bench/scheduling_fit.py --policy-check graph --policy ttl --workers 1",
+        "fit seeds 101-106: worse at 30 non-thrash figures, 4 by more than 2% (web seed 105 "
+        "1x: mean +2.9%, p95 +4.6%); per-seed p95 misses 2 -> 4 (bench/RESULTS.md, \"The "
+        "default policy changed to ttl (dfea371): what it does to issue 10's goals\")"),
+}
+
+
+def fit_set_gaps(seeds, candidates) -> list[str]:
+    """What a tuning run lacks of the whole fit set (empty: it covered it): seeds of
+    `TUNE_SEEDS` it did not run, and baselines or the incumbent not among its candidates."""
+    gaps = []
+    if missing := [s for s in TUNE_SEEDS if s not in seeds]:
+        gaps.append(f"seeds {', '.join(map(str, missing))} not run")
+    if absent := [c for c in (*BASELINES, TUNE_INCUMBENT) if c not in candidates]:
+        gaps.append(f"candidates {', '.join(absent)} not run")
+    return gaps
+
+
+def smoothed_default(tuned: dict) -> tuple[str, str]:
+    """The default a saved smoothed tuning sets, and why: its pick's policy name if the run
+    covered the whole fit set and the pick passes the non-thrash check (or is the
+    incumbent), else the incumbent's name (`TUNE_INCUMBENT`)."""
+    incumbent = parse_spec(TUNE_INCUMBENT)[0]
+    name = parse_spec(tuned["pick"])[0]
+    if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
+        return incumbent, (f"not the whole fit set ({'; '.join(gaps)}), so its pick does "
+                           f"not set the default: the incumbent `{incumbent}` stays")
+    if name == incumbent:
+        return name, "the incumbent, picked again over the whole fit set"
+    check = NON_THRASH_CHECKS.get(name)
+    if check is None or check.against != incumbent:
+        return incumbent, (f"`{name}` has no recorded non-thrash check against "
+                           f"`{incumbent}` (issue 10): the incumbent stays until it passes")
+    if not check.passes:
+        return incumbent, (f"vetoed by issue 10's non-thrash check (`{check.command}`: "
+                           f"{check.figures}): the incumbent `{incumbent}` stays")
+    return name, f"it passed issue 10's non-thrash check (`{check.command}`)"
+
+
+def default_verdict(tuned: dict) -> str:
+    """One sentence: what the smoothed tuning's pick means for the default, compared with
+    `DEFAULT_POLICY` as it is now."""
+    name, why = smoothed_default(tuned)
+    now = (f"`kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`" + (
+        "" if name == DEFAULT_POLICY else f", **not** `{name}` as this rule says"))
+    return f"default by the rule: `{name}` ({why}); {now}"
+
+
+def coverage(seeds, traces, candidates) -> str:
+    """How much of the fit set a tuning ran, for its headers."""
+    gaps = fit_set_gaps(seeds, candidates)
+    if not gaps:
+        return "the whole fit set"
+    return (f"part of the fit set only: seeds {', '.join(map(str, seeds))} of "
+            f"{', '.join(map(str, TUNE_SEEDS))}, traces {', '.join(traces)}; "
+            f"{'; '.join(gaps)}")
 
 
 def pick(rows: list[dict], candidates: list[str]) -> str:
@@ -123,18 +206,22 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
                   seeds: list[int], chosen: str,
                   constants: dict[str, dict[str, float | list[str]]],
                   notes: list[str] | None = None) -> str:
+    traces = sorted({r['trace'] for r in rows})
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
+           f"Ran {coverage(seeds, traces, candidates)}. "
            f"Fit set: built-in families at seeds {', '.join(map(str, FAMILY_SEEDS))}, held-out "
            f"traces at seeds {', '.join(map(str, TRACE_SEEDS))} (every seed read while the "
-           "policies were built; traces: "
-           f"{', '.join(sorted({r['trace'] for r in rows}))}); the evaluation "
+           "policies were built; traces run: "
+           f"{', '.join(traces)}); the evaluation "
            "(\"## Eviction policies (held-out, simulated)\") refuses these seeds.", "",
            "Recomputed prompt tokens (millions; in brackets, the ratio to the best of lru, "
            "saga and ttl):", ""]
     out += tables(rows, candidates)
     out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
     out += wins(rows, candidates)
-    out += ["", f"Pick by the tune rule ({TUNE_RULE}; keys 1-3 fixed before the run): "
+    part = "" if not fit_set_gaps(seeds, candidates) else (
+        " (here on the cases run: part of the fit set only, so this pick sets nothing)")
+    out += ["", f"Pick by the tune rule ({TUNE_RULE}; keys 1-3 fixed before the run){part}: "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
     for base, spec in variant_picks(rows, candidates).items():
         full = explicit(spec, constants)
@@ -182,9 +269,11 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         srows = S.smoothed(rows, extra)
         smooth_pick = pick(srows, policies)
         text += "\n".join(S.markdown(srows, policies, smooth_s, [])) + "\n"
-        text += (f"\nPick by the tune rule on the smoothed figures: **`{smooth_pick}`** "
-                 f"(per pool size: `{chosen}`); the smoothed pick is the default; "
-                 f"`kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`.\n")
+        verdict = default_verdict({"pick": smooth_pick, "seeds": seeds,
+                                   "candidates": policies})
+        text += (f"\nPick by the tune rule on the smoothed figures of "
+                 f"{coverage(seeds, traces, policies)}: **`{smooth_pick}`** "
+                 f"(per pool size: `{chosen}`); {verdict}.\n")
         chosen = smooth_pick
     print(text)
     if not args.no_write:

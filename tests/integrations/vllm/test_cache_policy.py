@@ -99,8 +99,9 @@ def test_reset_and_malformed_hint():
 
 
 def test_the_two_classes_rank_with_ttl_and_graph():
-    """`KVSagaCachePolicy` is ttl whatever kvsaga's DEFAULT_POLICY is (it is now graph,
-    which `KVSagaGraphCachePolicy` already offers): the two differ."""
+    """`KVSagaCachePolicy` is ttl whatever kvsaga's DEFAULT_POLICY is (graph, ttl from
+    dfea371 until its revert; graph is what `KVSagaGraphCachePolicy` offers): the two
+    differ."""
     from kvsaga.integrations.vllm.cache_policy import KVSagaCachePolicy, KVSagaGraphCachePolicy
     from kvsaga.policy import make_policy
 
