@@ -30,6 +30,19 @@ any connector's gain (bench/vllm_replay_bound.py: plain vLLM's mean TCT over a l
 any schedule's at the budget, beside the gains measured). The offload arms run vLLM's CPU
 offload tier's real scheduler side with an emulated worker and a stated copy cost
 (bench/vllm_offload_sim.py).
+
+The offload arms depend on Python's string hashing inside vLLM itself: its `Scheduler` keeps
+the requests that finished in a step in a set of request ids (`finished_req_ids`), and the
+offload tier's scheduler side files each finished request's chunks with its cache policy in
+that set's iteration order, so which of two requests ending in the same step looks more
+recent (LRU) or is filed first (kvsaga's policies) follows `PYTHONHASHSEED`, and so do the
+later evictions (traced: runs under seeds 1 and 2 first part where two requests that finished
+in one step reach the policy in swapped order). vLLM's block hashes also start from a seed
+`PYTHONHASHSEED` sets; pinning it fixes both. Run as a script with an offload arm, this replay
+therefore re-executes itself under `PYTHONHASHSEED=0` unless it already has that value
+(`pin_hash_seed`), and every replay numbers its requests from r0 (the ids' hashes decide that
+order too, so an arm's row must not depend on the arms run before it in the same process).
+The arms without a host tier gave the same figures under seeds 1 and 2.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import random
 import shlex
 import statistics
@@ -51,10 +65,12 @@ ALL_HITS_BLOCKS = 20_000
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
 ALL_HITS_ORDERS = ("fcfs", "srpt", "sched")
 ORDER_SUFFIX = {"fcfs": "", "srpt": "+srpt", "sched": "+sched"}
-ORDER_ARMS = ("sched", "srpt")
+ORDER_ARMS = ("sched", "srpt")  # a connector arm's order suffixes (`split_order`)
 # The harness's KV spec (one layer, one KV head of 8, float32, K and V): bytes a token, which
 # sizes the offload tier's host bytes (`--host-factor`) in chunks of one block.
-HARNESS_BYTES_PER_TOKEN = 1 * 8 * 4 * 2  # a connector arm's order suffixes (`split_order`)
+HARNESS_BYTES_PER_TOKEN = 1 * 8 * 4 * 2
+# The hash seed the offload arms run under (`pin_hash_seed`).
+OFFLOAD_HASH_SEED = "0"
 # Where agent_replay.py --engine vllm writes the SmolLM2 HF directory.
 DEFAULT_MODEL_DIR = Path.home() / ".cache/kvsaga/SmolLM2-135M-Instruct.Q4_1-hf"
 sys.path.insert(0, str(ROOT))
@@ -173,8 +189,14 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
     (and preempts for) the session nearest its end first."""
     from vllm.v1.outputs import ModelRunnerOutput
 
-    from tests.integrations.vllm.harness import TOKEN, make_request, make_scheduler
+    from tests.integrations.vllm.harness import (
+        TOKEN,
+        make_request,
+        make_scheduler,
+        reset_request_ids,
+    )
 
+    reset_request_ids()  # request ids r0, r1, ... whatever ran before (the docstring says why)
     system, sessions = session_prompts(args, seed)
     from replay.servers import connector_arm
     from vllm_offload_sim import OffloadWorker, host_bytes, parts, split_offload
@@ -464,8 +486,32 @@ def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
     return title, body
 
 
+def offload_requested(args: argparse.Namespace) -> bool:
+    """Whether any arm this run replays has vLLM's offload tier (`--policies`, `--fit-arm`)."""
+    from vllm_offload_sim import OFFLOAD_PREFIX
+
+    arms = [*args.policies.split(","), args.fit_arm or ""]
+    return any(a.strip().startswith(OFFLOAD_PREFIX) or "+" + OFFLOAD_PREFIX in a for a in arms)
+
+
+def pin_hash_seed(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Make an offload run deterministic (the module docstring says why): re-execute this
+    script under `PYTHONHASHSEED=OFFLOAD_HASH_SEED` when it runs under another seed. Called
+    with `argv` (in-process, where re-executing is not possible) it refuses instead."""
+    if not offload_requested(args) or os.environ.get("PYTHONHASHSEED") == OFFLOAD_HASH_SEED:
+        return
+    if argv is not None:
+        raise SystemExit("offload arms depend on PYTHONHASHSEED (vLLM's finished-request set): "
+                         f"run with PYTHONHASHSEED={OFFLOAD_HASH_SEED}, or as a script")
+    env = {**os.environ, "PYTHONHASHSEED": OFFLOAD_HASH_SEED}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+              env)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    pin_hash_seed(args, argv)
     model_dir = args.model_dir
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"--model-dir {model_dir}: no config.json (write one with "

@@ -100,6 +100,14 @@ _ids = itertools.count()
 init_none_hash(sha256)
 
 
+def reset_request_ids() -> None:
+    """Number the next requests from r0 again. A replay calls it first: vLLM's offload tier
+    reads finished requests in the order of a set of their ids (string hashes), so a run's
+    figures must not depend on how many requests earlier runs in the process made."""
+    global _ids
+    _ids = itertools.count()
+
+
 @functools.cache
 def _hasher(block_size: int):
     return get_request_block_hasher(block_size, sha256)

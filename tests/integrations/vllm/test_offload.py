@@ -6,6 +6,10 @@ bench/vllm_offload_sim.py's (vLLM's own copies do not run on the CPU platform)."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +22,17 @@ from tests.bench_scripts import load_bench  # noqa: E402
 
 from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler  # noqa: E402
 
-BYTES_PER_TOKEN = 1 * 8 * 4 * 2  # the harness's KV spec: one layer, one head of 8, fp32, K+V
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def sim():
     return load_bench("vllm_offload_sim")
+
+
+@pytest.fixture(scope="module")
+def replay_mod():
+    return load_bench("vllm_scheduler_replay")
 
 
 def test_offload_config_json():
@@ -44,9 +53,11 @@ def test_offload_config_json():
             offload_transfer_config(**{"cpu_bytes": 1 << 20, **bad})
 
 
-def _scheduler(sim, model_dir, usable: int, chunks: int, retention: dict | None):
-    config = offload_transfer_config(sim.host_bytes(chunks, BLOCK_SIZE, BYTES_PER_TOKEN),
-                                     "ttl", retention)
+def _scheduler(sim, replay_mod, model_dir, usable: int, chunks: int, eviction: str,
+               retention: dict | None):
+    config = offload_transfer_config(
+        sim.host_bytes(chunks, BLOCK_SIZE, replay_mod.HARNESS_BYTES_PER_TOKEN), eviction,
+        retention)
     s = make_scheduler(model_dir, usable + 1, False, kv_transfer=config)
     kvsaga, offload = sim.parts(s.connector)
     assert offload.connector_scheduler.manager._num_chunks == chunks
@@ -78,13 +89,18 @@ def _prompt(tag: int, blocks: int) -> list[int]:
     return [20_000 + tag * 500 + i for i in range(blocks * BLOCK_SIZE)]
 
 
-@pytest.mark.parametrize("retention", [None, {"policy": "ttl"}])
-def test_paused_context_comes_back_from_the_host_tier(hf_model_dir, sim, retention):
+@pytest.mark.parametrize(("eviction", "retention"), [
+    ("ttl", None), ("graph", None), ("ttl", {"policy": "ttl"}), ("graph", {"policy": "ttl"})])
+def test_paused_context_comes_back_from_the_host_tier(hf_model_dir, sim, replay_mod, eviction,
+                                                      retention):
     """A session's 4-block context, then others that need every one of the 10 GPU blocks
     (the retention connector must release it; vLLM's LRU reuses it): its next step loads
     the context from the host tier instead of computing it, and once every session ended
-    no GPU block is left referenced."""
-    s, kvsaga, worker = _scheduler(sim, hf_model_dir, 10, 40, retention)
+    no GPU block is left referenced. Both kvsaga tier policies, alone and behind the
+    retention connector in vLLM's MultiConnector (`graph` is the default tier policy)."""
+    s, kvsaga, worker = _scheduler(sim, replay_mod, hf_model_dir, 10, 40, eviction, retention)
+    _, offload = sim.parts(s.connector)
+    assert offload.connector_scheduler.manager._policy.policy_name == eviction
     first = _prompt(1, 4)
     hint = {"session_id": "S", "tool": "run_tests", "expected_s": 30}
     _run(s, worker, [make_request(first, 2, hint, BLOCK_SIZE)])
@@ -116,3 +132,39 @@ def test_replay_offload_arm_computes_less_and_pays_its_copies(hf_model_dir):
                                                         abs=0.01)
     assert (tier.scheduled_tokens - tier.decode_tokens
             < plain.scheduled_tokens - plain.decode_tokens)
+
+
+def _replay_rows(model_dir: Path, hash_seed: str, tmp: Path) -> dict:
+    """bench/vllm_scheduler_replay.py as a script, under PYTHONHASHSEED=hash_seed: its rows."""
+    out = tmp / f"rows{hash_seed}.json"
+    cmd = [sys.executable, str(ROOT / "bench/vllm_scheduler_replay.py"), "--model-dir",
+           str(model_dir), "--seeds", "2", "--sessions", "10", "--token-scale", "0.1",
+           "--time-scale", "2", "--max-tool-s", "7200", "--kv-fraction", "0.15", "--step-s",
+           "0.025", "--token-s", "0.00065", "--policies", "offload-lru", "--host-factor", "2",
+           "--json", str(out)]
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    return json.loads(out.read_text())["rows"]
+
+
+def test_offload_replay_does_not_depend_on_the_hash_seed(hf_model_dir, tmp_path):
+    """The offload arms' figures follow the iteration order of vLLM's set of finished request
+    ids unless the replay pins PYTHONHASHSEED (bench/vllm_scheduler_replay.py's docstring):
+    fit seed 2's offload-lru arm computed 27,285 prefill tokens under PYTHONHASHSEED=1 and
+    26,549 under 2 before it did. The script run under either must print the same rows."""
+    one = _replay_rows(hf_model_dir, "1", tmp_path)
+    two = _replay_rows(hf_model_dir, "2", tmp_path)
+    assert one["vllm+offload-lru"]["2"]["connector_offload_loaded_blocks"] > 0
+    assert one == two
+
+
+def test_in_process_offload_run_refuses_an_unpinned_hash_seed(replay_mod, monkeypatch):
+    """main() called in-process cannot re-execute itself: with an offload arm and another hash
+    seed it stops with a message naming PYTHONHASHSEED, before running anything."""
+    monkeypatch.setenv("PYTHONHASHSEED", "1")
+    args = replay_mod.build_parser().parse_args(["--policies", "ttl+offload-kvsaga-graph"])
+    with pytest.raises(SystemExit, match="PYTHONHASHSEED=0"):
+        replay_mod.pin_hash_seed(args, ["--policies", "ttl+offload-kvsaga-graph"])
+    args = replay_mod.build_parser().parse_args(["--policies", "ttl,ttl+sched"])
+    replay_mod.pin_hash_seed(args, [])  # no host tier: nothing to pin
