@@ -372,45 +372,6 @@ def rank(rows: list[dict], policy: str) -> tuple[float, int, float] | None:
     return max(ratios), sum(x > TARGET_BEST + 1e-12 for x in ratios), total
 
 
-def wins(rows: list[dict], policies: list[str]) -> list[str]:
-    """Per online policy: total recomputation over the pressured cases, and how often it is
-    at most the best baseline."""
-    out = []
-    for p in policies:
-        s = None if p in OFFLINE else score(rows, p)
-        if s is not None:
-            r = rank(rows, p)  # None when no case is pressured
-            worst = f"{r[0]:.2f}x" if r else "n/a"
-            out.append(f"| {p} | {s[1] / 1e6:.3f} | {s[0]} of {s[2]} | {worst} |")
-    return ["| policy | recomputed (M tokens, pressured cases) | <= best baseline | "
-            "worst x best baseline |", "|---|---:|---:|---:|", *out]
-
-
-def ranking(rows: list[dict], policies: list[str], label: str | None = None) -> list[str]:
-    """The online policies ranked by the tune rule (`rank`) on these pressured cases, and
-    where the default stands: issue 11 asks that the default win this evaluation."""
-    ranked = sorted((r, p) for p in policies if p not in OFFLINE
-                    and (r := rank(rows, p)) is not None)
-    if not ranked:
-        return []
-    order = ", ".join(f"`{p}` {r[0]:.2f}x ({r[1]} above 1.0x)" for r, p in ranked)
-    names = [p for _, p in ranked]
-    first = names[0]
-    if first in BASELINES:  # its ratios are to the best baseline, itself among them
-        why = ("its ratio is to the best of lru, saga and ttl, itself among them, so never "
-               "below 1.0x: no policy beat the baselines on every case")
-        top = f"the baseline `{first}` ranks first; {why}"
-        won = f"**it ranks first, as a baseline** ({why})"
-    else:
-        top, won = f"`{first}` wins", "**it wins**"
-    where = (f"the default `{DEFAULT_POLICY}` ranks {names.index(DEFAULT_POLICY) + 1} of "
-             f"{len(names)}: " + (won if first == DEFAULT_POLICY else f"**missed** ({top})")
-             if DEFAULT_POLICY in names else f"the default `{DEFAULT_POLICY}` did not run")
-    head = f"- {label}: " if label else "By the tune rule on these cases (worst ratio, then " \
-        "cases above 1.0x, then tokens): "
-    return [f"{head}{order}; {where}."]
-
-
 def _header(command: str, wall_s: float, seeds: list[int], what: str) -> str:
     return (f"`{command}`: {wall_s / 60:.1f} min, Python {platform.python_version()}, preset "
             f"{PRESET}, {what} seeds {', '.join(map(str, seeds))}.")
@@ -446,6 +407,7 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
             "resident and they rank by the trace's release times, so an online policy can "
             "beat them (their gap to the exact optimum on tiny traces: \"## Offline "
             "references against the exact optimum\").", ""]
+    from policies_verdict import ranking, wins  # it imports this module: here, not on top
     out += tables(rows, policies)
     out += ["", f"Cases under pressure but not thrashing (lru hit rate in {HIT_RANGE}; "
             "capacities that floor to the same pool counted once):", ""]

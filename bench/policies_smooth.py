@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 
 import policies as P  # bench/ is on the path when run as a script
+from policies_verdict import ranking, wins
 
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -109,12 +110,12 @@ def markdown(srows: list[dict], policies: list[str], wall_s: float, judged: list
            "the least of lru's, saga's and ttl's means. `blocks` is the case's own pool:", ""]
     out += P.tables(srows, run)
     out += ["", "Smoothed, pressured cases:", ""]
-    out += P.wins(srows, run)
-    out += ["", *P.ranking(srows, run)]
+    out += wins(srows, run)
+    out += ["", *ranking(srows, run)]
     for label, subset in P.SEED_SETS:
         mine = [r for r in srows if r["seed"] in subset]
         if mine and len(mine) < len(srows):
-            out += P.ranking(mine, run, label)
+            out += ranking(mine, run, label)
     for p in judged:
         if p not in run:
             continue

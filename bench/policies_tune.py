@@ -18,7 +18,8 @@ if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, the 
 and the incumbent among its candidates) and the pick passes issue 10's non-thrash check
 (`NON_THRASH_CHECKS`: `python bench/scheduling_fit.py --policy-check INCUMBENT --policy
 PICK --workers 1`, no non-thrash figure worse by more than 2%, as scheduler candidates pass
-the two-tenant veto); otherwise the incumbent stays (`smoothed_default`). The lead's rule,
+the two-tenant veto); otherwise the per-size pick saved in bench/plots/policies_tune.json
+stays (`smoothed_default`). The lead's rule,
 sixteenth session, after ttl had become the default on a tune over seeds 401, 402 only.
 """
 
@@ -50,9 +51,9 @@ from policies import (
     rank,
     run,
     tables,
-    wins,
     write_section,
 )
+from policies_verdict import wins
 
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
@@ -73,7 +74,9 @@ class NonThrashCheck(NamedTuple):
         return self.over_slack == 0
 
 
-# Recorded checks, by the pick's policy name. A pick without one has not passed.
+# Recorded checks, keyed by the full spec string the tune picks (its parameters included:
+# a check of one parameter set says nothing of another). A pick without one has not passed.
+# `over_slack` is counted from the lines `command` printed (its "worse by > 2%" lines).
 NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
     "ttl": NonThrashCheck(
         "graph", 4,
@@ -95,24 +98,31 @@ def fit_set_gaps(seeds, candidates) -> list[str]:
     return gaps
 
 
-def smoothed_default(tuned: dict) -> tuple[str, str]:
+def per_size_pick() -> str:
+    """The per-size tuning's saved pick (`TUNE_JSON`'s "pick", a full spec string): the
+    default a smoothed tuning's pick must displace."""
+    return json.loads(TUNE_JSON.read_text(encoding="utf-8"))["pick"]
+
+
+def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str]:
     """The default a saved smoothed tuning sets, and why: its pick's policy name if the run
-    covered the whole fit set and the pick passes the non-thrash check (or is the
-    incumbent), else the incumbent's name (`TUNE_INCUMBENT`)."""
-    incumbent = parse_spec(TUNE_INCUMBENT)[0]
+    covered the whole fit set and the pick passes the non-thrash check against the fallback
+    (or is the fallback's policy), else the fallback's policy name. The fallback is the
+    per-size tuning's saved pick (`per_size_pick`) unless given."""
+    incumbent = parse_spec(fallback if fallback is not None else per_size_pick())[0]
     name = parse_spec(tuned["pick"])[0]
     if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
         return incumbent, (f"not the whole fit set ({'; '.join(gaps)}), so its pick does "
-                           f"not set the default: the incumbent `{incumbent}` stays")
+                           f"not set the default: the per-size pick `{incumbent}` stays")
     if name == incumbent:
-        return name, "the incumbent, picked again over the whole fit set"
-    check = NON_THRASH_CHECKS.get(name)
+        return name, "the per-size pick's policy, picked again over the whole fit set"
+    check = NON_THRASH_CHECKS.get(tuned["pick"])
     if check is None or check.against != incumbent:
-        return incumbent, (f"`{name}` has no recorded non-thrash check against "
-                           f"`{incumbent}` (issue 10): the incumbent stays until it passes")
+        return incumbent, (f"`{tuned['pick']}` has no recorded non-thrash check against "
+                           f"`{incumbent}` (issue 10): the per-size pick stays until it passes")
     if not check.passes:
         return incumbent, (f"vetoed by issue 10's non-thrash check (`{check.command}`: "
-                           f"{check.figures}): the incumbent `{incumbent}` stays")
+                           f"{check.figures}): the per-size pick `{incumbent}` stays")
     return name, f"it passed issue 10's non-thrash check (`{check.command}`)"
 
 

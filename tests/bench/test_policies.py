@@ -74,7 +74,7 @@ def test_wins_renders_without_pressured_cases():
     mod = load()
     rows = [_row("web", 1, 0.3, p, 1, hit=0.5) for p in ("lru", "saga", "ttl", "a")]
     assert mod.rank(rows, "a") is None
-    assert mod.wins(rows, ["a"])[-1] == "| a | 0.000 | 0 of 0 | n/a |"
+    assert load("policies_verdict").wins(rows, ["a"])[-1] == "| a | 0.000 | 0 of 0 | n/a |"
 
 
 def test_policy_specs_parse_and_bad_ones_are_refused():
@@ -99,15 +99,18 @@ def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds():
 
 
 def test_default_policy_and_its_constants_are_what_the_tuning_picked():
-    """The per-size tuning's pick is the default unless a smoothed tuning ran (then that
-    one's is: the test below); either way its constants are its class defaults."""
-    mod = load()
+    """The per-size tuning's pick is the default unless the saved smoothed tuning's rule
+    sets another (`smoothed_default` falls back to the per-size pick); its constants are
+    its class defaults."""
+    mod, tune = load(), load("policies_tune")
     tuned = json.loads(mod.TUNE_JSON.read_text(encoding="utf-8"))
     assert set(tuned["seeds"]) <= set(mod.TUNE_SEEDS)
+    assert tuned["pick"] == tune.per_size_pick()
     name, params = mod.parse_spec(tuned["pick"])
-    if not load("policies_tune").TUNE_SMOOTH_JSON.exists() and not load(
-            "policies_tune").fit_set_gaps(tuned["seeds"], tuned["candidates"]):
-        assert name == DEFAULT_POLICY
+    smoothed = json.loads(tune.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
+    if tune.fit_set_gaps(smoothed["seeds"], smoothed["candidates"]):  # partial: falls back
+        assert name == tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
+    assert tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
     defaults = inspect.signature(POLICIES[name]).parameters
     for key, value in params.items():
         default = defaults[key].default
@@ -197,7 +200,7 @@ def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_w
     """The held-out section states, by the tune rule, who wins and where the default
     stands (issue 11: the default must win this evaluation); references are not ranked.
     The default is named `g` here, apart from the baselines (it may be one of them)."""
-    mod = load()
+    mod = load("policies_verdict")
     monkeypatch.setattr(mod, "DEFAULT_POLICY", "g")
     rows = [_row("swe", 1, 0.3, p, x) for p, x in
             (("lru", 10), ("saga", 12), ("ttl", 11), (mod.DEFAULT_POLICY, 9), ("x", 20),
@@ -295,6 +298,9 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     name, why = tune.smoothed_default(whole)
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
     assert not tune.NON_THRASH_CHECKS["ttl"].passes
+    other = {**whole, "pick": "ttl[base_ttl_s=30]"}  # ttl's check is of "ttl", not this spec
+    assert "no recorded non-thrash check" in tune.smoothed_default(other)[1]
+    assert tune.smoothed_default(part, fallback="ttl")[0] == "ttl"  # the per-size pick
     assert tune.smoothed_default({**whole, "pick": mod.TUNE_INCUMBENT})[0] == incumbent
     name, why = tune.smoothed_default({**whole, "pick": "saga"})
     assert name == incumbent and "no recorded non-thrash check" in why
@@ -322,3 +328,17 @@ def test_regret_over_the_smoothing_sizes_sums_victims_and_averages_recomputation
     assert cells[2] == f"{blocks}-{blocks + 8}"
     dead = cells[4 + list(regret.CLASSES).index("dead")]
     assert dead == "-" or dead.endswith("/ 0")  # a dead block is never read again
+    trace, victims, recomputed = regret.build_trace("swe", 103), [], []
+    for size in (blocks, blocks + 8):  # each size on its own: the row sums / averages them
+        config = regret.SimConfig(preset=regret.PRESET, num_gpu_blocks=size, policy="lru")
+        policy = regret.make_policy("lru", cost=config.cost)
+        sim = regret.Simulator(trace, config, policy=policy)
+        log = regret.record_regret(policy, trace, sim.block_size)
+        recomputed.append(sim.run().recomputed_tokens)
+        victims.append(log.summary())
+    assert recomputed[0] != recomputed[1]  # else a mean and one size's figure agree
+    assert cells[3] == f"{sum(recomputed) / 2 / 1e6:.3f}"
+    for i, c in enumerate(regret.CLASSES):
+        v, r = (sum(s[c][k] for s in victims if c in s) for k in ("victims", "reused"))
+        assert cells[4 + i] == (f"{v} / {r}" if v else "-"), c
+    assert any(cells[4 + i] != "-" for i in range(len(regret.CLASSES)))
