@@ -94,7 +94,8 @@ class SessionHeap {
       if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
     std::vector<Pushed> read;
     read.reserve(np);
-    for (Py_ssize_t i = 0; i < np; ++i) read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
+    for (Py_ssize_t i = 0; i < np; ++i)
+      read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
     for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
     for (const Pushed& p : read) apply(p, now);
@@ -188,11 +189,15 @@ class SessionHeap {
   nb::list due(double now) {
     if (std::isnan(now)) throw nb::value_error("due: now must not be NaN");
     nb::list out;
+    std::vector<int32_t> fired;  // the slots of `out`, re-armed at `now` if a re-key raises
+    try {
     timers_.due(
         now,
         [&](const Timer& t) {
-          if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now))
+          if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now)) {
             out.append(sids_[t.slot]);
+            fired.push_back(t.slot);
+          }
         },
         [&](const Timer& t) {
           KV_PREFETCH(&version_[t.slot]);
@@ -205,6 +210,12 @@ class SessionHeap {
           if (r.cls >= 0 && d < r.limit && grid_index(d < 0.0 ? 0.0 : d, k, lo, hi))
             table_.prefetch(ClassTable::key(r.cls, k));
         });
+    } catch (...) {
+      // Those already fired for Python to re-key lost their timers with `out`: each gets
+      // one at `now`, so the next `due` answers them (session_heap.py `due`).
+      for (int32_t slot : fired) timers_.push({now, version_[slot], slot}, now);
+      throw;
+    }
     return out;
   }
 

@@ -120,8 +120,8 @@ inline double read_field(PyObject* o, const char* name, Rule rule = kNotNan) {
   return v;
 }
 
-// An integer field of a timed record (session_heap.py `_int`: operator.index).
-inline int64_t read_index(PyObject* o, const char* name) {
+// `o` as a Python int (operator.index), else TypeError "timed: <name> must be an integer".
+inline nb::object index_of(PyObject* o, const char* name) {
   nb::object i = nb::steal(PyNumber_Index(o));
   if (!i.is_valid()) {
     if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw_current();
@@ -130,6 +130,12 @@ inline int64_t read_index(PyObject* o, const char* name) {
                  Py_TYPE(o)->tp_name);
     throw_current();
   }
+  return i;
+}
+
+// An integer field of a timed record (session_heap.py `_int`: operator.index).
+inline int64_t read_index(PyObject* o, const char* name) {
+  nb::object i = index_of(o, name);
   long long x = PyLong_AsLongLong(i.ptr());
   if (x == -1 && PyErr_Occurred()) throw_current();
   return x;
@@ -139,14 +145,7 @@ inline int64_t read_index(PyObject* o, const char* name) {
 // ValueError "timed: <name> must be <range>, got <value>", whatever the int's size.
 inline int64_t read_bounded(PyObject* o, const char* name, int64_t lo, int64_t hi,
                             const char* range) {
-  nb::object i = nb::steal(PyNumber_Index(o));
-  if (!i.is_valid()) {
-    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw_current();
-    PyErr_Clear();
-    PyErr_Format(PyExc_TypeError, "timed: %s must be an integer, got %s", name,
-                 Py_TYPE(o)->tp_name);
-    throw_current();
-  }
+  nb::object i = index_of(o, name);
   int over = 0;
   long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &over);
   if (x == -1 && PyErr_Occurred()) throw_current();

@@ -305,14 +305,21 @@ class PySessionHeap:
         """Sessions whose current key's deadline is <= now (each timer fires once), less
         those re-keyed from the table (module docstring): Python re-keys these. A NaN
         `now` is refused (ValueError), nothing fired. When a re-key raises (mode 4 calls
-        statistics' quantile), the timer being fired is gone and the others stay."""
+        statistics' quantile), the timer being fired is gone, those not fired yet stay, and
+        those already fired for Python to re-key get a timer at `now` (the next `due`
+        answers them: their keys would otherwise stay stale with no timer)."""
         if math.isnan(now):
             raise ValueError("due: now must not be NaN")
         timers, version, out = self._timers, self._version, []
-        while timers and timers[0][0] <= now:
-            _, ver, sid = heapq.heappop(timers)
-            if version.get(sid) == ver and not self._rekey_from_table(sid, now):
-                out.append(sid)
+        try:
+            while timers and timers[0][0] <= now:
+                _, ver, sid = heapq.heappop(timers)
+                if version.get(sid) == ver and not self._rekey_from_table(sid, now):
+                    out.append(sid)
+        except BaseException:
+            for sid in out:
+                heapq.heappush(timers, (now, version[sid], sid))
+            raise
         return out
 
     def _rekey_from_table(self, sid: Hashable, now: float) -> bool:

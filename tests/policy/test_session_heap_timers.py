@@ -150,3 +150,24 @@ def test_a_rekey_that_raises_leaves_the_other_timers_in_order(monkeypatch):
         answers.append((index.due(1.5), index.due(2.5), len(index), index.runs(9)))
     assert answers[0] == answers[1]
     assert answers[0][:2] == (["u1", "u2", "u3"], ["later"])
+
+
+@needs_cpp
+def test_a_rekey_that_raises_rearms_those_already_fired(monkeypatch):
+    # "p" (no timed record: answered for Python to re-key) fires before "g", whose re-key
+    # raises: "p" left `due` with the exception, its timer used up. Both indexes give it a
+    # timer at `now`, so the next `due` answers it (without one its key would stay stale).
+    state = _fail_once(monkeypatch)
+    graph = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
+    answers = []
+    for index in (make_session_heap(True), PySessionHeap()):
+        index.push("p", (1, 0.5), 1, 1, 1.0, 0.0)
+        index.push("g", (1, 0.0), 2, 1, 1.0, 0.0, graph)
+        index.push("u1", (1, 1.0), 3, 1, 1.0, 0.0)
+        state["armed"] = True
+        with pytest.raises(statistics.StatisticsError, match="injected"):
+            index.due(1.5)
+        assert not state["armed"]
+        answers.append((index.due(1.5), index.due(2.5), len(index)))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (["u1", "p"], [])
