@@ -446,9 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--policy-check", metavar="AGAINST",
                       help="fit seeds 101-106: workflow's defaults with --policy vs fcfs+lru "
                       "at the fit points, and every non-thrash figure worse than with AGAINST")
-    ap.add_argument("--policy", default=DEFAULT_POLICY,
+    ap.add_argument("--policy", default=None,
                     help="eviction policy of the workflow arm in --held-out and "
-                    "--policy-check (default: %(default)s, kvsaga.policy.DEFAULT_POLICY)")
+                    f"--policy-check (default: {DEFAULT_POLICY}, kvsaga.policy.DEFAULT_POLICY)")
     ap.add_argument("--families", default=",".join(FAMILIES),
                     help="comma-separated families (default: %(default)s)")
     ap.add_argument("--orders", action="store_true", help="also the oracle, fifo and other "
@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
                and p not in POLICIES]
     if unknown:
         ap.error(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(POLICIES))})")
+    if args.tail_guard_check is not None and args.policy is not None:
+        ap.error("--policy applies to --held-out and --policy-check only, not "
+                 "--tail-guard-check (which does not use it)")
+    args.policy = args.policy or DEFAULT_POLICY
     if args.policy_check is not None:
         t0 = time.perf_counter()
         lines = policy_check(args.policy, args.policy_check, args.workers)

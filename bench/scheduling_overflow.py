@@ -41,8 +41,10 @@ from typing import Any
 
 from scheduling import PRESET, capacity, trace
 
+from kvsaga.config import KVSpec
+from kvsaga.manager import KVCacheManager
 from kvsaga.policy import DEFAULT_POLICY
-from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.scheduler import DEFAULT_SCHEDULER, make_scheduler
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
 
@@ -292,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         params = None
     if a.params is not None and not isinstance(params, dict):
         ap.error(f"--params must be a JSON object, got {a.params!r}")
+    if params:
+        try:  # the scheduler's own checks (unknown key, bad value), before any simulation
+            probe = KVCacheManager(KVSpec(num_layers=1, num_kv_heads=1, head_dim=8), 4)
+            make_scheduler(DEFAULT_SCHEDULER, probe, **params)
+        except (TypeError, ValueError) as e:
+            ap.error(f"--params {a.params!r}: {e}")
     if a.growth:
         steps = []
         for seed in seeds:

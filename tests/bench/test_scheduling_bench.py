@@ -286,6 +286,11 @@ def test_policy_option_refuses_unknown_names_and_names_the_known(mods, capsys):
         err = capsys.readouterr().err
         assert "unknown policy" in err and "known: " in err and "graph" in err
         assert repr(argv[-1]) in err
+    for name in ("graph", "lru"):  # even the default: a mode that ignores it refuses it
+        with pytest.raises(SystemExit):
+            fit.main(["--tail-guard-check", "--policy", name])
+        err = capsys.readouterr().err
+        assert "--policy" in err and "--tail-guard-check" in err
 
 
 def test_held_out_and_non_thrash_run_the_named_policy(mods, monkeypatch):

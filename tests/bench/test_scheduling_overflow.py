@@ -87,3 +87,8 @@ def test_params_reach_the_scheduler_and_bad_ones_are_refused(mods, capsys):
         with pytest.raises(SystemExit):
             over.main(["bfcl", "1", "0.25", "101", "--params", bad])
         assert "--params must be a JSON object" in capsys.readouterr().err
+    for bad, named in (('{"no_such_knob": 1}', "no_such_knob"),
+                       ('{"growth_alpha": 7}', "growth_alpha")):
+        with pytest.raises(SystemExit):
+            over.main(["bfcl", "1", "0.25", "101", "--params", bad])
+        assert named in capsys.readouterr().err
