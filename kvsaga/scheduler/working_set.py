@@ -79,10 +79,18 @@ def working_set_blocks(own_tokens: float, horizon_steps: float, growth_tokens: f
     """Blocks a session is predicted to hold: its own context plus `horizon_steps` steps of
     `growth_tokens` growth (the first of them `first_growth_tokens`, when given: the next
     step's own prediction), rounded up to blocks."""
+    growth = predicted_growth(horizon_steps, growth_tokens, first_growth_tokens)
+    return math.ceil((max(own_tokens, 0) + growth) / block_size)
+
+
+def predicted_growth(horizon_steps: float, growth_tokens: float,
+                     first_growth_tokens: float | None = None) -> float:
+    """Tokens a session is predicted to grow by over `horizon_steps` steps of `growth_tokens`
+    each, the first of them `first_growth_tokens` when given."""
     growth = horizon_steps * growth_tokens
     if first_growth_tokens is not None:
         growth += min(horizon_steps, 1.0) * (first_growth_tokens - growth_tokens)
-    return math.ceil((max(own_tokens, 0) + growth) / block_size)
+    return growth
 
 
 def demote_deadline(paused_at: float, expected_s: float, factor: float, min_s: float) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 from kvsaga.manager import StepLookup
 from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
-from kvsaga.scheduler.working_set import working_set_blocks
+from kvsaga.scheduler.working_set import predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", "context", "full")
@@ -127,11 +127,8 @@ class WorkingSetGate:
         graph = self._graph()
         if graph is not None:
             horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
-        mean = self._growth.mean(workflow)
-        growth = horizon * mean
-        if self.tool_growth and tool:
-            growth += min(horizon, 1.0) * (self._growth.mean(workflow, tool) - mean)
-        return growth
+        first = self._growth.mean(workflow, tool) if self.tool_growth and tool else None
+        return predicted_growth(horizon, self._growth.mean(workflow), first)
 
     def _calibrate(self, info: Any, context: int) -> None:
         """A step of the admitted session `info` finished with `context` tokens: its growth
