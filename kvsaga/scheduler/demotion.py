@@ -79,6 +79,8 @@ class Demotions:
         self._num_forgotten += 1  # the admitted sets changed (`refusal_until` reads it)
         info = self.sessions.pop(sid)
         self._committed -= info.blocks
+        self._committed_var -= info.var
+        self._paused_extra -= info.extra
         left = self._tenant_blocks[info.tenant] - info.blocks
         if left:
             self._tenant_blocks[info.tenant] = left

@@ -33,7 +33,8 @@ class _Admitted:
     """An admitted session: what its working set is predicted from."""
 
     __slots__ = ("tenant", "workflow", "context", "shared", "steps", "active",
-                 "last_context", "demote_at", "blocks", "tool", "on_prompt")
+                 "last_context", "demote_at", "blocks", "tool", "on_prompt", "var",
+                 "extra")
 
     def __init__(self, tenant: str | None, workflow: str, context: int) -> None:
         self.tenant = tenant
@@ -47,6 +48,8 @@ class _Admitted:
         self.blocks = 0  # predicted working set, blocks
         self.tool: str | None = None  # the tool of its last pause (predicts its next growth)
         self.on_prompt = True  # `context` is its admitted step's prompt, not a finish's
+        self.var = 0.0  # variance of its growth still to come (`growth_reserve`), tokens^2
+        self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
 
 
 class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, AdmissionOrder,
@@ -145,6 +148,15 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             predicted growth that calibrates the charged growth online, per workflow, tool
             and phase (`kvsaga.scheduler.growth_calibration` says why); growth_prior_steps:
             its pseudo-observations of no correction (a fresh scheduler charges as if off).
+        growth_charge: what an admitted or running step is charged beside its prompt:
+            "step" (the workflow's growth from one finish to the next, observation and
+            reply) or "remaining" (its expected reply alone, learned online: the prompt
+            already holds the observation); a queued step is charged a whole step either
+            way. growth_reserve: z >= 0, finite: admission keeps z standard deviations
+            of the admitted sessions' summed growth still to come free, so paused
+            contexts stay resident when steps outgrow their means (0: off).
+            paused_reserve: admission keeps room for paused sessions' next growth too
+            (not charged: the shrink ignores it). `WorkingSetGate._init_growth_charge`.
     """
 
     name = "workflow"
@@ -185,6 +197,9 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
         growth_quantile: float = 0.0,
         growth_prior_steps: float = 8.0,
+        growth_charge: str = "step",
+        growth_reserve: float = 0.0,
+        paused_reserve: bool = False,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -242,6 +257,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         self._growth = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
         self._calibration = calibration("growth_quantile", growth_quantile,
                                         "growth_prior_steps", growth_prior_steps)
+        self._init_growth_charge(growth_charge, growth_reserve,
+                                 paused_reserve)  # `WorkingSetGate`
         self._committed = 0  # sum of admitted sessions' working sets, blocks
         self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
@@ -488,6 +505,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         context = req.num_tokens
         if self._calibration is not None:
             self._calibrate(info, context)
+        self._observe_reply(info, context)
         info.steps += 1
         if info.last_context is not None:
             self._growth.observe(info.workflow, context - info.last_context, info.tool)

@@ -24,17 +24,22 @@ T = TypeVar("T")
 class Growth:
     """Mean context growth per step of one workflow: a plain mean over the first
     1 / alpha observations, an exponential moving average afterwards (so it follows a
-    workload whose steps change, without forgetting early on)."""
+    workload whose steps change, without forgetting early on); and its variance, weighted
+    the same way (the spread the `workflow` gate's `growth_reserve` keeps room for)."""
 
-    __slots__ = ("mean", "n")
+    __slots__ = ("mean", "n", "var")
 
     def __init__(self, prior: float) -> None:
         self.mean = prior
         self.n = 0
+        self.var = 0.0
 
     def add(self, x: float, alpha: float) -> None:
         self.n += 1
-        self.mean += (x - self.mean) / min(self.n, 1.0 / alpha)
+        w = 1.0 / min(self.n, 1.0 / alpha)
+        d = x - self.mean
+        self.mean += d / min(self.n, 1.0 / alpha)  # as before the variance was kept
+        self.var = (1.0 - w) * (self.var + w * d * d)
 
 
 class GrowthTable:
@@ -63,6 +68,15 @@ class GrowthTable:
                 return g.mean
         g = self.by_workflow.get(workflow)
         return self.prior if g is None else g.mean
+
+    def var(self, workflow: str, tool: str | None = None) -> float:
+        """The variance of a step's growth, as `mean` picks its key (0 until observed)."""
+        if tool is not None:
+            g = self.by_tool.get((workflow, tool))
+            if g is not None:
+                return g.var
+        g = self.by_workflow.get(workflow)
+        return 0.0 if g is None else g.var
 
     def observe(self, workflow: str, growth_tokens: float, tool: str | None = None) -> None:
         """A step grew the context by `growth_tokens`; `tool`: the pause before it."""

@@ -11,15 +11,18 @@ for live in `kvsaga.scheduler.demotion`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kvsaga.manager import StepLookup
-from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.base import check_bool, check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
-from kvsaga.scheduler.working_set import predicted_growth, working_set_blocks
+from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", "context", "full")
+# `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
+GROWTH_CHARGES = ("step", "remaining")
 
 
 def calibration(q_name: str, quantile: object, w_name: str,
@@ -39,6 +42,47 @@ def calibration(q_name: str, quantile: object, w_name: str,
 class WorkingSetGate:
     """Working sets and the admission gate (see the module docstring)."""
 
+    def _init_growth_charge(self, growth_charge: object, growth_reserve: object,
+                            paused_reserve: object) -> None:
+        """`growth_charge`, `growth_reserve` and `paused_reserve` checked (errors naming
+        them) and their state: the reply table, the admitted sessions' summed growth
+        variance and the paused ones' growth to come.
+
+        Why "remaining": the growth table learns the growth from one finish to the next
+        (the tool's observation and the step's reply), which is about right for a step
+        still queued on its last finish's context (realized / predicted median 0.85 on
+        the fit seeds), but an admitted step's prompt already holds its observation: what
+        it still adds is its reply, 0.03-0.14 of that charge at the median (RESULTS,
+        `--fit` round 12). "remaining" charges it its reply alone, learned per workflow
+        and tool from the steps' own prompts and finishes ("step": as before, until the
+        workflow's first reply is observed "remaining" too). Why the reserve: with every
+        charge near its mean, the working sets fill the tiers and any growth above the
+        mean evicts paused admitted sessions' contexts (round 12's calibration at bfcl 2x
+        50%: recomputation up 0-90%); the over-charge had been keeping room by accident.
+        `growth_reserve` z keeps z standard deviations of the admitted sessions' growth
+        still to come free at admission (summed as independent: z sqrt(sum of variances),
+        each its step's learned spread), so the chance the growth overflows is bounded
+        by the same z whatever the trace; 0: off. `paused_reserve`: admission also keeps
+        room for the paused admitted sessions' next growth (their whole predicted working
+        sets), which `paused_growth` False does not charge them (the shrink does not
+        demote for it: it is room a new session may not take, not a commitment)."""
+        if growth_charge not in GROWTH_CHARGES:
+            raise ValueError(f"scheduler parameter growth_charge must be one of "
+                             f"{', '.join(GROWTH_CHARGES)}, got {growth_charge!r}")
+        self.growth_charge = growth_charge
+        self.growth_reserve = check_float("growth_reserve", growth_reserve, 0.0)
+        if self.growth_reserve == float("inf"):
+            raise ValueError(f"scheduler parameter growth_reserve must be finite, got "
+                             f"{growth_reserve!r}")
+        if growth_charge == "remaining" and self._calibration is not None:
+            raise ValueError("scheduler parameters growth_charge 'remaining' and "
+                             "growth_quantile > 0 exclude each other (the calibration "
+                             "corrects the 'step' charge)")
+        self.paused_reserve = check_bool("paused_reserve", paused_reserve)
+        self._reply = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
+        self._committed_var = 0.0  # admitted sessions' growth variances summed, tokens^2
+        self._paused_extra = 0  # paused admitted sessions' uncharged growth, blocks
+
     def _session_fits(self, req: Any, lookup: StepLookup, now: float) -> bool:
         """The session-level gate: admitting `req`'s session keeps the admitted working sets
         within the tiers (after demoting sessions away far too long), or nothing else is
@@ -47,6 +91,9 @@ class WorkingSetGate:
             return True
         own, whole = self._readmit_tokens(req, lookup)
         need = self._working_set(req.workflow, own, 0)
+        if self.growth_reserve:
+            need += self._reserve_blocks(self._growth_var(req.workflow, None, True))
+        need += self._paused_extra  # 0 unless `paused_reserve`
         limit = self.overcommit * self.capacity
         bs = self.manager.block_size
         whole_blocks = None if whole is None else working_set_blocks(whole, 0.0, 0.0, bs)
@@ -111,24 +158,61 @@ class WorkingSetGate:
         the calibration's factor for `phase` when `growth_quantile` is on ("queued": the
         context is the last finished step's; "admitted": the current step's prompt;
         `kvsaga.scheduler.growth_calibration`); capped at the tiers' capacity."""
-        growth = self._growth_tokens(workflow, steps_done, tool)
+        growth = self._growth_tokens(workflow, steps_done, tool, phase == "admitted")
         if self._calibration is not None:
             growth *= self._calibration.factor(workflow, tool if self.tool_growth else None,
                                                phase)
         blocks = working_set_blocks(context, 1.0, growth, self.manager.block_size)
         return min(blocks, self.capacity)
 
-    def _growth_tokens(self, workflow: str, steps_done: int, tool: str | None) -> float:
+    def _growth_tokens(self, workflow: str, steps_done: int, tool: str | None,
+                       on_prompt: bool = False) -> float:
         """Tokens of growth predicted, uncalibrated: the workflow's mean growth per step
         over `horizon_steps` steps (fewer when the Agent Execution Graph expects fewer
         steps left), the first of them predicted from `tool`, the tool of its last pause,
-        when `tool_growth`."""
+        when `tool_growth`; under `growth_charge` "remaining" the first of a step admitted
+        on its prompt (`on_prompt`) is its expected reply (`_reply_tokens`)."""
         horizon = self.horizon_steps
         graph = self._graph()
         if graph is not None:
             horizon = min(horizon, max(graph.mean_steps(workflow) - steps_done, 1.0))
         first = self._growth.mean(workflow, tool) if self.tool_growth and tool else None
+        if on_prompt and self.growth_charge == "remaining":
+            first = self._reply_tokens(workflow, tool, first)
         return predicted_growth(horizon, self._growth.mean(workflow), first)
+
+    def _reply_tokens(self, workflow: str, tool: str | None,
+                      otherwise: float | None) -> float | None:
+        """What an admitted step of `workflow` (after a pause on `tool`) is expected to add
+        to its prompt: the mean reply learned from finished steps (per tool under
+        `tool_growth`); `otherwise` until the workflow's first reply was observed."""
+        if workflow not in self._reply.by_workflow:
+            return otherwise
+        return self._reply.mean(workflow, tool if self.tool_growth else None)
+
+    def _growth_var(self, workflow: str, tool: str | None, on_prompt: bool) -> float:
+        """The variance of the growth a session of `workflow` still adds before its next
+        finish: an admitted step's reply under "remaining" (once observed), else the
+        growth of a whole step (observation and reply), per tool under `tool_growth`."""
+        t = tool if self.tool_growth else None
+        if (on_prompt and self.growth_charge == "remaining"
+                and workflow in self._reply.by_workflow):
+            return self._reply.var(workflow, t)
+        return self._growth.var(workflow, t)
+
+    def _reserve_blocks(self, extra_var: float = 0.0) -> int:
+        """Blocks `growth_reserve` keeps free: z x the standard deviation of the admitted
+        sessions' summed growth still to come (independent steps: their variances add),
+        with `extra_var` more (a session about to be admitted)."""
+        sd = math.sqrt(max(self._committed_var + extra_var, 0.0))
+        return math.ceil(self.growth_reserve * sd / self.manager.block_size)
+
+    def _observe_reply(self, info: Any, context: int) -> None:
+        """The admitted session `info`'s step finished with `context` tokens: what it added
+        to its prompt (its reply) to the reply table (call before `info` is updated)."""
+        if info.on_prompt:
+            self._reply.observe(info.workflow, max(context - info.context, 0),
+                                info.tool if self.tool_growth else None)
 
     def _calibrate(self, info: Any, context: int) -> None:
         """A step of the admitted session `info` finished with `context` tokens: its growth
@@ -159,14 +243,24 @@ class WorkingSetGate:
         """Charge the session's working set; a paused one only its context, unless
         `paused_growth` (it grows only once its next step comes)."""
         own = info.context - info.shared
+        extra = 0
         if info.active or self.paused_growth:
             new = self._working_set(info.workflow, own, info.steps, info.tool,
                                     "admitted" if info.on_prompt else "queued")
         else:
             new = min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
                       self.capacity)
+            if self.paused_reserve:  # the growth it is not charged, kept free at admission
+                extra = self._working_set(info.workflow, own, info.steps, info.tool,
+                                          "queued") - new
+        self._paused_extra += extra - info.extra
+        info.extra = extra
         self._committed += new - info.blocks
         self._tenant_blocks[info.tenant] = self._tenant_blocks.get(info.tenant, 0) + (
             new - info.blocks)
         info.blocks = new
+        if self.growth_reserve:  # its growth still to come, paused or not (`_reserve_blocks`)
+            var = self._growth_var(info.workflow, info.tool, info.active and info.on_prompt)
+            self._committed_var += var - info.var
+            info.var = var
 
