@@ -104,8 +104,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             evicts from, per workflow and state, and multiply the loss rate by the factor
             they call for (`PredictionTrust`, kvsaga/policy/trust.py; its prior is
             `calib_prior`, 4 pseudo-observations when that is None).
-        wait_alpha, residual_wait, median_returns, spread, spread_states: how admission
-            and demotion waits are learned and read (`ReturnForecast`, documents each).
+        wait_alpha, residual_wait, median_returns, spread, spread_states, demoted_mean: how
+            admission and demotion waits are learned and read (`ReturnForecast`, documents
+            each).
     """
 
     name = "graph"
@@ -127,6 +128,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         median_returns: bool = True,
         spread: bool = False,
         spread_states: tuple[str, ...] = ("queued", "demoted"),
+        demoted_mean: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -142,7 +144,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.calib_prior = calib_prior
         # Admission waits (warm and cold) and demotions' lengths, learned and read.
         self.returns = ReturnForecast(residual_wait, wait_alpha, median_returns, spread,
-                                      spread_states, calib_prior or 4.0)
+                                      spread_states, calib_prior or 4.0, demoted_mean)
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         # Self-correction: (workflow, tool or None) -> [resumes, sum of log(observed /

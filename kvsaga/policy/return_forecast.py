@@ -16,6 +16,17 @@ as graph's options say:
   are priced by `SpreadWaits.priced` (the expected inverse of the residual wait) instead of
   the median.
 
+- `demoted_mean`: a demoted session reads the *mean* residual demotion of the same record
+  (`WorkflowWaits.mean_residual`) instead of the median. Why (seventeenth session, fit
+  seeds, `python bench/policies_decisions.py`): where graph and ttl rank the same pool
+  differently, graph mostly keeps a demoted session's blocks that ttl drops, and on
+  swe+bfcl seed 402 at 60% fewer than half of those were read before graph evicted them
+  anyway (against four in five of the paused blocks ttl kept instead). Holding a block
+  until its reuse occupies the pool for the whole wait, so the long-run benefit of
+  keeping a class of blocks per block-second is E[rebuild] / E[wait] (renewal-reward),
+  which calls for the mean wait; the median, below the mean for the heavy-tailed
+  demotions, overvalues them.
+
 A paused session whose tool has not returned reads the median (or mean) admission wait
 whatever `spread` says. Before any demotion was seen to end, a demoted session is priced by
 graph's own prediction times `DEFERRED_SLOWDOWN`.
@@ -63,12 +74,14 @@ class ReturnForecast:
         spread_states: which of `queued` and `demoted` `spread` prices (names, or a tuple).
         prior: the pooled waits' total weight against a workflow's own (graph passes its
             `calib_prior`, or 4 when that is None).
+        demoted_mean: price a demoted session by the mean residual demotion, not the
+            median (module docstring); `spread` on demoted sessions takes precedence.
     """
 
     def __init__(self, residual_wait: bool = True, wait_alpha: float = 0.02,
                  median_returns: bool = True, spread: bool = False,
                  spread_states: tuple[str, ...] | str = SPREAD_STATES,
-                 prior: float = 4.0) -> None:
+                 prior: float = 4.0, demoted_mean: bool = False) -> None:
         self.residual_wait = flag("residual_wait", residual_wait)
         if not 0 < wait_alpha <= 1:
             raise ValueError(f"wait_alpha must be in (0, 1], got {wait_alpha!r}")
@@ -79,6 +92,7 @@ class ReturnForecast:
         self.spread = flag("spread", spread)
         self.spread_queued, self.spread_demoted = spread_flags(self.spread, spread_states)
         self.prior = prior
+        self.demoted_mean = flag("demoted_mean", demoted_mean)
         self.wait_samples = {True: self.record(), False: self.record()}  # warm, cold
         self.deferred_wait = self.record()
 
@@ -120,6 +134,7 @@ class ReturnForecast:
         to end, `predicted_s` x DEFERRED_SLOWDOWN."""
         dw = self.deferred_wait
         left = dw.priced(lasted_s, workflow) if self.spread_demoted \
+            else dw.mean_residual(lasted_s, workflow) if self.demoted_mean \
             else dw.residual(lasted_s, workflow)
         if left is None:
             return predicted_s * DEFERRED_SLOWDOWN, False

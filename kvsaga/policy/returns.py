@@ -79,6 +79,11 @@ class WaitSamples:
             self._suffix = list(accumulate(reversed(xs)))[::-1] + [0.0]
         return (self._suffix[i] - n * waited_s) / n
 
+    def mean_residual(self, waited_s: float, workflow: str | None = None) -> float | None:
+        """Mean seconds still to wait after `waited_s` (`residual`: this record's forecast
+        is the mean already)."""
+        return WaitSamples.residual(self, waited_s, workflow)
+
 
 class WorkflowWaits(WaitSamples):
     """Observed waits pooled and per workflow; the forecast is the *median* time still to
@@ -139,3 +144,22 @@ class WorkflowWaits(WaitSamples):
                 x, got, j = pool[j], got + w_pool, j + 1
             if got >= half - 1e-12 or (i >= len(own_xs) and j >= len(pool)):
                 return x - waited_s
+
+    def mean_residual(self, waited_s: float, workflow: str | None = None) -> float | None:
+        """*Mean* seconds still to wait after `waited_s`, over the same mixture as
+        `residual` (the workflow's waits beyond `waited_s` one each, the pooled ones
+        `prior` in all); `waited_s` itself once every sample is shorter; None with no
+        samples. graph's `demoted_mean` reads it (return_forecast.py says why)."""
+        pool = self._sorted
+        if not pool:
+            return None
+        own_xs = self.by_workflow[workflow]._sorted if workflow in self.by_workflow else []
+        i, j = bisect_right(own_xs, waited_s), bisect_right(pool, waited_s)
+        a, b = len(own_xs) - i, len(pool) - j
+        if a == 0 and b == 0:
+            return waited_s
+        own_left = sum(own_xs[i:]) - a * waited_s
+        if b == 0:
+            return own_left / a
+        pool_left = (sum(pool[j:]) - b * waited_s) / b  # the pooled mean residual
+        return (own_left + self.prior * pool_left) / (a + self.prior)

@@ -11,6 +11,7 @@ from kvsaga.policy import GraphPolicy
 from kvsaga.policy.returns import TRACKED_WORKFLOWS, WaitSamples, WorkflowWaits
 from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_graph import _demoted_and_admitted
+from tests.policy.test_scenarios import train
 
 
 def _weighted_median_residual(own: list[float], pool: list[float], prior: float,
@@ -137,3 +138,63 @@ def test_graph_learns_demotions_per_workflow():
     policy.session_deferred(m.sessions["d"], False, 1.5)
     run_step(m, "d", tokens(200, 13), now=2.0, tool="grep")
     assert policy.returns.deferred_wait.by_workflow["default"]._sorted == [pytest.approx(1.7)]
+
+
+def _weighted_mean_residual(own: list[float], pool: list[float], prior: float,
+                            waited: float) -> float | None:
+    """The definition, by brute force: the mean of x - waited over the waits above
+    `waited`, own ones weighing 1 each, pooled ones `prior` in all."""
+    if not pool:
+        return None
+    mine = [x for x in own if x > waited]
+    pooled = [x for x in pool if x > waited]
+    if not mine and not pooled:
+        return waited
+    items = [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
+    return sum((x - waited) * w for x, w in items) / sum(w for _, w in items)
+
+
+def test_mean_residual_is_the_mixtures_mean():
+    rng = random.Random(7)
+    for _ in range(200):
+        w = WorkflowWaits(prior=rng.choice([0.5, 4.0]))
+        own, pool = [], []
+        for _ in range(rng.randint(1, 30)):
+            x = round(rng.lognormvariate(0.0, 1.5), 3)
+            wf = rng.choice(["a", "b"])
+            w.add(x, wf)
+            pool.append(x)
+            if wf == "a":
+                own.append(x)
+        q = rng.choice([0.0, 0.5, 2.0, 50.0])
+        assert w.mean_residual(q, "a") == pytest.approx(
+            _weighted_mean_residual(own, pool, w.prior, q))
+    assert WorkflowWaits(prior=4.0).mean_residual(0.0) is None
+    flat = WaitSamples()
+    for x in (1.0, 2.0, 100.0):
+        flat.add(x)
+    assert flat.mean_residual(0.5) == flat.residual(0.5) == pytest.approx((0.5 + 1.5 + 99.5) / 3)
+
+
+def test_demoted_mean_evicts_a_demoted_session_the_median_keeps():
+    """Demotions seen: 1, 1.2 and 50 s; d demoted 0.7 s ago, `a` paused on a 5 s tool.
+    The median residual demotion (0.5 s) keeps d before a; the mean (16.7 s) evicts d
+    first: with `demoted_mean` graph drops the heavy-tailed demoted context, as ttl does."""
+    victims = {}
+    for mean in (False, True):
+        policy = GraphPolicy(demoted_mean=mean)
+        train(policy.graph, "grep", 0.1)
+        train(policy.graph, "lint", 5.0)
+        m = make(policy, num_blocks=8)
+        run_step(m, "d", tokens(200, 12), now=0.0, tool="grep")  # 3 blocks
+        m.resume_hint("d", now=0.2)
+        policy.session_deferred(m.sessions["d"], True, 0.3)
+        run_step(m, "a", tokens(100, 12), now=1.0, tool="lint")  # 3 blocks
+        for x in (1.0, 1.2, 50.0):
+            policy.returns.deferred_wait.add(x, "default")
+        want = (0.3 + 0.5 + 49.3) / 3 if mean else 1.2 - 0.7
+        assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(want)
+        victims[mean] = policy._owner[policy.choose_victims(1, 1.0)[0]]
+    assert victims == {False: "a", True: "d"}
+    with pytest.raises(ValueError, match="demoted_mean"):
+        GraphPolicy(demoted_mean="yes")

@@ -1,0 +1,45 @@
+"""bench/policies_decisions.py: one policy's victims against another's at the same pool
+state, on fit seeds only, without disturbing the run it reads them from."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from tests.bench.test_policies import load
+
+
+def test_sooner_pairs_counts_pairs_where_mine_is_read_first():
+    mod = load("policies_decisions")
+    mine, theirs = [1.0, 5.0, math.inf], [2.0, 5.0, math.inf, 0.5]
+    want = sum(1.0 if x < y else 0.5 if x == y else 0.0
+               for x, y in itertools.product(mine, theirs))
+    assert mod._sooner_pairs(mine, theirs) == (pytest.approx(want), 12)
+
+
+def test_an_evaluation_seed_is_refused():
+    mod = load("policies_decisions")
+    with pytest.raises(ValueError, match="not a fit seed"):
+        mod.decisions("swe", 931, 1000, "graph", "ttl")
+    with pytest.raises(SystemExit):
+        mod.main(["--seed", "941"])
+    with pytest.raises(SystemExit):
+        mod.main(["--pair", "graph,graph"])
+
+
+def test_the_shadow_leaves_the_leaders_run_as_it_is_alone():
+    """The leader's recomputation with the shadow naming victims beside it is its solo
+    run's; the counts add up (leader-only victims by class, kept blocks read at most once)."""
+    mod = load("policies_decisions")
+    P = load()
+    peak, longest = P._peak("swe+bfcl", 402)
+    blocks = P._blocks(peak, longest, 0.6)
+    r = mod.decisions("swe+bfcl", 402, blocks, "graph", "ttl")
+    assert r["recomputed"] == mod.solo("swe+bfcl", 402, blocks, "graph")
+    assert 0 < r["differ"] < r["searches"]
+    assert sum(v for k, v in r.items() if k.startswith("mine:")) == r["only"]
+    assert 0 <= r["earned"] <= r["kept"]
+    assert r["lost"] <= r["only"]
+    assert r["worse_step"] + r["better_step"] <= r["differ"]
