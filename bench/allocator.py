@@ -29,7 +29,7 @@ bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
                               [--instructions COUNTS] [--cache-misses COUNTS]
-                              [--profile POLICY] [--policies SPECS]
+                              [--profile POLICY] [--miss-split COUNT] [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
@@ -45,7 +45,9 @@ table amortizes the full re-key that relearning does; a fourth times the whole s
 (begin_step, allocate_slots, finish_step), where a policy's work outside the allocation
 (adaptive's shadow caches) shows.
 The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
-instead, the cProfile of that policy's same-instant allocations at the first --paused count.
+instead, the cProfile of that policy's same-instant allocations at the first --paused count;
+--miss-split COUNT, instead, each policy's cache misses at COUNT paused sessions split by
+where they occur (the interpreter, the C++ index, the manager's C++ core, libc and libm).
 """
 
 from __future__ import annotations
@@ -391,6 +393,10 @@ def main() -> None:
     ap.add_argument("--profile", metavar="POLICY",
                     help="with --eviction-scaling: cProfile one policy's timed allocations "
                          "at the first --paused count instead of the tables")
+    ap.add_argument("--miss-split", metavar="COUNT", type=int,
+                    help="with --eviction-scaling: instead of the tables, last-level cache "
+                         "misses per allocated block at COUNT paused sessions split by where "
+                         "they occur (callgrind; minutes)")
     ap.add_argument("--policies", metavar="SPECS",
                     help="with --eviction-scaling: policy specs side by side, lru among them "
                          "(default: every online policy at its defaults), e.g. "
@@ -410,10 +416,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.eviction_scaling:
         # bench/eviction_scaling.py imports this module's cache set-up and section writer.
-        from eviction_scaling import profile_eviction, scaling_main
+        from eviction_scaling import miss_split, profile_eviction, scaling_main
 
         if args.profile:
             print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
+        elif args.miss_split:
+            from policies import split_specs
+
+            specs = tuple(split_specs(args.policies)) if args.policies else ("lru", "ttl",
+                                                                           "graph", "saga",
+                                                                           "adaptive")
+            print("\n".join(miss_split(args.miss_split, specs, args.repeat)))
         else:
             scaling_main(args)
         return

@@ -362,31 +362,12 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
     amortized)}}."""
     require_valgrind("--cache-misses" if cache_misses else "--instructions")
     figures: dict[str, dict[int, tuple[float, float, float]]] = {p: {} for p in policies}
-    here = Path(__file__).resolve().parent
     per = 2 * repeat + 1
-    calls_per = 2 if cache_misses else 1  # (with a flush counted before each allocation)
     with tempfile.TemporaryDirectory() as tmp:
         for n in counts:
-            child = (f"import sys; sys.path.insert(0, {str(here)!r}); "
-                     f"from eviction_scaling import count_child; "
-                     f"count_child({n}, {list(policies)!r}, {repeat}, {cache_misses})")
-            out = Path(tmp) / str(n)
-            out.mkdir()
-            r = subprocess.run(
-                ["valgrind", "--tool=callgrind", *(CACHE_SIM if cache_misses else ()),
-                 "--collect-atstart=no", "--toggle-collect=_operator_call",
-                 "--dump-after=_operator_call",
-                 f"--callgrind-out-file={out}/cg.out", sys.executable, "-c", child],
-                capture_output=True, text=True, check=False)
-            # One dump per counted call, cg.out.1, cg.out.2, ...: its "totals:" line.
-            dumps = sorted(out.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
+            dumps, periods = _callgrind_calls(Path(tmp) / str(n), n, policies, repeat,
+                                              cache_misses)
             calls = [_dump_figure(f.read_text(), cache_misses) for f in dumps]
-            calls = [c for c in calls if c is not None][calls_per - 1::calls_per]
-            if r.returncode or len(calls) != per * len(policies) or not min(calls):
-                raise SystemExit(f"callgrind counted {len(calls)} calls at {n} paused "
-                                 f"sessions, not {per} per policy (this Python needs its "
-                                 f"_operator_call symbol): {r.stderr[-2000:]}")
-            periods = json.loads(r.stdout.strip().splitlines()[-1])
             for i, p in enumerate(policies):
                 c = [x / new_blocks for x in calls[i * per:(i + 1) * per]]
                 same, apart = min(c[:repeat]), min(c[repeat:2 * repeat])
@@ -414,6 +395,86 @@ def instruction_counts(counts: list[int], policies: tuple[str, ...], repeat: int
                          + _judged(ratio, 2.0, "worst"))
         lines.append("")
     return lines, figures
+
+
+def _callgrind_calls(out: Path, paused: int, policies: tuple[str, ...], repeat: int,
+                     cache_misses: bool) -> tuple[list[Path], list[float]]:
+    """Run `count_child` under callgrind into the new folder `out`: the dumps of the
+    counted allocations (2 x `repeat` + 1 per policy, in order; the flushes' dumps left
+    out) and each policy's relearning period."""
+    here = Path(__file__).resolve().parent
+    per = 2 * repeat + 1
+    calls_per = 2 if cache_misses else 1  # (with a flush counted before each allocation)
+    child = (f"import sys; sys.path.insert(0, {str(here)!r}); "
+             f"from eviction_scaling import count_child; "
+             f"count_child({paused}, {list(policies)!r}, {repeat}, {cache_misses})")
+    out.mkdir()
+    r = subprocess.run(
+        ["valgrind", "--tool=callgrind", *(CACHE_SIM if cache_misses else ()),
+         "--collect-atstart=no", "--toggle-collect=_operator_call",
+         "--dump-after=_operator_call",
+         f"--callgrind-out-file={out}/cg.out", sys.executable, "-c", child],
+        capture_output=True, text=True, check=False)
+    # One dump per counted call, cg.out.1, cg.out.2, ...: its "totals:" line.
+    dumps = sorted(out.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
+    dumps = [f for f in dumps if _dump_figure(f.read_text(), cache_misses) is not None]
+    dumps = dumps[calls_per - 1::calls_per]
+    if r.returncode or len(dumps) != per * len(policies) or not min(
+            _dump_figure(f.read_text(), cache_misses) for f in dumps):
+        raise SystemExit(f"callgrind counted {len(dumps)} calls at {paused} paused "
+                         f"sessions, not {per} per policy (this Python needs its "
+                         f"_operator_call symbol): {r.stderr[-2000:]}")
+    return dumps, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# A function's line of callgrind_annotate: three counts, each maybe with its share, then
+# the function and its object file.
+_COUNT = r"([\d,]+|\.)\s*(?:\([^)]*\))?\s+"
+_ANNOTATED = re.compile(r"\s*" + _COUNT * 3 + r"(\S.*)$")
+# Where a miss is charged in `miss_split`: the object file of the function it occurs in.
+PARTS = (("interpreter", r"libpython|/Python-\d"), ("index (C++)", "_evict"),
+         ("manager core (C++)", "_kvcore"), ("libc, libm", "libc.so|libm.so"))
+
+
+def miss_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
+               new_blocks: int = 128) -> list[str]:
+    """Where each policy's last-level cache misses per allocated block go (`--cache-misses`'
+    count, the fewest of its `repeat` allocations at one instant), split by the object
+    file of the function that misses (callgrind_annotate): the Python interpreter (the
+    Python code run and the Python objects it reads), the victim index (kvsaga._evict),
+    the manager's C++ core, libc and libm, the rest. Markdown lines."""
+    require_valgrind("--miss-split")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dumps, _ = _callgrind_calls(Path(tmp) / "c", paused, policies, repeat, True)
+        per = 2 * repeat + 1
+        for i, p in enumerate(policies):
+            same = dumps[i * per:i * per + repeat]
+            best = min(same, key=lambda f: _dump_figure(f.read_text(), True))
+            text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
+                                   "--show=ILmr,DLmr,DLmw", str(best)],
+                                  capture_output=True, text=True, check=True).stdout
+            parts = [0] * (len(PARTS) + 1)
+            for line in text.splitlines():
+                m = _ANNOTATED.match(line)
+                if m is None or "PROGRAM TOTALS" in line or "100.0%" in line:
+                    continue
+                n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
+                j = next((j for j, (_, pat) in enumerate(PARTS) if re.search(pat, m[4])),
+                         len(PARTS))
+                parts[j] += n
+            rows.append((p, [x / new_blocks for x in parts]))
+    lru = sum(dict(rows).get("lru", rows[0][1]))
+    head = " | ".join(name for name, _ in PARTS)
+    lines = [f"Last-level cache misses per allocated block at {paused:,} paused sessions, "
+             "allocations at one instant, by where they occur (callgrind_annotate's "
+             "functions by object file; a count, so the machine's load does not move it):",
+             "", f"| policy | {head} | other | total | total / lru |",
+             "|---|" + "---:|" * (len(PARTS) + 3)]
+    for p, parts in rows:
+        lines.append(f"| {p} | " + " | ".join(f"{x:,.1f}" for x in parts)
+                     + f" | {sum(parts):,.1f} | {sum(parts) / lru:.2f}x |")
+    return lines + [""]
 
 
 def _dump_figure(text: str, cache_misses: bool) -> int | None:

@@ -38,6 +38,7 @@
 #include "session_push.h"
 #include "timed_record.h"
 #include "timer_wheel.h"
+#include "victim_runs.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -84,29 +85,29 @@ class SessionHeap {
   // changes), due; then, when no due session is left for Python, restore and runs.
   nb::tuple refresh_runs(double now, nb::handle drops, nb::handle pushes, int64_t num_blocks,
                          int64_t stale_limit) {
-    if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
-    nb::object ds = nb::steal(PySequence_List(drops.ptr()));
-    if (!ds.is_valid()) throw_current();
-    nb::object ps = nb::steal(PySequence_List(pushes.ptr()));
-    if (!ps.is_valid()) throw_current();
-    Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
-    for (Py_ssize_t i = 0; i < nd; ++i)
-      if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
-    std::vector<Pushed> read;
-    read.reserve(np);
-    for (Py_ssize_t i = 0; i < np; ++i)
-      read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
-    if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
-    for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
-    for (const Pushed& p : read) apply(p, now);
-    nb::list due_now = due(now);
+    nb::list due_now = refresh(now, drops, pushes, stale_limit);
     if (PyList_GET_SIZE(due_now.ptr()) > 0) return nb::make_tuple(due_now, nb::none());
     restore();
     if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none());
     return nb::make_tuple(nb::none(), runs(num_blocks));
   }
 
-  // Push `p` (read by `read_push`).
+  // `refresh_runs` and, with the runs, their victims off `groups` (session_heap.py
+  // `refresh_victims`): (due, runs, victims), the last two None where refresh_runs gives
+  // no runs.
+  nb::tuple refresh_victims(double now, nb::handle drops, nb::handle pushes,
+                            int64_t num_blocks, int64_t stale_limit, nb::handle groups) {
+    if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
+    nb::list due_now = refresh(now, drops, pushes, stale_limit);
+    if (PyList_GET_SIZE(due_now.ptr()) > 0)
+      return nb::make_tuple(due_now, nb::none(), nb::none());
+    restore();
+    if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none(), nb::none());
+    nb::list taken = runs(num_blocks);
+    return nb::make_tuple(nb::none(), taken, victim_runs::tail_victims(groups, taken));
+  }
+
+  // Push `p` (read by `read_push`).  // Push `p` (read by `read_push`).
   void apply(const Pushed& p, double now) {
     const Timed& t = p.t;
     const TableKey& tk = p.tk;
@@ -368,6 +369,26 @@ class SessionHeap {
     return slot;
   }
 
+  // `refresh_runs` up to its `due`: the sessions due for Python.
+  nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit) {
+    if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
+    nb::object ds = nb::steal(PySequence_List(drops.ptr()));
+    if (!ds.is_valid()) throw_current();
+    nb::object ps = nb::steal(PySequence_List(pushes.ptr()));
+    if (!ps.is_valid()) throw_current();
+    Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
+    for (Py_ssize_t i = 0; i < nd; ++i)
+      if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
+    std::vector<Pushed> read;
+    read.reserve(np);
+    for (Py_ssize_t i = 0; i < np; ++i)
+      read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
+    if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
+    for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
+    for (const Pushed& p : read) apply(p, now);
+    return due(now);
+  }
+
   // A new live entry of `slot`, and its timer when `until` is finite.
   void enter(double k0, double k1, int32_t slot, double until, double now) {
     const Timed& t = timed_[slot];
@@ -500,6 +521,11 @@ NB_MODULE(_evict, m) {
            "among"_a.none() = nb::none())
       .def("refresh_runs", &SessionHeap::refresh_runs, "now"_a, "drops"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a)
+      .def("refresh_victims", &SessionHeap::refresh_victims, "now"_a, "drops"_a, "pushes"_a,
+           "num_blocks"_a, "stale_limit"_a, "groups"_a)
+      .def_static("tail_victims", &victim_runs::tail_victims, "groups"_a, "runs"_a)
+      .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,
+                  "dirty"_a)
       .def("clear", &SessionHeap::clear);
   // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
   nb::class_<ghost::GhostList>(m, "GhostList")

@@ -117,6 +117,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._now = 0.0
         self._ending: str | None = None
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
+        self._runs: list[tuple[str, int]] = []  # the index's runs of the last whole search
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}
@@ -126,6 +127,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         # What the pool's calls mark dirty, and whose `_cached_at` they stamp: this policy
         # alone, or also the policies that share its block tracking (`share_blocks`).
         self._mark = self._dirty.add
+        self._dirty_sets: tuple[set[str], ...] = (self._dirty,)  # the sets `_mark` adds to
         self._sharing: tuple[GroupedPolicy, ...] = (self,)
         self._global: Hashable = None
         self._learned = 0  # learning events so far
@@ -196,6 +198,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
 
         self._sharing = sharing
         self._mark = mark
+        self._dirty_sets = dirty
 
     def _touch(self, now: float) -> None:
         # Any hook but the pool's own ends the release that follows an end_session.
@@ -379,29 +382,16 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         """Uncache `block_ids` when they are runs of live sessions' blocks, each run the
         tail of its session's group (a victim search's answer: this policy's own, or, in
         `adaptive`, the leading expert's as every other expert sees it): one slice off each
-        group, with no Python work per block. Their `_where` / `_owner` marks stay (stale
-        OWNED): only a CACHED block's marks are ever read, and `block_cached`
-        rewrites them. `runs`: their runs (session, count), from the last search's record
-        when these are its victims, else `_owner_runs`. Returns False, nothing done, for any
-        other batch."""
+        group, with no Python work per block or run (the index's `cut_tails`,
+        kvsaga/policy/victim_runs.py: one C++ call on the C++ index). Their `_where` /
+        `_owner` marks stay (stale OWNED): only a CACHED block's marks are ever read, and
+        `block_cached` rewrites them. `runs`: their runs (session, count), from the last
+        search's record when these are its victims, else `_owner_runs`. Returns False,
+        nothing done, for any other batch."""
         if runs is None:
             return False
-        groups, seen, i = self.groups, set(), 0
-        for sid, k in runs:
-            g = groups.get(sid)
-            if g is None or sid in seen or g[:k] != block_ids[i:i + k]:
-                return False  # not its tail, or its group twice: block by block
-            seen.add(sid)
-            i += k
-        mark = self._mark
-        for sid, k in runs:
-            g = groups[sid]
-            if k == len(g):
-                del groups[sid]
-            else:
-                del g[:k]
-            mark(sid)
-        return True
+        return self._index.cut_tails(self.groups, runs, block_ids if type(block_ids) is list
+                                     else list(block_ids), self._dirty_sets)
 
     def _owner_runs(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
         """The runs (session, count) of `block_ids` when all are owned blocks, read off

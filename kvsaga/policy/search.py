@@ -200,21 +200,18 @@ class VictimSearch:
         # index's top names leaves whole, tail first, until the count is reached.
         whole = not (len(self.dead) or len(self.plain)) and (
             self._one_key or self._keys_nonincreasing())
-        runs = self._refresh(now, num_blocks if whole else -1)
+        out = self._refresh(now, num_blocks if whole else -1)
         if whole and not (self._one_key or self._keys_nonincreasing()):
             # Keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
             # the runs taken go back, and the general search merges.
             self._index.restore()
             whole = False
-        out: list[int] = []
         # The index keeps the sessions it names aside: eviction re-keys them; the next
         # search puts back those it did not (a caller that only asks, as `eviction_order`).
         if whole:
-            groups = self.groups
-            for sid, k in runs:
-                out += groups[sid][:k]
-            self._plan = (out.copy(), runs)  # its uncaching needs no work per block
+            self._plan = (out.copy(), self._runs)  # its uncaching needs no work per block
             return out
+        out = []
         streams = self._queue_streams(now) if len(self.dead) or len(self.plain) else []
         try:
             self._merge_victims(num_blocks, streams, out)
@@ -272,12 +269,13 @@ class VictimSearch:
                     break
                 out.append(nb)
 
-    def _refresh(self, now: float, num_blocks: int = -1) -> list[tuple[Any, int]] | None:
+    def _refresh(self, now: float, num_blocks: int = -1) -> list[int] | None:
         """Re-key the sessions whose key may have changed since the last search; then, for
-        `num_blocks` >= 0, take the index's runs for that many blocks (`runs`) and return
-        them. The usual search (no full re-key) is one index call, `refresh_runs`: the
-        drops, the keys Python computed for the sessions marked since, the time-driven
-        re-keys and the runs, where each used to be a call of its own into the index."""
+        `num_blocks` >= 0, take the index's runs for that many blocks (into `_runs`) and
+        return their victims (`tail_victims`). The usual search (no full re-key) is one
+        index call, `refresh_victims`: the drops, the keys Python computed for the sessions
+        marked since, the time-driven re-keys, the runs and their victims, where each used
+        to be a call of its own into the index or a Python loop."""
         index = self._index
         state = self._global_state(now)
         relearn = (self._learned != self._learned_at_rebuild
@@ -304,8 +302,8 @@ class VictimSearch:
             classes, known = self._classes, len(self._classes)
             try:
                 pushes = self._keys(live, now, bases)
-                due, runs = index.refresh_runs(now, gone, pushes, num_blocks,
-                                               2 * len(groups) + 64)
+                due, self._runs, out = index.refresh_victims(
+                    now, gone, pushes, num_blocks, 2 * len(groups) + 64, groups)
             except BaseException:
                 for sig in list(classes)[known:]:  # the class ids this keying gave
                     self._sig_of.pop(classes.pop(sig), None)
@@ -316,14 +314,13 @@ class VictimSearch:
             base_of.update(bases)
             dirty.clear()
             if due is None:
-                return runs
+                return out
             # Due sessions that only Python keys (their class's keys unknown, or past its
             # limit): many at once go by class (an idle expert's turn).
             if len(due) >= _BY_CLASS and self.class_keys:
                 due = self._rekey_by_class(due, now)
             self._drop_or_rekey(set(due), now)
-            index.restore()
-            return index.runs(num_blocks) if num_blocks >= 0 else None
+            return self._take_runs(num_blocks)
         learned_before = self._learned_at_rebuild
         self._global = state
         self._learned_at_rebuild = self._learned
@@ -342,8 +339,17 @@ class VictimSearch:
             self._learned_at_rebuild = learned_before
             raise
         dirty.clear()
+        return self._take_runs(num_blocks)
+
+    def _take_runs(self, num_blocks: int) -> list[int] | None:
+        """`_refresh`'s end after Python keyed sessions: put back what earlier searches took
+        aside, then the index's runs for `num_blocks` (>= 0; into `_runs`) and their victims."""
+        index = self._index
         index.restore()
-        return index.runs(num_blocks) if num_blocks >= 0 else None
+        if num_blocks < 0:
+            return None
+        self._runs = runs = index.runs(num_blocks)
+        return index.tail_victims(self.groups, runs)
 
     def _drop_or_rekey(self, sids: set[str], now: float) -> None:
         """Re-key those of `sids` that hold cached blocks; drop the others from the index."""

@@ -51,6 +51,7 @@ from typing import Any
 
 from kvsaga.policy.lognormal import LogNormalDist, resume_prediction, resume_window
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
+from kvsaga.policy.victim_runs import cut_tails, tail_victims
 
 Key = tuple[float, float]
 # (cls, k, k0, value, mode, t0, limit, extra, mult): `value` a float (modes 0, 1) or the
@@ -492,6 +493,23 @@ class PySessionHeap:
             return due, None
         self.restore()
         return None, (self.runs(num_blocks) if num_blocks >= 0 else None)
+
+    def refresh_victims(self, now: float, drops: Iterable[Hashable], pushes: Iterable[tuple],
+                        num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]]
+                        ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None,
+                                   list[int] | None]:
+        """`refresh_runs`, and with its runs their victims (`tail_victims` of `groups`):
+        (due, runs, victims), runs and victims None where `refresh_runs` gives no runs.
+        The C++ index builds the victims in the same call: the usual search's index work
+        and its answer are one dispatch."""
+        if not isinstance(groups, dict):
+            raise TypeError("groups must be a dict")
+        due, runs = self.refresh_runs(now, drops, pushes, num_blocks, stale_limit)
+        return due, runs, (None if runs is None else self.tail_victims(groups, runs))
+
+    # A search's runs off the session groups (kvsaga/policy/victim_runs.py).
+    tail_victims = staticmethod(tail_victims)
+    cut_tails = staticmethod(cut_tails)
 
     def clear(self) -> None:
         """Forget every session (a full re-key follows)."""

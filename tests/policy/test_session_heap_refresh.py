@@ -152,7 +152,8 @@ def test_victims_are_the_same_on_either_index(spec, seed, workload):
 
 
 class _Refusing:
-    """An index whose `refresh_runs` raises (as on a bad push); the rest is the real one's."""
+    """An index whose `refresh_runs` and `refresh_victims` raise (as on a bad push); the
+    rest is the real one's."""
 
     def __init__(self, real):
         self._real = real
@@ -165,6 +166,8 @@ class _Refusing:
 
     def refresh_runs(self, *args):
         raise ValueError("refresh_runs: push 0: refused")
+
+    refresh_victims = refresh_runs
 
 
 @pytest.mark.parametrize("spec", ["ttl", "graph"])
