@@ -35,12 +35,18 @@ search, mean over searches (live contexts held at once). Equal run-level figures
 per-decision share that favours the loser point at its decisions; a share that favours it
 beside a worse run points at what its choices do later (the cascade).
 
+`--admission` separates ranking from admission: the workflow scheduler predicts working
+sets, tool times and step counts from the policy's `graph` (lru has none), so two policies
+differ in both. Each ranking of the pair runs under each one's admission graph.
+
 What it cannot see: the shadow's choices are read off the leader's pool, never played
 out. The leader's recomputed tokens are printed beside its solo run's (`solo`): equal, or
 the shadow's searches disturbed it.
 
     python bench/policies_decisions.py --trace swe+bfcl --seed 402 --fraction 0.6
     python bench/policies_decisions.py --trace swe --seed 402 --fraction 0.3 --smooth
+    python bench/policies_decisions.py --trace assistant --seed 101 --fraction 0.3 \
+        --pair graph,lru --smooth --admission
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from collections import defaultdict
 import policies as P  # bench/ is on the path when run as a script
 from policies_smooth import pool_sizes
 
-from kvsaga.policy import make_policy
+from kvsaga.policy import AdaptivePolicy, make_policy
 from kvsaga.pool import FREE
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -192,6 +198,52 @@ def decisions(name: str, seed: int, blocks: int, leader: str, shadow: str) -> di
     return out
 
 
+class _Crossed(AdaptivePolicy):
+    """The first expert ranks for the whole run (an endless epoch); the scheduler reads the
+    Execution Graph of the expert `admitted_by` names (None: lru's, no graph)."""
+
+    admitted_by = 0
+
+    @property
+    def graph(self):
+        return getattr(self.experts[self.admitted_by].policy, "graph", None)
+
+
+def crossed(name: str, seed: int, blocks: int, ranking: str, admission: str) -> int:
+    """Recomputed tokens of `ranking`'s victims under the admission that `admission`'s
+    graph gives the workflow scheduler (which predicts working sets, tool times and step
+    counts from the policy's `graph`; lru has none): ranking and admission apart."""
+    if seed not in P.TUNE_SEEDS:
+        raise ValueError(f"seed {seed} is not a fit seed {P.TUNE_SEEDS}")
+    trace = P.build_trace(name, seed)
+    config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="adaptive")
+    pol = _Crossed(cost=config.cost, experts=(ranking, admission), shadow_cache=False,
+                   realized=True, epoch_pools=ENDLESS)
+    pol.admitted_by = 1
+    return Simulator(trace, config, policy=pol).run().recomputed_tokens
+
+
+def admission_report(name: str, seed: int, frac: float, pair: list[str],
+                     smooth: bool) -> list[str]:
+    """`--admission`: each ranking of the pair under each one's admission (mean over the
+    pool sizes); the diagonal is each policy as it runs alone."""
+    peak, longest = P._peak(name, seed)
+    own = P._blocks(peak, longest, frac)
+    sizes = pool_sizes(own, longest) if smooth else [own]
+    lines = []
+    for ranking in pair:
+        cells = []
+        for admission in pair:
+            if admission == ranking:
+                x = sum(solo(name, seed, b, ranking) for b in sizes)
+            else:
+                x = sum(crossed(name, seed, b, ranking, admission) for b in sizes)
+            cells.append(f"{x / len(sizes) / 1e6:.4f}")
+        lines.append(f"| {name} | {seed} | {frac:.0%} | {sizes[0]}-{sizes[-1]} | {ranking} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def solo(name: str, seed: int, blocks: int, policy: str) -> int:
     trace = P.build_trace(name, seed)
     config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy=policy)
@@ -258,12 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.6)
     p.add_argument("--pair", default="graph,ttl", help="leader,shadow (each also leads)")
     p.add_argument("--smooth", action="store_true", help="sum over the five pool sizes")
+    p.add_argument("--admission", action="store_true",
+                   help="each ranking under each policy's admission graph instead")
     args = p.parse_args(argv)
     if args.seed not in P.TUNE_SEEDS:
         p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}")
     pair = args.pair.split(",")
     if len(pair) != 2 or pair[0] == pair[1]:
         p.error(f"--pair must name two different policies, got {args.pair!r}")
+    if args.admission:
+        print("| trace | seed | capacity | pool sizes | ranking | "
+              + " | ".join(f"admitted with {x}'s graph (M, mean)" for x in pair) + " |\n"
+              "|---|---:|---:|---|---|" + "---:|" * len(pair))
+        for line in admission_report(args.trace, args.seed, args.fraction, pair, args.smooth):
+            print(line, flush=True)
+        return 0
     print(HEADER)
     for line in report(args.trace, args.seed, args.fraction, pair, args.smooth):
         print(line, flush=True)

@@ -43,3 +43,19 @@ def test_the_shadow_leaves_the_leaders_run_as_it_is_alone():
     assert 0 <= r["earned"] <= r["kept"]
     assert r["lost"] <= r["only"]
     assert r["worse_step"] + r["better_step"] <= r["differ"]
+
+
+def test_crossed_admission_reads_the_named_experts_graph():
+    """`--admission`: the ranking is the first expert's, the scheduler's graph the second's
+    (lru has none)."""
+    mod = load("policies_decisions")
+    pol = mod._Crossed(experts=("graph", "ttl"), shadow_cache=False, realized=True,
+                       epoch_pools=mod.ENDLESS)
+    pol.admitted_by = 1
+    assert pol.graph is pol.experts[1].policy.graph is not pol.experts[0].policy.graph
+    pol = mod._Crossed(experts=("graph", "lru"), shadow_cache=False, realized=True,
+                       epoch_pools=mod.ENDLESS)
+    pol.admitted_by = 1
+    assert pol.graph is None
+    with pytest.raises(ValueError, match="not a fit seed"):
+        mod.crossed("swe", 941, 1000, "graph", "lru")
