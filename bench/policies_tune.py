@@ -104,17 +104,37 @@ def per_size_pick() -> str:
     return json.loads(TUNE_JSON.read_text(encoding="utf-8"))["pick"]
 
 
+def at_defaults(spec: str) -> bool:
+    """Whether every constant `spec` names is its policy class's default (`graph[median_
+    returns=1]` is plain `graph`; `graph[demoted_mean=1]` is not)."""
+    name, params = parse_spec(spec)
+    defaults = inspect.signature(POLICIES[name]).parameters
+    norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
+    return all(k in defaults and norm(defaults[k].default) == norm(v) for k, v in params.items())
+
+
+def default_spec(tuned: dict) -> str:
+    """The spec whose constants the policies' defaults must be: the smoothed pick when
+    `smoothed_default` adopts it by the check, else the per-size pick."""
+    _, why = smoothed_default(tuned)
+    return tuned["pick"] if why.startswith("it passed") else per_size_pick()
+
+
 def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str]:
     """The default a saved smoothed tuning sets, and why: its pick's policy name if the run
     covered the whole fit set and the pick passes the non-thrash check against the fallback
-    (or is the fallback's policy), else the fallback's policy name. The fallback is the
-    per-size tuning's saved pick (`per_size_pick`) unless given."""
+    (or is the fallback's policy at its default constants: the same policy), else the
+    fallback's policy name. The fallback is the per-size tuning's saved pick
+    (`per_size_pick`) unless given. A pick of the fallback's policy with other constants
+    (`graph[demoted_mean=1]`) changes the default policy's behaviour, so it needs the
+    check as another policy does (seventeenth session: before, the name alone let it
+    through)."""
     incumbent = parse_spec(fallback if fallback is not None else per_size_pick())[0]
     name = parse_spec(tuned["pick"])[0]
     if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
         return incumbent, (f"not the whole fit set ({'; '.join(gaps)}), so its pick does "
                            f"not set the default: the per-size pick `{incumbent}` stays")
-    if name == incumbent:
+    if name == incumbent and at_defaults(tuned["pick"]):
         return name, "the per-size pick's policy, picked again over the whole fit set"
     check = NON_THRASH_CHECKS.get(tuned["pick"])
     if check is None or check.against != incumbent:

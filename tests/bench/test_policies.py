@@ -111,6 +111,7 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
     if tune.fit_set_gaps(smoothed["seeds"], smoothed["candidates"]):  # partial: falls back
         assert name == tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
     assert tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
+    name, params = mod.parse_spec(tune.default_spec(smoothed))
     defaults = inspect.signature(POLICIES[name]).parameters
     for key, value in params.items():
         default = defaults[key].default
@@ -298,6 +299,12 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     name, why = tune.smoothed_default(whole)
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
     assert not tune.NON_THRASH_CHECKS["ttl"].passes
+    # the incumbent's policy with other constants is a change: unchecked, it sets nothing
+    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=1]"},
+                                      fallback="graph[median_returns=1]")
+    assert name == "graph" and "no recorded non-thrash check" in why
+    assert tune.at_defaults("graph[median_returns=1]")
+    assert not tune.at_defaults("graph[demoted_mean=1]")
     other = {**whole, "pick": "ttl[base_ttl_s=30]"}  # ttl's check is of "ttl", not this spec
     assert "no recorded non-thrash check" in tune.smoothed_default(other)[1]
     assert tune.smoothed_default(part, fallback="ttl")[0] == "ttl"  # the per-size pick
