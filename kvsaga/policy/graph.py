@@ -473,8 +473,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             return base, until, (sig, k, 1, base, 0, t0, x, t, self.block_cost(self._pos[group[0]]))
         mult = self.block_cost(self._pos[group[0]])
         if self.class_formulas:  # unhinted: its class's rate at every grid point (mode 4)
-            return base, until, (sig, k, 1, (base, *self._formula(sid, sig, v, now)), 4, t0,
-                                 math.inf, math.inf, mult)
+            # (the memo's formula read here: `_formula` is a call only when it is new)
+            f = self._memo.get(sig) or self._formula(sid, sig, v, now)
+            return base, until, (sig, k, 1, (base, *f), 4, t0, math.inf, math.inf, mult)
         return base, until, (sig, k, 1, base, 0, t0, math.inf, math.inf, mult)
 
     def _formula(self, sid: str, sig: tuple, v, now: float) -> tuple[float, ...]:

@@ -20,7 +20,7 @@ Invariants (checked by `check_integrity`):
 - a block sits in one place; groups are sorted and never empty;
 - a CACHED block's marks (`_where`, `_owner`) say where it sits; an uncached one's say
   UNTRACKED, or OWNED with its old owner only when it left in a run of its group's tail
-  (`_tail_runs`) or a resume's run of its own group (stale, never read: `block_cached`
+  (`blocks_uncached`) or a resume's run of its own group (stale, never read: `block_cached`
   rewrites them; a block uncached one by one has its owner cleared). No per-block record
   of those runs is kept: it would cost a set update per victim.
 The one ownership change the pool does not report is `end_session` turning a session's
@@ -310,11 +310,21 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         """`block_uncached` for a batch. An eviction's victims come as runs of one session's
         blocks, tail first (the first entries of its group), a resume's hits as a run head
         first (the last entries): each run leaves its group in one slice, with no work per
-        block for victims that are whole tails (`_tail_runs`) and for a resume's own run
+        block for victims that are whole tails (`cut_tails`) and for a resume's own run
         (`_reclaimed_head`), by `_cut` otherwise."""
         plan, self._plan = self._plan, None
-        if self._tail_runs(block_ids, plan[1] if plan is not None and plan[0] == block_ids
-                           else self._owner_runs(block_ids)):
+        # Runs of live sessions' blocks, each the tail of its group (a victim search's
+        # answer: this policy's own, or, in `adaptive`, the leading expert's as every other
+        # expert sees it): one slice off each group, with no Python work per block or run
+        # (the index's `cut_tails`, kvsaga/policy/victim_runs.py: one C++ call on the C++
+        # index). Their `_where` / `_owner` marks stay (stale OWNED): only a CACHED
+        # block's marks are ever read, and `block_cached` rewrites them. The runs: the last
+        # search's record when these are its victims, else `_owner_runs`.
+        runs = plan[1] if plan is not None and plan[0] == block_ids else self._owner_runs(
+            block_ids)
+        if runs is not None and self._index.cut_tails(
+                self.groups, runs, block_ids if type(block_ids) is list else list(block_ids),
+                self._dirty_sets):
             return
         k = self._reclaimed_head(block_ids)
         if k:
@@ -358,7 +368,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def _reclaimed_head(self, block_ids: list[int]) -> int:
         """Uncache the run that ends `block_ids` when it is the head of its session's group,
         head first (a resume's hits of the session's own blocks, the retained tail aside):
-        one slice off the group, the run's marks left as `_tail_runs` leaves them (stale
+        one slice off the group, the run's marks left as a tail run leaves them (stale
         OWNED). Returns the run's length, 0 (nothing done) for any other batch."""
         if not block_ids or self._where[block_ids[-1]] != OWNED:
             return 0
@@ -377,21 +387,6 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             del g[-k:]
         self._mark(sid)
         return k
-
-    def _tail_runs(self, block_ids: list[int], runs: list[tuple[str, int]] | None) -> bool:
-        """Uncache `block_ids` when they are runs of live sessions' blocks, each run the
-        tail of its session's group (a victim search's answer: this policy's own, or, in
-        `adaptive`, the leading expert's as every other expert sees it): one slice off each
-        group, with no Python work per block or run (the index's `cut_tails`,
-        kvsaga/policy/victim_runs.py: one C++ call on the C++ index). Their `_where` /
-        `_owner` marks stay (stale OWNED): only a CACHED block's marks are ever read, and
-        `block_cached` rewrites them. `runs`: their runs (session, count), from the last
-        search's record when these are its victims, else `_owner_runs`. Returns False,
-        nothing done, for any other batch."""
-        if runs is None:
-            return False
-        return self._index.cut_tails(self.groups, runs, block_ids if type(block_ids) is list
-                                     else list(block_ids), self._dirty_sets)
 
     def _owner_runs(self, block_ids: list[int]) -> list[tuple[str, int]] | None:
         """The runs (session, count) of `block_ids` when all are owned blocks, read off

@@ -21,7 +21,7 @@ Two ways to run that merge, with the same result for the same keys:
   (one pop gives a session's blocks in one slice when its keys never rise from tail to
   head): O((marked + victim sessions) * log(sessions)). It records its runs (session,
   count); when the pool uncaches the victims, each session's run leaves its group in one
-  slice, with no Python work per block (`_tail_runs`; another policy's victims, as
+  slice, with no Python work per block (`cut_tails`; another policy's victims, as
   adaptive's experts see their leader's, have their runs read off the owner marks). What
   the policies learn (pause fits, admission waits) changes many keys at once: keys are
   recomputed from the current statistics when a session is re-keyed, and all of them once
@@ -133,9 +133,17 @@ class VictimSearch:
     # table; what tests/policy/test_key_formulas.py compares with).
     class_formulas = True
 
+    # Whether the class gives its own `_prepare` / `_global_state`: a search skips the call
+    # of a default that does nothing (each Python call costs a search between two steps
+    # its code's cache misses).
+    _prepares = False
+    _global_keys = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._one_key = cls._entry_key is VictimSearch._entry_key
+        cls._prepares = cls._prepare is not VictimSearch._prepare
+        cls._global_keys = cls._global_state is not VictimSearch._global_state
 
     # -- victims ------------------------------------------------------------------------------
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
@@ -195,7 +203,8 @@ class VictimSearch:
         them at once when its keys never rise from tail to head (`_keys_nonincreasing`).
         """
         self._plan = None
-        self._prepare(now)
+        if self._prepares:
+            self._prepare(now)
         # No dead or plain cache (the usual case): no stream to merge, and each session the
         # index's top names leaves whole, tail first, until the count is reached.
         whole = not (len(self.dead) or len(self.plain)) and (
@@ -277,7 +286,7 @@ class VictimSearch:
         marked since, the time-driven re-keys, the runs and their victims, where each used
         to be a call of its own into the index or a Python loop."""
         index = self._index
-        state = self._global_state(now)
+        state = self._global_state(now) if self._global_keys else None
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))

@@ -221,8 +221,9 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
             extra = t if t < extra else extra  # min() without a call: run per session
             limit = x if x < limit else limit
         if not hinted and self.class_formulas:  # its class's key at every grid point (mode 3)
-            return key, until, (sig, k, key[0], self._formula(sig, view, ttl), 3, paused_at,
-                                limit, extra, 1.0)
+            # (the memo's formula read here: `_formula` is a call only when it is new)
+            f = self._memo.get(sig) or self._formula(sig, view, ttl)
+            return key, until, (sig, k, key[0], f, 3, paused_at, limit, extra, 1.0)
         if key[0] == 2:
             return key, until, (sig, k, 2, key[1], 0, paused_at, limit, extra, 1.0)
         return key, until, (sig, k, 1, value[1] / self._rent, 1, paused_at, limit, extra, 1.0)

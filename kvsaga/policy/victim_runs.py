@@ -66,7 +66,7 @@ def cut_tails(groups: dict[Hashable, list[int]], runs: list[tuple[Hashable, int]
     in order, each run its session's first k blocks (k >= 1) and no session twice:
     delete them (the group itself when k is its length) and add each session to every
     set of `dirty` (the pool uncaching a search's victims). True when done; False,
-    nothing changed, for any other batch. groups.py `_tail_runs` calls it."""
+    nothing changed, for any other batch. groups.py `blocks_uncached` calls it."""
     _check_runs(groups, runs)
     if not isinstance(block_ids, list):
         raise TypeError("block_ids must be a list")
