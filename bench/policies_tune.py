@@ -84,6 +84,15 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
         "fit seeds 101-106: worse at 30 non-thrash figures, 4 by more than 2% (web seed 105 "
         "1x: mean +2.9%, p95 +4.6%); per-seed p95 misses 2 -> 4 (bench/RESULTS.md, \"The "
         "default policy changed to ttl (dfea371): what it does to issue 10's goals\")"),
+    "graph[demoted_mean=1]": NonThrashCheck(
+        "graph", 0,
+        "python bench/policies_check.py --policy 'graph[demoted_mean=1]' --against "
+        "'graph[demoted_mean=0]' --workers 1 (run, before graph's default changed, as "
+        "scheduling_fit.py --policy-check graph with the candidate registered under a bare "
+        "name: the same two arms; 345 s)",
+        "fit seeds 101-106, 41 non-thrash points: worse at 25 figures, none by more than 2% "
+        "(the most: assistant seed 105 1x 25% mean TCT +0.5%), no SLO drop; per-seed p95 "
+        "misses 2 -> 2 (web seed 105 1x 0.93x, bfcl seed 106 1x 25% 0.72x, as graph's)"),
 }
 
 
@@ -134,9 +143,10 @@ def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str
     if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
         return incumbent, (f"not the whole fit set ({'; '.join(gaps)}), so its pick does "
                            f"not set the default: the per-size pick `{incumbent}` stays")
-    if name == incumbent and at_defaults(tuned["pick"]):
-        return name, "the per-size pick's policy, picked again over the whole fit set"
     check = NON_THRASH_CHECKS.get(tuned["pick"])
+    if (check is None or check.against != incumbent) and name == incumbent \
+            and at_defaults(tuned["pick"]):
+        return name, "the per-size pick's policy, picked again over the whole fit set"
     if check is None or check.against != incumbent:
         return incumbent, (f"`{tuned['pick']}` has no recorded non-thrash check against "
                            f"`{incumbent}` (issue 10): the per-size pick stays until it passes")

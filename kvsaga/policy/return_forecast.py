@@ -25,7 +25,9 @@ as graph's options say:
   until its reuse occupies the pool for the whole wait, so the long-run benefit of
   keeping a class of blocks per block-second is E[rebuild] / E[wait] (renewal-reward),
   which calls for the mean wait; the median, below the mean for the heavy-tailed
-  demotions, overvalues them.
+  demotions, overvalues them. graph's default since: the whole-fit-set smoothed tune
+  picked it (worst 1.36x of the best of lru, saga and ttl against 1.40x) and it passed
+  issue 10's non-thrash check (bench/policies_tune.py `NON_THRASH_CHECKS`).
 
 A paused session whose tool has not returned reads the median (or mean) admission wait
 whatever `spread` says. Before any demotion was seen to end, a demoted session is priced by

@@ -300,11 +300,16 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
     assert not tune.NON_THRASH_CHECKS["ttl"].passes
     # the incumbent's policy with other constants is a change: unchecked, it sets nothing
-    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=1]"},
+    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=0]"},
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "no recorded non-thrash check" in why
     assert tune.at_defaults("graph[median_returns=1]")
-    assert not tune.at_defaults("graph[demoted_mean=1]")
+    assert not tune.at_defaults("graph[demoted_mean=0]")
+    # one that passed its recorded check is adopted, its constants the defaults to be
+    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=1]"},
+                                      fallback="graph[median_returns=1]")
+    assert name == "graph" and why.startswith("it passed")
+    assert tune.NON_THRASH_CHECKS["graph[demoted_mean=1]"].passes
     other = {**whole, "pick": "ttl[base_ttl_s=30]"}  # ttl's check is of "ttl", not this spec
     assert "no recorded non-thrash check" in tune.smoothed_default(other)[1]
     assert tune.smoothed_default(part, fallback="ttl")[0] == "ttl"  # the per-size pick

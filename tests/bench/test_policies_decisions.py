@@ -59,3 +59,23 @@ def test_crossed_admission_reads_the_named_experts_graph():
     assert pol.graph is None
     with pytest.raises(ValueError, match="not a fit seed"):
         mod.crossed("swe", 941, 1000, "graph", "lru")
+
+
+def test_a_spec_is_registered_as_a_policy_with_its_constants(monkeypatch):
+    """bench/policies_check.py: `graph[demoted_mean=0]` becomes a name whose policy has
+    that constant; a bad constant or name is refused and nothing is registered."""
+    from kvsaga.policy import POLICIES, make_policy
+    check = load("policies_check")
+    monkeypatch.setattr("kvsaga.policy.POLICIES", dict(POLICIES))
+    import kvsaga.policy as kp
+    monkeypatch.setattr(check, "POLICIES", kp.POLICIES)
+    assert check.register("graph") == "graph"
+    name = check.register("graph[demoted_mean=0]")
+    pol = make_policy(name)
+    assert pol.returns.demoted_mean is False and pol.name == name
+    assert make_policy(name, demoted_mean=True).returns.demoted_mean is True
+    with pytest.raises(TypeError):
+        check.register("graph[no_such=1]")
+    with pytest.raises(ValueError, match="unknown policy"):
+        check.register("nope[a=1]")
+    assert "graph[no_such=1]" not in kp.POLICIES
