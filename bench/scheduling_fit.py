@@ -75,7 +75,11 @@ TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # 53 and 54 (session 15's fresh seeds, chosen by the lead) run once, `--held-out 53,54`,
 # after round 11's choice is landed; 37 and 38 are seen since. 55 and 56 (session 16's,
 # chosen by the lead) run once after round 12 kept the default; 53 and 54 are seen since.
-SEEN_SEEDS, FRESH_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54), (55, 56)
+# 57 and 58 (session 17's, chosen by the lead) run once, `--held-out 57,58`, after round 13
+# kept the default (the fit chose growth_charge "remaining", the veto rejected it and the
+# next, docs/scheduling_fit_history.md); 55 and 56 are seen since.
+SEEN_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54, 55, 56)
+FRESH_SEEDS = (57, 58)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)
