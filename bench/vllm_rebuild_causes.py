@@ -7,13 +7,15 @@ it out of retention.
         --kv-fraction 0.15 --step-s 0.025 --token-s 0.00065
 
 `--breakdown` says how much of an arm's busy time is rebuild; this says why. A retained
-session loses blocks in five ways, each a decision of the connector or its gate:
+session loses blocks in six ways, each a decision of the connector or its gate:
 
 - `shrink`: at a step's finish the gate's admitted contexts outgrew the blocks and it
   demoted the most recently admitted paused session (`SessionGate._shrink`); the connector
   releases the demoted session's blocks to vLLM's LRU;
 - `expired`: a paused session's pause ran past its workflow's observed quantile
   (`SessionGate.expire`, before an admission probe);
+- `shrink:kept`: as `shrink`, with the connector's `keep_demoted`: the demoted session's
+  blocks were kept, then released (first, before the policy's choice) when memory was needed;
 - `pressure:admit`, `pressure:headroom`, `pressure:preempt`: the connector released retained
   blocks in the policy's order for a waiting request's allocation, for the next step's
   decode blocks, or instead of a preemption (`_release_until`'s reasons).
@@ -38,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CAUSES = ("shrink", "expired", "pressure:admit", "pressure:headroom", "pressure:preempt",
-          "mixed", "unreleased")
+CAUSES = ("shrink", "shrink:kept", "expired", "pressure:admit", "pressure:headroom",
+          "pressure:preempt", "mixed", "unreleased")
 
 
 class RebuildCauses:
@@ -125,9 +127,11 @@ def counting(causes: RebuildCauses) -> Iterator[None]:
 
     def release_until(self, free_wanted: int, now: float, reason: str) -> int:
         before = {sid: len(b) for sid, b in self.holds.items()}
+        kept = set(self._demoted)  # `keep_demoted`: these go first, whatever the reason
         out = saved["_release_until"](self, free_wanted, now, reason)
         for sid, n in before.items():
-            causes.release(sid, f"pressure:{reason}", n - len(self.holds.get(sid, ())))
+            causes.release(sid, "shrink:kept" if sid in kept else f"pressure:{reason}",
+                           n - len(self.holds.get(sid, ())))
         return out
 
     def release_session(self, sid: str) -> None:

@@ -24,7 +24,7 @@ def test_rebuilt_blocks_are_charged_to_the_releases_since_the_sessions_last_fini
     c.release("a", "pressure:headroom", 0)  # nothing released: not counted
     assert dict(c.rebuilt) == {"shrink": 8, "mixed": 6, "unreleased": 3}
     assert dict(c.released) == {"shrink": 10, "expired": 3, "pressure:admit": 3}
-    assert c.row(7).startswith("| 7 | 17 | 8 (10) | 0 (3) | 0 (3) | 0 | 0 | 6 | 3 |")
+    assert c.row(7).startswith("| 7 | 17 | 8 (10) | 0 | 0 (3) | 0 (3) | 0 | 0 | 6 | 3 |")
 
 
 def test_shrink_demotions_are_counted_by_how_the_session_was_admitted() -> None:
