@@ -116,7 +116,7 @@ def markdown(srows: list[dict], policies: list[str], wall_s: float, judged: list
         mine = [r for r in srows if r["seed"] in subset]
         if mine and len(mine) < len(srows):
             out += ranking(mine, run, label)
-    for p in judged:
+    for p in dict.fromkeys(judged):  # once each: the default is often `graph` itself
         if p not in run:
             continue
         out += ["", f"Smoothed goal for `{p}`:", ""]

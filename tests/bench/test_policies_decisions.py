@@ -79,3 +79,14 @@ def test_a_spec_is_registered_as_a_policy_with_its_constants(monkeypatch):
     with pytest.raises(ValueError, match="unknown policy"):
         check.register("nope[a=1]")
     assert "graph[no_such=1]" not in kp.POLICIES
+
+
+def test_the_smoothed_goal_is_written_once_per_policy():
+    """`--smooth` judges `DEFAULT_POLICY` and `graph`: when they are one policy, one goal."""
+    smooth = load("policies_smooth")
+    rows = [{"trace": "swe", "seed": 941, "frac": 0.3, "policy": p, "recomputed_tokens": x,
+             "hit_rate": 0.9, "num_gpu_blocks": 100}
+            for p, x in (("lru", 3), ("saga", 2), ("ttl", 2), ("graph", 1))]
+    text = "\n".join(smooth.markdown(rows, ["lru", "saga", "ttl", "graph"], 60.0,
+                                     ["graph", "graph"]))
+    assert text.count("Smoothed goal for `graph`") == 1
