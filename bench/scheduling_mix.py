@@ -362,6 +362,28 @@ def report(workers: int, seeds: list[int] | None = None) -> None:
     print("\n".join(tenant_table(rows)))
 
 
+def set_workflow_defaults(params: dict) -> None:
+    """Make `params` the `workflow` scheduler's defaults in this process (the simulations'
+    forked workers inherit them): `--report --defaults`, the fit's veto, judges a candidate
+    as if it were the default, arms with their own parameters included, with no file
+    changed (docs/scheduling_fit_history.md, round 11 onward).
+
+    Raises:
+        ValueError: a name that is not a `workflow` parameter, or a value it refuses;
+            nothing changed.
+    """
+    from kvsaga import KVCacheManager, KVSpec
+    from kvsaga.scheduler import WorkflowScheduler, make_scheduler
+
+    defaults = WorkflowScheduler.__init__.__kwdefaults__
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"--defaults: workflow has no parameter {unknown[0]!r}")
+    make_scheduler("workflow", KVCacheManager(KVSpec(1, 1, 4, block_size=16), 64),
+                   **params)  # a bad value is refused here, before anything changed
+    defaults.update(params)
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -376,7 +398,18 @@ if __name__ == "__main__":
     ap.add_argument("--report", action="store_true", help="run and print the mixes' rows")
     ap.add_argument("--seeds", metavar="SEEDS", help="with --report: comma-separated seeds "
                     "for both mixes instead of MIX_SEED and NOISY_SEEDS")
+    ap.add_argument("--defaults", type=json.loads, default=None,
+                    help="with --report: the workflow scheduler's defaults set to these "
+                    "parameters (JSON) for the run, as the fit's veto judges a candidate")
     args = ap.parse_args()
+    if args.defaults is not None:
+        if not args.report:
+            ap.error("--defaults applies to --report only")
+        try:
+            set_workflow_defaults(args.defaults)
+        except (ValueError, TypeError) as e:
+            ap.error(str(e))
+        print(f"workflow defaults for this run: {args.defaults}")
     if args.report:
         report(args.workers, [int(x) for x in args.seeds.split(",")] if args.seeds else None)
     elif args.floors:

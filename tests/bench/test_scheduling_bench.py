@@ -317,3 +317,29 @@ def test_held_out_and_non_thrash_run_the_named_policy(mods, monkeypatch):
     assert fit.non_thrash_worse(fit.PREVIOUS, 1, policy="ttl", against="graph") == []
     ran.clear()
     assert fit.non_thrash_worse(fit.PREVIOUS, 1, policy="ttl") == [] and ran == []
+
+
+def test_report_defaults_set_the_workflow_defaults_or_change_nothing():
+    """`scheduling_mix.py --report --defaults` (the fit's veto): a candidate becomes the
+    `workflow` defaults of the process; an unknown name or a refused value is named and
+    changes nothing."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_mix as mix
+    finally:
+        sys.path.remove(str(BENCH))
+    from kvsaga.scheduler import WorkflowScheduler
+
+    defaults = WorkflowScheduler.__init__.__kwdefaults__
+    saved = dict(defaults)
+    try:
+        with pytest.raises(ValueError, match="no parameter 'nope'"):
+            mix.set_workflow_defaults({"growth_charge": "remaining", "nope": 1})
+        with pytest.raises(ValueError, match="growth_reserve must be a number >= 0"):
+            mix.set_workflow_defaults({"growth_charge": "remaining", "growth_reserve": -1})
+        assert defaults == saved
+        mix.set_workflow_defaults({"growth_charge": "remaining", "growth_reserve": 0.5})
+        assert defaults == saved | {"growth_charge": "remaining", "growth_reserve": 0.5}
+    finally:
+        defaults.clear()
+        defaults.update(saved)
