@@ -120,7 +120,10 @@ def at_defaults(spec: str) -> bool:
     returns=1]` is plain `graph`; `graph[demoted_mean=1]` is not)."""
     name, params = parse_spec(spec)
     defaults = inspect.signature(POLICIES[name]).parameters
-    norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
+
+    def norm(v):  # a tuple default against a spec's list of names
+        return list(v) if isinstance(v, tuple | list) else v
+
     return all(k in defaults and norm(defaults[k].default) == norm(v) for k, v in params.items())
 
 
