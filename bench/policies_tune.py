@@ -17,10 +17,15 @@ bench/plots/policies_tune_smooth.json and its own section. That pick is the defa
 if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, the baselines
 and the incumbent among its candidates) and the pick passes issue 10's non-thrash check
 (`NON_THRASH_CHECKS`: `python bench/scheduling_fit.py --policy-check INCUMBENT --policy
-PICK --workers 1`, no non-thrash figure worse by more than 2%, as scheduler candidates pass
-the two-tenant veto); otherwise the per-size pick saved in bench/plots/policies_tune.json
-stays (`smoothed_default`). The lead's rule,
-sixteenth session, after ttl had become the default on a tune over seeds 401, 402 only.
+PICK --workers 1`, no non-thrash figure worse by more than 2%) and issue 10's AFS veto
+(`AFS_CHECKS`: `python bench/policies_check.py --afs --policy PICK --against INCUMBENT
+--workers 1`, the two-tenant mixes of `bench/scheduling_mix.py --report` with each as the
+default policy: no afs_max_slowdown_ratio worse, none met -> missed), as scheduler
+candidates pass both; otherwise the per-size pick saved in bench/plots/policies_tune.json
+stays (`smoothed_default`). The lead's rule, sixteenth session, after ttl had become the
+default on a tune over seeds 401, 402 only; the AFS veto added by the lead in the
+seventeenth, after graph[demoted_mean=1] had become the default on the non-thrash check
+alone and moved the two-tenant mix at 50% from 1.44 (met) to 1.59 (missed).
 """
 
 from __future__ import annotations
@@ -98,6 +103,36 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
 }
 
 
+class AfsCheck(NamedTuple):
+    """Issue 10's AFS veto of a pick against the incumbent, as run and recorded: the
+    default-policy rows of the two-tenant mixes (`policies_check.afs_veto`)."""
+    against: str  # the incumbent it was checked against (a policy name)
+    worse: int  # rows whose afs_max_slowdown_ratio is worse than with `against`
+    met_to_missed: int  # of those, rows that crossed the goal (<= 1.5) from met to missed
+    command: str
+    figures: str
+
+    @property
+    def passes(self) -> bool:
+        return self.worse == 0 and self.met_to_missed == 0
+
+
+# Recorded AFS vetoes, keyed like NON_THRASH_CHECKS. A pick without one has not passed.
+AFS_CHECKS: dict[str, AfsCheck] = {
+    "graph[demoted_mean=1]": AfsCheck(
+        "graph", 5, 2,
+        "python bench/policies_check.py --afs --policy 'graph[demoted_mean=1]' --against "
+        "graph --workers 1 (on 054be8b with graph's default reverted to off, 36 s; issue "
+        "10's lane's by-hand run of the same two arms, 3398bde against c559e5d, printed the "
+        "same figures but noisy seed 2 at 50% 1.74)",
+        "default rows, graph -> graph[demoted_mean=1]: two-tenant mix at 50% 1.44 -> 1.59 "
+        "(the goal <= 1.5 met -> missed), at 100% 2.12 -> 2.21; noisy seed 2 at 25% 1.40 -> "
+        "2.08 (met -> missed), seed 8 at 25% 2.26 -> 2.79, at 50% 2.91 -> 3.09 (better: "
+        "noisy seed 2 at 50% 1.89 -> 1.75, seed 7 at 50% 2.80 -> 2.64, at 25% 2.32 -> 2.26; "
+        "bench/RESULTS.md \"graph's `demoted_mean` default (616d83c) against the AFS goal\")"),
+}
+
+
 def fit_set_gaps(seeds, candidates) -> list[str]:
     """What a tuning run lacks of the whole fit set (empty: it covered it): seeds of
     `TUNE_SEEDS` it did not run, and baselines or the incumbent not among its candidates."""
@@ -137,12 +172,13 @@ def default_spec(tuned: dict) -> str:
 def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str]:
     """The default a saved smoothed tuning sets, and why: its pick's policy name if the run
     covered the whole fit set and the pick passes the non-thrash check against the fallback
-    (or is the fallback's policy at its default constants: the same policy), else the
-    fallback's policy name. The fallback is the per-size tuning's saved pick
-    (`per_size_pick`) unless given. A pick of the fallback's policy with other constants
-    (`graph[demoted_mean=1]`) changes the default policy's behaviour, so it needs the
-    check as another policy does (seventeenth session: before, the name alone let it
-    through)."""
+    and then the AFS veto (`AFS_CHECKS`), or is the fallback's policy at its default
+    constants (the same policy), else the fallback's policy name. The fallback is the
+    per-size tuning's saved pick (`per_size_pick`) unless given. A pick of the
+    fallback's policy with other constants (`graph[demoted_mean=1]`) changes the default
+    policy's behaviour, so it needs the check as another policy does (seventeenth
+    session: before, the name alone let it through), and the AFS veto (the lead's, the
+    same session: a default change must not turn another issue's met goal into a miss)."""
     incumbent = parse_spec(fallback if fallback is not None else per_size_pick())[0]
     name = parse_spec(tuned["pick"])[0]
     if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
@@ -158,7 +194,17 @@ def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str
     if not check.passes:
         return incumbent, (f"vetoed by issue 10's non-thrash check (`{check.command}`: "
                            f"{check.figures}): the per-size pick `{incumbent}` stays")
-    return name, f"it passed issue 10's non-thrash check (`{check.command}`)"
+    afs = AFS_CHECKS.get(tuned["pick"])
+    if afs is None or afs.against != incumbent:
+        return incumbent, (f"`{tuned['pick']}` passed the non-thrash check but has no "
+                           f"recorded AFS veto against `{incumbent}` (issue 10): the per-size "
+                           "pick stays until it passes")
+    if not afs.passes:
+        return incumbent, (f"passed issue 10's non-thrash check but vetoed by its AFS veto "
+                           f"(`{afs.command}`: {afs.figures}): the per-size pick "
+                           f"`{incumbent}` stays")
+    return name, (f"it passed issue 10's non-thrash check (`{check.command}`) and its AFS "
+                  f"veto (`{afs.command}`)")
 
 
 def default_verdict(tuned: dict) -> str:

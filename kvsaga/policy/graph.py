@@ -128,7 +128,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         median_returns: bool = True,
         spread: bool = False,
         spread_states: tuple[str, ...] = ("queued", "demoted"),
-        demoted_mean: bool = True,
+        demoted_mean: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvsaga.policy import DEFAULT_POLICY, POLICIES
+from kvsaga.policy import DEFAULT_POLICY, POLICIES, make_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,6 +117,11 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
         default = defaults[key].default
         assert (list(default) if isinstance(default, tuple) else default) == (
             list(value) if isinstance(value, tuple) else value), (key, default, value)
+    # the smoothed pick graph[demoted_mean=1] failed the AFS veto: graph, the mean off
+    assert smoothed["pick"] == "graph[demoted_mean=1]"
+    assert "vetoed by its AFS veto" in tune.smoothed_default(smoothed)[1]
+    assert DEFAULT_POLICY == "graph" and defaults["demoted_mean"].default is False
+    assert make_policy(DEFAULT_POLICY).returns.demoted_mean is False
 
 
 def test_one_tiny_run_renders_both_sections(tmp_path):
@@ -300,16 +305,34 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
     assert not tune.NON_THRASH_CHECKS["ttl"].passes
     # the incumbent's policy with other constants is a change: unchecked, it sets nothing
-    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=0]"},
+    name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1]"},
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "no recorded non-thrash check" in why
     assert tune.at_defaults("graph[median_returns=1]")
-    assert not tune.at_defaults("graph[demoted_mean=0]")
-    # one that passed its recorded check is adopted, its constants the defaults to be
-    name, why = tune.smoothed_default({**whole, "pick": "graph[demoted_mean=1]"},
-                                      fallback="graph[median_returns=1]")
-    assert name == "graph" and why.startswith("it passed")
+    assert tune.at_defaults("graph[demoted_mean=0]")
+    assert not tune.at_defaults("graph[demoted_mean=1]")
+    # it passed its recorded non-thrash check but failed the AFS veto: the default stays
+    dm = {**whole, "pick": "graph[demoted_mean=1]"}
+    name, why = tune.smoothed_default(dm, fallback="graph[median_returns=1]")
+    assert name == "graph" and "vetoed by its AFS veto" in why and "1.44 -> 1.59" in why
     assert tune.NON_THRASH_CHECKS["graph[demoted_mean=1]"].passes
+    assert not tune.AFS_CHECKS["graph[demoted_mean=1]"].passes
+    # a pick that passed both recorded checks is adopted, its constants the defaults to be
+    monkeypatch.setitem(tune.AFS_CHECKS, "graph[demoted_mean=1]",
+                        tune.AfsCheck("graph", 0, 0, "cmd", "none worse"))
+    name, why = tune.smoothed_default(dm, fallback="graph[median_returns=1]")
+    assert name == "graph" and why.startswith("it passed") and "AFS veto" in why
+    # one worse row, or one met -> missed, fails; no record (or one against another) too
+    for worse, crossed in ((1, 0), (0, 1)):
+        monkeypatch.setitem(tune.AFS_CHECKS, "graph[demoted_mean=1]",
+                            tune.AfsCheck("graph", worse, crossed, "cmd", "x"))
+        assert "vetoed by its AFS veto" in tune.smoothed_default(dm, "graph[median_returns=1]")[1]
+    monkeypatch.setitem(tune.AFS_CHECKS, "graph[demoted_mean=1]",
+                        tune.AfsCheck("ttl", 0, 0, "cmd", "none worse"))
+    assert "no recorded AFS veto" in tune.smoothed_default(dm, "graph[median_returns=1]")[1]
+    monkeypatch.delitem(tune.AFS_CHECKS, "graph[demoted_mean=1]")
+    name, why = tune.smoothed_default(dm, fallback="graph[median_returns=1]")
+    assert name == "graph" and "no recorded AFS veto" in why
     other = {**whole, "pick": "ttl[base_ttl_s=30]"}  # ttl's check is of "ttl", not this spec
     assert "no recorded non-thrash check" in tune.smoothed_default(other)[1]
     assert tune.smoothed_default(part, fallback="ttl")[0] == "ttl"  # the per-size pick
@@ -318,6 +341,9 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert name == incumbent and "no recorded non-thrash check" in why
     monkeypatch.setitem(tune.NON_THRASH_CHECKS, "saga",
                         tune.NonThrashCheck(incumbent, 0, "cmd", "none worse by > 2%"))
+    assert tune.smoothed_default({**whole, "pick": "saga"})[0] == incumbent  # no AFS veto
+    monkeypatch.setitem(tune.AFS_CHECKS, "saga",
+                        tune.AfsCheck(incumbent, 0, 0, "cmd", "none worse"))
     assert tune.smoothed_default({**whole, "pick": "saga"})[0] == "saga"
     monkeypatch.setattr(tune, "DEFAULT_POLICY", incumbent)
     assert "**not** `saga`" in tune.default_verdict({**whole, "pick": "saga"})

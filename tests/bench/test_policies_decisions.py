@@ -90,3 +90,46 @@ def test_the_smoothed_goal_is_written_once_per_policy():
     text = "\n".join(smooth.markdown(rows, ["lru", "saga", "ttl", "graph"], 60.0,
                                      ["graph", "graph"]))
     assert text.count("Smoothed goal for `graph`") == 1
+
+
+def _afs_row(family, seed, frac, policy, ratio, scheduler="workflow"):
+    return {"family": family, "seed": seed, "frac": frac, "policy": policy,
+            "scheduler": scheduler, "afs_max_slowdown_ratio": ratio}
+
+
+def test_the_afs_veto_rejects_a_worse_ratio_and_names_a_met_goal_missed():
+    """bench/policies_check.py's AFS veto: a candidate fails on any default row whose ratio
+    is higher than the incumbent's as printed (two decimals), and the rows that crossed the
+    goal (<= 1.5) from met to missed are counted; fcfs+lru's rows are not the default's."""
+    check = load("policies_check")
+    rows = [_afs_row("mix", 2, 0.5, "old", 1.44), _afs_row("mix", 2, 1.0, "old", 2.12),
+            _afs_row("noisy", 8, 0.25, "old", 2.26), _afs_row("noisy", 8, 0.25, "lru", 1.0,
+                                                               scheduler="fcfs")]
+    same = [{**r, "policy": "new"} for r in rows if r["scheduler"] == "workflow"]
+    assert check.afs_veto(rows + same, "new", "old") == ([], 0)
+    noise = [{**r, "afs_max_slowdown_ratio": r["afs_max_slowdown_ratio"] + 0.004}
+             for r in same]  # equal as printed: not worse
+    assert check.afs_veto(rows + noise, "new", "old") == ([], 0)
+    better = [{**r, "afs_max_slowdown_ratio": 1.0} for r in same]
+    assert check.afs_veto(rows + better, "new", "old") == ([], 0)
+    dm = [_afs_row("mix", 2, 0.5, "new", 1.59), _afs_row("mix", 2, 1.0, "new", 2.0),
+          _afs_row("noisy", 8, 0.25, "new", 2.79)]
+    worse, crossed = check.afs_veto(rows + dm, "new", "old")
+    assert crossed == 1 and worse == ["mix seed 2 50% 1.44 -> 1.59 (the goal <= 1.5 met -> "
+                                      "missed)", "noisy seed 8 25% 2.26 -> 2.79"]
+    with pytest.raises(ValueError, match="differ in their cases"):
+        check.afs_veto(rows + dm[:2], "new", "old")
+
+
+def test_the_afs_veto_runs_the_reports_default_rows_with_each_policy():
+    """Each arm is the report's default rows with its policy as the default policy; the
+    fcfs+lru rows beside them run once; the probe and compute-share arms are left out."""
+    check = load("policies_check")
+    import scheduling_mix
+    sched, policy = scheduling_mix.DEFAULT.split("+")
+    tasks = check.afs_tasks(["a", "b"])
+    assert len(tasks) == len(set(tasks)) and all(t[6] is None for t in tasks)
+    by = {p: {t[:4] for t in tasks if t[4:6] == (sched, p)} for p in ("a", "b", "lru")}
+    assert by["a"] == by["b"] and by["a"] and not any(t[4:6] == (sched, policy) for t in tasks)
+    assert {t[:4] for t in tasks if t[4] == "fcfs"} == by["a"]
+    assert {t[0] for t in tasks} == set(scheduling_mix.MIXES)

@@ -113,9 +113,9 @@ def test_graph_prices_demoted_and_queued_sessions_by_the_median_with_the_option(
     """Demotions that lasted 1, 1.2 and 50 s: the mean residual (17.4 s at 0.7 s lasted)
     prices the demoted session as gone for long; the median (1.2 - 0.7 s) as back soon.
     The same for a queued cold step and its admission waits. (Demoted: with `demoted_mean`
-    off; on, the default since the seventeenth session, the mean either way.)"""
+    off, graph's default; on, the mean either way.)"""
     for median in (False, True):
-        policy = GraphPolicy(median_returns=median, demoted_mean=False)
+        policy = GraphPolicy(median_returns=median)
         _demoted_and_admitted(policy)
         for x in (1.0, 1.2, 50.0):
             policy.returns.deferred_wait.add(x, "default")

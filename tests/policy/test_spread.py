@@ -120,10 +120,10 @@ def test_bad_input_is_refused_by_name_and_leaves_the_record_unchanged():
 def test_graph_with_spread_prices_demoted_and_queued_sessions_by_the_expected_inverse():
     """Demotions that lasted 1, 1.2 and 50 s, 0.7 s into one: the median prices it back in
     0.5 s, the spread (log ratios of 0.3, 0.5 and 49.3 to 0.5) sooner; a queued cold step
-    likewise; a paused, not queued, session's admission wait stays the median.
-    (`demoted_mean` off: graph's default prices demoted sessions by the mean.)"""
+    likewise; a paused, not queued, session's admission wait stays the median
+    (`demoted_mean` off, graph's default)."""
     for spread in (False, True):
-        policy = GraphPolicy(spread=spread, demoted_mean=False)
+        policy = GraphPolicy(spread=spread)
         _demoted_and_admitted(policy)
         for x in (1.0, 1.2, 50.0):
             policy.returns.deferred_wait.add(x, "default")
@@ -156,7 +156,7 @@ def test_spread_off_is_median_returns():
 def test_spread_states_choose_which_states_are_priced_by_spread():
     """`spread_states=queued`: a queued step priced by spread, a demoted session by the
     median; bad names refused, naming the parameter."""
-    policy = GraphPolicy(spread=True, spread_states=("queued",), demoted_mean=False)
+    policy = GraphPolicy(spread=True, spread_states=("queued",))
     _demoted_and_admitted(policy)
     for x in (1.0, 1.2, 50.0):
         policy.returns.deferred_wait.add(x, "default")
