@@ -37,20 +37,15 @@ from kvsaga.scheduler import WorkflowScheduler
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
 # The fit rounds so far (1-11: what each tried, chose and why): docs/scheduling_fit_history.md.
-# Round 13 (committed before it ran): the charge of what a session still adds before its
-# next finish (`growth_charge` "remaining": an admitted step its expected reply alone, a
-# queued or paused one its observation + reply), with the room for paused contexts made
-# explicit (kvsaga/scheduler/working_set_gate.py `_init_growth_charge`):
+# Round 14 (committed before it ran): the room for the paused sessions' next growth kept
+# only while the tiers are short (`paused_reserve` "short": for new sessions while a demoted
+# session waits; kvsaga/scheduler/working_set_gate.py `_paused_reserve_applies`), with the
+# old charge and with round 13's "remaining" charge. Why: every reserve that always applied
+# cost the no-pressure run (web seed 105 1x); at bfcl 1x 25% most waits are re-admissions
+# after demotions that follow a paused session's step coming back (round 14, RESULTS).
 FIT_GRID = [
-    {"growth_charge": "remaining"},  # the charge alone, no reserve (what the reserve buys)
-    # a margin of z standard deviations of the admitted sessions' summed growth to come,
-    # its spread learned online per workflow and tool (z 0.5, 1: the overflow's chance)
-    {"growth_charge": "remaining", "growth_reserve": 0.5},
-    {"growth_charge": "remaining", "growth_reserve": 1.0},
-    # admission keeps the paused sessions' next growth free (their whole working sets,
-    # not charged to the shrink), alone and with the 0.5-sd margin
-    {"growth_charge": "remaining", "paused_reserve": True},
-    {"growth_charge": "remaining", "paused_reserve": True, "growth_reserve": 0.5},
+    {"paused_reserve": "short"},
+    {"growth_charge": "remaining", "paused_reserve": "short"},
 ]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A

@@ -156,7 +156,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             of the admitted sessions' summed growth still to come free, so paused
             contexts stay resident when steps outgrow their means (0: off).
             paused_reserve: admission keeps room for paused sessions' next growth too
-            (not charged: the shrink ignores it). `WorkingSetGate._init_growth_charge`.
+            (not charged: the shrink ignores it); "short": only for new sessions while a
+            demoted one waits. `WorkingSetGate._init_growth_charge`.
     """
 
     name = "workflow"
@@ -199,7 +200,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         growth_prior_steps: float = 8.0,
         growth_charge: str = "step",
         growth_reserve: float = 0.0,
-        paused_reserve: bool = False,
+        paused_reserve: bool | str = False,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)

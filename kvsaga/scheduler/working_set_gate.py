@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from kvsaga.manager import StepLookup
-from kvsaga.scheduler.base import check_bool, check_float
+from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
@@ -23,6 +23,9 @@ from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_
 READMIT_CHARGES = ("uncached", "context", "full")
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
 GROWTH_CHARGES = ("step", "remaining")
+# `WorkflowScheduler(paused_reserve=...)`'s third value besides True and False: the room
+# is kept only while the tiers are short (`WorkingSetGate._paused_reserve_applies`).
+PAUSED_RESERVE_SHORT = "short"
 
 
 def calibration(q_name: str, quantile: object, w_name: str,
@@ -65,7 +68,8 @@ class WorkingSetGate:
         by the same z whatever the trace; 0: off. `paused_reserve`: admission also keeps
         room for the paused admitted sessions' next growth (their whole predicted working
         sets), which `paused_growth` False does not charge them (the shrink does not
-        demote for it: it is room a new session may not take, not a commitment)."""
+        demote for it: it is room a new session may not take, not a commitment); "short":
+        the same room, kept only while the tiers are short (`_paused_reserve_applies`)."""
         if growth_charge not in GROWTH_CHARGES:
             raise ValueError(f"scheduler parameter growth_charge must be one of "
                              f"{', '.join(GROWTH_CHARGES)}, got {growth_charge!r}")
@@ -78,7 +82,10 @@ class WorkingSetGate:
             raise ValueError("scheduler parameters growth_charge 'remaining' and "
                              "growth_quantile > 0 exclude each other (the calibration "
                              "corrects the 'step' charge)")
-        self.paused_reserve = check_bool("paused_reserve", paused_reserve)
+        if paused_reserve != PAUSED_RESERVE_SHORT and not isinstance(paused_reserve, bool):
+            raise ValueError(f"scheduler parameter paused_reserve must be True, False or "
+                             f"{PAUSED_RESERVE_SHORT!r}, got {paused_reserve!r}")
+        self.paused_reserve = paused_reserve
         self._reply = GrowthTable(self.prior_growth_tokens, self.growth_alpha)
         self._committed_var = 0.0  # admitted sessions' growth variances summed, tokens^2
         self._paused_extra = 0  # paused admitted sessions' uncharged growth, blocks
@@ -93,7 +100,8 @@ class WorkingSetGate:
         need = self._working_set(req.workflow, own, 0)
         if self.growth_reserve:
             need += self._reserve_blocks(self._growth_var(req.workflow, None, True))
-        need += self._paused_extra  # 0 unless `paused_reserve`
+        if self._paused_reserve_applies(req):
+            need += self._paused_extra  # 0 unless `paused_reserve`
         limit = self.overcommit * self.capacity
         bs = self.manager.block_size
         whole_blocks = None if whole is None else working_set_blocks(whole, 0.0, 0.0, bs)
@@ -114,6 +122,26 @@ class WorkingSetGate:
         bare = working_set_blocks(own, 0.0, 0.0, bs) if whole_blocks is None else whole_blocks
         self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
         return False
+
+    def _paused_reserve_applies(self, req: Any) -> bool:
+        """Whether admitting `req`'s session must leave the paused sessions' next growth
+        free (`paused_reserve`): always under True; under "short" only while the tiers are
+        short, that is while a demoted session has not been admitted again (a demotion is
+        the evidence), and then only for a session that is not itself one of those.
+
+        Why "short" (RESULTS "Scheduling", `--fit` round 14; fit seeds 101-106): every
+        reserve that always applied delayed admissions in the one fit run without
+        pressure (web seed 105 1x, mean TCT +3.5-7.1%), where nobody is demoted; and at
+        bfcl 1x 25% most of a session's wait is to be admitted again after a demotion
+        (1.7-14.1 s a session against 0.2-6.6 s for its first admission), and 48-70% of
+        the demotions follow a paused session's next step coming back to a tier that new
+        sessions had filled. So while a demoted session waits, new sessions may not take
+        the room the paused sessions come back to; a demoted session's own step, work
+        under way, is not held back by it (holding it back too lowered bfcl 1x 25% on the
+        fit seeds, e.g. seed 101 1.54x -> 1.30x against fcfs+lru)."""
+        if self.paused_reserve != PAUSED_RESERVE_SHORT:
+            return bool(self.paused_reserve)
+        return bool(self._deferred) and req.session_id not in self._deferred
 
     def _readmit_tokens(self, req: Any, lookup: StepLookup) -> tuple[int, int | None]:
         """The tokens of `req`'s session that the gate charges as its own context, and,

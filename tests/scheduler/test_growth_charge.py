@@ -129,7 +129,8 @@ def test_no_spread_no_reserve():
     ({"growth_reserve": -1.0}, "growth_reserve must be a number >= 0"),
     ({"growth_reserve": math.inf}, "growth_reserve must be finite"),
     ({"growth_reserve": "1"}, "growth_reserve must be a number"),
-    ({"paused_reserve": "yes"}, "paused_reserve must be"),
+    ({"paused_reserve": "yes"}, "paused_reserve must be True, False or .short."),
+    ({"paused_reserve": 1}, "paused_reserve must be True, False or .short."),
     ({"growth_charge": "remaining", "growth_quantile": 0.9}, "exclude each other")])
 def test_bad_parameters_are_named(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -159,3 +160,51 @@ def test_paused_reserve_keeps_a_paused_sessions_growth_free_without_charging_it(
     assert admitted == []
     assert s.sessions["a"].blocks == 6 and s._committed == 6  # charged its context only
     assert s._paused_extra == 2 and s.num_demotions == 0
+
+
+def test_short_paused_reserve_keeps_no_room_while_nobody_was_demoted():
+    """`paused_reserve` "short": with no demoted session the tiers are not known to be
+    short, so c is admitted as without the reserve (True refuses it: above)."""
+    s, admitted = _paused_a_then_c(paused_reserve="short")
+    assert admitted == ["c"]
+    assert s._paused_extra == 2 and s.num_demotions == 0  # a's growth known, not kept
+
+
+def _demoted_b_then_c_and_b(reserve):
+    """a and b (20 tokens each) run to a pause on a 16-block manager; b is demoted (the
+    scheduler's own demotion); c (36 tokens) arrives, then b's next step (53 tokens, 20 of
+    them cached). Returns (scheduler, admitted at c's arrival, admitted at b's)."""
+    m = manager(16)
+    s = wf(m, paused_growth=False, growth_charge="remaining", paused_reserve=reserve)
+    ex = ToyExecutor(m)
+    for sid, base in (("a", 0), ("b", 100)):
+        s.add(ToyRequest(sid, toks(base, 20), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s._demote_session("b", 0.5)
+    s.add(ToyRequest("c", toks(500, 36), max_new=1, last=False, arrival=1.0), 1.0)
+    out = s.schedule(1.0, ex)
+    at_c = [r.session_id for r in out.admitted]
+    ex.run(s, out, 1.0)
+    b = ToyRequest("b", toks(100, 21) + toks(900, 32), max_new=1, last=False, arrival=2.0,
+                   resumed=True)
+    s.add(b, 2.0)
+    out = s.schedule(2.0, ex)
+    at_b = [r.session_id for r in out.admitted]
+    ex.run(s, out, 2.0)
+    m.check_integrity()
+    return s, at_c, at_b
+
+
+def test_short_paused_reserve_holds_new_sessions_while_a_demoted_one_waits():
+    """b demoted: the tiers are short. a paused (6 blocks, 2 more of growth to come) and c
+    (10 blocks) fill the 16 on the charges alone: without the reserve c is admitted; with
+    "short" (as with True) it waits, a's growth kept free. b's step, work under way, is
+    charged its 33 uncached tokens and its 1-token reply (9 blocks): beside a's 6 it fits
+    without the room for a's growth (2), so "short" admits it; True holds it back too."""
+    _, at_c, _ = _demoted_b_then_c_and_b(False)
+    assert at_c == ["c"]
+    for reserve in (True, "short"):
+        s, at_c, at_b = _demoted_b_then_c_and_b(reserve)
+        assert at_c == []
+        assert s._paused_extra == 2 and s.sessions["a"].blocks == 6
+        assert at_b == (["b"] if reserve == "short" else [])
