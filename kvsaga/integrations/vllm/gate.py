@@ -106,6 +106,10 @@ go on.
   (1.12x); driver not kept in the repository. Cost, on the compute-bound 6-session workload
   (KV 25%, pauses x0.25) with advance hints: fit seeds 0-4 1.42, 1.16, 1.58, 1.20, 1.37x
   -> 1.31, 1.16, 1.65, 1.07, 1.38x (geometric mean 1.34x -> 1.30x).
+- What an admitted session's step is charged (`growth_charge`, `gate_growth`): "step",
+  the workflow's growth from finish to finish, for every step in the horizon; "remaining",
+  for the step a session has queued or running, its reply alone (its prompt holds the
+  tool's observation already).
 - Order (`admission_order`, default "predicted"): the least predicted remaining work first,
   with aging, not vLLM's queue order (`gate_order` has the rule and the fit).
 
@@ -121,8 +125,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
+from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder
-from kvsaga.scheduler.working_set import GrowthTable, demote_deadline, shrink, working_set_blocks
+from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
 from kvsaga.stats import percentile
 
 
@@ -172,6 +177,8 @@ class SessionGate:
             seconds of waiting.
         prior_steps: "predicted"'s prior session length (steps) before sessions of a
             workflow were seen to end.
+        growth_charge: "step" or "remaining" (`gate_growth`: the growth a session whose
+            step is queued or running is charged for that step).
     """
 
     PAUSES_KEPT = 512  # observed pauses per workflow the quantile is taken over (latest)
@@ -206,6 +213,7 @@ class SessionGate:
         admission_order: str = "predicted",
         aging_s: float = 20.0,
         prior_steps: float = 16.0,
+        growth_charge: str = "step",
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
@@ -256,7 +264,7 @@ class SessionGate:
         self._limits: dict[str, float | None] = {}  # workflow -> pause_limit, until a pause
         self.num_expired = 0
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
-        self._growth = GrowthTable(prior_growth_tokens, growth_alpha)
+        self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
         self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
         self._in_flight: set[str] = set()  # request ids allocated and not finished
@@ -273,9 +281,10 @@ class SessionGate:
 
     # -- working sets -------------------------------------------------------------------------
     def _blocks(self, s: _Admitted, horizon: float | None = None) -> int:
-        return working_set_blocks(s.context - s.shared,
-                                  self.horizon_steps if horizon is None else horizon,
-                                  self._growth.mean(s.workflow), self.block_size)
+        growth = self._growth.tokens(s.workflow,
+                                     self.horizon_steps if horizon is None else horizon,
+                                     s.paused_at is None)
+        return working_set_blocks(s.context - s.shared, 1.0, growth, self.block_size)
 
     def committed(self, horizon: float | None = None) -> int:
         """Blocks the admitted sessions are predicted to hold (their shared prefix once),
@@ -425,8 +434,10 @@ class SessionGate:
 
     def next_step_blocks(self) -> int:
         """Blocks the admitted sessions' next steps are expected to add: `room_steps` steps
-        of their workflow's growth each, rounded up to blocks."""
-        return sum(math.ceil(self.room_steps * self._growth.mean(s.workflow) / self.block_size)
+        of their workflow's growth each (as `growth_charge` charges them), rounded up to
+        blocks."""
+        return sum(math.ceil(self._growth.tokens(s.workflow, self.room_steps,
+                                                 s.paused_at is None) / self.block_size)
                    for s in self.sessions.values())
 
     def _fits(self, new: _Admitted, now: float) -> bool:
@@ -537,8 +548,10 @@ class SessionGate:
             if sid is not None:  # e.g. aborted while deferred: its wait is over, not stale
                 self._end_wait(sid, now)
             return []
-        if s.last_finish is not None:
-            self._growth.observe(s.workflow, context_tokens - s.last_finish)
+        if ran and s.paused_at is None:  # s.context: the prompt it was admitted on
+            self._growth.finished(s.workflow, s.context, context_tokens, s.last_finish)
+        elif s.last_finish is not None:
+            self._growth.steps.observe(s.workflow, context_tokens - s.last_finish)
         s.context = s.last_finish = context_tokens
         s.paused_at, s.expected_s = now, expected_s
         return self._shrink()

@@ -489,3 +489,29 @@ def test_a_session_hinted_to_pause_long_lets_a_waiting_one_in_past_the_usual_pau
         run(s, [])
         assert b.is_finished()
     _assert_no_leak(s)
+
+
+@pytest.mark.parametrize("charge", ["step", "remaining"])
+def test_the_gate_learns_a_running_steps_reply_from_vllms_requests(hf_model_dir, charge):
+    """Through vLLM's scheduler, the gate learns A's growth from one finish to the next
+    (a 3-block observation and a 2-token reply: 50 tokens) and its reply (2 tokens, the
+    request's output); while A's third step runs, `growth_charge` "remaining" charges that
+    step its reply and 3 whole steps (`horizon_steps` 4), "step" 4 whole steps."""
+    s = make_scheduler(hf_model_dir, 64, connector=True,
+                       gate_args={"growth_charge": charge, "room_admit": False})
+    hint = {"session_id": "A", "workflow": "w", "tool": "t", "expected_s": 30}
+    a1 = _prompt(1, 10)
+    run(s, [make_request(a1, 2, hint)])
+    a2 = a1 + [TOKEN] * 2 + _prompt(2, 3)
+    run(s, [make_request(a2, 2, hint)])
+    a3 = a2 + [TOKEN] * 2 + _prompt(3, 1)
+    a = make_request(a3, 8, hint)
+    s.add_request(a)
+    assert a.request_id in step(s).num_scheduled_tokens  # A's third step is running
+    gate = s.connector.gate
+    assert gate.sessions["A"].paused_at is None and gate.sessions["A"].context == len(a3)
+    growth = 3 * 50 + 2 if charge == "remaining" else 4 * 50
+    assert gate.committed() == -(-(len(a3) + growth) // BLOCK_SIZE)
+    run(s, [])
+    s.connector.request_finished(make_request(a3, 1, {**hint, "last_step": True}), [])
+    _assert_no_leak(s)
