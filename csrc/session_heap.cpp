@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "class_table.h"
+#include "elapsed_grid.h"
 #include "ghost_list.h"
 #include "prefetch.h"
 #include "session_keys.h"
@@ -405,17 +406,7 @@ class SessionHeap {
   // search.py's grid_index: (k, grid(k), grid(k + 1)) of an elapsed time e >= 0, k = -1
   // below the first point; false near the end of the points held (Python extends them).
   bool grid_index(double e, int64_t& k, double& lo, double& hi) const {
-    if (e < grid_s_) {
-      k = -1, lo = 0.0, hi = grid_s_;
-      return true;
-    }
-    int64_t n = static_cast<int64_t>(points_.size());
-    k = static_cast<int64_t>(std::floor(std::log(e / grid_s_) / log_ratio_ + 1e-12));
-    if (k < 0 || k >= n - 1) return false;
-    if (points_[k] > e) --k;  // rounding in log(): step back
-    if (k < 0 || k + 2 >= n) return false;
-    lo = points_[k], hi = points_[k + 1];
-    return true;
+    return elapsed_grid::lookup(points_, grid_s_, log_ratio_, e, k, lo, hi);
   }
 
   // Re-key a due session from the table; false (nothing done) when it has no timed
@@ -527,6 +518,11 @@ NB_MODULE(_evict, m) {
       .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,
                   "dirty"_a)
       .def("clear", &SessionHeap::clear);
+  // search.py's grid_index (grid_index_py is the reference).
+  nb::class_<elapsed_grid::Grid>(m, "Grid")
+      .def(nb::init<double, double, double, std::vector<double>>(), "grid_s"_a, "ratio"_a,
+           "log_ratio"_a, "points"_a)
+      .def("index", &elapsed_grid::Grid::index, "e"_a);
   // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
   nb::class_<ghost::GhostList>(m, "GhostList")
       .def(nb::init<int64_t, int64_t>(), "cap"_a, "reserve"_a = 0)

@@ -532,16 +532,17 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
             self._evicted_blocks += num_blocks
             return
         victims = self.policy.choose_victims(num_blocks, now)
-        if not self._victims_valid(victims, num_blocks):
-            raise RuntimeError(
-                f"policy {self.policy.name!r} named invalid victims {victims} "
-                f"for {num_blocks} blocks"
-            )
-        self._note_evicted(victims)
+        hot = self._hot  # (the core's check and the journal's test inline: fewer Python calls)
+        if not (hot.victims_valid(victims, num_blocks) if hot is not None
+                else self._victims_valid(victims, num_blocks)):
+            raise RuntimeError(f"policy {self.policy.name!r} named invalid victims {victims} "
+                               f"for {num_blocks} blocks")
+        if self._journal is not None:
+            self._note_evicted(victims)
         if self.host is not None:
             self._offload(victims, now)
-        if self._hot is not None:  # the same loops, in the C++ core
-            self._hot.evict_blocks(victims)
+        if hot is not None:  # the same loops, in the C++ core
+            hot.evict_blocks(victims)
         else:
             owner = self.block_owner
             index_remove = self.index.remove

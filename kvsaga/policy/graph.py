@@ -462,7 +462,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         k, _, hi = grid_index(0.0 if d < 0.0 else d)
         x = v.hint.expected_s
         hinted = x is not None and d < x  # else the graph's prediction (the hint is late)
-        sig = (v.workflow, v.tool, self.is_warm(sid), x if hinted else None)
+        # (`is_warm` inline: `group` is the session's group; run per keyed session)
+        warm = 2 * len(group) > self._ctx_blocks.get(sid, 0)
+        sig = (v.workflow, v.tool, warm, x if hinted else None)
         base = self._memo.get((sig, k))
         if base is None:
             base = self._memo[sig, k] = self._session_base(sid, group, now)[0]

@@ -39,8 +39,9 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
-from kvsaga.policy.search import GRID_S, grid_index, sticky_level
+from kvsaga.policy.search import GRID_S, grid_index
 
+_LOG2 = math.log(2.0)  # (`sticky_level`'s log of its ratio, for the normalizers' ratio 2)
 _TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
@@ -202,6 +203,12 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return None
 
     def _prepare(self, now: float) -> None:
+        self._search_state(now)
+
+    def _search_state(self, now: float) -> tuple[tuple[float, float, float], tuple]:
+        """The normalizers now (`_norm`: every key's global state) and what the class keys are
+        computed from (the graph's statistics, the normalizers, the latencies seen), in one
+        call (each Python call costs a search its code's cache misses)."""
         size, groups = self._size, self.groups
         for sid in self._dirty:
             n = len(groups.get(sid, ()))
@@ -209,25 +216,26 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
                 self._set_size(sid, n)
         oldest = self._oldest_pause()
         idle_level, size_level = self._levels
+        # `sticky_level(x, level, 2.0)` inline, operation for operation (run every search):
         if oldest is not None and now - oldest >= GRID_S:
-            idle_level = sticky_level(now - oldest, idle_level, 2.0)
+            exact = math.log(now - oldest) / _LOG2
+            idle_level = idle_level if abs(exact - idle_level) <= 1.0 else round(exact)
         if self._max_size:
-            size_level = sticky_level(self._max_size, size_level, 2.0)
+            exact = math.log(self._max_size) / _LOG2
+            size_level = size_level if abs(exact - size_level) <= 1.0 else round(exact)
         self._levels = (idle_level, size_level)
         m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
         self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
         # What was learned since the last search counts: the graph's version moves with
         # every change mean_steps reads, and every latency seen adds to all_latency (the
-        # same statistics `_keys_token` names). Unchanged, the last searches' answers hold,
+        # same statistics the token below names). Unchanged, the last searches' answers hold,
         # and a cold search does not compute them again (each a few us of Python).
         stats = (self.graph.version, self.all_latency.n)
         if stats != self._stats_at or len(self._ttl_now) > _TTL_MEMO:
             self._stats_at = stats
             self._reuse_now.clear()
             self._ttl_now.clear()
-
-    def _global_state(self, now: float) -> tuple[float, float, float]:
-        return self._norm
+        return self._norm, (stats[0], self._norm, stats[1])
 
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
     def _session_base(self, sid: str, group: list[int], now: float
@@ -237,7 +245,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _timed_base(self, sid: str, group: list[int], now: float):
         """`_session_base` and, for a paused entry, its timed record (search.py `_rekey`):
         its score is then a function of its class (workflow, last step, size; the
-        normalizers are in `_keys_token`) and of its idle time on the grid, which the
+        normalizers are in `_search_state`'s token) and of its idle time on the grid, which the
         record gives as a formula (session_heap.py's mode 2) and `_memo` shares; whether
         it expired reads the exact time (its TTL is the limit of an entry's record; an
         expired entry stays expired)."""
@@ -278,9 +286,6 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         # Not expired while the idle time (clamped at 0) is <= ttl: below nextafter(ttl).
         return (2, -score), until, ((*sig, False), k, 2, formula, 2, v.paused_at,
                                     math.nextafter(ttl, math.inf), t, 1.0)
-
-    def _keys_token(self) -> tuple[int, tuple[float, float, float], int]:
-        return self.graph.version, self._norm, self.all_latency.n
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         return 3, self._cached_at[block_id]

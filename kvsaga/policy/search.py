@@ -83,11 +83,11 @@ def _grid_point(k: int) -> float:
 _GRID_POINTS = tuple(map(_grid_point, range(256)))
 
 
-def grid_index(e: float) -> tuple[int, float, float]:
+def grid_index_py(e: float) -> tuple[int, float, float]:
     """(k, e rounded down to the grid, the next grid point) for e >= 0: the grid is 0, 1 ms,
     then x 2^(1/4) steps, and k numbers its points (-1: 0; 0: 1 ms). The victim index
     (session_heap.py, in C++ too) reads it this way, operation for operation, to re-key a
-    session from its class's keys by grid point."""
+    session from its class's keys by grid point. The reference of `grid_index`."""
     if e < GRID_S:
         return -1, 0.0, GRID_S
     k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
@@ -98,6 +98,17 @@ def grid_index(e: float) -> tuple[int, float, float]:
         k -= 1
         lo = points[k]
     return k, lo, points[k + 1]
+
+
+grid_index = grid_index_py
+try:
+    from kvsaga._evict import Grid
+except ImportError:  # not built: the Python reference reads the grid
+    pass
+else:
+    # The same answers as one C++ call (csrc/elapsed_grid.h), which keying makes once per
+    # keyed session: a Python function less each (tests/policy/test_session_heap.py).
+    grid_index = Grid(GRID_S, GRID_RATIO, _LOG_RATIO, list(_GRID_POINTS)).index
 
 
 def elapsed_grid(e: float) -> tuple[float, float]:
@@ -122,7 +133,8 @@ class VictimSearch:
     (`groups`, `dead`, `plain`, `_pos`, `views`) and index state (`_index`, `_base`,
     `_dirty`, `_global`, `_learned`, `_plan`), which `GroupedPolicy.__init__` and `bind`
     set up, and defines the hooks a policy gives its keys through (`_session_base`,
-    `_entry_key`, `_plain_key`, `_dead_key`, `_prepare`, `_global_state`)."""
+    `_entry_key`, `_plain_key`, `_dead_key`, `_prepare`, `_global_state`, `_keys_token`, or
+    the last three as one, `_search_state`)."""
 
     _one_key = True  # one key per session (the default `_entry_key`): its tail's
     # Timed records with the keys (`_rekey`); False: Python keys every due session (with
@@ -133,17 +145,21 @@ class VictimSearch:
     # table; what tests/policy/test_key_formulas.py compares with).
     class_formulas = True
 
-    # Whether the class gives its own `_prepare` / `_global_state`: a search skips the call
-    # of a default that does nothing (each Python call costs a search between two steps
-    # its code's cache misses).
+    # Whether the class gives its own `_prepare` / `_global_state` / `_keys_token`: a search
+    # skips the call of a default that does nothing (each Python call costs a search between
+    # two steps its code's cache misses).
     _prepares = False
     _global_keys = False
+    _tokens = False
+    _states = False  # the class gives all three in one call, `_search_state`
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._one_key = cls._entry_key is VictimSearch._entry_key
         cls._prepares = cls._prepare is not VictimSearch._prepare
         cls._global_keys = cls._global_state is not VictimSearch._global_state
+        cls._tokens = cls._keys_token is not VictimSearch._keys_token
+        cls._states = cls._search_state is not VictimSearch._search_state
 
     # -- victims ------------------------------------------------------------------------------
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
@@ -201,19 +217,76 @@ class VictimSearch:
         and the head of each queue stream, compared by (key, tie-break). A session taken
         from keeps yielding its blocks while they stay below every other candidate: all of
         them at once when its keys never rise from tail to head (`_keys_nonincreasing`).
+
+        First it re-keys the sessions whose key may have changed since the last search. The
+        usual search (no full re-key, no dead or plain block) is this one Python call and one
+        index call, `refresh_victims`: the drops, the keys Python computed for the sessions
+        marked since, the time-driven re-keys, the runs and their victims (each Python call
+        on this path costs a search between two steps its code's cache misses).
         """
         self._plan = None
-        if self._prepares:
-            self._prepare(now)
+        if self._states:
+            state, token = self._search_state(now)
+        else:  # (the defaults that do nothing are not called)
+            if self._prepares:
+                self._prepare(now)
+            state = self._global_state(now) if self._global_keys else None
+            token = self._keys_token() if self._tokens else None
         # No dead or plain cache (the usual case): no stream to merge, and each session the
-        # index's top names leaves whole, tail first, until the count is reached.
-        whole = not (len(self.dead) or len(self.plain)) and (
+        # index's top names leaves whole, tail first, until the count is reached. (The
+        # queues' sizes read without a `len()` call each.)
+        whole = not (self.dead._size or self.plain._size) and (
             self._one_key or self._keys_nonincreasing())
-        out = self._refresh(now, num_blocks if whole else -1)
+        want = num_blocks if whole else -1
+        index = self._index
+        relearn = (self._learned != self._learned_at_rebuild
+                   and self._learned - self._learned_at_rebuild
+                   > self.relearn_share * len(self.groups))
+        if token != self._token:  # the classes' keys were computed from other statistics
+            self._token = token
+            self._classes.clear()
+            self._memo.clear()
+            index.forget_keys()
+            if len(self._sig_of) > 4 * len(self.groups) + 1024:  # (kept for `_rekey_everyone`)
+                self._sig_of.clear()
+        if state == self._global and not relearn:
+            dirty, groups = self._dirty, self.groups
+            # Keys of the marked sessions first, then the timers: a marked session's new
+            # key makes its timer stale, so the index re-keys only the others, which gives
+            # every session the key it had when the timers went first.
+            # Python's state changes only once the index took the call: if it raises (a
+            # bad push), the marked sessions stay marked and their bases and classes stay.
+            live = dirty & groups.keys()
+            gone = dirty - live if len(live) < len(dirty) else ()
+            bases: dict[str, Any] = {}
+            classes, known = self._classes, len(self._classes)
+            try:
+                pushes = self._keys(live, now, bases) if live else []
+                due, self._runs, out = index.refresh_victims(
+                    now, gone, pushes, want, 2 * len(groups) + 64, groups)
+            except BaseException:
+                for sig in list(classes)[known:]:  # the class ids this keying gave
+                    self._sig_of.pop(classes.pop(sig), None)
+                raise
+            base_of = self._base
+            for sid in gone:  # no cached block left (evicted, or hit)
+                base_of.pop(sid, None)
+            if bases:
+                base_of.update(bases)
+            dirty.clear()
+            if due is not None:
+                # Due sessions that only Python keys (their class's keys unknown, or past
+                # its limit): many at once go by class (an idle expert's turn).
+                if len(due) >= _BY_CLASS and self.class_keys:
+                    due = self._rekey_by_class(due, now)
+                self._drop_or_rekey(set(due), now)
+                out = self._take_runs(want)
+        else:
+            out = self._rekey_all_now(state, now, want)
         if whole and not (self._one_key or self._keys_nonincreasing()):
             # Keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
             # the runs taken go back, and the general search merges.
-            self._index.restore()
+            index.restore()
             whole = False
         # The index keeps the sessions it names aside: eviction re-keys them; the next
         # search puts back those it did not (a caller that only asks, as `eviction_order`).
@@ -221,7 +294,7 @@ class VictimSearch:
             self._plan = (out.copy(), self._runs)  # its uncaching needs no work per block
             return out
         out = []
-        streams = self._queue_streams(now) if len(self.dead) or len(self.plain) else []
+        streams = self._queue_streams(now) if self.dead._size or self.plain._size else []
         try:
             self._merge_victims(num_blocks, streams, out)
         finally:
@@ -278,65 +351,19 @@ class VictimSearch:
                     break
                 out.append(nb)
 
-    def _refresh(self, now: float, num_blocks: int = -1) -> list[int] | None:
-        """Re-key the sessions whose key may have changed since the last search; then, for
-        `num_blocks` >= 0, take the index's runs for that many blocks (into `_runs`) and
-        return their victims (`tail_victims`). The usual search (no full re-key) is one
-        index call, `refresh_victims`: the drops, the keys Python computed for the sessions
-        marked since, the time-driven re-keys, the runs and their victims, where each used
-        to be a call of its own into the index or a Python loop."""
-        index = self._index
-        state = self._global_state(now) if self._global_keys else None
-        relearn = (self._learned != self._learned_at_rebuild
-                   and self._learned - self._learned_at_rebuild
-                   > self.relearn_share * len(self.groups))
-        token = self._keys_token()
-        if token != self._token:  # the classes' keys were computed from other statistics
-            self._token = token
-            self._classes.clear()
-            self._memo.clear()
-            index.forget_keys()
-            if len(self._sig_of) > 4 * len(self.groups) + 1024:  # (kept for `_rekey_everyone`)
-                self._sig_of.clear()
-        dirty, groups = self._dirty, self.groups
-        if state == self._global and not relearn:
-            # Keys of the marked sessions first, then the timers: a marked session's new
-            # key makes its timer stale, so the index re-keys only the others, which gives
-            # every session the key it had when the timers went first.
-            # Python's state changes only once the index took the call: if it raises (a
-            # bad push), the marked sessions stay marked and their bases and classes stay.
-            live = dirty & groups.keys()
-            gone = dirty - live if len(live) < len(dirty) else ()
-            bases: dict[str, Any] = {}
-            classes, known = self._classes, len(self._classes)
-            try:
-                pushes = self._keys(live, now, bases)
-                due, self._runs, out = index.refresh_victims(
-                    now, gone, pushes, num_blocks, 2 * len(groups) + 64, groups)
-            except BaseException:
-                for sig in list(classes)[known:]:  # the class ids this keying gave
-                    self._sig_of.pop(classes.pop(sig), None)
-                raise
-            base_of = self._base
-            for sid in gone:  # no cached block left (evicted, or hit)
-                base_of.pop(sid, None)
-            base_of.update(bases)
-            dirty.clear()
-            if due is None:
-                return out
-            # Due sessions that only Python keys (their class's keys unknown, or past its
-            # limit): many at once go by class (an idle expert's turn).
-            if len(due) >= _BY_CLASS and self.class_keys:
-                due = self._rekey_by_class(due, now)
-            self._drop_or_rekey(set(due), now)
-            return self._take_runs(num_blocks)
+    def _rekey_all_now(self, state: Hashable, now: float, num_blocks: int) -> list[int] | None:
+        """`_index_victims`'s full re-key (relearning, a new `_global_state`): every session
+        keyed again, by class where it can (`_rekey_everyone`); then, for `num_blocks` >= 0,
+        the index's runs for that many blocks (into `_runs`) and their victims."""
+        dirty = self._dirty
         learned_before = self._learned_at_rebuild
         self._global = state
         self._learned_at_rebuild = self._learned
         try:
             if self._rekey_everyone(now):
                 self._drop_or_rekey(dirty, now)
-                index.compact()  # one entry per session, as a cleared index keyed afresh holds
+                # one entry per session, as a cleared index keyed afresh holds
+                self._index.compact()
             else:
                 self._drop_or_rekey(dirty, now)
         except BaseException:
@@ -351,7 +378,7 @@ class VictimSearch:
         return self._take_runs(num_blocks)
 
     def _take_runs(self, num_blocks: int) -> list[int] | None:
-        """`_refresh`'s end after Python keyed sessions: put back what earlier searches took
+        """The end of a search after Python keyed sessions: put back what earlier searches took
         aside, then the index's runs for `num_blocks` (>= 0; into `_runs`) and their victims."""
         index = self._index
         index.restore()
@@ -449,7 +476,7 @@ class VictimSearch:
         points while its class's keys are known; its base is then asked of the index (None
         in `_base`). The key was judged at `now`, so it next changes after it: the index
         fires a deadline that rounding put at or before `now` at the next search after it.
-        The bases go into `base_of` (default `_base`; `_refresh` passes its own, kept only
+        The bases go into `base_of` (default `_base`; `_index_victims` passes its own, kept only
         once the index accepted the pushes)."""
         groups, pos = self.groups, self._pos
         if base_of is None:
@@ -495,6 +522,13 @@ class VictimSearch:
     def _global_state(self, now: float) -> Hashable:
         """What every session's key depends on besides its own state (default: nothing)."""
         return None
+
+    def _search_state(self, now: float) -> tuple[Hashable, Hashable]:
+        """`_prepare`, then (`_global_state`, `_keys_token`): what an indexed search reads
+        first. A policy that has all three gives them in this one call instead (each Python
+        call costs a search between two steps its code's cache misses)."""
+        self._prepare(now)
+        return self._global_state(now), self._keys_token()
 
     def elapsed_since(self, t0: float, now: float) -> tuple[float, float]:
         """(seconds since t0 as keys read them, when that next changes): rounded down to

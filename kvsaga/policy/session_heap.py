@@ -50,7 +50,8 @@ from operator import index
 from typing import Any
 
 from kvsaga.policy.lognormal import LogNormalDist, resume_prediction, resume_window
-from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index
+from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S
+from kvsaga.policy.search import grid_index_py as grid_index  # (the twin reads the reference)
 from kvsaga.policy.victim_runs import cut_tails, tail_victims
 
 Key = tuple[float, float]
@@ -465,7 +466,7 @@ class PySessionHeap:
     def refresh_runs(self, now: float, drops: Iterable[Hashable],
                      pushes: Iterable[tuple], num_blocks: int, stale_limit: int
                      ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None]:
-        """A usual search's index work in one call (search.py `_refresh`): `compact` when
+        """A usual search's index work in one call (search.py `_index_victims`): `compact` when
         more than `stale_limit` entries are held, `drop` each of `drops`, `push` each of
         `pushes` ((sid, key, tie, size, until, timed), judged at `now`), then `due(now)`.
         When no due session is left for Python: `restore`, then `runs(num_blocks)` (none

@@ -125,10 +125,17 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         return self._rent_last
 
     def _prepare(self, now: float) -> None:
-        self._rent = self.rent()
+        self._search_state(now)
 
-    def _global_state(self, now: float) -> float:
-        return self._rent
+    def _search_state(self, now: float) -> tuple[float, tuple[int, float]]:
+        """The rent now (`_prepare`), which is every key's global state, and what the class
+        keys are computed from (the graph's statistics and the rent), in one call, with
+        `rent`'s own test first: the usage that priced the last rent gives it again with no
+        call of `rent` (each Python call costs a search its code's cache misses)."""
+        u, cap = self.usage(), self.max_usage
+        self._rent = rent = self._rent_last if (u if u < cap else cap) == self._rent_usage else (
+            self.rent())
+        return rent, (self.graph.version, rent)
 
     def session_value(self, session_id: str, now: float) -> tuple[bool, float, float]:
         """Judge a session's retained blocks now.
@@ -192,7 +199,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         """`_session_base` and, for a paused session before its TTL, its timed record
         (search.py `_rekey`): its key is then a function of its class (workflow, tool,
         blocks, head position, the hinted pause while it lasts; the rent is in
-        `_keys_token`) and of the grid point of its pause, shared through `_memo`."""
+        `_search_state`'s token) and of the grid point of its pause, shared through `_memo`."""
         view = self.views.get(sid)
         paused_at = view.paused_at if view is not None else now
         d = now - paused_at
@@ -276,9 +283,6 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
             t = paused_at + x
             until = t if t < until else until
         return key, until
-
-    def _keys_token(self) -> tuple[int, float]:
-        return self.graph.version, self._rent
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         cached_at = self._cached_at[block_id]

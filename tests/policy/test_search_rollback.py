@@ -1,6 +1,6 @@
 """A full re-key that raises part way (a policy's keying, a push the index refuses) leaves
 no session with a key the current statistics do not give: the next search re-keys every
-session again (search.py `_refresh`), so its order is the full scan's."""
+session again (search.py `_index_victims`), so its order is the full scan's."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from kvsaga.policy import search
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 
@@ -274,3 +275,42 @@ def test_a_full_re_key_moves_sessions_to_their_class_under_new_statistics(cpp):
     # b and e move to class 9: b is past its break-even time, e (paused at 2.8) is not.
     assert index.rekey_classes({1: 9}, 3.0) == {"b", "c"}
     assert index.top() == (ttl_window_key(new, 2.8, grid_index(0.2)[1]), 50)
+
+
+# Elapsed times at, just below and just above every grid point held, and past them.
+_EDGES = [x for p in search._GRID_POINTS for x in (p, math.nextafter(p, 0.0),
+                                                   math.nextafter(p, math.inf))]
+
+
+@needs_cpp
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.floats(-1.0, 1e300, allow_nan=False), st.sampled_from(_EDGES),
+                 st.floats(1e15, 1e18)))
+def test_the_cpp_grid_reads_elapsed_times_as_the_python_reference(e):
+    # csrc/elapsed_grid.h: what keying calls for grid_index when the index is built
+    from kvsaga._evict import Grid
+
+    grid = Grid(search.GRID_S, search.GRID_RATIO, search._LOG_RATIO,
+                list(search._GRID_POINTS))
+    assert grid.index(e) == search.grid_index_py(e)
+    assert search.grid_index is not search.grid_index_py  # the policies read the C++ one
+
+
+@needs_cpp
+@pytest.mark.parametrize(("e", "error"), [(math.inf, OverflowError), (math.nan, ValueError),
+                                          (1.7e308, OverflowError)])
+def test_the_cpp_grid_refuses_what_the_reference_refuses(e, error):
+    with pytest.raises(error):
+        search.grid_index_py(e)
+    with pytest.raises(error):
+        search.grid_index(e)
+
+
+@needs_cpp
+@pytest.mark.parametrize("args", [(0.0, 1.2, 0.18, [0.0, 1.0]), (1e-3, 1.0, 0.0, [1e-3, 2e-3]),
+                                  (1e-3, 1.2, 0.18, [1e-3])])
+def test_a_grid_without_points_or_growth_is_refused(args):
+    from kvsaga._evict import Grid
+
+    with pytest.raises(ValueError, match="grid"):
+        Grid(*args)
