@@ -133,12 +133,12 @@ class WorkingSetGate:
         reserve that always applied delayed admissions in the one fit run without
         pressure (web seed 105 1x, mean TCT +3.5-7.1%), where nobody is demoted; and at
         bfcl 1x 25% most of a session's wait is to be admitted again after a demotion
-        (1.7-14.1 s a session against 0.2-6.6 s for its first admission), and 48-70% of
+        (1.6-14.4 s a session against 0.1-5.6 s for its first admission), and 33-64% of
         the demotions follow a paused session's next step coming back to a tier that new
         sessions had filled. So while a demoted session waits, new sessions may not take
         the room the paused sessions come back to; a demoted session's own step, work
         under way, is not held back by it (holding it back too lowered bfcl 1x 25% on the
-        fit seeds, e.g. seed 101 1.54x -> 1.30x against fcfs+lru)."""
+        fit seeds: RESULTS)."""
         if self.paused_reserve != PAUSED_RESERVE_SHORT:
             return bool(self.paused_reserve)
         return bool(self._deferred) and req.session_id not in self._deferred
