@@ -108,7 +108,7 @@ class SessionHeap {
     return nb::make_tuple(nb::none(), taken, victim_runs::tail_victims(groups, taken));
   }
 
-  // Push `p` (read by `read_push`).  // Push `p` (read by `read_push`).
+  // Push `p` (read by `read_push`).
   void apply(const Pushed& p, double now) {
     const Timed& t = p.t;
     const TableKey& tk = p.tk;
@@ -370,7 +370,9 @@ class SessionHeap {
     return slot;
   }
 
-  // `refresh_runs` up to its `due`: the sessions due for Python.
+  // `refresh_runs` up to its `due`: the sessions due for Python. `refresh_victims` runs it
+  // too, and its errors name `refresh_runs` from there as well, as the Python twin's do
+  // (session_heap.py `refresh_victims` calls `refresh_runs`).
   nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit) {
     if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
     nb::object ds = nb::steal(PySequence_List(drops.ptr()));

@@ -16,28 +16,41 @@ from collections.abc import Hashable
 from operator import index
 from typing import Any
 
+# Python code can run in the middle of each call (a count's `__index__`, a session id's
+# `__hash__` / `__eq__`, a block's `__eq__`) and change `runs`, `groups`, the groups' lists or
+# `block_ids`: both twins read the runs off a snapshot, convert every count before any group
+# is read, and take each step below in this order, so they answer alike even then (and the
+# C++ twin, which holds what it keeps, never reads freed memory).
 
-def _check_runs(groups: Any, runs: Any) -> None:
-    """The argument types `tail_victims` and `cut_tails` take (as the C++ twin checks)."""
+
+def _read_runs(groups: Any, runs: Any) -> tuple[tuple[Hashable, Any], ...]:
+    """`runs`, checked (as the C++ twin checks the argument types), as a tuple: the runs
+    as the call began."""
     if not isinstance(groups, dict):
         raise TypeError("groups must be a dict")
     if not isinstance(runs, list) or not all(isinstance(r, tuple) and len(r) == 2
                                              for r in runs):
         raise TypeError("runs must be a list of (session, count) tuples")
+    return tuple(runs)
 
 
 def _count(k: Any) -> int:
     """A run's count, an integer (or an object with __index__), as the C++ twin reads it."""
-    try:
-        return index(k)
-    except TypeError:
-        raise TypeError(f"runs: a count must be an integer, got {type(k).__name__}") from None
+    if not hasattr(type(k), "__index__"):
+        raise TypeError(f"runs: a count must be an integer, got {type(k).__name__}")
+    return index(k)
+
+
+_NO_GROUP = object()
 
 
 def _group(groups: dict, sid: Hashable) -> list[int] | None:
-    """`sid`'s group (a list), None when it has none."""
-    g = groups.get(sid)
-    if g is not None and not isinstance(g, list):
+    """`sid`'s group (a list), None when it has none; TypeError for a group that is not a
+    list (None included: the C++ twin reads no other)."""
+    g = groups.get(sid, _NO_GROUP)
+    if g is _NO_GROUP:
+        return None
+    if not isinstance(g, list):
         raise TypeError("groups: a session's group must be a list")
     return g
 
@@ -47,37 +60,44 @@ def tail_victims(groups: dict[Hashable, list[int]], runs: list[tuple[Hashable, i
     """groups[sid][:k] for each run (sid, k) of `runs`, concatenated: a search's
     victims (KeyError for a session without a group, ValueError for a negative count;
     nothing changes either way)."""
-    _check_runs(groups, runs)
-    taken = []
-    for sid, k in runs:
+    runs = _read_runs(groups, runs)
+    counts = []
+    for _, k in runs:
         k = _count(k)
         if k < 0:
             raise ValueError("runs: a count must be >= 0")
+        counts.append(k)
+    taken: list[int] = []
+    for (sid, _), k in zip(runs, counts, strict=True):
         g = _group(groups, sid)
         if g is None:
             raise KeyError(sid)
-        taken.append(g[:k])
-    return [b for t in taken for b in t]
+        taken += g[:k]
+    return taken
 
 
 def cut_tails(groups: dict[Hashable, list[int]], runs: list[tuple[Hashable, int]],
               block_ids: list[int], dirty: tuple[set, ...]) -> bool:
     """Take the runs (sid, k) off the tails of their groups when they are `block_ids`
-    in order, each run its session's first k blocks (k >= 1) and no session twice:
-    delete them (the group itself when k is its length) and add each session to every
-    set of `dirty` (the pool uncaching a search's victims). True when done; False,
-    nothing changed, for any other batch. groups.py `blocks_uncached` calls it."""
-    _check_runs(groups, runs)
+    in order, all of them, each run its session's first k blocks (k >= 1) and no session
+    twice: delete them (the group itself when k is its length) and add each session to
+    every set of `dirty` (the pool uncaching a search's victims). True when done; False,
+    nothing changed, for any other batch; TypeError for a group that is not a list.
+    groups.py `blocks_uncached` calls it."""
+    runs = _read_runs(groups, runs)
     if not isinstance(block_ids, list):
         raise TypeError("block_ids must be a list")
     if not isinstance(dirty, tuple) or not all(isinstance(d, set) for d in dirty):
         raise TypeError("dirty must be a tuple of sets")
-    seen, i = set(), 0
-    cut = []
-    for sid, k in runs:
+    counts = []
+    for _, k in runs:
         k = _count(k)
         if k < 1:
             return False
+        counts.append(k)
+    seen, i = set(), 0
+    cut = []
+    for (sid, _), k in zip(runs, counts, strict=True):
         g = _group(groups, sid)
         if g is None or k > len(g) or i + k > len(block_ids) or sid in seen:
             return False
@@ -86,6 +106,8 @@ def cut_tails(groups: dict[Hashable, list[int]], runs: list[tuple[Hashable, int]
         seen.add(sid)
         cut.append((sid, g, k))
         i += k
+    if i != len(block_ids):  # an id no run names
+        return False
     for sid, g, k in cut:
         if k == len(g):
             del groups[sid]
