@@ -12,8 +12,13 @@ parameters (`overcommit`, `shrink_order`, `shrink_aging`); nothing else uses it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 from kvsaga.scheduler.working_set import shrink
+
+# A waiting session's blocks to find room for, given the admitted sessions about to be
+# demoted (`WorkingSetGate._session_fits`'s `need`).
+Need = Callable[[Sequence[str]], int]
 
 
 class Demotions:
@@ -136,13 +141,16 @@ class Demotions:
         total = sum(weight(t) for t in present)
         return {t: limit * weight(t) / total for t in present}
 
-    def _room_after(self, need: int, whole: int | None, limit: float,
+    def _room_after(self, need: Need, whole: int | None, limit: float,
                     victims: list[str]) -> bool:
-        """Whether `need` blocks fit within `limit` once `victims` are demoted and, when
-        `whole` is given (`readmit_charge` "context": a demoted session's whole own
-        context in blocks), whether that context also fits beside the contexts left."""
+        """Whether `need(victims)` blocks (the waiting session's working set and the
+        reserves left once `victims` are demoted: their paused growth and growth variance
+        go with them, `WorkingSetGate._reserves`) fit within `limit` beside the working sets
+        left and, when `whole` is given (`readmit_charge` "context": a demoted session's
+        whole own context in blocks), whether that context also fits beside the contexts
+        left."""
         freed = sum(self.sessions[sid].blocks for sid in victims)
-        if self._committed - freed + need > limit:
+        if self._committed - freed + need(victims) > limit:
             return False
         if whole is None:
             return True
@@ -151,10 +159,12 @@ class Demotions:
                   if sid not in victims)
         return ctx + whole <= limit
 
-    def _reclaim_share(self, req, need: int, limit: float, now: float,
+    def _reclaim_share(self, req, own: int, need: Need, limit: float, now: float,
                        whole: int | None = None) -> bool:
-        """Make room for `req`'s session (`need` blocks) that the tiers cannot take, if its
-        tenant stays within its share with it: demote paused sessions of tenants above
+        """Make room for `req`'s session (`need`: its working set `own` and the reserves,
+        `_room_after`) that the tiers cannot take, if its tenant stays within its share
+        with it (its working set alone counts there: the reserves are kept for every
+        tenant's growth, not charged to the one asking): demote paused sessions of tenants above
         their shares (in `_demotion_order`, each only while its tenant is still above its
         share). All of them or none: when that cannot make room, nothing is demoted. This
         is the memory half of Agent Fair Share's bound (module
@@ -169,7 +179,7 @@ class Demotions:
         tenant = req.tenant
         shares = self._shares(limit)
         held = self._tenant_blocks
-        if shares is None or held.get(tenant, 0) + need > shares[tenant]:
+        if shares is None or held.get(tenant, 0) + own > shares[tenant]:
             return False
         left = dict(held)
         victims: list[str] = []
@@ -188,7 +198,7 @@ class Demotions:
         return True
 
     # -- the tail guard's room (kvsaga.scheduler.tail_guard) --------------------------------
-    def _reclaim_due(self, req, need: int, limit: float, now: float,
+    def _reclaim_due(self, req, need: Need, limit: float, now: float,
                      whole: int | None = None) -> bool:
         """With the tail guard on, make room for the session the reserve holds for (its
         deadline passed): demote paused admitted sessions in `_demotion_order` until it

@@ -70,10 +70,14 @@ class GrowthTable:
         return self.prior if g is None else g.mean
 
     def var(self, workflow: str, tool: str | None = None) -> float:
-        """The variance of a step's growth, as `mean` picks its key (0 until observed)."""
+        """The variance of a step's growth: after a pause on `tool`, that tool's once it
+        was observed at least twice; else the workflow's (0 until observed). Why not once,
+        as `mean` takes its key after one observation: one observation estimates a mean
+        but has no spread (its variance is 0), so a tool seen once would override the
+        workflow's spread with none and its session would get no `growth_reserve`."""
         if tool is not None:
             g = self.by_tool.get((workflow, tool))
-            if g is not None:
+            if g is not None and g.n >= 2:
                 return g.var
         g = self.by_workflow.get(workflow)
         return 0.0 if g is None else g.var

@@ -12,6 +12,7 @@ for live in `kvsaga.scheduler.demotion`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from kvsaga.manager import StepLookup
@@ -97,17 +98,17 @@ class WorkingSetGate:
         if not self.sessions:
             return True
         own, whole = self._readmit_tokens(req, lookup)
-        need = self._working_set(req.workflow, own, 0)
-        if self.growth_reserve:
-            need += self._reserve_blocks(self._growth_var(req.workflow, None, True))
-        if self._paused_reserve_applies(req):
-            need += self._paused_extra  # 0 unless `paused_reserve`
+        ws = self._working_set(req.workflow, own, 0)
+        var = self._growth_var(req.workflow, None, True) if self.growth_reserve else 0.0
+
+        def need(victims: Sequence[str] = ()) -> int:
+            return ws + self._reserves(req, var, victims)
         limit = self.overcommit * self.capacity
         bs = self.manager.block_size
         whole_blocks = None if whole is None else working_set_blocks(whole, 0.0, 0.0, bs)
 
         def fits() -> bool:
-            if self._committed + need > limit:
+            if self._committed + need() > limit:
                 return False
             return whole_blocks is None or self._context_blocks() + whole_blocks <= limit
         if fits():
@@ -115,7 +116,7 @@ class WorkingSetGate:
         self._demote(now)
         if not self.sessions or fits():
             return True
-        if self._reclaim_share(req, need, limit, now, whole_blocks):
+        if self._reclaim_share(req, ws, need, limit, now, whole_blocks):
             return True
         if self._idle_long(now):
             return True
@@ -123,7 +124,24 @@ class WorkingSetGate:
         self._held_back("contexts" if self._context_blocks() + bare > limit else "growth")
         return False
 
-    def _paused_reserve_applies(self, req: Any) -> bool:
+    def _reserves(self, req: Any, extra_var: float, victims: Sequence[str] = ()) -> int:
+        """The room admitting `req`'s session (growth variance `extra_var`) must keep free
+        besides its working set: `growth_reserve`'s and `paused_reserve`'s, from the
+        admitted sessions as they stand when asked, less `victims` (admitted sessions about
+        to be demoted: their variances and paused growth leave with them). Read live, not
+        once per admission test: a demotion in between (`_demote`, `_reclaim_share`)
+        takes its session's share of the reserves with it, and a stale figure refused
+        sessions that fit (a session demoted for nothing: tests/scheduler/test_reserves.py).
+        0 when both are off (the default)."""
+        n = 0
+        gone = [self.sessions[sid] for sid in victims]
+        if self.growth_reserve:
+            n += self._reserve_blocks(extra_var - sum(i.var for i in gone))
+        if self._paused_reserve_applies(req, bool(gone)):
+            n += self._paused_extra - sum(i.extra for i in gone)
+        return n
+
+    def _paused_reserve_applies(self, req: Any, demoting: bool = False) -> bool:
         """Whether admitting `req`'s session must leave the paused sessions' next growth
         free (`paused_reserve`): always under True; under "short" only while the tiers are
         short, that is while a demoted session has not been admitted again (a demotion is
@@ -138,10 +156,11 @@ class WorkingSetGate:
         sessions had filled. So while a demoted session waits, new sessions may not take
         the room the paused sessions come back to; a demoted session's own step, work
         under way, is not held back by it (holding it back too lowered bfcl 1x 25% on the
-        fit seeds: RESULTS)."""
+        fit seeds: RESULTS). `demoting`: as it will be once sessions about to be demoted
+        are (then the tiers are short)."""
         if self.paused_reserve != PAUSED_RESERVE_SHORT:
             return bool(self.paused_reserve)
-        return bool(self._deferred) and req.session_id not in self._deferred
+        return (bool(self._deferred) or demoting) and req.session_id not in self._deferred
 
     def _readmit_tokens(self, req: Any, lookup: StepLookup) -> tuple[int, int | None]:
         """The tokens of `req`'s session that the gate charges as its own context, and,

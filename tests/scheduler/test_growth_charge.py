@@ -75,7 +75,8 @@ def _resident(m, sid: str) -> int:
 def _c_then_a(z: float, growths: list[int], observation: int):
     """a paused after `growths`; c (92 tokens) arrives; then a's next step with a tool
     observation of `observation` tokens. Returns (manager, scheduler, admitted at c's
-    arrival, c's resident blocks once a's step ran, the reserve's blocks before c came)."""
+    arrival, what held c back then (None: nothing), c's resident blocks once a's step ran,
+    the reserve's blocks before c came)."""
     m = manager(40)
     s = wf(m, growth_charge="remaining", growth_reserve=z)
     ex, prompt, t = _pause_a(m, s, growths)
@@ -84,6 +85,7 @@ def _c_then_a(z: float, growths: list[int], observation: int):
     s.add(c, t)
     out = s.schedule(t, ex)
     first = [r.session_id for r in out.admitted]
+    cause = s._cause  # this batch step's, reset at the next
     ex.run(s, out, t)
     while s.running:  # c's prefill (chunked) to its pause
         t += 1.0
@@ -97,7 +99,7 @@ def _c_then_a(z: float, growths: list[int], observation: int):
         m.check_integrity()
         t += 1.0
     c_resident = _resident(m, "c") if "c" in m.sessions else 0
-    return m, s, first, c_resident, reserve
+    return m, s, first, cause, c_resident, reserve
 
 
 def test_the_reserve_keeps_a_paused_context_when_growth_is_spread():
@@ -106,11 +108,11 @@ def test_the_reserve_keeps_a_paused_context_when_growth_is_spread():
     it c is admitted, pauses, and a's next step, whose observation is above the mean, takes
     blocks of c's context (admitted, paused): c must recompute them."""
     growths = [4, 28, 4, 28]
-    m0, s0, first0, c0, _ = _c_then_a(0.0, growths, 24)
-    m1, s1, first1, c1, reserve = _c_then_a(1.0, growths, 24)
+    m0, s0, first0, cause0, c0, _ = _c_then_a(0.0, growths, 24)
+    m1, s1, first1, cause1, c1, reserve = _c_then_a(1.0, growths, 24)
     assert reserve == 3  # sqrt(128) tokens = 2.8 blocks
     assert first0 == ["c"] and first1 == []
-    assert s1._cause == "growth" or s1.wait_causes.get("growth", 0) > 0
+    assert cause0 is None and cause1 == "growth"  # refused for the room kept, at c's arrival
     assert c0 < len(m0.sessions["c"].block_hashes)  # without: c's context was evicted
     assert c1 == 0 and "c" not in s1.sessions  # with: c had no context to lose yet
     assert _resident(m1, "a") == len(m1.sessions["a"].block_hashes)
@@ -119,9 +121,9 @@ def test_the_reserve_keeps_a_paused_context_when_growth_is_spread():
 def test_no_spread_no_reserve():
     """Growth that never varies (12, 12, 12 tokens: a's context as long as above) has no
     spread: the reserve keeps nothing free and c is admitted as without it."""
-    _, _, first, _, reserve = _c_then_a(1.0, [12, 12, 12, 28], 0)
+    _, _, first, cause, _, reserve = _c_then_a(1.0, [12, 12, 12, 28], 0)
     assert reserve == 0
-    assert first == ["c"]
+    assert first == ["c"] and cause is None
 
 
 @pytest.mark.parametrize("kw,match", [
