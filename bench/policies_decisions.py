@@ -69,8 +69,12 @@ ENDLESS = 1e12  # epoch_pools: the first expert leads the whole run
 
 
 def _median(xs: list[float]) -> float:
+    """The median (the mean of the middle two for an even count); NaN with no values."""
     xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else math.nan
+    n = len(xs)
+    if not n:
+        return math.nan
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
 def _sooner_pairs(mine: list[float], theirs: list[float]) -> tuple[float, int]:

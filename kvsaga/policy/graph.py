@@ -144,7 +144,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self.calib_prior = calib_prior
         # Admission waits (warm and cold) and demotions' lengths, learned and read.
         self.returns = ReturnForecast(residual_wait, wait_alpha, median_returns, spread,
-                                      spread_states, calib_prior or 4.0, demoted_mean)
+                                      spread_states, calib_prior or 4.0,
+                                      demoted_mean=demoted_mean)
         self._ready: dict[str, tuple[float, bool]] = {}  # hinted: (when, warm then)
         self._ctx_blocks: dict[str, int] = {}  # blocks of each paused session's context
         # Self-correction: (workflow, tool or None) -> [resumes, sum of log(observed /

@@ -80,12 +80,14 @@ class ReturnForecast:
             `calib_prior`, or 4 when that is None).
         demoted_mean: price a demoted session by the mean residual demotion, not the
             median (module docstring); `spread` on demoted sessions takes precedence.
+            Required, keyword-only: its default is GraphPolicy's alone, so the two cannot
+            drift apart.
     """
 
     def __init__(self, residual_wait: bool = True, wait_alpha: float = 0.02,
                  median_returns: bool = True, spread: bool = False,
                  spread_states: tuple[str, ...] | str = SPREAD_STATES,
-                 prior: float = 4.0, demoted_mean: bool = False) -> None:
+                 prior: float = 4.0, *, demoted_mean: bool) -> None:
         self.residual_wait = flag("residual_wait", residual_wait)
         if not 0 < wait_alpha <= 1:
             raise ValueError(f"wait_alpha must be in (0, 1], got {wait_alpha!r}")

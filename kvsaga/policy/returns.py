@@ -75,9 +75,14 @@ class WaitSamples:
         n = len(xs) - i
         if n == 0:
             return waited_s
+        return (self.tail_sum(i) - n * waited_s) / n
+
+    def tail_sum(self, i: int) -> float:
+        """The sum of the sorted samples from the `i`-th on: one lookup in suffix sums
+        rebuilt only after an add (so a forecast read many times between adds is O(log n))."""
         if self._suffix is None:
-            self._suffix = list(accumulate(reversed(xs)))[::-1] + [0.0]
-        return (self._suffix[i] - n * waited_s) / n
+            self._suffix = list(accumulate(reversed(self._sorted)))[::-1] + [0.0]
+        return self._suffix[i]
 
     def mean_residual(self, waited_s: float, workflow: str | None = None) -> float | None:
         """Mean seconds still to wait after `waited_s` (`residual`: this record's forecast
@@ -123,17 +128,26 @@ class WorkflowWaits(WaitSamples):
             self.by_workflow[workflow] = own  # (re)inserted last: the most recent
             own.add(wait_s)
 
+    def _tails(self, waited_s: float, workflow: str | None
+               ) -> tuple[WaitSamples | None, int, int, int, int]:
+        """What both forecasts read: the workflow's own record (None without one), the
+        indices of the first own and pooled samples above `waited_s`, and how many of each
+        lie above it."""
+        own = self.by_workflow.get(workflow) if workflow is not None else None
+        own_xs = own._sorted if own is not None else []
+        i, j = bisect_right(own_xs, waited_s), bisect_right(self._sorted, waited_s)
+        return own, i, j, len(own_xs) - i, len(self._sorted) - j
+
     def residual(self, waited_s: float, workflow: str | None = None) -> float | None:
         """Median seconds still to wait after `waited_s` (the mixture's, above); `waited_s`
         itself once every sample is shorter; None with no samples."""
         pool = self._sorted
         if not pool:
             return None
-        own_xs = self.by_workflow[workflow]._sorted if workflow in self.by_workflow else []
-        i, j = bisect_right(own_xs, waited_s), bisect_right(pool, waited_s)
-        a, b = len(own_xs) - i, len(pool) - j
+        own, i, j, a, b = self._tails(waited_s, workflow)
         if a == 0 and b == 0:
             return waited_s
+        own_xs = own._sorted if own is not None else []
         w_pool = self.prior / b if b else 0.0
         half = 0.5 * (a + (self.prior if b else 0.0))
         got = 0.0
@@ -149,17 +163,15 @@ class WorkflowWaits(WaitSamples):
         """*Mean* seconds still to wait after `waited_s`, over the same mixture as
         `residual` (the workflow's waits beyond `waited_s` one each, the pooled ones
         `prior` in all); `waited_s` itself once every sample is shorter; None with no
-        samples. graph's `demoted_mean` reads it (return_forecast.py says why)."""
-        pool = self._sorted
-        if not pool:
+        samples. graph's `demoted_mean` reads it (return_forecast.py says why). Two
+        bisections and two suffix-sum lookups (`tail_sum`): O(log n) a call between adds."""
+        if not self._sorted:
             return None
-        own_xs = self.by_workflow[workflow]._sorted if workflow in self.by_workflow else []
-        i, j = bisect_right(own_xs, waited_s), bisect_right(pool, waited_s)
-        a, b = len(own_xs) - i, len(pool) - j
+        own, i, j, a, b = self._tails(waited_s, workflow)
         if a == 0 and b == 0:
             return waited_s
-        own_left = sum(own_xs[i:]) - a * waited_s
+        own_left = own.tail_sum(i) - a * waited_s if a else 0.0
         if b == 0:
             return own_left / a
-        pool_left = (sum(pool[j:]) - b * waited_s) / b  # the pooled mean residual
+        pool_left = (self.tail_sum(j) - b * waited_s) / b  # the pooled mean residual
         return (own_left + self.prior * pool_left) / (a + self.prior)

@@ -19,6 +19,14 @@ def test_sooner_pairs_counts_pairs_where_mine_is_read_first():
     assert mod._sooner_pairs(mine, theirs) == (pytest.approx(want), 12)
 
 
+def test_median_is_the_mean_of_the_middle_two_for_an_even_count():
+    mod = load("policies_decisions")
+    assert mod._median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert mod._median([5.0, 1.0, 3.0]) == 3.0
+    assert mod._median([7.0]) == 7.0
+    assert math.isnan(mod._median([]))
+
+
 def test_an_evaluation_seed_is_refused():
     mod = load("policies_decisions")
     with pytest.raises(ValueError, match="not a fit seed"):

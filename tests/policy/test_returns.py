@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.returns import TRACKED_WORKFLOWS, WaitSamples, WorkflowWaits
@@ -175,6 +177,29 @@ def test_mean_residual_is_the_mixtures_mean():
     for x in (1.0, 2.0, 100.0):
         flat.add(x)
     assert flat.mean_residual(0.5) == flat.residual(0.5) == pytest.approx((0.5 + 1.5 + 99.5) / 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prior=st.sampled_from([0.5, 4.0]), size=st.integers(1, 12),
+       steps=st.lists(st.tuples(st.floats(0.0, 1e4), st.sampled_from(["a", "b", None]),
+                                st.floats(0.0, 200.0)), min_size=1, max_size=40))
+def test_mean_residual_is_the_brute_force_mean_between_and_after_appends(prior, size, steps):
+    """Queried after every add (so the suffix sums are read both freshly rebuilt and stale
+    records evicted by `size`), the O(log n) mean residual is the definition's."""
+    w = WorkflowWaits(prior=prior, size=size)
+    own: list[float] = []
+    pool: list[float] = []
+    for x, wf, q in steps:
+        w.add(x, wf)
+        pool = (pool + [x])[-size:]
+        if wf == "a":
+            own = (own + [x])[-size:]
+        for query in (q, x, 0.0):  # twice each: the second reads the cached sums
+            for _ in range(2):
+                want = _weighted_mean_residual(own, pool, prior, query)
+                assert w.mean_residual(query, "a") == pytest.approx(want, rel=1e-9, abs=1e-9)
+                assert w.mean_residual(query, "zz") == pytest.approx(
+                    _weighted_mean_residual([], pool, prior, query), rel=1e-9, abs=1e-9)
 
 
 def test_demoted_mean_evicts_a_demoted_session_the_median_keeps():
