@@ -219,6 +219,42 @@ def policy_check(policy: str, against: str, workers: int) -> list[str]:
     return out
 
 
+def parse_params(text: str) -> dict:
+    """`--non-thrash-check`'s argument: a JSON object of `WorkflowScheduler` parameters,
+    checked here, before any simulation (a ValueError naming what is wrong): a scheduler is
+    built with them on a small manager, so a bad name or value fails as the scheduler says."""
+    from kvsaga import KVCacheManager, KVSpec
+    from kvsaga.scheduler import make_scheduler
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--non-thrash-check takes a JSON object of workflow scheduler "
+                         f"parameters, got {text!r} ({e})") from None
+    if not isinstance(params, dict) or not params:
+        raise ValueError(f"--non-thrash-check takes a non-empty JSON object of workflow "
+                         f"scheduler parameters, got {text!r}")
+    known = set(WorkflowScheduler.__init__.__kwdefaults__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"--non-thrash-check: unknown workflow scheduler parameters "
+                         f"{unknown} (known: {', '.join(sorted(known))})")
+    make_scheduler("workflow", KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16), **params)
+    return params
+
+
+def non_thrash_check(params: dict, workers: int, policy: str = DEFAULT_POLICY) -> str:
+    """`--non-thrash-check PARAMS`: the fit's non-thrash rule (`non_thrash_worse`) for one
+    candidate on its own, as `fit` applies it to its candidates in order: the figures at
+    the fit seeds' non-thrash points that `params` makes worse than `PREVIOUS` by more than
+    `NON_THRASH_SLACK` (SLO: any drop). For a candidate the fit's order reaches after
+    another check (round 13's veto) rejected the one it chose."""
+    worse = non_thrash_worse(params, workers, policy=policy)
+    return (f"{params}: non-thrash points (fcfs+lru hit >= 0.8, fit seeds "
+            f"{', '.join(map(str, FIT_SEEDS))}): {len(_NON_THRASH)}; figures worse than "
+            f"{PREVIOUS}'s by more than {NON_THRASH_SLACK:.0%} (or any SLO drop): "
+            + ("; ".join(worse) if worse else "none"))
+
+
 def candidate_table(grid: list[dict], scores: dict, seeds: dict) -> str:
     """The round's candidates as a markdown table: per fit point the geomeans over the fit
     seeds (mean TCT gain / p95 gain / tasks/h ratio), the smallest gain, and the (seed,
@@ -442,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds only; `tail_guard_check`).
     `--policy-check AGAINST`: the fit seeds' baseline row with `--policy`, and its
     non-thrash figures against AGAINST's (`policy_check`).
-    `--policy NAME`: the policy of the workflow arm in --held-out and --policy-check."""
+    `--non-thrash-check PARAMS`: the fit's non-thrash rule for one candidate (a JSON object
+    of workflow parameters) against today's workflow defaults (`non_thrash_check`).
+    `--policy NAME`: the policy of the workflow arm in --held-out and --policy-check (of
+    both arms in --non-thrash-check)."""
     import argparse
     import time
 
@@ -459,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--policy-check", metavar="AGAINST",
                       help="fit seeds 101-106: workflow's defaults with --policy vs fcfs+lru "
                       "at the fit points, and every non-thrash figure worse than with AGAINST")
+    mode.add_argument("--non-thrash-check", metavar="PARAMS",
+                      help="fit seeds 101-106: the non-thrash figures the workflow "
+                      "parameters PARAMS (a JSON object, e.g. "
+                      "'{\"paused_reserve\": true}') make worse than the defaults")
     ap.add_argument("--policy", default=None,
                     help="eviction policy of the workflow arm in --held-out and "
                     f"--policy-check (default: {DEFAULT_POLICY}, kvsaga.policy.DEFAULT_POLICY)")
@@ -477,6 +520,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--policy applies to --held-out and --policy-check only, not "
                  "--tail-guard-check (which does not use it)")
     args.policy = args.policy or DEFAULT_POLICY
+    if args.non_thrash_check is not None:
+        try:
+            params = parse_params(args.non_thrash_check)
+        except (ValueError, TypeError) as e:
+            ap.error(str(e))
+        t0 = time.perf_counter()
+        line = non_thrash_check(params, args.workers, args.policy)
+        print(f"{time.perf_counter() - t0:.0f} s; policy {args.policy}")
+        print(line)
+        return 0
     if args.policy_check is not None:
         t0 = time.perf_counter()
         lines = policy_check(args.policy, args.policy_check, args.workers)

@@ -1,0 +1,55 @@
+"""bench/scheduling_fit.py --non-thrash-check: bad input is refused by name before any
+simulation, and the line reports the figures `non_thrash_worse` returns."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def fit():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_fit
+        yield scheduling_fit
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{paused_reserve: true}", "takes a JSON object"),
+    ('["paused_reserve"]', "non-empty JSON object"),
+    ("{}", "non-empty JSON object"),
+    ('{"paused_reservee": true}', r"unknown workflow scheduler parameters \['paused_reservee'\]"),
+    ('{"paused_reserve": "yes"}', "paused_reserve must be True, False or .short."),
+    ('{"growth_reserve": -1}', "growth_reserve must be a number >= 0")])
+def test_bad_params_are_refused_by_name_before_any_run(fit, monkeypatch, capsys, text, match):
+    def no_run(*a, **k):
+        raise AssertionError("simulated despite bad input")
+    monkeypatch.setattr(fit, "non_thrash_worse", no_run)
+    with pytest.raises(ValueError, match=match):
+        fit.parse_params(text)
+    with pytest.raises(SystemExit) as e:
+        fit.main(["--non-thrash-check", text])
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_the_line_names_the_worse_figures(fit, monkeypatch, capsys):
+    seen = []
+
+    def worse(params, workers, policy):
+        seen.append((params, workers, policy))
+        return ["swe 1x 50% seed 101: mean TCT 10.0 -> 10.5 s (+5.0%)"]
+    monkeypatch.setattr(fit, "non_thrash_worse", worse)
+    assert fit.main(["--non-thrash-check", '{"paused_reserve": true}']) == 0
+    out = capsys.readouterr().out
+    assert seen == [({"paused_reserve": True}, 1, fit.DEFAULT_POLICY)]
+    assert "{'paused_reserve': True}: non-thrash points" in out
+    assert out.rstrip().endswith("swe 1x 50% seed 101: mean TCT 10.0 -> 10.5 s (+5.0%)")
