@@ -238,7 +238,7 @@ def eviction_scaling(counts: list[int], repeat: int,
         lo, hi = (1000 if 1000 in counts else counts[0]), counts[-1]
         if hi != lo:
             lines += [f"Growth from {lo:,} to {hi:,} paused sessions: " + ", ".join(
-                f"{p} {figures[p][hi][i] / figures[p][lo][i]:.2f}x" for p in policies)
+                f"{p} {ratio(figures[p][hi][i] / figures[p][lo][i], 1.5)}" for p in policies)
                 + ".", ""]
         lines += scaling_goals(figures, counts, i) + [""]
     return lines, figures
@@ -262,9 +262,18 @@ def scaling_goals(figures: dict, counts: list[int], i: int) -> list[str]:
 def _judged(values: dict[str, float], bound: float, worst: str) -> str:
     """'**met**' or '**missed**', the worst value, and the policies over the bound."""
     top = max(values.values())
-    over = [f"{p} {v:.2f}x" for p, v in values.items() if v > bound]
-    text = f"**{'met' if top <= bound else 'missed'}** ({worst} {top:.2f}x"
+    over = [f"{p} {ratio(v, bound)}" for p, v in values.items() if v > bound]
+    text = f"**{'met' if top <= bound else 'missed'}** ({worst} {ratio(top, bound)}"
     return text + (f"; over it: {', '.join(over)})." if over else ").")
+
+
+def ratio(value: float, limit: float = 2.0) -> str:
+    """`value` as a ratio: two decimals, or as many more as tell it from the goal's `limit`
+    where two round it to that (three where it is the limit), so a cell shows the verdict."""
+    d = 2
+    while value != limit and d < 12 and f"{value:.{d}f}" == f"{limit:.{d}f}":
+        d += 1
+    return f"{value:.{3 if value == limit else d}f}x"
 
 
 # log(16,000) / log(1,000): what a heap step's O(log n) alone could add from 1,000 to
@@ -439,32 +448,25 @@ PARTS = (("interpreter", r"libpython|/Python-\d"), ("index (C++)", "_evict"),
 def miss_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
                new_blocks: int = 128) -> list[str]:
     """Where each policy's last-level cache misses per allocated block go (`--cache-misses`'
-    count, the fewest of its `repeat` allocations at one instant), split by the object
-    file of the function that misses (callgrind_annotate): the Python interpreter (the
-    Python code run and the Python objects it reads), the victim index (kvsaga._evict),
-    the manager's C++ core, libc and libm, the rest. Markdown lines."""
+    count, the fewest of its `repeat` allocations at one instant), split by the object file
+    of the function that misses (callgrind_annotate): the Python interpreter (the Python code
+    run and the objects it reads), the index (kvsaga._evict), the manager's C++ core, libc
+    and libm, the rest (lru among `policies`: the totals are to it). Markdown lines."""
+    if "lru" not in policies:
+        raise ValueError(f"--miss-split: the totals are to lru: add it, got {policies!r}")
     require_valgrind("--miss-split")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dumps, _ = _callgrind_calls(Path(tmp) / "c", paused, policies, repeat, True)
         per = 2 * repeat + 1
         for i, p in enumerate(policies):
-            same = dumps[i * per:i * per + repeat]
-            best = min(same, key=lambda f: _dump_figure(f.read_text(), True))
+            best = min(dumps[i * per:i * per + repeat],
+                       key=lambda f: _dump_figure(f.read_text(), True))
             text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
                                    "--show=ILmr,DLmr,DLmw", str(best)],
                                   capture_output=True, text=True, check=True).stdout
-            parts = [0] * (len(PARTS) + 1)
-            for line in text.splitlines():
-                m = _ANNOTATED.match(line)
-                if m is None or "PROGRAM TOTALS" in line or "100.0%" in line:
-                    continue
-                n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
-                j = next((j for j, (_, pat) in enumerate(PARTS) if re.search(pat, m[4])),
-                         len(PARTS))
-                parts[j] += n
-            rows.append((p, [x / new_blocks for x in parts]))
-    lru = sum(dict(rows).get("lru", rows[0][1]))
+            rows.append((p, [x / new_blocks for x in _miss_parts(text)]))
+    totals = {p: sum(parts) for p, parts in rows}
     head = " | ".join(name for name, _ in PARTS)
     lines = [f"Last-level cache misses per allocated block at {paused:,} paused sessions, "
              "allocations at one instant, by where they occur (callgrind_annotate's "
@@ -473,8 +475,21 @@ def miss_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
              "|---|" + "---:|" * (len(PARTS) + 3)]
     for p, parts in rows:
         lines.append(f"| {p} | " + " | ".join(f"{x:,.1f}" for x in parts)
-                     + f" | {sum(parts):,.1f} | {sum(parts) / lru:.2f}x |")
+                     + f" | {totals[p]:,.1f} | {ratio(totals[p] / totals['lru'])} |")
     return lines + [""]
+
+
+def _miss_parts(text: str) -> list[int]:
+    """callgrind_annotate's misses by `PARTS` (a function's object file), then the rest."""
+    parts = [0] * (len(PARTS) + 1)
+    for line in text.splitlines():
+        m = _ANNOTATED.match(line)
+        if m is None or "PROGRAM TOTALS" in line:
+            continue
+        n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
+        j = next((j for j, (_, pat) in enumerate(PARTS) if re.search(pat, m[4])), len(PARTS))
+        parts[j] += n
+    return parts
 
 
 def _dump_figure(text: str, cache_misses: bool) -> int | None:
@@ -501,7 +516,7 @@ def _table(figures: dict, counts: list[int], policies: tuple[str, ...], i: int,
     for n in counts:
         worst = max(figures[p][n][i] for p in policies)
         cells = " | ".join(fmt.format(figures[p][n][i]) for p in policies)
-        lines.append(f"| {n:,} | {cells} | {worst / figures['lru'][n][i]:.2f}x |")
+        lines.append(f"| {n:,} | {cells} | {ratio(worst / figures['lru'][n][i])} |")
     return lines + [""]
 
 
@@ -544,37 +559,34 @@ def scaling_main(args: argparse.Namespace) -> None:
            else "")
         + f", Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}; 2 shared cores, so times move "
-        "by tens of percent between runs: read the ratios). `allocate_slots` of a new "
-        "128-block session under eviction, best of the repeats, in CPU time, each timed "
-        "call after a 64 MiB read that leaves the caches as cold at every session count "
-        "(a garbage collection did that before, by an amount that grew with the heap); "
-        "sessions of 32 blocks paused on tool calls 1 ms apart, half of all contexts "
-        "resident. The policies' timed allocations take turns, so each ratio compares "
-        "calls made under the same load. Flat means no algorithmic growth: instructions "
-        "per allocated block (`--instructions`, a count) that grow no more than an O(log n) "
-        "heap step could. Time per block grows also with cache and TLB misses as the "
-        "tables outgrow the caches: lru, whose instructions per block do not grow, shows "
-        "how much. Allocations 1 ms apart: about 45 of 4,000 paused sessions cross a point "
-        "of the elapsed-time grid each millisecond here (a number that grows as log n, "
-        "their pauses being 1 ms apart), each a re-key, all charged to one allocation of "
-        "128 blocks; an engine that allocates "
-        "fewer blocks per millisecond pays more per block for the same crossings, one that "
-        "allocates more pays less. The index re-keys a crossing session itself from its "
-        "class's key (kvsaga/policy/search.py, class keys) while the policy's statistics "
-        "hold still; after they change (anything learned, a normalizer step, adaptive's "
-        "leader change) a class's keys are computed again in Python as its sessions reach "
-        "grid points (ttl and graph: once per class and grid point; saga: once per class). "
-        "A full re-key (relearning, a normalizer or rent step) and many sessions due at once "
-        "(an expert of adaptive that led no search for an epoch) key one session of each "
-        "class in Python and the index re-keys the rest of the class from it "
-        "(kvsaga/policy/search.py `_rekey_by_class`); the amortized reading's relearning "
-        "forgets the class keys first, as new statistics do. "
-        "The bench learns nothing between its allocations (its steps start new sessions); "
-        "traffic whose steps resume paused sessions changes ttl's and graph's statistics "
-        "at every resume, and pays Python re-keys between. The whole-step reading times a "
-        "new session's begin_step, allocate_slots and finish_step together, 1 ms apart: "
-        "the allocation readings see only allocate_slots, while adaptive's shadow caches "
-        "(its default) evict inside begin_step and finish_step.",
+        "by tens of percent between runs: read the ratios). `allocate_slots` of a new 128-block "
+        "session under eviction, best of the repeats, in CPU time, each timed call after a 64 MiB "
+        "read that leaves the caches as cold at every session count (a garbage collection did "
+        "that before, by an amount that grew with the heap); sessions of 32 blocks paused on tool "
+        "calls 1 ms apart, half of all contexts resident. The policies' timed allocations take "
+        "turns, so each ratio compares calls made under the same load. Flat means no algorithmic "
+        "growth: instructions per allocated block (`--instructions`, a count) that grow no more "
+        "than an O(log n) heap step could. Time per block grows also with cache and TLB misses as "
+        "the tables outgrow the caches: lru, whose instructions per block do not grow, shows how "
+        "much. Allocations 1 ms apart: about 45 of 4,000 paused sessions cross a point of the "
+        "elapsed-time grid each millisecond here (a number that grows as log n, their pauses "
+        "being 1 ms apart), each a re-key, all charged to one allocation of 128 blocks; an engine "
+        "that allocates fewer blocks per millisecond pays more per block for the same crossings, "
+        "one that allocates more pays less. The index re-keys a crossing session itself from its "
+        "class's key (kvsaga/policy/search.py, class keys) while the policy's statistics hold "
+        "still; after they change (anything learned, a normalizer step, adaptive's leader change) "
+        "a class's keys are computed again in Python as its sessions reach grid points (ttl and "
+        "graph: once per class and grid point; saga: once per class). A full re-key (relearning, "
+        "a normalizer or rent step) and many sessions due at once (an expert of adaptive that led "
+        "no search for an epoch) key one session of each class in Python and the index re-keys "
+        "the rest of the class from it (kvsaga/policy/search.py `_rekey_by_class`); the amortized "
+        "reading's relearning forgets the class keys first, as new statistics do. The bench "
+        "learns nothing between its allocations (its steps start new sessions); traffic whose "
+        "steps resume paused sessions changes ttl's and graph's statistics at every resume, and "
+        "pays Python re-keys between. The whole-step reading times a new session's begin_step, "
+        "allocate_slots and finish_step together, 1 ms apart: the allocation readings see only "
+        "allocate_slots, while adaptive's shadow caches (its default) evict inside begin_step and "
+        "finish_step.",
         "", *lines])
     print(body)
     if args.json:

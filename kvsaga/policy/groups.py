@@ -117,7 +117,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         self._now = 0.0
         self._ending: str | None = None
         self._plan: tuple[list[int], list[tuple[str, int]]] | None = None  # last search's runs
-        self._runs: list[tuple[str, int]] = []  # the index's runs of the last whole search
+        # The index's runs of the last search (search.py), None when it took none.
+        self._runs: list[tuple[str, int]] | None = None
         # The index (used when `indexed`): see the module docstring.
         self._index: PySessionHeap = PySessionHeap()  # bind() picks the manager's core's
         self._base: dict[str, Any] = {}

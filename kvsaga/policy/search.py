@@ -254,8 +254,12 @@ class VictimSearch:
             # Keys of the marked sessions first, then the timers: a marked session's new
             # key makes its timer stale, so the index re-keys only the others, which gives
             # every session the key it had when the timers went first.
-            # Python's state changes only once the index took the call: if it raises (a
-            # bad push), the marked sessions stay marked and their bases and classes stay.
+            # Python's state changes only once the call returned: if it raises, the marked
+            # sessions stay marked (pushed again next search) and their bases and classes
+            # stay, less the classes this keying gave. It may raise before the index changed
+            # (a bad push) or after it applied the pushes (from its victims, `tail_victims`),
+            # its table then holding keys of those classes: the table is forgotten (the
+            # sessions it keyed come back to Python when due, as after new statistics).
             live = dirty & groups.keys()
             gone = dirty - live if len(live) < len(dirty) else ()
             bases: dict[str, Any] = {}
@@ -265,8 +269,11 @@ class VictimSearch:
                 due, self._runs, out = index.refresh_victims(
                     now, gone, pushes, want, 2 * len(groups) + 64, groups)
             except BaseException:
-                for sig in list(classes)[known:]:  # the class ids this keying gave
+                given = list(classes)[known:]  # the class ids this keying gave
+                for sig in given:
                     self._sig_of.pop(classes.pop(sig), None)
+                if given:  # the index may hold their keys: its table is forgotten
+                    index.forget_keys()
                 raise
             base_of = self._base
             for sid in gone:  # no cached block left (evicted, or hit)

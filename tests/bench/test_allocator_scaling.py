@@ -193,3 +193,56 @@ def test_instruction_counts_names_cache_misses_when_valgrind_is_missing(monkeypa
         mod.instruction_counts([8], ("lru",), repeat=1, cache_misses=True)
     with pytest.raises(SystemExit, match="^--instructions counts with valgrind"):
         mod.instruction_counts([8], ("lru",), repeat=1)
+
+
+# callgrind_annotate --inclusive=no --show=ILmr,DLmr,DLmw, trimmed: the totals line, then
+# one line per function; the index's function holds all of one event's misses (100.0%).
+ANNOTATE = """\
+--------------------------------------------------------------------------------
+ILmr           DLmr          DLmw
+--------------------------------------------------------------------------------
+1,250 (100.0%) 300 (100.0%) 60 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+ILmr          DLmr          DLmw          file:function
+--------------------------------------------------------------------------------
+  800 (64.00%)  .            50 (83.33%)  ???:_PyEval_EvalFrameDefault [/l/libpython3.12.so]
+  400 (32.00%) 300 (100.0%)   .           ???:SessionHeap::runs [/k/_evict.so]
+   50 (4.00%)   .            10 (16.67%)  ???:memmove [/l/libc.so.6]
+"""
+
+
+def test_miss_split_reads_every_function_and_leaves_out_the_totals_line():
+    parts = load()._miss_parts(ANNOTATE)
+    # interpreter, index (C++), manager core (C++), libc and libm, other
+    assert parts == [850, 700, 0, 60, 0]
+
+
+def test_miss_split_requires_lru_before_counting(monkeypatch):
+    mod = load()
+    monkeypatch.setattr(mod.shutil, "which", lambda name: "/usr/bin/valgrind")
+
+    def counted(*a, **kw):
+        raise AssertionError("counted before lru was checked")
+
+    monkeypatch.setattr(mod, "_callgrind_calls", counted)
+    with pytest.raises(ValueError, match="^--miss-split: the totals are to lru"):
+        mod.miss_split(8, ("ttl", "saga"))
+
+
+@pytest.mark.parametrize(("value", "limit", "text"), [
+    (1.234, 2.0, "1.23x"), (2.3, 2.0, "2.30x"), (2.004, 2.0, "2.004x"), (1.996, 2.0, "1.996x"),
+    (2.0004, 2.0, "2.0004x"), (1.9996, 2.0, "1.9996x"), (2.0, 2.0, "2.000x"),
+    (1.504, 1.5, "1.504x"), (2.004, 1.5, "2.00x")])
+def test_a_ratio_that_rounds_to_its_goals_limit_shows_which_side_it_is(value, limit, text):
+    assert load().ratio(value, limit) == text
+
+
+def test_the_tables_and_verdicts_print_a_ratio_near_the_limit_past_two_decimals():
+    mod = load()
+    figures = {"lru": {4000: [1000.0]}, "ttl": {4000: [2003.0]}}
+    assert "| 4,000 | 1,000 | 2,003 | 2.003x |" in mod._table(
+        figures, [4000], ("lru", "ttl"), 0, "{:,.0f}")
+    assert mod.scaling_goals(figures, [4000], 0) == [
+        "- every policy <= 2x lru at 4,000 paused sessions: **missed** (worst 2.003x; "
+        "over it: ttl 2.003x)."]

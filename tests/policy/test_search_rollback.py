@@ -73,3 +73,33 @@ def test_a_failed_full_re_key_leaves_the_next_search_a_full_one(name):
     policy.choose_victims(1, 0.5)
     assert calls["n"] >= 1
     assert policy.eviction_order(0.5) == policy.scan_order(0.5)
+
+
+@pytest.mark.parametrize("name", INDEXED)
+def test_victims_that_raise_after_the_index_took_the_pushes(name):
+    """The usual search's one index call (`refresh_victims`) can raise after the index
+    applied the pushes: from its victims, here a group that is not a list. Python's classes
+    and the index's key table then still agree (the twin's table is read; the C++ index's
+    cannot be), and the next searches answer as the full scan."""
+    policy = build(name, relearn_share=100.0)
+    m = make(policy, num_blocks=24)
+    for i, sid in enumerate("abcde"):
+        run_step(m, sid, tokens(100 * i, 12), now=0.01 * i, tool="search")
+    policy.choose_victims(1, 0.5)
+    run_step(m, "f", tokens(600, 8), now=0.55, tool="edit")  # a session of a new class
+    assert policy._dirty  # the failing search pushes keys (the usual search's path)
+    groups = policy.groups
+    lists = dict(groups)
+    groups.update((sid, tuple(g)) for sid, g in lists.items())
+    with pytest.raises(TypeError, match="list"):
+        policy.choose_victims(1, 0.6)
+    groups.update(lists)
+    assert not policy._dirty.isdisjoint(groups)  # still marked: the pushes come again
+    index = policy._index
+    if type(index).__name__ == "PySessionHeap":
+        ids = set(policy._classes.values())
+        assert {cls for cls, _ in index._table} <= ids
+        assert set(index._formulas) <= ids
+    policy.check_integrity()
+    assert policy.choose_victims(2, 0.7) == policy.scan_order(0.7)[:2]
+    assert policy.eviction_order(0.8) == policy.scan_order(0.8)
