@@ -92,16 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.append(str(ROOT / "bench"))
     import vllm_scheduler_replay as replay_mod
 
-    args = replay_mod.build_parser().parse_args(argv)
-    arm = args.policies.split(",")[0]
-    print(f"The gate's growth samples of the connector arm {arm!r} (connector extra "
-          f"{args.connector_extra}), in tokens:\n\n{HEADER}")
-    for seed in (int(s) for s in args.seeds.split(",")):
-        split = GrowthSplit()
-        with recording(split):
-            replay_mod.replay(args, str(args.model_dir), seed, arm)
-        print(split.row(seed), flush=True)
-    return 0
+    return replay_mod.rows_per_seed(
+        argv, "The gate's growth samples of the connector arm {arm} (connector extra "
+        "{extra}), in tokens:", HEADER, GrowthSplit, recording)
 
 
 if __name__ == "__main__":

@@ -196,16 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.append(str(ROOT / "bench"))
     import vllm_scheduler_replay as replay_mod
 
-    args = replay_mod.build_parser().parse_args(argv)
-    arm = args.policies.split(",")[0]
-    print(f"Rebuilt blocks of the connector arm {arm!r} by what released them (released "
-          f"blocks beside each cause):\n\n{HEADER}")
-    for seed in (int(s) for s in args.seeds.split(",")):
-        causes = RebuildCauses()
-        with counting(causes):
-            replay_mod.replay(args, str(args.model_dir), seed, arm)
-        print(causes.row(seed), flush=True)
-    return 0
+    return replay_mod.rows_per_seed(
+        argv, "Rebuilt blocks of the connector arm {arm} by what released them (released "
+        "blocks beside each cause):", HEADER, RebuildCauses, counting)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import random
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -507,6 +508,23 @@ def pin_hash_seed(args: argparse.Namespace, argv: list[str] | None) -> None:
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
               env)
+
+
+def rows_per_seed(argv: list[str] | None, title: str, header: str,
+                  recorder: Callable[[], Any], recording: Callable[[Any], Any]) -> int:
+    """The diagnosis scripts' loop (bench/vllm_rebuild_causes.py, vllm_growth_split.py):
+    this parser's arguments, then per seed one replay of the first `--policies` arm inside
+    `recording(rec)` for a fresh `recorder()`, and its `rec.row(seed)` printed under `title`
+    (formatted with `arm` and `extra`, the `--connector-extra` JSON) and the table's `header`."""
+    args = build_parser().parse_args(argv)
+    arm = args.policies.split(",")[0]
+    print(title.format(arm=repr(arm), extra=args.connector_extra) + "\n\n" + header)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rec = recorder()
+        with recording(rec):
+            replay(args, str(args.model_dir), seed, arm)
+        print(rec.row(seed), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
