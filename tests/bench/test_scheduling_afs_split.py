@@ -1,0 +1,62 @@
+"""bench/scheduling_afs_split.py observes without changing: its per-tenant counts add up to
+the run's own totals, its ratio and TCTs equal the unobserved row's, the wrapped methods are
+restored, and a bad case is refused by name."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling
+        import scheduling_afs_split
+        yield scheduling, scheduling_afs_split
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_split_adds_up_and_the_row_is_unchanged(mods):
+    sched, afs = mods
+    per = afs.split("noisy", 8, 0.25)
+    row = sched._run(("noisy", 8, 1.0, 0.25, "workflow", "graph", None))
+    tenants = [t for t in per if t != "all"]
+    assert sorted(tenants) == sorted(row["tenants"])
+    for k in ("recomputed", "admitted", "demoted"):
+        assert sum(per[t][k] for t in tenants) == per["all"][k]
+    assert per["all"]["admitted"] > 0 and per["all"]["recomputed"] > 0
+    assert per["all"]["mismatch"] == 0
+    for t in tenants:
+        assert per[t]["tct"] == row["tenants"][t]["tct_mean_s"]
+        assert per[t]["tct_alone"] == row["tenants"][t]["tct_alone_s"]
+        assert per[t]["readmitted"] <= per[t]["admitted"]
+    slow = [per[t]["slowdown"] for t in tenants]
+    assert max(slow) / min(slow) == pytest.approx(row["afs_max_slowdown_ratio"])
+
+
+def test_recording_restores_the_methods(mods):
+    _, afs = mods
+    before = (afs.WorkflowScheduler._admitted, afs.WorkflowScheduler._demote_session,
+              afs.WorkflowScheduler._set_blocks, afs.StepExecutor._slots)
+    with pytest.raises(RuntimeError), afs.recording():
+        assert afs.WorkflowScheduler._admitted is not before[0]
+        raise RuntimeError
+    assert before == (afs.WorkflowScheduler._admitted, afs.WorkflowScheduler._demote_session,
+                      afs.WorkflowScheduler._set_blocks, afs.StepExecutor._slots)
+
+
+@pytest.mark.parametrize("case, msg", [
+    ("noisy:8", "NAME:SEED:FRAC"), ("busy:8:0.25", "no mix 'busy'"),
+    ("noisy:x:0.25", "SEED must be an integer"), ("noisy:8:0.3", "runs at"),
+])
+def test_bad_case_refused(mods, case, msg):
+    _, afs = mods
+    with pytest.raises(ValueError, match=msg):
+        afs.parse_case(case)
