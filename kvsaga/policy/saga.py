@@ -39,9 +39,8 @@ from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
-from kvsaga.policy.search import GRID_S, grid_index
+from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 
-_LOG2 = math.log(2.0)  # (`sticky_level`'s log of its ratio, for the normalizers' ratio 2)
 _TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
@@ -216,13 +215,10 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
                 self._set_size(sid, n)
         oldest = self._oldest_pause()
         idle_level, size_level = self._levels
-        # `sticky_level(x, level, 2.0)` inline, operation for operation (run every search):
         if oldest is not None and now - oldest >= GRID_S:
-            exact = math.log(now - oldest) / _LOG2
-            idle_level = idle_level if abs(exact - idle_level) <= 1.0 else round(exact)
+            idle_level = sticky_level(now - oldest, idle_level, 2.0)
         if self._max_size:
-            exact = math.log(self._max_size) / _LOG2
-            size_level = size_level if abs(exact - size_level) <= 1.0 else round(exact)
+            size_level = sticky_level(self._max_size, size_level, 2.0)
         self._levels = (idle_level, size_level)
         m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
         self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)

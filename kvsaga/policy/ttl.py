@@ -129,12 +129,8 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     def _search_state(self, now: float) -> tuple[float, tuple[int, float]]:
         """The rent now (`_prepare`), which is every key's global state, and what the class
-        keys are computed from (the graph's statistics and the rent), in one call, with
-        `rent`'s own test first: the usage that priced the last rent gives it again with no
-        call of `rent` (each Python call costs a search its code's cache misses)."""
-        u, cap = self.usage(), self.max_usage
-        self._rent = rent = self._rent_last if (u if u < cap else cap) == self._rent_usage else (
-            self.rent())
+        keys are computed from (the graph's statistics and the rent), in one call."""
+        self._rent = rent = self.rent()
         return rent, (self.graph.version, rent)
 
     def session_value(self, session_id: str, now: float) -> tuple[bool, float, float]:
