@@ -14,8 +14,8 @@
 //
 // One concept a file, all headers of this one translation unit: kvcore_common.h (errors, id
 // lists), block_queue.h, block_pool.h, prefix_index.h (hasher and index), manager_core.h,
-// marks.h (a policy's per-block marks written in one call);
-// this file binds them. queue.h, key_table.h and sha256.h are their building blocks.
+// marks.h (a policy's per-block marks written in one call), shadow_loops.h (adaptive's shadow
+// pools' loops); this file binds them. queue.h, key_table.h and sha256.h are their building blocks.
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -30,6 +30,7 @@
 #include "marks.h"
 #include "prefix_index.h"
 #include "sha256.h"
+#include "shadow_loops.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -149,6 +150,22 @@ NB_MODULE(_kvcore, m) {
       .def("remove", &Index::remove, "block_hash"_a)
       .def("items", &Index::items)
       .def("longest_prefix", &Index::longest_prefix, "hashes"_a, "limit"_a.none() = nb::none());
+
+  nb::class_<ShadowLoops>(m, "ShadowLoops", nb::type_slots(gc_slots<ShadowLoops>))
+      .def(nb::init<nb::handle, nb::handle, nb::handle, nb::handle, nb::handle, nb::handle,
+                    nb::handle, nb::handle, std::string>(),
+           "state"_a, "ref"_a, "gen"_a, "owner"_a, "position"_a, "block_hash"_a, "free"_a,
+           "index"_a, "name"_a)
+      .def("hits", &ShadowLoops::hits, "hashes"_a, "limit"_a)
+      .def("take", &ShadowLoops::take, "hits"_a, "sid"_a.none())
+      .def("allocate", &ShadowLoops::allocate, "sid"_a.none(), "table"_a, "hashes"_a, "need"_a,
+           "full"_a)
+      .def("index_block", nb::overload_cast<nb::handle, nb::handle>(&ShadowLoops::index_block),
+           "b"_a, "h"_a.none())
+      .def("evict", &ShadowLoops::evict, "victims"_a)
+      .def("disown", &ShadowLoops::disown, "blocks"_a)
+      .def("release", &ShadowLoops::release, "table"_a, "tail"_a)
+      .def("count_hashed", &ShadowLoops::count_hashed, "table"_a);
 
   nb::class_<ManagerCore>(m, "ManagerCore", nb::type_slots(gc_slots<ManagerCore>))
       .def(nb::init<nb::object, nb::object, nb::object, nb::dict, nb::list, nb::list, nb::object,

@@ -33,8 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kvsaga.policy.base import EvictionPolicy
-
-_FREE, _ACTIVE, _CACHED = 0, 1, 2
+from kvsaga.policy.shadow_loops import ACTIVE as _ACTIVE
+from kvsaga.policy.shadow_loops import CACHED as _CACHED
+from kvsaga.policy.shadow_loops import FREE as _FREE
+from kvsaga.policy.shadow_loops import make_shadow_loops
 
 
 class _Seen:
@@ -92,6 +94,11 @@ class ShadowCache:
         self._block_cost = block_cost
         self.core = core
         self.policy = policy
+        # The per-block loops of a step, over the tables above: C++ on the C++ core.
+        self._loops = make_shadow_loops(
+            getattr(core, "name", "") == "cpp", self._state, self._ref, self.block_generation,
+            self.block_owner, self.block_position, self.block_hash, self._free, self._index,
+            policy.name)
         policy.bind(self)
 
     # -- BlockView --------------------------------------------------------------------------
@@ -111,23 +118,13 @@ class ShadowCache:
         hashes, tokens, bs = session.block_hashes, session.token_ids, self.block_size
         max_hit = max(len(tokens) - 1, 0)
         limit = min(len(hashes), max_hit // bs)
-        index, hits = self._index, []
-        for h in hashes[:limit]:
-            b = index.get(h)
-            if b is None:
-                break
-            hits.append(b)
+        loops = self._loops
+        hits = loops.hits(hashes, limit)
         cost = self._block_cost
         charged = sum(cost(p) for p in range(len(hits), min(self._known.get(sid, 0), limit)))
-        ref, state, owner = self._ref, self._state, self.block_owner
-        reclaimed = []
-        for b in hits:
-            if ref[b] == 0:
-                state[b] = _ACTIVE
-                reclaimed.append(b)
-            ref[b] += 1
-            if owner[b] != sid:
-                owner[b] = None  # shared by several sessions: plain cache
+        # A reference each; a block shared by several sessions becomes plain cache.
+        reclaimed = loops.take(hits, sid)
+        ref, state = self._ref, self._state
         tail = self._tails.pop(sid, None)
         if tail is not None:  # the partial tail kept at its pause, reused as the manager does
             b, gen, kept = tail
@@ -164,7 +161,7 @@ class ShadowCache:
         self.policy.step_finished(_Seen(session, table), now, hint)
         if sid in self._running:
             self._release(sid, table, keep_tail=True, tokens=session.token_ids[:done])
-        self._known[sid] = sum(self.block_hash[b] is not None for b in table)
+        self._known[sid] = self._loops.count_hashed(table)
 
     def session_ended(self, session, now: float) -> None:
         sid = session.session_id
@@ -227,85 +224,41 @@ class ShadowCache:
         full = min(computed // bs, len(hashes))
         need = full + (1 if computed > full * bs else 0)
         if table and self.block_hash[table[-1]] is None and len(table) - 1 < full:
-            self._index_block(table[-1], hashes[len(table) - 1])  # the tail filled up
-        first = len(table)
-        for i, b in enumerate(self._allocate(sid, first, need - first, now), first):
-            table.append(b)
-            if i < full:
-                self._index_block(b, hashes[i])
+            self._loops.index_block(table[-1], hashes[len(table) - 1])  # the tail filled up
+        self._allocate(sid, table, hashes, need - len(table), full, now)
 
-    def _index_block(self, b: int, h: bytes) -> None:
-        if h in self._index:  # the same content held twice: the first copy stays indexed
-            self.block_hash[b] = None
-        else:
-            self._index[h] = b
-            self.block_hash[b] = h
-
-    def _allocate(self, sid: str, first: int, need: int, now: float) -> list[int]:
-        """`need` unhashed blocks for positions first..., evicting by the expert; fewer
-        when the cached blocks cannot make room."""
+    def _allocate(self, sid: str, table: list[int], hashes: list[bytes], need: int, full: int,
+                  now: float) -> None:
+        """`need` blocks appended to `table`, evicting by the expert (fewer when the cached
+        blocks cannot make room), those at positions below `full` hashed and indexed."""
         if need <= 0:
-            return []
+            return
         free = self._free
         short = need - len(free)
         cached = self.num_gpu_blocks - len(free) - self._active
         if short > 0 and cached > 0:
             self._evict(self.policy.choose_victims(min(short, cached), now))
-        ids = [free.pop() for _ in range(min(need, len(free)))]
-        ref, state, gen = self._ref, self._state, self.block_generation
-        owner, position, block_hash = self.block_owner, self.block_position, self.block_hash
-        for i, b in enumerate(ids, first):
-            ref[b] = 1
-            state[b] = _ACTIVE
-            gen[b] += 1
-            owner[b] = sid
-            position[b] = i
-            block_hash[b] = None
-        self._active += len(ids)
-        return ids
+        self._active += self._loops.allocate(sid, table, hashes, need, full)
 
     def _evict(self, victims: list[int]) -> None:
-        state, block_hash, index, free = self._state, self.block_hash, self._index, self._free
-        for b in victims:
-            if state[b] != _CACHED:
-                raise RuntimeError(f"shadow {self.policy.name!r} named block {b}, not cached")
-            state[b] = _FREE
-            h = block_hash[b]
-            if h is not None and index.get(h) == b:
-                del index[h]
-            block_hash[b] = None
-            free.append(b)
+        self._loops.evict(victims)
         self.policy.blocks_uncached(victims)
-        owner = self.block_owner
-        for b in victims:
-            owner[b] = None
+        self._loops.disown(victims)
 
     def _release(self, sid: str, table: list[int], keep_tail: bool,
                  tokens: list[int] | None = None) -> None:
         """Drop the step's references, tail first (as the manager does); with `keep_tail`
         (a pause) the partial tail block stays cached, unhashed, as the real pool keeps it
         for the session's next step (evictable like any cached block)."""
-        ref, state, block_hash, free = self._ref, self._state, self.block_hash, self._free
         tail = -1
-        if keep_tail and table and block_hash[table[-1]] is None and tokens is not None:
+        if keep_tail and table and self.block_hash[table[-1]] is None and tokens is not None:
             start = (len(table) - 1) * self.block_size
             if len(tokens) > start:
                 tail = table[-1]
                 self._tails[sid] = (tail, self.block_generation[tail],
                                     tuple(tokens[start:start + self.block_size]))
-        to_cache = []
-        for b in reversed(table):
-            r = ref[b] - 1
-            ref[b] = r
-            if r:
-                continue
-            self._active -= 1
-            if block_hash[b] is not None or b == tail:
-                state[b] = _CACHED
-                to_cache.append(b)
-            else:
-                state[b] = _FREE
-                free.append(b)
+        to_cache, released = self._loops.release(table, tail)
+        self._active -= released
         self._running.discard(sid)
         if to_cache:
             self.policy.blocks_cached(to_cache)
