@@ -37,15 +37,14 @@ from kvsaga.scheduler import WorkflowScheduler
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
 # The fit rounds so far (1-11: what each tried, chose and why): docs/scheduling_fit_history.md.
-# Round 14 (committed before it ran): the room for the paused sessions' next growth kept
-# only while the tiers are short (`paused_reserve` "short": for new sessions while a demoted
-# session waits; kvsaga/scheduler/working_set_gate.py `_paused_reserve_applies`), with the
-# old charge and with round 13's "remaining" charge. Why: every reserve that always applied
-# cost the no-pressure run (web seed 105 1x); at bfcl 1x 25% most waits are re-admissions
-# after demotions that follow a paused session's step coming back (round 14, RESULTS).
+# Round 14 tried `paused_reserve` "short" (RESULTS); round 15 had no candidate. Round 16
+# (committed before it ran): the shrink demotes the paused session the admission order
+# admits again first (`shrink_order` "least_work": least predicted remaining work;
+# kvsaga/scheduler/demotion.py `_demotion_order`). Why: at bfcl 1x 25% most of a session's
+# wait is to be admitted again after demotions, and "latest_back" demotes whoever is back
+# last whatever it costs to bring back (RESULTS "Scheduling", eighteenth session).
 FIT_GRID = [
-    {"paused_reserve": "short"},
-    {"growth_charge": "remaining", "paused_reserve": "short"},
+    {"shrink_order": "least_work"},
 ]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A

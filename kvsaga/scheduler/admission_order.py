@@ -242,16 +242,22 @@ class AdmissionOrder:
     def remaining_cost(self, req: Any) -> float:
         """Token-steps `req`'s session is predicted to hold until it ends (`predicted_cost`);
         under "gittins", the Gittins rank of that work (`kvsaga.scheduler.session_length`)."""
-        s = self.manager.sessions.get(req.session_id)
+        return self.session_cost(req.session_id, req.workflow, req.num_tokens)
+
+    def session_cost(self, sid: str, workflow: str, context: int) -> float:
+        """`remaining_cost` of session `sid` of `workflow` holding `context` tokens: also
+        the shrink's key under `shrink_order` "least_work" (`Demotions._demotion_order`),
+        for an admitted session that has no waiting request."""
+        s = self.manager.sessions.get(sid)
         done = s.num_steps if s is not None else 0
         graph = self._graph()
         if self.admission_order == "gittins":
             return self._length_model.gittins_rank(
-                req.workflow, done, req.num_tokens, self._growth.mean(req.workflow),
+                workflow, done, context, self._growth.mean(workflow),
                 graph.mean_steps(None) if graph is not None else None)
-        prior = graph.mean_steps(req.workflow) if graph is not None else done + 1.0
-        left = self._lengths.remaining(req.workflow, done, prior)
-        return predicted_cost(left, req.num_tokens, self._growth.mean(req.workflow))
+        prior = graph.mean_steps(workflow) if graph is not None else done + 1.0
+        left = self._lengths.remaining(workflow, done, prior)
+        return predicted_cost(left, context, self._growth.mean(workflow))
 
     def _step_admitted(self, req: Any, now: float) -> None:
         """A session admission (the session not admitted yet) adds its wait to the tail

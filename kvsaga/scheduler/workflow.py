@@ -25,7 +25,7 @@ from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, calibration
 
-SHRINK_ORDERS = ("latest_back", "smallest")  # `WorkflowScheduler(shrink_order=...)`
+SHRINK_ORDERS = ("latest_back", "smallest", "least_work")  # `(shrink_order=...)`
 SHRINK_ON = ("working_sets", "contexts")  # `WorkflowScheduler(shrink_on=...)`
 
 
@@ -90,9 +90,11 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             shrink only after every paused session demoted fewer times, so the same
             long-tool sessions are not demoted again and again (0: no aging).
         shrink_order: which paused sessions the shrink demotes first (after aging):
-            "latest_back" (the default: those expected back last) or "smallest" (the
+            "latest_back" (the default: those expected back last), "smallest" (the
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
-            1x 25% on the fit seeds but worsened non-thrash figures: `--fit` rejected it).
+            1x 25% on the fit seeds but worsened non-thrash figures: `--fit` rejected it)
+            or "least_work" (the least predicted remaining work, the admission order's
+            key: the one admitted again first; `Demotions._demotion_order` says why).
         shrink_on: what the shrink keeps within the tiers: "working_sets" (the charged
             working sets, predicted growth included) or "contexts" (the admitted contexts
             alone; `Demotions._shrink` says why).
