@@ -32,9 +32,9 @@ class ShadowLoops {
     if (!PyByteArray_CheckExact(state.ptr())) throw nb::type_error("state must be a bytearray");
     n_ = PyByteArray_GET_SIZE(state.ptr());
     if (n_ > INT32_MAX) throw nb::value_error("a shadow of more than 2^31 - 1 blocks");
-    const char* what[] = {"ref", "gen", "owner", "position", "block_hash"};
-    nb::handle lists[] = {ref, gen, owner, position, block_hash};
-    for (int i = 0; i < 5; ++i)
+    const char* what[] = {"ref", "owner", "position", "block_hash"};
+    nb::handle lists[] = {ref, owner, position, block_hash};
+    for (int i = 0; i < 4; ++i)
       if (!PyList_CheckExact(lists[i].ptr()) || PyList_GET_SIZE(lists[i].ptr()) != n_) {
         PyErr_Format(PyExc_TypeError, "%s must be a list of %zd entries, one per block", what[i],
                      n_);
@@ -42,15 +42,33 @@ class ShadowLoops {
       }
     if (!PyList_CheckExact(free.ptr()) || !PyDict_CheckExact(index.ptr()))
       throw nb::type_error("free must be a list and index a dict");
+    // The generations: int64s in place (held as a buffer export, so that the memoryview
+    // cannot be released or its bytes resized while these loops write them).
+    if (!PyMemoryView_Check(gen.ptr()) ||
+        PyObject_GetBuffer(gen.ptr(), &gen_buf_,
+                           PyBUF_FORMAT | PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_TypeError, "gen must be a writable memoryview of %zd int64s ('q')", n_);
+      throw_current();
+    }
+    if (gen_buf_.ndim != 1 || gen_buf_.itemsize != 8 || gen_buf_.shape[0] != n_ ||
+        !gen_buf_.format || std::string(gen_buf_.format) != "q") {
+      PyBuffer_Release(&gen_buf_);
+      PyErr_Format(PyExc_TypeError, "gen must be a writable memoryview of %zd int64s ('q')", n_);
+      throw_current();
+    }
     state_ = nb::borrow(state);
     ref_ = nb::borrow(ref);
-    gen_ = nb::borrow(gen);
     owner_ = nb::borrow(owner);
     position_ = nb::borrow(position);
     hash_ = nb::borrow(block_hash);
     free_ = nb::borrow(free);
     index_ = nb::borrow(index);
   }
+
+  ~ShadowLoops() { PyBuffer_Release(&gen_buf_); }
+  ShadowLoops(const ShadowLoops&) = delete;
+  ShadowLoops& operator=(const ShadowLoops&) = delete;
 
   nb::list hits(nb::handle hashes, Py_ssize_t limit) {
     nb::object fast = steal_or_throw(PySequence_Fast(hashes.ptr(), "hashes must be a sequence"));
@@ -109,18 +127,14 @@ class ShadowLoops {
     if (std::min<int64_t>(first + k, full) > PySequence_Fast_GET_SIZE(fast.ptr()))
       throw nb::index_error("allocate: fewer hashes than full blocks");
     char* state = PyByteArray_AS_STRING(state_.ptr());
-    PyObject** gen = items(gen_);
+    int64_t* gen = static_cast<int64_t*>(gen_buf_.buf);
     for (int64_t j = 0; j < k; ++j) {
       const int32_t b = ids[j];
-      // Each block's generation is an int object of its own: its slot, then it, fetched
-      // ahead (the freed blocks' tables are out of the CPU caches after a step).
-      if (j + kFar < k) KV_PREFETCH(&gen[ids[j + kFar]]);
-      if (j + kNear < k) KV_PREFETCH(gen[ids[j + kNear]]);
       nb::object obj = nb::borrow(PyList_GET_ITEM(free, top - 1 - j));
       const Py_ssize_t i = first + j;
       store(ref_, b, PyLong_FromLong(1));
       state[b] = kActive;
-      store(gen_, b, PyLong_FromLong(int_at(gen_, b) + 1));
+      ++gen[b];
       store(owner_, b, Py_NewRef(sid.ptr()));
       store(position_, b, PyLong_FromSsize_t(i));
       store(hash_, b, Py_NewRef(Py_None));
@@ -218,7 +232,7 @@ class ShadowLoops {
 
   template <class F>
   void for_each_ref(F&& f) {
-    for (nb::object* o : {&state_, &ref_, &gen_, &owner_, &position_, &hash_, &free_, &index_})
+    for (nb::object* o : {&state_, &ref_, &owner_, &position_, &hash_, &free_, &index_})
       f(*o);
   }
 
@@ -234,7 +248,7 @@ class ShadowLoops {
   // The tables keep their lengths (a Python caller could have resized one: refuse).
   void check_sizes() const {
     if (!PyByteArray_CheckExact(state_.ptr()) || PyByteArray_GET_SIZE(state_.ptr()) != n_ ||
-        PyList_GET_SIZE(ref_.ptr()) != n_ || PyList_GET_SIZE(gen_.ptr()) != n_ ||
+        PyList_GET_SIZE(ref_.ptr()) != n_ ||
         PyList_GET_SIZE(owner_.ptr()) != n_ || PyList_GET_SIZE(position_.ptr()) != n_ ||
         PyList_GET_SIZE(hash_.ptr()) != n_)
       throw nb::value_error("a shadow's per-block table changed its length");
@@ -285,7 +299,8 @@ class ShadowLoops {
 
   std::string name_;
   Py_ssize_t n_ = 0;
-  nb::object state_, ref_, gen_, owner_, position_, hash_, free_, index_;
+  nb::object state_, ref_, owner_, position_, hash_, free_, index_;
+  Py_buffer gen_buf_{};
 };
 
 }  // namespace kvcore

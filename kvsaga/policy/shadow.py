@@ -79,7 +79,7 @@ class ShadowCache:
         self.block_size = block_size
         self.block_owner: list[str | None] = [None] * n
         self.block_position = [0] * n
-        self.block_generation = [0] * n
+        self.block_generation = memoryview(bytearray(8 * n)).cast("q")  # int64s in place
         self.block_hash: list[bytes | None] = [None] * n
         self._state = bytearray(n)
         self._ref = [0] * n

@@ -25,7 +25,9 @@ class PyShadowLoops:
 
     Args:
         state: a bytearray, FREE / ACTIVE / CACHED per block.
-        ref, gen: per block, its references by running steps and its generation (lists).
+        ref: per block, its references by running steps (a list).
+        gen: per block, its generation (a writable memoryview of int64s, format 'q': a
+            step's new blocks each count one up, with no int object made or freed).
         owner, position, block_hash: per block, its owning session (None: plain cache), its
             position in that context, its content hash (None: unhashed).
         free: the free stack (a list; the last entry is handed out first).
@@ -33,18 +35,21 @@ class PyShadowLoops:
         name: the shadow expert's name, for errors.
     """
 
-    def __init__(self, state: bytearray, ref: list[int], gen: list[int], owner: list,
+    def __init__(self, state: bytearray, ref: list[int], gen: memoryview, owner: list,
                  position: list[int], block_hash: list, free: list[int], index: dict,
                  name: str) -> None:
         n = len(state)
         if type(state) is not bytearray:
             raise TypeError("state must be a bytearray")
-        for what, x in (("ref", ref), ("gen", gen), ("owner", owner), ("position", position),
+        for what, x in (("ref", ref), ("owner", owner), ("position", position),
                         ("block_hash", block_hash)):
             if type(x) is not list or len(x) != n:
                 raise TypeError(f"{what} must be a list of {n} entries, one per block")
         if type(free) is not list or type(index) is not dict:
             raise TypeError("free must be a list and index a dict")
+        if not (isinstance(gen, memoryview) and gen.format == "q" and gen.ndim == 1
+                and len(gen) == n and not gen.readonly and gen.c_contiguous):
+            raise TypeError(f"gen must be a writable memoryview of {n} int64s ('q')")
         self.state, self.ref, self.gen = state, ref, gen
         self.owner, self.position, self.block_hash = owner, position, block_hash
         self.free, self.index, self.name = free, index, name
