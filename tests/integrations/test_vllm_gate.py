@@ -295,14 +295,14 @@ def test_the_returning_session_never_expires_at_its_own_admission():
 
 def test_pauses_of_sessions_that_never_return_are_not_kept_forever():
     g = _gate()
-    g.PAUSED_TRACKED = 4
+    g.pauses.PAUSED_TRACKED = 4
     for i in range(10):  # one-step sessions that never come back (no last_step)
         g.started(f"r{i}")
         g.finished(f"r{i}", f"s{i}", BS, float(i), None, False)
-    assert list(g._paused_since) == ["s6", "s7", "s8", "s9"]  # the latest, oldest first
+    assert list(g.pauses.paused_since) == ["s6", "s7", "s8", "s9"]  # the latest, oldest first
     g.started("r10")
     g.finished("r10", "s7", BS, 10.0, None, False)  # s7 paused again: timed from now, last
-    assert list(g._paused_since) == ["s6", "s8", "s9", "s7"]
+    assert list(g.pauses.paused_since) == ["s6", "s8", "s9", "s7"]
 
 
 def test_the_reserved_growth_gives_way_once_the_waiting_costs_more_than_a_recompute():
@@ -504,3 +504,24 @@ def test_a_waited_admission_can_require_the_new_sessions_own_growth_to_fit():
     assert g.admitted_by == {} and set(g.sessions) == {"a"}
     with pytest.raises(ValueError, match="reserve_fit_steps"):
         _gate(reserve_fit_steps=-1)
+
+
+@pytest.mark.parametrize("arrived", [False, True])
+def test_a_step_reported_arrived_is_counted_and_never_demoted_while_it_waits(arrived):
+    """b then a admitted; a's step finished (paused, 6 blocks) and its next step, 8 blocks,
+    is reported arrived (`KVSagaScheduler`'s `gate_arrivals`) before vLLM asks about it.
+    b's finish at 15 blocks outgrows the 20: unreported, a looks paused and the shrink
+    demotes it, the latest admitted; reported, a counts its 8 blocks and b goes instead."""
+    g = _gate()
+    assert g.admit("b", "w", 6 * BS, 0, now=0.0)
+    g.started("b0")
+    assert g.admit("a", "w", 6 * BS, 0, now=0.1)
+    _run_step(g, "a0", "a", 6 * BS, now=1.0)
+    g.arrived("x", 4 * BS)  # not admitted: nothing to count
+    assert "x" not in g.sessions
+    if arrived:
+        g.arrived("a", 8 * BS)
+        assert g.sessions["a"].paused_at is None and g.sessions["a"].context == 8 * BS
+    assert g.finished("b0", "b", 15 * BS, 2.0, 10.0, False) == (["b"] if arrived else ["a"])
+    if arrived:
+        assert g.expire(1e6) == [] and "a" in g.sessions  # not paused: nothing to expire

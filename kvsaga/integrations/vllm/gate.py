@@ -74,38 +74,9 @@ go on.
   once the wait outgrew that context's recompute was tried first and lost (fit medians
   1.05x / 1.10x against 1.10x / 1.10x): the demoted session, back from its pause, waits in
   turn and then recomputes.
-- A pause the client gave no expected length for (`expected_s` None: a client that sends
-  only its session id, not the tool its model will call) is judged by the pauses the gate
-  has seen of that workflow: once `pause_min_observed` of them have ended in a next step,
-  an unhinted paused session whose pause has run past their `pause_quantile` quantile
-  expires (`expire`, asked before every admission probe): it is demoted and the connector
-  releases its blocks to vLLM's LRU. Without it a session that has ended but never said so
-  (no `last_step`) stayed admitted and kept its blocks until the demotion deadline above,
-  whose default pause is 30 s: on bench/vllm_scheduler_replay.py's calibrated workload with
-  session-only hints the connector ran at 0.27x plain vLLM's speed (fit seeds 0-4), its
-  gate deferring new sessions for room the finished ones held. `pause_quantile` 0.8 was
-  chosen there, on fit seeds 0-4 only, among 0.5, 0.6, 0.7, 0.75, 0.8 and 0.9 by the
-  highest worst seed: speed-up over plain vLLM worst 1.04x, median 1.10x (0.9: 0.79x and
-  1.00x, a finished session held on too long; 0.5: 0.97x and 1.10x, sessions only slow
-  demoted and their contexts computed again).
-- A pause hinted longer than the workflow's observed ones expires the same way
-  (`expire_long_hints`, default on): a client that sends the tool and its median pause
-  (`expected_s`) told the gate which pauses run long (SWE's `run_tests`, 5 s, where the
-  workflow's 0.8 quantile was 0.45-1.5 s), and the gate kept exactly those sessions
-  admitted until the demotion deadline (4 x 5 s + 10 s), holding the room that waiting
-  sessions needed: on the calibrated workload below (fit seeds 0-4, advance hints) the gate
-  ran 1,217-2,175 steps, its sessions waited 106-246 s per seed, and the connector was
-  1.15x plain vLLM's speed (1.12-1.30x), below the session-only client (no hint) on 1
-  seed of 5 and in every group median of the later seeds. With the rule: 1,191-1,710 steps,
-  89-258 s, **1.25x (1.19-1.42x)**, above the session-only client (1.14x, 1.10-1.26x) on
-  every fit seed. A pause hinted within the quantile keeps its deadline (the tool is late).
-  Chosen on fit seeds 0-4 only by the worst seed with advance hints, among: every hinted
-  pause past the quantile (1.18x worst), the per-tool quantile (1.14x), expiring a pause
-  hinted long at once (1.14x), releasing a paused session once the waiting sessions had
-  waited 1 / 2 / 4 x its recompute (0.98 / 1.12 / 1.16x), this rule (1.19x) and none
-  (1.12x); driver not kept in the repository. Cost, on the compute-bound 6-session workload
-  (KV 25%, pauses x0.25) with advance hints: fit seeds 0-4 1.42, 1.16, 1.58, 1.20, 1.37x
-  -> 1.31, 1.16, 1.65, 1.07, 1.38x (geometric mean 1.34x -> 1.30x).
+- Pauses that outlive the workflow's observed ones expire (`expire`): an unhinted one past
+  the `pause_quantile` quantile of them, and one hinted longer than that quantile
+  (`expire_long_hints`); `gate_pauses` keeps the observed pauses and has the rules' fits.
 - What an admitted session's step is charged (`growth_charge`, `gate_growth`): "step",
   the workflow's growth from finish to finish, for every step in the horizon; "remaining",
   for the step a session has queued or running, its reply alone (its prompt holds the
@@ -121,14 +92,13 @@ working-set rule itself (growth estimate, rounding, demotion deadline, shrink or
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
 from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder
+from kvsaga.integrations.vllm.gate_pauses import PauseLog
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
-from kvsaga.stats import percentile
 
 
 @dataclass
@@ -181,13 +151,6 @@ class SessionGate:
             step is queued or running is charged for that step).
     """
 
-    PAUSES_KEPT = 512  # observed pauses per workflow the quantile is taken over (latest)
-    # Sessions whose pause is timed (finished, not yet back). A session that ends without
-    # saying so never comes back, so the oldest entries are dropped past this many: a
-    # session back after more than PAUSED_TRACKED others paused is not observed (its pause
-    # is among the longest; the quantile then leans short by at most that one sample).
-    PAUSED_TRACKED = 8192
-
     def __init__(
         self,
         capacity: int,
@@ -231,10 +194,6 @@ class SessionGate:
             if v is not None and not (is_number(v) and v >= 0):
                 raise ValueError(f"gate parameter {name} must be a number >= 0 or null, "
                                  f"got {v!r}")
-        if not (is_number(pause_quantile) and 0 <= pause_quantile <= 1):
-            raise ValueError(f"gate parameter pause_quantile must be in [0, 1], got "
-                             f"{pause_quantile!r}")
-        check_positive_int("gate pause_min_observed", pause_min_observed)
         for name, v in (("room_admit", room_admit), ("expire_long_hints", expire_long_hints)):
             if not isinstance(v, bool):
                 raise ValueError(f"gate parameter {name} must be true or false, got {v!r}")
@@ -253,15 +212,11 @@ class SessionGate:
         self.room_admit = room_admit
         self.room_steps = float(room_steps)
         self.room_fit_steps = None if room_fit_steps is None else float(room_fit_steps)
-        self.pause_quantile = float(pause_quantile)
         self.expire_long_hints = expire_long_hints
-        self.pause_min_observed = pause_min_observed
         self.reserve_wait_factor = (None if reserve_wait_factor is None
                                     else float(reserve_wait_factor))
         self.reserve_fit_steps = float(reserve_fit_steps)
-        self._pauses: dict[str, deque[float]] = {}  # workflow -> observed pauses, latest
-        self._paused_since: dict[str, float] = {}  # session -> its last step's finish
-        self._limits: dict[str, float | None] = {}  # workflow -> pause_limit, until a pause
+        self.pauses = PauseLog(pause_quantile, pause_min_observed)
         self.num_expired = 0
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
@@ -315,11 +270,7 @@ class SessionGate:
         `last_step`: the step is hinted as the session's last (its remaining work is one
         step, for `admission_order` "predicted", which may defer a session otherwise
         admissible to waiting ones ranked ahead of it: `_yields`)."""
-        since = self._paused_since.pop(sid, None)
-        if since is not None:  # the session is back: its pause ended now
-            self._pauses.setdefault(workflow, deque(maxlen=self.PAUSES_KEPT)).append(
-                now - since)
-            self._limits.pop(workflow, None)
+        self.pauses.back(sid, workflow, now)
         self.order.seen(sid, workflow)
         s = self.sessions.get(sid)
         if s is not None:
@@ -476,14 +427,8 @@ class SessionGate:
         self.num_demotions += 1
 
     def pause_limit(self, workflow: str) -> float | None:
-        """How long a pause of `workflow` may run before it expires (see `expire`): the
-        `pause_quantile` quantile of the workflow's observed pauses; None until
-        `pause_min_observed` were observed."""
-        if workflow not in self._limits:
-            seen = self._pauses.get(workflow, ())
-            self._limits[workflow] = (percentile(list(seen), 100.0 * self.pause_quantile)
-                                      if len(seen) >= self.pause_min_observed else None)
-        return self._limits[workflow]
+        """How long a pause of `workflow` may run before it expires (`PauseLog.limit`)."""
+        return self.pauses.limit(workflow)
 
     def expire(self, now: float, returning: str | None = None) -> list[str]:
         """Demote the admitted sessions paused without a hint for longer than their
@@ -514,6 +459,19 @@ class SessionGate:
                 out.append(sid)
         return out
 
+    def arrived(self, sid: str, num_tokens: int) -> None:
+        """An admitted session's next step (`num_tokens` of prompt) reached vLLM's queue
+        (`KVSagaScheduler` reports it on arrival; without it the gate learns of the step at
+        vLLM's first question about it, `admit`). Its pause is over: it is counted with
+        that prompt, and no longer demotable (`_fits`, the shrink, `expire`), while the
+        step waits behind others in vLLM's queue. Why: a step that waits there unasked
+        (vLLM stops asking at the first request it cannot allocate) looked paused, and the
+        shrink at another session's finish demoted it and released the blocks the step
+        was about to hit (bench/RESULTS.md, "KVSagaScheduler and the gate")."""
+        s = self.sessions.get(sid)
+        if s is not None and s.paused_at is not None:
+            s.context, s.paused_at = max(s.context, num_tokens), None
+
     # -- what the connector reports -------------------------------------------------------------
     def started(self, request_id: str) -> None:
         """A request (of any session, or none) was allocated."""
@@ -539,10 +497,7 @@ class SessionGate:
             self.forget(sid)
             return []
         if sid is not None:
-            self._paused_since.pop(sid, None)  # re-inserted last: oldest first stays true
-            self._paused_since[sid] = now
-            if len(self._paused_since) > self.PAUSED_TRACKED:
-                del self._paused_since[next(iter(self._paused_since))]
+            self.pauses.paused(sid, now)
         s = self.sessions.get(sid) if sid is not None else None
         if s is None:
             if sid is not None:  # e.g. aborted while deferred: its wait is over, not stale
@@ -568,7 +523,7 @@ class SessionGate:
         self.sessions.pop(sid, None)
         self._shared.pop(sid, None)
         self._waiting_since.pop(sid, None)
-        self._paused_since.pop(sid, None)
+        self.pauses.forget(sid)
         self.order.forget(sid)
 
     def new_step(self) -> None:

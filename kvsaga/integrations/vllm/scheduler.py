@@ -28,11 +28,34 @@ request of the largest priority is preempted first, session or not); and the ret
 connector, when on, decides what stays cached. A request id vLLM already holds (a streaming
 input's next chunk) is left as vLLM handles it, unranked.
 
+With the retention connector's session gate on (its default), two more rules, each on by
+default:
+
+- `admitted_first`: a step of a session the gate has admitted (its context retained, the
+  gate lets it in whatever the memory) goes ahead of every step of a session the gate has
+  not, by `ADMITTED_AHEAD` milliseconds of priority; each group in the order above. vLLM
+  asks about its waiting requests in priority order and stops at the first it cannot
+  allocate, so a newcomer ranked ahead (fewer steps predicted) took the blocks the admitted
+  session's step needed and its retained blocks stayed exposed to pressure meanwhile.
+- `gate_arrivals`: the gate learns that an admitted session's step arrived when vLLM
+  receives it (`SessionGate.arrived`), not at vLLM's first question about it. A step
+  waiting unasked behind others looked paused, and the gate's shrink at another session's
+  finish demoted it, releasing the blocks it was about to hit.
+
+On bench/vllm_scheduler_replay.py's calibrated workload (fit seeds 0-4, advance hints)
+vLLM + connector + this scheduler without them lost fit seed 0 to the connector alone
+(1.09x against 1.31x plain vLLM's mean TCT): a tie between steps arriving together, ordered
+by predicted work instead of arrival, left one such step unasked while the shrink demoted
+it, and the run went down another path (its big sessions admitted last, their steps alone
+at the end). With both: 1.31, 1.35, 1.41, 1.52, 1.60x against the connector alone's
+1.31, 1.29, 1.28, 1.42, 1.43x (bench/RESULTS.md, "KVSagaScheduler and the gate").
+
 Settings (all optional) come from the connector's `kv_connector_extra_config`
 `"scheduler_args"`: `aging_s` (default 60), `prior_steps` (16), `prior_growth_tokens` (64),
 `work` ("steps": remaining steps alone, the default; "tokens": remaining steps times the
-context held over them, `predicted_cost`). Defaults from bench/vllm_scheduler_replay.py's
-ttl+sched fit on fit seeds 0-4 (docs/integrations.md).
+context held over them, `predicted_cost`), `admitted_first` and `gate_arrivals` (true).
+Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
+(docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -46,10 +69,15 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
+from kvsaga.integrations.vllm.connector import KVSagaConnector
+from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import step_info
 from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
 
 WORK_KINDS = ("tokens", "steps")
+# Priority (milliseconds of arrival) an admitted session's step is moved ahead by
+# (`admitted_first`): more than any rank spans (about 31,700 years of arrivals).
+ADMITTED_AHEAD = 10**15
 
 
 class SessionRanker:
@@ -128,13 +156,31 @@ class KVSagaScheduler(Scheduler):
                              "--scheduling-policy priority")
         kv = self.vllm_config.kv_transfer_config
         extra = (kv.kv_connector_extra_config or {}) if kv is not None else {}
-        self.ranker = SessionRanker(**dict(extra.get("scheduler_args", {})))
+        args = dict(extra.get("scheduler_args", {}))
+        self.admitted_first = args.pop("admitted_first", True)
+        self.gate_arrivals = args.pop("gate_arrivals", True)
+        for name, v in (("admitted_first", self.admitted_first),
+                        ("gate_arrivals", self.gate_arrivals)):
+            if not isinstance(v, bool):
+                raise ValueError(f"scheduler_args {name} must be true or false, got {v!r}")
+        self.ranker = SessionRanker(**args)
         # Seconds arrivals are ranked by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
 
+    def _gate(self) -> SessionGate | None:
+        """The kvsaga connector's session gate (the connector alone or inside vLLM's
+        MultiConnector), or None: no kvsaga connector, or its admission off."""
+        subs = getattr(self.connector, "sub_connectors", None)
+        for c in subs if subs is not None else [self.connector]:
+            if isinstance(c, KVSagaConnector):
+                return c.gate
+        return None
+
     def add_request(self, request: Request) -> None:
         """Rank a new request (see the module docstring), then vLLM's own `add_request`; an
-        id vLLM already holds goes to vLLM unranked, and nothing is recorded if vLLM raises."""
+        id vLLM already holds goes to vLLM unranked, and nothing is recorded if vLLM raises.
+        A step of a session the gate admitted goes ahead (`admitted_first`) and is reported
+        to the gate (`gate_arrivals`)."""
         if request.request_id in self.requests:  # a streaming input's next chunk, or a clash
             super().add_request(request)
             return
@@ -149,6 +195,10 @@ class KVSagaScheduler(Scheduler):
             request.priority = own + self.ranker.priority(
                 info.session_id, info.workflow, request.num_prompt_tokens,
                 info.hint.last_step, now)
+        gate = self._gate() if info is not None else None
+        admitted = gate is not None and info.session_id in gate.sessions
+        if admitted and self.admitted_first:
+            request.priority -= ADMITTED_AHEAD
         try:
             super().add_request(request)
         except BaseException:
@@ -157,3 +207,5 @@ class KVSagaScheduler(Scheduler):
         if info is not None:
             self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
                                info.hint.last_step)
+        if admitted and self.gate_arrivals:
+            gate.arrived(info.session_id, request.num_prompt_tokens)

@@ -105,6 +105,41 @@ def test_it_names_the_flag_it_needs_and_a_bad_setting(hf_model_dir):
         _kvsaga(hf_model_dir, 16, scheduler_args={"work": "bytes"})
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_an_admitted_sessions_step_goes_first_and_the_gate_hears_it_arrive(hf_model_dir, on):
+    """The gate on, one sequence at a time. A ran a step (admitted, paused); new session N
+    arrives at clock 0, A's next step at clock 100: by predicted work with aging, N (16
+    steps, 100 s earlier) ranks first. With `admitted_first` A's step goes ahead of it, and
+    with `gate_arrivals` the gate counts A as back, with its prompt, as soon as vLLM has the
+    step; both off: N first, and A looks paused until vLLM asks about its step."""
+    from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+    args = {} if on else {"admitted_first": False, "gate_arrivals": False}
+    s = make_scheduler(hf_model_dir, 64, connector=True, max_num_seqs=1,
+                       scheduling_policy="priority", scheduler_cls=KVSagaScheduler,
+                       scheduler_args=args)
+    gate = s.connector.gate
+    now = [0.0]
+    s.clock = s.connector.clock = lambda: now[0]
+    a1 = _prompt(30, 2)
+    hint = {"session_id": "A", "workflow": "swe", "tool": "t", "expected_s": 600.0}
+    run(s, [make_request(a1, 2, hint)])
+    assert "A" in gate.sessions and gate.sessions["A"].paused_at is not None
+    n = make_request(_prompt(31, 2), 2, {"session_id": "N", "workflow": "swe", "tool": "t"})
+    s.add_request(n)
+    now[0] = 100.0
+    a2 = make_request(a1 + [7, 7] + _prompt(32, 1), 2, hint)
+    s.add_request(a2)
+    assert (gate.sessions["A"].paused_at is None) == on
+    assert gate.sessions["A"].context == (a2.num_prompt_tokens if on else 2 * BLOCK_SIZE + 2)
+    (first,) = step(s).scheduled_new_reqs
+    assert first.req_id == (a2.request_id if on else n.request_id)
+    assert (a2.priority < n.priority) == on
+    run(s, [])  # both finish; nothing stuck
+    with pytest.raises(ValueError, match="admitted_first"):
+        _kvsaga(hf_model_dir, 16, scheduler_args={"admitted_first": 1})
+
+
 def _demoting(hf_model_dir, keep: bool):
     """Session D (12 blocks) admitted; K (4 blocks) and then E (K's first block and 3 of its
     own) each demoted by the gate's shrink at their finish: no growth is reserved at
