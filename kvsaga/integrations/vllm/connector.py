@@ -167,6 +167,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         if not isinstance(self.admission, bool):
             raise ValueError(f"admission must be true or false, got {self.admission!r}")
         self.gate_args = dict(extra.get("gate_args", {}))
+        # KVSagaScheduler's settings, read from here when the connector sits in vLLM's
+        # MultiConnector (whose own extra config holds only the connectors' list)
+        self.scheduler_args = dict(extra.get("scheduler_args", {}))
         self.keep_demoted = extra.get("keep_demoted", False)
         if not isinstance(self.keep_demoted, bool):
             raise ValueError(f"keep_demoted must be true or false, got {self.keep_demoted!r}")

@@ -48,12 +48,15 @@ vLLM + connector + this scheduler without them lost fit seed 0 to the connector 
 by predicted work instead of arrival, left one such step unasked while the shrink demoted
 it, and the run went down another path (its big sessions admitted last, their steps alone
 at the end). With both: 1.31, 1.35, 1.41, 1.52, 1.60x against the connector alone's
-1.31, 1.29, 1.28, 1.42, 1.43x (bench/RESULTS.md, "KVSagaScheduler and the gate").
+1.31, 1.29, 1.28, 1.42, 1.43x (bench/RESULTS.md, "KVSagaScheduler and the gate"). Behind
+vLLM's CPU offload tier the same rules lost that seed (1.22x against 1.38x for the tier and
+connector without this scheduler): the scheduler is recommended without the tier only.
 
 Settings (all optional) come from the connector's `kv_connector_extra_config`
 `"scheduler_args"`: `aging_s` (default 60), `prior_steps` (16), `prior_growth_tokens` (64),
 `work` ("steps": remaining steps alone, the default; "tokens": remaining steps times the
-context held over them, `predicted_cost`), `admitted_first` and `gate_arrivals` (true).
+context held over them, `predicted_cost`), `admitted_first` and `gate_arrivals` (true);
+behind vLLM's MultiConnector (the CPU offload tier), from the kvsaga connector's part.
 Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
 (docs/integrations.md).
 """
@@ -156,7 +159,9 @@ class KVSagaScheduler(Scheduler):
                              "--scheduling-policy priority")
         kv = self.vllm_config.kv_transfer_config
         extra = (kv.kv_connector_extra_config or {}) if kv is not None else {}
-        args = dict(extra.get("scheduler_args", {}))
+        kvsaga = self._kvsaga()
+        args = dict(extra["scheduler_args"] if "scheduler_args" in extra or kvsaga is None
+                    else kvsaga.scheduler_args)  # behind vLLM's MultiConnector: its part
         self.admitted_first = args.pop("admitted_first", True)
         self.gate_arrivals = args.pop("gate_arrivals", True)
         for name, v in (("admitted_first", self.admitted_first),
@@ -167,14 +172,17 @@ class KVSagaScheduler(Scheduler):
         # Seconds arrivals are ranked by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
 
-    def _gate(self) -> SessionGate | None:
-        """The kvsaga connector's session gate (the connector alone or inside vLLM's
-        MultiConnector), or None: no kvsaga connector, or its admission off."""
+    def _kvsaga(self) -> KVSagaConnector | None:
+        """The kvsaga connector, alone or inside vLLM's MultiConnector; None without one."""
         subs = getattr(self.connector, "sub_connectors", None)
-        for c in subs if subs is not None else [self.connector]:
-            if isinstance(c, KVSagaConnector):
-                return c.gate
-        return None
+        return next((c for c in (subs if subs is not None else [self.connector])
+                     if isinstance(c, KVSagaConnector)), None)
+
+    def _gate(self) -> SessionGate | None:
+        """The kvsaga connector's session gate, or None: no kvsaga connector, or its
+        admission off."""
+        kvsaga = self._kvsaga()
+        return None if kvsaga is None else kvsaga.gate
 
     def add_request(self, request: Request) -> None:
         """Rank a new request (see the module docstring), then vLLM's own `add_request`; an

@@ -140,6 +140,20 @@ def test_an_admitted_sessions_step_goes_first_and_the_gate_hears_it_arrive(hf_mo
         _kvsaga(hf_model_dir, 16, scheduler_args={"admitted_first": 1})
 
 
+def test_settings_are_read_from_the_kvsaga_part_behind_vllms_multiconnector(hf_model_dir):
+    """With vLLM's offload tier the connectors sit in a MultiConnector, whose own extra
+    config lists them only: the scheduler finds the gate and its settings in kvsaga's part."""
+    from kvsaga.integrations.vllm import offload_transfer_config
+    from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+    retention = {"policy": "ttl", "scheduler_args": {"aging_s": 5, "admitted_first": False}}
+    s = make_scheduler(hf_model_dir, 64, connector=True, scheduling_policy="priority",
+                       scheduler_cls=KVSagaScheduler,
+                       kv_transfer=offload_transfer_config(1 << 20, "lru", retention))
+    assert (s.ranker.aging_s, s.admitted_first, s.gate_arrivals) == (5.0, False, True)
+    assert s._gate() is not None and s._gate() is s._kvsaga().gate
+
+
 def _demoting(hf_model_dir, keep: bool):
     """Session D (12 blocks) admitted; K (4 blocks) and then E (K's first block and 3 of its
     own) each demoted by the gate's shrink at their finish: no growth is reserved at
