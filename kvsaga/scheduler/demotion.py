@@ -72,7 +72,8 @@ class Demotions:
 
         "least_work": the least predicted remaining work first, by the admission order's
         own key (`AdmissionOrder.session_cost`: expected steps left x the context held over
-        them), so the session demoted is the one the order admits again soonest: it
+        them), so under the predicted and gittins orders (not fifo, which admits by arrival)
+        the session demoted is the one the order admits again soonest: it
         comes back within its pause (about a second at bfcl) and sorts ahead of the longer
         sessions waiting, most of its context still cached. Why: at bfcl 1x 25% on the fit
         seeds (101-106) a session's TCT beyond its unloaded time is mostly waits to be

@@ -94,7 +94,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             smallest working sets, losing the fewest blocks to recompute; it raised bfcl
             1x 25% on the fit seeds but worsened non-thrash figures: `--fit` rejected it)
             or "least_work" (the least predicted remaining work, the admission order's
-            key: the one admitted again first; `Demotions._demotion_order` says why).
+            key: the one admitted again first under the predicted and gittins orders;
+            `Demotions._demotion_order` says why).
         shrink_on: what the shrink keeps within the tiers: "working_sets" (the charged
             working sets, predicted growth included) or "contexts" (the admitted contexts
             alone; `Demotions._shrink` says why).

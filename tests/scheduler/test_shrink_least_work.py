@@ -60,14 +60,21 @@ def test_each_shrink_order_demotes_its_own_victim(order, demoted):
     assert demoted in s._deferred  # its blocks wait for its next step, deferred
 
 
-def test_least_work_reads_the_admission_orders_key():
-    """An admitted session's shrink key is the cost the admission order gives a waiting
-    step of the same session and context (`remaining_cost`), so the one demoted first is
-    the one admitted again first."""
+def test_least_work_demotes_the_session_the_admission_order_sorts_first():
+    """The claim behind "least_work": the session it demotes is the one the admission order
+    admits again first. Steps of the three paused sessions, each with the context it held
+    (its prompt and one output token), queued at the same instant and sorted by the
+    scheduler's own `sort_queue` and `remaining_cost`: the demoted session's comes first."""
+    from collections import deque
+
+    from kvsaga.scheduler.admission_order import sort_queue
+
     s, _ = _three_paused("least_work")
-    for sid, info in s.sessions.items():
-        req = ToyRequest(sid, toks(0, info.context), workflow=info.workflow)
-        assert s.remaining_cost(req) == s.session_cost(sid, info.workflow, info.context)
+    (demoted,) = s._deferred
+    q = deque(ToyRequest(sid, toks(1000 * i, n + 1), workflow=workflow, arrival=2.0)
+              for i, (sid, n, workflow, _) in enumerate(PAUSED, start=1))
+    sort_queue(q, s.remaining_cost, s.aging_s)
+    assert [r.session_id for r in q][0] == demoted == "near_end"
 
 
 def test_least_work_keeps_the_shrink_aging():
