@@ -5,9 +5,10 @@
 //
 // Why: adaptive replays every step in one shadow pool per expert, and each step's blocks pass
 // through these loops in each shadow; as Python bytecode over tables of the pool's length,
-// which a step finds out of the CPU caches, they were about half of adaptive's whole step at
-// 4,000 paused sessions. The tables stay the shadow's Python objects (its expert reads them
-// as it reads the real pool's): here each loop is one call that stores into them in place.
+// which a step finds out of the CPU caches, they were more than half of the shadows' cost (a
+// third of adaptive's whole step) at 4,000 paused sessions. The tables stay the shadow's
+// Python objects (its expert reads them as it reads the real pool's): here each loop is one
+// call that stores into them in place.
 // Bad input (a block id out of range, an evicted block that is not cached) raises before
 // anything is changed.
 #pragma once

@@ -25,7 +25,11 @@ What a shadow does not replay: timing and admission (steps start when they start
 real run, whichever expert leads), the host tier (a shadow has none:
 an evicted block is rebuilt), and the scheduler's view of a working set. Its cost: the work
 of one more expert per step and per victim (each shadow evicts about as much as the real
-cache), O(log n) per victim where its expert is, and three lists of the pool's length.
+cache), O(log n) per victim where its expert is, and per-block tables of the pool's length
+(five lists with the free stack, a bytearray, an int64 memoryview) and a hash index. A step's
+per-block loops over those tables run as one C++ call each on the C++ core (kvsaga/policy/
+shadow_loops.py): as Python they were about half of the shadows' cost in adaptive's whole
+step at 4,000 paused sessions (bench/RESULTS.md, "adaptive's shadow replay in C++ loops").
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ counts, generations, owners, positions and hashes, its free stack and its hash i
 the shadow and its expert keep as Python objects; the loops change them in place. Why a C++
 twin: `adaptive` (its default, `shadow_cache`) replays every step in one shadow per expert,
 each step's blocks passing through four of these loops per shadow; as Python bytecode, over
-tables of the pool's length that a step finds out of the CPU caches, they were about half
-of adaptive's whole-step cost at 4,000 paused sessions (bench/RESULTS.md, "Eviction scaling
-with paused sessions"). In C++ each loop is one call that touches the same Python objects.
+tables of the pool's length that a step finds out of the CPU caches, they were more than
+half of the shadows' cost, a third of adaptive's whole step at 4,000 paused sessions
+(bench/RESULTS.md, "adaptive's shadow replay in C++ loops"). In C++ each loop is one call
+that touches the same Python objects.
 """
 
 from __future__ import annotations
