@@ -56,7 +56,8 @@ Settings (all optional) come from the connector's `kv_connector_extra_config`
 `"scheduler_args"`: `aging_s` (default 60), `prior_steps` (16), `prior_growth_tokens` (64),
 `work` ("steps": remaining steps alone, the default; "tokens": remaining steps times the
 context held over them, `predicted_cost`), `admitted_first` and `gate_arrivals` (true);
-behind vLLM's MultiConnector (the CPU offload tier), from the kvsaga connector's part.
+behind vLLM's MultiConnector (the CPU offload tier), from the kvsaga connector's part;
+without a `--kv-transfer-config` at all, the defaults.
 Defaults from bench/vllm_scheduler_replay.py's ttl+sched fit on fit seeds 0-4
 (docs/integrations.md).
 """
@@ -160,8 +161,10 @@ class KVSagaScheduler(Scheduler):
         kv = self.vllm_config.kv_transfer_config
         extra = (kv.kv_connector_extra_config or {}) if kv is not None else {}
         kvsaga = self._kvsaga()
-        args = dict(extra["scheduler_args"] if "scheduler_args" in extra or kvsaga is None
-                    else kvsaga.scheduler_args)  # behind vLLM's MultiConnector: its part
+        # Behind vLLM's MultiConnector the settings sit in kvsaga's part; without a kvsaga
+        # connector (the scheduler works alone too) the top-level ones, or the defaults.
+        args = dict(kvsaga.scheduler_args if kvsaga is not None and "scheduler_args" not in extra
+                    else extra.get("scheduler_args", {}))
         self.admitted_first = args.pop("admitted_first", True)
         self.gate_arrivals = args.pop("gate_arrivals", True)
         for name, v in (("admitted_first", self.admitted_first),

@@ -103,21 +103,25 @@ def test_it_names_the_flag_it_needs_and_a_bad_setting(hf_model_dir):
         _kvsaga(hf_model_dir, 16, scheduler_args={"aging_s": 0})
     with pytest.raises(ValueError, match="work"):
         _kvsaga(hf_model_dir, 16, scheduler_args={"work": "bytes"})
+    with pytest.raises(ValueError, match="admitted_first"):
+        _kvsaga(hf_model_dir, 16, scheduler_args={"admitted_first": 1})
 
 
-@pytest.mark.parametrize("on", [True, False])
-def test_an_admitted_sessions_step_goes_first_and_the_gate_hears_it_arrive(hf_model_dir, on):
+@pytest.mark.parametrize(("ahead", "arrivals"),
+                         [(True, True), (True, False), (False, True), (False, False)])
+def test_an_admitted_sessions_step_goes_first_and_the_gate_hears_it_arrive(
+        hf_model_dir, ahead, arrivals):
     """The gate on, one sequence at a time. A ran a step (admitted, paused); new session N
     arrives at clock 0, A's next step at clock 100: by predicted work with aging, N (16
-    steps, 100 s earlier) ranks first. With `admitted_first` A's step goes ahead of it, and
-    with `gate_arrivals` the gate counts A as back, with its prompt, as soon as vLLM has the
-    step; both off: N first, and A looks paused until vLLM asks about its step."""
+    steps, 100 s earlier) ranks first. `admitted_first` alone decides the queue: A's step
+    goes ahead of N; `gate_arrivals` alone decides what the gate sees: A back, with its
+    prompt, as soon as vLLM has the step, not paused until vLLM asks about it."""
     from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
 
-    args = {} if on else {"admitted_first": False, "gate_arrivals": False}
     s = make_scheduler(hf_model_dir, 64, connector=True, max_num_seqs=1,
                        scheduling_policy="priority", scheduler_cls=KVSagaScheduler,
-                       scheduler_args=args)
+                       scheduler_args={"admitted_first": ahead, "gate_arrivals": arrivals})
+    assert (s.admitted_first, s.gate_arrivals) == (ahead, arrivals)
     gate = s.connector.gate
     now = [0.0]
     s.clock = s.connector.clock = lambda: now[0]
@@ -130,14 +134,34 @@ def test_an_admitted_sessions_step_goes_first_and_the_gate_hears_it_arrive(hf_mo
     now[0] = 100.0
     a2 = make_request(a1 + [7, 7] + _prompt(32, 1), 2, hint)
     s.add_request(a2)
-    assert (gate.sessions["A"].paused_at is None) == on
-    assert gate.sessions["A"].context == (a2.num_prompt_tokens if on else 2 * BLOCK_SIZE + 2)
+    assert (gate.sessions["A"].paused_at is None) == arrivals
+    assert gate.sessions["A"].context == (a2.num_prompt_tokens if arrivals
+                                          else 2 * BLOCK_SIZE + 2)
+    assert (a2.priority < n.priority) == ahead
     (first,) = step(s).scheduled_new_reqs
-    assert first.req_id == (a2.request_id if on else n.request_id)
-    assert (a2.priority < n.priority) == on
+    assert first.req_id == (a2.request_id if ahead else n.request_id)
     run(s, [])  # both finish; nothing stuck
-    with pytest.raises(ValueError, match="admitted_first"):
-        _kvsaga(hf_model_dir, 16, scheduler_args={"admitted_first": 1})
+    assert not s.requests and not gate.num_in_flight
+
+
+def test_without_a_connector_it_ranks_with_its_defaults(hf_model_dir):
+    """KVSagaScheduler with no `--kv-transfer-config` (no connector, no gate): the default
+    settings, and sessions still ranked from their hints (a session at its last step before
+    a new one that came first); `admitted_first` and `gate_arrivals` have no gate to use."""
+    from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+    s = make_scheduler(hf_model_dir, 64, connector=False, max_num_seqs=1,
+                       scheduling_policy="priority", scheduler_cls=KVSagaScheduler)
+    r = s.ranker
+    assert s.connector is None and s._kvsaga() is None and s._gate() is None
+    assert (s.admitted_first, s.gate_arrivals) == (True, True)
+    assert (r.aging_s, r.prior_steps, r.prior_growth, r.work) == (60.0, 16.0, 64.0, "steps")
+    s.clock = lambda: 100.0
+    new = make_request(_prompt(33, 2), 2, {"session_id": "N", "workflow": "swe", "tool": "t"})
+    last = make_request(_prompt(34, 2), 2, {"session_id": "L", "last_step": True})
+    assert _first_scheduled(s, [new, last]) == last.request_id
+    run(s, [])
+    assert not s.requests and set(r.live) == {"N"}
 
 
 def test_settings_are_read_from_the_kvsaga_part_behind_vllms_multiconnector(hf_model_dir):
