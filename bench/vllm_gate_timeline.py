@@ -48,10 +48,16 @@ class GateTimeline:
 
 @contextlib.contextmanager
 def recording(rec: GateTimeline) -> Iterator[None]:
-    """Wrap SessionGate's `admit`, `_demote` and `finished` to feed `rec` (restored after)."""
+    """Wrap SessionGate's `expire`, `admit`, `_demote` and `finished` to feed `rec` (restored
+    after). `expire` sets the clock too: the connector asks it before `admit`, so an expiry's
+    demotion would otherwise carry the previous call's time."""
     from kvsaga.integrations.vllm.gate import SessionGate
 
-    saved = {n: getattr(SessionGate, n) for n in ("admit", "_demote", "finished")}
+    saved = {n: getattr(SessionGate, n) for n in ("expire", "admit", "_demote", "finished")}
+
+    def expire(self, now: float, *a: Any, **kw: Any) -> list[str]:
+        rec.now = now
+        return saved["expire"](self, now, *a, **kw)
 
     def admit(self, sid: str, workflow: str, num_tokens: int, *a: Any, **kw: Any) -> bool:
         rec.now = a[1] if len(a) > 1 else kw["now"]
@@ -74,7 +80,8 @@ def recording(rec: GateTimeline) -> Iterator[None]:
         return out
 
     try:
-        SessionGate.admit, SessionGate._demote, SessionGate.finished = admit, demote, finished
+        SessionGate.expire, SessionGate.admit = expire, admit
+        SessionGate._demote, SessionGate.finished = demote, finished
         yield
     finally:
         for name, fn in saved.items():

@@ -8,8 +8,9 @@ connector releases its blocks to vLLM's LRU).
   an unhinted paused session whose pause has run past their `pause_quantile` quantile
   expires (`expire`, asked before every admission probe): it is demoted and the connector
   releases its blocks to vLLM's LRU. Without it a session that has ended but never said so
-  (no `last_step`) stayed admitted and kept its blocks until the demotion deadline above,
-  whose default pause is 30 s: on bench/vllm_scheduler_replay.py's calibrated workload with
+  (no `last_step`) stayed admitted and kept its blocks until the gate's demotion deadline
+  (gate.py's module docstring), whose default pause is 30 s: on
+  bench/vllm_scheduler_replay.py's calibrated workload (also described there) with
   session-only hints the connector ran at 0.27x plain vLLM's speed (fit seeds 0-4), its
   gate deferring new sessions for room the finished ones held. `pause_quantile` 0.8 was
   chosen there, on fit seeds 0-4 only, among 0.5, 0.6, 0.7, 0.75, 0.8 and 0.9 by the
@@ -21,7 +22,7 @@ connector releases its blocks to vLLM's LRU).
   (`expected_s`) told the gate which pauses run long (SWE's `run_tests`, 5 s, where the
   workflow's 0.8 quantile was 0.45-1.5 s), and the gate kept exactly those sessions
   admitted until the demotion deadline (4 x 5 s + 10 s), holding the room that waiting
-  sessions needed: on the calibrated workload below (fit seeds 0-4, advance hints) the gate
+  sessions needed: on that calibrated workload (fit seeds 0-4, advance hints) the gate
   ran 1,217-2,175 steps, its sessions waited 106-246 s per seed, and the connector was
   1.15x plain vLLM's speed (1.12-1.30x), below the session-only client (no hint) on 1
   seed of 5 and in every group median of the later seeds. With the rule: 1,191-1,710 steps,
