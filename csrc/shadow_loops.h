@@ -58,6 +58,7 @@ class ShadowLoops {
       PyErr_Format(PyExc_TypeError, "gen must be a writable memoryview of %zd int64s ('q')", n_);
       throw_current();
     }
+    reserve_ids(static_cast<int32_t>(n_));  // the ids these loops hand back, made once
     state_ = nb::borrow(state);
     ref_ = nb::borrow(ref);
     owner_ = nb::borrow(owner);
@@ -101,8 +102,7 @@ class ShadowLoops {
       long r = int_at(ref_, b);
       if (r == 0) {
         state[b] = kActive;
-        if (PyList_Append(reclaimed.ptr(), PySequence_Fast_GET_ITEM(fast.ptr(), i)))
-          throw_current();
+        if (append_id(reclaimed, b)) throw_current();
       }
       store(ref_, b, PyLong_FromLong(r + 1));
       PyObject* o = PyList_GET_ITEM(owner_.ptr(), b);
@@ -125,8 +125,12 @@ class ShadowLoops {
     const Py_ssize_t top = PyList_GET_SIZE(free);
     std::vector<int32_t> ids(static_cast<size_t>(k));
     for (int64_t j = 0; j < k; ++j) ids[j] = block_at(PyList_GET_ITEM(free, top - 1 - j));
-    if (std::min<int64_t>(first + k, full) > PySequence_Fast_GET_SIZE(fast.ptr()))
+    const int64_t hashed = std::min<int64_t>(first + k, full);
+    if (hashed > PySequence_Fast_GET_SIZE(fast.ptr()))
       throw nb::index_error("allocate: fewer hashes than full blocks");
+    // Every hash to be indexed is hashed first (an unhashable one raises here, not half-way).
+    for (Py_ssize_t i = first; i < hashed; ++i)
+      if (PyObject_Hash(PySequence_Fast_GET_ITEM(fast.ptr(), i)) == -1) throw_current();
     char* state = PyByteArray_AS_STRING(state_.ptr());
     int64_t* gen = static_cast<int64_t*>(gen_buf_.buf);
     for (int64_t j = 0; j < k; ++j) {
@@ -149,7 +153,7 @@ class ShadowLoops {
   void index_block(nb::handle b, nb::handle h) {
     const int32_t id = block_at(b.ptr());
     check_sizes();
-    index_block(b, id, h.ptr());
+    index_block(steal_or_throw(id_object(id)), id, h.ptr());
   }
 
   void evict(nb::handle victims) {
@@ -185,7 +189,7 @@ class ShadowLoops {
           throw_current();
       }
       store(hash_, b, Py_NewRef(Py_None));
-      if (PyList_Append(free_.ptr(), PySequence_Fast_GET_ITEM(fast.ptr(), i))) throw_current();
+      if (append_id(free_, b)) throw_current();
     }
   }
 
@@ -197,9 +201,8 @@ class ShadowLoops {
   }
 
   nb::tuple release(nb::handle table, int64_t tail) {
-    nb::object fast = steal_or_throw(PySequence_Fast(table.ptr(), "table must be a sequence"));
     std::vector<int32_t> ids;
-    read_ids(fast, n(), ids);
+    read_ids(table, n(), ids);
     check_sizes();
     char* state = PyByteArray_AS_STRING(state_.ptr());
     nb::list to_cache;
@@ -210,13 +213,12 @@ class ShadowLoops {
       store(ref_, b, PyLong_FromLong(r));
       if (r) continue;
       ++released;
-      PyObject* obj = PySequence_Fast_GET_ITEM(fast.ptr(), i);
       if (PyList_GET_ITEM(hash_.ptr(), b) != Py_None || b == tail) {
         state[b] = kCached;
-        if (PyList_Append(to_cache.ptr(), obj)) throw_current();
+        if (append_id(to_cache, b)) throw_current();
       } else {
         state[b] = kFree;
-        if (PyList_Append(free_.ptr(), obj)) throw_current();
+        if (append_id(free_, b)) throw_current();
       }
     }
     return nb::make_tuple(to_cache, released);
@@ -241,6 +243,16 @@ class ShadowLoops {
   static constexpr int64_t kFar = 16, kNear = 8;  // prefetch distances, in blocks
 
   int32_t n() const { return static_cast<int32_t>(n_); }
+
+  // Block `b` appended to list `l` as an int (what the caller named it by, bool or index-like,
+  // converted as the Python twin converts it); nonzero on failure, an error set.
+  static int append_id(const nb::object& l, int32_t b) {
+    PyObject* o = id_object(b);
+    if (!o) return -1;
+    const int rc = PyList_Append(l.ptr(), o);
+    Py_DECREF(o);
+    return rc;
+  }
 
   static PyObject** items(const nb::object& l) {
     return reinterpret_cast<PyListObject*>(l.ptr())->ob_item;

@@ -100,8 +100,11 @@ class PyShadowLoops:
         first = len(table)
         k = max(min(need, len(free)), 0)
         self._ids(free[len(free) - k:])  # every block handed out checked before any change
-        if min(first + k, full) > len(hashes):
+        hashed = min(first + k, full)
+        if hashed > len(hashes):
             raise IndexError("allocate: fewer hashes than full blocks")
+        for i in range(first, hashed):  # an unhashable hash raises here, before any change
+            hash(hashes[i])
         for i in range(first, first + k):
             b = free.pop()
             ref[b] = 1
@@ -117,7 +120,7 @@ class PyShadowLoops:
 
     def index_block(self, b: int, h: bytes) -> None:
         """Index block `b` by `h`, unless a block holds `h` already (then `b` is unhashed)."""
-        self._ids([b])
+        b = self._ids([b])[0]
         if h in self.index:
             self.block_hash[b] = None
         else:

@@ -132,7 +132,9 @@ def test_bad_input_is_refused_alike_and_changes_nothing():
     before = _snapshot(a)
     for call, args in (("evict", ([0, 0],)), ("evict", ([1, 2],)), ("evict", ([N],)),
                        ("take", ([0, -1], "a")), ("release", (["x"], -1)),
-                       ("allocate", ("b", [], [h(5)], 3, 3)), ("index_block", (N, h(9))),
+                       ("allocate", ("b", [], [h(5)], 3, 3)),
+                       ("allocate", ("a", [], [h(0), [1], h(2)], 3, 3)),  # unhashable
+                       ("index_block", (N, h(9))),
                        ("count_hashed", ([N + 5],)), ("disown", ([0, N],))):
         got = _outcome(getattr(py, call), *args)
         assert got[0] != "ok" and got == _outcome(getattr(cpp, call), *args), call
@@ -166,3 +168,30 @@ def test_the_active_state_is_what_take_and_allocate_leave():
         lo.release(table, -1)
         assert lo.take(lo.hits([h(0)], 1), "s") == [0]
     assert a["state"][0] == b["state"][0] == ACTIVE and a["ref"][0] == b["ref"][0] == 1
+
+
+class _Id:
+    """An index-like block id (as a numpy integer is)."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __index__(self) -> int:
+        return self.v
+
+
+def test_ids_given_as_bools_or_index_likes_come_back_as_ints_alike():
+    py, cpp, a, b = _pair()
+    for lo in (py, cpp):
+        lo.allocate("a", [], [h(0), h(1), h(2)], 3, 2)  # blocks 0, 1 hashed, 2 not
+    for call, args in (("release", ([False, True, _Id(2)], 2)), ("take", ([True], "b")),
+                       ("release", ([_Id(1)], -1)), ("index_block", (_Id(2), h(9))),
+                       ("evict", ([True, _Id(2)],))):
+        got = _outcome(getattr(py, call), *args)
+        assert got[0] == "ok" and got == _outcome(getattr(cpp, call), *args), call
+        _same(a, b)
+        for t in (a, b):  # the free stack, the index and the answers hold ints, not bools
+            assert all(type(x) is int for x in [*t["free"], *t["index"].values()]), call
+        answer = got[1][0] if isinstance(got[1], tuple) else got[1] or []
+        assert all(type(x) is int for x in answer), call
+    assert a["free"][-2:] == [1, 2] and h(9) not in a["index"]
