@@ -147,6 +147,10 @@ class KvsagaEngine:
         from kvsaga.engine.sampling import SamplingParams
 
         torch.set_num_threads(cfg["threads"])
+        if cfg.get("kernel_pool"):  # the attention kernel's own threads (bench/engine_threads.py)
+            from kvsaga.kernels import inplace
+
+            inplace._OMP_TEAM = 0
         self.params = SamplingParams
         self.eng = LLMEngine(cfg["model"], device="cpu", dtype=torch.float32,
                              kv_memory_bytes=cfg["kv_bytes"], block_size=BLOCK,
@@ -229,7 +233,8 @@ def vllm_env(threads: int) -> dict[str, str]:
     0..threads-1; vLLM's CPU platform preloads its allocator and OpenMP for its engine-core
     process itself."""
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}")
-    env.pop("OMP_WAIT_POLICY", None)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # settings meant for kvsaga's arm
+        env.pop(name, None)
     return env
 
 
@@ -369,6 +374,26 @@ def write_results(table: str, path: Path) -> None:
     path.write_text(text)
 
 
+def worker_config(args: argparse.Namespace, cases: list[dict[str, int]],
+                  rounds: int) -> dict[str, Any]:
+    """What every worker is started with (`args` as `build_parser` parses them): the model
+    directory, engine limits, and a KV budget that holds every token `rounds` repeats of
+    the cases ever hold (prefixes, plus each round's new tokens), so that no prefix is
+    evicted and both engines see the same hits."""
+    from replay.servers import vllm_model_dir
+
+    longest = max(c["P"] + max(c["N"], DECODER_NEW) + args.max_tokens for c in cases)
+    max_model_len = -(-(longest + 64) // BLOCK) * BLOCK
+    tokens = max((c["S"] + c["D"]) * c["P"] + rounds * (c["S"] * (c["N"] + args.max_tokens)
+                 + c["D"] * (DECODER_NEW + args.max_tokens + 64)) for c in cases)
+    kv_bytes = (tokens * 2 // BLOCK + 64) * BLOCK * 30 * 2 * 3 * 64 * 4  # SmolLM2-135M
+    return {"model": vllm_model_dir(args.model), "threads": args.threads,
+            "kv_bytes": kv_bytes, "max_num_seqs": 16,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
+            "max_model_len": max_model_len, "cases": cases, "seed": args.seed,
+            "max_tokens": args.max_tokens}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     here = str(Path(__file__).resolve().parent)
@@ -378,21 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker)
         return 0
     sys.path.insert(0, here)
-    from replay.servers import vllm_model_dir
-
     cases = parse_cases(args.cases)
-    longest = max(c["P"] + max(c["N"], DECODER_NEW) + args.max_tokens for c in cases)
-    max_model_len = -(-(longest + 64) // BLOCK) * BLOCK
-    # Room for every token a case ever holds (prefixes, plus each round's new tokens), so
-    # that no prefix is evicted: both engines see the same hits.
     rounds = args.repeat + (1 if args.profile else 0)
-    tokens = max((c["S"] + c["D"]) * c["P"] + rounds * (c["S"] * (c["N"] + args.max_tokens)
-                 + c["D"] * (DECODER_NEW + args.max_tokens + 64)) for c in cases)
-    kv_bytes = (tokens * 2 // BLOCK + 64) * BLOCK * 30 * 2 * 3 * 64 * 4  # SmolLM2-135M
-    cfg = {"model": vllm_model_dir(args.model), "threads": args.threads, "kv_bytes": kv_bytes,
-           "max_num_seqs": 16, "max_num_batched_tokens": args.max_num_batched_tokens,
-           "max_model_len": max_model_len, "cases": cases, "seed": args.seed,
-           "max_tokens": args.max_tokens}
+    cfg = worker_config(args, cases, rounds)
     load0 = os.getloadavg()[0]
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     workers: dict[str, Worker] = {}

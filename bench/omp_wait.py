@@ -8,7 +8,9 @@ process per `OMP_WAIT_POLICY` (torch reads it once, at load): libgomp's default 
 threads spin, PASSIVE lets them sleep. On a machine whose cores are shared with other jobs
 a spinning thread waits for a descheduled sibling at every parallel region, so each small
 op costs a scheduler time slice. kvsaga-serve sets PASSIVE unless the user set a policy
-(kvsaga/serve/cli.py). Prints wall and CPU milliseconds per op, and the machine's load.
+(kvsaga/serve/cli.py); bench/engine_threads.py measures PASSIVE against a bounded libgomp
+spin on a whole step, quiet and loaded. Prints wall and CPU milliseconds per op, and the
+machine's load.
 """
 
 from __future__ import annotations

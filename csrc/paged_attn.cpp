@@ -11,8 +11,9 @@
 // fp32 only (the CPU engine's dtype); the Python side (kvsaga/kernels/inplace.py) checks
 // every argument and passes raw pointers plus strides in elements. Causal: query row j of
 // a sequence sits at position seq_len - q_len + j and attends to positions 0..itself.
-// The GIL is released; work items are split over `num_threads` threads: the caller and
-// workers of a pool started once per process (`kvattn::Pool`, csrc/worker_pool.h).
+// The GIL is released; work items are split over `num_threads` threads: torch's own OpenMP
+// team where kernels/inplace.py hands over its runtime's GOMP_parallel (`team`), else the
+// caller and workers of a pool started once per process (`kvattn::Pool`, csrc/worker_pool.h).
 
 #include <nanobind/nanobind.h>
 
@@ -439,12 +440,17 @@ std::vector<Task> make_tasks(const Args& a, int64_t& work) {
   return tasks;
 }
 
+// libgomp's entry for a parallel region: fn(data) on num_threads threads of the calling
+// thread's team (what `#pragma omp parallel` compiles to).
+using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
 void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t tables,
                      uintptr_t seq_lens, uintptr_t q_start, uintptr_t seq_ids,
                      int64_t num_seqs, int64_t num_kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_size, int64_t table_stride, int64_t q_tok, int64_t q_head,
                      int64_t o_tok, int64_t o_head, int64_t c_block, int64_t c_tok,
-                     int64_t c_head, float scale, int64_t num_threads, int64_t path) {
+                     int64_t c_head, float scale, int64_t num_threads, int64_t path,
+                     uintptr_t team) {
   Args a{reinterpret_cast<float*>(out),
          reinterpret_cast<const float*>(q),
          reinterpret_cast<const float*>(k),
@@ -470,7 +476,15 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
     std::vector<float> buf;
     for (int64_t i = next++; i < n; i = next++) run_one(a, tasks[static_cast<size_t>(i)], buf);
   };
-  kvattn::Pool::get().run(t, worker);
+  if (t > 1 && team != 0) {
+    // In torch's team: the threads that run its matmuls run the tasks, so no thread of
+    // ours waits beside them for a core (docs/architecture.md, "One team of threads").
+    reinterpret_cast<OmpParallel>(team)(
+        [](void* fn) { (*static_cast<const std::function<void()>*>(fn))(); },
+        const_cast<std::function<void()>*>(&worker), static_cast<unsigned>(t), 0);
+  } else {
+    kvattn::Pool::get().run(t, worker);
+  }
 }
 
 // Copies each new token's K and V rows into its cache slot (slot = block * block_size +
@@ -542,7 +556,7 @@ NB_MODULE(_paged_attn, m) {
         "seq_lens"_a, "q_start"_a, "seq_ids"_a, "num_seqs"_a, "num_kv_heads"_a, "group"_a,
         "head_dim"_a, "block_size"_a, "table_stride"_a, "q_tok"_a, "q_head"_a, "o_tok"_a,
         "o_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "scale"_a, "num_threads"_a,
-        "path"_a, nb::call_guard<nb::gil_scoped_release>());
+        "path"_a, "team"_a, nb::call_guard<nb::gil_scoped_release>());
   m.def("cache_write", &cache_write, "key"_a, "value"_a, "k_cache"_a, "v_cache"_a, "slots"_a,
         "num_tokens"_a, "num_kv_heads"_a, "row_bytes"_a, "k_tok"_a, "k_head"_a, "v_tok"_a,
         "v_head"_a, "c_block"_a, "c_tok"_a, "c_head"_a, "block_size"_a, "num_blocks"_a,

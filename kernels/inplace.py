@@ -15,7 +15,9 @@ C++17 compiler exists), and `available()` says whether they were built.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 
 import torch
 
@@ -30,19 +32,60 @@ _TILE_ISA: str = "" if _paged_attn is None else _paged_attn.tile_isa()
 
 
 def _kernel_threads() -> int:
-    """Threads the kernel may start: torch's count only where OpenMP's workers sleep.
+    """Threads the kernel runs on: torch's count in torch's own team (`_OMP_TEAM`); without
+    it, torch's count only where OpenMP's workers sleep.
 
-    With OpenMP's default wait policy torch's workers spin for a while after each op, so
-    threads this kernel starts compete with them for the cores: on 2 cores, 2 threads here
-    made a 16-sequence decode batch slower than one (`python bench/generate.py --prompts
-    mixed --peer none --threads 2`, against the SDPA path). With OMP_WAIT_POLICY=PASSIVE
-    (kvsaga-serve sets it) the workers sleep and the kernel's threads run.
+    The kernel's own pool (the fallback) adds threads beside torch's: with OpenMP's
+    default wait policy torch's workers spin for a while after each op and compete with
+    them for the cores: on 2 cores, 2 threads there made a 16-sequence decode batch
+    slower than one (`python bench/generate.py --prompts mixed --peer none --threads 2`,
+    against the SDPA path). Under OMP_WAIT_POLICY=PASSIVE torch's workers sleep, and the
+    kernel's threads run.
     """
-    return torch.get_num_threads() if _OMP_PASSIVE else 1
+    return torch.get_num_threads() if _OMP_TEAM or _OMP_PASSIVE else 1
+
+
+def _libgomp_parallel() -> int:
+    """The address of `GOMP_parallel` in the libgomp torch runs its ops on, or 0.
+
+    Why: with it the kernel runs its tasks on the threads of torch's own OpenMP team, the
+    ones that run the step's matmuls, instead of a pool of its own beside them. On 2 cores
+    a decode step then keeps both busy whatever the wait policy (docs/architecture.md, "One
+    team of threads"). 0, so the kernel's own pool, unless exactly one libgomp is mapped
+    into this process (Linux; a renamed wheel copy counts) and torch's parallel backend is
+    OpenMP: two OpenMP runtimes would be two teams again, and Intel's or LLVM's runtime is
+    not what was measured.
+    """
+    if _paged_attn is None or not torch.backends.openmp.is_available():
+        return 0
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps
+                    if re.search(r"/libgomp[^/]*\.so[^/]*$", line.rstrip())}
+    except OSError:  # not Linux
+        return 0
+    if len(libs) != 1:
+        return 0
+    try:  # RTLD_NOLOAD: the copy already mapped, never a second one
+        lib = ctypes.CDLL(libs.pop(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+
+
+def _leave_team() -> None:
+    """In a forked child: the kernel's own pool from now on. libgomp's team is not
+    fork-safe: a child of a parent that ran a parallel region hangs in its next one
+    (tests/kernels/test_kernel_inplace.py, the forked child)."""
+    global _OMP_TEAM
+    _OMP_TEAM = 0
 
 
 # Read once, as OpenMP itself does when torch first starts its workers.
 _OMP_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+_OMP_TEAM = _libgomp_parallel()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_leave_team)
 
 
 def available() -> bool:
@@ -108,7 +151,7 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[i
         num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
         k_cache.shape[1], tables.stride(0), query.stride(0), query.stride(1),
         out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        float(args.scale), _kernel_threads(), PATHS[path],
+        float(args.scale), _kernel_threads(), PATHS[path], _OMP_TEAM,
     )
 
 

@@ -66,6 +66,7 @@ def test_kernel_pool_threads_finds_the_kernels_workers(monkeypatch):
 
     if not inplace.available():
         pytest.skip("kvsaga._paged_attn not built")
+    monkeypatch.setattr(inplace, "_OMP_TEAM", 0)  # the pool, not torch's OpenMP team
     monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
     case = make_case([600] * 8, [1] * 8, block_size=16, num_kv_heads=2, group=3, head_dim=64,
                      dtype=torch.float32)

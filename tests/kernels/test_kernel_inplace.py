@@ -14,6 +14,19 @@ from kvsaga.kernels import inplace, reference, sdpa
 
 pytestmark = pytest.mark.skipif(not inplace.available(), reason="kvsaga._paged_attn not built")
 
+
+def _threads_via(monkeypatch, via: str) -> None:
+    """Run the kernel's threads in torch's OpenMP team ("team"; skipped where there is
+    none) or in the kernel's own pool ("pool", as kvsaga-serve ran before the team and
+    still does where torch's runtime is not libgomp)."""
+    if via == "team":
+        if not inplace._OMP_TEAM:
+            pytest.skip("torch's OpenMP runtime is not libgomp here")
+    else:
+        monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
+        monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+
+
 PAIRS = {
     # (context, new tokens): decodes around block edges, a sequence with no token.
     "decode": [(1, 1), (15, 1), (16, 1), (17, 1), (53, 1), (300, 1), (20, 0)],
@@ -25,18 +38,18 @@ PAIRS = {
 @pytest.mark.parametrize("head_dim", [64, 128, 40])  # the two unrolled sizes, and generic
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("kind", sorted(PAIRS))
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads,via", [(1, "team"), (3, "team"), (3, "pool")])
 @pytest.mark.parametrize("path", sorted(inplace.PATHS))
-def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, path,
+def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, via, path,
                                                     monkeypatch):
     """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
-    With 3 threads the kernel may start its own (as under OMP_WAIT_POLICY=PASSIVE): the
-    extend cases hold enough work to split. "auto" takes the AVX-512 (else AVX2) paths for
+    With 3 threads the kernel splits its tasks over torch's OpenMP team or its own pool:
+    the extend cases hold enough work to split. "auto" takes the AVX-512 (else AVX2) paths for
     head sizes 64 and 128 where the CPU has them: the extend GEMM for tasks of 8 or more query heads
     (rows x group; partial lanes, causal lanes, contexts not a multiple of 16), the row
     tiles for the others (group 8 runs two tiles of heads); "rows" the row tiles alone,
     "generic" the plain loops."""
-    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    _threads_via(monkeypatch, via)
     pairs = PAIRS[kind]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=1 if group == 8 else 2, group=group, head_dim=head_dim,
@@ -196,17 +209,36 @@ def test_sdpa_path_without_out_zeroes_only_the_padding_rows(max_query_len):
     assert (got[-3:] == 0).all()
 
 
-def test_kernel_threads_follow_the_omp_wait_policy(monkeypatch):
-    """Torch's thread count only where OpenMP's workers sleep; one thread beside spinners."""
+def test_kernel_threads_follow_the_team_or_the_omp_wait_policy(monkeypatch):
+    """Torch's thread count in torch's team, whatever the policy; in the kernel's own pool
+    only where OpenMP's workers sleep, one thread beside spinners."""
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
+        monkeypatch.setattr(inplace, "_OMP_TEAM", 1)
         monkeypatch.setattr(inplace, "_OMP_PASSIVE", False)
+        assert inplace._kernel_threads() == 3
+        monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
         assert inplace._kernel_threads() == 1
         monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
         assert inplace._kernel_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_team_is_the_gomp_parallel_of_torchs_libgomp():
+    """Where torch runs on libgomp the kernel gets that library's GOMP_parallel (the one
+    mapped copy, never a second); elsewhere 0, the kernel's own pool."""
+    import ctypes
+
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "/libgomp" in line}
+    if not torch.backends.openmp.is_available() or len(libs) != 1:
+        assert inplace._libgomp_parallel() == 0
+        return
+    lib = ctypes.CDLL(libs.pop(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert inplace._libgomp_parallel() == ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value
 
 
 def _threaded_case(seed: int):
@@ -219,12 +251,14 @@ def _threaded_case(seed: int):
     return case, want
 
 
-def test_inplace_calls_from_several_threads_at_once(monkeypatch):
-    """The kernel releases the GIL, so Python threads can be in it together: one uses the
-    worker pool, the others run on their own thread; every result matches the reference."""
+@pytest.mark.parametrize("via", ["team", "pool"])
+def test_inplace_calls_from_several_threads_at_once(via, monkeypatch):
+    """The kernel releases the GIL, so Python threads can be in it together: in torch's
+    team each calling thread leads a team of its own; with the pool one uses the workers,
+    the others run on their own thread; every result matches the reference."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    _threads_via(monkeypatch, via)
     cases = [_threaded_case(seed) for seed in range(4)]
 
     def run(i: int) -> float:
@@ -244,9 +278,12 @@ def test_inplace_calls_from_several_threads_at_once(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_inplace_in_a_forked_child_starts_its_own_workers(monkeypatch):
-    """A child forked after the parent's pool started has none of its threads: the kernel
-    must start its own there, not wait forever on the parent's."""
+@pytest.mark.parametrize("via", ["team", "pool"])
+def test_inplace_in_a_forked_child_starts_its_own_workers(via, monkeypatch):
+    """A child forked after the parent's threads ran the kernel (in torch's team or the
+    pool) has none of them: the kernel must start its own there (a forked child leaves
+    libgomp's team, which would hang), not wait forever on the parent's."""
+    _threads_via(monkeypatch, via)
     monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
     case, want = _threaded_case(seed=9)
     before = torch.get_num_threads()
