@@ -44,6 +44,10 @@ from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 _TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
+# A sticky level L on the 2x scale stays while its input x is within one step of it
+# (|log2 x - L| <= 1): certainly so for x in [_BAND_LO, _BAND_HI] * 2**L, a margin far
+# above the rounding of the logarithms, so `sticky_level` is called only outside the band.
+_BAND_LO, _BAND_HI = 0.5 * (1.0 + 1e-9), 2.0 * (1.0 - 1e-9)
 
 
 class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
@@ -84,6 +88,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._max_size = 0
         self._levels = (0, 0)  # largest idle and largest size, on a 2x scale (sticky)
         self._norm = (0.0, 1.0, 1.0)  # (used, largest idle, largest size) as keys read them
+        self._norm_usage = math.nan  # the usage `_norm` was computed at (nan: none yet)
         # P_reuse and TTLs as computed from the statistics of `_stats_at` (graph version,
         # latencies seen): see _search_reuse, _search_ttl.
         self._reuse_now: dict[str, float] = {}
@@ -97,7 +102,13 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     def session_ended(self, session, now: float) -> None:
         super().session_ended(session, now)
-        self._set_size(session.session_id, 0)
+        old = self._size.pop(session.session_id, 0)  # (the largest: `_search_state`)
+        if old:
+            c = self._size_count[old] - 1
+            if c:
+                self._size_count[old] = c
+            else:
+                del self._size_count[old]
 
     def step_started(self, session, now: float) -> None:
         super().step_started(session, now)
@@ -174,54 +185,70 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         return ttl
 
     # -- the index's normalizers --------------------------------------------------------------
-    def _set_size(self, sid: str, n: int) -> None:
-        """Record an entry's size; `_size_count` holds the sizes in use (count > 0), so the
-        largest is found among the few distinct sizes, not by stepping down one by one."""
-        old = self._size.pop(sid, 0)
-        counts = self._size_count
-        if old:
-            counts[old] -= 1
-            if not counts[old]:
-                del counts[old]
-        if n:
-            self._size[sid] = n
-            counts[n] = counts.get(n, 0) + 1
-            self._max_size = max(self._max_size, n)
-        if self._max_size not in counts:
-            self._max_size = max(counts, default=0)
-
-    def _oldest_pause(self) -> float | None:
-        """When the longest-paused live session paused (None: none is paused)."""
-        heap = self._pauses
-        while heap:
-            t, sid = heap[0]
-            v = self.views.get(sid)
-            if v is not None and not v.needed_now and v.paused_at == t:
-                return t
-            heapq.heappop(heap)  # that pause is over
-        return None
-
-    def _prepare(self, now: float) -> None:
-        self._search_state(now)
-
     def _search_state(self, now: float) -> tuple[tuple[float, float, float], tuple]:
         """The normalizers now (`_norm`: every key's global state) and what the class keys are
         computed from (the graph's statistics, the normalizers, the latencies seen), in one
-        call (each Python call costs a search its code's cache misses)."""
-        size, groups = self._size, self.groups
+        call with no call of its own on the usual path: each Python call costs a search
+        between two steps its code's cache misses, and this one ran every search (the
+        worst policy's largest own cost at 4,000 paused sessions, bench/RESULTS.md's
+        "saga's search state").
+
+        The entries' sizes: `_size` as last seen, `_size_count` the sizes in use (count > 0),
+        so the largest is found among the few distinct sizes; only the sessions marked since
+        the last search (`_dirty`) can have changed size. The sticky levels
+        (`sticky_level`) are computed only when their input left the band where the level
+        certainly stays (`_BAND_LO`, `_BAND_HI`); the pressure only when the usage moved."""
+        size, groups, counts = self._size, self.groups, self._size_count
+        top = self._max_size
         for sid in self._dirty:
-            n = len(groups.get(sid, ()))
-            if n != size.get(sid, 0):  # (setting an unchanged size changes nothing)
-                self._set_size(sid, n)
-        oldest = self._oldest_pause()
+            g = groups.get(sid)
+            n = len(g) if g is not None else 0
+            old = size.get(sid, 0)
+            if n == old:  # (setting an unchanged size changes nothing)
+                continue
+            if old:
+                c = counts[old] - 1
+                if c:
+                    counts[old] = c
+                else:
+                    del counts[old]
+            if n:
+                size[sid] = n
+                counts[n] = counts.get(n, 0) + 1
+                if n > top:
+                    top = n
+            else:
+                del size[sid]
+        if top not in counts:  # (the largest size went: the largest of those left)
+            top = max(counts, default=0)
+        self._max_size = top
+        # When the longest-paused live session paused: the heap's first live pause.
+        heap, views = self._pauses, self.views
+        oldest = None
+        while heap:
+            t, sid = heap[0]
+            v = views.get(sid)
+            if v is not None and not v.needed_now and v.paused_at == t:
+                oldest = t
+                break
+            heapq.heappop(heap)  # that pause is over
+        norm = self._norm
+        _, max_idle, max_size = norm
         idle_level, size_level = self._levels
-        if oldest is not None and now - oldest >= GRID_S:
-            idle_level = sticky_level(now - oldest, idle_level, 2.0)
-        if self._max_size:
-            size_level = sticky_level(self._max_size, size_level, 2.0)
-        self._levels = (idle_level, size_level)
-        m = min(max((self.usage() - 0.7) / 0.2, 0.0), 1.0)
-        self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
+        if oldest is not None:
+            x = now - oldest
+            if x >= GRID_S and not _BAND_LO * max_idle <= x <= _BAND_HI * max_idle:
+                idle_level = sticky_level(x, idle_level, 2.0)
+        if top and not _BAND_LO * max_size <= top <= _BAND_HI * max_size:
+            size_level = sticky_level(top, size_level, 2.0)
+        u = self.usage()
+        if u != self._norm_usage or (idle_level, size_level) != self._levels:
+            self._norm_usage = u
+            self._levels = (idle_level, size_level)
+            m = min(max((u - 0.7) / 0.2, 0.0), 1.0)
+            norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
+            if norm != self._norm:
+                self._norm = norm
         # What was learned since the last search counts: the graph's version moves with
         # every change mean_steps reads, and every latency seen adds to all_latency (the
         # same statistics the token below names). Unchanged, the last searches' answers hold,
@@ -232,6 +259,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
             self._reuse_now.clear()
             self._ttl_now.clear()
         return self._norm, (stats[0], self._norm, stats[1])
+
+    def _prepare(self, now: float) -> None:
+        self._search_state(now)
 
     # -- keys: (class, -score); class 0 dead, 1 expired, 2 scored, 3 plain ----------------
     def _session_base(self, sid: str, group: list[int], now: float
@@ -267,11 +297,21 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         if sig is None:
             return (1 if expired else 2, -score), until, None
         # `_score`'s sum, as (W_RECENCY * recency + a) + b
+        # (`_search_reuse` and `_search_ttl`, their remembered answers read here without a
+        # call: the usual case, a call each on a cold search costing its code's misses)
         size = len(group) / max_size
-        p = 0.0 if v.hint.last_step else self._search_reuse(v.workflow)
+        hint = v.hint
+        if hint.last_step:
+            p = 0.0
+        else:
+            p = self._reuse_now.get(v.workflow)
+            if p is None:
+                p = self._search_reuse(v.workflow)
         formula = (W_RECENCY, max_idle, W_REUSE * (1.0 - p), W_SIZE * (1.0 if size > 1.0
                                                                          else size))
-        ttl = self._search_ttl(v.tool, used, v.hint.expected_s)
+        ttl = self._ttl_now.get((v.tool, used, hint.expected_s))
+        if ttl is None:
+            ttl = self._search_ttl(v.tool, used, hint.expected_s)
         if exact > ttl:  # (`_score`'s test) expired: for good, keyed by its score alone
             return (1, -score), until, ((*sig, True), k, 1, formula, 2, v.paused_at, math.inf,
                                         math.inf, 1.0)
