@@ -188,10 +188,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _search_state(self, now: float) -> tuple[tuple[float, float, float], tuple]:
         """The normalizers now (`_norm`: every key's global state) and what the class keys are
         computed from (the graph's statistics, the normalizers, the latencies seen), in one
-        call with no call of its own on the usual path: each Python call costs a search
-        between two steps its code's cache misses, and this one ran every search (the
-        worst policy's largest own cost at 4,000 paused sessions, bench/RESULTS.md's
-        "saga's search state").
+        call with no call of its own on the usual path (each Python call costs a search
+        between two steps its code's cache misses; what that saved, measured, is in
+        bench/RESULTS.md, "saga's search state without calls").
 
         The entries' sizes: `_size` as last seen, `_size_count` the sizes in use (count > 0),
         so the largest is found among the few distinct sizes; only the sessions marked since

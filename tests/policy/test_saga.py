@@ -77,3 +77,18 @@ def test_pressure_expires_entries_sooner():
     m.allocate_slots("r", 32, now=4.0)  # 8 of 10 blocks running: m = 0.5
     assert m.stats().usage == 0.8
     assert policy.scores(4.0)["a"][0] is True  # TTL 5.18 * 0.75 = 3.9 s
+
+
+def test_sticky_levels_are_skipped_only_where_they_cannot_move():
+    """`_search_state` skips `sticky_level` for an input inside [_BAND_LO, _BAND_HI] * 2**L:
+    there the level certainly stays L, at the band's edges and at every scale."""
+    from kvsaga.policy.saga import _BAND_HI, _BAND_LO
+    from kvsaga.policy.search import sticky_level
+
+    for level in range(-20, 64):
+        for x in (_BAND_LO * 2.0**level, _BAND_HI * 2.0**level, 2.0**level,
+                  math.nextafter(_BAND_LO * 2.0**level, math.inf)):
+            assert sticky_level(x, level, 2.0) == level, (x, level)
+        # just outside the band's reach the level moves (the band is not loose)
+        assert sticky_level(2.0 ** (level + 1) * 1.01, level, 2.0) != level
+        assert sticky_level(2.0 ** (level - 1) * 0.99, level, 2.0) != level
