@@ -13,7 +13,7 @@ case on every arm in a rotating order, so load from other jobs falls on all arms
     (kernels/inplace.py), threads that sleep as soon as they wait;
   - `team, GOMP_SPINCOUNT=K` for each K of `--spins` (with `OMP_WAIT_POLICY=PASSIVE`, as
     kvsaga-serve sets it; libgomp takes the spin count over the policy): threads spin K
-    pauses (about 30 ns each on the Intel host), then sleep;
+    pauses, then sleep;
   - with `--libgomp-default`, `team, libgomp default`: neither set (libgomp spins 300,000
     pauses, as vLLM's CPU workers run); slow to finish on a loaded machine.
 `--load N` keeps N busy processes (`yes > /dev/null`) running through the timed repeats,
@@ -43,13 +43,15 @@ WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def arms(spins: list[int], libgomp_default: bool) -> dict[str, tuple[dict[str, str], bool]]:
-    """Arm name -> (environment settings, whether the kernel runs its own pool)."""
+    """Arm name -> (environment settings, whether the kernel runs in torch's team). A team
+    arm's worker refuses to start where there is no team (`inplace.use_team` raises), so
+    no arm named "team" ever runs the pool."""
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
-    out = {"pool, PASSIVE": (passive, True), "team, PASSIVE": (passive, False)}
+    out = {"pool, PASSIVE": (passive, False), "team, PASSIVE": (passive, True)}
     for k in spins:
-        out[f"team, GOMP_SPINCOUNT={k}"] = ({**passive, "GOMP_SPINCOUNT": str(k)}, False)
+        out[f"team, GOMP_SPINCOUNT={k}"] = ({**passive, "GOMP_SPINCOUNT": str(k)}, True)
     if libgomp_default:
-        out["team, libgomp default"] = ({}, False)
+        out["team, libgomp default"] = ({}, True)
     return out
 
 
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     busy: list[subprocess.Popen] = []
     results: dict[str, list[list[dict[str, Any]]]] = {}
     try:
-        for i, (name, (settings, pool)) in enumerate(arms(spins, args.libgomp_default).items()):
+        for i, (name, (settings, team)) in enumerate(arms(spins, args.libgomp_default).items()):
             workers[name] = Worker("kvsaga", sys.executable, arm_env(settings),
-                                   {**cfg, "kernel_pool": pool},
+                                   {**cfg, "kernel_team": team},
                                    logs / f"engine_threads_{i}.log")
         for w in workers.values():
             w.recv()  # ready

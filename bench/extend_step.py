@@ -147,10 +147,10 @@ class KvsagaEngine:
         from kvsaga.engine.sampling import SamplingParams
 
         torch.set_num_threads(cfg["threads"])
-        if cfg.get("kernel_pool"):  # the attention kernel's own threads (bench/engine_threads.py)
+        if "kernel_team" in cfg:  # torch's team or the kernel's own pool (engine_threads.py)
             from kvsaga.kernels import inplace
 
-            inplace._OMP_TEAM = 0
+            inplace.use_team(cfg["kernel_team"])  # ValueError: no team here to run in
         self.params = SamplingParams
         self.eng = LLMEngine(cfg["model"], device="cpu", dtype=torch.float32,
                              kv_memory_bytes=cfg["kv_bytes"], block_size=BLOCK,

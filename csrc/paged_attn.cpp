@@ -29,9 +29,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace nb = nanobind;
@@ -444,7 +447,7 @@ std::vector<Task> make_tasks(const Args& a, int64_t& work) {
 // thread's team (what `#pragma omp parallel` compiles to).
 using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 
-void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t tables,
+int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t tables,
                      uintptr_t seq_lens, uintptr_t q_start, uintptr_t seq_ids,
                      int64_t num_seqs, int64_t num_kv_heads, int64_t group, int64_t head_dim,
                      int64_t block_size, int64_t table_stride, int64_t q_tok, int64_t q_head,
@@ -472,9 +475,30 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
   // Tasks are taken one at a time from a shared counter: they differ in cost (context
   // length, causal rows), so a fixed deal would leave one thread idle at the end.
   std::atomic<int64_t> next{0};
-  const std::function<void()> worker = [&a, &tasks, &next, n]() {
-    std::vector<float> buf;
-    for (int64_t i = next++; i < n; i = next++) run_one(a, tasks[static_cast<size_t>(i)], buf);
+  // A task that throws (std::bad_alloc from its buffer) must not leave a worker: on
+  // libgomp's threads that would be std::terminate, and in the pool the caller could
+  // return while the others still read `tasks`. The first error is kept, the counter run
+  // to its end so every thread stops, and the error raised on the caller once all are back.
+  std::mutex m;
+  std::exception_ptr error;
+  std::vector<std::thread::id> ran;  // the threads that ran a task (the tests read it)
+  const std::function<void()> worker = [&a, &tasks, &next, n, &m, &error, &ran]() {
+    bool took = false;
+    try {
+      std::vector<float> buf;
+      for (int64_t i = next++; i < n; i = next++) {
+        took = true;
+        run_one(a, tasks[static_cast<size_t>(i)], buf);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(m);
+      if (!error) error = std::current_exception();
+      next = n;
+    }
+    if (!took) return;
+    std::lock_guard<std::mutex> lock(m);
+    if (std::find(ran.begin(), ran.end(), std::this_thread::get_id()) == ran.end())
+      ran.push_back(std::this_thread::get_id());
   };
   if (t > 1 && team != 0) {
     // In torch's team: the threads that run its matmuls run the tasks, so no thread of
@@ -485,6 +509,8 @@ void paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, uintp
   } else {
     kvattn::Pool::get().run(t, worker);
   }
+  if (error) std::rethrow_exception(error);
+  return static_cast<int64_t>(ran.size());
 }
 
 // Copies each new token's K and V rows into its cache slot (slot = block * block_size +

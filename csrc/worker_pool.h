@@ -52,7 +52,8 @@ class Pool {
   }
 
   // Runs fn on `threads` threads (the caller and threads - 1 workers) and returns when
-  // every one has returned; fn on the caller alone where the pool is busy.
+  // every one has returned; fn on the caller alone where the pool is busy. fn must not
+  // throw (paged_attention catches its tasks' errors and raises them after this returns).
   void run(int64_t threads, const std::function<void()>& fn) {
     std::unique_lock<std::mutex> busy(call_, std::try_to_lock);
     if (threads <= 1 || !busy.owns_lock()) return fn();

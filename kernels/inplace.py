@@ -45,47 +45,99 @@ def _kernel_threads() -> int:
     return torch.get_num_threads() if _OMP_TEAM or _OMP_PASSIVE else 1
 
 
-def _libgomp_parallel() -> int:
+class _DlInfo(ctypes.Structure):
+    """dladdr's answer (<dlfcn.h>, Dl_info)."""
+
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _library_of(address: int) -> str:
+    """The file name of the mapped library that holds `address` (dladdr), or ""."""
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+    except (OSError, AttributeError):  # no dladdr (Windows)
+        return ""
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    info = _DlInfo()
+    if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return ""
+    return os.fsdecode(info.dli_fname)
+
+
+# GNU libgomp as torch's Linux wheels ship it (torch/lib/libgomp.so.1, or auditwheel's
+# libgomp-<hash>.so.1), or a system copy; not libgomp-plugin-nvptx.so.1 and the like.
+_LIBGOMP = re.compile(r"libgomp(-[0-9A-Za-z]+)?\.so(\.[0-9]+)*")
+
+
+def _libgomp_parallel(torch_cpu: str | None = None) -> int:
     """The address of `GOMP_parallel` in the libgomp torch runs its ops on, or 0.
 
     Why: with it the kernel runs its tasks on the threads of torch's own OpenMP team, the
-    ones that run the step's matmuls, instead of a pool of its own beside them. On 2 cores
-    a decode step then keeps both busy whatever the wait policy (docs/architecture.md, "One
-    team of threads"). 0, so the kernel's own pool, unless exactly one libgomp is mapped
-    into this process (Linux; a renamed wheel copy counts) and torch's parallel backend is
-    OpenMP: two OpenMP runtimes would be two teams again, and Intel's or LLVM's runtime is
-    not what was measured.
+    ones that run the step's matmuls, instead of a pool of its own beside them
+    (docs/architecture.md, "One team of threads"). The symbol is looked up through the
+    handle of `torch_cpu` (default: torch/lib/libtorch_cpu.so, the library whose ATen ops
+    call it; RTLD_NOLOAD, so only the copy already mapped), which searches that library's
+    own dependencies; it counts only where dladdr says a libgomp provides it, no other
+    definition would take precedence in the process (an LD_PRELOADed runtime), and
+    torch's parallel backend is OpenMP. Anything else (LLVM's libomp on macOS, Intel's
+    libiomp, a torch built otherwise) is 0, so the kernel's own pool: two OpenMP runtimes
+    would be two teams again, and other runtimes are not what was measured.
     """
-    if _paged_attn is None or not torch.backends.openmp.is_available():
+    if _paged_attn is None or not hasattr(os, "RTLD_NOLOAD"):
         return 0
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return 0
+    if torch_cpu is None:
+        torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        with open("/proc/self/maps") as maps:
-            libs = {line.split()[-1] for line in maps
-                    if re.search(r"/libgomp[^/]*\.so[^/]*$", line.rstrip())}
-    except OSError:  # not Linux
+        lib = ctypes.CDLL(torch_cpu, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        found = ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):  # not mapped here, or no GOMP_parallel under it
         return 0
-    if len(libs) != 1:
-        return 0
-    try:  # RTLD_NOLOAD: the copy already mapped, never a second one
-        lib = ctypes.CDLL(libs.pop(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-        return ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value or 0
+    try:  # the definition a global lookup finds first, if any: it must be the same one
+        first = ctypes.cast(ctypes.CDLL(None).GOMP_parallel, ctypes.c_void_p).value or 0
     except (OSError, AttributeError):
+        first = 0
+    if not found or first not in (0, found):
         return 0
+    return found if _LIBGOMP.fullmatch(os.path.basename(_library_of(found))) else 0
 
 
 def _leave_team() -> None:
     """In a forked child: the kernel's own pool from now on. libgomp's team is not
-    fork-safe: a child of a parent that ran a parallel region hangs in its next one
-    (tests/kernels/test_kernel_inplace.py, the forked child)."""
-    global _OMP_TEAM
-    _OMP_TEAM = 0
+    fork-safe: a child of a parent that ran a parallel region hangs in its next one, the
+    kernel's and torch's own ops alike, unless the child calls torch.set_num_threads(1)
+    before its first op (tests/kernels/test_kernel_inplace.py, the forked child)."""
+    global _OMP_TEAM, _TEAM_FOUND
+    _OMP_TEAM = _TEAM_FOUND = 0
 
 
 # Read once, as OpenMP itself does when torch first starts its workers.
 _OMP_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
-_OMP_TEAM = _libgomp_parallel()
+_TEAM_FOUND = _libgomp_parallel()  # torch's team, 0 where none (or in a forked child)
+_OMP_TEAM = _TEAM_FOUND  # the team the kernel runs in now, 0: its own pool
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_leave_team)
+
+
+def team_available() -> bool:
+    """Whether the kernel can run its tasks in torch's OpenMP team here (`_libgomp_parallel`)."""
+    return _TEAM_FOUND != 0
+
+
+def use_team(on: bool) -> bool:
+    """Run the kernel's tasks in torch's OpenMP team (on, the default where there is one)
+    or in the kernel's own pool; returns the previous choice. Why: bench/engine_threads.py
+    and the tests hold the two side by side. ValueError for on where `team_available()`
+    is False, the choice left as it was."""
+    global _OMP_TEAM
+    if on and not _TEAM_FOUND:
+        raise ValueError("use_team(True): torch's OpenMP runtime here is not a libgomp the "
+                         "kernel can join (or this is a forked child); the pool runs")
+    was = _OMP_TEAM != 0
+    _OMP_TEAM = _TEAM_FOUND if on else 0
+    return was
 
 
 def available() -> bool:
@@ -136,15 +188,28 @@ def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[i
     `path`: "auto", or "rows" (no extend GEMM) or "generic" (no vector tiles at all), which
     the tests and bench/cpu_attention.py hold beside it.
     """
+    _attend(args, out, seq_ids, path)
+
+
+def threads_used(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
+                 *, path: str = "auto") -> int:
+    """`paged_attention`, returning how many distinct threads ran its tasks (0: no task).
+    Why: the tests see through it that the tasks ran on torch's team or the pool, not on
+    the caller alone."""
+    return _attend(args, out, seq_ids, path)
+
+
+def _attend(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
+            path: str) -> int:
     if seq_ids is not None and not seq_ids:
-        return
+        return 0
     query, k_cache, v_cache = args.query, args.k_cache, args.v_cache
     tables = args.block_tables.to(torch.int32).contiguous()
     lens = args.seq_lens.to(torch.int32).contiguous()
     starts = args.query_start_loc.to(torch.int32).contiguous()
     ids = None if seq_ids is None else torch.tensor(seq_ids, dtype=torch.int32)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    _paged_attn.paged_attention(
+    return _paged_attn.paged_attention(
         out.data_ptr(), query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
         tables.data_ptr(), lens.data_ptr(), starts.data_ptr(),
         0 if ids is None else ids.data_ptr(), lens.shape[0] if ids is None else ids.shape[0],

@@ -5,6 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from kvsaga.kernels import inplace
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import engine_threads  # noqa: E402
@@ -15,10 +20,10 @@ def test_arms_are_the_pool_then_the_team_under_each_wait_setting():
     arms = engine_threads.arms([3000, 10000], libgomp_default=True)
     assert list(arms) == ["pool, PASSIVE", "team, PASSIVE", "team, GOMP_SPINCOUNT=3000",
                           "team, GOMP_SPINCOUNT=10000", "team, libgomp default"]
-    assert arms["pool, PASSIVE"] == ({"OMP_WAIT_POLICY": "PASSIVE"}, True)
+    assert arms["pool, PASSIVE"] == ({"OMP_WAIT_POLICY": "PASSIVE"}, False)
     assert arms["team, GOMP_SPINCOUNT=3000"] == (
-        {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}, False)
-    assert arms["team, libgomp default"] == ({}, False)
+        {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}, True)
+    assert arms["team, libgomp default"] == ({}, True)
     assert "team, libgomp default" not in engine_threads.arms([], libgomp_default=False)
 
 
@@ -38,6 +43,23 @@ def test_vllm_gets_neither_wait_setting_meant_for_kvsaga(monkeypatch):
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
 
 
+def test_a_team_arm_refuses_to_run_where_there_is_no_team(monkeypatch):
+    """Where torch's team is not found a "team" arm's worker stops with the reason (before
+    loading a model), rather than timing the pool under the team's name."""
+    from kvsaga.kernels import inplace
+
+    monkeypatch.setattr(inplace, "_TEAM_FOUND", 0)  # as the lookup answers without libgomp
+    monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="not a libgomp"):
+            extend_step.KvsagaEngine({"threads": before, "kernel_team": True})
+    finally:
+        torch.set_num_threads(before)
+    assert inplace._OMP_TEAM == 0
+
+
+@pytest.mark.skipif(not inplace.team_available(), reason="no torch OpenMP team to run in")
 def test_a_real_run_times_every_arm(capsys):
     """Real workers (the default model, one tiny case, one repeat): a row per window with
     a cell per arm, the first arm at 1.00x."""

@@ -66,14 +66,15 @@ def test_kernel_pool_threads_finds_the_kernels_workers(monkeypatch):
 
     if not inplace.available():
         pytest.skip("kvsaga._paged_attn not built")
-    monkeypatch.setattr(inplace, "_OMP_TEAM", 0)  # the pool, not torch's OpenMP team
-    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)  # as under OMP_WAIT_POLICY=PASSIVE
     case = make_case([600] * 8, [1] * 8, block_size=16, num_kv_heads=2, group=3, head_dim=64,
                      dtype=torch.float32)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    team = inplace.use_team(False)  # the pool, not torch's OpenMP team
     try:
         inplace.paged_attention(case.attention_args(), case.guarded_out(), None)
     finally:
+        inplace.use_team(team)
         torch.set_num_threads(before)
     assert generate.kernel_pool_threads()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,16 +19,22 @@ from kvsaga.kernels import inplace, reference, sdpa
 pytestmark = pytest.mark.skipif(not inplace.available(), reason="kvsaga._paged_attn not built")
 
 
-def _threads_via(monkeypatch, via: str) -> None:
-    """Run the kernel's threads in torch's OpenMP team ("team"; skipped where there is
-    none) or in the kernel's own pool ("pool", as kvsaga-serve ran before the team and
-    still does where torch's runtime is not libgomp)."""
-    if via == "team":
-        if not inplace._OMP_TEAM:
+@pytest.fixture
+def threads_via(monkeypatch):
+    """set(via): run the kernel's threads in torch's OpenMP team ("team"; skipped where
+    there is none) or in the kernel's own pool ("pool", as kvsaga-serve ran before the
+    team and still does where torch's runtime is not libgomp), as under
+    OMP_WAIT_POLICY=PASSIVE; the choice is restored after the test."""
+    was = inplace._OMP_TEAM != 0
+
+    def set_via(via: str) -> None:
+        if via == "team" and not inplace.team_available():
             pytest.skip("torch's OpenMP runtime is not libgomp here")
-    else:
-        monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
+        inplace.use_team(via == "team")
         monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+
+    yield set_via
+    inplace.use_team(was)
 
 
 PAIRS = {
@@ -38,18 +48,18 @@ PAIRS = {
 @pytest.mark.parametrize("head_dim", [64, 128, 40])  # the two unrolled sizes, and generic
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("kind", sorted(PAIRS))
-@pytest.mark.parametrize("threads,via", [(1, "team"), (3, "team"), (3, "pool")])
+@pytest.mark.parametrize("threads,via", [(1, "pool"), (3, "team"), (3, "pool")])
 @pytest.mark.parametrize("path", sorted(inplace.PATHS))
 def test_inplace_matches_reference_on_poisoned_tier(kind, group, head_dim, threads, via, path,
-                                                    monkeypatch):
+                                                    threads_via):
     """Strided layer views of a NaN-poisoned tier: no stray read (NaN) or write (guard).
     With 3 threads the kernel splits its tasks over torch's OpenMP team or its own pool:
     the extend cases hold enough work to split. "auto" takes the AVX-512 (else AVX2) paths for
     head sizes 64 and 128 where the CPU has them: the extend GEMM for tasks of 8 or more query heads
     (rows x group; partial lanes, causal lanes, contexts not a multiple of 16), the row
     tiles for the others (group 8 runs two tiles of heads); "rows" the row tiles alone,
-    "generic" the plain loops."""
-    _threads_via(monkeypatch, via)
+    "generic" the plain loops. One thread never leaves the caller (no team, no pool)."""
+    threads_via(via)
     pairs = PAIRS[kind]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=1 if group == 8 else 2, group=group, head_dim=head_dim,
@@ -209,16 +219,18 @@ def test_sdpa_path_without_out_zeroes_only_the_padding_rows(max_query_len):
     assert (got[-3:] == 0).all()
 
 
-def test_kernel_threads_follow_the_team_or_the_omp_wait_policy(monkeypatch):
+def test_kernel_threads_follow_the_team_or_the_omp_wait_policy(monkeypatch, threads_via):
     """Torch's thread count in torch's team, whatever the policy; in the kernel's own pool
     only where OpenMP's workers sleep, one thread beside spinners."""
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        monkeypatch.setattr(inplace, "_OMP_TEAM", 1)
+        if inplace.team_available():
+            inplace.use_team(True)
+            monkeypatch.setattr(inplace, "_OMP_PASSIVE", False)
+            assert inplace._kernel_threads() == 3
+        inplace.use_team(False)
         monkeypatch.setattr(inplace, "_OMP_PASSIVE", False)
-        assert inplace._kernel_threads() == 3
-        monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
         assert inplace._kernel_threads() == 1
         monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
         assert inplace._kernel_threads() == 3
@@ -226,25 +238,113 @@ def test_kernel_threads_follow_the_team_or_the_omp_wait_policy(monkeypatch):
         torch.set_num_threads(before)
 
 
+def _mapped_file(address: int) -> str:
+    """The file /proc/self/maps shows at `address` (a route apart from dladdr), or ""."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.rstrip("\n").split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5] if len(fields) == 6 else ""
+    return ""
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
 def test_team_is_the_gomp_parallel_of_torchs_libgomp():
-    """Where torch runs on libgomp the kernel gets that library's GOMP_parallel (the one
-    mapped copy, never a second); elsewhere 0, the kernel's own pool."""
-    import ctypes
-
-    with open("/proc/self/maps") as maps:
-        libs = {line.split()[-1] for line in maps if "/libgomp" in line}
-    if not torch.backends.openmp.is_available() or len(libs) != 1:
-        assert inplace._libgomp_parallel() == 0
+    """Where torch runs on libgomp the kernel gets GOMP_parallel in the libgomp file that
+    the process has mapped, torch's own copy where its wheel ships one (torch/lib);
+    elsewhere 0, the kernel's own pool. Checked through /proc/self/maps, not the lookup's
+    own dladdr."""
+    found = inplace._libgomp_parallel()
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        assert found == 0
         return
-    lib = ctypes.CDLL(libs.pop(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-    assert inplace._libgomp_parallel() == ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value
+    if not found:
+        pytest.skip("torch's OpenMP runtime is not libgomp here")
+    path = _mapped_file(found)
+    assert os.path.basename(path).startswith("libgomp") and "plugin" not in path, path
+    lib = Path(torch.__file__).parent / "lib"
+    shipped = [p for p in lib.glob("libgomp*.so*") if "plugin" not in p.name]
+    if shipped:
+        assert any(os.path.samefile(path, p) for p in shipped), (path, shipped)
 
 
-def _threaded_case(seed: int):
+def test_team_lookup_answers_nothing_without_an_openmp_libgomp(monkeypatch):
+    """0 (the pool) where torch's backend is not OpenMP, libtorch_cpu is not mapped at the
+    path given, or dladdr names another library (LLVM's or Intel's runtime, a libgomp
+    plugin); the wheel's names of libgomp itself pass."""
+    if not inplace.team_available():
+        pytest.skip("torch's OpenMP runtime is not libgomp here")
+    assert inplace._libgomp_parallel(torch_cpu="/nonexistent/libtorch_cpu.so") == 0
+    for name in ("libomp.so", "libiomp5.so", "libgomp-plugin-nvptx.so.1"):
+        monkeypatch.setattr(inplace, "_library_of", lambda address, n=name: f"/x y/{n}")
+        assert inplace._libgomp_parallel() == 0, name
+    for name in ("libgomp.so.1", "libgomp-a34b3233.so.1"):
+        monkeypatch.setattr(inplace, "_library_of", lambda address, n=name: f"/x y/{n}")
+        assert inplace._libgomp_parallel() == inplace._TEAM_FOUND, name
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.__config__, "parallel_info",
+                        lambda: "ATen parallel backend: native thread pool")
+    assert inplace._libgomp_parallel() == 0
+
+
+# Run in a fresh interpreter: the pool's threads, once started, live as long as the process.
+_OBSERVE = """
+import json, sys, torch
+sys.path[:0] = [{tests!r}, {bench!r}]
+if {nothing!r}:  # as on a torch whose parallel backend is not OpenMP
+    torch.__config__.parallel_info = lambda: "ATen parallel backend: native thread pool"
+from generate import kernel_pool_threads
+from kvsaga.kernels import inplace
+from test_kernel_inplace import _threaded_case
+torch.set_num_threads(2)
+case, want = _threaded_case(seed=3, context=4000)
+most, err = 0, 0.0
+for _ in range(300):  # until a call's tasks ran on 2 threads (a busy core may delay one)
+    got = case.guarded_out()
+    most = max(most, inplace.threads_used(case.attention_args(), got, None))
+    err = max(err, float((got - want).abs().max()))
+    if most > 1:
+        break
+print(json.dumps({{"team": inplace.team_available(), "most": most, "err": err,
+                  "pool": len(kernel_pool_threads())}}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc/self/task")
+@pytest.mark.parametrize("nothing", [False, True], ids=["team", "lookup-finds-nothing"])
+def test_tasks_run_on_torchs_team_not_the_pool(nothing):
+    """In torch's team a threaded call's tasks run on more than one thread and no pool
+    thread (kvsaga-attn) ever starts; where the lookup finds nothing, the pool runs them
+    on more than one thread. The output matches the reference either way."""
+    if not nothing and not inplace.team_available():
+        pytest.skip("torch's OpenMP runtime is not libgomp here")
+    here = Path(__file__).resolve().parent
+    code = _OBSERVE.format(tests=str(here), bench=str(here.parents[1] / "bench"),
+                           nothing=nothing)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["most"] > 1 and seen["err"] < 1e-4, seen
+    assert seen["team"] is (not nothing)
+    assert (seen["pool"] > 0) is nothing, seen
+
+
+def test_use_team_refuses_where_there_is_none(monkeypatch):
+    """use_team(True) without a team is a ValueError that leaves the pool in place."""
+    monkeypatch.setattr(inplace, "_TEAM_FOUND", 0)  # as the lookup answers without libgomp
+    monkeypatch.setattr(inplace, "_OMP_TEAM", 0)
+    with pytest.raises(ValueError, match="not a libgomp"):
+        inplace.use_team(True)
+    assert inplace._OMP_TEAM == 0 and not inplace.team_available()
+
+
+def _threaded_case(seed: int, context: int = 300):
     """A decode batch with enough work for the kernel to use several threads, and the
     reference's output for it."""
-    pairs = [(300 + 37 * i, 1) for i in range(12)]
+    pairs = [(context + 37 * i, 1) for i in range(12)]
     case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
                      num_kv_heads=2, group=3, head_dim=64, dtype=torch.float32, seed=seed)
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
@@ -252,13 +352,13 @@ def _threaded_case(seed: int):
 
 
 @pytest.mark.parametrize("via", ["team", "pool"])
-def test_inplace_calls_from_several_threads_at_once(via, monkeypatch):
+def test_inplace_calls_from_several_threads_at_once(via, threads_via):
     """The kernel releases the GIL, so Python threads can be in it together: in torch's
     team each calling thread leads a team of its own; with the pool one uses the workers,
     the others run on their own thread; every result matches the reference."""
     from concurrent.futures import ThreadPoolExecutor
 
-    _threads_via(monkeypatch, via)
+    threads_via(via)
     cases = [_threaded_case(seed) for seed in range(4)]
 
     def run(i: int) -> float:
@@ -279,12 +379,11 @@ def test_inplace_calls_from_several_threads_at_once(via, monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("via", ["team", "pool"])
-def test_inplace_in_a_forked_child_starts_its_own_workers(via, monkeypatch):
+def test_inplace_in_a_forked_child_starts_its_own_workers(via, threads_via):
     """A child forked after the parent's threads ran the kernel (in torch's team or the
     pool) has none of them: the kernel must start its own there (a forked child leaves
     libgomp's team, which would hang), not wait forever on the parent's."""
-    _threads_via(monkeypatch, via)
-    monkeypatch.setattr(inplace, "_OMP_PASSIVE", True)
+    threads_via(via)
     case, want = _threaded_case(seed=9)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
