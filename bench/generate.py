@@ -22,7 +22,10 @@ each kvsaga side runs N times, interleaved, and the best run counts.
 prefill steps (until every request has its first token) or the decode steps after them,
 and prints the top entries by own time. `--profile threads` runs it without cProfile and
 prints, per phase, the CPU seconds of the engine thread, torch's OpenMP workers and the
-in-place kernel's threads (`ThreadCPU`): how many cores each phase can keep busy.
+in-place kernel's pool threads (`ThreadCPU`): how many cores each phase can keep busy.
+Where the kernel runs in torch's OpenMP team (kernels/inplace.py, `team_available`) the
+pool never starts and its column reads 0: the kernel's CPU then falls under the engine
+thread and the OpenMP workers.
 """
 
 from __future__ import annotations
@@ -177,10 +180,12 @@ def kernel_pool_threads(pid: int | str = "self") -> set[int]:
 class ThreadCPU:
     """CPU seconds per kind of thread of this process, from /proc/self/task (Linux): the
     engine's own thread (the one that made this object), the in-place kernel's pool
-    threads, the other live threads (torch's OpenMP workers), and threads that exited
-    meanwhile. On a quiet machine a phase's wall time is at least the engine thread's CPU
-    time: what it runs alone (Python, small ops, its share of parallel ones) caps the
-    cores a phase can keep busy at total / engine thread."""
+    threads (0 where the kernel runs in torch's OpenMP team: its CPU then counts under the
+    engine thread and the OpenMP workers), the other live threads (torch's OpenMP
+    workers), and threads that exited meanwhile. On a quiet machine a phase's wall time
+    is at least the engine thread's CPU time: what it runs alone (Python, small ops, its
+    share of parallel ones) caps the cores a phase can keep busy at total / engine
+    thread."""
 
     def __init__(self) -> None:
         self.me = threading.get_native_id()
