@@ -231,8 +231,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
                 oldest = t
                 break
             heapq.heappop(heap)  # that pause is over
-        norm = self._norm
-        _, max_idle, max_size = norm
+        _, max_idle, max_size = self._norm
         idle_level, size_level = self._levels
         if oldest is not None:
             x = now - oldest
@@ -245,9 +244,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
             self._norm_usage = u
             self._levels = (idle_level, size_level)
             m = min(max((u - 0.7) / 0.2, 0.0), 1.0)
-            norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
-            if norm != self._norm:
-                self._norm = norm
+            self._norm = (0.7 + 0.2 * round(m * 8) / 8, 2.0**idle_level, 2.0**size_level)
         # What was learned since the last search counts: the graph's version moves with
         # every change mean_steps reads, and every latency seen adds to all_latency (the
         # same statistics the token below names). Unchanged, the last searches' answers hold,

@@ -50,7 +50,9 @@ it, and the run went down another path (its big sessions admitted last, their st
 at the end). With both: 1.31, 1.35, 1.41, 1.52, 1.60x against the connector alone's
 1.31, 1.29, 1.28, 1.42, 1.43x (bench/RESULTS.md, "KVSagaScheduler and the gate"). Behind
 vLLM's CPU offload tier the same rules lost that seed (1.22x against 1.38x for the tier and
-connector without this scheduler): the scheduler is recommended without the tier only.
+connector without this scheduler). On fresh seeds 96-98 neither held: 1.23x median against
+the connector alone's 1.24x (bench/RESULTS.md, "Fresh seeds 96-98: KVSagaScheduler's
+verdict"), so the scheduler is optional, not recommended.
 
 Settings (all optional) come from the connector's `kv_connector_extra_config`
 `"scheduler_args"`: `aging_s` (default 60), `prior_steps` (16), `prior_growth_tokens` (64),
