@@ -255,7 +255,7 @@ class AdaptivePolicy(EvictionPolicy):
             from kvsaga.policy import make_policy  # the registry imports this module
             self._shadows = [
                 ShadowCache(make_policy(e.name, cost=self.cost), view.num_gpu_blocks,
-                            view.block_size, self.block_cost, getattr(view, "core", None))
+                            view.block_size, self.block_costs, getattr(view, "core", None))
                 for e in self.experts]
             self._shadow_scale = self.shadow_memory * view.num_gpu_blocks
         # The grouped experts (graph, ttl, saga) track the same blocks in the same groups:
@@ -306,6 +306,13 @@ class AdaptivePolicy(EvictionPolicy):
             bs = self.view.block_size
             memo.extend(self.cost.recompute_s(bs, p * bs) for p in range(len(memo), position + 1))
         return memo[position]
+
+    def block_costs(self, lo: int, hi: int) -> list[float]:
+        """`block_cost` of positions lo..hi-1 (hi > lo >= 0), in order: a shadow's charge
+        sums them (the same floats, added in the same order, as a call per position)."""
+        if hi > len(self._block_costs):
+            self.block_cost(hi - 1)
+        return self._block_costs[lo:hi]
 
     # -- victims --------------------------------------------------------------------------
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:

@@ -34,7 +34,7 @@ step at 4,000 paused sessions (bench/RESULTS.md, "adaptive's shadow replay in C+
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kvsaga.policy.base import EvictionPolicy
 from kvsaga.policy.shadow_loops import ACTIVE as _ACTIVE
@@ -73,7 +73,10 @@ class ShadowCache:
         policy: a fresh expert instance (it is bound here; nothing else may drive it).
         num_blocks: the shadow's size (the real pool's).
         block_size: tokens per block.
-        block_cost: seconds to rebuild the block at a position (behind its surviving head).
+        block_costs: `block_costs(lo, hi)`, the seconds to rebuild the blocks at positions
+            lo..hi-1 (each behind its surviving head), in position order: a step's charge is
+            their sum, one slice of a remembered list rather than a Python call per lost
+            block.
         core: the real manager's core (its `name`, "cpp" or "python", picks the expert's
             index structures), None for Python's.
     """
@@ -81,7 +84,7 @@ class ShadowCache:
     num_host_blocks = 0
 
     def __init__(self, policy: EvictionPolicy, num_blocks: int, block_size: int,
-                 block_cost: Callable[[int], float], core=None) -> None:
+                 block_costs: Callable[[int, int], Sequence[float]], core=None) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks!r}")
         n = num_blocks
@@ -101,7 +104,7 @@ class ShadowCache:
         # a paused session's partial tail: (block, generation, its tokens), as the manager's
         self._tails: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self._running: set[str] = set()
-        self._block_cost = block_cost
+        self._block_costs = block_costs
         self.core = core
         self.policy = policy
         # The per-block loops of a step, over the tables above: C++ on the C++ core.
@@ -130,8 +133,8 @@ class ShadowCache:
         limit = min(len(hashes), max_hit // bs)
         loops = self._loops
         hits = loops.hits(hashes, limit)
-        cost = self._block_cost
-        charged = sum(cost(p) for p in range(len(hits), min(self._known.get(sid, 0), limit)))
+        lost = min(self._known.get(sid, 0), limit)
+        charged = sum(self._block_costs(len(hits), lost)) if lost > len(hits) else 0
         # A reference each; a block shared by several sessions becomes plain cache.
         reclaimed = loops.take(hits, sid)
         ref, state = self._ref, self._state
