@@ -37,7 +37,8 @@ def _nanobind_extension() -> list[Extension]:
         os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
     ]
     # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py);
-    # kvsaga._evict: the eviction policies' victim index (kvsaga/policy/session_heap.py).
+    # kvsaga._evict: the eviction policies' victim index (kvsaga/policy/session_heap.py);
+    # kvsaga._fused_ops: the CPU engine's fused elementwise ops (kvsaga/engine/fused_ops.py).
     return [
         Extension(
             name,
@@ -50,7 +51,8 @@ def _nanobind_extension() -> list[Extension]:
         )
         for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"),
                           ("kvsaga._paged_attn", "paged_attn.cpp"),
-                          ("kvsaga._evict", "session_heap.cpp"))
+                          ("kvsaga._evict", "session_heap.cpp"),
+                          ("kvsaga._fused_ops", "fused_ops.cpp"))
     ]
 
 
@@ -65,8 +67,9 @@ class _BuildExt(build_ext):
             flags += ["-DNDEBUG", "-Wno-unused-parameter"]
         required = self._compiler_found()
         for ext in self.extensions:
-            # The attention loops need -O3 to be vectorised.
-            fast = ["-O3"] if ext.name == "kvsaga._paged_attn" and "-O2" in flags else []
+            # The attention and elementwise loops need -O3 to be vectorised.
+            vectorised = ext.name in ("kvsaga._paged_attn", "kvsaga._fused_ops")
+            fast = ["-O3"] if vectorised and "-O2" in flags else []
             ext.extra_compile_args = flags + fast
             # Optional only where no working compiler exists: a compile error on a machine
             # that has one fails the install (else CI would pass on the Python core, the

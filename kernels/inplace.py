@@ -140,6 +140,12 @@ def use_team(on: bool) -> bool:
     return was
 
 
+def team_address() -> int:
+    """The GOMP_parallel of the team the kernels run in now (`use_team`), 0 for none: other
+    C++ ops of the engine (kvsaga/engine/fused_ops.py) split their rows in the same team."""
+    return _OMP_TEAM
+
+
 def available() -> bool:
     """Whether the C++ kernel was built."""
     return _paged_attn is not None

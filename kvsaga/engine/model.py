@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kvsaga import kernels
-from kvsaga.engine import cpu_linear
+from kvsaga.engine import cpu_linear, fused_ops
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.rope import rope_cos_sin, rope_inv_freq, rotate
@@ -75,14 +75,26 @@ class RMSNorm(nn.Module):
         self.weight = _empty(size, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]. One fused op for the normalisation: on a loaded CPU each op's
-        # parallel region costs more than its arithmetic (docs/architecture.md). In fp32
-        # the weight goes into it too (the same products, so the same bits:
-        # tests/engine/test_model_ops.py); other dtypes normalise in fp32 first.
+        # x: [T, H]. fp32 on CPU: one C++ call (`fused_ops`; torch's rms_norm is ~8 ops
+        # there, each run cold between two matmuls). Else one fused op for the
+        # normalisation: in fp32 the weight goes into it too (the same products, so the
+        # same bits: tests/engine/test_model_ops.py); other dtypes normalise in fp32 first.
+        if fused_ops.supports(x, self.weight) and x.dim() == 2:
+            return fused_ops.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * xf.to(x.dtype)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(x + residual), x + residual): a pre-norm block's residual add and the norm
+        after it, one C++ call in fp32 on CPU (the sum written into `residual`), else the
+        sum written into x (a sublayer's fresh output: a prefill chunk's [T, H] buffers
+        are megabytes, each new one paid in page faults). a + b == b + a, bit for bit."""
+        if fused_ops.supports(x, residual, self.weight) and x.dim() == 2:
+            return fused_ops.add_rms_norm(x, residual, self.weight, self.eps)
+        residual = x.add_(residual)
+        return self.forward(residual), residual
 
 
 class Attention(nn.Module):
@@ -193,13 +205,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = cpu_linear.linear(x, self.gate_up_proj, None, self.gate_up_packed)
-        gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
-        act = F.silu(gate).mul_(up)  # in SiLU's fresh output: one [T, I] buffer, not two
+        if fused_ops.supports(gate_up):
+            act = fused_ops.silu_mul(gate_up)  # one C++ call
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
+            act = F.silu(gate).mul_(up)  # in SiLU's fresh output: one [T, I] buffer, not two
         return cpu_linear.linear(act, self.down_proj, None, self.down_packed)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)).
+
+    The residual stream travels beside the sublayers' outputs, so that each residual add
+    and the norm after it are one call (`RMSNorm.add`): the layer takes the normed input
+    and the residual, and returns the MLP's output and the residual without it (the next
+    layer's input norm, or the model's final one, adds it).
+    """
 
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
@@ -210,7 +231,8 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        h: torch.Tensor,
+        residual: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         k_cache: torch.Tensor,
@@ -218,17 +240,16 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         plan: kernels.inplace.StepPlan | None = None,
         rows: KeptRows | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: input_norm(residual) [T, H]. Returns (mlp output, residual before it), [T, H]
+        each, or [R, H] with `rows` (only the kept rows go on past attention). The
+        sublayers' `forward` is called directly: nn.Module.__call__'s hook checks are
+        Python work per call on the engine thread (5 a layer), and the model sets none."""
+        a = self.attn.forward(h, cos, sin, k_cache, v_cache, meta, plan, rows)
         if rows is not None:
-            # Only the kept rows go on past attention (their residuals picked out).
-            x = self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta,
-                          rows=rows).add_(x[rows.index])
-            return self.mlp(self.post_attn_norm(x)).add_(x)
-        # Residual adds into the sublayers' fresh outputs (a + b == b + a, bit for bit): a
-        # prefill chunk's [T, H] buffers are megabytes, each new one paid in page faults
-        # (the adds and SiLU x up were 2.6% and 1.8% of the prefill profile's own time).
-        x = self.attn(self.input_norm(x), cos, sin, k_cache, v_cache, meta, plan).add_(x)
-        return self.mlp(self.post_attn_norm(x)).add_(x)
+            residual = residual[rows.index]
+        h, residual = self.post_attn_norm.add(a, residual)
+        return self.mlp.forward(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -308,12 +329,20 @@ class LlamaForCausalLM(nn.Module):
         plan = self._step_plan(kv_cache, attn_metadata, x)
         kept = None if rows is None else KeptRows.build(rows, positions, attn_metadata)
         last = len(self.layers) - 1
+        residual, h = x, None
         for i, layer in enumerate(self.layers):
             # Layer 0 runs the checked kernels (they check the metadata's values once); the
             # others take the plan where there is one. The last keeps only `rows`.
-            x = layer(x, cos, sin, kv_cache[:, i, 0], kv_cache[:, i, 1], attn_metadata,
-                      plan if i > 0 else None, kept if i == last else None)
-        return self.norm(x)
+            if h is None:
+                h = layer.input_norm.forward(residual)
+            else:
+                h, residual = layer.input_norm.add(h, residual)
+            h, residual = layer.forward(h, residual, cos, sin, kv_cache[:, i, 0],
+                                        kv_cache[:, i, 1], attn_metadata,
+                                        plan if i > 0 else None, kept if i == last else None)
+        if h is None:  # no layers
+            return self.norm.forward(residual)
+        return self.norm.add(h, residual)[0]
 
     def _step_plan(self, kv_cache: torch.Tensor, meta: AttentionMetadata,
                    x: torch.Tensor) -> kernels.inplace.StepPlan | None:

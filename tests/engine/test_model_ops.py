@@ -1,4 +1,5 @@
-"""The model's fused CPU ops give the bits of the composite ones they replace."""
+"""The model's torch-path norm gives the bits of the composite ops it replaces (the C++
+ops that run instead where built: tests/engine/test_fused_ops.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kvsaga.engine import fused_ops
 from kvsaga.engine.model import RMSNorm
 
 
 @pytest.mark.parametrize("rows", [1, 16, 300])
-def test_fp32_rmsnorm_with_its_weight_fused_equals_weight_times_norm(rows):
-    """fp32 RMSNorm is one F.rms_norm with the weight; it must equal the weight times the
-    plain normalisation bit for bit (the form the other dtypes use)."""
+def test_fp32_rmsnorm_with_its_weight_fused_equals_weight_times_norm(rows, monkeypatch):
+    """Without the C++ ops, fp32 RMSNorm is one F.rms_norm with the weight; it must equal
+    the weight times the plain normalisation bit for bit (the form the other dtypes use)."""
+    monkeypatch.setattr(fused_ops, "supports", lambda *t: False)
     gen = torch.Generator().manual_seed(rows)
     norm = RMSNorm(576, 1e-5, torch.float32, torch.device("cpu"))
     with torch.no_grad():
