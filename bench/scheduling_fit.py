@@ -36,17 +36,17 @@ from kvsaga.scheduler import WorkflowScheduler
 
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
-# The fit rounds so far (1-11: what each tried, chose and why): docs/scheduling_fit_history.md.
-# Round 14 tried `paused_reserve` "short" (RESULTS); round 15 had no candidate. Round 16
-# (committed before it ran): the shrink demotes the paused session the admission order
-# admits again first (`shrink_order` "least_work": least predicted remaining work;
-# kvsaga/scheduler/demotion.py `_demotion_order`). Why: at bfcl 1x 25% most of a session's
-# wait is to be admitted again after demotions, and "latest_back" demotes whoever is back
-# last whatever it costs to bring back (RESULTS "Scheduling", eighteenth session). It ranked
-# first (1.53x) and failed the non-thrash check (swe, web seed 103 and web seed 105 at 1x):
-# the default stayed, and "least_work" is opt-in.
+# The fit rounds so far (1-16: what each tried, chose and why): docs/scheduling_fit_history.md.
+# Round 17 (committed before it ran): a demoted session's waiting step ordered by what
+# admitting it adds, the part of its prompt not cached on the GPU (`readmit_cost`
+# "uncached"; kvsaga/scheduler/admission_order.py `_readmit_context`), alone and with round
+# 11's `readmit_order` "session_age". Why: at bfcl 1x 25% most of a session's wait is to be
+# admitted again after demotions, and costed on its whole context a session part-way through
+# sorts behind the new ones while its cached blocks, deferred, are evicted first (RESULTS
+# "Scheduling", nineteenth session).
 FIT_GRID = [
-    {"shrink_order": "least_work"},
+    {"readmit_cost": "uncached"},
+    {"readmit_cost": "uncached", "readmit_order": "session_age"},
 ]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A

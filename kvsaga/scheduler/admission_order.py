@@ -59,6 +59,9 @@ ADMISSION_ORDERS = ("fifo", "predicted", "gittins")  # `WorkflowScheduler(admiss
 # `WorkflowScheduler(readmit_order=...)`: where a demoted session's next step stands among
 # the waiting sessions under "predicted" / "gittins" (`AdmissionOrder._sort_pending`).
 READMIT_ORDERS = ("sorted", "session_age", "first")
+# `WorkflowScheduler(readmit_cost=...)`: the context a demoted session's waiting step is
+# ordered by under "predicted" / "gittins" (`AdmissionOrder.remaining_cost`).
+READMIT_COSTS = ("context", "uncached")
 MAX_REMAINING_STEPS = 1000  # an expected remaining count is capped at this
 MAX_COST = 1e12  # token-steps: a prediction is clipped to [1, MAX_COST] (the aging bound)
 
@@ -133,7 +136,8 @@ class AdmissionOrder:
 
     def _init_admission_order(self, order: str, aging_s: float, max_wait_s: float,
                               length_prior: float = 1.0, tail_wait_factor: float = 0.0,
-                              readmit_order: str = "sorted") -> None:
+                              readmit_order: str = "sorted",
+                              readmit_cost: str = "context") -> None:
         if order not in ADMISSION_ORDERS:
             raise ValueError(f"scheduler parameter admission_order must be one of "
                              f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
@@ -141,6 +145,10 @@ class AdmissionOrder:
             raise ValueError(f"scheduler parameter readmit_order must be one of "
                              f"{', '.join(READMIT_ORDERS)}, got {readmit_order!r}")
         self.readmit_order = readmit_order
+        if readmit_cost not in READMIT_COSTS:
+            raise ValueError(f"scheduler parameter readmit_cost must be one of "
+                             f"{', '.join(READMIT_COSTS)}, got {readmit_cost!r}")
+        self.readmit_cost = readmit_cost
         self._started: dict[str, float] = {}  # live session -> when its first step queued
         aging_s = check_float("aging_s", aging_s, 0.0, strict=True)
         if math.isinf(aging_s):  # no aging: a session could wait forever
@@ -224,7 +232,13 @@ class AdmissionOrder:
         demotions), because a session part-way through holds a larger context than a new
         one and sorts behind the stream of new ones (a factor e of predicted work is worth
         `aging_s` of waiting, counted from its re-queueing): RESULTS "Scheduling"."""
-        if self.admission_order == "fifo" or not self._order_stale:
+        if self.admission_order == "fifo":
+            return
+        if self.readmit_cost == "uncached" and self._deferred:
+            # A demoted step's key reads its cached share, which every eviction may change
+            # without an event here: sorted again at every call while one may be waiting.
+            self._order_stale = True
+        if not self._order_stale:
             return
         self._order_stale = False
         for q in self._pending.values():
@@ -241,8 +255,39 @@ class AdmissionOrder:
 
     def remaining_cost(self, req: Any) -> float:
         """Token-steps `req`'s session is predicted to hold until it ends (`predicted_cost`);
-        under "gittins", the Gittins rank of that work (`kvsaga.scheduler.session_length`)."""
-        return self.session_cost(req.session_id, req.workflow, req.num_tokens)
+        under "gittins", the Gittins rank of that work (`kvsaga.scheduler.session_length`).
+        Under `readmit_cost` "uncached", a demoted session's step (not admitted again yet)
+        is costed on the part of its prompt not cached on the GPU (`_readmit_context`)."""
+        context = req.num_tokens
+        if self.readmit_cost == "uncached" and req.session_id in self._deferred:
+            context = self._readmit_context(req)
+        return self.session_cost(req.session_id, req.workflow, context)
+
+    def _readmit_context(self, req: Any) -> int:
+        """The tokens of demoted `req`'s prompt that admitting it adds to the GPU: those past
+        the leading full blocks of its session still in the GPU index (what `lookup` would
+        hit there; at least 1 token, which a step always computes).
+
+        Why (`readmit_cost` "uncached"; RESULTS "Scheduling", `--fit` round 17): the order
+        puts first the session that holds the least memory for the shortest time, and a
+        demoted session's cached blocks already occupy the GPU (nobody is charged for them,
+        and the gate charges its re-admission only the rest: `readmit_charge` "uncached").
+        Costed on its whole context, a session part-way through sorts behind the stream of
+        new sessions while its cached blocks, deferred, are the policy's first victims; on
+        the fit seeds at bfcl 1x 25% its waits to be admitted again are most of its TCT
+        beyond its unloaded time. Costed on what it adds, a demoted session whose context is
+        still cached comes back soon (it adds little), one whose context is gone sorts as
+        a new session of that size would."""
+        m = self.manager
+        s = m.sessions.get(req.session_id)
+        cached = 0
+        if s is not None:
+            get = m.index.get
+            for h in s.block_hashes:
+                if get(h) is None:
+                    break
+                cached += 1
+        return max(req.num_tokens - cached * m.block_size, 1)
 
     def session_cost(self, sid: str, workflow: str, context: int) -> float:
         """`remaining_cost` of session `sid` of `workflow` holding `context` tokens: also

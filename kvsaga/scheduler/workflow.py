@@ -136,6 +136,9 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
             the new sessions; `AdmissionOrder._sort_pending` says why).
+        readmit_cost: the context a demoted session's waiting step is ordered by under
+            "predicted" / "gittins": "context" (its whole prompt) or "uncached" (the part
+            not cached on the GPU, what admitting it adds; `_readmit_context` says why).
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
@@ -196,6 +199,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         length_prior: float = 1.0,
         readmit_charge: str = "uncached",
         readmit_order: str = "sorted",
+        readmit_cost: str = "context",
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
@@ -242,7 +246,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
         self.readmit_charge = readmit_charge
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
-                                   tail_wait_factor, readmit_order)
+                                   tail_wait_factor, readmit_order, readmit_cost)
         weights = dict(tenant_weights or {})
         for t, w in weights.items():
             check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)

@@ -120,7 +120,8 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"growth_charge": "remaining", "growth_reserve": 1.0}),
     ("workflow", {"growth_charge": "remaining", "paused_reserve": True}),
     ("workflow", {"paused_reserve": "short"}),
-    ("workflow", {"shrink_order": "least_work"})])
+    ("workflow", {"shrink_order": "least_work"}),
+    ("workflow", {"readmit_cost": "uncached"})])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
