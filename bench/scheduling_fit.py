@@ -43,7 +43,8 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # 11's `readmit_order` "session_age". Why: at bfcl 1x 25% most of a session's wait is to be
 # admitted again after demotions, and costed on its whole context a session part-way through
 # sorts behind the new ones while its cached blocks, deferred, are evicted first (RESULTS
-# "Scheduling", nineteenth session).
+# "Scheduling", nineteenth session). The fit chose the pair; the mixes' veto rejected both:
+# the default stayed, and "uncached" is opt-in.
 FIT_GRID = [
     {"readmit_cost": "uncached"},
     {"readmit_cost": "uncached", "readmit_order": "session_age"},

@@ -139,6 +139,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         readmit_cost: the context a demoted session's waiting step is ordered by under
             "predicted" / "gittins": "context" (its whole prompt) or "uncached" (the part
             not cached on the GPU, what admitting it adds; `_readmit_context` says why).
+            Opt-in: `--fit` round 17 chose it with readmit_order "session_age" and the
+            mixes' veto rejected both (RESULTS "Scheduling").
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
