@@ -23,14 +23,20 @@ falls (a long tail: the longer a pause has lasted, the longer it is likely to la
 plan is short and G follows the chance of an early return, which ranks like recency within a
 class and across classes prices a wide pause above its median's rate.
 
-Where it was found (seventeenth and nineteenth sessions, fit seeds only; bench/RESULTS.md,
+Why it was tried (seventeenth and nineteenth sessions, fit seeds only; bench/RESULTS.md,
 "Eviction policies: decisions or cascade" and the nineteenth session's section): graph's
 worst smoothed fit case is assistant seed 101 at 30% (1.40x of lru), where lru's ranking
 beats graph's under either admission (0.345M against 0.621M recomputed tokens under graph's
 admission) and lru's victims' sessions come back later than graph's (median 4.30 s against
 2.54 s for demoted, 1.96 s against 1.73 s for paused sessions: `python bench/policies.py
---regret --traces assistant --seeds 101 --fractions 0.3 --policies lru,ttl,graph --tune
+--regret --traces assistant --seeds 101 --fractions 0.3 --policies lru,ttl,graph
 --no-write`).
+
+Outcome (nineteenth session, fit seeds; bench/RESULTS.md "Eviction policies: graph with the
+pause's Gittins index"): worse than `graph` by the tune rule over the whole fit set (smoothed
+worst 1.41x against 1.40x, 30 cases above the best baseline against 25), moving single
+cases by up to a third either way, and it fails issue 10's AFS veto (the two-tenant mix at
+50% 1.44 -> 1.51), so it is opt-in; assistant 101 at 30% did not move (1.41x).
 
 What changes against `graph`: only a paused session whose pause is unhinted (or whose hint
 is late), not demoted and not queued: its rate is G (with the admission wait W added to the
