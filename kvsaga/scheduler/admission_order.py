@@ -160,6 +160,8 @@ class AdmissionOrder:
         self.length_prior = self._length_model.prior_weight
         self._steps_seen: dict[str, int] = {}  # live sessions' steps, as of their last finish
         self._order_stale = False  # a queue or a table changed since the queues were sorted
+        self._sorted_version: tuple[int, int] | None = None  # the cache_version sorted at
+        self._deferred_waiting: set[str] = set()  # demoted sessions with a step queued
         max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
         if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
             raise ValueError("scheduler parameter max_wait_s must be finite, got inf")
@@ -180,6 +182,8 @@ class AdmissionOrder:
     def _waiting_added(self, req: Any) -> None:
         """`req` joined a queue of sessions waiting for admission: fix its deadline."""
         self._started.setdefault(req.session_id, req.arrival)
+        if req.session_id in self._deferred:  # its mark holds until it leaves the queue
+            self._deferred_waiting.add(req.session_id)
         b = self._budgets  # off: the old deadline (and no need of the request's workflow)
         self._deadlines[req.session_id] = (b.deadline(req.session_id, req.workflow, req.arrival)
                                            if b.factor else req.arrival + self.max_wait_s)
@@ -190,6 +194,7 @@ class AdmissionOrder:
     def _waiting_removed(self, req: Any) -> None:
         """`req` left the queues of sessions waiting for admission."""
         self._deadlines.pop(req.session_id, None)
+        self._deferred_waiting.discard(req.session_id)
         if req is self._first:
             self._first, self._first_stale = None, True
 
@@ -234,13 +239,16 @@ class AdmissionOrder:
         `aging_s` of waiting, counted from its re-queueing): RESULTS "Scheduling"."""
         if self.admission_order == "fifo":
             return
-        if self.readmit_cost == "uncached" and self._deferred:
-            # A demoted step's key reads its cached share, which every eviction may change
-            # without an event here: sorted again at every call while one may be waiting.
+        if (self.readmit_cost == "uncached" and self._deferred_waiting
+                and self.manager.cache_version != self._sorted_version):
+            # A demoted step's key reads its GPU hits, which a change of the cache (an
+            # eviction, a block registered) may change without an event here; between two
+            # such changes every lookup answers as before (`cache_version`).
             self._order_stale = True
         if not self._order_stale:
             return
         self._order_stale = False
+        self._sorted_version = self.manager.cache_version
         for q in self._pending.values():
             if self.readmit_order == "first":
                 demoted_first(q, self.remaining_cost, self.aging_s)
@@ -265,8 +273,10 @@ class AdmissionOrder:
 
     def _readmit_context(self, req: Any) -> int:
         """The tokens of demoted `req`'s prompt that admitting it adds to the GPU: those past
-        the leading full blocks of its session still in the GPU index (what `lookup` would
-        hit there; at least 1 token, which a step always computes).
+        its leading full blocks resident on the GPU (`lookup`'s `gpu_hit_blocks`, which
+        the gate charges alike: `_readmit_tokens`; at least 1 token, which a step always
+        computes). Read off the prompt, not the session's old context: a resumed prompt may
+        rewrite its context (`begin_step` keeps only the common prefix).
 
         Why (`readmit_cost` "uncached"; RESULTS "Scheduling", `--fit` round 17): the order
         puts first the session that holds the least memory for the shortest time, and a
@@ -278,16 +288,8 @@ class AdmissionOrder:
         beyond its unloaded time. Costed on what it adds, a demoted session whose context is
         still cached comes back soon (it adds little), one whose context is gone sorts as
         a new session of that size would."""
-        m = self.manager
-        s = m.sessions.get(req.session_id)
-        cached = 0
-        if s is not None:
-            get = m.index.get
-            for h in s.block_hashes:
-                if get(h) is None:
-                    break
-                cached += 1
-        return max(req.num_tokens - cached * m.block_size, 1)
+        hit = self.lookup(req).gpu_hit_blocks * self.manager.block_size
+        return max(req.num_tokens - hit, 1)
 
     def session_cost(self, sid: str, workflow: str, context: int) -> float:
         """`remaining_cost` of session `sid` of `workflow` holding `context` tokens: also

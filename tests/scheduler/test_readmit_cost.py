@@ -13,11 +13,13 @@ from tests.scheduler.helpers import BS, manager, toks, wf
 from tests.test_manager_stateful import POLICIES, _scheduler_machine_for
 
 
-def _demoted_and_new(cost: str):
+def _demoted_and_new(cost: str, keep: int | None = None):
     """Session "big" (40 tokens) admitted, run and paused, then demoted (its blocks stay
     cached); its next step (45 tokens) and a new session "small" (12 tokens) queued at the
     same instant. Both of workflow "w", whose sessions were taught to take 3 steps, so
-    their predicted remaining work differs by the context costed alone."""
+    their predicted remaining work differs by the context costed alone. `keep`: the next
+    prompt keeps only its context's first `keep` tokens and rewrites the rest (45 tokens
+    still); None: it extends the whole context."""
     m = manager(32)
     s = wf(m, admission_order="predicted", readmit_cost=cost)
     for _ in range(4):
@@ -29,8 +31,10 @@ def _demoted_and_new(cost: str):
     assert "big" in s.sessions and not s.num_waiting
     s._demote_session("big", 1.0)
     assert "big" in s._deferred and "big" not in s.sessions
-    big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w")
+    prompt = (big1.prompt + big1.out + toks(500, 4) if keep is None
+              else big1.prompt[:keep] + toks(900, 45 - keep))
+    big2 = ToyRequest("big", prompt, max_new=1, last=False, resumed=True, arrival=2.0,
+                      workflow="w")
     small = ToyRequest("small", toks(200, 12), max_new=1, arrival=2.0, workflow="w")
     s.add(big2, 2.0)
     s.add(small, 2.0)
@@ -65,6 +69,68 @@ def test_uncached_follows_the_eviction_of_the_demoted_context():
     assert s._readmit_context(big2) == big2.num_tokens
     assert _order(s)[0] == "small"
     m.check_integrity()
+
+
+@pytest.mark.parametrize("keep,adds,first", [(0, 45, "small"), (22, 45 - 20, "big")])
+def test_uncached_reads_the_waiting_prompt_not_the_old_context(keep, adds, first):
+    """A demoted session's next prompt that rewrites its context past `keep` tokens (the
+    manager keeps only the common prefix: `begin_step`) adds all of it but the leading full
+    blocks it still shares with the cached context (none of its 45 tokens, or all but 5
+    blocks), its old 40 tokens all still cached notwithstanding, as the gate's lookup
+    charges it: wholly rewritten, it sorts behind the new 12-token session (costed on the
+    old context, 5 tokens, it went first); it is then admitted and run."""
+    m, s, big2, small = _demoted_and_new("uncached", keep)
+    assert all(m.index.get(h) is not None for h in m.sessions["big"].block_hashes)
+    assert s.lookup(big2).gpu_hit_blocks * BS == big2.num_tokens - adds
+    assert s._readmit_context(big2) == adds
+    assert s.remaining_cost(big2) == s.session_cost("big", "w", adds)
+    assert _order(s)[0] == first
+    ex = ToyExecutor(m)
+    t = 2.0
+    while s.num_waiting or s.running:
+        ex.run(s, s.schedule(t, ex), t)
+        t += 1.0
+    assert m.sessions["big"].token_ids[:45] == big2.prompt
+    m.check_integrity()
+
+
+def _counting_costs(s) -> list[str]:
+    """The sessions whose cost `s` reads from now on, in order (its sorts' work)."""
+    seen: list[str] = []
+    cost = s.remaining_cost
+    s.remaining_cost = lambda r: seen.append(r.session_id) or cost(r)
+    return seen
+
+
+def test_uncached_sorts_again_only_after_a_cache_change_with_a_demoted_step_waiting():
+    """The demoted step's key reads the cache: sorted again once the cache changed (the
+    order is then read afresh), not at a call that follows no change."""
+    m, s, big2, small = _demoted_and_new("uncached")
+    assert _order(s) == ["big", "small"]
+    seen = _counting_costs(s)
+    assert _order(s) == ["big", "small"] and not seen
+    m.begin_step("other", toks(3000, 8), now=3.0)  # the cache changed, the hits did not
+    m.end_session("other", now=3.0)
+    assert _order(s) == ["big", "small"] and sorted(seen) == ["big", "small"]
+
+
+def test_uncached_does_not_sort_again_for_a_demoted_session_away_on_its_tool():
+    """A demoted session whose next step has not come (away on its tool) changes no waiting
+    step's key: the new sessions waiting are not sorted again after a cache change."""
+    m = manager(32)
+    s = wf(m, admission_order="predicted", readmit_cost="uncached")
+    ex = ToyExecutor(m)
+    big1 = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
+    s.add(big1, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s._demote_session("big", 1.0)
+    for sid, base in (("x", 200), ("y", 300)):
+        s.add(ToyRequest(sid, toks(base, 12), max_new=1, arrival=2.0, workflow="w"), 2.0)
+    assert "big" in s._deferred and _order(s) == ["x", "y"]
+    seen = _counting_costs(s)
+    m.begin_step("other", toks(3000, 8), now=3.0)
+    m.end_session("other", now=3.0)
+    assert _order(s) == ["x", "y"] and not seen
 
 
 def test_uncached_leaves_new_sessions_and_the_whole_context_cost_alone():
