@@ -130,15 +130,6 @@ AFS_CHECKS: dict[str, AfsCheck] = {
         "2.08 (met -> missed), seed 8 at 25% 2.26 -> 2.79, at 50% 2.91 -> 3.09 (better: "
         "noisy seed 2 at 50% 1.89 -> 1.75, seed 7 at 50% 2.80 -> 2.64, at 25% 2.32 -> 2.26; "
         "bench/RESULTS.md \"graph's `demoted_mean` default (616d83c) against the AFS goal\")"),
-    "gittins": AfsCheck(
-        "graph", 5, 2,
-        "python bench/policies_check.py --afs --policy gittins --against graph --workers 1 "
-        "(nineteenth session, on 9ca7fad)",
-        "default rows, graph -> gittins: two-tenant mix at 50% 1.44 -> 1.51 (met -> "
-        "missed), noisy seed 2 at 25% 1.40 -> 1.58 (met -> missed), noisy seed 7 at 25% "
-        "2.32 -> 2.49, seed 8 at 25% 2.26 -> 3.04, at 50% 2.91 -> 3.28 (better: mix at 100% "
-        "2.12 -> 2.01, noisy seed 2 at 50% 1.89 -> 1.80; seed 7 at 50% 2.80 both; "
-        "bench/RESULTS.md \"Eviction policies: graph with the pause's Gittins index\")"),
 }
 
 

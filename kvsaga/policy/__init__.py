@@ -9,7 +9,6 @@
 | `belady`     | farthest next use first (offline; needs a `FutureOracle`)                    |
 | `oracle-ttl` | `ttl` with the true resume times (offline; needs a `FutureOracle`)           |
 | `adaptive`   | graph or ttl, whichever's own shadow cache rebuilt least lately              |
-| `gittins`    | graph, a paused session priced by its pause's Gittins index (hold-or-drop)   |
 
 Policies with `needs_oracle = True` take `oracle=` and are for trace replay only.
 """
@@ -22,7 +21,6 @@ from kvsaga.policy.adaptive import AdaptivePolicy
 from kvsaga.policy.base import Action, BlockView, EvictionPolicy
 from kvsaga.policy.belady import BeladyPolicy, ClairvoyantTTLPolicy, FutureOracle
 from kvsaga.policy.cost import CostModel, PrefillCost
-from kvsaga.policy.gittins import GittinsGraphPolicy
 from kvsaga.policy.graph import GraphPolicy
 from kvsaga.policy.lru import LRUPolicy
 from kvsaga.policy.saga import SagaPolicy
@@ -48,7 +46,7 @@ DEFAULT_POLICY = "graph"
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls
     for cls in (LRUPolicy, TTLPolicy, GraphPolicy, SagaPolicy, AdaptivePolicy, BeladyPolicy,
-                ClairvoyantTTLPolicy, GittinsGraphPolicy)
+                ClairvoyantTTLPolicy)
 }
 
 
@@ -81,7 +79,6 @@ __all__ = [
     "DEFAULT_POLICY",
     "EvictionPolicy",
     "FutureOracle",
-    "GittinsGraphPolicy",
     "GraphPolicy",
     "LRUPolicy",
     "PauseHint",

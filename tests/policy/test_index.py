@@ -135,10 +135,8 @@ def test_rekey_all_makes_the_next_search_re_key_every_session(name):
     run_step(m, "a", tokens(0, 16), now=0.6, tool="edit")
     policy.rekey_all()
     policy.choose_victims(1, 0.6)
-    # a (its own state changed) and one of b-e (one class); without class formulas (gittins:
-    # its rate is computed in Python only) each of b-e is keyed by Python, from one memo
-    assert len(policy.groups) == 5 and sorted(keyed)[0] == "a"
-    assert len(keyed) == (2 if type(policy).class_formulas else 5)
+    # a (its own state changed) and one of b-e (one class)
+    assert len(policy.groups) == 5 and sorted(keyed)[0] == "a" and len(keyed) == 2
     assert policy.eviction_order(0.6) == policy.scan_order(0.6)
 
 

@@ -94,9 +94,7 @@ def test_victims_that_raise_after_the_index_took_the_pushes(name):
     with pytest.raises(TypeError, match="list"):
         policy.choose_victims(1, 0.6)
     groups.update(lists)
-    if type(policy).class_formulas:  # (gittins, keyed in Python only, raises in the search's
-        # later call, `tail_victims`, once the pushes were taken: none is left to come again)
-        assert not policy._dirty.isdisjoint(groups)  # still marked: the pushes come again
+    assert not policy._dirty.isdisjoint(groups)  # still marked: the pushes come again
     index = policy._index
     if type(index).__name__ == "PySessionHeap":
         ids = set(policy._classes.values())
