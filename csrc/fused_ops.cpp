@@ -2,13 +2,14 @@
 //
 // Why (bench/RESULTS.md, "Fewer calls between the matmuls"): in an fp32 decode step of
 // SmolLM2-135M the weights streamed through the caches evict everything else, so every
-// torch op between two matmuls runs cold; F.rms_norm is ~8 ops on CPU in torch 2.13 and took
-// ~120 us a call inside the step against ~13 us alone, about 7% of the step's CPU time for
-// 61 calls, with the other core waiting. Each function here is one call for what was several
-// torch ops: RMSNorm (with the residual add before it), SiLU(gate) * up.
+// torch op between two matmuls runs cold; F.rms_norm took ~118 us a call inside the step
+// against ~13 us alone, 61 calls a step, with the other core waiting. Each function here is
+// one call for what was several torch ops: RMSNorm (with the residual add before it),
+// SiLU(gate) * up.
 //
-// fp32 only, rows contiguous (the Python side, kvsaga/engine/fused_ops.py, checks shapes,
-// dtypes and layout, and passes raw pointers). The GIL is released. Rows are split over
+// fp32 only, rows contiguous, no two written rows or arguments overlapping (the Python side,
+// kvsaga/engine/fused_ops.py, checks shapes, dtypes, devices and layout, and passes raw
+// pointers). The GIL is released. Rows are split over
 // `threads` threads of torch's own OpenMP team where kernels/inplace.py found one (`team`,
 // its GOMP_parallel), each chunk worth at least kMinWork elements, so a decode step's few
 // rows stay on the caller; with no team everything runs on the caller.
@@ -60,20 +61,26 @@ void for_rows(int64_t rows, int64_t width, int64_t threads, uintptr_t team, cons
   reinterpret_cast<OmpParallel>(team)(&RowChunks<Body>::run, &c, static_cast<unsigned>(t), 0);
 }
 
-constexpr int kLanes = 16;  // partial sums of the squares (one AVX-512 register's worth)
+constexpr int kLanes = 8;  // partial sums of the squares (one AVX-512 register of doubles)
 
 // out = x / sqrt(mean(x^2) + eps) * w for one row of n elements (x * r first, then * w,
-// each product rounded on its own, as torch's fp32 rms_norm with a weight does).
+// each product rounded on its own, as torch's fp32 rms_norm with a weight does). The squares
+// are summed in double (8 lanes, then pairwise): an fp32 sum in lanes alone loses accuracy
+// as the width grows (tests/engine/test_fused_ops.py's wide rows), a double one stays far
+// under an fp32 ulp at any model's width, and r is rounded to fp32 once.
 inline void norm_row(const float* __restrict x, const float* __restrict w,
                      float* __restrict out, int64_t n, float eps) {
-  float acc[kLanes] = {};
+  double acc[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l] * x[j + l];
-  for (int l = 0; j < n; ++j, ++l) acc[l] += x[j] * x[j];
+    for (int l = 0; l < kLanes; ++l) {
+      const double v = x[j + l];
+      acc[l] += v * v;
+    }
+  for (int l = 0; j < n; ++j, ++l) acc[l] += static_cast<double>(x[j]) * x[j];
   for (int width = kLanes / 2; width > 0; width /= 2)
     for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
-  const float r = 1.0f / std::sqrt(acc[0] / static_cast<float>(n) + eps);
+  const float r = static_cast<float>(1.0 / std::sqrt(acc[0] / static_cast<double>(n) + eps));
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
 }
 

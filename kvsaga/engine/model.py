@@ -75,12 +75,13 @@ class RMSNorm(nn.Module):
         self.weight = _empty(size, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]. fp32 on CPU: one C++ call (`fused_ops`; torch's rms_norm is ~8 ops
-        # there, each run cold between two matmuls). Else one fused op for the
-        # normalisation: in fp32 the weight goes into it too (the same products, so the
-        # same bits: tests/engine/test_model_ops.py); other dtypes normalise in fp32 first.
+        # x: [T, H]. fp32 on CPU: one C++ call (`fused_ops`, unchecked past `supports`;
+        # torch's rms_norm is several ops there, each run cold between two matmuls). Else
+        # one fused op for the normalisation: in fp32 the weight goes into it too (the same
+        # products, so the same bits: tests/engine/test_model_ops.py); other dtypes
+        # normalise in fp32 first.
         if fused_ops.supports(x, self.weight) and x.dim() == 2:
-            return fused_ops.rms_norm(x, self.weight, self.eps)
+            return fused_ops._rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
@@ -92,7 +93,7 @@ class RMSNorm(nn.Module):
         sum written into x (a sublayer's fresh output: a prefill chunk's [T, H] buffers
         are megabytes, each new one paid in page faults). a + b == b + a, bit for bit."""
         if fused_ops.supports(x, residual, self.weight) and x.dim() == 2:
-            return fused_ops.add_rms_norm(x, residual, self.weight, self.eps)
+            return fused_ops._add_rms_norm(x, residual, self.weight, self.eps)
         residual = x.add_(residual)
         return self.forward(residual), residual
 
@@ -205,8 +206,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = cpu_linear.linear(x, self.gate_up_proj, None, self.gate_up_packed)
-        if fused_ops.supports(gate_up):
-            act = fused_ops.silu_mul(gate_up)  # one C++ call
+        if fused_ops.supports(gate_up) and gate_up.dim() == 2:
+            act = fused_ops._silu_mul(gate_up)  # one C++ call, unchecked past `supports`
         else:
             gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
             act = F.silu(gate).mul_(up)  # in SiLU's fresh output: one [T, I] buffer, not two

@@ -2,17 +2,23 @@
 
 Bounds: the residual add is torch's bits; the norm and SiLU x up within 4 float32 ulp of
 each element's magnitude (measured when written: at most 2.9 ulp over these shapes), on
-one row, decode and prefill row counts, and with the rows split over torch's team.
+one row, decode and prefill row counts, with the rows split over torch's team, and for the
+norm at widths 576, 8192 and 262144 (its sum of squares in double; torch's own fp32 sum
+drifts from the exact one as the width grows, so the bound there is mostly torch's).
+Bad input (dtype, device, layout, overlapping or grad-requiring tensors) is refused with a
+ValueError before anything is written.
 """
 
 from __future__ import annotations
+
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kvsaga.engine import fused_ops
-from kvsaga.engine.model import RMSNorm
+from kvsaga.engine.model import MLP, RMSNorm
 
 pytestmark = pytest.mark.skipif(not fused_ops.available(), reason="kvsaga._fused_ops not built")
 
@@ -83,6 +89,110 @@ def test_supports_only_fp32_cpu_with_contiguous_rows():
     assert fused_ops.supports(x, torch.randn(8))
     assert not fused_ops.supports(x.double())
     assert not fused_ops.supports(x.t())
+
+
+@pytest.mark.parametrize("n", [576, 8192, 262144])
+def test_rms_norm_stays_within_the_bound_on_wide_rows(n):
+    gen = torch.Generator().manual_seed(n)
+    x, w = torch.randn(3, n, generator=gen) * 3, torch.randn(n, generator=gen)
+    _assert_within_ulp(fused_ops.rms_norm(x, w, 1e-5), F.rms_norm(x, (n,), w, 1e-5))
+    res = torch.randn(3, n, generator=gen)
+    out, res = fused_ops.add_rms_norm(x, res, w, 1e-5)
+    _assert_within_ulp(out, F.rms_norm(res, (n,), w, 1e-5))
+
+
+def test_bf16_is_refused():
+    x, w = torch.randn(2, 8, dtype=torch.bfloat16), torch.randn(8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="x must be float32"):
+        fused_ops.rms_norm(x, w, 1e-5)
+    with pytest.raises(ValueError, match="weight must be float32"):
+        fused_ops.rms_norm(x.float(), w, 1e-5)
+
+
+def test_fp64_silu_mul_is_refused():
+    with pytest.raises(ValueError, match="gate_up must be float32"):
+        fused_ops.silu_mul(torch.randn(2, 8, dtype=torch.float64))
+
+
+def test_transposed_x_is_refused():
+    x = torch.randn(8, 2).t()
+    with pytest.raises(ValueError, match="x must have its last dim contiguous"):
+        fused_ops.rms_norm(x, torch.randn(8), 1e-5)
+    res = torch.randn(2, 8)
+    before = res.clone()
+    with pytest.raises(ValueError, match="x must have its last dim contiguous"):
+        fused_ops.add_rms_norm(x, res, torch.randn(8), 1e-5)
+    assert torch.equal(res, before)
+
+
+def test_a_tensor_off_the_cpu_is_refused():
+    """A device tensor's pointer must never be read on the host (meta here; CUDA alike)."""
+    res = torch.randn(2, 8)
+    before = res.clone()
+    with pytest.raises(ValueError, match="x must be on the CPU"):
+        fused_ops.add_rms_norm(torch.empty(2, 8, device="meta"), res, torch.randn(8), 1e-5)
+    assert torch.equal(res, before)
+    with pytest.raises(ValueError, match="gate_up must be on the CPU"):
+        fused_ops.silu_mul(torch.empty(2, 8, device="meta"))
+
+
+def test_residual_with_overlapping_rows_is_refused_and_not_written():
+    row = torch.randn(1, 8)
+    before = row.clone()
+    # row stride 0: the add would land three times in one row
+    with pytest.raises(ValueError, match="residual is written in place"):
+        fused_ops.add_rms_norm(torch.randn(3, 8), row.expand(3, 8), torch.randn(8), 1e-5)
+    assert torch.equal(row, before)
+
+
+def test_residual_sharing_memory_with_x_or_weight_is_refused_and_not_written():
+    buf = torch.randn(3, 8)
+    before = buf.clone()
+    with pytest.raises(ValueError, match="residual shares memory with x"):
+        fused_ops.add_rms_norm(buf, buf, torch.randn(8), 1e-5)
+    base = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="residual shares memory with x"):
+        fused_ops.add_rms_norm(base[1:], base[:3], torch.randn(8), 1e-5)
+    with pytest.raises(ValueError, match="residual shares memory with weight"):
+        fused_ops.add_rms_norm(torch.randn(3, 8), buf, buf[1], 1e-5)
+    assert torch.equal(buf, before)
+
+
+def test_tensors_requiring_grad_fall_back_to_torch_while_grad_is_enabled():
+    x, w = torch.randn(2, 8), torch.randn(8, requires_grad=True)
+    assert not fused_ops.supports(x, w)
+    with pytest.raises(ValueError, match="weight requires grad"):
+        fused_ops.rms_norm(x, w, 1e-5)
+    with torch.no_grad():
+        assert fused_ops.supports(x, w)
+    norm = RMSNorm(8, 1e-5, torch.float32, torch.device("cpu"))
+    norm.weight = torch.nn.Parameter(torch.randn(8))
+    x = torch.randn(2, 8, requires_grad=True) * 2  # a sublayer's output: not a leaf
+    out, res = norm.add(x, torch.randn(2, 8))
+    out.sum().backward()  # the torch path kept the graph
+    assert norm.weight.grad is not None and res.grad_fn is not None
+
+
+def test_add_rms_norm_bumps_the_residual_version():
+    res = torch.randn(2, 8)
+    version = res._version
+    fused_ops.add_rms_norm(torch.randn(2, 8), res, torch.randn(8), 1e-5)
+    assert res._version == version + 1
+
+
+def test_mlp_takes_3d_input_through_torch():
+    cfg = types.SimpleNamespace(hidden_size=8, intermediate_size=12)
+    mlp = MLP(cfg, torch.float32, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(2, 3, 8, generator=gen)
+    with torch.inference_mode():
+        got = mlp.forward(x)
+        gate, up = F.linear(x, mlp.gate_up_proj).chunk(2, dim=-1)
+        want = F.linear(F.silu(gate) * up, mlp.down_proj)
+    torch.testing.assert_close(got, want)
 
 
 def test_rmsnorm_module_add_takes_the_fused_op_and_the_torch_path_alike(monkeypatch):
