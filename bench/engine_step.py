@@ -7,10 +7,11 @@
 `LLMEngine` (fp32, blocks of 32); after their prefill and a few warm-up steps, `--steps`
 decode steps are timed `--rounds` times. Each part is timed by wrapping its function with
 process CPU time (`time.process_time`, all threads), so a part's figure includes its calls'
-Python and dispatch: the linears (`cpu_linear.linear`, the LM head apart), the attention
-kernel and cache write (`kvsaga.kernels.inplace`), the norms (`RMSNorm.forward` and, where
-the tree has it, `RMSNorm.add`), the sampler; "rest of the layers" is the decoder's time
-less those (rope, splits and views, SiLU x up, residual adds, the modules' Python);
+Python and dispatch: the linears (`cpu_linear.linear`, the LM head apart), the norms
+(`RMSNorm.forward` and, where the tree has it, `RMSNorm.add`), the sampler; the attention
+kernel, cache write and RoPE are their C++ calls alone (`kvsaga._paged_attn`'s functions,
+however the tree reaches them); "rest of the layers" is the decoder's time less those
+(the Python around the kernels, splits and views, SiLU x up, the modules' Python);
 "engine and runner" is the step less the model and sampler. Reported: the median round's
 milliseconds per step. Why: on a machine shared with other jobs wall time measures
 waiting for a core; a part's CPU time is steadier, and the parts say where serial time
@@ -41,7 +42,8 @@ from kvsaga.engine.sampling import SamplingParams  # noqa: E402
 from kvsaga.kernels import inplace  # noqa: E402
 
 PARTS = ("step", "model.hidden_states", "layers' linears", "LM head", "attention kernel",
-         "cache_write", "norms", "rest of the layers", "sampler", "engine and runner")
+         "cache_write", "rope kernel", "norms", "rest of the layers", "sampler",
+         "engine and runner")
 
 
 def timed(acc: dict[str, float], owner: object, name: str, key: str) -> None:
@@ -100,8 +102,9 @@ def main() -> None:
 
     cpu_linear.linear = linear
     timed(acc, m, "hidden_states", "model.hidden_states")
-    timed(acc, inplace, "paged_attention", "attention kernel")
-    timed(acc, inplace, "cache_write", "cache_write")
+    timed(acc, inplace._paged_attn, "paged_attention", "attention kernel")
+    timed(acc, inplace._paged_attn, "cache_write", "cache_write")
+    timed(acc, inplace._paged_attn, "rope", "rope kernel")
     timed(acc, model.RMSNorm, "forward", "norms")
     if hasattr(model.RMSNorm, "add"):
         timed(acc, model.RMSNorm, "add", "norms")
@@ -116,7 +119,7 @@ def main() -> None:
         # The model's final norm counts in "norms" (it runs inside hidden_states too).
         acc["rest of the layers"] = (acc["model.hidden_states"] - acc["layers' linears"]
                                      - acc["attention kernel"] - acc["cache_write"]
-                                     - acc["norms"])
+                                     - acc["rope kernel"] - acc["norms"])
         acc["engine and runner"] = (acc["step"] - acc["model.hidden_states"] - acc["LM head"]
                                     - acc["sampler"])
         rounds.append({k: acc[k] * 1e3 / args.steps for k in PARTS})

@@ -309,3 +309,81 @@ class StepPlan:
         paged_attention(PagedAttentionArgs(query, k_cache, v_cache, self.tables, self.lens,
                                            self.starts, self.scale, *self.bounds), out, None)
         return out
+
+    def bind_layers(self, kv_cache: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    num_heads: int) -> LayerAttention | None:
+        """This plan for a model's every layer at once (`LayerAttention`), over the tier
+        tensor `kv_cache` [blocks, layers, 2, block_size, kv_heads, head_dim] and RoPE's
+        cos/sin [T, head_dim // 2] of the pass; None where `LayerAttention` cannot take
+        them (then call `attend` per layer)."""
+        if not (kv_cache.dim() == 6 and kv_cache.shape[2] == 2
+                and kv_cache.dtype == torch.float32 and kv_cache.device.type == "cpu"
+                and kv_cache.stride(-1) == 1 and num_heads % kv_cache.shape[4] == 0
+                and cos.dtype == sin.dtype == torch.float32 and cos.is_cpu and sin.is_cpu
+                and cos.is_contiguous() and sin.is_contiguous() and cos.shape == sin.shape
+                and cos.dim() == 2 and cos.shape[1] * 2 == kv_cache.shape[5]
+                and int(self.starts[-1]) == cos.shape[0]):
+            return None
+        return LayerAttention(self, kv_cache, cos, sin, num_heads)
+
+
+class LayerAttention:
+    """A `StepPlan` bound to one pass's tier tensor and RoPE angles: per layer, one call
+    takes the fused q|k|v projection's output [T, (heads + 2 kv_heads) * head_dim], rotates
+    its Q and K heads in place, writes its K/V rows into that layer's cache and returns the
+    attention output [T, heads * head_dim].
+
+    Why: per layer the model otherwise splits and views the projection's output, slices
+    the layer's K and V out of the tier tensor, builds the kernels' argument records and
+    converts the plan's tensors, a few microseconds of Python each on the engine thread
+    (bench/RESULTS.md, "The layers' Python between the matmuls"). Here every argument that
+    does not change within the pass (the caches' addresses per layer, strides, the tables,
+    cos/sin) is computed once; `attend` makes the same three kernel calls `rope_`,
+    `StepPlan.attend` would make on the same memory, so the same bits.
+
+    The returned tensor is one buffer reused by every layer: read it (the output
+    projection does) before the next `attend`.
+    """
+
+    def __init__(self, plan: StepPlan, kv_cache: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor, num_heads: int) -> None:
+        num_blocks, layers, _, block_size, kv_heads, head_dim = kv_cache.shape
+        size = kv_cache.element_size()
+        c_block, c_layer, c_kv, c_tok, c_head, _ = kv_cache.stride()
+        tokens = cos.shape[0]
+        self.width = (num_heads + 2 * kv_heads) * head_dim
+        self._keep = (plan, kv_cache, cos, sin)  # the addresses below point into these
+        self.out = torch.empty(tokens, num_heads * head_dim, dtype=torch.float32)
+        base = kv_cache.data_ptr()
+        self.k_at = [base + i * c_layer * size for i in range(layers)]
+        self.v_off = c_kv * size
+        self.q_bytes = num_heads * head_dim * size  # K's offset in a projection row
+        self.kv_bytes = kv_heads * head_dim * size
+        self.tokens = tokens
+        row = self.width  # the projection's row stride (it must be contiguous)
+        self.rope_args = (cos.data_ptr(), sin.data_ptr(), tokens, num_heads + kv_heads,
+                          head_dim // 2, row, head_dim)
+        self.write_args = (plan.slots.data_ptr(), tokens, kv_heads, head_dim * size,
+                           row * size, head_dim * size, row * size, head_dim * size,
+                           c_block * size, c_tok * size, c_head * size, block_size, num_blocks)
+        self.attn_head = (plan.tables.data_ptr(), plan.lens.data_ptr(), plan.starts.data_ptr(),
+                          0, plan.lens.shape[0], kv_heads, num_heads // kv_heads, head_dim,
+                          block_size, plan.tables.stride(0), row, head_dim,
+                          self.out.stride(0), head_dim, c_block, c_tok, c_head)
+        self.attn_tail = (float(plan.scale), _kernel_threads(), PATHS["auto"], _OMP_TEAM)
+
+    def attend(self, qkv: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s RoPE, cache write and attention over qkv (contiguous fp32
+        [T, width] on the CPU, as the projection returns it; ValueError otherwise)."""
+        if (qkv.shape != (self.tokens, self.width) or not qkv.is_contiguous()
+                or qkv.dtype != torch.float32 or not qkv.is_cpu):
+            raise ValueError(f"qkv must be contiguous fp32 [{self.tokens}, {self.width}] on "
+                             f"the CPU, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
+        q = qkv.data_ptr()
+        k_cache = self.k_at[layer]
+        _paged_attn.rope(q, *self.rope_args)
+        _paged_attn.cache_write(q + self.q_bytes, q + self.q_bytes + self.kv_bytes, k_cache,
+                                k_cache + self.v_off, *self.write_args)
+        _paged_attn.paged_attention(self.out.data_ptr(), q, k_cache, k_cache + self.v_off,
+                                    *self.attn_head, *self.attn_tail)
+        return self.out

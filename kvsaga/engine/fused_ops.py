@@ -12,9 +12,10 @@ Checks: the C++ takes raw pointers and declares its rows `__restrict`, so the pu
 unless every tensor is fp32 on CPU with its last dim contiguous, no tensor requires grad
 while grad is enabled (the ops have no backward), a written tensor's rows do not overlap
 (row stride >= n) and the residual shares no memory with x or the weight. The model calls
-`_rms_norm` / `_add_rms_norm` / `_silu_mul` instead, unchecked, after its own `supports`
-and 2-D test: its inputs are the embedding's and the sublayers' fresh contiguous outputs,
-and a decode step makes 91 of these calls, so it does not pay for the checks twice.
+`_rms_norm` / `_add_rms_norm` / `_silu_mul` instead, unchecked, after one `supports` and
+2-D test a forward pass (`model.StepArgs.fused`: the embedding output and every norm
+weight): its other inputs are the sublayers' fresh contiguous fp32 outputs, and a decode
+step makes 91 of these calls, so it does not pay for the checks 91 times.
 
 Numerics: the residual add is torch's bits (one fp32 add a element). The norm sums the
 squares in double and rounds 1 / sqrt once, where torch reduces in fp32 in its own order;

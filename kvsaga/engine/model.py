@@ -62,6 +62,28 @@ class KeptRows:
         )
 
 
+@dataclass(slots=True)
+class StepArgs:
+    """What every layer of one forward pass shares, decided once for the pass.
+
+    Why: a decode step runs ~90 elementwise calls and 30 attentions; asking per call
+    whether the C++ ops can take a tensor, and slicing each layer's caches out of the tier
+    tensor, were Python work on the engine thread (bench/RESULTS.md, "The layers' Python
+    between the matmuls").
+    """
+
+    cos: torch.Tensor  # [T, head_dim // 2]
+    sin: torch.Tensor
+    kv_cache: torch.Tensor  # the tier tensor, all layers
+    meta: AttentionMetadata
+    plan: kernels.inplace.StepPlan | None  # layers 1..: the in-place kernels' plan
+    layers: kernels.inplace.LayerAttention | None  # layers 1..: RoPE + write + attention
+    # The fused C++ elementwise ops take this pass's tensors: the embedding output and
+    # every norm weight pass `fused_ops.supports`, and every tensor between them is a
+    # fresh contiguous [rows, n] output of a matmul or of these ops (None: ask per call).
+    fused: bool | None
+
+
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
 
@@ -74,28 +96,34 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = _empty(size, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]. fp32 on CPU: one C++ call (`fused_ops`, unchecked past `supports`;
+    def forward(self, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+        # x: [T, H]; fused: `StepArgs.fused` (None: ask `supports`). fp32 on CPU: one C++
+        # call (`fused_ops`, unchecked past `supports`;
         # torch's rms_norm is several ops there, each run cold between two matmuls). Else
         # one fused op for the normalisation: in fp32 the weight goes into it too (the same
         # products, so the same bits: tests/engine/test_model_ops.py); other dtypes
         # normalise in fp32 first.
-        if fused_ops.supports(x, self.weight) and x.dim() == 2:
+        if fused is None:
+            fused = fused_ops.supports(x, self.weight) and x.dim() == 2
+        if fused:
             return fused_ops._rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * xf.to(x.dtype)
 
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add(self, x: torch.Tensor, residual: torch.Tensor,
+            fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(self(x + residual), x + residual): a pre-norm block's residual add and the norm
         after it, one C++ call in fp32 on CPU (the sum written into `residual`), else the
         sum written into x (a sublayer's fresh output: a prefill chunk's [T, H] buffers
         are megabytes, each new one paid in page faults). a + b == b + a, bit for bit."""
-        if fused_ops.supports(x, residual, self.weight) and x.dim() == 2:
+        if fused is None:
+            fused = fused_ops.supports(x, residual, self.weight) and x.dim() == 2
+        if fused:
             return fused_ops._add_rms_norm(x, residual, self.weight, self.eps)
         residual = x.add_(residual)
-        return self.forward(residual), residual
+        return self.forward(residual, fused), residual
 
 
 class Attention(nn.Module):
@@ -126,30 +154,29 @@ class Attention(nn.Module):
         self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias)
         self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        plan: kernels.inplace.StepPlan | None = None,
-        rows: KeptRows | None = None,
-    ) -> torch.Tensor:
-        """Returns [T, hidden] (every row), or with `rows` only those rows' [R, hidden]:
-        every row's K/V is still written, but only the kept rows attend and project."""
+    def forward(self, x: torch.Tensor, step: StepArgs, i: int,
+                rows: KeptRows | None = None) -> torch.Tensor:
+        """Layer i's attention: [T, hidden] (every row), or with `rows` only those rows'
+        [R, hidden]: every row's K/V is still written, but only the kept rows attend and
+        project."""
         t = x.shape[0]
         qkv = cpu_linear.linear(x, self.qkv_proj, self.qkv_bias, self.qkv_packed)  # [T, q+2kv]
+        if step.layers is not None and rows is None and i > 0:
+            # RoPE, cache write and attention from the projection's output, one call.
+            out = step.layers.attend(qkv, i)
+            return cpu_linear.linear(out, self.o_proj, self.o_bias, self.o_packed)
         qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
         # Q and K heads rotated together (in place in the projection's output on CPU).
-        qk = rotate(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)
+        qk = rotate(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim),
+                    step.cos, step.sin)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        k_cache, v_cache = step.kv_cache[:, i, 0], step.kv_cache[:, i, 1]
+        meta = step.meta
         if rows is not None:
             return self._attend_rows(q, k, v, k_cache, v_cache, meta, rows)
-        if plan is not None:
-            out = plan.attend(q, k, v, k_cache, v_cache).reshape(t, self.q_size)
+        if step.plan is not None and i > 0:
+            out = step.plan.attend(q, k, v, k_cache, v_cache).reshape(t, self.q_size)
             return cpu_linear.linear(out, self.o_proj, self.o_bias, self.o_packed)
         kernels.cache_write(k, v, k_cache, v_cache, meta.slot_mapping, validate=self.validate)
         out = kernels.paged_attention(
@@ -204,9 +231,12 @@ class MLP(nn.Module):
         self.gate_up_packed = cpu_linear.pack(self.gate_up_proj)
         self.down_packed = cpu_linear.pack(self.down_proj)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+        """fused: `StepArgs.fused` (None: ask `fused_ops.supports`)."""
         gate_up = cpu_linear.linear(x, self.gate_up_proj, None, self.gate_up_packed)
-        if fused_ops.supports(gate_up) and gate_up.dim() == 2:
+        if fused is None:
+            fused = fused_ops.supports(gate_up) and gate_up.dim() == 2
+        if fused:
             act = fused_ops._silu_mul(gate_up)  # one C++ call, unchecked past `supports`
         else:
             gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
@@ -230,27 +260,17 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.mlp = MLP(cfg, dtype, device)
 
-    def forward(
-        self,
-        h: torch.Tensor,
-        residual: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        plan: kernels.inplace.StepPlan | None = None,
-        rows: KeptRows | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h: input_norm(residual) [T, H]. Returns (mlp output, residual before it), [T, H]
-        each, or [R, H] with `rows` (only the kept rows go on past attention). The
-        sublayers' `forward` is called directly: nn.Module.__call__'s hook checks are
+    def forward(self, h: torch.Tensor, residual: torch.Tensor, step: StepArgs, i: int,
+                rows: KeptRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i. h: input_norm(residual) [T, H]. Returns (mlp output, residual before
+        it), [T, H] each, or [R, H] with `rows` (only the kept rows go on past attention).
+        The sublayers' `forward` is called directly: nn.Module.__call__'s hook checks are
         Python work per call on the engine thread (5 a layer), and the model sets none."""
-        a = self.attn.forward(h, cos, sin, k_cache, v_cache, meta, plan, rows)
+        a = self.attn.forward(h, step, i, rows)
         if rows is not None:
             residual = residual[rows.index]
-        h, residual = self.post_attn_norm.add(a, residual)
-        return self.mlp.forward(h), residual
+        h, residual = self.post_attn_norm.add(a, residual, step.fused)
+        return self.mlp.forward(h, step.fused), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -328,6 +348,9 @@ class LlamaForCausalLM(nn.Module):
         x = F.embedding(input_ids, self.embed_tokens)  # [T, H]
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
         plan = self._step_plan(kv_cache, attn_metadata, x)
+        layers = (None if plan is None
+                  else plan.bind_layers(kv_cache, cos, sin, self.config.num_heads))
+        step = StepArgs(cos, sin, kv_cache, attn_metadata, plan, layers, self._fused(x))
         kept = None if rows is None else KeptRows.build(rows, positions, attn_metadata)
         last = len(self.layers) - 1
         residual, h = x, None
@@ -335,15 +358,23 @@ class LlamaForCausalLM(nn.Module):
             # Layer 0 runs the checked kernels (they check the metadata's values once); the
             # others take the plan where there is one. The last keeps only `rows`.
             if h is None:
-                h = layer.input_norm.forward(residual)
+                h = layer.input_norm.forward(residual, step.fused)
             else:
-                h, residual = layer.input_norm.add(h, residual)
-            h, residual = layer.forward(h, residual, cos, sin, kv_cache[:, i, 0],
-                                        kv_cache[:, i, 1], attn_metadata,
-                                        plan if i > 0 else None, kept if i == last else None)
+                h, residual = layer.input_norm.add(h, residual, step.fused)
+            h, residual = layer.forward(h, residual, step, i, kept if i == last else None)
         if h is None:  # no layers
-            return self.norm.forward(residual)
-        return self.norm.add(h, residual)[0]
+            return self.norm.forward(residual, step.fused)
+        return self.norm.add(h, residual, step.fused)[0]
+
+    def _fused(self, x: torch.Tensor) -> bool | None:
+        """`StepArgs.fused` for a pass whose embedding output is x: True where the C++ ops
+        take it and every norm weight, else None (each call asks)."""
+        weights = [self.norm.weight]
+        for layer in self.layers:
+            weights += (layer.input_norm.weight, layer.post_attn_norm.weight)
+        if x.dim() == 2 and fused_ops.supports(x, *weights):
+            return True
+        return None
 
     def _step_plan(self, kv_cache: torch.Tensor, meta: AttentionMetadata,
                    x: torch.Tensor) -> kernels.inplace.StepPlan | None:

@@ -209,3 +209,28 @@ def test_rmsnorm_module_add_takes_the_fused_op_and_the_torch_path_alike(monkeypa
         plain, plain_res = norm.add(x.clone(), res.clone())
     assert torch.equal(fused_res, plain_res)
     _assert_within_ulp(fused, plain)
+
+
+def test_the_model_asks_once_a_pass_and_not_where_a_norm_weight_is_not_fp32(monkeypatch):
+    """`StepArgs.fused`: True for an fp32 CPU model (then no per-call `supports` in the
+    pass), None (each call asks, and the torch ops run) when one norm weight or the
+    embedding output is fp64."""
+    from kvsaga.engine.model import LlamaForCausalLM
+    from kvsaga.engine.model_config import ModelConfig
+
+    from .helpers import scale_init
+
+    cfg = ModelConfig(architecture="llama", vocab_size=50, hidden_size=64, intermediate_size=96,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)
+    model = LlamaForCausalLM(cfg)
+    scale_init(model, seed=3)
+    x = torch.randn(3, 64)
+    assert model._fused(x) is True
+    asked = []
+    real = fused_ops.supports
+    monkeypatch.setattr(fused_ops, "supports", lambda *t: asked.append(1) or real(*t))
+    model._fused(x)
+    assert len(asked) == 1
+    model.layers[1].post_attn_norm.weight.data = model.layers[1].post_attn_norm.weight.double()
+    assert model._fused(x) is None
+    assert model._fused(x.double()) is None

@@ -28,14 +28,15 @@ def _model(head_dim: int) -> LlamaForCausalLM:
 
 @pytest.mark.parametrize("head_dim", [64, 16])  # with the kernel's AVX-512 tiles, without
 def test_plan_gives_the_bits_of_the_checked_calls(head_dim, monkeypatch):
-    """Chunked prefill then decode of a batch: logits with the plan equal, bit for bit,
-    those of the checked per-layer calls; layers 1.. take the plan, in decode steps at
-    least (prefill too where the kernel has tiles for the head size)."""
+    """Chunked prefill then decode of a batch: logits with the plan (bound to every layer,
+    `LayerAttention`) equal, bit for bit, those of the checked per-layer calls; layers 1..
+    take the plan, in decode steps at least (prefill too where the kernel has tiles for the
+    head size)."""
     model = _model(head_dim)
     prompts = [[5, 9, 2, 40, 41, 7, 3, 11, 60], [8] * 20, [1, 2, 3]]
     attends = []
-    real = inplace.StepPlan.attend
-    monkeypatch.setattr(inplace.StepPlan, "attend",
+    real = inplace.LayerAttention.attend
+    monkeypatch.setattr(inplace.LayerAttention, "attend",
                         lambda self, *a: attends.append(a[0].shape[0]) or real(self, *a))
     with_plan = run_greedy(model, prompts, 6, block_size=4, prefill_chunk=7)
     planned = list(attends)
@@ -73,3 +74,44 @@ def test_no_plan_where_the_kernels_would_not_take_every_row(monkeypatch):
     assert _plan(kv, [3, 1]) is None  # prefill rows go to SDPA without tiles
     monkeypatch.setenv("KVSAGA_KERNELS", "torch")
     assert _plan(kv, [1, 1]) is None
+
+
+@pytest.mark.parametrize("head_dim", [64, 16])
+def test_plan_per_layer_gives_the_bits_of_the_bound_plan(head_dim, monkeypatch):
+    """Where `bind_layers` declines, layers 1.. call `StepPlan.attend` one by one: the
+    same logits, bit for bit, as the bound plan's."""
+    model = _model(head_dim)
+    prompts = [[5, 9, 2, 40, 41, 7, 3, 11, 60], [8] * 20, [1, 2, 3]]
+    bound = run_greedy(model, prompts, 6, block_size=4, prefill_chunk=7)
+    calls = []
+    real = inplace.StepPlan.attend
+    monkeypatch.setattr(inplace.StepPlan, "bind_layers", lambda self, *a: None)
+    monkeypatch.setattr(inplace.StepPlan, "attend",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    per_layer = run_greedy(model, prompts, 6, block_size=4, prefill_chunk=7)
+    assert calls
+    assert bound[0] == per_layer[0]
+    for got, want in zip(bound[1], per_layer[1], strict=True):
+        assert torch.equal(got, want)
+
+
+def test_bound_plan_declines_and_refuses_what_it_cannot_take():
+    """`bind_layers` gives None for RoPE tables or a cache it cannot address; the bound
+    plan's `attend` raises ValueError, writing nothing, for a projection output that is not
+    contiguous fp32 of its shape."""
+    kv = torch.zeros(16, 3, 2, 8, 2, 64)
+    plan = _plan(kv, [1, 1])
+    cos, sin = torch.ones(2, 32), torch.zeros(2, 32)
+    assert plan.bind_layers(kv, cos, sin, 6) is not None
+    assert plan.bind_layers(kv, cos[:, :16], sin[:, :16], 6) is None  # not head_dim / 2
+    assert plan.bind_layers(kv, cos.double(), sin.double(), 6) is None
+    assert plan.bind_layers(kv, torch.ones(3, 32), torch.zeros(3, 32), 6) is None  # rows
+    assert plan.bind_layers(kv, cos, sin, 5) is None  # heads not a multiple of kv heads
+    assert plan.bind_layers(kv[:, :, :1], cos, sin, 6) is None
+    bound = plan.bind_layers(kv, cos, sin, 6)
+    width = (6 + 2 * 2) * 64
+    for bad in (torch.zeros(2, width + 1), torch.zeros(width, 2).t(),
+                torch.zeros(2, width, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="qkv must be"):
+            bound.attend(bad, 1)
+    assert not kv.any()
