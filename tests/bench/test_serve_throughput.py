@@ -49,11 +49,11 @@ def test_server_threads_counts_the_kernel_pool_apart():
     assert split["busiest"] < 0.1
 
 
-def _result(tok_s: float, load: float) -> dict:
+def _result(tok_s: float, foreign: float, load: float = 2.3) -> dict:
     return {"wall_s": 10.0, "output_tok_s": tok_s, "output_tok_per_cpu_s": tok_s / 2,
             "server_cpu_s": 20.0, "prompt_tokens": 8580, "loadavg": load,
             "all_output_tok_s": [tok_s], "all_output_tok_per_cpu_s": [tok_s / 2],
-            "all_loadavg": [load]}
+            "all_loadavg": [load], "all_foreign_cores": [foreign]}
 
 
 def test_table_judges_the_goal_only_on_a_quiet_machine():
@@ -61,10 +61,28 @@ def test_table_judges_the_goal_only_on_a_quiet_machine():
 
     args = argparse.Namespace(requests=16, max_tokens=64, kv_memory=1 << 30, block_size=32,
                               max_num_seqs=16, repeat=1, order="vllm,kvsaga")
-    cores = os.cpu_count() or 1
+    # A load average above the cores that the servers make themselves is no interference:
+    # only the CPU that other jobs took during the batch decides.
     quiet = serve_throughput._table(
-        args, {"vllm": _result(100, 0.5), "kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+        args, {"vllm": _result(100, 0.05), "kvsaga-serve:ttl": _result(120, 0.0)}, "cmd")
     assert "(goal >= 1.0x: met)" in quiet and "quiet machine" not in quiet
+    slower = serve_throughput._table(
+        args, {"vllm": _result(100, 0.05), "kvsaga-serve:ttl": _result(90, 0.0)}, "cmd")
+    assert "(goal >= 1.0x: not met)" in slower
     loaded = serve_throughput._table(
-        args, {"vllm": _result(100, cores + 1), "kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+        args, {"vllm": _result(100, 0.9), "kvsaga-serve:ttl": _result(120, 0.0)}, "cmd")
     assert "not judged: the machine was loaded" in loaded and "rerun on a quiet" in loaded
+    older = serve_throughput._table(  # a run without the figure is not called quiet
+        args, {"vllm": _result(100, float("nan")), "kvsaga-serve:ttl": _result(120, 0.0)},
+        "cmd")
+    assert "not judged" in older
+
+
+def test_machine_busy_cpu_counts_this_process():
+    """The machine's busy CPU-seconds grow at least by what this process burns."""
+    busy0, own0 = serve_throughput.machine_busy_cpu_s(), serve_throughput.own_cpu_s()
+    burn(0.3)
+    busy, own = (serve_throughput.machine_busy_cpu_s() - busy0,
+                 serve_throughput.own_cpu_s() - own0)
+    assert own >= 0.25
+    assert busy >= own - 0.05
