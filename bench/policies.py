@@ -69,7 +69,10 @@ keys 1 and 2 must now lead the incumbent by more than 2% of tokens. Decided afte
 
 `belady` is a reference, not a lower bound: admission depends on what is resident, and it
 ranks by the trace's release times; the exhaustive optimum (kvsaga/sim/exhaustive.py) is
-the only exact bound and is feasible for tiny traces only. Every table says so.
+the only exact bound and is feasible for tiny traces only. Every table says so. `hindsight`
+(kvsaga/sim/hindsight.py) is belady and oracle-ttl told each step's admission wait in
+earlier runs, the least of several such runs: tighter, still an upper bound on the optimum;
+the 1.10x goal is judged against the best run found (the least of a case's columns).
 """
 
 from __future__ import annotations
@@ -95,8 +98,9 @@ SECTION = "## Eviction policies (held-out, simulated)"
 PRESET = "a100-llama3-8b"
 BASELINES = ("lru", "saga", "ttl")
 SPREAD = "graph[spread=1,spread_states=queued]"  # opt-in, evaluated beside the default
-POLICIES = ("lru", "saga", "ttl", "graph", SPREAD, "adaptive", "belady", "oracle-ttl")
-OFFLINE = ("belady", "oracle-ttl")
+POLICIES = ("lru", "saga", "ttl", "graph", SPREAD, "adaptive", "belady", "oracle-ttl",
+            "hindsight")
+OFFLINE = ("belady", "oracle-ttl", "hindsight")
 CANDIDATES = ("graph", SPREAD, "adaptive")  # online ones judged on the goals
 FRACTIONS = (0.3, 0.6)
 # The fit set: every seed read while the policies were built (2026-11-29 to 12-01; 301 and
@@ -136,6 +140,9 @@ TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"
 HIT_RANGE = (0.8, 0.98)  # lru hit rates of "under pressure but not thrashing"
 TARGET_BEST, TARGET_BELADY = 1.0, 1.10
+REF_FOUND = ("the best run found (the least of the case's columns, `hindsight` among them: an "
+             "upper bound on the exact optimum, so a ratio to it is at most the ratio to the "
+             "optimum; not a lower bound)")
 # Totals within this share of the least count as equal, and the incumbent keeps its place
 # among equals (the lead, fifteenth session, after the fresh run of 921, 922: the module
 # docstring says why).
@@ -235,13 +242,28 @@ def _run(task: tuple) -> dict:
     blocks = size[0] if size else _blocks(peak, longest, frac)
     t = time.perf_counter()
     base, params = parse_spec(policy)
-    config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
-    built = make_policy(base, cost=config.cost, **params) if params else None
-    r = Simulator(trace, config, policy=built).run()
+    extra = {}
+    if base == "hindsight":
+        r, extra = _hindsight(trace, blocks)
+    else:
+        config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
+        built = make_policy(base, cost=config.cost, **params) if params else None
+        r = Simulator(trace, config, policy=built).run()
     row = r.to_dict()
     row.update(trace=name, seed=seed, frac=frac, policy=policy, peak=peak, longest=longest,
-               hit_rate=r.hit_rate, wall_s=time.perf_counter() - t)
+               hit_rate=r.hit_rate, wall_s=time.perf_counter() - t, **extra)
     return row
+
+
+def _hindsight(trace, blocks: int):
+    """The offline reference `hindsight` (kvsaga/sim/hindsight.py): belady and oracle-ttl
+    from the trace's times and from the admission waits of lru's, saga's, ttl's and the
+    default's runs; the least of them, and which run reached it."""
+    from kvsaga.sim.hindsight import best_offline, record
+    config = SimConfig(preset=PRESET, num_gpu_blocks=blocks)
+    runs = [record(trace, config, p) for p in dict.fromkeys((*BASELINES, DEFAULT_POLICY))]
+    ref = best_offline(trace, config, runs)
+    return ref.best.result, {"hindsight_from": ref.best.source}
 
 
 def run(traces: list[str], fractions: list[float], policies: list[str], seeds: list[int],
@@ -327,15 +349,20 @@ def goals(rows: list[dict], policy: str) -> list[str]:
     cases = in_range(rows)
     if not cases or not all((*c, policy) in by for c in cases):
         return [f"- no case with lru hit rate in {HIT_RANGE} ran {policy}: goals not judged."]
-    vs_best, vs_belady = [], []
+    vs_best, vs_ref = [], []
     for c in cases:
         mine = by[(*c, policy)]["recomputed_tokens"]
         vs_best.append((_ratio(mine, _best_baseline(by, c)), c))
-        if (*c, "belady") in by:
-            vs_belady.append((_ratio(mine, by[(*c, "belady")]["recomputed_tokens"]), c))
+        if (*c, "hindsight") in by:  # the best run found: every column is a feasible run
+            found = min(r["recomputed_tokens"] for k, r in by.items() if k[:3] == c)
+            vs_ref.append((_ratio(mine, found), c))
+        elif (*c, "belady") in by:
+            vs_ref.append((_ratio(mine, by[(*c, "belady")]["recomputed_tokens"]), c))
+    ref = (REF_FOUND if any((*c, "hindsight") in by for c in cases)
+           else "belady (a reference, not a bound)")
     lines = []
     for what, target, got in (("best of lru, saga, ttl", TARGET_BEST, vs_best),
-                              ("belady (a reference, not a bound)", TARGET_BELADY, vs_belady)):
+                              (ref, TARGET_BELADY, vs_ref)):
         if not got:
             continue
         worst = max(got)
@@ -406,7 +433,12 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
             "are offline references, **not lower bounds**: admission depends on what is "
             "resident and they rank by the trace's release times, so an online policy can "
             "beat them (their gap to the exact optimum on tiny traces: \"## Offline "
-            "references against the exact optimum\").", ""]
+            "references against the exact optimum\"). `hindsight` is the least of belady's "
+            "and oracle-ttl's runs given the admission waits of earlier runs (their own, "
+            "lru's, saga's, ttl's and the default's; kvsaga/sim/hindsight.py): each a "
+            "feasible run, so never below the exact optimum, and at most belady and "
+            "oracle-ttl, but still not a lower bound; the 1.10x goal is judged against the "
+            "best run found, the least of every column of the case.", ""]
     from policies_verdict import ranking, wins  # it imports this module: here, not on top
     out += tables(rows, policies)
     out += ["", f"Cases under pressure but not thrashing (lru hit rate in {HIT_RANGE}; "

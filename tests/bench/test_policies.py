@@ -137,6 +137,26 @@ def test_one_tiny_run_renders_both_sections(tmp_path):
     assert "kept" in out and "old" not in out and out.count(mod.SECTION) == 1
 
 
+def test_the_hindsight_column_and_the_reference_goal_on_the_best_run_found():
+    """`hindsight` runs as a column (the least of belady's and oracle-ttl's runs from several
+    schedules, never above plain belady), and with it in the table the 1.10x goal is judged
+    against the least of the case's columns, not against belady."""
+    mod = load()
+    rows, _ = mod.run(["swe"], [0.6], ["belady", "hindsight"], [103], 1)
+    by = {r["policy"]: r for r in rows}
+    assert by["hindsight"]["recomputed_tokens"] <= by["belady"]["recomputed_tokens"]
+    assert by["hindsight"]["hindsight_from"].split("<-")[0] in ("belady", "oracle-ttl")
+    table = [_row("swe", 1, 0.3, p, x) for p, x in
+             (("lru", 10), ("saga", 12), ("ttl", 11), ("g", 10.5), ("belady", 20),
+              ("hindsight", 9.5))]
+    line = mod.goals(table, "g")[1]
+    assert "best run found" in line and "worst 1.11x" in line  # 10.5 / 9.5
+    line = mod.goals(table[:-1], "g")[1]  # no hindsight: belady, as before
+    assert "belady (a reference, not a bound)" in line and "worst 0.53x" in line
+    table[-1]["recomputed_tokens"] = 12  # the best run found is then lru's
+    assert "worst 1.05x" in mod.goals(table, "g")[1]
+
+
 def test_every_tuned_constant_is_its_policys_default():
     """The constants the tuning picked among a policy's settings are that policy's class
     defaults: read from the signatures, so flipping e.g. graph's residual_wait fails here."""
