@@ -157,6 +157,21 @@ def test_the_hindsight_column_and_the_reference_goal_on_the_best_run_found():
     assert "worst 1.05x" in mod.goals(table, "g")[1]
 
 
+def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool():
+    """bench/policies_hindsight.py refuses any seed outside the fit set before simulating,
+    and takes each pressured pool once, with the least of lru, saga and ttl as its best."""
+    h = load("policies_hindsight")
+    for seed in (941, 951, 12345):
+        with pytest.raises(SystemExit):
+            h.main(["--seeds", str(seed)])
+    rows = [_row("swe", 1, f, p, x, hit, blocks) for f, hit, blocks in
+            ((0.3, 0.9, 100), (0.6, 0.9, 100), (0.9, 0.5, 300))
+            for p, x in (("lru", 10), ("saga", 8), ("ttl", 9), (h.GRAPH, 7))]
+    cases = h.pressured_cases(rows)
+    assert [(c["frac"], c["blocks"], c["best"], c["best_saved"], c["graph_saved"])
+            for c in cases] == [(0.3, 100, "saga", 8, 7)]
+
+
 def test_every_tuned_constant_is_its_policys_default():
     """The constants the tuning picked among a policy's settings are that policy's class
     defaults: read from the signatures, so flipping e.g. graph's residual_wait fails here."""
