@@ -69,7 +69,8 @@ def tree_cpu_s(pid: int) -> float:
 
 def machine_busy_cpu_s() -> float:
     """CPU seconds every core of the machine has spent busy (not idle or waiting on I/O)
-    since boot, from /proc/stat's first line."""
+    since boot, from /proc/stat's first line. Steal time counts as busy, and in a container
+    /proc/stat covers the whole host: both make the verdict err towards "loaded"."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     # guest time is already counted inside user and nice
@@ -107,17 +108,19 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
             results[i] = f"{type(e).__name__}: {e}"[:200]
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    # The machine's window encloses the server's, so the server cannot be charged CPU that
+    # the machine's count missed (which would read as quieter than it was).
+    busy0, client0 = machine_busy_cpu_s(), own_cpu_s()
     cpu0 = tree_cpu_s(pid) if pid else math.nan
     threads0 = thread_cpu_s(pid) if pid else {}
-    busy0, client0 = machine_busy_cpu_s(), own_cpu_s()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    busy, client_cpu = machine_busy_cpu_s() - busy0, own_cpu_s() - client0
     cpu = tree_cpu_s(pid) - cpu0 if pid else math.nan
+    busy, client_cpu = machine_busy_cpu_s() - busy0, own_cpu_s() - client0
     split = server_threads(pid, threads0, cpu) if pid else {}
     client.close()
     ok = [r for r in results if isinstance(r, tuple)]
@@ -129,9 +132,10 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
             "server_cpu_s": cpu, "output_tok_per_cpu_s": out_tok / cpu,
             "loadavg": os.getloadavg()[0], "server_threads_cpu_s": split,
             # Cores' worth of CPU that neither the server nor this client used during the
-            # batch: other jobs on the machine (the interference the verdict checks).
-            "foreign_cores": max(0.0, busy - client_cpu - (0.0 if math.isnan(cpu) else cpu))
-            / wall,
+            # batch: other jobs on the machine (the interference the verdict checks). Not
+            # clamped: a negative value would show the windows disagree. A server child
+            # that exits mid-batch drops out of `cpu` and counts here (errs to "loaded").
+            "foreign_cores": (busy - client_cpu - (0.0 if math.isnan(cpu) else cpu)) / wall,
             "latency_mean_s": statistics.fmean(r[0] for r in ok) if ok else float("nan")}
 
 
@@ -293,6 +297,18 @@ def _ratio(results: dict[str, dict[str, Any]], key: str) -> float | None:
     return ours[key] / results["vllm"][key]
 
 
+# How much CPU other jobs may use, in cores averaged over a batch, before a run is called
+# loaded. The load average is no test of that: the servers under test hold both cores of a
+# 2-core machine themselves (vLLM's API process, engine core and OpenMP threads read 2.2-2.3
+# alone), so the verdict counts only the busy time that neither server nor client used.
+QUIET_CORES = 0.25
+
+
+def _worst(foreign: list[float]) -> str:
+    """The most CPU other jobs took in any run, or n/a when a run has no figure."""
+    return "n/a" if any(math.isnan(x) for x in foreign) else f"{max(foreign):.2f}"
+
+
 def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: str) -> str:
     """The RESULTS.md subsection: setup, one row per server (median run), the ratios."""
     lines = [
@@ -313,7 +329,7 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['output_tok_s']:.1f} | "
                      f"{r['output_tok_per_cpu_s']:.2f} | {r['server_cpu_s']:.0f} | "
                      f"{r['prompt_tokens']:,} | {r['loadavg']:.1f} | "
-                     f"{max(r['all_foreign_cores']):.2f} | {every} |")
+                     f"{_worst(r['all_foreign_cores'])} | {every} |")
     wall, cpu = _ratio(results, "output_tok_s"), _ratio(results, "output_tok_per_cpu_s")
     if wall is not None:
         loaded = _loaded(results)
@@ -327,13 +343,6 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
                           "for one (its server CPU-s grow with the load), so neither ratio is "
                           "the goal's figure; rerun on a quiet machine."]
     return "\n".join(lines)
-
-
-# How much CPU other jobs may use, in cores averaged over a batch, before a run is called
-# loaded. The load average is no test of that: the servers under test hold both cores of a
-# 2-core machine themselves (vLLM's API process, engine core and OpenMP threads read 2.2-2.3
-# alone), so the verdict counts only the busy time that neither server nor client used.
-QUIET_CORES = 0.25
 
 
 def _loaded(results: dict[str, dict[str, Any]]) -> bool:
