@@ -37,17 +37,21 @@ from kvsaga.scheduler import WorkflowScheduler
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
 # The fit rounds so far (1-16: what each tried, chose and why): docs/scheduling_fit_history.md.
-# Round 17 (committed before it ran): a demoted session's waiting step ordered by what
-# admitting it adds, the part of its prompt not cached on the GPU (`readmit_cost`
-# "uncached"; kvsaga/scheduler/admission_order.py `_readmit_context`), alone and with round
-# 11's `readmit_order` "session_age". Why: at bfcl 1x 25% most of a session's wait is to be
-# admitted again after demotions, and costed on its whole context a session part-way through
-# sorts behind the new ones while its cached blocks, deferred, are evicted first (RESULTS
-# "Scheduling", nineteenth session). The fit chose the pair; the mixes' veto rejected both:
-# the default stayed, and "uncached" is opt-in.
+# Round 17 (a demoted session's waiting step ordered by what admitting it adds, alone and
+# with round 11's "session_age") is in docs/scheduling_fit_history.md: rejected by the veto.
+# Round 18 (committed before it ran): the shrink's demotion at a step's finish on the
+# prediction alone, and its undoing. `shrink_after` 1: the shrink demotes a paused session
+# only once it has been away its expected pause (Demotions._away_long); `undo_demotion`: a
+# demoted session whose next step arrives with every full block of its context still cached
+# is admitted again at once (Demotions._undo_demotion); and both. Why: on the live agent
+# replay (issue 13, seed 111) and its simulation (bench/serve_scheduler_replay.py, connector
+# fit seeds 0-4) the shrink demoted sessions as their steps finished, they were back within
+# a fraction of a second, and their next steps waited while their deferred blocks were
+# evicted first (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay").
 FIT_GRID = [
-    {"readmit_cost": "uncached"},
-    {"readmit_cost": "uncached", "readmit_order": "session_age"},
+    {"shrink_after": 1.0},
+    {"undo_demotion": True},
+    {"shrink_after": 1.0, "undo_demotion": True},
 ]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kvsaga.manager import KVCacheManager, StepLookup
+from kvsaga.manager import KVCacheManager
 from kvsaga.scheduler.admission_order import AdmissionOrder
 from kvsaga.scheduler.base import (
     Executor,
@@ -19,6 +19,7 @@ from kvsaga.scheduler.base import (
     check_float,
     check_int,
 )
+from kvsaga.scheduler.block_room import BlockRoom
 from kvsaga.scheduler.demotion import Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
@@ -52,8 +53,8 @@ class _Admitted:
         self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
 
 
-class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, AdmissionOrder,
-                        Scheduler):
+class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, ComputeShares,
+                        AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -166,6 +167,13 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
             paused_reserve: admission keeps room for paused sessions' next growth too
             (not charged: the shrink ignores it); "short": only for new sessions while a
             demoted one waits. `WorkingSetGate._init_growth_charge`.
+        undo_demotion: a demoted session whose next step arrives while every full block
+            of its context is still cached on the GPU is admitted again at once, as it was
+            (False, the default: it waits to be admitted again; `Demotions._undo_demotion`
+            says why). Opt-in: RESULTS "Scheduling" has its fit round.
+        shrink_after: the shrink demotes a paused session only once it has been away
+            this many times its expected pause (0, the default: at once, at the finish
+            that paused it; `Demotions._away_long` says why).
     """
 
     name = "workflow"
@@ -210,6 +218,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         growth_charge: str = "step",
         growth_reserve: float = 0.0,
         paused_reserve: bool | str = False,
+        undo_demotion: bool = False,
+        shrink_after: float = 0.0,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -243,6 +253,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
+        self.undo_demotion = check_bool("undo_demotion", undo_demotion)
+        self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
         if readmit_charge not in READMIT_CHARGES:
             raise ValueError(f"scheduler parameter readmit_charge must be one of "
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
@@ -284,6 +296,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         # later were queued ahead of theirs (`_insert_demoted`).
         self._deferred: dict[str, int] = {}
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
+        self._undoable: dict[str, _Admitted] = {}  # demoted, records kept (`undo_demotion`)
+        self.num_undone_demotions = 0
         self._init_wait_causes()
 
     # -- queues ---------------------------------------------------------------------------
@@ -300,6 +314,8 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
 
     def _enqueue(self, req: Any, now: float, *, retry: bool) -> None:
         info = self.sessions.get(req.session_id)
+        if info is None and self._undoable and not retry:
+            info = self._undo_demotion(req, now)
         if info is not None:
             if retry:
                 self._resumed.appendleft(req)
@@ -532,7 +548,7 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
 
     def forget_session(self, session_id: str, now: float) -> None:
         super().forget_session(session_id, now)
-        self._deferred.pop(session_id, None)
+        self._drop_demotion(session_id)
         self._times_demoted.pop(session_id, None)
         self._session_left(session_id)
         if session_id in self.sessions:
@@ -548,39 +564,3 @@ class WorkflowScheduler(WaitCauses, WorkingSetGate, Demotions, ComputeShares, Ad
         if graph is not None:
             return graph.predict(s.workflow, hint.tool if hint else None, 0.0).expected_s
         return self.default_pause_s
-
-    # -- block-level check ----------------------------------------------------------------
-    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
-        available = self.manager.pool.num_available
-        self._pool_need = lookup.blocks_to_admit(end)
-        if self._pool_need > available:
-            self._held_back("pool")
-            return False
-        if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):
-            return False
-        if self.running and self.reserve_decode_tokens:
-            # The whole prompt and some decode headroom, for it and for every running step:
-            # admitting what the pool cannot carry to completion only defers a preemption.
-            # With nothing running the first chunk suffices (progress is guaranteed).
-            full = lookup.blocks_to_admit(self._reserve_target(req, req.num_tokens))
-            if full + self._running_reserve() > available:
-                self._held_back("reserve")
-                return False
-        return True
-
-    def _reserve_target(self, req: Any, context: int) -> int:
-        """Tokens a step holds after `reserve_decode_tokens` more decode tokens (never past
-        its output limit)."""
-        last = req.max_num_tokens - 1  # the last output is not fed back
-        return max(context, min(context + self.reserve_decode_tokens, last))
-
-    def _running_reserve(self) -> int:
-        """Blocks the running steps will take soon: the rest of each prompt and its next
-        `reserve_decode_tokens` decode tokens."""
-        bs = self.manager.block_size
-        sessions = self.manager.sessions
-        total = 0
-        for r in self.running:
-            held = len(sessions[r.session_id].block_ids)
-            total += max(0, -(-self._reserve_target(r, r.num_tokens) // bs) - held)
-        return total

@@ -1,0 +1,263 @@
+"""kvsaga-serve's scheduler on the live agent replay's workload, on a simulated clock.
+
+    python bench/serve_scheduler_replay.py --seeds 0,1,2,3,4 --token-scale 0.05 \\
+        --time-scale 0.25 --kv-fraction 0.25 --step-s 0.025 --token-s 0.00065 [--trace]
+
+`bench/agent_replay.py --engine vllm` replays agent sessions against live servers, and
+`bench/vllm_scheduler_replay.py` replays the same sessions through vLLM's own scheduler (with
+and without the kvsaga connector) on a simulated clock. This script is the third arm of that
+comparison without the CPU's noise: the same sessions (`agent_replay.sample_steps`: the same
+generator, token scale, shortened pauses and hints; the same chat-template token counts and
+KV budget as `vllm_scheduler_replay.session_prompts` / `kv_blocks`, whose budget counts vLLM's
+null block, so kvsaga gets one block more, as live) through kvsaga's own scheduler and
+manager (`kvsaga.sim.Simulator`, the objects `LLMEngine` drives: the workflow scheduler and
+the eviction policy), timed by the same cost: a batch step takes `--step-s` + `--token-s`
+per scheduled token, prefill and decode alike. Each step's hint carries the tool's median
+pause (`expected_s`), as agent_replay's client sends it.
+
+Reported per seed: prefill tokens computed (prompt tokens not cached at a step's start, and
+recomputation after a preemption), mean and p95 task completion time, demotions and
+preemptions. `--trace` prints each demotion (why: the shrink at a step's finish, a pause
+deadline, a tenant's share), how long the demoted session's pause had lasted, when its next
+step arrived and was admitted again, and what was still cached then. `--params` passes the
+workflow scheduler's parameters (JSON), so that a candidate is compared with the default on
+the same seeds.
+
+Never run it on the connector's fresh seeds (HELPERS.md); its figures are a simulation, to
+read beside vllm_scheduler_replay's on the same seeds and costs, not a live measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))
+
+from vllm_replay_report import kv_blocks, session_prompts  # noqa: E402
+
+from kvsaga.sim.config import SimConfig  # noqa: E402
+from kvsaga.sim.cost import PRESETS, StepCostModel  # noqa: E402
+from kvsaga.sim.simulator import Simulator  # noqa: E402
+from kvsaga.sim.trace import Session, SharedPrefix, Step  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LinearCost(StepCostModel):
+    """A batch step takes `step_s` + `token_s` per scheduled token (prefill and decode
+    alike), as bench/vllm_scheduler_replay.py times vLLM's; the rest of the preset (block
+    shape, the policies' pricing) is the base preset's."""
+
+    step_s: float = 0.025
+    token_s: float = 0.00065
+
+    def _step_time(self, prefill_tokens, prefill_attention_pairs, prefill_context_tokens,
+                   decode_batch, decode_context_tokens, transfer_bytes=0):
+        tokens = prefill_tokens + decode_batch
+        return self.step_s + self.token_s * tokens if tokens else 0.0
+
+    def decode_step_times(self, batch, contexts):
+        return contexts * 0.0 + (self.step_s + self.token_s * batch)
+
+
+def replay_sessions(args: argparse.Namespace, seed: int) -> tuple[list[Session], dict, int]:
+    """The seed's sessions as a simulator trace, each step's `expected_s` hint by (session,
+    step), and the KV budget in blocks (kvsaga's: vLLM's count, null block included)."""
+    system, steps = session_prompts(args, seed)
+    blocks = kv_blocks(args, system, steps)
+    prefix = SharedPrefix(f"{args.workload}-system", len(system))
+    sessions, hints = [], {}
+    for i, sess in enumerate(steps):
+        sid = f"s{i}"
+        out = []
+        for k, st in enumerate(sess):
+            # the message as the chat template frames it; after a reply, its end of turn
+            n_in = st.input_tokens + args.template_tokens + (args.template_end_tokens if k else 0)
+            out.append(Step(input_tokens=n_in, output_tokens=st.output_tokens,
+                            tool=st.tool, tool_s=st.tool_s))
+            hints[sid, k] = st.expected_s
+        sessions.append(Session(sid, args.workload, i * args.arrival_gap, prefix, out))
+    return sessions, hints, blocks
+
+
+class TracedReplay(Simulator):
+    """The simulator with the replay's hints (each step's `expected_s`) and a trace of the
+    workflow scheduler's demotions and each step's admission."""
+
+    def __init__(self, sessions, config, hints: dict) -> None:
+        super().__init__(sessions, config)
+        self.hints = hints
+        self.steps_done: dict[str, int] = {}
+        self.events: list[dict[str, Any]] = []
+        self.prefill_tokens = 0
+        self.finished_at: dict[str, float] = {}  # session -> its last step's finish
+        self.arrived: dict[tuple[str, int], float] = {}
+        m = self.manager
+        inner_finish = m.finish_step
+
+        def finish_step(sid, *, now, tool=None, expected_s=None):
+            k = self.steps_done.get(sid, 0)
+            self.steps_done[sid] = k + 1
+            self.finished_at[sid] = now
+            return inner_finish(sid, now=now, tool=tool, expected_s=self.hints.get((sid, k)))
+        m.finish_step = finish_step
+        sched = self.scheduler
+        self._why = "?"
+        for name in ("_shrink", "_demote", "_reclaim_share", "_reclaim_due"):
+            if hasattr(sched, name):
+                setattr(sched, name, self._tagged(name, getattr(sched, name)))
+        if hasattr(sched, "_demote_session"):
+            inner_demote = sched._demote_session
+
+            def demote(sid, now):
+                self.events.append({"t": now, "what": "demoted", "sid": sid, "why": self._why,
+                                    "paused_s": now - self.finished_at.get(sid, now),
+                                    "cached_blocks": self._cached(sid)})
+                return inner_demote(sid, now)
+            sched._demote_session = demote
+
+    def _tagged(self, name, fn):
+        def run(*a, **kw):
+            before, self._why = self._why, name
+            try:
+                return fn(*a, **kw)
+            finally:
+                self._why = before
+        return run
+
+    def _cached(self, sid: str) -> int:
+        s = self.manager.sessions.get(sid)
+        if s is None:
+            return 0
+        get = self.manager.index.get
+        return sum(1 for h in s.block_hashes if get(h) is not None)
+
+    def _release_due_events(self) -> None:
+        for t, _, session, k in sorted(e for e in self._events if e[0] <= self.now):
+            self.arrived[session.id, k] = t
+            if session.id in getattr(self.scheduler, "_deferred", {}):
+                self.events.append({"t": self.now, "what": "returned", "sid": session.id,
+                                    "k": k, "cached_blocks": self._cached(session.id)})
+        super()._release_due_events()
+
+    def begin(self, req, now):
+        start = super().begin(req, now)
+        self.prefill_tokens += req.num_tokens - start.num_cached_tokens
+        self.events.append({"t": now, "what": "begin", "sid": req.session.id, "k": req.k,
+                            "wait_s": now - req.arrival, "prompt": req.num_tokens,
+                            "cached": start.num_cached_tokens})
+        return start
+
+
+def run_seed(args: argparse.Namespace, seed: int, params: dict) -> dict[str, Any]:
+    sessions, hints, blocks = replay_sessions(args, seed)
+    base = PRESETS[args.preset]
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    cost = LinearCost(**{**fields, "block_size": args.block_size},
+                      step_s=args.step_s, token_s=args.token_s)
+    cfg = SimConfig(preset=cost, num_gpu_blocks=blocks, policy=args.policy,
+                    max_num_batched_tokens=args.max_num_batched_tokens,
+                    max_num_seqs=args.max_num_seqs, scheduler=args.scheduler,
+                    scheduler_params=params or None)
+    sim = TracedReplay(sessions, cfg, hints)
+    res = sim.run()
+    sched = sim.scheduler
+    out = {"seed": seed, "blocks": blocks, "prefill_tokens": sim.prefill_tokens,
+           "tct_mean_s": res.tct_mean_s, "tct_p95_s": res.tct_p95_s,
+           "demotions": getattr(sched, "num_demotions", 0),
+           "preemptions": res.num_preemptions, "makespan_s": res.makespan_s,
+           "events": sim.events}
+    return out
+
+
+def print_trace(r: dict[str, Any]) -> None:
+    for e in r["events"]:
+        if e["what"] == "begin":
+            print(f"  {e['t']:7.2f} begin    {e['sid']} step {e['k']}: waited {e['wait_s']:.2f} s, "
+                  f"{e['cached']}/{e['prompt']} tokens cached")
+        elif e["what"] == "demoted":
+            print(f"  {e['t']:7.2f} DEMOTED  {e['sid']} by {e['why']}: paused {e['paused_s']:.3f} s, "
+                  f"{e['cached_blocks']} blocks cached")
+        else:
+            print(f"  {e['t']:7.2f} returned {e['sid']} step {e['k']} while demoted, "
+                  f"{e['cached_blocks']} blocks cached")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--workload", default="swe")
+    a("--sessions", type=int, default=6)
+    a("--steps", type=int, default=8)
+    a("--seeds", default="0", help="comma-separated generator seeds")
+    a("--token-scale", type=float, default=0.05)
+    a("--time-scale", type=float, default=0.25)
+    a("--max-tool-s", type=float, default=10.0)
+    a("--arrival-gap", type=float, default=1.0)
+    a("--hint", choices=("median", "exact", "none"), default="median")
+    a("--kv-fraction", type=float, default=0.25)
+    a("--kv-blocks", type=int, default=None,
+      help="usable KV blocks of vLLM (kvsaga gets one more, as live)")
+    a("--block-size", type=int, default=32)
+    a("--max-num-seqs", type=int, default=16)
+    a("--max-num-batched-tokens", type=int, default=1024,
+      help="kvsaga-serve's default token budget of a batch step")
+    a("--template-tokens", type=int, default=8)
+    a("--template-end-tokens", type=int, default=2)
+    a("--reply-tokens", type=int, default=None)
+    a("--step-s", type=float, default=0.025, help="simulated seconds per step")
+    a("--token-s", type=float, default=0.00065, help="simulated seconds per scheduled token")
+    a("--preset", default="a100-llama3-8b",
+      help="the cost preset whose block shape and pricing the policies read (its step "
+           "times are replaced by --step-s / --token-s)")
+    a("--policy", default="ttl")
+    a("--scheduler", default="workflow")
+    a("--params", default="{}", help="the scheduler's parameters, JSON")
+    a("--trace", action="store_true", help="print every step's start and every demotion")
+    a("--json", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.reply_tokens is not None:
+        raise SystemExit("--reply-tokens is not supported here (replies run to the trace's "
+                         "length, as --ignore-eos)")
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--params is not JSON: {e}") from None
+    if not isinstance(params, dict):
+        raise SystemExit(f"--params must be a JSON object, got {args.params!r}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    rows = []
+    for seed in seeds:
+        r = run_seed(args, seed, params)
+        rows.append(r)
+        if args.trace:
+            print(f"seed {seed} ({r['blocks']} blocks):")
+            print_trace(r)
+        print(f"seed {seed}: {r['blocks']} blocks, prefill {r['prefill_tokens']:,} tokens, "
+              f"TCT mean {r['tct_mean_s']:.2f} s, p95 {r['tct_p95_s']:.2f} s, demotions "
+              f"{r['demotions']}, preemptions {r['preemptions']}, makespan "
+              f"{r['makespan_s']:.1f} s")
+    if len(rows) > 1:
+        print(f"mean TCT geomean {math.exp(statistics.mean(math.log(r['tct_mean_s']) for r in rows)):.3f} s, "
+              f"prefill tokens {sum(r['prefill_tokens'] for r in rows):,}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The block-level check of the `workflow` scheduler: whether the pool can take a waiting
+step now (its first chunk, and with steps running its whole prompt and some decode headroom
+beside theirs), after the session-level gate (`kvsaga.scheduler.working_set_gate`) for a
+session not admitted yet.
+
+A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), split from it by concept: it
+reads the pool, the running steps and `reserve_decode_tokens`, and records why a step was
+held back (`kvsaga.scheduler.wait_causes`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvsaga.manager import StepLookup
+
+
+class BlockRoom:
+    """The pool's room for a waiting step (see the module docstring)."""
+
+    def _fits(self, req: Any, lookup: StepLookup, end: int, now: float) -> bool:
+        available = self.manager.pool.num_available
+        self._pool_need = lookup.blocks_to_admit(end)
+        if self._pool_need > available:
+            self._held_back("pool")
+            return False
+        if req.session_id not in self.sessions and not self._session_fits(req, lookup, now):
+            return False
+        if self.running and self.reserve_decode_tokens:
+            # The whole prompt and some decode headroom, for it and for every running step:
+            # admitting what the pool cannot carry to completion only defers a preemption.
+            # With nothing running the first chunk suffices (progress is guaranteed).
+            full = lookup.blocks_to_admit(self._reserve_target(req, req.num_tokens))
+            if full + self._running_reserve() > available:
+                self._held_back("reserve")
+                return False
+        return True
+
+    def _reserve_target(self, req: Any, context: int) -> int:
+        """Tokens a step holds after `reserve_decode_tokens` more decode tokens (never past
+        its output limit)."""
+        last = req.max_num_tokens - 1  # the last output is not fed back
+        return max(context, min(context + self.reserve_decode_tokens, last))
+
+    def _running_reserve(self) -> int:
+        """Blocks the running steps will take soon: the rest of each prompt and its next
+        `reserve_decode_tokens` decode tokens."""
+        bs = self.manager.block_size
+        sessions = self.manager.sessions
+        total = 0
+        for r in self.running:
+            held = len(sessions[r.session_id].block_ids)
+            total += max(0, -(-self._reserve_target(r, r.num_tokens) // bs) - held)
+        return total

@@ -1,0 +1,115 @@
+"""A demoted session back while its context is still cached (`undo_demotion`,
+kvsaga/scheduler/demotion.py `_undo_demotion`): admitted again at once, as it was, only when
+every full block of its context is still on the GPU; off by default; its parameter's check;
+and the scheduler state machine (tests/test_manager_stateful.py) run with it under every
+policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.scheduler import WorkflowScheduler
+from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.helpers import BS, manager, toks, wf
+from tests.test_manager_stateful import POLICIES, _scheduler_machine_for
+
+
+class _Deferrals:
+    """Wraps a policy's `session_deferred` to record its calls."""
+
+    def __init__(self, policy) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        inner = policy.session_deferred
+
+        def record(s, deferred, now):
+            self.calls.append((s.session_id, deferred))
+            return inner(s, deferred, now)
+        policy.session_deferred = record
+
+
+def _demoted(undo: bool, evict: bool = False):
+    """Session "big" (40 tokens) admitted, run one step and paused, then demoted; `evict`:
+    another session then takes the whole pool (big's blocks are evicted). Then big's next
+    step (45 tokens, extending its context) arrives."""
+    m = manager(32)
+    s = wf(m, undo_demotion=undo)
+    seen = _Deferrals(m.policy)
+    ex = ToyExecutor(m)
+    big1 = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
+    s.add(big1, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    steps = s.sessions["big"].steps
+    assert steps == 1 and not s.num_waiting
+    s._demote_session("big", 1.0)
+    assert "big" in s._deferred and "big" not in s.sessions
+    if evict:
+        m.begin_step("filler", toks(5000, 32 * BS), now=1.5)
+        m.allocate_slots("filler", 32 * BS, now=1.5)
+        m.end_session("filler", now=1.5)
+    big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
+                      resumed=True, arrival=2.0, workflow="w")
+    s.add(big2, 2.0)
+    return m, s, ex, big2, seen
+
+
+def test_a_demoted_session_back_with_its_context_cached_is_admitted_again_at_once():
+    m, s, ex, big2, seen = _demoted(True)
+    info = s.sessions["big"]
+    assert "big" not in s._deferred and not s._undoable
+    assert info.steps == 1 and info.active  # its record kept, not a new session's
+    assert list(s._resumed) == [big2] and not s._pending
+    assert s.num_undone_demotions == 1 and s.num_demotions == 1
+    assert seen.calls == [("big", True), ("big", False)]  # the policy told both ways
+    assert s._committed == info.blocks > 0 and s._tenant_blocks[None] == info.blocks
+    out = s.schedule(2.0, ex)
+    assert out.admitted == [big2]
+    m.check_integrity()
+
+
+def test_off_by_default_the_step_waits_to_be_admitted_again():
+    m, s, ex, big2, seen = _demoted(False)
+    assert "big" not in s.sessions and "big" in s._deferred and not s._undoable
+    assert [r.session_id for r in s.waiting] == ["big"] and not s._resumed
+    assert s.num_undone_demotions == 0 and seen.calls == [("big", True)]
+    assert WorkflowScheduler.__init__.__kwdefaults__["undo_demotion"] is False
+    m.check_integrity()
+
+
+def test_a_demoted_session_whose_context_was_evicted_waits_as_before():
+    m, s, ex, big2, seen = _demoted(True, evict=True)
+    assert s.lookup(big2).gpu_hit_blocks < 10  # its 10 full blocks are not all there
+    assert "big" not in s.sessions and "big" in s._deferred
+    assert [r.session_id for r in s.waiting] == ["big"] and not s._resumed
+    assert s.num_undone_demotions == 0 and seen.calls == [("big", True)]
+    t = 2.0
+    while s.num_waiting or s.running:  # admitted again the usual way, and run
+        ex.run(s, s.schedule(t, ex), t)
+        t += 1.0
+    assert "big" not in s._deferred and not s._undoable
+    m.check_integrity()
+
+
+def test_a_forgotten_session_leaves_no_record_to_undo():
+    m = manager(32)
+    s = wf(m, undo_demotion=True)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("big", toks(100, 40), max_new=1, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s._demote_session("big", 1.0)
+    assert "big" in s._undoable
+    m.end_session("big", now=1.5)
+    s.forget_session("big", 1.5)
+    assert not s._undoable and not s._deferred
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_undo_demotion_must_be_a_bool(bad):
+    with pytest.raises(ValueError, match=f"undo_demotion must be True or False, got {bad!r}"):
+        wf(manager(16), undo_demotion=bad)
+
+
+# The scheduler state machine (admission, preemption, chunked prefill: every invariant of the
+# manager and the queues) with the undo on, under every policy.
+for _name in POLICIES:
+    globals()[f"TestSchedulerStateful_undo_demotion_{_name.replace('-', '_')}"] = (
+        _scheduler_machine_for("workflow", _name, {"undo_demotion": True}))
