@@ -77,7 +77,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,8 @@ from replay.workload import build_sessions, sample_steps, working_set  # noqa: E
 __all__ = [  # what tests and the other bench scripts reach through this module
     "REPLICAS_TITLE", "RESULTS", "SERVED_NAME", "VLLM_SECTION", "Arm", "arms", "build_parser",
     "comparisons", "machine", "main", "results_title", "run_order", "sample_steps",
-    "scheduler_arms", "select_arms", "vllm_model_dir", "write_section"]
+    "scheduler_arms", "select_arms", "vllm_model_dir", "with_scheduler_params",
+    "write_section"]
 
 POLICIES = ("lru", "ttl", "graph")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results rewrites
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "POLICY+gate (gate forced on), POLICY+noroom (the gate without "
                         "room admission), POLICY+fifo (the gate in vLLM's queue order), "
                         "POLICY+ride (deferred steps ride along, best_effort_steps 10)")
+    p.add_argument("--kvsaga-scheduler-params", default=None, metavar="JSON",
+                   help="kvsaga-serve's --scheduler-params for every kvsaga-serve arm (a JSON "
+                        "object of the scheduler's parameters, e.g. '{\"undo_demotion\": "
+                        "true}'; default: the scheduler's defaults)")
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM (default graph, which RESULTS' "
                         "recorded default replay used; not kvsaga-serve's own default, "
@@ -232,6 +237,25 @@ def select_arms(systems: list[Arm], only: str | None, write_results: bool) -> li
     return [a for a in systems if a.name in want]
 
 
+def with_scheduler_params(systems: list[Arm], text: str | None) -> list[Arm]:
+    """`--kvsaga-scheduler-params`: every kvsaga-serve arm started with `--scheduler-params
+    TEXT` (vLLM arms unchanged; None: all unchanged).
+
+    Raises:
+        SystemExit: TEXT is not a JSON object.
+    """
+    if text is None:
+        return systems
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        ok = False
+    if not ok:
+        raise SystemExit(f"--kvsaga-scheduler-params must be a JSON object, got {text!r}")
+    return [replace(a, serve_args=(*a.serve_args, "--scheduler-params", text))
+            if a.engine == "kvsaga" else a for a in systems]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
@@ -246,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: --block-size {args.block_size} -> 32 (vLLM's CPU attention)",
                   file=sys.stderr)
             args.block_size = 32
-    systems = select_arms(arms(args), args.only_arms, args.write_results)
+    systems = with_scheduler_params(select_arms(arms(args), args.only_arms,
+                                                args.write_results),
+                                    args.kvsaga_scheduler_params)
     host = machine()  # before the run: the load average says how shared the machine was
     tok, cfg = _load_tokenizer(args.model)
     sessions = build_sessions(args, tok)

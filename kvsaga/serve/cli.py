@@ -7,6 +7,7 @@ kvsaga-serve --model ./my-llama --port 9000 --policy lru --kv-memory 2G --api-ke
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,16 @@ def _bytes(text: str) -> int:
         return parse_bytes(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--scheduler", default=d.scheduler, choices=sorted(SCHEDULERS),
       help="which requests run when: workflow (whole agent sessions admitted while their "
       "working sets fit) or fcfs (vLLM's request-level rule)")
+    a("--scheduler-params", type=_json_object, default=None, metavar="JSON",
+      help="the scheduler's own parameters as a JSON object, e.g. "
+      "'{\"undo_demotion\": true}' (default: its defaults)")
     a("--kv-memory", type=_bytes, default=None,
       help="KV cache budget, e.g. 2G or 512M (default: 512M on CPU, 90%% of free GPU memory)")
     a("--host-memory", type=_bytes, default=None,
@@ -112,6 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         port=args.port,
         policy=args.policy,
         scheduler=args.scheduler,
+        scheduler_params=args.scheduler_params,
         kv_memory_bytes=args.kv_memory,
         host_memory_bytes=args.host_memory,
         block_size=args.block_size,
@@ -145,6 +160,7 @@ def engine_factory(s: ServerSettings):
             block_size=s.block_size,
             policy=s.policy,
             scheduler=s.scheduler,
+            scheduler_params=dict(s.scheduler_params or {}),
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens,
             max_model_len=s.max_model_len,

@@ -6,10 +6,12 @@ tests build it directly. The engine's own knobs are passed through to `LLMEngine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from kvsaga.policy import DEFAULT_POLICY
-from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS, scheduler_params
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class ServerSettings:
     scheduler: str = DEFAULT_SCHEDULER
     """Which requests run when (one of kvsaga.scheduler.SCHEDULERS): "workflow" admits whole
     agent sessions while their working sets fit, "fcfs" is vLLM's request-level rule."""
+    scheduler_params: Mapping[str, Any] | None = field(default=None, hash=False)
+    """The scheduler's own parameters (`kvsaga.scheduler.scheduler_params(scheduler)`), e.g.
+    {"undo_demotion": true}; None: its defaults."""
     kv_memory_bytes: int | None = None
     """KV cache budget on the device (default: 512M on CPU, 90% of free memory on CUDA)."""
     host_memory_bytes: int | None = None
@@ -83,6 +88,8 @@ class ServerSettings:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of "
                              f"{sorted(SCHEDULERS)}")
+        if self.scheduler_params is not None:
+            check_scheduler_params(self.scheduler, self.scheduler_params)
         assert self.log_stats_interval_s >= 0, (
             f"log_stats_interval_s {self.log_stats_interval_s} must be >= 0"
         )
@@ -91,3 +98,25 @@ class ServerSettings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+
+
+def check_scheduler_params(name: str, params: object) -> None:
+    """Raise ValueError naming what is wrong with `params` for the scheduler `name`: not a
+    mapping, a parameter it does not have (listing its own), or a bad value (the scheduler
+    built on a two-block manager checks each, as `LLMEngine` would after the model loaded).
+    `max_num_seqs` / `max_num_batched_tokens` have their own flags."""
+    from kvsaga import KVCacheManager, KVSpec
+    from kvsaga.scheduler import make_scheduler
+
+    if not isinstance(params, Mapping):
+        raise ValueError(f"scheduler parameters must be a JSON object, got {params!r}")
+    limits = sorted({"max_num_seqs", "max_num_batched_tokens"} & set(params))
+    if limits:
+        raise ValueError(f"scheduler parameter {limits[0]!r} has its own flag "
+                         f"(--{limits[0].replace('_', '-')})")
+    known = scheduler_params(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; its "
+                         f"parameters: {', '.join(known)}")
+    make_scheduler(name, KVCacheManager(KVSpec(1, 1, 4, block_size=1), 2), **params)

@@ -242,6 +242,23 @@ def test_only_arms_runs_the_named_arms_of_the_mode() -> None:
         m.select_arms(systems, "vllm", True)
 
 
+def test_kvsaga_scheduler_params_reach_every_kvsaga_serve_arm_only() -> None:
+    """`--kvsaga-scheduler-params JSON` starts each kvsaga-serve arm with
+    `--scheduler-params JSON` (its other flags kept), no vLLM arm; not a JSON object: a
+    clear error before any server starts."""
+    m = _load_script()
+    args = m.build_parser().parse_args(["--engine", "vllm", "--kvsaga-policies", "ttl",
+                                        "--kvsaga-scheduler-params", '{"shrink_after": 1}'])
+    systems = m.with_scheduler_params(m.arms(args), args.kvsaga_scheduler_params)
+    assert [(a.name, a.serve_args) for a in systems] == [
+        ("vllm", ()), ("vllm+ttl", ()),
+        ("kvsaga-serve:ttl", ("--scheduler-params", '{"shrink_after": 1}'))]
+    assert m.with_scheduler_params(systems, None) == systems
+    for bad in ("[1]", "{shrink"):
+        with pytest.raises(SystemExit, match="--kvsaga-scheduler-params must be a JSON object"):
+            m.with_scheduler_params(systems, bad)
+
+
 def test_host_line_names_the_vector_isa_and_the_boot() -> None:
     """RESULTS' host line says which vector ISA the CPU has and when the machine booted:
     "AMD EPYC" alone named an AVX-512 host and an AVX2 one, whose times differ ~5x."""

@@ -56,3 +56,42 @@ def test_the_server_runs_the_named_scheduler(tiny_dir: Path, name: str):
         assert out.choices[0].finish_reason in ("length", "stop")
         assert srv.call(lambda e: e.scheduler.name) == name
         srv.wait_idle()
+
+
+def test_scheduler_params_reach_the_engines_scheduler(tiny_dir: Path):
+    args = build_parser().parse_args(["--scheduler-params",
+                                      '{"undo_demotion": true, "shrink_after": 1.0}'])
+    settings = settings_from_args(args)
+    assert settings.scheduler_params == {"undo_demotion": True, "shrink_after": 1.0}
+    assert settings_from_args(build_parser().parse_args([])).scheduler_params is None
+    built = ServerSettings(model=str(tiny_dir), device="cpu", kv_memory_bytes=2**20,
+                           scheduler_params=settings.scheduler_params)
+    core = engine_factory(built)().scheduler.core
+    assert core.undo_demotion is True and core.shrink_after == 1.0
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("[1]", "must be a JSON object"),
+    ("{undo", "not JSON"),
+    ('{"undo": true}', "scheduler 'workflow' has no parameter 'undo'; its parameters:"),
+    ('{"undo_demotion": "yes"}', "undo_demotion must be True or False, got 'yes'"),
+    ('{"max_num_seqs": 4}', "'max_num_seqs' has its own flag (--max-num-seqs)")])
+def test_bad_scheduler_params_are_rejected_before_the_model_loads(capsys, monkeypatch, flag,
+                                                                  message):
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load for bad scheduler parameters")
+
+    monkeypatch.setattr("kvsaga.engine.engine.load_model", no_load)
+    try:  # argparse exits on a flag it cannot parse; main returns 2 for bad settings
+        code = main(["--scheduler-params", flag, "--model", "/nonexistent/model"])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_scheduler_params_are_checked_for_the_named_scheduler():
+    with pytest.raises(ValueError, match="scheduler 'fcfs' has no parameter 'undo_demotion'"):
+        ServerSettings(scheduler="fcfs", scheduler_params={"undo_demotion": True})
+    with pytest.raises(ValueError, match="scheduler parameters must be a JSON object"):
+        ServerSettings(scheduler_params=[("undo_demotion", True)])
