@@ -121,7 +121,8 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"growth_charge": "remaining", "paused_reserve": True}),
     ("workflow", {"paused_reserve": "short"}),
     ("workflow", {"shrink_order": "least_work"}),
-    ("workflow", {"readmit_cost": "uncached"})])
+    ("workflow", {"readmit_cost": "uncached"}),
+    ("workflow", {"undo_demotion": True, "shrink_after": 1.0})])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
