@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 from kvsaga.scheduler.working_set import shrink
 
+# `WorkflowScheduler(undo_demotion=...)`'s value besides True and False (`_undo_demotion`).
+UNDO_UNUSED = "unused"
 # A waiting session's blocks to find room for, given the admitted sessions about to be
 # demoted (`WorkingSetGate._session_fits`'s `need`).
 Need = Callable[[Sequence[str]], int]
@@ -138,7 +140,7 @@ class Demotions:
         self._times_demoted[sid] = self._times_demoted.get(sid, 0) + 1
         self._set_deferred(sid, True, now)
         if self.undo_demotion and info is not None and sid in self._deferred:
-            self._undoable[sid] = info
+            self._undoable[sid] = info, self.num_session_admissions
 
     def _set_deferred(self, sid: str, deferred: bool, now: float) -> None:
         s = self.manager.sessions.get(sid)
@@ -164,7 +166,10 @@ class Demotions:
         its blocks are needed again, and the step joins the admitted sessions' resumed
         steps; returns its record (None: the step waits to be admitted again, as before).
         With two or more tenants present, only while its tenant stays within its share of
-        the tiers with it (Agent Fair Share's memory half).
+        the tiers with it (Agent Fair Share's memory half). Under "unused", only while the
+        room its demotion made is unused: no session was admitted (or admitted again) since
+        (then undoing it restores the admitted sets as they were; once another session took
+        the room, the demotion had its effect and stands).
 
         Why (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"): the shrink
         demotes, at a step's finish, the paused session predicted back last, on the
@@ -177,10 +182,13 @@ class Demotions:
         demotion); undoing the demotion costs no block that keeping it admitted would not
         have cost."""
         sid = req.session_id
-        info = self._undoable.get(sid)
+        kept = self._undoable.get(sid)
         s = self.manager.sessions.get(sid)
-        if info is None or s is None or not req.resumed:
+        if kept is None or s is None or not req.resumed:
             return None
+        info, admissions = kept
+        if self.undo_demotion == UNDO_UNUSED and admissions != self.num_session_admissions:
+            return None  # another session took the room: the demotion stands
         if self.lookup(req).gpu_hit_blocks < s.num_computed // self.manager.block_size:
             return None  # some of its context was evicted: it is admitted again as demoted
         shares = self._shares(self.overcommit * self.capacity)

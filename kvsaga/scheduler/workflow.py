@@ -20,7 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.block_room import BlockRoom
-from kvsaga.scheduler.demotion import Demotions
+from kvsaga.scheduler.demotion import UNDO_UNUSED, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
@@ -170,7 +170,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         undo_demotion: a demoted session whose next step arrives while every full block
             of its context is still cached on the GPU is admitted again at once, as it was
             (False, the default: it waits to be admitted again; `Demotions._undo_demotion`
-            says why). Opt-in: RESULTS "Scheduling" has its fit round.
+            says why); "unused": only while no session was admitted since its demotion.
+            Opt-in: RESULTS "Scheduling" has its fit round.
         shrink_after: the shrink demotes a paused session only once it has been away
             this many times its expected pause (0, the default: at once, at the finish
             that paused it; `Demotions._away_long` says why).
@@ -218,7 +219,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         growth_charge: str = "step",
         growth_reserve: float = 0.0,
         paused_reserve: bool | str = False,
-        undo_demotion: bool = False,
+        undo_demotion: bool | str = False,
         shrink_after: float = 0.0,
         **limits: Any,
     ) -> None:
@@ -253,7 +254,10 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
-        self.undo_demotion = check_bool("undo_demotion", undo_demotion)
+        if undo_demotion != UNDO_UNUSED and not isinstance(undo_demotion, bool):
+            raise ValueError(f"scheduler parameter undo_demotion must be True, False or "
+                             f"{UNDO_UNUSED!r}, got {undo_demotion!r}")
+        self.undo_demotion = undo_demotion
         self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
         if readmit_charge not in READMIT_CHARGES:
             raise ValueError(f"scheduler parameter readmit_charge must be one of "
@@ -296,7 +300,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         # later were queued ahead of theirs (`_insert_demoted`).
         self._deferred: dict[str, int] = {}
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
-        self._undoable: dict[str, _Admitted] = {}  # demoted, records kept (`undo_demotion`)
+        # Demoted sessions' records, with the admissions counted then (`undo_demotion`).
+        self._undoable: dict[str, tuple[_Admitted, int]] = {}
         self.num_undone_demotions = 0
         self._init_wait_causes()
 

@@ -89,6 +89,30 @@ def test_a_demoted_session_whose_context_was_evicted_waits_as_before():
     m.check_integrity()
 
 
+@pytest.mark.parametrize("undo,undone", [(True, True), ("unused", False)])
+def test_unused_undoes_only_while_nobody_took_the_room(undo, undone):
+    """A new 8-token session is admitted after big's demotion (its blocks all still cached
+    when big's next step arrives): True undoes the demotion all the same, "unused" lets it
+    stand (another session took the room it made)."""
+    m = manager(32)
+    s = wf(m, undo_demotion=undo)
+    ex = ToyExecutor(m)
+    big1 = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
+    s.add(big1, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s._demote_session("big", 1.0)
+    s.add(ToyRequest("new", toks(3000, 8), max_new=1, last=False, arrival=1.0), 1.0)
+    ex.run(s, s.schedule(1.0, ex), 1.0)
+    assert "new" in s.sessions
+    big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
+                      resumed=True, arrival=2.0, workflow="w")
+    assert s.lookup(big2).gpu_hit_blocks == 10
+    s.add(big2, 2.0)
+    assert ("big" in s.sessions) is undone and ("big" in s._deferred) is not undone
+    assert s.num_undone_demotions == int(undone)
+    m.check_integrity()
+
+
 def test_a_forgotten_session_leaves_no_record_to_undo():
     m = manager(32)
     s = wf(m, undo_demotion=True)
@@ -103,13 +127,15 @@ def test_a_forgotten_session_leaves_no_record_to_undo():
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
-def test_undo_demotion_must_be_a_bool(bad):
-    with pytest.raises(ValueError, match=f"undo_demotion must be True or False, got {bad!r}"):
+def test_undo_demotion_names_its_values(bad):
+    with pytest.raises(ValueError, match=f"undo_demotion must be True, False or 'unused', "
+                                         f"got {bad!r}"):
         wf(manager(16), undo_demotion=bad)
 
 
 # The scheduler state machine (admission, preemption, chunked prefill: every invariant of the
-# manager and the queues) with the undo on, under every policy.
+# manager and the queues) with the undo on, both ways, under every policy.
 for _name in POLICIES:
-    globals()[f"TestSchedulerStateful_undo_demotion_{_name.replace('-', '_')}"] = (
-        _scheduler_machine_for("workflow", _name, {"undo_demotion": True}))
+    for _undo in (True, "unused"):
+        globals()[f"TestSchedulerStateful_undo_demotion_{_undo}_{_name.replace('-', '_')}"] = (
+            _scheduler_machine_for("workflow", _name, {"undo_demotion": _undo}))
