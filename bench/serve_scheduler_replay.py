@@ -174,6 +174,7 @@ def run_seed(args: argparse.Namespace, seed: int, params: dict) -> dict[str, Any
     out = {"seed": seed, "blocks": blocks, "prefill_tokens": sim.prefill_tokens,
            "tct_mean_s": res.tct_mean_s, "tct_p95_s": res.tct_p95_s,
            "demotions": getattr(sched, "num_demotions", 0),
+           "undone": getattr(sched, "num_undone_demotions", 0),
            "preemptions": res.num_preemptions, "makespan_s": res.makespan_s,
            "events": sim.events}
     return out
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             print_trace(r)
         print(f"seed {seed}: {r['blocks']} blocks, prefill {r['prefill_tokens']:,} tokens, "
               f"TCT mean {r['tct_mean_s']:.2f} s, p95 {r['tct_p95_s']:.2f} s, demotions "
-              f"{r['demotions']}, preemptions {r['preemptions']}, makespan "
+              f"{r['demotions']} ({r['undone']} undone), preemptions {r['preemptions']}, makespan "
               f"{r['makespan_s']:.1f} s")
     if len(rows) > 1:
         print(f"mean TCT geomean {math.exp(statistics.mean(math.log(r['tct_mean_s']) for r in rows)):.3f} s, "
