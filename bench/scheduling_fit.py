@@ -47,11 +47,16 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # replay (issue 13, seed 111) and its simulation (bench/serve_scheduler_replay.py, connector
 # fit seeds 0-4) the shrink demoted sessions as their steps finished, they were back within
 # a fraction of a second, and their next steps waited while their deferred blocks were
-# evicted first (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay").
+# evicted first (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"). The fit
+# chose `undo_demotion` True; the mixes' veto rejected it (and `shrink_after`, and the later
+# "unused"): the default stayed, all opt-in (docs/scheduling_fit_history.md).
+# Round 19 (committed before it ran): `undo_demotion` "unclaimed", an undo only while the
+# demotion's room is unused and no new session waits for it (a demotion that serves nobody).
+# Why: round 18's undo acted in the mixes' thrash runs alone on half the GPU, where new
+# sessions wait, and slowed them; the live replay's late demotions have no new session
+# waiting.
 FIT_GRID = [
-    {"shrink_after": 1.0},
-    {"undo_demotion": True},
-    {"shrink_after": 1.0, "undo_demotion": True},
+    {"undo_demotion": "unclaimed"},
 ]
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A

@@ -158,12 +158,18 @@ class TracedReplay(Simulator):
         return start
 
 
-def run_seed(args: argparse.Namespace, seed: int, params: dict) -> dict[str, Any]:
-    sessions, hints, blocks = replay_sessions(args, seed)
+def linear_cost(args: argparse.Namespace) -> LinearCost:
+    """`--preset` with `--block-size` and the linear step time of `--step-s` / `--token-s`."""
     base = PRESETS[args.preset]
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    cost = LinearCost(**{**fields, "block_size": args.block_size},
+    return LinearCost(**{**fields, "block_size": args.block_size},
                       step_s=args.step_s, token_s=args.token_s)
+
+
+def run_seed(args: argparse.Namespace, seed: int, params: dict) -> dict[str, Any]:
+    """One seed's replay: its figures and its trace (`events`)."""
+    sessions, hints, blocks = replay_sessions(args, seed)
+    cost = linear_cost(args)
     cfg = SimConfig(preset=cost, num_gpu_blocks=blocks, policy=args.policy,
                     max_num_batched_tokens=args.max_num_batched_tokens,
                     max_num_seqs=args.max_num_seqs, scheduler=args.scheduler,
@@ -186,8 +192,8 @@ def print_trace(r: dict[str, Any]) -> None:
             print(f"  {e['t']:7.2f} begin    {e['sid']} step {e['k']}: waited {e['wait_s']:.2f} s, "
                   f"{e['cached']}/{e['prompt']} tokens cached")
         elif e["what"] == "demoted":
-            print(f"  {e['t']:7.2f} DEMOTED  {e['sid']} by {e['why']}: paused {e['paused_s']:.3f} s, "
-                  f"{e['cached_blocks']} blocks cached")
+            print(f"  {e['t']:7.2f} DEMOTED  {e['sid']} by {e['why']}: paused "
+                  f"{e['paused_s']:.3f} s, {e['cached_blocks']} blocks cached")
         else:
             print(f"  {e['t']:7.2f} returned {e['sid']} step {e['k']} while demoted, "
                   f"{e['cached_blocks']} blocks cached")
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['demotions']} ({r['undone']} undone), preemptions {r['preemptions']}, makespan "
               f"{r['makespan_s']:.1f} s")
     if len(rows) > 1:
-        print(f"mean TCT geomean {math.exp(statistics.mean(math.log(r['tct_mean_s']) for r in rows)):.3f} s, "
+        geo = math.exp(statistics.mean(math.log(r["tct_mean_s"]) for r in rows))
+        print(f"mean TCT geomean {geo:.3f} s, "
               f"prefill tokens {sum(r['prefill_tokens'] for r in rows):,}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -37,7 +37,8 @@ requests run in. The working-set rule
 (growth estimate, demotion deadline, shrink order) is `kvsaga.scheduler.working_set`, which
 the vLLM session gate shares.
 
-Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow`, `fair_share`,
+Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow` (with its mixins
+`demotion`, `working_set_gate` and `block_room`), `fair_share`,
 `working_set`, `growth_calibration` (the gate's growth corrected by realized growth,
 `growth_quantile`), `admission_order`; everything public is importable from
 `kvsaga.scheduler`.

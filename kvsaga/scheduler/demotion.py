@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 
 from kvsaga.scheduler.working_set import shrink
 
-# `WorkflowScheduler(undo_demotion=...)`'s value besides True and False (`_undo_demotion`).
+# `WorkflowScheduler(undo_demotion=...)`'s values besides True and False (`_undo_demotion`).
 UNDO_UNUSED = "unused"
+UNDO_UNCLAIMED = "unclaimed"
+UNDO_DEMOTIONS = (True, False, UNDO_UNUSED, UNDO_UNCLAIMED)
 # A waiting session's blocks to find room for, given the admitted sessions about to be
 # demoted (`WorkingSetGate._session_fits`'s `need`).
 Need = Callable[[Sequence[str]], int]
@@ -169,7 +171,10 @@ class Demotions:
         the tiers with it (Agent Fair Share's memory half). Under "unused", only while the
         room its demotion made is unused: no session was admitted (or admitted again) since
         (then undoing it restores the admitted sets as they were; once another session took
-        the room, the demotion had its effect and stands).
+        the room, the demotion had its effect and stands). Under "unclaimed", only while that
+        holds and no new session waits for admission either (the room it made would serve
+        nobody now; a demoted session's step waiting does not stop it, being no claim the
+        returning session's cached context does not have as well).
 
         Why (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"): the shrink
         demotes, at a step's finish, the paused session predicted back last, on the
@@ -187,8 +192,12 @@ class Demotions:
         if kept is None or s is None or not req.resumed:
             return None
         info, admissions = kept
-        if self.undo_demotion == UNDO_UNUSED and admissions != self.num_session_admissions:
+        if self.undo_demotion in (UNDO_UNUSED, UNDO_UNCLAIMED) and (
+                admissions != self.num_session_admissions):
             return None  # another session took the room: the demotion stands
+        if self.undo_demotion == UNDO_UNCLAIMED and any(
+                not r.resumed for q in self._pending.values() for r in q):
+            return None  # a new session waits for the room
         if self.lookup(req).gpu_hit_blocks < s.num_computed // self.manager.block_size:
             return None  # some of its context was evicted: it is admitted again as demoted
         shares = self._shares(self.overcommit * self.capacity)

@@ -20,7 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.block_room import BlockRoom
-from kvsaga.scheduler.demotion import UNDO_UNUSED, Demotions
+from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
@@ -170,11 +170,14 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         undo_demotion: a demoted session whose next step arrives while every full block
             of its context is still cached on the GPU is admitted again at once, as it was
             (False, the default: it waits to be admitted again; `Demotions._undo_demotion`
-            says why); "unused": only while no session was admitted since its demotion.
-            Opt-in: RESULTS "Scheduling" has its fit round.
+            says why); "unused": only while no session was admitted since its demotion;
+            "unclaimed": only while that holds and no new session waits for admission.
+            Opt-in: `--fit` round 18 chose True, the mixes' veto rejected it and "unused"
+            (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay").
         shrink_after: the shrink demotes a paused session only once it has been away
             this many times its expected pause (0, the default: at once, at the finish
-            that paused it; `Demotions._away_long` says why).
+            that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
+            round 18 and the veto.
     """
 
     name = "workflow"
@@ -254,9 +257,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
         self.queue_shrink = check_bool("queue_shrink", queue_shrink)
-        if undo_demotion != UNDO_UNUSED and not isinstance(undo_demotion, bool):
-            raise ValueError(f"scheduler parameter undo_demotion must be True, False or "
-                             f"{UNDO_UNUSED!r}, got {undo_demotion!r}")
+        if not (isinstance(undo_demotion, bool) or undo_demotion in UNDO_DEMOTIONS[2:]):
+            raise ValueError(f"scheduler parameter undo_demotion must be one of "
+                             f"{', '.join(map(repr, UNDO_DEMOTIONS))}, got {undo_demotion!r}")
         self.undo_demotion = undo_demotion
         self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
         if readmit_charge not in READMIT_CHARGES:

@@ -27,16 +27,20 @@ class _Deferrals:
         policy.session_deferred = record
 
 
-def _demoted(undo: bool, evict: bool = False):
+def _demoted(undo, evict: bool = False, wide_waiting: bool = False):
     """Session "big" (40 tokens) admitted, run one step and paused, then demoted; `evict`:
-    another session then takes the whole pool (big's blocks are evicted). Then big's next
-    step (45 tokens, extending its context) arrives."""
+    another session then takes the whole pool (big's blocks are evicted); `wide_waiting`: a
+    second session ("keep", 40 tokens) is admitted and paused beside big, and after big's
+    demotion a new one ("wide", 100 tokens) that the gate cannot admit beside keep is
+    queued. Then big's next step (45 tokens, extending its context) arrives."""
     m = manager(32)
     s = wf(m, undo_demotion=undo)
     seen = _Deferrals(m.policy)
     ex = ToyExecutor(m)
     big1 = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
     s.add(big1, 0.0)
+    if wide_waiting:  # a second admitted session, paused, keeps the gate shut for "wide"
+        s.add(ToyRequest("keep", toks(300, 40), max_new=1, last=False, workflow="w"), 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
     steps = s.sessions["big"].steps
     assert steps == 1 and not s.num_waiting
@@ -46,6 +50,9 @@ def _demoted(undo: bool, evict: bool = False):
         m.begin_step("filler", toks(5000, 32 * BS), now=1.5)
         m.allocate_slots("filler", 32 * BS, now=1.5)
         m.end_session("filler", now=1.5)
+    if wide_waiting:
+        s.add(ToyRequest("wide", toks(7000, 100), max_new=1, arrival=1.5), 1.5)
+        assert not s.schedule(1.5, ex).admitted
     big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
                       resumed=True, arrival=2.0, workflow="w")
     s.add(big2, 2.0)
@@ -113,6 +120,18 @@ def test_unused_undoes_only_while_nobody_took_the_room(undo, undone):
     m.check_integrity()
 
 
+@pytest.mark.parametrize("undo,undone", [("unused", True), ("unclaimed", False)])
+def test_unclaimed_keeps_a_demotion_a_new_session_waits_for(undo, undone):
+    """Nobody admitted since big's demotion, but a new session ("wide", 100 tokens, which
+    the working set of "keep", admitted and paused, leaves no room for) waits for admission
+    when big's next step arrives: "unused" undoes the demotion, "unclaimed" lets it stand
+    for the waiting session."""
+    m, s, ex, big2, seen = _demoted(undo, wide_waiting=True)
+    assert ("big" in s.sessions) is undone and ("big" in s._deferred) is not undone
+    assert s.num_undone_demotions == int(undone)
+    m.check_integrity()
+
+
 def test_a_forgotten_session_leaves_no_record_to_undo():
     m = manager(32)
     s = wf(m, undo_demotion=True)
@@ -126,16 +145,16 @@ def test_a_forgotten_session_leaves_no_record_to_undo():
     assert not s._undoable and not s._deferred
 
 
-@pytest.mark.parametrize("bad", ["yes", 1, None])
+@pytest.mark.parametrize("bad", ["yes", 1, 1.0, None])
 def test_undo_demotion_names_its_values(bad):
-    with pytest.raises(ValueError, match=f"undo_demotion must be True, False or 'unused', "
-                                         f"got {bad!r}"):
+    with pytest.raises(ValueError, match=f"undo_demotion must be one of True, False, 'unused', "
+                                         f"'unclaimed', got {bad!r}"):
         wf(manager(16), undo_demotion=bad)
 
 
 # The scheduler state machine (admission, preemption, chunked prefill: every invariant of the
 # manager and the queues) with the undo on, both ways, under every policy.
 for _name in POLICIES:
-    for _undo in (True, "unused"):
+    for _undo in (True, "unused", "unclaimed"):
         globals()[f"TestSchedulerStateful_undo_demotion_{_undo}_{_name.replace('-', '_')}"] = (
             _scheduler_machine_for("workflow", _name, {"undo_demotion": _undo}))
