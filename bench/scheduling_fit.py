@@ -54,7 +54,7 @@ FIT_FAMILIES = ("swe", "web", "bfcl")
 # demotion's room is unused and no new session waits for it (a demotion that serves nobody).
 # Why: round 18's undo acted in the mixes' thrash runs alone on half the GPU, where new
 # sessions wait, and slowed them; the live replay's late demotions have no new session
-# waiting.
+# waiting. The fit chose it; the veto rejected it (three ratios of eight higher): opt-in.
 FIT_GRID = [
     {"undo_demotion": "unclaimed"},
 ]

@@ -172,8 +172,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             (False, the default: it waits to be admitted again; `Demotions._undo_demotion`
             says why); "unused": only while no session was admitted since its demotion;
             "unclaimed": only while that holds and no new session waits for admission.
-            Opt-in: `--fit` round 18 chose True, the mixes' veto rejected it and "unused"
-            (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay").
+            Opt-in: `--fit` rounds 18 and 19 chose True and "unclaimed", the mixes' veto
+            rejected both and "unused" (RESULTS "Issue 13: kvsaga-serve's demotions on the
+            live replay").
         shrink_after: the shrink demotes a paused session only once it has been away
             this many times its expected pause (0, the default: at once, at the finish
             that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
