@@ -74,7 +74,8 @@ def test_scheduler_params_reach_the_engines_scheduler(tiny_dir: Path):
     ("[1]", "must be a JSON object"),
     ("{undo", "not JSON"),
     ('{"undo": true}', "scheduler 'workflow' has no parameter 'undo'; its parameters:"),
-    ('{"undo_demotion": "yes"}', "undo_demotion must be True or False, got 'yes'"),
+    ('{"undo_demotion": "yes"}', "undo_demotion must be one of True, False, 'unused', "
+                                   "'unclaimed', got 'yes'"),
     ('{"max_num_seqs": 4}', "'max_num_seqs' has its own flag (--max-num-seqs)")])
 def test_bad_scheduler_params_are_rejected_before_the_model_loads(capsys, monkeypatch, flag,
                                                                   message):
