@@ -38,7 +38,8 @@ def _nanobind_extension() -> list[Extension]:
     ]
     # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py);
     # kvsaga._evict: the eviction policies' victim index (kvsaga/policy/session_heap.py);
-    # kvsaga._fused_ops: the CPU engine's fused elementwise ops (kvsaga/engine/fused_ops.py).
+    # kvsaga._fused_ops: the CPU engine's fused elementwise ops (kvsaga/engine/fused_ops.py);
+    # kvsaga._small_gemm: the CPU engine's decode-sized linears (kvsaga/engine/cpu_linear.py).
     return [
         Extension(
             name,
@@ -52,7 +53,8 @@ def _nanobind_extension() -> list[Extension]:
         for name, cpp in (("kvsaga._kvcore", "kvcore.cpp"),
                           ("kvsaga._paged_attn", "paged_attn.cpp"),
                           ("kvsaga._evict", "session_heap.cpp"),
-                          ("kvsaga._fused_ops", "fused_ops.cpp"))
+                          ("kvsaga._fused_ops", "fused_ops.cpp"),
+                          ("kvsaga._small_gemm", "small_gemm.cpp"))
     ]
 
 
@@ -68,7 +70,8 @@ class _BuildExt(build_ext):
         required = self._compiler_found()
         for ext in self.extensions:
             # The attention and elementwise loops need -O3 to be vectorised.
-            vectorised = ext.name in ("kvsaga._paged_attn", "kvsaga._fused_ops")
+            vectorised = ext.name in ("kvsaga._paged_attn", "kvsaga._fused_ops",
+                                      "kvsaga._small_gemm")
             fast = ["-O3"] if vectorised and "-O2" in flags else []
             ext.extra_compile_args = flags + fast
             # Optional only where no working compiler exists: a compile error on a machine

@@ -1,19 +1,26 @@
 """fp32 linear layers on CPU: torch's F.linear (MKL sgemm) against oneDNN with the weight
 packed once (`kvsaga.engine.cpu_linear`), for every projection of a model's layer and its LM
-head, at prefill and decode row counts.
+head, at prefill and decode row counts; and, with `--step`, oneDNN against kvsaga's
+small-rows GEMM (csrc/small_gemm.cpp) over a whole decode step's linears.
 
     python bench/engine_linear.py [--model PATH] [--threads 1] [--rows 1 16 256 1024]
         [--repeat 5]
+    python bench/engine_linear.py --step [--rows 1 3 8 16] [--threads 1] [--repeat 5]
 
 Prints CPU milliseconds per call (process time, the best of `--repeat`; on a shared machine
 wall time mostly measures waiting for a core) and the ratio F.linear / packed. Shapes come
 from the model's config (default SmolLM2-135M-Instruct); weights are random (speed does not
-depend on their values).
+depend on their values). `--step`: one pass over every layer's four projections and the LM
+head, each layer its own weights (so, as in a decode step, each weight comes from memory,
+not from a cache a repeated call would leave it in), through oneDNN (`SMALL_ROWS` 0) and
+through the small GEMM, the two alternating every repeat; prints each pass's median wall
+and process-CPU ms and small / oneDNN.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -41,9 +48,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256, 1024])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--step", action="store_true",
+                    help="a decode step's linears: oneDNN against the small-rows GEMM")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     c = open_checkpoint(args.model or default_model_path()).config
+    if args.step:
+        return step(c, args)
     shapes = {
         "qkv": (c.q_size + 2 * c.kv_size, c.hidden_size),
         "o": (c.hidden_size, c.q_size),
@@ -70,6 +81,45 @@ def main() -> None:
                 layer["packed"] += p_ms
         print(f"| {rows} | one layer's 4 | {layer['F']:.2f} | {layer['packed']:.2f} | "
               f"{layer['F'] / layer['packed']:.2f}x |")
+
+
+def step(c, args) -> None:
+    """One decode step's linears, every layer's own weights, oneDNN against the small GEMM."""
+    if cpu_linear.GROUP == 0:
+        raise SystemExit("no small-GEMM tiles on this CPU (or kvsaga._small_gemm not built)")
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(c.q_size + 2 * c.kv_size, c.hidden_size), (c.hidden_size, c.q_size),
+              (2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]
+    weights = [(w, cpu_linear.pack(w)) for _ in range(c.num_layers)
+               for w in (torch.randn(n, k, generator=gen) * 0.02 for n, k in shapes)]
+    head = torch.randn(c.vocab_size, c.hidden_size, generator=gen) * 0.02
+    weights.append((head, cpu_linear.pack(head)))
+    if any(p is None or p.rows is None for _, p in weights):
+        raise SystemExit("a weight was not packed for both paths")
+    mib = sum(w.numel() for w, _ in weights) * 4 / 2**20
+    print(f"{args.threads} thread(s); one pass = {len(weights)} linears, {mib:.0f} MiB of "
+          f"weights; ms per pass, the median of {args.repeat} (wall / process CPU)")
+    print("| rows | oneDNN | small GEMM | small / oneDNN wall | small / oneDNN CPU |\n"
+          "|---:|---:|---:|---:|---:|")
+    small_rows = cpu_linear.SMALL_ROWS
+    for rows in args.rows:
+        xs = {k: torch.randn(rows, k, generator=gen) for k in {k for _, k in shapes}}
+        times: dict[str, list[tuple[float, float]]] = {"onednn": [], "small": []}
+        for rep in range(args.repeat + 1):
+            for arm in (("onednn", "small") if rep % 2 else ("small", "onednn")):
+                cpu_linear.SMALL_ROWS = small_rows if arm == "small" else 0
+                w0, c0 = time.perf_counter(), time.process_time()
+                for w, p in weights:
+                    cpu_linear.linear(xs[w.shape[1]], w, None, p)
+                if rep:  # the first pass warms up
+                    times[arm].append(((time.perf_counter() - w0) * 1e3,
+                                       (time.process_time() - c0) * 1e3))
+        cpu_linear.SMALL_ROWS = small_rows
+        med = {a: [statistics.median(t[i] for t in v) for i in (0, 1)] for a, v in times.items()}
+        print(f"| {rows} | {med['onednn'][0]:.2f} / {med['onednn'][1]:.2f} | "
+              f"{med['small'][0]:.2f} / {med['small'][1]:.2f} | "
+              f"{med['small'][0] / med['onednn'][0]:.2f}x | "
+              f"{med['small'][1] / med['onednn'][1]:.2f}x |")
 
 
 if __name__ == "__main__":

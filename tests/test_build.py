@@ -16,7 +16,8 @@ import pytest
 
 # Each extension and its own translation unit (setup.py); both include nanobind.cpp and csrc/*.h.
 EXTENSIONS = {"kvsaga._kvcore": "kvcore.cpp", "kvsaga._paged_attn": "paged_attn.cpp",
-              "kvsaga._evict": "session_heap.cpp", "kvsaga._fused_ops": "fused_ops.cpp"}
+              "kvsaga._evict": "session_heap.cpp", "kvsaga._fused_ops": "fused_ops.cpp",
+              "kvsaga._small_gemm": "small_gemm.cpp"}
 
 
 @pytest.mark.parametrize("name", EXTENSIONS)

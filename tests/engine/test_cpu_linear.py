@@ -99,6 +99,7 @@ def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
         packs += [layer.attn.qkv_packed, layer.attn.o_packed]
         packs += [layer.mlp.gate_up_packed, layer.mlp.down_packed]
     assert all(p is not None and p.tensor.is_mkldnn for p in packs)
+    assert all((p.rows is not None) == (cpu_linear.GROUP != 0) for p in packs)
     ids = list(range(3, 40))
     packed_logits = forward_all(model, ids)
     model.lm_head_packed = None
@@ -108,6 +109,11 @@ def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
     plain_logits = forward_all(model, ids)
     torch.testing.assert_close(packed_logits, plain_logits, atol=2e-4, rtol=1e-4)
     assert torch.equal(packed_logits.argmax(-1), plain_logits.argmax(-1))
+    model.pack_weights()
+    # A few rows (decode-sized: the small GEMM where this CPU has it) match as well.
+    few = forward_all(model, ids[:5])
+    torch.testing.assert_close(few, plain_logits[:5], atol=2e-4, rtol=1e-4)
+    assert torch.equal(few.argmax(-1), plain_logits[:5].argmax(-1))
     model.pack_weights()
     assert model.layers[0].mlp.down_packed is not None
 
@@ -138,3 +144,64 @@ def test_smollm_packs_every_projection(smollm):
         packs = (layer.attn.qkv_packed, layer.attn.o_packed, layer.mlp.gate_up_packed,
                  layer.mlp.down_packed)
         assert all(p is not None for p in packs)
+
+
+needs_small_gemm = pytest.mark.skipif(
+    cpu_linear.GROUP == 0, reason="no small-GEMM tiles on this CPU (or not built)")
+
+
+@needs_onednn
+@needs_small_gemm
+def test_few_rows_take_the_small_gemm_and_more_take_onednn(monkeypatch):
+    """Up to SMALL_ROWS rows (a decode step's) through kvsaga's small GEMM, more through
+    oneDNN; both agree with F.linear."""
+    g = torch.Generator().manual_seed(11)
+    w, b = torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
+    packed = cpu_linear.pack(w, b)
+    assert packed.rows is not None and packed.rows.group == cpu_linear.GROUP
+    calls = []
+    real = cpu_linear._small
+    monkeypatch.setattr(cpu_linear, "_small", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for rows in (1, cpu_linear.SMALL_ROWS, cpu_linear.SMALL_ROWS + 1):
+        x = torch.randn(rows, 40, generator=g)
+        torch.testing.assert_close(cpu_linear.linear(x, w, b, packed), F.linear(x, w, b))
+    assert calls == [1, cpu_linear.SMALL_ROWS]
+    # A column slice (rows with a stride) still takes it; a weight changed since packing
+    # does not (F.linear on the weight as it is).
+    wide = torch.randn(3, 64, generator=g)[:, 10:50]
+    torch.testing.assert_close(cpu_linear.linear(wide, w, b, packed), F.linear(wide, w, b))
+    assert calls[-1] == 3
+    with torch.no_grad():
+        w.mul_(2)
+    x = torch.randn(2, 40, generator=g)
+    torch.testing.assert_close(cpu_linear.linear(x, w, b, packed), F.linear(x, w, b))
+    assert len(calls) == 3
+
+
+@needs_onednn
+@needs_small_gemm
+def test_more_threads_without_a_team_keep_onednn(monkeypatch):
+    """With more than one thread and no OpenMP team to join, the small GEMM would run on
+    the caller alone: oneDNN (which has its threads) runs instead."""
+    w = torch.randn(64, 32)
+    packed = cpu_linear.pack(w)
+    monkeypatch.setattr(cpu_linear.inplace, "team_address", lambda: 0)
+    monkeypatch.setattr(cpu_linear, "_small", lambda *a: pytest.fail("small GEMM taken"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(3, 32)
+        torch.testing.assert_close(cpu_linear.linear(x, w, None, packed), F.linear(x, w))
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_onednn
+@needs_small_gemm
+def test_pack_keeps_onednn_when_the_small_gemm_disagrees(monkeypatch):
+    """The small GEMM's copy gets the same probe as oneDNN's: a kernel computing something
+    else leaves that weight on oneDNN."""
+    real = cpu_linear._small
+    monkeypatch.setattr(cpu_linear, "_small", lambda *a: real(*a) * 1.01)
+    packed = cpu_linear.pack(torch.randn(16, 8))
+    assert packed is not None and packed.tensor.is_mkldnn and packed.rows is None
