@@ -12,8 +12,9 @@
 // Layout (kvsaga/engine/cpu_linear.py, `pack_rows`): W [N, K] as [N_pad / G][K][G], group
 // g holding output columns g * G .. g * G + G - 1 k-major, so that a group's K x G floats
 // are one contiguous stream; columns past N are zero. G = 64 on AVX-512 (4 zmm vectors),
-// 32 on AVX2 + FMA (4 ymm). A group is read from memory by its first block of up to MR
-// rows and from L2 by the others (K x G floats: 144 KiB at K = 576, G = 64).
+// 32 on AVX2 + FMA (4 ymm). Rows go in blocks of up to 6 (AVX-512) or 3 (AVX2), every
+// block's sums in registers; with several blocks they take a group 16 KiB at a time
+// (`Span`), and each asks for the lines 16 KiB ahead (`prefetch_ahead`).
 //
 // Numerics: out[m][n] = (sum over k = 0, 1, ..., K - 1 of x[m][k] * W[n][k], one fused
 // multiply-add a term in that order) + bias[n]. The order depends on nothing else: not on
@@ -40,6 +41,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -63,37 +65,77 @@ struct Call {
   const float* bias;  // [groups * group] or null
   float* out;
   int64_t out_row;
-  int64_t prefetch;  // k rows ahead to prefetch in a group's first row block; 0: none
   int64_t chunk, count;
   std::atomic<int64_t> next;
 };
+
+// A row block's share of k: steps k0 .. k1 - 1, its partial sums kept in `part` ([MR][G],
+// 64-byte aligned) between spans.
+struct Span {
+  int64_t k0, k1;
+  float* part;
+};
+
+// k steps a span takes when a group has several row blocks (64 of a group of 64: 16 KiB).
+// Why spans: a group's blocks one after the other read it from memory once (the first
+// block, waiting on it) and then from L2 (the others, with memory idle): with 8 rows a
+// step's linears took 57 ms of CPU that way against 54.5 in spans (one thread, the
+// prefetch below on; a small gain, within this host's noise at 12 and 16 rows). Span by
+// span, every block runs over the same 16 KiB while the next span streams in.
+constexpr int64_t kSpan = 64;
+
+// This thread's buffer of at least n floats for partial sums, 64-byte aligned.
+inline float* partial_sums(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(n + 16)) buf.resize(static_cast<size_t>(n + 16));
+  const auto at = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((at + 63) & ~uintptr_t{63});
+}
 
 #ifdef SG_X86
 
 bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
 bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
+// How far ahead of the k step it reads a row block asks for the weight's lines (into L2):
+// 16 KiB. Why: with a few rows the loop's multiply-adds fill the out-of-order window before
+// enough of the weight's lines are in flight, and the hardware's stream prefetch alone kept
+// a step's linears at 48-49 ms of CPU with 3 rows against 39-41 with 1 (one thread); asking
+// 16 KiB ahead, 38-39 with 3 and 42-43 with 6 (bench/RESULTS.md, the section above).
+// Lines past the weight's end are never read: a prefetch does not fault.
+constexpr int64_t kAheadBytes = 16 * 1024;
+
+// One k step's lines kAheadBytes ahead of wk (G floats a step: G * 4 / 64 lines).
+template <int G>
+inline void prefetch_ahead(const float* wk) {
+  const char* a = reinterpret_cast<const char*>(wk) + kAheadBytes;
+  for (int p = 0; p < G * 4 / 64; ++p) _mm_prefetch(a + p * 64, _MM_HINT_T1);
+}
+
 // Rows r .. r + MR - 1 of x against one group of 64 columns (4 vectors), `cols` of them
-// real (the rest masked off on store).
+// real (the rest masked off on store), over k steps s.k0 .. s.k1 - 1 (`Span`).
 template <int MR>
 SG_AVX512 void block512(const Call& c, int64_t r, const float* w, int64_t col0, int64_t cols,
-                        bool first) {
+                        const Span& s) {
   const float* x = c.x + r * c.x_row;
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
-    for (int p = 0; p < 4; ++p) acc[i][p] = _mm512_setzero_ps();
-  const int64_t pf = first ? c.prefetch : 0;
-  for (int64_t k = 0; k < c.k; ++k) {
+    for (int p = 0; p < 4; ++p)
+      acc[i][p] = s.k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(s.part + i * 64 + p * 16);
+  for (int64_t k = s.k0; k < s.k1; ++k) {
     const float* wk = w + k * 64;
-    if (pf != 0 && k + pf < c.k)
-      for (int p = 0; p < 4; ++p)
-        _mm_prefetch(reinterpret_cast<const char*>(wk + pf * 64 + p * 16), _MM_HINT_T0);
+    prefetch_ahead<64>(wk);
     __m512 wv[4];
     for (int p = 0; p < 4; ++p) wv[p] = _mm512_loadu_ps(wk + p * 16);
     for (int i = 0; i < MR; ++i) {
       const __m512 xb = _mm512_set1_ps(x[i * c.x_row + k]);
       for (int p = 0; p < 4; ++p) acc[i][p] = _mm512_fmadd_ps(wv[p], xb, acc[i][p]);
     }
+  }
+  if (s.k1 < c.k) {  // partial sums, continued by the next span
+    for (int i = 0; i < MR; ++i)
+      for (int p = 0; p < 4; ++p) _mm512_store_ps(s.part + i * 64 + p * 16, acc[i][p]);
+    return;
   }
   for (int p = 0; p < 4; ++p) {
     const int64_t left = cols - p * 16;
@@ -111,23 +153,26 @@ SG_AVX512 void block512(const Call& c, int64_t r, const float* w, int64_t col0, 
 // of 16 registers).
 template <int MR>
 SG_AVX2 void block256(const Call& c, int64_t r, const float* w, int64_t col0, int64_t cols,
-                      bool first) {
+                      const Span& s) {
   const float* x = c.x + r * c.x_row;
   __m256 acc[MR][4];
   for (int i = 0; i < MR; ++i)
-    for (int p = 0; p < 4; ++p) acc[i][p] = _mm256_setzero_ps();
-  const int64_t pf = first ? c.prefetch : 0;
-  for (int64_t k = 0; k < c.k; ++k) {
+    for (int p = 0; p < 4; ++p)
+      acc[i][p] = s.k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(s.part + i * 32 + p * 8);
+  for (int64_t k = s.k0; k < s.k1; ++k) {
     const float* wk = w + k * 32;
-    if (pf != 0 && k + pf < c.k)
-      for (int p = 0; p < 2; ++p)
-        _mm_prefetch(reinterpret_cast<const char*>(wk + pf * 32 + p * 16), _MM_HINT_T0);
+    prefetch_ahead<32>(wk);
     __m256 wv[4];
     for (int p = 0; p < 4; ++p) wv[p] = _mm256_loadu_ps(wk + p * 8);
     for (int i = 0; i < MR; ++i) {
       const __m256 xb = _mm256_broadcast_ss(x + i * c.x_row + k);
       for (int p = 0; p < 4; ++p) acc[i][p] = _mm256_fmadd_ps(wv[p], xb, acc[i][p]);
     }
+  }
+  if (s.k1 < c.k) {  // partial sums, continued by the next span
+    for (int i = 0; i < MR; ++i)
+      for (int p = 0; p < 4; ++p) _mm256_store_ps(s.part + i * 32 + p * 8, acc[i][p]);
+    return;
   }
   for (int p = 0; p < 4; ++p) {
     const int64_t left = cols - p * 8;
@@ -143,35 +188,49 @@ SG_AVX2 void block256(const Call& c, int64_t r, const float* w, int64_t col0, in
 }
 
 // Groups g0 .. g1 - 1, every row: blocks of up to 6 rows (AVX-512: 24 accumulators of 32
-// registers) or 3 (AVX2).
+// registers) or 3 (AVX2), each group's blocks one after the other (the group in L2).
 SG_AVX512 void groups512(const Call& c, int64_t g0, int64_t g1) {
+  float* part = partial_sums(c.m * 64);
   for (int64_t g = g0; g < g1; ++g) {
     const float* w = c.w + g * c.k * 64;
     const int64_t col0 = g * 64, cols = std::min<int64_t>(64, c.n - col0);
-    for (int64_t r = 0; r < c.m; r += 6) {
-      const bool first = r == 0;
-      switch (std::min<int64_t>(6, c.m - r)) {
-        case 1: block512<1>(c, r, w, col0, cols, first); break;
-        case 2: block512<2>(c, r, w, col0, cols, first); break;
-        case 3: block512<3>(c, r, w, col0, cols, first); break;
-        case 4: block512<4>(c, r, w, col0, cols, first); break;
-        case 5: block512<5>(c, r, w, col0, cols, first); break;
-        default: block512<6>(c, r, w, col0, cols, first); break;
+    // ceil(m / 6) blocks of as even sizes as can be (8 rows: 4 + 4, not 6 + 2)
+    const int64_t nb = (c.m + 5) / 6;
+    const int64_t span = nb == 1 ? c.k : kSpan;
+    for (int64_t k0 = 0; k0 < c.k; k0 += span) {
+      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
+        rows = (c.m - r + nb - b - 1) / (nb - b);
+        const Span s{k0, std::min(c.k, k0 + span), part + r * 64};
+        switch (rows) {
+          case 1: block512<1>(c, r, w, col0, cols, s); break;
+          case 2: block512<2>(c, r, w, col0, cols, s); break;
+          case 3: block512<3>(c, r, w, col0, cols, s); break;
+          case 4: block512<4>(c, r, w, col0, cols, s); break;
+          case 5: block512<5>(c, r, w, col0, cols, s); break;
+          default: block512<6>(c, r, w, col0, cols, s); break;
+        }
       }
     }
   }
 }
 
 SG_AVX2 void groups256(const Call& c, int64_t g0, int64_t g1) {
+  float* part = partial_sums(c.m * 32);
   for (int64_t g = g0; g < g1; ++g) {
     const float* w = c.w + g * c.k * 32;
     const int64_t col0 = g * 32, cols = std::min<int64_t>(32, c.n - col0);
-    for (int64_t r = 0; r < c.m; r += 3) {
-      const bool first = r == 0;
-      switch (std::min<int64_t>(3, c.m - r)) {
-        case 1: block256<1>(c, r, w, col0, cols, first); break;
-        case 2: block256<2>(c, r, w, col0, cols, first); break;
-        default: block256<3>(c, r, w, col0, cols, first); break;
+    // ceil(m / 3) blocks of as even sizes as can be (8 rows: 3 + 3 + 2)
+    const int64_t nb = (c.m + 2) / 3;
+    const int64_t span = nb == 1 ? c.k : 2 * kSpan;  // 16 KiB of a group of 32, too
+    for (int64_t k0 = 0; k0 < c.k; k0 += span) {
+      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
+        rows = (c.m - r + nb - b - 1) / (nb - b);
+        const Span s{k0, std::min(c.k, k0 + span), part + r * 32};
+        switch (rows) {
+          case 1: block256<1>(c, r, w, col0, cols, s); break;
+          case 2: block256<2>(c, r, w, col0, cols, s); break;
+          default: block256<3>(c, r, w, col0, cols, s); break;
+        }
       }
     }
   }
@@ -202,8 +261,8 @@ void run_chunks(void* self) {
 // out[m][n] (row stride out_row) = x[m] (row stride x_row, k contiguous) . W[n] + bias[n]
 // for m < rows, n < n_out; w packed for `group` (64 or 32, this CPU's or a narrower one's).
 void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int64_t n_out,
-          int64_t group, uintptr_t bias, uintptr_t out, int64_t out_row, int64_t prefetch,
-          int64_t threads, uintptr_t team) {
+          int64_t group, uintptr_t bias, uintptr_t out, int64_t out_row, int64_t threads,
+          uintptr_t team) {
   if (!((group == 64 && has_avx512()) || (group == 32 && has_avx2())))
     throw std::invalid_argument("small_gemm: no tiles of group width " +
                                 std::to_string(group) + " on this CPU");
@@ -212,7 +271,7 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
   const int64_t per_group = std::max<int64_t>(1, k * group);
   Call c{reinterpret_cast<const float*>(x), x_row, rows, k, reinterpret_cast<const float*>(w),
          n_out, group, reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(out),
-         out_row, prefetch, 0, 0, {0}};
+         out_row, 0, 0, {0}};
   c.chunk = std::max<int64_t>(1, kMinWork / per_group);
   c.count = (groups + c.chunk - 1) / c.chunk;
   const int64_t t = std::min({threads, c.count, 1 + groups * per_group / kMinWork});
@@ -229,7 +288,7 @@ NB_MODULE(_small_gemm, m) {
   m.doc() = "fp32 x @ W^T for a few rows, W packed in column groups; see "
             "kvsaga/engine/cpu_linear.py.";
   m.def("gemm", &gemm, "x"_a, "x_row"_a, "rows"_a, "k"_a, "w"_a, "n"_a, "group"_a, "bias"_a,
-        "out"_a, "out_row"_a, "prefetch"_a, "threads"_a, "team"_a,
+        "out"_a, "out_row"_a, "threads"_a, "team"_a,
         nb::call_guard<nb::gil_scoped_release>());
   m.def("group_width", &group_width,
         "64 (AVX-512), 32 (AVX2 + FMA) or 0: the column group width this CPU's tiles take.");

@@ -48,9 +48,6 @@ GROUP = 0 if _small_gemm is None else _small_gemm.group_width()
 # more take oneDNN, whose blocking wins once the weight is reused across many rows.
 SMALL_ROWS = 16
 
-# How many k rows of a group ahead the small GEMM prefetches while it streams a weight.
-_PREFETCH = 8
-
 
 class Rows(NamedTuple):
     """The small GEMM's copy of a weight [N, K]: `weight` [ceil(N / group), K, group],
@@ -169,8 +166,7 @@ def _small(x: torch.Tensor, rows: Rows, n: int, threads: int, team: int) -> torc
     bias = rows.bias
     _small_gemm.gemm(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
                      rows.weight.data_ptr(), n, rows.group,
-                     0 if bias is None else bias.data_ptr(), out.data_ptr(), n, _PREFETCH,
-                     threads, team)
+                     0 if bias is None else bias.data_ptr(), out.data_ptr(), n, threads, team)
     return out
 
 

@@ -102,7 +102,7 @@ def test_writes_only_its_outputs(group):
     rows = cpu_linear.pack_rows(w, b, group)
     out = torch.full((6, 100), 7.0)
     _small_gemm.gemm(x.data_ptr(), x.stride(0), 5, 40, rows.weight.data_ptr(), 70, group,
-                     rows.bias.data_ptr(), out.data_ptr(), 100, 0, 1, 0)
+                     rows.bias.data_ptr(), out.data_ptr(), 100, 1, 0)
     _check(out[:5, :70].clone(), x, w, b)
     assert (out[:5, 70:] == 7.0).all() and (out[5] == 7.0).all()
 
@@ -122,4 +122,4 @@ def test_refuses_bad_input():
     with pytest.raises(ValueError):
         cpu_linear.small_gemm(torch.randn(3, 16), rows, 33 + rows.weight.shape[0] * rows.group)
     with pytest.raises(ValueError, match="group width 48"):
-        _small_gemm.gemm(0, 16, 1, 16, 0, 32, 48, 0, 0, 32, 0, 1, 0)
+        _small_gemm.gemm(0, 16, 1, 16, 0, 32, 48, 0, 0, 32, 1, 0)
