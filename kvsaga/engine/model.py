@@ -8,7 +8,8 @@ boundaries in `AttentionMetadata`. Every layer writes its new K/V with
 
 Parameters use HF checkpoint names on load (`load_weights`), but q/k/v and gate/up are stored
 fused so that each is one matmul. On CPU in fp32, `load_weights` also gives every projection
-and the LM head a oneDNN-packed copy (`kvsaga.engine.cpu_linear`), which the forward uses.
+and the LM head a oneDNN-packed copy and, where the CPU has its tiles, a copy for the small-rows
+GEMM of decode steps (`kvsaga.engine.cpu_linear`), which the forward uses.
 """
 
 from __future__ import annotations
@@ -456,7 +457,7 @@ class LlamaForCausalLM(nn.Module):
         self.pack_weights()
 
     def pack_weights(self) -> None:
-        """Give every projection and the LM head its oneDNN copy (`cpu_linear.pack`; None,
+        """Give every projection and the LM head its packed copies (`cpu_linear.pack`; None,
         so `F.linear`, off CPU, outside fp32 or without oneDNN). `load_weights` calls it;
         call it again after changing weights any other way: until then the forward takes
         `F.linear` for every weight changed since (`cpu_linear.linear` checks).
