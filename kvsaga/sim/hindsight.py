@@ -19,11 +19,21 @@ why online policies beat it on several held-out cases (bench/RESULTS.md, "Evicti
 
 `best_offline` runs `belady` and `oracle-ttl` under such oracles, from the trace's own
 times (the plain references), from each schedule it is given (the online policies' runs,
-recorded by `record`) and from plain belady's, then again from the best run found, and
-returns the least recomputation of them (`Reference`). Every one of these runs is a feasible
-run of the same simulator, scheduler and capacity (only the victims differ), so the figure
-is never below the exact optimum over eviction choices: it is an *upper* bound on the
-optimum and at most plain belady's and oracle-ttl's: a reference, **not a lower bound**.
+recorded by `record`) and from plain belady's, then again from the best run found
+(unless its waits have steered them already), and returns the least recomputation of them
+(`Reference`). Every one of these runs is a feasible run of the same simulator, scheduler and
+capacity, so the figure is an achievable recomputation, at most plain belady's and
+oracle-ttl's: a reference, **not a lower bound**.
+It is not always an upper bound on the exact optimum either: the scheduler reads the policy's
+execution graph where it keeps one (`Scheduler._graph`: the `workflow` scheduler's admission
+order, kvsaga/scheduler/admission_order.py, workflow.py, working_set_gate.py). `oracle-ttl`
+(like ttl, saga and graph) keeps one, `belady` and the exhaustive search's scripted policy
+(kvsaga/sim/exhaustive.py) do not, so under such a scheduler an oracle-ttl run is scheduled
+differently from every run the search tried, not only with other victims, and can recompute
+less than the optimum it found (on the tiny traces of bench/policies_reference.py none
+did: its `< optimum` column). Under `fcfs` (whose admissions read no graph) only the
+victims differ, so the figure is never below that optimum; under `workflow` only the belady
+runs (`best_offline(..., policies=("belady",))`) are sure not to be.
 Its gap to the exact optimum where that can be searched (tiny traces):
 bench/policies_reference.py; against the online policies on the fit set:
 bench/policies_hindsight.py.
@@ -113,12 +123,16 @@ class Run:
 def record(sessions: Sequence[Session], config: SimConfig, policy: EvictionPolicy | str,
            waits: Waits | None = None, source: str | None = None) -> Run:
     """Run `policy` (an instance, or a name built with the run's cost model) on the trace
-    and record its schedule. A `BeladyPolicy` built here reads a `HindsightOracle` with
-    `waits`; any other policy's run is only watched (its decisions do not read the oracle,
-    so its result is what it is alone)."""
+    and record its schedule. An offline policy (`OFFLINE`) must be named: the one built here
+    reads a `HindsightOracle` with `waits`; any other policy's run is only watched (its
+    decisions do not read the oracle, so its result is what it is alone)."""
     name = policy if isinstance(policy, str) else policy.name
     oracle = HindsightOracle(sessions, config.cost.kv_spec.block_size, waits=waits)
     if name in OFFLINE:
+        if not isinstance(policy, str):
+            raise ValueError(f"record: give the offline policy {name!r} by name: it is built "
+                             "here to read this run's HindsightOracle, and an instance would "
+                             "read another oracle")
         policy = OFFLINE[name](oracle=oracle, cost=config.cost)
     elif waits:
         raise ValueError(f"record: waits steer the offline policies {sorted(OFFLINE)} only, "
@@ -157,7 +171,8 @@ def best_offline(sessions: Sequence[Session], config: SimConfig,
         config: capacity, preset, scheduler (its policy is ignored).
         schedules: recorded runs of the same trace and config (`record`) whose waits steer
             the offline policies; their own results are not candidates.
-        rounds: further runs of each offline policy from the best run's waits.
+        rounds: further runs of each offline policy from the best run's waits, at most; a
+            round stops them when the best run's waits have already steered them.
         policies: the offline policies run (names of `OFFLINE`).
     """
     if rounds < 0:
@@ -169,8 +184,12 @@ def best_offline(sessions: Sequence[Session], config: SimConfig,
     for src in (runs[0], *schedules):
         runs += [record(sessions, config, p, src.waits, f"{p}<-{src.source}")
                  for p in policies]
+    tried = {runs[0].source, *(r.source for r in schedules)}
     for _ in range(rounds):
         src = min(runs, key=lambda r: r.result.recomputed_tokens)
+        if src.source in tried:
+            break  # its waits already steered every offline policy: a round would repeat runs
+        tried.add(src.source)
         runs += [record(sessions, config, p, src.waits, f"{p}<-{src.source}")
                  for p in policies]
     best = min(runs, key=lambda r: r.result.recomputed_tokens)
