@@ -155,6 +155,24 @@ def test_the_hindsight_column_and_the_reference_goal_on_the_best_run_found():
     assert "belady (a reference, not a bound)" in line and "worst 0.53x" in line
     table[-1]["recomputed_tokens"] = 12  # the best run found is then lru's
     assert "worst 1.05x" in mod.goals(table, "g")[1]
+    # another candidate's column is no part of the yardstick: it must not move with --policies
+    assert "worst 1.05x" in mod.goals([*table, _row("swe", 1, 0.3, "other", 5)], "g")[1]
+    # hindsight on some pressured cases only: one yardstick or none, so none is judged
+    mixed = [*table, *(_row("swe", 2, 0.3, p, x) for p, x in
+                       (("lru", 10), ("saga", 12), ("ttl", 11), ("g", 10.5), ("belady", 20)))]
+    lines = mod.goals(mixed, "g")
+    assert len(lines) == 2 and "not judged" in lines[1] and "on 1 of 2" in lines[1]
+    assert "best run found" not in " ".join(lines) and "belady" not in lines[1].split(":")[0]
+
+
+def test_hindsight_takes_no_parameters(capsys):
+    """`hindsight[...]` is refused with its name, not run with its parameters dropped."""
+    mod = load()
+    with pytest.raises(SystemExit):
+        mod.main(["--policies", "lru,hindsight[rounds=2]", "--no-write"])
+    assert "'hindsight[rounds=2]': hindsight takes no parameters" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"hindsight\[rounds=2\].*no parameters"):
+        mod._run(("swe", 103, 0.6, "hindsight[rounds=2]"))
 
 
 def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool():
@@ -170,6 +188,27 @@ def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool():
     cases = h.pressured_cases(rows)
     assert [(c["frac"], c["blocks"], c["best"], c["best_saved"], c["graph_saved"])
             for c in cases] == [(0.3, 100, "saga", 8, 7)]
+
+
+def test_hindsight_diagnosis_reads_steered_runs_exactly_and_prints_its_counts():
+    """`offline <- graph` is belady's and oracle-ttl's run told graph's waits exactly, not a
+    later round's run whose source ends in graph; the counts RESULTS quotes are printed."""
+    h = load("policies_hindsight")
+    runs = {"belady": 50, "oracle-ttl": 39, "belady<-belady": 45, "oracle-ttl<-belady": 41,
+            "belady<-graph": 30, "oracle-ttl<-graph": 35, "belady<-ttl": 20,
+            "oracle-ttl<-ttl": 25, "belady<-belady<-graph": 10, "oracle-ttl<-belady<-graph": 11}
+    row = dict(trace="swe", seed=1, frac=0.3, blocks=100, best="ttl", best_saved=38,
+               graph_saved=44, best_now=38, graph_now=44, runs=runs, hindsight=10,
+               hindsight_from="belady<-belady<-graph",
+               online={"lru": 60, "saga": 39, "ttl": 38, "graph": 44})
+    assert h._from(row, "graph") == 30 and h._from(row, "ttl") == 20
+    text = h.report([row], "cmd", 1.0)
+    assert "at or below the best baseline, of 1: hindsight 1; plain belady 0; plain " \
+           "oracle-ttl 0; the lesser of plain belady and oracle-ttl 0." in text
+    assert "graph within 1.10x of: hindsight 0; plain belady 1; plain oracle-ttl 0" in text
+    # graph 44 > 1.05 * 38: a loss; offline <- graph 30 < 0.95 * 44; 30 > 1.05 * 20
+    assert "graph over 5% above the best baseline on 1 of 1; of those, offline <- graph " \
+           "over 5% below graph on 1, over 5% above offline <- BEST on 1 (swe 1 30%)." in text
 
 
 def test_every_tuned_constant_is_its_policys_default():
