@@ -60,11 +60,17 @@ def reference(workers: int, command: str) -> str:
            f"{REF_SEEDS.start}-{REF_SEEDS.stop - 1}: 2-3 sessions of 2-3 steps, 4-token "
            "blocks), each at every capacity from its longest session + 1 block up to where "
            "the optimum recomputes nothing; the optimum is the exhaustive search over every "
-           "eviction choice under the same scheduler (kvsaga/sim/exhaustive.py), a true "
-           "lower bound. Cases: the (trace, capacity) pairs where the optimum recomputes "
-           "something.", "",
-           "| scheduler | cases | policy | = optimum | mean x optimum | worst x optimum |",
-           "|---|---:|---|---:|---:|---:|"]
+           "eviction choice under the same scheduler (kvsaga/sim/exhaustive.py) with a "
+           "policy that keeps no execution graph. It bounds every policy under fcfs, and "
+           "under workflow every policy that keeps no graph (belady); the workflow "
+           "scheduler reads the graph of a policy that keeps one (saga, ttl, graph, "
+           "adaptive, oracle-ttl, hence hindsight's oracle-ttl runs), which changes its "
+           "admissions, so those can go below it: `< optimum` counts the cases where one "
+           "did, `least x` is the least ratio. Cases: the (trace, capacity) pairs where "
+           "the optimum recomputes something.", "",
+           "| scheduler | cases | policy | = optimum | < optimum | least x optimum "
+           "| mean x optimum | worst x optimum |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
     for sched in ("fcfs", "workflow"):
         mine = [r for r in rows if r["scheduler"] == sched]
         for p in REF_POLICIES:
@@ -72,8 +78,10 @@ def reference(workers: int, command: str) -> str:
             if not ratios:
                 continue
             same = sum(r[p] == r["optimum"] for r in mine)
-            out.append(f"| {sched} | {len(mine)} | {p} | {same} | "
-                       f"{sum(ratios) / len(ratios):.2f}x | {max(ratios):.2f}x |")
+            below = sum(r[p] < r["optimum"] for r in mine)
+            out.append(f"| {sched} | {len(mine)} | {p} | {same} | {below} | "
+                       f"{min(ratios):.2f}x | {sum(ratios) / len(ratios):.2f}x | "
+                       f"{max(ratios):.2f}x |")
     out += ["", "So `belady`, `oracle-ttl` and `hindsight` stay *references*, not bounds, in "
             "every table: the exact optimum is out of reach beyond tiny traces, and on these "
             "the gap of each reference to it is the figure above. `hindsight` runs belady and "
