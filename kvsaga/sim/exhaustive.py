@@ -11,8 +11,13 @@ copied cheaply), driving a `ScriptedPolicy` that answers from a script of choice
 records how many answers each decision had. Depth first, with branch and bound: recomputed
 tokens only grow, so a run is cut at the first decision where it already recomputed as many
 tokens as the best complete run. The optimum is over eviction choices under the simulator's
-scheduler (admission, preemption and timing follow from the choices); every policy is one
-point of that space, so no policy can beat it. Discard only: no host tier.
+scheduler (admission, preemption and timing follow from the choices). Under `fcfs` every
+policy is one point of that space, so no policy can beat it. The `workflow` scheduler also
+reads the policy's execution graph (`Scheduler._graph`), which `ScriptedPolicy` lacks: a
+policy that keeps one (ttl, saga, graph, oracle-ttl) runs under admission decisions this
+search never explores, so there the optimum bounds only graph-less policies (belady, lru)
+exactly; for the others it is a measured reference (bench/policies.py --reference counts
+the cases below it). Discard only: no host tier.
 
 Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few blocks.
 """
