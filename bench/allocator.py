@@ -29,7 +29,8 @@ bench/RESULTS.md from the figures of this run.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
                               [--instructions COUNTS] [--cache-misses COUNTS]
-                              [--profile POLICY] [--miss-split COUNT] [--policies SPECS]
+                              [--profile POLICY] [--miss-split COUNT] [--search-split COUNT]
+                              [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
@@ -47,7 +48,9 @@ table amortizes the full re-key that relearning does; a fourth times the whole s
 The ratio to lru's figure in the same run is the figure to read. --profile POLICY prints,
 instead, the cProfile of that policy's same-instant allocations at the first --paused count;
 --miss-split COUNT, instead, each policy's cache misses at COUNT paused sessions split by
-where they occur (the interpreter, the C++ index, the manager's C++ core, libc and libm).
+where they occur (the interpreter, the C++ index, the manager's C++ core, libc and libm);
+--search-split COUNT, instead, what its victim search and the search's Python keying cost of
+them (bench/eviction_split.py).
 """
 
 from __future__ import annotations
@@ -397,6 +400,11 @@ def main() -> None:
                     help="with --eviction-scaling: instead of the tables, last-level cache "
                          "misses per allocated block at COUNT paused sessions split by where "
                          "they occur (callgrind; minutes)")
+    ap.add_argument("--search-split", metavar="COUNT", type=int,
+                    help="with --eviction-scaling: instead of the tables, misses per block "
+                         "at COUNT paused sessions with each policy's victim search (and "
+                         "its Python keying) made outside the counted allocation "
+                         "(bench/eviction_split.py; callgrind, minutes)")
     ap.add_argument("--policies", metavar="SPECS",
                     help="with --eviction-scaling: policy specs side by side, lru among them "
                          "(default: every online policy at its defaults), e.g. "
@@ -420,13 +428,17 @@ def main() -> None:
 
         if args.profile:
             print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
-        elif args.miss_split:
+        elif args.miss_split or args.search_split:
+            from eviction_split import search_split
             from policies import split_specs
 
             specs = tuple(split_specs(args.policies)) if args.policies else ("lru", "ttl",
                                                                            "graph", "saga",
                                                                            "adaptive")
-            print("\n".join(miss_split(args.miss_split, specs, args.repeat)))
+            if args.search_split:
+                print("\n".join(search_split(args.search_split, specs, min(args.repeat, 3))))
+            else:
+                print("\n".join(miss_split(args.miss_split, specs, args.repeat)))
         else:
             scaling_main(args)
         return

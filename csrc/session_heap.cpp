@@ -382,13 +382,17 @@ class SessionHeap {
     Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
     for (Py_ssize_t i = 0; i < nd; ++i)
       if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
-    std::vector<Pushed> read;
-    read.reserve(np);
+    // The usual search pushes a few sessions: read into the stack, with no heap allocation
+    // (whose code a search between two steps finds out of the caches: bench/RESULTS.md, "What
+    // the victim search costs, way by way").
+    Pushed few[kFewPushes];
+    std::vector<Pushed> many(np > kFewPushes ? np : 0);
+    Pushed* read = np > kFewPushes ? many.data() : few;
     for (Py_ssize_t i = 0; i < np; ++i)
-      read.push_back(read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_));
+      read[i] = read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_);
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
     for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
-    for (const Pushed& p : read) apply(p, now);
+    for (Py_ssize_t i = 0; i < np; ++i) apply(read[i], now);
     return due(now);
   }
 
@@ -473,6 +477,7 @@ class SessionHeap {
     return named_.back();
   }
 
+  static constexpr Py_ssize_t kFewPushes = 4;  // `refresh`'s pushes read without allocating
   std::vector<Entry> heap_, named_;
   timer_wheel::TimerWheel timers_;  // csrc/timer_wheel.h
   nb::dict slot_of_;               // session -> slot

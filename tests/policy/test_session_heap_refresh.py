@@ -31,7 +31,7 @@ from tests.policy.victim_record import _agents_call, _policy, record
 
 pushes = st.lists(st.tuples(sids, keys, st.integers(0, 9), st.integers(1, 5),
                             st.sampled_from([math.inf, 0.0, 0.5, 1.0, 3.0]), timed),
-                  max_size=4)
+                  max_size=6)  # (past the C++ index's 4 read without allocating)
 refresh = st.tuples(st.just("refresh_runs"), times, st.lists(sids, max_size=3), pushes,
                     st.integers(-1, 12), st.integers(0, 8))
 
@@ -133,6 +133,30 @@ def test_a_bad_push_is_refused_alike_and_changes_nothing(bad, drops):
         assert _state(index) == before
         assert index.due(1.0) == ["a"]  # its timer was left alone too
     assert len(set(errors)) == 1, errors
+
+
+@pytest.mark.parametrize("good", [0, 3, 4, 5, 9])
+def test_a_bad_push_after_many_is_refused_alike(good):
+    """A bad push after `good` good ones (the C++ index reads up to 4 pushes into the stack,
+    more into a vector): the same error, nothing changed."""
+    made = [PySessionHeap()]
+    cpp = make_session_heap(True)
+    if not isinstance(cpp, PySessionHeap):
+        made.append(cpp)
+    errors, after = [], []
+    for index in made:
+        index.push("a", (1, 0.0), 7, 1, 0.5, 0.0, None)
+        before = _state(index)
+        pushes = [(f"g{i}", (2, float(i)), 20 + i, 1, 1.0, None) for i in range(good)]
+        with pytest.raises(TypeError) as e:
+            index.refresh_runs(1.0, [], [*pushes, ("s", (2, 0.5), 3, 2, "x", None)], 4, 100)
+        errors.append(str(e.value))
+        assert _state(index) == before
+        # The good ones alone: taken, each keyed (the runs name the lowest keys first).
+        after.append((index.refresh_runs(2.0, ["a"], pushes, 3, 100), _state(index)))
+    assert len(set(errors)) == 1 and errors[0].startswith(f"refresh_runs: push {good}")
+    assert all(a == after[0] for a in after)
+    assert after[0][0][1] == [(f"g{i}", 1) for i in range(min(good, 3))]
 
 
 @pytest.mark.parametrize("spec", ["ttl", "saga", "graph", "adaptive"])
