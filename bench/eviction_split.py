@@ -76,6 +76,15 @@ def split_child(paused: int, specs: list[str], repeat: int, way: str) -> None:
         return got[0]
 
     VictimSearch._keys = keys
+    try:
+        _split_runs(paused, specs, repeat, way, real_keys, made)
+    finally:
+        VictimSearch._keys = real_keys
+
+
+def _split_runs(paused: int, specs: list[str], repeat: int, way: str, real_keys,
+                made: dict) -> None:
+    """`split_child`'s runs, one policy spec after another."""
     for spec in specs:
         def counted(m, sid, n, now, spec=spec):
             policy = m.policy
@@ -94,10 +103,12 @@ def split_child(paused: int, specs: list[str], repeat: int, way: str) -> None:
             return 1.0
 
         gc.disable()
-        for _ in bench_eviction_scaling(paused, build(spec), repeat, timer=counted,
-                                          step_timer=untimed_step):
-            pass
-        gc.enable()
+        try:
+            for _ in bench_eviction_scaling(paused, build(spec), repeat, timer=counted,
+                                              step_timer=untimed_step):
+                pass
+        finally:
+            gc.enable()
         gc.collect()
 
 

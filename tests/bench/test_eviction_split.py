@@ -1,0 +1,89 @@
+"""bench/allocator.py --eviction-scaling --search-split (bench/eviction_split.py) without
+valgrind: each way's counted allocations (the search or the keying made before them, outside
+`operator.call`), the index call read off callgrind_annotate's inclusive listing, and a
+missing valgrind found before any counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.policy.search import VictimSearch
+from tests.bench_scripts import load_bench
+
+
+def load():
+    """bench/eviction_split.py, after the modules it imports."""
+    load_bench("allocator")
+    load_bench("eviction_scaling")
+    return load_bench("eviction_split")
+
+
+@pytest.mark.parametrize("way", ["as is", "search outside", "keying outside"])
+def test_each_way_moves_its_part_out_of_the_counted_calls(way, monkeypatch):
+    mod = load()
+    inside = {"search": 0, "keying": 0, "calls": 0}
+    counting = [False]
+    real_call = mod.operator.call
+    search, keys = VictimSearch._index_victims, VictimSearch._keys
+
+    def call(f, *a, **kw):
+        counting[0] = True
+        try:
+            inside["calls"] += 1
+            return real_call(f, *a, **kw)
+        finally:
+            counting[0] = False
+
+    def counted(name, real):
+        def wrapped(self, *a, **kw):
+            # (the keying of the marked sessions passes its bases; a due session's, none)
+            if counting[0] and (name == "search" or len(a) == 3 and a[2] is not None):
+                inside[name] += 1
+            return real(self, *a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(mod.operator, "call", call)
+    monkeypatch.setattr(VictimSearch, "_index_victims", counted("search", search))
+    monkeypatch.setattr(VictimSearch, "_keys", counted("keying", keys))
+    mod.split_child(64, ["ttl"], 2, way)
+    assert inside["calls"] == 2 * 5  # a flush and an allocation each, 5 allocations
+    if way == "as is":
+        assert inside["search"] >= 4 and inside["keying"] >= 1
+    elif way == "search outside":
+        assert inside["search"] == 0 and inside["keying"] == 0
+    else:  # the search inside, its keying of the marked sessions outside
+        assert inside["search"] >= 4 and inside["keying"] == 0
+
+
+ANNOTATED = """\
+--------------------------------------------------------------------------------
+ILmr           DLmr           DLmw            file:function
+--------------------------------------------------------------------------------
+  800 (64.00%)    .              50 (83.33%)  ???:_PyEval_EvalFrameDefault [/l/libpython3.11.so]
+  399 (25.51%)   218 (11.77%)   158 ( 7.63%)  ???:SessionHeap::refresh_victims(double) [/k/e.so]
+  304 (19.44%)   102 ( 5.51%)    44 ( 2.12%)  ???:SessionHeap::refresh(double) [/k/_evict.so]
+"""
+
+
+def test_the_index_call_is_read_inclusive_of_its_callees(monkeypatch, tmp_path):
+    mod = load()
+
+    class Done:
+        stdout = ANNOTATED
+
+    monkeypatch.setattr(mod.subprocess, "run", lambda *a, **kw: Done())
+    assert mod._index_call(tmp_path / "cg.out.1") == 399 + 218 + 158
+    Done.stdout = ANNOTATED.replace("refresh_victims", "refresh_other")
+    assert mod._index_call(tmp_path / "cg.out.1") == 0
+
+
+def test_missing_valgrind_is_found_before_counting(monkeypatch):
+    mod = load()
+    monkeypatch.setattr(mod.require_valgrind.__globals__["shutil"], "which", lambda name: None)
+
+    def counted(*a, **kw):
+        raise AssertionError("counted without valgrind")
+
+    monkeypatch.setattr(mod.subprocess, "run", counted)
+    with pytest.raises(SystemExit, match="^--search-split counts with valgrind"):
+        mod.search_split(8, ("lru", "ttl"))
