@@ -396,11 +396,12 @@ const char* tile_isa() {
 
 void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
-  if (a.gemm && gemm_takes(a, item, a.avx512)) {
-    if (a.avx512 && a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
-    if (a.avx512 && a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
-    if (a.avx2 && a.head_dim == 64) return run_item_gemm8<64>(a, item, buf);
-    if (a.avx2 && a.head_dim == 128) return run_item_gemm8<128>(a, item, buf);
+  if (a.gemm && gemm_takes(a, item, false)) {  // past the AVX-512 GEMM's cap: AVX2's
+    const bool wide = a.avx512 && gemm_takes(a, item, true);
+    if (wide && a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
+    if (wide && a.head_dim == 128) return run_item_gemm<8>(a, item, buf);
+    if (a.head_dim == 64) return run_item_gemm8<64>(a, item, buf);
+    if (a.head_dim == 128) return run_item_gemm8<128>(a, item, buf);
   }
   if (a.avx512 && a.head_dim == 64) return run_item_avx512<4>(a, item, buf);
   if (a.avx512 && a.head_dim == 128) return run_item_avx512<8>(a, item, buf);

@@ -27,7 +27,9 @@
 constexpr int64_t kGemmLanes = 8;
 // The longest context (positions up to the task's last query row) that `auto` runs on this
 // file's AVX-512 GEMM (the AVX2 one keeps one chunk of scores and has no cap); a
-// longer task takes the row tiles, whose scratch is one query row's scores. Why a cap: St
+// longer task takes the AVX2 GEMM (run_one; session 20: a 256-token extend over 6,144
+// positions took 195-234 ms a layer on the row tiles, 49.5 on it, SDPA 37.8: `python
+// bench/cpu_attention.py`, "long extend", one thread, AVX-512 host). Why a cap: St
 // holds the scores of every position for all of a task's query heads at once, ctx_pad x mpad
 // floats per thread with mpad up to kRowsPerTask (16) rows x group, so without one it grows
 // with the context (128k positions with a group of 8: 64 MiB per thread). At 4,096 positions
