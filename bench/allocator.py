@@ -405,6 +405,11 @@ def main() -> None:
                          "at COUNT paused sessions with each policy's victim search (and "
                          "its Python keying) made outside the counted allocation "
                          "(bench/eviction_split.py; callgrind, minutes)")
+    ap.add_argument("--sweep-mib", metavar="MIB", type=int,
+                    help="with --eviction-scaling: the read that leaves the caches cold before "
+                         "each timed call, in MiB (default 64: twice the 32 MiB L3 the tables "
+                         "were first taken on; a host with a larger L3 needs twice its size, "
+                         "/sys/devices/system/cpu/cpu0/cache/index3/size)")
     ap.add_argument("--policies", metavar="SPECS",
                     help="with --eviction-scaling: policy specs side by side, lru among them "
                          "(default: every online policy at its defaults), e.g. "
@@ -424,7 +429,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.eviction_scaling:
         # bench/eviction_scaling.py imports this module's cache set-up and section writer.
+        import eviction_scaling
         from eviction_scaling import miss_split, profile_eviction, scaling_main
+
+        if args.sweep_mib is not None:
+            if args.sweep_mib < 1:
+                raise SystemExit(f"--sweep-mib must be at least 1, got {args.sweep_mib}")
+            eviction_scaling.SWEEP = bytes(range(256)) * (args.sweep_mib << 12)
 
         if args.profile:
             print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))

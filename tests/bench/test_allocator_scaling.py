@@ -246,3 +246,19 @@ def test_the_tables_and_verdicts_print_a_ratio_near_the_limit_past_two_decimals(
     assert mod.scaling_goals(figures, [4000], 0) == [
         "- every policy <= 2x lru at 4,000 paused sessions: **missed** (worst 2.003x; "
         "over it: ttl 2.003x)."]
+
+
+def test_sweep_mib_sizes_the_cold_read_and_refuses_less_than_one(monkeypatch):
+    """--sweep-mib replaces the 64 MiB read before each timed call (a host whose L3 is
+    larger than 32 MiB needs twice its L3 to leave the calls cold); 0 is refused first."""
+    mod = load()
+    alloc = load_bench("allocator")
+    seen = []
+    monkeypatch.setattr(mod, "scaling_main", lambda args: seen.append(len(mod.SWEEP)))
+    monkeypatch.setattr("sys.argv", ["allocator.py", "--eviction-scaling", "--sweep-mib", "2"])
+    alloc.main()
+    assert seen == [2 << 20]
+    monkeypatch.setattr("sys.argv", ["allocator.py", "--eviction-scaling", "--sweep-mib", "0"])
+    with pytest.raises(SystemExit, match="^--sweep-mib must be at least 1, got 0"):
+        alloc.main()
+    assert seen == [2 << 20]
