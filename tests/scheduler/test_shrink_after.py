@@ -11,7 +11,8 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.helpers import manager, toks, two_paused, wf
-from tests.test_manager_stateful import POLICIES, _scheduler_machine_for
+from kvsaga.policy import POLICIES
+from tests.scheduler.demoting_machine import DEMOTING, machine, reach
 
 
 @pytest.mark.parametrize("after,left,demotions", [
@@ -46,7 +47,15 @@ def test_shrink_after_must_be_a_number_at_least_0(bad):
         wf(manager(16), shrink_after=bad)
 
 
-# The scheduler state machine with the shrink's wait on, under every policy.
+def test_the_state_machine_reaches_the_wait():
+    """The state machine below reaches `_away_long`: over the same derandomized runs, the
+    shrink asks it, it answers both ways, and sessions are demoted."""
+    c = reach("lru", {**DEMOTING, "shrink_after": 1.0})
+    assert c["demotions"] > 0 and c["away_long"] > c["away_long_true"] > 0
+
+
+# The scheduler state machine with the shrink's wait on, under every policy, with parameters
+# under which it demotes (the scheduler's books checked: `DemotingMachine.books`).
 for _name in POLICIES:
     globals()[f"TestSchedulerStateful_shrink_after_{_name.replace('-', '_')}"] = (
-        _scheduler_machine_for("workflow", _name, {"shrink_after": 1.0}))
+        machine(_name, {**DEMOTING, "shrink_after": 1.0}))

@@ -11,7 +11,8 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.helpers import BS, manager, toks, wf
-from tests.test_manager_stateful import POLICIES, _scheduler_machine_for
+from kvsaga.policy import POLICIES
+from tests.scheduler.demoting_machine import DEMOTING, machine, reach
 
 
 class _Deferrals:
@@ -59,8 +60,9 @@ def _demoted(undo, evict: bool = False, wide_waiting: bool = False):
     return m, s, ex, big2, seen
 
 
-def test_a_demoted_session_back_with_its_context_cached_is_admitted_again_at_once():
-    m, s, ex, big2, seen = _demoted(True)
+@pytest.mark.parametrize("undo", [True, "unused", "unclaimed"])
+def test_a_demoted_session_back_with_its_context_cached_is_admitted_again_at_once(undo):
+    m, s, ex, big2, seen = _demoted(undo)
     info = s.sessions["big"]
     assert "big" not in s._deferred and not s._undoable
     assert info.steps == 1 and info.active  # its record kept, not a new session's
@@ -152,9 +154,22 @@ def test_undo_demotion_names_its_values(bad):
         wf(manager(16), undo_demotion=bad)
 
 
+@pytest.mark.parametrize("undo", [True, "unused", "unclaimed"])
+def test_the_state_machine_demotes_and_undoes(undo):
+    """The state machine below reaches the code under test: over the same derandomized
+    runs, sessions are demoted, and (True, "unused") some demotions are undone. "unclaimed"
+    undoes none there (a new session nearly always waits); its undo is
+    test_a_demoted_session_back_with_its_context_cached_is_admitted_again_at_once's."""
+    c = reach("lru", {**DEMOTING, "undo_demotion": undo})
+    assert c["demotions"] > 0
+    if undo != "unclaimed":
+        assert c["undone"] > 0
+
+
 # The scheduler state machine (admission, preemption, chunked prefill: every invariant of the
-# manager and the queues) with the undo on, both ways, under every policy.
+# manager and the queues, and the scheduler's books: `DemotingMachine.books`) with the undo
+# on, each way, under every policy, with parameters under which it demotes.
 for _name in POLICIES:
     for _undo in (True, "unused", "unclaimed"):
         globals()[f"TestSchedulerStateful_undo_demotion_{_undo}_{_name.replace('-', '_')}"] = (
-            _scheduler_machine_for("workflow", _name, {"undo_demotion": _undo}))
+            machine(_name, {**DEMOTING, "undo_demotion": _undo}))

@@ -1,0 +1,97 @@
+"""A scheduler state machine (tests/test_manager_stateful.py's `SchedulerMachine`) that
+reaches the workflow scheduler's demotions and their undoing: a resumed step extends its
+session's context whole (the base machine cuts it to its last 40 tokens, which changes its
+prefix, so a demoted session's context is never found cached and no demotion is undone),
+and the scheduler's books are checked after every rule. Its `teardown` counts, per
+parameter set, the runs' demotions, undone demotions and `_away_long` calls, so a test can
+assert that the new code was reached (`reach`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import invariant, precondition, rule, run_state_machine_as_test
+
+from tests.sched_helpers import ToyRequest
+from tests.test_manager_stateful import SchedulerMachine, tokens
+
+COUNTS: dict[str, Counter] = {}
+# Scheduler parameters under which the machine's short runs demote: a small growth prior
+# (the default 256 tokens is 64 of its 4-token blocks, beyond the 12-block pool), pauses
+# expected to last 1 s with deadlines at half that, and no idle wait before overcommitting.
+DEMOTING = {"prior_growth_tokens": 8, "demote_min_s": 0.0, "demote_factor": 0.5,
+            "default_pause_s": 1.0, "idle_admit_s": 0.0}
+
+
+class DemotingMachine(SchedulerMachine):
+    scheduler = "workflow"
+    key = ""  # which `COUNTS` entry the runs add to
+
+    def __init__(self):
+        super().__init__()
+        self.away_long = self.away_long_true = 0  # `_away_long` calls, True answers
+        inner = getattr(self.s, "_away_long", None)
+        if inner is not None:
+            def away_long(sid, now):
+                self.away_long += 1
+                long = inner(sid, now)
+                self.away_long_true += long
+                return long
+            self.s._away_long = away_long
+
+    @precondition(lambda self: self.paused)
+    @rule(data=st.data(), extra=tokens, last=st.booleans())
+    def resume(self, data, extra, last):
+        sid = data.draw(st.sampled_from(sorted(self.paused)))
+        prev = self.paused.pop(sid)
+        prompt = prev.prompt + prev.out + extra
+        if len(prompt) > 40:  # the pool's 48 tokens: cut as the base machine does
+            prompt = prompt[-40:]
+        self.s.add(ToyRequest(sid, prompt, prev.max_new, tenant=prev.tenant, salt=prev.salt,
+                              arrival=self.now, resumed=True, last=last), self.now)
+        self.live.add(sid)
+
+    @invariant()
+    def books(self):
+        s = self.s
+        assert s._committed == sum(i.blocks for i in s.sessions.values())
+        per: dict = {}
+        for i in s.sessions.values():
+            per[i.tenant] = per.get(i.tenant, 0) + i.blocks
+        assert {t: b for t, b in per.items() if b} == s._tenant_blocks
+        assert not set(s._undoable) & set(s.sessions)  # undoable: demoted, not admitted
+        assert set(s._undoable) <= set(s._deferred)
+
+    def teardown(self):
+        c = COUNTS.setdefault(self.key, Counter())
+        c["runs"] += 1
+        c["demotions"] += self.s.num_demotions
+        c["undone"] += self.s.num_undone_demotions
+        c["away_long"] += self.away_long
+        c["away_long_true"] += self.away_long_true
+
+
+def machine(policy: str, params: dict):
+    """The machine's TestCase under `policy` with the workflow scheduler's `params`."""
+    return machine_class(policy, params).TestCase
+
+
+def machine_class(policy: str, params: dict):
+    key = f"{policy} {sorted(params.items())}"
+    cls = type(f"DemotingMachine_{policy}", (DemotingMachine,),
+               {"policy": policy, "params": params, "key": key})
+    cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
+    return cls
+
+
+def reach(policy: str, params: dict, examples: int = 60) -> Counter:
+    """Run the machine `examples` times (derandomized: the same runs every time) and return
+    what its runs counted."""
+    cls = machine_class(policy, params)
+    COUNTS.pop(cls.key, None)
+    run_state_machine_as_test(cls, settings=settings(
+        max_examples=examples, stateful_step_count=40, deadline=None, derandomize=True,
+        database=None, suppress_health_check=list(HealthCheck)))
+    return COUNTS[cls.key]
