@@ -101,6 +101,8 @@ class TracedReplay(Simulator):
         self.prefill_tokens = 0
         self.finished_at: dict[str, float] = {}  # session -> its last step's finish
         self.arrived: dict[tuple[str, int], float] = {}
+        # (session, step) -> the `expected_s` of the manager's hint after that step's finish
+        self.manager_hints: dict[tuple[str, int], float | None] = {}
         m = self.manager
         inner_finish = m.finish_step
 
@@ -108,7 +110,11 @@ class TracedReplay(Simulator):
             k = self.steps_done.get(sid, 0)
             self.steps_done[sid] = k + 1
             self.finished_at[sid] = now
-            return inner_finish(sid, now=now, tool=tool, expected_s=self.hints.get((sid, k)))
+            out = inner_finish(sid, now=now, tool=tool, expected_s=self.hints.get((sid, k)))
+            s = m.sessions.get(sid)
+            if s is not None:
+                self.manager_hints[sid, k] = s.hint.expected_s if s.hint is not None else None
+            return out
         m.finish_step = finish_step
         sched = self.scheduler
         self._why = "?"
@@ -182,7 +188,7 @@ def run_seed(args: argparse.Namespace, seed: int, params: dict) -> dict[str, Any
            "demotions": getattr(sched, "num_demotions", 0),
            "undone": getattr(sched, "num_undone_demotions", 0),
            "preemptions": res.num_preemptions, "makespan_s": res.makespan_s,
-           "events": sim.events}
+           "events": sim.events, "manager_hints": sim.manager_hints}
     return out
 
 
@@ -263,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean TCT geomean {geo:.3f} s, "
               f"prefill tokens {sum(r['prefill_tokens'] for r in rows):,}")
     if args.json:
+        rows = [{k: v for k, v in r.items() if k != "manager_hints"} for r in rows]  # tuple keys
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 

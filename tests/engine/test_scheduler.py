@@ -19,6 +19,9 @@ from tests.engine.helpers import TINY_VOCAB
 
 NUM_BLOCKS = 14  # 224 tokens: the stream below needs far more at once
 BUDGET = 48  # tokens per batch: prompts are prefilled in chunks
+# undo_demotion with a growth prior under which `stream()`'s shrink demotes (and the default
+# 256-token prior, 16 blocks, keeps the gate shut instead): the parity rows below.
+UNDO = {"undo_demotion": True, "prior_growth_tokens": 16}
 
 
 def stream() -> list[Session]:
@@ -62,7 +65,9 @@ def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     return log
 
 
-def run_sim(sessions, synth, scheduler, params=None) -> list:
+def run_sim(sessions, synth, scheduler, params=None, demotions=None) -> list:
+    """The simulator's admissions log; `demotions` (a dict), when given, gets the workflow
+    scheduler's demotion counts."""
     preset = dataclasses.replace(PRESETS["a100-llama3-8b"], block_size=16)
     cfg = SimConfig(preset=preset, num_gpu_blocks=NUM_BLOCKS, max_num_batched_tokens=BUDGET,
                     max_num_seqs=8, resume_hints=False, scheduler=scheduler, policy="lru",
@@ -71,6 +76,9 @@ def run_sim(sessions, synth, scheduler, params=None) -> list:
     log = record(sim.scheduler)
     sim.run()
     sim.manager.check_integrity()
+    if demotions is not None:
+        demotions["demoted"] = getattr(sim.scheduler, "num_demotions", 0)
+        demotions["undone"] = getattr(sim.scheduler, "num_undone_demotions", 0)
     return log
 
 
@@ -122,12 +130,25 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"paused_reserve": "short"}),
     ("workflow", {"shrink_order": "least_work"}),
     ("workflow", {"readmit_cost": "uncached"}),
-    ("workflow", {"undo_demotion": True, "shrink_after": 1.0})])
+    ("workflow", UNDO),
+    ("workflow", {**UNDO, "shrink_after": 1.0})])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
+    """The two `UNDO` rows: with a 16-token growth prior the stream's shrink demotes a
+    session whose next step comes back with its context cached, and the undo admits it
+    again (asserted on the simulator's counts), so the engine must demote and undo alike;
+    with `shrink_after` the same demotion is withheld (the session had been away 0 s), so
+    parity covers the withholding. Not covered: a demotion `shrink_after` allows (the
+    stream has none, and the engine's clock is the wall clock, so `now - paused_at`
+    against an expected pause would differ between the executors)."""
     sessions = stream()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
     model_dir = tiny_model_dir("llama_gqa4_untied")
-    sim_log = run_sim(sessions, synth, scheduler, params)
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, scheduler, params, counts)
+    if params == UNDO:
+        assert counts["demoted"] >= 1 and counts["undone"] >= 1
+    elif params == {**UNDO, "shrink_after": 1.0}:
+        assert counts["demoted"] == 0
     engine_log = run_engine(model_dir, sessions, synth, scheduler, params)
     admitted = [sid for a, _ in sim_log for sid in a]
     assert len(admitted) >= 12  # every step admitted, retries included
