@@ -17,10 +17,13 @@
 // (`Span`), and each asks for the lines 16 KiB ahead (`prefetch_ahead`).
 //
 // Numerics: out[m][n] = (sum over k = 0, 1, ..., K - 1 of x[m][k] * W[n][k], one fused
-// multiply-add a term in that order) + bias[n]. The order depends on nothing else: not on
-// the number of rows, a row's block, the thread count or the ISA, so a sequence's outputs
-// do not change with the batch it decodes in. torch sums in other orders (blocked, split
-// K): the two differ by fp32 rounding (tests/kernels/test_small_gemm.py bounds it).
+// multiply-add a term in that order) + bias[n] (K = 0: bias[n], or 0). The order depends on
+// nothing else: not on the number of rows, a row's block, the thread count or the ISA, so a
+// sequence's outputs do not change with the batch it decodes in as long as every batch
+// takes this kernel: in cpu_linear.linear that is up to 16 rows (SMALL_ROWS), on one thread
+// or in torch's team; 17+ rows, or more threads with no team to join, go to oneDNN, whose
+// sums run in other orders (blocked, split K). The two differ by fp32 rounding
+// (tests/kernels/test_small_gemm.py bounds it).
 //
 // Groups are split over `threads` threads of torch's own OpenMP team (`team`, its
 // GOMP_parallel, found by kernels/inplace.py) in chunks taken from a shared counter; with
@@ -267,6 +270,14 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
     throw std::invalid_argument("small_gemm: no tiles of group width " +
                                 std::to_string(group) + " on this CPU");
   if (rows <= 0 || n_out <= 0) return;
+  if (k <= 0) {  // no products: every output is its bias (or 0); the loops below store none
+    const float* b = reinterpret_cast<const float*>(bias);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* o = reinterpret_cast<float*>(out) + r * out_row;
+      for (int64_t j = 0; j < n_out; ++j) o[j] = b != nullptr ? b[j] : 0.0f;
+    }
+    return;
+  }
   const int64_t groups = (n_out + group - 1) / group;
   const int64_t per_group = std::max<int64_t>(1, k * group);
   Call c{reinterpret_cast<const float*>(x), x_row, rows, k, reinterpret_cast<const float*>(w),

@@ -16,8 +16,8 @@ csrc/small_gemm.cpp runs with every row's sums in registers (AVX-512, or AVX2 + 
 `pack` makes oneDNN's blocked copy of a weight and, where the CPU has the small GEMM's tiles,
 its column-group copy (`pack_rows`); the plain parameter stays: loading, `state_dict` and
 the embedding keep using it; each copy costs the projection weights' size again in memory.
-`linear` uses the copies when there are any and they still copy the weight (same storage,
-no in-place write since: `load_state_dict`, `copy_` or a cast would otherwise leave the
+`linear` uses the copies when there are any and they still copy the weight (same storage
+and shape, no in-place write since: `load_state_dict`, `copy_` or a cast would otherwise leave the
 forward on the old weights), and `F.linear` otherwise, so CUDA, half precision and a torch
 without oneDNN run exactly as before.
 """
@@ -62,12 +62,14 @@ class Packed(NamedTuple):
     """oneDNN's copy of a weight, which weight it copies, and the small GEMM's copy."""
 
     tensor: torch.Tensor
-    source: tuple[int, int]  # the weight's (data_ptr, version counter) when it was packed
+    source: tuple  # the weight's (data_ptr, version counter, shape) when it was packed
     rows: Rows | None = None
 
 
-def _source(weight: torch.Tensor) -> tuple[int, int]:
-    return weight.data_ptr(), weight._version
+def _source(weight: torch.Tensor) -> tuple:
+    # The shape too: a `.data` view of the same storage keeps the pointer and the version
+    # but can change N or K, and the packed copies would be read past their end.
+    return weight.data_ptr(), weight._version, tuple(weight.shape)
 
 
 def _onednn_linear() -> object | None:
@@ -121,12 +123,18 @@ def _probe(k: int) -> torch.Tensor:
 def pack_rows(weight: torch.Tensor, bias: torch.Tensor | None = None,
               group: int | None = None) -> Rows | None:
     """The small GEMM's copy of fp32 CPU `weight` [N, K] (and `bias` [N]) in column groups
-    of `group` (default: this CPU's, `GROUP`), or None where there are no tiles for it or
-    the copy disagrees with `F.linear` on a random probe (as `pack` checks oneDNN's)."""
+    of `group` (default: this CPU's, `GROUP`), or None where there are no tiles for it, the
+    weight is not a 2-D fp32 CPU tensor, the bias (if any) is not a 1-D fp32 CPU tensor of
+    N elements, or the copy disagrees with `F.linear` on a random probe (as `pack` checks
+    oneDNN's)."""
     group = GROUP if group is None else group
     if _small_gemm is None or group == 0:
         return None
+    if weight.dim() != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
+        return None
     n, k = weight.shape
+    if n == 0 or (bias is not None and not _bias_fits(bias, n)):
+        return None
     groups = -(-n // group)
     padded = weight.new_zeros((groups * group, k))
     padded[:n] = weight.detach()
@@ -143,27 +151,46 @@ def pack_rows(weight: torch.Tensor, bias: torch.Tensor | None = None,
     return rows if _agrees(got, F.linear(probe, weight.detach(), bias)) else None
 
 
+def _bias_fits(bias: torch.Tensor, n: int) -> bool:
+    return (bias.dim() == 1 and bias.dtype == torch.float32 and bias.is_cpu
+            and bias.shape[0] == n)
+
+
 def small_gemm(x: torch.Tensor, rows: Rows, n: int, threads: int | None = None,
                team: int | None = None) -> torch.Tensor:
     """x @ weight.T + bias through `rows` (`pack_rows(weight, bias)`; n: the weight's rows)
     for x [M, K] fp32 on CPU, its last dim contiguous; threads (default torch's) in `team`
     (default the kernels' own, `kvsaga.kernels.inplace.team_address`). ValueError for any
-    other x, or a group width without tiles on this CPU."""
+    other x, a `rows` that is not a contiguous fp32 CPU copy [ceil(n / group), K, group]
+    (with a bias of ceil(n / group) * group fp32 CPU elements, or none), or a group width
+    without tiles on this CPU."""
     if x.dim() != 2 or x.dtype != torch.float32 or not x.is_cpu or x.stride(1) != 1:
         raise ValueError(f"x must be a [M, K] fp32 CPU tensor with contiguous rows, got "
                          f"{tuple(x.shape)} {x.dtype} on {x.device}, strides {x.stride()}")
-    if x.shape[1] != rows.weight.shape[1] or not 0 < n <= rows.weight.shape[0] * rows.group:
+    w, g = rows.weight, rows.group
+    if (w.dim() != 3 or w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous()
+            or g <= 0 or w.shape[2] != g):
+        raise ValueError(f"rows.weight must be a contiguous fp32 CPU tensor [groups, K, "
+                         f"{g}], got {tuple(w.shape)} {w.dtype} on {w.device}")
+    if n <= 0 or w.shape[0] != -(-n // g) or x.shape[1] != w.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and n {n} do not fit the packed weight "
-                         f"{tuple(rows.weight.shape)}")
+                         f"{tuple(w.shape)} (groups of {g})")
+    b = rows.bias
+    if b is not None and (b.dim() != 1 or b.dtype != torch.float32 or not b.is_cpu
+                          or not b.is_contiguous() or b.shape[0] != w.shape[0] * g):
+        raise ValueError(f"rows.bias must be a contiguous fp32 CPU tensor of "
+                         f"{w.shape[0] * g} elements, got {tuple(b.shape)} {b.dtype} on "
+                         f"{b.device}")
     team = inplace.team_address() if team is None else team
     threads = torch.get_num_threads() if threads is None else threads
-    return _small(x, rows, n, threads, team)
+    return _small(x, rows, n, threads, team, b)
 
 
-def _small(x: torch.Tensor, rows: Rows, n: int, threads: int, team: int) -> torch.Tensor:
-    """`small_gemm` unchecked: `linear`'s path, after its own checks."""
+def _small(x: torch.Tensor, rows: Rows, n: int, threads: int, team: int,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """`small_gemm` unchecked: `linear`'s path, after its own checks. `bias`: contiguous
+    fp32 CPU, at least n elements (the kernel reads columns below n only), or None."""
     out = x.new_empty((x.shape[0], n))
-    bias = rows.bias
     _small_gemm.gemm(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
                      rows.weight.data_ptr(), n, rows.group,
                      0 if bias is None else bias.data_ptr(), out.data_ptr(), n, threads, team)
@@ -179,9 +206,11 @@ def linear(
     """x @ weight.T + bias: through `packed` (from `pack(weight)`) when given, else F.linear.
 
     An input that is not fp32 on CPU (a model moved or cast after packing), or a weight
-    changed since it was packed, takes F.linear. A 2-D input of up to `SMALL_ROWS` rows
-    whose rows are contiguous takes the small GEMM where the weight has its copy and either
-    one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
+    changed since it was packed (written in place, new storage, or a new shape), takes
+    F.linear. `bias` is read at each call, on either path (not the packed copy's). A 2-D
+    input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM where
+    the weight has its copy, the bias (if any) is fp32 [N] on the CPU, and either one
+    thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
     threads); one that requires grad while grad is enabled takes oneDNN as before.
     """
     if (packed is None or not x.is_cpu or x.dtype != torch.float32
@@ -190,9 +219,12 @@ def linear(
     rows = packed.rows
     if (rows is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
             and x.shape[1] == weight.shape[1]
-            and not (x.requires_grad and torch.is_grad_enabled())):
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and (bias is None or _bias_fits(bias, weight.shape[0]))):
         team = inplace.team_address()
         threads = torch.get_num_threads()
         if team or threads == 1:
-            return _small(x, rows, weight.shape[0], threads, team)
+            # The bias as it is now (the copy in `rows` is `pack_rows`'s, from pack time).
+            b = None if bias is None else bias.detach().contiguous()
+            return _small(x, rows, weight.shape[0], threads, team, b)
     return torch.ops.mkldnn._linear_pointwise(x, packed.tensor, bias, "none", [], "")

@@ -205,3 +205,41 @@ def test_pack_keeps_onednn_when_the_small_gemm_disagrees(monkeypatch):
     monkeypatch.setattr(cpu_linear, "_small", lambda *a: real(*a) * 1.01)
     packed = cpu_linear.pack(torch.randn(16, 8))
     assert packed is not None and packed.tensor.is_mkldnn and packed.rows is None
+
+
+@needs_onednn
+@needs_small_gemm
+def test_the_small_gemm_uses_the_bias_as_it_is_now(monkeypatch):
+    """The bias is read at each call, not from pack time: changed in place after packing,
+    or None where the weight was packed with one, a few rows give F.linear's result."""
+    g = torch.Generator().manual_seed(12)
+    w, b = torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
+    packed = cpu_linear.pack(w, b)
+    assert packed.rows is not None
+    calls = []
+    real = cpu_linear._small
+    monkeypatch.setattr(cpu_linear, "_small", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 40, generator=g)
+    with torch.no_grad():
+        b.add_(1)
+    torch.testing.assert_close(cpu_linear.linear(x, w, b, packed), F.linear(x, w, b))
+    torch.testing.assert_close(cpu_linear.linear(x, w, None, packed), F.linear(x, w))
+    # a bias the kernel cannot read (another dtype, or a stride) is copied or left to oneDNN
+    strided = torch.randn(192, generator=g)[::2]
+    torch.testing.assert_close(cpu_linear.linear(x, w, strided, packed),
+                               F.linear(x, w, strided))
+    assert len(calls) == 3
+
+
+@needs_onednn
+@pytest.mark.parametrize("view", [(4, 8), (8, 16), (4, 32)])
+@pytest.mark.parametrize("rows", [3, 20])
+def test_a_weight_reshaped_after_packing_takes_f_linear(view, rows):
+    """A `.data` view of the same storage keeps the pointer and the version counter but
+    changes N or K: the packed copies (laid out for the old shape) are not used."""
+    layer = torch.nn.Linear(8, 16, bias=False)
+    packed = cpu_linear.pack(layer.weight)
+    layer.weight.data = layer.weight.data.view(-1)[:view[0] * view[1]].view(view)
+    x = torch.randn(rows, view[1])
+    torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed),
+                               F.linear(x, layer.weight))

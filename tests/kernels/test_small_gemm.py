@@ -5,7 +5,8 @@ Bounds: each output within 1e-5 of the largest |output| of its row-set plus a fl
 reference's rounding (fp32 sums of K terms in another order than torch's); the kernel's own
 documented order, one fused multiply-add a k in order, holds exactly: a row's outputs do
 not depend on the other rows, their count, the thread count or the tile width. Columns past
-N and rows past M are never written; bad input is refused with a ValueError.
+N and rows past M are never written; bad input is refused with a ValueError (or, for
+`pack_rows`, None).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor 
 @WIDTHS
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 13, 16])
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (64, 576), (100, 33), (960, 576),
-                                 (576, 1536)])
+                                 (576, 1536), (130, 700)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_torch(group, m, n, k, bias):
     x, w, b = _case(m, n, k, bias)
@@ -123,3 +124,77 @@ def test_refuses_bad_input():
         cpu_linear.small_gemm(torch.randn(3, 16), rows, 33 + rows.weight.shape[0] * rows.group)
     with pytest.raises(ValueError, match="group width 48"):
         _small_gemm.gemm(0, 16, 1, 16, 0, 32, 48, 0, 0, 32, 1, 0)
+
+
+@WIDTHS
+def test_two_threads_with_a_partial_last_group(group):
+    """Two of torch's team over 1000 columns (the last group partly padded on both widths),
+    K 1024 (K % 64 == 0 but several spans): torch's result, and the bits of one thread."""
+    team = inplace.team_address()
+    if not team:
+        pytest.skip("no OpenMP team to join")
+    x, w, b = _case(7, 1000, 1024, True, seed=2)
+    rows = cpu_linear.pack_rows(w, b, group)
+    two = cpu_linear.small_gemm(x, rows, 1000, threads=2, team=team)
+    _check(two, x, w, b)
+    assert torch.equal(two, cpu_linear.small_gemm(x, rows, 1000, threads=1))
+
+
+@WIDTHS
+@pytest.mark.parametrize("bias", [False, True])
+def test_k_zero_writes_the_bias(group, bias):
+    """No products (K = 0): every output is its bias, or 0, not the buffer's old bits."""
+    b = torch.randn(70) if bias else None
+    rows = cpu_linear.pack_rows(torch.randn(70, 0), b, group)
+    assert rows is not None
+    want = F.linear(torch.randn(3, 0), torch.randn(70, 0), b)
+    assert torch.equal(cpu_linear.small_gemm(torch.randn(3, 0), rows, 70, threads=1), want)
+    out = torch.full((3, 80), float("nan"))
+    _small_gemm.gemm(torch.randn(3, 0).data_ptr(), 0, 3, 0, rows.weight.data_ptr(), 70, group,
+                     0 if b is None else rows.bias.data_ptr(), out.data_ptr(), 80, 1, 0)
+    assert torch.equal(out[:, :70], want) and out[:, 70:].isnan().all()
+
+
+def test_pack_rows_declines_what_the_kernel_cannot_read():
+    """Other dtypes, devices or ranks (a half weight once crashed the process), and a bias
+    that is not fp32 [N] on the CPU: None, so callers keep another path."""
+    if cpu_linear.pack_rows(torch.randn(8, 4)) is None:
+        pytest.skip("no small-GEMM tiles on this CPU")
+    w = torch.randn(96, 40)
+    for what, args in {"fp16 weight": (w.half(), None), "bf16 weight": (w.bfloat16(), None),
+                       "meta weight": (w.to("meta"), None), "1-D weight": (w[0], None),
+                       "3-D weight": (w.view(2, 48, 40), None),
+                       "fp16 bias": (w, torch.randn(96).half()),
+                       "short bias": (w, torch.randn(95)), "2-D bias": (w, torch.randn(1, 96)),
+                       "meta bias": (w, torch.randn(96, device="meta"))}.items():
+        assert cpu_linear.pack_rows(*args) is None, what
+    # a non-contiguous fp32 weight is copied, not refused
+    t = torch.randn(40, 96).T
+    rows = cpu_linear.pack_rows(t)
+    x = torch.randn(3, 40)
+    _check(cpu_linear.small_gemm(x, rows, 96, threads=1), x, t, None)
+
+
+def test_small_gemm_refuses_a_copy_it_cannot_read():
+    w, b = torch.randn(96, 40), torch.randn(96)
+    rows = cpu_linear.pack_rows(w, b)
+    if rows is None:
+        pytest.skip("no small-GEMM tiles on this CPU")
+    g = rows.group
+    x = torch.randn(3, 40)
+    bad = {"fp16 weight": rows._replace(weight=rows.weight.half()),
+           "meta weight": rows._replace(weight=rows.weight.to("meta")),
+           "non-contiguous weight": rows._replace(weight=rows.weight.transpose(0, 1)),
+           "2-D weight": rows._replace(weight=rows.weight.reshape(-1, g)),
+           "too few groups": rows._replace(weight=rows.weight[:1]),
+           "group mismatch": rows._replace(group=g // 2),
+           "fp16 bias": rows._replace(bias=rows.bias.half()),
+           "short bias": rows._replace(bias=rows.bias[:96]),
+           "strided bias": rows._replace(bias=torch.randn(2 * rows.bias.shape[0])[::2])}
+    for what, r in bad.items():
+        with pytest.raises(ValueError, match="rows|fit"):
+            cpu_linear.small_gemm(x, r, 96, threads=1)
+            pytest.fail(f"accepted {what}")
+    # n must name the copy's groups: fewer columns than one group less are refused too
+    with pytest.raises(ValueError, match="fit"):
+        cpu_linear.small_gemm(x, rows, 96 - g, threads=1)
