@@ -167,14 +167,19 @@ class Demotions:
         again as it was (its record, step count and growth state kept), the policy is told
         its blocks are needed again, and the step joins the admitted sessions' resumed
         steps; returns its record (None: the step waits to be admitted again, as before).
-        With two or more tenants present, only while its tenant stays within its share of
-        the tiers with it (Agent Fair Share's memory half). Under "unused", only while the
+        With two or more tenants present (its own counted), only while its tenant stays
+        within its share of the tiers with its working set as undone (Agent Fair Share's
+        memory half). Under "unused", only while the
         room its demotion made is unused: no session was admitted (or admitted again) since
         (then undoing it restores the admitted sets as they were; once another session took
         the room, the demotion had its effect and stands). Under "unclaimed", only while that
         holds and no new session waits for admission either (the room it made would serve
         nobody now; a demoted session's step waiting does not stop it, being no claim the
-        returning session's cached context does not have as well).
+        returning session's cached context does not have as well). Bounded waiting holds
+        either way: no undo while the reserve holds for a waiting session (`reserve_at`
+        passed), and the undone step goes ahead of every demoted session's step waiting, so
+        each counts it toward `max_overtake` and none is overtaken more (then the demotion
+        stands).
 
         Why (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"): the shrink
         demotes, at a step's finish, the paused session predicted back last, on the
@@ -184,8 +189,10 @@ class Demotions:
         policy, told its blocks were deferred, evicted them first: a 32-block final step
         started with only the shared prefix cached. A session back with its whole context
         still cached was not "away far longer than predicted" (the issue's rule for a
-        demotion); undoing the demotion costs no block that keeping it admitted would not
-        have cost."""
+        demotion). Undoing it recomputes no block, but it is not checked against the
+        working-set gate: under True and "unused" (another session may have taken the room,
+        or contexts grown since) the admitted working sets may exceed the tiers until the
+        next finish's shrink brings them back within."""
         sid = req.session_id
         kept = self._undoable.get(sid)
         s = self.manager.sessions.get(sid)
@@ -198,12 +205,22 @@ class Demotions:
         if self.undo_demotion == UNDO_UNCLAIMED and any(
                 not r.resumed for q in self._pending.values() for r in q):
             return None  # a new session waits for the room
+        if now >= self.reserve_at:
+            return None  # the reserve holds for a waiting session: nobody goes before it
+        passed = [r.session_id for q in self._pending.values() for r in q
+                  if r.resumed and r.session_id in self._deferred]
+        if any(self._deferred[p] >= self.max_overtake for p in passed):
+            return None  # a waiting demoted step was overtaken `max_overtake` times already
         if self.lookup(req).gpu_hit_blocks < s.num_computed // self.manager.block_size:
             return None  # some of its context was evicted: it is admitted again as demoted
-        shares = self._shares(self.overcommit * self.capacity)
-        if shares is not None and (info.tenant not in shares or self._tenant_blocks.get(
-                info.tenant, 0) + info.blocks > shares[info.tenant]):
-            return None
+        shares = self._shares(self.overcommit * self.capacity, info.tenant)
+        if shares is not None:  # its working set once undone, not its charge when demoted
+            new = self._working_set(info.workflow, info.context - info.shared, info.steps,
+                                    info.tool, "admitted" if info.on_prompt else "queued")
+            if self._tenant_blocks.get(info.tenant, 0) + new > shares[info.tenant]:
+                return None
+        for p in passed:  # its step goes ahead of theirs (`_insert_demoted`'s count)
+            self._deferred[p] += 1
         self._set_deferred(sid, False, now)
         info.blocks, info.var, info.extra = 0, 0.0, 0  # forgotten at the demotion
         info.active = True
@@ -231,11 +248,13 @@ class Demotions:
                 self._demote_at = min(self._demote_at, info.demote_at)
 
     # -- Agent Fair Share of the memory -----------------------------------------------------
-    def _shares(self, limit: float) -> dict[str | None, float] | None:
-        """Each present tenant's (admitted or waiting) weighted share of the tiers' `limit`
-        blocks; None with fewer than two present (then nobody's share binds)."""
+    def _shares(self, limit: float, *also: str | None) -> dict[str | None, float] | None:
+        """Each present tenant's (admitted or waiting, or one of `also`) weighted share of
+        the tiers' `limit` blocks; None with fewer than two present (then nobody's share
+        binds)."""
         present = {i.tenant for i in self.sessions.values()}
         present.update(self._pending)
+        present.update(also)
         if len(present) < 2:
             return None
         weight = self._fair.weight

@@ -172,6 +172,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             (False, the default: it waits to be admitted again; `Demotions._undo_demotion`
             says why); "unused": only while no session was admitted since its demotion;
             "unclaimed": only while that holds and no new session waits for admission.
+            Never while the reserve (`max_wait_s`) holds, and it counts toward each waiting
+            demoted step's `max_overtake`.
             Opt-in: `--fit` rounds 18 and 19 chose True and "unclaimed", the mixes' veto
             rejected both and "unused" (RESULTS "Issue 13: kvsaga-serve's demotions on the
             live replay").
