@@ -72,7 +72,7 @@ from kvsaga.scheduler.workflow import WorkflowScheduler
 
 __all__ = ["DEFAULT_SCHEDULER", "SCHEDULERS", "Executor", "FCFSScheduler", "Scheduler",
            "SchedulerOutput", "StepRequest", "WorkflowScheduler", "make_scheduler",
-           "scheduler_params"]
+           "check_param_names", "scheduler_params"]
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls for cls in (FCFSScheduler, WorkflowScheduler)
@@ -92,15 +92,21 @@ def make_scheduler(name: str, manager: KVCacheManager, **params: Any) -> Schedul
         ValueError: an unknown name (listing the known ones), an unknown parameter (listing
             the scheduler's), or a bad value (naming it).
     """
-    cls = SCHEDULERS.get(name) if isinstance(name, str) else None
-    if cls is None:
+    check_param_names(name, params)
+    return SCHEDULERS[name](manager, **params)
+
+
+def check_param_names(name: str, params: Any, *, exclude: tuple[str, ...] = ()) -> None:
+    """Raise ValueError for an unknown scheduler `name` (listing the known ones) or a name in
+    `params` that `make_scheduler(name, ...)` does not accept, less `exclude` (listing the
+    accepted ones, less `exclude`)."""
+    if not isinstance(name, str) or name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    known = scheduler_params(name)
+    known = [p for p in scheduler_params(name) if p not in exclude]
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; its "
                          f"parameters: {', '.join(known)}")
-    return cls(manager, **params)
 
 
 def scheduler_params(name: str) -> list[str]:

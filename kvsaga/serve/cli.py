@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from kvsaga import envs
 from kvsaga.cli import HelpFormatter, add_version, report_failure, setup_logging
 from kvsaga.config import parse_bytes
-from kvsaga.serve.settings import ServerSettings
+from kvsaga.serve.settings import ServerSettings, non_default_params
 
 log = logging.getLogger("kvsaga.serve")
 
@@ -228,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
 
     app = build_app(engine_factory(settings), settings)
     auth = "API key required" if settings.api_keys else "no auth"
-    log.info("%s at %s (policy %s, scheduler %s, %s; /health says ok once loaded)",
-             model_name_for(settings), settings.url, settings.policy, settings.scheduler, auth)
+    changed = non_default_params(settings.scheduler, settings.scheduler_params)
+    log.info("%s at %s (policy %s, scheduler %s%s, %s; /health says ok once loaded)",
+             model_name_for(settings), settings.url, settings.policy, settings.scheduler,
+             f" {json.dumps(changed, sort_keys=True)}" if changed else "", auth)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level=args.log_level))
     failed: list[BaseException] = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvsaga.policy import DEFAULT_POLICY
-from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS, scheduler_params
+from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 
 
 @dataclass(frozen=True)
@@ -100,23 +100,33 @@ class ServerSettings:
         return f"http://{host}:{self.port}/v1"
 
 
+# The scheduler's limits that have their own flags, not `--scheduler-params` entries.
+LIMITS = ("max_num_seqs", "max_num_batched_tokens")
+
+
+def non_default_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries of `params` that differ from the scheduler `name`'s defaults."""
+    import inspect
+
+    cls = SCHEDULERS[name]
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    return {k: v for k, v in (params or {}).items()
+            if k not in defaults or defaults[k] != v or type(defaults[k]) is not type(v)}
+
+
 def check_scheduler_params(name: str, params: object) -> None:
     """Raise ValueError naming what is wrong with `params` for the scheduler `name`: not a
     mapping, a parameter it does not have (listing its own), or a bad value (the scheduler
     built on a two-block manager checks each, as `LLMEngine` would after the model loaded).
     `max_num_seqs` / `max_num_batched_tokens` have their own flags."""
     from kvsaga import KVCacheManager, KVSpec
-    from kvsaga.scheduler import make_scheduler
+    from kvsaga.scheduler import check_param_names, make_scheduler
 
     if not isinstance(params, Mapping):
         raise ValueError(f"scheduler parameters must be a JSON object, got {params!r}")
-    limits = sorted({"max_num_seqs", "max_num_batched_tokens"} & set(params))
+    limits = sorted(set(LIMITS) & set(params))
     if limits:
         raise ValueError(f"scheduler parameter {limits[0]!r} has its own flag "
                          f"(--{limits[0].replace('_', '-')})")
-    known = scheduler_params(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; its "
-                         f"parameters: {', '.join(known)}")
+    check_param_names(name, params, exclude=LIMITS)  # listing the scheduler's own
     make_scheduler(name, KVCacheManager(KVSpec(1, 1, 4, block_size=1), 2), **params)

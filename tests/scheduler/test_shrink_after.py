@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from kvsaga.policy import POLICIES
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyRequest
-from tests.scheduler.helpers import manager, toks, two_paused, wf
-from kvsaga.policy import POLICIES
 from tests.scheduler.demoting_machine import DEMOTING, machine, reach
+from tests.scheduler.helpers import manager, toks, two_paused, wf
 
 
 @pytest.mark.parametrize("after,left,demotions", [

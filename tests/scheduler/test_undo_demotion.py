@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from kvsaga.policy import POLICIES
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import BS, manager, toks, wf
-from kvsaga.policy import POLICIES
 from tests.scheduler.demoting_machine import DEMOTING, machine, reach
+from tests.scheduler.helpers import BS, manager, toks, wf
 
 
 class _Deferrals:
@@ -35,8 +35,9 @@ def _demoted(undo, evict: bool = False, wide_waiting: bool = False, keep_waiting
     second session ("keep", 40 tokens) is admitted and paused beside big, and after big's
     demotion a new one ("wide", 100 tokens) that the gate cannot admit beside keep is
     queued; `keep_waiting` (with `wide_waiting`): keep is demoted too, without an undo
-    record (as if its context were evicted), and its next step waits to be admitted again. Then big's next step (45 tokens,
-    extending its context) arrives. `kw`: the scheduler's other parameters."""
+    record (as if its context were evicted), and its next step waits to be admitted
+    again. Then big's next step (45 tokens, extending its context) arrives. `kw`: the
+    scheduler's other parameters."""
     m = manager(32)
     s = wf(m, undo_demotion=undo, **kw)
     seen = _Deferrals(m.policy)

@@ -96,3 +96,21 @@ def test_scheduler_params_are_checked_for_the_named_scheduler():
         ServerSettings(scheduler="fcfs", scheduler_params={"undo_demotion": True})
     with pytest.raises(ValueError, match="scheduler parameters must be a JSON object"):
         ServerSettings(scheduler_params=[("undo_demotion", True)])
+
+
+def test_an_unknown_parameter_lists_only_the_parameters_the_flag_takes():
+    with pytest.raises(ValueError, match="has no parameter 'undo'") as e:
+        ServerSettings(scheduler_params={"undo": True})
+    listed = str(e.value).split("its parameters: ")[1].split(", ")
+    assert "undo_demotion" in listed
+    assert "max_num_seqs" not in listed and "max_num_batched_tokens" not in listed
+
+
+def test_the_startup_line_names_the_parameters_changed():
+    from kvsaga.serve.settings import non_default_params
+
+    assert non_default_params("workflow", None) == {}
+    assert non_default_params("workflow", {"undo_demotion": False, "shrink_after": 0.0}) == {}
+    assert non_default_params("workflow", {"undo_demotion": True, "max_wait_s": 120.0,
+                                           "shrink_after": 1}) == {
+        "undo_demotion": True, "shrink_after": 1}
