@@ -237,15 +237,20 @@ def select_arms(systems: list[Arm], only: str | None, write_results: bool) -> li
     return [a for a in systems if a.name in want]
 
 
-def with_scheduler_params(systems: list[Arm], text: str | None) -> list[Arm]:
+def with_scheduler_params(systems: list[Arm], text: str | None,
+                          write_results: bool = False) -> list[Arm]:
     """`--kvsaga-scheduler-params`: every kvsaga-serve arm started with `--scheduler-params
     TEXT` (vLLM arms unchanged; None: all unchanged).
 
     Raises:
-        SystemExit: TEXT is not a JSON object.
+        SystemExit: TEXT is not a JSON object, or `--write-results` is on (the section's
+            title does not name the parameters: it would replace the defaults' section).
     """
     if text is None:
         return systems
+    if write_results:
+        raise SystemExit("--kvsaga-scheduler-params changes the kvsaga-serve arms: not with "
+                         "--write-results (it would replace the defaults' section)")
     try:
         ok = isinstance(json.loads(text), dict)
     except json.JSONDecodeError:
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             args.block_size = 32
     systems = with_scheduler_params(select_arms(arms(args), args.only_arms,
                                                 args.write_results),
-                                    args.kvsaga_scheduler_params)
+                                    args.kvsaga_scheduler_params, args.write_results)
     host = machine()  # before the run: the load average says how shared the machine was
     tok, cfg = _load_tokenizer(args.model)
     sessions = build_sessions(args, tok)

@@ -278,3 +278,15 @@ def test_host_line_names_the_vector_isa_and_the_boot() -> None:
     now = machine()
     assert now["vector_isa"] in ("AVX-512", "AVX2", "AVX", "baseline", "unknown")
     assert now["torch_threads"] >= 1
+
+
+def test_kvsaga_scheduler_params_refuse_write_results() -> None:
+    """`--write-results` with `--kvsaga-scheduler-params` would write the run under the
+    defaults' section title: refused, before anything runs."""
+    m = _load_script()
+    args = m.build_parser().parse_args(["--engine", "vllm", "--write-results",
+                                        "--kvsaga-scheduler-params", '{"shrink_after": 1}'])
+    with pytest.raises(SystemExit, match="not with --write-results"):
+        m.with_scheduler_params(m.arms(args), args.kvsaga_scheduler_params, args.write_results)
+    with pytest.raises(SystemExit, match="not with --write-results"):
+        m.main(["--write-results", "--kvsaga-scheduler-params", '{"shrink_after": 1}'])
