@@ -209,35 +209,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--workload", default="swe")
-    a("--sessions", type=int, default=6)
-    a("--steps", type=int, default=8)
+    a("--workload", default="swe", help="workload family of the generated sessions")
+    a("--sessions", type=int, default=6, help="agent sessions per seed")
+    a("--steps", type=int, default=8, help="most LLM steps a session takes")
     a("--seeds", default="0", help="comma-separated generator seeds")
-    a("--token-scale", type=float, default=0.05)
-    a("--time-scale", type=float, default=0.25)
-    a("--max-tool-s", type=float, default=10.0)
-    a("--arrival-gap", type=float, default=1.0)
-    a("--hint", choices=("median", "exact", "none"), default="median")
-    a("--kv-fraction", type=float, default=0.25)
+    a("--token-scale", type=float, default=0.05, help="factor on every token count")
+    a("--time-scale", type=float, default=0.25, help="factor on every tool pause")
+    a("--max-tool-s", type=float, default=10.0, help="cap on a scaled tool pause, seconds")
+    a("--arrival-gap", type=float, default=1.0, help="seconds between sessions' starts")
+    a("--hint", choices=("median", "exact", "none"), default="median",
+      help="the pause a finished step tells the manager: its tool's median, the real one, "
+           "or none")
+    a("--kv-fraction", type=float, default=0.25,
+      help="KV budget as a share of the sessions' working set (unless --kv-blocks)")
     a("--kv-blocks", type=int, default=None,
       help="usable KV blocks of vLLM (kvsaga gets one more, as live)")
-    a("--block-size", type=int, default=32)
-    a("--max-num-seqs", type=int, default=16)
+    a("--block-size", type=int, default=32, help="tokens per KV block")
+    a("--max-num-seqs", type=int, default=16, help="most sequences in a batch step")
     a("--max-num-batched-tokens", type=int, default=1024,
       help="kvsaga-serve's default token budget of a batch step")
-    a("--template-tokens", type=int, default=8)
-    a("--template-end-tokens", type=int, default=2)
-    a("--reply-tokens", type=int, default=None)
+    a("--template-tokens", type=int, default=8, help="chat-template tokens a message adds")
+    a("--template-end-tokens", type=int, default=2,
+      help="chat-template tokens of a reply's end of turn, added to the next message")
+    a("--reply-tokens", type=int, default=None,
+      help="refused: replies run to the trace's length here (the live replay's "
+           "--ignore-eos); kept so the live replay's flags parse")
     a("--step-s", type=float, default=0.025, help="simulated seconds per step")
     a("--token-s", type=float, default=0.00065, help="simulated seconds per scheduled token")
     a("--preset", default="a100-llama3-8b",
       help="the cost preset whose block shape and pricing the policies read (its step "
            "times are replaced by --step-s / --token-s)")
-    a("--policy", default="ttl")
-    a("--scheduler", default="workflow")
+    a("--policy", default="ttl", help="kvsaga's eviction policy")
+    a("--scheduler", default="workflow", help="kvsaga's scheduler by name")
     a("--params", default="{}", help="the scheduler's parameters, JSON")
     a("--trace", action="store_true", help="print every step's start and every demotion")
-    a("--json", default=None)
+    a("--json", default=None, help="write the results here as JSON")
     return p
 
 
