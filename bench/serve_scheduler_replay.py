@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--template-end-tokens", type=int, default=2,
       help="chat-template tokens of a reply's end of turn, added to the next message")
     a("--reply-tokens", type=int, default=None,
-      help="refused: replies run to the trace's length here (the live replay's "
-           "--ignore-eos); kept so the live replay's flags parse")
+      help="not supported: replies run to the trace's length here, as the live replay's "
+           "--ignore-eos makes them")
     a("--step-s", type=float, default=0.025, help="simulated seconds per step")
     a("--token-s", type=float, default=0.00065, help="simulated seconds per scheduled token")
     a("--preset", default="a100-llama3-8b",
