@@ -14,7 +14,9 @@ prompt tokens/s, and the CPU seconds its process tree used for the batch (on a s
 the wall time is mostly waiting for a core; tokens per CPU-second are steadier), for
 kvsaga-serve split by thread (engine thread, event loop, the in-place kernel's pool,
 OpenMP workers, exited threads: `server_threads`); then
-kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x). `--repeat N` runs each
+kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x), judged only when no run
+had other jobs take more than `QUIET_CORES` of a core (the machine's busy CPU time less the
+server's and the client's, from /proc). `--repeat N` runs each
 server N times, interleaved, and reports the median run; `--write-results` rewrites the
 Throughput subsection of bench/RESULTS.md from the run; `--py-spy PATH` samples kvsaga-serve
 during its batch and prints where its threads spend the time. vLLM runs from its own
