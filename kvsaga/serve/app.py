@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.serve.async_engine import AsyncEngine, EngineFactory
 from kvsaga.serve.errors import APIError
-from kvsaga.serve.guard import Guard
+from kvsaga.serve.guard import ContainErrors, Guard
 from kvsaga.serve.routes import completions, sessions, system
 from kvsaga.serve.settings import ServerSettings
 from kvsaga.serve.state import ServerState, model_name_for
@@ -80,6 +80,7 @@ def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSett
     app.state.engine = aengine
     app.state.server = state
     app.add_middleware(Guard, settings=settings)
+    app.add_middleware(ContainErrors)  # outermost of ours: sees whatever the others raise
     _add_error_handlers(app)
     for module in (system, completions, sessions):
         app.include_router(module.router)

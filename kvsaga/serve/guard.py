@@ -1,10 +1,11 @@
-"""The ASGI guard of kvsaga-serve: API keys and the request-body limit, before FastAPI
-parses anything."""
+"""The ASGI guards of kvsaga-serve: API keys and the request-body limit, before FastAPI
+parses anything; and a last resort that turns an unhandled error into a 500."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any
 
 from kvsaga.serve.errors import APIError
@@ -69,6 +70,36 @@ class Guard:
             return await receive()  # later calls wait for the disconnect
 
         return await self.app(scope, replay, send)
+
+
+class ContainErrors:
+    """ASGI middleware: an unhandled error becomes OpenAI's 500 JSON here.
+
+    Starlette's outermost ServerErrorMiddleware would answer it too, but then re-raises it:
+    uvicorn logs the traceback a second time and closes the connection, so a keep-alive
+    client's next request on it fails with a reset.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:
+            if started:  # part of a response left: nothing to answer with
+                raise
+            logging.getLogger("kvsaga.serve").exception("unhandled error on %s", scope["path"])
+            await _send_error(send, APIError(500, f"internal error: {type(e).__name__}"))
 
 
 def _bearer(value: str) -> str | None:

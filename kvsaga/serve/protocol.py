@@ -60,7 +60,7 @@ class _Common(BaseModel):
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
@@ -70,9 +70,23 @@ class _Common(BaseModel):
     prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=256)
     cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
     kvsaga: KVSagaHint | None = None
+    # OpenAI fields the engine cannot honour: accepted at their defaults (clients send
+    # those), refused otherwise by `refused_field` rather than silently ignored.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
 
     def num_top_logprobs(self) -> int | None:
         """`SamplingParams.logprobs` the request asks for (each endpoint spells it its way)."""
+        return None
+
+    def refused_field(self) -> tuple[str, str] | None:
+        """(field, why) for the first field set to a value the engine cannot honour."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                return name, f"{name}={getattr(self, name)}: penalties are not supported"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
         return None
 
 
@@ -98,6 +112,8 @@ class ChatCompletionRequest(_Common):
     tools: list[dict[str, Any]] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     def num_top_logprobs(self) -> int | None:
         """`SamplingParams.logprobs`: None (none), 0 (the chosen token's) or k alternatives."""
@@ -105,14 +121,33 @@ class ChatCompletionRequest(_Common):
             return None
         return self.top_logprobs or 0
 
+    def refused_field(self) -> tuple[str, str] | None:
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            return ("response_format", f"response_format type {kind!r} is not supported (no "
+                    "constrained decoding); only 'text'")
+        if self.tool_choice not in (None, "auto", "none"):
+            return ("tool_choice", f"tool_choice={self.tool_choice!r} is not supported (tool "
+                    "calls are not parsed); only 'auto' or 'none'")
+        return super().refused_field()
+
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
 
     def num_top_logprobs(self) -> int | None:
         return self.logprobs
+
+    def refused_field(self) -> tuple[str, str] | None:
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported"
+        if self.best_of not in (None, 1):
+            return "best_of", f"best_of={self.best_of}: only best_of=1 is supported"
+        return super().refused_field()
 
 
 # -- responses -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from kvsaga.serve.sessions import SessionContext, SessionRegistry, resolve_sessi
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.serve")
+MAX_SESSION_ID = 256  # characters, as the body's session_id field allows
 
 
 @dataclass
@@ -118,11 +119,6 @@ class Serving:
             max_tokens = requested
         else:
             max_tokens = min(s.default_max_tokens, room, s.max_tokens_limit or room)
-        if body.n != 1:
-            raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
-        if getattr(body, "echo", False) and body.num_top_logprobs() is not None:
-            raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not "
-                           "computed)", param="echo")
         try:
             return SamplingParams.with_defaults(
                 self.generation_defaults,
@@ -137,6 +133,18 @@ class Serving:
             )
         except InvalidRequest as e:
             raise APIError(400, str(e)) from None
+
+    @staticmethod
+    def _check_fields(body: _Common) -> None:
+        """400 for fields set to values the engine cannot honour, before anything happens."""
+        if body.n != 1:
+            raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
+        if getattr(body, "echo", False) and body.num_top_logprobs() is not None:
+            raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not "
+                           "computed)", param="echo")
+        refused = body.refused_field()
+        if refused is not None:
+            raise APIError(400, refused[1], param=refused[0])
 
     def _check_capacity(self) -> None:
         if self.engine.num_in_flight >= self.max_in_flight:
@@ -158,11 +166,14 @@ class Serving:
             APIError: a limit or a field was violated; nothing is left queued.
         """
         arrival = time.monotonic()
+        self._check_fields(body)
         api_key: str | None = request.scope.get("state", {}).get("api_key")
         salt = tenant_salt(api_key, body.cache_salt)
-        sid = resolve_session_id(
-            body.session_id, request.headers.get("x-session-id"), body.prompt_cache_key
-        )
+        header_sid = request.headers.get("x-session-id")
+        if header_sid is not None and len(header_sid) > MAX_SESSION_ID:
+            raise APIError(400, f"X-Session-ID header of {len(header_sid)} characters; at most "
+                           f"{MAX_SESSION_ID}", param="X-Session-ID")
+        sid = resolve_session_id(body.session_id, header_sid, body.prompt_cache_key)
         engine_sid = self.sessions.engine_id(salt, sid) if sid else None
         ctx = self.sessions.get(engine_sid) if engine_sid else None
         if ctx is not None and ctx.in_flight is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -141,3 +143,87 @@ def test_session_busy_is_409(server: LiveServer):
         assert first.result().status_code == 200
     assert _post(server, "/v1/sessions/busy-1/end").status_code == 200
     server.wait_idle()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {**CHAT, "seed": 2**70}, "seed"),
+        ("/v1/chat/completions", {**CHAT, "presence_penalty": 0.5}, "presence_penalty"),
+        ("/v1/chat/completions", {**CHAT, "frequency_penalty": -1}, "frequency_penalty"),
+        ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 100}}, "logit_bias"),
+        ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}},
+         "response_format"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+        ("/v1/completions", {"model": MODEL, "prompt": "a", "suffix": "z"}, "suffix"),
+        ("/v1/completions", {"model": MODEL, "prompt": "a", "best_of": 3}, "best_of"),
+    ],
+)
+def test_values_the_engine_cannot_honour_are_400_not_ignored(server: LiveServer, path: str,
+                                                              body: dict, param: str):
+    err = _error(_post(server, path, json=body), 400)
+    assert err["param"] == param and param in err["message"]
+
+
+def test_those_fields_at_their_defaults_are_accepted(server: LiveServer):
+    body = {**CHAT, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
+            "response_format": {"type": "text"}, "tool_choice": "auto", "seed": -(2**63)}
+    assert _post(server, "/v1/chat/completions", json=body).status_code == 200
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 1, "suffix": "", "best_of": 1}
+    assert _post(server, "/v1/completions", json=body).status_code == 200
+    server.wait_idle()
+
+
+def test_session_end_names_a_bad_cache_salt_and_takes_ids_with_a_slash(server: LiveServer):
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 1, "session_id": "team/task-1"}
+    assert _post(server, "/v1/completions", json=body).status_code == 200
+    for salt in (5, [1], ""):
+        err = _error(_post(server, "/v1/sessions/team%2Ftask-1/end",
+                           json={"cache_salt": salt}), 400)
+        assert err["param"] == "cache_salt"
+    assert _post(server, "/v1/sessions/team%2Ftask-1/end").json()["ended"] is True
+    _error(_post(server, "/v1/sessions/team%2Ftask-1/end"), 404)
+    server.wait_idle()
+
+
+def test_a_session_header_over_the_field_limit_is_400(server: LiveServer):
+    r = _post(server, "/v1/chat/completions", json=CHAT, headers={"X-Session-ID": "s" * 257})
+    assert _error(r, 400)["param"] == "X-Session-ID"
+
+
+def test_an_internal_error_is_500_json_and_keeps_the_connection(
+        server: LiveServer, monkeypatch: pytest.MonkeyPatch):
+    """Starlette's last-resort handler answers, then re-raises, and uvicorn closes the
+    connection: a keep-alive client's next request would fail. Ours answers and goes on."""
+    state = server.app.state.server
+
+    def crash(name: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(state, "check_model", crash)
+    body = json.dumps(CHAT).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(request)
+        status, payload = _read_response(reader)
+        assert status == 500 and json.loads(payload)["error"]["message"] == (
+            "internal error: RuntimeError")
+        monkeypatch.undo()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(reader)[0] == 200  # the same connection still answers
+    server.wait_idle()
+
+
+def _read_response(reader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    line = reader.readline()
+    assert line, "the server closed the connection"
+    status = int(line.split()[1])
+    length = 0
+    while (header := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = header.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, reader.read(length)

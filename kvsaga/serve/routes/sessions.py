@@ -13,7 +13,8 @@ from kvsaga.serve.state import server_state
 router = APIRouter()
 
 
-@router.post("/v1/sessions/{session_id}/end")
+# `:path`: a session id may hold "/" (sent %2F-escaped), as the completion routes allow.
+@router.post("/v1/sessions/{session_id:path}/end")
 async def end_session(request: Request, session_id: str) -> dict:
     state = server_state(request)
     srv = state.serving()
@@ -24,6 +25,9 @@ async def end_session(request: Request, session_id: str) -> dict:
             cache_salt = json.loads(raw).get("cache_salt")
         except (ValueError, AttributeError):
             raise APIError(400, "body must be a JSON object") from None
+        if cache_salt is not None and not (isinstance(cache_salt, str) and cache_salt):
+            raise APIError(400, f"cache_salt must be a non-empty string, got {cache_salt!r:.100}",
+                           param="cache_salt")
     api_key = request.scope.get("state", {}).get("api_key")
     engine_sid = srv.sessions.engine_id(tenant_salt(api_key, cache_salt), session_id)
     if srv.sessions.drop(engine_sid) is None:
