@@ -22,11 +22,11 @@ log = logging.getLogger("kvsaga.cli")
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the description's layout and shows each flag's default, unless its help
-    already says what the default is (or there is none to show)."""
+    already says what the default is, "(default...)", or there is none to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 
@@ -75,7 +75,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=checked(int, lambda v: v >= -1, ">= -1"), default=None,
                    help="keep the k most likely tokens; 0 or -1: all (default: the model's, "
                    "else all)")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--seed", type=checked(int, lambda v: -(2**63) <= v < 2**63, "an int64"),
+                   default=None, help="seed for sampling (default: none, a fresh random one)")
     p.add_argument("--stats", action="store_true",
                    help="after each answer, print time to first token, tokens/s and cached "
                    "prompt tokens to stderr")
@@ -208,9 +209,11 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[StderrHandler(fmt)], force=True)
 
 
-def report_failure(prog: str, e: BaseException, debug: bool, context: str = "") -> int:
-    """One line naming the problem (the traceback too under --log-level debug); the exit code:
-    2 for bad input the user can fix, 1 for anything else."""
+def report_failure(prog: str, e: BaseException, debug: bool, context: str = "",
+                   can_debug: bool = True) -> int:
+    """One line naming the problem (the traceback too under --log-level debug, which the
+    line suggests when the command has that flag: `can_debug`); the exit code: 2 for bad
+    input the user can fix, 1 for anything else."""
     from kvsaga.errors import KVSagaError
 
     if debug:
@@ -219,7 +222,7 @@ def report_failure(prog: str, e: BaseException, debug: bool, context: str = "") 
         print(f"{prog}: error: {context}{e}", file=sys.stderr)
         return 2
     print(f"{prog}: error: {context}{type(e).__name__}: {e}", file=sys.stderr)
-    if not debug:
+    if not debug and can_debug:
         print(f"{prog}: (run with --log-level debug for the traceback)", file=sys.stderr)
     return 1
 
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        return report_failure("kvsaga", e, level == "debug")
+        return report_failure("kvsaga", e, level == "debug", can_debug=level is not None)
 
 
 if __name__ == "__main__":

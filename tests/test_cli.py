@@ -45,6 +45,20 @@ def test_version_and_help_show_defaults(capsys):
     assert "generation_config, else 256" in text
 
 
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_every_flag_states_its_default(command):
+    """README: `kvsaga generate --help` lists every flag with its default."""
+    import argparse
+
+    sub = next(a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices[command]
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if action.option_strings and action.default is not argparse.SUPPRESS and not (
+                action.const is True and action.default is False):  # store_true: off
+            assert "(default" in formatter._get_help_string(action), action.dest
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -52,6 +66,7 @@ def test_version_and_help_show_defaults(capsys):
         (["--temperature", "-1"], "argument --temperature: must be >= 0"),
         (["--top-p", "1.5"], "argument --top-p: must be in (0, 1]"),
         (["--dtype", "fp8"], "argument --dtype: invalid choice"),
+        (["--seed", str(2**64)], "argument --seed: must be an int64"),  # torch's seed range
     ],
 )
 def test_bad_values_are_rejected_by_the_parser(argv, message, capsys, no_load):

@@ -99,14 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--session-idle", type=float, default=d.session_idle_s,
       help="seconds after which a silent session is ended")
     a("--metrics-compat", default=None, choices=["vllm"],
-      help="also export vLLM's metric names (vllm:num_requests_waiting, ...)")
+      help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
+      "kvsaga's names only)")
     a("--metrics-auth", action="store_true",
       help="require the API key on /metrics too (default: /metrics is open)")
     a("--log-stats-interval", type=float, default=d.log_stats_interval_s,
       help="seconds between status lines (throughput, queue, KV usage, hit rate); 0: none")
     a("--replicas", type=int, default=None,
       help="run N engine replicas behind this endpoint on Ray Serve (needs kvsaga[cluster]; "
-      "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster)")
+      "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster) "
+      "(default: one engine in this process, no Ray)")
     a("--router", default="kvsaga", choices=sorted(REPLICA_ROUTERS),
       help="how --replicas routes steps: session affinity + work stealing + KV migration "
       "(kvsaga), sticky consistent hash (affinity), round-robin, or Ray Serve's own default "

@@ -6,8 +6,8 @@
         [--jobs N]
 
 Prints one row per scheduler and policy; `belady` is added as the reference when not asked
-for. `--plot`
-also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation against it.
+for. `--plot` also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation
+against it.
 """
 
 from __future__ import annotations
@@ -67,17 +67,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="swe",
                    help=f"workload family: {', '.join(sorted(WORKLOADS))} (default: swe)")
-    p.add_argument("--sessions", type=_positive(int), default=200, help="sessions to generate")
+    p.add_argument("--sessions", type=_positive(int), default=200,
+                   help="sessions to generate (default: 200)")
     p.add_argument("--seed", type=int, default=1, help="trace seed (default: 1)")
     p.add_argument("--scale", type=_positive(float), default=1.0,
-                   help="multiply token counts and tool times (e.g. 0.1 for a quick run)")
+                   help="multiply token counts and tool times (e.g. 0.1 for a quick run; "
+                   "default: 1)")
     p.add_argument("--arrival-rate", type=_positive(float), default=None,
                    help="sessions per second (default: the family's)")
     p.add_argument("--trace", default=None, help="replay this JSON Lines trace instead")
-    p.add_argument("--policy", default=",".join(dict.fromkeys(
-                       ("lru", "saga", "ttl", "graph", DEFAULT_POLICY, "belady"))),
+    default_policies = list(dict.fromkeys(("lru", "saga", "ttl", "graph", DEFAULT_POLICY,
+                                           "belady")))
+    p.add_argument("--policy", default=",".join(default_policies),
                    help="comma-separated policies; suffix +host for a host-tier run "
-                   f"(default: lru, saga, ttl, graph, the default {DEFAULT_POLICY}, belady)")
+                   f"(default: {','.join(default_policies)})")
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                    help=f"comma-separated schedulers, run side by side: "
                    f"{', '.join(sorted(SCHEDULERS))} (default: {DEFAULT_SCHEDULER})")
@@ -85,7 +88,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a task meets its SLO when its TCT <= this x its unloaded TCT "
                    "(default: 3)")
     p.add_argument("--preset", default="a100-llama3-8b",
-                   help=f"GPU and model: {', '.join(sorted(PRESETS))}")
+                   help=f"GPU and model: {', '.join(sorted(PRESETS))} (default: "
+                   "a100-llama3-8b)")
     p.add_argument("--kv-memory", type=_size, default=None,
                    help="GPU KV capacity, e.g. 20G or 512M (default: the preset's free memory)")
     p.add_argument("--host-memory", type=_size, default=None,
@@ -100,7 +104,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-resume-hints", action="store_true",
                    help="do not call resume_hint when a tool returns")
     p.add_argument("--gpus", type=_positive(int), default=1,
-                   help="simulate this many GPUs behind a router (see --router)")
+                   help="simulate this many GPUs behind a router (see --router; default: 1)")
     p.add_argument("--router", default=None,
                    help="with --gpus: comma-separated routers run side by side: "
                    "round-robin, affinity, kvsaga (default: all three)")
@@ -196,6 +200,11 @@ def format_table(rows: list[dict]) -> str:
 
 def cmd_sim(args) -> int:
     """Run `kvsaga sim`; returns the exit status (2 on bad arguments or input)."""
+    try:  # before any simulation: a bad output path must not cost the whole run
+        _check_outputs(args)
+    except ValueError as e:
+        print(f"kvsaga sim: error: {e}", file=sys.stderr)
+        return 2
     if args.gpus > 1 or args.router is not None:
         from kvsaga.sim.cluster import cmd_cluster
 
@@ -252,6 +261,24 @@ def cmd_sim(args) -> int:
         plot_sweep(sweep, args.plot, title=f"{name} on {cost.name}")
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_outputs(args) -> None:
+    """ValueError naming the flag: --json or --plot names a file that cannot be written, or
+    --plot with --gpus/--router (the cluster run does not sweep)."""
+    if args.plot is not None and (args.gpus > 1 or args.router is not None):
+        raise ValueError("--plot sweeps one GPU's KV capacity; it does not apply with --gpus "
+                         "or --router")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ValueError(f"{flag} {path!r} is a directory; name a file")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{flag} {path!r}: directory {folder!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{flag} {path!r}: directory {folder!r} is not writable")
 
 
 def _log_lines_to_stderr() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -23,9 +24,15 @@ def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
     assert s.api_keys == ("flag",)
 
 
-def test_every_flag_has_help():
-    for action in build_parser()._actions:
+def test_every_flag_has_help_stating_its_default():
+    """`kvsaga-serve --help` lists every flag with its default (README)."""
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
         assert action.help, action.dest
+        if action.option_strings and action.default is not argparse.SUPPRESS and not (
+                action.const is True and action.default is False):  # store_true: off
+            assert "(default" in formatter._get_help_string(action), action.dest
 
 
 def _serve(*argv: str) -> subprocess.CompletedProcess:

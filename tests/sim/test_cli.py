@@ -109,3 +109,51 @@ def test_schedulers_side_by_side_with_tenants(tmp_path, capsys):
         assert sum(t["tasks"] for t in r["tenants"].values()) == 6
         slow = [t["slowdown"] for t in r["tenants"].values()]
         assert r["afs_max_slowdown_ratio"] == pytest.approx(max(slow) / min(slow))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--json", "/nonexistent-dir/r.json"], "--json '/nonexistent-dir/r.json': directory"),
+    (["--plot", "/nonexistent-dir/r.png"], "--plot '/nonexistent-dir/r.png': directory"),
+    (["--json", "."], "--json '.' is a directory"),
+    (["--plot", "r.png", "--gpus", "2"], "--plot sweeps one GPU's KV capacity"),
+    (["--json", "/nonexistent-dir/r.json", "--gpus", "2"], "--json '/nonexistent-dir/r.json'"),
+])
+def test_output_paths_are_checked_before_anything_runs(args, message, capsys, monkeypatch):
+    """A typo in --json or --plot fails at once, not after the simulations ran."""
+    from kvsaga.sim import cli as sim_cli
+
+    def refuse(*a, **k):
+        raise AssertionError("simulated before checking the output paths")
+
+    monkeypatch.setattr(sim_cli, "compare", refuse)
+    monkeypatch.setattr(sim_cli, "_load", refuse)
+    assert main(TINY + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_crash_does_not_suggest_a_flag_sim_lacks(capsys, monkeypatch):
+    from kvsaga.sim import cli as sim_cli
+
+    def crash(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sim_cli, "compare", crash)
+    assert main(TINY) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err and "--log-level" not in err
+
+
+def test_help_names_every_flag_and_its_default():
+    """Every flag has help text, and it states the default wherever there is one."""
+    import argparse
+
+    from kvsaga.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["sim"]._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, action.option_strings
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in action.help, action.option_strings
