@@ -17,6 +17,7 @@ import json
 import math
 
 import scheduling_oracle
+from scheduling_fit_rounds import FIT_GRID
 from scheduling import (
     DEFAULT,
     DEFAULTS,
@@ -36,28 +37,8 @@ from kvsaga.scheduler import WorkflowScheduler
 
 FIT_POINTS = ((1.0, 0.5), (1.0, 0.25), (2.0, 0.5))  # (load, capacity) of the fit
 FIT_FAMILIES = ("swe", "web", "bfcl")
-# The fit rounds so far (1-16: what each tried, chose and why): docs/scheduling_fit_history.md.
-# Round 17 (a demoted session's waiting step ordered by what admitting it adds, alone and
-# with round 11's "session_age") is in docs/scheduling_fit_history.md: rejected by the veto.
-# Round 18 (committed before it ran): the shrink's demotion at a step's finish on the
-# prediction alone, and its undoing. `shrink_after` 1: the shrink demotes a paused session
-# only once it has been away its expected pause (Demotions._away_long); `undo_demotion`: a
-# demoted session whose next step arrives with every full block of its context still cached
-# is admitted again at once (Demotions._undo_demotion); and both. Why: on the live agent
-# replay (issue 13, seed 111) and its simulation (bench/serve_scheduler_replay.py, connector
-# fit seeds 0-4) the shrink demoted sessions as their steps finished, they were back within
-# a fraction of a second, and their next steps waited while their deferred blocks were
-# evicted first (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"). The fit
-# chose `undo_demotion` True; the mixes' veto rejected it (and `shrink_after`, and the later
-# "unused"): the default stayed, all opt-in (docs/scheduling_fit_history.md).
-# Round 19 (committed before it ran): `undo_demotion` "unclaimed", an undo only while the
-# demotion's room is unused and no new session waits for it (a demotion that serves nobody).
-# Why: round 18's undo acted in the mixes' thrash runs alone on half the GPU, where new
-# sessions wait, and slowed them; the live replay's late demotions have no new session
-# waiting. The fit chose it; the veto rejected it (three ratios of eight higher): opt-in.
-FIT_GRID = [
-    {"undo_demotion": "unclaimed"},
-]
+# The candidates of the current round, and what each round since 17 tried and why:
+# bench/scheduling_fit_rounds.py (rounds 1-16: docs/scheduling_fit_history.md).
 RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # The rule a candidate is checked against: today's defaults (each earlier round's pick). A
 # candidate must not make a non-thrash figure worse than it by more than the slack

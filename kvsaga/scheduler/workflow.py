@@ -132,7 +132,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         readmit_charge: what the gate charges a demoted session admitted again: "uncached"
             (only the part of its context not cached, as for a new session), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
-            "full" (its whole context; `kvsaga.scheduler.working_set_gate`).
+            "full" (its whole context; `kvsaga.scheduler.working_set_gate`), or "binding"
+            ("full" while no other step waits for admission, where the pool binds, else
+            "uncached": `WorkingSetGate._pool_binds`; `--fit` round 20).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -21,7 +21,9 @@ from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
-READMIT_CHARGES = ("uncached", "context", "full")
+READMIT_CHARGES = ("uncached", "context", "full", "binding")
+# "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
+READMIT_BINDING = "binding"
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
 GROWTH_CHARGES = ("step", "remaining")
 # `WorkflowScheduler(paused_reserve=...)`'s third value besides True and False: the room
@@ -178,13 +180,46 @@ class WorkingSetGate:
         1.77x -> 1.91x but lowers bfcl 1x 25% 1.40x -> 1.33x (its queue grows) and misses
         p95 at 3 distinct runs against 2; "context" leaves swe as it was; the whole-context
         check also binds when the tail guard or Agent Fair Share demotes to make room
-        (`_reclaim_due`, `_reclaim_share`); docs/scheduling_fit_history.md has the round."""
+        (`_reclaim_due`, `_reclaim_share`); docs/scheduling_fit_history.md has the round.
+        "binding": "full" while no other step waits for admission, else "uncached"
+        (`_pool_binds`)."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
-        if self.readmit_charge == "uncached" or req.session_id not in self._deferred:
+        charge = self.readmit_charge
+        if charge == "uncached" or req.session_id not in self._deferred:
             return own, None
+        if charge == READMIT_BINDING:
+            if not self._pool_binds(req):
+                return own, None
+            charge = "full"
         whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
-        return (whole, None) if self.readmit_charge == "full" else (own, whole)
+        return (whole, None) if charge == "full" else (own, whole)
+
+    def _pool_binds(self, req: Any) -> bool:
+        """Under `readmit_charge` "binding": whether the pool, not the queue, binds the
+        re-admission of the demoted session `req` belongs to: no other step waits for
+        admission (new or demoted, any tenant); `req` itself may. Then it is charged its
+        whole context ("full"), else only its uncached part ("uncached").
+
+        Why (RESULTS "Scheduling", `--fit` round 20; fit seeds 101-106): "full" ends the
+        re-admission churn where the pool binds (swe 1x 25%: a demoted session admitted
+        again with its cached context takes the admitted sets over the tiers, the next
+        finish's shrink demotes another paused session, whose context is recomputed;
+        round 10: 1.77x -> 1.91x) but lowers bfcl 1x 25% (1.40x -> 1.33x), where other
+        sessions wait at most re-admissions and most demotions follow a queued step's
+        growth, not a re-admission (`bench/scheduling_overflow.py`): held there, the
+        session waits while others take the room, and recomputes more, not less. With
+        nobody else waiting, nobody can take the room it waits for, and admitting it
+        would only displace an admitted session. No constant: the signal is the queue.
+        A throwaway probe of other signals (a new session waiting; one admitted since its
+        demotion) is recorded with the round.
+        """
+        n = 0
+        for q in self._pending.values():
+            n += len(q)
+            if n > 1:
+                return False
+        return n == 0 or req in self._pending.get(req.tenant, ())
 
     def _idle_long(self, now: float) -> bool:
         """Whether the batch has been empty, with no admitted session's step waiting (the

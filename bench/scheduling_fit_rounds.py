@@ -1,0 +1,35 @@
+"""The candidates of `bench/scheduling.py --fit`'s current round (`FIT_GRID`, read by
+bench/scheduling_fit.py, which holds the rule), and what each round since 17 tried and why
+(rounds 1-16: docs/scheduling_fit_history.md; every round's table: bench/RESULTS.md
+"Scheduling"). Split from bench/scheduling_fit.py to keep it under 600 lines. A round's
+grid is committed before the round runs; the rule and the veto are not changed with it.
+"""
+
+# Round 17 (a demoted session's waiting step ordered by what admitting it adds, alone and
+# with round 11's "session_age") is in docs/scheduling_fit_history.md: rejected by the veto.
+# Round 18 (committed before it ran): the shrink's demotion at a step's finish on the
+# prediction alone, and its undoing. `shrink_after` 1: the shrink demotes a paused session
+# only once it has been away its expected pause (Demotions._away_long); `undo_demotion`: a
+# demoted session whose next step arrives with every full block of its context still cached
+# is admitted again at once (Demotions._undo_demotion); and both. Why: on the live agent
+# replay (issue 13, seed 111) and its simulation (bench/serve_scheduler_replay.py, connector
+# fit seeds 0-4) the shrink demoted sessions as their steps finished, they were back within
+# a fraction of a second, and their next steps waited while their deferred blocks were
+# evicted first (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"). The fit
+# chose `undo_demotion` True; the mixes' veto rejected it (and `shrink_after`, and the later
+# "unused"): the default stayed, all opt-in (docs/scheduling_fit_history.md).
+# Round 19 (committed before it ran): `undo_demotion` "unclaimed", an undo only while the
+# demotion's room is unused and no new session waits for it (a demotion that serves nobody).
+# Why: round 18's undo acted in the mixes' thrash runs alone on half the GPU, where new
+# sessions wait, and slowed them; the live replay's late demotions have no new session
+# waiting. The fit chose it; the veto rejected it (three ratios of eight higher): opt-in.
+# Round 20 (issue 10, session 21; committed before it ran): `readmit_charge` "binding", a
+# demoted session charged its whole context ("full") only while no other step waits for
+# admission, else its uncached part (the default's charge; `WorkingSetGate._pool_binds`).
+# Why: round 10 found "full" ends the re-admission churn where the pool binds (swe 1x 25%
+# 1.77x -> 1.91x) and lowers bfcl 1x 25% (1.40x -> 1.33x), where the queue binds, and left
+# "charge the whole context only where the pool, not the queue, binds" unbuilt; the queue
+# itself is the signal (RESULTS "`--fit` round 20").
+FIT_GRID = [
+    {"readmit_charge": "binding"},
+]
