@@ -17,7 +17,6 @@ import json
 import math
 
 import scheduling_oracle
-from scheduling_fit_rounds import FIT_GRID
 from scheduling import (
     DEFAULT,
     DEFAULTS,
@@ -31,6 +30,7 @@ from scheduling import (
     bound,
     run,
 )
+from scheduling_fit_rounds import FIT_GRID
 
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import WorkflowScheduler
