@@ -6,6 +6,7 @@ nothing it measures: the scheduler's and the recorder's calls are only observed)
     python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --waits
     python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --growth
     python bench/scheduling_overflow.py bfcl 2 0.5 101,102,103 --params '{"growth_quantile": 0.9}'
+    python bench/scheduling_overflow.py bfcl 1 0.25 101,102,103,104,105,106 --returns
 
 Demotions (default mode). Every change of the admitted working sets (`_committed`) is
 tagged with the event that made it: a session admitted (new, or a demoted one again), a
@@ -23,6 +24,11 @@ Waits (`--waits`): where each session's TCT goes: its unloaded TCT (`unloaded_tc
 waits for its first admission and for admissions again after demotions, and the rest
 (queueing of admitted sessions' steps, recomputation, slower batches); per seed for all
 sessions and for the slowest 5% (the p95's tail), against fcfs+lru's TCT of the same ones.
+
+Returns (`--returns`): as each demoted session's next step arrives (to be admitted again),
+the share of its prompt still cached on the GPU, and who else waits for admission then:
+nobody (where `readmit_charge` "binding" charges it its whole context), a new session, or
+only other demoted sessions' steps.
 
 Growth (`--growth`): per finished step of an admitted session, the growth the gate predicted
 for it (uncalibrated: the workflow's, or its tool's, mean growth from one finish to the
@@ -214,6 +220,26 @@ def waits(family: str, load: float, frac: float, seed: int, policy: str,
     return {"row": row, "sessions": per}
 
 
+def returns(family: str, load: float, frac: float, seed: int, policy: str,
+            params: dict | None = None) -> dict[str, Any]:
+    """One observed simulation (module docstring, `--returns`): per demoted session's step
+    arriving, (share of its prompt cached on the GPU, others waiting, new sessions waiting)."""
+    sim = _sim(family, load, frac, seed, policy, params)
+    sched = sim.scheduler
+    seen: list[tuple[float, int, int]] = []
+    enqueue = sched._enqueue
+
+    def on_enqueue(req, now, *, retry):
+        if not retry and req.resumed and req.session_id in sched._deferred:
+            cached = sched.lookup(req).gpu_hit_blocks * sched.manager.block_size
+            waiting = sum(len(q) for q in sched._pending.values())
+            seen.append((cached / max(req.num_tokens, 1), waiting,
+                         waiting - len(sched._deferred_waiting)))
+        return enqueue(req, now, retry=retry)
+    sched._enqueue = on_enqueue
+    return {"row": sim.run().to_dict(), "returns": seen}
+
+
 def growth(family: str, load: float, frac: float, seed: int, policy: str,
            params: dict | None = None) -> dict[str, Any]:
     """One observed simulation (module docstring, `--growth`): its row, and per finished
@@ -281,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
     ap.add_argument("--waits", action="store_true", help="the waits mode (docstring)")
     ap.add_argument("--growth", action="store_true", help="the growth mode (docstring)")
+    ap.add_argument("--returns", action="store_true", help="the returns mode (docstring)")
     ap.add_argument("--params", default=None, help="workflow scheduler parameters, a JSON "
                     "object (default: its defaults)")
     a = ap.parse_args(argv)
@@ -316,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
             tail = ids[:max(1, len(ids) // 20)]
             print(f"seed {seed}: all {len(ids)} sessions: {_waits_line(per, ids)}; the "
                   f"slowest {len(tail)}: {_waits_line(per, tail)}", flush=True)
+            continue
+        if a.returns:
+            d = returns(a.family, a.load, a.capacity, seed, a.policy, params)
+            seen, n = d["returns"], max(len(d["returns"]), 1)
+            print(f"seed {seed}: mean TCT {d['row']['tct_mean_s']:.1f} s, {len(seen)} demoted "
+                  f"sessions' steps arrived, their prompts cached "
+                  f"{sum(c for c, _, _ in seen) / n:.2f} on average; nobody else waiting at "
+                  f"{sum(w == 0 for _, w, _ in seen) / n:.0%}, a new session at "
+                  f"{sum(x > 0 for _, _, x in seen) / n:.0%}, only demoted ones at "
+                  f"{sum(w > 0 and x == 0 for _, w, x in seen) / n:.0%}", flush=True)
             continue
         if a.memory:
             d = memory(a.family, a.load, a.capacity, seed, a.policy, params)

@@ -77,6 +77,19 @@ def test_growth_mode_compares_each_step_with_its_prediction_and_changes_nothing(
     assert all(line.startswith("  ") for line in over._growth_lines(steps))
 
 
+def test_returns_mode_sees_every_demoted_sessions_return_and_changes_nothing(mods):
+    sched, over = mods
+    d = over.returns("bfcl", 1.0, 0.25, 104, "graph")
+    plain = sched._run(("bfcl", 104, 1.0, 0.25, "workflow", "graph", None))
+    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    seen = d["returns"]
+    # a demoted session's step arrives once per demotion at most (its session may end or
+    # be admitted again by an undo first: none here, undo_demotion is off)
+    assert 0 < len(seen) <= plain["num_demotions"]
+    assert all(0 <= c <= 1 and 0 <= new <= waiting for c, waiting, new in seen)
+    assert any(w == 0 for _, w, _ in seen) and any(w > 0 for _, w, _ in seen)
+
+
 def test_params_reach_the_scheduler_and_bad_ones_are_refused(mods, capsys):
     _, over = mods
     tuned = over.demotions("bfcl", 2.0, 0.5, 104, "graph", {"growth_quantile": 0.9})
