@@ -29,7 +29,10 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # Why: round 10 found "full" ends the re-admission churn where the pool binds (swe 1x 25%
 # 1.77x -> 1.91x) and lowers bfcl 1x 25% (1.40x -> 1.33x), where the queue binds, and left
 # "charge the whole context only where the pool, not the queue, binds" unbuilt; the queue
-# itself is the signal (RESULTS "`--fit` round 20").
+# itself is the signal. The rule ranked it first (1 distinct p95 miss against 2, smallest
+# gain 1.40x -> 1.45x); the non-thrash check rejected it (web seed 103 1x p95 +29.3%): the
+# default stayed, "binding" opt-in (RESULTS "Charge a demoted session's whole context only
+# where the pool binds").
 FIT_GRID = [
     {"readmit_charge": "binding"},
 ]

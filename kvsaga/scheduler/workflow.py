@@ -134,7 +134,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             (the same, and its whole context must fit beside the admitted contexts) or
             "full" (its whole context; `kvsaga.scheduler.working_set_gate`), or "binding"
             ("full" while no other step waits for admission, where the pool binds, else
-            "uncached": `WorkingSetGate._pool_binds`; `--fit` round 20).
+            "uncached": `WorkingSetGate._pool_binds`). Opt-in: `--fit` round 20 ranked it
+            first and its non-thrash check rejected it (RESULTS "Scheduling").
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -207,12 +207,15 @@ class WorkingSetGate:
         finish's shrink demotes another paused session, whose context is recomputed;
         round 10: 1.77x -> 1.91x) but lowers bfcl 1x 25% (1.40x -> 1.33x), where other
         sessions wait at most re-admissions and most demotions follow a queued step's
-        growth, not a re-admission (`bench/scheduling_overflow.py`): held there, the
-        session waits while others take the room, and recomputes more, not less. With
+        growth, not a re-admission (`bench/scheduling_overflow.py`); held there, a
+        session waits and the seeds recompute more under "full", not less (by inference,
+        not traced: others take the room it waits for while its deferred blocks go). With
         nobody else waiting, nobody can take the room it waits for, and admitting it
         would only displace an admitted session. No constant: the signal is the queue.
-        A throwaway probe of other signals (a new session waiting; one admitted since its
-        demotion) is recorded with the round.
+        Opt-in: round 20 ranked it first (bfcl 1x 25% 1.40x -> 1.45x) and its non-thrash
+        check rejected it: without pressure nobody else waits either, and holding a
+        session there costs a wait and saves nothing (web seed 103 1x p95 +29%), so the
+        signal tells that the queue does not bind, not that the pool does.
         """
         n = 0
         for q in self._pending.values():

@@ -97,6 +97,18 @@ def test_binding_is_a_named_value_and_off_by_default():
     assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
 
 
+def test_binding_reaches_kvsaga_serve_settings_and_a_bad_value_is_refused():
+    """`kvsaga-serve --scheduler-params` takes it like the other values, and checks it
+    before any model loads (`ServerSettings`)."""
+    from kvsaga.serve.cli import build_parser, settings_from_args
+    from kvsaga.serve.settings import ServerSettings
+    args = build_parser().parse_args(["--scheduler-params", '{"readmit_charge": "binding"}'])
+    assert settings_from_args(args).scheduler_params == {"readmit_charge": "binding"}
+    with pytest.raises(ValueError, match="readmit_charge must be one of .*binding, got "
+                                         "'pool'"):
+        ServerSettings(scheduler_params={"readmit_charge": "pool"})
+
+
 def test_the_state_machine_reaches_both_charges(monkeypatch):
     """Over the machine's derandomized runs the signal answers both ways at re-admissions
     (the code under test is reached), the books holding after every rule."""
