@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The ServerSettings that parsed flags (and $KVSAGA_API_KEY) describe."""
     keys = args.api_key if args.api_key is not None else envs.KVSAGA_API_KEY
+    if args.api_key is not None and not args.api_key.replace(",", "").strip():
+        # e.g. --api-key "$KEY" with KEY unset: serving without auth would be a surprise
+        raise ValueError(f"--api-key {args.api_key!r} names no key; leave the flag out to "
+                         "serve without authentication")
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.replicas is not None and args.replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
-    except (AssertionError, ValueError) as e:
+    except ValueError as e:
         print(f"kvsaga-serve: error: {e}", file=sys.stderr)
         return 2
     try:

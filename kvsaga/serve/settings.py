@@ -6,10 +6,12 @@ tests build it directly. The engine's own knobs are passed through to `LLMEngine
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvsaga._validate import is_int, is_number
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -75,24 +77,44 @@ class ServerSettings:
     """Retry-After sent with 429 responses, in seconds."""
 
     def __post_init__(self) -> None:
-        assert 0 <= self.port < 65536, f"port {self.port} out of range"
-        assert self.block_size >= 1, f"block_size {self.block_size} must be >= 1"
-        assert self.max_queue >= 0, f"max_queue {self.max_queue} must be >= 0"
-        assert self.max_body_bytes >= 1024, f"max_body_bytes {self.max_body_bytes} < 1024"
-        assert self.default_max_tokens >= 1, "default_max_tokens must be >= 1"
-        assert self.session_idle_s > 0, f"session_idle_s {self.session_idle_s} must be > 0"
-        assert self.metrics_compat in (None, "vllm"), (
-            f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known"
-        )
-        assert all(k for k in self.api_keys), "api keys must be non-empty"
+        """Raises ValueError naming the first setting out of range (the CLI prints it and
+        exits 2 before the model loads)."""
+        from kvsaga.policy import POLICIES
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        def count(name: str, low: int, optional: bool = False) -> None:
+            value = getattr(self, name)
+            need((optional and value is None) or (is_int(value) and value >= low),
+                 f"{name} must be an int >= {low}{' or None' if optional else ''}, got "
+                 f"{value!r}")
+
+        need(is_int(self.port) and 0 <= self.port < 65536, f"port {self.port} out of range")
+        need(self.policy in POLICIES and self.policy != "belady"
+             and not self.policy.startswith("oracle"),
+             f"policy {self.policy!r} is not an online policy; choose one of "
+             f"{sorted(n for n in POLICIES if n != 'belady' and not n.startswith('oracle'))}")
+        for name, low in (("block_size", 1), ("max_num_seqs", 1), ("max_num_batched_tokens", 1),
+                          ("max_queue", 0), ("max_body_bytes", 1024), ("default_max_tokens", 1)):
+            count(name, low)
+        for name, low in (("kv_memory_bytes", 1), ("host_memory_bytes", 0),
+                          ("max_model_len", 1), ("max_tokens_limit", 1)):
+            count(name, low, optional=True)
+        need(is_number(self.session_idle_s) and 0 < self.session_idle_s < math.inf,
+             f"session_idle_s must be a number > 0, got {self.session_idle_s!r}")
+        need(is_number(self.log_stats_interval_s) and 0 <= self.log_stats_interval_s < math.inf,
+             f"log_stats_interval_s must be a number >= 0 (0: off), got "
+             f"{self.log_stats_interval_s!r}")
+        need(self.metrics_compat in (None, "vllm"),
+             f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known")
+        need(all(isinstance(k, str) and k for k in self.api_keys), "api keys must be non-empty")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of "
                              f"{sorted(SCHEDULERS)}")
         if self.scheduler_params is not None:
             check_scheduler_params(self.scheduler, self.scheduler_params)
-        assert self.log_stats_interval_s >= 0, (
-            f"log_stats_interval_s {self.log_stats_interval_s} must be >= 0"
-        )
 
     @property
     def url(self) -> str:

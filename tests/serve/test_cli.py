@@ -69,3 +69,42 @@ def test_a_load_failure_after_start_exits_non_zero(tiny_dir: Path, tmp_path: Pat
 def test_version():
     r = _serve("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"kvsaga-serve {__version__}"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-num-seqs", "0"], "max_num_seqs must be an int >= 1, got 0"),
+    (["--max-num-batched-tokens", "0"], "max_num_batched_tokens must be an int >= 1, got 0"),
+    (["--max-model-len", "0"], "max_model_len must be an int >= 1 or None, got 0"),
+    (["--max-tokens-limit", "0"], "max_tokens_limit must be an int >= 1 or None, got 0"),
+    (["--kv-memory", "0"], "kv_memory_bytes must be an int >= 1 or None, got 0"),
+    (["--log-stats-interval", "inf"], "log_stats_interval_s must be a number >= 0"),
+    (["--session-idle", "nan"], "session_idle_s must be a number > 0, got nan"),
+    (["--api-key", ""], "--api-key '' names no key"),
+    (["--api-key", " , "], "--api-key ' , ' names no key"),
+])
+def test_bad_settings_fail_in_one_line_before_the_model_loads(argv, message, capsys,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """Values the engine would only refuse once loading (or never: a server where every
+    request fails, or one silently without auth) are refused with exit status 2 at once."""
+    from kvsaga.serve import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(cli, "preflight", refuse)
+    monkeypatch.setattr(cli, "engine_factory", refuse)
+    assert cli.main([*argv, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kvsaga-serve: error: {err.split('error: ', 1)[1]}" and message in err
+    assert err.count("\n") == 1
+
+
+def test_settings_built_directly_are_checked_too():
+    from kvsaga.serve.settings import ServerSettings
+
+    with pytest.raises(ValueError, match="policy 'belady' is not an online policy"):
+        ServerSettings(policy="belady")
+    with pytest.raises(ValueError, match="max_queue must be an int >= 0, got -1"):
+        ServerSettings(max_queue=-1)
+    with pytest.raises(ValueError, match="block_size must be an int >= 1, got 2.5"):
+        ServerSettings(block_size=2.5)
