@@ -137,6 +137,24 @@ def test_simulator_example_prints_a_row_per_policy(tmp_path):
     assert rows["belady"][header.index("x")] == "1.000", r.stdout
 
 
+def test_vllm_example_exports_the_model_dir_it_serves(tmp_path, default_model):
+    """The first line writes the HF directory the vLLM command loads; the connector's JSON is
+    the one `kv_transfer_config` builds (the vLLM run itself: tests/integrations/vllm)."""
+    import json
+
+    from kvsaga.integrations.vllm import kv_transfer_config
+
+    block = _blocks("## In vLLM", "bash")[0]
+    export, serve = _commands(block)
+    r = _shell(export, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    args = shlex.split(serve)
+    model = tmp_path / args[args.index("--model") + 1]
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    config = json.loads(args[args.index("--kv-transfer-config") + 1])
+    assert config == json.loads(kv_transfer_config("ttl"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
