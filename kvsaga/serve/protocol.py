@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 
 def new_id(prefix: str) -> str:
@@ -19,6 +19,18 @@ def new_id(prefix: str) -> str:
 
 def now_s() -> int:
     return int(time.time())
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    return value
+
+
+# Request fields take JSON's own types: `true` is no count or token id, and "yes" or 1 no
+# boolean (pydantic's lax mode would read them as 1 and True).
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Bool = Annotated[bool, Strict()]
 
 
 # -- kvsaga extensions -----------------------------------------------------------------------
@@ -38,12 +50,12 @@ class KVSagaHint(BaseModel):
 
     tool: str | None = Field(default=None, max_length=256)
     expected_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    last_step: bool = False
+    last_step: Bool = False
     workflow: str | None = Field(default=None, max_length=256)
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class _Common(BaseModel):
@@ -52,18 +64,18 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Int | None = Field(default=None, ge=1)
     # Unset sampling fields take the model's generation_config.json values, else OpenAI's
     # defaults (temperature 1, top_p 1, no top-k): `SamplingParams.with_defaults`.
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=-1)
-    n: int = Field(default=1, ge=1)
+    top_k: Int | None = Field(default=None, ge=-1)
+    n: Int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
-    stream: bool = False
+    seed: Int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
+    stream: Bool = False
     stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
+    ignore_eos: Bool = False
     user: str | None = None
     # Sessions and tenancy (see sessions.py for the order of precedence).
     session_id: str | None = Field(default=None, min_length=1, max_length=256)
@@ -108,10 +120,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: Bool = False
+    top_logprobs: Int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
 
@@ -133,11 +145,11 @@ class ChatCompletionRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[int] | list[str] | list[list[int]]
-    echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    prompt: str | list[Int] | list[str] | list[list[Int]]
+    echo: Bool = False
+    logprobs: Int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: Int | None = Field(default=None, ge=1)
 
     def num_top_logprobs(self) -> int | None:
         return self.logprobs

@@ -44,6 +44,10 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
         ({**CHAT, "max_tokens": 10**6}, "max_tokens"),
         ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
          "messages.content"),
+        # JSON's own types: pydantic's lax mode read these as 1, True and True
+        ({**CHAT, "max_tokens": True}, "max_tokens"),
+        ({**CHAT, "kvsaga": {"last_step": "yes"}}, "kvsaga.last_step"),
+        ({**CHAT, "stream": 1}, "stream"),
     ],
 )
 def test_bad_fields_are_400(server: LiveServer, body: dict, param: str):
@@ -64,6 +68,8 @@ def test_malformed_and_oversized(server: LiveServer):
     err = _error(_post(server, "/v1/completions", json={**long, "prompt": [5, 99999]}), 422)
     assert "99999" in err["message"]
     _error(_post(server, "/v1/completions", json={**long, "prompt": ["a", "b"]}), 400)
+    err = _error(_post(server, "/v1/completions", json={**long, "prompt": [True, 5]}), 400)
+    assert err["param"].startswith("prompt")
 
 
 def test_not_found(server: LiveServer):
