@@ -101,8 +101,8 @@ class VLLMServer:
         """Start the server and wait until /health answers 200.
 
         Raises:
-            RuntimeError: the server exited or did not become healthy in time (the message
-                carries the end of its log).
+            RuntimeError: the server exited (the message gives its status) or did not become
+                healthy in time; the message carries the end of its log.
         """
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
@@ -114,9 +114,12 @@ class VLLMServer:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(root), env.get("PYTHONPATH")) if p)
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        try:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        finally:
+            if self.log:
+                out.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -128,12 +131,16 @@ class VLLMServer:
             except OSError:
                 pass
             time.sleep(1.0)
+        status = self.proc.poll()
+        what = (f"exited with status {status}" if status is not None else
+                f"did not become healthy within {timeout_s:g} s")
         text = self.log.read_text(errors="replace") if self.log else ""
         errors = [ln for ln in text.splitlines() if "Error:" in ln][:3]  # the root cause first
         self.stop()
-        raise RuntimeError(
-            "vLLM server did not become healthy:\n" + "\n".join(errors) + "\n" + text[-2000:]
-        )
+        where = (f"its log, {self.log}, ends:\n" + text[-2000:] if self.log else
+                 "(pass log=PATH to keep its output)")
+        raise RuntimeError(f"vLLM server {what} (port {self.port}, {self.command()[0]}):\n"
+                           + "".join(e + "\n" for e in errors) + where)
 
     def stop(self) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after 30 s)."""
