@@ -120,8 +120,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load(args) -> list[Session]:
+    """The sessions to simulate. Raises ValueError for a trace that holds none (a table of
+    nan rows would say nothing)."""
     if args.trace is not None:
-        return load_trace(args.trace)
+        sessions = load_trace(args.trace)
+        if not sessions:
+            raise ValueError(f"trace {args.trace!r} holds no sessions")
+        return sessions
     return generate(args.workload, args.sessions, seed=args.seed,
                     arrival_rate=args.arrival_rate, scale=args.scale)
 

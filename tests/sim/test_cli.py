@@ -57,6 +57,8 @@ def test_replays_a_trace_file(tmp_path, capsys):
     (["--kv-memory", "1M"], "more than the"),
     (["--kv-gib", "1"], "--kv-gib is deprecated; give only --kv-memory"),
     (["--trace", "/nonexistent/t.jsonl"], "No such file"),
+    (["--trace", "/dev/null"], "trace '/dev/null' holds no sessions"),
+    (["--trace", "/dev/null", "--gpus", "2"], "trace '/dev/null' holds no sessions"),
     (["--scheduler", "fcfs,lifo"], "unknown scheduler 'lifo'; choose from fcfs, workflow"),
     (["--scheduler", ","], "--scheduler names no scheduler"),
 ])
