@@ -174,6 +174,10 @@ class Serving:
             raise APIError(400, f"X-Session-ID header of {len(header_sid)} characters; at most "
                            f"{MAX_SESSION_ID}", param="X-Session-ID")
         sid = resolve_session_id(body.session_id, header_sid, body.prompt_cache_key)
+        if body.kvsaga is not None and sid is None:
+            raise APIError(400, "kvsaga hints describe a session's pause: send them with "
+                           "session_id (or the X-Session-ID header, or prompt_cache_key)",
+                           param="kvsaga")
         engine_sid = self.sessions.engine_id(salt, sid) if sid else None
         ctx = self.sessions.get(engine_sid) if engine_sid else None
         if ctx is not None and ctx.in_flight is not None:

@@ -192,6 +192,16 @@ def test_session_end_names_a_bad_cache_salt_and_takes_ids_with_a_slash(server: L
     server.wait_idle()
 
 
+def test_kvsaga_hints_without_a_session_are_400_not_dropped(server: LiveServer):
+    body = {**CHAT, "kvsaga": {"tool": "run_tests", "expected_s": 8}}
+    err = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert err["param"] == "kvsaga" and "session_id" in err["message"]
+    r = _post(server, "/v1/chat/completions", json=body, headers={"X-Session-ID": "hinted"})
+    assert r.status_code == 200
+    assert _post(server, "/v1/sessions/hinted/end").status_code == 200
+    server.wait_idle()
+
+
 def test_a_session_header_over_the_field_limit_is_400(server: LiveServer):
     r = _post(server, "/v1/chat/completions", json=CHAT, headers={"X-Session-ID": "s" * 257})
     assert _error(r, 400)["param"] == "X-Session-ID"
