@@ -192,6 +192,24 @@ def test_session_end_names_a_bad_cache_salt_and_takes_ids_with_a_slash(server: L
     server.wait_idle()
 
 
+def test_an_assistant_turn_that_only_called_tools_is_served(server: LiveServer):
+    """OpenAI's reply that calls tools has content null; clients send it back as is. The
+    template reads every message's content: it gets "" (it was a 422 from the template)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "run_tests", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "fix it"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "1 failed"}]
+    r = _post(server, "/v1/chat/completions", json={**CHAT, "messages": messages})
+    assert r.status_code == 200, r.text
+    del messages[1]["content"]
+    assert _post(server, "/v1/chat/completions",
+                 json={**CHAT, "messages": messages}).status_code == 200
+    messages[2] = {"role": "tool", "tool_call_id": "c1"}
+    err = _error(_post(server, "/v1/chat/completions", json={**CHAT, "messages": messages}), 400)
+    assert err["param"] == "messages.2.content" and "role 'tool'" in err["message"]
+    server.wait_idle()
+
+
 def test_kvsaga_hints_without_a_session_are_400_not_dropped(server: LiveServer):
     body = {**CHAT, "kvsaga": {"tool": "run_tests", "expected_s": 8}}
     err = _error(_post(server, "/v1/chat/completions", json=body), 400)

@@ -22,7 +22,7 @@ async def chat(request: Request, body: ChatCompletionRequest) -> Response:
     state = server_state(request)
     srv = state.serving()
     state.check_model(body.model)
-    messages = [_message_dict(m) for m in body.messages]
+    messages = [_message_dict(m, i) for i, m in enumerate(body.messages)]
     kwargs = {"tools": body.tools} if body.tools else {}
     try:
         text = srv.sessions.tokenizer.apply_chat_template(messages, True, **kwargs)
@@ -51,8 +51,13 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     return await srv.complete(request, body, prompt, False, body.max_tokens)
 
 
-def _message_dict(message: Any) -> dict:
-    """A message as the chat template expects: text parts of a content list joined."""
+def _message_dict(message: Any, index: int) -> dict:
+    """A message as the chat template expects: text parts of a content list joined.
+
+    An assistant message may carry no content (OpenAI's reply that only calls tools, which
+    clients send back as is): it reaches the template as "", since templates read the
+    `content` of every message. Any other role needs its content.
+    """
     d = message.model_dump(exclude_none=True)
     content = d.get("content")
     if isinstance(content, list):
@@ -61,4 +66,9 @@ def _message_dict(message: Any) -> dict:
             raise APIError(400, "only text content parts are supported",
                            param="messages.content")
         d["content"] = "".join(texts)
+    elif content is None:
+        if d.get("role") != "assistant":
+            raise APIError(400, f"messages[{index}] (role {d.get('role')!r}) has no content",
+                           param=f"messages.{index}.content")
+        d["content"] = ""
     return d
