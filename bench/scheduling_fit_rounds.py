@@ -33,6 +33,19 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # gain 1.40x -> 1.45x); the non-thrash check rejected it (web seed 103 1x p95 +29.3%): the
 # default stayed, "binding" opt-in (RESULTS "Charge a demoted session's whole context only
 # where the pool binds").
+# Round 21 (issue 10, session 21; committed before it ran): `readmit_charge`
+# "binding_short", "binding" with a second condition that the tiers are short: "full" only
+# while no other step waits for admission and the demoted session's whole own context does
+# not fit beside the admitted contexts (round 10's "context" test; `_tiers_short`), else
+# "uncached". Why: round 20's signal tells that the queue does not bind, not that the pool
+# does. Before the round, on the fit seeds (`bench/scheduling_overflow.py --returns`, which
+# now prints both readings of "short"): at web seed 103 1x, the run round 20's non-thrash
+# check failed on, both conditions hold at 90% of the returns, as "nobody waits" alone
+# does, so this candidate may fail there too; at bfcl 1x 25% they hold at 1-12% (nobody
+# waits: 2-29%), at swe 1x 25% at 19-71% (19-86%). The variant the brief named, "short" as
+# the uncached part beyond the GPU pool's free blocks, holds at every return where nobody
+# waits on every one of those seeds (the pool is full of cached blocks): it would be
+# "binding" again, so it is not a candidate.
 FIT_GRID = [
-    {"readmit_charge": "binding"},
+    {"readmit_charge": "binding_short"},
 ]

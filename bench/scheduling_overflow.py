@@ -28,7 +28,10 @@ sessions and for the slowest 5% (the p95's tail), against fcfs+lru's TCT of the 
 Returns (`--returns`): as each demoted session's next step arrives (to be admitted again),
 the share of its prompt still cached on the GPU, and who else waits for admission then:
 nobody (where `readmit_charge` "binding" charges it its whole context), a new session, or
-only other demoted sessions' steps.
+only other demoted sessions' steps; and whether, with nobody else waiting, the tiers were
+short: its whole own context not fitting beside the admitted contexts (where
+"binding_short" charges it its whole context), or its uncached blocks beyond the GPU
+pool's free blocks (loading it would evict).
 
 Growth (`--growth`): per finished step of an admitted session, the growth the gate predicted
 for it (uncalibrated: the workflow's, or its tool's, mean growth from one finish to the
@@ -226,15 +229,20 @@ def returns(family: str, load: float, frac: float, seed: int, policy: str,
     arriving, (share of its prompt cached on the GPU, others waiting, new sessions waiting)."""
     sim = _sim(family, load, frac, seed, policy, params)
     sched = sim.scheduler
-    seen: list[tuple[float, int, int]] = []
+    seen: list[tuple[float, int, int, bool, bool]] = []
     enqueue = sched._enqueue
+    m = sched.manager
 
     def on_enqueue(req, now, *, retry):
         if not retry and req.resumed and req.session_id in sched._deferred:
-            cached = sched.lookup(req).gpu_hit_blocks * sched.manager.block_size
+            hit = sched.lookup(req).gpu_hit_blocks
+            cached = hit * m.block_size
             waiting = sum(len(q) for q in sched._pending.values())
+            whole = req.num_tokens - min(cached, sched._shared_tokens(req.session_id))
+            uncached = -(-req.num_tokens // m.block_size) - hit
             seen.append((cached / max(req.num_tokens, 1), waiting,
-                         waiting - len(sched._deferred_waiting)))
+                         waiting - len(sched._deferred_waiting), sched._tiers_short(whole),
+                         uncached > m.pool.num_free))
         return enqueue(req, now, retry=retry)
     sched._enqueue = on_enqueue
     return {"row": sim.run().to_dict(), "returns": seen}
@@ -349,10 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             seen, n = d["returns"], max(len(d["returns"]), 1)
             print(f"seed {seed}: mean TCT {d['row']['tct_mean_s']:.1f} s, {len(seen)} demoted "
                   f"sessions' steps arrived, their prompts cached "
-                  f"{sum(c for c, _, _ in seen) / n:.2f} on average; nobody else waiting at "
-                  f"{sum(w == 0 for _, w, _ in seen) / n:.0%}, a new session at "
-                  f"{sum(x > 0 for _, _, x in seen) / n:.0%}, only demoted ones at "
-                  f"{sum(w > 0 and x == 0 for _, w, x in seen) / n:.0%}", flush=True)
+                  f"{sum(c[0] for c in seen) / n:.2f} on average; nobody else waiting at "
+                  f"{sum(c[1] == 0 for c in seen) / n:.0%}, a new session at "
+                  f"{sum(c[2] > 0 for c in seen) / n:.0%}, only demoted ones at "
+                  f"{sum(c[1] > 0 and c[2] == 0 for c in seen) / n:.0%}; nobody else and "
+                  f"the whole context beyond the admitted contexts' room at "
+                  f"{sum(c[1] == 0 and c[3] for c in seen) / n:.0%}, nobody else and the "
+                  f"uncached part beyond the free blocks at "
+                  f"{sum(c[1] == 0 and c[4] for c in seen) / n:.0%}", flush=True)
             continue
         if a.memory:
             d = memory(a.family, a.load, a.capacity, seed, a.policy, params)

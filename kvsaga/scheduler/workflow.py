@@ -132,10 +132,12 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         readmit_charge: what the gate charges a demoted session admitted again: "uncached"
             (only the part of its context not cached, as for a new session), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
-            "full" (its whole context; `kvsaga.scheduler.working_set_gate`), or "binding"
+            "full" (its whole context; `kvsaga.scheduler.working_set_gate`), "binding"
             ("full" while no other step waits for admission, where the pool binds, else
-            "uncached": `WorkingSetGate._pool_binds`). Opt-in: `--fit` round 20 ranked it
-            first and its non-thrash check rejected it (RESULTS "Scheduling").
+            "uncached": `WorkingSetGate._pool_binds`; opt-in: `--fit` round 20 ranked it
+            first and its non-thrash check rejected it, RESULTS "Scheduling"), or
+            "binding_short" ("binding"'s "full" only while the whole context also does
+            not fit beside the admitted contexts: `WorkingSetGate._tiers_short`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

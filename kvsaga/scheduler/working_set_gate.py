@@ -21,9 +21,12 @@ from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
-READMIT_CHARGES = ("uncached", "context", "full", "binding")
+READMIT_CHARGES = ("uncached", "context", "full", "binding", "binding_short")
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
+# "binding_short": "full" only while the queue does not bind and the tiers are short: the
+# session's whole context does not fit beside the admitted contexts (`_tiers_short`).
+READMIT_BINDING_SHORT = "binding_short"
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
 GROWTH_CHARGES = ("step", "remaining")
 # `WorkflowScheduler(paused_reserve=...)`'s third value besides True and False: the room
@@ -182,18 +185,38 @@ class WorkingSetGate:
         check also binds when the tail guard or Agent Fair Share demotes to make room
         (`_reclaim_due`, `_reclaim_share`); docs/scheduling_fit_history.md has the round.
         "binding": "full" while no other step waits for admission, else "uncached"
-        (`_pool_binds`)."""
+        (`_pool_binds`); "binding_short": "full" while no other step waits and its whole
+        own context does not fit beside the admitted contexts, else "uncached"
+        (`_tiers_short`)."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         charge = self.readmit_charge
         if charge == "uncached" or req.session_id not in self._deferred:
             return own, None
-        if charge == READMIT_BINDING:
+        whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
+        if charge in (READMIT_BINDING, READMIT_BINDING_SHORT):
             if not self._pool_binds(req):
                 return own, None
+            if charge == READMIT_BINDING_SHORT and not self._tiers_short(whole):
+                return own, None
             charge = "full"
-        whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
         return (whole, None) if charge == "full" else (own, whole)
+
+    def _tiers_short(self, whole: int) -> bool:
+        """Under `readmit_charge` "binding_short": whether a demoted session's whole own
+        context (`whole` tokens, less a prefix it shares) does not fit beside the admitted
+        sessions' own contexts within the tiers (round 10's "context" test, growth not
+        counted): admitting it at its uncached charge would take the admitted contexts
+        alone over the tiers, so the next shrink must demote someone.
+
+        Why (RESULTS "Scheduling", `--fit` round 21; fit seeds 101-106): "binding"'s signal
+        (`_pool_binds`, nobody else waits) tells that the queue does not bind, not that the
+        pool does; without pressure nobody waits either (web seed 103 1x: at 90% of the
+        returns), and charging the whole context there held sessions for nothing (p95
+        +29%). This second condition asks the tiers themselves. No constant."""
+        bs = self.manager.block_size
+        limit = self.overcommit * self.capacity
+        return self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs) > limit
 
     def _pool_binds(self, req: Any) -> bool:
         """Under `readmit_charge` "binding": whether the pool, not the queue, binds the

@@ -86,8 +86,12 @@ def test_returns_mode_sees_every_demoted_sessions_return_and_changes_nothing(mod
     # a demoted session's step arrives once per demotion at most (its session may end or
     # be admitted again by an undo first: none here, undo_demotion is off)
     assert 0 < len(seen) <= plain["num_demotions"]
-    assert all(0 <= c <= 1 and 0 <= new <= waiting for c, waiting, new in seen)
-    assert any(w == 0 for _, w, _ in seen) and any(w > 0 for _, w, _ in seen)
+    assert all(0 <= c <= 1 and 0 <= new <= waiting for c, waiting, new, _, _ in seen)
+    assert any(r[1] == 0 for r in seen) and any(r[1] > 0 for r in seen)
+    # the tiers' two readings (short beside the admitted contexts; beyond the free blocks)
+    # are booleans, and the first answers both ways over the seed's returns
+    assert all(isinstance(r[3], bool) and isinstance(r[4], bool) for r in seen)
+    assert any(r[3] for r in seen) and not all(r[3] for r in seen)
 
 
 def test_params_reach_the_scheduler_and_bad_ones_are_refused(mods, capsys):

@@ -1,0 +1,121 @@
+"""`WorkflowScheduler(readmit_charge="binding_short")`: a demoted session admitted again is
+charged its whole context ("full") only while no other step waits for admission
+(`WorkingSetGate._pool_binds`) and its whole own context does not fit beside the admitted
+contexts (`WorkingSetGate._tiers_short`), else its uncached part. Both branches of the
+second condition, its value's check, the engine and server entry points, and the scheduler
+state machine with it on under every policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.scheduler import WorkflowScheduler
+from tests.scheduler.demoting_machine import DEMOTING, machine, reach
+from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.test_readmit_binding import _demoted_a_back
+from tests.sched_helpers import ToyRequest
+from tests.test_manager_stateful import POLICIES
+
+
+def _roomier(s, extra_blocks: int) -> None:
+    """Let the tiers hold `extra_blocks` more (fewer if negative: overcommit over the same
+    pool); the whole context's test and the gate read the same limit."""
+    s.overcommit = (s.capacity + extra_blocks) / s.capacity
+
+
+@pytest.mark.parametrize("extra,short", [
+    (-1, True),  # a's whole 12 blocks beside b's 4 context blocks > 15: short, "full"
+    (0, False),  # the limit 16 holds 12 + 4: not short, "uncached"
+])
+def test_binding_short_charges_the_whole_context_only_while_the_tiers_are_short(extra, short):
+    s, ex, a3, _ = _demoted_a_back("binding_short", 0)
+    _roomier(s, extra)
+    lk = s.lookup(a3)
+    assert s._pool_binds(a3)  # nobody else waits: the first condition holds in both
+    whole = a3.num_tokens - min(lk.gpu_hit_blocks * 4, s._shared_tokens("a"))
+    assert s._context_blocks() == 4 and whole == 48
+    assert s._tiers_short(whole) is short
+    own = a3.num_tokens - lk.gpu_hit_blocks * 4
+    assert s._readmit_tokens(a3, lk) == ((a3.num_tokens, None) if short else (own, None))
+
+
+@pytest.mark.parametrize("extra,others,picked", [
+    (-1, 0, "full"),      # alone and short
+    (0, 0, "uncached"),   # alone, room for the contexts
+    (-1, 1, "uncached"),  # short, but a new session waits: the queue binds
+])
+def test_binding_short_decides_as_the_charge_it_picks(extra, others, picked):
+    """The same state under "binding_short" and under the charge it picks decides alike
+    (admissions, the books, demotions)."""
+    got = []
+    for charge in ("binding_short", picked):
+        s, ex, a3, new = _demoted_a_back(charge, others)
+        _roomier(s, extra)
+        out = s.schedule(3.0, ex)
+        got.append(([r.session_id for r in out.admitted], s._committed, s.num_demotions))
+    assert got[0] == got[1]
+    if (extra, others) == (-1, 0):
+        assert "a" not in got[0][0] and s._cause == "contexts"  # held: whole context charged
+    if (extra, others) == (0, 0):
+        assert "a" in got[0][0]  # "binding" would charge 12 blocks + growth; this does not
+
+
+def test_binding_short_differs_from_binding_where_the_tiers_have_room():
+    """Where nobody waits but the contexts fit, "binding" charges the whole context and
+    "binding_short" does not: the one case the second condition changes."""
+    admitted = {}
+    for charge in ("binding", "binding_short"):
+        s, ex, a3, _ = _demoted_a_back(charge, 0)
+        admitted[charge] = a3 in s.schedule(3.0, ex).admitted
+    assert admitted == {"binding": False, "binding_short": True}
+
+
+def test_binding_short_leaves_new_sessions_alone():
+    s = wf(manager(16), readmit_charge="binding_short")
+    new = ToyRequest("n", toks(0, 12), max_new=1, last=False)
+    s.add(new, 0.0)
+    assert s._readmit_tokens(new, s.lookup(new)) == (12, None)
+
+
+def test_binding_short_is_a_named_value_and_bad_values_leave_nothing_built():
+    with pytest.raises(ValueError, match="readmit_charge must be one of uncached, context, "
+                       "full, binding, binding_short, got 'short'"):
+        wf(manager(16), readmit_charge="short")
+    assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
+    assert wf(manager(16), readmit_charge="binding_short").readmit_charge == "binding_short"
+
+
+def test_binding_short_reaches_kvsaga_serve_settings_and_a_bad_value_is_refused():
+    from kvsaga.serve.cli import build_parser, settings_from_args
+    from kvsaga.serve.settings import ServerSettings
+    args = build_parser().parse_args(["--scheduler-params",
+                                      '{"readmit_charge": "binding_short"}'])
+    assert settings_from_args(args).scheduler_params == {"readmit_charge": "binding_short"}
+    with pytest.raises(ValueError, match="readmit_charge must be one of .*binding_short, "
+                                         "got 'short'"):
+        ServerSettings(scheduler_params={"readmit_charge": "short"})
+
+
+def test_the_state_machine_reaches_both_answers_of_the_tiers(monkeypatch):
+    """Over the machine's derandomized runs the second condition is asked and answers both
+    ways (the code under test is reached), the books holding after every rule."""
+    answers = {True: 0, False: 0}
+    inner = WorkflowScheduler._tiers_short
+
+    def counted(self, whole):
+        got = inner(self, whole)
+        answers[got] += 1
+        return got
+    monkeypatch.setattr(WorkflowScheduler, "_tiers_short", counted)
+    params = {**DEMOTING, "readmit_charge": "binding_short"}
+    for examples in (150, 300, 600):
+        c = reach("lru", params, examples=examples)
+        if answers[True] and answers[False]:
+            break
+    assert c["demotions"] > 0
+    assert answers[True] > 0 and answers[False] > 0, answers
+
+
+for _name in POLICIES:
+    globals()[f"TestSchedulerStateful_readmit_binding_short_{_name.replace('-', '_')}"] = (
+        machine(_name, {**DEMOTING, "readmit_charge": "binding_short"}))
