@@ -22,6 +22,14 @@ BUDGET = 48  # tokens per batch: prompts are prefilled in chunks
 # undo_demotion with a growth prior under which `stream()`'s shrink demotes (and the default
 # 256-token prior, 16 blocks, keeps the gate shut instead): the parity rows below.
 UNDO = {"undo_demotion": True, "prior_growth_tokens": 16}
+# the same prior without the undo: the stream's one demoted session's step comes back
+# through the gate's re-admission charge (`readmit_charge`), which these rows set. On this
+# stream "full" charges it its whole context and "binding" / "binding_short" answer
+# "uncached" (other steps wait); none changes the admissions (the unit tests in
+# tests/scheduler/test_readmit_binding*.py cover the decisions): these rows check that the
+# engine and the simulator run the same code to the same log with each value.
+READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16}
+           for c in ("full", "binding", "binding_short")]
 
 
 def stream() -> list[Session]:
@@ -131,7 +139,8 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"shrink_order": "least_work"}),
     ("workflow", {"readmit_cost": "uncached"}),
     ("workflow", UNDO),
-    ("workflow", {**UNDO, "shrink_after": 1.0})])
+    ("workflow", {**UNDO, "shrink_after": 1.0}),
+    *[("workflow", p) for p in READMIT]])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     """The two `UNDO` rows: with a 16-token growth prior the stream's shrink demotes a
     session whose next step comes back with its context cached, and the undo admits it
@@ -149,6 +158,8 @@ def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler
         assert counts["demoted"] >= 1 and counts["undone"] >= 1
     elif params == {**UNDO, "shrink_after": 1.0}:
         assert counts["demoted"] == 0
+    elif params in READMIT:
+        assert counts["demoted"] >= 1  # a demoted session's step came back to the gate
     engine_log = run_engine(model_dir, sessions, synth, scheduler, params)
     admitted = [sid for a, _ in sim_log for sid in a]
     assert len(admitted) >= 12  # every step admitted, retries included

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.scheduler import WorkflowScheduler
+from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machine, reach
 from tests.scheduler.helpers import manager, toks, wf
 from tests.scheduler.test_readmit_binding import _demoted_a_back
-from tests.sched_helpers import ToyRequest
 from tests.test_manager_stateful import POLICIES
 
 
