@@ -45,7 +45,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # waits: 2-29%), at swe 1x 25% at 19-71% (19-86%). The variant the brief named, "short" as
 # the uncached part beyond the GPU pool's free blocks, holds at every return where nobody
 # waits on every one of those seeds (the pool is full of cached blocks): it would be
-# "binding" again, so it is not a candidate.
+# "binding" again, so it is not a candidate. The rule ranked it first (2 distinct p95
+# misses, as PREVIOUS; smallest gain 1.40x -> 1.42x); the non-thrash check rejected it (web
+# seed 103 1x p95 10.28 -> 22.37 s, +118%; swe seed 103 1x mean +3.8%): the default stayed,
+# "binding_short" opt-in (RESULTS "Charge a demoted session's whole context only where the
+# tiers are short").
 FIT_GRID = [
     {"readmit_charge": "binding_short"},
 ]

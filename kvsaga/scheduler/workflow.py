@@ -137,7 +137,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             "uncached": `WorkingSetGate._pool_binds`; opt-in: `--fit` round 20 ranked it
             first and its non-thrash check rejected it, RESULTS "Scheduling"), or
             "binding_short" ("binding"'s "full" only while the whole context also does
-            not fit beside the admitted contexts: `WorkingSetGate._tiers_short`).
+            not fit beside the admitted contexts: `WorkingSetGate._tiers_short`; opt-in:
+            round 21 ranked it first and its non-thrash check rejected it).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -213,7 +213,12 @@ class WorkingSetGate:
         (`_pool_binds`, nobody else waits) tells that the queue does not bind, not that the
         pool does; without pressure nobody waits either (web seed 103 1x: at 90% of the
         returns), and charging the whole context there held sessions for nothing (p95
-        +29%). This second condition asks the tiers themselves. No constant."""
+        +29%). This second condition asks the tiers themselves. No constant. Opt-in:
+        round 21 ranked it first (smallest gain 1.40x -> 1.42x) and its non-thrash check
+        rejected it (web seed 103 1x p95 +118%): there the whole context does not fit
+        beside the admitted contexts at the same returns where nobody waits (90%), so
+        the tiers are short too, and a session held for its whole context waits for an
+        admitted one to end (one waited 13.1 s) while the demotions still come."""
         bs = self.manager.block_size
         limit = self.overcommit * self.capacity
         return self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs) > limit
