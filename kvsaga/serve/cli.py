@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -193,6 +194,24 @@ def preflight(s: ServerSettings) -> None:
     open_checkpoint(s.model if s.model is not None else default_model_path())
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), for uvicorn to listen on.
+
+    Raises:
+        OSError: the address is in use, not local, or not permitted.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _exit_on_load_failure(app, server, failed: list[BaseException]) -> None:
     """Watch the engine thread's load: on failure, stop the server so the process exits
     non-zero (supervisors restart or alert on that) instead of answering 503 forever."""
@@ -232,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvsaga.serve.app import build_app, model_name_for
 
+    try:  # before the model loads: a busy port fails at once, in one line
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as e:
+        print(f"kvsaga-serve: error: cannot listen on {settings.host}:{settings.port}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
     app = build_app(engine_factory(settings), settings)
     auth = "API key required" if settings.api_keys else "no auth"
     changed = non_default_params(settings.scheduler, settings.scheduler_params)
@@ -244,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher = threading.Thread(target=_exit_on_load_failure, args=(app, server, failed),
                                daemon=True)
     watcher.start()
-    server.run()
+    server.run(sockets=[sock])
     if failed:
         return report_failure("kvsaga-serve", failed[0], debug, "the model failed to load: ")
     return 0

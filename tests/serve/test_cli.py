@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,28 @@ def test_settings_built_directly_are_checked_too():
         ServerSettings(max_queue=-1)
     with pytest.raises(ValueError, match="block_size must be an int >= 1, got 2.5"):
         ServerSettings(block_size=2.5)
+
+
+def test_a_busy_port_fails_in_one_line_before_the_model_loads():
+    """Another server on the port: one line naming the address, exit 2, nothing loaded (it
+    was uvicorn's error after the model began loading, exit 3, and the log of the rest)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _serve("--port", str(port), "--log-level", "warning")
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"kvsaga-serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert r.stderr.count("\n") == 1, r.stderr
+
+
+def test_the_server_listens_on_the_socket_it_bound():
+    from kvsaga.serve.cli import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        with pytest.raises(OSError), socket.socket() as other:
+            other.bind(("127.0.0.1", port))
+    finally:
+        sock.close()
