@@ -200,12 +200,13 @@ def listen_socket(host: str, port: int) -> socket.socket:
     Raises:
         OSError: the address is in use, not local, or not permitted.
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 ("localhost" is then
+    # 127.0.0.1, whichever family the resolver lists first).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
     except OSError:
         sock.close()
         raise

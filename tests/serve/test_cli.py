@@ -127,8 +127,9 @@ def test_a_busy_port_fails_in_one_line_before_the_model_loads():
 def test_the_server_listens_on_the_socket_it_bound():
     from kvsaga.serve.cli import listen_socket
 
-    sock = listen_socket("127.0.0.1", 0)
+    sock = listen_socket("localhost", 0)  # IPv4, as uvicorn would bind it
     try:
+        assert sock.family == socket.AF_INET
         port = sock.getsockname()[1]
         with pytest.raises(OSError), socket.socket() as other:
             other.bind(("127.0.0.1", port))
