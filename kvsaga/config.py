@@ -83,7 +83,11 @@ def parse_bytes(text: str) -> int:
     m = _SIZE.match(text)
     if m is None:
         raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    number, unit = m.group(1), m.group(2).upper()
+    if not unit and "." in number:  # "1.5" meant 1.5G, not one byte
+        raise ValueError(f"not a memory size: {text!r} is a fraction of a byte; give a unit, "
+                         f"e.g. {number}G")
+    return int(float(number) * _UNITS[unit])
 
 
 @dataclass(frozen=True, slots=True)

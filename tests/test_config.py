@@ -63,3 +63,7 @@ def test_parse_bytes():
     assert parse_bytes("4096") == 4096
     with pytest.raises(ValueError, match="12Q"):
         parse_bytes("12Q")
+    # No unit and a fraction: "1.5" meant 1.5G, not 1 byte (it was read as 1).
+    with pytest.raises(ValueError, match=r"'1.5' is a fraction of a byte; give a unit, e.g. 1.5G"):
+        parse_bytes("1.5")
+    assert parse_bytes("1.5K") == 1536 and parse_bytes("2.0G") == 2 * 2**30
