@@ -13,6 +13,7 @@ against it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -269,11 +270,13 @@ def cmd_sim(args) -> int:
 
 
 def _check_outputs(args) -> None:
-    """ValueError naming the flag: --json or --plot names a file that cannot be written, or
-    --plot with --gpus/--router (the cluster run does not sweep)."""
+    """ValueError naming the flag: --json or --plot names a file that cannot be written,
+    --plot with --gpus/--router (the cluster run does not sweep) or without matplotlib."""
     if args.plot is not None and (args.gpus > 1 or args.router is not None):
         raise ValueError("--plot sweeps one GPU's KV capacity; it does not apply with --gpus "
                          "or --router")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'kvsaga[sim]'")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is None:
             continue

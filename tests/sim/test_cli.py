@@ -134,6 +134,20 @@ def test_output_paths_are_checked_before_anything_runs(args, message, capsys, mo
     assert message in err and err.count("\n") == 1
 
 
+def test_plot_without_matplotlib_fails_before_the_sweep(capsys, monkeypatch):
+    import sys
+
+    from kvsaga.sim import cli as sim_cli
+
+    def refuse(*a, **k):
+        raise AssertionError("simulated before finding that --plot cannot draw")
+
+    monkeypatch.setattr(sim_cli, "compare", refuse)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert main(TINY + ["--plot", "r.png"]) == 2
+    assert "--plot needs matplotlib: pip install 'kvsaga[sim]'" in capsys.readouterr().err
+
+
 def test_a_crash_does_not_suggest_a_flag_sim_lacks(capsys, monkeypatch):
     from kvsaga.sim import cli as sim_cli
 
