@@ -93,8 +93,12 @@ def load_llm(args: argparse.Namespace):
     The weight-loading bar shows only on a terminal: piped into a log it would print one
     line per update.
     """
-    from kvsaga.engine.llm import LLM, resolve_device
-
+    try:
+        from kvsaga.engine.llm import LLM, resolve_device
+    except ImportError as e:  # installed without the extra
+        print(f"kvsaga: error: {e}; install the model's dependencies: pip install "
+              "'kvsaga[model]'", file=sys.stderr)
+        raise SystemExit(2) from None
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     llm = LLM(args.model, device=device, dtype=args.dtype, progress=sys.stderr.isatty())

@@ -83,6 +83,15 @@ def test_bad_devices_fail_in_one_line_before_loading(device, capsys, no_load):
     assert "Traceback" not in err
 
 
+def test_without_the_model_extra_it_names_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kvsaga.engine.llm", None)  # as if torch were missing
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "pip install 'kvsaga[model]'" in err
+
+
 def test_a_missing_model_fails_in_one_line(capsys):
     assert cli.main(["generate", "hi", "--model", "/nope", "--device", "cpu"]) == 2
     assert capsys.readouterr().err == "kvsaga: error: model path does not exist: /nope\n"

@@ -248,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             return report_failure("kvsaga-serve", e, debug)
         return 0
-    import uvicorn
+    try:
+        import uvicorn
 
-    from kvsaga.serve.app import build_app, model_name_for
-
+        from kvsaga.serve.app import build_app, model_name_for
+    except ImportError as e:  # installed without the extra
+        print(f"kvsaga-serve: error: {e}; install the server's dependencies: "
+              "pip install 'kvsaga[serve]'", file=sys.stderr)
+        return 2
     try:  # before the model loads: a busy port fails at once, in one line
         sock = listen_socket(settings.host, settings.port)
     except OSError as e:

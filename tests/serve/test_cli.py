@@ -135,3 +135,13 @@ def test_the_server_listens_on_the_socket_it_bound():
             other.bind(("127.0.0.1", port))
     finally:
         sock.close()
+
+
+def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    from kvsaga.serve import cli
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert cli.main(["--model", str(tiny_dir), "--device", "cpu", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'kvsaga[serve]'" in err and "uvicorn" in err and err.count("\n") == 1
