@@ -238,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         preflight(settings)
+    except ImportError as e:  # installed without the extra (torch, the loaders)
+        print(f"kvsaga-serve: error: {e}; install the server's dependencies: "
+              "pip install 'kvsaga[serve]'", file=sys.stderr)
+        return 2
     except Exception as e:
         return report_failure("kvsaga-serve", e, debug)
     if args.replicas is not None:

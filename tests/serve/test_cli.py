@@ -141,7 +141,10 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
                                                     monkeypatch: pytest.MonkeyPatch):
     from kvsaga.serve import cli
 
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
-    assert cli.main(["--model", str(tiny_dir), "--device", "cpu", "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "pip install 'kvsaga[serve]'" in err and "uvicorn" in err and err.count("\n") == 1
+    for missing in ("uvicorn", "kvsaga.engine.llm"):  # the server's, the model's
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, missing, None)  # as if not installed
+            assert cli.main(["--model", str(tiny_dir), "--device", "cpu", "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "pip install 'kvsaga[serve]'" in err and missing in err, err
+        assert err.count("\n") == 1
