@@ -86,7 +86,7 @@ class SessionHeap {
   // changes), due; then, when no due session is left for Python, restore and runs.
   nb::tuple refresh_runs(double now, nb::handle drops, nb::handle pushes, int64_t num_blocks,
                          int64_t stale_limit) {
-    nb::list due_now = refresh(now, drops, pushes, stale_limit);
+    nb::list due_now = refresh(now, drops, pushes, stale_limit, nb::handle());
     if (PyList_GET_SIZE(due_now.ptr()) > 0) return nb::make_tuple(due_now, nb::none());
     restore();
     if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none());
@@ -99,13 +99,19 @@ class SessionHeap {
   nb::tuple refresh_victims(double now, nb::handle drops, nb::handle pushes,
                             int64_t num_blocks, int64_t stale_limit, nb::handle groups) {
     if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
-    nb::list due_now = refresh(now, drops, pushes, stale_limit);
-    if (PyList_GET_SIZE(due_now.ptr()) > 0)
-      return nb::make_tuple(due_now, nb::none(), nb::none());
-    restore();
-    if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none(), nb::none());
-    nb::list taken = runs(num_blocks);
-    return nb::make_tuple(nb::none(), taken, victim_runs::tail_victims(groups, taken));
+    return victims_after(refresh(now, drops, pushes, stale_limit, nb::handle()), num_blocks,
+                         groups);
+  }
+
+  // `refresh_victims` with the sessions marked since the last search instead of the drops
+  // (session_heap.py `refresh_marked`): those of `marked` that `groups` does not hold are
+  // dropped, the others left to `pushes`. The marks' split into kept and gone is made here,
+  // with the lookups tail_victims makes, instead of by set operations in Python (bench/
+  // RESULTS.md, "The marks' split in the index call").
+  nb::tuple refresh_marked(double now, nb::handle marked, nb::handle pushes,
+                           int64_t num_blocks, int64_t stale_limit, nb::handle groups) {
+    if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
+    return victims_after(refresh(now, marked, pushes, stale_limit, groups), num_blocks, groups);
   }
 
   // Push `p` (read by `read_push`).
@@ -370,10 +376,23 @@ class SessionHeap {
     return slot;
   }
 
+  // `refresh_victims`' answer after `refresh` gave `due_now`.
+  nb::tuple victims_after(nb::list due_now, int64_t num_blocks, nb::handle groups) {
+    if (PyList_GET_SIZE(due_now.ptr()) > 0)
+      return nb::make_tuple(due_now, nb::none(), nb::none());
+    restore();
+    if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none(), nb::none());
+    nb::list taken = runs(num_blocks);
+    return nb::make_tuple(nb::none(), taken, victim_runs::tail_victims(groups, taken));
+  }
+
   // `refresh_runs` up to its `due`: the sessions due for Python. `refresh_victims` runs it
   // too, and its errors name `refresh_runs` from there as well, as the Python twin's do
-  // (session_heap.py `refresh_victims` calls `refresh_runs`).
-  nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit) {
+  // (session_heap.py `refresh_victims` calls `refresh_runs`). With `held` (a dict: the
+  // groups), only the drops it does not hold are dropped (`refresh_marked`), judged after
+  // every drop was hashed and before anything changes.
+  nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit,
+                   nb::handle held) {
     if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
     nb::object ds = nb::steal(PySequence_List(drops.ptr()));
     if (!ds.is_valid()) throw_current();
@@ -382,6 +401,19 @@ class SessionHeap {
     Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
     for (Py_ssize_t i = 0; i < nd; ++i)
       if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
+    if (held.is_valid()) {  // the gone first (swapped within the list: no reference moves)
+      Py_ssize_t gone = 0;
+      for (Py_ssize_t i = 0; i < nd; ++i) {
+        PyObject* sid = PyList_GET_ITEM(ds.ptr(), i);
+        int in = PyDict_Contains(held.ptr(), sid);
+        if (in < 0) throw_current();
+        if (!in) {
+          PyObject** items = reinterpret_cast<PyListObject*>(ds.ptr())->ob_item;
+          std::swap(items[gone++], items[i]);
+        }
+      }
+      nd = gone;
+    }
     // The usual search pushes a few sessions: read into the stack, with no heap allocation
     // (whose code a search between two steps finds out of the caches: bench/RESULTS.md, "What
     // the victim search costs, way by way").
@@ -520,6 +552,8 @@ NB_MODULE(_evict, m) {
       .def("refresh_runs", &SessionHeap::refresh_runs, "now"_a, "drops"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a)
       .def("refresh_victims", &SessionHeap::refresh_victims, "now"_a, "drops"_a, "pushes"_a,
+           "num_blocks"_a, "stale_limit"_a, "groups"_a)
+      .def("refresh_marked", &SessionHeap::refresh_marked, "now"_a, "marked"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a, "groups"_a)
       .def_static("tail_victims", &victim_runs::tail_victims, "groups"_a, "runs"_a)
       .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,

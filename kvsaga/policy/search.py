@@ -152,6 +152,7 @@ class VictimSearch:
     _global_keys = False
     _tokens = False
     _states = False  # the class gives all three in one call, `_search_state`
+    _timed = False  # the class gives `_timed_base` (its keys with timed records)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -160,6 +161,7 @@ class VictimSearch:
         cls._global_keys = cls._global_state is not VictimSearch._global_state
         cls._tokens = cls._keys_token is not VictimSearch._keys_token
         cls._states = cls._search_state is not VictimSearch._search_state
+        cls._timed = hasattr(cls, "_timed_base")
 
     # -- victims ------------------------------------------------------------------------------
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
@@ -260,14 +262,18 @@ class VictimSearch:
             # (a bad push) or after it applied the pushes (from its victims, `tail_victims`),
             # its table then holding keys of those classes: the table is forgotten (the
             # sessions it keyed come back to Python when due, as after new statistics).
-            live = dirty & groups.keys()
-            gone = dirty - live if len(live) < len(dirty) else ()
+            # The marks are not split into kept and gone here: `_keys` skips the sessions
+            # without cached blocks, and the index drops them (`refresh_marked`), with the
+            # lookups each makes anyway (set operations on the marks cost a search between
+            # two steps more misses: bench/RESULTS.md, "The marks' split in the index call").
+            # A gone session's `_base` entry stays until it is keyed again or ends: only a
+            # session the index holds is read there, and each push wrote its base.
             bases: dict[str, Any] = {}
             classes, known = self._classes, len(self._classes)
             try:
-                pushes = self._keys(live, now, bases) if live else []
-                due, self._runs, out = index.refresh_victims(
-                    now, gone, pushes, want, 2 * len(groups) + 64, groups)
+                pushes = self._keys(dirty, now, bases) if dirty else []
+                due, self._runs, out = index.refresh_marked(
+                    now, dirty, pushes, want, 2 * len(groups) + 64, groups)
             except BaseException:
                 given = list(classes)[known:]  # the class ids this keying gave
                 for sig in given:
@@ -275,11 +281,8 @@ class VictimSearch:
                 if given:  # the index may hold their keys: its table is forgotten
                     index.forget_keys()
                 raise
-            base_of = self._base
-            for sid in gone:  # no cached block left (evicted, or hit)
-                base_of.pop(sid, None)
             if bases:
-                base_of.update(bases)
+                self._base.update(bases)
             dirty.clear()
             if due is not None:
                 # Due sessions that only Python keys (their class's keys unknown, or past
@@ -476,8 +479,8 @@ class VictimSearch:
 
     def _keys(self, sids: Iterable[str], now: float,
               base_of: dict[str, Any] | None = None) -> list[tuple]:
-        """The index's pushes (sid, key, tail block, size, until, timed) that key sessions
-        holding cached blocks, judged at `now` (one loop for all of them: a relearning
+        """The index's pushes (sid, key, tail block, size, until, timed) that key the
+        sessions of `sids` holding cached blocks (the others are skipped), judged at `now` (one loop for all of them: a relearning
         re-keys every session). With `_timed_base`, each key goes with its timed record
         (session_heap.py), so that the index re-keys the session itself at its next grid
         points while its class's keys are known; its base is then asked of the index (None
@@ -491,11 +494,15 @@ class VictimSearch:
         out: list[tuple] = []
         # One key per session (the default `_entry_key`): the session's key is its tail's.
         entry_key = None if self._one_key else self._entry_key
-        timed_base = getattr(self, "_timed_base", None) if self.class_keys else None
+        # (a class attribute read, not a `getattr` call: each call's generic path costs a
+        # search between two steps its misses)
+        timed_base = self._timed_base if self._timed and self.class_keys else None
         if timed_base is None:
             session_base = self._session_base
             for sid in sids:
-                g = groups[sid]
+                g = groups.get(sid)
+                if g is None:  # no cached block left (the index drops it: `refresh_marked`)
+                    continue
                 base, until = session_base(sid, g, now)
                 base_of[sid] = base
                 b = g[0]
@@ -504,7 +511,9 @@ class VictimSearch:
             return out
         classes, new_class = self._classes, self._class_ids.__next__
         for sid in sids:
-            g = groups[sid]
+            g = groups.get(sid)
+            if g is None:
+                continue
             base, until, rec = timed_base(sid, g, now)
             b = g[0]
             key = base if entry_key is None else entry_key(base, pos[b])

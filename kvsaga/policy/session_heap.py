@@ -476,11 +476,20 @@ class PySessionHeap:
 
         One call instead of one per step: on the C++ index each call is a dispatch whose
         code a search after other work finds out of the CPU caches."""
+        return self._refresh_runs(now, drops, pushes, num_blocks, stale_limit, None)
+
+    def _refresh_runs(self, now: float, drops: Iterable[Hashable], pushes: Iterable[tuple],
+                      num_blocks: int, stale_limit: int, held: dict | None
+                      ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None]:
+        """`refresh_runs`; with `held` (`refresh_marked`'s groups), only the drops it does
+        not hold are dropped, judged once every drop was hashed, before anything changes."""
         if math.isnan(now):  # (every timer would be judged against it)
             raise ValueError("refresh_runs: now must not be NaN")
         drops, pushes = list(drops), list(pushes)
         for sid in drops:
             hash(sid)  # an unhashable id fails here, before anything changed
+        if held is not None:
+            drops = [sid for sid in drops if sid not in held]
         for i, p in enumerate(pushes):
             _check_push(i, p)
         if len(self._heap) > stale_limit:
@@ -506,6 +515,20 @@ class PySessionHeap:
         if not isinstance(groups, dict):
             raise TypeError("groups must be a dict")
         due, runs = self.refresh_runs(now, drops, pushes, num_blocks, stale_limit)
+        return due, runs, (None if runs is None else self.tail_victims(groups, runs))
+
+    def refresh_marked(self, now: float, marked: Iterable[Hashable], pushes: Iterable[tuple],
+                       num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]]
+                       ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None,
+                                  list[int] | None]:
+        """`refresh_victims` given the sessions marked since the last search instead of the
+        drops: those of `marked` that `groups` does not hold (no cached block left) are
+        dropped, the others are left to `pushes` (search.py keys them). The usual search
+        then needs no set operation in Python to split its marks into kept and gone: the
+        index makes that split with the lookups it makes anyway."""
+        if not isinstance(groups, dict):
+            raise TypeError("groups must be a dict")
+        due, runs = self._refresh_runs(now, marked, pushes, num_blocks, stale_limit, groups)
         return due, runs, (None if runs is None else self.tail_victims(groups, runs))
 
     # A search's runs off the session groups (kvsaga/policy/victim_runs.py).

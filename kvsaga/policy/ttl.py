@@ -117,7 +117,8 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
 
         The pressure factor 1 / (1 - u) is read on a 2^(1/4) scale that moves only once it
         changed by a whole step (`sticky_level`), so every key changes only then."""
-        u = min(self.usage(), self.max_usage)
+        u, top = self.usage(), self.max_usage
+        u = top if top < u else u  # min(): the same float, without the builtin's generic call
         if u != self._rent_usage:  # the same usage gives the same level: keep the last rent
             self._rent_usage = u
             self._pressure = sticky_level(1.0 / (1.0 - u), self._pressure, GRID_RATIO)
