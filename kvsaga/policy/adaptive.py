@@ -138,11 +138,14 @@ def _tracks_groups(policy: EvictionPolicy) -> bool:
 class _Expert:
     """One ranking and what it is charged."""
 
-    __slots__ = ("name", "policy", "ghost", "charged", "named")
+    __slots__ = ("name", "policy", "runs", "ghost", "charged", "named")
 
     def __init__(self, name: str, policy: EvictionPolicy) -> None:
         self.name = name
         self.policy = policy
+        # its last search's runs (`victim_runs`), None for a policy without them: read once
+        # here, not by a `getattr` call at every search (`_expect`)
+        self.runs = getattr(policy, "victim_runs", None)
         self.ghost = PyGhostList(1)  # hash -> rebuild seconds; bind sizes it
         self.charged = 0.0  # decayed rebuild seconds its names caused
         # decayed blocks named, or (`realized`) prompt blocks read while it led
@@ -288,7 +291,13 @@ class AdaptivePolicy(EvictionPolicy):
         if self.shadow_cache:  # hysteresis: the leader changes when beaten by switch_margin
             if not self._shadows:  # dropped after a failure (`_on_shadows`): keep the leader
                 return
-            best = min(self.experts, key=lambda e: e.charged)
+            # min(experts, key=charged), without the builtin's generic call and a lambda
+            # frame per expert (run at every search): the first of the least, as min() gives
+            experts = self.experts
+            best = experts[0]
+            for e in experts:
+                if e.charged < best.charged:
+                    best = e
             if best.charged < (1.0 - self.switch_margin) * self.leader.charged:
                 self.leader = best
             return
@@ -359,7 +368,7 @@ class AdaptivePolicy(EvictionPolicy):
         """Tell the experts that did not search how the leader's victims leave."""
         # The other experts see these victims leave as runs of session tails, as the
         # leader does: they take the runs from its search, not from each victim's marks.
-        runs = getattr(self.leader.policy, "victim_runs", None)
+        runs = self.leader.runs
         plan = runs() if runs is not None else None
         for p in self._followers:
             if p is not self.leader.policy:

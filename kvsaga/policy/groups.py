@@ -40,7 +40,7 @@ from kvsaga.block_queue import BlockQueue
 from kvsaga.marks import make_marks
 from kvsaga.policy.base import BlockView, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
-from kvsaga.policy.search import VictimSearch
+from kvsaga.policy.search import SEARCH_FLAGS, VictimSearch
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from kvsaga.session import PauseHint
 
@@ -112,6 +112,12 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             raise ValueError(f"relearn_share must be >= 0, got {relearn_share!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.relearn_share = relearn_share
+        # The class's search flags (search.py `VictimSearch`) as the instance's own: Python
+        # 3.11 reads a class attribute through an instance by its generic lookup, not a
+        # specialized one, and a search reads several (bench/RESULTS.md, "The marks' split
+        # in the index call"). Set on the instance afterwards, one still overrides.
+        for flag in SEARCH_FLAGS:
+            setattr(self, flag, getattr(type(self), flag))
         self.views: dict[str, SessionView] = {}
         self.groups: dict[str, list[int]] = {}  # sid -> blocks, by (-position, block)
         self._now = 0.0

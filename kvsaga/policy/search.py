@@ -63,6 +63,9 @@ from itertools import islice
 from typing import Any
 
 Stream = Iterator[tuple[Any, int]]
+# The class attributes a search reads (`VictimSearch`), copied onto each policy (groups.py).
+SEARCH_FLAGS = ("indexed", "class_keys", "class_formulas", "_one_key", "_prepares",
+                "_global_keys", "_tokens", "_states", "_timed")
 _REKEY_ALL = object()  # a global state no policy has: the next search re-keys everyone
 
 # Due sessions from this many on are re-keyed by class (`_rekey_by_class`), not each in
@@ -244,7 +247,8 @@ class VictimSearch:
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
                    > self.relearn_share * len(self.groups))
-        if token != self._token:  # the classes' keys were computed from other statistics
+        # (the same token object, as a policy gives while its statistics hold: no compare)
+        if token is not self._token and token != self._token:  # keys of other statistics
             self._token = token
             self._classes.clear()
             self._memo.clear()

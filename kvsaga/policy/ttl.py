@@ -86,6 +86,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._pressure = 0  # level of 1 / (1 - usage) on the 2^(1/4) scale
         self._rent_usage = -1.0  # the usage `rent` last priced, and its answer
         self._rent_last = 0.0
+        self._token_now: tuple = (None, None)  # `_search_state`'s last token
         self._group_costs: dict[tuple[int, int], float] = {}  # (blocks, head position) -> s
 
     def bind(self, view) -> None:
@@ -132,7 +133,12 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         """The rent now (`_prepare`), which is every key's global state, and what the class
         keys are computed from (the graph's statistics and the rent), in one call."""
         self._rent = rent = self.rent()
-        return rent, (self.graph.version, rent)
+        # The token: the same tuple while the graph's version and the rent hold (two number
+        # compares here; the search then skips comparing it: search.py `_index_victims`).
+        token, version = self._token_now, self.graph.version
+        if token[0] != version or token[1] != rent:
+            token = self._token_now = (version, rent)
+        return rent, token
 
     def session_value(self, session_id: str, now: float) -> tuple[bool, float, float]:
         """Judge a session's retained blocks now.
