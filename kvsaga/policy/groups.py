@@ -326,12 +326,16 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         # (the index's `cut_tails`, kvsaga/policy/victim_runs.py: one C++ call on the C++
         # index). Their `_where` / `_owner` marks stay (stale OWNED): only a CACHED
         # block's marks are ever read, and `block_cached` rewrites them. The runs: the last
-        # search's record when these are its victims, else `_owner_runs`.
-        runs = plan[1] if plan is not None and plan[0] == block_ids else self._owner_runs(
-            block_ids)
-        if runs is not None and self._index.cut_tails(
-                self.groups, runs, block_ids if type(block_ids) is list else list(block_ids),
-                self._dirty_sets):
+        # search's record when these are its victims, else `_owner_runs`. (`cut_tails`
+        # checks that its runs are exactly `block_ids`, changing nothing otherwise: the
+        # record is tried without a compare of the two lists here, whose generic path costs
+        # a cold uncaching its misses.)
+        cut_tails, groups, dirty = self._index.cut_tails, self.groups, self._dirty_sets
+        ids = block_ids if type(block_ids) is list else list(block_ids)
+        if plan is not None and cut_tails(groups, plan[1], ids, dirty):
+            return
+        runs = self._owner_runs(block_ids)
+        if runs is not None and cut_tails(groups, runs, ids, dirty):
             return
         k = self._reclaimed_head(block_ids)
         if k:
