@@ -14,7 +14,7 @@ a flush of the simulated caches; load-free), three ways:
   its leading expert's, the leader as the last search left it).
 
 So "as is" less "search outside" is what the search costs, and "as is" less "keying outside"
-its Python keying; with the inclusive misses of the index's one call (`refresh_victims`, its
+its Python keying; with the inclusive misses of the index's one call (`refresh_marked`, its
 callees included: the pushes read, the drops, the timers, the runs and their victims' list),
 the rest of the search is its Python glue and search state. lru's column is its allocation
 (its eviction is the C++ core's own, with no search to move).
@@ -47,8 +47,9 @@ from eviction_scaling import (
 )
 
 WAYS = ("as is", "search outside", "keying outside")
-# The index's one call of a usual search, as callgrind_annotate names it.
-INDEX_CALL = "SessionHeap::refresh_victims("
+# The index's one call of a usual search, as callgrind_annotate names it (`refresh_marked`
+# since the twenty-first session; `refresh_victims` in builds before it).
+INDEX_CALLS = ("SessionHeap::refresh_marked(", "SessionHeap::refresh_victims(")
 
 
 def _searcher(m):
@@ -119,7 +120,7 @@ def _index_call(dump: Path) -> int:
                           capture_output=True, text=True, check=True).stdout
     for line in text.splitlines():
         m = _ANNOTATED.match(line)
-        if m is not None and INDEX_CALL in m[4]:
+        if m is not None and any(call in m[4] for call in INDEX_CALLS):
             return sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
     return 0
 

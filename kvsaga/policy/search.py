@@ -225,7 +225,7 @@ class VictimSearch:
 
         First it re-keys the sessions whose key may have changed since the last search. The
         usual search (no full re-key, no dead or plain block) is this one Python call and one
-        index call, `refresh_victims`: the drops, the keys Python computed for the sessions
+        index call, `refresh_marked`: the drops, the keys Python computed for the sessions
         marked since, the time-driven re-keys, the runs and their victims (each Python call
         on this path costs a search between two steps its code's cache misses).
         """
@@ -266,12 +266,10 @@ class VictimSearch:
             # (a bad push) or after it applied the pushes (from its victims, `tail_victims`),
             # its table then holding keys of those classes: the table is forgotten (the
             # sessions it keyed come back to Python when due, as after new statistics).
-            # The marks are not split into kept and gone here: `_keys` skips the sessions
-            # without cached blocks, and the index drops them (`refresh_marked`), with the
-            # lookups each makes anyway (set operations on the marks cost a search between
-            # two steps more misses: bench/RESULTS.md, "The marks' split in the index call").
-            # A gone session's `_base` entry stays until it is keyed again or ends: only a
-            # session the index holds is read there, and each push wrote its base.
+            # The marks go as they are: `_keys` skips those without cached blocks, which the
+            # index drops (`refresh_marked`; set operations here cost a cold search more:
+            # bench/RESULTS.md, "The marks' split in the index call"). A gone session's
+            # `_base` entry stays until keyed again or ended: only indexed ones are read.
             bases: dict[str, Any] = {}
             classes, known = self._classes, len(self._classes)
             try:

@@ -73,6 +73,8 @@ def test_the_index_call_is_read_inclusive_of_its_callees(monkeypatch, tmp_path):
 
     monkeypatch.setattr(mod.subprocess, "run", lambda *a, **kw: Done())
     assert mod._index_call(tmp_path / "cg.out.1") == 399 + 218 + 158
+    Done.stdout = ANNOTATED.replace("refresh_victims", "refresh_marked")  # (today's name)
+    assert mod._index_call(tmp_path / "cg.out.1") == 399 + 218 + 158
     Done.stdout = ANNOTATED.replace("refresh_victims", "refresh_other")
     assert mod._index_call(tmp_path / "cg.out.1") == 0
 
