@@ -43,7 +43,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
         ({k: v for k, v in CHAT.items() if k != "model"}, "model"),
         ({**CHAT, "max_tokens": 10**6}, "max_tokens"),
         ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-         "messages.content"),
+         "messages.0.content"),
         # JSON's own types: pydantic's lax mode read these as 1, True and True
         ({**CHAT, "max_tokens": True}, "max_tokens"),
         ({**CHAT, "kvsaga": {"last_step": "yes"}}, "kvsaga.last_step"),

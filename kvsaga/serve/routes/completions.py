@@ -63,8 +63,9 @@ def _message_dict(message: Any, index: int) -> dict:
     if isinstance(content, list):
         texts = [part.get("text") or "" for part in content if part.get("type") == "text"]
         if len(texts) != len(content):
-            raise APIError(400, "only text content parts are supported",
-                           param="messages.content")
+            kinds = sorted({str(part.get("type")) for part in content} - {"text"})
+            raise APIError(400, f"messages[{index}]: only text content parts are supported, "
+                           f"got {', '.join(kinds)}", param=f"messages.{index}.content")
         d["content"] = "".join(texts)
     elif content is None:
         if d.get("role") != "assistant":
