@@ -7,6 +7,8 @@ real number" once, and each caller keeps its own message (tests assert on them).
 
 from __future__ import annotations
 
+import math
+
 
 def is_int(x: object) -> bool:
     """An int that is not a bool."""
@@ -18,10 +20,15 @@ def is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def check_positive_int(label: str, value: object, error: type[Exception] = ValueError) -> int:
-    """`value` if it is an int > 0, else `error("<label> must be a positive int, got ...")`."""
+def check_positive_int(
+    label: str, value: object, error: type[Exception] = ValueError, none_ok: bool = False
+) -> int | None:
+    """`value` if it is an int > 0 (or None, when `none_ok`: "no limit"), else
+    `error("<label> must be a positive int, got ...")`."""
+    if none_ok and value is None:
+        return None
     if not is_int(value) or value <= 0:
-        raise error(f"{label} must be a positive int, got {value!r}")
+        raise error(f"{label} must be a positive int{' or None' if none_ok else ''}, got {value!r}")
     return value
 
 
@@ -30,4 +37,19 @@ def check_bool(label: str, value: object, error: type[Exception] = ValueError) -
     (a truthy 1 or "no" is a typo; the C++ core's bindings refuse it too)."""
     if not isinstance(value, bool):
         raise error(f"{label} must be True or False, got {value!r}")
+    return value
+
+
+def check_str(label: str, value: object, error: type[Exception] = ValueError) -> str:
+    """`value` if it is a non-empty str, else `error("<label> must be a non-empty str, ...")`."""
+    if not isinstance(value, str) or not value:
+        raise error(f"{label} must be a non-empty str, got {value!r}")
+    return value
+
+
+def check_time(label: str, value: object, error: type[Exception] = ValueError) -> float:
+    """`value` if it is a finite real number (a time in seconds), else `error(...)` naming it
+    (a NaN time compares false with everything and would silently stall every TTL)."""
+    if not is_number(value) or not math.isfinite(value):
+        raise error(f"{label} must be a finite number of seconds, got {value!r}")
     return value

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from kvsaga._core import get_core
-from kvsaga._validate import check_bool, check_positive_int, is_int
+from kvsaga._validate import check_bool, check_positive_int, check_str, check_time, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
@@ -78,6 +78,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
         num_host_blocks: int = 0,
         core: str | None = None,
     ) -> None:
+        max_model_len = check_positive_int("max_model_len", max_model_len, InvalidRequest, True)
         self.spec = spec
         self.block_size = spec.block_size
         self.core = get_core(core)
@@ -100,8 +101,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
         # The C++ core's hot loops work on these very containers (None: Python's loops).
         self._hot = None if self.core.ManagerCore is None else self.core.ManagerCore(
             self.pool, self.index, self.hasher, self.sessions, self.block_owner,
-            self.block_position, SessionState.RUNNING, _check_token_ids,
-        )
+            self.block_position, SessionState.RUNNING, _check_token_ids)
         self._queried_tokens = 0
         self._hit_tokens = 0
         self._evicted_blocks = 0
@@ -139,6 +139,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
                 whole pool, the session already has an open step, or a different salt.
         """
         self._check_prompt(session_id, token_ids)
+        check_str("workflow", workflow, InvalidRequest)
         now = self.clock() if now is None else now
         s, keep = self._open(session_id, token_ids, salt, workflow)
         self._changes += 1
@@ -577,7 +578,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
     def tick(self, now: float | None = None) -> None:
         """Let the policy expire TTLs and refresh predictions, and start the prefetches it
         asks for (sessions it predicts will resume soon)."""
-        now = self.clock() if now is None else now
+        now = check_time("now", self.clock() if now is None else now, InvalidRequest)
         self.policy.tick(now)
         if self.host is not None:
             for sid in self.policy.prefetch_candidates(now):

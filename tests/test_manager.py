@@ -267,3 +267,32 @@ def test_cache_version_changes_whenever_a_lookup_answer_does(core, seed):
             if (version, p) in seen:
                 assert seen[version, p] == lk
             seen[version, p] = lk
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "64"])
+def test_bad_max_model_len_is_refused(core, bad):
+    with pytest.raises(InvalidRequest, match=f"max_model_len must be a positive int.*{bad!r}"):
+        make(max_model_len=bad, core=core.name)
+    assert make(max_model_len=None, core=core.name).max_model_len is None
+
+
+@pytest.mark.parametrize("bad", [3, None, "", b"chat"])
+def test_non_string_workflow_is_refused_before_anything_changes(core, bad):
+    m = make(core=core.name)
+    with pytest.raises(InvalidRequest, match=f"workflow must be a non-empty str.*{bad!r}"):
+        m.begin_step("a", list(range(5)), workflow=bad)
+    assert "a" not in m.sessions and m.stats().queried_tokens == 0
+    m.check_integrity()
+    run_step(m, "a", list(range(5)))  # the same step, well formed, still opens
+
+
+@pytest.mark.parametrize("bad", ["x", float("nan"), float("inf"), True, [1.0]])
+def test_tick_refuses_a_time_that_is_not_a_finite_number(core, bad):
+    m = make(core=core.name, policy="ttl")
+    run_step(m, "a", list(range(5)))
+    before = m.session("a").paused_at
+    with pytest.raises(InvalidRequest, match=r"now must be a finite number of seconds"):
+        m.tick(bad)
+    assert m.session("a").paused_at == before
+    m.tick(1.0)
+    m.check_integrity()
