@@ -75,6 +75,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _check_params(params: object) -> SamplingParams | None:
+    """`params` if it is a SamplingParams or None, else InvalidRequest naming its type (a dict
+    is refused, not converted: whether its fields fill in over the model's defaults or the
+    class's would be a guess; `llm.default_params(**d)` says which)."""
+    if params is not None and not isinstance(params, SamplingParams):
+        hint = "; build one with llm.default_params(**d)" if isinstance(params, Mapping) else ""
+        raise InvalidRequest(
+            f"params must be a SamplingParams or None, got {type(params).__name__}{hint}")
+    return params
+
+
+def _check_messages(messages: object, what: str) -> list[dict[str, Any]]:
+    """The messages as a list of dicts, or InvalidRequest naming what is wrong: not a list,
+    empty, or an item that is not a message dict."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise InvalidRequest(
+            f"{what} must be a list of message dicts like [{{'role': 'user', 'content': ...}}], "
+            f"got {type(messages).__name__}")
+    if not messages:
+        raise InvalidRequest(f"{what} must not be empty: there is nothing to answer")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m:
+            raise InvalidRequest(f"{what}[{i}] must be a dict with a 'role', got {m!r}")
+    return [dict(m) for m in messages]
+
+
 class LLM:
     """A model served from the kvsaga pool.
 
@@ -130,6 +156,7 @@ class LLM:
             prompts = [prompts]
         if not prompts:
             raise InvalidRequest("no prompts given")
+        _check_params(params)
         return self._run([(self._encode(p), {}) for p in prompts], params, on_output)
 
     def chat(
@@ -146,6 +173,8 @@ class LLM:
         then more) reuses the exact token ids of that call's prompt and answer, so the prefix
         cache serves all of it, not only what re-tokenizing the text happens to reproduce.
         """
+        messages = _check_messages(messages, "messages")
+        _check_params(params)
         text = self.tokenizer.apply_chat_template(messages, True, **template_kwargs)
         ids = encode_continuing(self.tokenizer, reversed(self._chat_contexts), text, False)
         out = self._run([(ids, {})], params, on_output)[0]
@@ -167,7 +196,7 @@ class LLM:
         on_output: OnOutput | None = None,
     ) -> list[RequestOutput]:
         engine = self.engine
-        params = params or self.default_params()
+        params = _check_params(params) or self.default_params()
         reqs = [engine.add_request(ids, params, **kw) for ids, kw in items]
         mine = {r.request_id for r in reqs}
         while any(not r.finished for r in reqs):
@@ -214,6 +243,7 @@ class AgentSession:
     ) -> RequestOutput:
         if self.ended:
             raise InvalidRequest(f"session {self.session_id!r} has ended")
+        _check_params(params)
         tool, expected = self._pending_tool
         self._pending_tool = (None, None)
         hints = {
@@ -257,9 +287,9 @@ class AgentSession:
         if isinstance(message, str):
             new = [{"role": "user", "content": message}]
         elif isinstance(message, Mapping):
-            new = [dict(message)]
+            new = _check_messages([message], "message")
         else:
-            new = [dict(m) for m in message]
+            new = _check_messages(message, "message")
         messages = self.messages + new
         tok = self.llm.tokenizer
         text = tok.apply_chat_template(messages, True)

@@ -7,7 +7,7 @@ draw their noise from their own `torch.Generator` while the rest of the batch sh
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,12 @@ from kvsaga._validate import is_int, is_number
 from kvsaga.errors import InvalidRequest
 
 _EPS = 1e-10  # keeps the exponential noise away from zero
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # a seed torch (and the HTTP API) accepts
+
+
+def _is_collection(x: object) -> bool:
+    """None, or an iterable of items that is not itself one item (str, bytes) or a mapping."""
+    return x is None or (isinstance(x, Iterable) and not isinstance(x, (str, bytes, Mapping)))
 
 
 @dataclass
@@ -65,11 +71,16 @@ class SamplingParams:
             raise bad("top_k", "must be an int >= 0 (or -1 for all)")
         if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be a number in (0, 1]")
-        if self.seed is not None and not is_int(self.seed):
-            raise bad("seed", "must be an int or None")
+        seed = self.seed
+        if seed is not None and (not is_int(seed) or not _INT64_MIN <= seed <= _INT64_MAX):
+            raise bad("seed", "must be an int in the int64 range [-2**63, 2**63 - 1] or None")
+        if not isinstance(self.stop, str) and not _is_collection(self.stop):
+            raise bad("stop", "must be a string, a list of non-empty strings or None")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if not all(isinstance(s, str) and s for s in stop):
             raise bad("stop", "must be non-empty strings")
+        if not _is_collection(self.stop_token_ids):
+            raise bad("stop_token_ids", "must be a list of non-negative ints")
         stop_token_ids = tuple(self.stop_token_ids or ())
         if not all(is_int(t) and t >= 0 for t in stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative ints")

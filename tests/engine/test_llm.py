@@ -277,3 +277,30 @@ def test_decode_steps_go_through_one_batched_decode_step(model_dir, alone, monke
     assert calls["append_tokens"] < sum(calls["decode_step"])
     mgr.check_integrity()
     assert mgr.stats().num_used_blocks == 0
+
+
+def test_bad_chat_messages_and_params_are_refused_before_anything_runs(model_dir):
+    llm = make_llm(model_dir)
+    calls = [
+        (lambda: llm.chat([], GREEDY), "messages must not be empty"),
+        (lambda: llm.chat("hello", GREEDY), r"messages must be a list of message dicts.*got str"),
+        (lambda: llm.chat({"role": "user", "content": "hi"}, GREEDY), "got dict"),
+        (lambda: llm.chat(["hello"], GREEDY), r"messages\[0\] must be a dict with a 'role'"),
+        (lambda: llm.chat([{"role": "user", "content": "hi"}], {"max_tokens": 4}),
+         r"params must be a SamplingParams or None, got dict.*default_params"),
+        (lambda: llm.generate([5, 6], {"max_tokens": 4}), "got dict"),
+        (lambda: llm.generate([5, 6], 0.5), "got float"),
+    ]
+    for call, message in calls:
+        with pytest.raises(InvalidRequest, match=message):
+            call()
+    s = llm.session()
+    s.tool_call("read_file", expected_s=1.0)
+    with pytest.raises(InvalidRequest, match="message must not be empty"):
+        s.chat([], GREEDY)
+    with pytest.raises(InvalidRequest, match="got dict"):
+        s.generate("hi", {"max_tokens": 4})
+    assert s._pending_tool == ("read_file", 1.0)  # a refused step keeps the pending hint
+    assert s.messages == [] and s.context is None and not llm._chat_contexts
+    assert llm.engine.manager.stats().queried_tokens == 0
+    assert llm.generate([5, 6], GREEDY)[0].token_ids  # the engine still serves

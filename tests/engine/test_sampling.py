@@ -22,8 +22,14 @@ from kvsaga.errors import InvalidRequest
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"seed": "7"}, "seed"),
+        ({"seed": 2**70}, "seed"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
         ({"stop": [""]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"stop": b"###"}, "stop"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"stop_token_ids": 5}, "stop_token_ids"),
         ({"logprobs": -1}, "logprobs"),
         ({"n": 0}, "n"),
     ],
@@ -32,6 +38,12 @@ def test_params_reject_bad_values_naming_them(kwargs, name):
     message = rf"SamplingParams\.{name} .*got {re.escape(repr(kwargs[name]))}"
     with pytest.raises(InvalidRequest, match=message):
         SamplingParams(**kwargs)
+
+
+def test_seeds_at_the_int64_bounds_make_generators():
+    for seed in (2**63 - 1, -(2**63), 0):
+        g = SamplingParams(seed=seed).make_generator()
+        assert g is not None and g.initial_seed() == seed % 2**64
 
 
 def test_params_normalise():
