@@ -1,14 +1,15 @@
-"""fp32 linear layers on CPU: torch's F.linear (MKL sgemm) against oneDNN with the weight
-packed once (`kvsaga.engine.cpu_linear`), for every projection of a model's layer and its LM
-head, at prefill and decode row counts; and, with `--step`, oneDNN against kvsaga's
-small-rows GEMM (csrc/small_gemm.cpp) over a whole decode step's linears.
+"""fp32 linear layers on CPU: torch's F.linear (MKL sgemm) against `kvsaga.engine.cpu_linear`
+(oneDNN, or the small GEMM for up to SMALL_ROWS rows, both on the plain weight), for every
+projection of a model's layer and its LM head, at prefill and decode row counts; and, with
+`--step`, oneDNN against kvsaga's small-rows GEMM (csrc/small_gemm.cpp) over a whole decode
+step's linears.
 
     python bench/engine_linear.py [--model PATH] [--threads 1] [--rows 1 16 256 1024]
         [--repeat 5]
     python bench/engine_linear.py --step [--rows 1 3 8 16] [--threads 1] [--repeat 5]
 
 Prints CPU milliseconds per call (process time, the best of `--repeat`; on a shared machine
-wall time mostly measures waiting for a core) and the ratio F.linear / packed. Shapes come
+wall time mostly measures waiting for a core) and the ratio F.linear / cpu_linear. Shapes come
 from the model's config (default SmolLM2-135M-Instruct); weights are random (speed does not
 depend on their values). `--step`: one pass over every layer's four projections and the LM
 head, each layer its own weights (so, as in a decode step, each weight comes from memory,
@@ -63,7 +64,7 @@ def main() -> None:
         "lm_head": (c.vocab_size, c.hidden_size),
     }
     print(f"{args.threads} thread(s); CPU ms per call, best of {args.repeat}")
-    print("| rows | weight | F.linear | oneDNN packed | ratio |\n|---:|---|---:|---:|---:|")
+    print("| rows | weight | F.linear | cpu_linear | ratio |\n|---:|---|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     for rows in args.rows:
         layer = {"F": 0.0, "packed": 0.0}
@@ -85,7 +86,7 @@ def main() -> None:
 
 def step(c, args) -> None:
     """One decode step's linears, every layer's own weights, oneDNN against the small GEMM."""
-    if cpu_linear.GROUP == 0:
+    if cpu_linear.ISA == 0:
         raise SystemExit("no small-GEMM tiles on this CPU (or kvsaga._small_gemm not built)")
     gen = torch.Generator().manual_seed(0)
     shapes = [(c.q_size + 2 * c.kv_size, c.hidden_size), (c.hidden_size, c.q_size),
@@ -94,8 +95,8 @@ def step(c, args) -> None:
                for w in (torch.randn(n, k, generator=gen) * 0.02 for n, k in shapes)]
     head = torch.randn(c.vocab_size, c.hidden_size, generator=gen) * 0.02
     weights.append((head, cpu_linear.pack(head)))
-    if any(p is None or p.rows is None for _, p in weights):
-        raise SystemExit("a weight was not packed for both paths")
+    if any(p is None or not (p.small and p.onednn) for _, p in weights):
+        raise SystemExit("a weight was not checked for both paths")
     mib = sum(w.numel() for w, _ in weights) * 4 / 2**20
     print(f"{args.threads} thread(s); one pass = {len(weights)} linears, {mib:.0f} MiB of "
           f"weights; ms per pass, the median of {args.repeat} (wall / process CPU)")

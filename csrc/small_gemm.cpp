@@ -1,31 +1,30 @@
-// kvsaga._small_gemm: out = x @ W^T (+ bias) for the few rows of a decode step, fp32, with
-// W packed once into column groups.
+// kvsaga._small_gemm: out = x @ W^T (+ bias) for the few rows of a decode step, fp32, read
+// from the weight as it is: W [N][K], k contiguous (the model's parameter, no copy).
 //
 // Why (bench/RESULTS.md, "A small-rows GEMM for the decode step's linears"): a decode
 // step of SmolLM2-135M makes 121 matmuls of 1-16 rows, each streaming its weight from
 // memory once. torch's oneDNN linear (`mkldnn._linear_pointwise`) spends ~19 us a call
 // around its kernel (primitive lookup, descriptors, the boxed dispatcher), on the engine
 // thread while the other core waits; a few rows need no blocking decisions, so here one
-// loop per ISA streams the packed weight once and keeps every row's accumulators in
-// registers.
+// loop per ISA streams the weight once and keeps every (row, weight row) pair's sums in
+// registers (csrc/small_gemm_tiles.h).
 //
-// Layout (kvsaga/engine/cpu_linear.py, `pack_rows`): W [N, K] as [N_pad / G][K][G], group
-// g holding output columns g * G .. g * G + G - 1 k-major, so that a group's K x G floats
-// are one contiguous stream; columns past N are zero. G = 64 on AVX-512 (4 zmm vectors),
-// 32 on AVX2 + FMA (4 ymm). Rows go in blocks of up to 6 (AVX-512) or 3 (AVX2), every
-// block's sums in registers; with several blocks they take a group 16 KiB at a time
-// (`Span`), and each asks for the lines 16 KiB ahead (`prefetch_ahead`).
+// Why the plain layout (bench/RESULTS.md, "One copy of each linear weight"): this kernel
+// first read a column-group copy of each weight ([N / 64][K][64], the x row broadcast
+// against 64 columns at a time), made at load beside the parameter and oneDNN's own packed
+// copy: three copies of every weight. Reading W's rows directly costs a horizontal sum per
+// output (`reduce16x4`), and keeps the model's weights once.
 //
-// Numerics: out[m][n] = (sum over k = 0, 1, ..., K - 1 of x[m][k] * W[n][k], one fused
-// multiply-add a term in that order) + bias[n] (K = 0: bias[n], or 0). The order depends on
-// nothing else: not on the number of rows, a row's block, the thread count or the ISA, so a
-// sequence's outputs do not change with the batch it decodes in as long as every batch
-// takes this kernel: in cpu_linear.linear that is up to 16 rows (SMALL_ROWS), on one thread
-// or in torch's team; 17+ rows, or more threads with no team to join, go to oneDNN, whose
-// sums run in other orders (blocked, split K). The two differ by fp32 rounding
-// (tests/kernels/test_small_gemm.py bounds it).
+// Numerics: out[m][n] = (the 16 lane sums of x[m][k] * W[n][k], lane j over k = j, j + 16,
+// ... in order, one fused multiply-add a term, reduced in a fixed tree) + bias[n]. The order
+// depends on nothing else: not on the number of rows, a row's block, the thread count or
+// the ISA (AVX-512 or AVX2 + FMA), so a sequence's outputs do not change with the batch it
+// decodes in as long as every batch takes this kernel: in cpu_linear.linear that is up to
+// 16 rows (SMALL_ROWS), on one thread or in torch's team; 17+ rows, or more threads with no
+// team to join, go to oneDNN, whose sums run in other orders. The two differ by fp32
+// rounding (tests/kernels/test_small_gemm.py bounds it).
 //
-// Groups are split over `threads` threads of torch's own OpenMP team (`team`, its
+// Weight rows are split over `threads` threads of torch's own OpenMP team (`team`, its
 // GOMP_parallel, found by kernels/inplace.py) in chunks taken from a shared counter; with
 // no team everything runs on the caller (the Python side keeps oneDNN for more than one
 // thread without a team). The GIL is released.
@@ -55,37 +54,22 @@ namespace {
 // thread's team (what `#pragma omp parallel` compiles to).
 using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 
-// Weight floats a chunk of groups holds at least, and a second thread must have to be
-// woken (a parked OpenMP worker takes microseconds to wake; 64 Ki floats stream from
-// memory in about 20 us on one core).
+// Weight floats a chunk of rows holds at least, and a second thread must have to be woken
+// (a parked OpenMP worker takes microseconds to wake; 64 Ki floats stream from memory in
+// about 20 us on one core).
 constexpr int64_t kMinWork = int64_t{1} << 16;
 
 struct Call {
   const float* x;
   int64_t x_row, m, k;
-  const float* w;  // [groups][k][group]
-  int64_t n, group;
-  const float* bias;  // [groups * group] or null
+  const float* w;  // [n][k], row stride w_row
+  int64_t w_row, n;
+  const float* bias;  // [n] or null
   float* out;
   int64_t out_row;
-  int64_t chunk, count;
+  int64_t chunk, count;  // weight rows a chunk takes, chunks
   std::atomic<int64_t> next;
 };
-
-// A row block's share of k: steps k0 .. k1 - 1, its partial sums kept in `part` ([MR][G],
-// 64-byte aligned) between spans.
-struct Span {
-  int64_t k0, k1;
-  float* part;
-};
-
-// k steps a span takes when a group has several row blocks (64 of a group of 64: 16 KiB).
-// Why spans: a group's blocks one after the other read it from memory once (the first
-// block, waiting on it) and then from L2 (the others, with memory idle): with 8 rows a
-// step's linears took 57 ms of CPU that way against 54.5 in spans (one thread, the
-// prefetch below on; a small gain, within this host's noise at 12 and 16 rows). Span by
-// span, every block runs over the same 16 KiB while the next span streams in.
-constexpr int64_t kSpan = 64;
 
 // This thread's buffer of at least n floats for partial sums, 64-byte aligned.
 inline float* partial_sums(int64_t n) {
@@ -100,175 +84,40 @@ inline float* partial_sums(int64_t n) {
 bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
 bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
-// How far ahead of the k step it reads a row block asks for the weight's lines (into L2):
-// 16 KiB. Why: with a few rows the loop's multiply-adds fill the out-of-order window before
-// enough of the weight's lines are in flight, and the hardware's stream prefetch alone kept
-// a step's linears at 48-49 ms of CPU with 3 rows against 39-41 with 1 (one thread); asking
-// 16 KiB ahead, 38-39 with 3 and 42-43 with 6 (bench/RESULTS.md, the section above).
-// Lines past the weight's end are never read: a prefetch does not fault.
-constexpr int64_t kAheadBytes = 16 * 1024;
+#include "small_gemm_tiles.h"  // tiles::cols512, tiles::cols256 (uses Call, partial_sums)
 
-// One k step's lines kAheadBytes ahead of wk (G floats a step: G * 4 / 64 lines).
-template <int G>
-inline void prefetch_ahead(const float* wk) {
-  const char* a = reinterpret_cast<const char*>(wk) + kAheadBytes;
-  for (int p = 0; p < G * 4 / 64; ++p) _mm_prefetch(a + p * 64, _MM_HINT_T1);
-}
-
-// Rows r .. r + MR - 1 of x against one group of 64 columns (4 vectors), `cols` of them
-// real (the rest masked off on store), over k steps s.k0 .. s.k1 - 1 (`Span`).
-template <int MR>
-SG_AVX512 void block512(const Call& c, int64_t r, const float* w, int64_t col0, int64_t cols,
-                        const Span& s) {
-  const float* x = c.x + r * c.x_row;
-  __m512 acc[MR][4];
-  for (int i = 0; i < MR; ++i)
-    for (int p = 0; p < 4; ++p)
-      acc[i][p] = s.k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(s.part + i * 64 + p * 16);
-  for (int64_t k = s.k0; k < s.k1; ++k) {
-    const float* wk = w + k * 64;
-    prefetch_ahead<64>(wk);
-    __m512 wv[4];
-    for (int p = 0; p < 4; ++p) wv[p] = _mm512_loadu_ps(wk + p * 16);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xb = _mm512_set1_ps(x[i * c.x_row + k]);
-      for (int p = 0; p < 4; ++p) acc[i][p] = _mm512_fmadd_ps(wv[p], xb, acc[i][p]);
-    }
-  }
-  if (s.k1 < c.k) {  // partial sums, continued by the next span
-    for (int i = 0; i < MR; ++i)
-      for (int p = 0; p < 4; ++p) _mm512_store_ps(s.part + i * 64 + p * 16, acc[i][p]);
-    return;
-  }
-  for (int p = 0; p < 4; ++p) {
-    const int64_t left = cols - p * 16;
-    if (left <= 0) break;
-    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    const __m512 b = c.bias != nullptr ? _mm512_maskz_loadu_ps(mask, c.bias + col0 + p * 16)
-                                       : _mm512_setzero_ps();
-    for (int i = 0; i < MR; ++i)
-      _mm512_mask_storeu_ps(c.out + (r + i) * c.out_row + col0 + p * 16, mask,
-                            _mm512_add_ps(acc[i][p], b));
-  }
-}
-
-// The AVX2 twin: one group of 32 columns (4 ymm vectors), up to 3 rows (12 accumulators
-// of 16 registers).
-template <int MR>
-SG_AVX2 void block256(const Call& c, int64_t r, const float* w, int64_t col0, int64_t cols,
-                      const Span& s) {
-  const float* x = c.x + r * c.x_row;
-  __m256 acc[MR][4];
-  for (int i = 0; i < MR; ++i)
-    for (int p = 0; p < 4; ++p)
-      acc[i][p] = s.k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(s.part + i * 32 + p * 8);
-  for (int64_t k = s.k0; k < s.k1; ++k) {
-    const float* wk = w + k * 32;
-    prefetch_ahead<32>(wk);
-    __m256 wv[4];
-    for (int p = 0; p < 4; ++p) wv[p] = _mm256_loadu_ps(wk + p * 8);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xb = _mm256_broadcast_ss(x + i * c.x_row + k);
-      for (int p = 0; p < 4; ++p) acc[i][p] = _mm256_fmadd_ps(wv[p], xb, acc[i][p]);
-    }
-  }
-  if (s.k1 < c.k) {  // partial sums, continued by the next span
-    for (int i = 0; i < MR; ++i)
-      for (int p = 0; p < 4; ++p) _mm256_store_ps(s.part + i * 32 + p * 8, acc[i][p]);
-    return;
-  }
-  for (int p = 0; p < 4; ++p) {
-    const int64_t left = cols - p * 8;
-    if (left <= 0) break;
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
-                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256 b = c.bias != nullptr ? _mm256_maskload_ps(c.bias + col0 + p * 8, mask)
-                                       : _mm256_setzero_ps();
-    for (int i = 0; i < MR; ++i)
-      _mm256_maskstore_ps(c.out + (r + i) * c.out_row + col0 + p * 8, mask,
-                          _mm256_add_ps(acc[i][p], b));
-  }
-}
-
-// Groups g0 .. g1 - 1, every row: blocks of up to 6 rows (AVX-512: 24 accumulators of 32
-// registers) or 3 (AVX2), each group's blocks one after the other (the group in L2).
-SG_AVX512 void groups512(const Call& c, int64_t g0, int64_t g1) {
-  float* part = partial_sums(c.m * 64);
-  for (int64_t g = g0; g < g1; ++g) {
-    const float* w = c.w + g * c.k * 64;
-    const int64_t col0 = g * 64, cols = std::min<int64_t>(64, c.n - col0);
-    // ceil(m / 6) blocks of as even sizes as can be (8 rows: 4 + 4, not 6 + 2)
-    const int64_t nb = (c.m + 5) / 6;
-    const int64_t span = nb == 1 ? c.k : kSpan;
-    for (int64_t k0 = 0; k0 < c.k; k0 += span) {
-      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
-        rows = (c.m - r + nb - b - 1) / (nb - b);
-        const Span s{k0, std::min(c.k, k0 + span), part + r * 64};
-        switch (rows) {
-          case 1: block512<1>(c, r, w, col0, cols, s); break;
-          case 2: block512<2>(c, r, w, col0, cols, s); break;
-          case 3: block512<3>(c, r, w, col0, cols, s); break;
-          case 4: block512<4>(c, r, w, col0, cols, s); break;
-          case 5: block512<5>(c, r, w, col0, cols, s); break;
-          default: block512<6>(c, r, w, col0, cols, s); break;
-        }
-      }
-    }
-  }
-}
-
-SG_AVX2 void groups256(const Call& c, int64_t g0, int64_t g1) {
-  float* part = partial_sums(c.m * 32);
-  for (int64_t g = g0; g < g1; ++g) {
-    const float* w = c.w + g * c.k * 32;
-    const int64_t col0 = g * 32, cols = std::min<int64_t>(32, c.n - col0);
-    // ceil(m / 3) blocks of as even sizes as can be (8 rows: 3 + 3 + 2)
-    const int64_t nb = (c.m + 2) / 3;
-    const int64_t span = nb == 1 ? c.k : 2 * kSpan;  // 16 KiB of a group of 32, too
-    for (int64_t k0 = 0; k0 < c.k; k0 += span) {
-      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
-        rows = (c.m - r + nb - b - 1) / (nb - b);
-        const Span s{k0, std::min(c.k, k0 + span), part + r * 32};
-        switch (rows) {
-          case 1: block256<1>(c, r, w, col0, cols, s); break;
-          case 2: block256<2>(c, r, w, col0, cols, s); break;
-          default: block256<3>(c, r, w, col0, cols, s); break;
-        }
-      }
-    }
-  }
-}
-
-void run_groups(const Call& c, int64_t g0, int64_t g1) {
-  if (c.group == 64) groups512(c, g0, g1);
-  else groups256(c, g0, g1);
+// Weight rows n0 .. n1 - 1 against every row of x, on AVX-512 unless `avx2`.
+void run_rows(const Call& c, int64_t n0, int64_t n1, bool avx2) {
+  if (!avx2) tiles::cols512(c, n0, n1);
+  else tiles::cols256(c, n0, n1);
 }
 
 #else
 bool has_avx512() { return false; }
 bool has_avx2() { return false; }
-void run_groups(const Call&, int64_t, int64_t) {}
+void run_rows(const Call&, int64_t, int64_t, bool) {}
 #endif
 
-// The column group width this CPU's tiles take: 64 (AVX-512), 32 (AVX2 + FMA) or 0 (none:
-// the Python side keeps oneDNN).
-int64_t group_width() { return has_avx512() ? 64 : has_avx2() ? 32 : 0; }
+// The widest ISA this CPU runs the kernel with: 2 (AVX-512), 1 (AVX2 + FMA), 0 (none: the
+// Python side keeps oneDNN).
+int64_t isa() { return has_avx512() ? 2 : has_avx2() ? 1 : 0; }
 
+template <bool AVX2>
 void run_chunks(void* self) {
   auto* c = static_cast<Call*>(self);
-  const int64_t groups = (c->n + c->group - 1) / c->group;
   for (int64_t i = c->next++; i < c->count; i = c->next++)
-    run_groups(*c, i * c->chunk, std::min(groups, (i + 1) * c->chunk));
+    run_rows(*c, i * c->chunk, std::min(c->n, (i + 1) * c->chunk), AVX2);
 }
 
-// out[m][n] (row stride out_row) = x[m] (row stride x_row, k contiguous) . W[n] + bias[n]
-// for m < rows, n < n_out; w packed for `group` (64 or 32, this CPU's or a narrower one's).
-void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int64_t n_out,
-          int64_t group, uintptr_t bias, uintptr_t out, int64_t out_row, int64_t threads,
-          uintptr_t team) {
-  if (!((group == 64 && has_avx512()) || (group == 32 && has_avx2())))
-    throw std::invalid_argument("small_gemm: no tiles of group width " +
-                                std::to_string(group) + " on this CPU");
+// out[m][n] (row stride out_row) = x[m] (row stride x_row, k contiguous) . W[n] (row
+// stride w_row, k contiguous) + bias[n], for m < rows, n < n_out; with `use_isa` (2:
+// AVX-512, 1: AVX2 + FMA; a test runs both on one CPU).
+void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int64_t w_row,
+          int64_t n_out, uintptr_t bias, uintptr_t out, int64_t out_row, int64_t threads,
+          uintptr_t team, int64_t use_isa) {
+  if (!((use_isa == 2 && has_avx512()) || (use_isa == 1 && has_avx2())))
+    throw std::invalid_argument("small_gemm: this CPU has no tiles for isa " +
+                                std::to_string(use_isa) + " (2: AVX-512, 1: AVX2 + FMA)");
   if (rows <= 0 || n_out <= 0) return;
   if (k <= 0) {  // no products: every output is its bias (or 0); the loops below store none
     const float* b = reinterpret_cast<const float*>(bias);
@@ -278,31 +127,32 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
     }
     return;
   }
-  const int64_t groups = (n_out + group - 1) / group;
-  const int64_t per_group = std::max<int64_t>(1, k * group);
   Call c{reinterpret_cast<const float*>(x), x_row, rows, k, reinterpret_cast<const float*>(w),
-         n_out, group, reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(out),
+         w_row, n_out, reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(out),
          out_row, 0, 0, {0}};
-  c.chunk = std::max<int64_t>(1, kMinWork / per_group);
-  c.count = (groups + c.chunk - 1) / c.chunk;
-  const int64_t t = std::min({threads, c.count, 1 + groups * per_group / kMinWork});
+  // chunks of whole tiles (a multiple of 4 and of 3 weight rows)
+  c.chunk = std::max<int64_t>(12, (kMinWork / k + 11) / 12 * 12);
+  c.count = (n_out + c.chunk - 1) / c.chunk;
+  const bool avx2 = use_isa == 1;
+  const int64_t t = std::min({threads, c.count, 1 + n_out * k / kMinWork});
   if (t <= 1 || team == 0) {
-    run_groups(c, 0, groups);
+    run_rows(c, 0, n_out, avx2);
     return;
   }
-  reinterpret_cast<OmpParallel>(team)(&run_chunks, &c, static_cast<unsigned>(t), 0);
+  reinterpret_cast<OmpParallel>(team)(avx2 ? &run_chunks<true> : &run_chunks<false>, &c,
+                                      static_cast<unsigned>(t), 0);
 }
 
 }  // namespace
 
 NB_MODULE(_small_gemm, m) {
-  m.doc() = "fp32 x @ W^T for a few rows, W packed in column groups; see "
+  m.doc() = "fp32 x @ W^T for a few rows, W read in its plain [N, K] layout; see "
             "kvsaga/engine/cpu_linear.py.";
-  m.def("gemm", &gemm, "x"_a, "x_row"_a, "rows"_a, "k"_a, "w"_a, "n"_a, "group"_a, "bias"_a,
-        "out"_a, "out_row"_a, "threads"_a, "team"_a,
+  m.def("gemm", &gemm, "x"_a, "x_row"_a, "rows"_a, "k"_a, "w"_a, "w_row"_a, "n"_a, "bias"_a,
+        "out"_a, "out_row"_a, "threads"_a, "team"_a, "isa"_a,
         nb::call_guard<nb::gil_scoped_release>());
-  m.def("group_width", &group_width,
-        "64 (AVX-512), 32 (AVX2 + FMA) or 0: the column group width this CPU's tiles take.");
+  m.def("isa", &isa,
+        "2 (AVX-512), 1 (AVX2 + FMA) or 0: the widest ISA this CPU runs the kernel with.");
   m.def("has_avx512", &has_avx512);
   m.def("has_avx2", &has_avx2);
 }

@@ -1,11 +1,11 @@
-"""fp32 linear layers on CPU, each weight packed once at load: oneDNN for prefill-sized row
-counts, kvsaga's own small-rows GEMM (kvsaga._small_gemm) for a decode step's few rows.
+"""fp32 linear layers on CPU, each weight held once (the model's parameter): oneDNN for
+prefill-sized row counts, kvsaga's own small-rows GEMM (kvsaga._small_gemm) for a decode
+step's few rows, both reading the parameter as it is.
 
-Why oneDNN: `F.linear` sends an fp32 CPU matmul to MKL's sgemm, which on the AMD EPYC
-(AVX-512) machine these benchmarks run on took 2.2-2.6x the CPU time of oneDNN's matmul for
-every projection shape of SmolLM2-135M, and 3-4x for the LM head at decode sizes (`python
-bench/engine_linear.py`; docs/architecture.md, "Where a CPU step's time goes"). vLLM's CPU
-backend makes the same choice: one oneDNN matmul per linear layer, its weight prepacked.
+Why oneDNN: `F.linear` sends an fp32 CPU matmul to MKL's sgemm, which on an AMD EPYC
+(AVX-512) took 2.2-2.6x the CPU time of oneDNN's matmul for every projection shape of
+SmolLM2-135M (`python bench/engine_linear.py`; docs/architecture.md, "Where a CPU step's
+time goes"). vLLM's CPU backend makes the same choice: one oneDNN matmul per linear layer.
 
 Why a GEMM of our own for few rows: oneDNN's linear spends ~19 us a call around its kernel
 (primitive lookup, descriptors, the boxed dispatcher), 121 calls a decode step on the engine
@@ -13,13 +13,18 @@ thread while the other core waits (bench/RESULTS.md, "A small-rows GEMM for the 
 step's linears"); with 1-16 rows the matmul is one stream through the weight, which
 csrc/small_gemm.cpp runs with every row's sums in registers (AVX-512, or AVX2 + FMA).
 
-`pack` makes oneDNN's blocked copy of a weight and, where the CPU has the small GEMM's tiles,
-its column-group copy (`pack_rows`); the plain parameter stays: loading, `state_dict` and
-the embedding keep using it; each copy costs the projection weights' size again in memory.
-`linear` uses the copies when there are any and they still copy the weight (same storage
-and shape, no in-place write since: `load_state_dict`, `copy_` or a cast would otherwise leave the
-forward on the old weights), and `F.linear` otherwise, so CUDA, half precision and a torch
-without oneDNN run exactly as before.
+Why no packed copies (bench/RESULTS.md, "One copy of each linear weight"): a reordered
+oneDNN copy and a column-group copy for the small GEMM each cost the projection weights'
+size again (+1,036 MiB for SmolLM2-135M, whose weights are 518 MiB; many GiB for a 1-8B
+model). oneDNN now reorders the plain weight inside each call (a few percent of a
+prefill-sized matmul), and the small GEMM reads the plain rows.
+
+`pack` (the name is older than the change) checks, once per weight, that both paths agree
+with `F.linear` on a random probe and records which weight it checked; it copies nothing.
+`linear` takes those paths while the weight is still that one (same storage and shape, no
+in-place write since: `load_state_dict`, `copy_` or a cast would otherwise run unchecked
+code on new weights), and `F.linear` otherwise, so CUDA, half precision and a torch without
+oneDNN run exactly as before.
 """
 
 from __future__ import annotations
@@ -36,34 +41,21 @@ try:
 except ImportError:  # not built: oneDNN takes every row count
     _small_gemm = None
 
-# Rows the reorder is laid out for. oneDNN picks its blocking from it; 1 to 1024 rows ran
-# within a few percent of each other at every batch size measured, decode sizes included.
-_PACK_ROWS = 64
-
-# The small GEMM's column group width on this CPU, asked once: 64 (AVX-512), 32 (AVX2 +
-# FMA), 0 (no tiles, or not built: no column-group copies).
-GROUP = 0 if _small_gemm is None else _small_gemm.group_width()
+# The small GEMM's ISA on this CPU, asked once: 2 (AVX-512), 1 (AVX2 + FMA), 0 (none, or
+# not built: oneDNN takes every row count).
+ISA = 0 if _small_gemm is None else _small_gemm.isa()
 
 # Inputs of up to this many rows take the small GEMM (a decode step's, up to 16 sequences);
 # more take oneDNN, whose blocking wins once the weight is reused across many rows.
 SMALL_ROWS = 16
 
 
-class Rows(NamedTuple):
-    """The small GEMM's copy of a weight [N, K]: `weight` [ceil(N / group), K, group],
-    column groups k-major, columns past N zero; `bias` [ceil(N / group) * group] or None."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    group: int
-
-
 class Packed(NamedTuple):
-    """oneDNN's copy of a weight, which weight it copies, and the small GEMM's copy."""
+    """Which paths `linear` may take for a weight, checked by `pack`; no copy of it."""
 
-    tensor: torch.Tensor
-    source: tuple  # the weight's (data_ptr, version counter, shape) when it was packed
-    rows: Rows | None = None
+    source: tuple  # the weight's (data_ptr, version counter, shape) when it was checked
+    onednn: bool  # oneDNN's linear agreed with F.linear (else F.linear for many rows)
+    small: bool  # the small GEMM agreed with F.linear (else oneDNN for few rows too)
 
 
 def _source(weight: torch.Tensor) -> tuple:
@@ -90,65 +82,43 @@ def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Packed | None:
-    """oneDNN's reordered copy of `weight` [N, K] for `linear` (with the small GEMM's,
-    `pack_rows`, where this CPU has its tiles), or None to keep `F.linear`.
-
-    None unless `weight` is a 2-D fp32 CPU tensor and this torch has oneDNN's linear; also
-    None when the packed matmul fails or disagrees with `F.linear` on a random probe by more
-    than 1e-4 of the largest output (a build whose oneDNN cannot run here must cost speed,
-    never correctness).
+    """Check, for `linear`, the paths that read fp32 CPU `weight` [N, K] in place: oneDNN's
+    linear and (where this CPU has its tiles) the small GEMM. None, so F.linear, unless
+    `weight` is a 2-D fp32 CPU tensor with contiguous rows and at least one path runs and
+    agrees with `F.linear` on a random probe within 1e-4 of the largest output (a build
+    whose kernels cannot run here must cost speed, never correctness). Copies nothing.
     """
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
-        return None
-    ops = _onednn_linear()
-    if ops is None:
+    if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2
+            or weight.stride(1) != 1):
         return None
     w = weight.detach()
     try:
-        source = _source(weight)  # inference tensors have no version counter: not packed
-        packed = ops._reorder_linear_weight(w.contiguous(), _PACK_ROWS)
-        probe = _probe(w.shape[1])
-        got = ops._linear_pointwise(probe, packed, bias, "none", [], "")
+        source = _source(weight)  # inference tensors have no version counter: not checked
     except RuntimeError:
         return None
-    if not _agrees(got, F.linear(probe, w, bias)):
+    probe = _probe(w.shape[1])
+    want = F.linear(probe, w, bias)
+    onednn = False
+    ops = _onednn_linear()
+    if ops is not None:
+        try:
+            onednn = _agrees(ops._linear_pointwise(probe, w, bias, "none", [], ""), want)
+        except RuntimeError:
+            onednn = False
+    small = False
+    if ISA and w.shape[0] > 0 and (bias is None or _bias_fits(bias, w.shape[0])):
+        b = None if bias is None else bias.detach().contiguous()
+        try:
+            small = _agrees(_small(probe, w, b, 1, 0), want)
+        except ValueError:  # no tiles on this CPU
+            small = False
+    if not (onednn or small):
         return None
-    return Packed(packed, source, pack_rows(w, bias))
+    return Packed(source, onednn, small)
 
 
 def _probe(k: int) -> torch.Tensor:
     return torch.randn(3, k, generator=torch.Generator().manual_seed(0))
-
-
-def pack_rows(weight: torch.Tensor, bias: torch.Tensor | None = None,
-              group: int | None = None) -> Rows | None:
-    """The small GEMM's copy of fp32 CPU `weight` [N, K] (and `bias` [N]) in column groups
-    of `group` (default: this CPU's, `GROUP`), or None where there are no tiles for it, the
-    weight is not a 2-D fp32 CPU tensor, the bias (if any) is not a 1-D fp32 CPU tensor of
-    N elements, or the copy disagrees with `F.linear` on a random probe (as `pack` checks
-    oneDNN's)."""
-    group = GROUP if group is None else group
-    if _small_gemm is None or group == 0:
-        return None
-    if weight.dim() != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
-        return None
-    n, k = weight.shape
-    if n == 0 or (bias is not None and not _bias_fits(bias, n)):
-        return None
-    groups = -(-n // group)
-    padded = weight.new_zeros((groups * group, k))
-    padded[:n] = weight.detach()
-    rows = Rows(padded.view(groups, group, k).transpose(1, 2).contiguous(), None, group)
-    if bias is not None:
-        b = bias.new_zeros(groups * group)
-        b[:n] = bias.detach()
-        rows = rows._replace(bias=b)
-    probe = _probe(k)
-    try:
-        got = small_gemm(probe, rows, n, threads=1)
-    except ValueError:  # no tiles of this width on this CPU
-        return None
-    return rows if _agrees(got, F.linear(probe, weight.detach(), bias)) else None
 
 
 def _bias_fits(bias: torch.Tensor, n: int) -> bool:
@@ -156,44 +126,39 @@ def _bias_fits(bias: torch.Tensor, n: int) -> bool:
             and bias.shape[0] == n)
 
 
-def small_gemm(x: torch.Tensor, rows: Rows, n: int, threads: int | None = None,
-               team: int | None = None) -> torch.Tensor:
-    """x @ weight.T + bias through `rows` (`pack_rows(weight, bias)`; n: the weight's rows)
-    for x [M, K] fp32 on CPU, its last dim contiguous; threads (default torch's) in `team`
-    (default the kernels' own, `kvsaga.kernels.inplace.team_address`). ValueError for any
-    other x, a `rows` that is not a contiguous fp32 CPU copy [ceil(n / group), K, group]
-    (with a bias of ceil(n / group) * group fp32 CPU elements, or none), or a group width
-    without tiles on this CPU."""
-    if x.dim() != 2 or x.dtype != torch.float32 or not x.is_cpu or x.stride(1) != 1:
-        raise ValueError(f"x must be a [M, K] fp32 CPU tensor with contiguous rows, got "
-                         f"{tuple(x.shape)} {x.dtype} on {x.device}, strides {x.stride()}")
-    w, g = rows.weight, rows.group
-    if (w.dim() != 3 or w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous()
-            or g <= 0 or w.shape[2] != g):
-        raise ValueError(f"rows.weight must be a contiguous fp32 CPU tensor [groups, K, "
-                         f"{g}], got {tuple(w.shape)} {w.dtype} on {w.device}")
-    if n <= 0 or w.shape[0] != -(-n // g) or x.shape[1] != w.shape[1]:
-        raise ValueError(f"x {tuple(x.shape)} and n {n} do not fit the packed weight "
-                         f"{tuple(w.shape)} (groups of {g})")
-    b = rows.bias
-    if b is not None and (b.dim() != 1 or b.dtype != torch.float32 or not b.is_cpu
-                          or not b.is_contiguous() or b.shape[0] != w.shape[0] * g):
-        raise ValueError(f"rows.bias must be a contiguous fp32 CPU tensor of "
-                         f"{w.shape[0] * g} elements, got {tuple(b.shape)} {b.dtype} on "
-                         f"{b.device}")
+def small_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               threads: int | None = None, team: int | None = None,
+               isa: int | None = None) -> torch.Tensor:
+    """x @ weight.T + bias through the small GEMM, for x [M, K] and weight [N, K] fp32 on
+    CPU, each with contiguous rows (any row stride), bias fp32 [N] contiguous or None;
+    threads (default torch's) in `team` (default the kernels' own,
+    `kvsaga.kernels.inplace.team_address`); `isa` 2 (AVX-512) or 1 (AVX2 + FMA), default
+    `ISA`. ValueError for any other input, or an ISA this CPU lacks."""
+    for name, t in (("x", x), ("weight", weight)):
+        if t.dim() != 2 or t.dtype != torch.float32 or not t.is_cpu or t.stride(1) != 1:
+            raise ValueError(f"{name} must be a 2-D fp32 CPU tensor with contiguous rows, got "
+                             f"{tuple(t.shape)} {t.dtype} on {t.device}, strides {t.stride()}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)} differ in K")
+    if bias is not None and not (_bias_fits(bias, weight.shape[0]) and bias.is_contiguous()):
+        raise ValueError(f"bias must be a contiguous fp32 CPU tensor of {weight.shape[0]} "
+                         f"elements, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+    if _small_gemm is None:
+        raise ValueError("kvsaga._small_gemm is not built")
     team = inplace.team_address() if team is None else team
     threads = torch.get_num_threads() if threads is None else threads
-    return _small(x, rows, n, threads, team, b)
+    return _small(x, weight, bias, threads, team, ISA if isa is None else isa)
 
 
-def _small(x: torch.Tensor, rows: Rows, n: int, threads: int, team: int,
-           bias: torch.Tensor | None) -> torch.Tensor:
+def _small(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int,
+           team: int, isa: int | None = None) -> torch.Tensor:
     """`small_gemm` unchecked: `linear`'s path, after its own checks. `bias`: contiguous
-    fp32 CPU, at least n elements (the kernel reads columns below n only), or None."""
+    fp32 CPU of N elements, or None."""
+    n = weight.shape[0]
     out = x.new_empty((x.shape[0], n))
-    _small_gemm.gemm(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
-                     rows.weight.data_ptr(), n, rows.group,
-                     0 if bias is None else bias.data_ptr(), out.data_ptr(), n, threads, team)
+    _small_gemm.gemm(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], weight.data_ptr(),
+                     weight.stride(0), n, 0 if bias is None else bias.data_ptr(),
+                     out.data_ptr(), n, threads, team, ISA if isa is None else isa)
     return out
 
 
@@ -203,28 +168,29 @@ def linear(
     bias: torch.Tensor | None,
     packed: Packed | None,
 ) -> torch.Tensor:
-    """x @ weight.T + bias: through `packed` (from `pack(weight)`) when given, else F.linear.
+    """x @ weight.T + bias: through the paths `packed` (from `pack(weight)`) checked, else
+    F.linear.
 
     An input that is not fp32 on CPU (a model moved or cast after packing), or a weight
-    changed since it was packed (written in place, new storage, or a new shape), takes
-    F.linear. `bias` is read at each call, on either path (not the packed copy's). A 2-D
-    input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM where
-    the weight has its copy, the bias (if any) is fp32 [N] on the CPU, and either one
-    thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
-    threads); one that requires grad while grad is enabled takes oneDNN as before.
+    changed since it was checked (written in place, new storage, or a new shape), takes
+    F.linear. A 2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the
+    small GEMM where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
+    one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
+    threads); one that requires grad while grad is enabled does not. Everything else takes
+    oneDNN where it was checked, else F.linear.
     """
     if (packed is None or not x.is_cpu or x.dtype != torch.float32
             or packed.source != _source(weight)):
         return F.linear(x, weight, bias)
-    rows = packed.rows
-    if (rows is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
+    if (packed.small and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
             and x.shape[1] == weight.shape[1]
             and not (x.requires_grad and torch.is_grad_enabled())
             and (bias is None or _bias_fits(bias, weight.shape[0]))):
         team = inplace.team_address()
         threads = torch.get_num_threads()
         if team or threads == 1:
-            # The bias as it is now (the copy in `rows` is `pack_rows`'s, from pack time).
             b = None if bias is None else bias.detach().contiguous()
-            return _small(x, rows, weight.shape[0], threads, team, b)
-    return torch.ops.mkldnn._linear_pointwise(x, packed.tensor, bias, "none", [], "")
+            return _small(x, weight, b, threads, team)
+    if packed.onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)

@@ -7,9 +7,10 @@ boundaries in `AttentionMetadata`. Every layer writes its new K/V with
 `kvsaga.kernels.cache_write` and attends with `kvsaga.kernels.paged_attention`.
 
 Parameters use HF checkpoint names on load (`load_weights`), but q/k/v and gate/up are stored
-fused so that each is one matmul. On CPU in fp32, `load_weights` also gives every projection
-and the LM head a oneDNN-packed copy and, where the CPU has its tiles, a copy for the small-rows
-GEMM of decode steps (`kvsaga.engine.cpu_linear`), which the forward uses.
+fused so that each is one matmul. On CPU in fp32, `load_weights` also checks, for every
+projection and the LM head, the paths that read the weight in place (oneDNN's linear and the
+small-rows GEMM of decode steps, `kvsaga.engine.cpu_linear`), which the forward uses; each
+weight is held once.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class Attention(nn.Module):
         self.o_packed: cpu_linear.Packed | None = None
 
     def pack_weights(self) -> None:
-        """(Re)build the oneDNN copies of the projections from the current weights."""
+        """(Re)check the projections' CPU paths (`cpu_linear.pack`) on the current weights."""
         self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias)
         self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias)
 
@@ -228,7 +229,7 @@ class MLP(nn.Module):
         self.down_packed: cpu_linear.Packed | None = None
 
     def pack_weights(self) -> None:
-        """(Re)build the oneDNN copies of the projections from the current weights."""
+        """(Re)check the projections' CPU paths (`cpu_linear.pack`) on the current weights."""
         self.gate_up_packed = cpu_linear.pack(self.gate_up_proj)
         self.down_packed = cpu_linear.pack(self.down_proj)
 
@@ -457,8 +458,9 @@ class LlamaForCausalLM(nn.Module):
         self.pack_weights()
 
     def pack_weights(self) -> None:
-        """Give every projection and the LM head its packed copies (`cpu_linear.pack`; None,
-        so `F.linear`, off CPU, outside fp32 or without oneDNN). `load_weights` calls it;
+        """Check every projection's and the LM head's CPU paths (`cpu_linear.pack`, which
+        copies nothing; None, so `F.linear`, off CPU, outside fp32 or with neither oneDNN nor
+        the small GEMM). `load_weights` calls it;
         call it again after changing weights any other way: until then the forward takes
         `F.linear` for every weight changed since (`cpu_linear.linear` checks).
         """

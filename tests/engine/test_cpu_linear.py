@@ -1,5 +1,6 @@
-"""kvsaga.engine.cpu_linear: oneDNN-packed fp32 linears agree with F.linear, and every case
-it does not cover (other dtypes, other devices, no oneDNN) takes F.linear unchanged."""
+"""kvsaga.engine.cpu_linear: fp32 linears through oneDNN and the small GEMM, both reading the
+weight in place, agree with F.linear, and every case they do not cover (other dtypes,
+other devices, no oneDNN) takes F.linear unchanged."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from kvsaga.engine.loader import load_model
 from .helpers import forward_all
 
 needs_onednn = pytest.mark.skipif(
-    cpu_linear.pack(torch.ones(2, 2)) is None, reason="this torch has no usable oneDNN linear"
+    not getattr(cpu_linear.pack(torch.ones(2, 2)), "onednn", False),
+    reason="this torch has no usable oneDNN linear",
 )
 
 
@@ -48,8 +50,30 @@ def test_pack_declines_what_it_does_not_cover(weight):
 
 
 def test_pack_declines_without_onednn(monkeypatch):
+    """No oneDNN: the small GEMM alone where this CPU has it (many rows take F.linear),
+    else nothing."""
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert cpu_linear.pack(torch.ones(8, 4)) is None
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(8, 4, generator=g)
+    packed = cpu_linear.pack(w)
+    if cpu_linear.ISA:
+        assert packed is not None and packed.small and not packed.onednn
+        for rows in (2, cpu_linear.SMALL_ROWS + 5):
+            x = torch.randn(rows, 4, generator=g)
+            torch.testing.assert_close(cpu_linear.linear(x, w, None, packed), F.linear(x, w))
+    else:
+        assert packed is None
+    monkeypatch.setattr(cpu_linear, "ISA", 0)
+    assert cpu_linear.pack(w) is None
+
+
+def test_pack_copies_nothing():
+    """The weight is held once: what `pack` returns holds no tensor."""
+    packed = cpu_linear.pack(torch.randn(64, 32))
+    if packed is None:
+        pytest.skip("neither oneDNN nor the small GEMM runs here")
+    assert not any(isinstance(f, torch.Tensor) for f in packed)
+    assert not any(isinstance(f, torch.Tensor) for f in packed.source)
 
 
 @needs_onednn
@@ -98,8 +122,8 @@ def test_model_packs_on_load_and_matches_the_plain_path(tiny_model_dir):
     for layer in model.layers:
         packs += [layer.attn.qkv_packed, layer.attn.o_packed]
         packs += [layer.mlp.gate_up_packed, layer.mlp.down_packed]
-    assert all(p is not None and p.tensor.is_mkldnn for p in packs)
-    assert all((p.rows is not None) == (cpu_linear.GROUP != 0) for p in packs)
+    assert all(p is not None and p.onednn for p in packs)
+    assert all(p.small == (cpu_linear.ISA != 0) for p in packs)
     ids = list(range(3, 40))
     packed_logits = forward_all(model, ids)
     model.lm_head_packed = None
@@ -131,6 +155,9 @@ def test_pack_declines_a_kernel_that_disagrees(monkeypatch):
             return F.linear(x, w, bias) * 1.01
 
     monkeypatch.setattr(cpu_linear, "_onednn_linear", lambda: WrongOps)
+    packed = cpu_linear.pack(torch.randn(16, 8))
+    assert packed is None or (packed.small and not packed.onednn)
+    monkeypatch.setattr(cpu_linear, "ISA", 0)
     assert cpu_linear.pack(torch.randn(16, 8)) is None
 
 
@@ -147,7 +174,7 @@ def test_smollm_packs_every_projection(smollm):
 
 
 needs_small_gemm = pytest.mark.skipif(
-    cpu_linear.GROUP == 0, reason="no small-GEMM tiles on this CPU (or not built)")
+    cpu_linear.ISA == 0, reason="no small-GEMM tiles on this CPU (or not built)")
 
 
 @needs_onednn
@@ -158,7 +185,7 @@ def test_few_rows_take_the_small_gemm_and_more_take_onednn(monkeypatch):
     g = torch.Generator().manual_seed(11)
     w, b = torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
     packed = cpu_linear.pack(w, b)
-    assert packed.rows is not None and packed.rows.group == cpu_linear.GROUP
+    assert packed.small and packed.onednn
     calls = []
     real = cpu_linear._small
     monkeypatch.setattr(cpu_linear, "_small", lambda *a: calls.append(a[0].shape[0]) or real(*a))
@@ -199,12 +226,12 @@ def test_more_threads_without_a_team_keep_onednn(monkeypatch):
 @needs_onednn
 @needs_small_gemm
 def test_pack_keeps_onednn_when_the_small_gemm_disagrees(monkeypatch):
-    """The small GEMM's copy gets the same probe as oneDNN's: a kernel computing something
-    else leaves that weight on oneDNN."""
+    """The small GEMM gets the same probe as oneDNN: a kernel computing something else
+    leaves that weight on oneDNN."""
     real = cpu_linear._small
     monkeypatch.setattr(cpu_linear, "_small", lambda *a: real(*a) * 1.01)
     packed = cpu_linear.pack(torch.randn(16, 8))
-    assert packed is not None and packed.tensor.is_mkldnn and packed.rows is None
+    assert packed is not None and packed.onednn and not packed.small
 
 
 @needs_onednn
@@ -215,7 +242,7 @@ def test_the_small_gemm_uses_the_bias_as_it_is_now(monkeypatch):
     g = torch.Generator().manual_seed(12)
     w, b = torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
     packed = cpu_linear.pack(w, b)
-    assert packed.rows is not None
+    assert packed.small
     calls = []
     real = cpu_linear._small
     monkeypatch.setattr(cpu_linear, "_small", lambda *a: calls.append(1) or real(*a))

@@ -1,12 +1,13 @@
 """The small-rows GEMM (csrc/small_gemm.cpp, through kvsaga.engine.cpu_linear) against
-torch's matmul, on every tile width this CPU runs (64: AVX-512, 32: AVX2 + FMA).
+torch's matmul, on every ISA this CPU runs (2: AVX-512, 1: AVX2 + FMA), reading the weight
+in its plain [N, K] layout (no copy).
 
 Bounds: each output within 1e-5 of the largest |output| of its row-set plus a float64
 reference's rounding (fp32 sums of K terms in another order than torch's); the kernel's own
-documented order, one fused multiply-add a k in order, holds exactly: a row's outputs do
-not depend on the other rows, their count, the thread count or the tile width. Columns past
-N and rows past M are never written; bad input is refused with a ValueError (or, for
-`pack_rows`, None).
+documented order (16 lane sums over k in order, one fixed reduction tree) holds exactly: a
+row's outputs do not depend on the other rows, their count, the thread count, the ISA or
+which tile (4 weight rows, or one) computed them. Columns past N and rows past M are never
+written; bad input is refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ except ImportError:
 pytestmark = pytest.mark.skipif(_small_gemm is None, reason="kvsaga._small_gemm not built")
 
 
-def _widths() -> list[int]:
+def _isas() -> list[int]:
     if _small_gemm is None:
         return []
-    return [g for g, ok in ((64, _small_gemm.has_avx512()), (32, _small_gemm.has_avx2())) if ok]
+    return [i for i, ok in ((2, _small_gemm.has_avx512()), (1, _small_gemm.has_avx2())) if ok]
 
 
-WIDTHS = pytest.mark.parametrize("group", _widths() or [pytest.param(0, marks=pytest.mark.skip(
+ISAS = pytest.mark.parametrize("isa", _isas() or [pytest.param(0, marks=pytest.mark.skip(
     reason="no AVX-512 or AVX2 + FMA on this CPU"))])
 
 
@@ -52,149 +53,94 @@ def _check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor 
     torch.testing.assert_close(got, F.linear(x, w, b), atol=tol, rtol=1e-5)
 
 
-@WIDTHS
+@ISAS
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 13, 16])
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (64, 576), (100, 33), (960, 576),
-                                 (576, 1536), (130, 700)])
+                                 (576, 1536), (130, 700), (9, 2100)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_torch(group, m, n, k, bias):
+def test_matches_torch(isa, m, n, k, bias):
+    """K below, at and past a 16-lane step, past one k chunk (1,024) with several row
+    blocks; N in whole tiles and with one-row tiles left."""
     x, w, b = _case(m, n, k, bias)
-    rows = cpu_linear.pack_rows(w, b, group)
-    assert rows is not None and rows.group == group
-    _check(cpu_linear.small_gemm(x, rows, n, threads=1), x, w, b)
+    _check(cpu_linear.small_gemm(x, w, b, threads=1, isa=isa), x, w, b)
 
 
-@WIDTHS
-def test_strided_rows_and_an_lm_head_sized_weight(group):
-    """Rows with a stride (a column slice of a wider tensor) read the right elements; a
-    vocabulary-sized weight (SmolLM2's 49,152 x 576 LM head) in one call."""
+@ISAS
+def test_strided_rows_and_an_lm_head_sized_weight(isa):
+    """Rows with a stride (column slices of wider tensors, for x and for the weight) read
+    the right elements; a vocabulary-sized weight (SmolLM2's 49,152 x 576 LM head)."""
     g = torch.Generator().manual_seed(3)
     w = torch.randn(49152, 576, generator=g) * 0.05
     x = torch.randn(4, 700, generator=g)[:, 50:626]
     assert x.stride(0) == 700
-    rows = cpu_linear.pack_rows(w, None, group)
-    _check(cpu_linear.small_gemm(x, rows, 49152, threads=1), x, w, None)
+    _check(cpu_linear.small_gemm(x, w, threads=1, isa=isa), x, w, None)
+    ws = torch.randn(70, 600, generator=g)[:, 7:583]
+    assert ws.stride(0) == 600
+    _check(cpu_linear.small_gemm(x, ws, threads=1, isa=isa), x, ws, None)
 
 
-@WIDTHS
-def test_a_rows_outputs_do_not_depend_on_its_batch(group):
-    """The same row alone, among 2, among 16, on one thread or two of torch's team, and
-    through the other tile width: the same bits (one order of sums, fixed by k)."""
-    x, w, b = _case(16, 960, 576, True, seed=1)
-    rows = cpu_linear.pack_rows(w, b, group)
-    full = cpu_linear.small_gemm(x, rows, 960, threads=1)
+@ISAS
+def test_a_rows_outputs_do_not_depend_on_its_batch(isa):
+    """The same row alone, among 2, among 16, on one thread or two of torch's team, through
+    the other ISA, and a column computed in a 4-row tile or a one-row tail tile: the same
+    bits (one order of sums)."""
+    x, w, b = _case(16, 962, 576, True, seed=1)
+    full = cpu_linear.small_gemm(x, w, b, threads=1, isa=isa)
     for i in (0, 5, 15):
-        assert torch.equal(cpu_linear.small_gemm(x[i:i + 1], rows, 960, threads=1), full[i:i + 1])
-    assert torch.equal(cpu_linear.small_gemm(x[3:5], rows, 960, threads=1), full[3:5])
+        assert torch.equal(cpu_linear.small_gemm(x[i:i + 1], w, b, threads=1, isa=isa),
+                           full[i:i + 1])
+    assert torch.equal(cpu_linear.small_gemm(x[3:5], w, b, threads=1, isa=isa), full[3:5])
+    # columns 960, 961 fall in one-row tiles here and in a 4-row tile from 958
+    assert torch.equal(cpu_linear.small_gemm(x, w[958:], b[958:], threads=1, isa=isa),
+                       full[:, 958:])
     team = inplace.team_address()
     if team:
-        assert torch.equal(cpu_linear.small_gemm(x, rows, 960, threads=2, team=team), full)
-    for other in _widths():
-        if other != group:
-            o = cpu_linear.pack_rows(w, b, other)
-            assert torch.equal(cpu_linear.small_gemm(x, o, 960, threads=1), full)
+        assert torch.equal(cpu_linear.small_gemm(x, w, b, threads=2, team=team, isa=isa), full)
+    for other in _isas():
+        if other != isa:
+            assert torch.equal(cpu_linear.small_gemm(x, w, b, threads=1, isa=other), full)
 
 
-@WIDTHS
-def test_writes_only_its_outputs(group):
+@ISAS
+def test_writes_only_its_outputs(isa):
     """Into a wider out buffer (row stride > N): columns past N and rows past M keep
-    their values, including in the last, partly padded column group."""
+    their values."""
     x, w, b = _case(5, 70, 40, True)
-    rows = cpu_linear.pack_rows(w, b, group)
     out = torch.full((6, 100), 7.0)
-    _small_gemm.gemm(x.data_ptr(), x.stride(0), 5, 40, rows.weight.data_ptr(), 70, group,
-                     rows.bias.data_ptr(), out.data_ptr(), 100, 1, 0)
+    _small_gemm.gemm(x.data_ptr(), x.stride(0), 5, 40, w.data_ptr(), w.stride(0), 70,
+                     b.data_ptr(), out.data_ptr(), 100, 1, 0, isa)
     _check(out[:5, :70].clone(), x, w, b)
     assert (out[:5, 70:] == 7.0).all() and (out[5] == 7.0).all()
 
 
 def test_refuses_bad_input():
-    w = torch.randn(32, 16)
-    rows = cpu_linear.pack_rows(w)
-    if rows is None:
+    if cpu_linear.ISA == 0:
         pytest.skip("no small-GEMM tiles on this CPU")
+    w = torch.randn(32, 16)
     bad = {"float64": torch.randn(3, 16, dtype=torch.float64),
-           "column-major rows": torch.randn(16, 3).T, "wrong K": torch.randn(3, 15),
-           "3-D": torch.randn(2, 3, 16)}
+           "column-major rows": torch.randn(16, 3).T, "3-D": torch.randn(2, 3, 16)}
     for what, x in bad.items():
-        with pytest.raises(ValueError, match="x"):
-            cpu_linear.small_gemm(x, rows, 32)
+        with pytest.raises(ValueError, match="x must"):
+            cpu_linear.small_gemm(x, w)
             pytest.fail(f"accepted {what}")
-    with pytest.raises(ValueError):
-        cpu_linear.small_gemm(torch.randn(3, 16), rows, 33 + rows.weight.shape[0] * rows.group)
-    with pytest.raises(ValueError, match="group width 48"):
-        _small_gemm.gemm(0, 16, 1, 16, 0, 32, 48, 0, 0, 32, 1, 0)
+    with pytest.raises(ValueError, match="differ in K"):
+        cpu_linear.small_gemm(torch.randn(3, 15), w)
+    with pytest.raises(ValueError, match="weight must"):
+        cpu_linear.small_gemm(torch.randn(3, 32), w.T)
+    with pytest.raises(ValueError, match="bias must"):
+        cpu_linear.small_gemm(torch.randn(3, 16), w, torch.randn(31))
+    with pytest.raises(ValueError, match="isa 3"):
+        _small_gemm.gemm(0, 16, 1, 16, 0, 16, 32, 0, 0, 32, 1, 0, 3)
 
 
-@WIDTHS
-def test_two_threads_with_a_partial_last_group(group):
-    """Two of torch's team over 1000 columns (the last group partly padded on both widths),
-    K 1024 (K % 64 == 0 but several spans): torch's result, and the bits of one thread."""
+@ISAS
+def test_two_threads_with_a_partial_last_tile(isa):
+    """Two of torch's team over 1001 columns (tiles of 4 and 3 leave rows over), K 1024:
+    torch's result, and the bits of one thread."""
     team = inplace.team_address()
     if not team:
         pytest.skip("no OpenMP team to join")
-    x, w, b = _case(7, 1000, 1024, True, seed=2)
-    rows = cpu_linear.pack_rows(w, b, group)
-    two = cpu_linear.small_gemm(x, rows, 1000, threads=2, team=team)
+    x, w, b = _case(7, 1001, 1024, True, seed=2)
+    two = cpu_linear.small_gemm(x, w, b, threads=2, team=team, isa=isa)
     _check(two, x, w, b)
-    assert torch.equal(two, cpu_linear.small_gemm(x, rows, 1000, threads=1))
-
-
-@WIDTHS
-@pytest.mark.parametrize("bias", [False, True])
-def test_k_zero_writes_the_bias(group, bias):
-    """No products (K = 0): every output is its bias, or 0, not the buffer's old bits."""
-    b = torch.randn(70) if bias else None
-    rows = cpu_linear.pack_rows(torch.randn(70, 0), b, group)
-    assert rows is not None
-    want = F.linear(torch.randn(3, 0), torch.randn(70, 0), b)
-    assert torch.equal(cpu_linear.small_gemm(torch.randn(3, 0), rows, 70, threads=1), want)
-    out = torch.full((3, 80), float("nan"))
-    _small_gemm.gemm(torch.randn(3, 0).data_ptr(), 0, 3, 0, rows.weight.data_ptr(), 70, group,
-                     0 if b is None else rows.bias.data_ptr(), out.data_ptr(), 80, 1, 0)
-    assert torch.equal(out[:, :70], want) and out[:, 70:].isnan().all()
-
-
-def test_pack_rows_declines_what_the_kernel_cannot_read():
-    """Other dtypes, devices or ranks (a half weight once crashed the process), and a bias
-    that is not fp32 [N] on the CPU: None, so callers keep another path."""
-    if cpu_linear.pack_rows(torch.randn(8, 4)) is None:
-        pytest.skip("no small-GEMM tiles on this CPU")
-    w = torch.randn(96, 40)
-    for what, args in {"fp16 weight": (w.half(), None), "bf16 weight": (w.bfloat16(), None),
-                       "meta weight": (w.to("meta"), None), "1-D weight": (w[0], None),
-                       "3-D weight": (w.view(2, 48, 40), None),
-                       "fp16 bias": (w, torch.randn(96).half()),
-                       "short bias": (w, torch.randn(95)), "2-D bias": (w, torch.randn(1, 96)),
-                       "meta bias": (w, torch.randn(96, device="meta"))}.items():
-        assert cpu_linear.pack_rows(*args) is None, what
-    # a non-contiguous fp32 weight is copied, not refused
-    t = torch.randn(40, 96).T
-    rows = cpu_linear.pack_rows(t)
-    x = torch.randn(3, 40)
-    _check(cpu_linear.small_gemm(x, rows, 96, threads=1), x, t, None)
-
-
-def test_small_gemm_refuses_a_copy_it_cannot_read():
-    w, b = torch.randn(96, 40), torch.randn(96)
-    rows = cpu_linear.pack_rows(w, b)
-    if rows is None:
-        pytest.skip("no small-GEMM tiles on this CPU")
-    g = rows.group
-    x = torch.randn(3, 40)
-    bad = {"fp16 weight": rows._replace(weight=rows.weight.half()),
-           "meta weight": rows._replace(weight=rows.weight.to("meta")),
-           "non-contiguous weight": rows._replace(weight=rows.weight.transpose(0, 1)),
-           "2-D weight": rows._replace(weight=rows.weight.reshape(-1, g)),
-           "too few groups": rows._replace(weight=rows.weight[:1]),
-           "group mismatch": rows._replace(group=g // 2),
-           "fp16 bias": rows._replace(bias=rows.bias.half()),
-           "short bias": rows._replace(bias=rows.bias[:96]),
-           "strided bias": rows._replace(bias=torch.randn(2 * rows.bias.shape[0])[::2])}
-    for what, r in bad.items():
-        with pytest.raises(ValueError, match="rows|fit"):
-            cpu_linear.small_gemm(x, r, 96, threads=1)
-            pytest.fail(f"accepted {what}")
-    # n must name the copy's groups: fewer columns than one group less are refused too
-    with pytest.raises(ValueError, match="fit"):
-        cpu_linear.small_gemm(x, rows, 96 - g, threads=1)
+    assert torch.equal(two, cpu_linear.small_gemm(x, w, b, threads=1, isa=isa))

@@ -1,0 +1,219 @@
+// The small-rows GEMM's loops over a weight in its plain layout W [N][K] (row stride
+// w_row, k contiguous): the parameter itself, no packed copy. Included by small_gemm.cpp.
+//
+// Tiles: up to MR rows of x against NR rows of W; each pair (row, weight row) sums in one
+// 16-lane accumulator, lane j over k = j, j + 16, j + 32, ... (one fused multiply-add a
+// term, in k order), the last partial step masked (lanes past K add 0 * 0); then the 16
+// lanes reduce in one fixed tree (`reduce16`): j + (j + 8), then + 4, + 2, + 1. AVX-512
+// holds an accumulator in one zmm, AVX2 in two ymm (lanes 0-7, 8-15) with the same sums, so
+// the result depends on nothing but x[m], W[n] and bias[n]: not on the number of rows, a
+// row's place in its tile, the thread count or the ISA.
+
+#pragma once
+
+#ifdef SG_X86
+
+namespace tiles {
+
+// Tiles: 6 rows x 4 weight rows on AVX-512 (24 accumulators, 6 x vectors and a weight
+// vector: 31 of 32 registers), 2 x 3 on AVX2 (12 accumulators of 16, in halves).
+constexpr int kNr512 = 4, kMr512 = 6;
+constexpr int kNr256 = 3, kMr256 = 2;
+
+// lanes 0-7 + lanes 8-15, then the fixed tree on 8 lanes.
+SG_AVX2 inline float reduce8(__m256 t8) {
+  const __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+  const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));  // [0+2, 1+3, ...]
+  const __m128 t1 = _mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1));
+  return _mm_cvtss_f32(t1);
+}
+
+SG_AVX512 inline float reduce16(__m512 a) {
+  const __m256 lo = _mm512_castps512_ps256(a);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+  return reduce8(_mm256_add_ps(lo, hi));
+}
+
+// reduce16 of 4 accumulators at once: [reduce16(a[0]), ..., reduce16(a[3])], the same
+// tree (8 apart, 4 apart, 2 apart, then the pair) in shuffles and adds across them.
+SG_AVX512 inline __m128 reduce16x4(const __m512* a) {
+  __m512 p[2];  // p[q]: a[2q]'s 8 sums j + (j + 8) in lanes 0-7, a[2q + 1]'s in 8-15
+  for (int q = 0; q < 2; ++q)
+    p[q] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * q], a[2 * q + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * q], a[2 * q + 1], 0xEE));
+  // 128-bit lane L: a[L]'s 4 sums (+ 4 apart)
+  const __m512 h = _mm512_add_ps(_mm512_shuffle_f32x4(p[0], p[1], 0x88),
+                                 _mm512_shuffle_f32x4(p[0], p[1], 0xDD));
+  const __m512 t2 = _mm512_add_ps(h, _mm512_shuffle_ps(h, h, 0xEE));    // [0+2, 1+3, ..]
+  const __m512 t1 = _mm512_add_ps(t2, _mm512_shuffle_ps(t2, t2, 0x11));  // [(0+2)+(1+3), ..]
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(order, t1));
+}
+
+// k steps a chunk takes when a tile has several row blocks: 1,024 (4 KiB of a row), so
+// that with K up to that (SmolLM2's 576) each block reads the tile's 4 rows from L1.
+constexpr int64_t kChunk = 1024;
+
+// out rows r .. r + MR - 1, columns n0 .. n0 + NR - 1, over k = k0 .. k1 - 1 (a multiple of
+// 16 apart unless k1 = K); accumulators continued from / kept in `part` ([MR][NR] vectors,
+// 64-byte aligned) when k0 > 0 / k1 < K.
+template <int MR, int NR>
+SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k1,
+                       float* part) {
+  const float* x = c.x + r * c.x_row;
+  const float* w = c.w + n0 * c.w_row;
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)
+      acc[i][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(part + (i * NR + j) * 16);
+  const int64_t full = k1 == c.k ? k0 + ((k1 - k0) & ~int64_t{15}) : k1;
+  const float* wr[NR];
+  for (int j = 0; j < NR; ++j) wr[j] = w + j * c.w_row;
+  const float* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = x + i * c.x_row;
+  // The next tile's rows (contiguous when the weight is), NR lines a step: a tile ahead,
+  // while this one's row blocks compute. One pointer, so that the loop's addresses fit
+  // the general registers (NR weight rows and MR x rows already take most of them).
+  const char* ahead = reinterpret_cast<const char*>(w + NR * c.w_row + k0 * NR);
+  for (int64_t k = k0; k < full; k += 16, ahead += NR * 64) {
+    for (int j = 0; j < NR; ++j) _mm_prefetch(ahead + j * 64, _MM_HINT_T1);
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
+    for (int j = 0; j < NR; ++j) {
+      __m512 wv = _mm512_loadu_ps(wr[j] + k);
+      // in a register: the compiler would otherwise fold the load into each row's
+      // multiply-add, MR loads of it a step where one does
+      if constexpr (MR > 1) asm("" : "+v"(wv));
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(wv, xv[i], acc[i][j]);
+    }
+  }
+  if (k1 < c.k) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) _mm512_store_ps(part + (i * NR + j) * 16, acc[i][j]);
+    return;
+  }
+  if (full < c.k) {
+    const __mmask16 mask = __mmask16((1u << (c.k - full)) - 1);
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(mask, w + j * c.w_row + full);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i * c.x_row + full);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+    }
+  }
+  if constexpr (NR == 4) {
+    for (int i = 0; i < MR; ++i) {
+      __m128 s = reduce16x4(acc[i]);
+      if (c.bias != nullptr) s = _mm_add_ps(s, _mm_loadu_ps(c.bias + n0));
+      _mm_storeu_ps(c.out + (r + i) * c.out_row + n0, s);
+    }
+  } else {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) {
+        const float s = reduce16(acc[i][j]);
+        c.out[(r + i) * c.out_row + n0 + j] = c.bias != nullptr ? s + c.bias[n0 + j] : s;
+      }
+  }
+}
+
+template <int MR, int NR>
+SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0) {
+  const float* x = c.x + r * c.x_row;
+  const float* w = c.w + n0 * c.w_row;
+  __m256 acc[MR][NR][2];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+  const int64_t full = c.k & ~int64_t{15};
+  const char* ahead = reinterpret_cast<const char*>(w + NR * c.w_row);
+  for (int64_t k = 0; k < full; k += 16) {
+    for (int j = 0; j < NR; ++j) _mm_prefetch(ahead + (j * c.w_row + k) * 4, _MM_HINT_T1);
+    for (int h = 0; h < 2; ++h) {
+      __m256 wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(w + j * c.w_row + k + 8 * h);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + i * c.x_row + k + 8 * h);
+        for (int j = 0; j < NR; ++j) acc[i][j][h] = _mm256_fmadd_ps(wv[j], xv, acc[i][j][h]);
+      }
+    }
+  }
+  for (int h = 0; h < 2 && full + 8 * h < c.k; ++h) {
+    const int64_t left = c.k - full - 8 * h;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm256_maskload_ps(w + j * c.w_row + full + 8 * h, mask);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_maskload_ps(x + i * c.x_row + full + 8 * h, mask);
+      for (int j = 0; j < NR; ++j) acc[i][j][h] = _mm256_fmadd_ps(wv[j], xv, acc[i][j][h]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float s = reduce8(_mm256_add_ps(acc[i][j][0], acc[i][j][1]));
+      c.out[(r + i) * c.out_row + n0 + j] = c.bias != nullptr ? s + c.bias[n0 + j] : s;
+    }
+}
+
+// Every row against weight rows n0 .. n1 - 1: tiles of kNr512 (the rest one by one), row
+// blocks of up to kMr512 (as even as can be: 16 rows are 6 + 5 + 5); with several blocks
+// the tile's rows go kChunk k steps at a time, every block over each chunk while it is in L1.
+SG_AVX512 void cols512(const Call& c, int64_t n0, int64_t n1) {
+  const int64_t nb = (c.m + kMr512 - 1) / kMr512;
+  const int64_t chunk = nb == 1 ? c.k : kChunk;
+  float* part = partial_sums(c.m * kNr512 * 16);
+  for (int64_t n = n0; n < n1;) {
+    const bool whole = n + kNr512 <= n1;
+    for (int64_t k0 = 0; k0 < c.k || k0 == 0; k0 += chunk) {
+      const int64_t k1 = std::min(c.k, k0 + chunk);
+      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
+        rows = (c.m - r + nb - b - 1) / (nb - b);
+        float* p = part + r * kNr512 * 16;
+        if (whole) {
+          switch (rows) {
+            case 1: tile512<1, kNr512>(c, r, n, k0, k1, p); break;
+            case 2: tile512<2, kNr512>(c, r, n, k0, k1, p); break;
+            case 3: tile512<3, kNr512>(c, r, n, k0, k1, p); break;
+            case 4: tile512<4, kNr512>(c, r, n, k0, k1, p); break;
+            case 5: tile512<5, kNr512>(c, r, n, k0, k1, p); break;
+            default: tile512<6, kNr512>(c, r, n, k0, k1, p); break;
+          }
+        } else {
+          switch (rows) {
+            case 1: tile512<1, 1>(c, r, n, k0, k1, p); break;
+            case 2: tile512<2, 1>(c, r, n, k0, k1, p); break;
+            case 3: tile512<3, 1>(c, r, n, k0, k1, p); break;
+            case 4: tile512<4, 1>(c, r, n, k0, k1, p); break;
+            case 5: tile512<5, 1>(c, r, n, k0, k1, p); break;
+            default: tile512<6, 1>(c, r, n, k0, k1, p); break;
+          }
+        }
+      }
+      if (k1 == c.k) break;
+    }
+    n += whole ? kNr512 : 1;
+  }
+}
+
+// Every row against weight rows n0 .. n1 - 1: tiles of kNr256 (the rest one by one),
+// row blocks of up to kMr256 (as even as can be), each tile's rows in L1 for its blocks.
+SG_AVX2 void cols256(const Call& c, int64_t n0, int64_t n1) {
+  const int64_t nb = (c.m + kMr256 - 1) / kMr256;
+  for (int64_t n = n0; n < n1;) {
+    const bool whole = n + kNr256 <= n1;
+    for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
+      rows = (c.m - r + nb - b - 1) / (nb - b);
+      if (whole) {
+        if (rows == 1) tile256<1, kNr256>(c, r, n);
+        else tile256<2, kNr256>(c, r, n);
+      } else {
+        if (rows == 1) tile256<1, 1>(c, r, n);
+        else tile256<2, 1>(c, r, n);
+      }
+    }
+    n += whole ? kNr256 : 1;
+  }
+}
+
+}  // namespace tiles
+
+#endif
