@@ -7,6 +7,7 @@ step's linears.
     python bench/engine_linear.py [--model PATH] [--threads 1] [--rows 1 16 256 1024]
         [--repeat 5]
     python bench/engine_linear.py --step [--rows 1 3 8 16] [--threads 1] [--repeat 5]
+    python bench/engine_linear.py --modes [--rows 1 8 16 64 256] [--threads 1] [--repeat 5]
 
 Prints CPU milliseconds per call (process time, the best of `--repeat`; on a shared machine
 wall time mostly measures waiting for a core) and the ratio F.linear / cpu_linear. Shapes come
@@ -51,11 +52,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--step", action="store_true",
                     help="a decode step's linears: oneDNN against the small-rows GEMM")
+    ap.add_argument("--modes", action="store_true",
+                    help="a step's linears with the weights held once against packed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     c = open_checkpoint(args.model or default_model_path()).config
     if args.step:
         return step(c, args)
+    if args.modes:
+        return modes(c, args)
     shapes = {
         "qkv": (c.q_size + 2 * c.kv_size, c.hidden_size),
         "o": (c.hidden_size, c.q_size),
@@ -121,6 +126,39 @@ def step(c, args) -> None:
               f"{med['small'][0]:.2f} / {med['small'][1]:.2f} | "
               f"{med['small'][0] / med['onednn'][0]:.2f}x | "
               f"{med['small'][1] / med['onednn'][1]:.2f}x |")
+
+
+def modes(c, args) -> None:
+    """A step's linears (every layer's own weights) held once against packed."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(c.q_size + 2 * c.kv_size, c.hidden_size), (c.hidden_size, c.q_size),
+              (2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]
+    ws = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(c.num_layers)
+          for n, k in shapes]
+    ws.append(torch.randn(c.vocab_size, c.hidden_size, generator=gen) * 0.02)
+    arms = {m: [(w, cpu_linear.pack(w, None, m)) for w in ws] for m in ("once", "packed")}
+    if any(p is None for arm in arms.values() for _, p in arm):
+        raise SystemExit("a weight was not checked")
+    print(f"{args.threads} thread(s); one pass = {len(ws)} linears; ms per pass, the median "
+          f"of {args.repeat} (wall / process CPU); SMALL_ROWS {cpu_linear.SMALL_ROWS}")
+    print("| rows | packed | once | once / packed wall | once / packed CPU |\n"
+          "|---:|---:|---:|---:|---:|")
+    for rows in args.rows:
+        xs = {k: torch.randn(rows, k, generator=gen) for k in {w.shape[1] for w in ws}}
+        times: dict[str, list[tuple[float, float]]] = {"once": [], "packed": []}
+        for rep in range(args.repeat + 1):
+            for arm in (("once", "packed") if rep % 2 else ("packed", "once")):
+                w0, c0 = time.perf_counter(), time.process_time()
+                for w, p in arms[arm]:
+                    cpu_linear.linear(xs[w.shape[1]], w, None, p)
+                if rep:  # the first pass warms up
+                    times[arm].append(((time.perf_counter() - w0) * 1e3,
+                                       (time.process_time() - c0) * 1e3))
+        med = {a: [statistics.median(t[i] for t in v) for i in (0, 1)] for a, v in times.items()}
+        print(f"| {rows} | {med['packed'][0]:.1f} / {med['packed'][1]:.1f} | "
+              f"{med['once'][0]:.1f} / {med['once'][1]:.1f} | "
+              f"{med['once'][0] / med['packed'][0]:.2f}x | "
+              f"{med['once'][1] / med['packed'][1]:.2f}x |")
 
 
 if __name__ == "__main__":

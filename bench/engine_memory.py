@@ -7,7 +7,7 @@ Loads the model (default SmolLM2-135M-Instruct, fp32, CPU) with `load_model` and
 process's resident set (VmRSS from /proc/self/status) before and after, the bytes of the
 model's parameters, and the bytes held by `cpu_linear.pack`'s results (tensors reachable
 from them: oneDNN's reordered copies and the small GEMM's column-group copies in trees that
-made them; none since the weights are held once). Why: each copy of the linear weights
+made them: the "packed" mode, `KVSAGA_CPU_WEIGHTS`). Why: each copy of the linear weights
 costs their size again; RSS says what the process really holds.
 """
 
@@ -61,7 +61,8 @@ def main() -> None:
     model = loaded.model
     gc.collect()
     after = rss_mib()
-    params = sum(p.untyped_storage().nbytes() for p in {id(p): p for p in model.parameters()}.values())
+    unique = {id(p): p for p in model.parameters()}.values()
+    params = sum(p.untyped_storage().nbytes() for p in unique)
     seen: set[int] = set()
     packed = 0
     for module in model.modules():
@@ -69,7 +70,8 @@ def main() -> None:
             if name.endswith("_packed"):
                 packed += tensors_in(value, seen)
     mib = 2**20
-    print(f"VmRSS before load {before:.0f} MiB, after {after:.0f} MiB "
+    mode = getattr(model, "weights_mode", "packed (before the modes)")
+    print(f"weights mode {mode}: VmRSS before load {before:.0f} MiB, after {after:.0f} MiB "
           f"(+{after - before:.0f} MiB); parameters {params / mib:.0f} MiB; "
           f"held by the linears' packed copies {packed / mib:.0f} MiB")
 

@@ -9,11 +9,12 @@
 // loop per ISA streams the weight once and keeps every (row, weight row) pair's sums in
 // registers (csrc/small_gemm_tiles.h).
 //
-// Why the plain layout (bench/RESULTS.md, "One copy of each linear weight"): this kernel
-// first read a column-group copy of each weight ([N / 64][K][64], the x row broadcast
-// against 64 columns at a time), made at load beside the parameter and oneDNN's own packed
-// copy: three copies of every weight. Reading W's rows directly costs a horizontal sum per
-// output (`reduce16x4`), and keeps the model's weights once.
+// Why the plain layout (bench/RESULTS.md, "One copy of each linear weight"): the first
+// kernel (`gemm_groups`, small_gemm_groups.h) reads a column-group copy of each weight
+// ([N / 64][K][64], x broadcast against 64 columns at a time), made at load beside the
+// parameter and oneDNN's own packed copy: three copies of every weight. Reading W's rows
+// directly costs a horizontal sum per output (`reduce16x4`) and keeps the weights once; it
+// runs 16 rows and two threads 10-22% slower, so cpu_linear keeps both (`weights_mode`).
 //
 // Numerics: out[m][n] = (the 16 lane sums of x[m][k] * W[n][k], lane j over k = j, j + 16,
 // ... in order, one fused multiply-add a term, reduced in a fixed tree) + bias[n]. The order
@@ -143,6 +144,11 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
                                       static_cast<unsigned>(t), 0);
 }
 
+#include "small_gemm_groups.h"  // groups::gemm: the column-group copy's kernel
+
+// The column group width this CPU's group tiles take: 64 (AVX-512), 32 (AVX2 + FMA), 0.
+int64_t group_width() { return has_avx512() ? 64 : has_avx2() ? 32 : 0; }
+
 }  // namespace
 
 NB_MODULE(_small_gemm, m) {
@@ -151,6 +157,11 @@ NB_MODULE(_small_gemm, m) {
   m.def("gemm", &gemm, "x"_a, "x_row"_a, "rows"_a, "k"_a, "w"_a, "w_row"_a, "n"_a, "bias"_a,
         "out"_a, "out_row"_a, "threads"_a, "team"_a, "isa"_a,
         nb::call_guard<nb::gil_scoped_release>());
+  m.def("gemm_groups", &groups::gemm, "x"_a, "x_row"_a, "rows"_a, "k"_a, "w"_a, "n"_a,
+        "group"_a, "bias"_a, "out"_a, "out_row"_a, "threads"_a, "team"_a,
+        nb::call_guard<nb::gil_scoped_release>());
+  m.def("group_width", &group_width,
+        "64 (AVX-512), 32 (AVX2 + FMA) or 0: the column group width of gemm_groups' tiles.");
   m.def("isa", &isa,
         "2 (AVX-512), 1 (AVX2 + FMA) or 0: the widest ISA this CPU runs the kernel with.");
   m.def("has_avx512", &has_avx512);

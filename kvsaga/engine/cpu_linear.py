@@ -1,6 +1,6 @@
-"""fp32 linear layers on CPU, each weight held once (the model's parameter): oneDNN for
-prefill-sized row counts, kvsaga's own small-rows GEMM (kvsaga._small_gemm) for a decode
-step's few rows, both reading the parameter as it is.
+"""fp32 linear layers on CPU: oneDNN for prefill-sized row counts, kvsaga's own small-rows
+GEMM (kvsaga._small_gemm) for a decode step's few rows; each weight held once, or (for
+speed, on small models) beside two copies laid out for those kernels.
 
 Why oneDNN: `F.linear` sends an fp32 CPU matmul to MKL's sgemm, which on an AMD EPYC
 (AVX-512) took 2.2-2.6x the CPU time of oneDNN's matmul for every projection shape of
@@ -13,22 +13,25 @@ thread while the other core waits (bench/RESULTS.md, "A small-rows GEMM for the 
 step's linears"); with 1-16 rows the matmul is one stream through the weight, which
 csrc/small_gemm.cpp runs with every row's sums in registers (AVX-512, or AVX2 + FMA).
 
-Why no packed copies (bench/RESULTS.md, "One copy of each linear weight"): a reordered
-oneDNN copy and a column-group copy for the small GEMM each cost the projection weights'
-size again (+1,036 MiB for SmolLM2-135M, whose weights are 518 MiB; many GiB for a 1-8B
-model). oneDNN now reorders the plain weight inside each call (a few percent of a
-prefill-sized matmul), and the small GEMM reads the plain rows.
+Two ways to hold the weights (`weights_mode`; bench/RESULTS.md, "One copy of each linear
+weight"): "once", where oneDNN reorders the plain parameter inside each call and the small
+GEMM reads its rows (csrc/small_gemm_tiles.h); and "packed", where `pack` adds oneDNN's
+reordered copy and a column-group copy (`pack_rows`, csrc/small_gemm_groups.h) beside the
+parameter: 3x the linear weights' memory (+1,026 MiB for SmolLM2-135M), measured faster
+(decode 1.0-1.27x, extend 1.05-1.09x less CPU on this host). A model takes "packed" while
+its linear weights fit in `PACKED_MAX_BYTES` (1 GiB: the copies cost at most 2 GiB), else
+"once"; KVSAGA_CPU_WEIGHTS overrides.
 
-`pack` (the name is older than the change) checks, once per weight, that both paths agree
-with `F.linear` on a random probe and records which weight it checked; it copies nothing.
-`linear` takes those paths while the weight is still that one (same storage and shape, no
-in-place write since: `load_state_dict`, `copy_` or a cast would otherwise run unchecked
-code on new weights), and `F.linear` otherwise, so CUDA, half precision and a torch without
-oneDNN run exactly as before.
+`pack` checks, once per weight, that each path agrees with `F.linear` on a random probe and
+records which weight it checked. `linear` takes those paths while the weight is still that
+one (same storage and shape, no in-place write since: `load_state_dict`, `copy_` or a cast
+would otherwise run on stale copies or unchecked), and `F.linear` otherwise, so CUDA, half
+precision and a torch without oneDNN run exactly as before.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -50,12 +53,44 @@ ISA = 0 if _small_gemm is None else _small_gemm.isa()
 SMALL_ROWS = 16
 
 
+# How a model holds its linear weights on CPU (`weights_mode`): "once" (the parameters
+# alone; both paths read them in place) or "packed" (beside each parameter, oneDNN's
+# reordered copy and the small GEMM's column-group copy: 3x the memory, faster where
+# measured, bench/RESULTS.md "One copy of each linear weight"). KVSAGA_CPU_WEIGHTS sets it;
+# unset, a model whose linear weights take at most PACKED_MAX_BYTES is packed (the copies
+# cost at most 2x that) and a larger one is held once.
+WEIGHTS_ENV = "KVSAGA_CPU_WEIGHTS"
+PACKED_MAX_BYTES = 1 << 30
+GROUP = 0 if _small_gemm is None else _small_gemm.group_width()
+
+
+def weights_mode(linear_bytes: int) -> str:
+    """"once" or "packed" for a model whose linear weights take `linear_bytes` (see
+    `WEIGHTS_ENV`). ValueError for any other value of the environment variable."""
+    mode = os.environ.get(WEIGHTS_ENV, "")
+    if mode not in ("", "once", "packed"):
+        raise ValueError(f"{WEIGHTS_ENV} must be 'once' or 'packed', got {mode!r}")
+    return mode or ("packed" if linear_bytes <= PACKED_MAX_BYTES else "once")
+
+
+class Rows(NamedTuple):
+    """The small GEMM's column-group copy of a weight [N, K] ("packed" mode): `weight`
+    [ceil(N / group), K, group], k-major, columns past N zero; `bias` or None."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    group: int
+
+
 class Packed(NamedTuple):
-    """Which paths `linear` may take for a weight, checked by `pack`; no copy of it."""
+    """Which paths `linear` may take for a weight, checked by `pack`, and the copies it
+    made ("packed" mode) or None ("once": the paths read the weight in place)."""
 
     source: tuple  # the weight's (data_ptr, version counter, shape) when it was checked
     onednn: bool  # oneDNN's linear agreed with F.linear (else F.linear for many rows)
     small: bool  # the small GEMM agreed with F.linear (else oneDNN for few rows too)
+    tensor: torch.Tensor | None = None  # oneDNN's reordered copy
+    rows: Rows | None = None  # the small GEMM's column-group copy
 
 
 def _source(weight: torch.Tensor) -> tuple:
@@ -81,13 +116,18 @@ def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
     return bool((got - want).abs().max() <= 1e-4 * want.abs().max() + 1e-6)
 
 
-def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Packed | None:
+def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
+         mode: str = "once") -> Packed | None:
     """Check, for `linear`, the paths that read fp32 CPU `weight` [N, K] in place: oneDNN's
     linear and (where this CPU has its tiles) the small GEMM. None, so F.linear, unless
     `weight` is a 2-D fp32 CPU tensor with contiguous rows and at least one path runs and
     agrees with `F.linear` on a random probe within 1e-4 of the largest output (a build
-    whose kernels cannot run here must cost speed, never correctness). Copies nothing.
+    whose kernels cannot run here must cost speed, never correctness). Copies nothing in
+    `mode` "once"; "packed" adds oneDNN's reordered copy and the small GEMM's column-group
+    copy (`pack_rows`), each probed the same way (one that fails is left out).
     """
+    if mode not in ("once", "packed"):
+        raise ValueError(f"mode must be 'once' or 'packed', got {mode!r}")
     if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2
             or weight.stride(1) != 1):
         return None
@@ -114,7 +154,64 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Packed | Non
             small = False
     if not (onednn or small):
         return None
-    return Packed(source, onednn, small)
+    if mode == "once":
+        return Packed(source, onednn, small)
+    tensor = None
+    if onednn:
+        try:
+            tensor = ops._reorder_linear_weight(w.contiguous(), _PACK_ROWS)
+            if not _agrees(ops._linear_pointwise(probe, tensor, bias, "none", [], ""), want):
+                tensor = None
+        except RuntimeError:
+            tensor = None
+    return Packed(source, onednn, small, tensor, pack_rows(w, bias))
+
+
+# Rows oneDNN's reorder is laid out for ("packed" mode). oneDNN picks its blocking from it;
+# 1 to 1024 rows ran within a few percent of each other at every batch size measured.
+_PACK_ROWS = 64
+
+
+def pack_rows(weight: torch.Tensor, bias: torch.Tensor | None = None,
+              group: int | None = None) -> Rows | None:
+    """The small GEMM's column-group copy of fp32 CPU `weight` [N, K] (and `bias` [N]) in
+    groups of `group` (default: this CPU's, `GROUP`), or None where there are no tiles for
+    it, the weight is not a 2-D fp32 CPU tensor, the bias (if any) is not a 1-D fp32 CPU
+    tensor of N elements, or the copy disagrees with `F.linear` on a random probe."""
+    group = GROUP if group is None else group
+    if _small_gemm is None or group == 0:
+        return None
+    if weight.dim() != 2 or weight.dtype != torch.float32 or not weight.is_cpu:
+        return None
+    n, k = weight.shape
+    if n == 0 or (bias is not None and not _bias_fits(bias, n)):
+        return None
+    groups = -(-n // group)
+    padded = weight.new_zeros((groups * group, k))
+    padded[:n] = weight.detach()
+    rows = Rows(padded.view(groups, group, k).transpose(1, 2).contiguous(), None, group)
+    if bias is not None:
+        b = bias.new_zeros(groups * group)
+        b[:n] = bias.detach()
+        rows = rows._replace(bias=b)
+    probe = _probe(k)
+    try:
+        got = _small_groups(probe, rows, n, 1, 0, rows.bias)
+    except ValueError:  # no tiles of this width on this CPU
+        return None
+    return rows if _agrees(got, F.linear(probe, weight.detach(), bias)) else None
+
+
+def _small_groups(x: torch.Tensor, rows: Rows, n: int, threads: int, team: int,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """The column-group kernel, unchecked (as `_small`): x [M, K] rows contiguous, `bias`
+    contiguous fp32 of at least n elements or None."""
+    out = x.new_empty((x.shape[0], n))
+    _small_gemm.gemm_groups(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
+                            rows.weight.data_ptr(), n, rows.group,
+                            0 if bias is None else bias.data_ptr(), out.data_ptr(), n,
+                            threads, team)
+    return out
 
 
 def _probe(k: int) -> torch.Tensor:
@@ -182,7 +279,8 @@ def linear(
     if (packed is None or not x.is_cpu or x.dtype != torch.float32
             or packed.source != _source(weight)):
         return F.linear(x, weight, bias)
-    if (packed.small and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
+    if ((packed.small or packed.rows is not None) and x.dim() == 2
+            and x.shape[0] <= SMALL_ROWS and x.stride(1) == 1
             and x.shape[1] == weight.shape[1]
             and not (x.requires_grad and torch.is_grad_enabled())
             and (bias is None or _bias_fits(bias, weight.shape[0]))):
@@ -190,7 +288,11 @@ def linear(
         threads = torch.get_num_threads()
         if team or threads == 1:
             b = None if bias is None else bias.detach().contiguous()
+            if packed.rows is not None:
+                return _small_groups(x, packed.rows, weight.shape[0], threads, team, b)
             return _small(x, weight, b, threads, team)
+    if packed.tensor is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed.tensor, bias, "none", [], "")
     if packed.onednn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)

@@ -9,8 +9,9 @@ boundaries in `AttentionMetadata`. Every layer writes its new K/V with
 Parameters use HF checkpoint names on load (`load_weights`), but q/k/v and gate/up are stored
 fused so that each is one matmul. On CPU in fp32, `load_weights` also checks, for every
 projection and the LM head, the paths that read the weight in place (oneDNN's linear and the
-small-rows GEMM of decode steps, `kvsaga.engine.cpu_linear`), which the forward uses; each
-weight is held once.
+small-rows GEMM of decode steps, `kvsaga.engine.cpu_linear`), which the forward uses; a
+model whose linear weights take up to 1 GiB also gets two faster copies of each
+(`pack_weights`, KVSAGA_CPU_WEIGHTS), a larger one holds each weight once.
 """
 
 from __future__ import annotations
@@ -151,10 +152,11 @@ class Attention(nn.Module):
         self.qkv_packed: cpu_linear.Packed | None = None  # pack_weights fills them
         self.o_packed: cpu_linear.Packed | None = None
 
-    def pack_weights(self) -> None:
-        """(Re)check the projections' CPU paths (`cpu_linear.pack`) on the current weights."""
-        self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias)
-        self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias)
+    def pack_weights(self, mode: str = "once") -> None:
+        """(Re)check the projections' CPU paths (`cpu_linear.pack`, `mode` "once" or
+        "packed") on the current weights."""
+        self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias, mode)
+        self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias, mode)
 
     def forward(self, x: torch.Tensor, step: StepArgs, i: int,
                 rows: KeptRows | None = None) -> torch.Tensor:
@@ -228,10 +230,11 @@ class MLP(nn.Module):
         self.gate_up_packed: cpu_linear.Packed | None = None  # pack_weights fills them
         self.down_packed: cpu_linear.Packed | None = None
 
-    def pack_weights(self) -> None:
-        """(Re)check the projections' CPU paths (`cpu_linear.pack`) on the current weights."""
-        self.gate_up_packed = cpu_linear.pack(self.gate_up_proj)
-        self.down_packed = cpu_linear.pack(self.down_proj)
+    def pack_weights(self, mode: str = "once") -> None:
+        """(Re)check the projections' CPU paths (`cpu_linear.pack`, `mode` "once" or
+        "packed") on the current weights."""
+        self.gate_up_packed = cpu_linear.pack(self.gate_up_proj, None, mode)
+        self.down_packed = cpu_linear.pack(self.down_proj, None, mode)
 
     def forward(self, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """fused: `StepArgs.fused` (None: ask `fused_ops.supports`)."""
@@ -311,6 +314,7 @@ class LlamaForCausalLM(nn.Module):
             else _empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         )
         self.lm_head_packed: cpu_linear.Packed | None = None  # pack_weights fills it
+        self.weights_mode = "once"  # pack_weights sets it: "once" or "packed"
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
@@ -457,17 +461,29 @@ class LlamaForCausalLM(nn.Module):
             raise ModelLoadError(f"checkpoint lacks weights for: {sorted(missing)[:8]}")
         self.pack_weights()
 
-    def pack_weights(self) -> None:
-        """Check every projection's and the LM head's CPU paths (`cpu_linear.pack`, which
-        copies nothing; None, so `F.linear`, off CPU, outside fp32 or with neither oneDNN nor
-        the small GEMM). `load_weights` calls it;
-        call it again after changing weights any other way: until then the forward takes
-        `F.linear` for every weight changed since (`cpu_linear.linear` checks).
+    def pack_weights(self, mode: str | None = None) -> None:
+        """Check every projection's and the LM head's CPU paths (`cpu_linear.pack`; None,
+        so `F.linear`, off CPU, outside fp32 or with neither oneDNN nor the small GEMM).
+        `mode`: "once" (the parameters alone), "packed" (two copies of each beside it, for
+        speed), or None: `cpu_linear.weights_mode` of these weights' bytes (the
+        KVSAGA_CPU_WEIGHTS environment variable, else "packed" up to
+        `cpu_linear.PACKED_MAX_BYTES`). `load_weights` calls it; call it again after
+        changing weights any other way: until then the forward takes `F.linear` for every
+        weight changed since (`cpu_linear.linear` checks).
         """
+        if mode is None:
+            weights = [self.lm_head]
+            for layer in self.layers:
+                weights += [layer.attn.qkv_proj, layer.attn.o_proj, layer.mlp.gate_up_proj,
+                            layer.mlp.down_proj]
+            mode = cpu_linear.weights_mode(sum(w.numel() * w.element_size() for w in weights))
+        if mode not in ("once", "packed"):
+            raise ValueError(f"mode must be 'once', 'packed' or None, got {mode!r}")
+        self.weights_mode = mode
         for layer in self.layers:
-            layer.attn.pack_weights()
-            layer.mlp.pack_weights()
-        self.lm_head_packed = cpu_linear.pack(self.lm_head)
+            layer.attn.pack_weights(mode)
+            layer.mlp.pack_weights(mode)
+        self.lm_head_packed = cpu_linear.pack(self.lm_head, None, mode)
 
     def _set_freq_factors(self, factors: torch.Tensor) -> None:
         c = self.config

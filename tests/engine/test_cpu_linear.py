@@ -270,3 +270,55 @@ def test_a_weight_reshaped_after_packing_takes_f_linear(view, rows):
     x = torch.randn(rows, view[1])
     torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed),
                                F.linear(x, layer.weight))
+
+
+def test_weights_mode_reads_the_environment(monkeypatch):
+    """Unset: packed up to PACKED_MAX_BYTES of linear weights, once past it; the variable
+    overrides either way; anything else is refused by name."""
+    monkeypatch.delenv(cpu_linear.WEIGHTS_ENV, raising=False)
+    assert cpu_linear.weights_mode(cpu_linear.PACKED_MAX_BYTES) == "packed"
+    assert cpu_linear.weights_mode(cpu_linear.PACKED_MAX_BYTES + 1) == "once"
+    monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "once")
+    assert cpu_linear.weights_mode(1) == "once"
+    monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "packed")
+    assert cpu_linear.weights_mode(1 << 40) == "packed"
+    monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "twice")
+    with pytest.raises(ValueError, match="KVSAGA_CPU_WEIGHTS"):
+        cpu_linear.weights_mode(1)
+    with pytest.raises(ValueError, match="mode"):
+        cpu_linear.pack(torch.randn(4, 4), None, "twice")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, cpu_linear.SMALL_ROWS, cpu_linear.SMALL_ROWS + 1, 300])
+def test_packed_mode_copies_and_matches_f_linear(rows):
+    """"packed": oneDNN's reordered copy and (with tiles) the column-group copy are made
+    and used; every row count still gives F.linear's result."""
+    g = torch.Generator().manual_seed(21)
+    w, b = torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
+    packed = cpu_linear.pack(w, b, "packed")
+    assert packed.tensor is not None and packed.tensor.is_mkldnn
+    assert (packed.rows is not None) == (cpu_linear.GROUP != 0)
+    x = torch.randn(rows, 40, generator=g)
+    torch.testing.assert_close(cpu_linear.linear(x, w, b, packed), F.linear(x, w, b))
+
+
+@needs_onednn
+def test_model_modes_agree(tiny_model_dir):
+    """The same model held once and packed: logits within fp32 rounding, the same greedy
+    picks; "once" holds no copy, "packed" one of each per weight."""
+    model = load_model(tiny_model_dir("qwen2_bias_tied"), dtype=torch.float32, device="cpu",
+                       progress=False).model
+    ids = list(range(3, 40))
+    out = {}
+    for mode in ("once", "packed"):
+        model.pack_weights(mode)
+        assert model.weights_mode == mode
+        packs = [model.lm_head_packed] + [p for layer in model.layers for p in (
+            layer.attn.qkv_packed, layer.attn.o_packed, layer.mlp.gate_up_packed,
+            layer.mlp.down_packed)]
+        assert all((p.tensor is not None) == (mode == "packed") for p in packs)
+        out[mode] = (forward_all(model, ids), forward_all(model, ids[:5]))
+    for a, b in zip(out["once"], out["packed"], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
