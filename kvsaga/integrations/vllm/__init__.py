@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kvsaga.integrations.vllm.connector_config import check_connector_extra
 from kvsaga.policy import DEFAULT_POLICY
 
 CONNECTOR_MODULE = "kvsaga.integrations.vllm.connector"
@@ -42,8 +43,10 @@ def kv_transfer_config(policy: str = DEFAULT_POLICY, **extra: Any) -> str:
     Args:
         policy: a kvsaga policy name (`ttl`, `graph`, `lru`, `saga`); by default the
             one kvsaga's own engine and server use (`kvsaga.policy.DEFAULT_POLICY`).
-        extra: more `kv_connector_extra_config` entries (e.g. `reserve_blocks`).
+        extra: more `kv_connector_extra_config` entries (e.g. `reserve_blocks`); a key the
+            connector does not read raises ValueError naming it.
     """
+    check_connector_extra(extra)
     return json.dumps(
         {
             "kv_connector": CONNECTOR_CLASS,

@@ -65,6 +65,8 @@ deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
 `keep_demoted` (default false: a session the gate's shrink demotes keeps its blocks until
 memory is needed, released then before the policy's choice; +0.01x on the worst fit seed,
 docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only).
+Any other key is refused (ValueError naming it: `connector_config.py`), so a typo cannot
+leave a default in force unnoticed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 
 from kvsaga._validate import is_number
+from kvsaga.integrations.vllm.connector_config import check_connector_extra
 from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
@@ -156,7 +159,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         kv_cache_config: KVCacheConfig | None = None,
     ) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
-        extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
+        extra = check_connector_extra(self._kv_transfer_config.kv_connector_extra_config)
         self.policy = make_policy(
             str(extra.get("policy", DEFAULT_POLICY)), **dict(extra.get("policy_args", {}))
         )
@@ -191,6 +194,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._holders: dict[int, list[str]] = {}  # block id -> sessions retaining it
         self._sessions: dict[str, Session] = {}
         self._steps: dict[str, StepInfo] = {}  # request id -> its session step
+        self._bad_hints: set[str] = set()  # request ids whose malformed hint was logged
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         self.stats = RetentionStats()
         # Seconds the policy judges pauses by; a replay on a simulated clock replaces it.
@@ -223,11 +227,12 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def _step(self, request: Request) -> StepInfo | None:
         info = self._steps.get(request.request_id)
-        if info is None:
+        if info is None and request.request_id not in self._bad_hints:
             try:
                 info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
             except ValueError as e:  # a malformed hint must not fail the request: no retention
                 logger.warning("kvsaga: ignoring request %s's hint: %s", request.request_id, e)
+                self._bad_hints.add(request.request_id)  # said once per request
                 return None
             if info is not None:
                 self._steps[request.request_id] = info
@@ -347,6 +352,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         the admission gate demote sessions the admitted working sets no longer fit."""
         info = self._step(request)
         self._steps.pop(request.request_id, None)
+        self._bad_hints.discard(request.request_id)
         self._probes.pop(request.request_id, None)
         now = self.clock()
         rid = request.request_id  # run unretained (or told to ride along and not allocated)

@@ -515,3 +515,34 @@ def test_the_gate_learns_a_running_steps_reply_from_vllms_requests(hf_model_dir,
     run(s, [])
     s.connector.request_finished(make_request(a3, 1, {**hint, "last_step": True}), [])
     _assert_no_leak(s)
+
+
+@pytest.mark.parametrize("typo", ["polcy", "admision"])
+def test_a_typo_in_the_extra_config_is_refused_by_the_connector_itself(hf_model_dir, typo):
+    """A hand-written --kv-transfer-config (not built by `kv_transfer_config`) with a typo:
+    vLLM starts no scheduler, and the error names the key."""
+    import json
+
+    from kvsaga.integrations.vllm import CONNECTOR_CLASS, CONNECTOR_MODULE
+
+    cfg = {"kv_connector": CONNECTOR_CLASS, "kv_connector_module_path": CONNECTOR_MODULE,
+           "kv_role": "kv_both", "kv_connector_extra_config": {"policy": "ttl", typo: "x"}}
+    with pytest.raises(ValueError, match=rf"unknown kv_connector_extra_config key\(s\) '{typo}'"):
+        make_scheduler(hf_model_dir, 32, True, kv_transfer=json.dumps(cfg))
+    cfg["kv_connector_extra_config"].pop(typo)
+    assert make_scheduler(hf_model_dir, 32, True, kv_transfer=json.dumps(cfg)).connector is not None
+
+
+def test_a_malformed_hint_is_logged_once_per_request(hf_model_dir, monkeypatch):
+    import kvsaga.integrations.vllm.connector as mod
+
+    lines = []
+    monkeypatch.setattr(mod.logger, "warning", lambda fmt, *a: lines.append(fmt % a))
+    s = make_scheduler(hf_model_dir, 32, connector=True)  # the gate on: more probes
+    reqs = [make_request(_prompt(93 + i, 3), 2, {"session_id": "Y", "bogus": i})
+            for i in range(2)]
+    run(s, reqs)
+    assert sorted(line.split("'s hint")[0] for line in lines) == sorted(
+        f"kvsaga: ignoring request {r.request_id}" for r in reqs)
+    assert s.connector.holds == {} and not s.connector._bad_hints
+    _assert_no_leak(s)
