@@ -18,7 +18,8 @@ weight"): "once", where oneDNN reorders the plain parameter inside each call and
 GEMM reads its rows (csrc/small_gemm_tiles.h); and "packed", where `pack` adds oneDNN's
 reordered copy and a column-group copy (`pack_rows`, csrc/small_gemm_groups.h) beside the
 parameter: 3x the linear weights' memory (+1,026 MiB for SmolLM2-135M), measured faster
-(decode 1.0-1.27x, extend 1.05-1.09x less CPU on this host). A model takes "packed" while
+(`bench/engine_linear.py --modes`: "once" takes 1.10x the CPU of a step's linears at 16
+rows on one thread, 1.15-1.22x on two, 1.06-1.11x at 64-256 rows). A model takes "packed" while
 its linear weights fit in `PACKED_MAX_BYTES` (1 GiB: the copies cost at most 2 GiB), else
 "once"; KVSAGA_CPU_WEIGHTS overrides.
 
