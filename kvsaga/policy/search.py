@@ -482,14 +482,14 @@ class VictimSearch:
     def _keys(self, sids: Iterable[str], now: float,
               base_of: dict[str, Any] | None = None) -> list[tuple]:
         """The index's pushes (sid, key, tail block, size, until, timed) that key the
-        sessions of `sids` holding cached blocks (the others are skipped), judged at `now` (one loop for all of them: a relearning
-        re-keys every session). With `_timed_base`, each key goes with its timed record
-        (session_heap.py), so that the index re-keys the session itself at its next grid
-        points while its class's keys are known; its base is then asked of the index (None
-        in `_base`). The key was judged at `now`, so it next changes after it: the index
-        fires a deadline that rounding put at or before `now` at the next search after it.
-        The bases go into `base_of` (default `_base`; `_index_victims` passes its own, kept only
-        once the index accepted the pushes)."""
+        sessions of `sids` holding cached blocks (the others are skipped), judged at `now`
+        (one loop for all of them: a relearning re-keys every session). With `_timed_base`,
+        each key goes with its timed record (session_heap.py), so that the index re-keys the
+        session itself at its next grid points while its class's keys are known; its base
+        is then asked of the index (None in `_base`). The key was judged at `now`, so it
+        next changes after it: the index fires a deadline that rounding put at or before
+        `now` at the next search after it. The bases go into `base_of` (default `_base`;
+        `_index_victims` passes its own, kept only once the index accepted the pushes)."""
         groups, pos = self.groups, self._pos
         if base_of is None:
             base_of = self._base
