@@ -40,10 +40,13 @@ def check_bool(label: str, value: object, error: type[Exception] = ValueError) -
     return value
 
 
-def check_str(label: str, value: object, error: type[Exception] = ValueError) -> str:
-    """`value` if it is a non-empty str, else `error("<label> must be a non-empty str, ...")`."""
-    if not isinstance(value, str) or not value:
-        raise error(f"{label} must be a non-empty str, got {value!r}")
+def check_str(
+    label: str, value: object, error: type[Exception] = ValueError, none_ok: bool = False
+) -> str | None:
+    """`value` if it is a str (or None, when `none_ok`), else `error("<label> must be a str,
+    got ...")`."""
+    if not isinstance(value, str) and not (none_ok and value is None):
+        raise error(f"{label} must be a str{' or None' if none_ok else ''}, got {value!r}")
     return value
 
 

@@ -139,7 +139,7 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
                 whole pool, the session already has an open step, or a different salt.
         """
         self._check_prompt(session_id, token_ids)
-        check_str("workflow", workflow, InvalidRequest)
+        check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
         now = self.clock() if now is None else now
         s, keep = self._open(session_id, token_ids, salt, workflow)
         self._changes += 1

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from kvsaga import InvalidRequest, KVCacheManager, KVSpec, OutOfBlocks, UnknownSession
@@ -276,14 +278,17 @@ def test_bad_max_model_len_is_refused(core, bad):
     assert make(max_model_len=None, core=core.name).max_model_len is None
 
 
-@pytest.mark.parametrize("bad", [3, None, "", b"chat"])
+@pytest.mark.parametrize("bad", [3, 1.5, b"chat", ["chat"]])
 def test_non_string_workflow_is_refused_before_anything_changes(core, bad):
     m = make(core=core.name)
-    with pytest.raises(InvalidRequest, match=f"workflow must be a non-empty str.*{bad!r}"):
+    message = rf"workflow must be a str or None, got {re.escape(repr(bad))}"
+    with pytest.raises(InvalidRequest, match=message):
         m.begin_step("a", list(range(5)), workflow=bad)
     assert "a" not in m.sessions and m.stats().queried_tokens == 0
     m.check_integrity()
     run_step(m, "a", list(range(5)))  # the same step, well formed, still opens
+    m.begin_step("b", list(range(5)), workflow=None)  # a workflow-less session is allowed
+    assert m.session("b").workflow is None
 
 
 @pytest.mark.parametrize("bad", ["x", float("nan"), float("inf"), True, [1.0]])
