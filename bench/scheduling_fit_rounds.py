@@ -50,6 +50,24 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # seed 103 1x p95 10.28 -> 22.37 s, +118%; swe seed 103 1x mean +3.8%): the default stayed,
 # "binding_short" opt-in (RESULTS "Charge a demoted session's whole context only where the
 # tiers are short").
+# Round 22 (issue 10, session 21; committed before it ran): a cost-based re-admission
+# charge. `readmit_charge` "cost": a returning demoted session is charged its whole context
+# ("full") only while the tiers are short (its whole context does not fit beside the
+# admitted contexts, so admitting it at its uncached charge makes the next shrink demote
+# paused sessions) and the recomputation those demotions are expected to cause exceeds the
+# held session's expected wait for the room, both in seconds
+# (`WorkingSetGate._churn_outweighs_wait`): the churn priced by the eviction policy's cost
+# model (`recompute_s`) over the contexts the shrink would demote first, times the mean
+# share of a demoted session's context found lost at its return (learned on the trace);
+# the wait from the pause model, when enough paused sessions pass their demotion deadlines
+# (`_hold_wait_s`). "cost_ends": the same churn, the wait from the rate admitted sessions'
+# contexts have ended at so far (`_ends_wait_s`). No new constant. Before the round, a
+# probe over `bench/scheduling_overflow.py` (swe 1x 25% seeds 101-106, bfcl 1x 25% seeds
+# 101-106, web 1x 25% seed 103) found "cost" never holds (the deadlines are >= demote_min_s
+# 10 s away, the churn 0.1-1.3 s), so its row should equal PREVIOUS's; "cost_ends" holds
+# at some returns (swe seed 101 mean TCT 33.0 -> 28.6 s, web seed 103 6.9 -> 7.0 s, bfcl
+# seed 101 17.2 s unchanged).
 FIT_GRID = [
-    {"readmit_charge": "binding_short"},
+    {"readmit_charge": "cost"},
+    {"readmit_charge": "cost_ends"},
 ]

@@ -153,11 +153,13 @@ class Demotions:
         else:
             self._deferred.pop(sid, None)
             self._undoable.pop(sid, None)
+            self._returns_seen.pop(sid, None)
         self.manager.policy.session_deferred(s, deferred, now)
 
     def _drop_demotion(self, sid: str) -> None:
         """The session left (`forget_session`): its demotion marks go with it."""
         self._deferred.pop(sid, None)
+        self._returns_seen.pop(sid, None)
         self._undoable.pop(sid, None)
 
     def _undo_demotion(self, req, now: float):

@@ -138,7 +138,10 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             first and its non-thrash check rejected it, RESULTS "Scheduling"), or
             "binding_short" ("binding"'s "full" only while the whole context also does
             not fit beside the admitted contexts: `WorkingSetGate._tiers_short`; opt-in:
-            round 21 ranked it first and its non-thrash check rejected it).
+            round 21 ranked it first and its non-thrash check rejected it), or "cost"
+            ("full" only while the recomputation its uncached charge is expected to
+            cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
+            "cost_ends": the same, the wait from the rate admitted contexts end at).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
@@ -275,6 +278,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             raise ValueError(f"scheduler parameter readmit_charge must be one of "
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
         self.readmit_charge = readmit_charge
+        self._returns_seen: dict[str, Any] = {}  # "cost": the return last observed
+        self._return_lost, self._return_count = 0.0, 0  # ... and their lost shares
+        self._ends_since, self._ended_blocks = None, 0  # "cost_ends": contexts that ended
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
                                    tail_wait_factor, readmit_order, readmit_cost)
         weights = dict(tenant_weights or {})
@@ -517,6 +523,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self._step_admitted(req, now)
         info = self.sessions.get(sid)
         if info is None:  # a session admission: charge its tenant (AFS)
+            if self._ends_since is None:
+                self._ends_since = now
             self._fair.charge(req.tenant)
             self.num_session_admissions += 1
             self.admission_wait_s += now - req.arrival
@@ -543,6 +551,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             return
         s = self.manager.sessions.get(sid)
         if ended or s is None:
+            self._ended_blocks += self._own_blocks(info)  # "cost_ends"'s rate
             self._forget(sid)
             return
         context = req.num_tokens
@@ -569,6 +578,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self._times_demoted.pop(session_id, None)
         self._session_left(session_id)
         if session_id in self.sessions:
+            self._ended_blocks += self._own_blocks(self.sessions[session_id])
             self._forget(session_id)
 
     def _expected_pause(self, s) -> float:

@@ -16,17 +16,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvsaga.manager import StepLookup
+from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
-READMIT_CHARGES = ("uncached", "context", "full", "binding", "binding_short")
+READMIT_CHARGES = ("uncached", "context", "full", "binding", "binding_short", "cost",
+                   "cost_ends")
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the
 # session's whole context does not fit beside the admitted contexts (`_tiers_short`).
 READMIT_BINDING_SHORT = "binding_short"
+# "cost": "full" only while the recomputation that admitting it at its uncached charge is
+# expected to cause outweighs its expected wait for room (`_churn_outweighs_wait`).
+READMIT_COST = "cost"
+# "cost_ends": "cost" with the wait from the rate admitted contexts end at (`_hold_wait_s`).
+READMIT_COST_ENDS = "cost_ends"
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
 GROWTH_CHARGES = ("step", "remaining")
 # `WorkflowScheduler(paused_reserve=...)`'s third value besides True and False: the room
@@ -102,7 +109,7 @@ class WorkingSetGate:
         admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
         if not self.sessions:
             return True
-        own, whole = self._readmit_tokens(req, lookup)
+        own, whole = self._readmit_tokens(req, lookup, now)
         ws = self._working_set(req.workflow, own, 0)
         var = self._growth_var(req.workflow, None, True) if self.growth_reserve else 0.0
 
@@ -167,7 +174,8 @@ class WorkingSetGate:
             return bool(self.paused_reserve)
         return (bool(self._deferred) or demoting) and req.session_id not in self._deferred
 
-    def _readmit_tokens(self, req: Any, lookup: StepLookup) -> tuple[int, int | None]:
+    def _readmit_tokens(self, req: Any, lookup: StepLookup,
+                        now: float | None = None) -> tuple[int, int | None]:
         """The tokens of `req`'s session that the gate charges as its own context, and,
         under `readmit_charge` "context", the whole own context that must also fit beside
         the admitted sessions' contexts (else None). A new session's GPU hits are a prefix
@@ -187,14 +195,23 @@ class WorkingSetGate:
         "binding": "full" while no other step waits for admission, else "uncached"
         (`_pool_binds`); "binding_short": "full" while no other step waits and its whole
         own context does not fit beside the admitted contexts, else "uncached"
-        (`_tiers_short`)."""
+        (`_tiers_short`); "cost": "full" while the recomputation admitting it at its
+        uncached charge is expected to cause exceeds its expected wait for room, else
+        "uncached" (`_churn_outweighs_wait`, which needs `now`)."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         charge = self.readmit_charge
         if charge == "uncached" or req.session_id not in self._deferred:
             return own, None
         whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
-        if charge in (READMIT_BINDING, READMIT_BINDING_SHORT):
+        if charge in (READMIT_COST, READMIT_COST_ENDS):
+            if now is None:
+                raise ValueError("readmit_charge 'cost' needs the time of the admission test")
+            self._observe_return(req, hit)
+            if not self._churn_outweighs_wait(whole, now):
+                return own, None
+            charge = "full"
+        elif charge in (READMIT_BINDING, READMIT_BINDING_SHORT):
             if not self._pool_binds(req):
                 return own, None
             if charge == READMIT_BINDING_SHORT and not self._tiers_short(whole):
@@ -222,6 +239,99 @@ class WorkingSetGate:
         bs = self.manager.block_size
         limit = self.overcommit * self.capacity
         return self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs) > limit
+
+    def _observe_return(self, req: Any, hit: int) -> None:
+        """Under "cost": once per step a demoted session sends back (`req`, whose prompt
+        has `hit` tokens cached on the GPU), the share of its last context's own part (past
+        a prefix it shares) no longer cached, into the mean over the returns so far: what
+        a demotion has cost in recomputation on this trace (`_churn_s`)."""
+        sid = req.session_id
+        if self._returns_seen.get(sid) is req:
+            return
+        self._returns_seen[sid] = req
+        s = self.manager.sessions.get(sid)
+        if s is None:
+            return
+        shared = self._shared_tokens(sid)
+        last = len(s.block_hashes) * self.manager.block_size - shared
+        if last > 0:
+            self._return_lost += 1.0 - min(max(hit - shared, 0), last) / last
+            self._return_count += 1
+
+    def _churn_outweighs_wait(self, whole: int, now: float) -> bool:
+        """Under `readmit_charge` "cost": whether a demoted session coming back, `whole`
+        tokens of own context, is held for its whole context ("full") rather than admitted
+        at its uncached charge. Only while the tiers are short (its whole context does not
+        fit beside the admitted contexts: admitting it makes the next shrink demote paused
+        sessions for the blocks it is over, `over`) and the recomputation those demotions
+        are expected to cause (`_churn_s`) exceeds the held session's expected wait for
+        that room (`_hold_wait_s`), both in seconds. No constant: the prices are the
+        eviction policy's cost model's (its `recompute_s`, the default `PrefillCost`
+        for a policy without one), the lost share is learned from the returns so far
+        (this one's included), the wait is the pause model's (the paused sessions'
+        demotion deadlines).
+
+        Why (RESULTS "Scheduling", `--fit` rounds 20-22; fit seeds 101-106): holding a
+        returning session for its whole context ends the re-admission churn where the pool
+        binds (swe 1x 25%) and costs a wait of unknown length where it does not (web seed
+        103 1x: one session held 13.1 s while the churn it saved cost little); neither the
+        queue nor the tiers alone told the two apart, so the trade is priced."""
+        bs = self.manager.block_size
+        over = (self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs)
+                - self.overcommit * self.capacity)
+        if over <= 0 or not self._return_count:
+            return False
+        paused = [sid for sid, i in self.sessions.items() if not i.active]
+        churn = self._churn_s(paused, over)
+        if self.readmit_charge == READMIT_COST_ENDS:
+            return churn > self._ends_wait_s(over, now)
+        return churn > self._hold_wait_s(paused, over, now)
+
+    def _churn_s(self, paused: Sequence[str], over: float) -> float:
+        """Seconds of recomputation expected from admitting a returning session `over`
+        blocks beyond the tiers: the paused sessions the shrink demotes first
+        (`_demotion_order`) until their contexts free `over` blocks, each context's mean
+        lost share (`_observe_return`) recomputed after the part kept, at the eviction
+        policy's prices."""
+        cost = getattr(self.manager.policy, "cost", None)
+        if not hasattr(cost, "recompute_s"):
+            cost = PrefillCost()
+        lost = self._return_lost / self._return_count
+        total, freed = 0.0, 0
+        for sid in self._demotion_order(paused):
+            if freed >= over:
+                break
+            i = self.sessions[sid]
+            ctx = max(i.context - i.shared, 0)
+            n = round(lost * ctx)
+            total += cost.recompute_s(n, i.context - n)
+            freed += self._own_blocks(i)
+        return total
+
+    def _own_blocks(self, info: Any) -> int:
+        """Blocks of an admitted session's own context (past a prefix it shares)."""
+        return -(-max(info.context - info.shared, 0) // self.manager.block_size)
+
+    def _ends_wait_s(self, over: float, now: float) -> float:
+        """Under "cost_ends": seconds until `over` blocks of admitted contexts end, at the
+        rate admitted sessions' own contexts have left the tiers by their sessions' ends
+        since the first admission (learned on the trace; inf before the first end)."""
+        if not self._ended_blocks or now <= self._ends_since:
+            return math.inf
+        return over * (now - self._ends_since) / self._ended_blocks
+
+    def _hold_wait_s(self, paused: Sequence[str], over: float, now: float) -> float:
+        """Seconds a returning session held for its whole context is expected to wait for
+        `over` blocks: until enough paused sessions, earliest deadline first, pass their
+        demotion deadlines (`demote_at`: the pause model's expected pause, scaled), when
+        `_demote` frees their contexts; inf when they never free enough."""
+        freed = 0
+        for sid in sorted(paused, key=lambda x: self.sessions[x].demote_at):
+            i = self.sessions[sid]
+            freed += self._own_blocks(i)
+            if freed >= over:
+                return max(i.demote_at - now, 0.0)
+        return math.inf
 
     def _pool_binds(self, req: Any) -> bool:
         """Under `readmit_charge` "binding": whether the pool, not the queue, binds the

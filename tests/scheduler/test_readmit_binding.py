@@ -92,7 +92,7 @@ def test_binding_leaves_new_sessions_alone():
 
 def test_binding_is_a_named_value_and_off_by_default():
     with pytest.raises(ValueError, match="readmit_charge must be one of uncached, context, "
-                       "full, binding, binding_short, got 'pool'"):
+                       "full, binding, binding_short, cost, cost_ends, got 'pool'"):
         wf(manager(16), readmit_charge="pool")
     assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
 
@@ -104,8 +104,8 @@ def test_binding_reaches_kvsaga_serve_settings_and_a_bad_value_is_refused():
     from kvsaga.serve.settings import ServerSettings
     args = build_parser().parse_args(["--scheduler-params", '{"readmit_charge": "binding"}'])
     assert settings_from_args(args).scheduler_params == {"readmit_charge": "binding"}
-    with pytest.raises(ValueError, match="readmit_charge must be one of .*binding_short, got "
-                                         "'pool'"):
+    with pytest.raises(ValueError, match="readmit_charge must be one of .*binding_short, "
+                                         "cost, cost_ends, got 'pool'"):
         ServerSettings(scheduler_params={"readmit_charge": "pool"})
 
 

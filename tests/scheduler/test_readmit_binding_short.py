@@ -79,7 +79,7 @@ def test_binding_short_leaves_new_sessions_alone():
 
 def test_binding_short_is_a_named_value_and_bad_values_leave_nothing_built():
     with pytest.raises(ValueError, match="readmit_charge must be one of uncached, context, "
-                       "full, binding, binding_short, got 'short'"):
+                       "full, binding, binding_short, cost, cost_ends, got 'short'"):
         wf(manager(16), readmit_charge="short")
     assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
     assert wf(manager(16), readmit_charge="binding_short").readmit_charge == "binding_short"
@@ -92,7 +92,7 @@ def test_binding_short_reaches_kvsaga_serve_settings_and_a_bad_value_is_refused(
                                       '{"readmit_charge": "binding_short"}'])
     assert settings_from_args(args).scheduler_params == {"readmit_charge": "binding_short"}
     with pytest.raises(ValueError, match="readmit_charge must be one of .*binding_short, "
-                                         "got 'short'"):
+                                         "cost, cost_ends, got 'short'"):
         ServerSettings(scheduler_params={"readmit_charge": "short"})
 
 
