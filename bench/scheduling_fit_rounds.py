@@ -67,6 +67,12 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 10 s away, the churn 0.1-1.3 s), so its row should equal PREVIOUS's; "cost_ends" holds
 # at some returns (swe seed 101 mean TCT 33.0 -> 28.6 s, web seed 103 6.9 -> 7.0 s, bfcl
 # seed 101 17.2 s unchanged).
+# Outcome: "cost"'s row equals PREVIOUS's at every fit point; "cost_ends" lifts swe 1x 25%
+# 1.77x -> 1.83x but its smallest gain is 1.39x (bfcl 1x 25%) against 1.40x, with the same
+# 2 p95 misses, so the rule ranks PREVIOUS first: the default stayed, both opt-in. For the
+# record only, `bench/scheduling_fit.py --non-thrash-check '{"readmit_charge":
+# "cost_ends"}'` would reject it too (swe seed 103 1x mean +2.2%, p95 +6.1%); web seed 103
+# 1x, where rounds 20-21 failed, passes (RESULTS "Price the re-admission churn").
 FIT_GRID = [
     {"readmit_charge": "cost"},
     {"readmit_charge": "cost_ends"},

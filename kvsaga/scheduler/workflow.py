@@ -141,7 +141,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             round 21 ranked it first and its non-thrash check rejected it), or "cost"
             ("full" only while the recomputation its uncached charge is expected to
             cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
-            "cost_ends": the same, the wait from the rate admitted contexts end at).
+            "cost_ends": the same, the wait from the rate admitted contexts end at;
+            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling").
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -275,7 +275,12 @@ class WorkingSetGate:
         returning session for its whole context ends the re-admission churn where the pool
         binds (swe 1x 25%) and costs a wait of unknown length where it does not (web seed
         103 1x: one session held 13.1 s while the churn it saved cost little); neither the
-        queue nor the tiers alone told the two apart, so the trade is priced."""
+        queue nor the tiers alone told the two apart, so the trade is priced. Opt-in:
+        round 22 (RESULTS "Price the re-admission churn"): "cost" never holds on the fit
+        seeds (the deadlines are >= `demote_min_s` away, the churn 0.1-1.3 s) and scores
+        as the default; "cost_ends" lifts swe 1x 25% 1.77x -> 1.83x and leaves web seed
+        103 1x as it was, but its smallest gain is 1.39x (bfcl 1x 25%) against 1.40x, so
+        the rule kept the default (its non-thrash figures: swe seed 103 1x p95 +6.1%)."""
         bs = self.manager.block_size
         over = (self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs)
                 - self.overcommit * self.capacity)

@@ -107,7 +107,10 @@ def test_the_state_machine_reaches_both_answers_of_the_tiers(monkeypatch):
         answers[got] += 1
         return got
     monkeypatch.setattr(WorkflowScheduler, "_tiers_short", counted)
-    params = {**DEMOTING, "readmit_charge": "binding_short"}
+    # The tiers at 3/4 of the machine's 12-block pool: at the full pool the whole context
+    # fits beside the admitted ones at every return where nobody else waits in these
+    # derandomized runs (the test failed on main as landed: {False: 53, True: 0}).
+    params = {**DEMOTING, "readmit_charge": "binding_short", "overcommit": 0.75}
     for examples in (150, 300, 600):
         c = reach("lru", params, examples=examples)
         if answers[True] and answers[False]:
