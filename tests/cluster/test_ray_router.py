@@ -173,6 +173,10 @@ def test_routing_call_extracts_tenant_session_and_prefix():
     assert call["prefix_key"] is not None and not call["ends"]
     end = routing_call(s, "POST", "/v1/sessions/x/end", b"", auth, b"")
     assert end["engine_sid"] == call["engine_sid"] and end["ends"]
+    slashed = routing_call(s, "POST", "/v1/chat/completions", b"", auth,
+                           body.replace(b'"x"', b'"team/task-1"'))
+    end = routing_call(s, "POST", "/v1/sessions/team/task-1/end", b"", auth, b"")
+    assert end["engine_sid"] == slashed["engine_sid"] and end["ends"]  # not routed by "team"
     bad = routing_call(s, "POST", "/v1/chat/completions", b"", auth, b"{nope")
     assert "session" not in bad and bad["body"] == b"{nope"
     assert "session" not in routing_call(s, "GET", "/v1/models", b"", auth, b"")

@@ -372,7 +372,10 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
     api_key = key if key in settings.api_keys else None
     salt = tenant_salt(api_key, parsed.get("cache_salt"))
     hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
-    sid = path.split("/")[3] if ending else session_key(parsed, hdrs)
+    # The end route takes ids with '/' ({session_id:path}; the path arrives %2F-decoded):
+    # the id is everything between the prefix and the trailing /end.
+    sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
+        else session_key(parsed, hdrs)
     call["tenant"] = salt or "anon"
     call["prefix_key"] = prefix_key(parsed)
     # A rough guess of the context size: the router prefers the session's real token count,
