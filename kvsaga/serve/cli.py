@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--default-max-tokens", type=int, default=d.default_max_tokens,
       help="max_tokens of requests that set none")
     a("--session-idle", type=float, default=d.session_idle_s,
-      help="seconds after which a silent session is ended")
+      help="seconds after which a silent session is ended (inf: never)")
     a("--metrics-compat", default=None, choices=["vllm"],
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
       "kvsaga's names only)")

@@ -64,7 +64,8 @@ class ServerSettings:
     default_max_tokens: int = 256
     """`max_tokens` of a request that sets none (bounded by the room left in the context)."""
     session_idle_s: float = 1800.0
-    """A session that sends nothing for this long is ended (its blocks become plain cache)."""
+    """A session that sends nothing for this long is ended (its blocks become plain cache);
+    inf: never."""
     metrics_compat: str | None = None
     """Also export the metric names that existing routers read: "vllm"."""
     metrics_auth: bool = False
@@ -102,8 +103,8 @@ class ServerSettings:
         for name, low in (("kv_memory_bytes", 1), ("host_memory_bytes", 0),
                           ("max_model_len", 1), ("max_tokens_limit", 1)):
             count(name, low, optional=True)
-        need(is_number(self.session_idle_s) and 0 < self.session_idle_s < math.inf,
-             f"session_idle_s must be a number > 0, got {self.session_idle_s!r}")
+        need(is_number(self.session_idle_s) and self.session_idle_s > 0,  # nan fails too
+             f"session_idle_s must be a number > 0 (inf: never), got {self.session_idle_s!r}")
         need(is_number(self.log_stats_interval_s) and 0 <= self.log_stats_interval_s < math.inf,
              f"log_stats_interval_s must be a number >= 0 (0: off), got "
              f"{self.log_stats_interval_s!r}")

@@ -79,7 +79,8 @@ def test_version():
     (["--max-tokens-limit", "0"], "max_tokens_limit must be an int >= 1 or None, got 0"),
     (["--kv-memory", "0"], "kv_memory_bytes must be an int >= 1 or None, got 0"),
     (["--log-stats-interval", "inf"], "log_stats_interval_s must be a number >= 0"),
-    (["--session-idle", "nan"], "session_idle_s must be a number > 0, got nan"),
+    (["--session-idle", "nan"], "session_idle_s must be a number > 0 (inf: never), got nan"),
+    (["--session-idle", "-1"], "session_idle_s must be a number > 0 (inf: never), got -1.0"),
     (["--api-key", ""], "--api-key '' names no key"),
     (["--api-key", " , "], "--api-key ' , ' names no key"),
 ])
@@ -98,6 +99,24 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(argv, message, cap
     err = capsys.readouterr().err
     assert err == f"kvsaga-serve: error: {err.split('error: ', 1)[1]}" and message in err
     assert err.count("\n") == 1
+
+
+def test_session_idle_inf_never_ends_idle_sessions():
+    """--session-idle inf (never end idle sessions) is accepted, as it was before settings
+    were checked up front: the sweep sleeps 60 s at a time and ends nothing."""
+    import math
+
+    from kvsaga.serve import cli
+    from kvsaga.serve.sessions import SessionRegistry
+
+    args = cli.build_parser().parse_args(["--session-idle", "inf"])
+    settings = cli.settings_from_args(args)
+    assert settings.session_idle_s == math.inf
+    assert min(60.0, settings.session_idle_s / 2) == 60.0
+    reg = SessionRegistry(tokenizer=None)
+    reg.open("s").last_used = 0.0
+    assert reg.idle(settings.session_idle_s, now=1e12) == []
+    assert reg.idle(10.0, now=1e12) == ["s"]
 
 
 def test_settings_built_directly_are_checked_too():
