@@ -7,6 +7,7 @@ kvsaga-serve --model ./my-llama --port 9000 --policy lru --kv-memory 2G --api-ke
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -194,23 +195,71 @@ def preflight(s: ServerSettings) -> None:
     open_checkpoint(s.model if s.model is not None else default_model_path())
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port), for uvicorn to listen on.
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to every address `host` names, for uvicorn to listen on.
+
+    The addresses are those uvicorn's single-process server binds (asyncio's
+    `create_server(host=...)`): each `getaddrinfo` result, so "" is 0.0.0.0 and ::,
+    "localhost" each address the resolver lists for it, "::" IPv6 only (IPV6_V6ONLY, as
+    asyncio sets it). A family the host does not enable (EADDRNOTAVAIL, or no such socket)
+    is skipped, as asyncio skips it. With port 0 every socket takes the port the first one
+    got (one URL for all); if another family holds that port, the bind is retried.
 
     Raises:
         OSError: the address is in use, not local, or not permitted.
     """
-    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 ("localhost" is then
-    # 127.0.0.1, whichever family the resolver lists first).
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    addrs = list(dict.fromkeys((fam, proto, sa) for fam, _, proto, _, sa in infos))
+    for attempt in range(8 if port == 0 else 1):
+        try:
+            return _bind_all(addrs, port)
+        except OSError as e:
+            if port != 0 or e.errno != errno.EADDRINUSE or attempt == 7:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bind_all(addrs: list[tuple], port: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    skipped: OSError | None = None
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
+        for family, proto, sa in addrs:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            except OSError as e:  # a family this host lacks
+                skipped = e
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((sa[0], port, *sa[2:]))
+            except OSError as e:
+                sock.close()
+                if e.errno == errno.EADDRNOTAVAIL:  # the family is not enabled
+                    skipped = e
+                    continue
+                raise
+            socks.append(sock)
+            port = port or sock.getsockname()[1]  # port 0: the rest share the first's
+    except BaseException:
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    if not socks:
+        raise skipped or OSError(errno.EADDRNOTAVAIL, "no address to bind")
+    return socks
+
+
+def bound_urls(socks: list[socket.socket]) -> list[str]:
+    """http://address:port of each bound socket (uvicorn logs none when given sockets)."""
+    urls = []
+    for sock in socks:
+        address, port = sock.getsockname()[:2]
+        urls.append(f"http://[{address}]:{port}" if sock.family == socket.AF_INET6
+                    else f"http://{address}:{port}")
+    return urls
 
 
 def _exit_on_load_failure(app, server, failed: list[BaseException]) -> None:
@@ -261,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
               "pip install 'kvsaga[serve]'", file=sys.stderr)
         return 2
     try:  # before the model loads: a busy port fails at once, in one line
-        sock = listen_socket(settings.host, settings.port)
+        socks = listen_sockets(settings.host, settings.port)
     except OSError as e:
         print(f"kvsaga-serve: error: cannot listen on {settings.host}:{settings.port}: "
               f"{e.strerror or e}", file=sys.stderr)
@@ -270,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     auth = "API key required" if settings.api_keys else "no auth"
     changed = non_default_params(settings.scheduler, settings.scheduler_params)
     log.info("%s at %s (policy %s, scheduler %s%s, %s; /health says ok once loaded)",
-             model_name_for(settings), settings.url, settings.policy, settings.scheduler,
+             model_name_for(settings), ", ".join(u + "/v1" for u in bound_urls(socks)),
+             settings.policy, settings.scheduler,
              f" {json.dumps(changed, sort_keys=True)}" if changed else "", auth)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level=args.log_level))
@@ -278,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher = threading.Thread(target=_exit_on_load_failure, args=(app, server, failed),
                                daemon=True)
     watcher.start()
-    server.run(sockets=[sock])
+    server.run(sockets=socks)
     if failed:
         return report_failure("kvsaga-serve", failed[0], debug, "the model failed to load: ")
     return 0

@@ -144,16 +144,76 @@ def test_a_busy_port_fails_in_one_line_before_the_model_loads():
 
 
 def test_the_server_listens_on_the_socket_it_bound():
-    from kvsaga.serve.cli import listen_socket
+    from kvsaga.serve.cli import listen_sockets
 
-    sock = listen_socket("localhost", 0)  # IPv4, as uvicorn would bind it
+    socks = listen_sockets("127.0.0.1", 0)
     try:
-        assert sock.family == socket.AF_INET
-        port = sock.getsockname()[1]
+        assert [s.family for s in socks] == [socket.AF_INET]
+        port = socks[0].getsockname()[1]
         with pytest.raises(OSError), socket.socket() as other:
             other.bind(("127.0.0.1", port))
     finally:
-        sock.close()
+        for s in socks:
+            s.close()
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 on this host")
+@pytest.mark.parametrize(("host", "bound"), [
+    ("", [("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)]),  # every interface, both
+    ("::", [("::", socket.AF_INET6)]),  # IPv6 only (V6ONLY), not dual-stack
+    ("::1", [("::1", socket.AF_INET6)]),
+])
+def test_it_binds_the_addresses_uvicorn_binds(host, bound):
+    """As uvicorn's single-process server (asyncio's create_server(host=...)): one socket
+    per getaddrinfo address, IPv6 ones V6ONLY; port 0 gives every socket the same port."""
+    from kvsaga.serve.cli import bound_urls, listen_sockets
+
+    socks = listen_sockets(host, 0)
+    try:
+        assert sorted((s.getsockname()[0], s.family) for s in socks) == sorted(bound)
+        ports = {s.getsockname()[1] for s in socks}
+        assert len(ports) == 1
+        for s in socks:
+            if s.family == socket.AF_INET6:
+                assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        port = ports.pop()
+        assert sorted(bound_urls(socks)) == sorted(
+            f"http://[{a}]:{port}" if f == socket.AF_INET6 else f"http://{a}:{port}"
+            for a, f in bound)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 on this host")
+def test_a_name_with_both_families_binds_both(monkeypatch: pytest.MonkeyPatch):
+    """'localhost' listed as 127.0.0.1 and ::1 (an /etc/hosts with both) is both, on one
+    port; an address listed twice is bound once."""
+    from kvsaga.serve import cli
+
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *a, **k):
+        assert host == "localhost"
+        return real("127.0.0.1", port, *a, **k) * 2 + real("::1", port, *a, **k)
+
+    monkeypatch.setattr(cli.socket, "getaddrinfo", resolve)
+    socks = cli.listen_sockets("localhost", 0)
+    try:
+        assert sorted(s.getsockname()[0] for s in socks) == ["127.0.0.1", "::1"]
+        assert len({s.getsockname()[1] for s in socks}) == 1
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
