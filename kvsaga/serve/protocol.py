@@ -6,6 +6,7 @@ fields whose values we cannot honour are rejected by the app with a 400 naming t
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -31,6 +32,32 @@ def _not_bool(value: Any) -> Any:
 # boolean (pydantic's lax mode would read them as 1 and True).
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Bool = Annotated[bool, Strict()]
+
+
+def _tool_choice(value: Any) -> Any:
+    """OpenAI's forms of tool_choice, checked (not enforced: see `ChatCompletionRequest`)."""
+    if value is None or value in ("none", "auto", "required"):
+        return value
+    if isinstance(value, str):
+        raise ValueError("expected 'none', 'auto', 'required' or an object naming a tool")
+    if not isinstance(value, dict):
+        raise ValueError("expected a string or an object")
+    kind = value.get("type")
+    named = value.get(kind) if isinstance(kind, str) else None
+    if kind in ("function", "custom"):
+        if not (isinstance(named, dict) and isinstance(named.get("name"), str)
+                and named["name"]):
+            raise ValueError(f"expected {{'type': {kind!r}, {kind!r}: {{'name': ...}}}}")
+    elif kind == "allowed_tools":
+        if not (isinstance(named, dict) and isinstance(named.get("tools"), list)):
+            raise ValueError("expected {'type': 'allowed_tools', 'allowed_tools': "
+                             "{'mode': ..., 'tools': [...]}}")
+    else:
+        raise ValueError("expected type 'function', 'custom' or 'allowed_tools'")
+    return value
+
+
+ToolChoice = Annotated[Any, BeforeValidator(_tool_choice)]
 
 
 # -- kvsaga extensions -----------------------------------------------------------------------
@@ -125,7 +152,9 @@ class ChatCompletionRequest(_Common):
     logprobs: Bool = False
     top_logprobs: Int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    # Accepted in any OpenAI form but not enforced (tool calls are not parsed from the
+    # answer; agents parse them from the text): the app logs that once per distinct value.
+    tool_choice: ToolChoice = None
 
     def num_top_logprobs(self) -> int | None:
         """`SamplingParams.logprobs`: None (none), 0 (the chosen token's) or k alternatives."""
@@ -138,10 +167,14 @@ class ChatCompletionRequest(_Common):
         if kind != "text":
             return ("response_format", f"response_format type {kind!r} is not supported (no "
                     "constrained decoding); only 'text'")
-        if self.tool_choice not in (None, "auto", "none"):
-            return ("tool_choice", f"tool_choice={self.tool_choice!r} is not supported (tool "
-                    "calls are not parsed); only 'auto' or 'none'")
         return super().refused_field()
+
+
+    def unenforced_tool_choice(self) -> str | None:
+        """tool_choice as a stable string when it asks for more than auto/none, else None."""
+        if self.tool_choice in (None, "auto", "none"):
+            return None
+        return json.dumps(self.tool_choice, sort_keys=True)
 
 
 class CompletionRequest(_Common):

@@ -45,6 +45,7 @@ from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.serve")
 MAX_SESSION_ID = 256  # characters, as the body's session_id field allows
+_WARNED_TOOL_CHOICES: set[str] = set()  # tool_choice values already logged as not enforced
 
 
 @dataclass
@@ -145,6 +146,13 @@ class Serving:
         refused = body.refused_field()
         if refused is not None:
             raise APIError(400, refused[1], param=refused[0])
+        choice = getattr(body, "unenforced_tool_choice", lambda: None)()
+        if choice is not None and choice not in _WARNED_TOOL_CHOICES \
+                and len(_WARNED_TOOL_CHOICES) < 32:  # bounded: clients choose the values
+            _WARNED_TOOL_CHOICES.add(choice)
+            log.warning("tool_choice %s is accepted but not enforced: the model may answer "
+                        "without calling a tool (tool calls are not parsed from the answer)",
+                        choice)
 
     def _check_capacity(self) -> None:
         if self.engine.num_in_flight >= self.max_in_flight:

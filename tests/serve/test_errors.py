@@ -160,7 +160,11 @@ def test_session_busy_is_409(server: LiveServer):
         ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 100}}, "logit_bias"),
         ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}},
          "response_format"),
-        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": 3}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": "always"}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": {"type": "function"}}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": {"type": "function", "function":
+                                                          {"name": 5}}}, "tool_choice"),
         ("/v1/completions", {"model": MODEL, "prompt": "a", "suffix": "z"}, "suffix"),
         ("/v1/completions", {"model": MODEL, "prompt": "a", "best_of": 3}, "best_of"),
     ],
@@ -177,6 +181,23 @@ def test_those_fields_at_their_defaults_are_accepted(server: LiveServer):
     assert _post(server, "/v1/chat/completions", json=body).status_code == 200
     body = {"model": MODEL, "prompt": "a", "max_tokens": 1, "suffix": "", "best_of": 1}
     assert _post(server, "/v1/completions", json=body).status_code == 200
+    server.wait_idle()
+
+
+def test_tool_choice_is_accepted_unenforced_and_logged_once(server: LiveServer, caplog):
+    """smolagents' ToolCallingAgent sends tool_choice "required"; it was served (the field
+    was ignored, the agent parses calls from the text) until it became a 400. Every OpenAI
+    form is accepted again, with one warning per distinct value that it is not enforced."""
+    tools = [{"type": "function", "function": {"name": "run_tests", "parameters": {}}}]
+    named = {"type": "function", "function": {"name": "run_tests"}}
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [named]}}
+    with caplog.at_level("WARNING", logger="kvsaga.serve"):
+        for choice in ("required", named, "required", allowed, "auto", "none"):
+            r = _post(server, "/v1/chat/completions",
+                      json={**CHAT, "tools": tools, "tool_choice": choice})
+            assert r.status_code == 200, r.text
+    warned = [m for m in caplog.messages if "not enforced" in m]
+    assert len(warned) == 3, warned  # required, the named tool, allowed_tools: once each
     server.wait_idle()
 
 
