@@ -107,11 +107,17 @@ class SessionHeap {
   // (session_heap.py `refresh_marked`): those of `marked` that `groups` does not hold are
   // dropped, the others left to `pushes`. The marks' split into kept and gone is made here,
   // with the lookups tail_victims makes, instead of by set operations in Python (bench/
-  // RESULTS.md, "The marks' split in the index call").
+  // RESULTS.md, "The marks' split in the index call"). With `bases` (a dict: search.py's
+  // `_base`), each dropped session leaves it too, as it leaves the index.
   nb::tuple refresh_marked(double now, nb::handle marked, nb::handle pushes,
-                           int64_t num_blocks, int64_t stale_limit, nb::handle groups) {
+                           int64_t num_blocks, int64_t stale_limit, nb::handle groups,
+                           nb::handle bases) {
     if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
-    return victims_after(refresh(now, marked, pushes, stale_limit, groups), num_blocks, groups);
+    if (!bases.is_none() && !PyDict_Check(bases.ptr()))
+      throw nb::type_error("bases must be a dict or None");
+    return victims_after(refresh(now, marked, pushes, stale_limit, groups,
+                                 bases.is_none() ? nb::handle() : bases),
+                         num_blocks, groups);
   }
 
   // Push `p` (read by `read_push`).
@@ -390,9 +396,10 @@ class SessionHeap {
   // too, and its errors name `refresh_runs` from there as well, as the Python twin's do
   // (session_heap.py `refresh_victims` calls `refresh_runs`). With `held` (a dict: the
   // groups), only the drops it does not hold are dropped (`refresh_marked`), judged after
-  // every drop was hashed and before anything changes.
+  // every drop was hashed and before anything changes; with `bases` too (a dict), each
+  // dropped session leaves it as well (absent ones are skipped).
   nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit,
-                   nb::handle held) {
+                   nb::handle held, nb::handle bases = nb::handle()) {
     if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
     nb::object ds = nb::steal(PySequence_List(drops.ptr()));
     if (!ds.is_valid()) throw_current();
@@ -424,6 +431,12 @@ class SessionHeap {
       read[i] = read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_);
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
     for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
+    if (bases.is_valid())
+      for (Py_ssize_t i = 0; i < nd; ++i)
+        if (PyDict_DelItem(bases.ptr(), PyList_GET_ITEM(ds.ptr(), i)) < 0) {
+          if (!PyErr_ExceptionMatches(PyExc_KeyError)) throw_current();
+          PyErr_Clear();
+        }
     for (Py_ssize_t i = 0; i < np; ++i) apply(read[i], now);
     return due(now);
   }
@@ -554,7 +567,7 @@ NB_MODULE(_evict, m) {
       .def("refresh_victims", &SessionHeap::refresh_victims, "now"_a, "drops"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a, "groups"_a)
       .def("refresh_marked", &SessionHeap::refresh_marked, "now"_a, "marked"_a, "pushes"_a,
-           "num_blocks"_a, "stale_limit"_a, "groups"_a)
+           "num_blocks"_a, "stale_limit"_a, "groups"_a, "bases"_a.none() = nb::none())
       .def_static("tail_victims", &victim_runs::tail_victims, "groups"_a, "runs"_a)
       .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,
                   "dirty"_a)

@@ -267,15 +267,14 @@ class VictimSearch:
             # its table then holding keys of those classes: the table is forgotten (the
             # sessions it keyed come back to Python when due, as after new statistics).
             # The marks go as they are: `_keys` skips those without cached blocks, which the
-            # index drops (`refresh_marked`; set operations here cost a cold search more:
-            # bench/RESULTS.md, "The marks' split in the index call"). A gone session's
-            # `_base` entry stays until keyed again or ended: only indexed ones are read.
+            # index drops, from `_base` too (`refresh_marked`; set operations here cost a cold
+            # search more: bench/RESULTS.md, "The marks' split in the index call").
             bases: dict[str, Any] = {}
             classes, known = self._classes, len(self._classes)
             try:
                 pushes = self._keys(dirty, now, bases) if dirty else []
                 due, self._runs, out = index.refresh_marked(
-                    now, dirty, pushes, want, 2 * len(groups) + 64, groups)
+                    now, dirty, pushes, want, 2 * len(groups) + 64, groups, self._base)
             except BaseException:
                 given = list(classes)[known:]  # the class ids this keying gave
                 for sig in given:

@@ -479,10 +479,12 @@ class PySessionHeap:
         return self._refresh_runs(now, drops, pushes, num_blocks, stale_limit, None)
 
     def _refresh_runs(self, now: float, drops: Iterable[Hashable], pushes: Iterable[tuple],
-                      num_blocks: int, stale_limit: int, held: dict | None
+                      num_blocks: int, stale_limit: int, held: dict | None,
+                      bases: dict | None = None
                       ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None]:
         """`refresh_runs`; with `held` (`refresh_marked`'s groups), only the drops it does
-        not hold are dropped, judged once every drop was hashed, before anything changes."""
+        not hold are dropped, judged once every drop was hashed, before anything changes;
+        with `bases` too, each dropped session leaves it as well (absent ones skipped)."""
         if math.isnan(now):  # (every timer would be judged against it)
             raise ValueError("refresh_runs: now must not be NaN")
         drops, pushes = list(drops), list(pushes)
@@ -496,6 +498,9 @@ class PySessionHeap:
             self.compact()
         for sid in drops:
             self.drop(sid)
+        if bases is not None:
+            for sid in drops:
+                bases.pop(sid, None)
         for sid, key, tie, size, until, timed in pushes:
             self.push(sid, key, tie, size, until, now, timed)
         due = self.due(now)
@@ -518,17 +523,23 @@ class PySessionHeap:
         return due, runs, (None if runs is None else self.tail_victims(groups, runs))
 
     def refresh_marked(self, now: float, marked: Iterable[Hashable], pushes: Iterable[tuple],
-                       num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]]
+                       num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]],
+                       bases: dict | None = None
                        ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None,
                                   list[int] | None]:
         """`refresh_victims` given the sessions marked since the last search instead of the
         drops: those of `marked` that `groups` does not hold (no cached block left) are
         dropped, the others are left to `pushes` (search.py keys them). The usual search
         then needs no set operation in Python to split its marks into kept and gone: the
-        index makes that split with the lookups it makes anyway."""
+        index makes that split with the lookups it makes anyway. With `bases` (a dict:
+        search.py's `_base`), each dropped session leaves it too, as it leaves the index
+        (nothing leaves it when the call is refused)."""
         if not isinstance(groups, dict):
             raise TypeError("groups must be a dict")
-        due, runs = self._refresh_runs(now, marked, pushes, num_blocks, stale_limit, groups)
+        if bases is not None and not isinstance(bases, dict):
+            raise TypeError("bases must be a dict or None")
+        due, runs = self._refresh_runs(now, marked, pushes, num_blocks, stale_limit, groups,
+                                       bases)
         return due, runs, (None if runs is None else self.tail_victims(groups, runs))
 
     # A search's runs off the session groups (kvsaga/policy/victim_runs.py).
