@@ -115,9 +115,14 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         # The class's search flags (search.py `VictimSearch`) as the instance's own: Python
         # 3.11 reads a class attribute through an instance by its generic lookup, not a
         # specialized one, and a search reads several (bench/RESULTS.md, "The marks' split
-        # in the index call"). Set on the instance afterwards, one still overrides.
+        # in the index call"). So a search reads each flag per instance, from construction
+        # on: changing the class attribute afterwards does not reach existing instances (set
+        # the instance's own instead). A value the instance already holds (a subclass's
+        # `self.class_keys = False` before `super().__init__()`) is kept, not overwritten.
+        own, cls = self.__dict__, type(self)
         for flag in SEARCH_FLAGS:
-            setattr(self, flag, getattr(type(self), flag))
+            if flag not in own:
+                setattr(self, flag, getattr(cls, flag))
         self.views: dict[str, SessionView] = {}
         self.groups: dict[str, list[int]] = {}  # sid -> blocks, by (-position, block)
         self._now = 0.0

@@ -1,15 +1,20 @@
-"""A grouped policy's per-session state.
+"""Two pieces of a grouped policy's per-session and per-instance state.
 
 - `_base` (search.py) holds a base for the sessions with cached blocks, and for the sessions
   marked since the last search: a session whose last cached block went leaves it at the next
   search, as it leaves the index (`refresh_marked`'s `bases`), however many sessions never
   end (a fleet of paused agents).
+- The search flags (search.py `SEARCH_FLAGS`) are copied onto each instance at construction,
+  without overwriting a value the instance set first (a subclass before `super().__init__()`).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from kvsaga.policy import make_policy
+from kvsaga.policy.search import SEARCH_FLAGS
+from kvsaga.policy.ttl import TTLPolicy
 from tests.policy.helpers import make, run_step, tokens
 from tests.policy.test_refresh_marked import _indexes, _state, _two_sessions
 
@@ -52,3 +57,29 @@ def test_refresh_marked_drops_gone_sessions_from_bases_alike():
         with pytest.raises(TypeError, match="bases must be a dict or None"):
             index.refresh_marked(0.2, ["a"], [], 4, 100, {}, ["a"])
         assert _state(index) == before, type(index).__name__
+
+
+class _NoClassKeys(TTLPolicy):
+    """Sets an instance flag before the base class's constructor runs."""
+
+    def __init__(self, **kw) -> None:
+        self.class_keys = False
+        super().__init__(**kw)
+
+
+def test_an_instance_flag_set_before_init_is_kept():
+    p = _NoClassKeys()
+    assert p.class_keys is False and TTLPolicy.class_keys is True
+    plain = make_policy("ttl")
+    for flag in SEARCH_FLAGS:  # every flag is the instance's own, the class's value
+        assert flag in vars(plain) and getattr(plain, flag) == getattr(TTLPolicy, flag)
+        if flag != "class_keys":
+            assert getattr(p, flag) == getattr(TTLPolicy, flag), flag
+    # The flag is the one the search reads: without class keys, no class is ever given.
+    classes = []
+    for policy in (p, plain):
+        m = make(policy, num_blocks=32)
+        for i in range(40):
+            run_step(m, f"s{i}", tokens(1000 * i, 8), now=float(i), tool="search")
+        classes.append(len(policy._classes))
+    assert classes[0] == 0 < classes[1]
