@@ -25,9 +25,18 @@ its linear weights fit in `PACKED_MAX_BYTES` (1 GiB: the copies cost at most 2 G
 
 `pack` checks, once per weight, that each path agrees with `F.linear` on a random probe and
 records which weight it checked. `linear` takes those paths while the weight is still that
-one (same storage and shape, no in-place write since: `load_state_dict`, `copy_` or a cast
-would otherwise run on stale copies or unchecked), and `F.linear` otherwise, so CUDA, half
-precision and a torch without oneDNN run exactly as before.
+one (same address, shape, strides and dtype, no in-place write since: `load_state_dict`,
+`copy_`, a cast or `.data = ...` would otherwise run on stale copies or unchecked), and
+`F.linear` otherwise, so CUDA, half precision and a torch without oneDNN run exactly as
+before. A "packed" `Packed` holds the weight's storage, so a new tensor put behind the
+parameter cannot take the old one's address while the copies live.
+
+Not detected: a write through `.data` (`w.data.mul_(2)`, `w.data.copy_(...)`) or through
+the memory directly (numpy, data_ptr). `.data` is an alias with a version counter of its
+own, created afresh at each access (`w.data._version` is 0 after any such write, torch
+2.13), so no counter moves; only a checksum of the whole weight (a read as long as the
+GEMM's) would tell. "once" reads the weight in place, so it stays correct; "packed" would
+run on the old copies: call `pack` (a model's `pack_weights()`) again after such a write.
 """
 
 from __future__ import annotations
@@ -87,17 +96,22 @@ class Packed(NamedTuple):
     """Which paths `linear` may take for a weight, checked by `pack`, and the copies it
     made ("packed" mode) or None ("once": the paths read the weight in place)."""
 
-    source: tuple  # the weight's (data_ptr, version counter, shape) when it was checked
+    source: tuple  # the weight's `_source` (address, version, layout) when it was checked
     onednn: bool  # oneDNN's linear agreed with F.linear (else F.linear for many rows)
     small: bool  # the small GEMM agreed with F.linear (else oneDNN for few rows too)
     tensor: torch.Tensor | None = None  # oneDNN's reordered copy
     rows: Rows | None = None  # the small GEMM's column-group copy
+    # "packed": the weight's storage when it was copied, held so that its address (in
+    # `source`) cannot be given to a new weight while these copies would pass for it.
+    storage: torch.UntypedStorage | None = None
 
 
 def _source(weight: torch.Tensor) -> tuple:
-    # The shape too: a `.data` view of the same storage keeps the pointer and the version
-    # but can change N or K, and the packed copies would be read past their end.
-    return weight.data_ptr(), weight._version, tuple(weight.shape)
+    # Shape, strides and dtype too: a `.data` view of the same storage keeps the pointer and
+    # the version but can change N or K (the packed copies would be read past their end),
+    # or the strides (`.data = .data.t()` of a square weight: the kernels read rows).
+    return (weight.data_ptr(), weight._version, tuple(weight.shape), weight.stride(),
+            weight.dtype)
 
 
 def _onednn_linear() -> object | None:
@@ -165,7 +179,7 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
                 tensor = None
         except RuntimeError:
             tensor = None
-    return Packed(source, onednn, small, tensor, pack_rows(w, bias))
+    return Packed(source, onednn, small, tensor, pack_rows(w, bias), w.untyped_storage())
 
 
 # Rows oneDNN's reorder is laid out for ("packed" mode). oneDNN picks its blocking from it;
@@ -270,9 +284,10 @@ def linear(
     F.linear.
 
     An input that is not fp32 on CPU (a model moved or cast after packing), or a weight
-    changed since it was checked (written in place, new storage, or a new shape), takes
-    F.linear. A 2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the
-    small GEMM where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
+    changed since it was checked (written in place, new storage, or a new shape, strides
+    or dtype), takes F.linear; a write through `.data` is not seen (module docstring). A
+    2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM
+    where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
     one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
     threads); one that requires grad while grad is enabled does not. Everything else takes
     oneDNN where it was checked, else F.linear.

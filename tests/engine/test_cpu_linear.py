@@ -74,6 +74,7 @@ def test_pack_copies_nothing():
         pytest.skip("neither oneDNN nor the small GEMM runs here")
     assert not any(isinstance(f, torch.Tensor) for f in packed)
     assert not any(isinstance(f, torch.Tensor) for f in packed.source)
+    assert packed.storage is None  # only "packed" holds the storage (to pin its address)
 
 
 @needs_onednn
@@ -88,21 +89,71 @@ def test_non_fp32_input_takes_f_linear():
 
 
 @needs_onednn
-@pytest.mark.parametrize("change", ["in place", "new storage"])
-def test_a_weight_changed_after_packing_takes_f_linear(change):
-    """The packed copy holds the old values: after `copy_` (as `load_state_dict` does) or
-    a new tensor behind the parameter, the forward must use the weight as it is now."""
+@pytest.mark.parametrize("mode", ["once", "packed"])
+@pytest.mark.parametrize("change", ["in place", "new storage", "transposed"])
+@pytest.mark.parametrize("rows", [3, 20])
+def test_a_weight_changed_after_packing_takes_f_linear(change, mode, rows):
+    """The packed copies hold the old values, and both paths read rows: after `copy_` (as
+    `load_state_dict` does), a new tensor behind the parameter, or its transpose (same
+    pointer, shape and version, other strides), the forward uses the weight as it is now."""
     g = torch.Generator().manual_seed(5)
-    layer = torch.nn.Linear(8, 16, bias=False)
-    packed = cpu_linear.pack(layer.weight)
-    new = torch.randn(16, 8, generator=g)
+    layer = torch.nn.Linear(16, 16, bias=False)
+    packed = cpu_linear.pack(layer.weight, None, mode)
+    new = torch.randn(16, 16, generator=g)
     with torch.no_grad():
         if change == "in place":
             layer.weight.copy_(new)
-        else:
+        elif change == "new storage":
             layer.weight.data = new
-    x = torch.randn(3, 8, generator=g)
-    torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed), F.linear(x, new))
+        else:
+            layer.weight.data = layer.weight.data.t()
+    x = torch.randn(rows, 16, generator=g)
+    torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed),
+                               F.linear(x, layer.weight))
+
+
+@needs_onednn
+@pytest.mark.parametrize("mode", ["once", "packed"])
+def test_a_new_weight_at_the_old_address_is_not_taken_for_the_packed_one(mode):
+    """A new weight behind the parameter that the allocator put at the old one's address
+    (same shape, strides and version): "packed" holds the old storage, so its address is not
+    handed out while the copies live; "once" reads whatever is there. Without the hold, the
+    (96, 40) case found the old address in each of 10 tries here."""
+    for shape in [(16, 8), (96, 40), (512, 256)]:
+        g = torch.Generator().manual_seed(shape[0])
+        for _ in range(5):
+            w = torch.nn.Parameter(torch.randn(*shape, generator=g))
+            packed = cpu_linear.pack(w, None, mode)
+            old = w.data_ptr()
+            w.data = torch.empty(0)  # the old storage is freed unless something holds it
+            pool = [torch.empty(*shape) for _ in range(8)]
+            same = [t for t in pool if t.data_ptr() == old]
+            assert mode == "once" or not same
+            w.data = (same or pool)[0].normal_(generator=g)
+            x = torch.randn(3, shape[1], generator=g)
+            torch.testing.assert_close(cpu_linear.linear(x, w, None, packed), F.linear(x, w))
+
+
+@needs_onednn
+@pytest.mark.parametrize("mode", ["once", "packed"])
+def test_a_write_through_data_needs_pack_again(mode, tiny_model_dir):
+    """A write through `.data` moves no version counter that `linear` can see (documented):
+    "once" reads the weight in place, so it is right at once; "packed" is right again after
+    `pack_weights()`, as the docstrings say."""
+    model = load_model(tiny_model_dir("qwen2_bias_tied"), dtype=torch.float32, device="cpu",
+                       progress=False).model
+    model.pack_weights(mode)
+    mlp = model.layers[0].mlp
+    assert mlp.down_proj.data._version == 0  # a fresh alias: nothing to detect it by
+    mlp.down_proj.data.mul_(2.0)
+    assert mlp.down_proj._version == 0
+    if mode == "packed":
+        model.pack_weights(mode)
+    g = torch.Generator().manual_seed(6)
+    for rows in (3, 20):
+        x = torch.randn(rows, mlp.down_proj.shape[1], generator=g)
+        torch.testing.assert_close(cpu_linear.linear(x, mlp.down_proj, None, mlp.down_packed),
+                                   F.linear(x, mlp.down_proj))
 
 
 def test_inference_tensors_are_not_packed():
@@ -259,13 +310,14 @@ def test_the_small_gemm_uses_the_bias_as_it_is_now(monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("mode", ["once", "packed"])
 @pytest.mark.parametrize("view", [(4, 8), (8, 16), (4, 32)])
 @pytest.mark.parametrize("rows", [3, 20])
-def test_a_weight_reshaped_after_packing_takes_f_linear(view, rows):
+def test_a_weight_reshaped_after_packing_takes_f_linear(view, rows, mode):
     """A `.data` view of the same storage keeps the pointer and the version counter but
     changes N or K: the packed copies (laid out for the old shape) are not used."""
     layer = torch.nn.Linear(8, 16, bias=False)
-    packed = cpu_linear.pack(layer.weight)
+    packed = cpu_linear.pack(layer.weight, None, mode)
     layer.weight.data = layer.weight.data.view(-1)[:view[0] * view[1]].view(view)
     x = torch.randn(rows, view[1])
     torch.testing.assert_close(cpu_linear.linear(x, layer.weight, None, packed),
