@@ -75,11 +75,13 @@ GROUP = 0 if _small_gemm is None else _small_gemm.group_width()
 
 
 def weights_mode(linear_bytes: int) -> str:
-    """"once" or "packed" for a model whose linear weights take `linear_bytes` (see
-    `WEIGHTS_ENV`). ValueError for any other value of the environment variable."""
+    """"once" or "packed" for an fp32 CPU model whose linear weights take `linear_bytes`
+    (see `WEIGHTS_ENV`; set but empty counts as unset). ValueError for any other value of
+    the environment variable."""
     mode = os.environ.get(WEIGHTS_ENV, "")
     if mode not in ("", "once", "packed"):
-        raise ValueError(f"{WEIGHTS_ENV} must be 'once' or 'packed', got {mode!r}")
+        raise ValueError(f"{WEIGHTS_ENV} must be 'once', 'packed' or empty/unset (chosen by "
+                         f"size), got {mode!r}")
     return mode or ("packed" if linear_bytes <= PACKED_MAX_BYTES else "once")
 
 

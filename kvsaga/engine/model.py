@@ -465,12 +465,17 @@ class LlamaForCausalLM(nn.Module):
         """Check every projection's and the LM head's CPU paths (`cpu_linear.pack`; None,
         so `F.linear`, off CPU, outside fp32 or with neither oneDNN nor the small GEMM).
         `mode`: "once" (the parameters alone), "packed" (two copies of each beside it, for
-        speed), or None: `cpu_linear.weights_mode` of these weights' bytes (the
-        KVSAGA_CPU_WEIGHTS environment variable, else "packed" up to
-        `cpu_linear.PACKED_MAX_BYTES`). `load_weights` calls it; call it again after
-        changing weights any other way: until then the forward takes `F.linear` for every
-        weight changed since (`cpu_linear.linear` checks).
+        speed), or None: on CPU in fp32, `cpu_linear.weights_mode` of these weights' bytes
+        (the KVSAGA_CPU_WEIGHTS environment variable, else "packed" up to
+        `cpu_linear.PACKED_MAX_BYTES`); elsewhere "once" (nothing is packed there, and the
+        variable is not read, so a bad value cannot fail a CUDA or bf16 load).
+        `load_weights` calls it; call it again after changing weights any other way: until
+        then the forward takes `F.linear` for every weight changed since (`cpu_linear.linear`
+        checks), except a write through `.data`, which "packed" does not see (its copies
+        stay stale until this runs again; `cpu_linear`'s module docstring).
         """
+        if mode is None and (self.device.type != "cpu" or self.dtype != torch.float32):
+            mode = "once"
         if mode is None:
             weights = [self.lm_head]
             for layer in self.layers:

@@ -334,8 +334,10 @@ def test_weights_mode_reads_the_environment(monkeypatch):
     assert cpu_linear.weights_mode(1) == "once"
     monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "packed")
     assert cpu_linear.weights_mode(1 << 40) == "packed"
+    monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "")  # set but empty: as unset
+    assert cpu_linear.weights_mode(cpu_linear.PACKED_MAX_BYTES + 1) == "once"
     monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "twice")
-    with pytest.raises(ValueError, match="KVSAGA_CPU_WEIGHTS"):
+    with pytest.raises(ValueError, match="KVSAGA_CPU_WEIGHTS.*'twice'"):
         cpu_linear.weights_mode(1)
     with pytest.raises(ValueError, match="mode"):
         cpu_linear.pack(torch.randn(4, 4), None, "twice")
@@ -374,3 +376,16 @@ def test_model_modes_agree(tiny_model_dir):
     for a, b in zip(out["once"], out["packed"], strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weights_env_is_read_only_where_it_applies(monkeypatch, tiny_model_dir, dtype):
+    """KVSAGA_CPU_WEIGHTS chooses how fp32 CPU weights are held; a half-precision model
+    packs nothing, so a bad value does not fail its load (an fp32 load names it)."""
+    monkeypatch.setenv(cpu_linear.WEIGHTS_ENV, "twice")
+    model = load_model(tiny_model_dir("qwen2_bias_tied"), dtype=dtype, device="cpu",
+                       progress=False).model
+    assert model.weights_mode == "once" and model.lm_head_packed is None
+    with pytest.raises(ValueError, match="KVSAGA_CPU_WEIGHTS"):
+        load_model(tiny_model_dir("qwen2_bias_tied"), dtype=torch.float32, device="cpu",
+                   progress=False)
