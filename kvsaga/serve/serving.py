@@ -191,11 +191,6 @@ class Serving:
         if ctx is not None and ctx.in_flight is not None:
             raise APIError(409, f"session {sid!r} already has a request in flight",
                            param="session_id", code="session_busy")
-        if ctx is not None:
-            # The session's next step has arrived: tell the engine before tokenizing and
-            # queueing it, so that its offloaded blocks load back meanwhile.
-            assert engine_sid is not None
-            self.engine.post(lambda e: e.resume_hint(engine_sid))
         if prompt.ids is not None:
             ids = prompt.ids
         else:
@@ -205,6 +200,12 @@ class Serving:
             raise APIError(400, "the prompt is empty", param=prompt.param)
         params = self._params(body, len(ids), requested)
         self._check_capacity()
+        if ctx is not None:
+            # The session's next step has arrived and passed every check that can refuse it
+            # here: tell the engine before queueing it, so that its offloaded blocks load
+            # back meanwhile (a refused request must not start a reload).
+            assert engine_sid is not None
+            self.engine.post(lambda e: e.resume_hint(engine_sid))
         hint = body.kvsaga
         rid = new_id("chatcmpl" if chat else "cmpl")
         kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}

@@ -246,6 +246,31 @@ def test_a_session_header_over_the_field_limit_is_400(server: LiveServer):
     assert _error(r, 400)["param"] == "X-Session-ID"
 
 
+def test_a_refused_request_posts_no_resume_hint(server: LiveServer,
+                                                monkeypatch: pytest.MonkeyPatch):
+    """The resume hint starts an offload reload: only a request that passed the checks
+    that can refuse it (max_tokens, stop, ...) posts it, before it queues."""
+    from kvsaga.engine.engine import LLMEngine
+
+    hinted: list[str] = []
+    real = LLMEngine.resume_hint
+
+    def spy(self, session_id: str) -> int:
+        hinted.append(session_id)
+        return real(self, session_id)
+
+    monkeypatch.setattr(LLMEngine, "resume_hint", spy)
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 1, "session_id": "refused-1"}
+    assert _post(server, "/v1/completions", json=body).status_code == 200
+    assert not hinted  # a new session has nothing to reload
+    for bad in ({"max_tokens": 10**9}, {"stop": [""]}):
+        _error(_post(server, "/v1/completions", json={**body, **bad}), 400)
+    assert _post(server, "/v1/completions", json=body).status_code == 200
+    assert len(hinted) == 1 and hinted[0].endswith("refused-1")  # the accepted step only
+    assert _post(server, "/v1/sessions/refused-1/end").status_code == 200
+    server.wait_idle()
+
+
 def test_an_internal_error_is_500_json_and_keeps_the_connection(
         server: LiveServer, monkeypatch: pytest.MonkeyPatch):
     """Starlette's last-resort handler answers, then re-raises, and uvicorn closes the
