@@ -178,11 +178,13 @@ class Serving:
         api_key: str | None = request.scope.get("state", {}).get("api_key")
         salt = tenant_salt(api_key, body.cache_salt)
         header_sid = request.headers.get("x-session-id")
-        if header_sid is not None and len(header_sid) > MAX_SESSION_ID:
+        if body.session_id is None and header_sid is not None \
+                and len(header_sid) > MAX_SESSION_ID:  # (the body's id wins over the header)
             raise APIError(400, f"X-Session-ID header of {len(header_sid)} characters; at most "
                            f"{MAX_SESSION_ID}", param="X-Session-ID")
         sid = resolve_session_id(body.session_id, header_sid, body.prompt_cache_key)
-        if body.kvsaga is not None and sid is None:
+        if sid is None and body.kvsaga is not None \
+                and body.kvsaga.model_dump(exclude_defaults=True):  # `{}` carries nothing
             raise APIError(400, "kvsaga hints describe a session's pause: send them with "
                            "session_id (or the X-Session-ID header, or prompt_cache_key)",
                            param="kvsaga")

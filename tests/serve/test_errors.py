@@ -238,12 +238,21 @@ def test_kvsaga_hints_without_a_session_are_400_not_dropped(server: LiveServer):
     r = _post(server, "/v1/chat/completions", json=body, headers={"X-Session-ID": "hinted"})
     assert r.status_code == 200
     assert _post(server, "/v1/sessions/hinted/end").status_code == 200
+    for empty in ({}, {"last_step": False}):  # a hint that carries nothing needs no session
+        assert _post(server, "/v1/chat/completions",
+                     json={**CHAT, "kvsaga": empty}).status_code == 200
     server.wait_idle()
 
 
 def test_a_session_header_over_the_field_limit_is_400(server: LiveServer):
     r = _post(server, "/v1/chat/completions", json=CHAT, headers={"X-Session-ID": "s" * 257})
     assert _error(r, 400)["param"] == "X-Session-ID"
+    # The body's session_id wins over the header, which is then ignored: not refused.
+    r = _post(server, "/v1/chat/completions", json={**CHAT, "session_id": "body-wins"},
+              headers={"X-Session-ID": "s" * 257})
+    assert r.status_code == 200 and r.headers["x-session-id"] == "body-wins"
+    assert _post(server, "/v1/sessions/body-wins/end").status_code == 200
+    server.wait_idle()
 
 
 def test_a_refused_request_posts_no_resume_hint(server: LiveServer,
