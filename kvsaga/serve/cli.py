@@ -328,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     watcher = threading.Thread(target=_exit_on_load_failure, args=(app, server, failed),
                                daemon=True)
     watcher.start()
-    server.run(sockets=socks)
+    try:
+        server.run(sockets=socks)
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C
+        return 130  # the shell's status for SIGINT, without a traceback
     if failed:
         return report_failure("kvsaga-serve", failed[0], debug, "the model failed to load: ")
     return 0

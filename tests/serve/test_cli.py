@@ -67,6 +67,41 @@ def test_a_load_failure_after_start_exits_non_zero(tiny_dir: Path, tmp_path: Pat
     assert "Traceback" not in r.stderr
 
 
+def test_ctrl_c_stops_the_server_without_a_traceback(tiny_dir: Path):
+    """SIGINT (Ctrl-C) shuts the server down cleanly and exits 130, as a shell expects;
+    uvicorn re-raises the signal it caught once it has shut down, which printed a
+    KeyboardInterrupt traceback after the clean shutdown."""
+    import signal
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "kvsaga.serve.cli", "--model", str(tiny_dir), "--port",
+           str(port), "--device", "cpu", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.2)
+        else:
+            pytest.fail("the server did not become healthy")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
 def test_version():
     r = _serve("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"kvsaga-serve {__version__}"
