@@ -537,8 +537,9 @@ def scaling_main(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     lines, figures = eviction_scaling(counts, args.repeat, policies)
     wall = time.perf_counter() - t
-    cmd = f"python bench/allocator.py --eviction-scaling --paused {args.paused} " \
-          f"--repeat {args.repeat}" + (f' --policies "{args.policies}"' if args.policies else "")
+    cmd = (f"python bench/allocator.py --eviction-scaling --paused {args.paused} --repeat "
+           f"{args.repeat}" + (f' --policies "{args.policies}"' if args.policies else "")
+           + (f" --sweep-mib {args.sweep_mib}" if getattr(args, "sweep_mib", None) else ""))
     counted: dict = {}
     misses: dict = {}
     if args.instructions:
@@ -560,33 +561,33 @@ def scaling_main(args: argparse.Namespace) -> None:
         + f", Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}; 2 shared cores, so times move "
         "by tens of percent between runs: read the ratios). `allocate_slots` of a new 128-block "
-        "session under eviction, best of the repeats, in CPU time, each timed call after a 64 MiB "
-        "read that leaves the caches as cold at every session count (a garbage collection did "
-        "that before, by an amount that grew with the heap); sessions of 32 blocks paused on tool "
-        "calls 1 ms apart, half of all contexts resident. The policies' timed allocations take "
-        "turns, so each ratio compares calls made under the same load. Flat means no algorithmic "
-        "growth: instructions per allocated block (`--instructions`, a count) that grow no more "
-        "than an O(log n) heap step could. Time per block grows also with cache and TLB misses as "
-        "the tables outgrow the caches: lru, whose instructions per block do not grow, shows how "
-        "much. Allocations 1 ms apart: about 45 of 4,000 paused sessions cross a point of the "
-        "elapsed-time grid each millisecond here (a number that grows as log n, their pauses "
-        "being 1 ms apart), each a re-key, all charged to one allocation of 128 blocks; an engine "
-        "that allocates fewer blocks per millisecond pays more per block for the same crossings, "
-        "one that allocates more pays less. The index re-keys a crossing session itself from its "
-        "class's key (kvsaga/policy/search.py, class keys) while the policy's statistics hold "
-        "still; after they change (anything learned, a normalizer step, adaptive's leader change) "
-        "a class's keys are computed again in Python as its sessions reach grid points (ttl and "
-        "graph: once per class and grid point; saga: once per class). A full re-key (relearning, "
-        "a normalizer or rent step) and many sessions due at once (an expert of adaptive that led "
-        "no search for an epoch) key one session of each class in Python and the index re-keys "
-        "the rest of the class from it (kvsaga/policy/search.py `_rekey_by_class`); the amortized "
-        "reading's relearning forgets the class keys first, as new statistics do. The bench "
-        "learns nothing between its allocations (its steps start new sessions); traffic whose "
-        "steps resume paused sessions changes ttl's and graph's statistics at every resume, and "
-        "pays Python re-keys between. The whole-step reading times a new session's begin_step, "
-        "allocate_slots and finish_step together, 1 ms apart: the allocation readings see only "
-        "allocate_slots, while adaptive's shadow caches (its default) evict inside begin_step and "
-        "finish_step.",
+        "session under eviction, best of the repeats, in CPU time, each timed call after a "
+        f"{len(SWEEP) >> 20} MiB read that leaves the caches as cold at every session count (a "
+        "garbage collection did that before, by an amount that grew with the heap); sessions of 32"
+        " blocks paused on tool calls 1 ms apart, half of all contexts resident. The policies' "
+        "timed allocations take turns, so each ratio compares calls made under the same load. Flat"
+        " means no algorithmic growth: instructions per allocated block (`--instructions`, a "
+        "count) that grow no more than an O(log n) heap step could. Time per block grows also with"
+        " cache and TLB misses as the tables outgrow the caches: lru, whose instructions per block"
+        " do not grow, shows how much. Allocations 1 ms apart: about 45 of 4,000 paused sessions "
+        "cross a point of the elapsed-time grid each millisecond here (a number that grows as log "
+        "n, their pauses being 1 ms apart), each a re-key, all charged to one allocation of 128 "
+        "blocks; an engine that allocates fewer blocks per millisecond pays more per block for the"
+        " same crossings, one that allocates more pays less. The index re-keys a crossing session "
+        "itself from its class's key (kvsaga/policy/search.py, class keys) while the policy's "
+        "statistics hold still; after they change (anything learned, a normalizer step, adaptive's"
+        " leader change) a class's keys are computed again in Python as its sessions reach grid "
+        "points (ttl and graph: once per class and grid point; saga: once per class). A full "
+        "re-key (relearning, a normalizer or rent step) and many sessions due at once (an expert "
+        "of adaptive that led no search for an epoch) key one session of each class in Python and "
+        "the index re-keys the rest of the class from it (kvsaga/policy/search.py "
+        "`_rekey_by_class`); the amortized reading's relearning forgets the class keys first, as "
+        "new statistics do. The bench learns nothing between its allocations (its steps start new "
+        "sessions); traffic whose steps resume paused sessions changes ttl's and graph's "
+        "statistics at every resume, and pays Python re-keys between. The whole-step reading times"
+        " a new session's begin_step, allocate_slots and finish_step together, 1 ms apart: the "
+        "allocation readings see only allocate_slots, while adaptive's shadow caches (its default)"
+        " evict inside begin_step and finish_step.",
         "", *lines])
     print(body)
     if args.json:
