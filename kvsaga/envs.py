@@ -41,6 +41,10 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # built from csrc/ by `pip install`), "python" (the reference), or unset/"auto": cpp when
     # it was built, else python.
     "KVSAGA_CORE": _choice("KVSAGA_CORE", "auto", ("auto", "cpp", "python")),
+    # How an fp32 CPU model holds its linear weights (kvsaga/engine/cpu_linear.py
+    # `weights_mode`): "once" (the parameters alone), "packed" (plus two reordered copies,
+    # faster decode, 3x the memory) or unset/"auto": packed up to 1 GiB of linear weights.
+    "KVSAGA_CPU_WEIGHTS": _choice("KVSAGA_CPU_WEIGHTS", "auto", ("auto", "once", "packed")),
 }
 
 

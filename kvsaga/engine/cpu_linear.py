@@ -41,12 +41,12 @@ run on the old copies: call `pack` (a model's `pack_weights()`) again after such
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from kvsaga import envs
 from kvsaga.kernels import inplace
 
 try:
@@ -76,13 +76,12 @@ GROUP = 0 if _small_gemm is None else _small_gemm.group_width()
 
 def weights_mode(linear_bytes: int) -> str:
     """"once" or "packed" for an fp32 CPU model whose linear weights take `linear_bytes`
-    (see `WEIGHTS_ENV`; set but empty counts as unset). ValueError for any other value of
-    the environment variable."""
-    mode = os.environ.get(WEIGHTS_ENV, "")
-    if mode not in ("", "once", "packed"):
-        raise ValueError(f"{WEIGHTS_ENV} must be 'once', 'packed' or empty/unset (chosen by "
-                         f"size), got {mode!r}")
-    return mode or ("packed" if linear_bytes <= PACKED_MAX_BYTES else "once")
+    (see `WEIGHTS_ENV`, read through kvsaga.envs; set but empty counts as unset, "auto").
+    ValueError for any other value of the environment variable."""
+    mode = envs.KVSAGA_CPU_WEIGHTS
+    if mode != "auto":
+        return mode
+    return "packed" if linear_bytes <= PACKED_MAX_BYTES else "once"
 
 
 class Rows(NamedTuple):
