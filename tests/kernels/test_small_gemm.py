@@ -14,43 +14,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from small_gemm_common import NOT_BUILT, _small_gemm, case, check, per_isa, supported
 
 from kvsaga.engine import cpu_linear
 from kvsaga.kernels import inplace
 
-try:
-    from kvsaga import _small_gemm
-except ImportError:
-    _small_gemm = None
-
-pytestmark = pytest.mark.skipif(_small_gemm is None, reason="kvsaga._small_gemm not built")
+pytestmark = NOT_BUILT
 
 
 def _isas() -> list[int]:
-    if _small_gemm is None:
-        return []
-    return [i for i, ok in ((2, _small_gemm.has_avx512()), (1, _small_gemm.has_avx2())) if ok]
+    return supported(2, 1)
 
 
-ISAS = pytest.mark.parametrize("isa", _isas() or [pytest.param(0, marks=pytest.mark.skip(
-    reason="no AVX-512 or AVX2 + FMA on this CPU"))])
-
-
-def _case(m: int, n: int, k: int, bias: bool, seed: int = 0):
-    g = torch.Generator().manual_seed(seed * 1000 + m * 7 + n + k)
-    w = torch.randn(n, k, generator=g) * 0.05
-    b = torch.randn(n, generator=g) if bias else None
-    x = torch.randn(m, k, generator=g)
-    return x, w, b
-
-
-def _check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
-    want = x.double() @ w.double().T + (0 if b is None else b.double())
-    tol = 1e-5 * want.abs().max().item() + 1e-6
-    assert got.dtype == torch.float32
-    assert (got.double() - want).abs().max().item() <= tol
-    torch.testing.assert_close(got, F.linear(x, w, b), atol=tol, rtol=1e-5)
+ISAS = per_isa("isa", 2, 1)
 
 
 @ISAS
@@ -61,8 +37,8 @@ def _check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor 
 def test_matches_torch(isa, m, n, k, bias):
     """K below, at and past a 16-lane step, past one k chunk (1,024) with several row
     blocks; N in whole tiles and with one-row tiles left."""
-    x, w, b = _case(m, n, k, bias)
-    _check(cpu_linear.small_gemm(x, w, b, threads=1, isa=isa), x, w, b)
+    x, w, b = case(m, n, k, bias)
+    check(cpu_linear.small_gemm(x, w, b, threads=1, isa=isa), x, w, b)
 
 
 @ISAS
@@ -73,10 +49,10 @@ def test_strided_rows_and_an_lm_head_sized_weight(isa):
     w = torch.randn(49152, 576, generator=g) * 0.05
     x = torch.randn(4, 700, generator=g)[:, 50:626]
     assert x.stride(0) == 700
-    _check(cpu_linear.small_gemm(x, w, threads=1, isa=isa), x, w, None)
+    check(cpu_linear.small_gemm(x, w, threads=1, isa=isa), x, w, None)
     ws = torch.randn(70, 600, generator=g)[:, 7:583]
     assert ws.stride(0) == 600
-    _check(cpu_linear.small_gemm(x, ws, threads=1, isa=isa), x, ws, None)
+    check(cpu_linear.small_gemm(x, ws, threads=1, isa=isa), x, ws, None)
 
 
 @ISAS
@@ -84,7 +60,7 @@ def test_a_rows_outputs_do_not_depend_on_its_batch(isa):
     """The same row alone, among 2, among 16, on one thread or two of torch's team, through
     the other ISA, and a column computed in a 4-row tile or a one-row tail tile: the same
     bits (one order of sums)."""
-    x, w, b = _case(16, 962, 576, True, seed=1)
+    x, w, b = case(16, 962, 576, True, seed=1)
     full = cpu_linear.small_gemm(x, w, b, threads=1, isa=isa)
     for i in (0, 5, 15):
         assert torch.equal(cpu_linear.small_gemm(x[i:i + 1], w, b, threads=1, isa=isa),
@@ -105,11 +81,11 @@ def test_a_rows_outputs_do_not_depend_on_its_batch(isa):
 def test_writes_only_its_outputs(isa):
     """Into a wider out buffer (row stride > N): columns past N and rows past M keep
     their values."""
-    x, w, b = _case(5, 70, 40, True)
+    x, w, b = case(5, 70, 40, True)
     out = torch.full((6, 100), 7.0)
     _small_gemm.gemm(x.data_ptr(), x.stride(0), 5, 40, w.data_ptr(), w.stride(0), 70,
                      b.data_ptr(), out.data_ptr(), 100, 1, 0, isa)
-    _check(out[:5, :70].clone(), x, w, b)
+    check(out[:5, :70].clone(), x, w, b)
     assert (out[:5, 70:] == 7.0).all() and (out[5] == 7.0).all()
 
 
@@ -140,7 +116,7 @@ def test_two_threads_with_a_partial_last_tile(isa):
     team = inplace.team_address()
     if not team:
         pytest.skip("no OpenMP team to join")
-    x, w, b = _case(7, 1001, 1024, True, seed=2)
+    x, w, b = case(7, 1001, 1024, True, seed=2)
     two = cpu_linear.small_gemm(x, w, b, threads=2, team=team, isa=isa)
-    _check(two, x, w, b)
+    check(two, x, w, b)
     assert torch.equal(two, cpu_linear.small_gemm(x, w, b, threads=1, isa=isa))

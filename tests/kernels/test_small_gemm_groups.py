@@ -15,34 +15,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from small_gemm_common import NOT_BUILT, _small_gemm, case, check, per_isa, supported
 
 from kvsaga.engine import cpu_linear
 from kvsaga.kernels import inplace
 
-try:
-    from kvsaga import _small_gemm
-except ImportError:
-    _small_gemm = None
-
-pytestmark = pytest.mark.skipif(_small_gemm is None, reason="kvsaga._small_gemm not built")
+pytestmark = NOT_BUILT
 
 
 def _widths() -> list[int]:
-    if _small_gemm is None:
-        return []
-    return [g for g, ok in ((64, _small_gemm.has_avx512()), (32, _small_gemm.has_avx2())) if ok]
+    return supported(64, 32)
 
 
-WIDTHS = pytest.mark.parametrize("group", _widths() or [pytest.param(0, marks=pytest.mark.skip(
-    reason="no AVX-512 or AVX2 + FMA on this CPU"))])
-
-
-def _case(m: int, n: int, k: int, bias: bool, seed: int = 0):
-    g = torch.Generator().manual_seed(seed * 1000 + m * 7 + n + k)
-    w = torch.randn(n, k, generator=g) * 0.05
-    b = torch.randn(n, generator=g) if bias else None
-    x = torch.randn(m, k, generator=g)
-    return x, w, b
+WIDTHS = per_isa("group", 64, 32)
 
 
 def _gemm(x, rows, n, threads=None, team=None):
@@ -57,24 +42,16 @@ def _gemm(x, rows, n, threads=None, team=None):
     return cpu_linear._small_groups(x, rows, n, threads, team, rows.bias)
 
 
-def _check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
-    want = x.double() @ w.double().T + (0 if b is None else b.double())
-    tol = 1e-5 * want.abs().max().item() + 1e-6
-    assert got.dtype == torch.float32
-    assert (got.double() - want).abs().max().item() <= tol
-    torch.testing.assert_close(got, F.linear(x, w, b), atol=tol, rtol=1e-5)
-
-
 @WIDTHS
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 13, 16])
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (64, 576), (100, 33), (960, 576),
                                  (576, 1536), (130, 700)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_torch(group, m, n, k, bias):
-    x, w, b = _case(m, n, k, bias)
+    x, w, b = case(m, n, k, bias)
     rows = cpu_linear.pack_rows(w, b, group)
     assert rows is not None and rows.group == group
-    _check(_gemm(x, rows, n, threads=1), x, w, b)
+    check(_gemm(x, rows, n, threads=1), x, w, b)
 
 
 @WIDTHS
@@ -86,14 +63,14 @@ def test_strided_rows_and_an_lm_head_sized_weight(group):
     x = torch.randn(4, 700, generator=g)[:, 50:626]
     assert x.stride(0) == 700
     rows = cpu_linear.pack_rows(w, None, group)
-    _check(_gemm(x, rows, 49152, threads=1), x, w, None)
+    check(_gemm(x, rows, 49152, threads=1), x, w, None)
 
 
 @WIDTHS
 def test_a_rows_outputs_do_not_depend_on_its_batch(group):
     """The same row alone, among 2, among 16, on one thread or two of torch's team, and
     through the other tile width: the same bits (one order of sums, fixed by k)."""
-    x, w, b = _case(16, 960, 576, True, seed=1)
+    x, w, b = case(16, 960, 576, True, seed=1)
     rows = cpu_linear.pack_rows(w, b, group)
     full = _gemm(x, rows, 960, threads=1)
     for i in (0, 5, 15):
@@ -112,12 +89,12 @@ def test_a_rows_outputs_do_not_depend_on_its_batch(group):
 def test_writes_only_its_outputs(group):
     """Into a wider out buffer (row stride > N): columns past N and rows past M keep
     their values, including in the last, partly padded column group."""
-    x, w, b = _case(5, 70, 40, True)
+    x, w, b = case(5, 70, 40, True)
     rows = cpu_linear.pack_rows(w, b, group)
     out = torch.full((6, 100), 7.0)
     _small_gemm.gemm_groups(x.data_ptr(), x.stride(0), 5, 40, rows.weight.data_ptr(), 70, group,
                      rows.bias.data_ptr(), out.data_ptr(), 100, 1, 0)
-    _check(out[:5, :70].clone(), x, w, b)
+    check(out[:5, :70].clone(), x, w, b)
     assert (out[:5, 70:] == 7.0).all() and (out[5] == 7.0).all()
 
 
@@ -146,10 +123,10 @@ def test_two_threads_with_a_partial_last_group(group):
     team = inplace.team_address()
     if not team:
         pytest.skip("no OpenMP team to join")
-    x, w, b = _case(7, 1000, 1024, True, seed=2)
+    x, w, b = case(7, 1000, 1024, True, seed=2)
     rows = cpu_linear.pack_rows(w, b, group)
     two = _gemm(x, rows, 1000, threads=2, team=team)
-    _check(two, x, w, b)
+    check(two, x, w, b)
     assert torch.equal(two, _gemm(x, rows, 1000, threads=1))
 
 
@@ -186,4 +163,4 @@ def test_pack_rows_declines_what_the_kernel_cannot_read():
     t = torch.randn(40, 96).T
     rows = cpu_linear.pack_rows(t)
     x = torch.randn(3, 40)
-    _check(_gemm(x, rows, 96, threads=1), x, t, None)
+    check(_gemm(x, rows, 96, threads=1), x, t, None)
