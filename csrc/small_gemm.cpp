@@ -46,6 +46,8 @@
 #include <string>
 #include <vector>
 
+#include "small_gemm_common.h"  // small_gemm::fill_bias
+
 namespace nb = nanobind;
 using namespace nb::literals;
 
@@ -121,11 +123,8 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
                                 std::to_string(use_isa) + " (2: AVX-512, 1: AVX2 + FMA)");
   if (rows <= 0 || n_out <= 0) return;
   if (k <= 0) {  // no products: every output is its bias (or 0); the loops below store none
-    const float* b = reinterpret_cast<const float*>(bias);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* o = reinterpret_cast<float*>(out) + r * out_row;
-      for (int64_t j = 0; j < n_out; ++j) o[j] = b != nullptr ? b[j] : 0.0f;
-    }
+    small_gemm::fill_bias(reinterpret_cast<float*>(out), out_row, rows, n_out,
+                          reinterpret_cast<const float*>(bias));
     return;
   }
   Call c{reinterpret_cast<const float*>(x), x_row, rows, k, reinterpret_cast<const float*>(w),

@@ -12,6 +12,8 @@
 
 #pragma once
 
+#include "small_gemm_common.h"  // small_gemm::fill_bias (included first by small_gemm.cpp)
+
 namespace groups {
 
 struct Call {
@@ -210,11 +212,8 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
                                 std::to_string(group) + " on this CPU");
   if (rows <= 0 || n_out <= 0) return;
   if (k <= 0) {  // no products: every output is its bias (or 0); the loops below store none
-    const float* b = reinterpret_cast<const float*>(bias);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* o = reinterpret_cast<float*>(out) + r * out_row;
-      for (int64_t j = 0; j < n_out; ++j) o[j] = b != nullptr ? b[j] : 0.0f;
-    }
+    small_gemm::fill_bias(reinterpret_cast<float*>(out), out_row, rows, n_out,
+                          reinterpret_cast<const float*>(bias));
     return;
   }
   const int64_t groups = (n_out + group - 1) / group;
