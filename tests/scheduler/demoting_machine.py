@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant, precondition, rule, run_state_machine_as_test
 
 from tests.sched_helpers import ToyRequest
-from tests.test_manager_stateful import SchedulerMachine, tokens
+from tests.test_manager_stateful import POLICIES, SchedulerMachine, tokens
 
 COUNTS: dict[str, Counter] = {}
 # Scheduler parameters under which the machine's short runs demote: a small growth prior
@@ -79,6 +79,13 @@ def machine(policy: str, params: dict):
     return machine_class(policy, params).TestCase
 
 
+def machines(prefix: str, params: dict) -> dict[str, type]:
+    """`machine(policy, params)` under every policy, named
+    `TestSchedulerStateful_{prefix}_{policy}` (a test module adds them to its globals)."""
+    return {f"TestSchedulerStateful_{prefix}_{name.replace('-', '_')}": machine(name, params)
+            for name in POLICIES}
+
+
 def machine_class(policy: str, params: dict):
     key = f"{policy} {sorted(params.items())}"
     cls = type(f"DemotingMachine_{policy}", (DemotingMachine,),
@@ -123,3 +130,27 @@ def reach(policy: str, params: dict, examples: int = 60) -> Counter:
             max_examples=examples, stateful_step_count=40, deadline=None, derandomize=True,
             database=None, suppress_health_check=list(HealthCheck)))
     return COUNTS[cls.key]
+
+
+def assert_reaches_both_answers(monkeypatch, method: str, params: dict) -> dict:
+    """Count the True and False answers of `WorkflowScheduler.<method>` over `reach("lru",
+    params)` at 150, then 300, then 600 examples until both were seen; assert the runs
+    demoted and both answers came (the code under test is reached, the books holding after
+    every rule). Returns the answers' counts."""
+    from kvsaga.scheduler import WorkflowScheduler
+
+    answers = {True: 0, False: 0}
+    inner = getattr(WorkflowScheduler, method)
+
+    def counted(self, *args):
+        got = inner(self, *args)
+        answers[got] += 1
+        return got
+    monkeypatch.setattr(WorkflowScheduler, method, counted)
+    for examples in (150, 300, 600):
+        c = reach("lru", params, examples=examples)
+        if answers[True] and answers[False]:
+            break
+    assert c["demotions"] > 0
+    assert answers[True] > 0 and answers[False] > 0, answers
+    return answers

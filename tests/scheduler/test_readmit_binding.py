@@ -9,11 +9,10 @@ from collections import deque
 
 import pytest
 
-from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyRequest
-from tests.scheduler.demoting_machine import DEMOTING, machine, reach
+from tests.scheduler.demoting_machine import DEMOTING, assert_reaches_both_answers, machines
 from tests.scheduler.helpers import manager, toks, two_paused, wf
-from tests.test_manager_stateful import POLICIES
+from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
 
 
 def _demoted_a_back(charge: str, others: int):
@@ -91,47 +90,23 @@ def test_binding_leaves_new_sessions_alone():
 
 
 def test_binding_is_a_named_value_and_off_by_default():
-    with pytest.raises(ValueError, match="readmit_charge must be one of uncached, context, "
-                       "full, binding, binding_short, cost, cost_ends, got 'pool'"):
-        wf(manager(16), readmit_charge="pool")
-    assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
+    assert_refused_and_off_by_default("pool")
 
 
 def test_binding_reaches_kvsaga_serve_settings_and_a_bad_value_is_refused():
     """`kvsaga-serve --scheduler-params` takes it like the other values, and checks it
     before any model loads (`ServerSettings`)."""
-    from kvsaga.serve.cli import build_parser, settings_from_args
-    from kvsaga.serve.settings import ServerSettings
-    args = build_parser().parse_args(["--scheduler-params", '{"readmit_charge": "binding"}'])
-    assert settings_from_args(args).scheduler_params == {"readmit_charge": "binding"}
-    with pytest.raises(ValueError, match="readmit_charge must be one of .*binding_short, "
-                                         "cost, cost_ends, got 'pool'"):
-        ServerSettings(scheduler_params={"readmit_charge": "pool"})
+    assert_serve_takes("binding", "pool")
 
 
 def test_the_state_machine_reaches_both_charges(monkeypatch):
     """Over the machine's derandomized runs the signal answers both ways at re-admissions
     (the code under test is reached), the books holding after every rule."""
-    answers = {True: 0, False: 0}
-    inner = WorkflowScheduler._pool_binds
-
-    def counted(self, req):
-        got = inner(self, req)
-        answers[got] += 1
-        return got
-    monkeypatch.setattr(WorkflowScheduler, "_pool_binds", counted)
-    params = {**DEMOTING, "readmit_charge": "binding"}
-    for examples in (150, 300, 600):
-        c = reach("lru", params, examples=examples)
-        if answers[True] and answers[False]:
-            break
-    assert c["demotions"] > 0
-    assert answers[True] > 0 and answers[False] > 0, answers
+    assert_reaches_both_answers(monkeypatch, "_pool_binds",
+                                {**DEMOTING, "readmit_charge": "binding"})
 
 
 # The scheduler state machine (admission, preemption, chunked prefill: every invariant of the
 # manager and the queues, and the scheduler's books: `DemotingMachine.books`) with
 # readmit_charge "binding", under every policy, with parameters under which it demotes.
-for _name in POLICIES:
-    globals()[f"TestSchedulerStateful_readmit_binding_{_name.replace('-', '_')}"] = (
-        machine(_name, {**DEMOTING, "readmit_charge": "binding"}))
+globals().update(machines("readmit_binding", {**DEMOTING, "readmit_charge": "binding"}))

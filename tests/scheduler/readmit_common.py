@@ -1,0 +1,34 @@
+"""Shared checks of the readmit_charge value tests (test_readmit_binding.py,
+test_readmit_binding_short.py, test_readmit_charge_cost.py): a value is named, refused
+values are named in the error, and `kvsaga-serve --scheduler-params` takes it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kvsaga.scheduler import WorkflowScheduler
+from tests.scheduler.helpers import manager, wf
+
+VALUES = "uncached, context, full, binding, binding_short, cost, cost_ends"
+
+
+def assert_refused_and_off_by_default(bad: str) -> None:
+    """`readmit_charge=bad` is refused naming every value; the default is "uncached"."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"readmit_charge must be one of {VALUES}, got '{bad}'")):
+        wf(manager(16), readmit_charge=bad)
+    assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "uncached"
+
+
+def assert_serve_takes(value: str, bad: str) -> None:
+    """`kvsaga-serve --scheduler-params` takes `value` like the other values, and
+    `ServerSettings` refuses `bad` before any model loads."""
+    from kvsaga.serve.cli import build_parser, settings_from_args
+    from kvsaga.serve.settings import ServerSettings
+    args = build_parser().parse_args(["--scheduler-params", f'{{"readmit_charge": "{value}"}}'])
+    assert settings_from_args(args).scheduler_params == {"readmit_charge": value}
+    with pytest.raises(ValueError, match="readmit_charge must be one of .*" + re.escape(
+            f"binding_short, cost, cost_ends, got '{bad}'")):
+        ServerSettings(scheduler_params={"readmit_charge": bad})
