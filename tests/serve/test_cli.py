@@ -68,9 +68,10 @@ def test_a_load_failure_after_start_exits_non_zero(tiny_dir: Path, tmp_path: Pat
 
 
 def test_ctrl_c_stops_the_server_without_a_traceback(tiny_dir: Path):
-    """SIGINT (Ctrl-C) shuts the server down cleanly and exits 130, as a shell expects;
-    uvicorn re-raises the signal it caught once it has shut down, which printed a
-    KeyboardInterrupt traceback after the clean shutdown."""
+    """SIGINT (Ctrl-C) shuts the server down cleanly, without a traceback. uvicorn 0.54
+    re-raises the signal it caught once it has shut down, which printed a KeyboardInterrupt
+    traceback after the clean shutdown (kvsaga-serve now exits 130 then, as a shell
+    expects); uvicorn 0.55 returns instead (exit 0)."""
     import signal
     import time
     import urllib.request
@@ -98,7 +99,7 @@ def test_ctrl_c_stops_the_server_without_a_traceback(tiny_dir: Path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, err
+    assert proc.returncode in (0, 130), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
