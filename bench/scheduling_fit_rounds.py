@@ -73,7 +73,20 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # record only, `bench/scheduling_fit.py --non-thrash-check '{"readmit_charge":
 # "cost_ends"}'` would reject it too (swe seed 103 1x mean +2.2%, p95 +6.1%); web seed 103
 # 1x, where rounds 20-21 failed, passes (RESULTS "Price the re-admission churn").
+# Round 23 (issue 10, session 22; committed before it ran): round 22's trade with a
+# per-session wait. `readmit_charge` "cost_leave": a returning demoted session is held for
+# its whole context only while the tiers are short and the churn's priced recomputation
+# exceeds its expected wait, the wait now from a prediction per admitted session of when its
+# context leaves (kvsaga/scheduler/leave_forecast.py: its last finish plus its expected
+# remaining steps, the admission order's table with the graph's mean length as prior,
+# times its workflow's learned finish-to-finish cycle; a paused one by its demotion deadline
+# if sooner), the soonest first until the room is freed. "cost_leave_waits": the same, the
+# churn adding each victim's expected wait to be admitted again (the mean re-admission wait
+# learned on the trace). No new constant. Before the round, a probe
+# (`bench/scheduling_overflow.py bfcl 1 0.25 101,102,103 --waits --params ...`): mean TCT
+# 17.2 / 27.5 / 27.8 s (default) -> 18.7 / 24.9 / 27.8 ("cost_leave"), 19.1 / 27.8 / 29.6
+# ("cost_leave_waits"): not predicted to lift the smallest gain.
 FIT_GRID = [
-    {"readmit_charge": "cost"},
-    {"readmit_charge": "cost_ends"},
+    {"readmit_charge": "cost_leave"},
+    {"readmit_charge": "cost_leave_waits"},
 ]

@@ -22,6 +22,7 @@ from kvsaga.scheduler.base import (
 from kvsaga.scheduler.block_room import BlockRoom
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
+from kvsaga.scheduler.leave_forecast import LeaveForecast
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, calibration
@@ -54,7 +55,7 @@ class _Admitted:
 
 
 class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, ComputeShares,
-                        AdmissionOrder, Scheduler):
+                        LeaveForecast, AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -142,7 +143,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             ("full" only while the recomputation its uncached charge is expected to
             cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
             "cost_ends": the same, the wait from the rate admitted contexts end at;
-            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling").
+            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling"), or
+            "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
+            when admitted contexts leave: `kvsaga.scheduler.leave_forecast`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
@@ -282,6 +285,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self._returns_seen: dict[str, Any] = {}  # "cost": the return last observed
         self._return_lost, self._return_count = 0.0, 0  # ... and their lost shares
         self._ends_since, self._ended_blocks = None, 0  # "cost_ends": contexts that ended
+        self._init_leave_forecast()  # "cost_leave": `LeaveForecast`
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
                                    tail_wait_factor, readmit_order, readmit_cost)
         weights = dict(tenant_weights or {})

@@ -19,11 +19,12 @@ from kvsaga.manager import StepLookup
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
+from kvsaga.scheduler.leave_forecast import READMIT_LEAVE
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", "context", "full", "binding", "binding_short", "cost",
-                   "cost_ends")
+                   "cost_ends", *READMIT_LEAVE)
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the
@@ -34,6 +35,8 @@ READMIT_BINDING_SHORT = "binding_short"
 READMIT_COST = "cost"
 # "cost_ends": "cost" with the wait from the rate admitted contexts end at (`_hold_wait_s`).
 READMIT_COST_ENDS = "cost_ends"
+# "cost_leave" / "cost_leave_waits": "cost" with the wait from per-session predictions of
+# when admitted contexts leave (`kvsaga.scheduler.leave_forecast`).
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
 GROWTH_CHARGES = ("step", "remaining")
 # `WorkflowScheduler(paused_reserve=...)`'s third value besides True and False: the room
@@ -197,14 +200,15 @@ class WorkingSetGate:
         own context does not fit beside the admitted contexts, else "uncached"
         (`_tiers_short`); "cost": "full" while the recomputation admitting it at its
         uncached charge is expected to cause exceeds its expected wait for room, else
-        "uncached" (`_churn_outweighs_wait`, which needs `now`)."""
+        "uncached" (`_churn_outweighs_wait`, which needs `now`); "cost_leave" /
+        "cost_leave_waits": the same trade, `kvsaga.scheduler.leave_forecast`'s."""
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         charge = self.readmit_charge
         if charge == "uncached" or req.session_id not in self._deferred:
             return own, None
         whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
-        if charge in (READMIT_COST, READMIT_COST_ENDS):
+        if charge in (READMIT_COST, READMIT_COST_ENDS, *READMIT_LEAVE):
             if now is None:
                 raise ValueError("readmit_charge 'cost' needs the time of the admission test")
             self._observe_return(req, hit)
@@ -287,6 +291,8 @@ class WorkingSetGate:
         if over <= 0 or not self._return_count:
             return False
         paused = [sid for sid, i in self.sessions.items() if not i.active]
+        if self.readmit_charge in READMIT_LEAVE:
+            return self._leave_trade(paused, over, now)
         churn = self._churn_s(paused, over)
         if self.readmit_charge == READMIT_COST_ENDS:
             return churn > self._ends_wait_s(over, now)

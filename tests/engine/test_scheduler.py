@@ -25,14 +25,16 @@ UNDO = {"undo_demotion": True, "prior_growth_tokens": 16}
 # the same prior without the undo: the stream's one demoted session's step comes back
 # through the gate's re-admission charge (`readmit_charge`), which these rows set. On this
 # stream "full" charges it its whole context and "binding" / "binding_short" answer
-# "uncached" (other steps wait); "cost" / "cost_ends" price the trade (their answers read
-# the clock, the engine's the wall clock: on this stream no return has found its context
-# lost, so the churn is priced at 0 s and both answer "uncached" whatever the clock says);
+# "uncached" (other steps wait); "cost" / "cost_ends" / "cost_leave" / "cost_leave_waits"
+# price the trade (their answers read the clock, the engine's the wall clock: on this stream
+# no return has found its context lost and no demoted session was admitted again before the
+# one return, so the churn is priced at 0 s and all answer "uncached" whatever the clock);
 # none changes the admissions (the unit tests in tests/scheduler/test_readmit_binding*.py
 # and test_readmit_charge_cost.py cover the decisions): these rows check that the engine
 # and the simulator run the same code to the same log with each value.
 READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16}
-           for c in ("full", "binding", "binding_short", "cost", "cost_ends")]
+           for c in ("full", "binding", "binding_short", "cost", "cost_ends", "cost_leave",
+                     "cost_leave_waits")]
 
 
 def stream() -> list[Session]:
@@ -178,10 +180,10 @@ def test_engine_rejects_bad_scheduler_names_and_params(tiny_model_dir):
     with pytest.raises(ValueError, match="no parameter 'bogus'"):
         LLMEngine(model_dir, device="cpu", progress=False, scheduler_params={"bogus": 1})
     with pytest.raises(ValueError, match="readmit_charge must be one of .*cost, cost_ends, "
-                                         "got 'price'"):
+                                         "cost_leave, cost_leave_waits, got 'price'"):
         LLMEngine(model_dir, device="cpu", progress=False, scheduler="workflow",
                   scheduler_params={"readmit_charge": "price"})
-    for value in ("cost", "cost_ends"):
+    for value in ("cost", "cost_ends", "cost_leave", "cost_leave_waits"):
         eng = LLMEngine(model_dir, device="cpu", progress=False, scheduler="workflow",
                         scheduler_params={"readmit_charge": value})
         assert eng.scheduler.core.readmit_charge == value

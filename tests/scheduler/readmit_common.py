@@ -11,7 +11,8 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.scheduler.helpers import manager, wf
 
-VALUES = "uncached, context, full, binding, binding_short, cost, cost_ends"
+VALUES = ("uncached, context, full, binding, binding_short, cost, cost_ends, cost_leave, "
+          "cost_leave_waits")
 
 
 def assert_refused_and_off_by_default(bad: str) -> None:
@@ -29,6 +30,6 @@ def assert_serve_takes(value: str, bad: str) -> None:
     from kvsaga.serve.settings import ServerSettings
     args = build_parser().parse_args(["--scheduler-params", f'{{"readmit_charge": "{value}"}}'])
     assert settings_from_args(args).scheduler_params == {"readmit_charge": value}
-    with pytest.raises(ValueError, match="readmit_charge must be one of .*" + re.escape(
-            f"binding_short, cost, cost_ends, got '{bad}'")):
+    with pytest.raises(ValueError, match=re.escape(
+            f"readmit_charge must be one of {VALUES}, got '{bad}'")):
         ServerSettings(scheduler_params={"readmit_charge": bad})
