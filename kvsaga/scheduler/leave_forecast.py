@@ -53,7 +53,7 @@ class _Means:
         self.sums: dict[Any, list[float]] = {}
 
     def observe(self, key: Any, value: float) -> None:
-        for k in (key, None):
+        for k in ((None,) if key is None else (key, None)):
             s = self.sums.setdefault(k, [0.0, 0])
             s[0] += value
             s[1] += 1
