@@ -86,6 +86,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # (`bench/scheduling_overflow.py bfcl 1 0.25 101,102,103 --waits --params ...`): mean TCT
 # 17.2 / 27.5 / 27.8 s (default) -> 18.7 / 24.9 / 27.8 ("cost_leave"), 19.1 / 27.8 / 29.6
 # ("cost_leave_waits"): not predicted to lift the smallest gain.
+# Outcome: "cost_leave" ranked first (1 distinct p95 miss against PREVIOUS's 2, smallest gain
+# 1.40x at bfcl 1x 25%, p95 1.18x -> 1.10x), "cost_leave_waits" second (1 miss, 1.36x); the
+# fit's non-thrash check rejected both (assistant seed 104 1x 25% tasks/h -2.5%, seed 105 SLO
+# attainment 1.00 -> 0.90): the default stayed, both opt-in (RESULTS "Predict when admitted
+# contexts leave").
 FIT_GRID = [
     {"readmit_charge": "cost_leave"},
     {"readmit_charge": "cost_leave_waits"},

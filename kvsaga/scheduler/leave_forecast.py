@@ -31,7 +31,11 @@ the run's mean rate of ends) was the weak half: a mean over the run, where the w
 time to the next ends, spread over 0.05-33 s at swe seed 101. The churn priced as
 recomputation alone (about a second a return or less) understates what a demotion costs
 its victim: under "cost_leave_waits" each victim also pays the mean wait of a demoted
-session to be admitted again, learned on the trace (`_readmit_wait_s`).
+session to be admitted again, learned on the trace (`_readmit_wait_s`). Both opt-in: round
+23 ranked "cost_leave" first (one p95 miss against two; web 1x 25% 2.39x -> 2.57x; bfcl 1x
+25% unchanged at 1.40x) and the fit's non-thrash check rejected both (assistant 1x 25%: seed
+104 tasks/h -2.5%, seed 105 SLO attainment 1.00 -> 0.90; there the holds raised the
+re-admission waits while the demotions went on).
 """
 
 from __future__ import annotations

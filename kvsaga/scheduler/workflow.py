@@ -145,7 +145,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             "cost_ends": the same, the wait from the rate admitted contexts end at;
             both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling"), or
             "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
-            when admitted contexts leave: `kvsaga.scheduler.leave_forecast`).
+            when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
