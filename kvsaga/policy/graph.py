@@ -81,6 +81,7 @@ from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
 from kvsaga.policy.return_forecast import ReturnForecast
 from kvsaga.policy.search import grid_index
+from kvsaga.policy.size_effect import SizeElasticity
 from kvsaga.policy.trust import PredictionTrust, flag
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
@@ -107,6 +108,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         wait_alpha, residual_wait, median_returns, spread, spread_states, demoted_mean: how
             admission and demotion waits are learned and read (`ReturnForecast`, documents
             each).
+        demoted_size: price a demoted session's residual demotion by its context's size,
+            on the slope of log(demotion length) on log(context blocks) learned from the
+            demotions seen (`SizeElasticity`, kvsaga/policy/size_effect.py; prior
+            `calib_prior`, 4 when that is None).
     """
 
     name = "graph"
@@ -129,6 +134,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         spread: bool = False,
         spread_states: tuple[str, ...] = ("queued", "demoted"),
         demoted_mean: bool = False,
+        demoted_size: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -162,6 +168,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         # (workflow, state, graph's forecast, recency's, when).
         self.trust = PredictionTrust(calib_prior or 4.0) if flag("trust", trust) else None
         self._trust_pending: dict[str, tuple[str, str, float, float, float]] = {}
+        # `demoted_size`: the slope learned, and each demoted session's context at demotion.
+        self.size_effect = SizeElasticity(calib_prior or 4.0) \
+            if flag("demoted_size", demoted_size) else None
+        self._demoted_ctx: dict[str, int] = {}
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -176,8 +186,9 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session, now: float) -> None:
         since = self._deferred_since.pop(session.session_id, None)
+        ctx = self._demoted_ctx.pop(session.session_id, None)
         if since is not None:
-            self.returns.demotion_ended(max(now - since, 0.0), session.workflow)
+            self.demotion_ended(max(now - since, 0.0), session.workflow, ctx)
         pending = self._calib_pending.pop(session.session_id, None)
         if pending is not None:
             self._calibrate(*pending, now)
@@ -196,6 +207,16 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         for b in session.block_ids:  # the hits: shared blocks record a use
             if owner[b] is None:
                 self._record_use(b, gen[b], now, session.workflow)
+
+    def demotion_ended(self, lasted_s: float, workflow: str, context_blocks: int | None
+                       ) -> None:
+        """A demotion lasted `lasted_s`; with `demoted_size`, of a session holding
+        `context_blocks` then: the slope learns it and the record keeps it on the common
+        clock (divided by the session's factor), which `_deferred_time` reads back."""
+        if self.size_effect is not None and context_blocks is not None:
+            self.size_effect.add(context_blocks, lasted_s, workflow, self.min_wait_s)
+            lasted_s /= self.size_effect.factor(context_blocks, workflow)
+        self.returns.demotion_ended(lasted_s, workflow)
 
     def _record_use(self, b: int, gen: int, now: float, workflow: str) -> None:
         if self._gen[b] != gen:
@@ -258,6 +279,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if deferred:
             self._deferred.setdefault(sid, now)
             self._deferred_since.setdefault(sid, now)
+            if self.size_effect is not None:
+                self._demoted_ctx.setdefault(sid, len(session.block_ids))
         else:
             self._deferred.pop(sid, None)
         if sid in self.groups:
@@ -266,6 +289,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def session_ended(self, session, now: float) -> None:
         self._deferred.pop(session.session_id, None)
         self._deferred_since.pop(session.session_id, None)
+        self._demoted_ctx.pop(session.session_id, None)
         self._on_host.pop(session.session_id, None)
         self._ready.pop(session.session_id, None)
         self._ctx_blocks.pop(session.session_id, None)
@@ -512,8 +536,10 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
     def _deferred_time(self, sid: str, predicted_s: float, now: float, exact: bool
                        ) -> tuple[float, float]:
         lasted, until = self._since(self._deferred[sid], now, exact)
-        t, seen = self.returns.demoted_time(predicted_s, lasted, self._workflow_of(sid),
-                                            self.min_wait_s)
+        wf = self._workflow_of(sid)
+        clock = 1.0 if self.size_effect is None else \
+            self.size_effect.factor(self._ctx_blocks.get(sid, 0), wf)
+        t, seen = self.returns.demoted_time(predicted_s, lasted, wf, self.min_wait_s, clock)
         return t, (until if seen else math.inf)
 
     # -- keys: (0, 0) dead, (1, loss) sessions and other plain, (2, loss) shared prefix in use

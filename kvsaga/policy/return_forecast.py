@@ -133,15 +133,20 @@ class ReturnForecast:
         return 0.0 if left < 0.0 else left  # max(left, 0.0) without a call
 
     def demoted_time(self, predicted_s: float, lasted_s: float, workflow: str | None,
-                     floor_s: float) -> tuple[float, bool]:
+                     floor_s: float, clock: float = 1.0) -> tuple[float, bool]:
         """(Seconds until a demoted session's blocks are read, whether the demotions seen
         said so): the later of graph's `predicted_s`, the time the demotions seen say one
         that has lasted `lasted_s` still lasts, and `floor_s`; before any demotion was seen
-        to end, `predicted_s` x DEFERRED_SLOWDOWN."""
+        to end, `predicted_s` x DEFERRED_SLOWDOWN. `clock` (> 0; graph's `demoted_size`,
+        size_effect.py): the session's demotion runs that many times slower than the
+        record's, so the record's residual is read at `lasted_s / clock` and scaled by it."""
         dw = self.deferred_wait
-        left = dw.priced(lasted_s, workflow) if self.spread_demoted \
-            else dw.mean_residual(lasted_s, workflow) if self.demoted_mean \
-            else dw.residual(lasted_s, workflow)
+        at = lasted_s if clock == 1.0 else lasted_s / clock
+        left = dw.priced(at, workflow) if self.spread_demoted \
+            else dw.mean_residual(at, workflow) if self.demoted_mean \
+            else dw.residual(at, workflow)
         if left is None:
             return predicted_s * DEFERRED_SLOWDOWN, False
+        if clock != 1.0:
+            left *= clock
         return max(predicted_s, left, floor_s), True
