@@ -312,16 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", default="swe+bfcl")
     p.add_argument("--seed", type=int, default=402)
     p.add_argument("--fraction", type=float, default=0.6)
-    p.add_argument("--pair", default="graph,ttl", help="leader,shadow (each also leads)")
+    p.add_argument("--pair", default="graph,ttl",
+                   help="leader,shadow (each also leads; names or specs, graph[demoted_size=1])")
     p.add_argument("--smooth", action="store_true", help="sum over the five pool sizes")
     p.add_argument("--admission", action="store_true",
                    help="each ranking under each policy's admission graph instead")
     args = p.parse_args(argv)
     if args.seed not in P.TUNE_SEEDS:
         p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}")
-    pair = args.pair.split(",")
+    pair = P.split_specs(args.pair)
     if len(pair) != 2 or pair[0] == pair[1]:
         p.error(f"--pair must name two different policies, got {args.pair!r}")
+    from policies_check import register  # a spec (`graph[demoted_size=1]`) as a name
+    try:
+        pair = [register(x) for x in pair]
+    except (ValueError, TypeError) as e:  # an unknown name; a bad or unknown constant
+        p.error(f"--pair: {e}")
     if args.admission:
         print("| trace | seed | capacity | pool sizes | ranking | "
               + " | ".join(f"admitted with {x}'s graph (M, mean)" for x in pair) + " |\n"

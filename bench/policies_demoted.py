@@ -1,0 +1,156 @@
+"""How well does graph forecast when a demoted session comes back? (fit seeds only)
+
+`python bench/policies_decisions.py` found that on the swe family graph loses at its
+decisions on *demoted* sessions' blocks: the ones it keeps in place of ttl's picks are
+rarely read before it evicts them anyway. This says why, on one simulation of the policy
+(graph or a graph spec) per case: every demoted session that holds cached blocks is noted
+at the first victim search after its demotion with graph's forecast of the time until its
+blocks are read (`_graph_time`, unhedged), how long it had been demoted and its context's
+size (blocks), and when its next step starts the realized time is recorded. Printed per
+case: how many were noted, Spearman's rank correlation of the realized time with the
+forecast, with the time demoted so far and with the context's size (a ranking of demoted
+sessions is only as good as the first), the median forecast and realized times and their
+median |log ratio|, and the demotions' own lengths (demotion to step start) by the context's
+size at the demotion (thirds of the demotions).
+
+    python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6
+    python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6 \
+        --policy 'graph[demoted_size=1]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+
+import policies as P
+
+from kvsaga.policy import POLICIES
+from kvsaga.policy.graph import GraphPolicy
+from kvsaga.sim.config import SimConfig
+from kvsaga.sim.simulator import Simulator
+
+
+def ranks(xs: list[float]) -> list[float]:
+    """Ranks from 1, ties given their mean rank."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation; nan when either side does not vary or n < 3."""
+    if len(xs) < 3:
+        return math.nan
+    a, b = ranks(xs), ranks(ys)
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    sab = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    saa = sum((x - ma) ** 2 for x in a)
+    sbb = sum((y - mb) ** 2 for y in b)
+    return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else math.nan
+
+
+def probe(spec: str, cost) -> GraphPolicy:
+    """`spec` (a graph spec) built with the noting hooks around its own."""
+    name, params = P.parse_spec(spec)
+    base = POLICIES[name]
+    if not issubclass(base, GraphPolicy):
+        raise ValueError(f"{spec!r} is not a graph policy: only graph forecasts demotions")
+
+    class Noting(base):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.noted: dict[str, tuple[float, float, float, int]] = {}
+            self.seen: list[tuple[float, float, float, int]] = []  # forecast, lasted, real, size
+            self.at_demotion: dict[str, tuple[float, int]] = {}
+            self.lengths: list[tuple[int, float]] = []  # size at demotion, length
+
+        def session_deferred(self, session, deferred: bool, now: float) -> None:
+            if deferred and session.session_id not in self.at_demotion:
+                self.at_demotion[session.session_id] = (now, len(session.block_ids))
+            super().session_deferred(session, deferred, now)
+
+        def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+            for sid, since in self._deferred.items():
+                if sid not in self.noted and self.groups.get(sid):
+                    t = self._graph_time(sid, now, True, False)[1]
+                    self.noted[sid] = (t, now - since, now, self._ctx_blocks.get(sid, 0))
+            return super().choose_victims(num_blocks, now)
+
+        def step_started(self, session, now: float) -> None:
+            sid = session.session_id
+            n = self.noted.pop(sid, None)
+            if n is not None:
+                self.seen.append((n[0], n[1], now - n[2], n[3]))
+            d = self.at_demotion.pop(sid, None)
+            if d is not None:
+                self.lengths.append((d[1], now - d[0]))
+            super().step_started(session, now)
+
+    return Noting(cost=cost, **params)
+
+
+def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
+    trace = P.build_trace(trace_name, seed)
+    peak, longest = P._peak(trace_name, seed)
+    blocks = P._blocks(peak, longest, frac)
+    config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="graph")
+    pol = probe(spec, config.cost)
+    result = Simulator(trace, config, policy=pol).run()
+    seen = pol.seen
+    f, lasted, real, size = ([s[i] for s in seen] for i in range(4))
+    lo = 1e-3
+
+    def med(v: list[float]) -> str:
+        return f"{statistics.median(v):.2f}" if v else "-"
+    err = [abs(math.log(max(r, lo) / max(x, lo))) for x, r in zip(f, real)]
+    by_size = sorted(pol.lengths)
+    thirds = [by_size[i * len(by_size) // 3:(i + 1) * len(by_size) // 3] for i in range(3)]
+    third = "; ".join(f"{t[0][0]}-{t[-1][0]} blocks: {med([x for _, x in t])} s"
+                      for t in thirds if t) or "-"
+    return (f"| {trace_name} | {seed} | {frac:.0%} | {blocks} | {spec} | "
+            f"{result.recomputed_tokens / 1e6:.3f} | {len(seen)} | {spearman(f, real):+.2f} | "
+            f"{spearman(lasted, real):+.2f} | {spearman([float(s) for s in size], real):+.2f} | "
+            f"{med(f)} | {med(real)} | {med(err)} | {third} |")
+
+
+HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demoted noted | "
+          "rank corr. forecast | rank corr. time demoted | rank corr. context | "
+          "median forecast (s) | median realized (s) | median abs log err | "
+          "demotion length by context (median) |\n"
+          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", default="swe")
+    p.add_argument("--seed", type=int, default=202)
+    p.add_argument("--fraction", type=float, default=0.6)
+    p.add_argument("--policy", default="graph", help="graph or a graph spec")
+    args = p.parse_args(argv)
+    if args.seed not in P.TUNE_SEEDS:
+        p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}: a diagnosis reads "
+                "fit data only")
+    if not 0 < args.fraction <= 1:
+        p.error(f"--fraction must be in (0, 1], got {args.fraction!r}")
+    print(HEADER)
+    try:
+        print(row(args.trace, args.seed, args.fraction, args.policy), flush=True)
+    except ValueError as e:
+        p.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
