@@ -103,7 +103,7 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
     "graph[demoted_size=1]": NonThrashCheck(
         "graph", 0,
         "python bench/policies_check.py --non-thrash --policy 'graph[demoted_size=1]' "
-        "--against graph --workers 1 (on a4f2294, 358 s)",
+        "--against graph --workers 1 (on a4f2294, landed as b295ae3; 358 s)",
         "fit seeds 101-106, 41 non-thrash points: worse at 22 figures, none by more than 2% "
         "(the most: assistant seed 105 1x 25% mean TCT 255.03 -> 256.66 s, +0.6%); p95 "
         "below fcfs+lru's at 2 points, as graph's (web seed 105 1x 0.93x, bfcl seed 106 1x "
@@ -141,7 +141,7 @@ AFS_CHECKS: dict[str, AfsCheck] = {
     "graph[demoted_size=1]": AfsCheck(
         "graph", 3, 1,
         "python bench/policies_check.py --afs --policy 'graph[demoted_size=1]' --against "
-        "graph --workers 1 (on a4f2294's code, 93 s)",
+        "graph --workers 1 (on a4f2294's code, landed as b295ae3; 93 s)",
         "default rows, graph -> graph[demoted_size=1]: two-tenant mix at 50% 1.44 -> 1.52 "
         "(the goal <= 1.5 met -> missed), at 100% 2.12 -> 2.12; noisy seed 2 at 25% 1.40 -> "
         "1.41, seed 8 at 25% 2.26 -> 3.05 (better: noisy seed 2 at 50% 1.89 -> 1.85, seed 7 "
