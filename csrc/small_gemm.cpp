@@ -14,7 +14,10 @@
 // ([N / 64][K][64], x broadcast against 64 columns at a time), made at load beside the
 // parameter and oneDNN's own packed copy: three copies of every weight. Reading W's rows
 // directly costs a horizontal sum per output (`reduce16x4`) and keeps the weights once; it
-// runs 16 rows and two threads 10-22% slower, so cpu_linear keeps both (`weights_mode`).
+// ran 16 rows and two threads 10-22% slower until its tiles went over K in chunks that stay
+// in L1 and asked for the lines read next (small_gemm_tiles.h, "Blocking"); since, a step's
+// linears take 0.88x-1.01x the column-group kernel's CPU (bench/RESULTS.md, "The
+// plain-layout tiles as fast as the column-group copy").
 //
 // Numerics: out[m][n] = (the 16 lane sums of x[m][k] * W[n][k], lane j over k = j, j + 16,
 // ... in order, one fused multiply-add a term, reduced in a fixed tree) + bias[n]. The order
@@ -130,8 +133,9 @@ void gemm(uintptr_t x, int64_t x_row, int64_t rows, int64_t k, uintptr_t w, int6
   Call c{reinterpret_cast<const float*>(x), x_row, rows, k, reinterpret_cast<const float*>(w),
          w_row, n_out, reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(out),
          out_row, 0, 0, {0}};
-  // chunks of whole tiles (a multiple of 4 and of 3 weight rows)
-  c.chunk = std::max<int64_t>(12, (kMinWork / k + 11) / 12 * 12);
+  // chunks of whole tiles (a multiple of 4 and of 3 weight rows) and of whole lines of an
+  // output row (16 floats): where out's rows start on a line, no line has two writers
+  c.chunk = std::max<int64_t>(48, (kMinWork / k + 47) / 48 * 48);
   c.count = (n_out + c.chunk - 1) / c.chunk;
   const bool avx2 = use_isa == 1;
   const int64_t t = std::min({threads, c.count, 1 + n_out * k / kMinWork});

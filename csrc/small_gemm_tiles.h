@@ -8,6 +8,16 @@
 // holds an accumulator in one zmm, AVX2 in two ymm (lanes 0-7, 8-15) with the same sums, so
 // the result depends on nothing but x[m], W[n] and bias[n]: not on the number of rows, a
 // row's place in its tile, the thread count or the ISA.
+//
+// Blocking (bench/RESULTS.md, "The plain-layout tiles as fast as the column-group copy"):
+// a tile's rows of W stream from memory once; several row blocks of x (more than 6 rows on
+// AVX-512, 2 on AVX2) read them again from L1, so K goes in chunks (`chunk_k`) small enough
+// that the tile's weight rows and every row of x over the chunk stay there, the blocks'
+// sums kept in `part` between chunks. While a chunk computes, its blocks ask for the lines
+// read next (this tile's next chunk, or the next tile's first) into L2, each block its
+// share of the tile's rows, so that memory keeps streaming while the blocks compute from
+// L1 (asking for the next tile in address order from the first block alone left memory
+// idle while the others ran: 1.08x-1.17x the column-group kernel's CPU at 8-16 rows).
 
 #pragma once
 
@@ -50,16 +60,40 @@ SG_AVX512 inline __m128 reduce16x4(const __m512* a) {
   return _mm512_castps512_ps128(_mm512_permutexvar_ps(order, t1));
 }
 
-// k steps a chunk takes when a tile has several row blocks: 1,024 (4 KiB of a row), so
-// that with K up to that (SmolLM2's 576) each block reads the tile's 4 rows from L1.
-constexpr int64_t kChunk = 1024;
+// Bytes of L1 a chunk's weight rows and x rows may take (of 48 KiB on the host measured:
+// 24-32 KiB read alike, 40 KiB and the whole of SmolLM2's K = 576 at 16 rows slower).
+constexpr int64_t kL1Bytes = 32 * 1024;
+
+// k steps a chunk of a tile of `nr` weight rows takes against m rows of x: all of K when
+// it fits in kL1Bytes, else chunks as even as can be, each a multiple of 16 steps.
+inline int64_t chunk_k(int64_t k, int64_t m, int64_t nr) {
+  const int64_t most = std::max<int64_t>(64, kL1Bytes / ((m + nr) * 4) & ~int64_t{15});
+  const int64_t chunks = (k + most - 1) / most;
+  return chunks <= 1 ? k : ((k + chunks - 1) / chunks + 15) / 16 * 16;
+}
+
+// What a row block asks for while it computes: `rows` weight rows from `pf` (row stride
+// `stride` bytes), one line of each a k step, 64 bytes further each step.
+struct Ahead {
+  const char* pf;
+  int64_t stride;
+  int rows;
+};
+
+// Block b of nb's share of the lines read after chunk k0 .. k1 of the tile of nr weight rows
+// at n: rows b, b + nb, ... of this tile from k1, or (the last chunk) of the next tile from 0.
+inline Ahead ahead_of(const Call& c, int64_t n, int64_t nr, int64_t k1, int64_t b, int64_t nb) {
+  const float* next = k1 < c.k ? c.w + n * c.w_row + k1 : c.w + (n + nr) * c.w_row;
+  return {reinterpret_cast<const char*>(next + b * c.w_row), nb * c.w_row * 4,
+          static_cast<int>((nr - b + nb - 1) / nb)};
+}
 
 // out rows r .. r + MR - 1, columns n0 .. n0 + NR - 1, over k = k0 .. k1 - 1 (a multiple of
 // 16 apart unless k1 = K); accumulators continued from / kept in `part` ([MR][NR] vectors,
-// 64-byte aligned) when k0 > 0 / k1 < K.
+// 64-byte aligned) when k0 > 0 / k1 < K; asking for `ahead`'s lines as it goes.
 template <int MR, int NR>
 SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k1,
-                       float* part) {
+                       float* part, Ahead ahead) {
   const float* x = c.x + r * c.x_row;
   const float* w = c.w + n0 * c.w_row;
   __m512 acc[MR][NR];
@@ -71,12 +105,9 @@ SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t
   for (int j = 0; j < NR; ++j) wr[j] = w + j * c.w_row;
   const float* xr[MR];
   for (int i = 0; i < MR; ++i) xr[i] = x + i * c.x_row;
-  // The next tile's rows (contiguous when the weight is), NR lines a step: a tile ahead,
-  // while this one's row blocks compute. One pointer, so that the loop's addresses fit
-  // the general registers (NR weight rows and MR x rows already take most of them).
-  const char* ahead = reinterpret_cast<const char*>(w + NR * c.w_row + k0 * NR);
-  for (int64_t k = k0; k < full; k += 16, ahead += NR * 64) {
-    for (int j = 0; j < NR; ++j) _mm_prefetch(ahead + j * 64, _MM_HINT_T1);
+  const char* pf = ahead.pf;
+  for (int64_t k = k0; k < full; k += 16, pf += 64) {
+    for (int j = 0; j < ahead.rows; ++j) _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
     __m512 xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
     for (int j = 0; j < NR; ++j) {
@@ -116,17 +147,22 @@ SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t
   }
 }
 
+// The AVX2 twin: accumulators in halves (lanes 0-7, 8-15), kept in `part` as 16 floats.
 template <int MR, int NR>
-SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0) {
+SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k1,
+                     float* part, Ahead ahead) {
   const float* x = c.x + r * c.x_row;
   const float* w = c.w + n0 * c.w_row;
   __m256 acc[MR][NR][2];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
-  const int64_t full = c.k & ~int64_t{15};
-  const char* ahead = reinterpret_cast<const char*>(w + NR * c.w_row);
-  for (int64_t k = 0; k < full; k += 16) {
-    for (int j = 0; j < NR; ++j) _mm_prefetch(ahead + (j * c.w_row + k) * 4, _MM_HINT_T1);
+    for (int j = 0; j < NR; ++j)
+      for (int h = 0; h < 2; ++h)
+        acc[i][j][h] = k0 == 0 ? _mm256_setzero_ps()
+                               : _mm256_load_ps(part + (i * NR + j) * 16 + 8 * h);
+  const int64_t full = k1 == c.k ? k0 + ((k1 - k0) & ~int64_t{15}) : k1;
+  const char* pf = ahead.pf;
+  for (int64_t k = k0; k < full; k += 16, pf += 64) {
+    for (int j = 0; j < ahead.rows; ++j) _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
     for (int h = 0; h < 2; ++h) {
       __m256 wv[NR];
       for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(w + j * c.w_row + k + 8 * h);
@@ -135,6 +171,13 @@ SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0) {
         for (int j = 0; j < NR; ++j) acc[i][j][h] = _mm256_fmadd_ps(wv[j], xv, acc[i][j][h]);
       }
     }
+  }
+  if (k1 < c.k) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        for (int h = 0; h < 2; ++h)
+          _mm256_store_ps(part + (i * NR + j) * 16 + 8 * h, acc[i][j][h]);
+    return;
   }
   for (int h = 0; h < 2 && full + 8 * h < c.k; ++h) {
     const int64_t left = c.k - full - 8 * h;
@@ -154,63 +197,68 @@ SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0) {
     }
 }
 
+template <int NR>
+SG_AVX512 void block512(const Call& c, int64_t rows, int64_t r, int64_t n, int64_t k0,
+                        int64_t k1, float* part, Ahead ahead) {
+  switch (rows) {
+    case 1: tile512<1, NR>(c, r, n, k0, k1, part, ahead); break;
+    case 2: tile512<2, NR>(c, r, n, k0, k1, part, ahead); break;
+    case 3: tile512<3, NR>(c, r, n, k0, k1, part, ahead); break;
+    case 4: tile512<4, NR>(c, r, n, k0, k1, part, ahead); break;
+    case 5: tile512<5, NR>(c, r, n, k0, k1, part, ahead); break;
+    default: tile512<6, NR>(c, r, n, k0, k1, part, ahead); break;
+  }
+}
+
 // Every row against weight rows n0 .. n1 - 1: tiles of kNr512 (the rest one by one), row
-// blocks of up to kMr512 (as even as can be: 16 rows are 6 + 5 + 5); with several blocks
-// the tile's rows go kChunk k steps at a time, every block over each chunk while it is in L1.
+// blocks of up to kMr512 (as even as can be: 16 rows are 6 + 5 + 5); each tile chunk by
+// chunk of K (`chunk_k`), every block over a chunk while it is in L1.
 SG_AVX512 void cols512(const Call& c, int64_t n0, int64_t n1) {
   const int64_t nb = (c.m + kMr512 - 1) / kMr512;
-  const int64_t chunk = nb == 1 ? c.k : kChunk;
+  const int64_t kc = chunk_k(c.k, c.m, kNr512);
   float* part = partial_sums(c.m * kNr512 * 16);
   for (int64_t n = n0; n < n1;) {
-    const bool whole = n + kNr512 <= n1;
-    for (int64_t k0 = 0; k0 < c.k || k0 == 0; k0 += chunk) {
-      const int64_t k1 = std::min(c.k, k0 + chunk);
+    const int64_t nr = n + kNr512 <= n1 ? kNr512 : 1;
+    for (int64_t k0 = 0;; k0 += kc) {
+      const int64_t k1 = std::min(c.k, k0 + kc);
       for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
         rows = (c.m - r + nb - b - 1) / (nb - b);
         float* p = part + r * kNr512 * 16;
-        if (whole) {
-          switch (rows) {
-            case 1: tile512<1, kNr512>(c, r, n, k0, k1, p); break;
-            case 2: tile512<2, kNr512>(c, r, n, k0, k1, p); break;
-            case 3: tile512<3, kNr512>(c, r, n, k0, k1, p); break;
-            case 4: tile512<4, kNr512>(c, r, n, k0, k1, p); break;
-            case 5: tile512<5, kNr512>(c, r, n, k0, k1, p); break;
-            default: tile512<6, kNr512>(c, r, n, k0, k1, p); break;
-          }
+        const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
+        if (nr == kNr512) block512<kNr512>(c, rows, r, n, k0, k1, p, ahead);
+        else block512<1>(c, rows, r, n, k0, k1, p, ahead);
+      }
+      if (k1 == c.k) break;
+    }
+    n += nr;
+  }
+}
+
+// Every row against weight rows n0 .. n1 - 1: tiles of kNr256 (the rest one by one), row
+// blocks of up to kMr256 (as even as can be), chunk by chunk of K as cols512.
+SG_AVX2 void cols256(const Call& c, int64_t n0, int64_t n1) {
+  const int64_t nb = (c.m + kMr256 - 1) / kMr256;
+  const int64_t kc = chunk_k(c.k, c.m, kNr256);
+  float* part = partial_sums(c.m * kNr256 * 16);
+  for (int64_t n = n0; n < n1;) {
+    const int64_t nr = n + kNr256 <= n1 ? kNr256 : 1;
+    for (int64_t k0 = 0;; k0 += kc) {
+      const int64_t k1 = std::min(c.k, k0 + kc);
+      for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
+        rows = (c.m - r + nb - b - 1) / (nb - b);
+        float* p = part + r * kNr256 * 16;
+        const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
+        if (nr == kNr256) {
+          if (rows == 1) tile256<1, kNr256>(c, r, n, k0, k1, p, ahead);
+          else tile256<2, kNr256>(c, r, n, k0, k1, p, ahead);
         } else {
-          switch (rows) {
-            case 1: tile512<1, 1>(c, r, n, k0, k1, p); break;
-            case 2: tile512<2, 1>(c, r, n, k0, k1, p); break;
-            case 3: tile512<3, 1>(c, r, n, k0, k1, p); break;
-            case 4: tile512<4, 1>(c, r, n, k0, k1, p); break;
-            case 5: tile512<5, 1>(c, r, n, k0, k1, p); break;
-            default: tile512<6, 1>(c, r, n, k0, k1, p); break;
-          }
+          if (rows == 1) tile256<1, 1>(c, r, n, k0, k1, p, ahead);
+          else tile256<2, 1>(c, r, n, k0, k1, p, ahead);
         }
       }
       if (k1 == c.k) break;
     }
-    n += whole ? kNr512 : 1;
-  }
-}
-
-// Every row against weight rows n0 .. n1 - 1: tiles of kNr256 (the rest one by one),
-// row blocks of up to kMr256 (as even as can be), each tile's rows in L1 for its blocks.
-SG_AVX2 void cols256(const Call& c, int64_t n0, int64_t n1) {
-  const int64_t nb = (c.m + kMr256 - 1) / kMr256;
-  for (int64_t n = n0; n < n1;) {
-    const bool whole = n + kNr256 <= n1;
-    for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
-      rows = (c.m - r + nb - b - 1) / (nb - b);
-      if (whole) {
-        if (rows == 1) tile256<1, kNr256>(c, r, n);
-        else tile256<2, kNr256>(c, r, n);
-      } else {
-        if (rows == 1) tile256<1, 1>(c, r, n);
-        else tile256<2, 1>(c, r, n);
-      }
-    }
-    n += whole ? kNr256 : 1;
+    n += nr;
   }
 }
 

@@ -35,10 +35,27 @@ ISAS = per_isa("isa", 2, 1)
                                  (576, 1536), (130, 700), (9, 2100)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_torch(isa, m, n, k, bias):
-    """K below, at and past a 16-lane step, past one k chunk (1,024) with several row
+    """K below, at and past a 16-lane step, over several chunks of K with several row
     blocks; N in whole tiles and with one-row tiles left."""
     x, w, b = case(m, n, k, bias)
     check(cpu_linear.small_gemm(x, w, b, threads=1, isa=isa), x, w, b)
+
+
+@ISAS
+@pytest.mark.parametrize("m", range(1, 18))
+def test_every_row_count_over_chunks_of_k(isa, m):
+    """1-17 rows against N = 37 (tiles of 4 or 3 and one-row tiles left) and K = 1,111:
+    several chunks of K (`chunk_k`: fewer rows, longer chunks) with a masked last step,
+    from strided rows of x and of the weight; the bits of each row computed alone."""
+    g = torch.Generator().manual_seed(100 + m)
+    w = (torch.randn(37, 1200, generator=g) * 0.05)[:, 40:1151]
+    x = torch.randn(m, 1250, generator=g)[:, 3:1114]
+    b = torch.randn(37, generator=g)
+    got = cpu_linear.small_gemm(x, w, b, threads=1, isa=isa)
+    check(got, x, w, b)
+    for i in {0, m // 2, m - 1}:
+        assert torch.equal(cpu_linear.small_gemm(x[i:i + 1], w, b, threads=1, isa=isa),
+                           got[i:i + 1])
 
 
 @ISAS
