@@ -91,7 +91,7 @@ inline Ahead ahead_of(const Call& c, int64_t n, int64_t nr, int64_t k1, int64_t 
 // out rows r .. r + MR - 1, columns n0 .. n0 + NR - 1, over k = k0 .. k1 - 1 (a multiple of
 // 16 apart unless k1 = K); accumulators continued from / kept in `part` ([MR][NR] vectors,
 // 64-byte aligned) when k0 > 0 / k1 < K; asking for `ahead`'s lines as it goes.
-template <int MR, int NR>
+template <int MR, int NR, bool ALL>
 SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k1,
                        float* part, Ahead ahead) {
   const float* x = c.x + r * c.x_row;
@@ -107,7 +107,8 @@ SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t
   for (int i = 0; i < MR; ++i) xr[i] = x + i * c.x_row;
   const char* pf = ahead.pf;
   for (int64_t k = k0; k < full; k += 16, pf += 64) {
-    for (int j = 0; j < ahead.rows; ++j) _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
+    for (int j = 0; j < (ALL ? NR : ahead.rows); ++j)
+      _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
     __m512 xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(xr[i] + k);
     for (int j = 0; j < NR; ++j) {
@@ -148,7 +149,7 @@ SG_AVX512 void tile512(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t
 }
 
 // The AVX2 twin: accumulators in halves (lanes 0-7, 8-15), kept in `part` as 16 floats.
-template <int MR, int NR>
+template <int MR, int NR, bool ALL>
 SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k1,
                      float* part, Ahead ahead) {
   const float* x = c.x + r * c.x_row;
@@ -162,7 +163,8 @@ SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k
   const int64_t full = k1 == c.k ? k0 + ((k1 - k0) & ~int64_t{15}) : k1;
   const char* pf = ahead.pf;
   for (int64_t k = k0; k < full; k += 16, pf += 64) {
-    for (int j = 0; j < ahead.rows; ++j) _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
+    for (int j = 0; j < (ALL ? NR : ahead.rows); ++j)
+      _mm_prefetch(pf + j * ahead.stride, _MM_HINT_T1);
     for (int h = 0; h < 2; ++h) {
       __m256 wv[NR];
       for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(w + j * c.w_row + k + 8 * h);
@@ -197,16 +199,17 @@ SG_AVX2 void tile256(const Call& c, int64_t r, int64_t n0, int64_t k0, int64_t k
     }
 }
 
-template <int NR>
+// ALL: the block asks for every row of the tile (the only block), the loop unrolled.
+template <int NR, bool ALL>
 SG_AVX512 void block512(const Call& c, int64_t rows, int64_t r, int64_t n, int64_t k0,
                         int64_t k1, float* part, Ahead ahead) {
   switch (rows) {
-    case 1: tile512<1, NR>(c, r, n, k0, k1, part, ahead); break;
-    case 2: tile512<2, NR>(c, r, n, k0, k1, part, ahead); break;
-    case 3: tile512<3, NR>(c, r, n, k0, k1, part, ahead); break;
-    case 4: tile512<4, NR>(c, r, n, k0, k1, part, ahead); break;
-    case 5: tile512<5, NR>(c, r, n, k0, k1, part, ahead); break;
-    default: tile512<6, NR>(c, r, n, k0, k1, part, ahead); break;
+    case 1: tile512<1, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
+    case 2: tile512<2, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
+    case 3: tile512<3, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
+    case 4: tile512<4, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
+    case 5: tile512<5, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
+    default: tile512<6, NR, ALL>(c, r, n, k0, k1, part, ahead); break;
   }
 }
 
@@ -225,8 +228,12 @@ SG_AVX512 void cols512(const Call& c, int64_t n0, int64_t n1) {
         rows = (c.m - r + nb - b - 1) / (nb - b);
         float* p = part + r * kNr512 * 16;
         const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
-        if (nr == kNr512) block512<kNr512>(c, rows, r, n, k0, k1, p, ahead);
-        else block512<1>(c, rows, r, n, k0, k1, p, ahead);
+        if (nr == kNr512) {
+          if (nb == 1) block512<kNr512, true>(c, rows, r, n, k0, k1, p, ahead);
+          else block512<kNr512, false>(c, rows, r, n, k0, k1, p, ahead);
+        } else {
+          block512<1, false>(c, rows, r, n, k0, k1, p, ahead);
+        }
       }
       if (k1 == c.k) break;
     }
@@ -248,12 +255,15 @@ SG_AVX2 void cols256(const Call& c, int64_t n0, int64_t n1) {
         rows = (c.m - r + nb - b - 1) / (nb - b);
         float* p = part + r * kNr256 * 16;
         const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
-        if (nr == kNr256) {
-          if (rows == 1) tile256<1, kNr256>(c, r, n, k0, k1, p, ahead);
-          else tile256<2, kNr256>(c, r, n, k0, k1, p, ahead);
+        if (nr == kNr256 && nb == 1) {
+          if (rows == 1) tile256<1, kNr256, true>(c, r, n, k0, k1, p, ahead);
+          else tile256<2, kNr256, true>(c, r, n, k0, k1, p, ahead);
+        } else if (nr == kNr256) {
+          if (rows == 1) tile256<1, kNr256, false>(c, r, n, k0, k1, p, ahead);
+          else tile256<2, kNr256, false>(c, r, n, k0, k1, p, ahead);
         } else {
-          if (rows == 1) tile256<1, 1>(c, r, n, k0, k1, p, ahead);
-          else tile256<2, 1>(c, r, n, k0, k1, p, ahead);
+          if (rows == 1) tile256<1, 1, false>(c, r, n, k0, k1, p, ahead);
+          else tile256<2, 1, false>(c, r, n, k0, k1, p, ahead);
         }
       }
       if (k1 == c.k) break;
