@@ -16,8 +16,9 @@
 // directly costs a horizontal sum per output (`reduce16x4`) and keeps the weights once; it
 // ran 16 rows and two threads 10-22% slower until its tiles went over K in chunks that stay
 // in L1 and asked for the lines read next (small_gemm_tiles.h, "Blocking"); since, a step's
-// linears take 0.88x-1.01x the column-group kernel's CPU (bench/RESULTS.md, "The
-// plain-layout tiles as fast as the column-group copy").
+// linears take 0.96x-1.08x the column-group kernel's CPU (SmolLM2-135M, 1-16 rows; 1.07x-1.08x
+// at 12-16) and 0.97x-1.06x for a Llama-3-8B layer (bench/RESULTS.md, "The plain-layout
+// tiles blocked for L1"), so cpu_linear still packs models of up to 1 GiB of linear weights.
 //
 // Numerics: out[m][n] = (the 16 lane sums of x[m][k] * W[n][k], lane j over k = j, j + 16,
 // ... in order, one fused multiply-add a term, reduced in a fixed tree) + bias[n]. The order

@@ -18,10 +18,12 @@ weight"): "once", where oneDNN reorders the plain parameter inside each call and
 GEMM reads its rows (csrc/small_gemm_tiles.h); and "packed", where `pack` adds oneDNN's
 reordered copy and a column-group copy (`pack_rows`, csrc/small_gemm_groups.h) beside the
 parameter: 3x the linear weights' memory (+1,026 MiB for SmolLM2-135M), measured faster
-(`bench/engine_linear.py --modes`: "once" takes 1.10x the CPU of a step's linears at 16
-rows on one thread, 1.15-1.22x on two, 1.06-1.11x at 64-256 rows). A model takes "packed" while
-its linear weights fit in `PACKED_MAX_BYTES` (1 GiB: the copies cost at most 2 GiB), else
-"once"; KVSAGA_CPU_WEIGHTS overrides.
+(`bench/engine_linear.py --modes`: "once" takes 0.96x-1.08x the CPU of SmolLM2-135M's step
+linears at 1-16 rows, 1.07x-1.08x at 12-16, and 0.97x-1.06x of a Llama-3-8B layer's, since
+the plain-layout tiles were blocked for L1 (bench/RESULTS.md, "The plain-layout tiles
+blocked for L1"); 1.06-1.11x at 64-256 rows, oneDNN's reorder inside each call). A model
+takes "packed" while its linear weights fit in `PACKED_MAX_BYTES` (1 GiB: the copies cost at
+most 2 GiB), else "once"; KVSAGA_CPU_WEIGHTS overrides.
 
 `pack` checks, once per weight, that each path agrees with `F.linear` on a random probe and
 records which weight it checked. `linear` takes those paths while the weight is still that
