@@ -33,6 +33,7 @@
 
 #include "class_table.h"
 #include "elapsed_grid.h"
+#include "few_refs.h"
 #include "ghost_list.h"
 #include "prefetch.h"
 #include "session_keys.h"
@@ -401,23 +402,18 @@ class SessionHeap {
   nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit,
                    nb::handle held, nb::handle bases = nb::handle()) {
     if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
-    nb::object ds = nb::steal(PySequence_List(drops.ptr()));
-    if (!ds.is_valid()) throw_current();
-    nb::object ps = nb::steal(PySequence_List(pushes.ptr()));
-    if (!ps.is_valid()) throw_current();
-    Py_ssize_t nd = PyList_GET_SIZE(ds.ptr()), np = PyList_GET_SIZE(ps.ptr());
+    // Snapshots of both, each item held (few_refs.h: no list built for a set of marks)
+    few_refs::FewRefs ds, ps;
+    if (!ds.read(drops.ptr()) || !ps.read(pushes.ptr())) throw_current();
+    Py_ssize_t nd = ds.size(), np = ps.size();
     for (Py_ssize_t i = 0; i < nd; ++i)
-      if (PyObject_Hash(PyList_GET_ITEM(ds.ptr(), i)) == -1) throw_current();
-    if (held.is_valid()) {  // the gone first (swapped within the list: no reference moves)
+      if (PyObject_Hash(ds[i]) == -1) throw_current();
+    if (held.is_valid()) {  // the gone first (swapped within the snapshot)
       Py_ssize_t gone = 0;
       for (Py_ssize_t i = 0; i < nd; ++i) {
-        PyObject* sid = PyList_GET_ITEM(ds.ptr(), i);
-        int in = PyDict_Contains(held.ptr(), sid);
+        int in = PyDict_Contains(held.ptr(), ds[i]);
         if (in < 0) throw_current();
-        if (!in) {
-          PyObject** items = reinterpret_cast<PyListObject*>(ds.ptr())->ob_item;
-          std::swap(items[gone++], items[i]);
-        }
+        if (!in) std::swap(ds.data()[gone++], ds.data()[i]);
       }
       nd = gone;
     }
@@ -428,15 +424,14 @@ class SessionHeap {
     std::vector<Pushed> many(np > kFewPushes ? np : 0);
     Pushed* read = np > kFewPushes ? many.data() : few;
     for (Py_ssize_t i = 0; i < np; ++i)
-      read[i] = read_refresh(i, PyList_GET_ITEM(ps.ptr(), i), inv_cdf_);
+      read[i] = read_refresh(i, ps[i], inv_cdf_);
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
-    for (Py_ssize_t i = 0; i < nd; ++i) drop(PyList_GET_ITEM(ds.ptr(), i));
+    for (Py_ssize_t i = 0; i < nd; ++i) drop(ds[i]);
     if (bases.is_valid())
-      for (Py_ssize_t i = 0; i < nd; ++i)
-        if (PyDict_DelItem(bases.ptr(), PyList_GET_ITEM(ds.ptr(), i)) < 0) {
-          if (!PyErr_ExceptionMatches(PyExc_KeyError)) throw_current();
-          PyErr_Clear();
-        }
+      for (Py_ssize_t i = 0; i < nd; ++i) {  // (absent ones skipped without a KeyError made)
+        int in = PyDict_Contains(bases.ptr(), ds[i]);
+        if (in < 0 || (in && PyDict_DelItem(bases.ptr(), ds[i]) < 0)) throw_current();
+      }
     for (Py_ssize_t i = 0; i < np; ++i) apply(read[i], now);
     return due(now);
   }

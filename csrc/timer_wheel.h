@@ -84,11 +84,17 @@ class TimerWheel {
       }
       pull_far();
       std::vector<Timer>& here = ring_[at(cur_)];
-      if (!here.empty()) {
+      // Only the bucket's due timers are sorted and fired (a bucket read before its end,
+      // as every search within its millisecond reads it, holds mostly later ones, whose
+      // order nothing reads until they are due); none due: the bucket stays as it is.
+      const size_t n = static_cast<size_t>(
+          std::partition(here.begin(), here.end(),
+                         [now](const Timer& t) { return t.when <= now; }) - here.begin());
+      if (n > 0) {
         batch_.swap(here);  // fire from a copy: `fire` may push into this bucket
-        std::sort(batch_.begin(), batch_.end(), timer_before);
-        size_t n = 0;
-        while (n < batch_.size() && batch_[n].when <= now) ahead(batch_[n++]);
+        std::sort(batch_.begin(), batch_.begin() + static_cast<std::ptrdiff_t>(n),
+                  timer_before);
+        for (size_t j = 0; j < n; ++j) ahead(batch_[j]);
         for (size_t j = 0; j < n; ++j) ahead2(batch_[j]);
         size_t i = 0;
         try {

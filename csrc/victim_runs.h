@@ -182,6 +182,8 @@ inline bool slices_differ(PyObject* g, PyObject* ids, Py_ssize_t at, Py_ssize_t 
   return false;
 }
 
+constexpr Py_ssize_t kFewRuns = 16;  // runs whose session ids `cut_tails` compares pairwise
+
 // Take each run (sid, k) of `runs` off the tail of its group in `groups` when the runs are
 // `block_ids` in order, all of them, each run its session's first k blocks and no session
 // twice: delete them (the whole group when k is its length) and add each session to every
@@ -204,8 +206,15 @@ inline bool cut_tails(nb::handle groups, nb::handle runs, nb::handle block_ids,
   PyObject* ids = block_ids.ptr();
   std::vector<nb::object> cut;  // each run's group, checked first
   cut.reserve(n);
-  nb::object seen = nb::steal(PySet_New(nullptr));
-  if (!seen.is_valid()) throw_current();
+  // No session twice: the few str ids of a search's runs compared with those before (no
+  // Python code runs for an exact str, and no set is made), other ids through a set.
+  bool few_str = n <= kFewRuns;
+  for (Py_ssize_t r = 0; few_str && r < n; ++r) few_str = PyUnicode_CheckExact(sid_of(rs, r));
+  nb::object seen;
+  if (!few_str) {
+    seen = nb::steal(PySet_New(nullptr));
+    if (!seen.is_valid()) throw_current();
+  }
   Py_ssize_t i = 0;
   for (Py_ssize_t r = 0; r < n; ++r) {
     PyObject* sid = sid_of(rs, r);
@@ -213,10 +222,17 @@ inline bool cut_tails(nb::handle groups, nb::handle runs, nb::handle block_ids,
     nb::object g = group_of(groups, sid);
     if (!g.is_valid() || k > PyList_GET_SIZE(g.ptr()) || i + k > PyList_GET_SIZE(ids))
       return false;
-    int dup = PySet_Contains(seen.ptr(), sid);
-    if (dup < 0) throw_current();
+    int dup = 0;
+    if (few_str) {
+      for (Py_ssize_t q = 0; !dup && q < r; ++q) {
+        PyObject* other = sid_of(rs, q);
+        dup = other == sid || PyUnicode_Compare(other, sid) == 0;
+      }
+    } else if ((dup = PySet_Contains(seen.ptr(), sid)) < 0) {
+      throw_current();
+    }
     if (dup || slices_differ(g.ptr(), ids, i, k)) return false;
-    if (PySet_Add(seen.ptr(), sid) < 0) throw_current();
+    if (!few_str && PySet_Add(seen.ptr(), sid) < 0) throw_current();
     cut.push_back(std::move(g));
     i += k;
   }

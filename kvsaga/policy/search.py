@@ -302,7 +302,9 @@ class VictimSearch:
         # The index keeps the sessions it names aside: eviction re-keys them; the next
         # search puts back those it did not (a caller that only asks, as `eviction_order`).
         if whole:
-            self._plan = (out.copy(), self._runs)  # its uncaching needs no work per block
+            # Its uncaching needs no work per block. (The victims as returned, not a copy:
+            # the plan's runs are what its uncaching reads, and the caller evicts the list.)
+            self._plan = (out, self._runs)
             return out
         out = []
         streams = self._queue_streams(now) if self.dead._size or self.plain._size else []
