@@ -49,7 +49,8 @@ residual of the demotions seen, given how long this one has lasted. Found on swe
 the tuning seed; docs/architecture.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
 How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
-kvsaga/policy/return_forecast.py.
+kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's
+clock (`demoted_size`, opt-in): kvsaga/policy/size_effect.py.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
