@@ -54,7 +54,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
         return math.nan
     a, b = ranks(xs), ranks(ys)
     ma, mb = statistics.fmean(a), statistics.fmean(b)
-    sab = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    sab = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
     saa = sum((x - ma) ** 2 for x in a)
     sbb = sum((y - mb) ** 2 for y in b)
     return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else math.nan
@@ -113,7 +113,7 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
 
     def med(v: list[float]) -> str:
         return f"{statistics.median(v):.2f}" if v else "-"
-    err = [abs(math.log(max(r, lo) / max(x, lo))) for x, r in zip(f, real)]
+    err = [abs(math.log(max(r, lo) / max(x, lo))) for x, r in zip(f, real, strict=True)]
     by_size = sorted(pol.lengths)
     thirds = [by_size[i * len(by_size) // 3:(i + 1) * len(by_size) // 3] for i in range(3)]
     third = "; ".join(f"{t[0][0]}-{t[-1][0]} blocks: {med([x for _, x in t])} s"

@@ -34,6 +34,7 @@ import math
 
 from kvsaga.policy.returns import TRACKED_WORKFLOWS
 
+
 class SizeElasticity:
     """Per workflow, the least-squares slope of log(demotion length) on log(context
     blocks), shrunk towards the pooled within-workflow slope, and that towards 0; and the
