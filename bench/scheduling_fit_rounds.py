@@ -91,7 +91,21 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # fit's non-thrash check rejected both (assistant seed 104 1x 25% tasks/h -2.5%, seed 105 SLO
 # attainment 1.00 -> 0.90): the default stayed, both opt-in (RESULTS "Predict when admitted
 # contexts leave").
+# Round 24 (issue 10, session 22; committed before it ran, with the code): the growth
+# charge. At bfcl 1x 25% on the fit seeds (101-106), of the demotions that follow a queued
+# step's growth charged again (422 of 751), `bench/scheduling_charge_split.py` finds 142
+# (34%) a double count (a running step was charged its prompt, which holds its tool's
+# observation, plus the growth from one finish to the next, which predicts that observation
+# again: with the growth counted once the sets fit the tiers), 188 (45%) an over-prediction
+# (they fit with each step charged the context it reached) and 92 (22%) a real need. The
+# double count is fixed as a bug: `growth_charge` "once", the new default (PREVIOUS below
+# runs it); "step", the old charge, is in the grid for the record of what the fix does.
+# The candidate: "prompt" (a queued step charged on its prompt, known at its queueing, plus
+# its expected reply learned online; a running step the same, as "remaining"): what the
+# evidence supports, no constant. Probe before the round (`... bfcl 1 0.25 101,102,106`):
+# mean TCT 17.2 / 27.5 / 23.7 s ("step") -> 18.1 / 25.7 / 19.1 ("once") -> 14.9 / 26.2 /
+# 19.8 ("prompt").
 FIT_GRID = [
-    {"readmit_charge": "cost_leave"},
-    {"readmit_charge": "cost_leave_waits"},
+    {"growth_charge": "step"},
+    {"growth_charge": "prompt"},
 ]

@@ -217,8 +217,7 @@ class Demotions:
             return None  # some of its context was evicted: it is admitted again as demoted
         shares = self._shares(self.overcommit * self.capacity, info.tenant)
         if shares is not None:  # its working set once undone, not its charge when demoted
-            new = self._working_set(info.workflow, info.context - info.shared, info.steps,
-                                    info.tool, "admitted" if info.on_prompt else "queued")
+            new = self._step_blocks(info)
             if self._tenant_blocks.get(info.tenant, 0) + new > shares[info.tenant]:
                 return None
         for p in passed:  # its step goes ahead of theirs (`_insert_demoted`'s count)

@@ -171,10 +171,10 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             and phase (`kvsaga.scheduler.growth_calibration` says why); growth_prior_steps:
             its pseudo-observations of no correction (a fresh scheduler charges as if off).
         growth_charge: what an admitted or running step is charged beside its prompt:
-            "step" (the workflow's growth from one finish to the next, observation and
-            reply) or "remaining" (its expected reply alone, learned online: the prompt
-            already holds the observation); a queued step is charged a whole step either
-            way. growth_reserve: z >= 0, finite: admission keeps z standard deviations
+            "once" (the default: the growth from its last finish, counted once), "step"
+            (that growth on top of its prompt: the observation twice), "remaining" (its
+            expected reply, learned online), "prompt" ("remaining", and a queued step on its
+            prompt too); else a queued step a whole step. growth_reserve: z >= 0, finite: admission keeps z standard deviations
             of the admitted sessions' summed growth still to come free, so paused
             contexts stay resident when steps outgrow their means (0: off).
             paused_reserve: admission keeps room for paused sessions' next growth too
@@ -235,7 +235,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
         growth_quantile: float = 0.0,
         growth_prior_steps: float = 8.0,
-        growth_charge: str = "step",
+        growth_charge: str = "once",
         growth_reserve: float = 0.0,
         paused_reserve: bool | str = False,
         undo_demotion: bool | str = False,
@@ -352,7 +352,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
                 self._resumed.append(req)
                 info.active = True
                 if not self.paused_growth:  # its next step came: its growth counts again
-                    self._set_blocks(info)
+                    self._queue_charge(info, req)  # `WorkingSetGate`
                     if self.queue_shrink:
                         self._shrink(now)
             return
