@@ -20,8 +20,10 @@ from tests.engine.helpers import TINY_VOCAB
 NUM_BLOCKS = 14  # 224 tokens: the stream below needs far more at once
 BUDGET = 48  # tokens per batch: prompts are prefilled in chunks
 # undo_demotion with a growth prior under which `stream()`'s shrink demotes (and the default
-# 256-token prior, 16 blocks, keeps the gate shut instead): the parity rows below.
-UNDO = {"undo_demotion": True, "prior_growth_tokens": 16}
+# 256-token prior, 16 blocks, keeps the gate shut instead): the parity rows below. With the
+# growth counted twice on a running step (`growth_charge` "step", the default before session
+# 22): with "once", the default now, the stream's shrink demotes nobody.
+UNDO = {"undo_demotion": True, "prior_growth_tokens": 16, "growth_charge": "step"}
 # the same prior without the undo: the stream's one demoted session's step comes back
 # through the gate's re-admission charge (`readmit_charge`), which these rows set. On this
 # stream "full" charges it its whole context and "binding" / "binding_short" answer
@@ -32,7 +34,7 @@ UNDO = {"undo_demotion": True, "prior_growth_tokens": 16}
 # none changes the admissions (the unit tests in tests/scheduler/test_readmit_binding*.py
 # and test_readmit_charge_cost.py cover the decisions): these rows check that the engine
 # and the simulator run the same code to the same log with each value.
-READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16}
+READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16, "growth_charge": "step"}
            for c in ("full", "binding", "binding_short", "cost", "cost_ends", "cost_leave",
                      "cost_leave_waits")]
 
@@ -141,6 +143,9 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"growth_charge": "remaining", "growth_reserve": 1.0}),
     ("workflow", {"growth_charge": "remaining", "paused_reserve": True}),
     ("workflow", {"paused_reserve": "short"}),
+    ("workflow", {"growth_charge": "step"}),
+    ("workflow", {"growth_charge": "prompt"}),
+    ("workflow", {"growth_charge": "prompt", "prior_growth_tokens": 16}),
     ("workflow", {"shrink_order": "least_work"}),
     ("workflow", {"readmit_cost": "uncached"}),
     ("workflow", UNDO),

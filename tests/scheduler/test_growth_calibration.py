@@ -112,9 +112,10 @@ def test_a_session_that_grows_less_than_charged_stops_reserving():
     """Uncalibrated, each admitted step is charged its prompt + 16 tokens (the growth from
     one finish to the next), though only 1 is still to come; calibrated, the charge falls to
     the prompt + what the steps realized, and a fresh calibration charges as if off."""
-    off = _admitted_blocks(12)
-    on = _admitted_blocks(12, growth_quantile=0.9, growth_prior_steps=0.0)
-    shrunk = _admitted_blocks(12, growth_quantile=0.9)
+    off = _admitted_blocks(12, growth_charge="step")  # the charge it calibrates
+    on = _admitted_blocks(12, growth_charge="step", growth_quantile=0.9,
+                          growth_prior_steps=0.0)
+    shrunk = _admitted_blocks(12, growth_charge="step", growth_quantile=0.9)
     prompts = [20 + 16 * k for k in range(12)]
     assert off[0] == on[0] == shrunk[0]  # nothing observed yet: the same charge
     assert off[-1] == math.ceil((prompts[-1] + 16) / BS)

@@ -38,19 +38,24 @@ def _charges(steps: int, **kw) -> list[tuple[int | None, int, int | None]]:
 
 
 def test_an_admitted_step_is_charged_its_reply_and_a_paused_one_its_observation_too():
-    step = _charges(6)
+    step = _charges(6, growth_charge="step")
     remaining = _charges(6, growth_charge="remaining")
-    # Nothing observed yet: both charge the prompt + the prior growth (8 tokens).
-    assert step[0] == remaining[0] == (None, math.ceil((20 + 8) / BS), math.ceil((21 + 8) / BS))
+    once = _charges(6)  # the default
+    # Nothing observed yet: all charge the prompt + the prior growth (8 tokens).
+    assert step[0] == remaining[0] == once[0] == (
+        None, math.ceil((20 + 8) / BS), math.ceil((21 + 8) / BS))
     for k in range(3, 6):  # the growth table has seen 16-token growth by now
         prompt = 20 + 16 * k
         last_finish = prompt - 16 + 1  # the previous step's context at its finish
         assert remaining[k][1] == math.ceil((prompt + 1) / BS)  # the 1-token reply only
         assert step[k][1] == math.ceil((prompt + 16) / BS)  # the observation again
+        # "once": the context predicted at its queueing, not the growth again on the prompt.
+        assert once[k][1] == math.ceil(max(prompt, last_finish + 16) / BS) < step[k][1]
         # Queued and paused: the observation and the reply are still to come, either way.
-        assert remaining[k][0] == step[k][0] == math.ceil((last_finish + 16) / BS)
+        assert remaining[k][0] == step[k][0] == once[k][0] == math.ceil((last_finish + 16) / BS)
         if k < 5:
-            assert remaining[k][2] == step[k][2] == math.ceil((prompt + 1 + 16) / BS)
+            assert remaining[k][2] == step[k][2] == once[k][2] == math.ceil(
+                (prompt + 1 + 16) / BS)
 
 
 def _pause_a(m, s, growths: list[int]) -> tuple[ToyExecutor, list[int], float]:
@@ -127,7 +132,7 @@ def test_no_spread_no_reserve():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"growth_charge": "all"}, "growth_charge must be one of step, remaining"),
+    ({"growth_charge": "all"}, "growth_charge must be one of once, step, remaining, prompt"),
     ({"growth_reserve": -1.0}, "growth_reserve must be a number >= 0"),
     ({"growth_reserve": math.inf}, "growth_reserve must be finite"),
     ({"growth_reserve": "1"}, "growth_reserve must be a number"),
