@@ -105,6 +105,14 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # evidence supports, no constant. Probe before the round (`... bfcl 1 0.25 101,102,106`):
 # mean TCT 17.2 / 27.5 / 23.7 s ("step") -> 18.1 / 25.7 / 19.1 ("once") -> 14.9 / 26.2 /
 # 19.8 ("prompt").
+# Outcome: "prompt" ranked first (2 distinct p95 misses, smallest gain 1.51x at bfcl 1x
+# 25%), "step" second (2, 1.40x), "once" (PREVIOUS) last (3: a new 0.99x at bfcl 1x 25%
+# seed 102; 1.43x). The non-thrash check rejected "prompt" (swe seed 103 1x mean +5.5%, p95
+# +7.2%, SLO 1.00 -> 0.96; web seed 105 1x p95 +6.6%) and "step" (web seed 105 1x p95
+# +3.2% against "once"), so "once" stays. Judged the other way, "once" against "step"
+# makes web seed 105 1x mean TCT +3.8% (its p95 -3.1%), and on the AFS fit seeds it raises
+# 17 of 32 mix ratios (11 mostly through the tenants' runs alone): the lead's call (RESULTS
+# "Count a step's predicted growth once").
 FIT_GRID = [
     {"growth_charge": "step"},
     {"growth_charge": "prompt"},

@@ -531,7 +531,8 @@ class WorkingSetGate:
         `growth_charge` "prompt" the step is charged on its prompt, known now (the tool's
         observation in it), plus its expected reply, as once admitted ("remaining"'s
         charge); else on its last finish's context plus the growth predicted from it.
-        Why "prompt" (opt-in, `--fit` round 24): at bfcl 1x 25% on the fit seeds, with the
+        Why "prompt" (opt-in: `--fit` round 24 ranked it first, smallest gain 1.51x, and
+        its non-thrash check rejected it, swe seed 103 1x mean +5.5%): at bfcl 1x 25% on the fit seeds, with the
         growth counted once, 45% of the demotions after a queued step's charge (188 of
         422) still come from predicted growth the realized contexts did not reach, while
         the observation that prediction stands for is already known when the step queues
