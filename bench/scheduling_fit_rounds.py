@@ -98,8 +98,8 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # observation, plus the growth from one finish to the next, which predicts that observation
 # again: with the growth counted once the sets fit the tiers), 188 (45%) an over-prediction
 # (they fit with each step charged the context it reached) and 92 (22%) a real need. The
-# double count is fixed as a bug: `growth_charge` "once", the new default (PREVIOUS below
-# runs it); "step", the old charge, is in the grid for the record of what the fix does.
+# double count was landed as a bug fix: `growth_charge` "once" as the default (PREVIOUS
+# below ran it); "step", the charge before, is in the grid for the record.
 # The candidate: "prompt" (a queued step charged on its prompt, known at its queueing, plus
 # its expected reply learned online; a running step the same, as "remaining"): what the
 # evidence supports, no constant. Probe before the round (`... bfcl 1 0.25 101,102,106`):
@@ -111,8 +111,10 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # +7.2%, SLO 1.00 -> 0.96; web seed 105 1x p95 +6.6%) and "step" (web seed 105 1x p95
 # +3.2% against "once"), so "once" stays. Judged the other way, "once" against "step"
 # makes web seed 105 1x mean TCT +3.8% (its p95 -3.1%), and on the AFS fit seeds it raises
-# 17 of 32 mix ratios (11 mostly through the tenants' runs alone): the lead's call (RESULTS
-# "Count a step's predicted growth once").
+# 17 of 32 mix ratios (11 mostly through the tenants' runs alone). The lead reverted the
+# default to "step" the same session: the rule ranks "step" (2 distinct p95 misses) above
+# "once" (3), and "once" makes a non-thrash figure worse than the code before it; "once"
+# and "prompt" stay opt-in (RESULTS "Count a step's predicted growth once").
 FIT_GRID = [
     {"growth_charge": "step"},
     {"growth_charge": "prompt"},

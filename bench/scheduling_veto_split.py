@@ -103,7 +103,8 @@ def compare_lines(base: list[dict], cand: list[dict], label: str) -> list[str]:
         out.append(f"| {r['mix']} seed {r['seed']} {r['frac']:.0%} | {b['ratio']:.2f} -> "
                    f"{r['ratio']:.2f} | {cells} | {ds:+.3f} / {da:+.3f} | {through} | "
                    f"{', '.join(slower) or '-'} |")
-    out.append(f"{label}: ratio higher at {counts['up']} of {len(cand)} cases ({counts['up_shared']}"
+    out.append(f"{label}: ratio higher at {counts['up']} of {len(cand)} cases "
+               f"({counts['up_shared']}"
                f" mostly through the shared TCTs, {counts['up_alone']} mostly through the "
                f"alone TCTs), lower or equal at {counts['down']}; a tenant slower together "
                f"(shared TCT +1% or more) at {counts['slower']}")

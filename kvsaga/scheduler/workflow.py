@@ -171,11 +171,13 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             and phase (`kvsaga.scheduler.growth_calibration` says why); growth_prior_steps:
             its pseudo-observations of no correction (a fresh scheduler charges as if off).
         growth_charge: what an admitted or running step is charged beside its prompt:
-            "once" (the default: the growth from its last finish, counted once), "step"
-            (that growth on top of its prompt: the observation twice), "remaining" (its
-            expected reply, learned online), "prompt" ("remaining", and a queued step on its
-            prompt too); else a queued step a whole step. growth_reserve: z >= 0, finite: admission keeps z standard deviations
-            of the admitted sessions' summed growth still to come free, so paused
+            "step" (the default: the growth from its last finish, which predicts the tool's
+            observation the prompt holds: counted twice, in effect the paused contexts' room:
+            "once", that growth counted once, fails the non-thrash check, `--fit` round
+            24), "remaining" (its expected reply, learned online), "prompt" ("remaining",
+            and a queued step on its prompt too); else a queued step a whole step.
+            growth_reserve: z >= 0, finite: admission keeps z standard deviations of the
+            admitted sessions' summed growth still to come free, so paused
             contexts stay resident when steps outgrow their means (0: off).
             paused_reserve: admission keeps room for paused sessions' next growth too
             (not charged: the shrink ignores it); "short": only for new sessions while a
@@ -235,7 +237,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
         growth_quantile: float = 0.0,
         growth_prior_steps: float = 8.0,
-        growth_charge: str = "once",
+        growth_charge: str = "step",
         growth_reserve: float = 0.0,
         paused_reserve: bool | str = False,
         undo_demotion: bool | str = False,

@@ -38,9 +38,12 @@ READMIT_COST_ENDS = "cost_ends"
 # "cost_leave" / "cost_leave_waits": "cost" with the wait from per-session predictions of
 # when admitted contexts leave (`kvsaga.scheduler.leave_forecast`).
 # `WorkflowScheduler(growth_charge=...)`: what an admitted (or running) step is charged.
-# "once" (the default since session 22): the growth predicted from its last finish counted
-# once (`WorkingSetGate._step_blocks`); "step": that growth again on top of its prompt (the
-# default before: it counted the tool's observation twice); "remaining", "prompt": below.
+# "step" (the default): the growth predicted from its last finish on top of its prompt,
+# which already holds the tool's observation that growth predicts: the observation counts
+# twice, and that over-charge is in effect the room the paused contexts keep ("once", the
+# growth counted once (`WorkingSetGate._step_blocks`), lifted bfcl 1x 25% 1.40x -> 1.43x on
+# the fit seeds but made web seed 105 1x mean TCT +3.8% and raised 17 of 32 AFS mix ratios:
+# opt-in, `--fit` round 24); "remaining", "prompt": below.
 GROWTH_CHARGES = ("once", "step", "remaining", "prompt")
 # "remaining" and "prompt": an admitted step is charged its prompt plus its expected reply
 # (learned online); "prompt" charges a queued step the same, on its prompt, known at its
@@ -511,11 +514,13 @@ class WorkingSetGate:
         is charged max(prompt, last finish's context + the growth predicted from it): the
         growth from one finish to the next is the tool's observation and the reply, and the
         prompt already holds the observation, so "step"'s prompt + that growth counted the
-        observation twice (once arrived, once predicted). Why a bug, not a choice (RESULTS
-        "Scheduling", session 22, `bench/scheduling_charge_split.py`; fit seeds 101-106,
-        bfcl 1x 25%): a running step adds 3% of that growth to its prompt (sums over every
-        finish), and 34% of the demotions after a queued step's charge (142 of 422) would
-        not have happened with the growth counted once. A session admitted anew (no finish
+        observation twice (once arrived, once predicted). On the fit seeds 101-106 at bfcl 1x
+        25% a running step adds 3% of that growth to its prompt (sums over every finish),
+        and 34% of the demotions after a queued step's charge (142 of 422) would not have
+        happened with the growth counted once (`bench/scheduling_charge_split.py`); but
+        that over-charge is the only room "step" keeps for paused contexts, and "once"
+        fails the non-thrash check against it, so it is opt-in (RESULTS "Scheduling",
+        "Count a step's predicted growth once"). A session admitted anew (no finish
         since its admission) has no last finish to count from: prompt + growth, as before."""
         own = info.context - info.shared
         phase = "admitted" if info.on_prompt else "queued"
@@ -532,11 +537,11 @@ class WorkingSetGate:
         observation in it), plus its expected reply, as once admitted ("remaining"'s
         charge); else on its last finish's context plus the growth predicted from it.
         Why "prompt" (opt-in: `--fit` round 24 ranked it first, smallest gain 1.51x, and
-        its non-thrash check rejected it, swe seed 103 1x mean +5.5%): at bfcl 1x 25% on the fit seeds, with the
-        growth counted once, 45% of the demotions after a queued step's charge (188 of
-        422) still come from predicted growth the realized contexts did not reach, while
-        the observation that prediction stands for is already known when the step queues
-        (`bench/scheduling_charge_split.py`)."""
+        its non-thrash check rejected it, swe seed 103 1x mean +5.5%): at bfcl 1x 25% on
+        the fit seeds, with the growth counted once, 45% of the demotions after a queued
+        step's charge (188 of 422) still come from predicted growth the realized contexts
+        did not reach, while the observation that prediction stands for is already known
+        when the step queues (`bench/scheduling_charge_split.py`)."""
         if self.growth_charge == "prompt" and req.num_tokens > info.context:
             info.context = req.num_tokens
             info.on_prompt = True

@@ -21,8 +21,8 @@ NUM_BLOCKS = 14  # 224 tokens: the stream below needs far more at once
 BUDGET = 48  # tokens per batch: prompts are prefilled in chunks
 # undo_demotion with a growth prior under which `stream()`'s shrink demotes (and the default
 # 256-token prior, 16 blocks, keeps the gate shut instead): the parity rows below. With the
-# growth counted twice on a running step (`growth_charge` "step", the default before session
-# 22): with "once", the default now, the stream's shrink demotes nobody.
+# growth counted twice on a running step (`growth_charge` "step", the default, pinned here:
+# with "once" the stream's shrink demotes nobody).
 UNDO = {"undo_demotion": True, "prior_growth_tokens": 16, "growth_charge": "step"}
 # the same prior without the undo: the stream's one demoted session's step comes back
 # through the gate's re-admission charge (`readmit_charge`), which these rows set. On this
@@ -143,7 +143,7 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"growth_charge": "remaining", "growth_reserve": 1.0}),
     ("workflow", {"growth_charge": "remaining", "paused_reserve": True}),
     ("workflow", {"paused_reserve": "short"}),
-    ("workflow", {"growth_charge": "step"}),
+    ("workflow", {"growth_charge": "once"}),
     ("workflow", {"growth_charge": "prompt"}),
     ("workflow", {"growth_charge": "prompt", "prior_growth_tokens": 16}),
     ("workflow", {"shrink_order": "least_work"}),

@@ -38,9 +38,9 @@ def _charges(steps: int, **kw) -> list[tuple[int | None, int, int | None]]:
 
 
 def test_an_admitted_step_is_charged_its_reply_and_a_paused_one_its_observation_too():
-    step = _charges(6, growth_charge="step")
+    step = _charges(6)  # the default
     remaining = _charges(6, growth_charge="remaining")
-    once = _charges(6)  # the default
+    once = _charges(6, growth_charge="once")
     # Nothing observed yet: all charge the prompt + the prior growth (8 tokens).
     assert step[0] == remaining[0] == once[0] == (
         None, math.ceil((20 + 8) / BS), math.ceil((21 + 8) / BS))

@@ -1,13 +1,15 @@
-"""The `workflow` gate counts a step's predicted growth once (`growth_charge` "once", the
-default since session 22; kvsaga/scheduler/working_set_gate.py `_step_blocks`) and, opt-in,
-charges a queued step on its known prompt ("prompt", `_queue_charge`).
+"""The `workflow` gate counts a step's predicted growth once (`growth_charge` "once", opt-in;
+kvsaga/scheduler/working_set_gate.py `_step_blocks`) and charges a queued step on its known
+prompt ("prompt", opt-in, `_queue_charge`).
 
 The growth table learns the growth from one finish to the next: the tool's observation and
 the step's reply. A queued step is charged its last finish's context plus that growth. Once
-admitted its prompt holds the observation, and "step" (the old default) charged the prompt
+admitted its prompt holds the observation, and "step" (the default) charges the prompt
 plus that growth again: the observation twice. At bfcl 1x 25% on the fit seeds that double
 count took the admitted working sets over the tiers, and the shrink demoted paused sessions
-for growth that never came (RESULTS "Scheduling", session 22)."""
+for growth that never came; but that over-charge is the only room "step" keeps for paused
+contexts, and "once" failed the non-thrash check against it (RESULTS "Scheduling",
+"Count a step's predicted growth once"), so "step" stays the default."""
 
 from __future__ import annotations
 
@@ -127,7 +129,7 @@ def test_prompt_without_a_reply_seen_charges_the_growth():
 
 def test_growth_charge_values_and_the_default():
     from kvsaga.scheduler import WorkflowScheduler
-    assert WorkflowScheduler.__init__.__kwdefaults__["growth_charge"] == "once"
+    assert WorkflowScheduler.__init__.__kwdefaults__["growth_charge"] == "step"
     assert set(GROWTH_CHARGES) == {"once", "step", "remaining", "prompt"}
     with pytest.raises(ValueError, match="growth_charge must be one of once, step"):
         wf(manager(16), growth_charge="twice")
@@ -145,5 +147,5 @@ def test_kvsaga_serve_takes_the_values(value):
         ServerSettings(scheduler_params={"growth_charge": "twice"})
 
 
-for _value in ("prompt", "step"):
+for _value in ("prompt", "once"):
     globals().update(machines(f"growth_{_value}", {**DEMOTING, "growth_charge": _value}))

@@ -37,8 +37,8 @@ def _grow_a_past_its_share(**kw):
 
 
 def test_shrink_keeps_a_paused_session_within_its_share():
-    # "step": A's charge is its prompt + its predicted growth, over the tiers; under "once"
-    # (the default) A is charged the larger of its prompt and its predicted context, and the
+    # "step" (the default): A's charge is its prompt + its predicted growth, over the tiers;
+    # under "once" A is charged the larger of its prompt and its predicted context, and the
     # commitment lands exactly on the tiers, so the premise (over them) needs the old charge.
     s = _grow_a_past_its_share(growth_charge="step")
     assert "B0" in s.sessions and s.num_demotions == 0  # B is not demoted ...
