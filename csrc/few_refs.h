@@ -6,7 +6,8 @@
 // and grows a new list (`list_resize`, realloc); a search between two steps finds each of
 // those code paths out of the CPU caches (bench/RESULTS.md, "Fewer code paths a search").
 // An exact list or set is read here directly, in the order `PySequence_List` reads it (a
-// set's table order: `_PySet_NextEntry`), with no Python code run; anything else goes
+// set's table order: `_PySet_NextEntry` before Python 3.13, which made it internal, the
+// set's own iterator from 3.13, the same order), with no Python code run; anything else goes
 // through `PySequence_List`, whose errors (an iterable that is not one) stay its own.
 #pragma once
 #include <nanobind/nanobind.h>
@@ -37,10 +38,22 @@ class FewRefs {
     }
     if (PyAnySet_CheckExact(seq)) {
       reserve(PySet_GET_SIZE(seq));
+#if PY_VERSION_HEX < 0x030D0000
       Py_ssize_t pos = 0;
       PyObject* key;
       Py_hash_t hash;
       while (_PySet_NextEntry(seq, &pos, &key, &hash)) add(key);
+#else
+      // (a set's iterator runs no Python code, so the size read above still holds)
+      PyObject* it = PyObject_GetIter(seq);
+      if (!it) return false;
+      while (PyObject* key = PyIter_Next(it)) {
+        add(key);
+        Py_DECREF(key);  // (`add` holds its own reference)
+      }
+      Py_DECREF(it);
+      if (PyErr_Occurred()) return false;
+#endif
       return true;
     }
     PyObject* list = PySequence_List(seq);
@@ -76,5 +89,19 @@ class FewRefs {
   PyObject** at_ = small_;
   Py_ssize_t n_ = 0;
 };
+
+// Remove `key` from `dict` if present, with one lookup (as `dict.pop(key, None)`: no
+// KeyError made for an absent key, and a key whose `__eq__` answers differently on a second
+// look cannot make a second lookup fail); -1 with the Python error set when the lookup fails.
+inline int dict_discard(PyObject* dict, PyObject* key) {
+#if PY_VERSION_HEX >= 0x030D0000
+  return PyDict_Pop(dict, key, nullptr) < 0 ? -1 : 0;
+#else
+  PyObject* got = _PyDict_Pop(dict, key, Py_None);
+  if (!got) return -1;
+  Py_DECREF(got);
+  return 0;
+#endif
+}
 
 }  // namespace few_refs

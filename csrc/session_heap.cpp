@@ -428,10 +428,8 @@ class SessionHeap {
     if (static_cast<int64_t>(heap_.size()) > stale_limit) compact();
     for (Py_ssize_t i = 0; i < nd; ++i) drop(ds[i]);
     if (bases.is_valid())
-      for (Py_ssize_t i = 0; i < nd; ++i) {  // (absent ones skipped without a KeyError made)
-        int in = PyDict_Contains(bases.ptr(), ds[i]);
-        if (in < 0 || (in && PyDict_DelItem(bases.ptr(), ds[i]) < 0)) throw_current();
-      }
+      for (Py_ssize_t i = 0; i < nd; ++i)  // (absent ones skipped without a KeyError made)
+        if (few_refs::dict_discard(bases.ptr(), ds[i]) < 0) throw_current();
     for (Py_ssize_t i = 0; i < np; ++i) apply(read[i], now);
     return due(now);
   }
