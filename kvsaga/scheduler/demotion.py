@@ -156,6 +156,17 @@ class Demotions:
             self._returns_seen.pop(sid, None)
         self.manager.policy.session_deferred(s, deferred, now)
 
+    def _expected_pause(self, s) -> float:
+        """Seconds the session's pause is expected to last: its hint, else the Agent
+        Execution Graph's prediction (the median pause of its tool), else the default."""
+        hint = s.hint
+        if hint is not None and hint.expected_s is not None:
+            return hint.expected_s
+        graph = self._graph()
+        if graph is not None:
+            return graph.predict(s.workflow, hint.tool if hint else None, 0.0).expected_s
+        return self.default_pause_s
+
     def _drop_demotion(self, sid: str) -> None:
         """The session left (`forget_session`): its demotion marks go with it."""
         self._deferred.pop(sid, None)

@@ -172,10 +172,10 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             its pseudo-observations of no correction (a fresh scheduler charges as if off).
         growth_charge: what an admitted or running step is charged beside its prompt:
             "step" (the default: the growth from its last finish, which predicts the tool's
-            observation the prompt holds: counted twice, in effect the paused contexts' room:
-            "once", that growth counted once, fails the non-thrash check, `--fit` round
-            24), "remaining" (its expected reply, learned online), "prompt" ("remaining",
-            and a queued step on its prompt too); else a queued step a whole step.
+            observation the prompt holds, so counts it twice: in effect the paused contexts'
+            room); opt-in: "once" (that growth counted once: fails the non-thrash check,
+            `--fit` round 24), "remaining" (its expected reply, learned online), "prompt"
+            ("remaining", and a queued step on its prompt too); else a queued step a whole step.
             growth_reserve: z >= 0, finite: admission keeps z standard deviations of the
             admitted sessions' summed growth still to come free, so paused
             contexts stay resident when steps outgrow their means (0: off).
@@ -548,19 +548,24 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self._set_blocks(info)
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
+        ran = req in self.running  # else cancelled while waiting: nothing of it to learn
         super().finish(req, now, ended=ended)
-        self._step_done(req, ended, now)
-        sid = req.session_id
-        if ended:
-            self._times_demoted.pop(sid, None)
+        sid, s = req.session_id, self.manager.sessions.get(req.session_id)
+        if ran or ended:
+            self._step_done(req, ended, now)
         info = self.sessions.get(sid)
+        if ended or s is None:  # over, or the manager dropped it: nothing of it stays here
+            self._times_demoted.pop(sid, None)
+            self._drop_demotion(sid)
+            self._session_left(sid)
+            if info is not None:
+                self._ended_blocks += self._own_blocks(info)  # "cost_ends"'s rate
+                self._forget(sid)
+            return
         if info is None:
             return
-        s = self.manager.sessions.get(sid)
-        if ended or s is None:
-            self._ended_blocks += self._own_blocks(info)  # "cost_ends"'s rate
-            self._forget(sid)
-            return
+        if not ran:  # paused again as at its last finish (`WorkingSetGate`)
+            return self._unqueue(info, s, now)
         context = req.num_tokens
         if self._calibration is not None:
             self._calibrate(info, context)
@@ -587,14 +592,3 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         if session_id in self.sessions:
             self._ended_blocks += self._own_blocks(self.sessions[session_id])
             self._forget(session_id)
-
-    def _expected_pause(self, s) -> float:
-        """Seconds the session's pause is expected to last: its hint, else the Agent
-        Execution Graph's prediction (the median pause of its tool), else the default."""
-        hint = s.hint
-        if hint is not None and hint.expected_s is not None:
-            return hint.expected_s
-        graph = self._graph()
-        if graph is not None:
-            return graph.predict(s.workflow, hint.tool if hint else None, 0.0).expected_s
-        return self.default_pause_s

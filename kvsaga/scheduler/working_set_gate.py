@@ -20,7 +20,12 @@ from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.base import check_float
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.leave_forecast import READMIT_LEAVE
-from kvsaga.scheduler.working_set import GrowthTable, predicted_growth, working_set_blocks
+from kvsaga.scheduler.working_set import (
+    GrowthTable,
+    demote_deadline,
+    predicted_growth,
+    working_set_blocks,
+)
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", "context", "full", "binding", "binding_short", "cost",
@@ -530,6 +535,20 @@ class WorkingSetGate:
                                    info.steps, info.tool, "queued")
         return max(min(working_set_blocks(own, 0.0, 0.0, self.manager.block_size),
                        self.capacity), at_end)
+
+    def _unqueue(self, info: Any, s: Any, now: float) -> None:
+        """The admitted session `info`'s (manager session `s`) waiting step was cancelled
+        before it ran (the engine's abort of a waiting, or preempted, request: no
+        `finish_step`): it is paused as at its last finish (context, unqueued charge), and
+        nothing is learned (reply, growth, step count, cycle), as no step finished."""
+        if info.last_context is not None:
+            info.context = info.last_context
+        info.active = info.on_prompt = False
+        if info.demote_at == math.inf:  # admitted, then preempted: its pause starts now
+            info.demote_at = demote_deadline(now, self._expected_pause(s), self.demote_factor,
+                                             self.demote_min_s)
+        self._demote_at = min(self._demote_at, info.demote_at)
+        self._set_blocks(info)
 
     def _queue_charge(self, info: Any, req: Any) -> None:
         """An admitted session's next step `req` queued: charge its growth again. Under

@@ -1,0 +1,128 @@
+"""A step cancelled before it runs (the engine's abort of a waiting request: no
+`finish_step`, then `finish(ended=False)`) teaches the workflow scheduler nothing and leaves
+its session paused as before the step queued; and a session that leaves by any path (the
+manager dropped it before a `finish`, or it ended behind the scheduler's back and `_demote`
+forgets it) leaves no per-session state behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.helpers import manager, toks, wf
+
+
+def _paused_after_two_steps(charge):
+    """Session A ran two steps (8-token replies) and is paused: (scheduler, A's last
+    finished context)."""
+    m = manager(64)
+    s = wf(m, prior_growth_tokens=24, reserve_decode_tokens=0, paused_growth=False,
+           growth_charge=charge)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("A", toks(0, 40), max_new=8, last=False), 0.0)
+    for _ in range(20):
+        ex.run(s, s.schedule(0.0, ex), 0.0)
+    a2 = ToyRequest("A", toks(0, 48) + toks(900, 10), max_new=8, last=False, resumed=True,
+                    arrival=1.0)
+    s.add(a2, 1.0)
+    for _ in range(20):
+        ex.run(s, s.schedule(1.0, ex), 1.0)
+    return s, a2.num_tokens
+
+
+def _plain(x):
+    """`x` as plain values (its tables' fields, recursively), comparable by value."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "__dict__") or hasattr(x, "__slots__"):
+        names = list(getattr(x, "__dict__", {})) + list(getattr(x, "__slots__", ()))
+        return {n: _plain(getattr(x, n)) for n in names if hasattr(x, n)}
+    return x
+
+
+def _learned(s):
+    """What the scheduler learns from finished steps."""
+    return _plain((s._reply, s._growth, s._cycles, s._last_finish, s._steps_seen))
+
+
+def _record(s, sid):
+    i = s.sessions[sid]
+    return (i.context, i.steps, i.last_context, i.active, i.on_prompt, i.blocks, i.var,
+            i.extra, i.demote_at, s._committed, s._committed_var, s._paused_extra,
+            dict(s._tenant_blocks))
+
+
+@pytest.mark.parametrize("charge", ["step", "once", "remaining", "prompt"])
+def test_cancelled_waiting_step_learns_nothing_and_restores_the_pause(charge):
+    s, last = _paused_after_two_steps(charge)
+    before, learned = _record(s, "A"), _learned(s)
+    assert s.sessions["A"].context == last and not s.sessions["A"].active
+    # the next step queues (a 30-token observation in its prompt), then is cancelled
+    a3 = ToyRequest("A", toks(0, 48) + toks(900, 10) + toks(0, 8) + toks(700, 30),
+                    max_new=8, last=False, resumed=True, arrival=2.0)
+    s.add(a3, 2.0)
+    assert s.sessions["A"].active
+    s.finish(a3, 2.5, ended=False)
+    assert s.num_waiting == 0 and not s.running
+    assert _record(s, "A") == before  # context, step count, charge: as before it queued
+    assert _learned(s) == learned  # no 0-token reply, no growth, no step, no cycle
+    assert s._committed == sum(i.blocks for i in s.sessions.values())
+
+
+def test_cancelled_preempted_step_pauses_the_session():
+    """A step preempted back to the queue, then cancelled there (the engine sees it waiting:
+    no `finish_step`) is not learned either: the session pauses at its last finish's
+    context, with a demotion deadline again."""
+    s, last = _paused_after_two_steps("step")
+    learned = _learned(s)
+    a3 = ToyRequest("A", toks(0, 48) + toks(900, 10) + toks(0, 8) + toks(700, 30),
+                    max_new=8, last=False, resumed=True, arrival=2.0)
+    s.add(a3, 2.0)
+    ex = ToyExecutor(s.manager)
+    ex.run(s, s.schedule(2.0, ex), 2.0)
+    assert a3 in s.running
+    s.running.remove(a3)  # as `_allocate`'s preemption does
+    ex.preempt(a3, 2.1)
+    s._enqueue(a3, 2.1, retry=True)
+    s.finish(a3, 2.5, ended=False)
+    i = s.sessions["A"]
+    assert (i.context, i.steps, i.active, i.on_prompt) == (last, 2, False, False)
+    assert i.demote_at < float("inf") and s._demote_at <= i.demote_at
+    assert _learned(s) == learned
+    assert s._committed == sum(i.blocks for i in s.sessions.values())
+
+
+def _per_session(s, sid):
+    """The per-session dicts that still name `sid`."""
+    held = {"sessions": s.sessions, "_last_finish": s._last_finish,
+            "_steps_seen": s._steps_seen, "_started": s._started,
+            "_times_demoted": s._times_demoted, "_deferred": s._deferred,
+            "_undoable": s._undoable, "_returns_seen": s._returns_seen,
+            "budgets._start": s._budgets._start, "budgets._waited": s._budgets._waited}
+    return sorted(k for k, d in held.items() if sid in d)
+
+
+def _two_paused():
+    m = manager(64)
+    s = wf(m, readmit_charge="cost_leave", paused_growth=False, demote_min_s=0.0,
+           demote_factor=0.0)
+    ex = ToyExecutor(m)
+    for sid, base in (("A", 0), ("B", 1000)):
+        s.add(ToyRequest(sid, toks(base, 20), max_new=2, last=False), 0.0)
+    for _ in range(5):
+        ex.run(s, s.schedule(0.0, ex), 0.0)
+    assert _per_session(s, "A") and _per_session(s, "B")
+    return m, s
+
+
+def test_finish_after_the_manager_dropped_the_session_leaves_nothing():
+    m, s = _two_paused()
+    b2 = ToyRequest("B", toks(1000, 22) + toks(50, 3), max_new=2, last=False, resumed=True,
+                    arrival=6.0)
+    s.add(b2, 6.0)
+    m.end_session("B", now=6.5)
+    s.finish(b2, 6.5, ended=False)
+    assert _per_session(s, "B") == []
+    assert s._committed == sum(i.blocks for i in s.sessions.values())
