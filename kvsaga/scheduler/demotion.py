@@ -251,9 +251,11 @@ class Demotions:
         for sid, info in list(self.sessions.items()):
             if info.active:
                 continue
-            if sid not in sessions:
+            if sid not in sessions:  # nothing of it stays (as `forget_session`)
                 self._forget(sid)
                 self._times_demoted.pop(sid, None)
+                self._drop_demotion(sid)
+                self._session_left(sid)
             elif now >= info.demote_at:
                 self._demote_session(sid, now)
             else:

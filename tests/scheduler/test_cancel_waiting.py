@@ -117,6 +117,13 @@ def _two_paused():
     return m, s
 
 
+def test_session_ended_behind_the_schedulers_back_leaves_nothing():
+    m, s = _two_paused()
+    m.end_session("A", now=1.0)
+    s._demote(5.0)
+    assert _per_session(s, "A") == []
+
+
 def test_finish_after_the_manager_dropped_the_session_leaves_nothing():
     m, s = _two_paused()
     b2 = ToyRequest("B", toks(1000, 22) + toks(50, 3), max_new=2, last=False, resumed=True,
