@@ -114,7 +114,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 17 of 32 mix ratios (11 mostly through the tenants' runs alone). The lead reverted the
 # default to "step" the same session: the rule ranks "step" (2 distinct p95 misses) above
 # "once" (3), and "once" makes a non-thrash figure worse than the code before it; "once"
-# and "prompt" stay opt-in (RESULTS "Count a step's predicted growth once").
+# and "prompt" stay opt-in (RESULTS "Count a step's predicted growth once"). After the
+# revert PREVIOUS runs "step" (the default), so a rerun's PREVIOUS row duplicates the grid's
+# "step" row (the round's "once" figures above came from "once" as the default then).
 FIT_GRID = [
     {"growth_charge": "step"},
     {"growth_charge": "prompt"},

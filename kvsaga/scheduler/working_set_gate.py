@@ -561,7 +561,7 @@ class WorkingSetGate:
         step's charge (188 of 422) still come from predicted growth the realized contexts
         did not reach, while the observation that prediction stands for is already known
         when the step queues (`bench/scheduling_charge_split.py`)."""
-        if self.growth_charge == "prompt" and req.num_tokens > info.context:
+        if self.growth_charge == "prompt" and req.num_tokens >= info.context:
             info.context = req.num_tokens
             info.on_prompt = True
         self._set_blocks(info)

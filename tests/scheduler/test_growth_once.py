@@ -101,20 +101,20 @@ def test_a_session_admitted_anew_is_charged_as_before():
     assert got == {"once": math.ceil((40 + PRIOR) / BS), "step": math.ceil((40 + PRIOR) / BS)}
 
 
-@pytest.mark.parametrize("observation", [4, 60])
+@pytest.mark.parametrize("observation", [0, 4, 60])
 def test_prompt_charges_a_queued_step_its_prompt_and_expected_reply(observation):
     """Under "prompt" B's queued step is charged its prompt (known when it queues) plus the
     reply learned (1 token), not its last finish's context plus the 24 predicted; admitted,
-    the same ("remaining"'s charge)."""
+    the same ("remaining"'s charge). So too a step adding no tokens (observation 0)."""
     prompt = 41 + observation
     s, ex, _, queued = _b_back(observation, growth_charge="prompt")
     assert queued == math.ceil((prompt + 1) / BS)
     assert s.sessions["B"].context == prompt
     _admit(s, ex)
     assert s.sessions["B"].blocks == math.ceil((prompt + 1) / BS)
-    once = _b_back(observation)[3]
-    assert once == math.ceil((41 + PRIOR) / BS)
-    assert (queued < once) == (prompt + 1 < 41 + PRIOR)
+    step = _b_back(observation)[3]  # the default, "step"
+    assert step == math.ceil((41 + PRIOR) / BS)
+    assert (queued < step) == (prompt + 1 < 41 + PRIOR)
 
 
 def test_prompt_without_a_reply_seen_charges_the_growth():
