@@ -117,6 +117,13 @@ class EvictionPolicy:
         behind the sessions still admitted, so its blocks are needed later than its pause
         suggests), or admitted it again (not `deferred`)."""
 
+    def session_admission_rank(self, session: Session, rank: int | None, now: float) -> None:
+        """A demoted session's next step waits for admission (`session_deferred`), and the
+        scheduler ordered its waiting steps: `rank` steps of its tenant's queue go before
+        this one (0: it is next). Called only when the rank changed; None: its step left
+        the queue without being admitted (the rank told last no longer holds). The
+        admission itself is told by `step_started` (and `session_deferred`)."""
+
     def tick(self, now: float) -> None:
         """Periodic call from the manager: expire TTLs, refresh predictions."""
 

@@ -162,6 +162,8 @@ class AdmissionOrder:
         self._order_stale = False  # a queue or a table changed since the queues were sorted
         self._sorted_version: tuple[int, int] | None = None  # the cache_version sorted at
         self._deferred_waiting: set[str] = set()  # demoted sessions with a step queued
+        self._ranks_told: dict[str, int] = {}  # ... their places told the policy (`_tell_ranks`)
+        self._ranks_stale = False  # a queue changed since they were told
         max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
         if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
             raise ValueError("scheduler parameter max_wait_s must be finite, got inf")
@@ -184,6 +186,7 @@ class AdmissionOrder:
         self._started.setdefault(req.session_id, req.arrival)
         if req.session_id in self._deferred:  # its mark holds until it leaves the queue
             self._deferred_waiting.add(req.session_id)
+        self._ranks_stale = True
         b = self._budgets  # off: the old deadline (and no need of the request's workflow)
         self._deadlines[req.session_id] = (b.deadline(req.session_id, req.workflow, req.arrival)
                                            if b.factor else req.arrival + self.max_wait_s)
@@ -195,6 +198,7 @@ class AdmissionOrder:
         """`req` left the queues of sessions waiting for admission."""
         self._deadlines.pop(req.session_id, None)
         self._deferred_waiting.discard(req.session_id)
+        self._ranks_stale = True
         if req is self._first:
             self._first, self._first_stale = None, True
 
@@ -248,6 +252,7 @@ class AdmissionOrder:
         if not self._order_stale:
             return
         self._order_stale = False
+        self._ranks_stale = True
         self._sorted_version = self.manager.cache_version
         for q in self._pending.values():
             if self.readmit_order == "first":
@@ -256,6 +261,35 @@ class AdmissionOrder:
                 sort_queue(q, self.remaining_cost, self.aging_s, self._session_since)
             else:
                 sort_queue(q, self.remaining_cost, self.aging_s)
+
+    def _tell_ranks(self, now: float) -> None:
+        """Tell the policy each waiting demoted step's place in its tenant's queue as
+        ordered (`EvictionPolicy.session_admission_rank`: how many steps go before it), only
+        where it changed since last told; None to one whose step left the queue while it
+        is still demoted. A scan of the queues only after one changed (a step queued or left,
+        a sort) while a demoted step waits or was told: the policy's keys change on these
+        events alone. Why: which demoted session is back first is this order's choice, which
+        the policy cannot see (RESULTS "Eviction policies: graph's demoted sessions on the swe
+        family")."""
+        if not self._ranks_stale or not (self._deferred_waiting or self._ranks_told):
+            return
+        self._ranks_stale = False
+        ranks: dict[str, int] = {}
+        if self._deferred_waiting:
+            for q in self._pending.values():
+                for i, r in enumerate(q):
+                    if r.session_id in self._deferred_waiting:
+                        ranks[r.session_id] = i
+        told, sessions, policy = self._ranks_told, self.manager.sessions, self.manager.policy
+        for sid, i in ranks.items():
+            s = sessions.get(sid)
+            if told.get(sid) != i and s is not None:
+                policy.session_admission_rank(s, i, now)
+        for sid in told.keys() - ranks.keys():
+            s = sessions.get(sid)
+            if s is not None and sid in self._deferred:
+                policy.session_admission_rank(s, None, now)
+        self._ranks_told = ranks
 
     def _session_since(self, req: Any) -> float:
         """When `req`'s session's first step queued here (its own queueing if unknown)."""
