@@ -11,7 +11,11 @@ case: how many were noted, Spearman's rank correlation of the realized time with
 forecast, with the time demoted so far and with the context's size (a ranking of demoted
 sessions is only as good as the first), the median forecast and realized times and their
 median |log ratio|, and the demotions' own lengths (demotion to step start) by the context's
-size at the demotion (thirds of the demotions).
+size at the demotion (thirds of the demotions). Since the scheduler tells the policy a waiting
+demoted step's place in its queue (`EvictionPolicy.session_admission_rank`), also: of the
+demoted sessions holding cached blocks when their waiting step is first told a rank, how many,
+and, from that moment to their step's start, the rank correlation of the realized time with
+that rank and with graph's forecast then (of the option's pricing, if the spec has it on).
 
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6 \
@@ -74,6 +78,16 @@ def probe(spec: str, cost) -> GraphPolicy:
             self.seen: list[tuple[float, float, float, int]] = []  # forecast, lasted, real, size
             self.at_demotion: dict[str, tuple[float, int]] = {}
             self.lengths: list[tuple[int, float]] = []  # size at demotion, length
+            self.first_rank: dict[str, tuple[int, float, float]] = {}  # rank, forecast, when
+            self.ranked: list[tuple[float, float, float]] = []  # rank, forecast, real
+
+        def session_admission_rank(self, session, rank, now: float) -> None:
+            super().session_admission_rank(session, rank, now)
+            sid = session.session_id
+            if rank is None:
+                self.first_rank.pop(sid, None)
+            elif sid not in self.first_rank and sid in self._deferred and self.groups.get(sid):
+                self.first_rank[sid] = (rank, self._graph_time(sid, now, True, False)[1], now)
 
         def session_deferred(self, session, deferred: bool, now: float) -> None:
             if deferred and session.session_id not in self.at_demotion:
@@ -92,6 +106,9 @@ def probe(spec: str, cost) -> GraphPolicy:
             n = self.noted.pop(sid, None)
             if n is not None:
                 self.seen.append((n[0], n[1], now - n[2], n[3]))
+            r = self.first_rank.pop(sid, None)
+            if r is not None:
+                self.ranked.append((float(r[0]), r[1], now - r[2]))
             d = self.at_demotion.pop(sid, None)
             if d is not None:
                 self.lengths.append((d[1], now - d[0]))
@@ -109,6 +126,7 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
     result = Simulator(trace, config, policy=pol).run()
     seen = pol.seen
     f, lasted, real, size = ([s[i] for s in seen] for i in range(4))
+    rk, rf, rreal = ([s[i] for s in pol.ranked] for i in range(3))
     lo = 1e-3
 
     def med(v: list[float]) -> str:
@@ -121,14 +139,16 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
     return (f"| {trace_name} | {seed} | {frac:.0%} | {blocks} | {spec} | "
             f"{result.recomputed_tokens / 1e6:.3f} | {len(seen)} | {spearman(f, real):+.2f} | "
             f"{spearman(lasted, real):+.2f} | {spearman([float(s) for s in size], real):+.2f} | "
-            f"{med(f)} | {med(real)} | {med(err)} | {third} |")
+            f"{med(f)} | {med(real)} | {med(err)} | {third} | {len(pol.ranked)} | "
+            f"{spearman(rk, rreal):+.2f} | {spearman(rf, rreal):+.2f} |")
 
 
 HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demoted noted | "
           "rank corr. forecast | rank corr. time demoted | rank corr. context | "
           "median forecast (s) | median realized (s) | median abs log err | "
-          "demotion length by context (median) |\n"
-          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "demotion length by context (median) | ranked | rank corr. rank | "
+          "rank corr. forecast at rank |\n"
+          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
 
 
 def main(argv: list[str] | None = None) -> int:

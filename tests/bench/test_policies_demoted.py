@@ -38,6 +38,10 @@ def test_the_probe_notes_demoted_sessions_without_changing_graphs_run():
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5] == f"{solo:.3f}"
     assert int(cells[6]) > 0
+    # the scheduler's ranks reach the probe (`session_admission_rank`): some demoted
+    # sessions are told one while they hold blocks, each column under its header
+    assert len(cells) == mod.HEADER.splitlines()[0].count("|") - 1
+    assert int(cells[14]) > 0
 
 
 def test_decisions_pair_takes_specs_and_names_a_bad_one():
