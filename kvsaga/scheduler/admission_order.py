@@ -164,6 +164,7 @@ class AdmissionOrder:
         self._deferred_waiting: set[str] = set()  # demoted sessions with a step queued
         self._ranks_told: dict[str, int] = {}  # ... their places told the policy (`_tell_ranks`)
         self._ranks_stale = False  # a queue changed since they were told
+        self._candidate_at: float | None = None  # the time of the last admission attempt
         max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
         if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
             raise ValueError("scheduler parameter max_wait_s must be finite, got inf")
@@ -223,6 +224,7 @@ class AdmissionOrder:
         first = self._first_waiting()
         held = first if first is not None and now >= self._deadlines[first.session_id] else None
         self._holding = held
+        self._candidate_at = now  # (`_sort_pending` tells the ranks as of now)
         return held
 
     def _order_changed(self) -> None:
@@ -240,7 +242,16 @@ class AdmissionOrder:
         session against 0.1-5.6 s for new sessions; the slowest 5% wait 22-83 s, after 2.8-3.8
         demotions), because a session part-way through holds a larger context than a new
         one and sorts behind the stream of new ones (a factor e of predicted work is worth
-        `aging_s` of waiting, counted from its re-queueing): RESULTS "Scheduling"."""
+        `aging_s` of waiting, counted from its re-queueing): RESULTS "Scheduling".
+
+        Then the policy is told the waiting demoted steps' places (`_tell_ranks`), as of
+        the admission attempt that sorts (`_candidate`, which `_reserved` timed)."""
+        self._sort_queues()
+        if self._candidate_at is not None:
+            self._tell_ranks(self._candidate_at)
+
+    def _sort_queues(self) -> None:
+        """`_sort_pending`'s sort, where the order needs it."""
         if self.admission_order == "fifo":
             return
         if (self.readmit_cost == "uncached" and self._deferred_waiting

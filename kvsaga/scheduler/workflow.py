@@ -455,7 +455,6 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         if held is not None or not self._pending:
             return held
         self._sort_pending()
-        self._tell_ranks(now)
         return self._pending[self._fair.next_tenant(self._oldest)][0]
 
     def _backfill(self, head: Any) -> Sequence[Any]:
