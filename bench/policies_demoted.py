@@ -15,7 +15,8 @@ size at the demotion (thirds of the demotions). Since the scheduler tells the po
 demoted step's place in its queue (`EvictionPolicy.session_admission_rank`), also: of the
 demoted sessions holding cached blocks when their waiting step is first told a rank, how many,
 and, from that moment to their step's start, the rank correlation of the realized time with
-that rank and with graph's forecast then (of the option's pricing, if the spec has it on).
+that rank and with graph's forecast then (of the option's pricing, if the spec has it on),
+and per rank told, how many and their median realized time.
 
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6 \
@@ -127,6 +128,9 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
     seen = pol.seen
     f, lasted, real, size = ([s[i] for s in seen] for i in range(4))
     rk, rf, rreal = ([s[i] for s in pol.ranked] for i in range(3))
+    per_rank: dict[int, list[float]] = {}
+    for r, x in zip(rk, rreal, strict=True):
+        per_rank.setdefault(int(r), []).append(x)
     lo = 1e-3
 
     def med(v: list[float]) -> str:
@@ -140,15 +144,17 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
             f"{result.recomputed_tokens / 1e6:.3f} | {len(seen)} | {spearman(f, real):+.2f} | "
             f"{spearman(lasted, real):+.2f} | {spearman([float(s) for s in size], real):+.2f} | "
             f"{med(f)} | {med(real)} | {med(err)} | {third} | {len(pol.ranked)} | "
-            f"{spearman(rk, rreal):+.2f} | {spearman(rf, rreal):+.2f} |")
+            f"{spearman(rk, rreal):+.2f} | {spearman(rf, rreal):+.2f} | "
+            + ("; ".join(f"{r}: {len(v)}, {med(v)} s" for r, v in sorted(per_rank.items()))
+               or "-") + " |")
 
 
 HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demoted noted | "
           "rank corr. forecast | rank corr. time demoted | rank corr. context | "
           "median forecast (s) | median realized (s) | median abs log err | "
           "demotion length by context (median) | ranked | rank corr. rank | "
-          "rank corr. forecast at rank |\n"
-          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+          "rank corr. forecast at rank | by rank: sessions, median realized |\n"
+          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
 
 
 def main(argv: list[str] | None = None) -> int:
