@@ -296,8 +296,8 @@ class AdmissionOrder:
             s = sessions.get(sid)
             if told.get(sid) != i and s is not None:
                 policy.session_admission_rank(s, i, now)
-        for sid in told.keys() - ranks.keys():
-            s = sessions.get(sid)
+        for sid in told:  # (in the order told: no set order reaches the policy)
+            s = None if sid in ranks else sessions.get(sid)
             if s is not None and sid in self._deferred:
                 policy.session_admission_rank(s, None, now)
         self._ranks_told = ranks
