@@ -154,3 +154,43 @@ def assert_reaches_both_answers(monkeypatch, method: str, params: dict) -> dict:
     assert c["demotions"] > 0
     assert answers[True] > 0 and answers[False] > 0, answers
     return answers
+
+
+class AbortingMachine(DemotingMachine):
+    """`DemotingMachine` plus the engine's abort of a waiting step (a client gone: no
+    `finish_step`; `end_session` first when the session ends with it, as a first step's
+    abort does): the session, unless ended, is paused again as at its last finish, and no
+    session that left keeps per-session state. A subclass, so the other machines' derandomized
+    runs (`reach`) stay as they were."""
+
+    @precondition(lambda self: self.s.num_waiting)
+    @rule(data=st.data(), ended=st.booleans())
+    def abort_waiting(self, data, ended):
+        req = data.draw(st.sampled_from(list(self.s.waiting)))
+        sid = req.session_id
+        ended = ended or not req.resumed  # a first step's session ends with it
+        info = self.s.sessions.get(sid)
+        if ended and sid in self.m.sessions:
+            self.m.end_session(sid, now=self.now)
+        self.s.finish(req, self.now, ended=ended)
+        self.live.discard(sid)
+        if not ended:
+            self.paused[sid] = req
+            if info is not None and sid in self.s.sessions:
+                assert not info.active and not info.on_prompt
+                assert info.last_context is None or info.context == info.last_context
+
+    @invariant()
+    def nothing_left_behind(self):
+        s, known = self.s, set(self.m.sessions) | self.live
+        for d in (s._last_finish, s._steps_seen, s._started, s._budgets._start,
+                  s._times_demoted, s._deferred):
+            assert set(d) <= known, (d, known)
+
+
+def aborting(policy: str, params: dict):
+    """`AbortingMachine`'s TestCase under `policy` with the scheduler's `params`."""
+    cls = type(f"AbortingMachine_{policy}", (AbortingMachine,),
+               {"policy": policy, "params": params, "key": f"abort {policy}"})
+    cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
+    return cls.TestCase

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.demoting_machine import DEMOTING, aborting
 from tests.scheduler.helpers import manager, toks, wf
 
 
@@ -133,3 +134,11 @@ def test_finish_after_the_manager_dropped_the_session_leaves_nothing():
     s.finish(b2, 6.5, ended=False)
     assert _per_session(s, "B") == []
     assert s._committed == sum(i.blocks for i in s.sessions.values())
+
+
+# The scheduler state machine with aborts of waiting steps, under each growth charge: the
+# books (`DemotingMachine.books`) and the manager's integrity hold after every rule, an
+# aborted step's session is paused as at its last finish, and nothing stays of one that left.
+for _charge in ("step", "once", "prompt"):
+    globals()[f"TestAbortWaiting_{_charge}"] = aborting(
+        "lru", {**DEMOTING, "growth_charge": _charge})
