@@ -31,15 +31,12 @@ prompt (what a running step still adds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
 from typing import Any
 
-from scheduling_overflow import _sim
-
-from kvsaga.policy import DEFAULT_POLICY
+from scheduling_overflow import _sim, point_parser, point_seeds
 
 CLASSES = ("double count", "over-prediction", "real need")
 
@@ -163,16 +160,11 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("family")
-    ap.add_argument("load", type=float)
-    ap.add_argument("capacity", type=float, help="share of the peak working set")
-    ap.add_argument("seeds", help="comma-separated")
-    ap.add_argument("--policy", default=DEFAULT_POLICY)
+    ap = point_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=json.loads, default=None,
                     help="workflow scheduler parameters, a JSON object")
     a = ap.parse_args(argv)
-    for seed in (int(s) for s in a.seeds.split(",")):
+    for seed in point_seeds(ap, a.seeds):
         d = observe(a.family, a.load, a.capacity, seed, a.policy, a.params)
         n, sums, p = sum(d["why"].values()), d["sums"], d["parts"]
         k = max(d["crossings"], 1)

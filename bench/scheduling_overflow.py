@@ -305,13 +305,28 @@ def _waits_line(per: dict[str, dict], ids: list[str]) -> str:
             f"{mean('again'):.1f}, demotions {mean('demotions'):.1f}, rest {rest:.1f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("family")
-    ap.add_argument("load", type=float)
+def point_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a per-point diagnosis (this script, scheduling_recompute.py,
+    scheduling_charge_split.py): one grid point of bench/scheduling.py and its seeds."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("family", help="workload family (swe, web, bfcl, assistant)")
+    ap.add_argument("load", type=float, help="load, a multiple of the family's base rate")
     ap.add_argument("capacity", type=float, help="share of the peak working set")
-    ap.add_argument("seeds", help="comma-separated")
-    ap.add_argument("--policy", default=DEFAULT_POLICY)
+    ap.add_argument("seeds", help="comma-separated trace seeds")
+    ap.add_argument("--policy", default=DEFAULT_POLICY, help="eviction policy spec")
+    return ap
+
+
+def point_seeds(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """`text`'s seeds, or the parser's usage error naming it."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        ap.error(f"seeds must be comma-separated integers, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = point_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
     ap.add_argument("--waits", action="store_true", help="the waits mode (docstring)")
     ap.add_argument("--growth", action="store_true", help="the growth mode (docstring)")
@@ -319,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=None, help="workflow scheduler parameters, a JSON "
                     "object (default: its defaults)")
     a = ap.parse_args(argv)
-    try:
-        seeds = [int(s) for s in a.seeds.split(",")]
-    except ValueError:
-        ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
+    seeds = point_seeds(ap, a.seeds)
     try:
         params = None if a.params is None else json.loads(a.params)
     except ValueError:

@@ -17,15 +17,14 @@ paused after it, and the share of its prompt cached when it was admitted again.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections import Counter
 from typing import Any
 
 from scheduling import PRESET, capacity, peak_working_set, trace
+from scheduling_overflow import point_parser, point_seeds
 
-from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.pool import CACHED
 from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -138,18 +137,9 @@ def diagnose(family: str, load: float, frac: float, seed: int, policy: str) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("family")
-    ap.add_argument("load", type=float)
-    ap.add_argument("capacity", type=float, help="share of the peak working set")
-    ap.add_argument("seeds", help="comma-separated")
-    ap.add_argument("--policy", default=DEFAULT_POLICY)
+    ap = point_parser(__doc__.split("\n\n")[0])
     a = ap.parse_args(argv)
-    try:
-        seeds = [int(s) for s in a.seeds.split(",")]
-    except ValueError:
-        ap.error(f"seeds must be comma-separated integers, got {a.seeds!r}")
-    for seed in seeds:
+    for seed in point_seeds(ap, a.seeds):
         print(diagnose(a.family, a.load, a.capacity, seed, a.policy), flush=True)
     return 0
 
