@@ -12,25 +12,15 @@ import pytest
 from hypothesis import given, settings
 
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
+from tests.policy.test_refresh_marked import _outcome, held_st
 from tests.policy.test_session_heap import _apply, needs_cpp, ops, sids, times
 from tests.policy.test_session_heap_refresh import _state, pushes, refresh
-
-# Groups of some of the sessions the ops name (blocks distinct across sessions).
-held_st = st.sets(st.sampled_from("abcdef")).map(
-    lambda held: {sid: [100 * (ord(sid) - 96) + j for j in range(3)] for sid in sorted(held)})
 
 
 def _indexes() -> tuple:
     """The Python index and the C++ one (the tests that call it need the C++ one built)."""
     return PySessionHeap(), make_session_heap(True)
 
-
-def _outcome(fn, *args):
-    """(what `fn(*args)` returned, or its error's type and message)."""
-    try:
-        return "ok", fn(*args)
-    except Exception as e:  # noqa: BLE001 (the error itself is compared)
-        return type(e).__name__, str(e)
 
 # The same marks in the shapes a caller may hand them: the search's set, a list, a tuple,
 # a generator, a frozenset, a dict's keys.

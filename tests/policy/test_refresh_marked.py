@@ -14,7 +14,7 @@ from hypothesis import given, settings
 
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from tests.policy.test_session_heap import SessionHeap, _apply, needs_cpp, ops, sids, times
-from tests.policy.test_session_heap_refresh import _state, pushes, refresh
+from tests.policy.test_session_heap_refresh import _state, pushes, refresh, twin_heaps
 
 # Groups of some of the sessions the ops name (blocks distinct across sessions).
 held_st = st.sets(st.sampled_from("abcdef")).map(
@@ -49,10 +49,7 @@ def test_refresh_marked_is_refresh_victims_of_the_gone(cpp, seq, now, marked, he
     marked sessions that `groups` does not hold, and leaves the index as it does."""
     if cpp and SessionHeap is None:
         pytest.skip("kvsaga._evict is not built")
-    a, b = make_session_heap(cpp), make_session_heap(cpp)
-    for op in seq:
-        _apply(a, op)
-        _apply(b, op)
+    a, b = twin_heaps(cpp, seq)
     # Every session a push or the history names may be a victim: give each a group.
     groups = {sid: held.get(sid, [500 + ord(sid), 600 + ord(sid)]) for sid in "abcdef"}
     for sid in "abcdef":

@@ -51,6 +51,15 @@ def _one_by_one(index, now, drops, pushes, num_blocks, stale_limit):
     return None, (index.runs(num_blocks) if num_blocks >= 0 else None)
 
 
+def twin_heaps(cpp: bool, seq) -> tuple:
+    """Two indexes of one kind (C++ or Python) after the same history `seq`."""
+    a, b = make_session_heap(cpp), make_session_heap(cpp)
+    for op in seq:
+        _apply(a, op)
+        _apply(b, op)
+    return a, b
+
+
 def _state(index) -> tuple:
     """What a search can read of an index: its size, its order (each live entry popped,
     then put back) and what is due later."""
@@ -78,10 +87,7 @@ def test_refresh_runs_is_the_calls_it_stands_for(cpp, seq, call):
     by one, and answers as they do."""
     if cpp and SessionHeap is None:
         pytest.skip("kvsaga._evict is not built")
-    a, b = make_session_heap(cpp), make_session_heap(cpp)
-    for op in seq:
-        _apply(a, op)
-        _apply(b, op)
+    a, b = twin_heaps(cpp, seq)
     _, now, drops, pushes, num_blocks, stale_limit = call
     assert a.refresh_runs(now, drops, pushes, num_blocks, stale_limit) == _one_by_one(
         b, now, drops, pushes, num_blocks, stale_limit)
