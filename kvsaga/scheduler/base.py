@@ -254,13 +254,15 @@ class Scheduler:
         """Queue a step (a new session's first, or a paused session's next)."""
         self._enqueue(req, now, retry=False)
 
-    def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
+    def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         """A step is done or aborted, running or waiting: forget it. Call after the
-        manager's `finish_step` / `end_session`; `ended`: the session is over too."""
+        manager's `finish_step` / `end_session`; `ended`: the session is over too. True
+        when it was running (False: it was cancelled while it waited)."""
         if req in self.running:
             self.running.remove(req)
-        else:
-            self._dequeue(req)
+            return True
+        self._dequeue(req)
+        return False
 
     def forget_session(self, session_id: str, now: float) -> None:
         """The session left this scheduler while paused: it ended, or it moved to another

@@ -547,9 +547,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         info.demote_at = math.inf
         self._set_blocks(info)
 
-    def finish(self, req: Any, now: float, *, ended: bool = False) -> None:
-        ran = req in self.running  # else cancelled while waiting: nothing of it to learn
-        super().finish(req, now, ended=ended)
+    def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
+        ran = super().finish(req, now, ended=ended)  # else cancelled while waiting
         sid, s = req.session_id, self.manager.sessions.get(req.session_id)
         if ran or ended:
             self._step_done(req, ended, now)
@@ -561,11 +560,12 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             if info is not None:
                 self._ended_blocks += self._own_blocks(info)  # "cost_ends"'s rate
                 self._forget(sid)
-            return
+            return ran
         if info is None:
-            return
+            return ran
         if not ran:  # paused again as at its last finish (`WorkingSetGate`)
-            return self._unqueue(info, s, now)
+            self._unqueue(info, s, now)
+            return ran
         context = req.num_tokens
         if self._calibration is not None:
             self._calibrate(info, context)
@@ -583,6 +583,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self._demote_at = min(self._demote_at, info.demote_at)
         self._set_blocks(info)
         self._shrink(now)
+        return ran
 
     def forget_session(self, session_id: str, now: float) -> None:
         super().forget_session(session_id, now)
