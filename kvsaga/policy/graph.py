@@ -46,7 +46,7 @@ once admitted again, which takes as long as the admitted sessions' steps and pau
 tool's: graph learns how long demotions last (demotion to step start, `WaitSamples`) and
 prices a demoted session's blocks by the later of the graph's prediction and the mean
 residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
-the tuning seed; docs/architecture.md): pricing a demoted session whose tool had returned
+the tuning seed; docs/policies.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
 How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
 kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's

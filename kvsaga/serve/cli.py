@@ -19,7 +19,7 @@ import time
 # OpenMP threads that wait for work sleep instead of spinning. Set before torch loads (it
 # reads this once): on a CPU shared with other processes, spinning threads turn each of a
 # step's many small parallel ops into a wait for a descheduled thread; measured in
-# docs/architecture.md ("Where a CPU step's time goes"). A value the user set wins.
+# docs/engine_profiles.md. A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kvsaga import envs

@@ -13,7 +13,7 @@ closes it after its last step. `tick(now)` runs once per batch step.
 Scheduling is `kvsaga.scheduler`'s, the very object `LLMEngine` drives
 (`SimConfig.scheduler`: "workflow" or "fcfs"): the simulator is its executor, and only
 carries out its decisions (`begin`, `allocate`, `preempt`) and times them with the cost
-model. See docs/architecture.md ("Scheduler") for the rules.
+model. See docs/scheduler.md for the rules.
 
 Manager calls during decode are made per KV block, not per token: when a request's next fed
 token starts a block, the simulator appends the tokens it will feed up to that block's end
