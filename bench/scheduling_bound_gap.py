@@ -50,10 +50,21 @@ from scheduling_overflow import point_parser, point_seeds
 from kvsaga.config import KVSpec
 from kvsaga.manager import KVCacheManager
 from kvsaga.scheduler import DEFAULT_SCHEDULER, make_scheduler
+from kvsaga.sim.cost import attention_pairs
 from kvsaga.sim.simulator import SimConfig, Simulator
 
 WAITS = ("first", "again", "admitted")
 KINDS = ("first", "admitted", "demoted", "retry")
+
+
+def _prefill_terms(prefill) -> tuple[int, int, int]:
+    """A batch step's prefill figures as `Simulator._execute` prices them."""
+    pairs = ctx = 0
+    for req, n in prefill:
+        before = req.num_computed - n
+        pairs += attention_pairs(n, before)
+        ctx += before
+    return sum(n for _, n in prefill), pairs, ctx
 
 
 def _kind(sched: Any, req: Any) -> str:
@@ -87,7 +98,8 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
     room = Counter()  # demoted steps' waiting seconds: prompt fits beside running or not
     gpu_time = Counter()  # time integrals of shares of the GPU's blocks
     add, begin, slots, advance = sched.add, sim.begin, sim._slots, sim._advance
-    finish = sched.finish
+    finish, execute = sched.finish, sim._execute
+    stalls: dict[str, Counter] = defaultdict(Counter)  # decode seconds stalled by prefill
     demote = getattr(sched, "_demote_session", None)
 
     def on_add(req, now):
@@ -122,6 +134,9 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         start = req.num_computed
         slots(req, n)
         r = sim.recomputed_so_far - before
+        if req.prefilling:
+            chunk["all"] += n
+            chunk["recomputed"] += r
         if r and req.prefilling:
             k = kind.get(id(req), "first")
             sid = req.session_id
@@ -167,6 +182,21 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         tick(now)
         return out
 
+    chunk = Counter()  # prefill tokens since the last batch step: all, recomputed
+
+    def on_execute(prefill, decode):
+        if prefill and decode:
+            whole = cost._step_time(*_prefill_terms(prefill), len(decode),
+                                    sum(r.fed_position + 1 for r in decode))
+            alone = cost._step_time(0, 0, 0, len(decode),
+                                    sum(r.fed_position + 1 for r in decode))
+            share = chunk["recomputed"] / max(chunk["all"], 1)
+            for r in decode:
+                stalls[r.session_id]["recomputed"] += (whole - alone) * share
+                stalls[r.session_id]["first-time"] += (whole - alone) * (1 - share)
+        chunk.clear()
+        return execute(prefill, decode)
+
     def on_demote(sid, now):
         adm = sched.sessions
         shared = max((-(-i.shared // bs) for i in adm.values()), default=0)
@@ -178,7 +208,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         return demote(sid, now)
 
     sched.add, sim.begin, sim._slots, sim._advance = on_add, on_begin, on_slots, on_advance
-    sched.finish = on_finish
+    sched.finish, sim._execute = on_finish, on_execute
     if demote is not None:
         sched._demote_session = on_demote
     row = sim.run().to_dict()
@@ -190,6 +220,8 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         w = waits[s.id]
         per[s.id] = {"tct": tct, "solo": solo, **{f"wait {c}": w[c] for c in WAITS},
                      "run": tct - solo - sum(w.values()),
+                     "stall recomputed": stalls[s.id]["recomputed"],
+                     "stall first-time": stalls[s.id]["first-time"],
                      **{f"rec {k}": recomputed[s.id][k] for k in KINDS},
                      **{f"rec_s {k}": recompute_s[s.id][k] for k in KINDS}}
     return {"row": row, "sessions": per, "demotions": demotions, "room": room,
@@ -210,7 +242,8 @@ def seed_rows(label: str, seed: int, out: dict) -> list[str]:
     return [f"| {seed} | {label} | {_mean(per, 'tct'):.1f} | {_mean(per, 'solo'):.1f} | "
             f"{_mean(per, 'tct') - _mean(per, 'solo'):.1f} | "
             + " | ".join(f"{_mean(per, 'wait ' + c):.1f}" for c in WAITS)
-            + f" | {_mean(per, 'run'):.1f} | {rec / 1000:.1f}k ({by}) | {rec_s:.2f} |"]
+            + f" | {_mean(per, 'run'):.1f} | {_mean(per, 'stall first-time'):.1f} / "
+            f"{_mean(per, 'stall recomputed'):.1f} | {rec / 1000:.1f}k ({by}) | {rec_s:.2f} |"]
 
 
 def demotion_line(seed: int, out: dict) -> str:
@@ -236,7 +269,8 @@ def demotion_line(seed: int, out: dict) -> str:
 
 
 HEADER = ("| seed | schedule | mean TCT s | bound's (solo) s | gap s | wait first s | "
-          "wait again s | wait admitted s | run s | recomputed tokens (first / admitted / "
+          "wait again s | wait admitted s | run s | of it, decodes stalled by prefill s "
+          "(first-time / recomputed) | recomputed tokens (first / admitted / "
           "demoted / retry) | recompute s a session |")
 
 
@@ -263,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             make_scheduler(DEFAULT_SCHEDULER, probe, **params)
         except (TypeError, ValueError) as e:
             ap.error(f"--params: {e}")
-    lines = [HEADER, "|" + "---|" * 11]
+    lines = [HEADER, "|" + "---|" * 12]
     notes = []
     for seed in seeds:
         w = observe(a.family, a.load, a.capacity, seed, a.policy, DEFAULT_SCHEDULER, params)

@@ -117,7 +117,24 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # and "prompt" stay opt-in (RESULTS "Count a step's predicted growth once"). After the
 # revert PREVIOUS runs "step" (the default), so a rerun's PREVIOUS row duplicates the grid's
 # "step" row (the round's "once" figures above came from "once" as the default then).
+# Round 25 (issue 10, session 23; committed before it ran, with the code): from the bound,
+# not a guessed charge. `bench/scheduling_bound_gap.py bfcl 1 0.25 101,...,106` sets the
+# bound's schedule (every session solo: bench/scheduling_bound.py reads its solo part
+# there) beside the default's: the TCT beyond it is mostly waits to be admitted again (1.6-14.4
+# s of a 3.3-19.8 s gap a session), each demotion costing its session 0.4-6.2 s of them
+# against 0.05-0.26 s of recomputation; in 35-51% of those waits the step's prompt fitted
+# beside the running steps. Admitting it then (`readmit_charge` "room", the pool's check
+# alone) lost (probe: geomean 1.40x -> 1.35x): run time beyond solo 1.2-1.9 -> 3.6-5.0 s,
+# 1.9-3.0 s of it decodes stalled by other steps' prefill in their batch step (mostly
+# recomputation), which the bound does not count. The candidates: `decode_prefill_tokens`
+# 128 (while a step decodes, a batch step computes at most 128 prompt tokens; 128 is about
+# the a100-llama3-8b cost model's ridge, 119 tokens, where a step's compute equals its
+# weights read: a prefill that small rides a decode step nearly free), alone and with
+# "room". Probe (`bench/scheduling_overflow.py`-style runs of bfcl 1x 25%, seeds 101-106,
+# mean TCT): default 17.2 / 27.5 / 27.8 / 14.5 / 11.0 / 23.7 s; the cap 13.7 / 19.5 / 28.8 /
+# 14.4 / 10.7 / 17.7 (geomean gain 1.61x); the cap and "room" 13.0 / 17.4 / 21.1 / 12.0 /
+# 10.7 / 12.6 (1.90x). Not probed elsewhere before the round.
 FIT_GRID = [
-    {"growth_charge": "step"},
-    {"growth_charge": "prompt"},
+    {"decode_prefill_tokens": 128},
+    {"decode_prefill_tokens": 128, "readmit_charge": "room"},
 ]

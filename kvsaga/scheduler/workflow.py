@@ -20,6 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.block_room import BlockRoom
+from kvsaga.scheduler.decode_stall import DecodeStall
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.leave_forecast import LeaveForecast
@@ -54,8 +55,8 @@ class _Admitted:
         self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
 
 
-class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, ComputeShares,
-                        LeaveForecast, AdmissionOrder, Scheduler):
+class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demotions,
+                        ComputeShares, LeaveForecast, AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -143,9 +144,10 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             ("full" only while the recomputation its uncached charge is expected to
             cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
             "cost_ends": the same, the wait from the rate admitted contexts end at;
-            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling"), or
+            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling"),
             "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
-            when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`).
+            when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`)
+            or "room" (the pool's check alone; `kvsaga.scheduler.decode_stall`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
@@ -196,6 +198,8 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
             this many times its expected pause (0, the default: at once, at the finish
             that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
             round 18 and the veto.
+        decode_prefill_tokens: while a running step decodes, a batch step computes at most
+            this many prompt tokens (0, the default: off; `kvsaga.scheduler.decode_stall`).
     """
 
     name = "workflow"
@@ -242,6 +246,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         paused_reserve: bool | str = False,
         undo_demotion: bool | str = False,
         shrink_after: float = 0.0,
+        decode_prefill_tokens: int = 0,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -280,6 +285,7 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
                              f"{', '.join(map(repr, UNDO_DEMOTIONS))}, got {undo_demotion!r}")
         self.undo_demotion = undo_demotion
         self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
+        self._init_decode_stall(decode_prefill_tokens)  # `DecodeStall`
         if readmit_charge not in READMIT_CHARGES:
             raise ValueError(f"scheduler parameter readmit_charge must be one of "
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
@@ -321,12 +327,9 @@ class WorkflowScheduler(WaitCauses, BlockRoom, WorkingSetGate, Demotions, Comput
         self.admission_wait_s = 0.0  # their summed waits, from queueing to admission
         self.admission_wait_max_s = 0.0  # the longest of them
         self.tenant_admission_wait_s: dict[str | None, float] = {}  # their sum per tenant
-        # Demoted sessions not admitted again yet, with how many steps of sessions demoted
-        # later were queued ahead of theirs (`_insert_demoted`).
-        self._deferred: dict[str, int] = {}
+        self._deferred: dict[str, int] = {}  # demoted, not back: `_insert_demoted`'s counts
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
-        # Demoted sessions' records, with the admissions counted then (`undo_demotion`).
-        self._undoable: dict[str, tuple[_Admitted, int]] = {}
+        self._undoable: dict[str, tuple[_Admitted, int]] = {}  # `undo_demotion`'s records
         self.num_undone_demotions = 0
         self._init_wait_causes()
 

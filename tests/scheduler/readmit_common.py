@@ -11,7 +11,7 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.scheduler.helpers import manager, wf
 
-VALUES = ("uncached, context, full, binding, binding_short, cost, cost_ends, cost_leave, "
+VALUES = ("uncached, room, context, full, binding, binding_short, cost, cost_ends, cost_leave, "
           "cost_leave_waits")
 
 
