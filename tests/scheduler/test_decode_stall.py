@@ -1,0 +1,119 @@
+"""The prefill cap while steps decode (`decode_prefill_tokens`) and `readmit_charge` "room"
+(kvsaga/scheduler/decode_stall.py): the cap holds for running prefills and admissions, only
+while a step decodes, in the simulator's batch steps and decode runs alike; "room" admits a
+demoted session's step on the pool's check alone; both are off by default, their values are
+checked; and the scheduler state machine runs with both under every policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.scheduler import WorkflowScheduler
+from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.scheduler.demoting_machine import DEMOTING, machines
+from tests.scheduler.helpers import manager, toks, wf
+
+
+def _decoding_and_waiting(cap: int):
+    """Session a (8 tokens, 6 outputs) admitted and prefilled, so it decodes next; then
+    session b (40 tokens) queues. Returns (scheduler, executor, a, b)."""
+    m = manager(64)
+    s = wf(m, decode_prefill_tokens=cap)
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 8), max_new=6)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    b = ToyRequest("b", toks(100, 40), max_new=1)
+    s.add(b, 0.1)
+    return s, ex, a, b
+
+
+@pytest.mark.parametrize("cap,chunks", [(8, [8, 8]), (0, [40])])
+def test_a_prefill_beside_a_decode_computes_at_most_the_cap_a_step(cap, chunks):
+    s, ex, a, b = _decoding_and_waiting(cap)
+    seen = []
+    for t in (0.1, 0.2):
+        out = s.schedule(t, ex)
+        got = dict((r.session_id, n) for r, n in out.scheduled)
+        assert got["a"] == 1  # the decode goes on
+        if "b" in got:
+            seen.append(got["b"])
+        ex.run(s, out, t)
+    assert seen == chunks  # admitted with the cap's chunk, then granted the cap again
+    s.manager.check_integrity()
+
+
+def test_nothing_decoding_takes_the_whole_budget():
+    m = manager(64)
+    s = wf(m, decode_prefill_tokens=8)
+    ex = ToyExecutor(m)
+    b = ToyRequest("b", toks(100, 40), max_new=1)
+    s.add(b, 0.0)
+    out = s.schedule(0.0, ex)
+    assert [(r.session_id, n) for r, n in out.scheduled] == [("b", 40)]
+    assert s._prefill_left is None  # nothing carried over to the next step
+
+
+def test_values_and_defaults():
+    kw = WorkflowScheduler.__init__.__kwdefaults__
+    assert kw["decode_prefill_tokens"] == 0 and kw["readmit_charge"] == "uncached"
+    with pytest.raises(ValueError, match="decode_prefill_tokens"):
+        wf(manager(16), decode_prefill_tokens=-1)
+    with pytest.raises(ValueError, match="decode_prefill_tokens"):
+        wf(manager(16), decode_prefill_tokens=1.5)
+    assert wf(manager(16), readmit_charge="room").readmit_charge == "room"
+
+
+@pytest.mark.parametrize("charge,admitted", [("room", True), ("uncached", False)])
+def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, admitted):
+    """keep (60 tokens) and big (40 tokens) admitted on a 32-block pool, run a step and
+    paused; big is demoted, a new session (40 tokens) takes its room and pauses, and big's
+    next step (45 tokens) arrives. Its uncached part and growth do not fit the gate beside
+    the two admitted working sets, but its whole prompt fits the pool with nothing
+    running: "room" admits it, "uncached" keeps it waiting."""
+    m = manager(32)
+    s = wf(m, readmit_charge=charge)
+    ex = ToyExecutor(m)
+    keep = ToyRequest("keep", toks(300, 60), max_new=1, last=False, workflow="w")
+    big = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
+    for r in (keep, big):
+        s.add(r, 0.0)
+    for t in (0.0, 0.1, 0.2):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"keep", "big"} and not s.running
+    s._demote_session("big", 1.0)
+    s.add(ToyRequest("o", toks(700, 40), max_new=1, last=False, workflow="w"), 1.0)
+    for t in (1.0, 1.1, 1.2):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"keep", "o"} and not s.running
+    big2 = ToyRequest("big", big.prompt + big.out + toks(500, 4), max_new=1, last=False,
+                      resumed=True, arrival=2.0, workflow="w")
+    s.add(big2, 2.0)
+    out = s.schedule(2.0, ex)
+    assert (big2 in out.admitted) is admitted
+    assert ("big" in s.sessions) is admitted and ("big" in s._deferred) is not admitted
+    m.check_integrity()
+
+
+def test_the_simulator_keeps_the_cap_in_every_batch_step():
+    """A small pressured simulation: every batch step that decodes computes at most the
+    cap's prompt tokens (decode runs included: they admit through `admit_waiting` alone)."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from kvsaga.sim.workloads import WORKLOADS
+    sessions = WORKLOADS["bfcl"].generate(12, 102, scale=0.3)
+    cfg = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=400, scheduler="workflow",
+                    scheduler_params={"decode_prefill_tokens": 64, "readmit_charge": "room"})
+    sim = Simulator(sessions, cfg)
+    execute, steps = sim._execute, []
+
+    def on_execute(prefill, decode):
+        steps.append((sum(n for _, n in prefill), len(decode)))
+        return execute(prefill, decode)
+    sim._execute = on_execute
+    sim.run()
+    assert steps and all(p <= 64 for p, d in steps if d)
+    assert any(p > 64 for p, d in steps if not d)  # alone, a prefill takes the budget
+
+
+globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
+                                           "readmit_charge": "room"}))
