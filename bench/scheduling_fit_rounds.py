@@ -121,10 +121,10 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # not a guessed charge. `bench/scheduling_bound_gap.py bfcl 1 0.25 101,...,106` sets the
 # bound's schedule (every session solo: bench/scheduling_bound.py reads its solo part
 # there) beside the default's: the TCT beyond it is mostly waits to be admitted again (1.6-14.4
-# s of a 3.3-19.8 s gap a session), each demotion costing its session 0.4-6.2 s of them
+# s of a 3.3-19.8 s gap a session), each demotion costing its session 0.9-12.0 s of them
 # against 0.05-0.26 s of recomputation; in 35-51% of those waits the step's prompt fitted
 # beside the running steps. Admitting it then (`readmit_charge` "room", the pool's check
-# alone) lost (probe: geomean 1.40x -> 1.35x): run time beyond solo 1.2-1.9 -> 3.6-5.0 s,
+# alone) lost (probe: geomean 1.40x -> 1.35x): run time beyond solo 1.2-1.9 -> 3.5-5.1 s,
 # 1.9-3.0 s of it decodes stalled by other steps' prefill in their batch step (mostly
 # recomputation), which the bound does not count. The candidates: `decode_prefill_tokens`
 # 128 (while a step decodes, a batch step computes at most 128 prompt tokens; 128 is about
@@ -134,6 +134,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # mean TCT): default 17.2 / 27.5 / 27.8 / 14.5 / 11.0 / 23.7 s; the cap 13.7 / 19.5 / 28.8 /
 # 14.4 / 10.7 / 17.7 (geomean gain 1.61x); the cap and "room" 13.0 / 17.4 / 21.1 / 12.0 /
 # 10.7 / 12.6 (1.90x). Not probed elsewhere before the round.
+# Outcome: the cap ranked first (1 distinct p95 miss against PREVIOUS's 2, smallest gain
+# 1.40x -> 1.61x; every fit point's mean gain up, bfcl 2x 50% 2.07x -> 3.00x), the cap and
+# "room" last (1.36x: "room" costs swe and web 1.39-2.09x). The non-thrash check rejected
+# both (the cap: swe seed 103 1x p95 48.15 -> 50.94 s, +5.8%; web seed 103 1x p95 10.28 ->
+# 10.79 s, +4.9%), so PREVIOUS stays; both opt-in (RESULTS "From the bound: ...").
 FIT_GRID = [
     {"decode_prefill_tokens": 128},
     {"decode_prefill_tokens": 128, "readmit_charge": "room"},

@@ -9,19 +9,24 @@ Why (RESULTS "Scheduling", session 23; `bench/scheduling_bound_gap.py` on the fi
 bound there is its solo part, every session run alone as it arrives, and the default's TCT
 beyond it is mostly waits to be admitted again after demotions (1.6-14.4 s a session of a
 3.3-19.8 s gap; the steps' run time beyond solo 1.2-1.9 s). Each demotion cost its session
-0.4-6.2 s of such waits against 0.05-0.26 s of the recomputation keeping it admitted would
-have cost, and during 35-51% of the demoted steps' waits their whole prompt fitted on the
-GPU beside the running steps' contexts: the bound's schedule would have run them. Admitting
-them there (this "room" value alone) did not pay: the runs' time beyond solo rose to 3.6-5.0
-s a session, 1.9-3.0 s of it decodes stalled in batch steps that carried other steps'
-prefill, mostly recomputation (the simulator's cost model: a step lasts its overhead plus
-the larger of its compute and memory times, so a decode waits for every prefill token in
-its step; the bound counts none of that). Recomputation costs its own compute time times
-the steps it stalls. So the cap: while any running step decodes, a batch step computes at
-most `decode_prefill_tokens` prompt tokens (running prefills first, then admissions), so a
-prefill, first-time or recomputed, is spread over steps that each stay near a decode step's
-length, and the decodes beside it go on. A step with nothing decoding takes the whole token
-budget, as before. 0 (the default): off.
+0.9-12.0 s of such waits (means by seed) against 0.05-0.26 s of the recomputation keeping it
+admitted would have cost, and during 35-51% of the demoted steps' waits their whole prompt
+fitted on the GPU beside the running steps' contexts: the bound's schedule would have run
+them. Admitting them there (this "room" value alone) did not pay: the runs' time beyond solo
+rose to 3.5-5.1 s a session, 1.9-3.0 s of it decodes stalled in batch steps that carried
+other steps' prefill, mostly recomputation (the simulator's cost model: a step lasts its
+overhead plus the larger of its compute and memory times, so a decode waits for every
+prefill token in its step; the bound counts none of that). Recomputation costs its own
+compute time times the steps it stalls. So the cap: while any running step decodes, a batch
+step computes at most `decode_prefill_tokens` prompt tokens (running prefills first, then
+admissions), so a prefill, first-time or recomputed, is spread over steps that each stay
+near a decode step's length, and the decodes beside it go on. A step with nothing decoding
+takes the whole token budget, as before. 0 (the default): off.
+
+Opt-in, both: `--fit` round 25 (fit seeds 101-106) ranked the cap of 128 tokens first
+(smallest gain 1.40x -> 1.61x at bfcl 1x 25%, every fit point's gain up) and its non-thrash
+check rejected it (swe seed 103 1x p95 +5.8%, web seed 103 1x p95 +4.9%); with "room" the
+smallest gain fell to 1.36x (swe, web). docs/scheduling_fit_history.md has the round.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
             round 18 and the veto.
         decode_prefill_tokens: while a running step decodes, a batch step computes at most
-            this many prompt tokens (0, the default: off; `kvsaga.scheduler.decode_stall`).
+            this many prompt tokens (0, the default: off; opt-in, `--fit` round 25: decode_stall).
     """
 
     name = "workflow"
