@@ -1,0 +1,59 @@
+"""bench/scheduling_bound_gap.py observes without changing: its run's row equals an
+unobserved run's, each session's TCT is its solo time plus its waits and run, every
+recomputed token and every demotion is accounted for, and every flag has help."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling
+        import scheduling_bound_gap
+        yield scheduling, scheduling_bound_gap
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("scheduler,policy", [("workflow", "graph"), ("fcfs", "lru")])
+def test_it_observes_without_changing_and_its_parts_add_up(mods, scheduler, policy):
+    sched, gap = mods
+    out = gap.observe("bfcl", 1.0, 0.25, 101, policy, scheduler, None)
+    plain = sched._run(("bfcl", 101, 1.0, 0.25, scheduler, policy, None))
+    assert out["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    per = out["sessions"]
+    for p in per.values():
+        assert p["solo"] > 0 and min(p[f"wait {c}"] for c in gap.WAITS) >= 0
+        assert p["tct"] == pytest.approx(p["solo"] + p["run"]
+                                         + sum(p[f"wait {c}"] for c in gap.WAITS))
+        assert p["stall first-time"] >= 0 and p["stall recomputed"] >= 0
+    assert sum(p[f"rec {k}"] for p in per.values() for k in gap.KINDS) == (
+        plain["recomputed_tokens"])
+    assert len(out["demotions"]) == plain["num_demotions"]
+    if scheduler == "fcfs":
+        assert not out["demotions"] and all(p["wait again"] == 0 for p in per.values())
+    else:
+        assert out["demotions"] and {d["why"] for d in out["demotions"]} <= {
+            "on prediction", "on contexts"}
+        assert out["room"]["fits"] + out["room"]["short"] == pytest.approx(
+            sum(p["wait again"] for p in per.values()))
+
+
+def test_every_flag_has_help_and_bad_params_are_named(mods, capsys):
+    _, gap = mods
+    with pytest.raises(SystemExit):
+        gap.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--params", "--no-fcfs", "--write", "--policy"):
+        assert flag in text
+    with pytest.raises(SystemExit):
+        gap.main(["bfcl", "1", "0.25", "101", "--params", '{"readmit_charge": "nope"}'])
+    assert "readmit_charge" in capsys.readouterr().err
