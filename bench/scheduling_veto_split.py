@@ -5,6 +5,12 @@ nothing and judges nothing).
     python bench/scheduling_veto_split.py run OUT.json --seeds 102,...,109 \
         [--defaults '{"shrink_on": "contexts"}']
     python bench/scheduling_veto_split.py compare BASE.json CAND.json [CAND2.json ...]
+    python bench/scheduling_veto_split.py reports BASE.txt CAND.txt
+
+`reports`: the veto's own verdict from two saved outputs of `bench/scheduling_mix.py --report
+--seeds ...` (the incumbent's and the candidate's `--defaults`): per case (the default
+workflow+graph row of each mix, seed and capacity) the afs_max_slowdown_ratio before and
+after as the report prints it, and how many rose (the veto rejects a candidate if any did).
 
 `run`: every mix row of `bench/scheduling_mix.py --report` (both mixes on each seed, at
 their capacities) under workflow+graph only, the workflow defaults set to `--defaults` for
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 from scheduling import PRESET, capacity
@@ -111,16 +118,49 @@ def compare_lines(base: list[dict], cand: list[dict], label: str) -> list[str]:
     return out
 
 
+REPORT_ROW = re.compile(r"^- (\w+) seed (\d+) (\d+)% workflow\+graph: .*"
+                        r"afs_max_slowdown_ratio ([0-9.]+)$")
+
+
+def report_ratios(text: str) -> dict[tuple[str, int, int], str]:
+    """The default workflow+graph rows' ratios of a `--report` output, as printed."""
+    out = {}
+    for line in text.splitlines():
+        m = REPORT_ROW.match(line)
+        if m:
+            out[(m[1], int(m[2]), int(m[3]))] = m[4]
+    return out
+
+
+def reports_lines(base_text: str, cand_text: str) -> list[str]:
+    """`reports`' table and verdict line (module docstring)."""
+    base, cand = report_ratios(base_text), report_ratios(cand_text)
+    if not base or set(base) != set(cand):
+        raise ValueError("the two reports do not hold the same mix rows")
+    out = ["| case | afs_max_slowdown_ratio |", "|---|---|"]
+    up = 0
+    for key in sorted(base):
+        up += float(cand[key]) > float(base[key])
+        out.append(f"| {key[0]} seed {key[1]} {key[2]}% | {base[key]} -> {cand[key]} |")
+    out.append(f"ratio higher at {up} of {len(base)} cases (the veto: "
+               f"{'rejected' if up else 'passes'})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("out")
+    r = sub.add_parser("run", help="run the mix rows (module docstring)")
+    r.add_argument("out", help="the JSON file to write")
     r.add_argument("--seeds", required=True, help="comma-separated")
-    r.add_argument("--defaults", type=json.loads, default=None)
-    c = sub.add_parser("compare")
-    c.add_argument("base")
-    c.add_argument("cands", nargs="+")
+    r.add_argument("--defaults", type=json.loads, default=None,
+                   help="workflow defaults for the run, a JSON object")
+    rp = sub.add_parser("reports", help="compare two saved --report outputs")
+    rp.add_argument("base_report", help="the incumbent's --report output (text)")
+    rp.add_argument("cand_report", help="the candidate's --report output (text)")
+    c = sub.add_parser("compare", help="compare saved `run` files (module docstring)")
+    c.add_argument("base", help="the incumbent's `run` JSON")
+    c.add_argument("cands", nargs="+", help="candidates' `run` JSON files")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if a.defaults:
@@ -131,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_rows([int(s) for s in a.seeds.split(",")])
         with open(a.out, "w") as f:
             json.dump({"defaults": a.defaults, "rows": rows}, f, indent=1)
+        return 0
+    if a.cmd == "reports":
+        with open(a.base_report) as f, open(a.cand_report) as g:
+            try:
+                print("\n".join(reports_lines(f.read(), g.read())))
+            except ValueError as e:
+                ap.error(str(e))
         return 0
     with open(a.base) as f:
         base = json.load(f)["rows"]
