@@ -1,0 +1,38 @@
+"""bench/scheduling_veto_split.py `reports`: the veto's verdict from two saved
+`scheduling_mix.py --report` outputs reads only the default workflow+graph rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+BASE = """- mix seed 102 50% workflow+graph: a: 1 / 2 / 0.5 / 0.0; afs_max_slowdown_ratio 1.76
+- mix seed 102 50% workflow+graph (share_step_tokens 0): a: 1; afs_max_slowdown_ratio 9.00
+- mix seed 102 50% fcfs+lru: a: 1; afs_max_slowdown_ratio 1.20
+- noisy seed 103 25% workflow+graph: a: 1 / 2; afs_max_slowdown_ratio 2.91
+"""
+
+
+@pytest.fixture(scope="module")
+def veto():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_veto_split
+        yield scheduling_veto_split
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_reports_reads_the_default_rows_and_counts_rises(veto):
+    cand = BASE.replace("ratio 1.76", "ratio 1.80").replace("ratio 9.00", "ratio 1.00")
+    lines = veto.reports_lines(BASE, cand)
+    assert "| mix seed 102 50% | 1.76 -> 1.80 |" in lines
+    assert "| noisy seed 103 25% | 2.91 -> 2.91 |" in lines
+    assert lines[-1] == "ratio higher at 1 of 2 cases (the veto: rejected)"
+    assert veto.reports_lines(BASE, BASE)[-1].endswith("(the veto: passes)")
+    with pytest.raises(ValueError, match="same mix rows"):
+        veto.reports_lines(BASE, BASE.splitlines()[0])
