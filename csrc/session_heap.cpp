@@ -7,7 +7,8 @@
 // level (the Python heap reads a tuple, a key tuple and a float per comparison, each a
 // cache miss once the heap outgrows the cache). Sessions are Python objects (str ids) mapped
 // to slots by a dict; a slot is reused once its session is dropped, which is safe because
-// versions are unique: an old entry's version never matches the slot's new one.
+// versions are unique: an old entry's version never matches the slot's new one (an entry
+// holds its version's low 32 bits; csrc/entry_heap.h says why that stays true).
 //
 // A push is read and checked by csrc/session_push.h before anything changes.
 //
@@ -33,6 +34,7 @@
 
 #include "class_table.h"
 #include "elapsed_grid.h"
+#include "entry_heap.h"
 #include "few_refs.h"
 #include "ghost_list.h"
 #include "prefetch.h"
@@ -52,24 +54,15 @@ using namespace timed_record;
 using timer_wheel::Timer;
 using namespace session_push;
 using class_table::ClassTable;
+using entry_heap::Entry;
 
-struct Entry {
-  double k0, k1;  // the key (class, value)
-  int64_t tie;    // the tail block
+// A slot's live version (0: none), its session's blocks when keyed and its live entry's tag
+// (csrc/entry_heap.h; 0: none), read together.
+struct Live {
   int64_t ver;
-  int64_t size;   // the session's blocks when keyed
-  int32_t slot;
+  int64_t size;
+  uint32_t tag;
 };
-
-// Lexicographic (key, tie, version), as Python compares the reference's tuples.
-inline bool before(const Entry& a, const Entry& b) {
-  if (a.k0 != b.k0) return a.k0 < b.k0;
-  if (a.k1 != b.k1) return a.k1 < b.k1;
-  if (a.tie != b.tie) return a.tie < b.tie;
-  return a.ver < b.ver;
-}
-inline bool after(const Entry& a, const Entry& b) { return before(b, a); }  // min-heap order
-
 
 class SessionHeap {
  public:
@@ -160,6 +153,13 @@ class SessionHeap {
     return t.value;
   }
 
+  // For tests: count `n` more entries as made, unused (the tags' wrap within reach).
+  void skip_tags(int64_t n) {
+    if (n < 0 || n > static_cast<int64_t>(UINT32_MAX - tags_))
+      throw nb::value_error("_skip_tags: n must be from 0 to the tags left before the wrap");
+    tags_ += static_cast<uint32_t>(n);
+  }
+
   // Forget the table of keys (what they were computed from changed); timed records stay,
   // and a session whose class has no key left goes back to Python when due.
   void forget_keys() {
@@ -196,7 +196,7 @@ class SessionHeap {
     }
     int32_t slot = static_cast<int32_t>(PyLong_AsLong(found));
     if (PyDict_DelItem(slot_of_.ptr(), sid.ptr()) != 0) throw_current();
-    version_[slot] = 0;
+    live_[slot] = {0, 0, 0};
     sids_[slot] = nb::none();
     free_.push_back(slot);
   }
@@ -209,13 +209,13 @@ class SessionHeap {
     timers_.due(
         now,
         [&](const Timer& t) {
-          if (version_[t.slot] == t.ver && !rekey_from_table(t.slot, now)) {
+          if (live_[t.slot].ver == t.ver && !rekey_from_table(t.slot, now)) {
             out.append(sids_[t.slot]);
             fired.push_back(t.slot);
           }
         },
         [&](const Timer& t) {
-          KV_PREFETCH(&version_[t.slot]);
+          KV_PREFETCH(&live_[t.slot]);
           KV_PREFETCH(&timed_[t.slot]);
         },
         [&](const Timer& t) {  // the table cell `rekey_from_table` will look up first
@@ -228,7 +228,7 @@ class SessionHeap {
     } catch (...) {
       // Those already fired for Python to re-key lost their timers with `out`: each gets
       // one at `now`, so the next `due` answers them (session_heap.py `due`).
-      for (int32_t slot : fired) timers_.push({now, version_[slot], slot}, now);
+      for (int32_t slot : fired) timers_.push({now, live_[slot].ver, slot}, now);
       throw;
     }
     return out;
@@ -268,7 +268,7 @@ class SessionHeap {
     // In (tail block, version) order, as the reference: versions and timers come out alike.
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
       if (timed_[a].tie != timed_[b].tie) return timed_[a].tie < timed_[b].tie;
-      return version_[a] < version_[b];
+      return live_[a].ver < live_[b].ver;
     });
     for (int32_t s : order) {
       Timed& t = timed_[s];
@@ -292,11 +292,11 @@ class SessionHeap {
   std::vector<int32_t> live_slots(nb::handle among) const {
     std::vector<int32_t> out;
     if (among.is_none()) {
-      for (int32_t s = 0; s < static_cast<int32_t>(version_.size()); ++s)
-        if (version_[s] != 0) out.push_back(s);
+      for (int32_t s = 0; s < static_cast<int32_t>(live_.size()); ++s)
+        if (live_[s].ver != 0) out.push_back(s);
       return out;
     }
-    std::vector<bool> seen(version_.size(), false);
+    std::vector<bool> seen(live_.size(), false);
     for (nb::handle sid : nb::iter(among)) {
       PyObject* found = PyDict_GetItemWithError(slot_of_.ptr(), sid.ptr());
       if (!found) {
@@ -325,7 +325,7 @@ class SessionHeap {
     int64_t left = num_blocks;
     while (left > 0 && live_top()) {
       const Entry& e = take();
-      int64_t k = std::min(e.size, left);
+      int64_t k = std::min(live_[e.slot].size, left);
       out.append(nb::make_tuple(sids_[e.slot], k));
       left -= k;
     }
@@ -334,10 +334,7 @@ class SessionHeap {
 
   void restore() {
     for (const Entry& e : named_) {
-      if (version_[e.slot] == e.ver) {
-        heap_.push_back(e);
-        std::push_heap(heap_.begin(), heap_.end(), after);
-      }
+      if (live(e)) heap_.push(e);
     }
     named_.clear();
   }
@@ -347,18 +344,15 @@ class SessionHeap {
     named_.clear();
     timers_.clear();
     slot_of_.clear();
-    version_.clear();
+    live_.clear();
     timed_.clear();
     sids_.clear();
     free_.clear();
   }
 
   void compact() {
-    heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
-                               [&](const Entry& e) { return version_[e.slot] != e.ver; }),
-                heap_.end());
-    std::make_heap(heap_.begin(), heap_.end(), after);
-    timers_.compact([&](const Timer& t) { return version_[t.slot] != t.ver; });
+    heap_.remove_if([&](const Entry& e) { return !live(e); });
+    timers_.compact([&](const Timer& t) { return live_[t.slot].ver != t.ver; });
   }
 
  private:
@@ -371,8 +365,8 @@ class SessionHeap {
       slot = free_.back();
       free_.pop_back();
     } else {
-      slot = static_cast<int32_t>(version_.size());
-      version_.push_back(0);
+      slot = static_cast<int32_t>(live_.size());
+      live_.push_back({0, 0, 0});
       sids_.emplace_back();
       timed_.emplace_back();
     }
@@ -437,13 +431,12 @@ class SessionHeap {
   // A new live entry of `slot`, and its timer when `until` is finite.
   void enter(double k0, double k1, int32_t slot, double until, double now) {
     const Timed& t = timed_[slot];
-    Entry e{k0, k1, t.tie, ++versions_, t.size, slot};
-    version_[slot] = e.ver;
-    heap_.push_back(e);
-    std::push_heap(heap_.begin(), heap_.end(), after);
+    if (++tags_ == 0) tags_ = renumber() + 1;  // (the 32-bit tags wrap: entry_heap.h)
+    live_[slot] = {++versions_, t.size, tags_};
+    heap_.push({k0, k1, t.tie, slot, tags_});
     if (until < std::numeric_limits<double>::infinity()) {
       double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
-      timers_.push({when, e.ver, slot}, now);
+      timers_.push({when, versions_, slot}, now);
     }
   }
 
@@ -500,26 +493,41 @@ class SessionHeap {
 
   // Drops stale entries off the top; whether a live one is left.
   bool live_top() {
-    while (!heap_.empty() && version_[heap_.front().slot] != heap_.front().ver) {
-      std::pop_heap(heap_.begin(), heap_.end(), after);
-      heap_.pop_back();
-    }
+    while (!heap_.empty() && !live(heap_.front())) heap_.pop();
     return !heap_.empty();
   }
 
   // Moves the (live) top aside, into named_; returns it.
   const Entry& take() {
-    std::pop_heap(heap_.begin(), heap_.end(), after);
-    named_.push_back(heap_.back());
-    heap_.pop_back();
+    named_.push_back(heap_.pop());
     return named_.back();
   }
 
   static constexpr Py_ssize_t kFewPushes = 4;  // `refresh`'s pushes read without allocating
-  std::vector<Entry> heap_, named_;
+  // Whether `e` is its slot's live entry (its tag: entry_heap.h).
+  bool live(const Entry& e) const { return live_[e.slot].tag == e.ver; }
+
+  // Drop the stale entries and tag the live ones 1, 2, ... in their tags' order (so every
+  // comparison answers as before); how many are live.
+  uint32_t renumber() {
+    heap_.remove_if([&](const Entry& x) { return !live(x); });
+    named_.erase(std::remove_if(named_.begin(), named_.end(),
+                                [&](const Entry& x) { return !live(x); }),
+                 named_.end());
+    std::vector<Entry*> all;
+    for (Entry& e : heap_) all.push_back(&e);
+    for (Entry& e : named_) all.push_back(&e);
+    std::sort(all.begin(), all.end(), [](const Entry* a, const Entry* b) { return a->ver < b->ver; });
+    uint32_t n = 0;
+    for (Entry* e : all) live_[e->slot].tag = e->ver = ++n;
+    return n;
+  }
+
+  entry_heap::Heap heap_;          // csrc/entry_heap.h
+  std::vector<Entry> named_;       // taken aside by the last search
   timer_wheel::TimerWheel timers_;  // csrc/timer_wheel.h
   nb::dict slot_of_;               // session -> slot
-  std::vector<int64_t> version_;   // per slot; 0: no live entry
+  std::vector<Live> live_;        // per slot
   std::vector<nb::object> sids_;   // per slot
   std::vector<int32_t> free_;      // dropped slots, for reuse
   std::vector<Timed> timed_;       // per slot
@@ -529,6 +537,7 @@ class SessionHeap {
   double grid_s_ = 0.0, log_ratio_ = 1.0;
   std::vector<double> points_;     // empty: no grid set, no re-key from the table
   int64_t versions_ = 0;
+  uint32_t tags_ = 0;              // the last entry's tag (entry_heap.h)
 };
 
 }  // namespace
@@ -546,6 +555,7 @@ NB_MODULE(_evict, m) {
       .def("set_grid", &SessionHeap::set_grid, "grid_s"_a, "log_ratio"_a, "points"_a)
       .def("drop", &SessionHeap::drop, "sid"_a)
       .def("_timer_layout", &SessionHeap::timer_layout)
+      .def("_skip_tags", &SessionHeap::skip_tags, "n"_a)
       .def("due", &SessionHeap::due, "now"_a)
       .def("top", &SessionHeap::top)
       .def("pop", &SessionHeap::pop)
