@@ -83,7 +83,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   shared-prefix blocks). Where the live share is below 0.85 no scheduler reaches 0.85
   without holding sessions back. The second reading, utilization of the fillable memory
   (kv_utilization / kv_live_share), asks how much of what live data could fill holds used
-  KV; docs/architecture.md says why both are reported. Where the live share is near 1
+  KV; docs/scheduler.md says why both are reported. Where the live share is near 1
   (bfcl) fcfs+lru, which runs every live session at once, reads higher than workflow,
   whose gate keeps room for the admitted sessions' next steps.
 - The two-tenant mix runs at 2x load: at 1x its peak working set stays under its capacity
@@ -118,7 +118,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   bench/scheduling_recompute.py splits the recomputation by the step that redoes it: on
   the fit seeds 60-71% is demoted sessions admitted again, the rest sessions admitted
   throughout their pause, whose blocks go almost only while the admitted contexts exceed
-  the GPU (docs/architecture.md, "Where swe 1x 25%'s recomputation comes from"). Demoting
+  the GPU (docs/scheduler.md, "Where swe 1x 25%'s recomputation comes from"). Demoting
   at once when a queued step's growth overflows (`queue_shrink`, `--fit` round 6, graph
   the default policy then) raised
   swe 1x 25% to 1.83x on the fit seeds (from 1.75x) but lowered bfcl 1x 25% to 1.48x (from
@@ -139,7 +139,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   default with the sessions waiting for admission in order of their true remaining steps,
   which no online scheduler knows. The miss lines and the held-out table (seeds 1, 7, 8,
   13-16) quote them: where the oracle reaches 2x and the default does not, memory does not rule
-  2x out; the default lacks the sessions' lengths. docs/architecture.md ("Where bfcl 1x
+  2x out; the default lacks the sessions' lengths. docs/scheduler.md ("Where bfcl 1x
   25%'s time goes") has the fit seeds' figures and the online orders tried.
 - Gittins order rows (`workflow+POLICY (admission_order gittins)`, the pressured points of
   seeds 1, 7, 8, 13-16; the held-out table's last column): the Gittins index of censored
@@ -152,7 +152,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   "predicted" (aging_s 80) on seeds 101-106 with graph, the default policy then (smallest
   gain 1.31x -> 1.51x at bfcl 1x 25%, no non-thrash figure worse there by over 2%); these
   rows and the "fifo admission order" goals line show what that choice gives and costs on
-  the report and held-out seeds, which the fit never read. docs/architecture.md
+  the report and held-out seeds, which the fit never read. docs/scheduler.md
   ("Admission by predicted remaining work") has the orders tried.
 - Bounded waiting: the reserve (`max_wait_s`, 120 s since `--fit` round 8 with graph; 60 s
   from round 7, fitted with ttl):
@@ -162,7 +162,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   rate); there the admission gate costs workflow mean and p95 TCT for no gain.
 - AFS, noisy mix (declared in bench/scheduling_mix.py before any workflow run on it; seeds
   2, 7, 8 never developed on): fcfs+lru lets tenant a crowd b out; workflow's memory share
-  (docs/architecture.md, "Agent Fair Share") keeps b's admission wait under a second a
+  (docs/scheduler.md, "Agent Fair Share") keeps b's admission wait under a second a
   session on seeds 7 and 8 (the per-tenant rows' last figure), and b's remaining slowdown
   is compute: b's steps run in batches full of a's work on
   a saturated GPU, while its baseline has half a GPU to itself. Admission cannot bound that;
@@ -181,7 +181,7 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   absent, its own sessions still sharing batch steps), with the TCT the less slowed tenant
   would need for 1.5, and says whether 1.5 takes slowing a tenant down. Agent Fair Share
   is work-conserving: it acts only while a tenant is held back from its share, and does
-  not delay a tenant to equalise the gains from sharing (docs/architecture.md, "Agent Fair
+  not delay a tenant to equalise the gains from sharing (docs/scheduler.md, "Agent Fair
   Share", has the decision and the development seeds' floors: `python
   bench/scheduling_mix.py --floors SEEDS`). Equal admissions (within one session of equal
   shares: the deviation bound, tests/scheduler/test_fair_share.py) are not equal
@@ -441,7 +441,7 @@ def verdict(rows: list[dict], families: list[str]) -> list[str]:
                   / _pick(rows, *k, "fcfs+lru")["kv_live_share"], k) for _, k in util]
     if fill:
         lines.append(f"- KV utilization of the fillable memory (kv_utilization / kv_live_share, "
-                     f"the second reading in docs/architecture.md) >= 0.85 there: "
+                     f"the second reading in docs/scheduler.md) >= 0.85 there: "
                      f"{'met' if worst(fill)[0] >= 0.85 else 'missed'}; {DEFAULT} lowest "
                      f"{fmt(worst(fill))}, highest {fmt(max(fill))}; fcfs+lru lowest "
                      f"{fmt(worst(fcfs_fill))}.")

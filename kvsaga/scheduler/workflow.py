@@ -114,7 +114,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             per workflow and tool), not from the workflow's mean alone (True, the default).
             Both defaults are `bench/scheduling.py --fit`'s pick on seeds 101-106, with p95,
             tasks/h and the non-thrash figures constrained on those seeds
-            (docs/architecture.md has the figures); so are those of `shrink_order` and
+            (docs/scheduler.md has the figures); so are those of `shrink_order` and
             `max_overtake` (a later round of the same fit).
         queue_shrink: run the shrink also when a queued step's growth is charged again
             (False: only when a step finishes, so a resumed step's prefill could evict the
