@@ -66,7 +66,8 @@ inline int64_t seq_of(const Args& a, int64_t i) {
   return a.seq_ids != nullptr ? a.seq_ids[i] : i;
 }
 
-// A unit of work: query rows r0 .. r1 - 1 of sequence s, the query heads of KV head h.
+// A unit of work: query rows r0 .. r1 - 1 of sequence s, the query heads of KV head h
+// (h < 0: of every KV head, run_seq_avx512 in paged_attn_seq.h).
 struct Task {
   int64_t s, h, r0, r1;
 };
@@ -77,76 +78,7 @@ struct Task {
 #define KV_CLONES
 #endif
 
-// Dot product with 16 partial sums (so the compiler vectorises without reassociating
-// floats), summed as a tree. D > 0: the head size known at compile time (unrolled).
-template <int D>
-inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
-  if constexpr (D > 0) n = D;
-  float acc[16] = {0};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  float s = acc[0];
-  for (; D == 0 && i < n; ++i) s += a[i] * b[i];  // D > 0: a multiple of 16
-  return s;
-}
-
-// Sum and maximum of a score row, 16 partials each, for the same reason as `dot`.
-inline float row_sum(const float* __restrict a, int64_t n) {
-  float acc[16] = {0};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  float s = acc[0];
-  for (; i < n; ++i) s += a[i];
-  return s;
-}
-
-inline float row_max(const float* __restrict a, int64_t n) {
-  float acc[16];
-  std::fill(acc, acc + 16, -INFINITY);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] = acc[j] > a[i + j] ? acc[j] : a[i + j];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] = acc[j] > acc[j + w] ? acc[j] : acc[j + w];
-  float m = acc[0];
-  for (; i < n; ++i) m = m > a[i] ? m : a[i];
-  return m;
-}
-
-template <int D>
-inline void axpy(float* __restrict y, float w, const float* __restrict x, int64_t n) {
-  if constexpr (D > 0) n = D;
-  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
-}
-
-// exp(x) for x in [-87, 0] (a score minus its row's maximum), written so that the compiler
-// vectorises the softmax loop (std::exp is a scalar libm call per score). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two
-// for an exact r), exp(r) by a degree-7 polynomial, 2^n put in the exponent bits; relative
-// error about 2e-7, i.e. fp32 rounding.
-// The caller clamps x to [-87, 0] in a loop of its own (exp(-87) ~ 1.6e-38, fp32's normal
-// range ends there): a float clamp in this loop would keep the compiler from vectorising it.
-inline float exp_nonpos(float x) {
-  const float n = static_cast<float>(static_cast<int32_t>(x * 1.44269504f - 0.5f));
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
-}
+#include "paged_attn_math.h"  // dot, row_sum, row_max, axpy, exp_nonpos
 
 // Walks one (sequence, KV head)'s rows of a cache position by position through its block
 // table (no division per position; a table entry is read only once the walk reaches the
@@ -294,9 +226,11 @@ KV_AVX512 inline __m512 sum16(const __m512* v) {
 }
 
 // Pass 1 for GT heads (query rows q, stride C * 16): scores of ctx positions into sc (row
-// stride ctx), 16 positions at a time.
+// stride `stride`, ctx by default), 16 positions at a time.
 template <int C, int GT>
-KV_AVX512 void scores_tile(const float* q, RowWalk k, int64_t ctx, float* sc) {
+KV_AVX512 void scores_tile(const float* q, RowWalk k, int64_t ctx, float* sc,
+                           int64_t stride = -1) {
+  if (stride < 0) stride = ctx;
   __m512 qv[GT][C];
   for (int t = 0; t < GT; ++t)
     for (int c = 0; c < C; ++c) qv[t][c] = _mm512_loadu_ps(q + (t * C + c) * 16);
@@ -315,24 +249,28 @@ KV_AVX512 void scores_tile(const float* q, RowWalk k, int64_t ctx, float* sc) {
     }
     for (int t = 0; t < GT; ++t) {
       for (int o = n; o < 16; ++o) part[t][o] = _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(sc + t * ctx + p0, static_cast<__mmask16>((1u << n) - 1),
+      _mm512_mask_storeu_ps(sc + t * stride + p0, static_cast<__mmask16>((1u << n) - 1),
                             sum16(part[t]));
     }
   }
 }
 
-// Pass 2 for GT heads: out rows (stride o_head) = probabilities (sc, row stride ctx) @ V.
+// Pass 2 for GT heads: out rows (stride o_head) = probabilities (sc, row stride `stride`,
+// ctx by default) @ V; `more`: out already holds the sums over earlier positions, continued.
 template <int C, int GT>
-KV_AVX512 void values_tile(const float* sc, RowWalk v, int64_t ctx, float* out, int64_t o_head) {
+KV_AVX512 void values_tile(const float* sc, RowWalk v, int64_t ctx, float* out, int64_t o_head,
+                           int64_t stride = -1, bool more = false) {
+  if (stride < 0) stride = ctx;
   __m512 acc[GT][C];
   for (int t = 0; t < GT; ++t)
-    for (int c = 0; c < C; ++c) acc[t][c] = _mm512_setzero_ps();
+    for (int c = 0; c < C; ++c)
+      acc[t][c] = more ? _mm512_loadu_ps(out + t * o_head + c * 16) : _mm512_setzero_ps();
   for (int64_t p = 0; p < ctx; ++p) {
     const float* vrow = v.next();
     __m512 vv[C];
     for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(vrow + c * 16);
     for (int t = 0; t < GT; ++t) {
-      const __m512 w = _mm512_set1_ps(sc[t * ctx + p]);
+      const __m512 w = _mm512_set1_ps(sc[t * stride + p]);
       for (int c = 0; c < C; ++c) acc[t][c] = _mm512_fmadd_ps(w, vv[c], acc[t][c]);
     }
   }
@@ -365,6 +303,13 @@ KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64
 #undef KV_TILE
 }
 
+// softmax_rows compiled for AVX-512 once, the copy every AVX-512 row path calls: inlined
+// into each caller, the compiler contracts its multiply-adds differently per caller, and
+// the per-head and per-sequence tasks (paged_attn_seq.h) would differ in the last bit.
+KV_AVX512 __attribute__((noinline)) void softmax_rows512(float* sc, int64_t rows, int64_t ctx) {
+  softmax_rows(sc, rows, ctx);
+}
+
 template <int C>
 KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<float>& buf) {
   const Item it = make_item(a, task, buf);
@@ -374,13 +319,14 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
     float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
-    softmax_rows(it.sc_all, g, ctx);
+    softmax_rows512(it.sc_all, g, ctx);
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
   }
 }
 
 #include "paged_attn_gemm.h"  // the extend path, run_item_gemm
+#include "paged_attn_seq.h"   // decode tasks a sequence at a time, run_seq_avx512
 #include "paged_attn_avx2.h"  // run_item_avx2 and run_item_gemm8 for AVX2-only CPUs
 
 bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
@@ -396,6 +342,8 @@ const char* tile_isa() {
 
 void run_one(const Args& a, const Task& item, std::vector<float>& buf) {
 #ifdef KV_HAS_AVX512_PATH
+  if (item.h < 0) return a.head_dim == 64 ? run_seq_avx512<4>(a, item, buf)
+                                          : run_seq_avx512<8>(a, item, buf);
   if (a.gemm && gemm_takes(a, item, false)) {  // past the AVX-512 GEMM's cap: AVX2's
     const bool wide = a.avx512 && gemm_takes(a, item, true);
     if (wide && a.head_dim == 64) return run_item_gemm<4>(a, item, buf);
@@ -427,15 +375,29 @@ constexpr int64_t kRowsPerTask = 16;
 // only (no extend GEMM), or the generic loops only (the tests hold each to the reference).
 constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2;
 
-// The tasks of a call, each sequence's row ranges for every KV head, and its work in
-// multiply-adds.
-std::vector<Task> make_tasks(const Args& a, int64_t& work) {
+#ifndef KV_HAS_AVX512_PATH
+inline bool seq_takes(const Args&, int64_t, int64_t) { return false; }
+#endif
+
+// The tasks of a call, each sequence's row ranges for every KV head (a decoding sequence's
+// row for all its heads at once where `seq_takes`), and its work in multiply-adds.
+std::vector<Task> make_tasks(const Args& a, int64_t threads, int64_t& work) {
   std::vector<Task> tasks;
   work = 0;
+  int64_t decoding = 0;
+  for (int64_t i = 0; i < a.num_seqs; ++i) {
+    const int64_t s = seq_of(a, i);
+    decoding += a.q_start[s + 1] - a.q_start[s] == 1;
+  }
+  const bool whole = seq_takes(a, decoding, threads);
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t s = seq_of(a, i);
     const int64_t q_len = a.q_start[s + 1] - a.q_start[s];
     work += q_len * a.seq_lens[s];
+    if (whole && q_len == 1) {
+      tasks.push_back({s, -1, 0, 1});
+      continue;
+    }
     for (int64_t h = 0; h < a.num_kv_heads; ++h)
       for (int64_t r0 = 0; r0 < q_len; r0 += kRowsPerTask)
         tasks.push_back({s, h, r0, std::min(q_len, r0 + kRowsPerTask)});
@@ -470,7 +432,7 @@ int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, ui
          path != kPathGeneric && !cpu_has_avx512() && cpu_has_avx2_fma(),
          path == kPathAuto && tile_isa()[0] != '\0'};
   int64_t work = 0;
-  const std::vector<Task> tasks = make_tasks(a, work);
+  const std::vector<Task> tasks = make_tasks(a, num_threads, work);
   const auto n = static_cast<int64_t>(tasks.size());
   const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, 1 + work / kWorkPerThread}));
   // Tasks are taken one at a time from a shared counter: they differ in cost (context

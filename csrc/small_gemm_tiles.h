@@ -83,10 +83,27 @@ struct Ahead {
 
 // Block b of nb's share of the lines read after chunk k0 .. k1 of the tile of nr weight rows
 // at n: rows b, b + nb, ... of this tile from k1, or (the last chunk) of the next tile from 0.
-inline Ahead ahead_of(const Call& c, int64_t n, int64_t nr, int64_t k1, int64_t b, int64_t nb) {
-  const float* next = k1 < c.k ? c.w + n * c.w_row + k1 : c.w + (n + nr) * c.w_row;
-  return {reinterpret_cast<const char*>(next + b * c.w_row), nb * c.w_row * 4,
-          static_cast<int>((nr - b + nb - 1) / nb)};
+// Every address the block forms (its rows, one line a k step of the chunk) stays inside W:
+// where the next lines would run past W's last element (the last tile's last chunk, a short
+// last chunk after a longer one on the last row, a next tile of fewer rows than this one)
+// the block asks for its own chunk's lines instead, already in L1 (forming a pointer past an
+// array's end is undefined behaviour even if a prefetch never faults).
+inline Ahead ahead_of(const Call& c, int64_t n, int64_t nr, int64_t k0, int64_t k1, int64_t b,
+                      int64_t nb) {
+  const int rows = static_cast<int>((nr - b + nb - 1) / nb);
+  // the tile's loop takes (full - k0) / 16 whole steps, pf 64 bytes (16 floats) further each
+  const int64_t full = k1 == c.k ? k0 + ((k1 - k0) & ~int64_t{15}) : k1;
+  const int64_t steps = (full - k0) / 16;
+  // this block's first row of the chunk (row n where the block has none: it asks for no
+  // line, but its pointer still moves by a line a step)
+  int64_t start = (n + (rows > 0 ? b : 0)) * c.w_row + k0;
+  if (rows > 0) {
+    const int64_t first = (k1 < c.k ? n * c.w_row + k1 : (n + nr) * c.w_row) + b * c.w_row;
+    // the furthest address formed: the last row's line after its last step (<= W's end)
+    if (first + (rows - 1) * nb * c.w_row + steps * 16 <= (c.n - 1) * c.w_row + c.k)
+      start = first;
+  }
+  return {reinterpret_cast<const char*>(c.w + start), nb * c.w_row * 4, rows};
 }
 
 // out rows r .. r + MR - 1, columns n0 .. n0 + NR - 1, over k = k0 .. k1 - 1 (a multiple of
@@ -228,7 +245,7 @@ SG_AVX512 void cols512(const Call& c, int64_t n0, int64_t n1) {
       for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
         rows = (c.m - r + nb - b - 1) / (nb - b);
         float* p = part + r * kNr512 * 16;
-        const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
+        const Ahead ahead = ahead_of(c, n, nr, k0, k1, b, nb);
         if (nr == kNr512) {
           if (nb == 1) block512<kNr512, true>(c, rows, r, n, k0, k1, p, ahead);
           else block512<kNr512, false>(c, rows, r, n, k0, k1, p, ahead);
@@ -255,7 +272,7 @@ SG_AVX2 void cols256(const Call& c, int64_t n0, int64_t n1) {
       for (int64_t b = 0, r = 0, rows = 0; b < nb; ++b, r += rows) {
         rows = (c.m - r + nb - b - 1) / (nb - b);
         float* p = part + r * kNr256 * 16;
-        const Ahead ahead = ahead_of(c, n, nr, k1, b, nb);
+        const Ahead ahead = ahead_of(c, n, nr, k0, k1, b, nb);
         if (nr == kNr256 && nb == 1) {
           if (rows == 1) tile256<1, kNr256, true>(c, r, n, k0, k1, p, ahead);
           else tile256<2, kNr256, true>(c, r, n, k0, k1, p, ahead);
