@@ -153,7 +153,10 @@ inline int64_t load_query(const Args& a, const Item& it, int64_t r) {
 }
 
 // Scores of `rows` heads over ctx positions (row stride ctx) turned into probabilities.
-inline void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
+// Never inlined: one copy (the baseline ISA's) for every path, so that the per-head and
+// per-sequence decode tasks give the same bits (inlined into an AVX-512 caller, the
+// compiler contracted its multiply-adds there and not elsewhere).
+__attribute__((noinline)) void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
   for (int64_t j = 0; j < rows; ++j) {
     float* __restrict sc = sc_all + j * ctx;
     const float m = row_max(sc, ctx);
@@ -303,13 +306,6 @@ KV_AVX512 void tile(const Args& a, const Item& it, int64_t j0, int64_t gt, int64
 #undef KV_TILE
 }
 
-// softmax_rows compiled for AVX-512 once, the copy every AVX-512 row path calls: inlined
-// into each caller, the compiler contracts its multiply-adds differently per caller, and
-// the per-head and per-sequence tasks (paged_attn_seq.h) would differ in the last bit.
-KV_AVX512 __attribute__((noinline)) void softmax_rows512(float* sc, int64_t rows, int64_t ctx) {
-  softmax_rows(sc, rows, ctx);
-}
-
 template <int C>
 KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<float>& buf) {
   const Item it = make_item(a, task, buf);
@@ -319,7 +315,7 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
     float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
-    softmax_rows512(it.sc_all, g, ctx);
+    softmax_rows(it.sc_all, g, ctx);
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
   }

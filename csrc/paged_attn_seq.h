@@ -94,7 +94,7 @@ KV_AVX512 void run_seq_avx512(const Args& a, const Task& task, std::vector<float
                                  orow + j * a.o_head, a.o_head, b > 0);
           }
       }
-      if (scores) softmax_rows512(sc_all, heads, ctx);
+      if (scores) softmax_rows(sc_all, heads, ctx);
     }
   }
 }
