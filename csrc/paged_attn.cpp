@@ -6,7 +6,8 @@
 // that copy and one SDPA call per sequence were ~70% of the step. Here each (sequence,
 // KV head) pair walks its block table and reads K/V rows where they lie, computing the
 // scores of the `group` query heads that share the KV head together, so each K/V row is
-// read once per step.
+// read once per step; a decoding sequence's KV heads go in one task where the AVX-512 row
+// tiles run it (paged_attn_seq.h), so that the heads read a span of positions in turn.
 //
 // fp32 only (the CPU engine's dtype); the Python side (kvsaga/kernels/inplace.py) checks
 // every argument and passes raw pointers plus strides in elements. Causal: query row j of
@@ -156,7 +157,10 @@ inline int64_t load_query(const Args& a, const Item& it, int64_t r) {
 // Never inlined: one copy (the baseline ISA's) for every path, so that the per-head and
 // per-sequence decode tasks give the same bits (inlined into an AVX-512 caller, the
 // compiler contracted its multiply-adds there and not elsewhere).
-__attribute__((noinline)) void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
   for (int64_t j = 0; j < rows; ++j) {
     float* __restrict sc = sc_all + j * ctx;
     const float m = row_max(sc, ctx);

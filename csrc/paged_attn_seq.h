@@ -1,22 +1,22 @@
 // The decode task of csrc/paged_attn.cpp's AVX-512 row tiles over a whole sequence: every KV
-// head of one sequence's query row, block by block. Included by paged_attn.cpp inside its
-// anonymous namespace, after the AVX-512 tiles (scores_tile, values_tile) it runs.
+// head of one sequence's query row, span by span of its context. Included by paged_attn.cpp
+// inside its anonymous namespace, after the AVX-512 tiles (scores_tile, values_tile) it runs.
 //
 // Why (bench/RESULTS.md, "Decode attention a sequence at a time"): the tier holds a
 // position's K (and V) rows of all KV heads side by side ([block, layer, K/V, position, KV
 // head, head_dim]; SmolLM2: 3 heads of 64, 768 bytes a position), and a (sequence, KV head)
-// task reads one head's 256 of every 768 bytes across a whole context (1.5 MB of K for 2,000
-// positions) before the next head's task reads the rest: the lines between arrive when the
-// CPU's stream prefetch runs ahead of the first head, and are gone from L1 and L2 by the time
-// the next head reads them. Here one task takes the sequence's heads one after the other
-// inside each block (32 positions: 24 KiB of K, in L1 while the heads read it), so a block's
-// lines are read from memory once, all of them, and the row walks of the next block ask for
-// all of its lines as well.
+// task reads one head's 256 of every 768 bytes across the whole context (1.5 MB of K at
+// 2,000 positions) before the next head's task reads the rest: the lines between arrive
+// when the CPU's stream prefetch runs ahead of the first head, and are gone from L1 and L2
+// by the time the next head reads them. Here one task takes the sequence's heads one after
+// the other inside each span of 256 positions (192 KiB of SmolLM2's K, in L2 while the
+// heads read it), so a span's lines come from memory once.
 //
 // Same bits as the per-head tasks: each head's scores are the same 16-position tiles (a
-// block holds whole tiles: block_size a multiple of 16, else `seq_takes` is false), its
-// softmax the same row, and its output sums the same multiply-adds in position order (kept
-// in the output row between blocks); tests/kernels/test_kernel_seq.py compares both bit for bit.
+// span holds whole blocks, blocks whole tiles: block_size a multiple of 16, else
+// `seq_takes` is false), its softmax the same row through the same copy of softmax_rows,
+// and its output sums the same multiply-adds in position order (kept in the output row
+// between spans); tests/kernels/test_kernel_seq.py compares both bit for bit.
 
 #pragma once
 
@@ -34,8 +34,9 @@ inline bool seq_takes(const Args& a, int64_t decoding, int64_t threads) {
 }
 
 // Positions a span takes: every head reads the span's K (or V) rows in turn, the span's
-// 192 KiB (SmolLM2's 768 bytes a position) staying in L2 until the last head has read it;
-// one block at a time (24 KiB, L1) cost more in calls than it saved.
+// 192 KiB (SmolLM2's 768 bytes a position) staying in L2 until the last head has read it.
+// One block at a time (24 KiB, in L1) cost more in calls than it saved (a 16-sequence decode
+// of 131-913 positions 1.07x the per-head tasks' CPU); 1,024 positions read as 256 did.
 constexpr int64_t kSpanPositions = 256;
 
 // GT heads' scores or values over a span's n positions (the walk at its first block).
