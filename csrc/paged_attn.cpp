@@ -1,6 +1,6 @@
 // kvsaga._paged_attn: paged attention for CPU that reads the KV cache in place.
 //
-// Why (docs/architecture.md, "Where a CPU step's time goes"): the torch path gathers each
+// Why (docs/engine_profiles.md): the torch path gathers each
 // sequence's K/V through its block table (`index_select`) in every layer at every step,
 // copying the whole context per decoded token; in a 16-sequence decode step of SmolLM2
 // that copy and one SDPA call per sequence were ~70% of the step. Here each (sequence,
@@ -465,7 +465,7 @@ int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, ui
   };
   if (t > 1 && team != 0) {
     // In torch's team: the threads that run its matmuls run the tasks, so no thread of
-    // ours waits beside them for a core (docs/architecture.md, "One team of threads").
+    // ours waits beside them for a core (docs/engine_profiles.md, "One team of threads").
     reinterpret_cast<OmpParallel>(team)(
         [](void* fn) { (*static_cast<const std::function<void()>*>(fn))(); },
         const_cast<std::function<void()>*>(&worker), static_cast<unsigned>(t), 0);

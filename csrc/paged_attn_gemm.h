@@ -6,7 +6,7 @@
 // for a task of kGemmLanes or more query heads (rows x group) with head size 64 or 128.
 // Why a path of its own: an agent step prefills a few hundred new tokens over a cached
 // prefix of a thousand or more, and the row tiles read the whole context once per query
-// row; docs/architecture.md, "The agent step's extend attention", has the profile that
+// row; docs/engine_profiles.md, "The agent step's extend attention", has the profile that
 // found it and the measured gain. Kept apart from the row kernels so that paged_attn.cpp
 // holds the decode/prefill row paths and this file the extend GEMM.
 

@@ -4,8 +4,8 @@ speed, on small models) beside two copies laid out for those kernels.
 
 Why oneDNN: `F.linear` sends an fp32 CPU matmul to MKL's sgemm, which on an AMD EPYC
 (AVX-512) took 2.2-2.6x the CPU time of oneDNN's matmul for every projection shape of
-SmolLM2-135M (`python bench/engine_linear.py`; docs/architecture.md, "Where a CPU step's
-time goes"). vLLM's CPU backend makes the same choice: one oneDNN matmul per linear layer.
+SmolLM2-135M (`python bench/engine_linear.py`; docs/engine_profiles.md).
+vLLM's CPU backend makes the same choice: one oneDNN matmul per linear layer.
 
 Why a GEMM of our own for few rows: oneDNN's linear spends ~19 us a call around its kernel
 (primitive lookup, descriptors, the boxed dispatcher), 121 calls a decode step on the engine
