@@ -80,6 +80,7 @@ class Heap {
     return e;
   }
   void clear() { v_.resize(1); }
+  void reserve(std::size_t n) { v_.reserve(n + 1); }
   // The entries, in heap order (a change must keep each one's order to the others).
   Entry* begin() { return v_.data() + 1; }
   Entry* end() { return v_.data() + v_.size(); }

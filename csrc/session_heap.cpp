@@ -333,6 +333,7 @@ class SessionHeap {
   }
 
   void restore() {
+    heap_.reserve(heap_.size() + named_.size());  // (no push below can throw: named_ whole)
     for (const Entry& e : named_) {
       if (live(e)) heap_.push(e);
     }
@@ -431,9 +432,12 @@ class SessionHeap {
   // A new live entry of `slot`, and its timer when `until` is finite.
   void enter(double k0, double k1, int32_t slot, double until, double now) {
     const Timed& t = timed_[slot];
-    if (++tags_ == 0) tags_ = renumber() + 1;  // (the 32-bit tags wrap: entry_heap.h)
-    live_[slot] = {++versions_, t.size, tags_};
-    heap_.push({k0, k1, t.tie, slot, tags_});
+    // (the 32-bit tags wrap: entry_heap.h); tags_ changes only once nothing below can throw
+    uint32_t tag = tags_ + 1;
+    if (tag == 0) tag = renumber() + 1;
+    heap_.push({k0, k1, t.tie, slot, tag});  // first: a throw leaves no live tag without an entry
+    tags_ = tag;
+    live_[slot] = {++versions_, t.size, tag};
     if (until < std::numeric_limits<double>::infinity()) {
       double when = std::max(until, std::nextafter(now, std::numeric_limits<double>::infinity()));
       timers_.push({when, versions_, slot}, now);
@@ -510,11 +514,12 @@ class SessionHeap {
   // Drop the stale entries and tag the live ones 1, 2, ... in their tags' order (so every
   // comparison answers as before); how many are live.
   uint32_t renumber() {
+    std::vector<Entry*> all;
+    all.reserve(heap_.size() + named_.size());  // the one allocation, before anything changes
     heap_.remove_if([&](const Entry& x) { return !live(x); });
     named_.erase(std::remove_if(named_.begin(), named_.end(),
                                 [&](const Entry& x) { return !live(x); }),
                  named_.end());
-    std::vector<Entry*> all;
     for (Entry& e : heap_) all.push_back(&e);
     for (Entry& e : named_) all.push_back(&e);
     std::sort(all.begin(), all.end(), [](const Entry* a, const Entry* b) { return a->ver < b->ver; });

@@ -19,6 +19,12 @@ needs_cpp = pytest.mark.skipif(SessionHeap is None, reason="kvsaga._evict is not
 TAGS = 2**32 - 1  # the tags a count holds before it wraps
 
 
+@pytest.fixture(autouse=True)
+def _each_core():
+    """Overrides conftest.py's fixture of that name: these tests build their indexes
+    themselves and read no KVSAGA_CORE, so they run once, not once a core."""
+
+
 def _answer(index, op: tuple):
     out = _apply(index, op)
     return out[0] if type(out) is tuple and len(out) == 2 and op[0] != "base" else out
@@ -59,3 +65,48 @@ def test_skip_tags_refuses_what_it_cannot_count(n):
     with pytest.raises(ValueError, match="_skip_tags"):
         cpp._skip_tags(n)
     assert len(cpp) == 0
+
+
+def _both(skip: int, steps) -> list:
+    """[runs' answers] of the C++ index whose tags wrap `skip` tags in, checked against the
+    reference's; a step: ("runs", n), ("restore",) or (session, key, tail) (a push of 1 block)."""
+    out = []
+    for index in (PySessionHeap(), SessionHeap()):
+        if isinstance(index, SessionHeap):
+            index._skip_tags(skip)
+        out.append([])
+        for step in steps:
+            if step[0] == "runs":
+                out[-1].append(index.runs(step[1]))
+            elif step[0] == "restore":
+                index.restore()
+            else:
+                index.push(step[0], step[1], step[2], 1, math.inf, 0.0)
+    assert out[1] == out[0]
+    return out[1]
+
+
+@needs_cpp
+def test_a_session_keyed_again_as_the_tags_wrap_is_one_victim():
+    # a's first entry is live when the wrap renumbers it (tag 1): the new entry's tag is 2,
+    # not 1 again (which would make the stale entry match too: a named twice)
+    assert _both(TAGS - 1, [("a", (1, 0.0), 7), ("a", (0, 0.0), 7), ("runs", 20)]) == [
+        [("a", 1)]]
+
+
+@needs_cpp
+def test_the_wrap_numbers_the_heap_in_its_tags_order_not_its_array_order():
+    # the heap's array holds c, a, b: b, keyed before a with the same key and tail, stays first
+    steps = [("b", (1, 0.0), 7), ("a", (1, 0.0), 7), ("c", (0, 0.0), 7),
+             ("z", (5, 0.0), 1),  # the wrap
+             ("runs", 20)]
+    assert _both(TAGS - 3, steps) == [[("c", 1), ("b", 1), ("a", 1), ("z", 1)]]
+
+
+@needs_cpp
+def test_the_wrap_numbers_the_entries_a_search_took_aside():
+    # b, taken aside by runs(1) when y's entry wraps the tags, comes back before a
+    steps = [("b", (1, 0.0), 7), ("a", (1, 0.0), 7), ("runs", 1),
+             ("z", (5, 0.0), 1), ("y", (6, 0.0), 1),  # y: the wrap
+             ("restore",), ("runs", 20)]
+    assert _both(TAGS - 3, steps) == [[("b", 1)], [("b", 1), ("a", 1), ("z", 1), ("y", 1)]]
