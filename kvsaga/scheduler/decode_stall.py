@@ -52,7 +52,9 @@ class DecodeStall:
         self._in_schedule = False
 
     def _decoding(self, executor: Executor) -> bool:
-        """Whether a running step decodes (computes one token) in this batch step."""
+        """Whether a running step computes one token in this batch step: a decode, or a
+        prefill with one prompt token left, which costs a step what a decode costs and is
+        likewise never cut (`_grant`), so it turns the cap on just as a decode does."""
         return any(executor.num_new_tokens(r) == 1 for r in self.running)
 
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
@@ -79,11 +81,14 @@ class DecodeStall:
             self._prefill_left = None
 
     def _grant(self, req: Any, n: int) -> int:
-        n = super()._grant(req, n)
+        # The cap cuts `n` before the classes after this one see it: Agent Fair Share of
+        # compute (`fair_share.ComputeShares._grant`) bills the tenant what it grants, so a
+        # cut after it would bill prompt tokens never computed. One token (a decode, or a
+        # prefill's last prompt token: see `_decoding`) is never cut, as there.
         left = self._prefill_left
         if left is None or n <= 1:
-            return n
-        n = min(n, left)
+            return super()._grant(req, n)
+        n = super()._grant(req, min(n, left))
         self._prefill_left = left - n
         return n
 

@@ -117,3 +117,30 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
 
 globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
                                            "readmit_charge": "room"}))
+
+
+def test_a_capped_prefill_bills_its_tenant_only_the_tokens_it_computes():
+    """Agent Fair Share of compute (on by default) counts a competing step's prefill tokens
+    as its tenant's service: with the cap on, tenant y's prefill (40 tokens beside tenant
+    x's decode) is served exactly the tokens it computed, 8 a step, not the share it was
+    allowed before the cap cut it."""
+    m = manager(64)
+    s = wf(m, decode_prefill_tokens=8)
+    assert s.share_step_tokens  # the default: 2+ tenants compete for compute
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 8), max_new=6, tenant="x")
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    b = ToyRequest("b", toks(100, 40), max_new=1, tenant="y")
+    s.add(b, 0.1)
+    computed = {"x": 0, "y": 0}
+    for k in range(1, 6):
+        out = s.schedule(0.1 * k, ex)
+        for r, n in out.scheduled:
+            assert n == 1 or (r is b and n == 8)  # the decode goes on; the cap holds
+            if n > 1:  # prefill tokens (decodes are not counted: `ComputeShares._serve`)
+                computed[r.tenant] += n
+        ex.run(s, out, 0.1 * k)
+    assert computed == {"x": 0, "y": 40}
+    assert {t: s._served.get(t, 0) for t in computed} == computed
+    s.manager.check_integrity()
