@@ -118,18 +118,29 @@ def compare_lines(base: list[dict], cand: list[dict], label: str) -> list[str]:
     return out
 
 
-REPORT_ROW = re.compile(r"^- (\w+) seed (\d+) (\d+)% workflow\+graph: .*"
-                        r"afs_max_slowdown_ratio ([0-9.]+)$")
+# `scheduling_mix.tenant_table` names a mix row's seed only when more than one mix seed ran
+# (the default `--report` runs one): such a row is keyed with this seed.
+NO_SEED = -1
+REPORT_ROW = re.compile(r"^- (\w+)(?: seed (\d+))? (\d+)% workflow\+graph: .*"
+                        r"afs_max_slowdown_ratio (\S+)$")
 
 
 def report_ratios(text: str) -> dict[tuple[str, int, int], str]:
-    """The default workflow+graph rows' ratios of a `--report` output, as printed."""
+    """The default workflow+graph rows' ratios of a `--report` output, as printed (a row
+    without a seed keyed with `NO_SEED`)."""
     out = {}
     for line in text.splitlines():
         m = REPORT_ROW.match(line)
         if m:
-            out[(m[1], int(m[2]), int(m[3]))] = m[4]
+            float(m[4])  # "inf" and "nan" are read; anything else is not a ratio
+            seed = NO_SEED if m[2] is None else int(m[2])
+            out[(m[1], seed, int(m[3]))] = m[4]
     return out
+
+
+def _case(key: tuple[str, int, int]) -> str:
+    seed = "" if key[1] == NO_SEED else f" seed {key[1]}"
+    return f"{key[0]}{seed} {key[2]}%"
 
 
 def reports_lines(base_text: str, cand_text: str) -> list[str]:
@@ -141,10 +152,22 @@ def reports_lines(base_text: str, cand_text: str) -> list[str]:
     up = 0
     for key in sorted(base):
         up += float(cand[key]) > float(base[key])
-        out.append(f"| {key[0]} seed {key[1]} {key[2]}% | {base[key]} -> {cand[key]} |")
+        out.append(f"| {_case(key)} | {base[key]} -> {cand[key]} |")
     out.append(f"ratio higher at {up} of {len(base)} cases (the veto: "
                f"{'rejected' if up else 'passes'})")
     return out
+
+
+def json_object(text: str) -> dict:
+    """`run --defaults`: a JSON object, or an error naming what it was instead."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--defaults is not JSON ({e}): {text!r}") from e
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError(
+            f"--defaults must be a JSON object of workflow defaults, got {text!r}")
+    return d
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the mix rows (module docstring)")
     r.add_argument("out", help="the JSON file to write")
     r.add_argument("--seeds", required=True, help="comma-separated")
-    r.add_argument("--defaults", type=json.loads, default=None,
+    r.add_argument("--defaults", type=json_object, default=None,
                    help="workflow defaults for the run, a JSON object")
     rp = sub.add_parser("reports", help="compare two saved --report outputs")
     rp.add_argument("base_report", help="the incumbent's --report output (text)")
