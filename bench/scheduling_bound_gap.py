@@ -38,7 +38,6 @@ at once, evicting paused contexts) or not.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import Counter, defaultdict
 from typing import Any
@@ -254,19 +253,27 @@ def demotion_line(seed: int, out: dict) -> str:
         if not ds:
             parts.append(f"{why} 0")
             continue
-        wait = sum(d.get("wait", 0.0) for d in ds)
+        # A demotion whose session's next step was already queued while admitted gets no
+        # "wait again" (that wait is the step's "wait admitted"): left out of the mean.
+        waited = [d["wait"] for d in ds if "wait" in d]
+        wait = sum(waited)
+        mean = f"{wait / len(waited):.2f} s" if waited else "n/a"
         rs = sum(d.get("recompute_s", 0.0) for d in ds)
-        parts.append(f"{why} {len(ds)} (wait again {wait / len(ds):.2f} s, recompute "
-                     f"{rs / len(ds):.3f} s a demotion; {wait:.0f} s in all)")
+        parts.append(f"{why} {len(ds)} (wait again {mean}, recompute "
+                     f"{rs / len(ds):.3f} s a demotion; {wait:.0f} s in all"
+                     + (f"; {len(ds) - len(waited)} whose next step was queued while "
+                        f"admitted, left out of the wait's mean" if len(waited) < len(ds)
+                        else "") + ")")
     room, g = out["room"], out["gpu"]
     total = room["fits"] + room["short"]
-    share = room["fits"] / total if total else math.nan
+    fits = f"{room['fits'] / total:.0%}" if total else "n/a (none waited)"
+    shares = (", ".join(f"{k} {g[k] / g['seconds']:.0%}" for k in
+                        ("running", "paused admitted", "charged"))
+              if g.get("seconds") else "n/a (no time observed)")
     return (f"seed {seed}: {len(out['demotions'])} demotions: " + "; ".join(parts)
             + f". Demoted steps' waiting: {total:.0f} s, of it with the prompt fitting beside "
-            f"the running steps' contexts {share:.0%}. Time mean share of the GPU's blocks: "
-            + ", ".join(f"{k} {g[k] / g['seconds']:.0%}" for k in
-                        ("running", "paused admitted", "charged")))
-
+            f"the running steps' contexts {fits}. Time mean share of the GPU's blocks: "
+            + shares)
 
 HEADER = ("| seed | schedule | mean TCT s | bound's (solo) s | gap s | wait first s | "
           "wait again s | wait admitted s | run s | of it, decodes stalled by prefill s "

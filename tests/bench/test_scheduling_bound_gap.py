@@ -57,3 +57,21 @@ def test_every_flag_has_help_and_bad_params_are_named(mods, capsys):
     with pytest.raises(SystemExit):
         gap.main(["bfcl", "1", "0.25", "101", "--params", '{"readmit_charge": "nope"}'])
     assert "readmit_charge" in capsys.readouterr().err
+
+
+def test_demotion_line_guards_empty_figures_and_unwaited_demotions(mods):
+    """No demoted step waited and no time observed: "n/a", not nan%; a demotion whose
+    session's next step was queued while admitted (no "wait again") is left out of the
+    wait's mean, and the line says so."""
+    _, gap = mods
+    out = {"demotions": [{"why": "on contexts", "wait": 3.0, "recompute_s": 0.1},
+                         {"why": "on contexts", "recompute_s": 0.3}],
+           "room": {"fits": 0.0, "short": 0.0}, "gpu": {"seconds": 0.0}}
+    line = gap.demotion_line(7, out)
+    assert "nan" not in line
+    assert "on contexts 2 (wait again 3.00 s, recompute 0.200 s a demotion; 3 s in all; " \
+           "1 whose next step was queued while admitted, left out of the wait's mean)" in line
+    assert "fitting beside the running steps' contexts n/a (none waited)" in line
+    assert line.endswith("n/a (no time observed)")
+    out["demotions"] = [{"why": "on prediction", "recompute_s": 0.0}]
+    assert "on prediction 1 (wait again n/a" in gap.demotion_line(7, out)
