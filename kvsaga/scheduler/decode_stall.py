@@ -25,9 +25,10 @@ takes the whole token budget, as before. 0 (the default): off.
 
 Opt-in, both: `--fit` round 25 (fit seeds 101-106) ranked the cap of 128 tokens first
 (smallest gain 1.40x -> 1.61x at bfcl 1x 25%, every fit point's gain up) and its non-thrash
-check rejected it (swe seed 103 1x p95 +5.8%, web seed 103 1x p95 +4.9%; the AFS veto would
-too: 17 of 32 mix ratios up on the AFS fit seeds); with "room" the
-smallest gain fell to 1.36x (swe, web). docs/scheduling_fit_history.md has the round.
+check rejected it (swe seed 103 1x p95 +5.8%, web seed 103 1x p95 +4.9%; the AFS veto, read
+before 00c1ce0 stopped the cap billing tenants for uncomputed tokens: 17 of 32 mix ratios
+up); with "room" the smallest gain fell to 1.36x (swe, web).
+docs/scheduling_fit_history.md has the round.
 """
 
 from __future__ import annotations
