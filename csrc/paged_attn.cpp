@@ -154,13 +154,9 @@ inline int64_t load_query(const Args& a, const Item& it, int64_t r) {
 }
 
 // Scores of `rows` heads over ctx positions (row stride ctx) turned into probabilities.
-// Never inlined: one copy (the baseline ISA's) for every path, so that the per-head and
-// per-sequence decode tasks give the same bits (inlined into an AVX-512 caller, the
-// compiler contracted its multiply-adds there and not elsewhere).
-#if defined(__GNUC__)
-__attribute__((noinline))
-#endif
-void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
+// Inlined where a caller's ISA allows (the AVX2 tiles and the generic path's clones keep
+// their vector copies); the AVX-512 paths call softmax_rows_shared below instead.
+inline void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
   for (int64_t j = 0; j < rows; ++j) {
     float* __restrict sc = sc_all + j * ctx;
     const float m = row_max(sc, ctx);
@@ -169,6 +165,17 @@ void softmax_rows(float* sc_all, int64_t rows, int64_t ctx) {
     const float inv = 1.0f / row_sum(sc, ctx);
     for (int64_t p = 0; p < ctx; ++p) sc[p] *= inv;
   }
+}
+
+// The one out-of-line (baseline ISA) copy that both AVX-512 decode paths, per head
+// (run_item_avx512) and per sequence (paged_attn_seq.h), call, so they give the same bits:
+// inlined into an AVX-512 caller the compiler contracted its multiply-adds there and not
+// in the other.
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+void softmax_rows_shared(float* sc_all, int64_t rows, int64_t ctx) {
+  softmax_rows(sc_all, rows, ctx);
 }
 
 // One (sequence, KV head), any head size, plain C++ the compiler vectorises: every query
@@ -319,7 +326,7 @@ KV_AVX512 void run_item_avx512(const Args& a, const Task& task, std::vector<floa
     float* orow = a.out + (it.q0 + r) * a.o_tok + it.h * g * a.o_head;
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, true>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
-    softmax_rows(it.sc_all, g, ctx);
+    softmax_rows_shared(it.sc_all, g, ctx);
     for (int64_t j0 = 0; j0 < g; j0 += most)
       tile<C, false>(a, it, j0, std::min(most, g - j0), ctx, orow, r == it.r0 && j0 == 0);
   }

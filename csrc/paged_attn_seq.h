@@ -14,7 +14,7 @@
 //
 // Same bits as the per-head tasks: each head's scores are the same 16-position tiles (a
 // span holds whole blocks, blocks whole tiles: block_size a multiple of 16, else
-// `seq_takes` is false), its softmax the same row through the same copy of softmax_rows,
+// `seq_takes` is false), its softmax the same row through the same copy, softmax_rows_shared,
 // and its output sums the same multiply-adds in position order (kept in the output row
 // between spans); tests/kernels/test_kernel_seq.py compares both bit for bit.
 
@@ -95,7 +95,7 @@ KV_AVX512 void run_seq_avx512(const Args& a, const Task& task, std::vector<float
                                  orow + j * a.o_head, a.o_head, b > 0);
           }
       }
-      if (scores) softmax_rows(sc_all, heads, ctx);
+      if (scores) softmax_rows_shared(sc_all, heads, ctx);
     }
   }
 }
