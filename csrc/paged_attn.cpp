@@ -386,6 +386,10 @@ constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2;
 inline bool seq_takes(const Args&, int64_t, int64_t) { return false; }
 #endif
 
+// How many of the last call's tasks were whole decoding sequences (`seq_takes`): the
+// tests read it to see which tasks a call ran, since both kinds give the same bits.
+std::atomic<int64_t> last_sequence_tasks{0};
+
 // The tasks of a call, each sequence's row ranges for every KV head (a decoding sequence's
 // row for all its heads at once where `seq_takes`), and its work in multiply-adds.
 std::vector<Task> make_tasks(const Args& a, int64_t threads, int64_t& work) {
@@ -440,6 +444,8 @@ int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, ui
          path == kPathAuto && tile_isa()[0] != '\0'};
   int64_t work = 0;
   const std::vector<Task> tasks = make_tasks(a, num_threads, work);
+  last_sequence_tasks.store(std::count_if(tasks.begin(), tasks.end(),
+                                          [](const Task& task) { return task.h < 0; }));
   const auto n = static_cast<int64_t>(tasks.size());
   const int64_t t = std::max<int64_t>(1, std::min({num_threads, n, 1 + work / kWorkPerThread}));
   // Tasks are taken one at a time from a shared counter: they differ in cost (context
@@ -559,6 +565,8 @@ NB_MODULE(_paged_attn, m) {
         nb::call_guard<nb::gil_scoped_release>());
   m.def("rope", &rope, "x"_a, "cos"_a, "sin"_a, "num_tokens"_a, "heads"_a, "half"_a,
         "x_tok"_a, "x_head"_a, nb::call_guard<nb::gil_scoped_release>());
+  m.def("last_sequence_tasks", []() { return last_sequence_tasks.load(); },
+        "How many tasks of the last paged_attention call ran a whole decoding sequence.");
   m.def("has_avx512", &cpu_has_avx512, "Whether paged_attention can take its AVX-512 path.");
   m.def("tile_isa", &tile_isa, "The tiles paged_attention runs here: avx512, avx2 or ''.");
 #ifdef KV_HAS_AVX512_PATH

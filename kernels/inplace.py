@@ -205,6 +205,13 @@ def threads_used(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int]
     return _attend(args, out, seq_ids, path)
 
 
+def last_sequence_tasks() -> int:
+    """How many tasks of the last `paged_attention` call on this process ran a whole decoding
+    sequence (every KV head, csrc/paged_attn_seq.h) rather than one (sequence, KV head). Both
+    give the same bits, so the tests read this to know which ran."""
+    return _paged_attn.last_sequence_tasks()
+
+
 def _attend(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
             path: str) -> int:
     if seq_ids is not None and not seq_ids:
