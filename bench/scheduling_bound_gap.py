@@ -37,18 +37,15 @@ at once, evicting paused contexts) or not.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter, defaultdict
 from typing import Any
 
 from scheduling import PRESET, capacity, trace
 from scheduling_bound import session_needs
-from scheduling_overflow import point_parser, point_seeds
+from scheduling_overflow import point_params, point_parser, point_seeds
 
-from kvsaga.config import KVSpec
-from kvsaga.manager import KVCacheManager
-from kvsaga.scheduler import DEFAULT_SCHEDULER, make_scheduler
+from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.sim.cost import attention_pairs
 from kvsaga.sim.simulator import SimConfig, Simulator
 
@@ -292,18 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the table and the demotion lines to PATH (markdown)")
     a = ap.parse_args(argv)
     seeds = point_seeds(ap, a.seeds)
-    try:
-        params = None if a.params is None else json.loads(a.params)
-    except ValueError:
-        params = None
-    if a.params is not None and not isinstance(params, dict):
-        ap.error(f"--params must be a JSON object, got {a.params!r}")
-    if params:
-        try:  # the scheduler's own checks, before any simulation
-            probe = KVCacheManager(KVSpec(num_layers=1, num_kv_heads=1, head_dim=8), 4)
-            make_scheduler(DEFAULT_SCHEDULER, probe, **params)
-        except (TypeError, ValueError) as e:
-            ap.error(f"--params: {e}")
+    params = point_params(ap, a.params)
     lines = [HEADER, "|" + "---|" * 12]
     notes = []
     for seed in seeds:

@@ -325,6 +325,25 @@ def point_seeds(ap: argparse.ArgumentParser, text: str) -> list[int]:
         ap.error(f"seeds must be comma-separated integers, got {text!r}")
 
 
+def point_params(ap: argparse.ArgumentParser, text: str | None) -> dict | None:
+    """`--params`' JSON object, checked by the workflow scheduler itself (unknown key, bad
+    value) before any simulation, or the parser's usage error naming what was wrong."""
+    if text is None:
+        return None
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        ap.error(f"--params must be a JSON object, got {text!r}")
+    try:
+        probe = KVCacheManager(KVSpec(num_layers=1, num_kv_heads=1, head_dim=8), 4)
+        make_scheduler(DEFAULT_SCHEDULER, probe, **params)
+    except (TypeError, ValueError) as e:
+        ap.error(f"--params {text!r}: {e}")
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = point_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--memory", action="store_true", help="the memory mode (docstring)")
@@ -335,18 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     "object (default: its defaults)")
     a = ap.parse_args(argv)
     seeds = point_seeds(ap, a.seeds)
-    try:
-        params = None if a.params is None else json.loads(a.params)
-    except ValueError:
-        params = None
-    if a.params is not None and not isinstance(params, dict):
-        ap.error(f"--params must be a JSON object, got {a.params!r}")
-    if params:
-        try:  # the scheduler's own checks (unknown key, bad value), before any simulation
-            probe = KVCacheManager(KVSpec(num_layers=1, num_kv_heads=1, head_dim=8), 4)
-            make_scheduler(DEFAULT_SCHEDULER, probe, **params)
-        except (TypeError, ValueError) as e:
-            ap.error(f"--params {a.params!r}: {e}")
+    params = point_params(ap, a.params)
     if a.growth:
         steps = []
         for seed in seeds:
