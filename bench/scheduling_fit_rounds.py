@@ -139,7 +139,18 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # "room" last (1.36x: "room" costs swe and web 1.39-2.09x). The non-thrash check rejected
 # both (the cap: swe seed 103 1x p95 48.15 -> 50.94 s, +5.8%; web seed 103 1x p95 10.28 ->
 # 10.79 s, +4.9%), so PREVIOUS stays; both opt-in (RESULTS "From the bound: ...").
+# Round 26 (issue 10, session 24, the serve lane; committed before it ran, with the code): the
+# cap gated on pressure, so that where nothing thrashes it schedules as today
+# (`decode_prefill_when`, kvsaga/scheduler/decode_stall.py). "demoted": the cap holds only
+# while a demoted session's step waits to be admitted again; "recompute": it cuts only the
+# prefill of steps that recompute context their session had computed before. Probe before
+# the round (/tmp driver over `scheduling._run`, fit seeds only: swe and web seed 103 1x 50%,
+# the runs round 25's check failed on, and bfcl 1x 25% seeds 101-106): "demoted" bfcl 1x 25%
+# geomean gain 1.68x (the ungated cap 1.61x, PREVIOUS 1.40x), web seed 103 p95 10.28 -> 10.24
+# s, but swe seed 103 p95 48.15 -> 50.95 s (+5.8%, as ungated): its check will likely fail
+# there; "recompute" 1.50x, swe 50.67 s, web 11.41 s. Caps of 64 and 256 with "demoted": 1.42x
+# and 1.51x, swe 51.11 and 51.02 s (so the cap's size is not what slows swe seed 103).
 FIT_GRID = [
-    {"decode_prefill_tokens": 128},
-    {"decode_prefill_tokens": 128, "readmit_charge": "room"},
+    {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},
+    {"decode_prefill_tokens": 128, "decode_prefill_when": "recompute"},
 ]

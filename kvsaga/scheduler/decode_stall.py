@@ -41,16 +41,31 @@ from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
 # it (`BlockRoom._fits`: its first chunk, and with steps running its whole prompt and some
 # decode headroom beside theirs), whatever the working sets charged (`_session_fits`).
 READMIT_ROOM = "room"
+# `decode_prefill_when`: when the cap holds (module docstring, "Gated").
+DECODE_PREFILL_WHEN = ("always", "demoted", "recompute")
 
 
 class DecodeStall:
     """The prefill cap (see the module docstring)."""
 
-    def _init_decode_stall(self, decode_prefill_tokens: object) -> None:
-        self.decode_prefill_tokens = check_int("decode_prefill_tokens", decode_prefill_tokens,
-                                               0)
+    def _init_decode_stall(self, decode_prefill_tokens: object,
+                           decode_prefill_when: object = "always") -> None:
+        cap = check_int("decode_prefill_tokens", decode_prefill_tokens, 0)
+        if decode_prefill_when not in DECODE_PREFILL_WHEN:
+            raise ValueError(f"scheduler parameter decode_prefill_when must be one of "
+                             f"{', '.join(DECODE_PREFILL_WHEN)}, got {decode_prefill_when!r}")
+        if decode_prefill_when != "always" and not cap:
+            raise ValueError(f"scheduler parameter decode_prefill_when "
+                             f"{decode_prefill_when!r} gates the prefill cap, which is off: "
+                             f"set decode_prefill_tokens > 0 too")
+        self.decode_prefill_tokens = cap
+        self.decode_prefill_when = decode_prefill_when
         self._prefill_left: int | None = None  # prompt tokens left to this batch step
         self._in_schedule = False
+        # "recompute": per running step (by id, with the step), its prompt tokens still to
+        # compute that its session had computed before (`_to_recompute`).
+        self._recompute: dict[int, tuple[Any, int]] = {}
+        self._asked_recompute: dict[int, tuple[Any, int]] = {}  # ... of waiting steps asked
 
     def _decoding(self, executor: Executor) -> bool:
         """Whether a running step computes one token in this batch step: a decode, or a
@@ -58,9 +73,38 @@ class DecodeStall:
         likewise never cut (`_grant`), so it turns the cap on just as a decode does."""
         return any(executor.num_new_tokens(r) == 1 for r in self.running)
 
+    def _cap_open(self) -> bool:
+        """The gate (`decode_prefill_when`): "demoted" holds the cap only while a demoted
+        session's step waits to be admitted again (the re-admission queue is the pressure
+        that thrash builds and the non-thrash regime rarely has); "always" and "recompute"
+        (which gates per step instead: `_capped`) always."""
+        if self.decode_prefill_when != "demoted":
+            return True
+        return any(r.resumed for q in self._pending.values() for r in q)
+
+    def _capped(self, req: Any) -> bool:
+        """Whether the cap cuts `req`'s prefill: under "recompute" only while it recomputes
+        context its session had computed before (evicted while it paused, or dropped by a
+        preemption), so a new session's first prefill, and a step's new tokens, run as
+        without the cap."""
+        if self.decode_prefill_when != "recompute":
+            return True
+        got = self._recompute.get(id(req)) or self._asked_recompute.get(id(req))
+        return got is not None and got[0] is req and got[1] > 0
+
+    def _to_recompute(self, req: Any, lookup: Any) -> int:
+        """Prompt tokens of a waiting step that its session had computed before and that
+        `lookup` (what `begin_step` would find) does not find cached: its session's
+        computed tokens at its pause (`Session.num_computed`), past the cached ones."""
+        s = self.manager.sessions.get(req.session_id)
+        if s is None or s.is_running or not s.num_computed:
+            return 0
+        return max(min(s.num_computed, lookup.num_prompt_tokens) - lookup.num_cached_tokens, 0)
+
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
         cap = self.decode_prefill_tokens
-        self._prefill_left = cap if cap and self._decoding(executor) else None
+        self._prefill_left = (cap if cap and self._decoding(executor) and self._cap_open()
+                              else None)
         self._in_schedule = True
         try:
             return super().schedule(now, executor)
@@ -70,12 +114,13 @@ class DecodeStall:
 
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
+        self._asked_recompute = {}
         if self._in_schedule:
             super().admit_waiting(now, budget, executor, out)
             return
         # A simulator's decode run calls it alone at a step whose running steps decode.
         cap = self.decode_prefill_tokens
-        self._prefill_left = cap if cap and self.running else None
+        self._prefill_left = cap if cap and self.running and self._cap_open() else None
         try:
             super().admit_waiting(now, budget, executor, out)
         finally:
@@ -87,18 +132,52 @@ class DecodeStall:
         # cut after it would bill prompt tokens never computed. One token (a decode, or a
         # prefill's last prompt token: see `_decoding`) is never cut, as there.
         left = self._prefill_left
-        if left is None or n <= 1:
-            return super()._grant(req, n)
-        n = super()._grant(req, min(n, left))
-        self._prefill_left = left - n
+        if left is None or n <= 1 or not self._capped(req):
+            n = super()._grant(req, n)
+        else:
+            n = super()._grant(req, min(n, left))
+            self._prefill_left = left - n
+        self._recomputed(req, n)
         return n
 
     def _chunk_limit(self, req: Any, budget: int) -> int:
         limit = super()._chunk_limit(req, budget)
         left = self._prefill_left
-        return limit if left is None else min(limit, left)
+        if self.decode_prefill_when == "recompute" and self.decode_prefill_tokens:
+            self._asked_recompute[id(req)] = (req, self._to_recompute(req, self.lookup(req)))
+        return limit if left is None or not self._capped(req) else min(limit, left)
 
     def _charge_chunk(self, req: Any, n: int) -> None:
         super()._charge_chunk(req, n)
-        if self._prefill_left is not None:
+        if self._prefill_left is not None and self._capped(req):
             self._prefill_left = max(self._prefill_left - n, 0)
+        self._recompute.pop(id(req), None)  # a retry: counted again from its lookup
+        got = self._asked_recompute.pop(id(req), None)
+        if got is not None and got[0] is req and got[1] > n:
+            self._recompute[id(req)] = (req, got[1] - n)
+
+    def _recomputed(self, req: Any, n: int) -> None:
+        """A running step computes `n` prompt tokens: fewer of them are left to recompute."""
+        got = self._recompute.get(id(req))
+        if got is None or n <= 0:
+            return
+        if got[0] is not req or got[1] <= n:
+            del self._recompute[id(req)]
+        else:
+            self._recompute[id(req)] = (req, got[1] - n)
+
+    def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
+        got = self._recompute.get(id(req))
+        if got is not None and got[0] is req:
+            del self._recompute[id(req)]
+        return super().finish(req, now, ended=ended)
+
+    def _refusal_kept(self, asked: list[tuple[Any, Any, int, Any]]) -> bool:
+        # "recompute": a refused step whose hits were evicted since may recompute now, and
+        # its first chunk, capped, need fewer blocks: then the refusal need not stand.
+        if self._asked_recompute:
+            for req, found, _, _ in asked:
+                got = self._asked_recompute.get(id(req))
+                if got is not None and (got[1] > 0) != (self._to_recompute(req, found) > 0):
+                    return False
+        return super()._refusal_kept(asked)

@@ -198,8 +198,9 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             this many times its expected pause (0, the default: at once, at the finish
             that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
             round 18 and the veto.
-        decode_prefill_tokens: while a running step decodes, a batch step computes at most
-            this many prompt tokens (0, the default: off; opt-in, `--fit` round 25: decode_stall).
+        decode_prefill_tokens, decode_prefill_when: while a running step decodes, a batch step
+            computes at most this many prompt tokens (0, the default: off; opt-in, `--fit`
+            round 25), "always" or gated ("demoted", "recompute": `decode_stall`, round 26).
     """
 
     name = "workflow"
@@ -246,7 +247,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
         paused_reserve: bool | str = False,
         undo_demotion: bool | str = False,
         shrink_after: float = 0.0,
-        decode_prefill_tokens: int = 0,
+        decode_prefill_tokens: int = 0, decode_prefill_when: str = "always",
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)
@@ -285,7 +286,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
                              f"{', '.join(map(repr, UNDO_DEMOTIONS))}, got {undo_demotion!r}")
         self.undo_demotion = undo_demotion
         self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
-        self._init_decode_stall(decode_prefill_tokens)  # `DecodeStall`
+        self._init_decode_stall(decode_prefill_tokens, decode_prefill_when)  # `DecodeStall`
         if readmit_charge not in READMIT_CHARGES:
             raise ValueError(f"scheduler parameter readmit_charge must be one of "
                              f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
