@@ -38,6 +38,17 @@ READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16, "growth_charge": "st
            for c in ("full", "binding", "binding_short", "cost", "cost_ends", "cost_leave",
                      "cost_leave_waits")]
 
+# The prefill cap while a step decodes (`decode_prefill_tokens`, kvsaga/scheduler/
+# decode_stall.py), ungated and gated (`decode_prefill_when`), with the growth prior under
+# which the stream's shrink demotes a session (so "demoted" opens: its step waits to be
+# admitted again; and "recompute" finds a step whose evicted context is computed again). On
+# this stream each row's log differs from the same parameters without the cap, and each gated
+# row's from the ungated cap's (asserted on the simulator), so an executor that ignored either
+# parameter would log other admissions than the simulator.
+CAP_BASE = {"prior_growth_tokens": 16, "growth_charge": "step"}
+CAP = [{**CAP_BASE, "decode_prefill_tokens": 16, **gate} for gate in
+       ({}, {"decode_prefill_when": "demoted"}, {"decode_prefill_when": "recompute"})]
+
 
 def stream() -> list[Session]:
     """Two-step sessions arriving together; their second step follows at once (tool_s 0),
@@ -150,7 +161,7 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
     ("workflow", {"readmit_cost": "uncached"}),
     ("workflow", UNDO),
     ("workflow", {**UNDO, "shrink_after": 1.0}),
-    *[("workflow", p) for p in READMIT]])
+    *[("workflow", p) for p in READMIT], *[("workflow", p) for p in CAP]])
 def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler, params):
     """The two `UNDO` rows: with a 16-token growth prior the stream's shrink demotes a
     session whose next step comes back with its context cached, and the undo admits it
@@ -170,6 +181,11 @@ def test_engine_and_simulator_make_the_same_admissions(tiny_model_dir, scheduler
         assert counts["demoted"] == 0
     elif params in READMIT:
         assert counts["demoted"] >= 1  # a demoted session's step came back to the gate
+    elif params in CAP:  # the cap, and its gate, change this stream's admissions
+        assert counts["demoted"] >= 1
+        assert sim_log != run_sim(sessions, synth, scheduler, CAP_BASE)
+        if params != CAP[0]:
+            assert sim_log != run_sim(sessions, synth, scheduler, CAP[0])
     engine_log = run_engine(model_dir, sessions, synth, scheduler, params)
     admitted = [sid for a, _ in sim_log for sid in a]
     assert len(admitted) >= 12  # every step admitted, retries included

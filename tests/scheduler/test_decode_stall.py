@@ -64,6 +64,89 @@ def test_values_and_defaults():
     assert wf(manager(16), readmit_charge="room").readmit_charge == "room"
 
 
+def test_gate_values():
+    kw = WorkflowScheduler.__init__.__kwdefaults__
+    assert kw["decode_prefill_when"] == "always"
+    for when in ("demoted", "recompute"):
+        assert wf(manager(16), decode_prefill_tokens=8,
+                  decode_prefill_when=when).decode_prefill_when == when
+    with pytest.raises(ValueError, match="decode_prefill_when must be one of always, "
+                                         "demoted, recompute, got 'busy'"):
+        wf(manager(16), decode_prefill_tokens=8, decode_prefill_when="busy")
+    with pytest.raises(ValueError, match="decode_prefill_when 'demoted' gates the prefill "
+                                         "cap, which is off"):
+        wf(manager(16), decode_prefill_when="demoted")
+
+
+@pytest.mark.parametrize("demoted_waits", [False, True])
+def test_the_demoted_gate_caps_only_while_a_demoted_step_waits(demoted_waits):
+    """a decodes and b (40 tokens, new) waits. With nobody demoted waiting, "demoted" leaves
+    b's prefill whole, as without the cap; with a demoted session's step (d) waiting to be
+    admitted again, the step's prompt tokens are capped (8)."""
+    m = manager(64)
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="demoted")
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 8), max_new=6)
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    s.add(ToyRequest("b", toks(100, 40), max_new=1), 0.1)
+    if demoted_waits:  # a later step of a session no longer admitted: it waits again
+        s.add(ToyRequest("d", toks(300, 20), max_new=1, resumed=True, arrival=0.1), 0.1)
+    assert s._cap_open() is demoted_waits
+    out = s.schedule(0.1, ex)
+    got = dict((r.session_id, n) for r, n in out.scheduled)
+    assert got["a"] == 1
+    prompt = sum(n for r, n in out.scheduled if r is not a)
+    assert prompt == (8 if demoted_waits else 40)
+    m.check_integrity()
+
+
+def test_the_recompute_gate_caps_only_recomputed_context():
+    """r ran a 40-token step and paused; f's prefill evicted part of r's blocks. While a
+    decodes, r's next step (its lost tokens, then 30 new ones) and a new session b (40
+    tokens) are admitted: "recompute" caps r's chunks at 8 until its lost tokens are computed
+    again, then lets the rest go whole, and leaves b's first-time prefill whole."""
+    m = manager(32)
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="recompute", overcommit=8.0)
+    ex = ToyExecutor(m)
+    r = ToyRequest("r", toks(0, 40), max_new=1, last=False)
+    s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    f = ToyRequest("f", toks(500, 100), max_new=1)
+    s.add(f, 0.1)
+    for t in (0.1, 0.2):
+        ex.run(s, s.schedule(t, ex), t)
+    assert f.out and not s.running
+    a = ToyRequest("a", toks(900, 8), max_new=12)
+    s.add(a, 1.0)
+    ex.run(s, s.schedule(1.0, ex), 1.0)
+    r2 = ToyRequest("r", r.prompt + r.out + toks(700, 30), max_new=1, last=False, resumed=True,
+                    arrival=1.1)
+    found = m.lookup("r", r2.token_ids)
+    lost = s._to_recompute(r2, found)
+    assert 8 < lost < 41 and lost == m.num_computed_tokens("r") - found.num_cached_tokens
+    b = ToyRequest("b", toks(200, 40), max_new=1)
+    s.add(r2, 1.1)
+    s.add(b, 1.1)
+    chunks: dict[str, list[int]] = {"r": [], "b": []}
+    for k in range(8):
+        t = 1.1 + 0.1 * k
+        out = s.schedule(t, ex)
+        assert dict((q.session_id, n) for q, n in out.scheduled)["a"] == 1  # a decodes on
+        for q, n in out.scheduled:
+            if q.session_id in chunks:
+                chunks[q.session_id].append(n)
+        ex.run(s, out, t)
+    assert chunks["b"] == [40]  # first-time prefill: whole
+    # Chunks of 8 until the lost tokens (at least those lost before a's decodes evicted
+    # more) are computed again, then the rest in one chunk, to the prompt's end.
+    *capped, rest = chunks["r"]
+    assert capped == [8] * len(capped) and lost <= sum(capped) < lost + 8 + 8 and rest > 8
+    assert r2.out and m.num_computed_tokens("r") == len(r2.prompt)
+    assert not s._recompute  # nothing kept once the recomputation is done
+    m.check_integrity()
+
+
 @pytest.mark.parametrize("charge,admitted", [("room", True), ("uncached", False)])
 def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, admitted):
     """keep (60 tokens) and big (40 tokens) admitted on a 32-block pool, run a step and
@@ -117,6 +200,9 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
 
 globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
                                            "readmit_charge": "room"}))
+for _when in ("demoted", "recompute"):
+    globals().update(machines(f"decode_stall_{_when}", {
+        **DEMOTING, "decode_prefill_tokens": 4, "decode_prefill_when": _when}))
 
 
 def test_a_capped_prefill_bills_its_tenant_only_the_tokens_it_computes():
