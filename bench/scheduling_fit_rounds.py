@@ -142,15 +142,24 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # Round 26 (issue 10, session 24, the serve lane; committed before it ran, with the code): the
 # cap gated on pressure, so that where nothing thrashes it schedules as today
 # (`decode_prefill_when`, kvsaga/scheduler/decode_stall.py). "demoted": the cap holds only
-# while a demoted session's step waits to be admitted again; "recompute": it cuts only the
-# prefill of steps that recompute context their session had computed before. Probe before
-# the round (/tmp driver over `scheduling._run`, fit seeds only: swe and web seed 103 1x 50%,
-# the runs round 25's check failed on, and bfcl 1x 25% seeds 101-106): "demoted" bfcl 1x 25%
-# geomean gain 1.68x (the ungated cap 1.61x, PREVIOUS 1.40x), web seed 103 p95 10.28 -> 10.24
-# s, but swe seed 103 p95 48.15 -> 50.95 s (+5.8%, as ungated): its check will likely fail
-# there; "recompute" 1.50x, swe 50.67 s, web 11.41 s. Caps of 64 and 256 with "demoted": 1.42x
-# and 1.51x, swe 51.11 and 51.02 s (so the cap's size is not what slows swe seed 103).
+# while a demoted session's step waits to be admitted again; "demoted_queue": only while two
+# or more do; "recompute": it cuts only the prefill of steps that recompute context their
+# session had computed before. Probes before the round (/tmp drivers over `scheduling._run`,
+# fit seeds only: swe and web seed 103 1x 50%, the runs round 25's check failed on, and bfcl
+# 1x 25% seeds 101-106): "demoted" bfcl 1x 25% geomean gain 1.68x (the ungated cap 1.61x,
+# PREVIOUS 1.40x), web seed 103 p95 10.28 -> 10.24 s, but swe seed 103 p95 48.15 -> 50.95 s
+# (+5.8%, as ungated); there the gate opened in 61 batch steps, each time with exactly one
+# demoted step waiting (web seed 103: 24, one each), while at bfcl 1x 25% (seeds 101, 103)
+# two or more waited in most of its 1,800-2,100 open steps; hence "demoted_queue": 1.58x,
+# swe and web seed 103 identical to PREVIOUS (the gate never opens there). "recompute" 1.50x,
+# swe 50.67 s, web seed 103 p95 11.41 s (+11%): not in the grid. Caps of 64 and 256 with
+# "demoted": 1.42x and 1.51x, swe 51.11 and 51.02 s. swe seed 103's p95 session
+# (swe-s103-00018) loses its 3.3 s to a timing cascade: an earlier capped step moves its
+# later arrivals, and one of them (9,799 tokens) waits 2.3 s behind another session's step
+# that the default had not yet admitted, with the gate shut.
+# (A first start of this round, with "demoted" and "recompute", was stopped after 7 minutes,
+# before it printed anything, to add "demoted_queue".)
 FIT_GRID = [
+    {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},
-    {"decode_prefill_tokens": 128, "decode_prefill_when": "recompute"},
 ]

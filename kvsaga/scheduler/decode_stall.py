@@ -42,7 +42,7 @@ from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
 # decode headroom beside theirs), whatever the working sets charged (`_session_fits`).
 READMIT_ROOM = "room"
 # `decode_prefill_when`: when the cap holds (module docstring, "Gated").
-DECODE_PREFILL_WHEN = ("always", "demoted", "recompute")
+DECODE_PREFILL_WHEN = ("always", "demoted", "demoted_queue", "recompute")
 
 
 class DecodeStall:
@@ -75,12 +75,21 @@ class DecodeStall:
 
     def _cap_open(self) -> bool:
         """The gate (`decode_prefill_when`): "demoted" holds the cap only while a demoted
-        session's step waits to be admitted again (the re-admission queue is the pressure
-        that thrash builds and the non-thrash regime rarely has); "always" and "recompute"
-        (which gates per step instead: `_capped`) always."""
-        if self.decode_prefill_when != "demoted":
+        session's step waits to be admitted again (re-admissions queued: the pressure that
+        thrash builds), "demoted_queue" only while two or more do (one at a time is the
+        demotions' churn where nothing thrashes); "always" and "recompute" (which gates per
+        step instead: `_capped`) always."""
+        when = self.decode_prefill_when
+        if when not in ("demoted", "demoted_queue"):
             return True
-        return any(r.resumed for q in self._pending.values() for r in q)
+        need = 1 if when == "demoted" else 2
+        for q in self._pending.values():
+            for r in q:
+                if r.resumed:
+                    need -= 1
+                    if not need:
+                        return True
+        return False
 
     def _capped(self, req: Any) -> bool:
         """Whether the cap cuts `req`'s prefill: under "recompute" only while it recomputes

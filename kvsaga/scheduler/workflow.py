@@ -200,7 +200,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             round 18 and the veto.
         decode_prefill_tokens, decode_prefill_when: while a running step decodes, a batch step
             computes at most this many prompt tokens (0, the default: off; opt-in, `--fit`
-            round 25), "always" or gated ("demoted", "recompute": `decode_stall`, round 26).
+            round 25), "always" or gated ("demoted", "demoted_queue", "recompute": `decode_stall`).
     """
 
     name = "workflow"
