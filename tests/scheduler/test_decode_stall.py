@@ -67,37 +67,40 @@ def test_values_and_defaults():
 def test_gate_values():
     kw = WorkflowScheduler.__init__.__kwdefaults__
     assert kw["decode_prefill_when"] == "always"
-    for when in ("demoted", "recompute"):
+    for when in ("demoted", "demoted_queue", "recompute"):
         assert wf(manager(16), decode_prefill_tokens=8,
                   decode_prefill_when=when).decode_prefill_when == when
     with pytest.raises(ValueError, match="decode_prefill_when must be one of always, "
-                                         "demoted, recompute, got 'busy'"):
+                                         "demoted, demoted_queue, recompute, got 'busy'"):
         wf(manager(16), decode_prefill_tokens=8, decode_prefill_when="busy")
     with pytest.raises(ValueError, match="decode_prefill_when 'demoted' gates the prefill "
                                          "cap, which is off"):
         wf(manager(16), decode_prefill_when="demoted")
 
 
-@pytest.mark.parametrize("demoted_waits", [False, True])
-def test_the_demoted_gate_caps_only_while_a_demoted_step_waits(demoted_waits):
-    """a decodes and b (40 tokens, new) waits. With nobody demoted waiting, "demoted" leaves
-    b's prefill whole, as without the cap; with a demoted session's step (d) waiting to be
-    admitted again, the step's prompt tokens are capped (8)."""
+@pytest.mark.parametrize("when,demoted,capped", [
+    ("demoted", 0, False), ("demoted", 1, True), ("demoted_queue", 1, False),
+    ("demoted_queue", 2, True)])
+def test_the_demoted_gates_cap_only_while_demoted_steps_wait(when, demoted, capped):
+    """a decodes and b (40 tokens, new) waits, with `demoted` demoted sessions' steps
+    (later steps of sessions no longer admitted, 12 tokens each) waiting to be admitted
+    again. "demoted" caps the step's prompt tokens (8) while one or more wait,
+    "demoted_queue" while two or more do; else the prefills go whole, as without the cap."""
     m = manager(64)
-    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="demoted")
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when=when)
     ex = ToyExecutor(m)
     a = ToyRequest("a", toks(0, 8), max_new=6)
     s.add(a, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
     s.add(ToyRequest("b", toks(100, 40), max_new=1), 0.1)
-    if demoted_waits:  # a later step of a session no longer admitted: it waits again
-        s.add(ToyRequest("d", toks(300, 20), max_new=1, resumed=True, arrival=0.1), 0.1)
-    assert s._cap_open() is demoted_waits
+    for k in range(demoted):
+        s.add(ToyRequest(f"d{k}", toks(300 + 50 * k, 12), max_new=1, resumed=True,
+                         arrival=0.1), 0.1)
+    assert s._cap_open() is capped
     out = s.schedule(0.1, ex)
-    got = dict((r.session_id, n) for r, n in out.scheduled)
-    assert got["a"] == 1
+    assert dict((r.session_id, n) for r, n in out.scheduled)["a"] == 1
     prompt = sum(n for r, n in out.scheduled if r is not a)
-    assert prompt == (8 if demoted_waits else 40)
+    assert prompt == (8 if capped else 40 + 12 * demoted)
     m.check_integrity()
 
 
@@ -200,7 +203,7 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
 
 globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
                                            "readmit_charge": "room"}))
-for _when in ("demoted", "recompute"):
+for _when in ("demoted", "demoted_queue", "recompute"):
     globals().update(machines(f"decode_stall_{_when}", {
         **DEMOTING, "decode_prefill_tokens": 4, "decode_prefill_when": _when}))
 
