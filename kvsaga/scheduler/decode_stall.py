@@ -29,6 +29,18 @@ check rejected it (swe seed 103 1x p95 +5.8%, web seed 103 1x p95 +4.9%; the AFS
 before 00c1ce0 stopped the cap billing tenants for uncomputed tokens: 17 of 32 mix ratios
 up); with "room" the smallest gain fell to 1.36x (swe, web).
 docs/scheduling_fit_history.md has the round.
+
+Gated (`decode_prefill_when`, `--fit` round 26): the cap helps where sessions thrash and
+hurts where nothing does, so it may hold only under pressure, the non-thrash regime then
+scheduled as without it. "always" (the default: round 25's cap); "demoted": only while a
+demoted session's step waits to be admitted again; "demoted_queue": only while two or more
+do (on the fit seeds' non-thrash runs that round 25's check failed, swe and web seed 103 1x,
+the gate "demoted" opened only with one waiting, and there the cap moved a p95 session by a
+timing cascade; at bfcl 1x 25% two or more wait in most open steps); "recompute": the cap
+cuts only the prefill of steps that recompute context their session had computed before
+(evicted while it paused, or dropped by a preemption), never a new session's first prefill
+nor a step's new tokens. The gates read only the scheduler's queues and its lookups, so the
+engine and the simulator (batch steps and decode runs alike) open them at the same steps.
 """
 
 from __future__ import annotations
