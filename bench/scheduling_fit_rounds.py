@@ -159,6 +159,10 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # that the default had not yet admitted, with the gate shut.
 # (A first start of this round, with "demoted" and "recompute", was stopped after 7 minutes,
 # before it printed anything, to add "demoted_queue".)
+# Outcome: "demoted" ranked first (1 distinct p95 miss, smallest gain 1.68x) and its
+# non-thrash check rejected it (swe seed 103 1x p95 +5.8%); "demoted_queue" (2 misses, as
+# PREVIOUS; smallest gain 1.40x -> 1.58x, every fit point up) passed it: chosen by the fit
+# (docs/scheduling_fit_history.md has the veto).
 FIT_GRID = [
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},
