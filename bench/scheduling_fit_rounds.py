@@ -161,8 +161,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # before it printed anything, to add "demoted_queue".)
 # Outcome: "demoted" ranked first (1 distinct p95 miss, smallest gain 1.68x) and its
 # non-thrash check rejected it (swe seed 103 1x p95 +5.8%); "demoted_queue" (2 misses, as
-# PREVIOUS; smallest gain 1.40x -> 1.58x, every fit point up) passed it: chosen by the fit
-# (docs/scheduling_fit_history.md has the veto).
+# PREVIOUS; smallest gain 1.40x -> 1.58x, every fit point up) passed it: chosen by the fit.
+# The AFS veto rejected it (13 of 32 mix ratios up, noisy seed 102 50% 1.49 -> 1.57): the
+# default stayed, all three values opt-in (RESULTS "Gate the prefill cap on pressure").
 FIT_GRID = [
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},

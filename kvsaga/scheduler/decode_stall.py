@@ -41,6 +41,9 @@ cuts only the prefill of steps that recompute context their session had computed
 (evicted while it paused, or dropped by a preemption), never a new session's first prefill
 nor a step's new tokens. The gates read only the scheduler's queues and its lookups, so the
 engine and the simulator (batch steps and decode runs alike) open them at the same steps.
+All opt-in: round 26's fit chose "demoted_queue" (smallest gain 1.40x -> 1.58x at bfcl 1x
+25%, no non-thrash figure worse; "demoted", ranked first at 1.68x, failed the non-thrash
+check at swe seed 103 1x) and the AFS veto rejected it (13 of 32 mix ratios up).
 """
 
 from __future__ import annotations
