@@ -150,7 +150,7 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # PREVIOUS 1.40x), web seed 103 p95 10.28 -> 10.24 s, but swe seed 103 p95 48.15 -> 50.95 s
 # (+5.8%, as ungated); there the gate opened in 61 batch steps, each time with exactly one
 # demoted step waiting (web seed 103: 24, one each), while at bfcl 1x 25% (seeds 101, 103)
-# two or more waited in most of its 1,800-2,100 open steps; hence "demoted_queue": 1.58x,
+# two or more waited in 81% and 95% of its 1,935 and 1,823 open steps; hence "demoted_queue": 1.58x,
 # swe and web seed 103 identical to PREVIOUS (the gate never opens there). "recompute" 1.50x,
 # swe 50.67 s, web seed 103 p95 11.41 s (+11%): not in the grid. Caps of 64 and 256 with
 # "demoted": 1.42x and 1.51x, swe 51.11 and 51.02 s. swe seed 103's p95 session
