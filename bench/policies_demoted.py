@@ -16,7 +16,12 @@ demoted step's place in its queue (`EvictionPolicy.session_admission_rank`), als
 demoted sessions holding cached blocks when their waiting step is first told a rank, how many,
 and, from that moment to their step's start, the rank correlation of the realized time with
 that rank and with graph's forecast then (of the option's pricing, if the spec has it on),
-and per rank told, how many and their median realized time.
+and per rank told, how many and their median realized time. And the gate's room at that
+first tell (`room`): the blocks by which the admitted working sets plus this step's charge
+exceed the tiers (its own deficit; negative: room to spare), the same with the charges of
+the steps ahead of it in its tenant's queue added (the queue's), and with those of every
+waiting step at or ahead of its place in any tenant's queue (all queues'), each's Spearman
+against the realized time.
 
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6 \
@@ -65,6 +70,38 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else math.nan
 
 
+def room(sched, sid: str, now: float) -> tuple[float, float, float, float] | None:
+    """Demoted `sid`'s waiting step's room deficits at `now`, in blocks, as the workflow
+    scheduler's working-set gate charges (`WorkingSetGate._session_fits` at the default
+    "uncached" re-admission charge: the uncached part of the prompt, the working set over
+    the horizon, the reserves): own, own + the steps ahead in its tenant's queue, own + every
+    waiting step at or ahead of its place in any queue; less overcommit x the tiers; and the
+    pool's (`BlockRoom._fits`: its whole prompt's blocks and the running steps' reserve, less
+    the free-or-evictable GPU blocks). None: not waiting in a tenant's queue."""
+    limit = sched.overcommit * sched.capacity
+    bs = sched.manager.block_size
+
+    def need(req) -> int:
+        own = req.num_tokens - sched.lookup(req).gpu_hit_blocks * bs
+        ws = sched._working_set(req.workflow, own, 0)
+        var = sched._growth_var(req.workflow, None, True) if sched.growth_reserve else 0.0
+        return ws + sched._reserves(req, var)
+    place = None
+    for q in sched._pending.values():
+        for i, r in enumerate(q):
+            if r.session_id == sid:
+                place, mine, queue = i, need(r), sum(need(x) for x in list(q)[:i + 1])
+    if place is None:
+        return None
+    every = sum(need(r) for q in sched._pending.values() for r in list(q)[:place + 1])
+    c = sched._committed
+    req = next(r for q in sched._pending.values() for r in q if r.session_id == sid)
+    full = sched.lookup(req).blocks_to_admit(sched._reserve_target(req, req.num_tokens))
+    pool = full + (sched._running_reserve() if sched.running else 0) \
+        - sched.manager.pool.num_available
+    return c + mine - limit, c + queue - limit, c + every - limit, pool
+
+
 def probe(spec: str, cost) -> GraphPolicy:
     """`spec` (a graph spec) built with the noting hooks around its own."""
     name, params = P.parse_spec(spec)
@@ -81,14 +118,21 @@ def probe(spec: str, cost) -> GraphPolicy:
             self.lengths: list[tuple[int, float]] = []  # size at demotion, length
             self.first_rank: dict[str, tuple[int, float, float]] = {}  # rank, forecast, when
             self.ranked: list[tuple[float, float, float]] = []  # rank, forecast, real
+            self.sched = None  # the simulator's scheduler, set once it is built (`room`)
+            self.first_room: dict[str, tuple[float, ...]] = {}
+            self.rooms: list[tuple[float, ...]] = []  # 4 deficits, realized
 
         def session_admission_rank(self, session, rank, now: float) -> None:
             super().session_admission_rank(session, rank, now)
             sid = session.session_id
             if rank is None:
                 self.first_rank.pop(sid, None)
+                self.first_room.pop(sid, None)
             elif sid not in self.first_rank and sid in self._deferred and self.groups.get(sid):
                 self.first_rank[sid] = (rank, self._graph_time(sid, now, True, False)[1], now)
+                d = room(self.sched, sid, now) if self.sched is not None else None
+                if d is not None:
+                    self.first_room[sid] = d
 
         def session_deferred(self, session, deferred: bool, now: float) -> None:
             if deferred and session.session_id not in self.at_demotion:
@@ -110,6 +154,9 @@ def probe(spec: str, cost) -> GraphPolicy:
             r = self.first_rank.pop(sid, None)
             if r is not None:
                 self.ranked.append((float(r[0]), r[1], now - r[2]))
+                d = self.first_room.pop(sid, None)
+                if d is not None:
+                    self.rooms.append((*d, now - r[2]))
             d = self.at_demotion.pop(sid, None)
             if d is not None:
                 self.lengths.append((d[1], now - d[0]))
@@ -124,10 +171,13 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
     blocks = P._blocks(peak, longest, frac)
     config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="graph")
     pol = probe(spec, config.cost)
-    result = Simulator(trace, config, policy=pol).run()
+    sim = Simulator(trace, config, policy=pol)
+    pol.sched = sim.scheduler if hasattr(sim.scheduler, "_pending") else None
+    result = sim.run()
     seen = pol.seen
     f, lasted, real, size = ([s[i] for s in seen] for i in range(4))
     rk, rf, rreal = ([s[i] for s in pol.ranked] for i in range(3))
+    own, queue, every, pool, rreal2 = ([x[i] for x in pol.rooms] for i in range(5))
     per_rank: dict[int, list[float]] = {}
     for r, x in zip(rk, rreal, strict=True):
         per_rank.setdefault(int(r), []).append(x)
@@ -146,15 +196,21 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
             f"{med(f)} | {med(real)} | {med(err)} | {third} | {len(pol.ranked)} | "
             f"{spearman(rk, rreal):+.2f} | {spearman(rf, rreal):+.2f} | "
             + ("; ".join(f"{r}: {len(v)}, {med(v)} s" for r, v in sorted(per_rank.items()))
-               or "-") + " |")
+               or "-") + f" | {len(pol.rooms)} | {med(own)} | {spearman(own, rreal2):+.2f} | "
+            f"{spearman(queue, rreal2):+.2f} | {spearman(every, rreal2):+.2f} | {med(pool)} | "
+            f"{spearman(pool, rreal2):+.2f} |")
 
 
 HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demoted noted | "
           "rank corr. forecast | rank corr. time demoted | rank corr. context | "
           "median forecast (s) | median realized (s) | median abs log err | "
           "demotion length by context (median) | ranked | rank corr. rank | "
-          "rank corr. forecast at rank | by rank: sessions, median realized |\n"
-          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+          "rank corr. forecast at rank | by rank: sessions, median realized | room read | "
+          "median own deficit (blocks) | rank corr. own deficit | rank corr. queue deficit | "
+          "rank corr. all queues' deficit | median pool deficit (blocks) | "
+          "rank corr. pool deficit |\n"
+          "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
+          "---:|---:|---:|---:|---:|---:|---:|")
 
 
 def main(argv: list[str] | None = None) -> int:
