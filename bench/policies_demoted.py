@@ -20,8 +20,10 @@ and per rank told, how many and their median realized time. And the gate's room 
 first tell (`room`): the blocks by which the admitted working sets plus this step's charge
 exceed the tiers (its own deficit; negative: room to spare), the same with the charges of
 the steps ahead of it in its tenant's queue added (the queue's), and with those of every
-waiting step at or ahead of its place in any tenant's queue (all queues'), each's Spearman
-against the realized time.
+waiting step at or ahead of its place in any tenant's queue (all queues'), the pool's (its
+whole prompt's blocks and the running steps' reserve beyond the free-or-evictable GPU
+blocks), and the deficit the scheduler tells the policy (`session_admission_room`: the
+larger of the gate's and the pool's), each's Spearman against the realized time.
 
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6
     python bench/policies_demoted.py --trace swe --seed 202 --fraction 0.6 \
@@ -70,14 +72,16 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else math.nan
 
 
-def room(sched, sid: str, now: float) -> tuple[float, float, float, float] | None:
+def room(sched, sid: str, now: float) -> tuple[float, ...] | None:
     """Demoted `sid`'s waiting step's room deficits at `now`, in blocks, as the workflow
     scheduler's working-set gate charges (`WorkingSetGate._session_fits` at the default
     "uncached" re-admission charge: the uncached part of the prompt, the working set over
     the horizon, the reserves): own, own + the steps ahead in its tenant's queue, own + every
     waiting step at or ahead of its place in any queue; less overcommit x the tiers; and the
     pool's (`BlockRoom._fits`: its whole prompt's blocks and the running steps' reserve, less
-    the free-or-evictable GPU blocks). None: not waiting in a tenant's queue."""
+    the free-or-evictable GPU blocks); and what the scheduler tells the policy
+    (`AdmissionOrder.room_deficit`: the larger of the gate's and the pool's, the gate's
+    skipped with nobody admitted). None: not waiting in a tenant's queue."""
     limit = sched.overcommit * sched.capacity
     bs = sched.manager.block_size
 
@@ -96,10 +100,11 @@ def room(sched, sid: str, now: float) -> tuple[float, float, float, float] | Non
     every = sum(need(r) for q in sched._pending.values() for r in list(q)[:place + 1])
     c = sched._committed
     req = next(r for q in sched._pending.values() for r in q if r.session_id == sid)
+    running = sched._running_reserve() if sched.running else 0
     full = sched.lookup(req).blocks_to_admit(sched._reserve_target(req, req.num_tokens))
-    pool = full + (sched._running_reserve() if sched.running else 0) \
-        - sched.manager.pool.num_available
-    return c + mine - limit, c + queue - limit, c + every - limit, pool
+    pool = full + running - sched.manager.pool.num_available
+    return (c + mine - limit, c + queue - limit, c + every - limit, pool,
+            sched.room_deficit(req, running))
 
 
 def probe(spec: str, cost) -> GraphPolicy:
@@ -120,7 +125,7 @@ def probe(spec: str, cost) -> GraphPolicy:
             self.ranked: list[tuple[float, float, float]] = []  # rank, forecast, real
             self.sched = None  # the simulator's scheduler, set once it is built (`room`)
             self.first_room: dict[str, tuple[float, ...]] = {}
-            self.rooms: list[tuple[float, ...]] = []  # 4 deficits, realized
+            self.room_rows: list[tuple[float, ...]] = []  # 5 deficits, realized
 
         def session_admission_rank(self, session, rank, now: float) -> None:
             super().session_admission_rank(session, rank, now)
@@ -156,7 +161,7 @@ def probe(spec: str, cost) -> GraphPolicy:
                 self.ranked.append((float(r[0]), r[1], now - r[2]))
                 d = self.first_room.pop(sid, None)
                 if d is not None:
-                    self.rooms.append((*d, now - r[2]))
+                    self.room_rows.append((*d, now - r[2]))
             d = self.at_demotion.pop(sid, None)
             if d is not None:
                 self.lengths.append((d[1], now - d[0]))
@@ -177,7 +182,7 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
     seen = pol.seen
     f, lasted, real, size = ([s[i] for s in seen] for i in range(4))
     rk, rf, rreal = ([s[i] for s in pol.ranked] for i in range(3))
-    own, queue, every, pool, rreal2 = ([x[i] for x in pol.rooms] for i in range(5))
+    own, queue, every, pool, told, rreal2 = ([x[i] for x in pol.room_rows] for i in range(6))
     per_rank: dict[int, list[float]] = {}
     for r, x in zip(rk, rreal, strict=True):
         per_rank.setdefault(int(r), []).append(x)
@@ -196,9 +201,9 @@ def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
             f"{med(f)} | {med(real)} | {med(err)} | {third} | {len(pol.ranked)} | "
             f"{spearman(rk, rreal):+.2f} | {spearman(rf, rreal):+.2f} | "
             + ("; ".join(f"{r}: {len(v)}, {med(v)} s" for r, v in sorted(per_rank.items()))
-               or "-") + f" | {len(pol.rooms)} | {med(own)} | {spearman(own, rreal2):+.2f} | "
+               or "-") + f" | {len(pol.room_rows)} | {med(own)} | {spearman(own, rreal2):+.2f} | "
             f"{spearman(queue, rreal2):+.2f} | {spearman(every, rreal2):+.2f} | {med(pool)} | "
-            f"{spearman(pool, rreal2):+.2f} |")
+            f"{spearman(pool, rreal2):+.2f} | {med(told)} | {spearman(told, rreal2):+.2f} |")
 
 
 HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demoted noted | "
@@ -208,9 +213,10 @@ HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demote
           "rank corr. forecast at rank | by rank: sessions, median realized | room read | "
           "median own deficit (blocks) | rank corr. own deficit | rank corr. queue deficit | "
           "rank corr. all queues' deficit | median pool deficit (blocks) | "
-          "rank corr. pool deficit |\n"
+          "rank corr. pool deficit | median told deficit (blocks) | "
+          "rank corr. told deficit |\n"
           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
-          "---:|---:|---:|---:|---:|---:|---:|")
+          "---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,9 @@ class AdmissionRanks:
         # workflow (None: pooled) -> [admissions, seconds, places]; most recent last.
         self._sums: dict[str | None, list[float]] = {None: [0.0, 0.0, 0.0]}
 
+    def waiting(self, sid: str) -> bool:
+        return sid in self.rank
+
     def told(self, sid: str, rank: int | None, now: float) -> None:
         """The scheduler placed `sid`'s waiting step at `rank` (None: it left the queue
         without being admitted; what was told of it is dropped)."""

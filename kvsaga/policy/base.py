@@ -124,6 +124,15 @@ class EvictionPolicy:
         the queue without being admitted (the rank told last no longer holds). The
         admission itself is told by `step_started` (and `session_deferred`)."""
 
+    def session_admission_room(self, session: Session, blocks: int | None, now: float) -> None:
+        """A demoted session's next step waits for admission (`session_deferred`), and the
+        scheduler measured the room it lacks: `blocks` GPU or tier blocks must free before
+        both its working-set gate and the pool would take the step (<= 0: room now, the
+        step waits on its order or a reserve). Told at the admission attempts that order
+        the queues (with `session_admission_rank`), only when the figure changed; None: its
+        step left the queue without being admitted. A scheduler calls it only on a policy
+        that overrides it."""
+
     def tick(self, now: float) -> None:
         """Periodic call from the manager: expire TTLs, refresh predictions."""
 

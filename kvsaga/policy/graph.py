@@ -51,7 +51,8 @@ as needed at once, graph kept it and evicted an admitted session due back in 1-2
 How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
 kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's
 clock (`demoted_size`, opt-in): kvsaga/policy/size_effect.py; by its place in the scheduler's
-admission queue (`admission_rank`, opt-in): kvsaga/policy/admission_rank.py.
+admission queue (`admission_rank`, opt-in): kvsaga/policy/admission_rank.py; by the room it
+lacks (`admission_room`, opt-in): kvsaga/policy/admission_room.py.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
@@ -78,10 +79,12 @@ from __future__ import annotations
 import math
 
 from kvsaga.policy.admission_rank import AdmissionRanks
+from kvsaga.policy.admission_room import AdmissionRooms
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
+from kvsaga.policy.queue_tells import QueueTells
 from kvsaga.policy.return_forecast import ReturnForecast
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.size_effect import SizeElasticity
@@ -90,7 +93,7 @@ from kvsaga.policy.trust import PredictionTrust, flag
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
 
 
-class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
+class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
     """Expected-loss eviction over Agent Execution Graph predictions.
 
     Args:
@@ -117,6 +120,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             `calib_prior`, 4 when that is None).
         admission_rank: price a demoted session whose step waits for admission by its place
             in the scheduler's queue (`AdmissionRanks`, kvsaga/policy/admission_rank.py).
+        admission_room: ... by the room the scheduler lacks for it (`AdmissionRooms`).
     """
 
     name = "graph"
@@ -141,6 +145,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         demoted_mean: bool = False,
         demoted_size: bool = False,
         admission_rank: bool = False,
+        admission_room: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -180,6 +185,8 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._demoted_ctx: dict[str, int] = {}
         self.ranks = AdmissionRanks(calib_prior or 4.0) \
             if flag("admission_rank", admission_rank) else None
+        self.rooms = AdmissionRooms(calib_prior or 4.0) \
+            if flag("admission_room", admission_room) else None
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -205,8 +212,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
             wf, state, graph_s, recency_s, at = scored
             self.trust.add(wf, state, max(now - at, 0.0), graph_s, recency_s)
         ready = self._ready.pop(session.session_id, None)
-        if self.ranks is not None and self.ranks.admitted(session.session_id,
-                                                          session.workflow, now):
+        if self._queue_admitted(session, now):  # `QueueTells`
             self._learned_waits += 1
         if pending is not None or ready is not None:
             self._learned_waits += 1  # corrections or admission waits: keys change
@@ -297,18 +303,11 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         if sid in self.groups:
             self._dirty.add(sid)
 
-    def session_admission_rank(self, session, rank: int | None, now: float) -> None:
-        if self.ranks is not None:  # `admission_rank`: kvsaga/policy/admission_rank.py
-            self.ranks.told(session.session_id, rank, now)
-            if session.session_id in self.groups:
-                self._dirty.add(session.session_id)
-
     def session_ended(self, session, now: float) -> None:
         self._deferred.pop(session.session_id, None)
         self._deferred_since.pop(session.session_id, None)
         self._demoted_ctx.pop(session.session_id, None)
-        if self.ranks is not None:
-            self.ranks.forget(session.session_id)
+        self._queue_forget(session.session_id)
         self._on_host.pop(session.session_id, None)
         self._ready.pop(session.session_id, None)
         self._ctx_blocks.pop(session.session_id, None)
@@ -559,8 +558,7 @@ class GraphPolicy(FeedsExecutionGraph, GroupedPolicy):
         clock = 1.0 if self.size_effect is None else \
             self.size_effect.factor(self._ctx_blocks.get(sid, 0), wf)
         t, seen = self.returns.demoted_time(predicted_s, lasted, wf, self.min_wait_s, clock)
-        if self.ranks is not None and sid in self.ranks.rank:
-            t = max(self.ranks.time(sid, wf, t), self.min_wait_s)
+        t = self._queue_time(sid, wf, t)
         return t, (until if seen else math.inf)
 
     # -- keys: (0, 0) dead, (1, loss) sessions and other plain, (2, loss) shared prefix in use
