@@ -25,10 +25,18 @@ class QueueTells:
             self.ranks.told(session.session_id, rank, now)
             self._told(session.session_id)
 
-    def session_admission_room(self, session, blocks: int | None, now: float) -> None:
-        if self.rooms is not None:
-            self.rooms.told(session.session_id, blocks, now)
-            self._told(session.session_id)
+    @property
+    def session_admission_room(self):
+        """The room hook: graph's own with `admission_room` on; off, the base class's no-op,
+        so the scheduler, which measures rooms only for a policy that overrides the hook
+        (`AdmissionOrder._tell_rooms`), measures nothing for graph at its defaults."""
+        if self.rooms is None:
+            return super().session_admission_room
+        return self._room_told
+
+    def _room_told(self, session, blocks: int | None, now: float) -> None:
+        self.rooms.told(session.session_id, blocks, now)
+        self._told(session.session_id)
 
     def _queue_admitted(self, session, now: float) -> bool:
         """The session's step started: whether a tell's delay was learned (keys change)."""

@@ -156,3 +156,13 @@ def test_graph_learns_a_room_when_the_step_starts_and_forgets_an_ended_session()
     policy.session_admission_room(m.sessions["d"], 10, 2.0)
     m.end_session("d", now=2.5)
     assert not policy.rooms.waiting("d") and "d" not in policy.rooms._told
+
+
+def test_graph_listens_to_the_room_only_with_its_option():
+    """Off, graph's room hook is the base class's no-op, so the scheduler measures no room
+    for it (`AdmissionOrder._tell_rooms`); on, it is graph's own."""
+    from kvsaga.policy import EvictionPolicy
+    assert GraphPolicy().session_admission_room.__func__ is \
+        EvictionPolicy.session_admission_room
+    on = GraphPolicy(admission_room=True)
+    assert on.session_admission_room == on._room_told
