@@ -120,7 +120,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
             `calib_prior`, 4 when that is None).
         admission_rank: price a demoted session whose step waits for admission by its place
             in the scheduler's queue (`AdmissionRanks`, kvsaga/policy/admission_rank.py).
-        admission_room: ... by the room the scheduler lacks for it (`AdmissionRooms`).
+        admission_room: price it by the room the scheduler lacks for it (`AdmissionRooms`).
     """
 
     name = "graph"
