@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import math
 
+from kvsaga.policy import graph_fast
 from kvsaga.policy.admission_rank import AdmissionRanks
 from kvsaga.policy.admission_room import AdmissionRooms
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
@@ -187,6 +188,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
             if flag("admission_rank", admission_rank) else None
         self.rooms = AdmissionRooms(calib_prior or 4.0) \
             if flag("admission_room", admission_room) else None
+        graph_fast.enable(self, GraphPolicy)  # the usual search in one function, counted
 
     def bind(self, view) -> None:
         super().bind(view)
@@ -471,7 +473,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         """The search, and with `trust`, each session it takes from (and was not taken
         from since its last step) noted with graph's forecast, to be scored when it is back."""
-        victims = super().choose_victims(num_blocks, now)
+        victims = graph_fast.search(self, num_blocks, now)  # (or the general path)
         if self.trust is None or not victims:
             return victims
         plan, pending = self._plan if self.indexed else None, self._trust_pending

@@ -51,10 +51,6 @@ from kvsaga.policy.groups import GroupedPolicy, SessionView
 from kvsaga.policy.search import GRID_RATIO, grid_index, sticky_level
 from kvsaga.session import PauseHint
 
-# What ttl_fast.py's search inlines: a subclass that overrides one takes the general path.
-_FAST_READS = ("_search_state", "rent", "_timed_base", "_key", "_value", "_formula",
-               "_entry_key", "_keys", "_index_victims", "_resume_window", "_shape_cost")
-
 
 class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
     """Tool-call-aware time-to-live (see the module docstring for the rule and its bound).
@@ -93,13 +89,8 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._rent_last = 0.0
         self._token_now: tuple = (None, None)  # `_search_state`'s last token
         self._group_costs: dict[tuple[int, int], float] = {}  # (blocks, head position) -> s
-        # The usual search in one function (ttl_fast.py) where this class's keying is
-        # ttl's own (a subclass that changes it takes the general path); `_fast = False`
-        # turns it off. The counts say which path each search took.
-        cls = type(self)
-        self._fast = all(getattr(cls, f) is getattr(TTLPolicy, f) for f in _FAST_READS)
-        self.fast_searches = 0
-        self.general_searches = 0
+        # The usual search in one function (ttl_fast.py), counted.
+        ttl_fast.enable(self, TTLPolicy)
 
     def bind(self, view) -> None:
         super().bind(view)

@@ -21,9 +21,20 @@ should be and never after a change of the statistics or the rent.
 
 from __future__ import annotations
 
-from kvsaga.policy.search import _BY_CLASS, VictimSearch, grid_index
+from kvsaga.policy import fast_search
+from kvsaga.policy.fast_search import finish
+from kvsaga.policy.search import VictimSearch, grid_index
 
 _general = VictimSearch.choose_victims
+
+# What the search below inlines: a subclass that overrides one takes the general path.
+READS = ("_search_state", "rent", "_timed_base", "_key", "_value", "_formula",
+         "_entry_key", "_keys", "_index_victims", "_resume_window", "_shape_cost")
+
+
+def enable(policy, owner: type) -> None:
+    """The fast path's switch and counts on `policy` (fast_search.py `enable`)."""
+    fast_search.enable(policy, owner, READS)
 
 
 def choose_victims(self, num_blocks: int, now: float) -> list[int]:
@@ -76,29 +87,7 @@ def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         pushes.append((sid, key, g[0], len(g), until,
                        (cls, k, key[0], f, 3, paused_at, ttl, t, 1.0)))
     else:
-        return _search(self, num_blocks, now, rent, pushes)
+        self._rent = rent
+        return finish(self, num_blocks, now, pushes)
     self.general_searches += 1
     return _general(self, num_blocks, now)
-
-
-def _search(self, num_blocks: int, now: float, rent: float, pushes: list) -> list[int]:
-    """The rest of `_index_victims`'s usual search, given its pushes."""
-    self.fast_searches += 1
-    self._now = now
-    self._ending = None
-    self._plan = None
-    self._rent = rent
-    dirty, groups, index = self._dirty, self.groups, self._index
-    due, self._runs, out = index.refresh_marked(
-        now, dirty, pushes, num_blocks, 2 * len(groups) + 64, groups, self._base)
-    base = self._base
-    for p in pushes:  # (keyed with timed records: the index gives their bases)
-        base[p[0]] = None
-    dirty.clear()
-    if due is not None:  # as `_index_victims`: the due sessions only Python keys
-        if len(due) >= _BY_CLASS and self.class_keys:
-            due = self._rekey_by_class(due, now)
-        self._drop_or_rekey(set(due), now)
-        out = self._take_runs(num_blocks)
-    self._plan = (out, self._runs)
-    return out
