@@ -1,6 +1,6 @@
-"""ttl's, graph's and saga's usual search in fewer functions (kvsaga/policy/ttl_fast.py,
-graph_fast.py, saga_fast.py) names the victims, and leaves the index, bases, classes and
-memo, as the general path does; it is taken when its conditions hold and never after a change of the
+"""ttl's and graph's usual search in one function (kvsaga/policy/ttl_fast.py,
+graph_fast.py) names the victims, and leaves the index, bases, classes and memo, as the
+general path does; it is taken when its conditions hold and never after a change of the
 statistics, the rent, or a marked session the memo does not cover (counted:
 `fast_searches`, `general_searches`)."""
 
@@ -14,7 +14,6 @@ import pytest
 from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from kvsaga.policy.graph import GraphPolicy
-from kvsaga.policy.saga import SagaPolicy
 from kvsaga.policy.ttl import TTLPolicy
 from tests.policy.helpers import make
 from tests.policy.victim_record import STEPS, WORKLOADS
@@ -25,7 +24,7 @@ TOOLS = ("search", "edit", "test", "shell", "browse")
 def _ttls(policy) -> list:
     """The parts of `policy` (itself, or adaptive's experts) with a fast path."""
     return [p for p in (getattr(e, "policy", e) for e in getattr(policy, "experts", [policy]))
-            if isinstance(p, (TTLPolicy, GraphPolicy, SagaPolicy))]
+            if isinstance(p, (TTLPolicy, GraphPolicy))]
 
 
 def _recorded(m, fast: bool) -> list:
@@ -94,7 +93,7 @@ def _bench_shape(name: str, fast: bool, core: str, paused: int = 400, events: bo
 
 @pytest.mark.parametrize("core", ["python", "cpp"])
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
-@pytest.mark.parametrize("name", ["ttl", "graph", "saga", "adaptive"])
+@pytest.mark.parametrize("name", ["ttl", "graph", "adaptive"])
 def test_fast_path_names_the_victims_of_the_general_path_on_the_walks(name, workload, core):
     ref, ref_state, off = _walk(name, workload, False, core)
     got, state, on = _walk(name, workload, True, core)
@@ -105,7 +104,7 @@ def test_fast_path_names_the_victims_of_the_general_path_on_the_walks(name, work
 
 @pytest.mark.parametrize("core", ["python", "cpp"])
 @pytest.mark.parametrize("events", [False, True])
-@pytest.mark.parametrize("name", ["ttl", "graph", "saga", "adaptive"])
+@pytest.mark.parametrize("name", ["ttl", "graph", "adaptive"])
 def test_fast_path_on_the_bench_shape_is_taken_and_names_the_same_victims(name, events, core):
     ref, ref_state, off = _bench_shape(name, False, core, events=events)
     got, state, on = _bench_shape(name, True, core, events=events)
@@ -137,7 +136,7 @@ def _steady(core: str, cls=TTLPolicy):
     return m, p, step, paused + 40, now
 
 
-@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy, SagaPolicy])
+@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy])
 @pytest.mark.parametrize("core", ["python", "cpp"])
 def test_fast_path_is_not_taken_after_new_statistics_and_its_victims_stay_exact(core, cls):
     m, p, step, i, now = _steady(core, cls)
@@ -159,7 +158,7 @@ def test_fast_path_is_not_taken_after_new_statistics_and_its_victims_stay_exact(
     assert p._base == ref._base
 
 
-@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy, SagaPolicy])
+@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy])
 @pytest.mark.parametrize("core", ["python", "cpp"])
 def test_fast_path_is_not_taken_for_a_marked_session_the_memo_does_not_cover(core, cls):
     m, p, step, i, now = _steady(core, cls)
@@ -176,10 +175,8 @@ def test_fast_path_is_not_taken_for_a_marked_session_the_memo_does_not_cover(cor
     # token), the fast path does not run either: stale keys would price new sessions wrong.
     if cls is TTLPolicy:
         p._rent_usage = -1.0
-    elif cls is GraphPolicy:
+    else:
         p._learned_waits += 1
-    else:  # saga: a latency seen (its token's count)
-        p.all_latency.n += 1
     step(f"p{i + 1}", i + 1, now)
     assert p.fast_searches == fast and p.general_searches == gen + 2
     for j in range(i + 2, i + 8):  # and it comes back once the memo covers the marks again
@@ -197,9 +194,4 @@ def test_fast_path_is_off_for_a_subclass_that_changes_the_keying():
             return super()._entry_key(*a)
 
     assert TTLPolicy()._fast and not Other()._fast
-    class OtherSaga(SagaPolicy):
-        def _search_ttl(self, *a):
-            return super()._search_ttl(*a)
-
     assert GraphPolicy()._fast and not OtherGraph()._fast
-    assert SagaPolicy()._fast and not OtherSaga()._fast
