@@ -188,6 +188,8 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
             if flag("admission_rank", admission_rank) else None
         self.rooms = AdmissionRooms(calib_prior or 4.0) \
             if flag("admission_room", admission_room) else None
+        if self.rooms is not None:  # listens to the room (queue_tells.py); off, the no-op
+            self.session_admission_room = self._room_told
         graph_fast.enable(self, GraphPolicy)  # the usual search in one function, counted
 
     def bind(self, view) -> None:

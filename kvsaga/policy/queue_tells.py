@@ -25,14 +25,11 @@ class QueueTells:
             self.ranks.told(session.session_id, rank, now)
             self._told(session.session_id)
 
-    @property
-    def session_admission_room(self):
-        """The room hook: graph's own with `admission_room` on; off, the base class's no-op,
-        so the scheduler, which measures rooms only for a policy that overrides the hook
-        (`AdmissionOrder._tell_rooms`), measures nothing for graph at its defaults."""
-        if self.rooms is None:
-            return super().session_admission_room
-        return self._room_told
+    # `session_admission_room`: graph's own (`_room_told`, set on the instance by
+    # `GraphPolicy.__init__`) with `admission_room` on; off, the base class's no-op, so the
+    # scheduler, which measures rooms only for a policy that overrides the hook
+    # (`AdmissionOrder._tell_rooms`), measures nothing for graph at its defaults. An
+    # instance attribute, not a property: a test or a caller may replace it.
 
     def _room_told(self, session, blocks: int | None, now: float) -> None:
         self.rooms.told(session.session_id, blocks, now)

@@ -322,6 +322,7 @@ class AdmissionOrder:
         tell = getattr(policy, "session_admission_room", None)
         if tell is None or getattr(tell, "__func__", None) is \
                 EvictionPolicy.session_admission_room:
+            self._rooms_told = {}  # a policy that stopped listening keeps nothing told
             return
         rooms: dict[str, int] = {}
         if reqs:

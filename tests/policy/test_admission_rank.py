@@ -122,6 +122,18 @@ def test_admission_rank_evicts_the_session_admitted_later_first():
     assert victims == {False: "small", True: "big"}
 
 
+def test_the_keys_follow_a_later_rank_tell():
+    """On one policy: big, five places back, goes first; the places told reversed after
+    that victim search (which keyed them), small goes first (a tell re-keys). All at one
+    instant: a later search would re-key the timed sessions anyway."""
+    policy = GraphPolicy(admission_rank=True)
+    m = _two_demoted_waiting(policy)
+    assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "big"
+    policy.session_admission_rank(m.sessions["small"], 5, 1.0)
+    policy.session_admission_rank(m.sessions["big"], 0, 1.0)
+    assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "small"
+
+
 def test_graph_learns_a_rank_when_the_step_starts_and_forgets_an_ended_session():
     policy = GraphPolicy(admission_rank=True)
     train(policy.graph, "grep", 0.1)

@@ -160,9 +160,29 @@ def test_graph_learns_a_room_when_the_step_starts_and_forgets_an_ended_session()
 
 def test_graph_listens_to_the_room_only_with_its_option():
     """Off, graph's room hook is the base class's no-op, so the scheduler measures no room
-    for it (`AdmissionOrder._tell_rooms`); on, it is graph's own."""
+    for it (`AdmissionOrder._tell_rooms`); on, it is graph's own. Either way it is a plain
+    attribute a caller may replace (the spy pattern of the scheduler's tests)."""
     from kvsaga.policy import EvictionPolicy
-    assert GraphPolicy().session_admission_room.__func__ is \
-        EvictionPolicy.session_admission_room
+    off = GraphPolicy()
+    assert off.session_admission_room.__func__ is EvictionPolicy.session_admission_room
     on = GraphPolicy(admission_room=True)
     assert on.session_admission_room == on._room_told
+    assert "session_admission_room" not in vars(off)  # off: nothing set on the instance
+    calls: list[int | None] = []
+    for policy in (off, on):
+        policy.session_admission_room = lambda s, blocks, now: calls.append(blocks)
+        policy.session_admission_room(None, 3, 0.0)
+    assert calls == [3, 3]
+
+
+def test_the_keys_follow_a_later_room_tell():
+    """The same two demoted sessions, on one policy: told the deficits one way, then the
+    other, after a victim search between (which keyed them): the victim follows the second
+    tell (a tell marks the session's keys for recomputing). All at one instant: a later
+    search would re-key the timed sessions anyway."""
+    policy = GraphPolicy(admission_room=True)
+    m = _two_demoted_waiting(policy, -50, 400)
+    assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "big"
+    policy.session_admission_room(m.sessions["small"], 400, 1.0)
+    policy.session_admission_room(m.sessions["big"], -50, 1.0)
+    assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "small"
