@@ -312,7 +312,8 @@ class AdmissionOrder:
         """Tell the policy each waiting demoted step's room deficit (`room_deficit`,
         `EvictionPolicy.session_admission_room`) at `_tell_ranks`' scans, only where it
         changed since last told; None to one whose step left the queue still demoted.
-        Nothing is computed for a policy that does not override the hook.
+        Nothing is computed for a policy that does not override the hook. A snapshot at
+        queue changes: not re-measured as running steps decode or blocks free in between.
 
         Why: on the fit seeds the place in the queue had no rank skill for when a demoted
         session's step starts (Spearman -0.42..+0.32), this deficit has (+0.50..+0.76 on
