@@ -8,10 +8,10 @@ demoted, nor the step's place in its tenant's queue had rank skill for when that
 the swe family" and its subsections): a demoted step queues near the head, and what holds it
 back is room. The scheduler tells the policy that room (`EvictionPolicy.session_admission_room`,
 `AdmissionOrder.room_deficit`: the blocks that must free before its working-set gate and
-the pool take the step; <= 0: it fits now) as a snapshot taken when the queues change (a
-step queued or left, a sort), told on change only: it is not re-measured as running steps
-decode or blocks free, so between queue changes the figure held here may be stale. At the
-first tell (fresh when taken), that deficit ranks the time to the step's start at Spearman
+the pool take the step; <= 0: it fits now), measured when the queues change and again at
+admission attempts where the cache, the free blocks or the running steps changed, told on
+change only (`AdmissionOrder._refresh_rooms`; before it, a snapshot of the last queue change
+only). At the first tell, that deficit ranks the time to the step's start at Spearman
 +0.50..+0.76 on six fit cases (`python bench/policies_demoted.py`); the later tells the
 pricing reads were not tested for skill.
 

@@ -128,10 +128,10 @@ class EvictionPolicy:
         """A demoted session's next step waits for admission (`session_deferred`), and the
         scheduler measured the room it lacks: `blocks` GPU or tier blocks must free before
         both its working-set gate and the pool would take the step (<= 0: room now, the
-        step waits on its order or a reserve). A snapshot taken when the queues change
-        (a step queued or left, a sort: the scans that tell `session_admission_rank`), told
-        only when the figure changed: it is not re-measured while running steps decode or
-        blocks free, so between two queue changes it can be out of date by many blocks.
+        step waits on its order or a reserve). Measured when the queues change (the scans
+        that tell `session_admission_rank`) and again at an admission attempt where the
+        cache, the free-or-evictable blocks or the number of running steps changed since;
+        told only when the figure changed. Between two such attempts it can be out of date.
         None: its step left the queue without being admitted. A scheduler calls it only on
         a policy that overrides it."""
 

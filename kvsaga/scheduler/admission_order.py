@@ -167,6 +167,7 @@ class AdmissionOrder:
         self._ranks_told: dict[str, int] = {}  # ... their places told the policy (`_tell_ranks`)
         self._ranks_stale = False  # a queue changed since they were told
         self._rooms_told: dict[str, int] = {}  # ... and their room deficits (`_tell_rooms`)
+        self._room_key: tuple[int, int, int] | None = None  # what they were measured on
         self._candidate_at: float | None = None  # the time of the last admission attempt
         max_wait_s = check_float("max_wait_s", max_wait_s, 0.0)
         if math.isinf(max_wait_s):  # no reserve: backfill could pass a session forever
@@ -252,6 +253,7 @@ class AdmissionOrder:
         self._sort_queues()
         if self._candidate_at is not None:
             self._tell_ranks(self._candidate_at)
+            self._refresh_rooms(self._candidate_at)
 
     def _sort_queues(self) -> None:
         """`_sort_pending`'s sort, where the order needs it."""
@@ -312,8 +314,8 @@ class AdmissionOrder:
         """Tell the policy each waiting demoted step's room deficit (`room_deficit`,
         `EvictionPolicy.session_admission_room`) at `_tell_ranks`' scans, only where it
         changed since last told; None to one whose step left the queue still demoted.
-        Nothing is computed for a policy that does not override the hook. A snapshot at
-        queue changes: not re-measured as running steps decode or blocks free in between.
+        Nothing is computed for a policy that does not override the hook. Between queue
+        changes `_refresh_rooms` measures them again where the pool changed.
 
         Why: on the fit seeds the place in the queue had no rank skill for when a demoted
         session's step starts (Spearman -0.42..+0.32), this deficit has (+0.50..+0.76 on
@@ -339,6 +341,24 @@ class AdmissionOrder:
             if s is not None and sid in self._deferred:
                 tell(s, None, now)
         self._rooms_told = rooms
+        self._room_key = self._room_state()
+
+    def _room_state(self) -> tuple[int, int, int]:
+        """What a room deficit reads that changes without a queue change: the cache (its
+        lookups' hits), the free-or-evictable blocks and the running steps."""
+        return (self.manager.cache_version, self.manager.pool.num_available, len(self.running))
+
+    def _refresh_rooms(self, now: float) -> None:
+        """Between queue changes, measure the told rooms again at an admission attempt where
+        that state changed (running steps decode, blocks free): without it the tell is a
+        snapshot of the last queue change, out of date by many blocks on a small swe run.
+        Only where rooms were told (a listening policy, a demoted step waiting)."""
+        if not self._rooms_told or not self._deferred_waiting \
+                or self._room_state() == self._room_key:
+            return
+        reqs = {r.session_id: r for q in self._pending.values() for r in q
+                if r.session_id in self._deferred_waiting}
+        self._tell_rooms(reqs, now)
 
     def room_deficit(self, req: Any, running_reserve: int) -> int:
         """Blocks that must free before `req`'s waiting step (a demoted session's) passes

@@ -120,3 +120,29 @@ def test_engine_and_simulator_tell_the_same_rooms_on_change_only(tmp_path, monke
     for sid, blocks in sim:  # on change only: never the same figure twice in a row
         assert last.get(sid, "none") != blocks
         last[sid] = blocks
+
+
+def test_the_room_is_measured_again_when_the_pool_changes(monkeypatch):
+    """No queue change while `a` decodes, but its blocks grow: at each admission attempt
+    where the pool's free count changed the told room is measured again (here a figure
+    that reads the free count, so each change is a new tell), and only then."""
+    m = manager(16)
+    s = wf(m, backfill_window=0, readmit_charge="room")
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 44), max_new=20, last=False), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    calls = _spy(m)
+    monkeypatch.setattr(type(s), "room_deficit",
+                        lambda self, req, running: 100 + self.manager.pool.num_available)
+    m.sessions["d1"] = Session("d1", "default", bytes(32))
+    s._deferred["d1"] = 0
+    s.add(ToyRequest("d1", toks(200, 8), max_new=1, arrival=0.1, resumed=False), 0.1)
+    seen = []
+    for i in range(1, 12):
+        out = s.schedule(float(i), ex)
+        assert not out.admitted
+        seen.append(m.pool.num_available)
+        ex.run(s, out, float(i))
+    free = [b for i, b in enumerate(seen) if i == 0 or b != seen[i - 1]]
+    assert len(free) >= 2  # a's decode took blocks: the pool changed with no queue change
+    assert [b for _, b, _ in calls] == [100 + f for f in free]
