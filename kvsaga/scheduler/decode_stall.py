@@ -68,7 +68,8 @@ class DecodeStall:
         cap = check_int("decode_prefill_tokens", decode_prefill_tokens, 0)
         if decode_prefill_when not in DECODE_PREFILL_WHEN:
             raise ValueError(f"scheduler parameter decode_prefill_when must be one of "
-                             f"{', '.join(DECODE_PREFILL_WHEN)}, got {decode_prefill_when!r}")
+                             f"{', '.join(map(repr, DECODE_PREFILL_WHEN))}, "
+                             f"got {decode_prefill_when!r}")
         if decode_prefill_when != "always" and not cap:
             raise ValueError(f"scheduler parameter decode_prefill_when "
                              f"{decode_prefill_when!r} gates the prefill cap, which is off: "
@@ -81,6 +82,10 @@ class DecodeStall:
         # compute that its session had computed before (`_to_recompute`).
         self._recompute: dict[int, tuple[Any, int]] = {}
         self._asked_recompute: dict[int, tuple[Any, int]] = {}  # ... of waiting steps asked
+        # "recompute": per paused session, its computed tokens when its last step finished
+        # (a preemption cuts `Session.num_computed` back to what the retried attempt
+        # computed, so the retry would find nothing left to recompute).
+        self._paused_computed: dict[str, int] = {}
 
     def _decoding(self, executor: Executor) -> bool:
         """Whether a running step computes one token in this batch step: a decode, or a
@@ -99,6 +104,9 @@ class DecodeStall:
             return True
         need = 1 if when == "demoted" else 2
         for q in self._pending.values():
+            # Every step is read: demoted steps queue ahead of new sessions under "fifo"
+            # (`_insert_demoted`), but "predicted" / "gittins" with `readmit_order`
+            # "sorted" or "session_age" sort them among the new (`_sort_queues`).
             for r in q:
                 if r.resumed:
                     need -= 1
@@ -119,11 +127,13 @@ class DecodeStall:
     def _to_recompute(self, req: Any, lookup: Any) -> int:
         """Prompt tokens of a waiting step that its session had computed before and that
         `lookup` (what `begin_step` would find) does not find cached: its session's
-        computed tokens at its pause (`Session.num_computed`), past the cached ones."""
+        computed tokens at its pause (recorded by `finish`, or `Session.num_computed` if
+        more), past the cached ones."""
         s = self.manager.sessions.get(req.session_id)
-        if s is None or s.is_running or not s.num_computed:
+        if s is None or s.is_running:
             return 0
-        return max(min(s.num_computed, lookup.num_prompt_tokens) - lookup.num_cached_tokens, 0)
+        computed = max(self._paused_computed.get(req.session_id, 0), s.num_computed)
+        return max(min(computed, lookup.num_prompt_tokens) - lookup.num_cached_tokens, 0)
 
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
         cap = self.decode_prefill_tokens
@@ -190,11 +200,32 @@ class DecodeStall:
         else:
             self._recompute[id(req)] = (req, got[1] - n)
 
+    def _allocate(self, req: Any, n: int, now: float, executor: Executor,
+                  out: SchedulerOutput) -> bool:
+        k = len(out.preempted)
+        ok = super()._allocate(req, n, now, executor, out)
+        for victim in out.preempted[k:]:  # waiting again: its retry's lookup counts anew
+            got = self._recompute.get(id(victim))
+            if got is not None and got[0] is victim:
+                del self._recompute[id(victim)]
+        return ok
+
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         got = self._recompute.get(id(req))
         if got is not None and got[0] is req:
             del self._recompute[id(req)]
-        return super().finish(req, now, ended=ended)
+        ran = super().finish(req, now, ended=ended)
+        if self.decode_prefill_when == "recompute":
+            s = self.manager.sessions.get(req.session_id)
+            if ended or s is None:
+                self._paused_computed.pop(req.session_id, None)
+            elif ran:
+                self._paused_computed[req.session_id] = s.num_computed
+        return ran
+
+    def forget_session(self, session_id: str, now: float) -> None:
+        super().forget_session(session_id, now)
+        self._paused_computed.pop(session_id, None)
 
     def _refusal_kept(self, asked: list[tuple[Any, Any, int, Any]]) -> bool:
         # "recompute": a refused step whose hits were evicted since may recompute now, and

@@ -64,6 +64,15 @@ class DemotingMachine(SchedulerMachine):
         assert {t: b for t, b in per.items() if b} == s._tenant_blocks
         assert not set(s._undoable) & set(s.sessions)  # undoable: demoted, not admitted
         assert set(s._undoable) <= set(s._deferred)
+        # The prefill cap (`DecodeStall`): nothing carried between batch steps; a step
+        # counted as recomputing is running (a preempted one is counted again from its
+        # retry's lookup, a finished one dropped), with tokens left to recompute; paused
+        # sessions' computed tokens are kept only for sessions the manager still has.
+        assert s._prefill_left is None and not s._in_schedule
+        running = {id(r) for r in s.running}
+        for i, (r, left) in s._recompute.items():
+            assert id(r) == i and i in running and left > 0
+        assert set(s._paused_computed) <= set(s.manager.sessions)
 
     def teardown(self):
         c = COUNTS.setdefault(self.key, Counter())

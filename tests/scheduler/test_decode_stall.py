@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvsaga.errors import OutOfBlocks
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
@@ -70,8 +71,8 @@ def test_gate_values():
     for when in ("demoted", "demoted_queue", "recompute"):
         assert wf(manager(16), decode_prefill_tokens=8,
                   decode_prefill_when=when).decode_prefill_when == when
-    with pytest.raises(ValueError, match="decode_prefill_when must be one of always, "
-                                         "demoted, demoted_queue, recompute, got 'busy'"):
+    with pytest.raises(ValueError, match="decode_prefill_when must be one of 'always', "
+                                         "'demoted', 'demoted_queue', 'recompute', got 'busy'"):
         wf(manager(16), decode_prefill_tokens=8, decode_prefill_when="busy")
     with pytest.raises(ValueError, match="decode_prefill_when 'demoted' gates the prefill "
                                          "cap, which is off"):
@@ -104,11 +105,11 @@ def test_the_demoted_gates_cap_only_while_demoted_steps_wait(when, demoted, capp
     m.check_integrity()
 
 
-def test_the_recompute_gate_caps_only_recomputed_context():
-    """r ran a 40-token step and paused; f's prefill evicted part of r's blocks. While a
-    decodes, r's next step (its lost tokens, then 30 new ones) and a new session b (40
-    tokens) are admitted: "recompute" caps r's chunks at 8 until its lost tokens are computed
-    again, then lets the rest go whole, and leaves b's first-time prefill whole."""
+def _recomputing():
+    """r ran a 40-token step and paused; f's prefill evicted part of r's blocks; a (8
+    tokens, 12 outputs) is admitted and decodes next. Returns (manager, scheduler, executor,
+    r's next step r2: its context, then 30 new tokens; not queued yet), with the executor's
+    `begin` noting in `cached` the tokens r2's step found cached at each (re)admission."""
     m = manager(32)
     s = wf(m, decode_prefill_tokens=8, decode_prefill_when="recompute", overcommit=8.0)
     ex = ToyExecutor(m)
@@ -125,12 +126,29 @@ def test_the_recompute_gate_caps_only_recomputed_context():
     ex.run(s, s.schedule(1.0, ex), 1.0)
     r2 = ToyRequest("r", r.prompt + r.out + toks(700, 30), max_new=1, last=False, resumed=True,
                     arrival=1.1)
+    begin, ex.cached = ex.begin, []
+
+    def on_begin(req, now):
+        start = begin(req, now)
+        if req is r2:
+            ex.cached.append(start.num_cached_tokens)
+        return start
+    ex.begin = on_begin
+    return m, s, ex, r2
+
+
+def test_the_recompute_gate_caps_only_recomputed_context():
+    """While a decodes, r's next step (its lost tokens, then 30 new ones) and a new session
+    b (40 tokens) are admitted: "recompute" caps r's chunks at 8 until its lost tokens are
+    computed again, then lets the rest go whole, and leaves b's first-time prefill whole."""
+    m, s, ex, r2 = _recomputing()
     found = m.lookup("r", r2.token_ids)
     lost = s._to_recompute(r2, found)
     assert 8 < lost < 41 and lost == m.num_computed_tokens("r") - found.num_cached_tokens
     b = ToyRequest("b", toks(200, 40), max_new=1)
     s.add(r2, 1.1)
     s.add(b, 1.1)
+    computed = m.num_computed_tokens("r")
     chunks: dict[str, list[int]] = {"r": [], "b": []}
     for k in range(8):
         t = 1.1 + 0.1 * k
@@ -141,12 +159,51 @@ def test_the_recompute_gate_caps_only_recomputed_context():
                 chunks[q.session_id].append(n)
         ex.run(s, out, t)
     assert chunks["b"] == [40]  # first-time prefill: whole
-    # Chunks of 8 until the lost tokens (at least those lost before a's decodes evicted
-    # more) are computed again, then the rest in one chunk, to the prompt's end.
+    # Chunks of 8 until the tokens lost at admission (at least those lost before: a's
+    # decodes may evict more) are computed again, then the rest in one chunk.
+    at_admission = computed - ex.cached[0]  # computed before, not found at admission
+    assert len(ex.cached) == 1 and at_admission >= lost
     *capped, rest = chunks["r"]
-    assert capped == [8] * len(capped) and lost <= sum(capped) < lost + 8 + 8 and rest > 8
+    assert capped == [8] * -(-at_admission // 8) and rest > 8
     assert r2.out and m.num_computed_tokens("r") == len(r2.prompt)
     assert not s._recompute  # nothing kept once the recomputation is done
+    m.check_integrity()
+
+
+def test_a_recomputing_step_preempted_is_capped_again_on_its_retry():
+    """r's next step is admitted recomputing (its first chunk capped at 8), then preempted
+    (as `_allocate` does when the pool runs short). Its retry still has the context its
+    session computed before r2 to recompute, past what it finds cached now: chunks of 8
+    until that is done, then the rest whole (not: nothing counted, as the preemption cut
+    the session's computed tokens back to the attempt's)."""
+    m, s, ex, r2 = _recomputing()
+    computed = m.num_computed_tokens("r")
+    s.add(r2, 1.1)
+    out = s.schedule(1.1, ex)
+    assert r2 in out.admitted and dict((q.session_id, n) for q, n in out.scheduled)["r"] == 8
+    assert s._recompute[id(r2)][1] == computed - ex.cached[0] - 8 > 8
+    ex.run(s, out, 1.1)
+    allocate = ex.allocate
+
+    def short(req, n, now):  # the pool runs short for a's decode: r2, the newest, goes
+        if req.session_id == "a" and ("preempt", "r") not in ex.log:
+            raise OutOfBlocks(1, 0)
+        allocate(req, n, now)
+    ex.allocate = short
+    out = s.schedule(1.2, ex)
+    assert out.preempted == [r2] and [q for q, _ in out.scheduled] == [s.running[0]]
+    ex.run(s, out, 1.2)
+    assert id(r2) not in s._recompute  # a waiting retry is judged by its lookup
+    chunks = []
+    for k in range(3, 11):
+        t = 1.0 + 0.1 * k
+        out = s.schedule(t, ex)
+        chunks += [n for q, n in out.scheduled if q is r2]
+        ex.run(s, out, t)
+    assert len(ex.cached) == 2 and ex.cached[1] < computed
+    *capped, rest = chunks
+    assert capped == [8] * -(-(computed - ex.cached[1]) // 8) and rest > 8
+    assert r2.out and m.num_computed_tokens("r") == len(r2.prompt) and not s._recompute
     m.check_integrity()
 
 
