@@ -290,3 +290,34 @@ def test_a_capped_prefill_bills_its_tenant_only_the_tokens_it_computes():
     assert computed == {"x": 0, "y": 40}
     assert {t: s._served.get(t, 0) for t in computed} == computed
     s.manager.check_integrity()
+
+
+def test_a_refusal_with_nothing_to_recompute_lapses_once_its_hits_are_evicted():
+    """"recompute": r's next step was asked about (as a refused admission asks) with its
+    session's context all cached: nothing to recompute, its first chunk uncapped. Decode
+    allocations of another session then evict r's cached blocks: the step would recompute
+    now, its first chunk capped and needing fewer blocks, so the refusal no longer stands
+    (`_refusal_kept`), whatever the classes after it say."""
+    m = manager(32)
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="recompute", overcommit=8.0)
+    ex = ToyExecutor(m)
+    r = ToyRequest("r", toks(0, 40), max_new=1, last=False)
+    s.add(r, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    r2 = ToyRequest("r", r.prompt + r.out + toks(700, 30), max_new=1, last=False, resumed=True,
+                    arrival=1.0)
+    found = m.lookup("r", r2.token_ids)
+    s._chunk_limit(r2, 64)  # asked as an admission attempt asks
+    assert s._asked_recompute[id(r2)] == (r2, 0) and s._to_recompute(r2, found) == 0
+    assert s._refusal_kept([(r2, found, 64, None)])  # nothing changed: it stands
+    m.begin_step("a", toks(900, 8), now=1.0)
+    m.allocate_slots("a", 8, now=1.0)
+    now, k = 1.0, 0
+    while m.lookup("r", r2.token_ids).num_cached_tokens == found.num_cached_tokens:
+        now, k = now + 0.01, k + 1
+        m.append_tokens("a", [2000 + k])
+        m.allocate_slots("a", 1, now=now)  # a's decodes, a block every 4 tokens
+    after = m.lookup("r", r2.token_ids)
+    assert s._to_recompute(r2, after) > 0
+    assert not s._refusal_kept([(r2, after, 64, None)])
+    m.check_integrity()
