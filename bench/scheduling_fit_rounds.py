@@ -144,8 +144,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # (`decode_prefill_when`, kvsaga/scheduler/decode_stall.py). "demoted": the cap holds only
 # while a demoted session's step waits to be admitted again; "demoted_queue": only while two
 # or more do; "recompute": it cuts only the prefill of steps that recompute context their
-# session had computed before. Probes before the round (/tmp drivers over `scheduling._run`,
-# fit seeds only: swe and web seed 103 1x 50%, the runs round 25's check failed on, and bfcl
+# session had computed before. Probes before the round (/tmp drivers over `scheduling._run`;
+# by hand, probe not kept: not reproducible from a command here; fit seeds only: swe and
+# web seed 103 1x 50%, the runs round 25's check failed on, and bfcl
 # 1x 25% seeds 101-106): "demoted" bfcl 1x 25% geomean gain 1.68x (the ungated cap 1.61x,
 # PREVIOUS 1.40x), web seed 103 p95 10.28 -> 10.24 s, but swe seed 103 p95 48.15 -> 50.95 s
 # (+5.8%, as ungated); there the gate opened in 61 batch steps, each time with exactly one

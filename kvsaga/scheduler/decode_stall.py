@@ -36,11 +36,16 @@ scheduled as without it. "always" (the default: round 25's cap); "demoted": only
 demoted session's step waits to be admitted again; "demoted_queue": only while two or more
 do (on the fit seeds' non-thrash runs that round 25's check failed, swe and web seed 103 1x,
 the gate "demoted" opened only with one waiting, and there the cap moved a p95 session by a
-timing cascade; at bfcl 1x 25% two or more wait in most open steps); "recompute": the cap
-cuts only the prefill of steps that recompute context their session had computed before
-(evicted while it paused, or dropped by a preemption), never a new session's first prefill
-nor a step's new tokens. The gates read only the scheduler's queues and its lookups, so the
-engine and the simulator (batch steps and decode runs alike) open them at the same steps.
+timing cascade; at bfcl 1x 25% two or more wait in most open steps: by hand, probe not
+kept); "recompute": the cap cuts only the prefill of steps that recompute context their
+session had computed before (evicted while it paused, or dropped by a preemption), never a
+new session's first prefill; a step's new tokens run uncapped but in the chunk where its
+recomputation ends, which the cap cuts too. The gates read only the scheduler's queues and
+its lookups, so the engine and the simulator (batch steps and decode runs alike) open them
+at the same steps, but in a cluster: a session's later step at a replica that never saw the
+session counts as a demoted one's (`resumed`) in the simulator only (the engine's `resumed`
+means a session it served), so "demoted" / "demoted_queue" may open there in the simulator
+alone.
 All opt-in: round 26's fit chose "demoted_queue" (smallest gain 1.40x -> 1.58x at bfcl 1x
 25%, no non-thrash figure worse; "demoted", ranked first at 1.68x, failed the non-thrash
 check at swe seed 103 1x) and the AFS veto rejected it (13 of 32 mix ratios up).
@@ -117,8 +122,8 @@ class DecodeStall:
     def _capped(self, req: Any) -> bool:
         """Whether the cap cuts `req`'s prefill: under "recompute" only while it recomputes
         context its session had computed before (evicted while it paused, or dropped by a
-        preemption), so a new session's first prefill, and a step's new tokens, run as
-        without the cap."""
+        preemption), so a new session's first prefill runs as without the cap, and a step's
+        new tokens too but in the chunk where its recomputation ends (cut to the cap)."""
         if self.decode_prefill_when != "recompute":
             return True
         got = self._recompute.get(id(req)) or self._asked_recompute.get(id(req))
