@@ -94,6 +94,9 @@ def _split_runs(paused: int, specs: list[str], repeat: int, way: str, real_keys,
                 victims = policy.choose_victims(need, now)
                 policy.choose_victims = lambda k, t: victims  # the answer, one call
             elif way == "keying outside" and (p := _searcher(m)) is not None:
+                # ttl's and graph's fast path (ttl_fast.py, graph_fast.py) keys inline
+                # without `_keys`: the split is of the general path's keying, so off.
+                p._fast = False
                 live = p._dirty & p.groups.keys()
                 bases: dict = {}
                 made[id(p)] = (real_keys(p, live, now, bases) if live else [], bases)
