@@ -8,7 +8,7 @@ sessions marked since are paused unhinted ones whose class rate and formula `_me
 `choose_victims` below checks exactly those conditions and then makes that search's pushes
 inline and ends it as `_index_victims` does (fast_search.py `finish`); otherwise it changes
 nothing and runs the general path. Counted (`fast_searches`, `general_searches`;
-tests/policy/test_graph_fast.py).
+tests/policy/test_fast_search.py).
 """
 
 from __future__ import annotations

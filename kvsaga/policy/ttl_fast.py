@@ -14,9 +14,10 @@ state, bases and memo are those of the general path; when any of them does not h
 changes nothing and runs the general path (`VictimSearch.choose_victims`).
 
 Which path ran is counted (`TTLPolicy.fast_searches`, `general_searches`):
-tests/policy/test_ttl_fast.py compares every search's victims and the index's state with a
-policy whose fast path is off (`_fast = False`) and asserts the fast path is taken when it
-should be and never after a change of the statistics or the rent.
+tests/policy/test_fast_search.py compares every search's victims and the index's state with a
+policy whose fast path is off (`_fast = False`), checks at every fast search that its pushes
+are those `_keys` gives, and asserts the fast path is taken when it should be and never after
+a change of the statistics or the rent, nor for a marked session it must decline.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """ttl's and graph's usual search in one function (kvsaga/policy/ttl_fast.py,
 graph_fast.py) names the victims, and leaves the index, bases, classes and memo, as the
 general path does; it is taken when its conditions hold and never after a change of the
-statistics, the rent, or a marked session the memo does not cover (counted:
-`fast_searches`, `general_searches`)."""
+statistics, the rent, or a marked session the memo does not cover or must not key from it
+(counted: `fast_searches`, `general_searches`). At every fast search its pushes are checked
+against the general path's keying of the same marks (`_pushes_are_the_general_keys`)."""
 
 from __future__ import annotations
 
@@ -315,6 +316,7 @@ def test_graph_fast_path_declines_a_deferred_session(core):
 
 
 def test_ttl_fast_path_declines_after_a_pause_learned_and_a_session_value(core):
+    # (graph has no `session_value`: its token is only the one its searches build)
     _poked(core, TTLPolicy, _relearn_then_value, taken=False)
 
 
