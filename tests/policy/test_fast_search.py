@@ -270,8 +270,8 @@ def _poked(core, cls, poke, taken: bool, dt: float = 0.0):
         assert p.fast_searches + p.general_searches == f + g + 1
         out.append((p.fast_searches - f, got, p.eviction_order(), dict(p._base),
                     dict(p._memo)))
-    assert out[0][0] == (1 if taken else 0)
     assert out[0][1:] == out[1][1:]
+    assert out[0][0] == (1 if taken else 0)
 
 
 def _first_covered(p, now):
