@@ -36,7 +36,7 @@ def _nanobind_extension() -> list[Extension]:
         nanobind.include_dir(),
         os.path.join(root, "ext", "robin_map", "include"),  # nanobind uses it
     ]
-    # kvsaga._paged_attn: the CPU engine's in-place paged attention (kernels/inplace.py);
+    # kvsaga._paged_attn: the CPU engine's in-place paged attention (kvsaga/kernels/inplace.py);
     # kvsaga._evict: the eviction policies' victim index (kvsaga/policy/session_heap.py);
     # kvsaga._fused_ops: the CPU engine's fused elementwise ops (kvsaga/engine/fused_ops.py);
     # kvsaga._small_gemm: the CPU engine's decode-sized linears (kvsaga/engine/cpu_linear.py).

@@ -5,7 +5,7 @@ step shape of bench/extend_step.py.
 
 Two kvsaga workers of bench/extend_step.py (its scripted extend and decode windows, the
 same token ids for both), one importing kvsaga from TREE (`PYTHONPATH=TREE`: a checkout of
-the commit before, whose `kernels/` is importable as `kvsaga.kernels`, e.g. linked in as
+the commit before, whose `kvsaga/kernels/` is importable as `kvsaga.kernels`, e.g. linked in as
 `kvsaga/kernels`; C++ extensions it lacks come from this install), one from this
 checkout, both with `OMP_WAIT_POLICY=PASSIVE` as kvsaga-serve runs. Both stay up; every
 repeat runs each case on both, alternating which goes first, so load from other jobs falls

@@ -16,7 +16,7 @@ however the tree reaches them); "rest of the layers" is the decoder's time less 
 milliseconds per step. Why: on a machine shared with other jobs wall time measures
 waiting for a core; a part's CPU time is steadier, and the parts say where serial time
 between the matmuls goes. Run it with `PYTHONPATH=TREE` to read another tree's engine the
-same way (a tree whose `kernels/` is importable as `kvsaga.kernels`).
+same way (a tree whose `kvsaga/kernels/` is importable as `kvsaga.kernels`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ case on every arm in a rotating order, so load from other jobs falls on all arms
   - `pool, PASSIVE`: kvsaga-serve before the shared team: `OMP_WAIT_POLICY=PASSIVE`, the
     attention kernel on threads of its own (csrc/worker_pool.h);
   - `team, PASSIVE`: kvsaga-serve now, the kernel in torch's OpenMP team
-    (kernels/inplace.py), threads that sleep as soon as they wait;
+    (kvsaga/kernels/inplace.py), threads that sleep as soon as they wait;
   - `team, GOMP_SPINCOUNT=K` for each K of `--spins` (with `OMP_WAIT_POLICY=PASSIVE`, as
     kvsaga-serve sets it; libgomp takes the spin count over the policy): threads spin K
     pauses, then sleep;

@@ -23,7 +23,7 @@ prefill steps (until every request has its first token) or the decode steps afte
 and prints the top entries by own time. `--profile threads` runs it without cProfile and
 prints, per phase, the CPU seconds of the engine thread, torch's OpenMP workers and the
 in-place kernel's pool threads (`ThreadCPU`): how many cores each phase can keep busy.
-Where the kernel runs in torch's OpenMP team (kernels/inplace.py, `team_available`) the
+Where the kernel runs in torch's OpenMP team (kvsaga/kernels/inplace.py, `team_available`) the
 pool never starts and its column reads 0: the kernel's CPU then falls under the engine
 thread and the OpenMP workers.
 """

@@ -18,7 +18,7 @@ out of time is recorded as such and the others still run. Results go to PATH.jso
 PATH.md (default: ./gpu_check). Exit status: 0 all passed, 1 a step failed, 2 no CUDA device.
 
 If kvsaga is not installed (a bare copy of the repository), the children import it from a
-temporary folder that lays the source tree out as installed (kernels/ as kvsaga.kernels).
+temporary folder that lays the source tree out as installed (kvsaga/kernels/ as kvsaga.kernels).
 """
 
 from __future__ import annotations
@@ -82,14 +82,13 @@ def run_child(cmd: list[str], timeout_s: float, env: dict) -> tuple[str, str, fl
 
 
 def installed_layout(tmp: Path) -> Path:
-    """A folder whose `kvsaga/` holds links to the repository's package and `kernels/`, so
-    that `import kvsaga.kernels` works from a bare checkout as it does once installed."""
+    """A folder whose `kvsaga/` holds links to the repository's package (its `kernels/`
+    among them), so that `import kvsaga.kernels` works from a bare checkout as installed."""
     pkg = tmp / "pkgroot" / "kvsaga"
     pkg.mkdir(parents=True)
     for entry in (REPO / "kvsaga").iterdir():
         if entry.name != "__pycache__":
             (pkg / entry.name).symlink_to(entry)
-    (pkg / "kernels").symlink_to(REPO / "kernels")
     return pkg.parent
 
 

@@ -10,7 +10,7 @@
 // fp32 only, rows contiguous, no two written rows or arguments overlapping (the Python side,
 // kvsaga/engine/fused_ops.py, checks shapes, dtypes, devices and layout, and passes raw
 // pointers). The GIL is released. Rows are split over
-// `threads` threads of torch's own OpenMP team where kernels/inplace.py found one (`team`,
+// `threads` threads of torch's own OpenMP team where kvsaga/kernels/inplace.py found one (`team`,
 // its GOMP_parallel), each chunk worth at least kMinWork elements, so a decode step's few
 // rows stay on the caller; with no team everything runs on the caller.
 

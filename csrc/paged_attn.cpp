@@ -13,7 +13,7 @@
 // every argument and passes raw pointers plus strides in elements. Causal: query row j of
 // a sequence sits at position seq_len - q_len + j and attends to positions 0..itself.
 // The GIL is released; work items are split over `num_threads` threads: torch's own OpenMP
-// team where kernels/inplace.py hands over its runtime's GOMP_parallel (`team`), else the
+// team where kvsaga/kernels/inplace.py hands over its runtime's GOMP_parallel (`team`), else the
 // caller and workers of a pool started once per process (`kvattn::Pool`, csrc/worker_pool.h).
 
 #include <nanobind/nanobind.h>

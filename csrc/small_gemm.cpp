@@ -30,7 +30,7 @@
 // rounding (tests/kernels/test_small_gemm.py bounds it).
 //
 // Weight rows are split over `threads` threads of torch's own OpenMP team (`team`, its
-// GOMP_parallel, found by kernels/inplace.py) in chunks taken from a shared counter; with
+// GOMP_parallel, found by kvsaga/kernels/inplace.py) in chunks taken from a shared counter; with
 // no team everything runs on the caller (the Python side keeps oneDNN for more than one
 // thread without a team). The GIL is released.
 

@@ -1,6 +1,6 @@
 // The in-place paged attention's worker pool (csrc/paged_attn.cpp): threads started once per
 // process and parked between calls. Included by paged_attn.cpp only. Where torch runs on
-// libgomp the kernel runs in torch's own OpenMP team instead (kernels/inplace.py, `team`),
+// libgomp the kernel runs in torch's own OpenMP team instead (kvsaga/kernels/inplace.py, `team`),
 // and this pool serves the rest: other OpenMP runtimes, no libgomp found, a forked child.
 #pragma once
 

@@ -100,7 +100,8 @@ def test_installed_layout_imports_the_kernels_without_an_install(tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, text=True,
                           capture_output=True, env=dict(os.environ, PYTHONPATH=str(root)))
     assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()).resolve() == (REPO / "kernels" / "__init__.py").resolve()
+    want = REPO / "kvsaga" / "kernels" / "__init__.py"
+    assert Path(proc.stdout.strip()).resolve() == want.resolve()
 
 
 def test_package_version_of_a_missing_package_is_absent():

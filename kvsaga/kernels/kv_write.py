@@ -86,7 +86,7 @@ def cache_write(args: CacheWriteArgs) -> None:
 
 
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration `cache_write` can launch (see kernels/spec.py)."""
+    """Every configuration `cache_write` can launch (see kvsaga/kernels/spec.py)."""
     specs = []
     for bits in (torch.int16, torch.int32):
         ptr = "*" + TRITON_TYPES[bits]

@@ -490,7 +490,7 @@ _STRIDES = (
 
 
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration `paged_attention` can launch on a GPU (see kernels/spec.py)."""
+    """Every configuration `paged_attention` can launch on a GPU (see kvsaga/kernels/spec.py)."""
     specs = []
     indices = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_loc_ptr": "*i32"}
     for dtype in DTYPES:

@@ -94,7 +94,7 @@ def scatter_blocks(staging: torch.Tensor, kv: torch.Tensor, block_ids: torch.Ten
 
 
 def compile_specs() -> list[KernelSpec]:
-    """Every configuration the block copies can launch (see kernels/spec.py)."""
+    """Every configuration the block copies can launch (see kvsaga/kernels/spec.py)."""
     specs = []
     for size, bits in _BITS.items():
         chunk, num_warps = copy_config(size)
