@@ -231,7 +231,14 @@ def bench_baseline(python: str, args: argparse.Namespace) -> dict:
 
 
 def bench_transformers(device: str, max_tokens: int, prompts: list[str]) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    # bench/kernels.py (this script's folder leads sys.path) would shadow the PyPI package
+    # `kernels` that transformers >= 5.25 imports: the folder is left out while it loads.
+    here, saved = str(Path(__file__).resolve().parent), sys.path[:]
+    sys.path[:] = [p for p in sys.path if p != here]
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    finally:
+        sys.path[:] = saved
 
     from kvsaga.engine.loader import default_model_path
 
