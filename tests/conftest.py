@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+
 import pytest
+
+# Test modules put bench/ on sys.path to import its scripts, and bench/kernels.py would then
+# shadow the PyPI package `kernels`, which transformers (>= 5.25, our test oracle) imports
+# when it loads a model: where that package is installed, it is imported here, first.
+if importlib.util.find_spec("kernels") is not None:
+    with contextlib.suppress(ImportError):  # (transformers then says why, where it needs it)
+        import kernels  # noqa: F401
 
 
 def _cuda_available() -> bool:
