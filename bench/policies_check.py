@@ -31,6 +31,7 @@ by a process pool, which on Linux forks).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from policies import parse_spec  # bench/ is on the path when run as a script
@@ -93,6 +94,92 @@ def afs_veto(rows: list[dict], policy: str, against: str) -> tuple[list[str], in
             worse.append(f"{key[0]} seed {key[1]} {key[2]:.0%} {o:.2f} -> {n:.2f}"
                          + (f" (the goal <= {AFS_GOAL} met -> missed)" if met else ""))
     return worse, crossed
+
+
+# The calibrated AFS veto (issue 10, session 25; docs/scheduler.md "The AFS veto's noise
+# floor"): thresholds computed by `afs_noise_thresholds` from the null runs of
+# `bench/scheduling_veto_noise.py calibrate`, frozen here before any candidate is judged.
+AFS_NOISE_Z = 1.645  # one-sided 95% band of the mean of n cases' changes
+AFS_NOISE_MEAN_LOG: float | None = None  # frozen from the nulls (None: not calibrated yet)
+AFS_NOISE_GOAL_LOSS: int | None = None
+# A null "moved" a case when its log(ratio) changed by at least this: a sub-millisecond
+# arrival jitter shifts every TCT by ~1e-5 without changing a decision; one moved step cascades
+# into changes of 1e-2 and more (bench/scheduling_veto_noise.py's tables).
+AFS_NOISE_MOVED = 1e-3
+
+
+def goal_met(ratio: float, fcfs_ratio: float) -> bool:
+    """Issue 10's AFS goal on one case, as the goals lines print it (two decimals): the
+    ratio at most `AFS_GOAL` and below fcfs+lru's."""
+    r = round(ratio, 2)
+    return r <= AFS_GOAL and r < round(fcfs_ratio, 2)
+
+
+def afs_noise_thresholds(means: list[float], changes: list[list[float]],
+                         goal_nets: list[int], n: int) -> tuple[float, int, str]:
+    """The calibrated veto's thresholds from null runs of the default (each against the
+    unperturbed base): per null its mean change in log(ratio) over the cases (`means`), its
+    per-case changes (`changes`) and its net change in cases meeting the goal (`goal_nets`,
+    won minus lost); `n` the cases a candidate is judged on.
+
+    mean threshold = max(the largest null mean, AFS_NOISE_Z x s / sqrt(n)), s the root mean
+    square of the per-case changes of the cases a null moved (|change| >= AFS_NOISE_MOVED: a
+    candidate moves every case, so cases a null left untouched would understate the noise a
+    candidate meets); goal-loss threshold =
+    the most cases (net) any null lost, at least 0. Returns both and the parts, in words.
+
+    Raises:
+        ValueError: no nulls, lists of different lengths, a non-finite change, or n < 1.
+    """
+    if not means or not (len(means) == len(changes) == len(goal_nets)) or n < 1:
+        raise ValueError(f"afs_noise_thresholds needs one mean, change list and goal change "
+                         f"per null and n >= 1, got {len(means)}, {len(changes)}, "
+                         f"{len(goal_nets)} and n={n}")
+    moved = [x for d in changes for x in d if abs(x) >= AFS_NOISE_MOVED]
+    if not all(math.isfinite(x) for x in [*moved, *means]):
+        raise ValueError("a null's change in log(ratio) is not finite")
+    s = math.sqrt(sum(x * x for x in moved) / len(moved)) if moved else 0.0
+    band = AFS_NOISE_Z * s / math.sqrt(n)
+    parts = (f"the largest null mean {max(means):+.4f}; {AFS_NOISE_Z} x {s:.4f} (rms of "
+             f"{len(moved)} moved cases) / sqrt({n}) = {band:.4f}")
+    return max(max(means), band), max(0, -min(goal_nets)), parts
+
+
+def afs_noise_veto(base: dict, cand: dict, fcfs: dict, *, mean_log_max: float | None = None,
+                   goal_loss_max: int | None = None) -> tuple[bool, list[str]]:
+    """The calibrated AFS veto: the candidate's ratios `cand` against the incumbent's `base`
+    (case -> afs_max_slowdown_ratio, the same cases; `fcfs` fcfs+lru's ratio per case). It
+    fails if the mean over the cases of log(cand / base) exceeds `mean_log_max`, or if the
+    cases meeting the goal (`goal_met`) fall by more than `goal_loss_max` (net: those lost
+    minus those won). Defaults: the frozen `AFS_NOISE_MEAN_LOG` and `AFS_NOISE_GOAL_LOSS`.
+    Returns (passes, the verdict's lines).
+
+    Raises:
+        ValueError: the case sets differ, a ratio is not finite and > 0, or no threshold
+            (not calibrated yet).
+    """
+    mean_log_max = AFS_NOISE_MEAN_LOG if mean_log_max is None else mean_log_max
+    goal_loss_max = AFS_NOISE_GOAL_LOSS if goal_loss_max is None else goal_loss_max
+    if mean_log_max is None or goal_loss_max is None:
+        raise ValueError("the calibrated AFS veto has no thresholds yet (run "
+                         "bench/scheduling_veto_noise.py calibrate and freeze them)")
+    if not base or set(base) != set(cand) or set(base) - set(fcfs):
+        raise ValueError("the base, candidate and fcfs+lru ratios do not hold the same cases")
+    for key in base:
+        for arm, x in (("base", base[key]), ("candidate", cand[key]), ("fcfs+lru", fcfs[key])):
+            if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+                raise ValueError(f"{arm}'s ratio at {key!r} is not a finite number > 0: {x!r}")
+    mean = sum(math.log(cand[k] / base[k]) for k in base) / len(base)
+    met0 = sum(goal_met(base[k], fcfs[k]) for k in base)
+    met1 = sum(goal_met(cand[k], fcfs[k]) for k in base)
+    bad_mean, bad_goal = mean > mean_log_max, met1 - met0 < -goal_loss_max
+    lines = [f"mean change in log(afs_max_slowdown_ratio) over {len(base)} cases {mean:+.4f} "
+             f"(at most {mean_log_max:.4f}): {'fails' if bad_mean else 'passes'}",
+             f"cases meeting the goal (<= {AFS_GOAL} and below fcfs+lru's) {met0} -> {met1} "
+             f"(a net loss of at most {goal_loss_max}): {'fails' if bad_goal else 'passes'}"]
+    ok = not (bad_mean or bad_goal)
+    lines.append(f"the calibrated AFS veto: {'passes' if ok else 'rejected'}")
+    return ok, lines
 
 
 def afs_check(policy: str, against: str, workers: int) -> int:

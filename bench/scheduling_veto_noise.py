@@ -1,0 +1,297 @@
+"""The AFS veto's noise floor: how far the default's own two-tenant mix ratios move under
+changes that carry no information about the scheduler (null perturbations), and the
+calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
+
+    python bench/scheduling_veto_noise.py run OUT.json --seeds 102,...,109 \
+        [--null NAME] [--config fcfs+lru] [--defaults JSON] [--workers 2]
+    python bench/scheduling_veto_noise.py calibrate BASE.json FCFS.json NULL.json [...]
+    python bench/scheduling_veto_noise.py judge BASE.json FCFS.json CAND.json \
+        --nulls NULL.json [...]
+
+`run`: the AFS veto's cases (both mixes of `bench/scheduling_mix.py` on each seed, at their
+capacities: 32 cases on the AFS fit seeds 102-109), each run shared and each tenant alone on
+half the GPU (`add_tenant_slowdowns`, the veto's denominator), under workflow+graph (or
+`--config`), the workflow defaults set to `--defaults` as the veto sets them, and with the
+null perturbation `--null` (one of `NULLS`) applied to the shared and the alone runs alike.
+The JSON it writes is `bench/scheduling_veto_split.py run`'s (`compare` reads it) plus the
+null's and the config's names.
+
+`calibrate`: each null run against the unperturbed base, case by case: how many of the 32
+ratios rise at two decimals (what the veto, `policies_check.afs_veto`, rejects on), how many
+cross the goal each way, and the distribution of the change in log(ratio); every pair of
+runs of the same scheduler (base and nulls) under the veto; the calibrated rule's thresholds
+(`afs_noise_thresholds`) and each null judged with thresholds from the others only.
+
+`judge`: the calibrated rule (`policies_check.afs_noise_veto`) on a candidate's run against
+the base, with the thresholds frozen in `policies_check` (`AFS_NOISE_MEAN_LOG`,
+`AFS_NOISE_GOAL_LOSS`); `--nulls` recomputes them from the null runs and fails if they are
+not the frozen ones (the rule is judged with what was committed, never refitted).
+
+The goal a case meets (issue 10): afs_max_slowdown_ratio <= 1.5 and below fcfs+lru's on the
+same case, both as printed (two decimals); fcfs+lru's ratio is read from the unperturbed
+FCFS.json (no workflow default moves it).
+
+The nulls, and why none changes the quality of any scheduling decision:
+
+- "jitter1" .. "jitter4": every session's arrival moved later by a uniform draw in
+  [0, 0.5 ms) (`JITTER_S`; a fixed RNG per null, mix and seed). The traces' arrivals are
+  Poisson draws at seconds apart and tools last seconds; half a millisecond is below a
+  single batch step (2 ms overhead alone), so no scheduler could be judged better or worse
+  for it; it only moves which batch step an arrival first meets.
+- "slow" / "fast": every step time x (1 + 1e-4) / x (1 - 1e-4) (the preset's bandwidths and
+  FLOP/s divided, its per-step overheads multiplied, as `tenant_share` slices a GPU): a
+  0.01% faster or slower GPU, far inside the cost model's own uncertainty (its efficiencies
+  are "assumed" to two digits); every policy and scheduler sees the same scaled model.
+- "swap": the two tenants' names exchanged ("a" <-> "b"; session ids kept): a fair share
+  is symmetric in its tenants, so this only flips tie-breaks that fall to name or insertion
+  order and the per-tenant salts of prefix hashes (tenants never share blocks either way).
+  Rows are reported under the original tenant names.
+
+Why (issue 10, session 25): every `--fit` round for many sessions passed the fit and lost
+the AFS veto, which rejects a candidate if any of 32 ratios rises at two decimals; the
+ratio is a ratio of slowdowns over a few dozen sessions, and one moved step cascades.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import random
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import policies_check as pc
+from scheduling import PRESET, capacity
+from scheduling_mix import MIX_FRACS, MIXES, mix_trace, set_workflow_defaults
+from scheduling_veto_split import json_object
+
+from kvsaga.sim.compare import add_tenant_slowdowns
+from kvsaga.sim.cost import StepCostModel
+from kvsaga.sim.simulator import SimConfig, Simulator
+
+JITTER_S = 5e-4  # arrivals move later by U[0, JITTER_S)
+STEP_EPS = 1e-4  # "slow" / "fast": step times x (1 +/- STEP_EPS)
+NULLS = {"jitter1": ("jitter", 1), "jitter2": ("jitter", 2), "jitter3": ("jitter", 3),
+         "jitter4": ("jitter", 4), "slow": ("step", 1 + STEP_EPS),
+         "fast": ("step", 1 - STEP_EPS), "swap": ("swap", None)}
+SWAP = {"a": "b", "b": "a"}
+
+
+def scale_steps(cost: StepCostModel, k: float) -> StepCostModel:
+    """`cost` with every step time (compute, memory, links, transfers, overheads) x `k`."""
+    if not (isinstance(k, float) and math.isfinite(k) and k > 0):
+        raise ValueError(f"a step-time factor must be a finite float > 0, got {k!r}")
+    g = cost.gpu
+    gpu = dataclasses.replace(g, name=f"{g.name}*{k}", hbm_bw=g.hbm_bw / k,
+                              peak_flops=g.peak_flops / k, pcie_bw=g.pcie_bw / k,
+                              nvlink_bw=g.nvlink_bw / k)
+    return dataclasses.replace(cost, name=f"{cost.name}*{k}", gpu=gpu,
+                               step_overhead_s=cost.step_overhead_s * k,
+                               allreduce_latency_s=cost.allreduce_latency_s * k)
+
+
+def perturbed(null: str | None, name: str, seed: int, sessions: list) -> list:
+    """The mix's sessions under the null `null` (None: unperturbed)."""
+    if null is None:
+        return sessions
+    kind, arg = NULLS[null]
+    if kind == "jitter":
+        rng = random.Random(f"{arg}:{name}:{seed}")
+        out = [dataclasses.replace(s, arrival_s=s.arrival_s + rng.uniform(0.0, JITTER_S))
+               for s in sessions]
+        return sorted(out, key=lambda s: (s.arrival_s, s.id))
+    if kind == "swap":
+        return [dataclasses.replace(s, tenant=SWAP[s.tenant]) for s in sessions]
+    return sessions
+
+
+def run_case(task: tuple) -> dict:
+    """One case (mix, seed, capacity) under `config` and the null: its ratio and each
+    tenant's shared / alone TCT and slowdown (under the tenants' original names)."""
+    name, seed, frac, config, null = task
+    sched, policy = config.split("+")
+    sessions = perturbed(null, name, seed, mix_trace(name, seed))
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(mix_trace(name, seed), frac, 2),
+                    policy=policy, scheduler=sched)
+    if null is not None and NULLS[null][0] == "step":
+        cfg = dataclasses.replace(cfg, preset=scale_steps(cfg.cost, NULLS[null][1]))
+    row = Simulator(sessions, cfg).run().to_dict()
+    add_tenant_slowdowns(row, sessions, cfg)
+    back = SWAP if null is not None and NULLS[null][0] == "swap" else {}
+    return {"mix": name, "seed": seed, "frac": frac, "ratio": row["afs_max_slowdown_ratio"],
+            "tenants": {back.get(t, t): {k: e[k] for k in ("tct_mean_s", "tct_alone_s",
+                                                           "slowdown")}
+                        for t, e in row["tenants"].items()}}
+
+
+def run_rows(seeds: list[int], config: str, null: str | None, workers: int) -> list[dict]:
+    tasks = [(name, seed, frac, config, null) for seed in seeds for name in MIXES
+             for frac in MIX_FRACS[name]]
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(run_case, tasks))
+
+
+Key = tuple[str, int, float]
+
+
+def ratios(rows: list[dict]) -> dict[Key, float]:
+    return {(r["mix"], r["seed"], r["frac"]): r["ratio"] for r in rows}
+
+
+def _name(key: Key) -> str:
+    return f"{key[0]} seed {key[1]} {key[2]:.0%}"
+
+
+def null_stats(base: dict[Key, float], other: dict[Key, float],
+               fcfs: dict[Key, float]) -> dict:
+    """`other` against `base`, case by case: rises / falls / equal at two decimals, the
+    goal's crossings each way, the change in log(ratio) per case."""
+    if set(base) != set(other) or set(base) - set(fcfs):
+        raise ValueError("the runs do not hold the same cases (or FCFS lacks some)")
+    d = [math.log(other[k] / base[k]) for k in sorted(base)]
+    up = sum(round(other[k], 2) > round(base[k], 2) for k in base)
+    down = sum(round(other[k], 2) < round(base[k], 2) for k in base)
+    met0 = {k for k in base if pc.goal_met(base[k], fcfs[k])}
+    met1 = {k for k in base if pc.goal_met(other[k], fcfs[k])}
+    lost, won = sorted(met0 - met1), sorted(met1 - met0)
+    moved = [x for x in d if abs(x) >= pc.AFS_NOISE_MOVED]
+    return {"up": up, "down": down, "equal": len(d) - up - down, "lost": lost, "won": won,
+            "d": d, "moved": len(moved), "mean": statistics.fmean(d),
+            "median": statistics.median(d), "min": min(d), "max": max(d),
+            "rms_moved": math.sqrt(statistics.fmean(x * x for x in moved)) if moved else 0.0}
+
+
+STATS_HEAD = (f"| run vs base | ratios moved (|d log ratio| >= {pc.AFS_NOISE_MOVED:g}) | higher "
+              "/ lower / equal at 2 decimals | the old veto | goal met -> missed | missed -> "
+              "met | d log ratio: mean / median / min / max | rms (moved cases) |")
+
+
+def stats_row(label: str, s: dict) -> str:
+    lost = ", ".join(_name(k) for k in s["lost"]) or "-"
+    won = ", ".join(_name(k) for k in s["won"]) or "-"
+    return (f"| {label} | {s['moved']} of {len(s['d'])} | {s['up']} / {s['down']} / "
+            f"{s['equal']} | {'rejects' if s['up'] else 'passes'} | {len(s['lost'])}: {lost} "
+            f"| {len(s['won'])}: {won} | {s['mean']:+.4f} / {s['median']:+.4f} / "
+            f"{s['min']:+.3f} / {s['max']:+.3f} | {s['rms_moved']:.3f} |")
+
+
+def calibrate_lines(base: dict[Key, float], fcfs: dict[Key, float],
+                    nulls: dict[str, dict[Key, float]]) -> list[str]:
+    """`calibrate`'s tables (module docstring)."""
+    if len(nulls) < 2:
+        raise ValueError("calibrate needs two or more null runs")
+    out = [f"Null runs against the unperturbed base ({len(base)} cases; goal: ratio <= "
+           f"{pc.AFS_GOAL} and below fcfs+lru's, at two decimals):", "", STATS_HEAD,
+           "|---|---|---|---|---|---|---|---|"]
+    stats = {n: null_stats(base, r, fcfs) for n, r in nulls.items()}
+    out += [stats_row(n, s) for n, s in stats.items()]
+    rejected = sum(s["up"] > 0 for s in stats.values())
+    out += ["", f"The old veto (any ratio higher at two decimals) rejects {rejected} of "
+            f"{len(stats)} null runs; ratios higher: "
+            + ", ".join(f"{n} {s['up']}" for n, s in stats.items()) + "."]
+    runs = {"base": base, **nulls}
+    pairs = list(itertools.permutations(runs, 2))
+    ups = [null_stats(runs[a], runs[b], fcfs)["up"] for a, b in pairs]
+    met = {n: sum(pc.goal_met(r[k], fcfs[k]) for k in r) for n, r in runs.items()}
+    out += [f"Every ordered pair of the {len(runs)} runs of one scheduler (base and nulls, "
+            f"{len(pairs)} pairs) under the old veto: rejected {sum(u > 0 for u in ups)}; "
+            f"ratios higher per pair: min {min(ups)}, median {statistics.median(ups):g}, max "
+            f"{max(ups)}. Cases meeting the goal per run: "
+            + ", ".join(f"{n} {m}" for n, m in met.items()) + "."]
+    t_mean, t_loss, parts = pc.afs_noise_thresholds(
+        [s["mean"] for s in stats.values()], [s["d"] for s in stats.values()],
+        [len(s["won"]) - len(s["lost"]) for s in stats.values()], len(base))
+    out += ["", f"The calibrated rule's thresholds from these nulls: mean d log ratio at most "
+            f"{t_mean:.4f} ({parts}); goal cases lost (net) at most {t_loss}."]
+    loo = []
+    for n in stats:
+        rest = [s for m, s in stats.items() if m != n]
+        tm, tl, _ = pc.afs_noise_thresholds([s["mean"] for s in rest], [s["d"] for s in rest],
+                                         [len(s["won"]) - len(s["lost"]) for s in rest],
+                                         len(base))
+        ok, _ = pc.afs_noise_veto(base, nulls[n], fcfs, mean_log_max=tm, goal_loss_max=tl)
+        loo.append(f"{n} {'passes' if ok else 'rejected'} (mean {stats[n]['mean']:+.4f} "
+                   f"vs {tm:.4f}, net goal {len(stats[n]['won']) - len(stats[n]['lost']):+d} "
+                   f"vs -{tl})")
+    out.append("Each null judged by the rule with thresholds from the other nulls only: "
+               + "; ".join(loo) + ".")
+    return out
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the veto's cases (module docstring)")
+    r.add_argument("out", help="the JSON file to write")
+    r.add_argument("--seeds", required=True, help="comma-separated")
+    r.add_argument("--null", choices=sorted(NULLS), default=None)
+    r.add_argument("--config", default="workflow+graph", choices=("workflow+graph", "fcfs+lru"))
+    r.add_argument("--defaults", type=json_object, default=None,
+                   help="workflow defaults for the run, a JSON object")
+    r.add_argument("--workers", type=int, default=1)
+    c = sub.add_parser("calibrate", help="the nulls against the base (module docstring)")
+    c.add_argument("base")
+    c.add_argument("fcfs")
+    c.add_argument("nulls", nargs="+")
+    j = sub.add_parser("judge", help="the calibrated rule on a candidate")
+    j.add_argument("base")
+    j.add_argument("fcfs")
+    j.add_argument("cand")
+    j.add_argument("--nulls", nargs="+", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        if a.workers < 1:
+            ap.error(f"--workers must be >= 1, got {a.workers}")
+        if a.defaults:
+            try:
+                set_workflow_defaults(a.defaults)
+            except (ValueError, TypeError) as e:
+                ap.error(str(e))
+        rows = run_rows([int(s) for s in a.seeds.split(",")], a.config, a.null, a.workers)
+        with open(a.out, "w") as f:
+            json.dump({"defaults": a.defaults, "null": a.null, "config": a.config,
+                       "rows": rows}, f, indent=1)
+        return 0
+    base, fcfs = load(a.base), load(a.fcfs)
+    if base.get("null") or base.get("defaults") or fcfs.get("config") != "fcfs+lru":
+        ap.error("BASE must be an unperturbed default run and FCFS a fcfs+lru run")
+    nulls = {}
+    for path in a.nulls:
+        d = load(path)
+        if not d.get("null") or d.get("defaults"):
+            ap.error(f"{path} is not a null run of the default")
+        nulls[d["null"]] = ratios(d["rows"])
+    b, f = ratios(base["rows"]), ratios(fcfs["rows"])
+    try:
+        if a.cmd == "calibrate":
+            print("\n".join(calibrate_lines(b, f, nulls)))
+            return 0
+        stats = [null_stats(b, n, f) for n in nulls.values()]
+        tm, tl, _ = pc.afs_noise_thresholds([s["mean"] for s in stats], [s["d"] for s in stats],
+                                         [len(s["won"]) - len(s["lost"]) for s in stats],
+                                         len(b))
+    except ValueError as e:
+        ap.error(str(e))
+    if (round(tm, 4), tl) != (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS):
+        ap.error(f"the nulls give thresholds {tm:.4f} / {tl}, not the frozen "
+                 f"{pc.AFS_NOISE_MEAN_LOG} / {pc.AFS_NOISE_GOAL_LOSS} (z {pc.AFS_NOISE_Z})")
+    cand = load(a.cand)
+    s = null_stats(b, ratios(cand["rows"]), f)
+    print(STATS_HEAD + "\n|---|---|---|---|---|---|---|---|\n"
+          + stats_row(json.dumps(cand["defaults"]), s))
+    ok, lines = pc.afs_noise_veto(b, ratios(cand["rows"]), f)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The calibrated AFS veto (bench/policies_check.py `afs_noise_veto`, its thresholds
+`afs_noise_thresholds`) and bench/scheduling_veto_noise.py's null perturbations."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import policies_check
+        import scheduling_veto_noise
+        yield policies_check, scheduling_veto_noise
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_goal_met_reads_two_decimals_and_fcfs(mods):
+    pc, _ = mods
+    assert pc.goal_met(1.5049, 2.0)  # prints 1.50
+    assert not pc.goal_met(1.5051, 2.0)  # prints 1.51
+    assert not pc.goal_met(1.20, 1.201)  # equal to fcfs+lru's as printed: not below it
+    assert pc.goal_met(1.20, 1.206)
+
+
+def test_thresholds_band_max_and_goal_loss(mods):
+    pc, _ = mods
+    # moved changes: 0.1, -0.1, 0.2, -0.2 (the 1e-5 and 0 are below AFS_NOISE_MOVED)
+    changes = [[0.1, -0.1, 1e-5, 0.0], [0.2, -0.2, 0.0, 0.0]]
+    t_mean, t_loss, parts = pc.afs_noise_thresholds([-0.01, 0.0], changes, [1, -2], 4)
+    s = math.sqrt((0.01 + 0.01 + 0.04 + 0.04) / 4)
+    assert t_mean == pytest.approx(pc.AFS_NOISE_Z * s / 2)
+    assert t_loss == 2
+    assert "4 moved cases" in parts
+    # a null whose mean exceeds the band sets the threshold; no null lost a case: 0
+    t_mean, t_loss, _ = pc.afs_noise_thresholds([0.5, 0.0], changes, [1, 0], 4)
+    assert (t_mean, t_loss) == (0.5, 0)
+    with pytest.raises(ValueError, match="one mean"):
+        pc.afs_noise_thresholds([0.0], changes, [0], 4)
+    with pytest.raises(ValueError, match="not finite"):
+        pc.afs_noise_thresholds([0.0], [[math.inf]], [0], 4)
+
+
+CASES = [("mix", 102, 1.0), ("mix", 102, 0.5), ("noisy", 102, 0.5), ("noisy", 102, 0.25)]
+BASE = dict(zip(CASES, (1.56, 1.40, 1.49, 1.21), strict=True))
+FCFS = dict(zip(CASES, (1.20, 1.90, 3.00, 3.30), strict=True))  # mix 100% never met
+
+
+def test_veto_passes_small_rises_the_old_veto_rejects(mods):
+    pc, _ = mods
+    cand = {k: v * 1.004 for k, v in BASE.items()}  # every ratio up at two decimals
+    old = pc.afs_veto([{"scheduler": "workflow", "policy": p, "family": k[0], "seed": k[1],
+                        "frac": k[2], "afs_max_slowdown_ratio": r[k]}
+                       for p, r in (("old", BASE), ("new", cand)) for k in CASES], "new", "old")
+    assert len(old[0]) == 3  # the old veto rejects (1.56, 1.40, 1.21 print higher)
+    ok, lines = pc.afs_noise_veto(BASE, cand, FCFS, mean_log_max=0.01, goal_loss_max=0)
+    assert ok and lines[-1] == "the calibrated AFS veto: passes"
+
+
+def test_veto_fails_on_mean_shift_and_on_goal_loss(mods):
+    pc, _ = mods
+    up = {k: v * 1.05 for k, v in BASE.items()}
+    ok, lines = pc.afs_noise_veto(BASE, up, FCFS, mean_log_max=0.04, goal_loss_max=5)
+    assert not ok and lines[0].endswith("fails") and lines[1].endswith("passes")
+    # one case crosses the goal (1.49 -> 1.52) while the mean falls: fails at 0, passes at 1
+    cross = {**BASE, ("noisy", 102, 0.5): 1.52, ("noisy", 102, 0.25): 1.0}
+    ok, lines = pc.afs_noise_veto(BASE, cross, FCFS, mean_log_max=0.0, goal_loss_max=0)
+    assert not ok and "3 -> 2" in lines[1] and lines[0].endswith("passes")
+    assert pc.afs_noise_veto(BASE, cross, FCFS, mean_log_max=0.0, goal_loss_max=1)[0]
+
+
+def test_veto_refuses_bad_input(mods, monkeypatch):
+    pc, _ = mods
+    with pytest.raises(ValueError, match="same cases"):
+        pc.afs_noise_veto(BASE, dict(list(BASE.items())[:3]), FCFS, mean_log_max=0.1,
+                          goal_loss_max=0)
+    with pytest.raises(ValueError, match="candidate's ratio"):
+        pc.afs_noise_veto(BASE, {**BASE, CASES[0]: math.inf}, FCFS, mean_log_max=0.1,
+                          goal_loss_max=0)
+    monkeypatch.setattr(pc, "AFS_NOISE_MEAN_LOG", None)
+    with pytest.raises(ValueError, match="no thresholds"):
+        pc.afs_noise_veto(BASE, BASE, FCFS)
+
+
+def test_frozen_thresholds_judge_the_base_itself(mods):
+    """Once frozen, the thresholds are a non-negative mean and loss and the incumbent
+    passes against itself."""
+    pc, _ = mods
+    if pc.AFS_NOISE_MEAN_LOG is None:
+        pytest.skip("not calibrated yet")
+    assert pc.AFS_NOISE_MEAN_LOG >= 0 and pc.AFS_NOISE_GOAL_LOSS >= 0
+    assert pc.afs_noise_veto(BASE, BASE, FCFS)[0]
+
+
+def test_scale_steps_scales_every_step_time(mods):
+    _, noise = mods
+    from kvsaga.sim.cost import PRESETS
+    cost = PRESETS["a100-llama3-8b"]
+    for k in (1 + 1e-4, 1 - 1e-4, 2.0):
+        slow = noise.scale_steps(cost, k)
+        for shape in ((0, 0, 1, 1000), (512, 400_000, 0, 0), (8192, 9e7, 64, 200_000)):
+            assert slow.step_time(*shape) == pytest.approx(k * cost.step_time(*shape),
+                                                           rel=1e-12)
+        ctx = np.array([100, 5000, 30000])
+        assert slow.decode_step_times(3, ctx) == pytest.approx(
+            k * cost.decode_step_times(3, ctx), rel=1e-12)
+    with pytest.raises(ValueError, match="step-time factor"):
+        noise.scale_steps(cost, 0.0)
+
+
+def test_nulls_jitter_swap_and_leave_the_rest(mods):
+    _, noise = mods
+    from scheduling_mix import mix_trace
+    sessions = mix_trace("noisy", 102)
+    j1 = noise.perturbed("jitter1", "noisy", 102, sessions)
+    assert j1 == noise.perturbed("jitter1", "noisy", 102, sessions)  # a fixed RNG
+    assert j1 != noise.perturbed("jitter2", "noisy", 102, sessions)
+    by_id = {s.id: s for s in sessions}
+    assert sorted(s.id for s in j1) == sorted(by_id)
+    assert all(0 <= s.arrival_s - by_id[s.id].arrival_s < noise.JITTER_S for s in j1)
+    assert [s.arrival_s for s in j1] == sorted(s.arrival_s for s in j1)
+    sw = noise.perturbed("swap", "noisy", 102, sessions)
+    assert [(s.id, s.tenant) for s in sw] == [
+        (s.id, {"a": "b", "b": "a"}[s.tenant]) for s in sessions]
+    assert noise.perturbed("slow", "noisy", 102, sessions) is sessions
+    assert noise.perturbed(None, "noisy", 102, sessions) is sessions
+
+
+def test_null_stats_counts_rises_and_crossings(mods):
+    _, noise = mods
+    other = {**BASE, ("mix", 102, 1.0): 1.57, ("noisy", 102, 0.5): 1.52,
+             ("noisy", 102, 0.25): 1.2}
+    s = noise.null_stats(BASE, other, FCFS)
+    assert (s["up"], s["down"], s["equal"]) == (2, 1, 1)
+    assert s["lost"] == [("noisy", 102, 0.5)] and s["won"] == []
+    assert s["moved"] == 3 and s["mean"] == pytest.approx(
+        sum(math.log(other[k] / BASE[k]) for k in CASES) / 4)
+    with pytest.raises(ValueError, match="same cases"):
+        noise.null_stats(BASE, dict(list(BASE.items())[:3]), FCFS)
