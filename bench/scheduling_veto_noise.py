@@ -162,12 +162,15 @@ def null_stats(base: dict[Key, float], other: dict[Key, float],
     return {"up": up, "down": down, "equal": len(d) - up - down, "lost": lost, "won": won,
             "d": d, "moved": len(moved), "mean": statistics.fmean(d),
             "median": statistics.median(d), "min": min(d), "max": max(d),
+            "p10": statistics.quantiles(d, n=10, method="inclusive")[0],
+            "p90": statistics.quantiles(d, n=10, method="inclusive")[-1],
             "rms_moved": math.sqrt(statistics.fmean(x * x for x in moved)) if moved else 0.0}
 
 
-STATS_HEAD = (f"| run vs base | ratios moved (|d log ratio| >= {pc.AFS_NOISE_MOVED:g}) | higher "
-              "/ lower / equal at 2 decimals | the old veto | goal met -> missed | missed -> "
-              "met | d log ratio: mean / median / min / max | rms (moved cases) |")
+STATS_HEAD = ("| run vs base | ratios moved (d log ratio "
+              f"{pc.AFS_NOISE_MOVED:g} or more either way) | higher / lower / equal at 2 "
+              "decimals | the old veto | goal met -> missed | missed -> met | d log ratio: "
+              "mean / median / p10 / p90 / min / max | rms (moved cases) |")
 
 
 def stats_row(label: str, s: dict) -> str:
@@ -176,7 +179,8 @@ def stats_row(label: str, s: dict) -> str:
     return (f"| {label} | {s['moved']} of {len(s['d'])} | {s['up']} / {s['down']} / "
             f"{s['equal']} | {'rejects' if s['up'] else 'passes'} | {len(s['lost'])}: {lost} "
             f"| {len(s['won'])}: {won} | {s['mean']:+.4f} / {s['median']:+.4f} / "
-            f"{s['min']:+.3f} / {s['max']:+.3f} | {s['rms_moved']:.3f} |")
+            f"{s['p10']:+.3f} / {s['p90']:+.3f} / {s['min']:+.3f} / {s['max']:+.3f} | "
+            f"{s['rms_moved']:.3f} |")
 
 
 def calibrate_lines(base: dict[Key, float], fcfs: dict[Key, float],
