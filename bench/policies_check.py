@@ -115,34 +115,52 @@ def goal_met(ratio: float, fcfs_ratio: float) -> bool:
     return r <= AFS_GOAL and r < round(fcfs_ratio, 2)
 
 
-def afs_noise_thresholds(means: list[float], changes: list[list[float]],
-                         goal_nets: list[int], n: int) -> tuple[float, int, str]:
-    """The calibrated veto's thresholds from null runs of the default (each against the
-    unperturbed base): per null its mean change in log(ratio) over the cases (`means`), its
-    per-case changes (`changes`) and its net change in cases meeting the goal (`goal_nets`,
-    won minus lost); `n` the cases a candidate is judged on.
+def _ratio_changes(base: dict, other: dict) -> list[float]:
+    if not base or set(base) != set(other):
+        raise ValueError("the runs do not hold the same cases")
+    for arm in (base, other):
+        for key, x in arm.items():
+            if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+                raise ValueError(f"a ratio at {key!r} is not a finite number > 0: {x!r}")
+    return [math.log(other[k] / base[k]) for k in sorted(base)]
 
-    mean threshold = max(the largest null mean, AFS_NOISE_Z x s / sqrt(n)), s the root mean
-    square of the per-case changes of the cases a null moved (|change| >= AFS_NOISE_MOVED: a
-    candidate moves every case, so cases a null left untouched would understate the noise a
-    candidate meets); goal-loss threshold =
-    the most cases (net) any null lost, at least 0. Returns both and the parts, in words.
+
+def afs_noise_thresholds(base: dict, nulls: dict[str, dict], fcfs: dict) -> tuple[float, int, str]:
+    """The calibrated veto's thresholds from null runs of the incumbent (`nulls`: name ->
+    case -> afs_max_slowdown_ratio, as `base`, its unperturbed run; `fcfs` fcfs+lru's ratio
+    per case). The base is one realization like any null, and a null's direction is
+    arbitrary, so every ordered pair of the runs (base included) is a draw of what the veto
+    sees from a candidate that changes nothing:
+
+    mean threshold = max(the largest mean over the cases of d = log(ratio / ratio before)
+    of any ordered pair, AFS_NOISE_Z x s / sqrt(n)), n the cases and s the root mean square
+    of the nulls' d against the base over the cases they moved (|d| >= AFS_NOISE_MOVED: a
+    candidate moves every case, so untouched cases would understate its noise); goal-loss
+    threshold = the largest net loss (lost minus won) of cases meeting the goal (`goal_met`)
+    of any ordered pair. Returns both and the parts, in words.
 
     Raises:
-        ValueError: no nulls, lists of different lengths, a non-finite change, or n < 1.
+        ValueError: no null, the runs' cases differ (or fcfs lacks some), or a ratio is not
+            a finite number > 0.
     """
-    if not means or not (len(means) == len(changes) == len(goal_nets)) or n < 1:
-        raise ValueError(f"afs_noise_thresholds needs one mean, change list and goal change "
-                         f"per null and n >= 1, got {len(means)}, {len(changes)}, "
-                         f"{len(goal_nets)} and n={n}")
-    moved = [x for d in changes for x in d if abs(x) >= AFS_NOISE_MOVED]
-    if not all(math.isfinite(x) for x in [*moved, *means]):
-        raise ValueError("a null's change in log(ratio) is not finite")
+    if not nulls:
+        raise ValueError("afs_noise_thresholds needs one or more null runs")
+    if set(base) - set(fcfs):
+        raise ValueError("the fcfs+lru ratios lack some of the runs' cases")
+    moved = [x for r in nulls.values() for x in _ratio_changes(base, r)
+             if abs(x) >= AFS_NOISE_MOVED]
+    runs = {"base": base, **nulls}
+    met = {name: sum(goal_met(r[k], fcfs[k]) for k in base) for name, r in runs.items()}
+    pairs = [(a, b) for a in runs for b in runs if a != b]
+    mean = {(a, b): sum(_ratio_changes(runs[a], runs[b])) / len(base) for a, b in pairs}
+    top = max(mean, key=mean.get)
     s = math.sqrt(sum(x * x for x in moved) / len(moved)) if moved else 0.0
-    band = AFS_NOISE_Z * s / math.sqrt(n)
-    parts = (f"the largest null mean {max(means):+.4f}; {AFS_NOISE_Z} x {s:.4f} (rms of "
-             f"{len(moved)} moved cases) / sqrt({n}) = {band:.4f}")
-    return max(max(means), band), max(0, -min(goal_nets)), parts
+    band = AFS_NOISE_Z * s / math.sqrt(len(base))
+    loss = max(met[a] - met[b] for a, b in pairs)
+    parts = (f"the largest mean of {len(pairs)} ordered pairs of runs {mean[top]:+.4f} "
+             f"({top[0]} -> {top[1]}); {AFS_NOISE_Z} x {s:.4f} (rms of {len(moved)} moved "
+             f"cases) / sqrt({len(base)}) = {band:.4f}")
+    return max(mean[top], band), max(0, loss), parts
 
 
 def afs_noise_veto(base: dict, cand: dict, fcfs: dict, *, mean_log_max: float | None = None,
@@ -169,7 +187,7 @@ def afs_noise_veto(base: dict, cand: dict, fcfs: dict, *, mean_log_max: float | 
         for arm, x in (("base", base[key]), ("candidate", cand[key]), ("fcfs+lru", fcfs[key])):
             if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
                 raise ValueError(f"{arm}'s ratio at {key!r} is not a finite number > 0: {x!r}")
-    mean = sum(math.log(cand[k] / base[k]) for k in base) / len(base)
+    mean = sum(_ratio_changes(base, cand)) / len(base)
     met0 = sum(goal_met(base[k], fcfs[k]) for k in base)
     met1 = sum(goal_met(cand[k], fcfs[k]) for k in base)
     bad_mean, bad_goal = mean > mean_log_max, met1 - met0 < -goal_loss_max

@@ -20,7 +20,8 @@ null's and the config's names.
 ratios rise at two decimals (what the veto, `policies_check.afs_veto`, rejects on), how many
 cross the goal each way, and the distribution of the change in log(ratio); every pair of
 runs of the same scheduler (base and nulls) under the veto; the calibrated rule's thresholds
-(`afs_noise_thresholds`) and each null judged with thresholds from the others only.
+(`policies_check.afs_noise_thresholds`) and each null judged, both ways against the base,
+with thresholds from the base and the other nulls only.
 
 `judge`: the calibrated rule (`policies_check.afs_noise_veto`) on a candidate's run against
 the base, with the thresholds frozen in `policies_check` (`AFS_NOISE_MEAN_LOG`,
@@ -38,9 +39,10 @@ The nulls, and why none changes the quality of any scheduling decision:
   Poisson draws at seconds apart and tools last seconds; half a millisecond is below a
   single batch step (2 ms overhead alone), so no scheduler could be judged better or worse
   for it; it only moves which batch step an arrival first meets.
-- "slow" / "fast": every step time x (1 + 1e-4) / x (1 - 1e-4) (the preset's bandwidths and
+- "slow" / "fast": every step time x (1 + 1e-4) / x (1 - 1e-4), "slow2" / "fast2" and
+  "slow3" / "fast3" x (1 +/- 2e-4) and x (1 +/- 3e-4) (the preset's bandwidths and
   FLOP/s divided, its per-step overheads multiplied, as `tenant_share` slices a GPU): a
-  0.01% faster or slower GPU, far inside the cost model's own uncertainty (its efficiencies
+  0.01-0.03% faster or slower GPU, far inside the cost model's own uncertainty (its efficiencies
   are "assumed" to two digits); every policy and scheduler sees the same scaled model.
 - "swap": the two tenants' names exchanged ("a" <-> "b"; session ids kept): a fair share
   is symmetric in its tenants, so this only flips tie-breaks that fall to name or insertion
@@ -77,7 +79,9 @@ JITTER_S = 5e-4  # arrivals move later by U[0, JITTER_S)
 STEP_EPS = 1e-4  # "slow" / "fast": step times x (1 +/- STEP_EPS)
 NULLS = {"jitter1": ("jitter", 1), "jitter2": ("jitter", 2), "jitter3": ("jitter", 3),
          "jitter4": ("jitter", 4), "slow": ("step", 1 + STEP_EPS),
-         "fast": ("step", 1 - STEP_EPS), "swap": ("swap", None)}
+         "fast": ("step", 1 - STEP_EPS), "swap": ("swap", None),
+         "slow2": ("step", 1 + 2 * STEP_EPS), "fast2": ("step", 1 - 2 * STEP_EPS),
+         "slow3": ("step", 1 + 3 * STEP_EPS), "fast3": ("step", 1 - 3 * STEP_EPS)}
 SWAP = {"a": "b", "b": "a"}
 
 
@@ -206,23 +210,19 @@ def calibrate_lines(base: dict[Key, float], fcfs: dict[Key, float],
             f"ratios higher per pair: min {min(ups)}, median {statistics.median(ups):g}, max "
             f"{max(ups)}. Cases meeting the goal per run: "
             + ", ".join(f"{n} {m}" for n, m in met.items()) + "."]
-    t_mean, t_loss, parts = pc.afs_noise_thresholds(
-        [s["mean"] for s in stats.values()], [s["d"] for s in stats.values()],
-        [len(s["won"]) - len(s["lost"]) for s in stats.values()], len(base))
-    out += ["", f"The calibrated rule's thresholds from these nulls: mean d log ratio at most "
+    t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
+    out += ["", f"The calibrated rule's thresholds from these runs: mean d log ratio at most "
             f"{t_mean:.4f} ({parts}); goal cases lost (net) at most {t_loss}."]
     loo = []
-    for n in stats:
-        rest = [s for m, s in stats.items() if m != n]
-        tm, tl, _ = pc.afs_noise_thresholds([s["mean"] for s in rest], [s["d"] for s in rest],
-                                         [len(s["won"]) - len(s["lost"]) for s in rest],
-                                         len(base))
-        ok, _ = pc.afs_noise_veto(base, nulls[n], fcfs, mean_log_max=tm, goal_loss_max=tl)
-        loo.append(f"{n} {'passes' if ok else 'rejected'} (mean {stats[n]['mean']:+.4f} "
-                   f"vs {tm:.4f}, net goal {len(stats[n]['won']) - len(stats[n]['lost']):+d} "
-                   f"vs -{tl})")
-    out.append("Each null judged by the rule with thresholds from the other nulls only: "
-               + "; ".join(loo) + ".")
+    for n in nulls:
+        tm, tl, _ = pc.afs_noise_thresholds(base, {m: r for m, r in nulls.items() if m != n},
+                                            fcfs)
+        ways = [pc.afs_noise_veto(x, y, fcfs, mean_log_max=tm, goal_loss_max=tl)[0]
+                for x, y in ((base, nulls[n]), (nulls[n], base))]
+        loo.append(f"{n} against base {'passes' if ways[0] else 'rejected'}, base against "
+                   f"{n} {'passes' if ways[1] else 'rejected'} (thresholds {tm:.4f} / {tl})")
+    out.append("Each null judged by the rule with thresholds from the base and the other nulls "
+               "only, both ways: " + "; ".join(loo) + ".")
     return out
 
 
@@ -279,10 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "calibrate":
             print("\n".join(calibrate_lines(b, f, nulls)))
             return 0
-        stats = [null_stats(b, n, f) for n in nulls.values()]
-        tm, tl, _ = pc.afs_noise_thresholds([s["mean"] for s in stats], [s["d"] for s in stats],
-                                         [len(s["won"]) - len(s["lost"]) for s in stats],
-                                         len(b))
+        tm, tl, _ = pc.afs_noise_thresholds(b, nulls, f)
     except ValueError as e:
         ap.error(str(e))
     if (round(tm, 4), tl) != (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS):

@@ -32,27 +32,38 @@ def test_goal_met_reads_two_decimals_and_fcfs(mods):
     assert pc.goal_met(1.20, 1.206)
 
 
-def test_thresholds_band_max_and_goal_loss(mods):
-    pc, _ = mods
-    # moved changes: 0.1, -0.1, 0.2, -0.2 (the 1e-5 and 0 are below AFS_NOISE_MOVED)
-    changes = [[0.1, -0.1, 1e-5, 0.0], [0.2, -0.2, 0.0, 0.0]]
-    t_mean, t_loss, parts = pc.afs_noise_thresholds([-0.01, 0.0], changes, [1, -2], 4)
-    s = math.sqrt((0.01 + 0.01 + 0.04 + 0.04) / 4)
-    assert t_mean == pytest.approx(pc.AFS_NOISE_Z * s / 2)
-    assert t_loss == 2
-    assert "4 moved cases" in parts
-    # a null whose mean exceeds the band sets the threshold; no null lost a case: 0
-    t_mean, t_loss, _ = pc.afs_noise_thresholds([0.5, 0.0], changes, [1, 0], 4)
-    assert (t_mean, t_loss) == (0.5, 0)
-    with pytest.raises(ValueError, match="one mean"):
-        pc.afs_noise_thresholds([0.0], changes, [0], 4)
-    with pytest.raises(ValueError, match="not finite"):
-        pc.afs_noise_thresholds([0.0], [[math.inf]], [0], 4)
-
-
 CASES = [("mix", 102, 1.0), ("mix", 102, 0.5), ("noisy", 102, 0.5), ("noisy", 102, 0.25)]
 BASE = dict(zip(CASES, (1.56, 1.40, 1.49, 1.21), strict=True))
 FCFS = dict(zip(CASES, (1.20, 1.90, 3.00, 3.30), strict=True))  # mix 100% never met
+
+
+def test_thresholds_from_every_ordered_pair_and_the_band(mods):
+    pc, _ = mods
+    e = math.exp
+    # null "n1" moves two cases by +-0.1 (rms 0.1); "n2" moves one by -0.2 and one by
+    # 1e-5 (below AFS_NOISE_MOVED) and loses noisy 50% (1.49 -> 1.49 * e(0.02) = 1.52)
+    n1 = {**BASE, CASES[0]: BASE[CASES[0]] * e(0.1), CASES[1]: BASE[CASES[1]] * e(-0.1)}
+    n2 = {**BASE, CASES[3]: BASE[CASES[3]] * e(-0.2), CASES[0]: BASE[CASES[0]] * e(1e-5),
+          CASES[2]: BASE[CASES[2]] * e(0.02)}
+    t_mean, t_loss, parts = pc.afs_noise_thresholds(BASE, {"n1": n1, "n2": n2}, FCFS)
+    s = math.sqrt((0.01 + 0.01 + 0.04 + 0.02 ** 2) / 4)
+    band = pc.AFS_NOISE_Z * s / 2
+    # the largest pair mean, n2 -> n1 ((0.1 - 1e-5) - 0.1 + 0.2 - 0.02) / 4 = 0.045, is
+    # below the band of 4 cases
+    assert t_mean == pytest.approx(band) and band > 0.045
+    assert "(n2 -> n1)" in parts and "+0.0450" in parts and "4 moved cases" in parts
+    assert t_loss == 1  # base -> n2 and n1 -> n2 lose noisy 50%; the reverse wins it back
+    # every case up 0.3: base -> up's mean 0.3 beats the band 1.645 x 0.3 / 2
+    up = {k: v * e(0.3) for k, v in BASE.items()}
+    assert pc.afs_noise_thresholds(BASE, {"up": up}, FCFS)[0] == pytest.approx(0.3)
+    # a null equal to the base: no pair mean above 0 nor loss; the threshold is the band, 0
+    assert pc.afs_noise_thresholds(BASE, {"same": dict(BASE)}, FCFS)[:2] == (0.0, 0)
+    with pytest.raises(ValueError, match="one or more null"):
+        pc.afs_noise_thresholds(BASE, {}, FCFS)
+    with pytest.raises(ValueError, match="same cases"):
+        pc.afs_noise_thresholds(BASE, {"n": dict(list(BASE.items())[:3])}, FCFS)
+    with pytest.raises(ValueError, match="not a finite number"):
+        pc.afs_noise_thresholds(BASE, {"n": {**BASE, CASES[0]: 0.0}}, FCFS)
 
 
 def test_veto_passes_small_rises_the_old_veto_rejects(mods):
