@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.cands:
         with open(path) as f:
             d = json.load(f)
-        print("\n".join(compare_lines(base, d["rows"], json.dumps(d["defaults"]))))
+        label = json.dumps(d["defaults"]) + (f" (null {d['null']})" if d.get("null") else "")
+        print("\n".join(compare_lines(base, d["rows"], label)))
     return 0
 
 
