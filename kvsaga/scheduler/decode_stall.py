@@ -21,9 +21,10 @@ compute time times the steps it stalls. So the cap: while any running step decod
 step computes at most `decode_prefill_tokens` prompt tokens (running prefills first, then
 admissions), so a prefill, first-time or recomputed, is spread over steps that each stay
 near a decode step's length, and the decodes beside it go on. A step with nothing decoding
-takes the whole token budget, as before. 0 (the default): off.
+takes the whole token budget, as before. 0: off; the default is 128, gated ("The default"
+below).
 
-Opt-in, both: `--fit` round 25 (fit seeds 101-106) ranked the cap of 128 tokens first
+Round 25's cap held always: `--fit` round 25 (fit seeds 101-106) ranked the cap of 128 tokens first
 (smallest gain 1.40x -> 1.61x at bfcl 1x 25%, every fit point's gain up) and its non-thrash
 check rejected it (swe seed 103 1x p95 +5.8%, web seed 103 1x p95 +4.9%; the AFS veto, read
 before 00c1ce0 stopped the cap billing tenants for uncomputed tokens: 17 of 32 mix ratios
@@ -32,7 +33,7 @@ docs/scheduling_fit_history.md has the round.
 
 Gated (`decode_prefill_when`, `--fit` round 26): the cap helps where sessions thrash and
 hurts where nothing does, so it may hold only under pressure, the non-thrash regime then
-scheduled as without it. "always" (the default: round 25's cap); "demoted": only while a
+scheduled as without it. "always" (round 25's cap); "demoted": only while a
 demoted session's step waits to be admitted again; "demoted_queue": only while two or more
 do (on the fit seeds' non-thrash runs that round 25's check failed, swe and web seed 103 1x,
 the gate "demoted" opened only with one waiting, and there the cap moved a p95 session by a
@@ -46,9 +47,17 @@ at the same steps, but in a cluster: a session's later step at a replica that ne
 session counts as a demoted one's (`resumed`) in the simulator only (the engine's `resumed`
 means a session it served), so "demoted" / "demoted_queue" may open there in the simulator
 alone.
-All opt-in: round 26's fit chose "demoted_queue" (smallest gain 1.40x -> 1.58x at bfcl 1x
+The default: round 26's fit chose "demoted_queue" (smallest gain 1.40x -> 1.58x at bfcl 1x
 25%, no non-thrash figure worse; "demoted", ranked first at 1.68x, failed the non-thrash
-check at swe seed 103 1x) and the AFS veto rejected it (13 of 32 mix ratios up).
+check at swe seed 103 1x) and the any-rise AFS veto rejected it (13 of 32 mix ratios up).
+Session 25 measured that veto's noise floor (bench/scheduling_veto_noise.py: it rejects 8 of
+11 null runs, perturbations such as every step time x (1 + 2e-4) that carry no information
+about the scheduler) and replaced it with a veto calibrated to the nulls
+(`policies_check.afs_noise_veto`, thresholds frozen before any candidate was judged); under
+it the candidate passes (mean change of log ratio -0.0345, goal cases 15 -> 15), so the cap
+of 128 with "demoted_queue" became the default, and the fresh seeds ran after
+(docs/scheduler.md, "The prefill cap the default"). "always", "demoted" and "recompute"
+stay opt-in.
 """
 
 from __future__ import annotations
@@ -63,15 +72,23 @@ from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
 READMIT_ROOM = "room"
 # `decode_prefill_when`: when the cap holds (module docstring, "Gated").
 DECODE_PREFILL_WHEN = ("always", "demoted", "demoted_queue", "recompute")
+# The defaults (module docstring, "The default"): the cap of 128 tokens while two or more
+# demoted sessions' steps wait to be admitted again.
+DECODE_PREFILL_TOKENS = 128
+DEFAULT_DECODE_PREFILL_WHEN = "demoted_queue"
 
 
 class DecodeStall:
     """The prefill cap (see the module docstring)."""
 
     def _init_decode_stall(self, decode_prefill_tokens: object,
-                           decode_prefill_when: object = "always") -> None:
+                           decode_prefill_when: object = None) -> None:
+        """None for `decode_prefill_when`: the default gate, which a cap of 0 turns off
+        with the cap; a gate named with the cap off is refused (it would gate nothing)."""
         cap = check_int("decode_prefill_tokens", decode_prefill_tokens, 0)
-        if decode_prefill_when not in DECODE_PREFILL_WHEN:
+        if decode_prefill_when is None:
+            decode_prefill_when = DEFAULT_DECODE_PREFILL_WHEN if cap else "always"
+        elif decode_prefill_when not in DECODE_PREFILL_WHEN:
             raise ValueError(f"scheduler parameter decode_prefill_when must be one of "
                              f"{', '.join(map(repr, DECODE_PREFILL_WHEN))}, "
                              f"got {decode_prefill_when!r}")

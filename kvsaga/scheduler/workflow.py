@@ -20,7 +20,7 @@ from kvsaga.scheduler.base import (
     check_int,
 )
 from kvsaga.scheduler.block_room import BlockRoom
-from kvsaga.scheduler.decode_stall import DecodeStall
+from kvsaga.scheduler.decode_stall import DECODE_PREFILL_TOKENS, DecodeStall
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.leave_forecast import LeaveForecast
@@ -199,8 +199,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
             round 18 and the veto.
         decode_prefill_tokens, decode_prefill_when: while a running step decodes, a batch step
-            computes at most this many prompt tokens (0, the default: off; opt-in, `--fit`
-            round 25), "always" or gated ("demoted", "demoted_queue", "recompute": `decode_stall`).
+            computes at most this many prompt tokens (128; 0: off), "always" or gated ("demoted",
+            "demoted_queue", "recompute"); None: "demoted_queue" (`decode_stall` says why).
     """
 
     name = "workflow"
@@ -247,7 +247,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
         paused_reserve: bool | str = False,
         undo_demotion: bool | str = False,
         shrink_after: float = 0.0,
-        decode_prefill_tokens: int = 0, decode_prefill_when: str = "always",
+        decode_prefill_tokens: int = DECODE_PREFILL_TOKENS,
+        decode_prefill_when: str | None = None,
         **limits: Any,
     ) -> None:
         super().__init__(manager, **limits)

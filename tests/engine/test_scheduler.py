@@ -45,9 +45,10 @@ READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16, "growth_charge": "st
 # this stream each row's log differs from the same parameters without the cap, and each gated
 # row's from the ungated cap's (asserted on the simulator), so an executor that ignored either
 # parameter would log other admissions than the simulator.
-CAP_BASE = {"prior_growth_tokens": 16, "growth_charge": "step"}
-CAP = [{**CAP_BASE, "decode_prefill_tokens": 16, **gate} for gate in
-       ({}, {"decode_prefill_when": "demoted"}, {"decode_prefill_when": "recompute"})]
+# CAP_BASE turns the cap off (on by default since session 25, gated "demoted_queue").
+CAP_BASE = {"prior_growth_tokens": 16, "growth_charge": "step", "decode_prefill_tokens": 0}
+CAP = [{**CAP_BASE, "decode_prefill_tokens": 16, "decode_prefill_when": when}
+       for when in ("always", "demoted", "recompute")]
 
 
 def stream() -> list[Session]:

@@ -19,7 +19,7 @@ def _decoding_and_waiting(cap: int):
     """Session a (8 tokens, 6 outputs) admitted and prefilled, so it decodes next; then
     session b (40 tokens) queues. Returns (scheduler, executor, a, b)."""
     m = manager(64)
-    s = wf(m, decode_prefill_tokens=cap)
+    s = wf(m, decode_prefill_tokens=cap, decode_prefill_when="always")
     ex = ToyExecutor(m)
     a = ToyRequest("a", toks(0, 8), max_new=6)
     s.add(a, 0.0)
@@ -46,7 +46,7 @@ def test_a_prefill_beside_a_decode_computes_at_most_the_cap_a_step(cap, chunks):
 
 def test_nothing_decoding_takes_the_whole_budget():
     m = manager(64)
-    s = wf(m, decode_prefill_tokens=8)
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="always")
     ex = ToyExecutor(m)
     b = ToyRequest("b", toks(100, 40), max_new=1)
     s.add(b, 0.0)
@@ -57,7 +57,7 @@ def test_nothing_decoding_takes_the_whole_budget():
 
 def test_values_and_defaults():
     kw = WorkflowScheduler.__init__.__kwdefaults__
-    assert kw["decode_prefill_tokens"] == 0 and kw["readmit_charge"] == "uncached"
+    assert kw["decode_prefill_tokens"] == 128 and kw["readmit_charge"] == "uncached"
     with pytest.raises(ValueError, match="decode_prefill_tokens"):
         wf(manager(16), decode_prefill_tokens=-1)
     with pytest.raises(ValueError, match="decode_prefill_tokens"):
@@ -67,7 +67,12 @@ def test_values_and_defaults():
 
 def test_gate_values():
     kw = WorkflowScheduler.__init__.__kwdefaults__
-    assert kw["decode_prefill_when"] == "always"
+    assert kw["decode_prefill_when"] is None  # the default gate, off with the cap
+    assert wf(manager(16)).decode_prefill_when == "demoted_queue"
+    assert wf(manager(16)).decode_prefill_tokens == 128
+    assert wf(manager(16), decode_prefill_tokens=8).decode_prefill_when == "demoted_queue"
+    off = wf(manager(16), decode_prefill_tokens=0)  # the cap off: no gate to refuse
+    assert off.decode_prefill_tokens == 0 and off.decode_prefill_when == "always"
     for when in ("demoted", "demoted_queue", "recompute"):
         assert wf(manager(16), decode_prefill_tokens=8,
                   decode_prefill_when=when).decode_prefill_when == when
@@ -76,7 +81,7 @@ def test_gate_values():
         wf(manager(16), decode_prefill_tokens=8, decode_prefill_when="busy")
     with pytest.raises(ValueError, match="decode_prefill_when 'demoted' gates the prefill "
                                          "cap, which is off"):
-        wf(manager(16), decode_prefill_when="demoted")
+        wf(manager(16), decode_prefill_tokens=0, decode_prefill_when="demoted")
 
 
 @pytest.mark.parametrize("when,demoted,capped", [
@@ -245,7 +250,8 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
     from kvsaga.sim.workloads import WORKLOADS
     sessions = WORKLOADS["bfcl"].generate(12, 102, scale=0.3)
     cfg = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=400, scheduler="workflow",
-                    scheduler_params={"decode_prefill_tokens": 64, "readmit_charge": "room"})
+                    scheduler_params={"decode_prefill_tokens": 64, "decode_prefill_when": "always",
+                                      "readmit_charge": "room"})
     sim = Simulator(sessions, cfg)
     execute, steps = sim._execute, []
 
@@ -259,6 +265,7 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
 
 
 globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
+                                           "decode_prefill_when": "always",
                                            "readmit_charge": "room"}))
 for _when in ("demoted", "demoted_queue", "recompute"):
     globals().update(machines(f"decode_stall_{_when}", {
@@ -271,7 +278,7 @@ def test_a_capped_prefill_bills_its_tenant_only_the_tokens_it_computes():
     x's decode) is served exactly the tokens it computed, 8 a step, not the share it was
     allowed before the cap cut it."""
     m = manager(64)
-    s = wf(m, decode_prefill_tokens=8)
+    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="always")
     assert s.share_step_tokens  # the default: 2+ tenants compete for compute
     ex = ToyExecutor(m)
     a = ToyRequest("a", toks(0, 8), max_new=6, tenant="x")
