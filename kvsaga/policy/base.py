@@ -135,6 +135,15 @@ class EvictionPolicy:
         None: its step left the queue without being admitted. A scheduler calls it only on
         a policy that overrides it."""
 
+    def session_paused_room(self, session: Session, blocks: int | None, now: float) -> None:
+        """A demoted session (`session_deferred`) is paused on its tool, no step queued, and
+        the scheduler measured the room its next step would lack were it queued now:
+        `blocks` as `session_admission_room` counts them, its prompt taken as its context
+        plus its workflow's mean growth. Measured at admission attempts where the pool or
+        the set of such sessions changed; told only when the figure changed. None: its step
+        queued, or it was admitted again. A scheduler calls it only on a policy that
+        overrides it."""
+
     def tick(self, now: float) -> None:
         """Periodic call from the manager: expire TTLs, refresh predictions."""
 

@@ -52,7 +52,8 @@ How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`
 kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's
 clock (`demoted_size`, opt-in): kvsaga/policy/size_effect.py; by its place in the scheduler's
 admission queue (`admission_rank`, opt-in): kvsaga/policy/admission_rank.py; by the room it
-lacks (`admission_room`, opt-in): kvsaga/policy/admission_room.py.
+lacks (`admission_room`, opt-in), or, still paused on its tool, by the room it would lack
+(`paused_room`, opt-in): kvsaga/policy/admission_room.py.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
 time queued rounded down to the grid (`elapsed_grid`), so it changes at grid points, at the
@@ -79,8 +80,6 @@ from __future__ import annotations
 import math
 
 from kvsaga.policy import graph_fast
-from kvsaga.policy.admission_rank import AdmissionRanks
-from kvsaga.policy.admission_room import AdmissionRooms
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
 from kvsaga.policy.cost import CostModel
@@ -122,6 +121,8 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         admission_rank: price a demoted session whose step waits for admission by its place
             in the scheduler's queue (`AdmissionRanks`, kvsaga/policy/admission_rank.py).
         admission_room: price it by the room the scheduler lacks for it (`AdmissionRooms`).
+        paused_room: price a demoted session paused on its tool by the room its step would
+            lack were it queued now (`AdmissionRooms`; kvsaga/policy/queue_tells.py).
     """
 
     name = "graph"
@@ -147,6 +148,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         demoted_size: bool = False,
         admission_rank: bool = False,
         admission_room: bool = False,
+        paused_room: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -184,12 +186,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         self.size_effect = SizeElasticity(calib_prior or 4.0) \
             if flag("demoted_size", demoted_size) else None
         self._demoted_ctx: dict[str, int] = {}
-        self.ranks = AdmissionRanks(calib_prior or 4.0) \
-            if flag("admission_rank", admission_rank) else None
-        self.rooms = AdmissionRooms(calib_prior or 4.0) \
-            if flag("admission_room", admission_room) else None
-        if self.rooms is not None:  # listens to the room (queue_tells.py); off, the no-op
-            self.session_admission_room = self._room_told
+        self._init_queue_tells(calib_prior or 4.0, admission_rank, admission_room, paused_room)
         graph_fast.enable(self, GraphPolicy)  # the usual search in one function, counted
 
     def bind(self, view) -> None:
