@@ -3,7 +3,9 @@ bench/RESULTS.md "Eviction policies: the room the scheduler lacks for a demoted 
 each at its own pool (`bench/policies.py`'s `_run`), the option twice: with the room told as
 a snapshot at queue changes only (`AdmissionOrder._refresh_rooms` switched off, as the option
 was measured first) and measured again at admission attempts where the pool changed (the
-code's behaviour). Fit seeds only; deterministic; a few seconds a run.
+code's behaviour); and `graph[paused_room=1]` (session 25: the room a demoted session still
+paused on its tool would lack, told by `AdmissionOrder._tell_paused_rooms`). Fit seeds
+only; deterministic; a few seconds a run.
 
     python bench/policies_room_runs.py
 """
@@ -23,7 +25,8 @@ CASES = [("swe", 102, 0.6), ("swe+bfcl", 402, 0.6), ("swe", 201, 0.3), ("swe", 2
          ("swe", 1, 0.6)]
 RUNS = [("graph", "graph", True), ("ttl", "ttl", True),
         ("option, snapshot", "graph[admission_room=1]", False),
-        ("option, re-measured", "graph[admission_room=1]", True)]
+        ("option, re-measured", "graph[admission_room=1]", True),
+        ("paused_room", "graph[paused_room=1]", True)]
 
 
 def main() -> int:
