@@ -44,7 +44,8 @@ RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # candidate must not make a non-thrash figure worse than it by more than the slack
 # (`non_thrash_worse`), nor have a lower smallest p95 gain unless that stays >= 1
 # (`P95_FLOOR`).
-PREVIOUS = {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0}
+PREVIOUS = {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
+            "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"}
 NON_THRASH_SLACK = 0.02  # one seed's noise at an unpressured point stays below it
 P95_FLOOR = 1.0  # the goal: p95 TCT no worse than fcfs+lru's
 TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
@@ -66,9 +67,12 @@ TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # kept the default (the fit chose growth_charge "remaining", the veto rejected it and the
 # next, docs/scheduling_fit_history.md); 55 and 56 are seen since. Round 14 kept the
 # default too, so 57 and 58 (seen) were run a second time on the reverted policy default
-# and 59 and 79 stay fresh, not listed here (a plain `bench/scheduling.py` run would run them).
-SEEN_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54, 55, 56)
-FRESH_SEEDS = (57, 58)
+# and 59 and 79 stayed fresh through rounds 14-26. Session 25 made round 26's choice the
+# default (the prefill cap, gated "demoted_queue", under the calibrated AFS veto); 59 and
+# 79 (chosen by the lead in session 17) run once, `--held-out 59,79`, after it landed; 57
+# and 58 are seen since.
+SEEN_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54, 55, 56, 57, 58)
+FRESH_SEEDS = (59, 79)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)
