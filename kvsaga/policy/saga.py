@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 
+from kvsaga.policy import saga_fast
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy
@@ -44,6 +45,7 @@ from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 _TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
+saga_fast.WEIGHTS = (W_RECENCY, W_REUSE, W_SIZE)  # (its usual search reads them)
 # A sticky level L on the 2x scale stays while its input x is within one step of it
 # (|log2 x - L| <= 1): certainly so for x in [_BAND_LO, _BAND_HI] * 2**L, a margin far
 # above the rounding of the logarithms, so `sticky_level` is called only outside the band.
@@ -94,6 +96,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
         self._stats_at: tuple[int, int] = (-1, -1)
+        saga_fast.enable(self, SagaPolicy)  # the usual search in fewer functions, counted
+
+    choose_victims = saga_fast.choose_victims
 
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:
