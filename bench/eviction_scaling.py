@@ -480,11 +480,13 @@ def miss_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
 
 
 def _miss_parts(text: str) -> list[int]:
-    """callgrind_annotate's misses by `PARTS` (a function's object file), then the rest."""
-    parts = [0] * (len(PARTS) + 1)
-    for line in text.splitlines():
-        m = _ANNOTATED.match(line)
-        if m is None or "PROGRAM TOTALS" in line:
+    """callgrind_annotate's misses by `PARTS` (a function's object file), then the rest; the
+    call chain's roots, listed with the totals as their own, left out (counted before)."""
+    parts, rows = [0] * (len(PARTS) + 1), [(m, m.groups()[:3]) for m in map(
+        _ANNOTATED.match, text.splitlines()) if m is not None]
+    totals = next(c for m, c in rows if "PROGRAM TOTALS" in m[4])
+    for m, c in rows:
+        if c == totals:  # (PROGRAM TOTALS itself too)
             continue
         n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
         j = next((j for j, (_, pat) in enumerate(PARTS) if re.search(pat, m[4])), len(PARTS))
