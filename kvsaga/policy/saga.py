@@ -96,6 +96,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
         self._stats_at: tuple[int, int] = (-1, -1)
+        self._state_made: tuple | None = None  # (now, state, token): saga_fast.py `_declined`
         saga_fast.enable(self, SagaPolicy)  # the usual search in fewer functions, counted
 
     choose_victims = saga_fast.choose_victims
@@ -201,7 +202,13 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         so the largest is found among the few distinct sizes; only the sessions marked since
         the last search (`_dirty`) can have changed size. The sticky levels
         (`sticky_level`) are computed only when their input left the band where the level
-        certainly stays (`_BAND_LO`, `_BAND_HI`); the pressure only when the usage moved."""
+        certainly stays (`_BAND_LO`, `_BAND_HI`); the pressure only when the usage moved.
+        Within a search that saga_fast.py handed to the general path, the state it made
+        (`_state_made`, nothing changed since) is the answer."""
+        made = self._state_made
+        if made is not None and made[0] == now:
+            self._state_made = None
+            return made[1], made[2]
         size, groups, counts = self._size, self.groups, self._size_count
         top = self._max_size
         for sid in self._dirty:

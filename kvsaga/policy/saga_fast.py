@@ -45,8 +45,7 @@ def choose_victims(self, num_blocks: int, now: float) -> list[int]:
     learned, at = self._learned, self._learned_at_rebuild
     if (state != self._global or (token is not self._token and token != self._token)
             or (learned != at and learned - at > self.relearn_share * len(self.groups))):
-        self.general_searches += 1
-        return _general(self, num_blocks, now)
+        return _declined(self, num_blocks, now, state, token)
     w_recency, w_reuse, w_size = WEIGHTS
     used, max_idle, max_size = state
     groups, views, memo, classes = self.groups, self.views, self._memo, self._classes
@@ -90,5 +89,20 @@ def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         pushes.append((sid, key, g[0], n, until, (cls, *rec[1:], 1.0)))
     else:
         return finish(self, num_blocks, now, pushes)
+    return _declined(self, num_blocks, now, state, token)
+
+
+def _declined(self, num_blocks: int, now: float, state: tuple, token: tuple) -> list[int]:
+    """The general path after this search made its search state: `_search_state` answers
+    its first call in it with that state (`_state_made`) instead of making it again. With
+    nothing changed since, making it again gives the same answer, but its loop over the
+    marked sessions runs twice: in the bench's 1 ms reading, where every search declines,
+    170-290 instructions a block more than with the fast path off (the regression that kept
+    this path off main in the twenty-fourth session; bench/RESULTS.md, "Where the excess
+    over lru sits, and saga's fast path without its regression")."""
     self.general_searches += 1
-    return _general(self, num_blocks, now)
+    self._state_made = (now, state, token)
+    try:
+        return _general(self, num_blocks, now)
+    finally:
+        self._state_made = None

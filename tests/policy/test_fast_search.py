@@ -368,3 +368,24 @@ def test_graph_fast_path_with_trust_declines_after_trust_learns(core):
         _mark_all(p)
 
     _poked(core, trusting, learn, taken=False)
+
+
+def test_saga_declined_search_makes_its_search_state_once(core):
+    """saga's fast path makes the search state before it can decline; the general path it
+    hands the search to answers with that state instead of making it again (the loop over
+    the marks twice was the 1 ms reading's regression), with the victims of the path off,
+    and nothing of it is left after the search."""
+    out = []
+    for fast in (True, False):
+        m, p, step, i, now = _steady(core, SagaPolicy)
+        p._fast = fast
+        made = []
+        real = p.usage  # (read once each time `_search_state` makes the state)
+        p.usage = lambda made=made, real=real: made.append(1) or real()
+        t = now + 0.5  # the idle normalizer moves: the state changes, the fast path declines
+        gen = p.general_searches
+        got = p.choose_victims(8, t)
+        assert p.general_searches == gen + 1 and len(made) == 1
+        assert p._state_made is None
+        out.append((got, p.eviction_order(), dict(p._base), dict(p._memo)))
+    assert out[0] == out[1]
