@@ -485,10 +485,8 @@ def _miss_parts(text: str) -> list[int]:
     parts, rows = [0] * (len(PARTS) + 1), [(m, m.groups()[:3]) for m in map(
         _ANNOTATED.match, text.splitlines()) if m is not None]
     totals = next(c for m, c in rows if "PROGRAM TOTALS" in m[4])
-    for m, c in rows:
-        if c == totals:  # (PROGRAM TOTALS itself too)
-            continue
-        n = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
+    for m, c in (r for r in rows if r[1] != totals):  # (PROGRAM TOTALS itself too)
+        n = sum(0 if v == "." else int(v.replace(",", "")) for v in c)
         j = next((j for j, (_, pat) in enumerate(PARTS) if re.search(pat, m[4])), len(PARTS))
         parts[j] += n
     return parts
