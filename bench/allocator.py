@@ -30,6 +30,7 @@ bench/RESULTS.md from the figures of this run.
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
                               [--instructions COUNTS] [--cache-misses COUNTS]
                               [--profile POLICY] [--miss-split COUNT] [--search-split COUNT]
+                              [--call-split COUNT]
                               [--policies SPECS]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
@@ -50,7 +51,8 @@ instead, the cProfile of that policy's same-instant allocations at the first --p
 --miss-split COUNT, instead, each policy's cache misses at COUNT paused sessions split by
 where they occur (the interpreter, the C++ index, the manager's C++ core, libc and libm);
 --search-split COUNT, instead, what its victim search and the search's Python keying cost of
-them (bench/eviction_split.py).
+them (bench/eviction_split.py); --call-split COUNT, instead, each policy's misses over lru's
+split by the call that makes them (the index's, the core's eviction, the rest).
 """
 
 from __future__ import annotations
@@ -405,6 +407,10 @@ def main() -> None:
                          "at COUNT paused sessions with each policy's victim search (and "
                          "its Python keying) made outside the counted allocation "
                          "(bench/eviction_split.py; callgrind, minutes)")
+    ap.add_argument("--call-split", metavar="COUNT", type=int,
+                    help="with --eviction-scaling: instead of the tables, misses per block "
+                         "over lru's at COUNT paused sessions by the call that makes them "
+                         "(bench/eviction_split.py; callgrind, minutes)")
     ap.add_argument("--sweep-mib", metavar="MIB", type=int,
                     help="with --eviction-scaling: the read that leaves the caches cold before "
                          "each timed call, in MiB (default 64: twice the 32 MiB L3 the tables "
@@ -439,8 +445,8 @@ def main() -> None:
 
         if args.profile:
             print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
-        elif args.miss_split or args.search_split:
-            from eviction_split import search_split
+        elif args.miss_split or args.search_split or args.call_split:
+            from eviction_split import call_split, search_split
             from policies import split_specs
 
             specs = tuple(split_specs(args.policies)) if args.policies else ("lru", "ttl",
@@ -448,6 +454,8 @@ def main() -> None:
                                                                            "adaptive")
             if args.search_split:
                 print("\n".join(search_split(args.search_split, specs, min(args.repeat, 3))))
+            elif args.call_split:
+                print("\n".join(call_split(args.call_split, specs, min(args.repeat, 3))))
             else:
                 print("\n".join(miss_split(args.miss_split, specs, args.repeat)))
         else:

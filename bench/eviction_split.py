@@ -37,6 +37,7 @@ from pathlib import Path
 from eviction_scaling import (
     _ANNOTATED,
     CACHE_SIM,
+    _callgrind_calls,
     _dump_figure,
     bench_eviction_scaling,
     build,
@@ -118,14 +119,70 @@ def _split_runs(paused: int, specs: list[str], repeat: int, way: str, real_keys,
 
 def _index_call(dump: Path) -> int:
     """The inclusive last-level misses of the index's call in a dump (0: none made)."""
-    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+    return _inclusive(_annotated(dump), INDEX_CALLS)
+
+
+def _annotated(dump: Path) -> str:
+    """callgrind_annotate's inclusive listing of a dump's last-level misses."""
+    return subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
                            "--show=ILmr,DLmr,DLmw", str(dump)],
                           capture_output=True, text=True, check=True).stdout
+
+
+def _inclusive(text: str, calls: tuple[str, ...]) -> int:
+    """The inclusive misses of each of `calls` (named as callgrind_annotate names them: its
+    first line that contains the name), summed (0 for one not made)."""
+    got = dict.fromkeys(calls, 0)
     for line in text.splitlines():
         m = _ANNOTATED.match(line)
-        if m is not None and any(call in m[4] for call in INDEX_CALLS):
-            return sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
-    return 0
+        for call in calls:
+            if m is not None and call in m[4] and not got[call]:
+                got[call] = sum(0 if v == "." else int(v.replace(",", "")) for v in m.groups()[:3])
+    return sum(got.values())
+
+
+# The manager core's eviction of a policy's named victims (its check, then the eviction,
+# inside which the pool calls the policy's `blocks_uncached`), and lru's (`evict_head`).
+CORE_CALLS = ("ManagerCore::victims_valid(", "ManagerCore::evict_blocks(")
+UNCACHED_CALL, LRU_CALL = ("Pool::notify(",), ("ManagerCore::evict_head(",)
+
+
+def call_split(paused: int, policies: tuple[str, ...], repeat: int = 3,
+               new_blocks: int = 128) -> list[str]:
+    """Each policy's last-level misses per allocated block over lru's at `paused` paused
+    sessions (`--cache-misses`' count, the fewest of its `repeat` allocations at one
+    instant) split by the call that makes them, inclusive: the index's one call, the core's
+    eviction of the named victims less lru's `evict_head` (of it, the pool's call of the
+    policy's `blocks_uncached`), and the rest: the Python of the search and of the manager's
+    eviction path (the policy's `choose_victims`, its keying, the glue). Markdown lines."""
+    if "lru" not in policies:
+        raise ValueError(f"--call-split: the excess is over lru: add it, got {policies!r}")
+    require_valgrind("--call-split")
+    per, rows = 2 * repeat + 1, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dumps, _ = _callgrind_calls(Path(tmp) / "c", paused, policies, repeat, True)
+        for i, p in enumerate(policies):
+            best = min(dumps[i * per:i * per + repeat],
+                       key=lambda f: _dump_figure(f.read_text(), True))
+            text = _annotated(best)
+            rows[p] = [_dump_figure(best.read_text(), True), _inclusive(text, INDEX_CALLS),
+                       _inclusive(text, CORE_CALLS), _inclusive(text, UNCACHED_CALL),
+                       _inclusive(text, LRU_CALL)]
+    lru_total, lru_evict = rows["lru"][0], rows["lru"][4]
+    lines = [f"Last-level cache misses per allocated block over lru's at {paused:,} paused "
+             "sessions, allocations at one instant (the fewest of the repeats; callgrind's "
+             "cache simulation, each allocation after a flush; load-free), by the call that "
+             "makes them (callgrind_annotate, inclusive):", "",
+             "| policy | total | over lru | the index call | the core's eviction over lru's | "
+             "of it: blocks_uncached | the rest (the Python of the search and its glue) |",
+             "|---|" + "---:|" * 6]
+    for p in (q for q in policies if q != "lru"):
+        total, index, core, uncached, _ = rows[p]
+        over, core = total - lru_total, core - lru_evict
+        cells = [total, over, index, core, uncached, over - index - core]
+        lines.append(f"| {p} | " + " | ".join(f"{x / new_blocks:,.1f}" for x in cells) + " |")
+    return lines + ["", f"lru: {lru_total / new_blocks:,.1f} a block, of it evict_head "
+                    f"{lru_evict / new_blocks:,.1f}.", ""]
 
 
 def search_split(paused: int, policies: tuple[str, ...], repeat: int = 3,

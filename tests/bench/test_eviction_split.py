@@ -102,3 +102,40 @@ def test_missing_valgrind_is_found_before_counting(monkeypatch):
     monkeypatch.setattr(mod.subprocess, "run", counted)
     with pytest.raises(SystemExit, match="^--search-split counts with valgrind"):
         mod.search_split(8, ("lru", "ttl"))
+
+
+def _listing(**calls) -> str:
+    """A callgrind_annotate inclusive listing with these calls' misses (ILmr, DLmr, DLmw)."""
+    return "\n".join(f"{a:,} (1.0%) {b:,} (1.0%) {c:,} (1.0%)  ???:{name}(x) [/k/m.so]"
+                     for name, (a, b, c) in calls.items())
+
+
+def test_call_split_charges_each_policys_excess_to_the_call_that_makes_it(monkeypatch, tmp_path):
+    mod = load()
+    monkeypatch.setattr(mod, "require_valgrind", lambda flag: None)
+    # lru's and ttl's counted allocations, repeat 1: one at one instant, one 1 ms apart, the
+    # full re-key; the fewest at one instant is each policy's first.
+    totals = [1280, 9999, 9999, 2560, 9999, 9999]
+    dumps = []
+    for i, t in enumerate(totals):
+        f = tmp_path / f"cg.out.{i}"
+        f.write_text(f"events: Ir ILmr DLmr DLmw\ntotals: 1 {t} 0 0\n")
+        dumps.append(f)
+    monkeypatch.setattr(mod, "_callgrind_calls", lambda *a: (dumps, [1.0, 1.0]))
+    listings = {dumps[0]: _listing(**{"ManagerCore::evict_head": (100, 28, 0)}),
+                dumps[3]: _listing(**{"SessionHeap::refresh_marked": (200, 56, 0),
+                                      "ManagerCore::victims_valid": (10, 0, 0),
+                                      "ManagerCore::evict_blocks": (150, 86, 10),
+                                      "Pool::notify": (64, 0, 0)})}
+    monkeypatch.setattr(mod, "_annotated", lambda dump: listings[dump])
+    lines = mod.call_split(8, ("lru", "ttl"), repeat=1)
+    # per block of 128: total 20, over lru 10, index 2, core 2 - 1, notify 0.5, rest 7
+    assert "| ttl | 20.0 | 10.0 | 2.0 | 1.0 | 0.5 | 7.0 |" in lines
+    assert "lru: 10.0 a block, of it evict_head 1.0." in lines
+
+
+def test_call_split_requires_lru_before_counting(monkeypatch):
+    mod = load()
+    monkeypatch.setattr(mod, "_callgrind_calls", lambda *a: pytest.fail("counted"))
+    with pytest.raises(ValueError, match="^--call-split: the excess is over lru"):
+        mod.call_split(8, ("ttl", "saga"))
