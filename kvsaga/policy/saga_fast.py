@@ -94,12 +94,12 @@ def choose_victims(self, num_blocks: int, now: float) -> list[int]:
 
 def _declined(self, num_blocks: int, now: float, state: tuple, token: tuple) -> list[int]:
     """The general path after this search made its search state: `_search_state` answers
-    its first call in it with that state (`_state_made`) instead of making it again. With
-    nothing changed since, making it again gives the same answer, but its loop over the
-    marked sessions runs twice: in the bench's 1 ms reading, where every search declines,
-    170-290 instructions a block more than with the fast path off (the regression that kept
-    this path off main in the twenty-fourth session; bench/RESULTS.md, "Where the excess
-    over lru sits, and saga's fast path without its regression")."""
+    its first call in it with that state (`_state_made`) instead of making it again (with
+    nothing changed since, the same answer, but a second loop over the marked sessions). In
+    the bench's 1 ms reading, where every search of saga declines, that was about 70 of the
+    170-290 instructions a block the path on cost over off; the rest, its keying of the marks
+    before the one it declines on (which the general path keys again), stays (bench/
+    RESULTS.md, "Where the excess over lru sits, by call, and saga's 1 ms regression")."""
     self.general_searches += 1
     self._state_made = (now, state, token)
     try:
