@@ -35,7 +35,6 @@ from __future__ import annotations
 import heapq
 import math
 
-from kvsaga.policy import saga_fast
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.groups import GroupedPolicy
@@ -45,7 +44,6 @@ from kvsaga.policy.search import GRID_S, grid_index, sticky_level
 _TTL_MEMO = 4096  # TTLs remembered at most (hinted ones have a key of their own each)
 
 W_RECENCY, W_REUSE, W_SIZE = 0.3, 0.5, 0.2
-saga_fast.WEIGHTS = (W_RECENCY, W_REUSE, W_SIZE)  # (its usual search reads them)
 # A sticky level L on the 2x scale stays while its input x is within one step of it
 # (|log2 x - L| <= 1): certainly so for x in [_BAND_LO, _BAND_HI] * 2**L, a margin far
 # above the rounding of the logarithms, so `sticky_level` is called only outside the band.
@@ -96,10 +94,6 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
         self._stats_at: tuple[int, int] = (-1, -1)
-        self._state_made: tuple | None = None  # (now, state, token): saga_fast.py `_declined`
-        saga_fast.enable(self, SagaPolicy)  # the usual search in fewer functions, counted
-
-    choose_victims = saga_fast.choose_victims
 
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:
@@ -202,13 +196,7 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         so the largest is found among the few distinct sizes; only the sessions marked since
         the last search (`_dirty`) can have changed size. The sticky levels
         (`sticky_level`) are computed only when their input left the band where the level
-        certainly stays (`_BAND_LO`, `_BAND_HI`); the pressure only when the usage moved.
-        Within a search that saga_fast.py handed to the general path, the state it made
-        (`_state_made`, nothing changed since) is the answer."""
-        made = self._state_made
-        if made is not None and made[0] == now:
-            self._state_made = None
-            return made[1], made[2]
+        certainly stays (`_BAND_LO`, `_BAND_HI`); the pressure only when the usage moved."""
         size, groups, counts = self._size, self.groups, self._size_count
         top = self._max_size
         for sid in self._dirty:

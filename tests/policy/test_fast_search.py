@@ -1,10 +1,9 @@
-"""ttl's, graph's and saga's usual search in fewer functions (kvsaga/policy/ttl_fast.py,
-graph_fast.py, saga_fast.py) names the victims, and leaves the index, bases, classes and
-memo, as the general path does; it is taken when its conditions hold and never after a
-change of the statistics, the rent, or a marked session the memo does not cover or must not
-key from it (counted: `fast_searches`, `general_searches`). At every fast search its pushes
-are checked against the general path's keying of the same marks
-(`_pushes_are_the_general_keys`)."""
+"""ttl's and graph's usual search in one function (kvsaga/policy/ttl_fast.py,
+graph_fast.py) names the victims, and leaves the index, bases, classes and memo, as the
+general path does; it is taken when its conditions hold and never after a change of the
+statistics, the rent, or a marked session the memo does not cover or must not key from it
+(counted: `fast_searches`, `general_searches`). At every fast search its pushes are checked
+against the general path's keying of the same marks (`_pushes_are_the_general_keys`)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ import random
 import pytest
 
 from kvsaga import OutOfBlocks
-from kvsaga.policy import fast_search, graph_fast, make_policy, saga_fast, ttl_fast
+from kvsaga.policy import fast_search, graph_fast, make_policy, ttl_fast
 from kvsaga.policy.graph import GraphPolicy
-from kvsaga.policy.saga import SagaPolicy
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.ttl import TTLPolicy
 from tests.policy.helpers import make
@@ -55,7 +53,7 @@ def _pushes_are_the_general_keys(monkeypatch):
         checked.append(1)
         return real(self, num_blocks, now, pushes)
 
-    for mod in (ttl_fast, graph_fast, saga_fast):
+    for mod in (ttl_fast, graph_fast):
         monkeypatch.setattr(mod, "finish", finish)
     return checked
 
@@ -63,7 +61,7 @@ def _pushes_are_the_general_keys(monkeypatch):
 def _ttls(policy) -> list:
     """The parts of `policy` (itself, or adaptive's experts) with a fast path."""
     return [p for p in (getattr(e, "policy", e) for e in getattr(policy, "experts", [policy]))
-            if isinstance(p, (TTLPolicy, GraphPolicy, SagaPolicy))]
+            if isinstance(p, (TTLPolicy, GraphPolicy))]
 
 
 def _shadow_ttls(m) -> list:
@@ -138,7 +136,7 @@ def _bench_shape(name: str, fast: bool, core: str, paused: int = 400, events: bo
 
 
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
-@pytest.mark.parametrize("name", ["ttl", "graph", "saga", "adaptive"])
+@pytest.mark.parametrize("name", ["ttl", "graph", "adaptive"])
 def test_fast_path_names_the_victims_of_the_general_path_on_the_walks(name, workload, core):
     ref, ref_state, off = _walk(name, workload, False, core)
     got, state, on = _walk(name, workload, True, core)
@@ -148,7 +146,7 @@ def test_fast_path_names_the_victims_of_the_general_path_on_the_walks(name, work
 
 
 @pytest.mark.parametrize("events", [False, True])
-@pytest.mark.parametrize("name", ["ttl", "graph", "saga", "adaptive"])
+@pytest.mark.parametrize("name", ["ttl", "graph", "adaptive"])
 def test_fast_path_on_the_bench_shape_is_taken_and_names_the_same_victims(
         name, events, core, _pushes_are_the_general_keys):
     ref, ref_state, off = _bench_shape(name, False, core, events=events)
@@ -182,7 +180,7 @@ def _steady(core: str, cls=TTLPolicy):
     return m, p, step, paused + 40, now
 
 
-@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy, SagaPolicy])
+@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy])
 def test_fast_path_is_not_taken_after_new_statistics_and_its_victims_stay_exact(core, cls):
     m, p, step, i, now = _steady(core, cls)
     _, ref, ref_step, _, _ = _steady(core, cls)
@@ -203,7 +201,7 @@ def test_fast_path_is_not_taken_after_new_statistics_and_its_victims_stay_exact(
     assert p._base == ref._base
 
 
-@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy, SagaPolicy])
+@pytest.mark.parametrize("cls", [TTLPolicy, GraphPolicy])
 def test_fast_path_is_not_taken_for_a_marked_session_the_memo_does_not_cover(core, cls):
     m, p, step, i, now = _steady(core, cls)
     # A session of a new class (another workflow): its class key is not in the memo when
@@ -219,10 +217,8 @@ def test_fast_path_is_not_taken_for_a_marked_session_the_memo_does_not_cover(cor
     # token), the fast path does not run either: stale keys would price new sessions wrong.
     if cls is TTLPolicy:
         p._rent_usage = -1.0
-    elif cls is GraphPolicy:
+    else:
         p._learned_waits += 1
-    else:  # saga: a latency seen (its token's count)
-        p.all_latency.n += 1
     step(f"p{i + 1}", i + 1, now)
     assert p.fast_searches == fast and p.general_searches == gen + 2
     for j in range(i + 2, i + 8):  # and it comes back once the memo covers the marks again
@@ -239,13 +235,8 @@ def test_fast_path_is_off_for_a_subclass_that_changes_the_keying():
         def _entry_key(self, *a):
             return super()._entry_key(*a)
 
-    class OtherSaga(SagaPolicy):
-        def _search_ttl(self, *a):
-            return super()._search_ttl(*a)
-
     assert TTLPolicy()._fast and not Other()._fast
     assert GraphPolicy()._fast and not OtherGraph()._fast
-    assert SagaPolicy()._fast and not OtherSaga()._fast
 
 
 def _sig(p, sid: str, d: float) -> tuple:
@@ -368,24 +359,3 @@ def test_graph_fast_path_with_trust_declines_after_trust_learns(core):
         _mark_all(p)
 
     _poked(core, trusting, learn, taken=False)
-
-
-def test_saga_declined_search_makes_its_search_state_once(core):
-    """saga's fast path makes the search state before it can decline; the general path it
-    hands the search to answers with that state instead of making it again (the loop over
-    the marks twice was the 1 ms reading's regression), with the victims of the path off,
-    and nothing of it is left after the search."""
-    out = []
-    for fast in (True, False):
-        m, p, step, i, now = _steady(core, SagaPolicy)
-        p._fast = fast
-        made = []
-        real = p.usage  # (read once each time `_search_state` makes the state)
-        p.usage = lambda made=made, real=real: made.append(1) or real()
-        t = now + 0.5  # the idle normalizer moves: the state changes, the fast path declines
-        gen = p.general_searches
-        got = p.choose_victims(8, t)
-        assert p.general_searches == gen + 1 and len(made) == 1
-        assert p._state_made is None
-        out.append((got, p.eviction_order(), dict(p._base), dict(p._memo)))
-    assert out[0] == out[1]
