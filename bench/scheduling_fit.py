@@ -507,7 +507,18 @@ def main(argv: list[str] | None = None) -> int:
                     "admission orders at the pressured points (their columns; else n/a)")
     ap.add_argument("--workers", type=int, default=1,
                     help="simulator processes (default: %(default)s)")
+    ap.add_argument("--defaults", metavar="PARAMS", default=None,
+                    help="--held-out only: run with these workflow parameters (a JSON object) "
+                    "as its defaults, e.g. a previous default for comparison")
     args = ap.parse_args(argv)
+    if args.defaults is not None:
+        if args.held_out is None:
+            ap.error("--defaults applies to --held-out only")
+        import scheduling_mix
+        try:
+            scheduling_mix.set_workflow_defaults(parse_params(args.defaults))
+        except (ValueError, TypeError) as e:
+            ap.error(str(e))
     unknown = [p for p in (args.policy, args.policy_check) if p is not None
                and p not in POLICIES]
     if unknown:
@@ -570,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} simulations, {time.perf_counter() - t0:.0f} s; workflow's parameters "
           f"are its defaults (tail_wait_factor {factor:g}; round 9 chose 3, the lead "
           f"reverted it to 0 on AFS fit seeds: --tail-guard-check)"
-          + ("" if args.policy == DEFAULT_POLICY else f"; policy {args.policy}"))
+          + ("" if args.policy == DEFAULT_POLICY else f"; policy {args.policy}")
+          + ("" if args.defaults is None else f"; --defaults {args.defaults}"))
     print(held_out_table(rows, families, seeds, args.policy))
     return 0
 

@@ -165,6 +165,8 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # PREVIOUS; smallest gain 1.40x -> 1.58x, every fit point up) passed it: chosen by the fit.
 # The AFS veto rejected it (13 of 32 mix ratios up, noisy seed 102 50% 1.49 -> 1.57): the
 # default stayed, all three values opt-in (RESULTS "Gate the prefill cap on pressure").
+# Session 25: under the calibrated AFS veto that replaced the any-rise one (docs/scheduler.md)
+# "demoted_queue" passes and is the default (PREVIOUS); fresh seeds 59 and 79 ran after.
 FIT_GRID = [
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},

@@ -53,3 +53,30 @@ def test_the_line_names_the_worse_figures(fit, monkeypatch, capsys):
     assert seen == [({"paused_reserve": True}, 1, fit.DEFAULT_POLICY)]
     assert "{'paused_reserve': True}: non-thrash points" in out
     assert out.rstrip().endswith("swe 1x 50% seed 101: mean TCT 10.0 -> 10.5 s (+5.0%)")
+
+
+def test_held_out_defaults_are_set_for_the_run_and_refused_elsewhere(fit, monkeypatch,
+                                                                      capsys):
+    """`--held-out SEEDS --defaults PARAMS` runs with PARAMS as workflow's defaults (a
+    previous default beside the fresh run); elsewhere, or with a bad value, it is refused
+    before anything changed."""
+    from kvsaga.scheduler import WorkflowScheduler
+    kw = WorkflowScheduler.__init__.__kwdefaults__
+    monkeypatch.setitem(kw, "decode_prefill_tokens", kw["decode_prefill_tokens"])
+    seen = []
+
+    def run(tasks, workers):
+        seen.append(kw["decode_prefill_tokens"])
+        return []
+    monkeypatch.setattr(fit, "run", run)
+    monkeypatch.setattr(fit, "held_out_table", lambda *a: "table")
+    assert fit.main(["--held-out", "59", "--families", "swe",
+                     "--defaults", '{"decode_prefill_tokens": 0}']) == 0
+    assert seen == [0] and "--defaults" in capsys.readouterr().out
+    kw["decode_prefill_tokens"] = 128
+    for argv in (["--tail-guard-check", "--defaults", '{"decode_prefill_tokens": 0}'],
+                 ["--held-out", "59", "--defaults", '{"decode_prefill_tokens": -1}']):
+        with pytest.raises(SystemExit) as e:
+            fit.main(argv)
+        assert e.value.code == 2
+    assert kw["decode_prefill_tokens"] == 128  # a refused value changed nothing
