@@ -196,11 +196,11 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             live replay").
         shrink_after: the shrink demotes a paused session only once it has been away
             this many times its expected pause (0, the default: at once, at the finish
-            that paused it; `Demotions._away_long` says why). Opt-in: it lost `--fit`
-            round 18 and the veto.
+            that paused it; `Demotions._away_long`). Opt-in: lost `--fit` round 18.
         decode_prefill_tokens, decode_prefill_when: while a running step decodes, a batch step
             computes at most this many prompt tokens (128; 0: off), "always" or gated ("demoted",
-            "demoted_queue", "recompute"); None: "demoted_queue" (`decode_stall` says why).
+            "demoted_queue", "recompute"); None: "demoted_queue", or off with a cap of 0 (a
+            gate named with the cap off is refused; `decode_stall` says why).
     """
 
     name = "workflow"

@@ -157,3 +157,30 @@ def test_null_stats_counts_rises_and_crossings(mods):
         sum(math.log(other[k] / BASE[k]) for k in CASES) / 4)
     with pytest.raises(ValueError, match="same cases"):
         noise.null_stats(BASE, dict(list(BASE.items())[:3]), FCFS)
+
+
+def test_the_committed_calibration_gives_the_frozen_thresholds_and_the_verdict(mods):
+    """The session-25 calibration's ratios (tests/bench/afs_noise_s25.json: the base, fcfs+lru,
+    11 null runs and round 26's candidate, 32 cases each) reproduce the frozen thresholds
+    exactly and round 26's verdict (mean d log ratio -0.0345, goal cases 15 -> 15), so a
+    change to the rule's arithmetic shows here, not only on a new calibration run."""
+    import json
+    pc, _ = mods
+    data = json.loads((Path(__file__).parent / "afs_noise_s25.json").read_text())["runs"]
+
+    def case(name):
+        return {tuple(k): x for k, x in data[name]["ratios"]}
+    base, fcfs, cand = case("base"), case("fcfs"), case("cand")
+    nulls = {r["null"]: case(n) for n, r in data.items() if n.startswith("null_")}
+    assert len(base) == 32 and len(nulls) == 11
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
+    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
+    assert (round(t_mean, 4), t_loss) == (0.0265, 3)
+    mean = sum(math.log(cand[k] / base[k]) for k in base) / 32
+    assert round(mean, 4) == -0.0345
+    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
+    assert sum(pc.goal_met(cand[k], fcfs[k]) for k in base) == 15
+    ok, lines = pc.afs_noise_veto(base, cand, fcfs)
+    assert ok and lines[-1] == "the calibrated AFS veto: passes"
+    # A mean threshold below the candidate's mean change rejects it: the verdict reads it.
+    assert not pc.afs_noise_veto(base, cand, fcfs, mean_log_max=-0.04, goal_loss_max=3)[0]

@@ -181,13 +181,15 @@ def test_refusals_stand_across_evictions_with_the_reference_results(scheduler, p
     assert scheduler == "fcfs" or kept[1][1] > 0, kept  # lookups cut to the hits left
 
 
-def test_a_refusal_that_demoted_does_not_hold():
+@pytest.mark.parametrize("cap", [0, None])
+def test_a_refusal_that_demoted_does_not_hold(cap):
     """An attempt may demote paused sessions of a tenant above its share (to make room for
     another tenant's session) and still refuse; a repeat then sees the smaller admitted
     sets and may admit a session the first attempt did not try (here one of the demoted
     tenant's, now below its share). So that refusal holds no step: the fast path asks
     again at the next one, as the reference does (a random trace found the difference:
-    hit tokens 200,752 reference vs 198,356 fast before)."""
+    hit tokens 200,752 reference vs 198,356 fast before). The trace was found with the
+    prefill cap off (cap 0, the default then); the default cap (None) runs it too."""
     import dataclasses
 
     from kvsaga.sim.simulator import SimConfig, Simulator
@@ -198,7 +200,9 @@ def test_a_refusal_that_demoted_does_not_hold():
     sessions = [dataclasses.replace(s, tenant=t) for s, t in zip(sessions, "aaaaaba",
                                                                   strict=True)]
     config = SimConfig(num_gpu_blocks=278, max_num_batched_tokens=256, scheduler="workflow",
-                       policy="ttl", scheduler_params={"idle_admit_s": 0.5})
+                       policy="ttl", scheduler_params={
+                           "idle_admit_s": 0.5,
+                           **({} if cap is None else {"decode_prefill_tokens": cap})})
     rows, demotions = [], []
     for reference in (True, False):
         sim = Simulator(sessions, config, reference=reference)
