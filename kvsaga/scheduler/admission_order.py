@@ -379,7 +379,8 @@ class AdmissionOrder:
         "told now"; docs/policies.md)."""
         tell = getattr(self.manager.policy, "session_paused_room", None)
         if tell is None or getattr(tell, "__func__", None) is EvictionPolicy.session_paused_room:
-            self._paused_told = {}
+            if self._paused_told:  # the policy changed: nothing is told any more
+                self._paused_told = {}
             return
         paused = tuple(sid for sid in self._deferred if sid not in self._deferred_waiting)
         key = (self._room_state(), paused)

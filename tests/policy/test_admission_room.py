@@ -101,20 +101,25 @@ def test_a_bad_admission_room_flag_is_refused(value):
         GraphPolicy(admission_room=value)
 
 
-def _two_demoted_waiting(policy: GraphPolicy, small_blocks: int, big_blocks: int):
+def two_demoted(policy: GraphPolicy, small_blocks: int, big_blocks: int,
+                paused: bool = False):
     """`small` (2 blocks) and `big` (5 blocks) paused on a 0.1 s tool at 0, demoted at 0.3;
-    their steps wait, told deficits `small_blocks` and `big_blocks`; four admissions seen
-    along seconds = 1 + 0.01 x deficit."""
+    told deficits `small_blocks` and `big_blocks` as steps waiting in the queue
+    (`session_admission_room`, learner `rooms`) or, `paused`, as sessions still on their
+    tool (`session_paused_room`, learner `paused_rooms`); four admissions seen along
+    seconds = 1 + 0.01 x deficit."""
     train(policy.graph, "grep", 0.1)
     m = make(policy, num_blocks=12)
     run_step(m, "small", tokens(100, 8), now=0.0, tool="grep")
     run_step(m, "big", tokens(300, 20), now=0.0, tool="grep")
     for sid in ("small", "big"):
         policy.session_deferred(m.sessions[sid], True, 0.3)
-    if policy.rooms is not None:
-        _learned(policy.rooms)
-    policy.session_admission_room(m.sessions["small"], small_blocks, 0.5)
-    policy.session_admission_room(m.sessions["big"], big_blocks, 0.5)
+    rooms = policy.paused_rooms if paused else policy.rooms
+    if rooms is not None:
+        _learned(rooms)
+    tell = policy.session_paused_room if paused else policy.session_admission_room
+    tell(m.sessions["small"], small_blocks, 0.5)
+    tell(m.sessions["big"], big_blocks, 0.5)
     return m
 
 
@@ -127,7 +132,7 @@ def test_the_victim_follows_the_room_told(on):
     victims = {}
     for small_d, big_d in ((-50, 400), (400, -50)):
         policy = GraphPolicy(admission_room=on)
-        _two_demoted_waiting(policy, small_d, big_d)
+        two_demoted(policy, small_d, big_d)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
         if on:
@@ -181,7 +186,7 @@ def test_the_keys_follow_a_later_room_tell():
     tell (a tell marks the session's keys for recomputing). All at one instant: a later
     search would re-key the timed sessions anyway."""
     policy = GraphPolicy(admission_room=True)
-    m = _two_demoted_waiting(policy, -50, 400)
+    m = two_demoted(policy, -50, 400)
     assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "big"
     policy.session_admission_room(m.sessions["small"], 400, 1.0)
     policy.session_admission_room(m.sessions["big"], -50, 1.0)

@@ -10,7 +10,7 @@ import pytest
 from kvsaga.policy import EvictionPolicy, GraphPolicy
 from kvsaga.policy.admission_room import AdmissionRooms
 from tests.policy.helpers import make, run_step, tokens
-from tests.policy.test_admission_room import _learned
+from tests.policy.test_admission_room import _learned, two_demoted
 from tests.policy.test_scenarios import train
 
 
@@ -52,23 +52,6 @@ def test_graph_listens_to_the_paused_room_only_with_its_option():
     assert on.rooms is None  # the queued steps' option stays off
 
 
-def _two_demoted_paused(policy: GraphPolicy, small_blocks: int, big_blocks: int):
-    """`small` (2 blocks) and `big` (5 blocks) paused on a 0.1 s tool at 0, demoted at 0.3,
-    their tools still running (no step queued); told paused deficits `small_blocks` and
-    `big_blocks`; four admissions seen along seconds = 1 + 0.01 x deficit."""
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "small", tokens(100, 8), now=0.0, tool="grep")
-    run_step(m, "big", tokens(300, 20), now=0.0, tool="grep")
-    for sid in ("small", "big"):
-        policy.session_deferred(m.sessions[sid], True, 0.3)
-    if policy.paused_rooms is not None:
-        _learned(policy.paused_rooms)
-    policy.session_paused_room(m.sessions["small"], small_blocks, 0.5)
-    policy.session_paused_room(m.sessions["big"], big_blocks, 0.5)
-    return m
-
-
 @pytest.mark.parametrize("on", [False, True])
 def test_the_victim_follows_the_paused_room_told(on):
     """Off, both read the same residual demotion and the small one's cheaper tail goes
@@ -79,9 +62,9 @@ def test_the_victim_follows_the_paused_room_told(on):
     victims = {}
     for small_d, big_d in ((-50, 400), (400, -50)):
         policy = GraphPolicy(paused_room=on)
-        _two_demoted_paused(policy, small_d, big_d)
+        two_demoted(policy, small_d, big_d, paused=True)
         own = GraphPolicy()
-        _two_demoted_paused(own, small_d, big_d)
+        two_demoted(own, small_d, big_d, paused=True)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
         if on:
