@@ -167,7 +167,24 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # default stayed, all three values opt-in (RESULTS "Gate the prefill cap on pressure").
 # Session 25: under the calibrated AFS veto that replaced the any-rise one (docs/scheduler.md)
 # "demoted_queue" passes and is the default (PREVIOUS); fresh seeds 59 and 79 ran after.
+# Round 27 (issue 10, session 26, the serve lane; committed before it ran, with the code):
+# where bfcl 1x 25%'s TCT goes beyond the bound's schedule on today's default (the gated
+# cap), `bench/scheduling_bound_gap.py bfcl 1 0.25 101,...,106 --no-fcfs`: mean TCT 14.1 /
+# 22.9 / 28.1 / 15.7 / 10.8 / 15.4 s, the gap 3.1-20.1 s a session, of it waits to be
+# admitted again 1.5-12.9 s, first admission 0.2-6.0 s, run beyond solo 0.8-1.3 s (decodes
+# stalled by prefill 0.1-0.6 s); during 44-56% of the demoted steps' waits their prompt
+# fitted beside the running steps. Round 25's "room" (admit such a step on the pool's check
+# alone) cost swe and web (1.39-2.09x) where it acted without the cap and without thrash;
+# with the cap (then always on) it reached 1.90x at bfcl 1x 25%. The candidate:
+# `readmit_charge` "room_queue", "room" only under the pressure the default cap's gate
+# reads (two or more demoted sessions' steps waiting, so the cap holds too), else the
+# default's "uncached"; where that gate never opens (swe and web seed 103 1x, round 26) it
+# schedules as the default. Probe (the same command with `--params '{"readmit_charge":
+# "room_queue"}'`): 14.8 / 19.2 / 23.5 / 13.4 / 11.2 / 15.1 s (waits again 1.3-9.5 s,
+# demotions 1.5-2.0x as many, run beyond solo 1.7-2.9 s); against session 23's fcfs+lru
+# rows a geomean gain of about 1.70x against the default's 1.58x: not predicted to reach 2x.
 FIT_GRID = [
-    {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"decode_prefill_tokens": 128, "decode_prefill_when": "demoted"},
+    {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
+     "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
+    {"readmit_charge": "room_queue"},
 ]

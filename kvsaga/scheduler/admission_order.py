@@ -53,7 +53,6 @@ from typing import Any
 
 from kvsaga.policy.base import EvictionPolicy
 from kvsaga.scheduler.base import check_float
-from kvsaga.scheduler.decode_stall import READMIT_ROOM
 from kvsaga.scheduler.session_length import SessionLengthModel
 from kvsaga.scheduler.tail_guard import WaitBudgets
 
@@ -383,7 +382,7 @@ class AdmissionOrder:
                 self._paused_told = {}
             return
         paused = tuple(sid for sid in self._deferred if sid not in self._deferred_waiting)
-        key = (self._room_state(), paused)
+        key = (self._room_state(), paused, self._readmits_on_room(1))
         if key == self._paused_key:
             return
         self._paused_key = key
@@ -408,8 +407,9 @@ class AdmissionOrder:
         """`room_deficit` of demoted `sid`'s next step were it queued now, its tool still
         running: its prompt taken as its context plus the mean growth of its workflow
         after its last tool (per tool under `tool_growth`), its decode reserve as
-        `reserve_decode_tokens` past that, the lookup of its context as it stands. None:
-        no such paused session here (gone, empty, or a step open)."""
+        `reserve_decode_tokens` past that, the lookup of its context as it stands (under
+        "room_queue", its step counted as queued). None: no such paused session here
+        (gone, empty, or a step open)."""
         m = self.manager
         s = m.sessions.get(sid)
         if s is None or s.is_running or not s.token_ids:
@@ -421,7 +421,7 @@ class AdmissionOrder:
         need = lk.gpu_cached_blocks + max(
             0, -(-(prompt + self.reserve_decode_tokens) // bs) - lk.gpu_hit_blocks)
         pool = need + running_reserve - m.pool.num_available
-        if not self.sessions or self.readmit_charge == READMIT_ROOM:
+        if not self.sessions or self._readmits_on_room(1):
             return pool
         own = prompt - lk.gpu_hit_blocks * bs
         var = self._growth_var(s.workflow, None, True) if self.growth_reserve else 0.0
@@ -435,14 +435,15 @@ class AdmissionOrder:
         fits both now). The gate's: the admitted working sets plus its charge (at the
         "uncached" re-admission charge: its prompt less its GPU hits, over the horizon,
         with the reserves; `WorkingSetGate._session_fits`) less overcommit x the tiers;
-        none under `readmit_charge` "room" or with nobody admitted. The pool's: its whole
+        none with nobody admitted or under `readmit_charge` "room" ("room_queue": while it
+        holds, `_readmits_on_room`). The pool's: its whole
         prompt's blocks to admit plus `running_reserve` (the running steps'
         `_running_reserve`) less the free-or-evictable GPU blocks (`BlockRoom._fits`).
         Read only: a lookup answers from its cache until the cache changes."""
         lk = self.lookup(req)
         pool = (lk.blocks_to_admit(self._reserve_target(req, req.num_tokens))
                 + running_reserve - self.manager.pool.num_available)
-        if not self.sessions or self.readmit_charge == READMIT_ROOM:
+        if not self.sessions or self._readmits_on_room():
             return pool
         own = req.num_tokens - lk.gpu_hit_blocks * self.manager.block_size
         var = self._growth_var(req.workflow, None, True) if self.growth_reserve else 0.0

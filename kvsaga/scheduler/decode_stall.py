@@ -58,6 +58,14 @@ it the candidate passes (mean change of log ratio -0.0345, goal cases 15 -> 15),
 of 128 with "demoted_queue" became the default, and the fresh seeds ran after
 (docs/scheduler.md, "The prefill cap the default"). "always", "demoted" and "recompute"
 stay opt-in.
+
+Room under pressure (`readmit_charge` "room_queue", `--fit` round 27, opt-in): on today's
+default the TCT beyond the bound's schedule at bfcl 1x 25% is still mostly waits to be
+admitted again (`bench/scheduling_bound_gap.py`), and "room" paid only with the cap beside it
+(round 25: alone it stalled decodes; with the ungated cap it cost swe and web, where nothing
+thrashes). "room_queue" admits a demoted session's step on the pool's check alone only while
+two or more demoted sessions' steps wait (the one asking among them), the signal the default
+cap's gate reads, else charges it as "uncached"; where that gate stays shut, so does this.
 """
 
 from __future__ import annotations
@@ -70,6 +78,10 @@ from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
 # it (`BlockRoom._fits`: its first chunk, and with steps running its whole prompt and some
 # decode headroom beside theirs), whatever the working sets charged (`_session_fits`).
 READMIT_ROOM = "room"
+# "room_queue" (`--fit` round 27): "room" only while two or more demoted sessions' steps wait
+# to be admitted again (the default cap's gate, "demoted_queue"), else the default charge,
+# "uncached" (module docstring, "Room under pressure").
+READMIT_ROOM_QUEUE = "room_queue"
 # `decode_prefill_when`: when the cap holds (module docstring, "Gated").
 DECODE_PREFILL_WHEN = ("always", "demoted", "demoted_queue", "recompute")
 # The defaults (module docstring, "The default"): the cap of 128 tokens while two or more
@@ -124,7 +136,10 @@ class DecodeStall:
         when = self.decode_prefill_when
         if when not in ("demoted", "demoted_queue"):
             return True
-        need = 1 if when == "demoted" else 2
+        return self._demoted_waiting(1 if when == "demoted" else 2)
+
+    def _demoted_waiting(self, need: int) -> bool:
+        """Whether `need` or more demoted sessions' steps wait to be admitted again."""
         for q in self._pending.values():
             # Every step is read: demoted steps queue ahead of new sessions under "fifo"
             # (`_insert_demoted`), but "predicted" / "gittins" with `readmit_order`
@@ -135,6 +150,16 @@ class DecodeStall:
                     if not need:
                         return True
         return False
+
+    def _readmits_on_room(self, queued: int = 0) -> bool:
+        """Whether a demoted session's step is admitted again on the pool's check alone,
+        the working sets not charged: always under `readmit_charge` "room", under
+        "room_queue" while two or more demoted sessions' steps wait (the step asking among
+        them; `queued` more counted, for a step not queued yet), as the default cap's gate
+        reads the queues (so the engine and the simulator decide alike)."""
+        charge = self.readmit_charge
+        return charge == READMIT_ROOM or (charge == READMIT_ROOM_QUEUE
+                                          and self._demoted_waiting(2 - queued))
 
     def _capped(self, req: Any) -> bool:
         """Whether the cap cuts `req`'s prefill: under "recompute" only while it recomputes

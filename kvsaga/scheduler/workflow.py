@@ -143,11 +143,11 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             round 21 ranked it first and its non-thrash check rejected it), or "cost"
             ("full" only while the recomputation its uncached charge is expected to
             cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
-            "cost_ends": the same, the wait from the rate admitted contexts end at;
-            both opt-in: `--fit` round 22 kept the default, RESULTS "Scheduling"),
+            "cost_ends": the wait from the rate contexts end at; opt-in: `--fit` round 22),
             "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
             when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`)
-            or "room" (the pool's check alone; `kvsaga.scheduler.decode_stall`).
+            or "room" (the pool's check alone), "room_queue" ("room" only while two or
+            more demoted sessions' steps wait, else "uncached"; `decode_stall`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -18,7 +18,7 @@ from typing import Any
 from kvsaga.manager import StepLookup
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.base import check_float
-from kvsaga.scheduler.decode_stall import READMIT_ROOM
+from kvsaga.scheduler.decode_stall import READMIT_ROOM, READMIT_ROOM_QUEUE
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.leave_forecast import READMIT_LEAVE
 from kvsaga.scheduler.working_set import (
@@ -29,8 +29,8 @@ from kvsaga.scheduler.working_set import (
 )
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
-READMIT_CHARGES = ("uncached", READMIT_ROOM, "context", "full", "binding", "binding_short",
-                   "cost", "cost_ends", *READMIT_LEAVE)
+READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, "context", "full", "binding",
+                   "binding_short", "cost", "cost_ends", *READMIT_LEAVE)
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the
@@ -126,8 +126,8 @@ class WorkingSetGate:
         """The session-level gate: admitting `req`'s session keeps the admitted working sets
         within the tiers (after demoting sessions away far too long), or nothing else is
         admitted, or the GPU has idled `idle_admit_s` with every admitted session away."""
-        if not self.sessions or (self.readmit_charge == READMIT_ROOM
-                                 and req.session_id in self._deferred):
+        if not self.sessions or (req.session_id in self._deferred
+                                 and self._readmits_on_room()):
             return True  # "room": the pool's check alone (`kvsaga.scheduler.decode_stall`)
         own, whole = self._readmit_tokens(req, lookup, now)
         ws = self._working_set(req.workflow, own, 0)

@@ -30,13 +30,14 @@ UNDO = {"undo_demotion": True, "prior_growth_tokens": 16, "growth_charge": "step
 # "uncached" (other steps wait); "cost" / "cost_ends" / "cost_leave" / "cost_leave_waits"
 # price the trade (their answers read the clock, the engine's the wall clock: on this stream
 # no return has found its context lost and no demoted session was admitted again before the
-# one return, so the churn is priced at 0 s and all answer "uncached" whatever the clock);
+# one return, so the churn is priced at 0 s and all answer "uncached" whatever the clock;
+# "room_queue" too: one demoted session's step waits at a time, never the two it needs);
 # none changes the admissions (the unit tests in tests/scheduler/test_readmit_binding*.py
 # and test_readmit_charge_cost.py cover the decisions): these rows check that the engine
 # and the simulator run the same code to the same log with each value.
 READMIT = [{"readmit_charge": c, "prior_growth_tokens": 16, "growth_charge": "step"}
            for c in ("full", "binding", "binding_short", "cost", "cost_ends", "cost_leave",
-                     "cost_leave_waits")]
+                     "cost_leave_waits", "room_queue")]
 
 # The prefill cap while a step decodes (`decode_prefill_tokens`, kvsaga/scheduler/
 # decode_stall.py), ungated and gated (`decode_prefill_when`), with the growth prior under

@@ -11,8 +11,8 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.scheduler.helpers import manager, wf
 
-VALUES = ("uncached, room, context, full, binding, binding_short, cost, cost_ends, cost_leave, "
-          "cost_leave_waits")
+VALUES = ("uncached, room, room_queue, context, full, binding, binding_short, cost, cost_ends, "
+          "cost_leave, cost_leave_waits")
 
 
 def assert_refused_and_off_by_default(bad: str) -> None:

@@ -1,8 +1,9 @@
 """The prefill cap while steps decode (`decode_prefill_tokens`) and `readmit_charge` "room"
 (kvsaga/scheduler/decode_stall.py): the cap holds for running prefills and admissions, only
 while a step decodes, in the simulator's batch steps and decode runs alike; "room" admits a
-demoted session's step on the pool's check alone; both are off by default, their values are
-checked; and the scheduler state machine runs with both under every policy."""
+demoted session's step on the pool's check alone ("room_queue": only while two or more
+demoted steps wait); their values are checked; and the scheduler state machine runs with
+them under every policy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
 
 
 def _decoding_and_waiting(cap: int):
@@ -63,6 +65,12 @@ def test_values_and_defaults():
     with pytest.raises(ValueError, match="decode_prefill_tokens"):
         wf(manager(16), decode_prefill_tokens=1.5)
     assert wf(manager(16), readmit_charge="room").readmit_charge == "room"
+    assert wf(manager(16), readmit_charge="room_queue").readmit_charge == "room_queue"
+
+
+def test_room_queue_is_named_refused_values_name_it_and_serve_takes_it():
+    assert_refused_and_off_by_default("room_queues")
+    assert_serve_takes("room_queue", "roomy")
 
 
 def test_gate_values():
@@ -212,13 +220,10 @@ def test_a_recomputing_step_preempted_is_capped_again_on_its_retry():
     m.check_integrity()
 
 
-@pytest.mark.parametrize("charge,admitted", [("room", True), ("uncached", False)])
-def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, admitted):
+def _big_demoted(charge):
     """keep (60 tokens) and big (40 tokens) admitted on a 32-block pool, run a step and
-    paused; big is demoted, a new session (40 tokens) takes its room and pauses, and big's
-    next step (45 tokens) arrives. Its uncached part and growth do not fit the gate beside
-    the two admitted working sets, but its whole prompt fits the pool with nothing
-    running: "room" admits it, "uncached" keeps it waiting."""
+    paused; big is demoted and a new session (40 tokens) takes its room and pauses.
+    Returns (manager, scheduler, executor, big's next step: 45 tokens, not queued yet)."""
     m = manager(32)
     s = wf(m, readmit_charge=charge)
     ex = ToyExecutor(m)
@@ -236,10 +241,56 @@ def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, admitted):
     assert set(s.sessions) == {"keep", "o"} and not s.running
     big2 = ToyRequest("big", big.prompt + big.out + toks(500, 4), max_new=1, last=False,
                       resumed=True, arrival=2.0, workflow="w")
+    return m, s, ex, big2
+
+
+def _queue_demoted(s, k, t):
+    """Queue demoted session d{k}'s step (4 tokens; its session not admitted here)."""
+    s.add(ToyRequest(f"d{k}", toks(900 + 10 * k, 4), max_new=1, resumed=True, arrival=t), t)
+
+
+@pytest.mark.parametrize("charge,queued,admitted", [
+    ("room", 0, True), ("uncached", 0, False), ("uncached", 1, False),
+    ("room_queue", 0, False), ("room_queue", 1, True)])
+def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, queued, admitted):
+    """big's next step arrives (`_big_demoted`), with `queued` other demoted sessions' steps
+    queued behind it. Its uncached part and growth do not fit the gate beside the two
+    admitted working sets, but its whole prompt fits the pool with nothing running: "room"
+    admits it, "uncached" keeps it waiting, "room_queue" admits it only while another
+    demoted step waits too (two or more in all)."""
+    m, s, ex, big2 = _big_demoted(charge)
     s.add(big2, 2.0)
+    for k in range(queued):
+        _queue_demoted(s, k, 2.0 + 0.01 * (k + 1))
+    assert s._readmits_on_room() is (charge == "room" or (charge == "room_queue"
+                                                            and queued > 0))
     out = s.schedule(2.0, ex)
     assert (big2 in out.admitted) is admitted
     assert ("big" in s.sessions) is admitted and ("big" in s._deferred) is not admitted
+    m.check_integrity()
+
+
+def test_room_queue_tells_the_rooms_it_admits_on():
+    """The room deficits told to a policy read the same rule: under "room_queue" a waiting
+    demoted step's deficit is the pool's alone while two or more such steps wait, else the
+    larger of the gate's and the pool's; a paused demoted session's counts its own step as
+    queued."""
+    _, room, _, _ = _big_demoted("room")
+    m, s, _, big2 = _big_demoted("room_queue")
+    pool = room.paused_room_deficit("big", 0)
+    gate = s.paused_room_deficit("big", 0)
+    assert gate > pool  # nothing queued: its step alone would wait, the gate's charge
+    _queue_demoted(s, 0, 1.5)
+    assert s.paused_room_deficit("big", 0) == pool  # with d0 queued: the pool's alone
+    room.add(big2, 2.0)
+    pool = room.room_deficit(big2, 0)
+    alone = ToyRequest("big", big2.prompt, max_new=1, last=False, resumed=True, arrival=2.0,
+                       workflow="w")
+    _, s1, _, _ = _big_demoted("room_queue")
+    s1.add(alone, 2.0)
+    assert s1.room_deficit(alone, 0) > pool  # alone in the queue: the gate's charge counts
+    s.add(big2, 2.0)
+    assert s.room_deficit(big2, 0) == pool  # d0 and big2 wait: the pool's alone
     m.check_integrity()
 
 
@@ -267,6 +318,8 @@ def test_the_simulator_keeps_the_cap_in_every_batch_step():
 globals().update(machines("decode_stall", {**DEMOTING, "decode_prefill_tokens": 4,
                                            "decode_prefill_when": "always",
                                            "readmit_charge": "room"}))
+globals().update(machines("decode_stall_room_queue", {**DEMOTING, "decode_prefill_tokens": 4,
+                                                      "readmit_charge": "room_queue"}))
 for _when in ("demoted", "demoted_queue", "recompute"):
     globals().update(machines(f"decode_stall_{_when}", {
         **DEMOTING, "decode_prefill_tokens": 4, "decode_prefill_when": _when}))
