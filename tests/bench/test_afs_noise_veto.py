@@ -159,28 +159,55 @@ def test_null_stats_counts_rises_and_crossings(mods):
         noise.null_stats(BASE, dict(list(BASE.items())[:3]), FCFS)
 
 
-def test_the_committed_calibration_gives_the_frozen_thresholds_and_the_verdict(mods):
-    """The session-25 calibration's ratios (tests/bench/afs_noise_s25.json: the base, fcfs+lru,
-    11 null runs and round 26's candidate, 32 cases each) reproduce the frozen thresholds
-    exactly and round 26's verdict (mean d log ratio -0.0345, goal cases 15 -> 15), so a
-    change to the rule's arithmetic shows here, not only on a new calibration run."""
+def _calibration(name):
+    """A committed calibration's runs: name -> case -> ratio."""
     import json
-    pc, _ = mods
-    data = json.loads((Path(__file__).parent / "afs_noise_s25.json").read_text())["runs"]
+    data = json.loads((Path(__file__).parent / name).read_text())["runs"]
+    return {n: {tuple(k): x for k, x in r["ratios"]} for n, r in data.items()}, data
 
-    def case(name):
-        return {tuple(k): x for k, x in data[name]["ratios"]}
-    base, fcfs, cand = case("base"), case("fcfs"), case("cand")
-    nulls = {r["null"]: case(n) for n, r in data.items() if n.startswith("null_")}
+
+def test_the_session_25_calibration_gives_its_thresholds_and_the_verdict(mods):
+    """History: the session-25 calibration's ratios (tests/bench/afs_noise_s25.json: the
+    base then, with the prefill cap off, fcfs+lru, 11 null runs and round 26's candidate,
+    32 cases each) reproduce the thresholds frozen then (0.0265 / 3) and round 26's verdict
+    under them (mean d log ratio -0.0345, goal cases 15 -> 15), so a change to the rule's
+    arithmetic shows here, not only on a new calibration run. Today's frozen thresholds
+    come from session 26's runs (the next test)."""
+    pc, _ = mods
+    runs, data = _calibration("afs_noise_s25.json")
+    base, fcfs, cand = runs["base"], runs["fcfs"], runs["cand"]
+    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
     assert len(base) == 32 and len(nulls) == 11
     t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
-    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
     assert (round(t_mean, 4), t_loss) == (0.0265, 3)
     mean = sum(math.log(cand[k] / base[k]) for k in base) / 32
     assert round(mean, 4) == -0.0345
     assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
     assert sum(pc.goal_met(cand[k], fcfs[k]) for k in base) == 15
-    ok, lines = pc.afs_noise_veto(base, cand, fcfs)
+    ok, lines = pc.afs_noise_veto(base, cand, fcfs, mean_log_max=0.0265, goal_loss_max=3)
     assert ok and lines[-1] == "the calibrated AFS veto: passes"
     # A mean threshold below the candidate's mean change rejects it: the verdict reads it.
     assert not pc.afs_noise_veto(base, cand, fcfs, mean_log_max=-0.04, goal_loss_max=3)[0]
+
+
+def test_the_session_26_calibration_gives_the_frozen_thresholds(mods):
+    """The session-26 calibration on today's default (the prefill cap of 128 tokens gated
+    "demoted_queue"; tests/bench/afs_noise_s26.json: the base, fcfs+lru and 11 null runs, 32
+    cases each) reproduces the frozen thresholds exactly (0.0270 / 1). Its base is session
+    25's candidate run (the same scheduler) ratio for ratio, and fcfs+lru's is session 25's;
+    the any-rise veto still rejects 7 of its 11 nulls."""
+    pc, _ = mods
+    runs, data = _calibration("afs_noise_s26.json")
+    old, _ = _calibration("afs_noise_s25.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    assert data["base"]["null"] is None and data["fcfs"]["config"] == "fcfs+lru"
+    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    assert len(base) == 32 and len(nulls) == 11
+    assert base == old["cand"] and fcfs == old["fcfs"]
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
+    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
+    assert (round(t_mean, 4), t_loss) == (0.0270, 1)
+    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
+    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
+    assert rejects == 7
+    assert pc.afs_noise_veto(base, base, fcfs)[0]
