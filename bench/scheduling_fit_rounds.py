@@ -181,8 +181,16 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # default's "uncached"; where that gate never opens (swe and web seed 103 1x, round 26) it
 # schedules as the default. Probe (the same command with `--params '{"readmit_charge":
 # "room_queue"}'`): 14.8 / 19.2 / 23.5 / 13.4 / 11.2 / 15.1 s (waits again 1.3-9.5 s,
-# demotions 1.5-2.0x as many, run beyond solo 1.7-2.9 s); against session 23's fcfs+lru
-# rows a geomean gain of about 1.70x against the default's 1.58x: not predicted to reach 2x.
+# demotions 1.5-2.0x as many (read again after the round: 1.2-1.9x), run beyond solo 1.7-2.9
+# s); against session 23's fcfs+lru rows a geomean gain of about 1.70x against the default's
+# 1.58x: not predicted to reach 2x.
+# Outcome: PREVIOUS ranked first (2 distinct p95 misses each, smallest gain 1.58x against
+# 1.27x) and was chosen; "room_queue" lifted bfcl 1x 25% to 1.70x and lost every other fit
+# point (web 1x 25% 1.27x; p95 0.65x at web seed 103 1x): two demoted steps do wait at some
+# admission attempts on swe and web, and a room admission whose context does not fit makes
+# the shrink demote others, which keeps the condition true. Its non-thrash check (web seed 103
+# 1x p95 +143%) and the calibrated AFS veto (all 32 ratios up, goal cases 15 -> 3) reject it
+# too: opt-in (RESULTS "Room under pressure").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
