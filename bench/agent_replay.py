@@ -72,6 +72,7 @@ and the floor of an unbounded cache, which no policy can go below.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ from replay.arms import (  # noqa: E402
     scheduler_arms,
 )
 from replay.client import StepRecord, replay  # noqa: E402
+from replay.conditions import IdleSpinners, conditions_text  # noqa: E402
 from replay.report import (  # noqa: E402
     comparisons,
     machine,
@@ -172,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
            "(e.g. kvsaga-serve:ttl with --engine vllm: the same server, model, block size and "
            "KV budget as in the full run, without the vLLM arms' load); not with "
            "--write-results (a section holds every arm)")
+    a("--idle-spinners", action="store_true",
+      help="keep one SCHED_IDLE busy loop per CPU while every arm runs: it takes no time "
+           "from other threads but keeps every CPU from going idle, so the engine's "
+           "threads never wake on an idle (halted) CPU (bench/replay/conditions.py)")
     v = p.add_argument_group("peer engine (--engine vllm)")
     v.add_argument("--engine", choices=("kvsaga", "vllm"), default="kvsaga",
                    help="kvsaga: one kvsaga-serve per --policies; vllm: plain vLLM (prefix "
@@ -318,9 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"--replica-policy {args.replica_policy}.")
         if "ray-default" in args.replica_routers:
             info.append(ray_default_text())
+    if args.idle_spinners:
+        info.append(f"One SCHED_IDLE busy loop per CPU ({os.cpu_count()}) ran beside every "
+                    "arm (--idle-spinners).")
     rounds: list[dict[str, dict[str, Any]]] = []
     records: dict[str, list[StepRecord]] = {a.name: [] for a in systems}
-    with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp:
+    spinners = IdleSpinners() if args.idle_spinners else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp, spinners:
         for rnd, arm in run_order(systems, args.repeat):
             if rnd == len(rounds):
                 rounds.append({})
@@ -334,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"prefill tokens, task mean {rounds[rnd][arm.name]['task_time_mean_s']:.1f} "
                   f"s, {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})",
                   flush=True)
+            cond = conditions_text(res.conditions)
+            if cond:
+                print(f"    over its replay: {cond}", flush=True)
     summary = {a.name: median_summary([r[a.name] for r in rounds]) for a in systems}
     load_end = [round(x, 2) for x in os.getloadavg()]
     print()

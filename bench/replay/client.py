@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .arms import Arm
+from .conditions import delta, machine_times, round_conditions, tree_delta, tree_times
 from .servers import SERVED_NAME
 from .workload import ReplaySession, conversation
 
@@ -43,6 +44,8 @@ class PolicyResult:
     task_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # what the machine and the server's process tree did over the replay (conditions.py)
+    conditions: dict[str, float] = field(default_factory=dict)
 
 
 
@@ -110,6 +113,8 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         client.completions.create(model=SERVED_NAME, prompt="Hello", max_tokens=1,
                                   temperature=0)
         lock = threading.Lock()
+        pid = server.pid
+        host0, tree0 = machine_times(), ({} if pid is None else tree_times(pid))
         t0 = time.perf_counter()
         threads = [threading.Thread(target=run_session,
                                     args=(client, arm, s, t0, result, lock,
@@ -120,6 +125,9 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         for t in threads:
             t.join()
         result.wall_s = time.perf_counter() - t0
+        host1, tree1 = machine_times(), ({} if pid is None else tree_times(pid))
+        result.conditions = round_conditions(delta(host0, host1), tree_delta(tree0, tree1),
+                                             result.wall_s)
         result.metrics = server.metrics()
         client.close()
     finally:

@@ -106,6 +106,7 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
         "replica_changes": replica_changes(res.records),
         "routes": route_counts(res.records),
         **{k: int(v) for k, v in res.metrics.items()},
+        **res.conditions,
     }
 
 

@@ -131,6 +131,11 @@ class Server:
     def metrics(self) -> dict[str, float]:
         return scrape_metrics(self.url, KVSAGA_METRICS)
 
+    @property
+    def pid(self) -> int:
+        """The server process (the root of the tree whose CPU time a round reports)."""
+        return self.proc.pid
+
     def log_tail(self, n: int = 30) -> str:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -170,6 +175,11 @@ class VLLMArm:
 
     def metrics(self) -> dict[str, float]:
         return scrape_metrics(self.url, VLLM_METRICS)
+
+    @property
+    def pid(self) -> int | None:
+        """vLLM's API server (its engine core is a child); None when not started."""
+        return None if self.server.proc is None else self.server.proc.pid
 
     def stop(self) -> None:
         self.server.stop()

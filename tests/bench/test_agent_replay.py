@@ -29,11 +29,16 @@ def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:
         "--model", str(tiny_dir), "--sessions", "2", "--steps", "2", "--policies", "lru,graph",
         "--token-scale", "0.005", "--time-scale", "0.01", "--max-tool-s", "0.05",
         "--arrival-gap", "0", "--start-timeout", "60", "--json", str(out),
+        "--idle-spinners",
     ])
     assert rc == 0
     d = json.loads(out.read_text())
     assert set(d["policies"]) == {"lru", "graph"}
+    assert d["config"]["idle_spinners"] is True
     for s in d["policies"].values():
+        # what the machine and the server did over the replay (bench/replay/conditions.py)
+        assert s["server_cpu_s"] > 0 and s["server_voluntary_switches"] > 0
+        assert 0 <= s["machine_idle_share"] <= 1 and 0 <= s["machine_steal_share"] <= 1
         assert s["errors"] == 0 and s["requests"] == 4 and s["tasks_completed"] == 2
         assert s["prefill_tokens"] == s["prompt_tokens"] - s["cached_tokens"] > 0
         assert 0 <= s["cached_share"] <= 1

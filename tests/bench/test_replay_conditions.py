@@ -1,0 +1,104 @@
+"""bench/replay/conditions.py: the machine's and the server tree's times over a round, read
+from /proc and sysfs (here from fake trees), and `--idle-spinners`' processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from replay import conditions as c  # noqa: E402
+
+STAT = ("cpu  100 20 30 400 10 0 5 35 0 0\n"
+        "cpu0 50 10 15 200 5 0 2 18 0 0\nbtime 1\n")
+
+
+def test_machine_times_reads_the_all_cpu_line_in_seconds() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    got = c.machine_times(STAT)
+    assert got == {k: v / hz for k, v in zip(c.STAT_FIELDS, (100, 20, 30, 400, 10, 0, 5, 35),
+                                              strict=True)}
+
+
+def _state(root: Path, cpu: int, i: int, name: str, usage: int) -> None:
+    d = root / f"cpu{cpu}" / "cpuidle" / f"state{i}"
+    d.mkdir(parents=True)
+    (d / "name").write_text(name + "\n")
+    (d / "usage").write_text(f"{usage}\n")
+
+
+def test_cpuidle_entries_sum_every_cpus_non_polling_states(tmp_path: Path) -> None:
+    assert c.cpuidle_entries(tmp_path) is None  # no cpuidle at all
+    _state(tmp_path, 0, 0, "POLL", 1000)
+    assert c.cpuidle_entries(tmp_path) is None  # polling only: nothing halts
+    _state(tmp_path, 0, 1, "haltpoll idle", 7)
+    _state(tmp_path, 1, 0, "POLL", 5)
+    _state(tmp_path, 1, 1, "C1", 4)
+    assert c.cpuidle_entries(tmp_path) == 11
+
+
+def _proc(root: Path, pid: int, ppid: int, comm: str, threads: dict[int, tuple]) -> None:
+    d = root / str(pid)
+    (d / "task").mkdir(parents=True)
+    (d / "stat").write_text(f"{pid} ({comm}) S {ppid} 1 1 0 -1\n")
+    for tid, (run_ns, wait_ns, vol, inv) in threads.items():
+        t = d / "task" / str(tid)
+        t.mkdir()
+        (t / "schedstat").write_text(f"{int(run_ns)} {int(wait_ns)} 9\n")
+        (t / "status").write_text(f"Name:\tx\nvoluntary_ctxt_switches:\t{vol}\n"
+                                  f"nonvoluntary_ctxt_switches:\t{inv}\n")
+
+
+def test_process_times_and_tree_sum_threads_and_children(tmp_path: Path) -> None:
+    _proc(tmp_path, 10, 1, "kvsaga serve", {10: (2e9, 1e9, 5, 1), 11: (3e9, 0.5e9, 7, 2)})
+    _proc(tmp_path, 12, 10, "child) x", {12: (1e9, 0, 1, 0)})  # ")" in its name
+    _proc(tmp_path, 13, 1, "other", {13: (9e9, 9e9, 9, 9)})
+    (tmp_path / "self").mkdir()  # not a pid: skipped
+    assert c.process_times(10, tmp_path) == {"cpu_s": 5.0, "runqueue_s": 1.5,
+                                             "voluntary_switches": 12,
+                                             "involuntary_switches": 3}
+    assert c.process_times(99, tmp_path) == {}
+    assert c.process_tree(10, tmp_path) == [10, 12]
+    assert c.process_tree(99, tmp_path) == []
+
+
+def test_tree_delta_counts_a_process_started_since_whole() -> None:
+    before = {10: {"cpu_s": 1.0, "voluntary_switches": 4}, 11: {"cpu_s": 5.0}}
+    after = {10: {"cpu_s": 3.5, "voluntary_switches": 10}, 12: {"cpu_s": 2.0}}
+    assert c.tree_delta(before, after) == {"cpu_s": 4.5, "voluntary_switches": 6}
+
+
+def test_round_conditions_split_the_machines_time() -> None:
+    machine = {"user": 50.0, "nice": 10.0, "system": 10.0, "idle": 15.0, "iowait": 5.0,
+               "irq": 0.0, "softirq": 0.0, "steal": 10.0, "halts": 300}
+    server = {"cpu_s": 30.0, "runqueue_s": 4.0, "voluntary_switches": 1000,
+              "involuntary_switches": 20}
+    got = c.round_conditions(machine, server, wall_s=50.0)
+    assert got["machine_idle_share"] == pytest.approx(0.2)
+    assert got["machine_steal_share"] == pytest.approx(0.1)
+    assert got["machine_other_busy_share"] == pytest.approx(0.4)
+    assert got["halts_per_s"] == pytest.approx(6.0)
+    assert got["server_cpu_s"] == 30.0 and got["server_involuntary_switches"] == 20
+    text = c.conditions_text(got)
+    assert text == ("idle 20%, steal 10%, others 40%; 6 halts/s; server 30.0 CPU-s, run "
+                    "queue 4.0 s, switches 1,000 + 20 forced")
+    assert c.conditions_text({}) == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE only")
+def test_idle_spinners_run_idle_class_one_per_cpu_and_stop() -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:1]
+    with c.IdleSpinners(cpus) as spin:
+        (p,) = spin.procs
+        deadline = time.monotonic() + 30
+        while os.sched_getscheduler(p.pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getscheduler(p.pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(p.pid) == set(cpus)
+        assert p.poll() is None
+    assert spin.procs == [] and p.poll() is not None
