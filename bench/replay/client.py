@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .arms import Arm
-from .conditions import delta, machine_times, round_conditions, tree_delta, tree_times
+from .conditions import (
+    delta,
+    machine_times,
+    round_conditions,
+    spinners_cpu_s,
+    tree_delta,
+    tree_times,
+)
 from .servers import SERVED_NAME
 from .workload import ReplaySession, conversation
 
@@ -115,6 +122,7 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         lock = threading.Lock()
         pid = server.pid
         host0, tree0 = machine_times(), ({} if pid is None else tree_times(pid))
+        spin0 = spinners_cpu_s()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=run_session,
                                     args=(client, arm, s, t0, result, lock,
@@ -127,7 +135,7 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         result.wall_s = time.perf_counter() - t0
         host1, tree1 = machine_times(), ({} if pid is None else tree_times(pid))
         result.conditions = round_conditions(delta(host0, host1), tree_delta(tree0, tree1),
-                                             result.wall_s)
+                                             result.wall_s, spinners_cpu_s() - spin0)
         result.metrics = server.metrics()
         client.close()
     finally:

@@ -139,11 +139,12 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before[k] for k in after if k in before}
 
 
-def round_conditions(machine: dict[str, float], server: dict[str, float], wall_s: float
-                     ) -> dict[str, float]:
+def round_conditions(machine: dict[str, float], server: dict[str, float], wall_s: float,
+                     spinners_cpu_s: float = 0.0) -> dict[str, float]:
     """One round's conditions from the deltas over its replay (`wall_s` long): the share
-    of the machine's CPU time that was idle, stolen and busy outside the server, halts a
-    second, and the server's CPU seconds, run-queue seconds and context switches."""
+    of the machine's CPU time that was idle, stolen, taken by `--idle-spinners`
+    (`spinners_cpu_s`) and busy elsewhere (other jobs and this client), halts a second, and
+    the server's CPU seconds, run-queue seconds and context switches."""
     out: dict[str, float] = {}
     total = sum(machine.get(k, 0.0) for k in STAT_FIELDS)
     if total > 0:
@@ -151,8 +152,9 @@ def round_conditions(machine: dict[str, float], server: dict[str, float], wall_s
         steal = machine.get("steal", 0.0)
         out["machine_idle_share"] = idle / total
         out["machine_steal_share"] = steal / total
+        out["machine_spinners_share"] = spinners_cpu_s / total
         out["machine_other_busy_share"] = max(
-            0.0, (total - idle - steal - server.get("cpu_s", 0.0)) / total)
+            0.0, (total - idle - steal - spinners_cpu_s - server.get("cpu_s", 0.0)) / total)
     if "halts" in machine and wall_s > 0:
         out["halts_per_s"] = machine["halts"] / wall_s
     for key, value in server.items():
@@ -165,7 +167,9 @@ def conditions_text(c: dict[str, float]) -> str:
     parts = []
     if "machine_idle_share" in c:
         parts.append(f"idle {c['machine_idle_share']:.0%}, steal {c['machine_steal_share']:.0%}"
-                     f", others {c['machine_other_busy_share']:.0%}")
+                     + (f", idle spinners {c['machine_spinners_share']:.0%}"
+                        if c.get("machine_spinners_share") else "")
+                     + f", others {c['machine_other_busy_share']:.0%}")
     if "halts_per_s" in c:
         parts.append(f"{c['halts_per_s']:.0f} halts/s")
     if "server_cpu_s" in c:
@@ -174,6 +178,14 @@ def conditions_text(c: dict[str, float]) -> str:
                      f"{c['server_voluntary_switches']:,.0f} + "
                      f"{c['server_involuntary_switches']:,.0f} forced")
     return "; ".join(parts)
+
+
+RUNNING_SPINNERS: set[int] = set()  # pids of the spinners now running (`spinners_cpu_s`)
+
+
+def spinners_cpu_s() -> float:
+    """CPU seconds the running `IdleSpinners` have used so far."""
+    return sum(process_times(pid).get("cpu_s", 0.0) for pid in sorted(RUNNING_SPINNERS))
 
 
 class IdleSpinners:
@@ -190,6 +202,7 @@ class IdleSpinners:
         for cpu in self.cpus:
             self.procs.append(subprocess.Popen([sys.executable, "-c", SPIN_CODE, str(cpu)],
                                                stdin=subprocess.DEVNULL))
+            RUNNING_SPINNERS.add(self.procs[-1].pid)
         return self
 
     def stop(self) -> None:
@@ -197,6 +210,7 @@ class IdleSpinners:
             p.kill()
         for p in self.procs:
             p.wait()
+            RUNNING_SPINNERS.discard(p.pid)
         self.procs = []
 
     def __enter__(self) -> IdleSpinners:

@@ -82,6 +82,10 @@ def test_round_conditions_split_the_machines_time() -> None:
     assert got["machine_idle_share"] == pytest.approx(0.2)
     assert got["machine_steal_share"] == pytest.approx(0.1)
     assert got["machine_other_busy_share"] == pytest.approx(0.4)
+    spun = c.round_conditions(machine, server, wall_s=50.0, spinners_cpu_s=15.0)
+    assert spun["machine_spinners_share"] == pytest.approx(0.15)
+    assert spun["machine_other_busy_share"] == pytest.approx(0.25)
+    assert "idle spinners 15%, others 25%" in c.conditions_text(spun)
     assert got["halts_per_s"] == pytest.approx(6.0)
     assert got["server_cpu_s"] == 30.0 and got["server_involuntary_switches"] == 20
     text = c.conditions_text(got)
@@ -101,4 +105,6 @@ def test_idle_spinners_run_idle_class_one_per_cpu_and_stop() -> None:
         assert os.sched_getscheduler(p.pid) == os.SCHED_IDLE
         assert os.sched_getaffinity(p.pid) == set(cpus)
         assert p.poll() is None
-    assert spin.procs == [] and p.poll() is not None
+        assert sorted(c.RUNNING_SPINNERS) == [p.pid]
+        assert c.spinners_cpu_s() >= 0
+    assert spin.procs == [] and p.poll() is not None and not c.RUNNING_SPINNERS
