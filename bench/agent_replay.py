@@ -62,6 +62,11 @@ shared system prompt once; arrivals are packed into the first seconds), times th
 bytes per token (SmolLM2-135M in fp32 on CPU: 30 layers x 3 KV heads x 64 x 2 (K and V) x
 4 bytes = 46,080 bytes).
 
+Machine state. A live round's wall time is the engine's CPU time stretched by how fast its
+threads wake (bench/replay/conditions.py): each round also prints the machine's idle,
+steal and others' CPU shares, cpuidle halts a second, and the server's CPU-s, run-queue
+wait and context switches; `--idle-spinners` keeps every CPU from going idle for all arms.
+
 Reported per policy: prefill tokens computed (prompt tokens minus cached tokens, from the
 responses' `usage`), the cached share of prompt tokens, mean and p95 step latency, mean task
 completion time (arrival to last response, tool pauses included), evictions and preemptions

@@ -1,8 +1,10 @@
 """bench/replay/conditions.py: the machine's and the server tree's times over a round, read
-from /proc and sysfs (here from fake trees), and `--idle-spinners`' processes."""
+from /proc and sysfs (here from fake trees), `--idle-spinners`' processes, and
+bench/wake_latency.py's probe."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -108,3 +110,20 @@ def test_idle_spinners_run_idle_class_one_per_cpu_and_stop() -> None:
         assert sorted(c.RUNNING_SPINNERS) == [p.pid]
         assert c.spinners_cpu_s() >= 0
     assert spin.procs == [] and p.poll() is not None and not c.RUNNING_SPINNERS
+
+
+def test_wake_latency_probe_times_every_trip_and_writes_its_figures(tmp_path: Path) -> None:
+    from tests.bench_scripts import load_bench
+
+    mod = load_bench("wake_latency")
+    rtt = mod.ping_pong(50, 0.0)
+    assert len(rtt) == 50 and all(x > 0 for x in rtt)
+    assert mod.summary([4.0, 1.0, 3.0, 2.0]) == {"mean_us": 2.5, "median_us": 2.5,
+                                                 "p90_us": 3.0, "p99_us": 3.0}
+    out = tmp_path / "wake.json"
+    assert mod.main(["--trips", "20", "--work-us", "5", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["trips"] == 20 and got["idle_spinners"] is False
+    assert got["median_us"] > 0 and 0 <= got["machine_idle_share"] <= 1
+    with pytest.raises(SystemExit, match="--trips"):
+        mod.main(["--trips", "0"])

@@ -1,0 +1,114 @@
+"""How long a sleeping thread takes to wake on this machine now: a two-process ping-pong.
+
+    python bench/wake_latency.py [--trips 3000] [--work-us 100] [--idle-spinners]
+
+kvsaga-serve's engine threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`)
+and are woken ~200 times an engine step, so how long a wake-up takes stretches a live
+replay's wall time (bench/RESULTS.md, "Why seed 118's kvsaga-serve arm ran faster under
+load than quiet"). Two processes (no GIL between them) hand a byte back and forth over
+pipes, each blocking in `read` until the other writes; the first busy-waits `--work-us`
+between trips, as the engine computes between regions, so the other has time to fall
+asleep (and its CPU to go idle) before it is woken. Prints the round trip's mean, median,
+p90 and p99 in microseconds, and the cpuidle halts and the machine's idle and steal shares
+over the run. `--idle-spinners` runs it with one SCHED_IDLE busy loop per CPU beside it
+(bench/replay/conditions.py), the same condition as bench/agent_replay.py's flag. Seconds
+to run; a probe of the machine's state, to print beside a live replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from replay.conditions import IdleSpinners, delta, machine_times, round_conditions  # noqa: E402
+
+
+def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -> list[float]:
+    """Round trips in microseconds: this process writes a byte, a forked child echoes it
+    (`cpus`: the two sides pinned to these CPUs, so every wake-up crosses CPUs, as the
+    engine's two OpenMP threads do; None: where the kernel puts them)."""
+    a_r, a_w = os.pipe()
+    b_r, b_w = os.pipe()
+    mask = os.sched_getaffinity(0) if cpus is not None else None
+    pid = os.fork()
+    if pid == 0:  # the echo: sleeps in read until woken
+        try:
+            if cpus is not None:
+                os.sched_setaffinity(0, {cpus[1]})
+            for _ in range(trips):
+                os.read(a_r, 1)
+                os.write(b_w, b"x")
+        finally:
+            os._exit(0)
+    out = []
+    try:
+        if cpus is not None:
+            os.sched_setaffinity(0, {cpus[0]})
+        for _ in range(trips):
+            t = time.perf_counter()
+            os.write(a_w, b"x")
+            os.read(b_r, 1)
+            out.append((time.perf_counter() - t) * 1e6)
+            end = time.perf_counter() + work_us / 1e6
+            while time.perf_counter() < end:
+                pass
+    finally:
+        if mask is not None:
+            os.sched_setaffinity(0, mask)
+        os.waitpid(pid, 0)
+        for fd in (a_r, a_w, b_r, b_w):
+            os.close(fd)
+    return out
+
+
+def summary(rtt_us: list[float]) -> dict[str, float]:
+    s = sorted(rtt_us)
+    return {"mean_us": statistics.fmean(s), "median_us": statistics.median(s),
+            "p90_us": s[int(0.9 * (len(s) - 1))], "p99_us": s[int(0.99 * (len(s) - 1))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trips", type=int, default=3000, help="round trips")
+    ap.add_argument("--work-us", type=float, default=100.0,
+                    help="busy microseconds between trips (the other side falls asleep)")
+    ap.add_argument("--idle-spinners", action="store_true",
+                    help="one SCHED_IDLE busy loop per CPU beside the ping-pong")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    if args.trips < 1 or args.work_us < 0:
+        raise SystemExit(f"--trips must be >= 1 and --work-us >= 0, got {args.trips}, "
+                         f"{args.work_us}")
+    with IdleSpinners() if args.idle_spinners else contextlib.nullcontext():
+        if args.idle_spinners:
+            time.sleep(0.2)  # the spinners switch to SCHED_IDLE as they start
+        m0, t0 = machine_times(), time.perf_counter()
+        mine = sorted(os.sched_getaffinity(0))
+        cpus = (mine[0], mine[1]) if len(mine) > 1 else None
+        rtt = ping_pong(args.trips, args.work_us, cpus)
+        wall = time.perf_counter() - t0
+        cond = round_conditions(delta(m0, machine_times()), {}, wall)
+    out = {**summary(rtt), **cond, "trips": args.trips, "work_us": args.work_us, "cpus": cpus,
+           "idle_spinners": args.idle_spinners, "loadavg": os.getloadavg()[0]}
+    halts = f", {cond['halts_per_s']:.0f} halts/s" if "halts_per_s" in cond else ""
+    print(f"round trip us: mean {out['mean_us']:.1f}, median {out['median_us']:.1f}, p90 "
+          f"{out['p90_us']:.1f}, p99 {out['p99_us']:.1f} ({args.trips} trips, "
+          f"{args.work_us:g} us work between, {'across CPUs' if cpus else 'one CPU'}; "
+          f"idle spinners {'on' if args.idle_spinners else 'off'}"
+          f"; machine idle {cond.get('machine_idle_share', 0):.0%}, steal "
+          f"{cond.get('machine_steal_share', 0):.0%}{halts}; load {out['loadavg']:.1f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
