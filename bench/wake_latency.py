@@ -3,7 +3,7 @@
     python bench/wake_latency.py [--trips 3000] [--work-us 100] [--idle-spinners]
 
 kvsaga-serve's engine threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`)
-and are woken ~200 times an engine step, so how long a wake-up takes stretches a live
+and are woken some 130,000 times in a replay, so how long a wake-up takes stretches a live
 replay's wall time (bench/RESULTS.md, "Why seed 118's kvsaga-serve arm ran faster under
 load than quiet"). Two processes (no GIL between them) hand a byte back and forth over
 pipes, each blocking in `read` until the other writes; the first busy-waits `--work-us`
