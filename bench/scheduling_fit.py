@@ -70,9 +70,12 @@ TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's
 # and 59 and 79 stayed fresh through rounds 14-26. Session 25 made round 26's choice the
 # default (the prefill cap, gated "demoted_queue", under the calibrated AFS veto); 59 and
 # 79 (chosen by the lead in session 17) run once, `--held-out 59,79`, after it landed; 57
-# and 58 are seen since.
-SEEN_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54, 55, 56, 57, 58)
-FRESH_SEEDS = (59, 79)
+# and 58 are seen since. 151 and 152 (session 26's, chosen by the lead before any run on
+# them; no scheduling bench had used either number) run once after the next default change;
+# 59 and 79 are seen since. The AFS report's next fresh seeds are 153 and 154 (chosen the same
+# way; `bench/scheduling_mix.py --report --seeds 153,154`, once, after that change).
+SEEN_SEEDS = (7, 8, 13, 14, 15, 16, 19, 20, 35, 36, 37, 38, 53, 54, 55, 56, 57, 58, 59, 79)
+FRESH_SEEDS = (151, 152)
 HELD_OUT_SEEDS = SEEN_SEEDS + FRESH_SEEDS
 _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)
