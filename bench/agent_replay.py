@@ -100,7 +100,7 @@ from replay.arms import (  # noqa: E402
     scheduler_arms,
 )
 from replay.client import StepRecord, replay  # noqa: E402
-from replay.conditions import IdleSpinners, conditions_text  # noqa: E402
+from replay.conditions import IdleSpinners, conditions_text, sigterm_exits  # noqa: E402
 from replay.report import (  # noqa: E402
     comparisons,
     machine,
@@ -330,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         if "ray-default" in args.replica_routers:
             info.append(ray_default_text())
     if args.idle_spinners:
-        info.append(f"One SCHED_IDLE busy loop per CPU ({os.cpu_count()}) ran beside every "
-                    "arm (--idle-spinners).")
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        info.append(f"One SCHED_IDLE busy loop per CPU of its affinity ({ncpu or 'n/a'}) ran "
+                    "beside every arm (--idle-spinners).")
     rounds: list[dict[str, dict[str, Any]]] = []
     records: dict[str, list[StepRecord]] = {a.name: [] for a in systems}
     spinners = IdleSpinners() if args.idle_spinners else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp, spinners:
+    # SIGTERM unwinds like Ctrl-C: the servers, the spinners and the directory are cleaned up.
+    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="agent-replay-") as tmp, spinners:
         for rnd, arm in run_order(systems, args.repeat):
             if rnd == len(rounds):
                 rounds.append({})

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -28,7 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from replay.conditions import IdleSpinners, delta, machine_times, round_conditions  # noqa: E402
+from replay.conditions import (  # noqa: E402
+    IdleSpinners,
+    delta,
+    machine_times,
+    round_conditions,
+    sigterm_exits,
+    spinners_cpu_s,
+)
 
 
 def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -> list[float]:
@@ -41,13 +49,18 @@ def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -
     pid = os.fork()
     if pid == 0:  # the echo: sleeps in read until woken
         try:
+            os.close(a_w)  # only the parent writes a, and reads b: a closed parent -> EOF
+            os.close(b_r)
             if cpus is not None:
                 os.sched_setaffinity(0, {cpus[1]})
             for _ in range(trips):
-                os.read(a_r, 1)
+                if not os.read(a_r, 1):
+                    break  # the parent stopped early
                 os.write(b_w, b"x")
         finally:
             os._exit(0)
+    os.close(a_r)
+    os.close(b_w)
     out = []
     try:
         if cpus is not None:
@@ -55,7 +68,8 @@ def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -
         for _ in range(trips):
             t = time.perf_counter()
             os.write(a_w, b"x")
-            os.read(b_r, 1)
+            if not os.read(b_r, 1):
+                raise RuntimeError("wake_latency: the echo process exited early")
             out.append((time.perf_counter() - t) * 1e6)
             end = time.perf_counter() + work_us / 1e6
             while time.perf_counter() < end:
@@ -63,9 +77,12 @@ def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -
     finally:
         if mask is not None:
             os.sched_setaffinity(0, mask)
-        os.waitpid(pid, 0)
-        for fd in (a_r, a_w, b_r, b_w):
+        for fd in (a_w, b_r):  # the echo sees EOF (or EPIPE) and exits
             os.close(fd)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     return out
 
 
@@ -75,8 +92,15 @@ def summary(rtt_us: list[float]) -> dict[str, float]:
             "p90_us": s[int(0.9 * (len(s) - 1))], "p99_us": s[int(0.99 * (len(s) - 1))]}
 
 
+def share(cond: dict[str, float], key: str) -> str:
+    """A share of `round_conditions` as a percentage; n/a where /proc/stat was not read."""
+    return f"{cond[key]:.0%}" if key in cond else "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " Linux only (fork, sched_setaffinity, /proc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--trips", type=int, default=3000, help="round trips")
     ap.add_argument("--work-us", type=float, default=100.0,
                     help="busy microseconds between trips (the other side falls asleep)")
@@ -87,28 +111,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.trips < 1 or args.work_us < 0:
         raise SystemExit(f"--trips must be >= 1 and --work-us >= 0, got {args.trips}, "
                          f"{args.work_us}")
-    with IdleSpinners() if args.idle_spinners else contextlib.nullcontext():
-        if args.idle_spinners:
-            time.sleep(0.2)  # the spinners switch to SCHED_IDLE as they start
-        m0, t0 = machine_times(), time.perf_counter()
+    if not hasattr(os, "fork") or not hasattr(os, "sched_getaffinity"):
+        raise SystemExit("wake_latency.py runs on Linux only (fork, sched_getaffinity)")
+    with sigterm_exits(), IdleSpinners() if args.idle_spinners else contextlib.nullcontext():
+        # IdleSpinners' start returns once every spinner runs SCHED_IDLE on its CPU.
+        m0, spin0, t0 = machine_times(), spinners_cpu_s(), time.perf_counter()
         mine = sorted(os.sched_getaffinity(0))
         cpus = (mine[0], mine[1]) if len(mine) > 1 else None
         rtt = ping_pong(args.trips, args.work_us, cpus)
         wall = time.perf_counter() - t0
-        cond = round_conditions(delta(m0, machine_times()), {}, wall)
+        cond = round_conditions(delta(m0, machine_times()), {}, wall,
+                                spinners_cpu_s() - spin0)
     out = {**summary(rtt), **cond, "trips": args.trips, "work_us": args.work_us, "cpus": cpus,
            "idle_spinners": args.idle_spinners, "loadavg": os.getloadavg()[0]}
     halts = f", {cond['halts_per_s']:.0f} halts/s" if "halts_per_s" in cond else ""
+    spun = (f", idle spinners {share(cond, 'machine_spinners_share')}"
+            if args.idle_spinners else "")
     print(f"round trip us: mean {out['mean_us']:.1f}, median {out['median_us']:.1f}, p90 "
           f"{out['p90_us']:.1f}, p99 {out['p99_us']:.1f} ({args.trips} trips, "
           f"{args.work_us:g} us work between, {'across CPUs' if cpus else 'one CPU'}; "
           f"idle spinners {'on' if args.idle_spinners else 'off'}"
-          f"; machine idle {cond.get('machine_idle_share', 0):.0%}, steal "
-          f"{cond.get('machine_steal_share', 0):.0%}{halts}; load {out['loadavg']:.1f})")
+          f"; machine idle {share(cond, 'machine_idle_share')}, steal "
+          f"{share(cond, 'machine_steal_share')}{spun}{halts}; load {out['loadavg']:.1f})")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,17 +19,27 @@ condition for every arm.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 # /proc/stat's per-CPU columns, in order (USER_HZ ticks).
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-SPIN_CODE = ("import os, sys; cpu = int(sys.argv[1]); os.sched_setaffinity(0, {cpu}); "
+# One spinner: pins itself to CPU argv[1], turns SCHED_IDLE, then spins until its parent
+# (pid argv[2]) is gone, checking every 1e6 iterations (tens of ms): a parent killed by a
+# signal runs no `stop`, and an orphan would spin on forever, re-parented to init.
+SPIN_CODE = ("import os, sys; cpu, parent = int(sys.argv[1]), int(sys.argv[2])\n"
+             "os.sched_setaffinity(0, {cpu}); "
              "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
-             "while True: pass")
+             "while os.getppid() == parent:\n"
+             "    for _ in range(1_000_000): pass\n")
 
 
 def machine_times(stat: str | None = None) -> dict[str, float]:
@@ -71,9 +81,11 @@ def cpuidle_entries(root: Path = Path("/sys/devices/system/cpu")) -> int | None:
 def process_times(pid: int, proc: Path = Path("/proc")) -> dict[str, float]:
     """A process's threads summed: CPU seconds on a CPU and waiting on a run queue
     (/proc/PID/task/TID/schedstat), voluntary and involuntary context switches (status).
-    Threads that exited are missing; empty where /proc lacks the process."""
+    Threads that exited are missing; empty where /proc lacks the process or none of its
+    threads has a schedstat (not measured, rather than zeros)."""
     out = {"cpu_s": 0.0, "runqueue_s": 0.0, "voluntary_switches": 0,
            "involuntary_switches": 0}
+    seen = False
     try:
         tids = os.listdir(proc / str(pid) / "task")
     except OSError:
@@ -85,6 +97,7 @@ def process_times(pid: int, proc: Path = Path("/proc")) -> dict[str, float]:
             status = (base / "status").read_text()
         except (OSError, ValueError):
             continue  # the thread exited, or no schedstat in this kernel
+        seen = True
         out["cpu_s"] += run_ns / 1e9
         out["runqueue_s"] += wait_ns / 1e9
         for line in status.splitlines():
@@ -93,7 +106,7 @@ def process_times(pid: int, proc: Path = Path("/proc")) -> dict[str, float]:
                 out["voluntary_switches"] += int(value)
             elif key == "nonvoluntary_ctxt_switches":
                 out["involuntary_switches"] += int(value)
-    return out
+    return out if seen else {}
 
 
 def process_tree(root: int, proc: Path = Path("/proc")) -> list[int]:
@@ -163,7 +176,8 @@ def round_conditions(machine: dict[str, float], server: dict[str, float], wall_s
 
 
 def conditions_text(c: dict[str, float]) -> str:
-    """One round's conditions as the per-round line prints them ("" when none)."""
+    """One round's conditions as the per-round line prints them ("" when none; "server
+    n/a" when the machine's times were read but not the server's)."""
     parts = []
     if "machine_idle_share" in c:
         parts.append(f"idle {c['machine_idle_share']:.0%}, steal {c['machine_steal_share']:.0%}"
@@ -177,6 +191,8 @@ def conditions_text(c: dict[str, float]) -> str:
                      f"{c['server_runqueue_s']:.1f} s, switches "
                      f"{c['server_voluntary_switches']:,.0f} + "
                      f"{c['server_involuntary_switches']:,.0f} forced")
+    elif parts:
+        parts.append("server n/a")
     return "; ".join(parts)
 
 
@@ -190,26 +206,64 @@ def spinners_cpu_s() -> float:
 
 class IdleSpinners:
     """`--idle-spinners`: one SCHED_IDLE busy-loop process per CPU of this process's
-    affinity, from `start` to `stop` (a context manager)."""
+    affinity, from `start` to `stop` (a context manager). `start` returns only once every
+    spinner runs idle-class on its CPU; if one fails (a CPU not in the affinity, no
+    permission, a failed spawn), it stops those started and raises. A spinner exits by
+    itself soon after this process dies, even by a signal that skips `stop`."""
+
+    START_TIMEOUT_S = 30.0  # Python's start-up on a loaded machine
 
     def __init__(self, cpus: list[int] | None = None) -> None:
-        self.cpus = sorted(os.sched_getaffinity(0)) if cpus is None else cpus
+        if not hasattr(os, "SCHED_IDLE") or not hasattr(os, "sched_getaffinity"):
+            raise SystemExit("--idle-spinners needs Linux's SCHED_IDLE scheduling class and "
+                             "sched_getaffinity")
+        self.cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> IdleSpinners:
-        if not hasattr(os, "SCHED_IDLE"):
-            raise SystemExit("--idle-spinners needs Linux's SCHED_IDLE scheduling class")
-        for cpu in self.cpus:
-            self.procs.append(subprocess.Popen([sys.executable, "-c", SPIN_CODE, str(cpu)],
-                                               stdin=subprocess.DEVNULL))
-            RUNNING_SPINNERS.add(self.procs[-1].pid)
+        try:
+            for cpu in self.cpus:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-c", SPIN_CODE, str(cpu), str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE))
+                RUNNING_SPINNERS.add(self.procs[-1].pid)
+            self._wait_idle()
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _wait_idle(self) -> None:
+        """Wait until every spinner runs SCHED_IDLE on its CPU; SystemExit naming the CPU
+        of one that exited first or did not get there within `START_TIMEOUT_S`."""
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        for cpu, p in zip(self.cpus, self.procs, strict=True):
+            while True:
+                if p.poll() is not None:
+                    err = p.stderr.read().decode(errors="replace").strip() if p.stderr else ""
+                    last = err.splitlines()[-1] if err else "no message"
+                    raise SystemExit(f"--idle-spinners: the spinner for CPU {cpu} exited "
+                                     f"(code {p.returncode}) before it ran SCHED_IDLE: {last}")
+                try:
+                    if (os.sched_getscheduler(p.pid) == os.SCHED_IDLE
+                            and os.sched_getaffinity(p.pid) == {cpu}):
+                        break
+                except OSError:
+                    pass  # exited just now: poll() says so next turn
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"--idle-spinners: the spinner for CPU {cpu} did not run "
+                                     f"SCHED_IDLE on it within {self.START_TIMEOUT_S:g} s")
+                time.sleep(0.01)
 
     def stop(self) -> None:
         for p in self.procs:
-            p.kill()
+            if p.poll() is None:
+                p.kill()
         for p in self.procs:
             p.wait()
+            if p.stderr:
+                p.stderr.close()
             RUNNING_SPINNERS.discard(p.pid)
         self.procs = []
 
@@ -218,3 +272,22 @@ class IdleSpinners:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) within the block, so `with` blocks (the spinners, the
+    servers, temporary directories) unwind as on Ctrl-C; the previous handler is restored
+    after. A no-op off the main thread, where Python cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

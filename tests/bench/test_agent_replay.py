@@ -32,6 +32,9 @@ def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:
         "--idle-spinners",
     ])
     assert rc == 0
+    from replay.conditions import RUNNING_SPINNERS
+
+    assert not RUNNING_SPINNERS  # stopped with the run
     d = json.loads(out.read_text())
     assert set(d["policies"]) == {"lru", "graph"}
     assert d["config"]["idle_spinners"] is True
@@ -55,7 +58,6 @@ def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:
     assert len(d["steps"]["lru"]) == 4
 
 
-
 def test_scheduler_arms_run_interleaved_and_write_their_section(
         tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--kvsaga-arms` with `--repeat 2`: both arms run twice (A B, B A), medians and paired
@@ -74,6 +76,10 @@ def test_scheduler_arms_run_interleaved_and_write_their_section(
     assert rc == 0
     d = json.loads(out.read_text())
     assert list(d["policies"]) == ["fcfs+lru", "workflow+graph"]
+    assert d["config"]["idle_spinners"] is False  # the plain path, end to end
+    for rounds in d["rounds"]:
+        for s in rounds.values():
+            assert s["server_cpu_s"] > 0 and s.get("machine_spinners_share", 0.0) == 0.0
     assert [sorted(r) for r in d["rounds"]] == [["fcfs+lru", "workflow+graph"]] * 2
     for name, s in d["policies"].items():
         assert s["runs"] == 2 and s["errors"] == 0

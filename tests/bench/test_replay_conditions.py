@@ -65,6 +65,8 @@ def test_process_times_and_tree_sum_threads_and_children(tmp_path: Path) -> None
                                              "voluntary_switches": 12,
                                              "involuntary_switches": 3}
     assert c.process_times(99, tmp_path) == {}
+    (tmp_path / "14" / "task" / "14").mkdir(parents=True)  # no schedstat: not measured
+    assert c.process_times(14, tmp_path) == {}
     assert c.process_tree(10, tmp_path) == [10, 12]
     assert c.process_tree(99, tmp_path) == []
 
@@ -94,25 +96,88 @@ def test_round_conditions_split_the_machines_time() -> None:
     assert text == ("idle 20%, steal 10%, others 40%; 6 halts/s; server 30.0 CPU-s, run "
                     "queue 4.0 s, switches 1,000 + 20 forced")
     assert c.conditions_text({}) == ""
+    no_server = c.round_conditions(machine, {}, wall_s=50.0)
+    assert c.conditions_text(no_server).endswith("; 6 halts/s; server n/a")
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE only")
+LINUX_ONLY = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE only")
+
+
+def _gone(pid: int) -> bool:
+    """No such process (an unreaped zombie of ours counts as gone: it spins no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+@LINUX_ONLY
 def test_idle_spinners_run_idle_class_one_per_cpu_and_stop() -> None:
     cpus = sorted(os.sched_getaffinity(0))[:1]
     with c.IdleSpinners(cpus) as spin:
         (p,) = spin.procs
-        deadline = time.monotonic() + 30
-        while os.sched_getscheduler(p.pid) != os.SCHED_IDLE and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # start returned: the spinner already runs idle-class on its CPU
         assert os.sched_getscheduler(p.pid) == os.SCHED_IDLE
         assert os.sched_getaffinity(p.pid) == set(cpus)
         assert p.poll() is None
         assert sorted(c.RUNNING_SPINNERS) == [p.pid]
-        assert c.spinners_cpu_s() >= 0
+        deadline = time.monotonic() + 30  # a correctness wait: the spinner gets CPU time
+        while c.spinners_cpu_s() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.spinners_cpu_s() > 0
     assert spin.procs == [] and p.poll() is not None and not c.RUNNING_SPINNERS
+    assert c.spinners_cpu_s() == 0
 
 
-def test_wake_latency_probe_times_every_trip_and_writes_its_figures(tmp_path: Path) -> None:
+@LINUX_ONLY
+def test_a_spinner_that_fails_stops_the_others_and_names_its_cpu() -> None:
+    good = sorted(os.sched_getaffinity(0))[0]
+    spin = c.IdleSpinners([good, 100_000])
+    with pytest.raises(SystemExit, match="CPU 100000 exited .*before it ran SCHED_IDLE"):
+        spin.start()
+    assert spin.procs == [] and not c.RUNNING_SPINNERS
+
+
+SIGTERMED = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from replay import conditions as c
+with c.sigterm_exits(), c.IdleSpinners(sorted(os.sched_getaffinity(0))[:1]) as spin:
+    print(" ".join(str(p.pid) for p in spin.procs), flush=True)
+    time.sleep(600)
+"""
+
+
+@LINUX_ONLY
+@pytest.mark.parametrize("handled", [True, False])
+def test_spinners_die_with_a_sigtermed_parent(handled: bool) -> None:
+    """SIGTERM with `sigterm_exits`: `stop` runs; without it (or SIGKILL) the parent runs
+    nothing, and each spinner notices its parent is gone and exits by itself."""
+    import signal
+    import subprocess
+
+    code = SIGTERMED if handled else SIGTERMED.replace("c.sigterm_exits(), ", "")
+    bench = str(Path(__file__).resolve().parents[2] / "bench")
+    parent = subprocess.Popen([sys.executable, "-c", code, bench], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert pids and not any(_gone(p) for p in pids)
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 60  # a correctness wait, not a timing bound
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in pids)
+        assert parent.returncode == (143 if handled else -signal.SIGTERM)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_wake_latency_probe_times_every_trip_and_writes_its_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.bench_scripts import load_bench
 
     mod = load_bench("wake_latency")
@@ -125,5 +190,56 @@ def test_wake_latency_probe_times_every_trip_and_writes_its_figures(tmp_path: Pa
     got = json.loads(out.read_text())
     assert got["trips"] == 20 and got["idle_spinners"] is False
     assert got["median_us"] > 0 and 0 <= got["machine_idle_share"] <= 1
+    assert "n/a" not in capsys.readouterr().out
+    monkeypatch.setattr(mod, "machine_times", dict)  # no /proc/stat: not measured
+    assert mod.main(["--trips", "5", "--work-us", "0"]) == 0
+    assert "machine idle n/a, steal n/a" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--trips"):
         mod.main(["--trips", "0"])
+
+
+@LINUX_ONLY
+def test_wake_latency_counts_the_spinners_apart(tmp_path: Path) -> None:
+    from tests.bench_scripts import load_bench
+
+    out = tmp_path / "wake.json"
+    assert load_bench("wake_latency").main(["--trips", "200", "--work-us", "200",
+                                            "--idle-spinners", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["idle_spinners"] is True and not c.RUNNING_SPINNERS
+    assert 0 <= got["machine_spinners_share"] <= 1  # present: their CPU time was passed
+    assert got["machine_idle_share"] + got["machine_spinners_share"] <= 1 + 1e-9
+
+
+def test_ping_pong_child_exits_when_the_parent_stops_early(monkeypatch) -> None:
+    """The parent failing mid-run closes its pipe ends and reaps the echo: no hang."""
+    from tests.bench_scripts import load_bench
+
+    mod = load_bench("wake_latency")
+    calls = 0
+    real = mod.time.perf_counter
+
+    def failing() -> float:
+        nonlocal calls
+        calls += 1
+        if calls > 20:
+            raise KeyboardInterrupt
+        return real()
+
+    forked = []
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    real_fork = os.fork
+    monkeypatch.setattr(mod.os, "fork", fork)
+    monkeypatch.setattr(mod.time, "perf_counter", failing)
+    with pytest.raises(KeyboardInterrupt):
+        mod.ping_pong(1000, 0.0)
+    monkeypatch.undo()
+    (pid,) = forked
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # the echo was reaped
