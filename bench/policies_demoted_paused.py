@@ -59,7 +59,6 @@ from policies_demoted import spearman  # noqa: E402
 
 from kvsaga.policy import POLICIES  # noqa: E402
 from kvsaga.policy.graph import GraphPolicy  # noqa: E402
-from kvsaga.scheduler.decode_stall import READMIT_ROOM  # noqa: E402
 from kvsaga.sim.config import SimConfig  # noqa: E402
 from kvsaga.sim.simulator import Simulator  # noqa: E402
 
@@ -87,7 +86,9 @@ def signals(pol: GraphPolicy, sched, sid: str, now: float) -> tuple[float, ...]:
         0, -(-(prompt + sched.reserve_decode_tokens) // bs) - lk.gpu_hit_blocks)
     running = sched._running_reserve() if sched.running else 0
     pool = need + running - m.pool.num_available
-    if not sched.sessions or sched.readmit_charge == READMIT_ROOM:
+    # The scheduler's own rule, as `paused_room_deficit` asks it (its step counted as
+    # queued), so under "room_queue" these figures are the ones the policy is told.
+    if not sched.sessions or sched._readmits_on_room(1):
         gate = gate_ret = -math.inf
         wait = tool_s
     else:

@@ -64,8 +64,23 @@ default the TCT beyond the bound's schedule at bfcl 1x 25% is still mostly waits
 admitted again (`bench/scheduling_bound_gap.py`), and "room" paid only with the cap beside it
 (round 25: alone it stalled decodes; with the ungated cap it cost swe and web, where nothing
 thrashes). "room_queue" admits a demoted session's step on the pool's check alone only while
-two or more demoted sessions' steps wait (the one asking among them), the signal the default
-cap's gate reads, else charges it as "uncached"; where that gate stays shut, so does this.
+two or more demoted sessions' steps wait (the one asking among them), the count the default
+cap's gate reads, else charges it as "uncached". Round 27 rejected it, so it stays opt-in:
+the fit kept the default (smallest gain 1.58x -> 1.27x; bfcl 1x 25% 1.58x -> 1.70x, but web
+1x 25% 2.65x -> 1.27x and every other fit point down), and its non-thrash check (web seed
+103 1x p95 10.28 -> 25.02 s) and the calibrated AFS veto (all 32 ratios up, goal cases
+15 -> 3) reject it too. Its premise, that it acts only where the cap's gate opens, was wrong:
+the gate is read only on batch steps that carry prefill beside a decode, this rule at every
+admission attempt of a demoted step, and two demoted steps do wait at such attempts on swe
+and web. And the condition feeds itself: a step admitted on room whose context does not fit
+beside the admitted contexts makes the shrink demote others, whose steps then queue as
+demoted ones (web seed 103 1x 50%: demotions 10 -> 15). docs/scheduler.md, "Room under
+pressure", has the figures and their commands. The count is `_demoted_waiting`'s, so the
+cluster caveat above ("Gated") holds here too: a session's later step at a replica that never
+saw the session counts as a demoted one's in the simulator only, so in a cluster simulation
+"room_queue" may admit on room where a real replica would charge "uncached". (Counting only
+steps whose session is in `_deferred` would avoid that, but is not verified to keep
+single-engine decisions identical, so the count is left as the gate's.)
 """
 
 from __future__ import annotations
@@ -139,7 +154,11 @@ class DecodeStall:
         return self._demoted_waiting(1 if when == "demoted" else 2)
 
     def _demoted_waiting(self, need: int) -> bool:
-        """Whether `need` or more demoted sessions' steps wait to be admitted again."""
+        """Whether `need` or more demoted sessions' steps wait to be admitted again; `need`
+        must be 1 or more (the callers ask for 1 or 2: fewer would always hold, which no
+        caller means, so it is refused rather than answered)."""
+        if not isinstance(need, int) or isinstance(need, bool) or need < 1:
+            raise ValueError(f"_demoted_waiting: need must be an int >= 1, got {need!r}")
         for q in self._pending.values():
             # Every step is read: demoted steps queue ahead of new sessions under "fifo"
             # (`_insert_demoted`), but "predicted" / "gittins" with `readmit_order`
@@ -156,7 +175,9 @@ class DecodeStall:
         the working sets not charged: always under `readmit_charge` "room", under
         "room_queue" while two or more demoted sessions' steps wait (the step asking among
         them; `queued` more counted, for a step not queued yet), as the default cap's gate
-        reads the queues (so the engine and the simulator decide alike)."""
+        reads the queues (so the engine and the simulator decide alike; in a cluster the
+        simulator alone may count a step as demoted: the module docstring, "Gated").
+        `queued` is 0 or 1."""
         charge = self.readmit_charge
         return charge == READMIT_ROOM or (charge == READMIT_ROOM_QUEUE
                                           and self._demoted_waiting(2 - queued))

@@ -10,6 +10,7 @@ import pytest
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.scheduler import FCFSScheduler, WorkflowScheduler
+from kvsaga.scheduler.decode_stall import DecodeStall
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.cost import PRESETS
 from kvsaga.sim.simulator import Simulator
@@ -31,7 +32,8 @@ UNDO = {"undo_demotion": True, "prior_growth_tokens": 16, "growth_charge": "step
 # price the trade (their answers read the clock, the engine's the wall clock: on this stream
 # no return has found its context lost and no demoted session was admitted again before the
 # one return, so the churn is priced at 0 s and all answer "uncached" whatever the clock;
-# "room_queue" too: one demoted session's step waits at a time, never the two it needs);
+# "room_queue" too: one demoted session's step waits at a time, never the two it needs, so
+# its room branch is tested on `stream_queue()` below);
 # none changes the admissions (the unit tests in tests/scheduler/test_readmit_binding*.py
 # and test_readmit_charge_cost.py cover the decisions): these rows check that the engine
 # and the simulator run the same code to the same log with each value.
@@ -61,6 +63,22 @@ def stream() -> list[Session]:
                     shared_prefix=SharedPrefix("sys", 20),
                     steps=(Step(a, b, "tool", 0.0), Step(c, d)))
             for i, (a, b, c, d) in enumerate(shapes)]
+
+
+def stream_queue() -> list[Session]:
+    """Eight three-step sessions arriving together (tool_s 0), on which the shrink demotes
+    three sessions and, at some admission attempts, two demoted sessions' steps wait at
+    once: "room_queue" then admits on room (its log differs from "uncached"'s) and the
+    default cap's gate "demoted_queue" opens (`test_room_queue_parity_where_two_wait`)."""
+    shapes = [((32, 4), (25, 5), (13, 2)), ((19, 5), (20, 5), (35, 3)),
+              ((18, 2), (18, 7), (26, 3)), ((40, 6), (23, 2), (17, 2)),
+              ((22, 3), (11, 7), (40, 3)), ((24, 7), (26, 7), (23, 6)),
+              ((36, 3), (30, 7), (26, 5)), ((17, 6), (30, 2), (22, 7))]
+    return [Session(id=f"s{i}", workflow="w", arrival_s=0.0,
+                    shared_prefix=SharedPrefix("sys", 20),
+                    steps=tuple(Step(a, b, "tool", 0.0) if j < len(sh) - 1 else Step(a, b)
+                                for j, (a, b) in enumerate(sh)))
+            for i, sh in enumerate(shapes)]
 
 
 def record(core) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -210,3 +228,44 @@ def test_engine_rejects_bad_scheduler_names_and_params(tiny_model_dir):
         eng = LLMEngine(model_dir, device="cpu", progress=False, scheduler="workflow",
                         scheduler_params={"readmit_charge": value})
         assert eng.scheduler.core.readmit_charge == value
+
+
+def test_room_queue_parity_where_two_wait(tiny_model_dir, monkeypatch):
+    """`readmit_charge` "room_queue" with the default cap (128 tokens, gated
+    "demoted_queue") where two demoted sessions' steps wait at once: the rule answers True
+    (its room branch) and False, the cap's gate opens, in both executors, and the engine
+    makes the simulator's very decisions. A rule or gate that never took its branch here
+    fails the counts; one the engine ignored, the logs."""
+    answers: list[tuple[str, bool]] = []
+    rule, gate = DecodeStall._readmits_on_room, DecodeStall._cap_open
+
+    def rule_spy(self, queued=0):
+        got = rule(self, queued)
+        answers.append(("room", got))
+        return got
+
+    def gate_spy(self):
+        got = gate(self)
+        answers.append((self.decode_prefill_when, got))
+        return got
+
+    monkeypatch.setattr(DecodeStall, "_readmits_on_room", rule_spy)
+    monkeypatch.setattr(DecodeStall, "_cap_open", gate_spy)
+    sessions = stream_queue()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": "room_queue", "prior_growth_tokens": 16,
+              "growth_charge": "step"}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    assert counts["demoted"] >= 2
+    assert ("room", True) in sim_answers and ("room", False) in sim_answers
+    assert ("demoted_queue", True) in sim_answers
+    engine_log = run_engine(tiny_model_dir("llama_gqa4_untied"), sessions, synth, "workflow",
+                            params)
+    assert ("room", True) in answers and ("demoted_queue", True) in answers
+    answers[:] = []
+    assert sim_log != run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
+    assert engine_log == sim_log

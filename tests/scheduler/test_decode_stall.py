@@ -270,6 +270,19 @@ def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, queued, admi
     m.check_integrity()
 
 
+def test_demoted_waiting_refuses_a_count_below_one():
+    """`_demoted_waiting` counts demoted steps against `need`; fewer than one (or not an
+    int) is refused by name, and the queues are left as they were."""
+    m, s, _, big2 = _big_demoted("room_queue")
+    s.add(big2, 2.0)
+    assert s._demoted_waiting(1) and not s._demoted_waiting(2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="need must be an int >= 1"):
+            s._demoted_waiting(bad)
+    assert [r for q in s._pending.values() for r in q] == [big2]
+    m.check_integrity()
+
+
 def test_room_queue_tells_the_rooms_it_admits_on():
     """The room deficits told to a policy read the same rule: under "room_queue" a waiting
     demoted step's deficit is the pool's alone while two or more such steps wait, else the
