@@ -9,6 +9,7 @@
 #include "block_queue.h"
 #include "kvcore_common.h"
 #include "prefix_index.h"
+#include "tail_runs.h"
 
 namespace kvcore {
 
@@ -146,6 +147,27 @@ class ManagerCore {
     }
     pool_->num_cached -= num_blocks;
     unindex(held_.data(), ids_.data(), held_.size(), true);
+  }
+
+  // KVCacheManager._evict for a grouped policy whose search answered with runs (session,
+  // count) off its groups' tails (kvsaga/policy/fast_search.py; csrc/tail_runs.h): the same
+  // evictions as its victims' list through evict_blocks, with the pool's call of the
+  // policy's blocks_uncached made here (the runs cut off `groups`, their sessions marked in
+  // each set of `dirty`), the victims C++ ids throughout. The caller makes sure that the
+  // policy is the pool's observer and uncaches as groups.py does. RuntimeError (nothing
+  // changed) when the runs are not `num_blocks` distinct CACHED blocks, each its group's head.
+  void evict_runs(nb::handle groups, nb::handle runs, nb::handle dirty, int64_t num_blocks) {
+    try {
+      read_tail_runs(*pool_, groups, runs, dirty, num_blocks, tail_runs_, ids_, sorted_);
+    } catch (...) {
+      tail_runs_.clear();  // (no group held past the call)
+      throw;
+    }
+    held_.resize(ids_.size());
+    for (size_t i = 0; i < ids_.size(); ++i) held_[i] = pool_->free_cached(ids_[i]);
+    pool_->num_cached -= num_blocks;
+    unindex(held_.data(), ids_.data(), held_.size(), true);
+    cut_tail_runs(groups, dirty, tail_runs_);
   }
 
   // KVCacheManager._register_full_blocks (allocate_slots runs it; exposed for the benchmark).
@@ -544,8 +566,9 @@ class ManagerCore {
   nb::object n_state_, n_token_ids_, n_block_ids_, n_hashes_, n_computed_, n_root_;
   std::vector<Row> rows_;
   std::vector<PyObject*> seen_;
-  std::vector<int32_t> new_ids_, ids_;
+  std::vector<int32_t> new_ids_, ids_, sorted_;
   std::vector<PyObject*> held_;
+  std::vector<TailRun> tail_runs_;
 };
 
 }  // namespace kvcore

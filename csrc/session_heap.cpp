@@ -98,20 +98,18 @@ class SessionHeap {
   }
 
   // `refresh_victims` with the sessions marked since the last search instead of the drops
-  // (session_heap.py `refresh_marked`): those of `marked` that `groups` does not hold are
-  // dropped, the others left to `pushes`. The marks' split into kept and gone is made here,
-  // with the lookups tail_victims makes, instead of by set operations in Python (bench/
-  // RESULTS.md, "The marks' split in the index call"). With `bases` (a dict: search.py's
-  // `_base`), each dropped session leaves it too, as it leaves the index.
+  // (session_heap.py `refresh_marked`, which says more): those of `marked` that `groups`
+  // does not hold are dropped (and leave `bases`, a dict, if given), the others left to
+  // `pushes`. `victims` false: no victims' list (None; ManagerCore.evict_runs takes the runs).
   nb::tuple refresh_marked(double now, nb::handle marked, nb::handle pushes,
                            int64_t num_blocks, int64_t stale_limit, nb::handle groups,
-                           nb::handle bases) {
+                           nb::handle bases, bool victims) {
     if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
     if (!bases.is_none() && !PyDict_Check(bases.ptr()))
       throw nb::type_error("bases must be a dict or None");
     return victims_after(refresh(now, marked, pushes, stale_limit, groups,
                                  bases.is_none() ? nb::handle() : bases),
-                         num_blocks, groups);
+                         num_blocks, groups, victims);
   }
 
   // Push `p` (read by `read_push`).
@@ -378,13 +376,15 @@ class SessionHeap {
     return slot;
   }
 
-  // `refresh_victims`' answer after `refresh` gave `due_now`.
-  nb::tuple victims_after(nb::list due_now, int64_t num_blocks, nb::handle groups) {
+  // `refresh_victims`' answer after `refresh` gave `due_now` (without `victims`: None).
+  nb::tuple victims_after(nb::list due_now, int64_t num_blocks, nb::handle groups,
+                          bool victims = true) {
     if (PyList_GET_SIZE(due_now.ptr()) > 0)
       return nb::make_tuple(due_now, nb::none(), nb::none());
     restore();
     if (num_blocks < 0) return nb::make_tuple(nb::none(), nb::none(), nb::none());
     nb::list taken = runs(num_blocks);
+    if (!victims) return nb::make_tuple(nb::none(), taken, nb::none());
     return nb::make_tuple(nb::none(), taken, victim_runs::tail_victims(groups, taken));
   }
 
@@ -575,7 +575,8 @@ NB_MODULE(_evict, m) {
       .def("refresh_victims", &SessionHeap::refresh_victims, "now"_a, "drops"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a, "groups"_a)
       .def("refresh_marked", &SessionHeap::refresh_marked, "now"_a, "marked"_a, "pushes"_a,
-           "num_blocks"_a, "stale_limit"_a, "groups"_a, "bases"_a.none() = nb::none())
+           "num_blocks"_a, "stale_limit"_a, "groups"_a, "bases"_a.none() = nb::none(),
+           "victims"_a = true)
       .def_static("tail_victims", &victim_runs::tail_victims, "groups"_a, "runs"_a)
       .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,
                   "dirty"_a)

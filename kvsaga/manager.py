@@ -34,6 +34,7 @@ from kvsaga._validate import check_bool, check_positive_int, check_str, check_ti
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.host_tier import HostTier, HostTierOps
+from kvsaga.manager_evict import EvictionPath
 from kvsaga.manager_journal import EvictionJournal
 from kvsaga.manager_reads import ManagerReads
 from kvsaga.manager_types import (
@@ -52,7 +53,7 @@ from kvsaga.session import PauseHint, Session, SessionState
 __all__ = ["CacheStats", "KVCacheManager", "StepLookup", "StepStart"]
 
 
-class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
+class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     """Owns the GPU tier's blocks, the prefix index and the sessions (the host tier's
     operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py; the
     calls that change nothing, `lookup` and `stats` among them, in kvsaga/manager_reads.py).
@@ -519,61 +520,6 @@ class KVCacheManager(ManagerReads, EvictionJournal, HostTierOps):
             s.tail = (tail, pool.generation[tail], partial)
         if not keep_tail:
             s.num_computed = min(s.num_computed, len(s.block_hashes) * self.block_size)
-
-    # -- eviction -------------------------------------------------------------------------
-    def _evict(self, num_blocks: int, now: float) -> None:
-        self._changes += 1
-        queue = getattr(self.policy, "victim_queue", None)
-        if queue is not None and self._hot is not None and self.host is None and (
-            self.pool.observer is self.policy
-        ):  # LRU on the C++ core: its victims are the queue's head, evicted in one call
-            if self._journal is not None:
-                self._note_evicted(queue.head(num_blocks))
-            self._hot.evict_head(queue, num_blocks)
-            self._evicted_blocks += num_blocks
-            return
-        victims = self.policy.choose_victims(num_blocks, now)
-        hot = self._hot  # (the core's check and the journal's test inline: fewer Python calls)
-        if not (hot.victims_valid(victims, num_blocks) if hot is not None
-                else self._victims_valid(victims, num_blocks)):
-            raise RuntimeError(f"policy {self.policy.name!r} named invalid victims {victims} "
-                               f"for {num_blocks} blocks")
-        if self._journal is not None:
-            self._note_evicted(victims)
-        if self.host is not None:
-            self._offload(victims, now)
-        if hot is not None:  # the same loops, in the C++ core
-            hot.evict_blocks(victims)
-        else:
-            owner = self.block_owner
-            index_remove = self.index.remove
-            for h in self.pool.evict_many(victims):
-                if h is not None:
-                    index_remove(h)
-            for b in victims:
-                owner[b] = None
-        self._evicted_blocks += num_blocks
-
-    def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
-        """`num_blocks` distinct CACHED blocks."""
-        if self._hot is not None:
-            return self._hot.victims_valid(victims, num_blocks)
-        state = self.pool.state
-        return (
-            len(victims) == num_blocks
-            and len(set(victims)) == num_blocks
-            and not any([state[b] != CACHED for b in victims])
-        )
-
-    def _drop(self, block_id: int) -> None:
-        """Evict one CACHED block: unindex it and return it to the free queue."""
-        self._changes += 1
-        self._note_evicted(None)  # no block taken in its place
-        h = self.pool.block_hash[block_id]
-        if h is not None:
-            self.index.remove(h)
-        self.pool.evict_many([block_id])
-        self.block_owner[block_id] = None
 
     def tick(self, now: float | None = None) -> None:
         """Let the policy expire TTLs and refresh predictions, and start the prefetches it

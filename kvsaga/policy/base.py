@@ -91,6 +91,11 @@ class EvictionPolicy:
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         raise NotImplementedError
 
+    # True on a grouped policy whose `choose_victims(n, now, True)` may answer None, its
+    # victims then the runs (session, count) of its `_runs` off its groups' tails, which the
+    # manager's C++ core evicts (kvsaga/manager_evict.py; fast_search.py `enable` sets it).
+    evicts_runs = False
+
     def action(self, block_id: int, now: float) -> Action:
         """Offload or discard a victim. Default: offload whenever a host tier exists."""
         v = self.view

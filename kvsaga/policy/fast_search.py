@@ -5,29 +5,38 @@ bases are those of the general path."""
 
 from __future__ import annotations
 
+from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.search import _BY_CLASS
 
 
 def enable(policy, owner: type, reads: tuple[str, ...]) -> None:
     """Give `policy` (an `owner`) its fast path's switch and counts: on where its class
     takes every method of `reads` (what the fast path inlines) from `owner`, so that a
-    subclass that changes its keying takes the general path; `_fast = False` turns it off."""
+    subclass that changes its keying takes the general path; `_fast = False` turns it off.
+    `evicts_runs` (base.py) where it is on, the class takes `choose_victims` from `owner` and
+    the pool's `blocks_uncached` is groups.py's (whose cut the manager's core makes)."""
     cls = type(policy)
     policy._fast = all(getattr(cls, f) is getattr(owner, f) for f in reads)
+    policy.evicts_runs = (policy._fast and cls.choose_victims is owner.choose_victims
+                          and cls.blocks_uncached is GroupedPolicy.blocks_uncached)
     policy.fast_searches = 0  # searches the fast path made
     policy.general_searches = 0  # searches it handed to the general path
 
 
-def finish(self, num_blocks: int, now: float, pushes: list) -> list[int]:
+def finish(self, num_blocks: int, now: float, pushes: list, runs: bool = False
+           ) -> list[int] | None:
     """`_index_victims` after its keying, given the pushes of the marked sessions that hold
-    cached blocks (each with its timed record, so each one's base is the index's)."""
+    cached blocks (each with its timed record, so each one's base is the index's). With
+    `runs`, a search whose victims are whole runs off tails answers None and leaves them in
+    `_runs` alone, with no list of them made (the manager's C++ core evicts them:
+    manager_evict.py); any other answer is the list, as without."""
     self.fast_searches += 1
     self._now = now  # (`choose_victims`'s `_touch`)
     self._ending = None
     self._plan = None
     dirty, groups, index = self._dirty, self.groups, self._index
     due, self._runs, out = index.refresh_marked(
-        now, dirty, pushes, num_blocks, 2 * len(groups) + 64, groups, self._base)
+        now, dirty, pushes, num_blocks, 2 * len(groups) + 64, groups, self._base, not runs)
     base = self._base
     for p in pushes:
         base[p[0]] = None
@@ -44,5 +53,7 @@ def finish(self, num_blocks: int, now: float, pushes: list) -> list[int]:
         out = []
         self._merge_victims(num_blocks, [], out)
         return out
+    if out is None:  # (`runs`: the whole runs alone)
+        return None
     self._plan = (out, self._runs)
     return out

@@ -469,11 +469,15 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
             return None
         return "paused"
 
-    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+    def choose_victims(self, num_blocks: int, now: float, runs: bool = False
+                       ) -> list[int] | None:
         """The search, and with `trust`, each session it takes from (and was not taken
-        from since its last step) noted with graph's forecast, to be scored when it is back."""
+        from since its last step) noted with graph's forecast, to be scored when it is back.
+        (`runs`, without `trust`: graph_fast.py `search`.)"""
+        if self.trust is None:
+            return graph_fast.search(self, num_blocks, now, runs)
         victims = graph_fast.search(self, num_blocks, now)  # (or the general path)
-        if self.trust is None or not victims:
+        if not victims:
             return victims
         plan, pending = self._plan if self.indexed else None, self._trust_pending
         if plan is not None:  # this search's whole runs off tails: no walk over blocks

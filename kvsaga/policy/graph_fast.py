@@ -35,9 +35,9 @@ def enable(policy, owner: type) -> None:
 _INF = math.inf
 
 
-def search(self, num_blocks: int, now: float) -> list[int]:
+def search(self, num_blocks: int, now: float, runs: bool = False) -> list[int] | None:
     """`VictimSearch.choose_victims` of a `GraphPolicy`: its usual search inline, else the
-    general path."""
+    general path (with `runs`: ttl_fast.py `choose_victims`)."""
     if (not self._fast or num_blocks <= 0 or self.dead._size or self.plain._size
             or not (self.indexed and self.class_keys and self.class_formulas
                     and self._costs_rise) or self._global is not None):
@@ -83,6 +83,6 @@ def search(self, num_blocks: int, now: float) -> list[int]:
         pushes.append((sid, (1, base * mult), b, len(g), t0 + hi,
                        (cls, k, 1, (base, *f), 4, t0, _INF, _INF, mult)))
     else:
-        return finish(self, num_blocks, now, pushes)
+        return finish(self, num_blocks, now, pushes, runs)
     self.general_searches += 1
     return _general(self, num_blocks, now)

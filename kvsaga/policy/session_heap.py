@@ -524,7 +524,7 @@ class PySessionHeap:
 
     def refresh_marked(self, now: float, marked: Iterable[Hashable], pushes: Iterable[tuple],
                        num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]],
-                       bases: dict | None = None
+                       bases: dict | None = None, victims: bool = True
                        ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None,
                                   list[int] | None]:
         """`refresh_victims` given the sessions marked since the last search instead of the
@@ -533,14 +533,16 @@ class PySessionHeap:
         then needs no set operation in Python to split its marks into kept and gone: the
         index makes that split with the lookups it makes anyway. With `bases` (a dict:
         search.py's `_base`), each dropped session leaves it too, as it leaves the index
-        (nothing leaves it when the call is refused)."""
+        (nothing leaves it when the call is refused). With `victims` false the victims are
+        None, the runs alone (the manager's C++ core evicts them: `ManagerCore.evict_runs`)."""
         if not isinstance(groups, dict):
             raise TypeError("groups must be a dict")
         if bases is not None and not isinstance(bases, dict):
             raise TypeError("bases must be a dict or None")
         due, runs = self._refresh_runs(now, marked, pushes, num_blocks, stale_limit, groups,
                                        bases)
-        return due, runs, (None if runs is None else self.tail_victims(groups, runs))
+        return due, runs, (None if runs is None or not victims
+                           else self.tail_victims(groups, runs))
 
     # A search's runs off the session groups (kvsaga/policy/victim_runs.py).
     tail_victims = staticmethod(tail_victims)

@@ -38,9 +38,12 @@ def enable(policy, owner: type) -> None:
     fast_search.enable(policy, owner, READS)
 
 
-def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+def choose_victims(self, num_blocks: int, now: float, runs: bool = False
+                   ) -> list[int] | None:
     """`VictimSearch.choose_victims` of a `TTLPolicy`: its usual search inline (see the
-    module docstring), else the general path."""
+    module docstring), else the general path. With `runs` (the manager, when its C++ core
+    evicts runs: `evicts_runs`), None where the usual search's victims are whole runs off
+    tails, left in `_runs` (fast_search.py `finish`)."""
     if (not self._fast or num_blocks <= 0 or self.dead._size or self.plain._size
             or not (self.indexed and self.class_keys and self.class_formulas)):
         self.general_searches += 1
@@ -89,6 +92,6 @@ def choose_victims(self, num_blocks: int, now: float) -> list[int]:
                        (cls, k, key[0], f, 3, paused_at, ttl, t, 1.0)))
     else:
         self._rent = rent
-        return finish(self, num_blocks, now, pushes)
+        return finish(self, num_blocks, now, pushes, runs)
     self.general_searches += 1
     return _general(self, num_blocks, now)

@@ -46,12 +46,12 @@ def _pushes_are_the_general_keys(monkeypatch):
     real = fast_search.finish
     checked = []
 
-    def finish(self, num_blocks, now, pushes):
+    def finish(self, num_blocks, now, pushes, runs=False):
         before = _memo_state(self)
         assert pushes == self._keys(self._dirty, now, {})
         assert _memo_state(self) == before
         checked.append(1)
-        return real(self, num_blocks, now, pushes)
+        return real(self, num_blocks, now, pushes, runs)
 
     for mod in (ttl_fast, graph_fast):
         monkeypatch.setattr(mod, "finish", finish)

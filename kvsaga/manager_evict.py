@@ -1,0 +1,88 @@
+"""The KVCacheManager's eviction path: the policy names victims, the pool, the prefix index
+and the owners lose them (a mixin of `kvsaga.manager.KVCacheManager`).
+
+Three ways, the same evictions each (issue 11: eviction cost):
+- lru on the C++ core: its victims are its queue's head, evicted in one core call
+  (`ManagerCore.evict_head`);
+- a grouped policy whose usual search answers with runs off its sessions' tails (ttl's and
+  graph's fast path, kvsaga/policy/fast_search.py; the policy says so by `evicts_runs`), on
+  the C++ core with no host tier and no journal: `choose_victims(n, now, True)` returns None
+  and leaves the runs in the policy's `_runs`, and the core evicts them
+  (`ManagerCore.evict_runs`, csrc/tail_runs.h): no Python list of victims, no check of one,
+  and no call back into the policy's `blocks_uncached`, whose cut of the groups the core
+  makes itself (the same groups and marks after it);
+- otherwise the policy's list of victims, checked, journaled, offloaded to the host tier
+  when there is one, and evicted (the pool calls the policy's `blocks_uncached`).
+"""
+
+from __future__ import annotations
+
+from kvsaga.pool import CACHED
+
+
+class EvictionPath:
+    """`_evict`, `_victims_valid`, `_drop` (see the module docstring)."""
+
+    def _evict(self, num_blocks: int, now: float) -> None:
+        self._changes += 1
+        policy, hot = self.policy, self._hot
+        victims = None
+        if hot is not None and self.host is None and self.pool.observer is policy:
+            queue = getattr(policy, "victim_queue", None)
+            if queue is not None:  # LRU: its victims are the queue's head, in one core call
+                if self._journal is not None:
+                    self._note_evicted(queue.head(num_blocks))
+                hot.evict_head(queue, num_blocks)
+                self._evicted_blocks += num_blocks
+                return
+            # (not for a `choose_victims` set on the instance: a test's or a bench's hook)
+            if self._journal is None and getattr(policy, "evicts_runs", False) and (
+                    "choose_victims" not in policy.__dict__):
+                victims = policy.choose_victims(num_blocks, now, True)
+                if victims is None:  # runs off its groups' tails: the core evicts them
+                    hot.evict_runs(policy.groups, policy._runs, policy._dirty_sets, num_blocks)
+                    self._evicted_blocks += num_blocks
+                    return
+        if victims is None:
+            victims = policy.choose_victims(num_blocks, now)
+        # (the core's check and the journal's test inline: fewer Python calls)
+        if not (hot.victims_valid(victims, num_blocks) if hot is not None
+                else self._victims_valid(victims, num_blocks)):
+            raise RuntimeError(f"policy {policy.name!r} named invalid victims {victims} "
+                               f"for {num_blocks} blocks")
+        if self._journal is not None:
+            self._note_evicted(victims)
+        if self.host is not None:
+            self._offload(victims, now)
+        if hot is not None:  # the same loops, in the C++ core
+            hot.evict_blocks(victims)
+        else:
+            owner = self.block_owner
+            index_remove = self.index.remove
+            for h in self.pool.evict_many(victims):
+                if h is not None:
+                    index_remove(h)
+            for b in victims:
+                owner[b] = None
+        self._evicted_blocks += num_blocks
+
+    def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
+        """`num_blocks` distinct CACHED blocks."""
+        if self._hot is not None:
+            return self._hot.victims_valid(victims, num_blocks)
+        state = self.pool.state
+        return (
+            len(victims) == num_blocks
+            and len(set(victims)) == num_blocks
+            and not any([state[b] != CACHED for b in victims])
+        )
+
+    def _drop(self, block_id: int) -> None:
+        """Evict one CACHED block: unindex it and return it to the free queue."""
+        self._changes += 1
+        self._note_evicted(None)  # no block taken in its place
+        h = self.pool.block_hash[block_id]
+        if h is not None:
+            self.index.remove(h)
+        self.pool.evict_many([block_id])
+        self.block_owner[block_id] = None

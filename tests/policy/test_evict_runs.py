@@ -1,0 +1,252 @@
+"""The manager's C++ core evicting a grouped policy's runs (kvsaga/manager_evict.py,
+`ManagerCore.evict_runs`, csrc/tail_runs.h; issue 11): ttl's and graph's usual search answers
+with runs off its sessions' tails, and the core evicts them with no list of victims and no
+call back into the policy's `blocks_uncached`. The same walks run with that path on and off
+(`evicts_runs = False`: the policy's list of victims, checked and evicted, the pool calling
+`blocks_uncached`) must leave the same pool, prefix index, owners and policy state after
+every call, with and without a host tier, a journal, prefix-shared blocks; a bad answer
+changes nothing; the path is taken where it should be."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import pytest
+
+from kvsaga import OutOfBlocks
+from kvsaga.policy import make_policy
+from kvsaga.policy.graph import GraphPolicy
+from tests.policy.helpers import make
+from tests.policy.victim_record import STEPS, WORKLOADS
+
+TOOLS = ("search", "edit", "test", "shell", "browse")
+
+
+class _Counted:
+    """The manager's core, its `evict_runs` calls counted (everything else passed on)."""
+
+    def __init__(self, hot) -> None:
+        self.hot, self.runs = hot, 0
+
+    def __getattr__(self, name):
+        return getattr(self.hot, name)
+
+    def evict_runs(self, *args):
+        self.runs += 1
+        return self.hot.evict_runs(*args)
+
+
+def _manager(name: str, runs: bool, num_blocks: int, host: int = 0, trust: bool = False):
+    policy = make_policy(name)
+    if trust:
+        policy = GraphPolicy(trust=True)
+    m = make(policy, num_blocks=num_blocks, num_host_blocks=host)
+    if not runs:
+        m.policy.evicts_runs = False
+    if m._hot is not None:
+        m._hot = _Counted(m._hot)
+    return m
+
+
+def _state(m) -> tuple:
+    """Everything an eviction changes: the pool, the prefix index's blocks, the owners, and
+    the policy's groups, queues, marks and bases (read without a search)."""
+    pool, p = m.pool, m.policy
+    n = pool.num_blocks
+    index = [m.index.longest_prefix([h], 1) if h is not None else None
+             for h in list(pool.block_hash)]
+    where = bytes(p._where)
+    return (list(pool.state), list(pool.generation), list(pool.block_hash), pool.free_ids(),
+            pool.num_free, pool.num_cached, index, list(m.block_owner),
+            {sid: list(g) for sid, g in p.groups.items()}, list(p.plain), list(p.dead),
+            where, [p._owner[b] for b in range(n) if where[b] == 3 and pool.state[b] == 2],
+            sorted(p._dirty), dict(p._base), p._plan, m._evicted_blocks, m.cache_version,
+            m.stats())
+
+
+def _order(m) -> list:
+    """The policy's eviction order (a search: it changes the marks, so only at the end)."""
+    return m.policy.eviction_order()
+
+
+def _walk(m, workload: str, seed: int, calls: int) -> list:
+    """Run the seeded walk (victim_record.py's), the state after every call."""
+    rng, now, out = random.Random(seed), 0.0, []
+    for _ in range(calls):
+        with contextlib.suppress(OutOfBlocks):
+            now = WORKLOADS[workload](m, rng, now)
+        now += rng.choice(STEPS)
+        out.append(_state(m))
+    m.check_integrity()
+    return out + [_order(m)]
+
+
+def _bench_shape(m, paused: int) -> list:
+    """bench/eviction_scaling.py's shape, small (test_fast_search.py's): sessions of four
+    blocks paused on tools, new ones allocating under eviction 1 ms apart, now and then a
+    paused one resuming or hinted. The state after every step."""
+    per, out = 4, []
+    now, ctx = 0.0, per * m.block_size
+    rng = random.Random(3)
+    for i in range(paused + 160):
+        sid = f"p{i}"
+        if i >= paused and rng.random() < 0.25:
+            sid = f"p{rng.randrange(paused)}"
+            s = m.sessions.get(sid)
+            if s is None or s.is_running:
+                continue
+            if rng.random() < 0.5:
+                m.pause_hint(sid, now=now, tool="edit", expected_s=rng.choice([0.005, 2.0]))
+                continue
+        prompt = [i * ctx * 4 + j for j in range(ctx)]
+        with contextlib.suppress(OutOfBlocks):
+            st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
+            m.allocate_slots(sid, ctx - st.num_cached_tokens, now=now)
+            m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
+        now += 1e-3 if i % 2 else 0.0
+        out.append(_state(m))
+    m.check_integrity()
+    m.walked_to = now  # (the tests' own mark: when the shape ended)
+    return out + [_order(m)]
+
+
+def _cpp() -> bool:
+    return os.environ["KVSAGA_CORE"] == "cpp"
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_the_policies_that_evict_runs(name):
+    assert make_policy(name).evicts_runs
+    for other in ("lru", "saga", "adaptive"):
+        assert not make_policy(other).evicts_runs
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph", "graph-trust"])
+def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_bench_shape(name):
+    trust = name == "graph-trust"
+    name = name.split("-")[0]
+    on, off = (_manager(name, r, 200, trust=trust) for r in (True, False))
+    assert _bench_shape(on, 100) == _bench_shape(off, 100)
+    if _cpp():
+        assert off._hot.runs == 0
+        # (graph with trust reads its victims' list: the list's way)
+        assert (on._hot.runs == 0) if trust else (on._hot.runs > 0)
+
+
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+@pytest.mark.parametrize("host", [0, 16])
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_walks(
+        name, host, workload):
+    """The walks of victim_record.py: prefixes shared by several sessions (plain cache),
+    ended sessions (dead), preempted ones, hints; with a host tier (offload: the list's way,
+    the path then off) and without. (Their dead and plain cache make most searches general
+    ones, answered as lists: the bench shape's test takes the runs path.)"""
+    on, off = (_manager(name, r, 64 - host, host) for r in (True, False))
+    assert _walk(on, workload, 11, 900) == _walk(off, workload, 11, 900)
+    if _cpp():
+        assert off._hot.runs == 0
+        if host:
+            assert on._hot.runs == 0
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_a_journal_takes_the_list_and_reads_the_same_victims(name):
+    on, off = (_manager(name, r, 200) for r in (True, False))
+    on.start_journal()
+    off.start_journal()
+    assert _bench_shape(on, 100) == _bench_shape(off, 100)
+    if _cpp():
+        assert on._hot.runs == 0
+
+
+def _at_a_usual_search(name: str):
+    """A manager after the bench shape (its searches usual ones, answered as runs)."""
+    m = _manager(name, True, 200)
+    _bench_shape(m, 100)
+    return m
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_a_failed_allocation_changes_nothing(name):
+    """A running step holding most of the pool (its allocation evicted by the runs), then one
+    asking for more than is free or evictable: OutOfBlocks, nothing changed."""
+    m = _at_a_usual_search(name)
+    hog = list(range(10**6, 10**6 + 4 * 150))
+    st = m.begin_step("hog", hog, now=1.0)
+    m.allocate_slots("hog", len(hog) - st.num_cached_tokens, now=1.0)
+    m.begin_step("big", list(range(2 * 10**6, 2 * 10**6 + 4 * 60)), now=1.0)
+    before = _state(m)
+    with pytest.raises(OutOfBlocks):
+        m.allocate_slots("big", 4 * 60, now=1.0)
+    assert _state(m) == before
+    m.allocate_slots("big", 4 * 40, now=1.0)  # what fits: evicted (runs), allocated
+    m.check_integrity()
+    if _cpp():
+        assert m._hot.runs > 0
+
+
+def _bad_runs(m) -> list:
+    """Answers that are not `num_blocks` distinct cached blocks, each its group's head."""
+    groups = m.policy.groups
+    sids = sorted(groups, key=lambda s: -len(groups[s]))
+    a = sids[0]
+    k = len(groups[a])
+    return [
+        ([("nobody", 1)], 1),  # a session with no group
+        ([(a, k + 1)], k + 1),  # more than its group holds
+        ([(a, k), (a, k)], 2 * k),  # its blocks twice
+        ([(a, k)], k + 1),  # not num_blocks
+        ([(a, 0)], 0),  # a count < 1
+        ([(a, "1")], 1),  # a count that is not an int
+        ([[a, 1]], 1),  # not a tuple
+        ((a, 1), 1),  # not a list
+    ]
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_bad_runs_raise_and_change_nothing(name):
+    if not _cpp():
+        pytest.skip("the C++ core's call")
+    m = _at_a_usual_search(name)
+    p, hot = m.policy, m._hot.hot
+    before = _state(m)
+    for runs, n in _bad_runs(m):
+        with pytest.raises((RuntimeError, TypeError)):
+            hot.evict_runs(p.groups, runs, p._dirty_sets, n)
+        assert _state(m) == before, runs
+    g = p.groups[next(iter(p.groups))]
+    b = g[0]
+    g[0] = -1  # a group holding a block that is not a cached block id
+    with pytest.raises(RuntimeError, match="cached block id"):
+        hot.evict_runs(p.groups, [(next(iter(p.groups)), 1)], p._dirty_sets, 1)
+    g[0] = b
+    with pytest.raises(TypeError):
+        hot.evict_runs(p.groups, [], [p._dirty], 0)
+    assert _state(m) == before
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
+    """One usual search answered as runs: its victims (the runs' heads of the groups) are
+    what the list's way names, and after the core evicted them the pool, index, owners and
+    groups are the list's, no block held twice or lost."""
+    if not _cpp():
+        pytest.skip("the C++ core's call")
+    on, off = _at_a_usual_search(name), _manager(name, False, 200)
+    _bench_shape(off, 100)
+    assert _state(on) == _state(off)
+    n, now = on.pool.num_free + 8, on.walked_to
+    got = on.policy.choose_victims(n, now, True)
+    want = off.policy.choose_victims(n, now)
+    assert got is None and on.policy._plan is None
+    assert on.policy._index.tail_victims(on.policy.groups, on.policy._runs) == want
+    on._hot.evict_runs(on.policy.groups, on.policy._runs, on.policy._dirty_sets, n)
+    off._hot.evict_blocks(want)
+    assert _state(on) == _state(off)
+    pool = on.pool
+    assert pool.num_free + pool.num_cached + sum(s == 1 for s in pool.state) == pool.num_blocks
+    on.check_integrity()
