@@ -142,8 +142,11 @@ def _inclusive(text: str, calls: tuple[str, ...]) -> int:
 
 
 # The manager core's eviction of a policy's named victims (its check, then the eviction,
-# inside which the pool calls the policy's `blocks_uncached`), and lru's (`evict_head`).
-CORE_CALLS = ("ManagerCore::victims_valid(", "ManagerCore::evict_blocks(")
+# inside which the pool calls the policy's `blocks_uncached`; or, since the twenty-sixth
+# session, ttl's and graph's runs evicted with no list and no such call: `evict_runs`), and
+# lru's (`evict_head`).
+CORE_CALLS = ("ManagerCore::victims_valid(", "ManagerCore::evict_blocks(",
+              "ManagerCore::evict_runs(")
 UNCACHED_CALL, LRU_CALL = ("Pool::notify(",), ("ManagerCore::evict_head(",)
 
 
