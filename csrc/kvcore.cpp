@@ -179,8 +179,7 @@ NB_MODULE(_kvcore, m) {
       .def("victims_valid", &ManagerCore::victims_valid, "victims"_a, "num_blocks"_a)
       .def("evict_blocks", &ManagerCore::evict_blocks, "victims"_a)
       .def("evict_head", &ManagerCore::evict_head, "queue"_a, "num_blocks"_a)
-      .def("evict_runs", &ManagerCore::evict_runs, "groups"_a, "runs"_a, "dirty"_a,
-           "num_blocks"_a)
+      .def("evict_runs", &ManagerCore::evict_runs, "policy"_a, "num_blocks"_a)
       .def("register_full_blocks", &ManagerCore::register_full_blocks, "session_id"_a,
            "first"_a, "last"_a)
       .def("copy_token_ids", &ManagerCore::copy_token_ids, "token_ids"_a.none())

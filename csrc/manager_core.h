@@ -37,7 +37,9 @@ class ManagerCore {
     const std::pair<nb::object*, const char*> names[] = {
         {&n_state_, "state"},         {&n_token_ids_, "token_ids"},
         {&n_block_ids_, "block_ids"}, {&n_hashes_, "block_hashes"},
-        {&n_computed_, "num_computed"}, {&n_root_, "root"}};
+        {&n_computed_, "num_computed"}, {&n_root_, "root"},
+        {&n_groups_, "groups"},       {&n_runs_, "_runs"},
+        {&n_dirty_, "_dirty_sets"}};
     for (const auto& [field, name] : names)
       *field = steal_or_throw(PyUnicode_InternFromString(name));
   }
@@ -152,13 +154,17 @@ class ManagerCore {
   // KVCacheManager._evict for a grouped policy whose search answered with runs (session,
   // count) off its groups' tails (kvsaga/policy/fast_search.py; csrc/tail_runs.h): the same
   // evictions as its victims' list through evict_blocks, with the pool's call of the
-  // policy's blocks_uncached made here (the runs cut off `groups`, their sessions marked in
-  // each set of `dirty`), the victims C++ ids throughout. The caller makes sure that the
-  // policy is the pool's observer and uncaches as groups.py does. RuntimeError (nothing
-  // changed) when the runs are not `num_blocks` distinct CACHED blocks, each its group's head.
-  void evict_runs(nb::handle groups, nb::handle runs, nb::handle dirty, int64_t num_blocks) {
+  // policy's blocks_uncached made here (the runs, `policy._runs`, cut off `policy.groups`,
+  // their sessions added to each set of `policy._dirty_sets`), the victims C++ ids
+  // throughout. False, nothing changed, when the pool's observer is not `policy` (its
+  // uncaching is then not groups.py's to make here); RuntimeError (nothing changed) when the
+  // runs are not `num_blocks` distinct CACHED blocks, each its group's head.
+  bool evict_runs(nb::handle policy, int64_t num_blocks) {
+    if (!pool_->observer().is(policy)) return false;
+    nb::object groups = policy.attr(n_groups_), dirty = policy.attr(n_dirty_);
     try {
-      read_tail_runs(*pool_, groups, runs, dirty, num_blocks, tail_runs_, ids_, sorted_);
+      read_tail_runs(*pool_, groups, policy.attr(n_runs_), dirty, num_blocks, tail_runs_, ids_,
+                     sorted_);
     } catch (...) {
       tail_runs_.clear();  // (no group held past the call)
       throw;
@@ -168,6 +174,7 @@ class ManagerCore {
     pool_->num_cached -= num_blocks;
     unindex(held_.data(), ids_.data(), held_.size(), true);
     cut_tail_runs(groups, dirty, tail_runs_);
+    return true;
   }
 
   // KVCacheManager._register_full_blocks (allocate_slots runs it; exposed for the benchmark).
@@ -564,6 +571,7 @@ class ManagerCore {
   nb::object owner_, position_;
   nb::object running_, check_token_ids_;
   nb::object n_state_, n_token_ids_, n_block_ids_, n_hashes_, n_computed_, n_root_;
+  nb::object n_groups_, n_runs_, n_dirty_;  // evict_runs' reads of the policy
   std::vector<Row> rows_;
   std::vector<PyObject*> seen_;
   std::vector<int32_t> new_ids_, ids_, sorted_;

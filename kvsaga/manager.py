@@ -56,7 +56,8 @@ __all__ = ["CacheStats", "KVCacheManager", "StepLookup", "StepStart"]
 class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     """Owns the GPU tier's blocks, the prefix index and the sessions (the host tier's
     operations, `prefetch` and `take_transfers` among them, are in kvsaga/host_tier.py; the
-    calls that change nothing, `lookup` and `stats` among them, in kvsaga/manager_reads.py).
+    calls that change nothing, `lookup` and `stats` among them, in kvsaga/manager_reads.py;
+    the eviction path, `_evict`, in kvsaga/manager_evict.py).
 
     Args:
         spec: shape of a KV block.

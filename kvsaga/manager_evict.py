@@ -10,7 +10,9 @@ Three ways, the same evictions each (issue 11: eviction cost):
   and leaves the runs in the policy's `_runs`, and the core evicts them
   (`ManagerCore.evict_runs`, csrc/tail_runs.h): no Python list of victims, no check of one,
   and no call back into the policy's `blocks_uncached`, whose cut of the groups the core
-  makes itself (the same groups and marks after it);
+  makes itself (the same groups and marks after it). The core checks that the pool's
+  observer is the policy (read there: the property's call from Python is a cold call per
+  eviction); if not, the runs go the list's way (`listed_runs`);
 - otherwise the policy's list of victims, checked, journaled, offloaded to the host tier
   when there is one, and evicted (the pool calls the policy's `blocks_uncached`).
 """
@@ -26,24 +28,26 @@ class EvictionPath:
     def _evict(self, num_blocks: int, now: float) -> None:
         self._changes += 1
         policy, hot = self.policy, self._hot
-        victims = None
-        if hot is not None and self.host is None and self.pool.observer is policy:
-            queue = getattr(policy, "victim_queue", None)
-            if queue is not None:  # LRU: its victims are the queue's head, in one core call
-                if self._journal is not None:
-                    self._note_evicted(queue.head(num_blocks))
-                hot.evict_head(queue, num_blocks)
-                self._evicted_blocks += num_blocks
-                return
-            # (not for a `choose_victims` set on the instance: a test's or a bench's hook)
-            if self._journal is None and getattr(policy, "evicts_runs", False) and (
-                    "choose_victims" not in policy.__dict__):
-                victims = policy.choose_victims(num_blocks, now, True)
-                if victims is None:  # runs off its groups' tails: the core evicts them
-                    hot.evict_runs(policy.groups, policy._runs, policy._dirty_sets, num_blocks)
+        queue = getattr(policy, "victim_queue", None)
+        if queue is not None and hot is not None and self.host is None and (
+            self.pool.observer is policy
+        ):  # LRU on the C++ core: its victims are the queue's head, evicted in one call
+            if self._journal is not None:
+                self._note_evicted(queue.head(num_blocks))
+            hot.evict_head(queue, num_blocks)
+            self._evicted_blocks += num_blocks
+            return
+        # Runs for the core (its own check: the pool's observer is the policy), unless the
+        # policy's `choose_victims` is set on the instance (a test's or a bench's hook).
+        if getattr(policy, "evicts_runs", False) and hot is not None and self.host is None and (
+                self._journal is None and "choose_victims" not in policy.__dict__):
+            victims = policy.choose_victims(num_blocks, now, True)
+            if victims is None:  # runs off its groups' tails
+                if hot.evict_runs(policy, num_blocks):
                     self._evicted_blocks += num_blocks
                     return
-        if victims is None:
+                victims = policy.listed_runs()  # (another observer: the list's way)
+        else:
             victims = policy.choose_victims(num_blocks, now)
         # (the core's check and the journal's test inline: fewer Python calls)
         if not (hot.victims_valid(victims, num_blocks) if hot is not None

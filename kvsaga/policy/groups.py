@@ -369,6 +369,15 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         if run:
             self._cut(run_sid, run)
 
+    def listed_runs(self) -> list[int]:
+        """The victims of the last search when it answered with runs (`choose_victims(n,
+        now, True)` gave None: kvsaga/manager_evict.py), as the list it would have answered
+        otherwise, its plan recorded as then (for the list's way of evicting them)."""
+        runs = self._runs
+        out = self._index.tail_victims(self.groups, runs)
+        self._plan = (out, runs)
+        return out
+
     def _plain_run(self, block_ids: list[int]) -> bool:
         """Uncache `block_ids` in one call when all are plain cache (a resume's hits of a
         prefix shared by several sessions, taken back at every step). False, nothing done,

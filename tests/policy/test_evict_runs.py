@@ -33,9 +33,13 @@ class _Counted:
     def __getattr__(self, name):
         return getattr(self.hot, name)
 
+    taken = 0  # of them, those the core made (True)
+
     def evict_runs(self, *args):
         self.runs += 1
-        return self.hot.evict_runs(*args)
+        done = self.hot.evict_runs(*args)
+        self.taken += done
+        return done
 
 
 def _manager(name: str, runs: bool, num_blocks: int, host: int = 0, trust: bool = False):
@@ -132,7 +136,7 @@ def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_bench_shape
     if _cpp():
         assert off._hot.runs == 0
         # (graph with trust reads its victims' list: the list's way)
-        assert (on._hot.runs == 0) if trust else (on._hot.runs > 0)
+        assert (on._hot.runs == 0) if trust else (on._hot.taken == on._hot.runs > 0)
 
 
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
@@ -214,19 +218,44 @@ def test_bad_runs_raise_and_change_nothing(name):
     p, hot = m.policy, m._hot.hot
     before = _state(m)
     for runs, n in _bad_runs(m):
+        p._runs = runs
         with pytest.raises((RuntimeError, TypeError)):
-            hot.evict_runs(p.groups, runs, p._dirty_sets, n)
+            hot.evict_runs(p, n)
         assert _state(m) == before, runs
     g = p.groups[next(iter(p.groups))]
     b = g[0]
     g[0] = -1  # a group holding a block that is not a cached block id
+    p._runs = [(next(iter(p.groups)), 1)]
     with pytest.raises(RuntimeError, match="cached block id"):
-        hot.evict_runs(p.groups, [(next(iter(p.groups)), 1)], p._dirty_sets, 1)
+        hot.evict_runs(p, 1)
     g[0] = b
+    p._runs, dirty = [], p._dirty_sets
+    p._dirty_sets = [p._dirty]
     with pytest.raises(TypeError):
-        hot.evict_runs(p.groups, [], [p._dirty], 0)
+        hot.evict_runs(p, 0)
+    p._dirty_sets = dirty
     assert _state(m) == before
     m.check_integrity()
+
+
+class _Observer:
+    """The policy's pool calls, passed on through another object (the pool's observer is
+    then not the policy: the core must not make its uncaching)."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        for name in ("block_cached", "block_uncached", "blocks_cached", "blocks_uncached"):
+            setattr(self, name, getattr(policy, name))
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_runs_go_the_lists_way_when_the_pool_observer_is_another(name):
+    on, off = (_manager(name, r, 200) for r in (True, False))
+    for m in (on, off):
+        m.pool.observer = _Observer(m.policy)
+    assert _bench_shape(on, 100) == _bench_shape(off, 100)
+    if _cpp():
+        assert on._hot.runs > 0 and on._hot.taken == 0
 
 
 @pytest.mark.parametrize("name", ["ttl", "graph"])
@@ -244,7 +273,7 @@ def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
     want = off.policy.choose_victims(n, now)
     assert got is None and on.policy._plan is None
     assert on.policy._index.tail_victims(on.policy.groups, on.policy._runs) == want
-    on._hot.evict_runs(on.policy.groups, on.policy._runs, on.policy._dirty_sets, n)
+    assert on._hot.evict_runs(on.policy, n)
     off._hot.evict_blocks(want)
     assert _state(on) == _state(off)
     pool = on.pool
