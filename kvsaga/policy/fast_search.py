@@ -45,7 +45,11 @@ def finish(self, num_blocks: int, now: float, pushes: list, runs: bool = False
         if len(due) >= _BY_CLASS and self.class_keys:
             due = self._rekey_by_class(due, now)
         self._drop_or_rekey(set(due), now)
-        out = self._take_runs(num_blocks)
+        if runs:  # `_take_runs` without its victims' list (`out` stays None)
+            index.restore()
+            self._runs = index.runs(num_blocks)
+        else:
+            out = self._take_runs(num_blocks)
     if not (self._one_key or self._keys_nonincreasing()):
         # That keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
         # the runs go back and the general search merges, as `_index_victims` does.
