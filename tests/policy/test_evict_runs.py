@@ -279,3 +279,25 @@ def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
     pool = on.pool
     assert pool.num_free + pool.num_cached + sum(s == 1 for s in pool.state) == pool.num_blocks
     on.check_integrity()
+
+
+@pytest.mark.parametrize("cpp", [False, True])
+def test_refresh_marked_without_victims_gives_the_same_runs(cpp):
+    """`refresh_marked(..., victims=False)`: the runs of the call with victims, None in the
+    victims' place, on both twins of the index."""
+    from kvsaga._core import cpp_available
+    from kvsaga.policy.session_heap import make_session_heap
+
+    if cpp and not cpp_available():
+        pytest.skip("the C++ core is not built")
+    answers = []
+    for victims in (True, False):
+        index = make_session_heap(cpp)
+        groups = {f"s{i}": [10 * i + j for j in range(3)] for i in range(6)}
+        for i, sid in enumerate(groups):
+            index.push(sid, (1, float(6 - i)), 10 * i, 3, float("inf"), 0.0, None)
+        marked = {"s0", "gone"}
+        answers.append(index.refresh_marked(1.0, marked, [], 7, 64, groups, {}, victims))
+    (due, runs, listed), (due2, runs2, none) = answers
+    assert due is None and due2 is None and runs2 == runs and none is None
+    assert listed == [b for sid, k in runs for b in [10 * int(sid[1:]) + j for j in range(k)]]
