@@ -522,6 +522,10 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         if not keep_tail:
             s.num_computed = min(s.num_computed, len(s.block_hashes) * self.block_size)
 
+    # -- eviction (kvsaga/manager_evict.py), in this class's own dict too, where callers
+    # that time or wrap the manager's calls find it (bench/sim_speed_profile.py `SPLIT`)
+    _evict = EvictionPath._evict
+
     def tick(self, now: float | None = None) -> None:
         """Let the policy expire TTLs and refresh predictions, and start the prefetches it
         asks for (sessions it predicts will resume soon)."""
