@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import zlib
 
-from kvsaga import KVCacheManager, KVSpec
+from kvsaga import KVCacheManager, KVSpec, OutOfBlocks
 from kvsaga.policy import POLICIES, EvictionPolicy
 
 BS = 4
@@ -89,3 +91,35 @@ class FakeView:
         self.block_position[block_id] = position
         self.cached.add(block_id)
         policy.block_cached(block_id)
+
+
+BENCH_TOOLS = ("search", "edit", "test", "shell", "browse")
+
+
+def bench_shape_walk(m: KVCacheManager, paused: int, extra: int = 160, events: bool = True,
+                     every_other: bool = True):
+    """bench/eviction_scaling.py's shape, small: `paused` sessions of four blocks paused on
+    tools, then `extra` new ones allocating under eviction; with `events`, a paused one now
+    and then resumes (learning: new statistics) or gets a pause hint. Time moves 1 ms a step
+    (every other step with `every_other`, so that some allocations share an instant).
+    Yields the time after each step, so a caller can record the state there."""
+    per = 4
+    now, ctx = 0.0, per * m.block_size
+    rng = random.Random(3)
+    for i in range(paused + extra):
+        sid = f"p{i}"
+        if events and i >= paused and rng.random() < 0.25:
+            sid = f"p{rng.randrange(paused)}"
+            s = m.sessions.get(sid)
+            if s is None or s.is_running:
+                continue
+            if rng.random() < 0.5:
+                m.pause_hint(sid, now=now, tool="edit", expected_s=rng.choice([0.005, 2.0]))
+                continue
+        prompt = [i * ctx * 4 + j for j in range(ctx)]
+        with contextlib.suppress(OutOfBlocks):
+            st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
+            m.allocate_slots(sid, ctx - st.num_cached_tokens, now=now)
+            m.finish_step(sid, now=now, tool=BENCH_TOOLS[i % len(BENCH_TOOLS)])
+        now += 1e-3 if (i % 2 or not every_other) else 0.0
+        yield now

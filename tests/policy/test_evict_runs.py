@@ -18,7 +18,7 @@ import pytest
 from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from kvsaga.policy.graph import GraphPolicy
-from tests.policy.helpers import make
+from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.victim_record import STEPS, WORKLOADS
 
 TOOLS = ("search", "edit", "test", "shell", "browse")
@@ -91,28 +91,11 @@ def _bench_shape(m, paused: int) -> list:
     """bench/eviction_scaling.py's shape, small (test_fast_search.py's): sessions of four
     blocks paused on tools, new ones allocating under eviction 1 ms apart, now and then a
     paused one resuming or hinted. The state after every step."""
-    per, out = 4, []
-    now, ctx = 0.0, per * m.block_size
-    rng = random.Random(3)
-    for i in range(paused + 160):
-        sid = f"p{i}"
-        if i >= paused and rng.random() < 0.25:
-            sid = f"p{rng.randrange(paused)}"
-            s = m.sessions.get(sid)
-            if s is None or s.is_running:
-                continue
-            if rng.random() < 0.5:
-                m.pause_hint(sid, now=now, tool="edit", expected_s=rng.choice([0.005, 2.0]))
-                continue
-        prompt = [i * ctx * 4 + j for j in range(ctx)]
-        with contextlib.suppress(OutOfBlocks):
-            st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
-            m.allocate_slots(sid, ctx - st.num_cached_tokens, now=now)
-            m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
-        now += 1e-3 if i % 2 else 0.0
+    out, m.walked_to = [], 0.0  # (the tests' own mark: when the shape ended)
+    for now in bench_shape_walk(m, paused):
         out.append(_state(m))
+        m.walked_to = now
     m.check_integrity()
-    m.walked_to = now  # (the tests' own mark: when the shape ended)
     return out + [_order(m)]
 
 

@@ -19,7 +19,7 @@ from kvsaga.policy import fast_search, graph_fast, make_policy, ttl_fast
 from kvsaga.policy.graph import GraphPolicy
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.ttl import TTLPolicy
-from tests.policy.helpers import make
+from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.victim_record import STEPS, WORKLOADS
 
 TOOLS = ("search", "edit", "test", "shell", "browse")
@@ -113,24 +113,8 @@ def _bench_shape(name: str, fast: bool, core: str, paused: int = 400, events: bo
     per = 4
     m = make(make_policy(name), num_blocks=paused * per // 2, core=core)
     out = _recorded(m, fast)
-    now, ctx = 0.0, per * m.block_size
-    rng = random.Random(3)
-    for i in range(paused + 160):
-        sid = f"p{i}"
-        if events and i >= paused and rng.random() < 0.25:
-            sid = f"p{rng.randrange(paused)}"
-            s = m.sessions.get(sid)
-            if s is None or s.is_running:
-                continue
-            if rng.random() < 0.5:
-                m.pause_hint(sid, now=now, tool="edit", expected_s=rng.choice([0.005, 2.0]))
-                continue
-        prompt = [i * ctx * 4 + j for j in range(ctx)]
-        with contextlib.suppress(OutOfBlocks):
-            st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
-            m.allocate_slots(sid, ctx - st.num_cached_tokens, now=now)
-            m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
-        now += 1e-3 if i % 2 else 0.0
+    for _ in bench_shape_walk(m, paused, events=events):
+        pass
     m.check_integrity()
     return out, _state(m), _ttls(m.policy) + _shadow_ttls(m)
 

@@ -12,7 +12,7 @@ import pytest
 
 from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
-from tests.policy.helpers import make
+from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.victim_record import STEPS, WORKLOADS
 
 INDEXED = ("ttl", "saga", "graph", "adaptive")
@@ -82,29 +82,12 @@ def _bench_shape(name: str, timed: bool, core: str, paused: int = 400) -> tuple[
     learning forgets the class keys) or get pause hints."""
     per = 4
     m = make(make_policy(name), num_blocks=paused * per // 2, core=core)
-    bs = m.block_size
     keyed = _watch(m.policy, timed)
     out: list = []
     choose = m.policy.choose_victims
     m.policy.choose_victims = lambda n, now: out.append(choose(n, now)) or out[-1]
-    now, ctx = 0.0, per * bs
-    rng = random.Random(3)
-    for i in range(paused + 120):
-        sid = f"p{i}"
-        if i >= paused and rng.random() < 0.25:  # a paused one resumes, or is hinted
-            sid = f"p{rng.randrange(paused)}"
-            s = m.sessions.get(sid)
-            if s is None or s.is_running:
-                continue
-            if rng.random() < 0.5:
-                m.pause_hint(sid, now=now, tool="edit", expected_s=rng.choice([0.005, 2.0]))
-                continue
-        prompt = [i * ctx * 4 + j for j in range(ctx)]
-        with contextlib.suppress(OutOfBlocks):
-            st = m.begin_step(sid, prompt, now=now, workflow=f"w{i % 3}")
-            m.allocate_slots(sid, ctx - st.num_cached_tokens, now=now)
-            m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
-        now += 1e-3
+    for _ in bench_shape_walk(m, paused, extra=120, every_other=False):
+        pass
     m.check_integrity()
     return out, keyed[0]
 
