@@ -53,6 +53,7 @@ from typing import Any
 
 from kvsaga.policy.base import EvictionPolicy
 from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.decode_stall import READMIT_ROOM_WHOLE
 from kvsaga.scheduler.session_length import SessionLengthModel
 from kvsaga.scheduler.tail_guard import WaitBudgets
 
@@ -408,7 +409,9 @@ class AdmissionOrder:
         running: its prompt taken as its context plus the mean growth of its workflow
         after its last tool (per tool under `tool_growth`), its decode reserve as
         `reserve_decode_tokens` past that, the lookup of its context as it stands (under
-        "room_queue", its step counted as queued). None: no such paused session here
+        "room_queue", its step counted as queued; under "room_fits" / "room_contexts" the
+        gate's deficit is the smaller of its charge's and its whole context's,
+        `_whole_over`). None: no such paused session here
         (gone, empty, or a step open)."""
         m = self.manager
         s = m.sessions.get(sid)
@@ -425,9 +428,11 @@ class AdmissionOrder:
             return pool
         own = prompt - lk.gpu_hit_blocks * bs
         var = self._growth_var(s.workflow, None, True) if self.growth_reserve else 0.0
-        gate = (self._committed + self._working_set(s.workflow, own, 0)
-                + self._reserves(s, var) - self.overcommit * self.capacity)
-        return max(pool, math.ceil(gate))
+        gate = math.ceil(self._committed + self._working_set(s.workflow, own, 0)
+                         + self._reserves(s, var) - self.overcommit * self.capacity)
+        if self.readmit_charge in READMIT_ROOM_WHOLE:  # either check admits (`_session_fits`)
+            gate = min(gate, self._whole_over(sid, prompt, lk.gpu_hit_blocks))
+        return max(pool, gate)
 
     def room_deficit(self, req: Any, running_reserve: int) -> int:
         """Blocks that must free before `req`'s waiting step (a demoted session's) passes
@@ -436,7 +441,8 @@ class AdmissionOrder:
         "uncached" re-admission charge: its prompt less its GPU hits, over the horizon,
         with the reserves; `WorkingSetGate._session_fits`) less overcommit x the tiers;
         none with nobody admitted or under `readmit_charge` "room" ("room_queue": while it
-        holds, `_readmits_on_room`). The pool's: its whole
+        holds, `_readmits_on_room`; "room_fits" / "room_contexts": the smaller of that and
+        its whole own context's beside the admitted sets, `_whole_over`). The pool's: its whole
         prompt's blocks to admit plus `running_reserve` (the running steps'
         `_running_reserve`) less the free-or-evictable GPU blocks (`BlockRoom._fits`).
         Read only: a lookup answers from its cache until the cache changes."""
@@ -447,9 +453,11 @@ class AdmissionOrder:
             return pool
         own = req.num_tokens - lk.gpu_hit_blocks * self.manager.block_size
         var = self._growth_var(req.workflow, None, True) if self.growth_reserve else 0.0
-        gate = (self._committed + self._working_set(req.workflow, own, 0)
-                + self._reserves(req, var) - self.overcommit * self.capacity)
-        return max(pool, math.ceil(gate))
+        gate = math.ceil(self._committed + self._working_set(req.workflow, own, 0)
+                         + self._reserves(req, var) - self.overcommit * self.capacity)
+        if self.readmit_charge in READMIT_ROOM_WHOLE and req.session_id in self._deferred:
+            gate = min(gate, self._whole_over(req.session_id, req.num_tokens, lk.gpu_hit_blocks))
+        return max(pool, gate)
 
     def _session_since(self, req: Any) -> float:
         """When `req`'s session's first step queued here (its own queueing if unknown)."""

@@ -85,9 +85,11 @@ single-engine decisions identical, so the count is left as the gate's.)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
+from kvsaga.scheduler.working_set import working_set_blocks
 
 # `readmit_charge` "room": a demoted session's step is admitted again when the pool can take
 # it (`BlockRoom._fits`: its first chunk, and with steps running its whole prompt and some
@@ -97,6 +99,15 @@ READMIT_ROOM = "room"
 # to be admitted again (the default cap's gate, "demoted_queue"), else the default charge,
 # "uncached" (module docstring, "Room under pressure").
 READMIT_ROOM_QUEUE = "room_queue"
+# "room_fits" / "room_contexts" (`--fit` round 28): "room" only where the demoted session's
+# whole own context fits beside the admitted sessions' working sets (the charge the shrink
+# reads) / beside their own contexts (what they hold), else "uncached" (module docstring,
+# "Room where it cannot cascade").
+READMIT_ROOM_FITS = "room_fits"
+READMIT_ROOM_CONTEXTS = "room_contexts"
+READMIT_ROOM_WHOLE = (READMIT_ROOM_FITS, READMIT_ROOM_CONTEXTS)
+# Every room value: where none of them admits on room, the charge is "uncached".
+READMIT_ROOMS = (READMIT_ROOM, READMIT_ROOM_QUEUE, *READMIT_ROOM_WHOLE)
 # `decode_prefill_when`: when the cap holds (module docstring, "Gated").
 DECODE_PREFILL_WHEN = ("always", "demoted", "demoted_queue", "recompute")
 # The defaults (module docstring, "The default"): the cap of 128 tokens while two or more
@@ -181,6 +192,33 @@ class DecodeStall:
         charge = self.readmit_charge
         return charge == READMIT_ROOM or (charge == READMIT_ROOM_QUEUE
                                           and self._demoted_waiting(2 - queued))
+
+    def _whole_over(self, sid: str, tokens: int, hit_blocks: int) -> int:
+        """Under `readmit_charge` "room_fits" / "room_contexts": blocks by which the demoted
+        session `sid`'s whole own context (`tokens` of prompt less the prefix it shares
+        with others, `hit_blocks` of it cached on the GPU: as `_readmit_tokens` counts it)
+        exceeds the tiers (overcommit x capacity) beside the admitted sessions' working
+        sets (`_committed`, "room_fits") or beside their own contexts (`_context_blocks`,
+        "room_contexts"); <= 0: it fits. Read only."""
+        charge = self.readmit_charge
+        if charge not in READMIT_ROOM_WHOLE:
+            raise ValueError(f"_whole_over: readmit_charge {charge!r} is not one of "
+                             f"{', '.join(map(repr, READMIT_ROOM_WHOLE))}")
+        bs = self.manager.block_size
+        whole = tokens - min(hit_blocks * bs, self._shared_tokens(sid))
+        beside = self._committed if charge == READMIT_ROOM_FITS else self._context_blocks()
+        return math.ceil(beside + working_set_blocks(whole, 0.0, 0.0, bs)
+                         - self.overcommit * self.capacity)
+
+    def _readmits_whole(self, req: Any, lookup: Any) -> bool:
+        """Whether `req`, a demoted session's waiting step whose lookup is `lookup`, is
+        admitted again on the pool's check alone under "room_fits" / "room_contexts": its
+        session's whole own context fits (`_whole_over`), so admitting it cannot take the
+        admitted working sets ("room_fits") or contexts ("room_contexts") over the tiers
+        by more than the growth charged for it. False under any other value."""
+        return (self.readmit_charge in READMIT_ROOM_WHOLE and req.session_id in self._deferred
+                and self._whole_over(req.session_id, req.num_tokens,
+                                     lookup.gpu_hit_blocks) <= 0)
 
     def _capped(self, req: Any) -> bool:
         """Whether the cap cuts `req`'s prefill: under "recompute" only while it recomputes

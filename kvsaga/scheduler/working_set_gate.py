@@ -18,7 +18,13 @@ from typing import Any
 from kvsaga.manager import StepLookup
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.base import check_float
-from kvsaga.scheduler.decode_stall import READMIT_ROOM, READMIT_ROOM_QUEUE
+from kvsaga.scheduler.decode_stall import (
+    READMIT_ROOM,
+    READMIT_ROOM_CONTEXTS,
+    READMIT_ROOM_FITS,
+    READMIT_ROOM_QUEUE,
+    READMIT_ROOMS,
+)
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.leave_forecast import READMIT_LEAVE
 from kvsaga.scheduler.working_set import (
@@ -29,8 +35,9 @@ from kvsaga.scheduler.working_set import (
 )
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
-READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, "context", "full", "binding",
-                   "binding_short", "cost", "cost_ends", *READMIT_LEAVE)
+READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, READMIT_ROOM_FITS,
+                   READMIT_ROOM_CONTEXTS, "context", "full", "binding", "binding_short", "cost",
+                   "cost_ends", *READMIT_LEAVE)
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the
@@ -146,8 +153,8 @@ class WorkingSetGate:
         if fits():
             return True
         self._demote(now)
-        if not self.sessions or fits():
-            return True
+        if not self.sessions or fits() or self._readmits_whole(req, lookup):
+            return True  # "room_fits" / "room_contexts": before any session is demoted
         if self._reclaim_share(req, ws, need, limit, now, whole_blocks):
             return True
         if self._idle_long(now):
@@ -222,7 +229,8 @@ class WorkingSetGate:
         hit = lookup.gpu_hit_blocks * self.manager.block_size
         own = req.num_tokens - hit
         charge = self.readmit_charge
-        if charge == "uncached" or req.session_id not in self._deferred:
+        # Where a room value does not admit on room (`decode_stall`), it charges "uncached".
+        if charge == "uncached" or charge in READMIT_ROOMS or req.session_id not in self._deferred:
             return own, None
         whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
         if charge in (READMIT_COST, READMIT_COST_ENDS, *READMIT_LEAVE):

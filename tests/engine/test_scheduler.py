@@ -269,3 +269,41 @@ def test_room_queue_parity_where_two_wait(tiny_model_dir, monkeypatch):
                               {**params, "readmit_charge": "uncached"})
     assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
     assert engine_log == sim_log
+
+
+@pytest.mark.parametrize("charge", ["room_fits", "room_contexts"])
+def test_room_whole_parity_where_it_admits(tiny_model_dir, monkeypatch, charge):
+    """`readmit_charge` "room_fits" / "room_contexts" (round 28) on `stream_queue()`: a
+    demoted session's step is admitted on room where its whole context fits beside the
+    admitted sets and refused by that test elsewhere ("room_fits"; "room_contexts", the
+    looser test, admits at every such return of this stream: its refusal is
+    tests/scheduler/test_room_whole.py's), in both executors, and the engine makes the
+    simulator's very decisions. A rule never applied here fails the counts; one the engine
+    ignored, the logs."""
+    answers: list[bool] = []
+    rule = DecodeStall._readmits_whole
+
+    def rule_spy(self, req, lookup):
+        got = rule(self, req, lookup)
+        if self.readmit_charge == charge and req.session_id in self._deferred:
+            answers.append(got)
+        return got
+
+    monkeypatch.setattr(DecodeStall, "_readmits_whole", rule_spy)
+    sessions = stream_queue()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": charge, "prior_growth_tokens": 16, "growth_charge": "step"}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    assert counts["demoted"] >= 2
+    both = {True, False} if charge == "room_fits" else {True}
+    assert both <= set(sim_answers)
+    engine_log = run_engine(tiny_model_dir("llama_gqa4_untied"), sessions, synth, "workflow",
+                            params)
+    assert both <= set(answers)
+    answers[:] = []
+    assert sim_log != run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
+    assert engine_log == sim_log
