@@ -96,6 +96,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
     add, begin, slots, advance = sched.add, sim.begin, sim._slots, sim._advance
     finish, execute = sched.finish, sim._execute
     stalls: dict[str, Counter] = defaultdict(Counter)  # decode seconds stalled by prefill
+    first_by_state = Counter()  # ... by first-time prefill, by the queue at the step
     demote = getattr(sched, "_demote_session", None)
 
     def on_add(req, now):
@@ -133,6 +134,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         if req.prefilling:
             chunk["all"] += n
             chunk["recomputed"] += r
+            chunk["new " + kind.get(id(req), "first")] += n - r
         if r and req.prefilling:
             k = kind.get(id(req), "first")
             sid = req.session_id
@@ -187,9 +189,14 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
             alone = cost._step_time(0, 0, 0, len(decode),
                                     sum(r.fed_position + 1 for r in decode))
             share = chunk["recomputed"] / max(chunk["all"], 1)
+            state = _queue_state(sched)
             for r in decode:
                 stalls[r.session_id]["recomputed"] += (whole - alone) * share
                 stalls[r.session_id]["first-time"] += (whole - alone) * (1 - share)
+                for k in KINDS:  # the first-time part by the prefilling step's class
+                    part = (whole - alone) * chunk["new " + k] / max(chunk["all"], 1)
+                    stalls[r.session_id]["first-time " + k] += part
+                    first_by_state[state] += part
         chunk.clear()
         return execute(prefill, decode)
 
@@ -220,8 +227,39 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
                      "stall first-time": stalls[s.id]["first-time"],
                      **{f"rec {k}": recomputed[s.id][k] for k in KINDS},
                      **{f"rec_s {k}": recompute_s[s.id][k] for k in KINDS}}
+        per[s.id].update({f"stall first-time {k}": stalls[s.id]["first-time " + k]
+                          for k in KINDS})
     return {"row": row, "sessions": per, "demotions": demotions, "room": room,
-            "gpu": gpu_time}
+            "gpu": gpu_time, "first_by_state": first_by_state}
+
+
+STATES = ("two or more demoted waiting", "one demoted waiting", "new sessions waiting",
+          "nothing waiting")
+
+
+def _queue_state(sched: Any) -> str:
+    """The admission queue at a batch step, for `--stall-split`: two or more demoted
+    sessions' steps waiting (the default cap's gate open), one, none but new sessions'
+    steps, or nothing waiting (fcfs: its waiting requests, all "new")."""
+    demoted = getattr(sched, "_demoted_waiting", None)
+    if demoted is not None and demoted(2):
+        return STATES[0]
+    if demoted is not None and demoted(1):
+        return STATES[1]
+    return STATES[2] if sched.num_waiting else STATES[3]
+
+
+def stall_line(seed: int, out: dict) -> str:
+    """`--stall-split`: the decodes' stall by first-time prefill, seconds a session, by the
+    prefilling step's class and by the queue at the batch step."""
+    per, n = out["sessions"], max(len(out["sessions"]), 1)
+    by_kind = ", ".join(f"{k} {_mean(per, 'stall first-time ' + k):.2f}" for k in KINDS)
+    st = out["first_by_state"]
+    by_state = ", ".join(f"{k} {st[k] / n:.2f}" for k in STATES)
+    total = _mean(per, "stall first-time")
+    return (f"seed {seed}: decodes stalled by first-time prefill {total:.2f} s a session; "
+            f"by the prefilling step (first step / admitted / demoted / retry): {by_kind}; "
+            f"by the queue at the batch step: {by_state}")
 
 
 def _mean(per: dict, key: str) -> float:
@@ -285,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                          "defaults)")
     ap.add_argument("--no-fcfs", action="store_true",
                     help="leave out the fcfs+lru rows (default: one beside each workflow row)")
+    ap.add_argument("--stall-split", action="store_true",
+                    help="also print, per seed, the decodes' stall by first-time prefill "
+                         "split by the prefilling step's class and by the admission queue")
     ap.add_argument("--write", default=None, metavar="PATH",
                     help="also write the table and the demotion lines to PATH (markdown)")
     a = ap.parse_args(argv)
@@ -299,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             f = observe(a.family, a.load, a.capacity, seed, "lru", "fcfs", None)
             lines += seed_rows("fcfs+lru", seed, f)
         notes.append(demotion_line(seed, w))
+        if a.stall_split:
+            notes.append(stall_line(seed, w))
         print(lines[-1 - (not a.no_fcfs)], flush=True)
     text = "\n".join(lines + [""] + notes)
     print()

@@ -35,6 +35,12 @@ def test_it_observes_without_changing_and_its_parts_add_up(mods, scheduler, poli
         assert p["tct"] == pytest.approx(p["solo"] + p["run"]
                                          + sum(p[f"wait {c}"] for c in gap.WAITS))
         assert p["stall first-time"] >= 0 and p["stall recomputed"] >= 0
+        assert p["stall first-time"] == pytest.approx(  # `--stall-split`'s classes add up
+            sum(p[f"stall first-time {k}"] for k in gap.KINDS), abs=1e-9)
+    total = sum(p["stall first-time"] for p in per.values())
+    assert total > 0 and sum(out["first_by_state"].values()) == pytest.approx(total)
+    assert set(out["first_by_state"]) <= set(gap.STATES)
+    assert "by the queue at the batch step" in gap.stall_line(101, out)
     assert sum(p[f"rec {k}"] for p in per.values() for k in gap.KINDS) == (
         plain["recomputed_tokens"])
     assert len(out["demotions"]) == plain["num_demotions"]
@@ -52,7 +58,7 @@ def test_every_flag_has_help_and_bad_params_are_named(mods, capsys):
     with pytest.raises(SystemExit):
         gap.main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--params", "--no-fcfs", "--write", "--policy"):
+    for flag in ("--params", "--no-fcfs", "--write", "--policy", "--stall-split"):
         assert flag in text
     with pytest.raises(SystemExit):
         gap.main(["bfcl", "1", "0.25", "101", "--params", '{"readmit_charge": "nope"}'])
