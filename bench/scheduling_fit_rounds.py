@@ -191,8 +191,29 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # the shrink demote others, which keeps the condition true. Its non-thrash check (web seed 103
 # 1x p95 +143%) and the calibrated AFS veto (all 32 ratios up, goal cases 15 -> 3) reject it
 # too: opt-in (RESULTS "Room under pressure").
+# Round 28 (issue 10, session 27, the serve lane; committed before it ran, with the code):
+# room where it cannot cascade. `readmit_charge` "room_fits": a demoted session's step is
+# admitted on the pool's check alone only where its session's whole own context fits beside
+# the admitted working sets (the charge the shrink reads), "room_contexts" beside the
+# admitted contexts; else "uncached". And "room_queue" again: every room value fell back to
+# "context" (its whole context must fit beside the admitted contexts) where the docs said
+# "uncached"; fixed with this round, so round 27's "room_queue" figures were of that
+# fallback. Probes (`nice -n 10 python bench/scheduling_bound_gap.py web 1 0.5 103 --no-fcfs`
+# with `--params '{"readmit_charge": V}'`): web seed 103 1x 50%, the run round 27's
+# "room_queue" changed (demotions 10 -> 15), is the default's with each of the three (10
+# demotions, mean TCT 6.9 s). bfcl 1x 25% (`... bfcl 1 0.25 101,102,103,104,105,106
+# --no-fcfs --params ...`): mean TCT 14.1 / 22.9 / 28.1 / 15.7 / 10.8 / 15.4 s on the
+# default (session 26) against 14.6 / 22.6 / 23.9 / 13.0 / 11.2 / 15.4 ("room_fits",
+# demotions 0.8-1.2x the default's) and 15.1 / 20.8 / 20.5 / 13.7 / 11.0 / 16.7
+# ("room_contexts", demotions 1.2-1.5x): about 1.66x and 1.68x against 1.58x, not predicted
+# to reach 2x. bfcl 1x 50%'s decode stall by first-time prefill (`... bfcl 1 0.5
+# 101,...,106 --no-fcfs --stall-split`): 0.49-0.72 s a session, 0.28-0.52 s of it while no
+# step waits to be admitted, as at web and swe seed 103 1x 50% (0.31 of 0.33 s, 0.15 of
+# 0.20 s): no queue signal tells the two apart, so no gate value is in the round.
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
+    {"readmit_charge": "room_fits"},
+    {"readmit_charge": "room_contexts"},
     {"readmit_charge": "room_queue"},
 ]
