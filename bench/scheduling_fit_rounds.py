@@ -210,6 +210,10 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 101,...,106 --no-fcfs --stall-split`): 0.49-0.72 s a session, 0.28-0.52 s of it while no
 # step waits to be admitted, as at web and swe seed 103 1x 50% (0.31 of 0.33 s, 0.15 of
 # 0.20 s): no queue signal tells the two apart, so no gate value is in the round.
+# Outcome: "room_fits" ranked first (2 distinct p95 misses, as every candidate; smallest gain
+# 1.58x -> 1.66x) and its non-thrash check found nothing worse: chosen by the fit. The
+# calibrated AFS veto rejects it (mean d log ratio +0.0404 against 0.0270; goal cases 15 ->
+# 15): the default stays, the three values opt-in (RESULTS "Room where it cannot cascade").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

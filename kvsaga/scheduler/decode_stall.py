@@ -1,6 +1,7 @@
 """Prefill that stalls running decodes: a cap on a batch step's prefill tokens while steps
 decode (`WorkflowScheduler(decode_prefill_tokens=...)`), and the re-admission of a demoted
-session on the pool's room alone (`readmit_charge` "room").
+session on the pool's room alone (`readmit_charge` "room", "room_queue", "room_fits",
+"room_contexts").
 
 A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), split from it by concept.
 
@@ -81,6 +82,34 @@ saw the session counts as a demoted one's in the simulator only, so in a cluster
 "room_queue" may admit on room where a real replica would charge "uncached". (Counting only
 steps whose session is in `_deferred` would avoid that, but is not verified to keep
 single-engine decisions identical, so the count is left as the gate's.)
+Correction (session 27): until round 28's change, every room value where it did not admit
+on room charged "context" (`_readmit_tokens`: the uncached part, and the whole own context
+must fit beside the admitted contexts), not "uncached" as stated above; so round 27 measured
+"room_queue" with that fallback. Fixed, "room_queue" at web seed 103 1x 50% schedules as the
+default (10 demotions, mean TCT 6.9 s): the 10 -> 15 demotions there came from the
+fallback, not from a cascade of room admissions.
+
+Room where it cannot cascade (`readmit_charge` "room_fits" / "room_contexts", `--fit`
+round 28, opt-in): "room" only where the demoted session's whole own context (its prompt
+less a prefix it shares; `_whole_over`) fits within the tiers beside the admitted sessions'
+working sets (`_committed`, what the shrink reads: "room_fits") or beside their own contexts
+(`_context_blocks`, growth not counted: "room_contexts"), else "uncached". Checked after the
+gate refused and the sessions away past their deadlines were demoted, before any session is
+demoted to make room (`WorkingSetGate._session_fits`). No rule admitting beyond the gate
+can promise that the shrink never demotes for it: once admitted the session is charged its
+whole context and its growth, which the gate's "uncached" charge already understates (that
+is the re-admission churn `_readmit_tokens` describes), and "full", the charge that
+promises it, lost round 10. "room_fits" bounds the overshoot by the session's own growth
+charge; "room_contexts" only keeps the held contexts within the tiers. The room deficits told
+to a policy read the same rule (the smaller of the gate's deficit and the whole context's).
+Counters (`bench/scheduling_bound_gap.py`, fit seeds): web seed 103 1x 50% unchanged under
+both (10 demotions); bfcl 1x 25% demotions 0.83-1.19x the default's under "room_fits",
+1.18-1.53x under "room_contexts" (mostly for the growth charged), 1.24-1.97x under the fixed
+"room_queue". Round 28 chose "room_fits" by the fit (smallest gain 1.58x -> 1.66x; bfcl 1x
+25% 1.66x, but web 1x 50% 2.72x -> 2.45x) and its non-thrash check found nothing worse; the
+calibrated AFS veto rejected it (mean d log ratio +0.0404 against 0.0270), so it stays
+opt-in with "room_contexts" (1.56x). docs/scheduler.md, "Round 28", has the figures and
+the commands.
 """
 
 from __future__ import annotations

@@ -146,8 +146,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             "cost_ends": the wait from the rate contexts end at; opt-in: `--fit` round 22),
             "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
             when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`)
-            or "room" (the pool's check alone), "room_queue" ("room" only while two or
-            more demoted sessions' steps wait, else "uncached"; `decode_stall`).
+            or "room" (the pool's check alone), "room_queue" / "room_fits" / "room_contexts"
+            ("room" while two demoted steps wait / its whole context fits; `decode_stall`).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
