@@ -49,8 +49,10 @@ from eviction_scaling import (
 
 WAYS = ("as is", "search outside", "keying outside")
 # The index's one call of a usual search, as callgrind_annotate names it (`refresh_marked`
-# since the twenty-first session; `refresh_victims` in builds before it).
-INDEX_CALLS = ("SessionHeap::refresh_marked(", "SessionHeap::refresh_victims(")
+# since the twenty-first session, `refresh_marked_runs` when the core evicts the runs since
+# the twenty-seventh; `refresh_victims` in builds before them).
+INDEX_CALLS = ("SessionHeap::refresh_marked(", "SessionHeap::refresh_marked_runs(",
+               "SessionHeap::refresh_victims(")
 
 
 def _searcher(m):

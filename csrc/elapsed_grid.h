@@ -7,6 +7,7 @@
 #pragma once
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
 #include <cmath>
 #include <cstdint>
@@ -64,5 +65,14 @@ class Grid {
   double grid_s_, ratio_, log_ratio_;
   std::vector<double> points_;
 };
+
+// kvsaga._evict.Grid's binding (csrc/session_heap.cpp's module).
+inline void bind(nanobind::module_& m) {
+  using namespace nanobind::literals;
+  nanobind::class_<Grid>(m, "Grid")
+      .def(nanobind::init<double, double, double, std::vector<double>>(), "grid_s"_a, "ratio"_a,
+           "log_ratio"_a, "points"_a)
+      .def("index", &Grid::index, "e"_a);
+}
 
 }  // namespace elapsed_grid

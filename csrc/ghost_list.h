@@ -205,4 +205,18 @@ class GhostList {
   kvcore::KeyTable table_;  // key -> its ring slot
 };
 
+// kvsaga._evict.GhostList's binding (csrc/session_heap.cpp's module).
+inline void bind(nanobind::module_& m) {
+  using namespace nanobind::literals;
+  nanobind::class_<GhostList>(m, "GhostList")
+      .def(nanobind::init<int64_t, int64_t>(), "cap"_a, "reserve"_a = 0)
+      .def("__len__", &GhostList::size)
+      .def("__contains__", &GhostList::contains, "h"_a.none())
+      .def("pop", &GhostList::pop, "h"_a.none(), "default"_a.none() = nanobind::none())
+      .def("charge", &GhostList::charge, "total"_a, "hashes"_a)
+      .def("enter", &GhostList::enter, "hashes"_a, "costs"_a)
+      .def("enter_blocks", &GhostList::enter_blocks, "blocks"_a, "hashes"_a, "positions"_a,
+           "costs"_a);
+}
+
 }  // namespace ghost

@@ -100,16 +100,20 @@ class SessionHeap {
   // `refresh_victims` with the sessions marked since the last search instead of the drops
   // (session_heap.py `refresh_marked`, which says more): those of `marked` that `groups`
   // does not hold are dropped (and leave `bases`, a dict, if given), the others left to
-  // `pushes`. `victims` false: no victims' list (None; ManagerCore.evict_runs takes the runs).
+  // `pushes`. Seven arguments, as `refresh_marked_runs`: nanobind's shorter dispatch.
   nb::tuple refresh_marked(double now, nb::handle marked, nb::handle pushes,
                            int64_t num_blocks, int64_t stale_limit, nb::handle groups,
-                           nb::handle bases, bool victims) {
-    if (!PyDict_Check(groups.ptr())) throw nb::type_error("groups must be a dict");
-    if (!bases.is_none() && !PyDict_Check(bases.ptr()))
-      throw nb::type_error("bases must be a dict or None");
-    return victims_after(refresh(now, marked, pushes, stale_limit, groups,
-                                 bases.is_none() ? nb::handle() : bases),
-                         num_blocks, groups, victims);
+                           nb::handle bases) {
+    return victims_after(refresh(now, marked, pushes, stale_limit, groups, bases), num_blocks,
+                         groups);
+  }
+
+  // `refresh_marked` with no victims' list (None; ManagerCore.evict_runs takes the runs).
+  nb::tuple refresh_marked_runs(double now, nb::handle marked, nb::handle pushes,
+                                int64_t num_blocks, int64_t stale_limit, nb::handle groups,
+                                nb::handle bases) {
+    return victims_after(refresh(now, marked, pushes, stale_limit, groups, bases), num_blocks,
+                         groups, false);
   }
 
   // Push `p` (read by `read_push`).
@@ -392,10 +396,15 @@ class SessionHeap {
   // too, and its errors name `refresh_runs` from there as well, as the Python twin's do
   // (session_heap.py `refresh_victims` calls `refresh_runs`). With `held` (a dict: the
   // groups), only the drops it does not hold are dropped (`refresh_marked`), judged after
-  // every drop was hashed and before anything changes; with `bases` too (a dict), each
-  // dropped session leaves it as well (absent ones are skipped).
+  // every drop was hashed and before anything changes; with `bases` too (a dict; None: none),
+  // each dropped session leaves it as well (absent ones are skipped).
   nb::list refresh(double now, nb::handle drops, nb::handle pushes, int64_t stale_limit,
                    nb::handle held, nb::handle bases = nb::handle()) {
+    if (held.is_valid() && !PyDict_Check(held.ptr()))
+      throw nb::type_error("groups must be a dict");
+    if (bases.is_valid() && !bases.is_none() && !PyDict_Check(bases.ptr()))
+      throw nb::type_error("bases must be a dict or None");
+    if (bases.is_valid() && bases.is_none()) bases = nb::handle();
     if (std::isnan(now)) throw nb::value_error("refresh_runs: now must not be NaN");
     // Snapshots of both, each item held (few_refs.h: no list built for a set of marks)
     few_refs::FewRefs ds, ps;
@@ -575,25 +584,14 @@ NB_MODULE(_evict, m) {
       .def("refresh_victims", &SessionHeap::refresh_victims, "now"_a, "drops"_a, "pushes"_a,
            "num_blocks"_a, "stale_limit"_a, "groups"_a)
       .def("refresh_marked", &SessionHeap::refresh_marked, "now"_a, "marked"_a, "pushes"_a,
-           "num_blocks"_a, "stale_limit"_a, "groups"_a, "bases"_a.none() = nb::none(),
-           "victims"_a = true)
+           "num_blocks"_a, "stale_limit"_a, "groups"_a, "bases"_a.none() = nb::none())
+      .def("refresh_marked_runs", &SessionHeap::refresh_marked_runs, "now"_a, "marked"_a,
+           "pushes"_a, "num_blocks"_a, "stale_limit"_a, "groups"_a,
+           "bases"_a.none() = nb::none())
       .def_static("tail_victims", &victim_runs::tail_victims, "groups"_a, "runs"_a)
       .def_static("cut_tails", &victim_runs::cut_tails, "groups"_a, "runs"_a, "block_ids"_a,
                   "dirty"_a)
       .def("clear", &SessionHeap::clear);
-  // search.py's grid_index (grid_index_py is the reference).
-  nb::class_<elapsed_grid::Grid>(m, "Grid")
-      .def(nb::init<double, double, double, std::vector<double>>(), "grid_s"_a, "ratio"_a,
-           "log_ratio"_a, "points"_a)
-      .def("index", &elapsed_grid::Grid::index, "e"_a);
-  // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference).
-  nb::class_<ghost::GhostList>(m, "GhostList")
-      .def(nb::init<int64_t, int64_t>(), "cap"_a, "reserve"_a = 0)
-      .def("__len__", &ghost::GhostList::size)
-      .def("__contains__", &ghost::GhostList::contains, "h"_a.none())
-      .def("pop", &ghost::GhostList::pop, "h"_a.none(), "default"_a.none() = nb::none())
-      .def("charge", &ghost::GhostList::charge, "total"_a, "hashes"_a)
-      .def("enter", &ghost::GhostList::enter, "hashes"_a, "costs"_a)
-      .def("enter_blocks", &ghost::GhostList::enter_blocks, "blocks"_a, "hashes"_a,
-           "positions"_a, "costs"_a);
+  elapsed_grid::bind(m);  // search.py's grid_index (grid_index_py is the reference)
+  ghost::bind(m);  // adaptive's ghost lists (kvsaga/policy/ghost_list.py is the reference)
 }

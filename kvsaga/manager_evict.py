@@ -4,8 +4,9 @@ and the owners lose them (a mixin of `kvsaga.manager.KVCacheManager`).
 Three ways, the same evictions each (issue 11: eviction cost):
 - lru on the C++ core: its victims are its queue's head, evicted in one core call
   (`ManagerCore.evict_head`);
-- a grouped policy whose usual search answers with runs off its sessions' tails (ttl's and
-  graph's fast path, kvsaga/policy/fast_search.py; the policy says so by `evicts_runs`), on
+- a grouped policy whose usual search answers with runs off its sessions' tails (ttl's,
+  graph's and saga's whole-run searches, kvsaga/policy/search.py `_index_victims` and
+  fast_search.py; the policy says so by `evicts_runs`), on
   the C++ core with no host tier and no journal: `choose_victims(n, now, True)` returns None
   and leaves the runs in the policy's `_runs`, and the core evicts them
   (`ManagerCore.evict_runs`, csrc/tail_runs.h): no Python list of victims, no check of one,

@@ -8,17 +8,29 @@ from __future__ import annotations
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.search import _BY_CLASS
 
+# What a search answering with runs goes through (search.py `_index_victims`, `_take_runs`,
+# `_rekey_all_now`) and the uncaching whose cut the manager's core makes in its place
+# (groups.py `blocks_uncached`): a class that overrides one evicts by the list.
+RUNS_PATH = ("_index_victims", "_take_runs", "_rekey_all_now", "blocks_uncached")
+
+
+def evicts_runs(cls: type, choose) -> bool:
+    """Whether the manager may ask `cls`'s policies for runs (base.py `evicts_runs`): its
+    `choose_victims` is `choose` (which passes `runs` on) and it takes `RUNS_PATH` from
+    groups.py."""
+    return cls.choose_victims is choose and all(
+        getattr(cls, f) is getattr(GroupedPolicy, f) for f in RUNS_PATH)
+
 
 def enable(policy, owner: type, reads: tuple[str, ...]) -> None:
     """Give `policy` (an `owner`) its fast path's switch and counts: on where its class
     takes every method of `reads` (what the fast path inlines) from `owner`, so that a
     subclass that changes its keying takes the general path; `_fast = False` turns it off.
-    `evicts_runs` (base.py) where it is on, the class takes `choose_victims` from `owner` and
-    the pool's `blocks_uncached` is groups.py's (whose cut the manager's core makes)."""
+    `evicts_runs` (base.py) where it is on and the class takes `choose_victims` from
+    `owner` (`evicts_runs` above)."""
     cls = type(policy)
     policy._fast = all(getattr(cls, f) is getattr(owner, f) for f in reads)
-    policy.evicts_runs = (policy._fast and cls.choose_victims is owner.choose_victims
-                          and cls.blocks_uncached is GroupedPolicy.blocks_uncached)
+    policy.evicts_runs = policy._fast and evicts_runs(cls, owner.choose_victims)
     policy.fast_searches = 0  # searches the fast path made
     policy.general_searches = 0  # searches it handed to the general path
 
@@ -35,8 +47,8 @@ def finish(self, num_blocks: int, now: float, pushes: list, runs: bool = False
     self._ending = None
     self._plan = None
     dirty, groups, index = self._dirty, self.groups, self._index
-    due, self._runs, out = index.refresh_marked(
-        now, dirty, pushes, num_blocks, 2 * len(groups) + 64, groups, self._base, not runs)
+    due, self._runs, out = (index.refresh_marked_runs if runs else index.refresh_marked)(
+        now, dirty, pushes, num_blocks, 2 * len(groups) + 64, groups, self._base)
     base = self._base
     for p in pushes:
         base[p[0]] = None
@@ -45,11 +57,7 @@ def finish(self, num_blocks: int, now: float, pushes: list, runs: bool = False
         if len(due) >= _BY_CLASS and self.class_keys:
             due = self._rekey_by_class(due, now)
         self._drop_or_rekey(set(due), now)
-        if runs:  # `_take_runs` without its victims' list (`out` stays None)
-            index.restore()
-            self._runs = index.runs(num_blocks)
-        else:
-            out = self._take_runs(num_blocks)
+        out = self._take_runs(num_blocks, not runs)  # (`runs`: no victims' list, None)
     if not (self._one_key or self._keys_nonincreasing()):
         # That keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
         # the runs go back and the general search merges, as `_index_victims` does.

@@ -42,7 +42,7 @@ def search(self, num_blocks: int, now: float, runs: bool = False) -> list[int] |
             or not (self.indexed and self.class_keys and self.class_formulas
                     and self._costs_rise) or self._global is not None):
         self.general_searches += 1
-        return _general(self, num_blocks, now)
+        return _general(self, num_blocks, now, runs)
     # `_keys_token`, compared with the last search's without building it
     token, trust = self._token, self.trust
     learned, at = self._learned, self._learned_at_rebuild
@@ -51,7 +51,7 @@ def search(self, num_blocks: int, now: float, runs: bool = False) -> list[int] |
             or token[2] != (0 if trust is None else trust.version)
             or (learned != at and learned - at > self.relearn_share * len(self.groups))):
         self.general_searches += 1
-        return _general(self, num_blocks, now)
+        return _general(self, num_blocks, now, runs)
     # The pushes, as `_keys` with `_timed_base` and `_entry_key` gives them, when each
     # marked session is paused, unhinted, not demoted or ready, of a class whose rate at its
     # grid point, formula and id are known, its tail's rebuild cost priced (else: general).
@@ -85,4 +85,4 @@ def search(self, num_blocks: int, now: float, runs: bool = False) -> list[int] |
     else:
         return finish(self, num_blocks, now, pushes, runs)
     self.general_searches += 1
-    return _general(self, num_blocks, now)
+    return _general(self, num_blocks, now, runs)

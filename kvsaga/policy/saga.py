@@ -37,6 +37,7 @@ import math
 
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
+from kvsaga.policy.fast_search import evicts_runs
 from kvsaga.policy.groups import GroupedPolicy
 from kvsaga.policy.lognormal import EmaLogNormal
 from kvsaga.policy.search import GRID_S, grid_index, sticky_level
@@ -94,6 +95,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
         self._stats_at: tuple[int, int] = (-1, -1)
+        # Its usual search's victims, whole runs off sessions' tails, evicted by the manager's
+        # C++ core (fast_search.py `evicts_runs`; search.py `_index_victims` with `runs`).
+        self.evicts_runs = evicts_runs(type(self), SagaPolicy.choose_victims)
 
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:

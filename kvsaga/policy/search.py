@@ -62,6 +62,18 @@ from collections.abc import Hashable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+# The elapsed-time grid and sticky levels (grid.py), read from here by the policies and tests.
+from kvsaga.policy.grid import (  # noqa: F401
+    _GRID_POINTS,
+    _LOG_RATIO,
+    GRID_RATIO,
+    GRID_S,
+    elapsed_grid,
+    grid_index,
+    grid_index_py,
+    sticky_level,
+)
+
 Stream = Iterator[tuple[Any, int]]
 # The class attributes a search reads (`VictimSearch`), copied onto each policy (groups.py).
 SEARCH_FLAGS = ("indexed", "class_keys", "class_formulas", "_one_key", "_prepares",
@@ -71,64 +83,6 @@ _REKEY_ALL = object()  # a global state no policy has: the next search re-keys e
 # Due sessions from this many on are re-keyed by class (`_rekey_by_class`), not each in
 # Python: after an expert of adaptive led no search for an epoch, nearly all of them.
 _BY_CLASS = 8
-
-GRID_S = 1e-3  # first point of the elapsed-time grid
-GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
-_LOG_RATIO = math.log(GRID_RATIO)
-
-
-def _grid_point(k: int) -> float:
-    return GRID_S * GRID_RATIO**k
-
-
-# The grid's first points (to about 10^16 s), the same floats `_grid_point` gives: keying
-# reads them without a pow() each.
-_GRID_POINTS = tuple(map(_grid_point, range(256)))
-
-
-def grid_index_py(e: float) -> tuple[int, float, float]:
-    """(k, e rounded down to the grid, the next grid point) for e >= 0: the grid is 0, 1 ms,
-    then x 2^(1/4) steps, and k numbers its points (-1: 0; 0: 1 ms). The victim index
-    (session_heap.py, in C++ too) reads it this way, operation for operation, to re-key a
-    session from its class's keys by grid point. The reference of `grid_index`."""
-    if e < GRID_S:
-        return -1, 0.0, GRID_S
-    k = math.floor(math.log(e / GRID_S) / _LOG_RATIO + 1e-12)
-    points = _GRID_POINTS if k < len(_GRID_POINTS) - 1 else tuple(map(_grid_point,
-                                                                       range(k + 2)))
-    lo = points[k]
-    if lo > e:  # rounding in log(): step back
-        k -= 1
-        lo = points[k]
-    return k, lo, points[k + 1]
-
-
-grid_index = grid_index_py
-try:
-    from kvsaga._evict import Grid
-except ImportError:  # not built: the Python reference reads the grid
-    pass
-else:
-    # The same answers as one C++ call (csrc/elapsed_grid.h), which keying makes once per
-    # keyed session: a Python function less each (tests/policy/test_session_heap.py).
-    grid_index = Grid(GRID_S, GRID_RATIO, _LOG_RATIO, list(_GRID_POINTS)).index
-
-
-def elapsed_grid(e: float) -> tuple[float, float]:
-    """(e rounded down to the grid, the next grid point) (`grid_index`).
-
-    Keys that depend on time read it through this grid, so they change at grid points only.
-    """
-    _, lo, hi = grid_index(e)
-    return lo, hi
-
-
-def sticky_level(x: float, level: int, ratio: float) -> int:
-    """x's level on a geometric scale (level k stands for ratio**k), kept at `level` while x
-    stays within one step of it: a normalizer that hovers near a boundary does not flip
-    every key back and forth. x must be > 0."""
-    exact = math.log(x) / math.log(ratio)
-    return level if abs(exact - level) <= 1.0 else round(exact)
 
 
 class VictimSearch:
@@ -167,15 +121,17 @@ class VictimSearch:
         cls._timed = hasattr(cls, "_timed_base")
 
     # -- victims ------------------------------------------------------------------------------
-    def choose_victims(self, num_blocks: int, now: float) -> list[int]:
+    def choose_victims(self, num_blocks: int, now: float, runs: bool = False
+                       ) -> list[int] | None:
         # `_touch`, inline: each Python call on this path costs microseconds when a search
-        # finds its code out of the CPU caches, as one between two steps does.
+        # finds its code out of the CPU caches, as one between two steps does. `runs`:
+        # `_index_victims`'s (the manager asks so when the policy `evicts_runs`).
         self._now = now
         self._ending = None
         if num_blocks <= 0:
             return []
         if self.indexed:
-            return self._index_victims(num_blocks, now)
+            return self._index_victims(num_blocks, now, runs)
         return self._scan_victims(num_blocks, now)
 
     def eviction_order(self, now: float | None = None) -> list[int]:
@@ -215,7 +171,8 @@ class VictimSearch:
         return out
 
     # -- the index ----------------------------------------------------------------------------
-    def _index_victims(self, num_blocks: int, now: float) -> list[int]:
+    def _index_victims(self, num_blocks: int, now: float, runs: bool = False
+                       ) -> list[int] | None:
         """Merge the indexed sessions' tails with the dead and plain streams.
 
         Candidates: the index's top, `more` (the rest of sessions taken from in this call)
@@ -228,6 +185,9 @@ class VictimSearch:
         index call, `refresh_marked`: the drops, the keys Python computed for the sessions
         marked since, the time-driven re-keys, the runs and their victims (each Python call
         on this path costs a search between two steps its code's cache misses).
+        With `runs`, a search whose victims are whole runs off tails answers None, its runs
+        in `_runs` and no list of them made (the manager's C++ core evicts them:
+        manager_evict.py); any other answer is the list, as without.
         """
         self._plan = None
         if self._states:
@@ -243,6 +203,7 @@ class VictimSearch:
         whole = not (self.dead._size or self.plain._size) and (
             self._one_key or self._keys_nonincreasing())
         want = num_blocks if whole else -1
+        listed = not (runs and whole)  # (else the runs alone: `refresh_marked_runs`)
         index = self._index
         relearn = (self._learned != self._learned_at_rebuild
                    and self._learned - self._learned_at_rebuild
@@ -273,7 +234,8 @@ class VictimSearch:
             classes, known = self._classes, len(self._classes)
             try:
                 pushes = self._keys(dirty, now, bases) if dirty else []
-                due, self._runs, out = index.refresh_marked(
+                due, self._runs, out = (
+                    index.refresh_marked if listed else index.refresh_marked_runs)(
                     now, dirty, pushes, want, 2 * len(groups) + 64, groups, self._base)
             except BaseException:
                 given = list(classes)[known:]  # the class ids this keying gave
@@ -291,9 +253,9 @@ class VictimSearch:
                 if len(due) >= _BY_CLASS and self.class_keys:
                     due = self._rekey_by_class(due, now)
                 self._drop_or_rekey(set(due), now)
-                out = self._take_runs(want)
+                out = self._take_runs(want, listed)
         else:
-            out = self._rekey_all_now(state, now, want)
+            out = self._rekey_all_now(state, now, want, listed)
         if whole and not (self._one_key or self._keys_nonincreasing()):
             # Keying priced a position whose rebuild cost falls (graph's `_costs_rise`):
             # the runs taken go back, and the general search merges.
@@ -304,7 +266,8 @@ class VictimSearch:
         if whole:
             # Its uncaching needs no work per block. (The victims as returned, not a copy:
             # the plan's runs are what its uncaching reads, and the caller evicts the list.)
-            self._plan = (out, self._runs)
+            if listed:
+                self._plan = (out, self._runs)
             return out
         out = []
         streams = self._queue_streams(now) if self.dead._size or self.plain._size else []
@@ -364,10 +327,11 @@ class VictimSearch:
                     break
                 out.append(nb)
 
-    def _rekey_all_now(self, state: Hashable, now: float, num_blocks: int) -> list[int] | None:
+    def _rekey_all_now(self, state: Hashable, now: float, num_blocks: int,
+                       victims: bool = True) -> list[int] | None:
         """`_index_victims`'s full re-key (relearning, a new `_global_state`): every session
         keyed again, by class where it can (`_rekey_everyone`); then, for `num_blocks` >= 0,
-        the index's runs for that many blocks (into `_runs`) and their victims."""
+        the index's runs for that many blocks (into `_runs`) and their victims (`victims`)."""
         dirty = self._dirty
         learned_before = self._learned_at_rebuild
         self._global = state
@@ -388,17 +352,18 @@ class VictimSearch:
             self._learned_at_rebuild = learned_before
             raise
         dirty.clear()
-        return self._take_runs(num_blocks)
+        return self._take_runs(num_blocks, victims)
 
-    def _take_runs(self, num_blocks: int) -> list[int] | None:
+    def _take_runs(self, num_blocks: int, victims: bool = True) -> list[int] | None:
         """The end of a search after Python keyed sessions: put back what earlier searches took
-        aside, then the index's runs for `num_blocks` (>= 0; into `_runs`) and their victims."""
+        aside, then the index's runs for `num_blocks` (>= 0; into `_runs`) and, with
+        `victims`, their victims (None without)."""
         index = self._index
         index.restore()
         if num_blocks < 0:
             return None
         self._runs = runs = index.runs(num_blocks)
-        return index.tail_victims(self.groups, runs)
+        return index.tail_victims(self.groups, runs) if victims else None
 
     def _drop_or_rekey(self, sids: set[str], now: float) -> None:
         """Re-key those of `sids` that hold cached blocks; drop the others from the index."""

@@ -524,7 +524,7 @@ class PySessionHeap:
 
     def refresh_marked(self, now: float, marked: Iterable[Hashable], pushes: Iterable[tuple],
                        num_blocks: int, stale_limit: int, groups: dict[Hashable, list[int]],
-                       bases: dict | None = None, victims: bool = True
+                       bases: dict | None = None
                        ) -> tuple[list[Hashable] | None, list[tuple[Hashable, int]] | None,
                                   list[int] | None]:
         """`refresh_victims` given the sessions marked since the last search instead of the
@@ -533,8 +533,20 @@ class PySessionHeap:
         then needs no set operation in Python to split its marks into kept and gone: the
         index makes that split with the lookups it makes anyway. With `bases` (a dict:
         search.py's `_base`), each dropped session leaves it too, as it leaves the index
-        (nothing leaves it when the call is refused). With `victims` false the victims are
-        None, the runs alone (the manager's C++ core evicts them: `ManagerCore.evict_runs`)."""
+        (nothing leaves it when the call is refused). Seven arguments, as
+        `refresh_marked_runs`: the C++ twin's calls then take nanobind's shorter dispatch."""
+        return self._marked(now, marked, pushes, num_blocks, stale_limit, groups, bases, True)
+
+    def refresh_marked_runs(self, now: float, marked: Iterable[Hashable],
+                            pushes: Iterable[tuple], num_blocks: int, stale_limit: int,
+                            groups: dict[Hashable, list[int]], bases: dict | None = None
+                            ) -> tuple[list[Hashable] | None,
+                                       list[tuple[Hashable, int]] | None, None]:
+        """`refresh_marked` with None for the victims, the runs alone (the manager's C++
+        core evicts them: `ManagerCore.evict_runs`)."""
+        return self._marked(now, marked, pushes, num_blocks, stale_limit, groups, bases, False)
+
+    def _marked(self, now, marked, pushes, num_blocks, stale_limit, groups, bases, victims):
         if not isinstance(groups, dict):
             raise TypeError("groups must be a dict")
         if bases is not None and not isinstance(bases, dict):

@@ -47,7 +47,7 @@ def choose_victims(self, num_blocks: int, now: float, runs: bool = False
     if (not self._fast or num_blocks <= 0 or self.dead._size or self.plain._size
             or not (self.indexed and self.class_keys and self.class_formulas)):
         self.general_searches += 1
-        return _general(self, num_blocks, now)
+        return _general(self, num_blocks, now, runs)
     # `rent`: the same usage gives the last rent (its level and price unchanged).
     u, top = self.usage(), self.max_usage
     u = top if top < u else u
@@ -58,7 +58,7 @@ def choose_victims(self, num_blocks: int, now: float, runs: bool = False
             or token is not self._token or rent != self._global
             or (learned != at and learned - at > self.relearn_share * len(self.groups))):
         self.general_searches += 1
-        return _general(self, num_blocks, now)
+        return _general(self, num_blocks, now, runs)
     # The pushes of the marked sessions, as `_keys` with `_timed_base` and `_key` gives
     # them, when each is a paused, unhinted session before its TTL whose class key and
     # formula `_memo` holds and whose class has an id (else: the general path).
@@ -94,4 +94,4 @@ def choose_victims(self, num_blocks: int, now: float, runs: bool = False
         self._rent = rent
         return finish(self, num_blocks, now, pushes, runs)
     self.general_searches += 1
-    return _general(self, num_blocks, now)
+    return _general(self, num_blocks, now, runs)

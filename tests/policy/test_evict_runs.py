@@ -1,7 +1,8 @@
 """The manager's C++ core evicting a grouped policy's runs (kvsaga/manager_evict.py,
-`ManagerCore.evict_runs`, csrc/tail_runs.h; issue 11): ttl's and graph's usual search answers
-with runs off its sessions' tails, and the core evicts them with no list of victims and no
-call back into the policy's `blocks_uncached`. The same walks run with that path on and off
+`ManagerCore.evict_runs`, csrc/tail_runs.h; issue 11): ttl's, graph's and saga's usual search
+(ttl's and graph's fast path or general search, saga's general search) answers with runs off
+its sessions' tails, and the core evicts them with no list of victims and no call back into
+the policy's `blocks_uncached`. The same walks run with that path on and off
 (`evicts_runs = False`: the policy's list of victims, checked and evicted, the pool calling
 `blocks_uncached`) must leave the same pool, prefix index, owners and policy state after
 every call, with and without a host tier, a journal, prefix-shared blocks; a bad answer
@@ -103,14 +104,31 @@ def _cpp() -> bool:
     return os.environ["KVSAGA_CORE"] == "cpp"
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+RUNS = ["ttl", "graph", "saga"]
+
+
+@pytest.mark.parametrize("name", RUNS)
 def test_the_policies_that_evict_runs(name):
     assert make_policy(name).evicts_runs
-    for other in ("lru", "saga", "adaptive"):
+    for other in ("lru", "adaptive"):
         assert not make_policy(other).evicts_runs
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph", "graph-trust"])
+def test_a_subclass_that_changes_the_runs_path_evicts_by_the_list():
+    from kvsaga.policy.saga import SagaPolicy
+
+    class Listed(SagaPolicy):
+        def _take_runs(self, num_blocks, victims=True):
+            return super()._take_runs(num_blocks, victims)
+
+    class Chosen(SagaPolicy):
+        def choose_victims(self, num_blocks, now, runs=False):
+            return super().choose_victims(num_blocks, now)
+
+    assert not Listed().evicts_runs and not Chosen().evicts_runs
+
+
+@pytest.mark.parametrize("name", [*RUNS, "graph-trust"])
 def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_bench_shape(name):
     trust = name == "graph-trust"
     name = name.split("-")[0]
@@ -124,7 +142,7 @@ def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_bench_shape
 
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
 @pytest.mark.parametrize("host", [0, 16])
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_walks(
         name, host, workload):
     """The walks of victim_record.py: prefixes shared by several sessions (plain cache),
@@ -139,7 +157,7 @@ def test_runs_evicted_by_the_core_leave_the_state_of_the_list_on_the_walks(
             assert on._hot.runs == 0
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_a_journal_takes_the_list_and_reads_the_same_victims(name):
     on, off = (_manager(name, r, 200) for r in (True, False))
     on.start_journal()
@@ -156,7 +174,7 @@ def _at_a_usual_search(name: str):
     return m
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_a_failed_allocation_changes_nothing(name):
     """A running step holding most of the pool (its allocation evicted by the runs), then one
     asking for more than is free or evictable: OutOfBlocks, nothing changed."""
@@ -193,7 +211,7 @@ def _bad_runs(m) -> list:
     ]
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_bad_runs_raise_and_change_nothing(name):
     if not _cpp():
         pytest.skip("the C++ core's call")
@@ -231,7 +249,7 @@ class _Observer:
             setattr(self, name, getattr(policy, name))
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_runs_go_the_lists_way_when_the_pool_observer_is_another(name):
     on, off = (_manager(name, r, 200) for r in (True, False))
     for m in (on, off):
@@ -241,7 +259,7 @@ def test_runs_go_the_lists_way_when_the_pool_observer_is_another(name):
         assert on._hot.runs > 0 and on._hot.taken == 0
 
 
-@pytest.mark.parametrize("name", ["ttl", "graph"])
+@pytest.mark.parametrize("name", RUNS)
 def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
     """One usual search answered as runs: its victims (the runs' heads of the groups) are
     what the list's way names, and after the core evicted them the pool, index, owners and
@@ -265,9 +283,9 @@ def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
 
 
 @pytest.mark.parametrize("cpp", [False, True])
-def test_refresh_marked_without_victims_gives_the_same_runs(cpp):
-    """`refresh_marked(..., victims=False)`: the runs of the call with victims, None in the
-    victims' place, on both twins of the index."""
+def test_refresh_marked_runs_gives_the_runs_of_refresh_marked(cpp):
+    """`refresh_marked_runs`: the runs of `refresh_marked`'s call, None in the victims'
+    place, on both twins of the index."""
     from kvsaga._core import cpp_available
     from kvsaga.policy.session_heap import make_session_heap
 
@@ -280,7 +298,8 @@ def test_refresh_marked_without_victims_gives_the_same_runs(cpp):
         for i, sid in enumerate(groups):
             index.push(sid, (1, float(6 - i)), 10 * i, 3, float("inf"), 0.0, None)
         marked = {"s0", "gone"}
-        answers.append(index.refresh_marked(1.0, marked, [], 7, 64, groups, {}, victims))
+        call = index.refresh_marked if victims else index.refresh_marked_runs
+        answers.append(call(1.0, marked, [], 7, 64, groups, {}))
     (due, runs, listed), (due2, runs2, none) = answers
     assert due is None and due2 is None and runs2 == runs and none is None
     assert listed == [b for sid, k in runs for b in [10 * int(sid[1:]) + j for j in range(k)]]

@@ -2,7 +2,8 @@
 index call given the sessions marked since the last search, of which the index drops those
 the groups no longer hold. Both indexes answer alike and are left alike, the answer is
 `refresh_victims` given just the gone sessions as drops, and bad input is refused alike
-(same error, same message) with nothing changed."""
+(same error, same message) with nothing changed. `refresh_marked_runs` is the same call with
+None in the victims' place (the manager's C++ core evicts the runs): `refresh_runs` of the gone."""
 
 from __future__ import annotations
 
@@ -38,13 +39,19 @@ def _outcome(fn, *args):
         return type(e).__name__, str(e)
 
 
+def _runs_only(outcome):
+    """`refresh_runs`' outcome as `refresh_marked_runs` gives it: None for the victims."""
+    return ("ok", (*outcome[1], None)) if outcome[0] == "ok" else outcome
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["listed", "runs"])
 @pytest.mark.parametrize("cpp", [False, True], ids=["python", "cpp"])
 @settings(max_examples=200, deadline=None)
 @given(seq=st.lists(st.one_of(ops, refresh), max_size=40), now=times,
        marked=st.lists(sids, max_size=5), held=held_st, push=pushes,
        num_blocks=st.integers(-1, 12), stale_limit=st.integers(0, 8))
-def test_refresh_marked_is_refresh_victims_of_the_gone(cpp, seq, now, marked, held, push,
-                                                       num_blocks, stale_limit):
+def test_refresh_marked_is_refresh_victims_of_the_gone(cpp, runs, seq, now, marked, held,
+                                                       push, num_blocks, stale_limit):
     """After any history, `refresh_marked` answers as `refresh_victims` given as drops the
     marked sessions that `groups` does not hold, and leaves the index as it does."""
     if cpp and SessionHeap is None:
@@ -56,21 +63,27 @@ def test_refresh_marked_is_refresh_victims_of_the_gone(cpp, seq, now, marked, he
         if sid not in held and sid in marked:
             del groups[sid]  # marked and holding nothing: gone
     gone = [sid for sid in marked if sid not in groups]
-    got = _outcome(a.refresh_marked, now, marked, push, num_blocks, stale_limit, groups)
-    want = _outcome(b.refresh_victims, now, gone, push, num_blocks, stale_limit, groups)
+    if runs:  # (no victims read off the groups: the runs as `refresh_runs` gives them)
+        got = _outcome(a.refresh_marked_runs, now, marked, push, num_blocks, stale_limit,
+                       groups)
+        want = _runs_only(_outcome(b.refresh_runs, now, gone, push, num_blocks, stale_limit))
+    else:
+        got = _outcome(a.refresh_marked, now, marked, push, num_blocks, stale_limit, groups)
+        want = _outcome(b.refresh_victims, now, gone, push, num_blocks, stale_limit, groups)
     assert got == want
     assert _state(a) == _state(b)
     for later in (0.5, 3.0, 50.0):
         assert a.due(later) == b.due(later)
 
 
+@pytest.mark.parametrize("call", ["refresh_marked", "refresh_marked_runs"])
 @needs_cpp
 @settings(max_examples=300, deadline=None)
 @given(seq=st.lists(st.one_of(ops, refresh), max_size=40), now=times,
        marked=st.lists(sids, max_size=5), held=held_st, push=pushes,
        num_blocks=st.integers(-1, 12), stale_limit=st.integers(0, 8))
-def test_refresh_marked_answers_alike_in_both_indexes(seq, now, marked, held, push, num_blocks,
-                                                      stale_limit):
+def test_refresh_marked_answers_alike_in_both_indexes(call, seq, now, marked, held, push,
+                                                      num_blocks, stale_limit):
     """The twins: the same history and call give the same answer (or the same error) and
     leave the same index, whichever sessions the groups hold."""
     py, cpp = _indexes()
@@ -78,7 +91,7 @@ def test_refresh_marked_answers_alike_in_both_indexes(seq, now, marked, held, pu
         assert _apply(py, op) == _apply(cpp, op)
     groups = dict(held)
     args = (now, marked, push, num_blocks, stale_limit, groups)
-    assert _outcome(py.refresh_marked, *args) == _outcome(cpp.refresh_marked, *args)
+    assert _outcome(getattr(py, call), *args) == _outcome(getattr(cpp, call), *args)
     assert _state(py) == _state(cpp)
     for later in (0.5, 3.0, 50.0):
         assert py.due(later) == cpp.due(later)
@@ -105,8 +118,9 @@ BAD = {
 }
 
 
+@pytest.mark.parametrize("call", ["refresh_marked", "refresh_marked_runs"])
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_is_refused_alike_and_changes_nothing(case):
+def test_bad_input_is_refused_alike_and_changes_nothing(case, call):
     """A bad call raises the same error with the same message in both indexes, and the
     index is as it was: the gone mark "a" was not dropped, the good push not made, the
     timers left alone."""
@@ -115,7 +129,7 @@ def test_bad_input_is_refused_alike_and_changes_nothing(case):
         _two_sessions(index)
         before = _state(index)
         with pytest.raises((TypeError, ValueError)) as e:
-            index.refresh_marked(now, marked, push, 4, 100, groups)
+            getattr(index, call)(now, marked, push, 4, 100, groups)
         assert (e.type.__name__, str(e.value)) == (kind, message), type(index).__name__
         assert _state(index) == before
         assert index.due(1.0) == ["a"]

@@ -182,8 +182,8 @@ def test_victims_are_the_same_on_either_index(spec, seed, workload):
 
 
 class _Refusing:
-    """An index whose `refresh_runs`, `refresh_victims` and `refresh_marked` raise (as on a
-    bad push); the rest is the real one's."""
+    """An index whose `refresh_runs`, `refresh_victims`, `refresh_marked` and
+    `refresh_marked_runs` raise (as on a bad push); the rest is the real one's."""
 
     def __init__(self, real):
         self._real = real
@@ -197,7 +197,7 @@ class _Refusing:
     def refresh_runs(self, *args):
         raise ValueError("refresh_runs: push 0: refused")
 
-    refresh_victims = refresh_marked = refresh_runs
+    refresh_victims = refresh_marked = refresh_marked_runs = refresh_runs
 
 
 @pytest.mark.parametrize("spec", ["ttl", "graph"])
