@@ -22,6 +22,22 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], s
     return read
 
 
+def _bytes(name: str, default: int) -> Callable[[], int]:
+    def read() -> int:
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"{name}={text!r}: expected a whole number of bytes >= 0")
+        return value
+
+    return read
+
+
 def _string(name: str) -> Callable[[], str | None]:
     def read() -> str | None:
         return os.environ.get(name) or None
@@ -45,6 +61,12 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # `weights_mode`): "once" (the parameters alone), "packed" (plus two reordered copies,
     # faster decode, 3x the memory) or unset/"auto": packed up to 1 GiB of linear weights.
     "KVSAGA_CPU_WEIGHTS": _choice("KVSAGA_CPU_WEIGHTS", "auto", ("auto", "once", "packed")),
+    # fp32 CPU model: a linear of up to 16 rows whose weight takes fewer bytes than this,
+    # and a decode-sized pass's attention reading fewer K/V bytes a layer, run on the engine
+    # thread alone instead of waking torch's OpenMP workers (kvsaga/engine/model.py,
+    # `pack_weights`' `serial_below`); 0: every op as before. Read at model load.
+    # Unset/empty: 4 MiB.
+    "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 4 << 20),
 }
 
 

@@ -107,6 +107,9 @@ class Packed(NamedTuple):
     # "packed": the weight's storage when it was copied, held so that its address (in
     # `source`) cannot be given to a new weight while these copies would pass for it.
     storage: torch.UntypedStorage | None = None
+    # The small GEMM runs this weight on the calling thread alone (`pack`'s `serial_below`):
+    # its stream is too short to pay for waking torch's OpenMP workers.
+    serial: bool = False
 
 
 def _source(weight: torch.Tensor) -> tuple:
@@ -135,7 +138,7 @@ def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
-         mode: str = "once") -> Packed | None:
+         mode: str = "once", serial_below: int = 0) -> Packed | None:
     """Check, for `linear`, the paths that read fp32 CPU `weight` [N, K] in place: oneDNN's
     linear and (where this CPU has its tiles) the small GEMM. None, so F.linear, unless
     `weight` is a 2-D fp32 CPU tensor with contiguous rows and at least one path runs and
@@ -143,9 +146,14 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
     whose kernels cannot run here must cost speed, never correctness). Copies nothing in
     `mode` "once"; "packed" adds oneDNN's reordered copy and the small GEMM's column-group
     copy (`pack_rows`), each probed the same way (one that fails is left out).
+    `serial_below` (bytes, >= 0): a weight of fewer bytes takes the small GEMM on the calling
+    thread alone (`Packed.serial`; the same bits: the kernel's sums do not depend on the
+    thread count), 0 none; ValueError for a negative or non-integer value.
     """
     if mode not in ("once", "packed"):
         raise ValueError(f"mode must be 'once' or 'packed', got {mode!r}")
+    if isinstance(serial_below, bool) or not isinstance(serial_below, int) or serial_below < 0:
+        raise ValueError(f"serial_below must be an int >= 0 (bytes), got {serial_below!r}")
     if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2
             or weight.stride(1) != 1):
         return None
@@ -172,8 +180,9 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
             small = False
     if not (onednn or small):
         return None
+    serial = w.numel() * w.element_size() < serial_below
     if mode == "once":
-        return Packed(source, onednn, small)
+        return Packed(source, onednn, small, serial=serial)
     tensor = None
     if onednn:
         try:
@@ -182,7 +191,8 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None,
                 tensor = None
         except RuntimeError:
             tensor = None
-    return Packed(source, onednn, small, tensor, pack_rows(w, bias), w.untyped_storage())
+    return Packed(source, onednn, small, tensor, pack_rows(w, bias), w.untyped_storage(),
+                  serial)
 
 
 # Rows oneDNN's reorder is laid out for ("packed" mode). oneDNN picks its blocking from it;
@@ -292,8 +302,9 @@ def linear(
     2-D input of up to `SMALL_ROWS` rows whose rows are contiguous takes the small GEMM
     where it was checked, the bias (if any) is fp32 [N] on the CPU, and either
     one thread runs or torch's OpenMP team is joinable (else oneDNN, which has its own
-    threads); one that requires grad while grad is enabled does not. Everything else takes
-    oneDNN where it was checked, else F.linear.
+    threads), on the calling thread alone where `packed.serial`; one that requires grad
+    while grad is enabled does not. Everything else takes oneDNN where it was checked, else
+    F.linear.
     """
     if (packed is None or not x.is_cpu or x.dtype != torch.float32
             or packed.source != _source(weight)):
@@ -306,6 +317,8 @@ def linear(
         team = inplace.team_address()
         threads = torch.get_num_threads()
         if team or threads == 1:
+            if packed.serial:
+                threads = 1  # no parallel region: the workers stay asleep
             b = None if bias is None else bias.detach().contiguous()
             if packed.rows is not None:
                 return _small_groups(x, packed.rows, weight.shape[0], threads, team, b)

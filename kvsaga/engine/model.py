@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvsaga import kernels
+from kvsaga import envs, kernels
 from kvsaga.engine import cpu_linear, fused_ops
 from kvsaga.engine.attn_metadata import AttentionMetadata
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
@@ -152,11 +152,11 @@ class Attention(nn.Module):
         self.qkv_packed: cpu_linear.Packed | None = None  # pack_weights fills them
         self.o_packed: cpu_linear.Packed | None = None
 
-    def pack_weights(self, mode: str = "once") -> None:
+    def pack_weights(self, mode: str = "once", serial_below: int = 0) -> None:
         """(Re)check the projections' CPU paths (`cpu_linear.pack`, `mode` "once" or
-        "packed") on the current weights."""
-        self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias, mode)
-        self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias, mode)
+        "packed", `serial_below` bytes) on the current weights."""
+        self.qkv_packed = cpu_linear.pack(self.qkv_proj, self.qkv_bias, mode, serial_below)
+        self.o_packed = cpu_linear.pack(self.o_proj, self.o_bias, mode, serial_below)
 
     def forward(self, x: torch.Tensor, step: StepArgs, i: int,
                 rows: KeptRows | None = None) -> torch.Tensor:
@@ -230,11 +230,11 @@ class MLP(nn.Module):
         self.gate_up_packed: cpu_linear.Packed | None = None  # pack_weights fills them
         self.down_packed: cpu_linear.Packed | None = None
 
-    def pack_weights(self, mode: str = "once") -> None:
+    def pack_weights(self, mode: str = "once", serial_below: int = 0) -> None:
         """(Re)check the projections' CPU paths (`cpu_linear.pack`, `mode` "once" or
-        "packed") on the current weights."""
-        self.gate_up_packed = cpu_linear.pack(self.gate_up_proj, None, mode)
-        self.down_packed = cpu_linear.pack(self.down_proj, None, mode)
+        "packed", `serial_below` bytes) on the current weights."""
+        self.gate_up_packed = cpu_linear.pack(self.gate_up_proj, None, mode, serial_below)
+        self.down_packed = cpu_linear.pack(self.down_proj, None, mode, serial_below)
 
     def forward(self, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """fused: `StepArgs.fused` (None: ask `fused_ops.supports`)."""
@@ -315,6 +315,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.lm_head_packed: cpu_linear.Packed | None = None  # pack_weights fills it
         self.weights_mode = "once"  # pack_weights sets it: "once" or "packed"
+        self.serial_below = 0  # pack_weights sets it (`pack_weights`' docstring)
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
@@ -355,7 +356,8 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
         plan = self._step_plan(kv_cache, attn_metadata, x)
         layers = (None if plan is None
-                  else plan.bind_layers(kv_cache, cos, sin, self.config.num_heads))
+                  else plan.bind_layers(kv_cache, cos, sin, self.config.num_heads,
+                                        self._attention_threads(kv_cache, attn_metadata, x)))
         step = StepArgs(cos, sin, kv_cache, attn_metadata, plan, layers, self._fused(x))
         kept = None if rows is None else KeptRows.build(rows, positions, attn_metadata)
         last = len(self.layers) - 1
@@ -381,6 +383,16 @@ class LlamaForCausalLM(nn.Module):
         if x.dim() == 2 and fused_ops.supports(x, *weights):
             return True
         return None
+
+    def _attention_threads(self, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                           x: torch.Tensor) -> int | None:
+        """1 where a pass of up to `cpu_linear.SMALL_ROWS` tokens (a decode step) reads
+        fewer K/V bytes a layer than `serial_below`: its attention runs on the engine thread
+        alone, with the tasks and bits of a threaded call. None: the kernels' own count."""
+        if not self.serial_below or x.shape[0] > cpu_linear.SMALL_ROWS:
+            return None
+        per_pos = 2 * kv_cache.shape[4] * kv_cache.shape[5] * kv_cache.element_size()
+        return 1 if int(meta.seq_lens.sum()) * per_pos < self.serial_below else None
 
     def _step_plan(self, kv_cache: torch.Tensor, meta: AttentionMetadata,
                    x: torch.Tensor) -> kernels.inplace.StepPlan | None:
@@ -461,7 +473,7 @@ class LlamaForCausalLM(nn.Module):
             raise ModelLoadError(f"checkpoint lacks weights for: {sorted(missing)[:8]}")
         self.pack_weights()
 
-    def pack_weights(self, mode: str | None = None) -> None:
+    def pack_weights(self, mode: str | None = None, serial_below: int | None = None) -> None:
         """Check every projection's and the LM head's CPU paths (`cpu_linear.pack`; None,
         so `F.linear`, off CPU, outside fp32 or with neither oneDNN nor the small GEMM).
         `mode`: "once" (the parameters alone), "packed" (two copies of each beside it, for
@@ -473,8 +485,22 @@ class LlamaForCausalLM(nn.Module):
         then the forward takes `F.linear` for every weight changed since (`cpu_linear.linear`
         checks), except a write through `.data`, which "packed" does not see (its copies
         stay stale until this runs again; `cpu_linear`'s module docstring).
+        `serial_below` (bytes): a linear of up to `cpu_linear.SMALL_ROWS` rows whose
+        weight takes fewer bytes, and in a pass of up to that many tokens (a decode step)
+        the bound attention of layers 1.. where a layer's K/V reads take fewer, run on the
+        engine thread alone (no OpenMP region, so no sleeping worker woken:
+        docs/engine_profiles.md, "Fewer wake-ups a decode step"), with the same bits; 0:
+        none; None: on CPU in fp32 the KVSAGA_CPU_SERIAL_BELOW environment variable
+        (ValueError naming it for a bad value), elsewhere 0. ValueError, nothing changed,
+        for a negative or non-integer value.
         """
-        if mode is None and (self.device.type != "cpu" or self.dtype != torch.float32):
+        cpu32 = self.device.type == "cpu" and self.dtype == torch.float32
+        if serial_below is None:
+            serial_below = envs.KVSAGA_CPU_SERIAL_BELOW if cpu32 else 0
+        if (isinstance(serial_below, bool) or not isinstance(serial_below, int)
+                or serial_below < 0):
+            raise ValueError(f"serial_below must be an int >= 0 (bytes), got {serial_below!r}")
+        if mode is None and not cpu32:
             mode = "once"
         if mode is None:
             weights = [self.lm_head]
@@ -485,10 +511,11 @@ class LlamaForCausalLM(nn.Module):
         if mode not in ("once", "packed"):
             raise ValueError(f"mode must be 'once', 'packed' or None, got {mode!r}")
         self.weights_mode = mode
+        self.serial_below = serial_below
         for layer in self.layers:
-            layer.attn.pack_weights(mode)
-            layer.mlp.pack_weights(mode)
-        self.lm_head_packed = cpu_linear.pack(self.lm_head, None, mode)
+            layer.attn.pack_weights(mode, serial_below)
+            layer.mlp.pack_weights(mode, serial_below)
+        self.lm_head_packed = cpu_linear.pack(self.lm_head, None, mode, serial_below)
 
     def _set_freq_factors(self, factors: torch.Tensor) -> None:
         c = self.config

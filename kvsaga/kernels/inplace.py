@@ -318,11 +318,17 @@ class StepPlan:
         return out
 
     def bind_layers(self, kv_cache: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                    num_heads: int) -> LayerAttention | None:
+                    num_heads: int, threads: int | None = None) -> LayerAttention | None:
         """This plan for a model's every layer at once (`LayerAttention`), over the tier
         tensor `kv_cache` [blocks, layers, 2, block_size, kv_heads, head_dim] and RoPE's
         cos/sin [T, head_dim // 2] of the pass; None where `LayerAttention` cannot take
-        them (then call `attend` per layer)."""
+        them (then call `attend` per layer). `threads`: the attention's thread count (1:
+        the caller alone, no parallel region; its tasks give the same bits at any count,
+        tests/kernels/test_kernel_seq.py), None the kernel's own (`_kernel_threads`);
+        ValueError for anything but None or an int >= 1."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
         if not (kv_cache.dim() == 6 and kv_cache.shape[2] == 2
                 and kv_cache.dtype == torch.float32 and kv_cache.device.type == "cpu"
                 and kv_cache.stride(-1) == 1 and num_heads % kv_cache.shape[4] == 0
@@ -331,7 +337,7 @@ class StepPlan:
                 and cos.dim() == 2 and cos.shape[1] * 2 == kv_cache.shape[5]
                 and int(self.starts[-1]) == cos.shape[0]):
             return None
-        return LayerAttention(self, kv_cache, cos, sin, num_heads)
+        return LayerAttention(self, kv_cache, cos, sin, num_heads, threads)
 
 
 class LayerAttention:
@@ -353,7 +359,7 @@ class LayerAttention:
     """
 
     def __init__(self, plan: StepPlan, kv_cache: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor, num_heads: int) -> None:
+                 sin: torch.Tensor, num_heads: int, threads: int | None = None) -> None:
         num_blocks, layers, _, block_size, kv_heads, head_dim = kv_cache.shape
         size = kv_cache.element_size()
         c_block, c_layer, c_kv, c_tok, c_head, _ = kv_cache.stride()
@@ -377,7 +383,8 @@ class LayerAttention:
                           0, plan.lens.shape[0], kv_heads, num_heads // kv_heads, head_dim,
                           block_size, plan.tables.stride(0), row, head_dim,
                           self.out.stride(0), head_dim, c_block, c_tok, c_head)
-        self.attn_tail = (float(plan.scale), _kernel_threads(), PATHS["auto"], _OMP_TEAM)
+        self.threads = _kernel_threads() if threads is None else threads
+        self.attn_tail = (float(plan.scale), self.threads, PATHS["auto"], _OMP_TEAM)
 
     def attend(self, qkv: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s RoPE, cache write and attention over qkv (contiguous fp32
