@@ -2,6 +2,7 @@
 
     python bench/engine_threads.py [--cases P:N:S:D,...] [--repeat R] [--threads T]
         [--spins 3000,10000,30000] [--libgomp-default] [--load N] [--json PATH]
+    python bench/engine_threads.py --serial-below 0,4194304 [--cases ...] [--repeat R]
 
 One worker process per arm, each kvsaga's `LLMEngine` driven through bench/extend_step.py's
 scripted step shape (an extending request over a cached prefix, decoding requests beside
@@ -16,6 +17,9 @@ case on every arm in a rotating order, so load from other jobs falls on all arms
     pauses, then sleep;
   - with `--libgomp-default`, `team, libgomp default`: neither set (libgomp spins 300,000
     pauses, as vLLM's CPU workers run); slow to finish on a loaded machine.
+With `--serial-below B1,B2,...` the arms are instead `team, PASSIVE, serial<B` for each B:
+kvsaga-serve's setting with KVSAGA_CPU_SERIAL_BELOW=B (0: every op of a decode step in the
+team, as before that setting; docs/engine_profiles.md, "Fewer wake-ups a decode step").
 `--load N` keeps N busy processes (`yes > /dev/null`) running through the timed repeats,
 the shared machine's case (bench/omp_wait.py). Reported per case and window: the median over
 repeats of wall and CPU seconds (the worker's process), and each arm's wall over the first
@@ -42,11 +46,15 @@ from extend_step import Worker, parse_cases, worker_config  # noqa: E402
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def arms(spins: list[int], libgomp_default: bool) -> dict[str, tuple[dict[str, str], bool]]:
+def arms(spins: list[int], libgomp_default: bool,
+         serial: list[int] | None = None) -> dict[str, tuple[dict[str, str], bool]]:
     """Arm name -> (environment settings, whether the kernel runs in torch's team). A team
     arm's worker refuses to start where there is no team (`inplace.use_team` raises), so
     no arm named "team" ever runs the pool."""
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if serial:
+        return {f"team, PASSIVE, serial<{b}": ({**passive, "KVSAGA_CPU_SERIAL_BELOW": str(b)},
+                                               True) for b in serial}
     out = {"pool, PASSIVE": (passive, False), "team, PASSIVE": (passive, True)}
     for k in spins:
         out[f"team, GOMP_SPINCOUNT={k}"] = ({**passive, "GOMP_SPINCOUNT": str(k)}, True)
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     a("--spins", default="10000",
       help="GOMP_SPINCOUNT values, one arm each (comma-separated)")
     a("--libgomp-default", action="store_true", help="add the arm with neither setting")
+    a("--serial-below", help="KVSAGA_CPU_SERIAL_BELOW values, one team arm each, instead "
+      "of the wait-policy arms (comma-separated bytes)")
     a("--load", type=int, default=0, help="busy background processes during the repeats")
     a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
     a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
@@ -80,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cases = parse_cases(args.cases)
     spins = [int(k) for k in args.spins.split(",") if k.strip()]
+    serial = ([int(b) for b in args.serial_below.split(",") if b.strip()]
+              if args.serial_below else None)
     cfg = worker_config(args, cases, args.repeat)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     workers: dict[str, Worker] = {}
     busy: list[subprocess.Popen] = []
     results: dict[str, list[list[dict[str, Any]]]] = {}
     try:
-        for i, (name, (settings, team)) in enumerate(arms(spins, args.libgomp_default).items()):
+        for i, (name, (settings, team)) in enumerate(arms(spins, args.libgomp_default,
+                                                                serial).items()):
             workers[name] = Worker("kvsaga", sys.executable, arm_env(settings),
                                    {**cfg, "kernel_team": team},
                                    logs / f"engine_threads_{i}.log")

@@ -27,6 +27,13 @@ def test_arms_are_the_pool_then_the_team_under_each_wait_setting():
     assert "team, libgomp default" not in engine_threads.arms([], libgomp_default=False)
 
 
+def test_serial_arms_set_the_threshold_under_passive_in_the_team():
+    arms = engine_threads.arms([10000], libgomp_default=True, serial=[0, 4194304])
+    assert list(arms) == ["team, PASSIVE, serial<0", "team, PASSIVE, serial<4194304"]
+    assert arms["team, PASSIVE, serial<0"] == (
+        {"OMP_WAIT_POLICY": "PASSIVE", "KVSAGA_CPU_SERIAL_BELOW": "0"}, True)
+
+
 def test_an_arm_replaces_every_wait_setting_of_the_callers(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("GOMP_SPINCOUNT", "7")
