@@ -80,6 +80,11 @@ class Counting(Scenario):
     """bench/extend_step.py's scenario, its windows also counting switches per thread."""
 
     counter: OpCounter | None = None
+    windows: list[dict[str, Any]]
+
+    def __init__(self, *a: Any, **k: Any) -> None:
+        super().__init__(*a, **k)
+        self.windows = []
 
     def _until(self, pred) -> tuple[int, float, float]:
         if self.counter is not None:
