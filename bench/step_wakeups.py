@@ -2,6 +2,7 @@
 
     python bench/step_wakeups.py [--cases P:N:S:D,...] [--rounds R] [--threads T] [--by-op]
         [--json PATH]
+    python bench/step_wakeups.py --compare BEFORE.json AFTER.json
 
 kvsaga-serve runs torch with `OMP_WAIT_POLICY=PASSIVE`: torch's OpenMP workers sleep as
 soon as a parallel region ends, so every region wakes them again, and a wake-up's latency
@@ -23,6 +24,9 @@ switches that happened inside it and its wall time (a call inside another is cha
 the inner one); what no wrapped call took is "other". The wrapper reads /proc for every
 call, so this pass is slow and its times are of calls with that reading between them.
 
+`--compare` prints, from two runs' `--json` files, each case and window's median wake-ups a
+step before and after, and the decode windows' per-call tables of either's `--by-op` pass.
+
 KVSAGA_CPU_SERIAL_BELOW (kvsaga/envs.py) is read by the engine as it is set here, so the
 same script measures each setting: `KVSAGA_CPU_SERIAL_BELOW=0 python bench/step_wakeups.py`
 is the engine before the serial small steps, the default after.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -197,10 +202,54 @@ class _Proxy:
         return self._over[name] if name in self._over else getattr(self._inner, name)
 
 
+def by_op_table(name: str, window: str, r: dict[str, Any]) -> str:
+    """One window's per-call table of a `--by-op` pass, as printed."""
+    steps = r["steps"]
+    lines = [f"\nBy call, case {name}, {window} window: {steps} steps, {r['workers']} worker "
+             "wake-ups", "| call | calls / step | worker wake-ups / step | us / call |",
+             "|---|---:|---:|---:|"]
+    for op in sorted(r["wakes"], key=lambda o: (-r["wakes"][o], o)):
+        lines.append(f"| {op} | {r['calls'][op] / steps:.1f} | {r['wakes'][op] / steps:.1f} | "
+                     f"{1e6 * r['op_s'][op] / r['calls'][op]:.0f} |")
+    lines.append(f"| other (no wrapped call) | | "
+                 f"{(r['workers'] - sum(r['wakes'].values())) / steps:.1f} | |")
+    return "\n".join(lines)
+
+
+def compare(before_path: str, after_path: str) -> str:
+    """The before/after table of two `--json` files (same cases), as printed."""
+    runs = [json.loads(Path(p).read_text()) for p in (before_path, after_path)]
+    cases = runs[0]["cases"]
+    if runs[1]["cases"] != cases:
+        raise SystemExit("--compare: the two files ran different cases")
+
+    def med(run: dict[str, Any], i: int, w: str, key: str) -> float:
+        return statistics.median(r[w][key] / r[w]["steps"] for r in run["rounds"]
+                                 if r["case"] == i)
+
+    b, a = (r["serial_below"] for r in runs)
+    lines = [f"Medians over rounds, per step: before = KVSAGA_CPU_SERIAL_BELOW {b}, after = "
+             f"{a} ({before_path}, {after_path}).", "",
+             "| case | window | steps | worker wake-ups before | after | engine-thread "
+             "switches before | after |", "|---|---|---:|---:|---:|---:|---:|"]
+    for i, c in enumerate(cases):
+        for w in ("extend", "decode"):
+            steps = [r[w]["steps"] for r in runs[0]["rounds"] if r["case"] == i][0]
+            lines.append(f"| P={c['P']} N={c['N']} S={c['S']} D={c['D']} | {w} | {steps} | "
+                         f"{med(runs[0], i, w, 'workers'):.1f} | "
+                         f"{med(runs[1], i, w, 'workers'):.1f} | "
+                         f"{med(runs[0], i, w, 'main'):.1f} | {med(runs[1], i, w, 'main'):.1f} |")
+    for label, run in zip(("before", "after"), runs, strict=True):
+        for name, got in run.get("by_op", {}).items():
+            lines.append(f"\n{label}, `--by-op`:" + by_op_table(name, "decode", got["decode"]))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
+    a("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two --json files: the table")
     a("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0",
       help="P:N:S:D,... as bench/extend_step.py")
     a("--rounds", type=int, default=2, help="counted rounds of every case")
@@ -212,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     a("--by-op", action="store_true", help="add the per-call pass")
     a("--json")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
     cases = parse_cases(args.cases)
     sys.path.insert(0, str(here))
     cfg = worker_config(args, cases, args.rounds + 2)
@@ -255,17 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"P={case['P']} N={case['N']} S={case['S']} D={case['D']}"
             out.setdefault("by_op", {})[name] = got
             for w, r in got.items():
-                steps = r["steps"]
-                print(f"\nBy call, case {name}, {w} window: {steps} steps, "
-                      f"{r['workers']} worker wake-ups")
-                print("| call | calls / step | worker wake-ups / step | us / call |")
-                print("|---|---:|---:|---:|")
-                for op in sorted(r["wakes"], key=lambda o: (-r["wakes"][o], o)):
-                    print(f"| {op} | {r['calls'][op] / steps:.1f} | "
-                          f"{r['wakes'][op] / steps:.1f} | "
-                          f"{1e6 * r['op_s'][op] / r['calls'][op]:.0f} |")
-                print(f"| other (no wrapped call) | | "
-                      f"{(r['workers'] - sum(r['wakes'].values())) / steps:.1f} | |")
+                print(by_op_table(name, w, r))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
