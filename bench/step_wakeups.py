@@ -15,8 +15,8 @@ step) over bench/extend_step.py's scripted step shape: per case, one untimed rou
 decodes) and the decode window. A PASSIVE worker sleeps once per region it runs (twice
 when it also waits at the region's end), so its switches are the wake-ups a step pays;
 the engine thread's own voluntary switches (waiting for a worker at a region's end) are
-printed beside them. The counts are of the work, not of the machine's state: a repeat
-gives the same figures within a few switches.
+printed beside them. The counts follow the work more than the machine's state: on a loaded
+host two rounds agreed within 5 a decode step (the one extend step, within 50).
 
 `--by-op` adds a pass that wraps the forward pass's calls (each linear by its weight, the
 attention, the fused elementwise ops, the sampler, ...) and charges each call the workers'
