@@ -44,15 +44,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # kvsaga-serve's setting, before torch loads
-os.environ.pop("GOMP_SPINCOUNT", None)
+if __name__ == "__main__":  # kvsaga-serve's setting, before torch loads (not on import)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ.pop("GOMP_SPINCOUNT", None)
 
 here = Path(__file__).resolve().parent
-sys.path.insert(0, str(here))
+if str(here) not in sys.path:
+    sys.path.insert(0, str(here))
 
 from extend_step import KvsagaEngine, Scenario, parse_cases, worker_config  # noqa: E402
-
-sys.path[:] = [p for p in sys.path if p not in (str(here), "")]  # bench/kernels.py shadows
 
 
 def thread_switches() -> dict[int, tuple[int, int]]:
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(compare(*args.compare))
         return 0
     cases = parse_cases(args.cases)
-    sys.path.insert(0, str(here))
     cfg = worker_config(args, cases, args.rounds + 2)
+    # bench/kernels.py would shadow the `kernels` package transformers probes for
     sys.path[:] = [p for p in sys.path if p not in (str(here), "")]
     engine = KvsagaEngine(cfg)
     from kvsaga import envs
