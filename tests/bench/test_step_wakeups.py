@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,11 @@ def test_thread_switches_sees_a_thread_that_slept():
     t = threading.Thread(target=sleeper)
     t.start()
     ready.wait()
-    before = step_wakeups.thread_switches()[tid[0]][0]
+    # ready.set() returns before the thread blocks in go.wait(): poll until its voluntary
+    # switch shows (a reader that never sees voluntary switches fails here)
+    deadline = time.monotonic() + 10.0
+    while (before := step_wakeups.thread_switches()[tid[0]][0]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     go.set()
     t.join()
     assert before >= 1
