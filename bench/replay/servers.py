@@ -21,7 +21,14 @@ SERVED_NAME = "replay"  # the model name every server is started with
 KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
                   "kvsaga:num_preemptions_total": "preemptions",
                   "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
-                  "kvsaga:kv_blocks_total": "kv_blocks"}
+                  "kvsaga:kv_blocks_total": "kv_blocks",
+                  # where the engine thread's time went (kvsaga.engine.step_times): in steps
+                  # (all kinds and phases), idle, how many steps and sequences (their ratio
+                  # is the mean batch)
+                  "kvsaga:engine_step_seconds_total": "engine_step_s",
+                  "kvsaga:engine_idle_seconds_total": "engine_idle_s",
+                  "kvsaga:engine_steps_total": "engine_steps",
+                  "kvsaga:engine_step_seqs_total": "engine_step_seqs"}
 VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
                 "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
                 # where a request's time went: waiting to be scheduled (the connector's gate

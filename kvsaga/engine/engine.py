@@ -22,6 +22,7 @@ from kvsaga.engine.request import Request, RequestOutput, RequestStatus
 from kvsaga.engine.runner import ModelRunner
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
+from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
@@ -45,6 +46,7 @@ class EngineStats:
     policy: str
     block_size: int
     bytes_per_block: int
+    step_times: StepTimes
 
 
 class LLMEngine:
@@ -137,6 +139,8 @@ class LLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
+        self.step_clock = StepClock()
 
     # -- requests -------------------------------------------------------------------------
     def add_request(
@@ -271,6 +275,7 @@ class LLMEngine:
             policy=self.manager.policy.name,
             block_size=self.spec.block_size,
             bytes_per_block=self.spec.bytes_per_block,
+            step_times=self.step_clock.read(),
         )
 
     def _submit_transfers(self) -> int:
@@ -286,9 +291,11 @@ class LLMEngine:
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run one forward pass, sample; returns outputs of requests that moved."""
+        t0 = time.perf_counter()
         now = self.clock()
         self.manager.tick(now)
         chunks = self.scheduler.schedule(now)
+        t1 = time.perf_counter()
         if self.transfers is not None:
             # Offloads of this step's evictions, then host hits and prefetches; the forward
             # below must see the loads (and must not overwrite blocks before they are read).
@@ -297,17 +304,24 @@ class LLMEngine:
             self._submit_transfers()
             self.transfers.wait(self._transfer)
             self._transfer = None
-        if not chunks:
-            return []
-        sampled, out = self.runner.run(chunks)
-        if out is None:
-            return []
-        outputs = []
-        token_ids = out.token_ids.tolist()
-        logprobs = out.logprobs.tolist()
-        for row, c in enumerate(sampled):
-            req = c.request
-            outputs.append(self._advance(req, token_ids[row], logprobs[row], out, row, now))
+        t2 = time.perf_counter()
+        outputs: list[RequestOutput] = []
+        num_decode = num_tokens = 0
+        if chunks:
+            for c in chunks:
+                num_tokens += c.num_tokens
+                num_decode += c.start >= len(c.request.prompt_ids)
+            sampled, out = self.runner.run(chunks)
+        t3 = time.perf_counter()
+        if chunks and out is not None:
+            token_ids = out.token_ids.tolist()
+            logprobs = out.logprobs.tolist()
+            for row, c in enumerate(sampled):
+                req = c.request
+                outputs.append(self._advance(req, token_ids[row], logprobs[row], out, row, now))
+        t4 = time.perf_counter()
+        self.step_clock.record(step_kind(num_decode, len(chunks) - num_decode), len(chunks),
+                               num_tokens, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         return outputs
 
     def _advance(self, req: Request, tok: int, lp: float, out, row: int, now: float):

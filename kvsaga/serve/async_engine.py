@@ -74,6 +74,8 @@ class AsyncEngine:
         # Seconds the engine thread has spent in `engine.step()` (its accumulated work, which
         # a Ray replica reports for routing: `ReplicaStats.busy_s`); engine thread only.
         self.busy_s = 0.0
+        # Seconds it has waited with no unfinished request (engine thread only).
+        self.idle_s = 0.0
         self._idle_wait_s = idle_wait_s
         self._commands: queue.SimpleQueue[tuple[Callable[[LLMEngine], Any], Any]] = (
             queue.SimpleQueue()
@@ -193,7 +195,9 @@ class AsyncEngine:
             if engine.has_unfinished():
                 self._step(engine)
             else:
+                start = time.perf_counter()
                 self._wake.wait(self._idle_wait_s)
+                self.idle_s += time.perf_counter() - start
                 self._wake.clear()
                 engine.tick()
             self._publish(engine)

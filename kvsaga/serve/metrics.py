@@ -127,8 +127,38 @@ class _EngineCollector(Collector):
                     snap.num_waiting)
         yield counter("kvsaga:num_preemptions", "Requests preempted for lack of KV blocks.",
                       snap.num_preemptions)
+        yield from self._steps(snap, labels, lv)
         if self.compat == "vllm":
             yield from self._vllm(snap, gauge, counter)
+
+    def _steps(self, snap, labels: list[str], lv: list[str]) -> Iterator:
+        """Where the engine thread's time goes (`kvsaga.engine.step_times`): steps, batch
+        sizes and tokens by kind of step, step seconds by kind and phase, idle seconds."""
+        times = snap.step_times
+        fams = {
+            "steps": ("kvsaga:engine_steps", "Engine steps, by kind (decode, prefill, "
+                      "mixed, empty: the scheduler ran nothing).", times.steps),
+            "seqs": ("kvsaga:engine_step_seqs", "Sequences run in engine steps, by kind "
+                     "(divided by the steps: the mean batch).", times.seqs),
+            "tokens": ("kvsaga:engine_step_tokens", "Tokens computed in engine steps, by "
+                       "kind.", times.tokens),
+        }
+        for name, doc, values in fams.values():
+            c = CounterMetricFamily(name, doc, labels=[*labels, "kind"])
+            for kind, v in values.items():
+                c.add_metric([*lv, kind], v)
+            yield c
+        sec = CounterMetricFamily("kvsaga:engine_step_seconds", "Wall seconds in engine "
+                                  "steps, by kind and phase (schedule, transfer, forward, "
+                                  "output).", labels=[*labels, "kind", "phase"])
+        for kind, phases in times.seconds.items():
+            for phase, v in phases.items():
+                sec.add_metric([*lv, kind, phase], v)
+        yield sec
+        idle = CounterMetricFamily("kvsaga:engine_idle_seconds", "Wall seconds the engine "
+                                   "thread waited with no unfinished request.", labels=labels)
+        idle.add_metric(lv, self.engine.idle_s)
+        yield idle
 
     def _vllm(self, snap, gauge, counter) -> Iterator:
         """The gauges and counters under vLLM's names (its histograms are `_Latency`'s)."""

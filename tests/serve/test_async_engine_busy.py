@@ -43,11 +43,15 @@ def test_busy_time_counts_steps_only_failed_ones_too(monkeypatch):
     aengine.start()
     try:
         assert aengine.wait_ready(10)
-        # A command runs between steps: once it sees the steps done, the idle thread
-        # (which reads no clock) has counted all three.
+        # A command runs between steps: once it sees the steps done, all three are counted
+        # (the idle waits read the clock too, but only between steps: each step still
+        # spans exactly one tick).
         for _ in range(1000):
             if aengine.call_sync(lambda e: e.steps) == 3:
                 break
         assert aengine.call_sync(lambda e: aengine.busy_s) == 0.75
+        # Idle waits are counted apart from the steps, one tick each.
+        idle = aengine.call_sync(lambda e: aengine.idle_s)
+        assert idle > 0 and idle == 0.25 * round(idle / 0.25)
     finally:
         aengine.stop()

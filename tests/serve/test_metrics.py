@@ -78,3 +78,31 @@ def test_status_line_reports_the_interval_and_stays_quiet_when_idle(server: Live
     assert "running 0 reqs, waiting 0 reqs" in line
     rate = float(line.split("prefix cache hit rate ")[1].split("%")[0])
     assert 0 < rate < 100
+
+
+def test_engine_time_split_by_kind_and_phase(server: LiveServer, client):
+    before = _families(server.url)
+
+    def value(fams, name, **labels):
+        return sum(s.value for s in fams[name].samples
+                   if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    client.completions.create(model=MODEL, prompt="where does the time go", max_tokens=5,
+                              temperature=0, extra_body={"ignore_eos": True})
+    server.wait_idle()
+    after = _families(server.url)
+    kinds = {s.labels["kind"] for s in after["kvsaga:engine_steps"].samples}
+    assert kinds == {"decode", "prefill", "mixed", "empty"}
+    phases = {s.labels["phase"] for s in after["kvsaga:engine_step_seconds"].samples}
+    assert phases == {"schedule", "transfer", "forward", "output"}
+    # Alone on the server: one prefill step samples the first token, four decodes the rest.
+    steps = {k: value(after, "kvsaga:engine_steps", kind=k)
+             - value(before, "kvsaga:engine_steps", kind=k) for k in kinds}
+    assert steps["prefill"] >= 1 and steps["decode"] >= 4
+    new_tokens = (value(after, "kvsaga:engine_step_tokens", kind="decode")
+                  - value(before, "kvsaga:engine_step_tokens", kind="decode"))
+    assert new_tokens >= 4
+    fwd = (value(after, "kvsaga:engine_step_seconds", phase="forward")
+           - value(before, "kvsaga:engine_step_seconds", phase="forward"))
+    assert fwd > 0
+    assert value(after, "kvsaga:engine_idle_seconds") >= value(before, "kvsaga:engine_idle_seconds")
