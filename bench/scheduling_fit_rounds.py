@@ -214,10 +214,20 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 1.58x -> 1.66x) and its non-thrash check found nothing worse: chosen by the fit. The
 # calibrated AFS veto rejects it (mean d log ratio +0.0404 against 0.0270; goal cases 15 ->
 # 15): the default stays, the three values opt-in (RESULTS "Room where it cannot cascade").
+# Round 29 (issue 10, session 28, the sched lane; committed before it ran, with the code):
+# room as a swap. Round 28's "room_fits" lost web 1x 50% (seed 104: demotions 45 -> 56)
+# because a step admitted on room is then charged its context plus growth and the next
+# shrink demotes other paused sessions. `readmit_charge` "room_ranked" admits a demoted
+# session's step on room only where the shrink its admission makes (simulated in the
+# shrink's own order, `kvsaga.scheduler.room_swap`) brings the load within the tiers and
+# demotes only sessions the admission order ranks behind it (their next step's key, queued
+# at their predicted return); "room_overdue" only sessions already past their predicted
+# return. Probe (`nice -n 10 python bench/scheduling_bound_gap.py bfcl 1 0.25 101 --no-fcfs
+# --params '{"readmit_charge": V}'`): mean TCT 14.1 s (default), 16.6 s ("room_ranked",
+# demotions 139 -> 166), 13.7 s ("room_overdue", 144).
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"readmit_charge": "room_fits"},
-    {"readmit_charge": "room_contexts"},
-    {"readmit_charge": "room_queue"},
+    {"readmit_charge": "room_ranked"},
+    {"readmit_charge": "room_overdue"},
 ]

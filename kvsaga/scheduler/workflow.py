@@ -24,6 +24,7 @@ from kvsaga.scheduler.decode_stall import DECODE_PREFILL_TOKENS, DecodeStall
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
 from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.leave_forecast import LeaveForecast
+from kvsaga.scheduler.room_swap import RoomSwap
 from kvsaga.scheduler.wait_causes import WaitCauses
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, calibration
@@ -55,7 +56,7 @@ class _Admitted:
         self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
 
 
-class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demotions,
+class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSetGate, Demotions,
                         ComputeShares, LeaveForecast, AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
@@ -147,7 +148,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
             "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
             when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`)
             or "room" (the pool's check alone), "room_queue" / "room_fits" / "room_contexts"
-            ("room" while two demoted steps wait / its whole context fits; `decode_stall`).
+            ("room" while two demoted steps wait / its whole context fits; `decode_stall`),
+            "room_ranked" / "room_overdue" ("room" only where the shrink its admission
+            makes demotes only sessions the admission order ranks behind it / sessions past
+            their predicted returns; `room_swap`, `--fit` round 29).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
@@ -321,6 +325,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
         self._committed = 0  # sum of admitted sessions' working sets, blocks
         self._tenant_blocks: dict[str | None, int] = {}  # ... per tenant (AFS shares)
         self._demote_at = math.inf  # no paused session is demotable before this
+        self._attempt_at = -math.inf  # the last admission attempt's time
         self._idle_since: float | None = None  # the batch is empty and nobody resumed since
         self._num_forgotten = 0  # admitted sessions demoted or forgotten so far
         self._forgotten_before = 0  # ... when the last admission attempt began
@@ -427,7 +432,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         # The reserve's start, unless it already holds (then waking for it would spin).
         reserve = math.inf if self._holding is self._first_waiting() else self.reserve_at
-        return min(self._demote_at, idle, reserve)
+        # "room_overdue": a paused session's predicted return after the last attempt.
+        return min(self._demote_at, idle, reserve, self._overdue_next(self._attempt_at))
 
     def refusal_until(self, now: float) -> float:
         # Time enters admission through three rules only. The reserve starts at
@@ -445,11 +451,15 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, WorkingSetGate, Demo
         demote = self._demote_at if self._demote_at > now else math.inf
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         reserve = self.reserve_at
-        return min(demote, idle, reserve if reserve > now else math.inf)
+        # "room_overdue" (`room_swap`): a paused session past its predicted return may be
+        # a swap's victim, so the next such return bounds the refusal.
+        return min(demote, idle, reserve if reserve > now else math.inf,
+                   self._overdue_next(now))
 
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
         self._forgotten_before = self._num_forgotten
+        self._attempt_at = now  # `wake_time`'s "room_overdue" timer counts from it
         super().admit_waiting(now, budget, executor, out)
 
     # -- admission order ------------------------------------------------------------------

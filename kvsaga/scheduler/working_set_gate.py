@@ -27,6 +27,7 @@ from kvsaga.scheduler.decode_stall import (
 )
 from kvsaga.scheduler.growth_calibration import GrowthCalibration
 from kvsaga.scheduler.leave_forecast import READMIT_LEAVE
+from kvsaga.scheduler.room_swap import READMIT_ROOM_SWAP
 from kvsaga.scheduler.working_set import (
     GrowthTable,
     demote_deadline,
@@ -37,7 +38,7 @@ from kvsaga.scheduler.working_set import (
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, READMIT_ROOM_FITS,
                    READMIT_ROOM_CONTEXTS, "context", "full", "binding", "binding_short", "cost",
-                   "cost_ends", *READMIT_LEAVE)
+                   "cost_ends", *READMIT_LEAVE, *READMIT_ROOM_SWAP)
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the
@@ -153,8 +154,10 @@ class WorkingSetGate:
         if fits():
             return True
         self._demote(now)
-        if not self.sessions or fits() or self._readmits_whole(req, lookup):
-            return True  # "room_fits" / "room_contexts": before any session is demoted
+        if (not self.sessions or fits() or self._readmits_whole(req, lookup)
+                or self._readmits_swap(req, lookup, now)):
+            return True  # "room_fits" / "room_contexts" / "room_ranked" / "room_overdue":
+            # before any session is demoted (`decode_stall`, `room_swap`)
         if self._reclaim_share(req, ws, need, limit, now, whole_blocks):
             return True
         if self._idle_long(now):
@@ -230,7 +233,8 @@ class WorkingSetGate:
         own = req.num_tokens - hit
         charge = self.readmit_charge
         # Where a room value does not admit on room (`decode_stall`), it charges "uncached".
-        if charge == "uncached" or charge in READMIT_ROOMS or req.session_id not in self._deferred:
+        if (charge == "uncached" or charge in READMIT_ROOMS or charge in READMIT_ROOM_SWAP
+                or req.session_id not in self._deferred):
             return own, None
         whole = req.num_tokens - min(hit, self._shared_tokens(req.session_id))
         if charge in (READMIT_COST, READMIT_COST_ENDS, *READMIT_LEAVE):
