@@ -37,8 +37,8 @@ from kvsaga.scheduler.working_set import (
 
 # `WorkflowScheduler(readmit_charge=...)`: what a demoted session's re-admission is charged.
 READMIT_CHARGES = ("uncached", READMIT_ROOM, READMIT_ROOM_QUEUE, READMIT_ROOM_FITS,
-                   READMIT_ROOM_CONTEXTS, "context", "full", "binding", "binding_short", "cost",
-                   "cost_ends", *READMIT_LEAVE, *READMIT_ROOM_SWAP)
+                   READMIT_ROOM_CONTEXTS, *READMIT_ROOM_SWAP, "context", "full", "binding",
+                   "binding_short", "cost", "cost_ends", *READMIT_LEAVE)
 # "binding": "full" only while the pool, not the queue, binds (`WorkingSetGate._pool_binds`).
 READMIT_BINDING = "binding"
 # "binding_short": "full" only while the queue does not bind and the tiers are short: the

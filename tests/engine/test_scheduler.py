@@ -307,3 +307,98 @@ def test_room_whole_parity_where_it_admits(tiny_model_dir, monkeypatch, charge):
                               {**params, "readmit_charge": "uncached"})
     assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
     assert engine_log == sim_log
+
+
+def stream_held() -> list[Session]:
+    """`stream_queue()` with session s2 away 1,000 s after its first step: while the others
+    run, s2 is an admitted paused session the shrink may demote (on the tool_s-0 streams no
+    session is paused at an admission attempt). Its next step comes back once every other
+    session has ended, in both executors (`run_engine_held`)."""
+    out = stream_queue()
+    s = out[2]
+    out[2] = dataclasses.replace(s, steps=(dataclasses.replace(s.steps[0], tool_s=1000.0),
+                                           *s.steps[1:]))
+    return out
+
+
+def run_engine_held(model_dir, sessions, synth, scheduler, params, held: str) -> list:
+    """`run_engine`, with session `held`'s second step submitted only once the engine has
+    nothing else unfinished (the simulator's long tool call)."""
+    probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
+    engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
+                       max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
+                       scheduler_params=params,
+                       kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block)
+    log = record(engine.scheduler.core)
+    by_id = {s.id: s for s in sessions}
+    context: dict[str, list[int]] = {s.id: [] for s in sessions}
+    later: list[tuple[Session, int]] = []
+
+    def submit(s: Session, k: int) -> None:
+        step = s.steps[k]
+        new = s.prompt_length(k) - len(context[s.id])
+        prompt = context[s.id] + synth.prompt_token_ids(s, k)[-new:].tolist()
+        context[s.id] = prompt
+        engine.add_request(prompt, SamplingParams(max_tokens=step.output_tokens,
+                                                  ignore_eos=True),
+                           request_id=f"{s.id}/{k}", session_id=s.id, workflow=s.workflow,
+                           tool=step.tool, last_step=k == s.num_steps - 1)
+
+    for s in sessions:
+        submit(s, 0)
+    while engine.has_unfinished() or later:
+        if not engine.has_unfinished():
+            submit(*later.pop())
+        for out in engine.step():
+            sid, k = out.request_id.split("/")
+            if out.finished and int(k) + 1 < by_id[sid].num_steps:
+                context[sid] = context[sid] + out.token_ids
+                if sid == held and int(k) == 0:
+                    later.append((by_id[sid], 1))
+                else:
+                    submit(by_id[sid], int(k) + 1)
+    engine.manager.check_integrity()
+    return log
+
+
+@pytest.mark.parametrize("params", [
+    {"readmit_charge": "room_ranked", "admission_order": "fifo"},
+    {"readmit_charge": "room_overdue", "default_pause_s": 0.0}])
+def test_room_swap_parity_where_it_admits(tiny_model_dir, monkeypatch, params):
+    """`readmit_charge` "room_ranked" / "room_overdue" (round 29, kvsaga/scheduler/
+    room_swap.py) on `stream_held()`: with s2 paused, a demoted session's step is admitted
+    on room where the shrink its admission makes would demote s2 alone, ranked behind it
+    (fifo: s2's next step would queue at its predicted return, 30 s on) / overdue (pauses
+    expected to last 0 s), and refused where the shrink could not bring the load within
+    the tiers; in both executors, and the engine makes the simulator's very decisions.
+    Deadlines are put out of reach (`demote_min_s`): the engine's clock is the wall clock.
+    A rule never applied here fails the counts; one the engine ignored, the logs."""
+    from kvsaga.scheduler.room_swap import RoomSwap
+    charge = params["readmit_charge"]
+    answers: list[bool] = []
+    rule = RoomSwap._readmits_swap
+
+    def rule_spy(self, req, lookup, now):
+        got = rule(self, req, lookup, now)
+        if self.readmit_charge == charge and req.session_id in self._deferred:
+            answers.append(got)
+        return got
+
+    monkeypatch.setattr(RoomSwap, "_readmits_swap", rule_spy)
+    sessions = stream_held()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {**params, "prior_growth_tokens": 16, "growth_charge": "step",
+              "demote_min_s": 1e6}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    assert counts["demoted"] >= 2
+    assert {True, False} <= set(sim_answers)
+    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
+                                 "workflow", params, "s2")
+    assert {True, False} <= set(answers)
+    answers[:] = []
+    assert sim_log != run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
+    assert engine_log == sim_log

@@ -11,8 +11,8 @@ import pytest
 from kvsaga.scheduler import WorkflowScheduler
 from tests.scheduler.helpers import manager, wf
 
-VALUES = ("uncached, room, room_queue, room_fits, room_contexts, context, full, binding, "
-          "binding_short, cost, cost_ends, "
+VALUES = ("uncached, room, room_queue, room_fits, room_contexts, room_ranked, room_overdue, "
+          "context, full, binding, binding_short, cost, cost_ends, "
           "cost_leave, cost_leave_waits")
 
 
