@@ -225,6 +225,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # return. Probe (`nice -n 10 python bench/scheduling_bound_gap.py bfcl 1 0.25 101 --no-fcfs
 # --params '{"readmit_charge": V}'`): mean TCT 14.1 s (default), 16.6 s ("room_ranked",
 # demotions 139 -> 166), 13.7 s ("room_overdue", 144).
+# Outcome: both ranked above PREVIOUS (1 distinct p95 miss against 2; smallest gain
+# "room_overdue" 1.62x, "room_ranked" 1.58x; both bfcl 1x 25% 1.58x -> 1.65x, every other fit
+# point lower, web 1x 50% 2.72x -> 2.30x / 1.75x) and their non-thrash checks rejected both
+# (web seed 103 1x p95 +24% / +22%): PREVIOUS chosen. The calibrated AFS veto rejects both
+# too (mean d log ratio +0.0355 / +0.2465): opt-in (RESULTS "Room as a swap").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

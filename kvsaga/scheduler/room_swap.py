@@ -50,6 +50,12 @@ so "room_ranked" adds no timer. "room_overdue" does: a paused admitted session b
 at its predicted return, so while a demoted session's step waits, the earliest such return
 still to come bounds a refusal (`refusal_until`) and wakes an idle simulator (`wake_time`):
 the engine and the simulator then decide alike.
+
+Outcome (`--fit` round 29, fit seeds 101-106): both lift bfcl 1x 25% (1.58x -> 1.65x) and lose
+at every other fit point; their non-thrash checks reject both (web seed 103 1x p95 +24% /
++22%: where a refused demoted step is admitted again within a fraction of a second anyway, a
+swap saves little and costs each victim its context), and the calibrated AFS veto would too.
+Opt-in; docs/scheduler.md, "Round 29", has the figures and the commands.
 """
 
 from __future__ import annotations
