@@ -32,6 +32,7 @@ bench/RESULTS.md from the figures of this run.
                               [--profile POLICY] [--miss-split COUNT] [--search-split COUNT]
                               [--call-split COUNT]
                               [--policies SPECS]
+                              [--paired ROUNDS [--rounds-per-build N] [--paired-seed SEED]]
 
 Eviction scaling (its own table): P sessions of 32 blocks each paused on tool calls, in a
 pool of 16 P blocks (half of all contexts resident); then new sessions of 128 blocks
@@ -53,6 +54,10 @@ where they occur (the interpreter, the C++ index, the manager's C++ core, libc a
 --search-split COUNT, instead, what its victim search and the search's Python keying cost of
 them (bench/eviction_split.py); --call-split COUNT, instead, each policy's misses over lru's
 split by the call that makes them (the index's, the core's eviction, the rest).
+--paired ROUNDS, instead of the tables, times every policy at every count and a second lru
+arm (an A/A control) in interleaved rounds and reads each arm against lru in the same round:
+median ratio, interquartile range, rounds over 2x (bench/eviction_paired.py), a reading a
+loaded host's swings between runs do not move.
 """
 
 from __future__ import annotations
@@ -429,10 +434,41 @@ def main() -> None:
                          "allocated block (callgrind's cache simulation, each allocation "
                          "after a flush) at these paused-session counts (e.g. 4000; slower "
                          "than --instructions)")
+    ap.add_argument("--paired", metavar="ROUNDS", type=int,
+                    help="with --eviction-scaling: instead of the tables, the paired reading "
+                         "(bench/eviction_paired.py): every policy of --policies at every "
+                         "--paused count, plus a second lru arm (the A/A control), timed in "
+                         "ROUNDS interleaved rounds (order shuffled each round); per count, "
+                         "the median over rounds of each arm's ns per block / lru's in the "
+                         "same round, its interquartile range and the rounds over 2x, and the "
+                         "growth relative to lru's from 1,000 (or the lowest) to the highest")
+    ap.add_argument("--rounds-per-build", metavar="N", type=int,
+                    help="with --paired: build every arm's cache again every N rounds "
+                         "(default 32; each round's allocations change the state)")
+    ap.add_argument("--paired-seed", metavar="SEED", type=int,
+                    help="with --paired: seed of the arms' shuffled order (default 0)")
     ap.add_argument("--write", action="store_true",
                     help="with --eviction-scaling: write its section of bench/RESULTS.md "
                          "(--write-results too)")
     args = ap.parse_args()
+    if args.paired is None and (args.rounds_per_build is not None
+                                or args.paired_seed is not None):
+        ap.error("--rounds-per-build and --paired-seed go with --paired ROUNDS")
+    if args.paired is not None:
+        if not args.eviction_scaling:
+            ap.error("--paired is a reading of --eviction-scaling: add it")
+        if args.paired < 1:
+            ap.error(f"--paired takes the number of rounds, at least 1, got {args.paired}")
+        if args.rounds_per_build is not None and args.rounds_per_build < 1:
+            ap.error(f"--rounds-per-build must be at least 1, got {args.rounds_per_build}")
+        given = [f for f, v in (("--profile", args.profile), ("--miss-split", args.miss_split),
+                                ("--search-split", args.search_split),
+                                ("--call-split", args.call_split),
+                                ("--instructions", args.instructions),
+                                ("--cache-misses", args.cache_misses),
+                                ("--write", args.write or args.write_results)) if v]
+        if given:
+            ap.error(f"--paired is a reading of its own: drop {', '.join(given)}")
     if args.eviction_scaling:
         # bench/eviction_scaling.py imports this module's cache set-up and section writer.
         import eviction_scaling
@@ -443,7 +479,11 @@ def main() -> None:
                 raise SystemExit(f"--sweep-mib must be at least 1, got {args.sweep_mib}")
             eviction_scaling.SWEEP = bytes(range(256)) * (args.sweep_mib << 12)
 
-        if args.profile:
+        if args.paired is not None:
+            from eviction_paired import paired_main
+
+            paired_main(args)
+        elif args.profile:
             print(profile_eviction(int(args.paused.split(",")[0]), args.profile, args.repeat))
         elif args.miss_split or args.search_split or args.call_split:
             from eviction_split import call_split, search_split

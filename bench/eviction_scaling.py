@@ -53,6 +53,24 @@ def build(spec: str) -> str | EvictionPolicy:
     return make_policy(name, **params) if params else name
 
 
+def build_paused(paused: int, policy: str | EvictionPolicy, per: int = 32
+                 ) -> tuple[KVCacheManager, float]:
+    """A cache of `paused` sessions of `per` blocks paused on tool calls 1 ms apart, in a
+    pool that holds half of their contexts (later sessions evicted earlier ones): the state
+    every eviction-scaling reading allocates in (here and bench/eviction_paired.py). The
+    manager and the time after the last pause."""
+    m = KVCacheManager(SPEC, paused * per // 2, policy=policy, clock=lambda: 0.0)
+    ctx = per * BS
+    now = 0.0
+    for i in range(paused):  # later sessions evict earlier ones: half stay resident
+        sid = f"p{i}"
+        m.begin_step(sid, [i * ctx + j for j in range(ctx)], now=now, workflow=f"w{i % 3}")
+        m.allocate_slots(sid, ctx, now=now)
+        m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
+        now += 1e-3
+    return m, now
+
+
 def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: int, per: int = 32,
                            new_blocks: int = 128, timer=None, step_timer=None
                            ) -> Iterator[tuple[float, float, float, float]]:
@@ -67,15 +85,8 @@ def bench_eviction_scaling(paused: int, policy: str | EvictionPolicy, repeat: in
     A generator: it builds the cache, then yields None after each timed allocation (so
     that `eviction_scaling` can interleave the policies' allocations under one load) and
     the figures last."""
-    m = KVCacheManager(SPEC, paused * per // 2, policy=policy, clock=lambda: 0.0)
+    m, now = build_paused(paused, policy, per)
     ctx = per * BS
-    now = 0.0
-    for i in range(paused):  # later sessions evict earlier ones: half stay resident
-        sid = f"p{i}"
-        m.begin_step(sid, [i * ctx + j for j in range(ctx)], now=now, workflow=f"w{i % 3}")
-        m.allocate_slots(sid, ctx, now=now)
-        m.finish_step(sid, now=now, tool=TOOLS[i % len(TOOLS)])
-        now += 1e-3
     yield None
     # The policies that keep an index: the policy itself, or adaptive's experts.
     indexed = [getattr(p, "policy", p) for p in getattr(m.policy, "experts", [m.policy])]
