@@ -230,9 +230,15 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # point lower, web 1x 50% 2.72x -> 2.30x / 1.75x) and their non-thrash checks rejected both
 # (web seed 103 1x p95 +24% / +22%): PREVIOUS chosen. The calibrated AFS veto rejects both
 # too (mean d log ratio +0.0355 / +0.2465): opt-in (RESULTS "Room as a swap").
+# Round 30 (issue 10, session 29, the sched2 lane; committed before it ran, with the code):
+# the swap priced. Round 29's swaps lost where a refused demoted step is admitted again
+# within a fraction of a second anyway (web seed 103 1x 50%: demotions 10 -> 19-23). So
+# `readmit_charge` "room_priced" makes round 29's swap (the same simulated shrink) only
+# where the mean wait of a demoted session's step to be admitted again, observed so far on
+# the trace, exceeds `PRICED_MARGIN` (2, set before the round) times the victims' expected
+# recomputation at the eviction policy's prices (`kvsaga.scheduler.room_swap._swap_pays`).
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"readmit_charge": "room_ranked"},
-    {"readmit_charge": "room_overdue"},
+    {"readmit_charge": "room_priced"},
 ]

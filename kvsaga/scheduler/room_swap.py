@@ -63,12 +63,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.admission_order import order_key
 from kvsaga.scheduler.working_set import working_set_blocks
 
 READMIT_ROOM_RANKED = "room_ranked"
 READMIT_ROOM_OVERDUE = "room_overdue"
-READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE)
+# "room_priced" (`--fit` round 30): the swap only where the wait it saves is worth its price.
+READMIT_ROOM_PRICED = "room_priced"
+READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED)
+# "room_priced": the wait a swap saves must exceed this many times the victims' expected
+# recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
+# twice, by the victim's own step (its prefill) and by the steps decoding beside that
+# prefill (round 25's decode stall); and it separates the fit seeds' bound-gap readings
+# (`bench/scheduling_bound_gap.py`, the default): wait to be admitted again per demotion
+# against recomputation per demotion 1.6x at web seed 103 1x 50% (0.36 s / 0.23 s, where
+# round 29's swaps thrashed) and about 20x at bfcl seed 101 1x 25% (2.96 s / 0.15 s).
+PRICED_MARGIN = 2.0
 
 
 class RoomSwap:
@@ -166,7 +177,40 @@ class RoomSwap:
             return False
         if charge == READMIT_ROOM_RANKED:
             return all(self._ranks_below(req, v) for v in victims)
+        if charge == READMIT_ROOM_PRICED:
+            return self._swap_pays(req, lookup, victims)
         return all(self._overdue(v, now) for v in victims)
+
+    def _swap_pays(self, req: Any, lookup: Any, victims: list[str]) -> bool:
+        """"room_priced": whether the wait the swap saves `req` (a demoted session's step,
+        `lookup` its lookup), the mean wait of a demoted session's step to be admitted
+        again observed so far on this trace (`_readmit_waits`, every value records it),
+        exceeds `PRICED_MARGIN` times the recomputation the swap causes its `victims`
+        (`_victims_recompute_s`). Refused before any such wait was observed (nothing to
+        price the saving with)."""
+        self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
+        wait = self._readmit_waits.mean(None)
+        if wait is None:
+            return False
+        return wait > PRICED_MARGIN * self._victims_recompute_s(victims)
+
+    def _victims_recompute_s(self, victims: list[str]) -> float:
+        """Seconds of recomputation expected from demoting `victims` (admitted, paused):
+        each one's own context (past the prefix it shares), the mean share of it a demoted
+        session's return found no longer cached (`_observe_return`, learned on the trace;
+        all of it before any return), recomputed after the part kept, at the eviction
+        policy's prices (its cost model's `recompute_s`, else the default `PrefillCost`),
+        as `_churn_s` prices the "cost" charges' churn."""
+        cost = getattr(self.manager.policy, "cost", None)
+        if not hasattr(cost, "recompute_s"):
+            cost = PrefillCost()
+        lost = self._return_lost / self._return_count if self._return_count else 1.0
+        total = 0.0
+        for v in victims:
+            info = self.sessions[v]
+            n = round(lost * max(info.context - info.shared, 0))
+            total += cost.recompute_s(n, info.context - n)
+        return total
 
     def _overdue_next(self, now: float) -> float:
         """"room_overdue", while a demoted session's step waits to be admitted again: the

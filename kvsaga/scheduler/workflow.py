@@ -151,7 +151,9 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             ("room" while two demoted steps wait / its whole context fits; `decode_stall`),
             "room_ranked" / "room_overdue" ("room" only where the shrink its admission
             makes demotes only sessions the admission order ranks behind it / sessions past
-            their predicted returns; `room_swap`, `--fit` round 29).
+            their predicted returns; `room_swap`, `--fit` round 29), "room_priced" ("room"
+            only where the mean wait to be admitted again observed so far exceeds twice the
+            recomputation the shrink's victims are expected to cost; `room_swap`, round 30).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

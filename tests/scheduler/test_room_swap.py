@@ -13,13 +13,15 @@ import math
 
 import pytest
 
-from kvsaga.scheduler.room_swap import READMIT_ROOM_SWAP
+from kvsaga.scheduler.room_swap import READMIT_ROOM_OVERDUE, READMIT_ROOM_RANKED
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, toks, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
 from tests.scheduler.test_decode_stall import _big_demoted
 from tests.scheduler.test_room_whole import _back_beside_keep
+
+READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE)  # round 29's two
 
 
 def _queued(charge, pause_s, **kw):
