@@ -402,3 +402,44 @@ def test_room_swap_parity_where_it_admits(tiny_model_dir, monkeypatch, params):
                               {**params, "readmit_charge": "uncached"})
     assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
     assert engine_log == sim_log
+
+
+def test_room_priced_parity_where_it_admits(tiny_model_dir, monkeypatch):
+    """`readmit_charge` "room_priced" (round 30, kvsaga/scheduler/room_swap.py) on
+    `stream_held()`, as `test_room_swap_parity_where_it_admits`. Its price compares a wait
+    learned on the clock (the engine's is the wall clock) with the cost model's seconds, so
+    the two executors can agree only where the clock does not decide: the margin is set to 0
+    here, so a swap the shrink can bring within is made once a demoted step's wait to be
+    admitted again was observed (and longer than 0), and refused before (nothing to price
+    with) or where the shrink could not bring the load within. Both answers occur, and the
+    engine makes the simulator's very decisions."""
+    import kvsaga.scheduler.room_swap as room_swap
+    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
+    answers: list[tuple[bool, bool]] = []
+    rule = room_swap.RoomSwap._readmits_swap
+
+    def rule_spy(self, req, lookup, now):
+        got = rule(self, req, lookup, now)
+        if self.readmit_charge == "room_priced" and req.session_id in self._deferred:
+            answers.append((got, self._readmit_waits.mean(None) is not None))
+        return got
+
+    monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
+    sessions = stream_held()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": "room_priced", "admission_order": "fifo",
+              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    assert counts["demoted"] >= 2
+    assert {True, False} <= {a for a, _ in sim_answers}
+    assert all(seen for a, seen in sim_answers if a)  # never before a wait was observed
+    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
+                                 "workflow", params, "s2")
+    assert [a for a, _ in answers] == [a for a, _ in sim_answers]
+    answers[:] = []
+    assert sim_log != run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
+    assert engine_log == sim_log
