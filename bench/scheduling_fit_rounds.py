@@ -237,6 +237,15 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # where the mean wait of a demoted session's step to be admitted again, observed so far on
 # the trace, exceeds `PRICED_MARGIN` (2, set before the round) times the victims' expected
 # recomputation at the eviction policy's prices (`kvsaga.scheduler.room_swap._swap_pays`).
+# Probe (`nice -n 10 python bench/scheduling_bound_gap.py web 1 0.5 103 --no-fcfs --params
+# '{"readmit_charge": "room_priced"}'`): web seed 103 1x 50% schedules as the default (10
+# demotions, mean TCT 6.9 s); bfcl seed 101 1x 25% (`... bfcl 1 0.25 101 ...`): 14.2 s
+# (default 14.1 s; demotions 139 -> 205).
+# Outcome: "room_priced" ranked above PREVIOUS (1 distinct p95 miss against 2; smallest gain
+# 1.59x, at swe 1x 25%; bfcl 1x 25% 1.58x -> 1.69x, every other fit point lower, web 1x 25%
+# 2.65x -> 2.02x) and its non-thrash check rejected it (swe seed 103 1x mean TCT +3.0%, p95
+# +6.1%): PREVIOUS chosen. The calibrated AFS veto rejects it too (mean d log ratio +0.2358;
+# goal cases 15 -> 10): opt-in (RESULTS "The swap priced").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

@@ -56,6 +56,21 @@ at every other fit point; their non-thrash checks reject both (web seed 103 1x p
 +22%: where a refused demoted step is admitted again within a fraction of a second anyway, a
 swap saves little and costs each victim its context), and the calibrated AFS veto would too.
 Opt-in; docs/scheduler.md, "Round 29", has the figures and the commands.
+
+"room_priced" (`--fit` round 30): the swap made only where the wait it saves pays for the
+recomputation it causes. The wait saved is the mean wait of a demoted session's step to be
+admitted again, from its arrival to its admission, over the re-admissions so far on this
+trace (`LeaveForecast._readmit_waits`; none yet, no swap); the recomputation is each victim's
+own context times the share of a demoted session's context its return found no longer cached
+(learned as the "cost" charges learn it, `_observe_return`; 1 before any return), at the
+eviction policy's prices (`_victims_recompute_s`); the swap is made where the wait exceeds
+`PRICED_MARGIN` times that. No timer: the price changes only at admissions and finishes.
+Outcome (fit seeds 101-106): it separates web seed 103 1x (learned wait 0.10 s against a
+price of 0.45 s: no swap, the default's run) and lifts bfcl 1x 25% 1.58x -> 1.69x, but loses
+every other fit point and fails the non-thrash check (swe seed 103 1x p95 +6.1%) and the AFS
+veto: under pressure the learned wait is long and its victims then wait as long themselves
+(web 1x 25% seed 102: demotions 62 -> 139, mean TCT 17.3 -> 33.7 s). Opt-in; docs/scheduler.md,
+"Round 30".
 """
 
 from __future__ import annotations
