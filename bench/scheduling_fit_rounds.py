@@ -246,8 +246,16 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 2.65x -> 2.02x) and its non-thrash check rejected it (swe seed 103 1x mean TCT +3.0%, p95
 # +6.1%): PREVIOUS chosen. The calibrated AFS veto rejects it too (mean d log ratio +0.2358;
 # goal cases 15 -> 10): opt-in (RESULTS "The swap priced").
+# Round 31 (issue 10, session 30, the sched3 lane; committed before it ran, with the code):
+# the swap priced with its victims' returns. Round 30's price counted each victim's
+# recomputation but not its own wait to be admitted again (web seed 102 1x 25%: demotions
+# 62 -> 139). `readmit_charge` "room_returns" charges each victim predicted back
+# (`_return_at`) before the shortage is predicted to clear (round 23's leave forecast,
+# `_leave_wait_s`, for the swap's overshoot) that learned wait on top of its recomputation;
+# the same `PRICED_MARGIN` (2), so one such victim refuses the swap
+# (`kvsaga.scheduler.room_swap._swap_pays`).
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"readmit_charge": "room_priced"},
+    {"readmit_charge": "room_returns"},
 ]

@@ -86,7 +86,11 @@ READMIT_ROOM_RANKED = "room_ranked"
 READMIT_ROOM_OVERDUE = "room_overdue"
 # "room_priced" (`--fit` round 30): the swap only where the wait it saves is worth its price.
 READMIT_ROOM_PRICED = "room_priced"
-READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED)
+# "room_returns" (`--fit` round 31): "room_priced" with each victim predicted back before the
+# shortage clears charged its own wait to be admitted again too.
+READMIT_ROOM_RETURNS = "room_returns"
+READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
+                     READMIT_ROOM_RETURNS)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -106,6 +110,13 @@ class RoomSwap:
         context, `lookup`'s GPU hits less the prefix it shares counted as its own); [] when
         the load stays within the tiers; None when the shrink could not bring it within
         (too few paused sessions it may demote). Read only."""
+        return self._swap_shrink(req, lookup, now)[0]
+
+    def _swap_shrink(self, req: Any, lookup: Any,
+                     now: float) -> tuple[list[str] | None, float]:
+        """`_swap_victims`'s answer and the overshoot its admission makes: the blocks (of
+        the shrink's measure) by which the load would exceed the tiers before any victim
+        is demoted (<= 0 when it stays within)."""
         bs = self.manager.block_size
         sid = req.session_id
         whole = req.num_tokens - min(lookup.gpu_hit_blocks * bs, self._shared_tokens(sid))
@@ -121,8 +132,9 @@ class RoomSwap:
 
             def frees(info: Any) -> int:
                 return info.blocks
+        over = load - limit
         if load <= limit:
-            return []
+            return [], over
         shares = self._shares(limit, req.tenant)
         held = dict(self._tenant_blocks)
         held[req.tenant] = held.get(req.tenant, 0) + new
@@ -140,8 +152,8 @@ class RoomSwap:
             load -= frees(info)
             held[info.tenant] = held.get(info.tenant, 0) - info.blocks
             if load <= limit:
-                return victims
-        return None
+                return victims, over
+        return None, over
 
     def _return_at(self, sid: str) -> float | None:
         """When paused admitted session `sid` is predicted back: its pause's start plus its
@@ -187,27 +199,52 @@ class RoomSwap:
         charge = self.readmit_charge
         if charge not in READMIT_ROOM_SWAP or req.session_id not in self._deferred:
             return False
-        victims = self._swap_victims(req, lookup, now)
+        victims, over = self._swap_shrink(req, lookup, now)
         if victims is None:
             return False
         if charge == READMIT_ROOM_RANKED:
             return all(self._ranks_below(req, v) for v in victims)
         if charge == READMIT_ROOM_PRICED:
             return self._swap_pays(req, lookup, victims)
+        if charge == READMIT_ROOM_RETURNS:
+            return self._swap_pays(req, lookup, victims, over, now)
         return all(self._overdue(v, now) for v in victims)
 
-    def _swap_pays(self, req: Any, lookup: Any, victims: list[str]) -> bool:
+    def _swap_pays(self, req: Any, lookup: Any, victims: list[str],
+                   over: float | None = None, now: float | None = None) -> bool:
         """"room_priced": whether the wait the swap saves `req` (a demoted session's step,
         `lookup` its lookup), the mean wait of a demoted session's step to be admitted
         again observed so far on this trace (`_readmit_waits`, every value records it),
         exceeds `PRICED_MARGIN` times the recomputation the swap causes its `victims`
         (`_victims_recompute_s`). Refused before any such wait was observed (nothing to
-        price the saving with)."""
+        price the saving with).
+
+        "room_returns" (`over`, the swap's overshoot, and `now` given): each victim
+        predicted back (`_return_at`) before the shortage is predicted to clear
+        (`_shortage_clears_at`) is charged that learned wait on top, as it will itself
+        wait to be admitted again; one predicted back at or after it costs its
+        recomputation alone. With `PRICED_MARGIN` >= 1 one such victim refuses the swap."""
         self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
         wait = self._readmit_waits.mean(None)
         if wait is None:
             return False
-        return wait > PRICED_MARGIN * self._victims_recompute_s(victims)
+        price = self._victims_recompute_s(victims)
+        if over is not None and now is not None:
+            clears = self._shortage_clears_at(over, now)
+            for v in victims:
+                back = self._return_at(v)
+                if back is None or back < clears:
+                    price += wait
+        return wait > PRICED_MARGIN * price
+
+    def _shortage_clears_at(self, over: float, now: float) -> float:
+        """"room_returns": when the shortage a swap would cover is predicted to clear
+        without it: when `over` blocks of admitted sessions' own contexts are predicted to
+        have left the tiers (round 23's leave forecast, `LeaveForecast._leave_wait_s`;
+        inf before any step cycle was seen). Never earlier at a later `now` (each
+        session's predicted leave is a max/min with `now`, so non-decreasing in it): a
+        refusal stays a refusal while time alone passes, and the rule needs no timer."""
+        return now + self._leave_wait_s(max(over, 0.0), now)
 
     def _victims_recompute_s(self, victims: list[str]) -> float:
         """Seconds of recomputation expected from demoting `victims` (admitted, paused):

@@ -153,7 +153,9 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             makes demotes only sessions the admission order ranks behind it / sessions past
             their predicted returns; `room_swap`, `--fit` round 29), "room_priced" ("room"
             only where the mean wait to be admitted again observed so far exceeds twice the
-            recomputation the shrink's victims are expected to cost; `room_swap`, round 30).
+            recomputation the shrink's victims are expected to cost; `room_swap`, round 30),
+            "room_returns" ("room_priced" with each victim predicted back before the
+            shortage is predicted to clear charged that wait too; `room_swap`, round 31).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
