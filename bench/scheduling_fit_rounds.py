@@ -246,7 +246,7 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 2.65x -> 2.02x) and its non-thrash check rejected it (swe seed 103 1x mean TCT +3.0%, p95
 # +6.1%): PREVIOUS chosen. The calibrated AFS veto rejects it too (mean d log ratio +0.2358;
 # goal cases 15 -> 10): opt-in (RESULTS "The swap priced").
-# Round 31 (issue 10, session 30, the sched3 lane; committed before it ran, with the code):
+# Round 31 (issue 10, the sched3 lane; committed before it ran, with the code):
 # the swap priced with its victims' returns. Round 30's price counted each victim's
 # recomputation but not its own wait to be admitted again (web seed 102 1x 25%: demotions
 # 62 -> 139). `readmit_charge` "room_returns" charges each victim predicted back
@@ -254,6 +254,12 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # `_leave_wait_s`, for the swap's overshoot) that learned wait on top of its recomputation;
 # the same `PRICED_MARGIN` (2), so one such victim refuses the swap
 # (`kvsaga.scheduler.room_swap._swap_pays`).
+# Outcome: "room_returns" ranked above PREVIOUS (1 distinct p95 miss against 2; smallest gain
+# 1.58x -> 1.63x, at bfcl 1x 50%; bfcl 1x 25% 1.58x -> 1.70x; swe 1x and web 1x 25% about
+# unchanged, swe 2x 50% 2.70x -> 2.63x, web 1x 50% 2.72x -> 2.66x, bfcl 1x 50% 1.68x ->
+# 1.63x) and passed its non-thrash check: chosen by the fit. The calibrated AFS veto rejects
+# it (mean d log ratio +0.0463 > 0.0270; goal cases 15 -> 15): the default is unchanged,
+# "room_returns" opt-in (RESULTS "The swap priced with its victims' returns").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

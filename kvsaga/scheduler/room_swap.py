@@ -71,6 +71,19 @@ every other fit point and fails the non-thrash check (swe seed 103 1x p95 +6.1%)
 veto: under pressure the learned wait is long and its victims then wait as long themselves
 (web 1x 25% seed 102: demotions 62 -> 139, mean TCT 17.3 -> 33.7 s). Opt-in; docs/scheduler.md,
 "Round 30".
+
+"room_returns" (`--fit` round 31): "room_priced" with each victim predicted back (`_return_at`)
+before the shortage the swap covers is predicted to clear (`_shortage_clears_at`: round 23's
+leave forecast, `LeaveForecast._leave_wait_s`, for the blocks the load would be over the
+tiers before the shrink, in the shrink's measure; inf before any step cycle was seen) charged
+the learned wait on top of its recomputation: it would itself wait to be admitted again. A
+victim back at or after the clearing costs its recomputation alone. With `PRICED_MARGIN` 2
+one victim back early refuses the swap (n victims' waits against the one wait saved). No
+timer: the clearing time never moves earlier as time alone passes. Outcome (fit seeds
+101-106): chosen by the fit and its non-thrash check (smallest gain 1.58x -> 1.63x; bfcl 1x
+25% 1.58x -> 1.70x, swe 1x and web 1x 25% about unchanged, a few points lower elsewhere),
+rejected by the calibrated AFS veto (mean d log ratio +0.0463 > 0.0270; goal cases 15 -> 15).
+Opt-in; docs/scheduler.md, "Round 31".
 """
 
 from __future__ import annotations
