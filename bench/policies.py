@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import math
 import platform
@@ -90,6 +91,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from kvsaga.policy import DEFAULT_POLICY, make_policy
+from kvsaga.policy import POLICIES as POLICY_CLASSES
 from kvsaga.sim.compare import peak_working_set
 from kvsaga.sim.hindsight import best_offline, record
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -207,7 +209,24 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float | tuple[str, ...]]]:
                 raise ValueError(f"bad constant {item!r} in {spec!r}: expected key=number "
                                  "or key=name+name...") from None
             params[key.strip()] = tuple(value.strip().split("+"))
-    return m.group(1), params
+    return m.group(1), _typed(m.group(1), params)
+
+
+def _typed(name: str, params: dict) -> dict:
+    """A spec's 0 or 1 as a bool where the policy's constant defaults to a bool: a spec writes
+    `shadow_cache=1`, and adaptive refuses the float 1.0 for its bool constants (since
+    6f0b3eb), so every adaptive candidate of `TUNE_CANDIDATES` failed to run. Equal to the
+    number as saved (True == 1.0); other values are left for the policy to refuse."""
+    cls = POLICY_CLASSES.get(name)
+    if cls is None:
+        return params
+    defaults = inspect.signature(cls).parameters
+    out = dict(params)
+    for k, v in params.items():
+        if k in defaults and isinstance(defaults[k].default, bool) and v in (0.0, 1.0) \
+                and not isinstance(v, tuple):
+            out[k] = bool(v)
+    return out
 
 
 def split_specs(text: str) -> list[str]:

@@ -88,6 +88,22 @@ def test_policy_specs_parse_and_bad_ones_are_refused():
             mod.parse_spec(bad)
 
 
+def test_every_tune_candidate_builds():
+    """Every spec `--tune` runs builds its policy: a spec's `shadow_cache=1` reaches adaptive
+    as a bool, which refuses the float 1.0 (the tune failed on it before parse_spec typed
+    it); a number other than 0 or 1 for a bool constant is still refused by the policy."""
+    mod = load()
+    for spec in (*mod.TUNE_CANDIDATES, mod.SPREAD):
+        base, params = mod.parse_spec(spec)
+        assert make_policy(base, **params).name == base
+    _, params = mod.parse_spec("adaptive[shadow_cache=1,realized=0,shadow_memory=8]")
+    assert params["shadow_cache"] is True and params["realized"] is False
+    assert params["shadow_memory"] == 8.0 and not isinstance(params["shadow_memory"], bool)
+    base, params = mod.parse_spec("adaptive[shadow_cache=2]")
+    with pytest.raises(ValueError, match="shadow_cache must be a bool"):
+        make_policy(base, **params)
+
+
 def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds():
     mod = load()
     for seed in mod.TUNE_SEEDS:  # every fit seed, of the families and of the traces
