@@ -108,6 +108,15 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
         "(the most: assistant seed 105 1x 25% mean TCT 255.03 -> 256.66 s, +0.6%); p95 "
         "below fcfs+lru's at 2 points, as graph's (web seed 105 1x 0.93x, bfcl seed 106 1x "
         "25% 0.75x)"),
+    "graph[spread=1]": NonThrashCheck(
+        "graph", 0,
+        "python bench/policies_check.py --non-thrash --policy 'graph[spread=1]' --against "
+        "graph --workers 1 (session 28's second policy lane, on 4effbe6, 234 s; "
+        "bench/scheduling_fit.py --policy-check refuses a spec, this registers it and runs "
+        "the same check)",
+        "fit seeds 101-106, 41 non-thrash points: worse at 17 figures, none by more than 2% "
+        "(the most: assistant seed 104 1x 25% mean TCT 162.35 -> 163.36 s, +0.6%); p95 "
+        "below fcfs+lru's at 2 points (web seed 105 1x 0.95x, bfcl seed 106 1x 25% 0.89x)"),
 }
 
 
@@ -147,6 +156,16 @@ AFS_CHECKS: dict[str, AfsCheck] = {
         "1.41, seed 8 at 25% 2.26 -> 3.05 (better: noisy seed 2 at 50% 1.89 -> 1.85, seed 7 "
         "at 25% 2.32 -> 2.12, at 50% 2.80 -> 2.77, seed 8 at 50% 2.91 -> 2.75; "
         "bench/RESULTS.md \"Eviction policies: graph's demoted sessions on the swe family\")"),
+    "graph[spread=1]": AfsCheck(
+        "graph", 5, 1,
+        "python bench/policies_check.py --afs --policy 'graph[spread=1]' --against graph "
+        "--workers 1 (session 28's second policy lane, on 4effbe6, 14:15-14:17 UTC)",
+        "default rows, graph -> graph[spread=1]: two-tenant mix at 50% 1.10 -> 1.15; noisy "
+        "seed 2 at 25% 1.02 -> 1.12, at 50% 1.47 -> 1.67 (the goal <= 1.5 met -> missed); "
+        "seed 7 at 50% 2.53 -> 2.72; seed 8 at 50% 3.71 -> 3.78 (better: mix at 100% 2.10 "
+        "-> 1.77, noisy seed 7 at 25% 2.26 -> 2.13, seed 8 at 25% 3.02 -> 3.00; "
+        "bench/RESULTS.md \"Eviction policies: issue 10's checks of the per-size pick "
+        "graph[spread=1]\")"),
 }
 
 

@@ -395,9 +395,15 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
     assert not tune.NON_THRASH_CHECKS["ttl"].passes
     # the incumbent's policy with other constants is a change: unchecked, it sets nothing
-    name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1]"},
+    name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1,spread_states=queued]"},
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "no recorded non-thrash check" in why
+    # graph[spread=1] (session 28's per-size pick) passed the non-thrash check, not the veto
+    name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1]"},
+                                      fallback="graph[median_returns=1]")
+    assert name == "graph" and "vetoed by its AFS veto" in why and "1.47 -> 1.67" in why
+    assert tune.NON_THRASH_CHECKS["graph[spread=1]"].passes
+    assert not tune.AFS_CHECKS["graph[spread=1]"].passes
     assert tune.at_defaults("graph[median_returns=1]")
     assert tune.at_defaults("graph[demoted_mean=0]")
     assert not tune.at_defaults("graph[demoted_mean=1]")
