@@ -260,8 +260,15 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 1.63x) and passed its non-thrash check: chosen by the fit. The calibrated AFS veto rejects
 # it (mean d log ratio +0.0463 > 0.0270; goal cases 15 -> 15): the default is unchanged,
 # "room_returns" opt-in (RESULTS "The swap priced with its victims' returns").
+# Round 32 (issue 10, session 31, the sched4 lane; committed before it ran, with the code):
+# round 31's rule with Agent Fair Share. Round 31's veto loss was the noisy two-tenant mix at
+# 50% (+0.1609, all 8 cases higher). `readmit_charge` "room_returns_fair" refuses a swap
+# whose victims include a session of another tenant than the admitted step's that is at or
+# below its fair share by AFS's deficit (`FairShare.deficits`, the admission order's measure;
+# no new constant; `kvsaga.scheduler.room_swap._fair_victims`). One tenant: "room_returns".
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"readmit_charge": "room_returns"},
+    {"readmit_charge": "room_returns_fair"},
 ]

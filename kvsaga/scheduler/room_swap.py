@@ -102,8 +102,11 @@ READMIT_ROOM_PRICED = "room_priced"
 # "room_returns" (`--fit` round 31): "room_priced" with each victim predicted back before the
 # shortage clears charged its own wait to be admitted again too.
 READMIT_ROOM_RETURNS = "room_returns"
+# "room_returns_fair" (`--fit` round 32): "room_returns" refusing a swap with a victim of
+# another tenant at or below its fair share (Agent Fair Share's deficit, `_fair_victims`).
+READMIT_ROOM_RETURNS_FAIR = "room_returns_fair"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
-                     READMIT_ROOM_RETURNS)
+                     READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -221,6 +224,11 @@ class RoomSwap:
             return self._swap_pays(req, lookup, victims)
         if charge == READMIT_ROOM_RETURNS:
             return self._swap_pays(req, lookup, victims, over, now)
+        if charge == READMIT_ROOM_RETURNS_FAIR:
+            # "room_returns"'s rule first (it records the return as "room_returns" does,
+            # so with one tenant the two values decide alike), then the fairness check.
+            return (self._swap_pays(req, lookup, victims, over, now)
+                    and self._fair_victims(req, victims))
         return all(self._overdue(v, now) for v in victims)
 
     def _swap_pays(self, req: Any, lookup: Any, victims: list[str],
@@ -249,6 +257,22 @@ class RoomSwap:
                 if back is None or back < clears:
                     price += wait
         return wait > PRICED_MARGIN * price
+
+    def _fair_victims(self, req: Any, victims: list[str]) -> bool:
+        """"room_returns_fair": whether every victim of a tenant other than `req`'s is of a
+        tenant above its fair share by Agent Fair Share's own measure, the deficit the
+        admission order picks tenants by (`FairShare.deficits`, `_candidate`'s
+        `next_tenant`): a backlogged tenant with a negative deficit was admitted more than
+        its weighted share. A tenant at or below its share (deficit >= 0), or not
+        backlogged (no deficit kept: counted as 0, exactly at its share), refuses the
+        swap. Victims of `req`'s own tenant never do, so with one tenant this is always
+        true and the value decides as "room_returns"."""
+        d = self._fair.deficits
+        for v in victims:
+            t = self.sessions[v].tenant
+            if t != req.tenant and d.get(t, 0.0) >= 0.0:
+                return False
+        return True
 
     def _shortage_clears_at(self, over: float, now: float) -> float:
         """"room_returns": when the shortage a swap would cover is predicted to clear

@@ -155,7 +155,9 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             only where the mean wait to be admitted again observed so far exceeds twice the
             recomputation the shrink's victims are expected to cost; `room_swap`, round 30),
             "room_returns" ("room_priced" with each victim predicted back before the
-            shortage is predicted to clear charged that wait too; `room_swap`, round 31).
+            shortage is predicted to clear charged that wait too; `room_swap`, round 31),
+            "room_returns_fair" ("room_returns" refusing a swap with a victim of another
+            tenant at or below its Agent Fair Share deficit's fair share; round 32).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

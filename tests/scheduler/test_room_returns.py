@@ -35,8 +35,8 @@ def _clears_in(s, wait_s):
     return asked
 
 
-def test_returns_is_the_last_swap_value_and_keeps_the_margin():
-    assert READMIT_ROOM_RETURNS == "room_returns" and READMIT_ROOM_SWAP[-1] == "room_returns"
+def test_returns_is_a_swap_value_named_after_round_30s_and_keeps_the_margin():
+    assert READMIT_ROOM_RETURNS == "room_returns" and READMIT_ROOM_SWAP[3] == "room_returns"
     assert READMIT_ROOM_PRICED in READMIT_ROOM_SWAP and PRICED_MARGIN == 2.0
 
 
