@@ -494,3 +494,50 @@ def test_room_returns_parity_where_it_admits(tiny_model_dir, monkeypatch):
                               {**params, "readmit_charge": "uncached"})
     assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
     assert engine_log == sim_log
+
+
+def test_room_returns_fair_parity_where_it_admits(tiny_model_dir, monkeypatch):
+    """`readmit_charge` "room_returns_fair" (round 32, kvsaga/scheduler/room_swap.py) on
+    `stream_held()` (one tenant), as `test_room_returns_parity_where_it_admits`: the margin
+    is 0, both answers occur, the fairness check is asked of every swap the price allows and
+    never refuses one (one tenant: every victim is of the step's own tenant), so the
+    simulator schedules exactly as under "room_returns"; the engine makes the simulator's
+    very decisions."""
+    import kvsaga.scheduler.room_swap as room_swap
+    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
+    answers: list[bool] = []
+    fair: list[bool] = []
+    rule = room_swap.RoomSwap._readmits_swap
+    check = room_swap.RoomSwap._fair_victims
+
+    def rule_spy(self, req, lookup, now):
+        got = rule(self, req, lookup, now)
+        if self.readmit_charge == "room_returns_fair" and req.session_id in self._deferred:
+            answers.append(got)
+        return got
+
+    def fair_spy(self, req, victims):
+        got = check(self, req, victims)
+        fair.append(got)
+        return got
+
+    monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
+    monkeypatch.setattr(room_swap.RoomSwap, "_fair_victims", fair_spy)
+    sessions = stream_held()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": "room_returns_fair", "admission_order": "fifo",
+              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    sim_fair, fair[:] = list(fair), []
+    assert counts["demoted"] >= 2
+    assert {True, False} <= set(sim_answers)
+    assert sim_fair and all(sim_fair)
+    assert sim_fair.count(True) == sim_answers.count(True)
+    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
+                                 "workflow", params, "s2")
+    assert answers == sim_answers and fair == sim_fair
+    assert sim_log == run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "room_returns"})
+    assert engine_log == sim_log
