@@ -266,6 +266,13 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # whose victims include a session of another tenant than the admitted step's that is at or
 # below its fair share by AFS's deficit (`FairShare.deficits`, the admission order's measure;
 # no new constant; `kvsaga.scheduler.room_swap._fair_victims`). One tenant: "room_returns".
+# Outcome: every fit figure of "room_returns_fair" equal to "room_returns"'s (the fit seeds
+# are single-tenant: the same rule there); both rank above PREVIOUS (smallest gain 1.58x ->
+# 1.63x) and the fit chose "room_returns" (the tie goes to the one listed first), as in round
+# 31 (its non-thrash check: none). The calibrated AFS veto rejects "room_returns_fair" (mean
+# d log ratio +0.0423 > 0.0270; goal cases 15 -> 15): it moves only noisy 25% seeds 105 and
+# 108; the noisy 50% loss (+0.1609, unchanged) is through the heavy tenant's run alone (one
+# tenant). The default is unchanged (RESULTS "Round 31's swap with Agent Fair Share").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

@@ -84,6 +84,18 @@ timer: the clearing time never moves earlier as time alone passes. Outcome (fit 
 25% 1.58x -> 1.70x, swe 1x and web 1x 25% about unchanged, a few points lower elsewhere),
 rejected by the calibrated AFS veto (mean d log ratio +0.0463 > 0.0270; goal cases 15 -> 15).
 Opt-in; docs/scheduler.md, "Round 31".
+
+"room_returns_fair" (`--fit` round 32): "room_returns" that also refuses a swap whose victims
+include a session of a tenant other than the admitted step's while that tenant is at or below
+its fair share by Agent Fair Share's own measure, the deficit the admission order picks
+tenants by (`FairShare.deficits`; a tenant not backlogged keeps none and counts as exactly at
+its share): `_fair_victims`. No new constant; with one tenant it decides as "room_returns".
+Outcome (fit seeds 101-106; AFS fit seeds 102-109): every fit figure equal to "room_returns"'s
+(the fit seeds are single-tenant), so the fit chose "room_returns" (listed first) again; the
+calibrated AFS veto rejects it (mean d log ratio +0.0423 > 0.0270; round 31 +0.0463): it
+changes only two noisy 25% cases, and the noisy 50% loss is unchanged, as that loss is
+through the noisy mix's heavy tenant's run alone on half the GPU (one tenant, where the rule
+cannot act), not through the shared run. Opt-in; docs/scheduler.md, "Round 32".
 """
 
 from __future__ import annotations
