@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga.scheduler.room_swap import (PRICED_MARGIN, READMIT_ROOM_RETURNS,
-                                        READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_SWAP)
+from kvsaga.scheduler.room_swap import (
+    PRICED_MARGIN,
+    READMIT_ROOM_RETURNS,
+    READMIT_ROOM_RETURNS_FAIR,
+    READMIT_ROOM_SWAP,
+)
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, toks, wf
