@@ -12,8 +12,12 @@ import math
 
 import pytest
 
-from kvsaga.scheduler.room_swap import (PRICED_MARGIN, READMIT_ROOM_PRICED,
-                                        READMIT_ROOM_RETURNS, READMIT_ROOM_SWAP)
+from kvsaga.scheduler.room_swap import (
+    PRICED_MARGIN,
+    READMIT_ROOM_PRICED,
+    READMIT_ROOM_RETURNS,
+    READMIT_ROOM_SWAP,
+)
 from kvsaga.scheduler.working_set import working_set_blocks
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
@@ -134,7 +138,7 @@ def test_the_shortage_never_clears_earlier_as_time_passes_so_no_timer():
     assert big2 not in s.schedule(2.0, ex).admitted  # no wait learned yet
     for over in (1.0, 8.0, 20.0, 10 ** 6):
         times = [s._shortage_clears_at(over, 2.0 + 0.37 * k) for k in range(40)]
-        assert all(a <= b for a, b in zip(times, times[1:]))
+        assert all(a <= b for a, b in zip(times, times[1:], strict=False))
         assert all(t >= 2.0 for t in times)
     assert s._overdue_next(2.0) == math.inf
 
