@@ -167,6 +167,34 @@ class SessionHeap {
   void forget_keys() {
     table_.clear();
     formulas_.clear();
+    expiry_.clear();
+    expired_from_.clear();
+  }
+
+  // Name the class a mode-2 record of class `cls` moves to once its pause reaches its limit
+  // (`expire`); forgotten with the keys (`forget_keys`).
+  void expire_into(int64_t cls, int64_t dst) {
+    if (cls < 0 || dst < 0) throw nb::value_error("expire_into: class ids must be >= 0");
+    if (cls == dst) throw nb::value_error("expire_into: a class cannot expire into itself");
+    expiry_[cls] = dst;
+    expired_from_[dst] = cls;
+  }
+
+  // Class `cls`'s formula; for a class `expire_into` named as another's past its limit, when
+  // none was pushed, that class's mode-2 formula with k0 1 and no limit (entered), which is
+  // what Python gives its expired sessions under the same statistics; else end()
+  // (session_heap.py `_formula_of`).
+  std::unordered_map<int64_t, Formula>::iterator formula_of(int64_t cls) {
+    auto f = formulas_.find(cls);
+    if (f != formulas_.end()) return f;
+    auto r = expired_from_.find(cls);
+    if (r == expired_from_.end()) return f;
+    auto g = formulas_.find(r->second);
+    if (g == formulas_.end() || g->second.mode != 2) return formulas_.end();
+    Formula x = g->second;
+    x.k0 = 1.0;
+    x.limit = std::numeric_limits<double>::infinity();
+    return formulas_.emplace(cls, x).first;
   }
 
   // The elapsed-time grid of kvsaga/policy/search.py (its first point, log of its ratio,
@@ -276,7 +304,7 @@ class SessionHeap {
       Timed& t = timed_[s];
       int64_t dst = to[t.cls];
       if (dst != t.cls) {
-        auto f = formulas_.find(dst);
+        auto f = formula_of(dst);
         if (f == formulas_.end()) {
           rest.add(sids_[s]);
           continue;
@@ -465,7 +493,7 @@ class SessionHeap {
     const Timed& t = timed_[slot];
     if (t.cls < 0 || points_.empty()) return false;
     double d = now - t.t0;
-    if (!(d < t.limit)) return false;
+    if (!(d < t.limit) && !expire(slot)) return false;
     int64_t k;
     double lo, hi;
     if (!grid_index(d < 0.0 ? 0.0 : d, k, lo, hi)) return false;
@@ -492,6 +520,24 @@ class SessionHeap {
     timed_[slot].value = tk.v;
     double k1 = tk.mode == 0 ? tk.v * t.mult : (t.t0 + lo) + tk.v;
     enter(tk.k0, k1, slot, until, now);
+    return true;
+  }
+
+  // A mode-2 record past its limit moves to the class `expire_into` named for its class (saga:
+  // past its TTL, the same score in class 1, no limit), that class's formula being its own
+  // with k0 1 and no limit where Python has not pushed one yet; false (nothing done) when its
+  // class has no such successor or no formula (session_heap.py `_expire`).
+  bool expire(int32_t slot) {
+    Timed& t = timed_[slot];
+    auto e = expiry_.find(t.cls);
+    if (e == expiry_.end()) return false;
+    auto f = formulas_.find(t.cls);
+    if (f == formulas_.end() || f->second.mode != 2) return false;
+    int64_t dst = e->second;
+    auto g = formula_of(dst);
+    if (g == formulas_.end() || g->second.mode != 2) return false;
+    t.cls = dst;
+    class_limits(g->second, t.t0, t.limit, t.extra);
     return true;
   }
 
@@ -547,6 +593,8 @@ class SessionHeap {
   std::vector<Timed> timed_;       // per slot
   ClassTable table_;               // (class, grid point) -> key: csrc/class_table.h
   std::unordered_map<int64_t, Formula> formulas_;  // class -> key at every grid point
+  std::unordered_map<int64_t, int64_t> expiry_;  // class -> its class past the limit
+  std::unordered_map<int64_t, int64_t> expired_from_;  // the reverse of expiry_
   InvCdf inv_cdf_;                 // statistics' NormalDist quantile (mode 4)
   double grid_s_ = 0.0, log_ratio_ = 1.0;
   std::vector<double> points_;     // empty: no grid set, no re-key from the table
@@ -565,6 +613,7 @@ NB_MODULE(_evict, m) {
       .def("push", &SessionHeap::push, "sid"_a, "key"_a, "tie"_a, "size"_a, "until"_a, "now"_a,
            "timed"_a.none() = nb::none())
       .def("forget_keys", &SessionHeap::forget_keys)
+      .def("expire_into", &SessionHeap::expire_into, "cls"_a, "dst"_a)
       .def("base", &SessionHeap::base, "sid"_a)
       .def("set_grid", &SessionHeap::set_grid, "grid_s"_a, "log_ratio"_a, "points"_a)
       .def("drop", &SessionHeap::drop, "sid"_a)

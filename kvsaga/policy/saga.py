@@ -95,6 +95,8 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._reuse_now: dict[str, float] = {}
         self._ttl_now: dict[tuple, float] = {}
         self._stats_at: tuple[int, int] = (-1, -1)
+        # Classes whose expired twin the index was told (`_link_expiry`): class id -> twin's.
+        self._expiring: dict[int, int] = {}
         # Its usual search's victims, whole runs off sessions' tails, evicted by the manager's
         # C++ core (fast_search.py `evicts_runs`; search.py `_index_victims` with `runs`).
         self.evicts_runs = evicts_runs(type(self), SagaPolicy.choose_victims)
@@ -320,8 +322,50 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         if not ttl >= 0.0:  # (a negative hint: the limit below would not say "not expired")
             return (2, -score), until, None
         # Not expired while the idle time (clamped at 0) is <= ttl: below nextafter(ttl).
-        return (2, -score), until, ((*sig, False), k, 2, formula, 2, v.paused_at,
+        live = (*sig, False)
+        cls = self._classes.get(live)
+        if cls is None or cls not in self._expiring:
+            self._link_expiry(live)
+        return (2, -score), until, (live, k, 2, formula, 2, v.paused_at,
                                     math.nextafter(ttl, math.inf), t, 1.0)
+
+    def _link_expiry(self, live: tuple) -> None:
+        """Tell the index that a record of the class of signature `live` (an entry before its
+        TTL) moves past its limit to a class of its own for the expired twin signature
+        (session_heap.py `expire_into`): an entry crossing its TTL is then re-keyed by the
+        index, its score in class 1, not handed back to Python (issue 11: crossings happen
+        at a rate that grows with the paused entries; docs/policies.md, "Eviction cost,
+        twenty-ninth session"); its key is the one `_timed_base` would give.
+
+        The twin's id is a new one, not entered in `_classes` (only in `_sig_of`): a class
+        there counts as learned under the current statistics, and `_rekey_by_class` would
+        then move an expired class of earlier statistics into it without keying its latest
+        paused session in Python, which is what tells whether the new TTL left it expired.
+        Python's own expired keys get `_keys`'s id for that signature; both ids' keys are the
+        same."""
+        classes = self._classes
+        cls = classes.get(live)
+        if cls is None:
+            cls = classes[live] = self._class_ids.__next__()
+            self._sig_of[cls] = live
+        twin = self._class_ids.__next__()
+        self._sig_of[twin] = (*live[:-1], True)
+        if len(self._expiring) > _TTL_MEMO:
+            self._expiring.clear()
+        self._index.expire_into(cls, twin)
+        self._expiring[cls] = twin
+
+    def _rekey_everyone(self, now: float) -> bool:
+        """search.py's, then the expired twins (`_link_expiry`) of the classes it kept named
+        again in `_sig_of`, which it rebuilds from `_classes` alone: the next full re-key
+        then moves their entries by class too, not one by one in Python."""
+        out = super()._rekey_everyone(now)
+        sig_of = self._sig_of
+        for cls, twin in self._expiring.items():
+            sig = sig_of.get(cls)
+            if sig is not None:
+                sig_of[twin] = (*sig[:-1], True)
+        return out
 
     def _plain_key(self, block_id: int, now: float) -> tuple[int, float]:
         return 3, self._cached_at[block_id]

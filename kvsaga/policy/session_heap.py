@@ -230,8 +230,8 @@ def _class_limits(formula: tuple, t0: float) -> tuple[float, float]:
 class PySessionHeap:
     """Sessions by (key, tail block); the Python reference (module docstring)."""
 
-    __slots__ = ("_formulas", "_heap", "_named", "_table", "_timed", "_timers", "_version",
-                 "_versions")
+    __slots__ = ("_expired_from", "_expiry", "_formulas", "_heap", "_named", "_table",
+                 "_timed", "_timers", "_version", "_versions")
 
     def __init__(self) -> None:
         self._heap: list[tuple[Key, int, int, Hashable, int]] = []  # key, tie, ver, sid, size
@@ -245,6 +245,8 @@ class PySessionHeap:
         # cls -> (mode, k0, the formula's numbers; mode 4's without the session's base,
         # the limit of the record that gave it)
         self._formulas: dict[int, tuple[int, float, tuple[float, ...], float]] = {}
+        self._expiry: dict[int, int] = {}  # cls -> its class past the limit
+        self._expired_from: dict[int, int] = {}  # the reverse of `_expiry`
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
@@ -294,6 +296,8 @@ class PySessionHeap:
         """Forget the keys by class and grid point (module docstring)."""
         self._table.clear()
         self._formulas.clear()
+        self._expiry.clear()
+        self._expired_from.clear()
 
     def set_grid(self, grid_s: float, log_ratio: float, points: list[float]) -> None:
         """The C++ index's copy of the grid; this one reads search.py's own."""
@@ -333,7 +337,10 @@ class PySessionHeap:
         cls, t0, limit, extra, mult, tie, size, _ = t
         d = now - t0
         if not d < limit:
-            return False
+            t = self._expire(sid, t)
+            if t is None:
+                return False
+            cls, t0, limit, extra = t[:4]
         k, lo, hi = grid_index(0.0 if d < 0.0 else d)
         if k + 2 >= len(_GRID_POINTS):
             return False
@@ -360,6 +367,46 @@ class PySessionHeap:
         self._enter(sid, (k0, value * mult if mode == 0 else (t0 + lo) + value), tie, size,
                     until, now)
         return True
+
+    def _expire(self, sid: Hashable, t: tuple) -> tuple | None:
+        """A mode-2 record past its limit moves to the class `expire_into` named for its
+        class (saga: past its TTL, the same score in class 1, no limit), whose formula is
+        its own with k0 1 and no limit where none was pushed yet: the new record, or None
+        (nothing done) when its class has no such successor or no mode-2 formula."""
+        dst = self._expiry.get(t[0])
+        formula = self._formulas.get(t[0])
+        if dst is None or formula is None or formula[0] != 2:
+            return None
+        g = self._formula_of(dst)
+        if g is None or g[0] != 2:
+            return None
+        limit, extra = _class_limits(g, t[1])
+        t = self._timed[sid] = (dst, t[1], limit, extra, *t[4:])
+        return t
+
+    def _formula_of(self, cls: int) -> tuple | None:
+        """Class `cls`'s formula; for a class `expire_into` named as another's past its
+        limit, when none was pushed, that class's mode-2 formula with k0 1 and no limit
+        (entered), which is what Python gives its expired sessions under the same
+        statistics; else None."""
+        f = self._formulas.get(cls)
+        if f is None:
+            src = self._expired_from.get(cls)
+            g = self._formulas.get(src) if src is not None else None
+            if g is not None and g[0] == 2:
+                f = self._formulas[cls] = (2, 1.0, g[2], math.inf)
+        return f
+
+    def expire_into(self, cls: int, dst: int) -> None:
+        """Name the class a mode-2 record of class `cls` moves to once its pause reaches its
+        limit (`_expire`); forgotten with the keys (`forget_keys`)."""
+        cls, dst = _int(cls, "cls"), _int(dst, "dst")
+        if cls < 0 or dst < 0:
+            raise ValueError("expire_into: class ids must be >= 0")
+        if cls == dst:
+            raise ValueError("expire_into: a class cannot expire into itself")
+        self._expiry[cls] = dst
+        self._expired_from[dst] = cls
 
     def _formula_key(self, cls: int, k: int, lo: float) -> tuple[float, float, int]:
         """Class `cls`'s key at grid point k (at lo) from its formula (mode 3 or 4), entered
@@ -415,7 +462,7 @@ class PySessionHeap:
             t = self._timed[sid]
             dst = mapping[t[0]]
             if dst != t[0]:
-                formula = self._formulas.get(dst)
+                formula = self._formula_of(dst)
                 if formula is None:
                     rest.add(sid)
                     continue
