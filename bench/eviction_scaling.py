@@ -608,3 +608,78 @@ def scaling_main(args: argparse.Namespace) -> None:
             indent=1), encoding="utf-8")
     if args.write or args.write_results:
         write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
+
+
+def python_keyed(paused: int, policy: str, repeat: int = 32) -> dict[str, float]:
+    """Load-free counts behind the 1 ms reading (saga's growth, twenty-ninth session): over
+    `repeat` allocations 1 ms apart after the cache is built (each after one untimed
+    allocation, the state the paired reading times), per allocation: the searches whose index
+    call handed due sessions back to Python (`due_passes`: a second round of Python calls,
+    search.py `_drop_or_rekey`, `_rekey`, `_take_runs`), the due sessions so handed back
+    (`due`), those among them past their TTL (`due_expired`, saga only: its record's limit
+    is its TTL), the sessions keyed in Python in all (`keyed`) and the full re-keys
+    (`full`). Counted by wrapping the policy's own methods on the instance (the class's
+    methods, which a fast path checks, are untouched)."""
+    m, now = build_paused(paused, build(policy))
+    p = m.policy
+    counts = dict.fromkeys(("due_passes", "due", "due_expired", "keyed", "full"), 0)
+    keys, drop_or_rekey, rekey_all_now = p._keys, p._drop_or_rekey, p._rekey_all_now
+    ttl_s = getattr(p, "ttl_s", None)
+
+    def counted_keys(sids, now, base_of=None):
+        sids = list(sids)
+        counts["keyed"] += sum(1 for s in sids if s in p.groups)
+        return keys(sids, now, base_of)
+
+    def counted_drop_or_rekey(sids, now):
+        if not counting[0]:
+            return drop_or_rekey(sids, now)
+        counts["due_passes"] += bool(sids)
+        counts["due"] += len(sids)
+        for s in sids:
+            v = p.views.get(s)
+            if ttl_s is not None and v is not None and not v.needed_now and (
+                    now - v.paused_at > ttl_s(v.tool, p._norm[0], v.hint.expected_s)):
+                counts["due_expired"] += 1
+        return drop_or_rekey(sids, now)
+
+    def counted_rekey_all_now(*a, **k):
+        counts["full"] += 1
+        return rekey_all_now(*a, **k)
+
+    counting = [False]
+    p._keys, p._drop_or_rekey, p._rekey_all_now = (
+        counted_keys, counted_drop_or_rekey, counted_rekey_all_now)
+    ctx, n = 32 * BS, 128 * BS
+    base = paused * ctx
+    for k in range(repeat + 1):
+        if k == 1:
+            counting[0] = True
+            counts = dict.fromkeys(counts, 0)
+        now += 1e-3
+        sid = f"new{k}"
+        m.begin_step(sid, [base + k * n + j for j in range(n)], now=now)
+        m.allocate_slots(sid, n, now=now)
+        m.finish_step(sid, now=now, tool="search")
+    return {k: v / repeat for k, v in counts.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python bench/eviction_scaling.py --python-keyed 1000,4000,16000 [--policies ...]`:
+    `python_keyed`'s counts per allocation, one line per policy and count."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--python-keyed", metavar="COUNTS", required=True)
+    ap.add_argument("--policies", default="saga,ttl,graph")
+    ap.add_argument("--repeat", type=int, default=32)
+    args = ap.parse_args(argv)
+    from policies import split_specs
+
+    for spec in split_specs(args.policies):
+        for paused in parse_counts("--python-keyed", args.python_keyed):
+            c = python_keyed(paused, spec, args.repeat)
+            print(f"{spec:>24} {paused:>6,} paused: per allocation 1 ms apart, "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
+
+
+if __name__ == "__main__":  # (bench/ is on the path when run as a script)
+    main()
