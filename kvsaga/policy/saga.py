@@ -352,7 +352,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         self._sig_of[twin] = (*live[:-1], True)
         if len(self._expiring) > _TTL_MEMO:
             self._expiring.clear()
-        self._index.expire_into(cls, twin)
+        expire_into = getattr(self._index, "expire_into", None)
+        if expire_into is not None:  # (a C++ index built before it: crossings go to Python)
+            expire_into(cls, twin)
         self._expiring[cls] = twin
 
     def _rekey_everyone(self, now: float) -> bool:
