@@ -1,7 +1,7 @@
 """The saved tune rows against today's scheduler: fit cases with the workflow scheduler's
 prefill cap as it is by default (128 tokens gated "demoted_queue", 6379d2c) and off
 (`decode_prefill_tokens=0`, the scheduler the saved tune rows ran under), beside the rows
-saved in a tune JSON. A diagnosis on fit seeds only (session 28, policy lane): the saved
+saved in a tune JSON. A diagnosis on fit seeds only (session 29, policy lane): the saved
 rows of bench/plots/policies_tune*.json predate the cap's default.
 
     python bench/policies_cap.py --cases swe:1:0.3,web:101:0.6

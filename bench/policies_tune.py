@@ -111,7 +111,7 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
     "graph[spread=1]": NonThrashCheck(
         "graph", 0,
         "python bench/policies_check.py --non-thrash --policy 'graph[spread=1]' --against "
-        "graph --workers 1 (session 28's second policy lane, on 4effbe6, 234 s; "
+        "graph --workers 1 (session 29's second policy lane, on 4effbe6, 234 s; "
         "bench/scheduling_fit.py --policy-check refuses a spec, this registers it and runs "
         "the same check)",
         "fit seeds 101-106, 41 non-thrash points: worse at 17 figures, none by more than 2% "
@@ -159,7 +159,7 @@ AFS_CHECKS: dict[str, AfsCheck] = {
     "graph[spread=1]": AfsCheck(
         "graph", 5, 1,
         "python bench/policies_check.py --afs --policy 'graph[spread=1]' --against graph "
-        "--workers 1 (session 28's second policy lane, on 4effbe6, 14:15-14:17 UTC)",
+        "--workers 1 (session 29's second policy lane, on 4effbe6, 14:15-14:17 UTC)",
         "default rows, graph -> graph[spread=1]: two-tenant mix at 50% 1.10 -> 1.15; noisy "
         "seed 2 at 25% 1.02 -> 1.12, at 50% 1.47 -> 1.67 (the goal <= 1.5 met -> missed); "
         "seed 7 at 50% 2.53 -> 2.72; seed 8 at 50% 3.71 -> 3.78 (better: mix at 100% 2.10 "

@@ -214,7 +214,7 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 1.58x -> 1.66x) and its non-thrash check found nothing worse: chosen by the fit. The
 # calibrated AFS veto rejects it (mean d log ratio +0.0404 against 0.0270; goal cases 15 ->
 # 15): the default stays, the three values opt-in (RESULTS "Room where it cannot cascade").
-# Round 29 (issue 10, session 28, the sched lane; committed before it ran, with the code):
+# Round 29 (issue 10, session 29, the sched lane; committed before it ran, with the code):
 # room as a swap. Round 28's "room_fits" lost web 1x 50% (seed 104: demotions 45 -> 56)
 # because a step admitted on room is then charged its context plus growth and the next
 # shrink demotes other paused sessions. `readmit_charge` "room_ranked" admits a demoted

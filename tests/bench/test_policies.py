@@ -398,7 +398,7 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1,spread_states=queued]"},
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "no recorded non-thrash check" in why
-    # graph[spread=1] (session 28's per-size pick) passed the non-thrash check, not the veto
+    # graph[spread=1] (session 29's per-size pick) passed the non-thrash check, not the veto
     name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1]"},
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "vetoed by its AFS veto" in why and "1.47 -> 1.67" in why
