@@ -128,7 +128,11 @@ def run_sim(sessions, synth, scheduler, params=None, demotions=None) -> list:
     return log
 
 
-def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
+def run_engine(model_dir, sessions, synth, scheduler, params=None,
+               held: str | None = None) -> list:
+    """Drive `sessions` through a real LLMEngine and return its admission log; with
+    `held`, that session's second step is submitted only once the engine has nothing
+    else unfinished (the simulator's long tool call)."""
     probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
     engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
                        max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
@@ -153,14 +157,20 @@ def run_engine(model_dir, sessions, synth, scheduler, params=None) -> list:
                            request_id=f"{s.id}/{k}", session_id=s.id, workflow=s.workflow,
                            tool=step.tool, last_step=k == s.num_steps - 1)
 
+    later: list[tuple[Session, int]] = []
     for s in sessions:
         submit(s, 0)
-    while engine.has_unfinished():
+    while engine.has_unfinished() or later:
+        if not engine.has_unfinished():
+            submit(*later.pop())
         for out in engine.step():
             sid, k = out.request_id.split("/")
             if out.finished and int(k) + 1 < by_id[sid].num_steps:
                 context[sid] = context[sid] + out.token_ids
-                submit(by_id[sid], int(k) + 1)
+                if sid == held and int(k) == 0:
+                    later.append((by_id[sid], 1))
+                else:
+                    submit(by_id[sid], int(k) + 1)
     engine.manager.check_integrity()
     return log
 
@@ -324,41 +334,7 @@ def stream_held() -> list[Session]:
 def run_engine_held(model_dir, sessions, synth, scheduler, params, held: str) -> list:
     """`run_engine`, with session `held`'s second step submitted only once the engine has
     nothing else unfinished (the simulator's long tool call)."""
-    probe = LLMEngine(model_dir, device="cpu", progress=False, kv_memory_bytes=2**20)
-    engine = LLMEngine(model_dir, device="cpu", progress=False, max_num_seqs=8,
-                       max_num_batched_tokens=BUDGET, scheduler=scheduler, policy="lru",
-                       scheduler_params=params,
-                       kv_memory_bytes=NUM_BLOCKS * probe.spec.bytes_per_block)
-    log = record(engine.scheduler.core)
-    by_id = {s.id: s for s in sessions}
-    context: dict[str, list[int]] = {s.id: [] for s in sessions}
-    later: list[tuple[Session, int]] = []
-
-    def submit(s: Session, k: int) -> None:
-        step = s.steps[k]
-        new = s.prompt_length(k) - len(context[s.id])
-        prompt = context[s.id] + synth.prompt_token_ids(s, k)[-new:].tolist()
-        context[s.id] = prompt
-        engine.add_request(prompt, SamplingParams(max_tokens=step.output_tokens,
-                                                  ignore_eos=True),
-                           request_id=f"{s.id}/{k}", session_id=s.id, workflow=s.workflow,
-                           tool=step.tool, last_step=k == s.num_steps - 1)
-
-    for s in sessions:
-        submit(s, 0)
-    while engine.has_unfinished() or later:
-        if not engine.has_unfinished():
-            submit(*later.pop())
-        for out in engine.step():
-            sid, k = out.request_id.split("/")
-            if out.finished and int(k) + 1 < by_id[sid].num_steps:
-                context[sid] = context[sid] + out.token_ids
-                if sid == held and int(k) == 0:
-                    later.append((by_id[sid], 1))
-                else:
-                    submit(by_id[sid], int(k) + 1)
-    engine.manager.check_integrity()
-    return log
+    return run_engine(model_dir, sessions, synth, scheduler, params, held=held)
 
 
 @pytest.mark.parametrize("params", [
