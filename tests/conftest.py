@@ -23,8 +23,14 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the marks added here count there
 def pytest_collection_modifyitems(config, items):
     if _cuda_available():
+        # Kernel tests run on CUDA where there is one (tests/kernels/conftest.py's
+        # `triton_device`): on such a machine they are GPU tests, and `-m gpu` takes them.
+        for item in items:
+            if "triton_device" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.gpu)
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -16,6 +16,7 @@ import torch
 
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
+from kvsaga.engine.cuda_graphs import DecodeGraphs
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
@@ -65,6 +66,8 @@ class LLMEngine:
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
     scheduler / scheduler_params: the core scheduler (`kvsaga.scheduler`: "workflow",
         the default, or "fcfs") and its parameters; ValueError for bad ones.
+    enforce_eager: on CUDA, run decode passes eagerly instead of replaying CUDA graphs
+        (`kvsaga.engine.cuda_graphs`); no effect elsewhere.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
@@ -88,6 +91,7 @@ class LLMEngine:
         transfer_delay=None,
         scheduler: str = DEFAULT_SCHEDULER,
         scheduler_params: dict | None = None,
+        enforce_eager: bool = False,
     ) -> None:
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
@@ -132,7 +136,11 @@ class LLMEngine:
             host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
         self._transfer = None  # the last plan submitted that no forward has waited on yet
-        self.runner = ModelRunner(self.model, self.storage.kv, self.manager)
+        graphs = None
+        if self.device.type == "cuda" and not enforce_eager:
+            graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
+                                  max_num_seqs)
+        self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs)
         self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
                                    name=scheduler, **(scheduler_params or {}))
         self.max_num_seqs = max_num_seqs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
+from kvsaga.engine.cuda_graphs import DecodeGraphs
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.sampling import Sampler, SamplerOutput
 from kvsaga.engine.scheduler import ScheduledChunk
@@ -16,14 +17,17 @@ class ModelRunner:
     model: the decoder.
     kv_cache: the GPU tier tensor `[num_blocks, num_layers, 2, block_size, kv_heads, head_dim]`.
     manager: source of the block tables.
+    graphs: where decode passes replay (`DecodeGraphs`); None runs every pass eagerly.
     """
 
-    def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, manager: KVCacheManager):
+    def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, manager: KVCacheManager,
+                 graphs: DecodeGraphs | None = None):
         self.model = model
         self.kv_cache = kv_cache
         self.manager = manager
         self.sampler = Sampler()
         self.device = kv_cache.device
+        self.graphs = graphs
 
     @torch.inference_mode()
     def run(
@@ -50,6 +54,13 @@ class ModelRunner:
             if c.completes_context:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(c)
+        params = [c.request.params for c in sampled]
+        gens = [c.request.generator for c in sampled]
+        if (self.graphs is not None and len(sampled) == len(input_ids)
+                and self.graphs.size_for(len(input_ids)) is not None):
+            # A decode pass: one token a sequence, each sampled.
+            logits = self.graphs.run(input_ids, positions, slots, tables, seq_lens)
+            return sampled, self.sampler(logits, params, gens)
         meta = AttentionMetadata.build(
             tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows, slots
         )
@@ -60,6 +71,4 @@ class ModelRunner:
             self.model.hidden_states(ids, pos, self.kv_cache, meta, ids.new_empty(0))
             return [], None
         logits = self.model(ids, pos, self.kv_cache, meta)  # [N, vocab] fp32
-        params = [c.request.params for c in sampled]
-        gens = [c.request.generator for c in sampled]
         return sampled, self.sampler(logits, params, gens)

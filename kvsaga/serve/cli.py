@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="token budget of one forward pass (chunked prefill)")
     a("--max-model-len", type=int, default=None,
       help="longest context in tokens (default: the model's)")
+    a("--enforce-eager", action="store_true",
+      help="on CUDA, run decode steps eagerly instead of replaying CUDA graphs")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
@@ -142,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
         api_keys=tuple(k.strip() for k in (keys or "").split(",") if k.strip()),
         max_queue=args.max_queue,
         max_body_bytes=args.max_body,
@@ -174,6 +177,7 @@ def engine_factory(s: ServerSettings):
             max_model_len=s.max_model_len,
             progress=sys.stderr.isatty(),
             host_memory_bytes=s.host_memory_bytes or 0,
+            enforce_eager=s.enforce_eager,
         )
 
     return load

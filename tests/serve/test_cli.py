@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvsaga import __version__
-from kvsaga.serve.cli import build_parser, settings_from_args
+from kvsaga.serve.cli import build_parser, engine_factory, settings_from_args
 
 
 def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
@@ -22,7 +22,17 @@ def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
     assert s.kv_memory_bytes == 2 * 2**30 and s.port == 9001 and s.host == "127.0.0.1"
     assert s.api_keys == ("env-a", "env-b") and s.url == "http://127.0.0.1:9001/v1"
     s = settings_from_args(build_parser().parse_args(["--api-key", "flag"]))
-    assert s.api_keys == ("flag",)
+    assert s.api_keys == ("flag",) and not s.enforce_eager
+    assert settings_from_args(build_parser().parse_args(["--enforce-eager"])).enforce_eager
+
+
+def test_enforce_eager_reaches_the_engine(tiny_dir: Path):
+    """The engine that `--enforce-eager` loads runs eagerly (on CPU it always does; the
+    argument must still arrive, since LLMEngine refuses unknown ones)."""
+    s = settings_from_args(build_parser().parse_args(["--model", str(tiny_dir), "--enforce-eager",
+                                                      "--device", "cpu", "--kv-memory", "4M"]))
+    engine = engine_factory(s)()
+    assert engine.runner.graphs is None
 
 
 def test_every_flag_has_help_stating_its_default():

@@ -1,0 +1,139 @@
+"""Where a decode step's time goes on CUDA: host (Python, launches) against the GPU's own.
+
+    python bench/engine_cuda_profile.py [--model PATH] [--arms eager,graphs] [--batch 1,16]
+        [--steps 20] [--top 25] [--json PATH]
+
+For each arm (`eager`: `enforce_eager=True`; `graphs`: decode passes replayed from CUDA
+graphs, the default on CUDA; one engine at a time, `--kv-gib` of KV) and each batch size,
+`--batch` greedy requests (bench/generate.py's "chat" prompts, numbered) prefill in one
+`LLMEngine`, then `--steps` decode steps are timed three ways (`rows`: the mean sequences a
+timed step decoded, below the batch where the KV budget holds fewer):
+  wall      milliseconds a step with a device sync after each (what a user waits);
+  cprofile  cProfile over the same steps: the top `--top` functions by own time, so a host
+            cost (a Python loop, a copy to the host that syncs, a Triton launcher) shows by name;
+  torch     torch.profiler over 5 steps: kernels launched a step, the GPU's busy time a step
+            (sum of kernel times) and the top ops by host time.
+A step whose wall time is far above its GPU busy time is bound by the host. Without CUDA it
+runs on CPU (the torch part then reads CPU ops only). `--model`: an HF directory or .gguf
+(default: the installed SmolLM2-135M-Instruct; bench/gpu_check.py writes a random one of its
+shape where that is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import _engine, _greedy, batch_prompts, sync  # noqa: E402
+
+
+def _prefilled(llm, batch: int, max_tokens: int):
+    """Add `batch` requests and step until each has its first token."""
+    eng = llm.engine
+    prompts = batch_prompts("chat", 16)  # longer ones would not fit the context
+    reqs = [eng.add_request(llm.tokenizer.encode(f"{i}: " + prompts[i % 16]),
+                            _greedy(max_tokens)) for i in range(batch)]
+    while not all(r.output_ids for r in reqs):
+        eng.step()
+    return eng, reqs
+
+
+def profile_batch(llm, device: str, batch: int, steps: int, top: int) -> dict:
+    eng, reqs = _prefilled(llm, batch, max_tokens=3 * steps + 20)
+    for _ in range(3):  # warm-up: the decode kernels' first launches
+        eng.step()
+    sync(device)
+    t0, rows = time.perf_counter(), 0
+    for _ in range(steps):
+        rows += eng.stats().num_running
+        eng.step()
+        sync(device)
+    wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        eng.step()
+    sync(device)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    n = 5
+    with torch.profiler.profile(activities=acts) as tp:
+        for _ in range(n):
+            eng.step()
+        sync(device)
+    kernels = [e for e in tp.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_busy_ms = sum(e.device_time for e in kernels) / 1e3 / n  # device_time: us
+    table = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    for r in reqs:  # the next batch starts on an empty engine
+        eng.abort(r.request_id)
+    while eng.has_unfinished():
+        eng.step()
+    return {"batch": batch, "rows": rows / steps, "wall_ms_per_step": wall_ms,
+            "kernels_per_step": len(kernels) / n,
+            "gpu_busy_ms_per_step": gpu_busy_ms, "cprofile": buf.getvalue(),
+            "torch_ops": table}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16", help="model dtype (float32 on CPU)")
+    ap.add_argument("--arms", default="eager,graphs", help="eager and/or graphs (CUDA only)")
+    ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
+    ap.add_argument("--kv-gib", type=int, default=8, help="KV budget of each engine (GiB)")
+    ap.add_argument("--steps", type=int, default=20, help="decode steps timed per reading")
+    ap.add_argument("--top", type=int, default=25, help="profile rows printed")
+    ap.add_argument("--json", help="write the readings here")
+    args = ap.parse_args()
+    dtype = args.dtype if args.device == "cuda" else "float32"
+    rows = []
+    for arm in args.arms.split(","):
+        if arm not in ("eager", "graphs"):
+            ap.error(f"--arms: unknown arm {arm!r} (eager, graphs)")
+        llm = _engine(args.device, args.model, dtype=dtype, kv_memory_bytes=args.kv_gib << 30,
+                      enforce_eager=arm == "eager")
+        for b in (int(x) for x in args.batch.split(",")):
+            r = profile_batch(llm, args.device, b, args.steps, args.top)
+            r["arm"] = arm
+            rows.append(r)
+            print(f"== {arm}, batch {b} ({r['rows']:.0f} rows): {r['wall_ms_per_step']:.2f} ms "
+                  f"a step (wall), "
+                  f"{r['kernels_per_step']:.0f} kernels, GPU busy "
+                  f"{r['gpu_busy_ms_per_step']:.2f} ms")
+            print(r["cprofile"])
+            print(r["torch_ops"])
+        graphs = llm.engine.runner.graphs
+        if graphs is not None:
+            print(f"== {arm}: graphs captured for sizes {graphs.captured_sizes()}, "
+                  f"{graphs.replays} decode passes replayed")
+        del llm, graphs
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    print("\n| arm | batch | rows | ms a step | kernels a step | GPU busy ms |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['arm']} | {r['batch']} | {r['rows']:.0f} | {r['wall_ms_per_step']:.2f} | "
+              f"{r['kernels_per_step']:.0f} | {r['gpu_busy_ms_per_step']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
