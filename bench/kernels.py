@@ -80,10 +80,25 @@ def peak_gbps(device: torch.device) -> tuple[str, float | None]:
     return name, next((bw for key, bw in PEAK_GBPS if key in name), None)
 
 
+WARMUP_S = 0.2  # CUDA: calls before timing, at least this long (the clocks ramp up)
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Median time of fn() over `repeat` runs after warm-up; on CUDA, with L2 flushed."""
+    """Median time of fn() over `repeat` runs after warm-up; on CUDA, with L2 flushed.
+
+    On CUDA the warm-up lasts at least `WARMUP_S`. Two calls of a 60 us kernel are not
+    enough for an idle card's clocks to ramp up. With only those, bench/decode_sweep.py's
+    readings of such a kernel scattered up to 2.5x between neighbouring configurations
+    (bench/RESULTS.md, "First GPU lent")."""
     for _ in range(2):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        end = time.perf_counter() + WARMUP_S
+        while time.perf_counter() < end:
+            for _ in range(8):
+                fn()
+            torch.cuda.synchronize()
     times = []
     if device.type == "cuda":
         flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)

@@ -40,6 +40,7 @@ _LOG2E = 1.4426950408889634
 # Decode partitions never get shorter than this many tokens: below it the reduce costs
 # more than the parallelism buys.
 _MIN_PARTITION = 256
+_PROGRAMS_PER_SM = 4  # decode split-K: programs per SM the split count aims for
 
 
 @dataclass(frozen=True)
@@ -380,13 +381,13 @@ def _num_sms(device_index: int) -> int:
 def decode_num_splits(
     batch: int, num_head_chunks: int, max_seq_len: int, block_n: int, num_sms: int
 ) -> tuple[int, int]:
-    """(num_splits, partition_size) so that about 4 programs per SM run.
+    """(num_splits, partition_size) so that about `_PROGRAMS_PER_SM` programs per SM run.
 
     The partition is a multiple of `block_n` and at least `_MIN_PARTITION` tokens.
     """
     if max_seq_len <= 0:
         return 1, block_n
-    wanted = max(1, -(-4 * num_sms // max(1, batch * num_head_chunks)))
+    wanted = max(1, -(-_PROGRAMS_PER_SM * num_sms // max(1, batch * num_head_chunks)))
     most = max(1, -(-max_seq_len // _MIN_PARTITION))
     splits = min(wanted, most)
     partition = -(-max_seq_len // splits)
