@@ -40,7 +40,8 @@ def _prefilled(llm, batch: int, max_tokens: int):
     """Add `batch` requests and step until each has its first token."""
     eng = llm.engine
     prompts = batch_prompts("chat", 16)  # longer ones would not fit the context
-    reqs = [eng.add_request(llm.tokenizer.encode(f"{i}: " + prompts[i % 16]),
+    room = eng.max_model_len - max_tokens - 1  # a small model's context may be short
+    reqs = [eng.add_request(llm.tokenizer.encode(f"{i}: " + prompts[i % 16])[:room],
                             _greedy(max_tokens)) for i in range(batch)]
     while not all(r.output_ids for r in reqs):
         eng.step()

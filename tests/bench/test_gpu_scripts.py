@@ -1,0 +1,48 @@
+"""The GPU-facing bench scripts run end to end without one, so they do not rot between loans:
+bench/decode_sweep.py --small under Triton's interpreter, bench/engine_cuda_profile.py on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **env})
+
+
+def test_decode_sweep_small_checks_every_configuration(tmp_path: Path):
+    out = tmp_path / "sweep.json"
+    proc = _run(["bench/decode_sweep.py", "--small", "--block-n", "32", "--warps", "4",
+                 "--stages", "1", "--per-sm", "2", "--repeat", "1", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["default", "sweep"] * 3
+    sweep = [r for r in rows if r["config"] == "sweep"]
+    assert all("error" not in r and r["ms"] > 0 for r in sweep), sweep
+    assert {(r["block_n"], r["warps"], r["stages"], r["per_sm"]) for r in sweep} == {(32, 4, 1, 2)}
+    assert "## smollm2_b16_2048" in proc.stdout
+
+
+def test_engine_cuda_profile_on_cpu(tmp_path: Path):
+    pytest.importorskip("transformers")
+    from tests.helpers_models import build_tiny_model
+
+    model = build_tiny_model("llama_gqa4_untied", tmp_path / "tiny")
+    out = tmp_path / "prof.json"
+    proc = _run(["bench/engine_cuda_profile.py", "--model", str(model), "--arms",
+                 "eager", "--batch", "1,3", "--steps", "2", "--top", "3", "--kv-gib", "1",
+                 "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["arm"], r["batch"], r["rows"]) for r in rows] == [("eager", 1, 1), ("eager", 3, 3)]
+    assert all(r["wall_ms_per_step"] > 0 for r in rows)
+    assert "| eager | 3 | 3 |" in proc.stdout
