@@ -169,6 +169,8 @@ class DecodeGraphs:
             self._forward(size)  # warm-up: Triton compiles, the allocator's blocks
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a host-tier copy on another thread (kvsaga.offload) during the capture
+        # must not invalidate it; only this thread's calls are restricted.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = self._forward(size)
         return graph, out
