@@ -6,7 +6,14 @@ swe) at `TRACE_SEEDS`, every seed read while the policies were built, and picks,
 `TUNE_CANDIDATES`, by one rule fixed before any run under it (`TUNE_RULE`), over the
 pressured cases (lru hit rate in `HIT_RANGE`): the least worst ratio to the best of lru,
 saga and ttl, then the fewest cases above 1.0x of it, then the least total recomputation
-(why in bench/policies.py's docstring). It writes the pick to
+(why in bench/policies.py's docstring). Over the whole fit set (per pool size, not with
+`--smooth`) the rule's choice then goes through issue 10's checks (`vetted_pick`, session
+29): the candidates are walked in the rule's order (`ranking`), each put through the AFS
+veto and then the non-thrash check against `DEFAULT_POLICY` (`run_checks`: the same rows
+and thresholds as `NON_THRASH_CHECKS` and `AFS_CHECKS` record, simulated afresh), and the
+first that passes both, or the default as it is (which takes none), is the pick; the
+walk, vetoes and figures included, is printed and saved beside the rule's own pick
+(`rule_pick`). It writes the pick to
 bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section
 of bench/RESULTS.md; `DEFAULT_POLICY` and the policies' default constants must be that
 pick unless a smoothed tuning sets the default by the rule below
@@ -33,6 +40,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -280,6 +288,154 @@ def pick(rows: list[dict], candidates: list[str]) -> str:
     return next(p for p in candidates if p in tied and tied[p] == least)
 
 
+def ranking(rows: list[dict], candidates: list[str]) -> list[str]:
+    """Every candidate that ran every pressured case, in the tune rule's order: `pick`
+    among them, then `pick` among the rest, and so on (the tie band keeps the incumbent
+    ahead of the challengers it ties, as `pick` does)."""
+    left = [c for c in dict.fromkeys(candidates) if rank(rows, c) is not None]
+    out = []
+    while left:
+        first = pick(rows, left)
+        out.append(first)
+        left.remove(first)
+    return out
+
+
+def is_default(spec: str) -> bool:
+    """Whether `spec` is today's default policy as it is (`DEFAULT_POLICY` at its class
+    defaults: `graph[median_returns=1]` while graph's `median_returns` defaults to on):
+    choosing it changes nothing, so it takes no check."""
+    return parse_spec(spec)[0] == DEFAULT_POLICY and at_defaults(spec)
+
+
+class CheckResult(NamedTuple):
+    """One of issue 10's checks of a candidate, run by the tune (`vetted_pick`)."""
+    check: str  # "AFS veto" or "non-thrash check"
+    passes: bool
+    figures: str  # what it printed, in one line
+
+
+# The check a candidate takes, in this order: (spec, against) -> CheckResult.
+Check = Callable[[str, str], CheckResult]
+
+
+def vetted_pick(rows: list[dict], candidates: list[str], checks: Sequence[Check],
+                against: str | None = None) -> tuple[str, list[dict]]:
+    """The tune's choice through issue 10's checks: walk the candidates in the tune rule's
+    order (`ranking`) and take the first that passes every check of `checks` against
+    `against` (default: `DEFAULT_POLICY`), or that is the default now (`is_default`: no
+    check). A candidate stops at its first failed check (the later ones are not run).
+    Returns the choice and the walk: per candidate walked, its rule key, the checks run
+    (name, passes, figures) and the check that vetoed it, if one did.
+
+    Raises:
+        ValueError: no candidate ran every pressured case, or every one walked was vetoed
+            and none is the default (a run without the incumbent cannot fall back on it).
+    """
+    against = DEFAULT_POLICY if against is None else against
+    order = ranking(rows, candidates)
+    if not order:
+        raise ValueError("no candidate ran every pressured case: nothing to pick")
+    walked = []
+    for spec in order:
+        worst, above, total = rank(rows, spec)
+        entry = {"candidate": spec, "worst": worst, "above": above, "total": total,
+                 "checks": [], "vetoed_by": None}
+        walked.append(entry)
+        if is_default(spec):
+            entry["default"] = True
+            return spec, walked
+        for check in checks:
+            got = check(spec, against)
+            entry["checks"].append(got._asdict())
+            if not got.passes:
+                entry["vetoed_by"] = got.check
+                break
+        if entry["vetoed_by"] is None:
+            return spec, walked
+    raise ValueError(f"every candidate was vetoed ({', '.join(order)}) and the default "
+                     f"`{DEFAULT_POLICY}` was not among them: nothing to pick")
+
+
+def vetted_variants(rows: list[dict], candidates: list[str], walked: list[dict],
+                    chosen: str) -> dict[str, str]:
+    """`variant_picks` after the checks: for the chosen policy and for `DEFAULT_POLICY`,
+    the first of its settings in the tune rule's order that is the choice, passed every
+    check in the walk, or is at its class defaults now (a setting that was vetoed or never
+    checked does not become that policy's defaults); for other policies (whose constants
+    the default does not use), the rule's own pick among its settings."""
+    passed = {w["candidate"] for w in walked if w["vetoed_by"] is None}
+    guarded = {parse_spec(chosen)[0], DEFAULT_POLICY}
+    out = {}
+    for base, specs in _settings(candidates).items():
+        if base not in guarded:
+            out[base] = pick(rows, specs)
+            continue
+        ok = [s for s in ranking(rows, specs) if s == chosen or s in passed or at_defaults(s)]
+        out[base] = ok[0] if ok else pick(rows, specs)
+    return out
+
+
+def vetting_lines(walked: list[dict], chosen: str, against: str) -> list[str]:
+    """The walk in words, one line per candidate walked, for the tune's section."""
+    out = [f"Candidates in the rule's order through issue 10's checks against `{against}` "
+           "(the AFS veto first, as `python bench/policies_check.py --afs`: no "
+           "afs_max_slowdown_ratio of the default's two-tenant rows worse; then the "
+           "non-thrash check, as `--non-thrash`: no non-thrash figure worse by more than "
+           f"{NON_THRASH_SLACK:.0%}, no SLO drop; a candidate stops at its first failed "
+           "check; the default as it is takes none):", ""]
+    for w in walked:
+        head = (f"- `{w['candidate']}` (worst {w['worst']:.2f}x, {w['above']} above 1.0x, "
+                f"{w['total'] / 1e6:.3f}M tokens): ")
+        if w.get("default"):
+            out.append(head + "the default as it is: no check; **chosen**.")
+            continue
+        parts = [f"{c['check']} {'passes' if c['passes'] else 'fails'} ({c['figures']})"
+                 for c in w["checks"]]
+        verdict = (f"**vetoed by the {w['vetoed_by']}**" if w["vetoed_by"]
+                   else "**chosen**" if w["candidate"] == chosen else "passed")
+        out.append(head + "; ".join(parts) + f"; {verdict}.")
+    out += ["", f"Pick after the checks: **`{chosen}`**."]
+    return out
+
+
+def run_checks(workers: int) -> list[Check]:
+    """Issue 10's two checks as `vetted_pick` runs them, simulating on `workers` processes:
+    the AFS veto (`policies_check.afs_veto` on the default's rows of the two-tenant mixes,
+    the same rows `python bench/policies_check.py --afs` runs), then the non-thrash check
+    (`scheduling_fit.non_thrash_worse` with the workflow scheduler's defaults unchanged and
+    slack `NON_THRASH_SLACK`, the rule `NON_THRASH_CHECKS` records). Each spec is
+    registered as a policy name first (`policies_check.register`)."""
+    import policies_check as C  # they import the scheduling benches: loaded on use
+
+    def afs(spec: str, against: str) -> CheckResult:
+        import scheduling
+        C.register(spec), C.register(against)
+        t = time.perf_counter()
+        rows = scheduling.run(C.afs_tasks([against, spec]), workers)
+        worse, crossed = C.afs_veto(rows, spec, against)
+        n = sum(r["scheduler"] == scheduling.DEFAULT_SCHEDULER and r["policy"] == spec
+                for r in rows)
+        figures = (f"worse at {len(worse)} of {n} rows, {crossed} met -> missed"
+                   + (": " + "; ".join(worse) if worse else "")
+                   + f"; {time.perf_counter() - t:.0f} s")
+        return CheckResult("AFS veto", not worse, figures)
+
+    def non_thrash(spec: str, against: str) -> CheckResult:
+        C.register(spec), C.register(against)
+        import scheduling_fit as F  # after the registration, as policies_check does
+        t = time.perf_counter()
+        worse = F.non_thrash_worse(F.PREVIOUS, workers, policy=spec, against=against,
+                                   slack=NON_THRASH_SLACK)
+        figures = (f"{len(F._NON_THRASH)} non-thrash points, {len(worse)} figures worse by "
+                   f"more than {NON_THRASH_SLACK:.0%} or SLO drops"
+                   + (": " + "; ".join(worse) if worse else "")
+                   + f"; {time.perf_counter() - t:.0f} s")
+        return CheckResult("non-thrash check", not worse, figures)
+
+    return [afs, non_thrash]
+
+
 def _settings(candidates: list[str]) -> dict[str, list[str]]:
     """Policies tuned with several constant settings -> their candidate specs."""
     by_base: dict[str, list[str]] = {}
@@ -332,7 +488,10 @@ def explicit(spec: str, constants: dict[str, dict[str, float | list[str]]]) -> s
 def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
                   seeds: list[int], chosen: str,
                   constants: dict[str, dict[str, float | list[str]]],
-                  notes: list[str] | None = None) -> str:
+                  notes: list[str] | None = None,
+                  vetting: tuple[str, list[dict], str] | None = None) -> str:
+    """The tune's section. `vetting`: (the pick after issue 10's checks, the walk, the
+    policy checked against), as `vetted_pick` returns them; None: the rule's pick alone."""
     traces = sorted({r['trace'] for r in rows})
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
            f"Ran {coverage(seeds, traces, candidates)}. "
@@ -350,10 +509,19 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
         " (here on the cases run: part of the fit set only, so this pick sets nothing)")
     out += ["", f"Pick by the tune rule ({TUNE_RULE}; keys 1-3 fixed before the run){part}: "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
-    for base, spec in variant_picks(rows, candidates).items():
+    variants = variant_picks(rows, candidates)
+    if vetting is not None:
+        vetted, walked, against = vetting
+        out += ["", *vetting_lines(walked, vetted, against)]
+        variants = vetted_variants(rows, candidates, walked, vetted)
+    elif not fit_set_gaps(seeds, candidates):
+        out.append("Not put through issue 10's checks (a run before they were automatic, "
+                   "or with --smooth): the rule's pick alone.")
+    for base, spec in variants.items():
         full = explicit(spec, constants)
         ran = f"ran as `{full}`; " if full != spec else ""
-        out.append(f"Constants of `{base}` by the same rule among its settings: `{spec}` "
+        how = "the same rule" if vetting is None else "the same rule and checks"
+        out.append(f"Constants of `{base}` by {how} among its settings: `{spec}` "
                    f"({ran}its defaults).")
     if notes:  # what changed since the run, kept with its rows
         out += ["", *notes]
@@ -377,6 +545,8 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
             parser.error(f"{args.from_json} does not record what its bare policy names ran "
                          "with (\"constants\"): rerun --tune")
         constants, notes = saved.get("constants", {}), saved.get("notes", [])
+        vetting = ((saved["pick"], saved["vetting"], saved["against"])
+                   if saved.get("vetting") else None)
     else:
         rows, constants, notes = [], setting_constants(policies), []
         for names, fit in ((FAMILIES, FAMILY_SEEDS), (TRACES, TRACE_SEEDS)):
@@ -385,12 +555,20 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
             if mine and at:
                 rows += run(mine, fractions, policies, at, args.workers)[0]
         wall = time.perf_counter() - t
+        vetting = None
+        if not args.smooth and not fit_set_gaps(seeds, policies):  # the whole fit set
+            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers))
+            vetting = (vetted, walked, DEFAULT_POLICY)
         if args.smooth:
             import policies_smooth as S
             extra, smooth_s = S.run_smooth(rows, S.smooth_policies(policies, True),
                                            args.workers)
-    chosen = pick(rows, policies)
-    text = tune_markdown(rows, policies, command, wall, seeds, chosen, constants, notes)
+    rule_pick = pick(rows, policies)
+    text = tune_markdown(rows, policies, command, wall, seeds, rule_pick, constants, notes,
+                         vetting)
+    chosen = rule_pick if vetting is None else vetting[0]
+    variants = (variant_picks(rows, policies) if vetting is None
+                else vetted_variants(rows, policies, vetting[1], vetting[0]))
     if extra is not None:
         import policies_smooth as S
         srows = S.smoothed(rows, extra)
@@ -400,16 +578,17 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
                                    "candidates": policies})
         text += (f"\nPick by the tune rule on the smoothed figures of "
                  f"{coverage(seeds, traces, policies)}: **`{smooth_pick}`** "
-                 f"(per pool size: `{chosen}`); {verdict}.\n")
+                 f"(per pool size: `{rule_pick}`); {verdict}.\n")
         chosen = smooth_pick
     print(text)
     if not args.no_write:
         out, section = ((TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION) if extra is not None
                         else (TUNE_JSON, TUNE_SECTION))
         text = text.replace(TUNE_SECTION, section, 1)
-        _save(out, {"pick": chosen, "seeds": seeds, "traces": traces,
-                    "variants": {b: explicit(v, constants) for b, v in
-                                 variant_picks(rows, policies).items()},
+        _save(out, {"pick": chosen, "rule_pick": rule_pick, "seeds": seeds,
+                    "traces": traces, "vetting": None if vetting is None else vetting[1],
+                    "against": None if vetting is None else vetting[2],
+                    "variants": {b: explicit(v, constants) for b, v in variants.items()},
                     "constants": constants, "notes": notes, "candidates": policies,
                     "command": command, "wall_s": wall, "rows": rows,
                     "smooth_rows": extra, "smooth_s": smooth_s})
