@@ -520,7 +520,8 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     for base, spec in variants.items():
         full = explicit(spec, constants)
         ran = f"ran as `{full}`; " if full != spec else ""
-        how = "the same rule" if vetting is None else "the same rule and checks"
+        how = ("the same rule and checks" if vetting is not None and base in
+               {parse_spec(vetting[0])[0], DEFAULT_POLICY} else "the same rule")
         out.append(f"Constants of `{base}` by {how} among its settings: `{spec}` "
                    f"({ran}its defaults).")
     if notes:  # what changed since the run, kept with its rows

@@ -165,6 +165,8 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
         "queued+demoted]"  # the vetoed setting is not graph's
     out = capsys.readouterr().out
     assert "**vetoed by the AFS veto**" in out and "Pick after the checks: **`lru`**" in out
+    assert "Constants of `graph` by the same rule and checks among its settings: " \
+        "`graph[median_returns=1]`" in out
     section = (tmp_path / "RESULTS.md").read_text()
     assert tune.TUNE_SECTION in section and "**vetoed by the AFS veto**" in section
     afs.calls.clear()
