@@ -96,9 +96,13 @@ class LeaveForecast:
         super()._session_left(sid)
 
     # -- predicting -----------------------------------------------------------------------
-    def _leave_at(self, sid: str, info: Any, now: float) -> float:
+    def _leave_at(self, sid: str, info: Any, now: float, restart: bool = False) -> float:
         """When admitted session `sid` (`info`) is expected to leave the tiers (>= now; inf
-        before any step cycle was seen): see the module docstring."""
+        before any step cycle was seen): see the module docstring. A session still admitted
+        past its predicted end is predicted to leave now (the clamp); with `restart`
+        (`readmit_charge` "room_returns_stay", `kvsaga.scheduler.room_swap`) its
+        prediction restarts at `now` instead: its expected remaining steps, one learned
+        cycle each, from now. Either way never earlier at a later `now`."""
         cycle = self._cycles.mean(info.workflow)
         if cycle is None:
             return math.inf
@@ -107,15 +111,18 @@ class LeaveForecast:
         prior = graph.mean_steps(info.workflow) if graph is not None else done + 1.0
         left = self._lengths.remaining(info.workflow, done, prior)
         anchor = self._last_finish.get(sid, self._started.get(sid, now))
-        end = max(anchor + left * cycle, now)
+        end = anchor + left * cycle
+        if end < now:
+            end = now + left * cycle if restart else now
         if not info.active:
             end = min(end, max(info.demote_at, now))
         return end
 
-    def _leave_wait_s(self, over: float, now: float) -> float:
+    def _leave_wait_s(self, over: float, now: float, restart: bool = False) -> float:
         """Seconds until `over` blocks of admitted sessions' own contexts are expected to
-        have left the tiers (`_leave_at`, soonest first); inf when they never free that."""
-        times = sorted((self._leave_at(sid, i, now), self._own_blocks(i))
+        have left the tiers (`_leave_at`, soonest first, `restart` passed on); inf when
+        they never free that."""
+        times = sorted((self._leave_at(sid, i, now, restart), self._own_blocks(i))
                        for sid, i in self.sessions.items())
         freed = 0
         for t, blocks in times:

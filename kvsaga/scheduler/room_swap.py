@@ -96,6 +96,21 @@ calibrated AFS veto rejects it (mean d log ratio +0.0423 > 0.0270; round 31 +0.0
 changes only two noisy 25% cases, and the noisy 50% loss is unchanged, as that loss is
 through the noisy mix's heavy tenant's run alone on half the GPU (one tenant, where the rule
 cannot act), not through the shared run. Opt-in; docs/scheduler.md, "Round 32".
+
+"room_returns_stay" (`--fit` round 33): "room_returns" with the clearing forecast read
+without its clamp. Round 23's leave forecast predicts each admitted session to leave at its
+last finish plus its expected remaining steps times the learned cycle, clamped to `now`: a
+session still admitted past that prediction is predicted to leave now. Under pressure most
+of the admitted sessions with a step queued or running are past it, so the forecast said
+the shortage clears at the swap's own time at 166 of 183 swaps of the noisy mix's heavy
+tenant alone on half the GPU (AFS fit seeds 102-109; overdue active sessions covered
+1.8-4.3x the overshoot there) and at 89 of 121 at bfcl 1x 25% (fit seeds 101-106): every
+victim not yet past its own predicted return was then "back after the clearing", charged
+its recomputation alone, and the rule's test never bit (`bench/scheduling_swap_alone.py`).
+Here a session past its predicted leave is predicted to stay its expected remaining steps
+from `now` (`LeaveForecast._leave_at`'s `restart`: the prediction started again when the
+session is found still there); a paused one still leaves by its demotion deadline if that
+comes first. No new constant; still never earlier at a later `now`, so no timer.
 """
 
 from __future__ import annotations
@@ -117,8 +132,12 @@ READMIT_ROOM_RETURNS = "room_returns"
 # "room_returns_fair" (`--fit` round 32): "room_returns" refusing a swap with a victim of
 # another tenant at or below its fair share (Agent Fair Share's deficit, `_fair_victims`).
 READMIT_ROOM_RETURNS_FAIR = "room_returns_fair"
+# "room_returns_stay" (`--fit` round 33): "room_returns" whose clearing forecast predicts an
+# admitted session still there past its predicted leave to stay its remaining steps from now
+# (`LeaveForecast._leave_at`'s `restart`), not to leave now.
+READMIT_ROOM_RETURNS_STAY = "room_returns_stay"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
-                     READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR)
+                     READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -234,7 +253,7 @@ class RoomSwap:
             return all(self._ranks_below(req, v) for v in victims)
         if charge == READMIT_ROOM_PRICED:
             return self._swap_pays(req, lookup, victims)
-        if charge == READMIT_ROOM_RETURNS:
+        if charge in (READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_STAY):
             return self._swap_pays(req, lookup, victims, over, now)
         if charge == READMIT_ROOM_RETURNS_FAIR:
             # "room_returns"'s rule first (it records the return as "room_returns" does,
@@ -292,8 +311,12 @@ class RoomSwap:
         have left the tiers (round 23's leave forecast, `LeaveForecast._leave_wait_s`;
         inf before any step cycle was seen). Never earlier at a later `now` (each
         session's predicted leave is a max/min with `now`, so non-decreasing in it): a
-        refusal stays a refusal while time alone passes, and the rule needs no timer."""
-        return now + self._leave_wait_s(max(over, 0.0), now)
+        refusal stays a refusal while time alone passes, and the rule needs no timer.
+        "room_returns_stay": a session past its predicted leave is predicted to stay its
+        expected remaining steps from `now` (`_leave_at`'s `restart`; still non-decreasing
+        in `now`: at the predicted leave its prediction jumps later, never earlier)."""
+        restart = self.readmit_charge == READMIT_ROOM_RETURNS_STAY
+        return now + self._leave_wait_s(max(over, 0.0), now, restart)
 
     def _victims_recompute_s(self, victims: list[str]) -> float:
         """Seconds of recomputation expected from demoting `victims` (admitted, paused):

@@ -157,7 +157,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             "room_returns" ("room_priced" with each victim predicted back before the
             shortage is predicted to clear charged that wait too; `room_swap`, round 31),
             "room_returns_fair" ("room_returns" refusing a swap with a victim of another
-            tenant at or below its Agent Fair Share deficit's fair share; round 32).
+            tenant at or below its Agent Fair Share deficit's fair share; round 32),
+            "room_returns_stay" ("room_returns" whose clearing forecast predicts a session
+            still admitted past its predicted leave to stay its remaining steps from now,
+            not to leave now; round 33).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

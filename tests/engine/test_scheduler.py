@@ -517,3 +517,55 @@ def test_room_returns_fair_parity_where_it_admits(tiny_model_dir, monkeypatch):
     assert sim_log == run_sim(sessions, synth, "workflow",
                               {**params, "readmit_charge": "room_returns"})
     assert engine_log == sim_log
+
+
+def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
+    """`readmit_charge` "room_returns_stay" (round 33, kvsaga/scheduler/room_swap.py) on
+    `stream_held()`, as `test_room_returns_parity_where_it_admits`: the margin is 0 so the
+    clock (the engine's is the wall clock; the learned wait and the restarted leave forecast
+    are read on it) does not decide; a swap the shrink can bring within is made once a
+    demoted step's wait to be admitted again was observed, and refused before or where the
+    shrink could not bring the load within. Each priced swap asks the leave forecast, with
+    the restart, for a positive overshoot in both executors. Both answers occur, and the
+    engine makes the simulator's very decisions."""
+    import kvsaga.scheduler.leave_forecast as leave_forecast
+    import kvsaga.scheduler.room_swap as room_swap
+    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
+    answers: list[tuple[bool, bool]] = []
+    asked: list[tuple[float, bool]] = []
+    rule = room_swap.RoomSwap._readmits_swap
+    wait_s = leave_forecast.LeaveForecast._leave_wait_s
+
+    def rule_spy(self, req, lookup, now):
+        got = rule(self, req, lookup, now)
+        if self.readmit_charge == "room_returns_stay" and req.session_id in self._deferred:
+            answers.append((got, self._readmit_waits.mean(None) is not None))
+        return got
+
+    def wait_spy(self, over, now, restart=False):
+        asked.append((over, restart))
+        return wait_s(self, over, now, restart)
+
+    monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
+    monkeypatch.setattr(leave_forecast.LeaveForecast, "_leave_wait_s", wait_spy)
+    sessions = stream_held()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": "room_returns_stay", "admission_order": "fifo",
+              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_answers, answers[:] = list(answers), []
+    sim_asked, asked[:] = list(asked), []
+    assert counts["demoted"] >= 2
+    assert {True, False} <= {a for a, _ in sim_answers}
+    assert all(seen for a, seen in sim_answers if a)  # never before a wait was observed
+    assert sim_asked and all(o > 0 and restart for o, restart in sim_asked)
+    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
+                                 "workflow", params, "s2")
+    assert [a for a, _ in answers] == [a for a, _ in sim_answers]
+    assert asked == sim_asked
+    answers[:] = []
+    assert sim_log != run_sim(sessions, synth, "workflow",
+                              {**params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
+    assert engine_log == sim_log

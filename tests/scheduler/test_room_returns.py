@@ -32,7 +32,7 @@ def _clears_in(s, wait_s):
     record the overshoots it is asked about."""
     asked: list[float] = []
 
-    def leave_wait_s(over, now):
+    def leave_wait_s(over, now, restart=False):
         asked.append(over)
         return wait_s
     s._leave_wait_s = leave_wait_s
