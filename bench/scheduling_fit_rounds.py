@@ -273,9 +273,20 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # d log ratio +0.0423 > 0.0270; goal cases 15 -> 15): it moves only noisy 25% seeds 105 and
 # 108; the noisy 50% loss (+0.1609, unchanged) is through the heavy tenant's run alone (one
 # tenant). The default is unchanged (RESULTS "Round 31's swap with Agent Fair Share").
+# Round 33 (issue 10, the sched lane of session 32; committed before it ran, after the code):
+# round 31's swap with its clearing forecast read without the clamp. `bench/
+# scheduling_swap_alone.py` on the noisy mix's heavy tenant alone on half the GPU (AFS fit
+# seeds 102-109): the forecast said the shortage clears at the swap's own time at 166 of 183
+# swaps (admitted sessions past their predicted leave, all with a step queued or running,
+# clamped to "now", covered 1.8-4.3x the overshoot), so no victim not yet overdue was ever
+# "back before the clearing"; 184 of 210 predicted victims (back in 0.2-0.4 s) returned before
+# any demotion, demotions rose by 6-29 a seed and the tenant's mean TCT by up to 18.6 s. The
+# same clamp decided 89 of 121 swaps at bfcl 1x 25% (fit seeds 101-106). `readmit_charge`
+# "room_returns_stay" predicts a session past its predicted leave to stay its expected
+# remaining steps from now (`LeaveForecast._leave_at`'s `restart`); no new constant.
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
     {"readmit_charge": "room_returns"},
-    {"readmit_charge": "room_returns_fair"},
+    {"readmit_charge": "room_returns_stay"},
 ]
