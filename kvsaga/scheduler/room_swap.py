@@ -111,6 +111,11 @@ Here a session past its predicted leave is predicted to stay its expected remain
 from `now` (`LeaveForecast._leave_at`'s `restart`: the prediction started again when the
 session is found still there); a paused one still leaves by its demotion deadline if that
 comes first. No new constant; still never earlier at a later `now`, so no timer.
+Outcome (fit seeds 101-106; AFS fit seeds 102-109): with the clamp gone it makes few swaps
+(1-12 a seed in the heavy tenant's run alone, 2-6 at bfcl 1x 25%) and round 31's bfcl gain
+goes with them (bfcl 1x 25% 1.56x against the default's 1.58x, its smallest gain), so the
+fit does not choose it, though it passes its non-thrash check and the calibrated AFS veto
+(mean d log ratio -0.0245, goal cases 15 -> 18). Opt-in; docs/scheduler.md, "Round 33".
 """
 
 from __future__ import annotations
