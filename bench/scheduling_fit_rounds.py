@@ -273,7 +273,7 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # d log ratio +0.0423 > 0.0270; goal cases 15 -> 15): it moves only noisy 25% seeds 105 and
 # 108; the noisy 50% loss (+0.1609, unchanged) is through the heavy tenant's run alone (one
 # tenant). The default is unchanged (RESULTS "Round 31's swap with Agent Fair Share").
-# Round 33 (issue 10, the sched lane of session 32; committed before it ran, after the code):
+# Round 33 (issue 10, the sched lane of session 30; committed before it ran, after the code):
 # round 31's swap with its clearing forecast read without the clamp. `bench/
 # scheduling_swap_alone.py` on the noisy mix's heavy tenant alone on half the GPU (AFS fit
 # seeds 102-109): the forecast said the shortage clears at the swap's own time at 166 of 183
