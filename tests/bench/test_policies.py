@@ -236,7 +236,11 @@ def test_every_tuned_constant_is_its_policys_default():
     for spec, values in constants.items():  # a spec's own constants are what it ran with
         for key, value in mod.parse_spec(spec)[1].items():
             assert values[key] == tune._constant(value), (spec, key)
-    picks = tune.variant_picks(tuned["rows"], tuned["candidates"])
+    if "vetting" in tuned:  # a veto-aware tune: the rule's picks after issue 10's checks
+        picks = tune.vetted_variants(tuned["rows"], tuned["candidates"], tuned["vetting"],
+                                     tuned["pick"])
+    else:
+        picks = tune.variant_picks(tuned["rows"], tuned["candidates"])
     assert set(picks) == set(tuned["variants"]) and picks
     for base, label in picks.items():
         spec = tuned["variants"][base]
