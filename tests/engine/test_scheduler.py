@@ -337,6 +337,51 @@ def run_engine_held(model_dir, sessions, synth, scheduler, params, held: str) ->
     return run_engine(model_dir, sessions, synth, scheduler, params, held=held)
 
 
+@dataclasses.dataclass
+class HeldSwapRun:
+    """`held_swap_run`'s result: the trace, the parameters, the simulator's counts, log and
+    spy entries (`sim_records`, one list per spy), and the engine's log."""
+
+    sessions: list
+    synth: TokenSynthesizer
+    params: dict
+    counts: dict[str, int]
+    sim_log: list
+    sim_records: list[list]
+    engine_log: list
+
+
+def held_swap_run(tiny_model_dir, monkeypatch, charge: str, records: list[list]) -> HeldSwapRun:
+    """A priced swap's `readmit_charge` on `stream_held()`, in the simulator, then the engine:
+    the price's margin 0 (so the clock, the wall clock in the engine, does not decide),
+    fifo admission, deadlines out of reach. `records` are the spies' lists, patched in by
+    the caller: each is copied after the simulator's run and cleared, so afterwards it
+    holds the engine's entries."""
+    import kvsaga.scheduler.room_swap as room_swap
+    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
+    sessions = stream_held()
+    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
+    params = {"readmit_charge": charge, "admission_order": "fifo",
+              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
+    counts: dict[str, int] = {}
+    sim_log = run_sim(sessions, synth, "workflow", params, counts)
+    sim_records = [list(r) for r in records]
+    for r in records:
+        r.clear()
+    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
+                                 "workflow", params, "s2")
+    return HeldSwapRun(sessions, synth, params, counts, sim_log, sim_records, engine_log)
+
+
+def assert_admits_every_step(run: HeldSwapRun) -> None:
+    """The charge decided something (its log differs from "uncached"'s), every step was
+    admitted, and the engine made the simulator's very decisions."""
+    assert run.sim_log != run_sim(run.sessions, run.synth, "workflow",
+                                  {**run.params, "readmit_charge": "uncached"})
+    assert len([sid for a, _ in run.sim_log for sid in a]) >= 24
+    assert run.engine_log == run.sim_log
+
+
 @pytest.mark.parametrize("params", [
     {"readmit_charge": "room_ranked", "admission_order": "fifo"},
     {"readmit_charge": "room_overdue", "default_pause_s": 0.0}])
@@ -390,7 +435,6 @@ def test_room_priced_parity_where_it_admits(tiny_model_dir, monkeypatch):
     with) or where the shrink could not bring the load within. Both answers occur, and the
     engine makes the simulator's very decisions."""
     import kvsaga.scheduler.room_swap as room_swap
-    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
     answers: list[tuple[bool, bool]] = []
     rule = room_swap.RoomSwap._readmits_swap
 
@@ -401,24 +445,14 @@ def test_room_priced_parity_where_it_admits(tiny_model_dir, monkeypatch):
         return got
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
-    sessions = stream_held()
-    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
-    params = {"readmit_charge": "room_priced", "admission_order": "fifo",
-              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
-    counts: dict[str, int] = {}
-    sim_log = run_sim(sessions, synth, "workflow", params, counts)
-    sim_answers, answers[:] = list(answers), []
-    assert counts["demoted"] >= 2
+    run = held_swap_run(tiny_model_dir, monkeypatch, "room_priced", [answers])
+    (sim_answers,) = run.sim_records
+    assert run.counts["demoted"] >= 2
     assert {True, False} <= {a for a, _ in sim_answers}
     assert all(seen for a, seen in sim_answers if a)  # never before a wait was observed
-    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
-                                 "workflow", params, "s2")
     assert [a for a, _ in answers] == [a for a, _ in sim_answers]
-    answers[:] = []
-    assert sim_log != run_sim(sessions, synth, "workflow",
-                              {**params, "readmit_charge": "uncached"})
-    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
-    assert engine_log == sim_log
+    answers.clear()
+    assert_admits_every_step(run)
 
 
 def test_room_returns_parity_where_it_admits(tiny_model_dir, monkeypatch):
@@ -431,7 +465,6 @@ def test_room_returns_parity_where_it_admits(tiny_model_dir, monkeypatch):
     the shortage clears for a positive overshoot, in both executors. Both answers occur, and
     the engine makes the simulator's very decisions."""
     import kvsaga.scheduler.room_swap as room_swap
-    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
     answers: list[tuple[bool, bool]] = []
     asked: list[float] = []
     rule = room_swap.RoomSwap._readmits_swap
@@ -449,27 +482,16 @@ def test_room_returns_parity_where_it_admits(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
     monkeypatch.setattr(room_swap.RoomSwap, "_shortage_clears_at", clears_spy)
-    sessions = stream_held()
-    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
-    params = {"readmit_charge": "room_returns", "admission_order": "fifo",
-              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
-    counts: dict[str, int] = {}
-    sim_log = run_sim(sessions, synth, "workflow", params, counts)
-    sim_answers, answers[:] = list(answers), []
-    sim_asked, asked[:] = list(asked), []
-    assert counts["demoted"] >= 2
+    run = held_swap_run(tiny_model_dir, monkeypatch, "room_returns", [answers, asked])
+    sim_answers, sim_asked = run.sim_records
+    assert run.counts["demoted"] >= 2
     assert {True, False} <= {a for a, _ in sim_answers}
     assert all(seen for a, seen in sim_answers if a)  # never before a wait was observed
     assert sim_asked and all(o > 0 for o in sim_asked)
-    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
-                                 "workflow", params, "s2")
     assert [a for a, _ in answers] == [a for a, _ in sim_answers]
     assert asked == sim_asked
-    answers[:] = []
-    assert sim_log != run_sim(sessions, synth, "workflow",
-                              {**params, "readmit_charge": "uncached"})
-    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
-    assert engine_log == sim_log
+    answers.clear()
+    assert_admits_every_step(run)
 
 
 def test_room_returns_fair_parity_where_it_admits(tiny_model_dir, monkeypatch):
@@ -480,7 +502,6 @@ def test_room_returns_fair_parity_where_it_admits(tiny_model_dir, monkeypatch):
     simulator schedules exactly as under "room_returns"; the engine makes the simulator's
     very decisions."""
     import kvsaga.scheduler.room_swap as room_swap
-    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
     answers: list[bool] = []
     fair: list[bool] = []
     rule = room_swap.RoomSwap._readmits_swap
@@ -499,24 +520,16 @@ def test_room_returns_fair_parity_where_it_admits(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
     monkeypatch.setattr(room_swap.RoomSwap, "_fair_victims", fair_spy)
-    sessions = stream_held()
-    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
-    params = {"readmit_charge": "room_returns_fair", "admission_order": "fifo",
-              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
-    counts: dict[str, int] = {}
-    sim_log = run_sim(sessions, synth, "workflow", params, counts)
-    sim_answers, answers[:] = list(answers), []
-    sim_fair, fair[:] = list(fair), []
-    assert counts["demoted"] >= 2
+    run = held_swap_run(tiny_model_dir, monkeypatch, "room_returns_fair", [answers, fair])
+    sim_answers, sim_fair = run.sim_records
+    assert run.counts["demoted"] >= 2
     assert {True, False} <= set(sim_answers)
     assert sim_fair and all(sim_fair)
     assert sim_fair.count(True) == sim_answers.count(True)
-    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
-                                 "workflow", params, "s2")
     assert answers == sim_answers and fair == sim_fair
-    assert sim_log == run_sim(sessions, synth, "workflow",
-                              {**params, "readmit_charge": "room_returns"})
-    assert engine_log == sim_log
+    assert run.sim_log == run_sim(run.sessions, run.synth, "workflow",
+                                  {**run.params, "readmit_charge": "room_returns"})
+    assert run.engine_log == run.sim_log
 
 
 def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
@@ -530,7 +543,6 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
     engine makes the simulator's very decisions."""
     import kvsaga.scheduler.leave_forecast as leave_forecast
     import kvsaga.scheduler.room_swap as room_swap
-    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
     answers: list[tuple[bool, bool]] = []
     asked: list[tuple[float, bool]] = []
     rule = room_swap.RoomSwap._readmits_swap
@@ -548,24 +560,13 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
     monkeypatch.setattr(leave_forecast.LeaveForecast, "_leave_wait_s", wait_spy)
-    sessions = stream_held()
-    synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
-    params = {"readmit_charge": "room_returns_stay", "admission_order": "fifo",
-              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
-    counts: dict[str, int] = {}
-    sim_log = run_sim(sessions, synth, "workflow", params, counts)
-    sim_answers, answers[:] = list(answers), []
-    sim_asked, asked[:] = list(asked), []
-    assert counts["demoted"] >= 2
+    run = held_swap_run(tiny_model_dir, monkeypatch, "room_returns_stay", [answers, asked])
+    sim_answers, sim_asked = run.sim_records
+    assert run.counts["demoted"] >= 2
     assert {True, False} <= {a for a, _ in sim_answers}
     assert all(seen for a, seen in sim_answers if a)  # never before a wait was observed
     assert sim_asked and all(o > 0 and restart for o, restart in sim_asked)
-    engine_log = run_engine_held(tiny_model_dir("llama_gqa4_untied"), sessions, synth,
-                                 "workflow", params, "s2")
     assert [a for a, _ in answers] == [a for a, _ in sim_answers]
     assert asked == sim_asked
-    answers[:] = []
-    assert sim_log != run_sim(sessions, synth, "workflow",
-                              {**params, "readmit_charge": "uncached"})
-    assert len([sid for a, _ in sim_log for sid in a]) >= 24  # every step admitted
-    assert engine_log == sim_log
+    answers.clear()
+    assert_admits_every_step(run)
