@@ -110,7 +110,7 @@ class DecodeGraphs:
                           self._meta(size))
 
     def _stage(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
-               tables: Sequence[Sequence[int]], seq_lens: Sequence[int], size: int) -> None:
+               tables: Sequence[Sequence[int]], seq_lens: Sequence[int]) -> None:
         """Copy one batch into the static buffers (two copies); rows past it are padding."""
         n, b = self.max_batch, len(input_ids)
         pad = [0] * (n - b)
@@ -150,7 +150,7 @@ class DecodeGraphs:
         if too_wide:
             raise ValueError(f"block table of {too_wide[0]} blocks exceeds the {self.width} "
                              f"of max_model_len {self.max_model_len}")
-        self._stage(input_ids, positions, slots, tables, seq_lens, size)
+        self._stage(input_ids, positions, slots, tables, seq_lens)
         self.replays += 1
         if not self.capture:
             return self._forward(size)[:b]
