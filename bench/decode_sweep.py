@@ -6,11 +6,19 @@
 For each decode case (bench/kernels.py's Llama-3-8B shapes: 64 x 4096 and 1 x 32768, and
 SmolLM2-135M's: 9 query and 3 KV heads of 64, 16 x 2048; bf16, blocks of 16 at shuffled
 ids), every combination of BLOCK_N, num_warps, num_stages (`decode_config`) and the split-K
-target of programs per SM (`_PROGRAMS_PER_SM`) is timed as bench/kernels.py times (median,
-L2 flushed) and checked against the default configuration's output. Printed: per case, the
-default's and the best five configurations' GB/s and % of peak; configurations that fail to
-compile (shared memory) or disagree are listed as such. Needs CUDA (`--small`: a smoke test
-of tiny cases, under Triton's interpreter without CUDA).
+target of programs per SM (`_PROGRAMS_PER_SM`) is timed two ways and checked against the
+default configuration's output:
+  ms        as bench/kernels.py times (one call between two events, median, L2 flushed), which
+            includes the host's Python and launch time where that outlasts the flush ahead;
+  graph ms  the device's time alone (`kernels.graph_seconds`: calls replayed from a CUDA graph,
+            L2 flushed before each, the flushes' own time taken off), as the engine's decode
+            graphs run the kernel.
+Also printed per case: `host us`, the host's time to issue one call of the default
+configuration (no sync). Rows are ranked by graph ms on CUDA. Printed: per case, the
+default's and the best five configurations' GB/s and % of peak (from graph ms where there is
+one); configurations that fail to compile (shared memory) or disagree are listed as such.
+`--cases` picks cases by name. Needs CUDA (`--small`: a smoke test of tiny cases, under
+Triton's interpreter without CUDA).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +59,20 @@ def case_inputs(batch, seq_len, heads, kv_heads, head_dim, device):
     return (q, kv[:, 0], kv[:, 1], ids, seq_lens, qsl, head_dim**-0.5), nbytes
 
 
+def host_us(fn, device, calls: int = 50) -> float:
+    """Microseconds the host takes to issue one fn() (no sync between calls)."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t) / calls
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return host * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,12 +82,18 @@ def main() -> None:
     ap.add_argument("--warps", default="2,4,8", help="num_warps values")
     ap.add_argument("--stages", default="1,2,3", help="num_stages values")
     ap.add_argument("--per-sm", default="2,4,8", help="split-K programs per SM targets")
+    ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
+                    help="comma-separated case names (default: all)")
     ap.add_argument("--small", action="store_true",
                     help="tiny cases; without CUDA under Triton's interpreter (a smoke test)")
     args = ap.parse_args()
-    cases = CASES
+    wanted = args.cases.split(",")
+    unknown = sorted(set(wanted) - {c[0] for c in CASES})
+    if unknown:
+        ap.error(f"--cases: unknown {unknown}; known: {[c[0] for c in CASES]}")
+    cases = [c for c in CASES if c[0] in wanted]
     if args.small:
-        cases = [(c, min(b, 2), n // 64, h, kv, d) for c, b, n, h, kv, d in CASES]
+        cases = [(c, min(b, 2), n // 64, h, kv, d) for c, b, n, h, kv, d in cases]
         if not torch.cuda.is_available():
             os.environ.update(KVSAGA_KERNELS="triton", TRITON_INTERPRET="1")
     elif not torch.cuda.is_available():
@@ -83,12 +112,19 @@ def main() -> None:
             return kernels.paged_attention(*inputs, max_query_len=1, max_seq_len=seq_len,
                                            validate=False)
 
+        def timed(row):
+            t = kbench.median_seconds(run, device, args.repeat)
+            g = kbench.graph_seconds(run, device, args.repeat)
+            best = g if g else t
+            row.update(ms=t * 1e3, graph_ms=None if g is None else g * 1e3,
+                       gbps=nbytes / best / 1e9)
+            return row
+
         want = run()
         base = default_config(head_dim, torch.bfloat16)
-        t = kbench.median_seconds(run, device, args.repeat)
-        rows.append(dict(case=case, config="default", block_n=base.BLOCK_N,
-                         warps=base.num_warps, stages=base.num_stages,
-                         per_sm=default_per_sm, ms=t * 1e3, gbps=nbytes / t / 1e9))
+        rows.append(timed(dict(case=case, config="default", block_n=base.BLOCK_N,
+                               warps=base.num_warps, stages=base.num_stages,
+                               per_sm=default_per_sm, host_us=host_us(run, device))))
         for block_n, warps, stages, per_sm in grid:
             cfg = dataclasses.replace(base, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             attention.decode_config = lambda *_a, cfg=cfg: cfg
@@ -98,8 +134,7 @@ def main() -> None:
             try:
                 got = run()
                 torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
-                t = kbench.median_seconds(run, device, args.repeat)
-                row.update(ms=t * 1e3, gbps=nbytes / t / 1e9)
+                timed(row)
             except Exception as e:  # noqa: BLE001  (compile failures are readings too)
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             finally:
@@ -113,13 +148,15 @@ def main() -> None:
     for case, *_ in cases:
         mine = [r for r in rows if r["case"] == case]
         ok = sorted((r for r in mine if "gbps" in r and r["config"] == "sweep"),
-                    key=lambda r: r["ms"])
-        print(f"\n## {case}\n\n| config | BLOCK_N | warps | stages | per SM | ms | GB/s | % peak |"
-              "\n|---|---:|---:|---:|---:|---:|---:|---:|")
+                    key=lambda r: r["graph_ms"] if r["graph_ms"] is not None else r["ms"])
+        print(f"\n## {case} (host us a call, default: {mine[0]['host_us']:.1f})\n\n"
+              "| config | BLOCK_N | warps | stages | per SM | ms | graph ms | GB/s | % peak |"
+              "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in [mine[0], *ok[:5]]:
             pct = f"{r['pct_peak']:.1f}" if r.get("pct_peak") is not None else "-"
+            gms = f"{r['graph_ms']:.4f}" if r.get("graph_ms") is not None else "-"
             print(f"| {r['config']} | {r['block_n']} | {r['warps']} | {r['stages']} | "
-                  f"{r['per_sm']} | {r['ms']:.4f} | {r['gbps']:.0f} | {pct} |")
+                  f"{r['per_sm']} | {r['ms']:.4f} | {gms} | {r['gbps']:.0f} | {pct} |")
         bad = [r for r in mine if "error" in r]
         if bad:
             print(f"\n{len(bad)} configurations failed: " + "; ".join(

@@ -118,6 +118,56 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeat: int) 
     return statistics.median(times)
 
 
+def graph_seconds(fn: Callable[[], object], device: torch.device, repeat: int,
+                  calls: int = 10) -> float | None:
+    """Device time of one fn() call, host excluded: the median over `repeat` replays of a
+    CUDA graph holding `calls` calls, each after an L2 flush, less the same graph's flushes
+    alone. None off CUDA (or where fn cannot be captured).
+
+    `median_seconds` times a call between two events, so a call whose Python and launch cost
+    outlasts the L2 flush ahead of it reads the host's time, not the kernel's; for a
+    50-150 us kernel that is the difference between the two. A replay launches everything at
+    once, as the engine's decode graphs do."""
+    if device.type != "cuda":
+        return None
+    flush = torch.empty(2 * _l2_bytes(device), dtype=torch.uint8, device=device)
+    fn()
+    torch.cuda.synchronize()
+    graphs = []
+    try:
+        for with_fn in (True, False):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(calls):
+                    flush.zero_()
+                    if with_fn:
+                        fn()
+            graphs.append(g)
+    except RuntimeError:
+        return None
+    end = time.perf_counter() + WARMUP_S
+    while time.perf_counter() < end:
+        graphs[0].replay()
+        torch.cuda.synchronize()
+    readings = []
+    for g in graphs:
+        times = []
+        for _ in range(repeat):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            g.replay()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+        readings.append(statistics.median(times))
+    return max(0.0, readings[0] - readings[1]) / calls
+
+
+def _l2_bytes(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "L2_cache_size", 0) or 64 * 2**20
+
+
 def _paged(seq_lens: list[int], device: torch.device, num_layers: int = 2, seed: int = 0):
     """A tier tensor holding the sequences at shuffled blocks; returns layer 1's views."""
     gen = torch.Generator().manual_seed(seed)

@@ -30,6 +30,19 @@ def test_decode_sweep_small_checks_every_configuration(tmp_path: Path):
     assert all("error" not in r and r["ms"] > 0 for r in sweep), sweep
     assert {(r["block_n"], r["warps"], r["stages"], r["per_sm"]) for r in sweep} == {(32, 4, 1, 2)}
     assert "## smollm2_b16_2048" in proc.stdout
+    assert all(r["graph_ms"] is None for r in rows)  # no CUDA graph off CUDA
+    assert rows[0]["host_us"] > 0
+
+
+def test_decode_sweep_picks_cases_and_names_an_unknown_one(tmp_path: Path):
+    out = tmp_path / "sweep.json"
+    proc = _run(["bench/decode_sweep.py", "--small", "--cases", "smollm2_b16_2048",
+                 "--block-n", "32", "--warps", "4", "--stages", "1", "--per-sm", "2",
+                 "--repeat", "1", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["case"] for r in json.loads(out.read_text())["rows"]} == {"smollm2_b16_2048"}
+    bad = _run(["bench/decode_sweep.py", "--small", "--cases", "llama8b_b1_32768,nope"])
+    assert bad.returncode != 0 and "nope" in bad.stderr
 
 
 def test_engine_cuda_profile_on_cpu(tmp_path: Path):
