@@ -1,42 +1,131 @@
-"""Decode passes replayed from CUDA graphs: one launch for the whole forward pass.
+"""Forward passes replayed from CUDA graphs: one launch for the whole pass.
 
-A decode step of a small model on a fast GPU is bound by the host, not the GPU. SmolLM2-135M
+A step of a small model on a fast GPU is bound by the host, not the GPU. SmolLM2-135M
 launches about 840 kernels a step (30 layers of linears, norms, RoPE, the K/V write and two
-attention kernels). On an H200 the GPU works about 2 ms of a 23-38 ms step; the rest is
-Python and kernel launches (`python bench/engine_cuda_profile.py`). `DecodeGraphs` records
-the forward pass, from the embedding to the logits, once per padded batch size. A decode
-step then costs a few small host-to-device copies and one `replay`.
+attention kernels). On an H200 the GPU works about 2 ms of a 19-23 ms eager step; the rest
+is Python and kernel launches (`python bench/engine_cuda_profile.py`). A graph records the
+forward pass, from the embedding to the logits, once per padded shape; a step then costs a
+few small host-to-device copies and one `replay`. Two kinds of graph share one memory pool:
+
+  * `DecodeGraphs`: pure-decode steps (one sampled token a sequence), one graph per padded
+    batch size (`SIZES`).
+  * `MixedGraphs`: every other step of bounded size, i.e. steps that carry a prefill chunk
+    (an agent step starts by prefilling the tool's output, next to other sequences'
+    decode rows). One graph per (padded token count T, padded row count R): T from
+    `TOKEN_SIZES` up to `max_tokens` (the engine passes min(`MIXED_TOKEN_CAP` = 512, its
+    `max_num_batched_tokens`)), R from `SIZES` up to `max_batch`, R <= T.
 
 A graph replays the same kernels on the same addresses with the same host arguments, so:
-  * Inputs live in static device buffers, sized for the largest batch; each step copies its
-    ids, positions, slots, lengths and block tables into them. A batch of B rows runs the
-    graph of the smallest captured size S >= B (`SIZES`).
-  * Rows B..S-1 are padding. Their slot is -1 (the cache write skips it), their context
-    length 0, and their query empty (`query_start_loc` stays at B), so the attention
-    kernels skip them too. Their linears run on stale ids, and their logits are sliced off.
+  * Inputs live in static device buffers, sized for the largest shape; each step copies its
+    ids, positions, slots, lengths, query starts (and for mixed steps the logits rows) into
+    them with one copy, and its block tables with a second. A step runs the graph of the
+    smallest captured shape that holds it.
+  * Padding tokens (N..T-1) have slot -1 (the cache write skips them) and lie past
+    `query_start_loc[-1]` = N, outside every sequence's query, so no attention row reads
+    or writes them; their linears run on id 0 and nobody reads their outputs.
+  * Padding rows (B..R-1) have context length 0 and an empty query (`query_start_loc`
+    stays at N), so the attention kernels skip them too.
   * The host-side bounds the kernels take are those of the worst case: `max_query_len` 1
-    and `max_seq_len` the engine's `max_model_len`. The decode kernel's split grid thus
-    covers any context; a split past a sequence's end stores nothing.
+    for decode, T for mixed steps, and `max_seq_len` the engine's `max_model_len`. The
+    decode kernel's split grid thus covers any context (a split past a sequence's end
+    stores nothing), and the prefill kernel's grid covers any query of the bucket (a query
+    tile past its row's query exits at once).
+  * A mixed step's logits come from `R` kept rows (`KeptRows`, a static index buffer):
+    the step's sampled rows, then padding entries that point at token 0 (a real token;
+    their logits are sliced off). The logits land in one static buffer all mixed graphs
+    share, so a graph's own output memory returns to the pool after its capture.
   * Block tables are `max_model_len / block_size` wide; entries past a sequence's blocks
-    are never read (its length bounds them), so rows are not cleared between steps.
+    are never read (its length bounds them), so rows are not cleared between steps. The
+    host copy keeps each row's last table and rewrites only the entries that changed
+    (`_Tables`): a decode step usually appends nothing.
 
-Graphs are captured lazily, at the first decode step of each size: a warm-up pass (Triton
-compiles), then the capture. Every size shares one memory pool.
+Graphs are captured lazily, at the first step of each shape: a warm-up pass (Triton
+compiles), then the capture, into the one shared pool. Worst case, `len(sizes)` decode
+graphs plus `MixedGraphs.worst_case_graphs()` mixed ones: 9 + 48 with the engine's defaults
+(max_num_seqs 64, max_num_batched_tokens >= 512).
 
-Prefill and mixed steps, and batches above the largest size, run eagerly. The same padded
-path runs eagerly off CUDA (`capture=False`), which is how the CPU tests check the padding.
+Steps above the largest shape (more tokens than `max_tokens`, more rows than
+`max_batch`) run eagerly. The same padded passes run eagerly off CUDA (`capture=False`),
+which is how the CPU tests check the padding.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 
 SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
+# Token counts of the mixed-step graphs. Powers of two: a step pads at most to twice its
+# tokens, which costs GPU time a host-bound step has to spare, and each doubling is one
+# more set of graphs.
+TOKEN_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
+# The engine's default bound on a mixed graph's tokens. Why 512: the graphs a token size
+# adds (up to len(SIZES)) and their capture time grow with every size, while a step's GPU
+# work grows with its tokens, so the share of the step that launches cost (what a graph
+# saves) shrinks. Not yet measured on a GPU; `LLMEngine(max_graph_tokens=...)` moves it.
+MIXED_TOKEN_CAP = 512
+
+
+def _capture(forward: Callable[[], torch.Tensor], pool) -> tuple[torch.cuda.CUDAGraph,
+                                                                  torch.Tensor]:
+    """Record `forward()` into `pool`: a warm-up call on a side stream (Triton compiles, the
+    allocator's blocks), then the capture. The staged step is written twice (warm-up, then
+    capture) with the same K/V; the replay that follows writes it a third time."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: a host-tier copy on another thread (kvsaga.offload) during the capture
+    # must not invalidate it; only this thread's calls are restricted.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = forward()
+    return graph, out
+
+
+class _Tables:
+    """The block tables of a padded pass: a device tensor [rows, width] and its host copy.
+
+    A step's tables are mostly last step's: the same sequences in the same rows, a block
+    appended now and then. The host copy remembers each row's last table and writes only
+    the entries past their common prefix (a list compare in C, no tensor built), then one
+    copy moves the rows in use to the device.
+    """
+
+    def __init__(self, rows: int, width: int, device: torch.device, pin: bool) -> None:
+        self.width = width
+        self.device = torch.zeros((rows, width), dtype=torch.int32, device=device)
+        self.host = torch.zeros((rows, width), dtype=torch.int32, pin_memory=pin)
+        self._last: list[list[int]] = [[] for _ in range(rows)]
+        self.entries_written = 0  # host entries rewritten, all steps (tests read it)
+
+    def stage(self, tables: Sequence[Sequence[int]]) -> None:
+        host, last = self.host, self._last
+        width = 0
+        for i, table in enumerate(tables):
+            table = list(table)
+            prev = last[i]
+            keep = len(prev) if table[: len(prev)] == prev else 0
+            if keep < len(table):
+                host[i, keep: len(table)] = torch.tensor(table[keep:], dtype=torch.int32)
+                self.entries_written += len(table) - keep
+            last[i] = table
+            width = max(width, len(table))
+        b = len(tables)
+        if b and width:
+            self.device[:b, :width].copy_(host[:b, :width])
+
+
+def _check_tables(tables: Sequence[Sequence[int]], width: int, max_model_len: int) -> None:
+    too_wide = [len(t) for t in tables if len(t) > width]
+    if too_wide:
+        raise ValueError(f"block table of {too_wide[0]} blocks exceeds the {width} "
+                         f"of max_model_len {max_model_len}")
 
 
 class DecodeGraphs:
@@ -48,10 +137,13 @@ class DecodeGraphs:
     max_batch: the most sequences a step holds; sizes above the smallest size that covers it
         are not kept.
     capture: record CUDA graphs (CUDA only); False runs the padded pass eagerly (tests, CPU).
+    pool: the CUDA graph memory pool to record into (`pool` of another instance, so that
+        every graph shares one); default: a new one.
     """
 
     def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, block_size: int,
-                 max_model_len: int, max_batch: int, capture: bool = True) -> None:
+                 max_model_len: int, max_batch: int, capture: bool = True,
+                 pool=None) -> None:
         if capture and kv_cache.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA KV cache, got {kv_cache.device}")
         if max_batch < 1 or max_model_len < 1:
@@ -77,11 +169,12 @@ class DecodeGraphs:
         self._starts64 = self._packed[4 * n:]
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self.query_start_loc = torch.zeros(n + 1, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros((n, self.width), dtype=torch.int32, device=device)
-        self._host_tables = torch.zeros((n, self.width), dtype=torch.int32,
-                                        pin_memory=capture)
+        self._tables = _Tables(n, self.width, device, pin=capture)
+        self.block_tables = self._tables.device
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
+        if pool is None and capture:
+            pool = torch.cuda.graph_pool_handle()
+        self.pool = pool
         self.replays = 0  # decode passes that ran from a graph (or the padded eager path)
 
     @property
@@ -117,11 +210,7 @@ class DecodeGraphs:
         packed = (list(input_ids) + pad + list(positions) + pad + list(slots) + [-1] * (n - b)
                   + list(seq_lens) + pad + list(range(b + 1)) + [b] * (n - b))
         self._packed.copy_(torch.tensor(packed, dtype=torch.int64))
-        host, width = self._host_tables, max((len(t) for t in tables), default=0)
-        for i, table in enumerate(tables):
-            host[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
-        if b and width:
-            self.block_tables[:b, :width].copy_(host[:b, :width])
+        self._tables.stage(tables)
 
     def run(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
             tables: Sequence[Sequence[int]], seq_lens: Sequence[int]) -> torch.Tensor:
@@ -146,31 +235,179 @@ class DecodeGraphs:
         if size is None:
             raise ValueError(f"a decode batch of {b} rows exceeds the largest graph "
                              f"({self.max_batch})")
-        too_wide = [len(t) for t in tables if len(t) > self.width]
-        if too_wide:
-            raise ValueError(f"block table of {too_wide[0]} blocks exceeds the {self.width} "
-                             f"of max_model_len {self.max_model_len}")
+        _check_tables(tables, self.width, self.max_model_len)
         self._stage(input_ids, positions, slots, tables, seq_lens)
         self.replays += 1
         if not self.capture:
             return self._forward(size)[:b]
         if size not in self._graphs:
-            self._graphs[size] = self._record(size)
+            self._graphs[size] = _capture(lambda: self._forward(size), self.pool)
         graph, out = self._graphs[size]
         graph.replay()
         return out[:b]
 
-    def _record(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the pass at `size`. The staged batch is written twice (warm-up, then
-        capture) with the same K/V; the replay that follows writes it a third time."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._forward(size)  # warm-up: Triton compiles, the allocator's blocks
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: a host-tier copy on another thread (kvsaga.offload) during the capture
-        # must not invalidate it; only this thread's calls are restricted.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = self._forward(size)
-        return graph, out
+
+class MixedGraphs:
+    """Steps that carry prefill tokens (or any step that is not pure decode), replayed from
+    graphs of padded shape (T tokens, R rows); see the module docstring.
+
+    Args:
+    model, kv_cache, block_size, max_model_len, capture, pool: as `DecodeGraphs`.
+    max_batch: the most sequences a step holds (rows sizes from `SIZES` up to the smallest
+        that covers it).
+    max_tokens: the most tokens a step replayed from a graph holds (token sizes from
+        `TOKEN_SIZES` up to the smallest that covers it; at most `TOKEN_SIZES[-1]`).
+    """
+
+    def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, block_size: int,
+                 max_model_len: int, max_batch: int, max_tokens: int, capture: bool = True,
+                 pool=None) -> None:
+        if capture and kv_cache.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA KV cache, got {kv_cache.device}")
+        if max_batch < 1 or max_model_len < 1 or max_tokens < 1:
+            raise ValueError(f"need max_batch, max_tokens and max_model_len >= 1, got "
+                             f"{max_batch}, {max_tokens}, {max_model_len}")
+        if max_tokens > TOKEN_SIZES[-1]:
+            raise ValueError(f"max_tokens {max_tokens} exceeds the largest token size "
+                             f"{TOKEN_SIZES[-1]}")
+        self.token_sizes = TOKEN_SIZES[: bisect.bisect_left(TOKEN_SIZES, max_tokens) + 1]
+        # No row size above the largest token size: a row holds at least one token.
+        rows = SIZES[: bisect.bisect_left(SIZES, min(max_batch, self.token_sizes[-1])) + 1]
+        self.row_sizes = rows
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.capture = capture
+        device = kv_cache.device
+        t, r = self.token_sizes[-1], self.row_sizes[-1]
+        self.width = -(-max_model_len // block_size)
+        # One int64 buffer a step fills with one copy: ids, positions, slots (t each),
+        # context lengths (r), query starts (r + 1) and logits rows (r).
+        self._packed = torch.zeros(3 * t + 3 * r + 1, dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.slots = (self._packed[i * t:(i + 1) * t]
+                                                      for i in range(3))
+        self._seq_lens64 = self._packed[3 * t: 3 * t + r]
+        self._starts64 = self._packed[3 * t + r: 3 * t + 2 * r + 1]
+        self.logits_rows = self._packed[3 * t + 2 * r + 1:]
+        self.seq_lens = torch.zeros(r, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.zeros(r + 1, dtype=torch.int32, device=device)
+        self._tables = _Tables(r, self.width, device, pin=capture)
+        self.block_tables = self._tables.device
+        # Every mixed graph writes its logits here (outside the pool): a graph's own output
+        # is then a temporary that later captures may reuse.
+        vocab = model.config.vocab_size
+        self.logits = torch.zeros((r, vocab), dtype=torch.float32, device=device)
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        if pool is None and capture:
+            pool = torch.cuda.graph_pool_handle()
+        self.pool = pool
+        self.replays = 0  # mixed passes that ran from a graph (or the padded eager path)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.token_sizes[-1]
+
+    @property
+    def max_batch(self) -> int:
+        return self.row_sizes[-1]
+
+    def bucket_for(self, tokens: int, rows: int) -> tuple[int, int] | None:
+        """The padded (T, R) a step of `tokens` tokens over `rows` sequences runs at, None
+        above the largest (or for an impossible step: no rows, or more rows than tokens)."""
+        if not 1 <= rows <= tokens:
+            return None
+        i = bisect.bisect_left(self.token_sizes, tokens)
+        j = bisect.bisect_left(self.row_sizes, rows)
+        if i == len(self.token_sizes) or j == len(self.row_sizes):
+            return None
+        return self.token_sizes[i], self.row_sizes[j]
+
+    def worst_case_graphs(self) -> int:
+        """How many graphs lazy capture can reach: every (T, R) with R <= T."""
+        return sum(1 for t in self.token_sizes for r in self.row_sizes if r <= t)
+
+    def captured(self) -> list[tuple[int, int]]:
+        return sorted(self._graphs)
+
+    def _forward(self, t: int, r: int) -> None:
+        self.seq_lens[:r].copy_(self._seq_lens64[:r])
+        self.query_start_loc[: r + 1].copy_(self._starts64[: r + 1])
+        meta = AttentionMetadata(
+            slot_mapping=self.slots[:t], block_tables=self.block_tables[:r],
+            seq_lens=self.seq_lens[:r], query_start_loc=self.query_start_loc[: r + 1],
+            max_query_len=t, max_seq_len=self.max_model_len,
+            logits_indices=self.logits_rows[:r],
+        )
+        self.logits[:r].copy_(self.model(self.input_ids[:t], self.positions[:t],
+                                         self.kv_cache, meta))
+
+    def _stage(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
+               tables: Sequence[Sequence[int]], seq_lens: Sequence[int],
+               query_lens: Sequence[int], logits_rows: Sequence[int]) -> None:
+        """Copy one step into the static buffers (two copies); the rest is padding."""
+        t, r = self.max_tokens, self.max_batch
+        n, b, s = len(input_ids), len(seq_lens), len(logits_rows)
+        pad_t = [0] * (t - n)
+        starts = [0]
+        for q in query_lens:
+            starts.append(starts[-1] + q)
+        packed = (list(input_ids) + pad_t + list(positions) + pad_t + list(slots)
+                  + [-1] * (t - n) + list(seq_lens) + [0] * (r - b) + starts + [n] * (r - b)
+                  + list(logits_rows) + [0] * (r - s))
+        self._packed.copy_(torch.tensor(packed, dtype=torch.int64))
+        self._tables.stage(tables)
+
+    def run(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
+            tables: Sequence[Sequence[int]], seq_lens: Sequence[int],
+            query_lens: Sequence[int], logits_rows: Sequence[int]) -> torch.Tensor:
+        """One forward pass over a flat batch of N tokens from B sequences.
+
+        Args:
+            input_ids / positions / slots: per token, its id, its position and its K/V slot.
+            tables / seq_lens / query_lens: per sequence, its block table, its context length
+                (new tokens included) and its new tokens (its rows are the next
+                `query_lens[i]` tokens of the flat batch).
+            logits_rows: the tokens whose logits are wanted (at most B), in order.
+
+        Returns:
+            fp32 [len(logits_rows), vocab] logits, a view of a buffer every mixed pass
+            writes: read it before the next run.
+
+        Raises:
+            ValueError: mismatched lengths, a query length outside 1..seq_len or lengths
+                that do not add up to N, a logits row outside the batch, a step above the
+                largest graph, or a block table too wide for `max_model_len` or too short
+                for its sequence; the buffers are then unchanged.
+        """
+        n, b = len(input_ids), len(seq_lens)
+        if not (n == len(positions) == len(slots)):
+            raise ValueError("input_ids, positions and slots need one entry per token")
+        if not (b == len(tables) == len(query_lens)):
+            raise ValueError("tables, seq_lens and query_lens need one entry per sequence")
+        for i, (q, sl, table) in enumerate(zip(query_lens, seq_lens, tables, strict=True)):
+            if not 0 < q <= sl:
+                raise ValueError(f"sequence {i}: need 0 < query_len <= seq_len, got {q}, {sl}")
+            if len(table) * self.block_size < sl:
+                raise ValueError(f"sequence {i}: {len(table)} blocks of {self.block_size} "
+                                 f"tokens cannot hold {sl} tokens")
+        if sum(query_lens) != n:
+            raise ValueError(f"query lengths add up to {sum(query_lens)}, not the {n} tokens")
+        if len(logits_rows) > b or any(not 0 <= x < n for x in logits_rows):
+            raise ValueError(f"logits_rows must be at most {b} rows of the {n} tokens, got "
+                             f"{list(logits_rows)}")
+        bucket = self.bucket_for(n, b)
+        if bucket is None:
+            raise ValueError(f"a step of {n} tokens over {b} sequences exceeds the largest "
+                             f"graph ({self.max_tokens} tokens, {self.max_batch} sequences)")
+        _check_tables(tables, self.width, self.max_model_len)
+        self._stage(input_ids, positions, slots, tables, seq_lens, query_lens, logits_rows)
+        self.replays += 1
+        t, r = bucket
+        if not self.capture:
+            self._forward(t, r)
+        else:
+            if bucket not in self._graphs:
+                self._graphs[bucket] = _capture(lambda: self._forward(t, r), self.pool)[0]
+            self._graphs[bucket].replay()
+        return self.logits[: len(logits_rows)]

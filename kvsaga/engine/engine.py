@@ -16,7 +16,7 @@ import torch
 
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
-from kvsaga.engine.cuda_graphs import DecodeGraphs
+from kvsaga.engine.cuda_graphs import MIXED_TOKEN_CAP, TOKEN_SIZES, DecodeGraphs, MixedGraphs
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
@@ -66,8 +66,11 @@ class LLMEngine:
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
     scheduler / scheduler_params: the core scheduler (`kvsaga.scheduler`: "workflow",
         the default, or "fcfs") and its parameters; ValueError for bad ones.
-    enforce_eager: on CUDA, run decode passes eagerly instead of replaying CUDA graphs
+    enforce_eager: on CUDA, run every pass eagerly instead of replaying CUDA graphs
         (`kvsaga.engine.cuda_graphs`); no effect elsewhere.
+    max_graph_tokens: on CUDA, the most tokens a step with prefill tokens may hold to replay
+        from a CUDA graph (`MixedGraphs`), also capped by `max_num_batched_tokens`; 0: such
+        steps run eagerly (decode steps still replay). Default `MIXED_TOKEN_CAP` (512).
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
@@ -92,7 +95,12 @@ class LLMEngine:
         scheduler: str = DEFAULT_SCHEDULER,
         scheduler_params: dict | None = None,
         enforce_eager: bool = False,
+        max_graph_tokens: int = MIXED_TOKEN_CAP,
     ) -> None:
+        if (isinstance(max_graph_tokens, bool) or not isinstance(max_graph_tokens, int)
+                or not 0 <= max_graph_tokens <= TOKEN_SIZES[-1]):
+            raise InvalidRequest(f"max_graph_tokens must be an int in 0..{TOKEN_SIZES[-1]}, "
+                                 f"got {max_graph_tokens!r}")
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         self.model_path = loaded.path
@@ -136,11 +144,16 @@ class LLMEngine:
             host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
         self._transfer = None  # the last plan submitted that no forward has waited on yet
-        graphs = None
+        graphs = mixed = None
         if self.device.type == "cuda" and not enforce_eager:
             graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
                                   max_num_seqs)
-        self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs)
+            mixed_tokens = min(max_graph_tokens, max_num_batched_tokens)
+            if mixed_tokens:  # one memory pool for every graph
+                mixed = MixedGraphs(self.model, self.storage.kv, block_size,
+                                    self.max_model_len, max_num_seqs, mixed_tokens,
+                                    pool=graphs.pool)
+        self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs, mixed)
         self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
                                    name=scheduler, **(scheduler_params or {}))
         self.max_num_seqs = max_num_seqs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
-from kvsaga.engine.cuda_graphs import DecodeGraphs
+from kvsaga.engine.cuda_graphs import DecodeGraphs, MixedGraphs
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.sampling import Sampler, SamplerOutput
 from kvsaga.engine.scheduler import ScheduledChunk
@@ -17,17 +17,20 @@ class ModelRunner:
     model: the decoder.
     kv_cache: the GPU tier tensor `[num_blocks, num_layers, 2, block_size, kv_heads, head_dim]`.
     manager: source of the block tables.
-    graphs: where decode passes replay (`DecodeGraphs`); None runs every pass eagerly.
+    graphs: where decode passes replay (`DecodeGraphs`); None runs them eagerly.
+    mixed: where the other passes (those with prefill tokens) replay, up to its largest
+        shape (`MixedGraphs`); None runs them eagerly.
     """
 
     def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, manager: KVCacheManager,
-                 graphs: DecodeGraphs | None = None):
+                 graphs: DecodeGraphs | None = None, mixed: MixedGraphs | None = None):
         self.model = model
         self.kv_cache = kv_cache
         self.manager = manager
         self.sampler = Sampler()
         self.device = kv_cache.device
         self.graphs = graphs
+        self.mixed = mixed
 
     @torch.inference_mode()
     def run(
@@ -61,6 +64,11 @@ class ModelRunner:
             # A decode pass: one token a sequence, each sampled.
             logits = self.graphs.run(input_ids, positions, slots, tables, seq_lens)
             return sampled, self.sampler(logits, params, gens)
+        if self.mixed is not None and self.mixed.bucket_for(len(input_ids), len(chunks)):
+            # A step with prefill tokens, within the largest mixed graph.
+            logits = self.mixed.run(input_ids, positions, slots, tables, seq_lens, query_lens,
+                                    logits_rows)
+            return (sampled, self.sampler(logits, params, gens)) if sampled else ([], None)
         meta = AttentionMetadata.build(
             tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows, slots
         )
