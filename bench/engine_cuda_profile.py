@@ -1,13 +1,18 @@
-"""Where a decode step's time goes on CUDA: host (Python, launches) against the GPU's own.
+"""Where a step's time goes on CUDA: host (Python, launches) against the GPU's own.
 
     python bench/engine_cuda_profile.py [--model PATH] [--arms eager,graphs] [--batch 1,16]
-        [--steps 20] [--top 25] [--json PATH]
+        [--mixed 0] [--steps 20] [--top 25] [--json PATH]
 
-For each arm (`eager`: `enforce_eager=True`; `graphs`: decode passes replayed from CUDA
-graphs, the default on CUDA; one engine at a time, `--kv-gib` of KV) and each batch size,
-`--batch` greedy requests (bench/generate.py's "chat" prompts, numbered) prefill in one
-`LLMEngine`, then `--steps` decode steps are timed three ways (`rows`: the mean sequences a
-timed step decoded, below the batch where the KV budget holds fewer):
+For each arm (`eager`: `enforce_eager=True`; `graphs`: decode and mixed passes replayed
+from CUDA graphs, the default on CUDA; `decode-graphs`: only decode passes replayed
+(`max_graph_tokens=0`), what session 30 measured; one engine at a time, `--kv-gib` of KV)
+and each batch size, `--batch` greedy requests (bench/generate.py's "chat" prompts,
+numbered) prefill in one `LLMEngine`, then `--steps` steps are timed three ways. With
+`--mixed 0` (the default) they are decode steps. With `--mixed N` each timed step also
+carries a fresh N-token prompt (random ids, one sampled token): the batch's decode rows
+plus one prefill chunk, the shape of an agent step that prefills a tool's output; at most
+`max_num_batched_tokens` (1,024) - batch tokens. `rows` is the mean sequences a timed step
+held (below the batch where the KV budget holds fewer; +1 with `--mixed`):
   wall      milliseconds a step with a device sync after each (what a user waits);
   cprofile  cProfile over the same steps: the top `--top` functions by own time, so a host
             cost (a Python loop, a copy to the host that syncs, a Triton launcher) shows by name;
@@ -48,22 +53,46 @@ def _prefilled(llm, batch: int, max_tokens: int):
     return eng, reqs
 
 
-def profile_batch(llm, device: str, batch: int, steps: int, top: int) -> dict:
+class _Stepper:
+    """One timed step: `eng.step()`, after adding a fresh `mixed`-token prompt (random ids,
+    one greedy token) when `mixed` > 0. `one_pass` counts the prompts whose prefill and
+    first token came in their own step (else a step split them: not the shape asked)."""
+
+    def __init__(self, eng, mixed: int) -> None:
+        self.eng, self.mixed, self.one_pass, self.added = eng, mixed, 0, 0
+        self.gen = torch.Generator().manual_seed(mixed)
+        self.vocab = eng.config.vocab_size
+
+    def __call__(self) -> None:
+        if not self.mixed:
+            self.eng.step()
+            return
+        ids = torch.randint(3, self.vocab, (self.mixed,), generator=self.gen).tolist()
+        req = self.eng.add_request(ids, _greedy(1))
+        self.eng.step()
+        self.added += 1
+        self.one_pass += bool(req.output_ids)  # else its prefill runs on in the next step
+
+
+def profile_batch(llm, device: str, batch: int, steps: int, top: int, mixed: int = 0) -> dict:
     eng, reqs = _prefilled(llm, batch, max_tokens=3 * steps + 20)
-    for _ in range(3):  # warm-up: the decode kernels' first launches
-        eng.step()
+    step = _Stepper(eng, mixed)
+    for _ in range(3):  # warm-up: the kernels' first launches (and graph captures)
+        step()
     sync(device)
+    step.one_pass = step.added = 0
     t0, rows = time.perf_counter(), 0
     for _ in range(steps):
-        rows += eng.stats().num_running
-        eng.step()
+        rows += eng.stats().num_running + (mixed > 0)
+        step()
         sync(device)
     wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+    one_pass, added = step.one_pass, step.added
 
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):
-        eng.step()
+        step()
     sync(device)
     prof.disable()
     buf = io.StringIO()
@@ -75,7 +104,7 @@ def profile_batch(llm, device: str, batch: int, steps: int, top: int) -> dict:
     n = 5
     with torch.profiler.profile(activities=acts) as tp:
         for _ in range(n):
-            eng.step()
+            step()
         sync(device)
     kernels = [e for e in tp.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_busy_ms = sum(e.device_time for e in kernels) / 1e3 / n  # device_time: us
@@ -84,7 +113,9 @@ def profile_batch(llm, device: str, batch: int, steps: int, top: int) -> dict:
         eng.abort(r.request_id)
     while eng.has_unfinished():
         eng.step()
-    return {"batch": batch, "rows": rows / steps, "wall_ms_per_step": wall_ms,
+    return {"batch": batch, "mixed": mixed, "rows": rows / steps,
+            "prompts_in_one_step": f"{one_pass}/{added}" if mixed else None,
+            "wall_ms_per_step": wall_ms,
             "kernels_per_step": len(kernels) / n,
             "gpu_busy_ms_per_step": gpu_busy_ms, "cprofile": buf.getvalue(),
             "torch_ops": table}
@@ -96,42 +127,54 @@ def main() -> None:
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", help="model dtype (float32 on CPU)")
-    ap.add_argument("--arms", default="eager,graphs", help="eager and/or graphs (CUDA only)")
+    ap.add_argument("--arms", default="eager,graphs",
+                    help="eager, graphs and/or decode-graphs (the last two CUDA only)")
     ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
     ap.add_argument("--kv-gib", type=int, default=8, help="KV budget of each engine (GiB)")
-    ap.add_argument("--steps", type=int, default=20, help="decode steps timed per reading")
+    ap.add_argument("--steps", type=int, default=20, help="steps timed per reading")
+    ap.add_argument("--mixed", type=int, default=0,
+                    help="tokens of a fresh prompt each timed step carries (0: decode steps)")
     ap.add_argument("--top", type=int, default=25, help="profile rows printed")
     ap.add_argument("--json", help="write the readings here")
     args = ap.parse_args()
     dtype = args.dtype if args.device == "cuda" else "float32"
     rows = []
     for arm in args.arms.split(","):
-        if arm not in ("eager", "graphs"):
-            ap.error(f"--arms: unknown arm {arm!r} (eager, graphs)")
+        if arm not in ("eager", "graphs", "decode-graphs"):
+            ap.error(f"--arms: unknown arm {arm!r} (eager, graphs, decode-graphs)")
+        extra = {"max_graph_tokens": 0} if arm == "decode-graphs" else {}
         llm = _engine(args.device, args.model, dtype=dtype, kv_memory_bytes=args.kv_gib << 30,
-                      enforce_eager=arm == "eager")
+                      enforce_eager=arm == "eager", **extra)
         for b in (int(x) for x in args.batch.split(",")):
-            r = profile_batch(llm, args.device, b, args.steps, args.top)
+            r = profile_batch(llm, args.device, b, args.steps, args.top, args.mixed)
             r["arm"] = arm
             rows.append(r)
-            print(f"== {arm}, batch {b} ({r['rows']:.0f} rows): {r['wall_ms_per_step']:.2f} ms "
-                  f"a step (wall), "
+            shape = f", +{args.mixed}-token prompt" if args.mixed else ""
+            print(f"== {arm}, batch {b}{shape} ({r['rows']:.0f} rows): "
+                  f"{r['wall_ms_per_step']:.2f} ms a step (wall), "
                   f"{r['kernels_per_step']:.0f} kernels, GPU busy "
                   f"{r['gpu_busy_ms_per_step']:.2f} ms")
+            if args.mixed:
+                print(f"   prompts prefilled and sampled in their own step: "
+                      f"{r['prompts_in_one_step']}")
             print(r["cprofile"])
             print(r["torch_ops"])
-        graphs = llm.engine.runner.graphs
+        graphs, mixed = llm.engine.runner.graphs, llm.engine.runner.mixed
         if graphs is not None:
-            print(f"== {arm}: graphs captured for sizes {graphs.captured_sizes()}, "
+            print(f"== {arm}: decode graphs captured for sizes {graphs.captured_sizes()}, "
                   f"{graphs.replays} decode passes replayed")
-        del llm, graphs
+        if mixed is not None:
+            print(f"== {arm}: mixed graphs captured for (tokens, rows) {mixed.captured()}, "
+                  f"{mixed.replays} mixed passes replayed")
+        del llm, graphs, mixed
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    print("\n| arm | batch | rows | ms a step | kernels a step | GPU busy ms |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print("\n| arm | batch | prompt tokens | rows | ms a step | kernels a step | GPU busy ms |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['arm']} | {r['batch']} | {r['rows']:.0f} | {r['wall_ms_per_step']:.2f} | "
-              f"{r['kernels_per_step']:.0f} | {r['gpu_busy_ms_per_step']:.2f} |")
+        print(f"| {r['arm']} | {r['batch']} | {r['mixed']} | {r['rows']:.0f} | "
+              f"{r['wall_ms_per_step']:.2f} | {r['kernels_per_step']:.0f} | "
+              f"{r['gpu_busy_ms_per_step']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "rows": rows}, indent=1))
 
