@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-model-len", type=int, default=None,
       help="longest context in tokens (default: the model's)")
     a("--enforce-eager", action="store_true",
-      help="on CUDA, run decode steps eagerly instead of replaying CUDA graphs")
+      help="on CUDA, run every step eagerly instead of replaying CUDA graphs")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")

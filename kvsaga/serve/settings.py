@@ -53,7 +53,7 @@ class ServerSettings:
     max_model_len: int | None = None
     """Longest context in tokens (default: the model's, bounded by the KV budget)."""
     enforce_eager: bool = False
-    """On CUDA, run decode steps eagerly instead of replaying CUDA graphs."""
+    """On CUDA, run every step eagerly instead of replaying CUDA graphs."""
     api_keys: tuple[str, ...] = ()
     """Keys accepted as `Authorization: Bearer KEY`; empty: no authentication. Each key is
     its own tenant: its prefix cache and sessions are invisible to the others."""

@@ -299,6 +299,8 @@ def test_mixed_buckets_and_bad_input(model_dir):
     assert [graphs.bucket_for(t, r) for t, r in ((1, 1), (17, 3), (64, 24), (65, 1), (30, 25),
                                                 (3, 4), (0, 0))] == [
         (16, 1), (32, 4), (64, 24), None, None, None, None]
+    # The engine's defaults (64 sequences, 512 tokens): the 48 of the module docstring.
+    assert MixedGraphs(model, cache, BLOCK, 64, 64, 512, capture=False).worst_case_graphs() == 48
     # A token cap below the row count keeps no row size it could never fill.
     assert MixedGraphs(model, cache, BLOCK, 64, 64, 10, capture=False).row_sizes == (
         1, 2, 4, 8, 16)
