@@ -52,6 +52,7 @@ which is how the CPU tests check the padding.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable, Sequence
 
 import torch
@@ -119,6 +120,12 @@ class _Tables:
         b = len(tables)
         if b and width:
             self.device[:b, :width].copy_(host[:b, :width])
+
+
+def _int64(values: list[int]) -> torch.Tensor:
+    """A CPU int64 tensor over `values`, through an `array` (3-4x faster than
+    `torch.tensor` on a list of Python ints: bench/graph_stage.py)."""
+    return torch.frombuffer(array("q", values), dtype=torch.int64)
 
 
 def _check_tables(tables: Sequence[Sequence[int]], width: int, max_model_len: int) -> None:
@@ -209,7 +216,7 @@ class DecodeGraphs:
         pad = [0] * (n - b)
         packed = (list(input_ids) + pad + list(positions) + pad + list(slots) + [-1] * (n - b)
                   + list(seq_lens) + pad + list(range(b + 1)) + [b] * (n - b))
-        self._packed.copy_(torch.tensor(packed, dtype=torch.int64))
+        self._packed.copy_(_int64(packed))
         self._tables.stage(tables)
 
     def run(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
@@ -355,7 +362,7 @@ class MixedGraphs:
         packed = (list(input_ids) + pad_t + list(positions) + pad_t + list(slots)
                   + [-1] * (t - n) + list(seq_lens) + [0] * (r - b) + starts + [n] * (r - b)
                   + list(logits_rows) + [0] * (r - s))
-        self._packed.copy_(torch.tensor(packed, dtype=torch.int64))
+        self._packed.copy_(_int64(packed))
         self._tables.stage(tables)
 
     def run(self, input_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int],
