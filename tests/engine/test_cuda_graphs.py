@@ -353,6 +353,40 @@ def test_block_tables_are_staged_by_their_changes():
     assert tables.entries_written == 10 + 1 + 5
 
 
+def test_lazy_capture_bookkeeping(model_dir, monkeypatch):
+    """The capture=True branch off CUDA, with `_capture` faked (a "graph" whose replay
+    reruns the pass): one capture per shape at its first step, replays after, and the
+    logits read from where a replay leaves them."""
+    from kvsaga.engine import cuda_graphs
+
+    captures = []
+
+    class FakeGraph:
+        def __init__(self, forward):
+            self.replay = forward
+
+    def fake_capture(forward, pool):
+        captures.append(pool)
+        forward()  # the warm-up
+        return FakeGraph(forward), forward()
+
+    monkeypatch.setattr(cuda_graphs, "_capture", fake_capture)
+    model = _model(model_dir)
+    cache, rows = _mixed_case(model, MIXED)
+    plain = cache.clone()
+    want = _eager_mixed(model, plain, rows)
+    decode = DecodeGraphs(model, cache, BLOCK, 256, 8, capture=False)
+    mixed = MixedGraphs(model, cache, BLOCK, 256, 8, 64, capture=False, pool="pool")
+    decode.capture = mixed.capture = True
+    for _ in range(2):
+        torch.testing.assert_close(mixed.run(**rows), want, atol=1e-4, rtol=1e-4)
+    one = {k: rows[k][:1] for k in ("input_ids", "positions", "slots", "tables", "seq_lens")}
+    decode.run(**one)
+    decode.run(**one)
+    assert mixed.captured() == [(32, 4)] and decode.captured_sizes() == [1]
+    assert captures == ["pool", None] and (mixed.replays, decode.replays) == (2, 2)
+
+
 def _generate_chunked(engine: LLMEngine) -> list[list[int]]:
     """PROMPTS, two of them added after a few steps: with a small token budget, prompt
     chunks share steps with other sequences' decode rows."""
@@ -425,7 +459,7 @@ def test_cuda_mixed_graphs_match_eager(model_dir, dtype):
     graphed = LLMEngine(str(model_dir), **kw)
     want, got = _generate_chunked(eager), _generate_chunked(graphed)
     mixed = graphed.runner.mixed
-    assert mixed.token_sizes == (16, 32) and mixed.replays >= 4 and mixed.captured()
+    assert mixed.token_sizes == (16, 32) and mixed.replays >= 3 and mixed.captured()
     assert graphed.runner.graphs.replays >= GREEDY.max_tokens - 1
     if dtype == torch.float32:
         assert got == want
