@@ -71,8 +71,8 @@ TOKEN_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 MIXED_TOKEN_CAP = 512
 
 
-def _capture(forward: Callable[[], torch.Tensor], pool) -> tuple[torch.cuda.CUDAGraph,
-                                                                  torch.Tensor]:
+def _capture(forward: Callable[[], torch.Tensor | None],
+             pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
     """Record `forward()` into `pool`: a warm-up call on a side stream (Triton compiles, the
     allocator's blocks), then the capture. The staged step is written twice (warm-up, then
     capture) with the same K/V; the replay that follows writes it a third time."""
@@ -93,9 +93,10 @@ class _Tables:
     """The block tables of a padded pass: a device tensor [rows, width] and its host copy.
 
     A step's tables are mostly last step's: the same sequences in the same rows, a block
-    appended now and then. The host copy remembers each row's last table and writes only
-    the entries past their common prefix (a list compare in C, no tensor built), then one
-    copy moves the rows in use to the device.
+    appended now and then. The host copy remembers each row's last table: a row whose last
+    table is a prefix of its new one (a list compare in C, no tensor built) gets only the
+    new entries, any other row is rewritten whole. Then one copy moves the rows in use to
+    the device.
     """
 
     def __init__(self, rows: int, width: int, device: torch.device, pin: bool) -> None:
@@ -228,7 +229,8 @@ class DecodeGraphs:
             tables / seq_lens: per row, its block table and its context length (position + 1).
 
         Returns:
-            fp32 [B, vocab] logits, a view of the graph's output: read it before the next run.
+            fp32 [B, vocab] logits, a view of the graph's output: read it before the next
+            run of any graph sharing its pool (that memory may be another graph's scratch).
 
         Raises:
             ValueError: mismatched lengths, a batch above `max_batch`, or a block table
