@@ -104,6 +104,28 @@ def test_decode_split_k(triton_device, dtype, num_splits):
     _assert_matches(case, out, reference.paged_attention(case.attention_args(), case.guarded_out()))
 
 
+@pytest.mark.parametrize("kind", ["decode", "extend"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_id)
+def test_graph_bounds_and_padding(triton_device, dtype, kind):
+    """What a CUDA graph replays (kvsaga/engine/cuda_graphs.py): host bounds of the worst
+    case (`max_query_len` the token bucket, 1 for decode; `max_seq_len` a `max_model_len`
+    far above every context), padding rows of length 0 with an empty query at the end, and
+    padding query tokens past `query_start_loc[-1]` (NaN here: outside every row)."""
+    if kind == "decode":
+        pairs, bucket = [(5, 1), (300, 1), (17, 1)], 1
+    else:  # decode rows, extends over cached prefixes, a fresh prompt longer than one tile
+        pairs, bucket = [(9, 1), (40, 23), (70, 70), (300, 1)], 128
+    tokens = sum(q for _, q in pairs)
+    pairs += [(0, 0), (0, 0), (0, 0)]  # padding rows
+    case = make_case([c for c, _ in pairs], [q for _, q in pairs], block_size=16,
+                     num_kv_heads=2, group=4, head_dim=64, dtype=dtype, device=triton_device,
+                     seed=7, num_pad_rows=4 if kind == "decode" else bucket - tokens)
+    out = kernels.paged_attention(*case.args(), max_query_len=bucket, max_seq_len=4096,
+                                  out=case.guarded_out())
+    expected = reference.paged_attention(case.attention_args(), case.guarded_out())
+    _assert_matches(case, out, expected)
+
+
 def test_defaults_without_host_lengths_or_out(triton_device):
     """No max_query_len / max_seq_len / out: the launcher reads them; padding rows are 0."""
     case = _extend_case(torch.float16, 4, 64, 16, triton_device, seed=5)
