@@ -353,6 +353,35 @@ def test_block_tables_are_staged_by_their_changes():
     assert tables.entries_written == 10 + 1 + 5
 
 
+def test_padded_passes_read_no_device_values(model_dir, monkeypatch):
+    """A CUDA graph cannot capture a read of a device value (`.item()`, `int(t)`,
+    `.tolist()`, a data-dependent shape). On the meta device every such read raises, so
+    the padded passes run there end to end: the model's own code (hidden_states,
+    KeptRows.build, _attention_threads, _step_plan, norms, RoPE, linears) takes its
+    non-CPU branches, as on CUDA. The kernels are stubbed out: on CUDA they check only
+    metadata and take the host bounds (the `gpu` tests capture them for real)."""
+    from kvsaga import kernels
+
+    model = _model(model_dir)
+    _, rows = _mixed_case(model, MIXED)
+    model = model.to("meta")
+    model.pack_weights()  # what a load off CPU sets: serial_below 0, no packed copies
+    assert model.serial_below == 0
+    cache = kv_cache(model, 20, BLOCK).to("meta")
+    monkeypatch.setattr(kernels, "cache_write", lambda *a, **k: None)
+    monkeypatch.setattr(kernels, "paged_attention",
+                        lambda query, *a, **k: torch.empty_like(query))
+    with pytest.raises(RuntimeError, match="meta"):
+        int(cache.sum())  # the probe works: a read raises
+    vocab = model.config.vocab_size
+    mixed = MixedGraphs(model, cache, BLOCK, 256, 8, 64, capture=False)
+    assert mixed.run(**rows).shape == (3, vocab)
+    decode = DecodeGraphs(model, cache, BLOCK, 256, 8, capture=False)
+    # (values are never read on meta: any three rows make a decode batch)
+    one = {k: rows[k][:3] for k in ("input_ids", "positions", "slots", "tables", "seq_lens")}
+    assert decode.run(**one).shape == (3, vocab)
+
+
 def test_lazy_capture_bookkeeping(model_dir, monkeypatch):
     """The capture=True branch off CUDA, with `_capture` faked (a "graph" whose replay
     reruns the pass): one capture per shape at its first step, replays after, and the
