@@ -101,7 +101,7 @@ class _Tables:
 
     def __init__(self, rows: int, width: int, device: torch.device, pin: bool) -> None:
         self.width = width
-        self.device = torch.zeros((rows, width), dtype=torch.int32, device=device)
+        self.on_device = torch.zeros((rows, width), dtype=torch.int32, device=device)
         self.host = torch.zeros((rows, width), dtype=torch.int32, pin_memory=pin)
         self._last: list[list[int]] = [[] for _ in range(rows)]
         self.entries_written = 0  # host entries rewritten, all steps (tests read it)
@@ -120,7 +120,7 @@ class _Tables:
             width = max(width, len(table))
         b = len(tables)
         if b and width:
-            self.device[:b, :width].copy_(host[:b, :width])
+            self.on_device[:b, :width].copy_(host[:b, :width])
 
 
 def _int64(values: list[int]) -> torch.Tensor:
@@ -178,7 +178,7 @@ class DecodeGraphs:
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self.query_start_loc = torch.zeros(n + 1, dtype=torch.int32, device=device)
         self._tables = _Tables(n, self.width, device, pin=capture)
-        self.block_tables = self._tables.device
+        self.block_tables = self._tables.on_device
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if pool is None and capture:
             pool = torch.cuda.graph_pool_handle()
@@ -302,7 +302,7 @@ class MixedGraphs:
         self.seq_lens = torch.zeros(r, dtype=torch.int32, device=device)
         self.query_start_loc = torch.zeros(r + 1, dtype=torch.int32, device=device)
         self._tables = _Tables(r, self.width, device, pin=capture)
-        self.block_tables = self._tables.device
+        self.block_tables = self._tables.on_device
         # Every mixed graph writes its logits here (outside the pool): a graph's own output
         # is then a temporary that later captures may reuse.
         vocab = model.config.vocab_size

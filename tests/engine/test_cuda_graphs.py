@@ -346,10 +346,10 @@ def test_block_tables_are_staged_by_their_changes():
     assert tables.entries_written == 4 + 3 + 1 + 2
     want = [[3, 8, 1], [5], [2, 2]]
     for i, t in enumerate(want):
-        assert tables.device[i, : len(t)].tolist() == t
+        assert tables.on_device[i, : len(t)].tolist() == t
     tables.stage([[3], [5, 6, 7, 8, 9, 10]])  # shorter, then longer
-    assert tables.device[0, :1].tolist() == [3]
-    assert tables.device[1].tolist() == [5, 6, 7, 8, 9, 10]
+    assert tables.on_device[0, :1].tolist() == [3]
+    assert tables.on_device[1].tolist() == [5, 6, 7, 8, 9, 10]
     assert tables.entries_written == 10 + 1 + 5
 
 
