@@ -149,7 +149,7 @@ class LLMEngine:
             graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
                                   max_num_seqs)
             mixed_tokens = min(max_graph_tokens, max_num_batched_tokens)
-            if mixed_tokens:  # one memory pool for every graph
+            if mixed_tokens > 0:  # one memory pool for every graph
                 mixed = MixedGraphs(self.model, self.storage.kv, block_size,
                                     self.max_model_len, max_num_seqs, mixed_tokens,
                                     pool=graphs.pool)
