@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="longest context in tokens (default: the model's)")
     a("--enforce-eager", action="store_true",
       help="on CUDA, run every step eagerly instead of replaying CUDA graphs")
+    a("--max-graph-tokens", type=int, default=d.max_graph_tokens,
+      help="on CUDA, the most tokens a step with prefill tokens may hold to replay a CUDA "
+      "graph (0: decode steps only; at most 2048)")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
@@ -145,6 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager,
+        max_graph_tokens=args.max_graph_tokens,
         api_keys=tuple(k.strip() for k in (keys or "").split(",") if k.strip()),
         max_queue=args.max_queue,
         max_body_bytes=args.max_body,
@@ -178,6 +182,7 @@ def engine_factory(s: ServerSettings):
             progress=sys.stderr.isatty(),
             host_memory_bytes=s.host_memory_bytes or 0,
             enforce_eager=s.enforce_eager,
+            max_graph_tokens=s.max_graph_tokens,
         )
 
     return load

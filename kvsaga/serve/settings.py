@@ -54,6 +54,9 @@ class ServerSettings:
     """Longest context in tokens (default: the model's, bounded by the KV budget)."""
     enforce_eager: bool = False
     """On CUDA, run every step eagerly instead of replaying CUDA graphs."""
+    max_graph_tokens: int = 512
+    """On CUDA, the most tokens a step with prefill tokens may hold to replay a CUDA graph
+    (0: decode steps only; at most 2048). `LLMEngine`'s `max_graph_tokens`."""
     api_keys: tuple[str, ...] = ()
     """Keys accepted as `Authorization: Bearer KEY`; empty: no authentication. Each key is
     its own tenant: its prefix cache and sessions are invisible to the others."""
@@ -102,6 +105,9 @@ class ServerSettings:
         for name, low in (("block_size", 1), ("max_num_seqs", 1), ("max_num_batched_tokens", 1),
                           ("max_queue", 0), ("max_body_bytes", 1024), ("default_max_tokens", 1)):
             count(name, low)
+        count("max_graph_tokens", 0)
+        need(self.max_graph_tokens <= 2048,
+             f"max_graph_tokens must be at most 2048, got {self.max_graph_tokens}")
         for name, low in (("kv_memory_bytes", 1), ("host_memory_bytes", 0),
                           ("max_model_len", 1), ("max_tokens_limit", 1)):
             count(name, low, optional=True)

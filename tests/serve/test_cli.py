@@ -13,6 +13,7 @@ import pytest
 
 from kvsaga import __version__
 from kvsaga.serve.cli import build_parser, engine_factory, settings_from_args
+from kvsaga.serve.settings import ServerSettings
 
 
 def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
@@ -26,6 +27,17 @@ def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
     assert settings_from_args(build_parser().parse_args(["--enforce-eager"])).enforce_eager
 
 
+def test_max_graph_tokens_flag_default_and_bounds():
+    from kvsaga.engine.cuda_graphs import MIXED_TOKEN_CAP, TOKEN_SIZES
+
+    assert ServerSettings().max_graph_tokens == MIXED_TOKEN_CAP
+    s = settings_from_args(build_parser().parse_args(["--max-graph-tokens", "0"]))
+    assert s.max_graph_tokens == 0
+    for bad in (-1, TOKEN_SIZES[-1] + 1):
+        with pytest.raises(ValueError, match="max_graph_tokens"):
+            settings_from_args(build_parser().parse_args(["--max-graph-tokens", str(bad)]))
+
+
 def test_enforce_eager_reaches_the_engine(tiny_dir: Path):
     """The engine that `--enforce-eager` loads runs eagerly (on CPU it always does; the
     argument must still arrive, since LLMEngine refuses unknown ones)."""
@@ -33,6 +45,10 @@ def test_enforce_eager_reaches_the_engine(tiny_dir: Path):
                                                       "--device", "cpu", "--kv-memory", "4M"]))
     engine = engine_factory(s)()
     assert engine.runner.graphs is None
+    s = settings_from_args(build_parser().parse_args(["--model", str(tiny_dir), "--device", "cpu",
+                                                      "--kv-memory", "4M",
+                                                      "--max-graph-tokens", "64"]))
+    assert engine_factory(s)().runner.mixed is None  # LLMEngine took it (CPU: no graphs)
 
 
 def test_every_flag_has_help_stating_its_default():
