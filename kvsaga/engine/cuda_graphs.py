@@ -71,6 +71,16 @@ TOKEN_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 MIXED_TOKEN_CAP = 512
 
 
+def graphs_apply(device: torch.device, enforce_eager: bool) -> bool:
+    """Whether an engine on `device` replays CUDA graphs: on CUDA, unless `enforce_eager`
+    or `KVSAGA_KERNELS=torch`. The torch reference kernels read sequence lengths on the host
+    (a device-to-host copy each call), which a capture cannot hold; the Triton kernels take
+    host bounds only."""
+    from kvsaga import kernels  # the kernels' own rule for which runs where
+
+    return device.type == "cuda" and not enforce_eager and kernels.use_triton(device)
+
+
 def _capture(forward: Callable[[], torch.Tensor | None],
              pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
     """Record `forward()` into `pool`: a warm-up call on a side stream (Triton compiles, the

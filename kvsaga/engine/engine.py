@@ -16,7 +16,8 @@ import torch
 
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
-from kvsaga.engine.cuda_graphs import MIXED_TOKEN_CAP, TOKEN_SIZES, DecodeGraphs, MixedGraphs
+from kvsaga.engine.cuda_graphs import (MIXED_TOKEN_CAP, TOKEN_SIZES, DecodeGraphs, MixedGraphs,
+                                       graphs_apply)
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
@@ -67,7 +68,8 @@ class LLMEngine:
     scheduler / scheduler_params: the core scheduler (`kvsaga.scheduler`: "workflow",
         the default, or "fcfs") and its parameters; ValueError for bad ones.
     enforce_eager: on CUDA, run every pass eagerly instead of replaying CUDA graphs
-        (`kvsaga.engine.cuda_graphs`); no effect elsewhere.
+        (`kvsaga.engine.cuda_graphs`); no effect elsewhere. `KVSAGA_KERNELS=torch` runs
+        eagerly too (`graphs_apply`: the reference kernels cannot be captured).
     max_graph_tokens: on CUDA, the most tokens a step with prefill tokens may hold to replay
         from a CUDA graph (`MixedGraphs`), also capped by `max_num_batched_tokens`; 0: such
         steps run eagerly (decode steps still replay). Default `MIXED_TOKEN_CAP` (512).
@@ -145,7 +147,7 @@ class LLMEngine:
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
         self._transfer = None  # the last plan submitted that no forward has waited on yet
         graphs = mixed = None
-        if self.device.type == "cuda" and not enforce_eager:
+        if graphs_apply(self.device, enforce_eager):
             graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
                                   max_num_seqs)
             mixed_tokens = min(max_graph_tokens, max_num_batched_tokens)

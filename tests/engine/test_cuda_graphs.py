@@ -498,3 +498,19 @@ def test_cuda_mixed_graphs_match_eager(model_dir, dtype):
         assert same >= 0.8 * sum(len(w) for w in want)
     decode_only = LLMEngine(str(model_dir), max_graph_tokens=0, **kw)
     assert decode_only.runner.mixed is None and decode_only.runner.graphs is not None
+
+
+def test_graphs_apply_on_cuda_with_the_triton_kernels_only(monkeypatch):
+    """Graphs follow the kernels: the torch references read lengths on the host, which a
+    capture cannot hold, so `KVSAGA_KERNELS=torch` (or enforce_eager) keeps CUDA eager."""
+    from kvsaga.engine.cuda_graphs import graphs_apply
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv("KVSAGA_KERNELS", raising=False)
+    assert graphs_apply(cuda, enforce_eager=False)
+    assert not graphs_apply(cuda, enforce_eager=True)
+    assert not graphs_apply(cpu, enforce_eager=False)
+    monkeypatch.setenv("KVSAGA_KERNELS", "torch")
+    assert not graphs_apply(cuda, enforce_eager=False)
+    monkeypatch.setenv("KVSAGA_KERNELS", "triton")
+    assert graphs_apply(cuda, enforce_eager=False) and not graphs_apply(cpu, False)
