@@ -44,6 +44,11 @@ compiles), then the capture, into the one shared pool. Worst case, `len(sizes)` 
 graphs plus `MixedGraphs.worst_case_graphs()` mixed ones: 9 + 48 with the engine's defaults
 (max_num_seqs 64, max_num_batched_tokens >= 512).
 
+A capture that fails (its warm-up or the capture itself raises) raises `GraphCaptureError`;
+the runner logs it once, turns that kind of graph off and runs the step eagerly. The runner
+runs every step under `torch.cuda.device` of its KV cache, so an engine on `cuda:N` captures
+and replays on N whatever the current device.
+
 Steps above the largest shape (more tokens than `max_tokens`, more rows than
 `max_batch`) run eagerly. The same padded passes run eagerly off CUDA (`capture=False`),
 which is how the CPU tests check the padding.
@@ -81,21 +86,33 @@ def graphs_apply(device: torch.device, enforce_eager: bool) -> bool:
     return device.type == "cuda" and not enforce_eager and kernels.use_triton(device)
 
 
+class GraphCaptureError(RuntimeError):
+    """Recording a graph failed (its warm-up pass or the capture). The runner then turns
+    that kind of graph off and runs the step, and every later one, eagerly."""
+
+
 def _capture(forward: Callable[[], torch.Tensor | None],
              pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
     """Record `forward()` into `pool`: a warm-up call on a side stream (Triton compiles, the
     allocator's blocks), then the capture. The staged step is written twice (warm-up, then
-    capture) with the same K/V; the replay that follows writes it a third time."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        forward()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: a host-tier copy on another thread (kvsaga.offload) during the capture
-    # must not invalidate it; only this thread's calls are restricted.
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        out = forward()
+    capture) with the same K/V; the replay that follows writes it a third time.
+
+    Raises:
+        GraphCaptureError: from any failure of either, the cause chained.
+    """
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: a host-tier copy on another thread (kvsaga.offload) during the
+        # capture must not invalidate it; only this thread's calls are restricted.
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            out = forward()
+    except Exception as e:  # noqa: BLE001  (whatever broke, eager still serves the step)
+        raise GraphCaptureError(f"recording a CUDA graph failed: {type(e).__name__}: {e}") from e
     return graph, out
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
-from kvsaga.engine.cuda_graphs import DecodeGraphs, MixedGraphs
+from kvsaga.engine.cuda_graphs import DecodeGraphs, GraphCaptureError, MixedGraphs
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.sampling import Sampler, SamplerOutput
 from kvsaga.engine.scheduler import ScheduledChunk
 from kvsaga.manager import KVCacheManager
+
+log = logging.getLogger("kvsaga.engine")
 
 
 class ModelRunner:
@@ -32,8 +36,24 @@ class ModelRunner:
         self.graphs = graphs
         self.mixed = mixed
 
+    @staticmethod
+    def _graphs_off(kind: str, error: GraphCaptureError) -> None:
+        """A failed capture turns that kind of graph off for good (the step at hand, and
+        every later one, runs eagerly): logged once, not retried at every step."""
+        log.warning("%s CUDA graphs are off, steps run eagerly: %s", kind, error)
+        return None
+
+    def run(self, chunks: list[ScheduledChunk]
+            ) -> tuple[list[ScheduledChunk], SamplerOutput | None]:
+        """`_run` on the runner's device: on `cuda:N`, streams, captures, replays and Triton
+        launches all act on the current device, which is not always N."""
+        if self.device.type != "cuda":
+            return self._run(chunks)
+        with torch.cuda.device(self.device):
+            return self._run(chunks)
+
     @torch.inference_mode()
-    def run(
+    def _run(
         self, chunks: list[ScheduledChunk]
     ) -> tuple[list[ScheduledChunk], SamplerOutput | None]:
         """One forward pass over every chunk; sample for chunks that complete their context.
@@ -62,13 +82,21 @@ class ModelRunner:
         if (self.graphs is not None and len(sampled) == len(input_ids)
                 and self.graphs.size_for(len(input_ids)) is not None):
             # A decode pass: one token a sequence, each sampled.
-            logits = self.graphs.run(input_ids, positions, slots, tables, seq_lens)
-            return sampled, self.sampler(logits, params, gens)
+            try:
+                logits = self.graphs.run(input_ids, positions, slots, tables, seq_lens)
+            except GraphCaptureError as e:
+                self.graphs = self._graphs_off("decode", e)
+            else:
+                return sampled, self.sampler(logits, params, gens)
         if self.mixed is not None and self.mixed.bucket_for(len(input_ids), len(chunks)):
             # A step with prefill tokens, within the largest mixed graph.
-            logits = self.mixed.run(input_ids, positions, slots, tables, seq_lens, query_lens,
-                                    logits_rows)
-            return (sampled, self.sampler(logits, params, gens)) if sampled else ([], None)
+            try:
+                logits = self.mixed.run(input_ids, positions, slots, tables, seq_lens,
+                                        query_lens, logits_rows)
+            except GraphCaptureError as e:
+                self.mixed = self._graphs_off("mixed", e)
+            else:
+                return (sampled, self.sampler(logits, params, gens)) if sampled else ([], None)
         meta = AttentionMetadata.build(
             tables, seq_lens, query_lens, self.manager.block_size, self.device, logits_rows, slots
         )

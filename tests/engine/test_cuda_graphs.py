@@ -514,3 +514,30 @@ def test_graphs_apply_on_cuda_with_the_triton_kernels_only(monkeypatch):
     assert not graphs_apply(cuda, enforce_eager=False)
     monkeypatch.setenv("KVSAGA_KERNELS", "triton")
     assert graphs_apply(cuda, enforce_eager=False) and not graphs_apply(cpu, False)
+
+
+def test_a_failed_capture_turns_that_kind_of_graph_off(model_dir, caplog):
+    """Off CUDA the real `_capture` fails (no CUDA streams): the runner logs it once per
+    kind of graph, turns that kind off, and serves the step and the rest eagerly, with the
+    tokens of an engine that never had graphs."""
+    import logging
+
+    from kvsaga.engine.cuda_graphs import GraphCaptureError, _capture
+
+    with pytest.raises(GraphCaptureError, match="recording a CUDA graph failed"):
+        _capture(lambda: None, None)
+    kw = dict(device="cpu", progress=False, kv_memory_bytes=4 * 2**20, max_num_seqs=8,
+              max_num_batched_tokens=24)
+    want = _generate_chunked(LLMEngine(str(model_dir), **kw))
+    engine = LLMEngine(str(model_dir), **kw)
+    args = (engine.model, engine.storage.kv, engine.spec.block_size, engine.max_model_len, 8)
+    decode = DecodeGraphs(*args, capture=False)
+    mixed = MixedGraphs(*args, max_tokens=24, capture=False)
+    decode.capture = mixed.capture = True  # the real capture, which fails here
+    engine.runner.graphs, engine.runner.mixed = decode, mixed
+    with caplog.at_level(logging.WARNING, logger="kvsaga.engine"):
+        assert _generate_chunked(engine) == want
+    assert engine.runner.graphs is None and engine.runner.mixed is None
+    off = [r.getMessage() for r in caplog.records if "CUDA graphs are off" in r.getMessage()]
+    assert sorted(m.split()[0] for m in off) == ["decode", "mixed"], off
+    assert decode.captured_sizes() == [] and mixed.captured() == []
