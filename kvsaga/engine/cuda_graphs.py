@@ -163,7 +163,41 @@ def _check_tables(tables: Sequence[Sequence[int]], width: int, max_model_len: in
                          f"of max_model_len {max_model_len}")
 
 
-class DecodeGraphs:
+class _PaddedPass:
+    """What both kinds of graph hold: the model and KV cache they record, and the static
+    inputs of a padded pass. One int64 buffer a step fills with one copy (ids, positions and
+    slots, `tokens` each; context lengths, `rows`; query starts, `rows + 1`; then `extra`
+    entries a subclass names), the int32 lengths and starts the kernels take (the pass
+    converts them inside the graph, so a replay does too), and the block tables."""
+
+    def _setup(self, model: torch.nn.Module, kv_cache: torch.Tensor, block_size: int,
+               max_model_len: int, tokens: int, rows: int, extra: int, capture: bool,
+               pool) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.capture = capture
+        device = kv_cache.device
+        t, r = tokens, rows
+        self.width = -(-max_model_len // block_size)
+        self._packed = torch.zeros(3 * t + 2 * r + 1 + extra, dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.slots = (self._packed[i * t:(i + 1) * t]
+                                                      for i in range(3))
+        self._seq_lens64 = self._packed[3 * t: 3 * t + r]
+        self._starts64 = self._packed[3 * t + r: 3 * t + 2 * r + 1]
+        self._extra = self._packed[3 * t + 2 * r + 1:]
+        self.seq_lens = torch.zeros(r, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.zeros(r + 1, dtype=torch.int32, device=device)
+        self._tables = _Tables(r, self.width, device, pin=capture)
+        self.block_tables = self._tables.on_device
+        if pool is None and capture:
+            pool = torch.cuda.graph_pool_handle()
+        self.pool = pool
+        self.replays = 0  # passes that ran from a graph (or the padded eager path)
+
+
+class DecodeGraphs(_PaddedPass):
     """Args:
     model: the decoder (`LlamaForCausalLM`); called as `model(ids, positions, kv_cache, meta)`.
     kv_cache: the GPU tier tensor the passes read and write (its address is recorded).
@@ -186,31 +220,9 @@ class DecodeGraphs:
                              f"{max_model_len}")
         cover = bisect.bisect_left(SIZES, max_batch)
         self.sizes = SIZES[: cover + 1]
-        self.model = model
-        self.kv_cache = kv_cache
-        self.block_size = block_size
-        self.max_model_len = max_model_len
-        self.capture = capture
-        device = kv_cache.device
-        n = self.sizes[-1]
-        self.width = -(-max_model_len // block_size)
-        # One int64 buffer that a step fills with one copy: ids, positions, slots, context
-        # lengths (n each) and query starts (n + 1). The kernels take the last two as int32:
-        # the pass converts them (inside the graph, so a replay does too).
-        self._packed = torch.zeros(5 * n + 1, dtype=torch.int64, device=device)
-        self.input_ids, self.positions, self.slots = (self._packed[i * n:(i + 1) * n]
-                                                      for i in range(3))
-        self._seq_lens64 = self._packed[3 * n:4 * n]
-        self._starts64 = self._packed[4 * n:]
-        self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
-        self.query_start_loc = torch.zeros(n + 1, dtype=torch.int32, device=device)
-        self._tables = _Tables(n, self.width, device, pin=capture)
-        self.block_tables = self._tables.on_device
+        n = self.sizes[-1]  # rows are tokens: one a sequence
+        self._setup(model, kv_cache, block_size, max_model_len, n, n, 0, capture, pool)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if pool is None and capture:
-            pool = torch.cuda.graph_pool_handle()
-        self.pool = pool
-        self.replays = 0  # decode passes that ran from a graph (or the padded eager path)
 
     @property
     def max_batch(self) -> int:
@@ -283,7 +295,7 @@ class DecodeGraphs:
         return out[:b]
 
 
-class MixedGraphs:
+class MixedGraphs(_PaddedPass):
     """Steps that carry prefill tokens (or any step that is not pure decode), replayed from
     graphs of padded shape (T tokens, R rows); see the module docstring.
 
@@ -310,35 +322,15 @@ class MixedGraphs:
         # No row size above the largest token size: a row holds at least one token.
         rows = SIZES[: bisect.bisect_left(SIZES, min(max_batch, self.token_sizes[-1])) + 1]
         self.row_sizes = rows
-        self.model = model
-        self.kv_cache = kv_cache
-        self.block_size = block_size
-        self.max_model_len = max_model_len
-        self.capture = capture
-        device = kv_cache.device
         t, r = self.token_sizes[-1], self.row_sizes[-1]
-        self.width = -(-max_model_len // block_size)
-        # One int64 buffer a step fills with one copy: ids, positions, slots (t each),
-        # context lengths (r), query starts (r + 1) and logits rows (r).
-        self._packed = torch.zeros(3 * t + 3 * r + 1, dtype=torch.int64, device=device)
-        self.input_ids, self.positions, self.slots = (self._packed[i * t:(i + 1) * t]
-                                                      for i in range(3))
-        self._seq_lens64 = self._packed[3 * t: 3 * t + r]
-        self._starts64 = self._packed[3 * t + r: 3 * t + 2 * r + 1]
-        self.logits_rows = self._packed[3 * t + 2 * r + 1:]
-        self.seq_lens = torch.zeros(r, dtype=torch.int32, device=device)
-        self.query_start_loc = torch.zeros(r + 1, dtype=torch.int32, device=device)
-        self._tables = _Tables(r, self.width, device, pin=capture)
-        self.block_tables = self._tables.on_device
+        # The extra entries of the packed buffer: the logits rows (r).
+        self._setup(model, kv_cache, block_size, max_model_len, t, r, r, capture, pool)
+        self.logits_rows = self._extra
         # Every mixed graph writes its logits here (outside the pool): a graph's own output
         # is then a temporary that later captures may reuse.
         vocab = model.config.vocab_size
-        self.logits = torch.zeros((r, vocab), dtype=torch.float32, device=device)
+        self.logits = torch.zeros((r, vocab), dtype=torch.float32, device=kv_cache.device)
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        if pool is None and capture:
-            pool = torch.cuda.graph_pool_handle()
-        self.pool = pool
-        self.replays = 0  # mixed passes that ran from a graph (or the padded eager path)
 
     @property
     def max_tokens(self) -> int:
