@@ -94,6 +94,19 @@ def test_padded_pass_matches_the_plain_pass(model_dir, kernels, n):
     assert torch.equal(cache[untouched], plain_cache[untouched])
 
 
+def _assert_run_matches_eager(graphs, eager, model, cache, rows, untouched: int) -> None:
+    """graphs.run(**rows) gives the logits and K/V of the plain pass `eager` from the same
+    cache, and leaves the blocks from `untouched` on as they were (stale rows of an earlier,
+    larger step write nothing)."""
+    before = cache.clone()
+    got = graphs.run(**rows)
+    plain = before.clone()
+    want = eager(model, plain, rows)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cache, plain, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cache[untouched:], before[untouched:])
+
+
 def test_stale_rows_of_a_larger_batch_do_not_leak(model_dir, kernels):
     """A batch of 2 after a batch of 5 in the same size (8): rows 2-4 still hold the first
     batch's tokens, tables and lengths in the host copy, but they are padding now."""
@@ -106,13 +119,7 @@ def test_stale_rows_of_a_larger_batch_do_not_leak(model_dir, kernels):
     two["seq_lens"] = [s + 1 for s in two["seq_lens"]]
     two["slots"] = [t[p // BLOCK] * BLOCK + p % BLOCK
                     for t, p in zip(two["tables"], two["positions"], strict=True)]
-    before = cache.clone()
-    got = graphs.run(**two)
-    plain = before.clone()
-    want = _eager(model, plain, two)
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(cache, plain, atol=1e-5, rtol=1e-5)
-    assert torch.equal(cache[8:], before[8:])  # sequences 2-4 untouched
+    _assert_run_matches_eager(graphs, _eager, model, cache, two, untouched=8)  # seqs 2-4
 
 
 def test_sizes_and_bad_input(model_dir):
@@ -278,13 +285,8 @@ def test_stale_rows_of_a_larger_mixed_step_do_not_leak(model_dir, kernels):
     cache2, rows2 = _mixed_case(model, second, seed=2, cache=cache.clone())
     cache.copy_(cache2)
     assert graphs.bucket_for(len(rows2["input_ids"]), 5) == (32, 8)
-    before = cache.clone()
-    got = graphs.run(**rows2)
-    plain = before.clone()
-    want = _eager_mixed(model, plain, rows2)
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(cache, plain, atol=1e-5, rtol=1e-5)
-    assert torch.equal(cache[20:], before[20:])  # sequences 5 and 6 untouched
+    _assert_run_matches_eager(graphs, _eager_mixed, model, cache, rows2,
+                              untouched=20)  # sequences 5 and 6
 
 
 def test_mixed_buckets_and_bad_input(model_dir):
