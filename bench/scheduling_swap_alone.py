@@ -89,12 +89,22 @@ class Probe:
                 for sid, i in sched.sessions.items():
                     if sched._leave_at(sid, i, now) <= now:
                         overdue["active" if i.active else "paused"] += sched._own_blocks(i)
+                # Round 34's forecasts at the same swap (`RoomSwap._swap_pays_queue`'s
+                # pieces, read without deciding): the step's own wait for its room and each
+                # victim's wait on its return, behind the steps sorting ahead of it.
+                ahead = sched._waiting_keys(req, victims)
+                fwait = {v: sched._victim_wait_s(req, v, victims, over, now, ahead)
+                         for v in victims}
+                gain = sched._swap_gain_s(over, now)
+                queue_cost = (2.0 * sched._victims_recompute_s(victims) + sum(fwait.values()))
                 self.asked[id(req)] = {
+                    "gain": gain, "queue_swaps": gain > queue_cost,
                     "overdue": overdue,
                     "t": now, "sid": req.session_id, "wait_so_far": now - req.arrival,
                     "learned_wait": sched._readmit_waits.mean(None), "over": over,
                     "clears": clears, "price": sched._victims_recompute_s(victims),
-                    "victims": [self._victim(v, now) for v in victims],
+                    "victims": [dict(self._victim(v, now), forecast_wait=fwait[v])
+                                for v in victims],
                     "left": {sid: sched._own_blocks(i) for sid, i in sched.sessions.items()
                              if sid not in victims},
                 }
@@ -181,7 +191,7 @@ def point_config(point: tuple[str, float, float], seed: int, params: dict | None
 
 def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
                show_swaps: bool, point: tuple | None = None
-               ) -> tuple[str, str, str, list[str]]:
+               ) -> tuple[str, str, str, list[str], str]:
     if point is not None:
         own, base_cfg = point_config(point, seed, None)
         _, cand_cfg = point_config(point, seed, params)
@@ -226,6 +236,15 @@ def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
             f"{early_actual} | "
             f"{_med([r['learned_wait'] for r in probe.swaps]):.2f} / "
             f"{_med([r['price'] for r in probe.swaps]):.3f} |")
+    fw = [(v["forecast_wait"], v["readmitted"] - v["back"]) for v in readm]
+    under = sum(1 for f, a in fw if f < a)
+    queue = (f"| {seed} | {len(probe.swaps)} | "
+             f"{sum(1 for r in probe.swaps if r['queue_swaps'])} | "
+             f"{_med([r['gain'] for r in probe.swaps]):.2f} | "
+             f"{_med([r['learned_wait'] for r in probe.swaps]):.2f} | "
+             f"{_med([v['forecast_wait'] for v in victims]):.2f} | {len(fw)} | "
+             f"{_med([f for f, _ in fw]):.2f} / {_med([a for _, a in fw]):.2f} | "
+             f"{under} |")
     in_sids = {r["sid"] for r in probe.swaps}
     vic_sids = {v["sid"] for v in demoted} - in_sids
     d = {s: tct[s] - base_tct[s] for s in tct}
@@ -253,7 +272,7 @@ def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
                           f", readmitted +{v['readmitted'] - r['t']:.2f} (waited "
                           f"{v['readmitted'] - v['back']:.2f} s, recomputed "
                           f"{v['recomputed']} tokens)")))
-    return head, fore, cost_line, detail
+    return head, fore, cost_line, detail, queue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     where = (f"{point[0]} {point[1]:g}x {point[2]:.0%}" if point else
              f"{a.mix} tenant {a.tenant} alone on half the GPU at {a.frac:.0%}")
     print(f"{where}: default vs {params}")
-    heads, fores, costs, details = [], [], [], []
+    heads, fores, costs, details, queues = [], [], [], [], []
     for seed in seeds:
-        h, f, c, d = seed_lines(a.mix, a.tenant, a.frac, seed, params, a.swaps, point)
+        h, f, c, d, q = seed_lines(a.mix, a.tenant, a.frac, seed, params, a.swaps, point)
+        queues.append(q)
         heads.append(h)
         fores.append(f)
         costs.append(c)
@@ -314,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
           "victims (sessions) | the rest | all |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(costs))
+    print("Round 34's forecasts at the same swaps (medians; seconds): the step's own wait "
+          "for its room (`_swap_gain_s`), each victim's wait on its return behind the steps "
+          "sorting ahead of it (`_victim_wait_s`), and that wait as the run paid it:")
+    print("| seed | swaps | of them \"room_returns_queue\" would make | forecast gain | "
+          "learned wait (round 31's gain) | victims' forecast wait | demoted victims "
+          "admitted again | their forecast wait / actual wait | forecast below actual |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(queues))
     if details:
         print("\n".join(details))
     return 0

@@ -41,7 +41,7 @@ re-admission waits while the demotions went on).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 READMIT_COST_LEAVE = "cost_leave"  # the wait from per-session leave predictions
@@ -118,12 +118,14 @@ class LeaveForecast:
             end = min(end, max(info.demote_at, now))
         return end
 
-    def _leave_wait_s(self, over: float, now: float, restart: bool = False) -> float:
+    def _leave_wait_s(self, over: float, now: float, restart: bool = False,
+                      skip: Collection[str] = ()) -> float:
         """Seconds until `over` blocks of admitted sessions' own contexts are expected to
-        have left the tiers (`_leave_at`, soonest first, `restart` passed on); inf when
-        they never free that."""
+        have left the tiers (`_leave_at`, soonest first, `restart` passed on), the
+        sessions in `skip` left out (`room_returns_queue`: a swap's victims, whose room
+        is counted as freed already); inf when they never free that."""
         times = sorted((self._leave_at(sid, i, now, restart), self._own_blocks(i))
-                       for sid, i in self.sessions.items())
+                       for sid, i in self.sessions.items() if sid not in skip)
         freed = 0
         for t, blocks in times:
             freed += blocks

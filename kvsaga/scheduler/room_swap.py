@@ -141,8 +141,15 @@ READMIT_ROOM_RETURNS_FAIR = "room_returns_fair"
 # admitted session still there past its predicted leave to stay its remaining steps from now
 # (`LeaveForecast._leave_at`'s `restart`), not to leave now.
 READMIT_ROOM_RETURNS_STAY = "room_returns_stay"
+# "room_returns_queue" (`--fit` round 34): the swap priced by forecasts on both sides, from
+# the same leave forecast as "room_returns_stay"'s: the step's own wait for the room it
+# lacks, against each victim's wait on its return (the queue it meets: the waiting steps
+# that sort ahead of it, and the room they and it need, `_victim_wait_s`) plus
+# `PRICED_MARGIN` times the victims' recomputation.
+READMIT_ROOM_RETURNS_QUEUE = "room_returns_queue"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
-                     READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY)
+                     READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
+                     READMIT_ROOM_RETURNS_QUEUE)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -176,14 +183,9 @@ class RoomSwap:
         new = self._working_set(req.workflow, whole, 0)  # `_admitted` -> `_set_blocks`
         if self.shrink_on == "contexts":
             load = self._context_blocks() + working_set_blocks(whole, 0.0, 0.0, bs)
-
-            def frees(info: Any) -> int:
-                return -(-max(info.context - info.shared, 0) // bs)
         else:
             load = self._committed + new
-
-            def frees(info: Any) -> int:
-                return info.blocks
+        frees = self._shrink_frees
         over = load - limit
         if load <= limit:
             return [], over
@@ -206,6 +208,13 @@ class RoomSwap:
             if load <= limit:
                 return victims, over
         return None, over
+
+    def _shrink_frees(self, info: Any) -> int:
+        """Blocks (of the shrink's measure, `shrink_on`) that demoting admitted session
+        `info` takes off the load: its working set, or under "contexts" its own context."""
+        if self.shrink_on == "contexts":
+            return -(-max(info.context - info.shared, 0) // self.manager.block_size)
+        return info.blocks
 
     def _return_at(self, sid: str) -> float | None:
         """When paused admitted session `sid` is predicted back: its pause's start plus its
@@ -260,6 +269,8 @@ class RoomSwap:
             return self._swap_pays(req, lookup, victims)
         if charge in (READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_STAY):
             return self._swap_pays(req, lookup, victims, over, now)
+        if charge == READMIT_ROOM_RETURNS_QUEUE:
+            return self._swap_pays_queue(req, lookup, victims, over, now)
         if charge == READMIT_ROOM_RETURNS_FAIR:
             # "room_returns"'s rule first (it records the return as "room_returns" does,
             # so with one tenant the two values decide alike), then the fairness check.
@@ -293,6 +304,89 @@ class RoomSwap:
                 if back is None or back < clears:
                     price += wait
         return wait > PRICED_MARGIN * price
+
+    def _swap_gain_s(self, over: float, now: float) -> float:
+        """"room_returns_queue": the wait the swap saves the demoted step, forecast: the
+        seconds until the `over` blocks its admission lacks are predicted to have left the
+        tiers (round 33's clearing, `_leave_wait_s` with the restart; inf before any step
+        cycle was seen)."""
+        return self._leave_wait_s(max(over, 0.0), now, True)
+
+    def _victim_wait_s(self, req: Any, victim: str, victims: list[str], over: float,
+                       now: float, ahead: list[tuple[float, int]] | None = None) -> float:
+        """"room_returns_queue": the wait admitted, paused `victim`, demoted by the swap
+        that admits `req` (with `victims`, overshoot `over`), is forecast to meet on its
+        return, from its predicted return (`_return_at`) to its admission again. Its next
+        step queues at its return among the steps waiting now (`_pending`, `req` and the
+        victims' own left out) and sorts behind those with a smaller admission key
+        (`_order_key`; its own key that of its next step queued at its return and costed
+        on its context, as "room_ranked" costs it; under `readmit_order` "first" only the
+        demoted steps waiting go ahead of it). It is admitted once the room it and the
+        steps ahead need has left the tiers: the load after the swap (the overshoot less
+        what the victims free, `_shrink_frees`) plus the steps ahead's charges (their
+        working sets on their prompts) plus its own, beyond the tiers, in blocks; when
+        that is predicted gone is the leave forecast of the sessions admitted after the
+        swap (`_leave_wait_s` with the restart, the victims left out). 0 where the room is
+        there at once or before its return; inf before any step cycle was seen. `ahead`:
+        the waiting steps' (key, charge) pairs, `_waiting_keys`, when already read."""
+        back = self._return_at(victim)
+        if back is None:
+            back = now
+        info = self.sessions[victim]
+        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
+        key = self._order_key(self.session_cost(victim, info.workflow, info.context), since)
+        if ahead is None:
+            ahead = self._waiting_keys(req, victims)
+        queued = sum(blocks for k, blocks in ahead if k < key)
+        freed = sum(self._shrink_frees(self.sessions[v]) for v in victims)
+        need = over - freed + queued + self._shrink_frees(info)
+        if need <= 0:
+            return 0.0
+        clears = now + self._leave_wait_s(need, now, True, skip=victims)
+        return max(clears - back, 0.0)
+
+    def _waiting_keys(self, req: Any, victims: list[str]) -> list[tuple[float, int]]:
+        """"room_returns_queue": each step waiting for admission (every tenant's queue;
+        `req` and the victims' steps left out) as its admission key (`_order_key`, as it
+        waits; under `readmit_order` "first" a new session's is inf, as every demoted step
+        goes ahead of it) and the blocks admitting it charges (its working set on its
+        prompt, `_working_set`)."""
+        out = []
+        skip = set(victims)
+        first = self.admission_order != "fifo" and self.readmit_order == "first"
+        for q in self._pending.values():
+            for r in q:
+                if r is req or r.session_id in skip:
+                    continue
+                if first and not r.resumed:
+                    key = math.inf
+                else:
+                    since = (self._session_since(r) if self.readmit_order == "session_age"
+                             else r.arrival)
+                    key = self._order_key(self.remaining_cost(r), since)
+                out.append((key, self._working_set(r.workflow, r.num_tokens, 0)))
+        return out
+
+    def _swap_pays_queue(self, req: Any, lookup: Any, victims: list[str], over: float,
+                         now: float) -> bool:
+        """"room_returns_queue": whether the wait the swap saves `req` (`_swap_gain_s`)
+        exceeds what it costs its victims: the sum of their forecast waits on return
+        (`_victim_wait_s`) plus `PRICED_MARGIN` times their expected recomputation
+        (`_victims_recompute_s`, paid by the victim's prefill and again by the steps
+        decoding beside it, as "room_priced" prices it). Both waits are read off the same
+        leave forecast (round 33's restart), so its error falls on both sides. Refused
+        where the gain is unknown (inf: no step cycle seen) or no larger than the cost."""
+        self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
+        gain = self._swap_gain_s(over, now)
+        if not math.isfinite(gain):
+            return False
+        cost = PRICED_MARGIN * self._victims_recompute_s(victims)
+        ahead = self._waiting_keys(req, victims)
+        for v in victims:
+            cost += self._victim_wait_s(req, v, victims, over, now, ahead)
+            if cost >= gain:
+                return False
+        return gain > cost
 
     def _fair_victims(self, req: Any, victims: list[str]) -> bool:
         """"room_returns_fair": whether every victim of a tenant other than `req`'s is of a

@@ -160,7 +160,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             tenant at or below its Agent Fair Share deficit's fair share; round 32),
             "room_returns_stay" ("room_returns" whose clearing forecast predicts a session
             still admitted past its predicted leave to stay its remaining steps from now,
-            not to leave now; round 33).
+            not to leave now; round 33), "room_returns_queue" ("room" only where the
+            step's forecast wait for its room exceeds its victims' forecast waits on their
+            returns, behind the steps that sort ahead of them, plus twice their
+            recomputation; round 34).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

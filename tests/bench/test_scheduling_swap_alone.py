@@ -41,8 +41,9 @@ def test_the_probe_gives_the_vetos_alone_tct_and_consistent_records(mod):
     assert probe.swaps, "room_returns swaps in this run"
     for r in probe.swaps:
         assert r["over"] > 0 and r["clears"] >= r["t"] and r["victims"]
+        assert r["gain"] >= 0 and isinstance(r["queue_swaps"], bool)  # round 34's reading
         for v in r["victims"]:
-            assert v["forecast_back"] is not None
+            assert v["forecast_back"] is not None and v["forecast_wait"] >= 0
             if v["readmitted"] is not None:
                 assert v["demoted_at"] is not None and v["back"] is not None
                 assert r["t"] <= v["demoted_at"] <= v["back"] <= v["readmitted"]
@@ -52,7 +53,7 @@ def test_the_probe_gives_the_vetos_alone_tct_and_consistent_records(mod):
 def test_main_prints_its_tables_and_refuses_bad_arguments(mod, capsys):
     assert mod.main(["--seeds", "102", "--params", '{"readmit_charge": "room_returns_stay"}']) == 0
     out = capsys.readouterr().out
-    assert "room_returns_stay" in out and out.count("| 102 |") == 3
+    assert "room_returns_stay" in out and out.count("| 102 |") == 4  # round 34's table too
     for bad in (["--frac", "0.3"], ["--tenant", "z"], ["--point", "bfcl,1"],
                 ["--params", "[1]"]):
         with pytest.raises(SystemExit):
