@@ -290,9 +290,20 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # bfcl gain goes with them. For the record it passes its non-thrash check (none worse) and
 # the calibrated AFS veto (mean d log ratio -0.0245, goal cases 15 -> 18). Not chosen: the
 # default is unchanged (RESULTS "Why the swap lost in the heavy tenant's run alone").
+# Round 34 (issue 10, the sched lane of session 31; committed before it ran, after the code):
+# the swap priced by forecasts on both sides. Round 33's rule charged a victim back before
+# the clearing the learned mean wait (so one such victim refused any swap) and a victim back
+# after it nothing, and with the clamp gone it made too few swaps; but the victims' waits on
+# return are what a swap costs (the heavy tenant's run alone: 7-16 s medians after returns
+# 0.2-0.4 s out). `bench/scheduling_swap_alone.py`'s new table read, at "room_returns"' own
+# swaps, the wait each victim would meet on its return (the waiting steps sorting ahead of it
+# and the room they and it need, against the restarted leave forecast) and the step's own
+# forecast wait for its room: the rule "gain > victims' forecast waits + PRICED_MARGIN x
+# their recomputation" would make 1 of those 183 swaps in the heavy tenant's run alone (AFS
+# fit seeds 102-109) and 33 of 121 at bfcl 1x 25% (fit seeds 101-106). `readmit_charge`
+# "room_returns_queue" is that rule (`RoomSwap._swap_pays_queue`); no new constant.
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"readmit_charge": "room_returns"},
-    {"readmit_charge": "room_returns_stay"},
+    {"readmit_charge": "room_returns_queue"},
 ]
