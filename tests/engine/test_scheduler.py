@@ -4,6 +4,7 @@ make the very same admissions and preemptions, batch by batch."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -351,18 +352,20 @@ class HeldSwapRun:
     engine_log: list
 
 
-def held_swap_run(tiny_model_dir, monkeypatch, charge: str, records: list[list]) -> HeldSwapRun:
+def held_swap_run(tiny_model_dir, monkeypatch, charge: str, records: list[list],
+                  extra: dict | None = None) -> HeldSwapRun:
     """A priced swap's `readmit_charge` on `stream_held()`, in the simulator, then the engine:
     the price's margin 0 (so the clock, the wall clock in the engine, does not decide),
     fifo admission, deadlines out of reach. `records` are the spies' lists, patched in by
     the caller: each is copied after the simulator's run and cleared, so afterwards it
-    holds the engine's entries."""
+    holds the engine's entries. `extra`: more parameters, over those."""
     import kvsaga.scheduler.room_swap as room_swap
     monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
     sessions = stream_held()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
     params = {"readmit_charge": charge, "admission_order": "fifo",
-              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6}
+              "prior_growth_tokens": 16, "growth_charge": "step", "demote_min_s": 1e6,
+              **(extra or {})}
     counts: dict[str, int] = {}
     sim_log = run_sim(sessions, synth, "workflow", params, counts)
     sim_records = [list(r) for r in records]
@@ -568,5 +571,51 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
     assert sim_asked and all(o > 0 and restart for o, restart in sim_asked)
     assert [a for a, _ in answers] == [a for a, _ in sim_answers]
     assert asked == sim_asked
+    answers.clear()
+    assert_admits_every_step(run)
+
+
+def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch):
+    """`readmit_charge` "room_returns_queue" (round 34, kvsaga/scheduler/room_swap.py) on
+    `stream_held()`, as the other priced swaps' parity tests: the margin is 0, so a swap
+    whose victims are forecast to find their room back before they return (s2, held away
+    until the others end, is expected back 30 s on) is made once the leave forecast knows a
+    step cycle (a finite gain), and refused before that or where the shrink could not bring
+    the load within. The "predicted" order with `readmit_order` "first" (demoted steps ahead
+    of every new session) keeps the new sessions waiting here out of s2's queue (under
+    "fifo" they all sort ahead of it, and their room, which the admitted sessions alone
+    never free, makes its forecast wait inf: no swap). The engine's forecasts are read on
+    the wall clock, so the two executors can agree only where it does not decide: every
+    swap priced here has its victims' waits at 0 in both. Both answers occur, the same
+    swaps are priced alike, and the engine makes the simulator's very decisions."""
+    import kvsaga.scheduler.room_swap as room_swap
+    answers: list[bool] = []
+    priced: list[tuple[bool, bool, bool]] = []
+    rule = room_swap.RoomSwap._readmits_swap
+    pays = room_swap.RoomSwap._swap_pays_queue
+
+    def rule_spy(self, req, lookup, now):
+        got = rule(self, req, lookup, now)
+        if self.readmit_charge == "room_returns_queue" and req.session_id in self._deferred:
+            answers.append(got)
+        return got
+
+    def pays_spy(self, req, lookup, victims, over, now):
+        got = pays(self, req, lookup, victims, over, now)
+        waits = [self._victim_wait_s(req, v, victims, over, now) for v in victims]
+        gain = self._swap_gain_s(over, now)
+        priced.append((got, math.isfinite(gain), all(w == 0.0 for w in waits)))
+        return got
+
+    monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
+    monkeypatch.setattr(room_swap.RoomSwap, "_swap_pays_queue", pays_spy)
+    run = held_swap_run(tiny_model_dir, monkeypatch, "room_returns_queue", [answers, priced],
+                        {"admission_order": "predicted", "readmit_order": "first"})
+    sim_answers, sim_priced = run.sim_records
+    assert run.counts["demoted"] >= 2
+    assert {True, False} <= set(sim_answers)
+    assert sim_priced and any(got for got, _, _ in sim_priced)
+    assert all(finite and zero for got, finite, zero in sim_priced if got)
+    assert answers == sim_answers and priced == sim_priced
     answers.clear()
     assert_admits_every_step(run)
