@@ -132,8 +132,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             admission waits, summed, are due within this many times its workflow's learned
             time less such waits (0, the default: off). Opt-in: round 9's pick, 3, raised
             p95 up to 3x at web 4x load (`bench/scheduling_fit.py --tail-guard-check`).
-        readmit_charge: what the gate charges a demoted session admitted again: "uncached"
-            (only the part of its context not cached, as for a new session), "context"
+        readmit_charge: what the gate charges a demoted session admitted again. The
+            default, "room_returns_queue" (`--fit` round 34: "uncached", with the swap
+            below where its forecasts say it pays), "uncached" (only the part of its
+            context not cached, as for a new session; the default before round 34), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
             "full" (its whole context; `kvsaga.scheduler.working_set_gate`), "binding"
             ("full" while no other step waits for admission, where the pool binds, else
@@ -250,7 +252,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         max_wait_s: float = 120.0,
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
-        readmit_charge: str = "uncached",
+        readmit_charge: str = "room_returns_queue",
         readmit_order: str = "sorted",
         readmit_cost: str = "context",
         tenant_weights: Mapping[str | None, float] | None = None,

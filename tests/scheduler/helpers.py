@@ -26,8 +26,12 @@ def wf(m, **kw):
     paused sessions charged their growth too (`paused_growth`), which the tests' pool sizes
     assume (the default, False, is checked in tests/scheduler/test_workflow.py), and
     sessions waiting in queue order (`admission_order` "fifo", whose rules the tests check;
-    "predicted", the default, is tests/scheduler/test_admission_order.py's)."""
+    "predicted", the default, is tests/scheduler/test_admission_order.py's), and a demoted
+    session's step charged "uncached" with no swap (`readmit_charge`, whose rules the tests
+    check; "room_returns_queue", the default since `--fit` round 34, is
+    tests/scheduler/test_room_returns_queue.py's)."""
     kw.setdefault("paused_growth", True)
+    kw.setdefault("readmit_charge", "uncached")
     kw.setdefault("admission_order", "fifo")
     kw.setdefault("overcommit", 1.0)
     kw.setdefault("max_num_batched_tokens", 64)

@@ -61,4 +61,4 @@ def test_readmit_charge_rejects_unknown_values():
                        "room_returns_queue, context, full, binding, binding_short, cost, "
                        "cost_ends, cost_leave, cost_leave_waits, got 'all'"):
         make_scheduler("workflow", manager(16), readmit_charge="all")
-    assert make_scheduler("workflow", manager(16)).readmit_charge == "uncached"
+    assert make_scheduler("workflow", manager(16)).readmit_charge == "room_returns_queue"
