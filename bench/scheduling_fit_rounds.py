@@ -302,6 +302,13 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # their recomputation" would make 1 of those 183 swaps in the heavy tenant's run alone (AFS
 # fit seeds 102-109) and 33 of 121 at bfcl 1x 25% (fit seeds 101-106). `readmit_charge`
 # "room_returns_queue" is that rule (`RoomSwap._swap_pays_queue`); no new constant.
+# Outcome: "room_returns_queue" ranked first (one distinct p95 miss against two; smallest
+# gain 1.58x -> 1.62x, now at bfcl 1x 50% 1.68x -> 1.62x; bfcl 1x 25% 1.58x -> 1.73x) and its
+# non-thrash check found none worse: chosen. The calibrated AFS veto passes it (mean d log
+# ratio -0.0181 <= 0.0270; goal cases 15 -> 16): the default since 1caba99. Fresh seeds 151,
+# 152 / AFS 153, 154, run once after: >= 2x at 10 of 13 bound-allowed rows as before, bfcl
+# 1x 25% 1.46x -> 1.22x (151) and 1.70x -> 1.80x (152); AFS mix seed 153 100% 1.27 -> 1.56
+# (RESULTS "The swap priced by forecasts on both sides").
 FIT_GRID = [
     {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
      "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},

@@ -57,7 +57,11 @@ sessions within their shares go first. A demoted session's next step queues ahea
 tenant's new sessions, most recently demoted first, but each waiting one is overtaken so
 at most `max_overtake` times. Resumed steps of admitted sessions go first, warm ones
 (context still resident) before cold ones, but the head of their queue is bypassed at most
-`max_bypass` times.
+`max_bypass` times. A demoted session's step that the working-set gate refuses may be
+admitted on the pool's check alone where the demotions its admission would cause are
+forecast to cost their victims (their waits on return plus their recomputation) less than
+the step's own wait for the room it lacks (`readmit_charge` "room_returns_queue", the
+default since `--fit` round 34: `kvsaga.scheduler.room_swap`).
 """
 
 from __future__ import annotations

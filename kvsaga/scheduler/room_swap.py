@@ -116,6 +116,23 @@ Outcome (fit seeds 101-106; AFS fit seeds 102-109): with the clamp gone it makes
 goes with them (bfcl 1x 25% 1.56x against the default's 1.58x, its smallest gain), so the
 fit does not choose it, though it passes its non-thrash check and the calibrated AFS veto
 (mean d log ratio -0.0245, goal cases 15 -> 18). Opt-in; docs/scheduler.md, "Round 33".
+
+"room_returns_queue" (`--fit` round 34; **the default since session 31**): the swap priced by
+forecasts on both sides, both from round 33's restarted leave forecast. What a swap costs a
+victim is its wait on its return plus its recomputation: at round 31's swaps the demoted
+victims waited a median 6.6-15.6 s after returns a few tenths of a second out in the heavy
+tenant's run alone, 0.41-1.92 s at bfcl 1x 25% (`bench/scheduling_swap_alone.py`). So the
+gain is the refused step's own forecast wait for the room it lacks (`_swap_gain_s`), the
+cost each victim's forecast wait on its return (`_victim_wait_s`: the load after the swap,
+plus the room of the waiting steps that sort ahead of its next step by the admission key,
+plus its own, predicted gone from the tiers, less its time away) plus `PRICED_MARGIN` times
+its recomputation; the swap is made where the gain exceeds the cost (`_swap_pays_queue`;
+refused while the forecast is unknown). No learned wait, no new constant. Outcome (fit seeds
+101-106; AFS fit seeds 102-109): chosen by the fit (smallest gain 1.58x -> 1.62x, bfcl 1x 25%
+1.58x -> 1.73x), its non-thrash check none worse, the calibrated AFS veto passes it (mean d
+log ratio -0.0181, goal cases 15 -> 16). On fresh seeds 151, 152 (run once after): mixed
+(bfcl 1x 25% 1.46x -> 1.22x and 1.70x -> 1.80x against the previous default, "uncached").
+docs/scheduler.md, "Round 34".
 """
 
 from __future__ import annotations
