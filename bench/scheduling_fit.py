@@ -45,7 +45,8 @@ RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # (`non_thrash_worse`), nor have a lower smallest p95 gain unless that stays >= 1
 # (`P95_FLOOR`).
 PREVIOUS = {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
-            "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"}
+            "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue",
+            "readmit_charge": "room_returns_queue"}  # the last: `--fit` round 34's pick
 NON_THRASH_SLACK = 0.02  # one seed's noise at an unpressured point stays below it
 P95_FLOOR = 1.0  # the goal: p95 TCT no worse than fcfs+lru's
 TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's

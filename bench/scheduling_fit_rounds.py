@@ -309,8 +309,16 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 152 / AFS 153, 154, run once after: >= 2x at 10 of 13 bound-allowed rows as before, bfcl
 # 1x 25% 1.46x -> 1.22x (151) and 1.70x -> 1.80x (152); AFS mix seed 153 100% 1.27 -> 1.56
 # (RESULTS "The swap priced by forecasts on both sides").
+# Round 35 (issue 10, the sched lane of session 31, after round 34 landed; committed before
+# it ran, after the code): PREVIOUS is now round 34's pick ("room_returns_queue"). Where it
+# loses on the fit seeds (bfcl 1x 50% 1.68x -> 1.62x, 2x 50% 2.52x -> 2.34x), `bench/
+# scheduling_swap_alone.py --base '{"readmit_charge": "uncached"}'` reads at its swaps a
+# forecast gain (the step's own wait for its room) of 1.3-2.6 s (medians) where the demoted
+# steps' seen waits to be admitted again are 0.1-0.6 s: the pool clears faster than the
+# restarted leave forecast says, and the swaps' recomputation (demotions +10 to +62 a seed)
+# is not paid back. `readmit_charge` "room_returns_queue_seen" bounds the gain by that seen
+# mean wait (round 30's `_readmit_waits`; no swap before one is seen); no new constant.
+# The fresh seeds were used by round 34: whatever this round picks is not run on them.
 FIT_GRID = [
-    {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
-     "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue"},
-    {"readmit_charge": "room_returns_queue"},
+    {"readmit_charge": "room_returns_queue_seen"},
 ]

@@ -1,12 +1,16 @@
 """What `readmit_charge` "room_returns" (kvsaga/scheduler/room_swap.py, `--fit` round 31) does
 in the run the calibrated AFS veto divides by: one tenant of a two-tenant mix alone on half
 the GPU (`kvsaga.sim.compare.tenant_share`, the same scheduler, policy and parameters as
-`add_tenant_slowdowns` runs it), against the default (which makes no swap). A diagnosis; it
+`add_tenant_slowdowns` runs it), against a base run (`--base`). A diagnosis; it
 changes nothing and judges nothing.
 
     python bench/scheduling_swap_alone.py [--mix noisy] [--tenant a] [--frac 0.5]
         [--seeds 102,...,109] [--params '{"readmit_charge": "room_returns"}'] [--swaps]
-        [--point FAMILY,LOAD,CAPACITY]
+        [--point FAMILY,LOAD,CAPACITY] [--base '{"readmit_charge": "uncached"}']
+
+`--base` sets the base run's parameters (today's defaults without it; since round 34 the
+default makes swaps itself, so the base of the rounds before is `{"readmit_charge":
+"uncached"}`).
 
 `--point` reads a single-tenant grid point of bench/scheduling.py (the whole GPU) instead,
 for comparison with the fit seeds (pass `--seeds 101,...,106` there).
@@ -190,13 +194,13 @@ def point_config(point: tuple[str, float, float], seed: int, params: dict | None
 
 
 def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
-               show_swaps: bool, point: tuple | None = None
+               show_swaps: bool, point: tuple | None = None, base: dict | None = None
                ) -> tuple[str, str, str, list[str], str]:
     if point is not None:
-        own, base_cfg = point_config(point, seed, None)
+        own, base_cfg = point_config(point, seed, base)
         _, cand_cfg = point_config(point, seed, params)
     else:
-        sessions, base_cfg = alone_config(mix, seed, frac, None)
+        sessions, base_cfg = alone_config(mix, seed, frac, base)
         own = [s for s in sessions if tenant_key(s.tenant) == tenant]
         _, cand_cfg = alone_config(mix, seed, frac, params)
     base_row, base_tct, base_dem = run_plain(own, base_cfg)
@@ -284,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=json.dumps(CANDIDATE),
                     help="the candidate's workflow parameters, a JSON object")
     ap.add_argument("--swaps", action="store_true", help="print every swap's victims")
+    ap.add_argument("--base", default=None,
+                    help="the base run's workflow parameters, a JSON object (default: "
+                         "today's defaults), e.g. '{\"readmit_charge\": \"uncached\"}', "
+                         "the default before round 34, whose runs make no swap")
     ap.add_argument("--point", default=None, metavar="FAMILY,LOAD,CAPACITY",
                     help="a single-tenant grid point of bench/scheduling.py instead of the "
                          "mix's tenant alone (e.g. bfcl,1,0.25)")
@@ -302,13 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(a.params)
     if not isinstance(params, dict):
         ap.error("--params must be a JSON object")
+    base = None if a.base is None else json.loads(a.base)
+    if base is not None and not isinstance(base, dict):
+        ap.error("--base must be a JSON object")
     seeds = [int(s) for s in a.seeds.split(",")]
     where = (f"{point[0]} {point[1]:g}x {point[2]:.0%}" if point else
              f"{a.mix} tenant {a.tenant} alone on half the GPU at {a.frac:.0%}")
-    print(f"{where}: default vs {params}")
+    print(f"{where}: {'default' if base is None else base} vs {params}")
     heads, fores, costs, details, queues = [], [], [], [], []
     for seed in seeds:
-        h, f, c, d, q = seed_lines(a.mix, a.tenant, a.frac, seed, params, a.swaps, point)
+        h, f, c, d, q = seed_lines(a.mix, a.tenant, a.frac, seed, params, a.swaps, point,
+                                   base)
         queues.append(q)
         heads.append(h)
         fores.append(f)

@@ -164,9 +164,13 @@ READMIT_ROOM_RETURNS_STAY = "room_returns_stay"
 # that sort ahead of it, and the room they and it need, `_victim_wait_s`) plus
 # `PRICED_MARGIN` times the victims' recomputation.
 READMIT_ROOM_RETURNS_QUEUE = "room_returns_queue"
+# "room_returns_queue_seen" (session 31, after round 34): "room_returns_queue" with the gain
+# bounded by the mean wait a demoted step has been seen to wait to be admitted again
+# (`_readmit_waits`, round 30's gain): no swap before one was seen.
+READMIT_ROOM_RETURNS_QUEUE_SEEN = "room_returns_queue_seen"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
-                     READMIT_ROOM_RETURNS_QUEUE)
+                     READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -286,7 +290,7 @@ class RoomSwap:
             return self._swap_pays(req, lookup, victims)
         if charge in (READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_STAY):
             return self._swap_pays(req, lookup, victims, over, now)
-        if charge == READMIT_ROOM_RETURNS_QUEUE:
+        if charge in (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN):
             return self._swap_pays_queue(req, lookup, victims, over, now)
         if charge == READMIT_ROOM_RETURNS_FAIR:
             # "room_returns"'s rule first (it records the return as "room_returns" does,
@@ -392,9 +396,20 @@ class RoomSwap:
         (`_victims_recompute_s`, paid by the victim's prefill and again by the steps
         decoding beside it, as "room_priced" prices it). Both waits are read off the same
         leave forecast (round 33's restart), so its error falls on both sides. Refused
-        where the gain is unknown (inf: no step cycle seen) or no larger than the cost."""
+        where the gain is unknown (inf: no step cycle seen) or no larger than the cost.
+
+        "room_returns_queue_seen": the gain is at most the mean wait of a demoted step to
+        be admitted again seen so far (`_readmit_waits`, round 30's measure of it; none
+        seen yet, no swap). Why: where the pool clears fast the forecast gain overstates
+        what a swap saves (bfcl 1x 50% and 2x 50%, fit seeds, round 34's swaps: forecast
+        gain medians 1.3-2.6 s against seen waits 0.1-0.6 s)."""
         self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
         gain = self._swap_gain_s(over, now)
+        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_SEEN:
+            seen = self._readmit_waits.mean(None)
+            if seen is None:
+                return False
+            gain = min(gain, seen)
         if not math.isfinite(gain):
             return False
         cost = PRICED_MARGIN * self._victims_recompute_s(victims)

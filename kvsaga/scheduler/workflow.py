@@ -165,7 +165,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             not to leave now; round 33), "room_returns_queue" ("room" only where the
             step's forecast wait for its room exceeds its victims' forecast waits on their
             returns, behind the steps that sort ahead of them, plus twice their
-            recomputation; round 34).
+            recomputation; round 34; the default), "room_returns_queue_seen" (its gain
+            at most the mean wait to be admitted again seen so far; session 31).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

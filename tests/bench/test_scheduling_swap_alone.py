@@ -54,7 +54,12 @@ def test_main_prints_its_tables_and_refuses_bad_arguments(mod, capsys):
     assert mod.main(["--seeds", "102", "--params", '{"readmit_charge": "room_returns_stay"}']) == 0
     out = capsys.readouterr().out
     assert "room_returns_stay" in out and out.count("| 102 |") == 4  # round 34's table too
+    assert mod.main(["--seeds", "102", "--params", '{"readmit_charge": "room_returns"}',
+                     "--base", '{"readmit_charge": "uncached"}']) == 0
+    out = capsys.readouterr().out
+    assert "{'readmit_charge': 'uncached'} vs {'readmit_charge': 'room_returns'}" in out
+    assert "| 102 | 51.9 -> 67.6 |" in out  # round 33's figure, against the old default
     for bad in (["--frac", "0.3"], ["--tenant", "z"], ["--point", "bfcl,1"],
-                ["--params", "[1]"]):
+                ["--params", "[1]"], ["--base", "[1]"]):
         with pytest.raises(SystemExit):
             mod.main(bad)

@@ -575,7 +575,8 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
     assert_admits_every_step(run)
 
 
-def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("charge", ["room_returns_queue", "room_returns_queue_seen"])
+def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, charge):
     """`readmit_charge` "room_returns_queue" (round 34, kvsaga/scheduler/room_swap.py) on
     `stream_held()`, as the other priced swaps' parity tests: the margin is 0, so a swap
     whose victims are forecast to find their room back before they return (s2, held away
@@ -587,7 +588,11 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch):
     never free, makes its forecast wait inf: no swap). The engine's forecasts are read on
     the wall clock, so the two executors can agree only where it does not decide: every
     swap priced here has its victims' waits at 0 in both. Both answers occur, the same
-    swaps are priced alike, and the engine makes the simulator's very decisions."""
+    swaps are priced alike, and the engine makes the simulator's very decisions.
+    "room_returns_queue_seen" (the gain at most the wait to be admitted again seen so far)
+    swaps only once such a wait was seen: here no demoted step is admitted again before the
+    swap, so each executor's scheduler starts with one wait of 1 s seen, and the bounded
+    value then decides as the other."""
     import kvsaga.scheduler.room_swap as room_swap
     answers: list[bool] = []
     priced: list[tuple[bool, bool, bool]] = []
@@ -596,7 +601,7 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch):
 
     def rule_spy(self, req, lookup, now):
         got = rule(self, req, lookup, now)
-        if self.readmit_charge == "room_returns_queue" and req.session_id in self._deferred:
+        if self.readmit_charge == charge and req.session_id in self._deferred:
             answers.append(got)
         return got
 
@@ -604,18 +609,29 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch):
         got = pays(self, req, lookup, victims, over, now)
         waits = [self._victim_wait_s(req, v, victims, over, now) for v in victims]
         gain = self._swap_gain_s(over, now)
-        priced.append((got, math.isfinite(gain), all(w == 0.0 for w in waits)))
+        priced.append((got, math.isfinite(gain), all(w == 0.0 for w in waits),
+                       self._readmit_waits.mean(None) is not None))
         return got
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
     monkeypatch.setattr(room_swap.RoomSwap, "_swap_pays_queue", pays_spy)
-    run = held_swap_run(tiny_model_dir, monkeypatch, "room_returns_queue", [answers, priced],
+    if charge == "room_returns_queue_seen":
+        import kvsaga.scheduler.leave_forecast as leave_forecast
+        init = leave_forecast.LeaveForecast._init_leave_forecast
+
+        def init_seen(self):
+            init(self)
+            self._readmit_waits.observe(None, 1.0)
+        monkeypatch.setattr(leave_forecast.LeaveForecast, "_init_leave_forecast", init_seen)
+    run = held_swap_run(tiny_model_dir, monkeypatch, charge, [answers, priced],
                         {"admission_order": "predicted", "readmit_order": "first"})
     sim_answers, sim_priced = run.sim_records
     assert run.counts["demoted"] >= 2
     assert {True, False} <= set(sim_answers)
-    assert sim_priced and any(got for got, _, _ in sim_priced)
-    assert all(finite and zero for got, finite, zero in sim_priced if got)
+    assert sim_priced and any(got for got, _, _, _ in sim_priced)
+    assert all(finite and zero for got, finite, zero, _ in sim_priced if got)
+    if charge == "room_returns_queue_seen":
+        assert all(seen for got, _, _, seen in sim_priced if got)
     assert answers == sim_answers and priced == sim_priced
     answers.clear()
     assert_admits_every_step(run)

@@ -16,6 +16,7 @@ import pytest
 from kvsaga.scheduler.room_swap import (
     PRICED_MARGIN,
     READMIT_ROOM_RETURNS_QUEUE,
+    READMIT_ROOM_RETURNS_QUEUE_SEEN,
     READMIT_ROOM_RETURNS_STAY,
     READMIT_ROOM_SWAP,
 )
@@ -27,10 +28,12 @@ from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_swap import _queued
 
 Q = READMIT_ROOM_RETURNS_QUEUE
+SEEN = READMIT_ROOM_RETURNS_QUEUE_SEEN
 
 
 def test_queue_is_the_last_swap_value_and_keeps_the_margin():
-    assert Q == "room_returns_queue" and READMIT_ROOM_SWAP[-1] == Q
+    assert Q == "room_returns_queue" and READMIT_ROOM_SWAP[-2] == Q
+    assert READMIT_ROOM_SWAP[-1] == SEEN == "room_returns_queue_seen"
     assert READMIT_ROOM_RETURNS_STAY in READMIT_ROOM_SWAP and PRICED_MARGIN == 2.0
 
 
@@ -189,4 +192,30 @@ def test_value_is_named_and_refused_values_name_it():
     assert_serve_takes(Q, "queue")
 
 
+@pytest.mark.parametrize("seen_scale,admitted", [(None, False), (0.9, False), (1.1, True),
+                                                 (100.0, True)])
+def test_seen_bounds_the_gain_by_the_waits_seen(seen_scale, admitted):
+    """"room_returns_queue_seen": the same state, o's room back before it returns (its wait
+    0) and a forecast gain of 10x its price: "room_returns_queue" swaps; the bounded value
+    refuses before any wait to be admitted again was seen, and with one seen swaps where
+    that wait exceeds the price (the gain is the smaller of the two), not below it."""
+    for charge, want in ((Q, True), (SEEN, admitted)):
+        m, s, ex, big2 = _queued(charge, 10.0)
+        s._return_lost, s._return_count = 1.0, 1
+        s._observe_return = lambda req, hit: None
+        price = PRICED_MARGIN * _price(s, ["o"])
+        _leaves(s, lambda over, p=price: 10.0 * p)  # o's room back long before its return
+        if seen_scale is not None:
+            s._readmit_waits.observe(None, seen_scale * price)
+        assert (big2 in s.schedule(2.0, ex).admitted) is want, (charge, seen_scale)
+        m.check_integrity()
+
+
+def test_value_seen_is_named_and_refused_values_name_it():
+    assert wf(manager(16), readmit_charge=SEEN).readmit_charge == SEEN
+    assert_refused_and_off_by_default("room_returns_queue_sen")
+    assert_serve_takes(SEEN, "queue_seen")
+
+
 globals().update(machines("room_returns_queue", {**DEMOTING, "readmit_charge": Q}))
+globals().update(machines("room_returns_queue_seen", {**DEMOTING, "readmit_charge": SEEN}))
