@@ -137,13 +137,17 @@ def test_a_single_expert_simulates_as_that_policy_alone(expert):
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
     blocks = max(int(0.3 * peak_working_set(trace, base)), longest + 1)
 
+    config = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=blocks, policy=expert)
+
     def recomputed(policy):
-        config = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=blocks, policy=expert)
         return Simulator(trace, config, policy=policy).run().recomputed_tokens
 
     alone = recomputed(None)
     assert alone > 0  # under pressure: the victims matter
-    assert recomputed(AdaptivePolicy(experts=(expert,))) == alone
+    # priced as the simulator prices a policy it builds by name (the run's cost model): the
+    # scheduler reads the policy's prices too (its default swap, `readmit_charge`
+    # "room_returns_queue", prices its victims' recomputation with them)
+    assert recomputed(AdaptivePolicy(experts=(expert,), cost=config.cost)) == alone
 
 
 def _rounds(m, policy, n: int, back: str, first: int = 0) -> None:
