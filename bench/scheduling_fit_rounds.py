@@ -319,6 +319,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # is not paid back. `readmit_charge` "room_returns_queue_seen" bounds the gain by that seen
 # mean wait (round 30's `_readmit_waits`; no swap before one is seen); no new constant.
 # The fresh seeds were used by round 34: whatever this round picks is not run on them.
+# Outcome: swe and web back at the old default's figures, bfcl 2x 50% 2.34x -> 2.49x, but
+# bfcl 1x 25% 1.73x -> 1.60x (smallest gain 1.62x -> 1.60x, p95 misses 1 -> 2): not chosen;
+# PREVIOUS stays (RESULTS "The swap priced by forecasts on both sides").
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_seen"},
 ]

@@ -133,6 +133,12 @@ refused while the forecast is unknown). No learned wait, no new constant. Outcom
 log ratio -0.0181, goal cases 15 -> 16). On fresh seeds 151, 152 (run once after): mixed
 (bfcl 1x 25% 1.46x -> 1.22x and 1.70x -> 1.80x against the previous default, "uncached").
 docs/scheduler.md, "Round 34".
+
+"room_returns_queue_seen" (`--fit` round 35): "room_returns_queue" with the gain at most the
+mean wait to be admitted again seen so far (`_readmit_waits`; none seen, no swap): where the
+pool clears fast (bfcl 1x 50%, 2x 50%) the forecast gain read 1.3-2.6 s against seen waits of
+0.1-0.6 s. Outcome (fit seeds): swe, web and bfcl 2x 50% back near the old default's, but
+bfcl 1x 25% 1.73x -> 1.60x: not chosen. Opt-in; docs/scheduler.md, "Round 34".
 """
 
 from __future__ import annotations
