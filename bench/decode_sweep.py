@@ -112,7 +112,7 @@ def main() -> None:
             return kernels.paged_attention(*inputs, max_query_len=1, max_seq_len=seq_len,
                                            validate=False)
 
-        def timed(row):
+        def timed(row, run=run, nbytes=nbytes):
             t = kbench.median_seconds(run, device, args.repeat)
             g = kbench.graph_seconds(run, device, args.repeat)
             best = g if g else t

@@ -16,8 +16,13 @@ import torch
 
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
-from kvsaga.engine.cuda_graphs import (MIXED_TOKEN_CAP, TOKEN_SIZES, DecodeGraphs, MixedGraphs,
-                                       graphs_apply)
+from kvsaga.engine.cuda_graphs import (
+    MIXED_TOKEN_CAP,
+    TOKEN_SIZES,
+    DecodeGraphs,
+    MixedGraphs,
+    graphs_apply,
+)
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.loader import load_model
 from kvsaga.engine.request import Request, RequestOutput, RequestStatus
