@@ -58,4 +58,21 @@ def test_engine_cuda_profile_on_cpu(tmp_path: Path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["arm"], r["batch"], r["rows"]) for r in rows] == [("eager", 1, 1), ("eager", 3, 3)]
     assert all(r["wall_ms_per_step"] > 0 for r in rows)
-    assert "| eager | 3 | 3 |" in proc.stdout
+    assert "| eager | 3 | 0 | 3 |" in proc.stdout  # arm, batch, prompt tokens (no --mixed), rows
+
+
+def test_engine_cuda_profile_mixed_steps_on_cpu(tmp_path: Path):
+    """`--mixed N`: each timed step carries a fresh N-token prompt beside the decode rows."""
+    pytest.importorskip("transformers")
+    from tests.helpers_models import build_tiny_model
+
+    model = build_tiny_model("llama_gqa4_untied", tmp_path / "tiny")
+    out = tmp_path / "prof.json"
+    proc = _run(["bench/engine_cuda_profile.py", "--model", str(model), "--arms", "eager",
+                 "--batch", "2", "--mixed", "8", "--steps", "2", "--top", "3", "--kv-gib", "1",
+                 "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["arm"], row["batch"]) == ("eager", 2) and row["wall_ms_per_step"] > 0
+    assert row["rows"] == 3  # the two decode rows and the prompt's chunk
+    assert "| eager | 2 | 8 | 3 |" in proc.stdout
