@@ -18,6 +18,8 @@ held (below the batch where the KV budget holds fewer; +1 with `--mixed`):
             cost (a Python loop, a copy to the host that syncs, a Triton launcher) shows by name;
   torch     torch.profiler over 5 steps: kernels launched a step, the GPU's busy time a step
             (sum of kernel times) and the top ops by host time.
+A graph arm records every shape before its timed steps (`capture_graphs`, what
+kvsaga-serve's start-up does) and prints how long that took.
 A step whose wall time is far above its GPU busy time is bound by the host. Without CUDA it
 runs on CPU (the torch part then reads CPU ops only). `--model`: an HF directory or .gguf
 (default: the installed SmolLM2-135M-Instruct; bench/gpu_check.py writes a random one of its
@@ -138,13 +140,26 @@ def main() -> None:
     ap.add_argument("--json", help="write the readings here")
     args = ap.parse_args()
     dtype = args.dtype if args.device == "cuda" else "float32"
-    rows = []
+    rows, captures = [], []
     for arm in args.arms.split(","):
         if arm not in ("eager", "graphs", "decode-graphs"):
             ap.error(f"--arms: unknown arm {arm!r} (eager, graphs, decode-graphs)")
         extra = {"max_graph_tokens": 0} if arm == "decode-graphs" else {}
         llm = _engine(args.device, args.model, dtype=dtype, kv_memory_bytes=args.kv_gib << 30,
                       enforce_eager=arm == "eager", **extra)
+        runner = llm.engine.runner
+        if runner.graphs is not None or runner.mixed is not None:
+            # Every shape recorded before the timed steps, as kvsaga-serve's start-up does
+            # (graph_capture="startup"): what that start-up costs, and no capture inside a
+            # timed step.
+            sync(args.device)
+            t0 = time.perf_counter()
+            done = runner.capture_graphs()
+            sync(args.device)
+            startup = {"arm": arm, "seconds": time.perf_counter() - t0, **done}
+            captures.append(startup)
+            print(f"== {arm}: every graph recorded at start-up in {startup['seconds']:.2f} s "
+                  f"({', '.join(f'{n} {kind}' for kind, n in done.items()) or 'none'})")
         for b in (int(x) for x in args.batch.split(",")):
             r = profile_batch(llm, args.device, b, args.steps, args.top, args.mixed)
             r["arm"] = arm
@@ -176,7 +191,8 @@ def main() -> None:
               f"{r['wall_ms_per_step']:.2f} | {r['kernels_per_step']:.0f} | "
               f"{r['gpu_busy_ms_per_step']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": args.device, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"device": args.device, "rows": rows,
+                                               "startup_captures": captures}, indent=1))
 
 
 if __name__ == "__main__":

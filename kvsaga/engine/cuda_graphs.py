@@ -42,7 +42,16 @@ A graph replays the same kernels on the same addresses with the same host argume
 Graphs are captured lazily, at the first step of each shape: a warm-up pass (Triton
 compiles), then the capture, into the one shared pool. Worst case, `len(sizes)` decode
 graphs plus `MixedGraphs.worst_case_graphs()` mixed ones: 9 + 48 with the engine's defaults
-(max_num_seqs 64, max_num_batched_tokens >= 512).
+(max_num_seqs 64, max_num_batched_tokens >= 512). A lazy capture stalls the step that
+meets a new shape (its warm-up compiles Triton kernels); `capture_all()` records every
+shape up front instead, largest first so that the smaller graphs' scratch fits in memory
+the pool already holds (`LLMEngine(graph_capture="startup")`, kvsaga-serve's default). It
+records a dummy step (`_IDLE`): one token of id 0 at position 0 in a row of its own, with
+K/V slot -1, so the passes write no K/V; the rest is padding. (A step of padding alone
+would not do: a mixed pass's kept rows look up the sequence of token 0, and with no row
+holding it that lookup indexes past the block tables.) A graph does not depend on the
+values staged when it was recorded, only on the buffers' addresses and the host bounds,
+which are the worst case.
 
 A capture that fails (its warm-up or the capture itself raises) raises `GraphCaptureError`;
 the runner logs it once, turns that kind of graph off and runs the step eagerly. The runner
@@ -61,6 +70,7 @@ from array import array
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
 
@@ -74,6 +84,14 @@ TOKEN_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 # work grows with its tokens, so the share of the step that launches cost (what a graph
 # saves) shrinks. Not yet measured on a GPU; `LLMEngine(max_graph_tokens=...)` moves it.
 MIXED_TOKEN_CAP = 512
+# When graphs are recorded (`LLMEngine(graph_capture=...)`): at the first step of each shape,
+# or every shape when the engine starts (`capture_all`).
+GRAPH_CAPTURE = ("lazy", "startup")
+# The step `capture_all` stages: one row, one token (id 0, position 0, K/V slot -1, so no
+# K/V is written), an empty block table (the row's device entries stay as they are: valid
+# block ids, of which attention only reads) and its logits. As `run`'s keyword arguments.
+_IDLE = dict(input_ids=[0], positions=[0], slots=[-1], tables=[[]], seq_lens=[1],
+             query_lens=[1], logits_rows=[0])
 
 
 def graphs_apply(device: torch.device, enforce_eager: bool) -> bool:
@@ -196,6 +214,21 @@ class _PaddedPass:
         self.pool = pool
         self.replays = 0  # passes that ran from a graph (or the padded eager path)
 
+    def _record_all(self, shapes: Sequence, graphs: dict, forward: Callable,
+                    progress: bool, what: str) -> int:
+        """`capture_all` for either kind: `shapes` largest first, each recorded into
+        `graphs[shape]` by `forward(shape)` unless already there; off CUDA each shape's
+        padded pass runs once eagerly instead. Returns how many shapes it recorded (ran)."""
+        todo = [s for s in shapes if s not in graphs]
+        bar = tqdm(todo, desc=f"capturing {what} CUDA graphs", unit="graph",
+                   disable=not progress, leave=False)
+        for shape in bar:
+            if self.capture:
+                graphs[shape] = _capture(lambda shape=shape: forward(shape), self.pool)
+            else:
+                forward(shape)
+        return len(todo)
+
 
 class DecodeGraphs(_PaddedPass):
     """Args:
@@ -235,6 +268,19 @@ class DecodeGraphs(_PaddedPass):
 
     def captured_sizes(self) -> list[int]:
         return sorted(self._graphs)
+
+    def capture_all(self, progress: bool = False) -> int:
+        """Record a graph for every batch size not yet recorded, largest first, from a
+        staged dummy step (`_IDLE`: no K/V written). Off CUDA (`capture=False`) each size's
+        padded pass runs once eagerly instead. Returns how many sizes it recorded.
+
+        Raises:
+            GraphCaptureError: a capture failed; the sizes recorded before it are kept.
+        """
+        self._stage(*(_IDLE[k] for k in ("input_ids", "positions", "slots", "tables",
+                                          "seq_lens")))
+        return self._record_all(self.sizes[::-1], self._graphs, self._forward, progress,
+                                "decode")
 
     def _meta(self, size: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -357,6 +403,24 @@ class MixedGraphs(_PaddedPass):
 
     def captured(self) -> list[tuple[int, int]]:
         return sorted(self._graphs)
+
+    def capture_all(self, progress: bool = False) -> int:
+        """Record a graph for every (T, R) shape not yet recorded (R <= T), largest first,
+        from a staged dummy step (`_IDLE`: no K/V written). Off CUDA (`capture=False`) each
+        shape's padded pass runs once eagerly instead. Returns how many shapes it recorded.
+
+        Raises:
+            GraphCaptureError: a capture failed; the shapes recorded before it are kept.
+        """
+        shapes = [(t, r) for t in self.token_sizes[::-1] for r in self.row_sizes[::-1]
+                  if r <= t and (t, r) not in self._graphs]
+        self._stage(**_IDLE)
+        graphs: dict = {}
+        try:
+            return self._record_all(shapes, graphs, lambda tr: self._forward(*tr), progress,
+                                    "mixed")
+        finally:  # a mixed graph's output is the shared logits buffer: keep the graph only
+            self._graphs.update({k: g for k, (g, _) in graphs.items()})
 
     def _forward(self, t: int, r: int) -> None:
         self.seq_lens[:r].copy_(self._seq_lens64[:r])

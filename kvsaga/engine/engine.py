@@ -17,6 +17,7 @@ import torch
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
+    GRAPH_CAPTURE,
     MIXED_TOKEN_CAP,
     TOKEN_SIZES,
     DecodeGraphs,
@@ -78,6 +79,10 @@ class LLMEngine:
     max_graph_tokens: on CUDA, the most tokens a step with prefill tokens may hold to replay
         from a CUDA graph (`MixedGraphs`), also capped by `max_num_batched_tokens`; 0: such
         steps run eagerly (decode steps still replay). Default `MIXED_TOKEN_CAP` (512).
+    graph_capture: when CUDA graphs are recorded: "lazy" (the default), at the first step
+        of each padded shape, which that step waits for; "startup", every shape here, before
+        the first step (seconds at start, no stall later: kvsaga-serve's default). No effect
+        where no graphs apply.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
@@ -103,7 +108,11 @@ class LLMEngine:
         scheduler_params: dict | None = None,
         enforce_eager: bool = False,
         max_graph_tokens: int = MIXED_TOKEN_CAP,
+        graph_capture: str = "lazy",
     ) -> None:
+        if graph_capture not in GRAPH_CAPTURE:
+            raise InvalidRequest(f"graph_capture must be one of {GRAPH_CAPTURE}, got "
+                                 f"{graph_capture!r}")
         if (isinstance(max_graph_tokens, bool) or not isinstance(max_graph_tokens, int)
                 or not 0 <= max_graph_tokens <= TOKEN_SIZES[-1]):
             raise InvalidRequest(f"max_graph_tokens must be an int in 0..{TOKEN_SIZES[-1]}, "
@@ -161,6 +170,8 @@ class LLMEngine:
                                     self.max_model_len, max_num_seqs, mixed_tokens,
                                     pool=graphs.pool)
         self.runner = ModelRunner(self.model, self.storage.kv, self.manager, graphs, mixed)
+        if graph_capture == "startup":
+            self.runner.capture_graphs(progress)
         self.scheduler = Scheduler(self.manager, max_num_seqs, max_num_batched_tokens,
                                    name=scheduler, **(scheduler_params or {}))
         self.max_num_seqs = max_num_seqs

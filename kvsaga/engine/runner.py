@@ -43,6 +43,30 @@ class ModelRunner:
         log.warning("%s CUDA graphs are off, steps run eagerly: %s", kind, error)
         return None
 
+    def capture_graphs(self, progress: bool = False) -> dict[str, int]:
+        """Record every graph shape now (`capture_all` of each kind present) rather than at
+        the first step that needs it. A kind whose capture fails is turned off, as at a
+        step. Returns the shapes recorded per kind ("decode", "mixed")."""
+        done: dict[str, int] = {}
+        if self.device.type != "cuda":
+            return self._capture_graphs(progress, done)
+        with torch.cuda.device(self.device):
+            return self._capture_graphs(progress, done)
+
+    @torch.inference_mode()
+    def _capture_graphs(self, progress: bool, done: dict[str, int]) -> dict[str, int]:
+        if self.graphs is not None:
+            try:
+                done["decode"] = self.graphs.capture_all(progress)
+            except GraphCaptureError as e:
+                self.graphs = self._graphs_off("decode", e)
+        if self.mixed is not None:
+            try:
+                done["mixed"] = self.mixed.capture_all(progress)
+            except GraphCaptureError as e:
+                self.mixed = self._graphs_off("mixed", e)
+        return done
+
     def run(self, chunks: list[ScheduledChunk]
             ) -> tuple[list[ScheduledChunk], SamplerOutput | None]:
         """`_run` on the runner's device: on `cuda:N`, streams, captures, replays and Triton

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-graph-tokens", type=int, default=d.max_graph_tokens,
       help="on CUDA, the most tokens a step with prefill tokens may hold to replay a CUDA "
       "graph (0: decode steps only; at most 2048)")
+    a("--graph-capture", choices=("startup", "lazy"), default=d.graph_capture,
+      help="on CUDA, record every CUDA graph before serving (startup) or each at the first "
+      "step of its shape (lazy, which that step waits for)")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
@@ -149,6 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager,
         max_graph_tokens=args.max_graph_tokens,
+        graph_capture=args.graph_capture,
         api_keys=tuple(k.strip() for k in (keys or "").split(",") if k.strip()),
         max_queue=args.max_queue,
         max_body_bytes=args.max_body,
@@ -183,6 +187,7 @@ def engine_factory(s: ServerSettings):
             host_memory_bytes=s.host_memory_bytes or 0,
             enforce_eager=s.enforce_eager,
             max_graph_tokens=s.max_graph_tokens,
+            graph_capture=s.graph_capture,
         )
 
     return load

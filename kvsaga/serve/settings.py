@@ -57,6 +57,10 @@ class ServerSettings:
     max_graph_tokens: int = 512
     """On CUDA, the most tokens a step with prefill tokens may hold to replay a CUDA graph
     (0: decode steps only; at most 2048). `LLMEngine`'s `max_graph_tokens`."""
+    graph_capture: str = "startup"
+    """On CUDA, when graphs are recorded: "startup" (every shape before the server takes
+    requests, so no request waits on a capture) or "lazy" (at the first step of each
+    shape). `LLMEngine`'s `graph_capture`."""
     api_keys: tuple[str, ...] = ()
     """Keys accepted as `Authorization: Bearer KEY`; empty: no authentication. Each key is
     its own tenant: its prefix cache and sessions are invisible to the others."""
@@ -106,6 +110,8 @@ class ServerSettings:
                           ("max_queue", 0), ("max_body_bytes", 1024), ("default_max_tokens", 1)):
             count(name, low)
         count("max_graph_tokens", 0)
+        need(self.graph_capture in ("lazy", "startup"),
+             f"graph_capture must be 'lazy' or 'startup', got {self.graph_capture!r}")
         need(self.max_graph_tokens <= 2048,
              f"max_graph_tokens must be at most 2048, got {self.max_graph_tokens}")
         for name, low in (("kv_memory_bytes", 1), ("host_memory_bytes", 0),

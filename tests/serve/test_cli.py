@@ -38,6 +38,17 @@ def test_max_graph_tokens_flag_default_and_bounds():
             settings_from_args(build_parser().parse_args(["--max-graph-tokens", str(bad)]))
 
 
+def test_graph_capture_flag_default_and_choices(capsys):
+    assert ServerSettings().graph_capture == "startup"  # a server records before serving
+    s = settings_from_args(build_parser().parse_args(["--graph-capture", "lazy"]))
+    assert s.graph_capture == "lazy"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--graph-capture", "never"])
+    assert "--graph-capture" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="graph_capture must be"):
+        ServerSettings(graph_capture="never")
+
+
 def test_enforce_eager_reaches_the_engine(tiny_dir: Path):
     """The engine that `--enforce-eager` loads runs eagerly (on CPU it always does; the
     argument must still arrive, since LLMEngine refuses unknown ones)."""
@@ -49,6 +60,10 @@ def test_enforce_eager_reaches_the_engine(tiny_dir: Path):
                                                       "--kv-memory", "4M",
                                                       "--max-graph-tokens", "64"]))
     assert engine_factory(s)().runner.mixed is None  # LLMEngine took it (CPU: no graphs)
+    s = settings_from_args(build_parser().parse_args(["--model", str(tiny_dir), "--device", "cpu",
+                                                      "--kv-memory", "4M",
+                                                      "--graph-capture", "lazy"]))
+    assert engine_factory(s)().runner.graphs is None  # LLMEngine took it too
 
 
 def test_every_flag_has_help_stating_its_default():
