@@ -389,24 +389,31 @@ def test_padded_passes_read_no_device_values(model_dir, monkeypatch):
     assert decode.run(**one).shape == (3, vocab)
 
 
-def test_lazy_capture_bookkeeping(model_dir, monkeypatch):
-    """The capture=True branch off CUDA, with `_capture` faked (a "graph" whose replay
-    reruns the pass): one capture per shape at its first step, replays after, and the
-    logits read from where a replay leaves them."""
+def _fake_capture(monkeypatch) -> list:
+    """Replace `_capture` off CUDA by a fake whose "graph" replays by rerunning the pass
+    (after a warm-up call, as the real one); returns the list of pools it was given."""
     from kvsaga.engine import cuda_graphs
 
-    captures = []
+    pools = []
 
     class FakeGraph:
         def __init__(self, forward):
             self.replay = forward
 
     def fake_capture(forward, pool):
-        captures.append(pool)
+        pools.append(pool)
         forward()  # the warm-up
         return FakeGraph(forward), forward()
 
     monkeypatch.setattr(cuda_graphs, "_capture", fake_capture)
+    return pools
+
+
+def test_lazy_capture_bookkeeping(model_dir, monkeypatch):
+    """The capture=True branch off CUDA, with `_capture` faked (a "graph" whose replay
+    reruns the pass): one capture per shape at its first step, replays after, and the
+    logits read from where a replay leaves them."""
+    captures = _fake_capture(monkeypatch)
     model = _model(model_dir)
     cache, rows = _mixed_case(model, MIXED)
     plain = cache.clone()
@@ -552,20 +559,7 @@ def test_capture_all_records_every_shape_largest_first(model_dir, monkeypatch):
     once (warm-up and capture), largest first, into the shared pool, from a staged dummy
     step that writes no K/V; a second call records nothing; a real step after it
     replays its shape's graph with that step's values."""
-    from kvsaga.engine import cuda_graphs
-
-    calls = []
-
-    class FakeGraph:
-        def __init__(self, forward):
-            self.replay = forward
-
-    def fake_capture(forward, pool):
-        calls.append(pool)
-        forward()
-        return FakeGraph(forward), forward()
-
-    monkeypatch.setattr(cuda_graphs, "_capture", fake_capture)
+    calls = _fake_capture(monkeypatch)
     model = _model(model_dir)
     cache, rows = _mixed_case(model, MIXED)
     want = _eager_mixed(model, cache.clone(), rows)
