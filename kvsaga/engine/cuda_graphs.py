@@ -27,9 +27,10 @@ A graph replays the same kernels on the same addresses with the same host argume
     stays at N), so the attention kernels skip them too.
   * The host-side bounds the kernels take are those of the worst case: `max_query_len` 1
     for decode, T for mixed steps, and `max_seq_len` the engine's `max_model_len`. The
-    decode kernel's split grid thus covers any context (a split past a sequence's end
-    stores nothing), and the prefill kernel's grid covers any query of the bucket (a query
-    tile past its row's query exits at once).
+    decode kernel's split grid thus covers any context, and each row cuts its own context
+    into those splits (a split past its last partition stores nothing), so a graph keeps
+    the split parallelism of an eager call; the prefill kernel's grid covers any query of
+    the bucket (a query tile past its row's query exits at once).
   * A mixed step's logits come from `R` kept rows (`KeptRows`, a static index buffer):
     the step's sampled rows, then padding entries that point at token 0 (a real token;
     their logits are sliced off). The logits land in one static buffer all mixed graphs

@@ -10,7 +10,13 @@ splits). A program takes one KV head and up to `BLOCK_H` of its query heads (GQA
 each K/V tile; the padded heads feed `tl.dot`'s minimum M of 16) over one partition of the
 context, and writes an unnormalised partial output with its running max and sum; the reduce
 kernel merges a sequence's partitions. Splitting the context lets one long sequence fill the
-GPU; the launcher picks the partition size from the batch and the SM count.
+GPU. The launcher picks the number of splits from the batch, the SM count and the host bound
+`max_seq_len`; each row then cuts its own context into at most that many partitions of at
+least `min_partition` tokens (`_row_partition`, in both kernels). A row's partitions thus
+follow its own length, not the batch's longest: a short row beside a long one still
+spreads, and so does every row of a CUDA graph, whose bound is `max_model_len`. (With the
+partition fixed by the bound, a graph captured for 8,192 tokens ran a 2,048-token row in
+one or two partitions where an eager call used eight.)
 
 Prefill/extend: grid (batch, query heads, query tiles of `BLOCK_M`). A query tile first runs
 over the keys that every row of it sees (the cached prefix and the new tokens before the
@@ -173,6 +179,15 @@ def _attend_tile(
 
 
 @triton.jit
+def _row_partition(seq_len, max_splits, min_partition, BLOCK_N: tl.constexpr):
+    """A row's partition: its context over min(max_splits, cdiv(seq_len, min_partition))
+    splits, rounded up to whole tiles (at least one tile, so that an empty row divides)."""
+    splits = tl.maximum(tl.minimum(max_splits, tl.cdiv(seq_len, min_partition)), 1)
+    partition = tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N) * BLOCK_N
+    return tl.maximum(partition, BLOCK_N)
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr,  # [num_query_tokens, num_heads, HEAD_DIM]
     k_ptr,  # [num_blocks, block_size, num_kv_heads, HEAD_DIM] (strided)
@@ -186,7 +201,7 @@ def _decode_split_kernel(
     num_heads,
     group_size,
     block_size,
-    partition_size,
+    min_partition,
     max_splits,
     stride_qt,
     stride_qh,
@@ -216,6 +231,7 @@ def _decode_split_kernel(
     heads = kv_head * group_size + h_in_group
 
     seq_len = tl.load(seq_lens_ptr + seq)
+    partition_size = _row_partition(seq_len, max_splits, min_partition, BLOCK_N)
     split_start = split * partition_size
     split_end = tl.minimum(split_start + partition_size, seq_len)
     split_end = tl.where(has_query, split_end, split_start)
@@ -254,17 +270,19 @@ def _decode_reduce_kernel(
     seq_lens_ptr,
     query_start_loc_ptr,
     num_heads,
-    partition_size,
+    min_partition,
     max_splits,
     stride_ot,
     stride_oh,
     HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(query_start_loc_ptr + seq)
     has_query = tl.load(query_start_loc_ptr + seq + 1) > q_start
     seq_len = tl.load(seq_lens_ptr + seq)
+    partition_size = _row_partition(seq_len, max_splits, min_partition, BLOCK_N)
     num_splits = tl.where(has_query, tl.cdiv(seq_len, partition_size), 0)
 
     d = tl.arange(0, HEAD_DIM)
@@ -381,9 +399,10 @@ def _num_sms(device_index: int) -> int:
 def decode_num_splits(
     batch: int, num_head_chunks: int, max_seq_len: int, block_n: int, num_sms: int
 ) -> tuple[int, int]:
-    """(num_splits, partition_size) so that about `_PROGRAMS_PER_SM` programs per SM run.
-
-    The partition is a multiple of `block_n` and at least `_MIN_PARTITION` tokens.
+    """(num_splits, partition_size) so that about `_PROGRAMS_PER_SM` programs per SM run:
+    the grid's splits, and the partition of a row of `max_seq_len` tokens (a multiple of
+    `block_n`; a shorter row takes its own, `_row_partition`). At most one split per
+    `_MIN_PARTITION` tokens.
     """
     if max_seq_len <= 0:
         return 1, block_n
@@ -403,8 +422,10 @@ def paged_attention(
     Args:
         args: the query, caches, block tables, lengths, scale and host-side length bounds.
         out: optional output, shaped and typed like the query.
-        num_splits: decode only: force this many context partitions (tests use it to cover
-            the split-K path on small inputs); default: chosen from the SM count.
+        num_splits: decode only: force this many splits, each row cut into up to that many
+            partitions of any length (tests use it to cover the split-K path on small
+            inputs); default: chosen from the SM count, partitions of at least
+            `_MIN_PARTITION` tokens.
 
     Returns:
         [num_query_tokens, num_heads, head_dim] in query's dtype.
@@ -458,12 +479,10 @@ def paged_attention(
         max_seq_len = int(seq_lens.max())
     if num_splits is None:
         num_sms = _num_sms(query.device.index or 0) if query.is_cuda else 1
-        num_splits, partition = decode_num_splits(
-            batch, head_chunks, max_seq_len, cfg.BLOCK_N, num_sms
-        )
+        num_splits, _ = decode_num_splits(batch, head_chunks, max_seq_len, cfg.BLOCK_N, num_sms)
+        min_partition = _MIN_PARTITION
     else:
-        partition = -(-max(1, -(-max_seq_len // num_splits)) // cfg.BLOCK_N) * cfg.BLOCK_N
-        num_splits = max(1, -(-max_seq_len // partition))
+        num_splits, min_partition = max(1, min(num_splits, max_seq_len)), 1
     part_acc = torch.empty(
         (num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=query.device
     )
@@ -472,14 +491,15 @@ def paged_attention(
     )
     _decode_split_kernel[(batch, head_chunks, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_acc, part_ml,
-        scale_log2e, num_heads, group, block_size, partition, num_splits, **common,
+        scale_log2e, num_heads, group, block_size, min_partition, num_splits, **common,
         stride_bt=block_tables.stride(0), HEAD_DIM=head_dim, BLOCK_H=cfg.BLOCK_H,
         BLOCK_N=cfg.BLOCK_N, UPCAST=upcast, IEEE=ieee, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     _decode_reduce_kernel[(batch, num_heads)](
-        out, part_acc, part_ml, seq_lens, query_start_loc, num_heads, partition, num_splits,
-        out.stride(0), out.stride(1), HEAD_DIM=head_dim, num_warps=cfg.reduce_num_warps,
+        out, part_acc, part_ml, seq_lens, query_start_loc, num_heads, min_partition,
+        num_splits, out.stride(0), out.stride(1), HEAD_DIM=head_dim, BLOCK_N=cfg.BLOCK_N,
+        num_warps=cfg.reduce_num_warps,
     )
     return out
 
@@ -536,7 +556,7 @@ def compile_specs() -> list[KernelSpec]:
                     fn=_decode_reduce_kernel,
                     pointers={"out_ptr": "*" + t, **parts, "seq_lens_ptr": "*i32",
                               "query_start_loc_ptr": "*i32"},
-                    constexprs={"HEAD_DIM": head_dim},
+                    constexprs={"HEAD_DIM": head_dim, "BLOCK_N": c.BLOCK_N},
                     num_warps=c.reduce_num_warps,
                     num_stages=1,
                     divisible_by_16=("out_ptr", *parts, "stride_ot", "stride_oh"),

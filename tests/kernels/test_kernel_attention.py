@@ -104,6 +104,40 @@ def test_decode_split_k(triton_device, dtype, num_splits):
     _assert_matches(case, out, reference.paged_attention(case.attention_args(), case.guarded_out()))
 
 
+def test_decode_rows_take_their_own_partitions(triton_device, monkeypatch):
+    """Each row cuts its own context into the grid's splits (at least `_MIN_PARTITION`
+    tokens a partition, whole tiles), whatever the host bound: with `max_seq_len` 4,096 (a
+    CUDA graph's `max_model_len`) a 300-token row still spreads over 5 partitions of 64
+    tokens, where a partition fixed by the bound (4,096 / 16 = 256) gave it 2. The
+    partials each split writes are read from the split kernel's launch; the answer is the
+    reference's."""
+    attention = kernels._triton_module("attention", torch.device(triton_device))
+    monkeypatch.setattr(attention, "_MIN_PARTITION", 64)
+    monkeypatch.setattr(attention, "decode_num_splits", lambda *a: (16, None))
+    written = {}
+    kernel = attention._decode_split_kernel
+
+    class Spy:  # records which (row, split) partials the split kernel stored
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                part_ml = args[7].fill_(float("nan"))
+                kernel[grid](*args, **kw)
+                written["splits"] = (~part_ml[:, 0, :, 0].isnan()).sum(dim=1).tolist()
+            return launch
+
+    monkeypatch.setattr(attention, "_decode_split_kernel", Spy())
+    lens = [300, 129, 64, 5, 0]
+    case = make_case(lens, [1, 1, 1, 1, 0], block_size=16, num_kv_heads=2, group=4,
+                     head_dim=64, dtype=torch.float32, device=triton_device, seed=3)
+    out = attention.paged_attention(case.attention_args(max_query_len=1, max_seq_len=4096),
+                                    case.guarded_out())
+    _assert_matches(case, out, reference.paged_attention(case.attention_args(), case.guarded_out()))
+    block_n = attention.decode_config(64, torch.float32).BLOCK_N
+    assert block_n == 64
+    splits = written["splits"]  # per query token: the 4 rows', then padding tokens'
+    assert splits[:4] == [5, 3, 1, 1] and not any(splits[4:])
+
+
 @pytest.mark.parametrize("kind", ["decode", "extend"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_id)
 def test_graph_bounds_and_padding(triton_device, dtype, kind):
