@@ -139,10 +139,24 @@ mean wait to be admitted again seen so far (`_readmit_waits`; none seen, no swap
 pool clears fast (bfcl 1x 50%, 2x 50%) the forecast gain read 1.3-2.6 s against seen waits of
 0.1-0.6 s. Outcome (fit seeds): swe, web and bfcl 2x 50% back near the old default's, but
 bfcl 1x 25% 1.73x -> 1.60x: not chosen. Opt-in; docs/scheduler.md, "Round 34".
+
+"room_returns_queue_leave" (session 32, `--fit` round 36): "room_returns_queue" whose
+forecast of a victim's wait on its return lets the steps queued ahead of it leave too
+(`_victim_wait_leave_s`). Round 34's forecast charges each step sorting ahead of the victim
+its room (its working set on its prompt) until the victim is admitted, as if it stayed for
+ever: where a few steps wait ahead, the admitted sessions' leaves alone never cover their
+room and the victim's wait reads inf (no swap). Here the queue ahead and then the victim
+are admitted one by one in the key's order, each once the room it charges is free; the room
+frees as the admitted sessions leave (the same restarted leave forecast, the victims left
+out) and as each step admitted in the forecast leaves its expected stay after its admission
+(`_stay_s`: its expected remaining steps times its workflow's learned cycle, `_leave_at`
+anchored at the admission). With no stay finite it is round 34's forecast exactly. No new
+constant. docs/scheduler.md, "Round 36".
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any
 
@@ -174,9 +188,17 @@ READMIT_ROOM_RETURNS_QUEUE = "room_returns_queue"
 # bounded by the mean wait a demoted step has been seen to wait to be admitted again
 # (`_readmit_waits`, round 30's gain): no swap before one was seen.
 READMIT_ROOM_RETURNS_QUEUE_SEEN = "room_returns_queue_seen"
+# "room_returns_queue_leave" (session 32, `--fit` round 36): "room_returns_queue" whose
+# victim-wait forecast lets the steps queued ahead of a victim leave again: each is admitted
+# in the queue's order as room frees and leaves its expected remaining steps times its
+# workflow's learned cycle later, by the same leave forecast (`_victim_wait_leave_s`).
+READMIT_ROOM_RETURNS_QUEUE_LEAVE = "room_returns_queue_leave"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
-                     READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN)
+                     READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
+                     READMIT_ROOM_RETURNS_QUEUE_LEAVE)
+READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
+                               READMIT_ROOM_RETURNS_QUEUE_LEAVE)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -296,7 +318,7 @@ class RoomSwap:
             return self._swap_pays(req, lookup, victims)
         if charge in (READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_STAY):
             return self._swap_pays(req, lookup, victims, over, now)
-        if charge in (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN):
+        if charge in READMIT_ROOM_RETURNS_QUEUES:
             return self._swap_pays_queue(req, lookup, victims, over, now)
         if charge == READMIT_ROOM_RETURNS_FAIR:
             # "room_returns"'s rule first (it records the return as "room_returns" does,
@@ -378,6 +400,12 @@ class RoomSwap:
         waits; under `readmit_order` "first" a new session's is inf, as every demoted step
         goes ahead of it) and the blocks admitting it charges (its working set on its
         prompt, `_working_set`)."""
+        return [(k, b) for k, b, _ in self._waiting_steps(req, victims, False)]
+
+    def _waiting_steps(self, req: Any, victims: list[str],
+                       stays: bool = True) -> list[tuple[float, int, float]]:
+        """`_waiting_keys`' (key, blocks) of each waiting step and, with `stays`, the
+        seconds its session is expected to stay once admitted (`_stay_s`; else 0)."""
         out = []
         skip = set(victims)
         first = self.admission_order != "fifo" and self.readmit_order == "first"
@@ -391,8 +419,68 @@ class RoomSwap:
                     since = (self._session_since(r) if self.readmit_order == "session_age"
                              else r.arrival)
                     key = self._order_key(self.remaining_cost(r), since)
-                out.append((key, self._working_set(r.workflow, r.num_tokens, 0)))
+                out.append((key, self._working_set(r.workflow, r.num_tokens, 0),
+                            self._stay_s(r.session_id, r.workflow) if stays else 0.0))
         return out
+
+    def _stay_s(self, sid: str, workflow: str) -> float:
+        """"room_returns_queue_leave": the seconds session `sid` of `workflow`, admitted now,
+        is expected to stay: its expected remaining steps (`SessionLengths.remaining`, with
+        the graph's mean length as one prior session, as `_leave_at` reads it; its steps
+        done counted as `session_cost` counts them) times its workflow's learned step cycle
+        (`_cycles`; inf before any was seen). `_leave_at` anchored at the admission."""
+        cycle = self._cycles.mean(workflow)
+        if cycle is None:
+            return math.inf
+        s = self.manager.sessions.get(sid)
+        done = s.num_steps if s is not None else 0
+        graph = self._graph()
+        prior = graph.mean_steps(workflow) if graph is not None else done + 1.0
+        return self._lengths.remaining(workflow, done, prior) * cycle
+
+    def _victim_wait_leave_s(self, req: Any, victim: str, victims: list[str], over: float,
+                             now: float,
+                             ahead: list[tuple[float, int, float]] | None = None) -> float:
+        """"room_returns_queue_leave": `_victim_wait_s` with the steps queued ahead of the
+        victim leaving too. Under "room_returns_queue" a step ahead is charged its room until
+        the victim is admitted, as if it stayed for ever. Here the queue ahead (the waiting
+        steps with a smaller admission key, in key order) and then the victim are admitted
+        one by one, each once the room it charges is free; the room frees as the admitted
+        sessions leave (`_leave_at` with the restart, the victims left out, as there) and as
+        each step admitted here leaves, its expected stay (`_stay_s`) after its admission.
+        The victim's wait is its admission less its return, at least 0; 0 where the room is
+        there at once; inf where it never frees. With every stay inf it equals
+        `_victim_wait_s` (the same room, freed by the same sessions). `ahead`: the waiting
+        steps' (key, charge, stay), `_waiting_steps`, when already read."""
+        back = self._return_at(victim)
+        if back is None:
+            back = now
+        info = self.sessions[victim]
+        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
+        key = self._order_key(self.session_cost(victim, info.workflow, info.context), since)
+        if ahead is None:
+            ahead = self._waiting_steps(req, victims)
+        queue = sorted((k, b, stay) for k, b, stay in ahead if k < key)
+        own = self._shrink_frees(info)
+        free = sum(self._shrink_frees(self.sessions[v]) for v in victims) - over
+        if free >= sum(b for _, b, _ in queue) + own:
+            return 0.0
+        skip = set(victims)
+        leaves = [(self._leave_at(sid, i, now, True), self._own_blocks(i))
+                  for sid, i in self.sessions.items() if sid not in skip]
+        heapq.heapify(leaves)
+        t = now
+        for _, blocks, stay in [*queue, (key, own, None)]:
+            while free < blocks:
+                if not leaves:
+                    return math.inf
+                at, freed = heapq.heappop(leaves)
+                t, free = max(t, at), free + freed
+            if stay is None:
+                return max(t - back, 0.0)
+            free -= blocks
+            heapq.heappush(leaves, (t + stay, blocks))
+        return math.inf  # not reached: the victim is the queue's last
 
     def _swap_pays_queue(self, req: Any, lookup: Any, victims: list[str], over: float,
                          now: float) -> bool:
@@ -419,9 +507,15 @@ class RoomSwap:
         if not math.isfinite(gain):
             return False
         cost = PRICED_MARGIN * self._victims_recompute_s(victims)
-        ahead = self._waiting_keys(req, victims)
-        for v in victims:
-            cost += self._victim_wait_s(req, v, victims, over, now, ahead)
+        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_LEAVE:
+            steps = self._waiting_steps(req, victims)
+            wait = (self._victim_wait_leave_s(req, v, victims, over, now, steps)
+                    for v in victims)
+        else:
+            ahead = self._waiting_keys(req, victims)
+            wait = (self._victim_wait_s(req, v, victims, over, now, ahead) for v in victims)
+        for w in wait:
+            cost += w
             if cost >= gain:
                 return False
         return gain > cost

@@ -166,7 +166,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             step's forecast wait for its room exceeds its victims' forecast waits on their
             returns, behind the steps that sort ahead of them, plus twice their
             recomputation; round 34; the default), "room_returns_queue_seen" (its gain
-            at most the mean wait to be admitted again seen so far; session 31).
+            at most the mean wait to be admitted again seen so far; session 31),
+            "room_returns_queue_leave" (its victims' forecast waits let the steps queued
+            ahead of them leave again, each its expected stay after its admission;
+            session 32, round 36).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of

@@ -575,7 +575,8 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
     assert_admits_every_step(run)
 
 
-@pytest.mark.parametrize("charge", ["room_returns_queue", "room_returns_queue_seen"])
+@pytest.mark.parametrize("charge", ["room_returns_queue", "room_returns_queue_seen",
+                                    "room_returns_queue_leave"])
 def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, charge):
     """`readmit_charge` "room_returns_queue" (round 34, kvsaga/scheduler/room_swap.py) on
     `stream_held()`, as the other priced swaps' parity tests: the margin is 0, so a swap
@@ -592,7 +593,9 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, 
     "room_returns_queue_seen" (the gain at most the wait to be admitted again seen so far)
     swaps only once such a wait was seen: here no demoted step is admitted again before the
     swap, so each executor's scheduler starts with one wait of 1 s seen, and the bounded
-    value then decides as the other."""
+    value then decides as the other. "room_returns_queue_leave" (session 32: the steps
+    queued ahead of a victim leave again in its forecast) reads the same waits here (no
+    step sorts ahead of s2) and is checked alike, its own forecast spied."""
     import kvsaga.scheduler.room_swap as room_swap
     answers: list[bool] = []
     priced: list[tuple[bool, bool, bool]] = []
@@ -607,7 +610,9 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, 
 
     def pays_spy(self, req, lookup, victims, over, now):
         got = pays(self, req, lookup, victims, over, now)
-        waits = [self._victim_wait_s(req, v, victims, over, now) for v in victims]
+        wait = (self._victim_wait_leave_s if charge == "room_returns_queue_leave"
+                else self._victim_wait_s)
+        waits = [wait(req, v, victims, over, now) for v in victims]
         gain = self._swap_gain_s(over, now)
         priced.append((got, math.isfinite(gain), all(w == 0.0 for w in waits),
                        self._readmit_waits.mean(None) is not None))
