@@ -190,12 +190,13 @@ def test_the_session_25_calibration_gives_its_thresholds_and_the_verdict(mods):
     assert not pc.afs_noise_veto(base, cand, fcfs, mean_log_max=-0.04, goal_loss_max=3)[0]
 
 
-def test_the_session_26_calibration_gives_the_frozen_thresholds(mods):
-    """The session-26 calibration on today's default (the prefill cap of 128 tokens gated
-    "demoted_queue"; tests/bench/afs_noise_s26.json: the base, fcfs+lru and 11 null runs, 32
-    cases each) reproduces the frozen thresholds exactly (0.0270 / 1). Its base is session
-    25's candidate run (the same scheduler) ratio for ratio, and fcfs+lru's is session 25's;
-    the any-rise veto still rejects 7 of its 11 nulls."""
+def test_the_session_26_calibration_gives_its_thresholds(mods):
+    """History: the session-26 calibration on the default then (the prefill cap of 128 tokens
+    gated "demoted_queue", `readmit_charge` "uncached"; tests/bench/afs_noise_s26.json: the
+    base, fcfs+lru and 11 null runs, 32 cases each) reproduces the thresholds frozen then
+    (0.0270 / 1), which judged rounds 27-35. Its base is session 25's candidate run (the same
+    scheduler) ratio for ratio, and fcfs+lru's is session 25's; the any-rise veto rejects 7
+    of its 11 nulls. Today's frozen thresholds come from session 32's runs (the next test)."""
     pc, _ = mods
     runs, data = _calibration("afs_noise_s26.json")
     old, _ = _calibration("afs_noise_s25.json")
@@ -205,9 +206,33 @@ def test_the_session_26_calibration_gives_the_frozen_thresholds(mods):
     assert len(base) == 32 and len(nulls) == 11
     assert base == old["cand"] and fcfs == old["fcfs"]
     t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
-    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
     assert (round(t_mean, 4), t_loss) == (0.0270, 1)
     assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
     rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
     assert rejects == 7
+    assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0270, goal_loss_max=1)[0]
+
+
+def test_the_session_32_calibration_gives_the_frozen_thresholds(mods):
+    """The session-32 calibration on today's default (`readmit_charge` "room_returns_queue",
+    `--fit` round 34's pick; tests/bench/afs_noise_s32.json: the base, fcfs+lru and 11 null
+    runs, 32 cases each) reproduces the frozen thresholds exactly (0.0283 / 2). fcfs+lru's
+    ratios are session 26's (no workflow default moves them); its base against session 26's
+    base is round 34's veto reading (mean d log ratio -0.0181, goal cases 15 -> 16), so the
+    base is round 34's candidate run. The any-rise veto rejects 9 of its 11 nulls."""
+    pc, _ = mods
+    runs, data = _calibration("afs_noise_s32.json")
+    old, _ = _calibration("afs_noise_s26.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    assert data["base"]["null"] is None and data["fcfs"]["config"] == "fcfs+lru"
+    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    assert len(base) == 32 and len(nulls) == 11 and fcfs == old["fcfs"]
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
+    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
+    assert (round(t_mean, 4), t_loss) == (0.0283, 2)
+    mean = sum(math.log(base[k] / old["base"][k]) for k in base) / 32
+    assert round(mean, 4) == -0.0181
+    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 16
+    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
+    assert rejects == 9
     assert pc.afs_noise_veto(base, base, fcfs)[0]
