@@ -322,6 +322,16 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # Outcome: swe and web back at the old default's figures, bfcl 2x 50% 2.34x -> 2.49x, but
 # bfcl 1x 25% 1.73x -> 1.60x (smallest gain 1.62x -> 1.60x, p95 misses 1 -> 2): not chosen;
 # PREVIOUS stays (RESULTS "The swap priced by forecasts on both sides").
+# Round 36 (issue 10, the sched lane of session 32; committed before it ran, after the code
+# and after the AFS veto was recalibrated on round 34's default): PREVIOUS is still round
+# 34's pick ("room_returns_queue"). Its victim-wait forecast charges the steps queued ahead
+# of a victim their room as if they stayed for ever, so with a few steps ahead the admitted
+# sessions' leaves alone never cover that room and the wait reads inf (no swap).
+# `readmit_charge` "room_returns_queue_leave" (`RoomSwap._victim_wait_leave_s`) admits the
+# queue ahead in key order as room frees and lets each step leave its expected stay after
+# its admission (`_stay_s`: the same leave forecast, anchored at the admission); no new
+# constant. The fresh seeds were used by round 34: they are run only if this round changes
+# the default (scheduling 155, 156; AFS 157, 158).
 FIT_GRID = [
-    {"readmit_charge": "room_returns_queue_seen"},
+    {"readmit_charge": "room_returns_queue_leave"},
 ]
