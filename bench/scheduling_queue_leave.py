@@ -7,12 +7,13 @@ forecast, and a decision? A diagnosis on the default's own run; it changes and j
         [--seeds 101,...,106] [--alone-seeds 102,...,109]
 
 Per run: every swap priced (`RoomSwap._swap_pays_queue`, called where the shrink would bring
-the load within the tiers), how many the default made, how many had a step waiting ahead of
-the step being admitted, at how many the victims' summed forecast waits differ between the
-two forecasts, how many of those sums are inf under each, and how many decisions differ (each
-value's rule on the same state: gain > victims' waits + `PRICED_MARGIN` x recomputation);
-medians of the waiting steps' expected stays (`_stay_s`), of the forecast gain (where finite)
-and of the queue-leave waits where the two differ (where finite). `--points` are grid points of
+the load within the tiers), how many the default made, how many had another step waiting
+(any key; the victims' own and the step being admitted left out), at how many the victims'
+summed forecast waits differ between the two forecasts, how many of those sums are inf under
+each, and how many decisions differ (each value's rule on the same state: gain > victims'
+waits + `PRICED_MARGIN` x recomputation); medians of the waiting steps' expected stays
+(`_stay_s`), of the forecast gain (where finite) and of the queue-leave waits where the two
+differ (where finite). `--points` are grid points of
 bench/scheduling.py on `--seeds` (the whole GPU); `--alone-seeds` the noisy mix's heavy tenant
 ("a") alone on half the GPU at 50%, the run the AFS veto divides by (as
 bench/scheduling_swap_alone.py builds it). Deterministic (the simulator's clock).
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in filter(None, a.points.split(";")):
         family, load, frac = p.split(",")
         points.append((family, float(load), float(frac)))
-    print("| run | swaps priced | made | a step waiting ahead | victims' waits differ | "
+    print("| run | swaps priced | made | another step waiting | victims' waits differ | "
           "waits inf: queue / queue-leave | decisions differ | waiting steps' stay s "
           "(median) | gain s (median) | queue-leave wait s where they differ (median) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
