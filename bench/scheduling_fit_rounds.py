@@ -332,6 +332,12 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # its admission (`_stay_s`: the same leave forecast, anchored at the admission); no new
 # constant. The fresh seeds were used by round 34: they are run only if this round changes
 # the default (scheduling 155, 156; AFS 157, 158).
+# Outcome: every fit figure equal to PREVIOUS's (the fit keeps it, listed first, on the tie);
+# the recalibrated AFS veto (0.0283 / 2) moves 0 of 32 ratios. At the default's own swaps
+# (`bench/scheduling_queue_leave.py`) the new forecast changed the victims' waits at 5,235 of
+# 15,049 and no decision: the steps ahead stay 4-15 s (medians), longer than the gain. Not
+# chosen; the fresh seeds were not run (RESULTS "The AFS veto recalibrated on round 34's
+# default ...").
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_leave"},
 ]
