@@ -17,8 +17,10 @@ Also printed per case: `host us`, the host's time to issue one call of the defau
 configuration (no sync). Rows are ranked by graph ms on CUDA. Printed: per case, the
 default's and the best five configurations' GB/s and % of peak (from graph ms where there is
 one); configurations that fail to compile (shared memory) or disagree are listed as such.
-`--cases` picks cases by name. Needs CUDA (`--small`: a smoke test of tiny cases, under
-Triton's interpreter without CUDA).
+`--cases` picks cases by name. `--bound N` passes the host bound `max_seq_len` = N (at
+least the context), as a CUDA graph captured for `max_model_len` N does: the default row
+with and without it shows what a graph's worst-case bound costs the kernel. Needs CUDA
+(`--small`: a smoke test of tiny cases, under Triton's interpreter without CUDA).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def main() -> None:
     ap.add_argument("--per-sm", default="2,4,8", help="split-K programs per SM targets")
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="comma-separated case names (default: all)")
+    ap.add_argument("--bound", type=int, default=0,
+                    help="host bound max_seq_len passed to the kernel, as a CUDA graph's "
+                    "max_model_len (0: each case's own context)")
     ap.add_argument("--small", action="store_true",
                     help="tiny cases; without CUDA under Triton's interpreter (a smoke test)")
     args = ap.parse_args()
@@ -108,8 +113,10 @@ def main() -> None:
     rows = []
     for case, batch, seq_len, heads, kv_heads, head_dim in cases:
         inputs, nbytes = case_inputs(batch, seq_len, heads, kv_heads, head_dim, device)
-        def run(inputs=inputs, seq_len=seq_len):
-            return kernels.paged_attention(*inputs, max_query_len=1, max_seq_len=seq_len,
+        bound = max(seq_len, args.bound)
+
+        def run(inputs=inputs, bound=bound):
+            return kernels.paged_attention(*inputs, max_query_len=1, max_seq_len=bound,
                                            validate=False)
 
         def timed(row, run=run, nbytes=nbytes):
@@ -144,7 +151,8 @@ def main() -> None:
     for r in rows:
         if "gbps" in r:
             r["pct_peak"] = 100 * r["gbps"] / peak if peak else None
-    print(f"# decode sweep on {name} (peak {peak} GB/s), torch {torch.__version__}")
+    note = f", host bound max_seq_len {args.bound}" if args.bound else ""
+    print(f"# decode sweep on {name} (peak {peak} GB/s), torch {torch.__version__}{note}")
     for case, *_ in cases:
         mine = [r for r in rows if r["case"] == case]
         ok = sorted((r for r in mine if "gbps" in r and r["config"] == "sweep"),
@@ -163,7 +171,8 @@ def main() -> None:
                 f"{r['block_n']}/{r['warps']}/{r['stages']}/{r['per_sm']}: {r['error']}"
                 for r in bad[:6]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": name, "peak_gbps": peak, "rows": rows},
+        Path(args.json).write_text(json.dumps({"gpu": name, "peak_gbps": peak, "bound": args.bound,
+                                               "rows": rows},
                                               indent=1))
 
 

@@ -41,6 +41,15 @@ def test_decode_sweep_picks_cases_and_names_an_unknown_one(tmp_path: Path):
                  "--repeat", "1", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {r["case"] for r in json.loads(out.read_text())["rows"]} == {"smollm2_b16_2048"}
+    # A graph's host bound far above the context: same answers (every row checked against
+    # the default's), the bound printed and recorded.
+    proc = _run(["bench/decode_sweep.py", "--small", "--cases", "smollm2_b16_2048",
+                 "--bound", "4096", "--block-n", "32", "--warps", "4", "--stages", "1",
+                 "--per-sm", "2", "--repeat", "1", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["bound"] == 4096 and "host bound max_seq_len 4096" in proc.stdout
+    assert all("error" not in r for r in got["rows"])
     bad = _run(["bench/decode_sweep.py", "--small", "--cases", "llama8b_b1_32768,nope"])
     assert bad.returncode != 0 and "nope" in bad.stderr
 
