@@ -117,6 +117,8 @@ def decisions(name: str, seed: int, blocks: int, leader: str, shadow: str) -> di
         cls = (("demoted" if owner in demoted else
                 "queued" if oracle.is_waiting(owner) else "paused") if live else
                "dead" if math.isinf(nu) else "plain")
+        if SPLIT_DEMOTED and cls == "demoted":  # `--split-demoted`: is its tool back?
+            cls = "demoted, tool back" if oracle.is_waiting(owner) else "demoted, tool out"
         # a live session's block: its step start is resolved after the run
         return (owner if live else None, nu, cls)
 
@@ -254,7 +256,11 @@ def solo(name: str, seed: int, blocks: int, policy: str) -> int:
     return Simulator(trace, config).run().recomputed_tokens
 
 
-CLASSES = ("demoted", "queued", "paused", "plain", "dead")
+CLASSES = ("demoted", "demoted, tool out", "demoted, tool back", "queued", "paused", "plain",
+           "dead")
+# `--split-demoted` (session 32): demoted live blocks classed by whether their session's tool
+# had returned at the search (the trace's release time passed: `TraceOracle.is_waiting`)
+SPLIT_DEMOTED = False
 
 
 def classes(tot: dict) -> str:
@@ -317,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smooth", action="store_true", help="sum over the five pool sizes")
     p.add_argument("--admission", action="store_true",
                    help="each ranking under each policy's admission graph instead")
+    p.add_argument("--split-demoted", action="store_true",
+                   help="class demoted victims by whether their tool had returned")
     args = p.parse_args(argv)
+    global SPLIT_DEMOTED
+    SPLIT_DEMOTED = args.split_demoted
     if args.seed not in P.TUNE_SEEDS:
         p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}")
     pair = P.split_specs(args.pair)

@@ -28,6 +28,7 @@ from kvsaga.sim.regret import record_regret
 from kvsaga.sim.simulator import SimConfig, Simulator
 
 STATES = ("demoted", "queued", "paused")
+SPLIT_STATES = ("demoted, tool out", "demoted, tool back", "queued", "paused")
 
 
 def _median(xs: list[float]) -> float:
@@ -35,7 +36,7 @@ def _median(xs: list[float]) -> float:
     return xs[len(xs) // 2] if xs else math.nan
 
 
-def victims(name: str, seed: int, frac: float, spec: str
+def victims(name: str, seed: int, frac: float, spec: str, split: bool = False
             ) -> tuple[int, dict[str, dict], list[str]]:
     """(recomputed tokens, per state: blocks, back_s, log errors, and with graph's `trust`
     its own record: per (workflow, state), victims scored and the root mean squared log
@@ -71,7 +72,10 @@ def victims(name: str, seed: int, frac: float, spec: str
         for sid, k in per.items():
             v = views.get(sid)
             imminent = bool(v is not None and v.imminent)
-            state = "demoted" if sid in demoted else "queued" if imminent else "paused"
+            state = "queued" if imminent else "paused"
+            if sid in demoted:
+                state = ("demoted, tool back" if imminent else "demoted, tool out") \
+                    if split else "demoted"
             forecast = None
             if hasattr(pol, "_graph_time") and v is not None and not v.running:
                 forecast = pol._graph_time(sid, now, True, False)[1]  # unhedged
@@ -81,7 +85,7 @@ def victims(name: str, seed: int, frac: float, spec: str
     pol.choose_victims = hooked
     pol.session_deferred = session_deferred
     r = sim.run()
-    by = {s: {"blocks": 0, "back": [], "err": []} for s in STATES}
+    by = {s: {"blocks": 0, "back": [], "err": []} for s in (SPLIT_STATES if split else STATES)}
     for now, sid, state, forecast, k in events:
         starts = log.starts.get(sid, [])
         i = bisect_right(starts, now)
@@ -99,10 +103,11 @@ def victims(name: str, seed: int, frac: float, spec: str
     return r.recomputed_tokens, by, record
 
 
-def row(name: str, seed: int, frac: float, spec: str) -> tuple[str, list[str]]:
-    tokens, by, record = victims(name, seed, frac, spec)
+def row(name: str, seed: int, frac: float, spec: str, split: bool = False
+        ) -> tuple[str, list[str]]:
+    tokens, by, record = victims(name, seed, frac, spec, split)
     cells = []
-    for s in STATES:
+    for s in (SPLIT_STATES if split else STATES):
         c = by[s]
         cell = f"{c['blocks']} blocks, back {_median(c['back']):.1f} s"
         if c["err"]:
@@ -121,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--fraction", type=float, default=0.6)
     p.add_argument("--policies", default="graph,saga,ttl,lru")
+    p.add_argument("--split-demoted", action="store_true",
+                   help="split demoted victims by whether their tool had returned")
     args = p.parse_args(argv)
+    states = SPLIT_STATES if args.split_demoted else STATES
     if args.seed not in P.TUNE_SEEDS:
         p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}")
     print("| trace | seed | capacity | policy | recomputed (M) | "
-          + " | ".join(f"{s} victims" for s in STATES) + " |")
-    print("|---|---:|---:|---|---:|" + "---|" * len(STATES))
+          + " | ".join(f"{s} victims" for s in states) + " |")
+    print("|---|---:|---:|---|---:|" + "---|" * len(states))
     records = []
     for spec in P.split_specs(args.policies):
-        line, record = row(args.trace, args.seed, args.fraction, spec)
+        line, record = row(args.trace, args.seed, args.fraction, spec, args.split_demoted)
         print(line, flush=True)
         records += [f"- {spec}: {x}" for x in record]
     if records:

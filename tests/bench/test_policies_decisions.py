@@ -141,3 +141,24 @@ def test_the_afs_veto_runs_the_reports_default_rows_with_each_policy():
     assert by["a"] == by["b"] and by["a"] and not any(t[4:6] == (sched, policy) for t in tasks)
     assert {t[:4] for t in tasks if t[4] == "fcfs"} == by["a"]
     assert {t[0] for t in tasks} == set(scheduling_mix.MIXES)
+
+
+def test_split_demoted_classes_add_up_to_the_demoted_ones(monkeypatch):
+    """`--split-demoted` (session 32) only splits the demoted class by whether the tool had
+    returned: the two parts add up to the unsplit count, on both sides, and nothing else
+    moves."""
+    mod = load("policies_decisions")
+    P = load()
+    peak, longest = P._peak("swe+bfcl", 402)
+    blocks = P._blocks(peak, longest, 0.6)
+    whole = mod.decisions("swe+bfcl", 402, blocks, "graph", "ttl")
+    monkeypatch.setattr(mod, "SPLIT_DEMOTED", True)
+    split = mod.decisions("swe+bfcl", 402, blocks, "graph", "ttl")
+    assert split["recomputed"] == whole["recomputed"]
+    for side in ("mine", "theirs"):
+        parts = [split.get(f"{side}:demoted, tool {x}", 0) for x in ("out", "back")]
+        assert f"{side}:demoted" not in split
+        assert sum(parts) == whole.get(f"{side}:demoted", 0)
+        for c in ("queued", "paused", "plain", "dead"):
+            assert split.get(f"{side}:{c}", 0) == whole.get(f"{side}:{c}", 0)
+    assert any(split.get(f"mine:demoted, tool {x}") for x in ("out", "back"))
