@@ -133,9 +133,14 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
         default = defaults[key].default
         assert (list(default) if isinstance(default, tuple) else default) == (
             list(value) if isinstance(value, tuple) else value), (key, default, value)
-    # the smoothed pick graph[demoted_mean=1] failed the AFS veto: graph, the mean off
+    # the smoothed pick graph[demoted_mean=1] failed the AFS veto: graph, the mean off; and
+    # since seeds 951, 952 joined the fit set (session 32) the saved smoothed tune, which did
+    # not run them, covers part of it only, so it sets nothing either way
     assert smoothed["pick"] == "graph[demoted_mean=1]"
-    assert "vetoed by its AFS veto" in tune.smoothed_default(smoothed)[1]
+    assert tune.fit_set_gaps(smoothed["seeds"], smoothed["candidates"])
+    assert "seeds 951, 952 not run" in tune.smoothed_default(smoothed)[1]
+    assert "graph[demoted_mean=1]" in tune.AFS_CHECKS and not tune.AFS_CHECKS[
+        "graph[demoted_mean=1]"].passes
     assert DEFAULT_POLICY == "graph" and defaults["demoted_mean"].default is False
     assert make_policy(DEFAULT_POLICY).returns.demoted_mean is False
 
