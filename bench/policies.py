@@ -6,7 +6,8 @@ Two modes, never mixed:
   `FAMILY_SEEDS` and the held-out traces below at `TRACE_SEEDS` (every seed read while the
   policies were built), and picks, among `TUNE_CANDIDATES` (lru, saga, ttl, graph
   with `median_returns` and with `spread`, its forecast's spread priced, for queued and
-  demoted sessions or queued ones only, and `adaptive` over all four rankings or over
+  demoted sessions or queued ones only, releasing a demoted session until its tool returns
+  (`demoted_release`), and `adaptive` over all four rankings or over
   graph's and ttl's only, by realized or ghost regret or by shadow caches of their own), by
   the tune rule below. It writes the pick
   to bench/plots/policies_tune.json and its own RESULTS.md section; `DEFAULT_POLICY`
@@ -141,7 +142,10 @@ TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[sprea
                    # fifteenth session: graph and ttl judged by shadow caches of their own
                    # (kvsaga/policy/shadow.py), 10% hysteresis, 8 pool sizes of memory
                    "adaptive[experts=graph+ttl,shadow_cache=1,switch_margin=0.1,"
-                   "shadow_memory=8]")
+                   "shadow_memory=8]",
+                   # session 32: graph releasing a demoted session until its tool returns,
+                   # as ttl does (docs/policies.md, "Session 32")
+                   "graph[demoted_release=1]")
 TUNE_JSON = HERE / "plots" / "policies_tune.json"
 TUNE_SECTION = "## Eviction policies: tuning (simulated)"
 REGRET_SECTION = "## Eviction regret by block class (simulated; a diagnosis, any seed)"

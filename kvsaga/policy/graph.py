@@ -48,6 +48,13 @@ prices a demoted session's blocks by the later of the graph's prediction and the
 residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
 the tuning seed; docs/policies.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
+With `demoted_release` (opt-in, session 32) a demoted session whose tool has not returned
+is released instead, as `ttl` does: P(reuse) is taken as 0 (its blocks go after the dead
+ones, tail first, before every live session's) until its tool returns (`resume_hint`), and
+from then on it is priced as above. Why (seen seeds 951, 952, fit data since session 32;
+docs/policies.md, "Session 32"): at the same pool state graph's own victims were demoted
+sessions whose tool was back, which the scheduler re-admits as soon as it has room and which
+evicting only makes colder and later, where ttl takes demoted sessions still on their tool.
 How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
 kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's
 clock (`demoted_size`, opt-in): kvsaga/policy/size_effect.py; by its place in the scheduler's
@@ -123,6 +130,9 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         admission_room: price it by the room the scheduler lacks for it (`AdmissionRooms`).
         paused_room: price a demoted session paused on its tool by the room its step would
             lack were it queued now (`AdmissionRooms`; kvsaga/policy/queue_tells.py).
+        demoted_release: release a demoted session's blocks until its tool returns (loss
+            0: after the dead blocks, before every live session's), as ttl does (module
+            docstring, "Demotion").
     """
 
     name = "graph"
@@ -149,6 +159,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         admission_rank: bool = False,
         admission_room: bool = False,
         paused_room: bool = False,
+        demoted_release: bool = False,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:
@@ -186,6 +197,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         self.size_effect = SizeElasticity(calib_prior or 4.0) \
             if flag("demoted_size", demoted_size) else None
         self._demoted_ctx: dict[str, int] = {}
+        self.demoted_release = flag("demoted_release", demoted_release)
         self._init_queue_tells(calib_prior or 4.0, admission_rank, admission_room, paused_room)
         graph_fast.enable(self, GraphPolicy)  # the usual search in one function, counted
 
@@ -441,6 +453,8 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         """(P(reuse), expected seconds until the session's blocks are read, the time by
         which to ask again), demotion included; `hedged`: divided by `trust`'s factor (the
         rate's, for the forecast's own errors), else the forecast itself."""
+        if self.demoted_release and sid in self._deferred and not self.views[sid].needed_now:
+            return 0.0, math.inf, math.inf  # released until its tool returns (an event)
         p, until = self._predict_session(sid, now, True, exact, hedged=hedged)
         wait = p.expected_s
         wait = self.min_wait_s if self.min_wait_s > wait else wait  # max(), without a call
