@@ -94,7 +94,7 @@ def victims(name: str, seed: int, frac: float, spec: str, split: bool = False
         c["blocks"] += k
         if not math.isinf(back):
             c["back"].append(back)
-            if forecast is not None and forecast > 0:
+            if forecast is not None and 0 < forecast < math.inf:  # (released: none)
                 c["err"].append(math.log(max(back, 1e-3) / forecast))
     trust = getattr(pol, "trust", None)
     record = [] if trust is None else [
