@@ -125,6 +125,13 @@ NON_THRASH_CHECKS: dict[str, NonThrashCheck] = {
         "fit seeds 101-106, 41 non-thrash points: worse at 17 figures, none by more than 2% "
         "(the most: assistant seed 104 1x 25% mean TCT 162.35 -> 163.36 s, +0.6%); p95 "
         "below fcfs+lru's at 2 points (web seed 105 1x 0.95x, bfcl seed 106 1x 25% 0.89x)"),
+    "graph[demoted_release=1]": NonThrashCheck(
+        "graph", 0,
+        "python bench/policies_check.py --non-thrash --policy 'graph[demoted_release=1]' "
+        "--against graph --workers 2 (session 32, on 5e12398, 117 s at load 1.3-2.7)",
+        "fit seeds 101-106, 41 non-thrash points: worse at 19 figures, none by more than 2% "
+        "(the most: assistant seed 104 1x 25% mean TCT 162.80 -> 163.28 s, +0.3%), no SLO "
+        "drop; p95 below fcfs+lru's at 1 point, as graph's (web 1x seed 105 0.95x)"),
 }
 
 
@@ -174,6 +181,17 @@ AFS_CHECKS: dict[str, AfsCheck] = {
         "-> 1.77, noisy seed 7 at 25% 2.26 -> 2.13, seed 8 at 25% 3.02 -> 3.00; "
         "bench/RESULTS.md \"Eviction policies: issue 10's checks of the per-size pick "
         "graph[spread=1]\")"),
+    "graph[demoted_release=1]": AfsCheck(
+        "graph", 4, 1,
+        "python bench/policies_check.py --afs --policy 'graph[demoted_release=1]' --against "
+        "graph --workers 1 (session 32, on 5e12398, 35 s; the tune's walk printed the same "
+        "rows; today's committed veto: any row worse at two decimals fails)",
+        "default rows, graph -> graph[demoted_release=1]: two-tenant mix at 50% 1.10 -> "
+        "1.12; noisy seed 2 at 25% 1.15 -> 1.29, at 50% 1.37 -> 2.08 (the goal <= 1.5 met "
+        "-> missed: tenant a's mean TCT 27.1 -> 21.2 s, b's 13.3 -> 13.6 s); seed 7 at 50% "
+        "2.49 -> 2.58 (better: mix at 100% 1.90 -> 1.80, noisy seed 7 at 25% 2.24 -> 2.03, "
+        "seed 8 at 25% 3.07 -> 2.91, at 50% 3.40 -> 2.90; bench/RESULTS.md \"Eviction "
+        "policies: demoted sessions whose tool is back\")"),
 }
 
 
