@@ -3,16 +3,20 @@ changes that carry no information about the scheduler (null perturbations), and 
 calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
 
     python bench/scheduling_veto_noise.py run OUT.json --seeds 102,...,109 \
-        [--null NAME] [--config fcfs+lru] [--defaults JSON] [--workers 2]
+        [--null NAME] [--config fcfs+lru | --policy SPEC] [--defaults JSON] [--workers 2]
     python bench/scheduling_veto_noise.py calibrate BASE.json FCFS.json NULL.json [...]
     python bench/scheduling_veto_noise.py judge BASE.json FCFS.json CAND.json \
         --nulls NULL.json [...]
+    python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s32.json CAND.json
 
 `run`: the AFS veto's cases (both mixes of `bench/scheduling_mix.py` on each seed, at their
 capacities: 32 cases on the AFS fit seeds 102-109), each run shared and each tenant alone on
 half the GPU (`add_tenant_slowdowns`, the veto's denominator), under workflow+graph (or
 `--config`), the workflow defaults set to `--defaults` as the veto sets them, and with the
 null perturbation `--null` (one of `NULLS`) applied to the shared and the alone runs alike.
+`--policy SPEC` runs workflow+SPEC instead (a policy name or a spec such as
+`graph[spread=1]`, registered by `policies_check.register`): how a candidate for the
+default eviction policy is put to the same calibrated veto as a scheduler candidate.
 The JSON it writes is `bench/scheduling_veto_split.py run`'s (`compare` reads it) plus the
 null's and the config's names.
 
@@ -27,6 +31,9 @@ with thresholds from the base and the other nulls only.
 the base, with the thresholds frozen in `policies_check` (`AFS_NOISE_MEAN_LOG`,
 `AFS_NOISE_GOAL_LOSS`); `--nulls` recomputes them from the null runs and fails if they are
 not the frozen ones (the rule is judged with what was committed, never refitted).
+`judge-saved`: the same, with the base, fcfs+lru and null ratios read from a committed
+calibration (tests/bench/afs_noise_s32.json, `calibrate`'s runs reduced to their ratios), so
+a candidate needs its own run only.
 
 The goal a case meets (issue 10): afs_max_slowdown_ratio <= 1.5 and below fcfs+lru's on the
 same case, both as printed (two decimals); fcfs+lru's ratio is read from the unperturbed
@@ -117,7 +124,7 @@ def run_case(task: tuple) -> dict:
     """One case (mix, seed, capacity) under `config` and the null: its ratio and each
     tenant's shared / alone TCT and slowdown (under the tenants' original names)."""
     name, seed, frac, config, null = task
-    sched, policy = config.split("+")
+    sched, policy = config.split("+", 1)
     sessions = perturbed(null, name, seed, mix_trace(name, seed))
     cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(mix_trace(name, seed), frac, 2),
                     policy=policy, scheduler=sched)
@@ -239,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", required=True, help="comma-separated")
     r.add_argument("--null", choices=sorted(NULLS), default=None)
     r.add_argument("--config", default="workflow+graph", choices=("workflow+graph", "fcfs+lru"))
+    r.add_argument("--policy", default=None,
+                   help="run workflow+POLICY (a name or spec, e.g. 'graph[spread=1]'): a "
+                   "default-policy candidate under the veto")
     r.add_argument("--defaults", type=json_object, default=None,
                    help="workflow defaults for the run, a JSON object")
     r.add_argument("--workers", type=int, default=1)
@@ -251,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("fcfs")
     j.add_argument("cand")
     j.add_argument("--nulls", nargs="+", required=True)
+    js = sub.add_parser("judge-saved", help="judge against a committed calibration")
+    js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s32.json")
+    js.add_argument("cand")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if a.workers < 1:
@@ -260,11 +273,24 @@ def main(argv: list[str] | None = None) -> int:
                 set_workflow_defaults(a.defaults)
             except (ValueError, TypeError) as e:
                 ap.error(str(e))
+        if a.policy is not None:
+            if a.config != "workflow+graph":
+                ap.error("--policy and --config fcfs+lru exclude each other")
+            try:
+                a.config = "workflow+" + pc.register(a.policy)
+            except (ValueError, TypeError) as e:
+                ap.error(str(e))
         rows = run_rows([int(s) for s in a.seeds.split(",")], a.config, a.null, a.workers)
         with open(a.out, "w") as f:
             json.dump({"defaults": a.defaults, "null": a.null, "config": a.config,
                        "rows": rows}, f, indent=1)
         return 0
+    if a.cmd == "judge-saved":
+        runs = load(a.calibration)["runs"]
+        saved = {n: {tuple(k): x for k, x in r["ratios"]} for n, r in runs.items()}
+        return judge_lines(ap, saved["base"], saved["fcfs"],
+                           {runs[n]["null"]: r for n, r in saved.items()
+                            if n.startswith("null_")}, load(a.cand))
     base, fcfs = load(a.base), load(a.fcfs)
     if base.get("null") or base.get("defaults") or fcfs.get("config") != "fcfs+lru":
         ap.error("BASE must be an unperturbed default run and FCFS a fcfs+lru run")
@@ -275,20 +301,28 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path} is not a null run of the default")
         nulls[d["null"]] = ratios(d["rows"])
     b, f = ratios(base["rows"]), ratios(fcfs["rows"])
-    try:
-        if a.cmd == "calibrate":
+    if a.cmd == "calibrate":
+        try:
             print("\n".join(calibrate_lines(b, f, nulls)))
-            return 0
+        except ValueError as e:
+            ap.error(str(e))
+        return 0
+    return judge_lines(ap, b, f, nulls, load(a.cand))
+
+
+def judge_lines(ap: argparse.ArgumentParser, b: dict, f: dict, nulls: dict, cand: dict) -> int:
+    """`judge`'s verdict: the nulls must give the frozen thresholds; then the candidate's
+    moves against the base and the calibrated rule. 0 if it passes, 1 if rejected."""
+    try:
         tm, tl, _ = pc.afs_noise_thresholds(b, nulls, f)
     except ValueError as e:
         ap.error(str(e))
     if (round(tm, 4), tl) != (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS):
         ap.error(f"the nulls give thresholds {tm:.4f} / {tl}, not the frozen "
                  f"{pc.AFS_NOISE_MEAN_LOG} / {pc.AFS_NOISE_GOAL_LOSS} (z {pc.AFS_NOISE_Z})")
-    cand = load(a.cand)
     s = null_stats(b, ratios(cand["rows"]), f)
-    print(STATS_HEAD + "\n|---|---|---|---|---|---|---|---|\n"
-          + stats_row(json.dumps(cand["defaults"]), s))
+    label = json.dumps(cand["defaults"]) if cand.get("defaults") else cand.get("config", "-")
+    print(STATS_HEAD + "\n|---|---|---|---|---|---|---|---|\n" + stats_row(label, s))
     ok, lines = pc.afs_noise_veto(b, ratios(cand["rows"]), f)
     print("\n".join(lines))
     return 0 if ok else 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -236,3 +237,29 @@ def test_the_session_32_calibration_gives_the_frozen_thresholds(mods):
     rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
     assert rejects == 9
     assert pc.afs_noise_veto(base, base, fcfs)[0]
+
+
+def test_judge_saved_reads_a_committed_calibration(mods, tmp_path, capsys):
+    """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s32.json's base,
+    fcfs+lru and nulls. The base itself passes (rc 0); every ratio 6% higher fails the
+    mean threshold (rc 1). `run --policy` names a bad spec before running anything."""
+    _, noise = mods
+    runs, _ = _calibration("afs_noise_s32.json")
+
+    def cand(scale: float) -> Path:
+        rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x * scale}
+                for k, x in runs["base"].items()]
+        path = tmp_path / f"cand{scale}.json"
+        path.write_text(json.dumps({"defaults": None, "null": None,
+                                    "config": "workflow+graph[spread=1]", "rows": rows}))
+        return path
+
+    saved = str(Path(__file__).parent / "afs_noise_s32.json")
+    assert noise.main(["judge-saved", saved, str(cand(1.0))]) == 0
+    assert "the calibrated AFS veto: passes" in capsys.readouterr().out
+    assert noise.main(["judge-saved", saved, str(cand(1.06))]) == 1
+    out = capsys.readouterr().out
+    assert "workflow+graph[spread=1]" in out and "the calibrated AFS veto: rejected" in out
+    with pytest.raises(SystemExit):
+        noise.main(["run", str(tmp_path / "x.json"), "--seeds", "102", "--policy", "nope[a=1]"])
+    assert "nope" in capsys.readouterr().err
