@@ -1,0 +1,184 @@
+"""Round 37's question (issue 10, session 32): how wrong is the gain side of today's default
+swap? `readmit_charge` "room_returns_queue" (kvsaga/scheduler/room_swap.py) swaps a refused,
+demoted step in only where its own forecast wait for the room it lacks (`_swap_gain_s`, the
+restarted leave forecast) exceeds its victims' forecast waits plus `PRICED_MARGIN` times their
+recomputation. Round 36's probe (bench/scheduling_queue_leave.py) showed the victim side does
+not decide; this one measures the gain forecast against the wait the step actually had. A
+diagnosis on the default's own run; it changes and judges nothing.
+
+    python bench/scheduling_gain_error.py [--points bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5]
+        [--seeds 101,...,106] [--alone-seeds 102,...,109]
+
+At every swap priced (`RoomSwap._swap_pays_queue`) the probe records the step, the time, the
+forecast gain and the overshoot; when the step is admitted (`LeaveForecast._step_admitted`)
+each of its pricings gets its actual wait: the admission's time less the pricing's. The
+ratio is forecast / actual (above 1: the forecast overstates the wait the swap would save).
+Left out, and counted: pricings of a step later swapped in (its actual wait is cut short by
+the swap itself, so it is not the wait for room: censored), pricings with an inf gain (no
+step cycle seen yet: the rule refuses them whatever the error), pricings whose step was
+admitted at the pricing's own time (actual 0: the ratio is undefined) and steps never
+admitted in the run. Per run and pooled (by point, by workflow, by the overshoot's share of
+the tiers at the pricing): pricings kept, steps, the ratio's median, p10 and p90 and the
+share of pricings overstated (ratio > 1), and the same median over each step's first
+pricing alone. `--points` are grid points of bench/scheduling.py on `--seeds` (the whole
+GPU); `--alone-seeds` the noisy mix's heavy tenant ("a") alone on half the GPU at 50%, the
+run the AFS veto divides by (as bench/scheduling_swap_alone.py builds it). Deterministic
+(the simulator's clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+
+from scheduling_swap_alone import alone_config, point_config
+
+import kvsaga.scheduler.leave_forecast as leave_forecast
+import kvsaga.scheduler.room_swap as room_swap
+from kvsaga.sim.metrics import tenant_key
+from kvsaga.sim.simulator import Simulator
+
+DEFAULT = {"readmit_charge": "room_returns_queue"}
+# The overshoot's share of the tiers at a pricing (reporting buckets, not a tuned constant).
+PRESSURE = ((0.0, 0.05), (0.05, 0.2), (0.2, math.inf))
+
+
+def probe(own: list, cfg) -> dict:
+    """Run `own` under `cfg` with the swap pricing and the admissions spied on; return the
+    run's mean TCT, its counts and the kept pricings as dicts (`ratio`, `first`, `workflow`,
+    `share`, `gain`, `actual`)."""
+    priced: list[dict] = []
+    by_req: dict[int, list[dict]] = {}
+    reqs: dict[int, object] = {}  # keeps each priced request alive (its id stays unique)
+    swapped: set[int] = set()
+    pays = room_swap.RoomSwap._swap_pays_queue
+    admitted = leave_forecast.LeaveForecast._step_admitted
+
+    def pays_spy(self, req, lookup, victims, over, now):
+        got = pays(self, req, lookup, victims, over, now)
+        rec = {"now": now, "gain": self._swap_gain_s(over, now), "workflow": req.workflow,
+               "share": max(over, 0.0) / (self.overcommit * self.capacity), "actual": None}
+        priced.append(rec)
+        reqs[id(req)] = req
+        by_req.setdefault(id(req), []).append(rec)
+        if got:
+            swapped.add(id(req))
+        return got
+
+    def admitted_spy(self, req, now):
+        for rec in by_req.get(id(req), ()):
+            if rec["actual"] is None:
+                rec["actual"] = now - rec["now"]
+        admitted(self, req, now)
+
+    room_swap.RoomSwap._swap_pays_queue = pays_spy
+    leave_forecast.LeaveForecast._step_admitted = admitted_spy
+    try:
+        row = Simulator(own, cfg).run().to_dict()
+    finally:
+        room_swap.RoomSwap._swap_pays_queue = pays
+        leave_forecast.LeaveForecast._step_admitted = admitted
+    kept: list[dict] = []
+    out = {"tct_mean_s": row["tct_mean_s"], "priced": len(priced), "swapped": 0, "inf": 0,
+           "zero": 0, "never": 0, "steps": 0}
+    for rid, recs in by_req.items():
+        if rid in swapped:
+            out["swapped"] += len(recs)
+            continue
+        first = True
+        for rec in recs:
+            if rec["actual"] is None:
+                out["never"] += 1
+            elif not math.isfinite(rec["gain"]):
+                out["inf"] += 1
+            elif rec["actual"] <= 0.0:
+                out["zero"] += 1
+            else:
+                kept.append({**rec, "ratio": rec["gain"] / rec["actual"], "first": first})
+                out["steps"] += first
+                first = False
+    out["kept"] = kept
+    return out
+
+
+def _q(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(int(q * len(xs)), len(xs) - 1)]
+
+
+def summary(kept: list[dict]) -> str:
+    """'pricings | steps | median | p10 | p90 | overstated | first pricings' median'."""
+    if not kept:
+        return "0 | 0 | - | - | - | - | -"
+    r = [k["ratio"] for k in kept]
+    first = [k["ratio"] for k in kept if k["first"]]
+    over = sum(x > 1.0 for x in r) / len(r)
+    return (f"{len(r)} | {len(first)} | {statistics.median(r):.2f} | {_q(r, 0.1):.2f} | "
+            f"{_q(r, 0.9):.2f} | {over:.0%} | "
+            f"{statistics.median(first) if first else math.nan:.2f}")
+
+
+HEAD = ("pricings kept | steps | ratio median | p10 | p90 | overstated (ratio > 1) | "
+        "first pricing's median")
+
+
+def line(label: str, p: dict) -> str:
+    return (f"| {label} | {p['priced']} | {p['swapped']} / {p['inf']} / {p['zero']} / "
+            f"{p['never']} | {summary(p['kept'])} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
+                    help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
+    ap.add_argument("--seeds", default="101,102,103,104,105,106")
+    ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
+                    help="'' for none")
+    a = ap.parse_args(argv)
+    points = []
+    for p in filter(None, a.points.split(";")):
+        family, load, frac = p.split(",")
+        points.append((family, float(load), float(frac)))
+    print(f"| run | swaps priced | left out: swapped in / gain inf / actual 0 / never "
+          f"admitted | {HEAD} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    runs: list[tuple[str, list[dict]]] = []
+    for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
+        for point in points:
+            own, cfg = point_config(point, seed, DEFAULT)
+            group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
+            p = probe(own, cfg)
+            runs.append((group, p["kept"]))
+            print(line(f"{group} seed {seed}", p), flush=True)
+    for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
+        sessions, cfg = alone_config("noisy", seed, 0.5, DEFAULT)
+        own = [s for s in sessions if tenant_key(s.tenant) == "a"]
+        p = probe(own, cfg)
+        runs.append(("noisy tenant a alone 50%", p["kept"]))
+        print(line(f"noisy tenant a alone 50% seed {seed}", p), flush=True)
+    print()
+    print(f"| pooled over seeds | {HEAD} |")
+    print("|---|---|---|---|---|---|---|---|")
+    groups: dict[str, list[dict]] = {}
+    for g, kept in runs:
+        groups.setdefault(g, []).extend(kept)
+    for g, kept in groups.items():
+        print(f"| {g} | {summary(kept)} |")
+    for g, kept in groups.items():
+        flows: dict[str, list[dict]] = {}
+        for k in kept:
+            flows.setdefault(k["workflow"], []).append(k)
+        for w in sorted(flows):
+            print(f"| {g}, workflow {w} | {summary(flows[w])} |")
+    for g, kept in groups.items():
+        for lo, hi in PRESSURE:
+            sel = [k for k in kept if lo <= k["share"] < hi]
+            print(f"| {g}, overshoot {lo:.0%}-{hi:.0%} of the tiers | {summary(sel)} |"
+                  .replace("-inf%", "+"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

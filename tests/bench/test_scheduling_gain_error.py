@@ -1,0 +1,68 @@
+"""bench/scheduling_gain_error.py observes without changing: the default's run with its swap
+pricing and admissions spied on gives the very row it gives unspied, every pricing is kept
+or counted as left out, the ratios are the forecasts over the actual waits, and the spies
+are removed after."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def mod():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_gain_error
+        yield scheduling_gain_error
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_probe_changes_nothing_and_accounts_for_every_pricing(mod):
+    import kvsaga.scheduler.leave_forecast as leave_forecast
+    import kvsaga.scheduler.room_swap as room_swap
+    from kvsaga.sim.simulator import Simulator
+    pays = room_swap.RoomSwap._swap_pays_queue
+    admitted = leave_forecast.LeaveForecast._step_admitted
+    own, cfg = mod.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
+    plain = Simulator(own, cfg).run().to_dict()
+    p = mod.probe(own, cfg)
+    assert room_swap.RoomSwap._swap_pays_queue is pays
+    assert leave_forecast.LeaveForecast._step_admitted is admitted
+    assert p["tct_mean_s"] == plain["tct_mean_s"]
+    kept = p["kept"]
+    assert p["priced"] > 0 and p["swapped"] > 0 and kept
+    assert len(kept) + p["swapped"] + p["inf"] + p["zero"] + p["never"] == p["priced"]
+    assert p["steps"] == sum(k["first"] for k in kept) > 0
+    for k in kept:
+        assert k["actual"] > 0 and math.isfinite(k["gain"])
+        assert k["ratio"] == pytest.approx(k["gain"] / k["actual"])
+        assert k["share"] > 0
+
+
+def test_summary_reads_the_ratios():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scheduling_gain_error as m
+    finally:
+        sys.path.remove(str(BENCH))
+    kept = [{"ratio": r, "first": f} for r, f in ((0.5, True), (2.0, False), (4.0, True))]
+    assert m.summary(kept) == "3 | 2 | 2.00 | 0.50 | 4.00 | 67% | 2.25"
+    assert m.summary([]) == "0 | 0 | - | - | - | - | -"
+
+
+def test_main_prints_one_row_a_run_and_the_pooled_tables(mod, capsys):
+    assert mod.main(["--points", "bfcl,1,0.5", "--seeds", "104", "--alone-seeds", ""]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | swaps priced |") and out[2].startswith(
+        "| bfcl 1x 50% seed 104 |")
+    assert "| bfcl 1x 50%, workflow bfcl |" in "\n".join(out)
+    assert sum("overshoot" in x for x in out) == 3
+    with pytest.raises(ValueError):
+        mod.main(["--points", "bfcl,1", "--alone-seeds", ""])
