@@ -155,6 +155,21 @@ constant. Outcome (fit seeds 101-106; AFS fit seeds 102-109): every figure equal
 default's; at the default's swaps it changed 5,235 of 15,049 forecasts and no decision (the
 steps ahead stay 4-15 s, medians, longer than the gain): not chosen. Opt-in;
 docs/scheduler.md, "Round 36".
+
+"room_returns_queue_corrected" (session 32, `--fit` round 37): "room_returns_queue" whose gain
+is corrected online by the scheduler's own observed error of it (`_gain_factor`). At the
+default's swaps the gain forecast read against the wait the refused step actually had for
+its room (`bench/scheduling_gain_error.py`, fit seeds) is off by a per-run factor: its ratio's
+median 2.7-3.3 at bfcl 1x 50% and 2x 50% (the pool clears faster than forecast, round 35's
+finding), about 1 at bfcl 1x 25%, 0.77 in the noisy mix's heavy tenant alone on half the GPU;
+with a wide spread inside every run (p10 0.07-0.23, p90 6.6-34). Every step priced and refused
+records each pricing's (time, forecast gain); when the step is admitted otherwise than by a
+swap, the mean over its pricings of ln(actual wait / forecast) is one observation of its
+workflow (`_gain_errors`); a step later swapped in is not observed (its wait was cut short by
+the swap: censored). The factor is exp(sum / (n + 1)): the geometric mean of actual / forecast
+shrunk toward 1 by one pseudo-observation of no error (the convention of
+`SessionLengths`' one prior session), its workflow's until it has one, else the pooled one;
+1 before any. No constant fitted. Both executors learn it on their own clocks.
 """
 
 from __future__ import annotations
@@ -165,6 +180,7 @@ from typing import Any
 
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.admission_order import order_key
+from kvsaga.scheduler.leave_forecast import _Means
 from kvsaga.scheduler.working_set import working_set_blocks
 
 READMIT_ROOM_RANKED = "room_ranked"
@@ -196,12 +212,16 @@ READMIT_ROOM_RETURNS_QUEUE_SEEN = "room_returns_queue_seen"
 # in the queue's order as room frees and leaves its expected remaining steps times its
 # workflow's learned cycle later, by the same leave forecast (`_victim_wait_leave_s`).
 READMIT_ROOM_RETURNS_QUEUE_LEAVE = "room_returns_queue_leave"
+# "room_returns_queue_corrected" (session 32, `--fit` round 37): "room_returns_queue" with the
+# gain times the scheduler's own observed error of it, shrunk toward 1 (`_gain_factor`).
+READMIT_ROOM_RETURNS_QUEUE_CORRECTED = "room_returns_queue_corrected"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
                      READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
-                     READMIT_ROOM_RETURNS_QUEUE_LEAVE)
+                     READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED)
 READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
-                               READMIT_ROOM_RETURNS_QUEUE_LEAVE)
+                               READMIT_ROOM_RETURNS_QUEUE_LEAVE,
+                               READMIT_ROOM_RETURNS_QUEUE_CORRECTED)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -214,6 +234,38 @@ PRICED_MARGIN = 2.0
 
 class RoomSwap:
     """"room_ranked" / "room_overdue" (see the module docstring)."""
+
+    def _init_room_swap(self) -> None:
+        # "room_returns_queue_corrected": per waiting step refused by the priced swap, the
+        # request and its pricings' (time, forecast gain); per workflow and pooled, the
+        # observed ln(actual wait / forecast gain) (`_gain_factor`).
+        self._gain_priced: dict[str, tuple[Any, list[tuple[float, float]]]] = {}
+        self._gain_errors = _Means()
+
+    def _step_admitted(self, req: Any, now: float) -> None:
+        """A refused step priced by the swap (`_gain_priced`), admitted now otherwise than
+        by a swap (a swap drops its record first), gives one observation of the gain
+        forecast's error: the mean over its pricings of ln(the wait it had from the
+        pricing to now / the gain forecast then); pricings at `now` itself are left out
+        (no wait to compare)."""
+        rec = self._gain_priced.pop(req.session_id, None)
+        if rec is not None and rec[0] is req:
+            logs = [math.log((now - t) / g) for t, g in rec[1] if now > t]
+            if logs:
+                self._gain_errors.observe(req.workflow, sum(logs) / len(logs))
+        super()._step_admitted(req, now)
+
+    def _session_left(self, sid: str) -> None:
+        self._gain_priced.pop(sid, None)
+        super()._session_left(sid)
+
+    def _gain_factor(self, workflow: str) -> float:
+        """"room_returns_queue_corrected": the factor the gain forecast is multiplied by:
+        exp(sum / (n + 1)) over the observed ln(actual / forecast) of `workflow` (the
+        pooled ones until it has its own; 1 before any): their geometric mean shrunk toward
+        no correction by one pseudo-observation of none."""
+        s = self._gain_errors.sums.get(workflow) or self._gain_errors.sums.get(None)
+        return 1.0 if not s else math.exp(s[0] / (s[1] + 1))
 
     def _swap_victims(self, req: Any, lookup: Any, now: float) -> list[str] | None:
         """The paused admitted sessions the shrink would demote, in its order, once demoted
@@ -499,9 +551,29 @@ class RoomSwap:
         be admitted again seen so far (`_readmit_waits`, round 30's measure of it; none
         seen yet, no swap). Why: where the pool clears fast the forecast gain overstates
         what a swap saves (bfcl 1x 50% and 2x 50%, fit seeds, round 34's swaps: forecast
-        gain medians 1.3-2.6 s against seen waits 0.1-0.6 s)."""
+        gain medians 1.3-2.6 s against seen waits 0.1-0.6 s).
+
+        "room_returns_queue_corrected": the gain times `_gain_factor` (the forecast's own
+        error observed so far on this trace). Every value records the refused pricings
+        (`_gain_priced`) and learns the error at their admissions (`_step_admitted`)."""
         self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
         gain = self._swap_gain_s(over, now)
+        got = self._swap_pays_gain(req, victims, over, now, gain)
+        sid = req.session_id
+        if got:
+            self._gain_priced.pop(sid, None)  # censored: the swap cuts its wait short
+        elif math.isfinite(gain) and gain > 0.0:
+            rec = self._gain_priced.get(sid)
+            if rec is None or rec[0] is not req:
+                rec = self._gain_priced[sid] = (req, [])
+            rec[1].append((now, gain))
+        return got
+
+    def _swap_pays_gain(self, req: Any, victims: list[str], over: float, now: float,
+                        gain: float) -> bool:
+        """`_swap_pays_queue`'s rule for the forecast `gain`."""
+        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_CORRECTED:
+            gain *= self._gain_factor(req.workflow)
         if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_SEEN:
             seen = self._readmit_waits.mean(None)
             if seen is None:

@@ -169,7 +169,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             at most the mean wait to be admitted again seen so far; session 31),
             "room_returns_queue_leave" (its victims' forecast waits let the steps queued
             ahead of them leave again, each its expected stay after its admission;
-            session 32, round 36).
+            session 32, round 36), "room_returns_queue_corrected" (its gain times the
+            scheduler's own observed error of it, shrunk toward 1; session 32, round 37).
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
@@ -318,6 +319,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         self._return_lost, self._return_count = 0.0, 0  # ... and their lost shares
         self._ends_since, self._ended_blocks = None, 0  # "cost_ends": contexts that ended
         self._init_leave_forecast()  # "cost_leave": `LeaveForecast`
+        self._init_room_swap()  # "room_returns_queue_corrected": `RoomSwap`
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
                                    tail_wait_factor, readmit_order, readmit_cost)
         weights = dict(tenant_weights or {})

@@ -576,7 +576,8 @@ def test_room_returns_stay_parity_where_it_admits(tiny_model_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("charge", ["room_returns_queue", "room_returns_queue_seen",
-                                    "room_returns_queue_leave"])
+                                    "room_returns_queue_leave",
+                                    "room_returns_queue_corrected"])
 def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, charge):
     """`readmit_charge` "room_returns_queue" (round 34, kvsaga/scheduler/room_swap.py) on
     `stream_held()`, as the other priced swaps' parity tests: the margin is 0, so a swap
@@ -595,7 +596,14 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, 
     swap, so each executor's scheduler starts with one wait of 1 s seen, and the bounded
     value then decides as the other. "room_returns_queue_leave" (session 32: the steps
     queued ahead of a victim leave again in its forecast) reads the same waits here (no
-    step sorts ahead of s2) and is checked alike, its own forecast spied."""
+    step sorts ahead of s2) and is checked alike, its own forecast spied.
+    "room_returns_queue_corrected" (session 32: the gain times the scheduler's observed error
+    of it, learned on each executor's own clock) is checked alike: here no pricing is
+    refused at a finite gain, so nothing is learned in either executor; each scheduler starts
+    with one error of 1/4 observed (a factor of 1/2, applied at every pricing in both), and
+    a swap priced with a finite gain and its victims' waits at 0 against a margin of 0 is
+    made whatever the positive factor, so the decisions are round 34's. Learning from
+    refusals is the unit tests' (tests/scheduler/test_room_returns_queue_corrected.py)."""
     import kvsaga.scheduler.room_swap as room_swap
     answers: list[bool] = []
     priced: list[tuple[bool, bool, bool]] = []
@@ -615,7 +623,8 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, 
         waits = [wait(req, v, victims, over, now) for v in victims]
         gain = self._swap_gain_s(over, now)
         priced.append((got, math.isfinite(gain), all(w == 0.0 for w in waits),
-                       self._readmit_waits.mean(None) is not None))
+                       self._readmit_waits.mean(None) is not None,
+                       len(self._gain_priced), self._gain_factor(req.workflow)))
         return got
 
     monkeypatch.setattr(room_swap.RoomSwap, "_readmits_swap", rule_spy)
@@ -628,15 +637,24 @@ def test_room_returns_queue_parity_where_it_admits(tiny_model_dir, monkeypatch, 
             init(self)
             self._readmit_waits.observe(None, 1.0)
         monkeypatch.setattr(leave_forecast.LeaveForecast, "_init_leave_forecast", init_seen)
+    if charge == "room_returns_queue_corrected":
+        init_swap = room_swap.RoomSwap._init_room_swap
+
+        def init_error(self):
+            init_swap(self)
+            self._gain_errors.observe(None, math.log(0.25))
+        monkeypatch.setattr(room_swap.RoomSwap, "_init_room_swap", init_error)
     run = held_swap_run(tiny_model_dir, monkeypatch, charge, [answers, priced],
                         {"admission_order": "predicted", "readmit_order": "first"})
     sim_answers, sim_priced = run.sim_records
     assert run.counts["demoted"] >= 2
     assert {True, False} <= set(sim_answers)
-    assert sim_priced and any(got for got, _, _, _ in sim_priced)
-    assert all(finite and zero for got, finite, zero, _ in sim_priced if got)
+    assert sim_priced and any(got for got, *_ in sim_priced)
+    assert all(finite and zero for got, finite, zero, *_ in sim_priced if got)
     if charge == "room_returns_queue_seen":
-        assert all(seen for got, _, _, seen in sim_priced if got)
+        assert all(seen for got, _, _, seen, *_ in sim_priced if got)
+    if charge == "room_returns_queue_corrected":
+        assert all(f == pytest.approx(0.5) for *_, f in sim_priced)
     assert answers == sim_answers and priced == sim_priced
     answers.clear()
     assert_admits_every_step(run)

@@ -32,9 +32,9 @@ Q = READMIT_ROOM_RETURNS_QUEUE
 L = READMIT_ROOM_RETURNS_QUEUE_LEAVE
 
 
-def test_leave_is_the_last_swap_value():
-    assert L == "room_returns_queue_leave" and READMIT_ROOM_SWAP[-1] == L
-    assert READMIT_ROOM_RETURNS_QUEUES == (Q, "room_returns_queue_seen", L)
+def test_leave_follows_the_seen_value():
+    assert L == "room_returns_queue_leave" and READMIT_ROOM_SWAP[-2] == L
+    assert READMIT_ROOM_RETURNS_QUEUES[:3] == (Q, "room_returns_queue_seen", L)
 
 
 def _times(s, leave_at, stay):
