@@ -338,6 +338,18 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # 15,049 and no decision: the steps ahead stay 4-15 s (medians), longer than the gain. Not
 # chosen; the fresh seeds were not run (RESULTS "The AFS veto recalibrated on round 34's
 # default ...").
+# Round 37 (issue 10, the sched lane of session 32; committed before it ran, after the code):
+# PREVIOUS is still round 34's pick ("room_returns_queue"). Round 36 found the victim side
+# decides nothing; the gain (the refused step's own forecast wait for its room) was measured
+# against the wait it actually had (`bench/scheduling_gain_error.py`, fit seeds 101-106 and
+# AFS fit seeds 102-109, steps later swapped in left out as censored): forecast / actual
+# median 3.26 at bfcl 1x 50% and 2.68 at 2x 50%, 1.03 at 1x 25%, 0.77 in the noisy mix's
+# heavy tenant alone on half the GPU; p10 0.07-0.23, p90 6.6-34 (overstated at small
+# overshoots, understated at large ones). `readmit_charge` "room_returns_queue_corrected"
+# (`RoomSwap._gain_factor`) multiplies the gain by the scheduler's own observed error of it,
+# learned online per workflow and shrunk toward 1 by one pseudo-observation of none; no
+# constant fitted. The fresh seeds are run only if this round changes the default
+# (scheduling 155, 156; AFS 157, 158).
 FIT_GRID = [
-    {"readmit_charge": "room_returns_queue_leave"},
+    {"readmit_charge": "room_returns_queue_corrected"},
 ]
