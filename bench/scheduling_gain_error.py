@@ -7,7 +7,7 @@ not decide; this one measures the gain forecast against the wait the step actual
 diagnosis on the default's own run; it changes and judges nothing.
 
     python bench/scheduling_gain_error.py [--points bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5]
-        [--seeds 101,...,106] [--alone-seeds 102,...,109]
+        [--seeds 101,...,106] [--alone-seeds 102,...,109] [--params JSON]
 
 At every swap priced (`RoomSwap._swap_pays_queue`) the probe records the step, the time, the
 forecast gain and the overshoot; when the step is admitted (`LeaveForecast._step_admitted`)
@@ -20,15 +20,19 @@ admitted at the pricing's own time (actual 0: the ratio is undefined) and steps 
 admitted in the run. Per run and pooled (by point, by workflow, by the overshoot's share of
 the tiers at the pricing): pricings kept, steps, the ratio's median, p10 and p90 and the
 share of pricings overstated (ratio > 1), and the same median over each step's first
-pricing alone. `--points` are grid points of bench/scheduling.py on `--seeds` (the whole
-GPU); `--alone-seeds` the noisy mix's heavy tenant ("a") alone on half the GPU at 50%, the
-run the AFS veto divides by (as bench/scheduling_swap_alone.py builds it). Deterministic
-(the simulator's clock).
+pricing alone; per run also the swaps made and the factor the scheduler learned from the
+same errors by the end (`RoomSwap._gain_factor`, pooled: what "room_returns_queue_corrected"
+multiplies the gain by; every value learns it). `--params`: the scheduler parameters of the
+run probed (default: today's default). `--points` are grid points of bench/scheduling.py on
+`--seeds` (the whole GPU); `--alone-seeds` the noisy mix's heavy tenant ("a") alone on half
+the GPU at 50%, the run the AFS veto divides by (as bench/scheduling_swap_alone.py builds
+it). Deterministic (the simulator's clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -50,6 +54,7 @@ def probe(own: list, cfg) -> dict:
     run's mean TCT, its counts and the kept pricings as dicts (`ratio`, `first`, `workflow`,
     `share`, `gain`, `actual`)."""
     priced: list[dict] = []
+    made = 0
     by_req: dict[int, list[dict]] = {}
     reqs: dict[int, object] = {}  # keeps each priced request alive (its id stays unique)
     swapped: set[int] = set()
@@ -64,6 +69,8 @@ def probe(own: list, cfg) -> dict:
         reqs[id(req)] = req
         by_req.setdefault(id(req), []).append(rec)
         if got:
+            nonlocal made
+            made += 1
             swapped.add(id(req))
         return got
 
@@ -76,13 +83,15 @@ def probe(own: list, cfg) -> dict:
     room_swap.RoomSwap._swap_pays_queue = pays_spy
     leave_forecast.LeaveForecast._step_admitted = admitted_spy
     try:
-        row = Simulator(own, cfg).run().to_dict()
+        sim = Simulator(own, cfg)
+        row = sim.run().to_dict()
+        factor = sim.scheduler._gain_factor(None)
     finally:
         room_swap.RoomSwap._swap_pays_queue = pays
         leave_forecast.LeaveForecast._step_admitted = admitted
     kept: list[dict] = []
     out = {"tct_mean_s": row["tct_mean_s"], "priced": len(priced), "swapped": 0, "inf": 0,
-           "zero": 0, "never": 0, "steps": 0}
+           "zero": 0, "never": 0, "steps": 0, "made": made, "factor": factor}
     for rid, recs in by_req.items():
         if rid in swapped:
             out["swapped"] += len(recs)
@@ -125,8 +134,9 @@ HEAD = ("pricings kept | steps | ratio median | p10 | p90 | overstated (ratio > 
 
 
 def line(label: str, p: dict) -> str:
-    return (f"| {label} | {p['priced']} | {p['swapped']} / {p['inf']} / {p['zero']} / "
-            f"{p['never']} | {summary(p['kept'])} |")
+    return (f"| {label} | {p['priced']} | {p['made']} | {p['swapped']} / {p['inf']} / "
+            f"{p['zero']} / {p['never']} | {summary(p['kept'])} | {p['factor']:.2f} | "
+            f"{p['tct_mean_s']:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,24 +146,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="101,102,103,104,105,106")
     ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
                     help="'' for none")
+    ap.add_argument("--params", default=json.dumps(DEFAULT),
+                    help="scheduler parameters of the run probed (JSON)")
     a = ap.parse_args(argv)
+    params = json.loads(a.params)
     points = []
     for p in filter(None, a.points.split(";")):
         family, load, frac = p.split(",")
         points.append((family, float(load), float(frac)))
-    print(f"| run | swaps priced | left out: swapped in / gain inf / actual 0 / never "
-          f"admitted | {HEAD} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| run | swaps priced | made | left out: swapped in / gain inf / actual 0 / never "
+          f"admitted | {HEAD} | learned factor at the end | mean TCT s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs: list[tuple[str, list[dict]]] = []
     for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
         for point in points:
-            own, cfg = point_config(point, seed, DEFAULT)
+            own, cfg = point_config(point, seed, params)
             group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
             p = probe(own, cfg)
             runs.append((group, p["kept"]))
             print(line(f"{group} seed {seed}", p), flush=True)
     for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
-        sessions, cfg = alone_config("noisy", seed, 0.5, DEFAULT)
+        sessions, cfg = alone_config("noisy", seed, 0.5, params)
         own = [s for s in sessions if tenant_key(s.tenant) == "a"]
         p = probe(own, cfg)
         runs.append(("noisy tenant a alone 50%", p["kept"]))

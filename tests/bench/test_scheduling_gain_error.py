@@ -44,6 +44,22 @@ def test_the_probe_changes_nothing_and_accounts_for_every_pricing(mod):
         assert k["actual"] > 0 and math.isfinite(k["gain"])
         assert k["ratio"] == pytest.approx(k["gain"] / k["actual"])
         assert k["share"] > 0
+    assert p["made"] > 0 and p["factor"] > 0
+
+
+def test_the_scheduler_learns_what_the_probe_measures(mod):
+    """The factor every value learns (`RoomSwap._gain_factor`) is exp(sum / (n + 1)) over
+    one observation a step: the mean ln(actual / forecast) over its kept pricings, the
+    inverse of the probe's ratios (no kept gain is 0 here)."""
+    own, cfg = mod.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
+    p = mod.probe(own, cfg)
+    steps: list[list[float]] = []
+    for k in p["kept"]:
+        if k["first"]:
+            steps.append([])
+        steps[-1].append(-math.log(k["ratio"]))
+    total = sum(sum(x) / len(x) for x in steps)
+    assert p["factor"] == pytest.approx(math.exp(total / (len(steps) + 1)))
 
 
 def test_summary_reads_the_ratios():
@@ -63,6 +79,7 @@ def test_main_prints_one_row_a_run_and_the_pooled_tables(mod, capsys):
     assert out[0].startswith("| run | swaps priced |") and out[2].startswith(
         "| bfcl 1x 50% seed 104 |")
     assert "| bfcl 1x 50%, workflow bfcl |" in "\n".join(out)
+    assert out[2].count("|") == 14
     assert sum("overshoot" in x for x in out) == 3
     with pytest.raises(ValueError):
         mod.main(["--points", "bfcl,1", "--alone-seeds", ""])
