@@ -546,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-json", default=None,
                    help="re-render the section from a saved bench/plots/policies.json "
                         "(with --tune: policies_tune.json)")
+    p.add_argument("--rewalk", action="store_true",
+                   help="with --tune --from-json: rerun the walk through issue 10's checks "
+                        "on the saved rows (no tuning simulation), and save it")
     p.add_argument("--reference", action="store_true",
                    help="offline references and policies against the exhaustive optimum "
                         "on tiny traces")
@@ -555,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also judge each pressured case by its mean over five pool sizes "
                         "within +-2%% (bench/policies_smooth.py); with --tune, pick on that")
     args = p.parse_args(argv)
+    if args.rewalk and not (args.tune and args.from_json):
+        p.error("--rewalk reruns a saved tuning's walk: it needs --tune and --from-json")
     names = tuple(dict.fromkeys(FAMILIES + TRACES)) if args.tune else TRACES  # swe once
     traces = [t for t in (args.traces or ",".join(names)).split(",") if t]
     for t in traces:

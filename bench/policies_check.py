@@ -11,18 +11,25 @@ constants; nothing else changes) and runs that check, so both arms can be specs:
         --against 'graph[demoted_mean=0]'
 
 The AFS veto (`--afs`, or after the non-thrash check when neither `--afs` nor
-`--non-thrash` is given) is the one issue 10's scheduler fit applies to its candidates
-(docs/scheduling_fit_history.md, rounds 10-13): the rows of `bench/scheduling_mix.py
---report` with the candidate as the default policy against those with the incumbent. Only
-the default's own rows are run (the mixes' `mix_tasks` at their report seeds, with
-fcfs+lru beside them; the AFS probe and the compute-share-off arm are diagnostics, not the
-goal), each arm the default scheduler with its policy. The candidate fails if any row's
-afs_max_slowdown_ratio, as the goals lines print it (two decimals), is higher than the
-incumbent's, and says which crossed issue 10's goal (<= 1.5) from met to missed. The
-lead's rule since the seventeenth session, after graph[demoted_mean=1] had passed the
-non-thrash check and moved the two-tenant mix at 50% from 1.44 to 1.59:
+`--non-thrash` is given) is the calibrated one issue 10's scheduler candidates take since
+session 26 (`calibrated_afs`): the 32 two-tenant cases on the AFS fit seeds 102-109 with the
+candidate as the default policy, judged by `afs_noise_veto` against the committed
+calibration of today's default (`AFS_CALIBRATION`; its base is rerun first and must
+reproduce, else the calibration is stale and the check refuses). Session 32 moved the
+policy checks onto it: until then a policy candidate took the any-rise veto below, which
+the null runs showed rejects changes that carry no information (9 of 11 nulls on today's
+default, tests/bench/afs_noise_s32.json), so it vetoed every tune pick since session 29.
 
-    python bench/policies_check.py --afs --policy 'graph[demoted_mean=1]' --against graph
+`--any-rise` runs that older veto instead, the lead's rule from the seventeenth session to
+session 31 (after graph[demoted_mean=1] had passed the non-thrash check and moved the
+two-tenant mix at 50% from 1.44 to 1.59): the rows of `bench/scheduling_mix.py --report`
+with the candidate as the default policy against those with the incumbent, only the
+default's own rows (the mixes' `mix_tasks` at their report seeds, with fcfs+lru beside
+them), failing if any row's afs_max_slowdown_ratio, as the goals lines print it (two
+decimals), is higher than the incumbent's:
+
+    python bench/policies_check.py --afs --any-rise --policy 'graph[demoted_mean=1]' \
+        --against graph
 
 The registration lives in this process and the workers it forks (the simulations are run
 by a process pool, which on Linux forks).
@@ -31,14 +38,20 @@ by a process pool, which on Linux forks).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 
 from policies import parse_spec  # bench/ is on the path when run as a script
 
 from kvsaga.policy import POLICIES
 
 AFS_GOAL = 1.5  # issue 10's AFS goal: the two-tenant mixes' afs_max_slowdown_ratio <= 1.5
+# The calibration the calibrated veto judges against (base, fcfs+lru and null ratios of
+# today's default on the AFS fit seeds), and those seeds.
+AFS_CALIBRATION = Path(__file__).resolve().parent.parent / "tests" / "bench" / "afs_noise_s32.json"
+AFS_FIT_SEEDS = (102, 103, 104, 105, 106, 107, 108, 109)
 
 
 def register(spec: str) -> str:
@@ -210,6 +223,49 @@ def afs_noise_veto(base: dict, cand: dict, fcfs: dict, *, mean_log_max: float | 
     return ok, lines
 
 
+def saved_calibration(path: Path = AFS_CALIBRATION) -> tuple[dict, dict, dict, str]:
+    """A committed calibration's base, fcfs+lru and null ratios (case -> ratio; the nulls
+    by name) and the base's config ("workflow+graph")."""
+    runs = json.loads(Path(path).read_text(encoding="utf-8"))["runs"]
+    got = {n: {tuple(k): x for k, x in r["ratios"]} for n, r in runs.items()}
+    nulls = {runs[n]["null"]: r for n, r in got.items() if n.startswith("null_")}
+    return got["base"], got["fcfs"], nulls, runs["base"]["config"]
+
+
+def calibrated_afs(policy: str, against: str, workers: int) -> tuple[bool, str]:
+    """The calibrated AFS veto of `policy` (a registered name or spec) as the default
+    eviction policy against `against`: both run on the 32 cases of `AFS_FIT_SEEDS` under the
+    workflow scheduler (`scheduling_veto_noise.run_rows`), `against`'s ratios must reproduce
+    the committed calibration's base (every case within `AFS_NOISE_MOVED` in log; the
+    calibration's nulls must give the frozen thresholds), then `afs_noise_veto`. Returns
+    (passes, the verdict in one line).
+
+    Raises:
+        ValueError: `against` is not the calibration's policy, or its run does not
+            reproduce the calibration's base (today's default has moved: recalibrate).
+    """
+    import scheduling_veto_noise as N  # it imports this module: loaded on use
+
+    base, fcfs, nulls, config = saved_calibration()
+    if config != f"workflow+{against}":
+        raise ValueError(f"the committed AFS calibration is of {config}, not workflow+{against}")
+    t_mean, t_loss, _ = afs_noise_thresholds(base, nulls, fcfs)
+    if (round(t_mean, 4), t_loss) != (AFS_NOISE_MEAN_LOG, AFS_NOISE_GOAL_LOSS):
+        raise ValueError(f"the committed calibration gives {t_mean:.4f} / {t_loss}, not the "
+                         f"frozen {AFS_NOISE_MEAN_LOG} / {AFS_NOISE_GOAL_LOSS}")
+    seeds = list(AFS_FIT_SEEDS)
+    rerun = N.ratios(N.run_rows(seeds, f"workflow+{against}", None, workers))
+    drift = [k for k in base if k not in rerun
+             or abs(math.log(rerun[k] / base[k])) >= AFS_NOISE_MOVED]
+    if drift or set(rerun) != set(base):
+        raise ValueError(f"workflow+{against} no longer reproduces the committed AFS "
+                         f"calibration's base ({len(drift)} of {len(base)} cases moved): "
+                         "recalibrate (bench/scheduling_veto_noise.py) before judging")
+    cand = N.ratios(N.run_rows(seeds, f"workflow+{policy}", None, workers))
+    ok, lines = afs_noise_veto(base, cand, fcfs)
+    return ok, "; ".join(lines[:2])
+
+
 def afs_check(policy: str, against: str, workers: int) -> int:
     """Run both arms' AFS rows, print them (scheduling_mix's per-tenant lines) and the
     veto's verdict; 1 if the candidate fails it."""
@@ -238,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--afs", action="store_true", help="the AFS veto alone")
     only.add_argument("--non-thrash", action="store_true", help="the non-thrash check alone")
+    p.add_argument("--any-rise", action="store_true",
+                   help="the AFS veto as it was until session 31 (any report row's ratio "
+                   "higher fails) instead of the calibrated one")
     args = p.parse_args(argv)
     try:
         policy, against = register(args.policy), register(args.against)
@@ -251,7 +310,18 @@ def main(argv: list[str] | None = None) -> int:
         rc = scheduling_fit.main(["--policy-check", against, "--policy", policy,
                                   "--workers", str(args.workers)])
     if not args.non_thrash:
-        rc = max(rc, afs_check(policy, against, args.workers))
+        if args.any_rise:
+            rc = max(rc, afs_check(policy, against, args.workers))
+        else:
+            try:
+                ok, verdict = calibrated_afs(policy, against, args.workers)
+            except ValueError as e:
+                print(f"calibrated AFS veto of {policy} against {against}: cannot judge: {e}")
+                return 2
+            print(f"calibrated AFS veto of {policy} against {against} (AFS fit seeds "
+                  f"{AFS_FIT_SEEDS[0]}-{AFS_FIT_SEEDS[-1]}, 32 cases): "
+                  f"{'passes' if ok else 'rejected'}: {verdict}")
+            rc = max(rc, 0 if ok else 1)
     return rc
 
 

@@ -176,6 +176,16 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     assert afs.calls == []  # a re-render runs no check
     again = capsys.readouterr().out
     assert "**vetoed by the AFS veto**" in again and "Pick after the checks: **`lru`**" in again
+    # --rewalk: the saved rows walked again through today's checks (none vetoes now)
+    afs.fails = set()
+    assert tune.tune(None, SimpleNamespace(from_json=str(tmp_path / "tune.json"), smooth=False,
+                                           workers=1, no_write=False, rewalk=True),
+                     [], [], [], [], "x") == 0
+    assert afs.calls and "walk through issue 10's checks was rerun" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["pick"] == "graph[spread=1]" and saved["rule_pick"] == "graph[spread=1]"
+    assert [w["vetoed_by"] for w in saved["vetting"]] == [None]
+    afs.calls.clear()
     # part of the fit set: no walk, nothing checked
     args.no_write = True
     assert tune.tune(None, args, ["swe"], [1], list(tokens), [0.3], "cmd") == 0
@@ -191,22 +201,26 @@ def policies_restored():
         del POLICIES[name]
 
 
-def test_the_real_checks_read_the_afs_rows_and_the_non_thrash_figures(monkeypatch,
-                                                                     policies_restored):
-    """`run_checks`' AFS veto fails a candidate worse at one default row (as printed, two
-    decimals) and says which crossed the goal; its non-thrash check asks for the recorded
+def test_the_real_checks_run_the_calibrated_afs_veto_and_the_non_thrash_figures(
+        monkeypatch, policies_restored):
+    """`run_checks`' AFS veto is the calibrated one (session 32): the incumbent's 32 cases
+    must reproduce the committed calibration's base, then the candidate is judged by
+    `afs_noise_veto` (a mean shift past the frozen band fails; its figures say so); a base
+    that no longer reproduces refuses to judge. Its non-thrash check asks for the recorded
     slack against the given policy and fails on any figure it returns."""
     tune = load("policies_tune")
-    scheduling, fit = load("scheduling"), load("scheduling_fit")
-    ratio = {"graph": 1.47, "saga": 1.47, "lru": 1.67}
+    fit, check, noise = load("scheduling_fit"), load("policies_check"), load(
+        "scheduling_veto_noise")
+    base, _, _, _ = check.saved_calibration()
+    scale = {"graph": 1.0, "saga": 1.0, "lru": 1.06}
 
-    def fake_run(tasks, workers):
-        return [{"family": t[0], "seed": t[1], "frac": t[3], "scheduler": t[4],
-                 "policy": t[5], "afs_max_slowdown_ratio":
-                 (ratio[t[5]] if (t[0], t[1], t[3]) == ("noisy", 2, 0.5) else 1.2)
-                 if t[4] == scheduling.DEFAULT_SCHEDULER else 3.0} for t in tasks]
+    def fake_rows(seeds, config, null, workers):
+        assert list(seeds) == list(check.AFS_FIT_SEEDS) and null is None
+        k = scale[config.split("+", 1)[1]]
+        return [{"mix": m, "seed": sd, "frac": f, "ratio": x * k}
+                for (m, sd, f), x in base.items()]
 
-    monkeypatch.setattr(scheduling, "run", fake_run)
+    monkeypatch.setattr(noise, "run_rows", fake_rows)
     asked = []
 
     def fake_worse(params, workers, policy, against, slack):
@@ -218,8 +232,14 @@ def test_the_real_checks_read_the_afs_rows_and_the_non_thrash_figures(monkeypatc
     afs, nt = tune.run_checks(1)
     got = afs("lru", "graph")
     assert not got.passes and got.check == "AFS veto"
-    assert "worse at 1 of 8 rows, 1 met -> missed: noisy seed 2 50% 1.47 -> 1.67" in got.figures
+    assert "over 32 cases +0.0583 (at most 0.0283): fails" in got.figures
     assert afs("saga", "graph").passes
+    scale["graph"] = 1.01  # today's default no longer reproduces the calibration
+    with pytest.raises(ValueError, match="recalibrate"):
+        afs("saga", "graph")
+    scale["graph"] = 1.0
+    with pytest.raises(ValueError, match="not workflow\\+ttl"):
+        afs("saga", "ttl")
     got = nt("lru", "graph")
     assert not got.passes and "+4.6%" in got.figures
     assert asked == [(fit.PREVIOUS, "lru", "graph", tune.NON_THRASH_SLACK)]
