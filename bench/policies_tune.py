@@ -31,9 +31,10 @@ two-tenant mixes' 32 cases on the AFS fit seeds; until session 31 the any-rise v
 `bench/scheduling_mix.py --report`'s rows: no afs_max_slowdown_ratio worse, none met ->
 missed), as scheduler candidates pass both; otherwise the per-size pick saved in
 bench/plots/policies_tune.json stays (`smoothed_default`). The lead's rule, sixteenth
-session, after ttl had become the default on a tune over seeds 401, 402 only; the AFS veto added by the lead in the
-seventeenth, after graph[demoted_mean=1] had become the default on the non-thrash check
-alone and moved the two-tenant mix at 50% from 1.44 (met) to 1.59 (missed).
+session, after ttl had become the default on a tune over seeds 401, 402 only; the AFS veto
+added by the lead in the seventeenth, after graph[demoted_mean=1] had become the default
+on the non-thrash check alone and moved the two-tenant mix at 50% from 1.44 (met) to 1.59
+(missed).
 """
 
 from __future__ import annotations
