@@ -152,7 +152,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         residual_wait: bool = True,
         trust: bool = False,
         median_returns: bool = True,
-        spread: bool = False,
+        spread: bool = True,
         spread_states: tuple[str, ...] = ("queued", "demoted"),
         demoted_mean: bool = False,
         demoted_size: bool = False,

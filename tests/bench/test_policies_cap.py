@@ -16,7 +16,7 @@ def test_cases_parse_and_only_fit_seeds_run():
     with pytest.raises(ValueError, match="not a fit seed"):
         cap.parse_case("swe:961:0.3")  # a fresh seed is refused before any run
     with pytest.raises(SystemExit):
-        cap.main(["--cases", "swe:951:0.3"])
+        cap.main(["--cases", "swe:971:0.3"])
 
 
 def test_the_arms_are_the_default_scheduler_and_the_cap_off():

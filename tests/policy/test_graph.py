@@ -213,8 +213,10 @@ def test_a_demoted_session_is_priced_by_how_long_demotions_last():
     """Before any demotion was seen to end, a demoted session's time to reuse is its
     prediction x DEFERRED_SLOWDOWN; once demotions were seen to last ~10 s, the residual
     of those given how long this one lasted, so its blocks go before a just-paused
-    admitted session's, even though its tool has returned ('needed now' by the pause)."""
-    policy = GraphPolicy()
+    admitted session's, even though its tool has returned ('needed now' by the pause).
+    (`spread` off: this is the median's reading; spread, the default since session 32,
+    prices by the spread of those waits, tests/policy/test_spread.py.)"""
+    policy = GraphPolicy(spread=False)
     m = _demoted_and_admitted(policy)
     assert policy.deferred_time("d", 0.5, 1.0) == pytest.approx(0.5 * DEFERRED_SLOWDOWN)
     for x in (9.0, 10.0, 11.0):

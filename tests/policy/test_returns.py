@@ -115,16 +115,17 @@ def test_graph_prices_demoted_and_queued_sessions_by_the_median_with_the_option(
     """Demotions that lasted 1, 1.2 and 50 s: the mean residual (17.4 s at 0.7 s lasted)
     prices the demoted session as gone for long; the median (1.2 - 0.7 s) as back soon.
     The same for a queued cold step and its admission waits. (Demoted: with `demoted_mean`
-    off, graph's default; on, the mean either way.)"""
+    off, graph's default; on, the mean either way. `spread` off: the centre's reading;
+    spread's, graph's default since session 32, has its own tests.)"""
     for median in (False, True):
-        policy = GraphPolicy(median_returns=median)
+        policy = GraphPolicy(median_returns=median, spread=False)
         _demoted_and_admitted(policy)
         for x in (1.0, 1.2, 50.0):
             policy.returns.deferred_wait.add(x, "default")
         want = 1.2 - 0.7 if median else (0.3 + 0.5 + 49.3) / 3
         assert policy.deferred_time("d", 0.01, 1.0) == pytest.approx(want)
     for median in (False, True):
-        policy = GraphPolicy(median_returns=median)
+        policy = GraphPolicy(median_returns=median, spread=False)
         m = make(policy, num_blocks=16)
         for x in (1.0, 3.0, 40.0):
             policy.returns.wait_samples[False].add(x, "default")
@@ -205,10 +206,11 @@ def test_mean_residual_is_the_brute_force_mean_between_and_after_appends(prior, 
 def test_demoted_mean_evicts_a_demoted_session_the_median_keeps():
     """Demotions seen: 1, 1.2 and 50 s; d demoted 0.7 s ago, `a` paused on a 5 s tool.
     The median residual demotion (0.5 s) keeps d before a; the mean (16.7 s) evicts d
-    first: with `demoted_mean` graph drops the heavy-tailed demoted context, as ttl does."""
+    first: with `demoted_mean` graph drops the heavy-tailed demoted context, as ttl does.
+    (`spread` off, as these readings of the centre need.)"""
     victims = {}
     for mean in (False, True):
-        policy = GraphPolicy(demoted_mean=mean)
+        policy = GraphPolicy(demoted_mean=mean, spread=False)
         train(policy.graph, "grep", 0.1)
         train(policy.graph, "lint", 5.0)
         m = make(policy, num_blocks=8)
