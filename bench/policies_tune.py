@@ -416,7 +416,9 @@ def vetting_lines(walked: list[dict], chosen: str, against: str) -> list[str]:
            "veto over the two-tenant mixes' 32 cases on the AFS fit seeds, until session "
            "31 no afs_max_slowdown_ratio of the default's report rows worse; then the "
            "non-thrash check, as `--non-thrash`: no non-thrash figure worse by more than "
-           f"{NON_THRASH_SLACK:.0%}, no SLO drop; a candidate stops at its first failed "
+           f"{NON_THRASH_SLACK:.0%}, no SLO drop; since session 32 then issue 10's fit "
+           "check: no added p95 miss, no lower smallest gain at the fit points; a candidate "
+           "stops at its first failed "
            "check; the default as it is takes none):", ""]
     for w in walked:
         head = (f"- `{w['candidate']}` (worst {w['worst']:.2f}x, {w['above']} above 1.0x, "
@@ -438,7 +440,9 @@ def run_checks(workers: int) -> list[Check]:
     the calibrated AFS veto (`policies_check.calibrated_afs`, as `python
     bench/policies_check.py --afs` runs it since session 32), then the non-thrash check
     (`scheduling_fit.non_thrash_worse` with the workflow scheduler's defaults unchanged and
-    slack `NON_THRASH_SLACK`, the rule `NON_THRASH_CHECKS` records). Each spec is
+    slack `NON_THRASH_SLACK`, the rule `NON_THRASH_CHECKS` records), then, since session
+    32, issue 10's fit check (`scheduling_fit.fit_gain_check`: no added p95 miss and no
+    lower smallest gain at the thrash points the 2x goal is about). Each spec is
     registered as a policy name first (`policies_check.register`)."""
     import policies_check as C  # they import the scheduling benches: loaded on use
 
@@ -460,7 +464,15 @@ def run_checks(workers: int) -> list[Check]:
                    + f"; {time.perf_counter() - t:.0f} s")
         return CheckResult("non-thrash check", not worse, figures)
 
-    return [afs, non_thrash]
+    def fit_gain(spec: str, against: str) -> CheckResult:
+        C.register(spec), C.register(against)
+        import scheduling_fit as F
+        t = time.perf_counter()
+        ok, figures = F.fit_gain_check(spec, against, workers)
+        return CheckResult("issue 10's fit check", ok,
+                           f"{figures}; {time.perf_counter() - t:.0f} s")
+
+    return [afs, non_thrash, fit_gain]
 
 
 def _settings(candidates: list[str]) -> dict[str, list[str]]:

@@ -48,7 +48,8 @@ prices a demoted session's blocks by the later of the graph's prediction and the
 residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
 the tuning seed; docs/policies.md): pricing a demoted session whose tool had returned
 as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
-With `demoted_release` (opt-in, session 32) a demoted session whose tool has not returned
+With `demoted_release` (session 32; the default since the tune's walk chose it that session,
+docs/policies.md "Session 32, the lead") a demoted session whose tool has not returned
 is released instead, as `ttl` does: P(reuse) is taken as 0 (its blocks go after the dead
 ones, tail first, before every live session's) until its tool returns (`resume_hint`), and
 from then on it is priced as above. Why (seen seeds 951, 952, fit data since session 32;
@@ -152,14 +153,14 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
         residual_wait: bool = True,
         trust: bool = False,
         median_returns: bool = True,
-        spread: bool = True,
+        spread: bool = False,
         spread_states: tuple[str, ...] = ("queued", "demoted"),
         demoted_mean: bool = False,
         demoted_size: bool = False,
         admission_rank: bool = False,
         admission_room: bool = False,
         paused_room: bool = False,
-        demoted_release: bool = False,
+        demoted_release: bool = True,
     ) -> None:
         super().__init__(cost, relearn_share)
         if not min_wait_s > 0:

@@ -33,11 +33,11 @@ victims only (`trust`'s record, a few dozen per workflow, whose factors did not 
 per workflow the own waits weigh 1 each and the pooled ones `prior` in all, as in
 `WorkflowWaits`. Nothing is fitted: `prior` is graph's `calib_prior`.
 
-graph's default since session 32 (`spread=True`): the tune's per-size pick over the whole fit
-set since session 29 (worst case 2.48x of the best baseline against 3.27x off, on the fit
-set with seeds 951, 952), held back until then by the any-rise AFS veto, which rejects null
-perturbations too; it passes the calibrated veto and issue 10's non-thrash check
-(docs/policies.md, "Session 32, the lead").
+Opt-in. It is the tune rule's first pick over the whole fit set (worst case 2.48x of the best
+baseline against 3.27x without it, fit set with seeds 951, 952) and passes the calibrated
+AFS veto and issue 10's non-thrash check, but it lowers issue 10's smallest fit gain (bfcl
+1x 25% 1.73x -> 1.59x), so the tune's walk passes over it (docs/policies.md, "Session 32,
+the lead").
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
 # Three pressured cases; the baselines' best is 10, 19 and 5.
 TOKENS = {
     "lru": (10, 20, 5), "saga": (12, 19, 6), "ttl": (11, 25, 7),
-    "graph[demoted_release=1]": (10, 19, 5),  # 1.00x everywhere: the rule's first
-    "graph[demoted_release=1,spread_states=queued]": (11, 19, 5),  # 1.10x
+    "graph[spread=1]": (10, 19, 5),  # 1.00x everywhere: the rule's first
+    "graph[spread=1,spread_states=queued]": (11, 19, 5),  # 1.10x
     "saga2": (12, 19, 5),  # 1.20x (an unregistered name: never the default)
     "graph[median_returns=1]": (13, 19, 5),  # 1.30x: the incumbent, today's default
 }
@@ -64,9 +64,9 @@ def test_the_ranking_is_the_rule_applied_again_to_what_is_left():
     rows = rows_for()
     cands = list(TOKENS)
     order = tune.ranking(rows, cands)
-    assert order[0] == tune.pick(rows, cands) == "graph[demoted_release=1]"
+    assert order[0] == tune.pick(rows, cands) == "graph[spread=1]"
     # lru's worst 20/19 comes before the 1.10x setting; the incumbent after saga2's 1.20x
-    assert order == ["graph[demoted_release=1]", "lru", "graph[demoted_release=1,spread_states=queued]", "saga2",
+    assert order == ["graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]", "saga2",
                      "saga", "graph[median_returns=1]", "ttl"]
     # a candidate that did not run every pressured case is not ranked
     assert "x" not in tune.ranking(rows + [_row("swe", 1, 0.1, "x", 1)], [*cands, "x"])
@@ -76,12 +76,12 @@ def test_the_ranking_is_the_rule_applied_again_to_what_is_left():
 def test_a_vetoed_best_candidate_is_skipped_and_its_veto_recorded():
     tune = load("policies_tune")
     rows = rows_for()
-    afs = Fake("AFS veto", {"graph[demoted_release=1]"})
+    afs = Fake("AFS veto", {"graph[spread=1]"})
     nt = Fake("non-thrash check", {"lru"})
     chosen, walked = tune.vetted_pick(rows, list(TOKENS), [afs, nt], against="graph")
-    assert chosen == "graph[demoted_release=1,spread_states=queued]" != tune.pick(rows, list(TOKENS))
+    assert chosen == "graph[spread=1,spread_states=queued]" != tune.pick(rows, list(TOKENS))
     assert [w["candidate"] for w in walked] == [
-        "graph[demoted_release=1]", "lru", "graph[demoted_release=1,spread_states=queued]"]
+        "graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]"]
     first, second, third = walked
     assert first["vetoed_by"] == "AFS veto" and len(first["checks"]) == 1  # stopped there
     assert "1.47 -> 1.67" in first["checks"][0]["figures"]
@@ -91,19 +91,19 @@ def test_a_vetoed_best_candidate_is_skipped_and_its_veto_recorded():
     assert third["vetoed_by"] is None and all(c["passes"] for c in third["checks"])
     # the non-thrash check never ran for the one the AFS veto stopped; every check against
     # the policy given
-    assert [s for s, _ in nt.calls] == ["lru", "graph[demoted_release=1,spread_states=queued]"]
+    assert [s for s, _ in nt.calls] == ["lru", "graph[spread=1,spread_states=queued]"]
     assert {a for _, a in afs.calls + nt.calls} == {"graph"}
     lines = "\n".join(tune.vetting_lines(walked, chosen, "graph"))
-    assert "`graph[demoted_release=1]` (worst 1.00x, 0 above 1.0x" in lines
-    assert "AFS veto fails (graph[demoted_release=1]: 1.47 -> 1.67); **vetoed by the AFS veto**" in lines
+    assert "`graph[spread=1]` (worst 1.00x, 0 above 1.0x" in lines
+    assert "AFS veto fails (graph[spread=1]: 1.47 -> 1.67); **vetoed by the AFS veto**" in lines
     assert "**vetoed by the non-thrash check**" in lines
-    assert lines.endswith("Pick after the checks: **`graph[demoted_release=1,spread_states=queued]`**.")
+    assert lines.endswith("Pick after the checks: **`graph[spread=1,spread_states=queued]`**.")
 
 
 def test_the_default_as_it_is_takes_no_check_and_ends_the_walk():
     tune = load("policies_tune")
     assert DEFAULT_POLICY == "graph" and tune.is_default("graph[median_returns=1]")
-    assert tune.is_default("graph") and not tune.is_default("graph[demoted_release=1]")
+    assert tune.is_default("graph") and not tune.is_default("graph[spread=1]")
     assert not tune.is_default("saga")
     rows = rows_for()
     every = set(TOKENS) - {"graph[median_returns=1]"}
@@ -129,14 +129,14 @@ def test_a_vetoed_or_unchecked_setting_does_not_become_the_defaults():
     tune = load("policies_tune")
     rows = rows_for()
     cands = list(TOKENS)
-    afs = Fake("AFS veto", {"graph[demoted_release=1]", "lru", "graph[demoted_release=1,spread_states=queued]"})
+    afs = Fake("AFS veto", {"graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]"})
     chosen, walked = tune.vetted_pick(rows, cands, [afs])
     assert chosen == "saga2"
-    assert tune.variant_picks(rows, cands)["graph"] == "graph[demoted_release=1]"
+    assert tune.variant_picks(rows, cands)["graph"] == "graph[spread=1]"
     assert tune.vetted_variants(rows, cands, walked, chosen)["graph"] == \
         "graph[median_returns=1]"
     # a setting of graph that passed is its variant
-    afs = Fake("AFS veto", {"graph[demoted_release=1]", "lru"})
+    afs = Fake("AFS veto", {"graph[spread=1]", "lru"})
     chosen, walked = tune.vetted_pick(rows, cands, [afs])
     assert tune.vetted_variants(rows, cands, walked, chosen)["graph"] == chosen
 
@@ -150,7 +150,7 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     fake_rows = rows_for(tokens)
     monkeypatch.setattr(tune, "run", lambda traces, fractions, policies, seeds, workers: (
         fake_rows if 1 in seeds else [], []))
-    afs = Fake("AFS veto", {"graph[demoted_release=1]"})
+    afs = Fake("AFS veto", {"graph[spread=1]"})
     monkeypatch.setattr(tune, "run_checks", lambda workers: [afs])
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
     monkeypatch.setattr(tune, "HERE", tmp_path)
@@ -158,11 +158,11 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
                      "cmd") == 0
     saved = json.loads((tmp_path / "tune.json").read_text())
-    assert saved["rule_pick"] == "graph[demoted_release=1]" and saved["pick"] == "lru"
+    assert saved["rule_pick"] == "graph[spread=1]" and saved["pick"] == "lru"
     assert saved["against"] == DEFAULT_POLICY
     assert [w["vetoed_by"] for w in saved["vetting"]] == ["AFS veto", None]
-    assert saved["variants"]["graph"] == "graph[demoted_release=0,median_returns=1," \
-        "spread_states=queued+demoted]"  # the vetoed setting is not graph's
+    assert saved["variants"]["graph"] == "graph[median_returns=1,spread=0,spread_states=" \
+        "queued+demoted]"  # the vetoed setting is not graph's
     out = capsys.readouterr().out
     assert "**vetoed by the AFS veto**" in out and "Pick after the checks: **`lru`**" in out
     assert "Constants of `graph` by the same rule and checks among its settings: " \
@@ -183,7 +183,7 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
                      [], [], [], [], "x") == 0
     assert afs.calls and "walk through issue 10's checks was rerun" in capsys.readouterr().out
     saved = json.loads((tmp_path / "tune.json").read_text())
-    assert saved["pick"] == "graph[demoted_release=1]" and saved["rule_pick"] == "graph[demoted_release=1]"
+    assert saved["pick"] == "graph[spread=1]" and saved["rule_pick"] == "graph[spread=1]"
     assert [w["vetoed_by"] for w in saved["vetting"]] == [None]
     afs.calls.clear()
     # part of the fit set: no walk, nothing checked
@@ -229,7 +229,7 @@ def test_the_real_checks_run_the_calibrated_afs_veto_and_the_non_thrash_figures(
             else []
 
     monkeypatch.setattr(fit, "non_thrash_worse", fake_worse)
-    afs, nt = tune.run_checks(1)
+    afs, nt, fg = tune.run_checks(1)
     got = afs("lru", "graph")
     assert not got.passes and got.check == "AFS veto"
     assert "over 32 cases +0.0583 (at most 0.0283): fails" in got.figures
@@ -243,5 +243,38 @@ def test_the_real_checks_run_the_calibrated_afs_veto_and_the_non_thrash_figures(
     got = nt("lru", "graph")
     assert not got.passes and "+4.6%" in got.figures
     assert asked == [(fit.PREVIOUS, "lru", "graph", tune.NON_THRASH_SLACK)]
-    assert nt("graph[demoted_release=1]", "graph").passes
-    assert "graph[demoted_release=1]" in POLICIES  # registered as a name
+    assert nt("graph[spread=1]", "graph").passes
+    assert "graph[spread=1]" in POLICIES  # registered as a name
+
+
+def test_the_fit_check_fails_a_lower_smallest_gain_or_an_added_p95_miss(monkeypatch,
+                                                                        policies_restored):
+    """`run_checks`' third check (session 32), issue 10's fit keys at the fit points with the
+    scheduler unchanged: a candidate that lowers the smallest mean-TCT gain (bfcl 1x 25%
+    2.00x -> 1.60x here) or adds a p95 miss fails; one that matches the incumbent passes."""
+    tune, fit = load("policies_tune"), load("scheduling_fit")
+    monkeypatch.setattr(fit, "_FCFS_ROWS", {})
+
+    def fake_run(tasks, workers):
+        out = []
+        for fam, seed, load_, frac, sched, pol, params in tasks:
+            mean, p95 = (10.0, 20.0) if sched == "fcfs" else (5.0, 10.0)
+            if sched == "workflow" and (fam, load_, frac) == ("bfcl", 1.0, 0.25):
+                mean = {"lru": 6.25}.get(pol, mean)
+                p95 = {"saga": 25.0}.get(pol, p95) if seed == fit.FIT_SEEDS[0] else p95
+            out.append({"family": fam, "seed": seed, "load": load_, "frac": frac,
+                        "scheduler": sched, "policy": pol, "params": params,
+                        "tct_mean_s": mean, "tct_p95_s": p95, "tasks_per_hour": 100.0,
+                        "capacity_blocks": 100})
+        return out
+
+    monkeypatch.setattr(fit, "run", fake_run)
+    *_, fg = tune.run_checks(1)
+    got = fg("lru", "graph")
+    assert not got.passes and got.check == "issue 10's fit check"
+    assert "smallest gain 2.00x -> 1.60x (fails)" in got.figures
+    assert "bfcl 1x 25% 2.00x -> 1.60x" in got.figures
+    got = fg("saga", "graph")  # the same gains, one seed's p95 below fcfs+lru's
+    assert not got.passes and "p95 misses 0 -> 1" in got.figures
+    assert fg("ttl", "graph").passes
+

@@ -1,6 +1,9 @@
 """`graph[admission_rank=1]`: a demoted session whose step waits for admission is priced by
 its place in the scheduler's queue (kvsaga/policy/admission_rank.py), learned from the
 places told and the admissions seen; off (the default), graph's decisions are unchanged."""
+# Every policy here keeps graph's demoted sessions priced (`demoted_release` off, the default
+# until session 32): these tests read the option's own pricing of a demoted session.
+
 
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def test_a_bad_rank_is_refused_and_leaves_the_state(rank):
 
 def test_a_bad_admission_rank_flag_is_refused():
     with pytest.raises(ValueError, match="admission_rank"):
-        GraphPolicy(admission_rank="yes")
+        GraphPolicy(demoted_release=False, admission_rank="yes")
 
 
 def _two_demoted_waiting(policy: GraphPolicy):
@@ -107,7 +110,7 @@ def test_admission_rank_evicts_the_session_admitted_later_first():
     in the queue, goes first. Both ways on the same state."""
     victims = {}
     for on in (False, True):
-        policy = GraphPolicy(admission_rank=on)
+        policy = GraphPolicy(demoted_release=False, admission_rank=on)
         _two_demoted_waiting(policy)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
@@ -126,7 +129,7 @@ def test_the_keys_follow_a_later_rank_tell():
     """On one policy: big, five places back, goes first; the places told reversed after
     that victim search (which keyed them), small goes first (a tell re-keys). All at one
     instant: a later search would re-key the timed sessions anyway."""
-    policy = GraphPolicy(admission_rank=True)
+    policy = GraphPolicy(demoted_release=False, admission_rank=True)
     m = _two_demoted_waiting(policy)
     assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "big"
     policy.session_admission_rank(m.sessions["small"], 5, 1.0)
@@ -135,7 +138,7 @@ def test_the_keys_follow_a_later_rank_tell():
 
 
 def test_graph_learns_a_rank_when_the_step_starts_and_forgets_an_ended_session():
-    policy = GraphPolicy(admission_rank=True)
+    policy = GraphPolicy(demoted_release=False, admission_rank=True)
     train(policy.graph, "grep", 0.1)
     m = make(policy, num_blocks=12)
     run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")

@@ -1,6 +1,9 @@
 """`graph[admission_room=1]`: a demoted session whose step waits for admission is priced by the
 room the scheduler lacks for it (kvsaga/policy/admission_room.py), learned from the deficits
 told and the admissions seen; off (the default), graph's decisions are unchanged."""
+# Every policy here keeps graph's demoted sessions priced (`demoted_release` off, the default
+# until session 32): these tests read the option's own pricing of a demoted session.
+
 
 from __future__ import annotations
 
@@ -98,7 +101,7 @@ def test_a_bad_deficit_is_refused_and_leaves_the_state(blocks):
 @pytest.mark.parametrize("value", ["yes", 2, None])
 def test_a_bad_admission_room_flag_is_refused(value):
     with pytest.raises(ValueError, match="admission_room"):
-        GraphPolicy(admission_room=value)
+        GraphPolicy(demoted_release=False, admission_room=value)
 
 
 def two_demoted(policy: GraphPolicy, small_blocks: int, big_blocks: int,
@@ -131,7 +134,7 @@ def test_the_victim_follows_the_room_told(on):
     it would fail one of the two."""
     victims = {}
     for small_d, big_d in ((-50, 400), (400, -50)):
-        policy = GraphPolicy(admission_room=on)
+        policy = GraphPolicy(demoted_release=False, admission_room=on)
         two_demoted(policy, small_d, big_d)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
@@ -147,7 +150,7 @@ def test_the_victim_follows_the_room_told(on):
 
 
 def test_graph_learns_a_room_when_the_step_starts_and_forgets_an_ended_session():
-    policy = GraphPolicy(admission_room=True)
+    policy = GraphPolicy(demoted_release=False, admission_room=True)
     train(policy.graph, "grep", 0.1)
     m = make(policy, num_blocks=12)
     run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")
@@ -168,9 +171,9 @@ def test_graph_listens_to_the_room_only_with_its_option():
     for it (`AdmissionOrder._tell_rooms`); on, it is graph's own. Either way it is a plain
     attribute a caller may replace (the spy pattern of the scheduler's tests)."""
     from kvsaga.policy import EvictionPolicy
-    off = GraphPolicy()
+    off = GraphPolicy(demoted_release=False)
     assert off.session_admission_room.__func__ is EvictionPolicy.session_admission_room
-    on = GraphPolicy(admission_room=True)
+    on = GraphPolicy(demoted_release=False, admission_room=True)
     assert on.session_admission_room == on._room_told
     assert "session_admission_room" not in vars(off)  # off: nothing set on the instance
     calls: list[int | None] = []
@@ -185,7 +188,7 @@ def test_the_keys_follow_a_later_room_tell():
     other, after a victim search between (which keyed them): the victim follows the second
     tell (a tell marks the session's keys for recomputing). All at one instant: a later
     search would re-key the timed sessions anyway."""
-    policy = GraphPolicy(admission_room=True)
+    policy = GraphPolicy(demoted_release=False, admission_room=True)
     m = two_demoted(policy, -50, 400)
     assert policy._owner[policy.choose_victims(1, 1.0)[0]] == "big"
     policy.session_admission_room(m.sessions["small"], 400, 1.0)

@@ -18,8 +18,11 @@ def test_a_bad_demoted_release_flag_is_refused(value):
         GraphPolicy(demoted_release=value)
 
 
-def test_the_flag_takes_a_bench_specs_number_and_is_off_by_default():
-    assert GraphPolicy().demoted_release is False
+def test_the_flag_takes_a_bench_specs_number_and_is_on_by_default():
+    """On by default since session 32 (the tune's walk chose it)."""
+    assert GraphPolicy().demoted_release is True
+    assert make_policy("graph").demoted_release is True
+    assert GraphPolicy(demoted_release=0).demoted_release is False
     assert GraphPolicy(demoted_release=1).demoted_release is True
     assert make_policy("graph", demoted_release=1).demoted_release is True
 
@@ -61,7 +64,7 @@ def test_a_demoted_session_on_its_tool_goes_first_only_with_the_option(on):
 def test_once_its_tool_returns_the_demoted_session_is_priced_as_before():
     """The resume hint ends the release: `d` (tool back, still demoted) is priced exactly
     as graph without the option prices it, and `a` loses its tail again."""
-    on, off = GraphPolicy(demoted_release=True), GraphPolicy()
+    on, off = GraphPolicy(demoted_release=True), GraphPolicy(demoted_release=False)
     m_on, m_off = _demoted_on_its_tool(on), _demoted_on_its_tool(off)
     m_on.resume_hint("d", now=1.1)
     m_off.resume_hint("d", now=1.1)

@@ -2,6 +2,9 @@
 the scheduler says its step would lack were it queued now (kvsaga/policy/admission_room.py,
 a second `AdmissionRooms` that keeps its tells when its step queues); off (the default),
 graph's decisions are unchanged."""
+# Every policy here keeps graph's demoted sessions priced (`demoted_release` off, the default
+# until session 32): these tests read the option's own pricing of a demoted session.
+
 
 from __future__ import annotations
 
@@ -40,14 +43,14 @@ def test_without_keep_none_drops_the_tells():
 @pytest.mark.parametrize("value", ["yes", 2, None])
 def test_a_bad_paused_room_flag_is_refused(value):
     with pytest.raises(ValueError, match="paused_room"):
-        GraphPolicy(paused_room=value)
+        GraphPolicy(demoted_release=False, paused_room=value)
 
 
 def test_graph_listens_to_the_paused_room_only_with_its_option():
-    off = GraphPolicy()
+    off = GraphPolicy(demoted_release=False)
     assert off.session_paused_room.__func__ is EvictionPolicy.session_paused_room
     assert off.paused_rooms is None and "session_paused_room" not in vars(off)
-    on = GraphPolicy(paused_room=True)
+    on = GraphPolicy(demoted_release=False, paused_room=True)
     assert on.session_paused_room == on._paused_room_told
     assert on.rooms is None  # the queued steps' option stays off
 
@@ -61,9 +64,9 @@ def test_the_victim_follows_the_paused_room_told(on):
     graph's own."""
     victims = {}
     for small_d, big_d in ((-50, 400), (400, -50)):
-        policy = GraphPolicy(paused_room=on)
+        policy = GraphPolicy(demoted_release=False, paused_room=on)
         two_demoted(policy, small_d, big_d, paused=True)
-        own = GraphPolicy()
+        own = GraphPolicy(demoted_release=False)
         two_demoted(own, small_d, big_d, paused=True)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
@@ -85,7 +88,7 @@ def test_the_victim_follows_the_paused_room_told(on):
 def test_graph_learns_the_paused_tells_when_the_step_starts():
     """Told 40 blocks at 0.5 while paused, None at 1.0 (its step queued), admitted at 1.5:
     the tell is learned as (40 blocks, 1.0 s); an ended session's tells are forgotten."""
-    policy = GraphPolicy(paused_room=True)
+    policy = GraphPolicy(demoted_release=False, paused_room=True)
     train(policy.graph, "grep", 0.1)
     m = make(policy, num_blocks=12)
     run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")

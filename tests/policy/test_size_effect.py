@@ -1,6 +1,9 @@
 """`SizeElasticity` (graph's `demoted_size`): the slope of log(demotion length) on
 log(context blocks), learned from the demotions seen, shrunk to the pooled slope and that
 to 0; and graph reading it for demoted sessions."""
+# Every policy here keeps graph's demoted sessions priced (`demoted_release` off, the default
+# until session 32): these tests read the option's own pricing of a demoted session.
+
 
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ def test_a_bad_prior_is_refused(prior):
 
 def test_a_bad_demoted_size_flag_is_refused():
     with pytest.raises(ValueError, match="demoted_size"):
-        GraphPolicy(demoted_size="yes")
+        GraphPolicy(demoted_release=False, demoted_size="yes")
 
 
 def _two_demoted(policy: GraphPolicy):
@@ -95,7 +98,7 @@ def test_demoted_size_evicts_the_larger_demoted_session_first():
     longer, goes first. (Both ways on the same state.)"""
     victims = {}
     for on in (False, True):
-        policy = GraphPolicy(demoted_size=on)
+        policy = GraphPolicy(demoted_release=False, demoted_size=on)
         _two_demoted(policy)
         t_small = policy.deferred_time("small", 0.01, 1.0)
         t_big = policy.deferred_time("big", 0.01, 1.0)
@@ -108,7 +111,7 @@ def test_demoted_size_evicts_the_larger_demoted_session_first():
 
 
 def test_graph_learns_the_size_of_a_demoted_session_when_its_step_starts():
-    policy = GraphPolicy(demoted_size=True)
+    policy = GraphPolicy(demoted_release=False, demoted_size=True)
     train(policy.graph, "grep", 0.1)
     m = make(policy, num_blocks=12)
     run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")  # 2 blocks
@@ -123,7 +126,7 @@ def test_graph_learns_the_size_of_a_demoted_session_when_its_step_starts():
 def test_without_the_option_nothing_is_learned_and_the_time_is_unchanged():
     """The default (`demoted_size` off): no size record, and a demoted session's time is
     the record's residual exactly as before the option existed."""
-    policy = GraphPolicy()
+    policy = GraphPolicy(demoted_release=False)
     assert policy.size_effect is None
     _two_demoted(policy)
     assert policy.deferred_time("big", 0.01, 1.0) == pytest.approx(
