@@ -210,6 +210,30 @@ AFS_CHECKS: dict[str, AfsCheck] = {
 }
 
 
+class FitCheck(NamedTuple):
+    """Issue 10's fit check of a pick against the incumbent (session 32), as run and
+    recorded: `scheduling_fit.fit_gain_check`, no added p95 miss and no lower smallest
+    gain at the fit points with the scheduler unchanged."""
+    against: str
+    passes: bool
+    command: str
+    figures: str
+
+
+_FIT_COMMAND = ("the tune's walk, `python bench/policies.py --tune --from-json "
+                "bench/plots/policies_tune.json --rewalk --workers 2` (session 32, the lead)")
+# Recorded fit checks, keyed like NON_THRASH_CHECKS. A pick without one has not passed.
+FIT_CHECKS: dict[str, FitCheck] = {
+    "graph[spread=1]": FitCheck(
+        "graph", False, _FIT_COMMAND,
+        "p95 misses 1 -> 1, smallest gain 1.62x -> 1.59x (bfcl 1x 50% 1.62x -> 1.59x, "
+        "bfcl 1x 25% 1.73x -> 1.59x)"),
+    "graph[demoted_release=1]": FitCheck(
+        "graph", True, _FIT_COMMAND,
+        "p95 misses 1 -> 1, smallest gain 1.62x -> 1.62x (bfcl 1x 25% 1.73x -> 1.72x)"),
+}
+
+
 def fit_set_gaps(seeds, candidates) -> list[str]:
     """What a tuning run lacks of the whole fit set (empty: it covered it): seeds of
     `TUNE_SEEDS` it did not run, and baselines or the incumbent not among its candidates."""
@@ -255,7 +279,9 @@ def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str
     fallback's policy with other constants (`graph[demoted_mean=1]`) changes the default
     policy's behaviour, so it needs the check as another policy does (seventeenth
     session: before, the name alone let it through), and the AFS veto (the lead's, the
-    same session: a default change must not turn another issue's met goal into a miss)."""
+    same session: a default change must not turn another issue's met goal into a miss),
+    then issue 10's fit check (`FIT_CHECKS`, the lead's, session 32: nor lower issue 10's
+    smallest fit gain)."""
     incumbent = parse_spec(fallback if fallback is not None else per_size_pick())[0]
     name = parse_spec(tuned["pick"])[0]
     if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
@@ -280,7 +306,17 @@ def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str
         return incumbent, (f"passed issue 10's non-thrash check but vetoed by its AFS veto "
                            f"(`{afs.command}`: {afs.figures}): the per-size pick "
                            f"`{incumbent}` stays")
-    return name, (f"it passed issue 10's non-thrash check (`{check.command}`) and its AFS "
+    fit = FIT_CHECKS.get(tuned["pick"])
+    if fit is None or fit.against != incumbent:
+        return incumbent, (f"`{tuned['pick']}` passed the non-thrash check and the AFS veto "
+                           f"but has no recorded issue-10 fit check against `{incumbent}`: "
+                           "the per-size pick stays until it passes")
+    if not fit.passes:
+        return incumbent, (f"passed issue 10's non-thrash check and AFS veto but vetoed by "
+                           f"its fit check (`{fit.command}`: {fit.figures}): the per-size "
+                           f"pick `{incumbent}` stays")
+    return name, (f"it passed issue 10's non-thrash check (`{check.command}`), its fit check "
+                  f"and its AFS "
                   f"veto (`{afs.command}`)")
 
 

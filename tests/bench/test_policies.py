@@ -408,10 +408,12 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
                                       fallback="graph[median_returns=1]")
     assert name == "graph" and "no recorded non-thrash check" in why
     # graph[spread=1] (session 29's per-size pick) passed the non-thrash check and, since
-    # session 32, the calibrated AFS veto (the any-rise veto had rejected it): it is adopted
+    # session 32, the calibrated AFS veto (the any-rise veto had rejected it), but lowers
+    # issue 10's smallest fit gain: its recorded fit check vetoes it
     name, why = tune.smoothed_default({**whole, "pick": "graph[spread=1]"},
                                       fallback="graph[median_returns=1]")
-    assert name == "graph" and why.startswith("it passed") and "calibrated" in why
+    assert name == "graph" and "vetoed by its fit check" in why and "1.62x -> 1.59x" in why
+    assert tune.FIT_CHECKS["graph[demoted_release=1]"].passes
     assert tune.NON_THRASH_CHECKS["graph[spread=1]"].passes
     spread = tune.AFS_CHECKS["graph[spread=1]"]
     assert spread.passes and spread.worse == 5 and spread.calibrated
@@ -426,9 +428,13 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert name == "graph" and "vetoed by its AFS veto" in why and "1.44 -> 1.59" in why
     assert tune.NON_THRASH_CHECKS["graph[demoted_mean=1]"].passes
     assert not tune.AFS_CHECKS["graph[demoted_mean=1]"].passes
-    # a pick that passed both recorded checks is adopted, its constants the defaults to be
+    # a pick that passed every recorded check is adopted, its constants the defaults to be
     monkeypatch.setitem(tune.AFS_CHECKS, "graph[demoted_mean=1]",
                         tune.AfsCheck("graph", 0, 0, "cmd", "none worse"))
+    name, why = tune.smoothed_default(dm, fallback="graph[median_returns=1]")
+    assert name == "graph" and "no recorded issue-10 fit check" in why
+    monkeypatch.setitem(tune.FIT_CHECKS, "graph[demoted_mean=1]",
+                        tune.FitCheck("graph", True, "cmd", "1.62x -> 1.62x"))
     name, why = tune.smoothed_default(dm, fallback="graph[median_returns=1]")
     assert name == "graph" and why.startswith("it passed") and "AFS veto" in why
     # one worse row, or one met -> missed, fails; no record (or one against another) too
@@ -453,6 +459,8 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     assert tune.smoothed_default({**whole, "pick": "saga"})[0] == incumbent  # no AFS veto
     monkeypatch.setitem(tune.AFS_CHECKS, "saga",
                         tune.AfsCheck(incumbent, 0, 0, "cmd", "none worse"))
+    assert tune.smoothed_default({**whole, "pick": "saga"})[0] == incumbent  # no fit check
+    monkeypatch.setitem(tune.FIT_CHECKS, "saga", tune.FitCheck(incumbent, True, "cmd", "x"))
     assert tune.smoothed_default({**whole, "pick": "saga"})[0] == "saga"
     monkeypatch.setattr(tune, "DEFAULT_POLICY", incumbent)
     assert "**not** `saga`" in tune.default_verdict({**whole, "pick": "saga"})
