@@ -149,7 +149,9 @@ def probe(spec: str, cost) -> GraphPolicy:
             for sid, since in self._deferred.items():
                 if sid not in self.noted and self.groups.get(sid):
                     t = self._graph_time(sid, now, True, False)[1]
-                    self.noted[sid] = (t, now - since, now, self._ctx_blocks.get(sid, 0))
+                    if math.isfinite(t):  # released until its tool returns: no forecast
+                        self.noted[sid] = (t, now - since, now,
+                                           self._ctx_blocks.get(sid, 0))
             return super().choose_victims(num_blocks, now)
 
         def step_started(self, session, now: float) -> None:
