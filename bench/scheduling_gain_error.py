@@ -37,11 +37,10 @@ import math
 import statistics
 import sys
 
-from scheduling_swap_alone import alone_config, point_config
+from scheduling_swap_alone import add_probe_runs, probe_runs
 
 import kvsaga.scheduler.leave_forecast as leave_forecast
 import kvsaga.scheduler.room_swap as room_swap
-from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
 
 DEFAULT = {"readmit_charge": "room_returns_queue"}
@@ -141,36 +140,19 @@ def line(label: str, p: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
-                    help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
-    ap.add_argument("--seeds", default="101,102,103,104,105,106")
-    ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
-                    help="'' for none")
+    add_probe_runs(ap)
     ap.add_argument("--params", default=json.dumps(DEFAULT),
                     help="scheduler parameters of the run probed (JSON)")
     a = ap.parse_args(argv)
     params = json.loads(a.params)
-    points = []
-    for p in filter(None, a.points.split(";")):
-        family, load, frac = p.split(",")
-        points.append((family, float(load), float(frac)))
     print(f"| run | swaps priced | made | left out: swapped in / gain inf / actual 0 / never "
           f"admitted | {HEAD} | learned factor at the end | mean TCT s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs: list[tuple[str, list[dict]]] = []
-    for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
-        for point in points:
-            own, cfg = point_config(point, seed, params)
-            group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
-            p = probe(own, cfg)
-            runs.append((group, p["kept"]))
-            print(line(f"{group} seed {seed}", p), flush=True)
-    for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
-        sessions, cfg = alone_config("noisy", seed, 0.5, params)
-        own = [s for s in sessions if tenant_key(s.tenant) == "a"]
+    for group, label, own, cfg in probe_runs(a, params):
         p = probe(own, cfg)
-        runs.append(("noisy tenant a alone 50%", p["kept"]))
-        print(line(f"noisy tenant a alone 50% seed {seed}", p), flush=True)
+        runs.append((group, p["kept"]))
+        print(line(label, p), flush=True)
     print()
     print(f"| pooled over seeds | {HEAD} |")
     print("|---|---|---|---|---|---|---|---|")

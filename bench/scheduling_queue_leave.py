@@ -26,10 +26,9 @@ import math
 import statistics
 import sys
 
-from scheduling_swap_alone import alone_config, point_config
+from scheduling_swap_alone import add_probe_runs, probe_runs
 
 import kvsaga.scheduler.room_swap as room_swap
-from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
 
 DEFAULT = {"readmit_charge": "room_returns_queue"}
@@ -81,29 +80,14 @@ def line(label: str, p: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
-                    help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
-    ap.add_argument("--seeds", default="101,102,103,104,105,106")
-    ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
-                    help="'' for none")
+    add_probe_runs(ap)
     a = ap.parse_args(argv)
-    points = []
-    for p in filter(None, a.points.split(";")):
-        family, load, frac = p.split(",")
-        points.append((family, float(load), float(frac)))
     print("| run | swaps priced | made | another step waiting | victims' waits differ | "
           "waits inf: queue / queue-leave | decisions differ | waiting steps' stay s "
           "(median) | gain s (median) | queue-leave wait s where they differ (median) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
-        for point in points:
-            own, cfg = point_config(point, seed, DEFAULT)
-            print(line(f"{point[0]} {point[1]:g}x {point[2]:.0%} seed {seed}", probe(own, cfg)),
-                  flush=True)
-    for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
-        sessions, cfg = alone_config("noisy", seed, 0.5, DEFAULT)
-        own = [s for s in sessions if tenant_key(s.tenant) == "a"]
-        print(line(f"noisy tenant a alone 50% seed {seed}", probe(own, cfg)), flush=True)
+    for _, label, own, cfg in probe_runs(a, DEFAULT):
+        print(line(label, probe(own, cfg)), flush=True)
     return 0
 
 

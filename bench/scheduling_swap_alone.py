@@ -193,6 +193,37 @@ def point_config(point: tuple[str, float, float], seed: int, params: dict | None
                                policy="graph", scheduler="workflow", scheduler_params=params)
 
 
+def add_probe_runs(ap: argparse.ArgumentParser) -> None:
+    """The runs a swap probe reads (bench/scheduling_queue_leave.py,
+    bench/scheduling_gain_error.py): bfcl's fit points on the fit seeds and the noisy mix's
+    heavy tenant alone on half the GPU on the AFS fit seeds, by default."""
+    ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
+                    help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
+    ap.add_argument("--seeds", default="101,102,103,104,105,106")
+    ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
+                    help="'' for none")
+
+
+def probe_runs(a: argparse.Namespace, params: dict | None):
+    """`add_probe_runs`' runs: (group, label, the sessions run, their SimConfig) for each
+    point and seed, then each alone seed (tenant a's sessions of the noisy mix)."""
+    from kvsaga.sim.metrics import tenant_key
+
+    points = []
+    for p in filter(None, a.points.split(";")):
+        family, load, frac = p.split(",")
+        points.append((family, float(load), float(frac)))
+    for seed in [int(s) for s in filter(None, a.seeds.split(","))]:
+        for point in points:
+            own, cfg = point_config(point, seed, params)
+            group = f"{point[0]} {point[1]:g}x {point[2]:.0%}"
+            yield group, f"{group} seed {seed}", own, cfg
+    for seed in [int(s) for s in filter(None, a.alone_seeds.split(","))]:
+        sessions, cfg = alone_config("noisy", seed, 0.5, params)
+        own = [s for s in sessions if tenant_key(s.tenant) == "a"]
+        yield "noisy tenant a alone 50%", f"noisy tenant a alone 50% seed {seed}", own, cfg
+
+
 def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
                show_swaps: bool, point: tuple | None = None, base: dict | None = None
                ) -> tuple[str, str, str, list[str], str]:

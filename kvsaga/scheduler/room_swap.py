@@ -440,12 +440,8 @@ class RoomSwap:
         swap (`_leave_wait_s` with the restart, the victims left out). 0 where the room is
         there at once or before its return; inf before any step cycle was seen. `ahead`:
         the waiting steps' (key, charge) pairs, `_waiting_keys`, when already read."""
-        back = self._return_at(victim)
-        if back is None:
-            back = now
+        back, key = self._victim_key(victim, now)
         info = self.sessions[victim]
-        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
-        key = self._order_key(self.session_cost(victim, info.workflow, info.context), since)
         if ahead is None:
             ahead = self._waiting_keys(req, victims)
         queued = sum(blocks for k, blocks in ahead if k < key)
@@ -500,6 +496,18 @@ class RoomSwap:
         prior = graph.mean_steps(workflow) if graph is not None else done + 1.0
         return self._lengths.remaining(workflow, done, prior) * cycle
 
+    def _victim_key(self, victim: str, now: float) -> tuple[float, float]:
+        """A victim's forecast return (now if none) and the admission key its step will
+        sort by on that return (its session cost; since its return, or its session's start
+        under `readmit_order` "session_age")."""
+        back = self._return_at(victim)
+        if back is None:
+            back = now
+        info = self.sessions[victim]
+        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
+        return back, self._order_key(self.session_cost(victim, info.workflow, info.context),
+                                     since)
+
     def _victim_wait_leave_s(self, req: Any, victim: str, victims: list[str], over: float,
                              now: float,
                              ahead: list[tuple[float, int, float]] | None = None) -> float:
@@ -514,12 +522,8 @@ class RoomSwap:
         there at once; inf where it never frees. With every stay inf it equals
         `_victim_wait_s` (the same room, freed by the same sessions). `ahead`: the waiting
         steps' (key, charge, stay), `_waiting_steps`, when already read."""
-        back = self._return_at(victim)
-        if back is None:
-            back = now
+        back, key = self._victim_key(victim, now)
         info = self.sessions[victim]
-        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
-        key = self._order_key(self.session_cost(victim, info.workflow, info.context), since)
         if ahead is None:
             ahead = self._waiting_steps(req, victims)
         queue = sorted((k, b, stay) for k, b, stay in ahead if k < key)

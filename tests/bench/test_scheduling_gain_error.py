@@ -30,7 +30,8 @@ def test_the_probe_changes_nothing_and_accounts_for_every_pricing(mod):
     from kvsaga.sim.simulator import Simulator
     pays = room_swap.RoomSwap._swap_pays_queue
     admitted = leave_forecast.LeaveForecast._step_admitted
-    own, cfg = mod.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
+    alone = sys.modules["scheduling_swap_alone"]
+    own, cfg = alone.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
     plain = Simulator(own, cfg).run().to_dict()
     p = mod.probe(own, cfg)
     assert room_swap.RoomSwap._swap_pays_queue is pays
@@ -51,7 +52,8 @@ def test_the_scheduler_learns_what_the_probe_measures(mod):
     """The factor every value learns (`RoomSwap._gain_factor`) is exp(sum / (n + 1)) over
     one observation a step: the mean ln(actual / forecast) over its kept pricings, the
     inverse of the probe's ratios (no kept gain is 0 here)."""
-    own, cfg = mod.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
+    alone = sys.modules["scheduling_swap_alone"]
+    own, cfg = alone.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
     p = mod.probe(own, cfg)
     steps: list[list[float]] = []
     for k in p["kept"]:

@@ -26,7 +26,8 @@ def test_the_probe_changes_nothing_and_counts_consistently(mod):
     import kvsaga.scheduler.room_swap as room_swap
     from kvsaga.sim.simulator import Simulator
     pays = room_swap.RoomSwap._swap_pays_queue
-    own, cfg = mod.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
+    alone = sys.modules["scheduling_swap_alone"]
+    own, cfg = alone.point_config(("bfcl", 1.0, 0.5), 104, mod.DEFAULT)
     plain = Simulator(own, cfg).run().to_dict()
     p = mod.probe(own, cfg)
     assert room_swap.RoomSwap._swap_pays_queue is pays
