@@ -82,6 +82,13 @@ _NON_THRASH: list[tuple] = []  # the fit seeds' non-thrash points, once measured
 _FCFS_ROWS: dict[tuple, dict] = {}  # fcfs+lru's rows the fit ran, by (family, seed, load, frac)
 
 
+def fit_points() -> list[tuple[str, int, float, float]]:
+    """Every (family, seed, load, capacity) the fit runs: `FIT_FAMILIES` x `FIT_POINTS` on
+    each of `FIT_SEEDS`."""
+    return [(f, s, load, frac) for s in FIT_SEEDS for f in FIT_FAMILIES
+            for load, frac in FIT_POINTS]
+
+
 def geo(xs) -> float:
     xs = list(xs)
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
@@ -151,8 +158,7 @@ def fit(workers: int) -> None:
     keeps tasks/h within the goal at every fit point and the non-thrash figures (rounds
     1-8: p95 too, by a floor on the geomeans: the goal, or no lower than the former
     rule's smallest)."""
-    points = [(f, s, load, frac) for s in FIT_SEEDS for f in FIT_FAMILIES
-              for load, frac in FIT_POINTS]
+    points = fit_points()
     grid = FIT_GRID if PREVIOUS in FIT_GRID else [PREVIOUS, *FIT_GRID]
     tasks = [(*pt, "fcfs", "lru", None) for pt in points]
     tasks += [(*pt, "workflow", DEFAULT_POLICY, p) for p in grid for pt in points]
@@ -198,8 +204,7 @@ def policy_check(policy: str, against: str, workers: int) -> list[str]:
     seeds, `PREVIOUS` (today's workflow defaults) with `policy` against fcfs+lru at the fit
     points (the line and table row `fit` prints for a candidate), then every non-thrash
     figure that `policy` makes worse than `against` does (slack 0, each with its change)."""
-    points = [(f, s, load, frac) for s in FIT_SEEDS for f in FIT_FAMILIES
-              for load, frac in FIT_POINTS]
+    points = fit_points()
     rows = run([(*pt, "fcfs", "lru", None) for pt in points]
                + [(*pt, "workflow", policy, PREVIOUS) for pt in points], workers)
     base = {(r["family"], r["seed"], r["load"], r["frac"]): r for r in rows
@@ -227,8 +232,7 @@ def fit_gain_check(policy: str, against: str, workers: int) -> tuple[bool, str]:
     fit ranks its own candidates (`rank_key`). The non-thrash check guards the points
     where fcfs+lru's hit rate is at least 0.8; this guards the thrash points issue 10's
     2x goal is about. Returns (passes, both arms' keys and the gains per point)."""
-    points = [(f, s, load, frac) for s in FIT_SEEDS for f in FIT_FAMILIES
-              for load, frac in FIT_POINTS]
+    points = fit_points()
     todo = [pt for pt in points if pt not in _FCFS_ROWS]
     rows = run([(*pt, "fcfs", "lru", None) for pt in todo]
                + [(*pt, "workflow", pol, PREVIOUS) for pol in (against, policy)

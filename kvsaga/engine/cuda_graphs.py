@@ -216,16 +216,18 @@ class _PaddedPass:
         self.replays = 0  # passes that ran from a graph (or the padded eager path)
 
     def _record_all(self, shapes: Sequence, graphs: dict, forward: Callable,
-                    progress: bool, what: str) -> int:
+                    progress: bool, what: str, keep_output: bool) -> int:
         """`capture_all` for either kind: `shapes` largest first, each recorded into
-        `graphs[shape]` by `forward(shape)` unless already there; off CUDA each shape's
-        padded pass runs once eagerly instead. Returns how many shapes it recorded (ran)."""
+        `graphs[shape]` by `forward(shape)` unless already there (the graph with its output,
+        or the graph alone where `keep_output` is False); off CUDA each shape's padded pass
+        runs once eagerly instead. Returns how many shapes it recorded (ran)."""
         todo = [s for s in shapes if s not in graphs]
         bar = tqdm(todo, desc=f"capturing {what} CUDA graphs", unit="graph",
                    disable=not progress, leave=False)
         for shape in bar:
             if self.capture:
-                graphs[shape] = _capture(lambda shape=shape: forward(shape), self.pool)
+                graph, out = _capture(lambda shape=shape: forward(shape), self.pool)
+                graphs[shape] = (graph, out) if keep_output else graph
             else:
                 forward(shape)
         return len(todo)
@@ -281,7 +283,7 @@ class DecodeGraphs(_PaddedPass):
         self._stage(*(_IDLE[k] for k in ("input_ids", "positions", "slots", "tables",
                                           "seq_lens")))
         return self._record_all(self.sizes[::-1], self._graphs, self._forward, progress,
-                                "decode")
+                                "decode", keep_output=True)
 
     def _meta(self, size: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -414,14 +416,11 @@ class MixedGraphs(_PaddedPass):
             GraphCaptureError: a capture failed; the shapes recorded before it are kept.
         """
         shapes = [(t, r) for t in self.token_sizes[::-1] for r in self.row_sizes[::-1]
-                  if r <= t and (t, r) not in self._graphs]
+                  if r <= t]
         self._stage(**_IDLE)
-        graphs: dict = {}
-        try:
-            return self._record_all(shapes, graphs, lambda tr: self._forward(*tr), progress,
-                                    "mixed")
-        finally:  # a mixed graph's output is the shared logits buffer: keep the graph only
-            self._graphs.update({k: g for k, (g, _) in graphs.items()})
+        # A mixed graph's output is the shared logits buffer: keep the graph only.
+        return self._record_all(shapes, self._graphs, lambda tr: self._forward(*tr),
+                                progress, "mixed", keep_output=False)
 
     def _forward(self, t: int, r: int) -> None:
         self.seq_lens[:r].copy_(self._seq_lens64[:r])
