@@ -472,7 +472,8 @@ def main() -> None:
     if args.eviction_scaling:
         # bench/eviction_scaling.py imports this module's cache set-up and section writer.
         import eviction_scaling
-        from eviction_scaling import miss_split, profile_eviction, scaling_main
+        from eviction_callgrind import miss_split
+        from eviction_scaling import profile_eviction, scaling_main
 
         if args.sweep_mib is not None:
             if args.sweep_mib < 1:

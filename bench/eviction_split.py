@@ -34,18 +34,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from eviction_scaling import (
+from eviction_callgrind import (
     _ANNOTATED,
     CACHE_SIM,
     _callgrind_calls,
     _dump_figure,
-    bench_eviction_scaling,
-    build,
-    ratio,
     require_valgrind,
     sim_cold_caches,
-    untimed_step,
 )
+from eviction_scaling import bench_eviction_scaling, build, ratio, untimed_step
 
 WAYS = ("as is", "search outside", "keying outside")
 # The index's one call of a usual search, as callgrind_annotate names it (`refresh_marked`

@@ -6,9 +6,7 @@ into RESULTS.md."""
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import shutil
+import sys
 
 import pytest
 
@@ -17,9 +15,17 @@ from tests.bench_scripts import load_bench
 
 
 def load():
-    """bench/eviction_scaling.py, after the bench/allocator.py it imports."""
+    """bench/eviction_scaling.py, after the bench/allocator.py it imports, with the
+    bench/eviction_callgrind.py its `scaling_main` imports (`counted_by`)."""
     load_bench("allocator")
-    return load_bench("eviction_scaling")
+    mod = load_bench("eviction_scaling")
+    load_bench("eviction_callgrind")
+    return mod
+
+
+def counted_by():
+    """bench/eviction_callgrind.py as `load` registered it."""
+    return sys.modules["eviction_callgrind"]
 
 
 def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
@@ -97,56 +103,6 @@ def test_policy_specs_with_constants_run_side_by_side_and_lru_is_required():
         mod.eviction_scaling([8], repeat=1, policies=("ttl",))
 
 
-def test_count_child_makes_each_policys_allocations_through_operator_call(monkeypatch, capsys):
-    # callgrind counts only inside operator.call: every timed allocation of each policy
-    # (repeat at one instant, repeat 1 ms apart, the full re-key), in turn, goes through it;
-    # the cache's build does not. The relearning periods come last, one JSON list.
-    mod = load()
-    through = []
-    real = mod.operator.call
-    monkeypatch.setattr(mod.operator, "call",
-                        lambda f, *a, **kw: through.append(f.__self__.policy.name) or real(
-                            f, *a, **kw))
-    mod.count_child(8, ["lru", "saga"], repeat=2)
-    assert through == ["lru"] * 5 + ["saga"] * 5
-    periods = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert periods[0] == math.inf and periods[1] >= 1.0
-
-
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
-def test_instruction_counts_table_states_the_flatness_bound():
-    mod = load()
-    lines, figures = mod.instruction_counts([8], ("lru",), repeat=1)
-    same, apart, amortized = figures["lru"][8]
-    assert same > 100 and apart > 100  # instructions per allocated block, counted
-    assert amortized == same  # lru keeps no index: nothing to re-key
-    assert "| paused sessions | lru | worst / lru |" in lines
-
-
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
-def test_cache_misses_count_a_flushed_allocations_last_level_misses():
-    # Each counted allocation follows a counted flush of the simulated caches (callgrind
-    # simulates only while it counts), whose dump is dropped: a cold allocation misses the
-    # last level at least once per block it writes a slot into, a warm one would not.
-    mod = load()
-    lines, figures = mod.instruction_counts([8], ("lru",), repeat=1, cache_misses=True)
-    same, apart, amortized = figures["lru"][8]
-    assert 1 < same < 1000 and 1 < apart < 1000
-    assert amortized == same
-    assert any(line.startswith("Last-level cache misses") for line in lines)
-    assert "| paused sessions | lru | worst / lru |" in lines
-
-
-def test_a_dumps_last_level_misses_are_read_by_event_name():
-    mod = load()
-    text = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\ntotals: 900 80 70 6 5 4 3 2 1\n"
-    assert mod._dump_figure(text, False) == 900
-    assert mod._dump_figure(text, True) == 3 + 2 + 1
-    # callgrind leaves trailing zero events off the totals line
-    assert mod._dump_figure("events: Ir I1mr ILmr DLmr DLmw\ntotals: 50 7 4\n", True) == 4
-    assert mod._dump_figure("events: Ir\n", False) is None
-
-
 def scaling_args(**given) -> argparse.Namespace:
     """bench/allocator.py --eviction-scaling's arguments, tiny counts, `given` over them."""
     args = dict(paused="8", repeat=1, policies=None, instructions=None, cache_misses=None,
@@ -159,7 +115,7 @@ def untimed(mod, monkeypatch) -> None:
     def timed(*a, **kw):
         raise AssertionError("timed before the flags were checked")
     monkeypatch.setattr(mod, "eviction_scaling", timed)
-    monkeypatch.setattr(mod, "instruction_counts", timed)
+    monkeypatch.setattr(counted_by(), "instruction_counts", timed)
 
 
 @pytest.mark.parametrize("flag", ["instructions", "cache_misses"])
@@ -167,7 +123,7 @@ def untimed(mod, monkeypatch) -> None:
 def test_a_bad_counts_list_is_refused_before_timing_naming_its_flag(monkeypatch, flag, value):
     mod = load()
     untimed(mod, monkeypatch)
-    monkeypatch.setattr(mod.shutil, "which", lambda name: "/usr/bin/valgrind")
+    monkeypatch.setattr(counted_by().shutil, "which", lambda name: "/usr/bin/valgrind")
     name = "--" + flag.replace("_", "-")
     with pytest.raises(SystemExit, match=f"^{name} takes comma-separated integers") as e:
         mod.scaling_main(scaling_args(**{flag: value}))
@@ -178,66 +134,12 @@ def test_a_bad_counts_list_is_refused_before_timing_naming_its_flag(monkeypatch,
 def test_missing_valgrind_is_found_before_timing_and_names_the_flag_given(monkeypatch, flag):
     mod = load()
     untimed(mod, monkeypatch)
-    monkeypatch.setattr(mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(counted_by().shutil, "which", lambda name: None)
     name = "--" + flag.replace("_", "-")
     other = "--cache-misses" if flag == "instructions" else "--instructions"
     with pytest.raises(SystemExit, match=f"^{name} counts with valgrind") as e:
         mod.scaling_main(scaling_args(**{flag: "4000"}))
     assert other not in str(e.value)
-
-
-def test_instruction_counts_names_cache_misses_when_valgrind_is_missing(monkeypatch):
-    mod = load()
-    monkeypatch.setattr(mod.shutil, "which", lambda name: None)
-    with pytest.raises(SystemExit, match="^--cache-misses counts with valgrind"):
-        mod.instruction_counts([8], ("lru",), repeat=1, cache_misses=True)
-    with pytest.raises(SystemExit, match="^--instructions counts with valgrind"):
-        mod.instruction_counts([8], ("lru",), repeat=1)
-
-
-# callgrind_annotate --inclusive=no --show=ILmr,DLmr,DLmw, trimmed: the totals line, then
-# one line per function; the index's function holds all of one event's misses (100.0%).
-ANNOTATE = """\
---------------------------------------------------------------------------------
-ILmr           DLmr          DLmw
---------------------------------------------------------------------------------
-1,250 (100.0%) 300 (100.0%) 60 (100.0%)  PROGRAM TOTALS
-
---------------------------------------------------------------------------------
-ILmr          DLmr          DLmw          file:function
---------------------------------------------------------------------------------
-  800 (64.00%)  .            50 (83.33%)  ???:_PyEval_EvalFrameDefault [/l/libpython3.12.so]
-  400 (32.00%) 300 (100.0%)   .           ???:SessionHeap::runs [/k/_evict.so]
-   50 (4.00%)   .            10 (16.67%)  ???:memmove [/l/libc.so.6]
-"""
-
-
-def test_miss_split_reads_every_function_and_leaves_out_the_totals_line():
-    parts = load()._miss_parts(ANNOTATE)
-    # interpreter, index (C++), manager core (C++), libc and libm, other
-    assert parts == [850, 700, 0, 60, 0]
-
-
-def test_miss_split_leaves_out_the_call_chains_roots_listed_with_the_totals():
-    # callgrind_annotate (3.19, these dumps) lists main ... the eval loop at 100% each, as
-    # their own cost: counted, the parts read 14x the totals (lru 381.3 a block for 25.6).
-    roots = "".join(f"1,250 (100.0%) 300 (100.0%) 60 (100.0%)  ???:{f} [/l/libpython3.12.so]\n"
-                    for f in ("main", "PyEval_EvalCode", "_PyEval_EvalFrameDefault"))
-    parts = load()._miss_parts(ANNOTATE.replace("file:function\n" + "-" * 80 + "\n",
-                                                "file:function\n" + "-" * 80 + "\n" + roots))
-    assert parts == [850, 700, 0, 60, 0] and sum(parts) == 1250 + 300 + 60
-
-
-def test_miss_split_requires_lru_before_counting(monkeypatch):
-    mod = load()
-    monkeypatch.setattr(mod.shutil, "which", lambda name: "/usr/bin/valgrind")
-
-    def counted(*a, **kw):
-        raise AssertionError("counted before lru was checked")
-
-    monkeypatch.setattr(mod, "_callgrind_calls", counted)
-    with pytest.raises(ValueError, match="^--miss-split: the totals are to lru"):
-        mod.miss_split(8, ("ttl", "saga"))
 
 
 @pytest.mark.parametrize(("value", "limit", "text"), [

@@ -16,6 +16,7 @@ def load():
     """bench/eviction_split.py, after the modules it imports."""
     load_bench("allocator")
     load_bench("eviction_scaling")
+    load_bench("eviction_callgrind")
     return load_bench("eviction_split")
 
 
