@@ -20,7 +20,7 @@
 // formula at any grid point, and hands Python only the others. The formulas of modes 3
 // (ttl) and 4 (graph) live in csrc/session_keys.h: the log-normal pause model of
 // kvsaga/policy/lognormal.py and aeg.py, operation for operation, so a key is the float
-// Python computes (session_heap.py `ttl_window_key`, `graph_rate`: the references).
+// Python computes (timed_keys.py `ttl_window_key`, `graph_rate`: the references).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/vector.h>

@@ -1,6 +1,6 @@
 // Reading a push of kvsaga._evict's victim index (csrc/session_heap.cpp): its arguments, or
 // one of `refresh_runs`'s push tuples, read and checked into a `Pushed` before anything
-// changes (session_heap.py `_check_push` and `check_timed` are the references: the same
+// changes (timed_keys.py `_check_push` and `check_timed` are the references: the same
 // checks in the same order with the same messages), so that a bad push changes nothing.
 // Header-only: session_heap.cpp is the extension's one translation unit.
 #pragma once
@@ -40,7 +40,7 @@ inline Pushed read_push(nb::handle sid, nb::handle key, int64_t tie, int64_t siz
   Formula formula{};
   int64_t k = 0;
   if (!timed.is_none()) {
-    // session_heap.py `check_timed`: the same fields, order, rules and messages; all read
+    // timed_keys.py `check_timed`: the same fields, order, rules and messages; all read
     // before anything changes.
     PyObject* o = timed.ptr();
     if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 9)

@@ -1,6 +1,6 @@
 // The timed records of kvsaga._evict's victim index (csrc/session_heap.cpp): what a push's
 // `timed` tuple holds (`Timed`, and a class's `Formula` of modes 2-4), read and checked as
-// session_heap.py `check_timed` reads them (the same fields, order, rules and messages).
+// timed_keys.py `check_timed` reads them (the same fields, order, rules and messages).
 // Header-only: session_heap.cpp is the extension's one translation unit.
 #pragma once
 #include <nanobind/nanobind.h>
@@ -157,7 +157,7 @@ inline int64_t read_bounded(PyObject* o, const char* name, int64_t lo, int64_t h
 }
 
 // The pending Python error, a TypeError or ValueError, raised again, its type kept, as
-// "refresh_runs: push <at>: <what><message>" (session_heap.py `_check_push` names the push
+// "refresh_runs: push <at>: <what><message>" (timed_keys.py `_check_push` names the push
 // the same way); any other error goes on as it is.
 [[noreturn]] inline void reraise_naming(long long at, const char* what) {
   if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError))
@@ -170,7 +170,7 @@ inline int64_t read_bounded(PyObject* o, const char* name, int64_t lo, int64_t h
   throw_current();
 }
 
-// A push's values, its types already checked (session_heap.py `_check_push`, the same
+// A push's values, its types already checked (timed_keys.py `_check_push`, the same
 // order and messages): no NaN key or deadline, a tie within int64, a size >= 1 (a smaller
 // one would make `runs` hand out more blocks than asked).
 inline void read_push_values(long long at, PyObject* key, PyObject* tie, PyObject* size,

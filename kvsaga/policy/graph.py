@@ -545,7 +545,7 @@ class GraphPolicy(QueueTells, FeedsExecutionGraph, GroupedPolicy):
 
     def _formula(self, sid: str, sig: tuple, v, now: float) -> tuple[float, ...]:
         """The numbers `_predict_session` reads for an unhinted pause of class `sig` (mu,
-        sigma, p0, admission wait, correction, min_wait_s; session_heap.py `graph_rate`),
+        sigma, p0, admission wait, correction, min_wait_s; timed_keys.py `graph_rate`),
         kept in `_memo` with the class keys (forgotten with them when the statistics
         change)."""
         f = self._memo.get(sig)

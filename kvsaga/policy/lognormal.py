@@ -95,7 +95,7 @@ class LogNormalDist:
 def resume_prediction(dist: LogNormalDist, p0: float, elapsed: float) -> tuple[float, float]:
     """(P(it resumes at all), median seconds until it does) of a session paused `elapsed`
     seconds under the cure model (`resume_window`'s): the one implementation behind aeg.py's
-    `ExecutionGraph.predict` and session_heap.py's `graph_rate`."""
+    `ExecutionGraph.predict` and timed_keys.py's `graph_rate`."""
     s = dist.sf(elapsed)
     p = p0 * s / (p0 * s + (1.0 - p0)) if p0 < 1.0 else 1.0
     return p, dist.median_residual(elapsed)

@@ -257,7 +257,7 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
 
     def _formula(self, sig: tuple, view: SessionView, ttl: float) -> tuple[float, ...]:
         """The numbers `_value` reads for an unhinted pause of class `sig` (mu, sigma, p0,
-        cost, rent, n, r, ttl; session_heap.py `ttl_window_key`), kept in `_memo` with the
+        cost, rent, n, r, ttl; timed_keys.py `ttl_window_key`), kept in `_memo` with the
         class keys (forgotten with them when the statistics or the rent change)."""
         f = self._memo.get(sig)
         if f is None:

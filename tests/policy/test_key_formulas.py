@@ -18,15 +18,10 @@ from hypothesis import given, settings
 from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from kvsaga.policy.aeg import ExecutionGraph
+from kvsaga.policy.lognormal import resume_window
 from kvsaga.policy.search import grid_index
-from kvsaga.policy.session_heap import (
-    PySessionHeap,
-    graph_rate,
-    make_session_heap,
-    resume_window,
-    ttl_entry,
-    ttl_window_key,
-)
+from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
+from kvsaga.policy.timed_keys import graph_rate, ttl_entry, ttl_window_key
 from tests.policy.helpers import make
 from tests.policy.test_timed_rekey import TOOLS, _indexed_parts, _watch
 

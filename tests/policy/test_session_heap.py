@@ -135,7 +135,7 @@ def test_a_due_session_is_re_keyed_from_its_class_key_at_its_new_grid_point(cpp)
     assert index.due(1.0 + 2 * hi) == ["b"]  # no key left for its class
 
 
-# One bad field per record (session_heap.py `check_timed`); good records of each mode first.
+# One bad field per record (timed_keys.py `check_timed`); good records of each mode first.
 GOOD = {
     0: (1, 3, 2, 0.5, 0, 0.0, math.inf, math.inf, 1.0),
     2: (1, 3, 2, (0.3, 1.0, 0.0, 0.2), 2, 0.0, math.inf, math.inf, 1.0),
@@ -250,7 +250,7 @@ def test_a_full_re_key_moves_sessions_to_their_class_under_new_statistics(cpp):
     those keys hold; the others, and sessions without a record, go back to Python."""
     if cpp and SessionHeap is None:
         pytest.skip("kvsaga._evict is not built")
-    from kvsaga.policy.session_heap import ttl_window_key
+    from kvsaga.policy.timed_keys import ttl_window_key
 
     index = make_session_heap(cpp)
     old, new = GOOD[3][3], _with(GOOD[3], 3, 2.5, 7)[3]  # the break-even time 4 -> 2.5

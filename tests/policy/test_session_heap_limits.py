@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvsaga.policy.session_heap import MAX_CLASS, MAX_POINT, PySessionHeap, make_session_heap
+from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
+from kvsaga.policy.timed_keys import MAX_CLASS, MAX_POINT
 from tests.policy.test_session_heap import SessionHeap
 
 INDEXES = [False, True]
