@@ -21,12 +21,15 @@ admitted in the run. Per run and pooled (by point, by workflow, by the overshoot
 the tiers at the pricing): pricings kept, steps, the ratio's median, p10 and p90 and the
 share of pricings overstated (ratio > 1), and the same median over each step's first
 pricing alone; per run also the swaps made and the factor the scheduler learned from the
-same errors by the end (`RoomSwap._gain_factor`, pooled: what "room_returns_queue_corrected"
+same errors by the end (`RoomForecast._gain_factor`, pooled: what "room_returns_queue_corrected"
 multiplies the gain by; every value learns it). `--params`: the scheduler parameters of the
 run probed (default: today's default). `--points` are grid points of bench/scheduling.py on
 `--seeds` (the whole GPU); `--alone-seeds` the noisy mix's heavy tenant ("a") alone on half
 the GPU at 50%, the run the AFS veto divides by (as bench/scheduling_swap_alone.py builds
-it). Deterministic (the simulator's clock).
+it). Session 33: at every pricing also session 33's step-release forecast
+(`RoomForecast._release_wait_s`, the gain of "room_returns_queue_steps"), read on the same
+state and against the same actual wait; pooled (by point and by overshoot) in a second
+table, the pricings kept the same. Deterministic (the simulator's clock).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def probe(own: list, cfg) -> dict:
     def pays_spy(self, req, lookup, victims, over, now):
         got = pays(self, req, lookup, victims, over, now)
         rec = {"now": now, "gain": self._swap_gain_s(over, now), "workflow": req.workflow,
+               "steps_gain": self._release_wait_s(over, now),
                "share": max(over, 0.0) / (self.overcommit * self.capacity), "actual": None}
         priced.append(rec)
         reqs[id(req)] = req
@@ -104,7 +108,8 @@ def probe(own: list, cfg) -> dict:
             elif rec["actual"] <= 0.0:
                 out["zero"] += 1
             else:
-                kept.append({**rec, "ratio": rec["gain"] / rec["actual"], "first": first})
+                kept.append({**rec, "ratio": rec["gain"] / rec["actual"], "first": first,
+                             "ratio_steps": rec["steps_gain"] / rec["actual"]})
                 out["steps"] += first
                 first = False
     out["kept"] = kept
@@ -116,18 +121,22 @@ def _q(xs: list[float], q: float) -> float:
     return xs[min(int(q * len(xs)), len(xs) - 1)]
 
 
-def summary(kept: list[dict]) -> str:
-    """'pricings | steps | median | p10 | p90 | overstated | first pricings' median'."""
+def summary(kept: list[dict], key: str = "ratio") -> str:
+    """'pricings | steps | median | p10 | p90 | overstated | first pricings' median' of the
+    ratios under `key` ("ratio_steps": the step-release forecast's)."""
     if not kept:
         return "0 | 0 | - | - | - | - | -"
-    r = [k["ratio"] for k in kept]
-    first = [k["ratio"] for k in kept if k["first"]]
+    r = [k[key] for k in kept]
+    first = [k[key] for k in kept if k["first"]]
     over = sum(x > 1.0 for x in r) / len(r)
     return (f"{len(r)} | {len(first)} | {statistics.median(r):.2f} | {_q(r, 0.1):.2f} | "
             f"{_q(r, 0.9):.2f} | {over:.0%} | "
             f"{statistics.median(first) if first else math.nan:.2f}")
 
 
+# The second pooled table: session 33's forecast (`RoomForecast._release_wait_s`, the gain of
+# "room_returns_queue_steps") at the same pricings, against the same actual waits.
+STEPS_TITLE = "step-release forecast (room_returns_queue_steps's gain), pooled"
 HEAD = ("pricings kept | steps | ratio median | p10 | p90 | overstated (ratio > 1) | "
         "first pricing's median")
 
@@ -167,11 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             flows.setdefault(k["workflow"], []).append(k)
         for w in sorted(flows):
             print(f"| {g}, workflow {w} | {summary(flows[w])} |")
-    for g, kept in groups.items():
-        for lo, hi in PRESSURE:
-            sel = [k for k in kept if lo <= k["share"] < hi]
-            print(f"| {g}, overshoot {lo:.0%}-{hi:.0%} of the tiers | {summary(sel)} |"
-                  .replace("-inf%", "+"))
+    for key, title in (("ratio", ""), ("ratio_steps", STEPS_TITLE)):
+        if title:
+            print()
+            print(f"| {title} | {HEAD} |")
+            print("|---|---|---|---|---|---|---|---|")
+            for g, kept in groups.items():
+                print(f"| {g} | {summary(kept, key)} |")
+        for g, kept in groups.items():
+            for lo, hi in PRESSURE:
+                sel = [k for k in kept if lo <= k["share"] < hi]
+                print(f"| {g}, overshoot {lo:.0%}-{hi:.0%} of the tiers | "
+                      f"{summary(sel, key)} |".replace("-inf%", "+"))
     return 0
 
 

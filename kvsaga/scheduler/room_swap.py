@@ -156,38 +156,24 @@ default's; at the default's swaps it changed 5,235 of 15,049 forecasts and no de
 steps ahead stay 4-15 s, medians, longer than the gain): not chosen. Opt-in;
 docs/scheduler.md, "Round 36".
 
-"room_returns_queue_corrected" (session 32, `--fit` round 37): "room_returns_queue" whose gain
-is corrected online by the scheduler's own observed error of it (`_gain_factor`). At the
-default's swaps the gain forecast read against the wait the refused step actually had for
-its room (`bench/scheduling_gain_error.py`, fit seeds) is off by a per-run factor: its ratio's
-median 2.7-3.3 at bfcl 1x 50% and 2x 50% (the pool clears faster than forecast, round 35's
-finding), about 1 at bfcl 1x 25%, 0.77 in the noisy mix's heavy tenant alone on half the GPU;
-with a wide spread inside every run (p10 0.07-0.23, p90 6.6-34). Every step priced and refused
-records each pricing's (time, forecast gain); when the step is admitted otherwise than by a
-swap, the mean over its pricings of ln(actual wait / forecast) is one observation of its
-workflow (`_gain_errors`); a step later swapped in is not observed (its wait was cut short by
-the swap: censored). The factor is exp(sum / (n + 1)): the geometric mean of actual / forecast
-shrunk toward 1 by one pseudo-observation of no error (the convention of
-`SessionLengths`' one prior session), its workflow's until it has one, else the pooled one;
-1 before any. No constant fitted. Both executors learn it on their own clocks.
-Outcome (fit seeds 101-106; AFS fit seeds 102-109): smallest gain 1.59x against the
-default's 1.62x (bfcl 1x 25% 1.73x -> 1.59x: the factor learned there, 0.20-0.29, cut the
-swaps from 33-69 a seed to 0-5), two p95 misses against one: not chosen, though its
-non-thrash check found none worse and the recalibrated AFS veto passes it. The geometric
-mean is pulled down by steps whose actual wait was tiny; the error is spread by the
-overshoot (overstated where it is small, understated where large), not one factor. Opt-in;
-docs/scheduler.md, "Round 37".
+"room_returns_queue_corrected" (session 32, `--fit` round 37; not chosen) and
+"room_returns_queue_steps" (session 33, `--fit` round 38): the gain forecast corrected by its
+own observed error, or read off the predicted step finishes, returns and leaves; both in
+`kvsaga.scheduler.room_forecast` (`RoomForecast`, a base of `RoomSwap`).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Any
 
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.admission_order import order_key
-from kvsaga.scheduler.leave_forecast import _Means
+from kvsaga.scheduler.room_forecast import (
+    READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
+    READMIT_ROOM_RETURNS_QUEUE_STEPS,
+    RoomForecast,
+)
 from kvsaga.scheduler.working_set import working_set_blocks
 
 READMIT_ROOM_RANKED = "room_ranked"
@@ -219,16 +205,15 @@ READMIT_ROOM_RETURNS_QUEUE_SEEN = "room_returns_queue_seen"
 # in the queue's order as room frees and leaves its expected remaining steps times its
 # workflow's learned cycle later, by the same leave forecast (`_victim_wait_leave_s`).
 READMIT_ROOM_RETURNS_QUEUE_LEAVE = "room_returns_queue_leave"
-# "room_returns_queue_corrected" (session 32, `--fit` round 37): "room_returns_queue" with the
-# gain times the scheduler's own observed error of it, shrunk toward 1 (`_gain_factor`).
-READMIT_ROOM_RETURNS_QUEUE_CORRECTED = "room_returns_queue_corrected"
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRICED,
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
                      READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
-                     READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED)
+                     READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
+                     READMIT_ROOM_RETURNS_QUEUE_STEPS)
 READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                                READMIT_ROOM_RETURNS_QUEUE_LEAVE,
-                               READMIT_ROOM_RETURNS_QUEUE_CORRECTED)
+                               READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
+                               READMIT_ROOM_RETURNS_QUEUE_STEPS)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -239,40 +224,11 @@ READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_
 PRICED_MARGIN = 2.0
 
 
-class RoomSwap:
+class RoomSwap(RoomForecast):
     """"room_ranked" / "room_overdue" (see the module docstring)."""
 
     def _init_room_swap(self) -> None:
-        # "room_returns_queue_corrected": per waiting step refused by the priced swap, the
-        # request and its pricings' (time, forecast gain); per workflow and pooled, the
-        # observed ln(actual wait / forecast gain) (`_gain_factor`).
-        self._gain_priced: dict[str, tuple[Any, list[tuple[float, float]]]] = {}
-        self._gain_errors = _Means()
-
-    def _step_admitted(self, req: Any, now: float) -> None:
-        """A refused step priced by the swap (`_gain_priced`), admitted now otherwise than
-        by a swap (a swap drops its record first), gives one observation of the gain
-        forecast's error: the mean over its pricings of ln(the wait it had from the
-        pricing to now / the gain forecast then); pricings at `now` itself are left out
-        (no wait to compare)."""
-        rec = self._gain_priced.pop(req.session_id, None)
-        if rec is not None and rec[0] is req:
-            logs = [math.log((now - t) / g) for t, g in rec[1] if now > t]
-            if logs:
-                self._gain_errors.observe(req.workflow, sum(logs) / len(logs))
-        super()._step_admitted(req, now)
-
-    def _session_left(self, sid: str) -> None:
-        self._gain_priced.pop(sid, None)
-        super()._session_left(sid)
-
-    def _gain_factor(self, workflow: str) -> float:
-        """"room_returns_queue_corrected": the factor the gain forecast is multiplied by:
-        exp(sum / (n + 1)) over the observed ln(actual / forecast) of `workflow` (the
-        pooled ones until it has its own; 1 before any): their geometric mean shrunk toward
-        no correction by one pseudo-observation of none."""
-        s = self._gain_errors.sums.get(workflow) or self._gain_errors.sums.get(None)
-        return 1.0 if not s else math.exp(s[0] / (s[1] + 1))
+        self._init_room_forecast()
 
     def _swap_victims(self, req: Any, lookup: Any, now: float) -> list[str] | None:
         """The paused admitted sessions the shrink would demote, in its order, once demoted
@@ -481,21 +437,6 @@ class RoomSwap:
                             self._stay_s(r.session_id, r.workflow) if stays else 0.0))
         return out
 
-    def _stay_s(self, sid: str, workflow: str) -> float:
-        """"room_returns_queue_leave": the seconds session `sid` of `workflow`, admitted now,
-        is expected to stay: its expected remaining steps (`SessionLengths.remaining`, with
-        the graph's mean length as one prior session, as `_leave_at` reads it; its steps
-        done counted as `session_cost` counts them) times its workflow's learned step cycle
-        (`_cycles`; inf before any was seen). `_leave_at` anchored at the admission."""
-        cycle = self._cycles.mean(workflow)
-        if cycle is None:
-            return math.inf
-        s = self.manager.sessions.get(sid)
-        done = s.num_steps if s is not None else 0
-        graph = self._graph()
-        prior = graph.mean_steps(workflow) if graph is not None else done + 1.0
-        return self._lengths.remaining(workflow, done, prior) * cycle
-
     def _victim_key(self, victim: str, now: float) -> tuple[float, float]:
         """A victim's forecast return (now if none) and the admission key its step will
         sort by on that return (its session cost; since its return, or its session's start
@@ -507,46 +448,6 @@ class RoomSwap:
         since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
         return back, self._order_key(self.session_cost(victim, info.workflow, info.context),
                                      since)
-
-    def _victim_wait_leave_s(self, req: Any, victim: str, victims: list[str], over: float,
-                             now: float,
-                             ahead: list[tuple[float, int, float]] | None = None) -> float:
-        """"room_returns_queue_leave": `_victim_wait_s` with the steps queued ahead of the
-        victim leaving too. Under "room_returns_queue" a step ahead is charged its room until
-        the victim is admitted, as if it stayed for ever. Here the queue ahead (the waiting
-        steps with a smaller admission key, in key order) and then the victim are admitted
-        one by one, each once the room it charges is free; the room frees as the admitted
-        sessions leave (`_leave_at` with the restart, the victims left out, as there) and as
-        each step admitted here leaves, its expected stay (`_stay_s`) after its admission.
-        The victim's wait is its admission less its return, at least 0; 0 where the room is
-        there at once; inf where it never frees. With every stay inf it equals
-        `_victim_wait_s` (the same room, freed by the same sessions). `ahead`: the waiting
-        steps' (key, charge, stay), `_waiting_steps`, when already read."""
-        back, key = self._victim_key(victim, now)
-        info = self.sessions[victim]
-        if ahead is None:
-            ahead = self._waiting_steps(req, victims)
-        queue = sorted((k, b, stay) for k, b, stay in ahead if k < key)
-        own = self._shrink_frees(info)
-        free = sum(self._shrink_frees(self.sessions[v]) for v in victims) - over
-        if free >= sum(b for _, b, _ in queue) + own:
-            return 0.0
-        skip = set(victims)
-        leaves = [(self._leave_at(sid, i, now, True), self._own_blocks(i))
-                  for sid, i in self.sessions.items() if sid not in skip]
-        heapq.heapify(leaves)
-        t = now
-        for _, blocks, stay in [*queue, (key, own, None)]:
-            while free < blocks:
-                if not leaves:
-                    return math.inf
-                at, freed = heapq.heappop(leaves)
-                t, free = max(t, at), free + freed
-            if stay is None:
-                return max(t - back, 0.0)
-            free -= blocks
-            heapq.heappush(leaves, (t + stay, blocks))
-        return math.inf  # not reached: the victim is the queue's last
 
     def _swap_pays_queue(self, req: Any, lookup: Any, victims: list[str], over: float,
                          now: float) -> bool:
@@ -568,7 +469,10 @@ class RoomSwap:
         error observed so far on this trace). Every value records the refused pricings
         (`_gain_priced`) and learns the error at their admissions (`_step_admitted`)."""
         self._observe_return(req, lookup.gpu_hit_blocks * self.manager.block_size)
-        gain = self._swap_gain_s(over, now)
+        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_STEPS:
+            gain = self._release_wait_s(over, now)
+        else:
+            gain = self._swap_gain_s(over, now)
         got = self._swap_pays_gain(req, victims, over, now, gain)
         sid = req.session_id
         if got:

@@ -82,6 +82,6 @@ def test_main_prints_one_row_a_run_and_the_pooled_tables(mod, capsys):
         "| bfcl 1x 50% seed 104 |")
     assert "| bfcl 1x 50%, workflow bfcl |" in "\n".join(out)
     assert out[2].count("|") == 14
-    assert sum("overshoot" in x for x in out) == 3
+    assert sum("overshoot" in x for x in out) == 6  # the default's and the step release's
     with pytest.raises(ValueError):
         mod.main(["--points", "bfcl,1", "--alone-seeds", ""])
