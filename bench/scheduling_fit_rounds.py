@@ -361,6 +361,20 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # forecast's error is spread (by the overshoot: overstated 4-10x below 5% of the tiers,
 # 0.7-0.9 above 20%), not one factor. PREVIOUS stays; the fresh seeds were not run (RESULTS
 # "The gain forecast's error ...").
+# Round 38 (issue 10, the sched lane of session 33; committed before it ran, after the code):
+# PREVIOUS is still round 34's pick ("room_returns_queue"). Round 37's probe found its gain
+# overstated where the overshoot is small and understated where it is large: the gain
+# waits for whole sessions to leave, while the load the gate compares (the working sets)
+# drops at every step's finish (the step's growth charge less its reply) and rises at every
+# paused session's return (its next step's growth charge). `readmit_charge`
+# "room_returns_queue_steps" (`RoomForecast._release_wait_s`, kvsaga/scheduler/
+# room_forecast.py) forecasts the wait from those events (step finishes at their admission
+# plus the learned mean step time, restarted from now once past it; returns at the
+# predicted returns; leaves by the restarted leave forecast): the first time the freed
+# blocks reach the overshoot. No constant. Measured first beside the default's at the same
+# pricings (`bench/scheduling_gain_error.py`, fit seeds 101-106, AFS fit seeds 102-109):
+# medians by overshoot 0.39-3.55 against the default's 0.55-8.40. The fresh seeds are run
+# only if this round changes the default (scheduling 155, 156; AFS 157, 158).
 FIT_GRID = [
-    {"readmit_charge": "room_returns_queue_corrected"},
+    {"readmit_charge": "room_returns_queue_steps"},
 ]
