@@ -50,6 +50,15 @@ order statistic over those events, not a mean): 0 where it is not positive; inf 
 forecast never frees it or before any step cycle was seen. Before any step's time was seen,
 or under `shrink_on` "contexts" (a measure that the growth does not enter), it is the
 default's gain. No constant. Both executors learn the step times on their own clocks.
+
+"room_returns_queue_shrink" (session 33, `--fit` round 39): the default's gain, and the
+victims priced are those the shrink is forecast to demote, not those it would demote now.
+Why (`bench/scheduling_swap_alone.py --point bfcl,1,0.25`, fit seeds, at the default's
+swaps): of the victims the rule prices, 44-70% a seed came back before any demotion. The
+swap demotes nobody itself: the shrink runs at the next step's finish, when that finish has
+freed its growth charge and the paused sessions back by then are active (the shrink skips
+them). `_victims_at_shrink` reads the shrink then, from the same forecast events. No
+constant.
 """
 
 from __future__ import annotations
@@ -68,6 +77,10 @@ READMIT_ROOM_RETURNS_QUEUE_CORRECTED = "room_returns_queue_corrected"
 # the wait until the predicted step finishes and leaves free the overshoot, the paused
 # sessions' returns taking their growth back (`_release_wait_s`).
 READMIT_ROOM_RETURNS_QUEUE_STEPS = "room_returns_queue_steps"
+# "room_returns_queue_shrink" (session 33, `--fit` round 39): "room_returns_queue" whose
+# victims are the ones the shrink is forecast to demote at the next predicted step finish
+# (`_victims_at_shrink`), not the ones it would demote now.
+READMIT_ROOM_RETURNS_QUEUE_SHRINK = "room_returns_queue_shrink"
 
 
 class RoomForecast:
@@ -135,10 +148,7 @@ class RoomForecast:
             leave = self._leave_at(sid, info, now, True)
             own = max(info.context - info.shared, 0)
             if info.active:
-                start = self._step_start.get(sid)
-                fin = now + step_s if start is None or not info.on_prompt else start + step_s
-                if fin < now:  # past its expected finish: restarted, as `_leave_at` restarts
-                    fin = now + step_s
+                fin = self._finish_at(sid, info, step_s, now)
                 reply = self._reply_tokens(info.workflow, info.tool, 0.0) or 0.0
                 after = min(working_set_blocks(own + reply, 0.0, 0.0, bs), info.blocks)
                 out.append((fin, info.blocks - after))
@@ -153,6 +163,45 @@ class RoomForecast:
                 out.append((max(back + step_s, now), grow))
             out.append((leave, info.blocks))
         return out
+
+    def _finish_at(self, sid: str, info: Any, step_s: float, now: float) -> float:
+        """When admitted, active session `sid`'s step is forecast to finish: its admission
+        plus `step_s`, or `now` plus that for a step still queued or past its expected
+        finish (restarted, as `_leave_at` restarts a leave)."""
+        start = self._step_start.get(sid)
+        fin = now + step_s if start is None or not info.on_prompt else start + step_s
+        return now + step_s if fin < now else fin
+
+    def _victims_at_shrink(self, req: Any, lookup: Any, victims: list[str],
+                           now: float) -> list[str]:
+        """"room_returns_queue_shrink": the sessions the shrink is forecast to demote for
+        the swap that admits demoted `req` (`lookup` its lookup; `victims` the shrink's
+        answer now). The swap demotes nobody itself: the shrink runs at the next step's
+        finish (`WorkflowScheduler.finish`), the first of the active sessions' and of
+        `req`'s own step forecast (`_finish_at`); by then the load has changed by the
+        forecast events up to that time (`_release_events`: that finish's growth freed,
+        returns' growth taken), and the paused sessions back by then are active, which the
+        shrink skips. So: the shrink's answer (`_swap_shrink`) with those blocks off the
+        load and those sessions skipped; [] where the load is then within the tiers;
+        `victims` where that shrink could not bring it within, before any step time was
+        seen and under `shrink_on` "contexts"."""
+        events = None if self.shrink_on == "contexts" else self._release_events(now)
+        step_s = self._step_times.mean(req.workflow)
+        if events is None or step_s is None:
+            return victims
+        t1 = now + step_s
+        for sid, info in self.sessions.items():
+            if info.active:
+                t1 = min(t1, self._finish_at(sid, info, self._step_times.mean(info.workflow),
+                                             now))
+        freed = sum(blocks for t, blocks in events if t <= t1)
+        back = set()
+        for sid in self.sessions:
+            r = self._return_at(sid)
+            if r is not None and r <= t1:
+                back.add(sid)
+        got, _ = self._swap_shrink(req, lookup, now, freed, back)
+        return victims if got is None else got
 
     def _release_wait_s(self, over: float, now: float) -> float:
         """"room_returns_queue_steps": the seconds until the load is forecast to have freed

@@ -165,12 +165,14 @@ own observed error, or read off the predicted step finishes, returns and leaves;
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.admission_order import order_key
 from kvsaga.scheduler.room_forecast import (
     READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
+    READMIT_ROOM_RETURNS_QUEUE_SHRINK,
     READMIT_ROOM_RETURNS_QUEUE_STEPS,
     RoomForecast,
 )
@@ -209,11 +211,12 @@ READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRI
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
                      READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                      READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
-                     READMIT_ROOM_RETURNS_QUEUE_STEPS)
+                     READMIT_ROOM_RETURNS_QUEUE_STEPS, READMIT_ROOM_RETURNS_QUEUE_SHRINK)
 READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                                READMIT_ROOM_RETURNS_QUEUE_LEAVE,
                                READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
-                               READMIT_ROOM_RETURNS_QUEUE_STEPS)
+                               READMIT_ROOM_RETURNS_QUEUE_STEPS,
+                               READMIT_ROOM_RETURNS_QUEUE_SHRINK)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -238,11 +241,13 @@ class RoomSwap(RoomForecast):
         (too few paused sessions it may demote). Read only."""
         return self._swap_shrink(req, lookup, now)[0]
 
-    def _swap_shrink(self, req: Any, lookup: Any,
-                     now: float) -> tuple[list[str] | None, float]:
+    def _swap_shrink(self, req: Any, lookup: Any, now: float, freed: float = 0.0,
+                     skip: Collection[str] = ()) -> tuple[list[str] | None, float]:
         """`_swap_victims`'s answer and the overshoot its admission makes: the blocks (of
         the shrink's measure) by which the load would exceed the tiers before any victim
-        is demoted (<= 0 when it stays within)."""
+        is demoted (<= 0 when it stays within). "room_returns_queue_shrink": the shrink
+        read with `freed` blocks off the load and the sessions in `skip` not paused
+        (`RoomForecast._victims_at_shrink`); the overshoot returned is the swap's own."""
         bs = self.manager.block_size
         sid = req.session_id
         whole = req.num_tokens - min(lookup.gpu_hit_blocks * bs, self._shared_tokens(sid))
@@ -254,6 +259,7 @@ class RoomSwap(RoomForecast):
             load = self._committed + new
         frees = self._shrink_frees
         over = load - limit
+        load -= freed
         if load <= limit:
             return [], over
         shares = self._shares(limit, req.tenant)
@@ -263,7 +269,7 @@ class RoomSwap(RoomForecast):
         victims: list[str] = []
         for v in order:
             info = self.sessions[v]
-            if info.active:
+            if info.active or v in skip:
                 continue
             if shares is not None and held.get(info.tenant, 0) <= shares[info.tenant]:
                 continue  # AFS: the shrink takes only tenants above their shares
@@ -473,6 +479,8 @@ class RoomSwap(RoomForecast):
             gain = self._release_wait_s(over, now)
         else:
             gain = self._swap_gain_s(over, now)
+        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_SHRINK:
+            victims = self._victims_at_shrink(req, lookup, victims, now)
         got = self._swap_pays_gain(req, victims, over, now, gain)
         sid = req.session_id
         if got:
