@@ -396,6 +396,14 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # (`RoomForecast._victims_at_shrink`) prices the victims the shrink is forecast to demote
 # then (round 38's forecast events; the default's gain); no constant. The fresh seeds
 # (scheduling 155, 156; AFS 157, 158) are the lead's to run if this changes the default.
+# Outcome: bfcl 1x 25% 1.69x -> 1.75x, swe 1x 50% 1.72x -> 1.78x, but smallest gain 1.62x
+# against 1.63x (bfcl 1x 50%), swe 1x 25% 1.92x -> 1.82x and every web point lower (web 1x 25%
+# 2.64x -> 2.36x): not chosen; its non-thrash check rejects it too (web seed 105 1x mean
+# +11.0%); the AFS veto at the frozen thresholds passes it (+0.0215). At web the few swaps
+# demote almost nobody, yet the sessions swapped in get slower: paused at their own step's
+# finish and expected back last, they are the shrink's first pick, which the forecast does
+# not count. PREVIOUS stays; the fresh seeds were not run (RESULTS "The gain read off the
+# load's forecast path ...", part 5).
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_shrink"},
 ]
