@@ -400,10 +400,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # against 1.63x (bfcl 1x 50%), swe 1x 25% 1.92x -> 1.82x and every web point lower (web 1x 25%
 # 2.64x -> 2.36x): not chosen; its non-thrash check rejects it too (web seed 105 1x mean
 # +11.0%); the AFS veto at the frozen thresholds passes it (+0.0215). At web the few swaps
-# demote almost nobody, yet the sessions swapped in get slower: paused at their own step's
-# finish and expected back last, they are the shrink's first pick, which the forecast does
-# not count. PREVIOUS stays; the fresh seeds were not run (RESULTS "The gain read off the
-# load's forecast path ...", part 5).
+# demote almost nobody, yet the sessions swapped in get slower and recomputation rises:
+# swaps with overshoots of 400-703 blocks whose victims come back at once leave the load
+# over the tiers (by inference paid in evictions, which the rule does not price).
+# PREVIOUS stays; the fresh seeds were not run (RESULTS "The gain read off the load's
+# forecast path ...", part 5).
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_shrink"},
 ]
