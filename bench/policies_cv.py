@@ -56,11 +56,12 @@ from policies import (
     split_specs,
     write_section,
 )
-from policies_tune import pick
+from policies_tune import pick, ranking
 
 CV_SECTION = ("## Eviction policies: the tune rule cross-validated, and the fit set against "
               "the seen held-out seeds (session 33, policy lane; fit and seen seeds only; "
               "simulated)")
+DEFAULT = "graph[demoted_release=1]"  # the fit rows' name for today's default (session 32)
 FIXED = ("ttl", "saga", "lru", "graph[demoted_release=1]", "graph[spread=1]")
 EPS = 1e-12
 
@@ -260,6 +261,21 @@ def group_table(rows: list[dict], candidates: list[str]) -> list[str]:
     return out
 
 
+def head_to_head(rows: list[dict], policy: str, candidates: list[str]) -> list[str]:
+    """Per other candidate: the pressured cases on which `policy` recomputes less, more,
+    and as much (r compared, so exactly the tokens)."""
+    out = [f"| against | `{policy}` less | `{policy}` more | equal |", "|---|---:|---:|---:|"]
+    mine = ratios(rows, policy)
+    for c in candidates:
+        xs = ratios(rows, c)
+        if c == policy or not xs or not mine:
+            continue
+        less = sum(a < b - EPS for a, b in zip(mine, xs, strict=True))
+        more = sum(a > b + EPS for a, b in zip(mine, xs, strict=True))
+        out.append(f"| `{c}` | {less} | {more} | {len(xs) - less - more} |")
+    return out
+
+
 def report(fit: list[dict], candidates: list[str], fixed: list[str],
            test: list[dict] | None) -> list[str]:
     out = [f"Pressured cases: lru hit rate in [0.8, 0.98], one per pool size; r = tokens / "
@@ -280,6 +296,10 @@ def report(fit: list[dict], candidates: list[str], fixed: list[str],
                            ("seen held-out", test)):
             out += ["", f"### How far from 1.0x, {name} rows (pressured cases)", ""]
             out += tolerance_table(rows, common)
+        if DEFAULT in common:
+            for name, rows in (("fit", fit), ("seen held-out", test)):
+                out += ["", f"### The default `{DEFAULT}` case by case, {name} rows", ""]
+                out += head_to_head(rows, DEFAULT, common)
         for name, rows in (("fit", fit), ("seen held-out", test)):
             out += ["", f"### Per seed group, {name} rows", ""]
             out += group_table(rows, common)
@@ -287,6 +307,9 @@ def report(fit: list[dict], candidates: list[str], fixed: list[str],
                 f"{', '.join(f'`{c}`' for c in common)}), scored on the seen held-out rows", ""]
         out += table(transfer(fit, test, common, fx))
         union = [r for r in fit if r["policy"] in common] + test
+        out += ["", f"### Fit and seen rows together ({len(in_range(union))} pressured "
+                "cases), every candidate both ran, in the tune rule's order", ""]
+        out += fit_table(union, ranking(union, common))
         for fold in FOLDS:
             out += ["", f"### Fit and seen rows together, leave one `{fold}` out", ""]
             out += table(cross_validate(union, common, fold, fx))

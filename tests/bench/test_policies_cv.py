@@ -134,3 +134,12 @@ def test_pairs_rule_tolerances_and_seed_groups():
     assert groups[2].startswith("| 100s | 3 |") and groups[2].endswith(f"| `{A}` |")
     assert groups[3].startswith("| 200s | 3 |") and groups[3].endswith("| `ttl` |")
     assert groups[-1] == f"First by the tune rule per seed group: `{A}` 1, `ttl` 1."
+
+
+def test_head_to_head_counts_cases():
+    cv = load("policies_cv")
+    lines = cv.head_to_head(_rows(), B, CANDIDATES)
+    # B against ttl: less on X (200 < 500), more on Y (105 > 100), equal on the other 4
+    assert "| `ttl` | 1 | 1 | 4 |" in lines
+    assert f"| `{A}` | 5 | 1 | 0 |" in lines
+    assert not any(line.startswith(f"| `{B}` |") for line in lines)
