@@ -143,3 +143,18 @@ def test_head_to_head_counts_cases():
     assert "| `ttl` | 1 | 1 | 4 |" in lines
     assert f"| `{A}` | 5 | 1 | 0 |" in lines
     assert not any(line.startswith(f"| `{B}` |") for line in lines)
+
+
+def test_second_goal_against_the_best_run_found():
+    cv = load("policies_cv")
+    rows = _rows()
+    assert cv.found_table(rows, CANDIDATES) == []  # no hindsight: not judged
+    for t, s, f in CASES:
+        rows.append({"trace": t, "seed": s, "frac": f, "policy": "hindsight",
+                     "recomputed_tokens": 95, "hit_rate": 0.9, "num_gpu_blocks": 100})
+    lines = cv.found_table(rows, [*CANDIDATES, "hindsight"])
+    # ttl 100/95 within 1.10x but 500/95 on X; B 105/95 on Y is above; A 110/95 everywhere
+    assert "| `ttl` | 5 of 6 | 5.26x |" in lines
+    assert f"| `{B}` | 4 of 6 | 2.11x |" in lines
+    assert f"| `{A}` | 0 of 6 | 1.16x |" in lines
+    assert not any("`hindsight`" in line for line in lines)
