@@ -76,7 +76,9 @@ class AfsCheck(NamedTuple):
     """Issue 10's AFS veto of a pick against the incumbent, as run and recorded. Until
     session 31 the any-rise veto on the default-policy rows of the two-tenant mixes
     (`policies_check.afs_veto`: `worse`, `met_to_missed`); since session 32 the calibrated
-    one (`policies_check.calibrated_afs`), whose verdict is `calibrated` (None: not run)."""
+    one (`policies_check.calibrated_afs`), whose verdict is `calibrated` (None: not run),
+    each against the calibration of its day (session 32's records: tests/bench/
+    afs_noise_s32.json, 0.0283 / 2; since session 33 afs_noise_s33.json, 0.0317 / 4)."""
     against: str  # the incumbent it was checked against (a policy name)
     worse: int  # any-rise: rows whose afs_max_slowdown_ratio is worse than with `against`
     met_to_missed: int  # of those, rows that crossed the goal (<= 1.5) from met to missed
@@ -131,7 +133,8 @@ AFS_CHECKS: dict[str, AfsCheck] = {
     "graph[demoted_release=1]": AfsCheck(
         "graph", 4, 1,
         "python bench/policies_check.py --afs --policy 'graph[demoted_release=1]' --against "
-        "graph --workers 1 (the calibrated veto, session 32, the lead, 69 s)",
+        "graph --workers 1 (the calibrated veto, session 32, the lead, 69 s; against "
+        "tests/bench/afs_noise_s32.json, whose base had demoted_release off)",
         "AFS fit seeds 102-109, 32 cases: mean change in log(afs_max_slowdown_ratio) -0.0002 "
         "(at most 0.0283), cases meeting the goal 16 -> 16: passes. History, the any-rise "
         "veto (session 32's policy lane, on 5e12398, `--any-rise` today): "

@@ -7,7 +7,9 @@ calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
     python bench/scheduling_veto_noise.py calibrate BASE.json FCFS.json NULL.json [...]
     python bench/scheduling_veto_noise.py judge BASE.json FCFS.json CAND.json \
         --nulls NULL.json [...]
-    python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s32.json CAND.json
+    python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s33.json CAND.json
+    python bench/scheduling_veto_noise.py save OUT.json BASE.json FCFS.json NULL.json [...] \
+        --about TEXT
 
 `run`: the AFS veto's cases (both mixes of `bench/scheduling_mix.py` on each seed, at their
 capacities: 32 cases on the AFS fit seeds 102-109), each run shared and each tenant alone on
@@ -32,8 +34,11 @@ the base, with the thresholds frozen in `policies_check` (`AFS_NOISE_MEAN_LOG`,
 `AFS_NOISE_GOAL_LOSS`); `--nulls` recomputes them from the null runs and fails if they are
 not the frozen ones (the rule is judged with what was committed, never refitted).
 `judge-saved`: the same, with the base, fcfs+lru and null ratios read from a committed
-calibration (tests/bench/afs_noise_s32.json, `calibrate`'s runs reduced to their ratios), so
+calibration (tests/bench/afs_noise_s33.json, `calibrate`'s runs reduced to their ratios), so
 a candidate needs its own run only.
+`save`: that reduction (session 33; sessions 25-32 did it by a script not kept): the base,
+fcfs+lru and null runs, checked as `calibrate` checks them, written as one JSON file of each
+run's defaults, null, config and sorted (case, ratio) pairs, "about" saying what it is.
 
 The goal a case meets (issue 10): afs_max_slowdown_ratio <= 1.5 and below fcfs+lru's on the
 same case, both as printed (two decimals); fcfs+lru's ratio is read from the unperturbed
@@ -233,6 +238,15 @@ def calibrate_lines(base: dict[Key, float], fcfs: dict[Key, float],
     return out
 
 
+def saved_run(run: dict) -> dict:
+    """A `run` output as a calibration file keeps it: its defaults, null, config and
+    sorted (case, ratio) pairs (`judge-saved` and `policies_check.saved_calibration` read
+    them back)."""
+    return {"defaults": run.get("defaults"), "null": run.get("null"),
+            "config": run.get("config"),
+            "ratios": [[list(k), x] for k, x in sorted(ratios(run["rows"]).items())]}
+
+
 def load(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -262,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("cand")
     j.add_argument("--nulls", nargs="+", required=True)
     js = sub.add_parser("judge-saved", help="judge against a committed calibration")
-    js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s32.json")
+    js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s33.json")
+    sv = sub.add_parser("save", help="reduce the runs to a calibration file (module docstring)")
+    sv.add_argument("out")
+    sv.add_argument("base")
+    sv.add_argument("fcfs")
+    sv.add_argument("nulls", nargs="+")
+    sv.add_argument("--about", required=True, help="what the calibration is, in words")
     js.add_argument("cand")
     a = ap.parse_args(argv)
     if a.cmd == "run":
@@ -306,6 +326,21 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(calibrate_lines(b, f, nulls)))
         except ValueError as e:
             ap.error(str(e))
+        return 0
+    if a.cmd == "save":
+        try:
+            for r in nulls.values():
+                null_stats(b, r, f)  # the same cases, fcfs+lru's among them
+        except ValueError as e:
+            ap.error(str(e))
+        named = {"base": base, "fcfs": fcfs,
+                 **{f"null_{load(p)['null']}": load(p) for p in a.nulls}}
+        if len(named) != 2 + len(a.nulls):
+            ap.error("two null runs have the same null")
+        with open(a.out, "w") as out:
+            json.dump({"about": a.about, "runs": {n: saved_run(d) for n, d in named.items()}},
+                      out, separators=(",", ":"))
+        print(f"wrote {len(named)} runs ({len(b)} cases each) to {a.out}")
         return 0
     return judge_lines(ap, b, f, nulls, load(a.cand))
 

@@ -1,0 +1,156 @@
+"""The session-33 AFS veto calibration (tests/bench/afs_noise_s33.json) and the tools that
+write and read it: `bench/scheduling_veto_noise.py save` and `bench/scheduling_veto_nulls.py`.
+The rule and the older calibrations are tested in tests/bench/test_afs_noise_veto.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parents[1] / "bench"
+NULLS = ("jitter1", "jitter2", "jitter3", "jitter4", "slow", "fast", "slow2", "fast2",
+         "slow3", "fast3", "swap")
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import policies_check
+        import scheduling_veto_noise
+        import scheduling_veto_nulls
+        yield policies_check, scheduling_veto_noise, scheduling_veto_nulls
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _calibration(name: str) -> tuple[dict, dict]:
+    data = json.loads((HERE / name).read_text())["runs"]
+    return {n: {tuple(k): x for k, x in r["ratios"]} for n, r in data.items()}, data
+
+
+def test_the_session_33_calibration_gives_the_frozen_thresholds(mods):
+    """Session 33's calibration on today's default (`readmit_charge` "room_returns_queue",
+    graph's `demoted_release` on; the base, fcfs+lru and 11 null runs, 32 cases each) is the
+    one `policies_check.AFS_CALIBRATION` names and reproduces the frozen thresholds exactly
+    (0.0317 / 4): the mean threshold is the largest pair mean (fast -> slow3), above the band
+    (0.0225); the goal-loss one is the base's 19 goal cases against slow3's 15."""
+    pc, _, _ = mods
+    assert pc.AFS_CALIBRATION.name == "afs_noise_s33.json"
+    runs, data = _calibration("afs_noise_s33.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
+    assert data["fcfs"]["config"] == "fcfs+lru"
+    assert all(r["defaults"] is None for r in data.values())
+    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    assert sorted(nulls) == sorted(NULLS) and all(len(r) == 32 for r in runs.values())
+    t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
+    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
+    assert (round(t_mean, 4), t_loss) == (0.0317, 4)
+    assert "(fast -> slow3)" in parts and "= 0.0225" in parts and "150 moved" in parts
+    met = {n: sum(pc.goal_met(r[k], fcfs[k]) for k in base) for n, r in nulls.items()}
+    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 19
+    assert min(met.values()) == met["slow3"] == 15
+    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base)
+                  for r in nulls.values())
+    assert rejects == 8
+    assert pc.afs_noise_veto(base, base, fcfs)[0]
+
+
+def test_the_session_33_base_against_session_32s(mods):
+    """Why session 33 recalibrated: fcfs+lru's ratios are session 32's exactly (no workflow
+    default moves them), but every one of the base's 32 moved (mean d log ratio -0.0188, goal
+    cases 16 -> 19), and session 32's nulls around the new base give other thresholds (0.0452
+    / 4), so `judge` with them refused."""
+    pc, _, _ = mods
+    new, _ = _calibration("afs_noise_s33.json")
+    old, data = _calibration("afs_noise_s32.json")
+    assert new["fcfs"] == old["fcfs"]
+    d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
+    assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 32
+    assert round(sum(d) / 32, 4) == -0.0188
+    assert sum(pc.goal_met(old["base"][k], old["fcfs"][k]) for k in old["base"]) == 16
+    old_nulls = {data[n]["null"]: r for n, r in old.items() if n.startswith("null_")}
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(new["base"], old_nulls, new["fcfs"])
+    assert (round(t_mean, 4), t_loss) == (0.0452, 4)
+
+
+def test_leave_one_out_rejects_slow3_only(mods):
+    """Each null judged with thresholds from the base and the other nulls only, both ways:
+    1 of 22 judgements rejects, slow3 against the base (without slow3 the thresholds are
+    0.0221 / 2: slow3 alone sets both frozen ones)."""
+    pc, _, _ = mods
+    runs, data = _calibration("afs_noise_s33.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    rejected = []
+    for n, r in nulls.items():
+        tm, tl, _ = pc.afs_noise_thresholds(base, {m: x for m, x in nulls.items() if m != n},
+                                            fcfs)
+        for label, a, b in ((f"{n} against base", base, r), (f"base against {n}", r, base)):
+            if not pc.afs_noise_veto(a, b, fcfs, mean_log_max=tm, goal_loss_max=tl)[0]:
+                rejected.append((label, round(tm, 4), tl))
+    assert rejected == [("slow3 against base", 0.0221, 2)]
+
+
+def _write_runs(tmp_path: Path, data: dict) -> dict[str, Path]:
+    """The calibration's runs written back as `scheduling_veto_noise.py run` files (rows in
+    `run`'s order, not sorted, so that `save` must sort them)."""
+    paths = {}
+    for name, run in data.items():
+        rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x, "tenants": {}}
+                for k, x in reversed(run["ratios"])]
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps({"defaults": run["defaults"], "null": run["null"],
+                                           "config": run["config"], "rows": rows}))
+    return paths
+
+
+def test_save_writes_the_committed_file_back(mods, tmp_path, capsys):
+    """`save` on the runs gives afs_noise_s33.json byte for byte (the committed file was
+    written by it); it refuses a null run twice and runs whose cases differ."""
+    _, noise, _ = mods
+    committed = (HERE / "afs_noise_s33.json").read_text()
+    about = json.loads(committed)["about"]
+    p = _write_runs(tmp_path, json.loads(committed)["runs"])
+    args = [str(p["base"]), str(p["fcfs"])] + [str(p[f"null_{n}"]) for n in NULLS]
+    out = tmp_path / "out.json"
+    assert noise.main(["save", str(out), *args, "--about", about]) == 0
+    assert out.read_text() == committed
+    assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        noise.main(["save", str(out), *args, str(p["null_swap"]), "--about", "x"])
+    assert "same null" in capsys.readouterr().err
+    short = json.loads(p["null_slow"].read_text())
+    short["rows"] = short["rows"][1:]
+    p["null_slow"].write_text(json.dumps(short))
+    with pytest.raises(SystemExit):
+        noise.main(["save", str(out), *args, "--about", "x"])
+    assert "same cases" in capsys.readouterr().err
+
+
+def test_veto_nulls_writes_session_33_by_default_and_checks_a_base(mods, tmp_path, capsys):
+    """`scheduling_veto_nulls.py OUT_DIR` writes session 33's runs (s33_*.json); `--check`
+    passes a base rerun equal to its base and fails one that is not; `judge` on the written
+    runs accepts the base against itself under the frozen thresholds."""
+    _, noise, nulls = mods
+    assert nulls.SESSIONS[0] == 33
+    assert nulls.main([str(tmp_path)]) == 0
+    assert (tmp_path / "s33_null_slow3.json").exists()
+    capsys.readouterr()
+    base = tmp_path / "s33_base.json"
+    assert nulls.main([str(tmp_path), "--check", str(base)]) == 0
+    assert "equal to session 33's base" in capsys.readouterr().out
+    other = tmp_path / "s32" / "s32_base.json"
+    assert nulls.main([str(tmp_path / "s32"), "--session", "32"]) == 0
+    assert nulls.main([str(tmp_path), "--check", str(other)]) == 1
+    capsys.readouterr()
+    runs = [str(tmp_path / f"s33_null_{n}.json") for n in NULLS]
+    assert noise.main(["judge", str(base), str(tmp_path / "s33_fcfs.json"), str(base),
+                       "--nulls", *runs]) == 0
+    assert "the calibrated AFS veto: passes" in capsys.readouterr().out
