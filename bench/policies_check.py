@@ -39,6 +39,7 @@ by a process pool, which on Linux forks).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -66,6 +67,13 @@ def register(spec: str) -> str:
     base = POLICIES[name]
     base(**params)  # a bad constant fails here, naming it, before anything is registered
 
+    # `wraps` keeps the base's signature visible (`inspect.signature` follows __wrapped__):
+    # the simulator passes its run's cost model only to a class whose signature takes
+    # `cost` (`Simulator._make_policy`); without it (until session 33) a spec ran priced by
+    # the policy's default cost model, not the run's (each tenant's half-GPU run alone
+    # included), so `graph[demoted_release=1]` against `graph`, one policy, moved the AFS
+    # ratios by +0.0186.
+    @functools.wraps(base.__init__)
     def init(self, *args, **kw) -> None:
         base.__init__(self, *args, **{**params, **kw})
 

@@ -89,6 +89,33 @@ def test_a_spec_is_registered_as_a_policy_with_its_constants(monkeypatch):
     assert "graph[no_such=1]" not in kp.POLICIES
 
 
+def test_a_registered_spec_is_priced_by_the_runs_cost_model(monkeypatch):
+    """A registered spec keeps its base's signature, so the simulator builds it with the
+    run's cost model (`Simulator._make_policy` passes `cost` only where the signature takes
+    it). Until session 33 it did not: a spec ran on the policy's default `PrefillCost`, and
+    `graph[demoted_release=1]`, today's `graph`, moved the AFS ratios against it."""
+    import inspect
+
+    from kvsaga.policy import POLICIES
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from kvsaga.sim.workloads import generate
+    check = load("policies_check")
+    import kvsaga.policy as kp
+    monkeypatch.setattr("kvsaga.policy.POLICIES", dict(POLICIES))
+    monkeypatch.setattr(check, "POLICIES", kp.POLICIES)
+    import kvsaga.sim.simulator as sim_mod
+    monkeypatch.setattr(sim_mod, "POLICIES", kp.POLICIES)
+    name = check.register("graph[demoted_release=1]")
+    params = inspect.signature(kp.POLICIES[name]).parameters
+    assert list(params) == list(inspect.signature(kp.POLICIES["graph"]).parameters)
+    sessions = generate("swe", 3, seed=1)
+    for policy in ("graph", name):
+        sim = Simulator(sessions, SimConfig(num_gpu_blocks=100_000, policy=policy))
+        assert sim.manager.policy.cost is sim.cost
+        assert sim.manager.policy.demoted_release is True
+    assert kp.POLICIES[name]().name == name
+
+
 def test_the_smoothed_goal_is_written_once_per_policy():
     """`--smooth` judges `DEFAULT_POLICY` and `graph`: when they are one policy, one goal."""
     smooth = load("policies_smooth")
