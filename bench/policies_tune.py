@@ -234,13 +234,22 @@ Check = Callable[[str, str], CheckResult]
 
 
 def vetted_pick(rows: list[dict], candidates: list[str], checks: Sequence[Check],
-                against: str | None = None) -> tuple[str, list[dict]]:
+                against: str | None = None,
+                constants: dict[str, dict[str, float | list[str]]] | None = None
+                ) -> tuple[str, list[dict]]:
     """The tune's choice through issue 10's checks: walk the candidates in the tune rule's
     order (`ranking`) and take the first that passes every check of `checks` against
     `against` (default: `DEFAULT_POLICY`), or that is the default now (`is_default`: no
     check). A candidate stops at its first failed check (the later ones are not run).
     Returns the choice and the walk: per candidate walked, its rule key, the checks run
     (name, passes, figures) and the check that vetoed it, if one did.
+
+    `constants`: what each candidate's rows ran with (the saved tune's "constants"). A
+    candidate is then checked, and judged the default or not, as it ran (`explicit`), not
+    as its spec reads under today's class defaults: a rewalk of rows saved before a
+    default constant changed (graph's `demoted_release`, session 32) would otherwise check
+    another setting than the one the rule ranked, and take the old default's rows for
+    today's default (session 33).
 
     Raises:
         ValueError: no candidate ran every pressured case, or every one walked was vetoed
@@ -253,14 +262,17 @@ def vetted_pick(rows: list[dict], candidates: list[str], checks: Sequence[Check]
     walked = []
     for spec in order:
         worst, above, total = rank(rows, spec)
+        ran = explicit(spec, constants) if constants else spec
         entry = {"candidate": spec, "worst": worst, "above": above, "total": total,
                  "checks": [], "vetoed_by": None}
+        if ran != spec:
+            entry["as_run"] = ran
         walked.append(entry)
-        if is_default(spec):
+        if is_default(ran):
             entry["default"] = True
             return spec, walked
         for check in checks:
-            got = check(spec, against)
+            got = check(ran, against)
             entry["checks"].append(got._asdict())
             if not got.passes:
                 entry["vetoed_by"] = got.check
@@ -303,7 +315,8 @@ def vetting_lines(walked: list[dict], chosen: str, against: str) -> list[str]:
            "check; the default as it is takes none):", ""]
     for w in walked:
         head = (f"- `{w['candidate']}` (worst {w['worst']:.2f}x, {w['above']} above 1.0x, "
-                f"{w['total'] / 1e6:.3f}M tokens): ")
+                f"{w['total'] / 1e6:.3f}M tokens"
+                + (f"; as its rows ran, `{w['as_run']}`" if w.get("as_run") else "") + "): ")
         if w.get("default"):
             out.append(head + "the default as it is: no check; **chosen**.")
             continue
@@ -471,7 +484,8 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         if getattr(args, "rewalk", False):
             if extra is not None or fit_set_gaps(seeds, policies):
                 parser.error("--rewalk needs a saved per-size tuning of the whole fit set")
-            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers))
+            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
+                                         constants=constants)
             vetting = (vetted, walked, DEFAULT_POLICY)
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             notes = [*notes, f"The walk through issue 10's checks was rerun on these saved "
@@ -487,7 +501,8 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         wall = time.perf_counter() - t
         vetting = None
         if not args.smooth and not fit_set_gaps(seeds, policies):  # the whole fit set
-            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers))
+            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
+                                         constants=constants)
             vetting = (vetted, walked, DEFAULT_POLICY)
         if args.smooth:
             import policies_smooth as S

@@ -4,6 +4,7 @@ through issue 10's checks (the AFS veto, then the non-thrash check), the first t
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -150,7 +151,9 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     fake_rows = rows_for(tokens)
     monkeypatch.setattr(tune, "run", lambda traces, fractions, policies, seeds, workers: (
         fake_rows if 1 in seeds else [], []))
-    afs = Fake("AFS veto", {"graph[spread=1]"})
+    # the walk checks each candidate as it ran: its spec with today's constants written out
+    afs = Fake("AFS veto", {tune.explicit("graph[spread=1]",
+                                          tune.setting_constants(list(tokens)))})
     monkeypatch.setattr(tune, "run_checks", lambda workers: [afs])
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
     monkeypatch.setattr(tune, "HERE", tmp_path)
@@ -278,3 +281,35 @@ def test_the_fit_check_fails_a_lower_smallest_gain_or_an_added_p95_miss(monkeypa
     assert not got.passes and "p95 misses 0 -> 1" in got.figures
     assert fg("ttl", "graph").passes
 
+
+
+def test_a_candidate_is_checked_and_judged_the_default_as_its_rows_ran():
+    """With the saved tune's constants, the walk checks each candidate as its rows ran,
+    not as its spec reads under today's class defaults: rows of `graph[median_returns=1]`
+    run with a `demoted_release` other than today's are not today's default (they are
+    checked), and a candidate's check gets its explicit spec (session 33: a rewalk of
+    rows saved before graph's `demoted_release` default changed checked other settings)."""
+    tune = load("policies_tune")
+    rows = rows_for()
+    today = inspect.signature(POLICIES["graph"]).parameters["demoted_release"].default
+    old = {"median_returns": 1.0, "demoted_release": float(not today)}
+    constants = {"graph[median_returns=1]": old,
+                 "graph[spread=1]": {**old, "spread": 1.0}}
+    every = set(TOKENS) - {"graph[median_returns=1]"}
+    afs = Fake("AFS veto", {tune.explicit(k, constants) for k in constants} | every)
+    # no candidate's rows are today's default as they ran: vetoing all is an error
+    with pytest.raises(ValueError, match="every candidate was vetoed"):
+        tune.vetted_pick(rows, list(TOKENS), [afs], constants=constants)
+    checked = [s for s, _ in afs.calls]
+    assert checked[0] == tune.explicit("graph[spread=1]", constants) != "graph[spread=1]"
+    assert f"demoted_release={int(not today)}" in checked[0]
+    assert tune.explicit("graph[median_returns=1]", constants) in checked  # not the default
+    afs.fails.discard(checked[0])
+    chosen, walked = tune.vetted_pick(rows, list(TOKENS), [afs], constants=constants)
+    assert chosen == "graph[spread=1]" and walked[0]["as_run"] == checked[0]
+    assert f"as its rows ran, `{checked[0]}`" in "\n".join(
+        tune.vetting_lines(walked, chosen, "graph"))
+    # without the constants the same rows' spec reads as today's default: no check
+    chosen, walked = tune.vetted_pick(rows, list(TOKENS), [Fake("AFS veto", every)])
+    assert chosen == "graph[median_returns=1]" and walked[-1].get("default")
+    assert "as_run" not in walked[1]  # lru: no constants, checked as named
