@@ -45,22 +45,19 @@ Demotion. A session that the scheduler demoted (`session_deferred`) runs its nex
 once admitted again, which takes as long as the admitted sessions' steps and pauses, not the
 tool's: graph learns how long demotions last (demotion to step start, `WaitSamples`) and
 prices a demoted session's blocks by the later of the graph's prediction and the mean
-residual of the demotions seen, given how long this one has lasted. Found on swe (seed 101,
-the tuning seed; docs/policies.md): pricing a demoted session whose tool had returned
-as needed at once, graph kept it and evicted an admitted session due back in 1-2 s.
-With `demoted_release` (session 32; the default since the tune's walk chose it that session,
-docs/policies.md "Session 32, the lead") a demoted session whose tool has not returned
-is released instead, as `ttl` does: P(reuse) is taken as 0 (its blocks go after the dead
-ones, tail first, before every live session's) until its tool returns (`resume_hint`), and
-from then on it is priced as above. Why (seen seeds 951, 952, fit data since session 32;
-docs/policies.md, "Session 32"): at the same pool state graph's own victims were demoted
-sessions whose tool was back, which the scheduler re-admits as soon as it has room and which
-evicting only makes colder and later, where ttl takes demoted sessions still on their tool.
-How the waits are recorded and read (`residual_wait`, `median_returns`, `spread`):
-kvsaga/policy/return_forecast.py; a demoted session's residual on its context's size's
-clock (`demoted_size`, opt-in): kvsaga/policy/size_effect.py; by its place in the scheduler's
-admission queue (`admission_rank`, opt-in): kvsaga/policy/admission_rank.py; by the room it
-lacks (`admission_room`, opt-in), or, still paused on its tool, by the room it would lack
+residual of the demotions seen, given how long this one has lasted (not as needed at once:
+docs/policies.md says what that cost on swe). With `demoted_release` (session 32; the
+default since the tune's walk chose it that session, docs/policies.md "Session 32, the
+lead") a demoted session whose tool has not returned is released instead, as `ttl` does:
+P(reuse) is taken as 0 (its blocks go after the dead ones, tail first, before every live
+session's) until its tool returns (`resume_hint`), and from then on it is priced as above: a
+demoted session whose tool is back is re-admitted as soon as there is room, so it is the one
+to keep (docs/policies.md, "Session 32"). How the waits are recorded and read
+(`residual_wait`, `median_returns`, `spread`): kvsaga/policy/return_forecast.py; a demoted
+session's residual on its context's size's clock (`demoted_size`, opt-in):
+kvsaga/policy/size_effect.py; by its place in the scheduler's admission queue
+(`admission_rank`, opt-in): kvsaga/policy/admission_rank.py; by the room it lacks
+(`admission_room`, opt-in), or, still paused on its tool, by the room it would lack
 (`paused_room`, opt-in): kvsaga/policy/admission_room.py.
 
 Indexed (`GroupedPolicy`): a session's rate P / E[time] reads its elapsed pause and its
