@@ -405,6 +405,14 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # over the tiers (by inference paid in evictions, which the rule does not price).
 # PREVIOUS stays; the fresh seeds were not run (RESULTS "The gain read off the load's
 # forecast path ...", part 5).
+# Round 40 (issue 10, the sched2 lane of session 33, after round 39; committed before it
+# ran, after the code): PREVIOUS is still round 34's pick. Round 39's web loss came from
+# swaps whose overshoot nobody predicted demoted clears (the load stays over the tiers;
+# paid in evictions no side prices). `readmit_charge` "room_returns_queue_cleared"
+# (`RoomForecast._priced_victims`) keeps round 39's victims and refuses a swap where the
+# shrink forecast at the next predicted finish cannot bring the load within the tiers
+# (round 39 priced the victims now there). No constant. The fresh seeds (scheduling 155,
+# 156; AFS 157, 158) are run only if this changes the default.
 FIT_GRID = [
-    {"readmit_charge": "room_returns_queue_shrink"},
+    {"readmit_charge": "room_returns_queue_cleared"},
 ]

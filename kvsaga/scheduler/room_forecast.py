@@ -59,6 +59,17 @@ swap demotes nobody itself: the shrink runs at the next step's finish, when that
 freed its growth charge and the paused sessions back by then are active (the shrink skips
 them). `_victims_at_shrink` reads the shrink then, from the same forecast events. No
 constant.
+
+"room_returns_queue_cleared" (session 33, `--fit` round 40): round 39's victims, and a swap
+whose overshoot the shrink at the next predicted finish cannot clear is refused. Why (round
+39 at web 1x 25%, `bench/scheduling_swap_alone.py --swaps`, seeds 102, 106): swaps of
+400-703-block overshoots whose victims come back at once left the load over the tiers with
+nobody demoted; that overshoot is paid in evictions of cached blocks that neither side of
+the rule prices. Where the shrink forecast at the next finish (`_victims_at_shrink`: the
+load less the forecast events up to then, the sessions back by then skipped) runs out of
+paused sessions to demote before the load is within the tiers, round 39 fell back to the
+victims now; here the swap is refused (`_priced_victims` returns None). Unchanged where
+the forecast is unknown (no step time seen; `shrink_on` "contexts"). No constant.
 """
 
 from __future__ import annotations
@@ -81,6 +92,10 @@ READMIT_ROOM_RETURNS_QUEUE_STEPS = "room_returns_queue_steps"
 # victims are the ones the shrink is forecast to demote at the next predicted step finish
 # (`_victims_at_shrink`), not the ones it would demote now.
 READMIT_ROOM_RETURNS_QUEUE_SHRINK = "room_returns_queue_shrink"
+# "room_returns_queue_cleared" (session 33, `--fit` round 40): "room_returns_queue_shrink"
+# refusing a swap whose overshoot the forecast shrink at the next finish cannot clear
+# (`_priced_victims`).
+READMIT_ROOM_RETURNS_QUEUE_CLEARED = "room_returns_queue_cleared"
 
 
 class RoomForecast:
@@ -172,8 +187,22 @@ class RoomForecast:
         fin = now + step_s if start is None or not info.on_prompt else start + step_s
         return now + step_s if fin < now else fin
 
+    def _priced_victims(self, req: Any, lookup: Any, victims: list[str],
+                        now: float) -> list[str] | None:
+        """The victims `_swap_pays_queue` prices for the swap that admits demoted `req`
+        (`victims`: the shrink's answer now): those; round 39's (`_victims_at_shrink`) under
+        "room_returns_queue_shrink"; under "room_returns_queue_cleared" those too, but None
+        (the swap refused) where the shrink forecast at the next finish cannot bring the
+        load within the tiers: the overshoot no predicted demotion clears."""
+        charge = self.readmit_charge
+        if charge == READMIT_ROOM_RETURNS_QUEUE_SHRINK:
+            return self._victims_at_shrink(req, lookup, victims, now)
+        if charge == READMIT_ROOM_RETURNS_QUEUE_CLEARED:
+            return self._victims_at_shrink(req, lookup, victims, now, strict=True)
+        return victims
+
     def _victims_at_shrink(self, req: Any, lookup: Any, victims: list[str],
-                           now: float) -> list[str]:
+                           now: float, strict: bool = False) -> list[str] | None:
         """"room_returns_queue_shrink": the sessions the shrink is forecast to demote for
         the swap that admits demoted `req` (`lookup` its lookup; `victims` the shrink's
         answer now). The swap demotes nobody itself: the shrink runs at the next step's
@@ -184,7 +213,8 @@ class RoomForecast:
         shrink skips. So: the shrink's answer (`_swap_shrink`) with those blocks off the
         load and those sessions skipped; [] where the load is then within the tiers;
         `victims` where that shrink could not bring it within, before any step time was
-        seen and under `shrink_on` "contexts"."""
+        seen and under `shrink_on` "contexts". With `strict`, None (not `victims`) where
+        that shrink could not ("room_returns_queue_cleared")."""
         events = None if self.shrink_on == "contexts" else self._release_events(now)
         step_s = self._step_times.mean(req.workflow)
         if events is None or step_s is None:
@@ -201,7 +231,9 @@ class RoomForecast:
             if r is not None and r <= t1:
                 back.add(sid)
         got, _ = self._swap_shrink(req, lookup, now, freed, back)
-        return victims if got is None else got
+        if got is None and not strict:
+            return victims
+        return got
 
     def _release_wait_s(self, over: float, now: float) -> float:
         """"room_returns_queue_steps": the seconds until the load is forecast to have freed

@@ -171,6 +171,7 @@ from typing import Any
 from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.admission_order import order_key
 from kvsaga.scheduler.room_forecast import (
+    READMIT_ROOM_RETURNS_QUEUE_CLEARED,
     READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
     READMIT_ROOM_RETURNS_QUEUE_SHRINK,
     READMIT_ROOM_RETURNS_QUEUE_STEPS,
@@ -211,12 +212,14 @@ READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRI
                      READMIT_ROOM_RETURNS, READMIT_ROOM_RETURNS_FAIR, READMIT_ROOM_RETURNS_STAY,
                      READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                      READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
-                     READMIT_ROOM_RETURNS_QUEUE_STEPS, READMIT_ROOM_RETURNS_QUEUE_SHRINK)
+                     READMIT_ROOM_RETURNS_QUEUE_STEPS, READMIT_ROOM_RETURNS_QUEUE_SHRINK,
+                     READMIT_ROOM_RETURNS_QUEUE_CLEARED)
 READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                                READMIT_ROOM_RETURNS_QUEUE_LEAVE,
                                READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
                                READMIT_ROOM_RETURNS_QUEUE_STEPS,
-                               READMIT_ROOM_RETURNS_QUEUE_SHRINK)
+                               READMIT_ROOM_RETURNS_QUEUE_SHRINK,
+                               READMIT_ROOM_RETURNS_QUEUE_CLEARED)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that
@@ -479,9 +482,8 @@ class RoomSwap(RoomForecast):
             gain = self._release_wait_s(over, now)
         else:
             gain = self._swap_gain_s(over, now)
-        if self.readmit_charge == READMIT_ROOM_RETURNS_QUEUE_SHRINK:
-            victims = self._victims_at_shrink(req, lookup, victims, now)
-        got = self._swap_pays_gain(req, victims, over, now, gain)
+        priced = self._priced_victims(req, lookup, victims, now)
+        got = priced is not None and self._swap_pays_gain(req, priced, over, now, gain)
         sid = req.session_id
         if got:
             self._gain_priced.pop(sid, None)  # censored: the swap cuts its wait short

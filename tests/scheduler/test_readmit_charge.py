@@ -60,7 +60,7 @@ def test_readmit_charge_rejects_unknown_values():
                        "room_priced, room_returns, room_returns_fair, room_returns_stay, "
                        "room_returns_queue, room_returns_queue_seen, room_returns_queue_leave, "
                        "room_returns_queue_corrected, room_returns_queue_steps, "
-                       "room_returns_queue_shrink, "
+                       "room_returns_queue_shrink, room_returns_queue_cleared, "
                        "context, full, "
                        "binding, binding_short, "
                        "cost, cost_ends, cost_leave, cost_leave_waits, got 'all'"):
