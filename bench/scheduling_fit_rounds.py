@@ -413,6 +413,16 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # shrink forecast at the next predicted finish cannot bring the load within the tiers
 # (round 39 priced the victims now there). No constant. The fresh seeds (scheduling 155,
 # 156; AFS 157, 158) are run only if this changes the default.
+# Outcome: almost round 39's figures (smallest gain 1.62x at bfcl 1x 50% against 1.63x; bfcl
+# 1x 25% 1.69x -> 1.74x; web 1x 25% 2.64x -> 2.36x): not chosen; its non-thrash check
+# rejects it (web seed 105 1x mean +11.0%); the AFS veto (s33, 0.0317 / 4) passes it
+# (+0.0223, 19 -> 18). The refusal did not bite at web: at the 400-703-block swaps (seeds
+# 102, 106) the forecast cleared the overshoot by the next finish through the predicted
+# leave (within 0.06-0.17 s) of a long session (24-36 steps) that did not leave.
+# Round 41 (the same lane, after round 40; committed before it ran, after the code):
+# `readmit_charge` "room_returns_queue_demoted": round 40's refusal with no predicted leave
+# counted toward the clearing (`_release_events`' `leaves` off): only the finishes' growth
+# frees and the shrink's demotions. No constant. Fresh seeds only if the default changes.
 FIT_GRID = [
-    {"readmit_charge": "room_returns_queue_cleared"},
+    {"readmit_charge": "room_returns_queue_demoted"},
 ]

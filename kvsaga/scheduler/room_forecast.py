@@ -70,6 +70,16 @@ load less the forecast events up to then, the sessions back by then skipped) run
 paused sessions to demote before the load is within the tiers, round 39 fell back to the
 victims now; here the swap is refused (`_priced_victims` returns None). Unchanged where
 the forecast is unknown (no step time seen; `shrink_on` "contexts"). No constant.
+
+"room_returns_queue_demoted" (session 33, `--fit` round 41): "room_returns_queue_cleared"
+with the forecast shrink's load cleared by the step finishes' growth frees and the
+demotions alone, no predicted leave counted (`_release_events`' `leaves` off). Why (round
+40 at web 1x 25%, seeds 102 and 106, /tmp/s40/t1probe.py in RESULTS): at the swaps of
+400-703-block overshoots the forecast events cleared the overshoot by the next finish
+through the predicted leave, within 0.06-0.17 s, of one long session (24-36 steps, 719-829
+blocks; its expected remaining steps near 0), which did not leave; so round 40's refusal
+never bit there. A leave is the forecast's least certain event; a finish always frees its
+growth charge and the shrink's demotions are the scheduler's own. No constant.
 """
 
 from __future__ import annotations
@@ -96,6 +106,9 @@ READMIT_ROOM_RETURNS_QUEUE_SHRINK = "room_returns_queue_shrink"
 # refusing a swap whose overshoot the forecast shrink at the next finish cannot clear
 # (`_priced_victims`).
 READMIT_ROOM_RETURNS_QUEUE_CLEARED = "room_returns_queue_cleared"
+# "room_returns_queue_demoted" (session 33, `--fit` round 41): "room_returns_queue_cleared"
+# with no predicted leave counted toward clearing the overshoot by the next finish.
+READMIT_ROOM_RETURNS_QUEUE_DEMOTED = "room_returns_queue_demoted"
 
 
 class RoomForecast:
@@ -150,10 +163,12 @@ class RoomForecast:
         return 1.0 if not s else math.exp(s[0] / (s[1] + 1))
 
     # -- "room_returns_queue_steps" -------------------------------------------------------
-    def _release_events(self, now: float) -> list[tuple[float, int]] | None:
+    def _release_events(self, now: float,
+                        leaves: bool = True) -> list[tuple[float, int]] | None:
         """The admitted sessions' forecast changes to the load, as (time, blocks freed;
         negative: taken) pairs, unsorted (see the module docstring); None before any step
-        time was seen; times inf where a session's leave is unknown."""
+        time was seen; times inf where a session's leave is unknown. Without `leaves`
+        ("room_returns_queue_demoted") the leaves' frees are left out."""
         bs = self.manager.block_size
         out: list[tuple[float, int]] = []
         for sid, info in self.sessions.items():
@@ -167,7 +182,8 @@ class RoomForecast:
                 reply = self._reply_tokens(info.workflow, info.tool, 0.0) or 0.0
                 after = min(working_set_blocks(own + reply, 0.0, 0.0, bs), info.blocks)
                 out.append((fin, info.blocks - after))
-                out.append((max(leave, fin), after))
+                if leaves:
+                    out.append((max(leave, fin), after))
                 continue
             back = self._return_at(sid)
             if back is not None and back < leave:
@@ -176,7 +192,8 @@ class RoomForecast:
                 back = max(back, now)
                 out.append((back, -grow))
                 out.append((max(back + step_s, now), grow))
-            out.append((leave, info.blocks))
+            if leaves:
+                out.append((leave, info.blocks))
         return out
 
     def _finish_at(self, sid: str, info: Any, step_s: float, now: float) -> float:
@@ -199,10 +216,14 @@ class RoomForecast:
             return self._victims_at_shrink(req, lookup, victims, now)
         if charge == READMIT_ROOM_RETURNS_QUEUE_CLEARED:
             return self._victims_at_shrink(req, lookup, victims, now, strict=True)
+        if charge == READMIT_ROOM_RETURNS_QUEUE_DEMOTED:
+            return self._victims_at_shrink(req, lookup, victims, now, strict=True,
+                                           leaves=False)
         return victims
 
     def _victims_at_shrink(self, req: Any, lookup: Any, victims: list[str],
-                           now: float, strict: bool = False) -> list[str] | None:
+                           now: float, strict: bool = False,
+                           leaves: bool = True) -> list[str] | None:
         """"room_returns_queue_shrink": the sessions the shrink is forecast to demote for
         the swap that admits demoted `req` (`lookup` its lookup; `victims` the shrink's
         answer now). The swap demotes nobody itself: the shrink runs at the next step's
@@ -214,8 +235,12 @@ class RoomForecast:
         load and those sessions skipped; [] where the load is then within the tiers;
         `victims` where that shrink could not bring it within, before any step time was
         seen and under `shrink_on` "contexts". With `strict`, None (not `victims`) where
-        that shrink could not ("room_returns_queue_cleared")."""
-        events = None if self.shrink_on == "contexts" else self._release_events(now)
+        that shrink could not ("room_returns_queue_cleared"); without `leaves`, the
+        forecast's leaves not counted ("room_returns_queue_demoted")."""
+        if self.shrink_on == "contexts":
+            events = None
+        else:
+            events = self._release_events(now) if leaves else self._release_events(now, False)
         step_s = self._step_times.mean(req.workflow)
         if events is None or step_s is None:
             return victims

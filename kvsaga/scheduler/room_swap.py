@@ -173,6 +173,7 @@ from kvsaga.scheduler.admission_order import order_key
 from kvsaga.scheduler.room_forecast import (
     READMIT_ROOM_RETURNS_QUEUE_CLEARED,
     READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
+    READMIT_ROOM_RETURNS_QUEUE_DEMOTED,
     READMIT_ROOM_RETURNS_QUEUE_SHRINK,
     READMIT_ROOM_RETURNS_QUEUE_STEPS,
     RoomForecast,
@@ -213,13 +214,14 @@ READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE, READMIT_ROOM_PRI
                      READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                      READMIT_ROOM_RETURNS_QUEUE_LEAVE, READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
                      READMIT_ROOM_RETURNS_QUEUE_STEPS, READMIT_ROOM_RETURNS_QUEUE_SHRINK,
-                     READMIT_ROOM_RETURNS_QUEUE_CLEARED)
+                     READMIT_ROOM_RETURNS_QUEUE_CLEARED, READMIT_ROOM_RETURNS_QUEUE_DEMOTED)
 READMIT_ROOM_RETURNS_QUEUES = (READMIT_ROOM_RETURNS_QUEUE, READMIT_ROOM_RETURNS_QUEUE_SEEN,
                                READMIT_ROOM_RETURNS_QUEUE_LEAVE,
                                READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
                                READMIT_ROOM_RETURNS_QUEUE_STEPS,
                                READMIT_ROOM_RETURNS_QUEUE_SHRINK,
-                               READMIT_ROOM_RETURNS_QUEUE_CLEARED)
+                               READMIT_ROOM_RETURNS_QUEUE_CLEARED,
+                               READMIT_ROOM_RETURNS_QUEUE_DEMOTED)
 # "room_priced": the wait a swap saves must exceed this many times the victims' expected
 # recomputation. Set before round 30 ran, not fitted: a victim's recomputation is paid
 # twice, by the victim's own step (its prefill) and by the steps decoding beside that

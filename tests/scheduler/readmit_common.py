@@ -15,6 +15,7 @@ VALUES = ("uncached, room, room_queue, room_fits, room_contexts, room_ranked, ro
           "room_priced, room_returns, room_returns_fair, room_returns_stay, room_returns_queue, "
           "room_returns_queue_seen, room_returns_queue_leave, room_returns_queue_corrected, "
           "room_returns_queue_steps, room_returns_queue_shrink, room_returns_queue_cleared, "
+          "room_returns_queue_demoted, "
           "context, full, "
           "binding, binding_short, "
           "cost, cost_ends, cost_leave, cost_leave_waits")

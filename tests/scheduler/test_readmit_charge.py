@@ -61,6 +61,7 @@ def test_readmit_charge_rejects_unknown_values():
                        "room_returns_queue, room_returns_queue_seen, room_returns_queue_leave, "
                        "room_returns_queue_corrected, room_returns_queue_steps, "
                        "room_returns_queue_shrink, room_returns_queue_cleared, "
+                       "room_returns_queue_demoted, "
                        "context, full, "
                        "binding, binding_short, "
                        "cost, cost_ends, cost_leave, cost_leave_waits, got 'all'"):

@@ -32,8 +32,8 @@ SEEN = READMIT_ROOM_RETURNS_QUEUE_SEEN
 
 
 def test_queue_is_named_among_the_swap_values_and_keeps_the_margin():
-    assert Q == "room_returns_queue" and READMIT_ROOM_SWAP[-6] == Q
-    assert READMIT_ROOM_SWAP[-5] == SEEN == "room_returns_queue_seen"
+    assert Q == "room_returns_queue" and READMIT_ROOM_SWAP[-8] == Q
+    assert READMIT_ROOM_SWAP[-7] == SEEN == "room_returns_queue_seen"
     assert READMIT_ROOM_RETURNS_STAY in READMIT_ROOM_SWAP and PRICED_MARGIN == 2.0
 
 

@@ -31,8 +31,8 @@ Q = READMIT_ROOM_RETURNS_QUEUE
 
 
 def test_cleared_is_named_among_the_swap_values():
-    assert CL == "room_returns_queue_cleared" and READMIT_ROOM_SWAP[-1] == CL
-    assert READMIT_ROOM_RETURNS_QUEUES[-1] == CL
+    assert CL == "room_returns_queue_cleared" and READMIT_ROOM_SWAP[-2] == CL
+    assert READMIT_ROOM_RETURNS_QUEUES[-2] == CL
 
 
 def _state(charge, events, back=None, step_s=0.5):

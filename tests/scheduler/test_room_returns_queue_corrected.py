@@ -31,8 +31,8 @@ C = READMIT_ROOM_RETURNS_QUEUE_CORRECTED
 
 
 def test_corrected_is_named_among_the_swap_values():
-    assert C == "room_returns_queue_corrected" and READMIT_ROOM_SWAP[-3] == C
-    assert READMIT_ROOM_RETURNS_QUEUES[-3] == C and Q in READMIT_ROOM_RETURNS_QUEUES
+    assert C == "room_returns_queue_corrected" and READMIT_ROOM_SWAP[-5] == C
+    assert READMIT_ROOM_RETURNS_QUEUES[-5] == C and Q in READMIT_ROOM_RETURNS_QUEUES
 
 
 def test_the_factor_is_the_shrunk_geometric_mean_per_workflow():

@@ -33,7 +33,7 @@ L = READMIT_ROOM_RETURNS_QUEUE_LEAVE
 
 
 def test_leave_follows_the_seen_value():
-    assert L == "room_returns_queue_leave" and READMIT_ROOM_SWAP[-4] == L
+    assert L == "room_returns_queue_leave" and READMIT_ROOM_SWAP[-6] == L
     assert READMIT_ROOM_RETURNS_QUEUES[:3] == (Q, "room_returns_queue_seen", L)
 
 

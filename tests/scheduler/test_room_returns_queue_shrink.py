@@ -28,8 +28,8 @@ Q = READMIT_ROOM_RETURNS_QUEUE
 
 
 def test_shrink_is_named_among_the_swap_values():
-    assert SH == "room_returns_queue_shrink" and READMIT_ROOM_SWAP[-2] == SH
-    assert READMIT_ROOM_RETURNS_QUEUES[-2] == SH
+    assert SH == "room_returns_queue_shrink" and READMIT_ROOM_SWAP[-3] == SH
+    assert READMIT_ROOM_RETURNS_QUEUES[-3] == SH
 
 
 def _state(events, back=None, step_s=0.5):

@@ -27,8 +27,8 @@ S = READMIT_ROOM_RETURNS_QUEUE_STEPS
 
 
 def test_steps_is_named_among_the_swap_values():
-    assert S == "room_returns_queue_steps" and READMIT_ROOM_SWAP[-2] == S
-    assert READMIT_ROOM_RETURNS_QUEUES[-2] == S
+    assert S == "room_returns_queue_steps" and READMIT_ROOM_SWAP[-4] == S
+    assert READMIT_ROOM_RETURNS_QUEUES[-4] == S
 
 
 def _state(paused_growth=False):
