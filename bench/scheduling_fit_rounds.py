@@ -423,6 +423,13 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # `readmit_charge` "room_returns_queue_demoted": round 40's refusal with no predicted leave
 # counted toward the clearing (`_release_events`' `leaves` off): only the finishes' growth
 # frees and the shrink's demotions. No constant. Fresh seeds only if the default changes.
+# Outcome: chosen (one p95 miss as PREVIOUS; smallest gain 1.63x as PREVIOUS's, ranked
+# first unrounded; web 1x 25% 2.64x -> 2.72x, swe 2x 50% 2.61x -> 2.83x; bfcl unchanged);
+# its non-thrash check none worse; the AFS veto passes (+0.0099, 19 -> 19). Not made the
+# default: under it the simulator's fast path differs from its reference (rounds 39-41's
+# refusals can end with time alone, with no `refusal_until` bound), so these figures are
+# the fast path's. PREVIOUS stays; the fresh seeds were not run (docs/scheduler.md, "Round
+# 41").
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_demoted"},
 ]

@@ -75,11 +75,19 @@ the forecast is unknown (no step time seen; `shrink_on` "contexts"). No constant
 with the forecast shrink's load cleared by the step finishes' growth frees and the
 demotions alone, no predicted leave counted (`_release_events`' `leaves` off). Why (round
 40 at web 1x 25%, seeds 102 and 106, /tmp/s40/t1probe.py in RESULTS): at the swaps of
-400-703-block overshoots the forecast events cleared the overshoot by the next finish
-through the predicted leave, within 0.06-0.17 s, of one long session (24-36 steps, 719-829
-blocks; its expected remaining steps near 0), which did not leave; so round 40's refusal
-never bit there. A leave is the forecast's least certain event; a finish always frees its
-growth charge and the shrink's demotions are the scheduler's own. No constant.
+345-703-block overshoots the forecast events cleared the overshoot by the next finish
+mostly through the predicted leave, 0.06-0.24 s out, of one long paused session (16-36
+steps, 437-829 blocks; its expected remaining steps near 0), which did not leave; so round
+40's refusal never bit there. A leave is the forecast's least certain event; a finish
+always frees its growth charge and the shrink's demotions are the scheduler's own. No
+constant. Chosen by
+round 41's fit, its non-thrash check and the calibrated AFS veto pass it, but **not the
+default**: rounds 39-41's values read the forecast at `now` (the next finish, the returns
+by then), so (by inference) a refusal can turn into a swap as time alone passes, and they bound no
+refusal (`refusal_until`) for it: the simulator's fast path (decode runs) then differs
+from its reference (`Simulator(reference=True)`; tests/scheduler/test_admission_order.py's
+fast-path test fails with any of them as the default), and the fit's figures are the fast
+path's. A refusal bound for them (or a fit on the reference path) comes first.
 """
 
 from __future__ import annotations
