@@ -428,8 +428,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # its non-thrash check none worse; the AFS veto passes (+0.0099, 19 -> 19). Not made the
 # default: under it the simulator's fast path differs from its reference (rounds 39-41's
 # refusals can end with time alone, with no `refusal_until` bound), so these figures are
-# the fast path's. PREVIOUS stays; the fresh seeds were not run (docs/scheduler.md, "Round
-# 41").
+# the fast path's (on the reference path it ranks ahead too: bfcl 1x 25% 1.68x -> 1.77x;
+# the default's own fast path differs there). PREVIOUS stays; the fresh seeds were not run
+# (docs/scheduler.md, "Round 41").
 FIT_GRID = [
     {"readmit_charge": "room_returns_queue_demoted"},
 ]

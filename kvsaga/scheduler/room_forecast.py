@@ -87,7 +87,8 @@ by then), so (by inference) a refusal can turn into a swap as time alone passes,
 refusal (`refusal_until`) for it: the simulator's fast path (decode runs) then differs
 from its reference (`Simulator(reference=True)`; tests/scheduler/test_admission_order.py's
 fast-path test fails with any of them as the default), and the fit's figures are the fast
-path's. A refusal bound for them (or a fit on the reference path) comes first.
+path's (on the reference path it ranks ahead of the default too, and the default's own
+fast path differs at bfcl: RESULTS, rounds 40 and 41). The lead's call.
 """
 
 from __future__ import annotations
