@@ -46,7 +46,7 @@ RULE = "p95_misses"  # round 9's order (`fit`); "smallest_gain": rounds 1-8's
 # (`P95_FLOOR`).
 PREVIOUS = {"admission_order": "predicted", "max_wait_s": 120.0, "tail_wait_factor": 0.0,
             "decode_prefill_tokens": 128, "decode_prefill_when": "demoted_queue",
-            "readmit_charge": "room_returns_queue"}  # the last: `--fit` round 34's pick
+            "readmit_charge": "room_returns_queue_demoted"}  # the last: `--fit` round 41's pick
 NON_THRASH_SLACK = 0.02  # one seed's noise at an unpressured point stays below it
 P95_FLOOR = 1.0  # the goal: p95 TCT no worse than fcfs+lru's
 TPH_FLOOR = 0.7  # the goal: tasks/h >= 0.7x of fcfs+lru's

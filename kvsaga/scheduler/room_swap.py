@@ -584,5 +584,16 @@ class RoomSwap(RoomForecast):
                 t = min(t, back)
         return t
 
+    def _swap_reads_clock(self) -> bool:
+        """Whether the swap's test reads the time itself: the "room_returns" values price
+        victims and the shortage by forecasts taken at `now` (leaves, returns, waits), so a
+        refusal may turn into a swap with no event between. No bound on when is kept, so
+        `refusal_until` holds no refusal while a demoted step waits under them: a
+        simulator's decode runs then ask again every step, as its reference path does
+        (before session 33 they held the refusal, and the fast path's results differed
+        from the reference's: bfcl 1x 25% seed 101, mean TCT 13.79 s against 15.76 s)."""
+        return self.readmit_charge in READMIT_ROOM_SWAP and self.readmit_charge.startswith(
+            READMIT_ROOM_RETURNS)
+
     def _demoted_waiting_any(self) -> bool:
         return any(r.session_id in self._deferred for q in self._pending.values() for r in q)

@@ -133,8 +133,10 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             time less such waits (0, the default: off). Opt-in: round 9's pick, 3, raised
             p95 up to 3x at web 4x load (`bench/scheduling_fit.py --tail-guard-check`).
         readmit_charge: what the gate charges a demoted session admitted again. The
-            default, "room_returns_queue" (`--fit` round 34: "uncached", with the swap
-            below where its forecasts say it pays), "uncached" (only the part of its
+            default, "room_returns_queue_demoted" (`--fit` round 41, session 33: round
+            34's "room_returns_queue", "uncached" with the swap below where its forecasts
+            say it pays, its victims those of the next predicted shrink and no predicted
+            leave counted toward clearing the overshoot), "uncached" (only the part of its
             context not cached, as for a new session; the default before round 34), "context"
             (the same, and its whole context must fit beside the admitted contexts) or
             "full" (its whole context; `kvsaga.scheduler.working_set_gate`), "binding"
@@ -257,7 +259,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         max_wait_s: float = 120.0,
         tail_wait_factor: float = 0.0,
         length_prior: float = 1.0,
-        readmit_charge: str = "room_returns_queue",
+        readmit_charge: str = "room_returns_queue_demoted",
         readmit_order: str = "sorted",
         readmit_cost: str = "context",
         tenant_weights: Mapping[str | None, float] | None = None,
@@ -468,6 +470,8 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             # deadline) after choosing whom to try: a repeat reads the smaller admitted
             # sets (`_entitled_heads`, `_session_fits`) and may admit.
             return now
+        if self._swap_reads_clock() and self._demoted_waiting_any():
+            return now  # the swap's forecasts read the clock: no refusal holds (`room_swap`)
         demote = self._demote_at if self._demote_at > now else math.inf
         idle = math.inf if self._idle_since is None else self._idle_since + self.idle_admit_s
         reserve = self.reserve_at

@@ -176,11 +176,13 @@ def test_split_demoted_classes_add_up_to_the_demoted_ones(monkeypatch):
     moves."""
     mod = load("policies_decisions")
     P = load()
-    peak, longest = P._peak("swe+bfcl", 402)
+    # a case where both sides evict demoted blocks under today's defaults (swe+bfcl 402
+    # at 60% until the scheduler's round-41 default, session 33: no demoted victim there)
+    peak, longest = P._peak("swe+bfcl", 951)
     blocks = P._blocks(peak, longest, 0.6)
-    whole = mod.decisions("swe+bfcl", 402, blocks, "graph", "ttl")
+    whole = mod.decisions("swe+bfcl", 951, blocks, "graph", "ttl")
     monkeypatch.setattr(mod, "SPLIT_DEMOTED", True)
-    split = mod.decisions("swe+bfcl", 402, blocks, "graph", "ttl")
+    split = mod.decisions("swe+bfcl", 951, blocks, "graph", "ttl")
     assert split["recomputed"] == whole["recomputed"]
     for side in ("mine", "theirs"):
         parts = [split.get(f"{side}:demoted, tool {x}", 0) for x in ("out", "back")]

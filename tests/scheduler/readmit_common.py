@@ -23,11 +23,12 @@ VALUES = ("uncached, room, room_queue, room_fits, room_contexts, room_ranked, ro
 
 def assert_refused_and_off_by_default(bad: str) -> None:
     """`readmit_charge=bad` is refused naming every value; the default is
-    "room_returns_queue" (`--fit` round 34)."""
+    "room_returns_queue_demoted" (`--fit` round 41, session 33)."""
     with pytest.raises(ValueError, match=re.escape(
             f"readmit_charge must be one of {VALUES}, got '{bad}'")):
         wf(manager(16), readmit_charge=bad)
-    assert WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"] == "room_returns_queue"
+    default = WorkflowScheduler.__init__.__kwdefaults__["readmit_charge"]
+    assert default == "room_returns_queue_demoted"
 
 
 def assert_serve_takes(value: str, bad: str) -> None:

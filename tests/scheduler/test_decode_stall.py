@@ -59,7 +59,8 @@ def test_nothing_decoding_takes_the_whole_budget():
 
 def test_values_and_defaults():
     kw = WorkflowScheduler.__init__.__kwdefaults__
-    assert kw["decode_prefill_tokens"] == 128 and kw["readmit_charge"] == "room_returns_queue"
+    assert kw["decode_prefill_tokens"] == 128
+    assert kw["readmit_charge"] == "room_returns_queue_demoted"
     with pytest.raises(ValueError, match="decode_prefill_tokens"):
         wf(manager(16), decode_prefill_tokens=-1)
     with pytest.raises(ValueError, match="decode_prefill_tokens"):

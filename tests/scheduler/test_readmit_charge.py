@@ -66,4 +66,5 @@ def test_readmit_charge_rejects_unknown_values():
                        "binding, binding_short, "
                        "cost, cost_ends, cost_leave, cost_leave_waits, got 'all'"):
         make_scheduler("workflow", manager(16), readmit_charge="all")
-    assert make_scheduler("workflow", manager(16)).readmit_charge == "room_returns_queue"
+    assert make_scheduler("workflow", manager(16)).readmit_charge == \
+        "room_returns_queue_demoted"
