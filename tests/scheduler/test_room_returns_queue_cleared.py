@@ -22,8 +22,7 @@ from kvsaga.scheduler.room_swap import (
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_room_returns_queue import _swap
-from tests.scheduler.test_room_swap import _queued
+from tests.scheduler.test_room_returns_queue_shrink import pinned_state as _state
 
 CL = READMIT_ROOM_RETURNS_QUEUE_CLEARED
 SH = READMIT_ROOM_RETURNS_QUEUE_SHRINK
@@ -33,22 +32,6 @@ Q = READMIT_ROOM_RETURNS_QUEUE
 def test_cleared_is_named_among_the_swap_values():
     assert CL == "room_returns_queue_cleared" and READMIT_ROOM_SWAP[-2] == CL
     assert READMIT_ROOM_RETURNS_QUEUES[-2] == CL
-
-
-def _state(charge, events, back=None, step_s=0.5):
-    """`_queued`'s swap under `charge` (victims now: o alone, overshoot `over` > 0) with the
-    forecast events `events(over)` (time, blocks) and the returns `back` (sid -> time)
-    pinned; steps take `step_s` (None: none seen). Nobody is active, so the next finish is
-    big's own step's, at 2.0 + `step_s`."""
-    _, s, _, big2 = _queued(charge, 10.0)
-    lookup, victims, over = _swap(s, big2)
-    s._step_times = type(s._step_times)()  # the toy run's step times replaced
-    if step_s is not None:
-        s._step_times.observe("w", step_s)
-    assert not any(i.active for i in s.sessions.values()) and big2.workflow == "w"
-    s._release_events = lambda now: events(over)
-    s._return_at = lambda sid: (back or {}).get(sid)
-    return s, big2, lookup, victims, over
 
 
 @pytest.mark.parametrize("charge,priced", [(SH, ["o"]), (CL, None), (Q, ["o"])])

@@ -33,11 +33,15 @@ def test_shrink_is_named_among_the_swap_values():
 
 
 def _state(events, back=None, step_s=0.5):
-    """`_queued`'s swap (victims now: o alone, overshoot `over` > 0) with the forecast
-    events `events(over)` (time, blocks) and the returns `back` (sid -> time) pinned; steps
-    take `step_s` (None: none seen). Nobody is active, so the next finish is big's own
-    step's, at 2.0 + `step_s`."""
-    _, s, _, big2 = _queued(SH, 10.0)
+    return pinned_state(SH, events, back, step_s)
+
+
+def pinned_state(charge, events, back=None, step_s=0.5):
+    """`_queued`'s swap under `charge` (victims now: o alone, overshoot `over` > 0) with the
+    forecast events `events(over)` (time, blocks) and the returns `back` (sid -> time)
+    pinned; steps take `step_s` (None: none seen). Nobody is active, so the next finish is
+    big's own step's, at 2.0 + `step_s`. (Round 40's tests take it too.)"""
+    _, s, _, big2 = _queued(charge, 10.0)
     lookup, victims, over = _swap(s, big2)
     s._step_times = type(s._step_times)()  # the toy run's step times replaced
     if step_s is not None:
