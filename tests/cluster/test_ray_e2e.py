@@ -77,13 +77,28 @@ def hold_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ray-hold")
 
 
+def start_serve(attempts: int = 3) -> int:
+    """Ray Serve's HTTP proxy on a free loopback port; its port. A port found free can be
+    taken before the proxy binds it (Ray's own processes bind ports as they start: CI saw
+    "Failed to bind to address" once), so a bind failure is retried on another port."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            return port
+        except Exception as e:  # the proxy's bind error arrives wrapped in a RayTaskError
+            if "Failed to bind" not in str(e) or attempt == attempts - 1:
+                raise
+            serve.shutdown()
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster(tiny_dir: Path, hold_dir: Path):
-    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[2])}})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        port = start_serve()
         app = build_application(
             SETTINGS, 2, torch_threads=1,
             factory=functools.partial(HeldEngine, str(tiny_dir), hold_dir=str(hold_dir),
