@@ -4,20 +4,9 @@ guards (no fresh or fit seeds, no adaptive whose experts' constants are not save
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(name: str):
-    bench = str(ROOT / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    return __import__(name)
-
+from tests.bench.test_policies import load  # bench/NAME.py, bench/ on the path
 
 A, B = "graph[spread=1]", "graph[demoted_release=1]"
 X = ("web-short", 102, 0.3)  # ttl's outlier: lru is best there, ttl 5x

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from kvsaga.policy import DEFAULT_POLICY, POLICIES
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(name: str):
-    bench = str(ROOT / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    return __import__(name)
+from tests.bench.test_policies import load  # bench/NAME.py, bench/ on the path
 
 
 def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
