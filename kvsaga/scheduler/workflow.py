@@ -132,47 +132,12 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
             admission waits, summed, are due within this many times its workflow's learned
             time less such waits (0, the default: off). Opt-in: round 9's pick, 3, raised
             p95 up to 3x at web 4x load (`bench/scheduling_fit.py --tail-guard-check`).
-        readmit_charge: what the gate charges a demoted session admitted again. The
-            default, "room_returns_queue_demoted" (`--fit` round 41, session 33: round
-            34's "room_returns_queue", "uncached" with the swap below where its forecasts
-            say it pays, its victims those of the next predicted shrink and no predicted
-            leave counted toward clearing the overshoot), "uncached" (only the part of its
-            context not cached, as for a new session; the default before round 34), "context"
-            (the same, and its whole context must fit beside the admitted contexts) or
-            "full" (its whole context; `kvsaga.scheduler.working_set_gate`), "binding"
-            ("full" while no other step waits for admission, where the pool binds, else
-            "uncached": `WorkingSetGate._pool_binds`; opt-in: `--fit` round 20 ranked it
-            first and its non-thrash check rejected it, RESULTS "Scheduling"), or
-            "binding_short" ("binding"'s "full" only while the whole context also does
-            not fit beside the admitted contexts: `WorkingSetGate._tiers_short`; opt-in:
-            round 21 ranked it first and its non-thrash check rejected it), or "cost"
-            ("full" only while the recomputation its uncached charge is expected to
-            cause outweighs its expected wait: `WorkingSetGate._churn_outweighs_wait`;
-            "cost_ends": the wait from the rate contexts end at; opt-in: `--fit` round 22),
-            "cost_leave" / "cost_leave_waits" (the wait from per-session predictions of
-            when admitted contexts leave; opt-in, round 23: `kvsaga.scheduler.leave_forecast`)
-            or "room" (the pool's check alone), "room_queue" / "room_fits" / "room_contexts"
-            ("room" while two demoted steps wait / its whole context fits; `decode_stall`),
-            "room_ranked" / "room_overdue" ("room" only where the shrink its admission
-            makes demotes only sessions the admission order ranks behind it / sessions past
-            their predicted returns; `room_swap`, `--fit` round 29), "room_priced" ("room"
-            only where the mean wait to be admitted again observed so far exceeds twice the
-            recomputation the shrink's victims are expected to cost; `room_swap`, round 30),
-            "room_returns" ("room_priced" with each victim predicted back before the
-            shortage is predicted to clear charged that wait too; `room_swap`, round 31),
-            "room_returns_fair" ("room_returns" refusing a swap with a victim of another
-            tenant at or below its Agent Fair Share deficit's fair share; round 32),
-            "room_returns_stay" ("room_returns" whose clearing forecast predicts a session
-            still admitted past its predicted leave to stay its remaining steps from now,
-            not to leave now; round 33), "room_returns_queue" ("room" only where the
-            step's forecast wait for its room exceeds its victims' forecast waits on their
-            returns, behind the steps that sort ahead of them, plus twice their
-            recomputation; round 34; the default), "room_returns_queue_seen" (its gain
-            at most the mean wait to be admitted again seen so far; session 31),
-            "room_returns_queue_leave" (its victims' forecast waits let the steps queued
-            ahead of them leave again, each its expected stay after its admission;
-            session 32, round 36), "room_returns_queue_corrected" (its gain times the
-            scheduler's own observed error of it, shrunk toward 1; session 32, round 37).
+        readmit_charge: what the gate charges a demoted session admitted again: one of
+            `working_set_gate.READMIT_CHARGES`, each described, with the `--fit` round that
+            chose or rejected it, in `kvsaga.scheduler.readmit_charges`. The default,
+            "room_returns_queue_demoted" (round 41, session 33), charges only the part of
+            its context not cached ("uncached") and lets it take room from paused sessions
+            (the swap) only where the forecasts say the swap pays.
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
             "session_age" (aged from its session's first queueing) or "first" (ahead of
