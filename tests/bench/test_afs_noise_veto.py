@@ -197,7 +197,7 @@ def test_the_session_26_calibration_gives_its_thresholds(mods):
     base, fcfs+lru and 11 null runs, 32 cases each) reproduces the thresholds frozen then
     (0.0270 / 1), which judged rounds 27-35. Its base is session 25's candidate run (the same
     scheduler) ratio for ratio, and fcfs+lru's is session 25's; the any-rise veto rejects 7
-    of its 11 nulls. Session 32's runs replaced it (the next test), session 33's those."""
+    of its 11 nulls. Session 32's runs replaced it (the next test), session 33's and 34's those."""
     pc, _ = mods
     runs, data = _calibration("afs_noise_s26.json")
     old, _ = _calibration("afs_noise_s25.json")
@@ -222,7 +222,7 @@ def test_the_session_32_calibration_gives_its_thresholds(mods):
     ratios are session 26's (no workflow default moves them); its base against session 26's
     base is round 34's veto reading (mean d log ratio -0.0181, goal cases 15 -> 16), so the
     base is round 34's candidate run. The any-rise veto rejects 9 of its 11 nulls. Today's
-    frozen thresholds come from session 33's runs (tests/bench/test_afs_noise_s33.py)."""
+    frozen thresholds come from session 34's runs (tests/bench/test_afs_noise_s34.py)."""
     pc, _ = mods
     runs, data = _calibration("afs_noise_s32.json")
     old, _ = _calibration("afs_noise_s26.json")
@@ -241,11 +241,11 @@ def test_the_session_32_calibration_gives_its_thresholds(mods):
 
 
 def test_judge_saved_reads_a_committed_calibration(mods, tmp_path, capsys):
-    """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s33.json's base,
+    """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s34.json's base,
     fcfs+lru and nulls. The base itself passes (rc 0); every ratio 6% higher fails the
     mean threshold (rc 1). `run --policy` names a bad spec before running anything."""
     _, noise = mods
-    runs, _ = _calibration("afs_noise_s33.json")
+    runs, _ = _calibration("afs_noise_s34.json")
 
     def cand(scale: float) -> Path:
         rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x * scale}
@@ -255,7 +255,7 @@ def test_judge_saved_reads_a_committed_calibration(mods, tmp_path, capsys):
                                     "config": "workflow+graph[spread=1]", "rows": rows}))
         return path
 
-    saved = str(Path(__file__).parent / "afs_noise_s33.json")
+    saved = str(Path(__file__).parent / "afs_noise_s34.json")
     assert noise.main(["judge-saved", saved, str(cand(1.0))]) == 0
     assert "the calibrated AFS veto: passes" in capsys.readouterr().out
     assert noise.main(["judge-saved", saved, str(cand(1.06))]) == 1

@@ -1,0 +1,138 @@
+"""The session-34 AFS veto calibration (tests/bench/afs_noise_s34.json), the one
+`policies_check.AFS_CALIBRATION` names and `scheduling_veto_nulls.py` writes by default.
+Session 33's (the default before) is tested as history in tests/bench/test_afs_noise_s33.py,
+the rule and the older calibrations in tests/bench/test_afs_noise_veto.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from tests.bench.test_afs_noise_s33 import BENCH, HERE, NULLS, _calibration, _write_runs
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import policies_check
+        import scheduling_veto_noise
+        import scheduling_veto_nulls
+        yield policies_check, scheduling_veto_noise, scheduling_veto_nulls
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _nulls(runs: dict, data: dict) -> dict:
+    return {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+
+
+def test_the_session_34_calibration_gives_the_frozen_thresholds(mods):
+    """Session 34's calibration on today's default (`readmit_charge`
+    "room_returns_queue_demoted", round 41, graph's `demoted_release` on; the base, fcfs+lru
+    and 11 null runs, 32 cases each) is the one `policies_check.AFS_CALIBRATION` names and
+    reproduces the frozen thresholds exactly (0.0262 / 4): the mean threshold is the largest
+    pair mean (slow2 -> fast3), above the band (0.0214); the goal-loss one is fast's 20 goal
+    cases against fast3's 16 (the base meets 19). The any-rise veto rejects 8 of 11 nulls."""
+    pc, _, _ = mods
+    assert pc.AFS_CALIBRATION.name == "afs_noise_s34.json"
+    runs, data = _calibration("afs_noise_s34.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
+    assert data["fcfs"]["config"] == "fcfs+lru"
+    assert all(r["defaults"] is None for r in data.values())
+    nulls = _nulls(runs, data)
+    assert sorted(nulls) == sorted(NULLS) and all(len(r) == 32 for r in runs.values())
+    t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
+    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
+    assert (round(t_mean, 4), t_loss) == (0.0262, 4)
+    assert "(slow2 -> fast3)" in parts and "= 0.0214" in parts and "155 moved" in parts
+    met = {n: sum(pc.goal_met(r[k], fcfs[k]) for k in base) for n, r in nulls.items()}
+    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 19
+    assert min(met.values()) == met["fast3"] == 16 and max(met.values()) == met["fast"] == 20
+    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base)
+                  for r in nulls.values())
+    assert rejects == 8
+    assert pc.afs_noise_veto(base, base, fcfs)[0]
+    assert pc.saved_calibration()[0] == base
+
+
+def test_the_session_34_base_against_session_33s(mods):
+    """Why session 34 recalibrated: fcfs+lru's ratios are session 33's exactly (no workflow
+    default moves them), but 27 of the base's 32 moved under round 41's default (mean d log
+    ratio +0.0099, goal cases 19 -> 19: round 41's own AFS veto reading), so the incumbent's
+    rerun no longer reproduced session 33's base. Session 33's nulls around the new base give
+    session 33's thresholds (0.0317 / 4); the new nulls give 0.0262 / 4."""
+    pc, _, _ = mods
+    new, _ = _calibration("afs_noise_s34.json")
+    old, data = _calibration("afs_noise_s33.json")
+    assert new["fcfs"] == old["fcfs"]
+    d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
+    assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 27
+    assert round(sum(d) / 32, 4) == 0.0099
+    assert sum(pc.goal_met(old["base"][k], old["fcfs"][k]) for k in old["base"]) == 19
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(new["base"], _nulls(old, data), new["fcfs"])
+    assert (round(t_mean, 4), t_loss) == (0.0317, 4)
+
+
+def test_leave_one_out_rejects_fast3_only(mods):
+    """Each null judged with thresholds from the base and the other nulls only, both ways:
+    1 of 22 judgements rejects, fast3 against the base (without fast3 the thresholds are
+    0.0174 / 2: fast3 alone sets both frozen ones)."""
+    pc, _, _ = mods
+    runs, data = _calibration("afs_noise_s34.json")
+    base, fcfs = runs["base"], runs["fcfs"]
+    nulls = _nulls(runs, data)
+    rejected = []
+    for n, r in nulls.items():
+        tm, tl, _ = pc.afs_noise_thresholds(base, {m: x for m, x in nulls.items() if m != n},
+                                            fcfs)
+        for label, a, b in ((f"{n} against base", base, r), (f"base against {n}", r, base)):
+            if not pc.afs_noise_veto(a, b, fcfs, mean_log_max=tm, goal_loss_max=tl)[0]:
+                rejected.append((label, round(tm, 4), tl))
+    assert rejected == [("fast3 against base", 0.0174, 2)]
+
+
+def test_save_writes_the_committed_file_back(mods, tmp_path, capsys):
+    """`save` on the runs gives afs_noise_s34.json byte for byte (the committed file was
+    written by it)."""
+    _, noise, _ = mods
+    committed = (HERE / "afs_noise_s34.json").read_text()
+    about = json.loads(committed)["about"]
+    assert "session-34" in about and "room_returns_queue_demoted" in about
+    p = _write_runs(tmp_path, json.loads(committed)["runs"])
+    args = [str(p["base"]), str(p["fcfs"])] + [str(p[f"null_{n}"]) for n in NULLS]
+    out = tmp_path / "out.json"
+    assert noise.main(["save", str(out), *args, "--about", about]) == 0
+    assert out.read_text() == committed
+    assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
+
+
+def test_veto_nulls_writes_session_34_by_default_and_checks_a_base(mods, tmp_path, capsys):
+    """`scheduling_veto_nulls.py OUT_DIR` writes session 34's runs (s34_*.json); `--check`
+    passes a base rerun equal to its base and fails session 33's; `judge` on the written
+    runs accepts the base against itself under the frozen thresholds and refuses session
+    33's nulls (they give 0.0317 / 4 around its own base, not the frozen ones)."""
+    _, noise, nulls = mods
+    assert nulls.SESSIONS == (34, 33, 32, 26)
+    assert nulls.main([str(tmp_path)]) == 0
+    assert (tmp_path / "s34_null_fast3.json").exists()
+    capsys.readouterr()
+    base = tmp_path / "s34_base.json"
+    assert nulls.main([str(tmp_path), "--check", str(base)]) == 0
+    assert "equal to session 34's base" in capsys.readouterr().out
+    assert nulls.main([str(tmp_path / "s33"), "--session", "33"]) == 0
+    assert nulls.main([str(tmp_path), "--check", str(tmp_path / "s33" / "s33_base.json")]) == 1
+    capsys.readouterr()
+    runs = [str(tmp_path / f"s34_null_{n}.json") for n in NULLS]
+    assert noise.main(["judge", str(base), str(tmp_path / "s34_fcfs.json"), str(base),
+                       "--nulls", *runs]) == 0
+    assert "the calibrated AFS veto: passes" in capsys.readouterr().out
+    old = tmp_path / "s33" / "s33_base.json"
+    with pytest.raises(SystemExit):
+        noise.main(["judge", str(old), str(tmp_path / "s34_fcfs.json"), str(old), "--nulls",
+                    *[str(tmp_path / "s33" / f"s33_null_{n}.json") for n in NULLS]])
+    assert "not the frozen 0.0262 / 4" in capsys.readouterr().err
