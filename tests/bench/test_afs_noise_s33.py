@@ -8,42 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-BENCH = HERE.parents[1] / "bench"
-NULLS = ("jitter1", "jitter2", "jitter3", "jitter4", "slow", "fast", "slow2", "fast2",
-         "slow3", "fast3", "swap")
+from tests.bench.afs_calibration import NULLS, calibration, save_round_trip
 
 
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import policies_check
-        import scheduling_veto_noise
-        import scheduling_veto_nulls
-        yield policies_check, scheduling_veto_noise, scheduling_veto_nulls
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def _calibration(name: str) -> tuple[dict, dict]:
-    data = json.loads((HERE / name).read_text())["runs"]
-    return {n: {tuple(k): x for k, x in r["ratios"]} for n, r in data.items()}, data
-
-
-def test_the_session_33_calibration_gives_the_frozen_thresholds(mods):
+def test_the_session_33_calibration_gives_the_frozen_thresholds(veto_mods):
     """Session 33's calibration on the default then (`readmit_charge` "room_returns_queue",
     graph's `demoted_release` on; the base, fcfs+lru and 11 null runs, 32 cases each), which
     `policies_check.AFS_CALIBRATION` named until session 34, reproduces the thresholds frozen
     then (0.0317 / 4): the mean threshold is the largest pair mean (fast -> slow3), above the
     band (0.0225); the goal-loss one is the base's 19 goal cases against slow3's 15."""
-    pc, _, _ = mods
-    runs, data = _calibration("afs_noise_s33.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s33.json")
     base, fcfs = runs["base"], runs["fcfs"]
     assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
     assert data["fcfs"]["config"] == "fcfs+lru"
@@ -62,14 +40,14 @@ def test_the_session_33_calibration_gives_the_frozen_thresholds(mods):
     assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0317, goal_loss_max=4)[0]
 
 
-def test_the_session_33_base_against_session_32s(mods):
+def test_the_session_33_base_against_session_32s(veto_mods):
     """Why session 33 recalibrated: fcfs+lru's ratios are session 32's exactly (no workflow
     default moves them), but every one of the base's 32 moved (mean d log ratio -0.0188, goal
     cases 16 -> 19), and session 32's nulls around the new base give other thresholds (0.0452
     / 4), so `judge` with them refused."""
-    pc, _, _ = mods
-    new, _ = _calibration("afs_noise_s33.json")
-    old, data = _calibration("afs_noise_s32.json")
+    pc, _, _ = veto_mods
+    new, _ = calibration("afs_noise_s33.json")
+    old, data = calibration("afs_noise_s32.json")
     assert new["fcfs"] == old["fcfs"]
     d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
     assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 32
@@ -80,12 +58,12 @@ def test_the_session_33_base_against_session_32s(mods):
     assert (round(t_mean, 4), t_loss) == (0.0452, 4)
 
 
-def test_leave_one_out_rejects_slow3_only(mods):
+def test_leave_one_out_rejects_slow3_only(veto_mods):
     """Each null judged with thresholds from the base and the other nulls only, both ways:
     1 of 22 judgements rejects, slow3 against the base (without slow3 the thresholds are
     0.0221 / 2: slow3 alone sets both frozen ones)."""
-    pc, _, _ = mods
-    runs, data = _calibration("afs_noise_s33.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s33.json")
     base, fcfs = runs["base"], runs["fcfs"]
     nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
     rejected = []
@@ -98,30 +76,13 @@ def test_leave_one_out_rejects_slow3_only(mods):
     assert rejected == [("slow3 against base", 0.0221, 2)]
 
 
-def _write_runs(tmp_path: Path, data: dict) -> dict[str, Path]:
-    """The calibration's runs written back as `scheduling_veto_noise.py run` files (rows in
-    `run`'s order, not sorted, so that `save` must sort them)."""
-    paths = {}
-    for name, run in data.items():
-        rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x, "tenants": {}}
-                for k, x in reversed(run["ratios"])]
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps({"defaults": run["defaults"], "null": run["null"],
-                                           "config": run["config"], "rows": rows}))
-    return paths
 
-
-def test_save_writes_the_committed_file_back(mods, tmp_path, capsys):
+def test_save_writes_the_committed_file_back(veto_mods, tmp_path, capsys):
     """`save` on the runs gives afs_noise_s33.json byte for byte (the committed file was
     written by it); it refuses a null run twice and runs whose cases differ."""
-    _, noise, _ = mods
-    committed = (HERE / "afs_noise_s33.json").read_text()
-    about = json.loads(committed)["about"]
-    p = _write_runs(tmp_path, json.loads(committed)["runs"])
-    args = [str(p["base"]), str(p["fcfs"])] + [str(p[f"null_{n}"]) for n in NULLS]
+    _, noise, _ = veto_mods
+    _, p, args = save_round_trip(noise, tmp_path, "afs_noise_s33.json")
     out = tmp_path / "out.json"
-    assert noise.main(["save", str(out), *args, "--about", about]) == 0
-    assert out.read_text() == committed
     assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         noise.main(["save", str(out), *args, str(p["null_swap"]), "--about", "x"])
@@ -134,13 +95,13 @@ def test_save_writes_the_committed_file_back(mods, tmp_path, capsys):
     assert "same cases" in capsys.readouterr().err
 
 
-def test_veto_nulls_writes_session_33_and_checks_a_base(mods, tmp_path, capsys,
+def test_veto_nulls_writes_session_33_and_checks_a_base(veto_mods, tmp_path, capsys,
                                                        monkeypatch):
     """`scheduling_veto_nulls.py OUT_DIR --session 33` writes session 33's runs (s33_*.json;
     the default until session 34); `--check` passes a base rerun equal to its base and fails
     one that is not; `judge` on the written runs, with session 33's thresholds frozen,
     accepts the base against itself."""
-    pc, noise, nulls = mods
+    pc, noise, nulls = veto_mods
     assert 33 in nulls.SESSIONS
     assert nulls.main([str(tmp_path), "--session", "33"]) == 0
     assert (tmp_path / "s33_null_slow3.json").exists()

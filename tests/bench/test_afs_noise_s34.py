@@ -5,41 +5,27 @@ the rule and the older calibrations in tests/bench/test_afs_noise_veto.py."""
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 
 import pytest
 
-from tests.bench.test_afs_noise_s33 import BENCH, HERE, NULLS, _calibration, _write_runs
-
-
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import policies_check
-        import scheduling_veto_noise
-        import scheduling_veto_nulls
-        yield policies_check, scheduling_veto_noise, scheduling_veto_nulls
-    finally:
-        sys.path.remove(str(BENCH))
+from tests.bench.afs_calibration import NULLS, calibration, save_round_trip
 
 
 def _nulls(runs: dict, data: dict) -> dict:
     return {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
 
 
-def test_the_session_34_calibration_gives_the_frozen_thresholds(mods):
+def test_the_session_34_calibration_gives_the_frozen_thresholds(veto_mods):
     """Session 34's calibration on today's default (`readmit_charge`
     "room_returns_queue_demoted", round 41, graph's `demoted_release` on; the base, fcfs+lru
     and 11 null runs, 32 cases each) is the one `policies_check.AFS_CALIBRATION` names and
     reproduces the frozen thresholds exactly (0.0262 / 4): the mean threshold is the largest
     pair mean (slow2 -> fast3), above the band (0.0214); the goal-loss one is fast's 20 goal
     cases against fast3's 16 (the base meets 19). The any-rise veto rejects 8 of 11 nulls."""
-    pc, _, _ = mods
+    pc, _, _ = veto_mods
     assert pc.AFS_CALIBRATION.name == "afs_noise_s34.json"
-    runs, data = _calibration("afs_noise_s34.json")
+    runs, data = calibration("afs_noise_s34.json")
     base, fcfs = runs["base"], runs["fcfs"]
     assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
     assert data["fcfs"]["config"] == "fcfs+lru"
@@ -60,15 +46,15 @@ def test_the_session_34_calibration_gives_the_frozen_thresholds(mods):
     assert pc.saved_calibration()[0] == base
 
 
-def test_the_session_34_base_against_session_33s(mods):
+def test_the_session_34_base_against_session_33s(veto_mods):
     """Why session 34 recalibrated: fcfs+lru's ratios are session 33's exactly (no workflow
     default moves them), but 27 of the base's 32 moved under round 41's default (mean d log
     ratio +0.0099, goal cases 19 -> 19: round 41's own AFS veto reading), so the incumbent's
     rerun no longer reproduced session 33's base. Session 33's nulls around the new base give
     session 33's thresholds (0.0317 / 4); the new nulls give 0.0262 / 4."""
-    pc, _, _ = mods
-    new, _ = _calibration("afs_noise_s34.json")
-    old, data = _calibration("afs_noise_s33.json")
+    pc, _, _ = veto_mods
+    new, _ = calibration("afs_noise_s34.json")
+    old, data = calibration("afs_noise_s33.json")
     assert new["fcfs"] == old["fcfs"]
     d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
     assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 27
@@ -78,12 +64,12 @@ def test_the_session_34_base_against_session_33s(mods):
     assert (round(t_mean, 4), t_loss) == (0.0317, 4)
 
 
-def test_leave_one_out_rejects_fast3_only(mods):
+def test_leave_one_out_rejects_fast3_only(veto_mods):
     """Each null judged with thresholds from the base and the other nulls only, both ways:
     1 of 22 judgements rejects, fast3 against the base (without fast3 the thresholds are
     0.0174 / 2: fast3 alone sets both frozen ones)."""
-    pc, _, _ = mods
-    runs, data = _calibration("afs_noise_s34.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s34.json")
     base, fcfs = runs["base"], runs["fcfs"]
     nulls = _nulls(runs, data)
     rejected = []
@@ -96,27 +82,21 @@ def test_leave_one_out_rejects_fast3_only(mods):
     assert rejected == [("fast3 against base", 0.0174, 2)]
 
 
-def test_save_writes_the_committed_file_back(mods, tmp_path, capsys):
+def test_save_writes_the_committed_file_back(veto_mods, tmp_path, capsys):
     """`save` on the runs gives afs_noise_s34.json byte for byte (the committed file was
     written by it)."""
-    _, noise, _ = mods
-    committed = (HERE / "afs_noise_s34.json").read_text()
-    about = json.loads(committed)["about"]
+    _, noise, _ = veto_mods
+    about, _, _ = save_round_trip(noise, tmp_path, "afs_noise_s34.json")
     assert "session-34" in about and "room_returns_queue_demoted" in about
-    p = _write_runs(tmp_path, json.loads(committed)["runs"])
-    args = [str(p["base"]), str(p["fcfs"])] + [str(p[f"null_{n}"]) for n in NULLS]
-    out = tmp_path / "out.json"
-    assert noise.main(["save", str(out), *args, "--about", about]) == 0
-    assert out.read_text() == committed
     assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
 
 
-def test_veto_nulls_writes_session_34_by_default_and_checks_a_base(mods, tmp_path, capsys):
+def test_veto_nulls_writes_session_34_by_default_and_checks_a_base(veto_mods, tmp_path, capsys):
     """`scheduling_veto_nulls.py OUT_DIR` writes session 34's runs (s34_*.json); `--check`
     passes a base rerun equal to its base and fails session 33's; `judge` on the written
     runs accepts the base against itself under the frozen thresholds and refuses session
     33's nulls (they give 0.0317 / 4 around its own base, not the frozen ones)."""
-    _, noise, nulls = mods
+    _, noise, nulls = veto_mods
     assert nulls.SESSIONS == (34, 33, 32, 26)
     assert nulls.main([str(tmp_path)]) == 0
     assert (tmp_path / "s34_null_fast3.json").exists()
