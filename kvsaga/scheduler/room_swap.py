@@ -317,10 +317,8 @@ class RoomSwap(RoomForecast):
         if back is None:
             return False
         info = self.sessions[victim]
-        if self.readmit_order == "session_age":
-            mine, theirs = self._session_since(req), self._started.get(victim, back)
-        else:
-            mine, theirs = req.arrival, back
+        mine = self._aged_since(req.session_id, req.arrival)
+        theirs = self._aged_since(victim, back)
         return (self._order_key(self.session_cost(victim, info.workflow, info.context), theirs)
                 > self._order_key(self.remaining_cost(req), mine))
 
@@ -441,8 +439,7 @@ class RoomSwap(RoomForecast):
                 if first and not r.resumed:
                     key = math.inf
                 else:
-                    since = (self._session_since(r) if self.readmit_order == "session_age"
-                             else r.arrival)
+                    since = self._aged_since(r.session_id, r.arrival)
                     key = self._order_key(self.remaining_cost(r), since)
                 out.append((key, self._working_set(r.workflow, r.num_tokens, 0),
                             self._stay_s(r.session_id, r.workflow) if stays else 0.0))
@@ -456,7 +453,7 @@ class RoomSwap(RoomForecast):
         if back is None:
             back = now
         info = self.sessions[victim]
-        since = self._started.get(victim, back) if self.readmit_order == "session_age" else back
+        since = self._aged_since(victim, back)
         return back, self._order_key(self.session_cost(victim, info.workflow, info.context),
                                      since)
 
