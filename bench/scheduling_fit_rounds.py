@@ -434,9 +434,9 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # Round 42 (issue 10, the sched lane of session 34; committed before it ran, after the
 # code): PREVIOUS is round 41's pick. Diagnosis first (fit seeds only; RESULTS "Scheduling",
 # session 34): bfcl 1x 50%, the smallest gain (1.63x), is bounded by what no KV scheduler
-# changes: with unbounded KV (where every scheduler coincides) fcfs+lru's 50% run is only
+# changes: with unbounded KV (where fcfs and workflow coincide) fcfs+lru's 50% run is only
 # 1.91x slower (geomean; 1.26x-2.99x a seed), and the solo bound allows 1.39x-1.79x at seeds
-# 104-106. At bfcl 1x 25% the sessions over the p95 TCT were demoted 3-6 times and waited
+# 104-106. At bfcl 1x 25% the sessions over the p95 TCT were demoted 2-6 times and waited
 # 24-84 s in all to be admitted again, each wait far below `max_wait_s`, while "sorted"
 # restarts a step's aging at every queueing. `readmit_order` "waited"
 # (`AdmissionOrder._aged_since`) ages a waiting step from its queueing less its session's
@@ -445,6 +445,11 @@ grid is committed before the round runs; the rule and the veto are not changed w
 # expected to lose; run as the round to record it. `shrink_on` "contexts" (round 11's, opt-in)
 # beside it: the one rule the probes found to lift bfcl 1x 25%'s worst p95 (1.16x -> 1.38x),
 # at a cost to the mean (1.77x -> 1.70x; bfcl 1x 50% 1.63x -> 1.54x).
+# Outcome: neither chosen. "waited": smallest gain 1.64x but a second p95 miss (bfcl 1x 25%
+# seed 106 0.91x; bfcl 1x 25% 1.77x -> 1.69x); non-thrash none worse; AFS veto (s34, 0.0262
+# / 4) passes (-0.0036, 19 -> 19). "contexts": smallest gain 1.54x; its non-thrash check
+# rejects it (web seed 103 1x p95 +53.3%); the veto passes (+0.0215, 19 -> 16). PREVIOUS
+# stays; the fresh seeds were not run (RESULTS "What bounds bfcl: the KV ceiling ...").
 FIT_GRID = [
     {"readmit_order": "waited"},
     {"shrink_on": "contexts"},

@@ -474,7 +474,7 @@ class AdmissionOrder:
         Why "waited" (round 42, session 34): aging is what bounds a session's wait under the
         predicted order, but "sorted" restarts it at every queueing, so a session demoted k
         times can wait k times what the aging allows one wait: on the fit seeds at bfcl 1x
-        25% the sessions over the p95 TCT were demoted 3-6 times and waited 24-84 s in all
+        25% the sessions over the p95 TCT were demoted 2-6 times and waited 24-84 s in all
         to be admitted again, each wait far below `max_wait_s` (RESULTS "Scheduling",
         session 34). "waited" carries the aging over: the key is ln(cost) less the
         session's whole admission wait over `aging_s`, not since its session began
