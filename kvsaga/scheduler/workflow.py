@@ -135,13 +135,13 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         readmit_charge: what the gate charges a demoted session admitted again: one of
             `working_set_gate.READMIT_CHARGES`, each described, with the `--fit` round that
             chose or rejected it, in `kvsaga.scheduler.readmit_charges`. The default,
-            "room_returns_queue_demoted" (round 41, session 33), charges only the part of
-            its context not cached ("uncached") and lets it take room from paused sessions
-            (the swap) only where the forecasts say the swap pays.
+            "room_returns_queue_demoted" (round 41), charges the uncached part of its context
+            and takes room from paused sessions only where the forecasts say that pays.
         readmit_order: where a demoted session's next step waits under "predicted" /
             "gittins": "sorted" (among the new sessions, aged from its queueing),
-            "session_age" (aged from its session's first queueing) or "first" (ahead of
-            the new sessions; `AdmissionOrder._sort_pending` says why).
+            "session_age" (aged from its session's first queueing), "first" (ahead of the
+            new sessions; `AdmissionOrder._sort_pending` says why) or "waited" (aged from
+            its queueing less its session's earlier admission waits; opt-in, round 42).
         readmit_cost: the context a demoted session's waiting step is ordered by under
             "predicted" / "gittins": "context" (its whole prompt) or "uncached" (the part
             not cached on the GPU, what admitting it adds; `_readmit_context` says why).
