@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -462,6 +463,35 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     return "\n".join(out) + "\n"
 
 
+def _payload(chosen: str, vetting: tuple[str, list[dict], str] | None, rows: list[dict],
+             policies: list[str], seeds: list[int], traces: list[str],
+             constants: dict[str, dict[str, float | list[str]]], notes: list[str],
+             command: str, wall: float, variants: dict[str, str] | None = None,
+             extra: list[dict] | None = None, smooth_s: float = 0.0) -> dict:
+    """What a tuning saves (`TUNE_JSON`, or `TUNE_SMOOTH_JSON` with `extra`): the pick
+    (after the walk when `vetting` is given), the rule's own, the walk and the rows."""
+    if variants is None:
+        variants = variant_picks(rows, policies)
+    return {"pick": chosen, "rule_pick": pick(rows, policies), "seeds": seeds,
+            "traces": traces, "vetting": None if vetting is None else vetting[1],
+            "against": None if vetting is None else vetting[2],
+            "variants": {b: explicit(v, constants) for b, v in variants.items()},
+            "constants": constants, "notes": notes, "candidates": policies,
+            "command": command, "wall_s": wall, "rows": rows,
+            "smooth_rows": extra, "smooth_s": smooth_s}
+
+
+def _cannot_walk(error: ValueError, saved, kept: bool) -> int:
+    """A walk stopped by a check that cannot judge: say why and where the rows are (saved
+    before the walk, session 34: a stale AFS calibration raised after 14 minutes of
+    simulation and lost them). Returns 2; nothing else is written."""
+    where = (f"the rows are in {saved}: rerun the walk with `--tune --from-json {saved} "
+             "--rewalk` once the check can judge" if kept else
+             "the rows were not saved (--no-write)")
+    print(f"the walk through issue 10's checks stopped: {error}; {where}", file=sys.stderr)
+    return 2
+
+
 def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
          fractions: list[float], command: str) -> int:
     """The `--tune` mode: run (or re-render from `--from-json`), pick, print, write."""
@@ -484,8 +514,11 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         if getattr(args, "rewalk", False):
             if extra is not None or fit_set_gaps(seeds, policies):
                 parser.error("--rewalk needs a saved per-size tuning of the whole fit set")
-            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
-                                         constants=constants)
+            try:
+                vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
+                                             constants=constants)
+            except ValueError as e:  # a check that cannot judge (a stale AFS calibration)
+                return _cannot_walk(e, args.from_json, False)
             vetting = (vetted, walked, DEFAULT_POLICY)
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             notes = [*notes, f"The walk through issue 10's checks was rerun on these saved "
@@ -501,8 +534,14 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         wall = time.perf_counter() - t
         vetting = None
         if not args.smooth and not fit_set_gaps(seeds, policies):  # the whole fit set
-            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
-                                         constants=constants)
+            if not args.no_write:  # the rows before the walk: a walk that stops keeps them
+                _save(TUNE_JSON, _payload(pick(rows, policies), None, rows, policies, seeds,
+                                          traces, constants, notes, command, wall))
+            try:
+                vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
+                                             constants=constants)
+            except ValueError as e:  # a check that cannot judge (a stale AFS calibration)
+                return _cannot_walk(e, TUNE_JSON, not args.no_write)
             vetting = (vetted, walked, DEFAULT_POLICY)
         if args.smooth:
             import policies_smooth as S
@@ -530,12 +569,7 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         out, section = ((TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION) if extra is not None
                         else (TUNE_JSON, TUNE_SECTION))
         text = text.replace(TUNE_SECTION, section, 1)
-        _save(out, {"pick": chosen, "rule_pick": rule_pick, "seeds": seeds,
-                    "traces": traces, "vetting": None if vetting is None else vetting[1],
-                    "against": None if vetting is None else vetting[2],
-                    "variants": {b: explicit(v, constants) for b, v in variants.items()},
-                    "constants": constants, "notes": notes, "candidates": policies,
-                    "command": command, "wall_s": wall, "rows": rows,
-                    "smooth_rows": extra, "smooth_s": smooth_s})
+        _save(out, _payload(chosen, vetting, rows, policies, seeds, traces, constants,
+                            notes, command, wall, variants, extra, smooth_s))
         write_section(text, HERE / "RESULTS.md", section)
     return 0
