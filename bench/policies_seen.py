@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from policies import (
     BASELINES,
@@ -170,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", default=",".join(SEEN_CANDIDATES),
                    help="fit candidate names (bench/plots/policies_tune.json)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tune-json", default=str(TUNE_JSON),
+                   help="the saved fit rows whose constants and rows to compare with "
+                        "(default: bench/plots/policies_tune.json; session 34's rerun on the "
+                        "scheduler's round-41 default: bench/plots/policies_tune_s34.json)")
     p.add_argument("--from-json", action="store_true",
                    help=f"compare from the saved {SEEN_JSON.name}, no simulation")
     p.add_argument("--merge", action="store_true",
                    help=f"add these policies' rows to the saved {SEEN_JSON.name} (same "
                         "seeds; rows of the same policies replaced)")
     args = p.parse_args(argv)
-    tuned = json.loads(TUNE_JSON.read_text(encoding="utf-8"))
+    tuned = json.loads(Path(args.tune_json).read_text(encoding="utf-8"))
     candidates = split_specs(args.policies)
     if missing := [c for c in candidates if c not in (*tuned["candidates"], *OFFLINE)]:
         p.error(f"{missing}: not candidates of the saved fit rows nor offline references")
