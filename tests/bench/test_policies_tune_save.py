@@ -43,13 +43,13 @@ def test_a_walk_that_cannot_judge_keeps_the_rows_and_writes_no_section(
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
     assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
                      "cmd") == 2
-    assert stale.calls == 1  # the rule's first, `graph[spread=1]`, is not the default
+    assert stale.calls == 1  # the rule's first, `graph[trust=1]`, is not the default
     err = capsys.readouterr().err
     assert "the walk through issue 10's checks stopped" in err and "recalibrate" in err
     assert "--rewalk" in err and str(tmp_path / "tune.json") in err
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["vetting"] is None and saved["against"] is None
-    assert saved["pick"] == saved["rule_pick"] == "graph[spread=1]"  # not walked: the rule's
+    assert saved["pick"] == saved["rule_pick"] == "graph[trust=1]"  # not walked: the rule's
     assert len(saved["rows"]) == 3 * len(tokens) and saved["candidates"] == list(tokens)
     assert saved["constants"] == tune.setting_constants(list(tokens))
     assert not (tmp_path / "RESULTS.md").exists()  # no section from an unwalked tune
@@ -61,7 +61,7 @@ def test_a_walk_that_cannot_judge_keeps_the_rows_and_writes_no_section(
                             no_write=False, rewalk=True)
     assert tune.tune(None, again, [], [], [], [], "x") == 0
     saved = json.loads((tmp_path / "tune.json").read_text())
-    assert saved["pick"] == "graph[spread=1]" and saved["against"] == DEFAULT_POLICY
+    assert saved["pick"] == "graph[trust=1]" and saved["against"] == DEFAULT_POLICY
     assert [w["vetoed_by"] for w in saved["vetting"]] == [None]
     assert "walk through issue 10's checks was rerun" in (tmp_path / "RESULTS.md").read_text()
 

@@ -19,11 +19,13 @@ def _row(trace, seed, frac, policy, recomputed, hit=0.9, blocks=100):
             "recomputed_tokens": recomputed, "hit_rate": hit, "num_gpu_blocks": blocks}
 
 
-# Three pressured cases; the baselines' best is 10, 19 and 5.
+# Three pressured cases; the baselines' best is 10, 19 and 5. graph's settings other than
+# the incumbent name `trust` and `spread_states`, off their defaults whatever graph's other
+# defaults are (until session 34 they named `spread`, which the tune may turn on).
 TOKENS = {
     "lru": (10, 20, 5), "saga": (12, 19, 6), "ttl": (11, 25, 7),
-    "graph[spread=1]": (10, 19, 5),  # 1.00x everywhere: the rule's first
-    "graph[spread=1,spread_states=queued]": (11, 19, 5),  # 1.10x
+    "graph[trust=1]": (10, 19, 5),  # 1.00x everywhere: the rule's first
+    "graph[trust=1,spread_states=queued]": (11, 19, 5),  # 1.10x
     "saga2": (12, 19, 5),  # 1.20x (an unregistered name: never the default)
     "graph[median_returns=1]": (13, 19, 5),  # 1.30x: the incumbent, today's default
 }
@@ -55,9 +57,9 @@ def test_the_ranking_is_the_rule_applied_again_to_what_is_left():
     rows = rows_for()
     cands = list(TOKENS)
     order = tune.ranking(rows, cands)
-    assert order[0] == tune.pick(rows, cands) == "graph[spread=1]"
+    assert order[0] == tune.pick(rows, cands) == "graph[trust=1]"
     # lru's worst 20/19 comes before the 1.10x setting; the incumbent after saga2's 1.20x
-    assert order == ["graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]", "saga2",
+    assert order == ["graph[trust=1]", "lru", "graph[trust=1,spread_states=queued]", "saga2",
                      "saga", "graph[median_returns=1]", "ttl"]
     # a candidate that did not run every pressured case is not ranked
     assert "x" not in tune.ranking(rows + [_row("swe", 1, 0.1, "x", 1)], [*cands, "x"])
@@ -67,12 +69,12 @@ def test_the_ranking_is_the_rule_applied_again_to_what_is_left():
 def test_a_vetoed_best_candidate_is_skipped_and_its_veto_recorded():
     tune = load("policies_tune")
     rows = rows_for()
-    afs = Fake("AFS veto", {"graph[spread=1]"})
+    afs = Fake("AFS veto", {"graph[trust=1]"})
     nt = Fake("non-thrash check", {"lru"})
     chosen, walked = tune.vetted_pick(rows, list(TOKENS), [afs, nt], against="graph")
-    assert chosen == "graph[spread=1,spread_states=queued]" != tune.pick(rows, list(TOKENS))
+    assert chosen == "graph[trust=1,spread_states=queued]" != tune.pick(rows, list(TOKENS))
     assert [w["candidate"] for w in walked] == [
-        "graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]"]
+        "graph[trust=1]", "lru", "graph[trust=1,spread_states=queued]"]
     first, second, third = walked
     assert first["vetoed_by"] == "AFS veto" and len(first["checks"]) == 1  # stopped there
     assert "1.47 -> 1.67" in first["checks"][0]["figures"]
@@ -82,19 +84,19 @@ def test_a_vetoed_best_candidate_is_skipped_and_its_veto_recorded():
     assert third["vetoed_by"] is None and all(c["passes"] for c in third["checks"])
     # the non-thrash check never ran for the one the AFS veto stopped; every check against
     # the policy given
-    assert [s for s, _ in nt.calls] == ["lru", "graph[spread=1,spread_states=queued]"]
+    assert [s for s, _ in nt.calls] == ["lru", "graph[trust=1,spread_states=queued]"]
     assert {a for _, a in afs.calls + nt.calls} == {"graph"}
     lines = "\n".join(tune.vetting_lines(walked, chosen, "graph"))
-    assert "`graph[spread=1]` (worst 1.00x, 0 above 1.0x" in lines
-    assert "AFS veto fails (graph[spread=1]: 1.47 -> 1.67); **vetoed by the AFS veto**" in lines
+    assert "`graph[trust=1]` (worst 1.00x, 0 above 1.0x" in lines
+    assert "AFS veto fails (graph[trust=1]: 1.47 -> 1.67); **vetoed by the AFS veto**" in lines
     assert "**vetoed by the non-thrash check**" in lines
-    assert lines.endswith("Pick after the checks: **`graph[spread=1,spread_states=queued]`**.")
+    assert lines.endswith("Pick after the checks: **`graph[trust=1,spread_states=queued]`**.")
 
 
 def test_the_default_as_it_is_takes_no_check_and_ends_the_walk():
     tune = load("policies_tune")
     assert DEFAULT_POLICY == "graph" and tune.is_default("graph[median_returns=1]")
-    assert tune.is_default("graph") and not tune.is_default("graph[spread=1]")
+    assert tune.is_default("graph") and not tune.is_default("graph[trust=1]")
     assert not tune.is_default("saga")
     rows = rows_for()
     every = set(TOKENS) - {"graph[median_returns=1]"}
@@ -120,14 +122,14 @@ def test_a_vetoed_or_unchecked_setting_does_not_become_the_defaults():
     tune = load("policies_tune")
     rows = rows_for()
     cands = list(TOKENS)
-    afs = Fake("AFS veto", {"graph[spread=1]", "lru", "graph[spread=1,spread_states=queued]"})
+    afs = Fake("AFS veto", {"graph[trust=1]", "lru", "graph[trust=1,spread_states=queued]"})
     chosen, walked = tune.vetted_pick(rows, cands, [afs])
     assert chosen == "saga2"
-    assert tune.variant_picks(rows, cands)["graph"] == "graph[spread=1]"
+    assert tune.variant_picks(rows, cands)["graph"] == "graph[trust=1]"
     assert tune.vetted_variants(rows, cands, walked, chosen)["graph"] == \
         "graph[median_returns=1]"
     # a setting of graph that passed is its variant
-    afs = Fake("AFS veto", {"graph[spread=1]", "lru"})
+    afs = Fake("AFS veto", {"graph[trust=1]", "lru"})
     chosen, walked = tune.vetted_pick(rows, cands, [afs])
     assert tune.vetted_variants(rows, cands, walked, chosen)["graph"] == chosen
 
@@ -142,7 +144,7 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     monkeypatch.setattr(tune, "run", lambda traces, fractions, policies, seeds, workers: (
         fake_rows if 1 in seeds else [], []))
     # the walk checks each candidate as it ran: its spec with today's constants written out
-    afs = Fake("AFS veto", {tune.explicit("graph[spread=1]",
+    afs = Fake("AFS veto", {tune.explicit("graph[trust=1]",
                                           tune.setting_constants(list(tokens)))})
     monkeypatch.setattr(tune, "run_checks", lambda workers: [afs])
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
@@ -151,11 +153,11 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
                      "cmd") == 0
     saved = json.loads((tmp_path / "tune.json").read_text())
-    assert saved["rule_pick"] == "graph[spread=1]" and saved["pick"] == "lru"
+    assert saved["rule_pick"] == "graph[trust=1]" and saved["pick"] == "lru"
     assert saved["against"] == DEFAULT_POLICY
     assert [w["vetoed_by"] for w in saved["vetting"]] == ["AFS veto", None]
-    assert saved["variants"]["graph"] == "graph[median_returns=1,spread=0,spread_states=" \
-        "queued+demoted]"  # the vetoed setting is not graph's
+    assert saved["variants"]["graph"] == "graph[median_returns=1,spread_states=" \
+        "queued+demoted,trust=0]"  # the vetoed setting is not graph's
     out = capsys.readouterr().out
     assert "**vetoed by the AFS veto**" in out and "Pick after the checks: **`lru`**" in out
     assert "Constants of `graph` by the same rule and checks among its settings: " \
@@ -176,7 +178,7 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
                      [], [], [], [], "x") == 0
     assert afs.calls and "walk through issue 10's checks was rerun" in capsys.readouterr().out
     saved = json.loads((tmp_path / "tune.json").read_text())
-    assert saved["pick"] == "graph[spread=1]" and saved["rule_pick"] == "graph[spread=1]"
+    assert saved["pick"] == "graph[trust=1]" and saved["rule_pick"] == "graph[trust=1]"
     assert [w["vetoed_by"] for w in saved["vetting"]] == [None]
     afs.calls.clear()
     # part of the fit set: no walk, nothing checked
@@ -236,8 +238,8 @@ def test_the_real_checks_run_the_calibrated_afs_veto_and_the_non_thrash_figures(
     got = nt("lru", "graph")
     assert not got.passes and "+4.6%" in got.figures
     assert asked == [(fit.PREVIOUS, "lru", "graph", tune.NON_THRASH_SLACK)]
-    assert nt("graph[spread=1]", "graph").passes
-    assert "graph[spread=1]" in POLICIES  # registered as a name
+    assert nt("graph[trust=1]", "graph").passes
+    assert "graph[trust=1]" in POLICIES  # registered as a name
 
 
 def test_the_fit_check_fails_a_lower_smallest_gain_or_an_added_p95_miss(monkeypatch,
@@ -284,19 +286,19 @@ def test_a_candidate_is_checked_and_judged_the_default_as_its_rows_ran():
     today = inspect.signature(POLICIES["graph"]).parameters["demoted_release"].default
     old = {"median_returns": 1.0, "demoted_release": float(not today)}
     constants = {"graph[median_returns=1]": old,
-                 "graph[spread=1]": {**old, "spread": 1.0}}
+                 "graph[trust=1]": {**old, "trust": 1.0}}
     every = set(TOKENS) - {"graph[median_returns=1]"}
     afs = Fake("AFS veto", {tune.explicit(k, constants) for k in constants} | every)
     # no candidate's rows are today's default as they ran: vetoing all is an error
     with pytest.raises(ValueError, match="every candidate was vetoed"):
         tune.vetted_pick(rows, list(TOKENS), [afs], constants=constants)
     checked = [s for s, _ in afs.calls]
-    assert checked[0] == tune.explicit("graph[spread=1]", constants) != "graph[spread=1]"
+    assert checked[0] == tune.explicit("graph[trust=1]", constants) != "graph[trust=1]"
     assert f"demoted_release={int(not today)}" in checked[0]
     assert tune.explicit("graph[median_returns=1]", constants) in checked  # not the default
     afs.fails.discard(checked[0])
     chosen, walked = tune.vetted_pick(rows, list(TOKENS), [afs], constants=constants)
-    assert chosen == "graph[spread=1]" and walked[0]["as_run"] == checked[0]
+    assert chosen == "graph[trust=1]" and walked[0]["as_run"] == checked[0]
     assert f"as its rows ran, `{checked[0]}`" in "\n".join(
         tune.vetting_lines(walked, chosen, "graph"))
     # without the constants the same rows' spec reads as today's default: no check
