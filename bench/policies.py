@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import math
 import platform
@@ -91,8 +90,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from policy_specs import parse_spec, split_specs  # noqa: F401 (the spec grammar, re-exported)
+
 from kvsaga.policy import DEFAULT_POLICY, make_policy
-from kvsaga.policy import POLICIES as POLICY_CLASSES
 from kvsaga.sim.compare import peak_working_set
 from kvsaga.sim.hindsight import best_offline, record
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -198,47 +198,6 @@ def build_trace(name: str, seed: int):
         n, scale = FAMILY_SIZE[name]
         return _scaled(name, n, seed, scale)
     raise ValueError(f"unknown trace {name!r}; choose from {', '.join(TRACES + FAMILIES)}")
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, float | tuple[str, ...]]]:
-    """`name` or `name[key=value,...]` -> (name, constants). A value is a number, or names
-    joined by `+` (a tuple: `adaptive[experts=ttl+saga+lru]`)."""
-    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
-    if m is None:
-        raise ValueError(f"bad policy spec {spec!r}: expected name or name[key=value,...]")
-    params: dict[str, float | tuple[str, ...]] = {}
-    for item in filter(None, (m.group(2) or "").split(",")):
-        key, _, value = item.partition("=")
-        try:
-            params[key.strip()] = float(value)
-        except ValueError:
-            if not re.fullmatch(r"[A-Za-z][\w-]*(\+[A-Za-z][\w-]*)*", value.strip()):
-                raise ValueError(f"bad constant {item!r} in {spec!r}: expected key=number "
-                                 "or key=name+name...") from None
-            params[key.strip()] = tuple(value.strip().split("+"))
-    return m.group(1), _typed(m.group(1), params)
-
-
-def _typed(name: str, params: dict) -> dict:
-    """A spec's 0 or 1 as a bool where the policy's constant defaults to a bool: a spec writes
-    `shadow_cache=1`, and adaptive refuses the float 1.0 for its bool constants (since
-    6f0b3eb), so every adaptive candidate of `TUNE_CANDIDATES` failed to run. Equal to the
-    number as saved (True == 1.0); other values are left for the policy to refuse."""
-    cls = POLICY_CLASSES.get(name)
-    if cls is None:
-        return params
-    defaults = inspect.signature(cls).parameters
-    out = dict(params)
-    for k, v in params.items():
-        if k in defaults and isinstance(defaults[k].default, bool) and v in (0.0, 1.0) \
-                and not isinstance(v, tuple):
-            out[k] = bool(v)
-    return out
-
-
-def split_specs(text: str) -> list[str]:
-    """Comma-separated policy specs; commas inside a spec's brackets stay in it."""
-    return [x for x in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", text) if x.strip()]
 
 
 TRACES = ("swe-slow", "web-short", "swe+bfcl", "bfcl-v4", "swe")
