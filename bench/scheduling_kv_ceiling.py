@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from scheduling import PRESET, capacity, trace
 from scheduling_bound import mean_tct_bound
+from scheduling_fit import geo
 from scheduling_overflow import point_params, point_parser, point_seeds
 
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -71,12 +72,13 @@ def seed_row(f: dict, w: dict, fu: dict, wu: dict) -> dict:
     ceiling = f["mean"] / wu["mean"]
     gain = f["mean"] / w["mean"]
     return {"gain": gain, "p95_gain": f["p95"] / w["p95"], "bound": f["mean"] / f["solo"],
-            "ceiling": ceiling, "reached": math.log(gain) / math.log(ceiling)
-            if ceiling > 1 else math.nan, "same_unbounded": fu["mean"] == wu["mean"]}
+            "ceiling": ceiling, "reached": share_reached(gain, ceiling),
+            "same_unbounded": fu["mean"] == wu["mean"]}
 
 
-def geomean(xs: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+def share_reached(gain: float, ceiling: float) -> float:
+    """ln gain / ln ceiling: the share of the KV ceiling reached (nan without a ceiling)."""
+    return math.log(gain) / math.log(ceiling) if ceiling > 1 else math.nan
 
 
 def table(family: str, load: float, frac: float, seeds: list[int], params: dict | None,
@@ -100,10 +102,10 @@ def table(family: str, load: float, frac: float, seeds: list[int], params: dict 
                      f"{f['solo']:.2f} | {r['bound']:.2f}x | {wu['mean']:.2f} | "
                      f"{r['ceiling']:.2f}x | {r['reached']:.2f} | {w['wait']:.2f} | "
                      f"{'yes' if r['same_unbounded'] else 'no'} |")
-    g = {k: geomean([r[k] for r in rows]) for k in ("gain", "p95_gain", "bound", "ceiling")}
+    g = {k: geo(r[k] for r in rows) for k in ("gain", "p95_gain", "bound", "ceiling")}
     lines.append(f"| geomean | | | {g['gain']:.2f}x | {g['p95_gain']:.2f}x | | "
                  f"{g['bound']:.2f}x | | {g['ceiling']:.2f}x | "
-                 f"{math.log(g['gain']) / math.log(g['ceiling']):.2f} | | |")
+                 f"{share_reached(g['gain'], g['ceiling']):.2f} | | |")
     return lines
 
 

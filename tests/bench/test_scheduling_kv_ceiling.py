@@ -46,3 +46,15 @@ def test_unbounded_kv_runs_alike_under_both_schedulers(ceiling):
     assert wu["mean"] <= min(f["mean"], w["mean"])
     assert f["solo"] <= wu["mean"]
 
+
+
+def test_table_rows_and_geomean_row(ceiling):
+    """One seed: a header, its row and a geomean row whose gain, ceiling and share are the
+    seed's own (the geomean of one figure is itself)."""
+    lines = ceiling.table("bfcl", 2.0, 0.25, [101], None, workers=1, sessions=16)
+    assert len(lines) == 4 and lines[2].startswith("| 101 |") and lines[3].startswith("| geomean")
+    row, geo = ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:4])
+    assert len(row) == len(geo) == 12
+    for col in (3, 4, 6, 8, 9):  # gain, p95 gain, gain bound, KV ceiling, share reached
+        assert geo[col] == row[col] != ""
+    assert row[-1] == "yes"
