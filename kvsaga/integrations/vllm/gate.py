@@ -28,7 +28,7 @@ go on.
   their tool pauses, 1.50x and 1.54x where prefill dominates: bench/RESULTS.md). The
   prediction above is what guards the admitted sessions when memory is short; when it is
   not short, deferring only shrinks the batch: live on
-  fit seeds 0-1 (docs/integrations.md, "Where the gate's time went") the gate deferred
+  fit seeds 0-1 (docs/integrations_benchmarks.md, "Where the gate's time went") the gate deferred
   first steps for seconds while vLLM had their blocks free, and that wait, not recompute,
   was the connector's extra task time.
 - Room admits a session only while it fits, with `room_fit_steps` (default 3) steps of
