@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let `parser` take a value that starts with "-" and a digit ("-1G", "-.5") as a flag's
+    argument, so that its type names what is wrong ("cannot be negative") instead of argparse
+    saying the flag "expected one argument". Python 3.13's argparse does this itself; the
+    parser must define no flag that looks like a negative number (none of kvsaga's do)."""
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = re.compile(r"^-\.?\d")
+    return parser
 
 
 def checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str):
@@ -205,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         sim_cli = None
     if sim_cli is not None and hasattr(sim_cli, "add_parser"):
         sim_cli.add_parser(sub)
+    for each in (parser, *sub.choices.values()):
+        accept_negative_values(each)
     return parser
 
 

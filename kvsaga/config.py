@@ -78,10 +78,12 @@ def parse_bytes(text: str) -> int:
     Returns:
         The size in bytes.
     Raises:
-        ValueError: not a size.
+        ValueError: not a size, or a negative one (named as such).
     """
     m = _SIZE.match(text)
     if m is None:
+        if _SIZE.match(text.strip().removeprefix("-")):
+            raise ValueError(f"a memory size cannot be negative, got {text!r}")
         raise ValueError(f"not a memory size: {text!r} (use e.g. 4G, 512M, 1048576)")
     number, unit = m.group(1), m.group(2).upper()
     if not unit and "." in number:  # "1.5" meant 1.5G, not one byte

@@ -109,8 +109,9 @@ def check_param_names(name: str, params: Any, *, exclude: tuple[str, ...] = ()) 
     known = [p for p in scheduler_params(name) if p not in exclude]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; its "
-                         f"parameters: {', '.join(known)}")
+        takes = (f"its parameters: {', '.join(known)}" if known else "it takes none"
+                 + (f" besides {', '.join(exclude)}" if exclude else ""))
+        raise ValueError(f"scheduler {name!r} has no parameter {unknown[0]!r}; {takes}")
 
 
 def scheduler_params(name: str) -> list[str]:

@@ -7,10 +7,12 @@ kvsaga-serve --model ./my-llama --port 9000 --policy lru --kv-memory 2G --api-ke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -23,7 +25,13 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kvsaga import envs
-from kvsaga.cli import HelpFormatter, add_version, report_failure, setup_logging
+from kvsaga.cli import (
+    HelpFormatter,
+    accept_negative_values,
+    add_version,
+    report_failure,
+    setup_logging,
+)
 from kvsaga.config import parse_bytes
 from kvsaga.serve.settings import ServerSettings, non_default_params
 
@@ -119,13 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
       help="run N engine replicas behind this endpoint on Ray Serve (needs kvsaga[cluster]; "
       "a GPU each, or a share of the CPU cores; RAY_ADDRESS joins an existing cluster) "
       "(default: one engine in this process, no Ray)")
-    a("--router", default="kvsaga", choices=sorted(REPLICA_ROUTERS),
+    a("--router", default=None, choices=sorted(REPLICA_ROUTERS),
       help="how --replicas routes steps: session affinity + work stealing + KV migration "
       "(kvsaga), sticky consistent hash (affinity), round-robin, or Ray Serve's own default "
-      "request router (ray-default)")
+      f"request router (ray-default) (default: {DEFAULT_REPLICA_ROUTER}; needs --replicas)")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
       help="log level; debug also prints the traceback of a failure")
-    return p
+    return accept_negative_values(p)
+
+
+# `--replicas`' router when `--router` is not given.
+DEFAULT_REPLICA_ROUTER = "kvsaga"
+# ServerSettings fields whose flag is not the field's name with dashes.
+_FLAGS = {"max_body_bytes": "--max-body", "session_idle_s": "--session-idle",
+          "log_stats_interval_s": "--log-stats-interval", "kv_memory_bytes": "--kv-memory",
+          "host_memory_bytes": "--host-memory", "api_keys": "--api-key"}
+
+
+def as_flag_message(message: str) -> str:
+    """A ServerSettings range error names the field first ("max_body_bytes must be ...",
+    "port 70000 out of range"); on the command line, name the flag the user typed instead
+    ("--max-body must be ..."). Other messages are returned as they are."""
+    m = re.match(r"(\w+)(?= must | \S+ out of range$)", message)
+    if m is None or m.group(1) not in {f.name for f in dataclasses.fields(ServerSettings)}:
+        return message
+    name = m.group(1)
+    return _FLAGS.get(name, "--" + name.replace("_", "-")) + message[len(name):]
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -296,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.replicas is not None and args.replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+        if args.router is not None and args.replicas is None:
+            raise ValueError(f"--router {args.router} routes between replicas; give "
+                             "--replicas N too, or leave --router out")
     except ValueError as e:
-        print(f"kvsaga-serve: error: {e}", file=sys.stderr)
+        print(f"kvsaga-serve: error: {as_flag_message(str(e))}", file=sys.stderr)
         return 2
     try:
         preflight(settings)
@@ -311,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         from kvsaga.serve.replicas import run_replicas
 
         try:
-            run_replicas(settings, args.replicas, args.router)
+            run_replicas(settings, args.replicas, args.router or DEFAULT_REPLICA_ROUTER)
         except Exception as e:
             return report_failure("kvsaga-serve", e, debug)
         return 0

@@ -121,10 +121,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load(args) -> list[Session]:
-    """The sessions to simulate. Raises ValueError for a trace that holds none (a table of
-    nan rows would say nothing)."""
+    """The sessions to simulate. Raises ValueError for a trace that cannot be read or holds
+    none (a table of nan rows would say nothing)."""
     if args.trace is not None:
-        sessions = load_trace(args.trace)
+        try:
+            sessions = load_trace(args.trace)
+        except OSError as e:  # missing, a directory, unreadable: name the flag and the path
+            raise ValueError(f"--trace {args.trace!r}: {e.strerror or e}") from None
         if not sessions:
             raise ValueError(f"trace {args.trace!r} holds no sessions")
         return sessions

@@ -150,14 +150,14 @@ def test_version():
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--max-num-seqs", "0"], "max_num_seqs must be an int >= 1, got 0"),
-    (["--max-num-batched-tokens", "0"], "max_num_batched_tokens must be an int >= 1, got 0"),
-    (["--max-model-len", "0"], "max_model_len must be an int >= 1 or None, got 0"),
-    (["--max-tokens-limit", "0"], "max_tokens_limit must be an int >= 1 or None, got 0"),
-    (["--kv-memory", "0"], "kv_memory_bytes must be an int >= 1 or None, got 0"),
-    (["--log-stats-interval", "inf"], "log_stats_interval_s must be a number >= 0"),
-    (["--session-idle", "nan"], "session_idle_s must be a number > 0 (inf: never), got nan"),
-    (["--session-idle", "-1"], "session_idle_s must be a number > 0 (inf: never), got -1.0"),
+    (["--max-num-seqs", "0"], "--max-num-seqs must be an int >= 1, got 0"),
+    (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens must be an int >= 1, got 0"),
+    (["--max-model-len", "0"], "--max-model-len must be an int >= 1 or None, got 0"),
+    (["--max-tokens-limit", "0"], "--max-tokens-limit must be an int >= 1 or None, got 0"),
+    (["--kv-memory", "0"], "--kv-memory must be an int >= 1 or None, got 0"),
+    (["--log-stats-interval", "inf"], "--log-stats-interval must be a number >= 0"),
+    (["--session-idle", "nan"], "--session-idle must be a number > 0 (inf: never), got nan"),
+    (["--session-idle", "-1"], "--session-idle must be a number > 0 (inf: never), got -1.0"),
     (["--api-key", ""], "--api-key '' names no key"),
     (["--api-key", " , "], "--api-key ' , ' names no key"),
 ])

@@ -23,6 +23,7 @@ This package imports vLLM only in the modules vLLM loads; `hints` and `ledger` a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kvsaga.integrations.vllm.connector_config import check_connector_extra
@@ -85,6 +86,9 @@ def offload_transfer_config(cpu_bytes: int, eviction: str = "graph",
                "kv_connector_extra_config": extra}
     if retention is None:
         return json.dumps(offload)
+    if not isinstance(retention, Mapping):
+        raise ValueError(f"retention {retention!r}: None or the retention connector's "
+                         "kv_connector_extra_config as a dict, e.g. {'policy': 'ttl'}")
     kvsaga = json.loads(kv_transfer_config(**retention))
     return json.dumps({"kv_connector": "MultiConnector", "kv_role": "kv_both",
                        "kv_connector_extra_config": {"connectors": [kvsaga, offload]}})
