@@ -114,6 +114,8 @@ from replay.report import (  # noqa: E402
 from replay.servers import SERVED_NAME, vllm_model_dir  # noqa: E402
 from replay.workload import build_sessions, sample_steps, working_set  # noqa: E402
 
+from kvsaga.cli import HelpFormatter  # noqa: E402
+
 __all__ = [  # what tests and the other bench scripts reach through this module
     "REPLICAS_TITLE", "RESULTS", "SERVED_NAME", "VLLM_SECTION", "Arm", "arms", "build_parser",
     "comparisons", "machine", "main", "results_title", "run_order", "sample_steps",
@@ -130,7 +132,7 @@ VLLM_SECTION = "## vLLM as the peer"  # where the vLLM-mode sections go in RESUL
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     a = p.add_argument
     a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
     a("--sessions", type=int, default=6, help="agent sessions replayed per policy")

@@ -45,6 +45,7 @@ sys.path.append(str(ROOT / "bench"))
 
 from vllm_replay_report import kv_blocks, session_prompts  # noqa: E402
 
+from kvsaga.cli import HelpFormatter  # noqa: E402
 from kvsaga.sim.config import SimConfig  # noqa: E402
 from kvsaga.sim.cost import PRESETS, StepCostModel  # noqa: E402
 from kvsaga.sim.simulator import Simulator  # noqa: E402
@@ -207,7 +208,7 @@ def print_trace(r: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     a = p.add_argument
     a("--workload", default="swe", help="workload family of the generated sessions")
     a("--sessions", type=int, default=6, help="agent sessions per seed")

@@ -42,6 +42,7 @@ from typing import Any
 import agent_replay  # bench/ is the script's directory
 from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
 
+from kvsaga.cli import HelpFormatter
 from kvsaga.policy import DEFAULT_POLICY
 
 
@@ -160,7 +161,7 @@ def server_threads(pid: int, before: dict[int, float], tree_cpu: float) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     a = ap.add_argument
     a("--requests", type=int, default=16, help="concurrent chat requests")
     a("--max-tokens", type=int, default=64, help="output tokens per request (EOS ignored)")

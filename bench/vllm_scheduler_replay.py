@@ -89,6 +89,8 @@ from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests
     tool_s_per_task,
 )
 
+from kvsaga.cli import HelpFormatter  # noqa: E402
+
 
 @dataclass
 class ArmResult:
@@ -370,7 +372,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     a = p.add_argument
     a("--workload", default="swe")
     a("--sessions", type=int, default=6)

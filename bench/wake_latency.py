@@ -38,6 +38,8 @@ from replay.conditions import (  # noqa: E402
     spinners_cpu_s,
 )
 
+from kvsaga.cli import HelpFormatter  # noqa: E402
+
 
 def ping_pong(trips: int, work_us: float, cpus: tuple[int, int] | None = None) -> list[float]:
     """Round trips in microseconds: this process writes a byte, a forked child echoes it
@@ -100,7 +102,7 @@ def share(cond: dict[str, float], key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Linux only (fork, sched_setaffinity, /proc).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     ap.add_argument("--trips", type=int, default=3000, help="round trips")
     ap.add_argument("--work-us", type=float, default=100.0,
                     help="busy microseconds between trips (the other side falls asleep)")
