@@ -101,7 +101,7 @@ class Simulator(DecodeRuns, StepExecutor):
                 raise ValueError(
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
-                    f"{num_blocks} blocks of KV capacity")
+                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}")
         self.synth = synthesizer or TokenSynthesizer()
         self.block_size = spec.block_size
         # The future, for offline policies: built here for those made by name; a policy
@@ -150,6 +150,20 @@ class Simulator(DecodeRuns, StepExecutor):
         self._ran = False
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self._push_event(s.arrival_s, s, 0)
+
+    def _capacity_source(self) -> str:
+        """Where the KV capacity in blocks came from, for the error a session too long for it
+        gets: the memory given and the bytes one block takes (a tiny `kv_memory_bytes` reads
+        as 0 blocks otherwise, with nothing to say why)."""
+        cfg = self.config
+        if cfg.num_gpu_blocks is not None:
+            return " (num_gpu_blocks)"
+        memory = cfg.kv_memory_bytes
+        preset = repr(cfg.preset) if isinstance(cfg.preset, str) else "cost model's"
+        where = "kv_memory_bytes" if memory is not None else f"the {preset} default"
+        if memory is None:
+            memory = self.cost.default_kv_memory_bytes()
+        return f" ({where} {memory:,.0f} B at {self.cost.block_bytes:,} B per block)"
 
     def _make_policy(self, name: str) -> EvictionPolicy:
         """Build a policy by name, priced with this run's cost model when it takes one."""

@@ -264,3 +264,13 @@ def test_a_sessions_prompt_list_grows_and_is_cut_back():
     assert t.prompt(25) is p and p == list(range(100, 125))  # the same list, extended
     assert t.prompt(5) == list(range(100, 105))
     assert t.prompt(30) == t.ids
+
+
+def test_a_session_too_long_for_the_capacity_is_told_where_the_capacity_came_from():
+    """The error names the blocks and their source: the block count given, or the memory
+    and the bytes one block takes (a tiny memory otherwise reads as "0 blocks", unexplained)."""
+    sessions = generate("swe", 1, seed=0, scale=0.05)
+    with pytest.raises(ValueError, match=r"the 1 blocks of KV capacity \(num_gpu_blocks\)"):
+        Simulator(sessions, SimConfig(num_gpu_blocks=1))
+    with pytest.raises(ValueError, match=r"\(kv_memory_bytes 4,096 B at [\d,]+ B per block\)"):
+        Simulator(sessions, SimConfig(kv_memory_bytes=4096))
