@@ -108,12 +108,51 @@ def room(sched, sid: str, now: float) -> tuple[float, ...] | None:
             sched.room_deficit(req, running))
 
 
-def probe(spec: str, cost) -> GraphPolicy:
-    """`spec` (a graph spec) built with the noting hooks around its own."""
+def graph_class(spec: str) -> tuple[type[GraphPolicy], dict]:
+    """The policy class `spec` (graph or a graph spec) names and its parameters; ValueError
+    for any other policy (this module's and policies_demoted_paused.py's probes)."""
     name, params = P.parse_spec(spec)
     base = POLICIES[name]
     if not issubclass(base, GraphPolicy):
         raise ValueError(f"{spec!r} is not a graph policy: only graph forecasts demotions")
+    return base, params
+
+
+def probed_simulator(trace_name: str, seed: int, frac: float, make_policy):
+    """A fit case's simulation (graph's configuration) with the policy `make_policy(cost)`
+    builds, a probe: (GPU blocks, the policy, the simulator, not yet run)."""
+    trace = P.build_trace(trace_name, seed)
+    peak, longest = P._peak(trace_name, seed)
+    blocks = P._blocks(peak, longest, frac)
+    config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="graph")
+    pol = make_policy(config.cost)
+    return blocks, pol, Simulator(trace, config, policy=pol)
+
+
+def case_parser(description: str, **trace) -> argparse.ArgumentParser:
+    """The command line of this module and policies_demoted_paused.py: --trace (`trace`:
+    its default or help), --seed, --fraction and --policy (graph or a graph spec)."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", **trace)
+    p.add_argument("--seed", type=int, default=202)
+    p.add_argument("--fraction", type=float, default=0.6)
+    p.add_argument("--policy", default="graph", help="graph or a graph spec")
+    return p
+
+
+def check_case(p: argparse.ArgumentParser, seed: int, frac: float) -> None:
+    """`p.error` (exits) for a seed outside the fit seeds or a fraction outside (0, 1]."""
+    if seed not in P.TUNE_SEEDS:
+        p.error(f"seed {seed} is not a fit seed {P.TUNE_SEEDS}: a diagnosis reads "
+                "fit data only")
+    if not 0 < frac <= 1:
+        p.error(f"--fraction must be in (0, 1], got {frac!r}")
+
+
+def probe(spec: str, cost) -> GraphPolicy:
+    """`spec` (a graph spec) built with the noting hooks around its own."""
+    base, params = graph_class(spec)
 
     class Noting(base):
         def __init__(self, **kw) -> None:
@@ -174,12 +213,7 @@ def probe(spec: str, cost) -> GraphPolicy:
 
 
 def row(trace_name: str, seed: int, frac: float, spec: str) -> str:
-    trace = P.build_trace(trace_name, seed)
-    peak, longest = P._peak(trace_name, seed)
-    blocks = P._blocks(peak, longest, frac)
-    config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="graph")
-    pol = probe(spec, config.cost)
-    sim = Simulator(trace, config, policy=pol)
+    blocks, pol, sim = probed_simulator(trace_name, seed, frac, lambda c: probe(spec, c))
     pol.sched = sim.scheduler if hasattr(sim.scheduler, "_pending") else None
     result = sim.run()
     seen = pol.seen
@@ -224,18 +258,9 @@ HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demote
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", default="swe")
-    p.add_argument("--seed", type=int, default=202)
-    p.add_argument("--fraction", type=float, default=0.6)
-    p.add_argument("--policy", default="graph", help="graph or a graph spec")
+    p = case_parser(__doc__, default="swe")
     args = p.parse_args(argv)
-    if args.seed not in P.TUNE_SEEDS:
-        p.error(f"seed {args.seed} is not a fit seed {P.TUNE_SEEDS}: a diagnosis reads "
-                "fit data only")
-    if not 0 < args.fraction <= 1:
-        p.error(f"--fraction must be in (0, 1], got {args.fraction!r}")
+    check_case(p, args.seed, args.fraction)
     print(HEADER)
     try:
         print(row(args.trace, args.seed, args.fraction, args.policy), flush=True)

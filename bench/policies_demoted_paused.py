@@ -46,7 +46,6 @@ so far and the context's size (blocks).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -54,13 +53,15 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import policies as P  # noqa: E402
-from policies_demoted import spearman  # noqa: E402
+from policies_demoted import (  # noqa: E402
+    case_parser,
+    check_case,
+    graph_class,
+    probed_simulator,
+    spearman,
+)
 
-from kvsaga.policy import POLICIES  # noqa: E402
 from kvsaga.policy.graph import GraphPolicy  # noqa: E402
-from kvsaga.sim.config import SimConfig  # noqa: E402
-from kvsaga.sim.simulator import Simulator  # noqa: E402
 
 # bench/policies_demoted.py's six cases (RESULTS "the room the scheduler lacks ...").
 CASES = [("swe", 202, 0.6), ("swe", 201, 0.3), ("swe", 302, 0.3), ("swe", 103, 0.3),
@@ -108,10 +109,7 @@ def signals(pol: GraphPolicy, sched, sid: str, now: float) -> tuple[float, ...]:
 
 def probe(spec: str, cost) -> GraphPolicy:
     """`spec` (a graph spec) built with the noting hooks around its own."""
-    name, params = P.parse_spec(spec)
-    base = POLICIES[name]
-    if not issubclass(base, GraphPolicy):
-        raise ValueError(f"{spec!r} is not a graph policy: only graph forecasts demotions")
+    base, params = graph_class(spec)
 
     class Noting(base):
         def __init__(self, **kw) -> None:
@@ -195,12 +193,7 @@ def gamma(pol) -> tuple[int, list[float]]:
 
 
 def case(trace_name: str, seed: int, frac: float, spec: str) -> tuple[str, str, str]:
-    trace = P.build_trace(trace_name, seed)
-    peak, longest = P._peak(trace_name, seed)
-    blocks = P._blocks(peak, longest, frac)
-    config = SimConfig(preset=P.PRESET, num_gpu_blocks=blocks, policy="graph")
-    pol = probe(spec, config.cost)
-    sim = Simulator(trace, config, policy=pol)
+    blocks, pol, sim = probed_simulator(trace_name, seed, frac, lambda c: probe(spec, c))
     if not hasattr(sim.scheduler, "_deferred_waiting"):
         raise ValueError("the simulator's scheduler does not demote: nothing to probe")
     pol.sched = sim.scheduler
@@ -227,20 +220,11 @@ RULE = "|---|---:|---:|---:|---|---:|---:|"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", help="one case (with --seed, --fraction); default the six")
-    p.add_argument("--seed", type=int, default=202)
-    p.add_argument("--fraction", type=float, default=0.6)
-    p.add_argument("--policy", default="graph", help="graph or a graph spec")
+    p = case_parser(__doc__, help="one case (with --seed, --fraction); default the six")
     args = p.parse_args(argv)
     cases = [(args.trace, args.seed, args.fraction)] if args.trace else CASES
     for _, seed, frac in cases:
-        if seed not in P.TUNE_SEEDS:
-            p.error(f"seed {seed} is not a fit seed {P.TUNE_SEEDS}: a diagnosis reads "
-                    "fit data only")
-        if not 0 < frac <= 1:
-            p.error(f"--fraction must be in (0, 1], got {frac!r}")
+        check_case(p, seed, frac)
     out = []
     for t, seed, frac in cases:
         try:
