@@ -7,11 +7,18 @@ tests pin session 33's file and thresholds, not the current ones."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from tests.bench.afs_calibration import NULLS, calibration, save_round_trip
+from tests.bench.afs_calibration import (
+    NULLS,
+    any_rise_rejects,
+    checked_calibration,
+    goal_cases,
+    leave_one_out,
+    recalibrated,
+    save_round_trip,
+)
 
 
 def test_the_session_33_calibration_gives_the_frozen_thresholds(veto_mods):
@@ -21,22 +28,14 @@ def test_the_session_33_calibration_gives_the_frozen_thresholds(veto_mods):
     then (0.0317 / 4): the mean threshold is the largest pair mean (fast -> slow3), above the
     band (0.0225); the goal-loss one is the base's 19 goal cases against slow3's 15."""
     pc, _, _ = veto_mods
-    runs, data = calibration("afs_noise_s33.json")
-    base, fcfs = runs["base"], runs["fcfs"]
-    assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
-    assert data["fcfs"]["config"] == "fcfs+lru"
-    assert all(r["defaults"] is None for r in data.values())
-    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
-    assert sorted(nulls) == sorted(NULLS) and all(len(r) == 32 for r in runs.values())
+    base, fcfs, nulls = checked_calibration("afs_noise_s33.json")
     t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
     assert (round(t_mean, 4), t_loss) == (0.0317, 4)
     assert "(fast -> slow3)" in parts and "= 0.0225" in parts and "150 moved" in parts
-    met = {n: sum(pc.goal_met(r[k], fcfs[k]) for k in base) for n, r in nulls.items()}
-    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 19
+    met = {n: goal_cases(pc, r, fcfs) for n, r in nulls.items()}
+    assert goal_cases(pc, base, fcfs) == 19
     assert min(met.values()) == met["slow3"] == 15
-    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base)
-                  for r in nulls.values())
-    assert rejects == 8
+    assert any_rise_rejects(base, nulls) == 8
     assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0317, goal_loss_max=4)[0]
 
 
@@ -46,16 +45,8 @@ def test_the_session_33_base_against_session_32s(veto_mods):
     cases 16 -> 19), and session 32's nulls around the new base give other thresholds (0.0452
     / 4), so `judge` with them refused."""
     pc, _, _ = veto_mods
-    new, _ = calibration("afs_noise_s33.json")
-    old, data = calibration("afs_noise_s32.json")
-    assert new["fcfs"] == old["fcfs"]
-    d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
-    assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 32
-    assert round(sum(d) / 32, 4) == -0.0188
-    assert sum(pc.goal_met(old["base"][k], old["fcfs"][k]) for k in old["base"]) == 16
-    old_nulls = {data[n]["null"]: r for n, r in old.items() if n.startswith("null_")}
-    t_mean, t_loss, _ = pc.afs_noise_thresholds(new["base"], old_nulls, new["fcfs"])
-    assert (round(t_mean, 4), t_loss) == (0.0452, 4)
+    assert recalibrated(pc, "afs_noise_s33.json", "afs_noise_s32.json") == (
+        32, -0.0188, 16, (0.0452, 4))
 
 
 def test_leave_one_out_rejects_slow3_only(veto_mods):
@@ -63,17 +54,8 @@ def test_leave_one_out_rejects_slow3_only(veto_mods):
     1 of 22 judgements rejects, slow3 against the base (without slow3 the thresholds are
     0.0221 / 2: slow3 alone sets both frozen ones)."""
     pc, _, _ = veto_mods
-    runs, data = calibration("afs_noise_s33.json")
-    base, fcfs = runs["base"], runs["fcfs"]
-    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
-    rejected = []
-    for n, r in nulls.items():
-        tm, tl, _ = pc.afs_noise_thresholds(base, {m: x for m, x in nulls.items() if m != n},
-                                            fcfs)
-        for label, a, b in ((f"{n} against base", base, r), (f"base against {n}", r, base)):
-            if not pc.afs_noise_veto(a, b, fcfs, mean_log_max=tm, goal_loss_max=tl)[0]:
-                rejected.append((label, round(tm, 4), tl))
-    assert rejected == [("slow3 against base", 0.0221, 2)]
+    base, fcfs, nulls = checked_calibration("afs_noise_s33.json")
+    assert leave_one_out(pc, base, nulls, fcfs) == [("slow3 against base", 0.0221, 2)]
 
 
 

@@ -5,15 +5,17 @@ the rule and the older calibrations in tests/bench/test_afs_noise_veto.py."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from tests.bench.afs_calibration import NULLS, calibration, save_round_trip
-
-
-def _nulls(runs: dict, data: dict) -> dict:
-    return {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+from tests.bench.afs_calibration import (
+    NULLS,
+    any_rise_rejects,
+    checked_calibration,
+    goal_cases,
+    leave_one_out,
+    recalibrated,
+    save_round_trip,
+)
 
 
 def test_the_session_34_calibration_gives_the_frozen_thresholds(veto_mods):
@@ -25,23 +27,15 @@ def test_the_session_34_calibration_gives_the_frozen_thresholds(veto_mods):
     cases against fast3's 16 (the base meets 19). The any-rise veto rejects 8 of 11 nulls."""
     pc, _, _ = veto_mods
     assert pc.AFS_CALIBRATION.name == "afs_noise_s34.json"
-    runs, data = calibration("afs_noise_s34.json")
-    base, fcfs = runs["base"], runs["fcfs"]
-    assert data["base"]["null"] is None and data["base"]["config"] == "workflow+graph"
-    assert data["fcfs"]["config"] == "fcfs+lru"
-    assert all(r["defaults"] is None for r in data.values())
-    nulls = _nulls(runs, data)
-    assert sorted(nulls) == sorted(NULLS) and all(len(r) == 32 for r in runs.values())
+    base, fcfs, nulls = checked_calibration("afs_noise_s34.json")
     t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
     assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
     assert (round(t_mean, 4), t_loss) == (0.0262, 4)
     assert "(slow2 -> fast3)" in parts and "= 0.0214" in parts and "155 moved" in parts
-    met = {n: sum(pc.goal_met(r[k], fcfs[k]) for k in base) for n, r in nulls.items()}
-    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 19
+    met = {n: goal_cases(pc, r, fcfs) for n, r in nulls.items()}
+    assert goal_cases(pc, base, fcfs) == 19
     assert min(met.values()) == met["fast3"] == 16 and max(met.values()) == met["fast"] == 20
-    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base)
-                  for r in nulls.values())
-    assert rejects == 8
+    assert any_rise_rejects(base, nulls) == 8
     assert pc.afs_noise_veto(base, base, fcfs)[0]
     assert pc.saved_calibration()[0] == base
 
@@ -53,15 +47,8 @@ def test_the_session_34_base_against_session_33s(veto_mods):
     rerun no longer reproduced session 33's base. Session 33's nulls around the new base give
     session 33's thresholds (0.0317 / 4); the new nulls give 0.0262 / 4."""
     pc, _, _ = veto_mods
-    new, _ = calibration("afs_noise_s34.json")
-    old, data = calibration("afs_noise_s33.json")
-    assert new["fcfs"] == old["fcfs"]
-    d = [math.log(new["base"][k] / old["base"][k]) for k in old["base"]]
-    assert sum(abs(x) >= pc.AFS_NOISE_MOVED for x in d) == 27
-    assert round(sum(d) / 32, 4) == 0.0099
-    assert sum(pc.goal_met(old["base"][k], old["fcfs"][k]) for k in old["base"]) == 19
-    t_mean, t_loss, _ = pc.afs_noise_thresholds(new["base"], _nulls(old, data), new["fcfs"])
-    assert (round(t_mean, 4), t_loss) == (0.0317, 4)
+    assert recalibrated(pc, "afs_noise_s34.json", "afs_noise_s33.json") == (
+        27, 0.0099, 19, (0.0317, 4))
 
 
 def test_leave_one_out_rejects_fast3_only(veto_mods):
@@ -69,17 +56,8 @@ def test_leave_one_out_rejects_fast3_only(veto_mods):
     1 of 22 judgements rejects, fast3 against the base (without fast3 the thresholds are
     0.0174 / 2: fast3 alone sets both frozen ones)."""
     pc, _, _ = veto_mods
-    runs, data = calibration("afs_noise_s34.json")
-    base, fcfs = runs["base"], runs["fcfs"]
-    nulls = _nulls(runs, data)
-    rejected = []
-    for n, r in nulls.items():
-        tm, tl, _ = pc.afs_noise_thresholds(base, {m: x for m, x in nulls.items() if m != n},
-                                            fcfs)
-        for label, a, b in ((f"{n} against base", base, r), (f"base against {n}", r, base)):
-            if not pc.afs_noise_veto(a, b, fcfs, mean_log_max=tm, goal_loss_max=tl)[0]:
-                rejected.append((label, round(tm, 4), tl))
-    assert rejected == [("fast3 against base", 0.0174, 2)]
+    base, fcfs, nulls = checked_calibration("afs_noise_s34.json")
+    assert leave_one_out(pc, base, nulls, fcfs) == [("fast3 against base", 0.0174, 2)]
 
 
 def test_save_writes_the_committed_file_back(veto_mods, tmp_path, capsys):

@@ -5,28 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.afs_calibration import (
+    any_rise_rejects,
+    calibration,
+    goal_cases,
+    null_runs,
+)
 
 
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import policies_check
-        import scheduling_veto_noise
-        yield policies_check, scheduling_veto_noise
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_goal_met_reads_two_decimals_and_fcfs(mods):
-    pc, _ = mods
+def test_goal_met_reads_two_decimals_and_fcfs(veto_mods):
+    pc, _, _ = veto_mods
     assert pc.goal_met(1.5049, 2.0)  # prints 1.50
     assert not pc.goal_met(1.5051, 2.0)  # prints 1.51
     assert not pc.goal_met(1.20, 1.201)  # equal to fcfs+lru's as printed: not below it
@@ -38,8 +31,8 @@ BASE = dict(zip(CASES, (1.56, 1.40, 1.49, 1.21), strict=True))
 FCFS = dict(zip(CASES, (1.20, 1.90, 3.00, 3.30), strict=True))  # mix 100% never met
 
 
-def test_thresholds_from_every_ordered_pair_and_the_band(mods):
-    pc, _ = mods
+def test_thresholds_from_every_ordered_pair_and_the_band(veto_mods):
+    pc, _, _ = veto_mods
     e = math.exp
     # null "n1" moves two cases by +-0.1 (rms 0.1); "n2" moves one by -0.2 and one by
     # 1e-5 (below AFS_NOISE_MOVED) and loses noisy 50% (1.49 -> 1.49 * e(0.02) = 1.52)
@@ -67,8 +60,8 @@ def test_thresholds_from_every_ordered_pair_and_the_band(mods):
         pc.afs_noise_thresholds(BASE, {"n": {**BASE, CASES[0]: 0.0}}, FCFS)
 
 
-def test_veto_passes_small_rises_the_old_veto_rejects(mods):
-    pc, _ = mods
+def test_veto_passes_small_rises_the_old_veto_rejects(veto_mods):
+    pc, _, _ = veto_mods
     cand = {k: v * 1.004 for k, v in BASE.items()}  # every ratio up at two decimals
     old = pc.afs_veto([{"scheduler": "workflow", "policy": p, "family": k[0], "seed": k[1],
                         "frac": k[2], "afs_max_slowdown_ratio": r[k]}
@@ -78,8 +71,8 @@ def test_veto_passes_small_rises_the_old_veto_rejects(mods):
     assert ok and lines[-1] == "the calibrated AFS veto: passes"
 
 
-def test_veto_fails_on_mean_shift_and_on_goal_loss(mods):
-    pc, _ = mods
+def test_veto_fails_on_mean_shift_and_on_goal_loss(veto_mods):
+    pc, _, _ = veto_mods
     up = {k: v * 1.05 for k, v in BASE.items()}
     ok, lines = pc.afs_noise_veto(BASE, up, FCFS, mean_log_max=0.04, goal_loss_max=5)
     assert not ok and lines[0].endswith("fails") and lines[1].endswith("passes")
@@ -90,8 +83,8 @@ def test_veto_fails_on_mean_shift_and_on_goal_loss(mods):
     assert pc.afs_noise_veto(BASE, cross, FCFS, mean_log_max=0.0, goal_loss_max=1)[0]
 
 
-def test_veto_refuses_bad_input(mods, monkeypatch):
-    pc, _ = mods
+def test_veto_refuses_bad_input(veto_mods, monkeypatch):
+    pc, _, _ = veto_mods
     with pytest.raises(ValueError, match="same cases"):
         pc.afs_noise_veto(BASE, dict(list(BASE.items())[:3]), FCFS, mean_log_max=0.1,
                           goal_loss_max=0)
@@ -103,18 +96,18 @@ def test_veto_refuses_bad_input(mods, monkeypatch):
         pc.afs_noise_veto(BASE, BASE, FCFS)
 
 
-def test_frozen_thresholds_judge_the_base_itself(mods):
+def test_frozen_thresholds_judge_the_base_itself(veto_mods):
     """Once frozen, the thresholds are a non-negative mean and loss and the incumbent
     passes against itself."""
-    pc, _ = mods
+    pc, _, _ = veto_mods
     if pc.AFS_NOISE_MEAN_LOG is None:
         pytest.skip("not calibrated yet")
     assert pc.AFS_NOISE_MEAN_LOG >= 0 and pc.AFS_NOISE_GOAL_LOSS >= 0
     assert pc.afs_noise_veto(BASE, BASE, FCFS)[0]
 
 
-def test_scale_steps_scales_every_step_time(mods):
-    _, noise = mods
+def test_scale_steps_scales_every_step_time(veto_mods):
+    _, noise, _ = veto_mods
     from kvsaga.sim.cost import PRESETS
     cost = PRESETS["a100-llama3-8b"]
     for k in (1 + 1e-4, 1 - 1e-4, 2.0):
@@ -129,8 +122,8 @@ def test_scale_steps_scales_every_step_time(mods):
         noise.scale_steps(cost, 0.0)
 
 
-def test_nulls_jitter_swap_and_leave_the_rest(mods):
-    _, noise = mods
+def test_nulls_jitter_swap_and_leave_the_rest(veto_mods):
+    _, noise, _ = veto_mods
     from scheduling_mix import mix_trace
     sessions = mix_trace("noisy", 102)
     j1 = noise.perturbed("jitter1", "noisy", 102, sessions)
@@ -147,8 +140,8 @@ def test_nulls_jitter_swap_and_leave_the_rest(mods):
     assert noise.perturbed(None, "noisy", 102, sessions) is sessions
 
 
-def test_null_stats_counts_rises_and_crossings(mods):
-    _, noise = mods
+def test_null_stats_counts_rises_and_crossings(veto_mods):
+    _, noise, _ = veto_mods
     other = {**BASE, ("mix", 102, 1.0): 1.57, ("noisy", 102, 0.5): 1.52,
              ("noisy", 102, 0.25): 1.2}
     s = noise.null_stats(BASE, other, FCFS)
@@ -160,61 +153,53 @@ def test_null_stats_counts_rises_and_crossings(mods):
         noise.null_stats(BASE, dict(list(BASE.items())[:3]), FCFS)
 
 
-def _calibration(name):
-    """A committed calibration's runs: name -> case -> ratio."""
-    import json
-    data = json.loads((Path(__file__).parent / name).read_text())["runs"]
-    return {n: {tuple(k): x for k, x in r["ratios"]} for n, r in data.items()}, data
-
-
-def test_the_session_25_calibration_gives_its_thresholds_and_the_verdict(mods):
+def test_the_session_25_calibration_gives_its_thresholds_and_the_verdict(veto_mods):
     """History: the session-25 calibration's ratios (tests/bench/afs_noise_s25.json: the
     base then, with the prefill cap off, fcfs+lru, 11 null runs and round 26's candidate,
     32 cases each) reproduce the thresholds frozen then (0.0265 / 3) and round 26's verdict
     under them (mean d log ratio -0.0345, goal cases 15 -> 15), so a change to the rule's
     arithmetic shows here, not only on a new calibration run. Today's frozen thresholds
     come from session 26's runs (the next test)."""
-    pc, _ = mods
-    runs, data = _calibration("afs_noise_s25.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s25.json")
     base, fcfs, cand = runs["base"], runs["fcfs"], runs["cand"]
-    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    nulls = null_runs(runs, data)
     assert len(base) == 32 and len(nulls) == 11
     t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
     assert (round(t_mean, 4), t_loss) == (0.0265, 3)
     mean = sum(math.log(cand[k] / base[k]) for k in base) / 32
     assert round(mean, 4) == -0.0345
-    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
-    assert sum(pc.goal_met(cand[k], fcfs[k]) for k in base) == 15
+    assert goal_cases(pc, base, fcfs) == 15
+    assert goal_cases(pc, cand, fcfs) == 15
     ok, lines = pc.afs_noise_veto(base, cand, fcfs, mean_log_max=0.0265, goal_loss_max=3)
     assert ok and lines[-1] == "the calibrated AFS veto: passes"
     # A mean threshold below the candidate's mean change rejects it: the verdict reads it.
     assert not pc.afs_noise_veto(base, cand, fcfs, mean_log_max=-0.04, goal_loss_max=3)[0]
 
 
-def test_the_session_26_calibration_gives_its_thresholds(mods):
+def test_the_session_26_calibration_gives_its_thresholds(veto_mods):
     """History: the session-26 calibration on the default then (the prefill cap of 128 tokens
     gated "demoted_queue", `readmit_charge` "uncached"; tests/bench/afs_noise_s26.json: the
     base, fcfs+lru and 11 null runs, 32 cases each) reproduces the thresholds frozen then
     (0.0270 / 1), which judged rounds 27-35. Its base is session 25's candidate run (the same
     scheduler) ratio for ratio, and fcfs+lru's is session 25's; the any-rise veto rejects 7
     of its 11 nulls. Session 32's runs replaced it (the next test), session 33's and 34's those."""
-    pc, _ = mods
-    runs, data = _calibration("afs_noise_s26.json")
-    old, _ = _calibration("afs_noise_s25.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s26.json")
+    old, _ = calibration("afs_noise_s25.json")
     base, fcfs = runs["base"], runs["fcfs"]
     assert data["base"]["null"] is None and data["fcfs"]["config"] == "fcfs+lru"
-    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    nulls = null_runs(runs, data)
     assert len(base) == 32 and len(nulls) == 11
     assert base == old["cand"] and fcfs == old["fcfs"]
     t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
     assert (round(t_mean, 4), t_loss) == (0.0270, 1)
-    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 15
-    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
-    assert rejects == 7
+    assert goal_cases(pc, base, fcfs) == 15
+    assert any_rise_rejects(base, nulls) == 7
     assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0270, goal_loss_max=1)[0]
 
 
-def test_the_session_32_calibration_gives_its_thresholds(mods):
+def test_the_session_32_calibration_gives_its_thresholds(veto_mods):
     """History: the session-32 calibration on the default then (`readmit_charge`
     "room_returns_queue", `--fit` round 34's pick, graph's `demoted_release` off;
     tests/bench/afs_noise_s32.json: the base, fcfs+lru and 11 null runs, 32 cases each)
@@ -223,29 +208,28 @@ def test_the_session_32_calibration_gives_its_thresholds(mods):
     base is round 34's veto reading (mean d log ratio -0.0181, goal cases 15 -> 16), so the
     base is round 34's candidate run. The any-rise veto rejects 9 of its 11 nulls. Today's
     frozen thresholds come from session 34's runs (tests/bench/test_afs_noise_s34.py)."""
-    pc, _ = mods
-    runs, data = _calibration("afs_noise_s32.json")
-    old, _ = _calibration("afs_noise_s26.json")
+    pc, _, _ = veto_mods
+    runs, data = calibration("afs_noise_s32.json")
+    old, _ = calibration("afs_noise_s26.json")
     base, fcfs = runs["base"], runs["fcfs"]
     assert data["base"]["null"] is None and data["fcfs"]["config"] == "fcfs+lru"
-    nulls = {data[n]["null"]: r for n, r in runs.items() if n.startswith("null_")}
+    nulls = null_runs(runs, data)
     assert len(base) == 32 and len(nulls) == 11 and fcfs == old["fcfs"]
     t_mean, t_loss, _ = pc.afs_noise_thresholds(base, nulls, fcfs)
     assert (round(t_mean, 4), t_loss) == (0.0283, 2)
     mean = sum(math.log(base[k] / old["base"][k]) for k in base) / 32
     assert round(mean, 4) == -0.0181
-    assert sum(pc.goal_met(base[k], fcfs[k]) for k in base) == 16
-    rejects = sum(any(round(r[k], 2) > round(base[k], 2) for k in base) for r in nulls.values())
-    assert rejects == 9
+    assert goal_cases(pc, base, fcfs) == 16
+    assert any_rise_rejects(base, nulls) == 9
     assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0283, goal_loss_max=2)[0]
 
 
-def test_judge_saved_reads_a_committed_calibration(mods, tmp_path, capsys):
+def test_judge_saved_reads_a_committedcalibration(veto_mods, tmp_path, capsys):
     """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s34.json's base,
     fcfs+lru and nulls. The base itself passes (rc 0); every ratio 6% higher fails the
     mean threshold (rc 1). `run --policy` names a bad spec before running anything."""
-    _, noise = mods
-    runs, _ = _calibration("afs_noise_s34.json")
+    _, noise, _ = veto_mods
+    runs, _ = calibration("afs_noise_s34.json")
 
     def cand(scale: float) -> Path:
         rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x * scale}
