@@ -49,6 +49,14 @@ def _leaves(s, wait_of):
     return asked
 
 
+def o_swap_price(s) -> float:
+    """Pin the returns' lost share at 1 (one return seen, all of it lost, and nothing more
+    learned) and give o's swap price: `PRICED_MARGIN` times its recomputation."""
+    s._return_lost, s._return_count = 1.0, 1
+    s._observe_return = lambda req, hit: None
+    return PRICED_MARGIN * _price(s, ["o"])
+
+
 def _swap(s, big2):
     lookup = s.lookup(big2)
     victims, over = s._swap_shrink(big2, lookup, 2.0)
@@ -116,12 +124,10 @@ def test_the_swap_is_made_where_the_gain_exceeds_the_victims_waits_and_recomputa
     the swap is made (big's step admitted on room, over the tiers until the next finish);
     just below, refused (big's step waits, still demoted)."""
     m, s, ex, big2 = _queued(Q, 10.0)
-    s._return_lost, s._return_count = 1.0, 1
-    s._observe_return = lambda req, hit: None  # keep the lost share at 1
+    price = o_swap_price(s)
     _, victims, over = _swap(s, big2)
     back = s._return_at("o")
     o_wait = 0.75
-    price = PRICED_MARGIN * _price(s, ["o"])
     gain = o_wait + price + margin
     # the step's own wait (asked for the overshoot) and o's clearing (the same overshoot,
     # o left out) told apart by `skip`
@@ -148,9 +154,7 @@ def test_a_victim_back_after_its_room_is_priced_at_its_recomputation_alone():
     below, with no learned wait needed (round 31 refused before one was observed)."""
     for factor, admitted in ((1.05, True), (0.95, False)):
         m, s, ex, big2 = _queued(Q, 10.0)
-        s._return_lost, s._return_count = 1.0, 1
-        s._observe_return = lambda req, hit: None
-        price = PRICED_MARGIN * _price(s, ["o"])
+        price = o_swap_price(s)
         _leaves(s, lambda over, p=price * factor: p)
         assert s._readmit_waits.mean(None) is None
         assert (big2 in s.schedule(2.0, ex).admitted) is admitted, factor
@@ -201,9 +205,7 @@ def test_seen_bounds_the_gain_by_the_waits_seen(seen_scale, admitted):
     that wait exceeds the price (the gain is the smaller of the two), not below it."""
     for charge, want in ((Q, True), (SEEN, admitted)):
         m, s, ex, big2 = _queued(charge, 10.0)
-        s._return_lost, s._return_count = 1.0, 1
-        s._observe_return = lambda req, hit: None
-        price = PRICED_MARGIN * _price(s, ["o"])
+        price = o_swap_price(s)
         _leaves(s, lambda over, p=price: 10.0 * p)  # o's room back long before its return
         if seen_scale is not None:
             s._readmit_waits.observe(None, seen_scale * price)

@@ -13,7 +13,6 @@ import math
 import pytest
 
 from kvsaga.scheduler.room_swap import (
-    PRICED_MARGIN,
     READMIT_ROOM_RETURNS_QUEUE,
     READMIT_ROOM_RETURNS_QUEUE_CORRECTED,
     READMIT_ROOM_RETURNS_QUEUES,
@@ -22,8 +21,7 @@ from kvsaga.scheduler.room_swap import (
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_room_priced import _price
-from tests.scheduler.test_room_returns_queue import _leaves, _swap
+from tests.scheduler.test_room_returns_queue import _leaves, _swap, o_swap_price
 from tests.scheduler.test_room_swap import _queued
 
 Q = READMIT_ROOM_RETURNS_QUEUE
@@ -108,9 +106,7 @@ def test_the_corrected_gain_decides(error, q_swaps, c_swaps):
     corrected value multiplies it by the factor (1/2 or 2 after one observation)."""
     for charge, want in ((Q, q_swaps), (C, c_swaps)):
         m, s, ex, big2 = _queued(charge, 10.0)
-        s._return_lost, s._return_count = 1.0, 1
-        s._observe_return = lambda req, hit: None
-        price = PRICED_MARGIN * _price(s, ["o"])
+        price = o_swap_price(s)
         scale = 0.75 if error is not None and error > 1 else 1.5
         _leaves(s, lambda over, p=price * scale: p)
         if error is not None:

@@ -15,7 +15,6 @@ import math
 import pytest
 
 from kvsaga.scheduler.room_swap import (
-    PRICED_MARGIN,
     READMIT_ROOM_RETURNS_QUEUE,
     READMIT_ROOM_RETURNS_QUEUE_LEAVE,
     READMIT_ROOM_RETURNS_QUEUES,
@@ -24,8 +23,7 @@ from kvsaga.scheduler.room_swap import (
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_room_priced import _price
-from tests.scheduler.test_room_returns_queue import _new_session, _swap
+from tests.scheduler.test_room_returns_queue import _new_session, _swap, o_swap_price
 from tests.scheduler.test_room_swap import _queued
 
 Q = READMIT_ROOM_RETURNS_QUEUE
@@ -136,9 +134,7 @@ def test_the_swap_round_34_refuses_is_made_where_the_queue_leaves_in_time(stay, 
     longer than the gain (a stay of 50 s)."""
     for charge, want in ((Q, False), (L, admitted)):
         m, s, ex, big2, victims, over, _ = _state(charge, 30)
-        s._return_lost, s._return_count = 1.0, 1
-        s._observe_return = lambda req, hit: None
-        gain = PRICED_MARGIN * _price(s, ["o"]) + 1.0
+        gain = o_swap_price(s) + 1.0
         _times(s, {"keep": 2.0 + gain, "o": 100.0}, stay)
         assert s._swap_gain_s(over, 2.0) == pytest.approx(gain)
         out = s.schedule(2.0, ex)
