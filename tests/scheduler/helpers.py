@@ -99,3 +99,15 @@ def run_two_to_pause(m, s) -> tuple[ToyExecutor, ToyRequest, float]:
         ex.run(s, s.schedule(t, ex), t)
         t += 1.0
     return ex, a, t
+
+
+def free_counts_while_refused(m, s, ex, steps: int) -> list[int]:
+    """Admission attempts at 1.0 .. `steps` (the executor running each), none admitting
+    (asserted): the pool's free count at the first attempt and at each where it changed."""
+    seen = []
+    for i in range(1, steps + 1):
+        out = s.schedule(float(i), ex)
+        assert not out.admitted
+        seen.append(m.pool.num_available)
+        ex.run(s, out, float(i))
+    return [b for i, b in enumerate(seen) if i == 0 or b != seen[i - 1]]

@@ -11,7 +11,7 @@ import pytest
 from kvsaga.policy import EvictionPolicy, LRUPolicy
 from kvsaga.session import Session
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import free_counts_while_refused, manager, toks, wf
 from tests.scheduler.test_admission_rank_hook import _full_pool_and_queue
 
 
@@ -137,12 +137,6 @@ def test_the_room_is_measured_again_when_the_pool_changes(monkeypatch):
     m.sessions["d1"] = Session("d1", "default", bytes(32))
     s._deferred["d1"] = 0
     s.add(ToyRequest("d1", toks(200, 8), max_new=1, arrival=0.1, resumed=False), 0.1)
-    seen = []
-    for i in range(1, 12):
-        out = s.schedule(float(i), ex)
-        assert not out.admitted
-        seen.append(m.pool.num_available)
-        ex.run(s, out, float(i))
-    free = [b for i, b in enumerate(seen) if i == 0 or b != seen[i - 1]]
+    free = free_counts_while_refused(m, s, ex, 11)
     assert len(free) >= 2  # a's decode took blocks: the pool changed with no queue change
     assert [b for _, b, _ in calls] == [100 + f for f in free]

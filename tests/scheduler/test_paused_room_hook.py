@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kvsaga.policy import EvictionPolicy
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import free_counts_while_refused, manager, toks, wf
 
 
 def _spy(m) -> list[tuple[str, int | None, float]]:
@@ -68,13 +68,7 @@ def test_the_figure_is_measured_again_when_the_pool_changes(monkeypatch):
     m, s, ex, calls = _paused_demoted(decode=20)
     monkeypatch.setattr(type(s), "paused_room_deficit",
                         lambda self, sid, running: 100 + self.manager.pool.num_available)
-    seen = []
-    for i in range(1, 10):
-        out = s.schedule(float(i), ex)
-        assert not out.admitted
-        seen.append(m.pool.num_available)
-        ex.run(s, out, float(i))
-    free = [b for i, b in enumerate(seen) if i == 0 or b != seen[i - 1]]
+    free = free_counts_while_refused(m, s, ex, 9)
     assert len(free) >= 2  # a's decode took blocks: the pool changed with no queue change
     assert [b for _, b, _ in calls] == [100 + f for f in free]
 
