@@ -16,8 +16,8 @@ from kvsaga.policy.admission_rank import AdmissionRanks
 from kvsaga.sim.compare import peak_working_set
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS
-from tests.policy.helpers import make, run_step, tokens
-from tests.policy.test_scenarios import train
+from tests.policy.helpers import run_step, tokens
+from tests.policy.test_scenarios import demoted_on_grep, small_and_big_demoted
 
 
 def _learned(r: AdmissionRanks, n: int, per_place: float, wf: str = "default") -> None:
@@ -91,12 +91,7 @@ def test_a_bad_admission_rank_flag_is_refused():
 def _two_demoted_waiting(policy: GraphPolicy):
     """`small` (2 blocks) and `big` (5 blocks) paused on a 0.1 s tool at 0, demoted at 0.3;
     their steps wait: small told rank 0, big rank 5; 8 admissions seen at 1 s a place."""
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "small", tokens(100, 8), now=0.0, tool="grep")
-    run_step(m, "big", tokens(300, 20), now=0.0, tool="grep")
-    for sid in ("small", "big"):
-        policy.session_deferred(m.sessions[sid], True, 0.3)
+    m = small_and_big_demoted(policy)
     if policy.ranks is not None:
         _learned(policy.ranks, 8, 1.0)
     policy.session_admission_rank(m.sessions["small"], 0, 0.5)
@@ -139,10 +134,7 @@ def test_the_keys_follow_a_later_rank_tell():
 
 def test_graph_learns_a_rank_when_the_step_starts_and_forgets_an_ended_session():
     policy = GraphPolicy(demoted_release=False, admission_rank=True)
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")
-    policy.session_deferred(m.sessions["d"], True, 0.3)
+    m = demoted_on_grep(policy, {"d": tokens(100, 8)})
     policy.session_admission_rank(m.sessions["d"], 1, 0.5)
     policy.session_deferred(m.sessions["d"], False, 1.5)
     run_step(m, "d", tokens(100, 12), now=1.5, tool="grep")  # admitted 1 s later, 2 places

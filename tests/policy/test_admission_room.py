@@ -13,8 +13,8 @@ import pytest
 
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.admission_room import MAX_TELLS, AdmissionRooms
-from tests.policy.helpers import make, run_step, tokens
-from tests.policy.test_scenarios import train
+from tests.policy.helpers import run_step, tokens
+from tests.policy.test_scenarios import demoted_on_grep, small_and_big_demoted
 
 
 def _learned(r: AdmissionRooms, wf: str = "default", per_block: float = 0.01,
@@ -111,12 +111,7 @@ def two_demoted(policy: GraphPolicy, small_blocks: int, big_blocks: int,
     (`session_admission_room`, learner `rooms`) or, `paused`, as sessions still on their
     tool (`session_paused_room`, learner `paused_rooms`); four admissions seen along
     seconds = 1 + 0.01 x deficit."""
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "small", tokens(100, 8), now=0.0, tool="grep")
-    run_step(m, "big", tokens(300, 20), now=0.0, tool="grep")
-    for sid in ("small", "big"):
-        policy.session_deferred(m.sessions[sid], True, 0.3)
+    m = small_and_big_demoted(policy)
     rooms = policy.paused_rooms if paused else policy.rooms
     if rooms is not None:
         _learned(rooms)
@@ -151,10 +146,7 @@ def test_the_victim_follows_the_room_told(on):
 
 def test_graph_learns_a_room_when_the_step_starts_and_forgets_an_ended_session():
     policy = GraphPolicy(demoted_release=False, admission_room=True)
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")
-    policy.session_deferred(m.sessions["d"], True, 0.3)
+    m = demoted_on_grep(policy, {"d": tokens(100, 8)})
     policy.session_admission_room(m.sessions["d"], 40, 0.5)
     policy.session_deferred(m.sessions["d"], False, 1.5)
     run_step(m, "d", tokens(100, 12), now=1.5, tool="grep")  # admitted 1 s later

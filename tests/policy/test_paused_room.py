@@ -12,9 +12,9 @@ import pytest
 
 from kvsaga.policy import EvictionPolicy, GraphPolicy
 from kvsaga.policy.admission_room import AdmissionRooms
-from tests.policy.helpers import make, run_step, tokens
+from tests.policy.helpers import run_step, tokens
 from tests.policy.test_admission_room import _learned, two_demoted
-from tests.policy.test_scenarios import train
+from tests.policy.test_scenarios import demoted_on_grep
 
 
 def test_keep_stops_the_pricing_at_none_but_learns_at_the_start():
@@ -89,10 +89,7 @@ def test_graph_learns_the_paused_tells_when_the_step_starts():
     """Told 40 blocks at 0.5 while paused, None at 1.0 (its step queued), admitted at 1.5:
     the tell is learned as (40 blocks, 1.0 s); an ended session's tells are forgotten."""
     policy = GraphPolicy(demoted_release=False, paused_room=True)
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")
-    policy.session_deferred(m.sessions["d"], True, 0.3)
+    m = demoted_on_grep(policy, {"d": tokens(100, 8)})
     policy.session_paused_room(m.sessions["d"], 40, 0.5)
     policy.session_paused_room(m.sessions["d"], None, 1.0)
     policy.session_deferred(m.sessions["d"], False, 1.5)

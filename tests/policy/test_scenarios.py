@@ -24,6 +24,24 @@ def train(graph: ExecutionGraph, tool: str, gap: float, n: int = 5) -> None:
         graph.session_ended(sid, t + 2.0 + gap)
 
 
+def demoted_on_grep(policy, prompts: dict[str, list[int]]):
+    """`policy`'s graph trained on grep returning in 0.1 s, a 12-block manager, and each
+    session of `prompts` (id -> prompt) run at 0 and paused on grep, then all demoted at 0.3
+    (`session_deferred`). Returns the manager."""
+    train(policy.graph, "grep", 0.1)
+    m = make(policy, num_blocks=12)
+    for sid, prompt in prompts.items():
+        run_step(m, sid, prompt, now=0.0, tool="grep")
+    for sid in prompts:
+        policy.session_deferred(m.sessions[sid], True, 0.3)
+    return m
+
+
+def small_and_big_demoted(policy):
+    """`demoted_on_grep` with `small` (2 blocks) and `big` (5 blocks)."""
+    return demoted_on_grep(policy, {"small": tokens(100, 8), "big": tokens(300, 20)})
+
+
 def trained(name: str):
     """A policy that has seen grep return in 0.1 s, lint in 5 s and pytest in 10 min."""
     policy = build(name)

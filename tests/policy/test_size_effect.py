@@ -13,8 +13,8 @@ import pytest
 
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.size_effect import SizeElasticity
-from tests.policy.helpers import make, run_step, tokens
-from tests.policy.test_scenarios import train
+from tests.policy.helpers import run_step, tokens
+from tests.policy.test_scenarios import demoted_on_grep, small_and_big_demoted
 
 
 def test_no_demotions_seen_no_effect():
@@ -80,12 +80,7 @@ def test_a_bad_demoted_size_flag_is_refused():
 def _two_demoted(policy: GraphPolicy):
     """`small` (2 blocks) and `big` (5 blocks) paused on a 0.1 s tool at 0, both demoted
     at 0.3; demotions seen to end: each size's 4 times, big ones lasting 10x longer."""
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "small", tokens(100, 8), now=0.0, tool="grep")
-    run_step(m, "big", tokens(300, 20), now=0.0, tool="grep")
-    for sid in ("small", "big"):
-        policy.session_deferred(m.sessions[sid], True, 0.3)
+    m = small_and_big_demoted(policy)
     for _ in range(4):
         for blocks, lasted in ((2, 0.5), (5, 5.0)):
             policy.demotion_ended(lasted, "default", blocks)
@@ -112,10 +107,7 @@ def test_demoted_size_evicts_the_larger_demoted_session_first():
 
 def test_graph_learns_the_size_of_a_demoted_session_when_its_step_starts():
     policy = GraphPolicy(demoted_release=False, demoted_size=True)
-    train(policy.graph, "grep", 0.1)
-    m = make(policy, num_blocks=12)
-    run_step(m, "d", tokens(100, 8), now=0.0, tool="grep")  # 2 blocks
-    policy.session_deferred(m.sessions["d"], True, 0.3)
+    m = demoted_on_grep(policy, {"d": tokens(100, 8)})  # 2 blocks
     policy.session_deferred(m.sessions["d"], False, 1.0)
     run_step(m, "d", tokens(100, 12), now=1.3, tool="grep")
     n, sx, sy = policy.size_effect._sums["default"][:3]
