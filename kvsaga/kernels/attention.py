@@ -179,6 +179,24 @@ def _attend_tile(
 
 
 @triton.jit
+def _attend_range(
+    q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, start, end, q_pos, d, block_size,
+    kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """`_attend_tile` over tokens [start, end), one tile of `BLOCK_N` at a time (the decode
+    split's partition; prefill's shared keys, then its diagonal with `CAUSAL`)."""
+    for tile in range(start, end, BLOCK_N):
+        tok = tile + tl.arange(0, BLOCK_N)
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < end, q_pos, d,
+            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
+            stride_vt, stride_vh, CAUSAL, UPCAST, IEEE,
+        )
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _row_partition(seq_len, max_splits, min_partition, BLOCK_N: tl.constexpr):
     """A row's partition: its context over min(max_splits, cdiv(seq_len, min_partition))
     splits, rounded up to whole tiles (at least one tile, so that an empty row divides)."""
@@ -246,13 +264,11 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
     block_table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    for start in range(split_start, split_end, BLOCK_N):
-        tok = start + tl.arange(0, BLOCK_N)
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < split_end, tok, d,
-            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
-            stride_vt, stride_vh, False, UPCAST, IEEE,
-        )
+    acc, m_i, l_i = _attend_range(  # no causal mask: q_pos (0) is not read
+        q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, split_start, split_end, 0, d,
+        block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
+        stride_vt, stride_vh, False, UPCAST, IEEE, BLOCK_N,
+    )
 
     part = (q_start.to(tl.int64) * num_heads + heads) * max_splits + split  # [BLOCK_H]
     # (scalar & tensor masks have the wrong dtype under the interpreter: fold via tl.where)
@@ -367,20 +383,16 @@ def _prefill_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     block_table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    for start in range(0, diag, BLOCK_N):
-        tok = start + tl.arange(0, BLOCK_N)
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < diag, q_pos, d,
-            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
-            stride_vt, stride_vh, False, UPCAST, IEEE,
-        )
-    for start in range(diag, kv_end, BLOCK_N):
-        tok = start + tl.arange(0, BLOCK_N)
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, tok, tok < kv_end, q_pos, d,
-            block_size, kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb,
-            stride_vt, stride_vh, True, UPCAST, IEEE,
-        )
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, 0, diag, q_pos, d, block_size,
+        kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt,
+        stride_vh, False, UPCAST, IEEE, BLOCK_N,
+    )
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, k_ptr, v_ptr, block_table_row, diag, kv_end, q_pos, d, block_size,
+        kv_head, scale_log2e, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt,
+        stride_vh, True, UPCAST, IEEE, BLOCK_N,
+    )
 
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
