@@ -164,7 +164,13 @@ def test_a_victim_back_after_its_room_is_priced_at_its_recomputation_alone():
 def test_refused_while_the_forecast_is_unknown():
     """Before any step cycle the leave forecast is inf: the gain is unknown, no swap, whatever
     the victims' waits; with a cycle learned the same state prices the swap."""
-    m, s, ex, big2 = _queued(Q, 10.0)
+    refused_while_the_forecast_is_unknown(Q)
+
+
+def refused_while_the_forecast_is_unknown(charge):
+    """`_queued` under `charge` with no step cycle learned: the gain is inf and the swap is
+    refused (also test_room_returns_queue_leave.py's)."""
+    m, s, ex, big2 = _queued(charge, 10.0)
     s._cycles = type(s._cycles)()
     lookup, victims, over = _swap(s, big2)
     assert s._swap_gain_s(over, 2.0) == math.inf

@@ -23,7 +23,12 @@ from kvsaga.scheduler.room_swap import (
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_room_returns_queue import _new_session, _swap, o_swap_price
+from tests.scheduler.test_room_returns_queue import (
+    _new_session,
+    _swap,
+    o_swap_price,
+    refused_while_the_forecast_is_unknown,
+)
 from tests.scheduler.test_room_swap import _queued
 
 Q = READMIT_ROOM_RETURNS_QUEUE
@@ -145,13 +150,7 @@ def test_the_swap_round_34_refuses_is_made_where_the_queue_leaves_in_time(stay, 
 
 def test_refused_while_the_forecast_is_unknown():
     """Before any step cycle the gain is inf (unknown): no swap, as round 34's."""
-    m, s, ex, big2 = _queued(L, 10.0)
-    s._cycles = type(s._cycles)()
-    lookup, victims, over = _swap(s, big2)
-    assert s._swap_gain_s(over, 2.0) == math.inf
-    assert not s._swap_pays_queue(big2, lookup, victims, over, 2.0)
-    assert big2 not in s.schedule(2.0, ex).admitted
-    m.check_integrity()
+    refused_while_the_forecast_is_unknown(L)
 
 
 def test_value_is_named_and_refused_values_name_it():
