@@ -111,3 +111,18 @@ def free_counts_while_refused(m, s, ex, steps: int) -> list[int]:
         seen.append(m.pool.num_available)
         ex.run(s, out, float(i))
     return [b for i, b in enumerate(seen) if i == 0 or b != seen[i - 1]]
+
+
+def decision_trace(m, s, ex, steps: int = 6, t: float = 2.0) -> list[tuple]:
+    """`steps` admission attempts from `t`, 0.1 s apart (the executor running each): per
+    attempt the admitted sessions, the sessions, the demoted ones and the committed blocks;
+    the manager's integrity checked after them."""
+    trace = []
+    for _ in range(steps):
+        out = s.schedule(t, ex)
+        trace.append((sorted(r.session_id for r in out.admitted), sorted(s.sessions),
+                      sorted(s._deferred), s._committed))
+        ex.run(s, out, t)
+        t += 0.1
+    m.check_integrity()
+    return trace

@@ -17,7 +17,7 @@ from kvsaga.scheduler.room_swap import (
 )
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import decision_trace, manager, toks, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default
 from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_returns import _clears_in
@@ -128,16 +128,7 @@ def test_one_tenant_decides_as_room_returns(pause_s, wait_scale, clear_shift):
         back = s._return_at("o")
         _clears_in(s, back - 2.0 + clear_shift)
         s._readmit_waits.observe(None, wait_scale * PRICED_MARGIN * _price(s, ["o"]) + 1e-3)
-        trace = []
-        t = 2.0
-        for _ in range(6):
-            out = s.schedule(t, ex)
-            trace.append((sorted(r.session_id for r in out.admitted), sorted(s.sessions),
-                          sorted(s._deferred), s._committed))
-            ex.run(s, out, t)
-            t += 0.1
-        m.check_integrity()
-        runs.append(trace)
+        runs.append(decision_trace(m, s, ex))
     assert runs[0] == runs[1]
 
 

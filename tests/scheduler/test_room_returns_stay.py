@@ -19,7 +19,7 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_SWAP,
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
+from tests.scheduler.helpers import decision_trace, manager, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
 from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_swap import _queued
@@ -124,16 +124,7 @@ def test_without_an_overdue_session_it_decides_as_room_returns(wait_scale):
         _, over = s._swap_shrink(big2, s.lookup(big2), 2.0)
         clears = s._shortage_clears_at(over, 2.0)
         s._readmit_waits.observe(None, wait_scale * PRICED_MARGIN * _price(s, ["o"]) + 1e-3)
-        trace = []
-        t = 2.0
-        for _ in range(6):
-            out = s.schedule(t, ex)
-            trace.append((sorted(r.session_id for r in out.admitted), sorted(s.sessions),
-                          sorted(s._deferred), s._committed, clears))
-            ex.run(s, out, t)
-            t += 0.1
-        m.check_integrity()
-        runs.append(trace)
+        runs.append((decision_trace(m, s, ex), clears))
     assert runs[0] == runs[1]
 
 
