@@ -3,13 +3,13 @@ bounded waiting; the rule is stated in the package docstring (`kvsaga.scheduler`
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from kvsaga.manager import KVCacheManager
+from kvsaga.scheduler.admission_candidates import AdmissionCandidates
 from kvsaga.scheduler.admission_order import AdmissionOrder
 from kvsaga.scheduler.base import (
     Executor,
@@ -26,6 +26,7 @@ from kvsaga.scheduler.fair_share import ComputeShares, FairShare
 from kvsaga.scheduler.leave_forecast import LeaveForecast
 from kvsaga.scheduler.room_swap import RoomSwap
 from kvsaga.scheduler.wait_causes import WaitCauses
+from kvsaga.scheduler.waiting_queues import WaitingQueues
 from kvsaga.scheduler.working_set import GrowthTable, demote_deadline
 from kvsaga.scheduler.working_set_gate import READMIT_CHARGES, WorkingSetGate, calibration
 
@@ -56,8 +57,9 @@ class _Admitted:
         self.extra = 0  # paused: its growth kept free at admission (`paused_reserve`)
 
 
-class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSetGate, Demotions,
-                        ComputeShares, LeaveForecast, AdmissionOrder, Scheduler):
+class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCauses, BlockRoom,
+                        RoomSwap, WorkingSetGate, Demotions, ComputeShares, LeaveForecast,
+                        AdmissionOrder, Scheduler):
     """Workflow-atomic admission with Agent Fair Share (see the module docstring).
 
     Args:
@@ -327,91 +329,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         self.num_undone_demotions = 0
         self._init_wait_causes()
 
-    # -- queues ---------------------------------------------------------------------------
-    @property
-    def waiting(self) -> list[Any]:
-        out = list(self._resumed)
-        for q in self._pending.values():
-            out.extend(q)
-        return out
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._resumed) + sum(len(q) for q in self._pending.values())
-
-    def _enqueue(self, req: Any, now: float, *, retry: bool) -> None:
-        info = self.sessions.get(req.session_id)
-        if info is None and self._undoable and not retry:
-            info = self._undo_demotion(req, now)
-        if info is not None:
-            if retry:
-                self._resumed.appendleft(req)
-                self._retries.add(id(req))
-            else:
-                self._resumed.append(req)
-                info.active = True
-                if not self.paused_growth:  # its next step came: its growth counts again
-                    self._queue_charge(info, req)  # `WorkingSetGate`
-                    if self.queue_shrink:
-                        self._shrink(now)
-            return
-        q = self._pending.get(req.tenant)
-        if q is None:
-            q = self._pending[req.tenant] = deque()
-            self._backlog_changed()
-        if req.resumed:  # a demoted session's next step: its task is under way
-            self._insert_demoted(q, req)
-        else:
-            q.append(req)
-        self._waiting_added(req)
-        self._order_changed()
-        self._account(now)
-
-    def _insert_demoted(self, q: deque[Any], req: Any) -> None:
-        """Queue a demoted session's step ahead of its tenant's new sessions and of the
-        demoted steps waiting, except behind any of those already overtaken
-        `max_overtake` times (see the class docstring)."""
-        overtaken = self._deferred
-        i = 0
-        for j, r in enumerate(q):
-            if not r.resumed:
-                break
-            if overtaken.get(r.session_id, 0) >= self.max_overtake:
-                i = j + 1
-        for r in itertools.islice(q, i, None):
-            if not r.resumed:
-                break
-            if r.session_id in overtaken:
-                overtaken[r.session_id] += 1
-        q.insert(i, req)
-
-    def _dequeue(self, req: Any) -> bool:
-        self._retries.discard(id(req))
-        if self._resumed and self._resumed[0] is req:
-            self._resumed.popleft()
-            return True
-        if req in self._resumed:
-            self._resumed.remove(req)
-            return True
-        q = self._pending.get(req.tenant)
-        if q is None or req not in q:
-            return False
-        q.remove(req)
-        self._waiting_removed(req)
-        if not q:
-            del self._pending[req.tenant]
-            self._backlog_changed()
-        return True
-
-    def _backlog_changed(self) -> None:
-        """The set of backlogged tenants changed: their deficits restart (AFS)."""
-        self._fair.backlog_changed(self._pending)
-
-    @property
-    def deficits(self) -> dict[str | None, float]:
-        """The backlogged tenants' Agent Fair Share deficits (`FairShare`)."""
-        return self._fair.deficits
-
+    # -- timers (the queues: `WaitingQueues`; who is tried next: `AdmissionCandidates`) ------
     @property
     def wake_time(self) -> float:
         if not self._pending:
@@ -451,78 +369,7 @@ class WorkflowScheduler(DecodeStall, WaitCauses, BlockRoom, RoomSwap, WorkingSet
         self._attempt_at = now  # `wake_time`'s "room_overdue" timer counts from it
         super().admit_waiting(now, budget, executor, out)
 
-    # -- admission order ------------------------------------------------------------------
-    def _candidate(self, now: float) -> Any | None:
-        held = self._reserved(now)
-        if self._resumed:
-            return self._pick_resumed()
-        if held is not None or not self._pending:
-            return held
-        self._sort_pending()
-        return self._pending[self._fair.next_tenant(self._oldest)][0]
-
-    def _backfill(self, head: Any) -> Sequence[Any]:
-        """Sessions queued behind `head`, a session waiting for admission, in its tenant's
-        queue (at most `backfill_window`, and none once `max_backfill` went ahead of it).
-        While the reserve holds (`_candidate` set `_holding`), only admitted sessions'
-        steps (compute shares') may go instead: no session is admitted before it."""
-        if self._holding is not None:
-            return [r for r in self._share_backfill(head) if r.session_id in self.sessions]
-        q = self._pending.get(head.tenant)
-        if not q or q[0] is not head:
-            return self._share_backfill(head)
-        passed = self._backfilled if head is self._backfill_head else 0
-        same = [] if passed >= self.max_backfill else list(
-            itertools.islice(q, 1, 1 + self.backfill_window))
-        return same + self._entitled_heads(head.tenant) + self._share_backfill(head)
-
-    def _waiting_heads(self) -> list[Any]:
-        """The first waiting step of each tenant (resumed steps first), for compute shares."""
-        heads: dict[str | None, Any] = {}
-        for r in itertools.chain(self._resumed, (q[0] for q in self._pending.values())):
-            heads.setdefault(r.tenant, r)
-        return list(heads.values())
-
-    def _entitled_heads(self, tenant: str | None) -> list[Any]:
-        """The next sessions of the other waiting tenants that hold less than their shares
-        of the tiers (`_shares`), in Agent Fair Share order: a tenant whose session cannot
-        be admitted does not hold back a tenant entitled to memory."""
-        if len(self._pending) < 2:
-            return []
-        shares = self._shares(self.overcommit * self.capacity)
-        held, d = self._tenant_blocks, self._fair.deficits
-        others = sorted((t for t in self._pending if t != tenant and held.get(t, 0) < shares[t]),
-                        key=lambda t: (-d.get(t, 0.0), self._oldest(t)))
-        return [self._pending[t][0] for t in others]
-
-    def _pick_resumed(self) -> Any:
-        """The head of the resumed queue, or a warm step among the first
-        `admission_window` (at most `max_bypass` times ahead of one head)."""
-        head = self._resumed[0]
-        if head is not self._head:
-            self._head, self._bypassed = head, 0
-        if id(head) in self._retries or self._bypassed >= self.max_bypass or self._is_warm(head):
-            return head
-        for i in range(1, min(self.admission_window, len(self._resumed))):
-            if self._is_warm(self._resumed[i]):
-                return self._resumed[i]
-        return head
-
-    def _is_warm(self, req: Any) -> bool:
-        """Whether most of a paused session's context is still on the GPU: the block at
-        the middle of its prompt is resident (policies evict tails first, so the head up to
-        it almost surely is too). O(1), unlike a lookup."""
-        s = self.manager.sessions.get(req.session_id)
-        if s is None:
-            return False
-        mid = req.num_tokens // (2 * self.manager.block_size)
-        return mid < len(s.block_hashes) and self.manager.index.get(s.block_hashes[mid]) is not None
-
-    def _oldest(self, tenant: str | None) -> float:
-        """Arrival of the tenant's head waiting session (AFS ties): its oldest under "fifo",
-        its least predicted work under "predicted"."""
-        return self._pending[tenant][0].arrival
-
+    # -- admissions and finishes ----------------------------------------------------------
     def _admitted(self, req: Any, now: float, *, instead_of: Any = None) -> None:
         if instead_of is not None:
             if instead_of is not self._backfill_head:
