@@ -2,15 +2,15 @@
 a refused, demoted step would wait for the room it lacks, and what the scheduler learns about
 that forecast's error. Split from `kvsaga.scheduler.room_swap` (the swap's rule) by concept.
 
-A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), a base of `RoomSwap`. It reads
-the admitted sessions (`sessions`: each one's working set `blocks`, context, `active`,
-`on_prompt`, `steps`, `tool`), the leave forecast (`LeaveForecast._leave_at`,
+A mixin of `WorkflowScheduler` (kvsaga/scheduler/workflow.py), a base of `SwapPricing` (so of
+`RoomSwap`). It reads the admitted sessions (`sessions`: each one's working set `blocks`,
+context, `active`, `on_prompt`, `steps`, `tool`), the leave forecast (`LeaveForecast._leave_at`,
 `_leave_wait_s`), the pause predictions (`RoomSwap._return_at`), the working-set charges
 (`WorkingSetGate._working_set`, `_reply_tokens`, `_own_blocks`) and observes each step's
 admission, finish and each session's leave (`_step_admitted`, `_step_done`, `_session_left`,
 passed on). It also holds round 36's victim-side forecast ("room_returns_queue_leave",
-`_victim_wait_leave_s`, `_stay_s`; reads `RoomSwap._victim_key`, `_waiting_steps`,
-`_shrink_frees`), moved here from `room_swap` in session 33, unchanged.
+`_victim_wait_leave_s`, `_stay_s`; reads `SwapPricing._victim_key`, `_waiting_steps`,
+`RoomSwap._shrink_frees`), moved here from `room_swap` in session 33, unchanged.
 
 "room_returns_queue_corrected" (session 32, `--fit` round 37): the gain times the
 scheduler's own observed error of it (`_gain_factor`): every step priced and refused records

@@ -179,8 +179,8 @@ def held_swap_run(tiny_model_dir, monkeypatch, charge: str, records: list[list],
     fifo admission, deadlines out of reach. `records` are the spies' lists, patched in by
     the caller: each is copied after the simulator's run and cleared, so afterwards it
     holds the engine's entries. `extra`: more parameters, over those."""
-    import kvsaga.scheduler.room_swap as room_swap
-    monkeypatch.setattr(room_swap, "PRICED_MARGIN", 0.0)
+    import kvsaga.scheduler.swap_pricing as swap_pricing  # the priced rules read it there
+    monkeypatch.setattr(swap_pricing, "PRICED_MARGIN", 0.0)
     sessions = stream_held()
     synth = TokenSynthesizer(vocab_size=TINY_VOCAB)
     params = {"readmit_charge": charge, "admission_order": "fifo",
