@@ -10,7 +10,8 @@ Split from room_swap.py by concept in session 35 (it had reached the 600-line li
 unchanged: room_swap.py keeps the victims and the unpriced rules ("room_ranked",
 "room_overdue") and re-exports every name defined here. It reads `RoomSwap`'s pause
 predictions and admission keys (`_return_at`, `_order_key`, `_shrink_frees`), the admitted
-sessions (`sessions`), the waiting queues (`_pending`), the admission order's costs
+sessions (`sessions`), the waiting queues (`_pending`) and the working sets admitting a
+waiting step charges (`WorkingSetGate._working_set`), the admission order's costs
 (`remaining_cost`, `session_cost`, `_aged_since`), the learned re-admission waits and
 returns (`_readmit_waits`, `_observe_return`, `_return_lost`, `_return_count`), the leave
 forecast (`LeaveForecast._leave_wait_s`), Agent Fair Share's deficits (`_fair`) and the
