@@ -38,10 +38,13 @@ requests run in. The working-set rule
 the vLLM session gate shares.
 
 Modules: `base` (protocols, `Scheduler`'s mechanics), `fcfs`, `workflow` (with its mixins
-`demotion`, `working_set_gate` and `block_room`), `fair_share`,
-`working_set`, `growth_calibration` (the gate's growth corrected by realized growth,
-`growth_quantile`), `admission_order`; everything public is importable from
-`kvsaga.scheduler`.
+`waiting_queues`, `admission_candidates`, `decode_stall`, `wait_causes`, `block_room`,
+`working_set_gate`, `demotion`, `leave_forecast` and the re-admission charges: `room_swap`,
+built on `swap_pricing` and `room_forecast`, every value catalogued in `readmit_charges`),
+`fair_share`, `working_set`, `growth_calibration` (the gate's growth corrected by realized
+growth, `growth_quantile`), `admission_order`, `session_length`, `tail_guard`; the
+map with one line each is docs/architecture.md, "Scheduler". Everything public is
+importable from `kvsaga.scheduler`.
 
 Bounded waiting (`workflow`): the reserve (`max_wait_s`, `admission_order`'s docstring
 states the bound). Once the session waiting longest for admission has waited `max_wait_s`,
