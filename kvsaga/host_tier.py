@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvsaga._validate import is_int
 from kvsaga.block_queue import BlockQueue
+from kvsaga.errors import InvalidRequest
 from kvsaga.policy.base import Action
 from kvsaga.pool import BlockPool
 from kvsaga.prefix import PrefixIndex
@@ -210,6 +212,9 @@ class HostTierOps:
             Blocks whose load was planned.
         """
         s = self._session(session_id)
+        now = self._time(now)
+        if max_blocks is not None and (not is_int(max_blocks) or max_blocks < 0):
+            raise InvalidRequest(f"max_blocks must be an int >= 0 or None, got {max_blocks!r}")
         if self.host is None or s.state is SessionState.RUNNING:
             return 0
         self._changes += 1  # loads and evictions may follow (KVCacheManager.cache_version)
@@ -226,7 +231,6 @@ class HostTierOps:
         self.pool.acquire_many(resident)
         found = found[: self.pool.num_available]
         if found:
-            now = self.clock() if now is None else now
             gpu = self._load_into_gpu(s, first, found, now)
             # The paused table names them, so that end_session finds what the session owns.
             for k, b in enumerate(gpu):

@@ -142,7 +142,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         """
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
-        now = self.clock() if now is None else now
+        now = self._time(now)
         s, keep = self._open(session_id, token_ids, salt, workflow)
         self._changes += 1
         tokens = s.token_ids
@@ -277,6 +277,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
             OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
         """
         check_bool("return_slots", return_slots, InvalidRequest)
+        if now is not None and (now.__class__ is not float or now - now):  # nan, inf: nan
+            check_time("now", now, InvalidRequest)  # (floats pass at a subtraction's cost)
         if self._hot is not None:
             out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             if out.__class__ is int:  # the policy (Python) evicts, then the core allocates
@@ -311,6 +313,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
             InvalidRequest: lengths differ, a session twice, a bad token, a context over
                 max_model_len; UnknownSession; OutOfBlocks (nothing changed).
         """
+        if now is not None and (now.__class__ is not float or now - now):  # as allocate_slots
+            check_time("now", now, InvalidRequest)
         if self._hot is not None:
             out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
             if out.__class__ is int:
@@ -465,7 +469,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     ) -> tuple[PauseHint, float] | None:
         """The checked hint and the time, or None once `last_step` has ended the session."""
         hint = PauseHint(tool, expected_s, bool(last_step))
-        now = self.clock() if now is None else now
+        now = self._time(now)
         if last_step:
             self.end_session(session_id, now=now)
             return None
@@ -474,8 +478,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     def resume_hint(self, session_id: str, *, now: float | None = None) -> None:
         """Say that a paused session's next step is imminent (its tool returned)."""
         s = self._session(session_id)
+        now = self._time(now)
         if s.state is SessionState.PAUSED:
-            now = self.clock() if now is None else now
             self.policy.resume_hinted(s, now)
             self.prefetch(session_id, now=now)
 
@@ -486,15 +490,16 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         freed.
         """
         s = self._running(session_id)
+        now = self._time(now)
         self._changes += 1
         s.state = SessionState.PAUSED
-        s.paused_at = self.clock() if now is None else now
+        s.paused_at = now
         self._release_table(s, keep_tail=False)
 
     def end_session(self, session_id: str, *, now: float | None = None) -> None:
         """Forget a session. Its full blocks stay as plain prefix cache for anyone."""
         s = self._session(session_id)
-        now = self.clock() if now is None else now
+        now = self._time(now)
         self._changes += 1
         self.policy.session_ended(s, now)
         if s.state is SessionState.RUNNING:
@@ -522,6 +527,12 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         if not keep_tail:
             s.num_computed = min(s.num_computed, len(s.block_hashes) * self.block_size)
 
+    def _time(self, now: float | None) -> float:
+        """`now`, or the clock's time where it is None; InvalidRequest naming it unless it is
+        a finite number (checked before anything changes: a policy given a str fails half
+        way, and a NaN or infinite time would stall or fire every timer)."""
+        return check_time("now", self.clock() if now is None else now, InvalidRequest)
+
     # -- eviction (kvsaga/manager_evict.py), in this class's own dict too, where callers
     # that time or wrap the manager's calls find it (bench/sim_speed_profile.py `SPLIT`)
     _evict = EvictionPath._evict
@@ -529,7 +540,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     def tick(self, now: float | None = None) -> None:
         """Let the policy expire TTLs and refresh predictions, and start the prefetches it
         asks for (sessions it predicts will resume soon)."""
-        now = check_time("now", self.clock() if now is None else now, InvalidRequest)
+        now = self._time(now)
         self.policy.tick(now)
         if self.host is not None:
             for sid in self.policy.prefetch_candidates(now):
