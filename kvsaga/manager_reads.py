@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, UnknownSession
 from kvsaga.manager_types import CacheStats, StepLookup, _check_token_ids, _common_prefix_len
 from kvsaga.pool import CACHED, count_in_state
@@ -195,6 +196,8 @@ class ManagerReads:
     def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
         """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
         s = self._running(session_id)
+        if not is_int(num_tokens) or num_tokens < 0:
+            raise InvalidRequest(f"num_tokens must be an int >= 0, got {num_tokens!r}")
         return max(0, self.spec.num_blocks_for(s.num_computed + num_tokens) - len(s.block_ids))
 
     def can_allocate(self, session_id: str, num_tokens: int) -> bool:

@@ -17,6 +17,8 @@ import hashlib
 from array import array
 from collections.abc import Sequence
 
+from kvsaga.errors import InvalidRequest
+
 _sha256 = hashlib.sha256
 
 
@@ -26,6 +28,8 @@ def root_hash(salt: str | bytes | None) -> bytes:
         salt = b""
     elif isinstance(salt, str):
         salt = salt.encode()
+    elif not isinstance(salt, bytes):  # before anything changes: every caller hashes first
+        raise InvalidRequest(f"salt must be a str, bytes or None, got {salt!r}")
     return _sha256(b"kvsaga\x00" + salt).digest()
 
 
