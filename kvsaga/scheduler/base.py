@@ -98,12 +98,13 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
-    ok = is_number(value) and not math.isnan(value)
+def check_float(name: str, value: object, minimum: float, *, strict: bool = False,
+                finite: bool = False) -> float:
+    ok = is_number(value) and not math.isnan(value) and not (finite and math.isinf(value))
     if not ok or value < minimum or (strict and value == minimum):
         op = ">" if strict else ">="
-        raise ValueError(f"scheduler parameter {name} must be a number {op} {minimum:g}, "
-                         f"got {value!r}")
+        raise ValueError(f"scheduler parameter {name} must be a {'finite ' if finite else ''}"
+                         f"number {op} {minimum:g}, got {value!r}")
     return float(value)
 
 

@@ -100,6 +100,23 @@ SHARE_STEP_TOKENS = 128
 SHARE_LAG_TOKENS = 8192.0  # one batch step of the preset's 8192-token budget
 
 
+def check_weights(weights: object) -> dict[str | None, float]:
+    """`WorkflowScheduler(tenant_weights=...)`, checked: a mapping (or None: every tenant
+    weighs 1) of tenant names (str or None) to finite numbers > 0; ValueError naming the
+    parameter otherwise (a list or a number failed deep in `dict()` with a TypeError)."""
+    if weights is None:
+        return {}
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"scheduler parameter tenant_weights must be a mapping of tenant to "
+                         f"weight, got {type(weights).__name__} {weights!r}")
+    for t, w in weights.items():
+        if t is not None and not isinstance(t, str):
+            raise ValueError(f"scheduler parameter tenant_weights: tenant {t!r} must be a str "
+                             f"or None")
+        check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True, finite=True)
+    return dict(weights)
+
+
 class FairShare:
     """Deficits of the backlogged tenants (see the module docstring).
 

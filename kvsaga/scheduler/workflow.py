@@ -22,7 +22,7 @@ from kvsaga.scheduler.base import (
 from kvsaga.scheduler.block_room import BlockRoom
 from kvsaga.scheduler.decode_stall import DECODE_PREFILL_TOKENS, DecodeStall
 from kvsaga.scheduler.demotion import UNDO_DEMOTIONS, Demotions
-from kvsaga.scheduler.fair_share import ComputeShares, FairShare
+from kvsaga.scheduler.fair_share import ComputeShares, FairShare, check_weights
 from kvsaga.scheduler.leave_forecast import LeaveForecast
 from kvsaga.scheduler.room_swap import RoomSwap
 from kvsaga.scheduler.wait_causes import WaitCauses
@@ -245,7 +245,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
     ) -> None:
         super().__init__(manager, **limits)
         self.overcommit = check_float("overcommit", overcommit, 0.0, strict=True)
-        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0)
+        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, finite=True)
         self.prior_growth_tokens = check_int("prior_growth_tokens", prior_growth_tokens, 0)
         self.growth_alpha = check_float("growth_alpha", growth_alpha, 0.0, strict=True)
         if self.growth_alpha > 1:
@@ -291,10 +291,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self._init_room_swap()  # "room_returns_queue_corrected": `RoomSwap`
         self._init_admission_order(admission_order, aging_s, max_wait_s, length_prior,
                                    tail_wait_factor, readmit_order, readmit_cost)
-        weights = dict(tenant_weights or {})
-        for t, w in weights.items():
-            check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True)
-        self.tenant_weights = weights
+        self.tenant_weights = weights = check_weights(tenant_weights)  # `fair_share`
         self._fair = FairShare(weights)
         self._init_compute_share(share_step_tokens, share_lag_tokens)  # `ComputeShares`
         self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
