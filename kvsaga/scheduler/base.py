@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from kvsaga._validate import is_int, is_number
-from kvsaga.errors import OutOfBlocks
+from kvsaga._validate import check_time, is_int, is_number
+from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.manager import KVCacheManager, StepLookup, StepStart
 
 
@@ -131,6 +131,7 @@ class Scheduler:
         self.max_num_batched_tokens = check_int(
             "max_num_batched_tokens", max_num_batched_tokens, 1)
         self.running: list[Any] = []  # in admission order: the newest is preempted first
+        self._live: dict[str, Any] = {}  # session id -> its step waiting or running here
         self.num_preemptions = 0
         # Lookups of waiting requests at the manager's current cache_version, by id(req).
         self._lookups: dict[int, tuple[Any, int, StepLookup]] = {}
@@ -252,13 +253,30 @@ class Scheduler:
         return bool(self.running) or self.num_waiting > 0
 
     def add(self, req: Any, now: float) -> None:
-        """Queue a step (a new session's first, or a paused session's next)."""
+        """Queue a step (a new session's first, or a paused session's next).
+
+        Raises:
+            InvalidRequest: `now` not a finite number, a session id not a non-empty str, or
+                a step of the session already waiting or running here (it would be begun
+                while the other holds the session open); nothing changed.
+        """
+        check_time("now", now, InvalidRequest)
+        sid = getattr(req, "session_id", None)
+        if not isinstance(sid, str) or not sid:
+            raise InvalidRequest(f"a step's session_id must be a non-empty str, got {sid!r}")
+        if self._live_step(sid) is not None:
+            raise InvalidRequest(f"session {sid!r} already has a step waiting or running "
+                                 f"here; finish it before adding the next")
         self._enqueue(req, now, retry=False)
+        self._live[sid] = req
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         """A step is done or aborted, running or waiting: forget it. Call after the
         manager's `finish_step` / `end_session`; `ended`: the session is over too. True
         when it was running (False: it was cancelled while it waited)."""
+        check_time("now", now, InvalidRequest)
+        if self._live.get(req.session_id) is req:
+            del self._live[req.session_id]
         if req in self.running:
             self.running.remove(req)
             return True
@@ -275,14 +293,26 @@ class Scheduler:
             ValueError: a step of the session is still waiting or running here (`finish`
                 it first); nothing changed.
         """
-        if any(r.session_id == session_id for r in self.running) or any(
-                r.session_id == session_id for r in self.waiting):
+        check_time("now", now, InvalidRequest)
+        if self._live_step(session_id) is not None:
             raise ValueError(f"session {session_id!r} still has a step waiting or running "
                              f"here; finish it before forgetting the session")
+
+    def _live_step(self, session_id: Any) -> Any:
+        """The session's step waiting or running here (None: none). A step taken out of
+        the queues by `_dequeue` alone (not `finish`) is found gone here and dropped."""
+        req = self._live.get(session_id) if isinstance(session_id, str) else None
+        if req is None:
+            return None
+        if any(r is req for r in self.running) or any(r is req for r in self.waiting):
+            return req
+        del self._live[session_id]
+        return None
 
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
         """Decide one batch step and have `executor` carry it out (begin, allocate,
         preempt); returns what to run."""
+        check_time("now", now, InvalidRequest)  # (`DecodeStall` checks it first too)
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         i = 0

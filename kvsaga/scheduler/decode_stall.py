@@ -117,6 +117,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kvsaga._validate import check_time
+from kvsaga.errors import InvalidRequest
 from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
 from kvsaga.scheduler.working_set import working_set_blocks
 
@@ -271,6 +273,7 @@ class DecodeStall:
         return max(min(computed, lookup.num_prompt_tokens) - lookup.num_cached_tokens, 0)
 
     def schedule(self, now: float, executor: Executor) -> SchedulerOutput:
+        check_time("now", now, InvalidRequest)  # before `ComputeShares` catches tenants up
         cap = self.decode_prefill_tokens
         self._prefill_left = (cap if cap and self._decoding(executor) and self._cap_open()
                               else None)
@@ -346,6 +349,7 @@ class DecodeStall:
         return ok
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
+        check_time("now", now, InvalidRequest)  # before anything changes
         got = self._recompute.get(id(req))
         if got is not None and got[0] is req:
             del self._recompute[id(req)]

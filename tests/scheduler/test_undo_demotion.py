@@ -48,6 +48,8 @@ def _demoted(undo, evict: bool = False, wide_waiting: bool = False, keep_waiting
         keep1 = ToyRequest("keep", toks(300, 40), max_new=1, last=False, workflow="w")
         s.add(keep1, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
+    while s.running:  # keep's 40-token prefill takes two batch steps (the admitted pause)
+        ex.run(s, s.schedule(0.0, ex), 0.0)
     steps = s.sessions["big"].steps
     assert steps == 1 and not s.num_waiting
     s._demote_session("big", 1.0)

@@ -1,0 +1,95 @@
+"""Regression (session 35, fuzz lane): the core scheduler refuses a second step for a
+session that has one waiting or running, and a bad time, before anything changes.
+
+Failing sequence (before the fix): add("a", 6 tokens, pauses); schedule and run until a
+pauses; add b's first step (waiting); add a second step of b. Both were queued. Under
+workflow the next `schedule` raised KeyError('b') from inside the scheduler; under fcfs the
+manager's begin_step raised "session 'b' already has an open step" mid-schedule. Also
+`schedule(nan)` was taken silently by workflow, `schedule("x")` raised a TypeError there,
+and `add(req, nan)` was queued.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kvsaga import InvalidRequest, KVCacheManager, KVSpec
+from kvsaga.scheduler import SCHEDULERS, make_scheduler
+from tests.sched_helpers import ToyExecutor, ToyRequest
+
+
+def _setup(name):
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 12, clock=lambda: 0.0)
+    s = make_scheduler(name, m, max_num_seqs=3, max_num_batched_tokens=6)
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", [7] * 6, 1, last=False), 0.0)
+    for t in range(4):
+        ex.run(s, s.schedule(float(t), ex), float(t))
+    b = ToyRequest("b", [7] * 5, 3, last=False)
+    s.add(b, 4.0)
+    return m, s, ex, b
+
+
+def _state(s):
+    return repr(sorted((k, repr(v)) for k, v in vars(s).items() if k != "manager"))
+
+
+def _drain(m, s, ex, start=6):
+    for t in range(start, start + 24):
+        ex.run(s, s.schedule(float(t), ex), float(t))
+        m.check_integrity()
+    assert not s.has_work
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("again", ["same", "other", "resumed_a_while_waiting"])
+def test_second_step_of_a_live_session_refused(name, again):
+    m, s, ex, b = _setup(name)
+    if again == "resumed_a_while_waiting":
+        s.add(ToyRequest("a", [7] * 6 + [1, 2], 1, resumed=True, arrival=4.0), 4.0)
+        req = ToyRequest("a", [7] * 6 + [1, 3], 1, resumed=True, arrival=4.0)
+    else:
+        req = b if again == "same" else ToyRequest("b", [7] * 5, 3)
+    before = _state(s)
+    with pytest.raises(InvalidRequest, match=r"already has a step waiting or running here"):
+        s.add(req, 5.0)
+    assert _state(s) == before
+    _drain(m, s, ex)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_running_step_refuses_a_second_then_the_next_is_taken(name):
+    m, s, ex, b = _setup(name)
+    for t in range(5, 15):  # (workflow admits b once the batch has idled `idle_admit_s`)
+        ex.run(s, s.schedule(float(t), ex), float(t))
+        if b in s.running:
+            break
+    assert b in s.running
+    with pytest.raises(InvalidRequest, match=r"session 'b' already has a step"):
+        s.add(ToyRequest("b", [7] * 5, 1, resumed=True), 5.0)
+    _drain(m, s, ex, 16)  # b pauses after its step
+    s.add(ToyRequest("b", [7] * 5 + [1, 1, 1, 2], 1, resumed=True, arrival=40.0), 40.0)
+    ex.run(s, s.schedule(40.0, ex), 40.0)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "x", None])
+def test_bad_time_refused(name, bad):
+    m, s, ex, b = _setup(name)
+    before = _state(s)
+    for call in (lambda: s.schedule(bad, ex), lambda: s.add(ToyRequest("c", [1, 2]), bad),
+                 lambda: s.finish(b, bad), lambda: s.forget_session("a", bad)):
+        with pytest.raises(InvalidRequest, match=r"now must be a finite number of seconds"):
+            call()
+        assert _state(s) == before
+    _drain(m, s, ex)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_bad_session_id_refused(name):
+    m, s, _, _ = _setup(name)
+    for sid in (None, "", 3):
+        with pytest.raises(InvalidRequest, match=r"session_id must be a non-empty str"):
+            s.add(ToyRequest(sid, [1, 2]), 5.0)
