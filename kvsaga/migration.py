@@ -26,6 +26,7 @@ from typing import Any
 
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, OutOfBlocks
+from kvsaga.manager_types import _check_session_id, _check_token_ids
 from kvsaga.prefix import root_hash
 from kvsaga.session import SessionState
 
@@ -166,6 +167,11 @@ def plan_import(
         raise InvalidRequest(f"session {sid!r} already exists on this manager")
     if export.num_blocks == 0:
         return 0, []
+    _check_session_id(sid)
+    hashes: list[bytes] = []  # checked before the session opens: a refusal changes nothing
+    manager.hasher.extend(hashes, export.root, _check_token_ids(export.token_ids))
+    if hashes != list(export.block_hashes):
+        raise InvalidRequest(f"session {sid!r}: exported block hashes do not match its tokens")
     start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
                                workflow=export.workflow)
     s = manager.session(sid)
