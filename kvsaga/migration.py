@@ -168,7 +168,9 @@ def plan_import(
     if export.num_blocks == 0:
         return 0, []
     _check_session_id(sid)
-    hashes: list[bytes] = []  # checked before the session opens: a refusal changes nothing
+    # The hashes begin_step will compute (same root, checked above, and whole blocks), checked
+    # before the session opens, so that a refusal changes nothing on this manager.
+    hashes: list[bytes] = []
     manager.hasher.extend(hashes, export.root, _check_token_ids(export.token_ids))
     if hashes != list(export.block_hashes):
         raise InvalidRequest(f"session {sid!r}: exported block hashes do not match its tokens")
@@ -177,8 +179,6 @@ def plan_import(
     s = manager.session(sid)
     rest = export.num_tokens - start.num_cached_tokens
     try:
-        if s.block_hashes[: export.num_blocks] != export.block_hashes:
-            raise InvalidRequest(f"session {sid!r}: exported block hashes do not match its tokens")
         need = manager.num_blocks_needed(sid, rest)
         if need > manager.pool.num_available:
             raise OutOfBlocks(need, manager.pool.num_available)

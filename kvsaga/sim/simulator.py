@@ -158,11 +158,10 @@ class Simulator(DecodeRuns, StepExecutor):
         cfg = self.config
         if cfg.num_gpu_blocks is not None:
             return " (num_gpu_blocks)"
-        memory = cfg.kv_memory_bytes
-        preset = repr(cfg.preset) if isinstance(cfg.preset, str) else "cost model's"
-        where = "kv_memory_bytes" if memory is not None else f"the {preset} default"
+        memory, where = cfg.kv_memory_bytes, "kv_memory_bytes"
         if memory is None:
-            memory = self.cost.default_kv_memory_bytes()
+            preset = repr(cfg.preset) if isinstance(cfg.preset, str) else "cost model's"
+            memory, where = self.cost.default_kv_memory_bytes(), f"the {preset} default"
         return f" ({where} {memory:,.0f} B at {self.cost.block_bytes:,} B per block)"
 
     def _make_policy(self, name: str) -> EvictionPolicy:
