@@ -56,7 +56,10 @@ class BeladyPolicy(GroupedPolicy):
 
     Session blocks ask the oracle at each victim search, lazily, tail first. Plain and dead
     blocks (session_id None) sit in one max-heap of cached answers, refreshed when a block
-    is cached again or when its answered time has passed.
+    is cached again or when its answered time has passed. Every passed answer is refreshed
+    before a search reads the heap (`_refresh`, from a min-heap of the answers' times): a
+    refresh met only when its entry was popped could rank the block above entries already
+    yielded, so the stream was out of order and two reads at the same time disagreed.
 
     Args:
         oracle: the future.
@@ -75,6 +78,9 @@ class BeladyPolicy(GroupedPolicy):
         self._stamp = [0] * view.num_gpu_blocks
         # (-next_use, -position, block, stamp, asked_at): a max-heap on next use.
         self._heap: list[tuple[float, int, int, int, float]] = []
+        # (max(next_use, asked_at), block, stamp) of the finite answers: a min-heap, so the
+        # answers whose time has passed are found without a pass over `_heap`.
+        self._expiry: list[tuple[float, int, int]] = []
 
     def _ask(self, sid: str | None, b: int, now: float) -> float:
         return self.oracle.next_use(sid, self.view.block_hash[b], self._pos[b], now)
@@ -82,13 +88,30 @@ class BeladyPolicy(GroupedPolicy):
     def _push(self, b: int, now: float) -> None:
         self._stamp[b] += 1
         nu = self._ask(None, b, now)
-        heap = self._heap
+        heap, expiry = self._heap, self._expiry
         heapq.heappush(heap, (-nu, -self._pos[b], b, self._stamp[b], now))
+        if not math.isinf(nu):
+            # Keyed no earlier than `now`: an answer before the time it was asked (an oracle
+            # outside its contract) is asked again only once time has moved on.
+            heapq.heappush(expiry, (max(nu, now), b, self._stamp[b]))
         if len(heap) > 4 * (len(self.plain) + len(self.dead)) + 64:
             # Stale entries leave only when popped: drop them all once they dominate.
             stamp, where = self._stamp, self._where
             heap[:] = [e for e in heap if e[3] == stamp[e[2]] and where[e[2]] in (PLAIN, DEAD)]
             heapq.heapify(heap)
+            expiry[:] = [e for e in expiry
+                         if e[2] == stamp[e[1]] and where[e[1]] in (PLAIN, DEAD)]
+            heapq.heapify(expiry)
+
+    def _refresh(self, now: float) -> None:
+        """Ask the oracle again for every plain or dead block whose answered use has passed
+        unused (its answer is then >= `now`, so it is not asked again at `now`). Done whole
+        before a search: the heap's order is then the order of the current answers."""
+        expiry, stamp, where = self._expiry, self._stamp, self._where
+        while expiry and expiry[0][0] < now:
+            _, b, st = heapq.heappop(expiry)
+            if st == stamp[b] and where[b] in (PLAIN, DEAD):
+                self._push(b, now)
 
     def block_cached(self, block_id: int) -> None:
         super().block_cached(block_id)
@@ -113,11 +136,6 @@ class BeladyPolicy(GroupedPolicy):
                 neg_nu, neg_pos, b, st, asked = heapq.heappop(heap)
                 if st != stamp[b] or where[b] not in (PLAIN, DEAD):
                     continue  # stale: dropped for good
-                if -neg_nu < now and asked < now:  # the answered use passed unused: ask again
-                    stamp[b] += 1
-                    nu = self._ask(None, b, now)
-                    heapq.heappush(heap, (-nu, neg_pos, b, stamp[b], now))
-                    continue
                 entry = (neg_nu, neg_pos, b, st, asked)
                 taken.append(entry)
                 yield (neg_nu, neg_pos), b
@@ -132,6 +150,7 @@ class BeladyPolicy(GroupedPolicy):
         self._prepare(now)
         out: list[Stream] = []
         if len(self.dead) or len(self.plain):
+            self._refresh(now)  # before any entry is read (see the class docstring)
             out.append(self._plain_stream(now))
         for sid, g in self.groups.items():
             out.append(self._session_stream(sid, g, now))
