@@ -15,6 +15,7 @@ from kvsaga.session import PauseHint, Session
 HINT_KEY = "kvsaga"
 STATS_PREFIX = "kvsaga retention stats: "  # the connector's counters log line (then JSON)
 DEFAULT_WORKFLOW = "default"
+_FIELDS = ("session_id", "tool", "expected_s", "last_step", "workflow")  # the hint's keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +44,24 @@ def step_info(
             the hint names none.
 
     Raises:
-        InvalidRequest: the hint is not an object, or a field has the wrong type (the message
-            names the field).
+        InvalidRequest: `kv_transfer_params` or the hint is not an object, or a field has the
+            wrong type (the message names the field). Nothing else: the callers catch it to
+            ignore a malformed hint, and any other error would fail vLLM's request.
     """
-    raw = (kv_transfer_params or {}).get(HINT_KEY) if kv_transfer_params is not None else None
+    if kv_transfer_params is not None and not isinstance(kv_transfer_params, Mapping):
+        raise InvalidRequest(f"kv_transfer_params must be an object, got "
+                             f"{type(kv_transfer_params).__name__} {kv_transfer_params!r:.200}")
+    raw = (kv_transfer_params or {}).get(HINT_KEY)
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise InvalidRequest(f"kv_transfer_params[{HINT_KEY!r}] must be an object, got {raw!r}")
-    unknown = set(raw) - {"session_id", "tool", "expected_s", "last_step", "workflow"}
+        raise InvalidRequest(f"kv_transfer_params[{HINT_KEY!r}] must be an object, got "
+                             f"{raw!r:.200}")
+    unknown = [k for k in raw if k not in _FIELDS]
     if unknown:
-        raise InvalidRequest(
-            f"kv_transfer_params[{HINT_KEY!r}] has unknown fields {sorted(unknown)}"
+        raise InvalidRequest(  # keys by repr: a Python caller's keys need not be strings
+            f"kv_transfer_params[{HINT_KEY!r}] has unknown fields "
+            f"{', '.join(sorted(repr(k) for k in unknown))} (known: {', '.join(_FIELDS)})"
         )
     sid = raw.get("session_id", session_id)
     if sid is None:
