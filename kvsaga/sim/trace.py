@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -89,9 +90,18 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 def _check_float(name: str, value: Any) -> None:
     if not is_number(value):
         raise TraceError(f"must be a number, got {value!r}", field=name, value=value)
-    if not math.isfinite(value) or value < 0:
+    if not _finite(value) or value < 0:
         raise TraceError(f"must be a finite number >= 0, got {value!r}", field=name,
                          value=value)
+
+
+def _finite(value: int | float) -> bool:
+    """Finite as a float: an int too large for one (JSON allows any number of digits) is
+    not, where `math.isfinite` and `float` raise OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_str(name: str, value: Any) -> None:
@@ -289,7 +299,8 @@ class Session:
                 raise e.located(prefix=f"{where}.") from None
         arrival = obj["arrival_s"]
         return cls(id=obj["id"], workflow=obj["workflow"],
-                   arrival_s=float(arrival) if is_number(arrival) else arrival,
+                   arrival_s=float(arrival) if is_number(arrival) and _finite(arrival)
+                   else arrival,
                    shared_prefix=shared, steps=tuple(steps), tenant=obj.get("tenant"))
 
 
@@ -309,10 +320,14 @@ def _expect_keys(obj: Any, *, required: set[str], optional: set[str],
                          field=name, value=obj[unknown[0]])
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that `surrogateescape` could not decode
+
+
 def load_trace(path: str | Path) -> list[Session]:
     """Read a JSON Lines trace.
 
-    Blank lines are skipped. Session ids must be unique.
+    Blank lines are skipped. Session ids must be unique. The file is UTF-8 (a leading byte
+    order mark is skipped).
 
     Args:
         path: the trace file.
@@ -327,15 +342,26 @@ def load_trace(path: str | Path) -> list[Session]:
     path = Path(path)
     sessions: list[Session] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
+    # Bytes that are not UTF-8 are kept as lone surrogates (`surrogateescape`) and refused
+    # by line below: a strict decode failed inside the file's read buffer, naming no line.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
         for lineno, text in enumerate(f, start=1):
             if not text.strip():
                 continue
+            if not text.isascii() and (bad := _NOT_UTF8.search(text)) is not None:
+                raise TraceError(f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
+                                 f"character {bad.start() + 1})", line=lineno, path=str(path))
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise TraceError(f"not valid JSON ({e.msg} at column {e.colno})",
                                  value=text.rstrip("\n"), line=lineno, path=str(path)) from None
+            except ValueError as e:  # an integer past Python's digit limit for str -> int
+                raise TraceError(f"not a trace entry: {e}", line=lineno,
+                                 path=str(path)) from None
+            except RecursionError:  # json's parser recurses once per level of nesting
+                raise TraceError("not a trace entry: JSON nested too deeply",
+                                 line=lineno, path=str(path)) from None
             try:
                 session = Session.from_dict(obj)
             except TraceError as e:
