@@ -98,12 +98,20 @@ from kvsaga.scheduler.base import check_float, check_int
 # on by default since then (it was opt-in: session 12's rule refused any cost at any point).
 SHARE_STEP_TOKENS = 128
 SHARE_LAG_TOKENS = 8192.0  # one batch step of the preset's 8192-token budget
+# The weights `check_weights` accepts. A tenant's turn comes at least once every ~(largest /
+# smallest weight) competing steps (bound (2) below), so the ratio is what a light tenant
+# waits: 1e12 at these bounds, already far past any useful ratio. Outside them the
+# arithmetic itself fails: 1e308 overflowed a compute cap (int(inf): OverflowError out of
+# `schedule`) and the shares' weight sums, and a subnormal weight made weighted service inf.
+MIN_TENANT_WEIGHT = 1e-6
+MAX_TENANT_WEIGHT = 1e6
 
 
 def check_weights(weights: object) -> dict[str | None, float]:
     """`WorkflowScheduler(tenant_weights=...)`, checked: a mapping (or None: every tenant
-    weighs 1) of tenant names (str or None) to finite numbers > 0; ValueError naming the
-    parameter otherwise (a list or a number failed deep in `dict()` with a TypeError)."""
+    weighs 1) of tenant names (str or None) to numbers from `MIN_TENANT_WEIGHT` (1e-6) to
+    `MAX_TENANT_WEIGHT` (1e6); ValueError naming the parameter and the bound otherwise (a
+    list or a number failed deep in `dict()` with a TypeError)."""
     if weights is None:
         return {}
     if not isinstance(weights, Mapping):
@@ -114,6 +122,11 @@ def check_weights(weights: object) -> dict[str | None, float]:
             raise ValueError(f"scheduler parameter tenant_weights: tenant {t!r} must be a str "
                              f"or None")
         check_float(f"tenant_weights[{t!r}]", w, 0.0, strict=True, finite=True)
+        if not MIN_TENANT_WEIGHT <= w <= MAX_TENANT_WEIGHT:
+            raise ValueError(f"scheduler parameter tenant_weights[{t!r}] must be from "
+                             f"{MIN_TENANT_WEIGHT:g} to {MAX_TENANT_WEIGHT:g} (beyond, a light "
+                             f"tenant's turn would come once in more than 1e12 steps, and the "
+                             f"share arithmetic overflows), got {w!r}")
     return dict(weights)
 
 

@@ -152,7 +152,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         aging_s: "predicted"'s aging: a session queued aging_s x ln(MAX_COST) seconds
             before another goes ahead of it (a factor e of predicted work is worth aging_s
             seconds of waiting; finite). 80 is `--fit`'s pick (rounds 3 and 4, seeds 101-106).
-        tenant_weights: Agent Fair Share weight per tenant (default 1 each).
+        tenant_weights: Agent Fair Share weight per tenant (default 1 each), from
+            `fair_share.MIN_TENANT_WEIGHT` (1e-6) to `MAX_TENANT_WEIGHT` (1e6).
         share_step_tokens: Agent Fair Share of compute (0: off; default 128,
             `fair_share.SHARE_STEP_TOKENS`, `bench/scheduling_mix.py`'s fit): while two or
             more tenants compete, the tenant with the least weighted service may fill the
