@@ -18,11 +18,13 @@ Everything here runs on the event loop thread; only the engine thread touches th
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 
 from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.tokenizer import Tokenizer
+from kvsaga.serve.errors import APIError
 
 
 def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
@@ -42,13 +44,32 @@ def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
     return h.hexdigest()[:32]
 
 
+# Characters an HTTP header value cannot carry (latin-1 only, no control character but tab).
+_NOT_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
+
+
 def resolve_session_id(
     body_session_id: str | None, header_session_id: str | None, prompt_cache_key: str | None
 ) -> str | None:
     """The session a request names: body `session_id` (also what the openai client's
-    `extra_body` becomes), then the `X-Session-ID` header, then `prompt_cache_key`."""
-    for sid in (body_session_id, header_session_id, prompt_cache_key):
+    `extra_body` becomes), then the `X-Session-ID` header, then `prompt_cache_key`.
+
+    Raises:
+        APIError: 400 naming the field, when the id it names holds a character that the
+            `X-Session-ID` response header echoing it cannot carry (beyond U+00FF, or a
+            control character): it failed only once the step had run, as a 500
+            (UnicodeEncodeError) or a connection closed without a response.
+    """
+    named = (("session_id", body_session_id), ("X-Session-ID", header_session_id),
+             ("prompt_cache_key", prompt_cache_key))
+    for param, sid in named:
         if sid:
+            bad = _NOT_HEADER_TEXT.search(sid)
+            if bad is not None:
+                raise APIError(400, f"{param} {sid!r:.100} holds {bad.group()!r} at character "
+                               f"{bad.start() + 1}: a session id is echoed in the X-Session-ID "
+                               f"header, which carries only printable characters up to U+00FF",
+                               param=param)
             return sid
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from fastapi import APIRouter, Request
 
@@ -11,6 +12,7 @@ from kvsaga.serve.sessions import tenant_salt
 from kvsaga.serve.state import server_state
 
 router = APIRouter()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # `:path`: a session id may hold "/" (sent %2F-escaped), as the completion routes allow.
@@ -23,11 +25,15 @@ async def end_session(request: Request, session_id: str) -> dict:
     if raw.strip():
         try:
             cache_salt = json.loads(raw).get("cache_salt")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # (RecursionError: too deep)
             raise APIError(400, "body must be a JSON object") from None
         if cache_salt is not None and not (isinstance(cache_salt, str) and cache_salt):
             raise APIError(400, f"cache_salt must be a non-empty string, got {cache_salt!r:.100}",
                            param="cache_salt")
+        if cache_salt is not None and (bad := _SURROGATE.search(cache_salt)) is not None:
+            # JSON's "\ud800" escape: no Unicode text (hashing it for the tenant raised a 500)
+            raise APIError(400, f"cache_salt holds a lone surrogate {bad.group()!r}, which is "
+                           f"not Unicode text", param="cache_salt")
     api_key = request.scope.get("state", {}).get("api_key")
     engine_sid = srv.sessions.engine_id(tenant_salt(api_key, cache_salt), session_id)
     if srv.sessions.drop(engine_sid) is None:
