@@ -28,9 +28,17 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-# Request fields take JSON's own types: `true` is no count or token id, and "yes" or 1 no
-# boolean (pydantic's lax mode would read them as 1 and True).
+def _not_bool_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+# Request fields take JSON's own types: `true` is no count, token id or number (a
+# temperature), and "yes" or 1 no boolean (pydantic's lax mode would read them as 1, 1.0
+# and True).
 Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool_number)]
 Bool = Annotated[bool, Strict()]
 
 
@@ -76,7 +84,7 @@ class KVSagaHint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tool: str | None = Field(default=None, max_length=256)
-    expected_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    expected_s: Float | None = Field(default=None, ge=0, allow_inf_nan=False)
     last_step: Bool = False
     workflow: str | None = Field(default=None, max_length=256)
 
@@ -94,8 +102,8 @@ class _Common(BaseModel):
     max_tokens: Int | None = Field(default=None, ge=1)
     # Unset sampling fields take the model's generation_config.json values, else OpenAI's
     # defaults (temperature 1, top_p 1, no top-k): `SamplingParams.with_defaults`.
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: Float | None = Field(default=None, ge=0, le=2)
+    top_p: Float | None = Field(default=None, gt=0, le=1)
     top_k: Int | None = Field(default=None, ge=-1)
     n: Int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
@@ -111,9 +119,9 @@ class _Common(BaseModel):
     kvsaga: KVSagaHint | None = None
     # OpenAI fields the engine cannot honour: accepted at their defaults (clients send
     # those), refused otherwise by `refused_field` rather than silently ignored.
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    logit_bias: dict[str, Float] | None = None
 
     def num_top_logprobs(self) -> int | None:
         """`SamplingParams.logprobs` the request asks for (each endpoint spells it its way)."""

@@ -76,6 +76,20 @@ def test_any_prompt(server: LiveServer, prompt):
                       timeout=60))
 
 
+@pytest.mark.parametrize("extra, param", [
+    ({"temperature": True}, "temperature"), ({"top_p": True}, "top_p"),
+    ({"presence_penalty": True}, "presence_penalty"),
+    ({"logit_bias": {"5": True}}, "logit_bias.5"),
+    ({"session_id": "b", "kvsaga": {"expected_s": True}}, "kvsaga.expected_s"),
+])
+def test_a_boolean_for_a_number_is_400(server: LiveServer, extra, param):
+    # pydantic's lax mode read `true` as 1.0: a temperature of 1 from a typo.
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, **extra}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and "got a boolean" in err["message"]
+
+
 def _raw(server: LiveServer, path: str, body: str) -> httpx.Response:
     """POST a JSON text as is (json= would refuse a lone surrogate escape)."""
     return httpx.post(f"{server.url}{path}", content=body.encode(), timeout=60,
