@@ -69,3 +69,28 @@ def test_random_expiries_reads_agree_and_follow_the_oracle():
             pos = m.policy._pos
             keys = [(plain.get(pos[b], math.inf), pos[b]) for b in first]
             assert keys == sorted(keys, reverse=True)
+
+
+def test_a_read_does_not_change_a_later_search():
+    """Reads refresh cached answers, which the oracle's contract makes a memo: a search at a
+    later time names the same victims whether or not a read came first."""
+    rng = random.Random(1205)
+    for _ in range(30):
+        plain = {p: rng.choice([math.inf, rng.uniform(1.0, 10.0)]) for p in range(8)}
+        later = {p: rng.choice([math.inf, rng.uniform(12.0, 30.0)]) for p in range(8)}
+        sizes = [4 * rng.randint(1, 8) for _ in range(3)]
+        managers = []
+        for _twin in range(2):
+            oracle = TableOracle({}, plain=dict(plain))
+            m = make(BeladyPolicy(oracle), num_blocks=64)
+            for i, n in enumerate(sizes):
+                run_step(m, f"s{i}", tokens(1000 * i, n), now=0.0, tool="x")
+                m.end_session(f"s{i}", now=0.5)
+            managers.append((m, oracle))
+        t1, t2 = rng.uniform(1.0, 11.0), 11.0
+        for _m, oracle in managers:  # answers passed by t2 move past it (the contract)
+            oracle.plain.update({p: later[p] for p, t in plain.items() if t < t2})
+        with_read, alone = managers
+        with_read[0].policy.eviction_order(t1)
+        k = rng.randint(1, 8)
+        assert with_read[0].policy.choose_victims(k, t2) == alone[0].policy.choose_victims(k, t2)
