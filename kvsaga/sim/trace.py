@@ -10,6 +10,7 @@ One agent session a line::
 Step k's prompt is the shared prefix, then every earlier step's input and output, then step
 k's own input. After step k the session waits `tool_s` seconds on `tool`; the last step has
 `tool: null` and `tool_s: 0`. Sessions of one prefix `group` share the prefix tokens exactly.
+Times (`arrival_s`, `tool_s`) are seconds from 0 to `MAX_TRACE_SECONDS` (1e9, about 31 years).
 The token ids themselves are not stored: `prompt_token_ids` and `output_token_ids` (defined in
 `kvsaga.sim.tokens`, re-exported here) synthesize them deterministically.
 """
@@ -87,12 +88,22 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise TraceError(f"must be >= {minimum}, got {value!r}", field=name, value=value)
 
 
+# The most seconds an arrival or a tool's wait may be: about 31.7 years. The simulator's
+# clock is a float in seconds, and far beyond this its resolution passes a decode step's
+# length (at 1e15 s it is 0.125 s, and a decode run raised IndexError there).
+MAX_TRACE_SECONDS = 1e9
+
+
 def _check_float(name: str, value: Any) -> None:
     if not is_number(value):
         raise TraceError(f"must be a number, got {value!r}", field=name, value=value)
     if not _finite(value) or value < 0:
         raise TraceError(f"must be a finite number >= 0, got {value!r}", field=name,
                          value=value)
+    if value > MAX_TRACE_SECONDS:
+        raise TraceError(f"must be at most {MAX_TRACE_SECONDS:g} seconds (about 31 years; "
+                         f"the simulator's clock loses a step's resolution far beyond), got "
+                         f"{value!r}", field=name, value=value)
 
 
 def _finite(value: int | float) -> bool:

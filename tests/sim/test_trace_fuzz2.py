@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsaga.sim.trace import Session, SharedPrefix, Step, TraceError, load_trace
+from kvsaga.sim.trace import (
+    MAX_TRACE_SECONDS,
+    Session,
+    SharedPrefix,
+    Step,
+    TraceError,
+    load_trace,
+)
 
 
 def _good() -> dict:
@@ -73,6 +80,26 @@ def test_too_many_digits_and_too_deep_name_their_line(tmp_path):
     path = _write(tmp_path, (_other() + "\n" + "[" * 100_000 + "]" * 100_000 + "\n").encode())
     with pytest.raises(TraceError, match="line 2: not a trace entry: JSON nested too deeply"):
         load_trace(path)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(arrival_s=1e15), "arrival_s"),
+    (lambda d: d["steps"][0].update(tool_s=1e15), "steps[0].tool_s"),
+])
+def test_times_past_the_bound_are_refused_by_line_and_field(tmp_path, mutate, field):
+    # At 1e15 s the simulator's float clock has a 0.125 s resolution: a decode run raised
+    # IndexError on such a trace instead of an error naming it.
+    d = _good()
+    mutate(d)
+    path = _write(tmp_path, (_other() + "\n" + json.dumps(d) + "\n").encode())
+    with pytest.raises(TraceError, match=r"line 2: field .*: must be at most 1e\+09 seconds"
+                       ) as info:
+        load_trace(path)
+    assert info.value.field == field
+    d = _good()
+    d["arrival_s"] = MAX_TRACE_SECONDS  # the bound itself is a time
+    path = _write(tmp_path, (json.dumps(d) + "\n").encode())
+    assert load_trace(path)[0].arrival_s == MAX_TRACE_SECONDS
 
 
 _VALUE = st.recursive(
