@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCH = HERE.parents[1] / "bench"
 NULLS = ("jitter1", "jitter2", "jitter3", "jitter4", "slow", "fast", "slow2", "fast2",
          "slow3", "fast3", "swap")
 

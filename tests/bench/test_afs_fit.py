@@ -4,23 +4,12 @@ fit point, off when none qualifies or none lowers the ratio."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from tests.bench_scripts import bench_modules
 
-import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 OFF = (0, 0)
 
 
-@pytest.fixture(scope="module")
-def mix():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_mix
-        yield scheduling_mix
-    finally:
-        sys.path.remove(str(BENCH))
+mix = bench_modules("scheduling_mix")
 
 
 def point(**arms):

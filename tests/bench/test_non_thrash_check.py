@@ -4,22 +4,12 @@ simulation, and the line reports the figures `non_thrash_worse` returns."""
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def fit():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_fit
-        yield scheduling_fit
-    finally:
-        sys.path.remove(str(BENCH))
+fit = bench_modules("scheduling_fit")
 
 
 @pytest.mark.parametrize("text,match", [

@@ -4,23 +4,11 @@ restored, and a bad case is refused by name."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling
-        import scheduling_afs_split
-        yield scheduling, scheduling_afs_split
-    finally:
-        sys.path.remove(str(BENCH))
+mods = bench_modules("scheduling", "scheduling_afs_split")
 
 
 def test_split_adds_up_and_the_row_is_unchanged(mods):

@@ -4,23 +4,11 @@ their docstrings say."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules, import_bench
 
-
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling
-        import scheduling_fit
-        yield scheduling, scheduling_fit
-    finally:
-        sys.path.remove(str(BENCH))
+mods = bench_modules("scheduling", "scheduling_fit")
 
 
 def test_a_row_splits_its_admission_wait_by_cause(mods):
@@ -69,11 +57,7 @@ def test_noisy_mix_and_its_goal_line(mods):
     """The noisy-neighbour mix is what bench/scheduling_mix.py declares (one family, tenant
     a at 4x b's rate), and its goal line is met only where the default's ratio is <= 1.5
     and below fcfs+lru's at every seed."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_mix as mix
-    finally:
-        sys.path.remove(str(BENCH))
+    mix = import_bench("scheduling_mix")
     sched, _ = mods
     sessions = mix.mix_trace("noisy", 101)
     assert [sum(s.tenant == t for s in sessions) for t in "ab"] == [32, 8]
@@ -102,11 +86,7 @@ def test_noisy_mix_and_its_goal_line(mods):
 def test_slowdown_floors(mods):
     """A tenant's floor is its unloaded TCT over its TCT alone; the best reachable ratio is
     the highest floor over the smallest slowdown (which cannot rise)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_mix as mix
-    finally:
-        sys.path.remove(str(BENCH))
+    mix = import_bench("scheduling_mix")
     r = {"tenants": {"a": {"slowdown": 0.4, "tct_alone_s": 50.0},
                      "b": {"slowdown": 1.6, "tct_alone_s": 10.0}}}
     floors, best = mix.slowdown_floors(r, {"a": 5.0, "b": 6.0})
@@ -118,11 +98,7 @@ def test_mix_rows_carry_each_tenant_alone_on_the_whole_gpu(mods):
     """A mix row carries each tenant's TCT alone on the whole GPU (no scheduler finishes a
     tenant's tasks sooner than unloaded), and the goal line's verdict reads both floors:
     1.5 out of reach by the unloaded floors (strict), by the whole-GPU ones, or neither."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_mix as mix
-    finally:
-        sys.path.remove(str(BENCH))
+    mix = import_bench("scheduling_mix")
     sched, _ = mods
     row = sched._run(("mix", 101, mix.MIX_LOAD, 0.5, "workflow", "graph", None))
     unloaded = mix.tenant_unloaded("mix", 101)
@@ -182,11 +158,7 @@ def test_recompute_diagnosis_accounts_for_every_recomputed_token(mods):
     that recomputes adds up to the row's recomputed tokens, and the row equals an
     unobserved run's. At swe 1x 25% the capacity is its floor (the longest session + 1)."""
     sched, _ = mods
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_recompute
-    finally:
-        sys.path.remove(str(BENCH))
+    scheduling_recompute = import_bench("scheduling_recompute")
     d = scheduling_recompute.measure("swe", 1.0, 0.25, 101, "graph")
     split = {k: v for k, v in d["counts"].items() if k.startswith("recomputed")}
     assert sum(split.values()) == d["row"]["recomputed_tokens"] > 0
@@ -323,11 +295,7 @@ def test_report_defaults_set_the_workflow_defaults_or_change_nothing():
     """`scheduling_mix.py --report --defaults` (the fit's veto): a candidate becomes the
     `workflow` defaults of the process; an unknown name or a refused value is named and
     changes nothing."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_mix as mix
-    finally:
-        sys.path.remove(str(BENCH))
+    mix = import_bench("scheduling_mix")
     from kvsaga.scheduler import WorkflowScheduler
 
     defaults = WorkflowScheduler.__init__.__kwdefaults__

@@ -3,29 +3,17 @@ parts binds, and against the simulator (no scheduler, policy or admission order 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.trace import Session, SharedPrefix, Step
+from tests.bench_scripts import bench_modules
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 COST = SimConfig().cost
 
 
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling
-        import scheduling_bound
-        import scheduling_oracle
-        yield scheduling, scheduling_bound, scheduling_oracle
-    finally:
-        sys.path.remove(str(BENCH))
+mods = bench_modules("scheduling", "scheduling_bound", "scheduling_oracle")
 
 
 def one_step(sid: str, prompt: int, out: int, arrival: float = 0.0) -> Session:

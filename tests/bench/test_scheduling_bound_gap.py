@@ -4,23 +4,11 @@ recomputed token and every demotion is accounted for, and every flag has help.""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling
-        import scheduling_bound_gap
-        yield scheduling, scheduling_bound_gap
-    finally:
-        sys.path.remove(str(BENCH))
+mods = bench_modules("scheduling", "scheduling_bound_gap")
 
 
 @pytest.mark.parametrize("scheduler,policy", [("workflow", "graph"), ("fcfs", "lru")])

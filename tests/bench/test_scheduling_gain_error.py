@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules, import_bench
 
-
-@pytest.fixture(scope="module")
-def mod():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_gain_error
-        yield scheduling_gain_error
-    finally:
-        sys.path.remove(str(BENCH))
+mod = bench_modules("scheduling_gain_error")
 
 
 def test_the_probe_changes_nothing_and_accounts_for_every_pricing(mod):
@@ -65,11 +56,7 @@ def test_the_scheduler_learns_what_the_probe_measures(mod):
 
 
 def test_summary_reads_the_ratios():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_gain_error as m
-    finally:
-        sys.path.remove(str(BENCH))
+    m = import_bench("scheduling_gain_error")
     kept = [{"ratio": r, "first": f} for r, f in ((0.5, True), (2.0, False), (4.0, True))]
     assert m.summary(kept) == "3 | 2 | 2.00 | 0.50 | 4.00 | 67% | 2.25"
     assert m.summary([]) == "0 | 0 | - | - | - | - | -"

@@ -4,22 +4,12 @@ trace that unbounded KV makes the schedulers coincide with no admission wait."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def ceiling():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_kv_ceiling
-        yield scheduling_kv_ceiling
-    finally:
-        sys.path.remove(str(BENCH))
+ceiling = bench_modules("scheduling_kv_ceiling")
 
 
 def test_seed_row_figures(ceiling):

@@ -4,23 +4,11 @@ tiers; every recomputed token to a session) and its rows equal an unobserved run
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling
-        import scheduling_overflow
-        yield scheduling, scheduling_overflow
-    finally:
-        sys.path.remove(str(BENCH))
+mods = bench_modules("scheduling", "scheduling_overflow")
 
 
 def test_demotions_are_all_attributed_and_the_row_is_unchanged(mods):

@@ -5,21 +5,12 @@ spy is removed after."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def mod():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_queue_leave
-        yield scheduling_queue_leave
-    finally:
-        sys.path.remove(str(BENCH))
+mod = bench_modules("scheduling_queue_leave")
 
 
 def test_the_probe_changes_nothing_and_counts_consistently(mod):

@@ -5,22 +5,11 @@ arguments are refused."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
-
-@pytest.fixture(scope="module")
-def mod():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_swap_alone
-        yield scheduling_swap_alone
-    finally:
-        sys.path.remove(str(BENCH))
+mod = bench_modules("scheduling_swap_alone")
 
 
 def test_the_probe_gives_the_vetos_alone_tct_and_consistent_records(mod):

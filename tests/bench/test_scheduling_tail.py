@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import import_bench
 
 
 def test_the_tail_lists_the_slowest_sessions_under_workflow():
     """bench/scheduling_tail.py on 16 bfcl sessions: the sessions listed are workflow's
     slowest, in order, each beside its own fcfs+lru TCT."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_tail
-        from scheduling import trace
-        from scheduling_bound_gap import observe
-    finally:
-        sys.path.remove(str(BENCH))
-    import scheduling_bound_gap
-    sessions = trace("bfcl", 101, 2.0, 16)
+    scheduling_tail, scheduling, scheduling_bound_gap = import_bench(
+        "scheduling_tail", "scheduling", "scheduling_bound_gap")
+    observe = scheduling_bound_gap.observe
+    sessions = scheduling.trace("bfcl", 101, 2.0, 16)
     orig = scheduling_bound_gap.trace
     scheduling_bound_gap.trace = lambda f, sd, ld: sessions  # observe reads the bench's trace
     try:

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import bench_modules
 
 BASE = """- mix seed 102 50% workflow+graph: a: 1 / 2 / 0.5 / 0.0; afs_max_slowdown_ratio 1.76
 - mix seed 102 50% workflow+graph (share_step_tokens 0): a: 1; afs_max_slowdown_ratio 9.00
@@ -17,14 +14,7 @@ BASE = """- mix seed 102 50% workflow+graph: a: 1 / 2 / 0.5 / 0.0; afs_max_slowd
 """
 
 
-@pytest.fixture(scope="module")
-def veto():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scheduling_veto_split
-        yield scheduling_veto_split
-    finally:
-        sys.path.remove(str(BENCH))
+veto = bench_modules("scheduling_veto_split")
 
 
 def test_reports_reads_the_default_rows_and_counts_rises(veto):
