@@ -1,6 +1,7 @@
 """Shared checks of the readmit_charge value tests (test_readmit_binding.py,
-test_readmit_binding_short.py, test_readmit_charge_cost.py): a value is named, refused
-values are named in the error, and `kvsaga-serve --scheduler-params` takes it."""
+test_readmit_binding_short.py, test_readmit_charge_cost.py, the test_room_*.py files): a
+value is named, refused values are named in the error, and `kvsaga-serve
+--scheduler-params` takes it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def assert_serve_takes(value: str, bad: str) -> None:
     with pytest.raises(ValueError, match=re.escape(
             f"readmit_charge must be one of {VALUES}, got '{bad}'")):
         ServerSettings(scheduler_params={"readmit_charge": bad})
+
+
+def assert_value_named(value: str, bad: str, serve_bad: str | None = None) -> None:
+    """The workflow scheduler takes `readmit_charge=value`, refuses `bad` naming every value
+    (`assert_refused_and_off_by_default`) and, with `serve_bad`, `kvsaga-serve` takes `value`
+    and refuses `serve_bad` (`assert_serve_takes`)."""
+    assert wf(manager(16), readmit_charge=value).readmit_charge == value
+    assert_refused_and_off_by_default(bad)
+    if serve_bad is not None:
+        assert_serve_takes(value, serve_bad)

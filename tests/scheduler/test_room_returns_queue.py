@@ -22,8 +22,8 @@ from kvsaga.scheduler.room_swap import (
 )
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.helpers import toks
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_swap import _queued
 
@@ -197,9 +197,7 @@ def test_the_real_forecast_restarts_and_skips_the_victims():
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=Q).readmit_charge == Q
-    assert_refused_and_off_by_default("room_return_queue")
-    assert_serve_takes(Q, "queue")
+    assert_value_named(Q, "room_return_queue", "queue")
 
 
 @pytest.mark.parametrize("seen_scale,admitted", [(None, False), (0.9, False), (1.1, True),
@@ -220,9 +218,7 @@ def test_seen_bounds_the_gain_by_the_waits_seen(seen_scale, admitted):
 
 
 def test_value_seen_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=SEEN).readmit_charge == SEEN
-    assert_refused_and_off_by_default("room_returns_queue_sen")
-    assert_serve_takes(SEEN, "queue_seen")
+    assert_value_named(SEEN, "room_returns_queue_sen", "queue_seen")
 
 
 globals().update(machines("room_returns_queue", {**DEMOTING, "readmit_charge": Q}))

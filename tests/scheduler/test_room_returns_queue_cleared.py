@@ -20,8 +20,7 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_SWAP,
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue_shrink import pinned_state as _state
 
 CL = READMIT_ROOM_RETURNS_QUEUE_CLEARED
@@ -95,9 +94,7 @@ def test_a_cleared_swap_is_made_by_both():
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=CL).readmit_charge == CL
-    assert_refused_and_off_by_default("room_returns_queue_clear")
-    assert_serve_takes(CL, "cleared")
+    assert_value_named(CL, "room_returns_queue_clear", "cleared")
 
 
 globals().update(machines("room_returns_queue_cleared", {**DEMOTING, "readmit_charge": CL}))

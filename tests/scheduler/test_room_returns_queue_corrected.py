@@ -20,7 +20,7 @@ from kvsaga.scheduler.room_swap import (
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue import _leaves, _swap, o_swap_price
 from tests.scheduler.test_room_swap import _queued
 
@@ -116,9 +116,7 @@ def test_the_corrected_gain_decides(error, q_swaps, c_swaps):
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=C).readmit_charge == C
-    assert_refused_and_off_by_default("room_returns_queue_correct")
-    assert_serve_takes(C, "corrected")
+    assert_value_named(C, "room_returns_queue_correct", "corrected")
 
 
 globals().update(machines("room_returns_queue_corrected", {**DEMOTING, "readmit_charge": C}))

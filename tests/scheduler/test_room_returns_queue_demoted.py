@@ -16,8 +16,7 @@ from kvsaga.scheduler.room_forecast import (
 )
 from kvsaga.scheduler.room_swap import READMIT_ROOM_RETURNS_QUEUES, READMIT_ROOM_SWAP
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue import _swap
 from tests.scheduler.test_room_swap import _queued
 
@@ -88,9 +87,7 @@ def test_the_swap_decision(charge, made):
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=DM).readmit_charge == DM
-    assert_refused_and_off_by_default("room_returns_queue_demote")
-    assert_serve_takes(DM, "demoted")
+    assert_value_named(DM, "room_returns_queue_demote", "demoted")
 
 
 globals().update(machines("room_returns_queue_demoted", {**DEMOTING, "readmit_charge": DM}))

@@ -21,8 +21,7 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_SWAP,
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue import (
     _new_session,
     _swap,
@@ -154,9 +153,7 @@ def test_refused_while_the_forecast_is_unknown():
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=L).readmit_charge == L
-    assert_refused_and_off_by_default("room_returns_queue_leaves")
-    assert_serve_takes(L, "queue_leave")
+    assert_value_named(L, "room_returns_queue_leaves", "queue_leave")
 
 
 globals().update(machines("room_returns_queue_leave", {**DEMOTING, "readmit_charge": L}))

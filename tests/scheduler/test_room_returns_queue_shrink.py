@@ -18,8 +18,7 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_SWAP,
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue import _swap
 from tests.scheduler.test_room_swap import _queued
 
@@ -99,9 +98,7 @@ def test_the_victims_at_the_shrink_are_priced(charge, made):
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=SH).readmit_charge == SH
-    assert_refused_and_off_by_default("room_returns_queue_shrinks")
-    assert_serve_takes(SH, "shrink")
+    assert_value_named(SH, "room_returns_queue_shrinks", "shrink")
 
 
 globals().update(machines("room_returns_queue_shrink", {**DEMOTING, "readmit_charge": SH}))

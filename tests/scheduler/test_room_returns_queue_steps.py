@@ -19,7 +19,7 @@ from kvsaga.scheduler.room_swap import READMIT_ROOM_RETURNS_QUEUES, READMIT_ROOM
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.helpers import BS, manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_returns_queue import _swap
 from tests.scheduler.test_room_swap import _queued
 
@@ -133,9 +133,7 @@ def test_the_step_release_gain_decides(gain, made):
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge=S).readmit_charge == S
-    assert_refused_and_off_by_default("room_returns_queue_step")
-    assert_serve_takes(S, "steps")
+    assert_value_named(S, "room_returns_queue_step", "steps")
 
 
 globals().update(machines("room_returns_queue_steps", {**DEMOTING, "readmit_charge": S}))
