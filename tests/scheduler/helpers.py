@@ -1,5 +1,6 @@
 """Set-ups the scheduler tests share: a small manager, token runs, a workflow scheduler with
-test-friendly defaults, two sessions admitted and paused, and two waiting behind a full pool."""
+test-friendly defaults, a session's next step, two sessions admitted and paused, two waiting
+behind a full pool, and a demoted session whose room another took."""
 
 from __future__ import annotations
 
@@ -41,6 +42,89 @@ def wf(m, **kw):
     return make_scheduler("workflow", m, **kw)
 
 
+def next_step(prev: ToyRequest, extra: list[int], arrival: float) -> ToyRequest:
+    """The next step of `prev`'s session, queued at `arrival`: its context (`prev`'s prompt
+    and output) then `extra`, one output token, more steps to come; `prev`'s workflow,
+    tenant and salt."""
+    return ToyRequest(prev.session_id, prev.prompt + prev.out + extra, max_new=1, last=False,
+                      resumed=True, arrival=arrival, workflow=prev.workflow,
+                      tenant=prev.tenant, salt=prev.salt)
+
+
+def big_demoted(charge, tenant=None, o_tenant=None, **kw):
+    """keep (60 tokens) and big (40 tokens), both of `tenant`, admitted on a 32-block pool
+    under `readmit_charge=charge` (`kw`: the scheduler's other parameters), run a step and
+    paused; big is demoted and a new session o (40 tokens, of `o_tenant`) takes its room
+    and pauses. All of workflow "w". Returns (manager, scheduler, executor, big's next step:
+    45 tokens, not queued yet)."""
+    m = manager(32)
+    s = wf(m, readmit_charge=charge, **kw)
+    ex = ToyExecutor(m)
+    keep = ToyRequest("keep", toks(300, 60), max_new=1, last=False, workflow="w", tenant=tenant)
+    big = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w", tenant=tenant)
+    for r in (keep, big):
+        s.add(r, 0.0)
+    for t in (0.0, 0.1, 0.2):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"keep", "big"} and not s.running
+    s._demote_session("big", 1.0)
+    s.add(ToyRequest("o", toks(700, 40), max_new=1, last=False, workflow="w",
+                     tenant=o_tenant), 1.0)
+    for t in (1.0, 1.1, 1.2):
+        ex.run(s, s.schedule(t, ex), t)
+    assert set(s.sessions) == {"keep", "o"} and not s.running
+    return m, s, ex, next_step(big, toks(500, 4), 2.0)
+
+
+
+def assert_charged_uncached(s, step) -> None:
+    """`s` charges `step` (big's next step of `big_demoted`, queued) what "uncached" charges
+    it on `big_demoted`'s state queued at 2.0: the same figures, no whole-context charge."""
+    _, base, _, ref = big_demoted("uncached")
+    base.add(ref, 2.0)
+    want = base._readmit_tokens(ref, base.lookup(ref))
+    assert want[1] is None and s._readmit_tokens(step, s.lookup(step)) == want
+
+
+def growing_charges(steps: int, **kw) -> list[tuple[int | None, int, int | None]]:
+    """One session whose prompts grow by 16 tokens a step (a tool's observation and the
+    step's 1-token reply) under a workflow scheduler on a 256-block pool (`kw`: its
+    parameters): per step, the working set charged while its step is queued (None for the
+    first), admitted, and paused after it (None after the last)."""
+    m = manager(256)
+    s = wf(m, **kw)
+    ex = ToyExecutor(m)
+    out = []
+    for k in range(steps):
+        t = float(k)
+        req = ToyRequest("a", toks(0, 20 + 16 * k), max_new=1, last=k == steps - 1,
+                         arrival=t, resumed=k > 0)
+        s.add(req, t)
+        queued = s.sessions["a"].blocks if k else None
+        sched_out = s.schedule(t, ex)
+        admitted = s.sessions["a"].blocks
+        ex.run(s, sched_out, t)
+        paused = s.sessions["a"].blocks if "a" in s.sessions else None
+        out.append((queued, admitted, paused))
+    return out
+
+
+def assert_fast_path_as_reference(policy: str, **params) -> None:
+    """The simulator's decode runs (its fast path) on tests/sim/test_decode_runs.py's tiny
+    trace (380 GPU blocks, the workflow scheduler with `params` under `policy`) give the
+    reference path's row and number of session admissions."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from tests.sim.test_decode_runs import same, tiny_trace
+
+    config = SimConfig(num_gpu_blocks=380, scheduler="workflow", policy=policy,
+                       scheduler_params=params)
+    rows = []
+    for reference in (True, False):
+        sim = Simulator(tiny_trace(), config, reference=reference)
+        rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
+    assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
+
+
 def two_paused(prompt_len=20, **kw):
     """A workflow scheduler on a 64-token manager that admitted sessions a and b (prompts of
     `prompt_len` tokens) at t=0 and saw both pause on a tool.
@@ -57,17 +141,26 @@ def two_paused(prompt_len=20, **kw):
     return m, s, ex, a
 
 
-def queued_big_small(**kw):
+def queued_big_small(readmitted_at: float | None = None, began_at: float | None = None, **kw):
     """A workflow scheduler whose pool holds one admitted session (a, 44 tokens), with two new
-    sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1)."""
+    sessions waiting: `big` (24 tokens, queued at 0) and `small` (8 tokens, at 0.1).
+    `readmitted_at`: big's step is instead a demoted session's (resumed), queued then;
+    `began_at` (with it): big's session's first step queued then and left the queue (as if
+    admitted, then demoted)."""
     m = manager(16)
     s = wf(m, backfill_window=0, **kw)
     ex = ToyExecutor(m)
     s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
-    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
+    if began_at is not None:
+        first = ToyRequest("big", toks(100, 24), max_new=1, arrival=began_at)
+        s.add(first, began_at)
+        assert s._dequeue(first)
+    at = 0.0 if readmitted_at is None else readmitted_at
+    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=at,
+                     resumed=readmitted_at is not None)
     small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
-    s.add(big, 0.0)
+    s.add(big, at)
     s.add(small, 0.1)
     assert not s.schedule(0.1, ex).admitted  # a's working set leaves no room for either
     return s, big, small

@@ -13,20 +13,21 @@ from kvsaga.errors import OutOfBlocks
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
+from tests.scheduler.helpers import big_demoted, manager, next_step, toks, wf
 from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
 
 
-def _decoding_and_waiting(cap: int):
+def _decoding_and_waiting(cap: int, when: str = "always", tenants=(None, None)):
     """Session a (8 tokens, 6 outputs) admitted and prefilled, so it decodes next; then
-    session b (40 tokens) queues. Returns (scheduler, executor, a, b)."""
+    session b (40 tokens) queues at 0.1. The prefill cap `cap` gated by `when`; a and b of
+    `tenants`. Returns (scheduler, executor, a, b)."""
     m = manager(64)
-    s = wf(m, decode_prefill_tokens=cap, decode_prefill_when="always")
+    s = wf(m, decode_prefill_tokens=cap, decode_prefill_when=when)
     ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 8), max_new=6)
+    a = ToyRequest("a", toks(0, 8), max_new=6, tenant=tenants[0])
     s.add(a, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
-    b = ToyRequest("b", toks(100, 40), max_new=1)
+    b = ToyRequest("b", toks(100, 40), max_new=1, tenant=tenants[1])
     s.add(b, 0.1)
     return s, ex, a, b
 
@@ -101,13 +102,8 @@ def test_the_demoted_gates_cap_only_while_demoted_steps_wait(when, demoted, capp
     (later steps of sessions no longer admitted, 12 tokens each) waiting to be admitted
     again. "demoted" caps the step's prompt tokens (8) while one or more wait,
     "demoted_queue" while two or more do; else the prefills go whole, as without the cap."""
-    m = manager(64)
-    s = wf(m, decode_prefill_tokens=8, decode_prefill_when=when)
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 8), max_new=6)
-    s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    s.add(ToyRequest("b", toks(100, 40), max_new=1), 0.1)
+    s, ex, a, _ = _decoding_and_waiting(8, when)
+    m = s.manager
     for k in range(demoted):
         s.add(ToyRequest(f"d{k}", toks(300 + 50 * k, 12), max_new=1, resumed=True,
                          arrival=0.1), 0.1)
@@ -119,17 +115,24 @@ def test_the_demoted_gates_cap_only_while_demoted_steps_wait(when, demoted, capp
     m.check_integrity()
 
 
-def _recomputing():
-    """r ran a 40-token step and paused; f's prefill evicted part of r's blocks; a (8
-    tokens, 12 outputs) is admitted and decodes next. Returns (manager, scheduler, executor,
-    r's next step r2: its context, then 30 new tokens; not queued yet), with the executor's
-    `begin` noting in `cached` the tokens r2's step found cached at each (re)admission."""
+def _r_paused():
+    """r (40 tokens) admitted under the "recompute" gate (a cap of 8, overcommit 8) on a
+    32-block pool, run a step and paused. Returns (manager, scheduler, executor, r)."""
     m = manager(32)
     s = wf(m, decode_prefill_tokens=8, decode_prefill_when="recompute", overcommit=8.0)
     ex = ToyExecutor(m)
     r = ToyRequest("r", toks(0, 40), max_new=1, last=False)
     s.add(r, 0.0)
     ex.run(s, s.schedule(0.0, ex), 0.0)
+    return m, s, ex, r
+
+
+def _recomputing():
+    """r ran a 40-token step and paused; f's prefill evicted part of r's blocks; a (8
+    tokens, 12 outputs) is admitted and decodes next. Returns (manager, scheduler, executor,
+    r's next step r2: its context, then 30 new tokens; not queued yet), with the executor's
+    `begin` noting in `cached` the tokens r2's step found cached at each (re)admission."""
+    m, s, ex, r = _r_paused()
     f = ToyRequest("f", toks(500, 100), max_new=1)
     s.add(f, 0.1)
     for t in (0.1, 0.2):
@@ -138,8 +141,7 @@ def _recomputing():
     a = ToyRequest("a", toks(900, 8), max_new=12)
     s.add(a, 1.0)
     ex.run(s, s.schedule(1.0, ex), 1.0)
-    r2 = ToyRequest("r", r.prompt + r.out + toks(700, 30), max_new=1, last=False, resumed=True,
-                    arrival=1.1)
+    r2 = next_step(r, toks(700, 30), 1.1)
     begin, ex.cached = ex.begin, []
 
     def on_begin(req, now):
@@ -221,30 +223,6 @@ def test_a_recomputing_step_preempted_is_capped_again_on_its_retry():
     m.check_integrity()
 
 
-def _big_demoted(charge):
-    """keep (60 tokens) and big (40 tokens) admitted on a 32-block pool, run a step and
-    paused; big is demoted and a new session (40 tokens) takes its room and pauses.
-    Returns (manager, scheduler, executor, big's next step: 45 tokens, not queued yet)."""
-    m = manager(32)
-    s = wf(m, readmit_charge=charge)
-    ex = ToyExecutor(m)
-    keep = ToyRequest("keep", toks(300, 60), max_new=1, last=False, workflow="w")
-    big = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w")
-    for r in (keep, big):
-        s.add(r, 0.0)
-    for t in (0.0, 0.1, 0.2):
-        ex.run(s, s.schedule(t, ex), t)
-    assert set(s.sessions) == {"keep", "big"} and not s.running
-    s._demote_session("big", 1.0)
-    s.add(ToyRequest("o", toks(700, 40), max_new=1, last=False, workflow="w"), 1.0)
-    for t in (1.0, 1.1, 1.2):
-        ex.run(s, s.schedule(t, ex), t)
-    assert set(s.sessions) == {"keep", "o"} and not s.running
-    big2 = ToyRequest("big", big.prompt + big.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w")
-    return m, s, ex, big2
-
-
 def _queue_demoted(s, k, t):
     """Queue demoted session d{k}'s step (4 tokens; its session not admitted here)."""
     s.add(ToyRequest(f"d{k}", toks(900 + 10 * k, 4), max_new=1, resumed=True, arrival=t), t)
@@ -254,12 +232,12 @@ def _queue_demoted(s, k, t):
     ("room", 0, True), ("uncached", 0, False), ("uncached", 1, False),
     ("room_queue", 0, False), ("room_queue", 1, True)])
 def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, queued, admitted):
-    """big's next step arrives (`_big_demoted`), with `queued` other demoted sessions' steps
+    """big's next step arrives (`big_demoted`), with `queued` other demoted sessions' steps
     queued behind it. Its uncached part and growth do not fit the gate beside the two
     admitted working sets, but its whole prompt fits the pool with nothing running: "room"
     admits it, "uncached" keeps it waiting, "room_queue" admits it only while another
     demoted step waits too (two or more in all)."""
-    m, s, ex, big2 = _big_demoted(charge)
+    m, s, ex, big2 = big_demoted(charge)
     s.add(big2, 2.0)
     for k in range(queued):
         _queue_demoted(s, k, 2.0 + 0.01 * (k + 1))
@@ -274,7 +252,7 @@ def test_room_admits_a_demoted_step_the_working_sets_refuse(charge, queued, admi
 def test_demoted_waiting_refuses_a_count_below_one():
     """`_demoted_waiting` counts demoted steps against `need`; fewer than one (or not an
     int) is refused by name, and the queues are left as they were."""
-    m, s, _, big2 = _big_demoted("room_queue")
+    m, s, _, big2 = big_demoted("room_queue")
     s.add(big2, 2.0)
     assert s._demoted_waiting(1) and not s._demoted_waiting(2)
     for bad in (0, -1, 1.5, True):
@@ -289,8 +267,8 @@ def test_room_queue_tells_the_rooms_it_admits_on():
     demoted step's deficit is the pool's alone while two or more such steps wait, else the
     larger of the gate's and the pool's; a paused demoted session's counts its own step as
     queued."""
-    _, room, _, _ = _big_demoted("room")
-    m, s, _, big2 = _big_demoted("room_queue")
+    _, room, _, _ = big_demoted("room")
+    m, s, _, big2 = big_demoted("room_queue")
     pool = room.paused_room_deficit("big", 0)
     gate = s.paused_room_deficit("big", 0)
     assert gate > pool  # nothing queued: its step alone would wait, the gate's charge
@@ -300,7 +278,7 @@ def test_room_queue_tells_the_rooms_it_admits_on():
     pool = room.room_deficit(big2, 0)
     alone = ToyRequest("big", big2.prompt, max_new=1, last=False, resumed=True, arrival=2.0,
                        workflow="w")
-    _, s1, _, _ = _big_demoted("room_queue")
+    _, s1, _, _ = big_demoted("room_queue")
     s1.add(alone, 2.0)
     assert s1.room_deficit(alone, 0) > pool  # alone in the queue: the gate's charge counts
     s.add(big2, 2.0)
@@ -344,15 +322,8 @@ def test_a_capped_prefill_bills_its_tenant_only_the_tokens_it_computes():
     as its tenant's service: with the cap on, tenant y's prefill (40 tokens beside tenant
     x's decode) is served exactly the tokens it computed, 8 a step, not the share it was
     allowed before the cap cut it."""
-    m = manager(64)
-    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="always")
+    s, ex, a, b = _decoding_and_waiting(8, tenants=("x", "y"))
     assert s.share_step_tokens  # the default: 2+ tenants compete for compute
-    ex = ToyExecutor(m)
-    a = ToyRequest("a", toks(0, 8), max_new=6, tenant="x")
-    s.add(a, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    b = ToyRequest("b", toks(100, 40), max_new=1, tenant="y")
-    s.add(b, 0.1)
     computed = {"x": 0, "y": 0}
     for k in range(1, 6):
         out = s.schedule(0.1 * k, ex)
@@ -372,14 +343,8 @@ def test_a_refusal_with_nothing_to_recompute_lapses_once_its_hits_are_evicted():
     allocations of another session then evict r's cached blocks: the step would recompute
     now, its first chunk capped and needing fewer blocks, so the refusal no longer stands
     (`_refusal_kept`), whatever the classes after it say."""
-    m = manager(32)
-    s = wf(m, decode_prefill_tokens=8, decode_prefill_when="recompute", overcommit=8.0)
-    ex = ToyExecutor(m)
-    r = ToyRequest("r", toks(0, 40), max_new=1, last=False)
-    s.add(r, 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    r2 = ToyRequest("r", r.prompt + r.out + toks(700, 30), max_new=1, last=False, resumed=True,
-                    arrival=1.0)
+    m, s, ex, r = _r_paused()
+    r2 = next_step(r, toks(700, 30), 1.0)
     found = m.lookup("r", r2.token_ids)
     s._chunk_limit(r2, 64)  # asked as an admission attempt asks
     assert s._asked_recompute[id(r2)] == (r2, 0) and s._to_recompute(r2, found) == 0

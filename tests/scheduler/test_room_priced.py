@@ -17,10 +17,9 @@ from kvsaga.policy.cost import PrefillCost
 from kvsaga.scheduler.room_swap import PRICED_MARGIN, READMIT_ROOM_PRICED, READMIT_ROOM_SWAP
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_decode_stall import _big_demoted
-from tests.scheduler.test_room_swap import _queued
+from tests.scheduler.helpers import assert_charged_uncached, toks
+from tests.scheduler.readmit_common import assert_value_named
+from tests.scheduler.test_room_swap import _queued, assert_no_swap_with_both_back
 
 
 def _price(s, victims):
@@ -141,14 +140,7 @@ def test_observed_waits_are_the_demoted_steps_waits_to_be_admitted_again():
 def test_no_swap_where_the_shrink_cannot_bring_the_load_within():
     """keep's and o's next steps queued (both active): nothing the shrink may demote, so no
     swap however long the observed waits."""
-    m, s, ex, big2 = _queued(READMIT_ROOM_PRICED, 10.0)
-    s._readmit_waits.observe(None, 1e9)
-    for sid, base in (("keep", 300), ("o", 700)):
-        prev = m.sessions[sid]
-        s.add(ToyRequest(sid, list(prev.token_ids) + toks(base + 50, 2), max_new=1,
-                         last=False, resumed=True, arrival=2.0, workflow="w"), 2.0)
-    assert s._swap_victims(big2, s.lookup(big2), 2.0) is None
-    assert not s._readmits_swap(big2, s.lookup(big2), 2.0)
+    assert_no_swap_with_both_back(READMIT_ROOM_PRICED, 10.0, wait_s=1e9)
 
 
 def test_no_timer_and_the_uncached_fallback():
@@ -157,16 +149,11 @@ def test_no_timer_and_the_uncached_fallback():
     _, s, ex, big2 = _queued(READMIT_ROOM_PRICED, 10.0)
     assert big2 not in s.schedule(2.0, ex).admitted
     assert s._overdue_next(2.0) == math.inf
-    _, base, _, ref = _big_demoted("uncached")
-    base.add(ref, 2.0)
-    want = base._readmit_tokens(ref, base.lookup(ref))
-    assert want[1] is None and s._readmit_tokens(big2, s.lookup(big2)) == want
+    assert_charged_uncached(s, big2)
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge="room_priced").readmit_charge == "room_priced"
-    assert_refused_and_off_by_default("room_price")
-    assert_serve_takes("room_priced", "priced")
+    assert_value_named("room_priced", "room_price", "priced")
 
 
 globals().update(machines("room_priced", {**DEMOTING, "readmit_charge": "room_priced"}))

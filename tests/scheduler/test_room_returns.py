@@ -20,9 +20,8 @@ from kvsaga.scheduler.room_swap import (
 )
 from kvsaga.scheduler.working_set import working_set_blocks
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_decode_stall import _big_demoted
+from tests.scheduler.helpers import assert_charged_uncached
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_swap import _queued
 
@@ -37,6 +36,16 @@ def _clears_in(s, wait_s):
         return wait_s
     s._leave_wait_s = leave_wait_s
     return asked
+
+
+def assert_clearing_never_earlier(s, dt: float, n: int) -> None:
+    """For a few overshoots, the shortage's predicted clearing at `n` instants `dt` apart
+    from 2.0 never moves earlier nor before 2.0, and no refusal bound is set (no timer)."""
+    for over in (1.0, 8.0, 20.0, 10 ** 6):
+        times = [s._shortage_clears_at(over, 2.0 + dt * k) for k in range(n)]
+        assert all(a <= b for a, b in zip(times, times[1:], strict=False))
+        assert all(t >= 2.0 for t in times)
+    assert s._overdue_next(2.0) == math.inf
 
 
 def test_returns_is_a_swap_value_named_after_round_30s_and_keeps_the_margin():
@@ -136,27 +145,18 @@ def test_the_shortage_never_clears_earlier_as_time_passes_so_no_timer():
     _, s, ex, big2 = _queued(READMIT_ROOM_RETURNS, 10.0)
     s._cycles.observe("w", 0.7)
     assert big2 not in s.schedule(2.0, ex).admitted  # no wait learned yet
-    for over in (1.0, 8.0, 20.0, 10 ** 6):
-        times = [s._shortage_clears_at(over, 2.0 + 0.37 * k) for k in range(40)]
-        assert all(a <= b for a, b in zip(times, times[1:], strict=False))
-        assert all(t >= 2.0 for t in times)
-    assert s._overdue_next(2.0) == math.inf
+    assert_clearing_never_earlier(s, 0.37, 40)
 
 
 def test_the_uncached_fallback():
     """Where it does not swap it charges "uncached"."""
     _, s, ex, big2 = _queued(READMIT_ROOM_RETURNS, 10.0)
     assert big2 not in s.schedule(2.0, ex).admitted
-    _, base, _, ref = _big_demoted("uncached")
-    base.add(ref, 2.0)
-    want = base._readmit_tokens(ref, base.lookup(ref))
-    assert want[1] is None and s._readmit_tokens(big2, s.lookup(big2)) == want
+    assert_charged_uncached(s, big2)
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge="room_returns").readmit_charge == "room_returns"
-    assert_refused_and_off_by_default("room_return")
-    assert_serve_takes("room_returns", "returns")
+    assert_value_named("room_returns", "room_return", "returns")
 
 
 globals().update(machines("room_returns", {**DEMOTING, "readmit_charge": "room_returns"}))

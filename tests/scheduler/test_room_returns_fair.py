@@ -15,43 +15,26 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_RETURNS_FAIR,
     READMIT_ROOM_SWAP,
 )
-from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import decision_trace, manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default
+from tests.scheduler.helpers import big_demoted, decision_trace, toks
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_priced import _price
 from tests.scheduler.test_room_returns import _clears_in
 from tests.scheduler.test_room_swap import _queued
 
 
 def _two_tenants(charge, o_tenant, deficit=None):
-    """`tests.scheduler.test_decode_stall._big_demoted` with tenants: keep and big of tenant
-    "A" (weight 3), o of `o_tenant` (weight 1 for "B": its memory share, a quarter of the
+    """`tests.scheduler.helpers.big_demoted` with tenants: keep and big of tenant "A"
+    (weight 3), o of `o_tenant` (weight 1 for "B": its memory share, a quarter of the
     32-block tiers, is below o's 13 blocks, so the shrink may take o). big is demoted, o
     takes its room and pauses; big's next step is queued at 2.0, every pause expected to
     last 10 s, the shortage predicted to clear before o's return (o costs its
     recomputation alone) and a learned wait far above the margin: "room_returns" swaps,
     demoting o. `deficit` given: "B" is backlogged (a step of a new session of "B" waits)
     with that AFS deficit. Returns (manager, scheduler, executor, big's step)."""
-    m = manager(32)
-    s = wf(m, readmit_charge=charge, tenant_weights={"A": 3.0, "B": 1.0})
-    ex = ToyExecutor(m)
-    keep = ToyRequest("keep", toks(300, 60), max_new=1, last=False, workflow="w", tenant="A")
-    big = ToyRequest("big", toks(100, 40), max_new=1, last=False, workflow="w", tenant="A")
-    for r in (keep, big):
-        s.add(r, 0.0)
-    for t in (0.0, 0.1, 0.2):
-        ex.run(s, s.schedule(t, ex), t)
-    assert set(s.sessions) == {"keep", "big"} and not s.running
-    s._demote_session("big", 1.0)
-    s.add(ToyRequest("o", toks(700, 40), max_new=1, last=False, workflow="w",
-                     tenant=o_tenant), 1.0)
-    for t in (1.0, 1.1, 1.2):
-        ex.run(s, s.schedule(t, ex), t)
-    assert set(s.sessions) == {"keep", "o"} and not s.running
-    assert s.sessions["o"].tenant == o_tenant
-    big2 = ToyRequest("big", big.prompt + big.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w", tenant="A")
+    m, s, ex, big2 = big_demoted(charge, "A", o_tenant, tenant_weights={"A": 3.0, "B": 1.0})
+    assert s.sessions["o"].tenant == o_tenant and big2.tenant == "A"
     s._expected_pause = lambda sess: 10.0
     s.add(big2, 2.0)
     if deficit is not None:
@@ -133,9 +116,7 @@ def test_one_tenant_decides_as_room_returns(pause_s, wait_scale, clear_shift):
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge="room_returns_fair").readmit_charge == \
-        "room_returns_fair"
-    assert_refused_and_off_by_default("room_return_fair")
+    assert_value_named("room_returns_fair", "room_return_fair")
 
 
 globals().update(machines("room_returns_fair",

@@ -19,9 +19,10 @@ from kvsaga.scheduler.room_swap import (
     READMIT_ROOM_SWAP,
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import decision_trace, manager, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
+from tests.scheduler.helpers import decision_trace
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_priced import _price
+from tests.scheduler.test_room_returns import assert_clearing_never_earlier
 from tests.scheduler.test_room_swap import _queued
 
 
@@ -131,18 +132,11 @@ def test_without_an_overdue_session_it_decides_as_room_returns(wait_scale):
 def test_the_restarted_clearing_never_moves_earlier_so_no_timer():
     _, s, _, _ = _queued(READMIT_ROOM_RETURNS_STAY, 10.0)
     s._cycles.observe("w", 0.3)
-    for over in (1.0, 8.0, 20.0, 10 ** 6):
-        times = [s._shortage_clears_at(over, 2.0 + 0.11 * k) for k in range(60)]
-        assert all(a <= b for a, b in zip(times, times[1:], strict=False))
-        assert all(t >= 2.0 for t in times)
-    assert s._overdue_next(2.0) == math.inf
+    assert_clearing_never_earlier(s, 0.11, 60)
 
 
 def test_value_is_named_and_refused_values_name_it():
-    assert wf(manager(16), readmit_charge="room_returns_stay").readmit_charge == \
-        "room_returns_stay"
-    assert_refused_and_off_by_default("room_return_stay")
-    assert_serve_takes("room_returns_stay", "stay")
+    assert_value_named("room_returns_stay", "room_return_stay", "stay")
 
 
 globals().update(machines("room_returns_stay",

@@ -16,26 +16,40 @@ import pytest
 from kvsaga.scheduler.room_swap import READMIT_ROOM_OVERDUE, READMIT_ROOM_RANKED
 from tests.sched_helpers import ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_decode_stall import _big_demoted
+from tests.scheduler.helpers import assert_charged_uncached, big_demoted, toks
+from tests.scheduler.readmit_common import assert_value_named
 from tests.scheduler.test_room_whole import _back_beside_keep
 
 READMIT_ROOM_SWAP = (READMIT_ROOM_RANKED, READMIT_ROOM_OVERDUE)  # round 29's two
 
 
 def _queued(charge, pause_s, **kw):
-    """`_big_demoted` (keep 18 blocks and o 13 blocks admitted and paused in a 32-block pool;
+    """`big_demoted` (keep 18 blocks and o 13 blocks admitted and paused in a 32-block pool;
     big demoted) with every pause expected to last `pause_s` and big's next step queued at
     2.0: the gate refuses it, and admitting it (12 blocks of whole context plus growth) takes
     the working sets over the tiers until the shrink demotes o, expected back last of the
     two (it paused last). Returns (manager, scheduler, executor, big's step)."""
-    m, s, ex, big2 = _big_demoted(charge)
+    m, s, ex, big2 = big_demoted(charge)
     for k, v in kw.items():
         setattr(s, k, v)
     s._expected_pause = lambda sess: pause_s
     s.add(big2, 2.0)
     return m, s, ex, big2
+
+
+def assert_no_swap_with_both_back(charge, pause_s, wait_s=None):
+    """`_queued` (with a learned wait of `wait_s` to be admitted again, if given), then
+    keep's and o's next steps queued at 2.0 (both active again): nothing the shrink may
+    demote, so no victims and no swap."""
+    m, s, ex, big2 = _queued(charge, pause_s)
+    if wait_s is not None:
+        s._readmit_waits.observe(None, wait_s)
+    for sid, base in (("keep", 300), ("o", 700)):
+        prev = m.sessions[sid]
+        s.add(ToyRequest(sid, list(prev.token_ids) + toks(base + 50, 2), max_new=1,
+                         last=False, resumed=True, arrival=2.0, workflow="w"), 2.0)
+    assert s._swap_victims(big2, s.lookup(big2), 2.0) is None
+    assert not s._readmits_swap(big2, s.lookup(big2), 2.0)
 
 
 @pytest.mark.parametrize("charge", READMIT_ROOM_SWAP)
@@ -97,13 +111,7 @@ def test_no_swap_where_the_shrink_cannot_bring_the_load_within(charge):
     """keep's and o's next steps queued (both active): nothing the shrink may demote, so no
     swap, whatever the ranks (a 10 s pause ranks o behind) or returns (a 0.1 s one: overdue)."""
     for pause_s in (10.0, 0.1):
-        m, s, ex, big2 = _queued(charge, pause_s)
-        for sid, base in (("keep", 300), ("o", 700)):
-            prev = m.sessions[sid]
-            s.add(ToyRequest(sid, list(prev.token_ids) + toks(base + 50, 2), max_new=1,
-                             last=False, resumed=True, arrival=2.0, workflow="w"), 2.0)
-        assert s._swap_victims(big2, s.lookup(big2), 2.0) is None
-        assert not s._readmits_swap(big2, s.lookup(big2), 2.0)
+        assert_no_swap_with_both_back(charge, pause_s)
 
 
 @pytest.mark.parametrize("charge", READMIT_ROOM_SWAP)
@@ -143,21 +151,15 @@ def test_overdue_refusal_is_bounded_by_the_next_return():
 
 @pytest.mark.parametrize("charge", READMIT_ROOM_SWAP)
 def test_falls_back_to_the_uncached_charge(charge):
-    _, base, _, ref = _big_demoted("uncached")
-    base.add(ref, 2.0)
-    want = base._readmit_tokens(ref, base.lookup(ref))
-    _, s, _, big2 = _big_demoted(charge)
+    _, s, _, big2 = big_demoted(charge)
     s.add(big2, 2.0)
-    assert want[1] is None and s._readmit_tokens(big2, s.lookup(big2)) == want
+    assert_charged_uncached(s, big2)
 
 
 def test_values_are_named_and_refused_values_name_them():
-    for v in READMIT_ROOM_SWAP:
-        assert wf(manager(16), readmit_charge=v).readmit_charge == v
-    assert_refused_and_off_by_default("room_rank")
-    assert_serve_takes("room_ranked", "room_overdu")
-    assert_serve_takes("room_overdue", "ranked")
-    _, s, _, big2 = _big_demoted("room_fits")  # not a swap value: never a swap
+    for v, serve_bad in zip(READMIT_ROOM_SWAP, ("room_overdu", "ranked"), strict=True):
+        assert_value_named(v, "room_rank", serve_bad)
+    _, s, _, big2 = big_demoted("room_fits")  # not a swap value: never a swap
     s.add(big2, 2.0)
     assert not s._readmits_swap(big2, s.lookup(big2), 2.0)
 

@@ -13,9 +13,15 @@ import pytest
 from kvsaga.scheduler.decode_stall import READMIT_ROOM_WHOLE
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machines
-from tests.scheduler.helpers import manager, toks, wf
-from tests.scheduler.readmit_common import assert_refused_and_off_by_default, assert_serve_takes
-from tests.scheduler.test_decode_stall import _big_demoted
+from tests.scheduler.helpers import (
+    assert_charged_uncached,
+    big_demoted,
+    manager,
+    next_step,
+    toks,
+    wf,
+)
+from tests.scheduler.readmit_common import assert_value_named
 
 
 def _back_beside_keep(charge):
@@ -39,9 +45,7 @@ def _back_beside_keep(charge):
     for t in (1.0, 1.1):
         ex.run(s, s.schedule(t, ex), t)
     assert set(s.sessions) == {"keep"} and not s.running and s._committed == 16
-    big2 = ToyRequest("big", big.prompt + big.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w")
-    return m, s, ex, big2
+    return m, s, ex, next_step(big, toks(500, 4), 2.0)
 
 
 @pytest.mark.parametrize("charge,admitted", [
@@ -68,11 +72,11 @@ def test_whole_context_beside_the_admitted_sets_admits_on_room(charge, admitted)
 @pytest.mark.parametrize("charge,admitted", [
     ("room", True), ("room_fits", False), ("room_contexts", False), ("uncached", False)])
 def test_whole_context_that_does_not_fit_waits(charge, admitted):
-    """`_big_demoted`: keep's and o's contexts (16 + 11 blocks) are admitted; big's whole
+    """`big_demoted`: keep's and o's contexts (16 + 11 blocks) are admitted; big's whole
     context (12 blocks) does not fit beside them in the 32-block pool: "room" admits it on
     the pool's check (and the next shrink would demote a paused session for it: the round-27
     cascade), "room_fits" and "room_contexts" do not, nor does the gate."""
-    m, s, ex, big2 = _big_demoted(charge)
+    m, s, ex, big2 = big_demoted(charge)
     s.add(big2, 2.0)
     if charge in READMIT_ROOM_WHOLE:
         assert s._whole_over("big", big2.num_tokens, s.lookup(big2).gpu_hit_blocks) > 0
@@ -102,13 +106,10 @@ def test_every_room_value_falls_back_to_the_uncached_charge(charge):
     """Where a room value does not admit on room, the gate charges "uncached" (the part of
     the prompt not cached): the same figures as "uncached", not "context"'s whole-context
     test (which "room_queue" applied before session 27, against its documentation)."""
-    _, base, _, ref = _big_demoted("uncached")
-    base.add(ref, 2.0)
-    want = base._readmit_tokens(ref, base.lookup(ref))
-    m, s, _, big2 = _big_demoted(charge)
+    m, s, _, big2 = big_demoted(charge)
     s.add(big2, 2.0)
-    assert want[1] is None and s._readmit_tokens(big2, s.lookup(big2)) == want
-    _, ctx, _, c2 = _big_demoted("context")
+    assert_charged_uncached(s, big2)
+    _, ctx, _, c2 = big_demoted("context")
     ctx.add(c2, 2.0)
     assert ctx._readmit_tokens(c2, ctx.lookup(c2))[1] is not None  # "context" differs
     m.check_integrity()
@@ -128,20 +129,17 @@ def test_the_told_rooms_read_the_same_rule():
         s.add(big2, 2.0)
         assert s.room_deficit(big2, 0) <= 0 < unc.room_deficit(u2, 0)
         # refused where the whole context does not fit either: the gate's figure stands
-        _, r, _, b2 = _big_demoted(charge)
-        _, r_unc, _, bu = _big_demoted("uncached")
+        _, r, _, b2 = big_demoted(charge)
+        _, r_unc, _, bu = big_demoted("uncached")
         r.add(b2, 2.0)
         r_unc.add(bu, 2.0)
         assert r.room_deficit(b2, 0) == r_unc.room_deficit(bu, 0) > 0
 
 
 def test_values_are_named_and_refused_values_name_them():
-    assert wf(manager(16), readmit_charge="room_fits").readmit_charge == "room_fits"
-    assert wf(manager(16), readmit_charge="room_contexts").readmit_charge == "room_contexts"
-    assert_refused_and_off_by_default("room_fit")
-    assert_serve_takes("room_fits", "room_whole")
-    assert_serve_takes("room_contexts", "room_context")
-    _, s, _, _ = _big_demoted("uncached")
+    assert_value_named("room_fits", "room_fit", "room_whole")
+    assert_value_named("room_contexts", "room_fit", "room_context")
+    _, s, _, _ = big_demoted("uncached")
     with pytest.raises(ValueError, match="_whole_over: readmit_charge 'uncached' is not one "
                                          "of 'room_fits', 'room_contexts'"):
         s._whole_over("big", 45, 0)

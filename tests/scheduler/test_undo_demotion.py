@@ -12,7 +12,7 @@ from kvsaga.policy import POLICIES
 from kvsaga.scheduler import WorkflowScheduler
 from tests.sched_helpers import ToyExecutor, ToyRequest
 from tests.scheduler.demoting_machine import DEMOTING, machine, reach
-from tests.scheduler.helpers import BS, manager, toks, wf
+from tests.scheduler.helpers import BS, manager, next_step, toks, wf
 
 
 class _Deferrals:
@@ -64,11 +64,9 @@ def _demoted(undo, evict: bool = False, wide_waiting: bool = False, keep_waiting
     if keep_waiting:
         s._demote_session("keep", 1.6)
         del s._undoable["keep"]  # as if its context were evicted: its demotion stands
-        s.add(ToyRequest("keep", keep1.prompt + keep1.out + toks(8000, 4), max_new=1,
-                         last=False, resumed=True, arrival=1.6, workflow="w"), 1.6)
+        s.add(next_step(keep1, toks(8000, 4), 1.6), 1.6)
         assert "keep" not in s.sessions and s._deferred["keep"] == 0
-    big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w")
+    big2 = next_step(big1, toks(500, 4), 2.0)
     s.add(big2, 2.0)
     return m, s, ex, big2, seen
 
@@ -126,8 +124,7 @@ def test_unused_undoes_only_while_nobody_took_the_room(undo, undone):
     s.add(ToyRequest("new", toks(3000, 8), max_new=1, last=False, arrival=1.0), 1.0)
     ex.run(s, s.schedule(1.0, ex), 1.0)
     assert "new" in s.sessions
-    big2 = ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
-                      resumed=True, arrival=2.0, workflow="w")
+    big2 = next_step(big1, toks(500, 4), 2.0)
     assert s.lookup(big2).gpu_hit_blocks == 10
     s.add(big2, 2.0)
     assert ("big" in s.sessions) is undone and ("big" in s._deferred) is not undone
@@ -188,8 +185,7 @@ def _two_tenants(grow: int, waiting: str):
     s._demote_session("big", 1.0)
     s.add(ToyRequest("new", toks(600, 4), max_new=1, tenant=waiting, salt=waiting,
                      arrival=1.5), 1.5)
-    s.add(ToyRequest("big", big1.prompt + big1.out + toks(500, 4), max_new=1, last=False,
-                     resumed=True, arrival=2.0, workflow="w", tenant="a", salt="a"), 2.0)
+    s.add(next_step(big1, toks(500, 4), 2.0), 2.0)
     return m, s
 
 
