@@ -15,7 +15,14 @@ from kvsaga.scheduler.admission_order import (
     predicted_cost,
 )
 from tests.sched_helpers import ToyRequest, drive
-from tests.scheduler.helpers import manager, queued_big_small, toks, two_finished_sessions, wf
+from tests.scheduler.helpers import (
+    assert_fast_path_as_reference,
+    manager,
+    queued_big_small,
+    toks,
+    two_finished_sessions,
+    wf,
+)
 
 
 def test_remaining_steps_are_the_mean_residual_of_longer_finished_sessions():
@@ -113,16 +120,7 @@ def test_aging_s_must_be_finite():
 def test_the_simulators_fast_path_equals_its_reference_with_the_predicted_order(policy):
     """The order changes only at events, so refusals held across decode runs (the fast
     path) take the reference's decisions."""
-    from kvsaga.sim.simulator import SimConfig, Simulator
-    from tests.sim.test_decode_runs import same, tiny_trace
-
-    config = SimConfig(num_gpu_blocks=380, scheduler="workflow", policy=policy,
-                       scheduler_params={"admission_order": "predicted", "aging_s": 5.0})
-    rows = []
-    for reference in (True, False):
-        sim = Simulator(tiny_trace(), config, reference=reference)
-        rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
-    assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
+    assert_fast_path_as_reference(policy, admission_order="predicted", aging_s=5.0)
 
 
 def _migrated(num_steps_done: int):

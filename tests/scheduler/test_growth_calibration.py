@@ -10,8 +10,7 @@ import math
 import pytest
 
 from kvsaga.scheduler.growth_calibration import MAX_RATIO, GrowthCalibration
-from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import BS, manager, toks, wf
+from tests.scheduler.helpers import BS, growing_charges, manager, wf
 
 
 def test_fresh_calibration_is_no_correction():
@@ -93,19 +92,7 @@ def test_bad_scheduler_parameters_are_named(kw, match):
 def _admitted_blocks(steps: int, **kw) -> list[int]:
     """One session whose prompts grow by 16 tokens a step (a tool's observation), of which
     a step itself adds 1 (its output): the working set charged while each step is admitted."""
-    m = manager(256)
-    s = wf(m, paused_growth=False, **kw)
-    ex = ToyExecutor(m)
-    out = []
-    for k in range(steps):
-        t = float(k)
-        req = ToyRequest("a", toks(0, 20 + 16 * k), max_new=1, last=k == steps - 1,
-                         arrival=t, resumed=k > 0)
-        s.add(req, t)
-        sched_out = s.schedule(t, ex)
-        out.append(s.sessions["a"].blocks)
-        ex.run(s, sched_out, t)
-    return out
+    return [admitted for _, admitted, _ in growing_charges(steps, paused_growth=False, **kw)]
 
 
 def test_a_session_that_grows_less_than_charged_stops_reserving():

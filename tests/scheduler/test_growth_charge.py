@@ -12,29 +12,12 @@ import math
 import pytest
 
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import BS, manager, toks, wf
+from tests.scheduler.helpers import BS, growing_charges, manager, toks, wf
 
 
 def _charges(steps: int, **kw) -> list[tuple[int | None, int, int | None]]:
-    """One session whose prompts grow by 16 tokens a step (a tool's observation and the
-    step's 1-token reply): per step, the working set charged while its step is queued
-    (None for the first), admitted, and paused after it (None after the last)."""
-    m = manager(256)
-    s = wf(m, paused_growth=True, **kw)
-    ex = ToyExecutor(m)
-    out = []
-    for k in range(steps):
-        t = float(k)
-        req = ToyRequest("a", toks(0, 20 + 16 * k), max_new=1, last=k == steps - 1,
-                         arrival=t, resumed=k > 0)
-        s.add(req, t)
-        queued = s.sessions["a"].blocks if k else None
-        sched_out = s.schedule(t, ex)
-        admitted = s.sessions["a"].blocks
-        ex.run(s, sched_out, t)
-        paused = s.sessions["a"].blocks if "a" in s.sessions else None
-        out.append((queued, admitted, paused))
-    return out
+    """`growing_charges` with paused sessions charged their growth (`paused_growth`)."""
+    return growing_charges(steps, paused_growth=True, **kw)
 
 
 def test_an_admitted_step_is_charged_its_reply_and_a_paused_one_its_observation_too():

@@ -12,7 +12,7 @@ import pytest
 from kvsaga.scheduler import make_scheduler
 from kvsaga.scheduler.admission_order import demoted_first, order_key, sort_queue
 from tests.sched_helpers import ToyExecutor, ToyRequest
-from tests.scheduler.helpers import manager, run_two_to_pause, toks, wf
+from tests.scheduler.helpers import manager, queued_big_small, run_two_to_pause, toks, wf
 
 
 def _req(sid: str, arrival: float, resumed: bool) -> ToyRequest:
@@ -46,20 +46,8 @@ def _queued_demoted_and_new(**kw):
     """One admitted session (a, 44 tokens) fills the pool; a demoted session's step (`big`,
     24 tokens, its session begun at 0, queued again at 0.05) and a new session (`small`, 8
     tokens, at 0.1) wait."""
-    m = manager(16)
-    s = wf(m, backfill_window=0, admission_order="predicted", aging_s=1.0, **kw)
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    first = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.0)
-    s.add(first, 0.0)  # its session's first step queues at 0 ...
-    assert s._dequeue(first)  # ... and leaves the queue (as if admitted, then demoted)
-    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.05, resumed=True)
-    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
-    s.add(big, 0.05)
-    s.add(small, 0.1)
-    assert not s.schedule(0.1, ex).admitted
-    return s, big, small
+    return queued_big_small(readmitted_at=0.05, began_at=0.0, admission_order="predicted",
+                            aging_s=1.0, **kw)
 
 
 @pytest.mark.parametrize("order,first", [("sorted", "small"), ("first", "big")])

@@ -16,18 +16,8 @@ def _demoted_big_and_new_small():
     """One admitted session (a, 44 tokens) fills the pool; a demoted session's step (`big`,
     24 tokens, queued again at 0.05) and a new session (`small`, 8 tokens, at 0.1) wait,
     ordered by "predicted" with aging_s 1 under "waited"."""
-    m = manager(16)
-    s = wf(m, backfill_window=0, admission_order="predicted", aging_s=1.0,
-           readmit_order="waited")
-    ex = ToyExecutor(m)
-    s.add(ToyRequest("a", toks(0, 44), max_new=1, last=False), 0.0)
-    ex.run(s, s.schedule(0.0, ex), 0.0)
-    big = ToyRequest("big", toks(100, 24), max_new=1, arrival=0.05, resumed=True)
-    small = ToyRequest("small", toks(200, 8), max_new=1, arrival=0.1)
-    s.add(big, 0.05)
-    s.add(small, 0.1)
-    assert not s.schedule(0.1, ex).admitted
-    return s, big, small
+    return queued_big_small(readmitted_at=0.05, admission_order="predicted", aging_s=1.0,
+                            readmit_order="waited")
 
 
 def test_with_no_earlier_wait_it_sorts_as_sorted():

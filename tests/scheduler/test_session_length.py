@@ -9,7 +9,13 @@ import math
 import pytest
 
 from kvsaga.scheduler.session_length import SessionLengthModel, _gittins_terms
-from tests.scheduler.helpers import manager, queued_big_small, two_finished_sessions, wf
+from tests.scheduler.helpers import (
+    assert_fast_path_as_reference,
+    manager,
+    queued_big_small,
+    two_finished_sessions,
+    wf,
+)
 
 
 def approx(xs):
@@ -149,13 +155,4 @@ def test_gittins_learns_finished_lengths_in_the_scheduler():
 
 
 def test_the_simulators_fast_path_equals_its_reference_with_the_gittins_order():
-    from kvsaga.sim.simulator import SimConfig, Simulator
-    from tests.sim.test_decode_runs import same, tiny_trace
-
-    config = SimConfig(num_gpu_blocks=380, scheduler="workflow", policy="graph",
-                       scheduler_params={"admission_order": "gittins", "aging_s": 5.0})
-    rows = []
-    for reference in (True, False):
-        sim = Simulator(tiny_trace(), config, reference=reference)
-        rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
-    assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
+    assert_fast_path_as_reference("graph", admission_order="gittins", aging_s=5.0)

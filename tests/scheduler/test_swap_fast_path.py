@@ -10,17 +10,10 @@ from __future__ import annotations
 import pytest
 
 from kvsaga.scheduler.room_swap import READMIT_ROOM_SWAP
-from kvsaga.sim.simulator import SimConfig, Simulator
-from tests.sim.test_decode_runs import same, tiny_trace
+from tests.scheduler.helpers import assert_fast_path_as_reference
 
 
 @pytest.mark.parametrize("charge", READMIT_ROOM_SWAP)
 def test_the_fast_path_equals_the_reference_under_each_swap_value(charge):
-    config = SimConfig(num_gpu_blocks=380, scheduler="workflow", policy="graph",
-                       scheduler_params={"admission_order": "predicted", "aging_s": 5.0,
-                                         "readmit_charge": charge})
-    rows = []
-    for reference in (True, False):
-        sim = Simulator(tiny_trace(), config, reference=reference)
-        rows.append((sim.run().to_dict(), sim.scheduler.num_session_admissions))
-    assert same(rows[0][0], rows[1][0]) and rows[0][1] == rows[1][1]
+    assert_fast_path_as_reference("graph", admission_order="predicted", aging_s=5.0,
+                                  readmit_charge=charge)
