@@ -10,9 +10,7 @@ changes nothing; the path is taken where it should be."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 
 import pytest
 
@@ -20,7 +18,7 @@ from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from kvsaga.policy.graph import GraphPolicy
 from tests.policy.helpers import bench_shape_walk, make
-from tests.policy.victim_record import STEPS, WORKLOADS
+from tests.policy.victim_record import WORKLOADS, seeded_walk
 
 TOOLS = ("search", "edit", "test", "shell", "browse")
 
@@ -78,12 +76,8 @@ def _order(m) -> list:
 
 def _walk(m, workload: str, seed: int, calls: int) -> list:
     """Run the seeded walk (victim_record.py's), the state after every call."""
-    rng, now, out = random.Random(seed), 0.0, []
-    for _ in range(calls):
-        with contextlib.suppress(OutOfBlocks):
-            now = WORKLOADS[workload](m, rng, now)
-        now += rng.choice(STEPS)
-        out.append(_state(m))
+    out: list = []
+    seeded_walk(m, workload, seed, calls, after=lambda: out.append(_state(m)))
     m.check_integrity()
     return out + [_order(m)]
 

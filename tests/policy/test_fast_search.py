@@ -7,20 +7,17 @@ against the general path's keying of the same marks (`_pushes_are_the_general_ke
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import random
 
 import pytest
 
-from kvsaga import OutOfBlocks
 from kvsaga.policy import fast_search, graph_fast, make_policy, ttl_fast
 from kvsaga.policy.graph import GraphPolicy
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.ttl import TTLPolicy
 from tests.policy.helpers import bench_shape_walk, make
-from tests.policy.victim_record import STEPS, WORKLOADS
+from tests.policy.victim_record import WORKLOADS, seeded_walk
 
 TOOLS = ("search", "edit", "test", "shell", "browse")
 
@@ -97,11 +94,7 @@ def _state(m) -> list:
 def _walk(name: str, workload: str, fast: bool, core: str):
     m = make(make_policy(name), num_blocks=64, core=core)
     out = _recorded(m, fast)
-    rng, now = random.Random(5), 0.0
-    for _ in range(1500):
-        with contextlib.suppress(OutOfBlocks):
-            now = WORKLOADS[workload](m, rng, now)
-        now += rng.choice(STEPS)
+    seeded_walk(m, workload, 5, 1500)
     m.check_integrity()
     return out, _state(m), _ttls(m.policy) + _shadow_ttls(m)
 

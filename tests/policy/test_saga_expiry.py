@@ -6,19 +6,16 @@ the index call itself, alike in both implementations."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 
 import pytest
 
-from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.session_heap import make_session_heap
 from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.test_timed_rekey import _watch
-from tests.policy.victim_record import STEPS, WORKLOADS
+from tests.policy.victim_record import STEPS, seeded_walk
 
 try:
     from kvsaga._evict import SessionHeap
@@ -57,11 +54,7 @@ def _run(walk, core: str, mode: str, blocks: int = 64, **params) -> tuple[list, 
 
 def _agents(seed: int, steps: tuple[float, ...] = STEPS):
     def walk(m):
-        rng, now = random.Random(seed), 0.0
-        for _ in range(1200):
-            with contextlib.suppress(OutOfBlocks):
-                now = WORKLOADS["agents"](m, rng, now)
-            now += rng.choice(steps)
+        seeded_walk(m, "agents", seed, 1200, steps)
     return walk
 
 

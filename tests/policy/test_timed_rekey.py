@@ -5,15 +5,11 @@ bench's shape, on both indexes."""
 
 from __future__ import annotations
 
-import contextlib
-import random
-
 import pytest
 
-from kvsaga import OutOfBlocks
 from kvsaga.policy import make_policy
 from tests.policy.helpers import bench_shape_walk, make
-from tests.policy.victim_record import STEPS, WORKLOADS
+from tests.policy.victim_record import WORKLOADS, seeded_walk
 
 INDEXED = ("ttl", "saga", "graph", "adaptive")
 TOOLS = ("search", "edit", "test", "shell", "browse")
@@ -57,11 +53,7 @@ def _walk(name: str, workload: str, timed: bool, core: str) -> tuple[list, int]:
     out: list = []
     choose = m.policy.choose_victims
     m.policy.choose_victims = lambda n, now: out.append(choose(n, now)) or out[-1]
-    rng, now = random.Random(5), 0.0
-    for _ in range(1500):
-        with contextlib.suppress(OutOfBlocks):
-            now = WORKLOADS[workload](m, rng, now)
-        now += rng.choice(STEPS)
+    seeded_walk(m, workload, 5, 1500)
     m.check_integrity()
     return out, keyed[0]
 

@@ -93,6 +93,21 @@ def _agents_call(m, rng: random.Random, now: float) -> float:
 WORKLOADS = {"ops": _ops_call, "agents": _agents_call}
 
 
+def seeded_walk(m, workload: str, seed: int, calls: int, steps: tuple[float, ...] = STEPS,
+                after=None) -> None:
+    """`calls` calls of `workload` on manager `m` (one refused for want of blocks passed
+    over), drawn from `random.Random(seed)`, time moving by a step drawn from `steps` after
+    each; `after()`, if given, after each call."""
+    rng, now = random.Random(seed), 0.0
+    call = WORKLOADS[workload]
+    for _ in range(calls):
+        with contextlib.suppress(OutOfBlocks):
+            now = call(m, rng, now)
+        now += rng.choice(steps)
+        if after is not None:
+            after()
+
+
 def _policy(spec: str):
     name, kw = SPECS[spec]
     return make_policy(name, **kw) if kw else build(name)
@@ -118,14 +133,8 @@ def record(spec: str, pool: str, workload: str, seed: int = 11, calls: int = 120
         return a
 
     policy.choose_victims, policy.action = named, chose
-    rng = random.Random(seed)
-    now = 0.0
-    call = WORKLOADS[workload]
-    for _ in range(calls):
-        with contextlib.suppress(OutOfBlocks):
-            now = call(m, rng, now)
-        now += rng.choice(STEPS)
-        out.append(("c", [b for b in range(num_blocks) if m.is_cached(b)]))
+    seeded_walk(m, workload, seed, calls,
+                after=lambda: out.append(("c", [b for b in range(num_blocks) if m.is_cached(b)])))
     m.check_integrity()
     return out
 
