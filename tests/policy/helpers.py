@@ -1,4 +1,5 @@
-"""Shared set-up for the policy tests: a tiny manager and stub oracles."""
+"""Shared set-up for the policy tests: a tiny manager, stub oracles, and the wait forecasts'
+brute-force mixture and random feed."""
 
 from __future__ import annotations
 
@@ -123,3 +124,27 @@ def bench_shape_walk(m: KVCacheManager, paused: int, extra: int = 160, events: b
             m.finish_step(sid, now=now, tool=BENCH_TOOLS[i % len(BENCH_TOOLS)])
         now += 1e-3 if (i % 2 or not every_other) else 0.0
         yield now
+
+
+def mixture_above(own: list[float], pool: list[float], prior: float,
+                  waited: float) -> list[tuple[float, float]]:
+    """The waits longer than `waited` as (wait, weight), own ones weighing 1 each, pooled ones
+    `prior` in all: the mixture the wait forecasts read, for their brute-force definitions."""
+    mine = [x for x in own if x > waited]
+    pooled = [x for x in pool if x > waited]
+    return [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
+
+
+def fed_at_random(w, rng: random.Random, n: int, sigma: float, size: int):
+    """Feed the wait forecast `w` `n` waits (lognormal, `sigma`) of workflows "a" and "b"
+    drawn from `rng`; after each, yield what a forecast keeping `size` waits a record
+    holds: ({workflow: its own waits}, the pooled waits)."""
+    own: dict[str, list[float]] = {"a": [], "b": []}
+    pool: list[float] = []
+    for _ in range(n):
+        wf = rng.choice(["a", "b"])
+        x = rng.lognormvariate(0.0, sigma)
+        w.add(x, wf)
+        own[wf] = (own[wf] + [x])[-size:]  # each record forgets its oldest past `size`
+        pool = (pool + [x])[-size:]
+        yield own, pool

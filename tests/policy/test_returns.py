@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.returns import TRACKED_WORKFLOWS, WaitSamples, WorkflowWaits
-from tests.policy.helpers import make, run_step, tokens
+from tests.policy.helpers import fed_at_random, make, mixture_above, run_step, tokens
 from tests.policy.test_graph import _demoted_and_admitted
 from tests.policy.test_scenarios import train
 
@@ -22,11 +22,9 @@ def _weighted_median_residual(own: list[float], pool: list[float], prior: float,
     weight (own waits 1 each, pooled ones `prior` in all) reaches half of its total."""
     if not pool:
         return None
-    mine = [x for x in own if x > waited]
-    pooled = [x for x in pool if x > waited]
-    if not mine and not pooled:
+    items = mixture_above(own, pool, prior, waited)
+    if not items:
         return waited
-    items = [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
     total = sum(w for _, w in items)
     got = 0.0
     for x, w in sorted(items):
@@ -66,14 +64,7 @@ def test_a_workflow_with_its_own_record_is_priced_from_it_an_unseen_one_from_the
 def test_median_residual_matches_the_definition_on_random_waits():
     rng = random.Random(7)
     w = WorkflowWaits(prior=3.0, size=50)
-    own: dict[str, list[float]] = {"a": [], "b": []}
-    pool: list[float] = []
-    for _ in range(120):
-        wf = rng.choice(["a", "b"])
-        x = rng.lognormvariate(0.0, 1.5)
-        w.add(x, wf)
-        own[wf] = (own[wf] + [x])[-50:]  # each record forgets its oldest past `size`
-        pool = (pool + [x])[-50:]
+    for own, pool in fed_at_random(w, rng, 120, 1.5, 50):
         for waited in (0.0, 0.5, 2.0, 20.0):
             for wf2 in ("a", "b", "c"):
                 want = _weighted_median_residual(own.get(wf2, []), pool, 3.0, waited)
@@ -150,11 +141,9 @@ def _weighted_mean_residual(own: list[float], pool: list[float], prior: float,
     `waited`, own ones weighing 1 each, pooled ones `prior` in all."""
     if not pool:
         return None
-    mine = [x for x in own if x > waited]
-    pooled = [x for x in pool if x > waited]
-    if not mine and not pooled:
+    items = mixture_above(own, pool, prior, waited)
+    if not items:
         return waited
-    items = [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
     return sum((x - waited) * w for x, w in items) / sum(w for _, w in items)
 
 

@@ -130,26 +130,42 @@ def _fail_once(monkeypatch) -> dict:
     return state
 
 
+# A mode-4 timed record of graph's: its re-key calls the normal quantile.
+_MODE4 = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
+
+
+def _after_a_rekey_raises(monkeypatch, push, read) -> tuple:
+    """Each index (the C++ one, then the reference heap) filled by `push(index)`, then asked
+    `due(1.5)` with the quantile armed to raise once: the call raises, and the quantile is
+    disarmed. Returns `read(index)`, the same for both (asserted)."""
+    state = _fail_once(monkeypatch)
+    answers = []
+    for index in (make_session_heap(True), PySessionHeap()):
+        push(index)
+        state["armed"] = True
+        with pytest.raises(statistics.StatisticsError, match="injected"):
+            index.due(1.5)
+        assert not state["armed"]
+        answers.append(read(index))
+    assert answers[0] == answers[1]
+    return answers[0]
+
+
 @needs_cpp
 def test_a_rekey_that_raises_leaves_the_other_timers_in_order(monkeypatch):
     # "g" (mode 4: its re-key calls the quantile) fires first in a bucket of four; its
     # re-key raises. As the reference's heap, the index loses that one timer only: the
     # others fire at the next `due`, in order.
-    state = _fail_once(monkeypatch)
-    graph = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
-    answers = []
-    for index in (make_session_heap(True), PySessionHeap()):
-        index.push("g", (1, 0.0), 1, 1, 1.0, 0.0, graph)
+    def push(index):
+        index.push("g", (1, 0.0), 1, 1, 1.0, 0.0, _MODE4)
         for i, sid in enumerate(("u1", "u2", "u3")):
             index.push(sid, (1, 1.0 + i), 2 + i, 1, 1.0, 0.0)
         index.push("later", (1, 9.0), 9, 1, 2.0, 0.0)
-        state["armed"] = True
-        with pytest.raises(statistics.StatisticsError, match="injected"):
-            index.due(1.5)
-        assert not state["armed"]
-        answers.append((index.due(1.5), index.due(2.5), len(index), index.runs(9)))
-    assert answers[0] == answers[1]
-    assert answers[0][:2] == (["u1", "u2", "u3"], ["later"])
+
+    got = _after_a_rekey_raises(
+        monkeypatch, push, lambda index: (index.due(1.5), index.due(2.5), len(index),
+                                          index.runs(9)))
+    assert got[:2] == (["u1", "u2", "u3"], ["later"])
 
 
 @needs_cpp
@@ -157,17 +173,11 @@ def test_a_rekey_that_raises_rearms_those_already_fired(monkeypatch):
     # "p" (no timed record: answered for Python to re-key) fires before "g", whose re-key
     # raises: "p" left `due` with the exception, its timer used up. Both indexes give it a
     # timer at `now`, so the next `due` answers it (without one its key would stay stale).
-    state = _fail_once(monkeypatch)
-    graph = (1, -1, 1, (0.5, 0.5, 1.5, 0.6, 0.4, 1.3, 1e-3), 4, 0.0, math.inf, math.inf, 1.0)
-    answers = []
-    for index in (make_session_heap(True), PySessionHeap()):
+    def push(index):
         index.push("p", (1, 0.5), 1, 1, 1.0, 0.0)
-        index.push("g", (1, 0.0), 2, 1, 1.0, 0.0, graph)
+        index.push("g", (1, 0.0), 2, 1, 1.0, 0.0, _MODE4)
         index.push("u1", (1, 1.0), 3, 1, 1.0, 0.0)
-        state["armed"] = True
-        with pytest.raises(statistics.StatisticsError, match="injected"):
-            index.due(1.5)
-        assert not state["armed"]
-        answers.append((index.due(1.5), index.due(2.5), len(index)))
-    assert answers[0] == answers[1]
-    assert answers[0][:2] == (["u1", "p"], [])
+
+    got = _after_a_rekey_raises(
+        monkeypatch, push, lambda index: (index.due(1.5), index.due(2.5), len(index)))
+    assert got[:2] == (["u1", "p"], [])

@@ -11,16 +11,14 @@ import pytest
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.returns import WorkflowWaits
 from kvsaga.policy.spread import SpreadWaits
-from tests.policy.helpers import make, run_step, tokens
+from tests.policy.helpers import fed_at_random, make, mixture_above, run_step, tokens
 from tests.policy.test_graph import _demoted_and_admitted
 
 
 def _spread_by_definition(own: list[float], pool: list[float], prior: float, waited: float,
                           median: float, clip: float = 5.0, lo: float = 1e-3) -> float:
     """The weighted variance of the clipped log(residual / median), by brute force."""
-    mine = [x for x in own if x > waited]
-    pooled = [x for x in pool if x > waited]
-    items = [(x, 1.0) for x in mine] + [(x, prior / len(pooled)) for x in pooled]
+    items = mixture_above(own, pool, prior, waited)
     if not items:
         return 0.0
     total = sum(w for _, w in items)
@@ -52,14 +50,7 @@ def test_a_tight_record_is_priced_at_its_median_a_wide_one_sooner():
 def test_priced_matches_the_definition_on_random_waits():
     rng = random.Random(11)
     w = SpreadWaits(prior=3.0, size=40)
-    own: dict[str, list[float]] = {"a": [], "b": []}
-    pool: list[float] = []
-    for _ in range(90):
-        wf = rng.choice(["a", "b"])
-        x = rng.lognormvariate(0.0, 2.0)
-        w.add(x, wf)
-        own[wf] = (own[wf] + [x])[-40:]
-        pool = (pool + [x])[-40:]
+    for own, pool in fed_at_random(w, rng, 90, 2.0, 40):
         for waited in (0.0, 0.3, 3.0):
             for wf2 in ("a", "b", "unseen"):
                 median = w.residual(waited, wf2)
