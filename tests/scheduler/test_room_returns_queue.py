@@ -64,6 +64,14 @@ def _swap(s, big2):
     return lookup, victims, over
 
 
+def pays_pinned(s, big2, lookup, victims, over, now=2.0, victim_wait_s=0.0) -> bool:
+    """`_swap_pays_queue`'s answer at `now` with the gain pinned at 5 s and every victim's
+    forecast wait at `victim_wait_s`."""
+    s._swap_gain_s = lambda over_, now_: 5.0
+    s._victim_wait_s = lambda *a, **k: victim_wait_s
+    return s._swap_pays_queue(big2, lookup, victims, over, now)
+
+
 def test_the_victims_wait_is_its_room_predicted_gone_less_its_time_away():
     """`_queued`: the swap admits big's step and demotes o alone (back at its pause's start
     plus 10 s). With nothing else waiting, o needs back the room it frees: the load after the

@@ -21,6 +21,7 @@ from kvsaga.scheduler.room_swap import (
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.readmit_common import assert_value_named
+from tests.scheduler.test_room_returns_queue import pays_pinned
 from tests.scheduler.test_room_returns_queue_shrink import pinned_state as _state
 
 CL = READMIT_ROOM_RETURNS_QUEUE_CLEARED
@@ -79,18 +80,14 @@ def test_the_uncleared_swap_is_refused_where_round_39_swaps(charge, made):
     at nothing: round 39 swaps (cost 0 < gain), round 40 refuses. The refused pricing is
     recorded for the gain's error as any refusal is."""
     s, big2, lookup, victims, over = _state(charge, lambda over: [(2.1, -10_000)])
-    s._swap_gain_s = lambda over_, now: 5.0
-    s._victim_wait_s = lambda *a, **k: 0.0
     s._victims_recompute_s = lambda vs: 0.0
-    assert s._swap_pays_queue(big2, lookup, victims, over, 2.0) is made
+    assert pays_pinned(s, big2, lookup, victims, over) is made
     assert (big2.session_id in s._gain_priced) is not made
 
 
 def test_a_cleared_swap_is_made_by_both():
     s, big2, lookup, victims, over = _state(CL, lambda over: [(2.5, over)])
-    s._swap_gain_s = lambda over_, now: 5.0
-    s._victim_wait_s = lambda *a, **k: 0.0
-    assert s._swap_pays_queue(big2, lookup, victims, over, 2.0) is True
+    assert pays_pinned(s, big2, lookup, victims, over) is True
 
 
 def test_value_is_named_and_refused_values_name_it():

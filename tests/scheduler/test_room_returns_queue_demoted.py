@@ -17,7 +17,7 @@ from kvsaga.scheduler.room_forecast import (
 from kvsaga.scheduler.room_swap import READMIT_ROOM_RETURNS_QUEUES, READMIT_ROOM_SWAP
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.readmit_common import assert_value_named
-from tests.scheduler.test_room_returns_queue import _swap
+from tests.scheduler.test_room_returns_queue import _swap, pays_pinned
 from tests.scheduler.test_room_swap import _queued
 
 DM = READMIT_ROOM_RETURNS_QUEUE_DEMOTED
@@ -81,9 +81,7 @@ def test_without_leaves_the_shrink_demotes_to_clear():
 def test_the_swap_decision(charge, made):
     s, big2, lookup, victims, over = _state(charge, {"o": 2.2, "keep": 2.3},
                                             {"o": 2.4, "keep": 2.4})
-    s._swap_gain_s = lambda over_, now: 5.0
-    s._victim_wait_s = lambda *a, **k: 0.0
-    assert s._swap_pays_queue(big2, lookup, victims, over, 2.0) is made
+    assert pays_pinned(s, big2, lookup, victims, over) is made
 
 
 def test_value_is_named_and_refused_values_name_it():

@@ -19,7 +19,7 @@ from kvsaga.scheduler.room_swap import (
 )
 from tests.scheduler.demoting_machine import DEMOTING, machines
 from tests.scheduler.readmit_common import assert_value_named
-from tests.scheduler.test_room_returns_queue import _swap
+from tests.scheduler.test_room_returns_queue import _swap, pays_pinned
 from tests.scheduler.test_room_swap import _queued
 
 SH = READMIT_ROOM_RETURNS_QUEUE_SHRINK
@@ -92,9 +92,7 @@ def test_the_victims_at_the_shrink_are_priced(charge, made):
     _, s, _, big2 = _queued(charge, 10.0)
     lookup, victims, over = _swap(s, big2)
     s._victims_at_shrink = lambda req, lk, vs, now: []
-    s._swap_gain_s = lambda over_, now: 5.0
-    s._victim_wait_s = lambda *a, **k: math.inf
-    assert s._swap_pays_queue(big2, lookup, victims, over, 3.0) is made
+    assert pays_pinned(s, big2, lookup, victims, over, 3.0, math.inf) is made
 
 
 def test_value_is_named_and_refused_values_name_it():
