@@ -197,15 +197,18 @@ def test_wait_samples_residual_matches_a_direct_count_and_forgets_the_oldest():
     assert w.residual(0.0) == pytest.approx((2 + 8 + 3 + 4) / 4)
 
 
-def _demoted_and_admitted(policy: GraphPolicy):
-    """d paused at 0 on a 0.1 s tool, returned at 0.2 and was demoted at 0.3; a paused at
-    1.0 on the same tool with its context resident. Returns the manager at 1.0."""
+def _demoted_and_admitted(policy: GraphPolicy, a_tool: str = "grep", a_tool_s: float = 0.1):
+    """d paused at 0 on a 0.1 s tool (grep), returned at 0.2 and was demoted at 0.3; a paused
+    at 1.0 on `a_tool` (the same tool by default; another is taught to last `a_tool_s`) with
+    its context resident. Returns the manager at 1.0."""
     train(policy.graph, "grep", 0.1)
+    if a_tool != "grep":
+        train(policy.graph, a_tool, a_tool_s)
     m = make(policy, num_blocks=8)
     run_step(m, "d", tokens(200, 12), now=0.0, tool="grep")  # 3 blocks
     m.resume_hint("d", now=0.2)
     policy.session_deferred(m.sessions["d"], True, 0.3)
-    run_step(m, "a", tokens(100, 12), now=1.0, tool="grep")  # 3 blocks
+    run_step(m, "a", tokens(100, 12), now=1.0, tool=a_tool)  # 3 blocks
     return m
 
 

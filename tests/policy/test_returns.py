@@ -13,7 +13,6 @@ from kvsaga.policy import GraphPolicy
 from kvsaga.policy.returns import TRACKED_WORKFLOWS, WaitSamples, WorkflowWaits
 from tests.policy.helpers import fed_at_random, make, mixture_above, run_step, tokens
 from tests.policy.test_graph import _demoted_and_admitted
-from tests.policy.test_scenarios import train
 
 
 def _weighted_median_residual(own: list[float], pool: list[float], prior: float,
@@ -200,13 +199,7 @@ def test_demoted_mean_evicts_a_demoted_session_the_median_keeps():
     victims = {}
     for mean in (False, True):
         policy = GraphPolicy(demoted_mean=mean, spread=False)
-        train(policy.graph, "grep", 0.1)
-        train(policy.graph, "lint", 5.0)
-        m = make(policy, num_blocks=8)
-        run_step(m, "d", tokens(200, 12), now=0.0, tool="grep")  # 3 blocks
-        m.resume_hint("d", now=0.2)
-        policy.session_deferred(m.sessions["d"], True, 0.3)
-        run_step(m, "a", tokens(100, 12), now=1.0, tool="lint")  # 3 blocks
+        _demoted_and_admitted(policy, "lint", 5.0)
         for x in (1.0, 1.2, 50.0):
             policy.returns.deferred_wait.add(x, "default")
         want = (0.3 + 0.5 + 49.3) / 3 if mean else 1.2 - 0.7
