@@ -11,11 +11,19 @@ from tests.bench_scripts import bench_modules
 mods = bench_modules("scheduling", "scheduling_overflow")
 
 
-def test_demotions_are_all_attributed_and_the_row_is_unchanged(mods):
+def _observed(mods, mode: str, family: str, fraction: float, seed: int):
+    """bench/scheduling_overflow.py's `mode` on `family` at 1x load, `fraction`, `seed` under
+    workflow+graph, and scheduling.py's plain row of the same run: the observed run's mean
+    TCT is the plain one's (asserted). Returns (the mode's result, the plain row)."""
     sched, over = mods
-    d = over.demotions("swe", 1.0, 0.25, 101, "graph")
-    plain = sched._run(("swe", 101, 1.0, 0.25, "workflow", "graph", None))
+    d = getattr(over, mode)(family, 1.0, fraction, seed, "graph")
+    plain = sched._run((family, seed, 1.0, fraction, "workflow", "graph", None))
     assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    return d, plain
+
+
+def test_demotions_are_all_attributed_and_the_row_is_unchanged(mods):
+    d, plain = _observed(mods, "demotions", "swe", 0.25, 101)
     n = plain["num_demotions"]
     assert n > 0 and sum(d["how"].values()) == n == sum(d["why"].values())
     assert "none" not in d["why"]  # each demotion followed a crossing of the tiers
@@ -26,23 +34,18 @@ def test_demotions_are_all_attributed_and_the_row_is_unchanged(mods):
 
 
 def test_memory_mode_covers_the_makespan(mods):
-    sched, over = mods
-    d = over.memory("swe", 1.0, 0.5, 103, "graph")
+    d, _ = _observed(mods, "memory", "swe", 0.5, 103)
     t, r = d["time"], d["row"]
     bands = ("live < 0.5", "live 0.5-0.85", "live >= 0.85")
     covered = sum(t[b, w] for b in bands for w in (False, True))
     assert covered == pytest.approx(r["makespan_s"], rel=1e-6)
-    plain = sched._run(("swe", 103, 1.0, 0.5, "workflow", "graph", None))
-    assert r["tct_mean_s"] == plain["tct_mean_s"]
 
 
 def test_waits_mode_splits_each_sessions_tct_and_changes_nothing(mods):
-    sched, over = mods
-    d = over.waits("bfcl", 1.0, 0.25, 101, "graph")
-    plain = sched._run(("bfcl", 101, 1.0, 0.25, "workflow", "graph", None))
+    sched, _ = mods
+    d, plain = _observed(mods, "waits", "bfcl", 0.25, 101)
     base = sched._run(("bfcl", 101, 1.0, 0.25, "fcfs", "lru", None))
     per = d["sessions"]
-    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
     n = len(per)
     assert sum(p["tct"] for p in per.values()) / n == pytest.approx(plain["tct_mean_s"])
     assert sum(p["fcfs"] for p in per.values()) / n == pytest.approx(base["tct_mean_s"])
@@ -53,10 +56,8 @@ def test_waits_mode_splits_each_sessions_tct_and_changes_nothing(mods):
 
 
 def test_growth_mode_compares_each_step_with_its_prediction_and_changes_nothing(mods):
-    sched, over = mods
-    d = over.growth("bfcl", 1.0, 0.25, 101, "graph")
-    plain = sched._run(("bfcl", 101, 1.0, 0.25, "workflow", "graph", None))
-    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    _, over = mods
+    d, _ = _observed(mods, "growth", "bfcl", 0.25, 101)
     steps = d["steps"]
     assert steps and all(pred > 0 and from_prompt >= 0 for _, pred, _, from_prompt in steps)
     # the prompt repeats the last finish's context: growth from it is at least that since
@@ -66,10 +67,7 @@ def test_growth_mode_compares_each_step_with_its_prediction_and_changes_nothing(
 
 
 def test_returns_mode_sees_every_demoted_sessions_return_and_changes_nothing(mods):
-    sched, over = mods
-    d = over.returns("bfcl", 1.0, 0.25, 104, "graph")
-    plain = sched._run(("bfcl", 104, 1.0, 0.25, "workflow", "graph", None))
-    assert d["row"]["tct_mean_s"] == plain["tct_mean_s"]
+    d, plain = _observed(mods, "returns", "bfcl", 0.25, 104)
     seen = d["returns"]
     # a demoted session's step arrives once per demotion at most (its session may end or
     # be admitted again by an undo first: none here, undo_demotion is off)
