@@ -47,7 +47,8 @@ def _string(name: str) -> Callable[[], str | None]:
 
 _VARIABLES: dict[str, Callable[[], Any]] = {
     # Which implementation of the KV kernels runs: "auto" (Triton on CUDA; on CPU the torch
-    # references, with paged attention through batched SDPA), "triton" (Triton everywhere;
+    # references, with paged attention in kernels/sdpa.py: the C++ in-place kernel where it
+    # was built, SDPA a sequence at a time for the rest), "triton" (Triton everywhere;
     # on CPU under Triton's interpreter) or "torch" (the plain torch references everywhere).
     "KVSAGA_KERNELS": _choice("KVSAGA_KERNELS", "auto", ("auto", "triton", "torch")),
     # kvsaga-serve: API key(s) that clients must send as `Authorization: Bearer KEY`

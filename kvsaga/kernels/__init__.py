@@ -3,10 +3,11 @@
 Each public function checks its arguments (`checks.py`) and then dispatches (`cache_write`
 and `paged_attention` hand their implementation one bundle of inputs, `args.py`):
 - CUDA tensors: the Triton kernel (`attention.py`, `kv_write.py`, `blocks.py`);
-- CPU tensors: the torch reference (`reference.py`), except paged attention, which runs a
-  batched `scaled_dot_product_attention` (`sdpa.py`, several times faster than the
-  one-sequence-at-a-time reference) and the C++ kernel for decode rows, and cache writes,
-  which run the C++ row copy (`inplace.py`) where it was built; with
+- CPU tensors: the torch reference (`reference.py`), except paged attention (`sdpa.py`),
+  which runs the C++ kernel that reads the cache in place (`inplace.py`, where it was
+  built) for decode rows, and for every row where it has its AVX-512 or AVX2 tiles, and one
+  `scaled_dot_product_attention` per sequence for the other rows (several times faster than
+  the reference), and cache writes, which run the C++ row copy where it was built; with
   `KVSAGA_KERNELS=triton`, the Triton kernel under Triton's interpreter (slow; that is how
   the tests run them on CPU);
 - `KVSAGA_KERNELS=torch`: the torch reference everywhere.
@@ -167,7 +168,7 @@ def paged_attention(
         fn = _triton_module("attention", k_cache.device).paged_attention
     elif envs.KVSAGA_KERNELS == "torch":
         fn = reference.paged_attention
-    else:  # auto off CUDA: the batched-SDPA path, held to the reference by the tests
+    else:  # auto off CUDA: in-place kernel and per-sequence SDPA, held to the reference
         fn = sdpa.paged_attention
     return fn(args, out)
 
