@@ -52,7 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvsaga.policy.base import EvictionPolicy
-from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.base import check_choice, check_float
 from kvsaga.scheduler.decode_stall import READMIT_ROOM_WHOLE
 from kvsaga.scheduler.session_length import SessionLengthModel
 from kvsaga.scheduler.tail_guard import WaitBudgets
@@ -140,17 +140,9 @@ class AdmissionOrder:
                               length_prior: float = 1.0, tail_wait_factor: float = 0.0,
                               readmit_order: str = "sorted",
                               readmit_cost: str = "context") -> None:
-        if order not in ADMISSION_ORDERS:
-            raise ValueError(f"scheduler parameter admission_order must be one of "
-                             f"{', '.join(ADMISSION_ORDERS)}, got {order!r}")
-        if readmit_order not in READMIT_ORDERS:
-            raise ValueError(f"scheduler parameter readmit_order must be one of "
-                             f"{', '.join(READMIT_ORDERS)}, got {readmit_order!r}")
-        self.readmit_order = readmit_order
-        if readmit_cost not in READMIT_COSTS:
-            raise ValueError(f"scheduler parameter readmit_cost must be one of "
-                             f"{', '.join(READMIT_COSTS)}, got {readmit_cost!r}")
-        self.readmit_cost = readmit_cost
+        check_choice("admission_order", order, ADMISSION_ORDERS)
+        self.readmit_order = check_choice("readmit_order", readmit_order, READMIT_ORDERS)
+        self.readmit_cost = check_choice("readmit_cost", readmit_cost, READMIT_COSTS)
         self._started: dict[str, float] = {}  # live session -> when its first step queued
         self._waited: dict[str, float] = {}  # live session -> its admission waits so far
         aging_s = check_float("aging_s", aging_s, 0.0, strict=True)

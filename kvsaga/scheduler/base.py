@@ -6,7 +6,7 @@ docstring (`kvsaga.scheduler`) for the schedulers built on it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -95,6 +95,14 @@ def check_int(name: str, value: object, minimum: int) -> int:
 def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"scheduler parameter {name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """`value` when it is one of `choices` (names, listed in the error as given)."""
+    if value not in choices:
+        raise ValueError(f"scheduler parameter {name} must be one of "
+                         f"{', '.join(choices)}, got {value!r}")
     return value
 
 

@@ -16,6 +16,7 @@ from kvsaga.scheduler.base import (
     Scheduler,
     SchedulerOutput,
     check_bool,
+    check_choice,
     check_float,
     check_int,
 )
@@ -263,14 +264,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self.max_backfill = check_int("max_backfill", max_backfill, 0)
         self.idle_admit_s = check_float("idle_admit_s", idle_admit_s, 0.0)
         self.shrink_aging = check_int("shrink_aging", shrink_aging, 0)
-        if shrink_order not in SHRINK_ORDERS:
-            raise ValueError(f"scheduler parameter shrink_order must be one of "
-                             f"{', '.join(SHRINK_ORDERS)}, got {shrink_order!r}")
-        self.shrink_order = shrink_order
-        if shrink_on not in SHRINK_ON:
-            raise ValueError(f"scheduler parameter shrink_on must be one of "
-                             f"{', '.join(SHRINK_ON)}, got {shrink_on!r}")
-        self.shrink_on = shrink_on
+        self.shrink_order = check_choice("shrink_order", shrink_order, SHRINK_ORDERS)
+        self.shrink_on = check_choice("shrink_on", shrink_on, SHRINK_ON)
         self.max_overtake = check_int("max_overtake", max_overtake, 0)
         self.paused_growth = check_bool("paused_growth", paused_growth)
         self.tool_growth = check_bool("tool_growth", tool_growth)
@@ -281,10 +276,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self.undo_demotion = undo_demotion
         self.shrink_after = check_float("shrink_after", shrink_after, 0.0)
         self._init_decode_stall(decode_prefill_tokens, decode_prefill_when)  # `DecodeStall`
-        if readmit_charge not in READMIT_CHARGES:
-            raise ValueError(f"scheduler parameter readmit_charge must be one of "
-                             f"{', '.join(READMIT_CHARGES)}, got {readmit_charge!r}")
-        self.readmit_charge = readmit_charge
+        self.readmit_charge = check_choice("readmit_charge", readmit_charge, READMIT_CHARGES)
         self._returns_seen: dict[str, Any] = {}  # "cost": the return last observed
         self._return_lost, self._return_count = 0.0, 0  # ... and their lost shares
         self._ends_since, self._ended_blocks = None, 0  # "cost_ends": contexts that ended
