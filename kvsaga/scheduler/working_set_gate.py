@@ -17,7 +17,7 @@ from typing import Any
 
 from kvsaga.manager import StepLookup
 from kvsaga.policy.cost import PrefillCost
-from kvsaga.scheduler.base import check_float
+from kvsaga.scheduler.base import check_choice, check_float
 from kvsaga.scheduler.decode_stall import (
     READMIT_ROOM,
     READMIT_ROOM_CONTEXTS,
@@ -110,10 +110,7 @@ class WorkingSetGate:
         sets), which `paused_growth` False does not charge them (the shrink does not
         demote for it: it is room a new session may not take, not a commitment); "short":
         the same room, kept only while the tiers are short (`_paused_reserve_applies`)."""
-        if growth_charge not in GROWTH_CHARGES:
-            raise ValueError(f"scheduler parameter growth_charge must be one of "
-                             f"{', '.join(GROWTH_CHARGES)}, got {growth_charge!r}")
-        self.growth_charge = growth_charge
+        self.growth_charge = check_choice("growth_charge", growth_charge, GROWTH_CHARGES)
         self.growth_reserve = check_float("growth_reserve", growth_reserve, 0.0)
         if self.growth_reserve == float("inf"):
             raise ValueError(f"scheduler parameter growth_reserve must be finite, got "
