@@ -7,13 +7,15 @@ hits and slots exactly through the public API, and runs attention through `kvsag
 from __future__ import annotations
 
 import itertools
+import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kvsaga._validate import check_bool, check_str
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
@@ -37,10 +39,38 @@ from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.session import PauseHint
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
+
+
+def _prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
+    """The prompt as a list of ints in [0, vocab), or InvalidRequest naming what is wrong.
+
+    Integer scalars of numpy or torch (what a tokenizer's arrays hold) are taken as their
+    values; a bool, a float or a str item is refused, as is a str prompt (text, not ids).
+    """
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Iterable):
+        raise InvalidRequest(
+            f"prompt_ids must be a sequence of int token ids, got {type(prompt_ids).__name__}"
+            + ("; encode text with engine.tokenizer" if isinstance(prompt_ids, str) else ""))
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise InvalidRequest("the prompt is empty")
+    for i, t in enumerate(prompt):
+        if type(t) is not int:
+            try:
+                if isinstance(t, bool) or getattr(t, "dtype", None) is torch.bool:
+                    raise TypeError  # (numpy's bool has no __index__)
+                prompt[i] = t = operator.index(t)
+            except TypeError:
+                raise InvalidRequest(f"token id {t!r} at prompt position {i} is not an int "
+                                     f"({type(t).__name__})") from None
+        if not 0 <= t < vocab:
+            raise InvalidRequest(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+    return prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,17 +234,28 @@ class LLMEngine:
             salt: tenant salt for prefix sharing.
             tool / expected_s / last_step: the pause that follows this step, if known.
         Raises:
-            InvalidRequest: empty or out-of-vocabulary prompt, a prompt longer than the
-                context limit, a session that already has a request in flight.
+            InvalidRequest: empty or out-of-vocabulary prompt (ids must be ints; numpy
+                and torch integer scalars are taken as their values, bools are refused), a
+                prompt longer than the context limit, a session that already has a request
+                in flight, `params` not a SamplingParams or None, an id or workflow not a
+                str, a salt not a str or bytes, a bad pause hint (tool not a str,
+                expected_s not a number >= 0, last_step not a bool); nothing is queued.
         """
-        params = params or SamplingParams()
-        prompt = list(prompt_ids)
-        if not prompt:
-            raise InvalidRequest("the prompt is empty")
-        vocab = self.config.vocab_size
-        bad = next((t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        if params is None:
+            params = SamplingParams()
+        elif not isinstance(params, SamplingParams):
+            raise InvalidRequest(
+                f"params must be a SamplingParams or None, got {type(params).__name__}")
+        prompt = _prompt_token_ids(prompt_ids, self.config.vocab_size)
+        # Every hint is checked here, as the manager would check it: a bad one found later,
+        # at `begin_step` or `finish_step` inside `step()`, would break that step for the
+        # whole batch and leave this request's blocks held.
+        check_str("request_id", request_id, InvalidRequest, none_ok=True)
+        check_str("session_id", session_id, InvalidRequest, none_ok=True)
+        root_hash(salt)  # InvalidRequest for a salt that is not a str, bytes or None
+        check_str("workflow", workflow, InvalidRequest, none_ok=True)
+        PauseHint(tool, expected_s)  # InvalidRequest naming a bad tool or expected_s
+        check_bool("last_step", last_step, InvalidRequest)
         if len(prompt) >= self.max_model_len:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} tokens leaves no room to generate within the "
@@ -248,8 +289,8 @@ class LLMEngine:
         )
         req.detokenizer = IncrementalDetokenizer(self.tokenizer, prompt)
         req.generator = params.make_generator(self.device)
+        self.scheduler.add(req)  # may refuse it: then nothing here knows of it
         self.requests[rid] = req
-        self.scheduler.add(req)
         return req
 
     def abort(self, request_id: str) -> None:

@@ -1,0 +1,202 @@
+"""`LLMEngine.add_request` with bad arguments: each is refused at once with an
+`InvalidRequest` naming what was wrong, nothing is queued, and the engine goes on serving
+(the same greedy tokens, every block given back). Before these checks, a salt, tool or
+expected_s of the wrong type was accepted and raised later, inside `step()`: the bad
+request stayed queued (every later step raised) or its session's blocks stayed held."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.sampling import SamplingParams
+from kvsaga.errors import InvalidRequest
+from tests.engine.helpers import TINY_VOCAB
+
+GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+PROBE = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]  # 17: two blocks
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("llama_gqa4_untied")
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir) -> LLMEngine:
+    return LLMEngine(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20)
+
+
+def _drain(engine: LLMEngine, req) -> None:
+    for _ in range(200):
+        if req.finished:
+            return
+        engine.step()
+    raise AssertionError(f"request {req.request_id} did not finish in 200 steps")
+
+
+def _state(engine: LLMEngine) -> tuple:
+    sched = engine.scheduler
+    return (sorted(engine.requests), [r.request_id for r in sched.waiting],
+            [r.request_id for r in sched.running], engine.manager.stats(),
+            sorted(engine.manager.sessions))
+
+
+def _serves(engine: LLMEngine, expected: list[int] | None = None) -> list[int]:
+    """Run one plain request through; the manager's books hold and no block stays used."""
+    req = engine.add_request(PROBE, GREEDY)
+    _drain(engine, req)
+    engine.manager.check_integrity()
+    assert engine.manager.stats().num_used_blocks == 0
+    assert not engine.has_unfinished()
+    if expected is not None:
+        assert req.output_ids == expected
+    return req.output_ids
+
+
+@pytest.fixture(scope="module")
+def expected(engine) -> list[int]:
+    return _serves(engine)
+
+
+BAD = [
+    # (prompt, params, kwargs, words the message must hold)
+    ([5, -1], GREEDY, {}, "vocabulary"),
+    ([5, TINY_VOCAB], GREEDY, {}, "vocabulary"),
+    ([], GREEDY, {}, "empty"),
+    ([5, 6.0], GREEDY, {}, "not an int"),
+    ([5, True], GREEDY, {}, "not an int"),
+    ([5, torch.tensor(True)], GREEDY, {}, "not an int"),
+    ([5, np.float32(3)], GREEDY, {}, "not an int"),
+    ([5, None], GREEDY, {}, "not an int"),
+    ("hello", GREEDY, {}, "tokenizer"),
+    (b"hi", GREEDY, {}, "prompt_ids"),
+    (None, GREEDY, {}, "prompt_ids"),
+    (7, GREEDY, {}, "prompt_ids"),
+    ([5, 6], {"max_tokens": 3}, {}, "SamplingParams"),
+    ([5, 6], {}, {}, "SamplingParams"),
+    ([5, 6], "greedy", {}, "SamplingParams"),
+    ([5, 6], GREEDY, {"salt": 7}, "salt"),
+    ([5, 6], GREEDY, {"session_id": "s-salt", "salt": 7.5}, "salt"),
+    ([5, 6], GREEDY, {"session_id": 5}, "session_id"),
+    ([5, 6], GREEDY, {"session_id": ["s"]}, "session_id"),
+    ([5, 6], GREEDY, {"request_id": 7}, "request_id"),
+    ([5, 6], GREEDY, {"workflow": 3}, "workflow"),
+    ([5, 6], GREEDY, {"session_id": "s-tool", "tool": 3}, "tool"),
+    ([5, 6], GREEDY, {"session_id": "s-exp", "expected_s": -1.0}, "expected_s"),
+    ([5, 6], GREEDY, {"session_id": "s-exp", "expected_s": float("nan")}, "expected_s"),
+    ([5, 6], GREEDY, {"session_id": "s-exp", "expected_s": "5"}, "expected_s"),
+    ([5, 6], GREEDY, {"session_id": "s-last", "last_step": "no"}, "last_step"),
+    ([5, 6], GREEDY, {"last_step": 1}, "last_step"),
+]
+
+
+@pytest.mark.parametrize("prompt,params,kwargs,words", BAD,
+                         ids=[f"{i}-{c[3]}" for i, c in enumerate(BAD)])
+def test_bad_request_is_refused_and_changes_nothing(engine, expected, prompt, params, kwargs,
+                                                    words):
+    before = _state(engine)
+    with pytest.raises(InvalidRequest, match=words):
+        engine.add_request(prompt, params, **kwargs)
+    assert _state(engine) == before
+    _serves(engine, expected)
+
+
+def test_bad_hint_on_a_paused_sessions_next_step(engine, expected):
+    """The session's second step with a bad hint is refused; the session stays paused with
+    its cache, and a good second step then hits it."""
+    first = engine.add_request(PROBE, GREEDY, session_id="agent", tool="grep", expected_s=2.0)
+    _drain(engine, first)
+    context = PROBE + first.output_ids + [30, 31]
+    for kw in ({"tool": 3}, {"expected_s": -2}, {"salt": 1}, {"last_step": None}):
+        before = _state(engine)
+        with pytest.raises(InvalidRequest):
+            engine.add_request(context, GREEDY, session_id="agent", **kw)
+        assert _state(engine) == before
+    second = engine.add_request(context, GREEDY, session_id="agent", last_step=True)
+    _drain(engine, second)
+    assert second.num_cached_tokens >= 16
+    assert "agent" not in engine.manager.sessions
+    _serves(engine, expected)
+
+
+def test_numpy_and_torch_integer_ids_are_their_values(engine, expected):
+    """Integer scalars from a tokenizer's arrays count as the ints they hold (they were
+    refused as "outside the vocabulary"); the request runs as the plain list would."""
+    for ids in (np.array(PROBE), list(np.array(PROBE, dtype=np.int32)), torch.tensor(PROBE)):
+        req = engine.add_request(ids, GREEDY)
+        assert req.prompt_ids == PROBE and all(type(t) is int for t in req.prompt_ids)
+        _drain(engine, req)
+        assert req.output_ids == expected
+    _serves(engine, expected)
+
+
+def test_abort_of_unknown_finished_or_twice(engine, expected):
+    engine.abort("never-seen")
+    done = engine.add_request(PROBE, GREEDY)
+    _drain(engine, done)
+    engine.abort(done.request_id)  # finished: a no-op
+    assert done.finish_reason == "length"
+    waiting = engine.add_request(PROBE, GREEDY)
+    engine.abort(waiting.request_id)
+    engine.abort(waiting.request_id)
+    assert waiting.finish_reason == "abort"
+    running = engine.add_request(PROBE, GREEDY, session_id="mid")
+    engine.step()
+    engine.abort(running.request_id)
+    engine.abort(running.request_id)
+    assert running.finish_reason == "abort"
+    assert engine.end_session("mid") == []
+    _serves(engine, expected)
+
+
+_ids = st.one_of(
+    st.lists(st.integers(0, TINY_VOCAB - 1), min_size=1, max_size=24),
+    st.lists(st.one_of(st.integers(-3, TINY_VOCAB + 3), st.booleans(), st.floats(0, 9),
+                       st.text(max_size=2), st.none()), max_size=6),
+)
+_hints = st.fixed_dictionaries({}, optional={
+    "session_id": st.one_of(st.sampled_from(["a", "b"]), st.integers(), st.none()),
+    "salt": st.one_of(st.sampled_from(["t1", "t2"]), st.binary(max_size=3), st.integers(),
+                      st.none()),
+    "workflow": st.one_of(st.sampled_from(["default", "swe"]), st.integers()),
+    "tool": st.one_of(st.sampled_from(["grep", "pytest"]), st.integers(), st.none()),
+    "expected_s": st.one_of(st.floats(allow_nan=True), st.integers(-2, 5), st.none()),
+    "last_step": st.one_of(st.booleans(), st.integers(0, 1), st.none()),
+})
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(calls=st.lists(st.tuples(_ids, _hints, st.booleans()), min_size=1, max_size=4))
+def test_random_requests_refused_or_served(engine, expected, calls):
+    """Random mixes of good and bad requests, some aborted after a step: a refused one
+    changes nothing, the accepted ones all finish, and the books hold after every step."""
+    accepted = []
+    for ids, hints, abort in calls:
+        before = _state(engine)
+        try:
+            req = engine.add_request(ids, GREEDY, **hints)
+        except InvalidRequest:
+            assert _state(engine) == before
+            continue
+        accepted.append((req, abort))
+    engine.step()
+    engine.manager.check_integrity()
+    for req, abort in accepted:
+        if abort:
+            engine.abort(req.request_id)
+    for _ in range(200):
+        if not engine.has_unfinished():
+            break
+        engine.step()
+        engine.manager.check_integrity()
+    assert all(req.finished for req, _ in accepted)
+    for sid in ("a", "b"):
+        engine.end_session(sid)
+    assert engine.manager.stats().num_used_blocks == 0
+    _serves(engine, expected)
