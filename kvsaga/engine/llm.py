@@ -14,6 +14,7 @@ from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
+from kvsaga.session import PauseHint
 
 Prompt = str | Sequence[int]
 Messages = Sequence[Mapping[str, Any]]
@@ -197,7 +198,14 @@ class LLM:
     ) -> list[RequestOutput]:
         engine = self.engine
         params = _check_params(params) or self.default_params()
-        reqs = [engine.add_request(ids, params, **kw) for ids, kw in items]
+        reqs = []
+        try:
+            for ids, kw in items:
+                reqs.append(engine.add_request(ids, params, **kw))
+        except BaseException:  # one prompt refused: none of the call's runs
+            for r in reqs:
+                engine.abort(r.request_id)
+            raise
         mine = {r.request_id for r in reqs}
         while any(not r.finished for r in reqs):
             outputs = engine.step()
@@ -245,7 +253,6 @@ class AgentSession:
             raise InvalidRequest(f"session {self.session_id!r} has ended")
         _check_params(params)
         tool, expected = self._pending_tool
-        self._pending_tool = (None, None)
         hints = {
             "session_id": self.session_id,
             "salt": self.salt,
@@ -255,6 +262,7 @@ class AgentSession:
             "last_step": last_step,
         }
         out = self.llm._run([(ids, hints)], params, on_output)[0]
+        self._pending_tool = (None, None)  # kept while a refused step leaves it unsent
         self.context = TokenContext.of_step(self.llm.tokenizer, ids, text, out.token_ids)
         self.ended = last_step
         return out
@@ -300,6 +308,7 @@ class AgentSession:
 
     def tool_call(self, name: str, expected_s: float | None = None) -> None:
         """Mark the pause after the last step: the session now waits on tool `name`."""
+        PauseHint(name, expected_s)  # InvalidRequest now, not at the next step
         mgr = self.llm.engine.manager
         if self.session_id in mgr.sessions:
             mgr.pause_hint(self.session_id, tool=name, expected_s=expected_s)

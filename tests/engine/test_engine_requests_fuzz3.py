@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.llm import LLM
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
 from tests.engine.helpers import TINY_VOCAB
@@ -152,6 +153,36 @@ def test_abort_of_unknown_finished_or_twice(engine, expected):
     assert running.finish_reason == "abort"
     assert engine.end_session("mid") == []
     _serves(engine, expected)
+
+
+def test_llm_generate_with_one_bad_prompt_queues_none(model_dir):
+    """`LLM.generate` refusing its second prompt leaves the first unqueued too (it stayed
+    queued and ran, unread, inside the next call)."""
+    llm = LLM(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        llm.generate([PROBE, [5, 10**6]], GREEDY)
+    assert not llm.engine.has_unfinished() and not llm.engine.requests
+    assert llm.engine.manager.stats().num_running_sessions == 0
+    assert llm.generate(PROBE, GREEDY)[0].token_ids == llm.generate(PROBE, GREEDY)[0].token_ids
+
+
+def test_agent_session_bad_tool_call_is_refused_at_once(model_dir):
+    """A bad `tool_call` raises there, not at the next step, and the session goes on."""
+    llm = LLM(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20)
+    s = llm.session()
+    with pytest.raises(InvalidRequest, match="tool"):
+        s.tool_call(5)
+    with pytest.raises(InvalidRequest, match="expected_s"):
+        s.tool_call("run", expected_s=-1)
+    s.tool_call("run", expected_s=3.0)  # before the first step: kept for it
+    with pytest.raises(InvalidRequest, match="last_step"):
+        s.generate("hi", GREEDY, last_step="yes")
+    assert s._pending_tool == ("run", 3.0)  # the refused step did not consume it
+    out = s.generate("hi", GREEDY)
+    assert out.finish_reason == "length"
+    assert llm.engine.manager.session(s.session_id).hint.tool == "run"
+    s.end()
+    llm.engine.manager.check_integrity()
 
 
 _ids = st.one_of(
