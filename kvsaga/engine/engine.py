@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kvsaga._validate import check_bool, check_str
+from kvsaga._validate import check_bool, check_positive_int, check_str
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
@@ -147,6 +147,17 @@ class LLMEngine:
                 or not 0 <= max_graph_tokens <= TOKEN_SIZES[-1]):
             raise InvalidRequest(f"max_graph_tokens must be an int in 0..{TOKEN_SIZES[-1]}, "
                                  f"got {max_graph_tokens!r}")
+        # Checked before the weights load (seconds to minutes), each naming its argument.
+        check_positive_int("max_model_len", max_model_len, InvalidRequest, none_ok=True)
+        if not isinstance(policy, (str, EvictionPolicy)):
+            raise InvalidRequest(f"policy must be a policy name or an EvictionPolicy, got "
+                                 f"{policy!r}")
+        if scheduler_params is not None and not isinstance(scheduler_params, Mapping):
+            raise InvalidRequest(f"scheduler_params must be a dict or None, got "
+                                 f"{scheduler_params!r}")
+        check_bool("enforce_eager", enforce_eager, InvalidRequest)
+        if not callable(clock):
+            raise InvalidRequest(f"clock must be a callable returning seconds, got {clock!r}")
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         self.model_path = loaded.path

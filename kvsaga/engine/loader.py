@@ -102,7 +102,8 @@ def load_model(
     )
     dtype = dtype or default_dtype(dev)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ModelLoadError(f"unsupported compute dtype {dtype}; use float32, float16 or bfloat16")
+        raise ModelLoadError(f"unsupported compute dtype {dtype!r}; use torch.float32, "
+                             "torch.float16 or torch.bfloat16 (or None for the default)")
     if ckpt.gguf is not None:
         tokenizer = Tokenizer.from_gguf(ckpt.gguf)
     else:

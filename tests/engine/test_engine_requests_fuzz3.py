@@ -231,3 +231,24 @@ def test_random_requests_refused_or_served(engine, expected, calls):
         engine.end_session(sid)
     assert engine.manager.stats().num_used_blocks == 0
     _serves(engine, expected)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"max_model_len": 0}, "max_model_len"),  # was taken as "the model's"
+    ({"max_model_len": "100"}, "max_model_len"),  # was a TypeError from min()
+    ({"policy": 3}, "policy"),  # was AttributeError: 'int' object has no attribute 'bind'
+    ({"scheduler_params": [1]}, "scheduler_params"),  # was TypeError (argument after **)
+    ({"enforce_eager": "no"}, "enforce_eager"),  # was taken as True
+    ({"clock": 5}, "clock"),  # was accepted; the first add_request raised TypeError
+])
+def test_bad_engine_arguments_are_refused_naming_them(model_dir, kwargs, name):
+    with pytest.raises(InvalidRequest, match=name):
+        LLMEngine(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20,
+                  **kwargs)
+
+
+def test_a_dtype_name_gets_a_message_naming_the_torch_dtypes(model_dir):
+    """`LLMEngine(dtype="float32")` (a name, which only `LLM` resolves) was told "unsupported
+    compute dtype float32; use float32, ...": the message now names the torch dtypes."""
+    with pytest.raises(ValueError, match=r"'float32'.*torch\.float32"):
+        LLMEngine(str(model_dir), device="cpu", dtype="float32", progress=False)
