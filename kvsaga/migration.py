@@ -21,6 +21,7 @@ exported with (`plan_import` checks it): migration never crosses tenants.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,10 +118,24 @@ def plan_export(manager, session_id: str) -> ExportPlan:
 
 
 def _check_compatible(manager, export: SessionExport, salt: str | None) -> None:
+    """InvalidRequest naming what of `export` is malformed or does not fit `manager`: every
+    field is checked here, before anything reads it (a SessionExport arrives from another
+    process, so any field may hold anything)."""
     if not isinstance(export, SessionExport):
         raise InvalidRequest(f"expected a SessionExport, got {type(export).__name__}")
+    _check_session_id(export.session_id)
+    for name in ("token_ids", "block_hashes"):
+        value = getattr(export, name)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise InvalidRequest(f"session {export.session_id!r}: export's {name} must be a "
+                                 f"list, got {type(value).__name__}")
+    if not all(isinstance(h, bytes) for h in export.block_hashes):
+        raise InvalidRequest(f"session {export.session_id!r}: export's block_hashes must be "
+                             "bytes")
     spec = manager.spec
-    if (export.block_size, tuple(export.block_shape), export.dtype) != (
+    shape = export.block_shape
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
+    if (export.block_size, shape, export.dtype) != (
         spec.block_size, tuple(spec.block_shape), spec.dtype
     ):
         raise InvalidRequest(
@@ -167,13 +182,18 @@ def plan_import(
         raise InvalidRequest(f"session {sid!r} already exists on this manager")
     if export.num_blocks == 0:
         return 0, []
-    _check_session_id(sid)
     # The hashes begin_step will compute (same root, checked above, and whole blocks), checked
     # before the session opens, so that a refusal changes nothing on this manager.
     hashes: list[bytes] = []
     manager.hasher.extend(hashes, export.root, _check_token_ids(export.token_ids))
     if hashes != list(export.block_hashes):
         raise InvalidRequest(f"session {sid!r}: exported block hashes do not match its tokens")
+    # Room for the whole context, checked before the session opens: begin_step takes
+    # ownership of the prefix blocks it shares with the manager's paused sessions, which
+    # ending the session again (below) would not give back.
+    need = manager.lookup(sid, export.token_ids, salt=salt).blocks_to_admit(export.num_tokens)
+    if need > manager.pool.num_available:
+        raise OutOfBlocks(need, manager.pool.num_available)
     start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
                                workflow=export.workflow)
     s = manager.session(sid)
