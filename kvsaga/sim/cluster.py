@@ -343,16 +343,28 @@ def cmd_cluster(args) -> int:
 
     from kvsaga.routing import ROUTERS
     from kvsaga.sim.cli import _base_config, _load, _resolve_memory_flags, _schedulers
+    from kvsaga.sim.compare import parse_policy
     from kvsaga.sim.trace import TraceError
 
     try:
         routers = [r.strip() for r in (args.router or ",".join(ROUTERS)).split(",")
                    if r.strip()]
+        if not routers:
+            raise ValueError("--router names no router")
         for r in routers:
             if r not in ROUTERS:
                 raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
-        policies = [p.strip() for p in args.policy.split(",")
-                    if p.strip() and p.strip() != "belady"]
+        policies = []
+        for spec in (p.strip() for p in args.policy.split(",") if p.strip()):
+            name, host = parse_policy(spec)  # ValueError listing the known names
+            if host is not None:
+                raise ValueError(f"--policy {spec!r}: a +host/-host suffix applies without "
+                                 "--gpus; with --gpus every policy gets --host-memory's tier")
+            if name != "belady":  # the offline reference is not run behind a router
+                policies.append(name)
+        if not policies:
+            raise ValueError("--policy names no policy to run behind a router (belady, the "
+                             "offline reference, is not run with --gpus)")
         schedulers = _schedulers(args)
         _resolve_memory_flags(args)
         sessions = _load(args)

@@ -1,0 +1,31 @@
+"""`kvsaga sim` flags that used to crash or run an empty or mislabelled table: each now
+exits 2 with an error naming the flag, and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.cli import main
+
+TINY = ["sim", "--workload", "swe", "--sessions", "2", "--scale", "0.02", "--seed", "101",
+        "--kv-memory", "1G", "--jobs", "1", "--quiet"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # --gpus with only the offline reference: UnboundLocalError ('config'), exit 1
+    (["--gpus", "2", "--policy", "belady"], "--policy names no policy to run behind a router"),
+    (["--gpus", "2", "--policy", ","], "--policy names no policy to run behind a router"),
+    # an empty router list ran nothing and printed an empty table, exit 0
+    (["--gpus", "2", "--router", ",", "--policy", "lru"], "--router names no router"),
+    # a +host spec with --gpus was "unknown policy 'lru+host'" though --policy's help offers it
+    (["--gpus", "2", "--policy", "lru+host", "--host-memory", "1G"],
+     "--policy 'lru+host': a +host/-host suffix applies without --gpus"),
+    (["--gpus", "2", "--policy", "nope"], "unknown policy 'nope'"),
+])
+def test_bad_sim_flags_exit_2_naming_the_flag(args, message, capsys):
+    assert main(TINY + args) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "router  gpus" not in captured.out  # no table was printed
+
