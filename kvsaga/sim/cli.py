@@ -165,7 +165,9 @@ def _resolve_memory_flags(args) -> None:
 
 
 def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
-    return SimConfig(
+    """The run's SimConfig. Raises ValueError for a --host-memory that holds no block (a
+    run labelled with a host tier that has none would say nothing about one)."""
+    config = SimConfig(
         preset=args.preset,
         kv_memory_bytes=kv_memory_bytes,
         host_memory_bytes=args.host_memory or None,
@@ -173,6 +175,10 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
         resume_hints=not args.no_resume_hints,
         slo_factor=args.slo_factor,
     )
+    if args.host_memory and config.host_blocks() == 0:
+        raise ValueError(f"--host-memory {args.host_memory:,} B holds no host block "
+                         f"({config.cost.block_bytes:,} B each with preset {config.cost.name})")
+    return config
 
 
 def _schedulers(args) -> list[str]:

@@ -21,6 +21,10 @@ TINY = ["sim", "--workload", "swe", "--sessions", "2", "--scale", "0.02", "--see
     (["--gpus", "2", "--policy", "lru+host", "--host-memory", "1G"],
      "--policy 'lru+host': a +host/-host suffix applies without --gpus"),
     (["--gpus", "2", "--policy", "nope"], "unknown policy 'nope'"),
+    # a host tier that holds no block ran as "lru+host" with host 0 blocks, exit 0
+    (["--policy", "lru+host", "--host-memory", "1"], "--host-memory 1 B holds no host block"),
+    (["--policy", "lru", "--host-memory", "1K"], "--host-memory 1,024 B holds no host block"),
+    (["--gpus", "2", "--policy", "lru", "--host-memory", "1"], "holds no host block"),
 ])
 def test_bad_sim_flags_exit_2_naming_the_flag(args, message, capsys):
     assert main(TINY + args) == 2
@@ -29,3 +33,8 @@ def test_bad_sim_flags_exit_2_naming_the_flag(args, message, capsys):
     assert "Traceback" not in captured.err + captured.out
     assert "router  gpus" not in captured.out  # no table was printed
 
+
+def test_host_memory_that_holds_blocks_still_runs(capsys):
+    assert main(TINY + ["--policy", "lru+host", "--host-memory", "4M"]) == 0
+    out = capsys.readouterr().out
+    assert "host 0 blocks" not in out and "lru+host" in out
