@@ -180,6 +180,9 @@ class LLMEngine:
         )
         self.clock = clock
         num_host_blocks = pool.num_host_blocks(self.spec)
+        if host_memory_bytes and not num_host_blocks:  # (0 is "no host tier")
+            raise InvalidRequest(f"host_memory_bytes={host_memory_bytes} holds no KV block of "
+                                 f"{self.spec.bytes_per_block} bytes")
         # Evictions are priced for this model on this device, not the A100 default.
         self.device_profile = device_profile(
             self.device, self.dtype, cfg, self.spec.bytes_per_block

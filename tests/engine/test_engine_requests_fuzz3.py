@@ -252,3 +252,15 @@ def test_a_dtype_name_gets_a_message_naming_the_torch_dtypes(model_dir):
     compute dtype float32; use float32, ...": the message now names the torch dtypes."""
     with pytest.raises(ValueError, match=r"'float32'.*torch\.float32"):
         LLMEngine(str(model_dir), device="cpu", dtype="float32", progress=False)
+
+
+def test_a_host_budget_that_holds_no_block_is_refused(model_dir):
+    """`host_memory_bytes` under one block ran with no host tier and said nothing
+    (`kvsaga-serve --host-memory 1` served without offload); as the GPU budget does, it is
+    now refused naming the block size. 0 still means no host tier."""
+    kw = {"device": "cpu", "progress": False, "kv_memory_bytes": 4 * 2**20}
+    with pytest.raises(InvalidRequest, match=r"host_memory_bytes=1 holds no KV block of \d+"):
+        LLMEngine(str(model_dir), host_memory_bytes=1, **kw)
+    assert LLMEngine(str(model_dir), host_memory_bytes=0, **kw).transfers is None
+    engine = LLMEngine(str(model_dir), host_memory_bytes=2**20, **kw)
+    assert engine.manager.stats().num_host_blocks > 0
