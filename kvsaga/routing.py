@@ -109,6 +109,13 @@ def prefix_key(body: Mapping) -> str | None:
     return None
 
 
+def _replica_names(replicas: Iterable[str]) -> list[str]:
+    """The names as a list; ValueError for one str (its characters are not replicas)."""
+    if isinstance(replicas, (str, bytes)):
+        raise ValueError(f"replicas must be a list of replica names, got the str {replicas!r}")
+    return list(replicas)
+
+
 class Router:
     """Base: live replicas, in-flight counts, least-loaded choice, and session homes."""
 
@@ -121,7 +128,7 @@ class Router:
         self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
-        for r in replicas:
+        for r in _replica_names(replicas):
             self.add_replica(r)
 
     # -- membership -------------------------------------------------------------------
@@ -149,7 +156,7 @@ class Router:
 
     def sync(self, live: Iterable[str]) -> list[str]:
         """Make the replica set equal `live`; returns sessions lost with removed replicas."""
-        live = list(live)
+        live = _replica_names(live)
         lost: list[str] = []
         for r in [r for r in self.replicas if r not in set(live)]:
             lost += self.remove_replica(r)

@@ -114,6 +114,17 @@ class RoutingConfig:
         if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
             raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
                              f"{self.link_bandwidth!r}")
+        # A negative prefix_memory emptied the prefix table and then raised KeyError on
+        # every route; a size <= 0 made migration free or paid.
+        if not is_int(self.prefix_memory) or self.prefix_memory < 0:
+            raise ValueError("RoutingConfig.prefix_memory must be an int >= 0, got "
+                             f"{self.prefix_memory!r}")
+        if not is_number(self.bytes_per_token) or not self.bytes_per_token > 0:
+            raise ValueError("RoutingConfig.bytes_per_token must be a number > 0, got "
+                             f"{self.bytes_per_token!r}")
+        if not callable(getattr(self.cost, "recompute_s", None)):
+            raise ValueError("RoutingConfig.cost must be a CostModel (with recompute_s), got "
+                             f"{self.cost!r}")
 
     def migrate_s(self, context_tokens: int) -> float:
         """Seconds to move a context's KV to another replica."""
