@@ -103,19 +103,23 @@ def _check_session_id(session_id: object) -> None:
 
 
 def _check_token_ids(token_ids: object) -> list[int]:
-    """Copy token ids to a list, rejecting anything but ints in [0, 2^32)."""
+    """Copy token ids to a list of plain ints, rejecting anything but ints in [0, 2^32).
+
+    Integer scalars of other types (numpy's) come out as ints: the C++ core reads a
+    session's stored context as exact ints, and raised TypeError at every later call on a
+    session whose prompt held numpy ints.
+    """
     if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
         raise InvalidRequest(
             f"token_ids must be a sequence of ints, got {type(token_ids).__name__}"
         )
     try:
-        array("I", token_ids)  # one C pass: type and range of every id
+        return array("I", token_ids).tolist()  # one C pass: type and range of every id
     except (TypeError, OverflowError):
         for t in token_ids:
             if not is_int(t) or not 0 <= t < 2**32:
                 raise InvalidRequest(f"token ids must be ints in [0, 2^32), got {t!r}") from None
         raise
-    return list(token_ids)
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:

@@ -1,0 +1,66 @@
+"""Token ids of integer types other than int (numpy's, as a tokenizer's arrays hold them)
+through the manager: stored as plain ints, so both cores go on serving the session. The C++
+core used to store them as given and raise TypeError ('an integer is required') at every
+later call that read the context: the session could never decode again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available
+
+CORES = ["python", pytest.param("cpp", marks=pytest.mark.skipif(
+    not cpp_available(), reason="the C++ core is not built"))]
+
+
+def _manager(core: str) -> KVCacheManager:
+    return KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16, core=core, clock=lambda: 0.0)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_numpy_prompt_then_decode_then_resume(core):
+    m = _manager(core)
+    prompt = list(np.arange(10, 19))  # np.int64 items
+    m.begin_step("a", prompt)
+    m.allocate_slots("a", len(prompt))
+    m.append_tokens("a", [np.int32(7)])
+    m.allocate_slots("a", 1)
+    m.decode_step(["a"], [np.uint16(8)])
+    assert m.session("a").token_ids == [*range(10, 19), 7, 8]
+    assert all(type(t) is int for t in m.session("a").token_ids)
+    m.finish_step("a")
+    m.check_integrity()
+    st_ = m.begin_step("a", np.arange(10, 19).tolist() + [7, 8, 9])
+    assert st_.num_cached_tokens == 11
+    m.check_integrity()
+
+
+_ids = st.lists(st.integers(0, 5), min_size=1, max_size=12)
+_kind = st.sampled_from([int, np.int64, np.int32, np.uint8])
+
+
+@pytest.mark.parametrize("core", CORES)
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(steps=st.lists(st.tuples(_ids, _kind, st.lists(_kind, min_size=1, max_size=3)),
+                      min_size=1, max_size=4))
+def test_mixed_integer_types_give_the_plain_int_run(core, steps):
+    """The same steps with ints of any type and with plain ints leave equal books."""
+    plain, mixed = _manager(core), _manager(core)
+    context: list[int] = []
+    for ids, kind, decode_kinds in steps:
+        context += ids
+        for m, conv, dconv in ((plain, int, [int] * len(decode_kinds)),
+                               (mixed, kind, decode_kinds)):
+            m.begin_step("s", [conv(t) for t in context])
+            m.allocate_slots("s", len(context) - m.num_computed_tokens("s"))
+            for i, d in enumerate(dconv):
+                m.decode_step(["s"], [d(i)])
+            m.finish_step("s")
+            m.check_integrity()
+        context += list(range(len(decode_kinds)))
+        assert mixed.session("s").token_ids == plain.session("s").token_ids == context
+        assert mixed.stats() == plain.stats()
