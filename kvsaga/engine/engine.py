@@ -308,7 +308,9 @@ class LLMEngine:
         return req
 
     def abort(self, request_id: str) -> None:
-        """Stop a request now; its step's blocks are released (kept as cache)."""
+        """Stop a request now; its step's blocks are released (kept as cache). Unknown or
+        finished: a no-op. InvalidRequest if `request_id` is not a str."""
+        check_str("request_id", request_id, InvalidRequest)
         req = self.requests.get(request_id)
         if req is None or req.finished:
             return
@@ -329,7 +331,10 @@ class LLMEngine:
 
         Returns:
             Blocks whose load from the host tier started.
+        Raises:
+            InvalidRequest: `session_id` is not a str.
         """
+        check_str("session_id", session_id, InvalidRequest)
         if session_id not in self.manager.sessions:
             return 0
         self.manager.resume_hint(session_id, now=self.clock())
@@ -341,7 +346,10 @@ class LLMEngine:
 
         Returns:
             The ids of the requests that were aborted.
+        Raises:
+            InvalidRequest: `session_id` is not a str.
         """
+        check_str("session_id", session_id, InvalidRequest)
         aborted = [r.request_id for r in self.requests.values() if r.session_id == session_id]
         for rid in aborted:
             self.abort(rid)

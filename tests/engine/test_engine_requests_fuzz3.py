@@ -264,3 +264,15 @@ def test_a_host_budget_that_holds_no_block_is_refused(model_dir):
     assert LLMEngine(str(model_dir), host_memory_bytes=0, **kw).transfers is None
     engine = LLMEngine(str(model_dir), host_memory_bytes=2**20, **kw)
     assert engine.manager.stats().num_host_blocks > 0
+
+
+@pytest.mark.parametrize("call", ["abort", "end_session", "resume_hint"])
+@pytest.mark.parametrize("bad", [["s"], {"s": 1}, None, 5])
+def test_id_of_the_wrong_type_is_refused_by_name(engine, expected, call, bad):
+    """A list id raised TypeError ("unhashable type: 'list'"), None or an int was a silent
+    no-op: each is an InvalidRequest naming the argument, and nothing changes."""
+    before = _state(engine)
+    with pytest.raises(InvalidRequest, match="request_id" if call == "abort" else "session_id"):
+        getattr(engine, call)(bad)
+    assert _state(engine) == before
+    _serves(engine, expected)
