@@ -251,7 +251,8 @@ class LLMEngine:
             InvalidRequest: empty or out-of-vocabulary prompt (ids must be ints; numpy
                 and torch integer scalars are taken as their values, bools are refused), a
                 prompt longer than the context limit, a session that already has a request
-                in flight, `params` not a SamplingParams or None, an id or workflow not a
+                in flight, `params` not a SamplingParams or None (or with n != 1: one
+                completion per request), an id or workflow not a
                 str, a salt not a str or bytes, a bad pause hint (tool not a str,
                 expected_s not a number >= 0, last_step not a bool); nothing is queued.
         """
@@ -260,6 +261,9 @@ class LLMEngine:
         elif not isinstance(params, SamplingParams):
             raise InvalidRequest(
                 f"params must be a SamplingParams or None, got {type(params).__name__}")
+        if params.n != 1:  # one completion per request: a caller that wants n adds n
+            raise InvalidRequest(f"SamplingParams.n={params.n}: the engine runs one "
+                                 "completion per request (n=1); add the request n times")
         prompt = _prompt_token_ids(prompt_ids, self.config.vocab_size)
         # Every hint is checked here, as the manager would check it: a bad one found later,
         # at `begin_step` or `finish_step` inside `step()`, would break that step for the

@@ -81,6 +81,8 @@ BAD = [
     ([5, 6], {"max_tokens": 3}, {}, "SamplingParams"),
     ([5, 6], {}, {}, "SamplingParams"),
     ([5, 6], "greedy", {}, "SamplingParams"),
+    # n > 1 was accepted and one completion came back, silently
+    ([5, 6], SamplingParams(max_tokens=2, n=2), {}, "SamplingParams.n=2"),
     ([5, 6], GREEDY, {"salt": 7}, "salt"),
     ([5, 6], GREEDY, {"session_id": "s-salt", "salt": 7.5}, "salt"),
     ([5, 6], GREEDY, {"session_id": 5}, "session_id"),
