@@ -255,7 +255,10 @@ def import_session(
     from kvsaga import kernels
 
     kv = engine.storage.kv
-    if export.kv is None or tuple(export.kv.shape) != (export.num_blocks, *kv.shape[1:]):
+    if not isinstance(export, SessionExport):
+        raise InvalidRequest(f"expected a SessionExport, got {type(export).__name__}")
+    if (not isinstance(export.kv, torch.Tensor)
+            or tuple(export.kv.shape) != (export.num_blocks, *kv.shape[1:])):
         raise InvalidRequest(
             f"export of session {export.session_id!r} carries no K/V of "
             f"{export.num_blocks} blocks of shape {tuple(kv.shape[1:])}"
