@@ -36,7 +36,7 @@ from ray.serve.config import RequestRouterConfig
 
 from kvsaga._validate import is_int
 from kvsaga.errors import KVSagaError
-from kvsaga.integrations.ray.router import KvsagaRequestRouter
+from kvsaga.integrations.ray.router import KvsagaRequestRouter, routing_config
 from kvsaga.migration import export_session, import_session
 from kvsaga.routing import (
     RAY_DEFAULT_ROUTER,
@@ -543,6 +543,7 @@ def build_application(
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
     if router not in REPLICA_ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
+    routing_config(router, router_kwargs or {})  # here, not later inside the router actor
     engine = serve.deployment(
         EngineReplica,
         name=ENGINE_DEPLOYMENT,

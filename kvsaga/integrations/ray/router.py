@@ -13,6 +13,7 @@ session's KV (`migrate`) or only its token context.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from typing import Any, ClassVar
@@ -53,6 +54,27 @@ def pinned(router: RequestRouter, call: dict | None,
     return [[by_id[pin]]] if pin in by_id else [candidates]
 
 
+def routing_config(router: str, config: dict[str, Any]) -> RoutingConfig | None:
+    """The `kvsaga` router's RoutingConfig from the request router's kwargs (None for
+    another router, which takes none).
+
+    Raises:
+        ValueError: fields given for another router (they would be dropped without a word),
+            a field RoutingConfig does not have (listing those it has), or a bad value.
+    """
+    if router != "kvsaga":
+        if config:
+            raise ValueError(f"RoutingConfig fields {sorted(config)} apply to the kvsaga "
+                             f"router only, not {router!r}")
+        return None
+    known = {f.name for f in dataclasses.fields(RoutingConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown RoutingConfig field(s) {unknown}; known: "
+                         f"{', '.join(sorted(known))}")
+    return RoutingConfig(**config)
+
+
 class KvsagaRequestRouter(RequestRouter):
     """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
     go to any available replica. Configure through the deployment's
@@ -62,8 +84,9 @@ class KvsagaRequestRouter(RequestRouter):
     instances: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # this process's routers
 
     def initialize_state(self, router: str = "kvsaga", **config: Any) -> None:
+        routing = routing_config(router, config)
         KvsagaRequestRouter.instances.add(self)
-        kwargs = {"config": RoutingConfig(**config)} if router == "kvsaga" else {}
+        kwargs = {"config": routing} if routing is not None else {}
         self.kv_router = make_router(router, **kwargs)
         self._routes: dict[str, Any] = {}  # internal request id -> Route
 
