@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -76,6 +76,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _is_token_id(x: object) -> bool:
+    """An int-like scalar (int, numpy integer, 0-d integer tensor), not a bool or text."""
+    return (not isinstance(x, (str, bytes, bool)) and hasattr(type(x), "__index__")
+            and getattr(x, "ndim", 0) == 0)
+
+
+def _prompt_list(prompts: object) -> list:
+    """`LLM.generate`'s prompts as a list: one text or one run of token ids (a list, or a
+    1-D numpy array or tensor) becomes a list of one.
+
+    Raises:
+        InvalidRequest: not a str, token ids, or a list of those (bytes, a dict, a number).
+    """
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts is None:
+        return []
+    if isinstance(prompts, (bytes, Mapping)) or not isinstance(prompts, Iterable):
+        raise InvalidRequest("prompts must be a str, a list of token ids, or a list of "
+                             f"those, got {type(prompts).__name__}")
+    if getattr(prompts, "ndim", None) == 1:  # one prompt's ids as an array or tensor
+        return [prompts]
+    items = list(prompts)
+    return [items] if items and _is_token_id(items[0]) else items
+
+
 def _check_params(params: object) -> SamplingParams | None:
     """`params` if it is a SamplingParams or None, else InvalidRequest naming its type (a dict
     is refused, not converted: whether its fields fill in over the model's defaults or the
@@ -134,6 +160,9 @@ class LLM:
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable):
+            raise InvalidRequest("each prompt must be a str or a list of token ids, got "
+                                 f"{type(prompt).__name__}")
         return list(prompt)
 
     def generate(
@@ -151,10 +180,7 @@ class LLM:
         Returns:
             One output per prompt, in order.
         """
-        if isinstance(prompts, str) or (
-            isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]
+        prompts = _prompt_list(prompts)
         if not prompts:
             raise InvalidRequest("no prompts given")
         _check_params(params)

@@ -278,3 +278,36 @@ def test_id_of_the_wrong_type_is_refused_by_name(engine, expected, call, bad):
         getattr(engine, call)(bad)
     assert _state(engine) == before
     _serves(engine, expected)
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir) -> LLM:
+    return LLM(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20)
+
+
+@pytest.mark.parametrize("prompts", [
+    np.array(PROBE),  # was ValueError: the truth value of an array ... is ambiguous
+    torch.tensor(PROBE),  # was RuntimeError: Boolean value of Tensor ... is ambiguous
+    [np.int64(PROBE[0]), *PROBE[1:]],  # was TypeError: 'numpy.int64' object is not iterable
+    tuple(PROBE),
+])
+def test_llm_generate_takes_one_prompt_of_ids_in_any_integer_form(llm, expected, prompts):
+    outs = llm.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outs] == [expected]
+
+
+def test_llm_generate_takes_a_2d_array_as_prompts(llm, expected):
+    outs = llm.generate(np.array([PROBE, PROBE]), GREEDY)
+    assert [o.token_ids for o in outs] == [expected, expected]
+
+
+@pytest.mark.parametrize("prompts,words", [
+    (5, "prompts must be"),  # was TypeError: 'int' object is not iterable
+    (b"hi", "prompts must be"),  # was taken as token ids 104, 105
+    ({"a": 1}, "prompts must be"),  # was taken as the text prompt "a"
+    ([b"hi"], "each prompt must be"),
+])
+def test_llm_generate_refuses_what_is_not_a_prompt(llm, prompts, words):
+    with pytest.raises(InvalidRequest, match=words):
+        llm.generate(prompts, GREEDY)
+    assert not llm.engine.requests and not llm.engine.has_unfinished()
