@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from kvsaga._validate import check_str
 from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
+from kvsaga.prefix import root_hash
 from kvsaga.session import PauseHint
 
 Prompt = str | Sequence[int]
@@ -211,7 +213,15 @@ class LLM:
     def session(
         self, session_id: str | None = None, *, salt: str | None = None, workflow: str = "default"
     ) -> AgentSession:
-        """An agent session: successive calls extend one context kept in the cache."""
+        """An agent session: successive calls extend one context kept in the cache.
+
+        Raises:
+            InvalidRequest: a session id or workflow that is not a str, a salt not a str or
+                bytes (checked here, not at the session's first step).
+        """
+        check_str("session_id", session_id, InvalidRequest, none_ok=True)
+        root_hash(salt)
+        check_str("workflow", workflow, InvalidRequest, none_ok=True)
         return AgentSession(
             self, session_id or f"session-{next(self._session_ids)}", salt, workflow
         )

@@ -311,3 +311,13 @@ def test_llm_generate_refuses_what_is_not_a_prompt(llm, prompts, words):
     with pytest.raises(InvalidRequest, match=words):
         llm.generate(prompts, GREEDY)
     assert not llm.engine.requests and not llm.engine.has_unfinished()
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"session_id": 5}, "session_id"), ({"session_id": ["s"]}, "session_id"),
+    ({"salt": 7}, "salt"), ({"workflow": 3}, "workflow"),
+])
+def test_llm_session_refuses_bad_ids_when_made(llm, kwargs, words):
+    """They were accepted by `LLM.session` and refused only at the session's first step."""
+    with pytest.raises(InvalidRequest, match=words):
+        llm.session(**kwargs)
