@@ -468,7 +468,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         expected_s: float | None, last_step: bool,
     ) -> tuple[PauseHint, float] | None:
         """The checked hint and the time, or None once `last_step` has ended the session."""
-        hint = PauseHint(tool, expected_s, bool(last_step))
+        hint = PauseHint(tool, expected_s, check_bool("last_step", last_step, InvalidRequest))
         now = self._time(now)
         if last_step:
             self.end_session(session_id, now=now)

@@ -1,7 +1,10 @@
-"""Token ids of integer types other than int (numpy's, as a tokenizer's arrays hold them)
-through the manager: stored as plain ints, so both cores go on serving the session. The C++
-core used to store them as given and raise TypeError ('an integer is required') at every
-later call that read the context: the session could never decode again."""
+"""Manager arguments of the wrong type.
+
+Token ids of integer types other than int (numpy's, as a tokenizer's arrays hold them) are
+stored as plain ints, so both cores go on serving the session. The C++ core used to store
+them as given and raise TypeError ('an integer is required') at every later call that read
+the context: the session could never decode again. A last_step that is not a bool is
+refused (a truthy "no" ended the session)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsaga import KVCacheManager, KVSpec
+from kvsaga import InvalidRequest, KVCacheManager, KVSpec
 from kvsaga._core import cpp_available
 
 CORES = ["python", pytest.param("cpp", marks=pytest.mark.skipif(
@@ -64,3 +67,26 @@ def test_mixed_integer_types_give_the_plain_int_run(core, steps):
         context += list(range(len(decode_kinds)))
         assert mixed.session("s").token_ids == plain.session("s").token_ids == context
         assert mixed.stats() == plain.stats()
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("call", ["finish_step", "pause_hint"])
+@pytest.mark.parametrize("bad", ["no", 1, 0, None, [True]])
+def test_last_step_that_is_not_a_bool_is_refused(core, call, bad):
+    """`finish_step(sid, last_step="no")` ended the session (a truthy "no"), and 0 or None
+    kept it, silently; either way the caller's intent is a guess. It is an InvalidRequest
+    naming last_step, and the session is as it was."""
+    from tests.test_error_atomicity_stateful import full_state
+
+    m = _manager(core)
+    m.begin_step("a", list(range(9)))
+    m.allocate_slots("a", 9)
+    if call == "pause_hint":
+        m.finish_step("a")
+    before = full_state(m)
+    with pytest.raises(InvalidRequest, match="last_step must be True or False"):
+        getattr(m, call)("a", last_step=bad)
+    assert full_state(m) == before
+    getattr(m, call)("a", last_step=True)
+    assert "a" not in m.sessions
+    m.check_integrity()
