@@ -125,6 +125,10 @@ class ServerSettings:
         need(self.metrics_compat in (None, "vllm"),
              f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known")
         need(all(isinstance(k, str) and k for k in self.api_keys), "api keys must be non-empty")
+        need(self.served_model_name is None
+             or (isinstance(self.served_model_name, str) and self.served_model_name.strip()),
+             f"served_model_name must be a non-empty name (clients send it as `model`), got "
+             f"{self.served_model_name!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of "
                              f"{sorted(SCHEDULERS)}")

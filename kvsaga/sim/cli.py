@@ -181,11 +181,21 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
     return config
 
 
+def comma_names(flag: str, value: str, what: str) -> list[str]:
+    """A comma-separated flag's names, in order: ValueError naming the flag when it names
+    none or one twice (a repeated name would run and print the same rows again)."""
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"{flag} names no {what}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{flag} names {', '.join(map(repr, twice))} more than once")
+    return names
+
+
 def _schedulers(args) -> list[str]:
     """The --scheduler names, checked (ValueError naming an unknown one)."""
-    names = [s.strip() for s in args.scheduler.split(",") if s.strip()]
-    if not names:
-        raise ValueError("--scheduler names no scheduler")
+    names = comma_names("--scheduler", args.scheduler, "scheduler")
     for name in names:
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; choose from "
@@ -225,9 +235,7 @@ def cmd_sim(args) -> int:
 
         return cmd_cluster(args)
     try:
-        specs = [s.strip() for s in args.policy.split(",") if s.strip()]
-        if not specs:
-            raise ValueError("--policy names no policy")
+        specs = comma_names("--policy", args.policy, "policy")
         for spec in specs:
             parse_policy(spec)
         schedulers = _schedulers(args)

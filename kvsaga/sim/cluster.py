@@ -342,20 +342,17 @@ def cmd_cluster(args) -> int:
     import sys
 
     from kvsaga.routing import ROUTERS
-    from kvsaga.sim.cli import _base_config, _load, _resolve_memory_flags, _schedulers
+    from kvsaga.sim.cli import _base_config, _load, _resolve_memory_flags, _schedulers, comma_names
     from kvsaga.sim.compare import parse_policy
     from kvsaga.sim.trace import TraceError
 
     try:
-        routers = [r.strip() for r in (args.router or ",".join(ROUTERS)).split(",")
-                   if r.strip()]
-        if not routers:
-            raise ValueError("--router names no router")
+        routers = comma_names("--router", args.router or ",".join(ROUTERS), "router")
         for r in routers:
             if r not in ROUTERS:
                 raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
         policies = []
-        for spec in (p.strip() for p in args.policy.split(",") if p.strip()):
+        for spec in comma_names("--policy", args.policy, "policy"):
             name, host = parse_policy(spec)  # ValueError listing the known names
             if host is not None:
                 raise ValueError(f"--policy {spec!r}: a +host/-host suffix applies without "

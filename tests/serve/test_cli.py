@@ -160,6 +160,8 @@ def test_version():
     (["--session-idle", "-1"], "--session-idle must be a number > 0 (inf: never), got -1.0"),
     (["--api-key", ""], "--api-key '' names no key"),
     (["--api-key", " , "], "--api-key ' , ' names no key"),
+    (["--served-model-name", ""], "--served-model-name must be a non-empty name"),
+    (["--served-model-name", "  "], "--served-model-name must be a non-empty name"),
 ])
 def test_bad_settings_fail_in_one_line_before_the_model_loads(argv, message, capsys,
                                                               monkeypatch: pytest.MonkeyPatch):
@@ -205,6 +207,8 @@ def test_settings_built_directly_are_checked_too():
         ServerSettings(max_queue=-1)
     with pytest.raises(ValueError, match="block_size must be an int >= 1, got 2.5"):
         ServerSettings(block_size=2.5)
+    with pytest.raises(ValueError, match="served_model_name must be a non-empty name"):
+        ServerSettings(served_model_name=3)
 
 
 def test_a_busy_port_fails_in_one_line_before_the_model_loads():

@@ -61,6 +61,11 @@ def test_replays_a_trace_file(tmp_path, capsys):
     (["--trace", "/dev/null", "--gpus", "2"], "trace '/dev/null' holds no sessions"),
     (["--scheduler", "fcfs,lifo"], "unknown scheduler 'lifo'; choose from fcfs, workflow"),
     (["--scheduler", ","], "--scheduler names no scheduler"),
+    # a name given twice ran and printed the same rows twice
+    (["--policy", "lru,ttl,lru"], "--policy names 'lru' more than once"),
+    (["--scheduler", "fcfs,workflow,fcfs"], "--scheduler names 'fcfs' more than once"),
+    (["--gpus", "2", "--policy", "ttl,ttl"], "--policy names 'ttl' more than once"),
+    (["--gpus", "2", "--router", "affinity,affinity"], "--router names 'affinity' more than once"),
 ])
 def test_bad_arguments_say_what_is_wrong(args, message, capsys):
     assert main(TINY + args) == 2

@@ -14,7 +14,7 @@ TINY = ["sim", "--workload", "swe", "--sessions", "2", "--scale", "0.02", "--see
 @pytest.mark.parametrize(("args", "message"), [
     # --gpus with only the offline reference: UnboundLocalError ('config'), exit 1
     (["--gpus", "2", "--policy", "belady"], "--policy names no policy to run behind a router"),
-    (["--gpus", "2", "--policy", ","], "--policy names no policy to run behind a router"),
+    (["--gpus", "2", "--policy", ","], "--policy names no policy"),
     # an empty router list ran nothing and printed an empty table, exit 0
     (["--gpus", "2", "--router", ",", "--policy", "lru"], "--router names no router"),
     # a +host spec with --gpus was "unknown policy 'lru+host'" though --policy's help offers it
