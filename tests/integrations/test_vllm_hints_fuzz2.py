@@ -8,8 +8,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+# The vLLM environment (tests/integrations/vllm/run.sh) collects tests/integrations too and
+# has no hypothesis; these need no vLLM and run in the main suite.
+pytest.importorskip("hypothesis", reason="run by the main suite; the vLLM env lacks hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from kvsaga.errors import InvalidRequest
 from kvsaga.integrations.vllm.hints import StepInfo, step_info
