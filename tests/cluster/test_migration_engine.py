@@ -3,6 +3,7 @@ receiving engine continues it with the same greedy output as the engine it left.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -90,4 +91,23 @@ def test_import_rejects_a_payload_of_the_wrong_shape(tiny_dir: Path):
     with pytest.raises(InvalidRequest, match="carries no K/V"):
         import_session(b, bad)
     assert "s" not in b.manager.sessions
+    b.manager.check_integrity()
+
+
+def test_malformed_engine_imports_are_refused(tiny_dir: Path):
+    """An export that is not one, or whose K/V is not a tensor: InvalidRequest, and the
+    engine unchanged (they raised AttributeError from `export.kv.shape`; fuzz3 lane)."""
+    a, b = engine(tiny_dir), engine(tiny_dir)
+    run_step(a, "s", list(range(5, 45)))
+    good = export_session(a, "s")
+    before = (b.manager.stats(), sorted(b.manager.sessions), b.storage.kv.clone())
+    for bad in ({"session_id": "s"}, None,
+                dataclasses.replace(good, kv=good.kv.tolist()),
+                dataclasses.replace(good, kv=good.kv.numpy())):
+        with pytest.raises(InvalidRequest, match="SessionExport|K/V"):
+            import_session(b, bad)
+        stats, sessions, kv = before
+        assert b.manager.stats() == stats and sorted(b.manager.sessions) == sessions
+        assert torch.equal(b.storage.kv, kv)
+    assert import_session(b, good) == good.num_tokens
     b.manager.check_integrity()
