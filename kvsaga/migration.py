@@ -191,17 +191,15 @@ def plan_import(
     # Room for the whole context, checked before the session opens: begin_step takes
     # ownership of the prefix blocks it shares with the manager's paused sessions, which
     # ending the session again (below) would not give back.
-    need = manager.lookup(sid, export.token_ids, salt=salt).blocks_to_admit(export.num_tokens)
+    found = manager.lookup(sid, export.token_ids, salt=salt, block_hashes=hashes)
+    need = found.blocks_to_admit(export.num_tokens)
     if need > manager.pool.num_available:
         raise OutOfBlocks(need, manager.pool.num_available)
     start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
                                workflow=export.workflow)
     s = manager.session(sid)
     rest = export.num_tokens - start.num_cached_tokens
-    try:
-        need = manager.num_blocks_needed(sid, rest)
-        if need > manager.pool.num_available:
-            raise OutOfBlocks(need, manager.pool.num_available)
+    try:  # room was checked above; allocate_slots still raises OutOfBlocks, changing nothing
         manager.allocate_slots(sid, rest, now=now)
     except Exception:
         manager.preempt(sid, now=now)
