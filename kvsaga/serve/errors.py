@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from kvsaga.serve.protocol import ErrorBody, ErrorResponse
 
 # OpenAI's `type` for each status we send.
@@ -51,3 +53,16 @@ class APIError(Exception):
             code=self.code,
         )
         return ErrorResponse(error=err).model_dump()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def refuse_lone_surrogate(text: str, param: str) -> None:
+    """APIError 400 naming `param` when `text` holds a lone UTF-16 surrogate (JSON's
+    "\\ud800" escape, which the stdlib parser lets through): it is no Unicode text, and
+    encoding it (the tokenizer, the tenant's hash) failed as a 500."""
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise APIError(400, f"{param} holds a lone surrogate {bad.group()!r} at character "
+                       f"{bad.start() + 1}, which is not Unicode text", param=param)

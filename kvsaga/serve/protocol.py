@@ -22,23 +22,20 @@ def now_s() -> int:
     return int(time.time())
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
-    return value
-
-
-def _not_bool_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    return value
+def _no_bool(kind: str) -> BeforeValidator:
+    """A validator that refuses a JSON boolean where `kind` ("an integer") is expected."""
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected {kind}, got a boolean")
+        return value
+    return BeforeValidator(check)
 
 
 # Request fields take JSON's own types: `true` is no count, token id or number (a
 # temperature), and "yes" or 1 no boolean (pydantic's lax mode would read them as 1, 1.0
 # and True).
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool_number)]
+Int = Annotated[int, _no_bool("an integer")]
+Float = Annotated[float, _no_bool("a number")]
 Bool = Annotated[bool, Strict()]
 
 

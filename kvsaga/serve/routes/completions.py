@@ -3,14 +3,13 @@ hand it to `Serving`."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from kvsaga.engine.chat_template import ChatTemplateError
-from kvsaga.serve.errors import APIError
+from kvsaga.serve.errors import APIError, refuse_lone_surrogate
 from kvsaga.serve.protocol import ChatCompletionRequest, CompletionRequest
 from kvsaga.serve.serving import Prompt
 from kvsaga.serve.state import server_state
@@ -30,7 +29,7 @@ async def chat(request: Request, body: ChatCompletionRequest) -> Response:
     except ChatTemplateError as e:
         raise APIError(422, f"the chat template rejected the messages: {e}",
                        param="messages") from None
-    _check_text(text, "messages")
+    refuse_lone_surrogate(text, "messages")
     prompt = Prompt(text, add_special_tokens=False, param="messages")
     return await srv.complete(request, body, prompt, True,
                               body.max_completion_tokens or body.max_tokens)
@@ -45,26 +44,13 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
         p = p[0]  # a batch of one
     if isinstance(p, str):
-        _check_text(p, "prompt")
+        refuse_lone_surrogate(p, "prompt")
         prompt = Prompt(p)
     elif isinstance(p, list) and all(isinstance(t, int) for t in p):
         prompt = Prompt(None, ids=list(p))
     else:
         raise APIError(400, "only one prompt per request is supported", param="prompt")
     return await srv.complete(request, body, prompt, False, body.max_tokens)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _check_text(text: str, param: str) -> None:
-    """400 for a prompt holding a lone UTF-16 surrogate (JSON's "\\ud800" escape): it is no
-    Unicode text, and the tokenizer failed on it with a TypeError (a 500)."""
-    bad = _SURROGATE.search(text)
-    if bad is not None:
-        raise APIError(400, f"{param}: the text holds a lone surrogate {bad.group()!r} (at "
-                       f"character {bad.start() + 1} of the prompt), which is not Unicode "
-                       f"text", param=param)
 
 
 def _message_dict(message: Any, index: int) -> dict:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 from fastapi import APIRouter, Request
 
-from kvsaga.serve.errors import APIError
+from kvsaga.serve.errors import APIError, refuse_lone_surrogate
 from kvsaga.serve.sessions import tenant_salt
 from kvsaga.serve.state import server_state
 
 router = APIRouter()
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # `:path`: a session id may hold "/" (sent %2F-escaped), as the completion routes allow.
@@ -30,10 +28,8 @@ async def end_session(request: Request, session_id: str) -> dict:
         if cache_salt is not None and not (isinstance(cache_salt, str) and cache_salt):
             raise APIError(400, f"cache_salt must be a non-empty string, got {cache_salt!r:.100}",
                            param="cache_salt")
-        if cache_salt is not None and (bad := _SURROGATE.search(cache_salt)) is not None:
-            # JSON's "\ud800" escape: no Unicode text (hashing it for the tenant raised a 500)
-            raise APIError(400, f"cache_salt holds a lone surrogate {bad.group()!r}, which is "
-                           f"not Unicode text", param="cache_salt")
+        if cache_salt is not None:
+            refuse_lone_surrogate(cache_salt, "cache_salt")
     api_key = request.scope.get("state", {}).get("api_key")
     engine_sid = srv.sessions.engine_id(tenant_salt(api_key, cache_salt), session_id)
     if srv.sessions.drop(engine_sid) is None:
