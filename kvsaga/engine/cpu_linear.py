@@ -3,8 +3,9 @@ GEMM (kvsaga._small_gemm) for a decode step's few rows; each weight held once, o
 speed, on small models) beside two copies laid out for those kernels.
 
 Why oneDNN: `F.linear` sends an fp32 CPU matmul to MKL's sgemm, which on an AMD EPYC
-(AVX-512) took 2.2-2.6x the CPU time of oneDNN's matmul for every projection shape of
-SmolLM2-135M (`python bench/engine_linear.py`; docs/engine_profiles.md).
+(AVX-512) took over twice the CPU time of oneDNN's matmul for SmolLM2-135M's projections
+and LM head from 16 rows up (`python bench/engine_linear.py --threads 1 --rows 1 16 1024`;
+its figures in docs/engine_profiles.md, "Linear layers").
 vLLM's CPU backend makes the same choice: one oneDNN matmul per linear layer.
 
 Why a GEMM of our own for few rows: oneDNN's linear spends ~19 us a call around its kernel
