@@ -171,20 +171,56 @@ def _read_line(interactive: bool) -> str | None:
     return line.rstrip("\n") if line else None
 
 
+RESET = "/reset"  # a chat line that starts a new conversation
+CHAT_HELP = f"""\
+Interactive chat: one line per turn, the conversation's KV cache kept across turns; an
+empty line or Ctrl-D ends.
+
+A line that is just {RESET} starts a new conversation. A turn that would outgrow the
+model's context is refused with a message saying how many tokens it needs and how many the
+context holds; the conversation stays as it was: send a shorter line, or {RESET}."""
+
+
+def _refused_turn(e, resumable: bool) -> str:
+    """What `kvsaga chat` says when a turn would outgrow the context (`e`: ContextTooLong);
+    `resumable`: there is an earlier conversation that the turn was to continue."""
+    fix = (f"send a shorter line to continue it, or {RESET} to start a new conversation"
+           if resumable else "send a shorter line")
+    return (f"kvsaga: turn refused: it needs {e.prompt_tokens + 1} tokens (the conversation "
+            f"with this line, and one to answer) but the model's context holds "
+            f"{e.max_model_len}; nothing was sent and the conversation is as it was: {fix}")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    from kvsaga.engine.engine import ContextTooLong
+
     llm = load_llm(args)
     params = llm.default_params(**_sampling_fields(args))
     session = llm.session()
     interactive = sys.stdin.isatty()
     if interactive:
-        print("kvsaga chat: one line per turn; an empty line or Ctrl-D ends.", file=sys.stderr)
+        print(f"kvsaga chat: one line per turn; {RESET} starts a new conversation; an empty "
+              "line or Ctrl-D ends.", file=sys.stderr)
     while (line := _read_line(interactive)) and line.strip():
+        if line.strip() == RESET:
+            session.end()
+            session = llm.session()
+            print("kvsaga: new conversation", file=sys.stderr)
+            continue
         printer = _Printer(args.stats)
-        if args.raw:
-            out = session.generate(line + "\n", params, on_output=printer)
-        else:
-            out = session.chat(line, params, on_output=printer)
+        try:
+            if args.raw:
+                out = session.generate(line + "\n", params, on_output=printer)
+            else:
+                out = session.chat(line, params, on_output=printer)
+        except ContextTooLong as e:  # refused before it ran: the session is unchanged
+            print(_refused_turn(e, session.context is not None), file=sys.stderr)
+            continue
         printer.done(out)
+        if out.num_prompt_tokens + len(out.token_ids) >= llm.engine.max_model_len:
+            print(f"kvsaga: the answer stopped at the model's context limit of "
+                  f"{llm.engine.max_model_len} tokens; {RESET} starts a new conversation",
+                  file=sys.stderr)
     session.end()
     return 0
 
@@ -203,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("chat", help="interactive chat, one line per turn, cache kept across turns",
+                       description=CHAT_HELP,
                        formatter_class=HelpFormatter)
     c.add_argument("--raw", action="store_true",
                    help="no chat template: each line is appended to the running text and "

@@ -46,6 +46,24 @@ _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
 
 
+class ContextTooLong(InvalidRequest):
+    """A prompt that leaves no room to generate: `prompt_tokens` >= `max_model_len`, so an
+    answer needs `prompt_tokens + 1` tokens of context. Raised before anything is queued.
+
+    Attributes:
+        prompt_tokens: the prompt's length (for a session step: its whole context).
+        max_model_len: the engine's context limit.
+    """
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"prompt of {prompt_tokens} tokens leaves no room to generate within the "
+            f"context limit of {max_model_len} tokens"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
 def _prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
     """The prompt as a list of ints in [0, vocab), or InvalidRequest naming what is wrong.
 
@@ -250,11 +268,11 @@ class LLMEngine:
         Raises:
             InvalidRequest: empty or out-of-vocabulary prompt (ids must be ints; numpy
                 and torch integer scalars are taken as their values, bools are refused), a
-                prompt longer than the context limit, a session that already has a request
-                in flight, `params` not a SamplingParams or None (or with n != 1: one
-                completion per request), an id or workflow not a
-                str, a salt not a str or bytes, a bad pause hint (tool not a str,
-                expected_s not a number >= 0, last_step not a bool); nothing is queued.
+                prompt that leaves no room to generate (ContextTooLong), a session that
+                already has a request in flight, `params` not a SamplingParams or None (or
+                with n != 1: one completion per request), an id or workflow not a str, a
+                salt not a str or bytes, a bad pause hint (tool not a str, expected_s not a
+                number >= 0, last_step not a bool); nothing is queued.
         """
         if params is None:
             params = SamplingParams()
@@ -275,10 +293,7 @@ class LLMEngine:
         PauseHint(tool, expected_s)  # InvalidRequest naming a bad tool or expected_s
         check_bool("last_step", last_step, InvalidRequest)
         if len(prompt) >= self.max_model_len:
-            raise InvalidRequest(
-                f"prompt of {len(prompt)} tokens leaves no room to generate within the "
-                f"context limit of {self.max_model_len} tokens"
-            )
+            raise ContextTooLong(len(prompt), self.max_model_len)
         rid = request_id or f"req-{next(self._ids)}"
         if rid in self.requests:
             raise InvalidRequest(f"request id {rid!r} is already in flight")
