@@ -8,6 +8,7 @@ real number" once, and each caller keeps its own message (tests assert on them).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 
 def is_int(x: object) -> bool:
@@ -47,6 +48,21 @@ def check_str(
     got ...")`."""
     if not isinstance(value, str) and not (none_ok and value is None):
         raise error(f"{label} must be a str{' or None' if none_ok else ''}, got {value!r}")
+    return value
+
+
+def check_one_of(
+    label: str, value: object, choices: Collection[str], error: type[Exception] = ValueError
+) -> str:
+    """`value` if it is one of `choices` (names, listed in the message in their order), else
+    `error("<label> must be one of a, b, c, got ...")`. A value that cannot be looked up in
+    `choices` (unhashable, for a set or dict) is refused the same way, not a TypeError."""
+    try:
+        ok = value in choices
+    except TypeError:
+        ok = False
+    if not ok:
+        raise error(f"{label} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 

@@ -26,6 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kvsaga._validate import check_one_of
 from kvsaga.integrations.vllm.connector_config import check_connector_extra
 from kvsaga.policy import DEFAULT_POLICY
 
@@ -74,8 +75,7 @@ def offload_transfer_config(cpu_bytes: int, eviction: str = "graph",
         retention: None (the tier alone) or the retention connector's
             `kv_connector_extra_config` (e.g. `{"policy": "ttl"}`).
     """
-    if eviction not in OFFLOAD_POLICIES:
-        raise ValueError(f"eviction {eviction!r}: not one of {sorted(OFFLOAD_POLICIES)}")
+    check_one_of("eviction", eviction, OFFLOAD_POLICIES)
     if not isinstance(cpu_bytes, int) or cpu_bytes <= 0:
         raise ValueError(f"cpu_bytes {cpu_bytes!r}: must be a positive int")
     cls = OFFLOAD_POLICIES[eviction]

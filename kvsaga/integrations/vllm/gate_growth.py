@@ -17,6 +17,7 @@ charges "step" until a workflow's first reply is seen.
 
 from __future__ import annotations
 
+from kvsaga._validate import check_one_of
 from kvsaga.scheduler.working_set import GrowthTable, predicted_growth
 
 GROWTH_CHARGES = ("step", "remaining")
@@ -26,10 +27,7 @@ class GateGrowth:
     """Growth per step (finish to finish) and per reply (prompt to finish), by workflow."""
 
     def __init__(self, prior_tokens: float, alpha: float, charge: str) -> None:
-        if charge not in GROWTH_CHARGES:
-            raise ValueError(f"gate parameter growth_charge must be one of "
-                             f"{', '.join(GROWTH_CHARGES)}, got {charge!r}")
-        self.charge = charge
+        self.charge = check_one_of("gate parameter growth_charge", charge, GROWTH_CHARGES)
         self.steps = GrowthTable(prior_tokens, alpha)
         self.replies = GrowthTable(prior_tokens, alpha)
 

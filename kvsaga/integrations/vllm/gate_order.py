@@ -49,6 +49,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvsaga._validate import check_one_of
 from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
 
 GATE_ORDERS = ("fifo", "predicted")
@@ -75,9 +76,7 @@ class WaitingOrder:
     TRACKED = 8192
 
     def __init__(self, order: str, aging_s: float, prior_steps: float) -> None:
-        if order not in GATE_ORDERS:
-            raise ValueError(f"gate parameter admission_order must be one of "
-                             f"{', '.join(GATE_ORDERS)}, got {order!r}")
+        check_one_of("gate parameter admission_order", order, GATE_ORDERS)
         if not (isinstance(aging_s, (int, float)) and not isinstance(aging_s, bool)
                 and 0 < aging_s < math.inf):
             raise ValueError(f"gate parameter aging_s must be a finite number > 0, got "

@@ -75,6 +75,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
+from kvsaga._validate import check_one_of
 from kvsaga.integrations.vllm.connector import KVSagaConnector
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import step_info
@@ -101,9 +102,7 @@ class SessionRanker:
                     and low <= v < math.inf and (name != "aging_s" or v > 0)):
                 raise ValueError(f"scheduler_args {name} must be a finite number "
                                  f"{'> 0' if name == 'aging_s' else f'>= {low:g}'}, got {v!r}")
-        if work not in WORK_KINDS:
-            raise ValueError(f"scheduler_args work must be one of {', '.join(WORK_KINDS)}, "
-                             f"got {work!r}")
+        check_one_of("scheduler_args work", work, WORK_KINDS)
         self.aging_s = float(aging_s)
         self.prior_steps = float(prior_steps)
         self.work = work
