@@ -389,8 +389,9 @@ def write_results(section: str, path: Path = ROOT / "bench" / "RESULTS.md") -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--blocks", type=int, default=16384)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=16384, help="blocks in each pool measured")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of each measurement; the best is reported")
     ap.add_argument("--vllm-venv", type=Path, default=ROOT / ".venv-vllm",
                     help="virtual environment with vLLM (created when it has none)")
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM column")

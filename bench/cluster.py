@@ -447,14 +447,16 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", default="8", help="comma-separated GPU counts")
     p.add_argument("--family", default=",".join(FAMILIES), help="comma-separated families")
-    p.add_argument("--sessions-per-gpu", type=int, default=DEFAULT_SPG)
-    p.add_argument("--scale", type=float, default=0.2)
+    p.add_argument("--sessions-per-gpu", type=int, default=DEFAULT_SPG,
+                   help="sessions in the trace per GPU of the fleet")
+    p.add_argument("--scale", type=float, default=0.2,
+                   help="multiplies the traces' token counts and tool times")
     p.add_argument("--load", default="thrash",
                    help="arrivals per GPU, x the family's default rate, or 'thrash': each "
                         "family's thrash load (measured on the fit seeds)")
     p.add_argument("--seed", default=REPORT_SEEDS, help="comma-separated trace seeds")
     p.add_argument("--kv-memory", default="3G", help="KV capacity of each GPU")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     p.add_argument("--fit", action="store_true", help="rank RoutingConfig knobs (no write)")
     p.add_argument("--runs", choices=("all", "goal"), default="goal",
                    help="goal: round-robin + fcfs + lru, affinity + fcfs + lru and kvsaga + "
@@ -470,7 +472,8 @@ def main() -> None:
                         "run's tables: --routers reuses its rows for the routers not simulated")
     p.add_argument("--ideal", action="store_true",
                    help="add the ideal reference (one GPU per session: slow for fleets)")
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--no-write", action="store_true",
+                   help="print the tables only; leave --results as it is")
     p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md",
                    help="the file whose section is written (after each finished case)")
     args = p.parse_args()

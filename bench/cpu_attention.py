@@ -133,7 +133,7 @@ def _cpu_ms(fn: Callable[[], object], repeat: int) -> float:
 def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=300, help="calls per timed round")
-    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--block-size", type=int, default=32, help="tokens per KV block")
     ap.add_argument("--layers", type=int, default=30, help="layers of the tier (its strides)")
     args = ap.parse_args(argv)
     if not inplace.available():

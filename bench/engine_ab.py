@@ -32,9 +32,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", required=True, help="tree of the engine before the change")
-    ap.add_argument("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0")
-    ap.add_argument("--repeat", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", default="1024:128:1:2,1024:384:2:2,1536:256:1:0",
+                    help="P:N:S:D,...: prefix tokens, new tokens, extending sessions, "
+                    "decoding sessions (as bench/extend_step.py)")
+    ap.add_argument("--repeat", type=int, default=4,
+                    help="timed repeats of every case on each tree")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each engine")
     a = ap.parse_args()
     if not (Path(a.before) / "kvsaga" / "__init__.py").is_file():
         raise SystemExit(f"--before {a.before}: no kvsaga package there")

@@ -16,7 +16,7 @@ from kvsaga.engine.engine import LLMEngine
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF directory or .gguf (default: SmolLM2)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = p.parse_args()
     e = LLMEngine(args.model, device=args.device, progress=False, kv_memory_bytes=64 * 2**20)
     prof, cost, bs = e.device_profile, e.cost, e.spec.block_size

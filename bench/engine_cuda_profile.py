@@ -127,7 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda where available)")
     ap.add_argument("--dtype", default="bfloat16", help="model dtype (float32 on CPU)")
     ap.add_argument("--arms", default="eager,graphs",
                     help="eager, graphs and/or decode-graphs (the last two CUDA only)")

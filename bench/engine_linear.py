@@ -53,8 +53,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", help="HF directory or .gguf (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256, 1024])
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256, 1024],
+                    help="row counts (tokens a call) to time")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="timed calls (--step, --modes: passes); the best, or the median "
+                    "pass, is reported")
     ap.add_argument("--step", action="store_true",
                     help="a decode step's linears: oneDNN against the small-rows GEMM")
     ap.add_argument("--modes", action="store_true",

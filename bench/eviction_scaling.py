@@ -459,9 +459,12 @@ def main(argv: list[str] | None = None) -> None:
     """`python bench/eviction_scaling.py --python-keyed 1000,4000,16000 [--policies ...]`:
     `python_keyed`'s counts per allocation, one line per policy and count."""
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--python-keyed", metavar="COUNTS", required=True)
-    ap.add_argument("--policies", default="saga,ttl,graph")
-    ap.add_argument("--repeat", type=int, default=32)
+    ap.add_argument("--python-keyed", metavar="COUNTS", required=True,
+                    help="comma-separated counts of paused sessions in the cache")
+    ap.add_argument("--policies", default="saga,ttl,graph",
+                    help="comma-separated eviction policy specs")
+    ap.add_argument("--repeat", type=int, default=32,
+                    help="allocations counted (1 ms apart) for each policy and count")
     args = ap.parse_args(argv)
     from policies import split_specs
 

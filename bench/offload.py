@@ -82,9 +82,11 @@ def measure(name, spec, te, gpu, host, n: int, dev, repeat: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--json")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda where available)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="timed runs of each plan and copy; the best is reported")
+    ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     dev = torch.device(args.device)
     rows = []

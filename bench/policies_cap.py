@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="swe:1:0.3", help="trace:seed:share,... (fit seeds)")
-    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--policies", default=",".join(POLICIES),
+                   help="comma-separated policy names or specs to compare")
     p.add_argument("--saved", default=str(HERE / "plots" / "policies_tune_smooth.json"),
                    help="a tune JSON whose rows to compare")
     p.add_argument("--smooth", action="store_true", help="also the mean over 5 pool sizes")

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="the candidate (a name or a spec)")
     p.add_argument("--against", required=True, help="the incumbent (a name or a spec)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--afs", action="store_true", help="the AFS veto alone")
     only.add_argument("--non-thrash", action="store_true", help="the non-thrash check alone")

@@ -129,14 +129,16 @@ def probed_simulator(trace_name: str, seed: int, frac: float, make_policy):
     return blocks, pol, Simulator(trace, config, policy=pol)
 
 
-def case_parser(description: str, **trace) -> argparse.ArgumentParser:
-    """The command line of this module and policies_demoted_paused.py: --trace (`trace`:
-    its default or help), --seed, --fraction and --policy (graph or a graph spec)."""
+def case_parser(description: str, trace_help: str,
+                trace_default: str | None = None) -> argparse.ArgumentParser:
+    """The command line of this module and policies_demoted_paused.py: --trace (its help and
+    default), --seed, --fraction and --policy (graph or a graph spec)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", **trace)
-    p.add_argument("--seed", type=int, default=202)
-    p.add_argument("--fraction", type=float, default=0.6)
+    p.add_argument("--trace", default=trace_default, help=trace_help)
+    p.add_argument("--seed", type=int, default=202, help="trace seed (a fit seed)")
+    p.add_argument("--fraction", type=float, default=0.6,
+                   help="capacity: a share of the trace's peak working set, in (0, 1]")
     p.add_argument("--policy", default="graph", help="graph or a graph spec")
     return p
 
@@ -258,7 +260,8 @@ HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demote
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = case_parser(__doc__, default="swe")
+    p = case_parser(__doc__, "a trace of bench/policies.py (a family, or swe-slow, "
+                    "web-short, swe+bfcl, bfcl-v4)", "swe")
     args = p.parse_args(argv)
     check_case(p, args.seed, args.fraction)
     print(HEADER)

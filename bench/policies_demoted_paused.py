@@ -220,7 +220,7 @@ RULE = "|---|---:|---:|---:|---|---:|---:|"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = case_parser(__doc__, help="one case (with --seed, --fraction); default the six")
+    p = case_parser(__doc__, "one case (with --seed, --fraction); default the six")
     args = p.parse_args(argv)
     cases = [(args.trace, args.seed, args.fraction)] if args.trace else CASES
     for _, seed, frac in cases:

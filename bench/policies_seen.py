@@ -167,10 +167,11 @@ def report(fit_rows: list[dict], seen_rows: list[dict], candidates: list[str]) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default=",".join(map(str, SEEN_ALL)))
+    p.add_argument("--seeds", default=",".join(map(str, SEEN_ALL)),
+                   help="comma-separated seen held-out seeds to simulate")
     p.add_argument("--policies", default=",".join(SEEN_CANDIDATES),
                    help="fit candidate names (bench/plots/policies_tune.json)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     p.add_argument("--tune-json", default=str(TUNE_JSON),
                    help="the saved fit rows whose constants and rows to compare with "
                         "(default: bench/plots/policies_tune.json; session 34's rerun on the "

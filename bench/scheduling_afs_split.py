@@ -152,7 +152,9 @@ if __name__ == "__main__":
     import argparse
     import json
     ap = argparse.ArgumentParser(description="per-tenant split of mix cases' AFS ratios")
-    ap.add_argument("cases", nargs="+", metavar="NAME:SEED:FRAC")
+    ap.add_argument("cases", nargs="+", metavar="NAME:SEED:FRAC",
+                    help="mix cases of bench/scheduling_mix.py: mix name, seed, capacity "
+                    "fraction (e.g. noisy:8:0.25)")
     ap.add_argument("--defaults", type=json.loads, default=None,
                     help="the workflow scheduler's defaults for the run (JSON), as the veto")
     args = ap.parse_args()

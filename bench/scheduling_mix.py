@@ -390,7 +390,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="fit Agent Fair Share of compute (see fit_share)"
                                  ", with --floors print the mix's floors (see floors), or "
                                  "with --report run the mixes' rows (see report)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--floors", metavar="SEEDS", help="comma-separated development seeds of "
                     "the mix (never its report seed, MIX_SEED)")
     ap.add_argument("--params", type=json.loads, default=None,

@@ -199,7 +199,8 @@ def add_probe_runs(ap: argparse.ArgumentParser) -> None:
     heavy tenant alone on half the GPU on the AFS fit seeds, by default."""
     ap.add_argument("--points", default="bfcl,1,0.25;bfcl,1,0.5;bfcl,2,0.5",
                     help="FAMILY,LOAD,CAPACITY separated by ';' ('' for none)")
-    ap.add_argument("--seeds", default="101,102,103,104,105,106")
+    ap.add_argument("--seeds", default="101,102,103,104,105,106",
+                    help="comma-separated fit seeds of the --points")
     ap.add_argument("--alone-seeds", default="102,103,104,105,106,107,108,109",
                     help="'' for none")
 
@@ -312,10 +313,13 @@ def seed_lines(mix: str, tenant: str, frac: float, seed: int, params: dict,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mix", default="noisy", choices=sorted(MIXES))
-    ap.add_argument("--tenant", default="a")
-    ap.add_argument("--frac", type=float, default=0.5)
-    ap.add_argument("--seeds", default="102,103,104,105,106,107,108,109")
+    ap.add_argument("--mix", default="noisy", choices=sorted(MIXES),
+                    help="the two-tenant mix of bench/scheduling_mix.py")
+    ap.add_argument("--tenant", default="a", help="the mix's tenant run alone (a or b)")
+    ap.add_argument("--frac", type=float, default=0.5,
+                    help="capacity fraction: one the mix runs at")
+    ap.add_argument("--seeds", default="102,103,104,105,106,107,108,109",
+                    help="comma-separated AFS fit seeds")
     ap.add_argument("--params", default=json.dumps(CANDIDATE),
                     help="the candidate's workflow parameters, a JSON object")
     ap.add_argument("--swaps", action="store_true", help="print every swap's victims")

@@ -23,8 +23,8 @@ def ratios(path: str) -> dict[tuple, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("base")
-    ap.add_argument("cand")
+    ap.add_argument("base", help="the base run's JSON")
+    ap.add_argument("cand", help="the candidate run's JSON")
     a = ap.parse_args(argv)
     base, cand = ratios(a.base), ratios(a.cand)
     if set(base) != set(cand):

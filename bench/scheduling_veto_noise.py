@@ -258,32 +258,37 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the veto's cases (module docstring)")
     r.add_argument("out", help="the JSON file to write")
     r.add_argument("--seeds", required=True, help="comma-separated")
-    r.add_argument("--null", choices=sorted(NULLS), default=None)
-    r.add_argument("--config", default="workflow+graph", choices=("workflow+graph", "fcfs+lru"))
+    r.add_argument("--null", choices=sorted(NULLS), default=None,
+                   help="the null perturbation applied to the shared and alone runs (default: "
+                   "none)")
+    r.add_argument("--config", default="workflow+graph", choices=("workflow+graph", "fcfs+lru"),
+                   help="scheduler+policy of the runs")
     r.add_argument("--policy", default=None,
                    help="run workflow+POLICY (a name or spec, e.g. 'graph[spread=1]'): a "
                    "default-policy candidate under the veto")
     r.add_argument("--defaults", type=json_object, default=None,
                    help="workflow defaults for the run, a JSON object")
-    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
     c = sub.add_parser("calibrate", help="the nulls against the base (module docstring)")
-    c.add_argument("base")
-    c.add_argument("fcfs")
-    c.add_argument("nulls", nargs="+")
+    c.add_argument("base", help="the base run's JSON (`run` of workflow+graph, no null)")
+    c.add_argument("fcfs", help="the fcfs+lru run's JSON (`run --config fcfs+lru`)")
+    c.add_argument("nulls", nargs="+", help="the null runs' JSON files (`run --null NAME`)")
     j = sub.add_parser("judge", help="the calibrated rule on a candidate")
-    j.add_argument("base")
-    j.add_argument("fcfs")
-    j.add_argument("cand")
-    j.add_argument("--nulls", nargs="+", required=True)
+    j.add_argument("base", help="the base run's JSON (`run` of workflow+graph, no null)")
+    j.add_argument("fcfs", help="the fcfs+lru run's JSON (`run --config fcfs+lru`)")
+    j.add_argument("cand", help="the candidate run's JSON")
+    j.add_argument("--nulls", nargs="+", required=True,
+                   help="the null runs' JSON files (`run --null NAME`): the thresholds they "
+                   "give must be the frozen ones")
     js = sub.add_parser("judge-saved", help="judge against a committed calibration")
     js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s34.json")
     sv = sub.add_parser("save", help="reduce the runs to a calibration file (module docstring)")
-    sv.add_argument("out")
-    sv.add_argument("base")
-    sv.add_argument("fcfs")
-    sv.add_argument("nulls", nargs="+")
+    sv.add_argument("out", help="the calibration file to write")
+    sv.add_argument("base", help="the base run's JSON (`run` of workflow+graph, no null)")
+    sv.add_argument("fcfs", help="the fcfs+lru run's JSON (`run --config fcfs+lru`)")
+    sv.add_argument("nulls", nargs="+", help="the null runs' JSON files (`run --null NAME`)")
     sv.add_argument("--about", required=True, help="what the calibration is, in words")
-    js.add_argument("cand")
+    js.add_argument("cand", help="the candidate run's JSON")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if a.workers < 1:

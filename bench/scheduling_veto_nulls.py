@@ -39,7 +39,7 @@ def rows(run: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir")
+    ap.add_argument("out_dir", help="the folder the sNN_*.json runs are written to")
     ap.add_argument("--check", metavar="BASE", default=None,
                     help="a base rerun (`scheduling_veto_split.py run`): exit 1 unless its "
                          "ratios equal the frozen base's")

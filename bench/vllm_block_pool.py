@@ -110,8 +110,9 @@ def bench_free(n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--blocks", type=int, default=16384)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=16384, help="blocks in each pool measured")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of each measurement; the best is reported")
     args = ap.parse_args()
     # Python puts this script's folder first on the path, and bench/kernels.py there would
     # shadow the PyPI package `kernels` that transformers (imported by vLLM) probes for.
