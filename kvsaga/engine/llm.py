@@ -259,7 +259,9 @@ class AgentSession:
     now waits on a tool (the manager keeps, offloads or drops its KV by the policy);
     the next `chat`/`generate` resumes it, hitting whatever of its context survived. Each step
     starts from the exact token ids of the previous prompt and answer, so what survived is
-    all of it unless the policy evicted some.
+    all of it unless the policy evicted some. A step whose context leaves no room to answer
+    raises `ContextTooLong` (an InvalidRequest) before it runs: the session, its messages and
+    its cached context stay as they were, so a shorter step can follow.
     """
 
     def __init__(self, llm: LLM, session_id: str, salt: str | None, workflow: str) -> None:
