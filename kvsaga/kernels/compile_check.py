@@ -83,8 +83,10 @@ def compile_one(module: str, index: int, arch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
+                        help="CUDA compute capabilities to compile for, e.g. 80 90 (sm_80, sm_90)")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                        help="kernels compiled in parallel (processes)")
     parser.add_argument("--json", help="write the report rows here")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from kvsaga._validate import check_time, is_int, is_number
+from kvsaga._validate import check_one_of, check_time, is_int, is_number
 from kvsaga.errors import InvalidRequest, OutOfBlocks
 from kvsaga.manager import KVCacheManager, StepLookup, StepStart
 
@@ -100,10 +100,7 @@ def check_bool(name: str, value: object) -> bool:
 
 def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     """`value` when it is one of `choices` (names, listed in the error as given)."""
-    if value not in choices:
-        raise ValueError(f"scheduler parameter {name} must be one of "
-                         f"{', '.join(choices)}, got {value!r}")
-    return value
+    return check_one_of(f"scheduler parameter {name}", value, choices)
 
 
 def check_float(name: str, value: object, minimum: float, *, strict: bool = False,
