@@ -315,12 +315,7 @@ HEADER = ("| trace | seed | capacity | pool sizes | leader | shadow | recomputed
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", default="swe+bfcl",
-                   help="a trace of bench/policies.py (a family, or swe-slow, web-short, swe+bfcl, "
-                   "bfcl-v4)")
-    p.add_argument("--seed", type=int, default=402, help="trace seed (a fit seed)")
-    p.add_argument("--fraction", type=float, default=0.6,
-                   help="capacity: a share of the trace's peak working set, in (0, 1]")
+    P.add_case_args(p, "swe+bfcl", 402)
     p.add_argument("--pair", default="graph,ttl",
                    help="leader,shadow (each also leads; names or specs, graph[demoted_size=1])")
     p.add_argument("--smooth", action="store_true", help="sum over the five pool sizes")

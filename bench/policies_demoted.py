@@ -135,10 +135,7 @@ def case_parser(description: str, trace_help: str,
     default), --seed, --fraction and --policy (graph or a graph spec)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", default=trace_default, help=trace_help)
-    p.add_argument("--seed", type=int, default=202, help="trace seed (a fit seed)")
-    p.add_argument("--fraction", type=float, default=0.6,
-                   help="capacity: a share of the trace's peak working set, in (0, 1]")
+    P.add_case_args(p, trace_default, 202, trace_help)
     p.add_argument("--policy", default="graph", help="graph or a graph spec")
     return p
 
@@ -260,8 +257,7 @@ HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demote
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = case_parser(__doc__, "a trace of bench/policies.py (a family, or swe-slow, "
-                    "web-short, swe+bfcl, bfcl-v4)", "swe")
+    p = case_parser(__doc__, P.TRACE_HELP, "swe")
     args = p.parse_args(argv)
     check_case(p, args.seed, args.fraction)
     print(HEADER)

@@ -122,12 +122,7 @@ def row(name: str, seed: int, frac: float, spec: str, split: bool = False
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", default="swe",
-                   help="a trace of bench/policies.py (a family, or swe-slow, web-short, swe+bfcl, "
-                   "bfcl-v4)")
-    p.add_argument("--seed", type=int, default=1, help="trace seed (a fit seed)")
-    p.add_argument("--fraction", type=float, default=0.6,
-                   help="capacity: a share of the trace's peak working set, in (0, 1]")
+    P.add_case_args(p, "swe", 1)
     p.add_argument("--policies", default="graph,saga,ttl,lru",
                    help="comma-separated policy names or specs")
     p.add_argument("--split-demoted", action="store_true",
