@@ -19,7 +19,7 @@ case on every arm in a rotating order, so load from other jobs falls on all arms
     pauses, as vLLM's CPU workers run); slow to finish on a loaded machine.
 With `--serial-below B1,B2,...` the arms are instead `team, PASSIVE, serial<B` for each B:
 kvsaga-serve's setting with KVSAGA_CPU_SERIAL_BELOW=B (0: every op of a decode step in the
-team, as before that setting; docs/engine_profiles.md, "Fewer wake-ups a decode step").
+team, as before that setting; docs/engine_profiles_history_2.md, "Fewer wake-ups a decode step").
 `--load N` keeps N busy processes (`yes > /dev/null`) running through the timed repeats,
 the shared machine's case (bench/omp_wait.py). Reported per case and window: the median over
 repeats of wall and CPU seconds (the worker's process), and each arm's wall over the first

@@ -108,13 +108,13 @@ def get_core(name: str | None = None) -> Core:
     else:
         if not _logged:
             log.warning(
-                "kvsaga: bookkeeping core: python (the C++ core kvsaga._kvcore is not built: "
+                "bookkeeping core: python (the C++ core kvsaga._kvcore is not built: "
                 "%s; a C++17 compiler at install time builds it)",
                 _cpp_error,
             )
             _logged = True
         return PYTHON
     if not _logged:
-        log.info("kvsaga: bookkeeping core: %s", core.name)
+        log.info("bookkeeping core: %s", core.name)
         _logged = True
     return core

@@ -66,7 +66,7 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # and a decode-sized pass's attention reading fewer K/V bytes a layer, run on the engine
     # thread alone instead of waking torch's OpenMP workers (kvsaga/engine/model.py,
     # `pack_weights`' `serial_below`); 0: every op as before. Read at model load.
-    # Unset/empty: 8 MiB (docs/engine_profiles.md, "Fewer wake-ups a decode step").
+    # Unset/empty: 8 MiB (docs/engine_profiles_history_2.md, "Fewer wake-ups a decode step").
     "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 8 << 20),
 }
 

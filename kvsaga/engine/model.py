@@ -489,7 +489,7 @@ class LlamaForCausalLM(nn.Module):
         weight takes fewer bytes, and in a pass of up to that many tokens (a decode step)
         the bound attention of layers 1.. where a layer's K/V reads take fewer, run on the
         engine thread alone (no OpenMP region, so no sleeping worker woken:
-        docs/engine_profiles.md, "Fewer wake-ups a decode step"), with the same bits; 0:
+        docs/engine_profiles_history_2.md, "Fewer wake-ups a decode step"), with the same bits; 0:
         none; None: on CPU in fp32 the KVSAGA_CPU_SERIAL_BELOW environment variable
         (ValueError naming it for a bad value), elsewhere 0. ValueError, nothing changed,
         for a negative or non-integer value.

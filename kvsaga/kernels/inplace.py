@@ -5,9 +5,9 @@ table in every layer; for decode that copy is most of the step (docs/engine_prof
 This kernel reads K/V where they lie, one call per layer
 for every sequence it is given, the `group` query heads of a KV head together; head sizes
 64 and 128 take an AVX-512 path where the CPU has it (else an AVX2 + FMA twin of it,
-csrc/paged_attn_avx2.h), and there a prefill or extend task of
-8 or more query heads runs as two small GEMMs over the task's heads (docs/engine_profiles.md,
-"The agent step's extend attention"). fp32 only. `cache_write` stores a
+csrc/paged_attn_avx2.h), and there a prefill or extend task of 8 or more query heads runs
+as two small GEMMs over the task's heads (docs/engine_profiles_history_1.md, "The agent
+step's extend attention"). fp32 only. `cache_write` stores a
 layer's new K/V rows with one memcpy per (token, KV head): the reference's indexed
 assignment took 0.4 ms per decode-sized call. Both are optional (built by setup.py where a
 C++17 compiler exists), and `available()` says whether they were built.
@@ -75,7 +75,7 @@ def _libgomp_parallel(torch_cpu: str | None = None) -> int:
 
     Why: with it the kernel runs its tasks on the threads of torch's own OpenMP team, the
     ones that run the step's matmuls, instead of a pool of its own beside them
-    (docs/engine_profiles.md, "One team of threads"). The symbol is looked up through the
+    (docs/engine_profiles_history_2.md, "One team of threads"). The symbol is looked up through the
     handle of `torch_cpu` (default: torch/lib/libtorch_cpu.so, the library whose ATen ops
     call it; RTLD_NOLOAD, so only the copy already mapped), which searches that library's
     own dependencies; it counts only where dladdr says a libgomp provides it, no other
@@ -162,8 +162,8 @@ def has_tiles(head_dim: int) -> bool:
     `sdpa.py` then sends it every row. Measured (bench/cpu_attention.py, RESULTS): with
     AVX-512 it beats SDPA on prefill and extend rows; with AVX2 the first GEMM beat SDPA
     on prefill (1.30-1.50x) and was level with it at best on extend (0.79-1.05x, four
-    runs); the chunked AVX2 GEMM that replaced it (docs/engine_profiles.md, "The agent step's
-    extend attention") has no context cap."""
+    runs); the chunked AVX2 GEMM that replaced it (docs/engine_profiles_history_1.md, "The agent
+    step's extend attention") has no context cap."""
     return head_dim in (64, 128) and _TILE_ISA != ""
 
 
