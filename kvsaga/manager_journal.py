@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvsaga.manager_types import StepLookup
+from kvsaga.errors import InvalidRequest
+from kvsaga.manager_types import DIGEST_BYTES, StepLookup, _check_digest
 
 # One journal entry per `cache_version` change it accounts for: the victims of one eviction,
 # as (block, hash or None, position in its session's table) read before they were evicted.
@@ -75,6 +76,10 @@ class EvictionJournal:
         would hit there)."""
         if self.host is not None:
             return None
+        if isinstance(hashes, (str, bytes, bytearray, memoryview)) or not isinstance(
+                hashes, Sequence):
+            raise InvalidRequest(f"hashes must be a sequence (list or tuple) of {DIGEST_BYTES}"
+                                 f"-byte bytes digests, got {type(hashes).__name__}")
         n = found.gpu_hit_blocks
         known = min(n, len(hashes))
         s = self.sessions.get(session_id)
@@ -83,15 +88,20 @@ class EvictionJournal:
         for b, h, p in evicted:
             if b == tail or (h is not None and known <= p < n):
                 return None  # its tail, or a hit whose hash is not in `hashes`
-            if h is not None and p < n and hashes[p] == h:
-                lost.add(p)
+            if h is not None and p < n:
+                _check_digest(hashes, p, "hashes")
+                if hashes[p] == h:
+                    lost.add(p)
         k = len(lost)
         if k and (found.tail_tokens or min(lost) != n - k):
             return None
         # The first block past the hits must still miss (unless the prompt has none).
-        if n - k < (found.num_prompt_tokens - 1) // self.block_size and (
-                n - k >= len(hashes) or self.index.get(hashes[n - k]) is not None):
-            return None
+        if n - k < (found.num_prompt_tokens - 1) // self.block_size:
+            if n - k >= len(hashes):
+                return None
+            _check_digest(hashes, n - k, "hashes")  # the cores' `get` differ on the rest
+            if self.index.get(hashes[n - k]) is not None:
+                return None
         if not k:
             return found
         bs = self.block_size

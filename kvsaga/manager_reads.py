@@ -5,10 +5,19 @@ session lookups, `lookup`, `num_blocks_needed`, `stats`, `check_integrity`). A m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest, UnknownSession
-from kvsaga.manager_types import CacheStats, StepLookup, _check_token_ids, _common_prefix_len
+from kvsaga.manager_types import (
+    CacheStats,
+    StepLookup,
+    _check_block_hashes,
+    _check_digest,
+    _check_digests,
+    _check_token_ids,
+    _common_prefix_len,
+)
 from kvsaga.pool import CACHED, count_in_state
 from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
@@ -98,12 +107,21 @@ class ManagerReads:
             StepLookup: GPU hits (and how many are evictable now), host hits, tail tokens.
         Raises:
             InvalidRequest: as `begin_step` for a bad id or prompt, or a session that has
-                an open step. Token ids are checked where lookup reads them (those it
-                hashes and compares); `begin_step` checks every one.
+                an open step; `block_hashes` that is not a sequence or holds more hashes
+                than the prompt has full blocks, or an item of it that lookup reads (up to
+                the first miss; every one with a host tier) that is not a 32-byte bytes
+                digest, with the same message on either core. Token ids are checked where
+                lookup reads them (those it hashes, and the retained tail's); `begin_step`
+                checks every one (ids lookup finds equal to the session's context, as True
+                to 1, stand for the context's).
         """
         self._check_prompt(session_id, token_ids)
         tokens = token_ids
         bs = self.block_size
+        if block_hashes is not None:
+            _check_block_hashes(block_hashes, len(tokens), bs)
+            if self.host is not None:  # the host tier's run and hashing read every one
+                _check_digests(block_hashes)
         max_hit = len(tokens) - 1
         max_blocks = max_hit // bs
         s = self.sessions.get(session_id)
@@ -117,6 +135,9 @@ class ManagerReads:
         table = s.block_ids if s is not None else None
         hashes, num_hits, cached = self._gpu_hits(hashes, root, tokens, max_blocks, table,
                                                   owned=hashes is not block_hashes)
+        if block_hashes is not None and num_hits < min(len(block_hashes), max_blocks):
+            # The scan stopped at the caller's hash there: a miss, or no digest at all.
+            _check_digest(block_hashes, num_hits)
         host = 0
         if self.host is not None:
             if hashes is block_hashes and len(hashes) < max_blocks:
@@ -134,7 +155,7 @@ class ManagerReads:
                 # meet there); count the tail's tokens it repeats too.
                 old = s.token_ids
                 limit = min(ntok, max_hit - start, len(old) - start)
-                _check_token_ids(tokens[start : start + limit])
+                _check_token_ids(tokens[start : start + limit], start)
                 n = 0
                 while n < limit and old[start + n] == tokens[start + n]:
                     n += 1
@@ -164,7 +185,7 @@ class ManagerReads:
                 n, c = self._hot.prefix_hits(part, max_blocks - walked,
                                              None if walked else table)
             else:
-                hits = self.index.longest_prefix(part, max_blocks - walked)
+                hits = self._python_hits(part, max_blocks - walked, owned or walked)
                 n, c = len(hits), count_in_state(self.pool.state, hits, CACHED)
             num_hits += n
             cached += c
@@ -176,13 +197,30 @@ class ManagerReads:
             self._hash_to(hashes, root, tokens, min(max_blocks, walked + grow))
             grow *= 2
 
+    def _python_hits(self, hashes: Sequence[bytes], limit: int, owned: bool) -> list[int]:
+        """The Python core's `longest_prefix`; unless `owned` (the manager's own hashes),
+        the caller's hashes that it read are checked as the C++ core reads them: it stops
+        at any item that is no 32-byte bytes digest, where the dict raised TypeError for
+        an unhashable one or took another that compares equal to a digest (a memoryview)
+        for a hit (`_check_digest`: the same error on both cores)."""
+        try:
+            hits = self.index.longest_prefix(hashes, limit)
+        except TypeError:
+            if owned:
+                raise
+            _check_digests(hashes, limit)
+            raise
+        if not owned and hits and not set(map(type, islice(hashes, len(hits)))) <= {bytes}:
+            _check_digests(hashes, len(hits))
+        return hits
+
     def _hash_to(self, hashes: list[bytes], root: bytes, tokens: Sequence[int],
                  num_blocks: int) -> None:
         """Extend `hashes` over `tokens`' full blocks up to `num_blocks`, checking the ids
         hashed (InvalidRequest, as `begin_step`)."""
         first = len(hashes) * self.block_size
         if first < num_blocks * self.block_size:
-            _check_token_ids(tokens[first : num_blocks * self.block_size])
+            _check_token_ids(tokens[first : num_blocks * self.block_size], first)
             self.hasher.extend(hashes, root, tokens, num_blocks)
 
     @property

@@ -3,11 +3,13 @@ checks they share; kvsaga.manager re-exports the types (import them from there).
 
 from __future__ import annotations
 
+import operator
+import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
-from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest
 
 
@@ -102,24 +104,121 @@ def _check_session_id(session_id: object) -> None:
         raise InvalidRequest(f"session_id must be a non-empty str, got {session_id!r}")
 
 
-def _check_token_ids(token_ids: object) -> list[int]:
+def _check_token_ids(token_ids: object, offset: int = 0) -> list[int]:
     """Copy token ids to a list of plain ints, rejecting anything but ints in [0, 2^32).
 
     Integer scalars of other types (numpy's) come out as ints: the C++ core reads a
     session's stored context as exact ints, and raised TypeError at every later call on a
-    session whose prompt held numpy ints.
+    session whose prompt held numpy ints. A bool (Python's or numpy's) is refused: `True`
+    is an int equal to 1 to Python and to `array`, but as a token id it is a typo (a mask
+    passed for the ids), never token 1. `offset`: the position of `token_ids[0]` in the
+    caller's argument, for the message (a slice of a prompt names the prompt's index).
     """
     if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
         raise InvalidRequest(
             f"token_ids must be a sequence of ints, got {type(token_ids).__name__}"
         )
     try:
-        return array("I", token_ids).tolist()  # one C pass: type and range of every id
-    except (TypeError, OverflowError):
-        for t in token_ids:
-            if not is_int(t) or not 0 <= t < 2**32:
-                raise InvalidRequest(f"token ids must be ints in [0, 2^32), got {t!r}") from None
-        raise
+        ids = array("I", token_ids)  # one C pass: type and range of every id
+    except (TypeError, OverflowError) as e:
+        error: Exception | None = e
+    else:
+        # One more C pass: `array` takes a bool as the int 1 or 0; the ids' types tell.
+        types = set(map(type, token_ids))
+        if types <= _INT:  # exact ints, checked: the same ids, without unpacking `ids`
+            return list(token_ids)
+        if bool not in types and not _has_numpy_bool(types):
+            return ids.tolist()  # other integer types (numpy's) as ints
+        error = None
+    for i, t in enumerate(token_ids):
+        if not _is_token_id(t):
+            kind = " (a bool, not a token id)" if _is_bool(t) else ""
+            raise InvalidRequest(
+                f"token_ids[{i + offset}] must be an int in [0, 2^32), got {t!r}{kind}"
+            ) from None
+    if error is not None:  # a sequence whose items and iteration disagree
+        raise error
+    return ids.tolist()
+
+
+_INT = {int}
+
+
+def _has_numpy_bool(types: set[type]) -> bool:
+    """Whether `types` holds numpy's bool (only if numpy is imported: else none exists)."""
+    np = sys.modules.get("numpy")
+    return np is not None and np.bool_ in types
+
+
+def _is_bool(t: object) -> bool:
+    if isinstance(t, bool):
+        return True
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(t, np.bool_)
+
+
+def _is_token_id(t: object) -> bool:
+    """An integer (any type with `__index__`, as `array` reads it; no bool) in [0, 2^32)."""
+    if _is_bool(t):
+        return False
+    try:
+        v = operator.index(t)
+    except TypeError:
+        return False
+    return 0 <= v < 2**32
+
+
+DIGEST_BYTES = 32  # a block hash: SHA-256 of (parent hash, the block's ids), kvsaga/prefix.py
+
+
+def _check_block_hashes(block_hashes: object, num_tokens: int, block_size: int) -> None:
+    """InvalidRequest naming what is wrong with `lookup`'s `block_hashes` as a whole for a
+    prompt of `num_tokens` tokens: not a sequence (a list or tuple, say; a str or bytes is
+    one digest's text, not digests), or more hashes than the prompt has full blocks (hashes
+    of another prompt). Its items are checked where they are read (`_check_digest`)."""
+    if isinstance(block_hashes, (str, bytes, bytearray, memoryview)) or not isinstance(
+            block_hashes, Sequence):
+        raise InvalidRequest(
+            f"block_hashes must be None or a sequence (list or tuple) of {DIGEST_BYTES}-byte "
+            f"bytes digests, got {type(block_hashes).__name__}")
+    full = num_tokens // block_size
+    if len(block_hashes) > full:
+        raise InvalidRequest(
+            f"block_hashes holds {len(block_hashes)} hashes; the prompt of {num_tokens} "
+            f"tokens has only {full} full blocks of {block_size} tokens")
+
+
+def _check_digest(hashes: Sequence[object], i: int, label: str = "block_hashes") -> None:
+    """InvalidRequest naming `hashes[i]` (its index, type and value) unless it is a
+    32-byte `bytes` digest, the only kind the manager makes. The C++ core takes anything
+    else for a miss and the Python core's dict raised TypeError for an unhashable item or
+    took a str for a miss: the manager checks the items the cores read, so both refuse the
+    same hashes with this error."""
+    h = hashes[i]
+    if isinstance(h, bytes) and len(h) == DIGEST_BYTES:
+        return
+    shown = repr(h)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    what = f"{len(h)} bytes" if isinstance(h, bytes) else type(h).__name__
+    raise InvalidRequest(
+        f"{label}[{i}] must be a {DIGEST_BYTES}-byte bytes digest, got {what} {shown}")
+
+
+def _check_digests(hashes: Sequence[object], stop: int | None = None,
+                   label: str = "block_hashes") -> None:
+    """`_check_digest` for each of `hashes[:stop]`: two C passes, and the loop only to name
+    the first bad one."""
+    n = len(hashes) if stop is None else min(stop, len(hashes))
+    if set(map(type, islice(hashes, n))) <= _BYTES and set(
+            map(len, islice(hashes, n))) <= _DIGEST:
+        return
+    for i in range(n):
+        _check_digest(hashes, i, label)
+
+
+_BYTES = {bytes}
+_DIGEST = {DIGEST_BYTES}
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
