@@ -25,6 +25,7 @@ from kvsaga.config import parse_bytes
 from kvsaga.logs import StderrHandler
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
+from kvsaga.sim.cluster import MAX_GPUS
 from kvsaga.sim.compare import compare, parse_policy
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig
@@ -105,7 +106,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-resume-hints", action="store_true",
                    help="do not call resume_hint when a tool returns")
     p.add_argument("--gpus", type=_positive(int), default=1,
-                   help="simulate this many GPUs behind a router (see --router; default: 1)")
+                   help="simulate this many GPUs behind a router (see --router; default: 1); "
+                   f"at most {MAX_GPUS:,}: a GPU no step reaches holds no simulator state, "
+                   "but every GPU costs the routers per-GPU state and the kvsaga router "
+                   "reads every GPU at each routing decision")
     p.add_argument("--router", default=None,
                    help="with --gpus: comma-separated routers run side by side: "
                    "round-robin, affinity, kvsaga (default: all three)")
@@ -287,8 +291,12 @@ def cmd_sim(args) -> int:
 
 
 def _check_outputs(args) -> None:
-    """ValueError naming the flag: --json or --plot names a file that cannot be written,
-    --plot with --gpus/--router (the cluster run does not sweep) or without matplotlib."""
+    """ValueError naming the flag: --gpus over `MAX_GPUS`, --json or --plot names a file
+    that cannot be written, --plot with --gpus/--router (the cluster run does not sweep) or
+    without matplotlib."""
+    if args.gpus > MAX_GPUS:
+        raise ValueError(f"--gpus {args.gpus:,} is more than {MAX_GPUS:,} (every GPU costs "
+                         "the routers per-GPU state, reached by a step or not; see --help)")
     if args.plot is not None and (args.gpus > 1 or args.router is not None):
         raise ValueError("--plot sweeps one GPU's KV capacity; it does not apply with --gpus "
                          "or --router")

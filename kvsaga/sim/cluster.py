@@ -1,7 +1,9 @@
 """Several simulated GPUs behind one router: the cluster counterpart of `Simulator`.
 
 Each GPU is a `Simulator` (the real manager, policy and scheduler, timed by the cost
-model); the router is `kvsaga.routing`'s, the code `kvsaga-serve --replicas` routes with.
+model), built when a step first reaches it (`_Fleet`: a GPU no step reaches holds nothing,
+and `--gpus 100000` holds only the GPUs a trace uses); the router is `kvsaga.routing`'s,
+the code `kvsaga-serve --replicas` routes with.
 Every step of every session is routed when it is released (its arrival, or its tool's
 return), from the GPUs' live state (`ReplicaStats`: free and evictable blocks, queue,
 running and paused sessions). A step the router moves off a session's previous GPU either
@@ -17,6 +19,7 @@ no GPU runs ahead of a release that could reach it by more than one batch step.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -30,6 +33,13 @@ from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
 from kvsaga.sim.trace import Session
 from kvsaga.stats import percentile
+
+# The most GPUs a cluster simulation takes. A GPU no step reaches is never built (`_Fleet`),
+# but each still costs the routers per-replica state (the affinity router's hash ring holds
+# 64 points per GPU) and the kvsaga router reads every GPU's stats at each routing decision:
+# memory and time grow with the count whatever the trace (a 4-session trace on 100,000 GPUs:
+# 28 s and 120 MB with the kvsaga router; docs/cluster.md).
+MAX_GPUS = 100_000
 
 
 class _GPU(Simulator):
@@ -102,21 +112,100 @@ class _GPU(Simulator):
 
 class _LiveStats(Mapping):
     """GPU name -> its routing stats, built when the router first reads them (round-robin
-    and affinity read none; a GPU's stats are rebuilt after each of its actions)."""
+    and affinity read none; a GPU's stats are rebuilt after each of its actions). A GPU not
+    built yet reports a fresh GPU's stats, without being built."""
 
-    __slots__ = ("_gpus",)
+    __slots__ = ("_fleet",)
 
-    def __init__(self, gpus: dict[str, _GPU]) -> None:
-        self._gpus = gpus
+    def __init__(self, fleet: _Fleet) -> None:
+        self._fleet = fleet
 
     def __getitem__(self, name: str) -> ReplicaStats:
-        return self._gpus[name].routing_stats()
+        gpu = self._fleet.built(name)
+        return self._fleet.fresh_stats() if gpu is None else gpu.routing_stats()
 
     def __iter__(self):
-        return iter(self._gpus)
+        return iter(self._fleet.names)
 
     def __len__(self) -> int:
-        return len(self._gpus)
+        return len(self._fleet)
+
+
+class _Fleet(Sequence):
+    """The cluster's GPUs, each built when first used: routed a step, or indexed. A GPU no
+    step has reached holds nothing (its manager, policy and scheduler as built, its clock
+    at 0), so it is not built: the router reads a fresh GPU's stats for it, the loop's next
+    time for it is never (inf), and the result counts its busy time, clock and tokens as 0
+    -- what the GPU would report. Memory then grows with the GPUs the trace's steps reach,
+    not with `gpus` (each built GPU holds a manager with per-block lists: ~1.7 MB at the
+    default preset's 25,650 blocks). Indexing or iterating builds the GPUs it reaches.
+
+    `active`: the built GPUs in index order (the loop's times follow it, so ties go to the
+    lowest index, as when every GPU was built up front)."""
+
+    def __init__(self, cluster: ClusterSimulator, count: int) -> None:
+        self._cluster = cluster
+        self.names = [f"gpu{i}" for i in range(count)]
+        self._position = {name: i for i, name in enumerate(self.names)}
+        self._built: dict[int, _GPU] = {}
+        self.active: list[_GPU] = []
+        self._fresh: ReplicaStats | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"GPU index {i} out of range for {n} GPUs")
+        i %= n
+        gpu = self._built.get(i)
+        return gpu if gpu is not None else self._build(i)
+
+    def built(self, name: str) -> _GPU | None:
+        """The GPU named `name` if it was built, else None (KeyError: no such GPU)."""
+        return self._built.get(self._position[name])
+
+    def by_name(self, name: str) -> _GPU:
+        """The GPU named `name`, built if it was not."""
+        return self[self._position[name]]
+
+    def fresh_stats(self) -> ReplicaStats:
+        """What a GPU no step has reached reports (from one such GPU, built once and never
+        run: each unbuilt GPU would report exactly this)."""
+        if self._fresh is None:
+            c = self._cluster
+            self._fresh = c.gpu_class(c, "fresh", c.config).routing_stats()
+        return self._fresh
+
+    def _build(self, i: int) -> _GPU:
+        c = self._cluster
+        gpu = c.gpu_class(c, self.names[i], c.config)
+        self._built[i] = gpu
+        pos = bisect.bisect(self.active, i, key=lambda g: self._position[g.name])
+        self.active.insert(pos, gpu)
+        c._built(gpu, pos)
+        return gpu
+
+
+class _ByName(Mapping):
+    """GPU name -> GPU (`ClusterSimulator.by_name`), building a GPU when it is read."""
+
+    __slots__ = ("_fleet",)
+
+    def __init__(self, fleet: _Fleet) -> None:
+        self._fleet = fleet
+
+    def __getitem__(self, name: str) -> _GPU:
+        return self._fleet.by_name(name)
+
+    def __iter__(self):
+        return iter(self._fleet.names)
+
+    def __len__(self) -> int:
+        return len(self._fleet)
 
 
 @dataclass(frozen=True)
@@ -159,7 +248,7 @@ class ClusterSimulator:
     Args:
         sessions: the trace (unique ids).
         config: one GPU's configuration (capacity, preset, policy, scheduler).
-        gpus: number of GPUs (>= 1).
+        gpus: number of GPUs (1 to `MAX_GPUS`); only those a step reaches are built.
         router: a `kvsaga.routing.ROUTERS` name.
         routing: the `kvsaga` router's knobs (default: migration priced with the preset:
             its bytes per token and cost model, over `link_bandwidth`).
@@ -172,6 +261,9 @@ class ClusterSimulator:
                  routing: RoutingConfig | None = None) -> None:
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise ValueError(f"gpus must be an int >= 1, got {gpus!r}")
+        if gpus > MAX_GPUS:
+            raise ValueError(f"gpus must be at most {MAX_GPUS:,}, got {gpus:,} (every GPU "
+                             "costs the routers per-GPU state, reached by a step or not)")
         self.config = config or SimConfig()
         self.sessions = list(sessions)
         Simulator(self.sessions, self.config)  # validates the trace against one GPU
@@ -180,10 +272,14 @@ class ClusterSimulator:
             routing = RoutingConfig(bytes_per_token=cost.kv_spec.bytes_per_token, cost=cost)
         self.routing = routing
         self.dirty: set[_GPU] = set()
-        self.gpus = [self.gpu_class(self, f"gpu{i}", self.config) for i in range(gpus)]
-        self.by_name = {g.name: g for g in self.gpus}
+        # The loop's next time of each built GPU (`_Fleet.active` order) and its position
+        # there, from `run` on.
+        self._times: list[float] | None = None
+        self._index: dict[_GPU, int] = {}
+        self.gpus = _Fleet(self, gpus)  # built as steps reach them (see _Fleet)
+        self.by_name = _ByName(self.gpus)
         kwargs = {"config": routing} if router == "kvsaga" else {}
-        self.router = make_router(router, [g.name for g in self.gpus], **kwargs)
+        self.router = make_router(router, self.gpus.names, **kwargs)
         self._releases: list[tuple[float, int, Session, int]] = []
         self._seq = 0
         self._routes: dict[str, Route] = {}
@@ -206,8 +302,16 @@ class ClusterSimulator:
             self.router.session_ended(sid)
 
     # -- routing --------------------------------------------------------------------------
+    def _built(self, gpu: _GPU, pos: int) -> None:
+        """`gpu` was built at `pos` of `gpus.active`: the running loop learns its next time
+        (a fresh GPU's: never, until a step is placed there)."""
+        if self._times is not None:
+            self._times.insert(pos, gpu.next_time())
+            self._index.clear()
+            self._index.update((g, i) for i, g in enumerate(self.gpus.active))
+
     def _route(self, t: float, session: Session, k: int) -> None:
-        stats = _LiveStats(self.by_name)
+        stats = _LiveStats(self.gpus)
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
                            prefix_key=f"{session.tenant}/{session.shared_prefix.group}",
                            context_tokens=session.prompt_length(k - 1) if k else 0)
@@ -264,13 +368,14 @@ class ClusterSimulator:
     def run(self) -> ClusterResult:
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self.released(s.arrival_s, s, 0)
-        index = self._index = {g: i for i, g in enumerate(self.gpus)}
-        times = self._times = [g.next_time() for g in self.gpus]  # re-read if changed
+        active = self.gpus.active  # built GPUs; a routing may build one (`_built`)
+        index = self._index = {g: i for i, g in enumerate(active)}
+        times = self._times = [g.next_time() for g in active]  # re-read if changed
         while True:
             for g in self.dirty:
                 times[index[g]] = g.next_time()
             self.dirty.clear()
-            t_gpu = min(times)
+            t_gpu = min(times, default=math.inf)
             t_rel = self._releases[0][0] if self._releases else math.inf
             if t_rel == math.inf and t_gpu == math.inf:
                 break
@@ -278,7 +383,7 @@ class ClusterSimulator:
                 t, _, session, k = heapq.heappop(self._releases)
                 self._route(t, session, k)
             else:
-                self.gpus[times.index(t_gpu)].advance_one()
+                active[times.index(t_gpu)].advance_one()
         return self._result()
 
     def _result(self) -> ClusterResult:
@@ -286,11 +391,15 @@ class ClusterSimulator:
         if missing:
             raise RuntimeError(f"{len(missing)} sessions never finished, e.g. {missing[0]!r}")
         tct = [self._finished[s.id] - s.arrival_s for s in self.sessions]
-        busy = [g._busy for g in self.gpus]
-        mean_busy = sum(busy) / len(busy)
-        span = max(g.now for g in self.gpus)
-        queried = sum(g._counts["queried"] for g in self.gpus)
-        hit = sum(g._counts["hit"] for g in self.gpus)
+        # GPUs never built ran nothing: busy 0, clock 0, no tokens (adding their zeros in
+        # index order would change no sum).
+        active = self.gpus.active
+        idle = [0.0] if len(active) < len(self.gpus) else []
+        busy = [g._busy for g in active] + idle
+        mean_busy = sum(busy) / len(self.gpus)
+        span = max([g.now for g in active] + idle)
+        queried = sum(g._counts["queried"] for g in active)
+        hit = sum(g._counts["hit"] for g in active)
         return ClusterResult(
             router=self.router.name,
             gpus=len(self.gpus),
@@ -303,7 +412,7 @@ class ClusterSimulator:
             migrated_gb=self.migrated_bytes / 1e9,
             num_moved=self.num_moved,
             num_migrated=self.num_migrated,
-            recomputed_tokens=sum(g._counts["recomputed"] for g in self.gpus),
+            recomputed_tokens=sum(g._counts["recomputed"] for g in active),
             hit_rate=hit / queried if queried else 0.0,
             makespan_s=span,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
