@@ -22,6 +22,7 @@ from operator import add
 
 import numpy as np
 
+from kvsaga._validate import is_int
 from kvsaga.policy import EvictionPolicy
 from kvsaga.scheduler import SchedulerOutput
 from kvsaga.sim.request import SimRequest
@@ -68,6 +69,9 @@ class DecodeRuns:
         sched = self.scheduler
         running = list(sched.running)
         n = len(running)
+        if not n:  # `min` below would raise a bare ValueError, then the run's arrays IndexError
+            raise ValueError("_decode_run: no request is running (the simulator asks "
+                             "_decoding_only first)")
         # What waits stays waiting through the run (no event is released in it; a run ends
         # at an admission or a preemption), and so do the budget and seats left to admit.
         budget = sched.max_num_batched_tokens - n
@@ -83,6 +87,11 @@ class DecodeRuns:
         start = [r.num_sampled for r in running]
         due = [r.slots_ahead for r in running]
         last = min(r.num_out - r.num_sampled for r in running)  # steps to the first finish
+        if last < 1:
+            done = next(r for r in running if r.num_sampled >= r.num_out)
+            raise ValueError(f"_decode_run: session {done.session.id!r} step {done.k} has "
+                             f"sampled {done.num_sampled} of its {done.num_out} tokens and "
+                             "still runs (it should have finished)")
         ctx = sum(r.fed_position + 1 for r in running)
         limit = self._steps_before_horizon(n, ctx, last)
         if self.manager.host is None and limit >= ARRAY_STEPS:
@@ -178,14 +187,15 @@ class DecodeRuns:
         """The run's steps one at a time (the host tier's copies may stretch each), their
         GPU times computed ahead for the `limit` steps (`_steps_before_horizon`: copies
         only lengthen steps, so no more of them run before the next event); returns how
-        many ran."""
+        many ran (at most `limit`: a caller's smaller bound ends the run there, where the
+        steps' times run out)."""
         n = len(running)
         horizon = self._horizon()
         manager = self.manager
         dts = self._step_times(n, ctx, limit)
         next_due = min(due)
         j = 0
-        while not j or self.now < horizon:
+        while j < limit and (not j or self.now < horizon):
             if j == next_due:
                 if not self._allocate_due(running, start, due, j):
                     break
@@ -202,7 +212,10 @@ class DecodeRuns:
     def _steps_before_horizon(self, n: int, ctx: int, last: int) -> int:
         """At least as many steps as a run of `n` requests from context `ctx` can take
         before the next event, at most `last`: a step takes no less than the first (its
-        context only grows)."""
+        context only grows). ValueError unless n >= 1 and last >= 1."""
+        if not (is_int(n) and n >= 1 and is_int(last) and last >= 1):
+            raise ValueError(f"_steps_before_horizon: need n >= 1 rows and last >= 1 steps, "
+                             f"got n={n!r}, last={last!r}")
         room = self._horizon() - self.now
         if room >= math.inf:
             return last
@@ -212,7 +225,12 @@ class DecodeRuns:
     def _step_times(self, n: int, ctx: int, limit: int) -> list[float]:
         """GPU seconds of a run's first `limit` decode steps of `n` rows, `ctx` context
         tokens in all at the first (n more at each): one array call from ARRAY_STEPS steps
-        on, equal to the per-step model to the bit."""
+        on, equal to the per-step model to the bit. ValueError unless n >= 1, ctx >= 0 and
+        limit >= 1 (a run has at least one step; the callers index its first time)."""
+        if not (is_int(n) and n >= 1 and is_int(ctx) and ctx >= 0 and is_int(limit)
+                and limit >= 1):
+            raise ValueError(f"_step_times: need n >= 1 rows, ctx >= 0 context tokens and "
+                             f"limit >= 1 steps, got n={n!r}, ctx={ctx!r}, limit={limit!r}")
         if limit < ARRAY_STEPS:
             return [self.cost._step_time(0, 0, 0, n, ctx + n * j) for j in range(limit)]
         return self.cost.decode_step_times(n, ctx + n * np.arange(limit, dtype=np.int64)).tolist()

@@ -57,6 +57,9 @@ class ToolSpec:
         if not (math.isfinite(self.p95_s) and self.p95_s > self.p50_s):
             raise ValueError(f"{self.name}: p95_s must be finite and > p50_s={self.p50_s}, got "
                              f"{self.p95_s!r}")
+        if not math.isfinite(self.p95_s / self.p50_s):  # sigma would be inf: latencies 0 or max
+            raise ValueError(f"{self.name}: p95_s / p50_s must be a finite ratio, got "
+                             f"{self.p95_s!r} / {self.p50_s!r}")
 
     @property
     def mu(self) -> float:
@@ -70,8 +73,16 @@ class ToolSpec:
 
     @property
     def mean_s(self) -> float:
-        """Mean latency of the (uncapped) log-normal."""
-        return self.p50_s * math.exp(self.sigma**2 / 2)
+        """Mean latency of the (uncapped) log-normal. ValueError when it is past the float
+        range (a sigma over ~37.7)."""
+        try:
+            mean = self.p50_s * math.exp(self.sigma**2 / 2)
+        except OverflowError:
+            mean = math.inf
+        if not math.isfinite(mean):
+            raise ValueError(f"{self.name}: the mean of the log-normal latency (p50_s "
+                             f"{self.p50_s!r}, sigma {self.sigma:.4g}) is past the float range")
+        return mean
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,9 @@ class WorkloadSpec:
     def _sample_steps(self, rng: np.random.Generator
                       ) -> list[tuple[int, int, str | None, float]]:
         """One session's (input, output, tool, tool_s) per step, before scaling."""
-        n = int(round(rng.gamma(self.steps_shape, self.steps_mean / self.steps_shape)))
+        # Capped before rounding: the same n, and no int(inf) for a draw past the float range.
+        n = int(round(min(rng.gamma(self.steps_shape, self.steps_mean / self.steps_shape),
+                          self.steps_max)))
         n = min(max(n, self.steps_min), self.steps_max)
         probs = self.transition_matrix()
         cum_start = np.cumsum(self.start_vector())
@@ -230,12 +243,22 @@ class WorkloadSpec:
         lo, hi = self.task_tokens
         inputs = [int(rng.integers(lo, hi + 1))]
         obs_means = np.array([self.tools[t].observation_tokens for t in tools])
-        inputs += [max(1, int(round(x))) for x in rng.gamma(2.0, obs_means / 2.0)]
+        with np.errstate(over="ignore"):
+            observed = rng.gamma(2.0, obs_means / 2.0)
+        if not np.isfinite(observed).all():  # int() would raise OverflowError
+            raise ValueError(f"{self.name}: an observation drawn from observation_tokens up to "
+                             f"{obs_means.max():.4g} is past the float range")
+        inputs += [max(1, int(round(x))) for x in observed]
         out_medians = np.array([self.tools[t].call_tokens for t in tools] + [self.final_tokens])
-        outputs = [max(1, int(round(x))) for x in
-                   out_medians * np.exp(self.output_sigma * rng.standard_normal(n))]
+        with np.errstate(over="ignore"):  # a draw past the float range: refused just below
+            out = out_medians * np.exp(self.output_sigma * rng.standard_normal(n))
+        if not np.isfinite(out).all():
+            raise ValueError(f"{self.name}: an output drawn from output_sigma "
+                             f"{self.output_sigma!r} and call_tokens / final_tokens up to "
+                             f"{out_medians.max():.4g} is past the float range")
+        outputs = [max(1, int(round(x))) for x in out]
         latencies = [
-            min(self.tools[t].max_s, math.exp(self.tools[t].mu + self.tools[t].sigma * z))
+            _capped_exp(self.tools[t].mu + self.tools[t].sigma * z, self.tools[t].max_s)
             for t, z in zip(tools, rng.standard_normal(n - 1), strict=True)
         ]
         steps: list[tuple[int, int, str | None, float]] = []
@@ -253,8 +276,20 @@ class WorkloadSpec:
         return steps
 
 
+def _capped_exp(x: float, cap: float) -> float:
+    """min(cap, exp(x)): a log-normal latency capped at the harness timeout, also where
+    exp(x) is past the float range (math.exp raised OverflowError)."""
+    try:
+        return min(cap, math.exp(x))
+    except OverflowError:
+        return cap
+
+
 def _scaled(tokens: int, scale: float, *, minimum: int) -> int:
-    return max(minimum, int(round(tokens * scale)))
+    scaled = tokens * scale
+    if not math.isfinite(scaled):
+        raise ValueError(f"scale {scale!r} x {tokens} tokens is past the float range")
+    return max(minimum, int(round(scaled)))
 
 
 def _check_args(num_sessions: int, seed: int, arrival_rate: float | None,

@@ -228,7 +228,7 @@ def perturb(spec: WorkloadSpec, name: str, *, latency: float = 1.0, spread: floa
             raise ValueError(f"perturb: {what} must be a finite number > 0, got {x!r}")
     tools = tuple(
         dataclasses.replace(t, p50_s=t.p50_s * latency,
-                            p95_s=t.p50_s * latency * (t.p95_s / t.p50_s) ** spread,
+                            p95_s=t.p50_s * latency * _widened(t, spread),
                             observation_tokens=t.observation_tokens * tokens)
         for t in spec.tools)
     lo, hi = spec.task_tokens
@@ -237,6 +237,17 @@ def perturb(spec: WorkloadSpec, name: str, *, latency: float = 1.0, spread: floa
         steps_max=max(spec.steps_min, round(spec.steps_max * steps)),
         prefix_tokens=round(spec.prefix_tokens * tokens),
         task_tokens=(max(1, round(lo * tokens)), max(1, round(hi * tokens))))
+
+
+def _widened(tool, spread: float) -> float:
+    """The tool's p95 / p50 ratio with its log-sigma multiplied by `spread`; ValueError
+    when it is past the float range (float ** raised OverflowError)."""
+    try:
+        return (tool.p95_s / tool.p50_s) ** spread
+    except OverflowError:
+        raise ValueError(f"perturb: spread {spread!r} puts {tool.name}'s p95 / p50 ratio "
+                         f"({tool.p95_s / tool.p50_s:.4g} ** {spread!r}) past the float "
+                         "range") from None
 
 
 def mixed(*traces: list[Session]) -> list[Session]:
