@@ -258,14 +258,16 @@ class AffinityRouter(Router):
 
     def __init__(self, replicas: Iterable[str] = ()) -> None:
         self._ring: list[tuple[int, str]] = []
+        self._ring_sorted = True
         super().__init__(replicas)
 
     def add_replica(self, replica: str) -> None:
         new = replica not in self.in_flight
         super().add_replica(replica)
-        if new:
-            for v in range(self.vnodes):
-                bisect.insort(self._ring, (_ring_point(f"{replica}#{v}"), replica))
+        if new:  # sorted at the next lookup: one sort for a fleet, not an insort per point
+            self._ring.extend((_ring_point(f"{replica}#{v}"), replica)
+                              for v in range(self.vnodes))
+            self._ring_sorted = False
 
     def remove_replica(self, replica: str) -> list[str]:
         self._ring = [p for p in self._ring if p[1] != replica]
@@ -274,6 +276,9 @@ class AffinityRouter(Router):
     def _choose(self, req, stats):
         if req.session is None:
             return Route(self.least_loaded(stats), reason="least-loaded")
+        if not self._ring_sorted:
+            self._ring.sort()
+            self._ring_sorted = True
         i = bisect.bisect(self._ring, (_ring_point(req.session), "")) % len(self._ring)
         r = self._ring[i][1]
         prev = self.homes.get(req.session)
