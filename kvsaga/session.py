@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kvsaga._validate import is_number
@@ -69,3 +70,12 @@ class Session:
     @property
     def is_running(self) -> bool:
         return self.state is SessionState.RUNNING
+
+
+def idle_sessions(sessions: Mapping[str, Session], idle_s: float, now: float) -> list[str]:
+    """Ids of the paused sessions in `sessions` whose pause began more than `idle_s` seconds
+    before `now`: the ones a long-running engine ends as abandoned (a client that stops
+    coming back never calls `end_session`)."""
+    paused = SessionState.PAUSED
+    return [sid for sid, s in sessions.items()
+            if s.state is paused and s.paused_at is not None and now - s.paused_at > idle_s]

@@ -19,6 +19,12 @@ the next step is the fit's median residual time at `elapsed` (it grows with `ela
 the mean does, without the heavy tail's inflation). Pause fits fall back from (workflow,
 kind) to the kind across workflows, to the workflow, to everything, to a prior, taking
 the most specific one with at least `min_samples` observations.
+
+Bounded (kvsaga/policy/bounded.py): the graph keeps the `max_workflows` most recently
+updated workflows, in each the `max_kinds_per_workflow` most recently updated kinds, and
+the `max_kinds` most recently updated kinds across workflows; a forgotten one is predicted
+from its fallbacks, as a new one is (its finished sessions still count in `mean_steps()`).
+Live sessions' places are kept until they end.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kvsaga.policy.bounded import (
+    TRACKED_KINDS,
+    TRACKED_KINDS_PER_WORKFLOW,
+    TRACKED_WORKFLOWS,
+    touch,
+)
 from kvsaga.policy.lognormal import (
     LogNormalDist,
     LogNormalFit,
@@ -116,6 +128,9 @@ class ExecutionGraph:
         prior_resume: pseudo-counts (resumed, abandoned) of every node: an unseen kind
             resumes with probability 1 / 1.1.
         prior_steps: mean steps per session assumed before any session finished.
+        max_workflows, max_kinds_per_workflow, max_kinds: how many workflows, kinds per
+            workflow and kinds across workflows keep statistics of their own (the least
+            recently updated are forgotten past them; module docstring).
     """
 
     def __init__(
@@ -125,7 +140,20 @@ class ExecutionGraph:
         min_samples: int = 3,
         prior_resume: tuple[float, float] = (1.0, 0.1),
         prior_steps: float = 10.0,
+        max_workflows: int = TRACKED_WORKFLOWS,
+        max_kinds_per_workflow: int = TRACKED_KINDS_PER_WORKFLOW,
+        max_kinds: int = TRACKED_KINDS,
     ) -> None:
+        for name, cap in (("max_workflows", max_workflows),
+                          ("max_kinds_per_workflow", max_kinds_per_workflow),
+                          ("max_kinds", max_kinds)):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {cap!r}")
+        self.max_workflows = max_workflows
+        self.max_kinds_per_workflow = max_kinds_per_workflow
+        self.max_kinds = max_kinds
+        # Finished sessions and their steps of the workflows forgotten past max_workflows.
+        self._retired = [0, 0]
         self.min_samples = min_samples
         self.prior_resume = prior_resume
         self.prior_steps = prior_steps
@@ -151,17 +179,21 @@ class ExecutionGraph:
         return LogNormalFit(self._prior_median_s, self._prior_sigma)
 
     def workflow(self, name: str) -> WorkflowGraph:
-        g = self.workflows.get(name)
-        if g is None:
-            g = self.workflows[name] = WorkflowGraph(self._fit())
-        return g
+        """The workflow's graph (made if new), now the most recently updated one."""
+        return touch(self.workflows, name, lambda: WorkflowGraph(self._fit()),
+                     self.max_workflows, self._retire)
+
+    def _retire(self, name: str, g: WorkflowGraph) -> None:
+        self._forget()  # its predictions fall back now
+        self._retired[0] += g.num_sessions
+        self._retired[1] += g.num_steps
 
     def node(self, workflow: str, kind: str) -> Node:
+        """The kind's node in the workflow's graph (made if new), both now the most recently
+        updated."""
         g = self.workflow(workflow)
-        n = g.nodes.get(kind)
-        if n is None:
-            n = g.nodes[kind] = Node(self._fit())
-        return n
+        return touch(g.nodes, kind, lambda: Node(self._fit()), self.max_kinds_per_workflow,
+                     lambda *_: self._forget())
 
     # -- learning -----------------------------------------------------------------------------
     def step_started(self, session_id: str, workflow: str, now: float) -> tuple[str, float] | None:
@@ -186,10 +218,7 @@ class ExecutionGraph:
         node.resumed += 1
         node.pause.add(gap)
         g.pause.add(gap)
-        fit = self._by_kind.get(t.kind)
-        if fit is None:
-            fit = self._by_kind[t.kind] = self._fit()
-        fit.add(gap)
+        touch(self._by_kind, t.kind, self._fit, self.max_kinds, lambda *_: self._forget()).add(gap)
         self._all.add(gap)
         t.running = True
         return t.kind, gap
@@ -308,10 +337,12 @@ class ExecutionGraph:
         """Mean LLM steps per finished session (one prior session of `prior_steps`)."""
         if workflow is None:
             gs = list(self.workflows.values())
+            n, steps = self._retired
         else:
             gs = [self.workflows[workflow]] if workflow in self.workflows else []
-        n = sum(g.num_sessions for g in gs)
-        steps = sum(g.num_steps for g in gs)
+            n = steps = 0
+        n += sum(g.num_sessions for g in gs)
+        steps += sum(g.num_steps for g in gs)
         return (steps + self.prior_steps) / (n + 1)
 
     def arrival_interval(self, workflow: str) -> float | None:

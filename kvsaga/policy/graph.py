@@ -87,6 +87,7 @@ import math
 from kvsaga.policy import graph_fast
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
+from kvsaga.policy.bounded import TRACKED_KINDS, TRACKED_WORKFLOWS, touch
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.graph_timed import GraphTimedKeys
 from kvsaga.policy.groups import DEAD, OWNED, PLAIN, GroupedPolicy
@@ -277,7 +278,8 @@ class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy
         r = math.log(max(now - paused_at, lo) / max(predicted_s, lo))
         r = min(max(r, -LOG_CLIP), LOG_CLIP)
         for key in ((workflow, NO_TOOL if tool is None else tool), (workflow, None)):
-            c = self._calib.setdefault(key, [0, 0.0])
+            # (bounded: the least recently corrected keys go first, kvsaga/policy/bounded.py)
+            c = touch(self._calib, key, lambda: [0, 0.0], TRACKED_WORKFLOWS + TRACKED_KINDS)
             c[0] += 1
             c[1] += r
 

@@ -36,6 +36,7 @@ import heapq
 import math
 
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
+from kvsaga.policy.bounded import TRACKED_KINDS, touch
 from kvsaga.policy.cost import CostModel
 from kvsaga.policy.fast_search import evicts_runs
 from kvsaga.policy.groups import GroupedPolicy
@@ -104,7 +105,15 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
     # -- learning -----------------------------------------------------------------------------
     def step_finished(self, session, now: float, hint) -> None:
         super().step_finished(session, now, hint)
-        heapq.heappush(self._pauses, (now, session.session_id))
+        heap = self._pauses
+        heapq.heappush(heap, (now, session.session_id))
+        if len(heap) > 2 * len(self.views) + 1024:
+            # Stale entries (pauses over) behind a long pause at the top would pile up: keep
+            # the live ones only (the search's oldest live pause is the same).
+            views = self.views
+            heap[:] = [(t, sid) for t, sid in heap
+                       if (v := views.get(sid)) is not None and v.paused_at == t]
+            heapq.heapify(heap)
 
     def session_ended(self, session, now: float) -> None:
         super().session_ended(session, now)
@@ -121,9 +130,9 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         resumed = self.graph.step_started(session.session_id, session.workflow, now)
         if resumed is not None:
             kind, gap = resumed
-            lat = self.latency.get(kind)
-            if lat is None:
-                lat = self.latency[kind] = EmaLogNormal(self.alpha, *self._prior)
+            # (the TRACKED_KINDS most recently resumed tools: kvsaga/policy/bounded.py)
+            lat = touch(self.latency, kind, lambda: EmaLogNormal(self.alpha, *self._prior),
+                        TRACKED_KINDS)
             lat.add(gap)
             self.all_latency.add(gap)
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections import deque
 
 from kvsaga._validate import check_positive_int, is_number
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 from kvsaga.stats import percentile
 
 
@@ -79,7 +80,9 @@ class PauseLog:
         """`sid` (of `workflow`) is back with its next step: its pause, if timed, ended now."""
         since = self.paused_since.pop(sid, None)
         if since is not None:
-            self.observed.setdefault(workflow, deque(maxlen=self.PAUSES_KEPT)).append(
+            # (the TRACKED_WORKFLOWS most recently resumed workflows: policy/bounded.py)
+            touch(self.observed, workflow, lambda: deque(maxlen=self.PAUSES_KEPT),
+                  TRACKED_WORKFLOWS, lambda wf, _: self._limits.pop(wf, None)).append(
                 now - since)
             self._limits.pop(workflow, None)
 
@@ -91,6 +94,8 @@ class PauseLog:
         quantile of the workflow's observed pauses; None until `min_observed` were
         observed."""
         if workflow not in self._limits:
+            if len(self._limits) >= TRACKED_WORKFLOWS:  # (a memo of `observed`: it is
+                self._limits.clear()  # computed again, the same, when asked again)
             seen = self.observed.get(workflow, ())
             self._limits[workflow] = (percentile(list(seen), 100.0 * self.quantile)
                                       if len(seen) >= self.min_observed else None)
