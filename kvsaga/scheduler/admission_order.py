@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvsaga.policy.base import EvictionPolicy
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 from kvsaga.scheduler.base import check_choice, check_float
 from kvsaga.scheduler.decode_stall import READMIT_ROOM_WHOLE
 from kvsaga.scheduler.session_length import SessionLengthModel
@@ -78,7 +79,8 @@ class SessionLengths:
         """A session of `workflow` ended after `steps` steps (>= 1)."""
         if steps < 1:
             raise ValueError(f"a finished session took at least one step, got {steps!r}")
-        c = self.counts.setdefault(workflow, {})
+        # (the TRACKED_WORKFLOWS most recently ended workflows: kvsaga/policy/bounded.py)
+        c = touch(self.counts, workflow, dict, TRACKED_WORKFLOWS)
         c[steps] = c.get(steps, 0) + 1
 
     def remaining(self, workflow: str, done: int, prior_steps: float) -> float:

@@ -86,6 +86,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
+from kvsaga.policy.bounded import TRACKED_TENANTS
 from kvsaga.scheduler.base import check_float, check_int
 
 # `WorkflowScheduler(share_step_tokens=..., share_lag_tokens=...)`'s defaults: the pick of
@@ -266,6 +267,12 @@ class ComputeShares:
         self._competing = set(tenants)
         w = self.tenant_weights
         served = self._served
+        if len(served) > TRACKED_TENANTS:
+            # Bounded (kvsaga/policy/bounded.py): tenants come and go; the ones not
+            # competing now are forgotten, and one that comes back enters as a new one
+            # does, raised to the floor below.
+            for t in [t for t in served if t not in self._competing]:
+                del served[t]
         stay = [t for t in tenants if t in before]
         if not stay or len(stay) == len(tenants):
             return

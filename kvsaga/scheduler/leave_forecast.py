@@ -44,6 +44,8 @@ import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from kvsaga.policy.bounded import TRACKED_KINDS, TRACKED_WORKFLOWS, touch
+
 READMIT_COST_LEAVE = "cost_leave"  # the wait from per-session leave predictions
 READMIT_COST_LEAVE_WAITS = "cost_leave_waits"  # ... and the victims' re-admission waits
 READMIT_LEAVE = (READMIT_COST_LEAVE, READMIT_COST_LEAVE_WAITS)
@@ -58,7 +60,9 @@ class _Means:
 
     def observe(self, key: Any, value: float) -> None:
         for k in ((None,) if key is None else (key, None)):
-            s = self.sums.setdefault(k, [0.0, 0])
+            # Bounded: the most recently updated keys (a workflow, or a pair with a tool;
+            # kvsaga/policy/bounded.py); the pooled None, updated every time, stays.
+            s = touch(self.sums, k, lambda: [0.0, 0], TRACKED_WORKFLOWS + TRACKED_KINDS)
             s[0] += value
             s[1] += 1
 

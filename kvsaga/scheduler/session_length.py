@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import math
 
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS
+
 MAX_STEPS = 1000  # lengths beyond this are treated as this (the tables' support)
 
 
@@ -63,8 +65,15 @@ class SessionLengthModel:
 
     # -- observing ------------------------------------------------------------------------
     def _tables(self, workflow: str) -> list[tuple[list[int], list[int]]]:
-        if workflow not in self.reached:
-            self.reached[workflow], self.ended[workflow] = [0], [0]
+        reached, ended = self.reached, self.ended
+        if workflow in reached:  # moved last: the most recently updated
+            reached[workflow] = reached.pop(workflow)
+            ended[workflow] = ended.pop(workflow)
+        else:
+            if len(reached) > TRACKED_WORKFLOWS:  # forget the stalest (never the pooled)
+                old = next(w for w in reached if w is not None)
+                del reached[old], ended[old]
+            reached[workflow], ended[workflow] = [0], [0]
         return [(self.reached[w], self.ended[w]) for w in (workflow, None)]
 
     def steps_done(self, workflow: str, before: int, now: int) -> None:

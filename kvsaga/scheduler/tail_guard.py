@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 from kvsaga.scheduler.base import check_float
 
 MAX_LIVE = 1 << 20  # sessions tracked at once (a bound on memory; beyond it, no budget)
@@ -90,7 +91,8 @@ class WaitBudgets:
         start = self._start.pop(session_id, None)
         waited = self._waited.pop(session_id, 0.0)
         if start is not None:
-            n, total = self._served.get(workflow, (0, 0.0))
+            # (the TRACKED_WORKFLOWS most recently ended workflows: kvsaga/policy/bounded.py)
+            n, total = touch(self._served, workflow, lambda: (0, 0.0), TRACKED_WORKFLOWS)
             self._served[workflow] = (n + 1, total + max(0.0, now - start - waited))
 
     def forget(self, session_id: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvsaga.manager import KVCacheManager
+from kvsaga.policy.bounded import TRACKED_TENANTS, touch
 from kvsaga.scheduler.admission_candidates import AdmissionCandidates
 from kvsaga.scheduler.admission_order import AdmissionOrder
 from kvsaga.scheduler.base import (
@@ -377,8 +378,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             self.num_session_admissions += 1
             self.admission_wait_s += now - req.arrival
             self.admission_wait_max_s = max(self.admission_wait_max_s, now - req.arrival)
+            # (the TRACKED_TENANTS most recently admitted tenants: kvsaga/policy/bounded.py)
             waits = self.tenant_admission_wait_s
-            waits[req.tenant] = waits.get(req.tenant, 0.0) + now - req.arrival
+            waits[req.tenant] = touch(waits, req.tenant, float, TRACKED_TENANTS) \
+                + now - req.arrival
             if sid in self._deferred:
                 self._set_deferred(sid, False, now)
             info = self.sessions[sid] = _Admitted(req.tenant, req.workflow, req.num_tokens)

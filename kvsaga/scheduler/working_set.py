@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from kvsaga.policy.bounded import TRACKED_KINDS, TRACKED_WORKFLOWS, touch
+
 T = TypeVar("T")
 
 
@@ -54,10 +56,10 @@ class GrowthTable:
         self.by_tool: dict[tuple[str, str], Growth] = {}
 
     def __getitem__(self, workflow: str) -> Growth:
-        g = self.by_workflow.get(workflow)
-        if g is None:
-            g = self.by_workflow[workflow] = Growth(self.prior)
-        return g
+        # Bounded: the TRACKED_WORKFLOWS most recently updated workflows and TRACKED_KINDS
+        # (workflow, tool) pairs keep their own growth (kvsaga/policy/bounded.py); a
+        # forgotten one starts again from the prior, as a new one does.
+        return touch(self.by_workflow, workflow, lambda: Growth(self.prior), TRACKED_WORKFLOWS)
 
     def mean(self, workflow: str, tool: str | None = None) -> float:
         """The expected growth of a step: after a pause on `tool`, that tool's mean once
@@ -86,9 +88,8 @@ class GrowthTable:
         """A step grew the context by `growth_tokens`; `tool`: the pause before it."""
         self[workflow].add(growth_tokens, self.alpha)
         if tool is not None:
-            g = self.by_tool.get((workflow, tool))
-            if g is None:
-                g = self.by_tool[workflow, tool] = Growth(self.prior)
+            g = touch(self.by_tool, (workflow, tool), lambda: Growth(self.prior),
+                      TRACKED_KINDS)
             g.add(growth_tokens, self.alpha)
 
 

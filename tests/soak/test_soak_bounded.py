@@ -150,3 +150,16 @@ def test_the_soak_reaches_every_cap():
     assert len(m.policy._calib) == TRACKED_WORKFLOWS + TRACKED_KINDS
     assert g.mean_steps() > 1.0  # the forgotten workflows' sessions still count
     assert NO_TOOL not in g._by_kind
+
+
+def test_vllm_gate_pause_log_stays_bounded_under_fresh_workflows():
+    from kvsaga.integrations.vllm.gate_pauses import PauseLog
+
+    log = PauseLog(0.95, 1)
+    for i in range(N):
+        log.paused(f"s{i}", float(i))
+        log.back(f"s{i}", f"wf-{i}", i + 2.0)
+        assert log.limit(f"wf-{i}") == 2.0
+        log.limit(f"never-{i}")  # asked about, never observed
+    assert len(log.observed) <= TRACKED_WORKFLOWS and len(log._limits) <= TRACKED_WORKFLOWS
+    assert log.limit(f"wf-{N - 1}") == 2.0 and log.limit("wf-0") is None  # forgotten
