@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kvsaga._validate import check_bool, check_positive_int, check_str
+from kvsaga._validate import check_bool, check_positive_int, check_str, is_number
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
@@ -39,11 +39,14 @@ from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
-from kvsaga.session import PauseHint
+from kvsaga.session import PauseHint, idle_sessions
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
+# A paused session nobody resumed for this long is ended (`session_idle_s`): kvsaga-serve's
+# --session-idle default, and far beyond any tool pause of the shipped workloads.
+DEFAULT_SESSION_IDLE_S = 1800.0
 
 
 class ContextTooLong(InvalidRequest):
@@ -131,6 +134,12 @@ class LLMEngine:
         of each padded shape, which that step waits for; "startup", every shape here, before
         the first step (seconds at start, no stall later: kvsaga-serve's default). No effect
         where no graphs apply.
+    session_idle_s: a paused session whose pause has lasted longer than this (on `clock`)
+        is ended as abandoned (`end_session`; its full blocks stay as plain prefix cache),
+        checked by `step` and `tick` at most every min(60 s, session_idle_s / 4); a client
+        that stops coming back never ends its session, and each one would otherwise keep
+        its context and the policy's and scheduler's records for good. None: never
+        (default `DEFAULT_SESSION_IDLE_S`, 1800 s). `num_expired_sessions` counts them.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
@@ -157,6 +166,7 @@ class LLMEngine:
         enforce_eager: bool = False,
         max_graph_tokens: int = MIXED_TOKEN_CAP,
         graph_capture: str = "lazy",
+        session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
     ) -> None:
         if graph_capture not in GRAPH_CAPTURE:
             raise InvalidRequest(f"graph_capture must be one of {GRAPH_CAPTURE}, got "
@@ -174,6 +184,9 @@ class LLMEngine:
             raise InvalidRequest(f"scheduler_params must be a dict or None, got "
                                  f"{scheduler_params!r}")
         check_bool("enforce_eager", enforce_eager, InvalidRequest)
+        if session_idle_s is not None and not (is_number(session_idle_s) and session_idle_s > 0):
+            raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got "
+                                 f"{session_idle_s!r}")
         if not callable(clock):
             raise InvalidRequest(f"clock must be a callable returning seconds, got {clock!r}")
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
@@ -240,6 +253,9 @@ class LLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self.session_idle_s = session_idle_s
+        self.num_expired_sessions = 0
+        self._next_idle_sweep = -float("inf")
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
         self.step_clock = StepClock()
 
@@ -382,8 +398,25 @@ class LLMEngine:
     def tick(self) -> None:
         """Housekeeping while idle: the policy expires TTLs and may start prefetches of
         sessions it predicts will resume soon (their copies start now)."""
-        self.manager.tick(self.clock())
+        now = self.clock()
+        self.manager.tick(now)
+        self._end_idle_sessions(now)
         self._submit_transfers()
+
+    def _end_idle_sessions(self, now: float) -> None:
+        """End the paused sessions idle past `session_idle_s` that have no request queued
+        (at most every min(60 s, session_idle_s / 4))."""
+        idle_s = self.session_idle_s
+        if idle_s is None or now < self._next_idle_sweep:
+            return
+        self._next_idle_sweep = now + min(60.0, idle_s / 4)
+        idle = idle_sessions(self.manager.sessions, idle_s, now)
+        if idle:
+            queued = {r.session_id for r in self.requests.values()}
+            for sid in idle:
+                if sid not in queued:
+                    self.end_session(sid)
+                    self.num_expired_sessions += 1
 
     def stats(self) -> EngineStats:
         """Cache and queue figures, for metrics."""
@@ -415,6 +448,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         now = self.clock()
         self.manager.tick(now)
+        self._end_idle_sessions(now)
         chunks = self.scheduler.schedule(now)
         t1 = time.perf_counter()
         if self.transfers is not None:

@@ -215,6 +215,7 @@ def engine_factory(s: ServerSettings):
             enforce_eager=s.enforce_eager,
             max_graph_tokens=s.max_graph_tokens,
             graph_capture=s.graph_capture,
+            session_idle_s=s.session_idle_s,  # the engine's own sweep, on the same limit
         )
 
     return load
