@@ -134,15 +134,16 @@ class LLMEngine:
         of each padded shape, which that step waits for; "startup", every shape here, before
         the first step (seconds at start, no stall later: kvsaga-serve's default). No effect
         where no graphs apply.
-    session_idle_s: a paused session whose pause has lasted longer than this (on `clock`)
-        is ended as abandoned (`end_session`; its full blocks stay as plain prefix cache),
-        checked by `step` and `tick` at most every min(60 s, session_idle_s / 4); a client
-        that stops coming back never ends its session, and each one would otherwise keep
-        its context and the policy's and scheduler's records for good. None: never
-        (default `DEFAULT_SESSION_IDLE_S`, 1800 s). `num_expired_sessions` counts them.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
     built from them; `spec` (the KV block shape); `tokenizer`, `config`.
+    `session_idle_s` (settable): a paused session whose pause has lasted longer than this
+    (on `clock`) and has no request queued is ended as abandoned (`end_session`: its full
+    blocks stay as plain prefix cache), checked by `step` and `tick` at most every
+    min(60 s, session_idle_s / 4); a client that stops coming back never ends its session,
+    which would otherwise keep its context and the policy's and scheduler's records for
+    good. None: never; default `DEFAULT_SESSION_IDLE_S` (1800 s). `num_expired_sessions`
+    counts the sessions so ended.
     """
 
     def __init__(
@@ -166,7 +167,6 @@ class LLMEngine:
         enforce_eager: bool = False,
         max_graph_tokens: int = MIXED_TOKEN_CAP,
         graph_capture: str = "lazy",
-        session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
     ) -> None:
         if graph_capture not in GRAPH_CAPTURE:
             raise InvalidRequest(f"graph_capture must be one of {GRAPH_CAPTURE}, got "
@@ -184,9 +184,6 @@ class LLMEngine:
             raise InvalidRequest(f"scheduler_params must be a dict or None, got "
                                  f"{scheduler_params!r}")
         check_bool("enforce_eager", enforce_eager, InvalidRequest)
-        if session_idle_s is not None and not (is_number(session_idle_s) and session_idle_s > 0):
-            raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got "
-                                 f"{session_idle_s!r}")
         if not callable(clock):
             raise InvalidRequest(f"clock must be a callable returning seconds, got {clock!r}")
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
@@ -253,7 +250,7 @@ class LLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        self.session_idle_s = session_idle_s
+        self._session_idle_s: float | None = DEFAULT_SESSION_IDLE_S
         self.num_expired_sessions = 0
         self._next_idle_sweep = -float("inf")
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
@@ -403,10 +400,22 @@ class LLMEngine:
         self._end_idle_sessions(now)
         self._submit_transfers()
 
+    @property
+    def session_idle_s(self) -> float | None:
+        return self._session_idle_s
+
+    @session_idle_s.setter
+    def session_idle_s(self, value: float | None) -> None:
+        """InvalidRequest unless a number > 0 (inf: never) or None (never)."""
+        if value is not None and not (is_number(value) and value > 0):
+            raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got {value!r}")
+        self._session_idle_s = value
+        self._next_idle_sweep = -float("inf")  # the next step or tick sweeps
+
     def _end_idle_sessions(self, now: float) -> None:
         """End the paused sessions idle past `session_idle_s` that have no request queued
         (at most every min(60 s, session_idle_s / 4))."""
-        idle_s = self.session_idle_s
+        idle_s = self._session_idle_s
         if idle_s is None or now < self._next_idle_sweep:
             return
         self._next_idle_sweep = now + min(60.0, idle_s / 4)

@@ -30,15 +30,17 @@ def _run(eng: LLMEngine) -> None:
     raise AssertionError("requests did not finish")
 
 
-def _engine(tiny_model_dir, clock: Clock, **kw) -> LLMEngine:
-    return LLMEngine(tiny_model_dir("llama_gqa4_untied"), device="cpu", progress=False,
-                     kv_memory_bytes=2 * 2**20, clock=clock, **kw)
+def _engine(tiny_model_dir, clock: Clock, session_idle_s: float | None) -> LLMEngine:
+    eng = LLMEngine(tiny_model_dir("llama_gqa4_untied"), device="cpu", progress=False,
+                    kv_memory_bytes=2 * 2**20, clock=clock)
+    assert eng.session_idle_s == DEFAULT_SESSION_IDLE_S == 1800.0
+    eng.session_idle_s = session_idle_s
+    return eng
 
 
 def test_abandoned_sessions_end_after_the_idle_limit(tiny_model_dir):
     clock = Clock()
     eng = _engine(tiny_model_dir, clock, session_idle_s=100.0)
-    assert DEFAULT_SESSION_IDLE_S == 1800.0
     policy = eng.manager.policy
     live_max = 0
     for i in range(60):  # one new session per 10 s, each paused on a fresh tool, abandoned
@@ -83,5 +85,7 @@ def test_a_session_that_comes_back_in_time_is_kept_and_none_means_never(tiny_mod
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60", True])
 def test_bad_session_idle_is_refused(tiny_model_dir, bad):
+    eng = _engine(tiny_model_dir, Clock(), session_idle_s=60.0)
     with pytest.raises(InvalidRequest, match="session_idle_s must be a number > 0 or None"):
-        _engine(tiny_model_dir, Clock(), session_idle_s=bad)
+        eng.session_idle_s = bad
+    assert eng.session_idle_s == 60.0
