@@ -67,6 +67,13 @@ class ContextTooLong(InvalidRequest):
         self.max_model_len = max_model_len
 
 
+def _check_session_idle(value: object) -> float | None:
+    """`value` if a number > 0 (inf: never) or None (never), else InvalidRequest naming it."""
+    if value is not None and not (is_number(value) and value > 0):  # nan fails too
+        raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got {value!r}")
+    return value
+
+
 def _prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
     """The prompt as a list of ints in [0, vocab), or InvalidRequest naming what is wrong.
 
@@ -134,16 +141,17 @@ class LLMEngine:
         of each padded shape, which that step waits for; "startup", every shape here, before
         the first step (seconds at start, no stall later: kvsaga-serve's default). No effect
         where no graphs apply.
+    session_idle_s: a paused session whose pause has lasted longer than this (seconds on
+        `clock`) and has no request queued is ended as abandoned (`end_session`: its full
+        blocks stay as plain prefix cache), checked by `step` and `tick` at most every
+        min(60 s, session_idle_s / 4). A client that stops coming back never ends its
+        session, which would otherwise keep its context and the policy's and scheduler's
+        records for good. None or inf: never; default `DEFAULT_SESSION_IDLE_S` (1800 s,
+        kvsaga-serve's `--session-idle`). Also a settable attribute.
 
     Attributes (beyond the arguments): `device_profile` and `cost`, the eviction cost model
-    built from them; `spec` (the KV block shape); `tokenizer`, `config`.
-    `session_idle_s` (settable): a paused session whose pause has lasted longer than this
-    (on `clock`) and has no request queued is ended as abandoned (`end_session`: its full
-    blocks stay as plain prefix cache), checked by `step` and `tick` at most every
-    min(60 s, session_idle_s / 4); a client that stops coming back never ends its session,
-    which would otherwise keep its context and the policy's and scheduler's records for
-    good. None: never; default `DEFAULT_SESSION_IDLE_S` (1800 s). `num_expired_sessions`
-    counts the sessions so ended.
+    built from them; `spec` (the KV block shape); `tokenizer`, `config`;
+    `num_expired_sessions`, the sessions ended as abandoned.
     """
 
     def __init__(
@@ -167,7 +175,9 @@ class LLMEngine:
         enforce_eager: bool = False,
         max_graph_tokens: int = MIXED_TOKEN_CAP,
         graph_capture: str = "lazy",
+        session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
     ) -> None:
+        _check_session_idle(session_idle_s)
         if graph_capture not in GRAPH_CAPTURE:
             raise InvalidRequest(f"graph_capture must be one of {GRAPH_CAPTURE}, got "
                                  f"{graph_capture!r}")
@@ -250,7 +260,7 @@ class LLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        self._session_idle_s: float | None = DEFAULT_SESSION_IDLE_S
+        self._session_idle_s = session_idle_s
         self.num_expired_sessions = 0
         self._next_idle_sweep = -float("inf")
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
@@ -407,9 +417,7 @@ class LLMEngine:
     @session_idle_s.setter
     def session_idle_s(self, value: float | None) -> None:
         """InvalidRequest unless a number > 0 (inf: never) or None (never)."""
-        if value is not None and not (is_number(value) and value > 0):
-            raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got {value!r}")
-        self._session_idle_s = value
+        self._session_idle_s = _check_session_idle(value)
         self._next_idle_sweep = -float("inf")  # the next step or tick sweeps
 
     def _end_idle_sessions(self, now: float) -> None:

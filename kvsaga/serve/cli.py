@@ -199,7 +199,7 @@ def engine_factory(s: ServerSettings):
     def load():
         from kvsaga.engine.engine import LLMEngine
 
-        engine = LLMEngine(
+        return LLMEngine(
             s.model,
             device=s.device,
             kv_memory_bytes=s.kv_memory_bytes,
@@ -215,9 +215,8 @@ def engine_factory(s: ServerSettings):
             enforce_eager=s.enforce_eager,
             max_graph_tokens=s.max_graph_tokens,
             graph_capture=s.graph_capture,
+            session_idle_s=s.session_idle_s,  # the engine's own sweep, the same limit
         )
-        engine.session_idle_s = s.session_idle_s  # the engine's own sweep, the same limit
-        return engine
 
     return load
 

@@ -30,12 +30,16 @@ def _run(eng: LLMEngine) -> None:
     raise AssertionError("requests did not finish")
 
 
-def _engine(tiny_model_dir, clock: Clock, session_idle_s: float | None) -> LLMEngine:
-    eng = LLMEngine(tiny_model_dir("llama_gqa4_untied"), device="cpu", progress=False,
-                    kv_memory_bytes=2 * 2**20, clock=clock)
+def _engine(tiny_model_dir, clock: Clock, **kw) -> LLMEngine:
+    return LLMEngine(tiny_model_dir("llama_gqa4_untied"), device="cpu", progress=False,
+                     kv_memory_bytes=2 * 2**20, clock=clock, **kw)
+
+
+def test_the_default_limit_is_kvsaga_serves(tiny_model_dir):
+    eng = _engine(tiny_model_dir, Clock())
     assert eng.session_idle_s == DEFAULT_SESSION_IDLE_S == 1800.0
-    eng.session_idle_s = session_idle_s
-    return eng
+    eng.session_idle_s = 60.0  # settable after construction too
+    assert eng.session_idle_s == 60.0
 
 
 def test_abandoned_sessions_end_after_the_idle_limit(tiny_model_dir):
@@ -85,6 +89,8 @@ def test_a_session_that_comes_back_in_time_is_kept_and_none_means_never(tiny_mod
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60", True])
 def test_bad_session_idle_is_refused(tiny_model_dir, bad):
+    with pytest.raises(InvalidRequest, match="session_idle_s must be a number > 0 or None"):
+        _engine(tiny_model_dir, Clock(), session_idle_s=bad)
     eng = _engine(tiny_model_dir, Clock(), session_idle_s=60.0)
     with pytest.raises(InvalidRequest, match="session_idle_s must be a number > 0 or None"):
         eng.session_idle_s = bad
