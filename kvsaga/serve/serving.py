@@ -189,42 +189,25 @@ class Serving:
                            "session_id (or the X-Session-ID header, or prompt_cache_key)",
                            param="kvsaga")
         engine_sid = self.sessions.engine_id(salt, sid) if sid else None
-        ctx = self.sessions.get(engine_sid) if engine_sid else None
+        ctx = known = self.sessions.get(engine_sid) if engine_sid else None
         if ctx is not None and ctx.in_flight is not None:
             raise APIError(409, f"session {sid!r} already has a request in flight",
                            param="session_id", code="session_busy")
-        if prompt.ids is not None:
-            ids = prompt.ids
-        else:
-            assert prompt.text is not None
-            ids = self.sessions.encode(ctx, prompt.text, prompt.add_special_tokens)
-        if not ids:
-            raise APIError(400, "the prompt is empty", param=prompt.param)
-        params = self._params(body, len(ids), requested)
-        self._check_capacity()
-        if ctx is not None:
-            # The session's next step has arrived and passed every check that can refuse it
-            # here: tell the engine before queueing it, so that its offloaded blocks load
-            # back meanwhile (a refused request must not start a reload).
-            assert engine_sid is not None
-            self.engine.post(lambda e: e.resume_hint(engine_sid))
-        hint = body.kvsaga
         rid = new_id("chatcmpl" if chat else "cmpl")
-        kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}
         if engine_sid is not None:
-            kwargs["session_id"] = engine_sid
-            if hint is not None:
-                kwargs.update(tool=hint.tool, expected_s=hint.expected_s, last_step=hint.last_step)
-                if hint.workflow:
-                    kwargs["workflow"] = hint.workflow
-        try:
-            handle = await self.engine.submit(ids, params, **kwargs)
-        except InvalidRequest as e:
-            # Well-formed, but the engine cannot take it (e.g. token ids outside the vocab).
-            raise APIError(422, str(e), param=prompt.param) from None
-        if engine_sid is not None:
+            # Reserve the session now, in the same turn of the event loop as the check above:
+            # a second step of the session arriving while this one awaits the engine gets the
+            # 409 above, not the engine's refusal. Until `_Run` owns the reservation, every
+            # way out below gives it back (`_unreserve`).
             ctx = self.sessions.open(engine_sid)
             ctx.in_flight = rid
+        try:
+            handle, ids = await self._submit(body, prompt, ctx, known is not None, engine_sid,
+                                             salt, sid, rid, requested)
+        except BaseException:
+            self._unreserve(ctx, known, engine_sid, rid)
+            raise
+        hint = body.kvsaga
         run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, bool(hint and hint.last_step),
                    arrival, chat, rid, sid)
         if getattr(body, "echo", False):
@@ -236,6 +219,66 @@ class Serving:
             return _ClosingStream(run.sse(request, include_usage), on_close=run.close,
                                   headers=headers, media_type="text/event-stream")
         return JSONResponse(await run.collect(request), headers=headers)
+
+    async def _submit(self, body: _Common, prompt: Prompt, ctx: SessionContext | None,
+                      resumed: bool, engine_sid: str | None, salt: str | None,
+                      sid: str | None, rid: str, requested: int | None
+                      ) -> tuple[RequestHandle, list[int]]:
+        """Tokenize, check the limits and queue the request (`complete`'s part that may
+        refuse it or wait); returns its handle and prompt ids.
+
+        Raises:
+            APIError: a limit or a field was violated, or the engine refused the request
+                (422, naming the client's session id, never the engine's tenant-prefixed
+                one); nothing is left queued.
+        """
+        if prompt.ids is not None:
+            ids = prompt.ids
+        else:
+            assert prompt.text is not None
+            ids = self.sessions.encode(ctx, prompt.text, prompt.add_special_tokens)
+        if not ids:
+            raise APIError(400, "the prompt is empty", param=prompt.param)
+        params = self._params(body, len(ids), requested)
+        self._check_capacity()
+        if resumed:
+            # The session's next step has arrived and passed every check that can refuse it
+            # here: tell the engine before queueing it, so that its offloaded blocks load
+            # back meanwhile (a refused request must not start a reload).
+            assert engine_sid is not None
+            self.engine.post(lambda e: e.resume_hint(engine_sid))
+        hint = body.kvsaga
+        kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}
+        if engine_sid is not None:
+            kwargs["session_id"] = engine_sid
+            if hint is not None:
+                kwargs.update(tool=hint.tool, expected_s=hint.expected_s, last_step=hint.last_step)
+                if hint.workflow:
+                    kwargs["workflow"] = hint.workflow
+        try:
+            return await self.engine.submit(ids, params, **kwargs), ids
+        except InvalidRequest as e:
+            # Well-formed, but the engine cannot take it (e.g. token ids outside the vocab).
+            msg = str(e)
+            if engine_sid is not None and sid is not None:
+                msg = msg.replace(engine_sid, sid)  # the tenant prefix is the server's own
+            raise APIError(422, msg, param=prompt.param) from None
+        except BaseException:
+            # Cancelled (the client left) while the engine thread may already be adding it:
+            # abort it there (after the add, as commands run in order; a no-op otherwise).
+            self.engine.post(lambda e: self.engine.abort_request(e, rid))
+            raise
+
+    def _unreserve(self, ctx: SessionContext | None, known: SessionContext | None,
+                   engine_sid: str | None, rid: str) -> None:
+        """Give back a session reserved by a request that was not queued: free it, and
+        forget it when this request opened it (a refused first step leaves no session)."""
+        if ctx is None or ctx.in_flight != rid:
+            return
+        ctx.in_flight = None
+        if known is None and engine_sid is not None and ctx.tokens is None \
+                and self.sessions.get(engine_sid) is ctx:
+            self.sessions.drop(engine_sid)
 
 
 class _Run:
