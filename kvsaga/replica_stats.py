@@ -7,6 +7,7 @@ decisions, and the routers read reports without knowing where they came from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +42,10 @@ class ReplicaStats:
             accumulated work, not its current load): the router evens it out across the
             fleet (`RoutingConfig.busy_balance`), which a count of queued and running
             steps cannot do once arrivals stop and a few replicas hold the last sessions.
+        taken_at: when the replica took the report, in seconds of the wall clock
+            (`time.time()`, the clock `Router.clock` reads), or None: taken now (a live
+            view, as the simulator's). A router takes off a report the steps it saw finish
+            after it was taken (`Router.busy`).
     """
 
     total_blocks: int = 1
@@ -54,6 +59,7 @@ class ReplicaStats:
     session_tokens: Mapping[str, int] = field(default_factory=dict)
     block_size: int = 16
     busy_s: float = 0.0
+    taken_at: float | None = None
     # `commitment`, summed on its first read: a router reads it for many replicas at each
     # decision, and a report stands for one moment (a live `session_tokens` view included).
     _commitment: float | None = field(default=None, init=False, repr=False, compare=False)
@@ -76,6 +82,10 @@ class ReplicaStats:
             )
         if not is_number(self.busy_s) or not self.busy_s >= 0:
             raise ValueError(f"ReplicaStats.busy_s must be a number >= 0, got {self.busy_s!r}")
+        if self.taken_at is not None and not (is_number(self.taken_at)
+                                              and math.isfinite(self.taken_at)):
+            raise ValueError("ReplicaStats.taken_at must be a finite number of seconds or "
+                             f"None, got {self.taken_at!r}")
         if not isinstance(self.tenant_service, Mapping):
             raise ValueError("ReplicaStats.tenant_service must be a mapping tenant -> "
                              f"service, got {type(self.tenant_service).__name__}")

@@ -28,9 +28,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from kvsaga._validate import is_int
 from kvsaga.fair_share import FairShare
@@ -75,12 +77,14 @@ class Route:
             on `replica` (cheaper than recomputing it); False: recompute.
         reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "balance",
             "lost", "round-robin", "hash", "least-loaded").
+        sent_at: set by `Router.route`: when the router sent the step (`Router.clock`).
     """
 
     replica: str
     moved_from: str | None = None
     migrate: bool = False
     reason: str = ""
+    sent_at: float = field(default=math.nan, compare=False, repr=False)
 
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
@@ -117,9 +121,17 @@ def _replica_names(replicas: Iterable[str]) -> list[str]:
 
 
 class Router:
-    """Base: live replicas, in-flight counts, least-loaded choice, and session homes."""
+    """Base: live replicas, in-flight counts, least-loaded choice, and session homes.
+
+    `clock`: the wall clock that replicas stamp their reports with
+    (`ReplicaStats.taken_at`); a test may set another.
+    """
 
     name = "base"
+    clock = staticmethod(time.time)
+    # Steps remembered per replica for `busy`'s discount (a bound: they are dropped once a
+    # report taken after they finished has been read).
+    _MAX_DONE = 256
 
     def __init__(self, replicas: Iterable[str] = ()) -> None:
         self.replicas: list[str] = []
@@ -128,6 +140,10 @@ class Router:
         self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
+        # Per replica that stamps its reports: the latest `taken_at` read, and this router's
+        # steps there that finished since (sent, finished), for `busy`.
+        self._taken: dict[str, float] = {}
+        self._done: dict[str, list[tuple[float, float]]] = {}
         for r in _replica_names(replicas):
             self.add_replica(r)
 
@@ -149,6 +165,8 @@ class Router:
         self.replicas.remove(replica)
         del self.in_flight[replica]
         del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
+        self._taken.pop(replica, None)
+        self._done.pop(replica, None)
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)
@@ -167,8 +185,15 @@ class Router:
     # -- bookkeeping ------------------------------------------------------------------
     def finished(self, route: Route) -> None:
         """A routed step finished (or failed): it no longer loads its replica."""
-        if self.in_flight.get(route.replica, 0) > 0:
-            self.in_flight[route.replica] -= 1
+        r = route.replica
+        if self.in_flight.get(r, 0) > 0:
+            self.in_flight[r] -= 1
+            taken = self._taken.get(r)
+            if taken is not None and not math.isnan(route.sent_at):
+                # A report taken between its sending and now counts it still (`busy`).
+                done = [x for x in self._done.get(r, ()) if x[1] > taken]
+                done.append((route.sent_at, self.clock()))
+                self._done[r] = done[-self._MAX_DONE:]
 
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
@@ -181,9 +206,30 @@ class Router:
     def busy(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
         """Steps queued or running on a replica: what it reports, or what this router sent
         there and has not seen finish, whichever is more (reports lag; other routers'
-        steps show only in reports)."""
+        steps show only in reports).
+
+        A report lags the other way too: taken while a step of this router ran, it counts
+        the step after the router has seen it finish. So a report stamped with the time it
+        was taken (`ReplicaStats.taken_at`) loses the steps this router sent before that
+        time and saw finish after it. Without this, a lone session's home, whose last
+        report (up to a period old: 0.5 s under Ray Serve) still showed the session's own
+        finished step running, looked shared at the session's next step: that skipped the
+        quiet fleet's floor of the balance steal (`KvsagaRouter._ahead`) and moved the
+        session, with its KV, to an idle replica. A step that reached the replica after the
+        report was taken is taken off too, though the report never counted it; the error
+        lasts until the next report, and the count of this router's unfinished steps still
+        bounds the result from below. An unstamped report (a live view) is taken as it is."""
         st = stats.get(r)
-        reported = st.queue_depth + st.running if st else 0
+        if st is None:
+            return self.in_flight[r]
+        reported = st.queue_depth + st.running
+        taken = st.taken_at
+        if taken is not None:
+            if taken > self._taken.get(r, -math.inf):
+                self._taken[r] = taken
+            for sent, done in self._done.get(r, ()):
+                if sent <= taken < done:
+                    reported -= 1
         return max(reported, self.in_flight[r])
 
     def waiting(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
@@ -220,6 +266,8 @@ class Router:
         dead = self.lost.pop(req.session, None) if req.session is not None else None
         if dead is not None:  # its KV died with its replica: recompute where it lands
             route = Route(route.replica, moved_from=dead, reason="lost")
+        if route.replica in self._taken:  # (replicas that stamp their reports only)
+            route = replace(route, sent_at=self.clock())
         self.in_flight[route.replica] += 1
         self.routed[route.replica] += 1
         if req.session is not None:

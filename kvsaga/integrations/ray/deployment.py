@@ -307,6 +307,7 @@ class EngineReplica:
             busy_s=self.app.state.engine.busy_s)
         row = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.init}
         row["session_tokens"] = tokens
+        row["taken_at"] = time.time()  # the router discounts its steps finished since
         return row
 
 
