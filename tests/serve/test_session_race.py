@@ -53,7 +53,8 @@ class _Hold:
         assert await asyncio.to_thread(self.held.wait, 30), "the engine thread was not held"
 
 
-def _run(engine: Any, scenario: Callable[[Any, httpx.AsyncClient], Awaitable[None]]) -> None:
+def _run(engine: Any,
+         scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]]) -> None:
     app = build_app(engine, settings())
 
     async def main() -> None:
@@ -63,7 +64,7 @@ def _run(engine: Any, scenario: Callable[[Any, httpx.AsyncClient], Awaitable[Non
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
                                          timeout=60) as client:
-                await scenario(aengine, client)
+                await scenario(app, aengine, client)
                 await _idle(aengine)
 
     asyncio.run(main())
@@ -93,7 +94,7 @@ def test_second_step_while_first_awaits_engine_is_409(tiny_dir: Path):
     added; the second step of the same session must get 409, not the engine's 422."""
     body = {**CHAT, "session_id": "r2"}
 
-    async def scenario(aengine: Any, client: httpx.AsyncClient) -> None:
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
         hold = _Hold(aengine)
         await hold.wait()
         try:
@@ -119,7 +120,7 @@ def test_second_step_while_first_awaits_engine_is_409(tiny_dir: Path):
 def test_streaming_step_holds_session_until_its_stream_ends(tiny_dir: Path):
     body = {**CHAT, "session_id": "r2", "stream": True}
 
-    async def scenario(aengine: Any, client: httpx.AsyncClient) -> None:
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
         hold = _Hold(aengine)
         await hold.wait()
         try:
@@ -145,7 +146,7 @@ def test_refused_step_gives_the_session_back(tiny_dir: Path):
     the first, and its message names the client's session id only."""
     bad = {"model": MODEL, "prompt": [5, 99999], "max_tokens": 2}
 
-    async def scenario(aengine: Any, client: httpx.AsyncClient) -> None:
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
         r = await client.post("/v1/completions", json={**bad, "session_id": "new-one"})
         assert r.status_code == 422 and "99999" in r.text, r.text
         assert "anon/" not in r.text
@@ -181,7 +182,7 @@ def test_step_cancelled_while_engine_adds_it_frees_session_and_request(tiny_dir:
     body = {"model": MODEL, "prompt": "agent ", "max_tokens": 40, "ignore_eos": True,
             "session_id": "r2"}
 
-    async def scenario(aengine: Any, client: httpx.AsyncClient) -> None:
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
         try:
             first = asyncio.create_task(client.post("/v1/completions", json=body))
             assert await asyncio.to_thread(adding.wait, 30), "the first step was never added"
@@ -197,3 +198,30 @@ def test_step_cancelled_while_engine_adds_it_frees_session_and_request(tiny_dir:
         assert r.status_code == 200, r.text
 
     _run(engine, scenario)
+
+
+def test_session_ended_while_its_first_step_waits_for_the_engine(tiny_dir: Path):
+    """A session exists from its first step's arrival: ending it while that step waits for
+    the engine ends it there after the step was added (commands run in order), so the step
+    is aborted and the session is gone from the server and the engine alike."""
+    body = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "session_id": "r2"}
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        sessions = app.state.server.serving().sessions
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            first = asyncio.create_task(client.post("/v1/completions", json=body))
+            await _until(lambda: aengine.num_in_flight == 1, "queued the first step")
+            end = asyncio.create_task(client.post("/v1/sessions/r2/end"))
+            await _until(lambda: sessions.get("anon/r2") is None, "dropped the session")
+        finally:
+            hold.release.set()
+        assert (await end).status_code == 200
+        r = await first
+        assert r.status_code == 400 and r.json()["error"]["code"] == "aborted", r.text
+        assert sessions.get("anon/r2") is None
+        assert (await client.post("/v1/sessions/r2/end")).status_code == 404
+        assert not await aengine.call(lambda e: "anon/r2" in e.manager.sessions)
+
+    _run(make_engine(tiny_dir), scenario)
