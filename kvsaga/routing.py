@@ -30,7 +30,7 @@ import hashlib
 import itertools
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -129,8 +129,8 @@ class Router:
 
     name = "base"
     clock = staticmethod(time.time)
-    # Steps remembered per replica for `busy`'s discount (a bound: they are dropped once a
-    # report taken after they finished has been read).
+    # Finished steps remembered per replica for `busy`'s discount (a bound: they are
+    # dropped once a report taken after they finished has been read).
     _MAX_DONE = 256
 
     def __init__(self, replicas: Iterable[str] = ()) -> None:
@@ -140,10 +140,10 @@ class Router:
         self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
-        # Per replica that stamps its reports: the latest `taken_at` read, and this router's
-        # steps there that finished since (sent, finished), for `busy`.
+        # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
+        # this router's steps there that finished since (sent, finished), for `busy`.
         self._taken: dict[str, float] = {}
-        self._done: dict[str, list[tuple[float, float]]] = {}
+        self._done: dict[str, deque[tuple[float, float]]] = {}
         for r in _replica_names(replicas):
             self.add_replica(r)
 
@@ -156,6 +156,7 @@ class Router:
             self._order.setdefault(replica, len(self._order))
             self.in_flight[replica] = 0
             self.routed.setdefault(replica, 0)
+            self._done[replica] = deque(maxlen=self._MAX_DONE)
 
     def remove_replica(self, replica: str) -> list[str]:
         """Forget a replica (it died or was scaled down). Returns the sessions that lived
@@ -166,7 +167,7 @@ class Router:
         del self.in_flight[replica]
         del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
         self._taken.pop(replica, None)
-        self._done.pop(replica, None)
+        del self._done[replica]
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)
@@ -188,12 +189,9 @@ class Router:
         r = route.replica
         if self.in_flight.get(r, 0) > 0:
             self.in_flight[r] -= 1
-            taken = self._taken.get(r)
-            if taken is not None and not math.isnan(route.sent_at):
+            if not math.isnan(route.sent_at):
                 # A report taken between its sending and now counts it still (`busy`).
-                done = [x for x in self._done.get(r, ()) if x[1] > taken]
-                done.append((route.sent_at, self.clock()))
-                self._done[r] = done[-self._MAX_DONE:]
+                self._done[r].append((route.sent_at, self.clock()))
 
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
@@ -225,9 +223,12 @@ class Router:
         reported = st.queue_depth + st.running
         taken = st.taken_at
         if taken is not None:
+            ended = self._done[r]
             if taken > self._taken.get(r, -math.inf):
                 self._taken[r] = taken
-            for sent, done in self._done.get(r, ()):
+                while ended and ended[0][1] <= taken:  # (appended in finishing order)
+                    ended.popleft()
+            for sent, done in ended:
                 if sent <= taken < done:
                     reported -= 1
         return max(reported, self.in_flight[r])
@@ -266,8 +267,7 @@ class Router:
         dead = self.lost.pop(req.session, None) if req.session is not None else None
         if dead is not None:  # its KV died with its replica: recompute where it lands
             route = Route(route.replica, moved_from=dead, reason="lost")
-        if route.replica in self._taken:  # (replicas that stamp their reports only)
-            route = replace(route, sent_at=self.clock())
+        route = replace(route, sent_at=self.clock())
         self.in_flight[route.replica] += 1
         self.routed[route.replica] += 1
         if req.session is not None:
