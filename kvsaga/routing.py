@@ -214,9 +214,11 @@ class Router:
         finished step running, looked shared at the session's next step: that skipped the
         quiet fleet's floor of the balance steal (`KvsagaRouter._ahead`) and moved the
         session, with its KV, to an idle replica. A step that reached the replica after the
-        report was taken is taken off too, though the report never counted it; the error
-        lasts until the next report, and the count of this router's unfinished steps still
-        bounds the result from below. An unstamped report (a live view) is taken as it is."""
+        report was taken is taken off too, though the report never counted it, and so is
+        one seen to finish late by a router whose clock runs behind the replica's: the
+        error lasts until the next report, and the count of this router's unfinished steps
+        still bounds the result from below. An unstamped report (a live view, as the
+        simulator's) is taken as it is."""
         st = stats.get(r)
         if st is None:
             return self.in_flight[r]
