@@ -55,6 +55,17 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   (bench/RESULTS.md, "vLLM as the peer"). Where a step's fixed cost dominates (a CPU), 5-10
   may still pay; that was not measured again.
 
+- Abandoned sessions (`session_idle_s`, default 1800 s, kvsaga's engine's
+  `DEFAULT_SESSION_IDLE_S`): a client that stops coming back never sends a last step, and
+  its session kept its records (the connector's, the policy's, the gate's) and retained
+  blocks until pressure released the blocks, its records for good. A session paused (its
+  last step finished) for longer than `session_idle_s` on the connector's clock, with no
+  step of it in flight (one vLLM asked the connector about and has not finished, or, with
+  `KVSagaScheduler`, one that arrived since), ends as a last step ends it: its retained
+  blocks go back to vLLM's prefix cache and its records go. Checked at admission probes and
+  after each step, at most every min(60 s, limit / 4); `abandoned` counts them. A step that
+  comes back later starts a new session (its blocks are hits while vLLM's LRU keeps them).
+
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
 `kvsaga.policy.DEFAULT_POLICY`),
@@ -64,7 +75,9 @@ true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (defau
 deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
 `keep_demoted` (default false: a session the gate's shrink demotes keeps its blocks until
 memory is needed, released then before the policy's choice; +0.01x on the worst fit seed,
-docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only).
+docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only),
+`session_idle_s` (default `DEFAULT_SESSION_IDLE_S`, 1800; a number > 0, inf or null:
+never).
 Any other key is refused (ValueError naming it: `connector_config.py`), so a typo cannot
 leave a default in force unnoticed.
 """
@@ -86,7 +99,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 
 from kvsaga._validate import is_number
-from kvsaga.integrations.vllm.connector_config import check_connector_extra
+from kvsaga.integrations.vllm.connector_config import (
+    DEFAULT_SESSION_IDLE_S,
+    check_connector_extra,
+    check_session_idle,
+)
 from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
@@ -129,6 +146,7 @@ class RetentionStats:
     expired: int = 0  # of them, unhinted pauses past the workflow's observed quantile
     best_effort: int = 0  # deferred steps run unretained because their prefill was cheap
     ride_failed: int = 0  # steps told to ride along and probed again before vLLM allocated them
+    abandoned: int = 0  # sessions ended after a pause longer than `session_idle_s`
     # Where the gate's waiting went: deferrals while vLLM had the step's blocks free (no
     # retained block needed), the seconds held-back sessions waited in all, and how they got
     # in at last (vLLM had room, the predicted working sets fit, idle batch, max wait).
@@ -182,6 +200,8 @@ class KVSagaConnector(KVConnectorBase_V1):
             raise ValueError(f"best_effort_steps must be a number >= 0, got "
                              f"{self.best_effort_steps!r}")
         self.cost = StepCost(**dict(extra.get("step_cost_args", {})))
+        self.session_idle_s = check_session_idle(
+            extra.get("session_idle_s", DEFAULT_SESSION_IDLE_S))
         self._step_mark: tuple[float, int] | None = None  # (when, tokens) of the last step
         self._riding: set[str] = set()  # request ids told to ride along, not yet allocated
         self._unretained: set[str] = set()  # request ids run past the gate: nothing kept
@@ -196,6 +216,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._steps: dict[str, StepInfo] = {}  # request id -> its session step
         self._bad_hints: set[str] = set()  # request ids whose malformed hint was logged
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
+        # session -> when its pause began (its last step's finish or arrival), oldest first
+        self._paused: dict[str, float] = {}
+        self._next_idle_sweep = -math.inf
         self.stats = RetentionStats()
         # Seconds the policy judges pauses by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
@@ -245,8 +268,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         """No external KV; but make room for this request among the retained blocks."""
         if self.pool is None:
             return 0, False
-        info = self._step(request)
+        info = self._step(request)  # in flight from here: never ended as abandoned
         now = self.clock()
+        self._end_idle_sessions(now)
         new_blocks = math.ceil(max(request.num_tokens - num_computed_tokens, 1) / self.block_size)
         watermark = getattr(self._kv_cache_manager, "watermark_blocks", 0) or 0
         if self.gate is not None:  # sessions that ended without saying so, by their pause
@@ -360,9 +384,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._forget_ride(rid)
         if info is not None and self.pool is not None:
             if info.hint.last_step:
-                self._end_session(info, now)
-            elif not unretained:
-                self._retain(info, block_ids, now)
+                self._end_session(info.session_id, session_for(self._sessions, info), now)
+            else:
+                if not unretained:
+                    self._retain(info, block_ids, now)
+                self.session_active(info.session_id, now)  # its pause starts now
         if self.gate is not None:
             hint = info.hint if info is not None else None
             for demoted in self.gate.finished(
@@ -385,11 +411,44 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._no_ride.discard(request_id)
         self._unretained.discard(request_id)
 
-    def _end_session(self, info: StepInfo, now: float) -> None:
-        sid = info.session_id
+    def _end_session(self, sid: str, session: Session | None, now: float) -> None:
+        """Session `sid` is over (its last step, or abandoned): its retained blocks go back
+        (plain prefix cache in vLLM), the policy's record of it (`session`) ends, and the
+        connector forgets it."""
         self._release_session(sid)
-        self.policy.session_ended(session_for(self._sessions, info), now)
+        if session is not None:
+            self.policy.session_ended(session, now)
         self._sessions.pop(sid, None)
+        self._paused.pop(sid, None)
+
+    def session_active(self, sid: str, now: float) -> None:
+        """Session `sid` was active `now` (a step finished, or, from `KVSagaScheduler`, one
+        arrived): its pause is timed from now."""
+        self._paused.pop(sid, None)  # re-inserted last: oldest first stays true
+        self._paused[sid] = now
+
+    def _end_idle_sessions(self, now: float) -> None:
+        """End the sessions paused longer than `session_idle_s` with no step in flight, as
+        their last step would (at most every min(60 s, session_idle_s / 4); the gate forgets
+        them too). Pauses are kept oldest first: the sweep stops at the first within it."""
+        idle_s = self.session_idle_s
+        if idle_s is None or now < self._next_idle_sweep:
+            return
+        self._next_idle_sweep = now + min(60.0, idle_s / 4)
+        busy: set[str] | None = None
+        while self._paused:
+            sid, since = next(iter(self._paused.items()))
+            if not now - since > idle_s:
+                break
+            del self._paused[sid]
+            if busy is None:
+                busy = {info.session_id for info in self._steps.values()}
+            if sid in busy:  # its step's finish starts its next pause
+                continue
+            self._end_session(sid, self._sessions.get(sid), now)
+            if self.gate is not None:
+                self.gate.forget(sid)
+            self.stats.abandoned += 1
 
     def _retain(self, info: StepInfo, block_ids: list[int], now: float) -> None:
         """Take a reference on the step's full, hashed blocks (its context's prefix) and
@@ -432,6 +491,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.gate is not None:
             self.gate.new_step()
         self._step_mark = (now, tokens) if tokens else None
+        if self.pool is not None:
+            self._end_idle_sessions(now)
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
             self._release_until(n + self.reserve_blocks, now, "headroom")

@@ -79,6 +79,7 @@ from kvsaga._validate import check_one_of
 from kvsaga.integrations.vllm.connector import KVSagaConnector
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import step_info
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
 
 WORK_KINDS = ("tokens", "steps")
@@ -141,8 +142,14 @@ class SessionRanker:
         session's length is learned when `last_step`)."""
         done, last_prompt = self.live.pop(sid, (0, 0))
         if done:
-            self.growth[workflow] = self._growth(workflow, done, prompt_tokens, last_prompt)
-            self.seen[workflow] = self.seen.get(workflow, 0) + 1
+            growth = self._growth(workflow, done, prompt_tokens, last_prompt)
+            n = self.seen.get(workflow, 0) + 1
+            # Bounded: the TRACKED_WORKFLOWS most recently updated workflows keep their
+            # growth (kvsaga/policy/bounded.py); a forgotten one starts again from the
+            # prior, as a new one does.
+            touch(self.growth, workflow, lambda: growth, TRACKED_WORKFLOWS,
+                  lambda wf, _: self.seen.pop(wf, None))
+            self.growth[workflow], self.seen[workflow] = growth, n
         if last_step:
             self.lengths.observe(workflow, done + 1)
         else:
@@ -219,5 +226,8 @@ class KVSagaScheduler(Scheduler):
         if info is not None:
             self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
                                info.hint.last_step)
+            kvsaga = self._kvsaga()
+            if kvsaga is not None:  # a step queued: its session is not abandoned
+                kvsaga.session_active(info.session_id, kvsaga.clock())
         if admitted and self.gate_arrivals:
             gate.arrived(info.session_id, request.num_prompt_tokens)
