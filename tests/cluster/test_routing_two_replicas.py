@@ -1,0 +1,91 @@
+"""The kvsaga router on 2 replicas: a lone agent session after the other replica has done
+some work (docs/cluster.md, "How a step is routed", the quiet fleet's floor).
+
+With 2 replicas the quiet test (`busy_balance_quiet` = 1: the home leads the mean by at
+least the mean) holds only while the other replica's busy time is 0. Once the other has
+done any work (an earlier session, a one-shot request), a lone session whose home pulls
+ahead of the mean by `busy_balance` (5%) is moved, with its KV, by `balance`, although
+nothing contends; `busy_balance_quiet=0` (the floor on every lone home) keeps it home
+until its lead is `busy_balance_min_s` (10 s) of work.
+
+`python tests/cluster/test_routing_two_replicas.py` prints the moves of both settings.
+"""
+
+from __future__ import annotations
+
+from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
+
+REPLICAS = ("a", "b")
+
+
+def lone_session(config: RoutingConfig | None, *, earlier_steps: int = 2, steps: int = 40,
+                 step_s: float = 0.5, tokens_per_step: int = 500) -> list:
+    """Route an earlier session's `earlier_steps` steps, end it, then a lone session's
+    `steps` sequential steps, each `step_s` seconds of work on the replica that ran it.
+    Stats are what a replica reports between steps (nothing running; the lone session
+    paused on its home, with its context). Returns the lone session's routes."""
+    router = make_router("kvsaga", list(REPLICAS), config=config)
+    busy = dict.fromkeys(REPLICAS, 0.0)
+    held: dict[str, dict[str, int]] = {r: {} for r in REPLICAS}  # replica -> session tokens
+
+    def stats() -> dict[str, ReplicaStats]:
+        return {r: ReplicaStats(total_blocks=4096, free_blocks=4096, busy_s=busy[r],
+                                paused=len(held[r]), session_tokens=dict(held[r]))
+                for r in REPLICAS}
+
+    def step(session: str, tokens: int):
+        route = router.route(RouteRequest(session=session, tenant="t",
+                                          context_tokens=tokens), stats())
+        for r in REPLICAS:  # the session lives where its step ran
+            held[r].pop(session, None)
+        held[route.replica][session] = tokens + tokens_per_step
+        busy[route.replica] += step_s
+        router.finished(route)
+        return route
+
+    for i in range(earlier_steps):
+        step("earlier", i * tokens_per_step)
+    for r in REPLICAS:
+        held[r].pop("earlier", None)
+    router.session_ended("earlier")
+    return [step("lone", i * tokens_per_step) for i in range(steps)]
+
+
+def moves(routes: list) -> list[tuple[int, str, str, bool]]:
+    """(step, from, to, KV migrated) of each move."""
+    return [(i, r.moved_from, r.replica, r.migrate) for i, r in enumerate(routes)
+            if r.moved_from is not None]
+
+
+def test_the_other_replica_has_worked_the_default_moves_a_lone_session():
+    routes = lone_session(None)
+    assert routes[0].reason == "new"
+    moved = moves(routes)
+    # Nothing contends, yet the session moves again and again, its KV with it.
+    assert len(moved) >= 5
+    assert all(r.reason == "balance" for r in routes if r.moved_from is not None)
+    assert any(m[3] for m in moved)
+
+
+def test_busy_balance_quiet_0_keeps_it_home_until_the_floor():
+    routes = lone_session(RoutingConfig(busy_balance_quiet=0))
+    assert not moves(routes)  # 40 steps x 0.5 s: the lead stays under 10 s
+    assert {r.replica for r in routes} == {routes[0].replica}
+    # Past the floor (a lead over busy_balance_min_s of work) it moves once, by balance.
+    longer = moves(lone_session(RoutingConfig(busy_balance_quiet=0), steps=60))
+    assert len(longer) == 1
+
+
+def test_an_idle_other_replica_keeps_it_home_under_the_default_too():
+    """The quiet test as the default fitted it: the other replica has done nothing."""
+    assert not moves(lone_session(None, earlier_steps=0))
+
+
+if __name__ == "__main__":
+    for name, cfg in (("default (busy_balance_quiet=1)", None),
+                      ("busy_balance_quiet=0", RoutingConfig(busy_balance_quiet=0))):
+        routes = lone_session(cfg)
+        moved = moves(routes)
+        print(f"{name}: {len(moved)} moves in {len(routes)} steps "
+              f"({sum(m[3] for m in moved)} with KV migration); first steps moved: "
+              f"{[m[0] for m in moved[:8]]}")
