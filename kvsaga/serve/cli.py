@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="how --replicas routes steps: session affinity + work stealing + KV migration "
       "(kvsaga), sticky consistent hash (affinity), round-robin, or Ray Serve's own default "
       f"request router (ray-default) (default: {DEFAULT_REPLICA_ROUTER}; needs --replicas)")
+    a("--routing-config", type=_json_object, default=None, metavar="JSON",
+      help="the kvsaga router's RoutingConfig fields as a JSON object, e.g. "
+      "'{\"busy_balance_quiet\": 0}', which keeps a lone session home on a small fleet "
+      "(docs/cluster.md) (default: the defaults fitted on 8- and 64-GPU fleets; needs "
+      "--replicas and --router kvsaga)")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
       help="log level; debug also prints the traceback of a failure")
     return accept_negative_values(p)
@@ -141,14 +146,16 @@ DEFAULT_REPLICA_ROUTER = "kvsaga"
 # ServerSettings fields whose flag is not the field's name with dashes.
 _FLAGS = {"max_body_bytes": "--max-body", "session_idle_s": "--session-idle",
           "log_stats_interval_s": "--log-stats-interval", "kv_memory_bytes": "--kv-memory",
-          "host_memory_bytes": "--host-memory", "api_keys": "--api-key"}
+          "host_memory_bytes": "--host-memory", "api_keys": "--api-key",
+          "routing_config": "--routing-config"}
 
 
 def as_flag_message(message: str) -> str:
     """A ServerSettings range error names the field first ("max_body_bytes must be ...",
-    "port 70000 out of range"); on the command line, name the flag the user typed instead
-    ("--max-body must be ..."). Other messages are returned as they are."""
-    m = re.match(r"(\w+)(?= must | \S+ out of range$)", message)
+    "port 70000 out of range", "routing_config: ..."); on the command line, name the flag
+    the user typed instead ("--max-body must be ..."). Other messages are returned as they
+    are."""
+    m = re.match(r"(\w+)(?= must |: | \S+ out of range$)", message)
     if m is None or m.group(1) not in {f.name for f in dataclasses.fields(ServerSettings)}:
         return message
     name = m.group(1)
@@ -189,6 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_compat=args.metrics_compat,
         metrics_auth=args.metrics_auth,
         log_stats_interval_s=args.log_stats_interval,
+        routing_config=args.routing_config,
     )
 
 
@@ -327,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.router is not None and args.replicas is None:
             raise ValueError(f"--router {args.router} routes between replicas; give "
                              "--replicas N too, or leave --router out")
+        if args.routing_config is not None:
+            router = args.router or DEFAULT_REPLICA_ROUTER
+            if args.replicas is None:
+                raise ValueError("--routing-config configures the kvsaga router between "
+                                 "replicas; give --replicas N too, or leave it out")
+            if router != "kvsaga":
+                raise ValueError(f"--routing-config sets the kvsaga router's RoutingConfig; "
+                                 f"--router {router} takes none (use --router kvsaga, or "
+                                 "leave --routing-config out)")
     except ValueError as e:
         print(f"kvsaga-serve: error: {as_flag_message(str(e))}", file=sys.stderr)
         return 2

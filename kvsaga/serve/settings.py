@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kvsaga._validate import is_int, is_number
 from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.routing_config import RoutingConfig
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 
 
@@ -85,6 +86,11 @@ class ServerSettings:
     0 turns them off. An idle server logs nothing."""
     retry_after_s: int = 1
     """Retry-After sent with 429 responses, in seconds."""
+    routing_config: Mapping[str, Any] | None = field(default=None, hash=False)
+    """With `--replicas` and the `kvsaga` router: `kvsaga.routing.RoutingConfig` fields to
+    route with instead of their defaults, e.g. {"busy_balance_quiet": 0}; None: the
+    defaults. Checked here as RoutingConfig checks them; the CLI refuses it for another
+    router or without replicas."""
 
     def __post_init__(self) -> None:
         """Raises ValueError naming the first setting out of range (the CLI prints it and
@@ -134,6 +140,11 @@ class ServerSettings:
                              f"{sorted(SCHEDULERS)}")
         if self.scheduler_params is not None:
             check_scheduler_params(self.scheduler, self.scheduler_params)
+        if self.routing_config is not None:
+            try:
+                routing_config_of(self.routing_config)
+            except ValueError as e:
+                raise ValueError(f"routing_config: {e}") from None
 
     @property
     def url(self) -> str:
@@ -171,3 +182,22 @@ def check_scheduler_params(name: str, params: object) -> None:
                          f"(--{limits[0].replace('_', '-')})")
     check_param_names(name, params, exclude=LIMITS)  # listing the scheduler's own
     make_scheduler(name, KVCacheManager(KVSpec(1, 1, 4, block_size=1), 2), **params)
+
+
+def routing_config_of(values: object) -> RoutingConfig:
+    """The `kvsaga` router's RoutingConfig with `values` (a mapping of its field names to
+    values) in place of the defaults.
+
+    Raises:
+        ValueError: `values` is not a mapping, names a field RoutingConfig does not have
+            (listing those it has), or a value RoutingConfig refuses (its own message,
+            naming the field).
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"RoutingConfig fields must be a JSON object, got {values!r}")
+    known = {f.name for f in fields(RoutingConfig)}
+    unknown = sorted((k for k in values if k not in known), key=str)
+    if unknown:
+        raise ValueError(f"unknown RoutingConfig field(s) {unknown}; known: "
+                         f"{', '.join(sorted(known))}")
+    return RoutingConfig(**values)

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
 
-REPLICAS = ("a", "b")
 
-
-def lone_session(config: RoutingConfig | None, *, earlier_steps: int = 2, steps: int = 40,
-                 step_s: float = 0.5, tokens_per_step: int = 500) -> list:
-    """Route an earlier session's `earlier_steps` steps, end it, then a lone session's
-    `steps` sequential steps, each `step_s` seconds of work on the replica that ran it.
-    Stats are what a replica reports between steps (nothing running; the lone session
-    paused on its home, with its context). Returns the lone session's routes."""
-    router = make_router("kvsaga", list(REPLICAS), config=config)
+def lone_session(config: RoutingConfig | None, *, replicas: int = 2, earlier_steps: int = 2,
+                 steps: int = 40, step_s: float = 0.5, tokens_per_step: int = 500) -> list:
+    """On `replicas` replicas, route an earlier session's `earlier_steps` steps, end it,
+    then a lone session's `steps` sequential steps, each `step_s` seconds of work on the
+    replica that ran it. Stats are what a replica reports between steps (nothing running;
+    the lone session paused on its home, with its context). Returns the lone session's
+    routes."""
+    REPLICAS = [chr(ord("a") + i) for i in range(replicas)]  # noqa: N806
+    router = make_router("kvsaga", REPLICAS, config=config)
     busy = dict.fromkeys(REPLICAS, 0.0)
     held: dict[str, dict[str, int]] = {r: {} for r in REPLICAS}  # replica -> session tokens
 
@@ -82,10 +82,14 @@ def test_an_idle_other_replica_keeps_it_home_under_the_default_too():
 
 
 if __name__ == "__main__":
-    for name, cfg in (("default (busy_balance_quiet=1)", None),
-                      ("busy_balance_quiet=0", RoutingConfig(busy_balance_quiet=0))):
-        routes = lone_session(cfg)
-        moved = moves(routes)
-        print(f"{name}: {len(moved)} moves in {len(routes)} steps "
-              f"({sum(m[3] for m in moved)} with KV migration); first steps moved: "
-              f"{[m[0] for m in moved[:8]]}")
+    print("moves of a lone session's 60 steps of 0.5 s (all with its KV), default "
+          "(busy_balance_quiet=1) vs busy_balance_quiet=0")
+    for n in (2, 3, 4, 8, 64):
+        for earlier in (2, 0):
+            row = []
+            for cfg in (None, RoutingConfig(busy_balance_quiet=0)):
+                moved = moves(lone_session(cfg, replicas=n, earlier_steps=earlier, steps=60))
+                assert all(m[3] for m in moved)
+                row.append(f"{len(moved):2d} moves at steps {[m[0] for m in moved]}")
+            other = "after 1 s of other work" if earlier else "on an idle fleet"
+            print(f"{n:2d} replicas, {other:23s}: default {row[0]}; quiet=0 {row[1]}")

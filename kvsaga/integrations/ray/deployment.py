@@ -534,7 +534,9 @@ def build_application(
         num_replicas: engine replicas (>= 1).
         router: a `kvsaga.routing` router name, or `ray-default` (Ray Serve's own default
             request router, `RayDefaultRequestRouter`).
-        router_kwargs: `RoutingConfig` fields for the `kvsaga` router.
+        router_kwargs: `RoutingConfig` fields for the `kvsaga` router, over those of
+            `settings.routing_config` (`kvsaga-serve --routing-config`), which it
+            routes with when this is None.
         ray_actor_options: per replica (e.g. `{"num_gpus": 1}` on a GPU cluster).
         factory: loads an engine (tests pass a tiny model's); default from `settings`.
         stats_period_s: how often the router reads each replica's routing stats.
@@ -544,7 +546,10 @@ def build_application(
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
     if router not in REPLICA_ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
-    routing_config(router, router_kwargs or {})  # here, not later inside the router actor
+    router_kwargs = {**(settings.routing_config or {}), **(router_kwargs or {})}
+    routing_config(router, router_kwargs)  # here, not later inside the router actor
+    if router_kwargs:
+        log.info("router %s with RoutingConfig fields %s", router, router_kwargs)
     engine = serve.deployment(
         EngineReplica,
         name=ENGINE_DEPLOYMENT,

@@ -13,7 +13,6 @@ session's KV (`migrate`) or only its token context.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import weakref
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
+from kvsaga.serve.settings import routing_config_of
 
 log = logging.getLogger("kvsaga.ray")
 
@@ -67,12 +67,7 @@ def routing_config(router: str, config: dict[str, Any]) -> RoutingConfig | None:
             raise ValueError(f"RoutingConfig fields {sorted(config)} apply to the kvsaga "
                              f"router only, not {router!r}")
         return None
-    known = {f.name for f in dataclasses.fields(RoutingConfig)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown RoutingConfig field(s) {unknown}; known: "
-                         f"{', '.join(sorted(known))}")
-    return RoutingConfig(**config)
+    return routing_config_of(config)
 
 
 class KvsagaRequestRouter(RequestRouter):
