@@ -336,9 +336,16 @@ class _Run:
             self.s.sessions.record(self.ctx, self.ids, self.text, out.token_ids)
 
     def _release(self) -> None:
-        if self.ctx is not None and self.ctx.in_flight == self.rid:
-            self.ctx.in_flight = None
-        if self.last_step and self.engine_sid is not None:
+        """Free the session (once: `_outputs` and `close` both call it). A last step ends
+        its own session only: once that session was ended (by its client, or by this step's
+        first call here) a new step of the same id may have opened a new one meanwhile."""
+        ctx = self.ctx
+        if ctx is None:
+            return
+        if ctx.in_flight == self.rid:
+            ctx.in_flight = None
+        if self.last_step and self.engine_sid is not None \
+                and self.s.sessions.get(self.engine_sid) is ctx:
             self.s.sessions.drop(self.engine_sid)
 
     def _usage(self, out: RequestOutput) -> Any:

@@ -1,0 +1,191 @@
+"""A session's reservation against the paths that end, sweep or replace a session while one of
+its steps is in flight, and the session ids that the engine's errors carry.
+
+As in test_session_race.py, the engine thread is held on a `threading.Event` (in a command, or
+inside `add_request`) wherever a step must still be waiting when the next event comes; the
+loops wait for conditions, never for time to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kvsaga.serve.app import build_app
+from kvsaga.serve.sessions import SessionRegistry
+
+from .conftest import MODEL, make_engine, settings
+from .test_session_race import _Hold, _idle, _until
+
+STEP = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "ignore_eos": True}
+
+
+def _run(engine: Any,
+         scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]],
+         **settings_kwargs: Any) -> None:
+    app = build_app(engine, settings(**settings_kwargs))
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            aengine = app.state.engine
+            assert await asyncio.to_thread(aengine.wait_ready, 30)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
+                                         timeout=60) as client:
+                await scenario(app, aengine, client)
+                await _idle(aengine)
+
+    asyncio.run(main())
+
+
+class _HeldAdds:
+    """Holds the engine thread inside `add_request`, after the add, for each of the first
+    `n` steps of `engine_sid`: `added[i]` is set once the i-th is in the engine, and the
+    thread waits for `release[i]`."""
+
+    def __init__(self, engine: Any, engine_sid: str, n: int) -> None:
+        self.added = [threading.Event() for _ in range(n)]
+        self.release = [threading.Event() for _ in range(n)]
+        self._count = 0
+        add_request = engine.add_request
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            out = add_request(*args, **kwargs)
+            if kwargs.get("session_id") == engine_sid and self._count < n:
+                i, self._count = self._count, self._count + 1
+                self.added[i].set()
+                self.release[i].wait(60)
+            return out
+
+        engine.add_request = held
+
+    async def wait(self, i: int) -> None:
+        assert await asyncio.to_thread(self.added[i].wait, 30), f"add {i} never happened"
+
+    def release_all(self) -> None:
+        for e in self.release:
+            e.set()
+
+
+def _sessions(app: Any) -> SessionRegistry:
+    return app.state.server.serving().sessions
+
+
+def test_ended_last_step_does_not_drop_the_sessions_next_step(tiny_dir: Path):
+    """A last step's session is ended by its client while the engine adds the step; a new
+    step of the same session id arrives and opens it afresh. The aborted last step's cleanup
+    must not drop that new session: it did (it dropped whatever the id named), so the new
+    step ran with no reservation and a third step got past the 409."""
+    engine = make_engine(tiny_dir)
+    adds = _HeldAdds(engine, "anon/s", 2)
+    last = {**STEP, "session_id": "s", "kvsaga": {"last_step": True}}
+    nxt = {**STEP, "session_id": "s"}
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        sessions = _sessions(app)
+        try:
+            a = asyncio.create_task(client.post("/v1/completions", json=last))
+            await adds.wait(0)  # A is in the engine; the engine thread is held in its add
+            end = asyncio.create_task(client.post("/v1/sessions/s/end"))
+            await _until(lambda: sessions.get("anon/s") is None, "dropped the session")
+            b = asyncio.create_task(client.post("/v1/completions", json=nxt))
+            await _until(lambda: sessions.get("anon/s") is not None, "reserved by B")
+            ctx_b = sessions.get("anon/s")
+            adds.release[0].set()  # then the end aborts A, then B's add is held
+            r = await a
+            assert r.status_code == 400 and r.json()["error"]["code"] == "aborted", r.text
+            assert (await end).status_code == 200
+            await adds.wait(1)
+            assert sessions.get("anon/s") is ctx_b, "A's cleanup dropped B's session"
+            assert ctx_b is not None and ctx_b.in_flight is not None
+            r = await client.post("/v1/completions", json=nxt)
+            assert r.status_code == 409 and r.json()["error"]["code"] == "session_busy", r.text
+        finally:
+            adds.release_all()
+        r = await b
+        assert r.status_code == 200, r.text
+        assert sessions.get("anon/s") is ctx_b and ctx_b.in_flight is None
+
+    _run(engine, scenario)
+
+
+async def _post_gated(app: Any, path: str, body: dict, final_sent: asyncio.Event,
+                      gate: asyncio.Event) -> tuple[int, bytes]:
+    """POST through the ASGI app directly; the response's last message (`more_body` False)
+    sets `final_sent`, then waits for `gate` before the app may go on (a slow socket)."""
+    data = json.dumps(body).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"kvsaga"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode())],
+        "client": ("127.0.0.1", 1), "server": ("kvsaga", 80),
+    }
+    pending = [{"type": "http.request", "body": data, "more_body": False}]
+    done = asyncio.Event()
+    status, chunks = 0, []
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop()
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                final_sent.set()
+                await gate.wait()
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        done.set()
+    return status, b"".join(chunks)
+
+
+def test_streamed_last_step_closing_late_does_not_drop_the_next_session(tiny_dir: Path):
+    """A streamed last step drops its session when its outputs end, and again when its
+    response closes; a step of the same session id that arrives in between (the client had
+    the whole stream; the socket was slow to finish) opened a new session, which the second
+    drop removed while that step ran."""
+    last = {**STEP, "session_id": "s", "stream": True, "kvsaga": {"last_step": True}}
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        sessions = _sessions(app)
+        final_sent, gate = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(_post_gated(app, "/v1/completions", last, final_sent, gate))
+        await _until(final_sent.is_set, "sent A's last message")
+        assert sessions.get("anon/s") is None  # the last step ended it
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            b = asyncio.create_task(
+                client.post("/v1/completions", json={**STEP, "session_id": "s"}))
+            await _until(lambda: sessions.get("anon/s") is not None, "reserved by B")
+            ctx_b = sessions.get("anon/s")
+            gate.set()
+            status, text = await a
+            assert status == 200 and text.rstrip().endswith(b"data: [DONE]"), text
+            assert sessions.get("anon/s") is ctx_b, "A's close dropped B's session"
+            r = await client.post("/v1/completions", json={**STEP, "session_id": "s"})
+            assert r.status_code == 409, r.text
+        finally:
+            gate.set()
+            hold.release.set()
+        r = await b
+        assert r.status_code == 200, r.text
+        assert sessions.get("anon/s") is ctx_b and ctx_b.num_steps == 1
+
+    _run(make_engine(tiny_dir), scenario)
