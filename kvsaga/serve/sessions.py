@@ -155,8 +155,10 @@ class SessionRegistry:
     def idle(self, idle_s: float, now: float | None = None) -> list[str]:
         """Sessions with nothing in flight whose last request is older than `idle_s`."""
         now = time.monotonic() if now is None else now
-        return [
-            sid
-            for sid, ctx in self.sessions.items()
-            if ctx.in_flight is None and now - ctx.last_used > idle_s
-        ]
+        return [sid for sid, ctx in self.sessions.items() if self.is_idle(ctx, idle_s, now)]
+
+    @staticmethod
+    def is_idle(ctx: SessionContext, idle_s: float, now: float | None = None) -> bool:
+        """Nothing in flight (no step reserved it) and the last request older than `idle_s`."""
+        now = time.monotonic() if now is None else now
+        return ctx.in_flight is None and now - ctx.last_used > idle_s

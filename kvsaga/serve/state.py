@@ -81,13 +81,28 @@ class ServerState:
         idle_s = self.settings.session_idle_s
         while True:
             await asyncio.sleep(min(60.0, idle_s / 2))
-            srv = self._serving
-            if srv is None:
+            await self.end_idle_sessions(idle_s)
+
+    async def end_idle_sessions(self, idle_s: float, now: float | None = None) -> list[str]:
+        """One sweep: end the sessions with nothing in flight whose last request is older
+        than `idle_s` at `now` (default: the monotonic clock); returns their engine ids.
+
+        Each is checked again just before it is ended: a step of a listed session may have
+        arrived (and reserved it) while an earlier one was being ended in the engine.
+        """
+        srv = self._serving
+        if srv is None:
+            return []
+        ended = []
+        for sid in srv.sessions.idle(idle_s, now):
+            ctx = srv.sessions.get(sid)
+            if ctx is None or not srv.sessions.is_idle(ctx, idle_s, now):
                 continue
-            for sid in srv.sessions.idle(idle_s):
-                srv.sessions.drop(sid)
-                with contextlib.suppress(Exception):
-                    await self.engine.end_session(sid)
+            srv.sessions.drop(sid)
+            ended.append(sid)
+            with contextlib.suppress(Exception):
+                await self.engine.end_session(sid)
+        return ended
 
 
 def server_state(request: Request) -> ServerState:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -187,5 +188,43 @@ def test_streamed_last_step_closing_late_does_not_drop_the_next_session(tiny_dir
         r = await b
         assert r.status_code == 200, r.text
         assert sessions.get("anon/s") is ctx_b and ctx_b.num_steps == 1
+
+    _run(make_engine(tiny_dir), scenario)
+
+
+def test_idle_sweep_spares_a_session_whose_step_arrived_during_the_sweep(tiny_dir: Path):
+    """The sweep lists the idle sessions, then ends them one by one, awaiting the engine
+    for each; a step of a listed session that arrives meanwhile reserves it. The sweep
+    dropped it anyway and ended it in the engine, aborting the step (a 400 'aborted' for a
+    session in use)."""
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        state = app.state.server
+        sessions = _sessions(app)
+        for sid in ("s1", "s2"):
+            r = await client.post("/v1/completions", json={**STEP, "session_id": sid})
+            assert r.status_code == 200, r.text
+        idle_s = state.settings.session_idle_s
+        later = time.monotonic() + 2 * idle_s  # both are idle then
+        assert sorted(sessions.idle(idle_s, later)) == ["anon/s1", "anon/s2"]
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            sweep = asyncio.create_task(state.end_idle_sessions(idle_s, now=later))
+            first = next(iter(sessions.idle(idle_s, later)))
+            await _until(lambda: sessions.get(first) is None, "swept the first session")
+            other = "s2" if first == "anon/s1" else "s1"
+            ctx = sessions.get(f"anon/{other}")
+            assert ctx is not None
+            step = asyncio.create_task(
+                client.post("/v1/completions", json={**STEP, "session_id": other}))
+            await _until(lambda: ctx.in_flight is not None, "reserved the other session")
+        finally:
+            hold.release.set()
+        assert await sweep == [first]
+        r = await step
+        assert r.status_code == 200, r.text
+        assert sessions.get(f"anon/{other}") is ctx and ctx.num_steps == 2
+        assert sessions.get(first) is None
 
     _run(make_engine(tiny_dir), scenario)
