@@ -40,7 +40,13 @@ from kvsaga.serve.protocol import (
     new_id,
     now_s,
 )
-from kvsaga.serve.sessions import SessionContext, SessionRegistry, resolve_session_id, tenant_salt
+from kvsaga.serve.sessions import (
+    SessionContext,
+    SessionRegistry,
+    names_engine_session,
+    resolve_session_id,
+    tenant_salt,
+)
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.serve")
@@ -359,7 +365,7 @@ class _Run:
             raise APIError(400, "the request was aborted", code="aborted") from None
         except Exception as e:
             log.exception("request %s failed", self.rid)
-            raise APIError(500, f"the engine failed: {type(e).__name__}: {e}") from None
+            raise _engine_failure(e) from None
         out = self.final
         assert out is not None
         lp = self._new_logprobs(out)
@@ -432,8 +438,7 @@ class _Run:
             return  # the client is gone: nobody to tell
         except Exception as e:
             log.exception("request %s failed mid-stream", self.rid)
-            err = APIError(500, f"the engine failed: {type(e).__name__}: {e}")
-            yield _sse(err.body())
+            yield _sse(_engine_failure(e).body())
         yield "data: [DONE]\n\n"
 
 
@@ -450,6 +455,19 @@ class _ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+def _engine_failure(e: Exception) -> APIError:
+    """The 500 for a failure of the engine. Its text is left out when it may name a session
+    by its engine id (the tenant's salt digest and session id): a failed step fails every
+    request in flight, so one tenant would read another's session; the log has it all."""
+    text = str(e)
+    if not text:
+        return APIError(500, f"the engine failed: {type(e).__name__}")
+    if names_engine_session(text):
+        return APIError(500, f"the engine failed: {type(e).__name__} (the server's log has "
+                        "the details)")
+    return APIError(500, f"the engine failed: {type(e).__name__}: {text}")
 
 
 def _sse(obj: dict) -> str:

@@ -74,6 +74,17 @@ def resolve_session_id(
     return None
 
 
+# How every engine session id begins (`SessionRegistry.engine_id`): the tenant's salt digest,
+# or 'anon', then '/'.
+_ENGINE_ID_PREFIX = re.compile(r"(?:anon|[0-9a-f]{32})/")
+
+
+def names_engine_session(text: str) -> bool:
+    """Whether `text` may name a session by its engine id, which is the server's own: it
+    holds the tenant's salt digest, and an engine failure reaches every tenant's requests."""
+    return _ENGINE_ID_PREFIX.search(text) is not None
+
+
 @dataclass
 class SessionContext:
     """What a session's cache holds after its last step.

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from kvsaga.serve.app import build_app
-from kvsaga.serve.sessions import SessionRegistry
+from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 
 from .conftest import MODEL, make_engine, settings
 from .test_session_race import _Hold, _idle, _until
@@ -228,3 +228,42 @@ def test_idle_sweep_spares_a_session_whose_step_arrived_during_the_sweep(tiny_di
         assert sessions.get(first) is None
 
     _run(make_engine(tiny_dir), scenario)
+
+
+def test_engine_failure_names_no_engine_session(tiny_dir: Path):
+    """An engine failure reaches every request in flight, of every tenant. Its message named
+    a session by its engine id (the tenant's salt digest and the session id): one tenant's
+    500 showed another tenant's session."""
+    engine = make_engine(tiny_dir)
+
+    def failing_step() -> Any:
+        # As the scheduler's admission failure reads (kvsaga/scheduler/base.py).
+        sid = sorted(r.session_id for r in engine.requests.values())[0]
+        raise RuntimeError(f"admission of session {sid!r} found no room for its step")
+
+    engine.step = failing_step
+    keys = {"key-a": "private-a", "key-b": "private-b"}
+    engine_ids = [SessionRegistry.engine_id(tenant_salt(k, None), s) for k, s in keys.items()]
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            tasks = [asyncio.create_task(client.post(
+                "/v1/completions", json={**STEP, "session_id": sid, "stream": i == 1},
+                headers={"Authorization": f"Bearer {key}"}))
+                for i, (key, sid) in enumerate(keys.items())]
+            await _until(lambda: aengine.num_in_flight == 2, "queued both steps")
+        finally:
+            hold.release.set()
+        for t in tasks:
+            r = await t
+            assert "the engine failed: RuntimeError" in r.text, r.text
+            for eid in engine_ids:
+                assert eid.split("/")[0] not in r.text, r.text
+            # No tenant sees the other's session.
+            other = [s for k, s in keys.items() if f"Bearer {k}" !=
+                     r.request.headers["authorization"]][0]
+            assert other not in r.text, r.text
+
+    _run(engine, scenario, api_keys=tuple(keys))
