@@ -267,7 +267,9 @@ class Serving:
             # Well-formed, but the engine cannot take it (e.g. token ids outside the vocab).
             msg = str(e)
             if engine_sid is not None and sid is not None:
-                msg = msg.replace(engine_sid, sid)  # the tenant prefix is the server's own
+                # The tenant prefix is the server's own; the engine names a session by the
+                # repr of its id, which differs from the id where repr escapes a character.
+                msg = msg.replace(repr(engine_sid), repr(sid)).replace(engine_sid, sid)
             raise APIError(422, msg, param=prompt.param) from None
         except BaseException:
             # Cancelled (the client left) while the engine thread may already be adding it:

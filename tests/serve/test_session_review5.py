@@ -267,3 +267,38 @@ def test_engine_failure_names_no_engine_session(tiny_dir: Path):
             assert other not in r.text, r.text
 
     _run(engine, scenario, api_keys=tuple(keys))
+
+
+def test_engine_refusal_names_the_clients_session_id_whatever_it_holds(tiny_dir: Path):
+    """The engine names a session by the repr of its engine id; for an id that repr escapes
+    (a backslash here) the 422's message kept the tenant-prefixed id: the server replaced
+    only the id as written. The engine is made to refuse by a step of the session that the
+    engine thread adds itself (the server's sessions know nothing of it)."""
+    from kvsaga.engine.sampling import SamplingParams
+
+    sid = "dir\\step"
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        held, release = threading.Event(), threading.Event()
+
+        def add_then_hold(e: Any) -> None:
+            e.add_request([5, 6, 7], SamplingParams(max_tokens=2), request_id="direct",
+                          session_id=f"anon/{sid}")
+            held.set()
+            release.wait(60)
+
+        aengine.post(add_then_hold)
+        assert await asyncio.to_thread(held.wait, 30)
+        try:
+            step = asyncio.create_task(
+                client.post("/v1/completions", json={**STEP, "session_id": sid}))
+            await _until(lambda: aengine.num_in_flight == 1, "queued the step")
+        finally:
+            release.set()
+        r = await step
+        assert r.status_code == 422, r.text
+        message = r.json()["error"]["message"]
+        assert repr(sid) in message and "anon/" not in message, message
+        assert _sessions(app).get(f"anon/{sid}") is None  # the refused first step left none
+
+    _run(make_engine(tiny_dir), scenario)
