@@ -9,6 +9,7 @@ loops wait for conditions, never for time to pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -265,6 +266,9 @@ def test_engine_failure_names_no_engine_session(tiny_dir: Path):
             other = [s for k, s in keys.items() if f"Bearer {k}" !=
                      r.request.headers["authorization"]][0]
             assert other not in r.text, r.text
+        for eid in engine_ids:  # the failed steps gave their sessions back
+            ctx = _sessions(app).get(eid)
+            assert ctx is not None and ctx.in_flight is None, eid
 
     _run(engine, scenario, api_keys=tuple(keys))
 
@@ -302,3 +306,72 @@ def test_engine_refusal_names_the_clients_session_id_whatever_it_holds(tiny_dir:
         assert _sessions(app).get(f"anon/{sid}") is None  # the refused first step left none
 
     _run(make_engine(tiny_dir), scenario)
+
+
+def test_steps_refused_before_the_engine_leave_no_session_and_free_a_known_one(
+        tiny_dir: Path):
+    """429 (queue full) and 400 (a limit) come after the step reserved its session: a
+    refused first step leaves no session behind, a refused later step leaves its session
+    free and as it was."""
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        sessions = _sessions(app)
+        r = await client.post("/v1/completions", json={**STEP, "session_id": "known"})
+        assert r.status_code == 200, r.text
+        known = sessions.get("anon/known")
+        assert known is not None and known.num_steps == 1
+        tokens = known.tokens
+        r = await client.post("/v1/completions",
+                              json={**STEP, "session_id": "new", "max_tokens": 9})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+        assert sessions.get("anon/new") is None
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            one_shot = asyncio.create_task(client.post("/v1/completions", json=STEP))
+            await _until(lambda: aengine.num_in_flight == 1, "queued the one-shot step")
+            for sid in ("known", "new"):
+                r = await client.post("/v1/completions", json={**STEP, "session_id": sid})
+                assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full", r.text
+            assert sessions.get("anon/new") is None
+            assert sessions.get("anon/known") is known and known.in_flight is None
+            assert known.tokens is tokens and known.num_steps == 1
+        finally:
+            hold.release.set()
+        assert (await one_shot).status_code == 200
+        for sid in ("known", "new"):
+            r = await client.post("/v1/completions", json={**STEP, "session_id": sid})
+            assert r.status_code == 200, r.text
+        assert known.num_steps == 2
+
+    _run(make_engine(tiny_dir, max_num_seqs=1), scenario, max_queue=0, max_tokens_limit=8)
+
+
+def test_first_step_cancelled_before_the_engine_took_it(tiny_dir: Path, caplog: Any):
+    """The client leaves while its first step waits behind other commands: the add never
+    runs, the abort posted for its id is a no-op in the engine (no error logged), and no
+    session is left in the server or the engine."""
+    body = {**STEP, "session_id": "c"}
+
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        sessions = _sessions(app)
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            step = asyncio.create_task(client.post("/v1/completions", json=body))
+            await _until(lambda: aengine.num_in_flight == 1, "queued the step")
+            assert sessions.get("anon/c") is not None  # the session exists from the arrival
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await step
+            assert sessions.get("anon/c") is None and aengine.num_in_flight == 0
+        finally:
+            hold.release.set()
+        assert await aengine.call(
+            lambda e: not e.requests and "anon/c" not in e.manager.sessions)
+        r = await client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+
+    with caplog.at_level("ERROR", logger="kvsaga.serve"):
+        _run(make_engine(tiny_dir), scenario)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
