@@ -10,6 +10,10 @@ Invariants:
   `finish_reason` is set, or with an exception.
 - A stream that its consumer leaves early (client disconnect, cancellation) aborts its
   request, so its blocks go back to the pool.
+- Every command submitted gets its result or an exception: once the engine thread has
+  stopped (or its model failed to load, or the thread failed), a command is failed at once
+  with `EngineStopped`, and the ones still queued when it stopped are failed too, never left
+  pending.
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ EngineFactory = Callable[[], LLMEngine]
 
 class RequestAborted(Exception):
     """The request was aborted (its client went away) before it finished."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine thread has stopped (shutdown, a failed model load, or a failure of the
+    thread itself), so the command or request will never run. In-flight requests get it
+    at shutdown too."""
+
+
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class _Stream:
@@ -83,6 +96,10 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._streams: dict[str, _Stream] = {}  # engine thread only
         self._stop = threading.Event()
+        # Why commands fail at once, set (under `_lock`) when the engine thread ends; after
+        # that nothing more is queued, so the thread's last drain of the queue is complete.
+        self._lock = threading.Lock()
+        self._stopped: str | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
@@ -91,6 +108,16 @@ class AsyncEngine:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether commands are refused: `stop()` was called, or the engine thread ended."""
+        return self._stop.is_set() or self._stopped is not None
+
+    @property
+    def stop_reason(self) -> str:
+        """Why commands are refused (`EngineStopped`'s text), once `stopped`."""
+        return self._stopped or SHUTTING_DOWN
+
     def start(self) -> None:
         """Start the engine thread (it first builds the engine if given a factory)."""
         if self._thread is None:
@@ -98,11 +125,14 @@ class AsyncEngine:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread; requests still running get an error."""
+        """Stop the thread; requests still running, commands still queued and commands
+        submitted from now on get `EngineStopped`."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        else:  # never started: nothing will ever run the queued commands
+            self._close(SHUTTING_DOWN)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -110,12 +140,18 @@ class AsyncEngine:
     # -- calls into the engine thread -----------------------------------------------------
     def _submit(self, fn: Callable[[LLMEngine], T]) -> concurrent.futures.Future[T]:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._commands.put((fn, fut))
-        self._wake.set()
+        with self._lock:
+            if not self.stopped:
+                self._commands.put((fn, fut))
+                self._wake.set()
+                return fut
+        fut.set_running_or_notify_cancel()
+        fut.set_exception(EngineStopped(self.stop_reason))
         return fut
 
     async def call(self, fn: Callable[[LLMEngine], T]) -> T:
-        """Run `fn(engine)` on the engine thread between steps; its result or exception."""
+        """Run `fn(engine)` on the engine thread between steps; its result or exception
+        (`EngineStopped` once the engine thread has stopped)."""
         return await asyncio.wrap_future(self._submit(fn))
 
     def call_sync(self, fn: Callable[[LLMEngine], T], timeout: float = 30.0) -> T:
@@ -160,7 +196,12 @@ class AsyncEngine:
 
     async def end_session(self, engine_session_id: str) -> None:
         """End a session in the engine, aborting its request in flight (whose reader gets
-        `RequestAborted`)."""
+        `RequestAborted`).
+
+        The end runs even when the awaiting task is cancelled meanwhile: a caller forgets
+        the session before it awaits this, and a cancelled end would leave the session (and
+        its step in flight) in the engine alone, so a later step of the id would meet it.
+        """
 
         def end(engine: LLMEngine) -> None:
             for rid in engine.end_session(engine_session_id):
@@ -168,7 +209,12 @@ class AsyncEngine:
                 if stream is not None:
                     stream.put(RequestAborted(rid))
 
-        await self.call(end)
+        fut = self._submit(end)
+        fut.add_done_callback(_log_failure)  # seen even when nobody awaits it any more
+        # `wrap_future` would cancel the command with its awaiter; the shield keeps it.
+        waiter = asyncio.wrap_future(fut)
+        waiter.add_done_callback(_retrieved)
+        await asyncio.shield(waiter)
 
     def abort_request(self, engine: LLMEngine, request_id: str) -> None:
         """On the engine thread: abort a request and wake its reader."""
@@ -186,26 +232,48 @@ class AsyncEngine:
             except BaseException as e:  # reported by /health, 503s and kvsaga-serve's exit
                 log.debug("loading the model failed", exc_info=True)
                 self.load_error = e
+                self._close(f"the model failed to load: {e}")
                 return
         engine = self.engine
-        self._publish(engine)
-        self._ready.set()
-        while not self._stop.is_set():
-            self._run_commands(engine)
-            if engine.has_unfinished():
-                self._step(engine)
-            else:
-                start = time.perf_counter()
-                self._wake.wait(self._idle_wait_s)
-                self.idle_s += time.perf_counter() - start
-                self._wake.clear()
-                engine.tick()
+        reason = SHUTTING_DOWN
+        try:
             self._publish(engine)
-        self._fail_all(engine, RuntimeError("the server is shutting down"))
-        self._run_commands(engine)
+            self._ready.set()
+            while not self._stop.is_set():
+                self._run_commands(engine)
+                if engine.has_unfinished():
+                    self._step(engine)
+                else:
+                    start = time.perf_counter()
+                    self._wake.wait(self._idle_wait_s)
+                    self.idle_s += time.perf_counter() - start
+                    self._wake.clear()
+                    engine.tick()
+                self._publish(engine)
+        except BaseException as e:  # a bug outside a step (tick, stats): the thread is done
+            log.exception("the engine thread failed; stopping it")
+            reason = f"the engine thread failed: {type(e).__name__}"
+        finally:
+            # Queued commands are failed, not run: an add run now would queue a request
+            # that no step would ever serve.
+            self._close(reason)
+            self._fail_all(engine, EngineStopped(reason))
+
+    def _close(self, reason: str) -> None:
+        """Refuse every later command with `reason`, and fail those still queued."""
+        with self._lock:
+            self._stopped = reason
+        while True:
+            try:
+                _, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(EngineStopped(reason))
 
     def _run_commands(self, engine: LLMEngine) -> None:
-        while True:
+        # Once stop() is called, what is left is failed by `_close`, not run.
+        while not self._stop.is_set():
             try:
                 fn, fut = self._commands.get_nowait()
             except queue.Empty:
@@ -252,8 +320,19 @@ class AsyncEngine:
 
 
 def _log_failure(fut: concurrent.futures.Future) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("engine command failed", exc_info=fut.exception())
+    if fut.cancelled():
+        return
+    e = fut.exception()
+    if isinstance(e, EngineStopped):  # shutdown: nothing left for the command to do
+        log.debug("engine command not run: %s", e)
+    elif e is not None:
+        log.error("engine command failed", exc_info=e)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """Mark a shielded future's exception read (`_log_failure` reports it)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class RequestHandle:

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import Request
 
 from kvsaga.engine.engine import LLMEngine
-from kvsaga.serve.async_engine import AsyncEngine
+from kvsaga.serve.async_engine import AsyncEngine, EngineStopped
 from kvsaga.serve.errors import APIError
 from kvsaga.serve.metrics import ServerMetrics
 from kvsaga.serve.serving import Serving
@@ -53,14 +53,17 @@ class ServerState:
         """The Serving once the model is loaded.
 
         Raises:
-            APIError: 503 while loading or after a failed load.
+            APIError: 503 while loading, after a failed load, or once the engine thread has
+                stopped (`stopped_error`).
         """
-        if self._serving is not None:
-            return self._serving
         eng = self.engine
         if eng.load_error is not None:
             raise APIError(503, f"the model failed to load: {eng.load_error}",
                            code="model_load_failed")
+        if eng.stopped:
+            raise stopped_error(EngineStopped(eng.stop_reason))
+        if self._serving is not None:
+            return self._serving
         if not eng.ready or eng.engine is None:
             raise APIError(503, "the model is still loading", code="model_loading",
                            headers={"Retry-After": "5"})
@@ -103,6 +106,12 @@ class ServerState:
             with contextlib.suppress(Exception):
                 await self.engine.end_session(sid)
         return ended
+
+
+def stopped_error(e: EngineStopped) -> APIError:
+    """The 503 for a request that reached the engine after its thread stopped (what
+    in-flight requests get at shutdown, before any of it ran)."""
+    return APIError(503, str(e), code="server_shutting_down")
 
 
 def server_state(request: Request) -> ServerState:

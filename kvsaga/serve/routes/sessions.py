@@ -6,9 +6,10 @@ import json
 
 from fastapi import APIRouter, Request
 
+from kvsaga.serve.async_engine import EngineStopped
 from kvsaga.serve.errors import APIError, refuse_lone_surrogate
 from kvsaga.serve.sessions import tenant_salt
-from kvsaga.serve.state import server_state
+from kvsaga.serve.state import server_state, stopped_error
 
 router = APIRouter()
 
@@ -35,5 +36,12 @@ async def end_session(request: Request, session_id: str) -> dict:
     if srv.sessions.drop(engine_sid) is None:
         raise APIError(404, f"session {session_id!r} does not exist (or has ended)",
                        param="session_id", code="session_not_found")
-    await state.engine.end_session(engine_sid)
+    # Forgotten here first, in the same turn of the event loop as the lookup: a step of the
+    # id arriving from now on opens a new session, whose add runs after this end (commands
+    # run in order). The end runs even if this request is cancelled meanwhile, so the
+    # engine never keeps a session (or its step) that the server has forgotten.
+    try:
+        await state.engine.end_session(engine_sid)
+    except EngineStopped as e:
+        raise stopped_error(e) from None
     return {"id": session_id, "object": "session", "ended": True}
