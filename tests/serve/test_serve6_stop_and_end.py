@@ -221,3 +221,28 @@ def test_route_after_stop_is_503_and_does_not_hang(tiny_dir: Path):
                     assert err["message"] == "the server is shutting down", err
 
     asyncio.run(main())
+
+
+def test_ray_replica_after_its_engine_stopped_fails_at_once(tiny_dir: Path):
+    """The Ray replica wrapper stops its engine in `__del__` (Serve calls it when it stops
+    the replica), outside the app's lifespan; a routing-stats call still in flight or
+    arriving afterwards reached the stopped engine and waited forever. It now fails at
+    once (Serve's router treats the replica's stats as missing)."""
+    pytest.importorskip("ray.serve")
+    from kvsaga.integrations.ray.deployment import EngineReplica
+
+    replica = object.__new__(EngineReplica)  # no Serve replica context needed
+    replica._seen_tokens, replica._service = {}, {}
+    replica.app = build_app(make_engine(tiny_dir), settings())
+    aengine = replica.app.state.engine
+    aengine.start()
+    assert aengine.wait_ready(30)
+    replica._stack = contextlib.AsyncExitStack()  # as if `_start` had entered the lifespan
+
+    async def stats() -> dict:
+        return await replica.record_routing_stats()
+
+    assert "busy_s" in asyncio.run(stats())
+    replica.__del__()
+    with pytest.raises(EngineStopped, match="the server is shutting down"):
+        asyncio.run(stats())
