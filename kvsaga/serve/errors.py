@@ -66,3 +66,10 @@ def refuse_lone_surrogate(text: str, param: str) -> None:
     if bad is not None:
         raise APIError(400, f"{param} holds a lone surrogate {bad.group()!r} at character "
                        f"{bad.start() + 1}, which is not Unicode text", param=param)
+
+
+def stopped_error(e: Exception) -> APIError:
+    """The 503 for a request that reached the engine after its thread stopped
+    (`async_engine.EngineStopped`: what in-flight requests get at shutdown, before any of
+    it ran)."""
+    return APIError(503, str(e), code="server_shutting_down")

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
-from kvsaga.serve.async_engine import AsyncEngine, RequestAborted, RequestHandle
-from kvsaga.serve.errors import APIError
+from kvsaga.serve.async_engine import AsyncEngine, EngineStopped, RequestAborted, RequestHandle
+from kvsaga.serve.errors import APIError, stopped_error
 from kvsaga.serve.metrics import ServerMetrics
 from kvsaga.serve.protocol import (
     AssistantMessage,
@@ -271,6 +271,8 @@ class Serving:
                 # repr of its id, which differs from the id where repr escapes a character.
                 msg = msg.replace(repr(engine_sid), repr(sid)).replace(engine_sid, sid)
             raise APIError(422, msg, param=prompt.param) from None
+        except EngineStopped as e:  # stopped since `serving()` was read: nothing was queued
+            raise stopped_error(e) from None
         except BaseException:
             # Cancelled (the client left) while the engine thread may already be adding it:
             # abort it there (after the add, as commands run in order; a no-op otherwise).

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.serve.async_engine import AsyncEngine, EngineStopped
-from kvsaga.serve.errors import APIError
+from kvsaga.serve.errors import APIError, stopped_error
 from kvsaga.serve.metrics import ServerMetrics
 from kvsaga.serve.serving import Serving
 from kvsaga.serve.sessions import SessionRegistry
@@ -106,12 +106,6 @@ class ServerState:
             with contextlib.suppress(Exception):
                 await self.engine.end_session(sid)
         return ended
-
-
-def stopped_error(e: EngineStopped) -> APIError:
-    """The 503 for a request that reached the engine after its thread stopped (what
-    in-flight requests get at shutdown, before any of it ran)."""
-    return APIError(503, str(e), code="server_shutting_down")
 
 
 def server_state(request: Request) -> ServerState:

@@ -219,6 +219,34 @@ def test_route_after_stop_is_503_and_does_not_hang(tiny_dir: Path):
                     err = r.json()["error"]
                     assert err["code"] == "server_shutting_down", err
                     assert err["message"] == "the server is shutting down", err
+                r = await client.get("/health")
+                assert r.status_code == 503 and r.json()["status"] == "stopped", r.text
+
+    asyncio.run(main())
+
+
+def test_engine_stopped_between_the_check_and_the_submit_is_503(tiny_dir: Path, monkeypatch):
+    """The engine may stop after a request read `serving()` and before it submits: the
+    submit's EngineStopped is the same 503, not a 500 "internal error"."""
+    app = build_app(make_engine(tiny_dir), settings())
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            aengine = app.state.engine
+            assert await asyncio.to_thread(aengine.wait_ready, 30)
+            state = app.state.server
+            serving = state.serving()
+            # The window: the check passed before the stop (as if read just before it).
+            monkeypatch.setattr(type(state), "serving", lambda self: serving)
+            await asyncio.to_thread(aengine.stop)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
+                                         timeout=60) as client:
+                r = await client.post("/v1/completions", json={**STEP, "session_id": "w"})
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "server_shutting_down"
+                r = await client.post("/v1/completions", json={**STEP, "session_id": "w"})
+                assert r.status_code == 503, r.text  # the refused step left "w" free
 
     asyncio.run(main())
 

@@ -7,9 +7,9 @@ import json
 from fastapi import APIRouter, Request
 
 from kvsaga.serve.async_engine import EngineStopped
-from kvsaga.serve.errors import APIError, refuse_lone_surrogate
+from kvsaga.serve.errors import APIError, refuse_lone_surrogate, stopped_error
 from kvsaga.serve.sessions import tenant_salt
-from kvsaga.serve.state import server_state, stopped_error
+from kvsaga.serve.state import server_state
 
 router = APIRouter()
 

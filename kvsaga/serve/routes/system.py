@@ -13,12 +13,15 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    """200 once the model is loaded; 503 while it loads or after it failed to."""
+    """200 once the model is loaded; 503 while it loads, after it failed to, or once the
+    engine thread has stopped (shutting down)."""
     engine = server_state(request).engine
-    if engine.ready:
-        return JSONResponse({"status": "ok"})
     if engine.load_error is not None:
         return JSONResponse({"status": "error", "error": str(engine.load_error)}, 503)
+    if engine.stopped:
+        return JSONResponse({"status": "stopped", "error": str(engine.stop_reason)}, 503)
+    if engine.ready:
+        return JSONResponse({"status": "ok"})
     return JSONResponse({"status": "loading"}, 503)
 
 
