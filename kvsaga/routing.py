@@ -486,7 +486,8 @@ class KvsagaRouter(Router):
         """The accumulated busy time of the replicas that report it and its mean, when
         home's is above that mean by more than `busy_balance` x the mean and, for a home
         with no other work (`_shared`) whose lead is a quiet fleet's (at least
-        `busy_balance_quiet` x the mean), by more than `busy_balance_min_s`; else None.
+        `busy_balance_quiet` x the mean) or, with `busy_balance_alone`, whose session is
+        alone in the fleet (`_alone`), by more than `busy_balance_min_s`; else None.
         The floor thus scales with the fleet's load: on a fleet that has worked, a lone
         session's home leads by a share of the mean, and its lead counts as any other."""
         c = self.config
@@ -497,10 +498,24 @@ class KvsagaRouter(Router):
         lead = done[home] - mean
         if not mean > 0 or lead <= c.busy_balance * mean:
             return None
-        if (lead <= c.busy_balance_min_s and lead >= c.busy_balance_quiet * mean
-                and not self._shared(home, stats)):
+        if (lead <= c.busy_balance_min_s and not self._shared(home, stats)
+                and (lead >= c.busy_balance_quiet * mean
+                     or (c.busy_balance_alone and self._alone(home, stats)))):
             return None
         return done, mean
+
+    def _alone(self, home: str, stats) -> bool:
+        """Whether no replica but `home` holds any work: no step queued or running (as
+        reported or sent by this router) and no paused session. A session resuming on a
+        `home` that is not `_shared` is then alone in the fleet: moving it shortens nobody's
+        wait (`RoutingConfig.busy_balance_alone`)."""
+        for x in self.replicas:
+            if x == home:
+                continue
+            st = stats.get(x)
+            if self.busy(x, stats) > 0 or (st is not None and st.paused > 0):
+                return False
+        return True
 
     def _behind(self, home: str, req: RouteRequest, stats, cands: list[str],
                 ahead: tuple[dict[str, float], float] | None) -> list[str]:

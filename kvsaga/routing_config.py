@@ -61,6 +61,15 @@ class RoutingConfig:
             loaded fleet, where the fixed floor (more than a GPU's whole busy time in a
             short burst) kept the last sessions on the replicas ahead (0: the floor always
             holds a lone home, the rule before this knob).
+        busy_balance_alone: the floor (`busy_balance_min_s`) also holds a lone home,
+            whatever its lead, when the session is alone in the fleet: no other replica
+            has a step queued or running or a paused session (and home holds no other
+            work). Moving such a session shortens nobody's wait, since nothing else is
+            served; it only evens out the busy-time metric and costs a KV migration. Under
+            the quiet test alone a lone session on a fleet where another replica has
+            worked moved again and again (2 replicas: 16 moves in 60 steps of 0.5 s;
+            docs/cluster.md, "Small fleets"). A drain with several lone homes at once is
+            not alone and balances as before (False: the quiet test only).
         busy_balance_crowding: a balance steal's target must keep the session at or below
             `max_commitment`, or, with this above 0, at or below this x home's commitment
             when that is higher: when every pool overflows (the drain of a thrashing
@@ -93,6 +102,7 @@ class RoutingConfig:
     busy_balance: float = 0.05
     busy_balance_min_s: float = 10.0
     busy_balance_quiet: float = 1.0
+    busy_balance_alone: bool = False
     busy_balance_crowding: float = 0.0
     busy_balance_force: float = 0.1
     bytes_per_token: int = 128 * 1024
@@ -111,6 +121,9 @@ class RoutingConfig:
             v = getattr(self, name)
             if not is_number(v) or not v >= 0:
                 raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
+        if not isinstance(self.busy_balance_alone, bool):
+            raise ValueError("RoutingConfig.busy_balance_alone must be a bool, got "
+                             f"{self.busy_balance_alone!r}")
         if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
             raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
                              f"{self.link_bandwidth!r}")
