@@ -406,8 +406,11 @@ def test_a_lone_home_in_a_worked_fleets_drain_moves_under_the_floor():
     1 s (17%, over busy_balance), less than the 10 s floor but less than the mean too, so
     its lead is the drain's, not its own session's on a quiet fleet: the step moves to the
     replica furthest behind. The rule before `busy_balance_quiet` (0: the floor holds
-    every lone home) kept it on a, the 64-GPU bfcl burst's imbalance."""
-    stats = {"a": worked(7, paused=1, s=400), "b": worked(6), "c": worked(5), "d": worked(6)}
+    every lone home) kept it on a, the 64-GPU bfcl burst's imbalance. b holds another
+    session (a drain's lone homes); without it s is alone in the fleet, and the default
+    (`busy_balance_alone`) keeps it home: moving it would shorten nobody's wait."""
+    stats = {"a": worked(7, paused=1, s=400), "b": worked(6, paused=1), "c": worked(5),
+             "d": worked(6)}
     r = make_router("kvsaga", ["a", "b", "c", "d"])
     r.homes["s"] = "a"
     got = r.route(RouteRequest("s"), stats)
@@ -416,16 +419,24 @@ def test_a_lone_home_in_a_worked_fleets_drain_moves_under_the_floor():
                       config=RoutingConfig(busy_balance_quiet=0.0))
     old.homes["s"] = "a"
     assert old.route(RouteRequest("s"), stats).reason == "affinity"
+    alone = {**stats, "b": worked(6)}
+    for cfg, reason in ((None, "affinity"), (RoutingConfig(busy_balance_alone=False), "balance")):
+        r = make_router("kvsaga", ["a", "b", "c", "d"], config=cfg)
+        r.homes["s"] = "a"
+        assert r.route(RouteRequest("s"), alone).reason == reason, cfg
 
 
 def test_a_lead_of_at_least_busy_balance_quiet_x_the_mean_is_a_quiet_fleets():
     """Three replicas, only a has worked (9 s): it leads the mean (3 s) by 6 s = 2 x the
     mean, its own session's work on an otherwise idle fleet; the floor (10 s) keeps the
     session home. With `busy_balance_quiet` 3 a lead of 2 x the mean is a drain's and the
-    step moves; with no floor it moves too."""
+    step moves (with `busy_balance_alone` off: s is alone in the fleet, which the default
+    holds whatever the lead); with no floor it moves too."""
     stats = {"a": worked(9, paused=1, s=400), "b": worked(0), "c": worked(0)}
     for cfg, reason in ((RoutingConfig(), "affinity"),
-                        (RoutingConfig(busy_balance_quiet=3.0), "balance"),
+                        (RoutingConfig(busy_balance_quiet=3.0, busy_balance_alone=False),
+                         "balance"),
+                        (RoutingConfig(busy_balance_quiet=3.0), "affinity"),
                         (RoutingConfig(busy_balance_min_s=0.0), "balance")):
         r = make_router("kvsaga", ["a", "b", "c"], config=cfg)
         r.homes["s"] = "a"
