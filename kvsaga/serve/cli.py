@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
       f"request router (ray-default) (default: {DEFAULT_REPLICA_ROUTER}; needs --replicas)")
     a("--routing-config", type=_json_object, default=None, metavar="JSON",
       help="the kvsaga router's RoutingConfig fields as a JSON object, e.g. "
-      "'{\"busy_balance_quiet\": 0}', which keeps a lone session home on a small fleet "
-      "(docs/cluster.md) (default: the defaults fitted on 8- and 64-GPU fleets; needs "
-      "--replicas and --router kvsaga)")
+      "'{\"busy_balance\": 0}' (no balance steal; docs/cluster.md lists the fields) "
+      "(default: the defaults fitted on 8- and 64-GPU fleets; needs --replicas and "
+      "--router kvsaga)")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"],
       help="log level; debug also prints the traceback of a failure")
     return accept_negative_values(p)
