@@ -114,5 +114,5 @@ def test_help_names_the_flag_and_its_default(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--routing-config JSON" in out and "busy_balance_quiet" in out
+    assert "--routing-config JSON" in out and "RoutingConfig fields" in out
     assert "needs --replicas and --router kvsaga" in out
