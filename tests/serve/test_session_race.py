@@ -54,8 +54,11 @@ class _Hold:
 
 
 def _run(engine: Any,
-         scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]]) -> None:
-    app = build_app(engine, settings())
+         scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]],
+         **settings_kwargs: Any) -> None:
+    """Run `scenario(app, aengine, client)` against the app over ASGI, then wait until the
+    engine is idle and check its pool."""
+    app = build_app(engine, settings(**settings_kwargs))
 
     async def main() -> None:
         async with app.router.lifespan_context(app):

@@ -13,37 +13,17 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from kvsaga.serve.app import build_app
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 
-from .conftest import MODEL, make_engine, settings
-from .test_session_race import _Hold, _idle, _until
+from .conftest import MODEL, make_engine
+from .test_session_race import _Hold, _run, _until
 
 STEP = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "ignore_eos": True}
-
-
-def _run(engine: Any,
-         scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]],
-         **settings_kwargs: Any) -> None:
-    app = build_app(engine, settings(**settings_kwargs))
-
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            aengine = app.state.engine
-            assert await asyncio.to_thread(aengine.wait_ready, 30)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
-                                         timeout=60) as client:
-                await scenario(app, aengine, client)
-                await _idle(aengine)
-
-    asyncio.run(main())
 
 
 class _HeldAdds:
