@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -70,6 +71,39 @@ class Session:
     @property
     def is_running(self) -> bool:
         return self.state is SessionState.RUNNING
+
+
+# A paused session nobody resumed for this long is ended as abandoned (`LLMEngine`'s and the
+# vLLM connector's `session_idle_s`, kvsaga-serve's --session-idle): far beyond any tool pause
+# of the shipped workloads (seconds to minutes).
+DEFAULT_SESSION_IDLE_S = 1800.0
+
+
+def check_session_idle(value: object, label: str = "session_idle_s",
+                       error: type[Exception] = ValueError) -> float | None:
+    """`value` if a number > 0 (inf: never) or None (never), else `error` naming `label`."""
+    if value is not None and not (is_number(value) and value > 0):  # nan fails too
+        raise error(f"{label} must be a number > 0 or None (never), got {value!r}")
+    return value
+
+
+class IdleSweep:
+    """When an owner of sessions looks for abandoned ones: at most every min(60 s, limit / 4),
+    so the look costs nothing per step, and a session is ended within a quarter of the limit
+    (at most a minute) of passing it. `limit` None: never."""
+
+    __slots__ = ("limit", "_next")
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self._next = -math.inf
+
+    def due(self, now: float) -> bool:
+        """Whether a sweep is due `now` (the next is then scheduled)."""
+        if self.limit is None or now < self._next:
+            return False
+        self._next = now + min(60.0, self.limit / 4)
+        return True
 
 
 def idle_sessions(sessions: Mapping[str, Session], idle_s: float, now: float) -> list[str]:

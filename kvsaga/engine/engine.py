@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kvsaga._validate import check_bool, check_positive_int, check_str, is_number
+from kvsaga._validate import check_bool, check_positive_int, check_str
 from kvsaga.config import KVSpec, PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
@@ -39,14 +39,17 @@ from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
-from kvsaga.session import PauseHint, idle_sessions
+from kvsaga.session import (
+    DEFAULT_SESSION_IDLE_S,
+    IdleSweep,
+    PauseHint,
+    check_session_idle,
+    idle_sessions,
+)
 from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
-# A paused session nobody resumed for this long is ended (`session_idle_s`): kvsaga-serve's
-# --session-idle default, and far beyond any tool pause of the shipped workloads.
-DEFAULT_SESSION_IDLE_S = 1800.0
 
 
 class ContextTooLong(InvalidRequest):
@@ -65,13 +68,6 @@ class ContextTooLong(InvalidRequest):
         )
         self.prompt_tokens = prompt_tokens
         self.max_model_len = max_model_len
-
-
-def _check_session_idle(value: object) -> float | None:
-    """`value` if a number > 0 (inf: never) or None (never), else InvalidRequest naming it."""
-    if value is not None and not (is_number(value) and value > 0):  # nan fails too
-        raise InvalidRequest(f"session_idle_s must be a number > 0 or None, got {value!r}")
-    return value
 
 
 def _prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
@@ -177,7 +173,7 @@ class LLMEngine:
         graph_capture: str = "lazy",
         session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
     ) -> None:
-        _check_session_idle(session_idle_s)
+        check_session_idle(session_idle_s, error=InvalidRequest)
         if graph_capture not in GRAPH_CAPTURE:
             raise InvalidRequest(f"graph_capture must be one of {GRAPH_CAPTURE}, got "
                                  f"{graph_capture!r}")
@@ -260,9 +256,8 @@ class LLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        self._session_idle_s = session_idle_s
+        self._idle_sweep = IdleSweep(session_idle_s)
         self.num_expired_sessions = 0
-        self._next_idle_sweep = -float("inf")
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
         self.step_clock = StepClock()
 
@@ -412,22 +407,19 @@ class LLMEngine:
 
     @property
     def session_idle_s(self) -> float | None:
-        return self._session_idle_s
+        return self._idle_sweep.limit
 
     @session_idle_s.setter
     def session_idle_s(self, value: float | None) -> None:
         """InvalidRequest unless a number > 0 (inf: never) or None (never)."""
-        self._session_idle_s = _check_session_idle(value)
-        self._next_idle_sweep = -float("inf")  # the next step or tick sweeps
+        self._idle_sweep = IdleSweep(check_session_idle(value, error=InvalidRequest))
 
     def _end_idle_sessions(self, now: float) -> None:
         """End the paused sessions idle past `session_idle_s` that have no request queued
-        (at most every min(60 s, session_idle_s / 4))."""
-        idle_s = self._session_idle_s
-        if idle_s is None or now < self._next_idle_sweep:
+        (`IdleSweep`: at most every min(60 s, session_idle_s / 4))."""
+        if not self._idle_sweep.due(now):
             return
-        self._next_idle_sweep = now + min(60.0, idle_s / 4)
-        idle = idle_sessions(self.manager.sessions, idle_s, now)
+        idle = idle_sessions(self.manager.sessions, self._idle_sweep.limit, now)
         if idle:
             queued = {r.session_id for r in self.requests.values()}
             for sid in idle:

@@ -99,18 +99,14 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 
 from kvsaga._validate import is_number
-from kvsaga.integrations.vllm.connector_config import (
-    DEFAULT_SESSION_IDLE_S,
-    check_connector_extra,
-    check_session_idle,
-)
+from kvsaga.integrations.vllm.connector_config import check_connector_extra
 from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import STATS_PREFIX, StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS, StepCost
 from kvsaga.policy import DEFAULT_POLICY, make_policy
-from kvsaga.session import Session
+from kvsaga.session import DEFAULT_SESSION_IDLE_S, IdleSweep, Session, check_session_idle
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -200,8 +196,9 @@ class KVSagaConnector(KVConnectorBase_V1):
             raise ValueError(f"best_effort_steps must be a number >= 0, got "
                              f"{self.best_effort_steps!r}")
         self.cost = StepCost(**dict(extra.get("step_cost_args", {})))
-        self.session_idle_s = check_session_idle(
-            extra.get("session_idle_s", DEFAULT_SESSION_IDLE_S))
+        self._idle_sweep = IdleSweep(check_session_idle(
+            extra.get("session_idle_s", DEFAULT_SESSION_IDLE_S),
+            "kvsaga connector: session_idle_s"))
         self._step_mark: tuple[float, int] | None = None  # (when, tokens) of the last step
         self._riding: set[str] = set()  # request ids told to ride along, not yet allocated
         self._unretained: set[str] = set()  # request ids run past the gate: nothing kept
@@ -218,7 +215,6 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         # session -> when its pause began (its last step's finish or arrival), oldest first
         self._paused: dict[str, float] = {}
-        self._next_idle_sweep = -math.inf
         self.stats = RetentionStats()
         # Seconds the policy judges pauses by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
@@ -421,6 +417,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._sessions.pop(sid, None)
         self._paused.pop(sid, None)
 
+    @property
+    def session_idle_s(self) -> float | None:
+        """The pause after which a session is ended as abandoned (None: never)."""
+        return self._idle_sweep.limit
+
     def session_active(self, sid: str, now: float) -> None:
         """Session `sid` was active `now` (a step finished, or, from `KVSagaScheduler`, one
         arrived): its pause is timed from now."""
@@ -431,10 +432,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         """End the sessions paused longer than `session_idle_s` with no step in flight, as
         their last step would (at most every min(60 s, session_idle_s / 4); the gate forgets
         them too). Pauses are kept oldest first: the sweep stops at the first within it."""
-        idle_s = self.session_idle_s
-        if idle_s is None or now < self._next_idle_sweep:
+        if not self._idle_sweep.due(now):
             return
-        self._next_idle_sweep = now + min(60.0, idle_s / 4)
+        idle_s = self.session_idle_s
         busy: set[str] | None = None
         while self._paused:
             sid, since = next(iter(self._paused.items()))

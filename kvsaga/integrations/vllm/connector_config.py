@@ -12,14 +12,6 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from kvsaga._validate import is_number
-
-# A paused session whose pause outlasts this many seconds is ended as abandoned
-# (`session_idle_s`): the default of kvsaga's own engine (`DEFAULT_SESSION_IDLE_S`, kept
-# equal by tests/integrations/vllm/test_soak_vllm.py; not imported: that module loads torch
-# and the model code) and kvsaga-serve's --session-idle.
-DEFAULT_SESSION_IDLE_S = 1800.0
-
 # Each key's meaning: kvsaga/integrations/vllm/connector.py's module docstring.
 CONNECTOR_KEYS = (
     "policy",
@@ -33,17 +25,6 @@ CONNECTOR_KEYS = (
     "scheduler_args",
     "session_idle_s",
 )
-
-
-def check_session_idle(value: object) -> float | None:
-    """`session_idle_s` as a float (inf: never), or None (never); ValueError naming it
-    unless a number > 0 or None (JSON null)."""
-    if value is None:
-        return None
-    if not (is_number(value) and value > 0):  # nan fails too
-        raise ValueError(f"kvsaga connector: session_idle_s must be a number > 0 or null "
-                         f"(never), got {value!r}")
-    return float(value)
 
 
 def check_connector_extra(extra: object) -> dict[str, Any]:

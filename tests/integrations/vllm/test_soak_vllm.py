@@ -45,10 +45,9 @@ def _records(c) -> dict[str, int]:
 
 
 def test_the_default_limit_is_kvsagas_engines(hf_model_dir):
-    from kvsaga.engine.engine import DEFAULT_SESSION_IDLE_S
-    from kvsaga.integrations.vllm import connector_config
+    from kvsaga.session import DEFAULT_SESSION_IDLE_S  # the engine's default too
 
-    assert connector_config.DEFAULT_SESSION_IDLE_S == DEFAULT_SESSION_IDLE_S == 1800.0
+    assert DEFAULT_SESSION_IDLE_S == 1800.0
     s = make_scheduler(hf_model_dir, 64, connector=True, policy=None)
     assert s.connector.session_idle_s == DEFAULT_SESSION_IDLE_S
     assert make_scheduler(hf_model_dir, 64, connector=True, policy=None,
