@@ -203,19 +203,6 @@ def build_trace(name: str, seed: int):
 TRACES = ("swe-slow", "web-short", "swe+bfcl", "bfcl-v4", "swe")
 
 
-TRACE_HELP = ("a trace of bench/policies.py (a family, or swe-slow, web-short, swe+bfcl, "
-              "bfcl-v4)")
-
-
-def add_case_args(p: argparse.ArgumentParser, trace_default: str | None, seed_default: int,
-                  trace_help: str = TRACE_HELP) -> None:
-    """--trace, --seed (a fit seed) and --fraction: the one case a diagnosis script reads."""
-    p.add_argument("--trace", default=trace_default, help=trace_help)
-    p.add_argument("--seed", type=int, default=seed_default, help="trace seed (a fit seed)")
-    p.add_argument("--fraction", type=float, default=0.6,
-                   help="capacity: a share of the trace's peak working set, in (0, 1]")
-
-
 def _blocks(peak: int, longest: int, frac: float) -> int:
     """GPU blocks for a capacity fraction of the peak, never below the longest session + 1
     block (else that session could never run)."""

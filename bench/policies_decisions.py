@@ -58,6 +58,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 
 import policies as P  # bench/ is on the path when run as a script
+from policies_case import add_case_args
 from policies_smooth import pool_sizes
 
 from kvsaga.policy import AdaptivePolicy, make_policy
@@ -315,7 +316,7 @@ HEADER = ("| trace | seed | capacity | pool sizes | leader | shadow | recomputed
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    P.add_case_args(p, "swe+bfcl", 402)
+    add_case_args(p, "swe+bfcl", 402)
     p.add_argument("--pair", default="graph,ttl",
                    help="leader,shadow (each also leads; names or specs, graph[demoted_size=1])")
     p.add_argument("--smooth", action="store_true", help="sum over the five pool sizes")

@@ -39,6 +39,7 @@ import statistics
 import sys
 
 import policies as P
+from policies_case import TRACE_HELP, add_case_args, check_case
 
 from kvsaga.policy import POLICIES
 from kvsaga.policy.graph import GraphPolicy
@@ -135,18 +136,9 @@ def case_parser(description: str, trace_help: str,
     default), --seed, --fraction and --policy (graph or a graph spec)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    P.add_case_args(p, trace_default, 202, trace_help)
+    add_case_args(p, trace_default, 202, trace_help)
     p.add_argument("--policy", default="graph", help="graph or a graph spec")
     return p
-
-
-def check_case(p: argparse.ArgumentParser, seed: int, frac: float) -> None:
-    """`p.error` (exits) for a seed outside the fit seeds or a fraction outside (0, 1]."""
-    if seed not in P.TUNE_SEEDS:
-        p.error(f"seed {seed} is not a fit seed {P.TUNE_SEEDS}: a diagnosis reads "
-                "fit data only")
-    if not 0 < frac <= 1:
-        p.error(f"--fraction must be in (0, 1], got {frac!r}")
 
 
 def probe(spec: str, cost) -> GraphPolicy:
@@ -257,7 +249,7 @@ HEADER = ("| trace | seed | capacity | blocks | policy | recomputed (M) | demote
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = case_parser(__doc__, P.TRACE_HELP, "swe")
+    p = case_parser(__doc__, TRACE_HELP, "swe")
     args = p.parse_args(argv)
     check_case(p, args.seed, args.fraction)
     print(HEADER)

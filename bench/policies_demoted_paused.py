@@ -53,9 +53,9 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from policies_case import check_case  # noqa: E402
 from policies_demoted import (  # noqa: E402
     case_parser,
-    check_case,
     graph_class,
     probed_simulator,
     spearman,

@@ -22,6 +22,7 @@ from bisect import bisect_right
 from collections import defaultdict
 
 import policies as P  # bench/ is on the path when run as a script
+from policies_case import add_case_args
 
 from kvsaga.policy import make_policy
 from kvsaga.sim.regret import record_regret
@@ -122,7 +123,7 @@ def row(name: str, seed: int, frac: float, spec: str, split: bool = False
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    P.add_case_args(p, "swe", 1)
+    add_case_args(p, "swe", 1)
     p.add_argument("--policies", default="graph,saga,ttl,lru",
                    help="comma-separated policy names or specs")
     p.add_argument("--split-demoted", action="store_true",
