@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
       help="kvsaga-serve's eviction policy (default: kvsaga-serve's own)")
     a("--vllm-python", default=sys.executable, help="interpreter that has vLLM")
     a("--no-eager", action="store_true", help="let vLLM compile (minutes of warm-up on CPU)")
-    a("--order", default="vllm,kvsaga", help="servers to run, in this order")
+    a("--order", default="vllm,kvsaga",
+      help="servers to run, in this order: vllm, kvsaga, or kvsaga+SETTING[+SETTING...] "
+           "where a SETTING is NAME=VALUE (an environment variable) or --flag=value (a "
+           "kvsaga-serve flag), e.g. kvsaga+--cpu-host=shared or "
+           "kvsaga+KVSAGA_CPU_SERIAL_BELOW=0; reported beside the plain arm")
     a("--model", default=None, help="HF directory or GGUF (default: the bundled SmolLM2)")
     a("--start-timeout", type=float, default=900.0, help="seconds to wait for a server")
     a("--repeat", type=int, default=1, help="runs of each server, interleaved")
@@ -183,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
       help="rewrite bench/RESULTS.md's Throughput subsection from this run")
     a("--json", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
+    try:
+        order = order_arms(args.order, args.kvsaga_policy)
+    except ValueError as e:
+        ap.error(str(e))
     if args.block_size % 32:
         ap.error("--block-size must be a multiple of 32 (vLLM's CPU attention)")
     args.model = agent_replay.vllm_model_dir(args.model)
@@ -191,22 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     args.host_memory = 0
     host = agent_replay.machine()
     prompts = batch_prompts("chat", args.requests)
-    arms = {"vllm": agent_replay.Arm("vllm", "vllm", None),
-            "kvsaga": agent_replay.Arm(f"kvsaga-serve:{args.kvsaga_policy}", "kvsaga",
-                                       args.kvsaga_policy)}
-    order = [k.strip() for k in args.order.split(",") if k.strip()]
-    runs: dict[str, list[dict[str, Any]]] = {arms[k].name: [] for k in order}
+    runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in order}
     with tempfile.TemporaryDirectory(prefix="serve-throughput-") as tmp:
         for rep in range(args.repeat):
-            for key in order:
-                arm = arms[key]
+            for arm in order:
                 server = arm.start(args, args.kv_memory, Path(tmp))
-                if key == "vllm":
+                if arm.engine == "vllm":
                     server.server.eager = not args.no_eager
                 spy = None
                 try:
                     server.wait_ready(args.start_timeout)
-                    if args.py_spy and key == "kvsaga":
+                    if args.py_spy and arm.engine == "kvsaga":
                         spy = PySpy(_server_pid(server), Path(args.py_spy))
                     r = send_batch(server.url, prompts, args.max_tokens, 900.0,
                                    _server_pid(server))
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['output_tok_s']:.1f} output tok/s, {r['server_cpu_s']:.0f} server "
                       f"CPU-s, load {r['loadavg']:.1f}, other jobs {r['foreign_cores']:.2f} cores, "
                       f"{len(r['errors'])} errors", flush=True)
-                if key == "kvsaga":
+                if arm.engine == "kvsaga":
                     t = r["server_threads_cpu_s"]
                     print(f"      its CPU-s by thread: engine {t['busiest']:.1f}, event loop "
                           f"{t['main']:.1f}, in-place kernel pool {t['kernel_pool']:.1f}, "
@@ -283,6 +286,46 @@ def _server_pid(server: Any) -> int | None:
     return proc.pid if proc is not None else None
 
 
+def order_arms(order: str, policy: str) -> list[agent_replay.Arm]:
+    """`--order`'s arms: `vllm`, `kvsaga` (kvsaga-serve as it ships) and
+    `kvsaga+SETTING[+SETTING...]`: kvsaga-serve with each SETTING applied, `NAME=VALUE` an
+    environment variable and `--flag=value` a command-line flag, named after them in the
+    tables.
+
+    Raises:
+        ValueError: an arm is unknown, a setting is not `NAME=VALUE` with an upper-case
+            identifier or `--flag=value`, or an arm comes twice; or no arm is given.
+    """
+    out: list[agent_replay.Arm] = []
+    for key in (k.strip() for k in order.split(",")):
+        if not key:
+            continue
+        head, *sets = key.split("+")
+        if head == "vllm" and not sets:
+            out.append(agent_replay.Arm("vllm", "vllm", None))
+            continue
+        if head != "kvsaga":
+            raise ValueError(f"--order: {key!r} is not vllm, kvsaga or kvsaga+NAME=VALUE")
+        env, flags = [], []
+        for item in sets:
+            name, eq, value = item.partition("=")
+            if eq and re.fullmatch(r"--[a-z][a-z0-9-]*", name):
+                flags += [name, value]
+            elif eq and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                env.append((name, value))
+            else:
+                raise ValueError(f"--order: {item!r} in {key!r} is not NAME=VALUE (an "
+                                 "upper-case environment variable) or --flag=value")
+        label = " ".join(sets)
+        out.append(agent_replay.Arm(f"kvsaga-serve:{policy}" + (f" {label}" if sets else ""),
+                                    "kvsaga", policy, serve_args=tuple(flags),
+                                    env=tuple(env)))
+    names = [a.name for a in out]
+    if not out or len(set(names)) != len(names):
+        raise ValueError(f"--order: {order!r} names no server or one twice")
+    return out
+
+
 def _summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median run of an arm (by output tok/s), with every run's rates beside it."""
     med = sorted(rs, key=lambda r: r["output_tok_s"])[(len(rs) - 1) // 2]
@@ -292,12 +335,15 @@ def _summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
             "all_foreign_cores": [r.get("foreign_cores", math.nan) for r in rs]}
 
 
-def _ratio(results: dict[str, dict[str, Any]], key: str) -> float | None:
-    """kvsaga-serve's figure over vLLM's, when both ran."""
-    if "vllm" not in results or len(results) != 2:
+def _ratio(results: dict[str, dict[str, Any]], key: str, name: str | None = None,
+           base: str = "vllm") -> float | None:
+    """An arm's figure over the base arm's (by default kvsaga-serve as it ships, the first
+    arm that is neither vLLM nor an environment variant, over vLLM), when both ran."""
+    name = name if name is not None else next(
+        (n for n in results if n != "vllm" and " " not in n), None)
+    if name is None or name not in results or base not in results:
         return None
-    ours = next(r for name, r in results.items() if name != "vllm")
-    return ours[key] / results["vllm"][key]
+    return results[name][key] / results[base][key]
 
 
 # How much CPU other jobs may use, in cores averaged over a batch, before a run is called
@@ -345,6 +391,14 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
                           "run: they held the cores, and vLLM's threads spin while they wait "
                           "for one (its server CPU-s grow with the load), so neither ratio is "
                           "the goal's figure; rerun on a quiet machine."]
+    plain = next((n for n in results if n != "vllm" and " " not in n), None)
+    for name in (n for n in results if " " in n):  # the environment variants
+        over = ", ".join(f"{r:.2f}x {label}" for r, label in (
+            (_ratio(results, "output_tok_s", name), "vLLM"),
+            (_ratio(results, "output_tok_s", name, plain) if plain else None,
+             "kvsaga-serve as it ships")) if r is not None)
+        if over:
+            lines += ["", f"{name}, output tokens/s over: {over} (not the goal's arm)."]
     return "\n".join(lines)
 
 

@@ -21,12 +21,14 @@ class Arm:
     policy: str | None  # kvsaga policy: the server's, or the vLLM connector's (None: plain)
     scheduler: str | None = None  # kvsaga-serve's --scheduler (None: its default)
     serve_args: tuple[str, ...] = ()  # more kvsaga-serve flags (--replicas mode)
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for kvsaga-serve
 
     def start(self, args: argparse.Namespace, kv_bytes: int, logdir: Path) -> Server | VLLMArm:
         log = logdir / f"server-{self.name.replace(':', '-').replace('+', '-')}.log"
         if self.engine == "vllm":
             return VLLMArm(args, self.policy, kv_bytes, log)
-        return Server(args, self.policy, kv_bytes, log, self.scheduler, self.serve_args)
+        return Server(args, self.policy, kv_bytes, log, self.scheduler, self.serve_args,
+                      dict(self.env))
 
     def extra_body(self, session_id: str, hint: dict[str, Any]) -> dict[str, Any]:
         if self.engine == "vllm":  # the connector reads kv_transfer_params; plain vLLM ignores it

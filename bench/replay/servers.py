@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,8 @@ class Server:
     """`kvsaga-serve` in a subprocess on a free loopback port; stopped through its handle."""
 
     def __init__(self, args: argparse.Namespace, policy: str, kv_bytes: int, log: Path,
-                 scheduler: str | None = None, extra: Sequence[str] = ()) -> None:
+                 scheduler: str | None = None, extra: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -115,7 +116,8 @@ class Server:
         self.cmd = cmd
         self._log = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parents[2])
+                                     cwd=Path(__file__).resolve().parents[2],
+                                     env={**os.environ, **env} if env else None)
 
     def wait_ready(self, timeout_s: float) -> None:
         import httpx

@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 
-# OpenMP threads that wait for work sleep instead of spinning. Set before torch loads (it
-# reads this once): on a CPU shared with other processes, spinning threads turn each of a
-# step's many small parallel ops into a wait for a descheduled thread; measured in
-# docs/engine_profiles.md. A value the user set wins.
+# OpenMP threads that wait for work sleep instead of spinning for ever (libgomp's ACTIVE):
+# on a CPU shared with other processes, threads that spin on turn each of a step's many small
+# parallel ops into a wait for a descheduled thread. `--cpu-host` (CPU_HOST_ENV) decides how
+# long they spin first. Set before torch loads (libgomp reads these once); measured in
+# docs/engine_profiles.md, "Threads". A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kvsaga import envs
@@ -36,6 +37,31 @@ from kvsaga.config import parse_bytes
 from kvsaga.serve.settings import ServerSettings, non_default_params
 
 log = logging.getLogger("kvsaga.serve")
+
+# What `--cpu-host` sets (where the user has not) before torch loads. dedicated: workers spin
+# a bounded while before they sleep, and every op runs in torch's thread team; shared:
+# workers sleep at once, and decode-sized ops run on the engine thread alone so that no
+# sleeping worker is woken (KVSAGA_CPU_SERIAL_BELOW's default).
+CPU_HOST_ENV: dict[str, dict[str, str]] = {
+    "dedicated": {"GOMP_SPINCOUNT": "10000", "KVSAGA_CPU_SERIAL_BELOW": "0"},
+    "shared": {},
+}
+DEFAULT_CPU_HOST = "dedicated"
+
+
+def apply_cpu_host(host: str) -> dict[str, str]:
+    """Set `--cpu-host`'s environment variables that the user has not set; returns those it
+    set. Takes effect only before torch loads (libgomp reads GOMP_SPINCOUNT when torch loads
+    it; KVSAGA_CPU_SERIAL_BELOW is read at model load).
+
+    Raises:
+        ValueError: `host` is not one of CPU_HOST_ENV's keys.
+    """
+    if host not in CPU_HOST_ENV:
+        raise ValueError(f"--cpu-host must be one of {sorted(CPU_HOST_ENV)}, got {host!r}")
+    chosen = {k: v for k, v in CPU_HOST_ENV[host].items() if k not in os.environ}
+    os.environ.update(chosen)
+    return chosen
 
 
 def _bytes(text: str) -> int:
@@ -104,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--graph-capture", choices=("startup", "lazy"), default=d.graph_capture,
       help="on CUDA, record every CUDA graph before serving (startup) or each at the first "
       "step of its shape (lazy, which that step waits for)")
+    a("--cpu-host", choices=sorted(CPU_HOST_ENV), default=DEFAULT_CPU_HOST,
+      help="what the CPU engine may assume of its cores: dedicated (a machine of its own: "
+      "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
+      "torch's thread team) or shared (other busy processes beside it: workers sleep at "
+      "once, decode-sized ops run on the engine thread alone); environment variables you "
+      "set win (docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
@@ -328,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     debug = args.log_level == "debug"
+    chosen = apply_cpu_host(args.cpu_host)  # before anything loads torch
+    if chosen:
+        log.debug("--cpu-host %s set %s", args.cpu_host,
+                  " ".join(f"{k}={v}" for k, v in chosen.items()))
     try:
         settings = settings_from_args(args)
         if args.replicas is not None and args.replicas < 1:

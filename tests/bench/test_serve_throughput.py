@@ -90,3 +90,31 @@ def test_machine_busy_cpu_counts_this_process():
     assert busy >= own - 0.05
     # idle time is not counted: no more than every core busy for the whole interval
     assert busy <= wall * (os.cpu_count() or 1) + 0.05
+
+
+def test_order_arms_parse_settings_and_refuse_bad_ones():
+    arms = serve_throughput.order_arms(
+        "vllm,kvsaga,kvsaga+--cpu-host=shared,kvsaga+KVSAGA_CPU_SERIAL_BELOW=0+GOMP_SPINCOUNT=1",
+        "ttl")
+    assert [a.name for a in arms] == [
+        "vllm", "kvsaga-serve:ttl", "kvsaga-serve:ttl --cpu-host=shared",
+        "kvsaga-serve:ttl KVSAGA_CPU_SERIAL_BELOW=0 GOMP_SPINCOUNT=1"]
+    assert arms[2].serve_args == ("--cpu-host", "shared") and arms[2].env == ()
+    assert arms[3].env == (("KVSAGA_CPU_SERIAL_BELOW", "0"), ("GOMP_SPINCOUNT", "1"))
+    for bad, what in (("sglang", "is not vllm"), ("kvsaga+lower=1", "is not NAME=VALUE"),
+                      ("kvsaga+NOEQ", "is not NAME=VALUE"), ("kvsaga,kvsaga", "twice"),
+                      (",", "names no server"), ("vllm+X=1", "is not vllm")):
+        with pytest.raises(ValueError, match=what):
+            serve_throughput.order_arms(bad, "ttl")
+
+
+def test_table_reports_variants_beside_the_goal_arm():
+    import argparse
+
+    args = argparse.Namespace(requests=16, max_tokens=64, kv_memory=1 << 30, block_size=32,
+                              max_num_seqs=16, repeat=1, order="vllm,kvsaga,kvsaga+X=1")
+    table = serve_throughput._table(
+        args, {"vllm": _result(100, 0.0), "kvsaga-serve:ttl": _result(120, 0.0),
+               "kvsaga-serve:ttl X=1": _result(60, 0.0)}, "cmd")
+    assert "kvsaga-serve / vLLM output tokens/s: **1.20x**" in table  # the plain arm judged
+    assert "kvsaga-serve:ttl X=1, output tokens/s over: 0.60x vLLM, 0.50x kvsaga-serve" in table

@@ -308,3 +308,54 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
         err = capsys.readouterr().err
         assert "pip install 'kvsaga[serve]'" in err and missing in err, err
         assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("host", ["dedicated", "shared"])
+def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str):
+    """`--cpu-host` sets GOMP_SPINCOUNT and KVSAGA_CPU_SERIAL_BELOW (dedicated) or nothing
+    (shared) before anything imports torch (libgomp reads its variables once, when torch
+    loads it); a variable already set is kept. Run in a child: this process has torch."""
+    script = """
+import json, os, sys
+os.environ.pop("GOMP_SPINCOUNT", None)
+os.environ.pop("KVSAGA_CPU_SERIAL_BELOW", None)
+os.environ["KVSAGA_CPU_SERIAL_BELOW"] = sys.argv[2]
+from kvsaga.serve import cli
+seen = {}
+def preflight(settings):
+    seen.update(torch="torch" in sys.modules, spin=os.environ.get("GOMP_SPINCOUNT"),
+                serial=os.environ.get("KVSAGA_CPU_SERIAL_BELOW"))
+    raise SystemExit(0)
+cli.preflight = preflight
+try:
+    cli.main(["--cpu-host", sys.argv[1]])
+except SystemExit:
+    pass
+print(json.dumps(seen))
+"""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", script, host, "4096"], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["torch"] is False
+    assert seen["serial"] == "4096"  # the user's value wins over --cpu-host's
+    assert seen["spin"] == ("10000" if host == "dedicated" else None)
+
+
+def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
+        monkeypatch: pytest.MonkeyPatch):
+    from kvsaga.serve.cli import CPU_HOST_ENV, apply_cpu_host
+
+    for name in CPU_HOST_ENV["dedicated"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    assert apply_cpu_host("dedicated") == {"KVSAGA_CPU_SERIAL_BELOW": "0"}
+    assert apply_cpu_host("shared") == {}
+    import os
+
+    assert os.environ["GOMP_SPINCOUNT"] == "500"
+    with pytest.raises(ValueError, match="--cpu-host must be one of"):
+        apply_cpu_host("laptop")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--cpu-host", "laptop"])
