@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--kvsaga-policies", default="graph",
                    help="kvsaga-serve policies run next to vLLM (default graph, which RESULTS' "
                         "recorded default replay used; not kvsaga-serve's own default, "
-                        "kvsaga.policy.DEFAULT_POLICY)")
+                        "kvsaga.policy.DEFAULT_POLICY); POLICY+--flag=value adds an arm "
+                        "with that kvsaga-serve flag too, compared with the plain POLICY arm "
+                        "(e.g. ttl,ttl+--cpu-host=shared)")
     return p
 
 

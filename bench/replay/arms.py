@@ -4,6 +4,7 @@ id and pause hint to it (one list per mode: policies, schedulers, vLLM, routers)
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,4 +129,23 @@ def arms(args: argparse.Namespace) -> list[Arm]:
         connector_arm(p)  # a bad name fails before any server starts
     return ([Arm("vllm", "vllm", None)]
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
-            + [Arm(f"kvsaga-serve:{p}", "kvsaga", p) for p in names(args.kvsaga_policies)])
+            + [kvsaga_serve_arm(p) for p in names(args.kvsaga_policies)])
+
+
+def kvsaga_serve_arm(spec: str) -> Arm:
+    """One `--kvsaga-policies` entry: `POLICY`, or `POLICY+--flag=value[+--flag=value...]`,
+    kvsaga-serve with those flags too (e.g. `ttl+--cpu-host=shared`), named
+    `kvsaga-serve:POLICY --flag=value` and compared with the plain POLICY arm.
+
+    Raises:
+        SystemExit: a part after the policy is not `--flag=value` (naming it).
+    """
+    policy, *flags = spec.split("+")
+    serve_args: list[str] = []
+    for item in flags:
+        flag, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"--[a-z][a-z0-9-]*", flag):
+            raise SystemExit(f"--kvsaga-policies: {item!r} in {spec!r} is not --flag=value")
+        serve_args += [flag, value]
+    name = f"kvsaga-serve:{policy}" + "".join(f" {f}" for f in flags)
+    return Arm(name, "kvsaga", policy, serve_args=tuple(serve_args))

@@ -301,3 +301,32 @@ def test_kvsaga_scheduler_params_refuse_write_results() -> None:
         m.with_scheduler_params(m.arms(args), args.kvsaga_scheduler_params, args.write_results)
     with pytest.raises(SystemExit, match="not with --write-results"):
         m.main(["--write-results", "--kvsaga-scheduler-params", '{"shrink_after": 1}'])
+
+
+def test_kvsaga_policy_with_flags_is_a_variant_judged_against_its_plain_arm() -> None:
+    """`--kvsaga-policies ttl,ttl+--cpu-host=shared` adds kvsaga-serve with that flag; the
+    goal line compares only the plain arm with the connector, and the variant gets a line
+    against the plain arm with no goal. A part that is not --flag=value fails at once."""
+    m = _load_script()
+    from replay.report import comparisons
+
+    args = m.build_parser().parse_args(
+        ["--engine", "vllm", "--kvsaga-policies", "ttl,ttl+--cpu-host=shared"])
+    systems = m.arms(args)
+    assert [(a.name, a.serve_args) for a in systems] == [
+        ("vllm", ()), ("vllm+ttl", ()), ("kvsaga-serve:ttl", ()),
+        ("kvsaga-serve:ttl --cpu-host=shared", ("--cpu-host", "shared"))]
+    row = {"task_time_mean_s": 10.0, "task_time_p95_s": 20.0, "prefill_tokens": 100}
+    rounds = [{"vllm": {**row, "task_time_mean_s": 30.0}, "vllm+ttl": row,
+               "kvsaga-serve:ttl": {**row, "task_time_mean_s": 8.0},
+               "kvsaga-serve:ttl --cpu-host=shared": {**row, "task_time_mean_s": 16.0}}]
+    lines = comparisons(args, systems, rounds)["lines"]
+    assert [line.split(":")[0] for line in lines] == ["vllm+ttl vs vllm", "kvsaga-serve",
+                                                      "kvsaga-serve"]
+    assert "kvsaga-serve:ttl vs vllm+ttl: mean TCT speed-up 1.25x" in lines[1]
+    assert "(issue 13 goal >= 1x: met)" in lines[1]
+    assert lines[2].startswith("kvsaga-serve:ttl --cpu-host=shared vs kvsaga-serve:ttl: mean "
+                               "TCT speed-up 0.50x;")
+    args = m.build_parser().parse_args(["--engine", "vllm", "--kvsaga-policies", "ttl+shared"])
+    with pytest.raises(SystemExit, match="'shared' in 'ttl\\+shared' is not --flag=value"):
+        m.arms(args)
