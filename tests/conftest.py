@@ -46,3 +46,21 @@ def core(request):
     if request.param == "cpp" and not cpp_available():
         pytest.skip("the C++ core is not built")
     return get_core(request.param)
+
+
+# kvsaga-serve's `main()` sets these for the rest of its process (`--cpu-host`: libgomp and
+# the model load read them from the environment); tests call it in-process, so each test
+# gets back the values it started with, and a later model load in the same worker does not
+# take the server's settings.
+_CPU_HOST_VARIABLES = ("GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_host_variables_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in _CPU_HOST_VARIABLES:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)

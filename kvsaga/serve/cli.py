@@ -360,10 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     debug = args.log_level == "debug"
-    chosen = apply_cpu_host(args.cpu_host)  # before anything loads torch
-    if chosen:
-        log.debug("--cpu-host %s set %s", args.cpu_host,
-                  " ".join(f"{k}={v}" for k, v in chosen.items()))
     try:
         settings = settings_from_args(args)
         if args.replicas is not None and args.replicas < 1:
@@ -383,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"kvsaga-serve: error: {as_flag_message(str(e))}", file=sys.stderr)
         return 2
+    chosen = apply_cpu_host(args.cpu_host)  # checked flags only; before torch loads
+    if chosen:
+        log.debug("--cpu-host %s set %s", args.cpu_host,
+                  " ".join(f"{k}={v}" for k, v in chosen.items()))
     try:
         preflight(settings)
     except ImportError as e:  # installed without the extra (torch, the loaders)

@@ -359,3 +359,12 @@ def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
         apply_cpu_host("laptop")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--cpu-host", "laptop"])
+
+
+def test_the_root_fixture_covers_every_variable_cpu_host_sets():
+    """tests/conftest.py restores what `--cpu-host` sets after every test that runs
+    kvsaga-serve's main() in-process; a variable added to CPU_HOST_ENV must join it."""
+    from kvsaga.serve.cli import CPU_HOST_ENV
+    from tests.conftest import _CPU_HOST_VARIABLES
+
+    assert {k for env in CPU_HOST_ENV.values() for k in env} <= set(_CPU_HOST_VARIABLES)
