@@ -52,15 +52,17 @@ def core(request):
 # the model load read them from the environment); tests call it in-process, so each test
 # gets back the values it started with, and a later model load in the same worker does not
 # take the server's settings.
-_CPU_HOST_VARIABLES = ("GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
+_CPU_HOST_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
 
 
 @pytest.fixture(autouse=True)
-def _cpu_host_variables_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+def _cpu_host_variables_restored():
     import os
 
-    for name in _CPU_HOST_VARIABLES:
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
+    before = {name: os.environ.get(name) for name in _CPU_HOST_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            monkeypatch.delenv(name, raising=False)
+            os.environ[name] = value

@@ -127,9 +127,14 @@ def arms(args: argparse.Namespace) -> list[Arm]:
         return [Arm(p, "kvsaga", p) for p in names(args.policies)]
     for p in names(args.vllm_policies):
         connector_arm(p)  # a bad name fails before any server starts
+    served = [kvsaga_serve_arm(p) for p in names(args.kvsaga_policies)]
+    plain = {a.name for a in served if not a.serve_args}
+    lone = [a.name for a in served if a.serve_args and a.name.split(" ")[0] not in plain]
+    if lone:
+        raise SystemExit(f"--kvsaga-policies: {lone[0]!r} is compared with its plain policy "
+                         f"arm; add {lone[0].split(' ')[0].split(':')[1]!r} to the list")
     return ([Arm("vllm", "vllm", None)]
-            + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)]
-            + [kvsaga_serve_arm(p) for p in names(args.kvsaga_policies)])
+            + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)] + served)
 
 
 def kvsaga_serve_arm(spec: str) -> Arm:

@@ -40,7 +40,8 @@ def _kernel_threads() -> int:
     them for the cores: on 2 cores, 2 threads there made a 16-sequence decode batch
     slower than one (`python bench/generate.py --prompts mixed --peer none --threads 2`,
     against the SDPA path). Under OMP_WAIT_POLICY=PASSIVE torch's workers sleep, and the
-    kernel's threads run.
+    kernel's threads run; kvsaga-serve's `--cpu-host dedicated` adds a spin of
+    GOMP_SPINCOUNT=10000 before that sleep, short beside libgomp's default of 300,000.
     """
     return torch.get_num_threads() if _OMP_TEAM or _OMP_PASSIVE else 1
 

@@ -18,13 +18,6 @@ import sys
 import threading
 import time
 
-# OpenMP threads that wait for work sleep instead of spinning for ever (libgomp's ACTIVE):
-# on a CPU shared with other processes, threads that spin on turn each of a step's many small
-# parallel ops into a wait for a descheduled thread. `--cpu-host` (CPU_HOST_ENV) decides how
-# long they spin first. Set before torch loads (libgomp reads these once); measured in
-# docs/engine_profiles.md, "Threads". A value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from kvsaga import envs
 from kvsaga.cli import (
     HelpFormatter,
@@ -38,6 +31,15 @@ from kvsaga.serve.settings import ServerSettings, non_default_params
 
 log = logging.getLogger("kvsaga.serve")
 
+# OpenMP threads that wait for work sleep instead of spinning for ever (libgomp's ACTIVE):
+# on a CPU shared with other processes, threads that spin on turn each of a step's many small
+# parallel ops into a wait for a descheduled thread. `--cpu-host` (CPU_HOST_ENV) decides how
+# long they spin first. Set before torch loads (libgomp reads these once; nothing imported
+# above loads torch, which tests/serve/test_cli.py checks); measured in
+# docs/engine_profiles.md, "Threads". A value the user set wins.
+_USER_WAIT_POLICY = bool(os.environ.get("OMP_WAIT_POLICY", "").strip())
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # What `--cpu-host` sets (where the user has not) before torch loads. dedicated: workers spin
 # a bounded while before they sleep, and every op runs in torch's thread team; shared:
 # workers sleep at once, and decode-sized ops run on the engine thread alone so that no
@@ -50,16 +52,21 @@ DEFAULT_CPU_HOST = "dedicated"
 
 
 def apply_cpu_host(host: str) -> dict[str, str]:
-    """Set `--cpu-host`'s environment variables that the user has not set; returns those it
-    set. Takes effect only before torch loads (libgomp reads GOMP_SPINCOUNT when torch loads
-    it; KVSAGA_CPU_SERIAL_BELOW is read at model load).
+    """Set `--cpu-host`'s environment variables that the user has not set (an empty value
+    counts as unset, as kvsaga.envs reads it); returns those it set. A wait policy the user
+    chose (`OMP_WAIT_POLICY`, set before this process started) keeps its meaning: no spin
+    count is added, since libgomp takes GOMP_SPINCOUNT over the policy. Takes effect only
+    before torch loads (libgomp reads its variables when torch loads it;
+    KVSAGA_CPU_SERIAL_BELOW is read at model load).
 
     Raises:
         ValueError: `host` is not one of CPU_HOST_ENV's keys.
     """
     if host not in CPU_HOST_ENV:
         raise ValueError(f"--cpu-host must be one of {sorted(CPU_HOST_ENV)}, got {host!r}")
-    chosen = {k: v for k, v in CPU_HOST_ENV[host].items() if k not in os.environ}
+    chosen = {k: v for k, v in CPU_HOST_ENV[host].items()
+              if not os.environ.get(k, "").strip()
+              and not (k == "GOMP_SPINCOUNT" and _USER_WAIT_POLICY)}
     os.environ.update(chosen)
     return chosen
 
@@ -135,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
       "torch's thread team) or shared (other busy processes beside it: workers sleep at "
       "once, decode-sized ops run on the engine thread alone); environment variables you "
-      "set win (docs/engine_profiles.md, \"Threads\")")
+      "set win, and an OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, "
+      "\"Threads\")")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")

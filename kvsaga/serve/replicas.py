@@ -36,15 +36,24 @@ def _import_ray():
     return ray, serve
 
 
+# The thread settings kvsaga-serve's `--cpu-host` put in this process's environment, which a
+# replica's worker needs when it starts (before torch loads there): a worker of a cluster
+# joined through RAY_ADDRESS does not inherit this process's environment.
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
+
+
 def replica_resources(settings: ServerSettings, num_replicas: int) -> tuple[dict, int | None]:
     """(Ray actor options, torch threads) of one replica: a GPU each on CUDA, else a share
-    of the cores."""
+    of the cores; either way the THREAD_VARIABLES set here, in its runtime environment."""
     from kvsaga.engine.llm import resolve_device
 
+    env = {k: os.environ[k] for k in THREAD_VARIABLES if os.environ.get(k, "").strip()}
+    options: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if resolve_device(settings.device).type == "cuda":
-        return {"num_gpus": 1}, None
+        return {**options, "num_gpus": 1}, None
     cores = os.cpu_count() or 1
-    return {"num_cpus": min(1.0, cores / (num_replicas + 1))}, max(1, cores // num_replicas)
+    return ({**options, "num_cpus": min(1.0, cores / (num_replicas + 1))},
+            max(1, cores // num_replicas))
 
 
 def run_replicas(settings: ServerSettings, num_replicas: int, router: str = "kvsaga") -> None:

@@ -330,3 +330,7 @@ def test_kvsaga_policy_with_flags_is_a_variant_judged_against_its_plain_arm() ->
     args = m.build_parser().parse_args(["--engine", "vllm", "--kvsaga-policies", "ttl+shared"])
     with pytest.raises(SystemExit, match="'shared' in 'ttl\\+shared' is not --flag=value"):
         m.arms(args)
+    args = m.build_parser().parse_args(
+        ["--engine", "vllm", "--kvsaga-policies", "lru,ttl+--cpu-host=shared"])
+    with pytest.raises(SystemExit, match="compared with its plain policy arm; add 'ttl'"):
+        m.arms(args)

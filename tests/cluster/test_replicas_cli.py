@@ -37,3 +37,21 @@ def test_cpu_replicas_share_the_cores():
     pytest.importorskip("torch")
     options, threads = replica_resources(ServerSettings(device="cpu"), 2)
     assert 0 < options["num_cpus"] <= 1 and threads >= 1 and "num_gpus" not in options
+
+
+def test_replicas_take_the_thread_settings_in_their_runtime_env(
+        monkeypatch: pytest.MonkeyPatch):
+    """What `--cpu-host` set here reaches each replica's worker through Ray's runtime_env
+    (a joined cluster's workers do not inherit this process's environment); an unset or
+    empty variable is not passed."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    monkeypatch.setenv("KVSAGA_CPU_SERIAL_BELOW", "")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    options, _ = replica_resources(ServerSettings(device="cpu"), 2)
+    assert options["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE",
+                                                   "GOMP_SPINCOUNT": "10000"}}
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name)
+    options, _ = replica_resources(ServerSettings(device="cpu"), 2)
+    assert "runtime_env" not in options

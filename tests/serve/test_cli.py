@@ -310,15 +310,21 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
         assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("host", ["dedicated", "shared"])
-def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str):
-    """`--cpu-host` sets GOMP_SPINCOUNT and KVSAGA_CPU_SERIAL_BELOW (dedicated) or nothing
-    (shared) before anything imports torch (libgomp reads its variables once, when torch
-    loads it); a variable already set is kept. Run in a child: this process has torch."""
+@pytest.mark.parametrize("host", [None, "dedicated", "shared"])
+@pytest.mark.parametrize("policy", ["", "ACTIVE"])
+def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str | None,
+                                                                       policy: str):
+    """`--cpu-host` sets GOMP_SPINCOUNT and KVSAGA_CPU_SERIAL_BELOW (dedicated, the default)
+    or nothing (shared) before anything imports torch (libgomp reads its variables once,
+    when torch loads it); a variable already set is kept, and an OMP_WAIT_POLICY the user
+    set gets no spin count (libgomp would take the count over it). Run in a child: this
+    process has torch."""
     script = """
 import json, os, sys
 os.environ.pop("GOMP_SPINCOUNT", None)
-os.environ.pop("KVSAGA_CPU_SERIAL_BELOW", None)
+os.environ.pop("OMP_WAIT_POLICY", None)
+if sys.argv[3]:
+    os.environ["OMP_WAIT_POLICY"] = sys.argv[3]
 os.environ["KVSAGA_CPU_SERIAL_BELOW"] = sys.argv[2]
 from kvsaga.serve import cli
 seen = {}
@@ -327,20 +333,24 @@ def preflight(settings):
                 serial=os.environ.get("KVSAGA_CPU_SERIAL_BELOW"))
     raise SystemExit(0)
 cli.preflight = preflight
+seen.update(policy=os.environ.get("OMP_WAIT_POLICY"))
 try:
-    cli.main(["--cpu-host", sys.argv[1]])
+    cli.main(["--cpu-host", sys.argv[1]] if sys.argv[1] else [])
 except SystemExit:
     pass
 print(json.dumps(seen))
 """
     import json
 
-    out = subprocess.run([sys.executable, "-c", script, host, "4096"], capture_output=True,
-                         text=True, check=True, timeout=120).stdout
-    seen = json.loads(out.strip().splitlines()[-1])
-    assert seen["torch"] is False
-    assert seen["serial"] == "4096"  # the user's value wins over --cpu-host's
-    assert seen["spin"] == ("10000" if host == "dedicated" else None)
+    for serial, want in (("4096", "4096"), ("", "0" if host != "shared" else "")):
+        out = subprocess.run([sys.executable, "-c", script, host or "", serial, policy],
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        seen = json.loads(out.strip().splitlines()[-1])
+        assert seen["torch"] is False
+        assert seen["serial"] == want  # yours wins; empty counts as unset
+        spins = host != "shared" and not policy
+        assert seen["spin"] == ("10000" if spins else None)
+        assert seen["policy"] == (policy or "PASSIVE")
 
 
 def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
