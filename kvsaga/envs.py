@@ -65,10 +65,17 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # fp32 CPU model: a linear of up to 16 rows whose weight takes fewer bytes than this,
     # and a decode-sized pass's attention reading fewer K/V bytes a layer, run on the engine
     # thread alone instead of waking torch's OpenMP workers (kvsaga/engine/model.py,
-    # `pack_weights`' `serial_below`); 0: every op as before. Read at model load.
-    # Unset/empty: 8 MiB (docs/engine_profiles_history_2.md, "Fewer wake-ups a decode step").
-    "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 8 << 20),
+    # `pack_weights`' `serial_below`). Read at model load. Unset/empty: 0, every op in
+    # torch's team; `kvsaga-serve --cpu-host shared` sets CPU_SERIAL_BELOW_SHARED
+    # (docs/engine_profiles.md, "Threads").
+    "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 0),
 }
+
+# The threshold for a host whose cores other jobs share, with OpenMP workers that sleep at
+# once: 8 MiB, the smallest power of two above every SmolLM2-135M layer weight, where each
+# such op took less time on the engine thread alone than in a team it had to wake
+# (docs/engine_profiles_history_2.md, "Fewer wake-ups a decode step").
+CPU_SERIAL_BELOW_SHARED = 8 << 20
 
 
 def __getattr__(name: str) -> Any:

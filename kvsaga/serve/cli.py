@@ -41,12 +41,12 @@ _USER_WAIT_POLICY = bool(os.environ.get("OMP_WAIT_POLICY", "").strip())
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # What `--cpu-host` sets (where the user has not) before torch loads. dedicated: workers spin
-# a bounded while before they sleep, and every op runs in torch's thread team; shared:
-# workers sleep at once, and decode-sized ops run on the engine thread alone so that no
-# sleeping worker is woken (KVSAGA_CPU_SERIAL_BELOW's default).
+# a bounded while before they sleep, and every op runs in torch's thread team
+# (KVSAGA_CPU_SERIAL_BELOW's default, 0); shared: workers sleep at once, and decode-sized ops
+# run on the engine thread alone so that no sleeping worker is woken.
 CPU_HOST_ENV: dict[str, dict[str, str]] = {
-    "dedicated": {"GOMP_SPINCOUNT": "10000", "KVSAGA_CPU_SERIAL_BELOW": "0"},
-    "shared": {},
+    "dedicated": {"GOMP_SPINCOUNT": "10000"},
+    "shared": {"KVSAGA_CPU_SERIAL_BELOW": str(envs.CPU_SERIAL_BELOW_SHARED)},
 }
 DEFAULT_CPU_HOST = "dedicated"
 
@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="what the CPU engine may assume of its cores: dedicated (a machine of its own: "
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
       "torch's thread team) or shared (other busy processes beside it: workers sleep at "
-      "once, decode-sized ops run on the engine thread alone); environment variables you "
+      "once, decode-sized ops run on the engine thread alone, KVSAGA_CPU_SERIAL_BELOW="
+      "8388608); environment variables you "
       "set win, and an OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, "
       "\"Threads\")")
     a("--api-key", default=None,

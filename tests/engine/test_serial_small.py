@@ -138,7 +138,7 @@ def test_the_threshold_reads_the_environment_on_cpu_fp32_only(monkeypatch):
     model.pack_weights()
     assert model.serial_below == 12345
     monkeypatch.setenv("KVSAGA_CPU_SERIAL_BELOW", "")
-    assert envs.KVSAGA_CPU_SERIAL_BELOW == 8 << 20  # unset or empty: the default
+    assert envs.KVSAGA_CPU_SERIAL_BELOW == 0  # unset or empty: the default, every op threaded
     monkeypatch.setenv("KVSAGA_CPU_SERIAL_BELOW", "bad")
     half = LlamaForCausalLM(model.config, dtype=torch.bfloat16)
     half.pack_weights()  # not read outside fp32 on CPU: a bad value cannot fail it

@@ -314,8 +314,8 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
 @pytest.mark.parametrize("policy", ["", "ACTIVE"])
 def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str | None,
                                                                        policy: str):
-    """`--cpu-host` sets GOMP_SPINCOUNT and KVSAGA_CPU_SERIAL_BELOW (dedicated, the default)
-    or nothing (shared) before anything imports torch (libgomp reads its variables once,
+    """`--cpu-host` sets GOMP_SPINCOUNT (dedicated, the default) or KVSAGA_CPU_SERIAL_BELOW
+    (shared: 8 MiB) before anything imports torch (libgomp reads its variables once,
     when torch loads it); a variable already set is kept, and an OMP_WAIT_POLICY the user
     set gets no spin count (libgomp would take the count over it). Run in a child: this
     process has torch."""
@@ -342,7 +342,7 @@ print(json.dumps(seen))
 """
     import json
 
-    for serial, want in (("4096", "4096"), ("", "0" if host != "shared" else "")):
+    for serial, want in (("4096", "4096"), ("", "8388608" if host == "shared" else "")):
         out = subprocess.run([sys.executable, "-c", script, host or "", serial, policy],
                              capture_output=True, text=True, check=True, timeout=120).stdout
         seen = json.loads(out.strip().splitlines()[-1])
@@ -357,11 +357,12 @@ def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
         monkeypatch: pytest.MonkeyPatch):
     from kvsaga.serve.cli import CPU_HOST_ENV, apply_cpu_host
 
-    for name in CPU_HOST_ENV["dedicated"]:
+    for name in {k for env in CPU_HOST_ENV.values() for k in env}:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GOMP_SPINCOUNT", "500")
-    assert apply_cpu_host("dedicated") == {"KVSAGA_CPU_SERIAL_BELOW": "0"}
-    assert apply_cpu_host("shared") == {}
+    assert apply_cpu_host("dedicated") == {}  # your spin count stays
+    assert apply_cpu_host("shared") == {"KVSAGA_CPU_SERIAL_BELOW": "8388608"}
+    assert apply_cpu_host("shared") == {}  # set now
     import os
 
     assert os.environ["GOMP_SPINCOUNT"] == "500"
