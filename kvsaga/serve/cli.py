@@ -141,10 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="what the CPU engine may assume of its cores: dedicated (a machine of its own: "
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
       "torch's thread team) or shared (other busy processes beside it: workers sleep at "
-      "once, decode-sized ops run on the engine thread alone, KVSAGA_CPU_SERIAL_BELOW="
-      "8388608); environment variables you "
-      "set win, and an OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, "
-      "\"Threads\")")
+      "once, decode-sized ops run on the engine thread alone: KVSAGA_CPU_SERIAL_BELOW="
+      "8388608); environment variables you set win, and an OMP_WAIT_POLICY you set gets no "
+      "spin count (docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
