@@ -62,22 +62,24 @@ def test_lone_session_stays_home_with_a_report_older_than_its_step():
     assert _lone_session_step2(running=1, first_stats=fresh) == Route("a", reason="affinity")
 
 
-def test_report_read_only_after_the_step_finished_is_discounted_too():
+def _step_finished_at(t: float):
+    """A router that sent session s's step 1 to a at 999.0 and saw it finish at `t`."""
     router, clock = _router()
     first = router.route(RouteRequest(session="s"), {"a": _stats(taken_at=999.0),
                                                      "b": _stats(taken_at=999.0)})
-    clock.t = 1002.0
+    clock.t = t
     router.finished(first)
+    return router
+
+
+def test_report_read_only_after_the_step_finished_is_discounted_too():
+    router = _step_finished_at(1002.0)
     stale = {"a": _stats(running=1, taken_at=1000.5), "b": _stats(taken_at=1000.5)}
     assert router.busy("a", stale) == 0
 
 
 def test_other_work_in_the_report_still_counts():
-    router, clock = _router()
-    first = router.route(RouteRequest(session="s"), {"a": _stats(taken_at=999.0),
-                                                     "b": _stats(taken_at=999.0)})
-    clock.t = 1001.0
-    router.finished(first)
+    router = _step_finished_at(1001.0)
     # Reports read in the order they were taken. Taken before step 1 was sent: step 1 was
     # not in it, so its finish takes nothing off.
     assert router.busy("a", {"a": _stats(running=2, taken_at=998.0)}) == 2

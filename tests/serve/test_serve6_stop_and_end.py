@@ -30,8 +30,7 @@ from kvsaga.serve.app import build_app
 from kvsaga.serve.async_engine import AsyncEngine, EngineStopped
 
 from .conftest import MODEL, make_engine, settings
-from .test_session_race import _Hold, _until
-from .test_session_review5 import _run, _sessions
+from .test_session_race import _Hold, _queued, _run, _sessions, _until
 
 STEP = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "ignore_eos": True}
 
@@ -51,8 +50,7 @@ def test_cancelled_end_still_ends_the_session_in_the_engine(tiny_dir: Path):
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            step_a = asyncio.create_task(client.post("/v1/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued step A")
+            step_a = await _queued(aengine, client.post("/v1/completions", json=body), "step A")
             end = asyncio.create_task(client.post("/v1/sessions/e/end"))
             # The route forgets the session, then awaits the end command (held behind A).
             await _until(lambda: sessions.get("anon/e") is None, "forgot the session")
@@ -200,29 +198,22 @@ def test_commands_fail_after_a_failed_load():
 def test_route_after_stop_is_503_and_does_not_hang(tiny_dir: Path):
     """In-process use (the Ray replica's `__del__` stops the engine, not the lifespan):
     a completion or a session end that arrives afterwards gets 503 at once."""
-    app = build_app(make_engine(tiny_dir), settings())
 
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            aengine = app.state.engine
-            assert await asyncio.to_thread(aengine.wait_ready, 30)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
-                                         timeout=60) as client:
-                r = await client.post("/v1/completions", json={**STEP, "session_id": "s"})
-                assert r.status_code == 200, r.text
-                await asyncio.to_thread(aengine.stop)
-                for path, body in (("/v1/completions", {**STEP, "session_id": "s"}),
-                                   ("/v1/sessions/s/end", None)):
-                    r = await client.post(path, json=body)
-                    assert r.status_code == 503, r.text
-                    err = r.json()["error"]
-                    assert err["code"] == "server_shutting_down", err
-                    assert err["message"] == "the server is shutting down", err
-                r = await client.get("/health")
-                assert r.status_code == 503 and r.json()["status"] == "stopped", r.text
+    async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
+        r = await client.post("/v1/completions", json={**STEP, "session_id": "s"})
+        assert r.status_code == 200, r.text
+        await asyncio.to_thread(aengine.stop)
+        for path, body in (("/v1/completions", {**STEP, "session_id": "s"}),
+                           ("/v1/sessions/s/end", None)):
+            r = await client.post(path, json=body)
+            assert r.status_code == 503, r.text
+            err = r.json()["error"]
+            assert err["code"] == "server_shutting_down", err
+            assert err["message"] == "the server is shutting down", err
+        r = await client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "stopped", r.text
 
-    asyncio.run(main())
+    _run(make_engine(tiny_dir), scenario, wait_idle=False)
 
 
 def test_engine_stopped_between_the_check_and_the_submit_is_503(tiny_dir: Path, monkeypatch):

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from kvsaga.serve.app import build_app
+from kvsaga.serve.sessions import SessionRegistry
 
 from .conftest import MODEL, make_engine, settings
 
@@ -53,11 +54,25 @@ class _Hold:
         assert await asyncio.to_thread(self.held.wait, 30), "the engine thread was not held"
 
 
+async def _queued(aengine: Any, request: Awaitable[httpx.Response], what: str) -> asyncio.Task:
+    """Send `request` as a task and wait until its step is the one command queued behind a
+    held engine thread (as `_Hold` holds it); returns the task."""
+    task = asyncio.ensure_future(request)
+    await _until(lambda: aengine.num_in_flight == 1, f"queued {what}")
+    return task
+
+
+def _sessions(app: Any) -> SessionRegistry:
+    """The server's session registry."""
+    return app.state.server.serving().sessions
+
+
 def _run(engine: Any,
          scenario: Callable[[Any, Any, httpx.AsyncClient], Awaitable[None]],
-         **settings_kwargs: Any) -> None:
-    """Run `scenario(app, aengine, client)` against the app over ASGI, then wait until the
-    engine is idle and check its pool."""
+         *, wait_idle: bool = True, **settings_kwargs: Any) -> None:
+    """Run `scenario(app, aengine, client)` against the app over ASGI, then (unless
+    `wait_idle` is off: a scenario that stops the engine) wait until the engine is idle and
+    check its pool."""
     app = build_app(engine, settings(**settings_kwargs))
 
     async def main() -> None:
@@ -68,7 +83,8 @@ def _run(engine: Any,
             async with httpx.AsyncClient(transport=transport, base_url="http://kvsaga",
                                          timeout=60) as client:
                 await scenario(app, aengine, client)
-                await _idle(aengine)
+                if wait_idle:
+                    await _idle(aengine)
 
     asyncio.run(main())
 
@@ -101,8 +117,8 @@ def test_second_step_while_first_awaits_engine_is_409(tiny_dir: Path):
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the first step")
+            first = await _queued(aengine, client.post("/v1/chat/completions", json=body),
+                                  "the first step")
             second = asyncio.create_task(client.post("/v1/chat/completions", json=body))
             # Fixed: the second is answered at once. Before: it waited for the engine too.
             await _until(lambda: second.done() or aengine.num_in_flight == 2,
@@ -127,8 +143,8 @@ def test_streaming_step_holds_session_until_its_stream_ends(tiny_dir: Path):
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the first step")
+            first = await _queued(aengine, client.post("/v1/chat/completions", json=body),
+                                  "the first step")
             second = asyncio.create_task(
                 client.post("/v1/chat/completions", json={**body, "stream": False}))
             await _until(lambda: second.done() or aengine.num_in_flight == 2,
@@ -210,12 +226,12 @@ def test_session_ended_while_its_first_step_waits_for_the_engine(tiny_dir: Path)
     body = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "session_id": "r2"}
 
     async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
-        sessions = app.state.server.serving().sessions
+        sessions = _sessions(app)
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            first = asyncio.create_task(client.post("/v1/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the first step")
+            first = await _queued(aengine, client.post("/v1/completions", json=body),
+                                  "the first step")
             end = asyncio.create_task(client.post("/v1/sessions/r2/end"))
             await _until(lambda: sessions.get("anon/r2") is None, "dropped the session")
         finally:

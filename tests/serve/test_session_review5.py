@@ -21,7 +21,7 @@ import httpx
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 
 from .conftest import MODEL, make_engine
-from .test_session_race import _Hold, _run, _until
+from .test_session_race import _Hold, _queued, _run, _sessions, _until
 
 STEP = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "ignore_eos": True}
 
@@ -53,10 +53,6 @@ class _HeldAdds:
     def release_all(self) -> None:
         for e in self.release:
             e.set()
-
-
-def _sessions(app: Any) -> SessionRegistry:
-    return app.state.server.serving().sessions
 
 
 def test_ended_last_step_does_not_drop_the_sessions_next_step(tiny_dir: Path):
@@ -274,9 +270,8 @@ def test_engine_refusal_names_the_clients_session_id_whatever_it_holds(tiny_dir:
         aengine.post(add_then_hold)
         assert await asyncio.to_thread(held.wait, 30)
         try:
-            step = asyncio.create_task(
-                client.post("/v1/completions", json={**STEP, "session_id": sid}))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the step")
+            body = {**STEP, "session_id": sid}
+            step = await _queued(aengine, client.post("/v1/completions", json=body), "the step")
         finally:
             release.set()
         r = await step
@@ -308,8 +303,8 @@ def test_steps_refused_before_the_engine_leave_no_session_and_free_a_known_one(
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            one_shot = asyncio.create_task(client.post("/v1/completions", json=STEP))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the one-shot step")
+            one_shot = await _queued(aengine, client.post("/v1/completions", json=STEP),
+                                     "the one-shot step")
             for sid in ("known", "new"):
                 r = await client.post("/v1/completions", json={**STEP, "session_id": sid})
                 assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full", r.text
@@ -338,8 +333,7 @@ def test_first_step_cancelled_before_the_engine_took_it(tiny_dir: Path, caplog: 
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            step = asyncio.create_task(client.post("/v1/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the step")
+            step = await _queued(aengine, client.post("/v1/completions", json=body), "the step")
             assert sessions.get("anon/c") is not None  # the session exists from the arrival
             step.cancel()
             with contextlib.suppress(asyncio.CancelledError):
