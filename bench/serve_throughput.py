@@ -27,6 +27,7 @@ with `--enforce-eager`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from typing import Any
 
 import agent_replay  # bench/ is the script's directory
 from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
+from replay.conditions import BusyNeighbours
 
 from kvsaga.cli import HelpFormatter
 from kvsaga.policy import DEFAULT_POLICY
@@ -86,13 +88,26 @@ def own_cpu_s() -> float:
 
 
 def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
-               pid: int | None = None) -> dict[str, Any]:
+               pid: int | None = None,
+               neighbours: BusyNeighbours | None = None) -> dict[str, Any]:
     """All prompts at once, one thread each; returns the batch's figures (with the CPU
-    seconds the server process tree `pid` used for the batch, when given)."""
+    seconds the server process tree `pid` used for the batch, when given). `neighbours`
+    run until the last response, from before the warm-up request (a job already there
+    when the batch comes) or, with a delay, from the first send plus their delay."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
                            timeout=timeout_s)
+    early = contextlib.ExitStack()
+    if neighbours is not None and not neighbours.delay:
+        early.enter_context(neighbours)
+        neighbours = None
+    with early:
+        return _timed_batch(client, prompts, max_tokens, pid, neighbours)
+
+
+def _timed_batch(client: Any, prompts: list[str], max_tokens: int, pid: int | None,
+                 neighbours: BusyNeighbours | None) -> dict[str, Any]:
     client.chat.completions.create(  # warm-up, untimed
         model=agent_replay.SERVED_NAME, messages=[{"role": "user", "content": "Hello"}],
         max_tokens=2, temperature=0)
@@ -117,10 +132,11 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
     cpu0 = tree_cpu_s(pid) if pid else math.nan
     threads0 = thread_cpu_s(pid) if pid else {}
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with neighbours or contextlib.nullcontext():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     wall = time.perf_counter() - t0
     cpu = tree_cpu_s(pid) - cpu0 if pid else math.nan
     busy, client_cpu = machine_busy_cpu_s() - busy0, own_cpu_s() - client0
@@ -139,6 +155,7 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
             # clamped: a negative value would show the windows disagree. A server child
             # that exits mid-batch drops out of `cpu` and counts here (errs to "loaded").
             "foreign_cores": (busy - client_cpu - (0.0 if math.isnan(cpu) else cpu)) / wall,
+            "client_cores": client_cpu / wall,
             "latency_mean_s": statistics.fmean(r[0] for r in ok) if ok else float("nan")}
 
 
@@ -183,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     a("--py-spy", default=None, metavar="PATH",
       help="record kvsaga-serve with py-spy during the batch (raw stacks to PATH) and print "
            "the top frames")
+    a("--neighbours", type=int, default=0,
+      help="busy-loop processes beside the server during each batch (another job on the "
+           "machine, at normal priority; their CPU shows as other jobs' cores)")
+    a("--neighbour-duty", type=float, default=1.0,
+      help="share of each 100 ms a neighbour is busy (0-1]")
+    a("--neighbour-delay", type=float, default=0.0,
+      help="seconds into each batch before the neighbours start (0: they start before "
+           "the server's warm-up request, as a job already running)")
     a("--write-results", action="store_true",
       help="rewrite bench/RESULTS.md's Throughput subsection from this run")
     a("--json", default=None, help="write the results here as JSON")
@@ -193,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.block_size % 32:
         ap.error("--block-size must be a multiple of 32 (vLLM's CPU attention)")
+    try:
+        BusyNeighbours(args.neighbours, args.neighbour_duty, args.neighbour_delay)
+    except ValueError as e:
+        ap.error(f"--neighbours, --neighbour-duty, --neighbour-delay: {e}")
     args.model = agent_replay.vllm_model_dir(args.model)
     _, cfg = agent_replay._load_tokenizer(args.model)
     args.kv_bytes_per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 4
@@ -212,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.py_spy and arm.engine == "kvsaga":
                         spy = PySpy(_server_pid(server), Path(args.py_spy))
                     r = send_batch(server.url, prompts, args.max_tokens, 900.0,
-                                   _server_pid(server))
+                                   _server_pid(server), BusyNeighbours(
+                                       args.neighbours, args.neighbour_duty,
+                                       args.neighbour_delay))
                 finally:
                     if spy is not None:
                         spy.stop()
@@ -221,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{rep + 1}/{args.repeat}] {arm.name}: {r['wall_s']:.1f} s, "
                       f"{r['output_tok_s']:.1f} output tok/s, {r['server_cpu_s']:.0f} server "
                       f"CPU-s, load {r['loadavg']:.1f}, other jobs {r['foreign_cores']:.2f} cores, "
+                      f"client {r['client_cores']:.2f} cores, "
                       f"{len(r['errors'])} errors", flush=True)
                 if arm.engine == "kvsaga":
                     t = r["server_threads_cpu_s"]
@@ -367,7 +399,12 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         f"{args.max_num_seqs}`, both servers with their defaults otherwise, {args.repeat} "
         f"run(s) each, interleaved ({args.order}); the median run by output tok/s. Server "
         "CPU-s: user + system seconds of the server's process tree during the batch (read "
-        "this on a shared machine: wall time there is mostly waiting for a core).",
+        "this on a shared machine: wall time there is mostly waiting for a core)."
+        + (f" Beside {args.neighbours} busy neighbour process(es) during each batch (busy "
+           f"{args.neighbour_duty:.0%} of each 100 ms, " + (
+               f"from {args.neighbour_delay:g} s in" if args.neighbour_delay
+               else "from before its warm-up request") + "): the other jobs' cores include "
+           "them." if getattr(args, "neighbours", 0) else ""),
         "",
         "| server | wall s | output tok/s | output tok/CPU-s | server CPU-s | prompt tok | "
         "load avg | other jobs, cores | output tok/s, every run |",

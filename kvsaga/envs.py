@@ -69,6 +69,11 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # torch's team; `kvsaga-serve --cpu-host shared` sets CPU_SERIAL_BELOW_SHARED
     # (docs/engine_profiles.md, "Threads").
     "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 0),
+    # kvsaga-serve on CPU: "fixed" (unset: torch's thread count stays what it started
+    # with) or "adaptive" (the engine thread sizes torch's team to the cores other
+    # processes leave, re-read every second: kvsaga/engine/cpu_threads.py). Read when the
+    # engine loads; `kvsaga-serve --cpu-host auto` sets "adaptive".
+    "KVSAGA_CPU_THREADS": _choice("KVSAGA_CPU_THREADS", "fixed", ("fixed", "adaptive")),
 }
 
 # The threshold for a host whose cores other jobs share, with OpenMP workers that sleep at

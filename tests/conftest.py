@@ -52,7 +52,8 @@ def core(request):
 # the model load read them from the environment); tests call it in-process, so each test
 # gets back the values it started with, and a later model load in the same worker does not
 # take the server's settings.
-_CPU_HOST_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
+_CPU_HOST_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW",
+                       "KVSAGA_CPU_THREADS")
 
 
 @pytest.fixture(autouse=True)

@@ -274,6 +274,56 @@ class IdleSpinners:
         self.stop()
 
 
+# A busy neighbour: after `delay` seconds, busy `duty` of every 100 ms (the rest asleep),
+# at normal priority and on any CPU, until its parent dies.
+NEIGHBOUR_CODE = ("import os, sys, time\n"
+                  "delay, duty, parent = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])\n"
+                  "time.sleep(delay)\n"
+                  "while os.getppid() == parent:\n"
+                  "    start = time.monotonic()\n"
+                  "    while time.monotonic() - start < 0.1 * duty: pass\n"
+                  "    time.sleep(0.1 * (1.0 - duty))\n")
+
+
+class BusyNeighbours:
+    """Other jobs on the machine, on purpose: `count` busy-loop processes at normal
+    priority, each busy `duty` of the time (in 100 ms periods) from `delay` seconds after
+    `start` until `stop` (a context manager). They take CPU from whatever else runs, as
+    another tenant's job would. A neighbour exits by itself soon after this process dies."""
+
+    def __init__(self, count: int, duty: float = 1.0, delay: float = 0.0) -> None:
+        if count < 0 or not 0.0 < duty <= 1.0 or delay < 0:
+            raise ValueError(f"neighbours need count >= 0, 0 < duty <= 1 and delay >= 0, got "
+                             f"{count}, {duty}, {delay}")
+        self.count, self.duty, self.delay = count, duty, delay
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> BusyNeighbours:
+        try:
+            for _ in range(self.count):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-c", NEIGHBOUR_CODE, str(self.delay), str(self.duty),
+                     str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+    def __enter__(self) -> BusyNeighbours:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def sigterm_exits() -> Iterator[None]:
     """SIGTERM raises SystemExit(143) within the block, so `with` blocks (the spinners, the

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
 from kvsaga.engine.engine import EngineStats, LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
@@ -89,6 +90,9 @@ class AsyncEngine:
         self.busy_s = 0.0
         # Seconds it has waited with no unfinished request (engine thread only).
         self.idle_s = 0.0
+        # Sizes torch's thread team to the cores other processes leave, on a CPU engine
+        # under KVSAGA_CPU_THREADS=adaptive (`--cpu-host auto`); set on the engine thread.
+        self.governor: ThreadGovernor | None = None
         self._idle_wait_s = idle_wait_s
         self._commands: queue.SimpleQueue[tuple[Callable[[LLMEngine], Any], Any]] = (
             queue.SimpleQueue()
@@ -225,16 +229,18 @@ class AsyncEngine:
 
     # -- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
-        if self.engine is None:
-            try:
+        try:
+            if self.engine is None:
                 assert self._factory is not None
                 self.engine = self._factory()
-            except BaseException as e:  # reported by /health, 503s and kvsaga-serve's exit
-                log.debug("loading the model failed", exc_info=True)
-                self.load_error = e
-                self._close(f"the model failed to load: {e}")
-                return
+            self.governor = governor_for(self.engine.device.type)
+        except BaseException as e:  # reported by /health, 503s and kvsaga-serve's exit
+            log.debug("loading the model failed", exc_info=True)
+            self.load_error = e
+            self._close(f"the model failed to load: {e}")
+            return
         engine = self.engine
+        governor = self.governor
         reason = SHUTTING_DOWN
         try:
             self._publish(engine)
@@ -243,6 +249,8 @@ class AsyncEngine:
                 self._run_commands(engine)
                 if engine.has_unfinished():
                     self._step(engine)
+                    if governor is not None:
+                        governor.poll()
                 else:
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)

@@ -44,11 +44,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # a bounded while before they sleep, and every op runs in torch's thread team
 # (KVSAGA_CPU_SERIAL_BELOW's default, 0); shared: workers sleep at once, and decode-sized ops
 # run on the engine thread alone so that no sleeping worker is woken.
+# auto: dedicated's settings, and the engine thread sizes torch's team to the cores other
+# processes leave (KVSAGA_CPU_THREADS=adaptive, kvsaga/engine/cpu_threads.py).
 CPU_HOST_ENV: dict[str, dict[str, str]] = {
+    "auto": {"GOMP_SPINCOUNT": "10000", "KVSAGA_CPU_THREADS": "adaptive"},
     "dedicated": {"GOMP_SPINCOUNT": "10000"},
     "shared": {"KVSAGA_CPU_SERIAL_BELOW": str(envs.CPU_SERIAL_BELOW_SHARED)},
 }
-DEFAULT_CPU_HOST = "dedicated"
+DEFAULT_CPU_HOST = "auto"
 
 
 def apply_cpu_host(host: str) -> dict[str, str]:
@@ -140,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cpu-host", choices=sorted(CPU_HOST_ENV), default=DEFAULT_CPU_HOST,
       help="what the CPU engine may assume of its cores: dedicated (a machine of its own: "
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
-      "torch's thread team) or shared (other busy processes beside it: workers sleep at "
+      "torch's thread team), shared (other busy processes beside it: workers sleep at "
       "once, decode-sized ops run on the engine thread alone: KVSAGA_CPU_SERIAL_BELOW="
-      "8388608); environment variables you set win, and an OMP_WAIT_POLICY you set gets no "
-      "spin count (docs/engine_profiles.md, \"Threads\")")
+      "8388608) or auto (dedicated's settings, and every second the team is sized to the "
+      "cores other processes left: KVSAGA_CPU_THREADS=adaptive); environment variables you "
+      "set win, and an OMP_WAIT_POLICY you set gets no spin count "
+      "(docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")

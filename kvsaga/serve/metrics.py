@@ -127,6 +127,13 @@ class _EngineCollector(Collector):
                     snap.num_waiting)
         yield counter("kvsaga:num_preemptions", "Requests preempted for lack of KV blocks.",
                       snap.num_preemptions)
+        governor = self.engine.governor
+        if governor is not None:  # a CPU engine under `--cpu-host auto`
+            yield gauge("kvsaga:cpu_threads", "Threads of torch's team on the engine thread "
+                        "(sized to the cores other processes leave).", governor.threads)
+            yield gauge("kvsaga:cpu_foreign_cores", "Cores' worth of CPU other processes used "
+                        "on the engine's cores, over the governor's last window.",
+                        governor.foreign_cores)
         yield from self._steps(snap, labels, lv)
         if self.compat == "vllm":
             yield from self._vllm(snap, gauge, counter)

@@ -39,7 +39,8 @@ def _import_ray():
 # The thread settings kvsaga-serve's `--cpu-host` put in this process's environment, which a
 # replica's worker needs when it starts (before torch loads there): a worker of a cluster
 # joined through RAY_ADDRESS does not inherit this process's environment.
-THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW")
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELOW",
+                    "KVSAGA_CPU_THREADS")
 
 
 def replica_resources(settings: ServerSettings, num_replicas: int) -> tuple[dict, int | None]:

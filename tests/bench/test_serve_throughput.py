@@ -118,3 +118,31 @@ def test_table_reports_variants_beside_the_goal_arm():
                "kvsaga-serve:ttl X=1": _result(60, 0.0)}, "cmd")
     assert "kvsaga-serve / vLLM output tokens/s: **1.20x**" in table  # the plain arm judged
     assert "kvsaga-serve:ttl X=1, output tokens/s over: 0.60x vLLM, 0.50x kvsaga-serve" in table
+
+
+def test_table_names_the_neighbours():
+    import argparse
+
+    args = argparse.Namespace(requests=8, max_tokens=96, kv_memory=1 << 30, block_size=32,
+                              max_num_seqs=16, repeat=1, order="kvsaga", neighbours=1,
+                              neighbour_duty=0.5, neighbour_delay=3.0)
+    text = serve_throughput._table(args, {"kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+    assert "Beside 1 busy neighbour process(es) during each batch (busy 50% of each 100 ms, " \
+           "from 3 s in)" in text
+    args.neighbour_delay = 0.0
+    assert "from before its warm-up request" in serve_throughput._table(
+        args, {"kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+
+
+def test_busy_neighbours_run_until_stopped_and_refuse_bad_settings():
+    from replay.conditions import BusyNeighbours
+
+    for bad in ((-1, 1.0, 0.0), (1, 0.0, 0.0), (1, 1.5, 0.0), (1, 1.0, -2.0)):
+        with pytest.raises(ValueError, match="count >= 0, 0 < duty <= 1 and delay >= 0"):
+            BusyNeighbours(*bad)
+    with BusyNeighbours(2, duty=0.5) as n:
+        procs = list(n.procs)
+        assert len(procs) == 2
+        time.sleep(0.2)
+        assert all(p.poll() is None for p in procs)
+    assert n.procs == [] and all(p.returncode is not None for p in procs)

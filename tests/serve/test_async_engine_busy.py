@@ -13,6 +13,8 @@ from kvsaga.serve.async_engine import AsyncEngine
 class FakeEngine:
     """Three steps of work, the second of which fails; idle afterwards."""
 
+    device = SimpleNamespace(type="fake")  # no thread governor (cpu_threads.governor_for)
+
     def __init__(self) -> None:
         self.steps = 0
 

@@ -310,12 +310,13 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
         assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("host", [None, "dedicated", "shared"])
+@pytest.mark.parametrize("host", [None, "dedicated", "shared", "auto"])
 @pytest.mark.parametrize("policy", ["", "ACTIVE"])
 def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str | None,
                                                                        policy: str):
-    """`--cpu-host` sets GOMP_SPINCOUNT (dedicated, the default) or KVSAGA_CPU_SERIAL_BELOW
-    (shared: 8 MiB) before anything imports torch (libgomp reads its variables once,
+    """`--cpu-host` sets GOMP_SPINCOUNT (dedicated; auto, the default, which also sets
+    KVSAGA_CPU_THREADS=adaptive) or KVSAGA_CPU_SERIAL_BELOW (shared: 8 MiB) before
+    anything imports torch (libgomp reads its variables once,
     when torch loads it); a variable already set is kept, and an OMP_WAIT_POLICY the user
     set gets no spin count (libgomp would take the count over it). Run in a child: this
     process has torch."""
@@ -323,6 +324,7 @@ def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str 
 import json, os, sys
 os.environ.pop("GOMP_SPINCOUNT", None)
 os.environ.pop("OMP_WAIT_POLICY", None)
+os.environ.pop("KVSAGA_CPU_THREADS", None)
 if sys.argv[3]:
     os.environ["OMP_WAIT_POLICY"] = sys.argv[3]
 os.environ["KVSAGA_CPU_SERIAL_BELOW"] = sys.argv[2]
@@ -330,7 +332,8 @@ from kvsaga.serve import cli
 seen = {}
 def preflight(settings):
     seen.update(torch="torch" in sys.modules, spin=os.environ.get("GOMP_SPINCOUNT"),
-                serial=os.environ.get("KVSAGA_CPU_SERIAL_BELOW"))
+                serial=os.environ.get("KVSAGA_CPU_SERIAL_BELOW"),
+                threads=os.environ.get("KVSAGA_CPU_THREADS"))
     raise SystemExit(0)
 cli.preflight = preflight
 seen.update(policy=os.environ.get("OMP_WAIT_POLICY"))
@@ -351,6 +354,7 @@ print(json.dumps(seen))
         spins = host != "shared" and not policy
         assert seen["spin"] == ("10000" if spins else None)
         assert seen["policy"] == (policy or "PASSIVE")
+        assert seen["threads"] == ("adaptive" if host in (None, "auto") else None)
 
 
 def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(

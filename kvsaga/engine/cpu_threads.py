@@ -1,0 +1,195 @@
+"""Torch's thread count on a CPU that other jobs may share, adjusted while the engine runs.
+
+A CPU engine's decode step is hundreds of small parallel ops, each ending at a barrier of
+torch's OpenMP team. When another process holds one of the cores the team runs on, every
+barrier waits for the thread that the kernel has descheduled, and a team sized for the whole
+machine runs slower than a smaller one: on the 2-vCPU host beside one busy process, 8
+concurrent requests decoded 1.37x faster on one thread than on two (docs/engine_profiles.md,
+"Threads"). On a host of its own the same team is the fast choice. `ThreadGovernor` picks
+between them at run time: it reads how much CPU other processes used on this process's cores
+(`ForeignLoad`, from /proc/stat less this process's own CPU time) and sizes the team to the
+cores they left, never above the count it was started with.
+
+The rule has no fitted constant: the team gets the cores left over, rounded
+(`threads_for`), and a change needs two consecutive windows that agree, so one burst of
+another job does not move it. Linux only (/proc/stat); elsewhere `ForeignLoad.open` returns
+None and nothing is adjusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# /proc/stat's per-CPU columns (USER_HZ ticks): user nice system idle iowait irq softirq
+# steal [guest guest_nice]. Busy is every column but idle and iowait, steal included (the
+# hypervisor gave the core to someone else); guest time is already inside user and nice.
+_IDLE_COLUMNS = (3, 4)
+_BUSY_COLUMNS = 8
+PERIOD_S = 1.0  # one window of the governor: how often it reads the load
+
+
+def busy_cpu_s(stat: str, cpus: frozenset[int], tick_s: float) -> float:
+    """CPU seconds the CPUs `cpus` have spent busy since boot, from the text of /proc/stat.
+
+    Raises:
+        ValueError: a CPU of `cpus` has no line, or a line is not numbers.
+    """
+    busy, seen = 0, set()
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        cpu = int(name[3:])
+        if cpu not in cpus:
+            continue
+        fields = [int(x) for x in rest.split()]
+        busy += sum(v for i, v in enumerate(fields[:_BUSY_COLUMNS]) if i not in _IDLE_COLUMNS)
+        seen.add(cpu)
+    if seen != cpus:
+        raise ValueError(f"/proc/stat has no line for CPU(s) {sorted(cpus - seen)}")
+    return busy * tick_s
+
+
+class ForeignLoad:
+    """Cores' worth of CPU that other processes used on this process's CPUs.
+
+    Each `sample()` returns the average over the time since the previous one: the CPUs'
+    busy time less this process's own CPU time (every thread of it), divided by the wall
+    time. The first sample only starts the window (None). The CPU set is the process's
+    affinity when opened.
+
+    Args:
+        cpus: the CPUs to watch.
+        read_stat: returns /proc/stat's text.
+        own_cpu_s: this process's CPU seconds (user + system, every thread).
+        clock: seconds, monotonic.
+        tick_s: seconds a /proc/stat tick stands for.
+    """
+
+    def __init__(self, cpus: frozenset[int], read_stat: Callable[[], str],
+                 own_cpu_s: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic, tick_s: float = 0.01) -> None:
+        if not cpus:
+            raise ValueError("cpus must name at least one CPU")
+        self.cpus = frozenset(cpus)
+        self._read_stat = read_stat
+        self._own_cpu_s = own_cpu_s
+        self._clock = clock
+        self._tick_s = tick_s
+        self._last: tuple[float, float, float] | None = None
+
+    @classmethod
+    def open(cls) -> ForeignLoad | None:
+        """The load on this process's CPUs (its affinity), or None where it cannot be read
+        (no /proc/stat, no affinity: not Linux)."""
+        try:
+            cpus = frozenset(os.sched_getaffinity(0))
+            stat = Path("/proc/stat")
+            load = cls(cpus, stat.read_text, tick_s=1.0 / os.sysconf("SC_CLK_TCK"))
+            load.sample()
+        except (AttributeError, OSError, ValueError) as e:
+            log.info("CPU threads stay fixed: the host's CPU load cannot be read (%s)", e)
+            return None
+        return load
+
+    def sample(self) -> float | None:
+        """Other processes' cores, averaged since the previous sample (>= 0); None on the
+        first one or when no time has passed."""
+        now = (self._clock(), busy_cpu_s(self._read_stat(), self.cpus, self._tick_s),
+               self._own_cpu_s())
+        last, self._last = self._last, now
+        if last is None or now[0] <= last[0]:
+            return None
+        # Ticks are coarse (10 ms) against the process clock: clamp the difference at 0.
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+
+
+def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
+    """The team for `cpus` cores of which other processes use `foreign_cores`: the cores
+    they leave, rounded to the nearest whole one, at least 1 and at most `max_threads`."""
+    return max(1, min(max_threads, int(cpus - foreign_cores + 0.5)))
+
+
+class ThreadGovernor:
+    """Sizes torch's thread team to the cores other processes leave (the module docstring).
+
+    Call `poll()` from the thread that runs the model, between steps (torch's count is that
+    thread's own OpenMP setting); it reads the load once a `period_s` window has passed and
+    changes the count when two consecutive windows ask for the same new one.
+
+    Args:
+        load: the load reader.
+        max_threads: the most threads to use (the count the engine was started with).
+        set_threads: sets the team's size (torch.set_num_threads, on the model's thread).
+        period_s: seconds a window lasts.
+        clock: seconds, monotonic (the load's clock should be the same).
+    """
+
+    def __init__(self, load: ForeignLoad, max_threads: int, set_threads: Callable[[int], None],
+                 period_s: float = PERIOD_S, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_threads < 1:
+            raise ValueError(f"max_threads must be >= 1, got {max_threads}")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.load = load
+        self.max_threads = max_threads
+        self.threads = max_threads  # the count in force
+        self.foreign_cores = 0.0  # the last window's reading
+        self.changes = 0
+        self._set = set_threads
+        self._period_s = period_s
+        self._clock = clock
+        self._next = clock() + period_s
+        self._asked: int | None = None  # the previous window's count, when it differed
+
+    def poll(self) -> int | None:
+        """Read the load if a window has passed; returns the new thread count when it
+        changed, else None."""
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self._period_s
+        foreign = self.load.sample()
+        if foreign is None:
+            return None
+        self.foreign_cores = foreign
+        want = threads_for(len(self.load.cpus), foreign, self.max_threads)
+        if want == self.threads:
+            self._asked = None
+            return None
+        if want != self._asked:  # the first window to ask for it: wait for a second
+            self._asked = want
+            return None
+        self._asked = None
+        log.info("CPU threads %d -> %d: other processes used %.2f of %d cores over the last "
+                 "%.1f s", self.threads, want, foreign, len(self.load.cpus), self._period_s)
+        self._set(want)
+        self.threads = want
+        self.changes += 1
+        return want
+
+
+def governor_for(device_type: str) -> ThreadGovernor | None:
+    """The governor an engine on `device_type` runs under: one for a CPU engine when
+    KVSAGA_CPU_THREADS is "adaptive" and the load can be read, else None. Call it on the
+    thread that runs the model (its torch thread count is the one governed).
+
+    Raises:
+        ValueError: KVSAGA_CPU_THREADS is not "fixed" or "adaptive".
+    """
+    from kvsaga import envs
+
+    if envs.KVSAGA_CPU_THREADS != "adaptive" or device_type != "cpu":
+        return None
+    load = ForeignLoad.open()
+    if load is None:
+        return None
+    import torch
+
+    return ThreadGovernor(load, torch.get_num_threads(), torch.set_num_threads)

@@ -1,0 +1,138 @@
+"""kvsaga.engine.cpu_threads: the load other processes put on this process's CPUs, read
+from /proc/stat, and the governor that sizes torch's team to the cores they leave."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.engine import cpu_threads
+from kvsaga.engine.cpu_threads import ForeignLoad, ThreadGovernor, busy_cpu_s, threads_for
+
+
+def stat_text(busy: dict[int, int], idle: int = 1000) -> str:
+    """/proc/stat with CPUs 0-3, CPU n busy `busy[n]` ticks in all (split over user, system
+    and steal), every CPU idle `idle` ticks and waiting on I/O 7."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 0 0"]
+    for cpu in range(4):
+        b = busy.get(cpu, 0)
+        user, system, steal = b - b // 2, b // 4, b // 2 - b // 4
+        lines.append(f"cpu{cpu} {user} 0 {system} {idle} 7 0 0 {steal} 5 0")
+    lines += ["intr 12345 0 0", "ctxt 999", "btime 1700000000"]
+    return "\n".join(lines) + "\n"
+
+
+def test_busy_time_counts_the_chosen_cpus_only_and_not_idle_or_iowait():
+    text = stat_text({0: 100, 1: 40, 2: 1000})
+    assert busy_cpu_s(text, frozenset({0, 1}), tick_s=0.01) == pytest.approx(1.40)
+    assert busy_cpu_s(text, frozenset({2}), tick_s=0.01) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match=r"no line for CPU\(s\) \[7\]"):
+        busy_cpu_s(text, frozenset({0, 7}), tick_s=0.01)
+
+
+class Host:
+    """A scripted host: wall clock, per-CPU busy ticks and this process's CPU seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ticks = {0: 0, 1: 0}
+        self.own = 0.0
+
+    def run(self, seconds: float, foreign: float, own: float) -> None:
+        """`seconds` pass with other processes using `foreign` cores and this one `own`,
+        spread over CPUs 0 and 1 (100 ticks a second)."""
+        self.now += seconds
+        per_cpu = round((foreign + own) * seconds * 100 / 2)
+        for cpu in self.ticks:
+            self.ticks[cpu] += per_cpu
+        self.own += own * seconds
+
+    def load(self) -> ForeignLoad:
+        return ForeignLoad(frozenset({0, 1}), lambda: stat_text(self.ticks),
+                           own_cpu_s=lambda: self.own, clock=lambda: self.now)
+
+
+def test_foreign_load_is_the_cpus_busy_time_less_this_process_own():
+    host = Host()
+    load = host.load()
+    assert load.sample() is None  # the first read starts the window
+    host.run(2.0, foreign=0.9, own=1.1)
+    assert load.sample() == pytest.approx(0.9)
+    assert load.sample() is None  # no time passed
+    host.run(1.0, foreign=0.0, own=2.0)
+    assert load.sample() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least one CPU"):
+        ForeignLoad(frozenset(), lambda: "")
+
+
+@pytest.mark.parametrize(("cpus", "foreign", "most", "want"), [
+    (2, 0.0, 2, 2), (2, 0.3, 2, 2), (2, 0.86, 2, 1), (2, 1.0, 2, 1), (2, 2.0, 2, 1),
+    (16, 3.2, 16, 13), (16, 0.0, 4, 4), (16, 12.6, 4, 3)])
+def test_threads_are_the_cores_left_rounded_within_one_and_the_start_count(cpus, foreign,
+                                                                          most, want):
+    assert threads_for(cpus, foreign, most) == want
+
+
+def test_the_governor_changes_the_team_after_two_windows_that_agree():
+    host = Host()
+    sets: list[int] = []
+    gov = ThreadGovernor(host.load(), max_threads=2, set_threads=sets.append,
+                         clock=lambda: host.now)
+    gov.load.sample()
+    assert gov.poll() is None  # inside the first window: nothing read
+    host.run(1.0, foreign=0.9, own=1.1)  # a neighbour arrives
+    assert gov.poll() is None and gov.foreign_cores == pytest.approx(0.9)  # one window
+    host.run(1.0, foreign=0.1, own=1.9)  # it was a burst
+    assert gov.poll() is None
+    host.run(1.0, foreign=0.95, own=1.0)
+    assert gov.poll() is None
+    host.run(1.0, foreign=1.0, own=1.0)  # second window in a row that asks for 1
+    assert gov.poll() == 1 and gov.threads == 1 and sets == [1]
+    host.run(1.0, foreign=1.0, own=1.0)
+    assert gov.poll() is None  # already there
+    host.run(1.0, foreign=0.05, own=1.0)  # the neighbour leaves
+    assert gov.poll() is None
+    host.run(1.0, foreign=0.0, own=1.0)
+    assert gov.poll() == 2 and sets == [1, 2] and gov.changes == 2
+
+
+def test_the_governor_never_goes_above_its_start_count():
+    host = Host()
+    sets: list[int] = []
+    gov = ThreadGovernor(host.load(), max_threads=1, set_threads=sets.append,
+                         clock=lambda: host.now)
+    gov.load.sample()
+    for _ in range(4):
+        host.run(1.0, foreign=0.0, own=1.0)
+        assert gov.poll() is None
+    assert sets == [] and gov.threads == 1
+    with pytest.raises(ValueError, match="max_threads"):
+        ThreadGovernor(host.load(), max_threads=0, set_threads=sets.append)
+    with pytest.raises(ValueError, match="period_s"):
+        ThreadGovernor(host.load(), max_threads=2, set_threads=sets.append, period_s=0)
+
+
+def test_governor_only_for_a_cpu_engine_under_adaptive(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
+    assert cpu_threads.governor_for("cpu") is None  # fixed by default
+    monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
+    assert cpu_threads.governor_for("cuda") is None
+    gov = cpu_threads.governor_for("cpu")
+    if ForeignLoad.open() is None:  # not Linux: nothing to read, nothing governed
+        assert gov is None
+    else:
+        import torch
+
+        assert gov is not None and gov.max_threads == torch.get_num_threads()
+    monkeypatch.setenv("KVSAGA_CPU_THREADS", "sometimes")
+    with pytest.raises(ValueError, match="KVSAGA_CPU_THREADS='sometimes'"):
+        cpu_threads.governor_for("cpu")
+
+
+def test_no_proc_stat_means_no_governor(monkeypatch: pytest.MonkeyPatch):
+    def missing(self):
+        raise FileNotFoundError("/proc/stat")
+
+    monkeypatch.setattr(cpu_threads.Path, "read_text", missing)
+    assert ForeignLoad.open() is None
+    monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
+    assert cpu_threads.governor_for("cpu") is None
