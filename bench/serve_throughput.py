@@ -87,6 +87,21 @@ def own_cpu_s() -> float:
     return time.process_time()
 
 
+def governor_state(url: str) -> dict[str, float]:
+    """kvsaga-serve's thread governor after a batch (`--cpu-host auto`): its team size and
+    how often it changed it, from /metrics; empty where the server has none."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out = {}
+    for key, name in (("cpu_threads", "kvsaga:cpu_threads"),
+                      ("cpu_thread_changes", "kvsaga:cpu_thread_changes_total")):
+        m = re.search(rf"^{re.escape(name)}{{[^}}]*}} (\S+)$", text, re.M)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
 def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
                pid: int | None = None,
                neighbours: BusyNeighbours | None = None) -> dict[str, Any]:
@@ -244,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                                    _server_pid(server), BusyNeighbours(
                                        args.neighbours, args.neighbour_duty,
                                        args.neighbour_delay))
+                    if arm.engine == "kvsaga":
+                        r.update(governor_state(server.url))
                 finally:
                     if spy is not None:
                         spy.stop()
@@ -258,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                     t = r["server_threads_cpu_s"]
                     print(f"      its CPU-s by thread: engine {t['busiest']:.1f}, event loop "
                           f"{t['main']:.1f}, in-place kernel pool {t['kernel_pool']:.1f}, "
-                          f"OpenMP workers {t['other_live']:.1f}, exited {t['rest']:.1f}",
-                          flush=True)
+                          f"OpenMP workers {t['other_live']:.1f}, exited {t['rest']:.1f}"
+                          + (f"; threads at the end {r['cpu_threads']:.0f}, changed "
+                             f"{r['cpu_thread_changes']:.0f} time(s)" if "cpu_threads" in r
+                             else ""), flush=True)
     results = {name: _summary(rs) for name, rs in runs.items()}
     cmd = "python bench/serve_throughput.py " + " ".join(
         argv if argv is not None else sys.argv[1:])

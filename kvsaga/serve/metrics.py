@@ -134,6 +134,8 @@ class _EngineCollector(Collector):
             yield gauge("kvsaga:cpu_foreign_cores", "Cores' worth of CPU other processes used "
                         "on the engine's cores, over the governor's last window.",
                         governor.foreign_cores)
+            yield counter("kvsaga:cpu_thread_changes", "Times the governor resized the team.",
+                          governor.changes)
         yield from self._steps(snap, labels, lv)
         if self.compat == "vllm":
             yield from self._vllm(snap, gauge, counter)

@@ -59,6 +59,7 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
         text = httpx.get(f"{s.url}/metrics").text
         assert _gauge(text, "kvsaga:cpu_threads") == 1.0
         assert _gauge(text, "kvsaga:cpu_foreign_cores") == 1.0
+        assert _gauge(text, "kvsaga:cpu_thread_changes_total") == 1.0
         s.wait_idle()
 
 
