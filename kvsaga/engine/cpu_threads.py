@@ -11,9 +11,10 @@ between them at run time: it reads how much CPU other processes used on this pro
 cores they left, never above the count it was started with.
 
 The rule has no fitted constant: the team gets the cores left over, rounded
-(`threads_for`), and a change needs two consecutive windows that agree, so one burst of
-another job does not move it. Linux only (/proc/stat); elsewhere `ForeignLoad.open` returns
-None and nothing is adjusted.
+(`threads_for`), and a change needs two consecutive windows that both ask for fewer threads
+(or both for more), so one burst of another job does not move it. Linux only (/proc/stat);
+elsewhere `ForeignLoad.open` returns None and nothing is adjusted. It sees CPU time, not a
+cgroup's CPU quota.
 """
 
 from __future__ import annotations
@@ -59,39 +60,46 @@ def busy_cpu_s(stat: str, cpus: frozenset[int], tick_s: float) -> float:
 class ForeignLoad:
     """Cores' worth of CPU that other processes used on this process's CPUs.
 
-    Each `sample()` returns the average over the time since the previous one: the CPUs'
-    busy time less this process's own CPU time (every thread of it), divided by the wall
-    time. The first sample only starts the window (None). The CPU set is the process's
-    affinity when opened.
+    Each `sample()` returns the average over the time since the previous one (`window_s`):
+    the CPUs' busy time less this process's own CPU time (every thread of it), divided by
+    the wall time. The first sample only starts the window (None). The CPU set is read
+    again at every sample (`read_cpus`: the process's affinity, which taskset or a cpuset
+    may change); a sample that finds it changed starts a new window instead (None).
 
     Args:
-        cpus: the CPUs to watch.
+        read_cpus: the CPUs to watch.
         read_stat: returns /proc/stat's text.
         own_cpu_s: this process's CPU seconds (user + system, every thread).
         clock: seconds, monotonic.
         tick_s: seconds a /proc/stat tick stands for.
     """
 
-    def __init__(self, cpus: frozenset[int], read_stat: Callable[[], str],
+    def __init__(self, read_cpus: Callable[[], frozenset[int]], read_stat: Callable[[], str],
                  own_cpu_s: Callable[[], float] = time.process_time,
                  clock: Callable[[], float] = time.monotonic, tick_s: float = 0.01) -> None:
-        if not cpus:
-            raise ValueError("cpus must name at least one CPU")
-        self.cpus = frozenset(cpus)
+        self._read_cpus = read_cpus
         self._read_stat = read_stat
         self._own_cpu_s = own_cpu_s
         self._clock = clock
         self._tick_s = tick_s
+        self.cpus = self._cpus()
+        self.window_s = 0.0  # the length of the last window read
         self._last: tuple[float, float, float] | None = None
+
+    def _cpus(self) -> frozenset[int]:
+        cpus = frozenset(self._read_cpus())
+        if not cpus:
+            raise ValueError("the CPU set must name at least one CPU")
+        return cpus
 
     @classmethod
     def open(cls) -> ForeignLoad | None:
         """The load on this process's CPUs (its affinity), or None where it cannot be read
         (no /proc/stat, no affinity: not Linux)."""
         try:
-            cpus = frozenset(os.sched_getaffinity(0))
             stat = Path("/proc/stat")
-            load = cls(cpus, stat.read_text, tick_s=1.0 / os.sysconf("SC_CLK_TCK"))
+            load = cls(lambda: frozenset(os.sched_getaffinity(0)), stat.read_text,
+                       tick_s=1.0 / os.sysconf("SC_CLK_TCK"))
             load.sample()
         except (AttributeError, OSError, ValueError) as e:
             log.info("CPU threads stay fixed: the host's CPU load cannot be read (%s)", e)
@@ -100,14 +108,22 @@ class ForeignLoad:
 
     def sample(self) -> float | None:
         """Other processes' cores, averaged since the previous sample (>= 0); None on the
-        first one or when no time has passed."""
-        now = (self._clock(), busy_cpu_s(self._read_stat(), self.cpus, self._tick_s),
+        first one, when no time has passed, or when the CPU set changed.
+
+        Raises:
+            ValueError: /proc/stat lacks a CPU of the set (gone offline), or the set is
+                empty. OSError: /proc/stat cannot be read.
+        """
+        cpus = self._cpus()
+        changed, self.cpus = cpus != self.cpus, cpus
+        now = (self._clock(), busy_cpu_s(self._read_stat(), cpus, self._tick_s),
                self._own_cpu_s())
         last, self._last = self._last, now
-        if last is None or now[0] <= last[0]:
+        if last is None or changed or now[0] <= last[0]:
             return None
+        self.window_s = now[0] - last[0]
         # Ticks are coarse (10 ms) against the process clock: clamp the difference at 0.
-        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / self.window_s)
 
 
 def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
@@ -119,9 +135,12 @@ def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
 class ThreadGovernor:
     """Sizes torch's thread team to the cores other processes leave (the module docstring).
 
-    Call `poll()` from the thread that runs the model, between steps (torch's count is that
-    thread's own OpenMP setting); it reads the load once a `period_s` window has passed and
-    changes the count when two consecutive windows ask for the same new one.
+    Call `poll()` from the thread that runs the model, between steps and while idle
+    (torch.set_num_threads sets that thread's OpenMP team, and the count threads started
+    later begin with); it reads the load once a `period_s` window has passed and changes
+    the count when two consecutive windows both ask for fewer threads, or both for more, to
+    the nearer of the two asks. An error reading the load or setting the count turns it
+    off for good (`failed`), with one warning, and leaves the team as it is.
 
     Args:
         load: the load reader.
@@ -142,6 +161,7 @@ class ThreadGovernor:
         self.threads = max_threads  # the count in force
         self.foreign_cores = 0.0  # the last window's reading
         self.changes = 0
+        self.failed: str | None = None  # why it stopped, once an error turned it off
         self._set = set_threads
         self._period_s = period_s
         self._clock = clock
@@ -151,28 +171,39 @@ class ThreadGovernor:
     def poll(self) -> int | None:
         """Read the load if a window has passed; returns the new thread count when it
         changed, else None."""
+        if self.failed is not None:
+            return None
         now = self._clock()
         if now < self._next:
             return None
         self._next = now + self._period_s
+        try:
+            return self._decide()
+        except Exception as e:  # the server goes on with the team it has
+            self.failed = f"{type(e).__name__}: {e}"
+            log.warning("CPU threads stay at %d from now on: %s", self.threads, self.failed)
+            return None
+
+    def _decide(self) -> int | None:
         foreign = self.load.sample()
         if foreign is None:
             return None
         self.foreign_cores = foreign
         want = threads_for(len(self.load.cpus), foreign, self.max_threads)
+        asked, self._asked = self._asked, None
         if want == self.threads:
-            self._asked = None
             return None
-        if want != self._asked:  # the first window to ask for it: wait for a second
-            self._asked = want
+        if asked is None or (asked < self.threads) != (want < self.threads):
+            self._asked = want  # the first window to ask this way: wait for a second
             return None
-        self._asked = None
+        new = max(want, asked) if want < self.threads else min(want, asked)
         log.info("CPU threads %d -> %d: other processes used %.2f of %d cores over the last "
-                 "%.1f s", self.threads, want, foreign, len(self.load.cpus), self._period_s)
-        self._set(want)
-        self.threads = want
+                 "%.1f s", self.threads, new, foreign, len(self.load.cpus),
+                 self.load.window_s)
+        self._set(new)
+        self.threads = new
         self.changes += 1
-        return want
+        return new
 
 
 def governor_for(device_type: str) -> ThreadGovernor | None:

@@ -257,6 +257,8 @@ class AsyncEngine:
                     self.idle_s += time.perf_counter() - start
                     self._wake.clear()
                     engine.tick()
+                    if governor is not None:  # keeps its windows one second long
+                        governor.poll()
                 self._publish(engine)
         except BaseException as e:  # a bug outside a step (tick, stats): the thread is done
             log.exception("the engine thread failed; stopping it")

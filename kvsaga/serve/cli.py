@@ -145,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
       "torch's thread team), shared (other busy processes beside it: workers sleep at "
       "once, decode-sized ops run on the engine thread alone: KVSAGA_CPU_SERIAL_BELOW="
-      "8388608) or auto (dedicated's settings, and every second the team is sized to the "
-      "cores other processes left: KVSAGA_CPU_THREADS=adaptive); environment variables you "
-      "set win, and an OMP_WAIT_POLICY you set gets no spin count "
-      "(docs/engine_profiles.md, \"Threads\")")
+      "8388608) or auto (dedicated's settings, and every second while it runs the thread "
+      "team is sized to the cores other processes left, at most the count torch started "
+      "with, e.g. OMP_NUM_THREADS: KVSAGA_CPU_THREADS=adaptive; to pin the count, use "
+      "dedicated or KVSAGA_CPU_THREADS=fixed); environment variables you set win, and an "
+      "OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,
       help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
       "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
@@ -396,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     if chosen:
         log.debug("--cpu-host %s set %s", args.cpu_host,
                   " ".join(f"{k}={v}" for k, v in chosen.items()))
+    try:  # read by the engine thread once the model has loaded: refuse a bad one now
+        envs.KVSAGA_CPU_THREADS  # noqa: B018
+    except ValueError as e:
+        print(f"kvsaga-serve: error: {e}", file=sys.stderr)
+        return 2
     try:
         preflight(settings)
     except ImportError as e:  # installed without the extra (torch, the loaders)

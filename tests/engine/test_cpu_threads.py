@@ -36,6 +36,7 @@ class Host:
         self.now = 0.0
         self.ticks = {0: 0, 1: 0}
         self.own = 0.0
+        self.cpus = frozenset({0, 1})  # the process's affinity
 
     def run(self, seconds: float, foreign: float, own: float) -> None:
         """`seconds` pass with other processes using `foreign` cores and this one `own`,
@@ -47,7 +48,7 @@ class Host:
         self.own += own * seconds
 
     def load(self) -> ForeignLoad:
-        return ForeignLoad(frozenset({0, 1}), lambda: stat_text(self.ticks),
+        return ForeignLoad(lambda: self.cpus, lambda: stat_text(self.ticks),
                            own_cpu_s=lambda: self.own, clock=lambda: self.now)
 
 
@@ -59,9 +60,38 @@ def test_foreign_load_is_the_cpus_busy_time_less_this_process_own():
     assert load.sample() == pytest.approx(0.9)
     assert load.sample() is None  # no time passed
     host.run(1.0, foreign=0.0, own=2.0)
-    assert load.sample() == pytest.approx(0.0)
+    assert load.sample() == pytest.approx(0.0) and load.window_s == 1.0
+    host.cpus = frozenset({0})  # taskset moved the process: a new window starts
+    host.run(1.0, foreign=0.0, own=0.5)
+    assert load.sample() is None and load.cpus == {0}
+    host.run(1.0, foreign=0.6, own=0.0)
+    assert load.sample() == pytest.approx(0.3)  # CPU 0's half of the 0.6 cores
     with pytest.raises(ValueError, match="at least one CPU"):
-        ForeignLoad(frozenset(), lambda: "")
+        ForeignLoad(frozenset, lambda: "")
+
+
+def test_open_reads_this_host_in_cores(tmp_path):
+    """The real reader, its tick unit included: a child busy for a second reads as most of
+    a core (the child cannot get less than half of one on any host with a core to spare;
+    on a loaded host other jobs only add to the reading)."""
+    import subprocess
+    import sys
+    import time
+
+    load = ForeignLoad.open()
+    if load is None:
+        pytest.skip("no /proc/stat here")
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nt = time.monotonic()\n"
+                              "while time.monotonic() - t < 1.2: pass"])
+    try:
+        time.sleep(0.2)  # the child's start-up
+        load.sample()
+        time.sleep(0.8)
+        cores = load.sample()
+    finally:
+        child.wait()
+    assert cores is not None and 0.5 <= cores <= len(load.cpus) + 0.1
 
 
 @pytest.mark.parametrize(("cpus", "foreign", "most", "want"), [
@@ -93,6 +123,76 @@ def test_the_governor_changes_the_team_after_two_windows_that_agree():
     assert gov.poll() is None
     host.run(1.0, foreign=0.0, own=1.0)
     assert gov.poll() == 2 and sets == [1, 2] and gov.changes == 2
+
+
+class Scripted:
+    """A load reader on `cpus` CPUs that returns `values` in turn (an exception is raised)."""
+
+    def __init__(self, cpus: int, values: list) -> None:
+        self.cpus = frozenset(range(cpus))
+        self.values = list(values)
+        self.window_s = 1.0
+
+    def sample(self):
+        v = self.values.pop(0)
+        if isinstance(v, BaseException):
+            raise v
+        return v
+
+
+def _governor(load, max_threads: int, sets: list[int]) -> tuple[ThreadGovernor, list[float]]:
+    clock = [0.0]
+    gov = ThreadGovernor(load, max_threads, sets.append, clock=lambda: clock[0])
+    return gov, clock
+
+
+def _windows(gov: ThreadGovernor, clock: list[float], n: int) -> list[int | None]:
+    out = []
+    for _ in range(n):
+        clock[0] += 1.0
+        out.append(gov.poll())
+    return out
+
+
+def test_two_windows_that_ask_the_same_way_move_to_the_nearer_ask():
+    # 16 cores, a neighbour of 3.4 then 3.6 cores: asks of 13 and 12, both below 16.
+    sets: list[int] = []
+    gov, clock = _governor(Scripted(16, [3.4, 3.6, 3.4, 3.4, 0.2, 2.0]), 16, sets)
+    assert _windows(gov, clock, 2) == [None, 13]
+    assert _windows(gov, clock, 2) == [None, None]  # 13 asked twice: already there
+    # Then asks of 16 and 14, both above 13: up to 14, the nearer.
+    assert _windows(gov, clock, 2) == [None, 14] and sets == [13, 14]
+
+
+def test_an_error_turns_the_governor_off_and_keeps_the_team(caplog):
+    sets: list[int] = []
+    gov, clock = _governor(Scripted(2, [1.0, OSError("too many open files"), 1.0]), 2, sets)
+    with caplog.at_level("WARNING"):
+        assert _windows(gov, clock, 3) == [None, None, None]
+    assert gov.failed == "OSError: too many open files" and gov.threads == 2 and sets == []
+    assert "CPU threads stay at 2 from now on: OSError" in caplog.text
+
+    def refuse(n: int) -> None:
+        raise RuntimeError("no")
+
+    gov = ThreadGovernor(Scripted(2, [1.0, 1.0]), 2, refuse, clock=lambda: clock[0])
+    assert _windows(gov, clock, 2) == [None, None]
+    assert gov.failed == "RuntimeError: no" and gov.threads == 2
+
+
+def test_a_cpu_gone_from_proc_stat_turns_the_governor_off():
+    host = Host()
+    host.cpus = frozenset({0, 1, 7})  # CPU 7 has no line (offline)
+    with pytest.raises(ValueError, match=r"no line for CPU\(s\) \[7\]"):
+        host.load().sample()
+    host.cpus = frozenset({0, 1})
+    load = host.load()
+    sets: list[int] = []
+    gov = ThreadGovernor(load, 2, sets.append, clock=lambda: host.now)
+    load.sample()
+    host.cpus = frozenset({0, 1, 7})
+    host.run(1.0, foreign=1.0, own=1.0)
+    assert gov.poll() is None and gov.failed is not None and "[7]" in gov.failed
 
 
 def test_the_governor_never_goes_above_its_start_count():

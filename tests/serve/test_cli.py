@@ -383,3 +383,18 @@ def test_the_root_fixture_covers_every_variable_cpu_host_sets():
     from tests.conftest import _CPU_HOST_VARIABLES
 
     assert {k for env in CPU_HOST_ENV.values() for k in env} <= set(_CPU_HOST_VARIABLES)
+
+
+def test_a_bad_cpu_threads_variable_exits_2_before_the_model_loads(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    from kvsaga.serve import cli
+
+    def preflight(settings):
+        raise AssertionError("the model load was reached")
+
+    monkeypatch.setattr(cli, "preflight", preflight)
+    monkeypatch.setenv("KVSAGA_CPU_THREADS", "sometimes")
+    assert cli.main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "kvsaga-serve: error: KVSAGA_CPU_THREADS='sometimes': expected one of fixed, " \
+           "adaptive" in err

@@ -4,6 +4,7 @@ and the load it read."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ class BusyNeighbour:
     """A load reader that reports one other process on one of two cores at every window."""
 
     cpus = frozenset({0, 1})
+    window_s = 1.0
 
     def sample(self) -> float:
         return 1.0
@@ -48,7 +50,10 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
     monkeypatch.setattr(async_engine, "governor_for", governor_for)
     main_threads = torch.get_num_threads()
     app = build_app(make_engine(tiny_dir), settings())
-    with LiveServer(app) as s:
+    # torch.set_num_threads also sets the count threads started later begin with: put it
+    # back for the tests after this one.
+    with contextlib.ExitStack() as restore, LiveServer(app) as s:
+        restore.callback(torch.set_num_threads, main_threads)
         out = s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=8,
                                             temperature=0, extra_body={"ignore_eos": True})
         assert out.usage.completion_tokens == 8
@@ -73,15 +78,20 @@ def test_fixed_threads_by_default_and_no_gauges(tiny_dir: Path, monkeypatch: pyt
 
 
 def test_adaptive_reads_this_host(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    """The real reader on this machine: a governor starts at the engine thread's count and
-    its gauges are served (what it decides depends on the machine's load)."""
+    """The real reader on this machine: the engine thread builds a governor at its own
+    thread count and the gauges are served (what it decides depends on the machine's
+    load; tests/engine/test_cpu_threads.py checks the reader's units)."""
+    from kvsaga.engine.cpu_threads import ForeignLoad
+
+    if ForeignLoad.open() is None:
+        pytest.skip("no /proc/stat here: nothing to govern")
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
     app = build_app(make_engine(tiny_dir), settings())
     with LiveServer(app) as s:
         s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=2)
         gov = app.state.engine.governor
-        if gov is None:
-            pytest.skip("no /proc/stat here: nothing to govern")
+        assert gov is not None and gov.failed is None
+        assert gov.max_threads == torch.get_num_threads()  # the count it started from
         assert 1 <= gov.threads <= gov.max_threads
         assert s.call(lambda e: torch.get_num_threads()) == gov.threads
         text = httpx.get(f"{s.url}/metrics").text
