@@ -10,9 +10,15 @@ between them at run time: it reads how much CPU other processes used on this pro
 (`ForeignLoad`, from /proc/stat less this process's own CPU time) and sizes the team to the
 cores they left, never above the count it was started with.
 
-The rule has no fitted constant: the team gets the cores left over, rounded
-(`threads_for`), and a change needs two consecutive windows that both ask for fewer threads
-(or both for more), so one burst of another job does not move it. Linux only (/proc/stat);
+The rule (`threads_for`): a thread comes off the team for each core other processes hold,
+where using three quarters of a core counts as holding it (`HELD`), and a change needs two
+consecutive windows that both ask for fewer threads (or both for more), so one burst of
+another job does not move it. Why three quarters and not a half (the first rule, rounding):
+a neighbour using about half a core sat on the rounding edge, and the team flipped to one
+thread and back, which cost more than sharing a core with it (bench/RESULTS.md, "kvsaga-serve
+sizes its thread team to the cores other jobs leave"); a thread that shares its core with a
+neighbour still does some of the work, so the team should shrink only once the neighbour
+takes most of that core. Linux only (/proc/stat);
 elsewhere `ForeignLoad.open` returns None and nothing is adjusted. It sees CPU time, not a
 cgroup's CPU quota.
 """
@@ -20,6 +26,7 @@ cgroup's CPU quota.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 _IDLE_COLUMNS = (3, 4)
 _BUSY_COLUMNS = 8
 PERIOD_S = 1.0  # one window of the governor: how often it reads the load
+HELD = 0.75  # the share of a core that other processes use when they hold it (`threads_for`)
 
 
 def busy_cpu_s(stat: str, cpus: frozenset[int], tick_s: float) -> float:
@@ -127,9 +135,11 @@ class ForeignLoad:
 
 
 def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
-    """The team for `cpus` cores of which other processes use `foreign_cores`: the cores
-    they leave, rounded to the nearest whole one, at least 1 and at most `max_threads`."""
-    return max(1, min(max_threads, int(cpus - foreign_cores + 0.5)))
+    """The team for `cpus` cores of which other processes use `foreign_cores`: one thread
+    fewer for each core they hold (`HELD` of a core or more counts as a whole one), at least
+    1 and at most `max_threads`."""
+    held = math.floor(foreign_cores + 1.0 - HELD)
+    return max(1, min(max_threads, cpus - held))
 
 
 class ThreadGovernor:
