@@ -257,11 +257,8 @@ class IdleSpinners:
                 time.sleep(0.01)
 
     def stop(self) -> None:
+        _kill_and_reap(self.procs)
         for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            p.wait()
             if p.stderr:
                 p.stderr.close()
             RUNNING_SPINNERS.discard(p.pid)
@@ -272,6 +269,15 @@ class IdleSpinners:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _kill_and_reap(procs: list[subprocess.Popen]) -> None:
+    """Kill every process of `procs` still running, then wait for each."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
 
 
 # A busy neighbour: after `delay` seconds, busy `duty` of every 100 ms (the rest asleep),
@@ -310,11 +316,7 @@ class BusyNeighbours:
         return self
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            p.wait()
+        _kill_and_reap(self.procs)
         self.procs = []
 
     def __enter__(self) -> BusyNeighbours:

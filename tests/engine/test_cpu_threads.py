@@ -104,12 +104,18 @@ def test_a_thread_comes_off_for_each_core_others_hold(cpus, foreign, most, want)
     assert threads_for(cpus, foreign, most) == want
 
 
+def _on(host: Host, max_threads: int) -> tuple[ThreadGovernor, list[int]]:
+    """A governor on `host`'s load and clock, its first window started; and the counts it
+    sets, in order."""
+    sets: list[int] = []
+    gov = ThreadGovernor(host.load(), max_threads, sets.append, clock=lambda: host.now)
+    gov.load.sample()
+    return gov, sets
+
+
 def test_the_governor_changes_the_team_after_two_windows_that_agree():
     host = Host()
-    sets: list[int] = []
-    gov = ThreadGovernor(host.load(), max_threads=2, set_threads=sets.append,
-                         clock=lambda: host.now)
-    gov.load.sample()
+    gov, sets = _on(host, 2)
     assert gov.poll() is None  # inside the first window: nothing read
     host.run(1.0, foreign=0.9, own=1.1)  # a neighbour arrives
     assert gov.poll() is None and gov.foreign_cores == pytest.approx(0.9)  # one window
@@ -188,10 +194,7 @@ def test_a_cpu_gone_from_proc_stat_turns_the_governor_off():
     with pytest.raises(ValueError, match=r"no line for CPU\(s\) \[7\]"):
         host.load().sample()
     host.cpus = frozenset({0, 1})
-    load = host.load()
-    sets: list[int] = []
-    gov = ThreadGovernor(load, 2, sets.append, clock=lambda: host.now)
-    load.sample()
+    gov, _ = _on(host, 2)
     host.cpus = frozenset({0, 1, 7})
     host.run(1.0, foreign=1.0, own=1.0)
     assert gov.poll() is None and gov.failed is not None and "[7]" in gov.failed
@@ -199,10 +202,7 @@ def test_a_cpu_gone_from_proc_stat_turns_the_governor_off():
 
 def test_the_governor_never_goes_above_its_start_count():
     host = Host()
-    sets: list[int] = []
-    gov = ThreadGovernor(host.load(), max_threads=1, set_threads=sets.append,
-                         clock=lambda: host.now)
-    gov.load.sample()
+    gov, sets = _on(host, 1)
     for _ in range(4):
         host.run(1.0, foreign=0.0, own=1.0)
         assert gov.poll() is None
