@@ -43,13 +43,19 @@ PERIOD_S = 1.0  # one window of the governor: how often it reads the load
 HELD = 0.75  # the share of a core that other processes use when they hold it (`threads_for`)
 
 
-def busy_cpu_s(stat: str, cpus: frozenset[int], tick_s: float) -> float:
-    """CPU seconds the CPUs `cpus` have spent busy since boot, from the text of /proc/stat.
+class MissingCPU(ValueError):
+    """/proc/stat has no line for a CPU of the set (gone offline since the affinity was
+    read)."""
+
+
+def cpu_seconds(stat: str, cpus: frozenset[int], tick_s: float) -> tuple[float, float]:
+    """(busy, all) CPU seconds the CPUs `cpus` have spent since boot, from the text of
+    /proc/stat: busy leaves out idle and iowait; all counts every column.
 
     Raises:
-        ValueError: a CPU of `cpus` has no line, or a line is not numbers.
+        MissingCPU: a CPU of `cpus` has no line. ValueError: a line is not numbers.
     """
-    busy, seen = 0, set()
+    busy, total, seen = 0, 0, set()
     for line in stat.splitlines():
         name, _, rest = line.partition(" ")
         if not name.startswith("cpu") or name == "cpu":
@@ -57,12 +63,13 @@ def busy_cpu_s(stat: str, cpus: frozenset[int], tick_s: float) -> float:
         cpu = int(name[3:])
         if cpu not in cpus:
             continue
-        fields = [int(x) for x in rest.split()]
-        busy += sum(v for i, v in enumerate(fields[:_BUSY_COLUMNS]) if i not in _IDLE_COLUMNS)
+        fields = [int(x) for x in rest.split()][:_BUSY_COLUMNS]
+        busy += sum(v for i, v in enumerate(fields) if i not in _IDLE_COLUMNS)
+        total += sum(fields)
         seen.add(cpu)
     if seen != cpus:
-        raise ValueError(f"/proc/stat has no line for CPU(s) {sorted(cpus - seen)}")
-    return busy * tick_s
+        raise MissingCPU(f"/proc/stat has no line for CPU(s) {sorted(cpus - seen)}")
+    return busy * tick_s, total * tick_s
 
 
 class ForeignLoad:
@@ -92,7 +99,7 @@ class ForeignLoad:
         self._tick_s = tick_s
         self.cpus = self._cpus()
         self.window_s = 0.0  # the length of the last window read
-        self._last: tuple[float, float, float] | None = None
+        self._last: tuple[float, float, float, float] | None = None
 
     def _cpus(self) -> frozenset[int]:
         cpus = frozenset(self._read_cpus())
@@ -116,20 +123,29 @@ class ForeignLoad:
 
     def sample(self) -> float | None:
         """Other processes' cores, averaged since the previous sample (>= 0); None on the
-        first one, when no time has passed, or when the CPU set changed.
+        first one, when no time has passed, or when the CPU set changed (a CPU that
+        /proc/stat lacks, gone offline since the affinity was read, counts as a change).
 
         Raises:
-            ValueError: /proc/stat lacks a CPU of the set (gone offline), or the set is
-                empty. OSError: /proc/stat cannot be read.
+            ValueError: the set is empty, a line is not numbers, or the counters did not
+                move over a window of 0.1 s or more (a sandbox such as gVisor shows zeros).
+            OSError: /proc/stat cannot be read.
         """
         cpus = self._cpus()
         changed, self.cpus = cpus != self.cpus, cpus
-        now = (self._clock(), busy_cpu_s(self._read_stat(), cpus, self._tick_s),
-               self._own_cpu_s())
+        try:
+            busy, total = cpu_seconds(self._read_stat(), cpus, self._tick_s)
+        except MissingCPU:
+            self._last = None
+            return None
+        now = (self._clock(), busy, self._own_cpu_s(), total)
         last, self._last = self._last, now
         if last is None or changed or now[0] <= last[0]:
             return None
         self.window_s = now[0] - last[0]
+        if now[3] == last[3] and self.window_s >= 0.1:
+            raise ValueError("/proc/stat's CPU counters did not move (a sandbox that shows "
+                             "zeros?): other processes' load cannot be read")
         # Ticks are coarse (10 ms) against the process clock: clamp the difference at 0.
         return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / self.window_s)
 
@@ -138,7 +154,7 @@ def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
     """The team for `cpus` cores of which other processes use `foreign_cores`: one thread
     fewer for each core they hold (`HELD` of a core or more counts as a whole one), at least
     1 and at most `max_threads`."""
-    held = math.floor(foreign_cores + 1.0 - HELD)
+    held = math.floor(max(0.0, foreign_cores) + 1.0 - HELD)
     return max(1, min(max_threads, cpus - held))
 
 
@@ -196,7 +212,8 @@ class ThreadGovernor:
 
     def _decide(self) -> int | None:
         foreign = self.load.sample()
-        if foreign is None:
+        if foreign is None:  # no window read: an ask from before it pairs with nothing
+            self._asked = None
             return None
         self.foreign_cores = foreign
         want = threads_for(len(self.load.cpus), foreign, self.max_threads)
@@ -207,10 +224,10 @@ class ThreadGovernor:
             self._asked = want  # the first window to ask this way: wait for a second
             return None
         new = max(want, asked) if want < self.threads else min(want, asked)
+        self._set(new)
         log.info("CPU threads %d -> %d: other processes used %.2f of %d cores over the last "
                  "%.1f s", self.threads, new, foreign, len(self.load.cpus),
                  self.load.window_s)
-        self._set(new)
         self.threads = new
         self.changes += 1
         return new

@@ -257,7 +257,7 @@ class AsyncEngine:
                     self.idle_s += time.perf_counter() - start
                     self._wake.clear()
                     engine.tick()
-                    if governor is not None:  # keeps its windows one second long
+                    if governor is not None:  # windows of 1-1.5 s (the idle wait)
                         governor.poll()
                 self._publish(engine)
         except BaseException as e:  # a bug outside a step (tick, stats): the thread is done

@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
       "OpenMP workers spin up to GOMP_SPINCOUNT=10000 before they sleep, every op runs in "
       "torch's thread team), shared (other busy processes beside it: workers sleep at "
       "once, decode-sized ops run on the engine thread alone: KVSAGA_CPU_SERIAL_BELOW="
-      "8388608) or auto (dedicated's settings, and every second while it runs the thread "
-      "team is sized to the cores other processes left, at most the count torch started "
-      "with, e.g. OMP_NUM_THREADS: KVSAGA_CPU_THREADS=adaptive; to pin the count, use "
+      "8388608) or auto (dedicated's settings, and every second a thread comes off the "
+      "team for each core other processes hold, three quarters of one or more, or goes "
+      "back, within the count torch started with, e.g. OMP_NUM_THREADS: "
+      "KVSAGA_CPU_THREADS=adaptive; to pin the count, use "
       "dedicated or KVSAGA_CPU_THREADS=fixed); environment variables you set win, and an "
       "OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,

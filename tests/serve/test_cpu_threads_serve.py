@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import re
 from pathlib import Path
 
@@ -86,13 +87,20 @@ def test_adaptive_reads_this_host(tiny_dir: Path, monkeypatch: pytest.MonkeyPatc
     if ForeignLoad.open() is None:
         pytest.skip("no /proc/stat here: nothing to govern")
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
+    main_threads = torch.get_num_threads()
     app = build_app(make_engine(tiny_dir), settings())
-    with LiveServer(app) as s:
+    with contextlib.ExitStack() as restore, LiveServer(app) as s:
+        restore.callback(torch.set_num_threads, main_threads)  # if it shrank the team
         s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=2)
         gov = app.state.engine.governor
         assert gov is not None and gov.failed is None
-        assert gov.max_threads == torch.get_num_threads()  # the count it started from
-        assert 1 <= gov.threads <= gov.max_threads
-        assert s.call(lambda e: torch.get_num_threads()) == gov.threads
+        assert gov.max_threads == main_threads  # the count it started from
+
+        def freeze(engine) -> tuple[int, int]:  # on the engine thread, between polls
+            gov._next = math.inf
+            return torch.get_num_threads(), gov.threads
+
+        team, threads = s.call(freeze)
+        assert team == threads and 1 <= threads <= gov.max_threads
         text = httpx.get(f"{s.url}/metrics").text
-        assert _gauge(text, "kvsaga:cpu_threads") == gov.threads
+        assert _gauge(text, "kvsaga:cpu_threads") == threads
