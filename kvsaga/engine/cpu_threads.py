@@ -7,8 +7,8 @@ machine runs slower than a smaller one: on the 2-vCPU host beside one busy proce
 concurrent requests decoded 1.37x faster on one thread than on two (docs/engine_profiles.md,
 "Threads"). On a host of its own the same team is the fast choice. `ThreadGovernor` picks
 between them at run time: it reads how much CPU other processes used on this process's cores
-(`ForeignLoad`, from /proc/stat less this process's own CPU time) and sizes the team to the
-cores they left, never above the count it was started with.
+(`ForeignLoad`, from /proc/stat less this process's own CPU time) and takes threads off the
+team for the cores they hold, never going above the count it was started with.
 
 The rule (`threads_for`): a thread comes off the team for each core other processes hold,
 where using three quarters of a core counts as holding it (`HELD`), and a change needs two
@@ -18,9 +18,8 @@ a neighbour using about half a core sat on the rounding edge, and the team flipp
 thread and back, which cost more than sharing a core with it (bench/RESULTS.md, "kvsaga-serve
 sizes its thread team to the cores other jobs leave"); a thread that shares its core with a
 neighbour still does some of the work, so the team should shrink only once the neighbour
-takes most of that core. Linux only (/proc/stat);
-elsewhere `ForeignLoad.open` returns None and nothing is adjusted. It sees CPU time, not a
-cgroup's CPU quota.
+takes most of that core. Linux only (/proc/stat); elsewhere `ForeignLoad.open` returns None
+and nothing is adjusted. It sees CPU time, not a cgroup's CPU quota.
 """
 
 from __future__ import annotations
