@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
            "machine, at normal priority; their CPU shows as other jobs' cores)")
     a("--neighbour-duty", type=float, default=1.0,
       help="share of each 100 ms a neighbour is busy (0-1]")
+    a("--neighbour-nice", type=int, default=0,
+      help="the neighbours' nice value (0: normal priority; 19: a background job)")
     a("--neighbour-delay", type=float, default=0.0,
       help="seconds into each batch before the neighbours start (0: they start before "
            "the server's warm-up request, as a job already running)")
@@ -234,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.block_size % 32:
         ap.error("--block-size must be a multiple of 32 (vLLM's CPU attention)")
     try:
-        BusyNeighbours(args.neighbours, args.neighbour_duty, args.neighbour_delay)
+        BusyNeighbours(args.neighbours, args.neighbour_duty, args.neighbour_delay,
+                       args.neighbour_nice)
     except ValueError as e:
-        ap.error(f"--neighbours, --neighbour-duty, --neighbour-delay: {e}")
+        ap.error(f"--neighbours, --neighbour-duty, --neighbour-delay, --neighbour-nice: {e}")
     args.model = agent_replay.vllm_model_dir(args.model)
     _, cfg = agent_replay._load_tokenizer(args.model)
     args.kv_bytes_per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 4
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = send_batch(server.url, prompts, args.max_tokens, 900.0,
                                    _server_pid(server), BusyNeighbours(
                                        args.neighbours, args.neighbour_duty,
-                                       args.neighbour_delay))
+                                       args.neighbour_delay, args.neighbour_nice))
                     if arm.engine == "kvsaga":
                         r.update(governor_state(server.url))
                 finally:
@@ -420,7 +423,9 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         "CPU-s: user + system seconds of the server's process tree during the batch (read "
         "this on a shared machine: wall time there is mostly waiting for a core)."
         + (f" Beside {args.neighbours} busy neighbour process(es) during each batch (busy "
-           f"{args.neighbour_duty:.0%} of each 100 ms, " + (
+           f"{args.neighbour_duty:.0%} of each 100 ms, "
+           + (f"at nice {args.neighbour_nice}, " if getattr(args, "neighbour_nice", 0)
+              else "") + (
                f"from {args.neighbour_delay:g} s in" if args.neighbour_delay
                else "from before its warm-up request") + "): the other jobs' cores include "
            "them." if getattr(args, "neighbours", 0) else ""),

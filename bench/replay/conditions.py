@@ -35,8 +35,10 @@ STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "st
 # One spinner: pins itself to CPU argv[1], turns SCHED_IDLE, then spins until its parent
 # (pid argv[2]) is gone, checking every 1e6 iterations (tens of ms): a parent killed by a
 # signal runs no `stop`, and an orphan would spin on forever, re-parented to init.
+# nice 19 as well: its time lands in /proc/stat's nice column, which kvsaga-serve's thread
+# governor (kvsaga/engine/cpu_threads.py) does not count as another job holding a core.
 SPIN_CODE = ("import os, sys; cpu, parent = int(sys.argv[1]), int(sys.argv[2])\n"
-             "os.sched_setaffinity(0, {cpu}); "
+             "os.nice(19); os.sched_setaffinity(0, {cpu}); "
              "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
              "while os.getppid() == parent:\n"
              "    for _ in range(1_000_000): pass\n")
@@ -281,9 +283,10 @@ def _kill_and_reap(procs: list[subprocess.Popen]) -> None:
 
 
 # A busy neighbour: after `delay` seconds, busy `duty` of every 100 ms (the rest asleep),
-# at normal priority and on any CPU, until its parent dies.
+# at nice `nice` (0: normal priority) and on any CPU, until its parent dies.
 NEIGHBOUR_CODE = ("import os, sys, time\n"
                   "delay, duty, parent = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])\n"
+                  "os.nice(int(sys.argv[4]))\n"
                   "time.sleep(delay)\n"
                   "while os.getppid() == parent:\n"
                   "    start = time.monotonic()\n"
@@ -292,16 +295,18 @@ NEIGHBOUR_CODE = ("import os, sys, time\n"
 
 
 class BusyNeighbours:
-    """Other jobs on the machine, on purpose: `count` busy-loop processes at normal
-    priority, each busy `duty` of the time (in 100 ms periods) from `delay` seconds after
-    `start` until `stop` (a context manager). They take CPU from whatever else runs, as
-    another tenant's job would. A neighbour exits by itself soon after this process dies."""
+    """Other jobs on the machine, on purpose: `count` busy-loop processes at nice `nice`
+    (0: normal priority; 19: a background job), each busy `duty` of the time (in 100 ms
+    periods) from `delay` seconds after `start` until `stop` (a context manager). At nice 0
+    they take CPU from whatever else runs, as another tenant's job would. A neighbour exits
+    by itself soon after this process dies."""
 
-    def __init__(self, count: int, duty: float = 1.0, delay: float = 0.0) -> None:
-        if count < 0 or not 0.0 < duty <= 1.0 or delay < 0:
-            raise ValueError(f"neighbours need count >= 0, 0 < duty <= 1 and delay >= 0, got "
-                             f"{count}, {duty}, {delay}")
-        self.count, self.duty, self.delay = count, duty, delay
+    def __init__(self, count: int, duty: float = 1.0, delay: float = 0.0,
+                 nice: int = 0) -> None:
+        if count < 0 or not 0.0 < duty <= 1.0 or delay < 0 or not 0 <= nice <= 19:
+            raise ValueError(f"neighbours need count >= 0, 0 < duty <= 1, delay >= 0 and "
+                             f"0 <= nice <= 19, got {count}, {duty}, {delay}, {nice}")
+        self.count, self.duty, self.delay, self.nice = count, duty, delay, nice
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> BusyNeighbours:
@@ -309,7 +314,8 @@ class BusyNeighbours:
             for _ in range(self.count):
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-c", NEIGHBOUR_CODE, str(self.delay), str(self.duty),
-                     str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+                     str(os.getpid()), str(self.nice)], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL))
         except BaseException:
             self.stop()
             raise

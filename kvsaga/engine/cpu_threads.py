@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 # /proc/stat's per-CPU columns (USER_HZ ticks): user nice system idle iowait irq softirq
 # steal [guest guest_nice]. Busy is every column but idle and iowait, steal included (the
 # hypervisor gave the core to someone else); guest time is already inside user and nice.
+# "nice" is user time of processes of lower priority (nice > 0): under the kernel's fair
+# scheduler a nice-19 job gets about 1.5% of a core against a nice-0 thread, so it holds no
+# core from a server at nice 0, and its time is not counted as busy then.
 _IDLE_COLUMNS = (3, 4)
+_NICE_COLUMN = 1
 _BUSY_COLUMNS = 8
 PERIOD_S = 1.0  # one window of the governor: how often it reads the load
 HELD = 0.75  # the share of a core that other processes use when they hold it (`threads_for`)
@@ -47,13 +51,16 @@ class MissingCPU(ValueError):
     read)."""
 
 
-def cpu_seconds(stat: str, cpus: frozenset[int], tick_s: float) -> tuple[float, float]:
+def cpu_seconds(stat: str, cpus: frozenset[int], tick_s: float,
+                count_nice: bool = True) -> tuple[float, float]:
     """(busy, all) CPU seconds the CPUs `cpus` have spent since boot, from the text of
-    /proc/stat: busy leaves out idle and iowait; all counts every column.
+    /proc/stat: busy leaves out idle and iowait (and nice, unless `count_nice`); all counts
+    every column.
 
     Raises:
         MissingCPU: a CPU of `cpus` has no line. ValueError: a line is not numbers.
     """
+    skip = _IDLE_COLUMNS if count_nice else (*_IDLE_COLUMNS, _NICE_COLUMN)
     busy, total, seen = 0, 0, set()
     for line in stat.splitlines():
         name, _, rest = line.partition(" ")
@@ -63,7 +70,7 @@ def cpu_seconds(stat: str, cpus: frozenset[int], tick_s: float) -> tuple[float, 
         if cpu not in cpus:
             continue
         fields = [int(x) for x in rest.split()][:_BUSY_COLUMNS]
-        busy += sum(v for i, v in enumerate(fields) if i not in _IDLE_COLUMNS)
+        busy += sum(v for i, v in enumerate(fields) if i not in skip)
         total += sum(fields)
         seen.add(cpu)
     if seen != cpus:
@@ -86,11 +93,15 @@ class ForeignLoad:
         own_cpu_s: this process's CPU seconds (user + system, every thread).
         clock: seconds, monotonic.
         tick_s: seconds a /proc/stat tick stands for.
+        count_nice: count lower-priority processes' time (the nice column) as busy: only
+            for a process that runs niced itself (its own time lands there).
     """
 
     def __init__(self, read_cpus: Callable[[], frozenset[int]], read_stat: Callable[[], str],
                  own_cpu_s: Callable[[], float] = time.process_time,
-                 clock: Callable[[], float] = time.monotonic, tick_s: float = 0.01) -> None:
+                 clock: Callable[[], float] = time.monotonic, tick_s: float = 0.01,
+                 count_nice: bool = False) -> None:
+        self._count_nice = count_nice
         self._read_cpus = read_cpus
         self._read_stat = read_stat
         self._own_cpu_s = own_cpu_s
@@ -113,7 +124,8 @@ class ForeignLoad:
         try:
             stat = Path("/proc/stat")
             load = cls(lambda: frozenset(os.sched_getaffinity(0)), stat.read_text,
-                       tick_s=1.0 / os.sysconf("SC_CLK_TCK"))
+                       tick_s=1.0 / os.sysconf("SC_CLK_TCK"),
+                       count_nice=os.getpriority(os.PRIO_PROCESS, 0) > 0)
             load.sample()
         except (AttributeError, OSError, ValueError) as e:
             log.info("CPU threads stay fixed: the host's CPU load cannot be read (%s)", e)
@@ -133,7 +145,8 @@ class ForeignLoad:
         cpus = self._cpus()
         changed, self.cpus = cpus != self.cpus, cpus
         try:
-            busy, total = cpu_seconds(self._read_stat(), cpus, self._tick_s)
+            busy, total = cpu_seconds(self._read_stat(), cpus, self._tick_s,
+                                      self._count_nice)
         except MissingCPU:
             self._last = None
             return None

@@ -129,20 +129,22 @@ def test_table_names_the_neighbours():
     text = serve_throughput._table(args, {"kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
     assert "Beside 1 busy neighbour process(es) during each batch (busy 50% of each 100 ms, " \
            "from 3 s in)" in text
-    args.neighbour_delay = 0.0
-    assert "from before its warm-up request" in serve_throughput._table(
-        args, {"kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+    args.neighbour_delay, args.neighbour_nice = 0.0, 19
+    text = serve_throughput._table(args, {"kvsaga-serve:ttl": _result(120, 0.5)}, "cmd")
+    assert "busy 50% of each 100 ms, at nice 19, from before its warm-up request" in text
 
 
 def test_busy_neighbours_run_until_stopped_and_refuse_bad_settings():
     from replay.conditions import BusyNeighbours
 
-    for bad in ((-1, 1.0, 0.0), (1, 0.0, 0.0), (1, 1.5, 0.0), (1, 1.0, -2.0)):
-        with pytest.raises(ValueError, match="count >= 0, 0 < duty <= 1 and delay >= 0"):
+    for bad in ((-1, 1.0, 0.0), (1, 0.0, 0.0), (1, 1.5, 0.0), (1, 1.0, -2.0),
+                (1, 1.0, 0.0, 20), (1, 1.0, 0.0, -1)):
+        with pytest.raises(ValueError, match="delay >= 0 and 0 <= nice <= 19"):
             BusyNeighbours(*bad)
-    with BusyNeighbours(2, duty=0.5) as n:
+    with BusyNeighbours(2, duty=0.5, nice=19) as n:
         procs = list(n.procs)
         assert len(procs) == 2
         time.sleep(0.2)
         assert all(p.poll() is None for p in procs)
+        assert all(os.getpriority(os.PRIO_PROCESS, p.pid) == 19 for p in procs)
     assert n.procs == [] and all(p.returncode is not None for p in procs)

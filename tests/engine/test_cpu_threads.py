@@ -3,6 +3,8 @@ from /proc/stat, and the governor that sizes torch's team to the cores they leav
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kvsaga.engine import cpu_threads
@@ -15,15 +17,18 @@ from kvsaga.engine.cpu_threads import (
 )
 
 
-def stat_text(busy: dict[int, int], idle: dict[int, int] | None = None) -> str:
+def stat_text(busy: dict[int, int], idle: dict[int, int] | None = None,
+              nice: dict[int, int] | None = None) -> str:
     """/proc/stat with CPUs 0-3, CPU n busy `busy[n]` ticks in all (split over user, system
-    and steal), idle `idle[n]` (default 1000) and waiting on I/O 7."""
-    idle = idle or {}
+    and steal), niced `nice[n]` (default 0), idle `idle[n]` (default 1000) and waiting on
+    I/O 7."""
+    idle, nice = idle or {}, nice or {}
     lines = ["cpu  1 2 3 4 5 6 7 8 0 0"]
     for cpu in range(4):
         b = busy.get(cpu, 0)
         user, system, steal = b - b // 2, b // 4, b // 2 - b // 4
-        lines.append(f"cpu{cpu} {user} 0 {system} {idle.get(cpu, 1000)} 7 0 0 {steal} 5 0")
+        lines.append(f"cpu{cpu} {user} {nice.get(cpu, 0)} {system} {idle.get(cpu, 1000)} 7 0 0 "
+                     f"{steal} 5 0")
     lines += ["intr 12345 0 0", "ctxt 999", "btime 1700000000"]
     return "\n".join(lines) + "\n"
 
@@ -35,6 +40,15 @@ def test_cpu_seconds_count_the_chosen_cpus_busy_and_in_all():
     assert cpu_seconds(text, frozenset({2}), tick_s=0.01)[0] == pytest.approx(10.0)
     with pytest.raises(MissingCPU, match=r"no line for CPU\(s\) \[7\]"):
         cpu_seconds(text, frozenset({0, 7}), tick_s=0.01)
+
+
+def test_niced_time_is_busy_only_when_asked():
+    """Lower-priority processes (nice > 0) hold no core from a nice-0 server: their column
+    counts as busy only for a server that runs niced itself."""
+    text = stat_text({0: 100}, nice={0: 300})
+    assert cpu_seconds(text, frozenset({0}), 0.01, count_nice=False)[0] == pytest.approx(1.0)
+    assert cpu_seconds(text, frozenset({0}), 0.01, count_nice=True)[0] == pytest.approx(4.0)
+    assert cpu_seconds(text, frozenset({0}), 0.01)[1] == pytest.approx(4.0 + 10.07)
 
 
 class Host:
@@ -80,24 +94,58 @@ def test_foreign_load_is_the_cpus_busy_time_less_this_process_own():
         ForeignLoad(frozenset, lambda: "")
 
 
-def test_open_reads_this_host_in_cores():
-    """The real reader, its tick unit included: over a window, the reading covers a busy
-    child's own CPU time (/proc/PID/stat), and no more than the CPUs can hold; other jobs
-    on a loaded host only add to it."""
+def test_a_niced_job_on_this_host_is_not_counted():
+    """The same window read with and without the nice column differs by what a nice-19
+    busy child used (/proc/PID/stat): its time lands in that column."""
     import os
     import subprocess
     import sys
     import time
-    from pathlib import Path
+
+    if ForeignLoad.open() is None:
+        pytest.skip("no /proc/stat here")
+    cpus = lambda: frozenset(os.sched_getaffinity(0))  # noqa: E731
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    stat = Path("/proc/stat").read_text
+    loads = [ForeignLoad(cpus, stat, tick_s=tick, count_nice=c) for c in (False, True)]
+    child = subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
+    try:
+        time.sleep(0.2)
+        start, t0 = _cpu_s(child.pid), time.monotonic()
+        for load in loads:
+            load.sample()
+        time.sleep(0.8)
+        try:
+            without, with_nice = (load.sample() for load in loads)
+        except ValueError as e:  # a sandbox's /proc/stat with zeros
+            pytest.skip(str(e))
+        used = (_cpu_s(child.pid) - start) / (time.monotonic() - t0)
+    finally:
+        child.kill()
+        child.wait()
+    assert used > 0.1 and with_nice - without >= used - 0.15
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_open_reads_this_host_in_cores():
+    """The real reader, its tick unit included: over a window, the reading covers a busy
+    child's own CPU time (/proc/PID/stat), and no more than the CPUs can hold; other jobs
+    on a loaded host only add to it."""
+    import subprocess
+    import sys
+    import time
 
     load = ForeignLoad.open()
     if load is None:
         pytest.skip("no /proc/stat here")
-
-    def child_cpu_s(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
+    child_cpu_s = _cpu_s
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)  # the child's start-up
