@@ -94,36 +94,29 @@ def test_foreign_load_is_the_cpus_busy_time_less_this_process_own():
         ForeignLoad(frozenset, lambda: "")
 
 
-def test_a_niced_job_on_this_host_is_not_counted():
-    """The same window read with and without the nice column differs by what a nice-19
-    busy child used (/proc/PID/stat): its time lands in that column."""
-    import os
+def _beside_busy_child(code: str, loads: list[ForeignLoad]) -> tuple[list[float | None], float]:
+    """Each load's reading over one 0.8 s window while a child runs `code` (a busy loop),
+    and the cores the child used over it (its own CPU time, /proc/PID/stat). Skips where
+    /proc/stat shows zeros (a sandbox)."""
     import subprocess
     import sys
     import time
 
-    if ForeignLoad.open() is None:
-        pytest.skip("no /proc/stat here")
-    cpus = lambda: frozenset(os.sched_getaffinity(0))  # noqa: E731
-    tick = 1.0 / os.sysconf("SC_CLK_TCK")
-    stat = Path("/proc/stat").read_text
-    loads = [ForeignLoad(cpus, stat, tick_s=tick, count_nice=c) for c in (False, True)]
-    child = subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
+    child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        time.sleep(0.2)
+        time.sleep(0.2)  # the child's start-up
         start, t0 = _cpu_s(child.pid), time.monotonic()
         for load in loads:
             load.sample()
         time.sleep(0.8)
         try:
-            without, with_nice = (load.sample() for load in loads)
+            readings = [load.sample() for load in loads]
         except ValueError as e:  # a sandbox's /proc/stat with zeros
             pytest.skip(str(e))
-        used = (_cpu_s(child.pid) - start) / (time.monotonic() - t0)
+        return readings, (_cpu_s(child.pid) - start) / (time.monotonic() - t0)
     finally:
         child.kill()
         child.wait()
-    assert used > 0.1 and with_nice - without >= used - 0.15
 
 
 def _cpu_s(pid: int) -> float:
@@ -134,32 +127,30 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def test_a_niced_job_on_this_host_is_not_counted():
+    """The same window read with and without the nice column differs by what a nice-19
+    busy child used: its time lands in that column."""
+    import os
+
+    if ForeignLoad.open() is None:
+        pytest.skip("no /proc/stat here")
+    cpus = lambda: frozenset(os.sched_getaffinity(0))  # noqa: E731
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    loads = [ForeignLoad(cpus, Path("/proc/stat").read_text, tick_s=tick, count_nice=c)
+             for c in (False, True)]
+    (without, with_nice), used = _beside_busy_child(
+        "import os\nos.nice(19)\nwhile True: pass", loads)
+    assert used > 0.1 and with_nice - without >= used - 0.15
+
+
 def test_open_reads_this_host_in_cores():
     """The real reader, its tick unit included: over a window, the reading covers a busy
-    child's own CPU time (/proc/PID/stat), and no more than the CPUs can hold; other jobs
-    on a loaded host only add to it."""
-    import subprocess
-    import sys
-    import time
-
+    child's own CPU time, and no more than the CPUs can hold; other jobs on a loaded host
+    only add to it."""
     load = ForeignLoad.open()
     if load is None:
         pytest.skip("no /proc/stat here")
-    child_cpu_s = _cpu_s
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.2)  # the child's start-up
-        load.sample()
-        start, t0 = child_cpu_s(child.pid), time.monotonic()
-        time.sleep(0.8)
-        try:
-            cores = load.sample()
-        except ValueError as e:  # a sandbox's /proc/stat with zeros
-            pytest.skip(str(e))
-        used = (child_cpu_s(child.pid) - start) / (time.monotonic() - t0)
-    finally:
-        child.kill()
-        child.wait()
+    (cores,), used = _beside_busy_child("while True: pass", [load])
     assert cores is not None and used > 0.1
     assert used - 0.1 <= cores <= len(load.cpus) + 0.1
 
