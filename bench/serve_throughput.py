@@ -113,12 +113,9 @@ def send_batch(url: str, prompts: list[str], max_tokens: int, timeout_s: float,
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
                            timeout=timeout_s)
-    early = contextlib.ExitStack()
-    if neighbours is not None and not neighbours.delay:
-        early.enter_context(neighbours)
-        neighbours = None
-    with early:
-        return _timed_batch(client, prompts, max_tokens, pid, neighbours)
+    early = neighbours if neighbours is not None and not neighbours.delay else None
+    with early or contextlib.nullcontext():
+        return _timed_batch(client, prompts, max_tokens, pid, None if early else neighbours)
 
 
 def _timed_batch(client: Any, prompts: list[str], max_tokens: int, pid: int | None,

@@ -249,16 +249,14 @@ class AsyncEngine:
                 self._run_commands(engine)
                 if engine.has_unfinished():
                     self._step(engine)
-                    if governor is not None:
-                        governor.poll()
                 else:
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)
                     self.idle_s += time.perf_counter() - start
                     self._wake.clear()
                     engine.tick()
-                    if governor is not None:  # windows of 1-1.5 s (the idle wait)
-                        governor.poll()
+                if governor is not None:  # after a step or an idle wait: windows of 1-1.5 s
+                    governor.poll()
                 self._publish(engine)
         except BaseException as e:  # a bug outside a step (tick, stats): the thread is done
             log.exception("the engine thread failed; stopping it")
