@@ -315,11 +315,10 @@ def test_without_the_serve_extra_it_names_the_extra(tiny_dir: Path, capsys,
 def test_cpu_host_sets_its_variables_before_torch_loads_and_yours_win(host: str | None,
                                                                        policy: str):
     """`--cpu-host` sets GOMP_SPINCOUNT (dedicated; auto, the default, which also sets
-    KVSAGA_CPU_THREADS=adaptive) or KVSAGA_CPU_SERIAL_BELOW (shared: 8 MiB) before
-    anything imports torch (libgomp reads its variables once,
-    when torch loads it); a variable already set is kept, and an OMP_WAIT_POLICY the user
-    set gets no spin count (libgomp would take the count over it). Run in a child: this
-    process has torch."""
+    KVSAGA_CPU_THREADS=adaptive) or KVSAGA_CPU_SERIAL_BELOW (shared: 8 MiB) before anything
+    imports torch (libgomp reads its variables once, when torch loads it); a variable
+    already set is kept, and an OMP_WAIT_POLICY the user set gets no spin count (libgomp
+    would take the count over it). Run in a child: this process has torch."""
     script = """
 import json, os, sys
 os.environ.pop("GOMP_SPINCOUNT", None)
