@@ -19,7 +19,16 @@ thread and back, which cost more than sharing a core with it (bench/RESULTS.md, 
 sizes its thread team to the cores other jobs leave"); a thread that shares its core with a
 neighbour still does some of the work, so the team should shrink only once the neighbour
 takes most of that core. Linux only (/proc/stat); elsewhere `ForeignLoad.open` returns None
-and nothing is adjusted. It sees CPU time, not a cgroup's CPU quota.
+and nothing is adjusted.
+
+A container's CPU limit is the other case (`CpuQuota`): `docker run --cpus 2` or a
+Kubernetes CPU limit is a quota of CPU time per period (CFS bandwidth), not fewer cores, so
+the affinity, and with it torch's default team, still spans every core of the host. A team
+wider than the quota spends it in a fraction of each period and is then stopped, all of it,
+until the next; a barrier that waits on a stopped thread waits out the period. So the team
+never exceeds the quota's whole cores (`quota_threads`, rounded down, at least 1): at the
+engine's start in either mode unless OMP_NUM_THREADS says otherwise (`governor_for`), and in
+every window under the governor, which follows a quota changed while it runs (a resized pod).
 """
 
 from __future__ import annotations
@@ -162,12 +171,154 @@ class ForeignLoad:
         return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / self.window_s)
 
 
-def threads_for(cpus: int, foreign_cores: float, max_threads: int) -> int:
+def _unescape(field: str) -> str:
+    """A /proc/self/mountinfo path field: space, tab, newline and backslash come as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def cgroup_cpu_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, Path]]:
+    """The cgroup directories whose CPU limit binds a process, from its own cgroup up to each
+    hierarchy's root, each with its version ("v1": cpu.cfs_quota_us, "v2": cpu.max), from the
+    text of its /proc/PID/cgroup and /proc/PID/mountinfo.
+
+    A process's cgroup path is relative to its hierarchy's root; a mount shows the part of
+    the hierarchy under its `root` field (a container's own cgroup, or "/"). A path outside
+    the mount's root (a process moved out of a cgroup namespace's root) reads the mount's
+    top directory alone.
+    """
+    paths: dict[str, str] = {}
+    for line in cgroup.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        if fields[0] == "0" and not fields[1]:
+            paths["v2"] = fields[2]
+        elif "cpu" in fields[1].split(","):
+            paths["v1"] = fields[2]
+    dirs: list[tuple[str, Path]] = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        mount_fields, fs_fields = left.split(), right.split()
+        if not sep or len(mount_fields) < 5 or len(fs_fields) < 3:
+            continue
+        fstype, options = fs_fields[0], fs_fields[2].split(",")
+        version = ("v2" if fstype == "cgroup2"
+                   else "v1" if fstype == "cgroup" and "cpu" in options else None)
+        if version is None or version not in paths:
+            continue
+        root = _unescape(mount_fields[3]).rstrip("/")
+        mount = Path(_unescape(mount_fields[4]))
+        path = paths[version]
+        inside = path == root or path.startswith(root + "/")
+        rel = path[len(root):].strip("/") if inside and ".." not in path.split("/") else ""
+        d = mount / rel if rel else mount
+        while True:
+            if (version, d) not in dirs:
+                dirs.append((version, d))
+            if d == mount:
+                break
+            d = d.parent
+    return dirs
+
+
+def _read_limit(version: str, d: Path) -> float | None:
+    """The cores the cgroup at `d` may use (quota / period), or None where it sets no limit
+    (or has no such files: the controller is not enabled there).
+
+    Raises:
+        ValueError: a file that is not numbers.
+    """
+    try:
+        if version == "v2":
+            quota, _, period = (d / "cpu.max").read_text().strip().partition(" ")
+            if quota == "max":
+                return None
+        else:
+            quota = (d / "cpu.cfs_quota_us").read_text().strip()
+            period = (d / "cpu.cfs_period_us").read_text().strip()
+            if int(quota) < 0:
+                return None
+    except FileNotFoundError:
+        return None
+    if int(period) <= 0 or int(quota) <= 0:
+        raise ValueError(f"{d}: quota {quota!r} over period {period!r} is not a limit")
+    return int(quota) / int(period)
+
+
+class CpuQuota:
+    """The CPU bandwidth limit (CFS quota) of the cgroups a process runs in, in cores: the
+    least of its own cgroup's and every ancestor's, cgroup v1 and v2 alike (the module
+    docstring says why it bounds the team).
+
+    `read()` reads the limits again each call (a quota may change while the process runs:
+    `docker update --cpus`, a pod resized in place), and finds the directories again when
+    the process's cgroup changed.
+
+    Args:
+        proc: the process's /proc directory (/proc/self).
+    """
+
+    def __init__(self, proc: Path = Path("/proc/self")) -> None:
+        self._proc = proc
+        self._cgroup: str | None = None
+        self._dirs: list[tuple[str, Path]] = []
+
+    def read(self) -> float | None:
+        """The limit in cores, or None where no cgroup sets one.
+
+        Raises:
+            OSError: /proc/self/cgroup or mountinfo cannot be read, or a limit file exists
+                but cannot be read.
+            ValueError: a limit file that is not numbers.
+        """
+        cgroup = (self._proc / "cgroup").read_text()
+        if cgroup != self._cgroup:
+            self._dirs = cgroup_cpu_dirs(cgroup, (self._proc / "mountinfo").read_text())
+            self._cgroup = cgroup
+        limits = [x for x in (_read_limit(v, d) for v, d in self._dirs) if x is not None]
+        return min(limits, default=None)
+
+
+def cpu_quota() -> float | None:
+    """This process's CPU quota in cores (`CpuQuota`), or None where none is set or it
+    cannot be read (not Linux, no cgroup file system)."""
+    try:
+        return CpuQuota().read()
+    except (OSError, ValueError) as e:
+        log.debug("no CPU quota read: %s", e)
+        return None
+
+
+def quota_threads(quota: float | None) -> int | None:
+    """The most threads a quota of `quota` cores runs without being stopped: its whole
+    cores, at least 1 (None: no quota, no bound). Rounded down, since a thread beyond the
+    quota makes the whole team spend it early and wait out the period."""
+    if quota is None:
+        return None
+    return max(1, math.floor(quota + 1e-9))
+
+
+def usable_cores() -> int:
+    """The cores this process may keep busy: its affinity, bounded by its CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    bound = quota_threads(cpu_quota())
+    return cores if bound is None else min(cores, bound)
+
+
+def threads_for(cpus: int, foreign_cores: float, max_threads: int,
+                quota: float | None = None) -> int:
     """The team for `cpus` cores of which other processes use `foreign_cores`: one thread
     fewer for each core they hold (`HELD` of a core or more counts as a whole one), at least
-    1 and at most `max_threads`."""
+    1 and at most `max_threads` and the whole cores of a CPU quota of `quota` cores."""
     held = math.floor(max(0.0, foreign_cores) + 1.0 - HELD)
-    return max(1, min(max_threads, cpus - held))
+    bound = quota_threads(quota)
+    most = max_threads if bound is None else min(max_threads, bound)
+    return max(1, min(most, cpus - held))
 
 
 class ThreadGovernor:
@@ -177,27 +328,40 @@ class ThreadGovernor:
     (torch.set_num_threads sets that thread's OpenMP team, and the count threads started
     later begin with); it reads the load once a `period_s` window has passed and changes
     the count when two consecutive windows both ask for fewer threads, or both for more, to
-    the nearer of the two asks. An error reading the load or setting the count turns it
-    off for good (`failed`), with one warning, and leaves the team as it is.
+    the nearer of the two asks. A CPU quota (`read_quota`) is read in every window too, and
+    one that a team larger than its whole cores now exceeds shrinks the team at once (a
+    quota is set, not a reading that one window may get wrong). An error reading the load
+    or setting the count turns it off for good (`failed`), with one warning, and leaves the
+    team as it is.
 
     Args:
         load: the load reader.
-        max_threads: the most threads to use (the count the engine was started with).
+        max_threads: the most threads to use (the count torch started with).
         set_threads: sets the team's size (torch.set_num_threads, on the model's thread).
         period_s: seconds a window lasts.
         clock: seconds, monotonic (the load's clock should be the same).
+        read_quota: the CPU quota in cores, None for none (`CpuQuota.read`); None: no quota
+            is read.
+        threads: the count in force at the start (default `max_threads`).
     """
 
     def __init__(self, load: ForeignLoad, max_threads: int, set_threads: Callable[[int], None],
-                 period_s: float = PERIOD_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 period_s: float = PERIOD_S, clock: Callable[[], float] = time.monotonic,
+                 read_quota: Callable[[], float | None] | None = None,
+                 threads: int | None = None) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be >= 1, got {max_threads}")
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, got {period_s}")
+        threads = max_threads if threads is None else threads
+        if not 1 <= threads <= max_threads:
+            raise ValueError(f"threads must be in [1, max_threads={max_threads}], got {threads}")
         self.load = load
         self.max_threads = max_threads
-        self.threads = max_threads  # the count in force
+        self.threads = threads  # the count in force
         self.foreign_cores = 0.0  # the last window's reading
+        self.quota_cores: float | None = None  # the last window's CPU quota (None: none)
+        self._read_quota = read_quota
         self.changes = 0
         self.failed: str | None = None  # why it stopped, once an error turned it off
         self._set = set_threads
@@ -223,12 +387,18 @@ class ThreadGovernor:
             return None
 
     def _decide(self) -> int | None:
+        if self._read_quota is not None:
+            self.quota_cores = self._read_quota()
+            bound = quota_threads(self.quota_cores)
+            if bound is not None and bound < self.threads:
+                self._asked = None
+                return self._change(bound, f"the CPU quota is {self.quota_cores:g} cores")
         foreign = self.load.sample()
         if foreign is None:  # no window read: an ask from before it pairs with nothing
             self._asked = None
             return None
         self.foreign_cores = foreign
-        want = threads_for(len(self.load.cpus), foreign, self.max_threads)
+        want = threads_for(len(self.load.cpus), foreign, self.max_threads, self.quota_cores)
         asked, self._asked = self._asked, None
         if want == self.threads:
             return None
@@ -236,30 +406,52 @@ class ThreadGovernor:
             self._asked = want  # the first window to ask this way: wait for a second
             return None
         new = max(want, asked) if want < self.threads else min(want, asked)
+        return self._change(new, f"other processes used {foreign:.2f} of "
+                                 f"{len(self.load.cpus)} cores over the last "
+                                 f"{self.load.window_s:.1f} s")
+
+    def _change(self, new: int, why: str) -> int:
         self._set(new)
-        log.info("CPU threads %d -> %d: other processes used %.2f of %d cores over the last "
-                 "%.1f s", self.threads, new, foreign, len(self.load.cpus),
-                 self.load.window_s)
+        log.info("CPU threads %d -> %d: %s", self.threads, new, why)
         self.threads = new
         self.changes += 1
         return new
 
 
 def governor_for(device_type: str) -> ThreadGovernor | None:
-    """The governor an engine on `device_type` runs under: one for a CPU engine when
-    KVSAGA_CPU_THREADS is "adaptive" and the load can be read, else None. Call it on the
-    thread that runs the model (its torch thread count is the one governed).
+    """Start a CPU engine's threads: call it on the thread that runs the model, before its
+    first step (torch's count is that thread's).
+
+    On a CPU engine whose thread count OMP_NUM_THREADS does not set, torch's team first
+    comes down to the whole cores of the process's CPU quota, if it has one and the team is
+    larger (`quota_threads`), in either mode. Then under KVSAGA_CPU_THREADS=adaptive, where
+    the load can be read, returns the governor that sizes the team from then on, the quota
+    being one of its bounds (its ceiling is the count torch started with, OMP_NUM_THREADS
+    where set); else None. To pin the count: KVSAGA_CPU_THREADS=fixed and OMP_NUM_THREADS.
 
     Raises:
         ValueError: KVSAGA_CPU_THREADS is not "fixed" or "adaptive".
     """
     from kvsaga import envs
 
-    if envs.KVSAGA_CPU_THREADS != "adaptive" or device_type != "cpu":
+    adaptive = envs.KVSAGA_CPU_THREADS == "adaptive"
+    if device_type != "cpu":
+        return None
+    import torch
+
+    started = torch.get_num_threads()
+    quota = cpu_quota()
+    bound = quota_threads(quota)
+    if bound is not None and bound < started and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        torch.set_num_threads(bound)
+        log.info("CPU threads %d -> %d: the CPU quota is %g cores (set OMP_NUM_THREADS to "
+                 "choose the count)", started, bound, quota)
+    if not adaptive:
         return None
     load = ForeignLoad.open()
     if load is None:
         return None
-    import torch
-
-    return ThreadGovernor(load, torch.get_num_threads(), torch.set_num_threads)
+    gov = ThreadGovernor(load, started, torch.set_num_threads, read_quota=cpu_quota,
+                         threads=torch.get_num_threads())
+    gov.quota_cores = quota
+    return gov

@@ -11,6 +11,7 @@ import torch
 
 from kvsaga._validate import check_str
 from kvsaga.engine.context import TokenContext, encode_continuing
+from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
@@ -140,6 +141,11 @@ class LLM:
 
     Calls without `SamplingParams` use `default_params()`: the model's generation_config.json
     where it sets a field, else OpenAI's defaults.
+
+    On CPU, torch's thread team stays within the whole cores of the process's CPU quota (a
+    container's limit) unless OMP_NUM_THREADS is set, and under KVSAGA_CPU_THREADS=adaptive
+    `governor` also sizes it to the cores other processes leave, between the steps of the
+    calls (kvsaga/engine/cpu_threads.py).
     """
 
     def __init__(
@@ -150,6 +156,9 @@ class LLM:
         **engine_kwargs: Any,
     ) -> None:
         device = resolve_device(engine_kwargs.pop("device", None))
+        # On CPU: torch's team within a CPU quota from the load on, and sized between steps
+        # under KVSAGA_CPU_THREADS=adaptive (polled by the thread that runs the steps).
+        self.governor: ThreadGovernor | None = governor_for(device.type)
         self.engine = LLMEngine(model, device=device, dtype=resolve_dtype(dtype), **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self._session_ids = itertools.count()
@@ -245,6 +254,8 @@ class LLM:
         mine = {r.request_id for r in reqs}
         while any(not r.finished for r in reqs):
             outputs = engine.step()
+            if self.governor is not None:
+                self.governor.poll()
             if on_output is not None:
                 for out in outputs:
                     if out.request_id in mine:

@@ -136,6 +136,11 @@ class _EngineCollector(Collector):
                         governor.foreign_cores)
             yield counter("kvsaga:cpu_thread_changes", "Times the governor resized the team.",
                           governor.changes)
+            if governor.quota_cores is not None:  # a container's CPU limit
+                yield gauge("kvsaga:cpu_quota_cores", "The CPU quota (cgroup CFS bandwidth) "
+                            "of the server's process, in cores, at the governor's last "
+                            "window; the team stays within its whole cores.",
+                            governor.quota_cores)
         yield from self._steps(snap, labels, lv)
         if self.compat == "vllm":
             yield from self._vllm(snap, gauge, counter)

@@ -46,13 +46,14 @@ THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KVSAGA_CPU_SERIAL_BELO
 def replica_resources(settings: ServerSettings, num_replicas: int) -> tuple[dict, int | None]:
     """(Ray actor options, torch threads) of one replica: a GPU each on CUDA, else a share
     of the cores; either way the THREAD_VARIABLES set here, in its runtime environment."""
+    from kvsaga.engine.cpu_threads import usable_cores
     from kvsaga.engine.llm import resolve_device
 
     env = {k: os.environ[k] for k in THREAD_VARIABLES if os.environ.get(k, "").strip()}
     options: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if resolve_device(settings.device).type == "cuda":
         return {**options, "num_gpus": 1}, None
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # the affinity within a container's CPU quota
     return ({**options, "num_cpus": min(1.0, cores / (num_replicas + 1))},
             max(1, cores // num_replicas))
 

@@ -39,6 +39,22 @@ def test_cpu_replicas_share_the_cores():
     assert 0 < options["num_cpus"] <= 1 and threads >= 1 and "num_gpus" not in options
 
 
+def test_cpu_replicas_share_the_cores_a_quota_leaves(monkeypatch: pytest.MonkeyPatch):
+    """In a container limited to 3 cores of a 16-core host, two replicas take one thread
+    each (3 // 2), not 8: a thread beyond the quota is stopped with the whole team."""
+    pytest.importorskip("torch")
+    from kvsaga.engine import cpu_threads
+
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: set(range(16)),
+                        raising=False)
+    monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 3.0)
+    assert cpu_threads.usable_cores() == 3
+    _, threads = replica_resources(ServerSettings(device="cpu"), 2)
+    assert threads == 1
+    monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: None)
+    assert replica_resources(ServerSettings(device="cpu"), 2)[1] == 8
+
+
 def test_replicas_take_the_thread_settings_in_their_runtime_env(
         monkeypatch: pytest.MonkeyPatch):
     """What `--cpu-host` set here reaches each replica's worker through Ray's runtime_env

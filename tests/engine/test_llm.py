@@ -304,3 +304,28 @@ def test_bad_chat_messages_and_params_are_refused_before_anything_runs(model_dir
     assert s.messages == [] and s.context is None and not llm._chat_contexts
     assert llm.engine.manager.stats().queried_tokens == 0
     assert llm.generate([5, 6], GREEDY)[0].token_ids  # the engine still serves
+
+
+def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeypatch):
+    """The offline path gets what kvsaga-serve's engine thread gets: torch's team within
+    the quota's whole cores from the start, and under KVSAGA_CPU_THREADS=adaptive a
+    governor polled after every step of a call."""
+    from kvsaga.engine import cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 1.0)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
+        llm = make_llm(model_dir)
+        assert torch.get_num_threads() == 1
+        if llm.governor is None:
+            pytest.skip("no /proc/stat here: no governor")
+        assert (llm.governor.max_threads, llm.governor.threads) == (2, 1)
+        polls: list[int] = []
+        monkeypatch.setattr(llm.governor, "poll", lambda: polls.append(1))
+        out = llm.generate(PROMPTS[0], GREEDY)[0]
+        assert len(out.token_ids) == 12 and len(polls) >= 12
+    finally:
+        torch.set_num_threads(before)

@@ -44,7 +44,7 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
     def governor_for(device_type: str) -> ThreadGovernor:
         assert device_type == "cpu"
         gov = ThreadGovernor(BusyNeighbour(), max_threads=2, set_threads=torch.set_num_threads,
-                             clock=lambda: float(next(clock)))
+                             clock=lambda: float(next(clock)), read_quota=lambda: 3.0)
         built.append(gov)
         return gov
 
@@ -66,6 +66,7 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
         assert _gauge(text, "kvsaga:cpu_threads") == 1.0
         assert _gauge(text, "kvsaga:cpu_foreign_cores") == 1.0
         assert _gauge(text, "kvsaga:cpu_thread_changes_total") == 1.0
+        assert _gauge(text, "kvsaga:cpu_quota_cores") == 3.0  # read, not binding 2 threads
         s.wait_idle()
 
 
@@ -75,7 +76,8 @@ def test_fixed_threads_by_default_and_no_gauges(tiny_dir: Path, monkeypatch: pyt
     with LiveServer(app) as s:
         s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=2)
         assert app.state.engine.governor is None
-        assert "kvsaga:cpu_threads" not in httpx.get(f"{s.url}/metrics").text
+        text = httpx.get(f"{s.url}/metrics").text
+        assert "kvsaga:cpu_threads" not in text and "kvsaga:cpu_quota_cores" not in text
 
 
 def test_adaptive_reads_this_host(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch):
