@@ -42,7 +42,7 @@ from typing import Any
 
 import agent_replay  # bench/ is the script's directory
 from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
-from replay.conditions import BusyNeighbours
+from replay.conditions import BusyNeighbours, QuotaGroup
 
 from kvsaga.cli import HelpFormatter
 from kvsaga.policy import DEFAULT_POLICY
@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     a("--neighbour-delay", type=float, default=0.0,
       help="seconds into each batch before the neighbours start (0: they start before "
            "the server's warm-up request, as a job already running)")
+    a("--cpu-quota", type=float, default=None, metavar="CORES",
+      help="run each server in a cgroup with a CFS quota of CORES cores per 100 ms, as "
+           "`docker run --cpus CORES` or a Kubernetes CPU limit would (needs root and a "
+           "writable cgroup hierarchy); the client stays outside it")
     a("--write-results", action="store_true",
       help="rewrite bench/RESULTS.md's Throughput subsection from this run")
     a("--json", default=None, help="write the results here as JSON")
@@ -237,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                        args.neighbour_nice)
     except ValueError as e:
         ap.error(f"--neighbours, --neighbour-duty, --neighbour-delay, --neighbour-nice: {e}")
+    if args.cpu_quota is not None and not args.cpu_quota > 0:
+        ap.error(f"--cpu-quota must be > 0 cores, got {args.cpu_quota}")
+    if args.cpu_quota is not None and args.write_results:
+        ap.error("--write-results writes the goal's quiet-machine figure: not with --cpu-quota")
     args.model = agent_replay.vllm_model_dir(args.model)
     _, cfg = agent_replay._load_tokenizer(args.model)
     args.kv_bytes_per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 4
@@ -244,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     host = agent_replay.machine()
     prompts = batch_prompts("chat", args.requests)
     runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in order}
-    with tempfile.TemporaryDirectory(prefix="serve-throughput-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-throughput-"))
+        quota = (stack.enter_context(QuotaGroup(args.cpu_quota))
+                 if args.cpu_quota is not None else None)
         for rep in range(args.repeat):
             for arm in order:
                 server = arm.start(args, args.kv_memory, Path(tmp))
@@ -252,13 +263,18 @@ def main(argv: list[str] | None = None) -> int:
                     server.server.eager = not args.no_eager
                 spy = None
                 try:
+                    if quota is not None:  # at once: long before it reads its cgroup
+                        quota.add(_server_pid(server))
                     server.wait_ready(args.start_timeout)
                     if args.py_spy and arm.engine == "kvsaga":
                         spy = PySpy(_server_pid(server), Path(args.py_spy))
+                    before = quota.throttling() if quota is not None else None
                     r = send_batch(server.url, prompts, args.max_tokens, 900.0,
                                    _server_pid(server), BusyNeighbours(
                                        args.neighbours, args.neighbour_duty,
                                        args.neighbour_delay, args.neighbour_nice))
+                    if quota is not None and before is not None:
+                        r.update(_throttled(before, quota.throttling()))
                     if arm.engine == "kvsaga":
                         r.update(governor_state(server.url))
                 finally:
@@ -270,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['output_tok_s']:.1f} output tok/s, {r['server_cpu_s']:.0f} server "
                       f"CPU-s, load {r['loadavg']:.1f}, other jobs {r['foreign_cores']:.2f} cores, "
                       f"client {r['client_cores']:.2f} cores, "
-                      f"{len(r['errors'])} errors", flush=True)
+                      + (f"quota ran out in {r['throttled_share']:.0%} of its periods "
+                         f"({r['throttled_s']:.1f} s stopped), " if "throttled_share" in r
+                         else "")
+                      + f"{len(r['errors'])} errors", flush=True)
                 if arm.engine == "kvsaga":
                     t = r["server_threads_cpu_s"]
                     print(f"      its CPU-s by thread: engine {t['busiest']:.1f}, event loop "
@@ -329,6 +348,14 @@ class PySpy:
         for name, table in (("thread", threads), ("own frame", own)):
             for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
                 print(f"  {name}: {100 * n / max(total, 1):5.1f}%  {frame}")
+
+
+def _throttled(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """A batch's CFS throttling: the share of its quota periods in which the quota ran out,
+    and the seconds the server's tasks waited for the next period."""
+    periods = after["periods"] - before["periods"]
+    return {"throttled_share": (after["throttled"] - before["throttled"]) / periods
+            if periods else 0.0, "throttled_s": after["throttled_s"] - before["throttled_s"]}
 
 
 def _server_pid(server: Any) -> int | None:
@@ -425,14 +452,25 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
               else "") + (
                f"from {args.neighbour_delay:g} s in" if args.neighbour_delay
                else "from before its warm-up request") + "): the other jobs' cores include "
-           "them." if getattr(args, "neighbours", 0) else ""),
+           "them." if getattr(args, "neighbours", 0) else "")
+        + (f" Each server in a cgroup with a CPU quota of {args.cpu_quota:g} cores (CFS, "
+           "per 100 ms; the client outside it); `throttled`: the share of the batch's "
+           "periods in which the quota ran out." if getattr(args, "cpu_quota", None)
+           else ""),
         "",
         "| server | wall s | output tok/s | output tok/CPU-s | server CPU-s | prompt tok | "
         "load avg | other jobs, cores | output tok/s, every run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    quota = getattr(args, "cpu_quota", None)
+    if quota:
+        lines[-2] = lines[-2].replace("| output tok/s, every run |",
+                                      "| throttled | output tok/s, every run |")
+        lines[-1] += "---|"
     for name, r in results.items():
         every = ", ".join(f"{x:.1f}" for x in r["all_output_tok_s"])
+        if quota:
+            every = f"{r.get('throttled_share', math.nan):.0%} | {every}"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['output_tok_s']:.1f} | "
                      f"{r['output_tok_per_cpu_s']:.2f} | {r['server_cpu_s']:.0f} | "
                      f"{r['prompt_tokens']:,} | {r['loadavg']:.1f} | "
@@ -440,7 +478,8 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
     wall, cpu = _ratio(results, "output_tok_s"), _ratio(results, "output_tok_per_cpu_s")
     if wall is not None:
         loaded = _loaded(results)
-        verdict = ("not judged: the machine was loaded" if loaded
+        verdict = ("not judged: under a CPU quota" if quota
+                   else "not judged: the machine was loaded" if loaded
                    else "met" if wall >= 1 else "not met")
         lines += ["", f"kvsaga-serve / vLLM output tokens/s: **{wall:.2f}x** (goal >= 1.0x: "
                       f"{verdict}); per server CPU-second: **{cpu:.2f}x**."]

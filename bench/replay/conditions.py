@@ -332,6 +332,82 @@ class BusyNeighbours:
         self.stop()
 
 
+class QuotaGroup:
+    """A container's CPU limit, on purpose: a cgroup with a CFS quota of `cores` (per 100 ms
+    period) that `add` moves server processes into (children they start later inherit it),
+    as `docker run --cpus` or a Kubernetes CPU limit would put them. Needs a cgroup CPU
+    hierarchy this process may write (root on a host that mounts it read-write, v1 or v2).
+    A context manager: on exit, processes still inside go back to the hierarchy's top, and
+    the cgroup is removed.
+
+    Raises:
+        ValueError: `cores` is not > 0.
+        OSError: no writable hierarchy, or the cgroup cannot be made.
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        if not cores > 0:
+            raise ValueError(f"a CPU quota needs cores > 0, got {cores}")
+        from kvsaga.engine.cpu_threads import cgroup_cpu_dirs
+
+        dirs = cgroup_cpu_dirs(Path("/proc/self/cgroup").read_text(),
+                               Path("/proc/self/mountinfo").read_text())
+        tops = [(v, d) for v, d in dirs if os.access(d, os.W_OK)
+                and (v == "v1" or "cpu" in _read(d / "cgroup.subtree_control").split())]
+        if not tops:
+            raise OSError("no writable cgroup CPU hierarchy here (a quota needs root on a host "
+                          "that mounts /sys/fs/cgroup read-write)")
+        self.version, self.top = tops[-1]  # the hierarchy's top: its own limit binds nothing
+        self.cores = cores
+        self.path = self.top / f"kvsaga-bench-{os.getpid()}"
+        self.path.mkdir()
+        quota = str(round(cores * self.PERIOD_US))
+        try:
+            if self.version == "v2":
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}\n")
+            else:
+                (self.path / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+                (self.path / "cpu.cfs_quota_us").write_text(quota + "\n")
+        except OSError:
+            self.path.rmdir()
+            raise
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
+    def throttling(self) -> dict[str, float]:
+        """The cgroup's CFS counters so far: periods it ran in, periods in which the quota
+        ran out (`throttled`) and seconds its tasks waited for the next period."""
+        stat = dict(line.split() for line in _read(self.path / "cpu.stat").splitlines())
+        wait_s = (int(stat["throttled_usec"]) / 1e6 if "throttled_usec" in stat
+                  else int(stat.get("throttled_time", 0)) / 1e9)
+        return {"periods": float(stat.get("nr_periods", 0)),
+                "throttled": float(stat.get("nr_throttled", 0)), "throttled_s": wait_s}
+
+    def close(self) -> None:
+        if not self.path.exists():
+            return
+        for pid in _read(self.path / "cgroup.procs").split():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                (self.top / "cgroup.procs").write_text(pid + "\n")
+        self.path.rmdir()
+
+    def __enter__(self) -> QuotaGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 @contextlib.contextmanager
 def sigterm_exits() -> Iterator[None]:
     """SIGTERM raises SystemExit(143) within the block, so `with` blocks (the spinners, the

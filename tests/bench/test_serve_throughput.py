@@ -148,3 +148,47 @@ def test_busy_neighbours_run_until_stopped_and_refuse_bad_settings():
         assert all(p.poll() is None for p in procs)
         assert all(os.getpriority(os.PRIO_PROCESS, p.pid) == 19 for p in procs)
     assert n.procs == [] and all(p.returncode is not None for p in procs)
+
+
+def test_table_under_a_cpu_quota_names_it_and_does_not_judge_the_goal():
+    import argparse
+
+    args = argparse.Namespace(requests=16, max_tokens=64, kv_memory=1 << 30, block_size=32,
+                              max_num_seqs=16, repeat=1, order="vllm,kvsaga", cpu_quota=1.5)
+    runs = {"vllm": {**_result(100, 0.0), "throttled_share": 0.8},
+            "kvsaga-serve:ttl": {**_result(120, 0.0), "throttled_share": 0.25}}
+    text = serve_throughput._table(args, runs, "cmd")
+    assert "a CPU quota of 1.5 cores" in text and "not judged: under a CPU quota" in text
+    header, sep, *rows = text.split("\n\n")[1].splitlines()
+    assert header.count("|") == sep.count("|") == rows[0].count("|")
+    assert "| 80% | 100.0 |" in rows[0] and "| 25% | 120.0 |" in rows[1]
+    assert serve_throughput._throttled(
+        {"periods": 10, "throttled": 2, "throttled_s": 0.5},
+        {"periods": 30, "throttled": 12, "throttled_s": 1.5}) == {
+            "throttled_share": 0.5, "throttled_s": 1.0}
+
+
+def test_quota_group_throttles_a_busy_child_and_cleans_up():
+    """A real cgroup with a quota of a fifth of a core: a busy child moved in runs out of it
+    in most periods; the cgroup is gone after. Skipped where no cgroup can be made."""
+    import subprocess
+
+    from replay.conditions import QuotaGroup
+
+    with pytest.raises(ValueError, match="cores > 0"):
+        QuotaGroup(0)
+    try:
+        group = QuotaGroup(0.2)
+    except OSError as e:
+        pytest.skip(f"no cgroup with a quota here: {e}")
+    with group:
+        child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            group.add(child.pid)
+            time.sleep(1.0)
+            seen = group.throttling()
+        finally:
+            child.kill()
+            child.wait()
+    assert seen["periods"] >= 5 and seen["throttled"] >= seen["periods"] / 2
+    assert seen["throttled_s"] > 0.3 and not group.path.exists()
