@@ -263,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                     server.server.eager = not args.no_eager
                 spy = None
                 try:
-                    if quota is not None:  # at once: long before it reads its cgroup
-                        quota.add(_server_pid(server))
+                    if quota is not None and _server_pid(server) is not None:
+                        quota.add(_server_pid(server))  # at once: before it reads its cgroup
                     server.wait_ready(args.start_timeout)
+                    if quota is not None:  # vLLM starts in wait_ready, its engine core after
+                        quota.add_tree(_server_pid(server))
                     if args.py_spy and arm.engine == "kvsaga":
                         spy = PySpy(_server_pid(server), Path(args.py_spy))
                     before = quota.throttling() if quota is not None else None

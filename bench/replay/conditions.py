@@ -377,6 +377,12 @@ class QuotaGroup:
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(f"{pid}\n")
 
+    def add_tree(self, root: int) -> None:
+        """`root` and every process below it (one already inside is written again)."""
+        for pid in process_tree(root):
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                self.add(pid)
+
     def throttling(self) -> dict[str, float]:
         """The cgroup's CFS counters so far: periods it ran in, periods in which the quota
         ran out (`throttled`) and seconds its tasks waited for the next period."""

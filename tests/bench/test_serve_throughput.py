@@ -181,14 +181,22 @@ def test_quota_group_throttles_a_busy_child_and_cleans_up():
         group = QuotaGroup(0.2)
     except OSError as e:
         pytest.skip(f"no cgroup with a quota here: {e}")
+    import signal
+
+    # A child that starts a busy grandchild, as vLLM's API server starts its engine core.
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'while True: pass']).wait()")
     with group:
-        child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
         try:
-            group.add(child.pid)
+            time.sleep(0.5)
+            group.add_tree(child.pid)
+            inside = (group.path / "cgroup.procs").read_text().split()
             time.sleep(1.0)
             seen = group.throttling()
         finally:
-            child.kill()
+            os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+    assert len(inside) == 2 and str(child.pid) in inside
     assert seen["periods"] >= 5 and seen["throttled"] >= seen["periods"] / 2
     assert seen["throttled_s"] > 0.3 and not group.path.exists()
