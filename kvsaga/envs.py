@@ -70,9 +70,9 @@ _VARIABLES: dict[str, Callable[[], Any]] = {
     # (docs/engine_profiles.md, "Threads").
     "KVSAGA_CPU_SERIAL_BELOW": _bytes("KVSAGA_CPU_SERIAL_BELOW", 0),
     # A CPU engine's thread count: "fixed" (unset: torch's count stays what it started
-    # with, lowered at the start to a cgroup CPU quota's whole cores unless OMP_NUM_THREADS
-    # is set) or "adaptive" (the thread that runs the model sizes torch's team to the cores
-    # other processes leave and to the quota, re-read every second:
+    # with, lowered at the start to a cgroup CPU quota's cores rounded up unless
+    # OMP_NUM_THREADS is set) or "adaptive" (the thread that runs the model sizes torch's
+    # team to the cores other processes leave and to the quota, re-read every second:
     # kvsaga/engine/cpu_threads.py). Read when the engine loads; `kvsaga-serve --cpu-host
     # auto` sets "adaptive".
     "KVSAGA_CPU_THREADS": _choice("KVSAGA_CPU_THREADS", "fixed", ("fixed", "adaptive")),

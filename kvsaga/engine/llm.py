@@ -142,7 +142,7 @@ class LLM:
     Calls without `SamplingParams` use `default_params()`: the model's generation_config.json
     where it sets a field, else OpenAI's defaults.
 
-    On CPU, torch's thread team stays within the whole cores of the process's CPU quota (a
+    On CPU, torch's thread team stays within the process's CPU quota rounded up to cores (a
     container's limit) unless OMP_NUM_THREADS is set, and under KVSAGA_CPU_THREADS=adaptive
     `governor` also sizes it to the cores other processes leave, between the steps of the
     calls (kvsaga/engine/cpu_threads.py).

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
       "back, within the count torch started with, e.g. OMP_NUM_THREADS: "
       "KVSAGA_CPU_THREADS=adaptive; to pin the count, use "
       "dedicated or KVSAGA_CPU_THREADS=fixed); in every mode the team starts within the "
-      "whole cores of a container's CPU quota (cgroup cpu.max / cfs_quota_us) unless "
+      "cores (rounded up) of a container's CPU quota (cgroup cpu.max / cfs_quota_us) unless "
       "OMP_NUM_THREADS is set, and auto follows a quota changed while it runs; environment "
       "variables you set win, and an "
       "OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, \"Threads\")")

@@ -139,7 +139,7 @@ class _EngineCollector(Collector):
             if governor.quota_cores is not None:  # a container's CPU limit
                 yield gauge("kvsaga:cpu_quota_cores", "The CPU quota (cgroup CFS bandwidth) "
                             "of the server's process, in cores, at the governor's last "
-                            "window; the team stays within its whole cores.",
+                            "window; the team stays within it, rounded up to cores.",
                             governor.quota_cores)
         yield from self._steps(snap, labels, lv)
         if self.compat == "vllm":

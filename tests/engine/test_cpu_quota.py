@@ -1,5 +1,5 @@
 """kvsaga.engine.cpu_threads under a container's CPU limit: the cgroup CFS quota read from
-v1 and v2 hierarchies, the team kept within its whole cores at the start and by the
+v1 and v2 hierarchies, the team kept within its cores rounded up at the start and by the
 governor, and the same read on a real cgroup where this machine lets a test make one."""
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ def test_v1_limit_files(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("quota", "want"), [
-    (None, None), (0.3, 1), (1.0, 1), (1.5, 1), (1.99999, 1), (2.0, 2), (7.65, 7), (64.0, 64)])
-def test_a_quota_runs_its_whole_cores(quota, want):
+    (None, None), (0.3, 1), (1.0, 1), (1.0000000001, 1), (1.05, 2), (1.5, 2), (2.0, 2),
+    (7.65, 8), (64.0, 64)])
+def test_a_quota_bounds_the_team_at_its_cores_rounded_up(quota, want):
     assert quota_threads(quota) == want
 
 
@@ -137,6 +138,7 @@ def test_the_team_stays_within_the_quota_and_the_cores_others_leave():
     assert threads_for(16, 14.0, 16, quota=4.0) == 2  # the cores left bind first
     assert threads_for(16, 0.0, 2, quota=4.0) == 2  # and the start count
     assert threads_for(2, 0.0, 2, quota=0.5) == 1
+    assert threads_for(16, 0.0, 16, quota=3.2) == 4
 
 
 class QuietLoad:
@@ -167,12 +169,12 @@ def test_the_governor_follows_a_quota_that_changes():
 
     assert window() is None and gov.quota_cores is None
     quota[0] = 2.5
-    assert window() == 2 and gov.quota_cores == 2.5 and sets == [2]
-    quota[0] = 6.0
+    assert window() == 3 and gov.quota_cores == 2.5 and sets == [3]
+    quota[0] = 5.4
     assert [window(), window()] == [None, 6]
     quota[0] = None
     assert [window(), window()] == [None, 8]
-    assert sets == [2, 6, 8] and gov.changes == 3
+    assert sets == [3, 6, 8] and gov.changes == 3
     gov.load.foreign = 3.0  # others hold 3 of the 8 cores, and the quota falls to 7
     quota[0] = 7.0
     assert [window(), window(), window()] == [7, None, 5]  # the quota at once, the load in two

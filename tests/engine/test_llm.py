@@ -308,7 +308,7 @@ def test_bad_chat_messages_and_params_are_refused_before_anything_runs(model_dir
 
 def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeypatch):
     """The offline path gets what kvsaga-serve's engine thread gets: torch's team within
-    the quota's whole cores from the start, and under KVSAGA_CPU_THREADS=adaptive a
+    the quota (rounded up to cores) from the start, and under KVSAGA_CPU_THREADS=adaptive a
     governor polled after every step of a call."""
     from kvsaga.engine import cpu_threads
 
