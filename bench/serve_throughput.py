@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     a("--cpu-quota", type=float, default=None, metavar="CORES",
       help="run each server in a cgroup with a CFS quota of CORES cores per 100 ms, as "
            "`docker run --cpus CORES` or a Kubernetes CPU limit would (needs root and a "
-           "writable cgroup hierarchy); the client stays outside it")
+           "writable cgroup hierarchy); the client stays outside it. kvsaga-serve goes in "
+           "as it starts; vLLM, which starts in its wait, once ready (its load and warm-up "
+           "run outside the quota)")
     a("--write-results", action="store_true",
       help="rewrite bench/RESULTS.md's Throughput subsection from this run")
     a("--json", default=None, help="write the results here as JSON")

@@ -336,9 +336,9 @@ class QuotaGroup:
     """A container's CPU limit, on purpose: a cgroup with a CFS quota of `cores` (per 100 ms
     period) that `add` moves server processes into (children they start later inherit it),
     as `docker run --cpus` or a Kubernetes CPU limit would put them. Needs a cgroup CPU
-    hierarchy this process may write (root on a host that mounts it read-write, v1 or v2).
-    A context manager: on exit, processes still inside go back to the hierarchy's top, and
-    the cgroup is removed.
+    hierarchy this process may write (root on a host that mounts it read-write, v1 or v2;
+    on v2, the top must take processes back: the real root). A context manager: on exit,
+    processes still inside go back to the hierarchy's top, and the cgroup is removed.
 
     Raises:
         ValueError: `cores` is not > 0.
@@ -359,7 +359,9 @@ class QuotaGroup:
         if not tops:
             raise OSError("no writable cgroup CPU hierarchy here (a quota needs root on a host "
                           "that mounts /sys/fs/cgroup read-write)")
-        self.version, self.top = tops[-1]  # the hierarchy's top: its own limit binds nothing
+        # The top of what this process sees of the hierarchy: the real root on a host,
+        # inside a container its own cgroup (whose limit, if any, binds the new one too).
+        self.version, self.top = tops[-1]
         self.cores = cores
         self.path = self.top / f"kvsaga-bench-{os.getpid()}"
         self.path.mkdir()
@@ -393,12 +395,22 @@ class QuotaGroup:
                 "throttled": float(stat.get("nr_throttled", 0)), "throttled_s": wait_s}
 
     def close(self) -> None:
+        """Move what is still inside back to the top, then remove the cgroup (a process
+        just killed leaves it a moment later: EBUSY is retried for up to 5 s)."""
         if not self.path.exists():
             return
-        for pid in _read(self.path / "cgroup.procs").split():
-            with contextlib.suppress(OSError):  # gone meanwhile
-                (self.top / "cgroup.procs").write_text(pid + "\n")
-        self.path.rmdir()
+        deadline = time.monotonic() + 5.0
+        while True:
+            for pid in _read(self.path / "cgroup.procs").split():
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    (self.top / "cgroup.procs").write_text(pid + "\n")
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def __enter__(self) -> QuotaGroup:
         return self

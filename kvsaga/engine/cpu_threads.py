@@ -185,8 +185,9 @@ def cgroup_cpu_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, Path]]:
 
     A process's cgroup path is relative to its hierarchy's root; a mount shows the part of
     the hierarchy under its `root` field (a container's own cgroup, or "/"). A path outside
-    the mount's root (a process moved out of a cgroup namespace's root) reads the mount's
-    top directory alone.
+    the mount's root (a sibling of it, or a process moved out of its cgroup namespace's root:
+    a path with "..") is not in what the mount shows, so that hierarchy gives no directory
+    (none of the mount's directories is known to be an ancestor).
     """
     paths: dict[str, str] = {}
     for line in cgroup.splitlines():
@@ -211,8 +212,9 @@ def cgroup_cpu_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, Path]]:
         root = _unescape(mount_fields[3]).rstrip("/")
         mount = Path(_unescape(mount_fields[4]))
         path = paths[version]
-        inside = path == root or path.startswith(root + "/")
-        rel = path[len(root):].strip("/") if inside and ".." not in path.split("/") else ""
+        if ".." in path.split("/") or not (path == root or path.startswith(root + "/")):
+            continue
+        rel = path[len(root):].strip("/")
         d = mount / rel if rel else mount
         while True:
             if (version, d) not in dirs:
@@ -225,7 +227,8 @@ def cgroup_cpu_dirs(cgroup: str, mountinfo: str) -> list[tuple[str, Path]]:
 
 def _read_limit(version: str, d: Path) -> float | None:
     """The cores the cgroup at `d` may use (quota / period), or None where it sets no limit
-    (or has no such files: the controller is not enabled there).
+    (or has no such files, the controller not being enabled there, or they cannot be read:
+    an ancestor's files may be closed to this process, and the other levels still count).
 
     Raises:
         ValueError: a file that is not numbers.
@@ -240,7 +243,7 @@ def _read_limit(version: str, d: Path) -> float | None:
             period = (d / "cpu.cfs_period_us").read_text().strip()
             if int(quota) < 0:
                 return None
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return None
     if int(period) <= 0 or int(quota) <= 0:
         raise ValueError(f"{d}: quota {quota!r} over period {period!r} is not a limit")
@@ -269,8 +272,7 @@ class CpuQuota:
         """The limit in cores, or None where no cgroup sets one.
 
         Raises:
-            OSError: /proc/self/cgroup or mountinfo cannot be read, or a limit file exists
-                but cannot be read.
+            OSError: /proc/self/cgroup or mountinfo cannot be read.
             ValueError: a limit file that is not numbers.
         """
         cgroup = (self._proc / "cgroup").read_text()
@@ -306,7 +308,8 @@ def quota_threads(quota: float | None) -> int | None:
 
 
 def usable_cores() -> int:
-    """The cores this process may keep busy: its affinity, bounded by its CPU quota."""
+    """The cores this process's thread teams should span: its affinity, bounded by its CPU
+    quota rounded up (`quota_threads`)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -425,14 +428,16 @@ class ThreadGovernor:
 
 def governor_for(device_type: str) -> ThreadGovernor | None:
     """Start a CPU engine's threads: call it on the thread that runs the model, before its
-    first step (torch's count is that thread's).
+    first step (torch's count is that thread's, and the count threads started later begin
+    with).
 
     On a CPU engine whose thread count OMP_NUM_THREADS does not set, torch's team first
-    comes down to the cores of the process's CPU quota, if it has one and the team is
+    comes down to the process's CPU quota rounded up to cores, if it has one and the team is
     larger (`quota_threads`), in either mode. Then under KVSAGA_CPU_THREADS=adaptive, where
-    the load can be read, returns the governor that sizes the team from then on, the quota
-    being one of its bounds (its ceiling is the count torch started with, OMP_NUM_THREADS
-    where set); else None. To pin the count: KVSAGA_CPU_THREADS=fixed and OMP_NUM_THREADS.
+    the load can be read, returns the governor that sizes the team from then on: to the
+    cores other processes leave, and to the quota as it changes unless OMP_NUM_THREADS is
+    set (its ceiling is the count torch started with, OMP_NUM_THREADS where set); else
+    None. An OMP_NUM_THREADS you set is never lowered for the quota.
 
     Raises:
         ValueError: KVSAGA_CPU_THREADS is not "fixed" or "adaptive".
@@ -445,9 +450,17 @@ def governor_for(device_type: str) -> ThreadGovernor | None:
     import torch
 
     started = torch.get_num_threads()
-    quota = cpu_quota()
+    reader: CpuQuota | None = None
+    quota = None
+    if not os.environ.get("OMP_NUM_THREADS", "").strip():
+        try:
+            reader = CpuQuota()
+            quota = reader.read()
+        except (OSError, ValueError) as e:
+            log.debug("no CPU quota read: %s", e)
+            reader = None
     bound = quota_threads(quota)
-    if bound is not None and bound < started and not os.environ.get("OMP_NUM_THREADS", "").strip():
+    if bound is not None and bound < started:
         torch.set_num_threads(bound)
         log.info("CPU threads %d -> %d: the CPU quota is %g cores (set OMP_NUM_THREADS to "
                  "choose the count)", started, bound, quota)
@@ -456,7 +469,8 @@ def governor_for(device_type: str) -> ThreadGovernor | None:
     load = ForeignLoad.open()
     if load is None:
         return None
-    gov = ThreadGovernor(load, started, torch.set_num_threads, read_quota=cpu_quota,
+    gov = ThreadGovernor(load, started, torch.set_num_threads,
+                         read_quota=None if reader is None else reader.read,
                          threads=torch.get_num_threads())
     gov.quota_cores = quota
     return gov

@@ -145,7 +145,8 @@ class LLM:
     On CPU, torch's thread team stays within the process's CPU quota rounded up to cores (a
     container's limit) unless OMP_NUM_THREADS is set, and under KVSAGA_CPU_THREADS=adaptive
     `governor` also sizes it to the cores other processes leave, between the steps of the
-    calls (kvsaga/engine/cpu_threads.py).
+    calls (kvsaga/engine/cpu_threads.py); a call from another thread first gives that
+    thread the same count.
     """
 
     def __init__(
@@ -158,8 +159,18 @@ class LLM:
         device = resolve_device(engine_kwargs.pop("device", None))
         # On CPU: torch's team within a CPU quota from the load on, and sized between steps
         # under KVSAGA_CPU_THREADS=adaptive (polled by the thread that runs the steps).
+        started = torch.get_num_threads()
         self.governor: ThreadGovernor | None = governor_for(device.type)
-        self.engine = LLMEngine(model, device=device, dtype=resolve_dtype(dtype), **engine_kwargs)
+        # The count to give a calling thread (torch's count is per thread; one started
+        # before this call keeps its own): the governor's, or the quota's; None: leave it.
+        self._team = (torch.get_num_threads()
+                      if torch.get_num_threads() != started else None)
+        try:
+            self.engine = LLMEngine(model, device=device, dtype=resolve_dtype(dtype),
+                                    **engine_kwargs)
+        except BaseException:
+            torch.set_num_threads(started)
+            raise
         self.tokenizer = self.engine.tokenizer
         self._session_ids = itertools.count()
         self._chat_contexts: deque[TokenContext] = deque(maxlen=_CHAT_CONTEXTS)
@@ -252,6 +263,9 @@ class LLM:
                 engine.abort(r.request_id)
             raise
         mine = {r.request_id for r in reqs}
+        team = self.governor.threads if self.governor is not None else self._team
+        if team is not None and torch.get_num_threads() != team:
+            torch.set_num_threads(team)  # a thread other than the one that built this LLM
         while any(not r.finished for r in reqs):
             outputs = engine.step()
             if self.governor is not None:

@@ -189,9 +189,12 @@ def test_quota_group_throttles_a_busy_child_and_cleans_up():
     with group:
         child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
         try:
-            time.sleep(0.5)
-            group.add_tree(child.pid)
-            inside = (group.path / "cgroup.procs").read_text().split()
+            deadline = time.monotonic() + 30
+            inside: list[str] = []
+            while len(inside) < 2 and time.monotonic() < deadline:  # the grandchild starts
+                time.sleep(0.1)
+                group.add_tree(child.pid)
+                inside = (group.path / "cgroup.procs").read_text().split()
             time.sleep(1.0)
             seen = group.throttling()
         finally:

@@ -305,7 +305,8 @@ def test_the_governor_never_goes_above_its_start_count():
 
 
 def test_governor_only_for_a_cpu_engine_under_adaptive(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: None)  # tests/engine/test_cpu_quota
+    # No CPU quota here, whatever this host has (tests/engine/test_cpu_quota.py).
+    monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: None)
     monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
     assert cpu_threads.governor_for("cpu") is None  # fixed by default
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")

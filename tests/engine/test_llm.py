@@ -310,13 +310,24 @@ def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeyp
     """The offline path gets what kvsaga-serve's engine thread gets: torch's team within
     the quota (rounded up to cores) from the start, and under KVSAGA_CPU_THREADS=adaptive a
     governor polled after every step of a call."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from kvsaga.engine import cpu_threads
 
     before = torch.get_num_threads()
+    pool = ThreadPoolExecutor(1)
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 1.0)
+        pool.submit(torch.get_num_threads).result()  # a thread started before the LLM
+        monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: 1.0)
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
+        fixed = make_llm(model_dir)
+        assert torch.get_num_threads() == 1 and fixed.governor is None
+        assert pool.submit(torch.get_num_threads).result() == 2  # its own count
+        assert pool.submit(lambda: (fixed.generate(PROMPTS[3], GREEDY),
+                                    torch.get_num_threads())[1]).result() == 1
+        torch.set_num_threads(2)
         monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
         llm = make_llm(model_dir)
         assert torch.get_num_threads() == 1
@@ -328,4 +339,5 @@ def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeyp
         out = llm.generate(PROMPTS[0], GREEDY)[0]
         assert len(out.token_ids) == 12 and len(polls) >= 12
     finally:
+        pool.shutdown()
         torch.set_num_threads(before)
