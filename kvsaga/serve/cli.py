@@ -219,6 +219,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         # e.g. --api-key "$KEY" with KEY unset: serving without auth would be a surprise
         raise ValueError(f"--api-key {args.api_key!r} names no key; leave the flag out to "
                          "serve without authentication")
+    if args.api_key is None and keys is not None and not keys.replace(",", "").strip():
+        raise ValueError(f"KVSAGA_API_KEY={keys!r} names no key; unset it to serve without "
+                         "authentication")
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,

@@ -36,7 +36,11 @@ class Guard:
         if self.keys and scope["path"] not in self.open_paths:
             key = _bearer(headers.get(b"authorization", b"").decode("latin-1"))
             # Constant-time comparison against every key: no timing hint about a near miss.
-            match = [k for k in self.keys if key is not None and hmac.compare_digest(k, key)]
+            # As bytes: a header may carry any byte (latin-1 here), which str comparison of
+            # non-ASCII text refuses with a TypeError.
+            raw = None if key is None else key.encode("latin-1")
+            match = [k for k in self.keys
+                     if raw is not None and hmac.compare_digest(k.encode(), raw)]
             if not match:
                 msg = "missing API key" if key is None else "invalid API key"
                 err = APIError(401, f"{msg}: send 'Authorization: Bearer <key>'",

@@ -125,7 +125,10 @@ class _Common(BaseModel):
         return None
 
     def refused_field(self) -> tuple[str, str] | None:
-        """(field, why) for the first field set to a value the engine cannot honour."""
+        """(field, why) for the first field set to a value the engine cannot honour, or
+        that OpenAI refuses as set (as vLLM does)."""
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "stream_options is only allowed with stream: true"
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 return name, f"{name}={getattr(self, name)}: penalties are not supported"
@@ -168,6 +171,8 @@ class ChatCompletionRequest(_Common):
         return self.top_logprobs or 0
 
     def refused_field(self) -> tuple[str, str] | None:
+        if self.top_logprobs and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
         kind = (self.response_format or {}).get("type", "text")
         if kind != "text":
             return ("response_format", f"response_format type {kind!r} is not supported (no "

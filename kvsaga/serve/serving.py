@@ -101,6 +101,9 @@ class Serving:
     # -- preparing ------------------------------------------------------------------------
     def _params(self, body: _Common, num_prompt: int, requested: int | None) -> SamplingParams:
         s = self.settings
+        # The field the client used (chat takes either; max_completion_tokens wins).
+        asked = ("max_completion_tokens"
+                 if getattr(body, "max_completion_tokens", None) is not None else "max_tokens")
         room = self.max_model_len - num_prompt
         if room < 1:
             raise APIError(
@@ -113,14 +116,14 @@ class Serving:
         if requested is not None:
             cap = s.max_tokens_limit
             if cap is not None and requested > cap:
-                raise APIError(400, f"max_tokens={requested} exceeds this server's limit of "
-                               f"{cap}", param="max_tokens")
+                raise APIError(400, f"{asked}={requested} exceeds this server's limit of "
+                               f"{cap}", param=asked)
             if requested > room:
                 raise APIError(
                     400,
-                    f"max_tokens={requested} plus the prompt's {num_prompt} tokens exceeds the "
+                    f"{asked}={requested} plus the prompt's {num_prompt} tokens exceeds the "
                     f"context of {self.max_model_len} tokens",
-                    param="max_tokens",
+                    param=asked,
                     code="context_length_exceeded",
                 )
             max_tokens = requested
@@ -367,6 +370,8 @@ class _Run:
                 pass
         except RequestAborted:
             raise APIError(400, "the request was aborted", code="aborted") from None
+        except EngineStopped as e:  # shut down (or its thread failed) while this ran
+            raise stopped_error(e) from None
         except Exception as e:
             log.exception("request %s failed", self.rid)
             raise _engine_failure(e) from None
@@ -439,7 +444,11 @@ class _Run:
                 yield _sse(cls(id=self.rid, created=self.created, model=self.s.model_name,
                                choices=[], usage=self._usage(self.final)).model_dump())
         except RequestAborted:
-            return  # the client is gone: nobody to tell
+            # Its session was ended (POST /v1/sessions/{id}/end) or the client left: say so,
+            # so a cut-off answer never reads as complete (a gone client reads nothing).
+            yield _sse(APIError(400, "the request was aborted", code="aborted").body())
+        except EngineStopped as e:  # shut down (or its thread failed) while this streamed
+            yield _sse(stopped_error(e).body())
         except Exception as e:
             log.exception("request %s failed mid-stream", self.rid)
             yield _sse(_engine_failure(e).body())

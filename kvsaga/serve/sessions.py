@@ -44,8 +44,10 @@ def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
     return h.hexdigest()[:32]
 
 
-# Characters an HTTP header value cannot carry (latin-1 only, no control character but tab).
-_NOT_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
+# Characters an HTTP header value cannot carry (latin-1 only, no control character but tab);
+# nor can it begin or end with a space or tab (h11, uvicorn's parser without httptools,
+# refuses such a value when the response starts).
+_NOT_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]|^[ \t]|[ \t]$")
 
 
 def resolve_session_id(
@@ -57,8 +59,9 @@ def resolve_session_id(
     Raises:
         APIError: 400 naming the field, when the id it names holds a character that the
             `X-Session-ID` response header echoing it cannot carry (beyond U+00FF, or a
-            control character): it failed only once the step had run, as a 500
-            (UnicodeEncodeError) or a connection closed without a response.
+            control character, or a space or tab at either end): it failed only once the
+            step had run, as a 500 (UnicodeEncodeError) or a connection closed without a
+            response.
     """
     named = (("session_id", body_session_id), ("X-Session-ID", header_session_id),
              ("prompt_cache_key", prompt_cache_key))
@@ -68,7 +71,8 @@ def resolve_session_id(
             if bad is not None:
                 raise APIError(400, f"{param} {sid!r:.100} holds {bad.group()!r} at character "
                                f"{bad.start() + 1}: a session id is echoed in the X-Session-ID "
-                               f"header, which carries only printable characters up to U+00FF",
+                               f"header, which carries only printable characters up to U+00FF "
+                               f"and neither begins nor ends with a space or tab",
                                param=param)
             return sid
     return None

@@ -131,6 +131,10 @@ class ServerSettings:
         need(self.metrics_compat in (None, "vllm"),
              f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known")
         need(all(isinstance(k, str) and k for k in self.api_keys), "api keys must be non-empty")
+        need(all(k.isascii() and k.isprintable() and " " not in k and "," not in k
+                 for k in self.api_keys),
+             "api keys must be printable ASCII without spaces or commas (clients send them "
+             "in the Authorization header)")
         need(self.served_model_name is None
              or (isinstance(self.served_model_name, str) and self.served_model_name.strip()),
              f"served_model_name must be a non-empty name (clients send it as `model`), got "

@@ -160,6 +160,8 @@ def test_version():
     (["--session-idle", "-1"], "--session-idle must be a number > 0 (inf: never), got -1.0"),
     (["--api-key", ""], "--api-key '' names no key"),
     (["--api-key", " , "], "--api-key ' , ' names no key"),
+    (["--api-key", "cl\u00e9"], "api keys must be printable ASCII"),
+    (["--api-key", "a,b c"], "api keys must be printable ASCII without spaces"),
     (["--served-model-name", ""], "--served-model-name must be a non-empty name"),
     (["--served-model-name", "  "], "--served-model-name must be a non-empty name"),
 ])
@@ -178,6 +180,23 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(argv, message, cap
     err = capsys.readouterr().err
     assert err == f"kvsaga-serve: error: {err.split('error: ', 1)[1]}" and message in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", [",", " ", " , "])
+def test_an_api_key_variable_that_names_no_key_fails_as_the_flag_does(
+        value, capsys, monkeypatch: pytest.MonkeyPatch):
+    """KVSAGA_API_KEY set to commas or spaces parses to no key: serving silently without
+    authentication would be the surprise the flag's check prevents (empty: unset, no auth)."""
+    from kvsaga.serve import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(cli, "preflight", refuse)
+    monkeypatch.setattr(cli, "engine_factory", refuse)
+    monkeypatch.setenv("KVSAGA_API_KEY", value)
+    assert cli.main(["--port", "0"]) == 2
+    assert f"KVSAGA_API_KEY={value!r} names no key" in capsys.readouterr().err
 
 
 def test_session_idle_inf_never_ends_idle_sessions():

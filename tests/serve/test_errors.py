@@ -42,6 +42,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
         ({**CHAT, "kvsaga": {"bogus": 1}}, "kvsaga.bogus"),
         ({k: v for k, v in CHAT.items() if k != "model"}, "model"),
         ({**CHAT, "max_tokens": 10**6}, "max_tokens"),
+        ({**CHAT, "max_completion_tokens": 10**6}, "max_completion_tokens"),
         ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
          "messages.0.content"),
         # JSON's own types: pydantic's lax mode read these as 1, True and True
@@ -165,6 +166,11 @@ def test_session_busy_is_409(server: LiveServer):
         ("/v1/chat/completions", {**CHAT, "tool_choice": {"type": "function"}}, "tool_choice"),
         ("/v1/chat/completions", {**CHAT, "tool_choice": {"type": "function", "function":
                                                           {"name": 5}}}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ("/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": True}},
+         "stream_options"),
+        ("/v1/completions", {"model": MODEL, "prompt": "a", "stream": False,
+                             "stream_options": {"include_usage": False}}, "stream_options"),
         ("/v1/completions", {"model": MODEL, "prompt": "a", "suffix": "z"}, "suffix"),
         ("/v1/completions", {"model": MODEL, "prompt": "a", "best_of": 3}, "best_of"),
     ],
@@ -177,7 +183,8 @@ def test_values_the_engine_cannot_honour_are_400_not_ignored(server: LiveServer,
 
 def test_those_fields_at_their_defaults_are_accepted(server: LiveServer):
     body = {**CHAT, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
-            "response_format": {"type": "text"}, "tool_choice": "auto", "seed": -(2**63)}
+            "response_format": {"type": "text"}, "tool_choice": "auto", "seed": -(2**63),
+            "top_logprobs": 0}
     assert _post(server, "/v1/chat/completions", json=body).status_code == 200
     body = {"model": MODEL, "prompt": "a", "max_tokens": 1, "suffix": "", "best_of": 1}
     assert _post(server, "/v1/completions", json=body).status_code == 200

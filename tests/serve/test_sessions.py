@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from kvsaga.serve.errors import APIError
 from kvsaga.serve.sessions import resolve_session_id, tenant_salt
 
 from .conftest import MODEL, LiveServer
@@ -63,6 +64,14 @@ def test_resolution_order_and_salts():
     assert resolve_session_id(None, "header", "key") == "header"
     assert resolve_session_id(None, None, "key") == "key"
     assert resolve_session_id(None, None, None) is None
+    # What the X-Session-ID header echoing it cannot carry is refused up front, naming the
+    # field: beyond U+00FF, a control character, or a space or tab at either end (h11,
+    # uvicorn's parser without httptools, refuses those once the step has run).
+    for bad in ("agent\u0100", "a\nb", "task-42 ", " task-42", "\ttask"):
+        with pytest.raises(APIError, match="session_id") as e:
+            resolve_session_id(bad, None, None)
+        assert e.value.status == 400 and e.value.param == "session_id"
+    assert resolve_session_id("task 42\tb", None, None) == "task 42\tb"  # inside is fine
     assert tenant_salt(None, None) is None
     salts = {tenant_salt("a", None), tenant_salt("b", None), tenant_salt(None, "a"),
              tenant_salt("a", "x"), tenant_salt("ax", None)}
@@ -106,7 +115,9 @@ def test_api_keys_are_tenants(auth_server: LiveServer):
 def test_auth(auth_server: LiveServer):
     url = auth_server.url
     assert httpx.get(f"{url}/health").status_code == 200
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic key-a"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic key-a"},
+                    {"Authorization": "Bearer caf\xe9".encode("latin-1")},  # before: a 500
+                    {"Authorization": "Bearer k\xc3\xa9y".encode("latin-1")}):
         r = httpx.get(f"{url}/v1/models", headers=headers)
         assert r.status_code == 401, headers
         assert r.json()["error"]["type"] == "authentication_error"
