@@ -33,6 +33,8 @@ logger = init_logger(__name__)
 
 # Tokens per chunk, for the policy's rebuild cost; only the relative cost of positions matters.
 CHUNK_TOKENS = 16
+# Ended sessions remembered (their late chunks file as shared cache), most recent kept.
+ENDED_TRACKED = 4096
 
 
 class KVSagaCachePolicy(CachePolicy):
@@ -57,7 +59,7 @@ class KVSagaCachePolicy(CachePolicy):
         self._owner: dict[OffloadKey, tuple[str | None, int]] = {}  # key -> (session, position)
         self._sessions: dict[str, Session] = {}
         self._running: set[str] = set()
-        self._ended: set[str] = set()
+        self._ended: dict[str, None] = {}  # ended session ids, oldest first (a bounded set)
         self.policy = make_policy(self.policy_name)
         self.ledger = BlockLedger(self.policy, self.cache_capacity, CHUNK_TOKENS, self._usage)
 
@@ -85,6 +87,9 @@ class KVSagaCachePolicy(CachePolicy):
     def touch(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
         """A request reads or offers these chunks: its session's step has begun."""
         info = self._info(req_context)
+        if info is not None:
+            # A step of an id whose session ended is a new session of that id.
+            self._ended.pop(info.session_id, None)
         if info is not None and info.session_id not in self._running:
             now = self.clock()
             self._running.add(info.session_id)
@@ -102,6 +107,8 @@ class KVSagaCachePolicy(CachePolicy):
         keys = order_request_keys(key_groups, req_context)
         sid = None if info is None or info.session_id in self._ended else info.session_id
         for pos, key in enumerate(keys):
+            if key not in self.chunks:  # never stored (no room, below the store threshold,
+                continue  # a failed store) or evicted since: nothing to file
             owner = self._owner.get(key, (sid, pos))[0]
             new_owner = sid if owner == sid else None  # two sessions' chunk is shared cache
             self._file(key, new_owner, pos)
@@ -114,7 +121,9 @@ class KVSagaCachePolicy(CachePolicy):
         self._running.discard(sid)
         if info.hint.last_step:
             self.policy.session_ended(session, now)
-            self._ended.add(sid)
+            self._ended[sid] = None
+            if len(self._ended) > ENDED_TRACKED:
+                del self._ended[next(iter(self._ended))]
             for key, (owner, pos) in list(self._owner.items()):
                 if owner == sid:
                     self._owner[key] = (None, pos)

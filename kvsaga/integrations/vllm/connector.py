@@ -17,7 +17,10 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   (tails first, least valuable session first) until the request fits or nothing is retained;
   after each step it keeps one free block per scheduled request. A released block stays in
   vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes vLLM preempt a
-  running request or stall: it only says yes to `has_pending_block_frees` after releasing.
+  running request: it only says yes to `has_pending_block_frees` after releasing. vLLM
+  retries that request the next step, not the same one, so a request short of room waits a
+  step each time it asks; the release doubles while it keeps asking, so a prefill chunk of
+  k blocks waits about log2(k) steps.
 - S's last step (`last_step`), or a request that names no session: nothing is retained.
 - Admission (`admission`, on by default): a session gate (`gate.SessionGate`, kvsaga's
   workflow rule) defers a session's step while the admitted sessions' predicted working sets
@@ -168,6 +171,12 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._no_ride: set[str] = set()  # request ids whose ride vLLM did not allocate
         self.gate: SessionGate | None = None
         self.block_size = vllm_config.cache_config.block_size
+        # The most blocks one request can newly need in a step: a full token budget, plus
+        # the block its last token may open (`has_pending_block_frees`).
+        sched = vllm_config.scheduler_config
+        self._max_step_blocks = -(-sched.max_num_batched_tokens // self.block_size) + 1
+        self._ask_blocks = 0  # what the last ask released room for, in a run of asking steps
+        self._asked = False  # whether vLLM asked during the step being scheduled
         self.pool: BlockPool | None = None
         self.ledger: BlockLedger | None = None
         self.holds: dict[str, list[int]] = {}  # session -> retained block ids, head first
@@ -190,6 +199,18 @@ class KVSagaConnector(KVConnectorBase_V1):
     # -- set-up -------------------------------------------------------------------------------
     def bind_gpu_block_pool(self, gpu_block_pool: BlockPool) -> None:
         self.pool = gpu_block_pool
+        # A prefix-cache reset drops every hash, so nothing retained could be hit after it:
+        # give the blocks back first. vLLM resets the pool before it asks the connector
+        # (`reset_cache`), and with `reset_running_requests` (a weight update's
+        # pause_generation, sleep) it raises when the pool still has blocks in use; this
+        # instance's reset gives them back before it runs.
+        reset = gpu_block_pool.reset_prefix_cache
+
+        def reset_prefix_cache() -> bool:
+            self.reset_cache()
+            return reset()
+
+        gpu_block_pool.reset_prefix_cache = reset_prefix_cache  # type: ignore[method-assign]
         self.ledger = BlockLedger(
             self.policy, gpu_block_pool.num_gpu_blocks, self.block_size, self._usage
         )
@@ -345,7 +366,9 @@ class KVSagaConnector(KVConnectorBase_V1):
             if info.hint.last_step:
                 self._end_session(info.session_id, session_for(self._sessions, info), now)
             else:
-                if not unretained:
+                # A step that never got blocks (aborted while it waited: the gate held it, or
+                # vLLM had no room) leaves the session's kept context as it was.
+                if not unretained and block_ids:
                     self._retain(info, block_ids, now)
                 self.session_active(info.session_id, now)  # its pause starts now
         if self.gate is not None:
@@ -438,10 +461,18 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
-        instead (one block beyond the current free count per call at least), and say so."""
+        instead, and say so. vLLM does not retry that request's allocation in the same
+        step (a pending free is one that lands later), so the request waits a step, and the
+        blocks must be enough for it then: the first ask of a run of steps that ask
+        releases one block beyond the free count, each later one twice the last
+        (`_ask_blocks`), up to the most a step can take (`_max_step_blocks`), and the
+        headroom after the step keeps that much free for it (`build_connector_meta`). A
+        prefill chunk of k blocks so waits about log2(k) steps, not k."""
         if self.pool is None or not self.holds:
             return False
-        want = self.pool.get_num_free_blocks() + 1 + self.reserve_blocks
+        self._asked = True
+        self._ask_blocks = min(max(1, 2 * self._ask_blocks), self._max_step_blocks)
+        want = self.pool.get_num_free_blocks() + self._ask_blocks + self.reserve_blocks
         return self._release_until(want, self.clock(), "preempt") > 0
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
@@ -456,9 +487,13 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._step_mark = (now, tokens) if tokens else None
         if self.pool is not None:
             self._end_idle_sessions(now)
+        # A step in which vLLM asked for room left a request waiting for it: keep what the
+        # last ask was for free beside the headroom; a step without an ask ends the run.
+        demand = self._ask_blocks if self._asked else 0
+        self._ask_blocks, self._asked = demand, False
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
-            self._release_until(n + self.reserve_blocks, now, "headroom")
+            self._release_until(n + self.reserve_blocks + demand, now, "headroom")
         if now - self._logged[0] >= STATS_LOG_EVERY_S:
             self._log_stats(now)
         return KVSagaConnectorMetadata()
@@ -489,8 +524,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._logged = (now, line)
 
     def reset_cache(self) -> bool:
-        """Give back every retained block (vLLM's prefix-cache reset needs them all free: it
-        runs before this, so a reset with `reset_connector` succeeds on its second call)."""
+        """Give back every retained block (vLLM's prefix-cache reset needs them all free;
+        the pool's own reset calls this first: `bind_gpu_block_pool`)."""
         for sid in list(self.holds):
             self._release_session(sid)
         return True

@@ -109,3 +109,38 @@ def test_the_two_classes_rank_with_ttl_and_graph():
     for cls, name in ((KVSagaCachePolicy, "ttl"), (KVSagaGraphCachePolicy, "graph")):
         assert cls.policy_name == name
         assert type(cls(8).policy) is type(make_policy(name))
+
+
+def _policy(mgr: CPUOffloadingManager):
+    return mgr._policy
+
+
+def test_chunks_never_stored_leave_no_owner_and_an_ended_id_starts_again():
+    """A request whose store finds no room (every chunk pinned by a store in flight) files
+    no owner for the chunks it never stored (before, each such key stayed in the policy's
+    owner map for good); and a session id reused after its last step is a new session, not
+    anonymous cache for ever."""
+    mgr = _manager(CACHE_POLICY_CLASS, 4)
+    pol = _policy(mgr)
+    held = ReqContext("held", kv_transfer_params={"kvsaga": {"session_id": "H", "tool": "t",
+                                                              "expected_s": 5}})
+    keys = _keys("h", 4)
+    mgr.on_new_request(held)
+    assert mgr.prepare_store(keys, held) is not None  # in flight: pinned, not yet complete
+    late = _keys("late", 2)
+    ctx = ReqContext("late", kv_transfer_params={"kvsaga": {"session_id": "L", "tool": "t",
+                                                             "expected_s": 5}})
+    mgr.on_new_request(ctx)
+    mgr.touch(late, ctx)
+    assert mgr.prepare_store(late, ctx) is None  # no room: nothing stored
+    mgr.on_request_finished(ctx)
+    assert not any(k in pol._owner for k in late)
+    mgr.complete_store(keys, held)
+    mgr.on_request_finished(held)
+    assert all(pol._owner[k][0] == "H" for k in keys)
+    mgr.reset_cache()
+    first, again = _keys("e1", 2), _keys("e2", 2)
+    _store(mgr, "e1", first, {"session_id": "E", "last_step": True})
+    assert "E" in pol._ended and all(pol._owner[k][0] is None for k in first)
+    _store(mgr, "e2", again, {"session_id": "E", "tool": "t", "expected_s": 5})
+    assert "E" not in pol._ended and all(pol._owner[k][0] == "E" for k in again)

@@ -161,10 +161,103 @@ def test_requests_without_a_session_or_with_a_bad_hint_are_left_to_vllm(hf_model
 
 
 def test_prefix_cache_reset_gives_back_retained_blocks(hf_model_dir):
+    """A reset drops every hash, so retained blocks could never be hit again: vLLM's pool
+    reset gives them back first, with or without `reset_connector` (before, the first reset
+    failed while a session was paused)."""
+    for connector_too in (True, False):
+        s = make_scheduler(hf_model_dir, 32, connector=True, admission=False)
+        run(s, [make_request(_prompt(95, 4), 2,
+                             {"session_id": "R", "tool": "t", "expected_s": 9})])
+        assert s.connector.holds
+        assert s.reset_prefix_cache(reset_connector=connector_too) is True
+        _assert_no_leak(s)
+
+
+def test_a_reset_that_preempts_running_requests_succeeds_beside_a_paused_session(
+        hf_model_dir):
+    """`reset_prefix_cache(reset_running_requests=True)`, what vLLM's pause_generation
+    (clear_cache) and sleep run for a weight update: vLLM preempts every running request,
+    then resets the pool, and raised RuntimeError while the connector still held a paused
+    session's blocks. Now the reset succeeds and the preempted request runs again."""
     s = make_scheduler(hf_model_dir, 32, connector=True, admission=False)
-    run(s, [make_request(_prompt(95, 4), 2, {"session_id": "R", "tool": "t", "expected_s": 9})])
-    assert s.reset_prefix_cache(reset_connector=True) is False  # vLLM resets before us
-    assert s.reset_prefix_cache(reset_connector=True) is True
+    run(s, [make_request(_prompt(96, 4), 2, {"session_id": "R", "tool": "t", "expected_s": 9})])
+    runner = make_request(_prompt(97, 3), 20)
+    s.add_request(runner)
+    step(s)
+    assert s.running and s.connector.holds
+    assert s.reset_prefix_cache(reset_running_requests=True) is True
+    assert not s.connector.holds
+    run(s, [])
+    assert runner.is_finished()
+    _assert_no_leak(s)
+
+
+def test_a_step_aborted_before_it_got_blocks_keeps_the_session_context(hf_model_dir):
+    """Session A pauses with its context retained; its next step is aborted while still
+    waiting (a client timeout while the gate or vLLM held it back). The retained context
+    stays A's (before, the finish of the never-allocated step released it and left an
+    empty hold), and A's following step hits it."""
+    from vllm.v1.request import RequestStatus
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
+    a1 = _prompt(98, 6)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    kept = list(s.connector.holds["A"])
+    retained = s.connector.stats.retained_steps
+    waiting = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 2, {"session_id": "A"})
+    s.add_request(waiting)
+    s.finish_requests(waiting.request_id, RequestStatus.FINISHED_ABORTED)
+    assert s.connector.holds["A"] == kept and s.connector.stats.retained_steps == retained
+    again = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 2,
+                         {"session_id": "A", "last_step": True})
+    assert run(s, [again])[again.request_id] == 6 * BLOCK_SIZE
+    _assert_no_leak(s)
+
+
+def _step_chunked(s):
+    """`step`, but a request still in its prompt after this step's chunk samples nothing, as
+    vLLM's model runner does (harness.step gives every scheduled request a token)."""
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    out = s.schedule()
+    ids = list(out.num_scheduled_tokens)
+    sampled = [[] if s.requests[r].num_computed_tokens < s.requests[r].num_prompt_tokens
+               else [TOKEN] for r in ids]
+    s.update_from_output(out, ModelRunnerOutput(
+        req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+        sampled_token_ids=sampled))
+    return out
+
+
+def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
+    """Paused sessions retain most of memory while four prompts (30, 10, 10 and 10 blocks)
+    prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk
+    vLLM cannot allocate makes it ask the connector before preempting; it then skips that
+    request and every running request after it for the step, and retries the next. When
+    each ask released one block beyond the free count, the run took 23 steps, 13 of them
+    scheduling nothing; releases that double while vLLM keeps asking (and headroom that
+    keeps the last ask's blocks free) take 8, one of them empty. No request is preempted
+    either way, and every block comes back."""
+    s = make_scheduler(hf_model_dir, 64, connector=True, admission=False,
+                       max_num_batched_tokens=16 * BLOCK_SIZE)
+    s.scheduler_config.long_prefill_token_threshold = 4 * BLOCK_SIZE
+    for i in range(5):
+        hint = {"session_id": f"P{i}", "tool": "t", "expected_s": 60}
+        run(s, [make_request(_prompt(80 + i, 8), 1, hint)])
+    assert sum(len(h) for h in s.connector.holds.values()) == 40
+    for r in [make_request(_prompt(90, 30), 1)] + [make_request(_prompt(92 + j, 10), 1)
+                                                    for j in range(3)]:
+        s.add_request(r)
+    steps = empty = preempted = 0
+    while s.has_unfinished_requests():
+        out = _step_chunked(s)
+        steps += 1
+        empty += not out.num_scheduled_tokens
+        preempted += len(out.preempted_req_ids)
+        assert steps < 100
+    assert preempted == 0 and steps <= 10 and empty <= 2, (steps, empty)
+    for i in range(5):
+        run(s, [make_request(_prompt(80 + i, 1), 1, {"session_id": f"P{i}", "last_step": True})])
     _assert_no_leak(s)
 
 
