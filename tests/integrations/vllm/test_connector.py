@@ -234,10 +234,11 @@ def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
     prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk
     vLLM cannot allocate makes it ask the connector before preempting; it then skips that
     request and every running request after it for the step, and retries the next. When
-    each ask released one block beyond the free count, the run took 23 steps, 13 of them
-    scheduling nothing; releases that double while vLLM keeps asking (and headroom that
-    keeps the last ask's blocks free) take 8, one of them empty. No request is preempted
-    either way, and every block comes back."""
+    each ask released one block beyond the free count, most of the run's steps scheduled
+    nothing (this test failed its bounds: more than 10 steps, more than 2 of them empty);
+    releases that double while vLLM keeps asking, and headroom that keeps the last ask's
+    blocks free, stay within them. No request is preempted either way, and every block
+    comes back."""
     s = make_scheduler(hf_model_dir, 64, connector=True, admission=False,
                        max_num_batched_tokens=16 * BLOCK_SIZE)
     s.scheduler_config.long_prefill_token_threshold = 4 * BLOCK_SIZE
