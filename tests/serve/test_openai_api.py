@@ -110,7 +110,11 @@ def test_chat_logprobs_plain_and_streamed(client: openai.OpenAI, server: LiveSer
                 for e in c.choices[0].logprobs.content]
     assert [(e.token, round(e.logprob, 4)) for e in streamed] == [
         (e.token, round(e.logprob, 4)) for e in content]
-    assert client.chat.completions.create(**{**kw, "logprobs": False}).choices[0].logprobs is None
+    plain = {k: v for k, v in kw.items() if k not in ("logprobs", "top_logprobs")}
+    assert client.chat.completions.create(**plain).choices[0].logprobs is None
+    # top_logprobs without logprobs: refused, as OpenAI and vLLM refuse it (it was ignored)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(**{**kw, "logprobs": False})
     server.wait_idle()
 
 
