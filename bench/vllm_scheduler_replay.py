@@ -197,6 +197,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         make_request,
         make_scheduler,
         reset_request_ids,
+        sampled,
     )
 
     reset_request_ids()  # request ids r0, r1, ... whatever ran before (the docstring says why)
@@ -336,7 +337,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
         now += dt
         res.busy_s += dt
         runner = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: j for j, r in enumerate(ids)},
-                                   sampled_token_ids=[[TOKEN] for _ in ids],
+                                   sampled_token_ids=sampled(sched, ids),
                                    kv_connector_output=kv_out)
         for outputs in sched.update_from_output(out, runner).values():
             for o in outputs.outputs:

@@ -128,6 +128,15 @@ def make_request(
     )
 
 
+def sampled(scheduler: Scheduler, ids: list[str]) -> list[list[int]]:
+    """What the model runner samples for the scheduled requests `ids`, after `schedule()`
+    has counted this step's tokens as computed: a token for each, but none for a request
+    still inside its prompt (a partial prefill's chunk), as vLLM's runner does."""
+    reqs = scheduler.requests
+    return [[] if reqs[r].num_computed_tokens < reqs[r].num_prompt_tokens else [TOKEN]
+            for r in ids]
+
+
 def step(scheduler: Scheduler):
     """One engine step: schedule, "run" the batch, feed the outputs back. Returns the
     scheduler output (for its num_scheduled_tokens and preemptions)."""
@@ -136,7 +145,7 @@ def step(scheduler: Scheduler):
     runner = ModelRunnerOutput(
         req_ids=ids,
         req_id_to_index={r: i for i, r in enumerate(ids)},
-        sampled_token_ids=[[TOKEN] for _ in ids],
+        sampled_token_ids=sampled(scheduler, ids),
     )
     scheduler.update_from_output(out, runner)
     return out

@@ -214,21 +214,6 @@ def test_a_step_aborted_before_it_got_blocks_keeps_the_session_context(hf_model_
     _assert_no_leak(s)
 
 
-def _step_chunked(s):
-    """`step`, but a request still in its prompt after this step's chunk samples nothing, as
-    vLLM's model runner does (harness.step gives every scheduled request a token)."""
-    from vllm.v1.outputs import ModelRunnerOutput
-
-    out = s.schedule()
-    ids = list(out.num_scheduled_tokens)
-    sampled = [[] if s.requests[r].num_computed_tokens < s.requests[r].num_prompt_tokens
-               else [TOKEN] for r in ids]
-    s.update_from_output(out, ModelRunnerOutput(
-        req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-        sampled_token_ids=sampled))
-    return out
-
-
 def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
     """Paused sessions retain most of memory while four prompts (30, 10, 10 and 10 blocks)
     prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk
@@ -251,7 +236,7 @@ def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
         s.add_request(r)
     steps = empty = preempted = 0
     while s.has_unfinished_requests():
-        out = _step_chunked(s)
+        out = step(s)
         steps += 1
         empty += not out.num_scheduled_tokens
         preempted += len(out.preempted_req_ids)

@@ -20,7 +20,7 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from kvsaga.integrations.vllm import offload_transfer_config  # noqa: E402
 from tests.bench_scripts import load_bench  # noqa: E402
 
-from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler  # noqa: E402
+from .harness import BLOCK_SIZE, TOKEN, make_request, make_scheduler, sampled  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -79,7 +79,7 @@ def _run(s, worker, requests) -> dict[str, int]:
         ids = list(out.num_scheduled_tokens)
         s.update_from_output(out, ModelRunnerOutput(
             req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-            sampled_token_ids=[[TOKEN] for _ in ids], kv_connector_output=kv_out))
+            sampled_token_ids=sampled(s, ids), kv_connector_output=kv_out))
         hits.update((n.req_id, n.num_computed_tokens) for n in out.scheduled_new_reqs
                     if n.req_id not in hits)
     raise AssertionError("requests did not finish: the scheduler is stuck")
