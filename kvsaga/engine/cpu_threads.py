@@ -283,14 +283,21 @@ class CpuQuota:
         return min(limits, default=None)
 
 
-def cpu_quota() -> float | None:
-    """This process's CPU quota in cores (`CpuQuota`), or None where none is set or it
+def open_quota() -> tuple[CpuQuota | None, float | None]:
+    """(a reader of this process's CPU quota, the quota in cores now); (None, None) where it
     cannot be read (not Linux, no cgroup file system)."""
     try:
-        return CpuQuota().read()
+        reader = CpuQuota()
+        return reader, reader.read()
     except (OSError, ValueError) as e:
         log.debug("no CPU quota read: %s", e)
-        return None
+        return None, None
+
+
+def cpu_quota() -> float | None:
+    """This process's CPU quota in cores (`CpuQuota`), or None where none is set or it
+    cannot be read."""
+    return open_quota()[1]
 
 
 def quota_threads(quota: float | None) -> int | None:
@@ -450,15 +457,8 @@ def governor_for(device_type: str) -> ThreadGovernor | None:
     import torch
 
     started = torch.get_num_threads()
-    reader: CpuQuota | None = None
-    quota = None
-    if not os.environ.get("OMP_NUM_THREADS", "").strip():
-        try:
-            reader = CpuQuota()
-            quota = reader.read()
-        except (OSError, ValueError) as e:
-            log.debug("no CPU quota read: %s", e)
-            reader = None
+    reader, quota = ((None, None) if os.environ.get("OMP_NUM_THREADS", "").strip()
+                     else open_quota())
     bound = quota_threads(quota)
     if bound is not None and bound < started:
         torch.set_num_threads(bound)

@@ -106,6 +106,7 @@ from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.integrations.vllm.retention_stats import RetentionStats
+from kvsaga.integrations.vllm.room_asks import RoomAsks
 from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS, StepCost
 from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.session import DEFAULT_SESSION_IDLE_S, IdleSweep, Session, check_session_idle
@@ -171,12 +172,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._no_ride: set[str] = set()  # request ids whose ride vLLM did not allocate
         self.gate: SessionGate | None = None
         self.block_size = vllm_config.cache_config.block_size
-        # The most blocks one request can newly need in a step: a full token budget, plus
-        # the block its last token may open (`has_pending_block_frees`).
-        sched = vllm_config.scheduler_config
-        self._max_step_blocks = -(-sched.max_num_batched_tokens // self.block_size) + 1
-        self._ask_blocks = 0  # what the last ask released room for, in a run of asking steps
-        self._asked = False  # whether vLLM asked during the step being scheduled
+        self._asks = RoomAsks.for_budget(  # what vLLM's asks for room release
+            vllm_config.scheduler_config.max_num_batched_tokens, self.block_size)
         self.pool: BlockPool | None = None
         self.ledger: BlockLedger | None = None
         self.holds: dict[str, list[int]] = {}  # session -> retained block ids, head first
@@ -461,18 +458,10 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
-        instead, and say so. vLLM does not retry that request's allocation in the same
-        step (a pending free is one that lands later), so the request waits a step, and the
-        blocks must be enough for it then: the first ask of a run of steps that ask
-        releases one block beyond the free count, each later one twice the last
-        (`_ask_blocks`), up to the most a step can take (`_max_step_blocks`), and the
-        headroom after the step keeps that much free for it (`build_connector_meta`). A
-        prefill chunk of k blocks so waits about log2(k) steps, not k."""
+        instead, as many as the run of asks wants (`room_asks.RoomAsks`), and say so."""
         if self.pool is None or not self.holds:
             return False
-        self._asked = True
-        self._ask_blocks = min(max(1, 2 * self._ask_blocks), self._max_step_blocks)
-        want = self.pool.get_num_free_blocks() + self._ask_blocks + self.reserve_blocks
+        want = self.pool.get_num_free_blocks() + self._asks.ask() + self.reserve_blocks
         return self._release_until(want, self.clock(), "preempt") > 0
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
@@ -487,10 +476,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._step_mark = (now, tokens) if tokens else None
         if self.pool is not None:
             self._end_idle_sessions(now)
-        # A step in which vLLM asked for room left a request waiting for it: keep what the
-        # last ask was for free beside the headroom; a step without an ask ends the run.
-        demand = self._ask_blocks if self._asked else 0
-        self._ask_blocks, self._asked = demand, False
+        demand = self._asks.step_done()  # kept free for a request that asked this step
         if self.pool is not None and self.holds:
             n = len(scheduler_output.num_scheduled_tokens)
             self._release_until(n + self.reserve_blocks + demand, now, "headroom")
