@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from .conftest import MODEL, make_engine
-from .test_session_race import _Hold, _run, _until
+from .test_session_race import _Hold, _queued, _run, _until
 
 LONG = {"model": MODEL, "prompt": "agent ", "max_tokens": 200, "ignore_eos": True}
 
@@ -41,8 +41,8 @@ def test_a_stream_cut_off_by_its_session_end_says_aborted(tiny_dir: Path):
         hold = _Hold(aengine)
         await hold.wait()
         try:
-            stream = asyncio.ensure_future(client.post("/v1/completions", json=body))
-            await _until(lambda: aengine.num_in_flight == 1, "queued the stream")
+            stream = await _queued(aengine, client.post("/v1/completions", json=body),
+                                   "the stream")
             end = asyncio.ensure_future(client.post("/v1/sessions/s/end"))
             await _until(lambda: app.state.server.serving().sessions.get("anon/s") is None,
                          "forgot the session")
