@@ -5,7 +5,16 @@ its TCT shared and alone on half the GPU (the slowdown's denominator, under the 
 scheduler), and the same figures of each tenant's alone run.
 
     python bench/scheduling_afs_split.py noisy:8:0.25 mix:2:0.5 \
-        [--defaults '{"growth_charge": "remaining"}']
+        [--defaults '{"growth_charge": "remaining"}'] [--time]
+
+`--time` adds, per tenant of the shared run, where its mean TCT goes beyond its sessions'
+solo time (bench/scheduling_bound_gap.py's split, every step observed): waits to be admitted
+(first, again after a demotion, queued while admitted), and the run beyond solo, of it its
+own recomputation, its decodes stalled by other steps' prefill, and its decodes beside other
+sessions' decodes ("batch": each decode step's time beyond the same step with its decode
+alone). Why (session 41): the noisy-neighbour misses of fresh AFS seeds 181, 182 were each
+"within the floors" (unloaded TCT over TCT alone), yet the light tenant's shared TCT stayed
+far above its unloaded one; this says which part of it an admission order can reach.
 
 Why (issue 10, `--fit` rounds 13-15): the veto rejects a candidate whose ratio rises, and
 a ratio is max / min of slowdowns whose denominators (the tenants' runs alone) move with
@@ -26,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from scheduling import PRESET, capacity
+from scheduling_bound_gap import KINDS, observe
 from scheduling_mix import MIX_FRACS, MIXES, mix_trace, set_workflow_defaults
 
 from kvsaga.scheduler.workflow import WorkflowScheduler
@@ -148,6 +158,50 @@ def lines(case: str, per: dict[str, dict[str, float]]) -> list[str]:
     return out
 
 
+TIME_PARTS = ("solo", "wait first", "wait again", "wait admitted", "run")
+RUN_PARTS = ("recompute", "prefill stall", "batch", "prefill beside", "other")
+
+
+def time_split(name: str, seed: int, frac: float) -> dict[str, dict[str, float]]:
+    """`--time`: per tenant of the shared run (as `split` runs it, every step observed), the
+    means a session of `TIME_PARTS` and of the run's parts (`RUN_PARTS`): "recompute" (its
+    recomputed tokens' prefill time), "prefill stall" (its decodes stalled by other steps'
+    prefill), "batch" (its decodes beside other decodes), "prefill beside" (its prefill
+    chunks' steps beyond each chunk alone) and "other" (the run's rest: steps it sat out
+    while running, per-chunk overheads); "tct" their sum; "prefill chunks" (batch steps
+    that carried its prefill) and "sessions"."""
+    sessions = mix_trace(name, seed)
+    out = observe(name, 1.0, frac, seed, "graph", "workflow", None, sessions=sessions,
+                  num_gpu_blocks=capacity(sessions, frac, len(MIXES[name])), reference=True)
+    tenant = {s.id: tenant_key(s.tenant) for s in sessions}
+    sums: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for sid, p in out["sessions"].items():
+        parts = {k: p[k] for k in ("tct", *TIME_PARTS)}
+        parts["recompute"] = sum(p[f"rec_s {k}"] for k in KINDS)
+        parts["prefill stall"] = p["stall first-time"] + p["stall recomputed"]
+        parts["batch"] = p["stall batch"]
+        parts["prefill beside"] = p["prefill beside"]
+        parts["other"] = p["run"] - sum(parts[k] for k in RUN_PARTS[:-1])
+        parts["prefill chunks"] = p["prefill chunks"]
+        sums[tenant[sid]].update(parts)
+        sums[tenant[sid]]["sessions"] += 1
+    return {t: {k: (v if k == "sessions" else v / c["sessions"]) for k, v in c.items()}
+            for t, c in sorted(sums.items())}
+
+
+def time_lines(case: str, per: dict[str, dict[str, float]]) -> list[str]:
+    out = [f"{case}: where each tenant's mean TCT goes (s a session)"]
+    for t, v in per.items():
+        out.append(f"  {t} ({v['sessions']:.0f} sessions): TCT {v['tct']:.2f} = solo "
+                   f"{v['solo']:.2f} + waits {v['wait first']:.2f} first / "
+                   f"{v['wait again']:.2f} again / {v['wait admitted']:.2f} admitted + run "
+                   f"beyond solo {v['run']:.2f} (recompute {v['recompute']:.2f}, prefill "
+                   f"stall {v['prefill stall']:.2f}, batch {v['batch']:.2f}, prefill beside "
+                   f"{v['prefill beside']:.2f}, other {v['other']:.2f}); "
+                   f"{v['prefill chunks']:.0f} prefill chunks a session")
+    return out
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -157,6 +211,9 @@ if __name__ == "__main__":
                     "fraction (e.g. noisy:8:0.25)")
     ap.add_argument("--defaults", type=json.loads, default=None,
                     help="the workflow scheduler's defaults for the run (JSON), as the veto")
+    ap.add_argument("--time", action="store_true",
+                    help="also split each tenant's mean TCT of the shared run into solo "
+                    "time, waits and the run's parts (module docstring)")
     args = ap.parse_args()
     try:
         cases = [parse_case(x) for x in args.cases]
@@ -166,3 +223,5 @@ if __name__ == "__main__":
         ap.error(str(e))
     for text, (name, seed, frac) in zip(args.cases, cases, strict=True):
         print("\n".join(lines(text, split(name, seed, frac))), flush=True)
+        if args.time:
+            print("\n".join(time_lines(text, time_split(name, seed, frac))), flush=True)

@@ -75,13 +75,26 @@ def _kind(sched: Any, req: Any) -> str:
 
 
 def observe(family: str, load: float, frac: float, seed: int, policy: str,
-            scheduler: str, params: dict | None) -> dict[str, Any]:
+            scheduler: str, params: dict | None, *, sessions: list | None = None,
+            num_gpu_blocks: int | None = None, reference: bool = False) -> dict[str, Any]:
     """One observed simulation of the point (module docstring): per session its TCT, solo
-    time, waits by class and recomputation by class; per demotion its class and cost."""
-    sessions = trace(family, seed, load)
-    cfg = SimConfig(preset=PRESET, num_gpu_blocks=capacity(sessions, frac), policy=policy,
+    time, waits by class and recomputation by class; per demotion its class and cost.
+
+    `sessions` and `num_gpu_blocks` replace the point's trace and capacity (a two-tenant
+    mix: bench/scheduling_afs_split.py `--time`). `reference`: every batch step through
+    `schedule` (`Simulator(reference=True)`, the same results), so that each session's
+    "stall batch" is read too: the seconds its decode steps took beyond the same step with
+    its decode alone (decoding beside other sessions' decodes), and "prefill beside": the
+    seconds its prefill chunks' steps took beyond its chunk alone (other steps' prefill and
+    decodes in the same batch step); without it, decode runs move the clock unobserved and
+    both keys are absent."""
+    if sessions is None:
+        sessions = trace(family, seed, load)
+    if num_gpu_blocks is None:
+        num_gpu_blocks = capacity(sessions, frac)
+    cfg = SimConfig(preset=PRESET, num_gpu_blocks=num_gpu_blocks, policy=policy,
                     scheduler=scheduler, scheduler_params=params)
-    sim = Simulator(sessions, cfg)
+    sim = Simulator(sessions, cfg, reference=reference)
     sched, m, cost = sim.scheduler, sim.manager, cfg.cost
     bs, gpu = m.block_size, m.num_gpu_blocks
     waits: dict[str, Counter] = defaultdict(Counter)
@@ -132,6 +145,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         slots(req, n)
         r = sim.recomputed_so_far - before
         if req.prefilling:
+            chunks[req.session_id] += 1
             chunk["all"] += n
             chunk["recomputed"] += r
             chunk["new " + kind.get(id(req), "first")] += n - r
@@ -146,6 +160,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
                 d["recompute_s"] = d.get("recompute_s", 0.0) + s
 
     state: dict[str, Any] = {"t": 0.0, "shares": None, "again": ()}
+    chunks: Counter = Counter()  # prefill chunks per session
 
     def tick(now: float) -> None:
         """Credit the time since the last observed call to the state then, and read the
@@ -183,6 +198,18 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
     chunk = Counter()  # prefill tokens since the last batch step: all, recomputed
 
     def on_execute(prefill, decode):
+        if reference and decode:
+            together = cost._step_time(0, 0, 0, len(decode),
+                                       sum(r.fed_position + 1 for r in decode))
+            for r in decode:
+                stalls[r.session_id]["batch"] += together - cost._step_time(
+                    0, 0, 0, 1, r.fed_position + 1)
+        if reference and prefill:
+            whole = cost._step_time(*_prefill_terms(prefill), len(decode),
+                                    sum(r.fed_position + 1 for r in decode))
+            for r, n in prefill:
+                stalls[r.session_id]["prefill beside"] += whole - cost._step_time(
+                    *_prefill_terms([(r, n)]), 0, 0)
         if prefill and decode:
             whole = cost._step_time(*_prefill_terms(prefill), len(decode),
                                     sum(r.fed_position + 1 for r in decode))
@@ -229,6 +256,10 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
                      **{f"rec_s {k}": recompute_s[s.id][k] for k in KINDS}}
         per[s.id].update({f"stall first-time {k}": stalls[s.id]["first-time " + k]
                           for k in KINDS})
+        per[s.id]["prefill chunks"] = chunks[s.id]
+        if reference:
+            per[s.id]["stall batch"] = stalls[s.id]["batch"]
+            per[s.id]["prefill beside"] = stalls[s.id]["prefill beside"]
     return {"row": row, "sessions": per, "demotions": demotions, "room": room,
             "gpu": gpu_time, "first_by_state": first_by_state}
 

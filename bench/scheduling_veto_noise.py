@@ -10,6 +10,7 @@ calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
     python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s34.json CAND.json
     python bench/scheduling_veto_noise.py save OUT.json BASE.json FCFS.json NULL.json [...] \
         --about TEXT
+    python bench/scheduling_veto_noise.py tct BASE.json RUN.json [...]
 
 `run`: the AFS veto's cases (both mixes of `bench/scheduling_mix.py` on each seed, at their
 capacities: 32 cases on the AFS fit seeds 102-109), each run shared and each tenant alone on
@@ -36,6 +37,10 @@ not the frozen ones (the rule is judged with what was committed, never refitted)
 `judge-saved`: the same, with the base, fcfs+lru and null ratios read from a committed
 calibration (tests/bench/afs_noise_s34.json, `calibrate`'s runs reduced to their ratios), so
 a candidate needs its own run only.
+`tct`: each run's mean TCT (all sessions of a case, and each tenant's) against a base
+run's, as the geometric mean of the 32 cases' ratios and the largest rise: the cost side of
+a candidate that the veto, which reads ratios only, does not see (session 41: null runs
+drift it too, so a candidate is read against the nulls' drift).
 `save`: that reduction (session 33; sessions 25-32 did it by a script not kept): the base,
 fcfs+lru and null runs, checked as `calibrate` checks them, written as one JSON file of each
 run's defaults, null, config and sorted (case, ratio) pairs, "about" saying what it is.
@@ -247,6 +252,40 @@ def saved_run(run: dict) -> dict:
             "ratios": [[list(k), x] for k, x in sorted(ratios(run["rows"]).items())]}
 
 
+def mean_tct(row: dict) -> float:
+    """A case's mean TCT over all its sessions: each tenant's mean weighted by its sessions
+    (`MIXES`)."""
+    n = {t: k for t, _, _, k in MIXES[row["mix"]]}
+    return (sum(n[t] * v["tct_mean_s"] for t, v in row["tenants"].items())
+            / sum(n[t] for t in row["tenants"]))
+
+
+def tct_lines(base: dict, runs: dict[str, dict]) -> list[str]:
+    """`tct`: per run against `base` (the same cases), the geometric mean over the cases of
+    the mean TCT's ratio (all sessions, then each tenant's) and the case that rose most."""
+    def key(r):
+        return r["mix"], r["seed"], r["frac"]
+    b = {key(r): r for r in base["rows"]}
+    out = ["| run vs base | mean TCT, geometric mean of the cases' ratios | largest rise "
+           "(case) | tenant a | tenant b |", "|---|---|---|---|---|"]
+    for label, run in runs.items():
+        rows = sorted(run["rows"], key=key)
+        if sorted(b) != [key(r) for r in rows]:
+            raise ValueError(f"{label} has other cases than the base")
+        q = [mean_tct(r) / mean_tct(b[key(r)]) for r in rows]
+        per = {t: [r["tenants"][t]["tct_mean_s"] / b[key(r)]["tenants"][t]["tct_mean_s"]
+                   for r in rows] for t in ("a", "b")}
+        worst = max(range(len(q)), key=q.__getitem__)
+        out.append(f"| {label} | x{_geomean(q):.4f} | x{q[worst]:.3f} "
+                   f"({_name(key(rows[worst]))}) | x{_geomean(per['a']):.4f} | "
+                   f"x{_geomean(per['b']):.4f} |")
+    return out
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
 def load(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -289,7 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("nulls", nargs="+", help="the null runs' JSON files (`run --null NAME`)")
     sv.add_argument("--about", required=True, help="what the calibration is, in words")
     js.add_argument("cand", help="the candidate run's JSON")
+    t = sub.add_parser("tct", help="the runs' mean TCT against a base run's, case by case")
+    t.add_argument("base", help="a `run` JSON (e.g. the default before the candidate)")
+    t.add_argument("runs", nargs="+", help="`run` JSONs of the same cases (candidates, nulls)")
     a = ap.parse_args(argv)
+    if a.cmd == "tct":
+        try:
+            print("\n".join(tct_lines(load(a.base), {
+                p: load(p) for p in a.runs})))
+        except ValueError as e:
+            ap.error(str(e))
+        return 0
     if a.cmd == "run":
         if a.workers < 1:
             ap.error(f"--workers must be >= 1, got {a.workers}")

@@ -168,6 +168,7 @@ class DecodeStall:
         self.decode_prefill_tokens = cap
         self.decode_prefill_when = decode_prefill_when
         self._prefill_left: int | None = None  # prompt tokens left to this batch step
+        self._favoured_keep = 0  # cap tokens the favoured tenant still keeps (`_grant`)
         self._in_schedule = False
         # "recompute": per running step (by id, with the step), its prompt tokens still to
         # compute that its session had computed before (`_to_recompute`).
@@ -277,6 +278,7 @@ class DecodeStall:
         cap = self.decode_prefill_tokens
         self._prefill_left = (cap if cap and self._decoding(executor) and self._cap_open()
                               else None)
+        self._favoured_keep = int(cap * self.share_within_cap)
         self._in_schedule = True
         try:
             return super().schedule(now, executor)
@@ -303,12 +305,18 @@ class DecodeStall:
         # compute (`fair_share.ComputeShares._grant`) bills the tenant what it grants, so a
         # cut after it would bill prompt tokens never computed. One token (a decode, or a
         # prefill's last prompt token: see `_decoding`) is never cut, as there.
+        # Under Agent Fair Share of compute, the favoured tenant's running prefills not
+        # reached yet keep up to `share_within_cap` of the cap (`ComputeShares.favoured_room`).
         left = self._prefill_left
         if left is None or n <= 1 or not self._capped(req):
             n = super()._grant(req, n)
         else:
-            n = super()._grant(req, min(n, left))
+            favoured = self.is_favoured(req)
+            keep = min(self.favoured_room(req), self._favoured_keep)
+            n = super()._grant(req, min(n, max(left - keep, 0)))
             self._prefill_left = left - n
+            if favoured:
+                self._favoured_keep = max(self._favoured_keep - n, 0)
         self._recomputed(req, n)
         return n
 

@@ -54,6 +54,12 @@ agent tenant, which has a step without work at every tool pause, lost at each pa
 credit it was owed and rode in the heavy tenant's steps again (bench/RESULTS.md, the
 noisy-neighbour lines). The lag lets it keep up to that much credit across a pause.
 
+Under `decode_stall`'s prefill cap (a step's prompt tokens capped while steps decode), the
+favoured tenant's running prefills keep up to `share_within_cap` of the cap ahead of the
+other tenants' chunks, which take the rest in the running queue's order within their
+allowances (`favoured_room`; 0: queue order alone, the rule before session 41, under which
+the others' chunks took the whole cap first).
+
 Why favour the tenant behind rather than split the step evenly (the rule before): a light
 tenant's steps otherwise ride in batch steps full of a heavy tenant's prefill (its decodes
 wait for the whole step), and an even split caps the light tenant's own prefill too; its
@@ -99,6 +105,17 @@ from kvsaga.scheduler.base import check_float, check_int
 # on by default since then (it was opt-in: session 12's rule refused any cost at any point).
 SHARE_STEP_TOKENS = 128
 SHARE_LAG_TOKENS = 8192.0  # one batch step of the preset's 8192-token budget
+# `WorkflowScheduler(share_within_cap=...)`: the part of `decode_stall`'s prefill cap that
+# the favoured tenant's running prefills keep (`ComputeShares.favoured_room`). Session 41's
+# pick on the AFS fit seeds 102-109 (32 mix cases, `bench/scheduling_veto_noise.py run
+# --defaults '{"share_within_cap": X}'`), by a rule stated after the first arm's figures and
+# before the others': among the parts (1, 0.5, 0.25) that pass the calibrated AFS veto, the
+# lowest mean change of log ratio whose mean TCT (geometric mean over the cases) stays within
+# the null runs' own drift (0.88%: "slow" x1.0088, "jitter1" x0.9995). 1: veto -0.0437,
+# goal cases 19 -> 22, mean TCT x1.0110 (outside); 0.5: -0.0242, 19 -> 20, x0.9917; 0.25:
+# -0.0141, 19 -> 20, x1.0049. (bench/RESULTS.md, "Agent Fair Share of compute under the
+# prefill cap".)
+SHARE_WITHIN_CAP = 0.5
 # The weights `check_weights` accepts. A tenant's turn comes at least once every ~(largest /
 # smallest weight) competing steps (bound (2) below), so the ratio is what a light tenant
 # waits: 1e12 at these bounds, already far past any useful ratio. Outside them the
@@ -221,14 +238,24 @@ class ComputeShares:
 
     share_step_tokens = SHARE_STEP_TOKENS
     share_lag_tokens = SHARE_LAG_TOKENS  # the catch-up's lag (`_catch_up`), weighted tokens
+    share_within_cap = SHARE_WITHIN_CAP  # the favoured tenant's part of a prefill cap
     _allow: dict[str | None, int] | None = None
+    # The favoured tenant's running prefills not granted yet in this step (id -> tokens):
+    # what `favoured_room` keeps for them under a cap on the step's prefill.
+    _fav_reserved: dict[int, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
 
-    def _init_compute_share(self, step_tokens: object, lag_tokens: object) -> None:
-        """Check and set `WorkflowScheduler`'s `share_step_tokens` and `share_lag_tokens`
-        (finite: the lag is what bounds how long a newcomer is favoured)."""
+    def _init_compute_share(self, step_tokens: object, lag_tokens: object,
+                            within_cap: object = 1.0) -> None:
+        """Check and set `WorkflowScheduler`'s `share_step_tokens`, `share_lag_tokens`
+        (finite: the lag is what bounds how long a newcomer is favoured) and
+        `share_within_cap` (`favoured_room`)."""
         self.share_step_tokens = check_int("share_step_tokens", step_tokens, 0)
+        self.share_within_cap = check_float("share_within_cap", within_cap, 0.0, finite=True)
+        if self.share_within_cap > 1:
+            raise ValueError(f"scheduler parameter share_within_cap must be in [0, 1], got "
+                             f"{within_cap!r}")
         lag = check_float("share_lag_tokens", lag_tokens, 0.0)
         if math.isinf(lag):
             raise ValueError(f"scheduler parameter share_lag_tokens must be finite (it bounds "
@@ -238,6 +265,7 @@ class ComputeShares:
 
     def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
         """The step's allowances, from the running requests' `needs` (None: no sharing)."""
+        self._fav_reserved = None
         if not self.share_step_tokens:
             return None
         # Tenants with a step waiting first: they win ties of service (at the start, the
@@ -247,13 +275,40 @@ class ComputeShares:
         self._catch_up(tenants)
         if len(tenants) < 2:
             return None
-        _, allow = favoured_allowances(tenants, self.tenant_weights, self._served,
-                                       min(self.share_step_tokens, self.max_num_batched_tokens),
-                                       self.max_num_batched_tokens)
+        fav, allow = favoured_allowances(tenants, self.tenant_weights, self._served,
+                                         min(self.share_step_tokens,
+                                             self.max_num_batched_tokens),
+                                         self.max_num_batched_tokens)
+        reserved = {}
         for r, n in zip(self.running, needs, strict=True):
             if n == 1:  # decodes always run: charged first (not served: see `_serve`)
                 allow[r.tenant] -= 1
+            elif n > 1 and r.tenant == fav and self.share_within_cap:
+                reserved[id(r)] = n
+        self._fav_reserved = reserved
         return allow
+
+    def is_favoured(self, req) -> bool:
+        """Whether `req` is a running prefill of the favoured tenant not granted yet in this
+        step (`favoured_room`)."""
+        reserved = self._fav_reserved
+        return reserved is not None and id(req) in reserved
+
+    def favoured_room(self, req) -> int:
+        """Prompt tokens of the favoured tenant's running prefills not granted yet in this
+        step, which a cap on the step's prefill keeps for them ahead of `req` (0 when `req`
+        is the favoured tenant's, or nobody is favoured). Why: the running prefills are
+        granted in the running queue's order, so under a cap smaller than the budget
+        (`decode_stall`'s `decode_prefill_tokens`, 128 of 8192) the other tenants' chunks,
+        each within its allowance of `share_step_tokens`, took the whole cap first, and the
+        favoured tenant's prefill ran a few tokens a step (session 41, the noisy-neighbour
+        mix at AFS seed 181 50%: the light tenant's steps took 159 prefill chunks a session
+        against the heavy tenant's 84; `python bench/scheduling_afs_split.py noisy:181:0.5
+        --time --defaults '{"share_within_cap": 0}'`)."""
+        reserved = self._fav_reserved
+        if not reserved or id(req) in reserved:
+            return 0
+        return sum(reserved.values())
 
     def _catch_up(self, tenants: Collection[str | None]) -> None:
         """The catch-up rule with a bounded lag: a tenant that enters competition (or comes
@@ -295,7 +350,7 @@ class ComputeShares:
         try:
             return super().schedule(now, executor)
         finally:
-            self._allow = None
+            self._allow = self._fav_reserved = None
 
     def admit_waiting(self, now, budget, executor, out) -> None:
         alone = self._allow is None  # a decode run's call: every running request decodes
@@ -305,9 +360,11 @@ class ComputeShares:
             super().admit_waiting(now, budget, executor, out)
         finally:
             if alone:
-                self._allow = None
+                self._allow = self._fav_reserved = None
 
     def _grant(self, req, n: int) -> int:
+        if self._fav_reserved:
+            self._fav_reserved.pop(id(req), None)  # visited: its room is its own grant now
         allow = self._allow
         if allow is None or n <= 1:
             return n

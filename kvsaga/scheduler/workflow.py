@@ -163,6 +163,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             tokens besides its decodes (`fair_share.ComputeShares`). One tenant: no effect.
         share_lag_tokens: with the compute share on, how far behind the least-served
             competing tenant (weighted service, finite) an entering tenant starts.
+        share_within_cap: with the compute share on and the prefill cap below holding, the
+            part of the cap (0 to 1) that the favoured tenant's running prefills keep ahead
+            of the other tenants' chunks (`fair_share.ComputeShares.favoured_room` says
+            why). 0: the cap goes in the running queue's order (the rule before session 41).
         growth_quantile: 0 (the default: off) or, in (0, 1], the quantile of realized /
             predicted growth that calibrates the charged growth online, per workflow, tool
             and phase (`kvsaga.scheduler.growth_calibration` says why); growth_prior_steps:
@@ -235,6 +239,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         tenant_weights: Mapping[str | None, float] | None = None,
         share_step_tokens: int = ComputeShares.share_step_tokens,  # fair_share's defaults
         share_lag_tokens: float = ComputeShares.share_lag_tokens,
+        share_within_cap: float = ComputeShares.share_within_cap,
         growth_quantile: float = 0.0,
         growth_prior_steps: float = 8.0,
         growth_charge: str = "step",
@@ -287,7 +292,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
                                    tail_wait_factor, readmit_order, readmit_cost)
         self.tenant_weights = weights = check_weights(tenant_weights)  # `fair_share`
         self._fair = FairShare(weights)
-        self._init_compute_share(share_step_tokens, share_lag_tokens)  # `ComputeShares`
+        self._init_compute_share(share_step_tokens, share_lag_tokens,  # `ComputeShares`
+                                 share_within_cap)
         self.capacity = manager.num_gpu_blocks + manager.num_host_blocks
         self.sessions: dict[str, _Admitted] = {}  # admitted sessions
         self._resumed: deque[Any] = deque()  # steps of admitted sessions (retries first)

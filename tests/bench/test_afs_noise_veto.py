@@ -248,3 +248,20 @@ def test_judge_saved_reads_a_committedcalibration(veto_mods, tmp_path, capsys):
     with pytest.raises(SystemExit):
         noise.main(["run", str(tmp_path / "x.json"), "--seeds", "102", "--policy", "nope[a=1]"])
     assert "nope" in capsys.readouterr().err
+
+
+def test_tct_lines_read_each_case_weighted_by_its_tenants_sessions(veto_mods):
+    """`scheduling_veto_noise.py tct`: a case's mean TCT weighs each tenant's mean by its
+    sessions (noisy: a 32, b 8); the geometric mean and the largest rise are over cases."""
+    _, veto, _ = veto_mods
+
+    def run(a, b):
+        return {"rows": [{"mix": "noisy", "seed": 1, "frac": 0.5,
+                          "tenants": {"a": {"tct_mean_s": a}, "b": {"tct_mean_s": b}}},
+                         {"mix": "mix", "seed": 1, "frac": 1.0,
+                          "tenants": {"a": {"tct_mean_s": 10.0}, "b": {"tct_mean_s": 10.0}}}]}
+    lines = veto.tct_lines(run(10.0, 10.0), {"c": run(11.0, 6.5)})
+    # noisy: (32 x 11 + 8 x 6.5) / 40 = 10.1 -> x1.01; mix unchanged: sqrt(1.01) over both
+    assert lines[2] == "| c | x1.0050 | x1.010 (noisy seed 1 50%) | x1.0488 | x0.8062 |"
+    with pytest.raises(ValueError, match="other cases"):
+        veto.tct_lines(run(1.0, 1.0), {"c": {"rows": run(1.0, 1.0)["rows"][:1]}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench_scripts import bench_modules
+from tests.bench_scripts import bench_modules, import_bench
 
 mods = bench_modules("scheduling", "scheduling_bound_gap")
 
@@ -69,3 +69,32 @@ def test_demotion_line_guards_empty_figures_and_unwaited_demotions(mods):
     assert line.endswith("n/a (no time observed)")
     out["demotions"] = [{"why": "on prediction", "recompute_s": 0.0}]
     assert "on prediction 1 (wait again n/a" in gap.demotion_line(7, out)
+
+
+def test_reference_observation_equals_the_fast_run_and_reads_every_step(mods):
+    """`reference=True` (every step through `schedule`) gives the same run, and reads each
+    session's decodes beside other decodes ("stall batch") and its prefill chunks' steps
+    beyond the chunk alone ("prefill beside"): both >= 0, and positive somewhere."""
+    _, gap = mods
+    fast = gap.observe("bfcl", 1.0, 0.25, 101, "graph", "workflow", None)
+    ref = gap.observe("bfcl", 1.0, 0.25, 101, "graph", "workflow", None, reference=True)
+    assert ref["row"]["tct_mean_s"] == fast["row"]["tct_mean_s"]
+    assert "stall batch" not in next(iter(fast["sessions"].values()))
+    per = ref["sessions"].values()
+    assert all(p["stall batch"] >= -1e-12 and p["prefill beside"] >= -1e-12 for p in per)
+    assert sum(p["stall batch"] for p in per) > 0 and sum(p["prefill beside"] for p in per) > 0
+    assert all(p["prefill chunks"] >= 1 for p in per)
+
+
+def test_afs_time_split_adds_up_to_each_tenants_tct(mods):
+    """`bench/scheduling_afs_split.py --time`: per tenant, the parts add up to the mean TCT
+    `split` reports for the same shared run."""
+    afs = import_bench("scheduling_afs_split")
+    per = afs.time_split("noisy", 102, 0.5)
+    tcts = afs.split("noisy", 102, 0.5)
+    assert set(per) == {"a", "b"} and per["a"]["sessions"] == 32 and per["b"]["sessions"] == 8
+    for t, v in per.items():
+        assert v["tct"] == pytest.approx(tcts[t]["tct"])
+        assert v["tct"] == pytest.approx(v["solo"] + v["run"] + v["wait first"]
+                                         + v["wait again"] + v["wait admitted"])
+        assert v["run"] == pytest.approx(sum(v[k] for k in afs.RUN_PARTS))

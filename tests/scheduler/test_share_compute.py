@@ -248,3 +248,55 @@ def test_a_tenant_back_from_idle_does_not_bank_service():
     assert c._served["d"] == 700.0
     c._catch_up({"a": 1, "b": 1, "c": 1, "d": 1})  # nobody new: nothing moves
     assert c._served == {"a": 900.0, "b": 1400.0, "c": 700.0, "d": 700.0}
+
+
+@pytest.mark.parametrize("part,chunks", [
+    (1.0, {"A0": 0, "B0": 24}),   # B, favoured, keeps the whole cap: A sits the step out
+    (0.5, {"A0": 12, "B0": 12}),  # B keeps half of it; A takes the rest, within its 16
+    (0.0, {"A0": 15, "B0": 9}),   # the rule before: the cap in the running queue's order
+])
+def test_the_favoured_tenant_keeps_its_part_of_the_prefill_cap(part, chunks):
+    """Under the prefill cap (`decode_prefill_tokens` 24, held while a step decodes), A's
+    prefill runs ahead of B's in the running queue and A has been served more: B is
+    favoured, and its prefill keeps `share_within_cap` of the cap ahead of A's chunk
+    (`ComputeShares.favoured_room`); 0 gives the cap in queue order, where A's chunk (its
+    allowance, 16 less its decode's token) took most of it and B, though favoured, got the
+    rest."""
+    m = manager(256)
+    s = wf(m, share_step_tokens=16, max_num_batched_tokens=64, decode_prefill_tokens=24,
+           decode_prefill_when="always", share_within_cap=part)
+    ex = ToyExecutor(m)
+    d = ToyRequest("A9", toks(30_000, 4), tenant="A", max_new=50)  # decodes: the cap holds
+    s.add(d, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    a = _long_prefill(s, ex, "A0", 300)
+    s._served.update({"A": 500, "B": 0})
+    s._competing = {"A", "B"}  # B competed before (new, the catch-up rule would lift it)
+    b = ToyRequest("B0", toks(9000, 300), tenant="B", max_new=3, arrival=1.0)
+    s.add(b, 1.0)
+    ex.run(s, s.schedule(1.0, ex), 1.0)  # B admitted (its first chunk)
+    assert [r.session_id for r in s.running] == ["A9", "A0", "B0"]
+    out = s.schedule(2.0, ex)
+    got = {r.session_id: n for r, n in out.scheduled}
+    assert got["A9"] == 1
+    assert {k: got.get(k, 0) for k in ("A0", "B0")} == chunks
+    assert a in s.running
+    m.check_integrity()
+
+
+def test_one_tenant_is_untouched_by_the_part_of_the_cap():
+    """With one tenant nobody is favoured: the cap goes in queue order whatever
+    `share_within_cap` is."""
+    got = []
+    for part in (0.0, 1.0):
+        m = manager(256)
+        s = wf(m, max_num_batched_tokens=64, decode_prefill_tokens=24,
+               decode_prefill_when="always", share_within_cap=part)
+        ex = ToyExecutor(m)
+        d = ToyRequest("A9", toks(30_000, 4), tenant="A", max_new=50)
+        s.add(d, 0.0)
+        ex.run(s, s.schedule(0.0, ex), 0.0)
+        _long_prefill(s, ex, "A0", 300)
+        _long_prefill(s, ex, "A1", 300)
+        got.append([(r.session_id, n) for r, n in s.schedule(2.0, ex).scheduled])
+    assert got[0] == got[1] and dict(got[0])["A0"] == 24  # the whole cap (a decode is apart)
