@@ -453,29 +453,43 @@ class LLMEngine:
 
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, run one forward pass, sample; returns outputs of requests that moved."""
+        """Schedule, run one forward pass, sample; returns outputs of requests that moved.
+
+        A forward pass (or its wait for host-tier copies) that raises leaves every request
+        as it was before the pass: its slots are taken back (`Scheduler.discard`), nothing
+        is sampled, and the exception propagates. The requests stay queued: a later step
+        retries them, or the caller aborts them.
+        """
         t0 = time.perf_counter()
         now = self.clock()
         self.manager.tick(now)
         self._end_idle_sessions(now)
         chunks = self.scheduler.schedule(now)
         t1 = time.perf_counter()
-        if self.transfers is not None:
-            # Offloads of this step's evictions, then host hits and prefetches; the forward
-            # below must see the loads (and must not overwrite blocks before they are read).
-            # Plans run in order, so waiting for the last one covers the earlier ones that
-            # resume hints started between steps.
-            self._submit_transfers()
-            self.transfers.wait(self._transfer)
-            self._transfer = None
-        t2 = time.perf_counter()
         outputs: list[RequestOutput] = []
         num_decode = num_tokens = 0
-        if chunks:
-            for c in chunks:
-                num_tokens += c.num_tokens
-                num_decode += c.start >= len(c.request.prompt_ids)
-            sampled, out = self.runner.run(chunks)
+        try:
+            if self.transfers is not None:
+                # Offloads of this step's evictions, then host hits and prefetches; the
+                # forward below must see the loads (and must not overwrite blocks before
+                # they are read). Plans run in order, so waiting for the last one covers the
+                # earlier ones that resume hints started between steps.
+                self._submit_transfers()
+                self.transfers.wait(self._transfer)
+                self._transfer = None
+            t2 = time.perf_counter()
+            if chunks:
+                for c in chunks:
+                    num_tokens += c.num_tokens
+                    num_decode += c.start >= len(c.request.prompt_ids)
+                sampled, out = self.runner.run(chunks)
+        except BaseException:
+            # The chunks' K/V was not (all) written, yet their full blocks are indexed and
+            # their tokens counted as computed: take the slots back, so no later lookup
+            # hits those blocks and the requests stay runnable (a later step computes the
+            # same tokens again); the caller decides whether to abort them.
+            self.scheduler.discard(chunks)
+            raise
         t3 = time.perf_counter()
         if chunks and out is not None:
             token_ids = out.token_ids.tolist()

@@ -99,6 +99,14 @@ class Scheduler:
         self._decoded.clear()
         return [chunks[id(req)] for req, _ in out.scheduled]
 
+    def discard(self, chunks: list[ScheduledChunk]) -> None:
+        """The forward pass of `chunks` failed: their K/V was never written. The manager
+        takes their slots back (`discard_writes`: their blocks unindexed, each session's
+        computed tokens back to its chunk's start), so a later step computes them again and
+        no lookup meanwhile finds the unwritten blocks."""
+        if chunks:
+            self.manager.discard_writes({c.request.session_id: c.start for c in chunks})
+
     def flush(self, req: Request) -> None:
         """Append the request's pending token to its session (one `append_tokens`)."""
         if req.pending_token is not None:

@@ -1,0 +1,140 @@
+"""A forward pass that raises (a CUDA OOM, a kernel error, an interrupt) must leave no block it
+never wrote in the prefix cache, and must leave the engine able to step on: its requests
+are retried by the next step, or aborted by the caller, with the pool intact.
+
+Before the fix the pass's full blocks stayed indexed (slots are registered at allocation),
+so a later request with the same prefix hit unwritten K/V and silently got other tokens,
+and a request left queued had its tokens counted as computed, so every later step raised.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.engine.engine import LLMEngine
+from kvsaga.engine.sampling import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]  # 3 full blocks of 16 and 2 tokens
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("llama_gqa4_untied")
+
+
+@pytest.fixture(params=["python", "cpp"])
+def core(request, monkeypatch):
+    """Both bookkeeping cores (`discard_writes` runs on either one's pool and index)."""
+    if request.param == "cpp":
+        from kvsaga._core import cpp_available
+
+        if not cpp_available():
+            pytest.skip("the C++ core is not built")
+    monkeypatch.setenv("KVSAGA_CORE", request.param)
+    return request.param
+
+
+def make(model_dir, **kw) -> LLMEngine:
+    kw.setdefault("kv_memory_bytes", 4 * 2**20)
+    return LLMEngine(str(model_dir), device="cpu", progress=False, **kw)
+
+
+def fail_pass(engine: LLMEngine, *which: int) -> list[int]:
+    """Make the runner's forward passes numbered `which` (1 = the next) raise; returns the
+    list the calls are counted in."""
+    real = engine.runner.run
+    calls = [0]
+
+    def run(chunks):
+        calls[0] += 1
+        if calls[0] in which:
+            raise RuntimeError("CUDA error: out of memory (simulated)")
+        return real(chunks)
+
+    engine.runner.run = run
+    return calls
+
+
+def drain(engine: LLMEngine, limit: int = 500) -> None:
+    for _ in range(limit):
+        if not engine.has_unfinished():
+            return
+        engine.step()
+    raise AssertionError("the engine did not finish its requests")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir) -> list[int]:
+    engine = make(model_dir)
+    req = engine.add_request(PROMPT, GREEDY)
+    drain(engine)
+    return req.output_ids
+
+
+def test_aborted_after_a_failed_prefill_leaves_no_unwritten_block_cached(model_dir, core,
+                                                                         reference):
+    engine = make(model_dir)
+    assert engine.manager.core.name == core
+    fail_pass(engine, 1)
+    first = engine.add_request(PROMPT, GREEDY)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.step()
+    engine.manager.check_integrity()
+    engine.abort(first.request_id)  # what AsyncEngine does with a failed step's requests
+    engine.manager.check_integrity()
+    assert engine.manager.stats().num_used_blocks == 0
+    again = engine.add_request(PROMPT, GREEDY)
+    drain(engine)
+    assert again.num_cached_tokens == 0  # before the fix: 48, hits on unwritten blocks
+    assert again.output_ids == reference
+    engine.manager.check_integrity()
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 5], ids=["chunk0", "chunk1", "last-chunk",
+                                                        "decode"])
+def test_a_failed_pass_is_retried_by_the_next_step(model_dir, core, reference, failing):
+    # Chunks of 24 tokens: pass 1 computes tokens 0-23, pass 2 tokens 24-47 (from inside a
+    # block), pass 3 the last two and samples, pass 5 is the second decode.
+    engine = make(model_dir, max_num_batched_tokens=24)
+    calls = fail_pass(engine, failing)
+    req = engine.add_request(PROMPT, GREEDY)
+    for _ in range(failing - 1):
+        engine.step()
+    known = engine.manager.sessions.get(req.session_id)
+    computed = known.num_computed if known is not None else 0
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.step()
+    assert calls[0] == failing
+    engine.manager.check_integrity()
+    # The pass's tokens are uncomputed again (before the fix every later step raised).
+    assert engine.manager.num_computed_tokens(req.session_id) == computed
+    drain(engine)
+    assert req.output_ids == reference
+    engine.manager.check_integrity()
+    assert engine.manager.stats().num_used_blocks == 0
+    # What the finished request left cached was all written: a hit gives the same tokens.
+    again = engine.add_request(PROMPT, GREEDY)
+    drain(engine)
+    assert again.num_cached_tokens == 48
+    assert again.output_ids == reference
+
+
+def test_a_hit_taken_on_a_block_of_the_failed_pass_is_taken_back(model_dir, core, reference):
+    # Two requests with one prompt admitted in one step: the second hits the first's blocks,
+    # indexed by the first's allocation in the same step, before the pass that fails.
+    engine = make(model_dir, scheduler="fcfs")
+    fail_pass(engine, 1)
+    a = engine.add_request(PROMPT, GREEDY)
+    b = engine.add_request(PROMPT, GREEDY)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.step()
+    assert b.num_cached_tokens == 48  # the case at hand: hits on unwritten blocks
+    engine.manager.check_integrity()
+    assert engine.manager.num_computed_tokens(b.session_id) == 0
+    assert len(engine.manager.index) == 0  # nothing the pass should have written is found
+    drain(engine)
+    assert a.output_ids == reference
+    assert b.output_ids == reference
+    engine.manager.check_integrity()
+    assert engine.manager.stats().num_used_blocks == 0
