@@ -198,7 +198,8 @@ class LLM:
 
         Args:
             on_output: called with each step's output of every prompt (`.delta` is the new
-                text), for streaming.
+                text), for streaming. What it raises propagates, as does a failed step or
+                an interrupt, once the call's requests are aborted (none stays queued).
         Returns:
             One output per prompt, in order.
         """
@@ -252,6 +253,9 @@ class LLM:
         params: SamplingParams | None,
         on_output: OnOutput | None = None,
     ) -> list[RequestOutput]:
+        """Queue the items' requests and step until they finish. Anything raised meanwhile
+        (by `on_output`, a step, an interrupt) aborts every request of the call, then
+        propagates."""
         engine = self.engine
         params = _check_params(params) or self.default_params()
         reqs = []
@@ -266,14 +270,22 @@ class LLM:
         team = self.governor.threads if self.governor is not None else self._team
         if team is not None and torch.get_num_threads() != team:
             torch.set_num_threads(team)  # a thread other than the one that built this LLM
-        while any(not r.finished for r in reqs):
-            outputs = engine.step()
-            if self.governor is not None:
-                self.governor.poll()
-            if on_output is not None:
-                for out in outputs:
-                    if out.request_id in mine:
-                        on_output(out)
+        try:
+            while any(not r.finished for r in reqs):
+                outputs = engine.step()
+                if self.governor is not None:
+                    self.governor.poll()
+                if on_output is not None:
+                    for out in outputs:
+                        if out.request_id in mine:
+                            on_output(out)
+        except BaseException:
+            # on_output raised, a step failed, or the caller was interrupted: nothing will
+            # read the call's requests any more, so none may stay queued (they would hold
+            # their blocks, run inside later calls and keep their sessions busy).
+            for r in reqs:
+                engine.abort(r.request_id)  # (a no-op for a finished one)
+            raise
         return [engine.final_output(r) for r in reqs]
 
 
