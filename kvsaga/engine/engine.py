@@ -260,6 +260,9 @@ class LLMEngine:
         self.num_expired_sessions = 0
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
         self.step_clock = StepClock()
+        # The last step scheduled no chunk and preempted nobody: the next one decides the
+        # same unless a request arrives or ends, or the time reaches `wake_time`.
+        self.last_step_idle = False
 
     # -- requests -------------------------------------------------------------------------
     def add_request(
@@ -355,6 +358,14 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
+
+    @property
+    def wake_time(self) -> float:
+        """When (on `clock`) a waiting request may become admissible with nothing running
+        and nothing arriving: the core scheduler's `wake_time` (inf: only an arrival or a
+        finish changes its decision). A driver whose last step was idle
+        (`last_step_idle`) may sleep until then rather than step again at once."""
+        return self.scheduler.wake_time
 
     # -- sessions -------------------------------------------------------------------------
     def resume_hint(self, session_id: str) -> int:
@@ -464,7 +475,10 @@ class LLMEngine:
         now = self.clock()
         self.manager.tick(now)
         self._end_idle_sessions(now)
+        preempted = self.scheduler.num_preemptions
+        self.last_step_idle = False
         chunks = self.scheduler.schedule(now)
+        self.last_step_idle = not chunks and self.scheduler.num_preemptions == preempted
         t1 = time.perf_counter()
         outputs: list[RequestOutput] = []
         num_decode = num_tokens = 0

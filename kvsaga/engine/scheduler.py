@@ -77,6 +77,12 @@ class Scheduler:
     def has_work(self) -> bool:
         return self.core.has_work
 
+    @property
+    def wake_time(self) -> float:
+        """The core's `wake_time`: when a waiting request may become admissible with
+        nothing running and nothing arriving (inf: only an arrival or a finish)."""
+        return self.core.wake_time
+
     def add(self, request: Request) -> None:
         self.core.add(request, request.arrival)
 

@@ -70,8 +70,13 @@ class AsyncEngine:
     Args:
         engine_or_factory: a ready LLMEngine, or a function that builds one (it runs on the
             engine thread, so the server can answer 503 while the model loads).
-        idle_wait_s: how long the idle thread sleeps between housekeeping rounds.
+        idle_wait_s: how long the idle thread sleeps between housekeeping rounds; also the
+            longest wait between steps while requests wait for admission (see
+            `_wait_for_admission`).
     """
+
+    # The first wait after a step that scheduled nothing; each idle step after it doubles it.
+    ADMISSION_BACKOFF_S = 0.001
 
     def __init__(self, engine_or_factory: LLMEngine | EngineFactory, idle_wait_s: float = 0.5):
         if isinstance(engine_or_factory, LLMEngine):
@@ -106,6 +111,9 @@ class AsyncEngine:
         self._stopped: str | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._backoff_s = 0.0  # the last wait for admission (0: the last step did work)
+        # Waits between steps while requests waited for admission (engine thread only).
+        self.num_admission_waits = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -249,6 +257,10 @@ class AsyncEngine:
                 self._run_commands(engine)
                 if engine.has_unfinished():
                     self._step(engine)
+                    if engine.last_step_idle:
+                        self._wait_for_admission(engine)
+                    else:
+                        self._backoff_s = 0.0
                 else:
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)
@@ -266,6 +278,21 @@ class AsyncEngine:
             # that no step would ever serve.
             self._close(reason)
             self._fail_all(engine, EngineStopped(reason))
+
+    def _wait_for_admission(self, engine: LLMEngine) -> None:
+        """After a step that scheduled nothing (requests wait for admission, none runs):
+        the next step would decide the same until a command (a request, an abort, an end)
+        or the scheduler's `wake_time`. Wait for the first of those, at most a backoff that
+        starts at ADMISSION_BACKOFF_S and doubles at each idle step up to `idle_wait_s`
+        (what the scheduler cannot see, a policy's TTL expiring, is checked that often),
+        rather than step again at once: the engine thread spun at full CPU there."""
+        self._backoff_s = min(self._idle_wait_s,
+                              max(self.ADMISSION_BACKOFF_S, 2 * self._backoff_s))
+        timeout = min(self._backoff_s, max(0.0, engine.wake_time - engine.clock()))
+        if timeout > 0:
+            self.num_admission_waits += 1
+            self._wake.wait(timeout)
+            self._wake.clear()  # (commands run next, before any step)
 
     def _close(self, reason: str) -> None:
         """Refuse every later command with `reason`, and fail those still queued."""

@@ -14,6 +14,7 @@ class FakeEngine:
     """Three steps of work, the second of which fails; idle afterwards."""
 
     device = SimpleNamespace(type="fake")  # no thread governor (cpu_threads.governor_for)
+    last_step_idle = False  # each step did work (no wait for admission after it)
 
     def __init__(self) -> None:
         self.steps = 0
