@@ -17,6 +17,9 @@ from kvsaga._validate import is_int, is_number
 from kvsaga.errors import InvalidRequest
 
 _EPS = 1e-10  # keeps the exponential noise away from zero
+# Temperatures below this are greedy (as vLLM's _SAMPLING_EPS): dividing fp32 logits by
+# 1e-38 overflows to inf, whose softmax is NaN, and every such row drew token 0.
+GREEDY_TEMPERATURE = 1e-5
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # a seed torch (and the HTTP API) accepts
 
 
@@ -34,7 +37,9 @@ class SamplingParams:
 
     Attributes:
         max_tokens: most tokens to generate (>= 1).
-        temperature: 0 for greedy; otherwise logits are divided by it.
+        temperature: 0 for greedy; otherwise logits are divided by it. Below
+            `GREEDY_TEMPERATURE` (1e-5) it is greedy too (the limit of sampling as the
+            temperature falls; a division by so small a number overflows).
         top_k: keep the k most likely tokens; 0 or -1 keeps all.
         top_p: keep the smallest set of tokens whose probability reaches top_p (0, 1].
         seed: makes this request's draws reproducible, independent of the batch it is in.
@@ -109,7 +114,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """The argmax is taken: temperature below `GREEDY_TEMPERATURE` (0 included)."""
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def num_top_logprobs(self) -> int | None:

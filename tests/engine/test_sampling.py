@@ -122,3 +122,29 @@ def test_seeded_rows_are_reproducible_regardless_of_batch():
 def test_mismatched_batch_is_rejected():
     with pytest.raises(InvalidRequest, match="4 rows, 3 params"):
         Sampler()(_logits(), [SamplingParams()] * 3)
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-20, 1e-38, 1e-40, 5e-324])
+def test_a_temperature_below_the_epsilon_is_greedy(temperature):
+    # Before the fix logits / 1e-38 overflowed to inf, softmax gave NaN and every such row
+    # drew token 0 (review repro t17); the argmax is the limit as the temperature falls.
+    logits = _logits(b=3, v=1000, seed=7)
+    assert logits.argmax(-1).ne(0).all()
+    tiny = [SamplingParams(temperature=temperature),
+            SamplingParams(temperature=temperature, top_p=0.9, top_k=50)]
+    out = Sampler()(logits, [*tiny, SamplingParams(temperature=1.0, seed=3)])
+    assert out.token_ids[:2].tolist() == logits[:2].argmax(-1).tolist()
+    assert torch.isfinite(out.logprobs).all()
+    assert all(p.greedy for p in tiny)
+
+
+def test_the_greedy_epsilon_is_vllms():
+    from kvsaga.engine.sampling import GREEDY_TEMPERATURE
+
+    assert GREEDY_TEMPERATURE == 1e-5
+    assert SamplingParams(temperature=0.99e-5).greedy
+    assert not SamplingParams(temperature=1e-5).greedy
+    # Just above it, the division stays finite and sampling works as before.
+    logits = _logits(b=2, v=1000, seed=7)
+    out = Sampler()(logits, [SamplingParams(temperature=1e-5, seed=1)] * 2)
+    assert out.token_ids.tolist() == logits.argmax(-1).tolist()
