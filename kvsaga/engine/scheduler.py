@@ -50,8 +50,10 @@ class Scheduler:
         self.manager = manager
         self.core = make_scheduler(name, manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens, **params)
-        self._chunks: dict[int, ScheduledChunk] = {}  # this step's allocations, by request
-        self._decoded: dict[int, int] = {}  # slots `decode_step` allocated, by request
+        # This step's allocations, and the slots `decode_step` allocated (with their
+        # requests), by request id; both emptied as `schedule` returns or raises.
+        self._chunks: dict[str, ScheduledChunk] = {}
+        self._decoded: dict[str, tuple[Request, int]] = {}
 
     @property
     def name(self) -> str:
@@ -97,13 +99,32 @@ class Scheduler:
         self.core.forget_session(session_id, now)
 
     def schedule(self, now: float) -> list[ScheduledChunk]:
-        """One batch: the core decides, this adapter executes; chunks in batch order."""
-        self._append_pending(now)
-        out = self.core.schedule(now, self)
-        chunks = self._chunks
-        self._chunks = {}
-        self._decoded.clear()
-        return [chunks[id(req)] for req, _ in out.scheduled]
+        """One batch: the core decides, this adapter executes; chunks in batch order.
+
+        If the core raises, the slots allocated so far (no pass will write them) are taken
+        back as for a failed pass (`discard`), and the exception propagates.
+        """
+        try:
+            self._append_pending(now)
+            out = self.core.schedule(now, self)
+            return [self._chunks[req.request_id] for req, _ in out.scheduled]
+        except BaseException:
+            self._discard_unrun()
+            raise
+        finally:
+            self._chunks = {}
+            self._decoded = {}
+
+    def _discard_unrun(self) -> None:
+        """`discard` this schedule's allocations: its chunks, and the decode slots that no
+        chunk picked up, of the requests still running."""
+        starts = {c.request.session_id: c.start for c in self._chunks.values()
+                  if c.request.status is RequestStatus.RUNNING}
+        for req, _ in self._decoded.values():
+            if req.status is RequestStatus.RUNNING:
+                starts.setdefault(req.session_id, len(req.all_token_ids) - 1)
+        if starts:
+            self.manager.discard_writes(starts)
 
     def discard(self, chunks: list[ScheduledChunk]) -> None:
         """The forward pass of `chunks` failed: their K/V was never written. The manager
@@ -143,14 +164,14 @@ class Scheduler:
             else:
                 for r, slot in zip(pending, slots, strict=True):
                     r.pending_token = None
-                    self._decoded[id(r)] = slot
+                    self._decoded[r.request_id] = (r, slot)
                 return
         for r in pending:
             self.flush(r)
 
     # -- the core scheduler's executor ---------------------------------------------------
     def num_new_tokens(self, req: Request) -> int:
-        if id(req) in self._decoded:
+        if req.request_id in self._decoded:
             return 1  # its slot is allocated, its token not computed yet
         return len(req.all_token_ids) - self.manager.num_computed_tokens(req.session_id)
 
@@ -163,16 +184,18 @@ class Scheduler:
         return st
 
     def allocate(self, req: Request, num_tokens: int, now: float) -> None:
-        slot = self._decoded.pop(id(req), None)
-        if slot is not None:  # `decode_step` gave it its slot already
-            self._chunks[id(req)] = ScheduledChunk(req, len(req.all_token_ids) - 1, 1, [slot])
+        decoded = self._decoded.pop(req.request_id, None)
+        if decoded is not None:  # `decode_step` gave it its slot already
+            self._chunks[req.request_id] = ScheduledChunk(req, len(req.all_token_ids) - 1, 1,
+                                                          [decoded[1]])
             return
         start = self.manager.num_computed_tokens(req.session_id)
         slots = self.manager.allocate_slots(req.session_id, num_tokens, now=now)
-        self._chunks[id(req)] = ScheduledChunk(req, start, num_tokens, slots)
+        self._chunks[req.request_id] = ScheduledChunk(req, start, num_tokens, slots)
 
     def preempt(self, req: Request, now: float) -> None:
         self.manager.preempt(req.session_id, now=now)
-        self._chunks.pop(id(req), None)
+        self._chunks.pop(req.request_id, None)
+        self._decoded.pop(req.request_id, None)  # its slot went with its blocks
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
