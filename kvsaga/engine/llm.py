@@ -85,20 +85,29 @@ def _is_token_id(x: object) -> bool:
             and getattr(x, "ndim", 0) == 0)
 
 
+def _kind(x: object) -> str:
+    """What `x` is, for an error: its type, and for a 0-d array or tensor that it is one."""
+    name = type(x).__name__
+    return f"a 0-d {name} (one number; a prompt of one token id is [id])" if getattr(
+        x, "ndim", None) == 0 and hasattr(x, "__iter__") else name
+
+
 def _prompt_list(prompts: object) -> list:
     """`LLM.generate`'s prompts as a list: one text or one run of token ids (a list, or a
     1-D numpy array or tensor) becomes a list of one.
 
     Raises:
-        InvalidRequest: not a str, token ids, or a list of those (bytes, a dict, a number).
+        InvalidRequest: not a str, token ids, or a list of those (bytes, a dict, a number,
+            a 0-d array or tensor).
     """
     if isinstance(prompts, str):
         return [prompts]
     if prompts is None:
         return []
-    if isinstance(prompts, (bytes, Mapping)) or not isinstance(prompts, Iterable):
+    if (isinstance(prompts, (bytes, Mapping)) or not isinstance(prompts, Iterable)
+            or getattr(prompts, "ndim", None) == 0):  # a 0-d array or tensor: one number
         raise InvalidRequest("prompts must be a str, a list of token ids, or a list of "
-                             f"those, got {type(prompts).__name__}")
+                             f"those, got {_kind(prompts)}")
     if getattr(prompts, "ndim", None) == 1:  # one prompt's ids as an array or tensor
         return [prompts]
     items = list(prompts)
@@ -182,9 +191,10 @@ class LLM:
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
-        if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable):
+        if (isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable)
+                or getattr(prompt, "ndim", None) == 0):
             raise InvalidRequest("each prompt must be a str or a list of token ids, got "
-                                 f"{type(prompt).__name__}")
+                                 f"{_kind(prompt)}")
         return list(prompt)
 
     def generate(

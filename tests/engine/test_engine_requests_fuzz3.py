@@ -306,6 +306,10 @@ def test_llm_generate_takes_a_2d_array_as_prompts(llm, expected):
     (b"hi", "prompts must be"),  # was taken as token ids 104, 105
     ({"a": 1}, "prompts must be"),  # was taken as the text prompt "a"
     ([b"hi"], "each prompt must be"),
+    # were TypeError: iteration over a 0-d tensor / array
+    (torch.tensor(5), "prompts must be .* got a 0-d Tensor"),
+    (np.array(5), "prompts must be .* got a 0-d ndarray"),
+    (["hi", torch.tensor(5)], "each prompt must be .* got a 0-d Tensor"),
 ])
 def test_llm_generate_refuses_what_is_not_a_prompt(llm, prompts, words):
     with pytest.raises(InvalidRequest, match=words):
