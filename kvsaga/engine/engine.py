@@ -261,8 +261,10 @@ class LLMEngine:
         # Where step() spends its wall time, by kind of step and phase (`stats().step_times`).
         self.step_clock = StepClock()
         # The last step scheduled no chunk and preempted nobody: the next one decides the
-        # same unless a request arrives or ends, or the time reaches `wake_time`.
+        # same unless a request arrives or ends, or the time reaches `wake_time`. Its time
+        # (on `clock`): `last_step_time`.
         self.last_step_idle = False
+        self.last_step_time = -float("inf")
 
     # -- requests -------------------------------------------------------------------------
     def add_request(
@@ -473,10 +475,11 @@ class LLMEngine:
         """
         t0 = time.perf_counter()
         now = self.clock()
+        self.last_step_idle = False
+        self.last_step_time = now
         self.manager.tick(now)
         self._end_idle_sessions(now)
         preempted = self.scheduler.num_preemptions
-        self.last_step_idle = False
         chunks = self.scheduler.schedule(now)
         self.last_step_idle = not chunks and self.scheduler.num_preemptions == preempted
         t1 = time.perf_counter()

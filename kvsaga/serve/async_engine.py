@@ -285,10 +285,15 @@ class AsyncEngine:
         or the scheduler's `wake_time`. Wait for the first of those, at most a backoff that
         starts at ADMISSION_BACKOFF_S and doubles at each idle step up to `idle_wait_s`
         (what the scheduler cannot see, a policy's TTL expiring, is checked that often),
-        rather than step again at once: the engine thread spun at full CPU there."""
+        rather than step again at once: the engine thread spun at full CPU there.
+        A wake time not after that step's (`last_step_time`) was acted on by it, so the
+        backoff alone holds then."""
         self._backoff_s = min(self._idle_wait_s,
                               max(self.ADMISSION_BACKOFF_S, 2 * self._backoff_s))
-        timeout = min(self._backoff_s, max(0.0, engine.wake_time - engine.clock()))
+        timeout = self._backoff_s
+        wake = engine.wake_time
+        if wake > engine.last_step_time:
+            timeout = min(timeout, max(0.0, wake - engine.clock()))
         if timeout > 0:
             self.num_admission_waits += 1
             self._wake.wait(timeout)

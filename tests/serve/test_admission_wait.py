@@ -6,6 +6,9 @@ repro t26). Counted in steps, not timed."""
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from types import SimpleNamespace
 
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.serve.async_engine import AsyncEngine
@@ -65,5 +68,53 @@ def test_a_request_waiting_for_admission_does_not_spin_the_engine_thread(tiny_di
             return e.has_unfinished()
 
         assert aengine.call_sync(idle) is False
+    finally:
+        aengine.stop()
+
+
+class IdleEngine:
+    """Requests that never get admitted, with a scheduler wake time already passed (acted on
+    by each step): nothing but the backoff may pace the steps."""
+
+    device = SimpleNamespace(type="fake")  # no thread governor
+    wake_time = 5.0
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.last_step_idle = False
+        self.last_step_time = -math.inf
+
+    def clock(self) -> float:
+        return 10.0
+
+    def has_unfinished(self) -> bool:
+        return True
+
+    def step(self) -> list:
+        self.steps += 1
+        self.last_step_idle, self.last_step_time = True, self.clock()
+        return []
+
+    def abort(self, request_id: str) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def stats(self) -> None:
+        return None
+
+
+def test_a_wake_time_already_passed_does_not_spin_either():
+    fake = IdleEngine()
+    aengine = AsyncEngine(lambda: fake, idle_wait_s=0.05)
+    aengine.start()
+    try:
+        assert aengine.wait_ready(10)
+        first = aengine.call_sync(lambda e: e.steps)
+        time.sleep(0.5)
+        waited = aengine.call_sync(lambda e: e.steps) - first
+        assert 0 < waited < 100  # a 1 ms backoff doubling to 50 ms: ~15
+        assert aengine.num_admission_waits >= waited - 1
     finally:
         aengine.stop()
