@@ -138,3 +138,34 @@ def test_a_hit_taken_on_a_block_of_the_failed_pass_is_taken_back(model_dir, core
     assert b.output_ids == reference
     engine.manager.check_integrity()
     assert engine.manager.stats().num_used_blocks == 0
+
+
+@pytest.mark.parametrize("starts,error", [
+    (["s"], "starts must be a mapping"),
+    ({"s": 41}, "start 41 of session 's'"),
+    ({"s": -1}, "start -1 of session 's'"),
+    ({"s": True}, "start True of session 's'"),
+    ({"s": 8, "paused": 0}, "has no open step"),
+    ({"s": 8, "gone": 0}, "gone"),
+])
+def test_discard_writes_refuses_bad_input_and_changes_nothing(core, starts, error):
+    from kvsaga.config import KVSpec
+    from kvsaga.errors import KVSagaError
+    from kvsaga.manager import KVCacheManager
+
+    mgr = KVCacheManager(KVSpec(2, 2, 8, block_size=16), 16, clock=lambda: 0.0)
+    mgr.begin_step("paused", list(range(20)))
+    mgr.allocate_slots("paused", 20)
+    mgr.finish_step("paused")
+    mgr.begin_step("s", list(range(100, 140)))
+    mgr.allocate_slots("s", 40)
+    before = (mgr.num_computed_tokens("s"), mgr.block_table("s"), sorted(mgr.index.items()))
+    with pytest.raises(KVSagaError, match=error):
+        mgr.discard_writes(starts)
+    assert (mgr.num_computed_tokens("s"), mgr.block_table("s"),
+            sorted(mgr.index.items())) == before
+    mgr.check_integrity()
+    mgr.discard_writes({"s": 20})  # inside block 1: block 0 stays indexed, 1 and 2 do not
+    assert mgr.num_computed_tokens("s") == 20 and mgr.block_table("s") == before[1][:2]
+    assert len(mgr.index) == 2  # the paused session's full block, and s's first
+    mgr.check_integrity()
