@@ -471,7 +471,8 @@ class LLMEngine:
         A forward pass (or its wait for host-tier copies) that raises leaves every request
         as it was before the pass: its slots are taken back (`Scheduler.discard`), nothing
         is sampled, and the exception propagates. The requests stay queued: a later step
-        retries them, or the caller aborts them.
+        retries them, or the caller aborts them. (Not covered: GPU blocks that a failed
+        host-tier load was filling as prefix hits stay indexed.)
         """
         t0 = time.perf_counter()
         now = self.clock()
