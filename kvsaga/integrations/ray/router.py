@@ -8,19 +8,23 @@ HTTP request: `session` (tenant-qualified), `tenant`, `prefix_key`, `context_tok
 each replica's `routing_stats` (what `EngineReplica.record_routing_stats` reports) into
 `ReplicaStats`, asks the `kvsaga.routing` router, and writes its decision into the call as
 `route`, so the chosen replica knows whether the step moved and whether to pull the
-session's KV (`migrate`) or only its token context.
+session's KV (`migrate`) or only its token context. A routed request loads its replica
+(`Router.finished` releases it) until it completes, or until its caller gives up before
+Ray Serve sent it to a replica (`_Routed`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
+from functools import partial
 from typing import Any, ClassVar
 
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from kvsaga.routing import ReplicaStats, RouteRequest, RoutingConfig, make_router
+from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
 from kvsaga.serve.settings import routing_config_of
 
 log = logging.getLogger("kvsaga.ray")
@@ -70,6 +74,24 @@ def routing_config(router: str, config: dict[str, Any]) -> RoutingConfig | None:
     return routing_config_of(config)
 
 
+class _Routed:
+    """A routed request's decision and its tries. Ray Serve routes a request again after a
+    replica rejects it (at `max_ongoing_requests`): each try has its own
+    `PendingRequest.future` (reset on a retry), and every try that reached a replica gets
+    one `on_request_completed`, a rejected one too. The route is released (its step no
+    longer loads its replica) once every try seen has completed, or when the latest try's
+    future is cancelled before it reached a replica (the caller gave up while the request
+    waited for a slot)."""
+
+    __slots__ = ("route", "future", "tries", "completed")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.future: asyncio.Future | None = None  # the latest try's
+        self.tries = 0  # futures seen (one per try)
+        self.completed = 0  # on_request_completed calls
+
+
 class KvsagaRequestRouter(RequestRouter):
     """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
     go to any available replica. Configure through the deployment's
@@ -83,7 +105,7 @@ class KvsagaRequestRouter(RequestRouter):
         KvsagaRequestRouter.instances.add(self)
         kwargs = {"config": routing} if routing is not None else {}
         self.kv_router = make_router(router, **kwargs)
-        self._routes: dict[str, Any] = {}  # internal request id -> Route
+        self._routes: dict[str, _Routed] = {}  # internal request id -> its route
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -109,10 +131,13 @@ class KvsagaRequestRouter(RequestRouter):
             return pin
         by_id = {r.replica_id.unique_id: r for r in self._replicas.values()}
         rid = pending_request.metadata.internal_request_id
-        route = self._routes.get(rid)
-        if route is None or route.replica not in by_id:  # routed once, even on retries
+        routed = self._routes.get(rid)
+        if routed is None or routed.route.replica not in by_id:  # routed once, even on retries
+            if routed is not None:  # its replica is gone: the earlier tries still complete
+                del self._routes[rid]
+                self.kv_router.finished(routed.route)
             stats = {i: stats_of(r) for i, r in by_id.items()}
-            route = self.kv_router.route(
+            gone, routed = routed, _Routed(self.kv_router.route(
                 RouteRequest(
                     session=call.get("session"),
                     tenant=call.get("tenant", ""),
@@ -120,8 +145,16 @@ class KvsagaRequestRouter(RequestRouter):
                     context_tokens=int(call.get("context_tokens", 0)),
                 ),
                 stats,
-            )
-            self._routes[rid] = route
+            ))
+            if gone is not None:
+                routed.tries, routed.completed = gone.tries, gone.completed
+            self._routes[rid] = routed
+        future = pending_request.future
+        if routed.future is not future:  # a new try (Ray calls this again while one waits)
+            routed.future = future
+            routed.tries += 1
+            future.add_done_callback(partial(self._try_done, rid, routed))
+        route = routed.route
         call["route"] = {
             "replica": route.replica,
             "moved_from": route.moved_from,
@@ -130,10 +163,27 @@ class KvsagaRequestRouter(RequestRouter):
         }
         return [[by_id[route.replica]]]
 
+    def _release(self, rid: str, routed: _Routed) -> None:
+        if self._routes.get(rid) is routed:
+            del self._routes[rid]
+            self.kv_router.finished(routed.route)
+
+    def _try_done(self, rid: str, routed: _Routed, future: asyncio.Future) -> None:
+        """A try's future is done: given a replica, the try is sent and its
+        `on_request_completed` follows; cancelled (or failed), it never reached a replica,
+        and when it is the latest try no other will come."""
+        if future is routed.future and (future.cancelled() or future.exception() is not None):
+            self._release(rid, routed)
+
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        route = self._routes.pop(internal_request_id, None)
-        if route is not None:
-            self.kv_router.finished(route)
+        routed = self._routes.get(internal_request_id)
+        if routed is None:
+            return
+        routed.completed += 1
+        # A rejected try completes too, and its retry may already be routed (Ray reports
+        # the completion from another thread): the route is kept until every try is done.
+        if routed.completed >= routed.tries:
+            self._release(internal_request_id, routed)
 
 
 class RayDefaultRequestRouter(RequestRouterConfig().get_request_router_class()):

@@ -1,0 +1,113 @@
+"""KvsagaRequestRouter releases each routed request exactly once, through Ray Serve's own
+routing loop (`_choose_replica_for_request`) on its fake replicas: a request the caller
+gives up on before it reached a replica, a request sent and completed, and a request a
+replica rejected and Ray routed again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from ray.serve._private.common import (  # noqa: E402
+    DeploymentHandleSource,
+    DeploymentID,
+    RequestMetadata,
+)
+from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
+from ray.serve.request_router import PendingRequest  # noqa: E402
+
+from kvsaga.integrations.ray.router import KvsagaRequestRouter  # noqa: E402
+
+
+class StatsReplica(FakeRunningReplica):
+    def __init__(self, name: str, **stats) -> None:
+        super().__init__(name)
+        self.stats = stats
+
+    @property
+    def routing_stats(self) -> dict:
+        return self.stats
+
+
+def make_router(replicas, **kwargs) -> KvsagaRequestRouter:
+    r = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
+    r.initialize_state(**kwargs)
+    r.update_replicas(replicas)
+    return r
+
+
+def pending(session: str, rid: str) -> PendingRequest:
+    return PendingRequest(args=[{"kvsaga": 1, "session": session}], kwargs={},
+                          metadata=RequestMetadata(rid, rid))
+
+
+def replica_id(router, name: str):
+    return next(i for i in router.curr_replicas if i.unique_id == name)
+
+
+def test_a_request_cancelled_before_it_reached_a_replica_is_released():
+    """Both replicas never answer Ray's queue-length probe (they are full): each request
+    waits in Ray's routing loop, routed by kvsaga, until its caller gives up. Before the
+    fix nothing released them: in_flight {'a': 3, 'b': 2} on an idle fleet."""
+    async def go():
+        router = make_router([StatsReplica("a"), StatsReplica("b")])
+        for i in range(5):
+            task = asyncio.ensure_future(
+                router._choose_replica_for_request(pending(f"t/s{i}", f"r{i}")))
+            for _ in range(50):  # until kvsaga has routed it
+                await asyncio.sleep(0)
+                if f"r{i}" in router._routes:
+                    break
+            assert f"r{i}" in router._routes
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0)
+        return router
+
+    router = asyncio.run(go())
+    assert router.kv_router.in_flight == {"a": 0, "b": 0}
+    assert router._routes == {}
+
+
+def test_a_sent_request_is_released_once():
+    """A request Ray sent (its future got a replica) is released by its completion only,
+    once: another request in flight on the same replica stays counted."""
+    async def go():
+        a = StatsReplica("a")
+        a.set_queue_len_response(0)
+        router = make_router([a])
+        first = await router._choose_replica_for_request(pending("t/s1", "r1"))
+        second = await router._choose_replica_for_request(pending("t/s2", "r2"))
+        assert first is second is a
+        await asyncio.sleep(0)  # the futures' done callbacks
+        assert router.kv_router.in_flight == {"a": 2}
+        router.on_request_completed(replica_id(router, "a"), "r1")
+        router.on_request_completed(replica_id(router, "a"), "r1")  # a stray repeat
+        await asyncio.sleep(0)
+        assert router.kv_router.in_flight == {"a": 1} and list(router._routes) == ["r2"]
+
+    asyncio.run(go())
+
+
+def test_a_rejected_request_keeps_its_route_while_ray_routes_it_again():
+    """A replica rejects a try (Ray cancels it, and its completion arrives from another
+    thread, here after the retry was routed): the retry keeps the decision, and the route
+    is released when the retry completes, not by the rejected try's completion."""
+    async def go():
+        a = StatsReplica("a")
+        a.set_queue_len_response(0)
+        router = make_router([a])
+        pr = pending("t/s1", "r1")
+        await router._choose_replica_for_request(pr)
+        await router._choose_replica_for_request(pr, is_retry=True)  # the retry
+        router.on_request_completed(replica_id(router, "a"), "r1")  # the rejected try
+        await asyncio.sleep(0)
+        assert "r1" in router._routes and router.kv_router.in_flight == {"a": 1}
+        router.on_request_completed(replica_id(router, "a"), "r1")  # the retry
+        assert router._routes == {} and router.kv_router.in_flight == {"a": 0}
+
+    asyncio.run(go())
