@@ -78,6 +78,7 @@ class Route:
         reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "balance",
             "lost", "round-robin", "hash", "least-loaded").
         sent_at: set by `Router.route`: when the router sent the step (`Router.clock`).
+        session: set by `Router.route`: the session of the step (None: one-shot).
     """
 
     replica: str
@@ -85,6 +86,7 @@ class Route:
     migrate: bool = False
     reason: str = ""
     sent_at: float = field(default=math.nan, compare=False, repr=False)
+    session: str | None = field(default=None, compare=False, repr=False)
 
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
@@ -140,6 +142,9 @@ class Router:
         self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
         self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
+        # session key -> its latest move, until the step that moved it is known to have
+        # reached the new home (`confirm_move`, a finished step, or the home's report).
+        self.moves: dict[str, Route] = {}
         # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
         # this router's steps there that finished since (sent, finished), for `busy`.
         self._taken: dict[str, float] = {}
@@ -171,6 +176,8 @@ class Router:
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)
+        for s in [s for s, m in self.moves.items() if replica in (m.replica, m.moved_from)]:
+            del self.moves[s]
         return lost
 
     def sync(self, live: Iterable[str]) -> list[str]:
@@ -184,8 +191,12 @@ class Router:
         return lost
 
     # -- bookkeeping ------------------------------------------------------------------
-    def finished(self, route: Route) -> None:
-        """A routed step finished (or failed): it no longer loads its replica."""
+    def finished(self, route: Route, ran: bool = True) -> None:
+        """A routed step finished (or failed): it no longer loads its replica. `ran`: it
+        reached its replica (a move it made is then done, `confirm_move`); False when the
+        caller cannot tell (a replica refused it, or it was never sent)."""
+        if ran and route.session is not None:
+            self.confirm_move(route.session, route.replica)
         r = route.replica
         if self.in_flight.get(r, 0) > 0:
             self.in_flight[r] -= 1
@@ -196,6 +207,30 @@ class Router:
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
         self.lost.pop(session, None)
+        self.moves.pop(session, None)
+
+    def confirm_move(self, session: str, replica: str) -> None:
+        """A step of `session` reached `replica`: a move there is done (the replica pulled
+        the session before running the step)."""
+        m = self.moves.get(session)
+        if m is not None and m.replica == replica:
+            del self.moves[session]
+
+    def unconfirmed_move(self, session: str, stats: Mapping[str, ReplicaStats]) -> Route | None:
+        """The session's latest move while no step is known to have reached its new home:
+        the step that moved it may have been refused by that replica (Ray Serve routes it
+        again) or given up before it was sent, and the session's KV is then still on
+        `moved_from`. A report of the new home taken after the move that lists the
+        session confirms it too."""
+        m = self.moves.get(session)
+        if m is None:
+            return None
+        st = stats.get(m.replica)
+        if (st is not None and session in st.session_tokens
+                and (st.taken_at is None or st.taken_at >= m.sent_at)):
+            del self.moves[session]
+            return None
+        return m
 
     def home(self, session: str) -> str | None:
         return self.homes.get(session)
@@ -265,15 +300,25 @@ class Router:
         """Place one step. Raises RuntimeError when no replica is live."""
         if not self.replicas:
             raise RuntimeError("no live replica to route to")
+        s = req.session
+        move = self.unconfirmed_move(s, stats) if s is not None else None
         route = self._choose(req, stats)
-        dead = self.lost.pop(req.session, None) if req.session is not None else None
+        dead = self.lost.pop(s, None) if s is not None else None
         if dead is not None:  # its KV died with its replica: recompute where it lands
             route = Route(route.replica, moved_from=dead, reason="lost")
-        route = replace(route, sent_at=self.clock())
+        elif move is not None and route.moved_from is None and route.replica == move.replica:
+            # The step that moved it may not have arrived: the new home pulls the session
+            # (a no-op there if it did arrive).
+            route = replace(route, moved_from=move.moved_from, migrate=move.migrate)
+        route = replace(route, sent_at=self.clock(), session=s)
         self.in_flight[route.replica] += 1
         self.routed[route.replica] += 1
-        if req.session is not None:
-            self.homes[req.session] = route.replica
+        if s is not None:
+            self.homes[s] = route.replica
+            if route.moved_from is None or dead is not None:
+                self.moves.pop(s, None)
+            elif move is None or move.replica != route.replica:
+                self.moves[s] = route
         return route
 
     def _choose(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
@@ -381,6 +426,8 @@ class KvsagaRouter(Router):
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
             return r
+        if req.session in self.moves:  # its move may not have arrived (`unconfirmed_move`):
+            return Route(home, reason="affinity")  # moved again, it would leave a copy
         target, reason = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")

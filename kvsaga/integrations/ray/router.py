@@ -83,10 +83,11 @@ class _Routed:
     future is cancelled before it reached a replica (the caller gave up while the request
     waited for a slot)."""
 
-    __slots__ = ("route", "future", "tries", "completed")
+    __slots__ = ("route", "future", "tries", "completed", "accepted")
 
     def __init__(self, route: Route) -> None:
         self.route = route
+        self.accepted = False  # a replica accepted a try (`on_request_routed`)
         self.future: asyncio.Future | None = None  # the latest try's
         self.tries = 0  # futures seen (one per try)
         self.completed = 0  # on_request_completed calls
@@ -166,7 +167,19 @@ class KvsagaRequestRouter(RequestRouter):
     def _release(self, rid: str, routed: _Routed) -> None:
         if self._routes.get(rid) is routed:
             del self._routes[rid]
-            self.kv_router.finished(routed.route)
+            self.kv_router.finished(routed.route, ran=routed.accepted)
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: Any) -> None:
+        """A replica accepted the request (Ray Serve calls this when replicas may reject):
+        a move the route made is done, since the replica pulls the session before it runs
+        the step. Without this call (replicas that never reject), the replica's next
+        report confirms the move (`Router.unconfirmed_move`)."""
+        routed = self._routes.get(pending_request.metadata.internal_request_id)
+        if routed is not None and routed.route.replica == replica_id.unique_id:
+            routed.accepted = True
+            if routed.route.session is not None:
+                self.kv_router.confirm_move(routed.route.session, routed.route.replica)
 
     def _try_done(self, rid: str, routed: _Routed, future: asyncio.Future) -> None:
         """A try's future is done: given a replica, the try is sent and its
