@@ -1,5 +1,6 @@
 """Agent Fair Share across replicas: per-tenant service summed over the fleet, which the
-`kvsaga` router (`kvsaga.routing`) reads before it steals a step for a tenant."""
+`kvsaga` router (`kvsaga.routing`) reads before it steals a step for a tenant
+(`FairShare.holds_back`)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,21 @@ class FairShare:
         if total:
             self.usage = total
 
+    def holds_back(self, tenant: str, waiting: Iterable[str], max_share: float) -> bool:
+        """Whether an idle replica's capacity is held back from `tenant` (no step is
+        stolen for it): its share ratio exceeds `max_share` while another tenant of
+        `waiting` (the tenants with work waiting) has had less than its fair share (ratio
+        below 1). Idle capacity thus goes first to the tenants served least, and to
+        whoever has work when nobody below their share is waiting: a tenant that was
+        served once and left does not keep the others from being stolen for."""
+        if not self.share_ratio(tenant) > max_share:
+            return False
+        return any(t != tenant and self.share_ratio(t) < 1.0 for t in waiting)
+
     def share_ratio(self, tenant: str) -> float:
-        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet)."""
+        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet).
+        Fair shares are over every tenant served so far; `holds_back` reads them only
+        while someone below their share has work waiting."""
         total = sum(self.usage.values())
         if total <= 0:
             return 0.0

@@ -17,10 +17,11 @@ Routers, by name (`make_router`):
   that replica's queue exceeds `steal_queue_threshold` while another replica is idle: then
   the step moves (work stealing), and the session's KV moves with it when migrating is
   cheaper than recomputing it. Tenants above their fair share of the fleet's service are
-  not stolen for, so an idle replica's capacity goes first to the tenants the fleet has
-  served least. A replica whose accumulated busy time runs ahead of the fleet's mean
-  (`ReplicaStats.busy_s`) hands its sessions' steps to idle replicas behind it, so the
-  last long sessions do not keep a few replicas busy while the rest idle.
+  not stolen for while a tenant below its share has work waiting, so an idle replica's
+  capacity goes first to the tenants the fleet has served least. A replica whose
+  accumulated busy time runs ahead of the fleet's mean (`ReplicaStats.busy_s`) hands its
+  sessions' steps to idle replicas behind it, so the last long sessions do not keep a few
+  replicas busy while the rest idle.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Route:
             "lost", "round-robin", "hash", "least-loaded").
         sent_at: set by `Router.route`: when the router sent the step (`Router.clock`).
         session: set by `Router.route`: the session of the step (None: one-shot).
+        tenant: set by `Router.route`: the tenant of the step.
     """
 
     replica: str
@@ -87,6 +89,7 @@ class Route:
     reason: str = ""
     sent_at: float = field(default=math.nan, compare=False, repr=False)
     session: str | None = field(default=None, compare=False, repr=False)
+    tenant: str = field(default="", compare=False, repr=False)
 
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
@@ -113,6 +116,18 @@ def prefix_key(body: Mapping) -> str | None:
     if isinstance(prompt, str) and prompt:
         return hashlib.sha256(prompt[:256].encode()).hexdigest()[:16]
     return None
+
+
+def _count(counts: dict[str, dict[str, int]], key: str, replica: str, add: int) -> None:
+    """Add `add` to counts[key][replica], dropping entries that reach 0."""
+    per = counts.setdefault(key, {})
+    n = per.get(replica, 0) + add
+    if n > 0:
+        per[replica] = n
+    else:
+        per.pop(replica, None)
+        if not per:
+            del counts[key]
 
 
 def _replica_names(replicas: Iterable[str]) -> list[str]:
@@ -145,6 +160,8 @@ class Router:
         # session key -> its latest move, until the step that moved it is known to have
         # reached the new home (`confirm_move`, a finished step, or the home's report).
         self.moves: dict[str, Route] = {}
+        # tenant -> replica -> this router's steps of that tenant there, not yet finished
+        self.tenant_steps: dict[str, dict[str, int]] = {}
         # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
         # this router's steps there that finished since (sent, finished), for `busy`.
         self._taken: dict[str, float] = {}
@@ -173,6 +190,8 @@ class Router:
         del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
         self._taken.pop(replica, None)
         del self._done[replica]
+        for t in list(self.tenant_steps):
+            _count(self.tenant_steps, t, replica, -self.tenant_steps[t].get(replica, 0))
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)
@@ -200,6 +219,8 @@ class Router:
         r = route.replica
         if self.in_flight.get(r, 0) > 0:
             self.in_flight[r] -= 1
+            if self.tenant_steps.get(route.tenant, {}).get(r):
+                _count(self.tenant_steps, route.tenant, r, -1)
             if not math.isnan(route.sent_at):
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
@@ -310,7 +331,8 @@ class Router:
             # The step that moved it may not have arrived: the new home pulls the session
             # (a no-op there if it did arrive).
             route = replace(route, moved_from=move.moved_from, migrate=move.migrate)
-        route = replace(route, sent_at=self.clock(), session=s)
+        route = replace(route, sent_at=self.clock(), session=s, tenant=req.tenant)
+        _count(self.tenant_steps, req.tenant, route.replica, 1)
         self.in_flight[route.replica] += 1
         self.routed[route.replica] += 1
         if s is not None:
@@ -456,7 +478,7 @@ class KvsagaRouter(Router):
                  and busy_home >= c.steal_margin)
         memory = self._overcommitted(home, stats)
         ahead = self._ahead(home, stats)
-        if not (queue or memory or ahead) or self.fair.share_ratio(req.tenant) > c.steal_max_share:
+        if not (queue or memory or ahead) or self._held_back(req.tenant, stats):
             return None, ""
         idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
         lead = self._lead_limit(stats)
@@ -475,6 +497,15 @@ class KvsagaRouter(Router):
         if behind:
             return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
         return None, ""
+
+    def _held_back(self, tenant: str, stats) -> bool:
+        """Fair share holds a steal back for `tenant` (`FairShare.holds_back`): it is above
+        `steal_max_share` while another tenant below its fair share has work waiting, as
+        this router sees it: a step it sent there, not finished, on a replica with steps
+        waiting."""
+        waiting = (t for t, where in self.tenant_steps.items()
+                   if any(self.waiting(x, stats) > 0 for x in where if x in self.in_flight))
+        return self.fair.holds_back(tenant, waiting, self.config.steal_max_share)
 
     def _lead_limit(self, stats) -> float | None:
         """The accumulated busy time above which a replica is too far ahead of the fleet to

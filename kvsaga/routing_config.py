@@ -26,7 +26,8 @@ class RoutingConfig:
         prefix_slack: a new session goes where its shared prefix is cached when that
             replica's predicted load exceeds the least by at most this.
         steal_max_share: tenants whose fleet share ratio (`FairShare`, from the service
-            the replicas report) exceeds this are not stolen for.
+            the replicas report) exceeds this are not stolen for while another tenant
+            below its fair share has work waiting (`FairShare.holds_back`).
         max_commitment: a replica whose sessions' contexts exceed this share of its pool
             (`ReplicaStats.commitment`) is overcommitted: it thrashes. A step of one of its
             sessions moves to a replica where that session fits below this share and that

@@ -528,6 +528,9 @@ def test_fair_share_blocks_stealing_for_heavy_tenants():
     r = make_router("kvsaga", ["a", "b"])
     r.fair.record("heavy", 90.0)
     r.fair.record("light", 10.0)
+    # light has a step waiting on a (the gate holds only while someone below their share
+    # waits: tests/cluster/test_fair_share_gate.py)
+    assert r.route(RouteRequest("l0", tenant="light"), {"a": busy(5), "b": busy(6)}).replica == "a"
     r.homes["h"] = r.homes["l"] = "a"
     stats = {"a": busy(5), "b": IDLE}
     assert r.route(RouteRequest("h", tenant="heavy"), stats).replica == "a"
@@ -545,6 +548,8 @@ def test_fair_share_sums_the_service_every_replica_reports():
                      tenant_service={"heavy": 40.0, "light": 100.0})
     r.homes["h"] = r.homes["l"] = "a"
     stats = {"a": a, "b": b, "c": c}
+    # A new light session waits to start on b or c: someone below its share waits.
+    assert r.route(RouteRequest("l0", tenant="light"), stats).replica != "a"
     assert r.route(RouteRequest("h", tenant="heavy"), stats).replica == "a"
     assert r.fair.usage == {"heavy": 120.0, "light": 100.0}
     assert r.route(RouteRequest("l", tenant="light"), stats).reason == "steal"
