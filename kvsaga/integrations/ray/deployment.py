@@ -388,7 +388,18 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
         call["salt"] = salt
         hint = parsed.get("kvsaga")
         call["ends"] = ending or bool(isinstance(hint, dict) and hint.get("last_step"))
+        call["end_request"] = ending
     return call
+
+
+def ended_session(call: dict, status: object) -> bool:
+    """Whether the replica's answer ended the call's session (the router forgets it): a
+    last step or an end request answered 2xx, or an end request answered 404 (the replica
+    knows no such session). A refused one (429 queue full, 409 session busy, 400) keeps
+    the session where it lives."""
+    if not call.get("ends") or not is_int(status):
+        return False
+    return 200 <= status < 300 or (bool(call.get("end_request")) and status == 404)
 
 
 def engine_replicas(app_name: str) -> list[str]:
@@ -473,7 +484,7 @@ class GatewayCore:
                           "internal_error")
         if first.get("type") != "http.response.start":
             return _unavailable("misrouted")
-        if call.get("ends"):
+        if ended_session(call, first.get("status")):
             for router in _routers():
                 router.kv_router.session_ended(call["session"])
         route = call.get("route")
