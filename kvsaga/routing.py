@@ -58,12 +58,15 @@ class RouteRequest:
             so that new sessions with the same prefix meet where it is cached.
         context_tokens: tokens of the session's context before this step (what a move
             would have to migrate or recompute).
+        stay: the request must reach the session's home (an end request, which deletes
+            what a move would pull): never moved, no KV migrated for it.
     """
 
     session: str | None = None
     tenant: str = ""
     prefix_key: str | None = None
     context_tokens: int = 0
+    stay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,14 +326,20 @@ class Router:
             raise RuntimeError("no live replica to route to")
         s = req.session
         move = self.unconfirmed_move(s, stats) if s is not None else None
-        route = self._choose(req, stats)
-        dead = self.lost.pop(s, None) if s is not None else None
+        if req.stay and s in self.homes:
+            route = Route(self.homes[s], reason="affinity")
+        else:
+            route = self._choose(req, stats)
+        # An end request does not pull a dead replica's session (its KV died with it).
+        dead = self.lost.pop(s, None) if s is not None and not req.stay else None
         if dead is not None:  # its KV died with its replica: recompute where it lands
             route = Route(route.replica, moved_from=dead, reason="lost")
         elif move is not None and route.moved_from is None and route.replica == move.replica:
             # The step that moved it may not have arrived: the new home pulls the session
-            # (a no-op there if it did arrive).
-            route = replace(route, moved_from=move.moved_from, migrate=move.migrate)
+            # (a no-op there if it did arrive); for an end request its context only, so
+            # that the previous replica ends its copy too.
+            route = replace(route, moved_from=move.moved_from,
+                            migrate=move.migrate and not req.stay)
         route = replace(route, sent_at=self.clock(), session=s, tenant=req.tenant)
         _count(self.tenant_steps, req.tenant, route.replica, 1)
         self.in_flight[route.replica] += 1

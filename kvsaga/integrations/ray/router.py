@@ -3,7 +3,8 @@
 
 Ray Serve calls `choose_replicas` for each pending request to the engine deployment. A
 kvsaga call carries a dict (`args[0]`) with the routing facts the gateway extracted from the
-HTTP request: `session` (tenant-qualified), `tenant`, `prefix_key`, `context_tokens`, or a
+HTTP request: `session` (tenant-qualified), `tenant`, `prefix_key`, `context_tokens`,
+`end_request` (an end request: to the session's home, never moved), or a
 `pin` (a replica id: exports, imports and metrics go to one named replica). The router turns
 each replica's `routing_stats` (what `EngineReplica.record_routing_stats` reports) into
 `ReplicaStats`, asks the `kvsaga.routing` router, and writes its decision into the call as
@@ -144,6 +145,7 @@ class KvsagaRequestRouter(RequestRouter):
                     tenant=call.get("tenant", ""),
                     prefix_key=call.get("prefix_key"),
                     context_tokens=int(call.get("context_tokens", 0)),
+                    stay=bool(call.get("end_request")),  # an end goes home, never moved
                 ),
                 stats,
             ))
