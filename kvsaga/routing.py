@@ -165,6 +165,8 @@ class Router:
         self.moves: dict[str, Route] = {}
         # tenant -> replica -> this router's steps of that tenant there, not yet finished
         self.tenant_steps: dict[str, dict[str, int]] = {}
+        # session -> replica -> this router's steps of that session there, not yet finished
+        self.session_steps: dict[str, dict[str, int]] = {}
         # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
         # this router's steps there that finished since (sent, finished), for `busy`.
         self._taken: dict[str, float] = {}
@@ -193,8 +195,9 @@ class Router:
         del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
         self._taken.pop(replica, None)
         del self._done[replica]
-        for t in list(self.tenant_steps):
-            _count(self.tenant_steps, t, replica, -self.tenant_steps[t].get(replica, 0))
+        for steps in (self.tenant_steps, self.session_steps):
+            for k in [k for k, where in steps.items() if replica in where]:
+                _count(steps, k, replica, -steps[k][replica])
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)
@@ -224,6 +227,8 @@ class Router:
             self.in_flight[r] -= 1
             if self.tenant_steps.get(route.tenant, {}).get(r):
                 _count(self.tenant_steps, route.tenant, r, -1)
+            if route.session is not None and self.session_steps.get(route.session, {}).get(r):
+                _count(self.session_steps, route.session, r, -1)
             if not math.isnan(route.sent_at):
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
@@ -345,6 +350,7 @@ class Router:
         self.in_flight[route.replica] += 1
         self.routed[route.replica] += 1
         if s is not None:
+            _count(self.session_steps, s, route.replica, 1)
             self.homes[s] = route.replica
             if route.moved_from is None or dead is not None:
                 self.moves.pop(s, None)
@@ -457,8 +463,12 @@ class KvsagaRouter(Router):
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
             return r
-        if req.session in self.moves:  # its move may not have arrived (`unconfirmed_move`):
-            return Route(home, reason="affinity")  # moved again, it would leave a copy
+        # Not moved while a step of it is in flight (the single-node server answers a
+        # concurrent step 409 session_busy: moved, it would run on two replicas) or while
+        # its last move may not have arrived (`unconfirmed_move`: moved again, it would
+        # leave a copy).
+        if req.session in self.session_steps or req.session in self.moves:
+            return Route(home, reason="affinity")
         target, reason = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")

@@ -25,6 +25,7 @@ def test_an_end_request_stays_on_an_overloaded_home():
     stats = {"a": overloaded(session_tokens={"t/s": 10000}), "b": idle()}
     end = r.route(RouteRequest(session="t/s", tenant="t", stay=True), stats)
     assert (end.replica, end.moved_from, end.migrate) == ("a", None, False)
+    r.finished(end)
     step = r.route(RouteRequest(session="t/s", tenant="t"), stats)  # a step would move
     assert (step.replica, step.moved_from, step.reason) == ("b", "a", "steal")
 

@@ -33,7 +33,9 @@ def test_a_tenant_below_its_share_with_work_waiting_holds_the_heavy_one_back():
     waiting = r.route(RouteRequest(session="tiny/t", tenant="tiny"), busy_a)
     assert waiting.replica == "b"  # ... where steps wait: tiny has work waiting
     r.homes["big/s"] = "b"
-    assert r.route(RouteRequest(session="big/s", tenant="big"), stats).reason == "affinity"
+    held = r.route(RouteRequest(session="big/s", tenant="big"), stats)
+    assert held.reason == "affinity"
+    r.finished(held)
     r.finished(waiting)  # tiny's step is done: nobody below its share waits
     assert r.route(RouteRequest(session="big/s", tenant="big"), stats).reason == "steal"
 

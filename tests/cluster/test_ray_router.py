@@ -66,8 +66,11 @@ def test_affinity_stealing_and_route_annotation():
         router.on_request_completed(done, "r1")
         # Sequential steps stay home.
         assert await choose(router, dict(call), "r2") == first
-        # Home busy (r2 still in flight) and the other idle: the next step is stolen, and
-        # its KV migrates (2000 tokens: cheaper to move than to recompute).
+        router.on_request_completed(done, "r2")
+        # Home busy (other sessions' steps) and the other idle: the next step is stolen,
+        # and its KV migrates (2000 tokens: cheaper to move than to recompute). (A step of
+        # the session still in flight would keep it home: test_concurrent_step.py.)
+        (a if first == "a" else b).stats.update(queue_depth=1, running=1)
         moved = dict(call)
         other = await choose(router, moved, "r3")
         assert other != first

@@ -157,7 +157,9 @@ def test_kvsaga_steals_from_an_overloaded_replica_to_a_less_busy_one():
     cfg = RoutingConfig(steal_min_waiting=3, steal_margin=1)
     r = make_router("kvsaga", ["a", "b"], config=cfg)
     r.homes["s"] = "a"
-    assert r.route(RouteRequest("s"), {"a": busy(2), "b": IDLE}).reason == "affinity"
+    stays = r.route(RouteRequest("s"), {"a": busy(2), "b": IDLE})
+    assert stays.reason == "affinity"
+    r.finished(stays)  # the next step follows it (a step in flight keeps the session home)
     got = r.route(RouteRequest("s", context_tokens=4000), {"a": busy(3), "b": IDLE})
     assert (got.replica, got.moved_from, got.reason) == ("b", "a", "steal")
     assert got.migrate  # 4000 tokens: moving KV is cheaper than recomputing it
