@@ -459,6 +459,8 @@ class KvsagaRouter(Router):
 
     def _choose(self, req, stats):
         home = self.homes.get(req.session) if req.session is not None else None
+        if home is None and req.session is not None and req.session not in self.lost:
+            home = self._reported_home(req.session, stats)
         if home is None:
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
@@ -476,6 +478,20 @@ class KvsagaRouter(Router):
         self.num_stolen += 1
         self.num_migrated += migrate
         return Route(target, moved_from=home, migrate=migrate, reason=reason)
+
+    def _reported_home(self, session: str, stats) -> str | None:
+        """A replica whose report lists `session` (`session_tokens`), for a session this
+        router holds no home for: it was placed before this router started (a gateway
+        restart) or forgotten. It is adopted as the session's home, and
+        the steal rules then apply as to any home. Of several (a report taken before a move
+        still listing it), the one holding the most of its context."""
+        best, most = None, -1
+        for r in self.replicas:
+            st = stats.get(r)
+            tokens = st.session_tokens.get(session) if st is not None else None
+            if is_int(tokens) and tokens > most:
+                best, most = r, tokens
+        return best
 
     def _thief(self, home: str, req: RouteRequest, stats) -> tuple[str | None, str]:
         """The replica that steals this step from `home` and why ("steal" or "balance"),
