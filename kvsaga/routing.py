@@ -424,6 +424,10 @@ class KvsagaRouter(Router):
     name = "kvsaga"
 
     def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None):
+        # replica -> seconds added to the busy time it reports (`busy_time`), and the
+        # replicas added since the last decision, which get theirs at the next one.
+        self.busy_offset: dict[str, float] = {}
+        self._joining: set[str] = set()
         super().__init__(replicas)
         self.config = config or RoutingConfig()
         self.fair = FairShare()
@@ -431,10 +435,45 @@ class KvsagaRouter(Router):
         self.num_stolen = 0
         self.num_migrated = 0
 
+    def add_replica(self, replica: str) -> None:
+        new = isinstance(replica, str) and replica not in self.in_flight
+        super().add_replica(replica)
+        if new:
+            self._joining.add(replica)
+
     def remove_replica(self, replica: str) -> list[str]:
         for homes in self._prefix_homes.values():
             homes.discard(replica)
+        self.busy_offset.pop(replica, None)
+        self._joining.discard(replica)
         return super().remove_replica(replica)
+
+    def busy_time(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
+        """Replica `r`'s accumulated busy time as the balance rules compare it: what it
+        reports (`ReplicaStats.busy_s`, since it started) plus its offset, set when it
+        joined the fleet this router had (`_join`): a replica added after the router's
+        first decision starts level with the fleet's mean. Without it a replacement or
+        newly added replica, at 0 beside replicas that had worked an hour, kept every old
+        replica 'ahead': none took a step from another (`_lead_limit`) until it caught up.
+        The fleet there at the first decision is read as it reports (offset 0): a router
+        cannot tell a replica's age from its share of the work, so a restarted gateway
+        still reads a replacement made before it started as behind."""
+        return stats[r].busy_s + self.busy_offset.get(r, 0.0)
+
+    def _join(self, stats: Mapping[str, ReplicaStats]) -> None:
+        """Give the replicas added since the last decision, once they report, their busy
+        time offset: the mean busy time of the replicas already counted less what the
+        newcomer reports, so that it counts from the fleet's mean; 0 for the fleet there
+        at the first decision (nobody is counted yet)."""
+        ready = [r for r in self._joining if r in stats]
+        if not ready:
+            return
+        known = [self.busy_time(r, stats) for r in self.replicas
+                 if r in self.busy_offset and r in stats]
+        mean = sum(known) / len(known) if known else None
+        for r in ready:
+            self.busy_offset[r] = 0.0 if mean is None else mean - stats[r].busy_s
+            self._joining.discard(r)
 
     def predicted_load(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
         """Busy steps plus `resume_weight` x the paused sessions expected back soon: the
@@ -454,6 +493,8 @@ class KvsagaRouter(Router):
 
     def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
         stats = stats if isinstance(stats, dict) else dict(stats)  # read many times below
+        if self._joining:
+            self._join(stats)
         self.fair.observe(stats.get(r) for r in self.replicas)
         return super().route(req, stats)
 
@@ -518,7 +559,7 @@ class KvsagaRouter(Router):
         idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
         lead = self._lead_limit(stats)
         if lead is not None:  # a replica ahead of the fleet's work takes no more of it
-            idle = [x for x in idle if x not in stats or stats[x].busy_s <= lead]
+            idle = [x for x in idle if x not in stats or self.busy_time(x, stats) <= lead]
         free = []
         if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]
@@ -530,7 +571,8 @@ class KvsagaRouter(Router):
                                             self._load(x, stats))), "steal"
         behind = self._behind(home, req, stats, no_busier, ahead)
         if behind:
-            return min(behind, key=lambda x: (stats[x].busy_s, self._load(x, stats))), "balance"
+            return min(behind, key=lambda x: (self.busy_time(x, stats),
+                                              self._load(x, stats))), "balance"
         return None, ""
 
     def _held_back(self, tenant: str, stats) -> bool:
@@ -554,7 +596,7 @@ class KvsagaRouter(Router):
         c = self.config
         if not c.busy_balance:
             return None
-        done = [stats[r].busy_s for r in self.replicas if r in stats]
+        done = [self.busy_time(r, stats) for r in self.replicas if r in stats]
         mean = sum(done) / len(done) if done else 0.0
         if not mean > 0:
             return None
@@ -606,7 +648,7 @@ class KvsagaRouter(Router):
         c = self.config
         if not c.busy_balance or home not in stats:
             return None
-        done = {r: stats[r].busy_s for r in self.replicas if r in stats}
+        done = {r: self.busy_time(r, stats) for r in self.replicas if r in stats}
         mean = sum(done.values()) / len(done)
         lead = done[home] - mean
         if not mean > 0 or lead <= c.busy_balance * mean:
