@@ -213,14 +213,22 @@ class EngineReplica:
         context, exported = got
         if exported is not None and exported.num_blocks:
             try:
-                await self.app.state.engine.call(
-                    lambda e: import_session(e, exported, salt=salt)
-                )
+                await self.app.state.engine.call(lambda e: self._import(e, exported, salt))
             except KVSagaError as e:  # no room, or the session appeared meanwhile
                 log.warning("kvsaga: importing %s failed (%s); recomputing", sid, e)
         ctx = sessions.open(sid)
         for k, v in context.items():
             setattr(ctx, k, v)
+
+    def _import(self, engine: Any, exported: Any, salt: str | None) -> None:
+        """Import a pulled session's KV (on the engine's thread) and count its context as
+        seen here: tokens computed on another replica are no service given here
+        (`_routing_stats`), which counted the whole imported context as new tenant service
+        at the next report, twice across the fleet."""
+        import_session(engine, exported, salt=salt)
+        s = engine.manager.sessions.get(exported.session_id)
+        if s is not None:
+            self._seen_tokens[exported.session_id] = len(s.token_ids)
 
     async def export_session(self, call: dict) -> tuple[dict, Any] | None:
         """Hand a paused session over (context, and KV if asked) and end it here."""
