@@ -44,6 +44,7 @@ from kvsaga.replica_stats import (  # noqa: F401  (re-exported: the routing API 
     count_predicted_resumes,
 )
 from kvsaga.routing_config import RoutingConfig
+from kvsaga.session import DEFAULT_SESSION_IDLE_S, check_session_idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,14 @@ class Router:
 
     `clock`: the wall clock that replicas stamp their reports with
     (`ReplicaStats.taken_at`); a test may set another.
+
+    `session_idle_s`: a session not routed for this long (and with no step in flight) is
+    forgotten (`homes`, `lost`, `moves`): a client that stops coming back never sends a
+    last step or an end request. Default `kvsaga.session.DEFAULT_SESSION_IDLE_S`, the
+    replicas' own idle limit, after which they have ended it too; None: never. At most
+    `max_sessions` are remembered (the least recently routed go first): a session
+    forgotten while its replica still holds it is adopted back from that replica's
+    report (`KvsagaRouter`).
     """
 
     name = "base"
@@ -152,8 +161,12 @@ class Router:
     # Finished steps remembered per replica for `busy`'s discount (a bound: they are
     # dropped once a report taken after they finished has been read).
     _MAX_DONE = 256
+    max_sessions = 1 << 20
 
-    def __init__(self, replicas: Iterable[str] = ()) -> None:
+    def __init__(self, replicas: Iterable[str] = (), *,
+                 session_idle_s: float | None = DEFAULT_SESSION_IDLE_S) -> None:
+        self.session_idle_s = check_session_idle(session_idle_s)
+        self._last_routed: dict[str, float] = {}  # session -> when, least recent first
         self.replicas: list[str] = []
         self._order: dict[str, int] = {}  # replica -> when it was added (a stable tie-break)
         self.in_flight: dict[str, int] = {}
@@ -237,6 +250,25 @@ class Router:
         self.homes.pop(session, None)
         self.lost.pop(session, None)
         self.moves.pop(session, None)
+        self._last_routed.pop(session, None)
+
+    def _expire(self, now: float) -> None:
+        """Forget the sessions not routed for more than `session_idle_s` (those with a
+        step in flight are kept, as if routed now), and the least recently routed beyond
+        `max_sessions`."""
+        seen, limit = self._last_routed, self.session_idle_s
+        while seen:
+            s, t = next(iter(seen.items()))
+            over = len(seen) > self.max_sessions
+            if not over and (limit is None or now - t <= limit):
+                return
+            del seen[s]
+            if not over and s in self.session_steps:
+                seen[s] = now
+                continue
+            self.homes.pop(s, None)
+            self.lost.pop(s, None)
+            self.moves.pop(s, None)
 
     def confirm_move(self, session: str, replica: str) -> None:
         """A step of `session` reached `replica`: a move there is done (the replica pulled
@@ -352,6 +384,9 @@ class Router:
         if s is not None:
             _count(self.session_steps, s, route.replica, 1)
             self.homes[s] = route.replica
+            self._last_routed.pop(s, None)
+            self._last_routed[s] = route.sent_at
+            self._expire(route.sent_at)
             if route.moved_from is None or dead is not None:
                 self.moves.pop(s, None)
             elif move is None or move.replica != route.replica:
@@ -367,8 +402,8 @@ class RoundRobinRouter(Router):
 
     name = "round-robin"
 
-    def __init__(self, replicas: Iterable[str] = ()) -> None:
-        super().__init__(replicas)
+    def __init__(self, replicas: Iterable[str] = (), **kwargs) -> None:
+        super().__init__(replicas, **kwargs)
         self._turn = itertools.count()
 
     def _choose(self, req, stats):
@@ -388,10 +423,10 @@ class AffinityRouter(Router):
     name = "affinity"
     vnodes = 64
 
-    def __init__(self, replicas: Iterable[str] = ()) -> None:
+    def __init__(self, replicas: Iterable[str] = (), **kwargs) -> None:
         self._ring: list[tuple[int, str]] = []
         self._ring_sorted = True
-        super().__init__(replicas)
+        super().__init__(replicas, **kwargs)
 
     def add_replica(self, replica: str) -> None:
         new = replica not in self.in_flight
@@ -423,12 +458,13 @@ class KvsagaRouter(Router):
 
     name = "kvsaga"
 
-    def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None):
+    def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None,
+                 **kwargs):
         # replica -> seconds added to the busy time it reports (`busy_time`), and the
         # replicas added since the last decision, which get theirs at the next one.
         self.busy_offset: dict[str, float] = {}
         self._joining: set[str] = set()
-        super().__init__(replicas)
+        super().__init__(replicas, **kwargs)
         self.config = config or RoutingConfig()
         self.fair = FairShare()
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
@@ -732,7 +768,8 @@ REPLICA_ROUTERS = (*ROUTERS, RAY_DEFAULT_ROUTER)
 
 
 def make_router(name: str, replicas: Iterable[str] = (), **kwargs) -> Router:
-    """A router by name (`ROUTERS`); kwargs go to its constructor (`config` for kvsaga)."""
+    """A router by name (`ROUTERS`); kwargs go to its constructor (`config` for kvsaga,
+    `session_idle_s` for any)."""
     try:
         cls = ROUTERS[name]
     except KeyError:

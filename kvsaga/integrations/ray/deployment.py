@@ -521,16 +521,19 @@ class KvsagaGateway:
         return await self.core.forward(request)
 
 
-def _router_config(router: str, router_kwargs: dict | None,
-                   stats_period_s: float) -> RequestRouterConfig:
+def _router_config(router: str, router_kwargs: dict | None, stats_period_s: float,
+                   session_idle_s: float | None = None) -> RequestRouterConfig:
     """The engine deployment's request router: kvsaga's adapter over `kvsaga.routing`, or
-    Ray Serve's default (which reads no routing stats and takes no kwargs)."""
+    Ray Serve's default (which reads no routing stats and takes no kwargs). The adapter
+    forgets a session not routed for `session_idle_s` (the replicas' idle limit; None:
+    the router's default)."""
     if router == RAY_DEFAULT_ROUTER:
         return RequestRouterConfig(
             request_router_class="kvsaga.integrations.ray.router.RayDefaultRequestRouter")
+    idle = {} if session_idle_s is None else {"session_idle_s": session_idle_s}
     return RequestRouterConfig(
         request_router_class="kvsaga.integrations.ray.router.KvsagaRequestRouter",
-        request_router_kwargs={"router": router, **(router_kwargs or {})},
+        request_router_kwargs={"router": router, **idle, **(router_kwargs or {})},
         request_routing_stats_period_s=stats_period_s,
     )
 
@@ -575,6 +578,7 @@ def build_application(
         num_replicas=num_replicas,
         max_ongoing_requests=settings.max_num_seqs + settings.max_queue + 8,
         ray_actor_options=ray_actor_options or {},
-        request_router_config=_router_config(router, router_kwargs, stats_period_s),
+        request_router_config=_router_config(router, router_kwargs, stats_period_s,
+                                             settings.session_idle_s),
     ).bind(settings, factory, torch_threads)
     return KvsagaGateway.bind(engine, settings)

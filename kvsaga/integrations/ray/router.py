@@ -27,6 +27,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
 from kvsaga.serve.settings import routing_config_of
+from kvsaga.session import DEFAULT_SESSION_IDLE_S
 
 log = logging.getLogger("kvsaga.ray")
 
@@ -98,15 +99,19 @@ class KvsagaRequestRouter(RequestRouter):
     """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
     go to any available replica. Configure through the deployment's
     `request_router_config.request_router_kwargs`: `router` (a name of
-    `kvsaga.routing.ROUTERS`) and any `RoutingConfig` field."""
+    `kvsaga.routing.ROUTERS`), `session_idle_s` (how long an unrouted session is
+    remembered: the replicas' idle limit, `ServerSettings.session_idle_s`) and any
+    `RoutingConfig` field."""
 
     instances: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # this process's routers
 
-    def initialize_state(self, router: str = "kvsaga", **config: Any) -> None:
+    def initialize_state(self, router: str = "kvsaga",
+                         session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
+                         **config: Any) -> None:
         routing = routing_config(router, config)
-        KvsagaRequestRouter.instances.add(self)
         kwargs = {"config": routing} if routing is not None else {}
-        self.kv_router = make_router(router, **kwargs)
+        self.kv_router = make_router(router, session_idle_s=session_idle_s, **kwargs)
+        KvsagaRequestRouter.instances.add(self)
         self._routes: dict[str, _Routed] = {}  # internal request id -> its route
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
