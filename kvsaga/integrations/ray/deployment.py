@@ -380,7 +380,10 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
     key = _bearer(headers)
     api_key = key if key in settings.api_keys else None
     salt = tenant_salt(api_key, parsed.get("cache_salt"))
-    hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+    # A header given twice: the first, as the server reads it (Starlette's headers.get).
+    hdrs: dict[str, str] = {}
+    for k, v in headers:
+        hdrs.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
     # The end route takes ids with '/' ({session_id:path}; the path arrives %2F-decoded):
     # the id is everything between the prefix and the trailing /end.
     sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
