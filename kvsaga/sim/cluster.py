@@ -264,6 +264,9 @@ class ClusterSimulator:
         if gpus > MAX_GPUS:
             raise ValueError(f"gpus must be at most {MAX_GPUS:,}, got {gpus:,} (every GPU "
                              "costs the routers per-GPU state, reached by a step or not)")
+        if routing is not None and router != "kvsaga":  # (it would be dropped without a word)
+            raise ValueError(f"routing (a RoutingConfig) applies to the kvsaga router only, "
+                             f"not {router!r}")
         self.config = config or SimConfig()
         self.sessions = list(sessions)
         Simulator(self.sessions, self.config)  # validates the trace against one GPU
