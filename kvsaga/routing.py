@@ -14,14 +14,16 @@ Routers, by name (`make_router`):
   steps to the least loaded (the sticky baseline of consistent-hash routers); never moves.
 - `kvsaga`: a new session goes to a replica with the fewest queued and running steps,
   preferring one where its shared prefix is cached, and stays there (affinity) unless
-  that replica's queue exceeds `steal_queue_threshold` while another replica is idle: then
-  the step moves (work stealing), and the session's KV moves with it when migrating is
-  cheaper than recomputing it. Tenants above their fair share of the fleet's service are
+  that replica is loaded (`RoutingConfig.steal_min_waiting`, `steal_margin`, or
+  overcommitted) while another has no step waiting: then the step moves (work stealing),
+  and the session's KV moves with it when migrating is cheaper than recomputing it.
+  Tenants above their fair share of the fleet's service are
   not stolen for while a tenant below its share has work waiting, so an idle replica's
   capacity goes first to the tenants the fleet has served least. A replica whose
   accumulated busy time runs ahead of the fleet's mean (`ReplicaStats.busy_s`) hands its
   sessions' steps to idle replicas behind it, so the last long sessions do not keep a few
-  replicas busy while the rest idle.
+  replicas busy while the rest idle. A session is not moved while a step of it is in
+  flight, nor while its last move is unconfirmed (`Router.unconfirmed_move`).
 """
 
 from __future__ import annotations
