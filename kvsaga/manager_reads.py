@@ -160,8 +160,6 @@ class ManagerReads:
                 while n < limit and old[start + n] == tokens[start + n]:
                     n += 1
                 tail = n
-        if tail:
-            cached += 1
         return StepLookup(len(tokens), num_cached + tail, num_hits, cached, host, tail, bs)
 
 

@@ -39,12 +39,15 @@ class StepLookup:
             hits, then the session's retained tail), if the host hits all find GPU blocks to
             load into; always < num_prompt_tokens.
         gpu_hit_blocks: leading full blocks of the prompt resident in the GPU tier.
-        gpu_cached_blocks: how many of those are CACHED (no running step holds them):
-            `begin_step` takes them out of the free-or-evictable blocks.
+        gpu_cached_blocks: how many of those `gpu_hit_blocks` are CACHED (no running step
+            holds them): `begin_step` takes them out of the free-or-evictable blocks. Never
+            more than `gpu_hit_blocks`: the retained tail's block is not among them.
         host_hit_blocks: full blocks continuing the GPU hits that the host tier holds; each
             loads into a fresh GPU block.
         tail_tokens: tokens of the session's retained partial tail block that would be
-            reused (it is CACHED, and taken like a cached hit).
+            reused. Its block is CACHED and `begin_step` takes it out of the
+            free-or-evictable blocks as a new block would be: `blocks_to_admit` counts it
+            once, as a block not hit on the GPU.
         block_size: tokens per block.
     """
 
@@ -64,7 +67,9 @@ class StepLookup:
     def blocks_to_admit(self, end: int) -> int:
         """Free-or-evictable GPU blocks that `begin_step` plus slots for the prompt's tokens
         up to position `end` take: the cached GPU hits, and a block for every block of
-        [0, end) not hit on the GPU (host loads, the tail and new blocks alike)."""
+        [0, end) not hit on the GPU (host loads, the tail and new blocks alike), for an
+        `end` past `num_cached_tokens` (slots for at least one token: the last prompt
+        token's, at least, is always computed)."""
         bs = self.block_size
         return self.gpu_cached_blocks + max(0, -(-end // bs) - self.gpu_hit_blocks)
 

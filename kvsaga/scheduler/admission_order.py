@@ -417,8 +417,7 @@ class AdmissionOrder:
         tool = s.hint.tool if s.hint is not None and self.tool_growth else None
         prompt = len(s.token_ids) + math.ceil(self._growth.mean(s.workflow, tool))
         lk = m.lookup(sid, s.token_ids, block_hashes=s.block_hashes)
-        need = lk.gpu_cached_blocks + max(
-            0, -(-(prompt + self.reserve_decode_tokens) // bs) - lk.gpu_hit_blocks)
+        need = lk.blocks_to_admit(prompt + self.reserve_decode_tokens)
         pool = need + running_reserve - m.pool.num_available
         if not self.sessions or self._readmits_on_room(1):
             return pool

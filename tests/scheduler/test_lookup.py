@@ -31,9 +31,10 @@ def test_lookup_predicts_begin_step_and_changes_nothing():
     lk = m.lookup("a", prompt)
     assert _state(m) == before
     assert (lk.gpu_hit_blocks, lk.gpu_cached_blocks, lk.host_hit_blocks, lk.tail_tokens) == \
-        (2, 3, 0, 2)
+        (2, 2, 0, 2)
     assert lk.num_cached_tokens == 10 and lk.num_prompt_tokens == 13
-    assert lk.blocks_to_admit(13) == 3 + 4 - 2
+    # the cached hits, then blocks 2 (the tail's) and 3: the tail is counted once
+    assert lk.blocks_to_admit(13) == 2 + 4 - 2
     assert m.begin_step("a", prompt, now=2.0).num_cached_tokens == lk.num_cached_tokens
 
 
@@ -74,9 +75,12 @@ def test_lookup_matches_begin_step_on_random_histories(ops, host, policy):
         assert _state(m) == before
         if lk.blocks_to_admit(len(prompt)) > m.pool.num_available:
             continue  # the scheduler would not admit it
+        available = m.pool.num_available
         start = m.begin_step(sid, prompt, now=now, salt=salt)
         assert start.num_cached_tokens == lk.num_cached_tokens
         m.allocate_slots(sid, len(prompt) - start.num_cached_tokens, now=now)
+        # blocks_to_admit is exact: what the step took from the free-or-evictable blocks
+        assert available - m.pool.num_available == lk.blocks_to_admit(len(prompt))
         m.append_tokens(sid, [extra[0]])
         m.finish_step(sid, now=now, tool="t")
         ctx[sid] = prompt + [extra[0]]
