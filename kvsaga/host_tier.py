@@ -191,11 +191,28 @@ class HostTierOps:
             self.host.plan_load(host_blocks[k], b)
         return gpu
 
-    def _load_from_host(self, s: Session, first: int, limit: int, now: float) -> list[int]:
+    def _load_from_host(self, s: Session, first: int, limit: int, now: float,
+                        tail_at: int = -1) -> tuple[list[int], bool]:
         """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds
-        (as many as there are free or evictable GPU blocks)."""
+        (as many as there are free or evictable GPU blocks), and whether `s`'s retained
+        tail was referenced: when it continues the loads (`tail_at`: its block position, or
+        -1) and they evict, it is held first, unless only its block leaves room for them
+        (more hits then: the tail's block would be a load's)."""
         found = self.host.run(s.block_hashes, first, limit)[: self.pool.num_available]
-        return self._load_into_gpu(s, first, found, now) if found else []
+        if not found:
+            return [], False
+        held = self._hold_tail(s, tail_at == first + len(found), len(found))
+        return self._load_into_gpu(s, first, found, now), held
+
+    def _hold_tail(self, s: Session, continues: bool, num_loads: int) -> bool:
+        """Reference `s`'s retained tail (alive: the caller checked) before `num_loads`
+        loads when it `continues` them, the loads evict (the tail may be a victim), and a
+        block stays free or evictable for the tail past them. Returns whether it did."""
+        pool = self.pool
+        if not continues or num_loads <= pool.num_free or num_loads >= pool.num_available:
+            return False
+        pool.acquire_many([s.tail[0]])
+        return True
 
     def prefetch(
         self, session_id: str, *, now: float | None = None, max_blocks: int | None = None
@@ -203,7 +220,8 @@ class HostTierOps:
         """Start loading a paused session's offloaded blocks back to the GPU tier.
 
         Room comes from free blocks, then from evicting others' blocks by the policy; the
-        session's resident blocks are held meanwhile. The loaded blocks are CACHED (ranked
+        session's resident blocks are held meanwhile, and its retained tail, unless only
+        the tail's block leaves room for the loads. The loaded blocks are CACHED (ranked
         by the policy) until the session's next `begin_step` hits them; a resume before the
         copy ends waits for the remainder only, since the engine's forward waits on the
         plan's transfer.
@@ -226,10 +244,15 @@ class HostTierOps:
         found = self.host.run(s.block_hashes, first, limit)[:max_blocks]
         if not found:
             return 0
-        # Hold the session's resident head so that making room cannot evict it.
+        # Hold the session's resident head so that making room cannot evict it, and its
+        # retained tail, unless only the tail's block leaves room for the loads.
         resident = [get(h) for h in s.block_hashes[:first]]
         self.pool.acquire_many(resident)
         found = found[: self.pool.num_available]
+        tail = -1
+        if found and s.tail is not None and self._tail_alive(s) and self._hold_tail(
+                s, True, len(found)):
+            tail = s.tail[0]
         if found:
             gpu = self._load_into_gpu(s, first, found, now)
             # The paused table names them, so that end_session finds what the session owns.
@@ -238,7 +261,9 @@ class HostTierOps:
                     s.block_ids[first + k] = b
             resident += gpu
             self._prefetched_blocks += len(gpu)
-        self.pool.release_many(resident[::-1])  # hashed: CACHED again, tails first
+        # CACHED again (hashed, or the tail kept), tails first
+        self.pool.release_many(([tail] if tail >= 0 else []) + resident[::-1],
+                               keep_unhashed=tail)
         return len(found)
 
     def take_transfers(self) -> TransferPlan:

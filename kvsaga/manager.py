@@ -149,10 +149,11 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         tokens = s.token_ids
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
-        hits = self._full_block_hits(s, max_hit // self.block_size, now)
+        usable_end = min(keep, max_hit)
+        hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)
         num_cached = len(hits) * self.block_size
         if s.tail is not None:
-            num_cached = self._reuse_tail(s, hits, num_cached, min(keep, max_hit))
+            num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
         if self._hot is not None:
             self._hot.disown_shared(hits, session_id)
         else:
@@ -200,31 +201,49 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         self.hasher.extend(s.block_hashes, s.root, s.token_ids)
         return s, keep
 
-    def _full_block_hits(self, s: Session, limit: int, now: float) -> list[int]:
+    def _full_block_hits(self, s: Session, limit: int, now: float,
+                         usable_end: int) -> tuple[list[int], bool]:
         """Referenced blocks holding `s`'s first full blocks (up to `limit`): GPU hits, then
-        the host tier's run after them, loaded into fresh GPU blocks."""
+        the host tier's run after them, loaded into fresh GPU blocks; and whether `s`'s
+        retained tail, which continues them, was referenced too (before the loads' evictions,
+        which could take it; `usable_end`: as `_reuse_tail`'s)."""
         if self._hot is not None:  # the same blocks, read first off the session's table
             hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
         else:
             hits = self.index.longest_prefix(s.block_hashes, limit)
         self.pool.acquire_many(hits)  # before loads below can evict anything
+        held = False
         if self.host is not None:
-            loaded = self._load_from_host(s, len(hits), limit, now)
+            loaded, held = self._load_from_host(s, len(hits), limit, now,
+                                                self._reusable_tail(s, usable_end))
             self._host_hit_tokens += len(loaded) * self.block_size
             hits += loaded
-        return hits
+        return hits, held
 
-    def _reuse_tail(self, s: Session, hits: list[int], num_cached: int, usable_end: int) -> int:
+    def _reusable_tail(self, s: Session, usable_end: int) -> int:
+        """The block position of `s`'s retained tail when it survived and the prompt repeats
+        some of its tokens (up to `usable_end`): `_reuse_tail` takes it if the full-block
+        hits end there. -1 otherwise."""
+        if s.tail is None or not self._tail_alive(s):
+            return -1
+        b, _, ntok = s.tail
+        p = self.block_position[b]
+        return p if min(ntok, usable_end - p * self.block_size) > 0 else -1
+
+    def _reuse_tail(self, s: Session, hits: list[int], num_cached: int, usable_end: int,
+                    held: bool = False) -> int:
         """Append the partial tail block retained at `s`'s pause to `hits` when it survived
         and its tokens up to `usable_end` continue them; drop it when it survived but no
-        longer fits. Returns the cached token count."""
+        longer fits. `held`: the host loads referenced it already (it continues the hits).
+        Returns the cached token count."""
         b, _, ntok = s.tail
-        alive = self._tail_alive(s)
+        alive = held or self._tail_alive(s)
         s.tail = None
         start = self.block_position[b] * self.block_size
         usable = min(ntok, usable_end - start)
         if alive and start == num_cached and usable > 0:
-            self.pool.acquire_many([b])
+            if not held:
+                self.pool.acquire_many([b])
             hits.append(b)
             return start + usable
         if alive:  # its content no longer extends the context
