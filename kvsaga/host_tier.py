@@ -21,7 +21,7 @@ from kvsaga._validate import is_int
 from kvsaga.block_queue import BlockQueue
 from kvsaga.errors import InvalidRequest
 from kvsaga.policy.base import Action
-from kvsaga.pool import BlockPool
+from kvsaga.pool import CACHED, BlockPool
 from kvsaga.prefix import PrefixIndex
 from kvsaga.session import Session, SessionState
 
@@ -169,12 +169,13 @@ class HostTierOps:
                 return  # every host block is pinned by the pending plan
 
     def _load_into_gpu(
-        self, s: Session, first: int, host_blocks: list[int], now: float
+        self, s: Session, positions: list[int], host_blocks: list[int], now: float
     ) -> list[int]:
-        """Fresh GPU blocks for the session's blocks `first...`, loaded from `host_blocks`.
+        """Fresh GPU blocks for the session's blocks at `positions`, loaded from
+        `host_blocks`.
 
         They are ACTIVE, hashed and owned by the session; `len(host_blocks)` must not
-        exceed the free plus evictable GPU blocks.
+        exceed the free plus evictable GPU blocks, and their hashes must miss the GPU tier.
         """
         self.host.pin(host_blocks)  # evictions below must not reuse them
         n = len(host_blocks)
@@ -183,26 +184,83 @@ class HostTierOps:
         gpu = self.pool.allocate(n)
         owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
         for k, b in enumerate(gpu):
-            h = s.block_hashes[first + k]
+            p = positions[k]
+            h = s.block_hashes[p]
             if self.index.insert(h, b):
                 block_hash[b] = h
             owner[b] = s.session_id
-            position[b] = first + k
+            position[b] = p
             self.host.plan_load(host_blocks[k], b)
         return gpu
 
+    def _host_walk(self, hashes: Sequence[bytes], first: int,
+                   limit: int) -> list[tuple[int, bool]]:
+        """The cached run of `hashes[first:limit]` past a GPU miss at `first`: per block,
+        (its GPU block, True) where the prefix index holds it, else (its host block, False)
+        where the host tier does, up to the first block that neither holds. A block still
+        resident on the GPU is taken there, never loaded again (a second copy could not be
+        indexed). Changes nothing; `lookup` counts the same run."""
+        get, host_get = self.index.get, self.host.index.get
+        run: list[tuple[int, bool]] = []
+        for i in range(first, limit):
+            h = hashes[i]
+            b = get(h)
+            if b is None:
+                b = host_get(h)
+                if b is None:
+                    break
+                run.append((b, False))
+            else:
+                run.append((b, True))
+        return run
+
+    def _fit_run(self, run: list[tuple[int, bool]],
+                 max_loads: int | None = None) -> list[tuple[int, bool]]:
+        """The longest head of `run` (`_host_walk`'s) that finds room now: each load, and
+        each CACHED GPU block, takes one free or evictable GPU block; at most `max_loads`
+        loads (None: no limit)."""
+        state = self.pool.state
+        room = self.pool.num_available
+        loads = 0
+        for i, (b, on_gpu) in enumerate(run):
+            if on_gpu:
+                need = 1 if state[b] == CACHED else 0
+            else:
+                if loads == max_loads:
+                    return run[:i]
+                loads += 1
+                need = 1
+            if need > room:
+                return run[:i]
+            room -= need
+        return run
+
+    def _take_run(self, s: Session, first: int, run: list[tuple[int, bool]], now: float,
+                  tail: bool) -> tuple[list[int], bool]:
+        """Referenced GPU blocks for `s`'s blocks `first...` from a fitted run (`_fit_run`):
+        its GPU blocks, taken before the loads' evictions, and its host blocks loaded; and
+        whether `s`'s retained tail (alive) was referenced too (`_hold_tail`; `tail`: it
+        continues the run, or the caller holds it anyway)."""
+        self.pool.acquire_many([b for b, on_gpu in run if on_gpu])
+        loads = [(first + i, b) for i, (b, on_gpu) in enumerate(run) if not on_gpu]
+        held = self._hold_tail(s, tail, len(loads))
+        loaded = iter(self._load_into_gpu(s, [p for p, _ in loads], [b for _, b in loads], now))
+        return [b if on_gpu else next(loaded) for b, on_gpu in run], held
+
     def _load_from_host(self, s: Session, first: int, limit: int, now: float,
                         tail_at: int = -1) -> tuple[list[int], bool]:
-        """GPU blocks for the run of `s`'s blocks from `first` that the host tier holds
-        (as many as there are free or evictable GPU blocks), and whether `s`'s retained
-        tail was referenced: when it continues the loads (`tail_at`: its block position, or
-        -1) and they evict, it is held first, unless only its block leaves room for them
+        """Referenced GPU blocks for the cached run of `s`'s blocks from `first` (a GPU
+        miss) up to `limit` (`_host_walk`: GPU blocks taken, host blocks loaded; as far as
+        there are free or evictable GPU blocks for them), and whether `s`'s retained tail
+        was referenced: when it continues the run (`tail_at`: its block position, or -1)
+        and the loads evict, it is held first, unless only its block leaves room for them
         (more hits then: the tail's block would be a load's)."""
-        found = self.host.run(s.block_hashes, first, limit)[: self.pool.num_available]
-        if not found:
+        run = self._fit_run(self._host_walk(s.block_hashes, first, limit))
+        if not run:
             return [], False
-        held = self._hold_tail(s, tail_at == first + len(found), len(found))
-        return self._load_into_gpu(s, first, found, now), held
+        blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run))
+        self._host_hit_tokens += sum(1 for _, on_gpu in run if not on_gpu) * self.block_size
+        return blocks, held
 
     def _hold_tail(self, s: Session, continues: bool, num_loads: int) -> bool:
         """Reference `s`'s retained tail (alive: the caller checked) before `num_loads`
@@ -219,12 +277,14 @@ class HostTierOps:
     ) -> int:
         """Start loading a paused session's offloaded blocks back to the GPU tier.
 
-        Room comes from free blocks, then from evicting others' blocks by the policy; the
-        session's resident blocks are held meanwhile, and its retained tail, unless only
-        the tail's block leaves room for the loads. The loaded blocks are CACHED (ranked
-        by the policy) until the session's next `begin_step` hits them; a resume before the
-        copy ends waits for the remainder only, since the engine's forward waits on the
-        plan's transfer.
+        The blocks loaded are those of its cached run past its first GPU miss
+        (`_host_walk`: a block still on the GPU is held there, not loaded again), up to
+        `max_blocks` loads. Room comes from free blocks, then from evicting others' blocks
+        by the policy; the session's resident blocks are held meanwhile, and its retained
+        tail, unless only the tail's block leaves room for the loads. The loaded blocks are
+        CACHED (ranked by the policy) until the session's next `begin_step` hits them; a
+        resume before the copy ends waits for the remainder only, since the engine's
+        forward waits on the plan's transfer.
 
         Returns:
             Blocks whose load was planned.
@@ -241,30 +301,32 @@ class HostTierOps:
         first = 0
         while first < limit and get(s.block_hashes[first]) is not None:
             first += 1
-        found = self.host.run(s.block_hashes, first, limit)[:max_blocks]
-        if not found:
+        run = self._host_walk(s.block_hashes, first, limit)
+        if not run or max_blocks == 0:  # (a run starts with a load)
             return 0
-        # Hold the session's resident head so that making room cannot evict it, and its
-        # retained tail, unless only the tail's block leaves room for the loads.
+        # Hold the session's resident head so that making room cannot evict it.
         resident = [get(h) for h in s.block_hashes[:first]]
         self.pool.acquire_many(resident)
-        found = found[: self.pool.num_available]
-        tail = -1
-        if found and s.tail is not None and self._tail_alive(s) and self._hold_tail(
-                s, True, len(found)):
-            tail = s.tail[0]
-        if found:
-            gpu = self._load_into_gpu(s, first, found, now)
-            # The paused table names them, so that end_session finds what the session owns.
-            for k, b in enumerate(gpu):
-                if first + k < len(s.block_ids):
-                    s.block_ids[first + k] = b
-            resident += gpu
-            self._prefetched_blocks += len(gpu)
+        run = self._fit_run(run, max_blocks)
+        tail, loads = -1, 0
+        if run:
+            blocks, held = self._take_run(s, first, run, now,
+                                          s.tail is not None and self._tail_alive(s))
+            if held:
+                tail = s.tail[0]
+            # The paused table names the loaded blocks, so that end_session finds what the
+            # session owns.
+            for i, (_, on_gpu) in enumerate(run):
+                if not on_gpu:
+                    loads += 1
+                    if first + i < len(s.block_ids):
+                        s.block_ids[first + i] = blocks[i]
+            resident += blocks
+            self._prefetched_blocks += loads
         # CACHED again (hashed, or the tail kept), tails first
         self.pool.release_many(([tail] if tail >= 0 else []) + resident[::-1],
                                keep_unhashed=tail)
-        return len(found)
+        return loads
 
     def take_transfers(self) -> TransferPlan:
         """Hand the pending copies to the engine, which must run them before its next forward

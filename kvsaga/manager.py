@@ -204,7 +204,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
     def _full_block_hits(self, s: Session, limit: int, now: float,
                          usable_end: int) -> tuple[list[int], bool]:
         """Referenced blocks holding `s`'s first full blocks (up to `limit`): GPU hits, then
-        the host tier's run after them, loaded into fresh GPU blocks; and whether `s`'s
+        the cached run after them (`_load_from_host`: blocks the host tier holds loaded
+        into fresh GPU blocks, those still on the GPU taken there); and whether `s`'s
         retained tail, which continues them, was referenced too (before the loads' evictions,
         which could take it; `usable_end`: as `_reuse_tail`'s)."""
         if self._hot is not None:  # the same blocks, read first off the session's table
@@ -216,7 +217,6 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         if self.host is not None:
             loaded, held = self._load_from_host(s, len(hits), limit, now,
                                                 self._reusable_tail(s, usable_end))
-            self._host_hit_tokens += len(loaded) * self.block_size
             hits += loaded
         return hits, held
 

@@ -143,7 +143,14 @@ class ManagerReads:
             if hashes is block_hashes and len(hashes) < max_blocks:
                 hashes = list(hashes)  # the caller's list is read, never extended
             self._hash_to(hashes, root, tokens, max_blocks)
-            host = len(self.host.run(hashes, num_hits, max_blocks))
+            # begin_step's run past the first GPU miss: blocks still on the GPU are hits there
+            state = self.pool.state
+            for b, on_gpu in self._host_walk(hashes, num_hits, max_blocks):
+                if on_gpu:
+                    num_hits += 1
+                    cached += state[b] == CACHED
+                else:
+                    host += 1
         num_cached = (num_hits + host) * bs
         tail = 0
         if s is not None and s.tail is not None and self._tail_alive(s):

@@ -38,12 +38,14 @@ class StepLookup:
         num_cached_tokens: prompt tokens `begin_step` would find cached (GPU hits, then host
             hits, then the session's retained tail), if the host hits all find GPU blocks to
             load into; always < num_prompt_tokens.
-        gpu_hit_blocks: leading full blocks of the prompt resident in the GPU tier.
+        gpu_hit_blocks: full blocks of the prompt's cached run resident in the GPU tier: its
+            leading ones and, with a host tier, those between its host hits (begin_step
+            takes them there and loads only what the GPU tier lacks).
         gpu_cached_blocks: how many of those `gpu_hit_blocks` are CACHED (no running step
             holds them): `begin_step` takes them out of the free-or-evictable blocks. Never
             more than `gpu_hit_blocks`: the retained tail's block is not among them.
-        host_hit_blocks: full blocks continuing the GPU hits that the host tier holds; each
-            loads into a fresh GPU block.
+        host_hit_blocks: full blocks of the run past the first GPU miss that only the host
+            tier holds; each loads into a fresh GPU block.
         tail_tokens: tokens of the session's retained partial tail block that would be
             reused. Its block is CACHED and `begin_step` takes it out of the
             free-or-evictable blocks as a new block would be: `blocks_to_admit` counts it
