@@ -71,9 +71,10 @@ class EvictionJournal:
         the same position in every table that holds it) or its session's retained tail,
         and the prompt's first block past its hits is still not in the index; `found`
         less its last k hits when the victims among its hits were exactly those (CACHED,
-        as every victim: k fewer hits, k fewer of them cached); None (ask `lookup`) for
-        anything else, and with a host tier (an eviction may offload a block the prompt
-        would hit there)."""
+        as every victim: k fewer hits, k fewer of them cached) and its session keeps no
+        live retained tail (the fewer hits could end where the tail starts, which `lookup`
+        would then count); None (ask `lookup`) for anything else, and with a host tier (an
+        eviction may offload a block the prompt would hit there)."""
         if self.host is not None:
             return None
         if isinstance(hashes, (str, bytes, bytearray, memoryview)) or not isinstance(
@@ -93,8 +94,9 @@ class EvictionJournal:
                 if hashes[p] == h:
                     lost.add(p)
         k = len(lost)
-        if k and (found.tail_tokens or min(lost) != n - k):
-            return None
+        if k and (found.tail_tokens or min(lost) != n - k or (
+                tail >= 0 and self._tail_alive(s))):
+            return None  # (fewer hits may end where the session's retained tail starts)
         # The first block past the hits must still miss (unless the prompt has none).
         if n - k < (found.num_prompt_tokens - 1) // self.block_size:
             if n - k >= len(hashes):

@@ -97,3 +97,31 @@ def test_journal_is_none_after_any_other_change():
     m.start_journal()
     m.finish_step("a")
     assert m.journal() is None
+
+
+def test_lookup_after_refuses_when_fewer_hits_meet_the_sessions_tail(core):
+    """Session b's prompt hits 3 blocks (its own 2, then a's third, past b's retained
+    tail); evicting a's third block leaves 2 hits, which end where b's tail starts:
+    `lookup` now counts the tail, which `lookup_after` cannot tell (it answered 2 hits and
+    no tail)."""
+    m = KVCacheManager(KVSpec(1, 1, 1, block_size=2), 6, core=core.name, policy="lru")
+    m.begin_step("a", [0, 2, 1, 1, 2, 0])
+    m.allocate_slots("a", 6)
+    m.finish_step("a")
+    m.begin_step("b", [0, 2, 1, 1, 2])
+    m.allocate_slots("b", 1)
+    m.finish_step("b")  # hits a's first 2 blocks; tail [2]
+    prompt = [0, 2, 1, 1, 2, 0, 0]
+    m.begin_step("w", [7] * 6)
+    found = m.lookup("b", prompt)
+    assert (found.gpu_hit_blocks, found.tail_tokens) == (3, 0)
+    m.start_journal()
+    m.allocate_slots("w", 6)  # evicts a's third block, the LRU head
+    evicted = m.journal()
+    assert evicted is not None and [p for _, _, p in evicted] == [2]
+    hashes: list[bytes] = []
+    m.hasher.extend(hashes, m.session("b").root, prompt)
+    now = m.lookup("b", prompt)
+    assert (now.gpu_hit_blocks, now.tail_tokens) == (2, 1)
+    after = m.lookup_after("b", found, hashes, evicted)
+    assert after is None or after == now  # was 2 hits and no tail: 4 tokens for 5
