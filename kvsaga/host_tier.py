@@ -316,11 +316,14 @@ class HostTierOps:
                 tail = s.tail[0]
             # The paused table names the loaded blocks, so that end_session finds what the
             # session owns.
+            replaced = []
             for i, (_, on_gpu) in enumerate(run):
                 if not on_gpu:
                     loads += 1
                     if first + i < len(s.block_ids):
+                        replaced.append(s.block_ids[first + i])
                         s.block_ids[first + i] = blocks[i]
+            self._note_left(s, replaced, blocks)
             resident += blocks
             self._prefetched_blocks += loads
         # CACHED again (hashed, or the tail kept), tails first

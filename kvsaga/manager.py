@@ -101,6 +101,9 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         # (None once it is plain cache or shared by several sessions) and its index there.
         self.block_owner: list[str | None] = [None] * num_gpu_blocks
         self.block_position = [0] * num_gpu_blocks
+        # Per session, blocks it may still own that left its table (an abandoned branch of
+        # its context, a block past a gap in its hits): end_session disowns them too.
+        self._left_owned: dict[str, set[int]] = {}
         # The C++ core's hot loops work on these very containers (None: Python's loops).
         self._hot = None if self.core.ManagerCore is None else self.core.ManagerCore(
             self.pool, self.index, self.hasher, self.sessions, self.block_owner,
@@ -161,6 +164,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
             for b in hits:
                 if owner[b] != session_id:
                     owner[b] = None  # shared by several sessions: plain cache
+        self._note_left(s, s.block_ids, hits)
         s.block_ids = hits
         s.num_computed = num_cached
         s.state = SessionState.RUNNING
@@ -219,6 +223,17 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
                                                 self._reusable_tail(s, usable_end))
             hits += loaded
         return hits, held
+
+    def _note_left(self, s: Session, old: list[int], new: list[int]) -> None:
+        """Remember the blocks of `old` (a table of `s`) that `new` drops and `s` still
+        owns, for `end_session` to disown (a resume that hits its whole old table, the
+        usual one, compares two lists)."""
+        if not old or old == new[: len(old)]:
+            return
+        owner, sid, keep = self.block_owner, s.session_id, set(new)
+        left = [b for b in old if owner[b] == sid and b not in keep]
+        if left:
+            self._left_owned.setdefault(sid, set()).update(left)
 
     def _reusable_tail(self, s: Session, usable_end: int) -> int:
         """The block position of `s`'s retained tail when it survived and the prompt repeats
@@ -577,7 +592,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
                     owner[b] = None
 
     def end_session(self, session_id: str, *, now: float | None = None) -> None:
-        """Forget a session. Its full blocks stay as plain prefix cache for anyone."""
+        """Forget a session. Its full blocks stay as plain prefix cache for anyone (no block
+        stays owned by it: those that left its table while it owned them included)."""
         s = self._session(session_id)
         now = self._time(now)
         self._changes += 1
@@ -589,9 +605,10 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
             if self.pool.state[b] == CACHED and self.pool.generation[b] == gen:
                 self._drop(b)
         owner = self.block_owner
-        for b in s.block_ids:
-            if owner[b] == session_id:
-                owner[b] = None
+        for blocks in (s.block_ids, self._left_owned.pop(session_id, ())):
+            for b in blocks:
+                if owner[b] == session_id:
+                    owner[b] = None
         del self.sessions[session_id]
 
     def _release_table(self, s: Session, keep_tail: bool) -> None:
