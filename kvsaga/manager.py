@@ -522,7 +522,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         """Take a running step's blocks back (the engine requeues it and calls begin_step).
 
         Full blocks stay cached, so the retry hits whatever survives; the partial tail is
-        freed.
+        freed, and `num_computed_tokens` drops to the full blocks' tokens (a mid-prefill
+        partial block's tokens have no slots any more).
         """
         s = self._running(session_id)
         now = self._time(now)
@@ -621,8 +622,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         s.tail = None
         if tail >= 0 and pool.state[tail] == CACHED:
             s.tail = (tail, pool.generation[tail], partial)
-        if not keep_tail:
-            s.num_computed = min(s.num_computed, len(s.block_hashes) * self.block_size)
+        if not keep_tail:  # the partial tail's tokens lost their slots with it
+            s.num_computed -= s.num_computed % self.block_size
 
     def _time(self, now: float | None) -> float:
         """`now`, or the clock's time where it is None; InvalidRequest naming it unless it is
