@@ -82,6 +82,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
         core: str | None = None,
     ) -> None:
         max_model_len = check_positive_int("max_model_len", max_model_len, InvalidRequest, True)
+        check_positive_int("num_gpu_blocks", num_gpu_blocks, InvalidRequest)  # (the pool's
+        # own check would name its `num_blocks`, not this argument)
         self.spec = spec
         self.block_size = spec.block_size
         self.core = get_core(core)

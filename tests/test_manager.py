@@ -278,6 +278,14 @@ def test_bad_max_model_len_is_refused(core, bad):
     assert make(max_model_len=None, core=core.name).max_model_len is None
 
 
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "4"])
+def test_bad_num_gpu_blocks_is_refused_by_its_name(core, bad):
+    """The message names the argument, num_gpu_blocks (it named the pool's num_blocks)."""
+    message = rf"^num_gpu_blocks must be a positive int, got {re.escape(repr(bad))}$"
+    with pytest.raises(InvalidRequest, match=message):
+        KVCacheManager(KVSpec(1, 1, 1), bad, core=core.name)
+
+
 @pytest.mark.parametrize("bad", [3, 1.5, b"chat", ["chat"]])
 def test_non_string_workflow_is_refused_before_anything_changes(core, bad):
     m = make(core=core.name)
