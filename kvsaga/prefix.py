@@ -2,8 +2,9 @@
 
 A block's hash is SHA-256 over (parent block's hash, the block's token ids as uint32), so a
 hash names a whole prefix, not one block's tokens. The chain starts from a per-tenant root,
-SHA-256("kvsaga" + salt): tenants with different salts can never reach each other's
-blocks. Only full blocks are hashed; a partial block is never shared.
+SHA-256(b"kvsaga\x00" + salt), a str salt as its UTF-8 bytes (none: empty): tenants with
+different salts can never reach each other's blocks. Only full blocks are hashed; a partial
+block is never shared.
 
 Why SHA-256: a shared server must not let a crafted prompt collide with another tenant's
 prefix, so 64-bit hashes (birthday bound 2^32) are out. SHA-256 is hardware-accelerated on
