@@ -15,6 +15,17 @@ from typing import Any
 from kvsaga.manager import StepLookup
 
 
+# One block more of headroom in the reserve check for a step that reuses its session's
+# retained partial tail. Until session 41 `StepLookup.blocks_to_admit` counted that tail's
+# block twice (as cached and as not hit); every `--fit` round of this scheduler ran with the
+# extra block in this check, and without it the workflow scheduler recomputed 1.8x the
+# tokens on tests/sim's thrash trace (77,011 -> 138,478; fcfs+lru 226,936). The pool check
+# above, which admits a first chunk, reads the corrected count; this check keeps the
+# headroom the fitted rules were measured with, as a named slack rather than a miscount,
+# until a refit weighs it.
+RETAINED_TAIL_SLACK = 1
+
+
 class BlockRoom:
     """The pool's room for a waiting step (see the module docstring)."""
 
@@ -31,6 +42,7 @@ class BlockRoom:
             # admitting what the pool cannot carry to completion only defers a preemption.
             # With nothing running the first chunk suffices (progress is guaranteed).
             full = lookup.blocks_to_admit(self._reserve_target(req, req.num_tokens))
+            full += RETAINED_TAIL_SLACK if lookup.tail_tokens else 0
             if full + self._running_reserve() > available:
                 self._held_back("reserve")
                 return False
