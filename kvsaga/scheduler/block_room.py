@@ -14,7 +14,6 @@ from typing import Any
 
 from kvsaga.manager import StepLookup
 
-
 # One block more of headroom in the reserve check for a step that reuses its session's
 # retained partial tail. Until session 41 `StepLookup.blocks_to_admit` counted that tail's
 # block twice (as cached and as not hit); every `--fit` round of this scheduler ran with the
