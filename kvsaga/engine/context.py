@@ -77,6 +77,7 @@ def encode_continuing(
     contexts: Iterable[TokenContext | None],
     text: str,
     add_special_tokens: bool,
+    release_gil: bool = False,
 ) -> list[int]:
     """Tokenize `text`, reusing the exact ids of the longest known context it extends.
 
@@ -84,9 +85,17 @@ def encode_continuing(
         contexts: earlier steps' contexts (None entries are skipped).
         text: the whole prompt text.
         add_special_tokens: add BOS etc. when `text` extends no context.
+        release_gil: tokenize through `encode_batch`, which lets other Python threads run
+            meanwhile (`tokenizers`' single `encode` holds the GIL throughout): for a
+            caller on a worker thread beside an event loop.
     Returns:
         The prompt's token ids.
     """
+    def encode(part: str, special: bool) -> list[int]:
+        if release_gil:
+            return tokenizer.encode_batch([part], add_special_tokens=special)[0]
+        return tokenizer.encode(part, add_special_tokens=special)
+
     covered, ids = 0, []
     for ctx in contexts:
         if ctx is not None:
@@ -94,6 +103,6 @@ def encode_continuing(
             if n > covered:
                 covered, ids = n, known
     if not covered:
-        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return encode(text, add_special_tokens)
     rest = text[covered:]
-    return ids + (tokenizer.encode(rest, add_special_tokens=False) if rest else [])
+    return ids + (encode(rest, False) if rest else [])

@@ -51,9 +51,10 @@ from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.serve")
 MAX_SESSION_ID = 256  # characters, as the body's session_id field allows
-# Prompts at least this long are tokenized on a worker thread, not on the event loop: the
-# SmolLM2 tokenizer takes about 11 ms for 16,000 characters and 250 ms for 256,000 (session
-# 41, by hand), time in which no other request's stream would be written.
+# Prompts at least this long are tokenized on a worker thread through `tokenizers`'
+# `encode_batch`, which releases the GIL (its `encode` does not), so the event loop goes on
+# writing other requests' streams meanwhile: `python bench/tokenize_off_loop.py` prints the
+# encode times and the longest pause of a 1 ms loop ticker each way.
 TOKENIZE_OFF_LOOP_CHARS = 16_000
 _WARNED_TOOL_CHOICES: set[str] = set()  # tool_choice values already logged as not enforced
 
@@ -295,7 +296,7 @@ class Serving:
         if len(text) < TOKENIZE_OFF_LOOP_CHARS:
             return self.sessions.encode(ctx, text, special)
         known = None if ctx is None else SessionContext(tokens=ctx.tokens)
-        return await asyncio.to_thread(self.sessions.encode, known, text, special)
+        return await asyncio.to_thread(self.sessions.encode, known, text, special, True)
 
     def _unreserve(self, ctx: SessionContext | None, known: SessionContext | None,
                    engine_sid: str | None, rid: str) -> None:

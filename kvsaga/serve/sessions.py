@@ -12,7 +12,8 @@ reused and only the new suffix is tokenized, so the cache (which holds exactly t
 serves the whole old context even where re-tokenizing the text would split it differently.
 Otherwise the prompt is tokenized afresh and the manager keeps the longest common prefix.
 
-Everything here runs on the event loop thread; only the engine thread touches the engine.
+Everything here runs on the event loop thread (a long prompt's `encode` on a worker
+thread, `Serving._encode`); only the engine thread touches the engine.
 """
 
 from __future__ import annotations
@@ -132,18 +133,21 @@ class SessionRegistry:
         ctx.last_used = time.monotonic()
         return ctx
 
-    def encode(self, ctx: SessionContext | None, text: str, add_special_tokens: bool) -> list[int]:
+    def encode(self, ctx: SessionContext | None, text: str, add_special_tokens: bool,
+               release_gil: bool = False) -> list[int]:
         """Tokenize a prompt, reusing the session's exact ids for the part it already holds.
 
         Args:
             ctx: the session (None for a one-shot request).
             text: the whole prompt text.
             add_special_tokens: add BOS etc. (raw completions) or not (chat templates).
+            release_gil: let the event loop run meanwhile (`encode_continuing`), for a call
+                on a worker thread.
         Returns:
             The prompt's token ids.
         """
         known = ctx.tokens if ctx is not None else None
-        return encode_continuing(self.tokenizer, [known], text, add_special_tokens)
+        return encode_continuing(self.tokenizer, [known], text, add_special_tokens, release_gil)
 
     def record(
         self,

@@ -17,13 +17,15 @@ from .conftest import MODEL, LiveServer
 
 @pytest.fixture
 def encodes(monkeypatch):
-    """Every `SessionRegistry.encode` call's (thread, text length, ids)."""
+    """Every `SessionRegistry.encode` call's (thread, text length, ids, release_gil)."""
     seen = []
     original = SessionRegistry.encode
 
-    def spy(self, ctx, text, special):
-        ids = original(self, ctx, text, special)
-        seen.append((threading.current_thread(), len(text), ids))
+    def spy(self, ctx, text, special, release_gil=False):
+        ids = original(self, ctx, text, special, release_gil)
+        if release_gil:  # the same ids as the GIL-holding `encode`
+            assert ids == original(self, ctx, text, special)
+        seen.append((threading.current_thread(), len(text), ids, release_gil))
         return ids
     monkeypatch.setattr(SessionRegistry, "encode", spy)
     return seen
@@ -40,10 +42,12 @@ def test_long_prompts_are_tokenized_off_the_event_loop(server: LiveServer, encod
     long = httpx.post(f"{server.url}/v1/completions", timeout=30,
                       json={"model": MODEL, "prompt": text, "max_tokens": 1})
     assert long.status_code == 200, long.text
-    (t_short, n_short, _), (t_long, n_long, ids) = encodes
+    (t_short, n_short, _, gil_short), (t_long, n_long, ids, gil_long) = encodes
     assert n_short < 64 <= n_long == len(text)
     assert t_short is server.thread  # the loop's own thread
     assert t_long is not server.thread
+    # off the loop through `encode_batch`, which lets the loop run (bench/tokenize_off_loop.py)
+    assert (gil_short, gil_long) == (False, True)
     assert long.json()["usage"]["prompt_tokens"] == len(ids)
 
 
@@ -61,6 +65,6 @@ def test_a_sessions_known_ids_are_reused_off_the_loop(server: LiveServer, encode
     r2 = httpx.post(f"{server.url}/v1/completions", timeout=30,
                     json={**body, "prompt": second, "kvsaga": {"last_step": True}})
     assert r2.status_code == 200, r2.text
-    (_, _, ids1), (thread2, _, ids2) = encodes
+    (_, _, ids1, _), (thread2, _, ids2, _) = encodes
     assert thread2 is not server.thread
     assert ids2[:len(ids1)] == ids1
