@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
+from kvsaga.policy import POLICIES
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
@@ -268,6 +269,11 @@ class ClusterSimulator:
             raise ValueError(f"routing (a RoutingConfig) applies to the kvsaga router only, "
                              f"not {router!r}")
         self.config = config or SimConfig()
+        if getattr(POLICIES.get(self.config.policy), "needs_oracle", False):
+            # Each GPU is built empty (`_GPU`), so an offline policy's oracle would know no
+            # session: refused here rather than a KeyError at the first step.
+            raise ValueError(f"policy {self.config.policy!r} needs the whole trace in advance "
+                             "(an offline reference); it is not run behind a router")
         self.sessions = list(sessions)
         Simulator(self.sessions, self.config)  # validates the trace against one GPU
         cost = self.config.cost
@@ -463,17 +469,24 @@ def cmd_cluster(args) -> int:
         for r in routers:
             if r not in ROUTERS:
                 raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
-        policies = []
+        policies, offline = [], []
+        quiet = args.quiet
         for spec in comma_names("--policy", args.policy, "policy"):
             name, host = parse_policy(spec)  # ValueError listing the known names
             if host is not None:
                 raise ValueError(f"--policy {spec!r}: a +host/-host suffix applies without "
                                  "--gpus; with --gpus every policy gets --host-memory's tier")
-            if name != "belady":  # the offline reference is not run behind a router
+            if getattr(POLICIES[name], "needs_oracle", False):
+                offline.append(name)  # an offline reference is not run behind a router
+            else:
                 policies.append(name)
+        if offline and not quiet:
+            print(f"kvsaga sim: skipping {', '.join(offline)} with --gpus: offline "
+                  "references (they read the whole trace in advance) are not run behind a "
+                  "router", file=sys.stderr)
         if not policies:
-            raise ValueError("--policy names no policy to run behind a router (belady, the "
-                             "offline reference, is not run with --gpus)")
+            raise ValueError(f"--policy names no policy to run behind a router "
+                             f"({', '.join(offline)}: offline references, not run with --gpus)")
         schedulers = _schedulers(args)
         _resolve_memory_flags(args)
         sessions = _load(args)
