@@ -124,7 +124,7 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
         row["belady_ratio"] = (mine / ref_tokens if ref_tokens
                                else (1.0 if mine == 0 else math.nan))
         rows.append(row)
-    if len({s.tenant for s in sessions}) > 1:
+    if len({tenant_key(s.tenant) for s in sessions}) > 1:  # as SimResult counts them
         for row, (_, cfg, _, _) in zip(rows, plan, strict=True):
             add_tenant_slowdowns(row, sessions, cfg, progress)
     return rows

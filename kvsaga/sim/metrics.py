@@ -11,7 +11,7 @@ import numpy as np
 
 from kvsaga.pool import BlockPool
 from kvsaga.sim.cost import StepCostModel, attention_pairs
-from kvsaga.sim.trace import Session
+from kvsaga.sim.trace import DEFAULT_TENANT, Session
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def unloaded_tct(session: Session, cost: StepCostModel, max_num_batched_tokens: 
 
 def tenant_key(tenant: str | None) -> str:
     """A tenant's key in result rows ("default" for sessions without one)."""
-    return "default" if tenant is None else tenant
+    return DEFAULT_TENANT if tenant is None else tenant
 
 
 class UsageRecorder:

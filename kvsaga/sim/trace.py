@@ -120,6 +120,12 @@ def _check_str(name: str, value: Any) -> None:
         raise TraceError(f"must be a non-empty string, got {value!r}", field=name, value=value)
 
 
+# The tenant key of the sessions without a tenant in results (`kvsaga.sim.metrics.tenant_key`);
+# no session may name it as its tenant (the manager and scheduler would serve it apart from
+# them while the results merged the two).
+DEFAULT_TENANT = "default"
+
+
 @dataclass(frozen=True)
 class SharedPrefix:
     """Tokens at the start of every prompt of every session of one group.
@@ -175,7 +181,8 @@ class Session:
         steps: the LLM calls, in order; at least one. The last step has `tool` None and
             `tool_s` 0; an earlier step may have `tool` None too (a pause of unknown kind).
         tenant: who owns the session; the manager salts prefix hashes per tenant, so sessions
-            of different tenants never share blocks even within one prefix group.
+            of different tenants never share blocks even within one prefix group. None: no
+            tenant (reported as "default" in results, so that name is refused here).
     """
 
     id: str
@@ -191,6 +198,10 @@ class Session:
         _check_float("arrival_s", self.arrival_s)
         if self.tenant is not None:
             _check_str("tenant", self.tenant)
+            if self.tenant == DEFAULT_TENANT:
+                raise TraceError(f"{DEFAULT_TENANT!r} is reserved: it names the sessions without "
+                                 "a tenant in results; leave the field out for those, or name "
+                                 "the tenant otherwise", field="tenant", value=self.tenant)
         if not isinstance(self.shared_prefix, SharedPrefix):
             raise TraceError(f"must be a SharedPrefix, got {self.shared_prefix!r}",
                              field="shared_prefix", value=self.shared_prefix)
