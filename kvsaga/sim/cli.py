@@ -26,7 +26,7 @@ from kvsaga.logs import StderrHandler
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.cluster import MAX_GPUS
-from kvsaga.sim.compare import compare, parse_policy
+from kvsaga.sim.compare import compare, parse_policy, tenant_share_misfit
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig
 from kvsaga.sim.trace import Session, TraceError, load_trace
@@ -340,7 +340,10 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> lis
         gib = kv_gib * factor
         if cost.num_blocks(gib * GIB) < need:
             continue  # the longest session would not fit
-        for row in compare(sessions, _base_config(args, gib * GIB), specs,
+        config = _base_config(args, gib * GIB)
+        if tenant_share_misfit(sessions, config) is not None:
+            continue  # nor a tenant's longest on its share (its slowdown's denominator)
+        for row in compare(sessions, config, specs,
                            host_memory_bytes=host_bytes, progress=progress,
                            schedulers=schedulers, jobs=jobs):
             row["kv_gib"] = gib

@@ -90,6 +90,10 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
 
     Returns:
         Dicts of `SimResult.to_dict()` + `policy` (the spec) + `belady_ratio`.
+
+    Raises:
+        ValueError: with several tenants, one whose longest session does not fit 1/k of the
+            KV blocks (`tenant_share_misfit`), before any simulation runs.
     """
     todo: list[tuple[str, SimConfig]] = []  # (a label for the log, config), each once
 
@@ -114,6 +118,11 @@ def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str
             if host not in refs:
                 refs[host] = index("belady", dataclasses.replace(cfg, policy="belady"))
             plan.append((spec, cfg, sims[spec], refs[host]))
+    if len({tenant_key(s.tenant) for s in sessions}) > 1:  # before any simulation
+        for _, cfg in todo:
+            problem = tenant_share_misfit(sessions, cfg)
+            if problem is not None:
+                raise ValueError(problem)
     done = run_many(sessions, [c for _, c in todo], jobs=jobs, progress=progress,
                     labels=[label for label, _ in todo])
     rows = []
@@ -193,14 +202,45 @@ def tenant_share(config: SimConfig, k: int) -> SimConfig:
                                host_memory_bytes=None)
 
 
+def tenant_share_misfit(sessions: Sequence[Session], config: SimConfig) -> str | None:
+    """Why the trace's tenants cannot each run alone on 1/k of the GPU (`tenant_share`, the
+    denominators of `add_tenant_slowdowns`): the first tenant, in name order, whose longest
+    session needs more KV blocks than `config.blocks() // k`; None when every one fits (or
+    the trace has one tenant)."""
+    by_tenant: dict[str, list[Session]] = {}
+    for s in sessions:
+        by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
+    k = len(by_tenant)
+    if k < 2:
+        return None
+    spec = config.cost.kv_spec
+    blocks = config.blocks()
+    share = blocks // k
+    for t, own in sorted(by_tenant.items()):
+        longest = max(own, key=lambda s: s.total_tokens)
+        need = spec.num_blocks_for(longest.total_tokens)
+        if need > share:
+            return (f"tenant {t!r}: its share of the GPU (1/{k}: {share:,} of its {blocks:,} KV "
+                    f"blocks, the capacity each tenant's slowdown is measured alone on) cannot "
+                    f"hold its longest session {longest.id!r} ({need:,} blocks); give at "
+                    f"least {need * k:,} blocks ({need * k * config.cost.block_bytes:,} B) of "
+                    f"KV capacity (kvsaga sim --kv-memory; SimConfig.kv_memory_bytes or "
+                    f"num_gpu_blocks)")
+    return None
+
+
 def add_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
                          progress: bool = False) -> None:
     """Add each tenant's `slowdown` (its mean TCT in `row` over its mean TCT alone on 1/k of
     the GPU, `tenant_share`) to `row["tenants"]`, and `afs_max_slowdown_ratio`.
 
     Raises:
-        ValueError: a tenant's longest session does not fit 1/k of the KV blocks.
+        ValueError: a tenant's longest session does not fit 1/k of the KV blocks
+            (`tenant_share_misfit`), before any simulation.
     """
+    problem = tenant_share_misfit(sessions, config)
+    if problem is not None:
+        raise ValueError(problem)
     by_tenant: dict[str, list[Session]] = {}
     for s in sessions:
         by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
