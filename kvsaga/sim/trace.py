@@ -348,8 +348,9 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that `surrogateescape` could
 def load_trace(path: str | Path) -> list[Session]:
     """Read a JSON Lines trace.
 
-    Blank lines are skipped. Session ids must be unique. The file is UTF-8 (a leading byte
-    order mark is skipped).
+    Blank lines are skipped. Session ids must be unique, and the sessions of one tenant's
+    prefix group must declare the same `shared_prefix.tokens`. The file is UTF-8 (a leading
+    byte order mark is skipped).
 
     Args:
         path: the trace file.
@@ -364,6 +365,7 @@ def load_trace(path: str | Path) -> list[Session]:
     path = Path(path)
     sessions: list[Session] = []
     seen: dict[str, int] = {}
+    prefixes: dict[tuple[str | None, str], tuple[int, int]] = {}  # -> (tokens, first line)
     # Bytes that are not UTF-8 are kept as lone surrogates (`surrogateescape`) and refused
     # by line below: a strict decode failed inside the file's read buffer, naming no line.
     with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -393,6 +395,16 @@ def load_trace(path: str | Path) -> list[Session]:
                                  f"{seen[session.id]})", field="id", value=session.id,
                                  line=lineno, path=str(path))
             seen[session.id] = lineno
+            group = (session.tenant, session.shared_prefix.group)
+            first = prefixes.setdefault(group, (session.shared_prefix.tokens, lineno))
+            if first[0] != session.shared_prefix.tokens:
+                who = "no tenant" if session.tenant is None else f"tenant {session.tenant!r}"
+                raise TraceError(
+                    f"prefix group {group[1]!r} ({who}) has {first[0]} tokens on line "
+                    f"{first[1]}, here {session.shared_prefix.tokens}: the sessions of a group "
+                    "share its prefix exactly (name a new group for another prefix)",
+                    field="shared_prefix.tokens", value=session.shared_prefix.tokens,
+                    line=lineno, path=str(path))
             sessions.append(session)
     return sessions
 
