@@ -77,7 +77,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "default: 1)")
     p.add_argument("--arrival-rate", type=_positive(float), default=None,
                    help="sessions per second (default: the family's)")
-    p.add_argument("--trace", default=None, help="replay this JSON Lines trace instead")
+    p.add_argument("--trace", default=None,
+                   help="replay this JSON Lines trace instead (--workload, --sessions, "
+                   "--seed, --scale and --arrival-rate then do not apply; the --json config "
+                   "records them as null)")
     default_policies = list(dict.fromkeys(("lru", "saga", "ttl", "graph", DEFAULT_POLICY,
                                            "belady")))
     p.add_argument("--policy", default=",".join(default_policies),
@@ -269,13 +272,7 @@ def cmd_sim(args) -> int:
           f"host {base.host_blocks()} blocks")
     print(format_table(rows))
     if args.json is not None:
-        out = {"config": {"workload": None if args.trace else args.workload,
-                          "trace": args.trace, "sessions": len(sessions), "seed": args.seed,
-                          "scale": args.scale, "preset": cost.name,
-                          "num_gpu_blocks": base.blocks(), "num_host_blocks": base.host_blocks(),
-                          "hints": args.hints, "schedulers": schedulers,
-                          "slo_factor": args.slo_factor},
-               "results": rows}
+        out = {"config": run_config(args, sessions, base, schedulers), "results": rows}
         if sweep:
             out["sweep"] = sweep
         with open(args.json, "w", encoding="utf-8") as f:
@@ -288,6 +285,24 @@ def cmd_sim(args) -> int:
         plot_sweep(sweep, args.plot, title=f"{name} on {cost.name}")
         print(f"wrote {args.plot}")
     return 0
+
+
+def run_config(args, sessions: list[Session], base: SimConfig, schedulers: list[str]) -> dict:
+    """The JSON's `config`: what the run used. The generation fields (workload, seed, scale,
+    arrival_rate: the family's when --arrival-rate is not given) are null with --trace,
+    which replays the file as it is."""
+    generated = args.trace is None
+    rate = None
+    if generated:
+        rate = (args.arrival_rate if args.arrival_rate is not None
+                else WORKLOADS[args.workload].arrival_rate)
+    return {"workload": args.workload if generated else None, "trace": args.trace,
+            "sessions": len(sessions), "seed": args.seed if generated else None,
+            "scale": args.scale if generated else None, "arrival_rate": rate,
+            "preset": base.cost.name, "num_gpu_blocks": base.blocks(),
+            "num_host_blocks": base.host_blocks(), "hints": args.hints,
+            "resume_hints": base.resume_hints, "schedulers": schedulers,
+            "slo_factor": args.slo_factor}
 
 
 def _check_outputs(args) -> None:
