@@ -33,6 +33,7 @@ from kvsaga.sim.trace import Session, TraceError, load_trace
 from kvsaga.sim.workloads import WORKLOADS, generate
 
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+DEFAULT_SLO_FACTOR = 3.0
 COLUMNS = (
     ("scheduler", "scheduler", "{}"),
     ("policy", "policy", "{}"),
@@ -89,9 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                    help=f"comma-separated schedulers, run side by side: "
                    f"{', '.join(sorted(SCHEDULERS))} (default: {DEFAULT_SCHEDULER})")
-    p.add_argument("--slo-factor", type=_positive(float), default=3.0,
+    p.add_argument("--slo-factor", type=_positive(float), default=DEFAULT_SLO_FACTOR,
                    help="a task meets its SLO when its TCT <= this x its unloaded TCT "
-                   "(default: 3)")
+                   "(default: 3; the --gpus/--router cluster run reports no SLO and ignores "
+                   "it, saying so)")
     p.add_argument("--preset", default="a100-llama3-8b",
                    help=f"GPU and model: {', '.join(sorted(PRESETS))} (default: "
                    "a100-llama3-8b)")
@@ -114,14 +116,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "but every GPU costs the routers per-GPU state and the kvsaga router "
                    "reads every GPU at each routing decision")
     p.add_argument("--router", default=None,
-                   help="with --gpus: comma-separated routers run side by side: "
-                   "round-robin, affinity, kvsaga (default: all three)")
+                   help="comma-separated routers run side by side: round-robin, affinity, "
+                   "kvsaga (default with --gpus > 1: all three); giving it runs the cluster "
+                   "simulation, on --gpus GPUs (1 unless given)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--plot", default=None,
                    help="sweep KV capacity and plot recomputation against it (PNG)")
     p.add_argument("--jobs", type=_positive(int), default=None,
                    help="simulations run at once, in worker processes (default: one per "
-                   "CPU core; results do not depend on it)")
+                   "CPU core; results do not depend on it); the --gpus/--router cluster run "
+                   "runs one at a time and ignores it, saying so")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sim)
     return p
@@ -240,6 +244,13 @@ def cmd_sim(args) -> int:
     if args.gpus > 1 or args.router is not None:
         from kvsaga.sim.cluster import cmd_cluster
 
+        ignored = [flag for flag, given in (("--jobs", args.jobs is not None),
+                                             ("--slo-factor",
+                                              args.slo_factor != DEFAULT_SLO_FACTOR))
+                   if given]
+        if ignored:
+            print(f"kvsaga sim: {' and '.join(ignored)} do not apply to the cluster run "
+                  "(--gpus/--router): ignored", file=sys.stderr)
         return cmd_cluster(args)
     try:
         specs = comma_names("--policy", args.policy, "policy")
