@@ -28,7 +28,7 @@ from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.cluster import MAX_GPUS
 from kvsaga.sim.compare import compare, parse_policy, tenant_share_misfit
 from kvsaga.sim.cost import GIB, PRESETS
-from kvsaga.sim.simulator import SimConfig
+from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.trace import Session, TraceError, load_trace
 from kvsaga.sim.workloads import WORKLOADS, generate
 
@@ -146,6 +146,31 @@ def _load(args) -> list[Session]:
                     arrival_rate=args.arrival_rate, scale=args.scale)
 
 
+def check_capacity(args, sessions: list[Session], config: SimConfig) -> None:
+    """ValueError when a session outgrows one GPU's KV capacity: the simulator's message
+    (the session, its blocks, the capacity and its largest count), preceded with --trace
+    by the trace file and the session's line."""
+    try:
+        Simulator(sessions, config)
+    except ValueError as e:
+        if args.trace is None:
+            raise
+        sid = next((s.id for s in sessions if f"session {s.id!r} reaches " in str(e)), None)
+        line = _trace_line(args.trace, sid) if sid is not None else None
+        if line is None:
+            raise
+        raise ValueError(f"{args.trace}:line {line}: {e}") from None
+
+
+def _trace_line(path: str, sid: str) -> int | None:
+    """The 1-based line of session `sid` in a trace that loaded (None if not found)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for lineno, text in enumerate(f, start=1):
+            if text.strip() and json.loads(text).get("id") == sid:
+                return lineno
+    return None
+
+
 def _size(text: str) -> int:
     """An argparse type: a memory size such as 20G (see `kvsaga.config.parse_bytes`)."""
     try:
@@ -178,6 +203,8 @@ def _resolve_memory_flags(args) -> None:
 def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
     """The run's SimConfig. Raises ValueError for a --host-memory that holds no block (a
     run labelled with a host tier that has none would say nothing about one)."""
+    if kv_memory_bytes is not None and kv_memory_bytes <= 0:
+        raise ValueError(f"--kv-memory must be > 0, got {kv_memory_bytes:,} B")
     config = SimConfig(
         preset=args.preset,
         kv_memory_bytes=kv_memory_bytes,
@@ -264,6 +291,7 @@ def cmd_sim(args) -> int:
         if "belady" not in specs:
             specs.append("belady")  # the reference every ratio needs
         sessions = _load(args)
+        check_capacity(args, sessions, base)
         progress = not args.quiet and sys.stderr.isatty()
         if not args.quiet and not progress:  # a log, not a terminal: a line per simulation
             _log_lines_to_stderr()

@@ -460,7 +460,14 @@ def cmd_cluster(args) -> int:
     import sys
 
     from kvsaga.routing import ROUTERS
-    from kvsaga.sim.cli import _base_config, _load, _resolve_memory_flags, _schedulers, comma_names
+    from kvsaga.sim.cli import (
+        _base_config,
+        _load,
+        _resolve_memory_flags,
+        _schedulers,
+        check_capacity,
+        comma_names,
+    )
     from kvsaga.sim.compare import parse_policy
     from kvsaga.sim.trace import TraceError
 
@@ -490,6 +497,7 @@ def cmd_cluster(args) -> int:
         schedulers = _schedulers(args)
         _resolve_memory_flags(args)
         sessions = _load(args)
+        check_capacity(args, sessions, _base_config(args, args.kv_memory))
         rows = []
         for scheduler in schedulers:
             for policy in policies:

@@ -101,10 +101,12 @@ class Simulator(DecodeRuns, StepExecutor):
         spec = self.cost.kv_spec
         for s in self.sessions:
             if spec.num_blocks_for(s.total_tokens) > num_blocks:
+                field, value = largest_count(s)
                 raise ValueError(
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
-                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}")
+                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}; its "
+                    f"largest count: {field} = {value:,}")
         self.synth = synthesizer or TokenSynthesizer()
         self.block_size = spec.block_size
         # The future, for offline policies: built here for those made by name; a policy
@@ -416,6 +418,18 @@ class Simulator(DecodeRuns, StepExecutor):
             tenants={t: {"tasks": len(v), "tct_mean_s": sum(v) / len(v)}
                      for t, v in sorted(by_tenant.items())} if len(by_tenant) > 1 else None,
         )
+
+
+def largest_count(session: Session) -> tuple[str, int]:
+    """The session's largest token count, as (trace field, value): what most likely makes
+    it outgrow a capacity (the first such field on a tie)."""
+    best = ("shared_prefix.tokens", session.shared_prefix.tokens)
+    for k, step in enumerate(session.steps):
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(step, name)
+            if value > best[1]:
+                best = (f"steps[{k}].{name}", value)
+    return best
 
 
 def simulate(sessions: Sequence[Session], config: SimConfig | None = None, *,
