@@ -219,7 +219,9 @@ class ClusterResult:
         load_imbalance: max / mean busy time over the GPUs (1.0: perfectly even).
         migrated_gb: KV moved between GPUs by migrations, in GB.
         num_moved / num_migrated: steps that changed GPU, and those whose KV moved.
-        recomputed_tokens / hit_rate / makespan_s / tasks_per_hour: summed over GPUs.
+        recomputed_tokens: summed over GPUs. hit_rate: hit over queried prompt tokens, both
+            summed over GPUs. makespan_s: the latest GPU clock (the max over GPUs, not a
+            sum). tasks_per_hour: sessions per hour of that makespan.
     """
 
     router: str

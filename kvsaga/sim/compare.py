@@ -190,7 +190,8 @@ def _log_done(name: str, config: SimConfig, num_sessions: int, seconds: float) -
 
 def tenant_share(config: SimConfig, k: int) -> SimConfig:
     """The config of 1/k of the GPU: 1/k of the KV blocks (GPU and host) on a GPU whose
-    FLOP/s, bandwidths and per-step overhead are divided by k (time-sliced k ways)."""
+    FLOP/s and bandwidths are divided by k and whose per-step overhead is multiplied by k
+    (time-sliced k ways: every step takes k times as long)."""
     cost = config.cost
     gpu = dataclasses.replace(cost.gpu, name=f"{cost.gpu.name}/{k}",
                               hbm_bw=cost.gpu.hbm_bw / k, peak_flops=cost.gpu.peak_flops / k,
