@@ -290,7 +290,14 @@ class ClusterSimulator:
         self.gpus = _Fleet(self, gpus)  # built as steps reach them (see _Fleet)
         self.by_name = _ByName(self.gpus)
         kwargs = {"config": routing} if router == "kvsaga" else {}
-        self.router = make_router(router, self.gpus.names, **kwargs)
+        # The router runs on the simulation's clock (`now`), not the wall clock its
+        # `clock` defaults to: a slow machine must not change whom it routes where. It
+        # forgets no idle session (`session_idle_s` None): that limit stands for the
+        # replicas' own, after which they end the session too, and a simulated GPU ends a
+        # session only after its last step (which tells the router, `session_ended`).
+        self.now = 0.0  # the time of the action under way: a routing or a step's end
+        self.router = make_router(router, self.gpus.names, session_idle_s=None, **kwargs)
+        self.router.clock = self._clock
         self._releases: list[tuple[float, int, Session, int]] = []
         self._seq = 0
         self._routes: dict[str, Route] = {}
@@ -299,12 +306,16 @@ class ClusterSimulator:
         self.num_moved = 0
         self.num_migrated = 0
 
+    def _clock(self) -> float:
+        return self.now
+
     # -- events from the GPUs -------------------------------------------------------------
     def released(self, t: float, session: Session, k: int) -> None:
         heapq.heappush(self._releases, (t, self._seq, session, k))
         self._seq += 1
 
     def step_finished(self, sid: str, gpu: _GPU, ended: bool) -> None:
+        self.now = gpu.now
         route = self._routes.pop(sid, None)
         if route is not None:
             self.router.finished(route)
@@ -322,6 +333,7 @@ class ClusterSimulator:
             self._index.update((g, i) for i, g in enumerate(self.gpus.active))
 
     def _route(self, t: float, session: Session, k: int) -> None:
+        self.now = t
         stats = _LiveStats(self.gpus)
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
                            prefix_key=f"{session.tenant}/{session.shared_prefix.group}",
