@@ -128,9 +128,11 @@ def _cpu_s(pid: int) -> float:
 
 
 def test_a_niced_job_on_this_host_is_not_counted():
-    """The same window read with and without the nice column differs by what a nice-19
-    busy child used: its time lands in that column. (On a host busy with nice-0 work the
-    child gets almost nothing, and the check with it.)"""
+    """The same window read with and without the nice column differs by at least what a
+    nice-19 busy child used: its time lands in that column. (On a host busy with nice-0 work
+    the child gets almost nothing, and the check with it; other niced jobs on the host land
+    in the column too, so the difference is bounded below only: a CI run beside a niced
+    simulation read 1.18 cores of difference against the child's own share.)"""
     import os
 
     if ForeignLoad.open() is None:
@@ -141,7 +143,7 @@ def test_a_niced_job_on_this_host_is_not_counted():
              for c in (False, True)]
     (without, with_nice), used = _beside_busy_child(
         "import os\nos.nice(19)\nwhile True: pass", loads)
-    assert abs((with_nice - without) - used) <= 0.15
+    assert used - 0.15 <= with_nice - without <= len(cpus()) + 0.15
 
 
 def test_open_reads_this_host_in_cores():
