@@ -15,13 +15,13 @@ hits and prefetches into fresh GPU blocks, and handing over the plan. It is a mi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvsaga._validate import is_int
 from kvsaga.block_queue import BlockQueue
 from kvsaga.errors import InvalidRequest
 from kvsaga.policy.base import Action
-from kvsaga.pool import CACHED, BlockPool
+from kvsaga.pool import ACTIVE, CACHED, BlockPool
 from kvsaga.prefix import PrefixIndex
 from kvsaga.session import Session, SessionState
 
@@ -34,12 +34,18 @@ class TransferPlan:
         offloads: (gpu block, host block) pairs: GPU -> host, for blocks evicted this step.
             Run first: a GPU block offloaded here may be a load's target below.
         loads: (host block, gpu block) pairs: host -> GPU, for host hits and prefetches.
+        offload_generations / load_generations: the host pool's generation of each
+            offload's host block and the GPU pool's of each load's GPU block when the plan
+            was taken (`take_transfers`), so that `drop_transfer` can tell a target reused
+            since then; empty for a plan built by hand.
     The transfer engine runs plans in FIFO order on one stream (one thread on CPU), so a
     host block reused by a later plan is read by every earlier plan first.
     """
 
     offloads: list[tuple[int, int]]
     loads: list[tuple[int, int]]
+    offload_generations: list[int] = field(default_factory=list)
+    load_generations: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.offloads or self.loads)
@@ -122,14 +128,30 @@ class HostTier:
         (a simulator asks at every batch step, and most have none)."""
         return bool(self._offloads or self._loads or self._pinned)
 
-    def take_plan(self) -> TransferPlan:
-        """The pending copies; unpins their host blocks (later plans run after them)."""
-        plan = TransferPlan(self._offloads, self._loads)
+    def take_plan(self, gpu_generation: Sequence[int] | None = None) -> TransferPlan:
+        """The pending copies; unpins their host blocks (later plans run after them).
+        `gpu_generation`: the GPU pool's, to record the loads' targets' generations."""
+        gen = self.pool.generation
+        plan = TransferPlan(
+            self._offloads, self._loads, [gen[h] for _, h in self._offloads],
+            [] if gpu_generation is None else [gpu_generation[g] for _, g in self._loads])
         self._offloads, self._loads = [], []
         if self._pinned:
             self.pool.release_many(self._pinned)
             self._pinned = []
         return plan
+
+    def drop_copy(self, host_block: int) -> bool:
+        """Forget a CACHED host block's copy (its bytes were never written): unindexed and
+        freed. Returns whether it did (False: the block is not CACHED)."""
+        pool = self.pool
+        if pool.state[host_block] != CACHED:
+            return False
+        h = pool.block_hash[host_block]
+        if h is not None:
+            self.index.remove(h)
+        pool.evict_many([host_block])
+        return True
 
     def check_integrity(self) -> None:
         pool = self.pool
@@ -333,5 +355,55 @@ class HostTierOps:
 
     def take_transfers(self) -> TransferPlan:
         """Hand the pending copies to the engine, which must run them before its next forward
-        pass. Unpins the host blocks they use (later plans run after them, in order)."""
-        return self.host.take_plan() if self.host is not None else TransferPlan([], [])
+        pass. Unpins the host blocks they use (later plans run after them, in order). A plan
+        whose copy failed goes back through `drop_transfer`."""
+        if self.host is None:
+            return TransferPlan([], [])
+        return self.host.take_plan(self.pool.generation)
+
+    def drop_transfer(self, plan: TransferPlan) -> dict[str, int]:
+        """Forget what a plan from `take_transfers` was to write, after its copy failed (or
+        after a failed plan before it, whose blocks it may have copied on): nothing may
+        hit bytes that were never written.
+
+        Its offloads' host blocks leave the host tier (unindexed, freed). Its loads' GPU
+        blocks leave the prefix index: a CACHED one (a prefetch's) is freed; an ACTIVE one
+        (a host hit of a running step) is taken out of every running table that holds it,
+        each such session going back to the block before it (as `discard_writes` does: the
+        later blocks released, its tokens computed again by its next step). A target
+        reused since the plan was taken (another generation) is left alone. Must run once
+        the plan's copies have stopped (the transfer engine's `wait` returned or raised).
+
+        Returns:
+            The running sessions cut back, with their new `num_computed_tokens`.
+        Raises:
+            InvalidRequest: `plan` was not taken here with its generations (a plan that
+                names blocks without them cannot be told apart from reused ones); nothing
+                changed.
+        """
+        if not isinstance(plan, TransferPlan) or (
+                len(plan.offload_generations) != len(plan.offloads)
+                or len(plan.load_generations) != len(plan.loads)):
+            raise InvalidRequest("drop_transfer takes a plan from take_transfers, with the "
+                                 "generations of its targets")
+        if not plan:
+            return {}
+        if self.host is None:
+            raise InvalidRequest("drop_transfer: this manager has no host tier")
+        self._changes += 1
+        host = self.host
+        host_gen = host.pool.generation
+        for (_, hb), gen in zip(plan.offloads, plan.offload_generations, strict=True):
+            if host_gen[hb] == gen:
+                host.drop_copy(hb)
+        pool = self.pool
+        state, generation = pool.state, pool.generation
+        stale: set[int] = set()
+        for (_, b), gen in zip(plan.loads, plan.load_generations, strict=True):
+            if generation[b] != gen:
+                continue
+            if state[b] == CACHED:
+                self._drop(b)
+            elif state[b] == ACTIVE:
+                stale.add(b)
+        return self._take_back(stale, {}) if stale else {}

@@ -561,10 +561,19 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
                 raise InvalidRequest(f"start {start!r} of session {sid!r} is not an int in "
                                      f"[0, {s.num_computed}]")
         self._changes += 1
-        bs, pool, index = self.block_size, self.pool, self.index
+        bs = self.block_size
         stale: set[int] = set()
         for sid, start in starts.items():
             stale.update(self.sessions[sid].block_ids[start // bs :])
+        self._take_back(stale, starts)
+
+    def _take_back(self, stale: set[int], starts: Mapping[str, int]) -> dict[str, int]:
+        """Unindex the ACTIVE blocks `stale` (their K/V is not what their hash says) and
+        take them out of every running table: a session in `starts` goes back to its start,
+        and any running session to the block before the first stale one it holds before
+        that; blocks past the cut are released (freed where unhashed). Returns the running
+        sessions cut, with their new `num_computed` (`discard_writes`, `drop_transfer`)."""
+        bs, pool, index = self.block_size, self.pool, self.index
         block_hash = pool.block_hash
         for b in stale:
             h = block_hash[b]
@@ -572,6 +581,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
                 index.remove(h)
                 block_hash[b] = None
         owner = self.block_owner
+        cut: dict[str, int] = {}
         for s in self.sessions.values():
             if s.state is not SessionState.RUNNING:
                 continue
@@ -589,10 +599,12 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps):
             dropped = s.block_ids[keep:]
             del s.block_ids[keep:]
             s.num_computed = end
+            cut[sid] = end
             pool.release_many(dropped[::-1])
             for b in dropped:
                 if pool.state[b] == FREE:
                     owner[b] = None
+        return cut
 
     def end_session(self, session_id: str, *, now: float | None = None) -> None:
         """Forget a session. Its full blocks stay as plain prefix cache for anyone (no block

@@ -12,6 +12,7 @@ A block being loaded is therefore never read by attention before its copy comple
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -30,9 +31,12 @@ class Transfer:
     Attributes:
         num_offloaded / num_loaded: blocks copied each way.
         nbytes: bytes moved in total.
-        error: the exception that broke the copy, if any (the plan's blocks are then
-            recomputable: the manager's bookkeeping never depends on a copy's success for
-            correctness of other blocks, and the engine drops the session's cache).
+        error: the exception that broke the copy, if any (`wait` raises it). The plan's
+            copies after the failing one did not run, so its targets hold bytes that were
+            never written: `LLMEngine.step` then hands the plan (and every plan submitted
+            after it, which may have copied those bytes on) to the manager's
+            `drop_transfer`, which unindexes and frees those host and GPU blocks, cutting
+            back any running step that took one as a hit; their tokens are computed again.
     """
 
     num_offloaded: int
@@ -96,7 +100,17 @@ class TransferEngine:
         self.bytes_offloaded += len(plan.offloads) * self.block_bytes
         self.bytes_loaded += len(plan.loads) * self.block_bytes
         if self.cuda:
-            self._submit_cuda(plan, t)
+            try:
+                self._submit_cuda(plan, t)
+            except Exception as e:  # reported through the transfer, as on the CPU worker
+                t.event = None
+                t.error = e
+                t.finished_at = time.perf_counter()
+                t._done.set()
+                # The copies queued before the error must end before anyone reuses their
+                # blocks.
+                with contextlib.suppress(Exception):
+                    self.stream.synchronize()
         else:
             self._jobs.put((plan, t))
         # Forget finished transfers nobody polled (the engine only waits), so the list stays
@@ -139,12 +153,13 @@ class TransferEngine:
 
         CUDA: the compute stream waits on the event (no host sync). CPU: blocks.
         Raises:
-            RuntimeError: the copy failed (the caller drops the affected cache).
+            RuntimeError: the copy failed (`Transfer.error`: the caller drops what the plan
+                was to write, `KVCacheManager.drop_transfer`).
         """
         if transfer is None:
             return
         start = time.perf_counter()
-        if self.cuda:
+        if transfer.event is not None:
             torch.cuda.current_stream(self.gpu_kv.device).wait_event(transfer.event)
         else:
             transfer._done.wait()
@@ -159,8 +174,16 @@ class TransferEngine:
         return done
 
     def wait_all(self) -> None:
-        for t in list(self._inflight):
-            self.wait(t)
+        """Wait for every transfer in flight; RuntimeError for the first that failed, once
+        all have ended (none is left in flight either way)."""
+        inflight, self._inflight = self._inflight, []
+        error = None
+        for t in inflight:
+            try:
+                self.wait(t)
+            except RuntimeError as e:
+                error = error or e
         if self.cuda:
             self.stream.synchronize()
-        self._inflight.clear()
+        if error is not None:
+            raise error

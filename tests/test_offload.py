@@ -68,3 +68,39 @@ def test_failed_copy_is_reported():
 def test_mismatched_tiers_rejected():
     with pytest.raises(ValueError, match="differ"):
         TransferEngine(torch.zeros(2, 4), torch.zeros(2, 5))
+
+
+def test_a_copy_refused_at_submit_is_reported_by_wait():
+    """On CUDA the copies are launched in `submit`; one that raises there is reported by
+    `wait` as a failed copy (the engine then drops the plan), not lost with its plan."""
+    te = TransferEngine(torch.zeros(2, 4), torch.zeros(2, 4))
+    te.cuda = True  # the launch path, with a launch that fails
+
+    def refuse(plan, t):
+        raise RuntimeError("CUDA error: invalid argument (simulated)")
+
+    te._submit_cuda = refuse
+    t = te.submit(TransferPlan(offloads=[(0, 1)], loads=[]))
+    assert t.done() and t.error is not None
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        te.wait(t)
+
+
+def test_wait_all_waits_for_every_transfer_and_keeps_none():
+    gpu = torch.arange(8.0).reshape(2, 4)
+    host = torch.zeros(2, 4)
+    calls = [0]
+
+    def fail_first():
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError("dma")
+
+    te = TransferEngine(gpu, host, delay=fail_first)
+    te.submit(TransferPlan(offloads=[(0, 0)], loads=[]))
+    te.submit(TransferPlan(offloads=[(1, 1)], loads=[]))
+    with pytest.raises(RuntimeError, match="dma"):
+        te.wait_all()
+    assert torch.equal(host[1], gpu[1])  # the later plan ran and was waited for
+    assert te._inflight == []
+    te.wait_all()  # the failure is not met again

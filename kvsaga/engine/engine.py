@@ -34,8 +34,9 @@ from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
 from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
 from kvsaga.errors import InvalidRequest
+from kvsaga.host_tier import TransferPlan
 from kvsaga.manager import CacheStats, KVCacheManager
-from kvsaga.offload import TransferEngine
+from kvsaga.offload import Transfer, TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
@@ -237,7 +238,10 @@ class LLMEngine:
         if num_host_blocks:
             host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
             self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
-        self._transfer = None  # the last plan submitted that no forward has waited on yet
+        # Plans submitted that no forward has waited on yet, in order, with their transfers;
+        # and those to hand back to the manager after a failed copy (`_wait_transfers`).
+        self._pending: list[tuple[Transfer, TransferPlan]] = []
+        self._failed_plans: list[TransferPlan] = []
         graphs = mixed = None
         if graphs_apply(self.device, enforce_eager):
             graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
@@ -461,8 +465,40 @@ class LLMEngine:
         plan = self.manager.take_transfers()
         t = self.transfers.submit(plan)
         if t is not None:
-            self._transfer = t
+            self._pending.append((t, plan))
         return len(plan.loads)
+
+    def _wait_transfers(self) -> None:
+        """Wait for every plan submitted since the last wait (the next forward must see
+        their copies). If one failed: RuntimeError, and it and the plans after it (which
+        may have copied its unwritten blocks on) are left in `_failed_plans` for
+        `_drop_failed_transfers`. No plan stays pending either way, so the next step does
+        not meet the same failure again."""
+        pending, self._pending = self._pending, []
+        error = None
+        for i, (t, _) in enumerate(pending):
+            try:
+                self.transfers.wait(t)  # (every one: none may still be copying below)
+            except RuntimeError as e:
+                if error is None:
+                    error = e
+                    self._failed_plans = [plan for _, plan in pending[i:]]
+        if error is not None:
+            raise error
+
+    def _drop_failed_transfers(self) -> None:
+        """Forget what the failed plans were to write (`KVCacheManager.drop_transfer`); a
+        running request cut back before its first token reports the hits it kept."""
+        failed, self._failed_plans = self._failed_plans, []
+        cut: dict[str, int] = {}
+        for plan in failed:
+            cut.update(self.manager.drop_transfer(plan))
+        if cut:
+            for req in self.requests.values():
+                n = cut.get(req.session_id)
+                if (n is not None and req.first_token_time is None
+                        and req.num_cached_tokens is not None):
+                    req.num_cached_tokens = min(req.num_cached_tokens, n)
 
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -471,8 +507,11 @@ class LLMEngine:
         A forward pass (or its wait for host-tier copies) that raises leaves every request
         as it was before the pass: its slots are taken back (`Scheduler.discard`), nothing
         is sampled, and the exception propagates. The requests stay queued: a later step
-        retries them, or the caller aborts them. (Not covered: GPU blocks that a failed
-        host-tier load was filling as prefix hits stay indexed.)
+        retries them, or the caller aborts them. A failed host-tier copy raises here too
+        (RuntimeError), and the blocks its plan was to write are dropped first
+        (`KVCacheManager.drop_transfer`: host copies never written leave the host tier,
+        GPU blocks being loaded leave the prefix index, and a running step that took one
+        as a hit computes those tokens again); the failed plan is not waited on again.
         """
         t0 = time.perf_counter()
         now = self.clock()
@@ -490,11 +529,10 @@ class LLMEngine:
             if self.transfers is not None:
                 # Offloads of this step's evictions, then host hits and prefetches; the
                 # forward below must see the loads (and must not overwrite blocks before
-                # they are read). Plans run in order, so waiting for the last one covers the
-                # earlier ones that resume hints started between steps.
+                # they are read), and the earlier plans that resume hints started between
+                # steps: each is waited on, so that a failure of any is seen.
                 self._submit_transfers()
-                self.transfers.wait(self._transfer)
-                self._transfer = None
+                self._wait_transfers()
             t2 = time.perf_counter()
             if chunks:
                 for c in chunks:
@@ -506,7 +544,11 @@ class LLMEngine:
             # their tokens counted as computed: take the slots back, so no later lookup
             # hits those blocks and the requests stay runnable (a later step computes the
             # same tokens again); the caller decides whether to abort them.
-            self.scheduler.discard(chunks)
+            try:
+                self.scheduler.discard(chunks)
+            finally:
+                if self._failed_plans:  # after discard, which cuts back to chunk starts
+                    self._drop_failed_transfers()
             raise
         t3 = time.perf_counter()
         if chunks and out is not None:
