@@ -111,3 +111,63 @@ def test_a_rejected_request_keeps_its_route_while_ray_routes_it_again():
         assert router._routes == {} and router.kv_router.in_flight == {"a": 0}
 
     asyncio.run(go())
+
+
+async def route_then_lose_its_replica(rid: str, answers: bool = True):
+    """A request routed to a full replica (its probe never answers) whose replica goes
+    away while the request waits in Ray's loop: Ray routes the same try again, to the
+    other replica, which then answers (if `answers`; else it is full too). Returns the
+    router, the task and the other replica."""
+    a, b = StatsReplica("a"), StatsReplica("b")
+    router = make_router([a, b])
+    task = asyncio.ensure_future(router._choose_replica_for_request(pending("t/s1", rid)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if rid in router._routes:
+            break
+    assert router._routes[rid].tries == 1
+    other = b if router._routes[rid].route.replica == "a" else a
+    if answers:
+        other.set_queue_len_response(0)
+    router.update_replicas([other])
+    return router, task, other
+
+
+def test_a_request_routed_again_when_its_replica_left_is_released_by_its_completion():
+    """Before the fix the re-made route counted the waiting try a second time (tries 2)
+    and its only completion left it routed: in_flight {'b': 1} on an idle fleet."""
+    async def go():
+        router, task, other = await route_then_lose_its_replica("r1")
+        got = await asyncio.wait_for(task, 10)
+        assert got is other
+        await asyncio.sleep(0)
+        assert router._routes["r1"].tries == 1
+        router.on_request_completed(replica_id(router, other.replica_id.unique_id), "r1")
+        await asyncio.sleep(0)
+        return router, other.replica_id.unique_id
+
+    router, name = asyncio.run(go())
+    assert router._routes == {}
+    assert router.kv_router.in_flight == {name: 0}
+
+
+def test_a_request_routed_again_when_its_replica_left_is_released_when_cancelled():
+    """The caller gives up while the re-routed request still waits: the route made after
+    the replica left is released (the try's callback looks the request's route up; before
+    the fix it was bound to the first route, already replaced)."""
+    async def go():
+        router, task, other = await route_then_lose_its_replica("r1", answers=False)
+        for _ in range(200):  # Ray's loop probes again after its deadline (0.1 s)
+            await asyncio.sleep(0.05)
+            if router._routes["r1"].route.replica == other.replica_id.unique_id:
+                break
+        assert router._routes["r1"].route.replica == other.replica_id.unique_id
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        return router, other.replica_id.unique_id
+
+    router, name = asyncio.run(go())
+    assert router._routes == {}
+    assert router.kv_router.in_flight == {name: 0}

@@ -154,14 +154,15 @@ class KvsagaRequestRouter(RequestRouter):
                 ),
                 stats,
             ))
-            if gone is not None:
+            if gone is not None:  # the same tries: the one waiting now is counted already
                 routed.tries, routed.completed = gone.tries, gone.completed
+                routed.future = gone.future
             self._routes[rid] = routed
         future = pending_request.future
         if routed.future is not future:  # a new try (Ray calls this again while one waits)
             routed.future = future
             routed.tries += 1
-            future.add_done_callback(partial(self._try_done, rid, routed))
+            future.add_done_callback(partial(self._try_done, rid))
         route = routed.route
         call["route"] = {
             "replica": route.replica,
@@ -188,11 +189,14 @@ class KvsagaRequestRouter(RequestRouter):
             if routed.route.session is not None:
                 self.kv_router.confirm_move(routed.route.session, routed.route.replica)
 
-    def _try_done(self, rid: str, routed: _Routed, future: asyncio.Future) -> None:
+    def _try_done(self, rid: str, future: asyncio.Future) -> None:
         """A try's future is done: given a replica, the try is sent and its
         `on_request_completed` follows; cancelled (or failed), it never reached a replica,
-        and when it is the latest try no other will come."""
-        if future is routed.future and (future.cancelled() or future.exception() is not None):
+        and when it is the latest try no other will come. The route is the request's
+        current one (routed again if its replica went away while the try waited)."""
+        routed = self._routes.get(rid)
+        if routed is not None and future is routed.future and (
+                future.cancelled() or future.exception() is not None):
             self._release(rid, routed)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
