@@ -544,6 +544,8 @@ class KvsagaRouter(Router):
             r = self._place_new(req, stats)
             self._remember_prefix(req.prefix_key, r.replica)
             return r
+        if req.stay:  # an end request goes home, never moved (adopted from a report too)
+            return Route(home, reason="affinity")
         # Not moved while a step of it is in flight (the single-node server answers a
         # concurrent step 409 session_busy: moved, it would run on two replicas) or while
         # its last move may not have arrived (`unconfirmed_move`: moved again, it would
@@ -561,9 +563,9 @@ class KvsagaRouter(Router):
     def _reported_home(self, session: str, stats) -> str | None:
         """A replica whose report lists `session` (`session_tokens`), for a session this
         router holds no home for: it was placed before this router started (a gateway
-        restart) or forgotten. It is adopted as the session's home, and
-        the steal rules then apply as to any home. Of several (a report taken before a move
-        still listing it), the one holding the most of its context."""
+        restart) or forgotten. It is adopted as the session's home, and the steal rules
+        then apply to a step as to any home (an end request stays). Of several (a report
+        taken before a move still listing it), the one holding the most of its context."""
         best, most = None, -1
         for r in self.replicas:
             st = stats.get(r)

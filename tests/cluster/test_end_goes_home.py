@@ -30,6 +30,23 @@ def test_an_end_request_stays_on_an_overloaded_home():
     assert (step.replica, step.moved_from, step.reason) == ("b", "a", "steal")
 
 
+def test_an_end_request_stays_on_a_home_adopted_from_a_report():
+    """The router holds no home for the session (a gateway restart, or forgotten after
+    session_idle_s): it adopts the replica whose report lists it. Before the fix the end
+    request was then stolen like a step: to b, migrating the KV of a session about to end
+    (review repro stay_steal)."""
+    r = KvsagaRouter(["a", "b"])
+    stats = {"a": overloaded(session_tokens={"t/s": 4000}), "b": idle()}
+    end = r.route(RouteRequest(session="t/s", tenant="t", context_tokens=4000, stay=True),
+                  stats)
+    assert (end.replica, end.moved_from, end.migrate, end.reason) == ("a", None, False,
+                                                                      "affinity")
+    assert r.num_stolen == 0 and r.num_migrated == 0
+    r.finished(end)
+    step = r.route(RouteRequest(session="t/s", tenant="t", context_tokens=4000), stats)
+    assert (step.replica, step.moved_from) == ("b", "a")  # a step still moves
+
+
 def test_an_end_request_after_an_unconfirmed_move_pulls_the_context_only():
     """The move's step may not have reached b: the end request goes to b, which takes the
     session's context from a (so a ends its copy) but not its KV, and ends it."""
