@@ -247,7 +247,7 @@ class ComputeShares:
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
 
     def _init_compute_share(self, step_tokens: object, lag_tokens: object,
-                            within_cap: object = 1.0) -> None:
+                            within_cap: object = SHARE_WITHIN_CAP) -> None:
         """Check and set `WorkflowScheduler`'s `share_step_tokens`, `share_lag_tokens`
         (finite: the lag is what bounds how long a newcomer is favoured) and
         `share_within_cap` (`favoured_room`)."""
