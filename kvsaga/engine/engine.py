@@ -465,7 +465,12 @@ class LLMEngine:
         plan = self.manager.take_transfers()
         t = self.transfers.submit(plan)
         if t is not None:
-            self._pending.append((t, plan))
+            pending = self._pending
+            # Plans that ended well, with none before them failed, need no wait (a driver
+            # that only ticks while idle would otherwise keep every prefetch's plan).
+            while pending and pending[0][0].done() and pending[0][0].error is None:
+                pending.pop(0)
+            pending.append((t, plan))
         return len(plan.loads)
 
     def _wait_transfers(self) -> None:

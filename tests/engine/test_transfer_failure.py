@@ -219,6 +219,19 @@ def test_random_copy_failures_with_prefetches_change_no_output(model_dir, core):
     assert got == ref
 
 
+def test_plans_that_ended_well_are_not_kept_between_steps(model_dir):
+    """A driver that only ticks while idle submits prefetch plans and never steps: the
+    engine keeps only the plans it may still have to wait on (or drop)."""
+    engine = make(model_dir)
+    engine.manager.take_transfers = lambda: TransferPlan([(0, 0)], [], [1], [])
+    for _ in range(50):
+        engine._submit_transfers()
+        engine._pending[-1][0]._done.wait()
+    assert len(engine._pending) == 1
+    engine.step()  # waits for the last one
+    assert engine._pending == []
+
+
 # -- the manager's side -------------------------------------------------------------------
 def manager(core_name: str, num_gpu: int = 8, num_host: int = 8) -> KVCacheManager:
     from kvsaga.config import KVSpec
