@@ -69,29 +69,12 @@ def test_an_end_request_of_a_lost_session_pulls_nothing():
 
 def test_through_the_ray_router_an_end_call_is_not_stolen():
     pytest.importorskip("ray.serve")
-    from ray.serve._private.common import (
-        DeploymentHandleSource,
-        DeploymentID,
-        RequestMetadata,
-    )
-    from ray.serve._private.test_utils import FakeRunningReplica
-    from ray.serve.request_router import PendingRequest
-
     from kvsaga.integrations.ray.deployment import routing_call
-    from kvsaga.integrations.ray.router import KvsagaRequestRouter
     from kvsaga.serve.settings import ServerSettings
-
-    class StatsReplica(FakeRunningReplica):
-        def __init__(self, name: str, **stats) -> None:
-            super().__init__(name)
-            self.stats = stats
-
-        @property
-        def routing_stats(self) -> dict:
-            return self.stats
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
 
     async def choose(router, call: dict, rid: str) -> str:
-        pr = PendingRequest(args=[call], kwargs={}, metadata=RequestMetadata(rid, rid))
+        pr = pending(call, rid)
         ranks = await router.choose_replicas(list(router.curr_replicas.values()), pr)
         return ranks[0][0].replica_id.unique_id
 
@@ -99,10 +82,7 @@ def test_through_the_ray_router_an_end_call_is_not_stolen():
         settings = ServerSettings()
         a = StatsReplica("a", total_blocks=1000, free_blocks=1000)
         b = StatsReplica("b", total_blocks=1000, free_blocks=1000)
-        router = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"),
-                                     DeploymentHandleSource.UNKNOWN)
-        router.initialize_state()
-        router.update_replicas([a, b])
+        router = make_router([a, b])
         body = json.dumps({"model": "m", "session_id": "s1",
                            "messages": [{"role": "user", "content": "x" * 40000}]}).encode()
         home = await choose(router, routing_call(settings, "POST", "/v1/chat/completions",

@@ -8,43 +8,14 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from ray.serve._private.common import (  # noqa: E402
-    DeploymentHandleSource,
-    DeploymentID,
-    RequestMetadata,
-)
-from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
-from ray.serve.request_router import PendingRequest  # noqa: E402
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID  # noqa: E402
 
 from kvsaga.integrations.ray.deployment import merge_metrics, routing_call  # noqa: E402
 from kvsaga.integrations.ray.router import (  # noqa: E402
-    KvsagaRequestRouter,
     RayDefaultRequestRouter,
 )
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
-
-
-class StatsReplica(FakeRunningReplica):
-    """A fake replica that also reports kvsaga routing stats."""
-
-    def __init__(self, name: str, **stats) -> None:
-        super().__init__(name)
-        self.stats = stats
-
-    @property
-    def routing_stats(self) -> dict:
-        return self.stats
-
-
-def make_router(replicas, **kwargs) -> KvsagaRequestRouter:
-    r = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
-    r.initialize_state(**kwargs)
-    r.update_replicas(replicas)
-    return r
-
-
-def pending(call: dict, rid: str) -> PendingRequest:
-    return PendingRequest(args=[call], kwargs={}, metadata=RequestMetadata(rid, rid))
+from tests.cluster.ray_fakes import StatsReplica, make_router, pending  # noqa: E402
 
 
 async def choose(router, call: dict, rid: str) -> str:

@@ -11,32 +11,10 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from ray.serve._private.common import (  # noqa: E402
-    DeploymentHandleSource,
-    DeploymentID,
-    RequestMetadata,
-)
-from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
+from ray.serve._private.common import RequestMetadata  # noqa: E402
 from ray.serve.request_router import PendingRequest  # noqa: E402
 
-from kvsaga.integrations.ray.router import KvsagaRequestRouter  # noqa: E402
-
-
-class StatsReplica(FakeRunningReplica):
-    def __init__(self, name: str, **stats) -> None:
-        super().__init__(name)
-        self.stats = stats
-
-    @property
-    def routing_stats(self) -> dict:
-        return self.stats
-
-
-def make_router(replicas, **kwargs) -> KvsagaRequestRouter:
-    r = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
-    r.initialize_state(**kwargs)
-    r.update_replicas(replicas)
-    return r
+from tests.cluster.ray_fakes import StatsReplica, make_router  # noqa: E402
 
 
 def pending(session: str, rid: str) -> PendingRequest:

@@ -75,37 +75,13 @@ def test_through_ray_a_rejected_steal_is_retried_with_its_pull():
     None): b recomputed the session and a kept its copy. Once b accepts a try
     (`on_request_routed`), the next step no longer pulls."""
     pytest.importorskip("ray.serve")
-    from ray.serve._private.common import (
-        DeploymentHandleSource,
-        DeploymentID,
-        RequestMetadata,
-    )
-    from ray.serve._private.test_utils import FakeRunningReplica
-    from ray.serve.request_router import PendingRequest
-
-    from kvsaga.integrations.ray.router import KvsagaRequestRouter
-
-    class StatsReplica(FakeRunningReplica):
-        def __init__(self, name: str, **stats) -> None:
-            super().__init__(name)
-            self.stats = stats
-            self.set_queue_len_response(0)
-
-        @property
-        def routing_stats(self) -> dict:
-            return self.stats
-
-    def pending(call: dict, rid: str) -> PendingRequest:
-        return PendingRequest(args=[call], kwargs={}, metadata=RequestMetadata(rid, rid))
+    from tests.cluster.ray_fakes import StatsReplica, make_router, pending
 
     async def go():
-        a = StatsReplica("a", total_blocks=1000, free_blocks=900, queue_depth=5, running=3,
-                         session_tokens={"t/s1": 2000})
-        b = StatsReplica("b", total_blocks=1000, free_blocks=1000)
-        router = KvsagaRequestRouter(DeploymentID(name="KvsagaEngine"),
-                                     DeploymentHandleSource.UNKNOWN)
-        router.initialize_state()
-        router.update_replicas([a, b])
+        a = StatsReplica("a", queue_len=0, total_blocks=1000, free_blocks=900, queue_depth=5,
+                         running=3, session_tokens={"t/s1": 2000})
+        b = StatsReplica("b", queue_len=0, total_blocks=1000, free_blocks=1000)
+        router = make_router([a, b])
         router.kv_router.homes["t/s1"] = "a"
         b_id = next(i for i in router.curr_replicas if i.unique_id == "b")
         call = {"kvsaga": 1, "session": "t/s1", "tenant": "t"}

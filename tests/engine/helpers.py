@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
 from kvsaga.engine.attn_metadata import AttentionMetadata
@@ -321,3 +322,29 @@ class OffloadSessionBlocksOnly(LRUPolicy):
     def action(self, block_id: int, now: float) -> Action:
         owned = self.view.block_owner[block_id] is not None
         return Action.OFFLOAD if owned else Action.DISCARD
+
+
+# -- both bookkeeping cores under a whole engine ----------------------------------------------
+
+
+@pytest.fixture(params=["python", "cpp"], name="core")
+def engine_core(request, monkeypatch):
+    """Each bookkeeping core for engines built in the test (`KVSAGA_CORE`; the engine builds
+    its own manager); cpp is skipped where it was not built. Import it into a test module to
+    use it there as `core`."""
+    if request.param == "cpp":
+        from kvsaga._core import cpp_available
+
+        if not cpp_available():
+            pytest.skip("the C++ core is not built")
+    monkeypatch.setenv("KVSAGA_CORE", request.param)
+    return request.param
+
+
+def drain(engine, limit: int = 500) -> None:
+    """Step `engine` until it has nothing unfinished (at most `limit` steps)."""
+    for _ in range(limit):
+        if not engine.has_unfinished():
+            return
+        engine.step()
+    raise AssertionError("the engine did not finish its requests")

@@ -10,6 +10,7 @@ import pytest
 
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
+from tests.engine.helpers import drain
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]
@@ -23,14 +24,6 @@ def model_dir(tiny_model_dir):
 def make(model_dir) -> LLMEngine:
     return LLMEngine(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20,
                      max_num_batched_tokens=24)
-
-
-def drain(engine: LLMEngine) -> None:
-    for _ in range(200):
-        if not engine.has_unfinished():
-            return
-        engine.step()
-    raise AssertionError("the engine did not finish its requests")
 
 
 @pytest.fixture(scope="module")

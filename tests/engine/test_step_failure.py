@@ -13,6 +13,7 @@ import pytest
 
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
+from tests.engine.helpers import drain, engine_core  # noqa: F401 (`core`)
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]  # 3 full blocks of 16 and 2 tokens
@@ -21,18 +22,6 @@ PROMPT = [(7 + 13 * i) % 250 + 3 for i in range(50)]  # 3 full blocks of 16 and 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir):
     return tiny_model_dir("llama_gqa4_untied")
-
-
-@pytest.fixture(params=["python", "cpp"])
-def core(request, monkeypatch):
-    """Both bookkeeping cores (`discard_writes` runs on either one's pool and index)."""
-    if request.param == "cpp":
-        from kvsaga._core import cpp_available
-
-        if not cpp_available():
-            pytest.skip("the C++ core is not built")
-    monkeypatch.setenv("KVSAGA_CORE", request.param)
-    return request.param
 
 
 def make(model_dir, **kw) -> LLMEngine:
@@ -54,14 +43,6 @@ def fail_pass(engine: LLMEngine, *which: int) -> list[int]:
 
     engine.runner.run = run
     return calls
-
-
-def drain(engine: LLMEngine, limit: int = 500) -> None:
-    for _ in range(limit):
-        if not engine.has_unfinished():
-            return
-        engine.step()
-    raise AssertionError("the engine did not finish its requests")
 
 
 @pytest.fixture(scope="module")

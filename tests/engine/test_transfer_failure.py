@@ -20,6 +20,7 @@ from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
 from kvsaga.host_tier import TransferPlan
 from kvsaga.manager import KVCacheManager
+from tests.engine.helpers import drain, engine_core  # noqa: F401 (`core`)
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
 BLOCK_BYTES = 8192  # the tiny model's KV block (16 tokens)
@@ -29,17 +30,6 @@ NUM_SESSIONS = 14
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir):
     return tiny_model_dir("llama_gqa4_untied")
-
-
-@pytest.fixture(params=["python", "cpp"])
-def core(request, monkeypatch):
-    if request.param == "cpp":
-        from kvsaga._core import cpp_available
-
-        if not cpp_available():
-            pytest.skip("the C++ core is not built")
-    monkeypatch.setenv("KVSAGA_CORE", request.param)
-    return request.param
 
 
 class FailOnce:
@@ -77,14 +67,6 @@ def make(model_dir, hook=None) -> LLMEngine:
 
 def prompt(i: int) -> list[int]:
     return [(5 + 7 * i + j) % 200 + 3 for j in range(3 * 16 + 2)]
-
-
-def drain(engine: LLMEngine, limit: int = 200) -> None:
-    for _ in range(limit):
-        if not engine.has_unfinished():
-            return
-        engine.step()
-    raise AssertionError("the engine did not finish its requests")
 
 
 def run(engine: LLMEngine, hook: FailOnce | None, fail_first: int | None,
