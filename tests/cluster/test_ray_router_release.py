@@ -149,3 +149,28 @@ def test_a_request_routed_again_when_its_replica_left_is_released_when_cancelled
     router, name = asyncio.run(go())
     assert router._routes == {}
     assert router.kv_router.in_flight == {name: 0}
+
+
+def test_the_router_class_pickles_by_value_beside_a_live_router():
+    """Ray pickles the router class by value when a deployment is configured
+    (`RequestRouterConfig`); a router alive in this process (in `instances`) must not go
+    with it. Before, a live router in the class's WeakSet failed the pickle (Ray's
+    `cannot pickle 'weakref.ReferenceType' object`), as after this file's cancel tests."""
+    from ray import cloudpickle
+
+    import kvsaga.integrations.ray.router as module
+    from kvsaga.integrations.ray.router import KvsagaRequestRouter
+
+    async def build():
+        return make_router([StatsReplica("a")])
+
+    live = asyncio.run(build())
+    assert live in KvsagaRequestRouter.instances
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        assert cloudpickle.dumps(KvsagaRequestRouter)  # raised before
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    copy = cloudpickle.loads(cloudpickle.dumps(KvsagaRequestRouter.instances))
+    assert type(copy) is type(KvsagaRequestRouter.instances) and len(copy) == 0
+    assert live in KvsagaRequestRouter.instances

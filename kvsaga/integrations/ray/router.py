@@ -95,6 +95,17 @@ class _Routed:
         self.completed = 0  # on_request_completed calls
 
 
+class _ProcessRouters(weakref.WeakSet):
+    """This process's routers (`KvsagaRequestRouter.instances`). Pickled empty: Ray
+    serializes the router class by value when a deployment is configured
+    (`RequestRouterConfig` registers its module for pickling by value), and the routers of
+    the process that configures it neither can nor should travel with the class (a live
+    router in the set failed the pickle: "cannot pickle 'weakref.ReferenceType' object")."""
+
+    def __reduce__(self):
+        return type(self), ()
+
+
 class KvsagaRequestRouter(RequestRouter):
     """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
     go to any available replica. Configure through the deployment's
@@ -103,7 +114,7 @@ class KvsagaRequestRouter(RequestRouter):
     remembered: the replicas' idle limit, `ServerSettings.session_idle_s`) and any
     `RoutingConfig` field."""
 
-    instances: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # this process's routers
+    instances: ClassVar[weakref.WeakSet] = _ProcessRouters()  # this process's routers
 
     def initialize_state(self, router: str = "kvsaga",
                          session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
