@@ -108,8 +108,9 @@ SHARE_LAG_TOKENS = 8192.0  # one batch step of the preset's 8192-token budget
 # `WorkflowScheduler(share_within_cap=...)`: the part of `decode_stall`'s prefill cap that
 # the favoured tenant's running prefills keep (`ComputeShares.favoured_room`). Session 41's
 # pick on the AFS fit seeds 102-109 (32 mix cases, `bench/scheduling_veto_noise.py run
-# --defaults '{"share_within_cap": X}'`), by a rule stated after the first arm's figures and
-# before the others': among the parts (1, 0.5, 0.25) that pass the calibrated AFS veto, the
+# --defaults '{"share_within_cap": X}'`), by a rule written after the three parts' figures
+# were read (the one written before, no case's mean TCT up over 5%, was met by none, nor by
+# a null run): among the parts (1, 0.5, 0.25) that pass the calibrated AFS veto, the
 # lowest mean change of log ratio whose mean TCT (geometric mean over the cases) stays within
 # the null runs' own drift (0.88%: "slow" x1.0088, "jitter1" x0.9995). 1: veto -0.0437,
 # goal cases 19 -> 22, mean TCT x1.0110 (outside); 0.5: -0.0242, 19 -> 20, x0.9917; 0.25:
