@@ -1,0 +1,427 @@
+"""The routers' common part (split from kvsaga/routing.py, whose docstring says what routing
+is for): a step's routing request and decision (`RouteRequest`, `Route`), the session and
+prefix keys read from a request body, and `Router`, the bookkeeping every router shares (each
+session's home and its steps in flight, replicas joining and leaving, sessions forgotten
+after the idle limit, moves until confirmed, the load of a replica), with the two baselines
+built on it alone: `RoundRobinRouter` and `AffinityRouter`. kvsaga's own router, with work
+stealing, migration and the fleet's fair share, is `kvsaga.routing.KvsagaRouter`.
+Pure Python, no torch."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from kvsaga.replica_stats import ReplicaStats
+from kvsaga.session import DEFAULT_SESSION_IDLE_S, check_session_idle
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """One step to place.
+
+    Attributes:
+        session: the session key (tenant-qualified if sessions are per tenant), or None for
+            a one-shot request.
+        tenant: who pays for the step, for fair share.
+        prefix_key: a key of the prompt's shared prefix (e.g. a hash of its system prompt),
+            so that new sessions with the same prefix meet where it is cached.
+        context_tokens: tokens of the session's context before this step (what a move
+            would have to migrate or recompute).
+        stay: the request must reach the session's home (an end request, which deletes
+            what a move would pull): never moved, no KV migrated for it.
+    """
+
+    session: str | None = None
+    tenant: str = ""
+    prefix_key: str | None = None
+    context_tokens: int = 0
+    stay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a step goes.
+
+    Attributes:
+        replica: the replica that runs it.
+        moved_from: the session's previous replica when the step moves (stealing, or the
+            previous replica is gone); None otherwise.
+        migrate: the moved session's KV should be exported from `moved_from` and imported
+            on `replica` (cheaper than recomputing it); False: recompute.
+        reason: why, for logs and tests ("new", "prefix", "affinity", "steal", "balance",
+            "lost", "round-robin", "hash", "least-loaded").
+        sent_at: set by `Router.route`: when the router sent the step (`Router.clock`).
+        session: set by `Router.route`: the session of the step (None: one-shot).
+        tenant: set by `Router.route`: the tenant of the step.
+    """
+
+    replica: str
+    moved_from: str | None = None
+    migrate: bool = False
+    reason: str = ""
+    sent_at: float = field(default=math.nan, compare=False, repr=False)
+    session: str | None = field(default=None, compare=False, repr=False)
+    tenant: str = field(default="", compare=False, repr=False)
+
+
+def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
+    """The session a request continues: `session_id`, else the `X-Session-ID` header, else
+    `prompt_cache_key` (the server's precedence). None for a one-shot request."""
+    sid = body.get("session_id")
+    if sid is None and headers is not None:
+        sid = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
+    if sid is None:
+        sid = body.get("prompt_cache_key")
+    return sid if isinstance(sid, str) and sid else None
+
+
+def prefix_key(body: Mapping) -> str | None:
+    """A key of a request's shared prefix: its system message (chat) or its first 256
+    characters (completions); None when there is nothing to share."""
+    msgs = body.get("messages")
+    if isinstance(msgs, list) and msgs and isinstance(msgs[0], Mapping):
+        first = msgs[0]
+        if first.get("role") == "system" and isinstance(first.get("content"), str):
+            return hashlib.sha256(first["content"].encode()).hexdigest()[:16]
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return hashlib.sha256(prompt[:256].encode()).hexdigest()[:16]
+    return None
+
+
+def _count(counts: dict[str, dict[str, int]], key: str, replica: str, add: int) -> None:
+    """Add `add` to counts[key][replica], dropping entries that reach 0."""
+    per = counts.setdefault(key, {})
+    n = per.get(replica, 0) + add
+    if n > 0:
+        per[replica] = n
+    else:
+        per.pop(replica, None)
+        if not per:
+            del counts[key]
+
+
+def _replica_names(replicas: Iterable[str]) -> list[str]:
+    """The names as a list; ValueError for one str (its characters are not replicas)."""
+    if isinstance(replicas, (str, bytes)):
+        raise ValueError(f"replicas must be a list of replica names, got the str {replicas!r}")
+    return list(replicas)
+
+
+class Router:
+    """Base: live replicas, in-flight counts, least-loaded choice, and session homes.
+
+    `clock`: the wall clock that replicas stamp their reports with
+    (`ReplicaStats.taken_at`); a test may set another.
+
+    `session_idle_s`: a session not routed for this long (and with no step in flight) is
+    forgotten (`homes`, `lost`, `moves`): a client that stops coming back never sends a
+    last step or an end request. Default `kvsaga.session.DEFAULT_SESSION_IDLE_S`, the
+    replicas' own idle limit, after which they have ended it too; None: never. At most
+    `max_sessions` are remembered (the least recently routed go first): a session
+    forgotten while its replica still holds it is adopted back from that replica's
+    report (`KvsagaRouter`).
+    """
+
+    name = "base"
+    clock = staticmethod(time.time)
+    # Finished steps remembered per replica for `busy`'s discount (a bound: they are
+    # dropped once a report taken after they finished has been read).
+    _MAX_DONE = 256
+    max_sessions = 1 << 20
+
+    def __init__(self, replicas: Iterable[str] = (), *,
+                 session_idle_s: float | None = DEFAULT_SESSION_IDLE_S) -> None:
+        self.session_idle_s = check_session_idle(session_idle_s)
+        self._last_routed: dict[str, float] = {}  # session -> when, least recent first
+        self.replicas: list[str] = []
+        self._order: dict[str, int] = {}  # replica -> when it was added (a stable tie-break)
+        self.in_flight: dict[str, int] = {}
+        self.routed: dict[str, int] = {}  # replica -> steps routed there so far
+        self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
+        self.lost: dict[str, str] = {}  # session key -> its removed replica, until rerouted
+        # session key -> its latest move, until the step that moved it is known to have
+        # reached the new home (`confirm_move`, a finished step, or the home's report).
+        self.moves: dict[str, Route] = {}
+        # tenant -> replica -> this router's steps of that tenant there, not yet finished
+        self.tenant_steps: dict[str, dict[str, int]] = {}
+        # session -> replica -> this router's steps of that session there, not yet finished
+        self.session_steps: dict[str, dict[str, int]] = {}
+        # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
+        # this router's steps there that finished since (sent, finished), for `busy`.
+        self._taken: dict[str, float] = {}
+        self._done: dict[str, deque[tuple[float, float]]] = {}
+        for r in _replica_names(replicas):
+            self.add_replica(r)
+
+    # -- membership -------------------------------------------------------------------
+    def add_replica(self, replica: str) -> None:
+        if not isinstance(replica, str) or not replica:
+            raise ValueError(f"replica must be a non-empty str, got {replica!r}")
+        if replica not in self.in_flight:
+            self.replicas.append(replica)
+            self._order.setdefault(replica, len(self._order))
+            self.in_flight[replica] = 0
+            self.routed.setdefault(replica, 0)
+            self._done[replica] = deque(maxlen=self._MAX_DONE)
+
+    def remove_replica(self, replica: str) -> list[str]:
+        """Forget a replica (it died or was scaled down). Returns the sessions that lived
+        there: their next steps recompute elsewhere."""
+        if replica not in self.in_flight:
+            return []
+        self.replicas.remove(replica)
+        del self.in_flight[replica]
+        del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
+        self._taken.pop(replica, None)
+        del self._done[replica]
+        for steps in (self.tenant_steps, self.session_steps):
+            for k in [k for k, where in steps.items() if replica in where]:
+                _count(steps, k, replica, -steps[k][replica])
+        lost = [s for s, r in self.homes.items() if r == replica]
+        for s in lost:
+            self.lost[s] = self.homes.pop(s)
+        for s in [s for s, m in self.moves.items() if replica in (m.replica, m.moved_from)]:
+            del self.moves[s]
+        return lost
+
+    def sync(self, live: Iterable[str]) -> list[str]:
+        """Make the replica set equal `live`; returns sessions lost with removed replicas."""
+        live = _replica_names(live)
+        lost: list[str] = []
+        for r in [r for r in self.replicas if r not in set(live)]:
+            lost += self.remove_replica(r)
+        for r in live:
+            self.add_replica(r)
+        return lost
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def finished(self, route: Route, ran: bool = True) -> None:
+        """A routed step finished (or failed): it no longer loads its replica. `ran`: it
+        reached its replica (a move it made is then done, `confirm_move`); False when the
+        caller cannot tell (a replica refused it, or it was never sent)."""
+        if ran and route.session is not None:
+            self.confirm_move(route.session, route.replica)
+        r = route.replica
+        if self.in_flight.get(r, 0) > 0:
+            self.in_flight[r] -= 1
+            if self.tenant_steps.get(route.tenant, {}).get(r):
+                _count(self.tenant_steps, route.tenant, r, -1)
+            if route.session is not None and self.session_steps.get(route.session, {}).get(r):
+                _count(self.session_steps, route.session, r, -1)
+            if not math.isnan(route.sent_at):
+                # A report taken between its sending and now counts it still (`busy`).
+                self._done[r].append((route.sent_at, self.clock()))
+
+    def session_ended(self, session: str) -> None:
+        self.homes.pop(session, None)
+        self.lost.pop(session, None)
+        self.moves.pop(session, None)
+        self._last_routed.pop(session, None)
+
+    def _expire(self, now: float) -> None:
+        """Forget the sessions not routed for more than `session_idle_s` (those with a
+        step in flight are kept, as if routed now), and the least recently routed beyond
+        `max_sessions`."""
+        seen, limit = self._last_routed, self.session_idle_s
+        while seen:
+            s, t = next(iter(seen.items()))
+            over = len(seen) > self.max_sessions
+            if not over and (limit is None or now - t <= limit):
+                return
+            del seen[s]
+            if not over and s in self.session_steps:
+                seen[s] = now
+                continue
+            self.homes.pop(s, None)
+            self.lost.pop(s, None)
+            self.moves.pop(s, None)
+
+    def confirm_move(self, session: str, replica: str) -> None:
+        """A step of `session` reached `replica`: a move there is done (the replica pulled
+        the session before running the step)."""
+        m = self.moves.get(session)
+        if m is not None and m.replica == replica:
+            del self.moves[session]
+
+    def unconfirmed_move(self, session: str, stats: Mapping[str, ReplicaStats]) -> Route | None:
+        """The session's latest move while no step is known to have reached its new home:
+        the step that moved it may have been refused by that replica (Ray Serve routes it
+        again) or given up before it was sent, and the session's KV is then still on
+        `moved_from`. A report of the new home taken after the move that lists the
+        session confirms it too."""
+        m = self.moves.get(session)
+        if m is None:
+            return None
+        st = stats.get(m.replica)
+        if (st is not None and session in st.session_tokens
+                and (st.taken_at is None or st.taken_at >= m.sent_at)):
+            del self.moves[session]
+            return None
+        return m
+
+    def home(self, session: str) -> str | None:
+        return self.homes.get(session)
+
+    # -- choice -----------------------------------------------------------------------
+    def busy(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+        """Steps queued or running on a replica: what it reports, or what this router sent
+        there and has not seen finish, whichever is more (reports lag; other routers'
+        steps show only in reports).
+
+        A report lags the other way too: taken while a step of this router ran, it counts
+        the step after the router has seen it finish. So a report stamped with the time it
+        was taken (`ReplicaStats.taken_at`) loses the steps this router sent before that
+        time and saw finish after it. Without this, a lone session's home, whose last
+        report (up to a period old: 0.5 s under Ray Serve) still showed the session's own
+        finished step running, looked shared at the session's next step: that skipped the
+        quiet fleet's floor of the balance steal (`KvsagaRouter._ahead`) and moved the
+        session, with its KV, to an idle replica. A step that reached the replica after the
+        report was taken is taken off too, though the report never counted it, and so is
+        one seen to finish late by a router whose clock runs behind the replica's: the
+        error lasts until the next report, and the count of this router's unfinished steps
+        still bounds the result from below. An unstamped report (a live view, as the
+        simulator's) is taken as it is."""
+        st = stats.get(r)
+        if st is None:
+            return self.in_flight[r]
+        reported = st.queue_depth + st.running
+        taken = st.taken_at
+        if taken is not None:
+            ended = self._done[r]
+            if taken > self._taken.get(r, -math.inf):
+                self._taken[r] = taken
+                while ended and ended[0][1] <= taken:  # (appended in finishing order)
+                    ended.popleft()
+            for sent, done in ended:
+                if sent <= taken < done:
+                    reported -= 1
+        return max(reported, self.in_flight[r])
+
+    def waiting(self, r: str, stats: Mapping[str, ReplicaStats]) -> int:
+        """Steps waiting for admission on a replica (reported, or sent and not running)."""
+        st = stats.get(r)
+        if st is None:
+            return self.in_flight[r]
+        return max(st.queue_depth, self.in_flight[r] - st.running)
+
+    def _load(self, r: str, stats: Mapping[str, ReplicaStats]) -> tuple:
+        """Sort key: fewer busy steps, then less memory pressure, then fewer paused
+        sessions expecting to resume, then fewer steps routed there so far (ties are
+        common when replicas idle: taking the first in order would load the first replicas
+        most over a run), then the replica's order."""
+        st = stats.get(r) or ReplicaStats()
+        return (
+            self.busy(r, stats),
+            round(st.memory_pressure, 3),
+            st.predicted_resumes,
+            st.paused,
+            self.routed[r],
+            self._order[r],
+        )
+
+    def least_loaded(self, stats: Mapping[str, ReplicaStats], exclude: str | None = None):
+        cands = [r for r in self.replicas if r != exclude]
+        return min(cands, key=lambda r: self._load(r, stats)) if cands else None
+
+    def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        """Place one step. Raises RuntimeError when no replica is live."""
+        if not self.replicas:
+            raise RuntimeError("no live replica to route to")
+        s = req.session
+        move = self.unconfirmed_move(s, stats) if s is not None else None
+        if req.stay and s in self.homes:
+            route = Route(self.homes[s], reason="affinity")
+        else:
+            route = self._choose(req, stats)
+        # An end request does not pull a dead replica's session (its KV died with it).
+        dead = self.lost.pop(s, None) if s is not None and not req.stay else None
+        if dead is not None:  # its KV died with its replica: recompute where it lands
+            route = Route(route.replica, moved_from=dead, reason="lost")
+        elif move is not None and route.moved_from is None and route.replica == move.replica:
+            # The step that moved it may not have arrived: the new home pulls the session
+            # (a no-op there if it did arrive); for an end request its context only, so
+            # that the previous replica ends its copy too.
+            route = replace(route, moved_from=move.moved_from,
+                            migrate=move.migrate and not req.stay)
+        route = replace(route, sent_at=self.clock(), session=s, tenant=req.tenant)
+        _count(self.tenant_steps, req.tenant, route.replica, 1)
+        self.in_flight[route.replica] += 1
+        self.routed[route.replica] += 1
+        if s is not None:
+            _count(self.session_steps, s, route.replica, 1)
+            self.homes[s] = route.replica
+            self._last_routed.pop(s, None)
+            self._last_routed[s] = route.sent_at
+            self._expire(route.sent_at)
+            if route.moved_from is None or dead is not None:
+                self.moves.pop(s, None)
+            elif move is None or move.replica != route.replica:
+                self.moves[s] = route
+        return route
+
+    def _choose(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:
+        raise NotImplementedError
+
+
+class RoundRobinRouter(Router):
+    """Every step to the next replica in turn."""
+
+    name = "round-robin"
+
+    def __init__(self, replicas: Iterable[str] = (), **kwargs) -> None:
+        super().__init__(replicas, **kwargs)
+        self._turn = itertools.count()
+
+    def _choose(self, req, stats):
+        r = self.replicas[next(self._turn) % len(self.replicas)]
+        prev = self.homes.get(req.session) if req.session else None
+        return Route(r, moved_from=prev if prev not in (None, r) else None, reason="round-robin")
+
+
+def _ring_point(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+class AffinityRouter(Router):
+    """Sticky by a consistent hash of the session key (virtual nodes per replica), so
+    adding or removing a replica moves only the sessions that hashed to it."""
+
+    name = "affinity"
+    vnodes = 64
+
+    def __init__(self, replicas: Iterable[str] = (), **kwargs) -> None:
+        self._ring: list[tuple[int, str]] = []
+        self._ring_sorted = True
+        super().__init__(replicas, **kwargs)
+
+    def add_replica(self, replica: str) -> None:
+        new = replica not in self.in_flight
+        super().add_replica(replica)
+        if new:  # sorted at the next lookup: one sort for a fleet, not an insort per point
+            self._ring.extend((_ring_point(f"{replica}#{v}"), replica)
+                              for v in range(self.vnodes))
+            self._ring_sorted = False
+
+    def remove_replica(self, replica: str) -> list[str]:
+        self._ring = [p for p in self._ring if p[1] != replica]
+        return super().remove_replica(replica)
+
+    def _choose(self, req, stats):
+        if req.session is None:
+            return Route(self.least_loaded(stats), reason="least-loaded")
+        if not self._ring_sorted:
+            self._ring.sort()
+            self._ring_sorted = True
+        i = bisect.bisect(self._ring, (_ring_point(req.session), "")) % len(self._ring)
+        r = self._ring[i][1]
+        prev = self.homes.get(req.session)
+        return Route(r, moved_from=prev if prev not in (None, r) else None, reason="hash")
