@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from kvsaga._validate import check_str
+from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
 from kvsaga.engine.engine import LLMEngine
@@ -156,7 +158,13 @@ class LLM:
     `governor` also sizes it to the cores other processes leave, between the steps of the
     calls (kvsaga/engine/cpu_threads.py); a call from another thread first gives that
     thread the same count.
+
+    While a call's requests all wait for admission (the workflow scheduler holds a new
+    session back for a paused one's return, at most its `idle_admit_s`), the call sleeps
+    between steps, at most ADMISSION_MAX_WAIT_S at a time, rather than spinning.
     """
+
+    ADMISSION_MAX_WAIT_S = 0.05
 
     def __init__(
         self,
@@ -280,9 +288,17 @@ class LLM:
         team = self.governor.threads if self.governor is not None else self._team
         if team is not None and torch.get_num_threads() != team:
             torch.set_num_threads(team)  # a thread other than the one that built this LLM
+        backoff = AdmissionBackoff(self.ADMISSION_MAX_WAIT_S)
         try:
             while any(not r.finished for r in reqs):
                 outputs = engine.step()
+                if engine.last_step_idle:
+                    # Every request waits for admission and none runs (the workflow
+                    # scheduler holds them for paused sessions until its `wake_time`):
+                    # sleep rather than spin on empty steps (`kvsaga.engine.admission_wait`).
+                    time.sleep(backoff.next_wait(engine))
+                else:
+                    backoff.reset()
                 if self.governor is not None:
                     self.governor.poll()
                 if on_output is not None:

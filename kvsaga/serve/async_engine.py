@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
 from kvsaga.engine.engine import EngineStats, LLMEngine
 from kvsaga.engine.request import RequestOutput
@@ -75,9 +76,6 @@ class AsyncEngine:
             `_wait_for_admission`).
     """
 
-    # The first wait after a step that scheduled nothing; each idle step after it doubles it.
-    ADMISSION_BACKOFF_S = 0.001
-
     def __init__(self, engine_or_factory: LLMEngine | EngineFactory, idle_wait_s: float = 0.5):
         if isinstance(engine_or_factory, LLMEngine):
             self.engine: LLMEngine | None = engine_or_factory
@@ -111,9 +109,7 @@ class AsyncEngine:
         self._stopped: str | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._backoff_s = 0.0  # the last wait for admission (0: the last step did work)
-        # Waits between steps while requests waited for admission (engine thread only).
-        self.num_admission_waits = 0
+        self._admission = AdmissionBackoff(idle_wait_s)  # waits between idle steps
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -260,7 +256,7 @@ class AsyncEngine:
                     if engine.last_step_idle:
                         self._wait_for_admission(engine)
                     else:
-                        self._backoff_s = 0.0
+                        self._admission.reset()
                 else:
                     start = time.perf_counter()
                     self._wake.wait(self._idle_wait_s)
@@ -280,24 +276,19 @@ class AsyncEngine:
             self._fail_all(engine, EngineStopped(reason))
 
     def _wait_for_admission(self, engine: LLMEngine) -> None:
-        """After a step that scheduled nothing (requests wait for admission, none runs):
-        the next step would decide the same until a command (a request, an abort, an end)
-        or the scheduler's `wake_time`. Wait for the first of those, at most a backoff that
-        starts at ADMISSION_BACKOFF_S and doubles at each idle step up to `idle_wait_s`
-        (what the scheduler cannot see, a policy's TTL expiring, is checked that often),
-        rather than step again at once: the engine thread spun at full CPU there.
-        A wake time not after that step's (`last_step_time`) was acted on by it, so the
-        backoff alone holds then."""
-        self._backoff_s = min(self._idle_wait_s,
-                              max(self.ADMISSION_BACKOFF_S, 2 * self._backoff_s))
-        timeout = self._backoff_s
-        wake = engine.wake_time
-        if wake > engine.last_step_time:
-            timeout = min(timeout, max(0.0, wake - engine.clock()))
+        """After a step that scheduled nothing (requests wait for admission, none runs),
+        wait for a command (a request, an abort, an end), the scheduler's `wake_time` or
+        the doubling backoff, whichever comes first, rather than step again at once: the
+        engine thread spun at full CPU there (`kvsaga.engine.admission_wait`)."""
+        timeout = self._admission.next_wait(engine)
         if timeout > 0:
-            self.num_admission_waits += 1
             self._wake.wait(timeout)
             self._wake.clear()  # (commands run next, before any step)
+
+    @property
+    def num_admission_waits(self) -> int:
+        """Idle steps that were followed by a wait for admission."""
+        return self._admission.num_waits
 
     def _close(self, reason: str) -> None:
         """Refuse every later command with `reason`, and fail those still queued."""
