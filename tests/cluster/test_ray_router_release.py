@@ -11,7 +11,11 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from ray.serve._private.common import RequestMetadata  # noqa: E402
+from ray.serve._private.common import (  # noqa: E402
+    DeploymentHandleSource,
+    DeploymentID,
+    RequestMetadata,
+)
 from ray.serve.request_router import PendingRequest  # noqa: E402
 
 from tests.cluster.ray_fakes import StatsReplica, make_router  # noqa: E402
@@ -153,24 +157,37 @@ def test_a_request_routed_again_when_its_replica_left_is_released_when_cancelled
 
 def test_the_router_class_pickles_by_value_beside_a_live_router():
     """Ray pickles the router class by value when a deployment is configured
-    (`RequestRouterConfig`); a router alive in this process (in `instances`) must not go
-    with it. Before, a live router in the class's WeakSet failed the pickle (Ray's
-    `cannot pickle 'weakref.ReferenceType' object`), as after this file's cancel tests."""
+    (`RequestRouterConfig`); a router alive in this process must not go with it, and
+    loading the class again must not forget it. Before, the live routers were a WeakSet on
+    the class: a live one failed the pickle (Ray's `cannot pickle 'weakref.ReferenceType'
+    object`), and then, pickled empty, a load in the same process (cloudpickle sets the
+    tracked class's attributes again) emptied it, so the gateway never told the router
+    that a session ended. Now they live in `registry`, pickled by reference."""
     from ray import cloudpickle
 
     import kvsaga.integrations.ray.router as module
+    from kvsaga.integrations.ray import registry
     from kvsaga.integrations.ray.router import KvsagaRequestRouter
 
     async def build():
         return make_router([StatsReplica("a")])
 
     live = asyncio.run(build())
-    assert live in KvsagaRequestRouter.instances
+    assert live in registry.routers_here()
     cloudpickle.register_pickle_by_value(module)
     try:
-        assert cloudpickle.dumps(KvsagaRequestRouter)  # raised before
+        cls = cloudpickle.loads(cloudpickle.dumps(KvsagaRequestRouter))
     finally:
         cloudpickle.unregister_pickle_by_value(module)
-    copy = cloudpickle.loads(cloudpickle.dumps(KvsagaRequestRouter.instances))
-    assert type(copy) is type(KvsagaRequestRouter.instances) and len(copy) == 0
-    assert live in KvsagaRequestRouter.instances
+    assert live in registry.routers_here()
+
+    async def build_from_copy():
+        r = cls(DeploymentID(name="KvsagaEngine"), DeploymentHandleSource.UNKNOWN)
+        r.initialize_state()
+        r.update_replicas([StatsReplica("a")])
+        return r
+
+    other = asyncio.run(build_from_copy())
+    assert {live, other} <= set(registry.routers_here())
+    empty = cloudpickle.loads(cloudpickle.dumps(registry.ROUTERS))
+    assert type(empty) is type(registry.ROUTERS) and len(empty) == 0

@@ -36,7 +36,8 @@ from ray.serve.config import RequestRouterConfig
 
 from kvsaga._validate import is_int
 from kvsaga.errors import KVSagaError
-from kvsaga.integrations.ray.router import KvsagaRequestRouter, routing_config
+from kvsaga.integrations.ray import registry
+from kvsaga.integrations.ray.router import routing_config
 from kvsaga.migration import export_session, import_session
 from kvsaga.routing import (
     RAY_DEFAULT_ROUTER,
@@ -422,11 +423,6 @@ def engine_replicas(app_name: str) -> list[str]:
                   if a["name"].startswith(prefix))
 
 
-def _routers() -> list:
-    """The kvsaga routers of this process's handles (to forget ended sessions)."""
-    return [r for r in KvsagaRequestRouter.instances if hasattr(r, "kv_router")]
-
-
 def merge_metrics(texts: dict[str, str]) -> str:
     """Prometheus texts of several replicas as one exposition: each family once, every
     sample labelled with its `replica`."""
@@ -496,7 +492,7 @@ class GatewayCore:
         if first.get("type") != "http.response.start":
             return _unavailable("misrouted")
         if ended_session(call, first.get("status")):
-            for router in _routers():
+            for router in registry.routers_here():
                 router.kv_router.session_ended(call["session"])
         route = call.get("route")
         if route is not None:  # where it ran and why, for clients and tests

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from kvsaga.integrations.ray import registry
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
 from kvsaga.serve.settings import routing_config_of
 from kvsaga.session import DEFAULT_SESSION_IDLE_S
@@ -95,17 +95,6 @@ class _Routed:
         self.completed = 0  # on_request_completed calls
 
 
-class _ProcessRouters(weakref.WeakSet):
-    """This process's routers (`KvsagaRequestRouter.instances`). Pickled empty: Ray
-    serializes the router class by value when a deployment is configured
-    (`RequestRouterConfig` registers its module for pickling by value), and the routers of
-    the process that configures it neither can nor should travel with the class (a live
-    router in the set failed the pickle: "cannot pickle 'weakref.ReferenceType' object")."""
-
-    def __reduce__(self):
-        return type(self), ()
-
-
 class KvsagaRequestRouter(RequestRouter):
     """Routes kvsaga calls with a `kvsaga.routing` router (default `kvsaga`); other calls
     go to any available replica. Configure through the deployment's
@@ -114,15 +103,15 @@ class KvsagaRequestRouter(RequestRouter):
     remembered: the replicas' idle limit, `ServerSettings.session_idle_s`) and any
     `RoutingConfig` field."""
 
-    instances: ClassVar[weakref.WeakSet] = _ProcessRouters()  # this process's routers
-
     def initialize_state(self, router: str = "kvsaga",
                          session_idle_s: float | None = DEFAULT_SESSION_IDLE_S,
                          **config: Any) -> None:
         routing = routing_config(router, config)
         kwargs = {"config": routing} if routing is not None else {}
         self.kv_router = make_router(router, session_idle_s=session_idle_s, **kwargs)
-        KvsagaRequestRouter.instances.add(self)
+        # Found by the gateway in `registry` (not in a class attribute: Ray pickles this
+        # class by value, and loading it again resets or copies its attributes).
+        registry.ROUTERS.add(self)
         self._routes: dict[str, _Routed] = {}  # internal request id -> its route
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
