@@ -255,6 +255,7 @@ class Serving:
             raise APIError(400, "the prompt is empty", param=prompt.param)
         params = self._params(body, len(ids), requested)
         self._check_capacity()
+        self._check_not_ended(ctx, engine_sid, sid)
         if resumed:
             # The session's next step has arrived and passed every check that can refuse it
             # here: tell the engine before queueing it, so that its offloaded blocks load
@@ -269,6 +270,9 @@ class Serving:
                 kwargs.update(tool=hint.tool, expected_s=hint.expected_s, last_step=hint.last_step)
                 if hint.workflow:
                     kwargs["workflow"] = hint.workflow
+        # No await from `_check_not_ended` to here: `engine.submit` queues the add before
+        # it first suspends, so an end that comes later queues its end after the add, and
+        # aborts the step there (`end_session`).
         try:
             return await self.engine.submit(ids, params, **kwargs), ids
         except InvalidRequest as e:
@@ -286,6 +290,17 @@ class Serving:
             # abort it there (after the add, as commands run in order; a no-op otherwise).
             self.engine.post(lambda e: self.engine.abort_request(e, rid))
             raise
+
+    def _check_not_ended(self, ctx: SessionContext | None, engine_sid: str | None,
+                         sid: str | None) -> None:
+        """400 `aborted` if the session was ended (`POST /v1/sessions/{id}/end`) since this
+        step reserved it, e.g. while its prompt was tokenized on a worker thread: queued
+        anyway, the step would re-create in the engine a session the server no longer knows.
+        A step already queued is aborted by the end, with the same error code."""
+        if engine_sid is None or self.sessions.get(engine_sid) is ctx:
+            return
+        raise APIError(400, f"the request was aborted: session {sid!r} was ended before "
+                       "this step was queued", param="session_id", code="aborted")
 
     async def _encode(self, ctx: SessionContext | None, prompt: Prompt) -> list[int]:
         """The prompt's ids (`SessionRegistry.encode`); a long prompt (`TOKENIZE_OFF_LOOP_CHARS`)
