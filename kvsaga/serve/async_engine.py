@@ -167,13 +167,17 @@ class AsyncEngine:
         return self._submit(fn).result(timeout)
 
     async def submit(
-        self, prompt_ids: list[int], params: SamplingParams, **request_kwargs: Any
+        self, prompt_ids: list[int], params: SamplingParams, *,
+        on_added: Callable[[LLMEngine], Any] | None = None, **request_kwargs: Any
     ) -> RequestHandle:
         """Queue a request; its outputs are read from the returned handle.
 
         Args:
             prompt_ids: the whole prompt.
             params: sampling settings.
+            on_added: run on the engine thread right after `add_request` accepted the
+                request, in the same command (before any step); not run for a refused
+                one. A failure of it is logged; the request stays queued.
             **request_kwargs: passed to `LLMEngine.add_request` (request_id is required;
                 session_id, salt, workflow, tool, expected_s, last_step).
         Returns:
@@ -187,6 +191,11 @@ class AsyncEngine:
         def add(engine: LLMEngine) -> None:
             engine.add_request(prompt_ids, params, **request_kwargs)
             self._streams[rid] = stream  # only once accepted: a rejected one has no stream
+            if on_added is not None:
+                try:
+                    on_added(engine)
+                except Exception:
+                    log.exception("after adding request %s", rid)
 
         self.num_in_flight += 1
         try:

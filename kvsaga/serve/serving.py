@@ -256,14 +256,15 @@ class Serving:
         params = self._params(body, len(ids), requested)
         self._check_capacity()
         self._check_not_ended(ctx, engine_sid, sid)
-        if resumed:
-            # The session's next step has arrived and passed every check that can refuse it
-            # here: tell the engine before queueing it, so that its offloaded blocks load
-            # back meanwhile (a refused request must not start a reload).
-            assert engine_sid is not None
-            self.engine.post(lambda e: e.resume_hint(engine_sid))
         hint = body.kvsaga
         kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}
+        if resumed:
+            # The session's next step: once the engine has accepted it (a refused request,
+            # here or there, must not start a reload), tell it in the same command, before
+            # any step, so that the session's offloaded blocks load back while the step
+            # waits for admission.
+            assert engine_sid is not None
+            kwargs["on_added"] = lambda e: e.resume_hint(engine_sid)
         if engine_sid is not None:
             kwargs["session_id"] = engine_sid
             if hint is not None:

@@ -264,15 +264,19 @@ def test_a_session_header_over_the_field_limit_is_400(server: LiveServer):
 
 def test_a_refused_request_posts_no_resume_hint(server: LiveServer,
                                                 monkeypatch: pytest.MonkeyPatch):
-    """The resume hint starts an offload reload: only a request that passed the checks
-    that can refuse it (max_tokens, stop, ...) posts it, before it queues."""
+    """The resume hint starts an offload reload: only a request that is queued gives it,
+    not one refused by the server's checks (max_tokens, stop, ...: 400) nor by the engine's
+    (a token id outside the vocabulary: 422)."""
     from kvsaga.engine.engine import LLMEngine
+    from kvsaga.session import SessionState
 
     hinted: list[str] = []
+    states: list[SessionState] = []
     real = LLMEngine.resume_hint
 
     def spy(self, session_id: str) -> int:
         hinted.append(session_id)
+        states.append(self.manager.sessions[session_id].state)
         return real(self, session_id)
 
     monkeypatch.setattr(LLMEngine, "resume_hint", spy)
@@ -281,9 +285,31 @@ def test_a_refused_request_posts_no_resume_hint(server: LiveServer,
     assert not hinted  # a new session has nothing to reload
     for bad in ({"max_tokens": 10**9}, {"stop": [""]}):
         _error(_post(server, "/v1/completions", json={**body, **bad}), 400)
+    _error(_post(server, "/v1/completions", json={**body, "prompt": [5, 10**7]}), 422)
+    assert not hinted
     assert _post(server, "/v1/completions", json=body).status_code == 200
     assert len(hinted) == 1 and hinted[0].endswith("refused-1")  # the accepted step only
+    # Given with the add, before the step began: it can still start the reload.
+    assert states == [SessionState.PAUSED]
     assert _post(server, "/v1/sessions/refused-1/end").status_code == 200
+    server.wait_idle()
+
+
+def test_a_failing_resume_hint_leaves_the_step_queued(server: LiveServer,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """The hint runs in the step's add command: a failure of it is logged, and the step it
+    followed still runs and answers."""
+    from kvsaga.engine.engine import LLMEngine
+
+    def broken(self, session_id: str) -> int:
+        raise RuntimeError("hint failed")
+
+    monkeypatch.setattr(LLMEngine, "resume_hint", broken)
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 2, "session_id": "hint-fails"}
+    for _ in range(2):  # the second step is the one hinted
+        r = _post(server, "/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+    assert _post(server, "/v1/sessions/hint-fails/end").status_code == 200
     server.wait_idle()
 
 
