@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
       "variables you set win, and an "
       "OMP_WAIT_POLICY you set gets no spin count (docs/engine_profiles.md, \"Threads\")")
     a("--api-key", default=None,
-      help="require 'Authorization: Bearer KEY' on every endpoint but /health; "
-      "comma-separated for several tenants (default: $KVSAGA_API_KEY; unset: no auth)")
+      help="require 'Authorization: Bearer KEY' on every endpoint but /health and /metrics "
+      "(/metrics too with --metrics-auth); comma-separated for several tenants "
+      "(default: $KVSAGA_API_KEY; unset: no auth)")
     a("--max-queue", type=int, default=d.max_queue,
       help="requests that may wait beyond the running batch; more get 429 + Retry-After")
     a("--max-body", type=_bytes, default=d.max_body_bytes, help="largest request body (413)")
