@@ -375,12 +375,13 @@ class LLMEngine:
 
     # -- sessions -------------------------------------------------------------------------
     def resume_hint(self, session_id: str) -> int:
-        """Say that a paused session's next request has arrived, before it is queued.
+        """Say that a paused session's next request has arrived, before it is scheduled.
 
         The policy learns that the pause is over, and the session's blocks that were
         offloaded to the host tier start loading back now, so the copy overlaps whatever
-        runs before the request is scheduled (tokenizing it, other requests' steps); the
-        next forward pass waits for it. A no-op for a session the engine does not know or
+        runs before the request is scheduled (other requests' steps); the next forward
+        pass waits for it. kvsaga-serve calls it right after `add_request` accepted the
+        request, so a refused request starts no reload. A no-op for a session the engine does not know or
         that is running.
 
         Returns:
