@@ -105,8 +105,8 @@ def cache_write(
         k_cache: [num_blocks, block_size, num_kv_heads, head_dim], e.g. `kv[:, layer, 0]` of
             a tier tensor; last dim contiguous; fp16, bf16 or fp32. Written in place.
         v_cache: like k_cache, e.g. `kv[:, layer, 1]`. Written in place.
-        slot_mapping: int64 [num_tokens]; slot = block_id * block_size + offset; -1 skips
-            the token (padding). Slots other than -1 must be distinct.
+        slot_mapping: int64 [num_tokens], contiguous; slot = block_id * block_size +
+            offset; -1 skips the token (padding). Slots other than -1 must be distinct.
         validate: check slot values (host sync); default: on CPU only.
     """
     args = CacheWriteArgs(key, value, k_cache, v_cache, slot_mapping)
@@ -146,8 +146,9 @@ def paged_attention(
         v_cache: like k_cache.
         block_tables: int32 [batch, max_blocks_per_seq]; entries past a sequence's
             `ceil(seq_len / block_size)` blocks are never read.
-        seq_lens: int32 [batch], context length of each sequence including its new tokens.
-        query_start_loc: int32 [batch + 1], cumulative query lengths (cu_seqlens).
+        seq_lens: int32 [batch], contiguous; context length of each sequence including its
+            new tokens.
+        query_start_loc: int32 [batch + 1], contiguous; cumulative query lengths (cu_seqlens).
         scale: softmax scale, usually head_dim ** -0.5.
         max_query_len: host-side upper bound of the query lengths; read from the device
             (a sync) when None. Must not be too small: on CUDA nothing checks it.
@@ -221,9 +222,9 @@ def block_copy(
 
     Args:
         kv: [num_blocks, ...], e.g. a tier tensor; each block contiguous (dims 1..).
-        src_block_ids: int64 [n].
-        dst_block_ids: int64 [n], distinct and disjoint from the sources (checked only with
-            validation: overlapping copies would race on the GPU).
+        src_block_ids: int64 [n], contiguous.
+        dst_block_ids: int64 [n], contiguous, distinct and disjoint from the sources
+            (checked only with validation: overlapping copies would race on the GPU).
         validate: check the ids (host sync); default: on CPU only.
     """
     checks.check_block_copy(kv, src_block_ids, dst_block_ids, full=_full(validate, kv.device))
@@ -241,7 +242,7 @@ def gather_blocks(
 
     Args:
         kv: [num_blocks, ...], each block contiguous.
-        block_ids: int64 [n].
+        block_ids: int64 [n], contiguous.
         out: optional contiguous [n, *kv.shape[1:]] buffer, kv's dtype and device.
         validate: check the ids (host sync); default: on CPU only.
 
@@ -264,7 +265,7 @@ def scatter_blocks(
     Args:
         staging: [n, *kv.shape[1:]] contiguous, kv's dtype and device.
         kv: [num_blocks, ...], each block contiguous. Written in place.
-        block_ids: int64 [n], distinct.
+        block_ids: int64 [n], contiguous, distinct.
         validate: check the ids (host sync); default: on CPU only.
     """
     checks.check_scatter_blocks(staging, kv, block_ids, full=_full(validate, kv.device))

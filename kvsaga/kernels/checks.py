@@ -49,6 +49,18 @@ def _last_dim_contiguous(name: str, x: torch.Tensor) -> None:
         )
 
 
+def _contiguous_vector(name: str, x: torch.Tensor) -> None:
+    """A 1-D index tensor must be contiguous: the Triton kernels read entry i at
+    `data_ptr + i` (they take no stride for it), so a strided view such as `meta[:, 0]` is
+    refused on every backend, CPU and CUDA alike, rather than read wrongly on one of them.
+    (Length 0 or 1 is contiguous whatever its stride, and reads the same either way.)"""
+    if not x.is_contiguous():
+        raise ValueError(
+            f"{name} must be contiguous (stride 1), got stride {tuple(x.stride())} for shape "
+            f"{tuple(x.shape)}; pass {name}.contiguous()"
+        )
+
+
 def _check_tier(kv: object) -> None:
     """A tensor of blocks (`kv[i]` is block i), each block contiguous in memory."""
     kv = _tensor("kv", kv)
@@ -84,6 +96,7 @@ def _index_vector(name: str, x: object, length: int | None, device: torch.device
     if length is not None and x.shape[0] != length:
         raise ValueError(f"{name} has {x.shape[0]} entries, expected {length}")
     _same_device(name, x, device, "the cache")
+    _contiguous_vector(name, x)
 
 
 def _ids_in_range(name: str, ids: torch.Tensor, num_blocks: int) -> None:
@@ -170,6 +183,8 @@ def check_paged_attention(
         _ndim(name, x, ndim, "int32 tensor")
         _same_device(name, x, device, "k_cache")
     _last_dim_contiguous("block_tables", block_tables)
+    _contiguous_vector("seq_lens", seq_lens)
+    _contiguous_vector("query_start_loc", query_start_loc)
     batch = block_tables.shape[0]
     if seq_lens.shape[0] != batch:
         raise ValueError(f"seq_lens has {seq_lens.shape[0]} entries, block_tables {batch} rows")

@@ -156,3 +156,64 @@ def test_triton_rejects_unsupported_head_dim(triton_device):
     slots = torch.zeros(1, dtype=torch.int64, device=triton_device)
     with pytest.raises(ValueError, match=r"head_dim 96 is not supported by the Triton kernels"):
         kernels.cache_write(rows, rows, kv[:, 0, 0], kv[:, 0, 1], slots)
+
+
+def _every_other(*values: int, dtype=torch.int64, filler: int = -1) -> torch.Tensor:
+    """`values` as a strided view (stride 2), like `meta[:, 0]` of a [n, 2] tensor."""
+    view = torch.tensor([[v, filler] for v in values], dtype=dtype)[:, 0]
+    assert view.stride() == (2,) and view.tolist() == list(values)
+    return view
+
+
+def _strided_calls(kv):
+    """(argument name, call) for each 1-D index argument, given a stride-2 view of it."""
+    k, v = kv[:, 0, 0], kv[:, 0, 1]
+    staging = torch.zeros(2, *kv.shape[1:])
+    attn = _attention_args(kv)
+    return [
+        ("slot_mapping", lambda **kw: kernels.cache_write(
+            _kv_rows(2), _kv_rows(2), k, v, _every_other(0, 17), **kw)),
+        ("seq_lens", lambda **kw: kernels.paged_attention(
+            **{**attn, "seq_lens": _every_other(20, 3, dtype=torch.int32)}, **kw)),
+        ("query_start_loc", lambda **kw: kernels.paged_attention(
+            **{**attn, "query_start_loc": _every_other(0, 2, 3, dtype=torch.int32)}, **kw)),
+        ("src_block_ids", lambda **kw: kernels.block_copy(kv, _every_other(0, 1), _ids(2, 3),
+                                                          **kw)),
+        ("dst_block_ids", lambda **kw: kernels.block_copy(kv, _ids(0, 1), _every_other(2, 3),
+                                                          **kw)),
+        ("block_ids", lambda **kw: kernels.gather_blocks(kv, _every_other(1, 2), **kw)),
+        ("block_ids", lambda **kw: kernels.scatter_blocks(staging, kv, _every_other(1, 2),
+                                                          **kw)),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["auto", "torch"])
+@pytest.mark.parametrize("validate", [None, False])
+@pytest.mark.parametrize("case", range(7))
+def test_strided_index_vectors_are_refused(kv, monkeypatch, mode, validate, case):
+    """The Triton kernels read 1-D index tensors without a stride, so every backend refuses a
+    strided one (structurally: also with validate=False, the CUDA default) and names it."""
+    monkeypatch.setenv("KVSAGA_KERNELS", mode)
+    before = kv.clone()
+    name, call = _strided_calls(kv)[case]
+    with pytest.raises(ValueError, match=rf"{name} must be contiguous \(stride 1\), got "
+                                         rf"stride \(2,\)"):
+        call(validate=validate)
+    assert torch.equal(kv, before)  # nothing written
+
+
+def test_strided_slot_mapping_refused_under_triton(kv, triton_device):
+    """The Triton path, where the review's repro wrote slots 3, 17, 100, 101 for [3, 17, 40, 77]."""
+    kv = kv.to(triton_device)
+    slots = _every_other(3, 17, 40, 77).to(triton_device)
+    rows = _kv_rows(4).to(triton_device) + 1
+    with pytest.raises(ValueError, match=r"slot_mapping must be contiguous"):
+        kernels.cache_write(rows, rows, kv[:, 0, 0], kv[:, 0, 1], slots)
+    assert not kv.any()
+
+
+def test_one_entry_views_are_contiguous(kv):
+    """A view of one entry reads the same at any stride: it is accepted."""
+    kernels.cache_write(_kv_rows(1) + 1, _kv_rows(1) + 2, kv[:, 0, 0], kv[:, 0, 1],
+                        _every_other(17))
+    assert bool((kv[1, 0, 0, 1] == 1).all()) and bool((kv[1, 0, 1, 1] == 2).all())
