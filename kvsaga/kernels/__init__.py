@@ -9,7 +9,9 @@ and `paged_attention` hand their implementation one bundle of inputs, `args.py`)
   `scaled_dot_product_attention` per sequence for the other rows (several times faster than
   the reference), and cache writes, which run the C++ row copy where it was built; with
   `KVSAGA_KERNELS=triton`, the Triton kernel under Triton's interpreter (slow; that is how
-  the tests run them on CPU);
+  the tests run them on CPU), except in a process where the kernels are compiled for the GPU
+  or CUDA is available (the interpreter is process-wide): there CPU tensors keep the CPU
+  path (`use_triton`);
 - `KVSAGA_KERNELS=torch`: the torch reference everywhere.
 
 Range checks (`validate`): None (default) checks the values of index tensors (slots, block
@@ -23,6 +25,7 @@ Triton is imported only when a Triton kernel is about to run: `import kvsaga.ker
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from types import ModuleType
@@ -46,23 +49,85 @@ __all__ = [
 ]
 
 _TRITON_MODULES = ("attention", "kv_write", "blocks")
+log = logging.getLogger("kvsaga.kernels")
 
 
 def use_triton(device: torch.device) -> bool:
-    """Whether a call on `device` runs the Triton kernel (else the torch reference)."""
+    """Whether a call on `device` runs the Triton kernel (else the CPU path or the reference).
+
+    With `KVSAGA_KERNELS=triton`, CPU tensors run Triton's interpreter only where that cannot
+    change how CUDA calls run (`_cpu_interprets`); else they take the CPU path of `auto`.
+    """
     mode = envs.KVSAGA_KERNELS
     if mode == "torch":
         return False
     if device.type == "cuda":
         return True
-    return mode == "triton" and device.type == "cpu"
+    return mode == "triton" and device.type == "cpu" and _cpu_interprets()
+
+
+# Whether this dispatcher set TRITON_INTERPRET=1 (for a CPU call): every Triton kernel it
+# imports from then on is interpreted, so a CUDA call must not run them.
+_interpret_set_here = False
+_cpu_path_logged = False
+
+
+def _interpreted(module: ModuleType) -> bool:
+    """Whether a loaded Triton kernel module runs under Triton's interpreter: `triton.jit`
+    returns a JITFunction (compiled for the GPU) or, with TRITON_INTERPRET=1 when the kernel
+    was decorated, an interpreted function."""
+    from triton.runtime import JITFunction  # loaded: `module` imported it
+
+    return not any(isinstance(v, JITFunction) for v in vars(module).values())
+
+
+def _compiled_for_gpu() -> list[str]:
+    """The Triton kernel modules already imported compiled for the GPU."""
+    loaded = ((m, sys.modules.get(f"{__name__}.{m}")) for m in _TRITON_MODULES)
+    return [m for m, module in loaded if module is not None and not _interpreted(module)]
+
+
+def _cpu_interprets() -> bool:
+    """Under KVSAGA_KERNELS=triton, whether a CPU call runs Triton's interpreter.
+
+    TRITON_INTERPRET is process-wide and read when a kernel module is imported: a module
+    compiled for the GPU cannot take CPU tensors, and one imported interpreted would run
+    CUDA calls interpreted too. So CPU tensors take the CPU path (logged once) where a
+    kernel module is already compiled, or where CUDA is available and TRITON_INTERPRET=1 was
+    not set before the first call (this process may serve CUDA tensors; set it yourself to
+    interpret everything). Else (no CUDA) the dispatcher sets it (`_triton_module`).
+    """
+    global _cpu_path_logged
+    compiled = _compiled_for_gpu()
+    if not compiled and os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    if compiled:
+        why = f"the Triton kernels {compiled} are compiled for the GPU here"
+    elif torch.cuda.is_available():
+        why = ("CUDA is available, and Triton's interpreter (TRITON_INTERPRET=1, "
+               "process-wide) would run the CUDA calls interpreted too")
+    else:
+        return True
+    if not _cpu_path_logged:
+        _cpu_path_logged = True
+        log.warning("KVSAGA_KERNELS=triton: CPU tensors run the CPU kernels (reference/C++), "
+                    "not Triton's interpreter: %s. Set TRITON_INTERPRET=1 before the first "
+                    "call to interpret every kernel.", why)
+    return False
 
 
 def _triton_module(name: str, device: torch.device) -> ModuleType:
     """Import a Triton kernel module, under the interpreter when it will run on CPU."""
+    global _interpret_set_here
     qualified = f"{__name__}.{name}"
+    if device.type == "cuda" and _interpret_set_here:
+        raise RuntimeError(
+            f"{qualified} on CUDA: an earlier KVSAGA_KERNELS=triton call on CPU tensors set "
+            "TRITON_INTERPRET=1 when no GPU was visible, so the Triton kernels here run "
+            "interpreted; run CUDA and CPU calls in separate processes"
+        )
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        loaded = [m for m in _TRITON_MODULES if f"{__name__}.{m}" in sys.modules]
+        loaded = _compiled_for_gpu()
         if loaded:
             raise RuntimeError(
                 f"KVSAGA_KERNELS=triton on CPU needs Triton's interpreter, but {loaded} were "
@@ -71,6 +136,7 @@ def _triton_module(name: str, device: torch.device) -> ModuleType:
         # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when the kernel
         # module is first imported below.
         os.environ["TRITON_INTERPRET"] = "1"
+        _interpret_set_here = True
     try:
         return importlib.import_module(qualified)
     except ImportError as e:

@@ -403,6 +403,11 @@ def _prefill_kernel(
     )
 
 
+# Whether these kernels run under Triton's interpreter (TRITON_INTERPRET=1 when they were
+# decorated), whatever device the tensors are on: then `UPCAST` (module docstring).
+INTERPRETED = not isinstance(_prefill_kernel, triton.runtime.JITFunction)
+
+
 @functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -459,7 +464,7 @@ def paged_attention(
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
     if max_query_len == 0:
         return out
-    upcast = query.device.type == "cpu"  # Triton's interpreter; see the module docstring
+    upcast = INTERPRETED  # see the module docstring
     ieee = query.dtype == torch.float32
     scale_log2e = float(args.scale) * _LOG2E
     common = dict(
