@@ -213,7 +213,7 @@ class _PaddedPass:
         if pool is None and capture:
             pool = torch.cuda.graph_pool_handle()
         self.pool = pool
-        self.replays = 0  # passes that ran from a graph (or the padded eager path)
+        self.replays = 0  # passes that ran from a graph (or the padded eager path) and returned
 
     def _record_all(self, shapes: Sequence, graphs: dict, forward: Callable,
                     progress: bool, what: str, keep_output: bool) -> int:
@@ -334,13 +334,14 @@ class DecodeGraphs(_PaddedPass):
                              f"({self.max_batch})")
         _check_tables(tables, self.width, self.max_model_len)
         self._stage(input_ids, positions, slots, tables, seq_lens)
-        self.replays += 1
         if not self.capture:
-            return self._forward(size)[:b]
-        if size not in self._graphs:
-            self._graphs[size] = _capture(lambda: self._forward(size), self.pool)
-        graph, out = self._graphs[size]
-        graph.replay()
+            out = self._forward(size)
+        else:
+            if size not in self._graphs:
+                self._graphs[size] = _capture(lambda: self._forward(size), self.pool)
+            graph, out = self._graphs[size]
+            graph.replay()
+        self.replays += 1  # after it ran: a failed capture (GraphCaptureError) is no replay
         return out[:b]
 
 
@@ -494,7 +495,6 @@ class MixedGraphs(_PaddedPass):
                              f"graph ({self.max_tokens} tokens, {self.max_batch} sequences)")
         _check_tables(tables, self.width, self.max_model_len)
         self._stage(input_ids, positions, slots, tables, seq_lens, query_lens, logits_rows)
-        self.replays += 1
         t, r = bucket
         if not self.capture:
             self._forward(t, r)
@@ -502,4 +502,5 @@ class MixedGraphs(_PaddedPass):
             if bucket not in self._graphs:
                 self._graphs[bucket] = _capture(lambda: self._forward(t, r), self.pool)[0]
             self._graphs[bucket].replay()
+        self.replays += 1  # after it ran: a failed capture (GraphCaptureError) is no replay
         return self.logits[: len(logits_rows)]

@@ -487,3 +487,29 @@ def test_capture_all_off_cuda_runs_each_padded_pass_and_writes_no_kv(model_dir, 
     assert torch.equal(cache, before)
     assert decode.captured_sizes() == [] and mixed.captured() == []  # nothing recorded
     torch.testing.assert_close(mixed.run(**rows), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_failed_capture_is_not_counted_as_a_replay(model_dir, monkeypatch):
+    """`replays` (bench/engine_cuda_profile.py prints it) counts passes that ran: a capture
+    that raises GraphCaptureError (the runner then runs the step eagerly) adds none. The
+    failure is the real `_capture`'s, its first CUDA call made to raise, so this runs on CPU."""
+    from kvsaga.engine.cuda_graphs import GraphCaptureError
+
+    def no_stream():
+        raise RuntimeError("no CUDA stream here")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    model = _model(model_dir)
+    cache, rows = _decode_case(model, 3)
+    decode = DecodeGraphs(model, cache, BLOCK, max_model_len=64, max_batch=4, capture=False)
+    cache, mixed_rows = _mixed_case(model, MIXED)
+    mixed = MixedGraphs(model, cache, BLOCK, max_model_len=64, max_batch=4, max_tokens=32,
+                        capture=False)
+    for graphs, step in ((decode, rows), (mixed, mixed_rows)):
+        graphs.capture = True  # as on CUDA (the constructor refuses a CPU cache for it)
+        with pytest.raises(GraphCaptureError, match="no CUDA stream here"):
+            graphs.run(**step)
+        assert graphs.replays == 0
+        graphs.capture = False  # the padded pass eagerly: it runs, and counts
+        graphs.run(**step)
+        assert graphs.replays == 1
