@@ -8,11 +8,12 @@ torch:
   `plan_import` opens the session on the receiving manager with the exported tokens, reuses
   the blocks it already holds (shared prefix), allocates the rest, checks the exported block
   hashes against its own, and pauses the session: the returned destination blocks must be
-  written before the next step runs. Both are all or nothing.
+  written before the next step runs. Both are all or nothing (a refusal changes nothing).
 - **Data** (`export_session`, `import_session`, for `LLMEngine`): the K/V of the planned
   blocks is gathered into one host tensor `[n, *block_shape]` (from the GPU tier, or read
   straight from the host tier for offloaded blocks), shipped by the caller (Ray pickles it),
-  and scattered into the destination's GPU blocks.
+  and scattered into the destination's GPU blocks. `import_session` is all or nothing
+  too: a failed copy or write takes the whole import back.
 
 Only full blocks move: the partial tail (under `block_size` tokens) is recomputed. Hashes are
 chained from the tenant's salt, so a session can only be imported under the salt it was
@@ -163,7 +164,10 @@ def plan_import(
     Blocks the manager already caches (a shared prefix, or a host copy it loads) are reused;
     the caller must write exported blocks `first...` into the returned GPU blocks before the
     session's next step (and after running the manager's pending transfer plan, whose
-    offloads may read those blocks' previous contents).
+    offloads may read those blocks' previous contents). Until then those blocks are indexed
+    over bytes not written: a caller whose writes can fail must not let anything look them
+    up first (`import_session` keeps the session running until its writes are done, and
+    takes the import back if they fail).
 
     Args:
         manager: the receiving KVCacheManager.
@@ -176,12 +180,27 @@ def plan_import(
             export's hashes do not match its tokens.
         OutOfBlocks: not enough free plus evictable blocks; nothing changed.
     """
+    opened = _open_import(manager, export, salt, now)
+    if opened is None:
+        return 0, []
+    _, first, blocks = opened
+    _pause_import(manager, export, now)
+    return first, blocks
+
+
+def _open_import(
+    manager, export: SessionExport, salt: str | None, now: float | None
+) -> tuple[int, int, list[int]] | None:
+    """`plan_import` up to the pause: the session opened and left RUNNING, with slots for
+    its whole context (its blocks past the hits allocated, and indexed as full blocks are).
+    Returns (cached tokens, first, blocks), or None for an export of no block (nothing
+    opened). Every refusal comes before the session opens, so that it changes nothing."""
     _check_compatible(manager, export, salt)
     sid = export.session_id
     if sid in manager.sessions:
         raise InvalidRequest(f"session {sid!r} already exists on this manager")
     if export.num_blocks == 0:
-        return 0, []
+        return None
     # The hashes begin_step will compute (same root, checked above, and whole blocks), checked
     # before the session opens, so that a refusal changes nothing on this manager.
     hashes: list[bytes] = []
@@ -197,7 +216,6 @@ def plan_import(
         raise OutOfBlocks(need, manager.pool.num_available)
     start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
                                workflow=export.workflow)
-    s = manager.session(sid)
     rest = export.num_tokens - start.num_cached_tokens
     try:  # room was checked above; allocate_slots still raises OutOfBlocks, changing nothing
         manager.allocate_slots(sid, rest, now=now)
@@ -206,10 +224,14 @@ def plan_import(
         manager.end_session(sid, now=now)
         raise
     first = start.num_cached_tokens // export.block_size
-    blocks = manager.block_table(sid)[first:]
-    manager.finish_step(sid, now=now)
-    s.num_steps = export.num_steps  # the import's own step is bookkeeping, not a step
-    return first, blocks
+    return start.num_cached_tokens, first, manager.block_table(sid)[first:]
+
+
+def _pause_import(manager, export: SessionExport, now: float | None) -> None:
+    """Close the import's step: the session pauses with the exporter's step count."""
+    manager.finish_step(export.session_id, now=now)
+    # The import's own step is bookkeeping, not a step.
+    manager.session(export.session_id).num_steps = export.num_steps
 
 
 # -- the bundled engine's data path (torch) ---------------------------------------------------
@@ -247,7 +269,15 @@ def import_session(
     engine, export: SessionExport, *, salt: str | None = None, now: float | None = None
 ) -> int:
     """Import an exported session into the engine, paused, K/V written. Call on the engine's
-    thread. Returns the tokens whose K/V the import provides (the next step hits them)."""
+    thread. Returns the tokens whose K/V the import provides (the next step hits them).
+
+    All or nothing: if a host-tier copy (`LLMEngine.settle_transfers`) or the write of the
+    K/V fails, the import is taken back before the error propagates (its slots unindexed
+    and freed, the session ended: absent here), and the failed copy plans are dropped as
+    `LLMEngine.step` drops them, so no block stays indexed over bytes never written.
+    What the import's evictions moved out of the GPU tier stays moved (or lost with a
+    failed offload: recomputed when needed).
+    """
     import torch
 
     from kvsaga import kernels
@@ -263,11 +293,36 @@ def import_session(
         )
     if export.kv.dtype != kv.dtype:
         raise InvalidRequest(f"exported K/V is {export.kv.dtype}; this engine's is {kv.dtype}")
-    first, blocks = plan_import(engine.manager, export, salt=salt, now=now)
-    _flush_transfers(engine)  # offloads of blocks evicted above read them before we write
-    if blocks:
-        staging = export.kv[first:].to(kv.device).contiguous()
-        kernels.scatter_blocks(
-            staging, kv, torch.tensor(blocks, dtype=torch.int64, device=kv.device)
-        )
+    mgr = engine.manager
+    opened = _open_import(mgr, export, salt, now)
+    if opened is None:
+        return export.num_tokens
+    cached, first, blocks = opened
+    sid = export.session_id
+    # The session stays running (nothing can begin a step on it) until its K/V is written;
+    # if anything fails first, its slots are taken back and it ends, as if never imported.
+    taken_back = False
+
+    def take_back() -> None:  # before a failed plan's blocks are dropped, as step() does
+        nonlocal taken_back
+        taken_back = True
+        mgr.discard_writes({sid: cached})
+
+    try:
+        # Offloads of the blocks evicted above read them before they are written, and the
+        # hits loaded from the host tier land; a failed copy takes the import back first.
+        engine.settle_transfers(undo=take_back)
+        if blocks:
+            staging = export.kv[first:].to(kv.device).contiguous()
+            kernels.scatter_blocks(
+                staging, kv, torch.tensor(blocks, dtype=torch.int64, device=kv.device)
+            )
+    except BaseException:
+        try:
+            if not taken_back:
+                mgr.discard_writes({sid: cached})
+        finally:
+            mgr.end_session(sid, now=now)
+        raise
+    _pause_import(mgr, export, now)
     return export.num_tokens

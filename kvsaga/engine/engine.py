@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -473,6 +473,31 @@ class LLMEngine:
                 pending.pop(0)
             pending.append((t, plan))
         return len(plan.loads)
+
+    def settle_transfers(self, undo: Callable[[], object] | None = None) -> None:
+        """Finish every host-tier copy now, for a caller that reads or writes the KV tiers
+        between steps (`kvsaga.migration`; call on the engine's thread): the manager's
+        pending plan is submitted and every plan in flight waited on, as `step` does before
+        a forward pass.
+
+        A failed copy is taken as `step` takes it: `undo` runs first (the caller takes back
+        its own slots over blocks not written, as `step` discards its chunks), then the
+        failed plans are dropped (`KVCacheManager.drop_transfer`) and the RuntimeError
+        propagates; no plan stays pending either way.
+        """
+        if self.transfers is None:
+            return
+        try:
+            self._submit_transfers()
+            self._wait_transfers()
+        except BaseException:
+            try:
+                if undo is not None:
+                    undo()
+            finally:
+                if self._failed_plans:
+                    self._drop_failed_transfers()
+            raise
 
     def _wait_transfers(self) -> None:
         """Wait for every plan submitted since the last wait (the next forward must see

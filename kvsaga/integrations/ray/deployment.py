@@ -35,7 +35,6 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
 
 from kvsaga._validate import is_int
-from kvsaga.errors import KVSagaError
 from kvsaga.integrations.ray import registry
 from kvsaga.integrations.ray.router import routing_config
 from kvsaga.migration import export_session, import_session
@@ -215,7 +214,8 @@ class EngineReplica:
         if exported is not None and exported.num_blocks:
             try:
                 await self.app.state.engine.call(lambda e: self._import(e, exported, salt))
-            except KVSagaError as e:  # no room, or the session appeared meanwhile
+            except Exception as e:  # no room, the session appeared meanwhile, a failed
+                # copy (RuntimeError): the import changed nothing, the context recomputes
                 log.warning("kvsaga: importing %s failed (%s); recomputing", sid, e)
         ctx = sessions.open(sid)
         for k, v in context.items():
@@ -248,10 +248,15 @@ class EngineReplica:
 
         def take(engine) -> Any:
             out = None
-            if call.get("migrate") and sid in engine.manager.sessions:
-                with contextlib.suppress(KVSagaError):
+            try:
+                if call.get("migrate") and sid in engine.manager.sessions:
                     out = export_session(engine, sid)
-            engine.end_session(sid)  # the manager's copy and the scheduler's admission
+            except Exception as e:  # (a failed host-tier copy: RuntimeError) the context
+                # moves without its KV, recomputed on the new replica
+                log.warning("kvsaga: exporting the KV of %s failed (%s); it moves without",
+                            sid, e)
+            finally:
+                engine.end_session(sid)  # the manager's copy and the scheduler's admission
             return out
 
         exported = await aengine.call(take)
