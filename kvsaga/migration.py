@@ -237,21 +237,22 @@ def _pause_import(manager, export: SessionExport, now: float | None) -> None:
 # -- the bundled engine's data path (torch) ---------------------------------------------------
 
 
-def _flush_transfers(engine) -> None:
-    """Run the manager's pending copy plan now, so tier contents match the bookkeeping."""
-    if engine.transfers is not None:
-        engine.transfers.wait(engine.transfers.submit(engine.manager.take_transfers()))
-
-
 def export_session(engine, session_id: str) -> SessionExport:
     """A paused session's cached KV, gathered to host memory. Call on the engine's thread;
-    the session stays on the engine (end it once the import succeeded)."""
+    the session stays on the engine (end it once the import succeeded).
+
+    Every host-tier copy in flight ends first (`LLMEngine.settle_transfers`: a resume hint's
+    or a prefetch's plan may be offloading this session's blocks), so the plan is read from
+    final bookkeeping and the bytes gathered are the copies' results. A failed copy raises
+    RuntimeError, its plans dropped as `LLMEngine.step` drops them; nothing is exported
+    (exporting again ships what survived).
+    """
     import torch
 
     from kvsaga import kernels
 
+    engine.settle_transfers()
     plan = plan_export(engine.manager, session_id)
-    _flush_transfers(engine)
     shape = (plan.export.num_blocks, *engine.storage.kv.shape[1:])
     out = torch.empty(shape, dtype=engine.storage.kv.dtype, device="cpu")
     for tier, kv in (("gpu", engine.storage.kv),
@@ -294,6 +295,9 @@ def import_session(
     if export.kv.dtype != kv.dtype:
         raise InvalidRequest(f"exported K/V is {export.kv.dtype}; this engine's is {kv.dtype}")
     mgr = engine.manager
+    # Copies in flight end before the import plans: none may still read a GPU block that the
+    # import then writes, and a failed one is dropped before the import looks anything up.
+    engine.settle_transfers()
     opened = _open_import(mgr, export, salt, now)
     if opened is None:
         return export.num_tokens

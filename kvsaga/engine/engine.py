@@ -478,7 +478,9 @@ class LLMEngine:
         """Finish every host-tier copy now, for a caller that reads or writes the KV tiers
         between steps (`kvsaga.migration`; call on the engine's thread): the manager's
         pending plan is submitted and every plan in flight waited on, as `step` does before
-        a forward pass.
+        a forward pass; then the copy stream is synchronized with the host (on CUDA, `wait`
+        only orders the compute stream after the copies), so that the CPU may read the host
+        tier's bytes at once.
 
         A failed copy is taken as `step` takes it: `undo` runs first (the caller takes back
         its own slots over blocks not written, as `step` discards its chunks), then the
@@ -498,6 +500,8 @@ class LLMEngine:
                 if self._failed_plans:
                     self._drop_failed_transfers()
             raise
+        if self.transfers.cuda:
+            self.transfers.stream.synchronize()
 
     def _wait_transfers(self) -> None:
         """Wait for every plan submitted since the last wait (the next forward must see

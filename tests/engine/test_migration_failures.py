@@ -17,11 +17,12 @@ import itertools
 import time
 
 import pytest
+import torch
 
 from kvsaga import kernels
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.sampling import SamplingParams
-from kvsaga.migration import export_session, import_session
+from kvsaga.migration import export_session, import_session, plan_export
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
 BLOCK_BYTES = 8192  # the tiny model's KV block (16 tokens)
@@ -189,3 +190,85 @@ def test_an_import_after_a_failed_one_succeeds(model_dir, reference, exported):
     got = run(b, "s", reference["s2"])
     assert got.num_cached_tokens >= 48
     assert got.token_ids == reference["s2_out"]
+
+
+def hinted(model_dir, hook: CopyHook, fail: bool = False) -> tuple[LLMEngine, list]:
+    """An engine whose GPU tier holds paused t and s, and s's true K/V; then t's resume hint
+    evicts s's last block, whose offload runs in the plan the hint starts (which fails at
+    its first copy if `fail`)."""
+    a = make(model_dir, hook)
+    run(a, "t", P_T)
+    run(a, "s", P_S)
+    m = a.manager
+    truth = [a.storage.kv[m.index.get(h)].clone() for h in m.session("s").block_hashes[:3]]
+    if fail:
+        hook.fail()
+    assert a.resume_hint("t") > 0
+    assert [t for t, _ in plan_export(m, "s").sources] == ["gpu", "gpu", "host"]
+    return a, truth
+
+
+def imported_continues(model_dir, reference, exp) -> None:
+    b = make(model_dir, gpu_blocks=32)
+    assert import_session(b, exp) == exp.num_tokens
+    got = run(b, "s", reference["s2"])
+    assert got.num_cached_tokens >= exp.num_tokens
+    assert got.token_ids == reference["s2_out"]
+
+
+def test_an_export_waits_for_the_copies_in_flight(model_dir, reference):
+    """The export reads s's last block from the host tier while the hint's plan is still
+    copying it there (slow copies). Before the fix it shipped the bytes the host block held
+    before the copy: the importer continued s with other tokens."""
+    hook = CopyHook()
+    hook.slow = 0.2
+    a, truth = hinted(model_dir, hook)
+    exp = export_session(a, "s")
+    hook.slow = 0.0
+    assert exp.num_blocks == 3
+    for i in range(3):
+        assert torch.equal(exp.kv[i], truth[i])
+    settled(a)
+    imported_continues(model_dir, reference, exp)
+
+
+def test_an_export_over_a_failed_copy_raises_and_ships_nothing_unwritten(model_dir,
+                                                                         reference):
+    """The hint's plan fails: the export raises it (its plans dropped, as a step drops them)
+    instead of shipping the host block the offload never wrote; exporting again ships the
+    blocks that survived. Before the fix the export succeeded with that block's stale bytes."""
+    a, truth = hinted(model_dir, CopyHook(), fail=True)
+    with pytest.raises(RuntimeError, match="simulated copy failure"):
+        export_session(a, "s")
+    settled(a)
+    exp = export_session(a, "s")
+    assert exp.num_blocks == 2  # the failed offload's block is gone from both tiers
+    for i in range(2):
+        assert torch.equal(exp.kv[i], truth[i])
+    imported_continues(model_dir, reference, exp)
+
+
+def test_an_import_settles_the_copies_in_flight_first(model_dir, reference, exported):
+    """The importer's own resume hint (u, sharing s's first two blocks) starts a plan that
+    loads u's second block into a GPU block, indexed at once; that plan fails. Before the
+    fix the import took the unwritten block as a hit (it waited only on its own plan), and
+    s's K/V on the importer was wrong; now the import raises before it plans, the failed
+    plan dropped, and importing again succeeds."""
+    hook = CopyHook()
+    b = make(model_dir, hook)
+    run(b, "u", P_S[:36])
+    run(b, "t", P_T)
+    m = b.manager
+    assert m.index.get(exported.block_hashes[1]) is None
+    hook.fail()
+    assert b.resume_hint("u") > 0
+    assert m.index.get(exported.block_hashes[1]) is not None  # the load's target, unwritten
+    with pytest.raises(RuntimeError, match="simulated copy failure"):
+        import_session(b, exported)
+    assert "s" not in m.sessions
+    settled(b)
+    assert import_session(b, exported) == 48
+    got = run(b, "s", reference["s2"])
+    assert got.token_ids == reference["s2_out"]
+    assert run(b, "t", reference["t2"]).token_ids == reference["t2_out"]
+    settled(b)
