@@ -487,7 +487,9 @@ class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy
                        ) -> list[int] | None:
         """The search, and with `trust`, each session it takes from (and was not taken
         from since its last step) noted with graph's forecast, to be scored when it is back.
-        (`runs`, without `trust`: graph_fast.py `search`.)"""
+        An infinite forecast (a demoted session released until an event, a hint of
+        `expected_s=inf`) is not one: no finite return scores against it, and it is not
+        noted. (`runs`, without `trust`: graph_fast.py `search`.)"""
         if self.trust is None:
             return graph_fast.search(self, num_blocks, now, runs)
         victims = graph_fast.search(self, num_blocks, now)  # (or the general path)
@@ -505,8 +507,9 @@ class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy
                 if state is not None:
                     v = self.views[sid]
                     graph_s = self._graph_time(sid, now, True, False)[1]
-                    idle = max(now - v.paused_at, self.min_wait_s)
-                    pending[sid] = (v.workflow, state, graph_s, idle, now)
+                    if graph_s < math.inf:  # (0 <= graph_s: never NaN)
+                        idle = max(now - v.paused_at, self.min_wait_s)
+                        pending[sid] = (v.workflow, state, graph_s, idle, now)
         return victims
 
     def _keys_token(self) -> tuple[int, int, int]:

@@ -75,9 +75,12 @@ class PredictionTrust:
         eviction; `graph_s` and `recency_s` were the two forecasts then."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
-        if not (observed_s >= 0 and graph_s >= 0 and recency_s >= 0):
-            raise ValueError("observed_s, graph_s and recency_s must be >= 0, got "
-                             f"{observed_s!r}, {graph_s!r}, {recency_s!r}")
+        for name, x in (("observed_s", observed_s), ("graph_s", graph_s),
+                        ("recency_s", recency_s)):  # (an infinite one has no log error)
+            if not (is_number(x) and 0 <= x < math.inf):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {x!r} "
+                                 f"(observed_s, graph_s, recency_s: {observed_s!r}, "
+                                 f"{graph_s!r}, {recency_s!r})")
         e = self.errors.setdefault((workflow, state), [0, 0.0, 0.0, 0.0])
         g = self._log_err(observed_s, graph_s)
         e[0] += 1
