@@ -104,6 +104,10 @@ class ShadowCache:
         # a paused session's partial tail: (block, generation, its tokens), as the manager's
         self._tails: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self._running: set[str] = set()
+        # Per session, blocks it may still own that left its table (an abandoned branch,
+        # a block past a gap in its hits): `session_ended` disowns them, as the manager's
+        # `end_session` does its `_left_owned`.
+        self._left_owned: dict[str, set[int]] = {}
         self._block_costs = block_costs
         self.core = core
         self.policy = policy
@@ -159,6 +163,12 @@ class ShadowCache:
         self._active += len(reclaimed)
         if reclaimed:
             self.policy.blocks_uncached(reclaimed)
+        old = self._tables.get(sid)
+        if old and old != hits[: len(old)]:  # (the manager's `_note_left`)
+            owner, keep = self.block_owner, set(hits)
+            left = [b for b in old if owner[b] == sid and b not in keep]
+            if left:
+                self._left_owned.setdefault(sid, set()).update(left)
         self._running.add(sid)
         self.policy.step_started(_Seen(session, list(hits)), now)
         table = self._tables[sid] = hits  # the references taken are in the table at once
@@ -189,9 +199,10 @@ class ShadowCache:
                 and self.block_generation[tail[0]] == tail[1]:
             self._evict([tail[0]])
         owner = self.block_owner
-        for b in table:
-            if owner[b] == sid:
-                owner[b] = None
+        for blocks in (table, self._left_owned.pop(sid, ())):
+            for b in blocks:
+                if owner[b] == sid:
+                    owner[b] = None
         self._known.pop(sid, None)
 
     @staticmethod
