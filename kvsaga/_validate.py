@@ -66,9 +66,24 @@ def check_one_of(
     return value
 
 
+# The largest time (in seconds, either sign) a clock may give: about 31 million years, far
+# past any monotonic clock, epoch time or simulated run. Elapsed times between two such
+# times stay inside the indexed policies' elapsed-time grid (kvsaga/policy/grid.py, its
+# points held to about 1e16 s); a finite time near the float maximum overflowed it
+# (OverflowError out of allocate_slots' eviction instead of a victim).
+MAX_TIME_S = 1e15
+MIN_TIME_S = -MAX_TIME_S  # (a constant: the managers' fast checks compare with both)
+
+
 def check_time(label: str, value: object, error: type[Exception] = ValueError) -> float:
-    """`value` if it is a finite real number (a time in seconds), else `error(...)` naming it
-    (a NaN time compares false with everything and would silently stall every TTL)."""
-    if not is_number(value) or not math.isfinite(value):
+    """`value` if it is a real number (a time in seconds) with |value| <= `MAX_TIME_S`, else
+    `error(...)` naming it (a NaN time compares false with everything and would silently
+    stall every TTL; an absurd finite one overflows the policies' elapsed-time grid)."""
+    if not is_number(value) or not MIN_TIME_S <= value <= MAX_TIME_S:
+        if is_number(value) and value == value and abs(value) != math.inf:
+            shown = repr(value) if abs(value) < 1e30 or isinstance(value, float) \
+                else "an int over 1e30"  # (the repr of a huge int is huge, or refused)
+            raise error(f"{label} must be a number of seconds within -{MAX_TIME_S:g}.."
+                        f"{MAX_TIME_S:g} (about 31 million years), got {shown}")
         raise error(f"{label} must be a finite number of seconds, got {value!r}")
     return value

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from kvsaga._core import get_core
+from kvsaga._validate import MAX_TIME_S as _T
+from kvsaga._validate import MIN_TIME_S as _NT
 from kvsaga._validate import check_bool, check_positive_int, check_str, check_time, is_int
 from kvsaga.config import KVSpec
 from kvsaga.errors import InvalidRequest, OutOfBlocks
@@ -315,12 +317,12 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
             OutOfBlocks: not enough free plus evictable blocks now; nothing changed.
         """
         check_bool("return_slots", return_slots, InvalidRequest)
-        if now is not None and (now.__class__ is not float or now - now):  # nan, inf: nan
-            check_time("now", now, InvalidRequest)  # (floats pass at a subtraction's cost)
+        if now is not None and (now.__class__ is not float or not _NT <= now <= _T):  # nan
+            check_time("now", now, InvalidRequest)  # (floats pass at two comparisons' cost)
         if self._hot is not None:
             out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             if out.__class__ is int:  # the policy (Python) evicts, then the core allocates
-                self._evict(out, self.clock() if now is None else now)
+                self._evict(out, self._time(now))
                 out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             return out
         s = self._running(session_id)
@@ -351,12 +353,12 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
             InvalidRequest: lengths differ, a session twice, a bad token, a context over
                 max_model_len; UnknownSession; OutOfBlocks (nothing changed).
         """
-        if now is not None and (now.__class__ is not float or now - now):  # as allocate_slots
-            check_time("now", now, InvalidRequest)
+        if now is not None and (now.__class__ is not float or not _NT <= now <= _T):
+            check_time("now", now, InvalidRequest)  # (as allocate_slots)
         if self._hot is not None:
             out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
             if out.__class__ is int:
-                self._evict(out, self.clock() if now is None else now)
+                self._evict(out, self._time(now))
                 out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
             return out
         tokens = _check_token_ids(token_ids)
@@ -409,7 +411,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         if need > pool.num_available:
             raise OutOfBlocks(need, pool.num_available)
         if need > pool.num_free:
-            self._evict(need - pool.num_free, self.clock() if now is None else now)
+            self._evict(need - pool.num_free, self._time(now))
 
     def _take_slots(self, s: Session, session_id: str, start: int, end: int,
                     listed: bool = True) -> list[int] | None:
