@@ -48,7 +48,7 @@ def fit(args, kv: int, loads: dict[str, float]) -> None:
 
 
 if __name__ == "__main__":
-    if "--fit" not in sys.argv[1:]:
+    if "--fit" not in sys.argv[1:] and not {"-h", "--help"} & set(sys.argv[1:]):
         sys.exit("bench/cluster_lone.py runs the fit only: pass --fit")
     cluster.FIT_GRID = GRID
     cluster.fit = fit

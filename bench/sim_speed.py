@@ -456,7 +456,7 @@ NOTES = """- The fast path: decode runs (plain decode steps back to back; withou
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per path; the best counts")
     ap.add_argument("--jobs", default="1,2", help="--jobs values for the quickstart timing "
                     "(empty: skip it)")

@@ -381,8 +381,8 @@ class LLMEngine:
         offloaded to the host tier start loading back now, so the copy overlaps whatever
         runs before the request is scheduled (other requests' steps); the next forward
         pass waits for it. kvsaga-serve calls it right after `add_request` accepted the
-        request, so a refused request starts no reload. A no-op for a session the engine does not know or
-        that is running.
+        request, so a refused request starts no reload. A no-op for a session the engine
+        does not know or that is running.
 
         Returns:
             Blocks whose load from the host tier started.

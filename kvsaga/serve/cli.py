@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="also export vLLM's metric names (vllm:num_requests_waiting, ...) (default: "
       "kvsaga's names only)")
     a("--metrics-auth", action="store_true",
-      help="require the API key on /metrics too (default: /metrics is open)")
+      help="require the API key on /metrics too (needs --api-key or $KVSAGA_API_KEY; "
+      "default: /metrics is open)")
     a("--log-stats-interval", type=float, default=d.log_stats_interval_s,
       help="seconds between status lines (throughput, queue, KV usage, hit rate); 0: none")
     a("--replicas", type=int, default=None,

@@ -1,7 +1,8 @@
 """ServerSettings: every knob of kvsaga-serve, in one frozen dataclass.
 
-The CLI builds it from flags (each attribute docstring below is that flag's help text);
-tests build it directly. The engine's own knobs are passed through to `LLMEngine`.
+The CLI builds it from flags (their help text, in kvsaga/serve/cli.py, says what the
+attribute docstrings below say); tests build it directly. The engine's own knobs are
+passed through to `LLMEngine`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class ServerSettings:
     port: int = 8000
     """TCP port."""
     policy: str = DEFAULT_POLICY
-    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES; default: the one that
-    wins the held-out evaluation of bench/policies.py)."""
+    """Eviction policy of the KV cache (one of kvsaga.policy.POLICIES; default: the tune's
+    pick on the fit seeds, docs/policies.md "How the default policy is chosen"; on held-out
+    seeds it does not always lead, docs/policies.md "What bounds the open goals")."""
     scheduler: str = DEFAULT_SCHEDULER
     """Which requests run when (one of kvsaga.scheduler.SCHEDULERS): "workflow" admits whole
     agent sessions while their working sets fit, "fcfs" is vLLM's request-level rule."""
@@ -131,6 +133,9 @@ class ServerSettings:
         need(self.metrics_compat in (None, "vllm"),
              f"metrics_compat {self.metrics_compat!r}: only 'vllm' is known")
         need(all(isinstance(k, str) and k for k in self.api_keys), "api keys must be non-empty")
+        need(not self.metrics_auth or bool(self.api_keys),
+             "metrics_auth: needs an API key (--api-key or KVSAGA_API_KEY); without one "
+             "/metrics would stay open")
         need(all(k.isascii() and k.isprintable() and " " not in k and "," not in k
                  for k in self.api_keys),
              "api keys must be printable ASCII without spaces or commas (clients send them "

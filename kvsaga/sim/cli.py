@@ -126,7 +126,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="simulations run at once, in worker processes (default: one per "
                    "CPU core; results do not depend on it); the --gpus/--router cluster run "
                    "runs one at a time and ignores it, saying so")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-simulation "
+                   "lines (a policy skipped with --gpus is still said)")
     p.set_defaults(func=cmd_sim)
     return p
 

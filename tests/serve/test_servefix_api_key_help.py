@@ -52,3 +52,12 @@ def test_api_key_help_names_the_endpoints_left_open():
     assert "--metrics-auth" in text, text
     assert _open_paths(metrics_auth=True) == ["/health"]
     assert "every endpoint but /health;" not in text
+
+
+def test_metrics_auth_without_a_key_is_refused():
+    """--metrics-auth with no key would leave /metrics open while saying it is closed."""
+    import pytest
+
+    with pytest.raises(ValueError, match="metrics_auth: needs an API key"):
+        ServerSettings(metrics_auth=True)
+    assert ServerSettings(api_keys=("k",), metrics_auth=True).metrics_auth
