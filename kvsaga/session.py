@@ -26,10 +26,22 @@ class PauseHint:
     last_step: bool = False
 
     def __post_init__(self) -> None:
-        if self.expected_s is not None and (
-            not is_number(self.expected_s) or not self.expected_s >= 0
-        ):
-            raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
+        if self.expected_s is not None:
+            # Stored as a float: an int too large for one (a JSON integer of 309+ digits) would
+            # raise OverflowError in a policy's float arithmetic later, far from the request
+            # (inside vLLM's schedule(), that killed the engine core); refused here instead.
+            x = self.expected_s
+            if not is_number(x):
+                raise InvalidRequest(f"expected_s must be a number >= 0, got {x!r:.200}")
+            try:
+                x = float(x)
+            except OverflowError:
+                raise InvalidRequest(  # no repr: an int past 4300 digits cannot be printed
+                    f"expected_s must be a number >= 0 that fits a float, got an int of "
+                    f"{self.expected_s.bit_length()} bits") from None
+            if not x >= 0:  # nan fails too
+                raise InvalidRequest(f"expected_s must be a number >= 0, got {self.expected_s!r}")
+            object.__setattr__(self, "expected_s", x)  # (frozen)
         if self.tool is not None and not isinstance(self.tool, str):
             raise InvalidRequest(f"tool must be a str, got {self.tool!r}")
 
