@@ -331,9 +331,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         if request.request_id in self._riding:  # it rode along: nothing kept at its finish
             self._riding.discard(request.request_id)
             self._unretained.add(request.request_id)
-        if self.gate is not None:
-            self.gate.started(request.request_id)
         info = self._step(request)
+        if self.gate is not None:
+            self.gate.started(request.request_id, info.session_id if info is not None else None)
         if info is None or self.pool is None:
             return
         now = self.clock()

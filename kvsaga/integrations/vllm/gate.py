@@ -110,6 +110,9 @@ class _Admitted:
     last_finish: int | None = None  # context at its last finish, for the growth per step
     paused_at: float | None = None  # None: a step is queued or running
     expected_s: float | None = None  # the hint of the current pause
+    # (context, paused_at, expected_s) before its step was admitted or arrived: restored if
+    # that step is aborted before vLLM allocated it (`finished`)
+    resumed_from: tuple[int, float, float | None] | None = None
 
 
 class SessionGate:
@@ -222,7 +225,8 @@ class SessionGate:
         self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
         self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
-        self._in_flight: set[str] = set()  # request ids allocated and not finished
+        self._in_flight: dict[str, str | None] = {}  # request id allocated -> its session
+        self._flights: dict[str, set[str]] = {}  # session -> its request ids in flight
         self._idle_since: float | None = 0.0
         self.num_deferrals = 0
         self.num_demotions = 0
@@ -274,7 +278,7 @@ class SessionGate:
         self.order.seen(sid, workflow)
         s = self.sessions.get(sid)
         if s is not None:
-            s.context, s.paused_at = max(s.context, num_tokens), None
+            _resume(s, num_tokens)
             return True
         shared = self._shared.setdefault(sid, min(shared_tokens, num_tokens))
         new = _Admitted(workflow, num_tokens, shared, now)
@@ -470,13 +474,27 @@ class SessionGate:
         was about to hit (bench/RESULTS.md, "KVSagaScheduler and the gate")."""
         s = self.sessions.get(sid)
         if s is not None and s.paused_at is not None:
-            s.context, s.paused_at = max(s.context, num_tokens), None
+            _resume(s, num_tokens)
 
     # -- what the connector reports -------------------------------------------------------------
-    def started(self, request_id: str) -> None:
-        """A request (of any session, or none) was allocated."""
-        self._in_flight.add(request_id)
+    def started(self, request_id: str, sid: str | None = None) -> None:
+        """A request (of session `sid`, or none) was allocated."""
+        self._in_flight[request_id] = sid
+        if sid is not None:
+            self._flights.setdefault(sid, set()).add(request_id)
         self._idle_since = None
+
+    def _land(self, request_id: str) -> bool:
+        """The request is no longer in flight; whether it was (allocated: it ran)."""
+        if request_id not in self._in_flight:
+            return False
+        sid = self._in_flight.pop(request_id)
+        flights = self._flights.get(sid)
+        if flights is not None:
+            flights.discard(request_id)
+            if not flights:
+                del self._flights[sid]
+        return True
 
     @property
     def num_in_flight(self) -> int:
@@ -487,8 +505,7 @@ class SessionGate:
                  expected_s: float | None, last_step: bool) -> list[str]:
         """A request finished (`sid` None: no session). Returns the sessions demoted because
         the admitted working sets outgrew the blocks (their retained blocks may go)."""
-        ran = request_id in self._in_flight  # allocated: not aborted while waiting
-        self._in_flight.discard(request_id)
+        ran = self._land(request_id)  # allocated: not aborted while waiting
         if not self._in_flight:
             self._idle_since = now
         if sid is not None and ran:  # an aborted step is no step done, nor a session's end
@@ -496,13 +513,17 @@ class SessionGate:
         if sid is not None and last_step:
             self.forget(sid)
             return []
+        s = self.sessions.get(sid) if sid is not None else None
+        if s is not None and not ran:
+            self._undo_admission(sid, s, now)
+            return []
         if sid is not None:
             self.pauses.paused(sid, now)
-        s = self.sessions.get(sid) if sid is not None else None
         if s is None:
             if sid is not None:  # e.g. aborted while deferred: its wait is over, not stale
                 self._end_wait(sid, now)
             return []
+        s.resumed_from = None
         if ran and s.paused_at is None:  # s.context: the prompt it was admitted on
             self._growth.finished(s.workflow, s.context, context_tokens, s.last_finish)
         elif s.last_finish is not None:
@@ -510,6 +531,24 @@ class SessionGate:
         s.context = s.last_finish = context_tokens
         s.paused_at, s.expected_s = now, expected_s
         return self._shrink()
+
+    def _undo_admission(self, sid: str, s: _Admitted, now: float) -> None:
+        """A step of admitted session `sid` (`s`) ended before vLLM allocated it (aborted
+        while it waited for blocks): no step ran, so nothing is learned, and unless another
+        request of the session is in flight its admission is undone. A session that never
+        completed a step is dropped (it holds nothing: it kept its prompt and growth
+        reserved, a phantom, and a later session waited max_wait_s behind it); one that did
+        is paused again as before the step's probe (its context, pause and hint)."""
+        if sid in self._flights or s.paused_at is not None:
+            return  # its running request's finish ends the step; or this one never resumed it
+        if s.last_finish is None:
+            del self.sessions[sid]
+            return
+        if s.resumed_from is not None:
+            s.context, s.paused_at, s.expected_s = s.resumed_from
+            s.resumed_from = None
+        else:  # (not seen paused since it was admitted: paused from now)
+            s.context, s.paused_at = s.last_finish, now
 
     def _shrink(self) -> list[str]:
         """Demote the most recently admitted paused sessions until the rest fit (with
@@ -525,11 +564,20 @@ class SessionGate:
         self._waiting_since.pop(sid, None)
         self.pauses.forget(sid)
         self.order.forget(sid)
+        for request_id in self._flights.pop(sid, ()):
+            self._in_flight[request_id] = None  # still allocated, of no session now
 
     def new_step(self) -> None:
         """vLLM scheduled an engine step (the connector calls this once a step): waiting
         sessions vLLM has not asked about since the step before no longer hold others back."""
         self.order.new_step()
+
+
+def _resume(s: _Admitted, num_tokens: int) -> None:
+    """Admitted session `s`'s next step (`num_tokens` of prompt) is queued or running."""
+    if s.paused_at is not None:
+        s.resumed_from = (s.context, s.paused_at, s.expected_s)
+    s.context, s.paused_at = max(s.context, num_tokens), None
 
 
 def _alloc(s: _Admitted, block_size: int) -> int:

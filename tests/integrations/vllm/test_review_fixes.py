@@ -51,3 +51,46 @@ def test_a_huge_integer_expected_s_is_a_malformed_hint_not_a_crash(hf_model_dir)
             t[0] += 50
         assert "A" not in s.connector.holds and "A" not in s.connector._sessions
         assert s.connector.gate is None or "A" not in s.connector.gate.sessions
+
+
+# -- a first step admitted by the gate, aborted before vLLM allocated it ---------------------
+
+def test_an_admitted_step_aborted_before_allocation_leaves_no_phantom_session(hf_model_dir):
+    """B's first step is admitted by the gate, but vLLM has no room to allocate it (a
+    request outside any session holds the memory), and the client aborts it. The gate kept
+    B admitted and paused, its 20 blocks reserved though it never ran and holds nothing: a
+    later session C waited for max_wait_s (120 s simulated) behind that phantom."""
+    from vllm.v1.request import RequestStatus
+
+    from .harness import step
+
+    s = make_scheduler(hf_model_dir, 40, connector=True)
+    t = [100.0]
+    s.connector.clock = lambda: t[0]
+    g = s.connector.gate
+    hog = make_request(_prompt(1, 30), 60)  # no session: 30+ blocks while it decodes
+    s.add_request(hog)
+    step(s)
+    t[0] += 0.1
+    b = make_request(_prompt(2, 20), 2, {"session_id": "B"})
+    s.add_request(b)
+    for _ in range(3):
+        out = step(s)
+        t[0] += 0.1
+    assert b.request_id not in out.num_scheduled_tokens and "B" in g.sessions  # admitted
+    s.finish_requests(b.request_id, RequestStatus.FINISHED_ABORTED)
+    assert "B" not in g.sessions and g.committed() == 0  # the admission is undone
+    while s.has_unfinished_requests():
+        step(s)
+        t[0] += 0.1
+    bg = make_request(_prompt(4, 1), 1500)  # a small request outside sessions keeps running
+    s.add_request(bg)
+    step(s)
+    t[0] += 0.5
+    c = make_request(_prompt(3, 20), 2, {"session_id": "C"})
+    s.add_request(c)
+    while c.request_id not in step(s).num_scheduled_tokens:
+        t[0] += 0.5
+        assert t[0] < 1000, "C never scheduled"
+    assert g.num_deferrals == 0 and g.admitted_by.get("max_wait", 0) == 0
+    assert set(g.sessions) == {"C"}

@@ -1,0 +1,64 @@
+"""SessionGate regressions from the review of the vLLM integration: steps aborted before
+vLLM allocated them, contexts that shrink, a session's concurrent requests (n > 1), and
+parameters that cannot be used. Plain Python, driven as the connector drives it."""
+
+from __future__ import annotations
+
+from kvsaga.integrations.vllm.gate import SessionGate
+
+BS = 16
+
+
+def _gate(**kw) -> SessionGate:
+    return SessionGate(100, BS, **{"prior_growth_tokens": 16, "horizon_steps": 1.0,
+                                   "idle_admit_s": 1e9, "max_wait_s": 1e9, "room_admit": False,
+                                   "reserve_wait_factor": None, "admission_order": "fifo",
+                                   **kw})
+
+
+# -- a step admitted, then aborted before vLLM allocated it -----------------------------------
+
+def test_a_first_step_aborted_before_allocation_undoes_the_admission():
+    g = _gate()
+    assert g.admit("b", "w", 60 * BS, 0, now=1.0)  # admitted: 60 blocks (+1 of growth)
+    assert g.finished("b0", "b", 60 * BS, 2.0, 5.0, False) == []  # aborted, never started
+    assert g.sessions == {} and g.committed() == 0
+    assert g.admit("c", "w", 60 * BS, 0, now=3.0)  # fits: nothing is reserved for b
+    assert g.num_deferrals == 0
+
+
+def test_a_later_step_aborted_before_allocation_restores_the_pause_and_learns_nothing():
+    g = _gate()
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("a0")  # (the session's id optional here: only concurrent requests need it)
+    g.finished("a0", "a", 12 * BS, 1.0, 7.0, False)  # paused at 12 blocks, hinted 7 s
+    before = (g.sessions["a"].context, g.sessions["a"].paused_at, g.sessions["a"].expected_s)
+    mean = g._growth.mean("w")
+    assert g.admit("a", "w", 30 * BS, 0, now=2.0)  # its next step, 30 blocks of prompt
+    assert g.sessions["a"].paused_at is None
+    assert g.finished("a1", "a", 30 * BS, 3.0, None, False) == []  # aborted, not allocated
+    a = g.sessions["a"]
+    assert (a.context, a.paused_at, a.expected_s) == before
+    assert a.last_finish == 12 * BS and g._growth.mean("w") == mean
+    assert g.order.done["a"] == ("w", 1)  # one step done, not two
+
+
+def test_an_aborted_request_leaves_a_session_whose_other_request_runs_admitted():
+    g = _gate()
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("a0", "a")  # allocated: running
+    assert g.admit("a", "w", 10 * BS, 0, now=0.1)  # a second request of the session
+    g.finished("a1", "a", 10 * BS, 0.2, None, False)  # aborted before its allocation
+    assert g.sessions["a"].paused_at is None  # still running: a0 holds its blocks
+    g.finished("a0", "a", 11 * BS, 1.0, None, False)
+    assert g.sessions["a"].paused_at == 1.0 and g.sessions["a"].last_finish == 11 * BS
+
+
+def test_an_aborted_request_never_asked_about_leaves_a_paused_session_as_it_was():
+    g = _gate()
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("a0")
+    g.finished("a0", "a", 12 * BS, 1.0, 7.0, False)
+    g.finished("a1", "a", 40 * BS, 2.0, None, False)  # aborted in vLLM's queue, unasked
+    a = g.sessions["a"]
+    assert (a.context, a.paused_at, a.expected_s, a.last_finish) == (12 * BS, 1.0, 7.0, 12 * BS)
