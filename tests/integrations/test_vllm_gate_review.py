@@ -62,3 +62,42 @@ def test_an_aborted_request_never_asked_about_leaves_a_paused_session_as_it_was(
     g.finished("a1", "a", 40 * BS, 2.0, None, False)  # aborted in vLLM's queue, unasked
     a = g.sessions["a"]
     assert (a.context, a.paused_at, a.expected_s, a.last_finish) == (12 * BS, 1.0, 7.0, 12 * BS)
+
+
+# -- a context that shrinks (an agent that compacts its context) --------------------------------
+
+def test_a_compacted_context_is_no_negative_growth_and_admits_nothing_that_does_not_fit():
+    """Session a grows 10 blocks a step, then compacts 40 blocks to 4. The drop was learned
+    as growth -576 tokens: the mean went negative, a's working set below its own context
+    (-2 blocks), and four 30-block sessions were admitted into 100 blocks (124 as they
+    stand)."""
+    g = _gate(horizon_steps=4.0)
+    t = 0.0
+    for i, blocks in enumerate([10, 20, 30, 40, 4]):
+        t += 1
+        assert g.admit("a", "w", blocks * BS, 0, t)
+        g.started(f"a{i}", "a")
+        t += 1
+        g.finished(f"a{i}", "a", blocks * BS, t, 1.0, False)
+    assert g._growth.mean("w") >= 0
+    assert g.committed() >= 4  # a's context at least
+    assert g._growth.tokens("w", 4.0, False) >= 0
+    admitted = []
+    for k in range(6):
+        t += 1
+        if g.admit(f"n{k}", "w", 30 * BS, 0, t):
+            admitted.append(f"n{k}")
+            g.started(f"n{k}0", f"n{k}")
+    assert admitted and g.admitted_by == {}  # by fit alone (room, waits: off)
+    assert g.committed(0.0) <= g.committed() <= g.capacity
+
+
+def test_growth_charged_is_never_negative_even_from_a_negative_mean():
+    from kvsaga.integrations.vllm.gate_growth import GateGrowth
+
+    growth = GateGrowth(16.0, 0.5, "step")
+    growth.steps.observe("w", -1000)  # (what the table held before observations were floored)
+    assert growth.tokens("w", 4.0, False) == 0.0
+    fresh = GateGrowth(16.0, 0.5, "step")
+    fresh.finished("w", 100, 50, 400)  # shrank from 400 to 50 tokens: observed as no growth
+    assert fresh.steps.mean("w") == 0.0

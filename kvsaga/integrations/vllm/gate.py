@@ -527,7 +527,7 @@ class SessionGate:
         if ran and s.paused_at is None:  # s.context: the prompt it was admitted on
             self._growth.finished(s.workflow, s.context, context_tokens, s.last_finish)
         elif s.last_finish is not None:
-            self._growth.steps.observe(s.workflow, context_tokens - s.last_finish)
+            self._growth.steps.observe(s.workflow, max(context_tokens - s.last_finish, 0))
         s.context = s.last_finish = context_tokens
         s.paused_at, s.expected_s = now, expected_s
         return self._shrink()

@@ -13,6 +13,11 @@ room (`room_steps`); the shrink (`shrink_horizon_steps` 0 by default) charges no
 is unchanged. "remaining" learns the reply per workflow from each step's prompt and finish
 (the same `GrowthTable` and `predicted_growth` the scheduler's "remaining" charge uses) and
 charges "step" until a workflow's first reply is seen.
+
+A context that shrank between finishes (an agent that compacts its context) is observed as
+no growth, not as negative growth: a negative mean made working sets smaller than the
+contexts themselves and admitted sessions that did not fit. The growth charged is never
+below 0 either.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ class GateGrowth:
         first = None
         if on_prompt and self.charge == "remaining" and workflow in self.replies.by_workflow:
             first = self.replies.mean(workflow)
-        return predicted_growth(horizon, self.steps.mean(workflow), first)
+        return max(predicted_growth(horizon, self.steps.mean(workflow), first), 0.0)
 
     def finished(self, workflow: str, prompt: int, context: int,
                  last_finish: int | None) -> None:
         """A step admitted on `prompt` tokens finished at `context` tokens; `last_finish`:
-        the context at the session's finish before (None: its first step here)."""
+        the context at the session's finish before (None: its first step here). A context
+        that shrank is observed as no growth."""
         if last_finish is not None:
-            self.steps.observe(workflow, context - last_finish)
+            self.steps.observe(workflow, max(context - last_finish, 0))
         self.replies.observe(workflow, max(context - prompt, 0))
