@@ -181,6 +181,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         self._sessions: dict[str, Session] = {}
         self._steps: dict[str, StepInfo] = {}  # request id -> its session step
         self._bad_hints: set[str] = set()  # request ids whose malformed hint was logged
+        # Request ids of a session that ended (its last step finished) while they were in
+        # flight: requests of no session from then on (`_orphan_steps`).
+        self._orphans: set[str] = set()
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         # session -> when its pause began (its last step's finish or arrival), oldest first
         self._paused: dict[str, float] = {}
@@ -227,7 +230,8 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def _step(self, request: Request) -> StepInfo | None:
         info = self._steps.get(request.request_id)
-        if info is None and request.request_id not in self._bad_hints:
+        if (info is None and request.request_id not in self._bad_hints
+                and request.request_id not in self._orphans):
             try:
                 info = step_info(request.kv_transfer_params, getattr(request, "session_id", None))
             except ValueError as e:  # a malformed hint must not fail the request: no retention
@@ -354,6 +358,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         info = self._step(request)
         self._steps.pop(request.request_id, None)
         self._bad_hints.discard(request.request_id)
+        self._orphans.discard(request.request_id)
         self._probes.pop(request.request_id, None)
         now = self.clock()
         rid = request.request_id  # run unretained (or told to ride along and not allocated)
@@ -362,6 +367,7 @@ class KVSagaConnector(KVConnectorBase_V1):
         if info is not None and self.pool is not None:
             if info.hint.last_step:
                 self._end_session(info.session_id, session_for(self._sessions, info), now)
+                self._orphan_steps(info.session_id)
             else:
                 # A step that never got blocks (aborted while it waited: the gate held it, or
                 # vLLM had no room) leaves the session's kept context as it was.
@@ -383,6 +389,16 @@ class KVSagaConnector(KVConnectorBase_V1):
         if not self._steps:  # no session step left in flight: the counters may rest here
             self._log_stats(now)
         return False, None
+
+    def _orphan_steps(self, sid: str) -> None:
+        """Session `sid` ended: its other requests in flight (concurrent steps) are requests
+        of no session from now on. Their finish retained the ended session's context and
+        registered it as paused again, with no last step to come: its blocks stayed held
+        until pressure, its records for good. (A request of the id that vLLM has not asked
+        about yet is a new session's step, as any later one.)"""
+        for rid in [r for r, i in self._steps.items() if i.session_id == sid]:
+            del self._steps[rid]
+            self._orphans.add(rid)
 
     def _forget_ride(self, request_id: str) -> None:
         """The request is admitted by the gate or finished: no ride-along state stays."""

@@ -94,3 +94,30 @@ def test_an_admitted_step_aborted_before_allocation_leaves_no_phantom_session(hf
         assert t[0] < 1000, "C never scheduled"
     assert g.num_deferrals == 0 and g.admitted_by.get("max_wait", 0) == 0
     assert set(g.sessions) == {"C"}
+
+
+# -- a step that finishes after its session's last step ---------------------------------------
+
+@pytest.mark.parametrize("admission", [False, True])
+def test_a_step_finishing_after_its_sessions_last_step_does_not_bring_it_back(hf_model_dir,
+                                                                               admission):
+    """A's last step finishes while an earlier step of A still runs; that step's finish
+    retained A's context and registered A as paused again, though A had ended: its blocks
+    stayed held (until pressure) and its records for good (the review's fuzz found every
+    block held by such sessions)."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=admission)
+    c = s.connector
+    ctx = _prompt(1, 6)
+    slow = make_request(ctx, 40, {"session_id": "A", "tool": "t", "expected_s": 5})
+    close = make_request(ctx + [1, 2, 3], 1, {"session_id": "A", "last_step": True})
+    run(s, [slow, close])
+    pool = _pool(s)
+    assert c.holds == {} and c._sessions == {} and c._paused == {}
+    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+    if admission:
+        g = c.gate
+        assert g.sessions == {} and g.num_in_flight == 0 and not g._flights
+        assert "A" not in g.order.done and "A" not in g.pauses.paused_since
+    # A later step of the id starts a new session, kept as usual.
+    run(s, [make_request(ctx, 2, {"session_id": "A", "tool": "t", "expected_s": 5})])
+    assert list(c.holds) == ["A"] and list(c._paused) == ["A"]
