@@ -101,3 +101,56 @@ def test_growth_charged_is_never_negative_even_from_a_negative_mean():
     fresh = GateGrowth(16.0, 0.5, "step")
     fresh.finished("w", 100, 50, 400)  # shrank from 400 to 50 tokens: observed as no growth
     assert fresh.steps.mean("w") == 0.0
+
+
+# -- a session's requests in flight together (n > 1, concurrent steps) -------------------------
+
+def test_n_children_are_one_step_of_the_session():
+    """vLLM fans a request with n > 1 out into n child requests with the same hint. Each
+    child's finish was counted as a step: children after the first observed ~0 growth (n =
+    3: 23.5 tokens learned for 80 a step) and the session's steps were counted n-fold."""
+    for n in (1, 3):
+        g = SessionGate(1000, BS)
+        t, ctx = 0.0, 10 * BS
+        for step in range(6):
+            t += 1
+            assert g.admit("a", "w", ctx, 0, t)
+            for c in range(n):
+                g.started(f"a{step}-{c}", "a")
+            ctx += 5 * BS  # each step (reply + next observation) grows 5 blocks
+            for c in range(n):
+                t += 0.01
+                g.finished(f"a{step}-{c}", "a", ctx - c, t, 1.0, False)
+                assert (g.sessions["a"].paused_at is None) == (c < n - 1)  # the last ends it
+        assert g._growth.mean("w") == 5 * BS
+        assert g.order.done["a"] == ("w", 6)
+        assert g.num_in_flight == 0 and not g._flights and not g._step_context
+
+
+def test_an_aborted_child_does_not_take_the_steps_context():
+    g = _gate()
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("a0", "a")
+    g.finished("a0", "a", 12 * BS, 1.0, None, False)
+    assert g.admit("a", "w", 14 * BS, 0, now=2.0)
+    g.started("a1", "a")
+    g.started("a2", "a")
+    g.finished("a1", "a", 20 * BS, 3.0, None, False)  # a2 still runs
+    g.finished("a3", "a", 14 * BS, 3.5, None, False)  # a third child, aborted unallocated
+    assert g.sessions["a"].paused_at is None
+    g.finished("a2", "a", 18 * BS, 4.0, None, False)
+    a = g.sessions["a"]
+    assert (a.context, a.last_finish, a.paused_at) == (20 * BS, 20 * BS, 4.0)
+    assert g.order.done["a"] == ("w", 2)
+
+
+def test_a_child_allocated_before_and_finishing_after_the_step_ended_adds_no_step():
+    g = _gate()
+    assert g.admit("a", "w", 10 * BS, 0, now=0.0)
+    g.started("a0", "a")
+    g.finished("a0", "a", 12 * BS, 1.0, None, False)
+    g.started("a1")  # (session not said: the late child is not known to be in flight)
+    mean = g._growth.mean("w")
+    g.finished("a1", "a", 12 * BS, 2.0, None, False)
+    assert g.order.done["a"] == ("w", 1) and g._growth.mean("w") == mean
+    assert g.sessions["a"].last_finish == 12 * BS

@@ -227,6 +227,9 @@ class SessionGate:
         self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
         self._in_flight: dict[str, str | None] = {}  # request id allocated -> its session
         self._flights: dict[str, set[str]] = {}  # session -> its request ids in flight
+        # session -> the largest context its step's finished requests reached, while others
+        # of the step are in flight (`finished`)
+        self._step_context: dict[str, int] = {}
         self._idle_since: float | None = 0.0
         self.num_deferrals = 0
         self.num_demotions = 0
@@ -504,30 +507,44 @@ class SessionGate:
     def finished(self, request_id: str, sid: str | None, context_tokens: int, now: float,
                  expected_s: float | None, last_step: bool) -> list[str]:
         """A request finished (`sid` None: no session). Returns the sessions demoted because
-        the admitted working sets outgrew the blocks (their retained blocks may go)."""
+        the admitted working sets outgrew the blocks (their retained blocks may go).
+
+        A session's requests in flight together (vLLM's n > 1 children of one request, or
+        concurrent steps; the connector says whose each is at `started`) are one step: it is
+        counted, its growth learned and its pause begun when the last of them finishes, at
+        the largest context any of them reached. Counted per request, the children after the
+        first were learned as steps of no growth (n = 3: a third of the true growth) and the
+        session's steps n-fold. A request allocated before and finishing after its
+        session's step ended (a late child) adds no step either."""
         ran = self._land(request_id)  # allocated: not aborted while waiting
         if not self._in_flight:
             self._idle_since = now
-        if sid is not None and ran:  # an aborted step is no step done, nor a session's end
+        if sid is None:
+            return []
+        if ran and not last_step and sid in self._flights:  # others of its step still run
+            self._step_context[sid] = max(self._step_context.get(sid, 0), context_tokens)
+            return []
+        if ran:
+            context_tokens = max(context_tokens, self._step_context.pop(sid, 0))
+        s = self.sessions.get(sid)
+        late = ran and s is not None and s.paused_at is not None  # its step ended before
+        if ran and not late:  # an aborted step is no step done, nor a session's end
             self.order.step_finished(sid, last_step)
-        if sid is not None and last_step:
+        if last_step:
             self.forget(sid)
             return []
-        s = self.sessions.get(sid) if sid is not None else None
         if s is not None and not ran:
             self._undo_admission(sid, s, now)
             return []
-        if sid is not None:
-            self.pauses.paused(sid, now)
-        if s is None:
-            if sid is not None:  # e.g. aborted while deferred: its wait is over, not stale
-                self._end_wait(sid, now)
+        self.pauses.paused(sid, now)
+        if s is None:  # e.g. aborted while deferred: its wait is over, not stale
+            self._end_wait(sid, now)
             return []
         s.resumed_from = None
-        if ran and s.paused_at is None:  # s.context: the prompt it was admitted on
+        if late:  # part of the step that ended: nothing more to learn
+            context_tokens = max(context_tokens, s.last_finish or 0)
+        else:  # s.context: the prompt it was admitted on
             self._growth.finished(s.workflow, s.context, context_tokens, s.last_finish)
-        elif s.last_finish is not None:
-            self._growth.steps.observe(s.workflow, max(context_tokens - s.last_finish, 0))
         s.context = s.last_finish = context_tokens
         s.paused_at, s.expected_s = now, expected_s
         return self._shrink()
@@ -564,6 +581,7 @@ class SessionGate:
         self._waiting_since.pop(sid, None)
         self.pauses.forget(sid)
         self.order.forget(sid)
+        self._step_context.pop(sid, None)
         for request_id in self._flights.pop(sid, ()):
             self._in_flight[request_id] = None  # still allocated, of no session now
 

@@ -182,6 +182,8 @@ class KVSagaScheduler(Scheduler):
         self.ranker = SessionRanker(**args)
         # Seconds arrivals are ranked by; a replay on a simulated clock replaces it.
         self.clock: Callable[[], float] = time.monotonic
+        # session -> ids of its requests accepted and maybe unfinished (`_same_step`)
+        self._session_requests: dict[str, list[str]] = {}
 
     def _kvsaga(self) -> KVSagaConnector | None:
         """The kvsaga connector, alone or inside vLLM's MultiConnector; None without one."""
@@ -194,6 +196,21 @@ class KVSagaScheduler(Scheduler):
         admission off."""
         kvsaga = self._kvsaga()
         return None if kvsaga is None else kvsaga.gate
+
+    def _same_step(self, sid: str, request_id: str) -> bool:
+        """Whether a request of session `sid` accepted before is still unfinished, so the
+        new one (`request_id`) belongs to the same session step: vLLM's n > 1 children of
+        one request (each child arrives here with the same hint), or a concurrent step. The
+        ranker counts a step once: per child, a session's steps were counted n-fold and its
+        growth learned as ~0 for the children after the first."""
+        live = [r for r in self._session_requests.pop(sid, ())
+                if (q := self.requests.get(r)) is not None and not q.is_finished()]
+        same = bool(live)
+        live.append(request_id)
+        self._session_requests[sid] = live  # re-inserted last: oldest first
+        if len(self._session_requests) > SessionRanker.TRACKED:
+            del self._session_requests[next(iter(self._session_requests))]
+        return same
 
     def add_request(self, request: Request) -> None:
         """Rank a new request (see the module docstring), then vLLM's own `add_request`; an
@@ -224,8 +241,9 @@ class KVSagaScheduler(Scheduler):
             request.priority = own
             raise
         if info is not None:
-            self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
-                               info.hint.last_step)
+            if not self._same_step(info.session_id, request.request_id):
+                self.ranker.record(info.session_id, info.workflow, request.num_prompt_tokens,
+                                   info.hint.last_step)
             kvsaga = self._kvsaga()
             if kvsaga is not None:  # a step queued: its session is not abandoned
                 kvsaga.session_active(info.session_id, kvsaga.clock())

@@ -121,3 +121,32 @@ def test_a_step_finishing_after_its_sessions_last_step_does_not_bring_it_back(hf
     # A later step of the id starts a new session, kept as usual.
     run(s, [make_request(ctx, 2, {"session_id": "A", "tool": "t", "expected_s": 5})])
     assert list(c.holds) == ["A"] and list(c._paused) == ["A"]
+
+
+# -- n > 1: one request's children, a step of the session together ---------------------------
+
+def test_n_children_are_one_session_step_for_the_gate_and_the_ranker(hf_model_dir):
+    """vLLM fans a request with n > 1 out into n child requests with the same
+    kv_transfer_params. The gate counted each child's finish as a step (children after the
+    first learned as steps of ~0 growth) and KVSagaScheduler's ranker each child's arrival as
+    a step: learned growth a third of the true one and steps three-fold for n = 3."""
+    from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+    from .harness import TOKEN
+
+    s = make_scheduler(hf_model_dir, 80, connector=True, scheduling_policy="priority",
+                       scheduler_cls=KVSagaScheduler)
+    t = [100.0]
+    s.connector.clock = lambda: t[0]
+    s.clock = lambda: t[0]
+    g = s.connector.gate
+    ctx = _prompt(1, 10)
+    for k in range(4):
+        hint = {"session_id": "A", "tool": "t", "expected_s": 5, "workflow": "w"}
+        run(s, [make_request(ctx, 16, hint) for _ in range(3)])  # n = 3 children
+        t[0] += 1
+        ctx = ctx + [TOKEN] * 16 + _prompt(20 + k, 4)  # reply + observation: 80 tokens
+    assert g._growth.mean("w") == 16 + 4 * BLOCK_SIZE
+    assert g.order.done["A"] == ("w", 4)
+    assert s.ranker.live["A"][0] == 4
+    assert g.num_in_flight == 0 and not g._flights
