@@ -13,6 +13,11 @@ Enable it through the offloading connector's extra config, e.g.
 {"cpu_bytes_to_use": ..., "eviction_policy": "KVSagaCachePolicy",
 "cache_policy_module_path": "kvsaga.integrations.vllm.cache_policy"}}`.
 `KVSagaCachePolicy` ranks with kvsaga's `ttl` policy; `KVSagaGraphCachePolicy` with `graph`.
+
+A paused session none of whose chunks is left (all evicted, or none stored) is forgotten, as
+one that ended (`session_ended`): a client that sends only its session id never says which
+step is the last, and 20,000 such sessions kept 20,000 records here and in the kvsaga
+policy. A later step of the id starts again as a new session.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class KVSagaCachePolicy(CachePolicy):
         self.chunks: dict[OffloadKey, ChunkStatus] = {}
         self._key_of: dict[int, OffloadKey] = {}  # chunk id -> key
         self._owner: dict[OffloadKey, tuple[str | None, int]] = {}  # key -> (session, position)
+        self._owned: dict[str, int] = {}  # session -> its chunks (in `_owner`)
         self._sessions: dict[str, Session] = {}
         self._running: set[str] = set()
         self._ended: dict[str, None] = {}  # ended session ids, oldest first (a bounded set)
@@ -82,7 +88,9 @@ class KVSagaCachePolicy(CachePolicy):
         del self._key_of[chunk.chunk_id]
         if self.ledger.is_cached(chunk.chunk_id):
             self.ledger.uncache(chunk.chunk_id)
-        self._owner.pop(key, None)
+        owner = self._owner.pop(key, (None, 0))[0]
+        if owner is not None and self._disown(owner) == 0:
+            self._forget_if_idle(owner)
 
     def touch(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
         """A request reads or offers these chunks: its session's step has begun."""
@@ -127,9 +135,11 @@ class KVSagaCachePolicy(CachePolicy):
             for key, (owner, pos) in list(self._owner.items()):
                 if owner == sid:
                     self._owner[key] = (None, pos)
+            self._owned.pop(sid, None)
             self._sessions.pop(sid, None)
         else:
             self.policy.step_finished(session, now, info.hint)
+            self._forget_if_idle(sid)  # (its step stored nothing, or it was evicted since)
 
     def evict(
         self, n: int, protected: set[OffloadKey]
@@ -174,12 +184,35 @@ class KVSagaCachePolicy(CachePolicy):
 
     def _file(self, key: OffloadKey, owner: str | None, pos: int) -> None:
         """Record a chunk's owner and position (re-filing it if it is evictable now)."""
-        if self._owner.get(key) == (owner, pos):
+        old = self._owner.get(key)
+        if old == (owner, pos):
             return
         self._owner[key] = (owner, pos)
+        if owner is not None:
+            self._owned[owner] = self._owned.get(owner, 0) + 1
+        if old is not None and old[0] is not None and self._disown(old[0]) == 0:
+            self._forget_if_idle(old[0])  # its last chunk is shared cache now
         chunk = self.chunks.get(key)
         if chunk is not None and self.ledger.is_cached(chunk.chunk_id):
             self.ledger.refile(chunk.chunk_id, owner, pos)
+
+    def _disown(self, sid: str) -> int:
+        """One chunk of `sid` is no longer its; returns how many it has left."""
+        n = self._owned.get(sid, 0) - 1
+        if n > 0:
+            self._owned[sid] = n
+        else:
+            self._owned.pop(sid, None)
+        return max(n, 0)
+
+    def _forget_if_idle(self, sid: str) -> None:
+        """Forget paused session `sid` (its record and the kvsaga policy's) if none of its
+        chunks is left (see the module docstring)."""
+        if sid in self._owned or sid in self._running:
+            return
+        session = self._sessions.pop(sid, None)
+        if session is not None:
+            self.policy.session_ended(session, self.clock())
 
 
 class KVSagaGraphCachePolicy(KVSagaCachePolicy):

@@ -150,3 +150,68 @@ def test_n_children_are_one_session_step_for_the_gate_and_the_ranker(hf_model_di
     assert g.order.done["A"] == ("w", 4)
     assert s.ranker.live["A"][0] == 4
     assert g.num_in_flight == 0 and not g._flights
+
+
+# -- the CPU offload tier's policy forgets sessions that no longer hold a chunk --------------
+
+@pytest.mark.parametrize("policy", ["KVSagaCachePolicy", "KVSagaGraphCachePolicy"])
+def test_the_offload_policy_forgets_sessions_whose_chunks_are_all_gone(policy):
+    """Behind vLLM's CPUOffloadingManager, sessions that never send `last_step` (the
+    session-only client) were never forgotten: 20,000 sessions left 20,000 records in the
+    policy and its inner kvsaga policy's views. Now a paused session none of whose chunks
+    is left is forgotten; a later step of it starts again as a new session."""
+    from vllm.v1.kv_offload.base import ReqContext, make_offload_key
+    from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
+
+    from kvsaga.integrations.vllm import CACHE_POLICY_MODULE
+
+    mgr = CPUOffloadingManager(64, cache_policy=policy,
+                               cache_policy_module_path=CACHE_POLICY_MODULE)
+    pol = mgr._policy
+
+    def store(i: int, sid: str) -> list:
+        keys = [make_offload_key(f"s{i}-{j}".encode().ljust(32, b"."), 0) for j in range(4)]
+        ctx = ReqContext(f"r{i}", kv_transfer_params={"kvsaga": {"session_id": sid}})
+        for pos, k in enumerate(keys):
+            ctx.set_offload_key_position(k, (pos + 1) * 16)
+        mgr.on_new_request(ctx)
+        mgr.touch(keys, ctx)
+        out = mgr.prepare_store(keys, ctx)
+        mgr.complete_store(out.keys_to_store, ctx)
+        mgr.on_request_finished(ctx)
+        return keys
+
+    for i in range(2000):
+        store(i, f"S{i}")
+        assert len(pol._sessions) <= 64 and len(pol.policy.views) <= 64  # one chunk each
+    owners = {o for o, _ in pol._owner.values() if o is not None}
+    assert set(pol._sessions) == owners == set(pol.policy.views)
+    assert len(pol.chunks) == 64
+    store(5000, "S0")  # S0 (forgotten long ago) comes back: a new session, kept as any
+    assert "S0" in pol._sessions and "S0" in pol.policy.views
+
+
+def test_a_session_whose_last_chunk_became_shared_is_forgotten():
+    """B reuses A's only chunk: the chunk is shared cache now, A holds none and is
+    forgotten; B keeps its own."""
+    from vllm.v1.kv_offload.base import ReqContext, make_offload_key
+    from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
+
+    from kvsaga.integrations.vllm import CACHE_POLICY_MODULE
+
+    mgr = CPUOffloadingManager(16, cache_policy="KVSagaCachePolicy",
+                               cache_policy_module_path=CACHE_POLICY_MODULE)
+    pol = mgr._policy
+    shared = make_offload_key(b"shared".ljust(32, b"."), 0)
+    own = make_offload_key(b"b-own".ljust(32, b"."), 0)
+    for rid, sid, keys in (("a1", "A", [shared]), ("b1", "B", [shared, own])):
+        ctx = ReqContext(rid, kv_transfer_params={"kvsaga": {"session_id": sid}})
+        for pos, k in enumerate(keys):
+            ctx.set_offload_key_position(k, (pos + 1) * 16)
+        mgr.on_new_request(ctx)
+        mgr.touch(keys, ctx)
+        out = mgr.prepare_store(keys, ctx)
+        mgr.complete_store(out.keys_to_store, ctx)
+        mgr.on_request_finished(ctx)
+    assert pol._owner[shared][0] is None and pol._owner[own][0] == "B"
+    assert set(pol._sessions) == {"B"} and set(pol.policy.views) == {"B"}
