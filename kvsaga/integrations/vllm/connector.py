@@ -203,7 +203,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         # give the blocks back first. vLLM resets the pool before it asks the connector
         # (`reset_cache`), and with `reset_running_requests` (a weight update's
         # pause_generation, sleep) it raises when the pool still has blocks in use; this
-        # instance's reset gives them back before it runs.
+        # instance's reset gives them back before it runs. Only when the reset can succeed
+        # (no block but retained ones in use): vLLM refuses it while a request runs and
+        # keeps every hash, and the retained blocks given back then were lost for nothing.
         reset = gpu_block_pool.reset_prefix_cache
 
         def reset_prefix_cache() -> bool:
@@ -527,10 +529,22 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def reset_cache(self) -> bool:
         """Give back every retained block (vLLM's prefix-cache reset needs them all free;
-        the pool's own reset calls this first: `bind_gpu_block_pool`)."""
+        the pool's own reset calls this first: `bind_gpu_block_pool`), if the reset can
+        succeed: no block but retained ones is in use. Else nothing is given back (vLLM
+        refuses the reset and keeps every hash) and the answer is False."""
+        if self.holds and not self._only_retained_in_use():
+            return False
         for sid in list(self.holds):
             self._release_session(sid)
         return True
+
+    def _only_retained_in_use(self) -> bool:
+        """Whether every block in use (but vLLM's null block) is held by retention alone:
+        what vLLM's prefix-cache reset needs once they are given back."""
+        pool = self.pool
+        in_use = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()
+        return in_use == sum(1 for b, holders in self._holders.items()
+                             if pool.blocks[b].ref_cnt == len(holders))
 
     # -- retention bookkeeping -----------------------------------------------------------------
     def _hold(self, block_id: int, sid: str, position: int) -> None:

@@ -215,3 +215,30 @@ def test_a_session_whose_last_chunk_became_shared_is_forgotten():
         mgr.on_request_finished(ctx)
     assert pol._owner[shared][0] is None and pol._owner[own][0] == "B"
     assert set(pol._sessions) == {"B"} and set(pol.policy.views) == {"B"}
+
+
+# -- a prefix-cache reset that cannot succeed keeps the retained blocks ------------------------
+
+@pytest.mark.parametrize("connector_too", [False, True])
+def test_a_prefix_cache_reset_refused_by_vllm_keeps_the_retained_blocks(hf_model_dir,
+                                                                         connector_too):
+    """vLLM refuses to reset the prefix cache while a request runs (it returns False and
+    keeps every hash), but the connector had already given back every paused session's
+    blocks: retention lost for nothing. Now it gives them back only when the reset can
+    succeed."""
+    from .harness import step
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False)
+    a1 = _prompt(1, 6)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    held = list(s.connector.holds["A"])
+    runner = make_request(_prompt(2, 2), 50)
+    s.add_request(runner)
+    step(s)
+    assert s.reset_prefix_cache(reset_connector=connector_too) is False
+    assert s.connector.holds == {"A": held}
+    assert all(_pool(s).blocks[b].block_hash is not None for b in held)
+    run(s, [])  # the runner finishes: the reset can succeed now, and gives them back
+    assert s.reset_prefix_cache(reset_connector=connector_too) is True
+    assert s.connector.holds == {}
+    assert _pool(s).get_num_free_blocks() == _pool(s).num_gpu_blocks - 1
