@@ -4,6 +4,10 @@ parameters that cannot be used. Plain Python, driven as the connector drives it.
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from kvsaga.integrations.vllm.gate import SessionGate
 
 BS = 16
@@ -154,3 +158,33 @@ def test_a_child_allocated_before_and_finishing_after_the_step_ended_adds_no_ste
     g.finished("a1", "a", 12 * BS, 2.0, None, False)
     assert g.order.done["a"] == ("w", 1) and g._growth.mean("w") == mean
     assert g.sessions["a"].last_finish == 12 * BS
+
+
+# -- parameters that cannot be used -------------------------------------------------------------
+
+_NUMBERS = ("horizon_steps", "prior_growth_tokens", "demote_factor", "demote_min_s",
+            "default_pause_s", "idle_admit_s", "max_wait_s", "shrink_horizon_steps",
+            "room_steps", "reserve_fit_steps", "room_fit_steps", "reserve_wait_factor")
+
+
+@pytest.mark.parametrize("name", _NUMBERS)
+@pytest.mark.parametrize("value", [math.inf, 10**400], ids=["inf", "1e400"])
+def test_an_infinite_or_overflowing_parameter_is_refused_at_construction_naming_it(name, value):
+    """horizon_steps or prior_growth_tokens inf was accepted, then raised OverflowError at
+    the first admission (math.ceil(inf)), inside vLLM's scheduler; a huge int, at
+    construction but as OverflowError naming nothing."""
+    with pytest.raises(ValueError, match=f"gate parameter {name} must be a finite number"):
+        SessionGate(100, BS, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["aging_s", "prior_steps"])
+def test_an_overflowing_order_parameter_is_refused_naming_it(name):
+    with pytest.raises(ValueError, match=f"gate parameter {name} must be a finite number"):
+        SessionGate(100, BS, **{name: 10**400})
+
+
+def test_large_finite_parameters_still_work():
+    g = SessionGate(100, BS, horizon_steps=1e6, prior_growth_tokens=1e6, idle_admit_s=1e9,
+                    max_wait_s=1e9, room_fit_steps=None, reserve_wait_factor=None)
+    assert g.admit("a", "w", BS, 0, now=0.0)
+    assert not g.admit("b", "w", BS, 0, now=1.0)  # a's reserved growth fills the blocks

@@ -96,7 +96,7 @@ from dataclasses import dataclass
 
 from kvsaga._validate import check_positive_int, is_number
 from kvsaga.integrations.vllm.gate_growth import GateGrowth
-from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder
+from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
 
@@ -183,6 +183,9 @@ class SessionGate:
     ) -> None:
         for name, v in (("capacity", capacity), ("block_size", block_size)):
             check_positive_int(f"gate {name}", v)
+        # Finite: inf (or an int too large for a float) was accepted here and raised
+        # OverflowError at the first admission (math.ceil of the growth), inside vLLM's
+        # scheduler. A very large value says "never" (idle_admit_s, max_wait_s).
         for name, v in (("horizon_steps", horizon_steps),
                         ("prior_growth_tokens", prior_growth_tokens),
                         ("demote_factor", demote_factor), ("demote_min_s", demote_min_s),
@@ -190,13 +193,11 @@ class SessionGate:
                         ("max_wait_s", max_wait_s),
                         ("shrink_horizon_steps", shrink_horizon_steps),
                         ("room_steps", room_steps), ("reserve_fit_steps", reserve_fit_steps)):
-            if not (is_number(v) and v >= 0):
-                raise ValueError(f"gate parameter {name} must be a number >= 0, got {v!r}")
+            check_finite(f"gate parameter {name}", v, 0.0)
         for name, v in (("room_fit_steps", room_fit_steps),
                         ("reserve_wait_factor", reserve_wait_factor)):
-            if v is not None and not (is_number(v) and v >= 0):
-                raise ValueError(f"gate parameter {name} must be a number >= 0 or null, "
-                                 f"got {v!r}")
+            if v is not None:
+                check_finite(f"gate parameter {name}", v, 0.0, " or null")
         for name, v in (("room_admit", room_admit), ("expire_long_hints", expire_long_hints)):
             if not isinstance(v, bool):
                 raise ValueError(f"gate parameter {name} must be true or false, got {v!r}")

@@ -45,11 +45,12 @@ median 1.20x against 1.14x.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvsaga._validate import check_one_of
+from kvsaga._validate import check_one_of, is_number
 from kvsaga.scheduler.admission_order import SessionLengths, order_key, predicted_cost
 
 GATE_ORDERS = ("fifo", "predicted")
@@ -67,6 +68,22 @@ class Waiting:
     probed: int  # the gate's engine step of the latest question
 
 
+def check_finite(label: str, v: object, low: float, also: str = "",
+                 low_open: bool = False) -> float:
+    """`v` as a float if it is a finite number >= `low` (> `low` when `low_open`), else
+    ValueError("<label> must be a finite number >= low<also>, got ...")."""
+    x = None
+    if is_number(v):
+        with contextlib.suppress(OverflowError):  # (an int too large for a float: None)
+            x = float(v)
+    if x is None or not math.isfinite(x) or x < low or (low_open and x == low):
+        shown = (f"an int of {v.bit_length()} bits" if x is None and is_number(v)
+                 else f"{v!r:.100}")  # (an int past 4300 digits has no repr)
+        raise ValueError(f"{label} must be a finite number {'>' if low_open else '>='} "
+                         f"{low:g}{also}, got {shown}")
+    return x
+
+
 class WaitingOrder:
     """Steps done per live session, the lengths of the sessions that ended, and the waiting
     sessions' latest probes (see the module docstring)."""
@@ -77,14 +94,8 @@ class WaitingOrder:
 
     def __init__(self, order: str, aging_s: float, prior_steps: float) -> None:
         check_one_of("gate parameter admission_order", order, GATE_ORDERS)
-        if not (isinstance(aging_s, (int, float)) and not isinstance(aging_s, bool)
-                and 0 < aging_s < math.inf):
-            raise ValueError(f"gate parameter aging_s must be a finite number > 0, got "
-                             f"{aging_s!r}")
-        if not (isinstance(prior_steps, (int, float)) and not isinstance(prior_steps, bool)
-                and 1 <= prior_steps < math.inf):
-            raise ValueError(f"gate parameter prior_steps must be a finite number >= 1, got "
-                             f"{prior_steps!r}")
+        check_finite("gate parameter aging_s", aging_s, 0.0, low_open=True)
+        check_finite("gate parameter prior_steps", prior_steps, 1.0)
         self.order = order
         self.aging_s = float(aging_s)
         self.prior_steps = float(prior_steps)

@@ -242,3 +242,15 @@ def test_a_prefix_cache_reset_refused_by_vllm_keeps_the_retained_blocks(hf_model
     assert s.reset_prefix_cache(reset_connector=connector_too) is True
     assert s.connector.holds == {}
     assert _pool(s).get_num_free_blocks() == _pool(s).num_gpu_blocks - 1
+
+
+# -- gate_args that cannot be used are refused when vLLM builds the scheduler ------------------
+
+@pytest.mark.parametrize("name", ["horizon_steps", "prior_growth_tokens", "room_steps"])
+def test_an_infinite_gate_arg_is_refused_when_vllm_builds_the_scheduler(hf_model_dir, name):
+    """horizon_steps or prior_growth_tokens inf was accepted, then raised OverflowError at
+    the first admission, inside vLLM's schedule()."""
+    with pytest.raises(ValueError, match=f"gate parameter {name} must be a finite number"):
+        make_scheduler(hf_model_dir, 40, connector=True, gate_args={name: float("inf")})
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={name: 1e6})
+    run(s, [make_request(_prompt(1, 2), 2, {"session_id": "A", "tool": "t"})])
