@@ -17,7 +17,9 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   (tails first, least valuable session first) until the request fits or nothing is retained;
   after each step it keeps one free block per scheduled request. A released block stays in
   vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes vLLM preempt a
-  running request: it only says yes to `has_pending_block_frees` after releasing. vLLM
+  running request: it says yes to `has_pending_block_frees` once releasing freed blocks
+  (no, when the blocks released are also a running request's: vLLM then preempts as it
+  would without the connector). vLLM
   retries that request the next step, not the same one, so a request short of room waits a
   step each time it asks; the release doubles while it keeps asking, so a prefill chunk of
   k blocks waits about log2(k) steps.
@@ -476,11 +478,16 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
-        instead, as many as the run of asks wants (`room_asks.RoomAsks`), and say so."""
+        instead, as many as the run of asks wants (`room_asks.RoomAsks`), and say whether
+        that freed any. Freed, not released: a retained block a running request also holds
+        stays in use when its retained reference goes, and on True vLLM skips the rest of
+        its running requests this step (rather than preempting) for nothing."""
         if self.pool is None or not self.holds:
             return False
-        want = self.pool.get_num_free_blocks() + self._asks.ask() + self.reserve_blocks
-        return self._release_until(want, self.clock(), "preempt") > 0
+        free = self.pool.get_num_free_blocks()
+        self._release_until(free + self._asks.ask() + self.reserve_blocks, self.clock(),
+                            "preempt")
+        return self.pool.get_num_free_blocks() > free
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         """After each step, keep one free block per scheduled request (its next token may

@@ -254,3 +254,32 @@ def test_an_infinite_gate_arg_is_refused_when_vllm_builds_the_scheduler(hf_model
         make_scheduler(hf_model_dir, 40, connector=True, gate_args={name: float("inf")})
     s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={name: 1e6})
     run(s, [make_request(_prompt(1, 2), 2, {"session_id": "A", "tool": "t"})])
+
+
+# -- has_pending_block_frees says whether blocks were freed, not references dropped ------------
+
+def test_pending_block_frees_is_true_only_when_blocks_were_freed(hf_model_dir):
+    """vLLM asks `has_pending_block_frees` right before it preempts a running request, and
+    on True skips the rest of its running requests this step instead. The connector said
+    True whenever it dropped a retained reference, though a block a running request also
+    holds is not freed by that: nothing was freed, and vLLM stalled its batch for a step."""
+    from .harness import step
+
+    s = make_scheduler(hf_model_dir, 16, connector=True, admission=False)
+    c, pool = s.connector, _pool(s)
+    ctx = _prompt(1, 4)
+    run(s, [make_request(ctx, 1, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    assert len(c.holds["B"]) == 4
+    r1 = make_request(ctx + _prompt(2, 1)[:8], 100)  # runs on B's 4 blocks (hits)
+    s.add_request(r1)
+    step(s)
+    assert all(pool.blocks[b].ref_cnt == 2 for b in c.holds["B"])  # B's hold and r1's
+    free = pool.get_num_free_blocks()
+    assert c.has_pending_block_frees() is False  # nothing can be freed: vLLM may preempt
+    assert pool.get_num_free_blocks() == free
+    # A paused session's blocks nothing else holds: released, freed, and said so.
+    run(s, [make_request(_prompt(3, 3), 1, {"session_id": "C", "tool": "t", "expected_s": 30})])
+    assert len(c.holds["C"]) == 3
+    free = pool.get_num_free_blocks()
+    assert c.has_pending_block_frees() is True
+    assert pool.get_num_free_blocks() > free
