@@ -126,6 +126,7 @@ if TYPE_CHECKING:
 # Under "vllm": vLLM configures that logger (and its handler) only, so the lines reach its log.
 logger = init_logger(f"vllm.{__name__}")
 STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
+ENDED_TRACKED = 4096  # ended sessions whose requests still queued are told apart by arrival
 
 
 class KVSagaConnectorMetadata(KVConnectorMetadata):
@@ -186,6 +187,9 @@ class KVSagaConnector(KVConnectorBase_V1):
         # Request ids of a session that ended (its last step finished) while they were in
         # flight: requests of no session from then on (`_orphan_steps`).
         self._orphans: set[str] = set()
+        # session -> when (wall clock, as vLLM's arrival times) its last step finished, for
+        # the ENDED_TRACKED latest ended sessions, oldest first
+        self._ended_at: dict[str, float] = {}
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
         # session -> when its pause began (its last step's finish or arrival), oldest first
         self._paused: dict[str, float] = {}
@@ -243,6 +247,10 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self._bad_hints.add(request.request_id)  # said once per request
                 return None
             if info is not None:
+                ended = self._ended_at.get(info.session_id)
+                if ended is not None and getattr(request, "arrival_time", math.inf) <= ended:
+                    self._orphans.add(request.request_id)  # sent before its session ended
+                    return None
                 self._steps[request.request_id] = info
         return info
 
@@ -395,14 +403,19 @@ class KVSagaConnector(KVConnectorBase_V1):
         return False, None
 
     def _orphan_steps(self, sid: str) -> None:
-        """Session `sid` ended: its other requests in flight (concurrent steps) are requests
-        of no session from now on. Their finish retained the ended session's context and
-        registered it as paused again, with no last step to come: its blocks stayed held
-        until pressure, its records for good. (A request of the id that vLLM has not asked
-        about yet is a new session's step, as any later one.)"""
+        """Session `sid` ended: its other requests in flight (concurrent steps, asked about
+        or still queued) are requests of no session from now on. Their finish retained the
+        ended session's context and registered it as paused again, with no last step to
+        come: its blocks stayed held until pressure, its records for good. A request queued
+        unasked is told by its arrival (`_step`): one that arrived before the end belongs to
+        the ended session; one that arrived after is a new session's step."""
         for rid in [r for r, i in self._steps.items() if i.session_id == sid]:
             del self._steps[rid]
             self._orphans.add(rid)
+        self._ended_at.pop(sid, None)  # re-inserted last: oldest first stays true
+        self._ended_at[sid] = time.time()
+        if len(self._ended_at) > ENDED_TRACKED:
+            del self._ended_at[next(iter(self._ended_at))]
 
     def _forget_ride(self, request_id: str) -> None:
         """The request is admitted by the gate or finished: no ride-along state stays."""

@@ -283,3 +283,24 @@ def test_pending_block_frees_is_true_only_when_blocks_were_freed(hf_model_dir):
     free = pool.get_num_free_blocks()
     assert c.has_pending_block_frees() is True
     assert pool.get_num_free_blocks() > free
+
+
+@pytest.mark.parametrize("admission", [False, True])
+def test_a_step_queued_unasked_when_its_session_ended_does_not_bring_it_back(hf_model_dir,
+                                                                             admission):
+    """One sequence at a time: A's last step runs while an earlier-sent step of A waits in
+    vLLM's queue, never asked about; it runs after A ended. Sent before the end, it is a
+    step of the ended session, not a new one (the review's fuzz: such sessions held every
+    block)."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=admission, max_num_seqs=1)
+    c = s.connector
+    ctx = _prompt(1, 6)
+    close = make_request(ctx + [1, 2, 3], 1, {"session_id": "A", "last_step": True})
+    queued = make_request(ctx, 4, {"session_id": "A", "tool": "t", "expected_s": 5})
+    run(s, [close, queued])
+    pool = _pool(s)
+    assert c.holds == {} and c._sessions == {} and c._paused == {}
+    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+    assert c.gate is None or c.gate.sessions == {}
+    run(s, [make_request(ctx, 2, {"session_id": "A", "tool": "t", "expected_s": 5})])
+    assert list(c.holds) == ["A"]  # sent after the end: a new session of the id
