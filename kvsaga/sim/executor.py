@@ -89,7 +89,10 @@ class StepExecutor:
             self._counts["recomputed_preempted"] += recomputed
         self._counts["first"] += num_tokens - recomputed
         req.tokens.high_water = max(req.tokens.high_water, end)
-        self._prefix_high_water[key] = max(prefix_hw, min(end, s.shared_prefix.tokens))
+        # Only the prefix's full blocks are shared (hits are whole blocks): its partial last
+        # block is every session's own, computed the first time by each, not recomputed.
+        shared = s.shared_prefix.tokens // self.block_size * self.block_size
+        self._prefix_high_water[key] = max(prefix_hw, min(end, shared))
 
     def preempt(self, req: SimRequest, now: float) -> None:
         if self.oracle is not None:

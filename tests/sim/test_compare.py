@@ -16,15 +16,22 @@ BASE = SimConfig(num_gpu_blocks=400)
 
 
 def test_rows_do_not_depend_on_jobs():
+    # 120 blocks: Belady recomputes tokens with and without a host tier (at 400 nothing is
+    # evicted and it recomputes none; it used to count the prefix's partial block).
+    tight = SimConfig(num_gpu_blocks=120)
     kwargs = dict(host_memory_bytes=2**31, schedulers=["fcfs", "workflow"])
-    one = compare(TRACE, BASE, ["lru", "graph+host"], jobs=1, **kwargs)
-    two = compare(TRACE, BASE, ["lru", "graph+host"], jobs=2, **kwargs)
+    one = compare(TRACE, tight, ["lru", "graph+host"], jobs=1, **kwargs)
+    two = compare(TRACE, tight, ["lru", "graph+host"], jobs=2, **kwargs)
     assert one == two
     assert [(r["scheduler"], r["policy"]) for r in one] == [
         ("fcfs", "lru"), ("fcfs", "graph+host"), ("workflow", "lru"), ("workflow", "graph+host")]
     # Each row's ratio is to Belady with its own host tier (run, though not asked for).
-    ref = simulate(TRACE, SimConfig(num_gpu_blocks=400, policy="belady", scheduler="fcfs"))
+    ref = simulate(TRACE, SimConfig(num_gpu_blocks=120, policy="belady", scheduler="fcfs"))
+    ref_host = simulate(TRACE, SimConfig(num_gpu_blocks=120, policy="belady", scheduler="fcfs",
+                                         host_memory_bytes=2**31))
+    assert ref.recomputed_tokens > ref_host.recomputed_tokens > 0
     assert one[0]["belady_ratio"] == one[0]["recomputed_tokens"] / ref.recomputed_tokens
+    assert one[1]["belady_ratio"] == one[1]["recomputed_tokens"] / ref_host.recomputed_tokens
 
 
 def test_run_many_keeps_the_order_and_checks_jobs():

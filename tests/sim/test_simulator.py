@@ -19,12 +19,15 @@ def tiny_trace(seed: int = 1):
     return generate("swe", 12, seed=seed, scale=0.05, arrival_rate=1.0)
 
 
-def distinct_computed_tokens(sessions) -> int:
+def distinct_computed_tokens(sessions, block_size: int = COST.kv_spec.block_size) -> int:
     """Tokens whose KV must be computed at least once, whatever the policy: each group's
-    prefix once, then every session token but the last output (nothing reads it)."""
-    prefixes = {(s.tenant, s.shared_prefix.group): s.shared_prefix.tokens for s in sessions}
+    prefix's full blocks once (hits are whole blocks: the prefix's partial last block is
+    every session's own), then every session token but the last output (nothing reads it)."""
+    prefixes = {(s.tenant, s.shared_prefix.group): s.shared_prefix.tokens // block_size
+                * block_size for s in sessions}
     return sum(prefixes.values()) + sum(
-        s.total_tokens - s.shared_prefix.tokens - 1 for s in sessions)
+        s.total_tokens - s.shared_prefix.tokens // block_size * block_size - 1
+        for s in sessions)
 
 
 # 380 barely holds the longest session; 750 under vLLM's FCFS admission preempts
@@ -175,9 +178,10 @@ def test_hand_computed_trace():
     assert r.num_batch_steps == 1 + 4 + 1 + 2 + 1 + 1
     assert r.prompt_tokens == r.queried_tokens == 70 + 95 + 70
     assert r.hit_tokens == 74 + 32
-    # B recomputes the 8 prefix tokens of the partial block that A computed first.
-    assert r.recomputed_tokens == 8
-    assert r.first_time_tokens == 70 + 21 + 30
+    # B computes the 8 prefix tokens of its partial block for the first time: A computed its
+    # own, but a partial block is never a hit, so nothing B computes is recomputed.
+    assert r.recomputed_tokens == 0
+    assert r.first_time_tokens == 70 + 21 + 38
     assert r.decode_tokens == 4 + 2 + 1
     assert r.num_preemptions == 0 and r.num_evicted_blocks == 0
 
