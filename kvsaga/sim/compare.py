@@ -190,14 +190,16 @@ def _log_done(name: str, config: SimConfig, num_sessions: int, seconds: float) -
 
 def tenant_share(config: SimConfig, k: int) -> SimConfig:
     """The config of 1/k of the GPU: 1/k of the KV blocks (GPU and host) on a GPU whose
-    FLOP/s and bandwidths are divided by k and whose per-step overhead is multiplied by k
-    (time-sliced k ways: every step takes k times as long)."""
+    FLOP/s and bandwidths are divided by k and whose per-step overhead and all-reduce
+    latency (tp > 1) are multiplied by k (time-sliced k ways: every step takes k times as
+    long)."""
     cost = config.cost
     gpu = dataclasses.replace(cost.gpu, name=f"{cost.gpu.name}/{k}",
                               hbm_bw=cost.gpu.hbm_bw / k, peak_flops=cost.gpu.peak_flops / k,
                               pcie_bw=cost.gpu.pcie_bw / k, nvlink_bw=cost.gpu.nvlink_bw / k)
     slow = dataclasses.replace(cost, name=f"{cost.name}/{k}", gpu=gpu,
-                               step_overhead_s=cost.step_overhead_s * k)
+                               step_overhead_s=cost.step_overhead_s * k,
+                               allreduce_latency_s=cost.allreduce_latency_s * k)
     return dataclasses.replace(config, preset=slow, num_gpu_blocks=config.blocks() // k,
                                kv_memory_bytes=None, num_host_blocks=config.host_blocks() // k,
                                host_memory_bytes=None)
