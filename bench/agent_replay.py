@@ -96,6 +96,7 @@ from replay.arms import (  # noqa: E402
     REPLICAS_TITLE,
     Arm,
     arms,
+    check_host_memory,
     ray_default_text,
     scheduler_arms,
 )
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="KV budget as a share of the working set")
     a("--kv-memory", type=int, default=None, help="KV budget in bytes (overrides --kv-fraction)")
     a("--host-memory", type=int, default=0,
-      help="host-tier bytes for offloaded KV blocks, passed to every server (0: no host tier)")
+      help="host-tier bytes for offloaded KV blocks, given to every kvsaga-serve arm (0: no "
+           "host tier); not with --engine vllm, whose vLLM arms would have none")
     a("--block-size", type=int, default=16, help="tokens per KV block")
     a("--max-num-seqs", type=int, default=16, help="the server's batch limit")
     a("--model", default=None, help="model path (default: the bundled SmolLM2-135M)")
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     if args.replicas is not None and args.replicas < 1:
         raise SystemExit(f"--replicas must be >= 1, got {args.replicas}")
+    check_host_memory(args)  # before the model is exported for vLLM
     if args.engine == "vllm":
         # Both engines serve the same HF directory; vLLM's CPU attention takes blocks of a
         # multiple of 32 tokens, and kvsaga-serve gets the same block size and budget.

@@ -117,8 +117,15 @@ def replica_pairs(names: list[str]) -> list[tuple[str, str, float, str]]:
 def arms(args: argparse.Namespace) -> list[Arm]:
     """kvsaga engine: one kvsaga-serve per policy (or per `--kvsaga-arms` scheduler+policy).
     vLLM: plain vLLM (prefix caching), vLLM with the kvsaga connector per connector policy,
-    then kvsaga-serve per policy."""
+    then kvsaga-serve per policy.
+
+    Raises:
+        SystemExit: `--host-memory` with `--engine vllm` (only kvsaga-serve would get the
+            host tier: the vLLM arms run without one, so the arms would differ in more than
+            the system under test).
+    """
     names = _names
+    check_host_memory(args)
     if args.replicas:
         return replica_arms(args)
     if args.engine == "kvsaga":
@@ -135,6 +142,17 @@ def arms(args: argparse.Namespace) -> list[Arm]:
                          f"arm; add {lone[0].split(' ')[0].split(':')[1]!r} to the list")
     return ([Arm("vllm", "vllm", None)]
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)] + served)
+
+
+def check_host_memory(args: argparse.Namespace) -> None:
+    """Refuse `--host-memory` with `--engine vllm`: only kvsaga-serve would get the host tier.
+
+    Raises:
+        SystemExit: naming both flags.
+    """
+    if args.engine == "vllm" and getattr(args, "host_memory", 0):
+        raise SystemExit("--host-memory gives only kvsaga-serve a host tier (the vLLM arms "
+                         "would run without one): not with --engine vllm")
 
 
 def kvsaga_serve_arm(spec: str) -> Arm:
