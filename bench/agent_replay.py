@@ -67,11 +67,16 @@ threads wake (bench/replay/conditions.py): each round also prints the machine's 
 steal and others' CPU shares, cpuidle halts a second, and the server's CPU-s, run-queue
 wait and context switches; `--idle-spinners` keeps every CPU from going idle for all arms.
 
-Reported per policy: prefill tokens computed (prompt tokens minus cached tokens, from the
-responses' `usage`), the cached share of prompt tokens, mean and p95 step latency, mean task
-completion time (arrival to last response, tool pauses included), evictions and preemptions
-from `/metrics`; then the ratio of lru's prefill tokens to graph's (issue 6's goal: >= 5x)
-and the floor of an unbounded cache, which no policy can go below.
+Reported per policy: prefill tokens as first-attempt misses (prompt tokens minus cached
+tokens, from the responses' `usage`, whose cached count is fixed at a request's first
+schedule: recomputation after a preemption is not in it), computed prompt tokens from the
+server's own prefix-cache counters (queries minus hits over the replay, the warm-up left out:
+every attempt on kvsaga-serve; first admissions only on vLLM, which exports no counter of
+re-admissions, so the two engines' cells do not compare and the header says so), the cached
+share of prompt tokens, mean and p95 step latency, mean task completion time (arrival to last
+response, tool pauses included), evictions and preemptions from `/metrics`; then the ratio
+of lru's prefill tokens to graph's (issue 6's goal: >= 5x) and the floor of an unbounded
+cache, which no policy can go below.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ class PolicyResult:
     task_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # the same /metrics samples scraped after the warm-up request, before the sessions:
+    # a counter's replay figure is metrics - metrics_start
+    metrics_start: dict[str, float] = field(default_factory=dict)
+    engine: str | None = None  # the arm's engine: "kvsaga" or "vllm"
     # what the machine and the server's process tree did over the replay (conditions.py)
     conditions: dict[str, float] = field(default_factory=dict)
 
@@ -109,7 +113,7 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
     """Start the arm's server, replay every session against it, stop it."""
     import openai
 
-    result = PolicyResult(arm.name)
+    result = PolicyResult(arm.name, engine=arm.engine)
     server = arm.start(args, kv_bytes, logdir)
     try:
         server.wait_ready(args.start_timeout)
@@ -119,6 +123,7 @@ def replay(args: argparse.Namespace, sessions: list[ReplaySession], arm: Arm,
         # one-shot prompt shorter than a block leaves nothing in the cache.
         client.completions.create(model=SERVED_NAME, prompt="Hello", max_tokens=1,
                                   temperature=0)
+        result.metrics_start = server.metrics()  # after the warm-up: its tokens left out
         lock = threading.Lock()
         pid = server.pid
         host0, tree0 = machine_times(), ({} if pid is None else tree_times(pid))

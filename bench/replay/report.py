@@ -15,6 +15,7 @@ from kvsaga.stats import percentile
 
 from .arms import REPLICAS_TITLE, Arm, replica_pairs
 from .client import PolicyResult, StepRecord
+from .servers import COMPUTED_PROMPT_COUNTS
 
 
 def measured_peak(records: list[StepRecord]) -> int:
@@ -81,6 +82,27 @@ def route_counts(records: list[StepRecord]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def scraped(metrics: dict[str, float]) -> dict[str, float | int]:
+    """Scraped `/metrics` samples as a summary keeps them: seconds (a key ending in `_s`) as
+    floats, counters and gauges rounded to ints (they were int() before, which truncated
+    float seconds)."""
+    return {k: float(v) if k.endswith("_s") else int(round(v)) for k, v in metrics.items()}
+
+
+def computed_prompt(res: PolicyResult) -> dict[str, Any]:
+    """The prompt tokens the server computed over the replay by its own counters: prefix-cache
+    queries minus hits, differenced between the scrape after the warm-up and the one at the
+    end, and what they count (`servers.COMPUTED_PROMPT_COUNTS`: kvsaga-serve every attempt,
+    recomputation after preemption included; vLLM first admissions only). Empty when a
+    scrape lacks either counter."""
+    keys = ("prefix_cache_query_tokens", "prefix_cache_hit_tokens")
+    if not all(k in m for k in keys for m in (res.metrics, res.metrics_start)):
+        return {}
+    (q1, h1), (q0, h0) = ([m[k] for k in keys] for m in (res.metrics, res.metrics_start))
+    return {"computed_prompt_tokens": int(round((q1 - q0) - (h1 - h0))),
+            "computed_prompt_counts": COMPUTED_PROMPT_COUNTS.get(res.engine or "", "unknown")}
+
+
 def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[str, Any]:
     ok = [r for r in res.records if r.error is None]
     prompt = sum(r.prompt_tokens for r in ok)
@@ -105,7 +127,8 @@ def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[st
         "floor_prefill_tokens": floor_tokens(res.records, shared_prefix, block_size),
         "replica_changes": replica_changes(res.records),
         "routes": route_counts(res.records),
-        **{k: int(v) for k, v in res.metrics.items()},
+        **scraped(res.metrics),
+        **computed_prompt(res),
         **res.conditions,
     }
 
@@ -282,14 +305,36 @@ def _cell(s: dict[str, Any], key: str, fmt: str) -> str:
     return text
 
 
-TABLE_HEAD = ("system", "prefill tok", "cached share", "step mean s", "step p95 s",
-              "task mean s", "task p95 s", "evictions", "preempt", "errors")
+TABLE_HEAD = ("system", "prefill tok (first-attempt misses)", "computed prompt tok",
+              "cached share", "step mean s", "step p95 s", "task mean s", "task p95 s",
+              "evictions", "preempt", "errors")
+
+
+def table_head(summary: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """TABLE_HEAD with the computed-prompt column naming what its cells count: the servers'
+    counters differ (kvsaga-serve counts every attempt, recomputation after preemption in;
+    vLLM its first admissions only, as the usage-based first-attempt misses do), so a table
+    with both says which is which instead of heading unlike figures alike."""
+    kinds = {"kvsaga": "kvsaga-serve", "vllm": "vLLM"}
+    present = {s.get("computed_prompt_counts") for s in summary.values()}
+    scopes = [c for c in COMPUTED_PROMPT_COUNTS.values() if c in present]
+    if len(scopes) == 1:
+        note = scopes[0]
+    else:  # both (or none reported): say what each engine's cells count
+        note = "; ".join(f"{kinds[e]}: {c}" for e, c in COMPUTED_PROMPT_COUNTS.items())
+        note += ", not comparable"
+    head = list(TABLE_HEAD)
+    head[2] = f"computed prompt tok ({note})"
+    return tuple(head)
 
 
 def table_rows(summary: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = []
     for name, s in summary.items():
-        rows.append((name, _cell(s, "prefill_tokens", ",.0f"), _cell(s, "cached_share", ".1%"),
+        rows.append((name, _cell(s, "prefill_tokens", ",.0f"),
+                     _cell(s, "computed_prompt_tokens", ",.0f")
+                     if "computed_prompt_tokens" in s else "-",
+                     _cell(s, "cached_share", ".1%"),
                      _cell(s, "step_latency_mean_s", ".2f"), _cell(s, "step_latency_p95_s", ".2f"),
                      _cell(s, "task_time_mean_s", ".1f"), _cell(s, "task_time_p95_s", ".1f"),
                      _cell(s, "evictions", ".0f") if "evictions" in s else "-",
@@ -300,15 +345,16 @@ def table_rows(summary: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
 
 def print_table(summary: dict[str, dict[str, Any]]) -> None:
     rows = table_rows(summary)
-    widths = [max(len(r[i]) for r in (TABLE_HEAD, *rows)) for i in range(len(TABLE_HEAD))]
-    for r in (TABLE_HEAD, *rows):
+    head = table_head(summary)
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    for r in (head, *rows):
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
-    aligns = ["---"] + ["---:"] * (len(TABLE_HEAD) - 1)
-    return ["| " + " | ".join(r) + " |"
-            for r in (TABLE_HEAD, tuple(aligns), *table_rows(summary))]
+    head = table_head(summary)
+    aligns = ["---"] + ["---:"] * (len(head) - 1)
+    return ["| " + " | ".join(r) + " |" for r in (head, tuple(aligns), *table_rows(summary))]
 
 
 def results_title(args: argparse.Namespace) -> str:
@@ -370,6 +416,11 @@ def results_body(command: str, host: dict[str, Any], load_end: list[float], info
         f"{host['loadavg_at_start'][0]:.1f} at the start, {load_end[0]:.1f} at the end. "
         f"{repeat} round(s) of every arm, arm order {order}, each arm a fresh server. "
         "Cells: the median over the rounds (min-max); ratios: the median of per-round "
-        "ratios (each round runs the arms back to back). Prefill tokens and the cached "
-        "share do not depend on the CPU's speed; times do (shared machine).",
+        "ratios (each round runs the arms back to back). Prefill tokens (first-attempt "
+        "misses): prompt minus cached tokens of each response's usage, fixed at a request's "
+        "first schedule, so recomputation after a preemption is not in them; computed prompt "
+        "tokens: the server's prefix-cache queries minus hits over the replay (warm-up left "
+        "out), every attempt on kvsaga-serve, first admissions only on vLLM (it exports no "
+        "counter of re-admissions). Prefill tokens and the cached share do not depend on the "
+        "CPU's speed; times do (shared machine).",
         "", *info, "", *markdown_table(summary), "", *[f"- {ln}" for ln in lines]])

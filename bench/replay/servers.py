@@ -20,6 +20,7 @@ SERVED_NAME = "replay"  # the model name every server is started with
 # /metrics samples this benchmark reports, per engine (label sets summed).
 KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
                   "kvsaga:num_preemptions_total": "preemptions",
+                  "kvsaga:prefix_cache_queries_total": "prefix_cache_query_tokens",
                   "kvsaga:prefix_cache_hits_total": "prefix_cache_hit_tokens",
                   "kvsaga:kv_blocks_total": "kv_blocks",
                   # where the engine thread's time went (kvsaga.engine.step_times): in steps
@@ -30,6 +31,7 @@ KVSAGA_METRICS = {"kvsaga:evictions_total": "evictions",
                   "kvsaga:engine_steps_total": "engine_steps",
                   "kvsaga:engine_step_seqs_total": "engine_step_seqs"}
 VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
+                "vllm:prefix_cache_queries_total": "prefix_cache_query_tokens",
                 "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
                 # where a request's time went: waiting to be scheduled (the connector's gate
                 # defers there), prefill, decode (summed over requests), and engine steps
@@ -38,14 +40,31 @@ VLLM_METRICS = {"vllm:num_preemptions_total": "preemptions",
                 "vllm:request_decode_time_seconds_sum": "decode_s",
                 "vllm:iteration_tokens_total_count": "engine_steps"}
 
+# What `prefix_cache_query_tokens - prefix_cache_hit_tokens` (the prompt tokens the server
+# computed, differenced over the replay) counts, per engine. They are NOT the same thing:
+# - kvsaga-serve (kvsaga/manager.py begin_step) counts every attempt: a step re-admitted after
+#   a preemption is looked up again, so its recomputation is in;
+# - vLLM (0.32, vllm/v1/core/kv_cache_manager.py record_prefix_cache_stats) counts a
+#   request's first admission only: a re-admission after preemption goes to
+#   PrefixCacheStats.preempted_queries/preempted_hits, which no /metrics counter exports, so
+#   recomputation after preemption is left out, as in the responses' usage.
+# A vLLM figure therefore does not compare with a kvsaga-serve one; the table header says so.
+COMPUTED_PROMPT_COUNTS = {"kvsaga": "all attempts", "vllm": "first admissions"}
+
 
 def scrape_metrics(url: str, want: dict[str, str]) -> dict[str, float]:
-    """Totals of the wanted `/metrics` samples, parsed by prometheus_client's own parser."""
+    """Totals of the wanted `/metrics` samples of the server at `url` (`parse_metrics`)."""
     import httpx
+
+    return parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text, want)
+
+
+def parse_metrics(text: str, want: dict[str, str]) -> dict[str, float]:
+    """Totals of the wanted samples of a `/metrics` text (label sets summed), under the names
+    `want` maps them to, parsed by prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
-    text = httpx.get(f"{url}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = want.get(sample.name)

@@ -44,6 +44,11 @@ def test_replay_writes_every_field(tiny_dir: Path, tmp_path: Path) -> None:
         assert 0 <= s["machine_idle_share"] <= 1 and 0 <= s["machine_steal_share"] <= 1
         assert s["errors"] == 0 and s["requests"] == 4 and s["tasks_completed"] == 2
         assert s["prefill_tokens"] == s["prompt_tokens"] - s["cached_tokens"] > 0
+        # the server's own counters over the replay (warm-up left out): every attempt, so
+        # the usage figure where nothing was preempted, more where something was
+        assert s["computed_prompt_counts"] == "all attempts"
+        assert (s["computed_prompt_tokens"] == s["prefill_tokens"] if s["preemptions"] == 0
+                else s["computed_prompt_tokens"] >= s["prefill_tokens"])
         assert 0 <= s["cached_share"] <= 1
         assert s["replica_changes"] is None and s["routes"] == {}  # one node: no headers
         for key in ("step_latency_mean_s", "step_latency_p95_s", "task_time_mean_s"):
