@@ -74,9 +74,11 @@ server's own prefix-cache counters (queries minus hits over the replay, the warm
 every attempt on kvsaga-serve; first admissions only on vLLM, which exports no counter of
 re-admissions, so the two engines' cells do not compare and the header says so), the cached
 share of prompt tokens, mean and p95 step latency, mean task completion time (arrival to last
-response, tool pauses included), evictions and preemptions from `/metrics`; then the ratio
-of lru's prefill tokens to graph's (issue 6's goal: >= 5x) and the floor of an unbounded
-cache, which no policy can go below.
+response, tool pauses included), evictions and preemptions from `/metrics`; then the median
+of the per-round ratios of lru's prefill tokens to graph's (issue 6's goal: >= 5x) and the
+floor of an unbounded cache, which no policy can go below. A run where an arm lost a session
+(an error, or fewer tasks completed than sessions) judges nothing ("not judged: N sessions
+failed") and `--write-results` refuses to write it (exit status 1).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -109,8 +112,10 @@ from replay.client import StepRecord, replay  # noqa: E402
 from replay.conditions import IdleSpinners, conditions_text, sigterm_exits  # noqa: E402
 from replay.report import (  # noqa: E402
     comparisons,
+    failed_sessions,
     machine,
     median_summary,
+    paired,
     print_table,
     results_body,
     results_title,
@@ -358,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in res.records:
                 r.round = rnd
             records[arm.name] += res.records
-            rounds[rnd][arm.name] = summarize(res, ws["shared_prefix_tokens"], args.block_size)
+            rounds[rnd][arm.name] = summarize(res, ws["shared_prefix_tokens"], args.block_size,
+                                              sessions=len(sessions))
             print(f"  round {rnd} {arm.name}: {rounds[rnd][arm.name]['prefill_tokens']:,} "
                   f"prefill tokens, task mean {rounds[rnd][arm.name]['task_time_mean_s']:.1f} "
                   f"s, {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})",
@@ -372,21 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary)
     judged = comparisons(args, systems, rounds)
     lines = list(judged.pop("lines"))
-    ratio = None
-    if "lru" in summary and "graph" in summary and summary["graph"]["prefill_tokens"]:
-        ratio = summary["lru"]["prefill_tokens"] / summary["graph"]["prefill_tokens"]
-        floor = summary["lru"]["floor_prefill_tokens"]
-        lines.append(
-            f"prefill tokens lru/graph: {ratio:.2f}x (goal >= 5x: "
-            f"{'met' if ratio >= 5 else 'not met'}); floor of an unbounded cache: "
-            f"{floor:,.0f} tokens, so lru/floor = "
-            f"{summary['lru']['prefill_tokens'] / floor:.2f}x bounds any policy's ratio")
+    ratio, goal_5x, line = lru_graph_line(rounds, summary)
+    if line is not None:
+        lines.append(line)
     lines += ceiling_lines(sessions, summary)
     for line in lines:
         print(line)
     command = "python bench/agent_replay.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    if args.write_results:
+    refusal = write_refusal(summary)
+    if args.write_results and refusal is not None:
+        print(f"not writing bench/RESULTS.md: {refusal}", file=sys.stderr)
+    elif args.write_results:
         body = results_body(command.strip(), host, load_end, info, summary, lines, args.repeat)
         write_section(RESULTS, results_title(args), body,
                       parent=VLLM_SECTION if args.engine == "vllm" else None)
@@ -407,14 +410,48 @@ def main(argv: list[str] | None = None) -> int:
             "policies": summary,
             "rounds": rounds,
             "prefill_ratio_lru_over_graph": ratio,
-            "goal_5x_met": None if ratio is None else ratio >= 5,
+            "goal_5x_met": goal_5x,
             "comparisons": judged or None,
             "steps": {p: [asdict(r) for r in recs] for p, recs in records.items()},
         }
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
-    failed = any(s["errors"] for s in summary.values())
-    return 1 if failed else 0
+    return 1 if refusal is not None else 0
+
+
+def write_refusal(summary: dict[str, dict[str, Any]]) -> str | None:
+    """Why this run's section must not be written (None: it may): an arm had errors or
+    lost sessions in some round, so its mean TCT leaves failed tasks out."""
+    bad = [f"{name} {s.get('failed_sessions', 0)} failed sessions, {s['errors']} errors"
+           for name, s in summary.items() if s["errors"] or s.get("failed_sessions", 0)]
+    if not bad:
+        return None
+    return ("an arm lost sessions, so its task times leave them out (" + "; ".join(bad)
+            + " over the rounds); nothing is judged from this run")
+
+
+def lru_graph_line(rounds: list[dict[str, dict[str, Any]]], summary: dict[str, dict[str, Any]]
+                   ) -> tuple[float | None, bool | None, str | None]:
+    """Issue 6's figure when lru and graph both ran: the median of the per-round ratios of
+    lru's prefill tokens to graph's (each round's arms ran back to back), whether it meets
+    the 5x goal (None: not judged, a session failed in either arm), and its line."""
+    if "lru" not in summary or "graph" not in summary:
+        return None, None, None
+    per = paired(rounds, "lru", "graph", "prefill_tokens")
+    if not per:
+        return None, None, None
+    ratio = statistics.median(per)
+    failed = failed_sessions(rounds, "lru", "graph")
+    met = None if failed else ratio >= 5
+    verdict = (f"not judged: {failed} sessions failed" if failed
+               else "met" if met else "not met")
+    floor = summary["lru"]["floor_prefill_tokens"]
+    bound = (f"{summary['lru']['prefill_tokens'] / floor:.2f}x" if floor else "n/a")
+    per_text = "" if len(per) == 1 else f" (per round {', '.join(f'{v:.2f}' for v in per)})"
+    return ratio, met, (
+        f"prefill tokens lru/graph: {ratio:.2f}x{per_text} (goal >= 5x: {verdict}); floor of "
+        f"an unbounded cache: {floor:,.0f} tokens, so lru/floor = {bound} bounds any "
+        "policy's ratio")
 
 
 def ceiling_lines(sessions, summary: dict[str, dict[str, Any]]) -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .goals import ROUTER_VS_OTHER, Goal
 from .servers import Server, VLLMArm, connector_arm
 
 
@@ -108,10 +109,10 @@ def ray_default_text() -> str:
             "kvsaga: affinity + stealing + KV migration.")
 
 
-def replica_pairs(names: list[str]) -> list[tuple[str, str, float, str]]:
+def replica_pairs(names: list[str]) -> list[tuple[str, str, Goal | None]]:
     """kvsaga's router against every other router (issue 12's goal, against Ray's own
     router: fewer prefill tokens and a lower mean task time, i.e. a speed-up above 1)."""
-    return [(n, "replicas:kvsaga", 1.0, "issue 12") for n in names if n != "replicas:kvsaga"]
+    return [(n, "replicas:kvsaga", ROUTER_VS_OTHER) for n in names if n != "replicas:kvsaga"]
 
 
 def arms(args: argparse.Namespace) -> list[Arm]:

@@ -15,6 +15,7 @@ from kvsaga.stats import percentile
 
 from .arms import REPLICAS_TITLE, Arm, replica_pairs
 from .client import PolicyResult, StepRecord
+from .goals import CONNECTOR_VS_VLLM, SCHEDULER_VS_BASE, SERVE_VS_CONNECTOR, Goal
 from .servers import COMPUTED_PROMPT_COUNTS
 
 
@@ -103,14 +104,22 @@ def computed_prompt(res: PolicyResult) -> dict[str, Any]:
             "computed_prompt_counts": COMPUTED_PROMPT_COUNTS.get(res.engine or "", "unknown")}
 
 
-def summarize(res: PolicyResult, shared_prefix: int, block_size: int) -> dict[str, Any]:
+def summarize(res: PolicyResult, shared_prefix: int, block_size: int,
+              sessions: int | None = None) -> dict[str, Any]:
+    """One arm's figures in one round. `sessions`: how many sessions were replayed (default:
+    those with a record); a session without a task time (an error ended it, or it never
+    finished) is a failed one, and a round with one is not judged (`comparisons`)."""
     ok = [r for r in res.records if r.error is None]
     prompt = sum(r.prompt_tokens for r in ok)
     cached = sum(r.cached_tokens for r in ok)
     lat = [r.end - r.start for r in ok]
+    num_sessions = len({r.session for r in res.records}) if sessions is None else sessions
+    erred = len({r.session for r in res.records if r.error is not None})
     return {
         "requests": len(ok),
         "errors": len(res.records) - len(ok),
+        "sessions": num_sessions,
+        "failed_sessions": max(num_sessions - len(res.task_s), erred),
         "error_examples": sorted({r.error for r in res.records if r.error})[:3],
         "prompt_tokens": prompt,
         "cached_tokens": cached,
@@ -204,7 +213,8 @@ def host_text(host: dict[str, Any]) -> str:
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One arm's figures over its repeats: the median of every number (errors summed), and
+    """One arm's figures over its repeats: the median of every number (errors and failed
+    sessions summed), and
     each number's [min, max] under "range"."""
     out: dict[str, Any] = dict(runs[0])
     ranges: dict[str, list[float]] = {}
@@ -215,7 +225,7 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         values = [r.get(key, 0) for r in runs if not math.isnan(r.get(key, 0))]
-        if key == "errors":
+        if key in ("errors", "failed_sessions"):  # over the rounds: summed
             out[key] = sum(values)
         elif values:
             out[key] = statistics.median(values)
@@ -242,41 +252,66 @@ def _ratio_text(values: list[float]) -> str:
     return f"{med:.2f}x (per round {', '.join(f'{v:.2f}' for v in values)})"
 
 
+def failed_sessions(rounds: list[dict[str, dict[str, Any]]], *names: str) -> int:
+    """Sessions that failed (an error, or no task time) in the named arms over the rounds
+    where they all ran: a round with any is not judged."""
+    return sum(r[n].get("failed_sessions", 0) for r in rounds
+               if all(n in r for n in names) for n in names)
+
+
 def comparisons(args: argparse.Namespace, systems: list[Arm],
                 rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The ratios each mode is judged by, as medians of per-round (paired) ratios:
+    """The ratios each mode is judged by, as medians of per-round (paired) ratios, and each
+    pair's verdict on the whole of its goal (`goals.Goal`):
 
     - `--engine vllm`: every vLLM + connector arm against plain vLLM (issue 13's goal: mean
-      TCT >= 1.64x faster, fewer prefill tokens), and kvsaga-serve against vLLM + connector
-      (goal: at least as fast);
+      TCT >= 1.64x faster and fewer prefill tokens), and kvsaga-serve against vLLM +
+      connector (goal: at least as fast);
     - `--kvsaga-arms`: every arm against the first (issue 10's goal for the workflow
-      scheduler against fcfs+lru: mean TCT >= 2x faster, p95 TCT no worse).
+      scheduler against fcfs+lru: mean TCT >= 2x faster and p95 TCT no worse);
+    - `--replicas`: kvsaga's router against each other one (issue 12: a lower mean TCT and
+      fewer prefill tokens).
+
+    A pair whose arms lost a session in any round (an error, or fewer tasks completed than
+    sessions) is not judged: its mean TCT would leave the failed tasks out. Its line says
+    "not judged: N sessions failed" and its `goal_met` is None.
     """
     names = [a.name for a in systems]
-    pairs: list[tuple[str, str, float | None, str]] = []
+    pairs: list[tuple[str, str, Goal | None]] = []
     if args.engine == "vllm":
-        pairs += [("vllm", n, 1.64, "issue 13") for n in names if n.startswith("vllm+")]
-        pairs += [(c, n, 1.0, "issue 13") for n in names
+        pairs += [("vllm", n, CONNECTOR_VS_VLLM) for n in names if n.startswith("vllm+")]
+        pairs += [(c, n, SERVE_VS_CONNECTOR) for n in names
                   if n.startswith("kvsaga-serve:") and " " not in n
                   for c in names if c.startswith("vllm+")]
         # kvsaga-serve with more flags (`POLICY+--flag=value`): against the same policy plain
-        pairs += [(n.split(" ")[0], n, None, "") for n in names
+        pairs += [(n.split(" ")[0], n, None) for n in names
                   if n.startswith("kvsaga-serve:") and " " in n and n.split(" ")[0] in names]
     elif args.kvsaga_arms and len(names) > 1:
-        pairs += [(names[0], n, 2.0, "issue 10") for n in names[1:]]
+        pairs += [(names[0], n, SCHEDULER_VS_BASE) for n in names[1:]]
     elif args.replicas:
         pairs += replica_pairs(names)
     out: dict[str, Any] = {"lines": []}
-    for base, arm, goal, issue in pairs:
+    for base, arm, goal in pairs:
         tct = paired(rounds, base, arm, "task_time_mean_s")
         p95 = paired(rounds, base, arm, "task_time_p95_s")
         fewer = paired(rounds, base, arm, "prefill_tokens")
         med = statistics.median(tct) if tct else math.nan
+        failed = failed_sessions(rounds, base, arm)
+        if failed:
+            verdict, met = f"not judged: {failed} sessions failed", None
+        elif goal is None:
+            verdict, met = "", False
+        else:
+            missed = goal.missed(tct, p95, fewer)
+            verdict = "met" if not missed else f"not met ({'; '.join(missed)})"
+            met = not missed
         out[f"{arm} vs {base}"] = {
             "tct_speedup": tct, "tct_speedup_median": med, "tct_p95_speedup": p95,
-            "prefill_ratio": fewer, "goal": goal, "goal_met": bool(goal and med >= goal)}
-        judged = (f" ({issue} goal >= {goal:g}x: {'met' if med >= goal else 'not met'})"
-                  if goal is not None else "")
+            "prefill_ratio": fewer, "goal": None if goal is None else goal.tct,
+            "goal_text": None if goal is None else goal.text(), "goal_met": met,
+            "judged": not failed, "failed_sessions": failed}
+        judged = (f" ({goal.issue} goal {goal.text()}: {verdict})" if goal is not None
+                  else f" ({verdict})" if verdict else "")
         out["lines"].append(
             f"{arm} vs {base}: mean TCT speed-up {_ratio_text(tct)}{judged}; p95 TCT "
             f"{_ratio_text(p95)}; prefill tokens {base}/{arm} {_ratio_text(fewer)}")
