@@ -307,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:])
     table = _table(args, results, cmd)
     print("\n" + table)
-    if args.write_results:
+    failed = {name: _failed(r, args.requests) for name, r in results.items()}
+    if args.write_results and any(failed.values()):
+        print("not writing bench/RESULTS.md: requests failed ("
+              + ", ".join(f"{n} {k}" for n, k in failed.items() if k) + "), so the rates "
+              "are over less work than the table says; nothing is judged", file=sys.stderr)
+    elif args.write_results:
         _write_results(table, Path(__file__).resolve().parent / "RESULTS.md")
     if args.json:
         Path(args.json).write_text(json.dumps(
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
              "kvsaga_over_vllm_output_tok_per_cpu_s": _ratio(results, "output_tok_per_cpu_s")},
             indent=1))
         print(f"wrote {args.json}")
-    return 1 if any(r["errors"] for rs in runs.values() for r in rs) else 0
+    return 1 if any(failed.values()) else 0
 
 
 class PySpy:
@@ -414,7 +419,17 @@ def _summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**med, "all_output_tok_s": [r["output_tok_s"] for r in rs],
             "all_output_tok_per_cpu_s": [r["output_tok_per_cpu_s"] for r in rs],
             "all_loadavg": [r["loadavg"] for r in rs],
-            "all_foreign_cores": [r.get("foreign_cores", math.nan) for r in rs]}
+            "all_foreign_cores": [r.get("foreign_cores", math.nan) for r in rs],
+            "all_requests": [r.get("requests") for r in rs],
+            "all_errors": [len(r.get("errors", ())) for r in rs]}
+
+
+def _failed(r: dict[str, Any], sent: int) -> int:
+    """Requests of an arm that failed over all its runs (`_summary`'s figures): an error, or
+    one of the `sent` requests of a run that did not complete."""
+    reqs = r.get("all_requests") or [None] * len(r.get("all_errors", ()))
+    return sum(max(err, 0 if ok is None else sent - ok)
+               for ok, err in zip(reqs, r.get("all_errors", ()), strict=True))
 
 
 def _ratio(results: dict[str, dict[str, Any]], key: str, name: str | None = None,
@@ -449,7 +464,9 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         f"{args.max_num_seqs}`, both servers with their defaults otherwise, {args.repeat} "
         f"run(s) each, interleaved ({args.order}); the median run by output tok/s. Server "
         "CPU-s: user + system seconds of the server's process tree during the batch (read "
-        "this on a shared machine: wall time there is mostly waiting for a core)."
+        "this on a shared machine: wall time there is mostly waiting for a core). Requests: "
+        "those the median run completed; errors: requests failed over all runs (any: "
+        "nothing is judged)."
         + (f" Beside {args.neighbours} busy neighbour process(es) during each batch (busy "
            f"{args.neighbour_duty:.0%} of each 100 ms, "
            + (f"at nice {args.neighbour_nice}, " if getattr(args, "neighbour_nice", 0)
@@ -462,9 +479,9 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
            "periods in which the quota ran out." if getattr(args, "cpu_quota", None)
            else ""),
         "",
-        "| server | wall s | output tok/s | output tok/CPU-s | server CPU-s | prompt tok | "
-        "load avg | other jobs, cores | output tok/s, every run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server | requests | errors | wall s | output tok/s | output tok/CPU-s | "
+        "server CPU-s | prompt tok | load avg | other jobs, cores | output tok/s, every run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     quota = getattr(args, "cpu_quota", None)
     if quota:
@@ -475,14 +492,21 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
         every = ", ".join(f"{x:.1f}" for x in r["all_output_tok_s"])
         if quota:
             every = f"{r.get('throttled_share', math.nan):.0%} | {every}"
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['output_tok_s']:.1f} | "
+        done = r.get("requests")
+        lines.append(f"| {name} | {'n/a' if done is None else done} | "
+                     f"{sum(r.get('all_errors', ()))} | {r['wall_s']:.1f} | "
+                     f"{r['output_tok_s']:.1f} | "
                      f"{r['output_tok_per_cpu_s']:.2f} | {r['server_cpu_s']:.0f} | "
                      f"{r['prompt_tokens']:,} | {r['loadavg']:.1f} | "
                      f"{_worst(r['all_foreign_cores'])} | {every} |")
     wall, cpu = _ratio(results, "output_tok_s"), _ratio(results, "output_tok_per_cpu_s")
     if wall is not None:
         loaded = _loaded(results)
-        verdict = ("not judged: under a CPU quota" if quota
+        judged = next(n for n in results if n != "vllm" and " " not in n)
+        failed = _failed(results["vllm"], args.requests) + _failed(results[judged],
+                                                                    args.requests)
+        verdict = (f"not judged: {failed} requests failed" if failed
+                   else "not judged: under a CPU quota" if quota
                    else "not judged: the machine was loaded" if loaded
                    else "met" if wall >= 1 else "not met")
         lines += ["", f"kvsaga-serve / vLLM output tokens/s: **{wall:.2f}x** (goal >= 1.0x: "
@@ -498,8 +522,10 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], cmd: st
             (_ratio(results, "output_tok_s", name), "vLLM"),
             (_ratio(results, "output_tok_s", name, plain) if plain else None,
              "kvsaga-serve as it ships")) if r is not None)
+        failed = _failed(results[name], args.requests)
         if over:
-            lines += ["", f"{name}, output tokens/s over: {over} (not the goal's arm)."]
+            lines += ["", f"{name}, output tokens/s over: {over} (not the goal's arm"
+                          + (f"; {failed} of its requests failed" if failed else "") + ")."]
     return "\n".join(lines)
 
 
