@@ -150,8 +150,20 @@ AFS_NOISE_MOVED = 1e-3
 
 
 def goal_met(ratio: float, fcfs_ratio: float) -> bool:
-    """Issue 10's AFS goal on one case, as the goals lines print it (two decimals): the
-    ratio at most `AFS_GOAL` and below fcfs+lru's."""
+    """Issue 10's AFS goal on one case as the calibrated veto counts it: both ratios rounded
+    to two decimals first, then the ratio at most `AFS_GOAL` and below fcfs+lru's.
+
+    The rounding is on purpose: the veto's goal count is a noise guard, and its frozen
+    calibration (AFS_NOISE_GOAL_LOSS, from the null runs of tests/bench/afs_noise_s41.json
+    and the older files) counted goal cases this way. It is not the report's rule:
+    bench/scheduling_mix.py's goal line (`noisy_goal_met`) judges the unrounded ratios, and
+    prints a ratio within 0.005 of 1.5 (or of fcfs+lru's) to 3 decimals. The two differ only
+    on such ratios (1.5049 meets this one, not the report's). Counted unrounded, the s41
+    calibration's 12 runs meet the goal on the same number of cases each, so its goal-loss
+    threshold would stay 4; but session 33's (tests/bench/afs_noise_s33.json, frozen at 4)
+    would give 3, and one of session 25's runs would count 16 where it counted 17, so the
+    rule the history's thresholds were frozen under is kept.
+    """
     r = round(ratio, 2)
     return r <= AFS_GOAL and r < round(fcfs_ratio, 2)
 

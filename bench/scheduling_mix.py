@@ -178,30 +178,51 @@ def afs_lines(rows: list[dict], mix_seed: int = MIX_SEED,
     return lines
 
 
+NOISY_GOAL = 1.5  # issue 10's goal: afs_max_slowdown_ratio <= 1.5 and below fcfs+lru's
+
+
+def noisy_goal_met(ratio: float, fcfs_ratio: float) -> bool:
+    """The noisy-neighbour goal on one seed, on the unrounded ratios: `ratio` at most
+    NOISY_GOAL and below fcfs+lru's `fcfs_ratio`. (The calibrated AFS veto's goal count,
+    bench/policies_check.py `goal_met`, rounds to two decimals first, on purpose: it is a
+    noise guard whose frozen calibration counts that way. The two can differ on a ratio
+    within 0.005 of 1.5, or of fcfs+lru's; `_goal_ratio` prints such a ratio to 3 decimals.)"""
+    return ratio <= NOISY_GOAL and ratio < fcfs_ratio
+
+
+def _goal_ratio(x: float, other: float) -> str:
+    """A ratio as the goal line prints it: two decimals, or three where two would hide
+    which side of the goal it is on (within 0.005 of NOISY_GOAL, or printed equal to the
+    `other` it is compared with while not equal to it)."""
+    close = abs(x - NOISY_GOAL) < 0.005 or (x != other and f"{x:.2f}" == f"{other:.2f}")
+    return f"{x:.3f}" if close else f"{x:.2f}"
+
+
 def _noisy_line(at: list[dict], frac: float, label: str, seeds: tuple[int, ...]) -> str:
     """The noisy-neighbour goal at one capacity for the arm `label`, per seed of `seeds`
-    against fcfs+lru, with each tenant's floor."""
+    against fcfs+lru (`noisy_goal_met`, unrounded), with each tenant's floor."""
     per = []
     met = True
     for seed in seeds:
         f = next(r for r in at if r["seed"] == seed and _label(r) == "fcfs+lru")
         w = next(r for r in at if r["seed"] == seed and _label(r) == label)
-        met = met and w["afs_max_slowdown_ratio"] <= 1.5 and (
-            w["afs_max_slowdown_ratio"] < f["afs_max_slowdown_ratio"])
+        fr, wr = f["afs_max_slowdown_ratio"], w["afs_max_slowdown_ratio"]
+        met = met and noisy_goal_met(wr, fr)
         unloaded = tenant_unloaded("noisy", seed)
         floors, low = slowdown_floors(w, unloaded)
         wlow = (slowdown_floors(w, unloaded, whole=True)[1]
                 if all("tct_whole_s" in v for v in w["tenants"].values()) else None)
         behind = [t for t, v in w["tenants"].items() if v["slowdown"] > 1]
-        per.append(f"seed {seed}: fcfs+lru {f['afs_max_slowdown_ratio']:.2f} ({_slowdowns(f)})"
-                   f", {label} {w['afs_max_slowdown_ratio']:.2f} ({_slowdowns(w)}; "
+        per.append(f"seed {seed}: fcfs+lru {_goal_ratio(fr, wr)} ({_slowdowns(f)})"
+                   f", {label} {_goal_ratio(wr, fr)} ({_slowdowns(w)}; "
                    f"floors " + ", ".join(f"{t} {v:.2f}" for t, v in floors.items())
                    + f"; at best {low:.2f} without slowing a tenant"
                    + ("" if wlow is None else f", {wlow:.2f} by the whole-GPU floors")
                    + f": {_verdict(low, wlow)}"
                    + (f"; slower than alone on half the GPU: {', '.join(behind)}" if behind
                       else "") + ")")
-    return (f"- Noisy neighbour at {frac:.0%}, {label} (goal <= 1.5 and below fcfs+lru's; a "
+    return (f"- Noisy neighbour at {frac:.0%}, {label} (goal <= 1.5 and below fcfs+lru's, "
+            f"judged on the unrounded ratios (3 decimals where 2 would hide the side); a "
             f"tenant's floor: its unloaded TCT / its TCT alone on half the GPU): "
             f"{'met' if met else 'missed'}; " + "; ".join(per))
 
