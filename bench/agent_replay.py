@@ -365,10 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             records[arm.name] += res.records
             rounds[rnd][arm.name] = summarize(res, ws["shared_prefix_tokens"], args.block_size,
                                               sessions=len(sessions))
+            lost = rounds[rnd][arm.name]["failed_sessions"]
             print(f"  round {rnd} {arm.name}: {rounds[rnd][arm.name]['prefill_tokens']:,} "
                   f"prefill tokens, task mean {rounds[rnd][arm.name]['task_time_mean_s']:.1f} "
-                  f"s, {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})",
-                  flush=True)
+                  f"s, {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.1f})"
+                  + (f"; {lost} of {len(sessions)} sessions FAILED (not judged)" if lost
+                     else ""), flush=True)
             cond = conditions_text(res.conditions)
             if cond:
                 print(f"    over its replay: {cond}", flush=True)
