@@ -338,6 +338,14 @@ class Scheduler:
             self.admit_waiting(now, budget, executor, out)
         return out
 
+    def decode_run_starts(self, now: float) -> None:
+        """A simulator's decode run (batch steps in which every running request decodes,
+        taken without `schedule`) starts at `now`: bring what `schedule` keeps from one
+        step to the next up to date as its call at the run's first step would (the set of
+        running and waiting requests stays the same through the run, so later steps would
+        change nothing more). Nothing here; Agent Fair Share of compute records the
+        competing tenants (`fair_share.ComputeShares`)."""
+
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
         """`schedule`'s admissions, once the running requests have their tokens: begin

@@ -353,6 +353,18 @@ class ComputeShares:
         finally:
             self._allow = self._fav_reserved = None
 
+    def decode_run_starts(self, now: float) -> None:
+        """The competing tenants as `schedule`'s `_compete` records them at the run's first
+        step, newcomers caught up (`_catch_up`). Without it a tenant that left at a finish
+        and came back while every step between was in a decode run stayed recorded as
+        competing and was not caught up: the simulator's fast path then served it
+        differently from `Simulator(reference=True)` and the engine (review of session 42:
+        a returning tenant's service 20017 against 64609 tokens)."""
+        super().decode_run_starts(now)
+        if self.share_step_tokens:
+            self._compete([1] * len(self.running))
+            self._fav_reserved = None
+
     def admit_waiting(self, now, budget, executor, out) -> None:
         alone = self._allow is None  # a decode run's call: every running request decodes
         if alone and self.share_step_tokens:

@@ -72,6 +72,9 @@ class DecodeRuns:
         if not n:  # `min` below would raise a bare ValueError, then the run's arrays IndexError
             raise ValueError("_decode_run: no request is running (the simulator asks "
                              "_decoding_only first)")
+        # The state `schedule` would update at the run's first step (compute shares'
+        # competing tenants): the same through the run, as nothing arrives or leaves in it.
+        sched.decode_run_starts(self.now)
         # What waits stays waiting through the run (no event is released in it; a run ends
         # at an admission or a preemption), and so do the budget and seats left to admit.
         budget = sched.max_num_batched_tokens - n
