@@ -374,6 +374,11 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             self._backfilled += 1
         if self._resumed and req is not self._head and self._head is self._resumed[0]:
             self._bypassed += 1  # a warm step went ahead of the head
+        # The batch is busy: the next idle period's clock starts at its own first refusal
+        # (`_idle_long`). Kept, a time from an idle period before a busy one with no refused
+        # attempt in it admitted a session that does not fit at once, not after
+        # `idle_admit_s`.
+        self._idle_since = None
         sid = req.session_id
         self._step_admitted(req, now)
         info = self.sessions.get(sid)
