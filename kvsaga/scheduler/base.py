@@ -182,6 +182,12 @@ class Scheduler:
         prefill chunk: `fair_share.ComputeShares`)."""
         return n
 
+    def _ungrant(self, req: Any, n: int) -> None:
+        """The `n` tokens `_grant` just gave the running request `req` are not computed:
+        its allocation preempted it. What `_grant` billed for them is taken back (nothing
+        here). The step's other grants end there, and it admits nobody, so what `_grant`
+        took of the step's own allowances need not be given back."""
+
     def _chunk_limit(self, req: Any, budget: int) -> int:
         """Most tokens a waiting request's first chunk may take of the `budget` left
         (0: it is not admitted in this step)."""
@@ -329,6 +335,7 @@ class Scheduler:
                 i += 1
                 continue
             if not self._allocate(req, n, now, executor, out):
+                self._ungrant(req, n)  # it computes nothing in this step
                 break  # it preempted itself: everything after it is gone too
             out.scheduled.append((req, n))
             budget -= n

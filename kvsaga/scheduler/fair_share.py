@@ -245,6 +245,8 @@ class ComputeShares:
     # what `favoured_room` keeps for them under a cap on the step's prefill.
     _fav_reserved: dict[int, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
+    # The running request `_grant` billed last and its tenant's service before (`_ungrant`).
+    _billed: tuple[object, float | None] | None = None
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
 
     def _init_compute_share(self, step_tokens: object, lag_tokens: object,
@@ -351,7 +353,7 @@ class ComputeShares:
         try:
             return super().schedule(now, executor)
         finally:
-            self._allow = self._fav_reserved = None
+            self._allow = self._fav_reserved = self._billed = None
 
     def decode_run_starts(self, now: float) -> None:
         """The competing tenants as `schedule`'s `_compete` records them at the run's first
@@ -383,8 +385,21 @@ class ComputeShares:
             return n
         n = max(min(n, allow[req.tenant]), 0)
         allow[req.tenant] -= n
+        self._billed = (req, self._served.get(req.tenant))  # for `_ungrant`
         self._serve(req.tenant, n)
         return n
+
+    def _ungrant(self, req, n: int) -> None:
+        # The tenant's service as it was before `_grant` billed the chunk (restored, not
+        # reduced: a float service less n after plus n may differ in its last bit).
+        super()._ungrant(req, n)
+        billed, self._billed = self._billed, None
+        if billed is None or billed[0] is not req:
+            return
+        if billed[1] is None:
+            del self._served[req.tenant]
+        else:
+            self._served[req.tenant] = billed[1]
 
     def _chunk_limit(self, req, budget: int) -> int:
         allow = self._allow
