@@ -64,8 +64,13 @@ class SessionLengthModel:
         self._steps: dict[tuple, tuple[list[float], list[float]]] = {}  # Gittins terms
 
     # -- observing ------------------------------------------------------------------------
-    def _tables(self, workflow: str) -> list[tuple[list[int], list[int]]]:
+    def _tables(self, workflow: str | None) -> list[tuple[list[int], list[int]]]:
+        """The tables a session of `workflow` counts in: its workflow's and the pooled one;
+        the pooled one alone for a None workflow (the engine accepts one): None keys the
+        pooled table, which counted such a session twice before."""
         reached, ended = self.reached, self.ended
+        if workflow is None:
+            return [(reached[None], ended[None])]
         if workflow in reached:  # moved last: the most recently updated
             reached[workflow] = reached.pop(workflow)
             ended[workflow] = ended.pop(workflow)
