@@ -22,6 +22,8 @@ import bisect
 import math
 from collections import deque
 
+from kvsaga.policy.bounded import TRACKED_KINDS, TRACKED_WORKFLOWS, touch
+
 PHASES = ("queued", "admitted")
 MAX_RATIO = 16.0  # one observation's realized / predicted is capped here (a tiny prediction)
 
@@ -77,10 +79,18 @@ class GrowthCalibration:
         self.quantile = float(quantile)
         self.prior_steps = float(prior_steps)
         self.window = window
+        # Bounded (kvsaga/policy/bounded.py: tool and workflow names come from clients): the
+        # most recently updated workflows' keys (workflow, None, phase), and apart, so that
+        # new tool names do not push them out, the (workflow, tool, phase) keys of the most
+        # recently updated tools; a forgotten key is predicted as one never seen.
         self._ratios: dict[tuple[str, str | None, str], _Ratios] = {}
+        self._tool_ratios: dict[tuple[str, str | None, str], _Ratios] = {}
+
+    def _table(self, key: tuple[str, str | None, str]) -> dict:
+        return self._ratios if key[1] is None else self._tool_ratios
 
     def _shrunk(self, key: tuple[str, str | None, str], toward: float) -> float:
-        r = self._ratios.get(key)
+        r = self._table(key).get(key)
         if r is None:
             return toward
         n = len(r.recent)
@@ -113,12 +123,11 @@ class GrowthCalibration:
         if tool is not None:
             keys.append((workflow, tool, phase))
         for key in keys:
-            r = self._ratios.get(key)
-            if r is None:
-                r = self._ratios[key] = _Ratios()
-            r.add(ratio, self.window)
+            cap = len(PHASES) * (TRACKED_WORKFLOWS if key[1] is None else TRACKED_KINDS)
+            touch(self._table(key), key, _Ratios, cap).add(ratio, self.window)
 
     def observations(self, workflow: str, tool: str | None, phase: str) -> int:
         """How many ratios the key holds now (at most `window`)."""
-        r = self._ratios.get((workflow, tool, phase))
+        key = (workflow, tool, phase)
+        r = self._table(key).get(key)
         return 0 if r is None else len(r.recent)
