@@ -32,8 +32,9 @@ within its share is not refused for other tenants' paused sessions above their s
 (they are demoted) nor held behind another tenant's session that does not fit. And
 (`share_step_tokens`, default 128), while two or more tenants compete in a batch step the
 tenant with the least weighted service may fill it and the others' prefill is capped
-(decodes always run), so one tenant's prefill does not fill every step another tenant's
-requests run in. The working-set rule
+(decodes are never cut, though a decode queued behind a prefill that takes the step's
+budget waits a step: `fair_share`), so one tenant's prefill does not fill every step
+another tenant's requests run in. The working-set rule
 (growth estimate, demotion deadline, shrink order) is `kvsaga.scheduler.working_set`, which
 the vLLM session gate shares.
 

@@ -35,24 +35,29 @@ a second tenant nothing binds: a tenant alone uses all of the memory.
 tests/scheduler/test_share.py and test_share_shrink.py check both sides.
 
 Compute (`ComputeShares`, `WorkflowScheduler(share_step_tokens=N)`, default
-`SHARE_STEP_TOKENS` 128; 0 = off): while two or
-more tenants compete in a batch step (a request running or waiting), the competing tenant
-with the least weighted service (prefill tokens computed for it in competing steps, over
-its weight; ties: a tenant with a step waiting, then the running queue's order) is
-favoured: it may fill the step up to the token budget. Every other competing tenant
-computes at most max(floor(N x w_t / sum of the other competing tenants' weights), 1)
-tokens besides its decodes (`favoured_allowances`): a running prefill chunk or an admitted
-step's first chunk takes only what its tenant has left, a tenant with nothing left sits
-the step out, and its queued step does not hold back another tenant's. Decodes (and
-1-token chunks) always run and are charged first. Catch-up with a bounded lag (start-time
-fair queueing's rule, less a lag): a tenant that enters competition, or comes back after a
-step without work, starts at no less than the least weighted service of the tenants
-already competing less `share_lag_tokens` (weighted: tokens per unit of weight, times its
-weight). Without a floor a tenant joining a long-running server late would be favoured
-until it matched the incumbents' whole history; with no lag (0: 2842931's rule) a light
-agent tenant, which has a step without work at every tool pause, lost at each pause the
-credit it was owed and rode in the heavy tenant's steps again (bench/RESULTS.md, the
-noisy-neighbour lines). The lag lets it keep up to that much credit across a pause.
+`SHARE_STEP_TOKENS` 128; 0 = off): while two or more tenants compete in a batch step (a
+request running or waiting), the competing tenant with the least weighted service (prefill
+tokens computed for it in competing steps, over its weight; ties: a tenant with a step
+waiting, then the running queue's order) is favoured: it may fill the step up to the token
+budget. Every other competing tenant computes at most max(floor(N x w_t / sum of the other
+competing tenants' weights), 1) tokens besides its decodes (`favoured_allowances`): a
+running prefill chunk or an admitted step's first chunk takes only what its tenant has
+left, a tenant with nothing left sits the step out, and its queued step does not hold back
+another tenant's. Decodes (and 1-token chunks) are never cut by the share and are charged
+first. They are not sure of a place in the step, though: running requests take the step's
+one token budget in the running queue's (admission) order, so a decode behind a running
+prefill whose chunk takes the budget left waits for a later step; the favoured tenant's
+chunk may take the whole budget (its allowance), so another tenant's decode behind it waits
+as long as that prefill lasts (an open item: docs/scheduler.md, "What bounds the open
+goals"). Catch-up with a bounded lag (start-time fair queueing's rule, less a lag): a
+tenant that enters competition, or comes back after a step without work, starts at no less
+than the least weighted service of the tenants already competing less `share_lag_tokens`
+(weighted: tokens per unit of weight, times its weight). Without a floor a tenant joining a
+long-running server late would be favoured until it matched the incumbents' whole history;
+with no lag (0: 2842931's rule) a light agent tenant, which has a step without work at
+every tool pause, lost at each pause the credit it was owed and rode in the heavy tenant's
+steps again (bench/RESULTS.md, the noisy-neighbour lines). The lag lets it keep up to that
+much credit across a pause.
 
 Under `decode_stall`'s prefill cap (a step's prompt tokens capped while steps decode), the
 favoured tenant's running prefills keep up to `share_within_cap` of the cap ahead of the
@@ -227,8 +232,11 @@ class ComputeShares:
     decodes; a running request's prefill chunk and an admitted request's first chunk take
     only what their tenant's allowance has left (none left: it sits the step out); a tenant
     entering competition starts at no less than the least weighted service of those already
-    in it less `share_lag_tokens` (`_catch_up`). Decodes are never held back, so a step's
-    decodes all run (the engine's batched decode and the simulator's decode runs rely on it).
+    in it less `share_lag_tokens` (`_catch_up`). The share never cuts a decode, so a step in
+    which every running request decodes, within the budget, runs them all (the simulator's
+    decode runs rely on it); a decode behind a running prefill in the running queue's order
+    still waits when that prefill's chunk takes the budget left (the favoured tenant's may
+    take the whole budget: the module docstring).
     With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes (one
     tenant, the common case, pays nothing for the default being on).
 
@@ -284,7 +292,7 @@ class ComputeShares:
                                          self.max_num_batched_tokens)
         reserved = {}
         for r, n in zip(self.running, needs, strict=True):
-            if n == 1:  # decodes always run: charged first (not served: see `_serve`)
+            if n == 1:  # a decode is never cut: charged first (not served: see `_serve`)
                 allow[r.tenant] -= 1
             elif n > 1 and r.tenant == fav and self.share_within_cap:
                 reserved[id(r)] = n
@@ -341,7 +349,7 @@ class ComputeShares:
 
     def _serve(self, tenant: str | None, n: int) -> None:
         """Count `n` prefill tokens computed for `tenant` in a competing step. Decodes are
-        not counted: they always run, and a simulator's decode run (many decode steps
+        not counted: the share never cuts them, and a simulator's decode run (many decode steps
         decided at once) must leave the same service as its steps one by one."""
         self._served[tenant] = self._served.get(tenant, 0) + n
 
