@@ -7,10 +7,12 @@ that admission and the admitted tenant is debited 1; the tenant with the largest
 goes next (ties: the oldest waiting session). Deficits restart at 0 whenever the backlogged
 set changes.
 
-Only admissions in fair order are charged: the admitted tenant's deficit is the largest.
-The others are work-conserving: a session of another tenant that holds less than its memory
-share admitted while the favoured tenant's next session cannot fit (`_entitled_heads`), a
-session backfilled behind the head, or a demoted session coming back. The memory shares
+Only admissions in fair order are charged: those of a backlogged tenant whose deficit is the
+largest (`FairShare.charge`), whichever of its sessions goes (its head, a session
+backfilled behind the head, or a demoted session of it coming back). The admissions of any
+other tenant are work-conserving and not charged: a session of another tenant that holds
+less than its memory share admitted while the favoured tenant's next session cannot fit
+(`_entitled_heads`), or another tenant's backfilled or demoted session. The memory shares
 below bound those; charging them would push the admitted tenant's deficit below -1 and
 void the bound (tests/test_manager_stateful.py found that sequence).
 
