@@ -572,8 +572,9 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
 
     def _time(self, now: float | None) -> float:
         """`now`, or the clock's time where it is None; InvalidRequest naming it unless it is
-        a finite number (checked before anything changes: a policy given a str fails half
-        way, and a NaN or infinite time would stall or fire every timer)."""
+        a finite number within +-`MAX_TIME_S` (checked before anything changes: a policy
+        given a str fails half way, a NaN or infinite time would stall or fire every timer,
+        and one near the float maximum overflowed the policies' elapsed-time grid)."""
         return check_time("now", self.clock() if now is None else now, InvalidRequest)
 
     # -- eviction (kvsaga/manager_evict.py), in this class's own dict too, where callers

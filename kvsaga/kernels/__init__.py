@@ -123,7 +123,7 @@ def _triton_module(name: str, device: torch.device) -> ModuleType:
     if device.type == "cuda" and _interpret_set_here:
         raise RuntimeError(
             f"{qualified} on CUDA: an earlier KVSAGA_KERNELS=triton call on CPU tensors set "
-            "TRITON_INTERPRET=1 when no GPU was visible, so the Triton kernels here run "
+            "TRITON_INTERPRET=1 for this process, so the Triton kernels here run "
             "interpreted; run CUDA and CPU calls in separate processes"
         )
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -257,8 +257,9 @@ def step_plan(
     """An `inplace.StepPlan` for a forward pass whose every layer's `cache_write` and
     `paged_attention` (caches laid out as these, queries of `query_dtype` with their last
     dim contiguous, `num_query_tokens` rows, no padding rows) would run the in-place
-    kernels whole; None where they would not (CUDA,
-    `KVSAGA_KERNELS` set, kernel not built, other dtypes, or prefill rows where the kernel
+    kernels whole; None where they would not (CUDA, Triton chosen for these tensors
+    (`use_triton`: `KVSAGA_KERNELS=triton` with no GPU visible), `KVSAGA_KERNELS=torch`,
+    kernel not built, other dtypes, or prefill rows where the kernel
     has no AVX-512 or AVX2 tiles): then call those two as usual. Values are not checked here: run
     the public kernels over the same metadata once first.
     """

@@ -267,9 +267,10 @@ class Scheduler:
         """Queue a step (a new session's first, or a paused session's next).
 
         Raises:
-            InvalidRequest: `now` not a finite number, a session id not a non-empty str, or
-                a step of the session already waiting or running here (it would be begun
-                while the other holds the session open); nothing changed.
+            InvalidRequest: `now` not a finite number within +-`MAX_TIME_S`, a session id
+                not a non-empty str, or a step of the session already waiting or running
+                here (it would be begun while the other holds the session open); nothing
+                changed.
         """
         check_time("now", now, InvalidRequest)
         sid = getattr(req, "session_id", None)

@@ -31,6 +31,19 @@ def test_a_first_step_aborted_before_allocation_undoes_the_admission():
     assert g.num_deferrals == 0
 
 
+def test_first_steps_aborted_before_allocation_leave_no_record_behind():
+    """An undone admission keeps nothing of the session (its shared prefix included): a
+    client aborting first steps in a loop grew the gate's records, and a later session of
+    the id read the old shared prefix."""
+    g = _gate()
+    for i in range(50):
+        assert g.admit(f"s{i}", "w", 4 * BS, 2 * BS, now=float(i))
+        g.finished(f"s{i}-0", f"s{i}", 4 * BS, float(i) + 0.5, None, False)
+    assert g.sessions == {} and g._shared == {} and g._step_context == {}
+    assert g.admit("s0", "w", 4 * BS, 0, now=100.0)
+    assert g._shared["s0"] == 0  # the new session's, not the aborted one's
+
+
 def test_a_later_step_aborted_before_allocation_restores_the_pause_and_learns_nothing():
     g = _gate()
     assert g.admit("a", "w", 10 * BS, 0, now=0.0)

@@ -126,7 +126,13 @@ if TYPE_CHECKING:
 # Under "vllm": vLLM configures that logger (and its handler) only, so the lines reach its log.
 logger = init_logger(f"vllm.{__name__}")
 STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
-ENDED_TRACKED = 4096  # ended sessions whose requests still queued are told apart by arrival
+# Ended sessions whose requests still queued are told apart by arrival: a request whose
+# `arrival_time` (vLLM's front end stamps it with time.time()) is before its session's end
+# (time.time() here) belongs to the ended session. This assumes the front end and the
+# scheduler read one wall clock that does not step back (one host; NTP slewing, not
+# stepping): a clock stepped back could take a new session's first request for the old one's
+# (it would run unretained, as a request of no session).
+ENDED_TRACKED = 4096
 
 
 class KVSagaConnectorMetadata(KVConnectorMetadata):

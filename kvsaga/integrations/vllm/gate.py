@@ -540,6 +540,7 @@ class SessionGate:
         self.pauses.paused(sid, now)
         if s is None:  # e.g. aborted while deferred: its wait is over, not stale
             self._end_wait(sid, now)
+            self._shared.pop(sid, None)  # not admitted: nothing to keep for it
             return []
         s.resumed_from = None
         if late:  # part of the step that ended: nothing more to learn
@@ -561,6 +562,8 @@ class SessionGate:
             return  # its running request's finish ends the step; or this one never resumed it
         if s.last_finish is None:
             del self.sessions[sid]
+            self._shared.pop(sid, None)  # (a later step of the id is a new session)
+            self._step_context.pop(sid, None)
             return
         if s.resumed_from is not None:
             s.context, s.paused_at, s.expected_s = s.resumed_from

@@ -160,7 +160,7 @@ def test_the_offload_policy_forgets_sessions_whose_chunks_are_all_gone(policy):
     session-only client) were never forgotten: 20,000 sessions left 20,000 records in the
     policy and its inner kvsaga policy's views. Now a paused session none of whose chunks
     is left is forgotten; a later step of it starts again as a new session."""
-    from vllm.v1.kv_offload.base import ReqContext, make_offload_key
+    from vllm.v1.kv_offload.base import make_offload_key
     from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
 
     from kvsaga.integrations.vllm import CACHE_POLICY_MODULE
@@ -171,14 +171,7 @@ def test_the_offload_policy_forgets_sessions_whose_chunks_are_all_gone(policy):
 
     def store(i: int, sid: str) -> list:
         keys = [make_offload_key(f"s{i}-{j}".encode().ljust(32, b"."), 0) for j in range(4)]
-        ctx = ReqContext(f"r{i}", kv_transfer_params={"kvsaga": {"session_id": sid}})
-        for pos, k in enumerate(keys):
-            ctx.set_offload_key_position(k, (pos + 1) * 16)
-        mgr.on_new_request(ctx)
-        mgr.touch(keys, ctx)
-        out = mgr.prepare_store(keys, ctx)
-        mgr.complete_store(out.keys_to_store, ctx)
-        mgr.on_request_finished(ctx)
+        _store_step(mgr, f"r{i}", sid, keys)
         return keys
 
     for i in range(2000):
@@ -191,10 +184,25 @@ def test_the_offload_policy_forgets_sessions_whose_chunks_are_all_gone(policy):
     assert "S0" in pol._sessions and "S0" in pol.policy.views
 
 
+def _store_step(mgr, rid: str, sid: str, keys: list) -> None:
+    """One request of session `sid` through vLLM's offloading manager: its chunks `keys`
+    touched, stored and the request finished."""
+    from vllm.v1.kv_offload.base import ReqContext
+
+    ctx = ReqContext(rid, kv_transfer_params={"kvsaga": {"session_id": sid}})
+    for pos, k in enumerate(keys):
+        ctx.set_offload_key_position(k, (pos + 1) * 16)
+    mgr.on_new_request(ctx)
+    mgr.touch(keys, ctx)
+    out = mgr.prepare_store(keys, ctx)
+    mgr.complete_store(out.keys_to_store, ctx)
+    mgr.on_request_finished(ctx)
+
+
 def test_a_session_whose_last_chunk_became_shared_is_forgotten():
     """B reuses A's only chunk: the chunk is shared cache now, A holds none and is
     forgotten; B keeps its own."""
-    from vllm.v1.kv_offload.base import ReqContext, make_offload_key
+    from vllm.v1.kv_offload.base import make_offload_key
     from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
 
     from kvsaga.integrations.vllm import CACHE_POLICY_MODULE
@@ -205,14 +213,7 @@ def test_a_session_whose_last_chunk_became_shared_is_forgotten():
     shared = make_offload_key(b"shared".ljust(32, b"."), 0)
     own = make_offload_key(b"b-own".ljust(32, b"."), 0)
     for rid, sid, keys in (("a1", "A", [shared]), ("b1", "B", [shared, own])):
-        ctx = ReqContext(rid, kv_transfer_params={"kvsaga": {"session_id": sid}})
-        for pos, k in enumerate(keys):
-            ctx.set_offload_key_position(k, (pos + 1) * 16)
-        mgr.on_new_request(ctx)
-        mgr.touch(keys, ctx)
-        out = mgr.prepare_store(keys, ctx)
-        mgr.complete_store(out.keys_to_store, ctx)
-        mgr.on_request_finished(ctx)
+        _store_step(mgr, rid, sid, keys)
     assert pol._owner[shared][0] is None and pol._owner[own][0] == "B"
     assert set(pol._sessions) == {"B"} and set(pol.policy.views) == {"B"}
 
