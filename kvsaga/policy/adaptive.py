@@ -490,6 +490,11 @@ class AdaptivePolicy(EvictionPolicy):
             e.policy.session_ended(session, now)
         self._on_shadows(lambda sh: sh.session_ended(session, now))
 
+    def session_forgotten(self, session, now: float) -> None:
+        for e in self.experts:
+            e.policy.session_forgotten(session, now)
+        self._on_shadows(lambda sh: sh.session_forgotten(session, now))
+
     def tick(self, now: float) -> None:
         for e in self.experts:
             e.policy.tick(now)

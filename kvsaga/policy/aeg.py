@@ -254,6 +254,11 @@ class ExecutionGraph:
         g.num_sessions += 1
         g.num_steps += t.steps
 
+    def forget(self, session_id: str) -> None:
+        """Drop a live session's track, learning nothing from it (`session_ended` would count
+        a paused one as abandoned): its owner lost sight of it without seeing it end."""
+        self._tracks.pop(session_id, None)
+
     # -- predictions --------------------------------------------------------------------------
     def _forget(self) -> None:
         """What the remembered answers read changed: forget them."""
@@ -372,3 +377,9 @@ class FeedsExecutionGraph:
     def session_ended(self, session, now: float) -> None:
         super().session_ended(session, now)
         self.graph.session_ended(session.session_id, now)
+
+    def session_forgotten(self, session, now: float) -> None:
+        """Forgotten, not ended: its track goes first, so the end that follows (the base's
+        `session_forgotten` calls `session_ended`) teaches the graph nothing."""
+        self.graph.forget(session.session_id)
+        super().session_forgotten(session, now)

@@ -117,6 +117,14 @@ class EvictionPolicy:
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""
 
+    def session_forgotten(self, session: Session, now: float) -> None:
+        """The integration drops a paused session it keeps no block of, not knowing whether
+        the session ended (vLLM's offload cache policy, bounding its records): forget it as
+        `session_ended` does, but learn nothing from it. It was not seen to end, so it is no
+        abandonment; a later step of it is a new session. Default: `session_ended` (a
+        policy that learns from ends overrides this: `aeg.FeedsExecutionGraph`)."""
+        self.session_ended(session, now)
+
     def session_deferred(self, session: Session, deferred: bool, now: float) -> None:
         """The scheduler demoted the session (`deferred`: its next step waits for admission
         behind the sessions still admitted, so its blocks are needed later than its pause

@@ -187,11 +187,19 @@ class ShadowCache:
         self._known[sid] = self._loops.count_hashed(table)
 
     def session_ended(self, session, now: float) -> None:
+        self._end(session, now, self.policy.session_ended)
+
+    def session_forgotten(self, session, now: float) -> None:
+        self._end(session, now, self.policy.session_forgotten)
+
+    def _end(self, session, now: float, tell) -> None:
+        """The session ended or was forgotten: `tell` the policy (its hook of the two), and
+        drop the session's table as the real cache drops its blocks."""
         sid = session.session_id
         table = self._tables.pop(sid, [])
         if sid in self._running:  # ended by its last step: what it decoded stays cached
             self._grow(sid, table, session.block_hashes, self._computed(session), now)
-        self.policy.session_ended(_Seen(session, table), now)
+        tell(_Seen(session, table), now)
         if sid in self._running:
             self._release(sid, table, keep_tail=False)
         tail = self._tails.pop(sid, None)

@@ -14,10 +14,12 @@ Enable it through the offloading connector's extra config, e.g.
 "cache_policy_module_path": "kvsaga.integrations.vllm.cache_policy"}}`.
 `KVSagaCachePolicy` ranks with kvsaga's `ttl` policy; `KVSagaGraphCachePolicy` with `graph`.
 
-A paused session none of whose chunks is left (all evicted, or none stored) is forgotten, as
-one that ended (`session_ended`): a client that sends only its session id never says which
-step is the last, and 20,000 such sessions kept 20,000 records here and in the kvsaga
-policy. A later step of the id starts again as a new session.
+A paused session none of whose chunks is left (all evicted, or none stored) is forgotten
+(`session_forgotten`): a client that sends only its session id never says which step is the
+last, and 20,000 such sessions kept 20,000 records here and in the kvsaga policy. Forgotten,
+not ended: nothing says it was abandoned, so the kvsaga policy learns no abandonment from it
+(ended while paused, it counted as one, lowering the resume odds its tool's paused sessions
+are ranked by). A later step of the id starts again as a new session.
 """
 
 from __future__ import annotations
@@ -211,8 +213,8 @@ class KVSagaCachePolicy(CachePolicy):
         if sid in self._owned or sid in self._running:
             return
         session = self._sessions.pop(sid, None)
-        if session is not None:
-            self.policy.session_ended(session, self.clock())
+        if session is not None:  # not seen to end: no abandonment to learn
+            self.policy.session_forgotten(session, self.clock())
 
 
 class KVSagaGraphCachePolicy(KVSagaCachePolicy):

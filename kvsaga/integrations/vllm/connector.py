@@ -14,15 +14,16 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 - Pressure: before vLLM would admit a request it cannot fit (`get_num_new_matched_tokens`),
   and before it would preempt a running request (`has_pending_block_frees`, which vLLM asks
   right before preempting), the connector releases retained blocks in the policy's order
-  (tails first, least valuable session first) until the request fits or nothing is retained;
-  after each step it keeps one free block per scheduled request. A released block stays in
-  vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes vLLM preempt a
-  running request: it says yes to `has_pending_block_frees` once releasing freed blocks
-  (no, when the blocks released are also a running request's: vLLM then preempts as it
-  would without the connector). vLLM
-  retries that request the next step, not the same one, so a request short of room waits a
-  step each time it asks; the release doubles while it keeps asking, so a prefill chunk of
-  k blocks waits about log2(k) steps.
+  (tails first, least valuable session first) until the request fits or nothing retained
+  can be freed; after each step it keeps one free block per scheduled request. A retained
+  block a request also holds is never released for room: dropping the retained reference
+  would free nothing, and its session would lose the retention for nothing. A released
+  block stays in vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes
+  vLLM preempt a running request: it says yes to `has_pending_block_frees` once releasing
+  freed blocks (no, when every retained block is also a running request's: vLLM then
+  preempts as it would without the connector). vLLM retries that request the next step,
+  not the same one, so a request short of room waits a step each time it asks; the release
+  doubles while it keeps asking, so a prefill chunk of k blocks waits about log2(k) steps.
 - S's last step (`last_step`), or a request that names no session: nothing is retained.
 - Admission (`admission`, on by default): a session gate (`gate.SessionGate`, kvsaga's
   workflow rule) defers a session's step while the admitted sessions' predicted working sets
@@ -197,6 +198,8 @@ class KVSagaConnector(KVConnectorBase_V1):
         # the ENDED_TRACKED latest ended sessions, oldest first
         self._ended_at: dict[str, float] = {}
         self._probes: dict[str, int] = {}  # request id -> admission probes since its last alloc
+        # session -> its requests allocated and not finished: one session step (`_land`)
+        self._flights: dict[str, set[str]] = {}
         # session -> when its pause began (its last step's finish or arrival), oldest first
         self._paused: dict[str, float] = {}
         self.stats = RetentionStats()
@@ -360,11 +363,15 @@ class KVSagaConnector(KVConnectorBase_V1):
             return
         now = self.clock()
         session = session_for(self._sessions, info)
+        flights = self._flights.setdefault(info.session_id, set())
+        first = not flights  # else part of a step under way (or this one, again after preemption)
+        flights.add(request.request_id)
         held = info.session_id in self.holds
         # The retained blocks among the step's own (GraphPolicy counts their reuse).
         session.block_ids = [b for b in blocks.get_block_ids()[0] if b in self._holders]
         self.stats.resumed_hits += bool(held and session.block_ids)
-        self.policy.step_started(session, now)
+        if first:
+            self.policy.step_started(session, now)
         if held:
             self._release_session(info.session_id)
 
@@ -387,11 +394,16 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self._end_session(info.session_id, session_for(self._sessions, info), now)
                 self._orphan_steps(info.session_id)
             else:
+                ended = self._land(rid, info.session_id)
                 # A step that never got blocks (aborted while it waited: the gate held it, or
                 # vLLM had no room) leaves the session's kept context as it was.
                 if not unretained and block_ids:
-                    self._retain(info, block_ids, now)
+                    self._retain(info, block_ids)
                 self.session_active(info.session_id, now)  # its pause starts now
+                if ended and info.session_id in self.holds:  # kept by the step's requests
+                    session = session_for(self._sessions, info)
+                    self.policy.step_finished(session, now, info.hint)
+                    self.stats.retained_steps += 1
         if self.gate is not None:
             hint = info.hint if info is not None else None
             for demoted in self.gate.finished(
@@ -423,6 +435,22 @@ class KVSagaConnector(KVConnectorBase_V1):
         if len(self._ended_at) > ENDED_TRACKED:
             del self._ended_at[next(iter(self._ended_at))]
 
+    def _land(self, request_id: str, sid: str) -> bool:
+        """The request of session `sid` finished: whether it ended the session's step, i.e.
+        it was allocated and no other request of the session allocated is unfinished. A
+        session's requests in flight together (vLLM's n > 1 children of one request, or
+        concurrent steps) are one step to the policy, as to the gate (`SessionGate.finished`):
+        it starts when the first is allocated and finishes with the last. Per request, the
+        policy saw n steps and paused the session while its other children still ran."""
+        flights = self._flights.get(sid)
+        if flights is None or request_id not in flights:
+            return False
+        flights.discard(request_id)
+        if flights:
+            return False
+        del self._flights[sid]
+        return True
+
     def _forget_ride(self, request_id: str) -> None:
         """The request is admitted by the gate or finished: no ride-along state stays."""
         self._riding.discard(request_id)
@@ -438,6 +466,7 @@ class KVSagaConnector(KVConnectorBase_V1):
             self.policy.session_ended(session, now)
         self._sessions.pop(sid, None)
         self._paused.pop(sid, None)
+        self._flights.pop(sid, None)  # its other requests are of no session from now on
 
     @property
     def session_idle_s(self) -> float | None:
@@ -472,9 +501,10 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self.gate.forget(sid)
             self.stats.abandoned += 1
 
-    def _retain(self, info: StepInfo, block_ids: list[int], now: float) -> None:
-        """Take a reference on the step's full, hashed blocks (its context's prefix) and
-        report them to the policy as the paused session's."""
+    def _retain(self, info: StepInfo, block_ids: list[int]) -> None:
+        """Take a reference on the request's full, hashed blocks (its context's prefix), in
+        place of what the session retained before, and report them to the policy as the
+        session's (its step's finish is told once the step's last request finished)."""
         sid = info.session_id
         session = session_for(self._sessions, info)
         pool = self.pool
@@ -492,15 +522,14 @@ class KVSagaConnector(KVConnectorBase_V1):
         for pos, blk in enumerate(keep):
             self._hold(blk.block_id, sid, pos)
         session.block_ids = list(self.holds[sid])
-        self.policy.step_finished(session, now, info.hint)
-        self.stats.retained_steps += 1
 
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
         instead, as many as the run of asks wants (`room_asks.RoomAsks`), and say whether
-        that freed any. Freed, not released: a retained block a running request also holds
-        stays in use when its retained reference goes, and on True vLLM skips the rest of
-        its running requests this step (rather than preempting) for nothing."""
+        that freed any. Only blocks whose release frees them go (`_release_until`): a
+        retained block a running request also holds stays retained, since it would stay in
+        use; when nothing could be freed the answer is False (on True vLLM skips the rest of
+        its running requests this step, rather than preempting, for nothing)."""
         if self.pool is None or not self.holds:
             return False
         free = self.pool.get_num_free_blocks()
@@ -597,6 +626,11 @@ class KVSagaConnector(KVConnectorBase_V1):
         for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
             self._drop(b, sid)
 
+    def _in_use(self) -> set[int]:
+        """Retained blocks a request holds too (more references than retaining sessions)."""
+        blocks = self.pool.blocks
+        return {b for b, holders in self._holders.items() if blocks[b].ref_cnt > len(holders)}
+
     def _demoted_only(self, exclude: str | None = None) -> int:
         """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
         admitted): `KeptDemoted.room`."""
@@ -604,16 +638,22 @@ class KVSagaConnector(KVConnectorBase_V1):
 
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
         """Release retained blocks in the policy's order until vLLM has `free_wanted` free
-        blocks or nothing is retained. Returns how many retained blocks were released."""
+        blocks or no retained block can be freed. Returns how many retained blocks were
+        released. A retained block a request also holds (`_in_use`) is kept: dropping its
+        retained references frees nothing, and its session would lose the retention (and its
+        paused context's hits once the request finishes) for no memory."""
         pool = self.pool
-        demoted = self._demoted.release(pool.get_num_free_blocks, free_wanted, self.holds,
-                                        self._drop, self._release_session)
+        demoted = self._demoted.release(pool.blocks, self._holders, pool.get_num_free_blocks,
+                                        free_wanted, self.holds, self._drop,
+                                        self._release_session)
         if demoted:
             self.stats.by_reason["demoted"] = self.stats.by_reason.get("demoted", 0) + demoted
         released = 0
         while self._holders and pool.get_num_free_blocks() < free_wanted:
             short = free_wanted - pool.get_num_free_blocks()
-            victims = self.policy.choose_victims(short, now)
+            in_use = self._in_use()  # asked for beyond `short`, then passed over
+            victims = [b for b in self.policy.choose_victims(short + len(in_use), now)
+                       if b not in in_use][:short]
             if not victims:
                 break
             for b in victims:

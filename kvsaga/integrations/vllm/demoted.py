@@ -45,24 +45,36 @@ class KeptDemoted:
         room in all but name, since any need for memory releases them before anything else.
         A block two of them share counts once."""
         return len({b for sid in self._order if sid != exclude for b in holds.get(sid, ())
-                    if blocks[b].ref_cnt == len(holders[b])
-                    and all(h in self._order and h != exclude for h in holders[b])})
+                    if self._frees(b, blocks, holders, exclude)})
 
-    def release(self, num_free: Callable[[], int], free_wanted: int,
-                holds: dict[str, list[int]], drop: Callable[[int, str], None],
+    def _frees(self, b: int, blocks: Sequence[Any], holders: Mapping[int, list[str]],
+               exclude: str | None = None) -> bool:
+        """Whether block `b` is kept demoted sessions' alone (not `exclude`'s) and no request
+        references it: dropping their references frees it."""
+        return (blocks[b].ref_cnt == len(holders[b])
+                and all(h in self._order and h != exclude for h in holders[b]))
+
+    def release(self, blocks: Sequence[Any], holders: Mapping[int, list[str]],
+                num_free: Callable[[], int], free_wanted: int, holds: dict[str, list[int]],
+                drop: Callable[[int, str], None],
                 release_session: Callable[[str], None]) -> int:
         """Give back kept sessions' blocks, the oldest demotion first and each session's tail
-        first (`drop(block, sid)` one reference, `release_session(sid)` the rest), until
-        `num_free()` reaches `free_wanted`. Returns how many references were dropped."""
+        first (`drop(block, sid)` one reference, `release_session(sid)` once it holds none),
+        until `num_free()` reaches `free_wanted`. Only blocks whose release frees memory go
+        (`_frees`): a block a request or a session not kept also holds stays retained, since
+        dropping the reference would give up its retention and free nothing. Returns how
+        many references were dropped."""
         released = 0
-        while self._order and num_free() < free_wanted:
-            sid = next(iter(self._order))
-            blocks = holds.get(sid)
-            if not blocks:
+        for sid in list(self._order):
+            if num_free() >= free_wanted:
+                break
+            mine = holds.get(sid, [])
+            for b in [b for b in reversed(mine) if self._frees(b, blocks, holders)]:
+                if num_free() >= free_wanted:
+                    break
+                mine.remove(b)
+                drop(b, sid)
+                released += 1
+            if not mine:
                 release_session(sid)  # (discards it)
-                continue
-            drop(blocks.pop(), sid)
-            released += 1
-            if not blocks:
-                release_session(sid)
         return released

@@ -184,12 +184,13 @@ def test_the_offload_policy_forgets_sessions_whose_chunks_are_all_gone(policy):
     assert "S0" in pol._sessions and "S0" in pol.policy.views
 
 
-def _store_step(mgr, rid: str, sid: str, keys: list) -> None:
+def _store_step(mgr, rid: str, sid: str, keys: list, last_step: bool = False) -> None:
     """One request of session `sid` through vLLM's offloading manager: its chunks `keys`
-    touched, stored and the request finished."""
+    touched, stored and the request finished (`last_step`: its session's last)."""
     from vllm.v1.kv_offload.base import ReqContext
 
-    ctx = ReqContext(rid, kv_transfer_params={"kvsaga": {"session_id": sid}})
+    hint = {"session_id": sid, **({"last_step": True} if last_step else {})}
+    ctx = ReqContext(rid, kv_transfer_params={"kvsaga": hint})
     for pos, k in enumerate(keys):
         ctx.set_offload_key_position(k, (pos + 1) * 16)
     mgr.on_new_request(ctx)
@@ -216,6 +217,38 @@ def test_a_session_whose_last_chunk_became_shared_is_forgotten():
         _store_step(mgr, rid, sid, keys)
     assert pol._owner[shared][0] is None and pol._owner[own][0] == "B"
     assert set(pol._sessions) == {"B"} and set(pol.policy.views) == {"B"}
+
+
+@pytest.mark.parametrize("policy", ["KVSagaCachePolicy", "KVSagaGraphCachePolicy"])
+def test_a_session_forgotten_for_holding_no_chunk_is_not_learned_as_abandoned(policy):
+    """The offload policy forgot a paused session whose chunks were all evicted by ending it
+    in its kvsaga policy while paused, which the execution graph counts as an abandonment
+    of the tool it waited on (lowering the resume odds every paused session of that tool
+    is ranked by). Forgotten is not ended: nothing is learned. A session that does end
+    (its last step) is still counted as finished."""
+    from vllm.v1.kv_offload.base import make_offload_key
+    from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
+
+    from kvsaga.integrations.vllm import CACHE_POLICY_MODULE
+
+    mgr = CPUOffloadingManager(4, cache_policy=policy,
+                               cache_policy_module_path=CACHE_POLICY_MODULE)
+    pol = mgr._policy
+    graph = pol.policy.graph
+
+    def keys(tag: str) -> list:
+        return [make_offload_key(f"{tag}-{j}".encode().ljust(32, b"."), 0) for j in range(4)]
+
+    def abandoned() -> int:
+        return sum(n.abandoned for g in graph.workflows.values() for n in g.nodes.values())
+
+    _store_step(mgr, "a1", "A", keys("a1"))
+    assert "A" in graph._tracks
+    _store_step(mgr, "b1", "B", keys("b1"))  # evicts A's 4 chunks: A is forgotten
+    assert "A" not in pol._sessions and "A" not in graph._tracks
+    assert abandoned() == 0
+    _store_step(mgr, "a2", "A", keys("a2"), last_step=True)  # A's id again, and its end
+    assert abandoned() == 0 and sum(g.num_sessions for g in graph.workflows.values()) == 1
 
 
 # -- a prefix-cache reset that cannot succeed keeps the retained blocks ------------------------
@@ -305,3 +338,74 @@ def test_a_step_queued_unasked_when_its_session_ended_does_not_bring_it_back(hf_
     assert c.gate is None or c.gate.sessions == {}
     run(s, [make_request(ctx, 2, {"session_id": "A", "tool": "t", "expected_s": 5})])
     assert list(c.holds) == ["A"]  # sent after the end: a new session of the id
+
+
+# -- a retained block a running request also holds is kept when room is asked -----------------
+
+def test_room_releases_keep_retained_blocks_a_running_request_also_holds(hf_model_dir):
+    """vLLM asks for room before it preempts (`has_pending_block_frees`, its run of asks
+    doubling). Releasing dropped every retained reference in the policy's order, including
+    those on blocks a running request also holds: no block freed, and the paused session
+    lost its retention for nothing. Now those are kept: C's blocks go, B's stay."""
+    from .harness import step
+
+    s = make_scheduler(hf_model_dir, 16, connector=True, admission=False)
+    c, pool = s.connector, _pool(s)
+    ctx = _prompt(1, 4)
+    run(s, [make_request(ctx, 1, {"session_id": "B", "tool": "t", "expected_s": 30})])
+    held = list(c.holds["B"])
+    s.add_request(make_request(ctx + _prompt(2, 1)[:8], 100))  # runs on B's 4 blocks (hits)
+    step(s)
+    assert all(pool.blocks[b].ref_cnt == 2 for b in held)  # B's hold and the request's
+    assert c.has_pending_block_frees() is False
+    assert c.holds == {"B": held}  # nothing freeable: B keeps its retention
+    s.add_request(make_request(_prompt(3, 3), 1, {"session_id": "C", "tool": "t",
+                                                  "expected_s": 1}))
+    while "C" not in c.holds:
+        step(s)
+    assert len(c.holds["C"]) == 3 and len(s.requests) == 1  # the one on B's blocks runs
+    answers = [c.has_pending_block_frees() for _ in range(4)]  # asks for 1, 2, 4, 8 blocks
+    assert answers[0] is True and answers[-1] is False
+    assert c.holds == {"B": held}  # C's blocks freed, B's kept
+    assert c.stats.by_reason == {"preempt": 3}
+
+
+# -- n > 1 children are one step to the connector's policy too ---------------------------------
+
+@pytest.mark.parametrize("admission", [False, True])
+def test_n_children_are_one_step_to_the_policy(hf_model_dir, admission):
+    """vLLM fans a request with n > 1 out into n children with the same hint. The gate
+    counts them as one step, but the connector told its policy `step_finished` at each
+    child's finish (the first paused the session while its siblings still ran) and
+    `step_started` at each child's allocation: n = 3 made 12 steps of 4. Now the policy
+    sees one step, started with the first child and finished with the last."""
+    from .harness import TOKEN
+
+    s = make_scheduler(hf_model_dir, 80, connector=True, admission=admission)
+    c = s.connector
+    calls, done = [], [0]  # policy calls (with the children finished by then)
+    started, finished, request_finished = (c.policy.step_started, c.policy.step_finished,
+                                           c.request_finished)
+
+    def on_request_finished(request, block_ids):
+        done[0] += 1
+        return request_finished(request, block_ids)
+
+    def on_started(session, now):
+        calls.append(("started", done[0]))
+        started(session, now)
+
+    def on_finished(session, now, hint):
+        calls.append(("finished", done[0]))
+        finished(session, now, hint)
+
+    c.request_finished = on_request_finished
+    c.policy.step_started, c.policy.step_finished = on_started, on_finished
+    ctx = _prompt(1, 4)
+    for k in range(4):
+        hint = {"session_id": "A", "tool": "t", "expected_s": 5}
+        run(s, [make_request(ctx, 16, hint) for _ in range(3)])  # n = 3 children
+        ctx = ctx + [TOKEN] * 16 + _prompt(20 + k, 1)
+    assert calls == [(what, 3 * k + 3 * (what == "finished"))
+                     for k in range(4) for what in ("started", "finished")]
+    assert c.stats.retained_steps == 4 and c._flights == {} and list(c.holds) == ["A"]

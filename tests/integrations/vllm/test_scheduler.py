@@ -208,6 +208,25 @@ def test_kept_demoted_sessions_count_shared_blocks_once_and_go_first(hf_model_di
     assert c.stats.by_reason == {"demoted": 2} and len(c.holds["D"]) == 12
 
 
+def test_kept_demoted_blocks_a_running_request_holds_are_not_released_for_room(hf_model_dir):
+    """A request runs on K's context (its 4 blocks, the first also E's). Releasing kept
+    demoted sessions first dropped K's references on them, which freed nothing (the request
+    holds them) and lost K's retention; now K keeps them, E's own 3 go and then the
+    policy's choice (D's), and E keeps the block the request holds."""
+    s, k1 = _demoting(hf_model_dir, keep=True)
+    c = s.connector
+    k_held, e_first = list(c.holds["K"]), c.holds["E"][0]
+    s.add_request(make_request(k1 + [7] * 8, 50))  # no session: runs on K's blocks (hits)
+    step(s)
+    assert all(c.pool.blocks[b].ref_cnt > len(c._holders[b]) for b in k_held)
+    free = c.pool.get_num_free_blocks()
+    c._release_until(free + 5, 0.0, "admit")
+    assert c.pool.get_num_free_blocks() == free + 5
+    assert c.holds["K"] == k_held and c.holds["E"] == [e_first]
+    assert list(c._demoted) == ["K", "E"] and len(c.holds["D"]) == 10
+    assert c.stats.by_reason == {"demoted": 3, "admit": 2}
+
+
 def test_a_kept_demoted_session_coming_back_keeps_its_hits(hf_model_dir):
     """K, demoted before E, comes back with a step that needs 2 blocks released: the gate
     admits it, so its blocks are its hits, neither vLLM's room nor the first to go; E's go.
