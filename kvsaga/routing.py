@@ -193,7 +193,7 @@ class KvsagaRouter(Router):
         ahead = self._ahead(home, stats)
         if not (queue or memory or ahead) or self._held_back(req.tenant, stats):
             return None, ""
-        idle = [x for x in self.replicas if x != home and self.waiting(x, stats) == 0]
+        idle = [x for x in self.ready(stats) if x != home and self.waiting(x, stats) == 0]
         lead = self._lead_limit(stats)
         if lead is not None:  # a replica ahead of the fleet's work takes no more of it
             idle = [x for x in idle if x not in stats or self.busy_time(x, stats) <= lead]
@@ -345,13 +345,15 @@ class KvsagaRouter(Router):
     def _place_new(self, req, stats) -> Route:
         """A session without a home: the replica with the least predicted load among those
         not overcommitted (all, if every one is), or one where its prefix is cached whose
-        predicted load is within `prefix_slack` of it."""
-        pred = {r: self.predicted_load(r, stats) for r in self.replicas}
+        predicted load is within `prefix_slack` of it; of the replicas that have reported
+        (`ready`)."""
+        cands = self.ready(stats)
+        pred = {r: self.predicted_load(r, stats) for r in cands}
         key = {r: (self._overcommitted(r, stats), pred[r], self._load(r, stats))
-               for r in self.replicas}
-        best = min(self.replicas, key=key.__getitem__)
+               for r in cands}
+        best = min(cands, key=key.__getitem__)
         hot = self._prefix_homes.get(req.prefix_key, ()) if req.prefix_key is not None else ()
-        warm = [r for r in self.replicas if r in hot and key[r][0] == key[best][0]
+        warm = [r for r in cands if r in hot and key[r][0] == key[best][0]
                 and pred[r] <= pred[best] + self.config.prefix_slack]
         if warm:
             return Route(min(warm, key=key.__getitem__), reason="prefix")

@@ -328,8 +328,14 @@ class Router:
             self._order[r],
         )
 
+    def ready(self, stats: Mapping[str, ReplicaStats]) -> list[str]:
+        """The replicas that have reported stats, or all when none has. A replica that has
+        not reported (under Ray Serve: still loading its model, or its load failed) looks
+        idle; given new sessions, they wait for its load or get its 503s."""
+        return [r for r in self.replicas if r in stats] or self.replicas
+
     def least_loaded(self, stats: Mapping[str, ReplicaStats], exclude: str | None = None):
-        cands = [r for r in self.replicas if r != exclude]
+        cands = [r for r in self.ready(stats) if r != exclude]
         return min(cands, key=lambda r: self._load(r, stats)) if cands else None
 
     def route(self, req: RouteRequest, stats: Mapping[str, ReplicaStats]) -> Route:

@@ -148,6 +148,10 @@ class EngineReplica:
 
             torch.set_num_threads(torch_threads)
         self.app = build_app(factory or engine_factory(settings), settings)
+        # The model loads from now on, not at the first request: until it has, the replica
+        # reports no routing stats and the router places no new session here; a failed
+        # load fails `check_health` at once.
+        self.app.state.engine.start()
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
         self._seen_tokens: dict[str, int] = {}  # session -> context tokens at the last report
@@ -166,6 +170,21 @@ class EngineReplica:
         await asyncio.to_thread(_wait_loaded, self.app.state.engine, _LOAD_TIMEOUT_S)
         with contextlib.suppress(Exception):  # a failed load answers 503 per request
             self.app.state.server.serving()
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: raising marks the replica unhealthy and Serve replaces
+        it. A replica whose model failed to load or whose engine thread stopped would
+        otherwise stay in rotation answering 503 to every request (the single-node server
+        exits instead, `cli._exit_on_load_failure`).
+
+        Raises:
+            RuntimeError: the model failed to load, or the engine thread stopped.
+        """
+        engine = self.app.state.engine
+        if engine.load_error is not None:
+            raise RuntimeError(f"the model failed to load: {engine.load_error}")
+        if engine.stopped:
+            raise RuntimeError(f"the engine stopped: {engine.stop_reason}")
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop the engine thread."""
@@ -294,8 +313,11 @@ class EngineReplica:
         """What `KvsagaRequestRouter` reads (`kvsaga.routing.ReplicaStats` fields), taken on
         the engine thread: blocks, queue, sessions, predicted resumes, each session's
         context size (for the migrate-or-recompute decision) and the service each tenant
-        has had here (`tenant_service`)."""
-        if self._stack is None or self.app.state.engine.snapshot is None:
+        has had here (`tenant_service`). Nothing (`{}`) before the model has loaded, after a
+        failed load or once the engine stopped: the router places no new session on a
+        replica that has not reported (`KvsagaRequestRouter`)."""
+        engine = self.app.state.engine
+        if self._stack is None or engine.snapshot is None or engine.stopped:
             return {}
         return await self.app.state.engine.call(self._routing_stats)
 
@@ -498,7 +520,7 @@ class GatewayCore:
             return _unavailable("misrouted")
         if ended_session(call, first.get("status")):
             for router in registry.routers_here():
-                router.kv_router.session_ended(call["session"])
+                router.session_ended(call["session"])  # on the router's own loop
         route = call.get("route")
         if route is not None:  # where it ran and why, for clients and tests
             first = {**first, "headers": [*first.get("headers", []),

@@ -17,6 +17,7 @@ Ray Serve sent it to a replica (`_Routed`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from functools import partial
 from typing import Any
@@ -40,12 +41,16 @@ def kvsaga_call(pending_request: PendingRequest | None) -> dict | None:
     return call if isinstance(call, dict) and call.get("kvsaga") == 1 else None
 
 
-def stats_of(replica: RunningReplica) -> ReplicaStats:
-    """A replica's last reported routing stats (an idle default before its first report)."""
+def stats_of(replica: RunningReplica) -> ReplicaStats | None:
+    """A replica's last reported routing stats; None before its first report, while its
+    model loads, after a failed load (`EngineReplica.record_routing_stats` reports
+    nothing) or for a report that does not parse. Read as an idle replica, such a one
+    drew every new session, each answered 503 by a replica whose load had failed."""
     try:
-        return ReplicaStats(**(replica.routing_stats or {}))
+        row = replica.routing_stats
+        return ReplicaStats(**row) if row else None
     except (TypeError, ValueError, AttributeError):
-        return ReplicaStats()
+        return None
 
 
 def pinned(router: RequestRouter, call: dict | None,
@@ -113,6 +118,30 @@ class KvsagaRequestRouter(RequestRouter):
         # class by value, and loading it again resets or copies its attributes).
         registry.ROUTERS.add(self)
         self._routes: dict[str, _Routed] = {}  # internal request id -> its route
+        # The loop Ray Serve runs this router's calls on (its own thread by default), seen
+        # at the first routing decision: `session_ended` hands its work to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def session_ended(self, session: str) -> None:
+        """Forget `session` (its last step or end request succeeded). The gateway calls this
+        from its own thread, while Ray Serve runs `choose_replicas`, `update_replicas` and
+        `on_request_completed` on the router's loop; `kv_router`'s state has no lock (a
+        replica removed while sessions ended there raised "dictionary changed size during
+        iteration" half-way, leaving sessions homed on a replica it no longer knew), so
+        the work runs on that loop. Before the first routing decision no session is known:
+        nothing to forget."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.kv_router.session_ended(session)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the router is gone
+            loop.call_soon_threadsafe(self.kv_router.session_ended, session)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -133,6 +162,7 @@ class KvsagaRequestRouter(RequestRouter):
         call = kvsaga_call(pending_request)
         if call is None or not candidate_replicas:
             return [candidate_replicas]
+        self._loop = asyncio.get_running_loop()
         pin = pinned(self, call, candidate_replicas)
         if pin is not None:
             return pin
@@ -143,7 +173,9 @@ class KvsagaRequestRouter(RequestRouter):
             if routed is not None:  # its replica is gone: the earlier tries still complete
                 del self._routes[rid]
                 self.kv_router.finished(routed.route)
-            stats = {i: stats_of(r) for i, r in by_id.items()}
+            # Replicas that have not reported are left out: the router places no new step
+            # on them while another replica is available (`Router.ready`).
+            stats = {i: st for i, r in by_id.items() if (st := stats_of(r)) is not None}
             gone, routed = routed, _Routed(self.kv_router.route(
                 RouteRequest(
                     session=call.get("session"),
