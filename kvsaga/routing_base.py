@@ -175,7 +175,10 @@ class Router:
 
     def remove_replica(self, replica: str) -> list[str]:
         """Forget a replica (it died or was scaled down). Returns the sessions that lived
-        there: their next steps recompute elsewhere."""
+        there: their next steps recompute elsewhere. A session whose unconfirmed move
+        (`unconfirmed_move`) targets it is not lost: its context and KV are still on the
+        move's source, which is its home again when alive (routed as lost, the session was
+        recomputed elsewhere while the source kept its copy until its idle limit)."""
         if replica not in self.in_flight:
             return []
         self.replicas.remove(replica)
@@ -186,6 +189,10 @@ class Router:
         for steps in (self.tenant_steps, self.session_steps):
             for k in [k for k, where in steps.items() if replica in where]:
                 _count(steps, k, replica, -steps[k][replica])
+        for s, m in [(s, m) for s, m in self.moves.items() if m.replica == replica]:
+            if m.moved_from in self.in_flight:
+                self.homes[s] = m.moved_from
+                del self.moves[s]
         lost = [s for s, r in self.homes.items() if r == replica]
         for s in lost:
             self.lost[s] = self.homes.pop(s)

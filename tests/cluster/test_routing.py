@@ -596,3 +596,27 @@ def test_a_replica_added_again_starts_with_no_routed_steps():
     assert r.routed["a"] == 0
     r.finished(r.route(RouteRequest("fresh"), {"a": IDLE, "b": IDLE}))
     assert r.routed == {"a": 1, "b": 0}
+
+
+def test_move_target_removed_before_the_move_arrived_homes_the_session_back():
+    """A session stolen from a to b, b removed before the step reached it (the move
+    unconfirmed): the session's context and KV are still on a, alive, so a is its home
+    again and it is not lost (routed as lost from b, it was recomputed elsewhere while a
+    kept its copy; review repro move_target_dies)."""
+    r = make_router("kvsaga", ["a", "b", "c"])
+    r.homes["t/s1"] = "a"
+    stats = {"a": ReplicaStats(total_blocks=1000, free_blocks=900, queue_depth=5, running=3,
+                               session_tokens={"t/s1": 2000}),
+             "b": ReplicaStats(total_blocks=1000, free_blocks=1000),
+             "c": ReplicaStats(total_blocks=1000, free_blocks=1000, busy_s=0.0)}
+    first = r.route(RouteRequest(session="t/s1", tenant="t"), stats)
+    assert first.moved_from == "a" and r.unconfirmed_move("t/s1", stats) is not None
+    assert r.remove_replica(first.replica) == []
+    assert r.home("t/s1") == "a" and "t/s1" not in r.lost and "t/s1" not in r.moves
+    stats.pop(first.replica)
+    retry = r.route(RouteRequest(session="t/s1", tenant="t"), stats)
+    assert retry.moved_from in (None, "a") and retry.reason != "lost"
+    # A confirmed move is no longer undone: the session then lived on b and is lost with it.
+    r2 = make_router("kvsaga", ["a", "b"])
+    r2.homes["t/s2"] = "b"
+    assert r2.remove_replica("b") == ["t/s2"] and r2.lost == {"t/s2": "b"}
