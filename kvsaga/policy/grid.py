@@ -4,7 +4,10 @@ levels their global normalizers move on. Re-exported by search.py, where they we
 
 from __future__ import annotations
 
+import atexit
 import math
+import sys
+from types import ModuleType
 
 GRID_S = 1e-3  # first point of the elapsed-time grid
 GRID_RATIO = 2.0 ** 0.25  # ratio of successive grid points (about 19%)
@@ -46,6 +49,23 @@ else:
     # The same answers as one C++ call (csrc/elapsed_grid.h), which keying makes once per
     # keyed session: a Python function less each (tests/policy/test_session_heap.py).
     grid_index = Grid(GRID_S, GRID_RATIO, _LOG_RATIO, list(_GRID_POINTS)).index
+
+    def _release_grid() -> None:
+        """At exit, let the C++ grid go before the interpreter's teardown: every module that
+        imported `grid_index` reads the Python reference from then on (the same answers).
+        A process that froze its GC heap (vLLM's servers call gc.freeze() once started)
+        keeps the module dicts that hold it past the last collection, and nanobind's check
+        at exit then printed "nanobind: leaked 1 instances! ... kvsaga._evict.Grid" (and
+        its types and functions) at every stop. Modules are read through object's own
+        attribute lookup, so a lazily loaded one is not loaded here."""
+        cpp = grid_index
+        for module in list(sys.modules.values()):
+            if isinstance(module, ModuleType):
+                namespace = object.__getattribute__(module, "__dict__")
+                if namespace.get("grid_index") is cpp:
+                    namespace["grid_index"] = grid_index_py
+
+    atexit.register(_release_grid)
 
 
 def elapsed_grid(e: float) -> tuple[float, float]:
