@@ -228,6 +228,14 @@ class Router:
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
 
+    def move_refused(self, session: str, source: str) -> None:
+        """The step that moved `session` off `source` was refused there (a step of it was
+        still in flight on `source`, which keeps it; the new replica opened nothing):
+        `source`, when live, is its home again, and the move is void."""
+        self.moves.pop(session, None)
+        if source in self.in_flight:
+            self.homes[session] = source
+
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
         self.lost.pop(session, None)

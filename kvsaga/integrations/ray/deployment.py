@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
@@ -45,6 +45,7 @@ from kvsaga.routing import (
     prefix_key,
     session_key,
 )
+from kvsaga.serve.errors import APIError
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 from kvsaga.serve.settings import ServerSettings
 
@@ -52,6 +53,11 @@ log = logging.getLogger("kvsaga.ray")
 ENGINE_DEPLOYMENT = "KvsagaEngine"
 _SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
 _PULL_TIMEOUT_S = 60.0
+# What `export_session` answers for a session with a step in flight on its replica.
+EXPORT_BUSY = "busy"
+# The header of a 409 answered because the pull met a step in flight on the source (the
+# source's id): the gateway has the router take the session back there.
+PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
 _LOAD_TIMEOUT_S = 600.0
 
 
@@ -109,6 +115,23 @@ async def asgi_messages(app: Any, scope: dict, body: bytes) -> AsyncIterator[dic
         gone.set()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
+
+
+async def _error_messages(err: APIError, scope: dict) -> AsyncIterator[dict]:
+    """The ASGI messages of the single-node server's answer to `err` (OpenAI's error
+    JSON)."""
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(
+        scope, receive, send)
+    for msg in sent:
+        yield msg
 
 
 # -- the engine replica -----------------------------------------------------------------------
@@ -205,17 +228,25 @@ class EngineReplica:
         route = call.get("route") or {}
         moved_from = route.get("moved_from")
         if moved_from and moved_from != self.replica_id and call.get("engine_sid"):
-            await self._pull(call["engine_sid"], call.get("salt"), moved_from,
-                             bool(route.get("migrate")))
+            refused = await self._pull(call["engine_sid"], call.get("salt"), moved_from,
+                                       bool(route.get("migrate")))
+            if refused is not None:
+                async for msg in _error_messages(refused, _scope(call)):
+                    yield msg
+                return
         async for msg in asgi_messages(self.app, _scope(call), call.get("body", b"")):
             yield msg
 
-    async def _pull(self, sid: str, salt: str | None, source: str, migrate: bool) -> None:
+    async def _pull(self, sid: str, salt: str | None, source: str,
+                    migrate: bool) -> APIError | None:
         """Take a moved session's context (and KV when `migrate`) from its previous replica.
-        Any failure (the source died, the session is busy there) leaves a recompute."""
+        A session with a step in flight there is not taken: the answer then is the 409
+        `session_busy` that replica gives a concurrent step (opened here as well, the
+        session would live on two replicas). Any other failure (the source died, it does
+        not hold the session) leaves a recompute."""
         sessions = self._sessions
-        if sessions is None or sessions.get(sid) is not None:
-            return
+        if sessions is None or await self._holds(sessions, sid):
+            return None
         handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
         ask = {"kvsaga": 1, "pin": source, "engine_sid": sid, "migrate": migrate}
         try:
@@ -224,11 +255,16 @@ class EngineReplica:
             )
         except Exception as e:  # the source is gone or stuck: recompute here
             log.warning("kvsaga: pulling session from %s failed (%s); recomputing", source, e)
-            return
-        if not got:
-            log.warning("kvsaga: %s had no paused session %s to hand over; recomputing",
-                        source, sid)
-            return
+            return None
+        if got == EXPORT_BUSY:
+            log.warning("kvsaga: %s has a step of %s in flight; answering 409", source, sid)
+            return APIError(409, f"session {sid.partition('/')[2]!r} already has a request "
+                            "in flight", param="session_id", code="session_busy",
+                            headers={PULL_REFUSED_HEADER: source})
+        if not isinstance(got, tuple):
+            log.warning("kvsaga: %s did not hand over session %s (%s); recomputing",
+                        source, sid, got)
+            return None
         context, exported = got
         if exported is not None and exported.num_blocks:
             try:
@@ -239,6 +275,18 @@ class EngineReplica:
         ctx = sessions.open(sid)
         for k, v in context.items():
             setattr(ctx, k, v)
+        return None
+
+    async def _holds(self, sessions: SessionRegistry, sid: str) -> bool:
+        """Whether the session lives here: a context record whose session the engine holds
+        too. A record without it is stale (an export cancelled before the record was
+        dropped left one): it is dropped, and the session pulled."""
+        if sessions.get(sid) is None:
+            return False
+        if await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
+            return True
+        sessions.drop(sid)
+        return False
 
     def _import(self, engine: Any, exported: Any, salt: str | None) -> None:
         """Import a pulled session's KV (on the engine's thread) and count its context as
@@ -250,19 +298,21 @@ class EngineReplica:
         if s is not None:
             self._seen_tokens[exported.session_id] = len(s.token_ids)
 
-    async def export_session(self, call: dict) -> tuple[dict, Any] | None:
-        """Hand a paused session over (context, and KV if asked) and end it here."""
+    async def export_session(self, call: dict) -> tuple[dict, Any] | str:
+        """Hand a paused session over (context, and KV if asked) and end it here; else why
+        not: `EXPORT_BUSY` (a step of it is in flight here), "unknown" (no such session
+        here) or "misrouted" (the call reached another replica)."""
         await self._start()
         sessions, sid = self._sessions, call.get("engine_sid")
         if call.get("pin") != self.replica_id or sessions is None:
             log.warning("kvsaga: export of %s reached %s, not %s", sid, self.replica_id,
                         call.get("pin"))
-            return None
+            return "misrouted"
         ctx = sessions.get(sid)
         if ctx is None or ctx.in_flight is not None:
             log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid,
                         "unknown" if ctx is None else "a step is in flight")
-            return None
+            return "unknown" if ctx is None else EXPORT_BUSY
         aengine = self.app.state.engine
 
         def take(engine) -> Any:
@@ -278,8 +328,11 @@ class EngineReplica:
                 engine.end_session(sid)  # the manager's copy and the scheduler's admission
             return out
 
-        exported = await aengine.call(take)
+        # The record goes before the await, as the end route's does, and the engine's copy
+        # goes even if this call is cancelled (its caller gave up): a record left behind
+        # named a session the engine no longer held, and a later pull here trusted it.
         sessions.drop(sid)
+        exported = await asyncio.shield(aengine.call(take))
         # What the session's cache holds (exact ids and text), not its local bookkeeping.
         context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
                    if f.name not in ("in_flight", "last_used")}
@@ -388,6 +441,14 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
         if k.lower() == b"authorization":
             scheme, _, token = v.decode("latin-1").partition(" ")
             return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
+
+
+def _header(msg: dict, name: str) -> str | None:
+    """A header of an `http.response.start` message (`name` in lower case), or None."""
+    for k, v in msg.get("headers", []):
+        if bytes(k).lower() == name.encode():
+            return bytes(v).decode("latin-1")
     return None
 
 
@@ -521,6 +582,10 @@ class GatewayCore:
         if ended_session(call, first.get("status")):
             for router in registry.routers_here():
                 router.session_ended(call["session"])  # on the router's own loop
+        refused = _header(first, PULL_REFUSED_HEADER)
+        if refused is not None and call.get("session") is not None:
+            for router in registry.routers_here():  # the move did not happen
+                router.move_refused(call["session"], refused)
         route = call.get("route")
         if route is not None:  # where it ran and why, for clients and tests
             first = {**first, "headers": [*first.get("headers", []),

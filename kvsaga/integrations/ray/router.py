@@ -119,17 +119,26 @@ class KvsagaRequestRouter(RequestRouter):
         registry.ROUTERS.add(self)
         self._routes: dict[str, _Routed] = {}  # internal request id -> its route
         # The loop Ray Serve runs this router's calls on (its own thread by default), seen
-        # at the first routing decision: `session_ended` hands its work to it.
+        # at the first routing decision: the gateway's calls run there (`_on_loop`).
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def session_ended(self, session: str) -> None:
-        """Forget `session` (its last step or end request succeeded). The gateway calls this
-        from its own thread, while Ray Serve runs `choose_replicas`, `update_replicas` and
+        """Forget `session` (its last step or end request succeeded); from any thread
+        (`_on_loop`)."""
+        self._on_loop(self.kv_router.session_ended, session)
+
+    def move_refused(self, session: str, source: str) -> None:
+        """The step that moved `session` off `source` met a step in flight there and was
+        answered 409 (`Router.move_refused`); from any thread (`_on_loop`)."""
+        self._on_loop(self.kv_router.move_refused, session, source)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the router's loop. The gateway calls in from its own thread,
+        while Ray Serve runs `choose_replicas`, `update_replicas` and
         `on_request_completed` on the router's loop; `kv_router`'s state has no lock (a
         replica removed while sessions ended there raised "dictionary changed size during
-        iteration" half-way, leaving sessions homed on a replica it no longer knew), so
-        the work runs on that loop. Before the first routing decision no session is known:
-        nothing to forget."""
+        iteration" half-way, leaving sessions homed on a replica it no longer knew).
+        Before the first routing decision no session is known: nothing to do."""
         loop = self._loop
         if loop is None:
             return
@@ -138,10 +147,10 @@ class KvsagaRequestRouter(RequestRouter):
         except RuntimeError:
             running = None
         if running is loop:
-            self.kv_router.session_ended(session)
+            fn(*args)
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the router is gone
-            loop.call_soon_threadsafe(self.kv_router.session_ended, session)
+            loop.call_soon_threadsafe(fn, *args)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)

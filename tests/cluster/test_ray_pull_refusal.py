@@ -1,0 +1,180 @@
+"""A moved session's pull meets trouble on its previous replica (review repros
+inflight_refusal, export_cancelled): a step of it still in flight there (a cancelled
+request the replica is still aborting) gets the 409 `session_busy` the home would give,
+not a second copy opened on the thief; an export cancelled midway leaves no stale record,
+and a stale record does not stop a pull."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+import time
+from types import SimpleNamespace as NS
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from kvsaga import KVCacheManager, KVSpec  # noqa: E402
+from kvsaga.integrations.ray import deployment, registry  # noqa: E402
+from kvsaga.integrations.ray.deployment import EngineReplica, GatewayCore  # noqa: E402
+from kvsaga.migration import plan_export  # noqa: E402
+from kvsaga.routing import Route, make_router  # noqa: E402
+from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
+from kvsaga.serve.settings import ServerSettings  # noqa: E402
+
+SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
+SID = "t1/s"
+
+
+class Engine:
+    """The replica's AsyncEngine, reduced to what `_pull` and `export_session` use; its
+    commands run on a thread of their own, as on the engine thread."""
+
+    def __init__(self, manager) -> None:
+        self.manager = manager
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    async def call(self, fn):
+        return await asyncio.wrap_future(self.pool.submit(fn, self))
+
+    def end_session(self, sid: str) -> None:
+        if sid in self.manager.sessions:
+            self.manager.end_session(sid)
+
+
+def replica(rid: str, manager, sessions: SessionRegistry, app=None) -> EngineReplica:
+    r = object.__new__(EngineReplica)
+    r._seen_tokens, r._service = {}, {}
+    r.replica_id, r.app_name = rid, "app"
+    r.app = app or NS()
+    r.app.state = NS(engine=Engine(manager), server=NS(serving_if_ready=NS(sessions=sessions)))
+
+    async def started() -> None:
+        return None
+
+    r._start = started
+    return r
+
+
+def paused(manager: KVCacheManager) -> None:
+    manager.begin_step(SID, list(range(20)), salt="t1")
+    manager.allocate_slots(SID, 20)
+    manager.finish_step(SID)
+
+
+class Pinned:
+    """The pinned export call, delivered to `target`."""
+
+    def __init__(self, target=None) -> None:
+        self.target, self.asked = target, []
+
+    def options(self, **kwargs):
+        return self
+
+    async def remote(self, ask):
+        self.asked.append(ask)
+        return await self.target.export_session(ask) if self.target else "unknown"
+
+
+def test_a_step_in_flight_on_the_source_answers_409_and_opens_nothing(monkeypatch):
+    ma, mb = KVCacheManager(SPEC, 64), KVCacheManager(SPEC, 64)
+    paused(ma)
+    ra, rb = SessionRegistry(tokenizer=None), SessionRegistry(tokenizer=None)
+    ra.open(SID).in_flight = "cmpl-cancelled"  # still being aborted on a
+    ran = []
+
+    async def app(scope, receive, send):  # b's server: it would run the step
+        ran.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    a = replica("a", ma, ra)
+    b = replica("b", mb, rb, app=app)
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: Pinned(a))
+    call = {"kvsaga": 1, "method": "POST", "path": "/v1/completions", "headers": [],
+            "body": b"{}", "engine_sid": SID, "salt": "t1",
+            "route": {"replica": "b", "moved_from": "a", "migrate": True, "reason": "steal"}}
+
+    async def go():
+        return [m async for m in b.handle(call)]
+
+    msgs = asyncio.run(go())
+    assert ran == []  # before the fix: b ran the step as a new session
+    assert msgs[0]["status"] == 409
+    assert (b"x-kvsaga-pull-refused", b"a") in msgs[0]["headers"]
+    err = json.loads(b"".join(m.get("body", b"") for m in msgs[1:]))["error"]
+    assert err["code"] == "session_busy" and "'s'" in err["message"]
+    assert SID in ma.sessions and ra.get(SID) is not None  # a keeps it
+    assert SID not in mb.sessions and rb.get(SID) is None  # b opened nothing
+
+
+def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch):
+    kv = make_router("kvsaga", ["a", "b"])
+    kv.homes[SID] = "b"
+    kv.moves[SID] = Route("b", moved_from="a")
+    calls = []
+    router = NS(kv_router=kv, session_ended=lambda s: None,
+                move_refused=lambda s, src: (calls.append((s, src)),
+                                             kv.move_refused(s, src)))
+    monkeypatch.setattr(registry, "routers_here", lambda: [router])
+
+    class Handle:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, call):
+            call["route"] = {"replica": "b", "moved_from": "a", "migrate": True,
+                             "reason": "steal"}
+
+            class Stream:
+                async def __anext__(self):
+                    return {"type": "http.response.start", "status": 409,
+                            "headers": [(b"x-kvsaga-pull-refused", b"a")]}
+
+            return Stream()
+
+    core = GatewayCore(Handle(), ServerSettings(model="x"))
+    body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
+                       "cache_salt": "t1"}).encode()
+    asyncio.run(core.call("POST", "/v1/completions", b"", [], body))
+    assert calls and calls[0][1] == "a"
+    assert kv.home(calls[0][0]) == "a" and calls[0][0] not in kv.moves
+
+
+def test_a_cancelled_export_leaves_no_stale_record_and_a_stale_record_is_pulled(
+        monkeypatch):
+    manager = KVCacheManager(SPEC, 64)
+    paused(manager)
+    reg = SessionRegistry(tokenizer=None)
+    reg.open(SID).num_steps = 3
+    a = replica("a", manager, reg)
+    taking = threading.Event()
+
+    def slow_export(engine, sid):  # gathering a long session's KV to host memory
+        taking.set()
+        time.sleep(0.3)
+        return plan_export(engine.manager, sid).export
+
+    monkeypatch.setattr(deployment, "export_session", slow_export)
+
+    async def go():
+        task = asyncio.create_task(
+            a.export_session({"pin": "a", "engine_sid": SID, "migrate": True}))
+        await asyncio.to_thread(taking.wait, 10)
+        task.cancel()  # the importer gave up
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(a.app.state.engine.pool.submit(lambda: None).result, 10)
+
+    asyncio.run(go())
+    assert SID not in manager.sessions
+    assert reg.get(SID) is None  # before the fix: a record of a session the engine lost
+    # A stale record (as that left) does not stop a pull: the session is asked for.
+    reg.open(SID).num_steps = 3
+    pinned = Pinned()
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: pinned)
+    assert asyncio.run(a._pull(SID, "t1", "b", True)) is None
+    assert len(pinned.asked) == 1 and reg.get(SID) is None
