@@ -7,7 +7,7 @@ calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
     python bench/scheduling_veto_noise.py calibrate BASE.json FCFS.json NULL.json [...]
     python bench/scheduling_veto_noise.py judge BASE.json FCFS.json CAND.json \
         --nulls NULL.json [...]
-    python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s41.json CAND.json
+    python bench/scheduling_veto_noise.py judge-saved tests/bench/afs_noise_s43.json CAND.json
     python bench/scheduling_veto_noise.py save OUT.json BASE.json FCFS.json NULL.json [...] \
         --about TEXT
     python bench/scheduling_veto_noise.py tct BASE.json RUN.json [...]
@@ -35,7 +35,7 @@ the base, with the thresholds frozen in `policies_check` (`AFS_NOISE_MEAN_LOG`,
 `AFS_NOISE_GOAL_LOSS`); `--nulls` recomputes them from the null runs and fails if they are
 not the frozen ones (the rule is judged with what was committed, never refitted).
 `judge-saved`: the same, with the base, fcfs+lru and null ratios read from a committed
-calibration (tests/bench/afs_noise_s41.json, `calibrate`'s runs reduced to their ratios), so
+calibration (tests/bench/afs_noise_s43.json, `calibrate`'s runs reduced to their ratios), so
 a candidate needs its own run only.
 `tct`: each run's mean TCT (all sessions of a case, and each tenant's) against a base
 run's, as the geometric mean of the 32 cases' ratios and the largest rise: the cost side of
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the null runs' JSON files (`run --null NAME`): the thresholds they "
                    "give must be the frozen ones")
     js = sub.add_parser("judge-saved", help="judge against a committed calibration")
-    js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s41.json")
+    js.add_argument("calibration", help="e.g. tests/bench/afs_noise_s43.json")
     sv = sub.add_parser("save", help="reduce the runs to a calibration file (module docstring)")
     sv.add_argument("out", help="the calibration file to write")
     sv.add_argument("base", help="the base run's JSON (`run` of workflow+graph, no null)")

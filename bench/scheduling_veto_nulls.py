@@ -6,16 +6,17 @@ so that `scheduling_veto_noise.py judge` can judge a candidate without rerunning
 seed, frac and ratio (`ratios`) and recomputes the thresholds from the nulls, refusing to
 judge unless they are the frozen ones.
 
-    python bench/scheduling_veto_nulls.py OUT_DIR [--session 41|34|33|32|26] \
+    python bench/scheduling_veto_nulls.py OUT_DIR [--session 43|41|34|33|32|26] \
         [--check BASE]
 
 writes OUT_DIR/sNN_base.json, OUT_DIR/sNN_fcfs.json and OUT_DIR/sNN_null_NAME.json, NN the
-calibration's session: 41 (the default: the thresholds frozen since session 41, on today's
+calibration's session: 43 (the default: the thresholds frozen since session 43, on today's
 default, `readmit_charge` "room_returns_queue_demoted" with graph's `demoted_release` on and
-`share_within_cap` 0.5), 34 (history: the same with `share_within_cap` 0, before the core's
-tail count was corrected), 33 (history: `readmit_charge` "room_returns_queue",
-`demoted_release` on), 32 (history: the same scheduler with `demoted_release` off) or 26
-(history: "uncached").
+`share_within_cap` 0.5, after session 42's scheduler fixes), 41 (history: the same default
+before session 42 fixed idle admission's clock), 34 (history: the same with
+`share_within_cap` 0, before the core's tail count was corrected), 33 (history:
+`readmit_charge` "room_returns_queue", `demoted_release` on), 32 (history: the same
+scheduler with `demoted_release` off) or 26 (history: "uncached").
 Judge against a base rerun on today's code (`scheduling_veto_split.py run BASE --seeds
 102,...,109`), after checking its 32 ratios equal sNN_base.json's (--check BASE does it).
 """
@@ -27,7 +28,7 @@ import json
 import os
 import sys
 
-SESSIONS = (41, 34, 33, 32, 26)  # the calibrations kept: the first is the one frozen today
+SESSIONS = (43, 41, 34, 33, 32, 26)  # the calibrations kept: the first is the one frozen today
 
 
 def frozen(session: int) -> str:

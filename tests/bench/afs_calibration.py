@@ -1,7 +1,7 @@
-"""What the AFS veto calibration tests share (tests/bench/test_afs_noise_s33.py, _s34.py, _s41.py,
-test_afs_noise_veto.py): the committed calibrations, their layout's checks, the any-rise and
-leave-one-out judgements, and `save`'s round trip (bench/'s modules on the path:
-tests/bench/conftest.py's `veto_mods`)."""
+"""What the AFS veto calibration tests share (tests/bench/test_afs_noise_s33.py, _s34.py,
+_s41.py, _s43.py, test_afs_noise_veto.py): the committed calibrations, their layout's checks,
+the any-rise and leave-one-out judgements, and `save`'s round trip (bench/'s modules on the
+path: tests/bench/conftest.py's `veto_mods`)."""
 
 from __future__ import annotations
 

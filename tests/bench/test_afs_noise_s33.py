@@ -1,7 +1,7 @@
 """The session-33 AFS veto calibration (tests/bench/afs_noise_s33.json) and the tools that
 write and read it: `bench/scheduling_veto_noise.py save` and `bench/scheduling_veto_nulls.py`.
 The rule and the older calibrations are tested in tests/bench/test_afs_noise_veto.py.
-History since session 34 (tests/bench/test_afs_noise_s41.py holds today's calibration): these
+History since session 34 (tests/bench/test_afs_noise_s43.py holds today's calibration): these
 tests pin session 33's file and thresholds, not the current ones."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The session-34 AFS veto calibration (tests/bench/afs_noise_s34.json), which
 `policies_check.AFS_CALIBRATION` named until session 41 and which judged session 41's
-`share_within_cap`. History since session 41 (tests/bench/test_afs_noise_s41.py holds today's
+`share_within_cap`. History since session 41 (tests/bench/test_afs_noise_s43.py holds today's
 calibration): these tests pin session 34's file and thresholds, not the current ones.
 Session 33's is tested in tests/bench/test_afs_noise_s33.py, the rule and the older
 calibrations in tests/bench/test_afs_noise_veto.py."""

@@ -1,7 +1,10 @@
-"""The session-41 AFS veto calibration (tests/bench/afs_noise_s41.json), the one
-`policies_check.AFS_CALIBRATION` names and `scheduling_veto_nulls.py` writes by default.
-Session 34's (the default before) is tested as history in tests/bench/test_afs_noise_s34.py,
-the rule and the older calibrations in tests/bench/test_afs_noise_veto.py."""
+"""The session-41 AFS veto calibration (tests/bench/afs_noise_s41.json), which
+`policies_check.AFS_CALIBRATION` named until session 43 and which judged no candidate: session
+42's fix of the scheduler's idle-admission clock moved its base. History since session 43
+(tests/bench/test_afs_noise_s43.py holds today's calibration): these tests pin session 41's
+file and thresholds, not the current ones. Session 34's is tested in
+tests/bench/test_afs_noise_s34.py, the rule and the older calibrations in
+tests/bench/test_afs_noise_veto.py."""
 
 from __future__ import annotations
 
@@ -21,28 +24,25 @@ from tests.bench.afs_calibration import (
 )
 
 
-def test_the_session_41_calibration_gives_the_frozen_thresholds(veto_mods):
-    """Session 41's calibration on today's default (`readmit_charge`
+def test_the_session_41_calibration_gives_its_thresholds(veto_mods):
+    """Session 41's calibration on the default then (`readmit_charge`
     "room_returns_queue_demoted", round 41, graph's `demoted_release` on, `share_within_cap`
-    0.5, the core's corrected tail count; the base, fcfs+lru and 11 null runs, 32 cases each)
-    is the one `policies_check.AFS_CALIBRATION` names and reproduces the frozen thresholds
-    exactly (0.0224 / 4): the mean threshold is the band (1.645 x the moved cases' rms /
+    0.5, the core's corrected tail count, before session 42's scheduler fixes; the base,
+    fcfs+lru and 11 null runs, 32 cases each) reproduces the thresholds frozen then
+    (0.0224 / 4): the mean threshold is the band (1.645 x the moved cases' rms /
     sqrt(32)), above the largest pair mean (+0.0092, slow3 -> fast3); the goal-loss one is
     the 21 goal cases of fast, slow2 and slow3 against fast3's 17 (the base meets 20). The
     any-rise veto rejects 10 of 11 nulls (all but swap)."""
     pc, _, _ = veto_mods
-    assert pc.AFS_CALIBRATION.name == "afs_noise_s41.json"
     base, fcfs, nulls = checked_calibration("afs_noise_s41.json")
     t_mean, t_loss, parts = pc.afs_noise_thresholds(base, nulls, fcfs)
-    assert (round(t_mean, 4), t_loss) == (pc.AFS_NOISE_MEAN_LOG, pc.AFS_NOISE_GOAL_LOSS)
     assert (round(t_mean, 4), t_loss) == (0.0224, 4)
     assert "+0.0092 (slow3 -> fast3)" in parts and "= 0.0224" in parts and "160 moved" in parts
     met = {n: goal_cases(pc, r, fcfs) for n, r in nulls.items()}
     assert goal_cases(pc, base, fcfs) == 20
     assert min(met.values()) == met["fast3"] == 17 and max(met.values()) == 21
     assert any_rise_rejects(base, nulls) == 10
-    assert pc.afs_noise_veto(base, base, fcfs)[0]
-    assert pc.saved_calibration()[0] == base
+    assert pc.afs_noise_veto(base, base, fcfs, mean_log_max=0.0224, goal_loss_max=4)[0]
 
 
 def test_the_session_41_base_against_session_34s(veto_mods):
@@ -83,22 +83,27 @@ def test_save_writes_the_committed_file_back(veto_mods, tmp_path, capsys):
     assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
 
 
-def test_veto_nulls_writes_session_41_by_default_and_checks_a_base(veto_mods, tmp_path, capsys):
-    """`scheduling_veto_nulls.py OUT_DIR` writes session 41's runs (s41_*.json); `--check`
-    passes a base rerun equal to its base and fails session 34's; `judge` on the written
-    runs accepts the base against itself under the frozen thresholds and refuses session
-    34's nulls around their own base (0.0262 / 4, not the frozen ones)."""
-    _, noise, nulls = veto_mods
-    assert nulls.SESSIONS == (41, 34, 33, 32, 26)
-    assert nulls.main([str(tmp_path)]) == 0
+def test_veto_nulls_writes_session_41_and_checks_a_base(veto_mods, tmp_path, capsys,
+                                                       monkeypatch):
+    """`scheduling_veto_nulls.py OUT_DIR --session 41` writes session 41's runs (s41_*.json;
+    the default until session 43); `--check` passes a base rerun equal to its base and fails
+    session 34's; `judge` on the written runs, with session 41's thresholds frozen, accepts
+    the base against itself and refuses session 34's nulls around their own base (0.0262 /
+    4, not the frozen ones)."""
+    pc, noise, nulls = veto_mods
+    assert 41 in nulls.SESSIONS
+    assert nulls.main([str(tmp_path), "--session", "41"]) == 0
     assert (tmp_path / "s41_null_fast3.json").exists()
     capsys.readouterr()
     base = tmp_path / "s41_base.json"
-    assert nulls.main([str(tmp_path), "--check", str(base)]) == 0
+    assert nulls.main([str(tmp_path), "--session", "41", "--check", str(base)]) == 0
     assert "equal to session 41's base" in capsys.readouterr().out
     assert nulls.main([str(tmp_path / "s34"), "--session", "34"]) == 0
-    assert nulls.main([str(tmp_path), "--check", str(tmp_path / "s34" / "s34_base.json")]) == 1
+    assert nulls.main([str(tmp_path), "--session", "41", "--check",
+                       str(tmp_path / "s34" / "s34_base.json")]) == 1
     capsys.readouterr()
+    monkeypatch.setattr(pc, "AFS_NOISE_MEAN_LOG", 0.0224)
+    monkeypatch.setattr(pc, "AFS_NOISE_GOAL_LOSS", 4)
     runs = [str(tmp_path / f"s41_null_{n}.json") for n in NULLS]
     assert noise.main(["judge", str(base), str(tmp_path / "s41_fcfs.json"), str(base),
                        "--nulls", *runs]) == 0

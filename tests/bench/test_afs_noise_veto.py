@@ -207,7 +207,7 @@ def test_the_session_32_calibration_gives_its_thresholds(veto_mods):
     ratios are session 26's (no workflow default moves them); its base against session 26's
     base is round 34's veto reading (mean d log ratio -0.0181, goal cases 15 -> 16), so the
     base is round 34's candidate run. The any-rise veto rejects 9 of its 11 nulls. Today's
-    frozen thresholds come from session 41's runs (tests/bench/test_afs_noise_s41.py)."""
+    frozen thresholds come from session 43's runs (tests/bench/test_afs_noise_s43.py)."""
     pc, _, _ = veto_mods
     runs, data = calibration("afs_noise_s32.json")
     old, _ = calibration("afs_noise_s26.json")
@@ -225,11 +225,11 @@ def test_the_session_32_calibration_gives_its_thresholds(veto_mods):
 
 
 def test_judge_saved_reads_a_committedcalibration(veto_mods, tmp_path, capsys):
-    """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s41.json's base,
+    """`judge-saved`: a candidate's run judged against tests/bench/afs_noise_s43.json's base,
     fcfs+lru and nulls. The base itself passes (rc 0); every ratio 6% higher fails the
     mean threshold (rc 1). `run --policy` names a bad spec before running anything."""
     _, noise, _ = veto_mods
-    runs, _ = calibration("afs_noise_s41.json")
+    runs, _ = calibration("afs_noise_s43.json")
 
     def cand(scale: float) -> Path:
         rows = [{"mix": k[0], "seed": k[1], "frac": k[2], "ratio": x * scale}
@@ -239,7 +239,7 @@ def test_judge_saved_reads_a_committedcalibration(veto_mods, tmp_path, capsys):
                                     "config": "workflow+graph[spread=1]", "rows": rows}))
         return path
 
-    saved = str(Path(__file__).parent / "afs_noise_s41.json")
+    saved = str(Path(__file__).parent / "afs_noise_s43.json")
     assert noise.main(["judge-saved", saved, str(cand(1.0))]) == 0
     assert "the calibrated AFS veto: passes" in capsys.readouterr().out
     assert noise.main(["judge-saved", saved, str(cand(1.06))]) == 1
