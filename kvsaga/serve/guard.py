@@ -51,7 +51,7 @@ class Guard:
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, _too_large(int(declared), self.limit))
+            return await _send_error(send, too_large(int(declared), self.limit))
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -60,7 +60,7 @@ class Guard:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.limit:
-                return await _send_error(send, _too_large(total, self.limit))
+                return await _send_error(send, too_large(total, self.limit))
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -111,7 +111,8 @@ def _bearer(value: str) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _too_large(size: int, limit: int) -> APIError:
+def too_large(size: int, limit: int) -> APIError:
+    """The 413 for a body over `limit` (the Ray gateway answers it too)."""
     return APIError(413, f"request body of {size}+ bytes exceeds the limit of {limit} bytes",
                     code="request_too_large")
 

@@ -46,6 +46,7 @@ from kvsaga.routing import (
     session_key,
 )
 from kvsaga.serve.errors import APIError
+from kvsaga.serve.guard import too_large
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 from kvsaga.serve.settings import ServerSettings
 
@@ -543,6 +544,26 @@ def merge_metrics(texts: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request's body, read up to `limit` bytes (`ServerSettings.max_body_bytes`): the
+    gateway buffers no more than one node's server would (`kvsaga.serve.guard.Guard`),
+    chunked encoding or not, before it parses the body and ships it through Ray.
+
+    Raises:
+        APIError: 413 `request_too_large` for a declared or read size over `limit`.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(int(declared), limit)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise too_large(total, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class GatewayCore:
     """What the gateway does, in an importable class (Ray pickles the ingress class itself
     by value, with copies of the module globals it names)."""
@@ -562,8 +583,12 @@ class GatewayCore:
         return Response(merge_metrics(texts), media_type="text/plain; version=0.0.4")
 
     async def forward(self, request: Request) -> Response:
+        try:
+            body = await read_capped(request, self.settings.max_body_bytes)
+        except APIError as e:
+            return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
         return await self.call(request.method, request.url.path, request.url.query.encode(),
-                               list(request.headers.raw), await request.body())
+                               list(request.headers.raw), body)
 
     async def call(self, method: str, path: str, query: bytes,
                    headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
