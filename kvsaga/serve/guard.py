@@ -34,19 +34,11 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.keys and scope["path"] not in self.open_paths:
-            key = _bearer(headers.get(b"authorization", b"").decode("latin-1"))
-            # Constant-time comparison against every key: no timing hint about a near miss.
-            # As bytes: a header may carry any byte (latin-1 here), which str comparison of
-            # non-ASCII text refuses with a TypeError.
-            raw = None if key is None else key.encode("latin-1")
-            match = [k for k in self.keys
-                     if raw is not None and hmac.compare_digest(k.encode(), raw)]
-            if not match:
-                msg = "missing API key" if key is None else "invalid API key"
-                err = APIError(401, f"{msg}: send 'Authorization: Bearer <key>'",
-                               code="invalid_api_key")
+            try:
+                key = check_key(self.keys, headers.get(b"authorization", b""))
+            except APIError as err:
                 return await _send_error(send, err)
-            scope.setdefault("state", {})["api_key"] = match[0]
+            scope.setdefault("state", {})["api_key"] = key
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
@@ -104,6 +96,27 @@ class ContainErrors:
                 raise
             logging.getLogger("kvsaga.serve").exception("unhandled error on %s", scope["path"])
             await _send_error(send, APIError(500, f"internal error: {type(e).__name__}"))
+
+
+def check_key(keys: tuple[str, ...], authorization: bytes) -> str:
+    """The API key of `keys` that an Authorization header's value (given twice: the last,
+    as `Guard` reads headers) carries as a bearer token (the Ray gateway checks its
+    /metrics with it too).
+
+    Raises:
+        APIError: 401 `invalid_api_key`, the key missing or not one of `keys`.
+    """
+    key = _bearer(authorization.decode("latin-1"))
+    # Constant-time comparison against every key: no timing hint about a near miss.
+    # As bytes: a header may carry any byte (latin-1 here), which str comparison of
+    # non-ASCII text refuses with a TypeError.
+    raw = None if key is None else key.encode("latin-1")
+    match = [k for k in keys if raw is not None and hmac.compare_digest(k.encode(), raw)]
+    if not match:
+        msg = "missing API key" if key is None else "invalid API key"
+        raise APIError(401, f"{msg}: send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+    return match[0]
 
 
 def _bearer(value: str) -> str | None:

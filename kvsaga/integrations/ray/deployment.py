@@ -46,7 +46,7 @@ from kvsaga.routing import (
     session_key,
 )
 from kvsaga.serve.errors import APIError
-from kvsaga.serve.guard import too_large
+from kvsaga.serve.guard import check_key, too_large
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 from kvsaga.serve.settings import ServerSettings
 
@@ -60,6 +60,7 @@ EXPORT_BUSY = "busy"
 # source's id): the gateway has the router take the session back there.
 PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
 _LOAD_TIMEOUT_S = 600.0
+_METRICS_TIMEOUT_S = 5.0  # per replica, for the gateway's merged /metrics
 
 
 # -- running an ASGI app in process ---------------------------------------------------------
@@ -340,10 +341,11 @@ class EngineReplica:
         return context, exported
 
     async def metrics(self, call: dict) -> str | None:
-        """This replica's /metrics text (None if the call reached the wrong replica)."""
+        """This replica's /metrics text (None if the call reached the wrong replica). Not
+        after the model load: a loading replica's metrics have no engine figures yet, and
+        a scrape waited for the load (up to `_LOAD_TIMEOUT_S`)."""
         if call.get("pin") != self.replica_id:
             return None
-        await self._start()
         return self.app.state.server.metrics.render().decode()
 
     async def cache_state(self, call: dict) -> dict | None:
@@ -572,15 +574,29 @@ class GatewayCore:
         self.engine = engine
         self.settings = settings
 
-    async def metrics(self) -> Response:
-        texts = {}
-        for rid in engine_replicas(serve.get_replica_context().app_name):
-            with contextlib.suppress(Exception):
-                text = await self.engine.options(method_name="metrics").remote(
-                    {"kvsaga": 1, "pin": rid})
-                if text is not None:
-                    texts[rid] = text
+    async def metrics(self, headers: list[tuple[bytes, bytes]]) -> Response:
+        """Every replica's /metrics, merged. Behind the API key under `metrics_auth`, as on
+        one node. The replicas are asked at once, each for at most `_METRICS_TIMEOUT_S`: a
+        replica that does not answer (stuck, or gone) is left out and logged, and the
+        others' metrics still come back within a scrape's timeout."""
+        if self.settings.metrics_auth and self.settings.api_keys:
+            try:
+                check_key(self.settings.api_keys, dict(headers).get(b"authorization", b""))
+            except APIError as e:
+                return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+        rids = engine_replicas(serve.get_replica_context().app_name)
+        got = await asyncio.gather(*(self._replica_metrics(rid) for rid in rids))
+        texts = {rid: text for rid, text in zip(rids, got, strict=True) if text is not None}
         return Response(merge_metrics(texts), media_type="text/plain; version=0.0.4")
+
+    async def _replica_metrics(self, rid: str) -> str | None:
+        try:
+            return await asyncio.wait_for(self.engine.options(method_name="metrics").remote(
+                {"kvsaga": 1, "pin": rid}), _METRICS_TIMEOUT_S)
+        except Exception as e:  # TimeoutError too: left out of this scrape
+            log.warning("kvsaga: /metrics of replica %s failed (%s: %s); left out", rid,
+                        type(e).__name__, e)
+            return None
 
     async def forward(self, request: Request) -> Response:
         try:
@@ -629,8 +645,8 @@ class KvsagaGateway:
         self.core = GatewayCore(engine, settings)
 
     @gateway_api.get("/metrics")
-    async def metrics(self) -> Response:
-        return await self.core.metrics()
+    async def metrics(self, request: Request) -> Response:
+        return await self.core.metrics(list(request.headers.raw))
 
     @gateway_api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def forward(self, request: Request) -> Response:
