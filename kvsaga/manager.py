@@ -148,10 +148,13 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         Raises:
             InvalidRequest: bad ids or tokens, a prompt over max_model_len or larger than the
                 whole pool, the session already has an open step, or a different salt.
+            Whatever the policy's `step_started` raises: the step is taken back first
+                (`_unbegin`: the session as it was, or gone if new, no reference kept).
         """
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
         now = self._time(now)
+        before = self._before_begin(session_id)
         s, keep = self._open(session_id, token_ids, salt, workflow)
         self._changes += 1
         tokens = s.token_ids
@@ -179,7 +182,11 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         self.sessions[session_id] = s
         self._queried_tokens += len(tokens)
         self._hit_tokens += num_cached
-        self.policy.step_started(s, now)
+        try:
+            self.policy.step_started(s, now)
+        except BaseException:
+            self._unbegin(s, keep, before)
+            raise
         return StepStart(len(tokens), num_cached, list(hits))
 
     def _open(
@@ -473,10 +480,17 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
             return
         hint, now = hinted
         self._changes += 1
+        was = s.paused_at, s.hint
         s.state = SessionState.PAUSED
         s.paused_at = now
         s.hint = hint
-        self.policy.step_finished(s, now, hint)
+        try:
+            self.policy.step_finished(s, now, hint)
+        except BaseException:  # nothing released yet: the step is open as it was
+            self._changes -= 1
+            s.state = SessionState.RUNNING
+            s.paused_at, s.hint = was
+            raise
         self._release_table(s, keep_tail=True)
 
     def pause_hint(
@@ -500,8 +514,12 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         if hinted is None:
             return
         hint, now = hinted
-        s.hint = hint
-        self.policy.pause_hinted(s, now, hint)
+        old, s.hint = s.hint, hint
+        try:
+            self.policy.pause_hinted(s, now, hint)
+        except BaseException:
+            s.hint = old
+            raise
 
     def _hint(
         self, session_id: str, now: float | None, tool: str | None,
@@ -543,7 +561,11 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         s = self._session(session_id)
         now = self._time(now)
         self._changes += 1
-        self.policy.session_ended(s, now)
+        try:
+            self.policy.session_ended(s, now)
+        except BaseException:  # first: nothing else changed yet
+            self._changes -= 1
+            raise
         if s.state is SessionState.RUNNING:
             self._release_table(s, keep_tail=False)
         elif s.tail is not None:

@@ -1,7 +1,8 @@
 """Taking back the writes of a forward pass or a host-tier copy that failed, so that no lookup
 finds K/V never written (a mixin of `kvsaga.manager.KVCacheManager`): `discard_writes`, which
 the engine calls when its forward raises, and `_take_back`, the cut both it and the host
-tier's `drop_transfer` make (kvsaga/host_tier.py). Split from kvsaga/manager.py by concept.
+tier's `drop_transfer` make (kvsaga/host_tier.py); and `_unbegin`, which takes back a
+`begin_step` whose policy hook raised. Split from kvsaga/manager.py by concept.
 """
 
 from __future__ import annotations
@@ -11,11 +12,78 @@ from collections.abc import Mapping
 from kvsaga._validate import is_int
 from kvsaga.errors import InvalidRequest
 from kvsaga.pool import FREE
-from kvsaga.session import SessionState
+from kvsaga.session import Session, SessionState
+
+# What `begin_step` changes that `_unbegin` puts back: the manager's hit counters (GPU and
+# host), the pool's `reused_s`, the session's left-owned blocks, and (None for a new
+# session) its context length, table, computed tokens, steps, pause time, hint and tail.
+BeforeBegin = tuple[tuple[int, int, int], float, "set[int] | None", "tuple | None"]
 
 
 class FailedWrites:
-    """`discard_writes` and `_take_back` (see the module docstring)."""
+    """`discard_writes`, `_take_back` and `_unbegin` (see the module docstring)."""
+
+    def _before_begin(self, session_id: str) -> BeforeBegin:
+        """What `_unbegin` needs to take back a `begin_step` of `session_id` about to open
+        (read in O(1), but for the session's left-owned blocks, usually none)."""
+        s = self.sessions.get(session_id)
+        left = self._left_owned.get(session_id)
+        old = None if s is None else (len(s.token_ids), s.block_ids, s.num_computed,
+                                      s.num_steps, s.paused_at, s.hint, s.tail)
+        counters = self._queried_tokens, self._hit_tokens, self._host_hit_tokens
+        return counters, self.pool.reused_s, None if left is None else set(left), old
+
+    def _unbegin(self, s: Session, keep: int, before: BeforeBegin) -> None:
+        """Take back the `begin_step` that opened `s` (its prompt kept `keep` tokens of its
+        old context) after the policy's `step_started` raised: the references on its hits
+        are dropped (a reused tail is cached again as its tail), a new session is forgotten,
+        and a paused one gets back its context, table, computed tokens, step count, pause,
+        hint and tail; the hit counters are as they were. The manager's books then hold as
+        before the call, so the caller may retry. What the call did to the cache itself
+        stays, as any lookup's touch would: the hits' recency, a block another session
+        owned marked shared (`block_owner` None), a retained tail the prompt no longer
+        continued dropped, blocks loaded from the host tier (cached on the GPU, their
+        copies planned), and `cache_version` moved on. A prompt that rewrote the context
+        (kept fewer tokens than it had) leaves the session that common prefix only, as a
+        paused session whose context ended there (`_cut_paused`): the C++ core's
+        `reopen_context` changed the context in place past `keep`, and keeping a copy of
+        every context for this would cost each resume a pass over its whole context (both
+        cores do the same)."""
+        counters, reused, left, old = before
+        sid, pool = s.session_id, self.pool
+        tail = -1 if old is None or old[6] is None else old[6][0]
+        pool.release_many(s.block_ids[::-1], keep_unhashed=tail)  # tails first, as ever
+        pool.reused_s = reused
+        self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
+        if left is None:
+            self._left_owned.pop(sid, None)
+        else:
+            self._left_owned[sid] = left
+        if old is None:
+            del self.sessions[sid]
+            return
+        length, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
+        s.state = SessionState.PAUSED
+        end = min(keep, length)
+        del s.token_ids[end:]
+        del s.block_hashes[end // self.block_size :]
+        if end < length:
+            self._cut_paused(s, end)
+
+    def _cut_paused(self, s: Session, end: int) -> None:
+        """Cut paused session `s`'s retained state to the first `end` tokens of its context
+        (its table to the full blocks within them, its tail dropped) when its computed
+        tokens ran past them."""
+        if s.num_computed <= end:
+            return
+        bs = self.block_size
+        table = s.block_ids
+        s.block_ids = table[: end // bs]
+        s.num_computed = len(s.block_ids) * bs
+        self._note_left(s, table, s.block_ids)
+        if s.tail is not None and self._tail_alive(s):
+            self._drop(s.tail[0])
+        s.tail = None
 
     def discard_writes(self, starts: Mapping[str, int]) -> None:
         """Take back the slots of a forward pass that failed, so no lookup finds K/V it

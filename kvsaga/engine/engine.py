@@ -540,8 +540,9 @@ class LLMEngine:
         """Schedule, run one forward pass, sample; returns outputs of requests that moved.
 
         A forward pass (or its wait for host-tier copies) that raises leaves every request
-        as it was before the pass: its slots are taken back (`Scheduler.discard`), nothing
-        is sampled, and the exception propagates. The requests stay queued: a later step
+        as it was before the pass: its slots are taken back (`Scheduler.discard`), and so is
+        what the core scheduler counted for its chunks (Agent Fair Share's compute service),
+        nothing is sampled, and the exception propagates. The requests stay queued: a later step
         retries them, or the caller aborts them. A failed host-tier copy raises here too
         (RuntimeError), and the blocks its plan was to write are dropped first
         (`KVCacheManager.drop_transfer`: host copies never written leave the host tier,

@@ -127,12 +127,18 @@ class Scheduler:
             self.manager.discard_writes(starts)
 
     def discard(self, chunks: list[ScheduledChunk]) -> None:
-        """The forward pass of `chunks` failed: their K/V was never written. The manager
-        takes their slots back (`discard_writes`: their blocks unindexed, each session's
-        computed tokens back to its chunk's start), so a later step computes them again and
-        no lookup meanwhile finds the unwritten blocks."""
-        if chunks:
+        """The forward pass of `chunks` (the last `schedule`'s) failed: their K/V was never
+        written. The manager takes their slots back (`discard_writes`: their blocks
+        unindexed, each session's computed tokens back to its chunk's start), so a later
+        step computes them again and no lookup meanwhile finds the unwritten blocks; the
+        core scheduler takes back what it counted for them (`Scheduler.discard`: Agent Fair
+        Share's compute service), so no tenant is held back for a pass that never ran."""
+        if not chunks:
+            return
+        try:
             self.manager.discard_writes({c.request.session_id: c.start for c in chunks})
+        finally:
+            self.core.discard([(c.request, c.num_tokens) for c in chunks])
 
     def flush(self, req: Request) -> None:
         """Append the request's pending token to its session (one `append_tokens`)."""

@@ -145,6 +145,8 @@ class Scheduler:
         self._asked: list[tuple[Any, StepLookup, int, Any]] = []
         self._asked_head: Any = None  # and its candidate
         self._asked_graph: Any = None  # and the policy's graph then (`_graph`)
+        # The last `schedule`'s chunks, by id(req): what `discard` may take back.
+        self._last_scheduled: dict[int, tuple[Any, int]] = {}
 
     # -- queueing (per scheduler) ---------------------------------------------------------
     @property
@@ -187,6 +189,12 @@ class Scheduler:
         its allocation preempted it. What `_grant` billed for them is taken back (nothing
         here). The step's other grants end there, and it admits nobody, so what `_grant`
         took of the step's own allowances need not be given back."""
+
+    def _uncharge(self, chunks: list[tuple[Any, int]]) -> None:
+        """The last `schedule`'s `chunks` ((request, tokens), running requests) were not
+        computed (`discard`): take back what `_grant` or `_charge_chunk` counted for them
+        beyond the step, so the accounting reads as if they had not been scheduled
+        (nothing here). The step's own allowances are over: they need no giving back."""
 
     def _chunk_limit(self, req: Any, budget: int) -> int:
         """Most tokens a waiting request's first chunk may take of the `budget` left
@@ -289,6 +297,9 @@ class Scheduler:
         check_time("now", now, InvalidRequest)
         if self._live.get(req.session_id) is req:
             del self._live[req.session_id]
+        got = self._last_scheduled.get(id(req))
+        if got is not None and got[0] is req:  # computed: no longer `discard`'s to take back
+            del self._last_scheduled[id(req)]
         if req in self.running:
             self.running.remove(req)
             return True
@@ -325,6 +336,7 @@ class Scheduler:
         """Decide one batch step and have `executor` carry it out (begin, allocate,
         preempt); returns what to run."""
         check_time("now", now, InvalidRequest)  # (`DecodeStall` checks it first too)
+        self._last_scheduled = {}
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         i = 0
@@ -344,7 +356,38 @@ class Scheduler:
         # As vLLM: a step that had to preempt admits nobody.
         if not out.preempted:
             self.admit_waiting(now, budget, executor, out)
+        self._last_scheduled = {id(req): (req, n) for req, n in out.scheduled}
         return out
+
+    def discard(self, chunks: Sequence[tuple[Any, int]]) -> None:
+        """The batch step's forward pass failed: `chunks`, (request, tokens) pairs of the
+        last `schedule`'s `SchedulerOutput.scheduled`, were not computed. What the scheduler
+        counted for them when it granted them (Agent Fair Share's compute service, the
+        prefill cap's tokens left to recompute) is taken back, so a tenant is not held back
+        for work it never got; the requests stay running, and a later step schedules the
+        same tokens again (the executor takes their slots back: `discard_writes`).
+        Admissions stand: a request begun in the step stays begun, as in the manager.
+
+        Raises:
+            ValueError: a pair that is not one of the last `schedule`'s chunks (none since
+                `finish`, `admit_waiting` or `decode_run_starts`), or one given twice;
+                nothing changed.
+        """
+        seen: set[int] = set()
+        for pair in chunks:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ValueError(f"discard: chunks must be (request, tokens) pairs, got "
+                                 f"{pair!r}")
+            req, n = pair
+            got = self._last_scheduled.get(id(req))
+            if got is None or got[0] is not req or got[1] != n or id(req) in seen:
+                sid = getattr(req, "session_id", req)
+                raise ValueError(f"discard: ({sid!r}, {n!r}) is not a chunk of the last "
+                                 f"schedule still to discard")
+            seen.add(id(req))
+        if not seen:
+            return
+        self._uncharge([self._last_scheduled.pop(i) for i in seen])
 
     def decode_run_starts(self, now: float) -> None:
         """A simulator's decode run (batch steps in which every running request decodes,
@@ -353,6 +396,7 @@ class Scheduler:
         running and waiting requests stays the same through the run, so later steps would
         change nothing more). Nothing here; Agent Fair Share of compute records the
         competing tenants (`fair_share.ComputeShares`)."""
+        self._last_scheduled = {}
 
     def admit_waiting(self, now: float, budget: int, executor: Executor,
                       out: SchedulerOutput) -> None:
@@ -361,6 +405,7 @@ class Scheduler:
         A simulator's decode run calls it alone at a step whose running requests only
         decode (their `allocate(req, 1)` calls made), to take exactly `schedule`'s
         decisions there without its per-request loop."""
+        self._last_scheduled = {}  # (inside `schedule`, set again as it returns)
         self._asked, self._asked_head, self._asked_graph = [], None, self._graph()
         while budget > 0 and len(self.running) < self.max_num_seqs and self.num_waiting:
             n = self._admit(now, budget, executor, out)
@@ -406,8 +451,8 @@ class Scheduler:
                 break
         else:
             return 0
+        start = executor.begin(req, now)  # first: if it raises, the step stays queued
         self._dequeue(req)
-        start = executor.begin(req, now)
         self.running.append(req)
         self._admitted(req, now, instead_of=None if req is head else head)
         # A reused tail may cover tokens past `end`: compute at least one token, inside

@@ -178,6 +178,10 @@ class DecodeStall:
         # (a preemption cuts `Session.num_computed` back to what the retried attempt
         # computed, so the retry would find nothing left to recompute).
         self._paused_computed: dict[str, int] = {}
+        # "recompute": the last step's changes to `_recompute`, by id(req): each step's
+        # entry as it would stand had its chunk not been computed (None: none), for
+        # `_uncharge`.
+        self._recompute_undo: dict[int, tuple[Any, tuple[Any, int] | None]] = {}
 
     def _decoding(self, executor: Executor) -> bool:
         """Whether a running step computes one token in this batch step: a decode, or a
@@ -280,8 +284,12 @@ class DecodeStall:
                               else None)
         self._favoured_keep = int(cap * self.share_within_cap)
         self._in_schedule = True
+        self._recompute_undo = {}
         try:
             return super().schedule(now, executor)
+        except BaseException:  # nothing of the step is computed
+            self._undo_recompute(self._recompute_undo)
+            raise
         finally:
             self._in_schedule = False
             self._prefill_left = None
@@ -293,6 +301,7 @@ class DecodeStall:
             super().admit_waiting(now, budget, executor, out)
             return
         # A simulator's decode run calls it alone at a step whose running steps decode.
+        self._recompute_undo = {}
         cap = self.decode_prefill_tokens
         self._prefill_left = cap if cap and self.running and self._cap_open() else None
         try:
@@ -333,24 +342,43 @@ class DecodeStall:
             self._prefill_left = max(self._prefill_left - n, 0)
         self._recompute.pop(id(req), None)  # a retry: counted again from its lookup
         got = self._asked_recompute.pop(id(req), None)
-        if got is not None and got[0] is req and got[1] > n:
-            self._recompute[id(req)] = (req, got[1] - n)
+        if got is not None and got[0] is req:
+            self._recompute_undo[id(req)] = (req, got if got[1] > 0 else None)
+            if got[1] > n:
+                self._recompute[id(req)] = (req, got[1] - n)
 
     def _recomputed(self, req: Any, n: int) -> None:
         """A running step computes `n` prompt tokens: fewer of them are left to recompute."""
         got = self._recompute.get(id(req))
         if got is None or n <= 0:
             return
+        self._recompute_undo.setdefault(id(req), (req, got))
         if got[0] is not req or got[1] <= n:
             del self._recompute[id(req)]
         else:
             self._recompute[id(req)] = (req, got[1] - n)
+
+    def _uncharge(self, chunks: list[tuple[Any, int]]) -> None:
+        super()._uncharge(chunks)
+        undo = self._recompute_undo
+        self._undo_recompute({id(r): undo.pop(id(r)) for r, _ in chunks if id(r) in undo})
+
+    def _undo_recompute(self, undo: dict[int, tuple[Any, tuple[Any, int] | None]]) -> None:
+        """Put `_recompute`'s entries back as `undo` (`_recompute_undo`'s) says they stood
+        before their chunks, which were not computed, counted against them."""
+        for key, (_, entry) in undo.items():
+            if entry is None:
+                self._recompute.pop(key, None)
+            else:
+                self._recompute[key] = entry
+        undo.clear()
 
     def _allocate(self, req: Any, n: int, now: float, executor: Executor,
                   out: SchedulerOutput) -> bool:
         k = len(out.preempted)
         ok = super()._allocate(req, n, now, executor, out)
         for victim in out.preempted[k:]:  # waiting again: its retry's lookup counts anew
+            self._recompute_undo.pop(id(victim), None)
             got = self._recompute.get(id(victim))
             if got is not None and got[0] is victim:
                 del self._recompute[id(victim)]

@@ -240,7 +240,10 @@ class ComputeShares:
     still waits when that prefill's chunk takes the budget left (the favoured tenant's may
     take the whole budget: the module docstring).
     With fewer than two tenants competing, or `share_step_tokens` 0, nothing changes (one
-    tenant, the common case, pays nothing for the default being on).
+    tenant, the common case, pays nothing for the default being on). Only chunks computed
+    are billed: a step's bills of chunks whose forward pass failed (`Scheduler.discard`), of
+    a prefill that preempted itself (`_ungrant`), or of a `schedule` that raised are taken
+    back (`_unbill`).
 
     Why: a tenant with many sessions otherwise fills every batch step with its prefill
     chunks, and another tenant's decodes ride in those long steps (bench/RESULTS.md, the
@@ -255,8 +258,9 @@ class ComputeShares:
     # what `favoured_room` keeps for them under a cap on the step's prefill.
     _fav_reserved: dict[int, int] | None = None
     _served: dict[str | None, float]  # tokens computed per tenant in competing steps
-    # The running request `_grant` billed last and its tenant's service before (`_ungrant`).
-    _billed: tuple[object, float | None] | None = None
+    # The last step's bills (`_serve`), per tenant: its service before the first of them and
+    # each (request, tokens) billed, in order: what `_unbill` takes back from.
+    _bills: dict[str | None, tuple[float | None, list[tuple[object, int]]]]
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
 
     def _init_compute_share(self, step_tokens: object, lag_tokens: object,
@@ -275,6 +279,7 @@ class ComputeShares:
                              f"how far behind a tenant enters competition), got {lag_tokens!r}")
         self.share_lag_tokens = lag
         self._served = {}
+        self._bills = {}
 
     def _compete(self, needs: Sequence[int]) -> dict[str | None, int] | None:
         """The step's allowances, from the running requests' `needs` (None: no sharing)."""
@@ -349,21 +354,54 @@ class ComputeShares:
             if t not in before:
                 served[t] = max(served.get(t, 0.0), floor * w.get(t, 1.0))
 
-    def _serve(self, tenant: str | None, n: int) -> None:
-        """Count `n` prefill tokens computed for `tenant` in a competing step. Decodes are
-        not counted: the share never cuts them, and a simulator's decode run (many decode steps
-        decided at once) must leave the same service as its steps one by one."""
+    def _serve(self, req, n: int) -> None:
+        """Count `n` prefill tokens computed for `req`'s tenant in a competing step (a bill
+        of this step: `_unbill` may take it back). Decodes are not counted: the share never
+        cuts them, and a simulator's decode run (many decode steps decided at once) must
+        leave the same service as its steps one by one."""
+        tenant = req.tenant
+        self._bills.setdefault(tenant, (self._served.get(tenant), []))[1].append((req, n))
         self._served[tenant] = self._served.get(tenant, 0) + n
 
+    def _unbill(self, reqs) -> None:
+        """Take back this step's bills of the requests `reqs` (their chunks are not
+        computed): each tenant billed for one has its service recomputed from its value
+        before the step's first bill plus the bills kept, in their order, so it is exactly
+        what it would be had those chunks not been billed (subtracting could differ in the
+        last bit of a float service)."""
+        ids = {id(r) for r in reqs}
+        for tenant, (before, bills) in self._bills.items():
+            kept = [(r, n) for r, n in bills if id(r) not in ids]
+            if len(kept) == len(bills):
+                continue
+            bills[:] = kept
+            if before is None and not kept:
+                del self._served[tenant]
+                continue
+            served = 0 if before is None else before
+            for _, n in kept:
+                served += n
+            self._served[tenant] = served
+
+    def _uncharge(self, chunks) -> None:
+        super()._uncharge(chunks)
+        self._unbill([r for r, _ in chunks])
+
     def schedule(self, now, executor):
+        """As `Scheduler.schedule`; one that raises leaves no bill of its own (the executor
+        takes back the step's slots: nothing of it is computed)."""
         if not self.share_step_tokens:  # off: no pass over the running requests
             return super().schedule(now, executor)
+        self._bills = {}
         needs = [executor.num_new_tokens(r) for r in self.running]
         self._allow = self._compete(needs)
         try:
             return super().schedule(now, executor)
+        except BaseException:
+            self._unbill([r for _, bills in self._bills.values() for r, _ in bills])
+            raise
         finally:
-            self._allow = self._fav_reserved = self._billed = None
+            self._allow = self._fav_reserved = None
 
     def decode_run_starts(self, now: float) -> None:
         """The competing tenants as `schedule`'s `_compete` records them at the run's first
@@ -374,12 +412,14 @@ class ComputeShares:
         a returning tenant's service 20017 against 64609 tokens)."""
         super().decode_run_starts(now)
         if self.share_step_tokens:
+            self._bills = {}
             self._compete([1] * len(self.running))
             self._fav_reserved = None
 
     def admit_waiting(self, now, budget, executor, out) -> None:
         alone = self._allow is None  # a decode run's call: every running request decodes
         if alone and self.share_step_tokens:
+            self._bills = {}
             self._allow = self._compete([1] * len(self.running))
         try:
             super().admit_waiting(now, budget, executor, out)
@@ -395,21 +435,12 @@ class ComputeShares:
             return n
         n = max(min(n, allow[req.tenant]), 0)
         allow[req.tenant] -= n
-        self._billed = (req, self._served.get(req.tenant))  # for `_ungrant`
-        self._serve(req.tenant, n)
+        self._serve(req, n)
         return n
 
     def _ungrant(self, req, n: int) -> None:
-        # The tenant's service as it was before `_grant` billed the chunk (restored, not
-        # reduced: a float service less n after plus n may differ in its last bit).
         super()._ungrant(req, n)
-        billed, self._billed = self._billed, None
-        if billed is None or billed[0] is not req:
-            return
-        if billed[1] is None:
-            del self._served[req.tenant]
-        else:
-            self._served[req.tenant] = billed[1]
+        self._unbill([req])
 
     def _chunk_limit(self, req, budget: int) -> int:
         allow = self._allow
@@ -420,7 +451,7 @@ class ComputeShares:
     def _charge_chunk(self, req, n: int) -> None:
         if self._allow is not None and req.tenant in self._allow:
             self._allow[req.tenant] -= n
-            self._serve(req.tenant, n)
+            self._serve(req, n)
 
     def _share_backfill(self, head) -> list:
         """When `head`'s tenant has no allowance left in this step: the first waiting

@@ -150,3 +150,61 @@ def test_discard_writes_refuses_bad_input_and_changes_nothing(core, starts, erro
     assert mgr.num_computed_tokens("s") == 20 and mgr.block_table("s") == before[1][:2]
     assert len(mgr.index) == 2  # the paused session's full block, and s's first
     mgr.check_integrity()
+
+
+def test_a_failed_pass_bills_no_tenant_for_its_chunks(model_dir):
+    # Two tenants compete under Agent Fair Share of compute (on by default); the second
+    # step's pass fails. The core scheduler had billed the step's prefill chunks to their
+    # tenants' service when it granted them; before the fix the bills stayed, so a tenant
+    # was held back afterwards for tokens never computed.
+    engine = make(model_dir, max_num_batched_tokens=24)
+    core = engine.scheduler.core
+    assert core.share_step_tokens
+    other = [(11 + 7 * i) % 250 + 3 for i in range(50)]
+    a = engine.add_request(PROMPT, GREEDY, salt="A")
+    b = engine.add_request(other, GREEDY, salt="B")
+    engine.step()
+    served = dict(core._served)
+    real, billed = engine.runner.run, []
+
+    def run(chunks):
+        billed.append(dict(core._served))
+        raise RuntimeError("CUDA error: out of memory (simulated)")
+    engine.runner.run = run
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.step()
+    assert billed[0] != served  # the step's chunks were billed as they were granted
+    assert dict(core._served) == served  # ... and taken back
+    engine.runner.run = real
+    engine.manager.check_integrity()
+    drain(engine)
+    assert a.output_ids and b.output_ids and a.finish_reason == b.finish_reason == "length"
+    engine.manager.check_integrity()
+
+
+def test_a_policy_hook_that_raises_at_admission_leaves_the_request_queued(model_dir, core,
+                                                                          reference):
+    # The policy's `step_started` raises while the step is admitted: the manager takes the
+    # `begin_step` back and the core scheduler keeps the step queued, so the failed
+    # `LLMEngine.step` is retried by the next (before: the session stayed RUNNING with its
+    # references held, and the request was out of the queue, never run).
+    from kvsaga.policy import LRUPolicy
+
+    class Once(LRUPolicy):
+        failed = False
+
+        def step_started(self, session, now):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("step_started failed (a policy bug)")
+            super().step_started(session, now)
+
+    engine = make(model_dir, policy=Once())
+    req = engine.add_request(PROMPT, GREEDY)
+    with pytest.raises(RuntimeError, match="step_started failed"):
+        engine.step()
+    engine.manager.check_integrity()
+    assert req.session_id not in engine.manager.sessions
+    drain(engine)
+    assert req.output_ids == reference
+    engine.manager.check_integrity()

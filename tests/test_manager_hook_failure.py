@@ -1,0 +1,205 @@
+"""A policy hook that raises (a user's policy, or a policy bug) must leave the manager's books
+as they were before the call, so the caller can retry it or go on.
+
+Before the fix `begin_step` called `step_started` last, after it had taken references on the
+hits, set the session RUNNING and counted the step: a raise left the session running with
+its references held (a retry was refused: "already has an open step"), a new session
+registered, and the hit counters moved. `finish_step` set the session PAUSED before
+`step_finished` and released its table after: a raise left a paused session holding
+references (check_integrity failed). `pause_hint` kept the hint its hook refused.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga._core import cpp_available
+from kvsaga.policy import LRUPolicy
+from kvsaga.session import SessionState
+from tests.test_core_parity import snapshot
+
+BS = 4
+CORES = ["python", *(["cpp"] if cpp_available() else [])]
+
+
+class Flaky(LRUPolicy):
+    """LRU whose hook `fail` names raises (until `fail` is None)."""
+
+    fail: str | None = None
+    started = -1  # the computed tokens of the last session `step_started` was told of
+
+    def _maybe(self, hook: str) -> None:
+        if self.fail == hook:
+            raise RuntimeError(f"{hook} failed (a policy bug)")
+
+    def step_started(self, session, now):
+        self.started = session.num_computed
+        self._maybe("step_started")
+        super().step_started(session, now)
+
+    def step_finished(self, session, now, hint):
+        self._maybe("step_finished")
+        super().step_finished(session, now, hint)
+
+    def pause_hinted(self, session, now, hint):
+        self._maybe("pause_hinted")
+        super().pause_hinted(session, now, hint)
+
+    def session_ended(self, session, now):
+        self._maybe("session_ended")
+        super().session_ended(session, now)
+
+    def choose_victims(self, num_blocks, now, *args):
+        self._maybe("choose_victims")
+        return super().choose_victims(num_blocks, now, *args)
+
+
+def make(core: str, num_blocks: int = 16) -> tuple[KVCacheManager, Flaky]:
+    policy = Flaky()
+    return KVCacheManager(KVSpec(1, 1, 4, block_size=BS), num_blocks, policy=policy,
+                          clock=lambda: 0.0, core=core), policy
+
+
+def books(m: KVCacheManager):
+    """Everything the manager keeps but the cache's recency (`snapshot` less the policy's
+    eviction order), its cache_version, and every session's step count, pause and hint."""
+    sessions = {sid: (s.num_steps, s.paused_at, s.hint) for sid, s in m.sessions.items()}
+    return snapshot(m)[:-1], sessions, m.pool.reused_s
+
+
+def paused(m: KVCacheManager, sid: str, tokens: list[int]) -> None:
+    """Run one step of `sid` over `tokens` (and a sampled token) and pause it on a tool."""
+    m.begin_step(sid, tokens)
+    m.allocate_slots(sid, len(tokens))
+    m.append_tokens(sid, [99])
+    m.finish_step(sid, tool="grep", expected_s=2.0)
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("resumed", [False, True], ids=["new", "resumed"])
+def test_begin_step_taken_back_when_step_started_raises(core, resumed):
+    m, policy = make(core)
+    context = list(range(10))  # 2 full blocks and a tail of 2 (+ the sampled token)
+    paused(m, "other", list(range(50, 57)))
+    if resumed:
+        paused(m, "s", context)
+        prompt = [*m.sessions["s"].token_ids, 7, 8]
+    else:
+        prompt = context
+    before = books(m)
+    policy.fail = "step_started"
+    with pytest.raises(RuntimeError, match="step_started failed"):
+        m.begin_step("s", prompt)
+    m.check_integrity()
+    assert books(m) == before  # before the fix: s RUNNING, its hits referenced
+    assert ("s" in m.sessions) is resumed
+    policy.fail = None
+    start = m.begin_step("s", prompt)  # before the fix: "already has an open step"
+    assert start.num_cached_tokens == (10 if resumed else 0)  # (its tail reused too)
+    m.allocate_slots("s", len(prompt) - start.num_cached_tokens)
+    m.finish_step("s")
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_rewritten_context_keeps_its_common_prefix_when_step_started_raises(core):
+    # The prompt rewrites the context from token 5 on: the C++ core changed the context in
+    # place past there, so the session keeps tokens 0-4, its computed part cut to the one
+    # full block within them; its books hold and a retry goes as on a fresh pause there.
+    m, policy = make(core)
+    paused(m, "s", list(range(10)))
+    free = m.pool.num_free
+    prompt = [0, 1, 2, 3, 4, 70, 71, 72, 73]
+    policy.fail = "step_started"
+    with pytest.raises(RuntimeError, match="step_started failed"):
+        m.begin_step("s", prompt)
+    m.check_integrity()
+    s = m.sessions["s"]
+    assert s.state is SessionState.PAUSED and s.token_ids == [0, 1, 2, 3, 4]
+    assert len(s.block_ids) == 1 and s.num_computed == 4 and s.tail is None
+    assert m.pool.num_free == free + 1  # the tail it kept, which the prompt no longer continues
+    policy.fail = None
+    assert m.begin_step("s", prompt).num_cached_tokens == 4
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_finish_step_pause_hint_and_end_session_change_nothing_when_their_hook_raises(core):
+    m, policy = make(core)
+    m.begin_step("s", list(range(10)))
+    m.allocate_slots("s", 10)
+    for hook, call in [("step_finished", lambda: m.finish_step("s", tool="grep")),
+                       ("session_ended", lambda: m.end_session("s"))]:
+        before, version = snapshot(m), m.cache_version
+        policy.fail = hook
+        with pytest.raises(RuntimeError, match=f"{hook} failed"):
+            call()
+        m.check_integrity()  # before the fix (step_finished): a paused session held refs
+        assert (snapshot(m), m.cache_version) == (before, version)
+        assert m.sessions["s"].state is SessionState.RUNNING
+    policy.fail = None
+    m.finish_step("s", tool="grep", expected_s=1.0)
+    hint = m.sessions["s"].hint
+    policy.fail = "pause_hinted"
+    with pytest.raises(RuntimeError, match="pause_hinted failed"):
+        m.pause_hint("s", tool="cat", expected_s=5.0)
+    assert m.sessions["s"].hint is hint  # before the fix: the refused hint stayed
+    policy.fail = "session_ended"
+    with pytest.raises(RuntimeError):
+        m.end_session("s")
+    policy.fail = None
+    m.end_session("s")
+    assert not m.sessions
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_allocate_slots_changes_no_books_when_choose_victims_raises(core):
+    # Victims are chosen before anything is evicted or allocated: a raise leaves the books
+    # (cache_version moves on: the eviction path counts a change before it asks).
+    m, policy = make(core, num_blocks=5)
+    paused(m, "old", list(range(100, 116)))  # its 4 full blocks cached, 1 free
+    m.begin_step("s", list(range(8)))
+    before = books(m)
+    policy.fail = "choose_victims"
+    with pytest.raises(RuntimeError, match="choose_victims failed"):
+        m.allocate_slots("s", 8)  # 2 blocks, 1 free: one to evict
+    m.check_integrity()
+    assert books(m) == before
+    policy.fail = None
+    assert len(m.allocate_slots("s", 8)) == 8
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_begin_step_with_host_loads_is_taken_back_to_cached_blocks(core):
+    # s's context went to the host tier; the failed resume loaded it back. The loads stay
+    # (GPU blocks cached, their copies planned), everything else is as before, and the
+    # retry hits the loaded blocks on the GPU.
+    policy = Flaky()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 6, policy=policy, clock=lambda: 0.0,
+                       core=core, num_host_blocks=8)
+    paused(m, "s", list(range(12)))  # 3 full blocks
+    paused(m, "f", list(range(100, 124)))  # 6 blocks: evicts (offloads) s's
+    s = m.sessions["s"]
+    prompt = [*s.token_ids, 5]
+    fields = (list(s.token_ids), list(s.block_hashes), list(s.block_ids), s.num_computed,
+              s.tail, s.num_steps, s.hint, s.state)
+    stats = m.stats()
+    assert m.pool.num_cached == 6  # f's blocks alone: s's are on the host tier only
+    policy.fail = "step_started"
+    with pytest.raises(RuntimeError, match="step_started failed"):
+        m.begin_step("s", prompt)
+    assert policy.started == 12  # it loaded them back
+    m.check_integrity()
+    assert (list(s.token_ids), list(s.block_hashes), list(s.block_ids), s.num_computed,
+            s.tail, s.num_steps, s.hint, s.state) == fields
+    assert m.pool.num_active == 0
+    after = m.stats()
+    assert (after.queried_tokens, after.hit_tokens, after.host_hit_tokens) == (
+        stats.queried_tokens, stats.hit_tokens, stats.host_hit_tokens)
+    policy.fail = None
+    start = m.begin_step("s", prompt)
+    assert start.num_cached_tokens == 12
+    m.check_integrity()
