@@ -134,3 +134,32 @@ def test_a_replica_answers_metrics_before_its_model_has_loaded():
     replica.app.state.server.metrics.render.return_value = b"# metrics\n"
     text = asyncio.run(asyncio.wait_for(replica.metrics({"pin": "r1"}), 5))
     assert text == "# metrics\n"
+
+
+@pytest.mark.parametrize("salt", [5, ["a"], {"a": 1}, "", "\ud800"])
+def test_a_bad_cache_salt_reaches_the_replica_without_routing_facts(salt):
+    """The gateway hashed a raw non-str (or lone-surrogate) cache_salt and answered a bare
+    500 where one node answers 400 naming cache_salt: now the replica answers it."""
+    client, handle = gateway(ServerSettings(model="x"))
+    r = client.post("/v1/chat/completions", content=json.dumps(
+        {"model": "m", "session_id": "s", "messages": [{"role": "user", "content": "hi"}],
+         "cache_salt": salt}))
+    assert r.status_code == 200 and len(handle.calls) == 1  # (the fake replica's answer)
+    assert "session" not in handle.calls[0] and "tenant" not in handle.calls[0]
+    r = client.post("/v1/sessions/s/end", content=json.dumps({"cache_salt": salt}))
+    assert r.status_code == 200 and "session" not in handle.calls[1]
+
+
+def test_a_body_too_deep_to_parse_reaches_the_replica():
+    client, handle = gateway(ServerSettings(model="x", max_body_bytes=1 << 20))
+    r = client.post("/v1/chat/completions", content=b"[" * 200_000 + b"]" * 200_000)
+    assert r.status_code == 200 and len(handle.calls) == 1
+    assert "session" not in handle.calls[0]
+
+
+def test_a_lone_surrogate_in_the_system_message_reaches_the_replica():
+    client, handle = gateway(ServerSettings(model="x"))
+    r = client.post("/v1/chat/completions", content=json.dumps(
+        {"model": "m", "session_id": "s",
+         "messages": [{"role": "system", "content": "\ud800"}]}))
+    assert r.status_code == 200 and "session" not in handle.calls[0]

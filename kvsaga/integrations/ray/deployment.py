@@ -465,10 +465,28 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
         return call
     try:
         parsed = json.loads(body) if body.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep for the parser)
         return call  # the replica answers the 400
     if not isinstance(parsed, dict):
         return call
+    salt = parsed.get("cache_salt")
+    if salt is not None and not (isinstance(salt, str) and salt):
+        return call  # the replica answers the 400 naming cache_salt
+    try:
+        call.update(_routing_facts(settings, path, headers, body, parsed, ending))
+    except UnicodeEncodeError:  # a lone surrogate in what is hashed (cache_salt, the system
+        return call  # message): the replica answers the 400 naming it
+    return call
+
+
+def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[bytes, bytes]],
+                   body: bytes, parsed: dict, ending: bool) -> dict[str, Any]:
+    """`routing_call`'s facts of a parsed session request (its `cache_salt` None or a
+    non-empty str).
+
+    Raises:
+        UnicodeEncodeError: a lone surrogate in `cache_salt` or the system message.
+    """
     key = _bearer(headers)
     api_key = key if key in settings.api_keys else None
     salt = tenant_salt(api_key, parsed.get("cache_salt"))
@@ -480,19 +498,17 @@ def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
     # the id is everything between the prefix and the trailing /end.
     sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
         else session_key(parsed, hdrs)
-    call["tenant"] = salt or "anon"
-    call["prefix_key"] = prefix_key(parsed)
     # A rough guess of the context size: the router prefers the session's real token count,
     # which its home replica reports (`session_tokens` in its routing stats).
-    call["context_tokens"] = len(body) // 4
+    facts: dict[str, Any] = {"tenant": salt or "anon", "prefix_key": prefix_key(parsed),
+                             "context_tokens": len(body) // 4}
     if sid is not None:
-        call["engine_sid"] = SessionRegistry.engine_id(salt, sid)
-        call["session"] = call["engine_sid"]
-        call["salt"] = salt
         hint = parsed.get("kvsaga")
-        call["ends"] = ending or bool(isinstance(hint, dict) and hint.get("last_step"))
-        call["end_request"] = ending
-    return call
+        facts.update(engine_sid=SessionRegistry.engine_id(salt, sid), salt=salt,
+                     ends=ending or bool(isinstance(hint, dict) and hint.get("last_step")),
+                     end_request=ending)
+        facts["session"] = facts["engine_sid"]
+    return facts
 
 
 def ended_session(call: dict, status: object) -> bool:
