@@ -12,30 +12,43 @@
 
 namespace kvcore {
 
-// An int array in a bytearray that Python sees as a writable memoryview of `fmt`.
+// An int array in a bytearray that Python sees as a writable memoryview of `fmt`. The array
+// holds its own export of the bytearray for its lifetime (released in the destructor): the
+// memoryview Python gets may be released (`with pool.refcount as rc:` does), which would
+// otherwise free the bytes that `data` still writes.
 template <class T>
 struct SharedArray {
   nb::object view;
+  Py_buffer buf{};
   T* data = nullptr;
   SharedArray(size_t n, const char* fmt) {
     nb::object ba = steal_or_throw(
         PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n * sizeof(T))));
-    data = reinterpret_cast<T*>(PyByteArray_AS_STRING(ba.ptr()));
-    std::memset(data, 0, n * sizeof(T));
-    // The memoryview holds an export of the bytearray, which therefore never moves.
     view = steal_or_throw(PyMemoryView_FromObject(ba.ptr())).attr("cast")(fmt);
+    if (PyObject_GetBuffer(ba.ptr(), &buf, PyBUF_WRITABLE) != 0) throw_current();
+    data = static_cast<T*>(buf.buf);
+    std::memset(data, 0, n * sizeof(T));
   }
+  ~SharedArray() { PyBuffer_Release(&buf); }
+  SharedArray(const SharedArray&) = delete;
+  SharedArray& operator=(const SharedArray&) = delete;
 };
 
 inline int32_t check_num_blocks(nb::handle num_blocks) {
   PyObject* o = num_blocks.ptr();
   long long v = -1;
+  int overflow = 0;
   if (PyLong_Check(o) && !PyBool_Check(o)) {
-    int overflow = 0;
     v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (overflow) v = -1;
   }
-  if (v < 1 || v > (1 << 30)) {
+  if (overflow > 0 || v > (1 << 30)) {  // ids are int32: a limit the Python twin has not
+    PyErr_Format(g_errors->invalid.ptr(),
+                 "num_blocks %R is more than the C++ core's limit of 2**30 blocks "
+                 "(the Python core, KVSAGA_CORE=python, has none)", o);
+    throw_current();
+  }
+  if (v < 1) {
     PyErr_Format(g_errors->invalid.ptr(), "num_blocks must be a positive int, got %R", o);
     throw_current();
   }

@@ -49,6 +49,9 @@ class ManagerCore {
     PyObject* s = running_session(sid.ptr());
     nb::object tokens = checked_tokens(token_ids);
     nb::object ctx = attr(s, n_token_ids_);
+    // The context itself (a caller repeating it): the appends below would grow, and move,
+    // the items they read; they read a copy (as the Python twin always does).
+    if (tokens.is(ctx)) tokens = steal_or_throw(PyList_GetSlice(ctx.ptr(), 0, PY_SSIZE_T_MAX));
     Py_ssize_t n_new = PySequence_Fast_GET_SIZE(tokens.ptr());
     check_context(PyList_GET_SIZE(ctx.ptr()) + n_new, max_model_len);
     PyObject** items = PySequence_Fast_ITEMS(tokens.ptr());
@@ -294,11 +297,11 @@ class ManagerCore {
       throw_current();
     }
     PyObject** ids = PySequence_Fast_ITEMS(sids.ptr());
-    PyObject** toks = PySequence_Fast_ITEMS(tokens.ptr());
     // Pass 1: check every session and count the blocks the batch needs; nothing changes.
     rows_.clear();
     seen_.assign(seen_size(k), nullptr);
     int64_t need = 0;
+    bool aliased = false;  // token_ids is a batch session's own context
     for (Py_ssize_t i = 0; i < k; ++i) {
       PyObject* s = running_session(ids[i]);
       if (!mark_seen(s)) {
@@ -309,10 +312,14 @@ class ManagerCore {
       Row r{s, attr(s, n_token_ids_), attr(s, n_block_ids_), num_computed(s)};
       check_context(PyList_GET_SIZE(r.ctx.ptr()) + 1, max_model_len);
       need += blocks_to_add(r.table.ptr(), r.start + 1);
+      aliased |= r.ctx.is(tokens);
       rows_.push_back(std::move(r));
     }
     if (int64_t evict = room_for(need)) return nb::int_(evict);
-    // Pass 2: append, hash, allocate, one slot each.
+    // Pass 2: append, hash, allocate, one slot each. The tokens as they were passed: an
+    // append to the context they are would move the items read after it (a copy then).
+    if (aliased) tokens = steal_or_throw(PyList_GetSlice(tokens.ptr(), 0, k));
+    PyObject** toks = PySequence_Fast_ITEMS(tokens.ptr());
     nb::object slots = steal_or_throw(PyList_New(k));
     for (Py_ssize_t i = 0; i < k; ++i) {
       Row& r = rows_[i];

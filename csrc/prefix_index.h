@@ -12,6 +12,16 @@
 
 namespace kvcore {
 
+// A token id as array("I", ...) reads it: an int, or any integer type through __index__
+// (numpy's ints; numpy's bool has none); (unsigned long long)-1 with the error set.
+inline unsigned long long token_value(PyObject* o) {
+  long small;
+  if (small_long(o, small) && small >= 0) return static_cast<unsigned long long>(small);
+  if (PyLong_Check(o)) return PyLong_AsUnsignedLongLong(o);
+  nb::object i = nb::steal(PyNumber_Index(o));
+  return i.is_valid() ? PyLong_AsUnsignedLongLong(i.ptr()) : static_cast<unsigned long long>(-1);
+}
+
 // Reads token ids [first, last) of a sequence (a list or tuple of ints in [0, 2^32)) as
 // native-endian uint32 into `out`, as the Python twin's array("I", ...) does.
 // A list or tuple is read in place; any other sequence (a view of a longer list, say) is
@@ -29,10 +39,7 @@ inline void read_tokens(PyObject* seq, Py_ssize_t first, Py_ssize_t last, uint8_
     throw nb::value_error("token ids: the sequence is shorter than its length");
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   for (Py_ssize_t i = first; i < last; ++i) {
-    long small;
-    unsigned long long v = small_long(items[i], small) && small >= 0
-                               ? static_cast<unsigned long long>(small)
-                               : PyLong_AsUnsignedLongLong(items[i]);
+    unsigned long long v = token_value(items[i]);
     if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw_current();
     if (v > 0xffffffffull) throw nb::value_error("token id out of range [0, 2^32)");
     uint32_t t = static_cast<uint32_t>(v);

@@ -116,7 +116,8 @@ class ManagerReads:
                 to 1, stand for the context's).
         """
         self._check_prompt(session_id, token_ids)
-        tokens = token_ids
+        # Read by slices: a sequence that has none (a deque) as a list, once.
+        tokens = token_ids if isinstance(token_ids, (list, tuple)) else list(token_ids)
         bs = self.block_size
         if block_hashes is not None:
             _check_block_hashes(block_hashes, len(tokens), bs)

@@ -96,8 +96,9 @@ class FailedWrites:
         `start - 1` released (freed). Every block from the one holding token `start` on
         loses its prefix-index entry. A running session that took such a block as a prefix
         hit (begun in the same step) goes back to the block before it, its later blocks
-        released too (cached where they hold a hash). The tokens stay in the contexts: the
-        next `allocate_slots` computes them again.
+        released too (cached where they hold a hash); so does a session whose start falls
+        inside a block it took as a hit (its partial tail must be its own block). The
+        tokens stay in the contexts: the next `allocate_slots` computes them again.
 
         Raises:
             InvalidRequest: `starts` not a mapping, a session that is not running, or a start
@@ -120,10 +121,11 @@ class FailedWrites:
 
     def _take_back(self, stale: set[int], starts: Mapping[str, int]) -> dict[str, int]:
         """Unindex the ACTIVE blocks `stale` (their K/V is not what their hash says) and
-        take them out of every running table: a session in `starts` goes back to its start,
-        and any running session to the block before the first stale one it holds before
-        that; blocks past the cut are released (freed where unhashed). Returns the running
-        sessions cut, with their new `num_computed` (`discard_writes`, `drop_transfer`)."""
+        take them out of every running table: a session in `starts` goes back to its start
+        (its block's start when that block is not its own), and any running session to the
+        block before the first stale one it holds before that; blocks past the cut are
+        released (freed where unhashed). Returns the running sessions cut, with their new
+        `num_computed` (`discard_writes`, `drop_transfer`)."""
         bs, pool, index = self.block_size, self.pool, self.index
         block_hash = pool.block_hash
         for b in stale:
@@ -144,6 +146,8 @@ class FailedWrites:
                 if s.block_ids[i] in stale:
                     end = i * bs
                     break
+            if end % bs and owner[s.block_ids[end // bs]] != sid:
+                end -= end % bs  # a start inside a hit: a partial tail must be its own block
             if end == s.num_computed:
                 continue
             keep = -(-end // bs)

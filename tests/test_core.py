@@ -215,3 +215,64 @@ def test_return_slots_must_be_a_bool_on_either_core(monkeypatch, core, listed):
         m.allocate_slots("a", 5, return_slots=listed)
     assert m.stats() == before and m.sessions["a"].num_computed == 0
     assert m.allocate_slots("a", 5) == [0, 1, 2, 3, 4]  # nothing was taken
+
+
+
+# Each runs in a child under PYTHONMALLOC=debug: its allocator fills memory it frees with
+# dead bytes, so reading a freed list's items crashes there instead of finding them intact.
+_APPEND_OWN_CONTEXT = """
+from kvsaga import KVCacheManager, KVSpec
+for n in (5, 1000):
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=16), 1 << 10, core=CORE, clock=lambda: 0.0)
+    m.begin_step("a", list(range(n)))
+    m.append_tokens("a", m.sessions["a"].token_ids)
+    assert m.sessions["a"].token_ids == list(range(n)) * 2
+    m.allocate_slots("a", 2 * n)
+    m.finish_step("a")
+    m.check_integrity()
+"""
+
+_DECODE_A_CONTEXT = """
+from kvsaga import KVCacheManager, KVSpec
+for k in (2, 600):
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=16), 1 << 10, core=CORE, clock=lambda: 0.0)
+    others = [f"s{i}" for i in range(1, k)]
+    for sid, prompt in [("a", list(range(k))), *((sid, [7]) for sid in others)]:
+        m.begin_step(sid, prompt)
+        m.allocate_slots(sid, len(prompt))
+    m.decode_step(["a", *others], m.sessions["a"].token_ids)
+    assert m.sessions["a"].token_ids == [*range(k), 0]
+    assert [m.sessions[sid].token_ids for sid in others] == [[7, i] for i in range(1, k)]
+    m.check_integrity()
+"""
+
+
+def _run_with_debug_malloc(core: str, code: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONMALLOC": "debug"}
+    done = subprocess.run([sys.executable, "-c", f"CORE = {core!r}\n{code}"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("core", ["python", "cpp"])
+def test_append_tokens_of_the_sessions_own_context(core):
+    """`append_tokens(sid, m.sessions[sid].token_ids)` repeats the context. The C++ core
+    read the ids in place while appending them to that very list: its growth moved them, and
+    the core read freed memory (a wrong id, a TypeError, a SystemError or a crash)."""
+    if core == "cpp" and not _core.cpp_available():
+        pytest.skip("the C++ core is not built")
+    _run_with_debug_malloc(core, _APPEND_OWN_CONTEXT)
+
+
+@pytest.mark.parametrize("core", ["python", "cpp"])
+def test_decode_step_with_a_batch_sessions_context_as_its_tokens(core):
+    """decode_step's token list may be the context of a session in its batch: each session
+    gets the token at its index in the list as it was passed (the C++ core read the later
+    ones through the list's items after the first append had moved them)."""
+    if core == "cpp" and not _core.cpp_available():
+        pytest.skip("the C++ core is not built")
+    _run_with_debug_malloc(core, _DECODE_A_CONTEXT)

@@ -42,6 +42,40 @@ def test_numpy_prompt_then_decode_then_resume(core):
     m.check_integrity()
 
 
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("kind", [np.int64, np.uint32])
+def test_numpy_prompt_lookup_answers_as_the_plain_prompt(core, kind):
+    """lookup() hashes the prompt's blocks past the session's known ones: the C++ hasher
+    read each id as an exact int and raised TypeError ('an integer is required') on numpy's,
+    which begin_step takes on both cores; it reads them through __index__, as array("I")."""
+    m = _manager(core)
+    m.begin_step("a", list(range(1, 10)))
+    m.allocate_slots("a", 9)
+    m.finish_step("a")
+    plain = list(range(1, 11))
+    for sid in ("b", "a"):  # new (every block hashed here) and known (its own hashes)
+        assert m.lookup(sid, [kind(t) for t in plain]) == m.lookup(sid, plain)
+    assert m.lookup("b", plain).num_cached_tokens == 8
+    with pytest.raises(InvalidRequest, match=r"token_ids\[1\] must be an int"):
+        m.lookup("b", [kind(1), np.True_, *plain[2:]])
+    assert m.begin_step("b", [kind(t) for t in plain]).num_cached_tokens == 8
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_lookup_takes_a_sequence_without_slices(core):
+    """A deque is a sequence begin_step takes; lookup sliced it (a raw TypeError)."""
+    from collections import deque
+
+    m = _manager(core)
+    m.begin_step("a", list(range(1, 10)))
+    m.allocate_slots("a", 9)
+    m.finish_step("a")
+    for sid in ("b", "a"):
+        assert m.lookup(sid, deque(range(1, 11))) == m.lookup(sid, list(range(1, 11)))
+    assert m.begin_step("b", deque(range(1, 11))).num_cached_tokens == 8
+
+
 _ids = st.lists(st.integers(0, 5), min_size=1, max_size=12)
 _kind = st.sampled_from([int, np.int64, np.int32, np.uint8])
 

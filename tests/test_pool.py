@@ -75,6 +75,41 @@ def test_pool_rejects_bad_size(core):
         core.BlockPool(0)
 
 
+def test_cpp_pool_names_its_size_limit():
+    """The C++ core's block ids are int32 and its pools stop at 2**30 blocks; a larger
+    pool was refused as "num_blocks must be a positive int, got 1073741825"."""
+    from kvsaga._core import cpp_available, get_core
+
+    if not cpp_available():
+        pytest.skip("the C++ core is not built")
+    for big in (2**30 + 1, 2**70):
+        with pytest.raises(InvalidRequest, match=r"limit of 2\*\*30 blocks.*KVSAGA_CORE=python"):
+            get_core("cpp").BlockPool(big)
+    for bad in (0, -1, True, 1.0):
+        with pytest.raises(InvalidRequest, match="must be a positive int"):
+            get_core("cpp").BlockPool(bad)
+
+
+@pytest.mark.parametrize("array", ["refcount", "state", "generation"])
+def test_cpp_pool_arrays_outlive_the_views_it_hands_out(core, array):
+    """The C++ pool writes its arrays through pointers into bytearrays that Python sees as
+    memoryviews. It held no export of its own: releasing the view (`with pool.refcount as
+    rc:`) freed the bytes (or let them be resized and moved), and the pool's next writes
+    went to memory no longer its own. Its own export keeps them where they are."""
+    if core.name != "cpp":
+        pytest.skip("the Python pool's arrays are lists")
+    pool = core.BlockPool(64)
+    view = getattr(pool, array)
+    data, size = view.obj, view.nbytes
+    with view:
+        assert sum(view) == 0
+    with pytest.raises(BufferError):
+        data.extend(b"\0")  # the bytes the pool writes cannot move
+    assert len(data) == size
+    pool.allocate(3)
+    assert bytes(data) != bytes(len(data))  # the pool's writes land in its own array
+
+
 def test_integrity_check_catches_corruption(core):
     pool = core.BlockPool(3)
     (b,) = pool.allocate(1)

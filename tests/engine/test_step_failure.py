@@ -208,3 +208,31 @@ def test_a_policy_hook_that_raises_at_admission_leaves_the_request_queued(model_
     drain(engine)
     assert req.output_ids == reference
     engine.manager.check_integrity()
+
+
+def test_discard_writes_inside_a_shared_hit_cuts_back_to_its_start(core):
+    """A start inside a block the session took as a prefix hit (another session wrote it,
+    so it has no owner): that block, unindexed, stayed as the session's partial tail without
+    being its own; at the pause it was CACHED with no hash and no session's tail, which
+    check_integrity refuses. The session goes back to the block's start, as a session whose
+    hit the pass wrote does."""
+    from kvsaga.config import KVSpec
+    from kvsaga.manager import KVCacheManager
+
+    mgr = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 8, core=core, clock=lambda: 0.0)
+    mgr.begin_step("a", [1, 2, 3, 4, 5])
+    mgr.allocate_slots("a", 5)
+    mgr.finish_step("a")
+    hit = mgr.begin_step("b", [1, 2, 3, 4, 9])
+    assert hit.num_cached_tokens == 4 and mgr.block_owner[hit.block_ids[0]] is None
+    mgr.discard_writes({"b": 2})
+    assert mgr.num_computed_tokens("b") == 0 and mgr.block_table("b") == []
+    assert len(mgr.index) == 0
+    mgr.check_integrity()
+    mgr.finish_step("b")
+    mgr.check_integrity()
+    again = mgr.begin_step("b", [1, 2, 3, 4, 9])
+    assert again.num_cached_tokens == 0
+    mgr.allocate_slots("b", 5)
+    mgr.finish_step("b")
+    mgr.check_integrity()
