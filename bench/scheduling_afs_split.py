@@ -5,7 +5,7 @@ its TCT shared and alone on half the GPU (the slowdown's denominator, under the 
 scheduler), and the same figures of each tenant's alone run.
 
     python bench/scheduling_afs_split.py noisy:8:0.25 mix:2:0.5 \
-        [--defaults '{"growth_charge": "remaining"}'] [--time]
+        [--defaults '{"growth_charge": "remaining"}'] [--time] [--by-tenant]
 
 `--time` adds, per tenant of the shared run, where its mean TCT goes beyond its sessions'
 solo time (bench/scheduling_bound_gap.py's split, every step observed): waits to be admitted
@@ -15,6 +15,12 @@ sessions' decodes ("batch": each decode step's time beyond the same step with it
 alone). Why (session 41): the noisy-neighbour misses of fresh AFS seeds 181, 182 were each
 "within the floors" (unloaded TCT over TCT alone), yet the light tenant's shared TCT stayed
 far above its unloaded one; this says which part of it an admission order can reach.
+
+`--by-tenant` splits, per tenant of the same observed run, its decodes' "prefill stall" by
+the tenant whose prefill tokens each batch step carried (pro rata the tokens), and gives its
+demotions by cause (on contexts / on prediction, bench/scheduling_bound_gap.py's) and its
+recompute seconds by class. Why (session 43, noisy 189 at 25%): whether the light tenant's
+stall is the heavy tenant's prefill, which an order between tenants could move, or its own.
 
 Why (issue 10, `--fit` rounds 13-15): the veto rejects a candidate whose ratio rises, and
 a ratio is max / min of slowdowns whose denominators (the tenants' runs alone) move with
@@ -29,8 +35,11 @@ bench/scheduling.py's, unchanged: the recording only wraps `WorkflowScheduler._a
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
+import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,18 +171,28 @@ TIME_PARTS = ("solo", "wait first", "wait again", "wait admitted", "run")
 RUN_PARTS = ("recompute", "prefill stall", "batch", "prefill beside", "other")
 
 
-def time_split(name: str, seed: int, frac: float) -> dict[str, dict[str, float]]:
-    """`--time`: per tenant of the shared run (as `split` runs it, every step observed), the
+def observed(name: str, seed: int, frac: float) -> dict[str, Any]:
+    """The shared run as `split` runs it, every step observed
+    (bench/scheduling_bound_gap.py's `observe`, `reference=True`), with "tenant": each
+    session's tenant key. `--time` and `--by-tenant` read the same one run."""
+    sessions = mix_trace(name, seed)
+    out = observe(name, 1.0, frac, seed, "graph", "workflow", None, sessions=sessions,
+                  num_gpu_blocks=capacity(sessions, frac, len(MIXES[name])), reference=True)
+    out["tenant"] = {s.id: tenant_key(s.tenant) for s in sessions}
+    return out
+
+
+def time_split(name: str, seed: int, frac: float,
+               run: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """`--time`: per tenant of the shared run (`observed`'s, or `run` if given), the
     means a session of `TIME_PARTS` and of the run's parts (`RUN_PARTS`): "recompute" (its
     recomputed tokens' prefill time), "prefill stall" (its decodes stalled by other steps'
     prefill), "batch" (its decodes beside other decodes), "prefill beside" (its prefill
     chunks' steps beyond each chunk alone) and "other" (the run's rest: steps it sat out
     while running, per-chunk overheads); "tct" their sum; "prefill chunks" (batch steps
     that carried its prefill) and "sessions"."""
-    sessions = mix_trace(name, seed)
-    out = observe(name, 1.0, frac, seed, "graph", "workflow", None, sessions=sessions,
-                  num_gpu_blocks=capacity(sessions, frac, len(MIXES[name])), reference=True)
-    tenant = {s.id: tenant_key(s.tenant) for s in sessions}
+    out = run if run is not None else observed(name, seed, frac)
+    tenant = out["tenant"]
     sums: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for sid, p in out["sessions"].items():
         parts = {k: p[k] for k in ("tct", *TIME_PARTS)}
@@ -202,9 +221,61 @@ def time_lines(case: str, per: dict[str, dict[str, float]]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
-    import argparse
-    import json
+def tenant_split(name: str, seed: int, frac: float,
+                 run: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """`--by-tenant`: per tenant of the shared run (`observed`'s, or `run` if given), means
+    a session of its decodes' "prefill stall" (as `time_split`'s) and of its split "by" the
+    tenant whose prefill tokens each batch step carried (pro rata the tokens: "by" sums to
+    "prefill stall"), of its decode steps beside prefill, of its recompute seconds by class
+    (bench/scheduling_bound_gap.py's `KINDS`), of its stall by recomputed and first-time
+    prefill; its demotions by cause ("demotions": on contexts / on prediction, totals);
+    and "sessions". Why (session 43): whether a light tenant's stall is the heavy tenant's
+    prefill or its own."""
+    out = run if run is not None else observed(name, seed, frac)
+    tenant = out["tenant"]
+    per: dict[str, dict[str, Any]] = {}
+    for sid, p in out["sessions"].items():
+        v = per.setdefault(tenant[sid], {
+            "sessions": 0, "by": collections.Counter(), "demotions": collections.Counter(),
+            **{k: 0.0 for k in ("prefill stall", "steps beside prefill", "stall recomputed",
+                                "stall first-time", *(f"rec_s {k}" for k in KINDS))}})
+        v["sessions"] += 1
+        v["by"].update(p["stall by tenant"])
+        v["prefill stall"] += p["stall recomputed"] + p["stall first-time"]
+        for k in ("steps beside prefill", "stall recomputed", "stall first-time",
+                  *(f"rec_s {k}" for k in KINDS)):
+            v[k] += p[k]
+    for d in out["demotions"]:
+        per[tenant[d["sid"]]]["demotions"][d["why"]] += 1
+    for v in per.values():
+        n = v["sessions"]
+        v["by"] = {t: s / n for t, s in sorted(v["by"].items())}
+        for k, x in v.items():
+            if isinstance(x, float):
+                v[k] = x / n
+    return dict(sorted(per.items()))
+
+
+def tenant_lines(case: str, per: dict[str, dict[str, Any]]) -> list[str]:
+    out = [f"{case}: each tenant's decodes stalled by prefill, by the tenant whose prefill "
+           f"tokens the step carried (pro rata the tokens), its demotions by cause and its "
+           f"recomputation (s a session)"]
+    for t, v in per.items():
+        by = ", ".join(f"by {u} {s:.2f}" for u, s in v["by"].items())
+        out.append(f"  {t} ({v['sessions']} sessions): prefill stall "
+                   f"{v['prefill stall']:.2f} ({by}); decode steps beside prefill "
+                   f"{v['steps beside prefill']:.0f} a session")
+    for t, v in per.items():
+        d = v["demotions"]
+        out.append(f"  {t}: demoted {d.total()} (on contexts {d['on contexts']}, on "
+                   f"prediction {d['on prediction']}); recompute s a session by class: "
+                   + ", ".join(f"{k} {v['rec_s ' + k]:.2f}" for k in KINDS)
+                   + f"; prefill stall recomputed / first-time: "
+                   f"{v['stall recomputed']:.2f} / {v['stall first-time']:.2f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="per-tenant split of mix cases' AFS ratios")
     ap.add_argument("cases", nargs="+", metavar="NAME:SEED:FRAC",
                     help="mix cases of bench/scheduling_mix.py: mix name, seed, capacity "
@@ -214,7 +285,12 @@ if __name__ == "__main__":
     ap.add_argument("--time", action="store_true",
                     help="also split each tenant's mean TCT of the shared run into solo "
                     "time, waits and the run's parts (module docstring)")
-    args = ap.parse_args()
+    ap.add_argument("--by-tenant", action="store_true",
+                    help="also split each tenant's decode seconds stalled by prefill (the "
+                    "shared run's) by the tenant whose prefill tokens the batch step "
+                    "carried, pro rata the tokens, and print its demotions by cause "
+                    "(on contexts / on prediction) and its recompute seconds by class")
+    args = ap.parse_args(argv)
     try:
         cases = [parse_case(x) for x in args.cases]
         if args.defaults is not None:
@@ -223,5 +299,14 @@ if __name__ == "__main__":
         ap.error(str(e))
     for text, (name, seed, frac) in zip(args.cases, cases, strict=True):
         print("\n".join(lines(text, split(name, seed, frac))), flush=True)
+        run = observed(name, seed, frac) if args.time or args.by_tenant else None
         if args.time:
-            print("\n".join(time_lines(text, time_split(name, seed, frac))), flush=True)
+            print("\n".join(time_lines(text, time_split(name, seed, frac, run))), flush=True)
+        if args.by_tenant:
+            print("\n".join(tenant_lines(text, tenant_split(name, seed, frac, run))),
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

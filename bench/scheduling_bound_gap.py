@@ -47,6 +47,7 @@ from scheduling_overflow import point_params, point_parser, point_seeds
 
 from kvsaga.scheduler import DEFAULT_SCHEDULER
 from kvsaga.sim.cost import attention_pairs
+from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import SimConfig, Simulator
 
 WAITS = ("first", "again", "admitted")
@@ -87,7 +88,13 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
     its decode alone (decoding beside other sessions' decodes), and "prefill beside": the
     seconds its prefill chunks' steps took beyond its chunk alone (other steps' prefill and
     decodes in the same batch step); without it, decode runs move the clock unobserved and
-    both keys are absent."""
+    both keys are absent.
+
+    Each session's decodes stalled by prefill (its "stall recomputed" plus "stall
+    first-time") are also split by the tenant whose prefill tokens the batch step carried,
+    pro rata the tokens ("stall by tenant": tenant -> seconds; `tenant_key`'s keys), with
+    the count of its decode steps beside prefill ("steps beside prefill"): whose prefill a
+    tenant's decodes wait behind (bench/scheduling_afs_split.py `--by-tenant`)."""
     if sessions is None:
         sessions = trace(family, seed, load)
     if num_gpu_blocks is None:
@@ -109,6 +116,7 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
     add, begin, slots, advance = sched.add, sim.begin, sim._slots, sim._advance
     finish, execute = sched.finish, sim._execute
     stalls: dict[str, Counter] = defaultdict(Counter)  # decode seconds stalled by prefill
+    stall_by: dict[str, Counter] = defaultdict(Counter)  # ... by the prefilling tenant
     first_by_state = Counter()  # ... by first-time prefill, by the queue at the step
     demote = getattr(sched, "_demote_session", None)
 
@@ -217,7 +225,14 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
                                     sum(r.fed_position + 1 for r in decode))
             share = chunk["recomputed"] / max(chunk["all"], 1)
             state = _queue_state(sched)
+            tokens = Counter()  # the step's prefill tokens by the prefilling tenant
+            for p, n in prefill:
+                tokens[tenant_key(p.tenant)] += n
+            carried = tokens.total()
             for r in decode:
+                stalls[r.session_id]["steps beside prefill"] += 1
+                for t, n in tokens.items():
+                    stall_by[r.session_id][t] += (whole - alone) * n / carried
                 stalls[r.session_id]["recomputed"] += (whole - alone) * share
                 stalls[r.session_id]["first-time"] += (whole - alone) * (1 - share)
                 for k in KINDS:  # the first-time part by the prefilling step's class
@@ -257,6 +272,8 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
         per[s.id].update({f"stall first-time {k}": stalls[s.id]["first-time " + k]
                           for k in KINDS})
         per[s.id]["prefill chunks"] = chunks[s.id]
+        per[s.id]["stall by tenant"] = dict(stall_by[s.id])
+        per[s.id]["steps beside prefill"] = stalls[s.id]["steps beside prefill"]
         if reference:
             per[s.id]["stall batch"] = stalls[s.id]["batch"]
             per[s.id]["prefill beside"] = stalls[s.id]["prefill beside"]

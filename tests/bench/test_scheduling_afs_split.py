@@ -1,6 +1,7 @@
 """bench/scheduling_afs_split.py observes without changing: its per-tenant counts add up to
 the run's own totals, its ratio and TCTs equal the unobserved row's, the wrapped methods are
-restored, and a bad case is refused by name."""
+restored, a bad case is refused by name, and `--by-tenant`'s split of the decodes' prefill
+stall by the prefilling tenant adds up to the stall it splits."""
 
 from __future__ import annotations
 
@@ -48,3 +49,37 @@ def test_bad_case_refused(mods, case, msg):
     _, afs = mods
     with pytest.raises(ValueError, match=msg):
         afs.parse_case(case)
+
+
+def test_by_tenant_split_adds_up_to_the_prefill_stall(mods):
+    """`--by-tenant`: each session's decodes stalled by prefill, split by the tenant whose
+    prefill the step carried, sum to its stall (recomputed + first-time); per tenant, the
+    split sums to `time_split`'s "prefill stall" of the same run, and the demotions by
+    cause to the run's demotions and to `split`'s per-tenant count."""
+    _, afs = mods
+    run = afs.observed("noisy", 102, 0.5)
+    for p in run["sessions"].values():
+        assert sum(p["stall by tenant"].values()) == pytest.approx(
+            p["stall recomputed"] + p["stall first-time"], abs=1e-9)
+    per = afs.tenant_split("noisy", 102, 0.5, run)
+    times = afs.time_split("noisy", 102, 0.5, run)
+    counts = afs.split("noisy", 102, 0.5)
+    assert set(per) == {"a", "b"}
+    for t, v in per.items():
+        assert set(v["by"]) == {"a", "b"} and min(v["by"].values()) > 0
+        assert sum(v["by"].values()) == pytest.approx(times[t]["prefill stall"])
+        assert v["prefill stall"] == pytest.approx(times[t]["prefill stall"])
+        assert v["steps beside prefill"] > 0
+        assert v["demotions"].total() == counts[t]["demoted"]
+    assert sum(v["demotions"].total() for v in per.values()) == len(run["demotions"])
+    text = "\n".join(afs.tenant_lines("noisy:102:0.5", per))
+    assert "(by a " in text and "on prediction" in text
+
+
+def test_by_tenant_has_help(mods, capsys):
+    _, afs = mods
+    with pytest.raises(SystemExit):
+        afs.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--time", "--by-tenant", "--defaults"):
+        assert flag in text

@@ -25,6 +25,8 @@ def test_it_observes_without_changing_and_its_parts_add_up(mods, scheduler, poli
         assert p["stall first-time"] >= 0 and p["stall recomputed"] >= 0
         assert p["stall first-time"] == pytest.approx(  # `--stall-split`'s classes add up
             sum(p[f"stall first-time {k}"] for k in gap.KINDS), abs=1e-9)
+        assert sum(p["stall by tenant"].values()) == pytest.approx(  # and its tenants
+            p["stall first-time"] + p["stall recomputed"], abs=1e-9)
     total = sum(p["stall first-time"] for p in per.values())
     assert total > 0 and sum(out["first_by_state"].values()) == pytest.approx(total)
     assert set(out["first_by_state"]) <= set(gap.STATES)
