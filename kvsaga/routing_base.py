@@ -144,6 +144,7 @@ class Router:
         self._last_routed: dict[str, float] = {}  # session -> when, least recent first
         self.replicas: list[str] = []
         self._order: dict[str, int] = {}  # replica -> when it was added (a stable tie-break)
+        self._added = itertools.count()
         self.in_flight: dict[str, int] = {}
         self.routed: dict[str, int] = {}  # replica -> steps routed there so far
         self.homes: dict[str, str] = {}  # session key -> replica that holds its KV
@@ -168,7 +169,7 @@ class Router:
             raise ValueError(f"replica must be a non-empty str, got {replica!r}")
         if replica not in self.in_flight:
             self.replicas.append(replica)
-            self._order.setdefault(replica, len(self._order))
+            self._order[replica] = next(self._added)
             self.in_flight[replica] = 0
             self.routed.setdefault(replica, 0)
             self._done[replica] = deque(maxlen=self._MAX_DONE)
@@ -184,6 +185,7 @@ class Router:
         self.replicas.remove(replica)
         del self.in_flight[replica]
         del self.routed[replica]  # a replica added again starts afresh (it holds nothing)
+        del self._order[replica]  # (kept, every replica ever seen stayed: ids are unique)
         self._taken.pop(replica, None)
         del self._done[replica]
         for steps in (self.tenant_steps, self.session_steps):

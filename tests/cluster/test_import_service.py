@@ -14,6 +14,7 @@ from kvsaga import KVCacheManager, KVSpec  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export, plan_import  # noqa: E402
+from kvsaga.serve.settings import ServerSettings  # noqa: E402
 
 SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
 SID = "t1/s"
@@ -31,7 +32,8 @@ class Engine:
 
 def replica(manager) -> EngineReplica:
     r = object.__new__(EngineReplica)
-    r._seen_tokens, r._service = {}, {}
+    r._seen_tokens, r._service, r._last_live = {}, {}, {}
+    r.settings = ServerSettings(model="x")
     r.replica_id, r.app_name = "b", "app"
     sessions = NS(get=lambda sid: None, open=lambda sid: NS())
     r.app = NS(state=NS(engine=Engine(manager),

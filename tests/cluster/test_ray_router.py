@@ -181,7 +181,8 @@ def test_replica_reports_resumes_tenant_service_and_session_tokens():
     mgr = KVCacheManager(KVSpec(2, 2, 16, block_size=4), 32)
     engine = SimpleNamespace(manager=mgr, scheduler=SimpleNamespace(waiting=[1, 2]))
     replica = object.__new__(EngineReplica)
-    replica._seen_tokens, replica._service = {}, {}
+    replica._seen_tokens, replica._service, replica._last_live = {}, {}, {}
+    replica.settings = ServerSettings(model="x")
     # The seconds its engine thread has spent in steps (AsyncEngine.busy_s).
     replica.app = SimpleNamespace(state=SimpleNamespace(engine=SimpleNamespace(busy_s=2.5)))
     for i, sid in enumerate(("acme/s1", "acme/s2", "anon/s3", "oneshot-cmpl-1")):

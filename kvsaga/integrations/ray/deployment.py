@@ -60,6 +60,8 @@ EXPORT_BUSY = "busy"
 # source's id): the gateway has the router take the session back there.
 PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
 _LOAD_TIMEOUT_S = 600.0
+# Tenants without a live session whose service a replica still reports (`_forget_tenants`).
+_MAX_IDLE_TENANTS = 1024
 _METRICS_TIMEOUT_S = 5.0  # per replica, for the gateway's merged /metrics
 
 
@@ -181,6 +183,8 @@ class EngineReplica:
         self._lock = asyncio.Lock()
         self._seen_tokens: dict[str, int] = {}  # session -> context tokens at the last report
         self._service: dict[str, float] = {}  # tenant -> context tokens gained here
+        # tenant -> when it last had a live session here (`_forget_tenants`)
+        self._last_live: dict[str, float] = {}
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
@@ -377,6 +381,25 @@ class EngineReplica:
             return {}
         return await self.app.state.engine.call(self._routing_stats)
 
+    def _forget_tenants(self, live: set[str], now: float) -> None:
+        """Forget the service of tenants with no live session here for longer than the
+        session idle limit (their sessions are ended by then too: one that comes back
+        starts afresh), and beyond `_MAX_IDLE_TENANTS` tenants without a live session,
+        the longest idle first. A tenant is a client-chosen `cache_salt`: kept for good,
+        each new one grew every report, and the router sums every report's map at every
+        decision (`FairShare.observe`)."""
+        for t in live:
+            self._last_live[t] = now
+        idle = [t for t in self._service if t not in live]
+        limit = self.settings.session_idle_s
+        gone = [t for t in idle if now - self._last_live.get(t, now) > limit]
+        if len(idle) - len(gone) > _MAX_IDLE_TENANTS:
+            kept = sorted(set(idle) - set(gone), key=lambda t: self._last_live.get(t, now))
+            gone += kept[:len(kept) - _MAX_IDLE_TENANTS]
+        for t in gone:
+            del self._service[t]
+            self._last_live.pop(t, None)
+
     def _routing_stats(self, engine) -> dict:
         """Routing stats of `engine` (runs on its thread), with the seconds its thread has
         spent in engine steps (`AsyncEngine.busy_s`). Service is counted as context
@@ -385,15 +408,19 @@ class EngineReplica:
         one-shot requests are not counted."""
         mgr = engine.manager
         tokens = {sid: len(s.token_ids) for sid, s in mgr.sessions.items()}
+        live: set[str] = set()
         for sid, n in tokens.items():
             gained = n - self._seen_tokens.get(sid, 0)
             tenant, slash, _ = sid.partition("/")
             # A one-shot request's id ("oneshot-<request id>") names no tenant: counted as
             # a tenant of its own, each made the session tenants look over-served, and the
             # router then refused to steal for them.
-            if gained > 0 and slash:
-                self._service[tenant] = self._service.get(tenant, 0.0) + gained
+            if slash:
+                live.add(tenant)
+                if gained > 0:
+                    self._service[tenant] = self._service.get(tenant, 0.0) + gained
         self._seen_tokens = tokens
+        self._forget_tenants(live, time.monotonic())
         stats = ReplicaStats.from_manager(
             mgr, queue_depth=len(engine.scheduler.waiting), tenant_service=self._service,
             busy_s=self.app.state.engine.busy_s)
