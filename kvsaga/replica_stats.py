@@ -31,8 +31,10 @@ class ReplicaStats:
         predicted_resumes: paused sessions expected back within the replica's horizon
             (`count_predicted_resumes`): steps that will load it soon although they are
             neither queued nor running now.
-        tenant_service: service each tenant has received on this replica so far (tokens
-            computed: prefill + decode), for fair share across the fleet (`FairShare`).
+        tenant_service: service each tenant has received on this replica so far, for
+            fair share across the fleet (`FairShare`): the context tokens its sessions
+            gained here (prompt + generated; prefix hits count, recomputing a context
+            does not, a session imported with its KV counts only what it gains after).
         session_tokens: the context each session living here holds, in tokens (what a
             move would migrate or recompute); a Mapping, so a replica may hand a live
             view instead of a copy.

@@ -14,7 +14,9 @@ the previous GPU ends its copy either way, and its scheduler forgets the session
 
 Time: the GPUs share one clock. The loop always acts on the earliest thing pending: the next
 release in the cluster, or the GPU whose next batch step (or idle wake-up) comes first, so
-no GPU runs ahead of a release that could reach it by more than one batch step.
+no GPU runs ahead of a release that could reach it by more than one batch step; an idle GPU
+waits no later than the next release (`_GPU._wake_time`). One GPU behind a router thus
+gives exactly the single-GPU `Simulator`'s results.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ class _GPU(Simulator):
     def __init__(self, cluster: ClusterSimulator, name: str, config: SimConfig) -> None:
         self.cluster = cluster
         self.name = name
-        self.tenant_service: dict[str, float] = {}  # tokens computed here, per tenant
+        # Context tokens gained here per tenant, and each session's context counted so far
+        # here (`_serve`).
+        self.tenant_service: dict[str, float] = {}
+        self._served: dict[str, int] = {}
         self._stats: ReplicaStats | None = None  # routing stats, until this GPU changes
         super().__init__([], config)
 
@@ -66,25 +71,57 @@ class _GPU(Simulator):
         self.cluster.dirty.add(self)
 
     def allocate(self, req, num_tokens: int, now: float) -> None:
-        before = req.num_computed
         super().allocate(req, num_tokens, now)
-        key = tenant_key(req.session.tenant)
-        self.tenant_service[key] = self.tenant_service.get(key, 0.0) + (
-            req.num_computed - before)
+        self._serve(req.session, req.context_len)
+
+    def _serve(self, session: Session, context: int) -> None:
+        """Count the session's context (`context` tokens now, prompt + generated) as its
+        tenant's service here, as a replica counts it (`ReplicaStats.tenant_service`,
+        docs/cluster.md): the tokens it gained beyond the most it held here, so prefix hits
+        count, a recomputation (after an eviction or a preemption) does not count again, and
+        a session migrated in counts only what it gains after its import (`seen_here`)."""
+        gained = context - self._served.get(session.id, 0)
+        if gained > 0:
+            key = tenant_key(session.tenant)
+            self.tenant_service[key] = self.tenant_service.get(key, 0.0) + gained
+            self._served[session.id] = context
+
+    def seen_here(self, sid: str, context: int) -> None:
+        """Session `sid` arrived here holding `context` tokens (a migration's import): no
+        service given here."""
+        self._served[sid] = context
+
+    def forget_served(self, sid: str) -> None:
+        """Session `sid` ended here (its last step, or moved away): a later copy counts anew,
+        as a replica's report forgets a session it no longer holds."""
+        self._served.pop(sid, None)
 
     def _maybe_finish(self, req) -> int:
         done = req.num_sampled >= req.num_out
         ended = super()._maybe_finish(req)
         if done:
+            self._serve(req.session, req.base_len + req.num_out)  # its last token joined
+            if ended:
+                self.forget_served(req.session.id)
             self.cluster.step_finished(req.session.id, self, ended=bool(ended))
         return ended
 
     def next_time(self) -> float:
         """When this GPU next acts: now if it can run a batch step, else its next release or
-        scheduler wake-up (inf when it has nothing)."""
+        scheduler wake-up (inf when it has nothing), never before its own clock (a release
+        routed here while it ran a batch step past that release's time is taken at the
+        step's end: acting earlier would put it ahead of releases due before its clock)."""
         if self.scheduler.running or self._admissible():
             return self.now
-        return min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
+        return max(self.now, super()._wake_time())
+
+    def _wake_time(self) -> float:
+        """An idle GPU also stops at the cluster's next release: an arrival or tool return
+        not routed yet waits there, not in this GPU's events, and may come here (jumping
+        past it to the scheduler's wake-up delayed it, and a 1-GPU cluster differed from
+        the single-GPU `Simulator`)."""
+        releases = self.cluster._releases
+        return min(super()._wake_time(), releases[0][0] if releases else math.inf)
 
     def _horizon(self) -> float:
         """A decode run here stays before the next routing and every other GPU's next
@@ -305,6 +342,7 @@ class ClusterSimulator:
         self.migrated_bytes = 0
         self.num_moved = 0
         self.num_migrated = 0
+        self._ran = False
 
     def _clock(self) -> float:
         return self.now
@@ -353,6 +391,7 @@ class ClusterSimulator:
         if tokens is not None:
             new._tokens[sid] = tokens  # what was computed before stays "recomputed" if lost
         old._set_live(sid, 0)
+        old.forget_served(sid)
         self.num_moved += 1
         old.changed()
         new.changed()
@@ -367,6 +406,9 @@ class ClusterSimulator:
                 plan_import(new.manager, export, salt=session.tenant, now=new.now)
             except KVSagaError:
                 export = None  # no room there: recompute
+            imported = new.manager.sessions.get(sid) if export is not None else None
+            if imported is not None:
+                new.seen_here(sid, len(imported.token_ids))
             if export is not None and export.num_blocks:
                 self.migrated_bytes += export.num_blocks * self.config.cost.block_bytes
                 self.num_migrated += 1
@@ -389,6 +431,10 @@ class ClusterSimulator:
             self._times[i] = mine
 
     def run(self) -> ClusterResult:
+        """Serve the whole trace (once: a second run would replay it onto used GPUs)."""
+        if self._ran:
+            raise RuntimeError("a ClusterSimulator runs once; build a new one to run again")
+        self._ran = True
         for s in sorted(self.sessions, key=lambda s: (s.arrival_s, s.id)):
             self.released(s.arrival_s, s, 0)
         active = self.gpus.active  # built GPUs; a routing may build one (`_built`)

@@ -294,9 +294,15 @@ class Simulator(DecodeRuns, StepExecutor):
         scheduler still decides)."""
         return self.scheduler.num_waiting > 0
 
+    def _wake_time(self) -> float:
+        """When this simulator, idle, next has something to do: its next arrival or tool
+        return, or its scheduler's wake-up (inf: neither)."""
+        return min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
+
     def _idle(self) -> None:
-        """Nothing runs and nothing can start: jump to the next arrival or tool return."""
-        t = min(self._events[0][0] if self._events else math.inf, self.scheduler.wake_time)
+        """Nothing runs and nothing can start: jump to the next arrival or tool return (or
+        scheduler wake-up, `_wake_time`)."""
+        t = self._wake_time()
         if t == math.inf:
             raise RuntimeError("scheduler made no progress: a request cannot fit the pool")
         self._advance(max(t, self.now))
