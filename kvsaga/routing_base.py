@@ -73,13 +73,15 @@ class Route:
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
     """The session a request continues: `session_id`, else the `X-Session-ID` header, else
-    `prompt_cache_key` (the server's precedence). None for a one-shot request."""
-    sid = body.get("session_id")
-    if sid is None and headers is not None:
-        sid = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
-    if sid is None:
-        sid = body.get("prompt_cache_key")
-    return sid if isinstance(sid, str) and sid else None
+    `prompt_cache_key` (the server's precedence, `resolve_session_id`: an empty one is
+    skipped). None for a one-shot request (or a non-str id, which the server refuses)."""
+    header = None
+    if headers is not None:
+        header = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
+    for sid in (body.get("session_id"), header, body.get("prompt_cache_key")):
+        if sid:
+            return sid if isinstance(sid, str) else None
+    return None
 
 
 def prefix_key(body: Mapping) -> str | None:

@@ -1,6 +1,8 @@
-"""X-Session-ID given twice: the gateway routes by the first, the one the single-node
-server reads (Starlette's `headers.get`); it took the last, so the step was routed as one
-session and served as another."""
+"""Headers given twice or empty are read by the gateway as the single-node server reads
+them. X-Session-ID given twice: the gateway routes by the first, the one the server reads
+(Starlette's `headers.get`); it took the last, so the step was routed as one session and
+served as another. An empty X-Session-ID is skipped; of two Authorization headers the
+last counts (the replica's `Guard`)."""
 
 from __future__ import annotations
 
@@ -20,3 +22,33 @@ def test_the_first_x_session_id_is_the_session():
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
     call = routing_call(ServerSettings(), "POST", "/v1/chat/completions", b"", raw, body)
     assert call["session"].endswith("/first")
+
+
+def test_an_empty_x_session_id_is_skipped_as_the_server_skips_it():
+    """The server skips an empty X-Session-ID and takes prompt_cache_key
+    (`resolve_session_id`); the gateway stopped at it and routed a one-shot step (review
+    repro empty_header)."""
+    from kvsaga.serve.sessions import resolve_session_id
+
+    body = b'{"model": "m", "prompt": "hi", "prompt_cache_key": "agent-7"}'
+    raw = [(b"x-session-id", b"")]
+    call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", raw, body)
+    assert resolve_session_id(None, "", "agent-7") == "agent-7"
+    assert call["session"] == "anon/agent-7"
+    body = b'{"model": "m", "prompt": "hi", "session_id": "", "prompt_cache_key": "k"}'
+    call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", [], body)
+    assert call["session"] == "anon/k"
+
+
+def test_two_authorization_headers_name_the_tenant_the_replica_serves():
+    """The replica's Guard reads the last Authorization header (`dict(scope["headers"])`);
+    the gateway read the first, so it named the session by another tenant (review repro
+    dup_auth)."""
+    from kvsaga.serve.sessions import SessionRegistry, tenant_salt
+
+    settings = ServerSettings(api_keys=("k1", "k2"))
+    raw = [(b"authorization", b"Bearer k1"), (b"authorization", b"Bearer k2")]
+    assert dict(raw)[b"authorization"] == b"Bearer k2"  # what Guard reads
+    body = b'{"model": "m", "prompt": "hi", "session_id": "s"}'
+    call = routing_call(settings, "POST", "/v1/completions", b"", raw, body)
+    assert call["engine_sid"] == SessionRegistry.engine_id(tenant_salt("k2", None), "s")

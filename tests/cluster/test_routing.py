@@ -33,6 +33,9 @@ def test_session_key_precedence():
     assert session_key({"prompt_cache_key": "c"}, {}) == "c"
     assert session_key({"session_id": ""}, None) is None
     assert session_key({"session_id": 3}) is None
+    # An empty one is skipped, as the server skips it (`resolve_session_id`).
+    assert session_key({"prompt_cache_key": "c"}, {"X-Session-ID": ""}) == "c"
+    assert session_key({"session_id": "", "prompt_cache_key": "c"}) == "c"
 
 
 def test_prefix_key_is_the_system_prompt():

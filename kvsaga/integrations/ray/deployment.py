@@ -467,11 +467,17 @@ def _unavailable(reason: str) -> Response:
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of the Authorization header; given twice, the last, as the
+    replica's `Guard` reads it (the first named the session by another tenant than the
+    replica served it under)."""
+    value = None
     for k, v in headers:
         if k.lower() == b"authorization":
-            scheme, _, token = v.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
-    return None
+            value = v
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _header(msg: dict, name: str) -> str | None:
