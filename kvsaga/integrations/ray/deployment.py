@@ -16,7 +16,9 @@ Two deployments (`build_application`):
   the session from its previous replica: the token context always (so re-tokenization
   cannot split it differently), and the KV too when the router chose migration
   (`kvsaga.migration`: exported through host memory, imported byte for byte); the previous
-  replica then ends its copy, so a session lives in one place.
+  replica then ends its copy, so a session lives in one place (docs/cluster.md, "Moving a
+  session", says when it does not). A session with a step in flight on its previous
+  replica is not taken: the step gets that replica's 409 `session_busy`.
 """
 
 import asyncio
