@@ -79,3 +79,21 @@ def test_router_skips_a_replica_that_has_not_reported():
         assert got[0][0].replica_id.unique_id == "dead"  # nowhere else to go
 
     asyncio.run(go())
+
+
+def test_a_loaded_replica_reports_before_its_first_request():
+    """The router gives no new session to a replica that has not reported, so a replica
+    must report once its model has loaded, before any request entered its app's lifespan
+    (else a replica added to a busy fleet never got a request)."""
+    replica = object.__new__(EngineReplica)
+    replica._stack = None  # no request yet
+
+    async def call(fn):
+        return {"total_blocks": 10, "free_blocks": 10}
+
+    engine = SimpleNamespace(snapshot=object(), stopped=False, call=call)
+    replica.app = SimpleNamespace(state=SimpleNamespace(engine=engine))
+    assert asyncio.run(replica.record_routing_stats()) == {"total_blocks": 10,
+                                                          "free_blocks": 10}
+    engine.snapshot = None  # still loading
+    assert asyncio.run(replica.record_routing_stats()) == {}

@@ -377,9 +377,11 @@ class EngineReplica:
         context size (for the migrate-or-recompute decision) and the service each tenant
         has had here (`tenant_service`). Nothing (`{}`) before the model has loaded, after a
         failed load or once the engine stopped: the router places no new session on a
-        replica that has not reported (`KvsagaRequestRouter`)."""
+        replica that has not reported (`KvsagaRequestRouter`). A loaded replica reports
+        before its first request (which enters the app's lifespan): reporting nothing
+        until then, it would never be given one."""
         engine = self.app.state.engine
-        if self._stack is None or engine.snapshot is None or engine.stopped:
+        if engine.snapshot is None or engine.stopped:
             return {}
         return await self.app.state.engine.call(self._routing_stats)
 
