@@ -111,8 +111,8 @@ def test_metrics_auth_applies_at_the_gateway():
 
 
 def test_metrics_leave_out_a_stuck_or_failed_replica(monkeypatch, caplog):
-    """Replicas were asked one after another with no timeout: one replica stuck (waiting
-    for its model load) held every replica's metrics."""
+    """Replicas were asked with no timeout: one replica stuck (waiting for its model
+    load) held every replica's metrics."""
     monkeypatch.setattr(deployment, "_METRICS_TIMEOUT_S", 0.2)
     with caplog.at_level(logging.WARNING, logger="kvsaga.ray"):
         r = metrics_of(ServerSettings(model="x"), ["a", "stuck", "broken", "b"])

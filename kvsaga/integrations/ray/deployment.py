@@ -629,17 +629,23 @@ class GatewayCore:
 
     async def metrics(self, headers: list[tuple[bytes, bytes]]) -> Response:
         """Every replica's /metrics, merged. Behind the API key under `metrics_auth`, as on
-        one node. The replicas are asked at once, each for at most `_METRICS_TIMEOUT_S`: a
-        replica that does not answer (stuck, or gone) is left out and logged, and the
-        others' metrics still come back within a scrape's timeout."""
+        one node. Each replica is asked for at most `_METRICS_TIMEOUT_S` (it renders
+        without waiting for its model load): one that does not answer (stuck, or gone) is
+        left out and logged instead of holding the whole scrape. One after another, not
+        at once: Ray Serve gives the calls a request makes its own internal request id,
+        and its router matches a pending call to the replica found for it by that id, so
+        two calls in flight at once from one request are confused (in a live test one
+        waited 9 s before it was sent)."""
         if self.settings.metrics_auth and self.settings.api_keys:
             try:
                 check_key(self.settings.api_keys, dict(headers).get(b"authorization", b""))
             except APIError as e:
                 return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-        rids = engine_replicas(serve.get_replica_context().app_name)
-        got = await asyncio.gather(*(self._replica_metrics(rid) for rid in rids))
-        texts = {rid: text for rid, text in zip(rids, got, strict=True) if text is not None}
+        texts = {}
+        for rid in engine_replicas(serve.get_replica_context().app_name):
+            text = await self._replica_metrics(rid)
+            if text is not None:
+                texts[rid] = text
         return Response(merge_metrics(texts), media_type="text/plain; version=0.0.4")
 
     async def _replica_metrics(self, rid: str) -> str | None:
