@@ -108,7 +108,16 @@ def bench_kvsaga(device: str, max_tokens: int, prompts: list[str], model=None) -
         "batch_s": batch_s,
         "batch_tokens": n_tok,
         "prompt_tokens": sum(len(b) for b in batch_ids),
+        "cuda_graphs": graph_use(eng.runner),
     }
+
+
+def graph_use(runner) -> dict:
+    """Per kind of CUDA graph, whether it is still on after the run and how many passes it
+    replayed: a failed capture turns graphs off with only a warning, and the throughput then
+    measures the eager path. Off on CPU, or with enforce_eager, too."""
+    return {kind: {"on": g is not None, "replays": g.replays if g is not None else 0}
+            for kind, g in (("decode", runner.graphs), ("mixed", runner.mixed))}
 
 
 def profile_kvsaga(device, max_tokens, prompts, phase: str, top: int, model=None,

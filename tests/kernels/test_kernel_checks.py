@@ -158,11 +158,23 @@ def test_triton_rejects_unsupported_head_dim(triton_device):
         kernels.cache_write(rows, rows, kv[:, 0, 0], kv[:, 0, 1], slots)
 
 
-def _every_other(*values: int, dtype=torch.int64, filler: int = -1) -> torch.Tensor:
-    """`values` as a strided view (stride 2), like `meta[:, 0]` of a [n, 2] tensor."""
-    view = torch.tensor([[v, filler] for v in values], dtype=dtype)[:, 0]
-    assert view.stride() == (2,) and view.tolist() == list(values)
+def _every_other(*values: int, dtype=torch.int64, filler: int = -1,
+                 device: str = "cpu") -> torch.Tensor:
+    """`values` as a strided view (stride 2), like `meta[:, 0]` of a [n, 2] tensor on `device`.
+    The view is taken there: moving a CPU view (`.to(device)`) copies it contiguous."""
+    pairs = torch.tensor([[v, filler] for v in values], dtype=dtype)
+    assert pairs[:, 0].tolist() == list(values)
+    view = pairs.to(device)[:, 0]
+    assert view.stride() == (2,)
     return view
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_every_other_is_strided_on_its_device(device):
+    """On CUDA the Triton test below got a contiguous copy and nothing to refuse; the meta
+    device stands in for any other device here."""
+    view = _every_other(3, 17, 40, device=device)
+    assert view.device.type == device and view.stride() == (2,)
 
 
 def _strided_calls(kv):
@@ -205,7 +217,8 @@ def test_strided_index_vectors_are_refused(kv, monkeypatch, mode, validate, case
 def test_strided_slot_mapping_refused_under_triton(kv, triton_device):
     """The Triton path, where the review's repro wrote slots 3, 17, 100, 101 for [3, 17, 40, 77]."""
     kv = kv.to(triton_device)
-    slots = _every_other(3, 17, 40, 77).to(triton_device)
+    slots = _every_other(3, 17, 40, 77, device=triton_device)
+    assert slots.stride() == (2,)
     rows = _kv_rows(4).to(triton_device) + 1
     with pytest.raises(ValueError, match=r"slot_mapping must be contiguous"):
         kernels.cache_write(rows, rows, kv[:, 0, 0], kv[:, 0, 1], slots)
