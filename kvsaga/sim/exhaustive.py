@@ -146,9 +146,12 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
 
 
 def tiny_session(sid: str, arrival: float, steps: list[Step], prefix: int = 8) -> Session:
-    """One session of a tiny trace (workflow "t", shared prefix "sys")."""
+    """One session of a tiny trace (workflow "t", shared prefix "sys" of 8 tokens, or
+    "sys-<n>" of another length n: the sessions of a group share its prefix exactly, and
+    the simulator refuses one group with two lengths)."""
+    group = "sys" if prefix == 8 else f"sys-{prefix}"
     return Session(id=sid, workflow="t", arrival_s=arrival,
-                   shared_prefix=SharedPrefix("sys", prefix), steps=tuple(steps))
+                   shared_prefix=SharedPrefix(group, prefix), steps=tuple(steps))
 
 
 def random_tiny_trace(seed: int) -> list[Session]:

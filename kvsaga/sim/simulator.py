@@ -64,7 +64,7 @@ from kvsaga.sim.metrics import (
 from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.request import SimRequest, SimTokens
 from kvsaga.sim.tokens import TokenSynthesizer
-from kvsaga.sim.trace import Session
+from kvsaga.sim.trace import Session, check_prefix_groups
 from kvsaga.stats import percentile
 
 # The relative tolerance of the SLO test (`SimResult.slo_attainment`).
@@ -97,6 +97,7 @@ class Simulator(DecodeRuns, StepExecutor):
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValueError(f"session ids must be unique; {dup!r} repeats")
+        check_prefix_groups(self.sessions)  # a TraceError (ValueError) naming both sessions
         num_blocks = self.config.blocks()
         spec = self.cost.kv_spec
         for s in self.sessions:

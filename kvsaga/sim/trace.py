@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -344,6 +346,56 @@ def _expect_keys(obj: Any, *, required: set[str], optional: set[str],
 
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that `surrogateescape` could not decode
 
+# (tenant, prefix group) -> (its shared_prefix.tokens, where the first session declared it)
+_PrefixGroups = dict[tuple[str | None, str], tuple[int, str]]
+
+
+def _check_prefix_group(groups: _PrefixGroups, session: Session, where: str) -> None:
+    """Record the session's prefix group; TraceError when the group declared another length.
+
+    The simulator caches a group's prefix once, up to the longest length declared: a
+    session declaring a shorter one would have its own tokens counted as recomputed."""
+    key = (session.tenant, session.shared_prefix.group)
+    tokens = session.shared_prefix.tokens
+    first = groups.setdefault(key, (tokens, where))
+    if first[0] != tokens:
+        who = "no tenant" if session.tenant is None else f"tenant {session.tenant!r}"
+        raise TraceError(
+            f"prefix group {key[1]!r} ({who}) has {first[0]} tokens {first[1]}, here "
+            f"{tokens} (session {session.id!r}): the sessions of a group share its prefix "
+            "exactly (name a new group for another prefix)",
+            field="shared_prefix.tokens", value=tokens)
+
+
+def check_prefix_groups(sessions: Iterable[Session]) -> None:
+    """Refuse sessions of one tenant's prefix group that declare different
+    `shared_prefix.tokens` (`_check_prefix_group` says why), as `load_trace` does for a
+    file: for traces built in memory (the simulator, `mixed`, `write_trace`).
+
+    Raises:
+        TraceError: naming the group, both lengths and both sessions.
+    """
+    groups: _PrefixGroups = {}
+    for s in sessions:
+        _check_prefix_group(groups, s, f"in session {s.id!r}")
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's `object_pairs_hook`: an object as a dict, refusing a key given twice (json keeps
+    the last silently, so a hand-edited line could lose a field without a word)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
 
 def load_trace(path: str | Path) -> list[Session]:
     """Read a JSON Lines trace.
@@ -365,7 +417,7 @@ def load_trace(path: str | Path) -> list[Session]:
     path = Path(path)
     sessions: list[Session] = []
     seen: dict[str, int] = {}
-    prefixes: dict[tuple[str | None, str], tuple[int, int]] = {}  # -> (tokens, first line)
+    prefixes: _PrefixGroups = {}
     # Bytes that are not UTF-8 are kept as lone surrogates (`surrogateescape`) and refused
     # by line below: a strict decode failed inside the file's read buffer, naming no line.
     with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -376,7 +428,10 @@ def load_trace(path: str | Path) -> list[Session]:
                 raise TraceError(f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
                                  f"character {bad.start() + 1})", line=lineno, path=str(path))
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as e:
+                raise TraceError(f"duplicate JSON key {e.key!r} (the last would win silently)",
+                                 field=e.key, line=lineno, path=str(path)) from None
             except json.JSONDecodeError as e:
                 raise TraceError(f"not valid JSON ({e.msg} at column {e.colno})",
                                  value=text.rstrip("\n"), line=lineno, path=str(path)) from None
@@ -395,16 +450,10 @@ def load_trace(path: str | Path) -> list[Session]:
                                  f"{seen[session.id]})", field="id", value=session.id,
                                  line=lineno, path=str(path))
             seen[session.id] = lineno
-            group = (session.tenant, session.shared_prefix.group)
-            first = prefixes.setdefault(group, (session.shared_prefix.tokens, lineno))
-            if first[0] != session.shared_prefix.tokens:
-                who = "no tenant" if session.tenant is None else f"tenant {session.tenant!r}"
-                raise TraceError(
-                    f"prefix group {group[1]!r} ({who}) has {first[0]} tokens on line "
-                    f"{first[1]}, here {session.shared_prefix.tokens}: the sessions of a group "
-                    "share its prefix exactly (name a new group for another prefix)",
-                    field="shared_prefix.tokens", value=session.shared_prefix.tokens,
-                    line=lineno, path=str(path))
+            try:
+                _check_prefix_group(prefixes, session, f"on line {lineno}")
+            except TraceError as e:
+                raise e.located(line=lineno, path=str(path)) from None
             sessions.append(session)
     return sessions
 
@@ -412,14 +461,38 @@ def load_trace(path: str | Path) -> list[Session]:
 def write_trace(sessions: Iterable[Session], path: str | Path) -> None:
     """Write sessions as a JSON Lines trace, one session a line.
 
+    Everything is checked and serialized before the file is touched (unique ids, one length
+    per prefix group: what `load_trace` will ask), then written to a temporary file beside
+    it and moved over it: an error leaves the old trace whole.
+
     Args:
         sessions: the sessions, written in order.
         path: the file to create or overwrite.
+
+    Raises:
+        TraceError: a repeated session id or a prefix group with two lengths.
+        TypeError: an item that is not a Session.
     """
-    with Path(path).open("w", encoding="utf-8") as f:
-        for session in sessions:
-            f.write(json.dumps(session.to_dict(), separators=(",", ":")))
-            f.write("\n")
+    path = Path(path)
+    sessions = list(sessions)
+    seen: set[str] = set()
+    for s in sessions:
+        if not isinstance(s, Session):
+            raise TypeError(f"write_trace: not a Session: {s!r}")
+        if s.id in seen:
+            raise TraceError(f"duplicate session id {s.id!r}", field="id", value=s.id)
+        seen.add(s.id)
+    check_prefix_groups(sessions)
+    text = "".join(json.dumps(s.to_dict(), separators=(",", ":")) + "\n" for s in sessions)
+    # Opened "x" (not mkstemp) so that the file gets the umask's mode, as open(path, "w") did.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # The token synthesizer lives in its own module; re-exported so that the trace API is one import.
@@ -435,6 +508,7 @@ __all__ = [
     "Step",
     "TokenSynthesizer",
     "TraceError",
+    "check_prefix_groups",
     "load_trace",
     "output_token_ids",
     "prompt_token_ids",

@@ -23,7 +23,7 @@ import math
 
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
 from kvsaga.sim.registry import Registry
-from kvsaga.sim.trace import Session
+from kvsaga.sim.trace import Session, check_prefix_groups
 
 # Fits SWE final contexts to [Continuum] 70K +- 20K and [Exgentic] 49.1K mean per call.
 OBSERVATION_SCALE = 4.5
@@ -251,9 +251,15 @@ def _widened(tool, spread: float) -> float:
 
 
 def mixed(*traces: list[Session]) -> list[Session]:
-    """Several traces served together (workflows mixed), in arrival order."""
+    """Several traces served together (workflows mixed), in arrival order.
+
+    Raises:
+        ValueError: a session id in two traces, or one prefix group with two lengths (a
+            `TraceError`: e.g. one family at two scales; give one its own group).
+    """
     out = [s for t in traces for s in t]
     ids = [s.id for s in out]
     if len(set(ids)) != len(ids):
         raise ValueError("mixed traces must have distinct session ids")
+    check_prefix_groups(out)
     return sorted(out, key=lambda s: s.arrival_s)

@@ -50,3 +50,48 @@ def test_generated_traces_load(tmp_path):
     sessions = generate("swe", 3, seed=1, scale=0.05) + generate("web", 3, seed=1, scale=0.05)
     write_trace(sessions, trace)
     assert load_trace(trace) == sessions
+
+
+def _two_scales():
+    """One family at two scales: one group name ("swe-system"), two prefix lengths."""
+    a = generate("swe", 2, seed=1, scale=0.05)
+    b = generate("swe", 2, seed=2, scale=0.01)
+    assert a[0].shared_prefix.group == b[0].shared_prefix.group
+    assert a[0].shared_prefix.tokens != b[0].shared_prefix.tokens
+    return a, b
+
+
+def test_sessions_built_in_memory_are_checked_too(tmp_path):
+    """The simulator, `mixed` and `write_trace` used to take such sessions (review repro
+    prefix_group.py: 154 recomputed tokens with nothing evicted; a file load_trace
+    refused)."""
+    from kvsaga.sim.simulator import SimConfig, Simulator
+    from kvsaga.sim.trace import check_prefix_groups, write_trace
+    from kvsaga.sim.workloads import mixed
+
+    a, b = _two_scales()
+    both = a + b
+    msg = "'swe-system' \\(no tenant\\) has 105 tokens in session 'swe-s1-00000', here 21"
+    with pytest.raises(TraceError, match=msg):
+        check_prefix_groups(both)
+    with pytest.raises(TraceError, match=msg):
+        mixed(a, b)
+    with pytest.raises(TraceError, match="'swe-system'"):
+        Simulator(both, SimConfig(preset="a100-llama3-8b"))
+    trace = tmp_path / "t.jsonl"
+    with pytest.raises(TraceError, match=msg):
+        write_trace(both, trace)
+    assert not trace.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_tenants_and_distinct_groups_pass():
+    import dataclasses
+
+    from kvsaga.sim.trace import check_prefix_groups
+    from kvsaga.sim.workloads import mixed
+
+    a, b = _two_scales()
+    check_prefix_groups([dataclasses.replace(s, tenant="x") for s in a] + b)
+    renamed = [dataclasses.replace(s, shared_prefix=dataclasses.replace(
+        s.shared_prefix, group="swe-small")) for s in b]
+    assert len(mixed(a, renamed)) == 4
