@@ -23,7 +23,9 @@ Two modes, never mixed:
 - `swe+bfcl`: swe and bfcl sessions served together (workflows mixed);
 - `bfcl-v4`: sessions shaped by the Berkeley Function Calling Leaderboard v4 multi-turn data
   that the `bfcl-eval` package ships (kvsaga/sim/bfcl.py; skipped, and said so, when that
-  package is not installed: `pip install --no-deps bfcl-eval`);
+  package is not installed: `pip install --no-deps bfcl-eval`); the fit seeds draw from the
+  "fit" half of BFCL's tasks and every other seed from the "eval" half (`entry_half`), so
+  an evaluation never replays a task the fit set served;
 - `swe`: the built-in family at an unseen seed.
 
 Each trace is served at capacities that are shares of its peak working set (the most blocks
@@ -190,8 +192,11 @@ def build_trace(name: str, seed: int):
         return mixed(_scaled("swe", 16, seed, 0.2), _scaled("bfcl", 60, seed, 0.5))
     if name == "bfcl-v4":
         from kvsaga.sim.bfcl import bfcl_trace
+        # Fit seeds draw from one half of BFCL's tasks, every other seed from the other, so
+        # that an evaluation never replays a task the fit set served (kvsaga/sim/bfcl.py).
+        half = "fit" if seed in TUNE_SEEDS else "eval"
         try:
-            return bfcl_trace(80, seed, arrival_rate=0.3, scale=0.5)
+            return bfcl_trace(80, seed, arrival_rate=0.3, scale=0.5, half=half)
         except ModuleNotFoundError:
             return None
     if name in FAMILY_SIZE:

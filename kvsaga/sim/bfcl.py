@@ -5,34 +5,53 @@ the user's turns, the API classes the agent may call (their function documents),
 ground-truth function calls of every turn. That gives the *shape* of real multi-turn
 function-calling sessions: how many turns, how many calls per turn, which functions, how long
 the user messages and the function documents are. Install it where you run this
-(`pip install --no-deps bfcl-eval`: only its data is read); it is not a kvsaga dependency.
+(`pip install --no-deps bfcl-eval`: its data and its API classes are read); it is not a
+kvsaga dependency.
 
 Conversion (what BFCL does not record is marked assumed):
-- one session per entry; workflow `bfcl-<data set>` (base, long_context);
-- shared prefix: the function documents of the entry's classes (one prefix group per set of
-  classes), tokens = characters / 4 (assumed tokenizer ratio);
+- one session per entry; workflow `bfcl-<data set>` (base, long_context); ids
+  `bfclv4-s<seed>-<i>` (apart from the built-in `bfcl` family's `bfcl-s<seed>-<i>`);
+- shared prefix: the function documents of the entry's classes, less those of the functions
+  the entry hides (`excluded_function`), tokens = characters / 4 (assumed tokenizer ratio);
+  one prefix group per set of classes, and its own per set of hidden functions;
 - each ground-truth call is one LLM step whose output is the call's text and whose tool is
-  the function's name; the next step's input is its result: 40 tokens (assumed envelope), plus
-  a tenth of the environment state's tokens in the long-context set (assumed: its files and
-  listings are what makes the context long);
+  the function's name; the next step's input is its result: 40 tokens (assumed envelope).
+  In the long-context set, BFCL loads its API classes with `long_context=True` at run time
+  (its `initial_config`s are mostly the base set's): they pad files, listings, histories
+  and records with the package's long-context text. Each call there adds what that padding
+  adds to its result: the call is run on the package's API classes loaded both ways (the
+  entry's `initial_config`, the calls parsed as literals, never evaluated), and the result
+  text's tokens with the padding less those without it are added;
 - each turn ends with an answer step (60 tokens, assumed) that pauses on the tool `user`
   until the next turn; the first step of a turn reads the user's message;
 - latencies: tool calls from the BFCL tool-call latency that Continuum measured (1.9 +- 2.1 s:
   log-normal p50 1.3 s, p95 5 s, as `kvsaga.sim.workloads.BFCL`), the user's think time from
   the human pause of `assistant` (p50 30 s, p95 600 s); arrivals Poisson.
+
+Fit and evaluation halves: `entry_half` splits BFCL's tasks once, by a stable hash of the
+task number (`multi_turn_base_N` and `multi_turn_long_context_N` are one task), so that a
+trace drawn for evaluation (`half="eval"`) never replays a task a fit trace
+(`half="fit"`) served; bench/policies.py draws its fit seeds from one and its evaluation
+seeds from the other.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import functools
+import hashlib
+import importlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from kvsaga.sim.family import ToolSpec
+from kvsaga.sim.family import ToolSpec, _check_args
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
 DATASETS = ("multi_turn_base", "multi_turn_long_context")
@@ -41,6 +60,7 @@ RESULT_TOKENS = 40  # assumed: a function result's envelope
 ANSWER_TOKENS = 60  # assumed: the answer that closes a turn
 CALL_LATENCY = ToolSpec("call", 1.300, 5.000, 1, 1)  # [Continuum] BFCL tool calls
 USER_LATENCY = ToolSpec("user", 30.0, 600.0, 1, 1)  # as workloads.ASSISTANT's human
+HALVES = ("fit", "eval")
 
 
 def _tokens(text: str) -> int:
@@ -76,6 +96,104 @@ def load_bfcl(dataset: str) -> tuple[list[dict], dict[str, list], dict[str, int]
     return entries, answers, docs
 
 
+def function_doc_tokens() -> dict[str, dict[str, int]]:
+    """Per function-document file (`CLASS_DOCS`' values), each function's document tokens
+    (its line of the file): what an entry that hides the function does not see."""
+    root = resources.files("bfcl_eval") / "data" / "multi_turn_func_doc"
+    out: dict[str, dict[str, int]] = {}
+    for f in root.iterdir():
+        if f.name.endswith(".json"):
+            lines = f.read_text(encoding="utf-8").splitlines()
+            out[f.name[:-5]] = {json.loads(x)["name"]: _tokens(x) for x in lines if x.strip()}
+    return out
+
+
+def shared_prefix(entry: Mapping[str, Any], docs: Mapping[str, int],
+                  functions: Mapping[str, Mapping[str, int]], scale: float) -> SharedPrefix:
+    """The entry's function documents as a prefix (module docstring): its classes' documents
+    less the functions it hides; a set of hidden functions is a group of its own, since the
+    sessions of a group share their prefix exactly."""
+    classes = sorted(entry.get("involved_classes", []))
+    files = [CLASS_DOCS.get(c, "") for c in classes]
+    hidden = sorted(set(entry.get("excluded_function") or ()))
+    tokens = sum(docs.get(f, 0) for f in files)
+    for name in hidden:
+        tokens -= next((functions[f][name] for f in files if name in functions.get(f, {})), 0)
+    group = "bfcl:" + "+".join(classes) + "".join(f"-{name}" for name in hidden)
+    return SharedPrefix(group=group, tokens=max(0, round(max(0, tokens) * scale)))
+
+
+def entry_half(entry_id: str) -> str:
+    """"fit" or "eval": the half of BFCL's tasks the entry belongs to (module docstring),
+    by a hash of its task number, so the same on every machine and in every version."""
+    task = re.sub(r"^multi_turn_(base|long_context)_", "", entry_id)
+    return HALVES[hashlib.sha256(f"bfcl-task:{task}".encode()).digest()[0] & 1]
+
+
+def parse_call(call: str) -> tuple[str, tuple, dict[str, Any]]:
+    """A ground-truth call `name(a=1, b='x')` as (name, args, kwargs): its arguments are
+    read as Python literals, never evaluated."""
+    node = ast.parse(call.strip(), mode="eval").body
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise ValueError(f"not a function call: {call!r}")
+    return (node.func.id, tuple(ast.literal_eval(a) for a in node.args),
+            {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None})
+
+
+def _result_text(value: Any) -> str:
+    """A call's return value as the text the model reads (as BFCL renders it)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def result_texts(entry: Mapping[str, Any], calls: Sequence[Sequence[str]],
+                 long_context: bool) -> list[list[str]]:
+    """The text of each ground-truth call's result, per turn: the calls run in order on the
+    package's API classes loaded with the entry's `initial_config` (and BFCL's long-context
+    padding when `long_context`), their state carried from turn to turn."""
+    from bfcl_eval.constants.executable_backend_config import (
+        CLASS_FILE_PATH_MAPPING,
+        STATELESS_CLASSES,
+    )
+    config = entry.get("initial_config", {})
+    methods: dict[str, Any] = {}
+    for name in entry.get("involved_classes", []):
+        api = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[name]), name)()
+        if name not in STATELESS_CLASSES:
+            api._load_scenario(copy.deepcopy(config.get(name, {})), long_context=long_context)
+        methods.update({m: getattr(api, m) for m in dir(api)
+                        if not m.startswith("_") and callable(getattr(api, m))})
+    out = []
+    for turn in calls:
+        texts = []
+        for call in turn:
+            try:
+                fn, args, kwargs = parse_call(call)
+                texts.append(_result_text(methods[fn](*args, **kwargs)))
+            except Exception as e:  # noqa: BLE001 - the model reads the error as the result
+                texts.append(f"Error during execution: {e}")
+        out.append(texts)
+    return out
+
+
+@functools.cache
+def long_context_extra(entry_json: str, calls_json: str) -> tuple[tuple[int, ...], ...]:
+    """Per turn, per call: the tokens BFCL's long-context padding adds to the call's result
+    (`result_texts` with and without it; never below 0). Cached: the same entry gives the
+    same numbers (arguments are JSON so that they hash)."""
+    entry, calls = json.loads(entry_json), json.loads(calls_json)
+    plain = result_texts(entry, calls, long_context=False)
+    padded = result_texts(entry, calls, long_context=True)
+    return tuple(tuple(max(0, _tokens(b) - _tokens(a)) for a, b in zip(ta, tb, strict=True))
+                 for ta, tb in zip(plain, padded, strict=True))
+
+
 # The API class names of BFCL's entries -> their function-document files.
 CLASS_DOCS = {
     "GorillaFileSystem": "gorilla_file_system", "MathAPI": "math_api",
@@ -88,22 +206,23 @@ CLASS_DOCS = {
 
 
 def entry_steps(entry: Mapping[str, Any], calls: Sequence[Sequence[str]],
-                rng: np.random.Generator, long_context: bool
-                ) -> list[tuple[int, int, str | None, float]]:
-    """One BFCL entry as (input, output, tool, tool_s) per LLM step (module docstring)."""
-    env = _tokens(json.dumps(entry.get("initial_config", {}))) if long_context else 0
-    result = RESULT_TOKENS + env // 10
+                rng: np.random.Generator,
+                extra: Sequence[Sequence[int]] = ()) -> list[tuple[int, int, str | None, float]]:
+    """One BFCL entry as (input, output, tool, tool_s) per LLM step (module docstring).
+
+    `extra[t][k]`: tokens added to the result of turn t's call k (`long_context_extra`)."""
     steps: list[tuple[int, int, str | None, float]] = []
     turns = entry["question"]
     for t, turn in enumerate(turns):
         message = sum(_tokens(m.get("content", "")) for m in turn) if turn else 1
         pending = message
-        for call in (calls[t] if t < len(calls) else ()):
+        added = extra[t] if t < len(extra) else ()
+        for k, call in enumerate(calls[t] if t < len(calls) else ()):
             tool = call.split("(", 1)[0].strip() or "call"
             lat = min(CALL_LATENCY.max_s,
                       math.exp(CALL_LATENCY.mu + CALL_LATENCY.sigma * rng.standard_normal()))
             steps.append((pending, _tokens(call), tool, lat))
-            pending = result
+            pending = RESULT_TOKENS + (added[k] if k < len(added) else 0)
         last = t == len(turns) - 1
         think = 0.0 if last else min(
             USER_LATENCY.max_s,
@@ -113,7 +232,7 @@ def entry_steps(entry: Mapping[str, Any], calls: Sequence[Sequence[str]],
 
 
 def bfcl_trace(num_sessions: int, seed: int, arrival_rate: float, scale: float = 1.0,
-               datasets: Sequence[str] = DATASETS) -> list[Session]:
+               datasets: Sequence[str] = DATASETS, half: str | None = None) -> list[Session]:
     """Sessions shaped by BFCL v4 multi-turn entries (module docstring).
 
     Args:
@@ -122,31 +241,47 @@ def bfcl_trace(num_sessions: int, seed: int, arrival_rate: float, scale: float =
         seed: seeds the draw of entries, latencies and arrivals.
         arrival_rate: Poisson arrivals per second.
         scale: multiplies token counts and times, as `generate` does.
-        datasets: which of `DATASETS` to draw from.
+        datasets: which of `DATASETS` to draw from (a list or tuple of names).
+        half: draw only from this half of BFCL's tasks (`entry_half`: "fit" or "eval");
+            None draws from all.
+
+    Raises:
+        ValueError: a bad argument (as `generate`'s), a string or a repeated name for
+            `datasets`, an unknown half, or more sessions than entries.
+        ModuleNotFoundError: `bfcl-eval` is not installed.
     """
+    _check_args(num_sessions, seed, arrival_rate, scale)
+    if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Sequence):
+        raise ValueError(f"datasets must be a list or tuple of names from {DATASETS}, got "
+                         f"{datasets!r}")
+    if len(set(datasets)) != len(datasets):
+        raise ValueError(f"datasets names a data set twice: {list(datasets)}")
+    if half is not None and half not in HALVES:
+        raise ValueError(f"half must be one of {HALVES} or None, got {half!r}")
     rng = np.random.default_rng([seed, 0xBFC1])
     pool: list[tuple[str, dict, list, dict[str, int]]] = []
     for ds in datasets:
         entries, answers, docs = load_bfcl(ds)
-        pool += [(ds, e, answers.get(e["id"], []), docs) for e in entries]
+        pool += [(ds, e, answers.get(e["id"], []), docs) for e in entries
+                 if half is None or entry_half(e["id"]) == half]
     if num_sessions > len(pool):
-        raise ValueError(f"only {len(pool)} BFCL entries in {list(datasets)}, asked for "
+        raise ValueError(f"only {len(pool)} BFCL entries in {list(datasets)}"
+                         f"{'' if half is None else f' ({half} half)'}, asked for "
                          f"{num_sessions}")
+    functions = function_doc_tokens() if pool else {}
     order = rng.permutation(len(pool))[:num_sessions]
     arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=num_sessions))
     sessions = []
     for i, j in enumerate(order):
         ds, entry, calls, docs = pool[j]
-        classes = sorted(entry.get("involved_classes", []))
-        prefix = sum(docs.get(CLASS_DOCS.get(c, ""), 0) for c in classes)
+        extra = (long_context_extra(json.dumps(entry, sort_keys=True), json.dumps(calls))
+                 if "long" in ds else ())
         steps = tuple(
             Step(input_tokens=max(1, round(inp * scale)), output_tokens=max(1, round(out * scale)),
                  tool=tool, tool_s=tool_s * scale)
-            for inp, out, tool, tool_s in entry_steps(entry, calls, rng, "long" in ds))
+            for inp, out, tool, tool_s in entry_steps(entry, calls, rng, extra))
         sessions.append(Session(
-            id=f"bfcl-s{seed}-{i:05d}", workflow=f"bfcl-{ds.removeprefix('multi_turn_')}",
+            id=f"bfclv4-s{seed}-{i:05d}", workflow=f"bfcl-{ds.removeprefix('multi_turn_')}",
             arrival_s=float(arrivals[i]),
-            shared_prefix=SharedPrefix(group="bfcl:" + "+".join(classes),
-                                       tokens=max(0, round(prefix * scale))),
-            steps=steps))
+            shared_prefix=shared_prefix(entry, docs, functions, scale), steps=steps))
     return sessions

@@ -497,3 +497,18 @@ def test_regret_over_the_smoothing_sizes_sums_victims_and_averages_recomputation
         v, r = (sum(s[c][k] for s in victims if c in s) for k in ("victims", "reused"))
         assert cells[4 + i] == (f"{v} / {r}" if v else "-"), c
     assert any(cells[4 + i] != "-" for i in range(len(regret.CLASSES)))
+
+
+def test_bfcl_v4_fit_and_evaluation_seeds_draw_from_disjoint_halves(monkeypatch):
+    """A fresh bfcl-v4 seed replayed mostly entries the fit seeds used (review repro
+    bfcl_heldout.py: 70-74 of 80): fit seeds now draw from BFCL's fit half of tasks, every
+    other seed from the eval half."""
+    import kvsaga.sim.bfcl as bfcl
+
+    P = load()
+    asked = {}
+    monkeypatch.setattr(bfcl, "bfcl_trace", lambda *a, **k: asked.setdefault(a[1], k["half"]))
+    for seed in P.TUNE_SEEDS + P.EVAL_SEEDS:
+        P.build_trace("bfcl-v4", seed)
+    assert {asked[s] for s in P.TUNE_SEEDS} == {"fit"}
+    assert {asked[s] for s in P.EVAL_SEEDS} == {"eval"}
