@@ -8,7 +8,8 @@ real number" once, and each caller keeps its own message (tests assert on them).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+import re
+from collections.abc import Callable, Collection
 
 
 def is_int(x: object) -> bool:
@@ -49,6 +50,25 @@ def check_str(
     if not isinstance(value, str) and not (none_ok and value is None):
         raise error(f"{label} must be a str{' or None' if none_ok else ''}, got {value!r}")
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(
+    label: str, text: str, error: Callable[[str], Exception] = ValueError
+) -> str:
+    """`text` if it holds no lone UTF-16 surrogate, else `error(...)` naming `label`, the
+    surrogate and its position. Such a str is no Unicode text: JSON's "\\ud800" escape makes
+    one, and so does reading bytes that are not UTF-8 with errors="surrogateescape" (how
+    Python decodes a command line, and stdin under a C or UTF-8 locale). Encoding it (the
+    tokenizer, a hash) fails with an error that names none of this."""
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise error(f"{label} holds a lone surrogate {bad.group()!r} at character "
+                    f"{bad.start() + 1}, which is not Unicode text (bytes that are not "
+                    "UTF-8 decode to these)")
+    return text
 
 
 def check_one_of(

@@ -8,7 +8,9 @@ kvsaga sim --workload swe --sessions 40 --policy lru,graph,belady
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kvsaga import __version__
+from kvsaga._validate import check_unicode
+from kvsaga.errors import InvalidRequest
 from kvsaga.logs import StderrHandler
 
 log = logging.getLogger("kvsaga.cli")
@@ -150,11 +154,21 @@ def format_stats(out, start: float, first: float | None, end: float) -> str:
             f"first), {out.num_cached_tokens}/{out.num_prompt_tokens} prompt tokens cached")
 
 
+def _raw(args: argparse.Namespace, llm) -> bool:
+    """Whether to go without the chat template: --raw, or a model that has none (said once,
+    since the answers then continue the text rather than answer it)."""
+    if not args.raw and llm.tokenizer.chat_template is None:
+        log.warning("this model has no chat template: the text is completed as is (--raw)")
+        return True
+    return args.raw
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_unicode("the prompt", args.prompt, InvalidRequest)  # before the model loads
     llm = load_llm(args)
     params = llm.default_params(**_sampling_fields(args))
     printer = _Printer(args.stats)
-    if args.raw or llm.tokenizer.chat_template is None:
+    if _raw(args, llm):
         out = llm.generate(args.prompt, params, on_output=printer)[0]
     else:
         out = llm.chat([{"role": "user", "content": args.prompt}], params, on_output=printer)
@@ -178,7 +192,8 @@ empty line or Ctrl-D ends.
 
 A line that is just {RESET} starts a new conversation. A turn that would outgrow the
 model's context is refused with a message saying how many tokens it needs and how many the
-context holds; the conversation stays as it was: send a shorter line, or {RESET}."""
+context holds; the conversation stays as it was: send a shorter line, or {RESET}. So is a
+line that is not UTF-8, naming where."""
 
 
 def _refused_turn(e, resumable: bool) -> str:
@@ -191,13 +206,24 @@ def _refused_turn(e, resumable: bool) -> str:
             f"{e.max_model_len}; nothing was sent and the conversation is as it was: {fix}")
 
 
+def _raw_turn(session, line: str) -> str:
+    """What a --raw line adds to the running text: the line and a newline, after a newline
+    when the text so far (the last answer) does not end with one: the terminal shows the
+    answer's line ended, and the model sees the same."""
+    glue = "\n" if session.context is not None and not session.context.text.endswith("\n") else ""
+    return f"{glue}{line}\n"
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from kvsaga.engine.engine import ContextTooLong
 
     llm = load_llm(args)
     params = llm.default_params(**_sampling_fields(args))
+    raw = _raw(args, llm)
     session = llm.session()
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused, not fatal
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         print(f"kvsaga chat: one line per turn; {RESET} starts a new conversation; an empty "
               "line or Ctrl-D ends.", file=sys.stderr)
@@ -209,12 +235,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         printer = _Printer(args.stats)
         try:
-            if args.raw:
-                out = session.generate(line + "\n", params, on_output=printer)
+            check_unicode("the line", line, InvalidRequest)
+            if raw:
+                out = session.generate(_raw_turn(session, line), params, on_output=printer)
             else:
                 out = session.chat(line, params, on_output=printer)
         except ContextTooLong as e:  # refused before it ran: the session is unchanged
             print(_refused_turn(e, session.context is not None), file=sys.stderr)
+            continue
+        except InvalidRequest as e:  # e.g. a line that is not UTF-8; also refused unchanged
+            print(f"kvsaga: turn refused: {e}; nothing was sent and the conversation is as "
+                  "it was", file=sys.stderr)
             continue
         printer.done(out)
         if out.num_prompt_tokens + len(out.token_ids) >= llm.engine.max_model_len:
@@ -234,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     g.add_argument("prompt", help="the prompt text")
     g.add_argument("--raw", action="store_true",
-                   help="complete the text as is, without the chat template")
+                   help="complete the text as is, without the chat template (what a model "
+                   "without one does anyway)")
     add_engine_args(g)
     _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
@@ -242,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=CHAT_HELP,
                        formatter_class=HelpFormatter)
     c.add_argument("--raw", action="store_true",
-                   help="no chat template: each line is appended to the running text and "
-                   "completed")
+                   help="no chat template: each line and a newline are appended to the running "
+                   "text (after a newline, if the last answer did not end with one) and "
+                   "completed; what a model without a chat template does anyway")
     add_engine_args(c)
     _add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
@@ -281,6 +314,16 @@ def report_failure(prog: str, e: BaseException, debug: bool, context: str = "",
     return 1
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is still buffered at exit does not
+    fail again on the closed pipe (Python prints that failure past any handler)."""
+    with contextlib.suppress(OSError, ValueError):  # stdout has no file descriptor
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None)
@@ -290,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader left (`| head`): not a failure
+        _silence_stdout()
+        return 141  # what a shell reports for a process SIGPIPE ended
     except Exception as e:
         return report_failure("kvsaga", e, level == "debug", can_debug=level is not None)
 

@@ -4,8 +4,11 @@ failures, streamed answers, the --stats line, prompts kept off stdout."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -174,18 +177,81 @@ def _stats(err: str) -> list[tuple[int, int, int]]:
     return [tuple(int(x) for x in m.groups()) for m in found]
 
 
-def test_chat_raw_appends_text_without_the_template(tiny, capsys, monkeypatch):
+def _spy_raw_turns(monkeypatch) -> list[tuple[str, str]]:
+    """(the session's context text before, the text added) of each `generate` step."""
     seen = []
     real = llm_module.AgentSession.generate
 
     def spy(self, text, *args, **kwargs):
-        seen.append(text)
+        seen.append((self.context.text if self.context is not None else "", text))
         return real(self, text, *args, **kwargs)
 
     monkeypatch.setattr(llm_module.AgentSession, "generate", spy)
+    return seen
+
+
+def test_chat_raw_appends_text_without_the_template(tiny, capsys, monkeypatch):
+    seen = _spy_raw_turns(monkeypatch)
     monkeypatch.setattr("sys.stdin", io.StringIO("abc\ndef\n"))
     assert cli.main(_run(["chat", "--raw", "--max-tokens", "3", "--stats"], tiny)) == 0
-    assert seen == ["abc\n", "def\n"]
+    (_, first), (before, second) = seen
+    assert first == "abc\n" and second.endswith("def\n")
+    # The model sees the answer's line ended before the next line, as the terminal shows it
+    # (the next line was glued onto the answer), and no empty line between.
+    assert not before.endswith("\n") and second == "\ndef\n"
     (n1, _, prompt1), (_, cached2, _) = _stats(capsys.readouterr().err)
     # Raw turns extend the exact ids: every token of turn 1 with K/V (all but the last).
     assert cached2 == prompt1 + n1 - 1
+
+
+def test_chat_on_a_model_without_a_template_goes_raw_as_generate_does(tiny, tmp_path, capsys,
+                                                                       monkeypatch):
+    """`chat` failed (exit 2) after the first line, naming no --raw, where `generate` fell
+    back to the raw text; now both say once that they complete the text as is."""
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny, bare)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    seen = _spy_raw_turns(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nagain\n"))
+    assert cli.main(_run(["chat", "--max-tokens", "2"], bare)) == 0
+    assert [text.strip() for _, text in seen] == ["hello", "again"]
+    err = capsys.readouterr().err
+    assert err.count("no chat template: the text is completed as is (--raw)") == 1
+    assert cli.main(_run(["generate", "hello", "--max-tokens", "2"], bare)) == 0
+    assert "no chat template" in capsys.readouterr().err
+
+
+def test_a_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tiny, capsys, monkeypatch,
+                                                                  no_load):
+    """Bytes that are not UTF-8 (a lone surrogate once decoded with surrogateescape) made
+    the tokenizer raise a TypeError that ended the chat (exit 1); `generate` failed the
+    same way, after loading the model."""
+    bad = "caf\udce9"
+    where = "holds a lone surrogate '\\udce9' at character 4, which is not Unicode text"
+    assert cli.main(_run(["generate", bad], tiny)) == 2  # no_load: refused before loading
+    assert capsys.readouterr().err.startswith(f"kvsaga: error: the prompt {where}")
+    monkeypatch.undo()  # loading allowed from here
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"hello\n{bad}\nmore\n"))
+    assert cli.main(_run(["chat", "--max-tokens", "2", "--stats"], tiny)) == 0
+    err = capsys.readouterr().err
+    assert f"kvsaga: turn refused: the line {where} (bytes that are not UTF-8 decode to these); "\
+           "nothing was sent" in err
+    assert len(_stats(err)) == 2  # the lines before and after it were answered
+
+
+def test_a_reader_that_leaves_early_is_no_failure(tiny, capsys, monkeypatch):
+    """`kvsaga generate ... | head -c 1`: the closed pipe was reported as a failure (exit 1,
+    a line about --log-level debug); now it exits quietly with 141, as a shell reports a
+    process that SIGPIPE ended."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as closed_pipe:
+        monkeypatch.setattr("sys.stdout", closed_pipe)
+        argv = _run(["generate", "--raw", "hello", "--max-tokens", "4", "--log-level",
+                     "warning"], tiny)
+        assert cli.main(argv) == 141
+        assert capsys.readouterr().err == ""
+        closed_pipe.write("x" * 100)
+        closed_pipe.flush()  # into /dev/null now: the exit's flush does not fail again

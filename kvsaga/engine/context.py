@@ -6,6 +6,10 @@ from the ids the model generated, and the prefix cache, which holds exactly the 
 ids, then misses everything after the first difference. So each step remembers its prompt
 ids, output ids and their text; the next prompt, if its text starts with that text, reuses
 those ids and tokenizes only the new suffix.
+
+An answer cut inside a multi-byte character (by max_tokens) decodes to text ending in U+FFFD,
+which the next prompt (holding the answer's text without the partial character) never
+starts with; so the context also offers its ids up to the last whole character.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ class TokenContext:
         token_ids: prompt ids + output ids.
         text: the text `token_ids` decode to.
         prompt_len / prompt_text_len: where the prompt ends in each.
+        whole_len / whole_text_len: where the output's last whole character ends in each,
+            when the output ends inside one (else 0).
     """
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     prompt_len: int = 0
     prompt_text_len: int = 0
+    whole_len: int = 0
+    whole_text_len: int = 0
 
     @classmethod
     def of_step(
@@ -48,11 +56,15 @@ class TokenContext:
         """
         if prompt_text is None:
             prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        out_text = tokenizer.decode(out_ids, skip_special_tokens=False)
+        whole, whole_text = _whole_characters(tokenizer, out_ids, out_text)
         return cls(
             token_ids=list(prompt_ids) + list(out_ids),
-            text=prompt_text + tokenizer.decode(out_ids, skip_special_tokens=False),
+            text=prompt_text + out_text,
             prompt_len=len(prompt_ids),
             prompt_text_len=len(prompt_text),
+            whole_len=len(prompt_ids) + whole if whole else 0,
+            whole_text_len=len(prompt_text) + len(whole_text) if whole else 0,
         )
 
     def known_prefix(self, text: str) -> tuple[int, list[int]]:
@@ -64,12 +76,32 @@ class TokenContext:
         """
         candidates = (
             (self.text, self.token_ids),
+            (self.text[: self.whole_text_len], self.token_ids[: self.whole_len]),
             (self.text[: self.prompt_text_len], self.token_ids[: self.prompt_len]),
         )
         for known_text, known_ids in candidates:
             if known_text and text.startswith(known_text):
                 return len(known_text), known_ids
         return 0, []
+
+
+# A UTF-8 character is at most 4 bytes, so one cut inside it leaves at most 3 of its bytes,
+# in as many tokens.
+_MAX_PARTIAL_TOKENS = 3
+
+
+def _whole_characters(
+    tokenizer: Tokenizer, out_ids: Sequence[int], out_text: str
+) -> tuple[int, str]:
+    """(k, text) for the longest `out_ids[:k]` whose text does not end inside a character,
+    when `out_text` does (ends in U+FFFD) and that text is a prefix of it; else (0, "")."""
+    if not out_text.endswith("\ufffd"):
+        return 0, ""
+    for k in range(len(out_ids) - 1, max(len(out_ids) - _MAX_PARTIAL_TOKENS, 0) - 1, -1):
+        text = tokenizer.decode(out_ids[:k], skip_special_tokens=False)
+        if not text.endswith("\ufffd"):
+            return (k, text) if k and out_text.startswith(text) else (0, "")
+    return 0, ""
 
 
 def encode_continuing(

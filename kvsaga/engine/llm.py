@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from kvsaga._validate import check_str
+from kvsaga._validate import check_bool, check_str, check_unicode
 from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.context import TokenContext, encode_continuing
 from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
@@ -116,6 +116,15 @@ def _prompt_list(prompts: object) -> list:
     return [items] if items and _is_token_id(items[0]) else items
 
 
+def _render(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool,
+            **template_kwargs: Any) -> str:
+    """The conversation's prompt text, refused (InvalidRequest) if it still holds a lone
+    surrogate: one in a nested field or a template variable, which `_check_messages` does
+    not reach."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt, **template_kwargs)
+    return check_unicode("the rendered chat prompt", text, InvalidRequest)
+
+
 def _check_params(params: object) -> SamplingParams | None:
     """`params` if it is a SamplingParams or None, else InvalidRequest naming its type (a dict
     is refused, not converted: whether its fields fill in over the model's defaults or the
@@ -129,7 +138,8 @@ def _check_params(params: object) -> SamplingParams | None:
 
 def _check_messages(messages: object, what: str) -> list[dict[str, Any]]:
     """The messages as a list of dicts, or InvalidRequest naming what is wrong: not a list,
-    empty, or an item that is not a message dict."""
+    empty, an item that is not a message dict, or a str field holding a lone surrogate (the
+    tokenizer would fail on it with a TypeError naming none of this)."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise InvalidRequest(
             f"{what} must be a list of message dicts like [{{'role': 'user', 'content': ...}}], "
@@ -139,6 +149,9 @@ def _check_messages(messages: object, what: str) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m:
             raise InvalidRequest(f"{what}[{i}] must be a dict with a 'role', got {m!r}")
+        for key, value in m.items():
+            if isinstance(value, str):
+                check_unicode(f"{what}[{i}][{key!r}]", value, InvalidRequest)
     return [dict(m) for m in messages]
 
 
@@ -198,7 +211,7 @@ class LLM:
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
+            return self.tokenizer.encode(check_unicode("prompt", prompt, InvalidRequest))
         if (isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable)
                 or getattr(prompt, "ndim", None) == 0):
             raise InvalidRequest("each prompt must be a str or a list of token ids, got "
@@ -233,6 +246,7 @@ class LLM:
         params: SamplingParams | None = None,
         *,
         on_output: OnOutput | None = None,
+        add_generation_prompt: bool = True,
         **template_kwargs: Any,
     ) -> RequestOutput:
         """Answer a conversation, rendered with the model's chat template.
@@ -240,10 +254,16 @@ class LLM:
         A conversation that extends an earlier `chat` call's (its messages plus the answer,
         then more) reuses the exact token ids of that call's prompt and answer, so the prefix
         cache serves all of it, not only what re-tokenizing the text happens to reproduce.
+
+        Args:
+            add_generation_prompt: end the prompt with an open assistant turn (False: the
+                model continues after the last message as rendered), as in vLLM's `chat`.
+            **template_kwargs: more template variables (e.g. `tools`).
         """
         messages = _check_messages(messages, "messages")
         _check_params(params)
-        text = self.tokenizer.apply_chat_template(messages, True, **template_kwargs)
+        check_bool("add_generation_prompt", add_generation_prompt, InvalidRequest)
+        text = _render(self.tokenizer, messages, add_generation_prompt, **template_kwargs)
         ids = encode_continuing(self.tokenizer, reversed(self._chat_contexts), text, False)
         out = self._run([(ids, {})], params, on_output)[0]
         self._chat_contexts.append(TokenContext.of_step(self.tokenizer, ids, text, out.token_ids))
@@ -322,7 +342,10 @@ class AgentSession:
     now waits on a tool (the manager keeps, offloads or drops its KV by the policy);
     the next `chat`/`generate` resumes it, hitting whatever of its context survived. Each step
     starts from the exact token ids of the previous prompt and answer, so what survived is
-    all of it unless the policy evicted some. A step whose context leaves no room to answer
+    all of it unless the policy evicted some. A session is a conversation (`chat`) or a raw
+    text (`generate`): `generate` may follow `chat`, appending to its exact ids, but `chat`
+    after a `generate` is refused (InvalidRequest), since chat re-renders the messages, which
+    do not hold the raw text. A step whose context leaves no room to answer
     raises `ContextTooLong` (an InvalidRequest) before it runs: the session, its messages and
     its cached context stay as they were, so a shorter step can follow.
     """
@@ -334,6 +357,7 @@ class AgentSession:
         self.workflow = workflow
         self.messages: list[dict[str, Any]] = []
         self.context: TokenContext | None = None  # the exact tokens whose K/V the cache holds
+        self._raw = False  # a `generate` step ran: the context holds text the messages do not
         self._pending_tool: tuple[str | None, float | None] = (None, None)
         self.ended = False
 
@@ -376,9 +400,14 @@ class AgentSession:
         last_step: bool = False,
         on_output: OnOutput | None = None,
     ) -> RequestOutput:
-        """Append raw text to the context (prompt plus every earlier output) and complete."""
+        """Append raw text to the context (prompt plus every earlier output) and complete.
+        Nothing is inserted between the context and `text` (a newline neither)."""
+        check_str("text", text, InvalidRequest)
+        check_unicode("text", text, InvalidRequest)
         add = self.llm.tokenizer.encode(text, add_special_tokens=self.context is None)
-        return self._step(self.context_ids + add, None, params, last_step, on_output)
+        out = self._step(self.context_ids + add, None, params, last_step, on_output)
+        self._raw = True
+        return out
 
     def chat(
         self,
@@ -392,16 +421,27 @@ class AgentSession:
 
         The conversation is re-rendered with the chat template; the part the previous step
         already holds keeps that step's exact token ids, and only the new text is tokenized.
+
+        Raises:
+            InvalidRequest: a bad message, or a `generate` step ran in this session (its
+                text is in the context but in no message, so re-rendering the messages
+                would silently drop it: continue with `generate`, or put what it added in
+                a message of a new session).
         """
+        if self._raw and not self.ended:
+            raise InvalidRequest(
+                f"session {self.session_id!r} holds raw text from generate(), which its "
+                "messages do not: chat would re-render the messages without it; continue "
+                "with generate(), or start a new session and pass that text as a message")
         if isinstance(message, str):
-            new = [{"role": "user", "content": message}]
+            new = [{"role": "user", "content": check_unicode("message", message, InvalidRequest)}]
         elif isinstance(message, Mapping):
             new = _check_messages([message], "message")
         else:
             new = _check_messages(message, "message")
         messages = self.messages + new
         tok = self.llm.tokenizer
-        text = tok.apply_chat_template(messages, True)
+        text = _render(tok, messages, True)
         ids = encode_continuing(tok, [self.context], text, False)
         out = self._step(ids, text, params, last_step, on_output)
         self.messages = messages + [{"role": "assistant", "content": out.text}]

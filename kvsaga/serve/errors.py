@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
+from kvsaga._validate import check_unicode
 from kvsaga.serve.protocol import ErrorBody, ErrorResponse
 
 # OpenAI's `type` for each status we send.
@@ -55,17 +54,11 @@ class APIError(Exception):
         return ErrorResponse(error=err).model_dump()
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def refuse_lone_surrogate(text: str, param: str) -> None:
     """APIError 400 naming `param` when `text` holds a lone UTF-16 surrogate (JSON's
     "\\ud800" escape, which the stdlib parser lets through): it is no Unicode text, and
     encoding it (the tokenizer, the tenant's hash) failed as a 500."""
-    bad = _SURROGATE.search(text)
-    if bad is not None:
-        raise APIError(400, f"{param} holds a lone surrogate {bad.group()!r} at character "
-                       f"{bad.start() + 1}, which is not Unicode text", param=param)
+    check_unicode(param, text, lambda message: APIError(400, message, param=param))
 
 
 def stopped_error(e: Exception) -> APIError:

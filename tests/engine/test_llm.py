@@ -341,3 +341,102 @@ def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeyp
     finally:
         pool.shutdown()
         torch.set_num_threads(before)
+
+
+# -- steps a session cannot mix, text that is not Unicode, template arguments ------------
+
+
+def test_chat_after_a_raw_step_is_refused_and_changes_nothing(model_dir):
+    """`chat` re-renders the session's messages, which do not hold what `generate` added:
+    it dropped that text silently (and recomputed the context), where each step promises to
+    extend the last one's exact ids. Now it is refused; `generate` after `chat` still
+    extends the context."""
+    llm = make_llm(model_dir)
+    short = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    s = llm.session()
+    s.chat("hi", short)
+    after_chat = s.context_ids
+    s.generate("tool result: 42\n", short)
+    assert s.context_ids[: len(after_chat)] == after_chat
+    before = (s.context_ids, list(s.messages), llm.engine.manager.stats().queried_tokens)
+    with pytest.raises(InvalidRequest, match=r"holds raw text from generate\(\).*new session"):
+        s.chat("and now?", short)
+    assert (s.context_ids, s.messages, llm.engine.manager.stats().queried_tokens) == before
+    out = s.generate("more", short)  # the raw text goes on
+    assert out.num_prompt_tokens > len(before[0])
+    s.end()
+    llm.engine.manager.check_integrity()
+
+
+def test_lone_surrogates_are_refused_naming_where(model_dir, monkeypatch):
+    """A str holding a lone surrogate (bytes that are not UTF-8, read with surrogateescape)
+    made the tokenizer raise `TypeError: TextInputSequence must be str`."""
+    from kvsaga.engine.chat_template import ChatTemplate
+
+    llm = make_llm(model_dir)
+    bad = "caf\udce9"
+    where = r" holds a lone surrogate '\\udce9' at character 4, which is not Unicode text"
+    s = llm.session()
+    calls = [
+        (lambda: llm.generate(bad, GREEDY), "prompt"),
+        (lambda: llm.generate(["ok", bad], GREEDY), "prompt"),
+        (lambda: llm.chat([{"role": "user", "content": bad}], GREEDY),
+         r"messages\[0\]\['content'\]"),
+        (lambda: s.chat(bad, GREEDY), "message"),
+        (lambda: s.chat([{"role": "user", "content": "ok"}, {"role": "user", "content": bad}],
+                        GREEDY), r"message\[1\]\['content'\]"),
+        (lambda: s.generate(bad, GREEDY), "text"),
+    ]
+    for call, label in calls:
+        with pytest.raises(InvalidRequest, match=f"^{label}{where}"):
+            call()
+    # Text nested in a content list reaches the prompt through the template alone.
+    parts = "{% for m in messages %}{% for p in m['content'] %}{{ p['text'] }}{% endfor %}" \
+            "{% endfor %}"
+    monkeypatch.setattr(llm.tokenizer, "chat_template", ChatTemplate(parts, {}))
+    nested = [{"role": "user", "content": [{"type": "text", "text": bad}]}]
+    with pytest.raises(InvalidRequest, match=f"^the rendered chat prompt{where}"):
+        llm.chat(nested, GREEDY)
+    assert s.context is None and s.messages == [] and not llm._chat_contexts
+    assert llm.engine.manager.stats().queried_tokens == 0
+
+
+def test_chat_takes_add_generation_prompt(model_dir, monkeypatch):
+    """`add_generation_prompt=False` (vLLM's `LLM.chat` takes it) raised a TypeError: it
+    reached the template call beside the positional True."""
+    llm = make_llm(model_dir)
+    seen = []
+    real = llm.tokenizer.apply_chat_template
+
+    def spy(messages, add_generation_prompt=True, **kwargs):
+        seen.append(add_generation_prompt)
+        return real(messages, add_generation_prompt, **kwargs)
+
+    monkeypatch.setattr(llm.tokenizer, "apply_chat_template", spy)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert llm.chat(msgs, GREEDY, add_generation_prompt=False).token_ids
+    assert llm.chat(msgs, GREEDY).token_ids
+    assert seen == [False, True]
+    with pytest.raises(InvalidRequest, match="add_generation_prompt must be True or False"):
+        llm.chat(msgs, GREEDY, add_generation_prompt="no")
+
+
+def test_an_answer_cut_inside_a_character_keeps_its_whole_characters(model_dir):
+    """An answer cut by max_tokens inside a multi-byte character decodes to text ending in
+    U+FFFD, which the next turn's prompt (the answer's text without it) never starts with:
+    only the prompt's ids were reused. Now its ids up to the last whole character are."""
+    from kvsaga.engine.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_hf_dir(model_dir)  # byte-level: "é" is two tokens
+    prompt_text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], True)
+    prompt = tok.encode(prompt_text, add_special_tokens=False)
+    out = tok.encode("ok é", add_special_tokens=False)[:-1]  # the first byte of "é" only
+    ctx = TokenContext.of_step(tok, prompt, prompt_text, out)
+    assert ctx.text.endswith("\ufffd")
+    follow = prompt_text + "ok </s><s>user: more</s>"
+    assert ctx.known_prefix(follow) == (len(prompt_text) + 3, prompt + out[:3])
+    ids = encode_continuing(tok, [ctx], follow, False)
+    assert tok.decode(ids, skip_special_tokens=False) == follow
+    # An answer wholly inside one character leaves the prompt's ids.
+    lone = TokenContext.of_step(tok, prompt, prompt_text, out[-1:])
+    assert lone.known_prefix(prompt_text + "</s>") == (len(prompt_text), prompt)
