@@ -32,7 +32,7 @@ def regret_report(traces: list[str], seed: int, frac: float, policies: list[str]
             config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
             policy = make_policy(base, cost=config.cost, **params)
             sim = Simulator(trace, config, policy=policy)
-            log = record_regret(policy, trace, sim.block_size)
+            log = record_regret(sim)
             r = sim.run()
             s = log.summary()
             cells = []
@@ -73,7 +73,7 @@ def regret_smoothed(traces: list[str], seed: int, frac: float, policies: list[st
                 config = SimConfig(preset=PRESET, num_gpu_blocks=blocks, policy=base)
                 policy = make_policy(base, cost=config.cost, **params)
                 sim = Simulator(trace, config, policy=policy)
-                log = record_regret(policy, trace, sim.block_size)
+                log = record_regret(sim)
                 recomputed += sim.run().recomputed_tokens
                 for c, x in log.summary().items():
                     victims[c][0] += x["victims"]

@@ -52,7 +52,7 @@ def victims(name: str, seed: int, frac: float, spec: str, split: bool = False
                        policy=base)
     pol = make_policy(base, cost=config.cost, **params)
     sim = Simulator(trace, config, policy=pol)
-    log = record_regret(pol, trace, sim.block_size)  # records each session's step starts
+    log = record_regret(sim)  # records each session's step starts
     events: list[tuple[float, str, str, float | None, int]] = []
     inner = pol.choose_victims
     demoted: set[str] = set()

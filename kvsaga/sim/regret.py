@@ -1,8 +1,9 @@
 """Per-victim regret against the future: what a policy evicted that was needed soonest.
 
-`record_regret(policy)` makes a policy instance note, at every victim search, each victim's
-class and its next use from a `TraceOracle` that the simulator feeds (it gives the policy an
-`oracle` attribute, which the simulator recognizes). Classes, from the manager's view:
+`record_regret(sim)` makes a simulator's policy note, at every victim search, each victim's
+class and its next use from a `TraceOracle` that the simulator feeds (its own, or one set as
+`sim.oracle` before the run: an oracle only the policy holds would never hear what happens,
+and every live block would read as needed now). Classes, from the manager's view:
 
 - `demoted`: a live session's block while the scheduler has demoted the session
   (`session_deferred`): its next step waits to be admitted again, whatever its tool does;
@@ -28,13 +29,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kvsaga.policy.base import EvictionPolicy
 from kvsaga.pool import CACHED
 from kvsaga.sim.oracle import TraceOracle
-from kvsaga.sim.trace import Session
+
+if TYPE_CHECKING:
+    from kvsaga.sim.simulator import Simulator
 
 CLASSES = ("demoted", "paused", "queued", "running", "plain", "dead")
 
@@ -88,17 +90,22 @@ class RegretLog:
         return out
 
 
-def record_regret(policy: EvictionPolicy, sessions: Sequence[Session], block_size: int,
-                  horizon_s: float = 600.0) -> RegretLog:
-    """Make `policy` log its victims' regret during a simulation of `sessions`.
+def record_regret(sim: Simulator, horizon_s: float = 600.0) -> RegretLog:
+    """Make `sim`'s policy log its victims' regret during `sim.run()` (call it before).
+
+    The next uses come from `sim.oracle`, which the replay feeds: the simulator's own when
+    its policy reads one, else a new one set there (as `hindsight.record` does).
 
     Returns:
         The log that fills as the simulation runs.
     """
-    oracle = getattr(policy, "oracle", None)
-    if not isinstance(oracle, TraceOracle):
-        oracle = TraceOracle(sessions, block_size)
-        policy.oracle = oracle  # the simulator feeds an oracle it finds on the policy
+    if sim.now != 0.0:
+        raise ValueError(f"record_regret: the simulation has already run to {sim.now} s; "
+                         "call it on a fresh Simulator, before run()")
+    policy = sim.manager.policy
+    oracle = sim.oracle
+    if oracle is None:
+        oracle = sim.oracle = TraceOracle(sim.sessions, sim.block_size, sim.synth)
     log = RegretLog(horizon_s)
     choose = policy.choose_victims
     demoted: set[str] = set()

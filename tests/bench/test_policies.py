@@ -488,7 +488,7 @@ def test_regret_over_the_smoothing_sizes_sums_victims_and_averages_recomputation
         config = regret.SimConfig(preset=regret.PRESET, num_gpu_blocks=size, policy="lru")
         policy = regret.make_policy("lru", cost=config.cost)
         sim = regret.Simulator(trace, config, policy=policy)
-        log = regret.record_regret(policy, trace, sim.block_size)
+        log = regret.record_regret(sim)
         recomputed.append(sim.run().recomputed_tokens)
         victims.append(log.summary())
     assert recomputed[0] != recomputed[1]  # else a mean and one size's figure agree

@@ -16,7 +16,7 @@ def test_every_victim_is_logged_once_with_a_class(name):
     policy = make_policy(name)
     sim = Simulator(trace, SimConfig(preset="a100-llama3-8b", num_gpu_blocks=240, policy=name),
                     policy=policy)
-    log = record_regret(policy, trace, sim.block_size)
+    log = record_regret(sim)
     r = sim.run()
     assert r.num_evicted_blocks > 0
     s = log.summary()
@@ -27,3 +27,27 @@ def test_every_victim_is_logged_once_with_a_class(name):
         assert c["median_step_s"] >= 0
         if name in ("paused", "queued", "demoted"):  # a live session's step reads it later
             assert c["median_step_s"] < float("inf")
+
+
+def test_the_regret_oracle_is_fed_by_the_replay():
+    """Session 43: the log's oracle sat on the policy, where a Simulator already built never
+    looked, so it never heard a step end: no victim was ever `queued` and every paused
+    block's next use read 0 s (needed now)."""
+    trace = generate("swe", 8, seed=2, arrival_rate=1.0, scale=0.05)
+    policy = make_policy("ttl")
+    sim = Simulator(trace, SimConfig(preset="a100-llama3-8b", num_gpu_blocks=271, policy="ttl"),
+                    policy=policy)
+    log = record_regret(sim)
+    assert sim.oracle is not None
+    sim.run()
+    s = log.summary()
+    assert s["queued"]["victims"] > 0
+    assert s["paused"]["median_next_use_s"] > 0
+
+
+def test_regret_refuses_a_simulation_already_run():
+    trace = generate("swe", 2, seed=2, arrival_rate=1.0, scale=0.05)
+    sim = Simulator(trace, SimConfig(preset="a100-llama3-8b", num_gpu_blocks=240, policy="lru"))
+    sim.run()
+    with pytest.raises(ValueError, match="already run"):
+        record_regret(sim)
