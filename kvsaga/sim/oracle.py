@@ -155,10 +155,15 @@ class TraceOracle:
                 return math.inf
             session_id = self._own.get(block_hash)
             if session_id is None:
-                keys = self._prefix.get(block_hash)
-                return min((self._group_next(k, now) for k in keys), default=math.inf) \
-                    if keys else math.inf
-        return self._session_next(session_id, now)
+                return self._prefix_next(block_hash, now)
+        # A shared-prefix block one session still owns is read by its group's next step too,
+        # which may come before the owner's.
+        return min(self._session_next(session_id, now), self._prefix_next(block_hash, now))
+
+    def _prefix_next(self, block_hash: bytes | None, now: float) -> float:
+        keys = self._prefix.get(block_hash) if block_hash is not None else None
+        return min((self._group_next(k, now) for k in keys), default=math.inf) \
+            if keys else math.inf
 
     def _session_next(self, session_id: str, now: float) -> float:
         state = self._state.get(session_id)

@@ -80,3 +80,18 @@ def test_paused_answers_are_the_true_resume_times():
     for sid, now, t in oracle.answers:
         # The answer is the first ready time after the question.
         assert t == min(r for r in ready[sid] if r >= now)
+
+
+def test_an_owned_prefix_block_is_needed_when_its_group_next_reads_it():
+    """Session 43: asked with its owner, a shared-prefix block answered the owner's resume,
+    though another session of the prefix group arrives, and reads it, sooner."""
+    a = _session("A", 0.0, [Step(30, 5, "read", 10.0), Step(20, 3)])
+    b = _session("B", 1.0, [Step(30, 2)])
+    o = TraceOracle([a, b], block_size=16)
+    prefix = next(iter(o._prefix))
+    o.released("A")
+    o.started("A")
+    o.finished("A", now=0.1, tool_s=10.0)  # A paused until 10.1
+    assert o.next_use(None, prefix, 0, 0.5) == 1.0  # as plain cache: B's arrival
+    assert o.next_use("A", prefix, 0, 0.5) == 1.0  # owned by A: still B's arrival
+    assert o.next_use("A", None, 2, 0.5) == 10.1  # A's own tail: its resume
