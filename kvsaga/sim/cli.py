@@ -48,6 +48,9 @@ COLUMNS = (
     ("offl GB", "bytes_offloaded", "{:.2f}"),
     ("reld GB", "bytes_reloaded", "{:.2f}"),
 )
+# Below the table, so "x belady" is not read as distance from the best possible run.
+BELADY_FOOTER = ("belady: a reference, not a lower bound (greedy on the trace's next uses; "
+                 "a policy can recompute less)")
 
 
 def _positive(kind: type) -> Callable[[str], float]:
@@ -311,6 +314,7 @@ def cmd_sim(args) -> int:
           f"({base.blocks() * cost.block_bytes / GIB:.1f} GiB), "
           f"host {base.host_blocks()} blocks")
     print(format_table(rows))
+    print(BELADY_FOOTER)
     if args.json is not None:
         out = {"config": run_config(args, sessions, base, schedulers), "results": rows}
         if sweep:

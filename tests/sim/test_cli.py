@@ -21,6 +21,7 @@ def test_tiny_run_writes_json_and_plot(tmp_path, capsys):
                         "--json", str(out), "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "lru" in text and "graph+host" in text and "belady" in text
+    assert "belady: a reference, not a lower bound" in text  # "x belady" is no distance to best
     data = json.loads(out.read_text())
     rows = data["results"]
     assert [r["policy"] for r in rows] == ["lru", "graph+host", "belady"]
