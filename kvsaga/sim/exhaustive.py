@@ -15,9 +15,12 @@ scheduler (admission, preemption and timing follow from the choices). Under `fcf
 policy is one point of that space, so no policy can beat it. The `workflow` scheduler also
 reads the policy's execution graph (`Scheduler._graph`), which `ScriptedPolicy` lacks: a
 policy that keeps one (ttl, saga, graph, oracle-ttl) runs under admission decisions this
-search never explores, so there the optimum bounds only graph-less policies (belady, lru)
-exactly; for the others it is a measured reference (bench/policies.py --reference counts
-the cases below it). Discard only: no host tier.
+search never explores, so there the optimum bounds exactly only a graph-less policy priced
+by the run's cost model, as the search is (`ScriptedPolicy(cost=config.cost)`: belady; lru
+takes no cost model, so the schedulers that price swaps and churn by the policy's
+`cost` price its runs with the default `PrefillCost`); for the others it is a measured
+reference (bench/policies.py --reference counts the cases below it). Discard only: no
+host tier.
 
 Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few blocks.
 """
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from kvsaga.policy.base import Action, EvictionPolicy
-from kvsaga.sim.cost import PRESETS
+from kvsaga.sim.cost import PRESETS, StepCostModel
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
@@ -54,14 +57,19 @@ class ScriptedPolicy(EvictionPolicy):
         script: the choice index of each decision, in order.
         bound: stop the run (raise `_Pruned`) at a decision reached with at least this many
             recomputed tokens.
+        cost: the run's cost model, read as `manager.policy.cost` by the schedulers that
+            price swaps and churn (swap_pricing, working_set_gate); None prices them with
+            the default `PrefillCost`, as for a policy that takes no cost model (lru).
     """
 
     name = "scripted"
 
-    def __init__(self, script: Sequence[int], bound: float = math.inf) -> None:
+    def __init__(self, script: Sequence[int], bound: float = math.inf,
+                 cost: StepCostModel | None = None) -> None:
         super().__init__()
         self.script = list(script)
         self.bound = bound
+        self.cost = cost
         self.taken: list[int] = []
         self.branching: list[int] = []
         self.cached: set[int] = set()
@@ -94,7 +102,8 @@ class Optimum:
 
     Attributes:
         recomputed_tokens: the least recomputed prompt tokens any eviction choices give.
-        script: the choices that reach it (replay with `ScriptedPolicy(script)`).
+        script: the choices that reach it (replay with `ScriptedPolicy(script,
+            cost=config.cost)`).
         num_runs: simulations run (complete or pruned).
         num_decisions: eviction decisions along the optimal run.
     """
@@ -126,7 +135,7 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
         if runs > max_runs:
             raise RuntimeError(f"exhaustive search exceeded {max_runs} runs; shrink the trace")
         script = stack.pop()
-        policy = ScriptedPolicy(script, bound=best)
+        policy = ScriptedPolicy(script, bound=best, cost=config.cost)
         sim = Simulator(sessions, config, policy=policy)
         policy.simulator = sim
         try:

@@ -33,7 +33,8 @@ differently from every run the search tried, not only with other victims, and ca
 less than the optimum it found (on the tiny traces of bench/policies_reference.py none
 did: its `< optimum` column). Under `fcfs` (whose admissions read no graph) only the
 victims differ, so the figure is never below that optimum; under `workflow` only the belady
-runs (`best_offline(..., policies=("belady",))`) are sure not to be.
+runs (`best_offline(..., policies=("belady",))`) are sure not to be (the search prices swaps
+and churn with the run's cost model, as belady does: `ScriptedPolicy(cost=config.cost)`).
 Its gap to the exact optimum where that can be searched (tiny traces):
 bench/policies_reference.py; against the online policies on the fit set:
 bench/policies_hindsight.py.

@@ -145,7 +145,8 @@ def test_never_below_the_exact_optimum_where_only_the_victims_differ(seed):
     reads none, so every run differs from the search's only in its victims: hindsight is
     never below the optimum. Under workflow the scheduler reads a policy's graph, which
     oracle-ttl keeps and belady does not: there only the belady runs are sure not to be
-    (measured instead for the oracle-ttl runs and hindsight: the `< optimum` column of
+    (the search prices the scheduler's swaps with the run's cost model, as belady does;
+    measured instead for the oracle-ttl runs and hindsight: the `< optimum` column of
     bench/policies_reference.py, 0 of 57 workflow cases on 2026-12-03)."""
     sessions = random_tiny_trace(seed)
     longest = max(TINY.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from kvsaga.sim import exhaustive
 from kvsaga.sim.exhaustive import (
     TINY,
     ScriptedPolicy,
@@ -43,7 +44,7 @@ def test_hand_trace_optimum_and_belady_gap(num_blocks, optimum, belady):
     # the block used soonest, not the set of blocks whose loss costs least.
     assert results["belady"] == belady
     # The optimal script replays to the optimum.
-    policy = ScriptedPolicy(best.script)
+    policy = ScriptedPolicy(best.script, cost=config.cost)
     r = Simulator(hand_trace(), config, policy=policy).run()
     assert r.recomputed_tokens == optimum and policy.taken == list(best.script)
 
@@ -56,3 +57,20 @@ def test_no_policy_beats_the_optimum_on_random_tiny_traces(seed):
     best = exhaustive_optimum(sessions, config, max_runs=20_000)
     results = policy_results(sessions, config)
     assert all(v >= best.recomputed_tokens for v in results.values()), (best, results)
+
+
+def test_the_search_runs_under_the_runs_cost_model(monkeypatch):
+    """Session 43: the search's policy had no `cost`, so the schedulers that price swaps
+    and churn by `manager.policy.cost` used the default PrefillCost for it and the run's
+    cost model for belady: the two were not scheduled alike."""
+    seen = []
+    real = exhaustive.Simulator
+
+    def spy(sessions, config, policy):
+        seen.append(getattr(policy, "cost", None))
+        return real(sessions, config, policy=policy)
+
+    monkeypatch.setattr(exhaustive, "Simulator", spy)
+    config = SimConfig(preset=TINY, num_gpu_blocks=8)
+    exhaustive.exhaustive_optimum(hand_trace(), config)
+    assert seen and all(c == config.cost for c in seen)
