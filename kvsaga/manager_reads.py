@@ -23,6 +23,17 @@ from kvsaga.prefix import root_hash
 from kvsaga.session import Session, SessionState
 
 
+def _sliceable(token_ids: Sequence[int]) -> Sequence[int]:
+    """The prompt itself when it slices (the simulator's prefix views are read by slices to
+    avoid copying, and every waiting step is looked up at every scheduling step); only one
+    that has no slices (a deque) is read into a list, once."""
+    try:
+        token_ids[0:0]
+    except TypeError:
+        return list(token_ids)
+    return token_ids
+
+
 class ManagerReads:
     """Read-only calls of `KVCacheManager` (see kvsaga/manager.py for the state)."""
 
@@ -116,8 +127,7 @@ class ManagerReads:
                 to 1, stand for the context's).
         """
         self._check_prompt(session_id, token_ids)
-        # Read by slices: a sequence that has none (a deque) as a list, once.
-        tokens = token_ids if isinstance(token_ids, (list, tuple)) else list(token_ids)
+        tokens = _sliceable(token_ids)
         bs = self.block_size
         if block_hashes is not None:
             _check_block_hashes(block_hashes, len(tokens), bs)
