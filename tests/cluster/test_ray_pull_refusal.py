@@ -178,3 +178,34 @@ def test_a_cancelled_export_leaves_no_stale_record_and_a_stale_record_is_pulled(
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: pinned)
     assert asyncio.run(a._pull(SID, "t1", "b", True)) is None
     assert len(pinned.asked) == 1 and reg.get(SID) is None
+
+
+def test_a_record_with_a_queued_step_is_kept_and_not_pulled_again(monkeypatch):
+    """A moved session's second step reaches the thief while its first is still queued
+    there (the engine does not hold the session yet): `_holds` took that in-flight record
+    for stale, dropped it and pulled again, so the second step ran beside the first instead
+    of the server's 409 `session_busy`."""
+    mb = KVCacheManager(SPEC, 64)
+    rb = SessionRegistry(tokenizer=None)
+    rb.open(SID).in_flight = "cmpl-step1"
+    ran = []
+
+    async def app(scope, receive, send):  # b's server: it answers by the record
+        ran.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    b = replica("b", mb, rb, app=app)
+    pinned = Pinned()
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: pinned)
+    call = {"kvsaga": 1, "method": "POST", "path": "/v1/completions", "headers": [],
+            "body": b"{}", "engine_sid": SID, "salt": "t1",
+            "route": {"replica": "b", "moved_from": "a", "migrate": False, "reason": "steal"}}
+
+    async def go():
+        return [m async for m in b.handle(call)]
+
+    asyncio.run(go())
+    assert pinned.asked == []  # before the fix: the record dropped, a asked again
+    assert rb.get(SID) is not None and rb.get(SID).in_flight == "cmpl-step1"
+    assert ran == ["/v1/completions"]

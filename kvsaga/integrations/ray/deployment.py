@@ -286,11 +286,16 @@ class EngineReplica:
         return None
 
     async def _holds(self, sessions: SessionRegistry, sid: str) -> bool:
-        """Whether the session lives here: a context record whose session the engine holds
-        too. A record without it is stale (an export cancelled before the record was
-        dropped left one): it is dropped, and the session pulled."""
-        if sessions.get(sid) is None:
+        """Whether the session lives here: a context record with a step in flight (still
+        queued, its session may not be in the engine yet: the server answers a second step
+        409 `session_busy`), or an idle one whose session the engine holds too. An idle
+        record without it is stale (an export cancelled before the record was dropped left
+        one): it is dropped, and the session pulled."""
+        ctx = sessions.get(sid)
+        if ctx is None:
             return False
+        if ctx.in_flight is not None:
+            return True
         if await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
             return True
         sessions.drop(sid)
