@@ -43,7 +43,8 @@ class FailedWrites:
         stays, as any lookup's touch would: the hits' recency, a block another session
         owned marked shared (`block_owner` None), a retained tail the prompt no longer
         continued dropped, blocks loaded from the host tier (cached on the GPU, their
-        copies planned), and `cache_version` moved on. A prompt that rewrote the context
+        copies planned; a new session's as plain cache, a paused one's as its left-owned
+        blocks), and `cache_version` moved on. A prompt that rewrote the context
         (kept fewer tokens than it had) leaves the session that common prefix only, as a
         paused session whose context ended there (`_cut_paused`): the C++ core's
         `reopen_context` changed the context in place past `keep`, and keeping a copy of
@@ -51,6 +52,7 @@ class FailedWrites:
         cores do the same)."""
         counters, reused, left, old = before
         sid, pool = s.session_id, self.pool
+        left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
         pool.release_many(s.block_ids[::-1], keep_unhashed=tail)  # tails first, as ever
         pool.reused_s = reused
@@ -69,6 +71,22 @@ class FailedWrites:
         del s.block_hashes[end // self.block_size :]
         if end < length:
             self._cut_paused(s, end)
+
+    def _loaded_owned(self, s: Session, table: list[int] | None,
+                      left: set[int] | None) -> set[int] | None:
+        """The left-owned blocks to restore for `s`, given the taken-back `begin_step`'s
+        host loads (owned by `s`, in neither its old table nor `left`): a new session is
+        forgotten, so they become plain cache; a paused one keeps them as left-owned, which
+        its `end_session` disowns (else they stayed owned by it for good)."""
+        owner, sid = self.block_owner, s.session_id
+        if table is None:
+            for b in s.block_ids:
+                if owner[b] == sid:
+                    owner[b] = None
+            return left
+        kept = set(table).union(left or ())
+        loaded = {b for b in s.block_ids if owner[b] == sid and b not in kept}
+        return (left or set()) | loaded if loaded else left
 
     def _cut_paused(self, s: Session, end: int) -> None:
         """Cut paused session `s`'s retained state to the first `end` tokens of its context

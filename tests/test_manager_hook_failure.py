@@ -203,3 +203,35 @@ def test_begin_step_with_host_loads_is_taken_back_to_cached_blocks(core):
     start = m.begin_step("s", prompt)
     assert start.num_cached_tokens == 12
     m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("resumed", [False, True], ids=["new", "resumed"])
+def test_blocks_a_taken_back_begin_step_loaded_are_not_left_owned_for_good(core, resumed):
+    """begin_step's host loads are owned by the session; `_unbegin` left them so: a new
+    session was forgotten while its loaded blocks stayed owned by it, and a resumed one's
+    were in neither its table nor its left-owned blocks, so end_session left them owned.
+    Now a new session's are plain cache, a resumed one's left-owned."""
+    policy = Flaky()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 7, policy=policy, clock=lambda: 0.0,
+                       core=core, num_host_blocks=8)
+    paused(m, "a", list(range(12)))  # 3 full blocks
+    if not resumed:
+        m.end_session("a")  # plain cache, which "s" hits
+    sid = "a" if resumed else "s"
+    paused(m, "f", list(range(100, 124)))  # evicts (offloads) a's blocks
+    m.end_session("f")
+    paused(m, "g", list(range(200, 212)))  # a's old blocks, so the loads go elsewhere
+    policy.fail = "step_started"
+    with pytest.raises(RuntimeError, match="step_started failed"):
+        m.begin_step(sid, [*range(12), 5])
+    assert policy.started == 12  # it loaded them back
+    m.check_integrity()
+    # Owned only as its table or its left-owned blocks (which end_session disowns).
+    known = set(m.sessions[sid].block_ids) | m._left_owned.get(sid, set()) if resumed else ()
+    assert [b for b, o in enumerate(m.block_owner) if o == sid and b not in known] == []
+    policy.fail = None
+    if resumed:
+        m.end_session(sid)
+    assert sid not in m.block_owner
+    m.check_integrity()
