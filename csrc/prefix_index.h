@@ -22,6 +22,14 @@ inline unsigned long long token_value(PyObject* o) {
   return i.is_valid() ? PyLong_AsUnsignedLongLong(i.ptr()) : static_cast<unsigned long long>(-1);
 }
 
+// Items [first, last) of a list or tuple (a subclass too) as a tuple of their own, taken
+// without running any Python code.
+inline nb::object owned_range(PyObject* fast, Py_ssize_t first, Py_ssize_t last) {
+  if (PyTuple_Check(fast)) return steal_or_throw(PyTuple_GetSlice(fast, first, last));
+  nb::object part = steal_or_throw(PyList_GetSlice(fast, first, last));
+  return steal_or_throw(PyList_AsTuple(part.ptr()));
+}
+
 // Reads token ids [first, last) of a sequence (a list or tuple of ints in [0, 2^32)) as
 // native-endian uint32 into `out`, as the Python twin's array("I", ...) does.
 // A list or tuple is read in place; any other sequence (a view of a longer list, say) is
@@ -38,8 +46,17 @@ inline void read_tokens(PyObject* seq, Py_ssize_t first, Py_ssize_t last, uint8_
   if (PySequence_Fast_GET_SIZE(fast.ptr()) < last)
     throw nb::value_error("token ids: the sequence is shorter than its length");
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+  nb::object rest;  // ids [base, last) in a tuple of our own, once an id runs __index__
+  Py_ssize_t base = 0;
   for (Py_ssize_t i = first; i < last; ++i) {
-    unsigned long long v = token_value(items[i]);
+    if (!rest.is_valid() && !PyLong_Check(items[i])) {
+      // __index__ is arbitrary code: it may change the list and free the items read here
+      // in place. The rest is read from a tuple that holds its own references.
+      rest = owned_range(fast.ptr(), i, last);
+      items = PySequence_Fast_ITEMS(rest.ptr());
+      base = i;
+    }
+    unsigned long long v = token_value(items[i - base]);
     if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw_current();
     if (v > 0xffffffffull) throw nb::value_error("token id out of range [0, 2^32)");
     uint32_t t = static_cast<uint32_t>(v);

@@ -276,3 +276,39 @@ def test_decode_step_with_a_batch_sessions_context_as_its_tokens(core):
     if core == "cpp" and not _core.cpp_available():
         pytest.skip("the C++ core is not built")
     _run_with_debug_malloc(core, _DECODE_A_CONTEXT)
+
+
+_INDEX_EMPTIES_THE_PROMPT = """
+from kvsaga import KVCacheManager, KVSpec
+
+class Emptier:
+    calls = 0
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __index__(self):  # the first read checks the ids; the hasher's is the second
+        Emptier.calls += 1
+        if Emptier.calls == 2:
+            self.ids[:] = []
+        return 1
+
+m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 64, core=CORE, clock=lambda: 0.0)
+toks = [1000 + i for i in range(64)]  # ints past 256: freed with the list's references
+toks[0] = Emptier(toks)
+try:
+    m.lookup("x", toks)
+except Exception:
+    pass
+m.check_integrity()
+"""
+
+
+@pytest.mark.parametrize("core", ["python", "cpp"])
+def test_lookup_of_ids_whose_index_changes_the_prompt(core):
+    """The C++ hasher reads ids other than ints through __index__, arbitrary code, while it
+    read the list's items in place: an __index__ that empties the list freed them under the
+    loop (a crash under PYTHONMALLOC=debug). The rest is now read from a tuple of its own."""
+    if core == "cpp" and not _core.cpp_available():
+        pytest.skip("the C++ core is not built")
+    _run_with_debug_malloc(core, _INDEX_EMPTIES_THE_PROMPT)
