@@ -512,3 +512,18 @@ def test_bfcl_v4_fit_and_evaluation_seeds_draw_from_disjoint_halves(monkeypatch)
         P.build_trace("bfcl-v4", seed)
     assert {asked[s] for s in P.TUNE_SEEDS} == {"fit"}
     assert {asked[s] for s in P.EVAL_SEEDS} == {"eval"}
+
+
+def test_reference_says_which_capacities_it_left_out(monkeypatch):
+    """Session 43: a capacity too big to search was dropped silently, though the section
+    says every capacity is run; now each one left out is returned (and printed)."""
+    ref = load("policies_reference")
+
+    def too_big(*a, **k):
+        raise RuntimeError("exhaustive search exceeded 20000 runs")
+
+    monkeypatch.setattr(ref, "exhaustive_optimum", too_big)
+    rows, left_out = ref._reference_case((200, "fcfs"))
+    assert rows == [] and len(left_out) == ref.MAX_EXTRA + 1
+    assert all("too many choices" in x for x in left_out[:-1])
+    assert "the cap" in left_out[-1]  # and none of them reached an optimum of 0
