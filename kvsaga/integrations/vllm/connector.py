@@ -626,10 +626,18 @@ class KVSagaConnector(KVConnectorBase_V1):
         for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
             self._drop(b, sid)
 
-    def _in_use(self) -> set[int]:
-        """Retained blocks a request holds too (more references than retaining sessions)."""
-        blocks = self.pool.blocks
-        return {b for b, holders in self._holders.items() if blocks[b].ref_cnt > len(holders)}
+    def _freeable(self, chosen: list[int], short: int) -> list[int]:
+        """Up to `short` of the policy's `chosen` victims that a request does not hold too
+        (no more references than retaining sessions), read one by one: a set of every
+        retained block in use cost each pass O(retained)."""
+        blocks, holders = self.pool.blocks, self._holders
+        out = []
+        for b in chosen:
+            if blocks[b].ref_cnt <= len(holders[b]):
+                out.append(b)
+                if len(out) == short:
+                    break
+        return out
 
     def _demoted_only(self, exclude: str | None = None) -> int:
         """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
@@ -639,7 +647,7 @@ class KVSagaConnector(KVConnectorBase_V1):
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
         """Release retained blocks in the policy's order until vLLM has `free_wanted` free
         blocks or no retained block can be freed. Returns how many retained blocks were
-        released. A retained block a request also holds (`_in_use`) is kept: dropping its
+        released. A retained block a request also holds (`_freeable`) is kept: dropping its
         retained references frees nothing, and its session would lose the retention (and its
         paused context's hits once the request finishes) for no memory."""
         pool = self.pool
@@ -648,14 +656,17 @@ class KVSagaConnector(KVConnectorBase_V1):
                                         self._release_session)
         if demoted:
             self.stats.by_reason["demoted"] = self.stats.by_reason.get("demoted", 0) + demoted
-        released = 0
+        released = surplus = 0  # surplus: asked for past `short`, for blocks passed over
         while self._holders and pool.get_num_free_blocks() < free_wanted:
             short = free_wanted - pool.get_num_free_blocks()
-            in_use = self._in_use()  # asked for beyond `short`, then passed over
-            victims = [b for b in self.policy.choose_victims(short + len(in_use), now)
-                       if b not in in_use][:short]
-            if not victims:
-                break
+            chosen = self.policy.choose_victims(short + surplus, now)
+            victims = self._freeable(chosen, short)
+            if len(victims) < short:  # some were in use: ask further next pass
+                if len(chosen) < short + surplus:
+                    if not victims:  # the policy has no other retained block
+                        break
+                else:
+                    surplus = max(1, 2 * surplus)
             for b in victims:
                 for sid in list(self._holders[b]):
                     self.holds[sid].remove(b)

@@ -370,6 +370,33 @@ def test_room_releases_keep_retained_blocks_a_running_request_also_holds(hf_mode
     assert c.stats.by_reason == {"preempt": 3}
 
 
+def test_room_releases_read_the_victims_not_every_retained_block(hf_model_dir):
+    """Passing over retained blocks a request holds too built a set over every retained
+    block on each pass of `_release_until` (O(retained) per step under pressure); now only
+    the policy's victims are read (and more asked for only when some were in use)."""
+    s = make_scheduler(hf_model_dir, 64, connector=True, policy="lru", admission=False)
+    c, pool = s.connector, _pool(s)  # LRU: no usage read (a pass over the retained blocks)
+    for k in range(8):  # 8 paused sessions retaining 4 blocks each
+        run(s, [make_request(_prompt(10 + k, 4), 1, {"session_id": f"S{k}", "tool": "t",
+                                                     "expected_s": 30})])
+    retained = sum(len(h) for h in c.holds.values())
+    assert retained >= 32
+
+    class Counted(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    pool.blocks = Counted(pool.blocks)
+    try:
+        assert c._release_until(pool.get_num_free_blocks() + 1, 0.0, "preempt") == 1
+    finally:
+        pool.blocks = list(pool.blocks)
+    assert Counted.reads <= 4  # the victim's check and its release, not all 32
+
+
 # -- n > 1 children are one step to the connector's policy too ---------------------------------
 
 @pytest.mark.parametrize("admission", [False, True])
