@@ -11,6 +11,7 @@ calibrated veto rule (`policies_check.afs_noise_veto`) computed from them.
     python bench/scheduling_veto_noise.py save OUT.json BASE.json FCFS.json NULL.json [...] \
         --about TEXT
     python bench/scheduling_veto_noise.py tct BASE.json RUN.json [...]
+    python bench/scheduling_veto_noise.py compare OLD_CALIBRATION.json NEW_CALIBRATION.json
 
 `run`: the AFS veto's cases (both mixes of `bench/scheduling_mix.py` on each seed, at their
 capacities: 32 cases on the AFS fit seeds 102-109), each run shared and each tenant alone on
@@ -44,6 +45,10 @@ drift it too, so a candidate is read against the nulls' drift).
 `save`: that reduction (session 33; sessions 25-32 did it by a script not kept): the base,
 fcfs+lru and null runs, checked as `calibrate` checks them, written as one JSON file of each
 run's defaults, null, config and sorted (case, ratio) pairs, "about" saying what it is.
+`compare`: a newer committed calibration's base against an older one's (`compare_lines`):
+the moved ratios, the mean d log ratio and goal cases, the thresholds the old nulls give
+around the new base and the old veto on the move (session 43 judged by it whether session
+41's calibration could still judge the default).
 
 The goal a case meets (issue 10): afs_max_slowdown_ratio <= 1.5 and below fcfs+lru's on the
 same case, both as printed (two decimals); fcfs+lru's ratio is read from the unperturbed
@@ -82,6 +87,7 @@ import random
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import policies_check as pc
 from scheduling import PRESET, capacity
@@ -291,6 +297,50 @@ def load(path: str) -> dict:
         return json.load(f)
 
 
+def compare_lines(old_path: str, new_path: str) -> list[str]:
+    """How the base of one committed calibration (`new_path`, e.g.
+    tests/bench/afs_noise_s43.json) stands against an older one's (`old_path`): whether
+    fcfs+lru's ratios are the same, which of the base's ratios moved (|d log| >=
+    `AFS_NOISE_MOVED`), the mean d log ratio and goal cases (`policies_check.goal_met`),
+    the thresholds the old nulls give around the new base, and the old calibration's veto
+    (its own thresholds) on the move. Why: a recalibration is only needed when the old one
+    cannot judge the new default; this says so from committed files alone.
+
+    Raises:
+        ValueError: the two calibrations' cases differ.
+    """
+    ob, of, onulls, _ = pc.saved_calibration(old_path)
+    nb, nf, _, _ = pc.saved_calibration(new_path)
+    if set(ob) != set(nb) or set(of) != set(nf):
+        raise ValueError(f"{old_path} and {new_path} hold different cases")
+    old, new = Path(old_path).name, Path(new_path).name
+    d = {k: math.log(nb[k] / ob[k]) for k in ob}
+    moved = sorted(k for k, x in d.items() if abs(x) >= pc.AFS_NOISE_MOVED)
+    higher = sum(round(nb[k], 2) > round(ob[k], 2) for k in ob)
+    lower = sum(round(nb[k], 2) < round(ob[k], 2) for k in ob)
+    goals = lambda r, f: sum(pc.goal_met(r[k], f[k]) for k in r)  # noqa: E731
+    lines = [f"old calibration: {old}; new: {new}",
+             f"fcfs+lru's {len(of)} ratios equal the old ones: {nf == of}",
+             f"new base against old base: {len(moved)} of {len(d)} ratios moved "
+             f"(|d log| >= {pc.AFS_NOISE_MOVED:g}); mean d log ratio "
+             f"{sum(d.values()) / len(d):+.4f}; goal cases {goals(ob, of)} -> {goals(nb, nf)}",
+             f"higher / lower at 2 decimals: {higher} / {lower}"]
+    lines += [f"  {_name(k)}: {ob[k]:.4f} -> {nb[k]:.4f} ({d[k]:+.4f})" for k in moved]
+    t_mean, t_loss, _ = pc.afs_noise_thresholds(nb, onulls, nf)
+    lines.append(f"the old nulls around the new base give thresholds {t_mean:.4f} / {t_loss}")
+    o_mean, o_loss, _ = pc.afs_noise_thresholds(ob, onulls, of)
+    _, verdict = pc.afs_noise_veto(ob, nb, nf, mean_log_max=round(o_mean, 4),
+                                   goal_loss_max=o_loss)
+    lines.append(f"new base judged against old base under the old thresholds "
+                 f"{o_mean:.4f} / {o_loss}: " + "; ".join(verdict))
+    lost = [k for k in ob if pc.goal_met(ob[k], of[k]) and not pc.goal_met(nb[k], nf[k])]
+    won = [k for k in ob if not pc.goal_met(ob[k], of[k]) and pc.goal_met(nb[k], nf[k])]
+    named = lambda ks: ", ".join(_name(k) for k in sorted(ks)) or "-"  # noqa: E731
+    lines.append(f"goal met -> missed: {len(lost)}: {named(lost)}; missed -> met: {len(won)}: "
+                 f"{named(won)}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -331,7 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tct", help="the runs' mean TCT against a base run's, case by case")
     t.add_argument("base", help="a `run` JSON (e.g. the default before the candidate)")
     t.add_argument("runs", nargs="+", help="`run` JSONs of the same cases (candidates, nulls)")
+    cm = sub.add_parser("compare", help="one committed calibration's base against an older "
+                        "one's (`compare_lines`)")
+    cm.add_argument("old", help="the older calibration, e.g. tests/bench/afs_noise_s41.json")
+    cm.add_argument("new", help="the newer calibration, e.g. tests/bench/afs_noise_s43.json")
     a = ap.parse_args(argv)
+    if a.cmd == "compare":
+        try:
+            print("\n".join(compare_lines(a.old, a.new)))
+        except (ValueError, OSError, KeyError) as e:
+            ap.error(str(e))
+        return 0
     if a.cmd == "tct":
         try:
             print("\n".join(tct_lines(load(a.base), {
