@@ -33,6 +33,9 @@ task number (`multi_turn_base_N` and `multi_turn_long_context_N` are one task), 
 trace drawn for evaluation (`half="eval"`) never replays a task a fit trace
 (`half="fit"`) served; bench/policies.py draws its fit seeds from one and its evaluation
 seeds from the other.
+
+`python -m kvsaga.sim.bfcl --summary [--seed N]` prints the mean function-result input per
+data set over all entries (`result_input_means`): what the long-context padding adds.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import copy
 import functools
 import hashlib
 import importlib
+import itertools
 import json
 import math
 import re
@@ -285,3 +289,44 @@ def bfcl_trace(num_sessions: int, seed: int, arrival_rate: float, scale: float =
             arrival_s=float(arrivals[i]),
             shared_prefix=shared_prefix(entry, docs, functions, scale), steps=steps))
     return sessions
+
+
+def result_input_means(seed: int = 1) -> tuple[int, dict[str, float]]:
+    """Per workflow, the mean input tokens of the steps that read a function's result (a step
+    after one whose tool is a function, not the user's turn) over every entry of both data
+    sets drawn at `seed`: what the long-context padding adds, in one number a data set
+    (docs/workloads.md cites it). Returns (the entries drawn, the means by workflow).
+
+    Raises:
+        ModuleNotFoundError: `bfcl-eval` is not installed.
+    """
+    total = sum(len(load_bfcl(ds)[0]) for ds in DATASETS)
+    sums: dict[str, list[int]] = {}
+    for session in bfcl_trace(total, seed, 1.0):
+        for prev, step in itertools.pairwise(session.steps):
+            if prev.tool not in (None, USER_LATENCY.name):
+                sums.setdefault(session.workflow, []).append(step.input_tokens)
+    return total, {wf: sum(xs) / len(xs) for wf, xs in sorted(sums.items())}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m kvsaga.sim.bfcl --summary [--seed N]`: print `result_input_means`."""
+    import argparse
+    ap = argparse.ArgumentParser(
+        prog="python -m kvsaga.sim.bfcl",
+        description="Summaries of the BFCL v4 trace (needs `pip install --no-deps bfcl-eval`).")
+    ap.add_argument("--summary", action="store_true", required=True,
+                    help="mean function-result input tokens per data set, all entries")
+    ap.add_argument("--seed", type=int, default=1, help="the trace's seed (default 1)")
+    a = ap.parse_args(argv)
+    try:
+        total, means = result_input_means(a.seed)
+    except ModuleNotFoundError as e:
+        ap.exit(1, f"python -m kvsaga.sim.bfcl: {e}\n")
+    print(f"mean function-result input at seed {a.seed}, all {total} entries: "
+          + ", ".join(f"{wf} {m:.1f} tokens" for wf, m in means.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

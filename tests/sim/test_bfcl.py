@@ -156,3 +156,22 @@ def test_package_halves_and_hidden_functions():
     assert hidden and all(min(groups[g]) < min(groups[g.split("-")[0]]) for g in hidden
                           if g.split("-")[0] in groups)
     assert len(fit) == 180
+
+
+def test_summary_prints_each_sets_mean_result_input(monkeypatch, capsys):
+    """`python -m kvsaga.sim.bfcl --summary`: docs/workloads.md's mean function-result input
+    had no command; on the fake entries base reads the 40-token envelope, long context 340."""
+    _fake_bfcl(monkeypatch)
+    assert bfcl.main(["--summary"]) == 0
+    assert capsys.readouterr().out == ("mean function-result input at seed 1, all 40 entries: "
+                                       "bfcl-base 40.0 tokens, bfcl-long_context 340.0 tokens\n")
+
+
+def test_summary_without_the_package_says_how_to_install(monkeypatch, capsys):
+    def missing(ds):
+        raise ModuleNotFoundError("the BFCL trace needs the bfcl-eval package's data: pip "
+                                  "install --no-deps bfcl-eval")
+    monkeypatch.setattr(bfcl, "load_bfcl", missing)
+    with pytest.raises(SystemExit) as e:
+        bfcl.main(["--summary"])
+    assert e.value.code == 1 and "pip install --no-deps bfcl-eval" in capsys.readouterr().err
