@@ -225,14 +225,10 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
                                     sum(r.fed_position + 1 for r in decode))
             share = chunk["recomputed"] / max(chunk["all"], 1)
             state = _queue_state(sched)
-            tokens = Counter()  # the step's prefill tokens by the prefilling tenant
-            for p, n in prefill:
-                tokens[tenant_key(p.tenant)] += n
-            carried = tokens.total()
+            by_tenant = stall_by_tenant(prefill, whole - alone)
             for r in decode:
                 stalls[r.session_id]["steps beside prefill"] += 1
-                for t, n in tokens.items():
-                    stall_by[r.session_id][t] += (whole - alone) * n / carried
+                stall_by[r.session_id].update(by_tenant)
                 stalls[r.session_id]["recomputed"] += (whole - alone) * share
                 stalls[r.session_id]["first-time"] += (whole - alone) * (1 - share)
                 for k in KINDS:  # the first-time part by the prefilling step's class
@@ -279,6 +275,19 @@ def observe(family: str, load: float, frac: float, seed: int, policy: str,
             per[s.id]["prefill beside"] = stalls[s.id]["prefill beside"]
     return {"row": row, "sessions": per, "demotions": demotions, "room": room,
             "gpu": gpu_time, "first_by_state": first_by_state}
+
+
+def stall_by_tenant(prefill: list[tuple[Any, int]], stall: float) -> Counter:
+    """One batch step's prefill stall on each of its decodes (`stall`: the step's time less
+    its decodes' alone) split by the tenant whose prefill tokens the step carried (`prefill`:
+    (request, tokens) pairs; `tenant_key`'s keys), pro rata the tokens: the prefill time a
+    step adds grows with its tokens, so a tenant prefilling three times the tokens is charged
+    three times the stall (`--by-tenant`)."""
+    tokens = Counter()
+    for p, n in prefill:
+        tokens[tenant_key(p.tenant)] += n
+    carried = tokens.total()
+    return Counter({t: stall * n / carried for t, n in tokens.items()})
 
 
 STATES = ("two or more demoted waiting", "one demoted waiting", "new sessions waiting",

@@ -5,9 +5,11 @@ stall by the prefilling tenant adds up to the stall it splits."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from tests.bench_scripts import bench_modules
+from tests.bench_scripts import bench_modules, import_bench
 
 mods = bench_modules("scheduling", "scheduling_afs_split")
 
@@ -83,3 +85,15 @@ def test_by_tenant_has_help(mods, capsys):
     text = capsys.readouterr().out
     for flag in ("--time", "--by-tenant", "--defaults"):
         assert flag in text
+
+
+def test_by_tenant_split_is_pro_rata_the_prefill_tokens():
+    """One hand-built step: tenant a prefills 3n tokens and tenant b n beside a decode, so
+    the decode's stall is charged 0.75 to a and 0.25 to b (an equal split, 0.5 each, passed
+    the test above; review mutate_by_tenant.sh)."""
+    gap = import_bench("scheduling_bound_gap")
+    n = 40
+    step = [(SimpleNamespace(tenant="a"), 3 * n), (SimpleNamespace(tenant="b"), n)]
+    by = gap.stall_by_tenant(step, 1.0)
+    assert by == pytest.approx({"a": 0.75, "b": 0.25})
+    assert gap.stall_by_tenant([(SimpleNamespace(tenant=None), n)], 1.0) == {"default": 1.0}
