@@ -46,9 +46,13 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
 # Peak figures by a substring of the device name (first match wins, so "GH200", which
-# contains "H200", comes first): HBM bandwidth (GB/s), dense bf16 tensor TFLOP/s, and the host
-# link per direction (GB/s, PCIe gen x16 or C2C).
+# contains "H200", comes first, and its 144 GB HBM3e part before it): HBM bandwidth (GB/s),
+# dense bf16 tensor TFLOP/s, and the host link per direction (GB/s, PCIe gen x16 or C2C).
 CARDS = [
+    # GH200 with 144 GB of HBM3e (torch names it "NVIDIA GH200 144G HBM3e"): NVIDIA's GH200
+    # Grace Hopper Superchip datasheet gives up to 4.9 TB/s of HBM3e, the same NVLink-C2C.
+    # It must come before "GH200", the 96 GB HBM3 part.
+    ("GH200 144G", {"mem_gbps": 4900.0, "bf16_tflops": 989.0, "host_link_gbps": 450.0}),
     # GH200 (96 GB HBM3): NVIDIA's GH200 Grace Hopper Superchip datasheet gives 4 TB/s of
     # HBM3 and a 900 GB/s NVLink-C2C to the Grace CPU, i.e. 450 GB/s per direction.
     ("GH200", {"mem_gbps": 4000.0, "bf16_tflops": 989.0, "host_link_gbps": 450.0}),

@@ -38,8 +38,11 @@ from kvsaga.kernels import reference
 from kvsaga.kernels.args import CacheWriteArgs, PagedAttentionArgs
 
 # Memory bandwidth in GB/s by a substring of torch.cuda.get_device_name(); first match wins,
-# so "GH200" (which contains "H200") comes first.
+# so "GH200" (which contains "H200") comes first, and its 144 GB part before it.
 PEAK_GBPS = [
+    # "NVIDIA GH200 144G HBM3e": up to 4.9 TB/s (NVIDIA's GH200 Grace Hopper Superchip
+    # datasheet); the 96 GB HBM3 GH200 4 TB/s.
+    ("GH200 144G", 4900.0),
     ("GH200", 4000.0),
     ("H200", 4800.0),
     ("H100 NVL", 3900.0),

@@ -36,6 +36,7 @@ def test_without_cuda_it_stops_at_once_and_says_why(tmp_path):
         ("NVIDIA A100-SXM4-40GB", 1555.0),
         ("NVIDIA A100 80GB PCIe", 1935.0),
         ("NVIDIA GH200 480GB", 4000.0),
+        ("NVIDIA GH200 144G HBM3e", 4900.0),
     ],
 )
 def test_card_peaks_by_name(name, mem):
@@ -56,6 +57,10 @@ def test_gh200_is_not_read_as_an_h200(monkeypatch):
     spec.loader.exec_module(kernels)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA GH200 480GB")
     assert kernels.peak_gbps(torch.device("cuda")) == ("NVIDIA GH200 480GB", 4000.0)
+    # The 144 GB HBM3e part (datasheet: up to 4.9 TB/s) in both tables, before "GH200".
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA GH200 144G HBM3e")
+    assert kernels.peak_gbps(torch.device("cuda")) == ("NVIDIA GH200 144G HBM3e", 4900.0)
+    assert gpu_check.card_peaks("NVIDIA GH200 144G HBM3e")["host_link_gbps"] == 450.0
 
 
 def test_unknown_card_has_no_peaks():
