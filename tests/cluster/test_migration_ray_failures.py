@@ -10,20 +10,17 @@ that handed it over).
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace as NS
 
 import pytest
 
 pytest.importorskip("ray.serve")
 
-from kvsaga import KVCacheManager, KVSpec  # noqa: E402
+from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
-
-SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
-SID = "t1/s"
+from tests.cluster.ray_replicas import SID, SPEC, paused, stub_replica  # noqa: E402
 
 
 class Engine:
@@ -43,23 +40,7 @@ class Engine:
 
 
 def replica(manager, sessions: SessionRegistry) -> EngineReplica:
-    r = object.__new__(EngineReplica)
-    r._seen_tokens, r._service = {}, {}
-    r.replica_id, r.app_name = "b", "app"
-    r.app = NS(state=NS(engine=Engine(manager),
-                        server=NS(serving_if_ready=NS(sessions=sessions))))
-
-    async def started() -> None:
-        return None
-
-    r._start = started
-    return r
-
-
-def paused(manager: KVCacheManager) -> None:
-    manager.begin_step(SID, list(range(20)), salt="t1")
-    manager.allocate_slots(SID, 20)
-    manager.finish_step(SID)
+    return stub_replica("b", Engine(manager), sessions)
 
 
 def failed_copy(*args, **kwargs):

@@ -17,16 +17,14 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from kvsaga import KVCacheManager, KVSpec  # noqa: E402
+from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment, registry  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica, GatewayCore  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.routing import Route, make_router  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
-
-SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
-SID = "t1/s"
+from tests.cluster.ray_replicas import SID, SPEC, paused, stub_replica  # noqa: E402
 
 
 class Engine:
@@ -46,23 +44,7 @@ class Engine:
 
 
 def replica(rid: str, manager, sessions: SessionRegistry, app=None) -> EngineReplica:
-    r = object.__new__(EngineReplica)
-    r._seen_tokens, r._service = {}, {}
-    r.replica_id, r.app_name = rid, "app"
-    r.app = app or NS()
-    r.app.state = NS(engine=Engine(manager), server=NS(serving_if_ready=NS(sessions=sessions)))
-
-    async def started() -> None:
-        return None
-
-    r._start = started
-    return r
-
-
-def paused(manager: KVCacheManager) -> None:
-    manager.begin_step(SID, list(range(20)), salt="t1")
-    manager.allocate_slots(SID, 20)
-    manager.finish_step(SID)
+    return stub_replica(rid, Engine(manager), sessions, app)
 
 
 class Pinned:
