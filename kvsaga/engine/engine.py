@@ -7,9 +7,8 @@ hits and slots exactly through the public API, and runs attention through `kvsag
 from __future__ import annotations
 
 import itertools
-import operator
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +26,22 @@ from kvsaga.engine.cuda_graphs import (
     graphs_apply,
 )
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.host_copies import HostCopies
 from kvsaga.engine.loader import load_model
-from kvsaga.engine.request import Request, RequestOutput, RequestStatus
+from kvsaga.engine.request import (
+    ContextTooLong,
+    Request,
+    RequestOutput,
+    RequestStatus,
+    prompt_token_ids,
+)
 from kvsaga.engine.runner import ModelRunner
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
 from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
 from kvsaga.errors import InvalidRequest
-from kvsaga.host_tier import TransferPlan
 from kvsaga.manager import CacheStats, KVCacheManager
-from kvsaga.offload import Transfer, TransferEngine
+from kvsaga.offload import TransferEngine
 from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
 from kvsaga.scheduler import DEFAULT_SCHEDULER
@@ -51,51 +56,6 @@ from kvsaga.storage import KVStorage, free_device_bytes
 
 _KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
-
-
-class ContextTooLong(InvalidRequest):
-    """A prompt that leaves no room to generate: `prompt_tokens` >= `max_model_len`, so an
-    answer needs `prompt_tokens + 1` tokens of context. Raised before anything is queued.
-
-    Attributes:
-        prompt_tokens: the prompt's length (for a session step: its whole context).
-        max_model_len: the engine's context limit.
-    """
-
-    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
-        super().__init__(
-            f"prompt of {prompt_tokens} tokens leaves no room to generate within the "
-            f"context limit of {max_model_len} tokens"
-        )
-        self.prompt_tokens = prompt_tokens
-        self.max_model_len = max_model_len
-
-
-def _prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
-    """The prompt as a list of ints in [0, vocab), or InvalidRequest naming what is wrong.
-
-    Integer scalars of numpy or torch (what a tokenizer's arrays hold) are taken as their
-    values; a bool, a float or a str item is refused, as is a str prompt (text, not ids).
-    """
-    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Iterable):
-        raise InvalidRequest(
-            f"prompt_ids must be a sequence of int token ids, got {type(prompt_ids).__name__}"
-            + ("; encode text with engine.tokenizer" if isinstance(prompt_ids, str) else ""))
-    prompt = list(prompt_ids)
-    if not prompt:
-        raise InvalidRequest("the prompt is empty")
-    for i, t in enumerate(prompt):
-        if type(t) is not int:
-            try:
-                if isinstance(t, bool) or getattr(t, "dtype", None) is torch.bool:
-                    raise TypeError  # (numpy's bool has no __index__)
-                prompt[i] = t = operator.index(t)
-            except TypeError:
-                raise InvalidRequest(f"token id {t!r} at prompt position {i} is not an int "
-                                     f"({type(t).__name__})") from None
-        if not 0 <= t < vocab:
-            raise InvalidRequest(f"token id {t!r} is outside the vocabulary [0, {vocab})")
-    return prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +194,11 @@ class LLMEngine:
             num_host_blocks=num_host_blocks,
         )
         self.storage = KVStorage(self.spec, num_blocks, self.device)
-        self.transfers: TransferEngine | None = None
+        transfers = None
         if num_host_blocks:
             host = KVStorage(self.spec, num_host_blocks, "cpu", pin_memory=True)
-            self.transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
-        # Plans submitted that no forward has waited on yet, in order, with their transfers;
-        # and those to hand back to the manager after a failed copy (`_wait_transfers`).
-        self._pending: list[tuple[Transfer, TransferPlan]] = []
-        self._failed_plans: list[TransferPlan] = []
+            transfers = TransferEngine(self.storage.kv, host.kv, delay=transfer_delay)
+        self.copies = HostCopies(self.manager, transfers, self._cut_cached_tokens)
         graphs = mixed = None
         if graphs_apply(self.device, enforce_eager):
             graphs = DecodeGraphs(self.model, self.storage.kv, block_size, self.max_model_len,
@@ -309,7 +266,7 @@ class LLMEngine:
         if params.n != 1:  # one completion per request: a caller that wants n adds n
             raise InvalidRequest(f"SamplingParams.n={params.n}: the engine runs one "
                                  "completion per request (n=1); add the request n times")
-        prompt = _prompt_token_ids(prompt_ids, self.config.vocab_size)
+        prompt = prompt_token_ids(prompt_ids, self.config.vocab_size)
         # Every hint is checked here, as the manager would check it: a bad one found later,
         # at `begin_step` or `finish_step` inside `step()`, would break that step for the
         # whole batch and leave this request's blocks held.
@@ -393,7 +350,7 @@ class LLMEngine:
         if session_id not in self.manager.sessions:
             return 0
         self.manager.resume_hint(session_id, now=self.clock())
-        return self._submit_transfers()
+        return self.copies.submit()
 
     def end_session(self, session_id: str) -> list[str]:
         """End a session: abort its request in flight, if any, and forget its context (its
@@ -421,7 +378,7 @@ class LLMEngine:
         now = self.clock()
         self.manager.tick(now)
         self._end_idle_sessions(now)
-        self._submit_transfers()
+        self.copies.submit()
 
     @property
     def session_idle_s(self) -> float | None:
@@ -459,81 +416,33 @@ class LLMEngine:
             step_times=self.step_clock.read(),
         )
 
-    def _submit_transfers(self) -> int:
-        """Start the manager's pending copies; returns the number of blocks being loaded."""
-        if self.transfers is None:
-            return 0
-        plan = self.manager.take_transfers()
-        t = self.transfers.submit(plan)
-        if t is not None:
-            pending = self._pending
-            # Plans that ended well, with none before them failed, need no wait (a driver
-            # that only ticks while idle would otherwise keep every prefetch's plan).
-            while pending and pending[0][0].done() and pending[0][0].error is None:
-                pending.pop(0)
-            pending.append((t, plan))
-        return len(plan.loads)
+    @property
+    def transfers(self) -> TransferEngine | None:
+        """The copy engine between the GPU and host tiers; None without a host tier."""
+        return self.copies.transfers
 
     def settle_transfers(self, undo: Callable[[], object] | None = None) -> None:
         """Finish every host-tier copy now, for a caller that reads or writes the KV tiers
         between steps (`kvsaga.migration`; call on the engine's thread): the manager's
         pending plan is submitted and every plan in flight waited on, as `step` does before
-        a forward pass; then the copy stream is synchronized with the host (on CUDA, `wait`
-        only orders the compute stream after the copies), so that the CPU may read the host
-        tier's bytes at once.
+        a forward pass; then the copy stream is synchronized with the host, so that the CPU
+        may read the host tier's bytes at once (`HostCopies.settle`).
 
         A failed copy is taken as `step` takes it: `undo` runs first (the caller takes back
         its own slots over blocks not written, as `step` discards its chunks), then the
         failed plans are dropped (`KVCacheManager.drop_transfer`) and the RuntimeError
         propagates; no plan stays pending either way.
         """
-        if self.transfers is None:
-            return
-        try:
-            self._submit_transfers()
-            self._wait_transfers()
-        except BaseException:
-            try:
-                if undo is not None:
-                    undo()
-            finally:
-                if self._failed_plans:
-                    self._drop_failed_transfers()
-            raise
-        if self.transfers.cuda:
-            self.transfers.stream.synchronize()
+        self.copies.settle(undo)
 
-    def _wait_transfers(self) -> None:
-        """Wait for every plan submitted since the last wait (the next forward must see
-        their copies). If one failed: RuntimeError, and it and the plans after it (which
-        may have copied its unwritten blocks on) are left in `_failed_plans` for
-        `_drop_failed_transfers`. No plan stays pending either way, so the next step does
-        not meet the same failure again."""
-        pending, self._pending = self._pending, []
-        error = None
-        for i, (t, _) in enumerate(pending):
-            try:
-                self.transfers.wait(t)  # (every one: none may still be copying below)
-            except RuntimeError as e:
-                if error is None:
-                    error = e
-                    self._failed_plans = [plan for _, plan in pending[i:]]
-        if error is not None:
-            raise error
-
-    def _drop_failed_transfers(self) -> None:
-        """Forget what the failed plans were to write (`KVCacheManager.drop_transfer`); a
-        running request cut back before its first token reports the hits it kept."""
-        failed, self._failed_plans = self._failed_plans, []
-        cut: dict[str, int] = {}
-        for plan in failed:
-            cut.update(self.manager.drop_transfer(plan))
-        if cut:
-            for req in self.requests.values():
-                n = cut.get(req.session_id)
-                if (n is not None and req.first_token_time is None
-                        and req.num_cached_tokens is not None):
-                    req.num_cached_tokens = min(req.num_cached_tokens, n)
+    def _cut_cached_tokens(self, cut: dict[str, int]) -> None:
+        """Failed copies cut these sessions' cached prefixes back (`HostCopies.drop_failed`):
+        a running request cut back before its first token reports the hits it kept."""
+        for req in self.requests.values():
+            n = cut.get(req.session_id)
+            if (n is not None and req.first_token_time is None
+                    and req.num_cached_tokens is not None):
+                req.num_cached_tokens = min(req.num_cached_tokens, n)
 
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -562,13 +471,13 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         num_decode = num_tokens = 0
         try:
-            if self.transfers is not None:
+            if self.copies.transfers is not None:
                 # Offloads of this step's evictions, then host hits and prefetches; the
                 # forward below must see the loads (and must not overwrite blocks before
                 # they are read), and the earlier plans that resume hints started between
                 # steps: each is waited on, so that a failure of any is seen.
-                self._submit_transfers()
-                self._wait_transfers()
+                self.copies.submit()
+                self.copies.wait()
             t2 = time.perf_counter()
             if chunks:
                 for c in chunks:
@@ -582,9 +491,8 @@ class LLMEngine:
             # same tokens again); the caller decides whether to abort them.
             try:
                 self.scheduler.discard(chunks)
-            finally:
-                if self._failed_plans:  # after discard, which cuts back to chunk starts
-                    self._drop_failed_transfers()
+            finally:  # after discard, which cuts back to chunk starts
+                self.copies.drop_failed()
             raise
         t3 = time.perf_counter()
         if chunks and out is not None:

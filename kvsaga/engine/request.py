@@ -1,12 +1,63 @@
-"""Request: one LLM call as the engine tracks it, and what it reports back."""
+"""Request: one LLM call as the engine tracks it, what it reports back, and the checks its
+prompt passes on the way in (`prompt_token_ids`, `ContextTooLong`)."""
 
 from __future__ import annotations
 
 import enum
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import torch
 
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.sampling import SamplingParams
+from kvsaga.errors import InvalidRequest
+
+
+class ContextTooLong(InvalidRequest):
+    """A prompt that leaves no room to generate: `prompt_tokens` >= `max_model_len`, so an
+    answer needs `prompt_tokens + 1` tokens of context. Raised before anything is queued.
+
+    Attributes:
+        prompt_tokens: the prompt's length (for a session step: its whole context).
+        max_model_len: the engine's context limit.
+    """
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"prompt of {prompt_tokens} tokens leaves no room to generate within the "
+            f"context limit of {max_model_len} tokens"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
+def prompt_token_ids(prompt_ids: object, vocab: int) -> list[int]:
+    """The prompt as a list of ints in [0, vocab), or InvalidRequest naming what is wrong.
+
+    Integer scalars of numpy or torch (what a tokenizer's arrays hold) are taken as their
+    values; a bool, a float or a str item is refused, as is a str prompt (text, not ids).
+    """
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Iterable):
+        raise InvalidRequest(
+            f"prompt_ids must be a sequence of int token ids, got {type(prompt_ids).__name__}"
+            + ("; encode text with engine.tokenizer" if isinstance(prompt_ids, str) else ""))
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise InvalidRequest("the prompt is empty")
+    for i, t in enumerate(prompt):
+        if type(t) is not int:
+            try:
+                if isinstance(t, bool) or getattr(t, "dtype", None) is torch.bool:
+                    raise TypeError  # (numpy's bool has no __index__)
+                prompt[i] = t = operator.index(t)
+            except TypeError:
+                raise InvalidRequest(f"token id {t!r} at prompt position {i} is not an int "
+                                     f"({type(t).__name__})") from None
+        if not 0 <= t < vocab:
+            raise InvalidRequest(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+    return prompt
 
 
 class RequestStatus(enum.Enum):

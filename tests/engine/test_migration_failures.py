@@ -82,7 +82,7 @@ def settled(engine: LLMEngine) -> None:
     plan is left to wait on or to drop."""
     engine.manager.check_integrity()
     assert engine.manager.stats().num_used_blocks == 0
-    assert engine._pending == [] and engine._failed_plans == []
+    assert engine.copies.pending == [] and engine.copies.failed_plans == []
 
 
 @pytest.fixture(scope="module")

@@ -207,11 +207,11 @@ def test_plans_that_ended_well_are_not_kept_between_steps(model_dir):
     engine = make(model_dir)
     engine.manager.take_transfers = lambda: TransferPlan([(0, 0)], [], [1], [])
     for _ in range(50):
-        engine._submit_transfers()
-        engine._pending[-1][0]._done.wait()
-    assert len(engine._pending) == 1
+        engine.copies.submit()
+        engine.copies.pending[-1][0]._done.wait()
+    assert len(engine.copies.pending) == 1
     engine.step()  # waits for the last one
-    assert engine._pending == []
+    assert engine.copies.pending == []
 
 
 # -- the manager's side -------------------------------------------------------------------

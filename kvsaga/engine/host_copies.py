@@ -1,0 +1,103 @@
+"""HostCopies: `LLMEngine`'s bookkeeping of its host<->GPU block copies.
+
+The manager decides what moves between the GPU and host tiers (offloads of evictions, loads
+of host hits, prefetches, resume reloads) and hands it over as plans (`take_transfers`); this
+class owns what happens to those plans after that: the `TransferEngine` that runs them (None:
+no host tier), the plans submitted that no forward pass has waited on yet, and the plans to
+hand back to the manager after a failed copy (`KVCacheManager.drop_transfer`). The engine
+keeps what only it knows: which requests counted the dropped blocks as hits (`on_cut`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvsaga.host_tier import TransferPlan
+from kvsaga.manager import KVCacheManager
+from kvsaga.offload import Transfer, TransferEngine
+
+
+class HostCopies:
+    """Args:
+    manager: the engine's cache manager, whose plans are run.
+    transfers: the copy engine between the two tiers; None when there is no host tier (then
+        every method is a no-op).
+    on_cut: told, after failed plans were dropped, each session whose cached prefix the
+        drop cut back and the tokens it keeps (`KVCacheManager.drop_transfer`'s answer).
+
+    Attributes: `pending`, the plans submitted that no forward has waited on, in order, with
+    their transfers; `failed_plans`, those to hand back to the manager after a failed copy
+    (`wait`).
+    """
+
+    def __init__(self, manager: KVCacheManager, transfers: TransferEngine | None,
+                 on_cut: Callable[[dict[str, int]], None]) -> None:
+        self.manager = manager
+        self.transfers = transfers
+        self._on_cut = on_cut
+        self.pending: list[tuple[Transfer, TransferPlan]] = []
+        self.failed_plans: list[TransferPlan] = []
+
+    def submit(self) -> int:
+        """Start the manager's pending copies; returns the number of blocks being loaded."""
+        if self.transfers is None:
+            return 0
+        plan = self.manager.take_transfers()
+        t = self.transfers.submit(plan)
+        if t is not None:
+            pending = self.pending
+            # Plans that ended well, with none before them failed, need no wait (a driver
+            # that only ticks while idle would otherwise keep every prefetch's plan).
+            while pending and pending[0][0].done() and pending[0][0].error is None:
+                pending.pop(0)
+            pending.append((t, plan))
+        return len(plan.loads)
+
+    def wait(self) -> None:
+        """Wait for every plan submitted since the last wait (the next forward must see
+        their copies). If one failed: RuntimeError, and it and the plans after it (which
+        may have copied its unwritten blocks on) are left in `failed_plans` for
+        `drop_failed`. No plan stays pending either way, so the next step does not meet the
+        same failure again."""
+        pending, self.pending = self.pending, []
+        error = None
+        for i, (t, _) in enumerate(pending):
+            try:
+                self.transfers.wait(t)  # (every one: none may still be copying below)
+            except RuntimeError as e:
+                if error is None:
+                    error = e
+                    self.failed_plans = [plan for _, plan in pending[i:]]
+        if error is not None:
+            raise error
+
+    def drop_failed(self) -> None:
+        """Forget what the failed plans were to write (`KVCacheManager.drop_transfer`), and
+        tell `on_cut` the sessions whose cached prefix that cut back. None failed: nothing."""
+        failed, self.failed_plans = self.failed_plans, []
+        cut: dict[str, int] = {}
+        for plan in failed:
+            cut.update(self.manager.drop_transfer(plan))
+        if cut:
+            self._on_cut(cut)
+
+    def settle(self, undo: Callable[[], object] | None = None) -> None:
+        """Submit the manager's pending plan, wait for every plan in flight, then synchronize
+        the copy stream with the host (on CUDA, `wait` only orders the compute stream after
+        the copies), so that the CPU may read the host tier's bytes at once. On a failed
+        copy `undo` runs first, then the failed plans are dropped and the RuntimeError
+        propagates (`LLMEngine.settle_transfers`)."""
+        if self.transfers is None:
+            return
+        try:
+            self.submit()
+            self.wait()
+        except BaseException:
+            try:
+                if undo is not None:
+                    undo()
+            finally:
+                self.drop_failed()
+            raise
+        if self.transfers.cuda:
+            self.transfers.stream.synchronize()
