@@ -108,6 +108,7 @@ from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
 from kvsaga.integrations.vllm.ledger import BlockLedger
+from kvsaga.integrations.vllm.retention import Retention
 from kvsaga.integrations.vllm.retention_stats import RetentionStats
 from kvsaga.integrations.vllm.room_asks import RoomAsks
 from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS, StepCost
@@ -140,7 +141,7 @@ class KVSagaConnectorMetadata(KVConnectorMetadata):
     """Nothing travels to the workers: retention is a scheduler-side decision."""
 
 
-class KVSagaConnector(KVConnectorBase_V1):
+class KVSagaConnector(Retention, KVConnectorBase_V1):
     """Agent-session KV retention for vLLM's scheduler (see the module docstring)."""
 
     def __init__(
@@ -234,16 +235,6 @@ class KVSagaConnector(KVConnectorBase_V1):
         if self.admission:
             capacity = max(gpu_block_pool.num_gpu_blocks - 1 - self.reserve_blocks, 1)
             self.gate = SessionGate(capacity, self.block_size, **self.gate_args)
-
-    def _usage(self) -> float:
-        """Share of blocks referenced by requests (retained-only blocks excluded)."""
-        pool = self.pool
-        total = pool.num_gpu_blocks - 1  # the null block
-        in_use = total - pool.get_num_free_blocks()
-        retained_only = sum(
-            1 for b in self._holders if pool.blocks[b].ref_cnt == len(self._holders[b])
-        )
-        return max(in_use - retained_only, 0) / total if total else 0.0
 
     def _step(self, request: Request) -> StepInfo | None:
         info = self._steps.get(request.request_id)
@@ -501,28 +492,6 @@ class KVSagaConnector(KVConnectorBase_V1):
                 self.gate.forget(sid)
             self.stats.abandoned += 1
 
-    def _retain(self, info: StepInfo, block_ids: list[int]) -> None:
-        """Take a reference on the request's full, hashed blocks (its context's prefix), in
-        place of what the session retained before, and report them to the policy as the
-        session's (its step's finish is told once the step's last request finished)."""
-        sid = info.session_id
-        session = session_for(self._sessions, info)
-        pool = self.pool
-        keep = []
-        for b in block_ids:
-            blk = pool.blocks[b]
-            if blk.is_null or blk.block_hash is None:
-                break  # only full, hashed blocks can be hit again; a hole ends the prefix
-            keep.append(blk)
-        old = self.holds.get(sid)
-        pool.touch(keep)  # before the old hold goes, so shared blocks never reach the free queue
-        if old:
-            self._release_session(sid)
-        self.holds[sid] = [blk.block_id for blk in keep]
-        for pos, blk in enumerate(keep):
-            self._hold(blk.block_id, sid, pos)
-        session.block_ids = list(self.holds[sid])
-
     def has_pending_block_frees(self) -> bool:
         """Asked by vLLM right before it preempts a running request: release retained blocks
         instead, as many as the run of asks wants (`room_asks.RoomAsks`), and say whether
@@ -592,95 +561,6 @@ class KVSagaConnector(KVConnectorBase_V1):
         for sid in list(self.holds):
             self._release_session(sid)
         return True
-
-    def _only_retained_in_use(self) -> bool:
-        """Whether every block in use (but vLLM's null block) is held by retention alone:
-        what vLLM's prefix-cache reset needs once they are given back."""
-        pool = self.pool
-        in_use = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()
-        return in_use == sum(1 for b, holders in self._holders.items()
-                             if pool.blocks[b].ref_cnt == len(holders))
-
-    # -- retention bookkeeping -----------------------------------------------------------------
-    def _hold(self, block_id: int, sid: str, position: int) -> None:
-        holders = self._holders.get(block_id)
-        if holders is None:
-            self._holders[block_id] = [sid]
-            self.ledger.cache(block_id, sid, position)
-        else:
-            holders.append(sid)
-            if len(holders) == 2:  # shared by two sessions: plain cache to the policy
-                self.ledger.refile(block_id, None, self.ledger.block_position[block_id])
-
-    def _drop(self, block_id: int, sid: str) -> None:
-        """Give back session `sid`'s reference on one block."""
-        holders = self._holders[block_id]
-        holders.remove(sid)
-        self.pool.free_blocks([self.pool.blocks[block_id]])
-        if not holders:
-            del self._holders[block_id]
-            self.ledger.uncache(block_id)
-
-    def _release_session(self, sid: str) -> None:
-        self._demoted.discard(sid)
-        for b in reversed(self.holds.pop(sid, [])):  # tail first: vLLM reuses it first
-            self._drop(b, sid)
-
-    def _freeable(self, chosen: list[int], short: int) -> list[int]:
-        """Up to `short` of the policy's `chosen` victims that a request does not hold too
-        (no more references than retaining sessions), read one by one: a set of every
-        retained block in use cost each pass O(retained)."""
-        blocks, holders = self.pool.blocks, self._holders
-        out = []
-        for b in chosen:
-            if blocks[b].ref_cnt <= len(holders[b]):
-                out.append(b)
-                if len(out) == short:
-                    break
-        return out
-
-    def _demoted_only(self, exclude: str | None = None) -> int:
-        """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
-        admitted): `KeptDemoted.room`."""
-        return self._demoted.room(self.pool.blocks, self.holds, self._holders, exclude)
-
-    def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
-        """Release retained blocks in the policy's order until vLLM has `free_wanted` free
-        blocks or no retained block can be freed. Returns how many retained blocks were
-        released. A retained block a request also holds (`_freeable`) is kept: dropping its
-        retained references frees nothing, and its session would lose the retention (and its
-        paused context's hits once the request finishes) for no memory."""
-        pool = self.pool
-        demoted = self._demoted.release(pool.blocks, self._holders, pool.get_num_free_blocks,
-                                        free_wanted, self.holds, self._drop,
-                                        self._release_session)
-        if demoted:
-            self.stats.by_reason["demoted"] = self.stats.by_reason.get("demoted", 0) + demoted
-        released = surplus = 0  # surplus: asked for past `short`, for blocks passed over
-        while self._holders and pool.get_num_free_blocks() < free_wanted:
-            short = free_wanted - pool.get_num_free_blocks()
-            chosen = self.policy.choose_victims(short + surplus, now)
-            victims = self._freeable(chosen, short)
-            if len(victims) < short:  # some were in use: ask further next pass
-                if len(chosen) < short + surplus:
-                    if not victims:  # the policy has no other retained block
-                        break
-                else:
-                    surplus = max(1, 2 * surplus)
-            for b in victims:
-                for sid in list(self._holders[b]):
-                    self.holds[sid].remove(b)
-                    if not self.holds[sid]:
-                        del self.holds[sid]
-                    self._drop(b, sid)
-                released += 1
-        if released:
-            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + released
-        released += demoted
-        if released:
-            self.stats.released_blocks += released
-            self.stats.pressure_releases += 1
-        return released
 
     # -- worker side: nothing to move ----------------------------------------------------------
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
