@@ -91,6 +91,9 @@ class AsyncEngine:
         # Seconds the engine thread has spent in `engine.step()` (its accumulated work, which
         # a Ray replica reports for routing: `ReplicaStats.busy_s`); engine thread only.
         self.busy_s = 0.0
+        # When the step now running began (`time.perf_counter()`), None between steps; set
+        # on the engine thread, read from any (`step_running_s`).
+        self._step_started: float | None = None
         # Seconds it has waited with no unfinished request (engine thread only).
         self.idle_s = 0.0
         # Sizes torch's thread team to the cores other processes leave, on a CPU engine
@@ -144,6 +147,15 @@ class AsyncEngine:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def step_running_s(self) -> float:
+        """Seconds the engine thread has been inside the step it runs now (0.0 between
+        steps); from any thread. A step that never returns (a hung forward pass) leaves
+        the thread alive and every request waiting, which `stopped` does not show: a Ray
+        replica fails its health check on it (`EngineReplica.check_health`)."""
+        started = self._step_started
+        return 0.0 if started is None else time.perf_counter() - started
 
     # -- calls into the engine thread -----------------------------------------------------
     def _submit(self, fn: Callable[[LLMEngine], T]) -> concurrent.futures.Future[T]:
@@ -326,7 +338,7 @@ class AsyncEngine:
                 fut.set_exception(e)
 
     def _step(self, engine: LLMEngine) -> None:
-        start = time.perf_counter()
+        start = self._step_started = time.perf_counter()
         try:
             outputs = engine.step()
         except Exception as e:
@@ -336,6 +348,7 @@ class AsyncEngine:
             self._fail_all(engine, e)
             return
         finally:
+            self._step_started = None
             self.busy_s += time.perf_counter() - start
         streams = self._streams
         for out in outputs:

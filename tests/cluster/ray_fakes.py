@@ -39,5 +39,5 @@ def make_router(replicas, **kwargs) -> KvsagaRequestRouter:
 
 
 def pending(call: dict, rid: str) -> PendingRequest:
-    """Ray's pending request carrying the routing `call` (`deployment.routing_call`)."""
+    """Ray's pending request carrying the routing `call` (`gateway.routing_call`)."""
     return PendingRequest(args=[call], kwargs={}, metadata=RequestMetadata(rid, rid))

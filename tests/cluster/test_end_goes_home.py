@@ -69,7 +69,7 @@ def test_an_end_request_of_a_lost_session_pulls_nothing():
 
 def test_through_the_ray_router_an_end_call_is_not_stolen():
     pytest.importorskip("ray.serve")
-    from kvsaga.integrations.ray.deployment import routing_call
+    from kvsaga.integrations.ray.gateway import routing_call
     from kvsaga.serve.settings import ServerSettings
     from tests.cluster.ray_fakes import StatsReplica, make_router, pending
 

@@ -12,7 +12,7 @@ pytest.importorskip("ray.serve")
 
 from starlette.datastructures import Headers  # noqa: E402
 
-from kvsaga.integrations.ray.deployment import routing_call  # noqa: E402
+from kvsaga.integrations.ray.gateway import routing_call  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 
 

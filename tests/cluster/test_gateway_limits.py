@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from kvsaga.integrations.ray import deployment  # noqa: E402
-from kvsaga.integrations.ray.deployment import GatewayCore  # noqa: E402
+from kvsaga.integrations.ray import gateway as gw  # noqa: E402
+from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 
 
@@ -92,8 +93,8 @@ class MetricsHandle:
 def metrics_of(settings: ServerSettings, rids: list[str], headers=()):
     core = GatewayCore(MetricsHandle(), settings)
     ctx = mock.Mock(app_name="kvsaga")
-    with mock.patch.object(deployment.serve, "get_replica_context", return_value=ctx), \
-         mock.patch.object(deployment, "engine_replicas", return_value=rids):
+    with mock.patch.object(gw.serve, "get_replica_context", return_value=ctx), \
+         mock.patch.object(gw, "engine_replicas", return_value=rids):
         return asyncio.run(core.metrics(list(headers)))
 
 
@@ -113,7 +114,7 @@ def test_metrics_auth_applies_at_the_gateway():
 def test_metrics_leave_out_a_stuck_or_failed_replica(monkeypatch, caplog):
     """Replicas were asked with no timeout: one replica stuck (waiting for its model
     load) held every replica's metrics."""
-    monkeypatch.setattr(deployment, "_METRICS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(gw, "_METRICS_TIMEOUT_S", 0.2)
     with caplog.at_level(logging.WARNING, logger="kvsaga.ray"):
         r = metrics_of(ServerSettings(model="x"), ["a", "stuck", "broken", "b"])
     assert r.status_code == 200

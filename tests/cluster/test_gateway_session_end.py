@@ -19,7 +19,7 @@ from ray.serve._private.common import (  # noqa: E402
 from ray.serve._private.test_utils import FakeRunningReplica  # noqa: E402
 from ray.serve.request_router import PendingRequest  # noqa: E402
 
-from kvsaga.integrations.ray.deployment import GatewayCore  # noqa: E402
+from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
 from kvsaga.integrations.ray.router import KvsagaRequestRouter  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 

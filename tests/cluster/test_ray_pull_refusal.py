@@ -19,7 +19,8 @@ pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment, registry  # noqa: E402
-from kvsaga.integrations.ray.deployment import EngineReplica, GatewayCore  # noqa: E402
+from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
+from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.routing import Route, make_router  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402

@@ -1,10 +1,13 @@
-"""A replica whose model failed to load (or whose engine stopped) leaves the rotation: it
-fails Ray Serve's health check, and the router places no new session on a replica that has
-not reported stats while another has. No cluster needed."""
+"""A replica whose model failed to load (or whose engine stopped, or is stuck inside a
+step) leaves the rotation: it fails Ray Serve's health check, and the router places no new
+session on a replica that has not reported stats while another has. No cluster needed."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+import time
 from types import SimpleNamespace
 from unittest import mock
 
@@ -18,10 +21,10 @@ from kvsaga.serve.settings import ServerSettings  # noqa: E402
 from tests.cluster.ray_fakes import StatsReplica, make_router, pending  # noqa: E402
 
 
-def _replica(factory) -> EngineReplica:
+def _replica(factory, **kwargs) -> EngineReplica:
     ctx = SimpleNamespace(replica_id=SimpleNamespace(unique_id="r1"), app_name="kvsaga")
     with mock.patch.object(deployment.serve, "get_replica_context", return_value=ctx):
-        return EngineReplica(ServerSettings(model="x"), factory)
+        return EngineReplica(ServerSettings(model="x"), factory, **kwargs)
 
 
 def test_failed_load_fails_the_health_check_without_a_request():
@@ -46,12 +49,70 @@ def test_failed_load_fails_the_health_check_without_a_request():
 
 def test_stopped_engine_fails_the_health_check():
     replica = object.__new__(EngineReplica)
-    engine = SimpleNamespace(load_error=None, stopped=False, stop_reason="")
+    replica.stuck_step_s = deployment.STUCK_STEP_S
+    engine = SimpleNamespace(load_error=None, stopped=False, stop_reason="",
+                             step_running_s=0.0)
     replica.app = SimpleNamespace(state=SimpleNamespace(engine=engine))
     replica.check_health()  # healthy: no error
     engine.stopped, engine.stop_reason = True, "the engine thread failed: KeyError"
     with pytest.raises(RuntimeError, match="engine thread failed"):
         replica.check_health()
+
+
+class HungEngine:
+    """An engine whose first step blocks until `release` is set: a forward pass that does
+    not return (a hung device)."""
+
+    device = SimpleNamespace(type="fake")  # no thread governor (cpu_threads.governor_for)
+    last_step_idle = False
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.steps = 0
+
+    def has_unfinished(self) -> bool:
+        return self.steps == 0
+
+    def step(self) -> list:
+        self.entered.set()
+        self.release.wait(60)
+        self.steps += 1
+        return []
+
+    def tick(self) -> None:
+        pass
+
+    def stats(self) -> None:
+        return None
+
+
+def test_an_engine_stuck_inside_a_step_fails_the_health_check():
+    """The engine thread stays alive inside a step that never returns, so the replica was
+    healthy by every check (loaded, not stopped) and kept its sessions and new ones, each
+    waiting for good behind the stuck step."""
+    hung = HungEngine()
+    replica = _replica(lambda: hung, stuck_step_s=0.001)
+    engine = replica.app.state.engine
+    try:
+        assert hung.entered.wait(10)
+        time.sleep(0.01)  # past the limit
+        with pytest.raises(RuntimeError, match="engine is stuck: one step has run"):
+            replica.check_health()
+        hung.release.set()
+        engine.call_sync(lambda e: None, timeout=10)  # runs once the step has returned
+        assert engine.step_running_s == 0.0
+        replica.check_health()  # between steps: healthy again
+    finally:
+        hung.release.set()
+        engine.stop()
+
+
+def test_a_bad_stuck_step_limit_is_refused_before_anything_is_built():
+    settings = ServerSettings(model="x")
+    for bad in (0, -1.0, math.nan, "120", True, None):
+        with pytest.raises(ValueError, match="stuck_step_s must be a number > 0"):
+            deployment.build_application(settings, 2, stuck_step_s=bad)
+    deployment.build_application(settings, 2, stuck_step_s=math.inf)  # never
 
 
 def test_router_skips_a_replica_that_has_not_reported():

@@ -10,7 +10,7 @@ pytest.importorskip("ray.serve")
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID  # noqa: E402
 
-from kvsaga.integrations.ray.deployment import merge_metrics, routing_call  # noqa: E402
+from kvsaga.integrations.ray.gateway import merge_metrics, routing_call  # noqa: E402
 from kvsaga.integrations.ray.router import (  # noqa: E402
     RayDefaultRequestRouter,
 )

@@ -2,69 +2,58 @@
 
 Two deployments (`build_application`):
 
-- `KvsagaGateway` (the HTTP ingress, one replica): reads each request once, extracts the
-  routing facts (`kvsaga.routing.session_key`, tenant, prefix key, context size) and forwards
-  the raw request (method, path, headers, body) to the engine deployment through a
-  DeploymentHandle, whose request router is `KvsagaRequestRouter`. It relays the replica's
-  response message by message, so streaming stays streaming. `/metrics` fans out to every
-  replica and merges their families with a `replica` label. A replica that dies before
-  answering gives a 503 in OpenAI's error JSON (`code: replica_unavailable`); the session's
-  next step is routed to a live replica and recomputed there.
-- `KvsagaEngine` (N replicas): each runs the single-node server app (`build_app`) in process
-  and serves the forwarded request through it, so the API, sessions, errors and limits are
-  exactly those of `kvsaga-serve`. When the router moved a session onto it, it first pulls
-  the session from its previous replica: the token context always (so re-tokenization
-  cannot split it differently), and the KV too when the router chose migration
-  (`kvsaga.migration`: exported through host memory, imported byte for byte); the previous
-  replica then ends its copy, so a session lives in one place (docs/cluster.md, "Moving a
-  session", says when it does not). A session with a step in flight on its previous
-  replica is not taken: the step gets that replica's 409 `session_busy`.
+- `KvsagaGateway` (the HTTP ingress, one replica; `gateway.py`): routes each request by
+  session to an engine replica through a DeploymentHandle whose request router is
+  `KvsagaRequestRouter`, relays the replica's response, merges every replica's /metrics.
+- `KvsagaEngine` (N replicas, `EngineReplica`): each runs the single-node server app
+  (`build_app`) in process and serves the forwarded request through it, so the API,
+  sessions, errors and limits are exactly those of `kvsaga-serve`. When the router moved a
+  session onto it, it first pulls the session from its previous replica: the token context
+  always (so re-tokenization cannot split it differently), and the KV too when the router
+  chose migration (`kvsaga.migration`: exported through host memory, imported byte for
+  byte); the previous replica then ends its copy, so a session lives in one place
+  (docs/cluster.md, "Moving a session", says when it does not). A session with a step in
+  flight on its previous replica is not taken: the step gets that replica's 409
+  `session_busy`.
 """
 
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
 
-from kvsaga._validate import is_int
-from kvsaga.integrations.ray import registry
+from kvsaga._validate import is_int, is_number
+from kvsaga.integrations.ray.gateway import (
+    ENGINE_DEPLOYMENT,
+    PULL_REFUSED_HEADER,
+    KvsagaGateway,
+)
 from kvsaga.integrations.ray.router import routing_config
 from kvsaga.migration import export_session, import_session
-from kvsaga.routing import (
-    RAY_DEFAULT_ROUTER,
-    REPLICA_ROUTERS,
-    ReplicaStats,
-    prefix_key,
-    session_key,
-)
+from kvsaga.routing import RAY_DEFAULT_ROUTER, REPLICA_ROUTERS, ReplicaStats
 from kvsaga.serve.errors import APIError
-from kvsaga.serve.guard import check_key, too_large
-from kvsaga.serve.sessions import SessionRegistry, tenant_salt
+from kvsaga.serve.sessions import SessionRegistry
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.ray")
-ENGINE_DEPLOYMENT = "KvsagaEngine"
-_SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
 _PULL_TIMEOUT_S = 60.0
 # What `export_session` answers for a session with a step in flight on its replica.
 EXPORT_BUSY = "busy"
-# The header of a 409 answered because the pull met a step in flight on the source (the
-# source's id): the gateway has the router take the session back there.
-PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
 _LOAD_TIMEOUT_S = 600.0
 # Tenants without a live session whose service a replica still reports (`_forget_tenants`).
 _MAX_IDLE_TENANTS = 1024
-_METRICS_TIMEOUT_S = 5.0  # per replica, for the gateway's merged /metrics
+# A replica whose engine has been inside one step this long fails its health check
+# (`EngineReplica.check_health`). Generous: a step holds at most `max_num_batched_tokens`
+# tokens; a device slow enough for such a step to come near it needs `build_application`'s
+# `stuck_step_s` raised.
+STUCK_STEP_S = 120.0
 
 
 # -- running an ASGI app in process ---------------------------------------------------------
@@ -160,10 +149,13 @@ class EngineReplica:
         factory: loads the engine (default: the one `settings` describe).
         torch_threads: torch intra-op threads (CPU replicas sharing a machine: its cores
             divided among them, or they spin against each other).
+        stuck_step_s: seconds one engine step may run before the replica fails its health
+            check (`check_health`).
     """
 
     def __init__(
-        self, settings: ServerSettings, factory: Any = None, torch_threads: int | None = None
+        self, settings: ServerSettings, factory: Any = None, torch_threads: int | None = None,
+        stuck_step_s: float = STUCK_STEP_S,
     ) -> None:
         from kvsaga.serve.app import build_app
         from kvsaga.serve.cli import engine_factory
@@ -172,6 +164,7 @@ class EngineReplica:
         self.replica_id = ctx.replica_id.unique_id
         self.app_name = ctx.app_name
         self.settings = settings
+        self.stuck_step_s = stuck_step_s
         if torch_threads:
             import torch
 
@@ -206,16 +199,23 @@ class EngineReplica:
         """Ray Serve's health check: raising marks the replica unhealthy and Serve replaces
         it. A replica whose model failed to load or whose engine thread stopped would
         otherwise stay in rotation answering 503 to every request (the single-node server
-        exits instead, `cli._exit_on_load_failure`).
+        exits instead, `cli._exit_on_load_failure`); one whose engine is stuck inside a
+        step (a forward pass that never returns) kept taking requests that all waited
+        behind it.
 
         Raises:
-            RuntimeError: the model failed to load, or the engine thread stopped.
+            RuntimeError: the model failed to load, the engine thread stopped, or one step
+                has run longer than `stuck_step_s`.
         """
         engine = self.app.state.engine
         if engine.load_error is not None:
             raise RuntimeError(f"the model failed to load: {engine.load_error}")
         if engine.stopped:
             raise RuntimeError(f"the engine stopped: {engine.stop_reason}")
+        running = engine.step_running_s
+        if running > self.stuck_step_s:
+            raise RuntimeError(f"the engine is stuck: one step has run for {running:.1f} s "
+                               f"(limit {self.stuck_step_s:g} s)")
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop the engine thread."""
@@ -439,282 +439,7 @@ class EngineReplica:
         return row
 
 
-# -- the gateway ------------------------------------------------------------------------------
-
-gateway_api = FastAPI(title="kvsaga-serve (Ray Serve)", docs_url=None, redoc_url=None)
-
-
-class _Relay(Response):
-    """A response that replays a replica's ASGI messages."""
-
-    def __init__(self, first: dict, rest: AsyncIterator) -> None:
-        super().__init__()
-        self.first, self.rest = first, rest
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send(self.first)
-        done = False
-        try:
-            async for msg in self.rest:
-                await send(msg)
-            done = True
-        finally:
-            if not done:  # the client went away: the replica's generator is cancelled, so
-                self.rest.cancel()  # its app sees the disconnect and aborts the step
-
-
-def _error(status: int, message: str, code: str, headers: dict | None = None) -> Response:
-    body = {"error": {"message": message, "type": code, "param": None, "code": code}}
-    return Response(json.dumps(body), status_code=status, media_type="application/json",
-                    headers=headers)
-
-
-def _unavailable(reason: str) -> Response:
-    return _error(503, f"the replica serving this request is unavailable ({reason}); retry: "
-                  "the session continues on another replica", "replica_unavailable",
-                  {"Retry-After": "1"})
-
-
-def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The bearer token of the Authorization header; given twice, the last, as the
-    replica's `Guard` reads it (the first named the session by another tenant than the
-    replica served it under)."""
-    value = None
-    for k, v in headers:
-        if k.lower() == b"authorization":
-            value = v
-    if value is None:
-        return None
-    scheme, _, token = value.decode("latin-1").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _header(msg: dict, name: str) -> str | None:
-    """A header of an `http.response.start` message (`name` in lower case), or None."""
-    for k, v in msg.get("headers", []):
-        if bytes(k).lower() == name.encode():
-            return bytes(v).decode("latin-1")
-    return None
-
-
-def routing_call(settings: ServerSettings, method: str, path: str, query: bytes,
-                 headers: list[tuple[bytes, bytes]], body: bytes) -> dict:
-    """The call the engine deployment receives: the raw request plus its routing facts."""
-    call: dict[str, Any] = {"kvsaga": 1, "method": method, "path": path, "query": query,
-                            "headers": headers, "body": body}
-    ending = path.startswith("/v1/sessions/") and path.endswith("/end")
-    if method != "POST" or not (path in _SESSION_PATHS or ending):
-        return call
-    try:
-        parsed = json.loads(body) if body.strip() else {}
-    except (ValueError, RecursionError):  # (nested too deep for the parser)
-        return call  # the replica answers the 400
-    if not isinstance(parsed, dict):
-        return call
-    salt = parsed.get("cache_salt")
-    if salt is not None and not (isinstance(salt, str) and salt):
-        return call  # the replica answers the 400 naming cache_salt
-    try:
-        call.update(_routing_facts(settings, path, headers, body, parsed, ending))
-    except UnicodeEncodeError:  # a lone surrogate in what is hashed (cache_salt, the system
-        return call  # message): the replica answers the 400 naming it
-    return call
-
-
-def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[bytes, bytes]],
-                   body: bytes, parsed: dict, ending: bool) -> dict[str, Any]:
-    """`routing_call`'s facts of a parsed session request (its `cache_salt` None or a
-    non-empty str).
-
-    Raises:
-        UnicodeEncodeError: a lone surrogate in `cache_salt` or the system message.
-    """
-    key = _bearer(headers)
-    api_key = key if key in settings.api_keys else None
-    salt = tenant_salt(api_key, parsed.get("cache_salt"))
-    # A header given twice: the first, as the server reads it (Starlette's headers.get).
-    hdrs: dict[str, str] = {}
-    for k, v in headers:
-        hdrs.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
-    # The end route takes ids with '/' ({session_id:path}; the path arrives %2F-decoded):
-    # the id is everything between the prefix and the trailing /end.
-    sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
-        else session_key(parsed, hdrs)
-    # A rough guess of the context size: the router prefers the session's real token count,
-    # which its home replica reports (`session_tokens` in its routing stats).
-    facts: dict[str, Any] = {"tenant": salt or "anon", "prefix_key": prefix_key(parsed),
-                             "context_tokens": len(body) // 4}
-    if sid is not None:
-        hint = parsed.get("kvsaga")
-        facts.update(engine_sid=SessionRegistry.engine_id(salt, sid), salt=salt,
-                     ends=ending or bool(isinstance(hint, dict) and hint.get("last_step")),
-                     end_request=ending)
-        facts["session"] = facts["engine_sid"]
-    return facts
-
-
-def ended_session(call: dict, status: object) -> bool:
-    """Whether the replica's answer ended the call's session (the router forgets it): a
-    last step or an end request answered 2xx, or an end request answered 404 (the replica
-    knows no such session). A refused one (429 queue full, 409 session busy, 400) keeps
-    the session where it lives."""
-    if not call.get("ends") or not is_int(status):
-        return False
-    return 200 <= status < 300 or (bool(call.get("end_request")) and status == 404)
-
-
-def engine_replicas(app_name: str) -> list[str]:
-    """Ids of the live engine replicas of an application (Serve names their actors)."""
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app_name}#{ENGINE_DEPLOYMENT}#"
-    return sorted(a["name"][len(prefix):] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(prefix))
-
-
-def merge_metrics(texts: dict[str, str]) -> str:
-    """Prometheus texts of several replicas as one exposition: each family once, every
-    sample labelled with its `replica`."""
-    families: dict[str, dict] = {}
-    for rid, text in texts.items():
-        current = None
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            if line.startswith("# HELP ") or line.startswith("# TYPE "):
-                name = line.split()[2]
-                fam = families.setdefault(name, {"meta": [], "samples": []})
-                if line not in fam["meta"]:
-                    fam["meta"].append(line)
-                current = name
-                continue
-            if line.startswith("#") or current is None:
-                continue
-            name, _, rest = line.partition("{")
-            label = f'replica="{rid}"'
-            if rest:
-                sample = f"{name}{{{label},{rest}"
-            else:
-                metric, _, value = line.partition(" ")
-                sample = f"{metric}{{{label}}} {value}"
-            families[current]["samples"].append(sample)
-    lines = []
-    for fam in families.values():
-        lines += fam["meta"] + fam["samples"]
-    return "\n".join(lines) + "\n"
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The request's body, read up to `limit` bytes (`ServerSettings.max_body_bytes`): the
-    gateway buffers no more than one node's server would (`kvsaga.serve.guard.Guard`),
-    chunked encoding or not, before it parses the body and ships it through Ray.
-
-    Raises:
-        APIError: 413 `request_too_large` for a declared or read size over `limit`.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared), limit)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise too_large(total, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class GatewayCore:
-    """What the gateway does, in an importable class (Ray pickles the ingress class itself
-    by value, with copies of the module globals it names)."""
-
-    def __init__(self, engine: Any, settings: ServerSettings) -> None:
-        self.engine = engine
-        self.settings = settings
-
-    async def metrics(self, headers: list[tuple[bytes, bytes]]) -> Response:
-        """Every replica's /metrics, merged. Behind the API key under `metrics_auth`, as on
-        one node. Each replica is asked for at most `_METRICS_TIMEOUT_S` (it renders
-        without waiting for its model load): one that does not answer (stuck, or gone) is
-        left out and logged instead of holding the whole scrape. One after another, not
-        at once: Ray Serve gives the calls a request makes its own internal request id,
-        and its router matches a pending call to the replica found for it by that id, so
-        two calls in flight at once from one request are confused (in a live test one
-        waited 9 s before it was sent)."""
-        if self.settings.metrics_auth and self.settings.api_keys:
-            try:
-                check_key(self.settings.api_keys, dict(headers).get(b"authorization", b""))
-            except APIError as e:
-                return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-        texts = {}
-        for rid in engine_replicas(serve.get_replica_context().app_name):
-            text = await self._replica_metrics(rid)
-            if text is not None:
-                texts[rid] = text
-        return Response(merge_metrics(texts), media_type="text/plain; version=0.0.4")
-
-    async def _replica_metrics(self, rid: str) -> str | None:
-        try:
-            return await asyncio.wait_for(self.engine.options(method_name="metrics").remote(
-                {"kvsaga": 1, "pin": rid}), _METRICS_TIMEOUT_S)
-        except Exception as e:  # TimeoutError too: left out of this scrape
-            log.warning("kvsaga: /metrics of replica %s failed (%s: %s); left out", rid,
-                        type(e).__name__, e)
-            return None
-
-    async def forward(self, request: Request) -> Response:
-        try:
-            body = await read_capped(request, self.settings.max_body_bytes)
-        except APIError as e:
-            return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-        return await self.call(request.method, request.url.path, request.url.query.encode(),
-                               list(request.headers.raw), body)
-
-    async def call(self, method: str, path: str, query: bytes,
-                   headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
-        call = routing_call(self.settings, method, path, query, headers, body)
-        stream = self.engine.options(method_name="handle", stream=True).remote(call)
-        try:
-            first = await stream.__anext__()
-        except (RayActorError, ActorUnavailableError) as e:  # died before answering
-            return _unavailable(type(e).__name__)
-        except Exception as e:
-            log.exception("kvsaga: the engine replica failed")
-            return _error(500, f"internal error in the engine replica: {type(e).__name__}",
-                          "internal_error")
-        if first.get("type") != "http.response.start":
-            return _unavailable("misrouted")
-        if ended_session(call, first.get("status")):
-            for router in registry.routers_here():
-                router.session_ended(call["session"])  # on the router's own loop
-        refused = _header(first, PULL_REFUSED_HEADER)
-        if refused is not None and call.get("session") is not None:
-            for router in registry.routers_here():  # the move did not happen
-                router.move_refused(call["session"], refused)
-        route = call.get("route")
-        if route is not None:  # where it ran and why, for clients and tests
-            first = {**first, "headers": [*first.get("headers", []),
-                                          (b"x-kvsaga-replica", route["replica"].encode()),
-                                          (b"x-kvsaga-route", route["reason"].encode())]}
-        return _Relay(first, stream)
-
-
-@serve.deployment(name="KvsagaGateway", num_replicas=1, max_ongoing_requests=1000,
-                  ray_actor_options={"num_cpus": 0})  # it only relays: no core of its own
-@serve.ingress(gateway_api)
-class KvsagaGateway:
-    """The HTTP ingress: routes by session, relays responses, merges /metrics."""
-
-    def __init__(self, engine: Any, settings: ServerSettings) -> None:
-        self.core = GatewayCore(engine, settings)
-
-    @gateway_api.get("/metrics")
-    async def metrics(self, request: Request) -> Response:
-        return await self.core.metrics(list(request.headers.raw))
-
-    @gateway_api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    async def forward(self, request: Request) -> Response:
-        return await self.core.forward(request)
+# -- the application --------------------------------------------------------------------------
 
 
 def _router_config(router: str, router_kwargs: dict | None, stats_period_s: float,
@@ -744,6 +469,7 @@ def build_application(
     factory: Any = None,
     stats_period_s: float = 0.5,
     torch_threads: int | None = None,
+    stuck_step_s: float = STUCK_STEP_S,
 ):
     """The Ray Serve application: the gateway in front of `num_replicas` engine replicas.
 
@@ -759,9 +485,14 @@ def build_application(
         factory: loads an engine (tests pass a tiny model's); default from `settings`.
         stats_period_s: how often the router reads each replica's routing stats.
         torch_threads: torch threads per replica (None: torch's default).
+        stuck_step_s: a replica whose engine has been inside one step for longer fails Ray
+            Serve's health check, and Serve replaces it (inf: never).
     """
     if not is_int(num_replicas) or num_replicas < 1:
         raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+    if not (is_number(stuck_step_s) and stuck_step_s > 0):  # nan fails too
+        raise ValueError(f"stuck_step_s must be a number > 0 (inf: never), got "
+                         f"{stuck_step_s!r}")
     if router not in REPLICA_ROUTERS:
         raise ValueError(f"unknown router {router!r}; choose one of {sorted(REPLICA_ROUTERS)}")
     router_kwargs = {**(settings.routing_config or {}), **(router_kwargs or {})}
@@ -776,5 +507,5 @@ def build_application(
         ray_actor_options=ray_actor_options or {},
         request_router_config=_router_config(router, router_kwargs, stats_period_s,
                                              settings.session_idle_s),
-    ).bind(settings, factory, torch_threads)
+    ).bind(settings, factory, torch_threads, stuck_step_s)
     return KvsagaGateway.bind(engine, settings)

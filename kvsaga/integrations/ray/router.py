@@ -134,11 +134,17 @@ class KvsagaRequestRouter(RequestRouter):
 
     def _on_loop(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the router's loop. The gateway calls in from its own thread,
-        while Ray Serve runs `choose_replicas`, `update_replicas` and
-        `on_request_completed` on the router's loop; `kv_router`'s state has no lock (a
-        replica removed while sessions ended there raised "dictionary changed size during
-        iteration" half-way, leaving sessions homed on a replica it no longer knew).
-        Before the first routing decision no session is known: nothing to do."""
+        while Ray Serve runs every other entry point on the router's loop; `kv_router`'s
+        state has no lock (a replica removed while sessions ended there raised
+        "dictionary changed size during iteration" half-way, leaving sessions homed on a
+        replica it no longer knew). It needs none: Ray Serve (2.60) runs
+        `choose_replicas` and `on_request_routed` in its routing coroutines there,
+        `update_replicas` from its long-poll listeners (`call_in_event_loop`), and
+        `on_replica_actor_died` there; it queues `on_request_completed` onto the loop
+        from the thread that sees the reply (`AsyncioRouter._register_completion_callback`),
+        and `_try_done` is a callback of a future of that loop. `kv_router`'s methods do
+        not await, so no two of them interleave. Before the first routing decision no
+        session is known: nothing to do."""
         loop = self._loop
         if loop is None:
             return
@@ -245,8 +251,9 @@ class KvsagaRequestRouter(RequestRouter):
         if routed is None:
             return
         routed.completed += 1
-        # A rejected try completes too, and its retry may already be routed (Ray reports
-        # the completion from another thread): the route is kept until every try is done.
+        # A rejected try completes too, and its retry may already be routed (Ray queues the
+        # completion onto this loop from the thread that saw the reply, so it can come
+        # after the retry's routing): the route is kept until every try is done.
         if routed.completed >= routed.tries:
             self._release(internal_request_id, routed)
 
