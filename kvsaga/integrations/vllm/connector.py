@@ -189,6 +189,7 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
         self.ledger: BlockLedger | None = None
         self.holds: dict[str, list[int]] = {}  # session -> retained block ids, head first
         self._holders: dict[int, list[str]] = {}  # block id -> sessions retaining it
+        self._shared: set[int] = set()  # retained blocks a request references too (`_sync`)
         self._sessions: dict[str, Session] = {}
         self._steps: dict[str, StepInfo] = {}  # request id -> its session step
         self._bad_hints: set[str] = set()  # request ids whose malformed hint was logged
@@ -229,6 +230,7 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
             return reset()
 
         gpu_block_pool.reset_prefix_cache = reset_prefix_cache  # type: ignore[method-assign]
+        self._watch_refs(gpu_block_pool)
         self.ledger = BlockLedger(
             self.policy, gpu_block_pool.num_gpu_blocks, self.block_size, self._usage
         )

@@ -42,6 +42,9 @@ class BlockLedger:
         self.block_generation = [0] * num_blocks
         self.block_hash: list[bytes | None] = [None] * num_blocks
         self._cached = bytearray(num_blocks)
+        # Kept as blocks are tracked: a sum over `_cached` walked every block, at each
+        # `choose_victims` of `KVSagaCachePolicy` (its `_usage` reads it).
+        self._num_cached = 0
         self._usage = usage
         self.policy = policy
         policy.bind(self)
@@ -55,7 +58,7 @@ class BlockLedger:
 
     @property
     def num_cached(self) -> int:
-        return sum(self._cached)
+        return self._num_cached
 
     # -- what the integration reports ----------------------------------------------------------
     def cache(
@@ -70,6 +73,7 @@ class BlockLedger:
         self.block_hash[block_id] = block_hash
         self.block_generation[block_id] += 1
         self._cached[block_id] = 1
+        self._num_cached += 1
         self.policy.block_cached(block_id)
 
     def uncache(self, block_id: int) -> None:
@@ -78,6 +82,7 @@ class BlockLedger:
             raise ValueError(f"block {block_id} is not tracked")
         self.policy.block_uncached(block_id)
         self._cached[block_id] = 0
+        self._num_cached -= 1
 
     def refile(self, block_id: int, owner: str | None, position: int) -> None:
         """Change a tracked block's owner or position (the policy sees it leave and return)."""

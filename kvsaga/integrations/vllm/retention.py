@@ -2,14 +2,26 @@
 vLLM's blocks, and giving those references back, in the policy's order when memory is needed.
 
 A mixin of `KVSagaConnector` (connector.py), split from it by concept. It owns the tables
-`holds` (session -> retained block ids, head first) and `_holders` (block id -> sessions
-retaining it), which the connector sets up, and keeps the `BlockLedger` (`ledger`) and
-`KeptDemoted` (`_demoted`) in step with them; it reads vLLM's `BlockPool` (`pool`), the
-kvsaga `policy`, the connector's `_sessions` and counts into its `stats`. Every reference it
-takes or drops goes through `BlockPool.touch` / `free_blocks`, as a request's would.
+`holds` (session -> retained block ids, head first), `_holders` (block id -> sessions
+retaining it) and `_shared` (the retained blocks a request references too), which the
+connector sets up, and keeps the `BlockLedger` (`ledger`) and `KeptDemoted` (`_demoted`) in
+step with them; it reads vLLM's `BlockPool` (`pool`), the kvsaga `policy`, the connector's
+`_sessions` and counts into its `stats`. Every reference it takes or drops goes through
+`BlockPool.touch` / `free_blocks`, as a request's would.
+
+`_shared` is kept where reference counts change, so that `_usage` (which the ttl policy reads
+at every `choose_victims`, once per pass of a release under pressure) costs O(1): walking
+every retained block there made a release of k blocks O(k * retained). The connector's own
+`_hold` / `_drop` update it, and so do vLLM's requests through the pool's methods that change
+a reference count (`_watch_refs`). A count vLLM changes outside them (a partial prefix hit's
+copy-on-write reference, taken directly on the block) is seen at that block's next touch or
+free, which vLLM's release of that reference is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from kvsaga.integrations.vllm.hints import StepInfo, session_for
 
@@ -22,10 +34,42 @@ class Retention:
         pool = self.pool
         total = pool.num_gpu_blocks - 1  # the null block
         in_use = total - pool.get_num_free_blocks()
-        retained_only = sum(
-            1 for b in self._holders if pool.blocks[b].ref_cnt == len(self._holders[b])
-        )
+        retained_only = len(self._holders) - len(self._shared)
         return max(in_use - retained_only, 0) / total if total else 0.0
+
+    def _watch_refs(self, pool: Any) -> None:
+        """Wrap the pool's methods that change reference counts (on the instance, as
+        `bind_gpu_block_pool` wraps its reset), so that each retained block among their
+        blocks is filed again in `_shared` (`_sync`) once the method has run."""
+        for name in ("touch", "free_blocks", "unpin_blocks"):
+            change = getattr(pool, name, None)
+            if change is not None:
+                setattr(pool, name, self._synced(change))
+
+    def _synced(self, change: Callable[..., Any]) -> Callable[..., Any]:
+        """`change` (a pool method taking blocks first), then `_sync` of the retained ones."""
+        holders = self._holders
+
+        def synced(blocks: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
+            if not holders:  # nothing retained: nothing to file
+                return change(blocks, *args, **kwargs)
+            blocks = list(blocks)  # (`free_blocks` is given one-shot iterators)
+            out = change(blocks, *args, **kwargs)
+            for blk in blocks:
+                if blk.block_id in holders:
+                    self._sync(blk.block_id)
+            return out
+
+        return synced
+
+    def _sync(self, block_id: int) -> None:
+        """File block `block_id` in `_shared` if it is retained and has more references than
+        retaining sessions (a request's too), else out of it."""
+        holders = self._holders.get(block_id)
+        if holders is not None and self.pool.blocks[block_id].ref_cnt > len(holders):
+            self._shared.add(block_id)
+        else:
+            self._shared.discard(block_id)
 
     def _retain(self, info: StepInfo, block_ids: list[int]) -> None:
         """Take a reference on the request's full, hashed blocks (its context's prefix), in
@@ -51,7 +95,9 @@ class Retention:
 
     def _only_retained_in_use(self) -> bool:
         """Whether every block in use (but vLLM's null block) is held by retention alone:
-        what vLLM's prefix-cache reset needs once they are given back."""
+        what vLLM's prefix-cache reset needs once they are given back. Walked, not read off
+        `_shared`: resets are rare, and a reference vLLM took on a block directly (see the
+        module docstring) must not let one fail after the retained blocks were given back."""
         pool = self.pool
         in_use = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()
         return in_use == sum(1 for b, holders in self._holders.items()
@@ -66,6 +112,7 @@ class Retention:
             holders.append(sid)
             if len(holders) == 2:  # shared by two sessions: plain cache to the policy
                 self.ledger.refile(block_id, None, self.ledger.block_position[block_id])
+        self._sync(block_id)
 
     def _drop(self, block_id: int, sid: str) -> None:
         """Give back session `sid`'s reference on one block."""
@@ -75,6 +122,7 @@ class Retention:
         if not holders:
             del self._holders[block_id]
             self.ledger.uncache(block_id)
+        self._sync(block_id)
 
     def _release_session(self, sid: str) -> None:
         self._demoted.discard(sid)
