@@ -117,6 +117,14 @@ class HostTier:
         self.pool.acquire_many(host_blocks)
         self._pinned.extend(host_blocks)
 
+    def unpin(self, host_blocks: list[int]) -> None:
+        """Let go of host blocks `pin` held for loads that were never planned (the room for
+        them could not be made): cached again, as before the pin."""
+        pinned = self._pinned
+        for hb in host_blocks:
+            pinned.remove(hb)
+        self.pool.release_many(host_blocks)
+
     def plan_load(self, host_block: int, gpu_block: int) -> None:
         """A host -> GPU copy of a pinned host block."""
         self._loads.append((host_block, gpu_block))
@@ -202,7 +210,11 @@ class HostTierOps:
         self.host.pin(host_blocks)  # evictions below must not reuse them
         n = len(host_blocks)
         if n > self.pool.num_free:
-            self._evict(n - self.pool.num_free, now)
+            try:
+                self._evict(n - self.pool.num_free, now)
+            except BaseException:  # the policy raised or named invalid victims
+                self.host.unpin(host_blocks)
+                raise
         gpu = self.pool.allocate(n)
         owner, position, block_hash = self.block_owner, self.block_position, self.pool.block_hash
         for k, b in enumerate(gpu):
@@ -258,29 +270,41 @@ class HostTierOps:
         return run
 
     def _take_run(self, s: Session, first: int, run: list[tuple[int, bool]], now: float,
-                  tail: bool) -> tuple[list[int], bool]:
+                  tail: bool, before: list[int]) -> tuple[list[int], bool]:
         """Referenced GPU blocks for `s`'s blocks `first...` from a fitted run (`_fit_run`):
         its GPU blocks, taken before the loads' evictions, and its host blocks loaded; and
         whether `s`'s retained tail (alive) was referenced too (`_hold_tail`; `tail`: it
-        continues the run, or the caller holds it anyway)."""
-        self.pool.acquire_many([b for b, on_gpu in run if on_gpu])
+        continues the run, or the caller holds it anyway). All or nothing: when the loads'
+        evictions raise (the policy's error), every reference taken here, and those the
+        caller took on `before` (the blocks it holds in place), is dropped first."""
+        resident = [b for b, on_gpu in run if on_gpu]
+        self.pool.acquire_many(resident)
         loads = [(first + i, b) for i, (b, on_gpu) in enumerate(run) if not on_gpu]
         held = self._hold_tail(s, tail, len(loads))
-        loaded = iter(self._load_into_gpu(s, [p for p, _ in loads], [b for _, b in loads], now))
+        try:
+            loaded = iter(self._load_into_gpu(s, [p for p, _ in loads],
+                                              [b for _, b in loads], now))
+        except BaseException:  # tails first, as `_release_table`
+            kept = s.tail[0] if held else -1
+            self.pool.release_many(([kept] if held else []) + (before + resident)[::-1],
+                                   keep_unhashed=kept)
+            raise
         return [b if on_gpu else next(loaded) for b, on_gpu in run], held
 
-    def _load_from_host(self, s: Session, first: int, limit: int, now: float,
+    def _load_from_host(self, s: Session, hits: list[int], limit: int, now: float,
                         tail_at: int = -1) -> tuple[list[int], bool]:
-        """Referenced GPU blocks for the cached run of `s`'s blocks from `first` (a GPU
-        miss) up to `limit` (`_host_walk`: GPU blocks taken, host blocks loaded; as far as
-        there are free or evictable GPU blocks for them), and whether `s`'s retained tail
-        was referenced: when it continues the run (`tail_at`: its block position, or -1)
-        and the loads evict, it is held first, unless only its block leaves room for them
-        (more hits then: the tail's block would be a load's)."""
+        """Referenced GPU blocks for the cached run of `s`'s blocks past its referenced GPU
+        `hits` (up to a miss) up to `limit` (`_host_walk`: GPU blocks taken, host blocks
+        loaded; as far as there are free or evictable GPU blocks for them), and whether
+        `s`'s retained tail was referenced: when it continues the run (`tail_at`: its block
+        position, or -1) and the loads evict, it is held first, unless only its block leaves
+        room for them (more hits then: the tail's block would be a load's). When the loads
+        raise, `hits` are released too (`_take_run`)."""
+        first = len(hits)
         run = self._fit_run(self._host_walk(s.block_hashes, first, limit))
         if not run:
             return [], False
-        blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run))
+        blocks, held = self._take_run(s, first, run, now, tail_at == first + len(run), hits)
         self._host_hit_tokens += sum(1 for _, on_gpu in run if not on_gpu) * self.block_size
         return blocks, held
 
@@ -333,7 +357,7 @@ class HostTierOps:
         tail, loads = -1, 0
         if run:
             blocks, held = self._take_run(s, first, run, now,
-                                          s.tail is not None and self._tail_alive(s))
+                                          s.tail is not None and self._tail_alive(s), resident)
             if held:
                 tail = s.tail[0]
             # The paused table names the loaded blocks, so that end_session finds what the

@@ -148,8 +148,10 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         Raises:
             InvalidRequest: bad ids or tokens, a prompt over max_model_len or larger than the
                 whole pool, the session already has an open step, or a different salt.
-            Whatever the policy's `step_started` raises: the step is taken back first
-                (`_unbegin`: the session as it was, or gone if new, no reference kept).
+            Whatever the policy's `step_started` raises, or its `choose_victims` while host
+                loads make room (or RuntimeError for invalid victims): the step is taken
+                back first (`_unbegin`: the session as it was, or gone if new, no reference
+                kept).
         """
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
@@ -161,7 +163,11 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
         max_hit = len(tokens) - 1
         usable_end = min(keep, max_hit)
-        hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)
+        try:
+            hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)
+        except BaseException:  # the loads' evictions raised; their references are dropped
+            self._unbegin(s, keep, before, [])
+            raise
         num_cached = len(hits) * self.block_size
         if s.tail is not None:
             num_cached = self._reuse_tail(s, hits, num_cached, usable_end, held)
@@ -223,7 +229,8 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         the cached run after them (`_load_from_host`: blocks the host tier holds loaded
         into fresh GPU blocks, those still on the GPU taken there); and whether `s`'s
         retained tail, which continues them, was referenced too (before the loads' evictions,
-        which could take it; `usable_end`: as `_reuse_tail`'s)."""
+        which could take it; `usable_end`: as `_reuse_tail`'s). When the loads raise, no
+        reference stays taken."""
         if self._hot is not None:  # the same blocks, read first off the session's table
             hits = self._hot.session_hits(s.block_ids, s.block_hashes, limit)
         else:
@@ -231,7 +238,7 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
         self.pool.acquire_many(hits)  # before loads below can evict anything
         held = False
         if self.host is not None:
-            loaded, held = self._load_from_host(s, len(hits), limit, now,
+            loaded, held = self._load_from_host(s, hits, limit, now,
                                                 self._reusable_tail(s, usable_end))
             hits += loaded
         return hits, held

@@ -33,18 +33,21 @@ class FailedWrites:
         counters = self._queried_tokens, self._hit_tokens, self._host_hit_tokens
         return counters, self.pool.reused_s, None if left is None else set(left), old
 
-    def _unbegin(self, s: Session, keep: int, before: BeforeBegin) -> None:
+    def _unbegin(self, s: Session, keep: int, before: BeforeBegin,
+                 refs: list[int] | None = None) -> None:
         """Take back the `begin_step` that opened `s` (its prompt kept `keep` tokens of its
-        old context) after the policy's `step_started` raised: the references on its hits
-        are dropped (a reused tail is cached again as its tail), a new session is forgotten,
-        and a paused one gets back its context, table, computed tokens, step count, pause,
-        hint and tail; the hit counters are as they were. The manager's books then hold as
-        before the call, so the caller may retry. What the call did to the cache itself
-        stays, as any lookup's touch would: the hits' recency, a block another session
-        owned marked shared (`block_owner` None), a retained tail the prompt no longer
-        continued dropped, blocks loaded from the host tier (cached on the GPU, their
-        copies planned; a new session's as plain cache, a paused one's as its left-owned
-        blocks), and `cache_version` moved on. A prompt that rewrote the context
+        old context) after the policy's `step_started` raised, or its eviction while host
+        loads made room (`refs`: the references the step still holds: None, its hits as
+        `s`'s table, after `step_started`; [] after the loads, which dropped theirs): the
+        references on its hits are dropped (a reused tail is cached again as its tail), a
+        new session is forgotten, and a paused one gets back its context, table, computed
+        tokens, step count, pause, hint and tail; the hit counters are as they were. The
+        manager's books then hold as before the call, so the caller may retry. What the call
+        did to the cache itself stays, as any lookup's touch would: the hits' recency, a
+        block another session owned marked shared (`block_owner` None), a retained tail the
+        prompt no longer continued dropped, blocks loaded from the host tier (cached on the
+        GPU, their copies planned; a new session's as plain cache, a paused one's as its
+        left-owned blocks), and `cache_version` moved on. A prompt that rewrote the context
         (kept fewer tokens than it had) leaves the session that common prefix only, as a
         paused session whose context ended there (`_cut_paused`): the C++ core's
         `reopen_context` changed the context in place past `keep`, and keeping a copy of
@@ -54,7 +57,8 @@ class FailedWrites:
         sid, pool = s.session_id, self.pool
         left = self._loaded_owned(s, None if old is None else old[1], left)
         tail = -1 if old is None or old[6] is None else old[6][0]
-        pool.release_many(s.block_ids[::-1], keep_unhashed=tail)  # tails first, as ever
+        refs = s.block_ids if refs is None else refs
+        pool.release_many(refs[::-1], keep_unhashed=tail)  # tails first, as ever
         pool.reused_s = reused
         self._queried_tokens, self._hit_tokens, self._host_hit_tokens = counters
         if left is None:
@@ -62,7 +66,7 @@ class FailedWrites:
         else:
             self._left_owned[sid] = left
         if old is None:
-            del self.sessions[sid]
+            self.sessions.pop(sid, None)  # (not registered yet when the loads raised)
             return
         length, s.block_ids, s.num_computed, s.num_steps, s.paused_at, s.hint, s.tail = old
         s.state = SessionState.PAUSED

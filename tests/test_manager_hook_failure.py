@@ -27,6 +27,7 @@ class Flaky(LRUPolicy):
     """LRU whose hook `fail` names raises (until `fail` is None)."""
 
     fail: str | None = None
+    victims: list[list[int]] = []  # victims to name, in turn, before LRU's
     started = -1  # the computed tokens of the last session `step_started` was told of
 
     def _maybe(self, hook: str) -> None:
@@ -52,6 +53,10 @@ class Flaky(LRUPolicy):
 
     def choose_victims(self, num_blocks, now, *args):
         self._maybe("choose_victims")
+        if self.fail == "invalid victims":
+            return []  # the eviction path's own RuntimeError
+        if self.victims:
+            return self.victims.pop(0)
         return super().choose_victims(num_blocks, now, *args)
 
 
@@ -235,3 +240,82 @@ def test_blocks_a_taken_back_begin_step_loaded_are_not_left_owned_for_good(core,
         m.end_session(sid)
     assert sid not in m.block_owner
     m.check_integrity()
+
+
+def split_on_tiers(core: str) -> tuple[KVCacheManager, Flaky]:
+    """A manager whose paused "s" (14 tokens computed: 3 full blocks and a tail of 2) has
+    its block 1 on the host tier only, blocks 0 and 2 and the tail cached on the GPU, and
+    no free GPU block: loading block 1 back must evict, after the hit on block 0, the
+    resident block 2 and the tail (which continues them) were referenced."""
+    policy = Flaky()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 7, policy=policy, clock=lambda: 0.0,
+                       core=core, num_host_blocks=8)
+    paused(m, "s", list(range(14)))
+    policy.victims = [[m.sessions["s"].block_ids[1]]]
+    paused(m, "f", list(range(100, 116)))  # 4 blocks: 3 free, s's block 1 evicted
+    m.take_transfers()
+    assert m.pool.num_free == 0 and m.sessions["s"].tail is not None
+    return m, policy
+
+
+def host_books(m: KVCacheManager):
+    """`books`, and the host tier's references and pins."""
+    return books(m), list(m.host.pool.refcount), list(m.host._pinned)
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("fail", ["choose_victims", "invalid victims"])
+def test_begin_step_taken_back_when_its_host_loads_cannot_evict(core, fail):
+    """The loads' eviction raised after `_open` had swapped the context in and the GPU hit,
+    the resident block after it and the tail were referenced: before the fix all of that
+    stayed (check_integrity: "refcount 1 but 0 running tables hold it"). Now the step is
+    taken back as when `step_started` raises."""
+    m, policy = split_on_tiers(core)
+    prompt = [*m.sessions["s"].token_ids, 5]
+    before = host_books(m)
+    policy.fail = fail
+    with pytest.raises(RuntimeError, match="choose_victims failed|invalid victims"):
+        m.begin_step("s", prompt)
+    m.check_integrity()
+    assert host_books(m) == before
+    policy.fail = None
+    start = m.begin_step("s", prompt)
+    assert start.num_cached_tokens == 14  # the load, the resident blocks and the tail
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_prompt_diverging_in_the_tail_is_not_served_the_tail_after_its_loads_raised(core):
+    """The prompt keeps 1 of the tail's 2 tokens. Before the fix the failed prompt stayed as
+    the context with the old tail and computed tokens, so a retry that extends it was
+    served the tail's K/V for token 13, which the tail holds for another token (14 tokens
+    cached). Now the session keeps the common prefix, as when `step_started` raises."""
+    m, policy = split_on_tiers(core)
+    policy.fail = "choose_victims"
+    with pytest.raises(RuntimeError, match="choose_victims failed"):
+        m.begin_step("s", [*range(13), 77])
+    m.check_integrity()
+    s = m.sessions["s"]
+    assert s.state is SessionState.PAUSED and s.token_ids == list(range(13))
+    assert s.num_computed == 12 and s.tail is None
+    policy.fail = None
+    assert m.begin_step("s", [*range(13), 77, 5]).num_cached_tokens == 12
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_prefetch_holds_nothing_when_its_loads_cannot_evict(core):
+    """prefetch holds the session's resident head (block 0), the run's resident block 2 and
+    the tail while its load makes room: before the fix a raising policy left them all
+    referenced."""
+    m, policy = split_on_tiers(core)
+    before = host_books(m)
+    policy.fail = "choose_victims"
+    with pytest.raises(RuntimeError, match="choose_victims failed"):
+        m.prefetch("s")
+    m.check_integrity()
+    assert host_books(m) == before
+    policy.fail = None
+    assert m.prefetch("s") == 1
+    m.check_integrity()
+    assert m.begin_step("s", [*m.sessions["s"].token_ids, 5]).num_cached_tokens == 14
