@@ -16,6 +16,7 @@ import contextlib
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,7 +76,6 @@ class TransferEngine:
         self.gpu_kv, self.host_kv = gpu_kv, host_kv
         self.block_bytes = gpu_kv[0].numel() * gpu_kv.element_size()
         self.cuda = gpu_kv.is_cuda
-        self.delay = delay
         self.bytes_offloaded = 0
         self.bytes_loaded = 0
         self.wait_s = 0.0
@@ -83,9 +83,14 @@ class TransferEngine:
         if self.cuda:
             self.stream = torch.cuda.Stream(device=gpu_kv.device)
         else:
+            # The worker holds the queue and the tensors, never `self`: once the engine is
+            # collected, the finalizer's None (after the plans queued before it) ends it.
             self._jobs: queue.Queue = queue.Queue()
-            self._worker = threading.Thread(target=self._run_jobs, daemon=True, name="kv-copy")
+            self._worker = threading.Thread(
+                target=_run_jobs, args=(self._jobs, gpu_kv, host_kv, delay), daemon=True,
+                name="kv-copy")
             self._worker.start()
+            weakref.finalize(self, self._jobs.put, None)
 
     def submit(self, plan: TransferPlan) -> Transfer | None:
         """Start the plan's copies; returns None for an empty plan."""
@@ -131,23 +136,6 @@ class TransferEngine:
             t.event = torch.cuda.Event()
             t.event.record(self.stream)
 
-    def _run_jobs(self) -> None:
-        while True:
-            plan, t = self._jobs.get()
-            try:
-                for g, h in plan.offloads:
-                    if self.delay:
-                        self.delay()
-                    self.host_kv[h].copy_(self.gpu_kv[g])
-                for h, g in plan.loads:
-                    if self.delay:
-                        self.delay()
-                    self.gpu_kv[g].copy_(self.host_kv[h])
-            except BaseException as e:  # reported through the transfer, never lost
-                t.error = e
-            t.finished_at = time.perf_counter()
-            t._done.set()
-
     def wait(self, transfer: Transfer | None) -> None:
         """Make the next forward pass see the transfer's copies (and everything before it).
 
@@ -187,3 +175,25 @@ class TransferEngine:
             self.stream.synchronize()
         if error is not None:
             raise error
+
+
+def _run_jobs(jobs: queue.Queue, gpu_kv: torch.Tensor, host_kv: torch.Tensor,
+              delay: Callable[[], None] | None) -> None:
+    """The CPU worker of a `TransferEngine`: runs its plans in order until the None that
+    its finalizer queues (a function, not a method: a thread running a bound method kept
+    the engine, and both tier tensors, alive for the rest of the process)."""
+    while (job := jobs.get()) is not None:
+        plan, t = job
+        try:
+            for g, h in plan.offloads:
+                if delay:
+                    delay()
+                host_kv[h].copy_(gpu_kv[g])
+            for h, g in plan.loads:
+                if delay:
+                    delay()
+                gpu_kv[g].copy_(host_kv[h])
+        except BaseException as e:  # reported through the transfer, never lost
+            t.error = e
+        t.finished_at = time.perf_counter()
+        t._done.set()

@@ -3,8 +3,10 @@ an engine whose paused session is offloaded and reloaded gives the tokens of a c
 
 from __future__ import annotations
 
+import gc
 import random
 import time
+import weakref
 
 import pytest
 import torch
@@ -104,3 +106,21 @@ def test_wait_all_waits_for_every_transfer_and_keeps_none():
     assert torch.equal(host[1], gpu[1])  # the later plan ran and was waited for
     assert te._inflight == []
     te.wait_all()  # the failure is not met again
+
+
+def test_a_dropped_transfer_engine_ends_its_worker_and_frees_its_tiers():
+    """The CPU worker ran the bound method `_run_jobs` forever: it kept the TransferEngine,
+    and both tier tensors, alive for the rest of the process after its LLMEngine was
+    dropped. Now the worker holds no reference to it, and its finalizer ends the worker
+    once the plans queued before ran."""
+    gpu, host = torch.arange(8.0).reshape(2, 4), torch.zeros(2, 4)
+    te = TransferEngine(gpu, host)
+    t = te.submit(TransferPlan(offloads=[(1, 0)], loads=[]))
+    worker, ref, host_ref = te._worker, weakref.ref(te), weakref.ref(host)
+    del te, host
+    gc.collect()
+    assert ref() is None  # before the fix: held by its worker
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert t.done() and t.error is None
+    assert host_ref() is None  # the worker let go of the tiers
