@@ -76,6 +76,8 @@ class HostTier:
         self._pinned: list[int] = []
         self.num_offloaded = 0
         self.num_loaded = 0
+        # GPU victims whose content this tier already held (no copy made; it stays here).
+        self.num_kept = 0
 
     def has_copy(self, block_hash: bytes) -> bool:
         return self.index.get(block_hash) is not None
@@ -188,15 +190,18 @@ class HostTierOps:
         return self.host.index if self.host is not None else PrefixIndex()
 
     def _offload(self, victims: list[int], now: float) -> None:
-        """Plan GPU -> host copies for the victims the policy wants offloaded."""
+        """Plan GPU -> host copies for the victims the policy wants offloaded, and count
+        those whose clean host copy makes one needless (`HostTier.num_kept`)."""
         block_hash, host, action = self.pool.block_hash, self.host, self.policy.action
+        pinned = False  # every host block is pinned by the pending plan: no more copies
         for b in victims:
             h = block_hash[b]
-            # Unhashed tails are never reused by anyone else; a clean host copy needs no copy.
-            if h is None or host.has_copy(h) or action(b, now) != Action.OFFLOAD:
+            if h is None:  # unhashed tails are never reused by anyone else
                 continue
-            if not host.copy_out(b, h):
-                return  # every host block is pinned by the pending plan
+            if host.has_copy(h):
+                host.num_kept += 1
+            elif not pinned and action(b, now) == Action.OFFLOAD:
+                pinned = not host.copy_out(b, h)
 
     def _load_into_gpu(
         self, s: Session, positions: list[int], host_blocks: list[int], now: float

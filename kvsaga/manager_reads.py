@@ -278,6 +278,7 @@ class ManagerReads:
             offloaded_blocks=self.host.num_offloaded if self.host else 0,
             loaded_blocks=self.host.num_loaded if self.host else 0,
             prefetched_blocks=self._prefetched_blocks,
+            kept_on_host_blocks=self.host.num_kept if self.host else 0,
         )
 
     def check_integrity(self) -> None:

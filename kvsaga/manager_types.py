@@ -95,6 +95,13 @@ class CacheStats:
     offloaded_blocks: int = 0
     loaded_blocks: int = 0
     prefetched_blocks: int = 0
+    kept_on_host_blocks: int = 0
+
+    @property
+    def discarded_blocks(self) -> int:
+        """GPU evictions that left no copy on the host tier: neither offloaded nor with a
+        clean host copy already (`kept_on_host_blocks`)."""
+        return self.num_evicted_blocks - self.offloaded_blocks - self.kept_on_host_blocks
 
     @property
     def hit_rate(self) -> float:

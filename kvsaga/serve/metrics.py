@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from kvsaga.manager_types import CacheStats
 from kvsaga.serve.async_engine import AsyncEngine
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -53,6 +54,19 @@ class _Latency:
             h.observe(seconds)
         if self.count is not None:
             setattr(self.counts, self.count, getattr(self.counts, self.count) + 1)
+
+
+def _evictions(st: CacheStats, policy: str, labels: list[str],
+               lv: list[str]) -> CounterMetricFamily:
+    """`kvsaga:evictions` by action: `offload` (copied to the host tier), `kept_on_host`
+    (the host tier held a clean copy already: none made, it stays there) and `discard` (no
+    host copy). A victim with a host copy counted as a discard before `kept_on_host`."""
+    ev = CounterMetricFamily("kvsaga:evictions", "KV blocks evicted from the GPU tier, by "
+                             "policy and action.", labels=[*labels, "policy", "action"])
+    ev.add_metric([*lv, policy, "discard"], st.discarded_blocks)
+    ev.add_metric([*lv, policy, "offload"], st.offloaded_blocks)
+    ev.add_metric([*lv, policy, "kept_on_host"], st.kept_on_host_blocks)
+    return ev
 
 
 class _EngineCollector(Collector):
@@ -102,11 +116,7 @@ class _EngineCollector(Collector):
         src.add_metric([*lv, "gpu"], st.hit_tokens - host_hits)
         src.add_metric([*lv, "host"], host_hits)
         yield src
-        ev = CounterMetricFamily("kvsaga:evictions", "KV blocks evicted from the GPU tier, by "
-                                 "policy and action.", labels=[*labels, "policy", "action"])
-        ev.add_metric([*lv, snap.policy, "discard"], st.num_evicted_blocks - st.offloaded_blocks)
-        ev.add_metric([*lv, snap.policy, "offload"], st.offloaded_blocks)
-        yield ev
+        yield _evictions(st, snap.policy, labels, lv)
         off = CounterMetricFamily("kvsaga:offload_bytes", "KV bytes copied between GPU and host.",
                                   labels=[*labels, "direction"])
         off.add_metric([*lv, "gpu_to_host"], st.offloaded_blocks * snap.bytes_per_block)

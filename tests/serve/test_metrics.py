@@ -9,6 +9,8 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvsaga import KVCacheManager, KVSpec
+from kvsaga.serve import metrics
 from kvsaga.serve.app import build_app
 from kvsaga.serve.stats_log import StatsLogger
 from tests.serve.conftest import MODEL, LiveServer, make_engine, settings
@@ -106,3 +108,29 @@ def test_engine_time_split_by_kind_and_phase(server: LiveServer, client):
            - value(before, "kvsaga:engine_step_seconds", phase="forward"))
     assert fwd > 0
     assert value(after, "kvsaga:engine_idle_seconds") >= value(before, "kvsaga:engine_idle_seconds")
+
+
+def test_evictions_of_blocks_the_host_tier_holds_are_not_counted_as_discards():
+    """`kvsaga:evictions{action="discard"}` was evicted minus offloaded blocks: a victim
+    whose clean host copy made a new copy needless counted as a discard though it stays on
+    the host and is hit there. Now it is `action="kept_on_host"`."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 4, clock=lambda: 0.0, num_host_blocks=8)
+    a = [*range(12), 1]  # 3 full blocks and a tail of 1
+    m.begin_step("a", a)
+    m.allocate_slots("a", 13)
+    m.finish_step("a")
+    for sid, first in [("f", 100), ("g", 200)]:  # each pushes the cache out
+        m.begin_step(sid, list(range(first, first + 16)))
+        m.allocate_slots(sid, 16)
+        m.end_session(sid)
+        m.take_transfers()
+        if sid == "f":  # a's 3 blocks offloaded, its tail discarded; back on the GPU
+            assert m.prefetch("a") == 3  # (their host copies stay)
+            m.take_transfers()
+    st = m.stats()
+    # g evicted a's 3 prefetched blocks (copies on the host already) and f's 4 (offloaded).
+    assert (st.num_evicted_blocks, st.offloaded_blocks, st.kept_on_host_blocks) == (11, 7, 3)
+    fam = metrics._evictions(st, "lru", ["model_name"], ["m"])
+    by_action = {s.labels["action"]: s.value for s in fam.samples}
+    assert by_action == {"discard": 1, "offload": 7, "kept_on_host": 3}  # before: discard 4
+    assert m.begin_step("a", [*a, 5]).num_cached_tokens == 12  # all of a hit on the host
