@@ -45,20 +45,25 @@ class KeptRows:
 
     index: torch.Tensor  # int64 [R]: the rows, in the order the caller wants them
     block_tables: torch.Tensor  # int32 [R, max_blocks]: each row's sequence's blocks
-    seq_lens: torch.Tensor  # int32 [R]: each row's position + 1
+    seq_lens: torch.Tensor  # int32 [R]: each row's context length (its position + 1)
     query_start_loc: torch.Tensor  # int32 [R + 1]: 0, 1, ..., R
     max_seq_len: int  # a host upper bound of seq_lens
 
     @classmethod
-    def build(cls, rows: torch.Tensor, positions: torch.Tensor,
-              meta: AttentionMetadata) -> KeptRows:
-        """For `rows` (int64 [R]) of the batch `meta` describes, `positions` its tokens'."""
+    def build(cls, rows: torch.Tensor, meta: AttentionMetadata) -> KeptRows:
+        """For `rows` (int64 [R], each in [0, T)) of the batch `meta` describes.
+
+        Each row's context length comes from the metadata (its sequence's length less the
+        rows after it in its query), not from the caller's positions: layers after the
+        first run the kernels unchecked, and layer 0 checked the metadata alone, so a
+        length the metadata does not bound could read past the row's block table."""
         ends = meta.query_start_loc[1:].to(torch.int64)
         seq = torch.searchsorted(ends, rows, right=True)  # sequence of each row
+        after = ends[seq] - 1 - rows  # the sequence's query rows after this one
         return cls(
             index=rows,
             block_tables=meta.block_tables[seq],
-            seq_lens=(positions[rows] + 1).to(torch.int32),
+            seq_lens=(meta.seq_lens[seq] - after).to(torch.int32),
             query_start_loc=torch.arange(rows.shape[0] + 1, dtype=torch.int32,
                                          device=rows.device),
             max_seq_len=meta.max_seq_len,
@@ -323,7 +328,6 @@ class LlamaForCausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.device
 
-    @torch.inference_mode()
     def hidden_states(
         self,
         input_ids: torch.Tensor,
@@ -336,7 +340,8 @@ class LlamaForCausalLM(nn.Module):
 
         Args:
             input_ids: int64 [T].
-            positions: int64 [T]; position of each token in its sequence.
+            positions: int64 [T]; position of each token in its sequence (RoPE's; the
+                attention takes each row's context from `attn_metadata`).
             kv_cache: [num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim], the
                 tier tensor; written in place at `attn_metadata.slot_mapping`.
             attn_metadata: sequence boundaries, block tables and slots of the batch.
@@ -346,12 +351,24 @@ class LlamaForCausalLM(nn.Module):
         Returns:
             [T, hidden_size] (or [R, hidden_size], `rows`' in their order) final-normed
             hidden states in the model dtype.
+
+        Raises:
+            ValueError: a kv_cache of the wrong shape, positions not [T], or (where the
+                kernels check values: on CPU) a row outside [0, T); nothing is written.
         """
+        return self._hidden(input_ids, positions, kv_cache, attn_metadata, rows, "rows")
+
+    @torch.inference_mode()
+    def _hidden(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: AttentionMetadata,
+                rows: torch.Tensor | None, rows_name: str) -> torch.Tensor:
+        """`hidden_states`; `rows_name` is what its errors call `rows` (the caller's name)."""
         if kv_cache.dim() != 6 or kv_cache.shape[1] != len(self.layers):
             raise ValueError(
                 f"kv_cache must be [num_blocks, {len(self.layers)}, 2, block_size, "
                 f"{self.config.num_kv_heads}, {self.config.head_dim}], got {tuple(kv_cache.shape)}"
             )
+        self._check_inputs(input_ids, positions, rows, rows_name)
         x = F.embedding(input_ids, self.embed_tokens)  # [T, H]
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
         plan = self._step_plan(kv_cache, attn_metadata, x)
@@ -359,7 +376,7 @@ class LlamaForCausalLM(nn.Module):
                   else plan.bind_layers(kv_cache, cos, sin, self.config.num_heads,
                                         self._attention_threads(kv_cache, attn_metadata, x)))
         step = StepArgs(cos, sin, kv_cache, attn_metadata, plan, layers, self._fused(x))
-        kept = None if rows is None else KeptRows.build(rows, positions, attn_metadata)
+        kept = None if rows is None else KeptRows.build(rows, attn_metadata)
         last = len(self.layers) - 1
         residual, h = x, None
         for i, layer in enumerate(self.layers):
@@ -373,6 +390,35 @@ class LlamaForCausalLM(nn.Module):
         if h is None:  # no layers
             return self.norm.forward(residual, step.fused)
         return self.norm.add(h, residual, step.fused)[0]
+
+    def _check_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                    rows: torch.Tensor | None, rows_name: str) -> None:
+        """ValueError unless positions is [T] and every row is in [0, T).
+
+        Why: a positions tensor of another length would broadcast through RoPE with no
+        error, and a negative row is the last row to torch indexing but sequence 0 to the
+        kept rows' block lookup (`KeptRows`): wrong logits, no error. Shapes are checked
+        everywhere; row
+        values where the kernels check values (on CPU unless layer 0's `validate` says
+        otherwise): on CUDA reading them costs a device sync and breaks graph capture, so
+        there they go unchecked, as the kernels' own index values do."""
+        t = input_ids.shape[0]
+        if positions.shape != (t,):
+            raise ValueError(f"positions must be [T] = [{t}] (one per input id), "
+                             f"got {tuple(positions.shape)}")
+        if rows is None:
+            return
+        if rows.dim() != 1:
+            raise ValueError(f"{rows_name} must be a 1-d tensor of rows, "
+                             f"got shape {tuple(rows.shape)}")
+        validate = self.layers[0].attn.validate if len(self.layers) else None
+        if rows.numel() == 0 or not (rows.device.type == "cpu" if validate is None
+                                     else validate):
+            return
+        low, high = (int(v) for v in torch.aminmax(rows))
+        if low < 0 or high >= t:
+            raise ValueError(f"{rows_name} must be rows of the batch, in [0, {t}), "
+                             f"got values from {low} to {high}")
 
     def _fused(self, x: torch.Tensor) -> bool | None:
         """`StepArgs.fused` for a pass whose embedding output is x: True where the C++ ops
@@ -425,8 +471,8 @@ class LlamaForCausalLM(nn.Module):
             fp32 [N, vocab_size] logits of the rows `attn_metadata.logits_indices` (all T rows
             when it is None).
         """
-        hidden = self.hidden_states(input_ids, positions, kv_cache, attn_metadata,
-                                    attn_metadata.logits_indices)
+        hidden = self._hidden(input_ids, positions, kv_cache, attn_metadata,
+                              attn_metadata.logits_indices, "attn_metadata.logits_indices")
         return self.compute_logits(hidden)
 
     @torch.no_grad()
