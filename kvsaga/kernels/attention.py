@@ -58,6 +58,7 @@ class DecodeConfig:
     num_warps: int
     num_stages: int
     reduce_num_warps: int
+    reduce_num_stages: int
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def decode_config(head_dim: int, dtype: torch.dtype) -> DecodeConfig:
         num_warps=4,
         num_stages=2 if big <= 512 else 1,
         reduce_num_warps=1 if head_dim <= 64 else 4,
+        reduce_num_stages=1,  # the same PTX as Triton's default of 3 (sm_80, sm_90)
     )
 
 
@@ -516,7 +518,7 @@ def paged_attention(
     _decode_reduce_kernel[(batch, num_heads)](
         out, part_acc, part_ml, seq_lens, query_start_loc, num_heads, min_partition,
         num_splits, out.stride(0), out.stride(1), HEAD_DIM=head_dim, BLOCK_N=cfg.BLOCK_N,
-        num_warps=cfg.reduce_num_warps,
+        num_warps=cfg.reduce_num_warps, num_stages=cfg.reduce_num_stages,
     )
     return out
 
@@ -575,7 +577,7 @@ def compile_specs() -> list[KernelSpec]:
                               "query_start_loc_ptr": "*i32"},
                     constexprs={"HEAD_DIM": head_dim, "BLOCK_N": c.BLOCK_N},
                     num_warps=c.reduce_num_warps,
-                    num_stages=1,
+                    num_stages=c.reduce_num_stages,
                     divisible_by_16=("out_ptr", *parts, "stride_ot", "stride_oh"),
                 )
             )

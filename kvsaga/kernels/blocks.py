@@ -22,9 +22,11 @@ _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MAX_CHUNK_PROGRAMS = 1024
 
 
-def copy_config(element_size: int) -> tuple[int, int]:
-    """(CHUNK, num_warps): 16 KiB per chunk; the launcher and the compile check use it."""
-    return 16384 // element_size, 8
+def copy_config(element_size: int) -> tuple[int, int, int]:
+    """(CHUNK, num_warps, num_stages): 16 KiB per chunk; the launcher and the compile check
+    use it. One stage: the same PTX as Triton's default of 3 (sm_80, sm_90), and the check
+    compiles what is launched."""
+    return 16384 // element_size, 8, 1
 
 
 @triton.jit
@@ -59,11 +61,11 @@ def _launch(
     if n == 0 or block_numel == 0:
         return
     bits = _BITS[src.element_size()]
-    chunk, num_warps = copy_config(src.element_size())
+    chunk, num_warps, num_stages = copy_config(src.element_size())
     grid = (n, min(triton.cdiv(block_numel, chunk), _MAX_CHUNK_PROGRAMS))
     _copy_blocks_kernel[grid](
         src.view(bits), dst.view(bits), src_ids, dst_ids, src.stride(0), dst.stride(0),
-        block_numel, CHUNK=chunk, num_warps=num_warps,
+        block_numel, CHUNK=chunk, num_warps=num_warps, num_stages=num_stages,
     )
 
 
@@ -97,7 +99,7 @@ def compile_specs() -> list[KernelSpec]:
     """Every configuration the block copies can launch (see kvsaga/kernels/spec.py)."""
     specs = []
     for size, bits in _BITS.items():
-        chunk, num_warps = copy_config(size)
+        chunk, num_warps, num_stages = copy_config(size)
         ptr = "*" + TRITON_TYPES[bits]
         specs.append(
             KernelSpec(
@@ -108,11 +110,10 @@ def compile_specs() -> list[KernelSpec]:
                 },
                 constexprs={"CHUNK": chunk},
                 num_warps=num_warps,
-                num_stages=1,
-                divisible_by_16=(
-                    "src_ptr", "dst_ptr", "src_ids_ptr", "dst_ids_ptr", "src_stride",
-                    "dst_stride", "block_numel",
-                ),
+                num_stages=num_stages,
+                # Not the strides or block_numel: a block of a tier [n, ...] may hold any
+                # number of elements (a [n, 3] tier's: 3).
+                divisible_by_16=("src_ptr", "dst_ptr", "src_ids_ptr", "dst_ids_ptr"),
             )
         )
     return specs

@@ -18,9 +18,11 @@ from .spec import HEAD_DIMS, TRITON_TYPES, KernelSpec, check_head_dim
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 
 
-def write_config(head_dim: int) -> tuple[int, int]:
-    """(BLOCK_H, num_warps) for a head_dim; the launcher and the compile check use it."""
-    return max(1, 1024 // head_dim), 4 if head_dim >= 64 else 2
+def write_config(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_H, num_warps, num_stages) for a head_dim; the launcher and the compile check
+    use it. One stage: the same PTX as Triton's default of 3 (sm_80, sm_90), and the check
+    compiles what is launched."""
+    return max(1, 1024 // head_dim), 4 if head_dim >= 64 else 2, 1
 
 
 @triton.jit
@@ -73,7 +75,7 @@ def cache_write(args: CacheWriteArgs) -> None:
     check_head_dim(head_dim)
     if num_tokens == 0:
         return
-    block_h, num_warps = write_config(head_dim)
+    block_h, num_warps, num_stages = write_config(head_dim)
     grid = (num_tokens, triton.cdiv(num_kv_heads, block_h))
     _cache_write_kernel[grid](
         _bits(key), _bits(value), _bits(k_cache), _bits(v_cache), args.slot_mapping,
@@ -81,7 +83,7 @@ def cache_write(args: CacheWriteArgs) -> None:
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=num_warps,
+        HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=num_warps, num_stages=num_stages,
     )
 
 
@@ -91,7 +93,7 @@ def compile_specs() -> list[KernelSpec]:
     for bits in (torch.int16, torch.int32):
         ptr = "*" + TRITON_TYPES[bits]
         for head_dim in HEAD_DIMS:
-            block_h, num_warps = write_config(head_dim)
+            block_h, num_warps, num_stages = write_config(head_dim)
             specs.append(
                 KernelSpec(
                     name=f"cache_write[{TRITON_TYPES[bits]}, head_dim={head_dim}]",
@@ -102,7 +104,7 @@ def compile_specs() -> list[KernelSpec]:
                     },
                     constexprs={"HEAD_DIM": head_dim, "BLOCK_H": block_h},
                     num_warps=num_warps,
-                    num_stages=1,
+                    num_stages=num_stages,
                     divisible_by_16=(
                         "key_ptr", "value_ptr", "k_cache_ptr", "v_cache_ptr", "slot_mapping_ptr",
                         "stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_kcb",
