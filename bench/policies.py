@@ -28,9 +28,12 @@ Two modes, never mixed:
   an evaluation never replays a task the fit set served;
 - `swe`: the built-in family at an unseen seed.
 
-Each trace is served at capacities that are shares of its peak working set (the most blocks
-that live sessions' contexts hold at once). Writes the "## Eviction policies (held-out,
-simulated)" section of bench/RESULTS.md from what it measured.
+Each trace is served at capacities that are shares of its peak prompt working set (the most
+blocks that live sessions' prompts and paused contexts hold at once;
+`peak_prompt_working_set`, kept so that the published grids reproduce: it leaves out
+running steps' decoded tokens, 0.1-0.8% of `peak_working_set` here; docs/simulator.md).
+Writes the "## Eviction policies (held-out, simulated)" section of bench/RESULTS.md from what
+it measured.
 
     python bench/policies.py --tune           # pick the default (tuning seeds only)
     python bench/policies.py                  # the evaluation (held-out seeds and traces)
@@ -95,7 +98,7 @@ from pathlib import Path
 from policy_specs import parse_spec, split_specs  # noqa: F401 (the spec grammar, re-exported)
 
 from kvsaga.policy import DEFAULT_POLICY, make_policy
-from kvsaga.sim.compare import peak_working_set
+from kvsaga.sim.compare import peak_prompt_working_set
 from kvsaga.sim.hindsight import best_offline, record
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, mixed, perturb
@@ -216,19 +219,19 @@ def _blocks(peak: int, longest: int, frac: float) -> int:
 
 def _capacity(trace, frac: float) -> tuple[int, int]:
     base = SimConfig(preset=PRESET)
-    peak = peak_working_set(trace, base)
+    peak = peak_prompt_working_set(trace, base)
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
     return _blocks(peak, longest, frac), peak
 
 
 @functools.cache
 def _peak(name: str, seed: int) -> tuple[int, int]:
-    """(peak working set, longest session) of a trace in blocks, once per process: the peak
+    """(peak prompt working set, longest session) of a trace in blocks, once per process: the peak
     takes longer to find than most of the trace's simulations."""
     trace = build_trace(name, seed)
     base = SimConfig(preset=PRESET)
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
-    return peak_working_set(trace, base), longest
+    return peak_prompt_working_set(trace, base), longest
 
 
 def _run(task: tuple) -> dict:

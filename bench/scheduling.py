@@ -7,8 +7,11 @@ same scheduler code the engine runs).
     python bench/scheduling.py --fit        # the fit of workflow's parameters (seeds 101-106)
     python bench/scheduling.py --families swe --no-write
 
-Capacity is a fraction of each trace's peak working set (the most blocks its live sessions
-hold at once, served without eviction): 1.0 is no pressure, 0.25 heavy thrash. Load
+Capacity is a fraction of each trace's peak prompt working set (the most blocks its live
+sessions' prompts and paused contexts hold at once, served without eviction;
+`peak_prompt_working_set`: running steps' decoded tokens left out, 0-0.8% under
+`peak_working_set` on these traces, kept so that the published grids reproduce;
+docs/simulator.md): 1.0 is next to no pressure, 0.25 heavy thrash. Load
 multiplies the family's arrival rate. Traces are scaled (`scale`: token counts and tool
 times) with arrival rates divided by the same factor, so the load stays the family's.
 Writes the "## Scheduling (simulated)" section of bench/RESULTS.md (other sections are left
@@ -37,7 +40,7 @@ from scheduling_goals import goals, miss_line, verdict, waits  # noqa: F401 (re-
 
 from kvsaga.policy import DEFAULT_POLICY
 from kvsaga.scheduler import DEFAULT_SCHEDULER
-from kvsaga.sim.compare import add_tenant_slowdowns, peak_working_set
+from kvsaga.sim.compare import add_tenant_slowdowns, peak_prompt_working_set
 from kvsaga.sim.metrics import unloaded_tct
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS, perturb
@@ -81,10 +84,12 @@ NOTES = """Notes (what the columns mean, and where a goal cannot be met):
   is what the published 0.71 / 0.59 count. It is averaged over the whole makespan, ramp-up
   and drain included, so it cannot exceed the live share: the time-averaged share of the
   GPU that the live sessions' contexts could fill at all (kv_live_share; up to
-  shared-prefix blocks). Where the live share is below 0.85 no scheduler reaches 0.85
-  without holding sessions back. The second reading, utilization of the fillable memory
-  (kv_utilization / kv_live_share), asks how much of what live data could fill holds used
-  KV; docs/scheduler.md says why both are reported. Where the live share is near 1
+  shared-prefix blocks; it counts running steps' decoded tokens since session 44, before
+  which it left them out, read low, and the ratio below read high). Where the live share
+  is below 0.85 no scheduler reaches 0.85 without holding sessions back. The second
+  reading, utilization of the fillable memory (kv_utilization / kv_live_share), asks how
+  much of what live data could fill holds used KV; docs/scheduler.md says why both are
+  reported. Where the live share is near 1
   (bfcl) fcfs+lru, which runs every live session at once, reads higher than workflow,
   whose gate keeps room for the admitted sessions' next steps.
 - The two-tenant mix runs at 2x load: at 1x its peak working set stays under its capacity
@@ -205,11 +210,11 @@ def trace(family: str, seed: int, load: float, sessions: int | None = None):
 
 
 def capacity(sessions, frac: float, tenants: int = 1) -> int:
-    """`frac` of the peak working set, but at least what the longest session (on each
-    tenant's share of the GPU, for a mix) needs."""
+    """`frac` of the peak prompt working set (the module docstring), but at least what the
+    longest session (on each tenant's share of the GPU, for a mix) needs."""
     base = SimConfig(preset=PRESET)
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
-    return max(int(peak_working_set(sessions, base) * frac), tenants * (longest + 1))
+    return max(int(peak_prompt_working_set(sessions, base) * frac), tenants * (longest + 1))
 
 
 def _run(task: tuple) -> dict:

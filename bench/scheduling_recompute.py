@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from scheduling import PRESET, capacity, peak_working_set, trace
+from scheduling import PRESET, capacity, peak_prompt_working_set, trace
 from scheduling_overflow import point_parser, point_seeds
 
 from kvsaga.pool import CACHED
@@ -112,7 +112,7 @@ def measure(family: str, load: float, frac: float, seed: int, policy: str) -> di
     demotions: list[dict] = []
     _observe(sim, out, demotions)
     row = sim.run().to_dict()
-    return {"capacity": cfg.num_gpu_blocks, "peak": peak_working_set(sessions, base),
+    return {"capacity": cfg.num_gpu_blocks, "peak": peak_prompt_working_set(sessions, base),
             "longest": max(base.cost.kv_spec.num_blocks_for(s.total_tokens)
                            for s in sessions),
             "counts": out, "demotions": demotions, "row": row}

@@ -65,7 +65,8 @@ class Pool {
         gen(n, "q"),
         free_q_(n),
         scratch_(n, 0),
-        cached_at_(n, 0.0) {
+        cached_at_(n, 0.0),
+        held_(n, 0) {
     reserve_ids(n);
     block_hash = steal_or_throw(PyList_New(n));
     for (int32_t b = 0; b < n; ++b) {
@@ -82,7 +83,8 @@ class Pool {
   int64_t num_cached = 0;
   // Cache residence, for a simulator's usage metrics: `clock` is the time its owner says
   // it is; `reused_s` adds, for each CACHED block a hit reclaims, in order, the time since
-  // it became CACHED.
+  // it became CACHED. A block `hold_many` took from CACHED is not reused: it keeps its time
+  // (`held_`) and is CACHED again as of then when released.
   double clock = 0.0;
   double reused_s = 0.0;
 
@@ -139,6 +141,32 @@ class Pool {
     acquire(buf_.data(), buf_.size());
   }
 
+  // acquire_many for a moment's hold, not a hit (a prefetch keeps a session's blocks from
+  // its own evictions): a CACHED block taken adds nothing to reused_s, and when released it
+  // is CACHED as of when it was before (a later hit counts its whole stay, an eviction none).
+  void hold_many(nb::handle ids) {
+    read_ids(ids, n, buf_);
+    for (int32_t b : buf_)
+      if (state.data[b] == kFree) raise_state(b, "hold_many takes active or cached blocks");
+    std::vector<int32_t>& reclaimed = buf2_;
+    reclaimed.clear();
+    for (int32_t b : buf_) {
+      if (state.data[b] == kActive) {
+        ref.data[b] += 1;
+      } else {
+        state.data[b] = kActive;
+        ref.data[b] = 1;
+        held_[b] = 1;
+        ++num_held_;
+        reclaimed.push_back(b);
+      }
+    }
+    if (!reclaimed.empty()) {
+      num_cached -= static_cast<int64_t>(reclaimed.size());
+      notify(false, reclaimed.data(), reclaimed.size());
+    }
+  }
+
   void release_many(nb::handle ids, int64_t keep_unhashed) {
     read_ids(ids, n, buf_);
     check_releasable(buf_.data(), buf_.size());
@@ -193,6 +221,7 @@ class Pool {
     reclaimed.clear();
     for (size_t i = 0; i < k; ++i) {
       int32_t b = ids[i];
+      if (num_held_) unhold(b);  // a held block hit is used: its next stay starts anew
       if (state.data[b] == kActive) {
         ref.data[b] += 1;
       } else {
@@ -237,9 +266,11 @@ class Pool {
     for (size_t i = 0; i < k; ++i) {
       int32_t b = ids[i];
       if (--ref.data[b]) continue;
+      // A held block is cached as of before its hold.
+      bool was_held = num_held_ && unhold(b);
       if (hashes[b] != Py_None || b == keep_unhashed) {
         state.data[b] = kCached;
-        cached_at_[b] = clock;
+        if (!was_held) cached_at_[b] = clock;
         to_cache.push_back(b);
       } else {
         state.data[b] = kFree;
@@ -289,6 +320,16 @@ class Pool {
   std::vector<int32_t> scratch_;  // per-block counters for batch checks; all 0 between calls
   std::vector<int32_t> buf_, buf2_;
   std::vector<double> cached_at_;  // when each CACHED block became so (`clock` then)
+  std::vector<uint8_t> held_;      // 1: taken from CACHED by hold_many, not released since
+  int64_t num_held_ = 0;
+
+  // Clears b's hold; returns whether it had one.
+  bool unhold(int32_t b) {
+    if (!held_[b]) return false;
+    held_[b] = 0;
+    --num_held_;
+    return true;
+  }
   nb::object observer_ = nb::none(), one_cached_, one_uncached_, many_cached_, many_uncached_;
   PyQueue* queue_cached_ = nullptr;  // see queue_method
   PyQueue* queue_uncached_ = nullptr;

@@ -133,6 +133,7 @@ NB_MODULE(_kvcore, m) {
       .def("free_ids", &Pool::free_ids, "Free blocks, oldest first.")
       .def("allocate", &Pool::allocate, "count"_a)
       .def("acquire_many", &Pool::acquire_many, "block_ids"_a)
+      .def("hold_many", &Pool::hold_many, "block_ids"_a)
       .def("release_many", &Pool::release_many, "block_ids"_a, "keep_unhashed"_a = -1)
       .def("evict_many", &Pool::evict_many, "block_ids"_a);
 

@@ -14,7 +14,7 @@ hits and prefetches into fresh GPU blocks, and handing over the plan. It is a mi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvsaga._validate import is_int
@@ -275,17 +275,20 @@ class HostTierOps:
         return run
 
     def _take_run(self, s: Session, first: int, run: list[tuple[int, bool]], now: float,
-                  tail: bool, before: list[int]) -> tuple[list[int], bool]:
+                  tail: bool, before: list[int], hold: bool = False) -> tuple[list[int], bool]:
         """Referenced GPU blocks for `s`'s blocks `first...` from a fitted run (`_fit_run`):
         its GPU blocks, taken before the loads' evictions, and its host blocks loaded; and
         whether `s`'s retained tail (alive) was referenced too (`_hold_tail`; `tail`: it
-        continues the run, or the caller holds it anyway). All or nothing: when the loads'
-        evictions raise (the policy's error), every reference taken here, and those the
-        caller took on `before` (the blocks it holds in place), is dropped first."""
+        continues the run, or the caller holds it anyway). `hold`: the GPU blocks and the
+        tail are only held (`BlockPool.hold_many`: a prefetch's), not hits. All or nothing:
+        when the loads' evictions raise (the policy's error), every reference taken here,
+        and those the caller took on `before` (the blocks it holds in place), is dropped
+        first."""
+        take = self.pool.hold_many if hold else self.pool.acquire_many
         resident = [b for b, on_gpu in run if on_gpu]
-        self.pool.acquire_many(resident)
+        take(resident)
         loads = [(first + i, b) for i, (b, on_gpu) in enumerate(run) if not on_gpu]
-        held = self._hold_tail(s, tail, len(loads))
+        held = self._hold_tail(s, tail, len(loads), take)
         try:
             loaded = iter(self._load_into_gpu(s, [p for p, _ in loads],
                                               [b for _, b in loads], now))
@@ -313,14 +316,16 @@ class HostTierOps:
         self._host_hit_tokens += sum(1 for _, on_gpu in run if not on_gpu) * self.block_size
         return blocks, held
 
-    def _hold_tail(self, s: Session, continues: bool, num_loads: int) -> bool:
-        """Reference `s`'s retained tail (alive: the caller checked) before `num_loads`
-        loads when it `continues` them, the loads evict (the tail may be a victim), and a
-        block stays free or evictable for the tail past them. Returns whether it did."""
+    def _hold_tail(self, s: Session, continues: bool, num_loads: int,
+                   take: Callable[[list[int]], None]) -> bool:
+        """Reference `s`'s retained tail (alive: the caller checked) with `take` (the pool's
+        acquire_many or hold_many) before `num_loads` loads when it `continues` them, the
+        loads evict (the tail may be a victim), and a block stays free or evictable for the
+        tail past them. Returns whether it did."""
         pool = self.pool
         if not continues or num_loads <= pool.num_free or num_loads >= pool.num_available:
             return False
-        pool.acquire_many([s.tail[0]])
+        take([s.tail[0]])
         return True
 
     def prefetch(
@@ -355,14 +360,16 @@ class HostTierOps:
         run = self._host_walk(s.block_hashes, first, limit)
         if not run or max_blocks == 0:  # (a run starts with a load)
             return 0
-        # Hold the session's resident head so that making room cannot evict it.
+        # Hold the session's resident head so that making room cannot evict it (a hold, not
+        # a hit: kv_utilization credits a block's cached time only to a real hit).
         resident = [get(h) for h in s.block_hashes[:first]]
-        self.pool.acquire_many(resident)
+        self.pool.hold_many(resident)
         run = self._fit_run(run, max_blocks)
         tail, loads = -1, 0
         if run:
             blocks, held = self._take_run(s, first, run, now,
-                                          s.tail is not None and self._tail_alive(s), resident)
+                                          s.tail is not None and self._tail_alive(s), resident,
+                                          hold=True)
             if held:
                 tail = s.tail[0]
             # The paused table names the loaded blocks, so that end_session finds what the

@@ -72,10 +72,12 @@ class BlockPool:
         self.observer = _NullObserver()
         # Cache residence, for a simulator's usage metrics: `clock` is the time its owner
         # says it is; `reused_s` adds, for each CACHED block a hit reclaims, in order, the
-        # time since it became CACHED.
+        # time since it became CACHED. A block `hold_many` took from CACHED is not reused:
+        # it keeps its time (`_held`) and is CACHED again as of then when released.
         self.clock = 0.0
         self.reused_s = 0.0
         self._cached_at = [0.0] * num_blocks
+        self._held: set[int] = set()
 
     @property
     def observer(self) -> PoolObserver:
@@ -129,6 +131,8 @@ class BlockPool:
 
     def acquire_many(self, block_ids: list[int]) -> None:
         """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
+        if self._held:  # a held block hit is used: its next stay in CACHED starts anew
+            self._held.difference_update(block_ids)
         ref, state = self.refcount, self.state
         reclaimed = []
         for b in block_ids:
@@ -143,6 +147,25 @@ class BlockPool:
             for b in reclaimed:
                 reused += clock - cached_at[b]
             self.reused_s = reused
+            self.num_cached -= len(reclaimed)
+            self._uncached_many(reclaimed)
+
+    def hold_many(self, block_ids: list[int]) -> None:
+        """`acquire_many` for a moment's hold, not a hit (a prefetch keeps a session's blocks
+        from its own evictions): a CACHED block taken adds nothing to `reused_s`, and when
+        released it is CACHED as of when it was before, so a later hit, if any, counts its
+        whole stay and an eviction none of it."""
+        ref, state, held = self.refcount, self.state, self._held
+        reclaimed = []
+        for b in block_ids:
+            if state[b] == ACTIVE:
+                ref[b] += 1
+            else:
+                state[b] = ACTIVE
+                ref[b] = 1
+                held.add(b)
+                reclaimed.append(b)
+        if reclaimed:
             self.num_cached -= len(reclaimed)
             self._uncached_many(reclaimed)
 
@@ -165,10 +188,16 @@ class BlockPool:
                 state[b] = FREE
                 to_free.append(b)
         self._free.push_many(to_free)
+        held = self._held
+        if held:
+            held.difference_update(to_free)
         if to_cache:
             clock, cached_at = self.clock, self._cached_at
             for b in to_cache:
-                cached_at[b] = clock
+                if held and b in held:
+                    held.discard(b)  # cached as of before its hold
+                else:
+                    cached_at[b] = clock
             self.num_cached += len(to_cache)
             self._cached_many(to_cache)
 

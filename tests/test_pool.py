@@ -192,3 +192,26 @@ def test_reused_s_adds_each_hits_time_in_cache(core):
     p.clock = 10.0
     p.acquire_many([a])  # cached since 4.0
     assert p.reused_s == 2.5 + 6.0
+
+
+def test_a_hold_is_not_a_hit(core):
+    """`hold_many` takes a CACHED block for a moment (a prefetch's hold) without counting it
+    reused, and its release leaves it cached as of before the hold: a later hit counts the
+    whole stay, an eviction none of it. A hit while held makes the next stay start anew."""
+    p = core.BlockPool(4)
+    a, b, c = p.allocate(3)
+    for x in (a, b, c):
+        p.block_hash[x] = bytes([x]) * 32
+    p.clock = 1.0
+    p.release_many([a, b, c])
+    p.clock = 3.0
+    p.hold_many([a, b, c])
+    assert p.num_cached == 0 and [p.state[x] for x in (a, b, c)] == [ACTIVE] * 3
+    p.acquire_many([c])  # a hit while held: c is used
+    p.release_many([a, b, c, c])
+    assert p.reused_s == 0.0 and p.num_cached == 3
+    p.clock = 4.0
+    p.evict_many([b])  # never hit: adds nothing
+    p.clock = 9.0
+    p.acquire_many([a, c])
+    assert p.reused_s == (9.0 - 1.0) + (9.0 - 3.0)  # a since 1.0; c since its hit at 3.0

@@ -9,7 +9,7 @@ See docs/workloads.md (families, sources, cost model) and docs/simulator.md.
 
 from __future__ import annotations
 
-from kvsaga.sim.compare import compare, peak_working_set
+from kvsaga.sim.compare import compare, peak_prompt_working_set, peak_working_set
 from kvsaga.sim.cost import PRESETS, GPUSpec, ModelSpec, StepCostModel, attention_pairs, get_preset
 from kvsaga.sim.exhaustive import Optimum, ScriptedPolicy, exhaustive_optimum
 from kvsaga.sim.family import ToolSpec, WorkloadSpec
@@ -48,6 +48,7 @@ __all__ = [
     "get_preset",
     "load_trace",
     "output_token_ids",
+    "peak_prompt_working_set",
     "peak_working_set",
     "prompt_token_ids",
     "simulate",

@@ -34,6 +34,12 @@ from kvsaga.sim.workloads import WORKLOADS, generate
 
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_SLO_FACTOR = 3.0
+# A --trace whose first arrival is past this share of a row's makespan, and past this many
+# of its mean gaps between arrivals, gets a note: the makespan runs from t=0 of the trace
+# clock (docs/simulator.md, "Time"). A trace generated from 0 starts one exponential gap
+# after it (past 10 mean gaps with odds e^-10).
+IDLE_LEAD_SHARE = 0.05
+IDLE_LEAD_GAPS = 10
 COLUMNS = (
     ("scheduler", "scheduler", "{}"),
     ("policy", "policy", "{}"),
@@ -148,6 +154,26 @@ def _load(args) -> list[Session]:
         return sessions
     return generate(args.workload, args.sessions, seed=args.seed,
                     arrival_rate=args.arrival_rate, scale=args.scale)
+
+
+def idle_lead_note(sessions: list[Session], rows: list[dict]) -> str | None:
+    """What to tell the user when the trace's first arrival is more than `IDLE_LEAD_SHARE`
+    of the shortest makespan among `rows` and more than `IDLE_LEAD_GAPS` mean gaps between
+    its arrivals (None otherwise): the makespan, and so tasks_per_hour and the kv_* shares,
+    count the idle time before it. Generated traces start one gap after 0; a recorded one
+    may keep its own clock's origin."""
+    arrivals = sorted(s.arrival_s for s in sessions)
+    first = arrivals[0]
+    span = min((r["makespan_s"] for r in rows if r["makespan_s"] > 0), default=0.0)
+    if not span or first <= IDLE_LEAD_SHARE * span:
+        return None
+    if len(arrivals) > 1 and first <= IDLE_LEAD_GAPS * (arrivals[-1] - first) / (
+            len(arrivals) - 1):
+        return None  # as a Poisson trace from 0 may start
+    return (f"the trace's first arrival is at {first:,.1f} s, {first / span:.0%} of the "
+            f"shortest makespan ({span:,.1f} s): makespan_s runs from t=0 of the trace clock, "
+            "so tasks_per_hour and the kv_* shares count that idle lead (shift the trace's "
+            "arrival_s to start near 0 to leave it out)")
 
 
 def check_capacity(args, sessions: list[Session], config: SimConfig) -> None:
@@ -315,6 +341,9 @@ def cmd_sim(args) -> int:
           f"host {base.host_blocks()} blocks")
     print(format_table(rows))
     print(BELADY_FOOTER)
+    note = idle_lead_note(sessions, rows) if args.trace is not None else None
+    if note is not None:
+        print(f"kvsaga sim: note: {note}", file=sys.stderr)
     if args.json is not None:
         out = {"config": run_config(args, sessions, base, schedulers), "results": rows}
         if sweep:

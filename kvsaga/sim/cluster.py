@@ -31,6 +31,7 @@ from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
 from kvsaga.policy import POLICIES
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
+from kvsaga.sim.compare import add_tenant_slowdowns, tenant_share_misfit
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
@@ -258,7 +259,14 @@ class ClusterResult:
         num_moved / num_migrated: steps that changed GPU, and those whose KV moved.
         recomputed_tokens: summed over GPUs. hit_rate: hit over queried prompt tokens, both
             summed over GPUs. makespan_s: the latest GPU clock (the max over GPUs, not a
-            sum). tasks_per_hour: sessions per hour of that makespan.
+            sum), from t=0 of the trace clock (as `SimResult.makespan_s`). tasks_per_hour:
+            sessions per hour of that makespan.
+        tenants: as `SimResult.tenants` (with more than one tenant, per tenant: `tasks`,
+            `tct_mean_s`; else None). `kvsaga sim --gpus` adds each tenant's `tct_alone_s`
+            and `slowdown`, and `afs_max_slowdown_ratio`, to its rows
+            (`add_cluster_tenant_slowdowns`).
+        Not measured on a cluster: the KV shares (`kv_utilization` ...) and
+        `slo_attainment` of `SimResult` (`kvsaga sim --gpus` says so).
     """
 
     router: str
@@ -276,9 +284,14 @@ class ClusterResult:
     hit_rate: float
     makespan_s: float
     tasks_per_hour: float
+    tenants: dict[str, dict[str, float]] | None = None
 
     def row(self) -> dict:
-        return dict(self.__dict__)
+        """A JSON-ready dict (`tenants` a copy: slowdowns are added to the row's)."""
+        out = dict(self.__dict__)
+        if self.tenants is not None:
+            out["tenants"] = {t: dict(e) for t, e in self.tenants.items()}
+        return out
 
 
 class ClusterSimulator:
@@ -390,7 +403,7 @@ class ClusterSimulator:
         tokens = old._tokens.pop(sid, None)
         if tokens is not None:
             new._tokens[sid] = tokens  # what was computed before stays "recomputed" if lost
-        old._set_live(sid, 0)
+        old._set_live(sid, 0, 0)
         old.forget_served(sid)
         self.num_moved += 1
         old.changed()
@@ -469,6 +482,9 @@ class ClusterSimulator:
         span = max([g.now for g in active] + idle)
         queried = sum(g._counts["queried"] for g in active)
         hit = sum(g._counts["hit"] for g in active)
+        by_tenant: dict[str, list[float]] = {}
+        for s, t in zip(self.sessions, tct, strict=True):
+            by_tenant.setdefault(tenant_key(s.tenant), []).append(t)
         return ClusterResult(
             router=self.router.name,
             gpus=len(self.gpus),
@@ -485,6 +501,8 @@ class ClusterSimulator:
             hit_rate=hit / queried if queried else 0.0,
             makespan_s=span,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
+            tenants={t: {"tasks": len(v), "tct_mean_s": sum(v) / len(v)}
+                     for t, v in sorted(by_tenant.items())} if len(by_tenant) > 1 else None,
         )
 
 
@@ -493,6 +511,21 @@ def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = Non
                      routing: RoutingConfig | None = None) -> ClusterResult:
     """Serve a trace on `gpus` simulated GPUs behind `router` and measure it."""
     return ClusterSimulator(sessions, config, gpus, router, routing).run()
+
+
+def add_cluster_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
+                                 gpus: int, router: str) -> None:
+    """`add_tenant_slowdowns` for a cluster row with several tenants: each tenant's mean TCT
+    over its mean TCT when its sessions alone run on 1/k of the cluster (k tenants: the
+    same `gpus` GPUs, each `tenant_share(config, k)`, behind the same router; on one GPU,
+    the single-GPU row's measure).
+
+    Raises:
+        ValueError: a tenant's longest session does not fit 1/k of a GPU's KV blocks
+            (`tenant_share_misfit`), before any simulation.
+    """
+    add_tenant_slowdowns(row, sessions, config, alone=lambda own, share: simulate_cluster(
+        own, share, gpus=gpus, router=router).tct_mean_s)
 
 
 CLUSTER_COLUMNS = (
@@ -527,6 +560,7 @@ def cmd_cluster(args) -> int:
         _schedulers,
         check_capacity,
         comma_names,
+        idle_lead_note,
     )
     from kvsaga.sim.compare import parse_policy
     from kvsaga.sim.trace import TraceError
@@ -557,14 +591,24 @@ def cmd_cluster(args) -> int:
         _resolve_memory_flags(args)
         sessions = _load(args)
         check_capacity(args, sessions, _base_config(args, args.kv_memory))
+        # Said even under --quiet: columns a single-GPU row has are not left out unsaid.
+        print("kvsaga sim: cluster rows (--gpus/--router) carry no kv_utilization or "
+              "slo_attainment (one GPU's measures: run without --gpus/--router)",
+              file=sys.stderr)
+        misfit = tenant_share_misfit(sessions, _base_config(args, args.kv_memory))
+        if misfit is not None:  # said, not refused: the rows stand without slowdowns
+            print(f"kvsaga sim: no tenant slowdowns with --gpus: {misfit}", file=sys.stderr)
         rows = []
         for scheduler in schedulers:
             for policy in policies:
                 base = _base_config(args, args.kv_memory)
                 config = replace(base, policy=policy, scheduler=scheduler)
                 for router in routers:
-                    res = simulate_cluster(sessions, config, gpus=args.gpus, router=router)
-                    rows.append(res.row())
+                    row = simulate_cluster(sessions, config, gpus=args.gpus,
+                                           router=router).row()
+                    if row["tenants"] is not None and misfit is None:
+                        add_cluster_tenant_slowdowns(row, sessions, config, args.gpus, router)
+                    rows.append(row)
                     if not args.quiet:
                         print(f"  {router} {scheduler} {policy}: done", file=sys.stderr)
     except (ValueError, OSError, TraceError) as e:
@@ -573,6 +617,9 @@ def cmd_cluster(args) -> int:
     print(f"{len(sessions)} sessions on {args.gpus} GPUs ({config.cost.name}, "
           f"{config.blocks()} blocks each)")
     print(format_rows(rows))
+    note = idle_lead_note(sessions, rows) if args.trace is not None else None
+    if note is not None:
+        print(f"kvsaga sim: note: {note}", file=sys.stderr)
     if args.json is not None:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"gpus": args.gpus, "sessions": len(sessions), "results": rows}, f,

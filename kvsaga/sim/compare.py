@@ -13,13 +13,13 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
 from kvsaga.policy import POLICIES
-from kvsaga.sim.metrics import tenant_key
+from kvsaga.sim.metrics import SimResult, tenant_key
 from kvsaga.sim.simulator import SimConfig, simulate
 from kvsaga.sim.trace import Session
 
@@ -233,9 +233,13 @@ def tenant_share_misfit(sessions: Sequence[Session], config: SimConfig) -> str |
 
 
 def add_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
-                         progress: bool = False) -> None:
+                         progress: bool = False,
+                         alone: Callable[[list[Session], SimConfig], float] | None = None
+                         ) -> None:
     """Add each tenant's `slowdown` (its mean TCT in `row` over its mean TCT alone on 1/k of
-    the GPU, `tenant_share`) to `row["tenants"]`, and `afs_max_slowdown_ratio`.
+    the GPU, `tenant_share`) to `row["tenants"]`, and `afs_max_slowdown_ratio`. `alone`:
+    the mean TCT of a tenant's sessions served on a config (default: `simulate`'s, one GPU;
+    a cluster's is `add_cluster_tenant_slowdowns`').
 
     Raises:
         ValueError: a tenant's longest session does not fit 1/k of the KV blocks
@@ -249,28 +253,46 @@ def add_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConf
         by_tenant.setdefault(tenant_key(s.tenant), []).append(s)
     share = tenant_share(config, len(by_tenant))
     for t, own in by_tenant.items():
-        alone = simulate(own, share, progress=progress)
+        tct_alone = (simulate(own, share, progress=progress).tct_mean_s if alone is None
+                     else alone(own, share))
         entry = row["tenants"][t]
-        entry["tct_alone_s"] = alone.tct_mean_s
-        entry["slowdown"] = entry["tct_mean_s"] / alone.tct_mean_s
+        entry["tct_alone_s"] = tct_alone
+        entry["slowdown"] = entry["tct_mean_s"] / tct_alone
     slow = [e["slowdown"] for e in row["tenants"].values()]
     row["afs_max_slowdown_ratio"] = max(slow) / min(slow)
 
 
 def peak_working_set(sessions: Sequence[Session], base: SimConfig) -> int:
-    """Blocks that the live sessions' contexts hold at most, serving without eviction.
+    """Blocks that the live sessions' contexts hold at most, serving without eviction: the
+    working set a pool must hold to recompute nothing (`SimResult.peak_live_blocks`, running
+    steps' decoded tokens included).
 
     Measured on a run with room for every session's context at once (the sum of their
     final sizes), so nothing is ever evicted or preempted, under the `fcfs` baseline
-    scheduler whatever `base` names: the peak is a property of the trace (benchmarks size
-    their capacities as shares of it), so it must not move when the scheduler under test or
-    its defaults change. Under the workflow scheduler it did: with several tenants the
-    compute share reorders whose steps run first and moved the two-tenant mixes' peaks by
-    up to 7% (fcfs and the workflow scheduler without the share agree on every trace checked).
+    scheduler whatever `base` names: the peak is a property of the trace, so it must not
+    move when the scheduler under test or its defaults change. Under the workflow scheduler
+    it did: with several tenants the compute share reorders whose steps run first and moved
+    the two-tenant mixes' peaks by up to 7% (fcfs and the workflow scheduler without the
+    share agree on every trace checked).
     """
+    return _no_eviction_run(sessions, base).peak_live_blocks
+
+
+def peak_prompt_working_set(sessions: Sequence[Session], base: SimConfig) -> int:
+    """`peak_working_set` with each live context counted only as of its last release (the
+    prompt) or finish (`SimResult.peak_prompt_live_blocks`): the running steps' decode
+    growth left out, so it can fall short of what a pool must hold to recompute nothing.
+    Kept because the benchmarks size their capacity grids as shares of it (their past
+    tables stay reproducible; docs/simulator.md)."""
+    return _no_eviction_run(sessions, base).peak_prompt_live_blocks
+
+
+def _no_eviction_run(sessions: Sequence[Session], base: SimConfig) -> SimResult:
+    """The fcfs + lru run with room for every session's final context at once (the
+    peaks' measurement, `peak_working_set`)."""
     spec = base.cost.kv_spec
     room = sum(spec.num_blocks_for(s.total_tokens) for s in sessions) + 1
     cfg = dataclasses.replace(base, policy="lru", num_gpu_blocks=room, kv_memory_bytes=None,
                               num_host_blocks=None, host_memory_bytes=None,
                               scheduler="fcfs", scheduler_params=None)
-    return simulate(sessions, cfg).peak_live_blocks
+    return simulate(sessions, cfg)

@@ -243,7 +243,7 @@ class DecodeRuns:
         """`_decode_steps` without copies: the clock of every step of the run from one
         array of step times (the same sums, in the same order), then the steps' manager
         calls and ticks at their times, then the usage integrals over the steps run, with
-        the pool's counts of each step. Returns how many steps ran."""
+        the pool's counts and the live blocks of each step. Returns how many steps ran."""
         n = len(running)
         dts = self._step_times(n, ctx, limit)
         # times[j]: when step j starts; a sequential sum, as `now += dt` step by step.
@@ -255,7 +255,8 @@ class DecodeRuns:
         ticks = tick is not EvictionPolicy.tick
         # Ticks in a row that the policy says leave the state of the last: only that one.
         coalesce = ticks and getattr(tick, "coalesces", False)
-        counts = [(0, pool.num_active, pool.num_cached)]  # (first step, active, cached)
+        counts = [(0, pool.num_active, pool.num_cached, self._live_total)]
+        # (first step, active, cached, live blocks)
         next_due = min(due)
         j = 0
         if self._admit_budget:
@@ -269,7 +270,7 @@ class DecodeRuns:
                     steps = j
                     break
                 next_due = min(due)
-                counts.append((j, pool.num_active, pool.num_cached))
+                counts.append((j, pool.num_active, pool.num_cached, self._live_total))
             stop = min(next_due, steps)
             if ticks:  # after each step but the run's last (the finish ticks then)
                 hi = min(stop, last - 1)
@@ -283,7 +284,7 @@ class DecodeRuns:
 
     def _steps_admitting(self, running: list[SimRequest], start: list[int], due: list[int],
                          times: list[float], steps: int, last: int,
-                         counts: list[tuple[int, int, int]], ticks: bool,
+                         counts: list[tuple[int, int, int, int]], ticks: bool,
                          coalesce: bool) -> int:
         """`_decode_steps_at_once`'s manager calls and ticks while something waits: step by
         step, each step's allocations then the scheduler's admissions (`_admits`) at its
@@ -307,7 +308,7 @@ class DecodeRuns:
                 if not self._allocate_due(running, start, due, j):
                     return j
                 next_due = min(due)
-                counts.append((j, pool.num_active, pool.num_cached))
+                counts.append((j, pool.num_active, pool.num_cached, self._live_total))
             if self._admits(running, start, j):
                 return j
         if ticks and steps < last:  # the tick after the run's last step
@@ -318,7 +319,7 @@ class DecodeRuns:
         return steps
 
     def _integrate(self, times: list[float], dts: list[float], steps: int,
-                   counts: list[tuple[int, int, int]]) -> None:
+                   counts: list[tuple[int, int, int, int]]) -> None:
         """Advance the clock, busy time and usage integrals over the run's first `steps`
         steps as `_run_for` step by step would (the same sums in the same order)."""
         self.recorder.advance_through(times[1: steps + 1], counts)

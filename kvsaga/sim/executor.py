@@ -66,6 +66,8 @@ class StepExecutor:
                 req.context_len = pos + m
             self._slots(req, m)
             req.slots_ahead = m - 1
+            # The fed token's KV takes a block of the live context (kv_live_share, peak).
+            self._set_live(req.session.id, pos + 1)
         req.tokens.high_water = max(req.tokens.high_water, pos + 1)
 
     def _slots(self, req: SimRequest, num_tokens: int) -> None:
@@ -118,14 +120,14 @@ class StepExecutor:
         if k == s.num_steps - 1:
             if self.oracle is not None:
                 self.oracle.ended(s.id)
-            self._set_live(s.id, 0)
+            self._set_live(s.id, 0, 0)
             self.manager.end_session(s.id, now=self.now)
             self.scheduler.finish(req, self.now, ended=True)
             self._finished_at[s.id] = self.now
             del self._tokens[s.id]
             return 1
         step = s.steps[k]
-        self._set_live(s.id, end)
+        self._set_live(s.id, end - 1, end)  # the last output has no KV yet
         if self.oracle is not None:
             self.oracle.finished(s.id, self.now, step.tool_s)
         hints = self.config.hints

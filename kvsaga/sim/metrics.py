@@ -38,7 +38,11 @@ class SimResult:
         was preempted; first_time + decode = the distinct tokens of the trace that are ever
         computed (each prefix once, then every session token but the very last output).
     Time:
-        makespan_s: from time 0 to the last step's last token.
+        makespan_s: from t=0 of the trace clock (not the first arrival) to the last step's
+            last token: tasks_per_hour and the KV shares below count the idle time before
+            the first arrival. The built-in generators start a trace one exponential gap
+            after 0; `kvsaga sim --trace` notes a first arrival far from 0
+            (docs/simulator.md, "Metrics").
         tct_mean_s, tct_p95_s: task completion time (last token - arrival) over sessions.
         busy_s: time the GPU spent in batch steps.
     KV memory (time averages over the makespan, as shares of the GPU blocks):
@@ -47,19 +51,27 @@ class SimResult:
         kv_occupancy: blocks not free (referenced or cached).
         kv_active: blocks referenced by running steps.
         kv_live_share: min(blocks of the live sessions' contexts, GPU blocks): the room that
-            data with a future could fill at all (live: arrived, not ended, each context as
-            of its step's arrival or finish). kv_utilization can exceed it only by prefix
-            blocks that a later session hits, so a scheduler that keeps utilization near it
-            wastes little; where it is far below 1 (few live contexts against the pool),
-            no scheduler reaches a high utilization without holding sessions back.
+            data with a future could fill at all (live: arrived, not ended; each context's
+            tokens that have or will have KV: its step's prompt from the step's release,
+            growing by a block as a decoded token's KV starts one, until the session ends;
+            the last output of a step has none until the next prompt). kv_utilization can
+            exceed it only by prefix blocks that a later session hits, so a scheduler that
+            keeps utilization near it wastes little; where it is far below 1 (few live
+            contexts against the pool), no scheduler reaches a high utilization without
+            holding sessions back.
     Host tier (0 without one):
         bytes_offloaded, bytes_reloaded: GPU -> host and host -> GPU copies (blocks x bytes).
         host_hit_tokens: prompt tokens found on the host (part of hit_tokens).
         prefetched_blocks: blocks loaded ahead of a resume (part of bytes_reloaded).
         load_wait_s: time batch steps were stretched waiting for copies.
-    peak_live_blocks: the most blocks that live sessions' contexts (arrived, not ended, as
-        of their last admitted or finished step) held at once: the working set that a pool
-        must hold to recompute nothing (measured on a run that never evicts).
+    peak_live_blocks: the most blocks that live sessions' contexts (as kv_live_share counts
+        them, decoded tokens included) held at once: on a run that never evicts, the working
+        set that a pool must hold to recompute nothing.
+    peak_prompt_live_blocks: the same peak with each context counted only as of its last
+        release (the prompt) or finish (all its tokens, the last output included): the
+        decode growth of running steps left out, so at most peak_live_blocks plus one
+        block per paused session. The measure benchmarks sized their capacity grids from
+        (`kvsaga.sim.compare.peak_prompt_working_set`; docs/simulator.md).
     Scheduling:
         scheduler: the scheduler's name (`kvsaga.scheduler.SCHEDULERS`).
         tasks_per_hour: sessions completed per hour of makespan.
@@ -106,6 +118,7 @@ class SimResult:
     slo_attainment: float = math.nan
     tenants: dict[str, dict[str, float]] | None = None
     kv_live_share: float = math.nan
+    peak_prompt_live_blocks: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -196,44 +209,48 @@ class UsageRecorder:
         self._last = max(self._last, now)
         self.now = now
 
-    def advance_through(self, times: list[float], counts: list[tuple[int, int, int]]) -> None:
+    def advance_through(self, times: list[float],
+                        counts: list[tuple[int, int, int, int]]) -> None:
         """`advance(t)` for each t of `times` in turn (a decode run's step ends), the pool's
-        active and cached counts being `counts[k][1:]` from step `counts[k][0]` on (they
-        change only where the run allocates): the same sums in the same order as step by
-        step, without reading the pool at each step. Times that never fall (a run's) take
-        their differences and products as arrays (the same float operations) and their
-        sums, still one after the other, in C."""
+        active and cached counts and the live blocks being `counts[k][1:]` from step
+        `counts[k][0]` on (they change only where the run allocates): the same sums in the
+        same order as step by step, without reading the pool at each step. Times that never
+        fall (a run's) take their differences and products as arrays (the same float
+        operations) and their sums, still one after the other, in C."""
         if not times:
             return
-        live = min(self.live_blocks, self.pool.num_blocks)
+        cap = self.pool.num_blocks
         t = np.array(times)
         dt = np.empty(len(times))  # np.diff(t, prepend=self._last), without its broadcast
         dt[0] = t[0] - self._last
         np.subtract(t[1:], t[:-1], out=dt[1:])
         if len(times) < 8 or not (dt >= 0).all():
-            self._advance_each(times, counts, live)
+            self._advance_each(times, counts, cap)
         else:
             # A zero difference adds 0.0, as skipping it would (the sums are never -0.0).
             active = np.empty(len(times))
             occupied = np.empty(len(times))
+            live = np.empty(len(times))
             bounds = [c[0] for c in counts[1:]] + [len(times)]
-            for (first, a, cached), end in zip(counts, bounds, strict=True):
+            for (first, a, cached, blocks), end in zip(counts, bounds, strict=True):
                 active[first:end] = a
                 occupied[first:end] = a + cached
+                live[first:end] = min(blocks, cap)
             self.active_s = reduce(add, (active * dt).tolist(), self.active_s)
             self.occupied_s = reduce(add, (occupied * dt).tolist(), self.occupied_s)
             self.live_s = reduce(add, (live * dt).tolist(), self.live_s)
             self._last = times[-1]
         self.now = times[-1]
 
-    def _advance_each(self, times: list[float], counts: list[tuple[int, int, int]],
-                      live: int) -> None:
-        """`advance_through`'s sums, step by step."""
+    def _advance_each(self, times: list[float], counts: list[tuple[int, int, int, int]],
+                      cap: int) -> None:
+        """`advance_through`'s sums, step by step (live blocks capped at `cap`)."""
         active_s, occupied_s, live_s, last = (self.active_s, self.occupied_s, self.live_s,
                                               self._last)
         bounds = [c[0] for c in counts[1:]] + [len(times)]
-        for (first, active, cached), end in zip(counts, bounds, strict=True):
+        for (first, active, cached, blocks), end in zip(counts, bounds, strict=True):
             occupied = active + cached
+            live = min(blocks, cap)
             for t in times[first:end]:
                 dt = t - last
                 if dt > 0:
@@ -243,4 +260,3 @@ class UsageRecorder:
                 last = max(last, t)
         self.active_s, self.occupied_s, self.live_s, self._last = (active_s, occupied_s,
                                                                     live_s, last)
-

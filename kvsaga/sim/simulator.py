@@ -127,9 +127,12 @@ class Simulator(DecodeRuns, StepExecutor):
         self._link_free = 0.0
         self._copy_done: dict[int, float] = {}
         self._block_s = self.cost.transfer_time(self.cost.block_bytes)
-        self._live_blocks: dict[str, int] = {}  # live sessions' context blocks
+        self._live_blocks: dict[str, int] = {}  # live sessions' context blocks with KV
         self._live_total = 0
         self._peak_live = 0
+        self._prompt_blocks: dict[str, int] = {}  # as of their last release or finish
+        self._prompt_total = 0
+        self._peak_prompt = 0
         self._events: list[tuple[float, int, Session, int]] = []
         self._seq = 0
         self.scheduler = make_scheduler(
@@ -207,20 +210,31 @@ class Simulator(DecodeRuns, StepExecutor):
             self._counts["prompt"] += session.prompt_length(k)
             if self.oracle is not None:
                 self.oracle.released(session.id)
-            self._set_live(session.id, session.prompt_length(k))
+            prompt = session.prompt_length(k)
+            self._set_live(session.id, prompt, prompt)
             if k and self.config.resume_hints and session.id in self.manager.sessions:
                 # The tool returned: a real engine learns it when the next request arrives.
                 # (A session that moved here from another GPU is not known here yet.)
                 self.manager.resume_hint(session.id, now=self.now)
 
-    def _set_live(self, sid: str, num_tokens: int) -> None:
-        """Track the blocks of live sessions' contexts (for the peak working set)."""
+    def _set_live(self, sid: str, num_tokens: int, prompt_tokens: int | None = None) -> None:
+        """Track the blocks of live sessions' contexts: `num_tokens`, the tokens of the
+        session's context that have or will have KV (0: it ended or left this GPU), for
+        `kv_live_share` and `peak_live_blocks`; and, unless None, `prompt_tokens`, its
+        context as of its last release (the prompt) or finish (every token, the last output
+        without KV included), for `peak_prompt_live_blocks`."""
         n = -(-num_tokens // self.block_size)
         self._live_total += n - self._live_blocks.pop(sid, 0)
         self.recorder.live_blocks = self._live_total
         if num_tokens:
             self._live_blocks[sid] = n
         self._peak_live = max(self._peak_live, self._live_total)
+        if prompt_tokens is not None:
+            n = -(-prompt_tokens // self.block_size)
+            self._prompt_total += n - self._prompt_blocks.pop(sid, 0)
+            if prompt_tokens:
+                self._prompt_blocks[sid] = n
+            self._peak_prompt = max(self._peak_prompt, self._prompt_total)
 
     def _take_transfers(self) -> None:
         """Queue the manager's pending copies on the link (offloads first, as the plan)."""
@@ -419,6 +433,7 @@ class Simulator(DecodeRuns, StepExecutor):
             prefetched_blocks=stats.prefetched_blocks,
             load_wait_s=self._load_wait,
             peak_live_blocks=self._peak_live,
+            peak_prompt_live_blocks=self._peak_prompt,
             scheduler=self.scheduler.name,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
             slo_attainment=slo / len(tct) if tct else math.nan,

@@ -127,7 +127,7 @@ def test_the_scheduler_reads_the_leaders_execution_graph():
 
 @pytest.mark.parametrize("expert", ["saga", "graph"])
 def test_a_single_expert_simulates_as_that_policy_alone(expert):
-    from kvsaga.sim.compare import peak_working_set
+    from kvsaga.sim.compare import peak_prompt_working_set
     from kvsaga.sim.simulator import SimConfig, Simulator
     from kvsaga.sim.workloads import WORKLOADS
 
@@ -135,7 +135,7 @@ def test_a_single_expert_simulates_as_that_policy_alone(expert):
     trace = spec.generate(12, 4, arrival_rate=spec.arrival_rate / 0.1, scale=0.1)
     base = SimConfig(preset="a100-llama3-8b")
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
-    blocks = max(int(0.3 * peak_working_set(trace, base)), longest + 1)
+    blocks = max(int(0.3 * peak_prompt_working_set(trace, base)), longest + 1)
 
     config = SimConfig(preset="a100-llama3-8b", num_gpu_blocks=blocks, policy=expert)
 

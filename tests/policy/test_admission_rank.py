@@ -13,7 +13,7 @@ import pytest
 
 from kvsaga.policy import GraphPolicy
 from kvsaga.policy.admission_rank import AdmissionRanks
-from kvsaga.sim.compare import peak_working_set
+from kvsaga.sim.compare import peak_prompt_working_set
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import WORKLOADS
 from tests.policy.helpers import run_step, tokens
@@ -153,7 +153,7 @@ def _victims_on_a_small_swe_run(policy: GraphPolicy, hook: bool, monkeypatch
     trace = spec.generate(8, 3, arrival_rate=spec.arrival_rate / 0.2, scale=0.2)
     base = SimConfig(preset="a100-llama3-8b")
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in trace)
-    blocks = max(int(peak_working_set(trace, base) * 0.3), longest + 1)
+    blocks = max(int(peak_prompt_working_set(trace, base) * 0.3), longest + 1)
     victims: list[int] = []
     choose = policy.choose_victims
 

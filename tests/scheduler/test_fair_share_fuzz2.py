@@ -11,7 +11,7 @@ import math
 import pytest
 
 from kvsaga.scheduler.fair_share import MAX_TENANT_WEIGHT, MIN_TENANT_WEIGHT
-from kvsaga.sim.compare import peak_working_set
+from kvsaga.sim.compare import peak_prompt_working_set
 from kvsaga.sim.simulator import SimConfig, Simulator
 from kvsaga.sim.workloads import generate
 
@@ -31,7 +31,7 @@ def _three_tenants():
 def _config(sessions, weights) -> SimConfig:
     base = SimConfig(preset=PRESET)
     longest = max(base.cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
-    blocks = max(int(peak_working_set(sessions, base) * 0.5), 3 * (longest + 1))
+    blocks = max(int(peak_prompt_working_set(sessions, base) * 0.5), 3 * (longest + 1))
     return SimConfig(preset=PRESET, num_gpu_blocks=blocks, scheduler="workflow",
                      scheduler_params={"tenant_weights": weights})
 
