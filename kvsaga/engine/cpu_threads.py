@@ -8,7 +8,7 @@ concurrent requests decoded 1.37x faster on one thread than on two (docs/engine_
 "Threads"). On a host of its own the same team is the fast choice. `ThreadGovernor` picks
 between them at run time: it reads how much CPU other processes used on this process's cores
 (`ForeignLoad`, from /proc/stat less this process's own CPU time) and takes threads off the
-team for the cores they hold, never going above the count it was started with.
+team for the cores they hold, never going above its ceiling (`team_ceiling`).
 
 The rule (`threads_for`): a thread comes off the team for each core other processes hold,
 where using three quarters of a core counts as holding it (`HELD`), and a change needs two
@@ -325,6 +325,45 @@ def usable_cores() -> int:
     return cores if bound is None else min(cores, bound)
 
 
+def use_threads(threads: int) -> None:
+    """torch.set_num_threads(threads) on this thread, where its count differs (it sets the
+    count threads started later begin with too)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+# torch's count before kvsaga first changed it in this process (`team_ceiling`).
+_untouched: int | None = None
+
+
+def team_ceiling() -> int:
+    """The most threads a governor gives torch's team: OMP_NUM_THREADS where set, else
+    torch's count before kvsaga first changed it in this process (torch's default, a count
+    the user set, or a replica's share under kvsaga-serve --replicas), recorded at the
+    first call, which `governor_for` makes before it changes anything.
+
+    Not torch's count now: an engine before this one in the process may have lowered it
+    (torch.set_num_threads sets the count threads started later begin with), and taking
+    that as the ceiling kept every later engine of the process at it for good. Not the
+    CPUs in the affinity either: torch's default is one thread per physical core, and a
+    ceiling of every hyperthread would let the team grow past it on a free host."""
+    global _untouched
+    if _untouched is None:
+        import torch
+
+        _untouched = torch.get_num_threads()
+    return _omp_num_threads() or _untouched
+
+
+def _omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS's count for the outermost team (its first field), None where it is
+    unset or not a count."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
 def threads_for(cpus: int, foreign_cores: float, max_threads: int,
                 quota: float | None = None) -> int:
     """The team for `cpus` cores of which other processes use `foreign_cores`: one thread
@@ -351,7 +390,7 @@ class ThreadGovernor:
 
     Args:
         load: the load reader.
-        max_threads: the most threads to use (the count torch started with).
+        max_threads: the most threads to use (`governor_for`: `team_ceiling()`).
         set_threads: sets the team's size (torch.set_num_threads, on the model's thread).
         period_s: seconds a window lasts.
         clock: seconds, monotonic (the load's clock should be the same).
@@ -433,18 +472,19 @@ class ThreadGovernor:
         return new
 
 
-def governor_for(device_type: str) -> ThreadGovernor | None:
+def governor_for(device_type: str) -> tuple[ThreadGovernor | None, int | None]:
     """Start a CPU engine's threads: call it on the thread that runs the model, before its
     first step (torch's count is that thread's, and the count threads started later begin
-    with).
+    with). Returns (the governor or None, the quota's bound on the team or None).
 
     On a CPU engine whose thread count OMP_NUM_THREADS does not set, torch's team first
     comes down to the process's CPU quota rounded up to cores, if it has one and the team is
-    larger (`quota_threads`), in either mode. Then under KVSAGA_CPU_THREADS=adaptive, where
-    the load can be read, returns the governor that sizes the team from then on: to the
-    cores other processes leave, and to the quota as it changes unless OMP_NUM_THREADS is
-    set (its ceiling is the count torch started with, OMP_NUM_THREADS where set); else
-    None. An OMP_NUM_THREADS you set is never lowered for the quota.
+    larger (`quota_threads`, the bound returned), in either mode. Then under
+    KVSAGA_CPU_THREADS=adaptive, where the load can be read, the governor sizes the team
+    from then on: to the cores other processes leave, and to the quota as it changes unless
+    OMP_NUM_THREADS is set, never above `team_ceiling()` (or the count torch has now, where
+    that is more); else no governor. An OMP_NUM_THREADS you set is never lowered for the
+    quota. What this and the governor set is the caller's to undo when the model is done.
 
     Raises:
         ValueError: KVSAGA_CPU_THREADS is not "fixed" or "adaptive".
@@ -453,9 +493,10 @@ def governor_for(device_type: str) -> ThreadGovernor | None:
 
     adaptive = envs.KVSAGA_CPU_THREADS == "adaptive"
     if device_type != "cpu":
-        return None
+        return None, None
     import torch
 
+    ceiling = team_ceiling()  # (recorded before anything is changed)
     started = torch.get_num_threads()
     reader, quota = ((None, None) if os.environ.get("OMP_NUM_THREADS", "").strip()
                      else open_quota())
@@ -465,12 +506,12 @@ def governor_for(device_type: str) -> ThreadGovernor | None:
         log.info("CPU threads %d -> %d: the CPU quota is %g cores (set OMP_NUM_THREADS to "
                  "choose the count)", started, bound, quota)
     if not adaptive:
-        return None
+        return None, bound
     load = ForeignLoad.open()
     if load is None:
-        return None
-    gov = ThreadGovernor(load, started, torch.set_num_threads,
+        return None, bound
+    gov = ThreadGovernor(load, max(ceiling, started), torch.set_num_threads,
                          read_quota=None if reader is None else reader.read,
                          threads=torch.get_num_threads())
     gov.quota_cores = quota
-    return gov
+    return gov, bound

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from kvsaga._validate import check_bool, check_str, check_unicode
 from kvsaga.engine.admission_wait import AdmissionBackoff
 from kvsaga.engine.context import TokenContext, encode_continuing
-from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
+from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for, use_threads
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
@@ -166,11 +167,11 @@ class LLM:
     Calls without `SamplingParams` use `default_params()`: the model's generation_config.json
     where it sets a field, else OpenAI's defaults.
 
-    On CPU, torch's thread team stays within the process's CPU quota rounded up to cores (a
-    container's limit) unless OMP_NUM_THREADS is set, and under KVSAGA_CPU_THREADS=adaptive
-    `governor` also sizes it to the cores other processes leave, between the steps of the
-    calls (kvsaga/engine/cpu_threads.py); a call from another thread first gives that
-    thread the same count.
+    On CPU, a call runs torch's thread team within the process's CPU quota rounded up to
+    cores (a container's limit) unless OMP_NUM_THREADS is set, and under
+    KVSAGA_CPU_THREADS=adaptive `governor` also sizes it to the cores other processes leave,
+    between the steps of the calls (kvsaga/engine/cpu_threads.py); whichever thread calls,
+    the call sets that count on it and gives the thread its own count back when it returns.
 
     While a call's requests all wait for admission (the workflow scheduler holds a new
     session back for a paused one's return, at most its `idle_admit_s`), the call sleeps
@@ -187,20 +188,21 @@ class LLM:
         **engine_kwargs: Any,
     ) -> None:
         device = resolve_device(engine_kwargs.pop("device", None))
-        # On CPU: torch's team within a CPU quota from the load on, and sized between steps
-        # under KVSAGA_CPU_THREADS=adaptive (polled by the thread that runs the steps).
+        # On CPU: torch's team within a CPU quota for the load and the calls, and sized
+        # between steps under KVSAGA_CPU_THREADS=adaptive (polled by the thread that runs
+        # the steps); the caller's own count comes back once the load is done.
         started = torch.get_num_threads()
-        self.governor: ThreadGovernor | None = governor_for(device.type)
-        # The count to give a calling thread (torch's count is per thread; one started
-        # before this call keeps its own): the governor's, or the quota's; None: leave it.
-        self._team = (torch.get_num_threads()
-                      if torch.get_num_threads() != started else None)
+        self.governor: ThreadGovernor | None
+        self.governor, bound = governor_for(device.type)
+        # The count a call runs on (`_threads`; torch's count is per thread, and a thread
+        # started before this keeps its own): the governor's, or the quota's; None: leave
+        # the calling thread's.
+        self._team = None if bound is None else min(started, bound)
         try:
             self.engine = LLMEngine(model, device=device, dtype=resolve_dtype(dtype),
                                     **engine_kwargs)
-        except BaseException:
-            torch.set_num_threads(started)
-            raise
+        finally:
+            use_threads(started)
         self.tokenizer = self.engine.tokenizer
         self._session_ids = itertools.count()
         self._chat_contexts: deque[TokenContext] = deque(maxlen=_CHAT_CONTEXTS)
@@ -305,26 +307,25 @@ class LLM:
                 engine.abort(r.request_id)
             raise
         mine = {r.request_id for r in reqs}
-        team = self.governor.threads if self.governor is not None else self._team
-        if team is not None and torch.get_num_threads() != team:
-            torch.set_num_threads(team)  # a thread other than the one that built this LLM
         backoff = AdmissionBackoff(self.ADMISSION_MAX_WAIT_S)
         try:
-            while any(not r.finished for r in reqs):
-                outputs = engine.step()
-                if engine.last_step_idle:
-                    # Every request waits for admission and none runs (the workflow
-                    # scheduler holds them for paused sessions until its `wake_time`):
-                    # sleep rather than spin on empty steps (`kvsaga.engine.admission_wait`).
-                    time.sleep(backoff.next_wait(engine))
-                else:
-                    backoff.reset()
-                if self.governor is not None:
-                    self.governor.poll()
-                if on_output is not None:
-                    for out in outputs:
-                        if out.request_id in mine:
-                            on_output(out)
+            with self._threads():
+                while any(not r.finished for r in reqs):
+                    outputs = engine.step()
+                    if engine.last_step_idle:
+                        # Every request waits for admission and none runs (the workflow
+                        # scheduler holds them for paused sessions until its `wake_time`):
+                        # sleep rather than spin on empty steps
+                        # (`kvsaga.engine.admission_wait`).
+                        time.sleep(backoff.next_wait(engine))
+                    else:
+                        backoff.reset()
+                    if self.governor is not None:
+                        self.governor.poll()
+                    if on_output is not None:
+                        for out in outputs:
+                            if out.request_id in mine:
+                                on_output(out)
         except BaseException:
             # on_output raised, a step failed, or the caller was interrupted: nothing will
             # read the call's requests any more, so none may stay queued (they would hold
@@ -333,6 +334,21 @@ class LLM:
                 engine.abort(r.request_id)  # (a no-op for a finished one)
             raise
         return [engine.final_output(r) for r in reqs]
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run a call on this LLM's team (the governor's count, or the quota's), then give
+        the calling thread its own count back: torch.set_num_threads also sets the count
+        threads started later begin with, and a count the governor lowered, left in place,
+        became every later engine's in the process."""
+        team = self.governor.threads if self.governor is not None else self._team
+        before = torch.get_num_threads()
+        if team is not None:
+            use_threads(team)
+        try:
+            yield
+        finally:
+            use_threads(before)
 
 
 class AgentSession:

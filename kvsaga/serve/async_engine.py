@@ -13,7 +13,8 @@ Invariants:
 - Every command submitted gets its result or an exception: once the engine thread has
   stopped (or its model failed to load, or the thread failed), a command is failed at once
   with `EngineStopped`, and the ones still queued when it stopped are failed too, never left
-  pending.
+  pending; `stop()` fails them itself, and ends every request's stream, when the thread
+  does not end within its timeout (stuck in a step).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import torch
+
 from kvsaga.engine.admission_wait import AdmissionBackoff
-from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for
+from kvsaga.engine.cpu_threads import ThreadGovernor, governor_for, use_threads
 from kvsaga.engine.engine import EngineStats, LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
@@ -53,16 +56,27 @@ SHUTTING_DOWN = "the server is shutting down"
 
 
 class _Stream:
-    """One request's outputs, crossing from the engine thread to the event loop."""
+    """One request's outputs, crossing from the engine thread to the event loop.
+
+    It ends once, with a finished output or an exception; what comes after is dropped:
+    `stop()` ends the streams of an engine thread stuck in a step, which may still deliver
+    to them when the step returns.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._ended = False
 
     def put(self, item: RequestOutput | BaseException) -> None:
-        # RuntimeError: the loop is closed, so nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = isinstance(item, BaseException) or item.finished
+            # RuntimeError: the loop is closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 class AsyncEngine:
@@ -104,7 +118,7 @@ class AsyncEngine:
             queue.SimpleQueue()
         )
         self._wake = threading.Event()
-        self._streams: dict[str, _Stream] = {}  # engine thread only
+        self._streams: dict[str, _Stream] = {}  # engine thread only (`_end_streams` copies)
         self._stop = threading.Event()
         # Why commands fail at once, set (under `_lock`) when the engine thread ends; after
         # that nothing more is queued, so the thread's last drain of the queue is complete.
@@ -112,6 +126,8 @@ class AsyncEngine:
         self._stopped: str | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # Set once the load's outcome is known: loaded, failed, or stopped (`wait_ready`).
+        self._settled = threading.Event()
         self._admission = AdmissionBackoff(idle_wait_s)  # waits between idle steps
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -130,23 +146,33 @@ class AsyncEngine:
         return self._stopped or SHUTTING_DOWN
 
     def start(self) -> None:
-        """Start the engine thread (it first builds the engine if given a factory)."""
-        if self._thread is None:
+        """Start the engine thread (it first builds the engine if given a factory); nothing
+        once `stop()` was called (a stopped engine loads no model)."""
+        if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="kvsaga-engine", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread; requests still running, commands still queued and commands
-        submitted from now on get `EngineStopped`."""
+        submitted from now on get `EngineStopped`, within `timeout` even where the thread
+        is still inside a step (a hung forward pass) or a model load then."""
         self._stop.set()
         self._wake.set()
+        self._settled.set()  # a load still running will not make it ready any more
         if self._thread is not None:
             self._thread.join(timeout)
-        else:  # never started: nothing will ever run the queued commands
-            self._close(SHUTTING_DOWN)
+            if not self._thread.is_alive():
+                return
+        # Never started, or the thread is stuck: nothing will run the queued commands, and
+        # its requests' readers must not wait for it.
+        self._close(SHUTTING_DOWN)
+        self._end_streams(EngineStopped(SHUTTING_DOWN))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
+        """Wait until the model has loaded (True), its load failed or the engine stopped
+        (False), or `timeout` passed (False)."""
+        self._settled.wait(timeout)
+        return self.ready
 
     @property
     def step_running_s(self) -> float:
@@ -254,22 +280,46 @@ class AsyncEngine:
 
     # -- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
+        # What the governor sets is undone when the thread ends: torch.set_num_threads also
+        # sets the count threads started later begin with, and a lowered count left behind
+        # became the next engine's in the process.
+        threads = torch.get_num_threads()
         try:
-            if self.engine is None:
+            engine = self._load()
+            if engine is not None:
+                self._serve(engine)
+        finally:
+            use_threads(threads)
+            self._settled.set()
+
+    def _load(self) -> LLMEngine | None:
+        """Build the engine (from the factory) and its governor; None, with every command
+        refused, where the load failed or `stop()` came first (it stops no load under way,
+        but the engine loaded then never serves)."""
+        try:
+            if self.engine is None and not self._stop.is_set():
                 assert self._factory is not None
                 self.engine = self._factory()
-            self.governor = governor_for(self.engine.device.type)
+            if self.engine is not None and not self._stop.is_set():
+                self.governor = governor_for(self.engine.device.type)[0]
         except BaseException as e:  # reported by /health, 503s and kvsaga-serve's exit
             log.debug("loading the model failed", exc_info=True)
             self.load_error = e
             self._close(f"the model failed to load: {e}")
-            return
-        engine = self.engine
+            return None
+        if self._stop.is_set():
+            self._close(SHUTTING_DOWN)
+            return None
+        return self.engine
+
+    def _serve(self, engine: LLMEngine) -> None:
+        """Run commands and steps until `stop()` or a failure of the thread."""
         governor = self.governor
         reason = SHUTTING_DOWN
         try:
             self._publish(engine)
             self._ready.set()
+            self._settled.set()
             while not self._stop.is_set():
                 self._run_commands(engine)
                 if engine.has_unfinished():
@@ -358,6 +408,14 @@ class AsyncEngine:
             if out.finished:
                 del streams[out.request_id]
             stream.put(out)
+
+    def _end_streams(self, error: BaseException) -> None:
+        """From `stop()`, whose thread is not the engine thread: end every request's stream
+        with `error`. The dict is copied in one C call (atomic under the GIL) and left to
+        the engine thread, which drops the requests when it gets out of its step (what it
+        puts into an ended stream then is dropped)."""
+        for stream in self._streams.copy().values():
+            stream.put(error)
 
     def _fail_all(self, engine: LLMEngine, error: BaseException) -> None:
         for rid, stream in list(self._streams.items()):

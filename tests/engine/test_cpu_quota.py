@@ -223,23 +223,28 @@ def test_the_engine_starts_within_the_quota_unless_omp_num_threads_is_set(
         quota_of(monkeypatch, 2.0)
         monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
         monkeypatch.setenv("OMP_NUM_THREADS", "4")
-        assert cpu_threads.governor_for("cpu") is None and torch.get_num_threads() == 4
-        monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")  # the governor leaves it too
-        gov = cpu_threads.governor_for("cpu")
+        assert cpu_threads.governor_for("cpu") == (None, None)
         assert torch.get_num_threads() == 4
+        monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")  # the governor leaves it too
+        gov, bound = cpu_threads.governor_for("cpu")
+        assert torch.get_num_threads() == 4 and bound is None
         if gov is not None:
             assert gov.quota_cores is None and gov._read_quota is None
+            assert gov.max_threads == 4  # OMP_NUM_THREADS
         monkeypatch.delenv("KVSAGA_CPU_THREADS")
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert cpu_threads.governor_for("cuda") is None and torch.get_num_threads() == 4
-        assert cpu_threads.governor_for("cpu") is None  # fixed: capped once, not governed
+        assert cpu_threads.governor_for("cuda") == (None, None)
+        assert torch.get_num_threads() == 4
+        # fixed: capped once, not governed
+        assert cpu_threads.governor_for("cpu") == (None, 2)
         assert torch.get_num_threads() == 2
         torch.set_num_threads(4)
         monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
-        gov = cpu_threads.governor_for("cpu")
-        assert torch.get_num_threads() == 2
-        if gov is not None:  # Linux: the ceiling is where torch started, the quota a bound
-            assert (gov.max_threads, gov.threads, gov.quota_cores) == (4, 2, 2.0)
+        gov, bound = cpu_threads.governor_for("cpu")
+        assert torch.get_num_threads() == 2 and bound == 2
+        if gov is not None:  # Linux: torch's count, above the ceiling here, is the most
+            assert (gov.max_threads, gov.threads, gov.quota_cores) == (
+                max(4, cpu_threads.team_ceiling()), 2, 2.0)
 
 
 CHILD = textwrap.dedent("""

@@ -310,16 +310,18 @@ def test_governor_only_for_a_cpu_engine_under_adaptive(monkeypatch: pytest.Monke
     # No CPU quota here, whatever this host has (tests/engine/test_cpu_quota.py).
     monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: None)
     monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
-    assert cpu_threads.governor_for("cpu") is None  # fixed by default
+    assert cpu_threads.governor_for("cpu") == (None, None)  # fixed by default
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
-    assert cpu_threads.governor_for("cuda") is None
-    gov = cpu_threads.governor_for("cpu")
+    assert cpu_threads.governor_for("cuda") == (None, None)
+    gov, bound = cpu_threads.governor_for("cpu")
+    assert bound is None
     if ForeignLoad.open() is None:  # not Linux: nothing to read, nothing governed
         assert gov is None
     else:
         import torch
 
-        assert gov is not None and gov.max_threads == torch.get_num_threads()
+        assert gov is not None and gov.threads == torch.get_num_threads()
+        assert gov.max_threads == max(cpu_threads.team_ceiling(), gov.threads)
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "sometimes")
     with pytest.raises(ValueError, match="KVSAGA_CPU_THREADS='sometimes'"):
         cpu_threads.governor_for("cpu")
@@ -332,4 +334,25 @@ def test_no_proc_stat_means_no_governor(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(cpu_threads.Path, "read_text", missing)
     assert ForeignLoad.open() is None
     monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
-    assert cpu_threads.governor_for("cpu") is None
+    assert cpu_threads.governor_for("cpu")[0] is None
+
+
+def test_the_ceiling_is_the_count_before_kvsaga_changed_it(monkeypatch: pytest.MonkeyPatch):
+    """Not torch's count when a governor starts: an engine before it may have lowered that
+    (for every thread started later), and the next engine kept it as its ceiling for good."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu_threads, "_untouched", None)  # a process kvsaga never changed
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(3)
+        assert cpu_threads.team_ceiling() == 3
+        torch.set_num_threads(1)  # what a governor that shrank the team left behind
+        assert cpu_threads.team_ceiling() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # the outermost team's count
+        assert cpu_threads.team_ceiling() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "many")
+        assert cpu_threads.team_ceiling() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -306,41 +306,123 @@ def test_bad_chat_messages_and_params_are_refused_before_anything_runs(model_dir
     assert llm.generate([5, 6], GREEDY)[0].token_ids  # the engine still serves
 
 
-def test_llm_starts_within_a_cpu_quota_and_polls_its_governor(model_dir, monkeypatch):
+def _team_in_call(llm: LLM, prompt: list[int]) -> tuple[set[int], int]:
+    """(torch's counts the call's steps ran on, as `on_output` sees them on the calling
+    thread; that thread's count once the call returned)."""
+    seen: set[int] = set()
+    llm.generate(prompt, GREEDY, on_output=lambda out: seen.add(torch.get_num_threads()))
+    return seen, torch.get_num_threads()
+
+
+def _new_thread_count() -> int:
+    """The count a thread started now begins with (torch.set_num_threads sets it too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(torch.get_num_threads).result()
+
+
+@pytest.fixture
+def two_threads():
+    """The test's thread on two torch threads, and the count it had put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_llm_calls_run_within_a_cpu_quota_and_poll_its_governor(model_dir, monkeypatch,
+                                                                two_threads):
     """The offline path gets what kvsaga-serve's engine thread gets: torch's team within
-    the quota (rounded up to cores) from the start, and under KVSAGA_CPU_THREADS=adaptive a
-    governor polled after every step of a call."""
+    the quota (rounded up to cores) in every call, from whichever thread, and under
+    KVSAGA_CPU_THREADS=adaptive a governor polled after every step of a call; the calling
+    thread has its own count back once the call returns (and after `LLM()`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from kvsaga.engine import cpu_threads
 
-    before = torch.get_num_threads()
-    pool = ThreadPoolExecutor(1)
-    try:
-        torch.set_num_threads(2)
+    with ThreadPoolExecutor(1) as pool:
         pool.submit(torch.get_num_threads).result()  # a thread started before the LLM
         monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: 1.0)
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
         fixed = make_llm(model_dir)
-        assert torch.get_num_threads() == 1 and fixed.governor is None
-        assert pool.submit(torch.get_num_threads).result() == 2  # its own count
-        assert pool.submit(lambda: (fixed.generate(PROMPTS[3], GREEDY),
-                                    torch.get_num_threads())[1]).result() == 1
-        torch.set_num_threads(2)
+        assert torch.get_num_threads() == 2 and fixed.governor is None
+        assert _team_in_call(fixed, PROMPTS[3]) == ({1}, 2)
+        assert pool.submit(_team_in_call, fixed, PROMPTS[3]).result() == ({1}, 2)
         monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
         llm = make_llm(model_dir)
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
         if llm.governor is None:
             pytest.skip("no /proc/stat here: no governor")
-        assert (llm.governor.max_threads, llm.governor.threads) == (2, 1)
+        assert (llm.governor.max_threads, llm.governor.threads) == (
+            max(2, cpu_threads.team_ceiling()), 1)
         polls: list[int] = []
         monkeypatch.setattr(llm.governor, "poll", lambda: polls.append(1))
         out = llm.generate(PROMPTS[0], GREEDY)[0]
         assert len(out.token_ids) == 12 and len(polls) >= 12
-    finally:
-        pool.shutdown()
-        torch.set_num_threads(before)
+
+
+def test_a_second_llm_on_the_same_thread_keeps_the_quota_in_other_threads(
+        model_dir, monkeypatch, two_threads):
+    """The first LLM lowered the building thread's count to the quota's; the second, built
+    there after it, took that for no change and left other threads' calls on their full
+    team, past the quota."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kvsaga.engine import cpu_threads
+
+    monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: 1.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("KVSAGA_CPU_THREADS", raising=False)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(torch.get_num_threads).result()  # a thread started before the LLMs
+        first = make_llm(model_dir)
+        first.generate(PROMPTS[0], GREEDY)
+        second = make_llm(model_dir)
+        assert pool.submit(_team_in_call, second, PROMPTS[3]).result()[0] == {1}
+
+
+class _Neighbour:
+    """A load reader: another process on one of two cores at every window."""
+
+    cpus = frozenset({0, 1})
+    window_s = 1.0
+    foreign = 1.0
+
+    def sample(self) -> float:
+        return self.foreign
+
+
+def _every_poll_a_window(llm: LLM) -> None:
+    llm.governor._period_s = 1e-9  # (1 s for real)
+    llm.governor._next = 0.0
+
+
+def test_a_team_the_governor_shrank_is_not_the_next_llms_ceiling(model_dir, monkeypatch,
+                                                                  two_threads):
+    """Beside a busy neighbour the governor takes a thread off inside the call; the caller
+    and threads started later keep two, and a later LLM on a host now free may use both
+    (its ceiling was the count the first one left, for good)."""
+    from kvsaga.engine import cpu_threads
+
+    load = _Neighbour()
+    monkeypatch.setattr(cpu_threads.ForeignLoad, "open", classmethod(lambda cls: load))
+    monkeypatch.setattr(cpu_threads.CpuQuota, "read", lambda self: None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("KVSAGA_CPU_THREADS", "adaptive")
+    busy = make_llm(model_dir)
+    _every_poll_a_window(busy)
+    seen, after = _team_in_call(busy, PROMPTS[0])
+    assert 1 in seen and busy.governor.threads == 1
+    assert after == 2 and _new_thread_count() == 2
+    load.foreign = 0.0  # the neighbour has gone
+    free = make_llm(model_dir)
+    assert free.governor.max_threads == max(2, cpu_threads.team_ceiling())
+    _every_poll_a_window(free)
+    for _ in range(2):  # two windows that agree
+        free.generate(PROMPTS[0], GREEDY)
+    assert free.governor.threads == 2 and torch.get_num_threads() == 2
 
 
 # -- steps a session cannot mix, text that is not Unicode, template arguments ------------

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import torch
 
+from kvsaga.engine import cpu_threads
 from kvsaga.engine.cpu_threads import ThreadGovernor
 from kvsaga.serve import async_engine
 from kvsaga.serve.app import build_app
@@ -41,12 +42,12 @@ def test_a_busy_neighbour_shrinks_the_engine_threads_team(tiny_dir: Path,
     clock = itertools.count()  # a window passes at every read
     built: list[ThreadGovernor] = []
 
-    def governor_for(device_type: str) -> ThreadGovernor:
+    def governor_for(device_type: str) -> tuple[ThreadGovernor, None]:
         assert device_type == "cpu"
         gov = ThreadGovernor(BusyNeighbour(), max_threads=2, set_threads=torch.set_num_threads,
                              clock=lambda: float(next(clock)), read_quota=lambda: 3.0)
         built.append(gov)
-        return gov
+        return gov, None
 
     monkeypatch.setattr(async_engine, "governor_for", governor_for)
     main_threads = torch.get_num_threads()
@@ -96,7 +97,8 @@ def test_adaptive_reads_this_host(tiny_dir: Path, monkeypatch: pytest.MonkeyPatc
         s.client().completions.create(model=MODEL, prompt="agent ", max_tokens=2)
         gov = app.state.engine.governor
         assert gov is not None and gov.failed is None
-        assert gov.max_threads == main_threads  # the count it started from
+        # its ceiling: the CPUs it may use, or the count it started from where more
+        assert gov.max_threads == max(cpu_threads.team_ceiling(), main_threads)
 
         def freeze(engine) -> tuple[int, int]:  # on the engine thread, between polls
             gov._next = math.inf
