@@ -158,3 +158,18 @@ def test_a_loaded_replica_reports_before_its_first_request():
                                                           "free_blocks": 10}
     engine.snapshot = None  # still loading
     assert asyncio.run(replica.record_routing_stats()) == {}
+
+
+def test_waiting_for_a_stopped_engine_returns_at_once():
+    """`_wait_loaded` polled `wait_ready(0.5)` until a load error or its deadline; with
+    `wait_ready` returning at once for a stopped engine (no load error), that loop spun
+    until the deadline (600 s for a replica's requests)."""
+    from kvsaga.serve.async_engine import AsyncEngine
+
+    engine = AsyncEngine(lambda: None)
+    engine.stop()
+    calls: list[float | None] = []
+    wait_ready = engine.wait_ready
+    engine.wait_ready = lambda timeout=None: calls.append(timeout) or wait_ready(timeout)
+    deployment._wait_loaded(engine, 2.0)
+    assert calls == [2.0] and not engine.ready

@@ -133,11 +133,9 @@ async def _error_messages(err: APIError, scope: dict) -> AsyncIterator[dict]:
 
 
 def _wait_loaded(engine: Any, timeout_s: float) -> None:
-    """Block until the engine's model is loaded, its load failed, or `timeout_s` passed."""
-    deadline = time.monotonic() + timeout_s
-    while not engine.wait_ready(0.5):
-        if engine.load_error is not None or time.monotonic() > deadline:
-            return
+    """Block until the engine's model is loaded, its load failed or the engine stopped, or
+    `timeout_s` passed (`AsyncEngine.wait_ready` returns at each of those)."""
+    engine.wait_ready(timeout_s)
 
 
 
