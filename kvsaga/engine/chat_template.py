@@ -115,14 +115,17 @@ class ChatTemplate:
         """
         from jinja2 import TemplateError
 
+        # As transformers' apply_chat_template: `tools` and `documents` always defined (None
+        # when absent), and message keys set to None dropped (OpenAI-style `content: null`
+        # with tool calls), which templates handle as missing but render as "None" otherwise.
         context = {
             **self.special_tokens,
+            "documents": None,
             **kwargs,
-            "messages": [dict(m) for m in messages],
+            "messages": [{k: v for k, v in m.items() if v is not None} for m in messages],
             "add_generation_prompt": add_generation_prompt,
+            "tools": None if tools is None else list(tools),
         }
-        if tools is not None:
-            context["tools"] = list(tools)
         try:
             return self._template.render(**context)
         except ChatTemplateError:

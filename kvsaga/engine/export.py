@@ -4,19 +4,29 @@ Other engines (vLLM, transformers) read HF directories, not the GGUF file kvsaga
 default model. This writes what kvsaga's own loaders read from a checkpoint, so a benchmark
 can serve the same weights, tokenizer and chat template with both engines. Weights keep the
 checkpoint's values (GGUF tensors come out dequantized to fp32) in the dtype asked for.
+llama.cpp's `rope_freqs` divisors, which no HF loader reads, become the llama3 `rope_scaling`
+they were computed from. The directory appears whole or not at all: it is written beside its
+target and renamed into place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kvsaga.engine.gguf_file import hf_tensor_name
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
+from kvsaga.engine.rope import llama3_from_freq_factors
 from kvsaga.engine.tokenizer import Tokenizer
-from kvsaga.engine.weights import open_checkpoint
+from kvsaga.engine.weights import Checkpoint, open_checkpoint
 
 _HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -41,7 +51,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
             "original_max_position_embeddings": rope.original_max_position_embeddings,
         }
     eos = list(config.eos_token_ids)
-    return {
+    out = {
         "architectures": [_HF_ARCHITECTURES[config.architecture]],
         "model_type": config.architecture,
         "vocab_size": config.vocab_size,
@@ -63,6 +73,11 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "torch_dtype": _DTYPE_NAMES[dtype],
     }
+    if config.architecture == "mistral":
+        # Absent, MistralConfig's default window (4096) applies. kvsaga attends fully and
+        # caps max_position_embeddings at a source's window, which is the same model.
+        out["sliding_window"] = None
+    return out
 
 
 def tokenizer_config(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -84,48 +99,135 @@ def export_hf(
     out_dir: str | Path,
     dtype: torch.dtype = torch.float32,
     with_tokenizer: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write the checkpoint at `source` (GGUF file or HF directory) as an HF directory.
 
     Args:
         source: anything `open_checkpoint` opens.
-        out_dir: the directory to write; created if missing, must not hold a config.json.
+        out_dir: the directory to write; must not exist or be an empty directory.
         dtype: the dtype of the stored weights.
         with_tokenizer: also write the tokenizer files (False for weight-only checkpoints).
+        overwrite: replace whatever is at `out_dir` (only once the new directory is complete).
 
     Returns:
         `out_dir`.
 
     Raises:
-        ModelLoadError: `source` cannot be opened, `dtype` is not a float type the loaders
-            read, or `out_dir` already holds a model (nothing is overwritten).
+        ModelLoadError: `out_dir` exists and is not an empty directory (without `overwrite`),
+            `source` cannot be opened, `dtype` is not a float type the loaders read, or the
+            checkpoint holds what an HF directory cannot say (a tensor kvsaga does not know,
+            `rope_freqs` that are not llama3 scaling). Nothing at `out_dir` changes then.
     """
-    from safetensors.torch import save_file
-
     if dtype not in _DTYPE_NAMES:
         raise ModelLoadError(f"unsupported export dtype {dtype}; use {list(_DTYPE_NAMES)}")
-    out = Path(out_dir)
-    if (out / "config.json").exists():
-        raise ModelLoadError(f"{out} already holds a config.json; choose an empty directory")
+    out = Path(out_dir).expanduser()
+    _check_target(out, overwrite)
     ckpt = open_checkpoint(source)
+    _check_tensor_names(ckpt)
     tokenizer = None
     if with_tokenizer and ckpt.gguf is not None:
         tokenizer = Tokenizer.from_gguf(ckpt.gguf)
     elif with_tokenizer:
         tokenizer = Tokenizer.from_hf_dir(ckpt.path, ckpt.config.eos_token_ids)
-    tensors = {
-        name: t.to(dtype).contiguous()
-        for name, t in ckpt.weights(progress=False)
-        if not (name == "lm_head.weight" and ckpt.config.tie_word_embeddings)
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.backend.save(str(out / "tokenizer.json"))
-        _write_json(out / "tokenizer_config.json", tokenizer_config(tokenizer))
-    _write_json(out / "generation_config.json", _generation_config(ckpt.config))
-    _write_json(out / "config.json", hf_config(ckpt.config, dtype))  # last: marks it complete
+    config, tensors = ckpt.config, {}
+    for name, t in ckpt.weights(progress=False):
+        if name == "rope_freqs.weight":
+            config = _with_llama3_rope(config, t)
+        elif not (name == "lm_head.weight" and config.tie_word_embeddings):
+            tensors[name] = t.to(dtype).contiguous()
+
+    def write(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.backend.save(str(tmp / "tokenizer.json"))
+            _write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer))
+        _write_json(tmp / "generation_config.json", _generation_config(config))
+        _write_json(tmp / "config.json", hf_config(config, dtype))
+
+    _write_dir(out, overwrite, write)
     return out
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse, before the source is read, a target that would mix with what is there (stale
+    shards, an index or a chat_template.jinja left behind win on reload) or cannot be made."""
+    if not overwrite and (out.is_symlink() or out.exists()):
+        if not out.is_dir() or out.is_symlink():
+            what = "a link" if out.is_symlink() else "a file"
+        elif any(out.iterdir()):
+            what = "a directory that is not empty"
+        else:
+            return
+        raise ModelLoadError(
+            f"{out} exists and is {what}; choose a new or empty directory, or pass "
+            "overwrite=True to replace it"
+        )
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ModelLoadError(f"cannot create {out}: {parent} is not a directory")
+
+
+def _check_tensor_names(ckpt: Checkpoint) -> None:
+    """Refuse, before any tensor is read, GGUF tensors with no HF name (written as such, other
+    loaders reject the directory or ignore what the tensor did)."""
+    if ckpt.gguf is None:
+        return
+    names = [t.name for t in ckpt.gguf.reader.tensors]
+    unknown = [n for n in names if hf_tensor_name(n).startswith("gguf:")]
+    if unknown:
+        raise ModelLoadError(
+            f"{ckpt.path.name}: GGUF tensor(s) {unknown[:8]} have no HF name; "
+            "this checkpoint cannot be written as an HF directory"
+        )
+
+
+def _with_llama3_rope(config: ModelConfig, factors: torch.Tensor) -> ModelConfig:
+    """`config` with the llama3 rope_scaling that `factors` (llama.cpp's rope_freqs) apply."""
+    if config.rope_scaling.rope_type != "default":
+        raise ModelLoadError(
+            f"rope_freqs together with {config.rope_scaling.rope_type!r} rope scaling cannot be "
+            "written as one HF rope_scaling"
+        )
+    scaling = llama3_from_freq_factors(factors, config.head_dim, config.rope_theta)
+    return dataclasses.replace(config, rope_scaling=scaling)
+
+
+def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
+    """Run `write` on a new sibling directory and rename that to `out`: a failure or a
+    crash leaves `out` as it was, never half written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if overwrite and (out.is_symlink() or out.exists()):
+            old = tmp.with_suffix(".old")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, out)  # replaces an empty directory, fails on anything else
+    except OSError as e:
+        raise ModelLoadError(f"could not write {out}: {e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _generation_config(config: ModelConfig) -> dict[str, Any]:

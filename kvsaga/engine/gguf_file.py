@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kvsaga.engine.gguf_layout import check_gguf_layout
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 
 _TOP_LEVEL = {
@@ -98,7 +99,8 @@ class GGUFFile:
         path: the .gguf file.
 
     Raises:
-        ModelLoadError: the file is missing or not a GGUF file.
+        ModelLoadError: the file is missing, not a GGUF file, or truncated (naming the first
+            entry or tensor past its end).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -107,6 +109,7 @@ class GGUFFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"GGUF file not found: {self.path}")
+        check_gguf_layout(self.path)
         try:
             self.reader = GGUFReader(str(self.path))
         except Exception as e:  # the reader raises ValueError/struct errors on junk

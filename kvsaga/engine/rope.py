@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kvsaga.engine.model_config import RopeScaling
+from kvsaga.engine.model_config import ModelLoadError, RopeScaling
 from kvsaga.kernels import inplace
 
 
@@ -32,8 +32,7 @@ def rope_inv_freq(
     Returns:
         fp32 [head_dim // 2].
     """
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (theta**exponents)
+    inv_freq = _plain_inv_freq(head_dim, theta)
     if scaling.rope_type == "linear":
         inv_freq = inv_freq / scaling.factor
     elif scaling.rope_type == "llama3":
@@ -41,6 +40,94 @@ def rope_inv_freq(
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.float().cpu()
     return inv_freq
+
+
+def _plain_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (theta**exponents)
+
+
+# How far stored divisors may sit from the ones recomputed from llama3 parameters: fp32
+# rounding of the stored values, plus converters that compute the base frequencies in fp64.
+LLAMA3_FACTORS_RTOL = 1e-6
+
+
+def llama3_freq_factors(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """The per-frequency divisors (llama.cpp's `rope_freqs`) that apply `scaling`, fp64
+    [head_dim // 2]: plain inverse frequencies over the llama3-rescaled ones."""
+    plain = _plain_inv_freq(head_dim, theta).double()
+    return plain / _llama3_rescale(plain, scaling)
+
+
+def llama3_from_freq_factors(
+    factors: torch.Tensor, head_dim: int, theta: float
+) -> RopeScaling:
+    """The llama3 scaling whose divisors are `factors`, for consumers that take parameters.
+
+    llama.cpp stores Llama 3.1 scaling only as divisors. They fix `factor` (the largest one)
+    and, through the divisors strictly between 1 and it (a line in 1 / wavelength), the two
+    wavelengths where the band starts and ends. The three llama3 numbers behind those are
+    fixed only up to a common scale that changes no frequency; this picks
+    `original_max_position_embeddings` as the integer nearest the long band edge. With a
+    single divisor inside the band, Llama 3's own band factors (1 and 4) are assumed; either
+    way the result stands only if it gives back every divisor.
+
+    Raises:
+        ModelLoadError: the divisors are not llama3's (recomputed from the parameters found,
+            they differ by more than `LLAMA3_FACTORS_RTOL`), or none lies inside the band.
+    """
+    d = factors.detach().double().cpu().reshape(-1)
+    if d.numel() != head_dim // 2:
+        raise ModelLoadError(
+            f"rope_freqs has shape {tuple(factors.shape)}, expected ({head_dim // 2},)"
+        )
+    if bool((d == 1).all()):
+        return RopeScaling()
+    factor = float(d.max())
+    band = (d > 1 + LLAMA3_FACTORS_RTOL) & (d < factor * (1 - LLAMA3_FACTORS_RTOL))
+    smooth = (1 / d[band] - 1 / factor) / (1 - 1 / factor)
+    inv_wavelen = _plain_inv_freq(head_dim, theta).double()[band] / (2 * math.pi)
+    edges = _band_edges(inv_wavelen, smooth)
+    if edges is not None:
+        original = max(1, round(edges[0]))
+        for scaling in _llama3_candidates(factor, original, *edges):
+            found = llama3_freq_factors(head_dim, theta, scaling)
+            if torch.allclose(found, d, rtol=LLAMA3_FACTORS_RTOL, atol=0):
+                return scaling
+    raise ModelLoadError(
+        f"rope_freqs ({d.numel()} divisors from {float(d.min()):g} to {factor:g}, "
+        f"{int(band.sum())} inside the band) are not the divisors of any llama3 rope scaling"
+    )
+
+
+def _band_edges(inv_wavelen: torch.Tensor, smooth: torch.Tensor) -> tuple[float, float] | None:
+    """(long, short) wavelengths where llama3's interpolation weight `smooth`, linear in
+    1 / wavelength, is 0 and 1; None when the points do not fix them."""
+    if len(smooth) == 1:  # one point: Llama 3's low/high factors 1 and 4
+        original = (3 * float(smooth[0]) + 1) / float(inv_wavelen[0])
+        return original, original / 4
+    if len(smooth) < 2:
+        return None
+    design = torch.stack([inv_wavelen, torch.ones_like(inv_wavelen)], 1)
+    slope, intercept = torch.linalg.lstsq(design, smooth[:, None]).solution[:, 0].tolist()
+    if not (slope > 0 and intercept < 0):
+        return None
+    return slope / -intercept, slope / (1 - intercept)
+
+
+def _llama3_candidates(
+    factor: float, original: int, long_edge: float, short_edge: float
+) -> list[RopeScaling]:
+    """The parameters with the given band edges: rounded to 6 digits first (fp32 storage
+    blurs 8 into 8.0000001), then exact."""
+    exact = (factor, original / long_edge, original / short_edge)
+    out = []
+    for f, low, high in ([float(f"{v:.6g}") for v in exact], exact):
+        try:
+            out.append(RopeScaling("llama3", f, low, high, original))
+        except ModelLoadError:
+            continue
+    return out
 
 
 def _llama3_rescale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:

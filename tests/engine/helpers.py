@@ -190,10 +190,13 @@ TINY_VARIANTS: dict[str, dict] = {
 }
 
 
-def write_llama_gguf(hf_dir: Path, out: Path, qtype: str = "F32") -> Path:
+def write_llama_gguf(
+    hf_dir: Path, out: Path, qtype: str = "F32", extra: dict | None = None
+) -> Path:
     """Convert a tiny HF Llama directory to GGUF the way llama.cpp's converter does: its
     tensor names, Q/K rows permuted for interleaved RoPE, 2-D weights quantized to `qtype`.
-    No tokenizer metadata (the weights path is what this exercises)."""
+    No tokenizer metadata (the weights path is what this exercises). `extra`: more fp32
+    tensors to store, by GGUF name."""
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -244,6 +247,8 @@ def write_llama_gguf(hf_dir: Path, out: Path, qtype: str = "F32") -> Path:
                 smooth = (old_len / wavelen - lo) / (hi - lo)
                 factors.append(1 / ((1 - smooth) / factor + smooth))
         writer.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+    for gname, w in (extra or {}).items():
+        writer.add_tensor(gname, np.asarray(w, dtype=np.float32))
     quant = gguf.GGMLQuantizationType[qtype]
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
         w = w.astype(np.float32)

@@ -1,13 +1,16 @@
-"""export_hf: a checkpoint written as an HF directory loads back as the same model, tokenizer
-and chat template, through kvsaga's loaders and through transformers (the oracle)."""
+"""export_hf: a checkpoint written as an HF directory is, to transformers (the oracle), the
+model, tokenizer and chat template of its source; kvsaga's loaders read it back the same."""
 
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 import torch
 
+from kvsaga.engine import export as export_mod
 from kvsaga.engine.export import export_hf
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.model_config import ModelLoadError
@@ -16,7 +19,9 @@ from kvsaga.engine.weights import open_checkpoint
 
 from .helpers import forward_all, write_llama_gguf
 
-IDS = list(range(3, 40, 2))
+# 99 tokens: past llama_mqa_llama3_rope's original_max_position_embeddings (16), so both
+# ends of its rescaled band matter.
+IDS = list(range(3, 200, 2))
 
 
 def _logits(path) -> torch.Tensor:
@@ -26,60 +31,189 @@ def _logits(path) -> torch.Tensor:
     return forward_all(model, IDS)
 
 
-@pytest.mark.parametrize("variant", ["llama_gqa4_untied", "llama_mqa_llama3_rope"])
-def test_gguf_export_is_the_same_model(tiny_model_dir, tmp_path, variant):
-    """GGUF -> HF directory undoes nothing twice: same config, same logits as the source."""
-    src = tiny_model_dir(variant)
-    gguf_path = write_llama_gguf(src, tmp_path / "tiny.gguf", "F32")
-    out = export_hf(gguf_path, tmp_path / "hf", with_tokenizer=False)
-    assert open_checkpoint(out).config == open_checkpoint(gguf_path).config
-    torch.testing.assert_close(_logits(out), _logits(gguf_path), atol=1e-5, rtol=0)
-
-
-def test_export_matches_transformers(tiny_model_dir, tmp_path):
-    """transformers reads the written config and weights as the model kvsaga computes."""
+def _hf_logits(path, dtype=torch.float32) -> torch.Tensor:
     transformers = pytest.importorskip("transformers")
-    src = tiny_model_dir("llama_gqa4_untied")
-    gguf_path = write_llama_gguf(src, tmp_path / "t.gguf", "F32")
-    out = export_hf(gguf_path, tmp_path / "hf", with_tokenizer=False)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     with torch.no_grad():
-        ref = hf(torch.tensor([IDS])).logits[0]
+        return hf(torch.tensor([IDS])).logits[0].float()
+
+
+def _source(tiny_model_dir, tmp_path, variant, via_gguf):
+    src = tiny_model_dir(variant)
+    return src, write_llama_gguf(src, tmp_path / "src.gguf") if via_gguf else src
+
+
+@pytest.mark.parametrize(
+    "variant,via_gguf",
+    [
+        ("llama_gqa4_untied", True),
+        ("llama_mqa_llama3_rope", True),  # rope_freqs in the GGUF
+        ("llama_mha_tied_linear_rope", False),
+        ("qwen2_bias_tied", False),
+        ("mistral", False),
+    ],
+)
+def test_export_matches_transformers(tiny_model_dir, tmp_path, variant, via_gguf):
+    """transformers runs the written directory as the model it ran from the source HF
+    directory, and kvsaga runs it as transformers does."""
+    src, source = _source(tiny_model_dir, tmp_path, variant, via_gguf)
+    out = export_hf(source, tmp_path / "hf", with_tokenizer=False)
+    ref = _hf_logits(src)
+    torch.testing.assert_close(_hf_logits(out), ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(_logits(out), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_export_dtype_and_tied_head(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("variant", ["llama_gqa4_untied", "llama_mqa_llama3_rope"])
+def test_gguf_export_is_the_same_model(tiny_model_dir, tmp_path, variant):
+    """GGUF -> HF directory: the source HF directory's config (rope_freqs back as the llama3
+    rope_scaling they came from), no rope_freqs tensor, and kvsaga's logits of the GGUF."""
+    from safetensors import safe_open
+
+    src = tiny_model_dir(variant)
+    gguf_path = write_llama_gguf(src, tmp_path / "tiny.gguf", "F32")
+    out = export_hf(gguf_path, tmp_path / "hf", with_tokenizer=False)
+    assert open_checkpoint(out).config.rope_scaling == open_checkpoint(src).config.rope_scaling
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert all(k.startswith(("model.", "lm_head.")) for k in f.keys())  # noqa: SIM118
+    torch.testing.assert_close(_logits(out), _logits(gguf_path), atol=1e-5, rtol=0)
+
+
+def test_export_refuses_tensors_other_loaders_cannot_read(tiny_model_dir, tmp_path):
+    """A GGUF tensor with no HF name, or rope_freqs that no llama3 scaling gives, is refused
+    by name before anything is written."""
     src = tiny_model_dir("llama_gqa4_untied")
-    out = export_hf(src, tmp_path / "bf16", dtype=torch.bfloat16)
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["torch_dtype"] == "bfloat16"
+    unknown = write_llama_gguf(
+        src, tmp_path / "u.gguf", extra={"blk.0.attn_q_norm.weight": np.ones(16)}
+    )
+    with pytest.raises(ModelLoadError, match="blk.0.attn_q_norm.weight"):
+        export_hf(unknown, tmp_path / "u", with_tokenizer=False)
+    freqs = write_llama_gguf(
+        src, tmp_path / "f.gguf", extra={"rope_freqs.weight": np.linspace(1.0, 3.0, 8)}
+    )
+    with pytest.raises(ModelLoadError, match="not the divisors of any llama3"):
+        export_hf(freqs, tmp_path / "f", with_tokenizer=False)
+    assert not (tmp_path / "u").exists() and not (tmp_path / "f").exists()
+
+
+def test_mistral_export_keeps_full_attention(tiny_model_dir, tmp_path):
+    """A Mistral without a sliding window stays without one (absent, transformers and vLLM
+    would use MistralConfig's default window of 4096)."""
+    transformers = pytest.importorskip("transformers")
+    src = tiny_model_dir("mistral")
+    out = export_hf(src, tmp_path / "hf", with_tokenizer=False)
+    assert transformers.AutoConfig.from_pretrained(out).sliding_window is None
+    assert transformers.AutoConfig.from_pretrained(src).sliding_window is None
+
+
+def test_export_dtype_and_tied_head(tiny_model_dir, tmp_path):
+    """bf16 weights; a tied head is stored once, and transformers ties it to the embedding."""
+    transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
-    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    src = tiny_model_dir("llama_mha_tied_linear_rope")
+    out = export_hf(src, tmp_path / "bf16", dtype=torch.bfloat16)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    stored = load_file(out / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert "lm_head.weight" not in stored
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    assert torch.equal(hf.lm_head.weight, hf.model.embed_tokens.weight)
+    assert torch.equal(hf.lm_head.weight, ref.lm_head.weight.to(torch.bfloat16))
 
 
-def test_export_refuses_to_overwrite_and_bad_dtype(tiny_model_dir, tmp_path):
+def test_export_tokenizer_and_template_match_transformers(tiny_model_dir, tmp_path):
+    """transformers' tokenizer from the written directory encodes, ends and renders chats as
+    transformers' tokenizer of the source does."""
+    transformers = pytest.importorskip("transformers")
+    src = tiny_model_dir("llama_gqa4_untied")
+    out = export_hf(src, tmp_path / "hf")
+    theirs, ref = (transformers.AutoTokenizer.from_pretrained(p) for p in (out, src))
+    text = "Hello, world! The cache keeps 1234 tokens\n\tacross tool calls. émoji 🍕"
+    assert theirs.encode(text) == ref.encode(text)
+    assert theirs.eos_token_id == ref.eos_token_id and theirs.bos_token_id == ref.bos_token_id
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert theirs.apply_chat_template(chat, tokenize=False) == ref.apply_chat_template(
+        chat, tokenize=False
+    )
+
+
+def test_export_refuses_an_occupied_target(tiny_model_dir, tmp_path):
+    """A file or a non-empty directory at out_dir is refused before the source is read (so
+    before a missing source is noticed) and left as it was; an empty directory is filled."""
     src = tiny_model_dir("llama_gqa4_untied")
     with pytest.raises(ModelLoadError, match="unsupported export dtype"):
         export_hf(src, tmp_path / "x", dtype=torch.int8)
     assert not (tmp_path / "x").exists()
-    export_hf(src, tmp_path / "y")
-    before = (tmp_path / "y" / "model.safetensors").stat().st_mtime_ns
-    with pytest.raises(ModelLoadError, match="already holds a config.json"):
-        export_hf(src, tmp_path / "y")
-    assert (tmp_path / "y" / "model.safetensors").stat().st_mtime_ns == before
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "chat_template.jinja").write_text("{{ 'STALE' }}")
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    for target in (stale, a_file):
+        with pytest.raises(ModelLoadError, match="overwrite=True"):
+            export_hf(tmp_path / "no-such-model", target)
+    assert [p.name for p in stale.iterdir()] == ["chat_template.jinja"]
+    assert a_file.read_text() == "not a directory"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (export_hf(src, empty) / "config.json").is_file()
+    with pytest.raises(ModelLoadError, match="not empty"):
+        export_hf(src, empty)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "file", "stale"]  # no temporaries left
+
+
+def test_export_overwrite_replaces_the_whole_directory(tiny_model_dir, tmp_path):
+    """overwrite=True: nothing of the old directory survives (a stale template would win
+    on reload); a failed export leaves the old one whole."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "chat_template.jinja").write_text("{{ 'STALE' }}")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"old")
+    export_hf(src, out, overwrite=True)
+    assert "chat_template.jinja" not in os.listdir(out)
+    template = Tokenizer.from_hf_dir(out).chat_template.source
+    assert template == Tokenizer.from_hf_dir(src).chat_template.source
+    before = sorted(os.listdir(out))
+    bad = write_llama_gguf(src, tmp_path / "f.gguf", extra={"rope_freqs.weight": np.full(8, 2.0)})
+    with pytest.raises(ModelLoadError, match="llama3"):
+        export_hf(bad, out, with_tokenizer=False, overwrite=True)
+    assert sorted(os.listdir(out)) == before
+    file_target = tmp_path / "file"
+    file_target.write_text("x")
+    assert (export_hf(src, file_target, overwrite=True) / "config.json").is_file()
+
+
+def test_export_failure_while_writing_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    """A failure halfway through writing leaves neither out_dir nor a temporary beside it."""
+    src = tiny_model_dir("llama_gqa4_untied")
+
+    def fail(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_write_json", fail)
+    with pytest.raises(ModelLoadError, match="No space left"):
+        export_hf(src, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow
-def test_default_model_export_keeps_tokenizer_and_template(gguf_path, tmp_path):
-    """The shipped SmolLM2 GGUF written out: the HF tokenizer encodes, ends and renders
-    chats exactly as the GGUF one does."""
+def test_default_model_export_matches_transformers(gguf_path, smollm, tmp_path):
+    """The shipped SmolLM2 GGUF written out: transformers' tokenizer from the directory
+    encodes and renders chats as kvsaga does from the GGUF, and its model computes kvsaga's
+    logits."""
+    transformers = pytest.importorskip("transformers")
     out = export_hf(gguf_path, tmp_path / "smol")
-    ckpt = open_checkpoint(gguf_path)
-    ours, back = Tokenizer.from_gguf(ckpt.gguf), Tokenizer.from_hf_dir(out)
+    ours, theirs = smollm.tokenizer, transformers.AutoTokenizer.from_pretrained(out)
     text = "Hello, world! The cache keeps 1234 tokens\n\tacross tool calls."
-    assert back.encode(text) == ours.encode(text)
-    assert back.eos_token_ids == ours.eos_token_ids
-    chat = [{"role": "user", "content": "hi"}]
-    assert back.apply_chat_template(chat) == ours.apply_chat_template(chat)
-    assert open_checkpoint(out).config == ckpt.config
+    assert theirs.encode(text) == ours.encode(text)
+    assert theirs.eos_token_id in ours.eos_token_ids
+    chat = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]
+    prompt = ours.apply_chat_template(chat)
+    assert theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == prompt
+    ids = ours.encode(prompt, add_special_tokens=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(forward_all(smollm.model, ids), ref, atol=2e-3, rtol=2e-3)

@@ -147,6 +147,32 @@ def test_template_sandbox_and_raise_exception():
         ChatTemplate("{% for %}")
 
 
+def test_template_context_matches_hf(tiny_model_dir):
+    """What a template sees, as transformers' apply_chat_template gives it: `tools` defined
+    as None when no tools are passed, and message keys whose value is None left out (an
+    OpenAI-style tool call has `content: null`)."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(tiny_model_dir("mistral"))
+    source = (
+        "{% if tools is not none %}[TOOLS {{ tools | length }}]{% endif %}"
+        "{% if documents is not none %}[DOCS]{% endif %}"
+        "{% for m in messages %}<{{ m.role }}>"
+        "{% if m.content is defined %}{{ m.content }}{% else %}(tool call){% endif %}"
+        "{% endfor %}"
+    )
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]},
+    ]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for kwargs in ({}, {"tools": tools}):
+        expected = hf.apply_chat_template(
+            chat, chat_template=source, tokenize=False, add_generation_prompt=False, **kwargs
+        )
+        assert ChatTemplate(source).render(chat, add_generation_prompt=False, **kwargs) == expected
+    assert chat[1]["content"] is None  # the caller's messages are not changed
+
+
 def test_sentencepiece_gguf_matches_hf(tmp_path):
     """A Llama-2-style vocabulary (SentencePiece BPE, byte fallback, merges derived from
     scores) built from GGUF metadata, against transformers' tokenizer for the same file."""

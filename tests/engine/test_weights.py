@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -103,6 +104,54 @@ def test_corrupt_gguf(tmp_path):
     f.write_bytes(b"GGUF" + bytes(range(60)))
     with pytest.raises(ModelLoadError, match="not a readable GGUF file"):
         open_checkpoint(f)
+
+
+def _gguf_bytes(tiny_model_dir, tmp_path) -> tuple[bytes, bytes, int]:
+    """A tiny GGUF with an array entry, and the offset of that array's length."""
+    import gguf
+
+    path = write_llama_gguf(tiny_model_dir("llama_gqa4_untied"), tmp_path / "ok.gguf")
+    blob = path.read_bytes()
+    writer = gguf.GGUFWriter(str(tmp_path / "arr.gguf"), "llama")
+    writer.add_array("test.array", [1, 2, 3])
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    arr = (tmp_path / "arr.gguf").read_bytes()
+    return blob, arr, arr.index(b"test.array") + len(b"test.array") + 8
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("minus 1 byte", r"truncated: tensor '\S+' needs \d+ bytes, the file has \d+"),
+        ("half", r"truncated: tensor '\S+' needs \d+ bytes, the file has \d+"),
+        ("10 bytes", "truncated: the tensor count needs 16 bytes, the file has 10"),
+        ("mid metadata", r"truncated: metadata .* needs \d+ bytes, the file has 200"),
+        ("kv_count 2^40", "claims 1099511627776 metadata entries, more than"),
+        ("tensor_count 2^40", "claims 1099511627776 tensors, more than"),
+        ("array length 2^40", "claims 1099511627776 items in metadata 'test.array'"),
+    ],
+)
+def test_truncated_gguf_says_what_is_missing(tiny_model_dir, tmp_path, case, message):
+    """A truncated or corrupted GGUF is refused, before any tensor is mapped, with what does
+    not fit in the file (not numpy's reshape error)."""
+    blob, arr, arr_len = _gguf_bytes(tiny_model_dir, tmp_path)
+    bad = {
+        "minus 1 byte": blob[:-1],
+        "half": blob[: len(blob) // 2],
+        "10 bytes": blob[:10],
+        "mid metadata": blob[:200],
+        "kv_count 2^40": blob[:16] + struct.pack("<Q", 1 << 40) + blob[24:],
+        "tensor_count 2^40": blob[:8] + struct.pack("<Q", 1 << 40) + blob[16:],
+        "array length 2^40": arr[:arr_len] + struct.pack("<Q", 1 << 40) + arr[arr_len + 8 :],
+    }[case]
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(bad)
+    with pytest.raises(ModelLoadError, match=message):
+        open_checkpoint(path)
 
 
 def test_missing_safetensors(tiny_model_dir, tmp_path):
