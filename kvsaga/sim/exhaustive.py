@@ -12,15 +12,30 @@ records how many answers each decision had. Depth first, with branch and bound: 
 tokens only grow, so a run is cut at the first decision where it already recomputed as many
 tokens as the best complete run. The optimum is over eviction choices under the simulator's
 scheduler (admission, preemption and timing follow from the choices). Under `fcfs` every
-policy is one point of that space, so no policy can beat it. The `workflow` scheduler also
-reads the policy's execution graph (`Scheduler._graph`), which `ScriptedPolicy` lacks: a
-policy that keeps one (ttl, saga, graph, oracle-ttl) runs under admission decisions this
-search never explores, so there the optimum bounds exactly only a graph-less policy priced
-by the run's cost model, as the search is (`ScriptedPolicy(cost=config.cost)`: belady; lru
-takes no cost model, so the schedulers that price swaps and churn by the policy's
-`cost` price its runs with the default `PrefillCost`); for the others it is a measured
-reference (bench/policies.py --reference counts the cases below it). Discard only: no
-host tier.
+policy is one point of that space, so no policy can beat it.
+
+The `workflow` scheduler also reads the policy's execution graph (`Scheduler._graph`: its
+admission order, demotions and working-set gate predict from it) and prices swaps and churn
+by the policy's `cost`; the plain search's `ScriptedPolicy` keeps no graph, so a policy that
+keeps one (ttl, saga, graph, adaptive, oracle-ttl) runs under admissions that search never
+explores, and there the plain optimum bounds only a graph-less policy priced as the search is
+(`ScriptedPolicy(cost=config.cost)`: belady; lru takes no cost model, so the schedulers
+price its runs with the default `PrefillCost`). `exhaustive_optimum(..., fed=P)` closes the
+gap for P: each run's `ScriptedPolicy` wraps a fresh instance of P (`inner`) and hands it
+every hook the manager and the scheduler send (pool observer calls, the session lifecycle,
+the scheduler's demotion, rank and room tells, ticks), so the inner graph learns on each
+branch exactly what P's would on a run that made that branch's choices; the scheduler reads
+the inner's `graph` and `cost`, and only `choose_victims` answers from the script. The graph
+does depend on the choices (they move step starts, admission waits and hence the pauses it
+learns), but only through those hooks, never through `choose_victims` (no policy's graph
+learns there), so on the branch whose choices are P's own every hook, hence every graph
+state and admission, is P's: P's run is one point of the fed search's space, and the fed
+optimum is a true lower bound on P's recomputation under any scheduler. Exceptions:
+`adaptive`, whose `graph` is its leader's and whose leader is elected inside
+`choose_victims` (the fed search keeps its first leader's; its experts' graphs learn the
+same hooks), is bounded only while that changes nothing; and the block ids differ from P's
+run where the victims' order does (the script evicts them in id order), which no decision
+reads but through the ids themselves. Discard only: no host tier.
 
 Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few blocks.
 """
@@ -28,15 +43,19 @@ Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few block
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+from kvsaga.policy import POLICIES
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.sim.cost import PRESETS, StepCostModel
+from kvsaga.sim.oracle import TraceOracle
 from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.sim.tokens import TokenSynthesizer
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
 # Blocks of 4 tokens keep a trace of a few blocks meaningful.
@@ -60,26 +79,59 @@ class ScriptedPolicy(EvictionPolicy):
         cost: the run's cost model, read as `manager.policy.cost` by the schedulers that
             price swaps and churn (swap_pricing, working_set_gate); None prices them with
             the default `PrefillCost`, as for a policy that takes no cost model (lru).
+            Ignored with `inner` (its own `cost` is read).
+        inner: a fresh policy whose execution graph the scheduler reads in its place: every
+            hook but `choose_victims` and `action` reaches it too (see the module
+            docstring), and its `graph`, `cost` and trace oracle are this policy's.
     """
 
     name = "scripted"
 
     def __init__(self, script: Sequence[int], bound: float = math.inf,
-                 cost: StepCostModel | None = None) -> None:
+                 cost: StepCostModel | None = None,
+                 inner: EvictionPolicy | None = None) -> None:
         super().__init__()
         self.script = list(script)
         self.bound = bound
-        self.cost = cost
+        self.inner = inner
+        self.cost = cost if inner is None else getattr(inner, "cost", None)
         self.taken: list[int] = []
         self.branching: list[int] = []
         self.cached: set[int] = set()
         self.simulator: Simulator | None = None
+        if inner is not None:
+            self._feed(inner)
+
+    def _feed(self, inner: EvictionPolicy) -> None:
+        """Hand `inner` what the manager, the pool and the scheduler tell this policy. The
+        room tells are the inner's own bound methods: the scheduler measures and sends them
+        only to a policy that overrides them, which this one then does exactly when the
+        inner does. A simulator drives the inner's trace oracle (an offline policy's)
+        where it finds it, on this policy."""
+        self.oracle = getattr(inner, "oracle", None)
+        self.session_admission_room = inner.session_admission_room
+        self.session_paused_room = inner.session_paused_room
+
+    @property
+    def graph(self):
+        """The inner policy's Agent Execution Graph (`Scheduler._graph` reads it); None
+        without one."""
+        return getattr(self.inner, "graph", None)
+
+    def bind(self, view) -> None:
+        super().bind(view)
+        if self.inner is not None:
+            self.inner.bind(view)
 
     def block_cached(self, block_id: int) -> None:
         self.cached.add(block_id)
+        if self.inner is not None:
+            self.inner.block_cached(block_id)
 
     def block_uncached(self, block_id: int) -> None:
         self.cached.discard(block_id)
+        if self.inner is not None:
+            self.inner.block_uncached(block_id)
 
     def choose_victims(self, num_blocks: int, now: float) -> list[int]:
         sim = self.simulator
@@ -95,6 +147,60 @@ class ScriptedPolicy(EvictionPolicy):
     def action(self, block_id: int, now: float) -> Action:
         return Action.DISCARD
 
+    # -- the hooks, handed on to the inner policy -----------------------------------------
+    def step_started(self, session, now: float) -> None:
+        if self.inner is not None:
+            self.inner.step_started(session, now)
+
+    def step_finished(self, session, now: float, hint) -> None:
+        if self.inner is not None:
+            self.inner.step_finished(session, now, hint)
+
+    def pause_hinted(self, session, now: float, hint) -> None:
+        if self.inner is not None:
+            self.inner.pause_hinted(session, now, hint)
+
+    def resume_hinted(self, session, now: float) -> None:
+        if self.inner is not None:
+            self.inner.resume_hinted(session, now)
+
+    def session_ended(self, session, now: float) -> None:
+        if self.inner is not None:
+            self.inner.session_ended(session, now)
+
+    def session_forgotten(self, session, now: float) -> None:
+        if self.inner is not None:
+            self.inner.session_forgotten(session, now)
+
+    def session_deferred(self, session, deferred: bool, now: float) -> None:
+        if self.inner is not None:
+            self.inner.session_deferred(session, deferred, now)
+
+    def session_admission_rank(self, session, rank: int | None, now: float) -> None:
+        if self.inner is not None:
+            self.inner.session_admission_rank(session, rank, now)
+
+    def tick(self, now: float) -> None:
+        """Every tick reaches the inner policy (none coalesced: a policy that coalesces
+        ticks declares the state of the last equal to that of all of them)."""
+        if self.inner is not None:
+            self.inner.tick(now)
+
+
+def fed_policy(name: str, sessions: Sequence[Session], config: SimConfig) -> EvictionPolicy:
+    """A fresh `name` policy as the simulator builds it for `config` (priced with its cost
+    model where it takes one; an offline policy with its own `TraceOracle`), to feed a
+    search (`ScriptedPolicy(inner=...)`)."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"fed_policy: unknown policy {name!r}; choose from {sorted(POLICIES)}")
+    if getattr(cls, "needs_oracle", False):
+        oracle = TraceOracle(sessions, config.cost.kv_spec.block_size, TokenSynthesizer())
+        return cls(oracle=oracle, cost=config.cost)
+    if "cost" in inspect.signature(cls).parameters:
+        return cls(cost=config.cost)
+    return cls()
+
 
 @dataclass(frozen=True)
 class Optimum:
@@ -103,7 +209,7 @@ class Optimum:
     Attributes:
         recomputed_tokens: the least recomputed prompt tokens any eviction choices give.
         script: the choices that reach it (replay with `ScriptedPolicy(script,
-            cost=config.cost)`).
+            cost=config.cost)`, or fed: `ScriptedPolicy(script, inner=fed_policy(...))`).
         num_runs: simulations run (complete or pruned).
         num_decisions: eviction decisions along the optimal run.
     """
@@ -115,7 +221,8 @@ class Optimum:
 
 
 def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
-                       max_runs: int = 200_000) -> Optimum:
+                       max_runs: int = 200_000, fed: str | None = None,
+                       below: float = math.inf) -> Optimum | None:
     """Search every sequence of eviction choices for the least recomputation.
 
     Args:
@@ -123,11 +230,18 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
         config: capacity and preset (its policy and host tier are ignored: the search
             chooses every victim, and discards them).
         max_runs: give up (RuntimeError) after this many simulations.
+        fed: a policy name: every run's scheduler reads the graph and cost of a fresh
+            instance of it fed the run's hooks (`fed_policy`), so the optimum bounds that
+            policy's own runs (module docstring); None: a policy with no graph, priced
+            with `config.cost`.
+        below: search only for runs recomputing fewer tokens than this (the bound starts
+            there): a known run's figure + 1 finds the optimum if it is at most that run's,
+            pruning from the first decision, and None says that run beat the search.
 
     Returns:
-        The optimum and how it was found.
+        The optimum and how it was found; None when no run recomputes less than `below`.
     """
-    best, best_script, best_depth = math.inf, (), 0
+    best, best_script, best_depth = below, None, 0
     stack: list[list[int]] = [[]]
     runs = 0
     while stack:
@@ -135,7 +249,8 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
         if runs > max_runs:
             raise RuntimeError(f"exhaustive search exceeded {max_runs} runs; shrink the trace")
         script = stack.pop()
-        policy = ScriptedPolicy(script, bound=best, cost=config.cost)
+        inner = fed_policy(fed, sessions, config) if fed is not None else None
+        policy = ScriptedPolicy(script, bound=best, cost=config.cost, inner=inner)
         sim = Simulator(sessions, config, policy=policy)
         policy.simulator = sim
         try:
@@ -151,6 +266,8 @@ def exhaustive_optimum(sessions: Sequence[Session], config: SimConfig,
         for d in range(len(script), len(policy.taken)):
             for alt in range(1, policy.branching[d]):
                 stack.append(policy.taken[:d] + [alt])
+    if best_script is None:
+        return None
     return Optimum(int(best), best_script, runs, best_depth)
 
 
@@ -174,4 +291,20 @@ def random_tiny_trace(seed: int) -> list[Session]:
         steps.append(Step(rng.randint(1, 4), 1))
         out.append(tiny_session(f"s{i}", rng.uniform(0, 0.05), steps,
                                 prefix=rng.choice([4, 8])))
+    return out
+
+
+def random_wait_trace(seed: int) -> list[Session]:
+    """3 sessions of 3 steps whose tool pauses (0.01, 0.5 or 3 s) are long against their
+    steps (milliseconds with `TINY`), arriving together: at capacities near their working
+    sets the `workflow` scheduler demotes paused sessions and queues steps, which
+    `random_tiny_trace` rarely makes it do; still small enough to search (a few thousand
+    runs at most on bench/policies_reference.py's seeds)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(3):
+        steps = [Step(rng.randint(2, 5), rng.randint(1, 2), "t", rng.choice([0.01, 0.5, 3.0]))
+                 for _ in range(2)]
+        steps.append(Step(rng.randint(1, 3), 1))
+        out.append(tiny_session(f"s{i}", rng.uniform(0, 0.02), steps, prefix=4))
     return out

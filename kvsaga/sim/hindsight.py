@@ -119,6 +119,7 @@ class Run:
     source: str  # the policy, or `belady<-NAME`: belady with run NAME's waits
     result: SimResult
     waits: dict[tuple[str, int], float] = field(repr=False)
+    demotions: int = 0  # sessions the scheduler demoted (the `workflow` scheduler's count)
 
 
 def record(sessions: Sequence[Session], config: SimConfig, policy: EvictionPolicy | str,
@@ -146,7 +147,8 @@ def record(sessions: Sequence[Session], config: SimConfig, policy: EvictionPolic
     sim.oracle = oracle  # the replay reports to it (a belady reads it too)
     oracle.clock = lambda: sim.now
     result = sim.run()
-    return Run(source or name, result, oracle.recorded_waits())
+    return Run(source or name, result, oracle.recorded_waits(),
+               getattr(sim.scheduler, "num_demotions", 0))
 
 
 @dataclass(frozen=True)

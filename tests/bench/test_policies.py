@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -523,7 +524,48 @@ def test_reference_says_which_capacities_it_left_out(monkeypatch):
         raise RuntimeError("exhaustive search exceeded 20000 runs")
 
     monkeypatch.setattr(ref, "exhaustive_optimum", too_big)
-    rows, left_out = ref._reference_case((200, "fcfs"))
+    rows, left_out = ref._reference_case((200, "fcfs", "tiny"))
     assert rows == [] and len(left_out) == ref.MAX_EXTRA + 1
     assert all("too many choices" in x for x in left_out[:-1])
     assert "the cap" in left_out[-1]  # and none of them reached an optimum of 0
+
+
+def _ref_row(ref, blocks: int, optimum: int, **recomputed) -> dict:
+    row = {"seed": 1, "shape": "tiny", "scheduler": "workflow", "blocks": blocks,
+           "optimum": optimum, "demoted": False, "waited": False,
+           "fed": {p: recomputed.pop(f"fed_{p.replace('-', '_')}", 0)
+                   for p in ref.GRAPH_KEEPERS}}
+    row.update({p: recomputed.get(p, 0) for p in ref.REF_POLICIES})
+    return row
+
+
+def test_reference_goes_on_past_an_optimum_of_0_where_a_policy_recomputes(monkeypatch):
+    """Session 44: the capacity loop stopped at the first capacity whose optimum was 0, and
+    no policy ran there: a policy that recomputed at it was in no table."""
+    ref = load("policies_reference")
+    made = []
+
+    def case(sessions, config, seed, shape, max_runs):
+        made.append(config.num_gpu_blocks)
+        return _ref_row(ref, config.num_gpu_blocks, 0, lru=7 if len(made) < 3 else 0)
+
+    monkeypatch.setattr(ref, "_case", case)
+    rows, left_out = ref._reference_case((200, "workflow", "tiny"))
+    assert len(rows) == 3 and not left_out  # two with lru recomputing, then all 0
+    table = "\n".join(ref._zero_table(rows))
+    assert "| workflow | tiny | 3 | lru | 2 | 7 | - |" in table
+
+
+def test_reference_judges_graph_keepers_against_their_fed_optimum():
+    """Each graph-keeping policy against the optimum fed its own graph, and a policy that
+    beat every run of that search counted below it (a broken bound shows)."""
+    ref = load("policies_reference")
+    rows = [_ref_row(ref, 5, 9, ttl=4, saga=4, graph=4, adaptive=4, **{"oracle-ttl": 4},
+                     hindsight=4, lru=21, belady=17, fed_ttl=4, fed_saga=4, fed_graph=4,
+                     fed_adaptive=4, fed_oracle_ttl=4),
+            _ref_row(ref, 6, 2, ttl=2, saga=3, fed_ttl=math.inf, fed_saga=3)]
+    table = "\n".join(ref._fed_table(rows))
+    assert "| tiny | ttl | 2 | 1 | 1 | 1.00x | 1.00x | 1.00x | 0 | 1 |" in table
+    assert "| tiny | saga | 2 | 2 | 0 | 1.00x | 1.00x | 1.00x | 1 | 1 |" in table
+    # hindsight: the least of the plain optimum and the one fed oracle-ttl's graph
+    assert "| tiny | hindsight | 1 | 1 | 0 | 1.00x | 1.00x | 1.00x | - | - |" in table
