@@ -30,14 +30,17 @@ does depend on the choices (they move step starts, admission waits and hence the
 learns), but only through those hooks, never through `choose_victims` (no policy's graph
 learns there), so on the branch whose choices are P's own every hook, hence every graph
 state and admission, is P's: P's run is one point of the fed search's space, and the fed
-optimum is a true lower bound on P's recomputation under any scheduler. Exceptions:
-`adaptive`, whose `graph` is its leader's and whose leader is elected inside
-`choose_victims` (the fed search keeps its first leader's; its experts' graphs learn the
-same hooks), is bounded only while that changes nothing; and the block ids differ from P's
-run where the victims' order does (the script evicts them in id order), which no decision
-reads but through the ids themselves. Discard only: no host tier.
+optimum is a true lower bound on P's recomputation under any scheduler. One caveat:
+`adaptive`'s `graph` is its leader's, and it elects leaders inside `choose_victims`, which
+the fed search never calls (it keeps the first leader's graph). Its default experts' graphs
+(graph's and ttl's) are built alike and learn the same hooks, so they hold the same state
+whichever leads; with experts whose graphs differ (saga's has its own prior) the fed search
+bounds adaptive only while it keeps its first leader. (The script evicts in id order where
+P may not; that moves which ids later blocks get, which nothing above reads.) Discard only:
+no host tier.
 
-Cost: exponential; meant for 2-3 sessions of 2-3 steps and a pool of a few blocks.
+Cost: exponential; meant for 2-3 sessions of 2-3 steps (`random_tiny_trace`), 3 of 3
+(`random_wait_trace`), and a pool of a few blocks.
 """
 
 from __future__ import annotations

@@ -29,12 +29,15 @@ execution graph where it keeps one (`Scheduler._graph`: the `workflow` scheduler
 order, kvsaga/scheduler/admission_order.py, workflow.py, working_set_gate.py). `oracle-ttl`
 (like ttl, saga and graph) keeps one, `belady` and the exhaustive search's scripted policy
 (kvsaga/sim/exhaustive.py) do not, so under such a scheduler an oracle-ttl run is scheduled
-differently from every run the search tried, not only with other victims, and can recompute
-less than the optimum it found (on the tiny traces of bench/policies_reference.py none
-did: its `< optimum` column). Under `fcfs` (whose admissions read no graph) only the
-victims differ, so the figure is never below that optimum; under `workflow` only the belady
-runs (`best_offline(..., policies=("belady",))`) are sure not to be (the search prices swaps
-and churn with the run's cost model, as belady does: `ScriptedPolicy(cost=config.cost)`).
+differently from every run the plain search tried, not only with other victims, and can
+recompute less than the optimum it found. Under `fcfs` (whose admissions read no graph) only
+the victims differ, so the figure is never below that optimum; under `workflow` the belady
+runs (`best_offline(..., policies=("belady",))`) are not (the search prices swaps and churn
+with the run's cost model, as belady does: `ScriptedPolicy(cost=config.cost)`), and the
+oracle-ttl runs are not below the search fed oracle-ttl's graph
+(`exhaustive_optimum(..., fed="oracle-ttl")`: the graph learns from hooks, not from the
+oracle, so whatever waits steer it), so the least of those two optima bounds the figure
+(bench/policies_reference.py counts the cases below it).
 Its gap to the exact optimum where that can be searched (tiny traces):
 bench/policies_reference.py; against the online policies on the fit set:
 bench/policies_hindsight.py.
