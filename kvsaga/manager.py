@@ -548,6 +548,16 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
             self.policy.resume_hinted(s, now)
             self.prefetch(session_id, now=now)
 
+    def resume_withdrawn(self, session_id: str, *, now: float | None = None) -> None:
+        """Take back `resume_hint`: the step it announced was aborted before it ran, so the
+        session stays paused (since its `paused_at`) and its blocks are no longer needed
+        now. Blocks the hint's prefetch loaded stay where they are. A no-op for a session
+        that is not paused."""
+        s = self._session(session_id)
+        now = self._time(now)
+        if s.state is SessionState.PAUSED:
+            self.policy.resume_withdrawn(s, now)
+
     def preempt(self, session_id: str, *, now: float | None = None) -> None:
         """Take a running step's blocks back (the engine requeues it and calls begin_step).
 

@@ -46,6 +46,7 @@ CALLS = {
     "finish_step_last": lambda m, t: m.finish_step("b", now=t, last_step=True),
     "pause_hint": lambda m, t: m.pause_hint("a", now=t, tool="grep"),
     "resume_hint": lambda m, t: m.resume_hint("a", now=t),
+    "resume_withdrawn": lambda m, t: m.resume_withdrawn("a", now=t),
     "preempt": lambda m, t: m.preempt("b", now=t),
     "end_session": lambda m, t: m.end_session("a", now=t),
     "prefetch": lambda m, t: m.prefetch("a", now=t),
@@ -84,8 +85,8 @@ def test_good_times_still_pass(core):
     """ints and floats are times; None reads the clock."""
     for t in (2, 2.5, None):
         m = _manager("lru", core.name)
-        for call in ("allocate_slots", "decode_step", "preempt", "resume_hint", "prefetch",
-                     "end_session", "tick"):
+        for call in ("allocate_slots", "decode_step", "preempt", "resume_hint",
+                     "resume_withdrawn", "prefetch", "end_session", "tick"):
             CALLS[call](m, t)
         m.check_integrity()
 

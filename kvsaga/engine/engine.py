@@ -560,6 +560,9 @@ class LLMEngine:
                 mgr.end_session(req.session_id)
         elif was_running:
             mgr.finish_step(req.session_id, tool=req.pause_tool, expected_s=req.pause_expected_s)
+        elif req.session_id in mgr.sessions:
+            # Aborted before it ran: the resume hint its arrival sent no longer holds.
+            mgr.resume_withdrawn(req.session_id, now=self.clock())
         self.scheduler.remove(req, self.clock(), ended=ended)
 
     def _output(self, req: Request, delta: str, new_ids: list[int]) -> RequestOutput:

@@ -485,6 +485,11 @@ class AdaptivePolicy(EvictionPolicy):
             e.policy.resume_hinted(session, now)
         self._on_shadows(lambda sh: sh.policy.resume_hinted(sh.seen(session), now))
 
+    def resume_withdrawn(self, session, now: float) -> None:
+        for e in self.experts:
+            e.policy.resume_withdrawn(session, now)
+        self._on_shadows(lambda sh: sh.policy.resume_withdrawn(sh.seen(session), now))
+
     def session_ended(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.session_ended(session, now)

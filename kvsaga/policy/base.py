@@ -114,6 +114,11 @@ class EvictionPolicy:
     def resume_hinted(self, session: Session, now: float) -> None:
         """The engine says a paused session's tool returned: its next step is imminent."""
 
+    def resume_withdrawn(self, session: Session, now: float) -> None:
+        """The step `resume_hinted` announced was aborted before it ran: the session is
+        paused again, as it was before the hint (a policy that keeps what the hint set
+        undoes it here)."""
+
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""
 

@@ -302,6 +302,11 @@ class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy
         if v is not None and v.imminent and sid not in self._ready:
             self._ready[sid] = (now, self.is_warm(sid))
 
+    def resume_withdrawn(self, session, now: float) -> None:
+        """The hinted step was aborted unscheduled: no admission wait to learn from."""
+        super().resume_withdrawn(session, now)
+        self._ready.pop(session.session_id, None)
+
     def session_deferred(self, session, deferred: bool, now: float) -> None:
         """A demoted session's blocks are needed once it is admitted again and its step
         starts: `deferred_time`."""

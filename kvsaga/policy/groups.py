@@ -64,7 +64,8 @@ class SessionView:
 
     `running` is True from `step_started` to `step_finished`; a running session with cached
     blocks was preempted (the manager tells policies nothing then) and is about to retry.
-    `imminent` is True from `resume_hinted` (its tool returned) to its next step.
+    `imminent` is True from `resume_hinted` (its tool returned) to its next step, or until
+    `resume_withdrawn` (that step was aborted before it ran).
     `needed_now` (running or imminent: its blocks will be read as soon as the scheduler
     gets to it) is kept beside them by `mark`, a slot rather than a property because keying
     reads it per session.
@@ -476,6 +477,13 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         v = self.views.get(session.session_id)
         if v is not None and not v.running:
             v.mark(running=False, imminent=True)
+
+    def resume_withdrawn(self, session: Session, now: float) -> None:
+        self._touch(now)
+        v = self.views.get(session.session_id)
+        if v is not None and v.imminent:
+            self._dirty.add(session.session_id)
+            v.mark(running=False, imminent=False)  # its `paused_at` is its pause's, as before
 
     def session_ended(self, session: Session, now: float) -> None:
         self._touch(now)

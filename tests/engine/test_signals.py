@@ -107,6 +107,23 @@ def test_resume_hint_ignores_unknown_and_running_sessions_and_without_host_tier(
     engine.manager.check_integrity()
 
 
+@pytest.mark.parametrize("policy", ["ttl", "graph"])
+def test_a_step_aborted_before_it_ran_withdraws_its_resume_hint(model_dir, policy):
+    # kvsaga-serve sends the hint as the step is added; its client gave up while it queued.
+    engine = make_engine(model_dir, policy=policy)
+    run(engine, FIRST, session_id="s", tool="t", expected_s=5.0)
+    view = engine.manager.policy.views["s"]
+    paused_at = view.paused_at
+    engine.add_request(FIRST + [3, 4], GREEDY, request_id="next", session_id="s")
+    engine.resume_hint("s")
+    assert view.needed_now
+    engine.abort("next")
+    assert engine.manager.sessions["s"].state.name == "PAUSED"
+    assert (view.imminent, view.needed_now, view.paused_at) == (False, False, paused_at)
+    assert "s" not in getattr(engine.manager.policy, "_ready", {})
+    engine.manager.check_integrity()
+
+
 def test_end_session_aborts_its_request_and_forgets_it(model_dir):
     engine = make_engine(model_dir)
     run(engine, FIRST, session_id="s")

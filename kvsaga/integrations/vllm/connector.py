@@ -397,6 +397,11 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
                     session = session_for(self._sessions, info)
                     self.policy.step_finished(session, now, info.hint)
                     self.stats.retained_steps += 1
+                elif info.session_id in self.holds and info.session_id not in self._flights:
+                    # Aborted unallocated, after a probe that told the policy its blocks are
+                    # needed now: they are not, the session stays paused as it was.
+                    session = session_for(self._sessions, info)
+                    self.policy.resume_withdrawn(session, now)
         if self.gate is not None:
             hint = info.hint if info is not None else None
             for demoted in self.gate.finished(

@@ -214,6 +214,28 @@ def test_a_step_aborted_before_it_got_blocks_keeps_the_session_context(hf_model_
     _assert_no_leak(s)
 
 
+def test_a_probed_step_aborted_before_it_got_blocks_withdraws_its_resume_hint(hf_model_dir):
+    """vLLM asked about A's next step (the connector told the policy A's blocks are needed
+    now) but could not allocate it, and it was aborted while it waited: A is paused again,
+    not imminent until its next step."""
+    from vllm.v1.request import RequestStatus
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False, policy="ttl")
+    a1 = _prompt(97, 6)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    view = s.connector.policy.views["A"]
+    waiting = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 2, {"session_id": "A"})
+    s.add_request(waiting)
+    s.connector.get_num_new_matched_tokens(waiting, 6 * BLOCK_SIZE)  # vLLM's probe
+    assert view.needed_now
+    s.finish_requests(waiting.request_id, RequestStatus.FINISHED_ABORTED)
+    assert (view.imminent, view.needed_now, view.running) == (False, False, False)
+    again = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 2,
+                         {"session_id": "A", "last_step": True})
+    assert run(s, [again])[again.request_id] == 6 * BLOCK_SIZE
+    _assert_no_leak(s)
+
+
 def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
     """Paused sessions retain most of memory while four prompts (30, 10, 10 and 10 blocks)
     prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk

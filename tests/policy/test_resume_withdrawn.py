@@ -1,0 +1,55 @@
+"""A resume hint whose step is aborted before it runs is withdrawn (`resume_withdrawn`): the
+session is paused again, priced as it was before the hint."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import build, make, run_step, tokens
+
+
+def paused_pair(name: str, hint: bool, withdraw: bool):
+    """Sessions a and b (paused last, so evicted first), 4 blocks each; b's next step hinted,
+    maybe withdrawn."""
+    policy = build(name)
+    m = make(policy, num_blocks=16)
+    run_step(m, "a", tokens(100, 16), now=0.0, tool="t", expected_s=5.0)
+    run_step(m, "b", tokens(200, 16), now=1.0, tool="t", expected_s=5.0)
+    if hint:
+        m.resume_hint("b", now=2.0)
+    if withdraw:
+        m.resume_withdrawn("b", now=2.0)
+    return policy, m
+
+
+def victim_owners(policy, m) -> list[str | None]:
+    return [m.block_owner[b] for b in policy.choose_victims(8, 3.0)]
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph", "adaptive"])
+def test_withdrawn_hint_gives_back_the_order_before_the_hint(name):
+    before = victim_owners(*paused_pair(name, hint=False, withdraw=False))
+    hinted = victim_owners(*paused_pair(name, hint=True, withdraw=False))
+    assert hinted != before  # the hint made b's blocks needed now: a's went first
+    assert victim_owners(*paused_pair(name, hint=True, withdraw=True)) == before
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_withdrawn_hint_marks_the_view_paused_since_its_pause(name):
+    policy, m = paused_pair(name, hint=True, withdraw=True)
+    v = policy.views["b"]
+    assert (v.running, v.imminent, v.needed_now, v.paused_at) == (False, False, False, 1.0)
+    assert "b" not in getattr(policy, "_ready", {})  # graph learns no admission wait
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("name", ["lru", "ttl", "graph", "saga", "adaptive"])
+def test_withdrawing_without_a_hint_or_on_a_running_session_changes_nothing(name):
+    policy, m = paused_pair(name, hint=False, withdraw=True)
+    before = victim_owners(*paused_pair(name, hint=False, withdraw=False))
+    assert victim_owners(policy, m) == before
+    m.begin_step("a", tokens(100, 17), now=4.0)
+    m.resume_withdrawn("a", now=4.0)  # running: not paused, a no-op
+    assert m.sessions["a"].state.name == "RUNNING"
+    if hasattr(policy, "views"):
+        assert policy.views["a"].running
