@@ -45,6 +45,7 @@ from kvsaga.routing_base import (  # noqa: F401  (re-exported: kvsaga.routing is
     Route,
     Router,
     RouteRequest,
+    affinity_key,
     prefix_key,
     session_key,
 )

@@ -72,13 +72,26 @@ class Route:
 
 
 def session_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
-    """The session a request continues: `session_id`, else the `X-Session-ID` header, else
-    `prompt_cache_key` (the server's precedence, `resolve_session_id`: an empty one is
-    skipped). None for a one-shot request (or a non-str id, which the server refuses)."""
+    """The session a request continues: `session_id`, else the `X-Session-ID` header (the
+    server's precedence, `resolve_session_id`: an empty one is skipped). None for a
+    one-shot request (or a non-str id, which the server refuses)."""
     header = None
     if headers is not None:
         header = next((v for k, v in headers.items() if k.lower() == "x-session-id"), None)
-    for sid in (body.get("session_id"), header, body.get("prompt_cache_key")):
+    return _first_id((body.get("session_id"), header))
+
+
+def affinity_key(body: Mapping, headers: Mapping[str, str] | None = None) -> str | None:
+    """What a request is routed by to stay where its cache is: its session
+    (`session_key`), else its `prompt_cache_key`, OpenAI's caching hint, which unrelated
+    requests share: they go to one replica, but the server does not make it a session."""
+    sid = session_key(body, headers)
+    return sid if sid is not None else _first_id((body.get("prompt_cache_key"),))
+
+
+def _first_id(ids) -> str | None:
+    """The first non-empty id; None if there is none or it is not a str."""
+    for sid in ids:
         if sid:
             return sid if isinstance(sid, str) else None
     return None

@@ -272,11 +272,19 @@ class AsyncEngine:
         await asyncio.shield(waiter)
 
     def abort_request(self, engine: LLMEngine, request_id: str) -> None:
-        """On the engine thread: abort a request and wake its reader."""
+        """On the engine thread: abort a request and wake its reader, with the abort's own
+        error if it failed (its stream is gone by then: a reader not woken would wait for
+        good, and its session would stay reserved)."""
         stream = self._streams.pop(request_id, None)
-        engine.abort(request_id)
-        if stream is not None:
-            stream.put(RequestAborted(request_id))
+        told: BaseException = RequestAborted(request_id)
+        try:
+            engine.abort(request_id)
+        except BaseException as e:
+            told = e
+            raise
+        finally:
+            if stream is not None:
+                stream.put(told)
 
     # -- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -470,7 +478,8 @@ class RequestHandle:
         if not self.done:
             self._close()
             rid = self.request_id
-            self.engine._submit(lambda e: self.engine.abort_request(e, rid))
+            fut = self.engine._submit(lambda e: self.engine.abort_request(e, rid))
+            fut.add_done_callback(_log_failure)  # nobody awaits it: a failure is logged
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
         """Yield one RequestOutput per generated token; the last has `finish_reason` set.

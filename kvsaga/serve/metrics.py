@@ -9,7 +9,8 @@ latency histograms are observed by the request handlers. Every series carries th
 `compat="vllm"` adds, under vLLM's names, the series that vLLM-aware routers (llm-d's
 endpoint picker, production-stack's router) and the usual Grafana dashboards read: queue and
 batch sizes, KV cache usage (current and pre-v1 names), prefix-cache queries and hits, token
-counters, preemptions, TTFT / inter-token / end-to-end histograms and `cache_config_info`.
+counters, requests by `finished_reason` (`request_success`: stop, length, abort, error),
+preemptions, TTFT / inter-token / end-to-end histograms and `cache_config_info`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 _ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+# Why a submitted request ended, as vLLM's `finished_reason` label names it: the engine's
+# finish (stop, length), or the request cut off (abort: its client left or its session was
+# ended) or failed (error: the engine failed, or stopped, while it ran).
+FINISHED_REASONS = ("stop", "length", "abort", "error")
+
+
 class TokenCounts:
     """Tokens and requests the handlers have seen, for the counters and the periodic log."""
 
     def __init__(self) -> None:
         self.generation_tokens = 0
         self.finished_requests = 0
+        self.ended = dict.fromkeys(FINISHED_REASONS, 0)  # submitted requests, by reason
 
 
 class _Latency:
@@ -110,6 +118,7 @@ class _EngineCollector(Collector):
                       st.hit_tokens)
         yield counter("kvsaga:generation_tokens", "Tokens generated.",
                       self.counts.generation_tokens)
+        yield self._ended("kvsaga:request_success", labels, lv)
         host_hits = st.host_hit_tokens
         src = CounterMetricFamily("kvsaga:cached_tokens", "Prompt tokens served from the cache, "
                                   "by the tier they came from.", labels=[*labels, "source"])
@@ -184,6 +193,16 @@ class _EngineCollector(Collector):
         idle.add_metric(lv, self.engine.idle_s)
         yield idle
 
+    def _ended(self, name: str, labels: list[str], lv: list[str]) -> CounterMetricFamily:
+        """Submitted requests by `finished_reason`, as vLLM counts them (its aborted and
+        failed requests too); summed over stop and length, the finished ones."""
+        c = CounterMetricFamily(name, "Requests that ended, by finished_reason (stop, "
+                                "length; abort: cut off; error: the engine failed).",
+                                labels=[*labels, "finished_reason"])
+        for reason, n in self.counts.ended.items():
+            c.add_metric([*lv, reason], n)
+        return c
+
     def _vllm(self, snap, gauge, counter) -> Iterator:
         """The gauges and counters under vLLM's names (its histograms are `_Latency`'s)."""
         st = snap.cache
@@ -206,8 +225,7 @@ class _EngineCollector(Collector):
                       st.queried_tokens)
         yield counter("vllm:generation_tokens", "Tokens generated.",
                       self.counts.generation_tokens)
-        yield counter("vllm:request_success", "Requests that finished.",
-                      self.counts.finished_requests)
+        yield self._ended("vllm:request_success", ["model_name"], [self.model_name])
         yield counter("vllm:num_preemptions", "Requests preempted for lack of KV blocks.",
                       snap.num_preemptions)
         info = InfoMetricFamily("vllm:cache_config", "KV cache configuration.",
@@ -248,6 +266,10 @@ class ServerMetrics:
         self.e2e = latency("e2e_request_latency_seconds", ["e2e_request_latency_seconds"],
                            "Time from arrival to the last token.", _TTFT_BUCKETS,
                            "finished_requests")
+
+    def request_ended(self, reason: str) -> None:
+        """Count a submitted request's end (`reason`: one of `FINISHED_REASONS`)."""
+        self.counts.ended[reason] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -111,6 +111,8 @@ class _Common(BaseModel):
     user: str | None = None
     # Sessions and tenancy (see sessions.py for the order of precedence).
     session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    # OpenAI's caching hint, shared by unrelated requests: never a session (the prefix
+    # cache needs no hint; the cluster gateway routes by it for affinity).
     prompt_cache_key: str | None = Field(default=None, min_length=1, max_length=256)
     cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
     kvsaga: KVSagaHint | None = None

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,12 +196,11 @@ class Serving:
                 and len(header_sid) > MAX_SESSION_ID:  # (the body's id wins over the header)
             raise APIError(400, f"X-Session-ID header of {len(header_sid)} characters; at most "
                            f"{MAX_SESSION_ID}", param="X-Session-ID")
-        sid = resolve_session_id(body.session_id, header_sid, body.prompt_cache_key)
+        sid = resolve_session_id(body.session_id, header_sid)
         if sid is None and body.kvsaga is not None \
                 and body.kvsaga.model_dump(exclude_defaults=True):  # `{}` carries nothing
             raise APIError(400, "kvsaga hints describe a session's pause: send them with "
-                           "session_id (or the X-Session-ID header, or prompt_cache_key)",
-                           param="kvsaga")
+                           "session_id (or the X-Session-ID header)", param="kvsaga")
         engine_sid = self.sessions.engine_id(salt, sid) if sid else None
         ctx = known = self.sessions.get(engine_sid) if engine_sid else None
         if ctx is not None and ctx.in_flight is not None:
@@ -349,10 +348,12 @@ class _Run:
         self.echo = ""  # completions with `echo`: the prompt text, sent before the answer
         self._lp_sent = 0  # generated tokens whose logprobs have been sent
         self._lp_offset = 0  # text offset of the next one (completions' `text_offset`)
+        self._counted = False  # its end is in the metrics (`_count`)
 
     async def _outputs(self, request: Request) -> AsyncIterator[RequestOutput]:
-        watcher = asyncio.create_task(_abort_on_disconnect(request, self.handle))
+        watcher = asyncio.create_task(_abort_on_disconnect(request, self.close))
         m = self.s.metrics
+        cut = "abort"  # how it ended without a final output: aborted, or left (closed)
         try:
             async for out in self.handle.outputs():
                 t = time.monotonic()
@@ -366,19 +367,38 @@ class _Run:
                     m.e2e.observe(t - self.arrival)
                     self._record(out)
                 yield out
+        except RequestAborted:
+            raise
+        except Exception:
+            cut = "error"  # the engine failed or stopped
+            raise
         finally:
             watcher.cancel()
             self.handle.abort()  # no-op when finished
             self._release()
+            self._count(self.final.finish_reason if self.final is not None else cut)
 
     def close(self) -> None:
-        """Abort if unfinished and free the session; idempotent."""
+        """Abort if unfinished and free the session; idempotent. A request closed before it
+        finished counts as aborted."""
         self.handle.abort()
         self._release()
+        self._count(self.final.finish_reason if self.final is not None else "abort")
+
+    def _count(self, reason: str) -> None:
+        """Count the request's end in the metrics, once (`_outputs` and `close` both end it:
+        the first to see the end says how)."""
+        if not self._counted:
+            self._counted = True
+            self.s.metrics.request_ended(reason)
 
     def _record(self, out: RequestOutput) -> None:
-        if self.ctx is not None and not self.last_step:
-            self.s.sessions.record(self.ctx, self.ids, self.text, out.token_ids)
+        """Remember the finished step as its session's context, unless the session is no
+        longer this step's: a step whose client left gave it back at once (`close`), and a
+        finish that still came must not overwrite the context of a step sent since."""
+        ctx = self.ctx
+        if ctx is not None and not self.last_step and ctx.in_flight == self.rid:
+            self.s.sessions.record(ctx, self.ids, self.text, out.token_ids)
 
     def _release(self) -> None:
         """Free the session (once: `_outputs` and `close` both call it). A last step ends
@@ -519,10 +539,12 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _abort_on_disconnect(request: Request, handle: RequestHandle) -> None:
-    """Wait for the client to go away, then abort its request (releasing its blocks)."""
+async def _abort_on_disconnect(request: Request, close: Callable[[], None]) -> None:
+    """Wait for the client to go away, then `close` its run: abort its request (releasing
+    its blocks) and free its session at once, not when the step under way ends. The abort
+    is queued before any later step's add, so the session's next step comes after it."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            handle.abort()
+            close()
             return

@@ -51,11 +51,11 @@ def tenant_salt(api_key: str | None, cache_salt: str | None) -> str | None:
 _NOT_HEADER_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]|^[ \t]|[ \t]$")
 
 
-def resolve_session_id(
-    body_session_id: str | None, header_session_id: str | None, prompt_cache_key: str | None
-) -> str | None:
+def resolve_session_id(body_session_id: str | None, header_session_id: str | None) -> str | None:
     """The session a request names: body `session_id` (also what the openai client's
-    `extra_body` becomes), then the `X-Session-ID` header, then `prompt_cache_key`.
+    `extra_body` becomes), then the `X-Session-ID` header. Not `prompt_cache_key`: in
+    OpenAI's API it is a caching hint that unrelated requests share, while a session is one
+    conversation, reserved by its step in flight (a second concurrent step is a 409).
 
     Raises:
         APIError: 400 naming the field, when the id it names holds a character that the
@@ -64,8 +64,7 @@ def resolve_session_id(
             step had run, as a 500 (UnicodeEncodeError) or a connection closed without a
             response.
     """
-    named = (("session_id", body_session_id), ("X-Session-ID", header_session_id),
-             ("prompt_cache_key", prompt_cache_key))
+    named = (("session_id", body_session_id), ("X-Session-ID", header_session_id))
     for param, sid in named:
         if sid:
             bad = _NOT_HEADER_TEXT.search(sid)

@@ -25,19 +25,23 @@ def test_the_first_x_session_id_is_the_session():
 
 
 def test_an_empty_x_session_id_is_skipped_as_the_server_skips_it():
-    """The server skips an empty X-Session-ID and takes prompt_cache_key
-    (`resolve_session_id`); the gateway stopped at it and routed a one-shot step (review
-    repro empty_header)."""
+    """The server skips an empty X-Session-ID (`resolve_session_id`); the gateway stopped
+    at it and routed a one-shot step (review repro empty_header). Past it, a
+    prompt_cache_key routes the step for affinity only: the server opens no session for it,
+    so the gateway names none to pull or move (no `engine_sid`)."""
     from kvsaga.serve.sessions import resolve_session_id
 
-    body = b'{"model": "m", "prompt": "hi", "prompt_cache_key": "agent-7"}'
+    body = b'{"model": "m", "prompt": "hi", "session_id": "s7"}'
     raw = [(b"x-session-id", b"")]
     call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", raw, body)
-    assert resolve_session_id(None, "", "agent-7") == "agent-7"
-    assert call["session"] == "anon/agent-7"
+    assert call["session"] == call["engine_sid"] == "anon/s7"
+    assert resolve_session_id(None, "") is None
+    body = b'{"model": "m", "prompt": "hi", "prompt_cache_key": "agent-7"}'
+    call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", raw, body)
+    assert call["session"] == "anon/agent-7" and "engine_sid" not in call
     body = b'{"model": "m", "prompt": "hi", "session_id": "", "prompt_cache_key": "k"}'
     call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", [], body)
-    assert call["session"] == "anon/k"
+    assert call["session"] == "anon/k" and "engine_sid" not in call
 
 
 def test_two_authorization_headers_name_the_tenant_the_replica_serves():

@@ -14,6 +14,7 @@ from kvsaga.routing import (
     Route,
     RouteRequest,
     RoutingConfig,
+    affinity_key,
     count_predicted_resumes,
     make_router,
     prefix_key,
@@ -30,12 +31,22 @@ def busy(queue: int, running: int = 4) -> ReplicaStats:
 def test_session_key_precedence():
     assert session_key({"session_id": "a", "prompt_cache_key": "c"}, {"X-Session-ID": "b"}) == "a"
     assert session_key({"prompt_cache_key": "c"}, {"x-session-id": "b"}) == "b"
-    assert session_key({"prompt_cache_key": "c"}, {}) == "c"
     assert session_key({"session_id": ""}, None) is None
     assert session_key({"session_id": 3}) is None
     # An empty one is skipped, as the server skips it (`resolve_session_id`).
-    assert session_key({"prompt_cache_key": "c"}, {"X-Session-ID": ""}) == "c"
-    assert session_key({"session_id": "", "prompt_cache_key": "c"}) == "c"
+    assert session_key({"session_id": ""}, {"X-Session-ID": "b"}) == "b"
+    # prompt_cache_key names no session (OpenAI's shared caching hint)...
+    assert session_key({"prompt_cache_key": "c"}, {}) is None
+    assert session_key({"session_id": "", "prompt_cache_key": "c"}, {"X-Session-ID": ""}) is None
+
+
+def test_affinity_key_is_the_session_else_the_prompt_cache_key():
+    # ...but requests sharing it are routed together.
+    assert affinity_key({"prompt_cache_key": "c"}, {}) == "c"
+    assert affinity_key({"session_id": "", "prompt_cache_key": "c"}, {"X-Session-ID": ""}) == "c"
+    assert affinity_key({"session_id": "a", "prompt_cache_key": "c"}) == "a"
+    assert affinity_key({"prompt_cache_key": "c"}, {"X-Session-ID": "b"}) == "b"
+    assert affinity_key({"prompt_cache_key": 3}) is None and affinity_key({}) is None
 
 
 def test_prefix_key_is_the_system_prompt():

@@ -3,6 +3,7 @@ names that routers and dashboards read; the periodic status line of the log."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from kvsaga.serve import metrics
 from kvsaga.serve.app import build_app
 from kvsaga.serve.stats_log import StatsLogger
 from tests.serve.conftest import MODEL, LiveServer, make_engine, settings
+from tests.serve.test_session_race import _Hold, _queued, _run, _sessions, _until
 
 # What llm-d's endpoint picker, production-stack's router and vLLM's Grafana dashboard read.
 VLLM_NAMES = [
@@ -134,3 +136,44 @@ def test_evictions_of_blocks_the_host_tier_holds_are_not_counted_as_discards():
     by_action = {s.labels["action"]: s.value for s in fam.samples}
     assert by_action == {"discard": 1, "offload": 7, "kept_on_host": 3}  # before: discard 4
     assert m.begin_step("a", [*a, 5]).num_cached_tokens == 12  # all of a hit on the host
+
+
+
+def test_request_success_counts_every_end_by_finished_reason(tiny_dir: Path):
+    """A finished, a cut-off (its session ended while it queued) and a failed request are
+    each counted under their `finished_reason`, kvsaga's and vLLM's name alike; before,
+    only finished ones were, and only under vLLM's name."""
+    engine = make_engine(tiny_dir)
+    real_run, fail = engine.runner.run, []
+
+    def run(chunks):
+        if fail:
+            fail.pop()
+            raise RuntimeError("CUDA error: out of memory (simulated)")
+        return real_run(chunks)
+
+    engine.runner.run = run
+    body = {"model": MODEL, "prompt": "count me", "max_tokens": 2, "ignore_eos": True}
+
+    async def scenario(app, aengine, client) -> None:
+        assert (await client.post("/v1/completions", json=body)).status_code == 200
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            cut = await _queued(aengine, client.post(
+                "/v1/completions", json={**body, "session_id": "m"}), "the step")
+            end = asyncio.create_task(client.post("/v1/sessions/m/end"))
+            await _until(lambda: _sessions(app).get("anon/m") is None, "dropped the session")
+        finally:
+            hold.release.set()
+        assert (await end).status_code == 200 and (await cut).status_code == 400
+        fail.append(True)
+        assert (await client.post("/v1/completions", json=body)).status_code == 500
+        fams = {f.name: f for f in text_string_to_metric_families(
+            (await client.get("/metrics")).text)}
+        for name in ("kvsaga:request_success", "vllm:request_success"):
+            got = {s.labels["finished_reason"]: s.value for s in fams[name].samples
+                   if s.name.endswith("_total")}
+            assert got == {"stop": 0, "length": 1, "abort": 1, "error": 1}, (name, got)
+
+    _run(engine, scenario, metrics_compat="vllm")

@@ -98,8 +98,7 @@ def _raw(server: LiveServer, path: str, body: str) -> httpx.Response:
 
 @pytest.mark.parametrize("field, sid", [
     ("session_id", "日本"), ("session_id", "€"), ("session_id", "a\nb"),
-    ("session_id", "a\r\nX-Evil: 1"), ("prompt_cache_key", "日本"),
-    ("prompt_cache_key", "x\x00y"),
+    ("session_id", "a\r\nX-Evil: 1"),
 ])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_session_id_the_header_cannot_echo_is_400_before_anything_runs(
@@ -113,7 +112,7 @@ def test_a_session_id_the_header_cannot_echo_is_400_before_anything_runs(
     err = r.json()["error"]
     assert err["param"] == field and "X-Session-ID" in err["message"]
     assert server.call(lambda e: len(e.manager.sessions)) == 0  # nothing was opened
-    # Latin-1 text is echoed as it was, and a prompt_cache_key not used as the id is fine.
+    # Latin-1 text is echoed as it was, and a prompt_cache_key (never an id) is fine.
     ok = {**CHAT, "session_id": "café", "prompt_cache_key": "日本"}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=ok, timeout=60)
     assert r.status_code == 200 and r.headers["x-session-id"].encode("latin-1") == b"caf\xe9"
@@ -149,7 +148,7 @@ def test_any_session_field_text(server: LiveServer, field, value, stream):
     body = {**CHAT, field: value, "stream": stream}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
     _check(r)
-    if r.status_code == 200 and field != "cache_salt" and value not in ("", ".", ".."):
+    if r.status_code == 200 and field == "session_id" and value not in ("", ".", ".."):
         # (HTTP drops whitespace around a header value: the echo is the id stripped)
         assert r.headers["x-session-id"].encode("latin-1") == value.strip(" \t").encode(
             "latin-1")

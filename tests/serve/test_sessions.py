@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -11,7 +12,8 @@ import pytest
 from kvsaga.serve.errors import APIError
 from kvsaga.serve.sessions import resolve_session_id, tenant_salt
 
-from .conftest import MODEL, LiveServer
+from .conftest import MODEL, LiveServer, make_engine
+from .test_session_race import _Hold, _queued, _run, _sessions, _until
 
 
 def _step(client: openai.OpenAI, messages: list[dict], **extra):
@@ -41,37 +43,64 @@ def test_session_survives_tool_pause_and_hits_cache(client: openai.OpenAI, serve
     server.wait_idle()
 
 
-def test_session_id_from_header_and_prompt_cache_key(server: LiveServer):
-    for how in ("header", "prompt_cache_key"):
-        sid = f"via-{how}"
-        headers = {"X-Session-ID": sid} if how == "header" else {}
-        body = {"model": MODEL, "prompt": f"session by {how}: " * 4, "max_tokens": 3}
-        if how == "prompt_cache_key":
-            body["prompt_cache_key"] = sid
-        r = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=30)
-        assert r.status_code == 200 and r.headers["x-session-id"] == sid
-        assert server.call(lambda e, sid=sid: f"anon/{sid}" in e.manager.sessions)
-        end = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
-        assert end.status_code == 200 and end.json()["ended"] is True
-        assert server.call(lambda e, sid=sid: f"anon/{sid}" in e.manager.sessions) is False
-        again = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
-        assert again.status_code == 404 and again.json()["error"]["code"] == "session_not_found"
+def test_session_id_from_header(server: LiveServer):
+    sid = "via-header"
+    body = {"model": MODEL, "prompt": "session by header: " * 4, "max_tokens": 3}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, headers={"X-Session-ID": sid},
+                   timeout=30)
+    assert r.status_code == 200 and r.headers["x-session-id"] == sid
+    assert server.call(lambda e: f"anon/{sid}" in e.manager.sessions)
+    end = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
+    assert end.status_code == 200 and end.json()["ended"] is True
+    assert server.call(lambda e: f"anon/{sid}" in e.manager.sessions) is False
+    again = httpx.post(f"{server.url}/v1/sessions/{sid}/end")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "session_not_found"
     server.wait_idle()
 
 
+def test_prompt_cache_key_is_a_shared_hint_not_a_session(tiny_dir):
+    """OpenAI's prompt_cache_key is shared by unrelated requests: two concurrent ones with
+    the same key both run (before: the second got 409 session_busy, and each overwrote the
+    other's session context), and no session is opened for it."""
+    body = {"model": MODEL, "max_tokens": 2, "ignore_eos": True, "prompt_cache_key": "app-v1"}
+
+    async def scenario(app, aengine, client) -> None:
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            first = await _queued(aengine, client.post("/v1/chat/completions", json={
+                **body, "messages": [{"role": "user", "content": "What is 2+2?"}]}), "first")
+            second = asyncio.create_task(client.post("/v1/chat/completions", json={
+                **body, "messages": [{"role": "user", "content": "Name a colour."}]}))
+            await _until(lambda: second.done() or aengine.num_in_flight == 2,
+                         "answered or queued the second")
+        finally:
+            hold.release.set()
+        for r in (await first, await second):
+            assert r.status_code == 200, r.text
+            assert "x-session-id" not in r.headers
+        assert _sessions(app).get("anon/app-v1") is None
+        assert not await aengine.call(lambda e: "anon/app-v1" in e.manager.sessions)
+        r = await client.post("/v1/chat/completions", json={
+            **body, "messages": [{"role": "user", "content": "hi"}], "kvsaga": {"tool": "t"}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "kvsaga", r.text
+
+    _run(make_engine(tiny_dir), scenario)
+
+
 def test_resolution_order_and_salts():
-    assert resolve_session_id("body", "header", "key") == "body"
-    assert resolve_session_id(None, "header", "key") == "header"
-    assert resolve_session_id(None, None, "key") == "key"
-    assert resolve_session_id(None, None, None) is None
+    assert resolve_session_id("body", "header") == "body"
+    assert resolve_session_id(None, "header") == "header"
+    assert resolve_session_id("", "header") == "header"  # an empty one is skipped
+    assert resolve_session_id(None, None) is None
     # What the X-Session-ID header echoing it cannot carry is refused up front, naming the
     # field: beyond U+00FF, a control character, or a space or tab at either end (h11,
     # uvicorn's parser without httptools, refuses those once the step has run).
     for bad in ("agent\u0100", "a\nb", "task-42 ", " task-42", "\ttask"):
         with pytest.raises(APIError, match="session_id") as e:
-            resolve_session_id(bad, None, None)
+            resolve_session_id(bad, None)
         assert e.value.status == 400 and e.value.param == "session_id"
-    assert resolve_session_id("task 42\tb", None, None) == "task 42\tb"  # inside is fine
+    assert resolve_session_id("task 42\tb", None) == "task 42\tb"  # inside is fine
     assert tenant_salt(None, None) is None
     salts = {tenant_salt("a", None), tenant_salt("b", None), tenant_salt(None, "a"),
              tenant_salt("a", "x"), tenant_salt("ax", None)}

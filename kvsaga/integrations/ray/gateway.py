@@ -3,7 +3,8 @@ front of the engine replicas (`deployment.EngineReplica`; `deployment.build_appl
 binds the two).
 
 `KvsagaGateway` (one replica) reads each request once, extracts the routing facts
-(`kvsaga.routing.session_key`, tenant, prefix key, context size: `routing_call`) and
+(`kvsaga.routing.session_key` and `affinity_key`, tenant, prefix key, context size:
+`routing_call`) and
 forwards the raw request (method, path, headers, body) to the engine deployment through a
 DeploymentHandle, whose request router is `KvsagaRequestRouter`. It relays the replica's
 response message by message, so streaming stays streaming. `/metrics` fans out to every
@@ -28,7 +29,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from kvsaga._validate import is_int
 from kvsaga.integrations.ray import registry
-from kvsaga.routing import prefix_key, session_key
+from kvsaga.routing import affinity_key, prefix_key, session_key
 from kvsaga.serve.errors import APIError
 from kvsaga.serve.guard import check_key, too_large
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
@@ -143,6 +144,9 @@ def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[byte
     # the id is everything between the prefix and the trailing /end.
     sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
         else session_key(parsed, hdrs)
+    # Routed by its session, else by its prompt_cache_key: requests sharing that hint share
+    # a replica (and its cache), but no session is opened or moved for them.
+    key = sid if ending else affinity_key(parsed, hdrs)
     # A rough guess of the context size: the router prefers the session's real token count,
     # which its home replica reports (`session_tokens` in its routing stats).
     facts: dict[str, Any] = {"tenant": salt or "anon", "prefix_key": prefix_key(parsed),
@@ -152,7 +156,8 @@ def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[byte
         facts.update(engine_sid=SessionRegistry.engine_id(salt, sid), salt=salt,
                      ends=ending or bool(isinstance(hint, dict) and hint.get("last_step")),
                      end_request=ending)
-        facts["session"] = facts["engine_sid"]
+    if key is not None:
+        facts["session"] = SessionRegistry.engine_id(salt, key)
     return facts
 
 
