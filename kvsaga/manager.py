@@ -549,10 +549,11 @@ class KVCacheManager(ManagerReads, EvictionPath, EvictionJournal, HostTierOps, F
             self.prefetch(session_id, now=now)
 
     def resume_withdrawn(self, session_id: str, *, now: float | None = None) -> None:
-        """Take back `resume_hint`: the step it announced was aborted before it ran, so the
-        session stays paused (since its `paused_at`) and its blocks are no longer needed
-        now. Blocks the hint's prefetch loaded stay where they are. A no-op for a session
-        that is not paused."""
+        """Take back `resume_hint`, or a preempted step's start: the step was aborted before
+        it ran (again), so the session stays paused as after its last completed step and
+        its blocks are no longer needed now (`EvictionPolicy.resume_withdrawn`). Blocks the
+        hint's prefetch loaded stay where they are. A no-op for a session that is not
+        paused."""
         s = self._session(session_id)
         now = self._time(now)
         if s.state is SessionState.PAUSED:

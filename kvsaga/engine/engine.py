@@ -561,7 +561,8 @@ class LLMEngine:
         elif was_running:
             mgr.finish_step(req.session_id, tool=req.pause_tool, expected_s=req.pause_expected_s)
         elif req.session_id in mgr.sessions:
-            # Aborted before it ran: the resume hint its arrival sent no longer holds.
+            # Aborted before it ran (or, preempted, before it ran again): the resume hint
+            # its arrival sent, or the step start, no longer holds.
             mgr.resume_withdrawn(req.session_id, now=self.clock())
         self.scheduler.remove(req, self.clock(), ended=ended)
 

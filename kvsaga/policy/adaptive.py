@@ -488,7 +488,7 @@ class AdaptivePolicy(EvictionPolicy):
     def resume_withdrawn(self, session, now: float) -> None:
         for e in self.experts:
             e.policy.resume_withdrawn(session, now)
-        self._on_shadows(lambda sh: sh.policy.resume_withdrawn(sh.seen(session), now))
+        self._on_shadows(lambda sh: sh.resume_withdrawn(session, now))
 
     def session_ended(self, session, now: float) -> None:
         for e in self.experts:

@@ -115,9 +115,11 @@ class EvictionPolicy:
         """The engine says a paused session's tool returned: its next step is imminent."""
 
     def resume_withdrawn(self, session: Session, now: float) -> None:
-        """The step `resume_hinted` announced was aborted before it ran: the session is
-        paused again, as it was before the hint (a policy that keeps what the hint set
-        undoes it here)."""
+        """The session's next step was aborted before it ran: the one `resume_hinted`
+        announced, or one `step_started` began that was preempted (the manager tells
+        policies nothing then) and aborted while requeued. The session is paused again, as
+        it was after its last completed step (a policy that keeps what the hint or the start
+        set undoes it here)."""
 
     def session_ended(self, session: Session, now: float) -> None:
         """The session is gone; its full blocks stay as plain prefix cache."""

@@ -64,8 +64,10 @@ class SessionView:
 
     `running` is True from `step_started` to `step_finished`; a running session with cached
     blocks was preempted (the manager tells policies nothing then) and is about to retry.
-    `imminent` is True from `resume_hinted` (its tool returned) to its next step, or until
-    `resume_withdrawn` (that step was aborted before it ran).
+    `imminent` is True from `resume_hinted` (its tool returned) to its next step.
+    `resume_withdrawn` (that step, or a preempted step's retry, was aborted before it ran)
+    clears both: the view is again that of its pause after its last completed step, whose
+    end `paused_at` keeps (`step_started` leaves it, its hint and tool as they were).
     `needed_now` (running or imminent: its blocks will be read as soon as the scheduler
     gets to it) is kept beside them by `mark`, a slot rather than a property because keying
     reads it per session.
@@ -481,7 +483,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
     def resume_withdrawn(self, session: Session, now: float) -> None:
         self._touch(now)
         v = self.views.get(session.session_id)
-        if v is not None and v.imminent:
+        if v is not None and v.needed_now:  # imminent, or running: preempted, retry aborted
             self._dirty.add(session.session_id)
             v.mark(running=False, imminent=False)  # its `paused_at` is its pause's, as before
 

@@ -186,6 +186,15 @@ class ShadowCache:
             self._release(sid, table, keep_tail=True, tokens=session.token_ids[:done])
         self._known[sid] = self._loops.count_hashed(table)
 
+    def resume_withdrawn(self, session, now: float) -> None:
+        """The session's next step was aborted before it ran. One this shadow still runs was
+        preempted (the real cache released its blocks then, its partial tail too; this
+        shadow waits for the retry): its blocks go back now, as they would have then."""
+        sid = session.session_id
+        if sid in self._running:
+            self._release(sid, self._tables.get(sid, []), keep_tail=False)
+        self.policy.resume_withdrawn(self.seen(session), now)
+
     def session_ended(self, session, now: float) -> None:
         self._end(session, now, self.policy.session_ended)
 

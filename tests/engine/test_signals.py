@@ -124,6 +124,57 @@ def test_a_step_aborted_before_it_ran_withdraws_its_resume_hint(model_dir, polic
     engine.manager.check_integrity()
 
 
+def view_state(engine: LLMEngine) -> tuple:
+    v = engine.manager.policy.views["s"]
+    return v.running, v.imminent, v.needed_now, v.paused_at, v.tool, v.hint
+
+
+def preempted_then_aborted(model_dir, policy: str, paused: list | None = None) -> LLMEngine:
+    """Session "s": one step (the policy's view of its pause then appended to `paused`),
+    then its next one preempted (fcfs, 7 blocks: "other" and it outgrow them as they decode;
+    the newest goes) and aborted while it waits to be retried."""
+    bpb = make_engine(model_dir, kv_memory_bytes=2**20).spec.bytes_per_block
+    engine = make_engine(model_dir, policy=policy, scheduler="fcfs", kv_memory_bytes=7 * bpb)
+    short = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    first = run(engine, FIRST, short, session_id="s", tool="t", expected_s=5.0)
+    if paused is not None:
+        paused.append(view_state(engine))
+    long = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    engine.add_request(list(range(200, 247)), long, request_id="other")
+    nxt = engine.add_request(FIRST + first.output_ids + [3, 4, 5], long, request_id="next",
+                             session_id="s")
+    while not nxt.num_preemptions:
+        engine.step()
+    assert nxt.status.name == "WAITING"
+    engine.abort("next")
+    return engine
+
+
+@pytest.mark.parametrize("policy", ["ttl", "graph"])
+def test_a_step_preempted_then_aborted_leaves_the_session_paused_at_its_last_step(
+        model_dir, policy):
+    # The manager tells policies nothing at a preemption: the view said running (its blocks
+    # needed now) after the abort too, until the session's next step or idle end. Now it is
+    # the view of the pause after the last completed step: paused since that step's end.
+    paused = []
+    engine = preempted_then_aborted(model_dir, policy, paused)
+    assert engine.manager.sessions["s"].state.name == "PAUSED"
+    assert paused[0][:3] == (False, False, False)
+    assert view_state(engine) == paused[0]
+    assert engine.manager.policy.idle_s("s", engine.clock()) > 0
+    engine.manager.check_integrity()
+
+
+def test_a_preempted_step_aborted_goes_back_in_the_adaptive_shadows(model_dir):
+    engine = preempted_then_aborted(model_dir, "adaptive")
+    policy = engine.manager.policy
+    assert policy._shadows  # the real cache released the step's blocks at its preemption
+    for sh in policy._shadows:
+        assert "s" not in sh._running and not sh.policy.views["s"].needed_now
+        sh.check_integrity()
+    engine.manager.check_integrity()
+
+
 def test_end_session_aborts_its_request_and_forgets_it(model_dir):
     engine = make_engine(model_dir)
     run(engine, FIRST, session_id="s")

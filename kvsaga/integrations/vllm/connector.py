@@ -397,9 +397,13 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
                     session = session_for(self._sessions, info)
                     self.policy.step_finished(session, now, info.hint)
                     self.stats.retained_steps += 1
-                elif info.session_id in self.holds and info.session_id not in self._flights:
-                    # Aborted unallocated, after a probe that told the policy its blocks are
-                    # needed now: they are not, the session stays paused as it was.
+                elif (ended and not block_ids) or (info.session_id in self.holds
+                                                    and info.session_id not in self._flights):
+                    # Allocated, then preempted (vLLM freed its blocks and told us nothing)
+                    # and aborted while requeued: the policy saw its step running. Or aborted
+                    # unallocated, after a probe that told the policy its blocks are needed
+                    # now. Either way they are not: the session is paused as after its last
+                    # completed step.
                     session = session_for(self._sessions, info)
                     self.policy.resume_withdrawn(session, now)
         if self.gate is not None:

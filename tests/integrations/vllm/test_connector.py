@@ -236,6 +236,32 @@ def test_a_probed_step_aborted_before_it_got_blocks_withdraws_its_resume_hint(hf
     _assert_no_leak(s)
 
 
+def test_a_step_preempted_then_aborted_leaves_the_session_paused_at_its_last_step(
+        hf_model_dir):
+    """A's next step ran, vLLM preempted it (it freed the blocks and told the connector
+    nothing) and it was aborted while requeued: the policy saw A running until its next
+    step. Now A is paused as after its first step, since that step's end."""
+    from vllm.v1.request import RequestStatus
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False, policy="ttl")
+    a1 = _prompt(97, 6)
+    run(s, [make_request(a1, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    view = s.connector.policy.views["A"]
+    paused = (view.running, view.needed_now, view.paused_at, view.hint)
+    a2 = make_request(a1 + [TOKEN] * 2 + _prompt(99, 1), 200, {"session_id": "A"})
+    other = make_request(_prompt(2, 16), 200)
+    s.add_request(other)
+    s.add_request(a2)  # the newest: vLLM preempts it once decoding fills the blocks
+    while a2.request_id not in (step(s).preempted_req_ids or ()):
+        assert not other.is_finished(), "the scenario must preempt A's step"
+    assert view.running
+    s.finish_requests(a2.request_id, RequestStatus.FINISHED_ABORTED)
+    assert (view.running, view.needed_now, view.paused_at, view.hint) == paused
+    assert paused[:2] == (False, False)
+    run(s, [])
+    _assert_no_leak(s)
+
+
 def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
     """Paused sessions retain most of memory while four prompts (30, 10, 10 and 10 blocks)
     prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk
