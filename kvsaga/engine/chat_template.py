@@ -71,6 +71,19 @@ def _compile(source: str) -> Any:
     return env.from_string(source)
 
 
+def _names_read(env: Any, source: str) -> frozenset[str]:
+    """The names a template can read: its free variables, the attributes and keys it looks
+    up (`message.tool_calls`, `message['tool_calls']`) and the strings it tests for
+    (`'tool_calls' in message`)."""
+    from jinja2 import meta, nodes
+
+    ast = env.parse(source)
+    names = set(meta.find_undeclared_variables(ast))
+    names.update(n.attr for n in ast.find_all(nodes.Getattr))
+    names.update(n.value for n in ast.find_all(nodes.Const) if isinstance(n.value, str))
+    return frozenset(names)
+
+
 class ChatTemplate:
     """A compiled chat template plus the special tokens it may refer to.
 
@@ -89,8 +102,14 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens or {})
         try:
             self._template = _compile(source)
+            self._names = _names_read(self._template.environment, source)
         except TemplateError as e:
             raise ChatTemplateError(f"invalid chat template: {e}") from e
+
+    def reads(self, name: str) -> bool:
+        """Whether the template ever refers to `name` (a variable such as `tools`, or a
+        message key such as `tool_calls`); what it never reads, it silently drops."""
+        return name in self._names
 
     def render(
         self,

@@ -42,7 +42,10 @@ class SamplingParams:
             temperature falls; a division by so small a number overflows).
         top_k: keep the k most likely tokens; 0 or -1 keeps all.
         top_p: keep the smallest set of tokens whose probability reaches top_p (0, 1].
-        seed: makes this request's draws reproducible, independent of the batch it is in.
+        seed: makes this request's draws reproducible: its noise comes from its own
+            generator, whatever else shares the batch. The logits it draws from may still
+            differ in the last bits between batch compositions (or cached and cold
+            prefixes), so a repeat gives the same tokens except where two are near-tied.
         stop: strings that end generation (not included in the output text).
         stop_token_ids: token ids that end generation, besides EOS.
         ignore_eos: keep generating past EOS.
@@ -66,7 +69,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InvalidRequest:
-            return InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
+            err = InvalidRequest(f"SamplingParams.{name} {why}, got {getattr(self, name)!r}")
+            err.field = name  # the server reports it under the request field of that name
+            return err
 
         if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise bad("max_tokens", "must be an int >= 1")

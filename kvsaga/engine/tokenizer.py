@@ -51,6 +51,7 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(ids))
         specials = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
         self.chat_template = ChatTemplate(chat_template, specials) if chat_template else None
+        self._byte_spelling: tuple[bool, bool, bool, frozenset[int]] | None = None
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -81,6 +82,25 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for, even when they are part of a UTF-8 character
+        (decoding such a token alone gives U+FFFD). Read from the vocabulary: byte-level
+        BPE spells bytes as characters of its alphabet, SentencePiece-style vocabularies
+        (GGUF's llama) have <0xNN> byte tokens and spell spaces as U+2581."""
+        if self._byte_spelling is None:
+            self._byte_spelling = _byte_spelling(self.backend)
+        byte_level, byte_fallback, metaspace, added = self._byte_spelling
+        piece = self.backend.id_to_token(token_id)
+        if piece is None or token_id in added:
+            return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
+        if byte_level and all(ch in _BYTE_OF for ch in piece):
+            return bytes(_BYTE_OF[ch] for ch in piece)
+        if byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece[5] == ">":
+            return bytes([int(piece[3:5], 16)])
+        if metaspace:
+            return piece.replace("\u2581", " ").encode("utf-8")
+        return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def apply_chat_template(
         self,
@@ -176,6 +196,32 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _byte_unicode_map() -> dict[str, int]:
+    """Byte-level BPE's alphabet: the character each byte is spelled as (GPT-2's table:
+    printable Latin-1 bytes as themselves, the others shifted to U+0100 and up)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [b for b in range(256) if b not in kept]
+    spelled = {chr(b): b for b in kept}
+    spelled.update((chr(256 + i), b) for i, b in enumerate(shifted))
+    return spelled
+
+
+_BYTE_OF = _byte_unicode_map()
+
+
+def _byte_spelling(backend: Backend) -> tuple[bool, bool, bool, frozenset[int]]:
+    """(byte-level, <0xNN> byte fallback, U+2581 spaces, added token ids) of a backend,
+    from the decoder its tokenizer.json (or GGUF assembly) configured."""
+    state = json.loads(backend.decoder.__getstate__()) if backend.decoder else {}
+    steps = state.get("decoders", [state]) if state.get("type") == "Sequence" else [state]
+    kinds = {step.get("type") for step in steps}
+    metaspace = "Metaspace" in kinds or any(
+        step.get("type") == "Replace" and step.get("pattern", {}).get("String") == "\u2581"
+        for step in steps)
+    added = frozenset(backend.get_added_tokens_decoder())
+    return "ByteLevel" in kinds, "ByteFallback" in kinds, metaspace, added
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -35,16 +36,47 @@ def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+_SCALAR_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _is_branch_tag(item: object) -> bool:
+    """Whether a pydantic error location item names a branch of a union type ("str",
+    "list[int]", "ContentPart") rather than a request field, index or key."""
+    return isinstance(item, str) and (item in _SCALAR_TAGS or "[" in item
+                                      or item[:1].isupper())
+
+
+def _branch_name(tag: str) -> str:
+    """A union branch as the client reads it: validator wrappers dropped
+    ("list[function-before[check(), int]]" is "list[int]")."""
+    return re.sub(r"function-\w+\[[^\]]*?, (\w+)\]", r"\1", tag)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """(message, param) of a request that failed validation: param is the request field
+    (union branch tags left out of it); a value that matched no branch of a union names
+    the branches it could have been."""
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     e = errors[0]
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     if e.get("type") == "json_invalid":
         return f"malformed JSON: {e.get('msg')}", None
-    param = ".".join(loc) or None
-    return f"{param or 'body'}: {e.get('msg')} (got {e.get('input')!r:.200})", param
+    loc = [x for x in e.get("loc", ()) if x != "body"]
+    param = ".".join(str(x) for x in loc if not _is_branch_tag(x)) or None
+    message = e.get("msg")
+    at = next((i for i, x in enumerate(loc) if _is_branch_tag(x)), None)
+    if at is not None:
+        branches = []
+        for other in errors:
+            oloc = [x for x in other.get("loc", ()) if x != "body"]
+            if oloc[:at] == loc[:at] and len(oloc) > at and _is_branch_tag(oloc[at]):
+                branches.append(_branch_name(oloc[at]))
+        branches = list(dict.fromkeys(branches))
+        if len(branches) > 1:
+            param = ".".join(str(x) for x in loc[:at]) or None
+            message = f"expected {', '.join(branches[:-1])} or {branches[-1]}"
+    return f"{param or 'body'}: {message} (got {e.get('input')!r:.200})", param
 
 
 def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSettings) -> FastAPI:

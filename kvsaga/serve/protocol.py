@@ -1,15 +1,18 @@
 """OpenAI wire schemas (the subset kvsaga-serve speaks) and kvsaga's extensions.
 
-Requests ignore fields they do not know, as OpenAI's own clients send many optional ones;
-fields whose values we cannot honour are rejected by the app with a 400 naming them.
+Requests accept fields kvsaga knows nothing about (clients and SDKs add optional ones over
+time; the app logs each such name once). Known OpenAI and vLLM fields whose values the engine
+cannot honour are refused with a 400 naming them (`UNHONOURED`); at their no-op values they
+are accepted.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
@@ -37,6 +40,46 @@ def _no_bool(kind: str) -> BeforeValidator:
 Int = Annotated[int, _no_bool("an integer")]
 Float = Annotated[float, _no_bool("a number")]
 Bool = Annotated[bool, Strict()]
+
+
+def _null_is(default: Any) -> BeforeValidator:
+    """A validator that reads an explicit JSON null as `default`, for the fields OpenAI
+    marks nullable ("integer or null") whose null means the default."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+# OpenAI documents up to 4 stop sequences; every one is checked against each new token on
+# the engine's thread, which all requests share, so a long list slowed everyone.
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+
+
+def _no_op(*values: Any) -> Any:
+    """A check that a field is unset (None) or at one of its no-op `values`."""
+    return lambda value: value is None or any(value == v for v in values)
+
+
+# Known OpenAI and vLLM request fields the engine cannot honour: the request is refused
+# (400 naming the field) unless the field is unset or at its no-op value. The value says
+# which values are no-ops; `CHAT_UNHONOURED` adds the chat-only ones.
+UNHONOURED: dict[str, Any] = {
+    "min_p": _no_op(0.0), "repetition_penalty": _no_op(1.0), "length_penalty": _no_op(1.0),
+    "use_beam_search": _no_op(False), "min_tokens": _no_op(0),
+    "include_stop_str_in_output": _no_op(False), "skip_special_tokens": _no_op(True),
+    "spaces_between_special_tokens": _no_op(True), "prompt_logprobs": _no_op(),
+    "truncate_prompt_tokens": _no_op(), "allowed_token_ids": _no_op(),
+    "bad_words": _no_op([]), "logits_processors": _no_op([]), "guided_json": _no_op(),
+    "guided_regex": _no_op(), "guided_choice": _no_op(), "guided_grammar": _no_op(),
+    "structured_outputs": _no_op(),
+}
+CHAT_UNHONOURED: dict[str, Any] = {
+    "functions": _no_op([]), "function_call": _no_op("none", "auto"),
+    "modalities": _no_op(["text"]), "audio": _no_op(), "prediction": _no_op(),
+    "reasoning_effort": _no_op(), "web_search_options": _no_op(),
+    "add_generation_prompt": _no_op(True), "continue_final_message": _no_op(False),
+    "chat_template": _no_op(), "chat_template_kwargs": _no_op({}),
+}
 
 
 def _tool_choice(value: Any) -> Any:
@@ -93,7 +136,9 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     """Sampling and session fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are kept (in `model_extra`) to be checked against `UNHONOURED`.
+    model_config = ConfigDict(extra="allow")
+    _unhonoured: ClassVar[dict[str, Any]] = UNHONOURED
 
     model: str
     max_tokens: Int | None = Field(default=None, ge=1)
@@ -102,10 +147,11 @@ class _Common(BaseModel):
     temperature: Float | None = Field(default=None, ge=0, le=2)
     top_p: Float | None = Field(default=None, gt=0, le=1)
     top_k: Int | None = Field(default=None, ge=-1)
-    n: Int = Field(default=1, ge=1)
+    n: Annotated[Int, _null_is(1)] = Field(default=1, ge=1)
     stop: str | list[str] | None = None
+    stop_token_ids: list[Int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     seed: Int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # torch takes int64
-    stream: Bool = False
+    stream: Annotated[Bool, _null_is(False)] = False
     stream_options: StreamOptions | None = None
     ignore_eos: Bool = False
     user: str | None = None
@@ -126,9 +172,23 @@ class _Common(BaseModel):
         """`SamplingParams.logprobs` the request asks for (each endpoint spells it its way)."""
         return None
 
+    def unknown_fields(self) -> list[str]:
+        """Names of the request's fields that kvsaga knows nothing about (accepted)."""
+        return [k for k in self.model_extra or {} if k not in self._unhonoured]
+
     def refused_field(self) -> tuple[str, str] | None:
         """(field, why) for the first field set to a value the engine cannot honour, or
         that OpenAI refuses as set (as vLLM does)."""
+        for name, value in (self.model_extra or {}).items():
+            no_op = self._unhonoured.get(name)
+            if no_op is not None and not no_op(value):
+                return name, (f"{name}={json.dumps(value)[:200]} is not supported by this "
+                              "server (it would be ignored); leave it unset")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stop) > MAX_STOP:
+            return "stop", f"stop has {len(stop)} sequences; at most {MAX_STOP}"
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            return "stop", f"a stop sequence is longer than {MAX_STOP_CHARS} characters"
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed with stream: true"
         for name in ("presence_penalty", "frequency_penalty"):
@@ -147,7 +207,8 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One message; extra keys (tool_calls, name, ...) reach the chat template as given."""
+    """One message; extra keys (tool_calls, name, ...) reach the chat template as given
+    (tool-call arguments parsed from their JSON string)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -158,8 +219,10 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Int | None = Field(default=None, ge=1)
+    _unhonoured: ClassVar[dict[str, Any]] = {**UNHONOURED, **CHAT_UNHONOURED}
+
     tools: list[dict[str, Any]] | None = None
-    logprobs: Bool = False
+    logprobs: Annotated[Bool, _null_is(False)] = False
     top_logprobs: Int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     # Accepted in any OpenAI form but not enforced (tool calls are not parsed from the
@@ -191,7 +254,7 @@ class ChatCompletionRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: str | list[Int] | list[str] | list[list[Int]]
-    echo: Bool = False
+    echo: Annotated[Bool, _null_is(False)] = False
     logprobs: Int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
     best_of: Int | None = Field(default=None, ge=1)
@@ -315,9 +378,15 @@ class Completion(_Response):
     usage: Usage | None = None
 
 
-def _piece(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
-    text = tokenizer.decode([token_id], skip_special_tokens=False)
-    return text, list(text.encode("utf-8"))
+def _piece(tokenizer: Any, token_id: int) -> tuple[str, bytes]:
+    """A token's text and raw bytes. A token holding only part of a UTF-8 character has no
+    text of its own: it is spelled "bytes:\\xNN..." (as vLLM does), which also keeps such
+    alternatives apart as keys of the legacy `top_logprobs` dicts."""
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        return raw.decode("utf-8"), raw
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
 
 
 def chat_logprobs(
@@ -330,10 +399,32 @@ def chat_logprobs(
     content = []
     for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=True)):
         token, raw = _piece(tokenizer, tid)
-        alts = [TopLogprob(token=t, logprob=v, bytes=b)
+        alts = [TopLogprob(token=t, logprob=v, bytes=list(b))
                 for t, b, v in ((*_piece(tokenizer, a), v) for a, v in (top[i] if top else ()))]
-        content.append(TokenLogprob(token=token, logprob=lp, bytes=raw, top_logprobs=alts))
+        content.append(TokenLogprob(token=token, logprob=lp, bytes=list(raw),
+                                    top_logprobs=alts))
     return ChatLogprobs(content=content)
+
+
+class TextOffsets:
+    """Where each generated token's text starts in a choice's text (completions'
+    `text_offset`), across the chunks of a stream: the count of characters decoded before
+    it, so a token holding the middle of a UTF-8 character starts where that character
+    does (each token's own decoded text, U+FFFD for such pieces, miscounted them).
+
+    Args:
+        start: the offset of the first token (the echoed prompt's length).
+    """
+
+    def __init__(self, start: int) -> None:
+        self.offset = start
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def take(self, raw: bytes) -> int:
+        """The offset of the token whose bytes are `raw`; moves past its complete text."""
+        at = self.offset
+        self.offset += len(self._utf8.decode(raw))
+        return at
 
 
 def completion_logprobs(
@@ -341,20 +432,19 @@ def completion_logprobs(
     token_ids: list[int],
     logprobs: list[float],
     top: list[list[tuple[int, float]]] | None,
-    offset: int,
+    offsets: TextOffsets,
 ) -> CompletionLogprobs:
-    """The legacy completions `logprobs`; `offset` is where the first token's text starts."""
-    tokens, offsets = [], []
+    """The legacy completions `logprobs`; `offsets` carries the text offset across calls."""
+    tokens, text_offset = [], []
     for tid in token_ids:
-        offsets.append(offset)
-        token = _piece(tokenizer, tid)[0]
+        token, raw = _piece(tokenizer, tid)
         tokens.append(token)
-        offset += len(token)
+        text_offset.append(offsets.take(raw))
     tops = None
     if top:
         tops = [{_piece(tokenizer, a)[0]: v for a, v in alts} for alts in top]
     return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=tops,
-                              text_offset=offsets)
+                              text_offset=text_offset)
 
 
 class ModelCard(BaseModel):

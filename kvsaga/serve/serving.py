@@ -33,6 +33,7 @@ from kvsaga.serve.protocol import (
     ChatDelta,
     Completion,
     CompletionChoice,
+    TextOffsets,
     _Common,
     chat_logprobs,
     completion_logprobs,
@@ -143,11 +144,14 @@ class Serving:
                 top_k=body.top_k,
                 seed=body.seed,
                 stop=body.stop,
+                stop_token_ids=body.stop_token_ids,
                 ignore_eos=body.ignore_eos,
                 logprobs=body.num_top_logprobs(),
             )
-        except InvalidRequest as e:
-            raise APIError(400, str(e)) from None
+        except InvalidRequest as e:  # named as the request field (max_tokens: as sent)
+            field = getattr(e, "field", None)
+            raise APIError(400, str(e).removeprefix("SamplingParams."),
+                           param=asked if field == "max_tokens" else field) from None
 
     @staticmethod
     def _check_fields(body: _Common) -> None:
@@ -347,7 +351,7 @@ class _Run:
         self.final: RequestOutput | None = None
         self.echo = ""  # completions with `echo`: the prompt text, sent before the answer
         self._lp_sent = 0  # generated tokens whose logprobs have been sent
-        self._lp_offset = 0  # text offset of the next one (completions' `text_offset`)
+        self._lp_offsets: TextOffsets | None = None  # completions' `text_offset`, lazily
         self._counted = False  # its end is in the metrics (`_count`)
 
     async def _outputs(self, request: Request) -> AsyncIterator[RequestOutput]:
@@ -455,9 +459,9 @@ class _Run:
         tok = self.s.sessions.tokenizer
         if self.chat:
             return chat_logprobs(tok, ids, lps, top)
-        lp = completion_logprobs(tok, ids, lps, top, len(self.echo) + self._lp_offset)
-        self._lp_offset += sum(len(t) for t in lp.tokens)
-        return lp
+        if self._lp_offsets is None:
+            self._lp_offsets = TextOffsets(len(self.echo))
+        return completion_logprobs(tok, ids, lps, top, self._lp_offsets)
 
     def _chunk(self, delta: str | None, finish: str | None, role: bool = False,
                logprobs: Any = None) -> str:

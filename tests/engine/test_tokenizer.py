@@ -10,7 +10,7 @@ from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.gguf_file import GGUFFile
 from kvsaga.engine.tokenizer import Tokenizer
 
-from .helpers import write_sentencepiece_gguf
+from .helpers import write_byte_tokenizer, write_sentencepiece_gguf
 
 TEXTS = [
     "Hello world",
@@ -195,3 +195,17 @@ def test_sentencepiece_gguf_matches_hf(tmp_path):
         "<0x98>",
         "<0x83>",
     ]
+
+
+def test_token_bytes_of_partial_characters_come_from_the_vocabulary(tmp_path):
+    """Logprobs' `bytes`: a token holding part of a UTF-8 character decodes alone to U+FFFD
+    (whose bytes were reported); the vocabulary spells its real bytes (byte-level BPE's
+    alphabet, <0xNN> byte-fallback tokens, U+2581 for a space)."""
+    corpus = [*TEXTS, "the quick brown fox jumps over the lazy dog " * 5]
+    spm = Tokenizer.from_gguf(GGUFFile(write_sentencepiece_gguf(tmp_path / "spm.gguf", corpus)))
+    write_byte_tokenizer(tmp_path)
+    byte_level = Tokenizer.from_hf_dir(tmp_path)
+    text = "the fox 😀 ☃ é</s>"
+    for tok, prefix in ((byte_level, b""), (spm, b" ")):  # SentencePiece's dummy prefix
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b"".join(tok.token_bytes(i) for i in ids) == prefix + text.encode(), tok

@@ -3,6 +3,8 @@ running a tiny random model, and the official openai client pointed at them."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import threading
 import time
@@ -95,6 +97,36 @@ def settings(**kwargs: Any) -> ServerSettings:
 def server(tiny_dir: Path) -> Iterator[LiveServer]:
     """No auth; vLLM metric names on."""
     app = build_app(make_engine(tiny_dir, max_num_seqs=8), settings(metrics_compat="vllm"))
+    with LiveServer(app) as s:
+        yield s
+
+
+# A tool-aware chat template in the style of Qwen2.5's and Llama 3.1's: it renders `tools`
+# and each tool call's arguments with `tojson`.
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }} "
+    "{{ c.function.arguments | tojson }}</call>{% endfor %}</s>{% endfor %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tool_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with `TOOL_TEMPLATE` as its chat template."""
+    out = tmp_path_factory.mktemp("serve-tiny-tools")
+    for f in tiny_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = TOOL_TEMPLATE
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tool_server(tool_dir: Path) -> Iterator[LiveServer]:
+    """The tiny model behind a chat template that renders tools and tool calls."""
+    app = build_app(make_engine(tool_dir), settings())
     with LiveServer(app) as s:
         yield s
 

@@ -191,10 +191,12 @@ def test_those_fields_at_their_defaults_are_accepted(server: LiveServer):
     server.wait_idle()
 
 
-def test_tool_choice_is_accepted_unenforced_and_logged_once(server: LiveServer, caplog):
+def test_tool_choice_is_accepted_unenforced_and_logged_once(tool_server: LiveServer, caplog):
     """smolagents' ToolCallingAgent sends tool_choice "required"; it was served (the field
     was ignored, the agent parses calls from the text) until it became a 400. Every OpenAI
-    form is accepted again, with one warning per distinct value that it is not enforced."""
+    form is accepted again, with one warning per distinct value that it is not enforced.
+    (The tools need a template that renders them: test_protocol_surface.)"""
+    server = tool_server
     tools = [{"type": "function", "function": {"name": "run_tests", "parameters": {}}}]
     named = {"type": "function", "function": {"name": "run_tests"}}
     allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [named]}}
@@ -220,9 +222,10 @@ def test_session_end_names_a_bad_cache_salt_and_takes_ids_with_a_slash(server: L
     server.wait_idle()
 
 
-def test_an_assistant_turn_that_only_called_tools_is_served(server: LiveServer):
+def test_an_assistant_turn_that_only_called_tools_is_served(tool_server: LiveServer):
     """OpenAI's reply that calls tools has content null; clients send it back as is. The
     template reads every message's content: it gets "" (it was a 422 from the template)."""
+    server = tool_server
     call = {"id": "c1", "type": "function", "function": {"name": "run_tests", "arguments": "{}"}}
     messages = [{"role": "user", "content": "fix it"},
                 {"role": "assistant", "content": None, "tool_calls": [call]},

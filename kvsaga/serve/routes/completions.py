@@ -3,6 +3,8 @@ hand it to `Serving`."""
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,6 +17,8 @@ from kvsaga.serve.serving import Prompt
 from kvsaga.serve.state import server_state
 
 router = APIRouter()
+log = logging.getLogger("kvsaga.serve")
+_WARNED_FIELDS: set[str] = set()
 
 
 @router.post("/v1/chat/completions")
@@ -22,14 +26,8 @@ async def chat(request: Request, body: ChatCompletionRequest) -> Response:
     state = server_state(request)
     srv = state.serving()
     state.check_model(body.model)
-    messages = [_message_dict(m, i) for i, m in enumerate(body.messages)]
-    kwargs = {"tools": body.tools} if body.tools else {}
-    try:
-        text = srv.sessions.tokenizer.apply_chat_template(messages, True, **kwargs)
-    except ChatTemplateError as e:
-        raise APIError(422, f"the chat template rejected the messages: {e}",
-                       param="messages") from None
-    refuse_lone_surrogate(text, "messages")
+    _warn_unknown_fields(body)
+    text = render_chat(srv.sessions.tokenizer, body)
     prompt = Prompt(text, add_special_tokens=False, param="messages")
     return await srv.complete(request, body, prompt, True,
                               body.max_completion_tokens or body.max_tokens)
@@ -40,6 +38,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     state = server_state(request)
     srv = state.serving()
     state.check_model(body.model)
+    _warn_unknown_fields(body)
     p = body.prompt
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
         p = p[0]  # a batch of one
@@ -51,6 +50,52 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     else:
         raise APIError(400, "only one prompt per request is supported", param="prompt")
     return await srv.complete(request, body, prompt, False, body.max_tokens)
+
+
+def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
+    """The prompt text of a chat request, rendered by the model's chat template.
+
+    Raises:
+        APIError: 400 for tools or tool calls the template would drop (it never reads
+            them) and for content or tool-call arguments it cannot take; 422 when the
+            template rejects the conversation.
+    """
+    template = tokenizer.chat_template
+    if template is not None:
+        _refuse_what_the_template_drops(template, body)
+    messages = [_message_dict(m, i) for i, m in enumerate(body.messages)]
+    kwargs = {"tools": body.tools} if body.tools else {}
+    try:
+        text = tokenizer.apply_chat_template(messages, True, **kwargs)
+    except ChatTemplateError as e:
+        raise APIError(422, f"the chat template rejected the messages: {e}",
+                       param="messages") from None
+    refuse_lone_surrogate(text, "messages")
+    return text
+
+
+def _refuse_what_the_template_drops(template: Any, body: ChatCompletionRequest) -> None:
+    """400 for `tools`, or an assistant turn's `tool_calls`, when the template never reads
+    them: the model would answer without seeing them (SmolLM2's template reads neither)."""
+    if body.tools and not template.reads("tools"):
+        raise APIError(400, "this model's chat template cannot render tools (it never reads "
+                       "`tools`); describe them in a message instead", param="tools")
+    for i, message in enumerate(body.messages):
+        if (message.model_extra or {}).get("tool_calls") and not template.reads("tool_calls"):
+            raise APIError(400, f"messages[{i}]: this model's chat template cannot render "
+                           "tool_calls (it never reads them); send the calls as content "
+                           "instead", param=f"messages.{i}.tool_calls")
+
+
+def _warn_unknown_fields(body: Any) -> None:
+    """Log once per field name that a request carried a field kvsaga knows nothing about:
+    it is accepted (clients add optional fields over time, as vLLM accepts them) and has
+    no effect."""
+    for name in body.unknown_fields():
+        if name not in _WARNED_FIELDS and len(_WARNED_FIELDS) < 64:  # clients pick the names
+            _WARNED_FIELDS.add(name)
+            log.warning("request field %.64r is unknown to kvsaga-serve: accepted and ignored",
+                        name)
 
 
 def _message_dict(message: Any, index: int) -> dict:
@@ -74,4 +119,23 @@ def _message_dict(message: Any, index: int) -> dict:
             raise APIError(400, f"messages[{index}] (role {d.get('role')!r}) has no content",
                            param=f"messages.{index}.content")
         d["content"] = ""
+    if isinstance(d.get("tool_calls"), list):
+        d["tool_calls"] = [_call_with_parsed_arguments(call, f"messages.{index}.tool_calls.{j}")
+                           for j, call in enumerate(d["tool_calls"])]
     return d
+
+
+def _call_with_parsed_arguments(call: Any, where: str) -> Any:
+    """A tool call whose `function.arguments` JSON string (OpenAI's wire form) is parsed,
+    as vLLM does: tool-aware templates write `arguments | tojson`, which double-encoded
+    the string (the model saw escaped quotes it never saw in training)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if not isinstance(arguments, str):
+        return call
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as e:
+        raise APIError(400, f"{where}.function.arguments is not valid JSON: {e}",
+                       param=f"{where}.function.arguments") from None
+    return {**call, "function": {**function, "arguments": parsed}}
