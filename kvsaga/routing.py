@@ -153,6 +153,8 @@ class KvsagaRouter(Router):
         target, reason = self._thief(home, req, stats)
         if target is None:
             return Route(home, reason="affinity")
+        if req.affinity_only:  # no session to move: the hint's home changes, nothing else
+            return Route(target, reason=reason)
         migrate = self.config.should_migrate(self._tokens(home, req, stats))
         self.num_stolen += 1
         self.num_migrated += migrate

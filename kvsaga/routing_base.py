@@ -36,6 +36,9 @@ class RouteRequest:
             would have to migrate or recompute).
         stay: the request must reach the session's home (an end request, which deletes
             what a move would pull): never moved, no KV migrated for it.
+        affinity_only: `session` is a routing hint (a `prompt_cache_key`) that no replica
+            holds a session for: a steal re-homes the hint only, so it migrates nothing
+            and is not counted as a steal.
     """
 
     session: str | None = None
@@ -43,6 +46,7 @@ class RouteRequest:
     prefix_key: str | None = None
     context_tokens: int = 0
     stay: bool = False
+    affinity_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

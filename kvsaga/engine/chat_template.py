@@ -71,17 +71,17 @@ def _compile(source: str) -> Any:
     return env.from_string(source)
 
 
-def _names_read(env: Any, source: str) -> frozenset[str]:
-    """The names a template can read: its free variables, the attributes and keys it looks
-    up (`message.tool_calls`, `message['tool_calls']`) and the strings it tests for
-    (`'tool_calls' in message`)."""
+def _names_read(env: Any, source: str) -> tuple[frozenset[str], frozenset[str]]:
+    """What a template can read: its free variables (`tools`), and the keys it looks up
+    (`message.tool_calls`, `message['tool_calls']`, `'tool_calls' in message`). Kept apart:
+    a template that reads a message's `tools` key never sees the `tools` variable."""
     from jinja2 import meta, nodes
 
     ast = env.parse(source)
-    names = set(meta.find_undeclared_variables(ast))
-    names.update(n.attr for n in ast.find_all(nodes.Getattr))
-    names.update(n.value for n in ast.find_all(nodes.Const) if isinstance(n.value, str))
-    return frozenset(names)
+    variables = frozenset(meta.find_undeclared_variables(ast))
+    keys = {n.attr for n in ast.find_all(nodes.Getattr)}
+    keys.update(n.value for n in ast.find_all(nodes.Const) if isinstance(n.value, str))
+    return variables, frozenset(keys)
 
 
 class ChatTemplate:
@@ -102,14 +102,19 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens or {})
         try:
             self._template = _compile(source)
-            self._names = _names_read(self._template.environment, source)
+            self._variables, self._keys = _names_read(self._template.environment, source)
         except TemplateError as e:
             raise ChatTemplateError(f"invalid chat template: {e}") from e
 
-    def reads(self, name: str) -> bool:
-        """Whether the template ever refers to `name` (a variable such as `tools`, or a
-        message key such as `tool_calls`); what it never reads, it silently drops."""
-        return name in self._names
+    def reads_variable(self, name: str) -> bool:
+        """Whether the template refers to the variable `name` (such as `tools`); a variable
+        it never reads is silently dropped."""
+        return name in self._variables
+
+    def reads_key(self, name: str) -> bool:
+        """Whether the template looks up the key or attribute `name` (such as a message's
+        `tool_calls`); a key it never looks up is silently dropped."""
+        return name in self._keys
 
     def render(
         self,

@@ -38,10 +38,10 @@ def test_an_empty_x_session_id_is_skipped_as_the_server_skips_it():
     assert resolve_session_id(None, "") is None
     body = b'{"model": "m", "prompt": "hi", "prompt_cache_key": "agent-7"}'
     call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", raw, body)
-    assert call["session"] == "anon/agent-7" and "engine_sid" not in call
+    assert call["session"] == "pck:anon/agent-7" and "engine_sid" not in call
     body = b'{"model": "m", "prompt": "hi", "session_id": "", "prompt_cache_key": "k"}'
     call = routing_call(ServerSettings(), "POST", "/v1/completions", b"", [], body)
-    assert call["session"] == "anon/k" and "engine_sid" not in call
+    assert call["session"] == "pck:anon/k" and "engine_sid" not in call
 
 
 def test_two_authorization_headers_name_the_tenant_the_replica_serves():

@@ -173,6 +173,33 @@ def test_template_context_matches_hf(tiny_model_dir):
     assert chat[1]["content"] is None  # the caller's messages are not changed
 
 
+def test_reads_keeps_template_variables_apart_from_message_keys():
+    """`tools` reaches a template as a variable and `tool_calls` as a message key. One set
+    held both, so a template that reads a message's `tools` key (a system message carrying
+    its tools, Phi-4-mini style) counted as reading the `tools` variable, and top-level
+    tools were dropped without a word; and a variable named `tool_calls` counted as the
+    key."""
+    loop = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
+    key_tools = ChatTemplate(
+        "{% for m in messages %}{% if 'tools' in m %}{{ m['tools'] }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    assert not key_tools.reads_variable("tools") and key_tools.reads_key("tools")
+    var_calls = ChatTemplate(loop + "{{ tool_calls }}")
+    assert var_calls.reads_variable("tool_calls") and not var_calls.reads_key("tool_calls")
+    plain = ChatTemplate(loop)  # SmolLM2-like: reads neither
+    assert not plain.reads_variable("tools") and not plain.reads_key("tool_calls")
+    aware = ChatTemplate(
+        "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}"
+        "{% if 'tool_calls' in m %}{{ m.tool_calls | tojson }}{% endif %}{% endfor %}"
+    )
+    assert aware.reads_variable("tools") and aware.reads_key("tool_calls")
+    for attr in ("m.tool_calls", "m['tool_calls']"):
+        assert ChatTemplate("{% for m in messages %}{{ " + attr + " }}{% endfor %}").reads_key(
+            "tool_calls"
+        )
+
+
 def test_sentencepiece_gguf_matches_hf(tmp_path):
     """A Llama-2-style vocabulary (SentencePiece BPE, byte fallback, merges derived from
     scores) built from GGUF metadata, against transformers' tokenizer for the same file."""

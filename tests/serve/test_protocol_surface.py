@@ -10,9 +10,16 @@ import httpx
 import pytest
 
 from kvsaga.engine.tokenizer import Tokenizer
-from kvsaga.serve.protocol import TextOffsets, chat_logprobs, completion_logprobs
+from kvsaga.serve.errors import APIError
+from kvsaga.serve.protocol import (
+    ChatCompletionRequest,
+    TextOffsets,
+    chat_logprobs,
+    completion_logprobs,
+)
+from kvsaga.serve.routes.completions import render_chat
 
-from .conftest import MODEL, LiveServer
+from .conftest import MODEL, TOOL_TEMPLATE, LiveServer
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 TEXT = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
@@ -58,12 +65,71 @@ def test_tool_call_arguments_reach_the_template_as_json_objects(tool_server: Liv
                 '</s><s>tool: ok</s>')
     ids = tool_server.call(lambda e: e.tokenizer.encode(expected, add_special_tokens=False))
     assert r.json()["usage"]["prompt_tokens"] == len(ids)
+    # Arguments the model wrote malformed stay in the history: served (as {}), not a 400
+    # that would fail every later turn of the session.
     bad = json.loads(json.dumps(CALLED))
     bad[1]["tool_calls"][0]["function"]["arguments"] = '{"path": '
-    err = _error(_post(tool_server, {**CHAT, "messages": bad}))
-    assert err["param"] == "messages.1.tool_calls.0.function.arguments"
-    assert "not valid JSON" in err["message"]
+    assert _post(tool_server, {**CHAT, "messages": bad}).status_code == 200
     tool_server.wait_idle()
+
+
+def _render(tiny_dir, source: str, messages: list, tools: list | None = None) -> str:
+    """`render_chat` for the tiny tokenizer behind the chat template `source`."""
+    tok = Tokenizer(Tokenizer.from_hf_dir(tiny_dir).backend, chat_template=source)
+    return render_chat(tok, ChatCompletionRequest(model=MODEL, messages=messages, tools=tools))
+
+
+@pytest.mark.parametrize(("arguments", "rendered", "warned"), [
+    ('{"path": "a.py"}', '{"path": "a.py"}', False),
+    ("", "{}", False),  # a call without parameters
+    ("  ", "{}", False),
+    (None, "{}", False),
+    ("{'path': 'a.py'}", "{}", True),  # malformed by the model
+    ('{"path": ', "{}", True),
+    ('["a.py"]', "{}", True),  # JSON, but not an object
+])
+def test_empty_or_malformed_tool_call_arguments_render_as_an_empty_object(
+        tiny_dir, caplog, arguments, rendered, warned):
+    """Empty or malformed `arguments` were a 400. The model wrote them and the history
+    carries them into every later turn, so the whole session failed; as vLLM does, they
+    render as {}, and a malformed one is warned about, naming its message."""
+    history = json.loads(json.dumps(CALLED))
+    history[1]["tool_calls"][0]["function"]["arguments"] = arguments
+    with caplog.at_level("WARNING", logger="kvsaga.serve"):
+        text = _render(tiny_dir, TOOL_TEMPLATE, history, TOOLS)
+    assert f"<call>read {rendered}</call>" in text
+    named = [m for m in caplog.messages if "messages[1].tool_calls[0].function.arguments" in m]
+    assert bool(named) == warned
+
+
+# As Llama 3.1's and Mistral v0.3's templates do: `'tool_calls' in message` means a call.
+ONE_CALL_TEMPLATE = (
+    "{% for m in messages %}{% if 'tool_calls' in m %}{% if m.tool_calls | length != 1 %}"
+    "{{ raise_exception('one tool call per turn') }}{% endif %}"
+    "<call>{{ m.tool_calls[0].function.name }}</call>{% else %}{{ m['content'] }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def test_an_empty_tool_calls_list_is_dropped(tiny_dir):
+    """`tool_calls: []` (no calls, as some clients send every assistant turn) reached the
+    template as a key, and a template that tests `'tool_calls' in message` rejected the
+    turn (422); it is dropped, as vLLM does."""
+    chat = [{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y", "tool_calls": []},
+            {"role": "user", "content": "z"}]
+    assert _render(tiny_dir, ONE_CALL_TEMPLATE, chat) == "xyz"
+    assert _render(tiny_dir, ONE_CALL_TEMPLATE, CALLED) == "fix it<call>read</call>ok"
+
+
+def test_tools_are_refused_where_the_template_reads_only_a_message_key_named_tools(tiny_dir):
+    """A template that reads a system message's `tools` key (Phi-4-mini style) but never
+    the `tools` variable counted as reading it, and top-level tools were dropped silently."""
+    source = ("{% for m in messages %}{% if 'tools' in m %}{{ m['tools'] }}{% endif %}"
+              "{{ m['content'] }}{% endfor %}")
+    with pytest.raises(APIError) as e:
+        _render(tiny_dir, source, [{"role": "user", "content": "x"}], TOOLS)
+    assert e.value.status == 400 and e.value.body()["error"]["param"] == "tools"
 
 
 @pytest.mark.parametrize(("field", "value", "path"), [

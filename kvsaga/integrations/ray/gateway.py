@@ -144,9 +144,6 @@ def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[byte
     # the id is everything between the prefix and the trailing /end.
     sid = (path[len("/v1/sessions/"):-len("/end")] or None) if ending \
         else session_key(parsed, hdrs)
-    # Routed by its session, else by its prompt_cache_key: requests sharing that hint share
-    # a replica (and its cache), but no session is opened or moved for them.
-    key = sid if ending else affinity_key(parsed, hdrs)
     # A rough guess of the context size: the router prefers the session's real token count,
     # which its home replica reports (`session_tokens` in its routing stats).
     facts: dict[str, Any] = {"tenant": salt or "anon", "prefix_key": prefix_key(parsed),
@@ -155,10 +152,20 @@ def _routing_facts(settings: ServerSettings, path: str, headers: list[tuple[byte
         hint = parsed.get("kvsaga")
         facts.update(engine_sid=SessionRegistry.engine_id(salt, sid), salt=salt,
                      ends=ending or bool(isinstance(hint, dict) and hint.get("last_step")),
-                     end_request=ending)
-    if key is not None:
-        facts["session"] = SessionRegistry.engine_id(salt, key)
+                     end_request=ending, session=SessionRegistry.engine_id(salt, sid))
+    elif not ending and (key := affinity_key(parsed, hdrs)) is not None:
+        # Routed by its prompt_cache_key: requests sharing that hint share a replica (and
+        # its cache), but no session is opened or moved for them.
+        facts.update(session=affinity_route_key(salt, key), affinity_only=True)
     return facts
+
+
+def affinity_route_key(salt: str | None, key: str) -> str:
+    """The router's key for an affinity-only `prompt_cache_key`: a namespace of its own
+    ("pck:" before the tenant, where an engine session id has its salt or "anon"). In the
+    sessions' namespace `prompt_cache_key: "abc"` was the session "abc": a steal of the
+    hint re-homed the real session on a replica that never pulled its KV."""
+    return "pck:" + SessionRegistry.engine_id(salt, key)
 
 
 def ended_session(call: dict, status: object) -> bool:

@@ -198,6 +198,7 @@ class KvsagaRequestRouter(RequestRouter):
                     prefix_key=call.get("prefix_key"),
                     context_tokens=int(call.get("context_tokens", 0)),
                     stay=bool(call.get("end_request")),  # an end goes home, never moved
+                    affinity_only=bool(call.get("affinity_only")),  # a prompt_cache_key
                 ),
                 stats,
             ))

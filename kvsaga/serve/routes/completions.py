@@ -77,11 +77,11 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
 def _refuse_what_the_template_drops(template: Any, body: ChatCompletionRequest) -> None:
     """400 for `tools`, or an assistant turn's `tool_calls`, when the template never reads
     them: the model would answer without seeing them (SmolLM2's template reads neither)."""
-    if body.tools and not template.reads("tools"):
+    if body.tools and not template.reads_variable("tools"):
         raise APIError(400, "this model's chat template cannot render tools (it never reads "
                        "`tools`); describe them in a message instead", param="tools")
     for i, message in enumerate(body.messages):
-        if (message.model_extra or {}).get("tool_calls") and not template.reads("tool_calls"):
+        if (message.model_extra or {}).get("tool_calls") and not template.reads_key("tool_calls"):
             raise APIError(400, f"messages[{i}]: this model's chat template cannot render "
                            "tool_calls (it never reads them); send the calls as content "
                            "instead", param=f"messages.{i}.tool_calls")
@@ -119,23 +119,46 @@ def _message_dict(message: Any, index: int) -> dict:
             raise APIError(400, f"messages[{index}] (role {d.get('role')!r}) has no content",
                            param=f"messages.{index}.content")
         d["content"] = ""
-    if isinstance(d.get("tool_calls"), list):
-        d["tool_calls"] = [_call_with_parsed_arguments(call, f"messages.{index}.tool_calls.{j}")
+    if d.get("tool_calls") == []:
+        # An empty list means no calls; templates that test `'tool_calls' in message`
+        # (Llama 3.1's, Mistral v0.3's) would take it for a call and reject the turn.
+        del d["tool_calls"]
+    elif isinstance(d.get("tool_calls"), list):
+        d["tool_calls"] = [_call_with_parsed_arguments(call, index, j)
                            for j, call in enumerate(d["tool_calls"])]
     return d
 
 
-def _call_with_parsed_arguments(call: Any, where: str) -> Any:
+def _call_with_parsed_arguments(call: Any, index: int, j: int) -> Any:
     """A tool call whose `function.arguments` JSON string (OpenAI's wire form) is parsed,
     as vLLM does: tool-aware templates write `arguments | tojson`, which double-encoded
-    the string (the model saw escaped quotes it never saw in training)."""
+    the string (the model saw escaped quotes it never saw in training).
+
+    Empty or missing arguments (a call without parameters) become {}. So do arguments that are not a
+    JSON object, with a warning: the model wrote them, they stay in the conversation's
+    history, and refusing them would fail every later turn of the session.
+    """
     function = call.get("function") if isinstance(call, dict) else None
-    arguments = function.get("arguments") if isinstance(function, dict) else None
-    if not isinstance(arguments, str):
+    if not isinstance(function, dict) or isinstance(function.get("arguments"), dict):
         return call
-    try:
-        parsed = json.loads(arguments)
-    except ValueError as e:
-        raise APIError(400, f"{where}.function.arguments is not valid JSON: {e}",
-                       param=f"{where}.function.arguments") from None
+    arguments = function.get("arguments")
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        parsed: dict = {}
+    else:
+        parsed = _json_object_or_empty(arguments, index, j)
     return {**call, "function": {**function, "arguments": parsed}}
+
+
+def _json_object_or_empty(arguments: Any, index: int, j: int) -> dict:
+    """`arguments` parsed when it is a JSON object, else {} and a warning naming the call."""
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError as e:
+        problem = f"is not valid JSON ({e})"
+    else:
+        if isinstance(parsed, dict):
+            return parsed
+        problem = "is not a JSON object"
+    log.warning("messages[%d].tool_calls[%d].function.arguments %s: rendered as {}",
+                index, j, problem)
+    return {}
