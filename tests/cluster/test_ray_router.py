@@ -218,8 +218,10 @@ def test_wait_loaded_returns_on_ready_or_failed_load():
     threading.Timer(0.2, ready.set).start()
     _wait_loaded(engine, 30.0)
     assert ready.is_set()
+    # One wait with the whole budget: AsyncEngine.wait_ready itself returns at a failed
+    # load or a stop (tests/serve/test_async_engine_lifecycle.py), so there is no polling.
     waits = []
     failed = SimpleNamespace(wait_ready=lambda t: waits.append(t) and False,
                              load_error=OSError("gone"))
     _wait_loaded(failed, 30.0)
-    assert waits == [0.5]  # it gave up at the first look, not after 30 s
+    assert waits == [30.0]

@@ -138,7 +138,6 @@ def _wait_loaded(engine: Any, timeout_s: float) -> None:
     engine.wait_ready(timeout_s)
 
 
-
 class EngineReplica:
     """One engine and the single-node server app around it.
 
