@@ -12,6 +12,7 @@ target and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import secrets
@@ -111,7 +112,7 @@ def export_hf(
         overwrite: replace whatever is at `out_dir` (only once the new directory is complete).
 
     Returns:
-        `out_dir`.
+        `out_dir`, absolute (`.` and `..` resolved).
 
     Raises:
         ModelLoadError: `out_dir` exists and is not an empty directory (without `overwrite`),
@@ -121,7 +122,7 @@ def export_hf(
     """
     if dtype not in _DTYPE_NAMES:
         raise ModelLoadError(f"unsupported export dtype {dtype}; use {list(_DTYPE_NAMES)}")
-    out = Path(out_dir).expanduser()
+    out = _target(out_dir)
     _check_target(out, overwrite)
     ckpt = open_checkpoint(source)
     _check_tensor_names(ckpt)
@@ -149,6 +150,14 @@ def export_hf(
 
     _write_dir(out, overwrite, write)
     return out
+
+
+def _target(out_dir: str | Path) -> Path:
+    """`out_dir` absolute, without `.` or `..`: the temporary is made beside it, from its
+    name and parent, which `.` does not have. Its last component is not followed: a link
+    there is what `_check_target` judges and `overwrite` replaces."""
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    return out.parent.resolve() / out.name
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -199,8 +208,12 @@ def _with_llama3_rope(config: ModelConfig, factors: torch.Tensor) -> ModelConfig
 
 def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
     """Run `write` on a new sibling directory and rename that to `out`: a failure or a
-    crash leaves `out` as it was, never half written."""
+    crash leaves `out` as it was, never half written. An empty directory at `out` that
+    cannot be renamed over (a mount point) is filled instead (`_fill`); one that was the
+    working directory (`.`) is entered again once replaced, or the working directory would
+    be the removed one."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    here = not out.is_symlink() and out.is_dir() and os.path.samefile(out, os.getcwd())
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()
     try:
@@ -210,17 +223,39 @@ def _write_dir(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Non
             os.replace(out, old)
             try:
                 os.replace(tmp, out)
-            except OSError:
+            except BaseException:  # an interrupt too: the finally below removes `tmp`
                 os.replace(old, out)
                 raise
             _remove(old)
         else:
-            os.replace(tmp, out)  # replaces an empty directory, fails on anything else
+            try:
+                os.replace(tmp, out)  # replaces an empty directory, fails on anything else
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.EXDEV) or not out.is_dir():
+                    raise
+                _fill(tmp, out)
+        if here:
+            os.chdir(out)
     except OSError as e:
         raise ModelLoadError(f"could not write {out}: {e}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _fill(tmp: Path, out: Path) -> None:
+    """Move `tmp`'s files into the empty directory `out` (copied where `out` is another file
+    system), config.json last: until it is there no loader takes `out` for a model. A
+    failure or an interrupt removes what was moved, leaving `out` empty as it was."""
+    names = sorted(p.name for p in tmp.iterdir())
+    names.sort(key=lambda n: n == "config.json")
+    try:
+        for name in names:
+            shutil.move(tmp / name, out / name)
+    except BaseException:
+        for name in names:  # (one half copied too)
+            (out / name).unlink(missing_ok=True)
+        raise
 
 
 def _remove(path: Path) -> None:

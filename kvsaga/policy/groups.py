@@ -68,17 +68,22 @@ class SessionView:
     `resume_withdrawn` (that step, or a preempted step's retry, was aborted before it ran)
     clears both: the view is again that of its pause after its last completed step, whose
     end `paused_at` keeps (`step_started` leaves it, its hint and tool as they were).
+    `has_paused` says whether it ever paused: a session whose first step is withdrawn has
+    no earlier pause, so its pause starts at the withdrawal (`paused_at` is a placeholder
+    until then, and the session's blocks would otherwise look idle since clock time 0).
     `needed_now` (running or imminent: its blocks will be read as soon as the scheduler
     gets to it) is kept beside them by `mark`, a slot rather than a property because keying
     reads it per session.
     """
 
-    __slots__ = ("workflow", "tool", "paused_at", "hint", "running", "imminent", "needed_now")
+    __slots__ = ("workflow", "tool", "paused_at", "has_paused", "hint", "running", "imminent",
+                 "needed_now")
 
     def __init__(self, workflow: str) -> None:
         self.workflow = workflow
         self.tool: str | None = None
         self.paused_at = 0.0
+        self.has_paused = False
         self.hint = PauseHint()
         self.mark(running=True, imminent=False)
 
@@ -463,6 +468,7 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
         v.tool = hint.tool
         v.hint = hint
         v.paused_at = now
+        v.has_paused = True
 
     def pause_hinted(self, session: Session, now: float, hint: PauseHint) -> None:
         self._touch(now)
@@ -481,11 +487,17 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
             v.mark(running=False, imminent=True)
 
     def resume_withdrawn(self, session: Session, now: float) -> None:
+        """Paused again since its last completed step's end; a session with none (its first
+        step was preempted, then aborted) since `now`. `now`, not the manager's
+        `session.paused_at` (the preemption): every caller knows the withdrawal's time,
+        while the vLLM connector never learns when vLLM preempted the step."""
         self._touch(now)
         v = self.views.get(session.session_id)
         if v is not None and v.needed_now:  # imminent, or running: preempted, retry aborted
             self._dirty.add(session.session_id)
-            v.mark(running=False, imminent=False)  # its `paused_at` is its pause's, as before
+            v.mark(running=False, imminent=False)
+            if not v.has_paused:
+                v.paused_at, v.has_paused = now, True
 
     def session_ended(self, session: Session, now: float) -> None:
         self._touch(now)

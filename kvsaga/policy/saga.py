@@ -115,6 +115,15 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
                        if (v := views.get(sid)) is not None and v.paused_at == t]
             heapq.heapify(heap)
 
+    def resume_withdrawn(self, session, now: float) -> None:
+        """Its pause is live again: back in `_pauses` (a search while it ran or waited for
+        its hinted step dropped it there; a first step's pause, from `now`, was never in)."""
+        v = self.views.get(session.session_id)
+        was = v is not None and v.needed_now
+        super().resume_withdrawn(session, now)
+        if was and not v.needed_now:
+            heapq.heappush(self._pauses, (v.paused_at, session.session_id))
+
     def session_ended(self, session, now: float) -> None:
         super().session_ended(session, now)
         old = self._size.pop(session.session_id, 0)  # (the largest: `_search_state`)

@@ -3,6 +3,7 @@ model, tokenizer and chat template of its source; kvsaga's loaders read it back 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -183,6 +184,66 @@ def test_export_overwrite_replaces_the_whole_directory(tiny_model_dir, tmp_path)
     file_target = tmp_path / "file"
     file_target.write_text("x")
     assert (export_hf(src, file_target, overwrite=True) / "config.json").is_file()
+
+
+def test_export_into_the_working_directory(tiny_model_dir, tmp_path, monkeypatch):
+    """'.' (the working directory, empty, or replaced with overwrite=True) has no name to
+    make the temporary beside it from; once replaced, the working directory is the new one,
+    not the removed one."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    files = ["config.json", "generation_config.json", "model.safetensors"]
+    assert export_hf(src, ".", with_tokenizer=False) == here
+    assert sorted(os.listdir(".")) == files
+    (here / "chat_template.jinja").write_text("{{ 'STALE' }}")
+    export_hf(src, ".", with_tokenizer=False, overwrite=True)
+    assert sorted(os.listdir(".")) == files
+    assert os.listdir(tmp_path) == ["here"]  # no temporaries left
+
+
+def test_export_fills_an_empty_directory_it_cannot_rename_over(tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """An empty mount point cannot be renamed over (EBUSY): its files are moved into it."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real = os.replace
+
+    def busy(a, b):
+        if os.path.exists(b) and os.path.samefile(b, mount):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", busy)
+    export_hf(src, mount, with_tokenizer=False)
+    assert (mount / "config.json").is_file()
+    assert os.listdir(tmp_path) == ["mnt"]
+
+
+def test_export_overwrite_interrupted_between_the_renames_keeps_the_old(tiny_model_dir,
+                                                                       tmp_path, monkeypatch):
+    """An interrupt after the old directory was moved aside and before the new one took its
+    place puts the old one back whole (the temporaries go)."""
+    src = tiny_model_dir("llama_gqa4_untied")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"old")
+    real, calls = os.replace, []
+
+    def interrupted(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(src, out, with_tokenizer=False, overwrite=True)
+    assert os.listdir(tmp_path) == ["out"]
+    assert os.listdir(out) == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"old"
 
 
 def test_export_failure_while_writing_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):

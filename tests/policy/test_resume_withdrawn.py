@@ -53,3 +53,41 @@ def test_withdrawing_without_a_hint_or_on_a_running_session_changes_nothing(name
     assert m.sessions["a"].state.name == "RUNNING"
     if hasattr(policy, "views"):
         assert policy.views["a"].running
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph"])
+def test_a_withdrawn_first_step_pauses_the_session_from_the_withdrawal(name):
+    """A first step preempted, then aborted while requeued, has no earlier pause: the view
+    pauses at the withdrawal, not at its placeholder (clock time 0), which priced the
+    session as idle for the whole clock (a monotonic clock: the host's uptime)."""
+    t0 = 50_000.0
+    policy = build(name)
+    m = make(policy, num_blocks=16)
+    run_step(m, "b", tokens(200, 16), now=t0)  # b paused at t0
+    m.begin_step("a", tokens(500, 17), now=t0)
+    m.allocate_slots("a", 17, now=t0)
+    m.preempt("a", now=t0 + 1.0)
+    m.resume_withdrawn("a", now=t0 + 2.0)
+    v = policy.views["a"]
+    assert (v.running, v.needed_now, v.paused_at) == (False, False, t0 + 2.0)
+    # a paused after b: b's blocks go first, as for any two sessions paused in that order.
+    assert [m.block_owner[b] for b in policy.choose_victims(4, t0 + 3.0)] == ["b"] * 4
+    m.check_integrity()
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_saga_counts_a_withdrawn_sessions_pause_in_its_idle_normalizer(first):
+    """saga's largest idle (the oldest live pause, `_pauses`) sees a session paused again
+    by `resume_withdrawn`: a search while its step ran dropped its pause from the heap, and a
+    first step's pause (from the withdrawal) was never in it."""
+    policy = build("saga")
+    m = make(policy, num_blocks=16)
+    if not first:
+        run_step(m, "a", tokens(100, 16), now=0.0)
+    st = m.begin_step("a", tokens(100, 17), now=1.0)
+    m.allocate_slots("a", 17 - st.num_cached_tokens, now=1.0)
+    policy.choose_victims(1, 1.0)  # a search while it runs: its pause is over
+    m.preempt("a", now=1.0)
+    m.resume_withdrawn("a", now=2.0)
+    policy.choose_victims(1, 300.0)
+    assert policy._norm[1] >= 128.0  # idle ~300 s (2x levels), not the 1 s of no pause

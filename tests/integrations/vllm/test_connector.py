@@ -262,7 +262,30 @@ def test_a_step_preempted_then_aborted_leaves_the_session_paused_at_its_last_ste
     _assert_no_leak(s)
 
 
-def test_chunked_prefills_short_of_room_do_not_idle_the_engine(hf_model_dir):
+def test_a_first_step_preempted_then_aborted_pauses_the_session_at_the_abort(hf_model_dir):
+    """A's first step ran, vLLM preempted it and it was aborted while requeued: with no
+    completed step to be paused since, the policy sees A paused from the abort (the
+    connector's clock then), not from its view's placeholder, clock time 0."""
+    from vllm.v1.request import RequestStatus
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, admission=False, policy="ttl")
+    a1 = make_request(_prompt(97, 6), 200, {"session_id": "A", "tool": "t", "expected_s": 30})
+    other = make_request(_prompt(2, 16), 200)
+    s.add_request(other)
+    s.add_request(a1)  # the newest: vLLM preempts it once decoding fills the blocks
+    while a1.request_id not in (step(s).preempted_req_ids or ()):
+        assert not other.is_finished(), "the scenario must preempt A's step"
+    view = s.connector.policy.views["A"]
+    assert view.running
+    before = s.connector.clock()
+    s.finish_requests(a1.request_id, RequestStatus.FINISHED_ABORTED)
+    assert (view.running, view.needed_now) == (False, False)
+    assert before <= view.paused_at <= s.connector.clock()
+    run(s, [])
+    _assert_no_leak(s)
+
+
+
     """Paused sessions retain most of memory while four prompts (30, 10, 10 and 10 blocks)
     prefill side by side in chunks of 4 blocks (`long_prefill_token_threshold`). A chunk
     vLLM cannot allocate makes it ask the connector before preempting; it then skips that
