@@ -1,6 +1,7 @@
 """kvsaga: a KV-cache manager that keeps agent sessions' caches alive across tool calls.
 
-`import kvsaga` needs neither torch nor Triton: the bookkeeping core is pure Python.
+`import kvsaga` needs neither torch nor Triton: the bookkeeping core is compiled C++ where
+built, else an identical pure-Python one (`KVSAGA_CORE`).
 The inference loop (`LLM`, `SamplingParams`) imports torch lazily on first use.
 """
 
