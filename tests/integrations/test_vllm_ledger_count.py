@@ -4,8 +4,13 @@ each eviction from the CPU offload tier walked the whole tier (no vLLM needed)."
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
+
+# The vLLM environment (tests/integrations/vllm/run.sh) collects tests/integrations too and
+# has no hypothesis; these need no vLLM and run in the main suite.
+pytest.importorskip("hypothesis", reason="run by the main suite; the vLLM env lacks hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from kvsaga.integrations.vllm.ledger import BlockLedger
 from kvsaga.policy import make_policy
