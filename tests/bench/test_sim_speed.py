@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.bench_scripts import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,47 @@ def test_measures_both_paths_and_writes_its_section(tmp_path):
     mod.write_section(body, results)
     text = results.read_text()
     assert "kept" in text and "stale-body" not in text and text.count("## Simulator speed") == 1
+
+
+ROW = {"num_batch_steps": 10, "recomputed_tokens": 3, "tct_mean_s": 1.5, "hit_rate": 0.5}
+PATHS = {"ref": "here", "fast": "here", "base": "base", "prev": "prev", "issue": None}
+BEST = {"ref": 2.0, "fast": 1.0, "base": 4.0, "prev": 3.0}
+
+
+def row_of(mod, **arms):
+    """A case row from result rows equal to ROW except where `arms` changes one field."""
+    rows = {arm: dict(ROW) for arm in ("ref", "fast", "base", "prev")}
+    for arm, (field, value) in arms.items():
+        rows[arm][field] = value
+    return mod.case_row(mod.Case("tiny", "swe", 4, 0.05, "1G", "lru"), BEST, rows, PATHS)
+
+
+def test_a_fast_path_that_differs_from_the_reference_stops_the_run():
+    """The self-compare above never gives the checks differing rows: each gets one here."""
+    mod = load()
+    with pytest.raises(SystemExit, match="tiny: fast path and reference differ: "
+                                         r"\{'hit_rate': \(0.5, 0.25\)\}"):
+        row_of(mod, fast=("hit_rate", 0.25))
+
+
+@pytest.mark.parametrize("field, base_same", [
+    ("recomputed_tokens", False), ("tct_mean_s", False), ("hit_rate", True)])
+def test_baseline_differs_only_on_its_two_fields(field, base_same):
+    mod = load()
+    r = row_of(mod, base=(field, 99))
+    assert r["base_same"] is base_same and r["prev_same"] is True
+    body = mod.report([r], {}, "cmd", 1.0, baseline_name="b")
+    (line,) = [line for line in body.splitlines() if line.startswith("tiny ")]
+    assert line.endswith(" (differs)") is not base_same
+
+
+def test_previous_differs_on_any_field_and_the_report_names_the_case():
+    mod = load()
+    r = row_of(mod, prev=("hit_rate", 0.25))
+    assert r["prev_same"] is False and r["base_same"] is True
+    body = mod.report([r], {}, "cmd", 1.0, previous_name="p")
+    assert "(row differs)" in body and "Rows that differ from this tree's: tiny." in body
+    assert "Every result row equals" not in body
 
 
 def test_case_filter_picks_cases_by_name():

@@ -35,11 +35,20 @@ def _engine(tiny_model_dir, clock: Clock, **kw) -> LLMEngine:
                      kv_memory_bytes=2 * 2**20, clock=clock, **kw)
 
 
-def test_the_default_limit_is_kvsaga_serves(tiny_model_dir):
-    eng = _engine(tiny_model_dir, Clock())
+def test_the_default_limit_is_kvsaga_serves_and_a_new_one_drives_the_sweep(tiny_model_dir):
+    clock = Clock()
+    eng = _engine(tiny_model_dir, clock)
     assert eng.session_idle_s == DEFAULT_SESSION_IDLE_S == 1800.0
-    eng.session_idle_s = 60.0  # settable after construction too
+    eng.session_idle_s = 60.0  # settable after construction too: the sweep then uses it
     assert eng.session_idle_s == 60.0
+    eng.add_request([5, 9, 11, 13], GREEDY, session_id="a")
+    _run(eng)  # paused at t = 0
+    clock.t = 59.0
+    eng.tick()
+    assert "a" in eng.manager.sessions and eng.num_expired_sessions == 0  # not before 60 s
+    clock.t = 59.0 + 15.0 + 1.0  # past the limit and the next sweep (60 s / 4 after this one)
+    eng.tick()
+    assert "a" not in eng.manager.sessions and eng.num_expired_sessions == 1
 
 
 def test_abandoned_sessions_end_after_the_idle_limit(tiny_model_dir):
