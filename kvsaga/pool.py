@@ -133,15 +133,7 @@ class BlockPool:
         """Take a reference on each hit block: ACTIVE ones gain one, CACHED ones are reclaimed."""
         if self._held:  # a held block hit is used: its next stay in CACHED starts anew
             self._held.difference_update(block_ids)
-        ref, state = self.refcount, self.state
-        reclaimed = []
-        for b in block_ids:
-            if state[b] == ACTIVE:
-                ref[b] += 1
-            else:
-                state[b] = ACTIVE
-                ref[b] = 1
-                reclaimed.append(b)
+        reclaimed = self._reference(block_ids)
         if reclaimed:
             clock, cached_at, reused = self.clock, self._cached_at, self.reused_s
             for b in reclaimed:
@@ -155,7 +147,16 @@ class BlockPool:
         from its own evictions): a CACHED block taken adds nothing to `reused_s`, and when
         released it is CACHED as of when it was before, so a later hit, if any, counts its
         whole stay and an eviction none of it."""
-        ref, state, held = self.refcount, self.state, self._held
+        reclaimed = self._reference(block_ids)
+        if reclaimed:
+            self._held.update(reclaimed)
+            self.num_cached -= len(reclaimed)
+            self._uncached_many(reclaimed)
+
+    def _reference(self, block_ids: list[int]) -> list[int]:
+        """One more reference on each block; returns the CACHED ones this made ACTIVE (the
+        caller leaves the CACHED accounting: `num_cached`, the free queue, reuse timing)."""
+        ref, state = self.refcount, self.state
         reclaimed = []
         for b in block_ids:
             if state[b] == ACTIVE:
@@ -163,11 +164,8 @@ class BlockPool:
             else:
                 state[b] = ACTIVE
                 ref[b] = 1
-                held.add(b)
                 reclaimed.append(b)
-        if reclaimed:
-            self.num_cached -= len(reclaimed)
-            self._uncached_many(reclaimed)
+        return reclaimed
 
     def release_many(self, block_ids: list[int], keep_unhashed: int = -1) -> None:
         """Drop one reference on each block, in order. A block reaching zero becomes CACHED
