@@ -380,7 +380,9 @@ constexpr int64_t kRowsPerTask = 16;
 
 // `path` of a call: every tiled path (AVX-512, else AVX2) where it applies, the row tiles
 // only (no extend GEMM), or the generic loops only (the tests hold each to the reference).
-constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2;
+// kPathAvx2 or'ed into auto or rows takes the AVX2 tiles even where AVX-512 is there, so
+// the tests run them on any AVX2 host, not only on the AVX2-only CPUs that pick them.
+constexpr int64_t kPathAuto = 0, kPathRows = 1, kPathGeneric = 2, kPathAvx2 = 4;
 
 #ifndef KV_HAS_AVX512_PATH
 inline bool seq_takes(const Args&, int64_t, int64_t) { return false; }
@@ -428,6 +430,10 @@ int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, ui
                      int64_t o_tok, int64_t o_head, int64_t c_block, int64_t c_tok,
                      int64_t c_head, float scale, int64_t num_threads, int64_t path,
                      uintptr_t team) {
+  const bool avx2_only = (path & kPathAvx2) != 0;
+  if (avx2_only && !cpu_has_avx2_fma())
+    throw std::invalid_argument("paged_attention: this CPU has no AVX2 + FMA tiles to force");
+  path &= ~kPathAvx2;
   Args a{reinterpret_cast<float*>(out),
          reinterpret_cast<const float*>(q),
          reinterpret_cast<const float*>(k),
@@ -439,8 +445,8 @@ int64_t paged_attention(uintptr_t out, uintptr_t q, uintptr_t k, uintptr_t v, ui
          num_seqs,
          num_kv_heads, group, head_dim, block_size, table_stride,
          q_tok, q_head, o_tok, o_head, c_block, c_tok, c_head, scale,
-         path != kPathGeneric && cpu_has_avx512(),
-         path != kPathGeneric && !cpu_has_avx512() && cpu_has_avx2_fma(),
+         path != kPathGeneric && !avx2_only && cpu_has_avx512(),
+         path != kPathGeneric && (avx2_only || !cpu_has_avx512()) && cpu_has_avx2_fma(),
          path == kPathAuto && tile_isa()[0] != '\0'};
   int64_t work = 0;
   const std::vector<Task> tasks = make_tasks(a, num_threads, work);

@@ -181,21 +181,25 @@ def supports(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
 
 
 # The kernel's paths (csrc/paged_attn.cpp, `path`): every tiled path (AVX-512, else AVX2)
-# where it applies, the row tiles without the extend GEMM, the generic loops alone.
+# where it applies, the row tiles without the extend GEMM, the generic loops alone; or'ed
+# with AVX2_ONLY, auto and rows take the AVX2 tiles even on an AVX-512 CPU (`isa="avx2"`).
 PATHS = {"auto": 0, "rows": 1, "generic": 2}
+AVX2_ONLY = 4
 
 
 def paged_attention(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
-                    *, path: str = "auto") -> None:
+                    *, path: str = "auto", isa: str | None = None) -> None:
     """Causal paged attention of the sequences `seq_ids` of the batch (None: all of them),
     written into `out`.
 
     Arguments as `kvsaga.kernels.paged_attention` (already checked there), with `out`
     required (rows of other sequences are left as they are) and `supports(...)` true.
     `path`: "auto", or "rows" (no extend GEMM) or "generic" (no vector tiles at all), which
-    the tests and bench/cpu_attention.py hold beside it.
+    the tests and bench/cpu_attention.py hold beside it. `isa`: None (this CPU's best
+    tiles) or "avx2", the AVX2 + FMA tiles even where AVX-512 is there, so that the tests
+    run the tiles an AVX2-only CPU gets on any AVX2 host (ValueError on a CPU without).
     """
-    _attend(args, out, seq_ids, path)
+    _attend(args, out, seq_ids, path, isa)
 
 
 def threads_used(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
@@ -214,7 +218,10 @@ def last_sequence_tasks() -> int:
 
 
 def _attend(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | None,
-            path: str) -> int:
+            path: str, isa: str | None = None) -> int:
+    if isa not in (None, "avx2") or (isa and path == "generic"):
+        raise ValueError(f"isa must be None or 'avx2' (with path auto or rows), got {isa!r} "
+                         f"with path {path!r}")
     if seq_ids is not None and not seq_ids:
         return 0
     query, k_cache, v_cache = args.query, args.k_cache, args.v_cache
@@ -230,7 +237,7 @@ def _attend(args: PagedAttentionArgs, out: torch.Tensor, seq_ids: list[int] | No
         num_kv_heads, query.shape[1] // num_kv_heads, head_dim,
         k_cache.shape[1], tables.stride(0), query.stride(0), query.stride(1),
         out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        float(args.scale), _kernel_threads(), PATHS[path], _OMP_TEAM,
+        float(args.scale), _kernel_threads(), PATHS[path] | (AVX2_ONLY if isa else 0), _OMP_TEAM,
     )
 
 

@@ -3,8 +3,10 @@
 Why a file of its own: the AVX-512 tiles ran on the hosts the kernel was written on, and a
 CPU with AVX2 but no AVX-512 (the host of 2026-12-01) sent prefill and extend rows to SDPA.
 These tests say which tiles this CPU gets (from /proc/cpuinfo, independent of the kernel's
-own check) and, where that is AVX2, hold both AVX2 paths ("rows": the row tiles; "auto":
-the extend GEMM for tasks of 8 or more query heads) to the reference over the shapes that
+own check) and, on any AVX2 host (the kernel's `isa="avx2"` forces those tiles where
+AVX-512 would be picked, so CI's AVX-512 hosts run them too), hold both AVX2 paths
+("rows": the row tiles; "auto": the extend GEMM for tasks of 8 or more query heads) to the
+reference over the shapes that
 stress the 8-lane layout: contexts that are not multiples of 8, partial lane vectors, GQA
 groups that do not fill a tile of 3 heads, decode, prefill and extend rows.
 """
@@ -32,8 +34,14 @@ def _cpu_flags() -> set[str]:
 
 
 FLAGS = _cpu_flags()
-AVX2_ONLY = {"avx2", "fma"} <= FLAGS and "avx512f" not in FLAGS
-needs_avx2 = pytest.mark.skipif(not AVX2_ONLY, reason="not an AVX2 + FMA CPU without AVX-512")
+AVX2 = {"avx2", "fma"} <= FLAGS
+needs_avx2 = pytest.mark.skipif(not AVX2, reason="not an AVX2 + FMA CPU")
+
+
+def attend(case, out: torch.Tensor, path: str) -> None:
+    """The kernel on `path`, its tiles (auto, rows) the AVX2 ones whatever this CPU has."""
+    inplace.paged_attention(case.attention_args(), out, None, path=path,
+                            isa=None if path == "generic" else "avx2")
 
 
 @pytest.mark.skipif(not FLAGS, reason="no /proc/cpuinfo flags to compare with")
@@ -70,8 +78,8 @@ def test_avx2_tiles_match_reference(path, kind, group, head_dim):
                      seed=group * 7 + head_dim + len(kind))
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
     got, generic = case.guarded_out(), case.guarded_out()
-    inplace.paged_attention(case.attention_args(), got, None, path=path)
-    inplace.paged_attention(case.attention_args(), generic, None, path="generic")
+    attend(case, got, path)
+    attend(case, generic, "generic")
     n = case.query.shape[0] - case.num_pad_rows
     atol, rtol = TOLERANCES[torch.float32]
     assert not got[:n].isnan().any(), "NaN in the output: a poisoned slot was read"
@@ -91,7 +99,7 @@ def test_avx2_extend_gemm_and_row_tiles_differ_in_order_only(head_dim):
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
     out = {p: case.guarded_out() for p in ("auto", "rows")}
     for p, o in out.items():
-        inplace.paged_attention(case.attention_args(), o, None, path=p)
+        attend(case, o, p)
     atol, rtol = TOLERANCES[torch.float32]
     for o in out.values():
         torch.testing.assert_close(o[:48], want[:48], atol=atol, rtol=rtol)
@@ -120,7 +128,7 @@ def test_avx2_extend_gemm_chunks_match_reference(head_dim, group, spread):
     want = reference.paged_attention(case.attention_args(), case.guarded_out())
     got = {p: case.guarded_out() for p in ("auto", "rows", "generic")}
     for p, o in got.items():
-        inplace.paged_attention(case.attention_args(), o, None, path=p)
+        attend(case, o, p)
     n = case.query.shape[0] - case.num_pad_rows
     atol, rtol = TOLERANCES[torch.float32]
     assert not got["auto"][:n].isnan().any(), "NaN in the output: a poisoned slot was read"
@@ -131,3 +139,31 @@ def test_avx2_extend_gemm_chunks_match_reference(head_dim, group, spread):
         assert (got["auto"][:n] - want[:n]).abs().max().item() <= 2 * generic + atol
     assert (got["auto"][n:] == GUARD).all(), "padding output rows were written"
     assert not torch.equal(got["auto"][:n], got["rows"][:n]), "the GEMM did not run"
+
+
+@needs_avx2
+@pytest.mark.skipif("avx512f" not in FLAGS, reason="no AVX-512 tiles to set the AVX2 ones beside")
+@pytest.mark.parametrize("path", ["rows", "auto"])
+def test_forced_avx2_tiles_are_not_the_avx512_ones(path):
+    """On an AVX-512 CPU `isa="avx2"` runs other tiles (8 lanes, not 16: other sums, other
+    bits) that still match the reference, so the tests above hold the AVX2 tiles here."""
+    case = make_case([1041, 300], [17, 70], block_size=16, num_kv_heads=2, group=3,
+                     head_dim=128, dtype=torch.float32, seed=11)
+    want = reference.paged_attention(case.attention_args(), case.guarded_out())
+    native, forced = case.guarded_out(), case.guarded_out()
+    inplace.paged_attention(case.attention_args(), native, None, path=path)
+    attend(case, forced, path)
+    n = case.query.shape[0] - case.num_pad_rows
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(forced[:n], want[:n], atol=atol, rtol=rtol)
+    assert not torch.equal(forced[:n], native[:n])
+
+
+@pytest.mark.parametrize("isa, path", [("avx512", "auto"), ("AVX2", "rows"), ("avx2", "generic")])
+def test_a_bad_isa_is_refused(isa, path):
+    case = make_case([9], [9], block_size=16, num_kv_heads=1, group=1, head_dim=64,
+                     dtype=torch.float32, seed=1)
+    out = case.guarded_out()
+    with pytest.raises(ValueError, match="isa must be None or 'avx2'"):
+        inplace.paged_attention(case.attention_args(), out, None, path=path, isa=isa)
+    assert (out == GUARD).all()
