@@ -45,6 +45,12 @@ class LiveServer:
         while not self.server.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
+        # uvicorn starts serving before the engine thread has loaded; a request sent in
+        # between is a 503 "the model is still loading".
+        engine = self.app.state.engine
+        ready = engine.wait_ready(30)
+        why = engine.stop_reason if engine.stopped else "still loading after 30 s"
+        assert ready, f"the engine did not become ready: {why}"
         return self
 
     def __exit__(self, *exc: object) -> None:

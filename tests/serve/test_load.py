@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import time
 
 import httpx
 import openai
@@ -62,9 +61,7 @@ def test_disconnect_mid_stream_aborts_and_releases(server: LiveServer):
         assert got[0].startswith("data: ")
         assert server.call(lambda e: e.has_unfinished())
     # The connection is closed: the request is aborted well before its 200 tokens.
-    t0 = time.monotonic()
     server.wait_idle(timeout=10)
-    assert time.monotonic() - t0 < 10
     # Its session survives (paused, context retained) and can continue or be ended; its
     # context shows how far generation got.
     state, n = server.call(lambda e: (e.manager.session("anon/leaver").state.name,

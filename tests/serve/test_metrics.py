@@ -177,3 +177,115 @@ def test_request_success_counts_every_end_by_finished_reason(tiny_dir: Path):
             assert got == {"stop": 0, "length": 1, "abort": 1, "error": 1}, (name, got)
 
     _run(engine, scenario, metrics_compat="vllm")
+
+
+async def _scrape(aengine, client) -> tuple[dict, object]:
+    """The /metrics families and the manager's stats, read after a command on the engine
+    thread: the thread publishes what /metrics reads after each step, and runs commands
+    before the next, so the figures of every step before the command are published."""
+    st = await aengine.call(lambda e: e.manager.stats())
+    text = (await client.get("/metrics")).text
+    return {f.name: f for f in text_string_to_metric_families(text)}, st
+
+
+def _value(fams: dict, sample: str, **labels: str) -> float:
+    """The value of the one sample named `sample` with these labels (besides model_name)."""
+    name = sample.removesuffix("_total")
+    got = [s.value for s in fams[name].samples
+           if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(got) == 1, (sample, labels, fams[name].samples)
+    return got[0]
+
+
+def test_cache_and_session_figures_are_the_managers(tiny_dir: Path):
+    """After a session's two steps (the second hits the first's context), the prefix-cache
+    counters are the manager's queried and hit tokens under both names (a published
+    benchmark figure reads them), KV usage is its used share of the blocks, and the session
+    shows as paused. Only the names were checked: hits reporting the queries, usage
+    reporting 1 - usage or the paused count reporting the running one all passed."""
+    body = {"model": MODEL, "prompt": "a step of a session that comes back for more",
+            "max_tokens": 4, "ignore_eos": True, "session_id": "m"}
+
+    async def scenario(app, aengine, client) -> None:
+        for _ in range(2):
+            r = await client.post("/v1/completions", json=body)
+            assert r.status_code == 200, r.text
+        fams, st = await _scrape(aengine, client)
+        assert 0 < st.hit_tokens < st.queried_tokens
+        for prefix in ("kvsaga", "vllm"):
+            assert _value(fams, f"{prefix}:prefix_cache_hits_total") == st.hit_tokens
+            assert _value(fams, f"{prefix}:prefix_cache_queries_total") == st.queried_tokens
+            assert (_value(fams, f"{prefix}:kv_cache_usage_perc")
+                    == st.num_used_blocks / st.num_gpu_blocks)
+        assert _value(fams, "vllm:gpu_prefix_cache_hits_total") == st.hit_tokens
+        assert _value(fams, "vllm:gpu_cache_usage_perc") == st.num_used_blocks / st.num_gpu_blocks
+        assert _value(fams, "kvsaga:sessions", state="paused") == 1
+        assert _value(fams, "kvsaga:sessions", state="running") == 0
+        assert _value(fams, "kvsaga:sessions_retained") == 1
+
+    _run(make_engine(tiny_dir), scenario, metrics_compat="vllm")
+
+
+def test_queue_figures_count_the_waiting_requests(tiny_dir: Path):
+    """Requests added and not yet stepped are waiting, none running, under both names;
+    `num_requests_waiting` reporting the running count passed every test."""
+    body = {"model": MODEL, "prompt": "wait in line", "max_tokens": 2, "ignore_eos": True}
+    n = 3
+
+    async def scenario(app, aengine, client) -> None:
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            tasks = [asyncio.create_task(client.post("/v1/completions", json=body))
+                     for _ in range(n)]
+            await _until(lambda: aengine.num_in_flight == n, "queued the requests")
+            # After the adds, before any step: publish their figures and hold again.
+            aengine.post(aengine._publish)
+            again = _Hold(aengine)
+        finally:
+            hold.release.set()
+        try:
+            await again.wait()
+            fams = {f.name: f for f in text_string_to_metric_families(
+                (await client.get("/metrics")).text)}
+        finally:
+            again.release.set()
+        for prefix in ("kvsaga", "vllm"):
+            assert _value(fams, f"{prefix}:num_requests_waiting") == n
+            assert _value(fams, f"{prefix}:num_requests_running") == 0
+        for t in tasks:
+            assert (await t).status_code == 200
+
+    _run(make_engine(tiny_dir), scenario, metrics_compat="vllm")
+
+
+def test_preemptions_are_counted(tiny_dir: Path):
+    """Three requests admitted together into a pool too small for their decodes (fcfs
+    reserves no decode room): the scheduler preempts, and both names count it; vLLM's
+    counter reporting 0 passed every test."""
+    bytes_per_block = make_engine(tiny_dir).spec.bytes_per_block
+    engine = make_engine(tiny_dir, kv_memory_bytes=7 * bytes_per_block, scheduler="fcfs")
+    size = engine.spec.block_size
+    # Each prompt fills 2 blocks but one token; 12 more tokens need a third block each.
+    prompts = [list(range(i * 2 * size, (i + 1) * 2 * size - 1)) for i in range(3)]
+
+    async def scenario(app, aengine, client) -> None:
+        hold = _Hold(aengine)
+        await hold.wait()
+        try:
+            tasks = [asyncio.create_task(client.post("/v1/completions", json={
+                "model": MODEL, "prompt": p, "max_tokens": 12, "ignore_eos": True}))
+                for p in prompts]
+            await _until(lambda: aengine.num_in_flight == len(prompts), "queued the requests")
+        finally:
+            hold.release.set()
+        for t in tasks:
+            r = await t
+            assert r.status_code == 200, r.text
+        fams, _ = await _scrape(aengine, client)
+        preempted = await aengine.call(lambda e: e.scheduler.num_preemptions)
+        assert preempted >= 1
+        for prefix in ("kvsaga", "vllm"):
+            assert _value(fams, f"{prefix}:num_preemptions_total") == preempted
+
+    _run(engine, scenario, metrics_compat="vllm")

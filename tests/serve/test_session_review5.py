@@ -173,7 +173,11 @@ def test_idle_sweep_spares_a_session_whose_step_arrived_during_the_sweep(tiny_di
     """The sweep lists the idle sessions, then ends them one by one, awaiting the engine
     for each; a step of a listed session that arrives meanwhile reserves it. The sweep
     dropped it anyway and ended it in the engine, aborting the step (a 400 'aborted' for a
-    session in use)."""
+    session in use).
+
+    The other session's step is held inside `add_request` until the sweep has returned:
+    a step that finished first (the sweep's task resumed late on a loaded machine) left its
+    session idle at the sweep's made-up `now`, and the sweep rightly ended it."""
 
     async def scenario(app: Any, aengine: Any, client: httpx.AsyncClient) -> None:
         state = app.state.server
@@ -184,21 +188,26 @@ def test_idle_sweep_spares_a_session_whose_step_arrived_during_the_sweep(tiny_di
         idle_s = state.settings.session_idle_s
         later = time.monotonic() + 2 * idle_s  # both are idle then
         assert sorted(sessions.idle(idle_s, later)) == ["anon/s1", "anon/s2"]
+        first = next(iter(sessions.idle(idle_s, later)))  # the order the sweep ends them in
+        other = "s2" if first == "anon/s1" else "s1"
+        adds = await aengine.call(lambda e: _HeldAdds(e, f"anon/{other}", 1))
         hold = _Hold(aengine)
         await hold.wait()
         try:
             sweep = asyncio.create_task(state.end_idle_sessions(idle_s, now=later))
-            first = next(iter(sessions.idle(idle_s, later)))
             await _until(lambda: sessions.get(first) is None, "swept the first session")
-            other = "s2" if first == "anon/s1" else "s1"
             ctx = sessions.get(f"anon/{other}")
             assert ctx is not None
             step = asyncio.create_task(
                 client.post("/v1/completions", json={**STEP, "session_id": other}))
             await _until(lambda: ctx.in_flight is not None, "reserved the other session")
         finally:
-            hold.release.set()
-        assert await sweep == [first]
+            hold.release.set()  # the first's end runs, then the other's add, held
+        try:
+            await adds.wait(0)
+            assert await sweep == [first]
+        finally:
+            adds.release_all()
         r = await step
         assert r.status_code == 200, r.text
         assert sessions.get(f"anon/{other}") is ctx and ctx.num_steps == 2
