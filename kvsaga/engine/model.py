@@ -11,7 +11,8 @@ fused so that each is one matmul. On CPU in fp32, `load_weights` also checks, fo
 projection and the LM head, the paths that read the weight in place (oneDNN's linear and the
 small-rows GEMM of decode steps, `kvsaga.engine.cpu_linear`), which the forward uses; a
 model whose linear weights take up to 1 GiB also gets two faster copies of each
-(`pack_weights`, KVSAGA_CPU_WEIGHTS), a larger one holds each weight once.
+(`pack_weights`, KVSAGA_CPU_WEIGHTS), a larger one holds each weight once. The rows the
+last layer keeps, and the checks of positions and of those rows, live in `kept_rows`.
 """
 
 from __future__ import annotations
@@ -27,47 +28,9 @@ from torch import nn
 from kvsaga import envs, kernels
 from kvsaga.engine import cpu_linear, fused_ops
 from kvsaga.engine.attn_metadata import AttentionMetadata
+from kvsaga.engine.kept_rows import KeptRows, check_inputs
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.rope import rope_cos_sin, rope_inv_freq, rotate
-
-
-@dataclass(frozen=True, slots=True)
-class KeptRows:
-    """Rows of a flat batch whose hidden states the caller needs (its logits rows), as the
-    one-token attention queries the last layer runs for them.
-
-    Why: after the last layer's attention, rows nobody reads (the prompt rows of a prefill
-    chunk) need no output projection, MLP or final norm; in a 1,024-token prefill step
-    that sampled 3 rows this skips a thirtieth of the step's projections. Each kept row
-    attends as the last token of its sequence cut at its own position, which is what the
-    causal mask gives it in the full batch.
-    """
-
-    index: torch.Tensor  # int64 [R]: the rows, in the order the caller wants them
-    block_tables: torch.Tensor  # int32 [R, max_blocks]: each row's sequence's blocks
-    seq_lens: torch.Tensor  # int32 [R]: each row's context length (its position + 1)
-    query_start_loc: torch.Tensor  # int32 [R + 1]: 0, 1, ..., R
-    max_seq_len: int  # a host upper bound of seq_lens
-
-    @classmethod
-    def build(cls, rows: torch.Tensor, meta: AttentionMetadata) -> KeptRows:
-        """For `rows` (int64 [R], each in [0, T)) of the batch `meta` describes.
-
-        Each row's context length comes from the metadata (its sequence's length less the
-        rows after it in its query), not from the caller's positions: layers after the
-        first run the kernels unchecked, and layer 0 checked the metadata alone, so a
-        length the metadata does not bound could read past the row's block table."""
-        ends = meta.query_start_loc[1:].to(torch.int64)
-        seq = torch.searchsorted(ends, rows, right=True)  # sequence of each row
-        after = ends[seq] - 1 - rows  # the sequence's query rows after this one
-        return cls(
-            index=rows,
-            block_tables=meta.block_tables[seq],
-            seq_lens=(meta.seq_lens[seq] - after).to(torch.int32),
-            query_start_loc=torch.arange(rows.shape[0] + 1, dtype=torch.int32,
-                                         device=rows.device),
-            max_seq_len=meta.max_seq_len,
-        )
 
 
 @dataclass(slots=True)
@@ -368,7 +331,8 @@ class LlamaForCausalLM(nn.Module):
                 f"kv_cache must be [num_blocks, {len(self.layers)}, 2, block_size, "
                 f"{self.config.num_kv_heads}, {self.config.head_dim}], got {tuple(kv_cache.shape)}"
             )
-        self._check_inputs(input_ids, positions, rows, rows_name)
+        check_inputs(input_ids, positions, rows, rows_name,
+                     self.layers[0].attn.validate if len(self.layers) else None)
         x = F.embedding(input_ids, self.embed_tokens)  # [T, H]
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)  # [T, hd/2] each
         plan = self._step_plan(kv_cache, attn_metadata, x)
@@ -390,35 +354,6 @@ class LlamaForCausalLM(nn.Module):
         if h is None:  # no layers
             return self.norm.forward(residual, step.fused)
         return self.norm.add(h, residual, step.fused)[0]
-
-    def _check_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                    rows: torch.Tensor | None, rows_name: str) -> None:
-        """ValueError unless positions is [T] and every row is in [0, T).
-
-        Why: a positions tensor of another length would broadcast through RoPE with no
-        error, and a negative row is the last row to torch indexing but sequence 0 to the
-        kept rows' block lookup (`KeptRows`): wrong logits, no error. Shapes are checked
-        everywhere; row
-        values where the kernels check values (on CPU unless layer 0's `validate` says
-        otherwise): on CUDA reading them costs a device sync and breaks graph capture, so
-        there they go unchecked, as the kernels' own index values do."""
-        t = input_ids.shape[0]
-        if positions.shape != (t,):
-            raise ValueError(f"positions must be [T] = [{t}] (one per input id), "
-                             f"got {tuple(positions.shape)}")
-        if rows is None:
-            return
-        if rows.dim() != 1:
-            raise ValueError(f"{rows_name} must be a 1-d tensor of rows, "
-                             f"got shape {tuple(rows.shape)}")
-        validate = self.layers[0].attn.validate if len(self.layers) else None
-        if rows.numel() == 0 or not (rows.device.type == "cpu" if validate is None
-                                     else validate):
-            return
-        low, high = (int(v) for v in torch.aminmax(rows))
-        if low < 0 or high >= t:
-            raise ValueError(f"{rows_name} must be rows of the batch, in [0, {t}), "
-                             f"got values from {low} to {high}")
 
     def _fused(self, x: torch.Tensor) -> bool | None:
         """`StepArgs.fused` for a pass whose embedding output is x: True where the C++ ops
