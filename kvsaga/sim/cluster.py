@@ -31,7 +31,7 @@ from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
 from kvsaga.policy import POLICIES
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
-from kvsaga.sim.compare import add_tenant_slowdowns, tenant_share_misfit
+from kvsaga.sim.cluster_tenants import tenant_tct_means
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
 from kvsaga.sim.simulator import Simulator
@@ -263,8 +263,8 @@ class ClusterResult:
             sessions per hour of that makespan.
         tenants: as `SimResult.tenants` (with more than one tenant, per tenant: `tasks`,
             `tct_mean_s`; else None). `kvsaga sim --gpus` adds each tenant's `tct_alone_s`
-            and `slowdown`, and `afs_max_slowdown_ratio`, to its rows
-            (`add_cluster_tenant_slowdowns`).
+            and `slowdown`, and `afs_max_slowdown_ratio`, to its rows (both:
+            `kvsaga.sim.cluster_tenants`).
         Not measured on a cluster: the KV shares (`kv_utilization` ...) and
         `slo_attainment` of `SimResult` (`kvsaga sim --gpus` says so).
     """
@@ -482,9 +482,6 @@ class ClusterSimulator:
         span = max([g.now for g in active] + idle)
         queried = sum(g._counts["queried"] for g in active)
         hit = sum(g._counts["hit"] for g in active)
-        by_tenant: dict[str, list[float]] = {}
-        for s, t in zip(self.sessions, tct, strict=True):
-            by_tenant.setdefault(tenant_key(s.tenant), []).append(t)
         return ClusterResult(
             router=self.router.name,
             gpus=len(self.gpus),
@@ -501,8 +498,7 @@ class ClusterSimulator:
             hit_rate=hit / queried if queried else 0.0,
             makespan_s=span,
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
-            tenants={t: {"tasks": len(v), "tct_mean_s": sum(v) / len(v)}
-                     for t, v in sorted(by_tenant.items())} if len(by_tenant) > 1 else None,
+            tenants=tenant_tct_means(self.sessions, tct),
         )
 
 
@@ -511,21 +507,6 @@ def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = Non
                      routing: RoutingConfig | None = None) -> ClusterResult:
     """Serve a trace on `gpus` simulated GPUs behind `router` and measure it."""
     return ClusterSimulator(sessions, config, gpus, router, routing).run()
-
-
-def add_cluster_tenant_slowdowns(row: dict, sessions: Sequence[Session], config: SimConfig,
-                                 gpus: int, router: str) -> None:
-    """`add_tenant_slowdowns` for a cluster row with several tenants: each tenant's mean TCT
-    over its mean TCT when its sessions alone run on 1/k of the cluster (k tenants: the
-    same `gpus` GPUs, each `tenant_share(config, k)`, behind the same router; on one GPU,
-    the single-GPU row's measure).
-
-    Raises:
-        ValueError: a tenant's longest session does not fit 1/k of a GPU's KV blocks
-            (`tenant_share_misfit`), before any simulation.
-    """
-    add_tenant_slowdowns(row, sessions, config, alone=lambda own, share: simulate_cluster(
-        own, share, gpus=gpus, router=router).tct_mean_s)
 
 
 CLUSTER_COLUMNS = (
@@ -562,7 +543,8 @@ def cmd_cluster(args) -> int:
         comma_names,
         idle_lead_note,
     )
-    from kvsaga.sim.compare import parse_policy
+    from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
+    from kvsaga.sim.compare import parse_policy, tenant_share_misfit
     from kvsaga.sim.trace import TraceError
 
     try:

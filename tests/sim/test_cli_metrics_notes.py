@@ -12,7 +12,8 @@ import json
 import pytest
 
 from kvsaga.cli import main
-from kvsaga.sim.cluster import add_cluster_tenant_slowdowns, simulate_cluster
+from kvsaga.sim.cluster import simulate_cluster
+from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import compare
 from kvsaga.sim.simulator import SimConfig
 from kvsaga.sim.trace import write_trace
