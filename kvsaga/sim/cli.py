@@ -7,7 +7,8 @@
 
 Prints one row per scheduler and policy; `belady` is added as the reference when not asked
 for. `--plot` also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation
-against it.
+against it. `--gpus N` / `--router a,b` serve the trace on simulated GPUs behind routers
+instead (`cmd_cluster`, `kvsaga.sim.cluster`): one row per router, scheduler and policy.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 
 from kvsaga.config import parse_bytes
 from kvsaga.logs import StderrHandler
-from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.policy import DEFAULT_POLICY, POLICIES
+from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
-from kvsaga.sim.cluster import MAX_GPUS
+from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
+from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import compare, parse_policy, tenant_share_misfit
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig, Simulator
@@ -299,8 +303,6 @@ def cmd_sim(args) -> int:
         print(f"kvsaga sim: error: {e}", file=sys.stderr)
         return 2
     if args.gpus > 1 or args.router is not None:
-        from kvsaga.sim.cluster import cmd_cluster
-
         ignored = [flag for flag, given in (("--jobs", args.jobs is not None),
                                              ("--slo-factor",
                                               args.slo_factor != DEFAULT_SLO_FACTOR))
@@ -437,3 +439,68 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> lis
             row["kv_gib"] = gib
             rows.append(row)
     return rows
+
+
+def cmd_cluster(args) -> int:
+    """`kvsaga sim --gpus N --router a,b`: one row per router x scheduler x policy."""
+    try:
+        routers = comma_names("--router", args.router or ",".join(ROUTERS), "router")
+        for r in routers:
+            if r not in ROUTERS:
+                raise ValueError(f"unknown router {r!r}; choose from {', '.join(ROUTERS)}")
+        policies, offline = [], []
+        for spec in comma_names("--policy", args.policy, "policy"):
+            name, host = parse_policy(spec)  # ValueError listing the known names
+            if host is not None:
+                raise ValueError(f"--policy {spec!r}: a +host/-host suffix applies without "
+                                 "--gpus; with --gpus every policy gets --host-memory's tier")
+            if getattr(POLICIES[name], "needs_oracle", False):
+                offline.append(name)  # an offline reference is not run behind a router
+            else:
+                policies.append(name)
+        if offline:  # said even under --quiet: a row the user asked for goes missing
+            print(f"kvsaga sim: skipping {', '.join(offline)} with --gpus: offline "
+                  "references (they read the whole trace in advance) are not run behind a "
+                  "router", file=sys.stderr)
+        if not policies:
+            raise ValueError(f"--policy names no policy to run behind a router "
+                             f"({', '.join(offline)}: offline references, not run with --gpus)")
+        schedulers = _schedulers(args)
+        _resolve_memory_flags(args)
+        sessions = _load(args)
+        check_capacity(args, sessions, _base_config(args, args.kv_memory))
+        # Said even under --quiet: columns a single-GPU row has are not left out unsaid.
+        print("kvsaga sim: cluster rows (--gpus/--router) carry no kv_utilization or "
+              "slo_attainment (one GPU's measures: run without --gpus/--router)",
+              file=sys.stderr)
+        misfit = tenant_share_misfit(sessions, _base_config(args, args.kv_memory))
+        if misfit is not None:  # said, not refused: the rows stand without slowdowns
+            print(f"kvsaga sim: no tenant slowdowns with --gpus: {misfit}", file=sys.stderr)
+        rows = []
+        for scheduler in schedulers:
+            for policy in policies:
+                base = _base_config(args, args.kv_memory)
+                config = replace(base, policy=policy, scheduler=scheduler)
+                for router in routers:
+                    row = simulate_cluster(sessions, config, gpus=args.gpus,
+                                           router=router).row()
+                    if row["tenants"] is not None and misfit is None:
+                        add_cluster_tenant_slowdowns(row, sessions, config, args.gpus, router)
+                    rows.append(row)
+                    if not args.quiet:
+                        print(f"  {router} {scheduler} {policy}: done", file=sys.stderr)
+    except (ValueError, OSError, TraceError) as e:
+        print(f"kvsaga sim: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(sessions)} sessions on {args.gpus} GPUs ({config.cost.name}, "
+          f"{config.blocks()} blocks each)")
+    print(format_rows(rows))
+    note = idle_lead_note(sessions, rows) if args.trace is not None else None
+    if note is not None:
+        print(f"kvsaga sim: note: {note}", file=sys.stderr)
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"gpus": args.gpus, "sessions": len(sessions), "results": rows}, f,
+                      indent=1, default=float)
+        print(f"wrote {args.json}")
+    return 0
