@@ -25,10 +25,13 @@ MODEL = "tiny"
 
 
 class LiveServer:
-    """A uvicorn server running `app` in a thread, on a port the OS picked on 127.0.0.1."""
+    """A uvicorn server running `app` in a thread, on a port the OS picked on 127.0.0.1.
 
-    def __init__(self, app: Any) -> None:
+    `wait_ready=False` returns once uvicorn serves, for a test of the loading state."""
+
+    def __init__(self, app: Any, wait_ready: bool = True) -> None:
         self.app = app
+        self.wait_ready = wait_ready
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -45,6 +48,8 @@ class LiveServer:
         while not self.server.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
+        if not self.wait_ready:
+            return self
         # uvicorn starts serving before the engine thread has loaded; a request sent in
         # between is a 503 "the model is still loading".
         engine = self.app.state.engine

@@ -102,7 +102,7 @@ def test_503_while_loading(tiny_dir: Path):
         return make_engine(tiny_dir)
 
     app = build_app(slow_factory, settings())
-    with LiveServer(app) as s:
+    with LiveServer(app, wait_ready=False) as s:
         assert httpx.get(f"{s.url}/health").status_code == 503
         err = _error(_post(s, "/v1/chat/completions", json=CHAT), 503)
         assert err["code"] == "model_loading"
