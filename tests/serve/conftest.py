@@ -153,3 +153,15 @@ def auth_server(tiny_dir: Path) -> Iterator[LiveServer]:
 @pytest.fixture
 def client(server: LiveServer) -> openai.OpenAI:
     return server.client()
+
+
+def asgi_post_scope(path: str, data: bytes) -> dict:
+    """The ASGI scope of a JSON POST of `data` to `path`, for driving the app directly."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"kvsaga"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode())],
+        "client": ("127.0.0.1", 1), "server": ("kvsaga", 80),
+    }

@@ -12,21 +12,14 @@ from typing import Any
 
 import httpx
 
-from .conftest import MODEL, make_engine
+from .conftest import MODEL, asgi_post_scope, make_engine
 from .test_session_race import _run, _sessions, _until
 
 
 async def _post_until_gone(app: Any, path: str, body: dict, gone: asyncio.Event) -> None:
     """POST through the ASGI app directly; the client disconnects once `gone` is set."""
     data = json.dumps(body).encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
-        "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"kvsaga"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode())],
-        "client": ("127.0.0.1", 1), "server": ("kvsaga", 80),
-    }
+    scope = asgi_post_scope(path, data)
     pending = [{"type": "http.request", "body": data, "more_body": False}]
 
     async def receive() -> dict:

@@ -20,7 +20,7 @@ import httpx
 
 from kvsaga.serve.sessions import SessionRegistry, tenant_salt
 
-from .conftest import MODEL, make_engine
+from .conftest import MODEL, asgi_post_scope, make_engine
 from .test_session_race import _Hold, _queued, _run, _sessions, _until
 
 STEP = {"model": MODEL, "prompt": "agent ", "max_tokens": 3, "ignore_eos": True}
@@ -98,14 +98,7 @@ async def _post_gated(app: Any, path: str, body: dict, final_sent: asyncio.Event
     """POST through the ASGI app directly; the response's last message (`more_body` False)
     sets `final_sent`, then waits for `gate` before the app may go on (a slow socket)."""
     data = json.dumps(body).encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
-        "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"kvsaga"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode())],
-        "client": ("127.0.0.1", 1), "server": ("kvsaga", 80),
-    }
+    scope = asgi_post_scope(path, data)
     pending = [{"type": "http.request", "body": data, "more_body": False}]
     done = asyncio.Event()
     status, chunks = 0, []
