@@ -87,3 +87,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
         return built[name]
 
     return make
+
+
+@pytest.fixture
+def two_threads():
+    """The test's thread on two torch threads (the engine tests run one), and the count it
+    had put back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

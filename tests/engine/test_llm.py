@@ -322,15 +322,6 @@ def _new_thread_count() -> int:
         return pool.submit(torch.get_num_threads).result()
 
 
-@pytest.fixture
-def two_threads():
-    """The test's thread on two torch threads, and the count it had put back after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_llm_calls_run_within_a_cpu_quota_and_poll_its_governor(model_dir, monkeypatch,
                                                                 two_threads):
     """The offline path gets what kvsaga-serve's engine thread gets: torch's team within

@@ -21,15 +21,6 @@ needs_team = pytest.mark.skipif(
     reason="needs the small GEMM, the attention kernel and torch's libgomp team")
 
 
-@pytest.fixture
-def two_threads():
-    """Two torch threads (the engine tests run one): the team path is what is cut."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(serial_below: int) -> LlamaForCausalLM:
     # gate/up and down big enough that the small GEMM splits them over two threads
     cfg = ModelConfig(architecture="llama", vocab_size=97, hidden_size=256,
