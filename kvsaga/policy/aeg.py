@@ -104,15 +104,18 @@ class WorkflowGraph:
 
 
 class _Track:
-    """Where one live session is in its graph."""
+    """Where one live session is in its graph. `retry`: its running step was withdrawn
+    (aborted before it finished); the resume that began it was learned already, so the
+    step that replaces it teaches nothing new."""
 
-    __slots__ = ("workflow", "kind", "paused_at", "running", "steps")
+    __slots__ = ("workflow", "kind", "paused_at", "running", "retry", "steps")
 
     def __init__(self, workflow: str) -> None:
         self.workflow = workflow
         self.kind = START
         self.paused_at: float | None = None
         self.running = True
+        self.retry = False
         self.steps = 0
 
 
@@ -209,7 +212,8 @@ class ExecutionGraph:
             g = self.workflow(workflow)
             g.arrivals.observe(now)
             return None
-        if t.running:  # retried after a preemption: the same step
+        if t.running or t.retry:  # retried after a preemption or a withdrawal: the same step
+            t.running, t.retry = True, False
             return None
         gap = max(now - (t.paused_at if t.paused_at is not None else now), 0.0)
         self._forget()
@@ -232,6 +236,14 @@ class ExecutionGraph:
         t.paused_at, t.running = now, False
         t.steps += 1
 
+    def step_withdrawn(self, session_id: str) -> None:
+        """The running step was aborted before it finished (`resume_withdrawn` after a
+        preemption): the session waits again, and neither its end (not an abandonment of a
+        pause whose resume was learned) nor its next step (a retry) is learned from."""
+        t = self._tracks.get(session_id)
+        if t is not None and t.running:
+            t.running, t.retry = False, True
+
     def relabel(self, session_id: str, kind: str | None) -> None:
         """A paused session's tool became known after its step finished: its pause (resumed
         or abandoned) counts for the new kind."""
@@ -240,7 +252,8 @@ class ExecutionGraph:
             t.kind = NO_TOOL if kind is None else kind
 
     def session_ended(self, session_id: str, now: float) -> None:
-        """The session is gone: after its last step (running) or while paused (abandoned)."""
+        """The session is gone: after its last step (running), while paused (abandoned), or
+        while its withdrawn step waits for a retry (neither)."""
         t = self._tracks.pop(session_id, None)
         if t is None:
             return
@@ -248,7 +261,7 @@ class ExecutionGraph:
         g = self.workflow(t.workflow)
         if t.running:
             t.steps += 1
-        else:
+        elif not t.retry:
             self._forget()
             self.node(t.workflow, t.kind).abandoned += 1
         g.num_sessions += 1
@@ -373,6 +386,10 @@ class FeedsExecutionGraph:
         super().pause_hinted(session, now, hint)
         if hint.tool is not None:
             self.graph.relabel(session.session_id, hint.tool)
+
+    def resume_withdrawn(self, session, now: float) -> None:
+        super().resume_withdrawn(session, now)
+        self.graph.step_withdrawn(session.session_id)
 
     def session_ended(self, session, now: float) -> None:
         super().session_ended(session, now)

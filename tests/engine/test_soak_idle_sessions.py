@@ -104,3 +104,29 @@ def test_bad_session_idle_is_refused(tiny_model_dir, bad):
     with pytest.raises(InvalidRequest, match="session_idle_s must be a number > 0 or None"):
         eng.session_idle_s = bad
     assert eng.session_idle_s == 60.0
+
+
+def test_a_preempted_session_waiting_past_the_limit_is_not_ended(tiny_model_dir):
+    """A session whose step was preempted waits in the queue with its session paused: the
+    sweep must not take it for abandoned, however long it waits (its request is queued)."""
+    clock = Clock()
+    probe = _engine(tiny_model_dir, clock)
+    block = probe.spec.bytes_per_block
+    eng = LLMEngine(tiny_model_dir("llama_gqa4_untied"), device="cpu", progress=False,
+                    kv_memory_bytes=7 * block, clock=clock, scheduler="fcfs",
+                    session_idle_s=10.0)
+    long = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    for i in range(5):
+        eng.add_request([5 + i, 9, 11, 13, 17, 19, 23, 29] * 3, long, session_id=f"s{i}")
+    waited, done = set(), {}
+    for _ in range(400):
+        if not eng.has_unfinished():
+            break
+        for out in eng.step():
+            if out.finished:
+                done[out.request_id] = (out.finish_reason, len(out.token_ids))
+        waited |= {r.session_id for r in eng.scheduler.waiting if r.output_ids}  # preempted
+        clock.t += 30.0  # every step outlasts the idle limit
+    assert eng.scheduler.num_preemptions > 0 and waited
+    assert sorted(done.values()) == [("length", 12)] * 5  # none aborted as abandoned
+    eng.manager.check_integrity()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
+from kvsaga.integrations.vllm import launch
 from kvsaga.integrations.vllm.launch import VLLMServer
 
 
@@ -35,7 +35,15 @@ def test_a_server_without_a_log_says_how_to_keep_one(tmp_path, monkeypatch):
 
 def test_a_server_that_never_answers_is_stopped_and_says_so(tmp_path, monkeypatch):
     server = _server(tmp_path, "import time; time.sleep(60)", True, monkeypatch)
-    t0 = time.monotonic()
+    children = []
+    real_popen = launch.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        children.append(real_popen(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
     with pytest.raises(RuntimeError, match=r"did not become healthy within 2 s"):
         server.start(timeout_s=2)
-    assert time.monotonic() - t0 < 40 and server.proc is None
+    # The sleeping child was ended, not left running for its 60 s.
+    assert server.proc is None and len(children) == 1 and children[0].poll() is not None

@@ -147,3 +147,23 @@ def test_preempted_retry_is_not_a_resume_and_relabel_moves_the_pause():
     g.relabel("a", "search")  # the tool became known after the pause began
     assert g.step_started("a", "w", 3.0) == ("search", 2.0)
     assert g.workflows["w"].nodes["search"].resumed == 1
+
+
+def test_a_withdrawn_step_is_neither_resumed_twice_nor_abandoned():
+    """A resumed step preempted, then aborted while requeued (`resume_withdrawn`): the resume
+    was learned once; the step that replaces it, or an end while it waits, learns nothing."""
+    g = ExecutionGraph()
+    g.step_started("a", "w", 0.0)
+    g.step_finished("a", "search", 1.0)
+    assert g.step_started("a", "w", 3.0) == ("search", 2.0)
+    g.step_withdrawn("a")
+    assert g.step_started("a", "w", 9.0) is None  # the retry of the withdrawn step
+    g.step_finished("a", "search", 10.0)
+    assert g.step_started("a", "w", 10.5) == ("search", 0.5)  # later pauses learn again
+    g.step_withdrawn("a")
+    g.session_ended("a", 40.0)  # gone while its withdrawn step waited
+    node = g.workflows["w"].nodes["search"]
+    assert (node.resumed, node.abandoned) == (2, 0)
+    assert g.workflows["w"].num_steps == 2  # the two completed steps
+    g.step_withdrawn("nobody")  # unknown sessions are ignored
+

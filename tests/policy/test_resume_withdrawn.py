@@ -91,3 +91,22 @@ def test_saga_counts_a_withdrawn_sessions_pause_in_its_idle_normalizer(first):
     m.resume_withdrawn("a", now=2.0)
     policy.choose_victims(1, 300.0)
     assert policy._norm[1] >= 128.0  # idle ~300 s (2x levels), not the 1 s of no pause
+
+
+@pytest.mark.parametrize("name", ["ttl", "graph", "saga"])
+def test_a_withdrawn_preempted_step_ending_the_session_is_no_abandonment(name):
+    """A resumed step preempted, then aborted while requeued, and the session ended while it
+    waited: the policy's execution graph learned its resume and counts no abandonment (its
+    track was left running, so the end counted a step that never finished)."""
+    policy = build(name)
+    m = make(policy, num_blocks=16)
+    run_step(m, "a", tokens(100, 16), now=0.0, tool="t", expected_s=5.0)
+    st = m.begin_step("a", tokens(100, 17), now=3.0)
+    m.allocate_slots("a", 17 - st.num_cached_tokens, now=3.0)
+    m.preempt("a", now=4.0)
+    m.resume_withdrawn("a", now=5.0)
+    m.end_session("a", now=6.0)
+    graph = policy.graph.workflows["default"]
+    assert (graph.nodes["t"].resumed, graph.nodes["t"].abandoned) == (1, 0)
+    assert (graph.num_sessions, graph.num_steps) == (1, 1)  # one completed step
+    m.check_integrity()
