@@ -25,8 +25,8 @@ def profile(case, top: int) -> None:
 
 
 # What `--split` times, inclusive (a manager call made inside `schedule` counts in both).
-SPLIT = [("kvsaga.manager", "KVCacheManager", ("begin_step", "finish_step", "allocate_slots",
-                                               "_evict")),
+SPLIT = [("kvsaga.manager", "KVCacheManager", ("begin_step", "allocate_slots", "_evict")),
+         ("kvsaga.manager_signals", "SessionSignals", ("finish_step",)),
          ("kvsaga.manager_reads", "ManagerReads", ("lookup",)),
          ("kvsaga.scheduler.base", "Scheduler", ("admit_waiting",)),
          ("kvsaga.sim.decode_runs", "DecodeRuns", ("_decode_run", "_admits"))]
