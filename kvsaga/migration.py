@@ -266,6 +266,24 @@ def export_session(engine, session_id: str) -> SessionExport:
     return replace(plan.export, kv=out)
 
 
+def _check_kv(export: SessionExport, kv) -> None:
+    """InvalidRequest unless the export's K/V is a tensor of its blocks in the layout and
+    dtype of `kv` (the engine's cache); the export's fields were checked first."""
+    import torch
+
+    want = (export.num_blocks, *kv.shape[1:])
+    got = (f"a tensor of shape {tuple(export.kv.shape)}" if isinstance(export.kv, torch.Tensor)
+           else type(export.kv).__name__)
+    if not isinstance(export.kv, torch.Tensor) or tuple(export.kv.shape) != want:
+        raise InvalidRequest(
+            f"export of session {export.session_id!r} carries no K/V of "
+            f"{export.num_blocks} blocks of shape {tuple(kv.shape[1:])} (expected a tensor "
+            f"of shape {want}, got {got})"
+        )
+    if export.kv.dtype != kv.dtype:
+        raise InvalidRequest(f"exported K/V is {export.kv.dtype}; this engine's is {kv.dtype}")
+
+
 def import_session(
     engine, export: SessionExport, *, salt: str | None = None, now: float | None = None
 ) -> int:
@@ -284,17 +302,10 @@ def import_session(
     from kvsaga import kernels
 
     kv = engine.storage.kv
-    if not isinstance(export, SessionExport):
-        raise InvalidRequest(f"expected a SessionExport, got {type(export).__name__}")
-    if (not isinstance(export.kv, torch.Tensor)
-            or tuple(export.kv.shape) != (export.num_blocks, *kv.shape[1:])):
-        raise InvalidRequest(
-            f"export of session {export.session_id!r} carries no K/V of "
-            f"{export.num_blocks} blocks of shape {tuple(kv.shape[1:])}"
-        )
-    if export.kv.dtype != kv.dtype:
-        raise InvalidRequest(f"exported K/V is {export.kv.dtype}; this engine's is {kv.dtype}")
     mgr = engine.manager
+    # The export's fields first (a layout mismatch is named as one), then its tensor.
+    _check_compatible(mgr, export, salt)
+    _check_kv(export, kv)
     # Copies in flight end before the import plans: none may still read a GPU block that the
     # import then writes, and a failed one is dropped before the import looks anything up.
     engine.settle_transfers()

@@ -11,7 +11,9 @@ replica.
 Routers, by name (`make_router`):
 - `round-robin`: every step to the next replica, sessions ignored (the no-affinity baseline).
 - `affinity`: a session's steps to the replica a consistent hash of its key names; keyless
-  steps to the least loaded (the sticky baseline of consistent-hash routers); never moves.
+  steps to the least loaded (the sticky baseline of consistent-hash routers). It moves only
+  the sessions the ring re-homes when replicas join or leave (their KV recomputed), never
+  by load, and never migrates KV.
 - `kvsaga`: a new session goes to a replica with the fewest queued and running steps,
   preferring one where its shared prefix is cached, and stays there (affinity) unless
   that replica is loaded (`RoutingConfig.steal_min_waiting`, `steal_margin`, or
@@ -22,8 +24,12 @@ Routers, by name (`make_router`):
   capacity goes first to the tenants the fleet has served least. A replica whose
   accumulated busy time runs ahead of the fleet's mean (`ReplicaStats.busy_s`) hands its
   sessions' steps to idle replicas behind it, so the last long sessions do not keep a few
-  replicas busy while the rest idle. A session is not moved while a step of it is in
-  flight, nor while its last move is unconfirmed (`Router.unconfirmed_move`).
+  replicas busy while the rest idle. A session is not moved while its last move is
+  unconfirmed (`Router.unconfirmed_move`).
+
+Under every router a step sent while another of its session is in flight goes where that
+one went (`Router.route`): moved, it would pull the session from a replica still running
+(or still pulling) it, and could run on a fresh copy, the session served by two replicas.
 """
 
 from __future__ import annotations
@@ -145,7 +151,8 @@ class KvsagaRouter(Router):
         if req.stay:  # an end request goes home, never moved (adopted from a report too)
             return Route(home, reason="affinity")
         # Not moved while a step of it is in flight (the single-node server answers a
-        # concurrent step 409 session_busy: moved, it would run on two replicas) or while
+        # concurrent step 409 session_busy: moved, it would run on two replicas; kept here
+        # for a home adopted from a report, `Router.route` keeps a known one) or while
         # its last move may not have arrived (`unconfirmed_move`: moved again, it would
         # leave a copy).
         if req.session in self.session_steps or req.session in self.moves:

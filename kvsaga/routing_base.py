@@ -380,7 +380,11 @@ class Router:
             raise RuntimeError("no live replica to route to")
         s = req.session
         move = self.unconfirmed_move(s, stats) if s is not None else None
-        if req.stay and s in self.homes:
+        if s in self.homes and (req.stay or s in self.session_steps):
+            # An end request goes home; so does a step sent while another of its session
+            # is in flight, under every router: moved, it would pull from a replica whose
+            # own step (or pull) holds the session, and could run on a fresh copy there
+            # while the session runs at home (two replicas serving one session).
             route = Route(self.homes[s], reason="affinity")
         else:
             route = self._choose(req, stats)
@@ -415,7 +419,8 @@ class Router:
 
 
 class RoundRobinRouter(Router):
-    """Every step to the next replica in turn."""
+    """Every step to the next replica in turn (but a step sent while another of its session
+    is in flight: `Router.route` keeps it home)."""
 
     name = "round-robin"
 
@@ -435,7 +440,8 @@ def _ring_point(key: str) -> int:
 
 class AffinityRouter(Router):
     """Sticky by a consistent hash of the session key (virtual nodes per replica), so
-    adding or removing a replica moves only the sessions that hashed to it."""
+    adding or removing a replica moves only the sessions the ring re-homes (recomputed
+    there: it never migrates KV)."""
 
     name = "affinity"
     vnodes = 64

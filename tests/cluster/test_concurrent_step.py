@@ -5,7 +5,9 @@ r11_concurrent)."""
 
 from __future__ import annotations
 
-from kvsaga.routing import KvsagaRouter, ReplicaStats, RouteRequest
+import pytest
+
+from kvsaga.routing import KvsagaRouter, ReplicaStats, RouteRequest, make_router
 
 IDLE = ReplicaStats(total_blocks=1000, free_blocks=1000)
 
@@ -36,3 +38,41 @@ def test_steps_in_flight_on_a_removed_replica_are_forgotten():
     assert r.session_steps == {"t/s1": {"a": 1}}
     r.remove_replica("a")
     assert r.session_steps == {} and r.tenant_steps == {}
+
+
+def test_round_robin_keeps_a_concurrent_step_home():
+    """Round-robin sent a second step sent while the first ran to the next replica, which
+    pulled the session from the first's (whose own pull may not have opened it yet: the
+    pull found nothing and ran the step on a fresh copy, review repro r6_rr_concurrent)."""
+    r = make_router("round-robin", ["a", "b", "c"])
+    r.homes["t/s1"] = "c"
+    first = r.route(RouteRequest(session="t/s1"), {})
+    again = r.route(RouteRequest(session="t/s1"), {})  # first still in flight
+    # Home, pulling from where the first did (its move is unconfirmed: a no-op if done).
+    assert (again.replica, again.moved_from) == (first.replica, first.moved_from) != (
+        first.replica, None)
+    r.finished(first)
+    r.finished(again)
+    after = r.route(RouteRequest(session="t/s1"), {})  # nothing in flight: its turn again
+    assert after.replica != first.replica and after.moved_from == first.replica
+
+
+@pytest.mark.parametrize("finish_first", [False, True])
+def test_affinity_keeps_a_concurrent_step_home_when_the_ring_changes(finish_first):
+    """A replica joining the ring re-homes some sessions; a step sent while another of the
+    session runs stays where that one runs, and the next step after it moves."""
+    r = make_router("affinity", ["a", "b"])
+    sessions = [f"t/s{i}" for i in range(40)]
+    first = {s: r.route(RouteRequest(session=s), {}) for s in sessions}
+    r.add_replica("c")
+    ring = make_router("affinity", ["a", "b", "c"])  # the same ring: where each hashes now
+    rehomed = [s for s in sessions if ring.route(RouteRequest(session=s), {}).replica == "c"]
+    assert rehomed
+    s = rehomed[0]
+    if finish_first:
+        r.finished(first[s])
+    got = r.route(RouteRequest(session=s), {})
+    if finish_first:
+        assert (got.replica, got.moved_from) == ("c", first[s].replica)
+    else:
+        assert (got.replica, got.moved_from) == (first[s].replica, None)

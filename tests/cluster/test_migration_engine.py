@@ -4,6 +4,7 @@ receiving engine continues it with the same greedy output as the engine it left.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,8 @@ def test_import_rejects_a_payload_of_the_wrong_shape(tiny_dir: Path):
     run_step(a, "s", list(range(2, 40)))
     exported = export_session(a, "s")
     bad = type(exported)(**{**exported.__dict__, "kv": exported.kv[:1]})
-    with pytest.raises(InvalidRequest, match="carries no K/V"):
+    got = re.escape(f"got a tensor of shape {tuple(exported.kv[:1].shape)}")
+    with pytest.raises(InvalidRequest, match=f"carries no K/V.*{got}"):
         import_session(b, bad)
     assert "s" not in b.manager.sessions
     b.manager.check_integrity()
@@ -111,3 +113,23 @@ def test_malformed_engine_imports_are_refused(tiny_dir: Path):
         assert torch.equal(b.storage.kv, kv)
     assert import_session(b, good) == good.num_tokens
     b.manager.check_integrity()
+
+
+def test_engine_import_names_a_layout_mismatch_and_checks_fields_first(tiny_dir: Path):
+    """An export from another block size is refused for its layout, as `plan_import`
+    refuses it, not as a K/V of the wrong shape; a malformed block_hashes is an
+    InvalidRequest, not a TypeError (the tensor check read `num_blocks` first)."""
+    a = engine(tiny_dir)
+    run_step(a, "s", list(range(2, 50)))
+    good = export_session(a, "s")
+    for b, bad, match in (
+        (engine(tiny_dir, block_size=32), good, "exported KV layout .*block_size 16.*32"),
+        (engine(tiny_dir), dataclasses.replace(good, block_hashes=None), "block_hashes"),
+        (engine(tiny_dir), dataclasses.replace(good, block_hashes=7), "block_hashes"),
+    ):
+        before = (b.manager.stats(), b.storage.kv.clone())
+        with pytest.raises(InvalidRequest, match=match):
+            import_session(b, bad)
+        assert "s" not in b.manager.sessions and b.manager.stats() == before[0]
+        assert torch.equal(b.storage.kv, before[1])
+        b.manager.check_integrity()

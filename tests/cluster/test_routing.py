@@ -110,7 +110,11 @@ def test_stats_from_manager():
 def test_round_robin_ignores_sessions():
     r = make_router("round-robin", ["a", "b"])
     stats = {"a": IDLE, "b": IDLE}
-    got = [r.route(RouteRequest("s"), stats).replica for _ in range(4)]
+    got = []
+    for _ in range(4):  # each step finished before the next (sequential agent steps)
+        route = r.route(RouteRequest("s"), stats)
+        r.finished(route)
+        got.append(route.replica)
     assert got == ["a", "b", "a", "b"]
 
 
