@@ -239,7 +239,8 @@ def _pause_import(manager, export: SessionExport, now: float | None) -> None:
 
 def export_session(engine, session_id: str) -> SessionExport:
     """A paused session's cached KV, gathered to host memory. Call on the engine's thread;
-    the session stays on the engine (end it once the import succeeded).
+    the session stays on the engine: its caller ends it once the import succeeded (under
+    Ray Serve, `EngineReplica.finish_handover`), and keeps it when the import was refused.
 
     Every host-tier copy in flight ends first (`LLMEngine.settle_transfers`: a resume hint's
     or a prefetch's plan may be offloading this session's blocks), so the plan is read from

@@ -29,13 +29,16 @@ class Engine:
     async def call(self, fn):
         return fn(self)
 
+    def end_session(self, sid: str) -> None:  # (nothing here to end)
+        assert sid not in self.manager.sessions
+
 
 def replica(manager) -> EngineReplica:
     r = object.__new__(EngineReplica)
     r._seen_tokens, r._service, r._last_live = {}, {}, {}
     r.settings = ServerSettings(model="x")
     r.replica_id, r.app_name = "b", "app"
-    sessions = NS(get=lambda sid: None, open=lambda sid: NS())
+    sessions = NS(get=lambda sid: None, open=lambda sid: NS(), drop=lambda sid: None)
     r.app = NS(state=NS(engine=Engine(manager),
                         server=NS(serving_if_ready=NS(sessions=sessions))))
     return r
@@ -48,12 +51,14 @@ def test_a_migrated_session_is_no_service_on_its_new_replica(monkeypatch):
     src.finish_step(SID)
     export = plan_export(src, SID).export
 
-    class Handle:  # the pinned export call to the session's previous replica
-        def options(self, **kwargs):
+    class Handle:  # the pinned calls to the session's previous replica: export, commit
+        def options(self, method_name):
+            self.method = method_name
             return self
 
         async def remote(self, ask):
-            return {}, export
+            return deployment.Handover("h", {}, export) \
+                if self.method == "export_session" else True
 
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *a: Handle())
     # The K/V bytes need a real engine: the bookkeeping half stands in for them.

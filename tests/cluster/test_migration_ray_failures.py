@@ -1,10 +1,13 @@
 """A migration whose KV copy fails with an error that is not a KVSagaError (a failed host-tier
-copy raises RuntimeError) still moves the session's context, and the KV is recomputed.
+copy raises RuntimeError) fails cleanly: a failed export moves the context without its KV
+(recomputed); a failed import leaves the session with its sender.
 
 Review finding (session 42): `_pull` (importer) and `export_session`'s `take` (exporter)
 caught only KVSagaError, so a RuntimeError skipped the importer's `sessions.open` (the
 request failed) and the exporter's `engine.end_session` (the session stayed on the engine
-that handed it over).
+that handed it over). Since session 45 a hand-over is two-phase (test_ray_handover.py): a
+failed import aborts it, the session staying with its sender; a failed export still moves
+the context, and the commit ends the sender's copy.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from kvsaga.integrations.ray import deployment  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
-from tests.cluster.ray_replicas import SID, SPEC, paused, stub_replica  # noqa: E402
+from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
 
 
 class Engine:
@@ -47,39 +50,45 @@ def failed_copy(*args, **kwargs):
     raise RuntimeError("KV transfer failed: simulated")
 
 
-def test_a_failed_import_still_takes_the_context(monkeypatch):
+def test_a_failed_import_aborts_and_leaves_the_session_with_its_sender(monkeypatch):
+    """(Session 45: a failed import no longer takes the context and recomputes, which lost
+    the KV the sender had already ended; the hand-over is aborted instead.)"""
     src = KVCacheManager(SPEC, 64)
     paused(src)
-    export = plan_export(src, SID).export
-
-    class Handle:  # the pinned export call to the session's previous replica
-        def options(self, **kwargs):
-            return self
-
-        async def remote(self, ask):
-            return {"num_steps": 3}, export
-
-    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *a: Handle())
+    sender = SessionRegistry(tokenizer=None)
+    sender.open(SID).num_steps = 3
+    a = stub_replica("a", Engine(src), sender)
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: Pinned(a))
+    monkeypatch.setattr(deployment, "export_session",
+                        lambda e, sid: plan_export(e.manager, sid).export)
     monkeypatch.setattr(deployment, "import_session", failed_copy)
     registry = SessionRegistry(tokenizer=None)
     b = replica(KVCacheManager(SPEC, 64), registry)
-    asyncio.run(b._pull(SID, "t1", "a", True))  # before the fix: RuntimeError
-    ctx = registry.get(SID)
-    assert ctx is not None and ctx.num_steps == 3
-    assert SID not in b._seen_tokens
+    err = asyncio.run(b._pull(SID, "t1", "a", True))  # before the fix: RuntimeError
+    assert err.status == 503 and err.code == "session_move_failed"
+    assert registry.get(SID) is None and SID not in b._seen_tokens
+    assert SID in src.sessions and sender.get(SID).in_flight is None
 
 
-def test_a_failed_export_still_ends_the_session_here(monkeypatch):
+def test_a_failed_export_hands_the_context_over_and_the_commit_ends_the_session(
+        monkeypatch):
+    """(Session 45: the export no longer ends the session at once, its importer may still
+    refuse it; the commit ends it, the engine's copy with the record.)"""
     manager = KVCacheManager(SPEC, 64)
     paused(manager)
     registry = SessionRegistry(tokenizer=None)
     registry.open(SID).num_steps = 3
     monkeypatch.setattr(deployment, "export_session", failed_copy)
     a = replica(manager, registry)
-    got = asyncio.run(a.export_session({"pin": "b", "engine_sid": SID, "migrate": True}))
-    assert got is not None  # before the fix: RuntimeError, the session left here
-    context, exported = got
-    assert exported is None and context == {"tokens": None, "num_steps": 3}
+
+    async def go():
+        got = await a.export_session({"pin": "b", "engine_sid": SID, "migrate": True})
+        # before the fix: RuntimeError, the session left here
+        assert got.exported is None and got.context == {"tokens": None, "num_steps": 3}
+        assert await a.finish_handover({"pin": "b", "engine_sid": SID, "id": got.id,
+                                        "commit": True}) is True
+
+    asyncio.run(go())
     assert a.app.state.engine.ended == [SID]
     assert SID not in manager.sessions and registry.get(SID) is None
     manager.check_integrity()

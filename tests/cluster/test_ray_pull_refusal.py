@@ -1,8 +1,8 @@
 """A moved session's pull meets trouble on its previous replica (review repros
 inflight_refusal, export_cancelled): a step of it still in flight there (a cancelled
 request the replica is still aborting) gets the 409 `session_busy` the home would give,
-not a second copy opened on the thief; an export cancelled midway leaves no stale record,
-and a stale record does not stop a pull."""
+not a second copy opened on the thief; an export cancelled midway leaves the session free
+on its replica, and a stale record does not stop a pull."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.routing import Route, make_router  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
-from tests.cluster.ray_replicas import SID, SPEC, paused, stub_replica  # noqa: E402
+from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
 
 
 class Engine:
@@ -46,20 +46,6 @@ class Engine:
 
 def replica(rid: str, manager, sessions: SessionRegistry, app=None) -> EngineReplica:
     return stub_replica(rid, Engine(manager), sessions, app)
-
-
-class Pinned:
-    """The pinned export call, delivered to `target`."""
-
-    def __init__(self, target=None) -> None:
-        self.target, self.asked = target, []
-
-    def options(self, **kwargs):
-        return self
-
-    async def remote(self, ask):
-        self.asked.append(ask)
-        return await self.target.export_session(ask) if self.target else "unknown"
 
 
 def test_a_step_in_flight_on_the_source_answers_409_and_opens_nothing(monkeypatch):
@@ -127,8 +113,10 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch):
     assert kv.home(calls[0][0]) == "a" and calls[0][0] not in kv.moves
 
 
-def test_a_cancelled_export_leaves_no_stale_record_and_a_stale_record_is_pulled(
+def test_a_cancelled_export_leaves_the_session_free_here_and_a_stale_record_is_pulled(
         monkeypatch):
+    """(Session 45: exports no longer end the session, its importer commits that; a
+    cancelled one, which nobody will commit, frees the session it held.)"""
     manager = KVCacheManager(SPEC, 64)
     paused(manager)
     reg = SessionRegistry(tokenizer=None)
@@ -153,10 +141,11 @@ def test_a_cancelled_export_leaves_no_stale_record_and_a_stale_record_is_pulled(
         await asyncio.to_thread(a.app.state.engine.pool.submit(lambda: None).result, 10)
 
     asyncio.run(go())
-    assert SID not in manager.sessions
-    assert reg.get(SID) is None  # before the fix: a record of a session the engine lost
-    # A stale record (as that left) does not stop a pull: the session is asked for.
-    reg.open(SID).num_steps = 3
+    assert SID in manager.sessions  # whole and free: its next step runs here
+    assert reg.get(SID).in_flight is None and a._handovers == {}
+    # A stale record (one of a session the engine lost) does not stop a pull: the session
+    # is asked for, and the record dropped when its source knows none.
+    manager.end_session(SID)
     pinned = Pinned()
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: pinned)
     assert asyncio.run(a._pull(SID, "t1", "b", True)) is None

@@ -11,10 +11,13 @@ Two deployments (`build_application`):
   session onto it, it first pulls the session from its previous replica: the token context
   always (so re-tokenization cannot split it differently), and the KV too when the router
   chose migration (`kvsaga.migration`: exported through host memory, imported byte for
-  byte); the previous replica then ends its copy, so a session lives in one place
-  (docs/cluster.md, "Moving a session", says when it does not). A session with a step in
-  flight on its previous replica is not taken: the step gets that replica's 409
-  `session_busy`.
+  byte). The hand-over is two-phase: the previous replica exports the session and holds
+  it (no step of it runs there) until the new one has imported it and commits (the
+  previous replica ends its copy, so a session lives in one place; docs/cluster.md,
+  "Moving a session", says when it does not) or aborts (its import was refused: the
+  session stays where it was, and the step is answered 503 `session_move_failed`, which
+  sends the session back there). A session with a step in flight on its previous replica
+  is not taken: the step gets that replica's 409 `session_busy`.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,9 +47,15 @@ from kvsaga.serve.sessions import SessionRegistry
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.ray")
-_PULL_TIMEOUT_S = 60.0
+_PULL_TIMEOUT_S = 60.0  # per call of a pull to the session's previous replica
+# How long a replica holds a session it exported for the commit or abort of its importer
+# (`EngineReplica.export_session`): the importer's import waits for its engine's step in
+# progress, and its commit may take `_PULL_TIMEOUT_S`. A commit after it is refused (the
+# importer undoes its import); meanwhile a step of the session there is answered 409.
+_HANDOVER_HOLD_S = 2 * _PULL_TIMEOUT_S
 # What `export_session` answers for a session with a step in flight on its replica.
 EXPORT_BUSY = "busy"
+_FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
 _LOAD_TIMEOUT_S = 600.0
 # Tenants without a live session whose service a replica still reports (`_forget_tenants`).
 _MAX_IDLE_TENANTS = 1024
@@ -132,6 +142,46 @@ async def _error_messages(err: APIError, scope: dict) -> AsyncIterator[dict]:
 # -- the engine replica -----------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """A session `EngineReplica.export_session` hands over, held by its replica until
+    `finish_handover` names `id`.
+
+    Attributes:
+        id: the hold's id.
+        context: the session's `SessionContext` fields (but `in_flight`, `last_used`).
+        exported: its KV (`kvsaga.migration.SessionExport`), or None (not asked for, none
+            cached, or its export failed: it is recomputed).
+    """
+
+    id: str
+    context: dict
+    exported: Any
+
+
+def _export_kv(engine: Any, sid: str, migrate: bool) -> Any:
+    """The session's KV when `migrate` and the engine holds it, else None; on the engine's
+    thread. A failed host-tier copy (RuntimeError) exports nothing: the context moves
+    without its KV, recomputed on the new replica."""
+    if not migrate or sid not in engine.manager.sessions:
+        return None
+    try:
+        return export_session(engine, sid)
+    except Exception as e:
+        log.warning("kvsaga: exporting the KV of %s failed (%s: %s); it moves without", sid,
+                    type(e).__name__, e)
+        return None
+
+
+def _move_failed(sid: str, source: str, why: str) -> APIError:
+    """The answer to a step whose session could not move here and stays on `source`: 503
+    (retry), with the header that has the gateway's router take the session back there."""
+    return APIError(503, f"session {sid.partition('/')[2]!r} could not move to this replica "
+                    f"({why}); retry: it continues on its previous replica",
+                    param="session_id", code="session_move_failed",
+                    headers={PULL_REFUSED_HEADER: source, "Retry-After": "1"})
+
+
 def _wait_loaded(engine: Any, timeout_s: float) -> None:
     """Block until the engine's model is loaded, its load failed or the engine stopped, or
     `timeout_s` passed (`AsyncEngine.wait_ready` returns at each of those)."""
@@ -177,6 +227,8 @@ class EngineReplica:
         self._service: dict[str, float] = {}  # tenant -> context tokens gained here
         # tenant -> when it last had a live session here (`_forget_tenants`)
         self._last_live: dict[str, float] = {}
+        # hold id -> the timer that frees the session it holds for its importer
+        self._handovers: dict[str, asyncio.TimerHandle] = {}
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
@@ -244,59 +296,104 @@ class EngineReplica:
 
     async def _pull(self, sid: str, salt: str | None, source: str,
                     migrate: bool) -> APIError | None:
-        """Take a moved session's context (and KV when `migrate`) from its previous replica.
-        A session with a step in flight there is not taken: the answer then is the 409
-        `session_busy` that replica gives a concurrent step (opened here as well, the
-        session would live on two replicas). Any other failure (the source died, it does
-        not hold the session) leaves a recompute."""
+        """Take a moved session's context (and KV when `migrate`) from its previous replica;
+        returns the error to answer instead of the step, or None to run the step here.
+
+        A hand-over has two phases: `source` exports the session and holds it
+        (`export_session`), this replica imports it, then has `source` end its copy
+        (commit) or keep it (abort, on a refused import: no room, a failed copy;
+        `finish_handover`). So a refused import loses nothing: the answer is
+        `_move_failed`, and the gateway has the router take the session back to `source`.
+        A session with a step in flight on `source` is not taken either (opened here as
+        well, it would live on two replicas): the answer is the 409 `session_busy` that
+        replica gives a concurrent step. A local record with a step queued is left to the
+        server's 409; a local idle copy is one a failed pull left behind when the session
+        moved on, so `source`'s copy replaces it, unless `source` holds none. If `source`
+        cannot be reached (it died, it is stuck) the step continues a local copy, if any,
+        or recomputes."""
         sessions = self._sessions
-        if sessions is None or await self._holds(sessions, sid):
+        if sessions is None:
             return None
-        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
-        ask = {"kvsaga": 1, "pin": source, "engine_sid": sid, "migrate": migrate}
-        try:
-            got = await asyncio.wait_for(
-                handle.options(method_name="export_session").remote(ask), _PULL_TIMEOUT_S
-            )
-        except Exception as e:  # the source is gone or stuck: recompute here
-            log.warning("kvsaga: pulling session from %s failed (%s); recomputing", source, e)
+        ctx = sessions.get(sid)
+        if ctx is not None and ctx.in_flight is not None:
             return None
+        got = await self._ask(source, "export_session", {"engine_sid": sid, "migrate": migrate})
         if got == EXPORT_BUSY:
             log.warning("kvsaga: %s has a step of %s in flight; answering 409", source, sid)
             return APIError(409, f"session {sid.partition('/')[2]!r} already has a request "
                             "in flight", param="session_id", code="session_busy",
                             headers={PULL_REFUSED_HEADER: source})
-        if not isinstance(got, tuple):
-            log.warning("kvsaga: %s did not hand over session %s (%s); recomputing",
-                        source, sid, got)
+        if not isinstance(got, Handover):  # "unknown" (a local copy is the session's), or
+            # "misrouted" or _FAILED (the source is gone or stuck): continue or recompute
+            await self._drop_if_stale(sessions, sid)
             return None
-        context, exported = got
-        if exported is not None and exported.num_blocks:
-            try:
-                await self.app.state.engine.call(lambda e: self._import(e, exported, salt))
-            except Exception as e:  # no room, the session appeared meanwhile, a failed
-                # copy (RuntimeError): the import changed nothing, the context recomputes
-                log.warning("kvsaga: importing %s failed (%s); recomputing", sid, e)
+        # From here on the source holds the session for this replica: its commit or abort
+        # must be sent even if this step is cancelled (else the session waits out the hold).
+        return await asyncio.shield(self._take(sessions, sid, salt, source, got))
+
+    async def _ask(self, source: str, method: str, ask: dict) -> Any:
+        """A pinned call to `method` of replica `source`; `_FAILED` (logged) when it raised
+        or took longer than `_PULL_TIMEOUT_S`."""
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
+        try:
+            return await asyncio.wait_for(handle.options(method_name=method).remote(
+                {"kvsaga": 1, "pin": source, **ask}), _PULL_TIMEOUT_S)
+        except Exception as e:  # (a timeout's message is empty: its type names it)
+            log.warning("kvsaga: %s of session %s on %s failed (%s: %s)", method,
+                        ask["engine_sid"], source, type(e).__name__, e)
+            return _FAILED
+
+    async def _drop_if_stale(self, sessions: SessionRegistry, sid: str) -> None:
+        """Nothing was handed over: drop an idle local record whose session the engine does
+        not hold (the engine's own idle sweep ended it, say); the step then recomputes
+        instead of trusting it."""
+        ctx = sessions.get(sid)
+        if ctx is None or ctx.in_flight is not None:
+            return
+        if not await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
+            sessions.drop(sid)
+
+    async def _take(self, sessions: SessionRegistry, sid: str, salt: str | None,
+                    source: str, got: Handover) -> APIError | None:
+        """Put the session `source` handed over in place of any local copy and commit the
+        hand-over there. A refused import aborts it; a commit `source` refuses (the hold
+        ran out, or the session's client ended it meanwhile) undoes the import. Either
+        way the session stays with `source`, and the answer is `_move_failed`."""
+        sessions.drop(sid)
+        try:
+            await self.app.state.engine.call(lambda e: self._replace(e, sid, got.exported, salt))
+        except Exception as e:  # no room, a failed copy (RuntimeError): the import changed
+            # nothing
+            log.warning("kvsaga: importing %s from %s failed (%s: %s); it stays there", sid,
+                        source, type(e).__name__, e)
+            await self._ask(source, "finish_handover",
+                            {"engine_sid": sid, "id": got.id, "commit": False})
+            return _move_failed(sid, source, f"importing its KV failed: {type(e).__name__}")
+        done = await self._ask(source, "finish_handover",
+                               {"engine_sid": sid, "id": got.id, "commit": True})
+        if done is False:
+            log.warning("kvsaga: %s no longer hands over %s; it stays there", source, sid)
+            await self.app.state.engine.call(lambda e: self._forget(e, sid))
+            return _move_failed(sid, source, "its previous replica took it back")
+        # Else committed, or `source` is gone (its copy with it) or did not answer (it frees
+        # its copy when the hold runs out; that copy idles out there).
         ctx = sessions.open(sid)
-        for k, v in context.items():
+        for k, v in got.context.items():
             setattr(ctx, k, v)
         return None
 
-    async def _holds(self, sessions: SessionRegistry, sid: str) -> bool:
-        """Whether the session lives here: a context record with a step in flight (still
-        queued, its session may not be in the engine yet: the server answers a second step
-        409 `session_busy`), or an idle one whose session the engine holds too. An idle
-        record without it is stale (an export cancelled before the record was dropped left
-        one): it is dropped, and the session pulled."""
-        ctx = sessions.get(sid)
-        if ctx is None:
-            return False
-        if ctx.in_flight is not None:
-            return True
-        if await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
-            return True
-        sessions.drop(sid)
-        return False
+    def _replace(self, engine: Any, sid: str, exported: Any, salt: str | None) -> None:
+        """End any local copy of the session (the one handed over is newer), then import
+        the handed-over KV, if any; on the engine's thread."""
+        self._forget(engine, sid)
+        if exported is not None and exported.num_blocks:
+            self._import(engine, exported, salt)
+
+    def _forget(self, engine: Any, sid: str) -> None:
+        """End the session's engine copy here (the manager's and the scheduler's admission;
+        on the engine's thread)."""
+        engine.end_session(sid)
+        self._seen_tokens.pop(sid, None)
 
     def _import(self, engine: Any, exported: Any, salt: str | None) -> None:
         """Import a pulled session's KV (on the engine's thread) and count its context as
@@ -308,10 +405,14 @@ class EngineReplica:
         if s is not None:
             self._seen_tokens[exported.session_id] = len(s.token_ids)
 
-    async def export_session(self, call: dict) -> tuple[dict, Any] | str:
-        """Hand a paused session over (context, and KV if asked) and end it here; else why
-        not: `EXPORT_BUSY` (a step of it is in flight here), "unknown" (no such session
-        here) or "misrouted" (the call reached another replica)."""
+    async def export_session(self, call: dict) -> Handover | str:
+        """Hand-over, phase one: a paused session's context, and its KV if asked. The
+        session stays here, held: its record is reserved (a step of it is answered 409
+        `session_busy`, the idle sweep passes it over) until `finish_handover` commits
+        (ends it here) or aborts (frees it), or `_HANDOVER_HOLD_S` passed without either
+        (the importer died or gave up): it is then freed. Else why not: `EXPORT_BUSY` (a
+        step of it is in flight here), "unknown" (no such session here) or "misrouted"
+        (the call reached another replica)."""
         await self._start()
         sessions, sid = self._sessions, call.get("engine_sid")
         if call.get("pin") != self.replica_id or sessions is None:
@@ -323,30 +424,58 @@ class EngineReplica:
             log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid,
                         "unknown" if ctx is None else "a step is in flight")
             return "unknown" if ctx is None else EXPORT_BUSY
-        aengine = self.app.state.engine
-
-        def take(engine) -> Any:
-            out = None
-            try:
-                if call.get("migrate") and sid in engine.manager.sessions:
-                    out = export_session(engine, sid)
-            except Exception as e:  # (a failed host-tier copy: RuntimeError) the context
-                # moves without its KV, recomputed on the new replica
-                log.warning("kvsaga: exporting the KV of %s failed (%s); it moves without",
-                            sid, e)
-            finally:
-                engine.end_session(sid)  # the manager's copy and the scheduler's admission
-            return out
-
-        # The record goes before the await, as the end route's does, and the engine's copy
-        # goes even if this call is cancelled (its caller gave up): a record left behind
-        # named a session the engine no longer held, and a later pull here trusted it.
-        sessions.drop(sid)
-        exported = await asyncio.shield(aengine.call(take))
+        hold = ctx.in_flight = f"handover-{uuid.uuid4().hex}"
+        migrate = bool(call.get("migrate"))
+        try:
+            exported = await self.app.state.engine.call(lambda e: _export_kv(e, sid, migrate))
+        except BaseException:  # (cancelled: the importer gave up) nothing was handed over
+            self._release(sid, hold)
+            raise
+        self._handovers[hold] = asyncio.get_running_loop().call_later(
+            _HANDOVER_HOLD_S, self._expire, sid, hold)
         # What the session's cache holds (exact ids and text), not its local bookkeeping.
         context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
                    if f.name not in ("in_flight", "last_used")}
-        return context, exported
+        return Handover(hold, context, exported)
+
+    async def finish_handover(self, call: dict) -> bool | str:
+        """Hand-over, phase two: `commit` ends the held session here (its importer has it),
+        else the session is freed and stays here. True once ended; False when not
+        committed: an abort, or the hold is over (it ran out, or the session's client
+        ended the session meanwhile); "misrouted" (the call reached another replica)."""
+        sessions, sid, hold = self._sessions, call.get("engine_sid"), call.get("id")
+        if call.get("pin") != self.replica_id or sessions is None:
+            return "misrouted"
+        timer = self._handovers.pop(hold, None)
+        if timer is None:
+            log.warning("kvsaga: the hand-over of %s on %s is over already", sid,
+                        self.replica_id)
+            return False
+        timer.cancel()
+        ctx = sessions.get(sid)
+        if not call.get("commit") or ctx is None or ctx.in_flight != hold:
+            self._release(sid, hold)
+            return False
+        # The record goes before the await, as the end route's does, and the engine's copy
+        # goes even if this call is cancelled (its caller gave up).
+        sessions.drop(sid)
+        await asyncio.shield(self.app.state.engine.call(lambda e: self._forget(e, sid)))
+        return True
+
+    def _expire(self, sid: str, hold: str) -> None:
+        """The hold ran out with neither commit nor abort: the session is free here again."""
+        log.warning("kvsaga: the hand-over of %s on %s was neither committed nor aborted "
+                    "within %g s; the session stays here", sid, self.replica_id,
+                    _HANDOVER_HOLD_S)
+        self._handovers.pop(hold, None)
+        self._release(sid, hold)
+
+    def _release(self, sid: str, hold: str) -> None:
+        """Free the session's record of hand-over `hold`, if the hold still reserves it."""
+        sessions = self._sessions
+        ctx = sessions.get(sid) if sessions is not None else None
+        if ctx is not None and ctx.in_flight == hold:
+            ctx.in_flight = None
 
     async def metrics(self, call: dict) -> str | None:
         """This replica's /metrics text (None if the call reached the wrong replica). Not

@@ -40,8 +40,9 @@ log = logging.getLogger("kvsaga.ray")
 # and a replica reaches its peers by it.
 ENGINE_DEPLOYMENT = "KvsagaEngine"
 _SESSION_PATHS = ("/v1/chat/completions", "/v1/completions")
-# The header of a 409 answered because the pull met a step in flight on the source (the
-# source's id): the gateway has the router take the session back there.
+# The header of an answer to a step whose session did not move (the pull met a step in
+# flight on the source: 409; the import was refused: 503), with the source's id, which
+# still holds the session: the gateway has the router take the session back there.
 PULL_REFUSED_HEADER = "x-kvsaga-pull-refused"
 _METRICS_TIMEOUT_S = 5.0  # per replica, for the gateway's merged /metrics
 
