@@ -10,7 +10,9 @@
 
 Schedulers (`--kvsaga-arms`, issue 10): kvsaga-serve arms named `scheduler+policy`, each a
 server started with `--scheduler S --policy P`, the first arm the baseline every other arm
-is compared with (mean and p95 task completion time, prefill tokens).
+is compared with (mean and p95 task completion time, prefill tokens; issue 10's goal is
+judged only when that baseline ran, not when `--only-arms` left it out). A run names one
+mode: `--replicas`, `--kvsaga-arms` and `--engine vllm` are refused together.
 
 Repeats (`--repeat N`): every arm runs N times, a fresh server each time, in alternating
 order (forward in even rounds, backward in odd ones), so that the load drift of a shared
@@ -18,7 +20,9 @@ machine weighs on every arm alike. Each cell is the median over the rounds with 
 each ratio is the median of per-round ratios (the arms of one round ran back to back).
 Prefill tokens and the cached share do not depend on the CPU's speed; times do.
 `--write-results` writes the run's section of bench/RESULTS.md (one heading per mode:
-policies, schedulers, vLLM), leaving the rest of the file alone.
+policies, schedulers, routers; under vLLM one per workload, seed and scales, naming every
+setting of `replay.report.TITLE_SETTINGS` that is not the default), leaving the rest of the
+file alone.
 
 vLLM as the peer (`--engine vllm`). The same sessions are replayed against plain vLLM (prefix
 caching on), vLLM with the kvsaga retention connector (`--vllm-policies`, enabled by
@@ -105,6 +109,7 @@ from replay.arms import (  # noqa: E402
     Arm,
     arms,
     check_host_memory,
+    mode_conflict,
     ray_default_text,
     scheduler_arms,
 )
@@ -118,10 +123,10 @@ from replay.report import (  # noqa: E402
     paired,
     print_table,
     results_body,
-    results_title,
     summarize,
     write_section,
 )
+from replay.report import results_title as _title  # noqa: E402
 from replay.servers import SERVED_NAME, vllm_model_dir  # noqa: E402
 from replay.workload import build_sessions, sample_steps, working_set  # noqa: E402
 
@@ -173,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--json", default=None, help="write the results here as JSON")
     a("--replicas", type=int, default=None,
       help="compare routers on kvsaga-serve --replicas N (a local Ray cluster; needs "
-           "kvsaga[cluster]), one arm per --replica-routers; replaces --policies")
+           "kvsaga[cluster]), one arm per --replica-routers; replaces --policies; not with "
+           "--kvsaga-arms or --engine vllm")
     a("--replica-policy", default="graph",
       help="the eviction policy of --replicas' arms (default graph, which RESULTS' recorded "
            "--replicas run used; not kvsaga-serve's own default, kvsaga.policy.DEFAULT_POLICY)")
@@ -182,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
            "compared with each other one (ray-default: Ray Serve's own default router)")
     a("--kvsaga-arms", default=None,
       help="kvsaga-serve arms as scheduler+policy pairs, the first the baseline (e.g. "
-           "fcfs+lru,workflow+graph); replaces --policies")
+           "fcfs+lru,workflow+graph; with --only-arms leaving it out, no goal is judged); "
+           "replaces --policies; not with --replicas or --engine vllm")
     a("--repeat", type=int, default=1,
       help="rounds of every arm; the order alternates (forward, backward, ...) so that load "
            "drift weighs on every arm alike; figures are per-arm medians")
@@ -288,8 +295,18 @@ def with_scheduler_params(systems: list[Arm], text: str | None,
             if a.engine == "kvsaga" else a for a in systems]
 
 
+def results_title(args: argparse.Namespace) -> str:
+    """The RESULTS.md heading a run's `--write-results` replaces (`replay.report.
+    results_title`), naming under --engine vllm the settings that differ from this parser's
+    defaults."""
+    return _title(args, vars(build_parser().parse_args([])))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if conflict := mode_conflict(args):
+        parser.error(conflict)
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     if args.replicas is not None and args.replicas < 1:

@@ -128,12 +128,16 @@ TUNE_SEEDS = FAMILY_SEEDS + TRACE_SEEDS
 # in the eleventh, 801, 802 in the twelfth, 901, 902 in the thirteenth, and are seen since;
 # 911, 912 were chosen by the lead (fourteenth session) before any run on them and are run
 # once, after the default is frozen; 921, 922 likewise in the fifteenth, 931, 932 in the
-# sixteenth session.
+# sixteenth session (their one fresh run: RESULTS "Eviction policies (held-out, sixteenth
+# session: ...)"; seen since; later fresh seeds, 941 on, were run with `--seeds`, never
+# added to EVAL_SEEDS). So the default run labels 931, 932 held out, not fresh.
 SEEN = (501, 502, 601, 602, 701, 702, 801, 802, 901, 902, 911, 912, 921, 922)
 EVAL_SEEDS = (*SEEN, 931, 932)
 SEED_SETS: tuple[tuple[str, tuple[int, ...]], ...] = (  # subsets judged apart as well
-    ("seen seeds 501-922", SEEN), ("fresh seeds 931, 932", (931, 932)))
-FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs
+    ("seen seeds 501-922", SEEN),
+    ("seeds 931, 932 (held out of the fit; fresh in the sixteenth session, seen since)",
+     (931, 932)))
+FAMILIES = ("swe", "web", "bfcl", "assistant")  # what --tune runs, with TRACES
 TUNE_CANDIDATES = ("lru", "saga", "ttl", "graph[median_returns=1]", "graph[spread=1]",
                    "graph[spread=1,spread_states=queued]",
                    # fourteenth session: adaptive as it is (graph, ttl, saga, lru take turns,
@@ -514,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio to the best of lru/saga/ttl, then fewest cases above 1.0x, "
                         "then least tokens)")
     p.add_argument("--traces", default=None,
-                   help="comma-separated traces (default: the held-out ones; with --tune, "
-                        "the built-in families)")
+                   help="comma-separated traces (default: the held-out ones, "
+                        f"{', '.join(TRACES)}; with --tune, the built-in families and the "
+                        f"held-out traces, {', '.join(dict.fromkeys(FAMILIES + TRACES))}: "
+                        "the families at FAMILY_SEEDS, the traces at TRACE_SEEDS)")
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
                    help="capacities as shares of each trace's peak working set")
     p.add_argument("--policies", default=None,

@@ -85,6 +85,11 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 TUNE_SMOOTH_JSON = HERE / "plots" / "policies_tune_smooth.json"
 TUNE_SMOOTH_SECTION = "## Eviction policies: tuning, smoothed over pool sizes (simulated)"
+# A per-size tuning of part of the fit set (`fit_set_gaps`) sets nothing, so it is saved
+# apart: `TUNE_JSON` and `TUNE_SECTION` hold the whole fit set's tuning, which
+# `per_size_pick`, the evaluation's header and the default's test read.
+TUNE_PARTIAL_JSON = HERE / "plots" / "policies_tune_partial.json"
+TUNE_PARTIAL_SECTION = "## Eviction policies: tuning, part of the fit set only (simulated)"
 def fit_set_gaps(seeds, candidates) -> list[str]:
     """What a tuning run lacks of the whole fit set (empty: it covered it): seeds of
     `TUNE_SEEDS` it did not run, and baselines or the incumbent not among its candidates."""
@@ -481,6 +486,17 @@ def _payload(chosen: str, vetting: tuple[str, list[dict], str] | None, rows: lis
             "smooth_rows": extra, "smooth_s": smooth_s}
 
 
+def _destination(smoothed: bool, seeds, candidates) -> tuple[Path, str]:
+    """Where a tuning is saved and which RESULTS section it writes: a smoothed one its own;
+    a per-size one of part of the fit set apart (`TUNE_PARTIAL_JSON`), never over the whole
+    fit set's `TUNE_JSON`, whose pick it cannot set."""
+    if smoothed:
+        return TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION
+    if fit_set_gaps(seeds, candidates):
+        return TUNE_PARTIAL_JSON, TUNE_PARTIAL_SECTION
+    return TUNE_JSON, TUNE_SECTION
+
+
 def _cannot_walk(error: ValueError, saved, kept: bool) -> int:
     """A walk stopped by a check that cannot judge: say why and where the rows are (saved
     before the walk, session 34: a stale AFS calibration raised after 14 minutes of
@@ -566,8 +582,7 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         chosen = smooth_pick
     print(text)
     if not args.no_write:
-        out, section = ((TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION) if extra is not None
-                        else (TUNE_JSON, TUNE_SECTION))
+        out, section = _destination(extra is not None, seeds, policies)
         text = text.replace(TUNE_SECTION, section, 1)
         _save(out, _payload(chosen, vetting, rows, policies, seeds, traces, constants,
                             notes, command, wall, variants, extra, smooth_s))

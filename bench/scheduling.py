@@ -14,8 +14,11 @@ sessions' prompts and paused contexts hold at once, served without eviction;
 docs/simulator.md): 1.0 is next to no pressure, 0.25 heavy thrash. Load
 multiplies the family's arrival rate. Traces are scaled (`scale`: token counts and tool
 times) with arrival rates divided by the same factor, so the load stays the family's.
-Writes the "## Scheduling (simulated)" section of bench/RESULTS.md (other sections are left
-alone) and bench/plots/scheduling.png, from what this run measured.
+Writes its own block of bench/RESULTS.md's "## Scheduling (simulated)" section, between
+markers naming this script, at the section's end (bench/results_blocks.py: its next run
+replaces that block and nothing else; the hand-written subsections stay; a block edited by
+hand since is refused, before any simulation), and bench/plots/scheduling.png, from what
+this run measured.
 
 Parameters of `workflow` are its defaults, chosen by `--fit` on seeds 101-106 (swe, web, bfcl
 at load 1, capacity 0.5 and 0.25, and load 2, capacity 0.5); the figures report seed 1
@@ -28,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import results_blocks
 import scheduling_bound
 import scheduling_oracle
 from scheduling_goals import goals, miss_line, verdict, waits  # noqa: F401 (re-exported)
@@ -47,6 +50,8 @@ from kvsaga.sim.workloads import WORKLOADS, perturb
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Scheduling (simulated)"
+# The heading of the block a run writes (at the end of SECTION, between its markers).
+OWN_HEADING = "### The last run written by bench/scheduling.py (its next run replaces it)"
 PRESET = "a100-llama3-8b"
 # (sessions, scale) per family: small enough for a few minutes in all on 2 shared cores.
 DEFAULTS = {"swe": (24, 0.15), "web": (24, 0.15), "bfcl": (80, 0.5), "assistant": (10, 0.1)}
@@ -351,13 +356,12 @@ def plot(rows: list[dict], families: list[str], path: Path) -> None:
 
 
 def write_section(body: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    """Write the run's body as this script's own marked block of RESULTS.md's `SECTION`
+    (bench/results_blocks.py): the block its last run wrote is replaced, nothing else is
+    touched (the section's hand-written subsections stay), and a block edited by hand since
+    is refused (`results_blocks.BlockError`)."""
+    results_blocks.replace_block(HERE / "RESULTS.md", SECTION, "bench/scheduling.py",
+                                 f"{OWN_HEADING}\n\n{body}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(DEFAULTS),
-                    help="comma-separated workflow families to run (default: %(default)s)")
+                    help="comma-separated workflow families of the grid, the held-out seeds "
+                         "and the other admission orders (default: %(default)s); the "
+                         f"held-out variants ({', '.join(PERTURBED)}) and the two-tenant "
+                         "mixes run whatever it names (--no-mix skips the mixes)")
     ap.add_argument("--no-mix", action="store_true", help="skip the tenant mixes")
     ap.add_argument("--workers", type=int, default=2,
                     help="simulator processes run in parallel (default: %(default)s)")
@@ -382,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit:
         scheduling_fit.fit(args.workers)
         return 0
+    if not args.no_write:  # a block it may not write over: refused before the run
+        try:
+            results_blocks.own_block(HERE / "RESULTS.md", "bench/scheduling.py")
+        except results_blocks.BlockError as e:
+            ap.error(f"{e} (or run with --no-write)")
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     for f in families:
         WORKLOADS[f]  # unknown family: lists the known ones
@@ -440,20 +452,25 @@ def main(argv: list[str] | None = None) -> int:
               "; ".join(f"{k}: {b} with " + ", ".join(f"{x} x{v:g}" for x, v in kn.items())
                         for k, (b, kn) in PERTURBED.items()) + ".", "",
               perturbed_table(rows), "",
-              f"### Held-out seeds ({', '.join(map(str, scheduling_fit.SEEN_SEEDS))}: never "
-              f"fitted on, read in earlier reports; "
-              f"{', '.join(map(str, scheduling_fit.FRESH_SEEDS))}: fresh, run once after the "
-              f"fit's choices were frozen; {DEFAULT} vs fcfs+lru where fcfs+lru's hit rate "
-              f"< 0.8)", "", scheduling_fit.held_out_table(held, families), ""]
+              f"### Held-out seeds ({', '.join(map(str, scheduling_fit.HELD_OUT_SEEDS))}: "
+              f"held out of the fit, each read in earlier reports, so none is fresh (fresh "
+              f"seeds run apart, once: `bench/scheduling_fit.py --held-out`); {DEFAULT} vs "
+              f"fcfs+lru where fcfs+lru's hit rate < 0.8)", "",
+              scheduling_fit.held_out_table(held, families), ""]
     parts += scheduling_mix.tenant_table(rows)
     parts += [NOTES, "", "![mean TCT vs capacity](plots/scheduling.png)"]
     body = "\n".join(parts)
     print(body)
     if not args.no_write:
+        try:
+            write_section(body)
+        except results_blocks.BlockError as e:  # edited while it ran
+            print(f"not written: {e}", file=sys.stderr)
+            return 2
         (HERE / "plots").mkdir(exist_ok=True)
         plot(rows, families, HERE / "plots" / "scheduling.png")
-        write_section(body)
-        print("wrote bench/RESULTS.md and bench/plots/scheduling.png")
+        print("wrote bench/RESULTS.md (its block in \"Scheduling (simulated)\") and "
+              "bench/plots/scheduling.png")
     return 0
 
 

@@ -17,8 +17,9 @@ OpenMP workers, exited threads: `server_threads`); then
 kvsaga-serve's throughput over vLLM's (issue 13's goal: >= 1.0x), judged only when no run
 had other jobs take more than `QUIET_CORES` of a core (the machine's busy CPU time less the
 server's and the client's, from /proc). `--repeat N` runs each
-server N times, interleaved, and reports the median run; `--write-results` rewrites the
-Throughput subsection of bench/RESULTS.md from the run; `--py-spy PATH` samples kvsaga-serve
+server N times, interleaved, and reports the median run; `--write-results` adds the run, dated
+and marked as this script's, at the end of bench/RESULTS.md's Throughput subsection (the runs
+recorded there before stay); `--py-spy PATH` samples kvsaga-serve
 during its batch and prints where its threads spend the time. vLLM runs from its own
 environment (`--vllm-python`; tests/integrations/vllm/make_env.sh builds one), by default
 with `--enforce-eager`.
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import agent_replay  # bench/ is the script's directory
+import results_blocks
 from generate import batch_prompts, kernel_pool_threads, thread_cpu_s
 from replay.conditions import BusyNeighbours, QuotaGroup
 
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
            "as it starts; vLLM, which starts in its wait, once ready (its load and warm-up "
            "run outside the quota)")
     a("--write-results", action="store_true",
-      help="rewrite bench/RESULTS.md's Throughput subsection from this run")
+      help="add this run at the end of bench/RESULTS.md's Throughput subsection (earlier "
+           "runs stay)")
     a("--json", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
     try:
@@ -313,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{n} {k}" for n, k in failed.items() if k) + "), so the rates "
               "are over less work than the table says; nothing is judged", file=sys.stderr)
     elif args.write_results:
-        _write_results(table, Path(__file__).resolve().parent / "RESULTS.md")
+        try:
+            _write_results(table, Path(__file__).resolve().parent / "RESULTS.md")
+        except results_blocks.BlockError as e:
+            print(f"not writing bench/RESULTS.md: {e}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"command": cmd, "config": vars(args), "runs": runs, "results": results,
@@ -536,15 +542,17 @@ def _loaded(results: dict[str, dict[str, Any]]) -> bool:
                for x in r["all_foreign_cores"])
 
 
-def _write_results(table: str, path: Path) -> None:
-    """Replace the body of RESULTS.md's "### Throughput" subsection with this run's."""
-    doc = path.read_text(encoding="utf-8")
-    head = "### Throughput (`python bench/serve_throughput.py --vllm-python VENV/bin/python`)"
-    pattern = re.compile(rf"^{re.escape(head)}\n.*?(?=^##|\Z)", re.S | re.M)
-    text = f"{head}\n\n{table}\n\n"
-    doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else (
-        doc.rstrip("\n") + "\n\n" + text)
-    path.write_text(doc, encoding="utf-8")
+THROUGHPUT_HEAD = ("### Throughput (`python bench/serve_throughput.py --vllm-python "
+                   "VENV/bin/python`)")
+
+
+def _write_results(table: str, path: Path, when: str | None = None) -> None:
+    """Add this run, dated (`when`, default now, UTC), as a new marked block at the end of
+    RESULTS.md's `THROUGHPUT_HEAD` subsection (bench/results_blocks.py): the runs and notes
+    recorded there before stay, as the subsection's history of readings intends."""
+    when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results_blocks.append_block(path, THROUGHPUT_HEAD, "bench/serve_throughput.py",
+                                f"**A run written by `--write-results`, {when}:**\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,23 @@ def arms(args: argparse.Namespace) -> list[Arm]:
             + [Arm(f"vllm+{p}", "vllm", p) for p in names(args.vllm_policies)] + served)
 
 
+def mode_conflict(args: argparse.Namespace) -> str | None:
+    """What is wrong with a run that names two modes (None: nothing). `--replicas` runs only
+    its router arms and judges them by issue 12's goal; `--engine vllm` only its vLLM and
+    kvsaga-serve arms: a second mode's flag would be ignored, or its arms judged by the
+    other mode's goal (before session 45 `--replicas N --kvsaga-arms ...` judged the routers
+    by issue 10's scheduler goal, and `--engine vllm --replicas N` judged nothing)."""
+    if args.replicas and args.kvsaga_arms:
+        return ("--replicas compares routers (issue 12) and --kvsaga-arms schedulers "
+                "(issue 10): run them apart")
+    if args.replicas and args.engine == "vllm":
+        return "--replicas runs kvsaga-serve's routers only: not with --engine vllm"
+    if args.kvsaga_arms and args.engine == "vllm":
+        return ("--kvsaga-arms runs kvsaga-serve arms only (--engine kvsaga); with --engine "
+                "vllm name kvsaga-serve arms with --kvsaga-policies")
+    return None
+
+
 def check_host_memory(args: argparse.Namespace) -> None:
     """Refuse `--host-memory` with `--engine vllm`: only kvsaga-serve would get the host tier.
 

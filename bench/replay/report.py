@@ -267,8 +267,9 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
     - `--engine vllm`: every vLLM + connector arm against plain vLLM (issue 13's goal: mean
       TCT >= 1.64x faster and fewer prefill tokens), and kvsaga-serve against vLLM +
       connector (goal: at least as fast);
-    - `--kvsaga-arms`: every arm against the first (issue 10's goal for the workflow
-      scheduler against fcfs+lru: mean TCT >= 2x faster and p95 TCT no worse);
+    - `--kvsaga-arms`: every arm against the first named (issue 10's goal for the workflow
+      scheduler against fcfs+lru: mean TCT >= 2x faster and p95 TCT no worse); when
+      `--only-arms` left that baseline out, against the first that ran, with no verdict;
     - `--replicas`: kvsaga's router against each other one (issue 12: a lower mean TCT and
       fewer prefill tokens).
 
@@ -278,7 +279,10 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
     """
     names = [a.name for a in systems]
     pairs: list[tuple[str, str, Goal | None]] = []
-    if args.engine == "vllm":
+    notes: list[str] = []
+    if args.replicas:
+        pairs += replica_pairs(names)
+    elif args.engine == "vllm":
         pairs += [("vllm", n, CONNECTOR_VS_VLLM) for n in names if n.startswith("vllm+")]
         pairs += [(c, n, SERVE_VS_CONNECTOR) for n in names
                   if n.startswith("kvsaga-serve:") and " " not in n
@@ -287,9 +291,13 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
         pairs += [(n.split(" ")[0], n, None) for n in names
                   if n.startswith("kvsaga-serve:") and " " in n and n.split(" ")[0] in names]
     elif args.kvsaga_arms and len(names) > 1:
-        pairs += [(names[0], n, SCHEDULER_VS_BASE) for n in names[1:]]
-    elif args.replicas:
-        pairs += replica_pairs(names)
+        base = [n.strip() for n in args.kvsaga_arms.split(",") if n.strip()][0]
+        if base in names:
+            pairs += [(base, n, SCHEDULER_VS_BASE) for n in names if n != base]
+        else:  # --only-arms left the baseline out: ratios, no verdict
+            pairs += [(names[0], n, None) for n in names[1:]]
+            notes.append(f"issue 10's goal not judged: its baseline {base} (the first of "
+                         "--kvsaga-arms) did not run")
     out: dict[str, Any] = {"lines": []}
     for base, arm, goal in pairs:
         tct = paired(rounds, base, arm, "task_time_mean_s")
@@ -315,6 +323,7 @@ def comparisons(args: argparse.Namespace, systems: list[Arm],
         out["lines"].append(
             f"{arm} vs {base}: mean TCT speed-up {_ratio_text(tct)}{judged}; p95 TCT "
             f"{_ratio_text(p95)}; prefill tokens {base}/{arm} {_ratio_text(fewer)}")
+    out["lines"] += notes
     if args.replicas:
         out["lines"] += [moves_line(n, [r[n] for r in rounds if n in r]) for n in names]
     return out
@@ -392,8 +401,27 @@ def markdown_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     return ["| " + " | ".join(r) + " |" for r in (head, tuple(aligns), *table_rows(summary))]
 
 
-def results_title(args: argparse.Namespace) -> str:
-    """The RESULTS.md heading `--write-results` replaces (one per mode)."""
+# What else sets an --engine vllm run apart, named in its title where it is not the default.
+TITLE_SETTINGS = ("steps", "kv_memory", "vllm_policies", "kvsaga_policies", "hint",
+                  "max_tool_s", "arrival_gap", "max_num_seqs", "idle_spinners")
+
+
+def _settings_text(args: argparse.Namespace, defaults: dict[str, Any]) -> str:
+    """", --steps 16, --hint none": each of `TITLE_SETTINGS` where the run's value is not
+    the parser's default (all defaults: "", so a default run's title is what it was)."""
+    out = ""
+    for key in TITLE_SETTINGS:
+        value = getattr(args, key, defaults.get(key))
+        if key in defaults and value != defaults[key]:
+            flag = "--" + key.replace("_", "-")
+            out += f", {flag}" if value is True else f", {flag} {value}"
+    return out
+
+
+def results_title(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> str:
+    """The RESULTS.md heading `--write-results` replaces (one per mode; under --engine vllm
+    one per workload, seed, scales and every setting of `TITLE_SETTINGS` that differs from
+    `defaults`, the parser's: a run with other settings writes a section of its own)."""
     if args.replicas:
         return REPLICAS_TITLE
     if args.engine == "vllm":  # one section per workload, seed and scale: runs sit side by side
@@ -402,7 +430,8 @@ def results_title(args: argparse.Namespace) -> str:
               if args.kv_fraction != 0.5 and not args.kv_memory else "")
         return (f"### Agent replay, interleaved repeats: {args.workload} seed {args.seed}, "
                 f"{args.sessions} sessions, tokens x{args.token_scale:g}, pauses "
-                f"x{args.time_scale:g}{kv}{eos} (written by bench/agent_replay.py)")
+                f"x{args.time_scale:g}{kv}{eos}{_settings_text(args, defaults or {})} "
+                "(written by bench/agent_replay.py)")
     if args.kvsaga_arms:
         return "## Agent replay: schedulers on live kvsaga-serve (written by bench/agent_replay.py)"
     return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"

@@ -166,6 +166,27 @@ def test_vllm_sections_are_one_per_seed_and_scale() -> None:
     assert kv != a and "KV 0.25 of the working set" in kv
 
 
+def test_vllm_sections_name_the_settings_that_differ_from_the_defaults() -> None:
+    """Review repro vllm_title_collision: runs differing in --kv-memory, --steps,
+    --vllm-policies or --hint had one title, so the later replaced the earlier's section.
+    Each now names what differs; a default run's title is the one RESULTS already has."""
+    m = _load_script()
+    base = ["--engine", "vllm", "--seed", "15", "--token-scale", "0.1", "--time-scale", "2"]
+    plain = m.results_title(m.build_parser().parse_args(base))
+    assert plain == ("### Agent replay, interleaved repeats: swe seed 15, 6 sessions, tokens "
+                     "x0.1, pauses x2 (written by bench/agent_replay.py)")
+    titles = {plain}
+    for extra in (["--kv-memory", "20000000"], ["--steps", "16"],
+                  ["--vllm-policies", "ttl+nogate"], ["--hint", "none"],
+                  ["--steps", "16", "--hint", "none"]):
+        title = m.results_title(m.build_parser().parse_args(base + extra))
+        assert all(x in title for x in extra), title
+        titles.add(title)
+    assert len(titles) == 6
+    # Named as given: a rerun with the default value spelled out keeps the plain title.
+    assert m.results_title(m.build_parser().parse_args(base + ["--steps", "8"])) == plain
+
+
 def test_median_summary_counts_a_counter_one_round_never_logged_as_zero() -> None:
     """The connector logs a release reason only once one happened: a round without it must
     not fail the summary (it is 0 there)."""

@@ -166,3 +166,29 @@ def test_lru_over_graph_is_the_median_of_per_round_ratios() -> None:
     assert met is None and "not judged: 2 sessions failed" in line
     assert m.lru_graph_line(rounds, {"lru": summary["lru"]}) == (None, None, None)
     assert not math.isnan(ratio)
+
+
+def test_only_arms_without_the_baseline_judges_no_goal() -> None:
+    """Review repro only_arms_base: `--kvsaga-arms fcfs+lru,X,Y --only-arms X,Y` judged issue
+    10's goal (against fcfs+lru) against X. The ratios stay, the verdict goes; with the
+    baseline among the arms run, each arm is judged against it."""
+    m, report, _, Arm, _, _ = _mods()
+    args = m.build_parser().parse_args(
+        ["--kvsaga-arms", "fcfs+lru,workflow+lru,workflow+graph",
+         "--only-arms", "workflow+lru,workflow+graph"])
+    systems = m.select_arms(m.arms(args), args.only_arms, False)
+    row = {"task_time_p95_s": 50.0, "prefill_tokens": 2000.0, "failed_sessions": 0}
+    rounds = [{"workflow+lru": {**row, "task_time_mean_s": 40.0},
+               "workflow+graph": {**row, "task_time_mean_s": 19.0}}]
+    out = report.comparisons(args, systems, rounds)
+    got = out["workflow+graph vs workflow+lru"]
+    assert got["goal"] is None and got["tct_speedup"] == [pytest.approx(40 / 19)]
+    assert not any("issue 10 goal" in line for line in out["lines"])
+    assert "issue 10's goal not judged: its baseline fcfs+lru" in out["lines"][-1]
+    # The baseline ran (not first of the arms run here): judged against it.
+    args.only_arms = "workflow+graph,fcfs+lru"
+    systems = m.select_arms(m.arms(args), args.only_arms, False)
+    rounds = [{"fcfs+lru": {**row, "task_time_mean_s": 40.0},
+               "workflow+graph": {**row, "task_time_mean_s": 19.0}}]
+    out = report.comparisons(args, systems, rounds)
+    assert out["workflow+graph vs fcfs+lru"]["goal_met"] is True

@@ -86,3 +86,36 @@ def test_replica_changes_and_route_counts_come_from_the_headers() -> None:
 def test_bad_replica_count_is_refused() -> None:
     with pytest.raises(SystemExit, match="--replicas must be >= 1"):
         _load_script().main(["--replicas", "0"])
+
+
+@pytest.mark.parametrize("flags", [
+    ["--replicas", "2", "--kvsaga-arms", "fcfs+lru,workflow+graph"],
+    ["--replicas", "2", "--engine", "vllm"],
+    ["--kvsaga-arms", "fcfs+lru,workflow+graph", "--engine", "vllm"]])
+def test_two_modes_in_one_run_are_refused(flags, capsys) -> None:
+    """Review repro replicas_kvsaga_arms: `--replicas N --kvsaga-arms ...` ran the router
+    arms and judged them by issue 10's scheduler goal; `--engine vllm --replicas N` judged
+    nothing. Refused as an argparse error, before anything starts."""
+    with pytest.raises(SystemExit) as e:
+        _load_script().main(flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and ("--replicas" in err or "--kvsaga-arms" in err)
+
+
+def test_replicas_are_judged_by_the_router_goal_whatever_else_args_hold() -> None:
+    """comparisons() reads --replicas first: its arms get issue 12's goal, never issue 10's."""
+    m = _load_script()
+    args = m.build_parser().parse_args(["--replicas", "2"])
+    args.kvsaga_arms = "fcfs+lru,workflow+graph"  # as the unrefused combination left it
+    fig = {"task_time_p95_s": 1.0, "prefill_tokens": 100.0, "failed_sessions": 0,
+           "requests": 4, "replica_changes": 0, "routes": {}}
+    rounds = [{"replicas:ray-default": {**fig, "task_time_mean_s": 30.0},
+               "replicas:round-robin": {**fig, "task_time_mean_s": 40.0},
+               "replicas:kvsaga": {**fig, "task_time_mean_s": 20.0, "prefill_tokens": 50.0}}]
+    judged = m.comparisons(args, m.arms(args), rounds)
+    pairs = [k for k in judged if " vs " in k]
+    assert pairs == ["replicas:kvsaga vs replicas:ray-default",
+                     "replicas:kvsaga vs replicas:round-robin"]
+    assert all("issue 12" in line for line in judged["lines"][:2])
+    assert not any("issue 10" in line for line in judged["lines"])

@@ -569,3 +569,17 @@ def test_reference_judges_graph_keepers_against_their_fed_optimum():
     assert "| tiny | saga | 2 | 2 | 0 | 1.00x | 1.00x | 1.00x | 1 | 1 |" in table
     # hindsight: the least of the plain optimum and the one fed oracle-ttl's graph
     assert "| tiny | hindsight | 1 | 1 | 0 | 1.00x | 1.00x | 1.00x | - | - |" in table
+
+
+def test_help_says_what_tune_runs_and_no_seed_set_is_called_fresh(capsys):
+    """Review repros tune_traces_help and stale_fresh_labels: --traces' help said --tune runs
+    the built-in families (it runs the held-out traces too), and the default run labelled
+    931, 932 (fresh in the sixteenth session, seen since) "fresh seeds"."""
+    mod = load()
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    at = out.index("--traces TRACES comma-separated")
+    text = out[at:out.index("--fractions FRACTIONS", at)]
+    assert all(t in text.split("with --tune")[1] for t in mod.FAMILIES + mod.TRACES)
+    assert not any(label.startswith("fresh") for label, _ in mod.SEED_SETS)

@@ -90,3 +90,27 @@ def test_no_write_saves_nothing_even_when_the_walk_stops(tmp_path, monkeypatch, 
                      "cmd") == 2
     assert not (tmp_path / "tune.json").exists()
     assert "were not saved (--no-write)" in capsys.readouterr().err
+
+
+def test_a_partial_tune_is_saved_apart_from_the_whole_fit_sets(tmp_path, monkeypatch):
+    """Review repro partial_tune_overwrites: `--tune --seeds 1 ...` (part of the fit set, no
+    incumbent) overwrote bench/plots/policies_tune.json, whose pick `per_size_pick()`, the
+    evaluation's header and the default's test read. It goes to its own file and RESULTS
+    section; the whole fit set's tuning and section stay."""
+    tune, pol, tokens = _setup(tmp_path, monkeypatch, Fake("AFS veto", set()))
+    monkeypatch.setattr(tune, "TUNE_PARTIAL_JSON", tmp_path / "partial.json", raising=False)
+    args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
+    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
+                     "whole") == 0
+    whole = (tmp_path / "tune.json").read_text()
+    section = (tmp_path / "RESULTS.md").read_text()
+    partial = [p for p in tokens if p != tune.TUNE_INCUMBENT]
+    assert tune.fit_set_gaps([1], partial)
+    assert tune.tune(None, args, ["swe"], [1], partial, [0.3], "partial") == 0
+    assert (tmp_path / "tune.json").read_text() == whole
+    assert tune.per_size_pick() == json.loads(whole)["pick"]
+    saved = json.loads((tmp_path / "partial.json").read_text())
+    assert saved["seeds"] == [1] and saved["command"] == "partial"
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith(section.rstrip("\n"))  # the whole fit set's section unchanged
+    assert tune.TUNE_PARTIAL_SECTION in text and "so this pick sets nothing" in text

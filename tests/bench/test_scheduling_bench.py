@@ -311,3 +311,36 @@ def test_report_defaults_set_the_workflow_defaults_or_change_nothing():
     finally:
         defaults.clear()
         defaults.update(saved)
+
+
+def test_the_verdict_says_when_no_grid_point_is_under_pressure(mods):
+    """Review repro verdict_no_pressure: `--families assistant` (no point with fcfs+lru's hit
+    rate < 0.8 at seed 1) raised IndexError after the whole run's simulations."""
+    sched, _ = mods
+
+    def row(scheduler, policy, load, frac):
+        return {"family": "assistant", "seed": 1, "load": load, "frac": frac,
+                "scheduler": scheduler, "policy": policy, "params": None, "hit_rate": 0.9,
+                "tct_mean_s": 10.0, "tct_p95_s": 20.0, "tasks_per_hour": 100.0,
+                "slo_attainment": 1.0}
+
+    rows = [row(s, p, load, frac) for load, frac in sched.GRID
+            for s, p in (("fcfs", "lru"), tuple(sched.DEFAULT.split("+")))]
+    lines = sched.verdict(rows, ["assistant"])
+    assert lines[0] == f"- Grid points where fcfs+lru's hit rate < 0.8: 0 of {len(sched.GRID)}."
+    assert "No grid point was under pressure" in lines[1] and "not judged" in lines[1]
+    assert not any(": met" in x or ": missed" in x for x in lines)
+    assert lines[-1].startswith("- SLO attainment of workflow")
+
+
+def test_help_and_held_out_labels_say_what_the_default_run_does(mods, capsys):
+    """Review repros tune_traces_help and stale_fresh_labels: --families' help left out the
+    held-out variants and the mixes that run whatever it names, and the default run labelled
+    seeds 151, 152 (run in session 31, seen since) fresh."""
+    sched, fit = mods
+    with pytest.raises(SystemExit):
+        sched.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(v in out for v in sched.PERTURBED) and "two-tenant mixes" in out
+    assert not hasattr(fit, "FRESH_SEEDS") and {151, 152} <= set(fit.SEEN_SEEDS)
+    assert fit.HELD_OUT_SEEDS == fit.SEEN_SEEDS
