@@ -161,8 +161,8 @@ class Scheduler:
     def _enqueue(self, req: Any, now: float, *, retry: bool) -> None:
         raise NotImplementedError
 
-    def _dequeue(self, req: Any) -> bool:
-        """Take a waiting request out of the queues; False if it was not there."""
+    def _dequeue(self, req: Any, now: float) -> bool:
+        """Take a waiting request out of the queues at `now`; False if it was not there."""
         raise NotImplementedError
 
     def _candidate(self, now: float) -> Any | None:
@@ -303,7 +303,7 @@ class Scheduler:
         if req in self.running:
             self.running.remove(req)
             return True
-        self._dequeue(req)
+        self._dequeue(req, now)
         return False
 
     def forget_session(self, session_id: str, now: float) -> None:
@@ -452,7 +452,7 @@ class Scheduler:
         else:
             return 0
         start = executor.begin(req, now)  # first: if it raises, the step stays queued
-        self._dequeue(req)
+        self._dequeue(req, now)
         self.running.append(req)
         self._admitted(req, now, instead_of=None if req is head else head)
         # A reused tail may cover tokens past `end`: compute at least one token, inside

@@ -54,12 +54,14 @@ as long as that prefill lasts (an open item: docs/scheduler.md, "What bounds the
 goals"). Catch-up with a bounded lag (start-time fair queueing's rule, less a lag): a
 tenant that enters competition, or comes back after a step without work, starts at no less
 than the least weighted service of the tenants already competing less `share_lag_tokens`
-(weighted: tokens per unit of weight, times its weight). Without a floor a tenant joining a
-long-running server late would be favoured until it matched the incumbents' whole history;
-with no lag (0: 2842931's rule) a light agent tenant, which has a step without work at
-every tool pause, lost at each pause the credit it was owed and rode in the heavy tenant's
-steps again (bench/RESULTS.md, the noisy-neighbour lines). The lag lets it keep up to that
-much credit across a pause.
+(weighted: tokens per unit of weight, times its weight); when none of them competes any
+more (tenants that all enter at once), at no less than the virtual time less the lag: the
+least weighted service of the last two or more tenants that competed, never lowered.
+Without a floor a tenant joining a long-running server late would be favoured until it
+matched the incumbents' whole history; with no lag (0: 2842931's rule) a light agent
+tenant, which has a step without work at every tool pause, lost at each pause the credit it
+was owed and rode in the heavy tenant's steps again (bench/RESULTS.md, the noisy-neighbour
+lines). The lag lets it keep up to that much credit across a pause.
 
 Under `decode_stall`'s prefill cap (a step's prompt tokens capped while steps decode), the
 favoured tenant's running prefills keep up to `share_within_cap` of the cap ahead of the
@@ -83,8 +85,10 @@ minus smallest service / weight) never grows past max(its start, budget / smalle
 the tenant behind gains more per step than the one ahead until it overtakes it, by at most
 one step's budget; (3) lag: a tenant entering competition starts at most `share_lag_tokens`
 of weighted service behind the least-served tenant already there (any tenants, weights and
-demands), so a tenant joining late is favoured only until it makes up at most the lag
-(plus one step's budget), not until it matches the incumbents' whole history. With two
+demands), or, when none of those is still competing, at most the lag behind the virtual
+time, so a tenant joining late is favoured only until it makes up at most the lag
+(plus one step's budget), not until it matches the incumbents' whole history (nor,
+arriving together with a returning tenant, that tenant's whole past service). With two
 tenants that both have more work than a step holds whenever both compete, and the budget
 condition of (2), the spread of weighted service, once the second has entered, never
 exceeds max(share_lag_tokens, budget / smallest weight, the lead the entrant had then),
@@ -262,6 +266,9 @@ class ComputeShares:
     # each (request, tokens) billed, in order: what `_unbill` takes back from.
     _bills: dict[str | None, tuple[float | None, list[tuple[object, int]]]]
     _competing: frozenset[str | None] | set[str | None] = frozenset()  # at the last step
+    # The catch-up's floor when no competing tenant stays (`_catch_up`): the greatest least
+    # weighted service of any two or more tenants that competed, read a step later.
+    _virtual: float = 0.0
 
     def _init_compute_share(self, step_tokens: object, lag_tokens: object,
                             within_cap: object = SHARE_WITHIN_CAP) -> None:
@@ -332,14 +339,23 @@ class ComputeShares:
         """The catch-up rule with a bounded lag: a tenant that enters competition (or comes
         back after a step without work) has its weighted service raised to at least the
         least weighted service of the tenants that were already competing less
-        `share_lag_tokens`. Without a floor a tenant joining late, with no service, would be
-        favoured until it matched the incumbents' whole history (in a long-running server,
-        capping them for an unbounded time); the lag lets a tenant back from a short pause
-        keep the credit it had (up to the lag)."""
+        `share_lag_tokens`; when none of those still competes, to at least the virtual time
+        less the lag (`_virtual`: the least weighted service of the last two or more
+        tenants to compete, never lowered). Without a floor a tenant joining late, with no
+        service, would be favoured until it matched the incumbents' whole history (in a
+        long-running server, capping them for an unbounded time); the lag lets a tenant
+        back from a short pause keep the credit it had (up to the lag). Why the virtual
+        time: a new tenant arriving with a returning one (no tenant of the step before
+        still there) was raised to nothing and favoured until it matched the returning
+        tenant's whole past service; never lowered, so that entries one after another with
+        nobody staying do not each lose the lag."""
         before = self._competing
         self._competing = set(tenants)
         w = self.tenant_weights
         served = self._served
+        if len(before) >= 2:  # service is counted only while two or more compete
+            least = min(served.get(t, 0.0) / w.get(t, 1.0) for t in before)
+            self._virtual = max(self._virtual, least)
         if len(served) > TRACKED_TENANTS:
             # Bounded (kvsaga/policy/bounded.py): tenants come and go; the ones not
             # competing now are forgotten, and one that comes back enters as a new one
@@ -347,12 +363,13 @@ class ComputeShares:
             for t in [t for t in served if t not in self._competing]:
                 del served[t]
         stay = [t for t in tenants if t in before]
-        if not stay or len(stay) == len(tenants):
+        if len(stay) == len(tenants):
             return
-        floor = min(served.get(t, 0.0) / w.get(t, 1.0) for t in stay) - self.share_lag_tokens
-        for t in tenants:
-            if t not in before:
-                served[t] = max(served.get(t, 0.0), floor * w.get(t, 1.0))
+        least = min((served.get(t, 0.0) / w.get(t, 1.0) for t in stay), default=self._virtual)
+        floor = least - self.share_lag_tokens
+        for t in tenants:  # (raised only: a tenant alone keeps no service, `_serve`)
+            if t not in before and floor * w.get(t, 1.0) > served.get(t, 0.0):
+                served[t] = floor * w.get(t, 1.0)
 
     def _serve(self, req, n: int) -> None:
         """Count `n` prefill tokens computed for `req`'s tenant in a competing step (a bill

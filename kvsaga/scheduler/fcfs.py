@@ -33,7 +33,7 @@ class FCFSScheduler(Scheduler):
         else:
             self._queue.append(req)
 
-    def _dequeue(self, req: Any) -> bool:
+    def _dequeue(self, req: Any, now: float) -> bool:
         if self._queue and self._queue[0] is req:
             self._queue.popleft()
             return True

@@ -66,10 +66,11 @@ class WaitCauses:
     def _account(self, now: float) -> None:
         """Charge the time since the last change to what held the waiting sessions back
         then, and start a new interval (called around every admission attempt and at every
-        queueing of a session for admission, so each waiting session is counted from its
-        arrival to its admission). An interval that goes on unchanged is charged from its
-        start each time (its totals then, plus its length times its rate), so a refusal
-        repeated at every batch step charges the same as one at its end."""
+        queueing of a session for admission or removal from its queue, so each waiting
+        session is counted from its arrival to its admission or cancellation). An interval
+        that goes on unchanged is charged from its start each time (its totals then, plus
+        its length times its rate), so a refusal repeated at every batch step charges the
+        same as one at its end."""
         waiting = sum(len(q) for q in self._pending.values())
         fill = self._context_blocks() / self.capacity if waiting else 0.0
         since = self._since

@@ -79,7 +79,11 @@ class WaitingQueues:
                 overtaken[r.session_id] += 1
         q.insert(i, req)
 
-    def _dequeue(self, req: Any) -> bool:
+    def _dequeue(self, req: Any, now: float) -> bool:
+        """As `Scheduler._dequeue`. A session leaving the admission queues (admitted, or
+        cancelled while it waited) closes the interval `wait_causes` charges at `now`: left
+        open, a cancelled session was charged as waiting until the next queueing or
+        admission attempt (minutes, in an idle server)."""
         self._retries.discard(id(req))
         if self._resumed and self._resumed[0] is req:
             self._resumed.popleft()
@@ -95,6 +99,7 @@ class WaitingQueues:
         if not q:
             del self._pending[req.tenant]
             self._backlog_changed()
+        self._account(now)
         return True
 
     def _backlog_changed(self) -> None:

@@ -405,7 +405,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         ran = super().finish(req, now, ended=ended)  # else cancelled while waiting
         sid, s = req.session_id, self.manager.sessions.get(req.session_id)
-        if ran or ended:
+        if ran:  # a step cancelled while it waited teaches nothing, even its session's end
             self._step_done(req, ended, now)
         info = self.sessions.get(sid)
         if ended or s is None:  # over, or the manager dropped it: nothing of it stays here
@@ -426,8 +426,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             self._calibrate(info, context)
         self._observe_reply(info, context)
         info.steps += 1
-        if info.last_context is not None:
-            self._growth.observe(info.workflow, context - info.last_context, info.tool)
+        if info.last_context is not None:  # a context that shrank (compacted): no growth
+            self._growth.observe(info.workflow, max(context - info.last_context, 0), info.tool)
         info.last_context = context
         info.tool = s.hint.tool if s.hint is not None else None
         info.context = context

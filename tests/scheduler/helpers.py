@@ -155,7 +155,7 @@ def queued_big_small(readmitted_at: float | None = None, began_at: float | None 
     if began_at is not None:
         first = ToyRequest("big", toks(100, 24), max_new=1, arrival=began_at)
         s.add(first, began_at)
-        assert s._dequeue(first)
+        assert s._dequeue(first, began_at)
     at = 0.0 if readmitted_at is None else readmitted_at
     big = ToyRequest("big", toks(100, 24), max_new=1, arrival=at,
                      resumed=readmitted_at is not None)

@@ -50,17 +50,17 @@ def test_ranks_told_on_a_constructed_queue_and_only_on_change():
     assert not s.schedule(2.0, ex).admitted  # nothing changed: nothing told
     assert calls == []
     # n1 leaves the queue: d1 and d2 move up one place each, told at the next ordering
-    assert s._dequeue(reqs["n1"])
+    assert s._dequeue(reqs["n1"], 2.0)
     assert not s.schedule(3.0, ex).admitted
     assert sorted(calls) == [("d1", 0, 3.0), ("d2", 2, 3.0)]
     calls.clear()
     # n2 leaves: only d2's place changed
-    assert s._dequeue(reqs["n2"])
+    assert s._dequeue(reqs["n2"], 3.0)
     assert not s.schedule(4.0, ex).admitted
     assert calls == [("d2", 1, 4.0)]
     calls.clear()
     # d1's step leaves the queue while d1 is still demoted: None for it, d2 moves up
-    assert s._dequeue(reqs["d1"])
+    assert s._dequeue(reqs["d1"], 4.0)
     assert not s.schedule(5.0, ex).admitted
     assert sorted(calls, key=lambda c: c[0]) == [("d1", None, 5.0), ("d2", 0, 5.0)]
 

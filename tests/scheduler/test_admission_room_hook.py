@@ -34,11 +34,11 @@ def test_rooms_told_on_a_constructed_queue_and_only_on_change():
     calls.clear()
     assert not s.schedule(2.0, ex).admitted  # nothing changed: nothing told
     assert calls == []
-    assert s._dequeue(reqs["n1"])  # a scan, but the deficits are as they were
+    assert s._dequeue(reqs["n1"], 2.0)  # a scan, but the deficits are as they were
     assert not s.schedule(3.0, ex).admitted
     assert calls == []
     # d1's step leaves the queue while d1 is still demoted: None for it
-    assert s._dequeue(reqs["d1"])
+    assert s._dequeue(reqs["d1"], 3.0)
     assert not s.schedule(4.0, ex).admitted
     assert calls == [("d1", None, 4.0)]
     calls.clear()

@@ -1,6 +1,8 @@
 """A step cancelled before it runs (the engine's abort of a waiting request: no
 `finish_step`, then `finish(ended=False)`) teaches the workflow scheduler nothing and leaves
-its session paused as before the step queued; and a session that leaves by any path (the
+its session paused as before the step queued; one cancelled with its session
+(`finish(ended=True)`: the engine's abort of a queued one-shot or last step) teaches nothing
+either and leaves nothing of the session; and a session that leaves by any path (the
 manager dropped it before a `finish`, or it ended behind the scheduler's back and `_demote`
 forgets it) leaves no per-session state behind."""
 
@@ -93,6 +95,53 @@ def test_cancelled_preempted_step_pauses_the_session():
     assert i.demote_at < float("inf") and s._demote_at <= i.demote_at
     assert _learned(s) == learned
     assert s._committed == sum(i.blocks for i in s.sessions.values())
+
+
+def _lengths_learned(s):
+    """What the scheduler learns from sessions' ends: their lengths (the "predicted" and
+    "gittins" orders'), step cycles and times less waits (the tail guard's)."""
+    return _plain((s._lengths, s._length_model, s._cycles, s._budgets._served))
+
+
+def test_a_one_shot_cancelled_while_waiting_is_no_finished_session():
+    """Five one-shot sessions of w queue behind a full pool, and their clients give up
+    (the engine's abort: `finish(ended=True)`, nothing begun). Each was learned as a
+    finished 1-step session: w's predicted remaining steps fell from 10 (the prior) to
+    2.5, moving w's sessions ahead in the "predicted" order."""
+    m = manager(16)
+    s = wf(m, admission_order="predicted")
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", toks(0, 40), max_new=1, last=False, workflow="w"), 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    learned = _lengths_learned(s)
+    for i in range(5):
+        x = ToyRequest(f"x{i}", toks(1000 * (i + 1), 30), max_new=1, workflow="w",
+                       arrival=1.0)
+        s.add(x, 1.0)
+        assert not s.schedule(1.0, ex).admitted
+        assert s.finish(x, 2.0, ended=True) is False
+        assert _per_session(s, f"x{i}") == []
+    assert _lengths_learned(s) == learned
+    assert s._lengths.remaining("w", 0, 10.0) == 10.0
+
+
+def test_a_last_step_cancelled_while_waiting_teaches_nothing():
+    """Session a ran one step; its last step queues and is aborted before it runs (the
+    manager ends the session). It was learned as a 2-step session with a cycle of 9 s."""
+    m = manager(16)
+    s = wf(m, admission_order="predicted")
+    ex = ToyExecutor(m)
+    a = ToyRequest("a", toks(0, 40), max_new=1, last=False, workflow="w")
+    s.add(a, 0.0)
+    ex.run(s, s.schedule(0.0, ex), 0.0)
+    learned = _lengths_learned(s)
+    a2 = ToyRequest("a", a.prompt + a.out + [5, 6], max_new=1, last=True, workflow="w",
+                    resumed=True, arrival=3.0)
+    s.add(a2, 3.0)
+    m.end_session("a", now=9.0)
+    assert s.finish(a2, 9.0, ended=True) is False
+    assert _lengths_learned(s) == learned
+    assert _per_session(s, "a") == [] and s._committed == 0
 
 
 def _per_session(s, sid):

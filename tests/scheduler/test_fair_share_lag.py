@@ -48,8 +48,11 @@ def test_a_tenant_back_from_a_pause_keeps_its_credit_up_to_the_lag():
 def test_entry_lag_bound_on_random_streams():
     """Bound (3), any number of tenants, weights and demands: after each step's catch-up, a
     tenant that was not competing in the step before has weighted service at least the
-    least weighted service of those that were, less the lag; nobody's service is lowered,
-    and the incumbents' is untouched."""
+    least weighted service of those that were and still are, less the lag; when none of
+    them still competes, at least the virtual time less the lag (the greatest least
+    weighted service of two or more tenants competing, a step later); nobody's service is
+    lowered, and the incumbents' is untouched. Without the virtual time, tenants that all
+    entered at once were raised to nothing."""
     rng = random.Random(3)
     for _ in range(300):
         k = rng.randint(2, 5)
@@ -57,19 +60,27 @@ def test_entry_lag_bound_on_random_streams():
         weights = {t: rng.choice([0.5, 1.0, 2.0, 3.0]) for t in tenants}
         lag = rng.choice([0.0, 16.0, 500.0, 5000.0])
         c = _bare(weights, lag, {})
+        virtual = 0.0
         for _ in range(100):
-            competing = [t for t in tenants if rng.random() < 0.6]
+            r = rng.random()
+            if r < 0.2:  # nobody of the step before stays
+                competing = [t for t in tenants if t not in c._competing]
+            elif r < 0.3:  # a step without work
+                competing = []
+            else:
+                competing = [t for t in tenants if rng.random() < 0.6]
             before, old = set(c._competing), dict(c._served)
+            if len(before) >= 2:
+                virtual = max(virtual, min(old.get(t, 0.0) / weights[t] for t in before))
             c._catch_up(competing)
             stay = [t for t in competing if t in before]
             for t in c._served:
                 assert c._served[t] >= old.get(t, 0.0)
                 if t in before or t not in competing:
                     assert c._served[t] == old.get(t, 0.0)
-            if stay:
-                floor = min(old.get(t, 0.0) / weights[t] for t in stay) - lag
-                for t in competing:
-                    assert c._served.get(t, 0.0) / weights[t] >= floor - 1e-9
+            least = min((old.get(t, 0.0) / weights[t] for t in stay), default=virtual)
+            for t in competing:
+                assert c._served.get(t, 0.0) / weights[t] >= least - lag - 1e-9
             if len(competing) >= 2:  # any demands: random tokens served this step
                 for t in competing:
                     c._served[t] = c._served.get(t, 0.0) + rng.randint(0, 300)
@@ -142,6 +153,50 @@ def test_a_late_tenant_is_favoured_for_the_lag_then_alternates():
     after = favoured_b[15:]
     assert not any(all(after[i:i + 3]) for i in range(len(after) - 2)), favoured_b
     m.check_integrity()
+
+
+def test_a_new_tenant_arriving_with_a_returning_one_is_favoured_for_the_lag_only():
+    """Through the scheduler: C (3,000 tokens served competing with E) comes back after
+    everyone left, and D, new, arrives in the same step. With nobody of the step before
+    competing, D was raised to nothing and favoured until it matched C's whole past
+    service (2,688 tokens against C's 384 over 12 steps); now D starts the lag (64) behind
+    the virtual time (3,000) and the two share the steps as when D comes a step later."""
+    def run(d_delay):
+        m = manager(20000)
+        s = wf(m, max_num_batched_tokens=256, share_step_tokens=32, share_lag_tokens=64.0,
+               reserve_decode_tokens=0, prior_growth_tokens=0)
+        ex = ToyExecutor(m)
+        t = 0.0
+
+        def step():
+            nonlocal t
+            out = s.schedule(t, ex)
+            ex.run(s, out, t)
+            t += 1.0
+            return out
+
+        s.add(ToyRequest("c1", toks(0, 3000), max_new=1, tenant="C"), t)
+        s.add(ToyRequest("e1", toks(100000, 9000), max_new=1, tenant="E"), t)
+        while s.has_work:
+            step()
+        assert s._served["C"] == 3000
+        s.add(ToyRequest("c2", toks(200000, 3000), max_new=1, tenant="C", arrival=t), t)
+        got = {"C": 0, "D": 0}
+        for k in range(12):
+            if k == d_delay:
+                s.add(ToyRequest("d1", toks(300000, 6000), max_new=1, tenant="D", arrival=t),
+                      t)
+            out = step()
+            if k >= d_delay:
+                for r, n in out.scheduled:
+                    got[r.tenant] += n
+            if k == d_delay:
+                assert s._served["D"] >= 3000 - 64
+        return got
+
+    together, later = run(0), run(1)
+    assert together["C"] > 1000 and later["C"] > 1000  # was 384 together
+    assert abs(together["C"] - together["D"]) <= 256 + 64
 
 
 @pytest.mark.parametrize("value", [-1, math.inf, math.nan, "512", None])

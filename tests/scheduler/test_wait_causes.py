@@ -33,3 +33,20 @@ def test_no_wait_is_charged_while_nobody_waits():
     for t in (1.0, 5.0):
         s.schedule(t, ex)
     assert sum(s.wait_causes.values()) == 0.0 and s.waiting_s == 0.0
+
+
+def test_a_session_cancelled_while_waiting_stops_being_charged():
+    """c waits from 1.0 and its client gives up at 3.5 (the engine's abort: `finish`); the
+    next event is d's arrival at 100.0. c was charged as waiting until then (99 s, not
+    2.5): the queue's removal did not close the interval."""
+    _, s, ex, _ = two_paused(prompt_len=20)
+    c = ToyRequest("c", toks(200, 20), max_new=1, arrival=1.0)
+    s.add(c, 1.0)
+    for t in (1.0, 2.0):
+        assert not s.schedule(t, ex).admitted
+    assert s.finish(c, 3.5, ended=True) is False
+    assert s.wait_causes["contexts"] == s.waiting_s == 2.5
+    d = ToyRequest("d", toks(300, 4), max_new=1, arrival=100.0)
+    s.add(d, 100.0)
+    assert s.wait_causes == {k: 2.5 if k == "contexts" else 0.0 for k in WAIT_CAUSES}
+    assert s.waiting_s == 2.5
