@@ -165,8 +165,7 @@ NB_MODULE(_kvcore, m) {
            "b"_a, "h"_a.none())
       .def("evict", &ShadowLoops::evict, "victims"_a)
       .def("disown", &ShadowLoops::disown, "blocks"_a)
-      .def("release", &ShadowLoops::release, "table"_a, "tail"_a)
-      .def("count_hashed", &ShadowLoops::count_hashed, "table"_a);
+      .def("release", &ShadowLoops::release, "table"_a, "tail"_a);
 
   nb::class_<ManagerCore>(m, "ManagerCore", nb::type_slots(gc_slots<ManagerCore>))
       .def(nb::init<nb::object, nb::object, nb::object, nb::dict, nb::list, nb::list, nb::object,

@@ -224,15 +224,6 @@ class ShadowLoops {
     return nb::make_tuple(to_cache, released);
   }
 
-  int64_t count_hashed(nb::handle table) {
-    std::vector<int32_t> ids;
-    read_ids(table, n(), ids);
-    check_sizes();
-    int64_t k = 0;
-    for (int32_t b : ids) k += PyList_GET_ITEM(hash_.ptr(), b) != Py_None;
-    return k;
-  }
-
   template <class F>
   void for_each_ref(F&& f) {
     for (nb::object* o : {&state_, &ref_, &owner_, &position_, &hash_, &free_, &index_})

@@ -81,6 +81,7 @@ from collections.abc import Callable
 from itertools import compress
 from operator import not_
 
+from kvsaga._validate import is_number
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
@@ -101,6 +102,15 @@ def _as_bool(what: str, x) -> bool:
     if isinstance(x, str) and x.strip().lower() in ("true", "false", "1", "0"):
         return x.strip().lower() in ("true", "1")
     raise ValueError(f"{what} must be a bool (true/false), got {x!r}")
+
+
+def _check_number(what: str, x, in_range: Callable[[float], bool], rule: str) -> None:
+    """Refuse `x` unless it is a finite number (not a bool, nor a str such as "0.1" from
+    JSON policy_args, which compared with a number raised a TypeError naming no parameter)
+    that `in_range` accepts; the ValueError names `what` and its `rule`. An infinite one
+    broke at `bind` (an int of an infinite ghost list or epoch) or made the scores NaN."""
+    if not (is_number(x) and math.isfinite(x) and in_range(x)):
+        raise ValueError(f"{what} must be a finite number {rule}, got {x!r}")
 
 
 def _fan_out(calls: list) -> Callable[[object], None]:
@@ -157,8 +167,8 @@ class AdaptivePolicy(EvictionPolicy):
 
     Args:
         cost: prices rebuilding (default: `PrefillCost`), shared by every expert.
-        experts: names of the expert policies (online ones from `POLICIES`); the first leads
-            until data says otherwise.
+        experts: names of the expert policies (online ones from `POLICIES`), a list or a
+            tuple; the first leads until data says otherwise.
         ghost_factor: each ghost list holds this many pool sizes of names.
         memory_blocks: decay scale of the scores, in pool sizes of names.
         prior_blocks: pseudo-names (at the pooled score) each expert's score starts from.
@@ -201,6 +211,8 @@ class AdaptivePolicy(EvictionPolicy):
 
         realized = _as_bool("realized", realized)
         shadow_cache = _as_bool("shadow_cache", shadow_cache)
+        if not isinstance(experts, (list, tuple)):  # one name would be split into letters
+            raise ValueError(f"experts must be a list of policy names, got {experts!r}")
         if not experts:
             raise ValueError("experts must name at least one policy")
         online = sorted(n for n, c in POLICIES.items()
@@ -211,17 +223,11 @@ class AdaptivePolicy(EvictionPolicy):
         if len(set(experts)) != len(experts):
             raise ValueError(f"experts must be distinct, got {experts!r}")
         for what, x in (("ghost_factor", ghost_factor), ("memory_blocks", memory_blocks),
-                        ("prior_blocks", prior_blocks)):
-            if not x > 0:
-                raise ValueError(f"{what} must be > 0, got {x!r}")
-        if not switch_margin >= 0:
-            raise ValueError(f"switch_margin must be >= 0, got {switch_margin!r}")
-        if not 0 < shadow_share <= 1:
-            raise ValueError(f"shadow_share must be in (0, 1], got {shadow_share!r}")
-        if not epoch_pools > 0:
-            raise ValueError(f"epoch_pools must be > 0, got {epoch_pools!r}")
-        if not shadow_memory > 0:
-            raise ValueError(f"shadow_memory must be > 0, got {shadow_memory!r}")
+                        ("prior_blocks", prior_blocks), ("epoch_pools", epoch_pools),
+                        ("shadow_memory", shadow_memory)):
+            _check_number(what, x, lambda v: v > 0, "> 0")
+        _check_number("switch_margin", switch_margin, lambda v: v >= 0, ">= 0")
+        _check_number("shadow_share", shadow_share, lambda v: 0 < v <= 1, "in (0, 1]")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
         self.leader = self.experts[0]

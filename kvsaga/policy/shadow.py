@@ -100,7 +100,7 @@ class ShadowCache:
         self._active = 0
         self._index: dict[bytes, int] = {}
         self._tables: dict[str, list[int]] = {}  # the session's blocks at its last step
-        self._known: dict[str, int] = {}  # full blocks of its context at its last step end
+        self._known: dict[str, int] = {}  # full blocks of its context it held at its last step end
         # a paused session's partial tail: (block, generation, its tokens), as the manager's
         self._tails: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self._running: set[str] = set()
@@ -184,7 +184,9 @@ class ShadowCache:
         self.policy.step_finished(_Seen(session, table), now, hint)
         if sid in self._running:
             self._release(sid, table, keep_tail=True, tokens=session.token_ids[:done])
-        self._known[sid] = self._loops.count_hashed(table)
+        # the positions its next step may lose: the context's full blocks that this shadow
+        # held (a duplicate of an indexed block, left unhashed, was held all the same)
+        self._known[sid] = min(self._computed(session) // self.block_size, len(table))
 
     def resume_withdrawn(self, session, now: float) -> None:
         """The session's next step was aborted before it ran. One this shadow still runs was
@@ -292,7 +294,10 @@ class ShadowCache:
         (a pause) the partial tail block stays cached, unhashed, as the real pool keeps it
         for the session's next step (evictable like any cached block)."""
         tail = -1
-        if keep_tail and table and self.block_hash[table[-1]] is None and tokens is not None:
+        # a context ending on a block boundary has no partial tail, as the manager's
+        # `_release_table` (its last block, unhashed as a duplicate of an indexed one, is freed)
+        if keep_tail and table and tokens is not None and len(tokens) % self.block_size \
+                and self.block_hash[table[-1]] is None:
             start = (len(table) - 1) * self.block_size
             if len(tokens) > start:
                 tail = table[-1]

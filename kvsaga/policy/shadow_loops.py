@@ -172,11 +172,6 @@ class PyShadowLoops:
                 free.append(b)
         return to_cache, released
 
-    def count_hashed(self, table: list[int]) -> int:
-        """How many blocks of `table` are hashed."""
-        block_hash = self.block_hash
-        return sum(block_hash[b] is not None for b in self._ids(table))
-
 
 def make_shadow_loops(cpp: bool, *args) -> PyShadowLoops:
     """The C++ core's loops over the tables `args` (PyShadowLoops' arguments) when `cpp` and

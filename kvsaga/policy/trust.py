@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from kvsaga._validate import check_bool, is_number
+from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
 
 STATES = ("paused", "queued", "demoted")
 
@@ -60,7 +61,9 @@ class PredictionTrust:
         self.prior = prior
         self.clip = clip
         self.floor_s = floor_s
-        # (workflow, state) -> [n, sum e, sum e^2 (graph), sum e^2 (recency)]
+        # (workflow, state) -> [n, sum e, sum e^2 (graph), sum e^2 (recency)], for the
+        # TRACKED_WORKFLOWS most recently updated workflows' states (bounded.py: clients
+        # name workflows freely); a forgotten key reads as no evidence (factor 1)
         self.errors: dict[tuple[str, str], list[float]] = {}
         self.version = 0  # counts the changes of any factor
 
@@ -81,7 +84,8 @@ class PredictionTrust:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {x!r} "
                                  f"(observed_s, graph_s, recency_s: {observed_s!r}, "
                                  f"{graph_s!r}, {recency_s!r})")
-        e = self.errors.setdefault((workflow, state), [0, 0.0, 0.0, 0.0])
+        e = touch(self.errors, (workflow, state), lambda: [0, 0.0, 0.0, 0.0],
+                  TRACKED_WORKFLOWS * len(STATES))
         g = self._log_err(observed_s, graph_s)
         e[0] += 1
         e[1] += g

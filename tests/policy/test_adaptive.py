@@ -60,10 +60,29 @@ def test_every_expert_sees_the_same_blocks():
     (dict(shadow_share=0), "shadow_share"),
     (dict(shadow_share=1.5), "shadow_share"),
     (dict(realized=True, epoch_pools=0), "epoch_pools"),
+    # As JSON policy_args may give them: a TypeError naming no parameter, or (one name
+    # as experts) "expert 'g' is not an online policy"; an infinite size broke at bind.
+    (dict(switch_margin="0.1"), "switch_margin must be a finite number >= 0"),
+    (dict(ghost_factor=None), "ghost_factor must be a finite number > 0"),
+    (dict(ghost_factor=float("inf")), "ghost_factor must be a finite number > 0"),
+    (dict(memory_blocks="32"), "memory_blocks"),
+    (dict(prior_blocks=float("nan")), "prior_blocks"),
+    (dict(shadow_share="0.5"), "shadow_share"),
+    (dict(shadow_share=True), "shadow_share"),
+    (dict(shadow_memory="8"), "shadow_memory must be a finite number > 0"),
+    (dict(epoch_pools="1"), "epoch_pools must be a finite number > 0"),
+    (dict(epoch_pools=float("inf")), "epoch_pools"),
+    (dict(experts="graph"), "experts must be a list of policy names, got 'graph'"),
 ])
 def test_bad_arguments_name_what_is_wrong(kw, what):
     with pytest.raises(ValueError, match=what):
         AdaptivePolicy(**kw)
+
+
+def test_json_policy_args_are_accepted():
+    p = AdaptivePolicy(experts=["ttl", "lru"], switch_margin=0, ghost_factor=2,
+                       shadow_memory=4)
+    assert [e.name for e in p.experts] == ["ttl", "lru"] and p.switch_margin == 0
 
 
 def test_a_shadow_expert_names_only_its_share_of_each_search():

@@ -10,6 +10,7 @@ import pytest
 
 from kvsaga import KVCacheManager
 from kvsaga.config import KVSpec
+from kvsaga.policy import GraphPolicy
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph
 from kvsaga.policy.bounded import (
     TRACKED_KINDS,
@@ -17,6 +18,7 @@ from kvsaga.policy.bounded import (
     TRACKED_WORKFLOWS,
     touch,
 )
+from kvsaga.policy.trust import STATES
 from kvsaga.session import idle_sessions
 
 N = 3000  # sessions, each with names of its own: past every cap below
@@ -63,7 +65,7 @@ def test_execution_graph_refuses_bad_caps(bad):
             ExecutionGraph(**{name: bad})
 
 
-def _soak(policy: str, n: int = N):
+def _soak(policy, n: int = N):
     """Drive a manager as a long-running engine would: every session new, with its own
     workflow, tool names and a tenant of 200 that rotate; a quarter end after two steps,
     a quarter abandon after one, a quarter abandon after two, a quarter are aborted in their
@@ -109,9 +111,9 @@ def _soak(policy: str, n: int = N):
 LIVE = int(IDLE_S) + 12
 
 
-@pytest.mark.parametrize("policy", ["lru", "ttl", "graph", "saga", "adaptive"])
+@pytest.mark.parametrize("policy", ["lru", "ttl", "graph", "saga", "adaptive", "graph-trust"])
 def test_policies_stay_bounded_under_fresh_names_and_abandoned_sessions(policy):
-    m, live_max = _soak(policy)
+    m, live_max = _soak(GraphPolicy(trust=True) if policy == "graph-trust" else policy)
     assert live_max <= LIVE
     p = m.policy
     inner = getattr(p, "leader", None)
@@ -133,6 +135,9 @@ def test_policies_stay_bounded_under_fresh_names_and_abandoned_sessions(policy):
         calib = getattr(q, "_calib", None)
         if calib is not None:
             assert len(calib) <= TRACKED_WORKFLOWS + TRACKED_KINDS
+        trust = getattr(q, "trust", None)
+        if trust is not None:
+            assert len(trust.errors) <= TRACKED_WORKFLOWS * len(STATES)
         latency = getattr(q, "latency", None)
         if latency is not None:
             assert len(latency) <= TRACKED_KINDS
@@ -150,6 +155,36 @@ def test_the_soak_reaches_every_cap():
     assert len(m.policy._calib) == TRACKED_WORKFLOWS + TRACKED_KINDS
     assert g.mean_steps() > 1.0  # the forgotten workflows' sessions still count
     assert NO_TOOL not in g._by_kind
+
+
+def test_graph_trust_errors_stay_bounded_under_fresh_workflows():
+    """graph(trust=True) learns per (workflow, state) from the sessions it evicted from
+    that came back. The soak above evicts from no session that comes back, so here each
+    fresh workflow's session pauses, is evicted from by another, and comes back: one key
+    per workflow, past the cap; the oldest are forgotten (they read as no evidence)."""
+    p = GraphPolicy(trust=True)
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16, policy=p)
+    cap = TRACKED_WORKFLOWS * len(STATES)
+    t = 0.0
+    for i in range(cap + 100):
+        a, b, wf = f"a{i}", f"b{i}", f"wf-{i}"
+        m.begin_step(a, list(range(1000 * i, 1000 * i + 24)), now=t, workflow=wf)
+        m.allocate_slots(a, 24, now=t)
+        m.finish_step(a, now=t, tool="grep")  # 6 cached blocks
+        t += 10.0  # past graph's forecast: priced as paused
+        m.begin_step(b, list(range(1000 * i + 500, 1000 * i + 552)), now=t, workflow=wf)
+        m.allocate_slots(b, 52, now=t)  # 13 blocks: evicts from a
+        m.finish_step(b, now=t, last_step=True)
+        t += 1.0
+        st = m.begin_step(a, list(range(1000 * i, 1000 * i + 25)), now=t, workflow=wf)
+        m.allocate_slots(a, 25 - st.num_cached_tokens, now=t)  # a is back: scored
+        m.finish_step(a, now=t, last_step=True)
+        t += 1.0
+    m.check_integrity()
+    assert len(p.trust.errors) == cap  # reached, and held
+    assert (f"wf-{cap + 99}", "paused") in p.trust.errors
+    assert ("wf-0", "paused") not in p.trust.errors
+    assert p.trust.factor("wf-0", "paused") == 1.0  # forgotten: no evidence
 
 
 def test_vllm_gate_pause_log_stays_bounded_under_fresh_workflows():
