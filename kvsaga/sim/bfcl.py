@@ -11,9 +11,12 @@ kvsaga dependency.
 Conversion (what BFCL does not record is marked assumed):
 - one session per entry; workflow `bfcl-<data set>` (base, long_context); ids
   `bfclv4-s<seed>-<i>` (apart from the built-in `bfcl` family's `bfcl-s<seed>-<i>`);
-- shared prefix: the function documents of the entry's classes, less those of the functions
-  the entry hides (`excluded_function`), tokens = characters / 4 (assumed tokenizer ratio);
-  one prefix group per set of classes, and its own per set of hidden functions;
+- shared prefix: the function documents of all the entry's classes, tokens = characters / 4
+  (assumed tokenizer ratio); one prefix group per set of classes. This is what bfcl-eval
+  puts in the prompt (`bfcl_eval.utils.populate_test_cases_with_predefined_functions`:
+  every document of `involved_classes`, less only the `missed_function`s of the miss-func
+  set, which these two sets do not have). Their `excluded_function` field is read by no code
+  of the package (2026.3.23), so it hides nothing here either;
 - each ground-truth call is one LLM step whose output is the call's text and whose tool is
   the function's name; the next step's input is its result: 40 tokens (assumed envelope).
   In the long-context set, BFCL loads its API classes with `long_context=True` at run time
@@ -55,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from kvsaga.sim.family import ToolSpec, _check_args
+from kvsaga.sim.family import ToolSpec, _check_args, _check_arrivals
 from kvsaga.sim.trace import Session, SharedPrefix, Step
 
 DATASETS = ("multi_turn_base", "multi_turn_long_context")
@@ -100,31 +103,14 @@ def load_bfcl(dataset: str) -> tuple[list[dict], dict[str, list], dict[str, int]
     return entries, answers, docs
 
 
-def function_doc_tokens() -> dict[str, dict[str, int]]:
-    """Per function-document file (`CLASS_DOCS`' values), each function's document tokens
-    (its line of the file): what an entry that hides the function does not see."""
-    root = resources.files("bfcl_eval") / "data" / "multi_turn_func_doc"
-    out: dict[str, dict[str, int]] = {}
-    for f in root.iterdir():
-        if f.name.endswith(".json"):
-            lines = f.read_text(encoding="utf-8").splitlines()
-            out[f.name[:-5]] = {json.loads(x)["name"]: _tokens(x) for x in lines if x.strip()}
-    return out
-
-
 def shared_prefix(entry: Mapping[str, Any], docs: Mapping[str, int],
-                  functions: Mapping[str, Mapping[str, int]], scale: float) -> SharedPrefix:
-    """The entry's function documents as a prefix (module docstring): its classes' documents
-    less the functions it hides; a set of hidden functions is a group of its own, since the
-    sessions of a group share their prefix exactly."""
+                  scale: float) -> SharedPrefix:
+    """The entry's function documents as a prefix (module docstring): every document of its
+    classes, as bfcl-eval prompts them, whatever `excluded_function` says (the package
+    never reads it); one group per set of classes."""
     classes = sorted(entry.get("involved_classes", []))
-    files = [CLASS_DOCS.get(c, "") for c in classes]
-    hidden = sorted(set(entry.get("excluded_function") or ()))
-    tokens = sum(docs.get(f, 0) for f in files)
-    for name in hidden:
-        tokens -= next((functions[f][name] for f in files if name in functions.get(f, {})), 0)
-    group = "bfcl:" + "+".join(classes) + "".join(f"-{name}" for name in hidden)
-    return SharedPrefix(group=group, tokens=max(0, round(max(0, tokens) * scale)))
+    tokens = sum(docs.get(CLASS_DOCS.get(c, ""), 0) for c in classes)
+    return SharedPrefix(group="bfcl:" + "+".join(classes), tokens=max(0, round(tokens * scale)))
 
 
 def entry_half(entry_id: str) -> str:
@@ -272,9 +258,9 @@ def bfcl_trace(num_sessions: int, seed: int, arrival_rate: float, scale: float =
         raise ValueError(f"only {len(pool)} BFCL entries in {list(datasets)}"
                          f"{'' if half is None else f' ({half} half)'}, asked for "
                          f"{num_sessions}")
-    functions = function_doc_tokens() if pool else {}
     order = rng.permutation(len(pool))[:num_sessions]
     arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, size=num_sessions))
+    _check_arrivals(arrivals, num_sessions, arrival_rate)
     sessions = []
     for i, j in enumerate(order):
         ds, entry, calls, docs = pool[j]
@@ -287,7 +273,7 @@ def bfcl_trace(num_sessions: int, seed: int, arrival_rate: float, scale: float =
         sessions.append(Session(
             id=f"bfclv4-s{seed}-{i:05d}", workflow=f"bfcl-{ds.removeprefix('multi_turn_')}",
             arrival_s=float(arrivals[i]),
-            shared_prefix=shared_prefix(entry, docs, functions, scale), steps=steps))
+            shared_prefix=shared_prefix(entry, docs, scale), steps=steps))
     return sessions
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -387,7 +388,7 @@ class ClusterSimulator:
         self.now = t
         stats = _LiveStats(self.gpus)
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
-                           prefix_key=f"{session.tenant}/{session.shared_prefix.group}",
+                           prefix_key=session_prefix_key(session),
                            context_tokens=session.prompt_length(k - 1) if k else 0)
         route = self.router.route(req, stats)
         self._routes[session.id] = route
@@ -500,6 +501,14 @@ class ClusterSimulator:
             tasks_per_hour=len(tct) * 3600.0 / span if span > 0 else math.nan,
             tenants=tenant_tct_means(self.sessions, tct),
         )
+
+
+def session_prefix_key(session: Session) -> str:
+    """The router's key of the session's (tenant, prefix group): a JSON pair, so that no two
+    pairs meet (f"{tenant}/{group}" gave tenant None and tenant "None" one key, and so
+    tenant "x" with group "y/z" and tenant "x/y" with group "z": a new session was sent to
+    where another tenant's prefix was cached, which its salt keeps it from sharing)."""
+    return json.dumps([session.tenant, session.shared_prefix.group])
 
 
 def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = None, *,

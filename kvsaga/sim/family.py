@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvsaga._validate import is_int
-from kvsaga.sim.trace import Session, SharedPrefix, Step
+from kvsaga.sim.trace import MAX_TRACE_SECONDS, Session, SharedPrefix, Step
 
 # z of the 95th percentile of the standard normal: p95 = p50 * exp(Z95 * sigma).
 Z95 = 1.6448536269514722
@@ -209,6 +209,7 @@ class WorkloadSpec:
         # same whatever num_sessions is, and the same family with another seed differs.
         arrival_rng = np.random.default_rng([seed, family, 0])
         arrivals = np.cumsum(arrival_rng.exponential(1.0 / rate, size=num_sessions))
+        _check_arrivals(arrivals, num_sessions, rate)
         prefix = SharedPrefix(group=f"{self.name}-system",
                               tokens=_scaled(self.prefix_tokens, scale, minimum=0))
         sessions = []
@@ -290,6 +291,18 @@ def _scaled(tokens: int, scale: float, *, minimum: int) -> int:
     if not math.isfinite(scaled):
         raise ValueError(f"scale {scale!r} x {tokens} tokens is past the float range")
     return max(minimum, int(round(scaled)))
+
+
+def _check_arrivals(arrivals: np.ndarray, num_sessions: int, rate: float) -> None:
+    """ValueError naming the arguments when the drawn arrivals pass the trace format's
+    `MAX_TRACE_SECONDS` (a TraceError named the field `arrival_s`, which the caller never
+    wrote)."""
+    if num_sessions and not arrivals[-1] <= MAX_TRACE_SECONDS:
+        raise ValueError(
+            f"arrival_rate {rate!r} with num_sessions {num_sessions:,}: the last session "
+            f"would arrive at {float(arrivals[-1]):.4g} s, past the trace format's "
+            f"{MAX_TRACE_SECONDS:g} s (about 31 years); raise arrival_rate or draw fewer "
+            "sessions")
 
 
 def _check_args(num_sessions: int, seed: int, arrival_rate: float | None,

@@ -102,12 +102,11 @@ class Simulator(DecodeRuns, StepExecutor):
         spec = self.cost.kv_spec
         for s in self.sessions:
             if spec.num_blocks_for(s.total_tokens) > num_blocks:
-                field, value = largest_count(s)
                 raise ValueError(
                     f"session {s.id!r} reaches {s.total_tokens} tokens "
                     f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
-                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}; its "
-                    f"largest count: {field} = {value:,}")
+                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}; "
+                    f"{size_breakdown(s)}")
         self.synth = synthesizer or TokenSynthesizer()
         self.block_size = spec.block_size
         # The future, for offline policies: built here for those made by name; a policy
@@ -443,8 +442,8 @@ class Simulator(DecodeRuns, StepExecutor):
 
 
 def largest_count(session: Session) -> tuple[str, int]:
-    """The session's largest token count, as (trace field, value): what most likely makes
-    it outgrow a capacity (the first such field on a tie)."""
+    """The session's largest token count, as (trace field, value) (the first such field on
+    a tie)."""
     best = ("shared_prefix.tokens", session.shared_prefix.tokens)
     for k, step in enumerate(session.steps):
         for name in ("input_tokens", "output_tokens"):
@@ -452,6 +451,27 @@ def largest_count(session: Session) -> tuple[str, int]:
             if value > best[1]:
                 best = (f"steps[{k}].{name}", value)
     return best
+
+
+def size_breakdown(session: Session) -> str:
+    """Where a session's tokens are, naming what holds most of them: the shared prefix, one
+    count, or the steps together. The largest count alone blamed a 2,000-token prefix for a
+    session whose 1,000 steps of 80 tokens made it 82,000 long."""
+    field, value = largest_count(session)
+    prefix = session.shared_prefix.tokens
+    steps = session.total_tokens - prefix
+    n = session.num_steps
+    big = max(max(s.input_tokens, s.output_tokens) for s in session.steps)
+    if prefix >= steps:
+        most = "shared_prefix.tokens"
+    elif 2 * big >= steps:  # one step's count holds half the steps' tokens
+        most = next(f"steps[{k}].{name}" for k, s in enumerate(session.steps)
+                    for name in ("input_tokens", "output_tokens") if getattr(s, name) == big)
+    else:
+        most = f"its {n:,} steps together"
+    return (f"its largest count: {field} = {value:,}; shared_prefix.tokens = {prefix:,}, "
+            f"{n:,} step{'s' if n != 1 else ''} of {steps:,} tokens in all; most of it: "
+            f"{most}")
 
 
 def simulate(sessions: Sequence[Session], config: SimConfig | None = None, *,

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from kvsaga._validate import is_int, is_number
+from kvsaga._validate import check_unicode, is_int, is_number
 
 
 class TraceError(ValueError):
@@ -67,7 +68,7 @@ class TraceError(ValueError):
             where += f"line {self.line}: "
         elif where:
             where += " "
-        what = f"field {self.field!r}: " if self.field is not None else ""
+        what = f"field {self.field!r:.200}: " if self.field is not None else ""
         return f"{where}{what}{self.message}"
 
     def located(self, *, prefix: str = "", line: int | None = None,
@@ -85,9 +86,9 @@ class TraceError(ValueError):
 def _check_int(name: str, value: Any, minimum: int) -> None:
     # bool is an int subclass; `true` tokens is a typo, not a count.
     if not is_int(value):
-        raise TraceError(f"must be an integer, got {value!r}", field=name, value=value)
+        raise TraceError(f"must be an integer, got {value!r:.200}", field=name, value=value)
     if value < minimum:
-        raise TraceError(f"must be >= {minimum}, got {value!r}", field=name, value=value)
+        raise TraceError(f"must be >= {minimum}, got {value!r:.200}", field=name, value=value)
 
 
 # The most seconds an arrival or a tool's wait may be: about 31.7 years. The simulator's
@@ -98,14 +99,14 @@ MAX_TRACE_SECONDS = 1e9
 
 def _check_float(name: str, value: Any) -> None:
     if not is_number(value):
-        raise TraceError(f"must be a number, got {value!r}", field=name, value=value)
+        raise TraceError(f"must be a number, got {value!r:.200}", field=name, value=value)
     if not _finite(value) or value < 0:
-        raise TraceError(f"must be a finite number >= 0, got {value!r}", field=name,
+        raise TraceError(f"must be a finite number >= 0, got {value!r:.200}", field=name,
                          value=value)
     if value > MAX_TRACE_SECONDS:
         raise TraceError(f"must be at most {MAX_TRACE_SECONDS:g} seconds (about 31 years; "
                          f"the simulator's clock loses a step's resolution far beyond), got "
-                         f"{value!r}", field=name, value=value)
+                         f"{value!r:.200}", field=name, value=value)
 
 
 def _finite(value: int | float) -> bool:
@@ -118,8 +119,13 @@ def _finite(value: int | float) -> bool:
 
 
 def _check_str(name: str, value: Any) -> None:
+    """A non-empty str of Unicode text: JSON's "\\ud800" escape decodes to a lone surrogate,
+    which hashing (the token synthesizer, the manager's prefix salt) cannot encode, far from
+    the line that held it."""
     if not isinstance(value, str) or not value:
-        raise TraceError(f"must be a non-empty string, got {value!r}", field=name, value=value)
+        raise TraceError(f"must be a non-empty string, got {value!r:.200}", field=name,
+                         value=value)
+    check_unicode("the string", value, lambda msg: TraceError(msg, field=name, value=value))
 
 
 # The tenant key of the sessions without a tenant in results (`kvsaga.sim.metrics.tenant_key`);
@@ -205,24 +211,24 @@ class Session:
                                  "a tenant in results; leave the field out for those, or name "
                                  "the tenant otherwise", field="tenant", value=self.tenant)
         if not isinstance(self.shared_prefix, SharedPrefix):
-            raise TraceError(f"must be a SharedPrefix, got {self.shared_prefix!r}",
+            raise TraceError(f"must be a SharedPrefix, got {self.shared_prefix!r:.200}",
                              field="shared_prefix", value=self.shared_prefix)
         if isinstance(self.steps, list):
             object.__setattr__(self, "steps", tuple(self.steps))
         if not isinstance(self.steps, tuple) or not self.steps:
-            raise TraceError(f"must be a non-empty list of steps, got {self.steps!r}",
+            raise TraceError(f"must be a non-empty list of steps, got {self.steps!r:.200}",
                              field="steps", value=self.steps)
         for k, step in enumerate(self.steps):
             if not isinstance(step, Step):
-                raise TraceError(f"must be a Step, got {step!r}", field=f"steps[{k}]",
+                raise TraceError(f"must be a Step, got {step!r:.200}", field=f"steps[{k}]",
                                  value=step)
         last = self.steps[-1]
         k = len(self.steps) - 1
         if last.tool is not None:
-            raise TraceError(f"the last step calls no tool, got {last.tool!r}",
+            raise TraceError(f"the last step calls no tool, got {last.tool!r:.200}",
                              field=f"steps[{k}].tool", value=last.tool)
         if last.tool_s != 0:
-            raise TraceError(f"the last step waits 0 s, got {last.tool_s!r}",
+            raise TraceError(f"the last step waits 0 s, got {last.tool_s!r:.200}",
                              field=f"steps[{k}].tool_s", value=last.tool_s)
 
     @property
@@ -262,8 +268,8 @@ class Session:
 
     def _check_step(self, k: int) -> None:
         if not is_int(k) or not 0 <= k < len(self.steps):
-            raise IndexError(f"step index {k!r} out of range for session {self.id!r} with "
-                             f"{len(self.steps)} steps")
+            raise IndexError(f"step index {k!r:.200} out of range for session "
+                             f"{self.id!r:.200} with {len(self.steps)} steps")
 
     def to_dict(self) -> dict[str, Any]:
         """The session as one JSON object of the trace format."""
@@ -295,7 +301,10 @@ class Session:
 
         Raises:
             TraceError: naming the bad field (`steps[2].tool_s`) and its value; unknown keys
-                are errors too, so that typos do not pass silently.
+                are errors too, so that typos do not pass silently. A step may leave out
+                `tool` (None) and then `tool_s` (0.0); a step that names a tool must give
+                `tool_s`, so that a converter that forgets it does not replay every tool
+                wait as 0 s.
         """
         _expect_keys(obj, required={"id", "workflow", "arrival_s", "shared_prefix", "steps"},
                      optional={"tenant"}, where=None)
@@ -308,7 +317,7 @@ class Session:
             raise e.located(prefix="shared_prefix.") from None
         raw_steps = obj["steps"]
         if not isinstance(raw_steps, list) or not raw_steps:
-            raise TraceError(f"must be a non-empty list, got {raw_steps!r}", field="steps",
+            raise TraceError(f"must be a non-empty list, got {raw_steps!r:.200}", field="steps",
                              value=raw_steps)
         steps = []
         for k, raw in enumerate(raw_steps):
@@ -321,6 +330,10 @@ class Session:
                                   tool=raw.get("tool"), tool_s=raw.get("tool_s", 0.0)))
             except TraceError as e:
                 raise e.located(prefix=f"{where}.") from None
+            if steps[-1].tool is not None and "tool_s" not in raw:
+                raise TraceError(f"is missing: a step that calls a tool ({steps[-1].tool!r:.200})"
+                                 " says how many seconds it waits (0 for none)",
+                                 field=f"{where}.tool_s", value=None)
         arrival = obj["arrival_s"]
         return cls(id=obj["id"], workflow=obj["workflow"],
                    arrival_s=float(arrival) if is_number(arrival) and _finite(arrival)
@@ -332,7 +345,7 @@ class Session:
 def _expect_keys(obj: Any, *, required: set[str], optional: set[str],
                  where: str | None) -> None:
     if not isinstance(obj, Mapping):
-        raise TraceError(f"must be a JSON object, got {obj!r}", field=where, value=obj)
+        raise TraceError(f"must be a JSON object, got {obj!r:.200}", field=where, value=obj)
     missing = sorted(required - obj.keys())
     if missing:
         name = missing[0] if where is None else f"{where}.{missing[0]}"
@@ -359,10 +372,10 @@ def _check_prefix_group(groups: _PrefixGroups, session: Session, where: str) -> 
     tokens = session.shared_prefix.tokens
     first = groups.setdefault(key, (tokens, where))
     if first[0] != tokens:
-        who = "no tenant" if session.tenant is None else f"tenant {session.tenant!r}"
+        who = "no tenant" if session.tenant is None else f"tenant {session.tenant!r:.200}"
         raise TraceError(
-            f"prefix group {key[1]!r} ({who}) has {first[0]} tokens {first[1]}, here "
-            f"{tokens} (session {session.id!r}): the sessions of a group share its prefix "
+            f"prefix group {key[1]!r:.200} ({who}) has {first[0]} tokens {first[1]}, here "
+            f"{tokens} (session {session.id!r:.200}): the sessions of a group share its prefix "
             "exactly (name a new group for another prefix)",
             field="shared_prefix.tokens", value=tokens)
 
@@ -377,7 +390,7 @@ def check_prefix_groups(sessions: Iterable[Session]) -> None:
     """
     groups: _PrefixGroups = {}
     for s in sessions:
-        _check_prefix_group(groups, s, f"in session {s.id!r}")
+        _check_prefix_group(groups, s, f"in session {s.id!r:.200}")
 
 
 class _DuplicateKey(ValueError):
@@ -430,7 +443,7 @@ def load_trace(path: str | Path) -> list[Session]:
             try:
                 obj = json.loads(text, object_pairs_hook=_unique_keys)
             except _DuplicateKey as e:
-                raise TraceError(f"duplicate JSON key {e.key!r} (the last would win silently)",
+                raise TraceError(f"duplicate JSON key {e.key!r:.200} (the last would win silently)",
                                  field=e.key, line=lineno, path=str(path)) from None
             except json.JSONDecodeError as e:
                 raise TraceError(f"not valid JSON ({e.msg} at column {e.colno})",
@@ -446,7 +459,7 @@ def load_trace(path: str | Path) -> list[Session]:
             except TraceError as e:
                 raise e.located(line=lineno, path=str(path)) from None
             if session.id in seen:
-                raise TraceError(f"duplicate session id {session.id!r} (first on line "
+                raise TraceError(f"duplicate session id {session.id!r:.200} (first on line "
                                  f"{seen[session.id]})", field="id", value=session.id,
                                  line=lineno, path=str(path))
             seen[session.id] = lineno
@@ -463,7 +476,8 @@ def write_trace(sessions: Iterable[Session], path: str | Path) -> None:
 
     Everything is checked and serialized before the file is touched (unique ids, one length
     per prefix group: what `load_trace` will ask), then written to a temporary file beside
-    it and moved over it: an error leaves the old trace whole.
+    it and moved over it: an error leaves the old trace whole. A symlink is written through
+    (its target is replaced, the link kept), and a file that existed keeps its permissions.
 
     Args:
         sessions: the sessions, written in order.
@@ -473,22 +487,30 @@ def write_trace(sessions: Iterable[Session], path: str | Path) -> None:
         TraceError: a repeated session id or a prefix group with two lengths.
         TypeError: an item that is not a Session.
     """
-    path = Path(path)
     sessions = list(sessions)
     seen: set[str] = set()
     for s in sessions:
         if not isinstance(s, Session):
-            raise TypeError(f"write_trace: not a Session: {s!r}")
+            raise TypeError(f"write_trace: not a Session: {s!r:.200}")
         if s.id in seen:
-            raise TraceError(f"duplicate session id {s.id!r}", field="id", value=s.id)
+            raise TraceError(f"duplicate session id {s.id!r:.200}", field="id", value=s.id)
         seen.add(s.id)
     check_prefix_groups(sessions)
     text = "".join(json.dumps(s.to_dict(), separators=(",", ":")) + "\n" for s in sessions)
-    # Opened "x" (not mkstemp) so that the file gets the umask's mode, as open(path, "w") did.
+    # The link's target is what gets replaced: os.replace over the link would replace it.
+    path = Path(os.path.realpath(path))
+    # Opened "x" (not mkstemp) so that a new file gets the umask's mode, as open(path, "w")
+    # did; one that existed keeps its own (os.replace gives the path the new file's).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
     try:
         with tmp.open("x", encoding="utf-8") as f:
             f.write(text)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -63,16 +63,16 @@ def test_calls_are_parsed_as_literals_never_evaluated():
             parse_call(bad)
 
 
-def test_hidden_functions_leave_the_prefix_and_its_group():
-    """An entry that hides functions (`excluded_function`) sees fewer documents: it used
-    to get the full documents and the group of the entries that see them all."""
+def test_excluded_functions_keep_every_document_as_bfcl_eval_does():
+    """bfcl-eval prompts every document of `involved_classes` and never reads
+    `excluded_function` (review repro bfcl_excluded.py): the converter used to drop those
+    documents and put the entry in a prefix group of its own."""
     docs = {"gorilla_file_system": 1000, "posting_api": 500}
-    functions = {"gorilla_file_system": {"cp": 60, "mv": 40}, "posting_api": {"post": 30}}
     entry = {"involved_classes": ["TwitterAPI", "GorillaFileSystem"]}
-    full = shared_prefix(entry, docs, functions, 1.0)
-    assert full.group == "bfcl:GorillaFileSystem+TwitterAPI" and full.tokens == 1500
-    hid = shared_prefix({**entry, "excluded_function": ["post", "cp"]}, docs, functions, 0.5)
-    assert hid.group == "bfcl:GorillaFileSystem+TwitterAPI-cp-post" and hid.tokens == 705
+    full = shared_prefix(entry, docs, 1.0)
+    assert full == bfcl.SharedPrefix("bfcl:GorillaFileSystem+TwitterAPI", 1500)
+    assert shared_prefix({**entry, "excluded_function": ["post", "cp"]}, docs, 0.5) == (
+        bfcl.SharedPrefix("bfcl:GorillaFileSystem+TwitterAPI", 750))
 
 
 @pytest.mark.parametrize("kwargs, what", [
@@ -97,7 +97,6 @@ def _fake_bfcl(monkeypatch):
                     **({"excluded_function": ["add"]} if i == 0 else {})} for i in range(20)]
         return entries, {e["id"]: [["add(a=1, b=2)"]] for e in entries}, {"math_api": 400}
     monkeypatch.setattr(bfcl, "load_bfcl", load)
-    monkeypatch.setattr(bfcl, "function_doc_tokens", lambda: {"math_api": {"add": 100}})
     monkeypatch.setattr(bfcl, "long_context_extra", lambda e, c: ((300,),))
 
 
@@ -107,8 +106,7 @@ def test_trace_ids_halves_and_groups(monkeypatch):
     _fake_bfcl(monkeypatch)
     tr = bfcl_trace(40, seed=5, arrival_rate=1.0)
     assert [s.id for s in tr[:2]] == ["bfclv4-s5-00000", "bfclv4-s5-00001"]
-    assert {s.shared_prefix for s in tr} == {
-        bfcl.SharedPrefix("bfcl:MathAPI", 400), bfcl.SharedPrefix("bfcl:MathAPI-add", 300)}
+    assert {s.shared_prefix for s in tr} == {bfcl.SharedPrefix("bfcl:MathAPI", 400)}
     long = [s for s in tr if s.workflow == "bfcl-long_context"]
     assert long and all(s.steps[1].input_tokens == RESULT_TOKENS + 300 for s in long)
     for half in ("fit", "eval"):
@@ -143,7 +141,7 @@ def test_long_context_sessions_are_long_with_the_package():
     assert sum(long) / len(long) > 10 * RESULT_TOKENS
 
 
-def test_package_halves_and_hidden_functions():
+def test_package_halves_and_prefix_groups():
     pytest.importorskip("bfcl_eval")
     fit = bfcl_trace(180, seed=1, arrival_rate=1.0, half="fit")
     with pytest.raises(ValueError, match="fit half"):
@@ -152,9 +150,12 @@ def test_package_halves_and_hidden_functions():
     for s in bfcl_trace(400, seed=1, arrival_rate=1.0):
         groups[s.shared_prefix.group].add(s.shared_prefix.tokens)
     assert all(len(v) == 1 for v in groups.values())
-    hidden = [g for g in groups if g.count("-") and g.startswith("bfcl:")]
-    assert hidden and all(min(groups[g]) < min(groups[g.split("-")[0]]) for g in hidden
-                          if g.split("-")[0] in groups)
+    # What the package prompts: every function of the classes, the "excluded" ones too.
+    from bfcl_eval.utils import load_dataset_entry
+    prompted = [e for ds in bfcl.DATASETS for e in load_dataset_entry(ds)]
+    excluded = [(e, name) for e in prompted for name in e.get("excluded_function") or ()]
+    assert excluded and all(name in {f["name"] for f in e["function"]} for e, name in excluded)
+    assert set(groups) == {"bfcl:" + "+".join(sorted(e["involved_classes"])) for e in prompted}
     assert len(fit) == 180
 
 
