@@ -341,15 +341,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 self._evict(out, self._time(now))
                 out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             return out
-        s = self._running(session_id)
-        check_positive_int("num_tokens", num_tokens, InvalidRequest)
+        s, end = self._slots_wanted(session_id, num_tokens)
         start = s.num_computed
-        end = start + num_tokens
-        if end > len(s.token_ids):
-            raise InvalidRequest(
-                f"num_tokens {num_tokens} exceeds the {len(s.token_ids) - start} tokens of "
-                f"session {session_id!r} without slots (append_tokens first)"
-            )
         self._make_room(self._blocks_to_add(s, end), now)
         return self._take_slots(s, session_id, start, end, return_slots)
 
@@ -408,16 +401,6 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             self.hasher.extend(s.block_hashes, s.root, s.token_ids)
             slots += self._take_slots(s, sid, s.num_computed, s.num_computed + 1)
         return slots
-
-    def _blocks_to_add(self, s: Session, end: int) -> int:
-        """New blocks the session's table needs to cover `end` tokens."""
-        total_blocks = -(-end // self.block_size)
-        if total_blocks > self.pool.num_blocks:
-            raise InvalidRequest(
-                f"a context of {end} tokens needs {total_blocks} blocks; "
-                f"the pool has only {self.pool.num_blocks}"
-            )
-        return max(0, total_blocks - len(s.block_ids))
 
     def _make_room(self, need: int, now: float | None) -> None:
         """Evict (by the policy) until `need` blocks are free; OutOfBlocks if impossible."""

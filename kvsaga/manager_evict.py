@@ -27,6 +27,8 @@ class EvictionPath:
     """`_evict`, `_victims_valid`, `_drop` (see the module docstring)."""
 
     def _evict(self, num_blocks: int, now: float) -> None:
+        if self._journal is not None:
+            self._drop_ended_journal()
         self._changes += 1
         policy, hot = self.policy, self._hot
         queue = getattr(policy, "victim_queue", None)

@@ -7,7 +7,8 @@ only while the version stands asks again at nearly every batch step. Most evicti
 block no waiting step hits, or the tail of a paused session's context (the waiting step's
 own): `lookup_after` tells, per answer, from the journal's (block, hash, position) of each
 victim, what `lookup` would say now, or that it cannot tell.
-A mixin of `kvsaga.manager.KVCacheManager` (its `_evict` and `_drop` write the journal)."""
+A mixin of `kvsaga.manager.KVCacheManager` (its `_evict` and `_drop` write the journal, and
+`_evict` drops one another change has ended)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ class EvictionJournal:
         if log is None or self.host is not None or self._changes - self._journal_from != len(log):
             return None
         return [v for victims in log for v in victims]
+
+    def _drop_ended_journal(self) -> None:
+        """Drop a kept journal that another change (or a host tier) has ended, before an
+        eviction: `journal` answers None from then on, and kept, the record would grow by
+        one entry at every later eviction and keep `_evict` off its fast path of runs."""
+        if self.host is not None or self._changes - self._journal_from != len(self._journal):
+            self._journal = None
 
     def _note_evicted(self, victims: list[int] | None) -> None:
         """Journal one eviction, before it happens, if a journal is kept (None: a change

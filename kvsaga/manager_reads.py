@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import islice
 
-from kvsaga._validate import is_int
+from kvsaga._validate import check_positive_int
 from kvsaga.errors import InvalidRequest, UnknownSession
 from kvsaga.manager_types import (
     CacheStats,
@@ -247,15 +247,41 @@ class ManagerReads:
         gets the same answer (a scheduler re-checking its waiting steps may keep them)."""
         return self._changes, len(self.index)
 
-    def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
-        """New blocks that `allocate_slots(session_id, num_tokens)` would take."""
+    def _slots_wanted(self, session_id: str, num_tokens: int) -> tuple[Session, int]:
+        """The running session and the end of the tokens `allocate_slots(session_id,
+        num_tokens)` gives slots to, after its argument checks (InvalidRequest): no open
+        step, num_tokens not a positive int or more than the tokens without slots. One check
+        for allocate_slots, num_blocks_needed and can_allocate, so the asks raise where it
+        would (the C++ core's allocate_slots raises the same)."""
         s = self._running(session_id)
-        if not is_int(num_tokens) or num_tokens < 0:
-            raise InvalidRequest(f"num_tokens must be an int >= 0, got {num_tokens!r}")
-        return max(0, self.spec.num_blocks_for(s.num_computed + num_tokens) - len(s.block_ids))
+        check_positive_int("num_tokens", num_tokens, InvalidRequest)
+        end = s.num_computed + num_tokens
+        if end > len(s.token_ids):
+            raise InvalidRequest(
+                f"num_tokens {num_tokens} exceeds the {len(s.token_ids) - s.num_computed} "
+                f"tokens of session {session_id!r} without slots (append_tokens first)"
+            )
+        return s, end
+
+    def _blocks_to_add(self, s: Session, end: int) -> int:
+        """New blocks the session's table needs to cover `end` tokens."""
+        total_blocks = -(-end // self.block_size)
+        if total_blocks > self.pool.num_blocks:
+            raise InvalidRequest(
+                f"a context of {end} tokens needs {total_blocks} blocks; "
+                f"the pool has only {self.pool.num_blocks}"
+            )
+        return max(0, total_blocks - len(s.block_ids))
+
+    def num_blocks_needed(self, session_id: str, num_tokens: int) -> int:
+        """New blocks that `allocate_slots(session_id, num_tokens)` would take; raises
+        the InvalidRequest it would."""
+        s, end = self._slots_wanted(session_id, num_tokens)
+        return self._blocks_to_add(s, end)
 
     def can_allocate(self, session_id: str, num_tokens: int) -> bool:
-        """Whether `allocate_slots` would succeed now (counting evictable blocks)."""
+        """Whether `allocate_slots` would succeed now (counting evictable blocks); raises
+        the InvalidRequest it would."""
         return self.num_blocks_needed(session_id, num_tokens) <= self.pool.num_available
 
     # -- introspection --------------------------------------------------------------------

@@ -28,7 +28,11 @@ def root_hash(salt: str | bytes | None) -> bytes:
     if salt is None:
         salt = b""
     elif isinstance(salt, str):
-        salt = salt.encode()
+        try:
+            salt = salt.encode()
+        except UnicodeEncodeError as e:  # a lone surrogate: no UTF-8 bytes to hash
+            raise InvalidRequest(f"salt must be valid UTF-8 text; it has a lone surrogate "
+                                 f"{salt[e.start]!r} at position {e.start}") from None
     elif not isinstance(salt, bytes):  # before anything changes: every caller hashes first
         raise InvalidRequest(f"salt must be a str, bytes or None, got {salt!r}")
     return _sha256(b"kvsaga\x00" + salt).digest()

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from kvsaga import KVCacheManager, KVSpec, OutOfBlocks
+from kvsaga.policy.saga import SagaPolicy
 from kvsaga.prefix import root_hash
 
 BS = 4
@@ -97,6 +98,39 @@ def test_journal_is_none_after_any_other_change():
     m.start_journal()
     m.finish_step("a")
     assert m.journal() is None
+
+
+def test_an_ended_journal_is_dropped(core, monkeypatch):
+    """A journal another change has ended (`journal()` None) is dropped at the next
+    eviction. Until session 45 it stayed kept: it grew by an entry at every later eviction
+    (1998 entries over 2000 steps) and kept `_evict` off the C++ core's runs path."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 8, clock=lambda: 0.0,
+                       core=core.name, policy="saga")
+    asked_runs: list[bool] = []
+    choose = SagaPolicy.choose_victims
+
+    def spy(self, num_blocks, now, runs=False):
+        asked_runs.append(runs)
+        return choose(self, num_blocks, now, runs)
+
+    monkeypatch.setattr(SagaPolicy, "choose_victims", spy)
+    m.start_journal()
+    for i in range(20):
+        sid = f"s{i}"
+        st = m.begin_step(sid, [i * 100 + j for j in range(16)])  # a change: ends it
+        m.allocate_slots(sid, 16 - st.num_cached_tokens)  # evicts older sessions' blocks
+        m.finish_step(sid)
+        assert m.journal() is None
+    assert m.stats().num_evicted_blocks >= 16 * 4 and asked_runs
+    assert m._journal is None  # no record left to grow
+    # The C++ core's runs path (asked for runs) at every eviction; the Python core's list.
+    assert set(asked_runs) == {m._hot is not None}
+    m.start_journal()  # a journal started again records again
+    m.begin_step("t", [7] * 16)
+    m.start_journal()
+    m.allocate_slots("t", 16)
+    assert len(m.journal()) == 4
+    m.check_integrity()
 
 
 def test_lookup_after_refuses_when_fewer_hits_meet_the_sessions_tail(core):
