@@ -155,6 +155,14 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                 back first (`_unbegin`: the session as it was, or gone if new, no reference
                 kept).
         """
+        return self._begin(session_id, token_ids, now, salt, workflow, False)
+
+    def _begin(self, session_id: str, token_ids: Sequence[int], now: float | None,
+               salt: str | None, workflow: str, whole: bool) -> StepStart:
+        """`begin_step`; with `whole`, every full block of the prompt may hit, its last one
+        included: an import (kvsaga.migration) computes no token, so it needs no last token
+        left to compute for logits, and copying a block the manager caches would only make a
+        duplicate that its pause frees."""
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
         now = self._time(now)
@@ -163,7 +171,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self._changes += 1
         tokens = s.token_ids
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
-        max_hit = len(tokens) - 1
+        max_hit = len(tokens) - (0 if whole else 1)
         usable_end = min(keep, max_hit)
         try:
             hits, held = self._full_block_hits(s, max_hit // self.block_size, now, usable_end)

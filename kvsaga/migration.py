@@ -161,7 +161,8 @@ def plan_import(
 ) -> tuple[int, list[int]]:
     """Open `export`'s session on `manager`, paused, with block slots for its context.
 
-    Blocks the manager already caches (a shared prefix, or a host copy it loads) are reused;
+    Blocks the manager already caches (a shared prefix, or a host copy it loads) are reused,
+    the last one too (an import computes no token: `blocks` is empty where all are cached);
     the caller must write exported blocks `first...` into the returned GPU blocks before the
     session's next step (and after running the manager's pending transfer plan, whose
     offloads may read those blocks' previous contents). Until then those blocks are indexed
@@ -210,19 +211,24 @@ def _open_import(
     # Room for the whole context, checked before the session opens: begin_step takes
     # ownership of the prefix blocks it shares with the manager's paused sessions, which
     # ending the session again (below) would not give back.
+    # (lookup leaves the last block uncounted, as begin_step does: one block for it, which
+    # the whole-block open below takes where it is cached, so this is exact but where a
+    # running step holds that block: one over)
     found = manager.lookup(sid, export.token_ids, salt=salt, block_hashes=hashes)
     need = found.blocks_to_admit(export.num_tokens)
     if need > manager.pool.num_available:
         raise OutOfBlocks(need, manager.pool.num_available)
-    start = manager.begin_step(sid, export.token_ids, now=now, salt=salt,
-                               workflow=export.workflow)
+    # Every exported block the manager caches is a hit, the last one too (`_begin`'s
+    # `whole`): an import computes no token.
+    start = manager._begin(sid, export.token_ids, now, salt, export.workflow, True)
     rest = export.num_tokens - start.num_cached_tokens
-    try:  # room was checked above; allocate_slots still raises OutOfBlocks, changing nothing
-        manager.allocate_slots(sid, rest, now=now)
-    except Exception:
-        manager.preempt(sid, now=now)
-        manager.end_session(sid, now=now)
-        raise
+    if rest:
+        try:  # room was checked above; allocate_slots still raises OutOfBlocks, changing nothing
+            manager.allocate_slots(sid, rest, now=now)
+        except Exception:
+            manager.preempt(sid, now=now)
+            manager.end_session(sid, now=now)
+            raise
     first = start.num_cached_tokens // export.block_size
     return start.num_cached_tokens, first, manager.block_table(sid)[first:]
 

@@ -221,7 +221,7 @@ class MigrationMachine(RuleBasedStateMachine):
         s = self.dst.session(e.session_id)
         assert not s.is_running and s.token_ids == e.token_ids
         assert s.num_steps == e.num_steps
-        assert 0 <= first < e.num_blocks and len(blocks) == e.num_blocks - first
+        assert 0 <= first <= e.num_blocks and len(blocks) == e.num_blocks - first
         assert len(set(blocks)) == len(blocks)
         for i, b in enumerate(blocks):  # each named block caches the exported content
             assert self.dst.pool.block_hash[b] in (e.block_hashes[first + i], None)

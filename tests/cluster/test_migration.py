@@ -65,6 +65,26 @@ def test_import_reuses_shared_blocks_and_pauses_the_session():
     dst.check_integrity()
 
 
+def test_an_import_the_importer_caches_whole_writes_nothing(core):
+    """Every exported block the importer caches is reused, the last one too: an import
+    computes no token. Until session 45 the import went through begin_step, which leaves
+    the last token to compute, so the last block was handed out to be written anew (a
+    duplicate that the pause freed), here evicting x's copy of it to make room."""
+    src = KVCacheManager(SPEC, 8, core=core.name)
+    dst = KVCacheManager(SPEC, 4, core=core.name)  # full: x's 3 blocks and y's, cached
+    paused(src, "s", list(range(12)))
+    paused(dst, "x", list(range(12)))
+    paused(dst, "y", [99] * 4)
+    e = src.export_session("s").export
+    first, blocks = dst.import_session(e)
+    assert (first, blocks) == (3, [])
+    assert dst.session("s").block_ids == dst.session("x").block_ids
+    assert dst.stats().num_evicted_blocks == 0 and dst.stats().num_evictable_blocks == 4
+    dst.check_integrity()
+    assert dst.begin_step("s", list(range(13))).num_cached_tokens == 12
+    dst.check_integrity()
+
+
 def test_import_rejects_bad_input_and_changes_nothing():
     src = KVCacheManager(SPEC, 16)
     paused(src, "s", list(range(12)), salt="a")

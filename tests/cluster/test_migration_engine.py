@@ -66,6 +66,25 @@ def test_migrated_session_is_byte_exact_and_continues_identically(tiny_dir: Path
         eng.manager.check_integrity()
 
 
+def test_an_import_the_engine_caches_whole_writes_no_block(tiny_dir: Path):
+    """The importer ran the same context under another id (x): every exported block is a
+    hit, the last included, none is written, and the session continues as on the exporter
+    (until session 45 the last block was written anew into a block its pause freed)."""
+    a, b = engine(tiny_dir), engine(tiny_dir)
+    p1 = [(3 * i + 5) % 200 + 2 for i in range(40)]
+    out1 = run_step(a, "s", p1)
+    run_step(b, "x", p1)
+    exported = export_session(a, "s")
+    n = exported.num_blocks
+    assert import_session(b, exported) == n * 16
+    assert b.manager.session("s").block_ids == b.manager.session("x").block_ids[:n]
+    assert b.manager.stats().num_evicted_blocks == 0
+    b.manager.check_integrity()
+    p2 = p1 + out1.token_ids + [5, 6, 7]
+    assert run_step(b, "s", p2).token_ids == run_step(a, "s", p2).token_ids
+    b.manager.check_integrity()
+
+
 def test_export_reads_offloaded_blocks_from_the_host_tier(tiny_dir: Path):
     bpb = engine(tiny_dir, kv_memory_bytes=2**16).spec.bytes_per_block
     a = engine(tiny_dir, kv_memory_bytes=6 * bpb, host_memory_bytes=16 * bpb)
