@@ -63,6 +63,13 @@ class KvsagaRouter(Router):
     share."""
 
     name = "kvsaga"
+    # Seconds a replica that refused a session moved to it (`move_refused`: its import was
+    # refused, no room for the blocks, or the session was busy on its source) is not
+    # chosen to take that session again: the steals do not check the thief's free blocks,
+    # so the client's retry (`Retry-After: 1`) was stolen for the same replica again and
+    # again, each try a full KV export on the home. The simulator never refuses a move.
+    refused_move_s = 30.0
+    _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
 
     def __init__(self, replicas: Iterable[str] = (), config: RoutingConfig | None = None,
                  **kwargs):
@@ -76,6 +83,8 @@ class KvsagaRouter(Router):
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
         self.num_migrated = 0
+        # (session, replica that refused it) -> until when it is not moved there again
+        self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -89,6 +98,28 @@ class KvsagaRouter(Router):
         self.busy_offset.pop(replica, None)
         self._joining.discard(replica)
         return super().remove_replica(replica)
+
+    def move_refused(self, session: str, source: str) -> None:
+        """`Router.move_refused`, and the replica that refused the session (its home
+        since the move) does not take it again for `refused_move_s`: the session's next
+        steps run at home (or move to another replica) instead of being stolen for it
+        again while it is still short of room."""
+        refuser = self.homes.get(session)
+        super().move_refused(session, source)
+        if refuser is None or refuser == source:
+            return
+        now = self.clock()
+        self._refused.pop((session, refuser), None)
+        self._refused[(session, refuser)] = now + self.refused_move_s
+        self._forget_refusals(now)
+
+    def _forget_refusals(self, now: float) -> None:
+        """Drop the refusals whose time is up, and the oldest beyond `_MAX_REFUSED` (they
+        were added in the order they run out)."""
+        refused = self._refused
+        while refused and (len(refused) > self._MAX_REFUSED
+                           or next(iter(refused.values())) <= now):
+            refused.popitem(last=False)
 
     def busy_time(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
         """Replica `r`'s accumulated busy time as the balance rules compare it: what it
@@ -184,8 +215,9 @@ class KvsagaRouter(Router):
     def _thief(self, home: str, req: RouteRequest, stats) -> tuple[str | None, str]:
         """The replica that steals this step from `home` and why ("steal" or "balance"),
         or (None, ""). The tenant must not be
-        above its fleet share, and the thief must have no step waiting and not be too far
-        ahead of the fleet's accumulated busy time (`_lead_limit`); then, in order:
+        above its fleet share, and the thief must have no step waiting, not be too far
+        ahead of the fleet's accumulated busy time (`_lead_limit`) and not have refused
+        the session in the last `refused_move_s` (`move_refused`); then, in order:
         (queue) home has at least `steal_min_waiting` steps waiting and some replica is
         busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
         replica with no more busy steps than home has room for the session below
@@ -207,6 +239,9 @@ class KvsagaRouter(Router):
         lead = self._lead_limit(stats)
         if lead is not None:  # a replica ahead of the fleet's work takes no more of it
             idle = [x for x in idle if x not in stats or self.busy_time(x, stats) <= lead]
+        if self._refused:  # nor one that refused this session lately (`move_refused`)
+            self._forget_refusals(self.clock())
+            idle = [x for x in idle if (req.session, x) not in self._refused]
         free = []
         if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]

@@ -250,9 +250,10 @@ class Router:
                 self._done[r].append((route.sent_at, self.clock()))
 
     def move_refused(self, session: str, source: str) -> None:
-        """The step that moved `session` off `source` was refused there (a step of it was
-        still in flight on `source`, which keeps it; the new replica opened nothing):
-        `source`, when live, is its home again, and the move is void."""
+        """The step that moved `session` off `source` was refused (a step of it was still
+        in flight on `source`, or the new replica's import was refused; `source` keeps
+        the session, the new replica holds nothing of it): `source`, when live, is its home
+        again, and the move is void."""
         self.moves.pop(session, None)
         if source in self.in_flight:
             self.homes[session] = source

@@ -257,19 +257,24 @@ class AsyncEngine:
         the session before it awaits this, and a cancelled end would leave the session (and
         its step in flight) in the engine alone, so a later step of the id would meet it.
         """
-
-        def end(engine: LLMEngine) -> None:
-            for rid in engine.end_session(engine_session_id):
-                stream = self._streams.pop(rid, None)
-                if stream is not None:
-                    stream.put(RequestAborted(rid))
-
-        fut = self._submit(end)
+        fut = self._submit(lambda e: self.end_engine_session(e, engine_session_id))
         fut.add_done_callback(_log_failure)  # seen even when nobody awaits it any more
         # `wrap_future` would cancel the command with its awaiter; the shield keeps it.
         waiter = asyncio.wrap_future(fut)
         waiter.add_done_callback(_retrieved)
         await asyncio.shield(waiter)
+
+    def end_engine_session(self, engine: LLMEngine, engine_session_id: str) -> list[str]:
+        """On the engine thread: end a session (`LLMEngine.end_session`) and wake the reader
+        of each request the end aborted with `RequestAborted` (the engine gives an aborted
+        request no output: a reader not woken would wait for good, its step counted in
+        flight). Returns their ids."""
+        aborted = engine.end_session(engine_session_id)
+        for rid in aborted:
+            stream = self._streams.pop(rid, None)
+            if stream is not None:
+                stream.put(RequestAborted(rid))
+        return aborted
 
     def abort_request(self, engine: LLMEngine, request_id: str) -> None:
         """On the engine thread: abort a request and wake its reader, with the abort's own

@@ -1,16 +1,21 @@
 """A kvsaga `EngineReplica` built without Ray Serve or a model, over a test's own engine
 stand-in, the pinned calls between such replicas, and a paused session to move, for the
 migration tests (tests/cluster/test_migration_ray_failures.py, test_ray_pull_refusal.py,
-test_ray_handover.py). Import it after `pytest.importorskip("ray.serve")`: the deployment
-module needs Ray."""
+test_ray_handover.py); and one that serves a tiny model without Ray Serve
+(`served_replica`, test_ray_pull_reservation.py). Import it after
+`pytest.importorskip("ray.serve")`: the deployment module needs Ray."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace as NS
+from unittest import mock
 
 from kvsaga import KVCacheManager, KVSpec
+from kvsaga.integrations.ray import deployment
 from kvsaga.integrations.ray.deployment import EngineReplica
 from kvsaga.serve.sessions import SessionRegistry
+from kvsaga.serve.settings import ServerSettings
 
 SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
 SID = "t1/s"
@@ -30,6 +35,27 @@ def stub_replica(rid: str, engine, sessions: SessionRegistry, app=None) -> Engin
 
     r._start = started
     return r
+
+
+def served_replica(rid: str, model_dir: Path) -> EngineReplica:
+    """Replica `rid` of app "app", built by `EngineReplica.__init__` (Ray Serve's replica
+    context stood in for) over a CPU engine of the model in `model_dir`, served as
+    "tiny": its model loads from now on, its app's lifespan is entered at its first call,
+    and `close_replica` leaves it (which stops the engine)."""
+    from kvsaga.engine.engine import LLMEngine
+
+    ctx = NS(replica_id=NS(unique_id=rid), app_name="app")
+    with mock.patch.object(deployment.serve, "get_replica_context", lambda: ctx):
+        return EngineReplica(ServerSettings(served_model_name="tiny"), factory=lambda: LLMEngine(
+            model_dir, device="cpu", progress=False, kv_memory_bytes=4 * 2**20,
+            max_num_seqs=8))
+
+
+async def close_replica(replica: EngineReplica) -> None:
+    """Leave a `served_replica`'s app lifespan (its engine stops), or stop its engine."""
+    if replica._stack is not None:
+        await replica._stack.aclose()
+    replica.app.state.engine.stop()
 
 
 def paused(manager: KVCacheManager) -> None:

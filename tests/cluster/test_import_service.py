@@ -14,6 +14,7 @@ from kvsaga import KVCacheManager, KVSpec  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export, plan_import  # noqa: E402
+from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 
 SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
@@ -29,6 +30,9 @@ class Engine:
     async def call(self, fn):
         return fn(self)
 
+    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
+        return engine.end_session(sid)
+
     def end_session(self, sid: str) -> None:  # (nothing here to end)
         assert sid not in self.manager.sessions
 
@@ -38,9 +42,8 @@ def replica(manager) -> EngineReplica:
     r._seen_tokens, r._service, r._last_live = {}, {}, {}
     r.settings = ServerSettings(model="x")
     r.replica_id, r.app_name = "b", "app"
-    sessions = NS(get=lambda sid: None, open=lambda sid: NS(), drop=lambda sid: None)
-    r.app = NS(state=NS(engine=Engine(manager),
-                        server=NS(serving_if_ready=NS(sessions=sessions))))
+    r.app = NS(state=NS(engine=Engine(manager), server=NS(
+        serving_if_ready=NS(sessions=SessionRegistry(tokenizer=None)))))
     return r
 
 

@@ -35,6 +35,9 @@ class Engine:
     async def call(self, fn):
         return fn(self)
 
+    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
+        return engine.end_session(sid)
+
     def end_session(self, sid: str) -> list[str]:
         self.ended.append(sid)
         if sid in self.manager.sessions:

@@ -30,6 +30,9 @@ class Engine:
     async def call(self, fn):
         return fn(self)
 
+    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
+        return engine.end_session(sid)
+
     def end_session(self, sid: str) -> None:
         if sid in self.manager.sessions:
             self.manager.end_session(sid)

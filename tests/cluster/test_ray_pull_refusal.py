@@ -39,6 +39,9 @@ class Engine:
     async def call(self, fn):
         return await asyncio.wrap_future(self.pool.submit(fn, self))
 
+    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
+        return engine.end_session(sid)
+
     def end_session(self, sid: str) -> None:
         if sid in self.manager.sessions:
             self.manager.end_session(sid)

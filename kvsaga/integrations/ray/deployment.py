@@ -17,7 +17,9 @@ Two deployments (`build_application`):
   "Moving a session", says when it does not) or aborts (its import was refused: the
   session stays where it was, and the step is answered 503 `session_move_failed`, which
   sends the session back there). A session with a step in flight on its previous replica
-  is not taken: the step gets that replica's 409 `session_busy`.
+  is not taken: the step gets that replica's 409 `session_busy`. While it pulls, the new
+  replica reserves the session's record, so a step of the session that reaches it
+  meanwhile gets its own 409.
 """
 
 import asyncio
@@ -43,7 +45,7 @@ from kvsaga.integrations.ray.router import routing_config
 from kvsaga.migration import export_session, import_session
 from kvsaga.routing import RAY_DEFAULT_ROUTER, REPLICA_ROUTERS, ReplicaStats
 from kvsaga.serve.errors import APIError
-from kvsaga.serve.sessions import SessionRegistry
+from kvsaga.serve.sessions import SessionContext, SessionRegistry
 from kvsaga.serve.settings import ServerSettings
 
 log = logging.getLogger("kvsaga.ray")
@@ -182,6 +184,56 @@ def _move_failed(sid: str, source: str, why: str) -> APIError:
                     headers={PULL_REFUSED_HEADER: source, "Retry-After": "1"})
 
 
+def _ended_meanwhile(sid: str) -> APIError:
+    """The answer to a moved step whose session its client ended here while it was being
+    pulled: the single-node server's to a step the end aborted before it was queued."""
+    return APIError(400, f"the request was aborted: session {sid.partition('/')[2]!r} was "
+                    "ended before this step was queued", param="session_id", code="aborted")
+
+
+@dataclasses.dataclass
+class _Reservation:
+    """A pull's reservation of a session's record on the replica pulling it
+    (`EngineReplica._pull`): the record's `in_flight` is `id`, as a step's request id
+    reserves it (`Serving.complete`), so a step of the session meanwhile is answered 409
+    `session_busy` and the idle sweep passes it over.
+
+    Attributes:
+        sessions: the server's sessions.
+        sid: the session's engine id.
+        ctx: its record.
+        id: the reservation's id.
+        fresh: the pull opened the record (there was none).
+    """
+
+    sessions: SessionRegistry
+    sid: str
+    ctx: SessionContext
+    id: str
+    fresh: bool
+
+    @classmethod
+    def take(cls, sessions: SessionRegistry, sid: str, fresh: bool) -> "_Reservation":
+        """Reserve the session's record (opened if there is none); the caller checked that
+        nothing reserves it, in the same turn of the event loop."""
+        ctx = sessions.open(sid)
+        ctx.in_flight = f"pull-{uuid.uuid4().hex}"
+        return cls(sessions, sid, ctx, ctx.in_flight, fresh)
+
+    @property
+    def held(self) -> bool:
+        """Whether the record is still this reservation's: the end route drops a record
+        whatever reserves it."""
+        return self.sessions.get(self.sid) is self.ctx and self.ctx.in_flight == self.id
+
+    def end(self, keep: bool) -> None:
+        """Free the record (`keep`) or drop it, if it is still this reservation's."""
+        if self.held:
+            self.ctx.in_flight = None
+            if not keep:
+                self.sessions.drop(self.sid)
+
+
 def _wait_loaded(engine: Any, timeout_s: float) -> None:
     """Block until the engine's model is loaded, its load failed or the engine stopped, or
     `timeout_s` passed (`AsyncEngine.wait_ready` returns at each of those)."""
@@ -306,30 +358,46 @@ class EngineReplica:
         `_move_failed`, and the gateway has the router take the session back to `source`.
         A session with a step in flight on `source` is not taken either (opened here as
         well, it would live on two replicas): the answer is the 409 `session_busy` that
-        replica gives a concurrent step. A local record with a step queued is left to the
-        server's 409; a local idle copy is one a failed pull left behind when the session
-        moved on, so `source`'s copy replaces it, unless `source` holds none. If `source`
-        cannot be reached (it died, it is stuck) the step continues a local copy, if any,
-        or recomputes."""
+        replica gives a concurrent step. A local record with a step queued (or a pull
+        under way) is left to the server's 409; a local idle copy is one a failed pull left
+        behind when the session moved on, so `source`'s copy replaces it, unless `source`
+        holds none. If `source` cannot be reached (it died, it is stuck) the step continues
+        a local copy, if any, or recomputes.
+
+        The pull reserves the session's record here for its whole length (`_Reservation`),
+        in the same turn of the event loop as the check, as a step does: a step of the
+        session that arrives meanwhile (the router sends the session's next steps here
+        once this one is accepted) gets the server's 409, not a record and an engine
+        request that the import would end under it; a second pull gets that 409 as well,
+        without the header that would send the session back to `source`."""
         sessions = self._sessions
         if sessions is None:
             return None
-        ctx = sessions.get(sid)
-        if ctx is not None and ctx.in_flight is not None:
+        known = sessions.get(sid)
+        if known is not None and known.in_flight is not None:
             return None
-        got = await self._ask(source, "export_session", {"engine_sid": sid, "migrate": migrate})
-        if got == EXPORT_BUSY:
-            log.warning("kvsaga: %s has a step of %s in flight; answering 409", source, sid)
-            return APIError(409, f"session {sid.partition('/')[2]!r} already has a request "
-                            "in flight", param="session_id", code="session_busy",
-                            headers={PULL_REFUSED_HEADER: source})
-        if not isinstance(got, Handover):  # "unknown" (a local copy is the session's), or
-            # "misrouted" or _FAILED (the source is gone or stuck): continue or recompute
+        held = _Reservation.take(sessions, sid, fresh=known is None)
+        try:
+            got = await self._ask(source, "export_session",
+                                  {"engine_sid": sid, "migrate": migrate})
+        except BaseException:  # cancelled: nothing was handed over
+            held.end(keep=not held.fresh)
+            raise
+        if not isinstance(got, Handover):
+            held.end(keep=not held.fresh)
+            if got == EXPORT_BUSY:
+                log.warning("kvsaga: %s has a step of %s in flight; answering 409", source,
+                            sid)
+                return APIError(409, f"session {sid.partition('/')[2]!r} already has a "
+                                "request in flight", param="session_id", code="session_busy",
+                                headers={PULL_REFUSED_HEADER: source})
+            # "unknown" (a local copy is the session's), or "misrouted" or _FAILED (the
+            # source is gone or stuck): continue or recompute
             await self._drop_if_stale(sessions, sid)
             return None
         # From here on the source holds the session for this replica: its commit or abort
         # must be sent even if this step is cancelled (else the session waits out the hold).
-        return await asyncio.shield(self._take(sessions, sid, salt, source, got))
+        return await asyncio.shield(self._take(held, salt, source, got))
 
     async def _ask(self, source: str, method: str, ask: dict) -> Any:
         """A pinned call to `method` of replica `source`; `_FAILED` (logged) when it raised
@@ -353,33 +421,54 @@ class EngineReplica:
         if not await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
             sessions.drop(sid)
 
-    async def _take(self, sessions: SessionRegistry, sid: str, salt: str | None,
-                    source: str, got: Handover) -> APIError | None:
-        """Put the session `source` handed over in place of any local copy and commit the
-        hand-over there. A refused import aborts it; a commit `source` refuses (the hold
-        ran out, or the session's client ended it meanwhile) undoes the import. Either
-        way the session stays with `source`, and the answer is `_move_failed`."""
-        sessions.drop(sid)
+    async def _take(self, held: _Reservation, salt: str | None, source: str,
+                    got: Handover) -> APIError | None:
+        """Put the session `source` handed over in place of any local copy, commit the
+        hand-over there, and free the pull's reservation (`held`) with the session's
+        context in it; a failure drops it, whatever happens on the way."""
+        took = False
         try:
-            await self.app.state.engine.call(lambda e: self._replace(e, sid, got.exported, salt))
-        except Exception as e:  # no room, a failed copy (RuntimeError): the import changed
-            # nothing
-            log.warning("kvsaga: importing %s from %s failed (%s: %s); it stays there", sid,
-                        source, type(e).__name__, e)
-            await self._ask(source, "finish_handover",
-                            {"engine_sid": sid, "id": got.id, "commit": False})
-            return _move_failed(sid, source, f"importing its KV failed: {type(e).__name__}")
+            err = await self._import_and_commit(held, salt, source, got)
+            took = err is None
+            return err
+        finally:
+            held.end(keep=took)
+
+    async def _import_and_commit(self, held: _Reservation, salt: str | None, source: str,
+                                 got: Handover) -> APIError | None:
+        """`_take`'s moves. A refused import aborts the hand-over; a commit `source`
+        refuses (the hold ran out, or the session's client ended it there meanwhile)
+        undoes the import. Either way the session stays with `source`, and the answer is
+        `_move_failed`. The engine here is touched only while `held` still reserves the
+        record: the end route drops a record whatever reserves it (and ends the engine's
+        copy after any import queued before), and a step of the id may open a new one
+        after it; an end here meanwhile is the client's, so the hand-over is committed
+        (`source` ends its copy too) and the step answered as one the end aborted."""
+        sid, engine = held.sid, self.app.state.engine
+        if held.held:
+            try:
+                await engine.call(lambda e: self._replace(e, sid, got.exported, salt))
+            except Exception as e:  # no room, a failed copy (RuntimeError): the import
+                # changed nothing
+                log.warning("kvsaga: importing %s from %s failed (%s: %s); it stays there",
+                            sid, source, type(e).__name__, e)
+                if held.held:
+                    await self._ask(source, "finish_handover",
+                                    {"engine_sid": sid, "id": got.id, "commit": False})
+                    return _move_failed(sid, source,
+                                        f"importing its KV failed: {type(e).__name__}")
         done = await self._ask(source, "finish_handover",
                                {"engine_sid": sid, "id": got.id, "commit": True})
+        if not held.held:
+            return _ended_meanwhile(sid)
         if done is False:
             log.warning("kvsaga: %s no longer hands over %s; it stays there", source, sid)
-            await self.app.state.engine.call(lambda e: self._forget(e, sid))
+            await engine.call(lambda e: self._forget(e, sid))
             return _move_failed(sid, source, "its previous replica took it back")
         # Else committed, or `source` is gone (its copy with it) or did not answer (it frees
         # its copy when the hold runs out; that copy idles out there).
-        ctx = sessions.open(sid)
         for k, v in got.context.items():
-            setattr(ctx, k, v)
+            setattr(held.ctx, k, v)
         return None
 
     def _replace(self, engine: Any, sid: str, exported: Any, salt: str | None) -> None:
@@ -391,8 +480,10 @@ class EngineReplica:
 
     def _forget(self, engine: Any, sid: str) -> None:
         """End the session's engine copy here (the manager's and the scheduler's admission;
-        on the engine's thread)."""
-        engine.end_session(sid)
+        on the engine's thread), waking the reader of any step of it the end aborts
+        (`AsyncEngine.end_engine_session`): a pull reserves the record, so none should be
+        running, but one that was would otherwise wait for good."""
+        self.app.state.engine.end_engine_session(engine, sid)
         self._seen_tokens.pop(sid, None)
 
     def _import(self, engine: Any, exported: Any, salt: str | None) -> None:

@@ -128,8 +128,9 @@ class KvsagaRequestRouter(RequestRouter):
         self._on_loop(self.kv_router.session_ended, session)
 
     def move_refused(self, session: str, source: str) -> None:
-        """The step that moved `session` off `source` met a step in flight there and was
-        answered 409 (`Router.move_refused`); from any thread (`_on_loop`)."""
+        """The step that moved `session` off `source` was refused: it met a step in flight
+        there (409), or its import was refused (503) (`Router.move_refused`); from any
+        thread (`_on_loop`)."""
         self._on_loop(self.kv_router.move_refused, session, source)
 
     def _on_loop(self, fn: Any, *args: Any) -> None:
