@@ -121,7 +121,8 @@ class HostTier:
 
     def unpin(self, host_blocks: list[int]) -> None:
         """Let go of host blocks `pin` held for loads that were never planned (the room for
-        them could not be made): cached again, as before the pin."""
+        them could not be made): cached again, at the host pool's most recently used end
+        (a touch, as a host hit is; their order before the pin is not kept)."""
         pinned = self._pinned
         for hb in host_blocks:
             pinned.remove(hb)
@@ -340,7 +341,9 @@ class HostTierOps:
         tail, unless only the tail's block leaves room for the loads. The loaded blocks are
         CACHED (ranked by the policy) until the session's next `begin_step` hits them; a
         resume before the copy ends waits for the remainder only, since the engine's
-        forward waits on the plan's transfer.
+        forward waits on the plan's transfer. A prefetch whose room cannot be made (the
+        policy raises) changes nothing but the host tier's recency: the host blocks it meant
+        to load count as just used (`HostTier.unpin`).
 
         Returns:
             Blocks whose load was planned.

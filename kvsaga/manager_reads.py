@@ -341,3 +341,7 @@ class ManagerReads:
                 assert pool.block_hash[b] is not None or b in tails, (
                     f"cached block {b} has no hash and is no session's tail"
                 )
+        sessions = self.sessions
+        for b, sid in enumerate(self.block_owner):
+            assert sid is None or sid in sessions, (
+                f"block {b} is owned by {sid!r}, a session that ended")

@@ -181,4 +181,6 @@ class FailedWrites:
             for b in dropped:
                 if pool.state[b] == FREE:
                     owner[b] = None
+                elif owner[b] == sid:  # cached by its hash: `end_session` must disown it
+                    self._left_owned.setdefault(sid, set()).add(b)
         return cut

@@ -381,11 +381,13 @@ class Router:
             raise RuntimeError("no live replica to route to")
         s = req.session
         move = self.unconfirmed_move(s, stats) if s is not None else None
-        if s in self.homes and (req.stay or s in self.session_steps):
+        if s in self.homes and (req.stay or (s in self.session_steps
+                                             and not req.affinity_only)):
             # An end request goes home; so does a step sent while another of its session
             # is in flight, under every router: moved, it would pull from a replica whose
             # own step (or pull) holds the session, and could run on a fresh copy there
-            # while the session runs at home (two replicas serving one session).
+            # while the session runs at home (two replicas serving one session). A
+            # `prompt_cache_key` hint (`affinity_only`) holds no session: it is not kept.
             route = Route(self.homes[s], reason="affinity")
         else:
             route = self._choose(req, stats)

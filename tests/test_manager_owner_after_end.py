@@ -61,3 +61,36 @@ def test_a_block_past_a_gap_in_the_hits_is_disowned_at_end_session(core):
     assert _owned_by(m, "a") == []  # was: a2
     m.check_integrity()
     m.policy.check_integrity()
+
+
+def test_blocks_cut_back_by_a_failed_host_load_are_disowned_at_end_session(core):
+    """A failed host load (`drop_transfer` -> `_take_back`) cuts a resumed step back past
+    blocks it owns that stay cached by their hash: `end_session` disowned none of them
+    (found by a stateful fuzz of the manager; `check_integrity` now checks owners too)."""
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=2), 8, policy="graph", num_host_blocks=16,
+                       core=core.name, clock=lambda: 0.0)
+    m.begin_step("b", [0, 1, 1], workflow=None)
+    m.append_tokens("b", [2, 0])
+    m.decode_step(["b"], [2])
+    m.allocate_slots("b", 4)
+    m.begin_step("c", [0, 0, 2], workflow="w2")
+    m.begin_step("d", [0, 2, 0, 1, 2], workflow="w1")
+    m.allocate_slots("d", 2)
+    m.take_transfers()
+    m.finish_step("d", tool="grep", expected_s=0.5)
+    m.begin_step("a", [0, 2, 2, 1, 2], workflow=None)
+    m.decode_step(["b"], [2])
+    m.decode_step(["b", "a"], [1, 0])
+    m.append_tokens("a", [1, 2, 2])
+    m.allocate_slots("a", 5)
+    m.take_transfers()
+    m.finish_step("a", tool="test", expected_s=30.0)
+    m.allocate_slots("c", 2)  # the policy offloads a's first block to the host
+    st = m.begin_step("a", [0, 2, 2, 1, 2, 0, 2, 1, 1, 2, 2], workflow="w1")
+    plan = m.take_transfers()
+    assert plan.loads and all(m.block_owner[b] == "a" for b in st.block_ids)
+    m.discard_writes({"c": 0})  # the pass failed: the engine discards it, then the plan
+    assert m.drop_transfer(plan) == {"a": 0} and m.block_table("a") == []
+    m.end_session("a")
+    assert _owned_by(m, "a") == []  # was: the two cached blocks past the failed load
+    m.check_integrity()

@@ -76,3 +76,20 @@ def test_affinity_keeps_a_concurrent_step_home_when_the_ring_changes(finish_firs
         assert (got.replica, got.moved_from) == ("c", first[s].replica)
     else:
         assert (got.replica, got.moved_from) == (first[s].replica, None)
+
+
+def test_round_robin_spreads_requests_sharing_only_a_prompt_cache_key():
+    """A `prompt_cache_key` hint (`affinity_only`) holds no session on any replica, so the
+    in-flight rule does not pin it: round-robin, the no-affinity baseline, still spreads
+    overlapping requests that share one hint (the rule pinned all 30 to one replica)."""
+    from collections import Counter
+
+    r = make_router("round-robin", ["a", "b", "c"])
+    where, inflight = Counter(), []
+    for _ in range(30):  # each request overlaps the previous two
+        route = r.route(RouteRequest(session="pck:sys", affinity_only=True), {})
+        where[route.replica] += 1
+        inflight.append(route)
+        if len(inflight) > 2:
+            r.finished(inflight.pop(0))
+    assert where == {"a": 10, "b": 10, "c": 10}

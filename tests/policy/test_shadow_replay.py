@@ -277,3 +277,25 @@ def test_a_tie_at_zero_keeps_the_leader():
     assert lru.charged == ttl.charged == 0.0
     p._elect()
     assert p.leader is ttl
+
+
+def test_an_import_taken_whole_is_replayed_by_the_shadow():
+    """An import the importer caches whole takes its last block as a hit too
+    (`migration.plan_import`): the shadow did not, computed a duplicate of the last block
+    and, in a full pool, evicted a block the real manager kept."""
+    from kvsaga import KVCacheManager
+
+    src = make("lru", num_blocks=8)
+    policy = AdaptivePolicy(experts=("ttl",))
+    dst = make(policy, num_blocks=4)
+    sh = policy._shadows[0]
+    for m, sid, toks in ((src, "s", list(range(12))), (dst, "x", list(range(12))),
+                         (dst, "y", [99] * 4)):
+        st = m.begin_step(sid, toks)
+        m.allocate_slots(sid, len(toks) - st.num_cached_tokens)
+        m.finish_step(sid)
+    assert isinstance(dst, KVCacheManager)
+    assert dst.import_session(src.export_session("s").export) == (3, [])
+    assert dst.stats().num_evicted_blocks == 0
+    real, shadow = _pools(dst, sh)
+    assert real == shadow
