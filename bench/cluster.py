@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from allocator import write_section
+from allocator import refuse_early, write_section
 
 from kvsaga.config import parse_bytes
 from kvsaga.routing import ROUTERS, RoutingConfig
@@ -50,6 +50,7 @@ from kvsaga.sim.simulator import simulate
 from kvsaga.sim.workloads import WORKLOADS, generate
 
 SECTION = "## Cluster routing (simulated)"
+WRITER = "bench/cluster.py"  # its marked block of each section it writes
 FAMILIES = ("swe", "web", "bfcl", "assistant")
 # (router, scheduler, policy): the two baselines first, then kvsaga's.
 RUNS = (("round-robin", "fcfs", "lru"), ("affinity", "fcfs", "lru"),
@@ -497,6 +498,8 @@ def main() -> None:
            + (f" --routers {','.join(sorted(args.routers)) or 'none'} --baselines "
               f"{args.baselines}"
               if args.routers is not None else ""))
+    if not args.no_write and not args.fit:  # a block it may not write over: refused now
+        refuse_early(section_title(args), args.results, WRITER)
     with ProcessPoolExecutor(args.workers) as pool:
         loads, load_lines, no_thrash = family_loads(args, pool)
         if args.fit:
@@ -508,7 +511,7 @@ def main() -> None:
                 write_section(section_title(args),
                               section_body(args, cmd, load_lines, results, lines, pending,
                                            no_thrash),
-                              args.results)
+                              args.results, WRITER)
 
         results, lines = report(args, kv, loads, pool, done=write)
     print("\n".join(summary(results, no_thrash)))

@@ -29,12 +29,13 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from allocator import BS, SPEC, clock, write_section
+from allocator import BS, RESULTS, SPEC, clock, refuse_early, write_section
 
 from kvsaga import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
 
 SCALING_SECTION = "## Eviction scaling with paused sessions"
+SCALING_WRITER = "bench/allocator.py --eviction-scaling"  # its marked block of that section
 SCALING_POLICIES = tuple(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
 TOOLS = ("search", "edit", "test", "shell", "browse")
 
@@ -336,6 +337,8 @@ def scaling_main(args: argparse.Namespace) -> None:
     if args.policies and (args.write or args.write_results):
         raise SystemExit("--policies compares settings: its tables are printed, not "
                          "written (RESULTS.md's section is every policy at its defaults)")
+    if args.write or args.write_results:  # a block it may not write over: refused now
+        refuse_early(SCALING_SECTION, RESULTS, SCALING_WRITER)
     t = time.perf_counter()
     lines, figures = eviction_scaling(counts, args.repeat, policies)
     wall = time.perf_counter() - t
@@ -398,7 +401,7 @@ def scaling_main(args: argparse.Namespace) -> None:
              "cache_misses": misses},
             indent=1), encoding="utf-8")
     if args.write or args.write_results:
-        write_section(SCALING_SECTION, body, Path(__file__).resolve().parent / "RESULTS.md")
+        write_section(SCALING_SECTION, body, RESULTS, SCALING_WRITER)
 
 
 def python_keyed(paused: int, policy: str, repeat: int = 32) -> dict[str, float]:

@@ -32,8 +32,12 @@ Each trace is served at capacities that are shares of its peak prompt working se
 blocks that live sessions' prompts and paused contexts hold at once;
 `peak_prompt_working_set`, kept so that the published grids reproduce: it leaves out
 running steps' decoded tokens, 0.1-0.8% of `peak_working_set` here; docs/simulator.md).
-Writes the "## Eviction policies (held-out, simulated)" section of bench/RESULTS.md from what
-it measured.
+Each evaluation run adds a section of its own at the end of bench/RESULTS.md, titled with its
+seeds and the time it was written (`eval_title`), its output one marked block under it
+(bench/results_blocks.py): no run replaces another's record, so a run made in another
+worktree leaves one section to copy into main's RESULTS.md as it is. `--reference`,
+`--regret` and `--tune` (and bench/policies_cv.py) replace their own marked block of their
+section and nothing else: notes written there by hand stay.
 
     python bench/policies.py --tune           # pick the default (tuning seeds only)
     python bench/policies.py                  # the evaluation (held-out seeds and traces)
@@ -89,12 +93,12 @@ import functools
 import json
 import math
 import platform
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import results_blocks
 from policy_specs import parse_spec, split_specs  # noqa: F401 (the spec grammar, re-exported)
 
 from kvsaga.policy import DEFAULT_POLICY, make_policy
@@ -105,6 +109,10 @@ from kvsaga.sim.workloads import WORKLOADS, mixed, perturb
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Eviction policies (held-out, simulated)"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# The writers of its marked blocks (bench/results_blocks.py), one a mode.
+WRITER, REF_WRITER = "bench/policies.py", "bench/policies.py --reference"
+REGRET_WRITER, TUNE_WRITER = "bench/policies.py --regret", "bench/policies.py --tune"
 PRESET = "a100-llama3-8b"
 BASELINES = ("lru", "saga", "ttl")
 SPREAD = "graph[spread=1,spread_states=queued]"  # opt-in, evaluated beside the default
@@ -450,7 +458,7 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
     if T.TUNE_SMOOTH_JSON.exists():
         s = json.loads(T.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
         out.append(f"Tuned on the smoothed figures (`{s['command']}`, "
-                   f"{T.coverage(s['seeds'], s['traces'], s['candidates'])}): "
+                   f"{T.coverage(s['seeds'], s['traces'], s['candidates'], T.ran_fractions(s))}): "
                    f"`{s['pick']}`; {T.default_verdict(s)}.")
     if skipped:
         out.append(f"Skipped (data not installed): {', '.join(skipped)}.")
@@ -490,15 +498,42 @@ def markdown(rows: list[dict], skipped: list[str], policies: list[str], command:
     return "\n".join(out) + "\n"
 
 
-def write_section(text: str, path: Path, section: str = SECTION) -> None:
-    """Replace (or append) our section of RESULTS.md, leaving the others alone."""
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Measured results\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text + "\n", doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc, encoding="utf-8")
+def write_section(text: str, path: Path, writer: str) -> None:
+    """Write `text` (a section: its heading line, then the body) as `writer`'s own marked block
+    of that section of RESULTS.md (bench/results_blocks.py): its last run's block is replaced,
+    nothing else is touched (notes written there by hand stay); a section without one gets it
+    at its end, a missing section is added at the end of the file.
+
+    Raises:
+        results_blocks.BlockError: as `results_blocks.replace_block` (nothing written).
+    """
+    heading, _, body = text.partition("\n")
+    results_blocks.replace_block(path, heading, writer, body.strip("\n"))
+
+
+def eval_title(seeds: list[int], when: str) -> str:
+    """The heading of one evaluation run's own section (`when`: the time it is written)."""
+    return (f"## Eviction policies (held-out, seeds {', '.join(map(str, seeds))}, written {when}; "
+            "simulated)")
+
+
+def append_evaluation(text: str, path: Path, title: str) -> None:
+    """Add the evaluation's `text` (headed `SECTION`) as a new section `title` at the end of
+    RESULTS.md, the run as one marked block under it: earlier runs' sections stay as they are.
+
+    Raises:
+        results_blocks.BlockError: `title` already heads two sections (nothing written).
+    """
+    results_blocks.append_block(path, title, WRITER, text.partition("\n")[2].strip("\n"))
+
+
+def refuse_early(parser, path: Path, heading: str, writer: str | None = None) -> None:
+    """`parser.error` now, before the run, if writing under `heading` would be refused after it
+    (`results_blocks.check`; `writer`: the one whose block is replaced there)."""
+    try:
+        results_blocks.check(path, heading, writer)
+    except results_blocks.BlockError as e:
+        parser.error(f"{e} (or run with --no-write)")
 
 
 def _ints(text: str) -> list[int]:
@@ -567,19 +602,23 @@ def main(argv: list[str] | None = None) -> int:
     fractions = [float(x) for x in args.fractions.split(",")]
     if args.reference:
         from policies_reference import REF_SECTION, reference
+        if not args.no_write:
+            refuse_early(p, RESULTS, REF_SECTION, REF_WRITER)
         text = reference(args.workers, command)
         print(text)
         if not args.no_write:
-            write_section(text, HERE / "RESULTS.md", REF_SECTION)
+            write_section(text, RESULTS, REF_WRITER)
         return 0
     if args.regret:
         online = [x for x in policies if x not in OFFLINE]
         from policies_regret import regret_report, regret_smoothed
+        if not args.no_write:
+            refuse_early(p, RESULTS, REGRET_SECTION, REGRET_WRITER)
         text = (regret_smoothed if args.smooth else regret_report)(
             traces, seeds[0], fractions[0], online, command)
         print(text)
         if not args.no_write:
-            write_section(f"{REGRET_SECTION}\n\n" + text, HERE / "RESULTS.md", REGRET_SECTION)
+            write_section(f"{REGRET_SECTION}\n\n" + text, RESULTS, REGRET_WRITER)
         return 0
     if args.tune:
         from policies_tune import tune  # bench/ is on the path when run as a script
@@ -589,6 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        seeds = saved["seeds"]
+    title = eval_title(seeds, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if not args.no_write:
+        refuse_early(p, RESULTS, title)
+    if args.from_json:
         rows, skipped, command = saved["rows"], saved["skipped"], saved["command"]
         wall, seeds, policies = saved["wall_s"], saved["seeds"], saved["policies"]
         extra, smooth_s = saved.get("smooth_rows"), saved.get("smooth_s", 0.0)
@@ -610,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
               {"rows": rows, "skipped": skipped, "command": command, "wall_s": wall,
                "seeds": seeds, "policies": policies, "smooth_rows": extra,
                "smooth_s": smooth_s})
-        write_section(text, HERE / "RESULTS.md")
+        append_evaluation(text, RESULTS, title)
     return 0
 
 

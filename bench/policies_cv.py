@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([head, "", *report(fit, candidates, fixed, test)])
     print(text)
     if args.write:
-        write_section(f"{CV_SECTION}\n\n{text}\n", HERE / "RESULTS.md", CV_SECTION)
+        write_section(f"{CV_SECTION}\n\n{text}\n", HERE / "RESULTS.md", "bench/policies_cv.py")
     return 0
 
 

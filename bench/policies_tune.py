@@ -22,8 +22,10 @@ pick unless a smoothed tuning sets the default by the rule below
 refuses these seeds. With `--smooth` the pick is made on each pressured case's mean over
 five pool sizes (bench/policies_smooth.py), beside the per-size pick, and written to
 bench/plots/policies_tune_smooth.json and its own section. That pick is the default only
-if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, the baselines
-and the incumbent among its candidates) and the pick passes issue 10's non-thrash check
+if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, every trace
+of `FIT_TRACES` at the capacities `FRACTIONS`, the baselines and the incumbent among
+its candidates: `fit_set_gaps`; a tune of part of it is saved apart, per size or
+smoothed) and the pick passes issue 10's non-thrash check
 (`NON_THRASH_CHECKS`: `python bench/scheduling_fit.py --policy-check INCUMBENT --policy
 PICK --workers 1`, no non-thrash figure worse by more than 2%) and issue 10's AFS veto
 (`AFS_CHECKS`: `python bench/policies_check.py --afs --policy PICK --against INCUMBENT
@@ -48,10 +50,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import results_blocks
 from policies import (
     BASELINES,
     FAMILIES,
     FAMILY_SEEDS,
+    FRACTIONS,
     HERE,
     HIT_RANGE,
     TIE_SHARE,
@@ -62,6 +66,7 @@ from policies import (
     TUNE_RULE,
     TUNE_SECTION,
     TUNE_SEEDS,
+    TUNE_WRITER,
     _header,
     _save,
     parse_spec,
@@ -85,20 +90,48 @@ from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 TUNE_SMOOTH_JSON = HERE / "plots" / "policies_tune_smooth.json"
 TUNE_SMOOTH_SECTION = "## Eviction policies: tuning, smoothed over pool sizes (simulated)"
-# A per-size tuning of part of the fit set (`fit_set_gaps`) sets nothing, so it is saved
-# apart: `TUNE_JSON` and `TUNE_SECTION` hold the whole fit set's tuning, which
-# `per_size_pick`, the evaluation's header and the default's test read.
+# A tuning of part of the fit set (`fit_set_gaps`) sets nothing, so it is saved apart:
+# `TUNE_JSON` and `TUNE_SECTION` hold the whole fit set's per-size tuning, which
+# `per_size_pick`, the evaluation's header and the default's test read, and
+# `TUNE_SMOOTH_JSON` and its section the whole fit set's smoothed one, which
+# `smoothed_default` and the default's test read.
 TUNE_PARTIAL_JSON = HERE / "plots" / "policies_tune_partial.json"
 TUNE_PARTIAL_SECTION = "## Eviction policies: tuning, part of the fit set only (simulated)"
-def fit_set_gaps(seeds, candidates) -> list[str]:
+TUNE_SMOOTH_PARTIAL_JSON = HERE / "plots" / "policies_tune_smooth_partial.json"
+TUNE_SMOOTH_PARTIAL_SECTION = ("## Eviction policies: tuning, part of the fit set only, "
+                               "smoothed over pool sizes (simulated)")
+FIT_TRACES = tuple(dict.fromkeys(FAMILIES + TRACES))  # swe once: a family and a trace
+
+
+def fit_set_gaps(seeds, candidates, traces, fractions) -> list[str]:
     """What a tuning run lacks of the whole fit set (empty: it covered it): seeds of
-    `TUNE_SEEDS` it did not run, and baselines or the incumbent not among its candidates."""
+    `TUNE_SEEDS` or traces of `FIT_TRACES` it did not run, capacities other than `FRACTIONS`
+    (fewer cases, or others the rule was not fixed on), and baselines or the incumbent not
+    among its candidates."""
     gaps = []
     if missing := [s for s in TUNE_SEEDS if s not in seeds]:
         gaps.append(f"seeds {', '.join(map(str, missing))} not run")
+    if missing := [t for t in FIT_TRACES if t not in traces]:
+        gaps.append(f"traces {', '.join(missing)} not run")
+    if sorted(map(float, set(fractions))) != sorted(FRACTIONS):
+        gaps.append(f"capacities {', '.join(f'{f:g}' for f in fractions)} of the peak, not "
+                    f"the fit set's {', '.join(f'{f:g}' for f in FRACTIONS)}")
     if absent := [c for c in (*BASELINES, TUNE_INCUMBENT) if c not in candidates]:
         gaps.append(f"candidates {', '.join(absent)} not run")
     return gaps
+
+
+def ran_fractions(tuned: dict) -> list[float]:
+    """The capacities a saved tuning ran: its "fractions", or, saved before they were
+    (session 45), those of its rows."""
+    return tuned.get("fractions") or sorted({r["frac"] for r in tuned.get("rows", [])})
+
+
+def saved_gaps(tuned: dict) -> list[str]:
+    """`fit_set_gaps` of a saved tuning (or one being judged): its seeds, candidates, traces
+    and capacities."""
+    return fit_set_gaps(tuned["seeds"], tuned["candidates"], tuned.get("traces", ()),
+                        ran_fractions(tuned))
 
 
 def per_size_pick() -> str:
@@ -140,7 +173,7 @@ def smoothed_default(tuned: dict, fallback: str | None = None) -> tuple[str, str
     smallest fit gain)."""
     incumbent = parse_spec(fallback if fallback is not None else per_size_pick())[0]
     name = parse_spec(tuned["pick"])[0]
-    if gaps := fit_set_gaps(tuned["seeds"], tuned["candidates"]):
+    if gaps := saved_gaps(tuned):
         return incumbent, (f"not the whole fit set ({'; '.join(gaps)}), so its pick does "
                            f"not set the default: the per-size pick `{incumbent}` stays")
     check = NON_THRASH_CHECKS.get(tuned["pick"])
@@ -180,9 +213,9 @@ def default_verdict(tuned: dict) -> str:
     return f"default by the rule: `{name}` ({why}); {now}"
 
 
-def coverage(seeds, traces, candidates) -> str:
+def coverage(seeds, traces, candidates, fractions) -> str:
     """How much of the fit set a tuning ran, for its headers."""
-    gaps = fit_set_gaps(seeds, candidates)
+    gaps = fit_set_gaps(seeds, candidates, traces, fractions)
     if not gaps:
         return "the whole fit set"
     return (f"part of the fit set only: seeds {', '.join(map(str, seeds))} of "
@@ -425,15 +458,18 @@ def explicit(spec: str, constants: dict[str, dict[str, float | list[str]]]) -> s
 
 
 def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s: float,
-                  seeds: list[int], chosen: str,
+                  seeds: list[int], ran: tuple[list[str], list[float]], chosen: str,
                   constants: dict[str, dict[str, float | list[str]]],
                   notes: list[str] | None = None,
                   vetting: tuple[str, list[dict], str] | None = None) -> str:
-    """The tune's section. `vetting`: (the pick after issue 10's checks, the walk, the
-    policy checked against), as `vetted_pick` returns them; None: the rule's pick alone."""
+    """The tune's section. `ran`: the traces and capacities the run was given (with `seeds`
+    and `candidates`, what `fit_set_gaps` judges). `vetting`: (the pick after issue 10's
+    checks, the walk, the policy checked against), as `vetted_pick` returns them; None: the
+    rule's pick alone."""
     traces = sorted({r['trace'] for r in rows})
+    gaps = fit_set_gaps(seeds, candidates, *ran)
     out = [TUNE_SECTION, "", _header(command, wall_s, seeds, "tuning"),
-           f"Ran {coverage(seeds, traces, candidates)}. "
+           f"Ran {coverage(seeds, ran[0], candidates, ran[1])}. "
            f"Fit set: built-in families at seeds {', '.join(map(str, FAMILY_SEEDS))}, held-out "
            f"traces at seeds {', '.join(map(str, TRACE_SEEDS))} (every seed read while the "
            "policies were built; traces run: "
@@ -444,7 +480,7 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
     out += tables(rows, candidates)
     out += ["", f"Pressured cases (lru hit rate in {HIT_RANGE}):", ""]
     out += wins(rows, candidates)
-    part = "" if not fit_set_gaps(seeds, candidates) else (
+    part = "" if not gaps else (
         " (here on the cases run: part of the fit set only, so this pick sets nothing)")
     out += ["", f"Pick by the tune rule ({TUNE_RULE}; keys 1-3 fixed before the run){part}: "
             f"**`{chosen}`**; `kvsaga.policy.DEFAULT_POLICY` = `{DEFAULT_POLICY}`."]
@@ -453,7 +489,7 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
         vetted, walked, against = vetting
         out += ["", *vetting_lines(walked, vetted, against)]
         variants = vetted_variants(rows, candidates, walked, vetted)
-    elif not fit_set_gaps(seeds, candidates):
+    elif not gaps:
         out.append("Not put through issue 10's checks (a run before they were automatic, "
                    "or with --smooth): the rule's pick alone.")
     for base, spec in variants.items():
@@ -470,7 +506,8 @@ def tune_markdown(rows: list[dict], candidates: list[str], command: str, wall_s:
 
 def _payload(chosen: str, vetting: tuple[str, list[dict], str] | None, rows: list[dict],
              policies: list[str], seeds: list[int], traces: list[str],
-             constants: dict[str, dict[str, float | list[str]]], notes: list[str],
+             fractions: list[float], constants: dict[str, dict[str, float | list[str]]],
+             notes: list[str],
              command: str, wall: float, variants: dict[str, str] | None = None,
              extra: list[dict] | None = None, smooth_s: float = 0.0) -> dict:
     """What a tuning saves (`TUNE_JSON`, or `TUNE_SMOOTH_JSON` with `extra`): the pick
@@ -478,7 +515,8 @@ def _payload(chosen: str, vetting: tuple[str, list[dict], str] | None, rows: lis
     if variants is None:
         variants = variant_picks(rows, policies)
     return {"pick": chosen, "rule_pick": pick(rows, policies), "seeds": seeds,
-            "traces": traces, "vetting": None if vetting is None else vetting[1],
+            "traces": traces, "fractions": fractions,
+            "vetting": None if vetting is None else vetting[1],
             "against": None if vetting is None else vetting[2],
             "variants": {b: explicit(v, constants) for b, v in variants.items()},
             "constants": constants, "notes": notes, "candidates": policies,
@@ -486,15 +524,14 @@ def _payload(chosen: str, vetting: tuple[str, list[dict], str] | None, rows: lis
             "smooth_rows": extra, "smooth_s": smooth_s}
 
 
-def _destination(smoothed: bool, seeds, candidates) -> tuple[Path, str]:
-    """Where a tuning is saved and which RESULTS section it writes: a smoothed one its own;
-    a per-size one of part of the fit set apart (`TUNE_PARTIAL_JSON`), never over the whole
-    fit set's `TUNE_JSON`, whose pick it cannot set."""
+def _destination(smoothed: bool, whole: bool) -> tuple[Path, str]:
+    """Where a tuning is saved and which RESULTS section it writes: one of the whole fit set
+    (`whole`) its own, per size or smoothed; one of part of it apart (`TUNE_PARTIAL_JSON`,
+    `TUNE_SMOOTH_PARTIAL_JSON`), never over the whole fit set's, whose pick it cannot set."""
     if smoothed:
-        return TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION
-    if fit_set_gaps(seeds, candidates):
-        return TUNE_PARTIAL_JSON, TUNE_PARTIAL_SECTION
-    return TUNE_JSON, TUNE_SECTION
+        return (TUNE_SMOOTH_JSON, TUNE_SMOOTH_SECTION) if whole else (
+            TUNE_SMOOTH_PARTIAL_JSON, TUNE_SMOOTH_PARTIAL_SECTION)
+    return (TUNE_JSON, TUNE_SECTION) if whole else (TUNE_PARTIAL_JSON, TUNE_PARTIAL_SECTION)
 
 
 def _cannot_walk(error: ValueError, saved, kept: bool) -> int:
@@ -521,26 +558,35 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         rows, command, wall = saved["rows"], saved["command"], saved["wall_s"]
         extra, smooth_s = saved.get("smooth_rows"), saved.get("smooth_s", 0.0)
         seeds, traces, policies = saved["seeds"], saved["traces"], saved["candidates"]
+        fractions = ran_fractions(saved)
         if "constants" not in saved and _settings(policies):
             parser.error(f"{args.from_json} does not record what its bare policy names ran "
                          "with (\"constants\"): rerun --tune")
         constants, notes = saved.get("constants", {}), saved.get("notes", [])
         vetting = ((saved["pick"], saved["vetting"], saved["against"])
                    if saved.get("vetting") else None)
-        if getattr(args, "rewalk", False):
-            if extra is not None or fit_set_gaps(seeds, policies):
-                parser.error("--rewalk needs a saved per-size tuning of the whole fit set")
-            try:
-                vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
-                                             constants=constants)
-            except ValueError as e:  # a check that cannot judge (a stale AFS calibration)
-                return _cannot_walk(e, args.from_json, False)
-            vetting = (vetted, walked, DEFAULT_POLICY)
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            notes = [*notes, f"The walk through issue 10's checks was rerun on these saved "
-                     f"rows ({when}, `--tune --from-json ... --rewalk`), with the checks "
-                     "as they are then."]
-    else:
+    whole = not fit_set_gaps(seeds, policies, traces, fractions)
+    out, section = _destination(extra is not None or (args.smooth and not args.from_json), whole)
+    if not args.no_write:  # a block it may not write over: refused before the run
+        try:
+            results_blocks.check(HERE / "RESULTS.md", section, TUNE_WRITER)
+        except results_blocks.BlockError as e:
+            print(f"not run: {e} (or run with --no-write)", file=sys.stderr)
+            return 2
+    if args.from_json and getattr(args, "rewalk", False):
+        if extra is not None or saved_gaps(saved):
+            parser.error("--rewalk needs a saved per-size tuning of the whole fit set")
+        try:
+            vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
+                                         constants=constants)
+        except ValueError as e:  # a check that cannot judge (a stale AFS calibration)
+            return _cannot_walk(e, args.from_json, False)
+        vetting = (vetted, walked, DEFAULT_POLICY)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        notes = [*notes, f"The walk through issue 10's checks was rerun on these saved "
+                 f"rows ({when}, `--tune --from-json ... --rewalk`), with the checks "
+                 "as they are then."]
+    if not args.from_json:
         rows, constants, notes = [], setting_constants(policies), []
         for names, fit in ((FAMILIES, FAMILY_SEEDS), (TRACES, TRACE_SEEDS)):
             mine = [t for t in traces if t in names]
@@ -549,10 +595,10 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
                 rows += run(mine, fractions, policies, at, args.workers)[0]
         wall = time.perf_counter() - t
         vetting = None
-        if not args.smooth and not fit_set_gaps(seeds, policies):  # the whole fit set
+        if not args.smooth and whole:
             if not args.no_write:  # the rows before the walk: a walk that stops keeps them
                 _save(TUNE_JSON, _payload(pick(rows, policies), None, rows, policies, seeds,
-                                          traces, constants, notes, command, wall))
+                                          traces, fractions, constants, notes, command, wall))
             try:
                 vetted, walked = vetted_pick(rows, policies, run_checks(args.workers),
                                              constants=constants)
@@ -564,8 +610,8 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
             extra, smooth_s = S.run_smooth(rows, S.smooth_policies(policies, True),
                                            args.workers)
     rule_pick = pick(rows, policies)
-    text = tune_markdown(rows, policies, command, wall, seeds, rule_pick, constants, notes,
-                         vetting)
+    text = tune_markdown(rows, policies, command, wall, seeds, (traces, fractions), rule_pick,
+                         constants, notes, vetting)
     chosen = rule_pick if vetting is None else vetting[0]
     variants = (variant_picks(rows, policies) if vetting is None
                 else vetted_variants(rows, policies, vetting[1], vetting[0]))
@@ -575,16 +621,16 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         smooth_pick = pick(srows, policies)
         text += "\n".join(S.markdown(srows, policies, smooth_s, [])) + "\n"
         verdict = default_verdict({"pick": smooth_pick, "seeds": seeds,
-                                   "candidates": policies})
+                                   "candidates": policies, "traces": traces,
+                                   "fractions": fractions})
         text += (f"\nPick by the tune rule on the smoothed figures of "
-                 f"{coverage(seeds, traces, policies)}: **`{smooth_pick}`** "
+                 f"{coverage(seeds, traces, policies, fractions)}: **`{smooth_pick}`** "
                  f"(per pool size: `{rule_pick}`); {verdict}.\n")
         chosen = smooth_pick
     print(text)
     if not args.no_write:
-        out, section = _destination(extra is not None, seeds, policies)
         text = text.replace(TUNE_SECTION, section, 1)
-        _save(out, _payload(chosen, vetting, rows, policies, seeds, traces, constants,
-                            notes, command, wall, variants, extra, smooth_s))
-        write_section(text, HERE / "RESULTS.md", section)
+        _save(out, _payload(chosen, vetting, rows, policies, seeds, traces, fractions,
+                            constants, notes, command, wall, variants, extra, smooth_s))
+        write_section(text, HERE / "RESULTS.md", TUNE_WRITER)
     return 0

@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.no_write:  # a block it may not write over: refused before the run
         try:
-            results_blocks.own_block(HERE / "RESULTS.md", "bench/scheduling.py")
+            results_blocks.check(HERE / "RESULTS.md", SECTION, "bench/scheduling.py")
         except results_blocks.BlockError as e:
             ap.error(f"{e} (or run with --no-write)")
     families = [f.strip() for f in args.families.split(",") if f.strip()]

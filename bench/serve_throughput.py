@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--cpu-quota must be > 0 cores, got {args.cpu_quota}")
     if args.cpu_quota is not None and args.write_results:
         ap.error("--write-results writes the goal's quiet-machine figure: not with --cpu-quota")
+    if args.write_results:  # a section it cannot add to: refused before the servers run
+        try:
+            results_blocks.check(Path(__file__).resolve().parent / "RESULTS.md", THROUGHPUT_HEAD)
+        except results_blocks.BlockError as e:
+            ap.error(f"{e} (or run without --write-results)")
     args.model = agent_replay.vllm_model_dir(args.model)
     _, cfg = agent_replay._load_tokenizer(args.model)
     args.kv_bytes_per_token = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 4

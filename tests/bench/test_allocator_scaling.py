@@ -43,10 +43,11 @@ def test_scaling_tables_cover_every_online_policy_and_state_the_goals(tmp_path):
     assert "the whole step 1 ms apart" in text
     out = tmp_path / "RESULTS.md"
     out.write_text("# Measured results\n\n## Other\n\nkept\n", encoding="utf-8")
-    mod.write_section(mod.SCALING_SECTION, text, out)
-    mod.write_section(mod.SCALING_SECTION, text, out)  # replaced, not appended twice
+    mod.write_section(mod.SCALING_SECTION, text, out, mod.SCALING_WRITER)
+    mod.write_section(mod.SCALING_SECTION, text, out, mod.SCALING_WRITER)  # replaced
     doc = out.read_text(encoding="utf-8")
     assert doc.count(mod.SCALING_SECTION) == 1 and "## Other\n\nkept" in doc
+    assert doc.count("<!-- begin: written by bench/allocator.py --eviction-scaling") == 1
 
 
 def test_the_step_reading_times_begin_allocate_and_finish_together():

@@ -125,7 +125,7 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
     assert tuned["pick"] == tune.per_size_pick()
     name, params = mod.parse_spec(tuned["pick"])
     smoothed = json.loads(tune.TUNE_SMOOTH_JSON.read_text(encoding="utf-8"))
-    if tune.fit_set_gaps(smoothed["seeds"], smoothed["candidates"]):  # partial: falls back
+    if tune.saved_gaps(smoothed):  # partial: falls back
         assert name == tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
     assert tune.smoothed_default(smoothed)[0] == DEFAULT_POLICY
     name, params = mod.parse_spec(tune.default_spec(smoothed))
@@ -138,7 +138,7 @@ def test_default_policy_and_its_constants_are_what_the_tuning_picked():
     # since seeds 951, 952 joined the fit set (session 32) the saved smoothed tune, which did
     # not run them, covers part of it only, so it sets nothing either way
     assert smoothed["pick"] == "graph[demoted_mean=1]"
-    assert tune.fit_set_gaps(smoothed["seeds"], smoothed["candidates"])
+    assert tune.saved_gaps(smoothed)
     assert "seeds 951, 952 not run" in tune.smoothed_default(smoothed)[1]
     assert "graph[demoted_mean=1]" in tune.AFS_CHECKS and not tune.AFS_CHECKS[
         "graph[demoted_mean=1]"].passes
@@ -154,9 +154,11 @@ def test_one_tiny_run_renders_both_sections(tmp_path):
     assert text.startswith(mod.SECTION) and "| swe | 103 | 60% |" in text
     results = tmp_path / "RESULTS.md"
     results.write_text(f"# R\n\n## Other\n\nkept\n\n{mod.SECTION}\n\nold\n")
-    mod.write_section(text, results)
+    title = mod.eval_title([103], "2026-12-06 13:00 UTC")
+    mod.append_evaluation(text, results, title)
     out = results.read_text()
-    assert "kept" in out and "old" not in out and out.count(mod.SECTION) == 1
+    assert "kept" in out and "old" in out and out.count(mod.SECTION) == 1
+    assert out.index("old") < out.index(title) < out.index("| swe | 103 | 60% |")
 
 
 def test_the_hindsight_column_and_the_reference_goal_on_the_best_run_found():
@@ -399,7 +401,8 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     name, why = tune.smoothed_default(part)
     assert name == incumbent and "seeds 1, 101, 102" in why
     assert tune.smoothed_default({**part, "pick": "saga"})[0] == incumbent
-    whole = {"pick": "ttl", "seeds": list(mod.TUNE_SEEDS), "candidates": full}
+    whole = {"pick": "ttl", "seeds": list(mod.TUNE_SEEDS), "candidates": full,
+             "traces": list(tune.FIT_TRACES), "fractions": list(mod.FRACTIONS)}
     assert tune.smoothed_default({**whole, "candidates": full[1:]})[0] == incumbent
     name, why = tune.smoothed_default(whole)
     assert name == incumbent and "vetoed" in why and "+4.6%" in why
@@ -466,8 +469,15 @@ def test_a_smoothed_pick_sets_the_default_only_over_the_whole_fit_set_and_unveto
     monkeypatch.setattr(tune, "DEFAULT_POLICY", incumbent)
     assert "**not** `saga`" in tune.default_verdict({**whole, "pick": "saga"})
     assert "**not**" not in tune.default_verdict(whole)
-    assert tune.coverage([401, 402], ["swe"], full).startswith("part of the fit set only")
-    assert tune.coverage(list(mod.TUNE_SEEDS), ["swe"], full) == "the whole fit set"
+    every, fit = list(mod.TUNE_SEEDS), (list(tune.FIT_TRACES), list(mod.FRACTIONS))
+    assert tune.coverage([401, 402], fit[0], full, fit[1]).startswith("part of the fit set only")
+    assert tune.coverage(every, fit[0], full, fit[1]) == "the whole fit set"
+    # review repro partial_tune.py: one trace, or one capacity, of the fit set is part of it
+    assert "traces web, bfcl" in tune.coverage(every, ["swe"], full, fit[1])
+    assert "capacities 0.3 of the peak" in tune.coverage(every, fit[0], full, [0.3])
+    assert tune.smoothed_default({**whole, "pick": "saga"})[0] == "saga"
+    name, why = tune.smoothed_default({**whole, "pick": "saga", "traces": ["swe"]})
+    assert name == incumbent and "not the whole fit set (traces web" in why
 
 
 def test_regret_over_the_smoothing_sizes_sums_victims_and_averages_recomputation(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from kvsaga.policy import DEFAULT_POLICY
 from tests.bench.test_policies import load
 from tests.bench.test_policies_vetting import TOKENS, Fake, rows_for
@@ -41,7 +43,8 @@ def test_a_walk_that_cannot_judge_keeps_the_rows_and_writes_no_section(
     stale = Stale()
     tune, pol, tokens = _setup(tmp_path, monkeypatch, stale)
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
-    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS),
                      "cmd") == 2
     assert stale.calls == 1  # the rule's first, `graph[trust=1]`, is not the default
     err = capsys.readouterr().err
@@ -70,7 +73,8 @@ def test_a_rewalk_that_cannot_judge_leaves_the_saved_walk(tmp_path, monkeypatch,
     ok = Fake("AFS veto", {"nothing"})
     tune, pol, tokens = _setup(tmp_path, monkeypatch, ok)
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
-    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS),
                      "cmd") == 0
     before = (tmp_path / "tune.json").read_text()
     assert json.loads(before)["vetting"]  # walked and saved
@@ -86,7 +90,8 @@ def test_a_rewalk_that_cannot_judge_leaves_the_saved_walk(tmp_path, monkeypatch,
 def test_no_write_saves_nothing_even_when_the_walk_stops(tmp_path, monkeypatch, capsys):
     tune, pol, tokens = _setup(tmp_path, monkeypatch, Stale())
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=True)
-    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS),
                      "cmd") == 2
     assert not (tmp_path / "tune.json").exists()
     assert "were not saved (--no-write)" in capsys.readouterr().err
@@ -100,12 +105,13 @@ def test_a_partial_tune_is_saved_apart_from_the_whole_fit_sets(tmp_path, monkeyp
     tune, pol, tokens = _setup(tmp_path, monkeypatch, Fake("AFS veto", set()))
     monkeypatch.setattr(tune, "TUNE_PARTIAL_JSON", tmp_path / "partial.json", raising=False)
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
-    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS),
                      "whole") == 0
     whole = (tmp_path / "tune.json").read_text()
     section = (tmp_path / "RESULTS.md").read_text()
     partial = [p for p in tokens if p != tune.TUNE_INCUMBENT]
-    assert tune.fit_set_gaps([1], partial)
+    assert tune.fit_set_gaps([1], partial, ["swe"], [0.3])
     assert tune.tune(None, args, ["swe"], [1], partial, [0.3], "partial") == 0
     assert (tmp_path / "tune.json").read_text() == whole
     assert tune.per_size_pick() == json.loads(whole)["pick"]
@@ -114,3 +120,66 @@ def test_a_partial_tune_is_saved_apart_from_the_whole_fit_sets(tmp_path, monkeyp
     text = (tmp_path / "RESULTS.md").read_text()
     assert text.startswith(section.rstrip("\n"))  # the whole fit set's section unchanged
     assert tune.TUNE_PARTIAL_SECTION in text and "so this pick sets nothing" in text
+
+
+def _whole_run(tmp_path, monkeypatch):
+    """A whole fit set's tuning saved and written, and the files it wrote (as they are)."""
+    tune, pol, tokens = _setup(tmp_path, monkeypatch, Fake("AFS veto", set()))
+    for name in ("TUNE_PARTIAL_JSON", "TUNE_SMOOTH_JSON", "TUNE_SMOOTH_PARTIAL_JSON"):
+        monkeypatch.setattr(tune, name, tmp_path / f"{name}.json")
+    args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS), "whole") == 0
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["fractions"] == list(pol.FRACTIONS) and saved["traces"] == list(tune.FIT_TRACES)
+    assert "Ran the whole fit set" in (tmp_path / "RESULTS.md").read_text()
+    return tune, pol, tokens, args
+
+
+@pytest.mark.parametrize("part", ["traces", "fractions"])
+def test_a_tune_of_some_traces_or_capacities_is_part_of_the_fit_set(tmp_path, monkeypatch,
+                                                                    part):
+    """Review repro partial_tune.py: `--tune --traces swe` (or `--fractions 0.3`), every seed
+    and candidate, counted as the whole fit set: it overwrote policies_tune.json (read by
+    `per_size_pick()` and the default's test) and the tuning section, headed "Ran the whole
+    fit set". It is part of it: saved apart, in its own section, its header says so."""
+    tune, pol, tokens, args = _whole_run(tmp_path, monkeypatch)
+    whole, results = (tmp_path / "tune.json").read_text(), (tmp_path / "RESULTS.md").read_text()
+    traces = ["swe"] if part == "traces" else list(tune.FIT_TRACES)
+    fractions = [0.3] if part == "fractions" else list(pol.FRACTIONS)
+    gaps = tune.fit_set_gaps(list(pol.TUNE_SEEDS), list(tokens), traces, fractions)
+    assert gaps and ("not run" in gaps[0] if part == "traces" else "capacities 0.3" in gaps[0])
+    assert tune.tune(None, args, traces, list(pol.TUNE_SEEDS), list(tokens), fractions,
+                     "part") == 0
+    assert (tmp_path / "tune.json").read_text() == whole
+    saved = json.loads((tmp_path / "TUNE_PARTIAL_JSON.json").read_text())
+    assert saved["command"] == "part" and saved["fractions"] == fractions
+    assert tune.saved_gaps(saved) == gaps
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith(results.rstrip("\n"))  # the whole fit set's section unchanged
+    partial = text[text.index(tune.TUNE_PARTIAL_SECTION):]
+    assert "Ran part of the fit set only" in partial and "so this pick sets nothing" in partial
+
+
+def test_a_smoothed_tune_of_part_of_the_fit_set_is_saved_apart(tmp_path, monkeypatch):
+    """Smoothed tunes of part of the fit set went to policies_tune_smooth.json and the
+    smoothed section, which the default's test reads: they have their own file and section."""
+    tune, pol, tokens, args = _whole_run(tmp_path, monkeypatch)
+    import policies_smooth as S
+    monkeypatch.setattr(S, "run_smooth", lambda rows, policies, workers: ([], 0.0))
+    monkeypatch.setattr(S, "smoothed", lambda rows, extra: rows)
+    results = (tmp_path / "RESULTS.md").read_text()
+    smooth = SimpleNamespace(**{**vars(args), "smooth": True})
+    assert tune.tune(None, smooth, ["swe"], list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS), "smooth part") == 0
+    assert not tune.TUNE_SMOOTH_JSON.exists()
+    saved = json.loads(tune.TUNE_SMOOTH_PARTIAL_JSON.read_text())
+    assert saved["command"] == "smooth part" and tune.saved_gaps(saved)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith(results.rstrip("\n"))
+    assert tune.TUNE_SMOOTH_SECTION not in text and tune.TUNE_SMOOTH_PARTIAL_SECTION in text
+    # the whole fit set's smoothed tune still goes to its own
+    assert tune.tune(None, smooth, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS), "smooth whole") == 0
+    assert json.loads(tune.TUNE_SMOOTH_JSON.read_text())["command"] == "smooth whole"
+    assert json.loads(tune.TUNE_SMOOTH_PARTIAL_JSON.read_text())["command"] == "smooth part"

@@ -150,8 +150,8 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
     monkeypatch.setattr(tune, "HERE", tmp_path)
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
-    assert tune.tune(None, args, ["swe"], list(pol.TUNE_SEEDS), list(tokens), [0.3],
-                     "cmd") == 0
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS), "cmd") == 0
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["rule_pick"] == "graph[trust=1]" and saved["pick"] == "lru"
     assert saved["against"] == DEFAULT_POLICY
