@@ -417,3 +417,57 @@ def test_an_end_during_the_pull_ends_the_session_on_both_replicas(monkeypatch):
         ("export_session", None), ("finish_handover", True)]
     assert SID not in a.app.state.engine.manager.sessions and a._sessions.get(SID) is None
     assert SID not in mb.sessions and rb.get(SID) is None
+
+
+class GatedAnswers(Answers):
+    """`Answers`, the export's answer given once `gate` is set (`exporting` set first);
+    an exception as `export` is raised, as a failed or timed-out call raises."""
+
+    def __init__(self, target, export) -> None:
+        super().__init__(target, export)
+        self.gate, self.exporting = asyncio.Event(), asyncio.Event()
+
+    def options(self, method_name: str):
+        call = super().options(method_name)
+        if method_name == "export_session":
+            async def answer(ask):
+                self.asked.append((method_name, ask))
+                self.exporting.set()
+                await self.gate.wait()
+                if isinstance(self.export, BaseException):
+                    raise self.export
+                return self.export
+            call.remote = answer
+        return call
+
+
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("export", ["unknown", "busy", "misrouted", TimeoutError()],
+                         ids=["unknown", "busy", "misrouted", "failed"])
+def test_an_end_during_a_pull_that_takes_nothing_aborts_the_step(monkeypatch, export, local):
+    """The sender hands nothing over (busy, no such session, gone or stuck) and the
+    session's client ended it on the receiver while the pull waited: the end's `200` stood,
+    so the step is answered `400` `aborted`, without the header that re-homes the session
+    on the sender. Before, the pull gave its reservation back unchecked: the step ran on
+    the receiver as a new session of the ended id, or (busy) its 409 sent the ended
+    session back to the sender."""
+    pinned = GatedAnswers(None, export)
+    a, b, _ = pair(monkeypatch, pinned=lambda target: pinned)
+    mb, rb = b.app.state.engine.manager, b._sessions
+    if local:
+        paused(mb)
+        rb.open(SID).num_steps = 7
+
+    async def go():
+        task = asyncio.create_task(b._pull(SID, "t1", "a", True))
+        await pinned.exporting.wait()
+        assert rb.drop(SID) is not None  # the end route, then the engine's end
+        await b.app.state.engine.call(lambda e: e.end_session(SID))
+        pinned.gate.set()
+        return await task
+
+    err = asyncio.run(go())
+    assert err is not None and (err.status, err.code) == (400, "aborted")
+    assert deployment.PULL_REFUSED_HEADER not in err.headers
+    assert rb.get(SID) is None and SID not in mb.sessions
+    assert [m for m, _ in pinned.asked] == ["export_session"]

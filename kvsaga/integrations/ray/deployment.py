@@ -369,7 +369,9 @@ class EngineReplica:
         session that arrives meanwhile (the router sends the session's next steps here
         once this one is accepted) gets the server's 409, not a record and an engine
         request that the import would end under it; a second pull gets that 409 as well,
-        without the header that would send the session back to `source`."""
+        without the header that would send the session back to `source`. An end of the
+        session here meanwhile drops the reservation: the step is then answered as one the
+        end aborted, whatever `source` answered (`_ended_meanwhile`)."""
         sessions = self._sessions
         if sessions is None:
             return None
@@ -384,6 +386,8 @@ class EngineReplica:
             held.end(keep=not held.fresh)
             raise
         if not isinstance(got, Handover):
+            if not held.held:  # the client ended the session here meanwhile (the end route)
+                return _ended_meanwhile(sid)
             held.end(keep=not held.fresh)
             if got == EXPORT_BUSY:
                 log.warning("kvsaga: %s has a step of %s in flight; answering 409", source,
