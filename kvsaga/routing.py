@@ -34,6 +34,7 @@ one went (`Router.route`): moved, it would pull the session from a replica still
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -63,10 +64,11 @@ class KvsagaRouter(Router):
     share."""
 
     name = "kvsaga"
-    # Seconds a replica that refused a session moved to it (`move_refused`: its import was
-    # refused, no room for the blocks, or the session was busy on its source) is not
-    # chosen to take that session again: the steals do not check the thief's free blocks,
-    # so the client's retry (`Retry-After: 1`) was stolen for the same replica again and
+    # Seconds a replica that refused a move (`move_refused`) is not chosen as a thief
+    # again: for any session when it refused the import (no room for the blocks, a failed
+    # copy), for that session when the session was busy on its source. The steals do not
+    # check the thief's free blocks, so the client's retry (`Retry-After: 1`), and every
+    # other session of the loaded home, was stolen for the same full replica again and
     # again, each try a full KV export on the home. The simulator never refuses a move.
     refused_move_s = 30.0
     _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
@@ -85,6 +87,8 @@ class KvsagaRouter(Router):
         self.num_migrated = 0
         # (session, replica that refused it) -> until when it is not moved there again
         self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # replica that refused an import -> until when it takes no session (`_thief`)
+        self._cooling: dict[str, float] = {}
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -97,25 +101,39 @@ class KvsagaRouter(Router):
             homes.discard(replica)
         self.busy_offset.pop(replica, None)
         self._joining.discard(replica)
+        self._cooling.pop(replica, None)
         return super().remove_replica(replica)
 
-    def move_refused(self, session: str, source: str) -> None:
+    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
         """`Router.move_refused`, and the replica that refused the session (its home
-        since the move) does not take it again for `refused_move_s`: the session's next
-        steps run at home (or move to another replica) instead of being stolen for it
-        again while it is still short of room."""
+        since the move) is not a thief for `refused_move_s`: for any session when it
+        refused the import (`import_refused`: short of room, it would refuse the home's
+        other sessions as well), else (the session was busy on `source`) for this
+        session only. The session's next steps run at home (or move to another replica)
+        instead of being stolen for it again while it is still short of room."""
         refuser = self.homes.get(session)
-        super().move_refused(session, source)
+        super().move_refused(session, source, import_refused)
         if refuser is None or refuser == source:
             return
         now = self.clock()
+        if import_refused:
+            self._cooling[refuser] = now + self.refused_move_s
+            return
         self._refused.pop((session, refuser), None)
         self._refused[(session, refuser)] = now + self.refused_move_s
         self._forget_refusals(now)
 
+    def _refused_lately(self, session: str, x: str, now: float) -> bool:
+        """Whether replica `x` refused an import, or a move of `session`, whose cool-off
+        is not over at `now` (each compared with its own end: the router's clock is the
+        wall clock, which may step back)."""
+        return (self._cooling.get(x, -math.inf) > now
+                or self._refused.get((session, x), -math.inf) > now)
+
     def _forget_refusals(self, now: float) -> None:
-        """Drop the refusals whose time is up, and the oldest beyond `_MAX_REFUSED` (they
-        were added in the order they run out)."""
+        """Drop the refusals whose time is up, from the oldest (they are added in the
+        order they run out, unless the wall clock stepped back: `_refused_lately` compares
+        each with its own end), and the oldest beyond `_MAX_REFUSED`."""
         refused = self._refused
         while refused and (len(refused) > self._MAX_REFUSED
                            or next(iter(refused.values())) <= now):
@@ -217,7 +235,8 @@ class KvsagaRouter(Router):
         or (None, ""). The tenant must not be
         above its fleet share, and the thief must have no step waiting, not be too far
         ahead of the fleet's accumulated busy time (`_lead_limit`) and not have refused
-        the session in the last `refused_move_s` (`move_refused`); then, in order:
+        an import, or a move of the session, in the last `refused_move_s`
+        (`move_refused`); then, in order:
         (queue) home has at least `steal_min_waiting` steps waiting and some replica is
         busy by at least `steal_margin` fewer steps; (memory) home is overcommitted and some
         replica with no more busy steps than home has room for the session below
@@ -239,9 +258,10 @@ class KvsagaRouter(Router):
         lead = self._lead_limit(stats)
         if lead is not None:  # a replica ahead of the fleet's work takes no more of it
             idle = [x for x in idle if x not in stats or self.busy_time(x, stats) <= lead]
-        if self._refused:  # nor one that refused this session lately (`move_refused`)
-            self._forget_refusals(self.clock())
-            idle = [x for x in idle if (req.session, x) not in self._refused]
+        if self._refused or self._cooling:  # nor one that refused a move lately
+            now = self.clock()
+            self._forget_refusals(now)
+            idle = [x for x in idle if not self._refused_lately(req.session, x, now)]
         free = []
         if queue:
             free = [x for x in idle if self.busy(x, stats) <= busy_home - c.steal_margin]

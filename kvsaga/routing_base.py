@@ -249,11 +249,12 @@ class Router:
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
 
-    def move_refused(self, session: str, source: str) -> None:
+    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
         """The step that moved `session` off `source` was refused (a step of it was still
-        in flight on `source`, or the new replica's import was refused; `source` keeps
-        the session, the new replica holds nothing of it): `source`, when live, is its home
-        again, and the move is void."""
+        in flight on `source`, or the new replica's import was refused: `import_refused`,
+        which routers that remember refusals read; `source` keeps the session, the new
+        replica holds nothing of it): `source`, when live, is its home again, and the move
+        is void."""
         self.moves.pop(session, None)
         if source in self.in_flight:
             self.homes[session] = source

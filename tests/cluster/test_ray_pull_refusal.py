@@ -83,14 +83,18 @@ def test_a_step_in_flight_on_the_source_answers_409_and_opens_nothing(monkeypatc
     assert SID not in mb.sessions and rb.get(SID) is None  # b opened nothing
 
 
-def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch):
+@pytest.mark.parametrize("status", [409, 503])
+def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status):
+    """And tells it whether the import was refused (503), which cools the refusing
+    replica off as a thief for every session (`KvsagaRouter.move_refused`)."""
     kv = make_router("kvsaga", ["a", "b"])
     kv.homes[SID] = "b"
     kv.moves[SID] = Route("b", moved_from="a")
     calls = []
     router = NS(kv_router=kv, session_ended=lambda s: None,
-                move_refused=lambda s, src: (calls.append((s, src)),
-                                             kv.move_refused(s, src)))
+                move_refused=lambda s, src, import_refused: (
+                    calls.append((s, src, import_refused)),
+                    kv.move_refused(s, src, import_refused)))
     monkeypatch.setattr(registry, "routers_here", lambda: [router])
 
     class Handle:
@@ -103,7 +107,7 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch):
 
             class Stream:
                 async def __anext__(self):
-                    return {"type": "http.response.start", "status": 409,
+                    return {"type": "http.response.start", "status": status,
                             "headers": [(b"x-kvsaga-pull-refused", b"a")]}
 
             return Stream()
@@ -112,7 +116,7 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch):
     body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
                        "cache_salt": "t1"}).encode()
     asyncio.run(core.call("POST", "/v1/completions", b"", [], body))
-    assert calls and calls[0][1] == "a"
+    assert calls and calls[0][1:] == ("a", status == 503)
     assert kv.home(calls[0][0]) == "a" and calls[0][0] not in kv.moves
 
 

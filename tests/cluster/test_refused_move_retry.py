@@ -87,7 +87,8 @@ def attempt(router, b, stats) -> tuple[str, object]:
         err = asyncio.run(b._pull(SID, "t1", "a", route.migrate))
         answer = 200 if err is None else err.status
         if err is not None and deployment.PULL_REFUSED_HEADER in err.headers:
-            router.move_refused(SID, err.headers[deployment.PULL_REFUSED_HEADER])
+            router.move_refused(SID, err.headers[deployment.PULL_REFUSED_HEADER],
+                                import_refused=err.status == 503)  # as the gateway
     router.finished(route)
     return route.replica, answer
 
@@ -126,3 +127,98 @@ def test_the_refusals_remembered_are_bounded(monkeypatch):
     router.homes["s5"] = "b"
     router.move_refused("s5", "a")
     assert list(router._refused) == [("s5", "b")]
+
+
+def test_a_refusal_runs_out_at_its_own_end_when_the_clock_steps_back():
+    """The router's clock is the wall clock: after a step back, a refusal recorded later
+    runs out before an older one still remembered. Before, the thief check tested
+    membership only and the sweep stopped at the older one, so the later refusal kept
+    the replica from the session past its end."""
+    router = KvsagaRouter(["a", "b"])
+    now = [10_000.0]
+    router.clock = lambda: now[0]
+    router.homes["s1"] = "b"
+    router.move_refused("s1", "a")  # until 10 030
+    now[0] = 9_400.0  # the wall clock steps back 600 s
+    router.homes["s2"] = "b"
+    router.move_refused("s2", "a")  # until 9 430
+    stats = {"a": LOADED, "b": ROOMY_IDLE}
+    now[0] = 9_420.0
+    route = router.route(RouteRequest(session="s2"), stats)
+    router.finished(route)
+    assert route.replica == "a"  # still refused
+    now[0] = 9_500.0
+    route = router.route(RouteRequest(session="s2"), stats)
+    assert (route.replica, route.moved_from) == ("b", "a")
+
+
+ROOMY_IDLE = ReplicaStats(total_blocks=64, free_blocks=60)
+
+
+def home_fleet(monkeypatch, n: int):
+    """Replica a holding `n` paused sessions of tenant t1, b with 4 blocks (no room for
+    any), b's pulls delivered to a, and a router that has them all at home on a."""
+    ma, ra = KVCacheManager(SPEC, 256), SessionRegistry(tokenizer=None)
+    sids = [f"t1/s{i}" for i in range(n)]
+    for i, s in enumerate(sids):
+        ma.begin_step(s, [1000 * (i + 1) + j for j in range(20)], salt="t1")
+        ma.allocate_slots(s, 20)
+        ma.finish_step(s)
+        ra.open(s)
+    a = stub_replica("a", Engine(ma), ra)
+    b = stub_replica("b", Engine(KVCacheManager(SPEC, 4)), SessionRegistry(tokenizer=None))
+    handle = Pinned(a)
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: handle)
+    router = KvsagaRouter(["a", "b"])
+    router.clock = lambda: 1000.0
+    for s in sids:
+        router.homes[s] = "a"
+    stats = {"a": ReplicaStats(total_blocks=256, free_blocks=216, queue_depth=3, running=2,
+                               session_tokens={s: 20000 for s in sids}),
+             "b": FULL}
+    return router, b, handle, sids, stats
+
+
+def test_a_replica_that_refused_an_import_is_no_thief_for_the_homes_other_sessions(
+        monkeypatch):
+    """Its import refused (no room), b would refuse the loaded home's other sessions as
+    well: it takes none of them for the cool-off. Before, the refusal was remembered for
+    the one session only, and each other session was stolen for b in turn, each a full KV
+    export on a and a 503 to its client."""
+    router, b, handle, sids, stats = home_fleet(monkeypatch, 8)
+    answers = []
+    for s in sids:
+        route = router.route(RouteRequest(session=s, context_tokens=20), stats)
+        answer: object = "home"
+        if route.replica == "b":
+            err = asyncio.run(b._pull(s, "t1", "a", route.migrate))
+            answer = 200 if err is None else err.status
+            router.move_refused(s, err.headers[deployment.PULL_REFUSED_HEADER],
+                                import_refused=err.status == 503)
+        router.finished(route)
+        answers.append(answer)
+    assert answers == [503] + ["home"] * 7
+    assert sum(m == "export_session" for m, _ in handle.asked) == 1
+
+
+def test_a_busy_refusal_keeps_the_replica_from_that_session_only():
+    """A 409 (the session had a step in flight on its home) says nothing of the
+    refusing replica's room: it is kept from that session only."""
+    router = KvsagaRouter(["a", "b"])
+    router.clock = lambda: 1000.0
+    router.homes.update({"s1": "b", "s2": "a"})
+    router.move_refused("s1", "a")  # a 409: import_refused False
+    stats = {"a": LOADED, "b": ROOMY_IDLE}
+    assert router.route(RouteRequest(session="s1"), stats).replica == "a"
+    route = router.route(RouteRequest(session="s2"), stats)
+    assert (route.replica, route.moved_from) == ("b", "a")
+
+
+def test_a_cooled_off_replica_that_leaves_is_forgotten():
+    """The cool-off memory holds one entry per replica, dropped with the replica."""
+    router = KvsagaRouter(["a", "b"])
+    router.homes["s1"] = "b"
+    router.move_refused("s1", "a", import_refused=True)
+    assert list(router._cooling) == ["b"] and not router._refused
+    router.remove_replica("b")
+    assert router._cooling == {}

@@ -306,7 +306,8 @@ class GatewayCore:
         refused = _header(first, PULL_REFUSED_HEADER)
         if refused is not None and call.get("session") is not None:
             for router in registry.routers_here():  # the move did not happen
-                router.move_refused(call["session"], refused)
+                router.move_refused(call["session"], refused,
+                                    import_refused=first.get("status") == 503)
         route = call.get("route")
         if route is not None:  # where it ran and why, for clients and tests
             first = {**first, "headers": [*first.get("headers", []),

@@ -127,11 +127,11 @@ class KvsagaRequestRouter(RequestRouter):
         (`_on_loop`)."""
         self._on_loop(self.kv_router.session_ended, session)
 
-    def move_refused(self, session: str, source: str) -> None:
+    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
         """The step that moved `session` off `source` was refused: it met a step in flight
-        there (409), or its import was refused (503) (`Router.move_refused`); from any
-        thread (`_on_loop`)."""
-        self._on_loop(self.kv_router.move_refused, session, source)
+        there (409), or its import was refused (503, `import_refused`)
+        (`Router.move_refused`); from any thread (`_on_loop`)."""
+        self._on_loop(self.kv_router.move_refused, session, source, import_refused)
 
     def _on_loop(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the router's loop. The gateway calls in from its own thread,
