@@ -259,6 +259,18 @@ class Router:
         if source in self.in_flight:
             self.homes[session] = source
 
+    def move_taken(self, session: str, replica: str) -> None:
+        """A step that moved `session` to `replica` ran there (its pull took the session,
+        or it recomputed there): `replica`, when live, is its home, whatever a refused step
+        of the same move said meanwhile. Two steps routed along one move before `replica`
+        accepted the first both pull: the first can be refused (`move_refused` sends the
+        session back to its source) and the second then take it; the session lived on
+        `replica` while its next step went to the source. A session no longer known (its
+        end came first) is left alone."""
+        if session in self.homes and replica in self.in_flight:
+            self.homes[session] = replica
+            self.confirm_move(session, replica)
+
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
         self.lost.pop(session, None)

@@ -179,6 +179,14 @@ def ended_session(call: dict, status: object) -> bool:
     return 200 <= status < 300 or (bool(call.get("end_request")) and status == 404)
 
 
+def _moved_here(call: dict, first: dict) -> bool:
+    """Whether the answer is a 2xx to a step of a session that its route moved (so the
+    replica holds the session now: `Router.move_taken`)."""
+    route, status = call.get("route"), first.get("status")
+    return (call.get("session") is not None and route is not None
+            and bool(route.get("moved_from")) and is_int(status) and 200 <= status < 300)
+
+
 def engine_replicas(app_name: str) -> list[str]:
     """Ids of the live engine replicas of an application (Serve names their actors)."""
     import ray
@@ -304,11 +312,14 @@ class GatewayCore:
             for router in registry.routers_here():
                 router.session_ended(call["session"])  # on the router's own loop
         refused = _header(first, PULL_REFUSED_HEADER)
+        route = call.get("route")
         if refused is not None and call.get("session") is not None:
             for router in registry.routers_here():  # the move did not happen
                 router.move_refused(call["session"], refused,
                                     import_refused=first.get("status") == 503)
-        route = call.get("route")
+        elif _moved_here(call, first):
+            for router in registry.routers_here():  # whatever a sibling's refusal said
+                router.move_taken(call["session"], route["replica"])
         if route is not None:  # where it ran and why, for clients and tests
             first = {**first, "headers": [*first.get("headers", []),
                                           (b"x-kvsaga-replica", route["replica"].encode()),

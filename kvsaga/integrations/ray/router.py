@@ -133,6 +133,11 @@ class KvsagaRequestRouter(RequestRouter):
         (`Router.move_refused`); from any thread (`_on_loop`)."""
         self._on_loop(self.kv_router.move_refused, session, source, import_refused)
 
+    def move_taken(self, session: str, replica: str) -> None:
+        """A step that moved `session` to `replica` was answered there
+        (`Router.move_taken`); from any thread (`_on_loop`)."""
+        self._on_loop(self.kv_router.move_taken, session, replica)
+
     def _on_loop(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the router's loop. The gateway calls in from its own thread,
         while Ray Serve runs every other entry point on the router's loop; `kv_router`'s
