@@ -68,7 +68,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
   last step finished) for longer than `session_idle_s` on the connector's clock, with no
   step of it in flight (one vLLM asked the connector about and has not finished, or, with
   `KVSagaScheduler`, one that arrived since), ends as a last step ends it: its retained
-  blocks go back to vLLM's prefix cache and its records go. Checked at admission probes and
+  blocks go back to vLLM's prefix cache and its records go (a session none of whose
+  requests ever ran has no pause: it is never counted). Checked at admission probes and
   after each step, at most every min(60 s, limit / 4); `abandoned` counts them. A step that
   comes back later starts a new session (its blocks are hits while vLLM's LRU keeps them).
 
@@ -79,13 +80,17 @@ Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, def
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
 deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
-`keep_demoted` (default false: a session the gate's shrink demotes keeps its blocks until
-memory is needed, released then before the policy's choice; +0.01x on the worst fit seed,
-docs/integrations.md), `scheduler_args` (read by the optional `KVSagaScheduler` only),
+`keep_demoted` (a session the gate demotes, by its shrink or past its demotion deadline to
+let a waiting one in: default false, its blocks become plain LRU cache at once; true, they
+are kept until memory is needed and released then before the policy's choice, +0.01x on
+the worst fit seed, docs/integrations.md), `scheduler_args` (read by the optional
+`KVSagaScheduler` only),
 `session_idle_s` (default `DEFAULT_SESSION_IDLE_S`, 1800; a number > 0, inf or null:
 never).
 Any other key is refused (ValueError naming it: `connector_config.py`), so a typo cannot
-leave a default in force unnoticed.
+leave a default in force unnoticed; so is `reserve_blocks` other than an int >= 0 (below
+vLLM's usable blocks, checked when they are bound) and a `*_args` value other than a JSON
+object.
 """
 
 from __future__ import annotations
@@ -155,9 +160,7 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
         self.policy = make_policy(
             str(extra.get("policy", DEFAULT_POLICY)), **dict(extra.get("policy_args", {}))
         )
-        self.reserve_blocks = int(extra.get("reserve_blocks", 0))
-        if self.reserve_blocks < 0:
-            raise ValueError(f"reserve_blocks must be >= 0, got {self.reserve_blocks}")
+        self.reserve_blocks: int = extra.get("reserve_blocks", 0)  # (checked: an int >= 0)
         self.admission = extra.get("admission", True)
         if not isinstance(self.admission, bool):
             raise ValueError(f"admission must be true or false, got {self.admission!r}")
@@ -215,6 +218,10 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
 
     # -- set-up -------------------------------------------------------------------------------
     def bind_gpu_block_pool(self, gpu_block_pool: BlockPool) -> None:
+        usable = gpu_block_pool.num_gpu_blocks - 1  # (one is vLLM's null block)
+        if self.reserve_blocks >= usable:  # kept free, it would leave nothing to retain
+            raise ValueError(f"kvsaga connector: reserve_blocks must be below vLLM's "
+                             f"{usable} usable KV blocks, got {self.reserve_blocks}")
         self.pool = gpu_block_pool
         # A prefix-cache reset drops every hash, so nothing retained could be hit after it:
         # give the blocks back first. vLLM resets the pool before it asks the connector
@@ -235,8 +242,8 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
             self.policy, gpu_block_pool.num_gpu_blocks, self.block_size, self._usage
         )
         if self.admission:
-            capacity = max(gpu_block_pool.num_gpu_blocks - 1 - self.reserve_blocks, 1)
-            self.gate = SessionGate(capacity, self.block_size, **self.gate_args)
+            self.gate = SessionGate(usable - self.reserve_blocks, self.block_size,
+                                    **self.gate_args)
 
     def _step(self, request: Request) -> StepInfo | None:
         info = self._steps.get(request.request_id)
@@ -278,11 +285,15 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
         alloc = new_blocks + 1 + watermark + self._free_hits(request, num_computed_tokens)
         fitted = self.cost.fit()  # (fixed, per token): a token's cost prices a recompute
         sid = info.session_id if info is not None else None
-        if self.gate is not None and info is not None and not self.gate.admit(
-            info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
-            self._spare(alloc, sid), None if fitted is None else fitted[1],
-            info.hint.last_step,
-        ):
+        admitted = True
+        if self.gate is not None and info is not None:
+            admitted = self.gate.admit(
+                info.session_id, info.workflow, request.num_tokens, num_computed_tokens, now,
+                self._spare(alloc, sid), None if fitted is None else fitted[1],
+                info.hint.last_step)
+            for demoted in self.gate.last_demoted:  # overdue, demoted to let it in
+                self._drop_demoted(demoted)
+        if not admitted:
             # A step told to ride along and probed again was not allocated: vLLM's admission
             # loop stops at a request it cannot allocate, so it would hold up every request
             # behind it. It waits for the gate instead. (One that was allocated, ran and was
@@ -382,6 +393,7 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
         rid = request.request_id  # run unretained (or told to ride along and not allocated)
         unretained = rid in self._unretained or rid in self._riding
         self._forget_ride(rid)
+        withdrawn = False  # allocated, preempted, then aborted: no step (the gate is told)
         if info is not None and self.pool is not None:
             if info.hint.last_step:
                 self._end_session(info.session_id, session_for(self._sessions, info), now)
@@ -392,7 +404,12 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
                 # vLLM had no room) leaves the session's kept context as it was.
                 if not unretained and block_ids:
                     self._retain(info, block_ids)
-                self.session_active(info.session_id, now)  # its pause starts now
+                if info.session_id in self._sessions:  # a step of it ran (its allocation
+                    self.session_active(info.session_id, now)  # made the record): paused
+                else:  # none ran (its first aborted while it waited): it has no pause, and
+                    # filed as paused (here, or at its arrival by KVSagaScheduler) the idle
+                    # sweep ended it as `abandoned`
+                    self._paused.pop(info.session_id, None)
                 if ended and info.session_id in self.holds:  # kept by the step's requests
                     session = session_for(self._sessions, info)
                     self.policy.step_finished(session, now, info.hint)
@@ -400,10 +417,12 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
                 elif (ended and not block_ids) or (info.session_id in self.holds
                                                     and info.session_id not in self._flights):
                     # Allocated, then preempted (vLLM freed its blocks and told us nothing)
-                    # and aborted while requeued: the policy saw its step running. Or aborted
-                    # unallocated, after a probe that told the policy its blocks are needed
-                    # now. Either way they are not: the session is paused as after its last
-                    # completed step.
+                    # and aborted while requeued: the policy saw its step running, the gate
+                    # counted it in flight (`withdrawn`: it learns nothing of its partial
+                    # output). Or aborted unallocated, after a probe that told the policy
+                    # its blocks are needed now. Either way they are not: the session is
+                    # paused as after its last completed step.
+                    withdrawn = ended and not block_ids
                     session = session_for(self._sessions, info)
                     self.policy.resume_withdrawn(session, now)
         if self.gate is not None:
@@ -411,16 +430,23 @@ class KVSagaConnector(Retention, KVConnectorBase_V1):
             for demoted in self.gate.finished(
                 request.request_id, info.session_id if info else None, request.num_tokens,
                 now, hint.expected_s if hint else None, bool(hint and hint.last_step),
+                withdrawn,
             ):
-                if self.keep_demoted and demoted in self.holds:
-                    self._demoted.keep(demoted)  # released first, once memory is needed
-                else:
-                    self._release_session(demoted)  # plain LRU cache in vLLM from now on
+                self._drop_demoted(demoted)
             if not self.gate.num_in_flight:
                 self._step_mark = None  # the time to the next step may be idle
         if not self._steps:  # no session step left in flight: the counters may rest here
             self._log_stats(now)
         return False, None
+
+    def _drop_demoted(self, sid: str) -> None:
+        """The gate demoted session `sid` (it no longer counts among the admitted working
+        sets): its retained blocks become plain LRU cache in vLLM, or, with `keep_demoted`,
+        stay until memory is needed and are released first then."""
+        if self.keep_demoted and sid in self.holds:
+            self._demoted.keep(sid)
+        else:
+            self._release_session(sid)
 
     def _orphan_steps(self, sid: str) -> None:
         """Session `sid` ended: its other requests in flight (concurrent steps, asked about

@@ -44,7 +44,8 @@ go on.
 - When one does not fit, admitted sessions paused far longer than expected
   (`demote_factor` x the expected pause + `demote_min_s`) are demoted first; if it still
   does not fit it waits. Bounded waiting: it is admitted anyway once nothing has run for
-  `idle_admit_s` (the memory would idle), or after `max_wait_s`.
+  `idle_admit_s` (the memory would idle), or after `max_wait_s`, counted from its first
+  deferral even when its client aborted and resent the step meanwhile (`finished`).
 - Whenever the admitted sessions' contexts as they stand (`shrink_horizon_steps` steps of
   growth, default none) outgrow the blocks, the most recently admitted paused sessions are
   demoted until they fit. Admission reserves growth (`horizon_steps`, default 4) and the
@@ -99,6 +100,11 @@ from kvsaga.integrations.vllm.gate_growth import GateGrowth
 from kvsaga.integrations.vllm.gate_order import Waiting, WaitingOrder, check_finite
 from kvsaga.integrations.vllm.gate_pauses import PauseLog
 from kvsaga.scheduler.working_set import demote_deadline, shrink, working_set_blocks
+
+# How many deferred sessions whose waiting request was aborted (say, on a client's timeout,
+# to be resent) keep their first deferral for the resend (`SessionGate._withdraw_wait`): the
+# latest.
+WITHDRAWN_WAITS_TRACKED = 4096
 
 
 @dataclass
@@ -225,6 +231,12 @@ class SessionGate:
         self.sessions: dict[str, _Admitted] = {}  # admitted, in admission order
         self._growth = GateGrowth(prior_growth_tokens, growth_alpha, growth_charge)
         self._waiting_since: dict[str, float] = {}  # deferred session -> first deferral
+        # deferred session whose waiting request was aborted -> its first deferral, until it
+        # is resent (`_withdraw_wait`), oldest first
+        self._withdrawn_waits: dict[str, float] = {}
+        # the sessions the last `admit` demoted to let its session in (`_fits`): the
+        # connector releases their retained blocks, or keeps them demoted
+        self.last_demoted: list[str] = []
         self._shared: dict[str, int] = {}  # session -> its shared prefix, until it ends
         self._in_flight: dict[str, str | None] = {}  # request id allocated -> its session
         self._flights: dict[str, set[str]] = {}  # session -> its request ids in flight
@@ -277,13 +289,21 @@ class SessionGate:
 
         `last_step`: the step is hinted as the session's last (its remaining work is one
         step, for `admission_order` "predicted", which may defer a session otherwise
-        admissible to waiting ones ranked ahead of it: `_yields`)."""
+        admissible to waiting ones ranked ahead of it: `_yields`).
+
+        Sessions paused past their demotion deadline that this call demoted to let `sid` in
+        are left in `last_demoted` until the next call (their blocks are not the gate's
+        to release)."""
+        self.last_demoted = []
         self.pauses.back(sid, workflow, now)
         self.order.seen(sid, workflow)
         s = self.sessions.get(sid)
         if s is not None:
             _resume(s, num_tokens)
             return True
+        withdrawn = self._withdrawn_waits.pop(sid, None)
+        if withdrawn is not None:  # resent after an abort: the wait goes on from then
+            self._waiting_since.setdefault(sid, withdrawn)
         shared = self._shared.setdefault(sid, min(shared_tokens, num_tokens))
         new = _Admitted(workflow, num_tokens, shared, now)
         fits = self._fits(new, now)  # (demotes sessions paused past their deadline)
@@ -411,6 +431,7 @@ class SessionGate:
             if now > demote_deadline(s.paused_at, expected, self.demote_factor,
                                      self.demote_min_s):
                 self._demote(sid)
+                self.last_demoted.append(sid)
         return not self.sessions or self._fits_with(new)
 
     def _fits_with(self, new: _Admitted) -> bool:
@@ -506,9 +527,21 @@ class SessionGate:
         return len(self._in_flight)
 
     def finished(self, request_id: str, sid: str | None, context_tokens: int, now: float,
-                 expected_s: float | None, last_step: bool) -> list[str]:
+                 expected_s: float | None, last_step: bool,
+                 withdrawn: bool = False) -> list[str]:
         """A request finished (`sid` None: no session). Returns the sessions demoted because
         the admitted working sets outgrew the blocks (their retained blocks may go).
+
+        One aborted before vLLM allocated it ran no step: the session's admission is undone
+        (`_undo_admission`), or, deferred, it stops waiting (`_withdraw_wait`); it neither
+        starts a pause (its client's resend would be learned as a tool pause of ~0 s, and
+        the workflow's expiry limit shrank to the resend gap) nor makes the batch idle
+        (nothing that ran ended: the idle rule's clock restarted at each abort, and a
+        session whose client resent on a timeout never got in by it). `withdrawn`: it was
+        allocated, then preempted (vLLM freed its blocks) and aborted while requeued (the
+        connector tells the policy `resume_withdrawn`): no step either, though it ran, so
+        nothing of its partial output is learned and the session is restored as if it had
+        never been allocated.
 
         A session's requests in flight together (vLLM's n > 1 children of one request, or
         concurrent steps; the connector says whose each is at `started`) are one step: it is
@@ -518,10 +551,11 @@ class SessionGate:
         session's steps n-fold. A request allocated before and finishing after its
         session's step ended (a late child) adds no step either."""
         ran = self._land(request_id)  # allocated: not aborted while waiting
-        if not self._in_flight:
+        if ran and not self._in_flight:
             self._idle_since = now
         if sid is None:
             return []
+        ran = ran and not withdrawn  # (a step withdrawn ran none)
         if ran and not last_step and sid in self._flights:  # others of its step still run
             self._step_context[sid] = max(self._step_context.get(sid, 0), context_tokens)
             return []
@@ -534,13 +568,17 @@ class SessionGate:
         if last_step:
             self.forget(sid)
             return []
-        if s is not None and not ran:
-            self._undo_admission(sid, s, now)
+        if not ran:
+            if s is not None:
+                self._undo_admission(sid, s, now)
+            else:  # aborted while deferred: it no longer waits, but may be resent
+                self._withdraw_wait(sid)
+                self._shared.pop(sid, None)  # not admitted: nothing to keep for it
             return []
         self.pauses.paused(sid, now)
-        if s is None:  # e.g. aborted while deferred: its wait is over, not stale
+        if s is None:  # e.g. it rode along unadmitted
             self._end_wait(sid, now)
-            self._shared.pop(sid, None)  # not admitted: nothing to keep for it
+            self._shared.pop(sid, None)
             return []
         s.resumed_from = None
         if late:  # part of the step that ended: nothing more to learn
@@ -553,23 +591,40 @@ class SessionGate:
 
     def _undo_admission(self, sid: str, s: _Admitted, now: float) -> None:
         """A step of admitted session `sid` (`s`) ended before vLLM allocated it (aborted
-        while it waited for blocks): no step ran, so nothing is learned, and unless another
+        while it waited for blocks), or was withdrawn (allocated, preempted, and aborted
+        while requeued): no step ran, so nothing is learned, and unless another
         request of the session is in flight its admission is undone. A session that never
         completed a step is dropped (it holds nothing: it kept its prompt and growth
         reserved, a phantom, and a later session waited max_wait_s behind it); one that did
         is paused again as before the step's probe (its context, pause and hint)."""
         if sid in self._flights or s.paused_at is not None:
             return  # its running request's finish ends the step; or this one never resumed it
+        self._step_context.pop(sid, None)  # (the step ran none of it)
         if s.last_finish is None:
             del self.sessions[sid]
             self._shared.pop(sid, None)  # (a later step of the id is a new session)
-            self._step_context.pop(sid, None)
             return
         if s.resumed_from is not None:
             s.context, s.paused_at, s.expected_s = s.resumed_from
             s.resumed_from = None
         else:  # (not seen paused since it was admitted: paused from now)
             s.context, s.paused_at = s.last_finish, now
+
+    def _withdraw_wait(self, sid: str) -> None:
+        """Deferred session `sid`'s waiting request was aborted before vLLM allocated it
+        (say, its client timed out and will resend it). It no longer waits: it holds no one
+        back (`gate_order`) and its wait leaves `_reserve_paid`'s sum (a stale wait there
+        made every later session's reservation "paid"). Its first deferral is kept for a
+        resend (`admit`), so that `max_wait_s` bounds its wait across resends, and the wait
+        is counted in `wait_s` once it is admitted (the latest `WITHDRAWN_WAITS_TRACKED`
+        are kept: one never resent is forgotten)."""
+        self.order.waiting.pop(sid, None)
+        since = self._waiting_since.pop(sid, None)
+        if since is None:
+            return
+        self._withdrawn_waits[sid] = since
+        if len(self._withdrawn_waits) > WITHDRAWN_WAITS_TRACKED:
+            del self._withdrawn_waits[next(iter(self._withdrawn_waits))]
 
     def _shrink(self) -> list[str]:
         """Demote the most recently admitted paused sessions until the rest fit (with
@@ -583,6 +638,7 @@ class SessionGate:
         self.sessions.pop(sid, None)
         self._shared.pop(sid, None)
         self._waiting_since.pop(sid, None)
+        self._withdrawn_waits.pop(sid, None)
         self.pauses.forget(sid)
         self.order.forget(sid)
         self._step_context.pop(sid, None)
