@@ -198,11 +198,14 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self.sessions[session_id] = s
         self._queried_tokens += len(tokens)
         self._hit_tokens += num_cached
+        s.importing = whole
         try:
             self.policy.step_started(s, now)
         except BaseException:
             self._unbegin(s, keep, before)
             raise
+        finally:
+            s.importing = False
         return StepStart(len(tokens), num_cached, list(hits))
 
     def _open(

@@ -34,7 +34,6 @@ one went (`Router.route`): moved, it would pull the session from a replica still
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -85,9 +84,9 @@ class KvsagaRouter(Router):
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
         self.num_migrated = 0
-        # (session, replica that refused it) -> until when it is not moved there again
+        # (session, replica that refused it) -> when (it is not moved there again: `_cool`)
         self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
-        # replica that refused an import -> until when it takes no session (`_thief`)
+        # replica that refused an import -> when (it takes no session: `_cool`, `_thief`)
         self._cooling: dict[str, float] = {}
 
     def add_replica(self, replica: str) -> None:
@@ -104,40 +103,49 @@ class KvsagaRouter(Router):
         self._cooling.pop(replica, None)
         return super().remove_replica(replica)
 
-    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
-        """`Router.move_refused`, and the replica that refused the session (its home
-        since the move) is not a thief for `refused_move_s`: for any session when it
-        refused the import (`import_refused`: short of room, it would refuse the home's
-        other sessions as well), else (the session was busy on `source`) for this
-        session only. The session's next steps run at home (or move to another replica)
-        instead of being stolen for it again while it is still short of room."""
-        refuser = self.homes.get(session)
-        super().move_refused(session, source, import_refused)
-        if refuser is None or refuser == source:
+    def move_refused(self, session: str, source: str, replica: str,
+                     import_refused: bool = False) -> None:
+        """`Router.move_refused`, and `replica`, the one that refused the session, is not a
+        thief for `refused_move_s`: for any session when it refused the import
+        (`import_refused`: short of room, it would refuse the home's other sessions as
+        well), else (the session was busy on `source`) for this session only. The
+        session's next steps run at home (or move to another replica) instead of being
+        stolen for it again while it is still short of room. (Named by the caller: the
+        session's home is no guide, a sibling step's refusal may have changed it.)"""
+        super().move_refused(session, source, replica, import_refused)
+        if replica == source or replica not in self.in_flight:
             return
         now = self.clock()
         if import_refused:
-            self._cooling[refuser] = now + self.refused_move_s
+            self._cooling[replica] = now
             return
-        self._refused.pop((session, refuser), None)
-        self._refused[(session, refuser)] = now + self.refused_move_s
+        self._refused.pop((session, replica), None)
+        self._refused[(session, replica)] = now
         self._forget_refusals(now)
+
+    def _cool(self, refused_at: float | None, now: float) -> bool:
+        """Whether a cool-off from a refusal at `refused_at` (None: none) still runs at
+        `now`: for `refused_move_s` from it, and over when `now` is before it (the router's
+        clock is the wall clock: a step back of X seconds would otherwise keep it X seconds
+        past its end, a step forward ends it early)."""
+        return refused_at is not None and 0 <= now - refused_at < self.refused_move_s
 
     def _refused_lately(self, session: str, x: str, now: float) -> bool:
         """Whether replica `x` refused an import, or a move of `session`, whose cool-off
-        is not over at `now` (each compared with its own end: the router's clock is the
-        wall clock, which may step back)."""
-        return (self._cooling.get(x, -math.inf) > now
-                or self._refused.get((session, x), -math.inf) > now)
+        still runs at `now` (`_cool`)."""
+        return (self._cool(self._cooling.get(x), now)
+                or self._cool(self._refused.get((session, x)), now))
 
     def _forget_refusals(self, now: float) -> None:
-        """Drop the refusals whose time is up, from the oldest (they are added in the
-        order they run out, unless the wall clock stepped back: `_refused_lately` compares
-        each with its own end), and the oldest beyond `_MAX_REFUSED`."""
+        """Drop the cool-offs that no longer run (`_cool`): the refusals from the oldest
+        (they are added in the order they run out, unless the wall clock stepped: then
+        `_refused_lately` tests each on its own), and the oldest beyond `_MAX_REFUSED`."""
         refused = self._refused
         while refused and (len(refused) > self._MAX_REFUSED
-                           or next(iter(refused.values())) <= now):
+                           or not self._cool(next(iter(refused.values())), now)):
             refused.popitem(last=False)
+        for x in [x for x, end in self._cooling.items() if not self._cool(end, now)]:
+            del self._cooling[x]
 
     def busy_time(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:
         """Replica `r`'s accumulated busy time as the balance rules compare it: what it

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -156,6 +156,7 @@ class Router:
     # dropped once a report taken after they finished has been read).
     _MAX_DONE = 256
     max_sessions = 1 << 20
+    _MAX_VOIDED = 4096  # refused moves remembered for `move_taken` at most (oldest go first)
 
     def __init__(self, replicas: Iterable[str] = (), *,
                  session_idle_s: float | None = DEFAULT_SESSION_IDLE_S) -> None:
@@ -171,6 +172,10 @@ class Router:
         # session key -> its latest move, until the step that moved it is known to have
         # reached the new home (`confirm_move`, a finished step, or the home's report).
         self.moves: dict[str, Route] = {}
+        # session key -> (the replica that refused its move, the move's source), from that
+        # refusal (`move_refused`) until the session is routed again: `move_taken` acts on
+        # this move only.
+        self._voided: OrderedDict[str, tuple[str, str]] = OrderedDict()
         # tenant -> replica -> this router's steps of that tenant there, not yet finished
         self.tenant_steps: dict[str, dict[str, int]] = {}
         # session -> replica -> this router's steps of that session there, not yet finished
@@ -249,32 +254,46 @@ class Router:
                 # A report taken between its sending and now counts it still (`busy`).
                 self._done[r].append((route.sent_at, self.clock()))
 
-    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
-        """The step that moved `session` off `source` was refused (a step of it was still
-        in flight on `source`, or the new replica's import was refused: `import_refused`,
-        which routers that remember refusals read; `source` keeps the session, the new
-        replica holds nothing of it): `source`, when live, is its home again, and the move
-        is void."""
+    def move_refused(self, session: str, source: str, replica: str,
+                     import_refused: bool = False) -> None:
+        """The step that moved `session` off `source` was refused by `replica`, the one it
+        reached (a step of it was still in flight on `source`, or `replica`'s import was
+        refused: `import_refused`, which routers that remember refusals read; `source` keeps
+        the session, `replica` holds nothing of it): `source`, when live, is its home again,
+        and the move is void. Remembered for `move_taken` until the session is routed
+        again."""
         self.moves.pop(session, None)
         if source in self.in_flight:
             self.homes[session] = source
+        voided = self._voided
+        voided.pop(session, None)
+        voided[session] = (replica, source)
+        while len(voided) > self._MAX_VOIDED:
+            voided.popitem(last=False)
 
-    def move_taken(self, session: str, replica: str) -> None:
-        """A step that moved `session` to `replica` ran there (its pull took the session,
-        or it recomputed there): `replica`, when live, is its home, whatever a refused step
-        of the same move said meanwhile. Two steps routed along one move before `replica`
-        accepted the first both pull: the first can be refused (`move_refused` sends the
-        session back to its source) and the second then take it; the session lived on
-        `replica` while its next step went to the source. A session no longer known (its
-        end came first) is left alone."""
-        if session in self.homes and replica in self.in_flight:
-            self.homes[session] = replica
-            self.confirm_move(session, replica)
+    def move_taken(self, session: str, replica: str, source: str) -> None:
+        """A step that moved `session` from `source` to `replica` ran there (its pull took
+        the session, or it recomputed there) after a sibling step of the same move was
+        refused (`move_refused`): `replica`, when live, is its home again. Two steps routed
+        along one move before `replica` accepted the first both pull: the first can be
+        refused (its refusal sends the session back to `source`) and the second then take
+        it; the session lived on `replica` while its next step went to `source`. It acts
+        only while that refusal is the session's latest word: a step routed since (it may
+        have moved the session on: the late answer of an older move must not undo a newer
+        one) or its end (the session is forgotten) leaves it alone. A session marked lost
+        meanwhile (`source` was removed) lives on `replica`: it is homed there."""
+        if self._voided.get(session) != (replica, source) or replica not in self.in_flight:
+            return
+        del self._voided[session]
+        self.lost.pop(session, None)
+        self.homes[session] = replica
+        self.confirm_move(session, replica)
 
     def session_ended(self, session: str) -> None:
         self.homes.pop(session, None)
         self.lost.pop(session, None)
         self.moves.pop(session, None)
+        self._voided.pop(session, None)
         self._last_routed.pop(session, None)
 
     def _expire(self, now: float) -> None:
@@ -294,6 +313,7 @@ class Router:
             self.homes.pop(s, None)
             self.lost.pop(s, None)
             self.moves.pop(s, None)
+            self._voided.pop(s, None)
 
     def confirm_move(self, session: str, replica: str) -> None:
         """A step of `session` reached `replica`: a move there is done (the replica pulled
@@ -421,6 +441,7 @@ class Router:
         if s is not None:
             _count(self.session_steps, s, route.replica, 1)
             self.homes[s] = route.replica
+            self._voided.pop(s, None)  # a refused move's late sibling answers change nothing
             self._last_routed.pop(s, None)
             self._last_routed[s] = route.sent_at
             self._expire(route.sent_at)

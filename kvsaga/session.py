@@ -65,6 +65,9 @@ class Session:
             PAUSED it is the table at the pause (entries may since have been evicted).
         num_computed: tokens of `token_ids` that have KV slots.
         tail: (block id, generation, tokens) of the partial last block retained at the pause.
+        importing: True during the policy's `step_started` of an import's step
+            (kvsaga.migration), which computes no token: every full block of it may hit,
+            the last one too (a shadow cache replays it so, `ShadowCache.step_started`).
     """
 
     session_id: str
@@ -79,6 +82,7 @@ class Session:
     paused_at: float | None = None
     hint: PauseHint | None = None
     tail: tuple[int, int, int] | None = None
+    importing: bool = False
 
     @property
     def is_running(self) -> bool:

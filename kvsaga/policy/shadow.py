@@ -133,10 +133,11 @@ class ShadowCache:
         if sid in self._running:  # preempted and retried: its blocks were released
             self._release(sid, self._tables.get(sid, []), keep_tail=False)
         hashes, tokens, bs = session.block_hashes, session.token_ids, self.block_size
-        # A step leaves its last token to compute (its logits are needed), but an import
-        # the manager took whole (`migration.plan_import`: every token computed already).
-        whole = getattr(session, "num_computed", 0) >= len(tokens) > 0
-        max_hit = len(tokens) if whole else max(len(tokens) - 1, 0)
+        # A step leaves its last token to compute (its logits are needed), an import
+        # (`Session.importing`, `migration.plan_import`) none: it hits every full block
+        # this shadow holds, the last one too, however much of it the real cache held.
+        importing = getattr(session, "importing", False)
+        max_hit = len(tokens) if importing else max(len(tokens) - 1, 0)
         limit = min(len(hashes), max_hit // bs)
         loops = self._loops
         hits = loops.hits(hashes, limit)

@@ -1,19 +1,22 @@
 """A kvsaga `EngineReplica` built without Ray Serve or a model, over a test's own engine
 stand-in, the pinned calls between such replicas, and a paused session to move, for the
 migration tests (tests/cluster/test_migration_ray_failures.py, test_ray_pull_refusal.py,
-test_ray_handover.py); and one that serves a tiny model without Ray Serve
-(`served_replica`, test_ray_pull_reservation.py). Import it after
+test_ray_handover.py); one that serves a tiny model without Ray Serve
+(`served_replica`, test_ray_pull_reservation.py); and the gateway relaying a replica's
+answer to a routed step to a test's router (`gateway_answer`). Import it after
 `pytest.importorskip("ray.serve")`: the deployment module needs Ray."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace as NS
 from unittest import mock
 
 from kvsaga import KVCacheManager, KVSpec
-from kvsaga.integrations.ray import deployment
+from kvsaga.integrations.ray import deployment, registry
 from kvsaga.integrations.ray.deployment import EngineReplica
+from kvsaga.integrations.ray.gateway import PULL_REFUSED_HEADER, GatewayCore
 from kvsaga.serve.sessions import SessionRegistry
 from kvsaga.serve.settings import ServerSettings
 
@@ -85,3 +88,31 @@ class _Call:
         self.pinned.asked.append((self.method, call))
         target = self.pinned.target
         return "unknown" if target is None else await getattr(target, self.method)(call)
+
+
+def gateway_answer(monkeypatch, router, route, status: int, body: bytes,
+                   refused: str | None = None) -> None:
+    """The gateway relaying the first message of a replica's answer `status` (with the
+    pull-refused header naming `refused`, if given) to the step of `body` that `route` (a
+    `kvsaga.routing.Route`) sent, `router` (a `kvsaga.routing.Router`) standing for the
+    Ray Serve request router it tells."""
+    monkeypatch.setattr(registry, "routers_here", lambda: [NS(
+        kv_router=router, session_ended=router.session_ended,
+        move_refused=router.move_refused, move_taken=router.move_taken)])
+    headers = [] if refused is None else [(PULL_REFUSED_HEADER.encode(), refused.encode())]
+
+    class Stream:
+        async def __anext__(self):
+            return {"type": "http.response.start", "status": status, "headers": headers}
+
+    class Handle:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, call):
+            call["route"] = {"replica": route.replica, "moved_from": route.moved_from,
+                             "migrate": route.migrate, "reason": route.reason}
+            return Stream()
+
+    asyncio.run(GatewayCore(Handle(), ServerSettings(model="x")).call(
+        "POST", "/v1/completions", b"", [], body))

@@ -92,9 +92,9 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status
     kv.moves[SID] = Route("b", moved_from="a")
     calls = []
     router = NS(kv_router=kv, session_ended=lambda s: None,
-                move_refused=lambda s, src, import_refused: (
-                    calls.append((s, src, import_refused)),
-                    kv.move_refused(s, src, import_refused)))
+                move_refused=lambda s, src, replica, import_refused: (
+                    calls.append((s, src, replica, import_refused)),
+                    kv.move_refused(s, src, replica, import_refused)))
     monkeypatch.setattr(registry, "routers_here", lambda: [router])
 
     class Handle:
@@ -116,7 +116,7 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status
     body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
                        "cache_salt": "t1"}).encode()
     asyncio.run(core.call("POST", "/v1/completions", b"", [], body))
-    assert calls and calls[0][1:] == ("a", status == 503)
+    assert calls and calls[0][1:] == ("a", "b", status == 503)
     assert kv.home(calls[0][0]) == "a" and calls[0][0] not in kv.moves
 
 

@@ -163,8 +163,8 @@ def test_a_second_pull_under_way_gets_the_plain_409_and_the_session_stays_moved(
     refused = []
     router = NS(kv_router=kv, session_ended=lambda s: None,
                 move_taken=kv.move_taken,
-                move_refused=lambda s, src, **kw: (refused.append(src),
-                                                   kv.move_refused(s, src, **kw)))
+                move_refused=lambda s, src, *a, **kw: (refused.append(src),
+                                                       kv.move_refused(s, src, *a, **kw)))
     monkeypatch.setattr(registry, "routers_here", lambda: [router])
 
     async def go():

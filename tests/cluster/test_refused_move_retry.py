@@ -11,6 +11,7 @@ for as long as the load stayed.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -18,10 +19,19 @@ pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
+from kvsaga.integrations.ray.gateway import routing_call  # noqa: E402
 from kvsaga.migration import plan_export, plan_import  # noqa: E402
 from kvsaga.routing import KvsagaRouter, ReplicaStats, RouteRequest  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
-from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
+from kvsaga.serve.settings import ServerSettings  # noqa: E402
+from tests.cluster.ray_replicas import (  # noqa: E402
+    SID,
+    SPEC,
+    Pinned,
+    gateway_answer,
+    paused,
+    stub_replica,
+)
 
 # a: 3 steps waiting, 2 running, the session long enough to migrate; b: nothing queued or
 # running, its pool full of paused sessions (no room for the moved session's 5 blocks);
@@ -87,7 +97,7 @@ def attempt(router, b, stats) -> tuple[str, object]:
         err = asyncio.run(b._pull(SID, "t1", "a", route.migrate))
         answer = 200 if err is None else err.status
         if err is not None and deployment.PULL_REFUSED_HEADER in err.headers:
-            router.move_refused(SID, err.headers[deployment.PULL_REFUSED_HEADER],
+            router.move_refused(SID, err.headers[deployment.PULL_REFUSED_HEADER], "b",
                                 import_refused=err.status == 503)  # as the gateway
     router.finished(route)
     return route.replica, answer
@@ -121,11 +131,11 @@ def test_the_refusals_remembered_are_bounded(monkeypatch):
     monkeypatch.setattr(KvsagaRouter, "_MAX_REFUSED", 3)
     for i in range(5):
         router.homes[f"s{i}"] = "b"
-        router.move_refused(f"s{i}", "a")
+        router.move_refused(f"s{i}", "a", "b")
     assert list(router._refused) == [("s2", "b"), ("s3", "b"), ("s4", "b")]
     now[0] = router.refused_move_s + 1  # all over: the next refusal sweeps them out
     router.homes["s5"] = "b"
-    router.move_refused("s5", "a")
+    router.move_refused("s5", "a", "b")
     assert list(router._refused) == [("s5", "b")]
 
 
@@ -138,10 +148,10 @@ def test_a_refusal_runs_out_at_its_own_end_when_the_clock_steps_back():
     now = [10_000.0]
     router.clock = lambda: now[0]
     router.homes["s1"] = "b"
-    router.move_refused("s1", "a")  # until 10 030
+    router.move_refused("s1", "a", "b")  # until 10 030
     now[0] = 9_400.0  # the wall clock steps back 600 s
     router.homes["s2"] = "b"
-    router.move_refused("s2", "a")  # until 9 430
+    router.move_refused("s2", "a", "b")  # until 9 430
     stats = {"a": LOADED, "b": ROOMY_IDLE}
     now[0] = 9_420.0
     route = router.route(RouteRequest(session="s2"), stats)
@@ -153,6 +163,40 @@ def test_a_refusal_runs_out_at_its_own_end_when_the_clock_steps_back():
 
 
 ROOMY_IDLE = ReplicaStats(total_blocks=64, free_blocks=60)
+
+
+def test_a_cool_off_does_not_outlast_a_step_back_of_the_clock(monkeypatch):
+    """A cool-off was kept until its end on the wall clock: after the clock stepped back an
+    hour, the replica that refused an import took no session for an hour and 30 s (repro
+    f3_cooling_clock_step). It runs for `refused_move_s` from the refusal, and a clock
+    now before the refusal ends it."""
+    body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
+                       "cache_salt": "t1"}).encode()
+    key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
+                       body)["session"]
+    router = KvsagaRouter(["a", "b"])
+    now = [10_000.0]
+    router.clock = lambda: now[0]
+    router.homes.update({key: "a", "o": "a"})
+    loaded = ReplicaStats(total_blocks=64, free_blocks=40, queue_depth=3, running=2,
+                          session_tokens={key: 20000, "o": 20000})
+    stats = {"a": loaded, "b": ROOMY_IDLE}
+    move = router.route(RouteRequest(session=key), stats)
+    assert (move.replica, move.moved_from) == ("b", "a")
+    gateway_answer(monkeypatch, router, move, 503, body, refused="a")  # b: no room
+    router.finished(move)
+
+    def steal_o() -> tuple[str, str | None]:
+        route = router.route(RouteRequest(session="o"), stats)
+        router.finished(route)
+        router.homes["o"] = "a"
+        router.moves.clear()
+        return route.replica, route.moved_from
+
+    now[0] = 10_010.0
+    assert steal_o() == ("a", None)  # cooling off
+    now[0] = 10_000.0 - 3600 + 31  # the clock stepped back an hour; 41 s went by
+    assert steal_o() == ("b", "a")  # before: ("a", None) for an hour more
 
 
 def home_fleet(monkeypatch, n: int):
@@ -193,7 +237,7 @@ def test_a_replica_that_refused_an_import_is_no_thief_for_the_homes_other_sessio
         if route.replica == "b":
             err = asyncio.run(b._pull(s, "t1", "a", route.migrate))
             answer = 200 if err is None else err.status
-            router.move_refused(s, err.headers[deployment.PULL_REFUSED_HEADER],
+            router.move_refused(s, err.headers[deployment.PULL_REFUSED_HEADER], "b",
                                 import_refused=err.status == 503)
         router.finished(route)
         answers.append(answer)
@@ -207,7 +251,7 @@ def test_a_busy_refusal_keeps_the_replica_from_that_session_only():
     router = KvsagaRouter(["a", "b"])
     router.clock = lambda: 1000.0
     router.homes.update({"s1": "b", "s2": "a"})
-    router.move_refused("s1", "a")  # a 409: import_refused False
+    router.move_refused("s1", "a", "b")  # a 409: import_refused False
     stats = {"a": LOADED, "b": ROOMY_IDLE}
     assert router.route(RouteRequest(session="s1"), stats).replica == "a"
     route = router.route(RouteRequest(session="s2"), stats)
@@ -218,7 +262,7 @@ def test_a_cooled_off_replica_that_leaves_is_forgotten():
     """The cool-off memory holds one entry per replica, dropped with the replica."""
     router = KvsagaRouter(["a", "b"])
     router.homes["s1"] = "b"
-    router.move_refused("s1", "a", import_refused=True)
+    router.move_refused("s1", "a", "b", import_refused=True)
     assert list(router._cooling) == ["b"] and not router._refused
     router.remove_replica("b")
     assert router._cooling == {}

@@ -299,3 +299,30 @@ def test_an_import_taken_whole_is_replayed_by_the_shadow():
     assert dst.stats().num_evicted_blocks == 0
     real, shadow = _pools(dst, sh)
     assert real == shadow
+
+
+def test_an_import_the_real_cache_holds_in_part_is_replayed_as_an_import():
+    """The shadow told an import by the real cache's hits (every token computed at the
+    start): an import the real cache held only in part, though the shadow held all of it
+    (its expert ranked evictions its own way), was replayed as a step, its last block
+    computed again in the shadow, which evicted a block for it (repro
+    f4_shadow_partial_import). The manager marks an import's step (`Session.importing`)."""
+    src = make("lru", num_blocks=8)
+    policy = AdaptivePolicy(experts=("ttl",))
+    dst = make(policy, num_blocks=4)
+    sh = policy._shadows[0]
+    for m, sid, toks in ((src, "s", list(range(12))), (dst, "x", list(range(12))),
+                         (dst, "y", [99] * 4)):
+        st = m.begin_step(sid, toks)
+        m.allocate_slots(sid, len(toks) - st.num_cached_tokens)
+        m.finish_step(sid)
+    # the real pool loses x's first block (as another expert's eviction would), the
+    # shadow keeps it: the import hits 0 blocks in the real pool, 3 in the shadow's
+    dst._drop(dst.sessions["x"].block_ids[0])
+    first, copied = dst.import_session(src.export_session("s").export)
+    assert (first, len(copied)) == (0, 3)  # every block copied into the real pool
+    assert not dst.sessions["s"].importing  # only while the policy's hook runs
+    s, y = dst.sessions["s"].block_hashes, dst.sessions["y"].block_hashes
+    cached = [sh.block_hash[b] for b in range(4) if sh._state[b] == _CACHED]
+    assert sorted(cached) == sorted(s + y)  # before: y's block evicted for a duplicate
+    assert [sh.block_hash[b] for b in sh._tables["s"]] == s

@@ -313,13 +313,13 @@ class GatewayCore:
                 router.session_ended(call["session"])  # on the router's own loop
         refused = _header(first, PULL_REFUSED_HEADER)
         route = call.get("route")
-        if refused is not None and call.get("session") is not None:
+        if refused is not None and call.get("session") is not None and route is not None:
             for router in registry.routers_here():  # the move did not happen
-                router.move_refused(call["session"], refused,
+                router.move_refused(call["session"], refused, route["replica"],
                                     import_refused=first.get("status") == 503)
         elif _moved_here(call, first):
             for router in registry.routers_here():  # whatever a sibling's refusal said
-                router.move_taken(call["session"], route["replica"])
+                router.move_taken(call["session"], route["replica"], route["moved_from"])
         if route is not None:  # where it ran and why, for clients and tests
             first = {**first, "headers": [*first.get("headers", []),
                                           (b"x-kvsaga-replica", route["replica"].encode()),

@@ -127,16 +127,17 @@ class KvsagaRequestRouter(RequestRouter):
         (`_on_loop`)."""
         self._on_loop(self.kv_router.session_ended, session)
 
-    def move_refused(self, session: str, source: str, import_refused: bool = False) -> None:
-        """The step that moved `session` off `source` was refused: it met a step in flight
-        there (409), or its import was refused (503, `import_refused`)
+    def move_refused(self, session: str, source: str, replica: str,
+                     import_refused: bool = False) -> None:
+        """The step that moved `session` off `source` was refused by `replica`: it met a
+        step in flight there (409), or its import was refused (503, `import_refused`)
         (`Router.move_refused`); from any thread (`_on_loop`)."""
-        self._on_loop(self.kv_router.move_refused, session, source, import_refused)
+        self._on_loop(self.kv_router.move_refused, session, source, replica, import_refused)
 
-    def move_taken(self, session: str, replica: str) -> None:
-        """A step that moved `session` to `replica` was answered there
+    def move_taken(self, session: str, replica: str, source: str) -> None:
+        """A step that moved `session` from `source` to `replica` was answered there
         (`Router.move_taken`); from any thread (`_on_loop`)."""
-        self._on_loop(self.kv_router.move_taken, session, replica)
+        self._on_loop(self.kv_router.move_taken, session, replica, source)
 
     def _on_loop(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the router's loop. The gateway calls in from its own thread,
