@@ -9,6 +9,7 @@ answer to a routed step to a test's router (`gateway_answer`). Import it after
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from pathlib import Path
 from types import SimpleNamespace as NS
 from unittest import mock
@@ -17,12 +18,47 @@ from kvsaga import KVCacheManager, KVSpec
 from kvsaga.integrations.ray import deployment, registry
 from kvsaga.integrations.ray.deployment import EngineReplica
 from kvsaga.integrations.ray.gateway import PULL_REFUSED_HEADER, GatewayCore
+from kvsaga.migration import plan_export, plan_import
 from kvsaga.serve.sessions import SessionRegistry
 from kvsaga.serve.settings import ServerSettings
 
 SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4)
 SID = "t1/s"
 
+
+class BookkeepingEngine:
+    """The replica's AsyncEngine, reduced to what a hand-over uses (`_pull`,
+    `export_session`, `finish_handover`, the end route); with `threaded`, its commands run
+    on a thread of their own, as on the engine thread."""
+
+    def __init__(self, manager, threaded: bool = False) -> None:
+        self.manager = manager
+        self.pool = concurrent.futures.ThreadPoolExecutor(1) if threaded else None
+
+    async def call(self, fn):
+        if self.pool is None:
+            return fn(self)
+        return await asyncio.wrap_future(self.pool.submit(fn, self))
+
+    def end_session(self, sid: str) -> list[str]:
+        if sid in self.manager.sessions:
+            self.manager.end_session(sid)
+        return []
+
+    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
+        return engine.end_session(sid)
+
+
+def threaded_engine(manager) -> BookkeepingEngine:
+    return BookkeepingEngine(manager, threaded=True)
+
+
+def copy_by_bookkeeping(monkeypatch) -> None:
+    """Export and import by their bookkeeping halves (no K/V tensors, no model)."""
+    monkeypatch.setattr(deployment, "export_session",
+                        lambda e, sid: plan_export(e.manager, sid).export)
+    monkeypatch.setattr(deployment, "import_session",
+                        lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
 
 def stub_replica(rid: str, engine, sessions: SessionRegistry, app=None) -> EngineReplica:
     """Replica `rid` of app "app" whose server holds `sessions` and whose engine is `engine`

@@ -16,35 +16,14 @@ pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
-from kvsaga.migration import plan_export, plan_import  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
-from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
-
-
-class Engine:
-    """The replica's AsyncEngine, reduced to what a hand-over uses."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-
-    async def call(self, fn):
-        return fn(self)
-
-    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
-        return engine.end_session(sid)
-
-    def end_session(self, sid: str) -> None:
-        if sid in self.manager.sessions:
-            self.manager.end_session(sid)
+from tests.cluster.ray_replicas import SID, SPEC, Pinned, copy_by_bookkeeping, paused, stub_replica  # noqa: E402
+from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def bookkeeping_copies(monkeypatch):
-    """Export and import by their bookkeeping halves (no K/V tensors, no model)."""
-    monkeypatch.setattr(deployment, "export_session",
-                        lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session",
-                        lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
+    copy_by_bookkeeping(monkeypatch)
 
 
 def pair(monkeypatch, b_blocks: int = 64, pinned=Pinned, app=None):

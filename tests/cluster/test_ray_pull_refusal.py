@@ -7,7 +7,6 @@ on its replica, and a stale record does not stop a pull."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import threading
 import time
@@ -26,25 +25,7 @@ from kvsaga.routing import Route, make_router  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
-
-
-class Engine:
-    """The replica's AsyncEngine, reduced to what `_pull` and `export_session` use; its
-    commands run on a thread of their own, as on the engine thread."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-        self.pool = concurrent.futures.ThreadPoolExecutor(1)
-
-    async def call(self, fn):
-        return await asyncio.wrap_future(self.pool.submit(fn, self))
-
-    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
-        return engine.end_session(sid)
-
-    def end_session(self, sid: str) -> None:
-        if sid in self.manager.sessions:
-            self.manager.end_session(sid)
+from tests.cluster.ray_replicas import threaded_engine as Engine  # noqa: E402
 
 
 def replica(rid: str, manager, sessions: SessionRegistry, app=None) -> EngineReplica:

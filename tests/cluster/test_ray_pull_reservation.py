@@ -15,7 +15,6 @@ recomputed there, its copy on the new home orphaned.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import threading
 from pathlib import Path
@@ -30,7 +29,7 @@ from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.engine.sampling import SamplingParams  # noqa: E402
 from kvsaga.integrations.ray import deployment, registry  # noqa: E402
 from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
-from kvsaga.migration import plan_export, plan_import  # noqa: E402
+from kvsaga.migration import plan_import  # noqa: E402
 from kvsaga.routing import Route, RouteRequest, make_router  # noqa: E402
 from kvsaga.serve.async_engine import RequestAborted  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
@@ -40,10 +39,12 @@ from tests.cluster.ray_replicas import (  # noqa: E402
     SPEC,
     Pinned,
     close_replica,
+    copy_by_bookkeeping,
     paused,
     served_replica,
     stub_replica,
 )
+from tests.cluster.ray_replicas import threaded_engine as Engine  # noqa: E402
 from tests.helpers_models import build_tiny_model  # noqa: E402
 
 PROMPT = "hello world, " * 8
@@ -242,33 +243,9 @@ def test_ending_a_session_here_wakes_the_reader_of_its_step(tiny_dir):
 # -- the reservation on every way out, and the hand-over's guards (stand-in engines) -------
 
 
-class Engine:
-    """The replica's AsyncEngine, reduced to what a hand-over uses; its commands run on a
-    thread of their own, as on the engine thread."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-        self.pool = concurrent.futures.ThreadPoolExecutor(1)
-
-    async def call(self, fn):
-        return await asyncio.wrap_future(self.pool.submit(fn, self))
-
-    def end_session(self, sid: str) -> list[str]:
-        if sid in self.manager.sessions:
-            self.manager.end_session(sid)
-        return []
-
-    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
-        return engine.end_session(sid)
-
-
 @pytest.fixture(autouse=True)
 def bookkeeping_copies(monkeypatch):
-    """Export and import by their bookkeeping halves (no K/V tensors)."""
-    monkeypatch.setattr(deployment, "export_session",
-                        lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session",
-                        lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
+    copy_by_bookkeeping(monkeypatch)
 
 
 def pair(monkeypatch, pinned=Pinned, b_blocks: int = 64):

@@ -20,7 +20,6 @@ pytest.importorskip("ray.serve")
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment  # noqa: E402
 from kvsaga.integrations.ray.gateway import routing_call  # noqa: E402
-from kvsaga.migration import plan_export, plan_import  # noqa: E402
 from kvsaga.routing import KvsagaRouter, ReplicaStats, RouteRequest  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
@@ -28,10 +27,12 @@ from tests.cluster.ray_replicas import (  # noqa: E402
     SID,
     SPEC,
     Pinned,
+    copy_by_bookkeeping,
     gateway_answer,
     paused,
     stub_replica,
 )
+from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
 
 # a: 3 steps waiting, 2 running, the session long enough to migrate; b: nothing queued or
 # running, its pool full of paused sessions (no room for the moved session's 5 blocks);
@@ -42,31 +43,9 @@ FULL = ReplicaStats(total_blocks=4, free_blocks=0)
 ROOMY = ReplicaStats(total_blocks=64, free_blocks=60, running=1)
 
 
-class Engine:
-    """The replica's AsyncEngine, reduced to what a hand-over uses."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-
-    async def call(self, fn):
-        return fn(self)
-
-    def end_session(self, sid: str) -> list[str]:
-        if sid in self.manager.sessions:
-            self.manager.end_session(sid)
-        return []
-
-    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
-        return engine.end_session(sid)
-
-
 @pytest.fixture(autouse=True)
 def bookkeeping_copies(monkeypatch):
-    """Export and import by their bookkeeping halves (no K/V tensors, no model)."""
-    monkeypatch.setattr(deployment, "export_session",
-                        lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session",
-                        lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
+    copy_by_bookkeeping(monkeypatch)
 
 
 def fleet(monkeypatch):

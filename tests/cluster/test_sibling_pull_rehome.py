@@ -19,7 +19,6 @@ pytest.importorskip("ray.serve")
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment, registry  # noqa: E402
 from kvsaga.integrations.ray.gateway import GatewayCore, routing_call  # noqa: E402
-from kvsaga.migration import plan_export, plan_import  # noqa: E402
 from kvsaga.routing import (  # noqa: E402
     KvsagaRouter,
     ReplicaStats,
@@ -28,7 +27,14 @@ from kvsaga.routing import (  # noqa: E402
 )
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
-from tests.cluster.ray_replicas import SPEC, Pinned, gateway_answer, stub_replica  # noqa: E402
+from tests.cluster.ray_replicas import (  # noqa: E402
+    SPEC,
+    Pinned,
+    copy_by_bookkeeping,
+    gateway_answer,
+    stub_replica,
+)
+from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
 
 SETTINGS = ServerSettings(model="x")
 BODY = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
@@ -40,31 +46,9 @@ LOADED = ReplicaStats(total_blocks=64, free_blocks=59, queue_depth=3, running=2,
 IDLE = ReplicaStats(total_blocks=64, free_blocks=64)
 
 
-class Engine:
-    """The replica's AsyncEngine, reduced to what a hand-over uses."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-
-    async def call(self, fn):
-        return fn(self)
-
-    def end_session(self, sid: str) -> list[str]:
-        if sid in self.manager.sessions:
-            self.manager.end_session(sid)
-        return []
-
-    def end_engine_session(self, engine, sid: str):  # (AsyncEngine's; no readers here)
-        return engine.end_session(sid)
-
-
 @pytest.fixture(autouse=True)
 def bookkeeping_copies(monkeypatch):
-    """Export and import by their bookkeeping halves (no K/V tensors, no model)."""
-    monkeypatch.setattr(deployment, "export_session",
-                        lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session",
-                        lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
+    copy_by_bookkeeping(monkeypatch)
 
 
 async def ok(scope, receive, send):  # R's server: the step runs
