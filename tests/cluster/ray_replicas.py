@@ -15,7 +15,7 @@ from types import SimpleNamespace as NS
 from unittest import mock
 
 from kvsaga import KVCacheManager, KVSpec
-from kvsaga.integrations.ray import deployment, registry
+from kvsaga.integrations.ray import deployment, handover, registry
 from kvsaga.integrations.ray.deployment import EngineReplica
 from kvsaga.integrations.ray.gateway import PULL_REFUSED_HEADER, GatewayCore
 from kvsaga.migration import plan_export, plan_import
@@ -55,9 +55,9 @@ def threaded_engine(manager) -> BookkeepingEngine:
 
 def copy_by_bookkeeping(monkeypatch) -> None:
     """Export and import by their bookkeeping halves (no K/V tensors, no model)."""
-    monkeypatch.setattr(deployment, "export_session",
+    monkeypatch.setattr(handover, "export_session",
                         lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session",
+    monkeypatch.setattr(handover, "import_session",
                         lambda e, ex, salt=None: plan_import(e.manager, ex, salt=salt))
 
 def stub_replica(rid: str, engine, sessions: SessionRegistry, app=None) -> EngineReplica:

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager, KVSpec  # noqa: E402
-from kvsaga.integrations.ray import deployment  # noqa: E402
+from kvsaga.integrations.ray import deployment, handover  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export, plan_import  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
@@ -65,7 +65,7 @@ def test_a_migrated_session_is_no_service_on_its_new_replica(monkeypatch):
 
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *a: Handle())
     # The K/V bytes need a real engine: the bookkeeping half stands in for them.
-    monkeypatch.setattr(deployment, "import_session",
+    monkeypatch.setattr(handover, "import_session",
                         lambda engine, e, salt=None: plan_import(engine.manager, e, salt=salt))
     b = replica(dst)
     asyncio.run(b._pull(SID, "t1", "a", True))

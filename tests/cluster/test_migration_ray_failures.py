@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
-from kvsaga.integrations.ray import deployment  # noqa: E402
+from kvsaga.integrations.ray import deployment, handover  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
@@ -62,9 +62,9 @@ def test_a_failed_import_aborts_and_leaves_the_session_with_its_sender(monkeypat
     sender.open(SID).num_steps = 3
     a = stub_replica("a", Engine(src), sender)
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: Pinned(a))
-    monkeypatch.setattr(deployment, "export_session",
+    monkeypatch.setattr(handover, "export_session",
                         lambda e, sid: plan_export(e.manager, sid).export)
-    monkeypatch.setattr(deployment, "import_session", failed_copy)
+    monkeypatch.setattr(handover, "import_session", failed_copy)
     registry = SessionRegistry(tokenizer=None)
     b = replica(KVCacheManager(SPEC, 64), registry)
     err = asyncio.run(b._pull(SID, "t1", "a", True))  # before the fix: RuntimeError
@@ -81,7 +81,7 @@ def test_a_failed_export_hands_the_context_over_and_the_commit_ends_the_session(
     paused(manager)
     registry = SessionRegistry(tokenizer=None)
     registry.open(SID).num_steps = 3
-    monkeypatch.setattr(deployment, "export_session", failed_copy)
+    monkeypatch.setattr(handover, "export_session", failed_copy)
     a = replica(manager, registry)
 
     async def go():

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
-from kvsaga.integrations.ray import deployment  # noqa: E402
+from kvsaga.integrations.ray import deployment, handover  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from tests.cluster.ray_replicas import SID, SPEC, Pinned, copy_by_bookkeeping, paused, stub_replica  # noqa: E402
 from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
@@ -99,7 +99,7 @@ def test_a_pull_that_commits_moves_the_session(monkeypatch):
 
 
 def test_a_hold_nobody_ends_runs_out_and_a_late_commit_is_refused(monkeypatch):
-    monkeypatch.setattr(deployment, "_HANDOVER_HOLD_S", 0.0)
+    monkeypatch.setattr(handover, "_HANDOVER_HOLD_S", 0.0)
     a, b, _ = pair(monkeypatch)
     ma, ra = a.app.state.engine.manager, a._sessions
 
@@ -115,7 +115,7 @@ def test_a_hold_nobody_ends_runs_out_and_a_late_commit_is_refused(monkeypatch):
 
 
 def test_a_commit_the_sender_refuses_undoes_the_import(monkeypatch):
-    monkeypatch.setattr(deployment, "_HANDOVER_HOLD_S", 0.0)
+    monkeypatch.setattr(handover, "_HANDOVER_HOLD_S", 0.0)
 
     class Slow(Pinned):  # the commit arrives after the sender's hold ran out
         def options(self, method_name):
@@ -194,7 +194,7 @@ def test_a_pull_that_times_out_is_logged_as_one(monkeypatch, caplog):
             await asyncio.sleep(10)
 
     monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: Stuck())
-    monkeypatch.setattr(deployment, "_PULL_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(handover, "_PULL_TIMEOUT_S", 0.01)
     b = stub_replica("b", Engine(KVCacheManager(SPEC, 8)), SessionRegistry(tokenizer=None))
     with caplog.at_level(logging.WARNING, logger="kvsaga.ray"):
         assert asyncio.run(b._pull(SID, "t1", "a", True)) is None

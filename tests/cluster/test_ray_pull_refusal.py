@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from kvsaga import KVCacheManager  # noqa: E402
-from kvsaga.integrations.ray import deployment, registry  # noqa: E402
+from kvsaga.integrations.ray import deployment, handover, registry  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
 from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
@@ -117,7 +117,7 @@ def test_a_cancelled_export_leaves_the_session_free_here_and_a_stale_record_is_p
         time.sleep(0.3)
         return plan_export(engine.manager, sid).export
 
-    monkeypatch.setattr(deployment, "export_session", slow_export)
+    monkeypatch.setattr(handover, "export_session", slow_export)
 
     async def go():
         task = asyncio.create_task(

@@ -27,7 +27,7 @@ pytest.importorskip("transformers")
 
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.engine.sampling import SamplingParams  # noqa: E402
-from kvsaga.integrations.ray import deployment, registry  # noqa: E402
+from kvsaga.integrations.ray import deployment, handover, registry  # noqa: E402
 from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
 from kvsaga.migration import plan_import  # noqa: E402
 from kvsaga.routing import Route, RouteRequest, make_router  # noqa: E402
@@ -279,7 +279,7 @@ def test_a_pull_cancelled_during_the_import_still_finishes_the_hand_over(monkeyp
         assert release.wait(10)
         return plan_import(e.manager, ex, salt=salt)
 
-    monkeypatch.setattr(deployment, "import_session", slow_import)
+    monkeypatch.setattr(handover, "import_session", slow_import)
 
     async def go():
         task = asyncio.create_task(b._pull(SID, "t1", "a", True))

@@ -1,0 +1,367 @@
+"""The session hand-over between engine replicas of kvsaga-serve on Ray Serve:
+`SessionHandover`, a mixin of `deployment.EngineReplica` (split from deployment.py by
+concept, as `gateway.py` was: the replica there runs the single-node server app and reports
+its routing stats; moving a session between replicas is this module's).
+
+When the router moved a session onto a replica, the replica pulls it from its previous one
+(`SessionHandover._pull`): the token context always (so re-tokenization cannot split it
+differently), and the KV too when the router chose migration (`kvsaga.migration`: exported
+through host memory, imported byte for byte). The hand-over is two-phase: the previous
+replica exports the session and holds it (`export_session`; no step of it runs there)
+until the new one has imported it and commits (`finish_handover`: the previous replica
+ends its copy, so a session lives in one place; docs/cluster.md, "Moving a session", says
+when it does not) or aborts (its import was refused: the session stays where it was, and
+the step is answered 503 `session_move_failed`, which sends the session back there). A
+session with a step in flight on its previous replica is not taken: the step gets that
+replica's 409 `session_busy`. While it pulls, the new replica reserves the session's
+record (`_Reservation`), so a step of the session that reaches it meanwhile gets its own
+409.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from typing import Any
+
+from ray import serve
+
+from kvsaga.integrations.ray.gateway import ENGINE_DEPLOYMENT, PULL_REFUSED_HEADER
+from kvsaga.migration import export_session, import_session
+from kvsaga.serve.errors import APIError
+from kvsaga.serve.sessions import SessionContext, SessionRegistry
+
+log = logging.getLogger("kvsaga.ray")
+_PULL_TIMEOUT_S = 60.0  # per call of a pull to the session's previous replica
+# How long a replica holds a session it exported for the commit or abort of its importer
+# (`EngineReplica.export_session`): the importer's import waits for its engine's step in
+# progress, and its commit may take `_PULL_TIMEOUT_S`. A commit after it is refused (the
+# importer undoes its import); meanwhile a step of the session there is answered 409.
+_HANDOVER_HOLD_S = 2 * _PULL_TIMEOUT_S
+# What `export_session` answers for a session with a step in flight on its replica.
+EXPORT_BUSY = "busy"
+_FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """A session `EngineReplica.export_session` hands over, held by its replica until
+    `finish_handover` names `id`.
+
+    Attributes:
+        id: the hold's id.
+        context: the session's `SessionContext` fields (but `in_flight`, `last_used`).
+        exported: its KV (`kvsaga.migration.SessionExport`), or None (not asked for, none
+            cached, or its export failed: it is recomputed).
+    """
+
+    id: str
+    context: dict
+    exported: Any
+
+
+def _export_kv(engine: Any, sid: str, migrate: bool) -> Any:
+    """The session's KV when `migrate` and the engine holds it, else None; on the engine's
+    thread. A failed host-tier copy (RuntimeError) exports nothing: the context moves
+    without its KV, recomputed on the new replica."""
+    if not migrate or sid not in engine.manager.sessions:
+        return None
+    try:
+        return export_session(engine, sid)
+    except Exception as e:
+        log.warning("kvsaga: exporting the KV of %s failed (%s: %s); it moves without", sid,
+                    type(e).__name__, e)
+        return None
+
+
+def _move_failed(sid: str, source: str, why: str) -> APIError:
+    """The answer to a step whose session could not move here and stays on `source`: 503
+    (retry), with the header that has the gateway's router take the session back there."""
+    return APIError(503, f"session {sid.partition('/')[2]!r} could not move to this replica "
+                    f"({why}); retry: it continues on its previous replica",
+                    param="session_id", code="session_move_failed",
+                    headers={PULL_REFUSED_HEADER: source, "Retry-After": "1"})
+
+
+def _ended_meanwhile(sid: str) -> APIError:
+    """The answer to a moved step whose session its client ended here while it was being
+    pulled: the single-node server's to a step the end aborted before it was queued."""
+    return APIError(400, f"the request was aborted: session {sid.partition('/')[2]!r} was "
+                    "ended before this step was queued", param="session_id", code="aborted")
+
+
+@dataclasses.dataclass
+class _Reservation:
+    """A pull's reservation of a session's record on the replica pulling it
+    (`EngineReplica._pull`): the record's `in_flight` is `id`, as a step's request id
+    reserves it (`Serving.complete`), so a step of the session meanwhile is answered 409
+    `session_busy` and the idle sweep passes it over.
+
+    Attributes:
+        sessions: the server's sessions.
+        sid: the session's engine id.
+        ctx: its record.
+        id: the reservation's id.
+        fresh: the pull opened the record (there was none).
+    """
+
+    sessions: SessionRegistry
+    sid: str
+    ctx: SessionContext
+    id: str
+    fresh: bool
+
+    @classmethod
+    def take(cls, sessions: SessionRegistry, sid: str, fresh: bool) -> "_Reservation":
+        """Reserve the session's record (opened if there is none); the caller checked that
+        nothing reserves it, in the same turn of the event loop."""
+        ctx = sessions.open(sid)
+        ctx.in_flight = f"pull-{uuid.uuid4().hex}"
+        return cls(sessions, sid, ctx, ctx.in_flight, fresh)
+
+    @property
+    def held(self) -> bool:
+        """Whether the record is still this reservation's: the end route drops a record
+        whatever reserves it."""
+        return self.sessions.get(self.sid) is self.ctx and self.ctx.in_flight == self.id
+
+    def end(self, keep: bool) -> None:
+        """Free the record (`keep`) or drop it, if it is still this reservation's."""
+        if self.held:
+            self.ctx.in_flight = None
+            if not keep:
+                self.sessions.drop(self.sid)
+
+
+class SessionHandover:
+    """Moving a session between engine replicas, both ends: the importer's pull (`_pull`)
+    and the exporter's two phases (`export_session`, `finish_handover`). A mixin of
+    `deployment.EngineReplica`, whose state it uses: `app` (the server app and its
+    engine), `replica_id`, `app_name`, `_sessions`, `_start`, `_seen_tokens` (an import's
+    context is no service given here) and `_handovers` (the exporter's holds)."""
+
+    async def _pull(self, sid: str, salt: str | None, source: str,
+                    migrate: bool) -> APIError | None:
+        """Take a moved session's context (and KV when `migrate`) from its previous replica;
+        returns the error to answer instead of the step, or None to run the step here.
+
+        A hand-over has two phases: `source` exports the session and holds it
+        (`export_session`), this replica imports it, then has `source` end its copy
+        (commit) or keep it (abort, on a refused import: no room, a failed copy;
+        `finish_handover`). So a refused import loses nothing: the answer is
+        `_move_failed`, and the gateway has the router take the session back to `source`.
+        A session with a step in flight on `source` is not taken either (opened here as
+        well, it would live on two replicas): the answer is the 409 `session_busy` that
+        replica gives a concurrent step. A local record with a step queued (or a pull
+        under way) is left to the server's 409; a local idle copy is one a failed pull left
+        behind when the session moved on, so `source`'s copy replaces it, unless `source`
+        holds none. If `source` cannot be reached (it died, it is stuck) the step continues
+        a local copy, if any, or recomputes.
+
+        The pull reserves the session's record here for its whole length (`_Reservation`),
+        in the same turn of the event loop as the check, as a step does: a step of the
+        session that arrives meanwhile (the router sends the session's next steps here
+        once this one is accepted) gets the server's 409, not a record and an engine
+        request that the import would end under it; a second pull gets that 409 as well,
+        without the header that would send the session back to `source`. An end of the
+        session here meanwhile drops the reservation: the step is then answered as one the
+        end aborted, whatever `source` answered (`_ended_meanwhile`)."""
+        sessions = self._sessions
+        if sessions is None:
+            return None
+        known = sessions.get(sid)
+        if known is not None and known.in_flight is not None:
+            return None
+        held = _Reservation.take(sessions, sid, fresh=known is None)
+        try:
+            got = await self._ask(source, "export_session",
+                                  {"engine_sid": sid, "migrate": migrate})
+        except BaseException:  # cancelled: nothing was handed over
+            held.end(keep=not held.fresh)
+            raise
+        if not isinstance(got, Handover):
+            if not held.held:  # the client ended the session here meanwhile (the end route)
+                return _ended_meanwhile(sid)
+            held.end(keep=not held.fresh)
+            if got == EXPORT_BUSY:
+                log.warning("kvsaga: %s has a step of %s in flight; answering 409", source,
+                            sid)
+                return APIError(409, f"session {sid.partition('/')[2]!r} already has a "
+                                "request in flight", param="session_id", code="session_busy",
+                                headers={PULL_REFUSED_HEADER: source})
+            # "unknown" (a local copy is the session's), or "misrouted" or _FAILED (the
+            # source is gone or stuck): continue or recompute
+            await self._drop_if_stale(sessions, sid)
+            return None
+        # From here on the source holds the session for this replica: its commit or abort
+        # must be sent even if this step is cancelled (else the session waits out the hold).
+        return await asyncio.shield(self._take(held, salt, source, got))
+
+    async def _ask(self, source: str, method: str, ask: dict) -> Any:
+        """A pinned call to `method` of replica `source`; `_FAILED` (logged) when it raised
+        or took longer than `_PULL_TIMEOUT_S`."""
+        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
+        try:
+            return await asyncio.wait_for(handle.options(method_name=method).remote(
+                {"kvsaga": 1, "pin": source, **ask}), _PULL_TIMEOUT_S)
+        except Exception as e:  # (a timeout's message is empty: its type names it)
+            log.warning("kvsaga: %s of session %s on %s failed (%s: %s)", method,
+                        ask["engine_sid"], source, type(e).__name__, e)
+            return _FAILED
+
+    async def _drop_if_stale(self, sessions: SessionRegistry, sid: str) -> None:
+        """Nothing was handed over: drop an idle local record whose session the engine does
+        not hold (the engine's own idle sweep ended it, say); the step then recomputes
+        instead of trusting it."""
+        ctx = sessions.get(sid)
+        if ctx is None or ctx.in_flight is not None:
+            return
+        if not await self.app.state.engine.call(lambda e: sid in e.manager.sessions):
+            sessions.drop(sid)
+
+    async def _take(self, held: _Reservation, salt: str | None, source: str,
+                    got: Handover) -> APIError | None:
+        """Put the session `source` handed over in place of any local copy, commit the
+        hand-over there, and free the pull's reservation (`held`) with the session's
+        context in it; a failure drops it, whatever happens on the way."""
+        took = False
+        try:
+            err = await self._import_and_commit(held, salt, source, got)
+            took = err is None
+            return err
+        finally:
+            held.end(keep=took)
+
+    async def _import_and_commit(self, held: _Reservation, salt: str | None, source: str,
+                                 got: Handover) -> APIError | None:
+        """`_take`'s moves. A refused import aborts the hand-over; a commit `source`
+        refuses (the hold ran out, or the session's client ended it there meanwhile)
+        undoes the import. Either way the session stays with `source`, and the answer is
+        `_move_failed`. The engine here is touched only while `held` still reserves the
+        record: the end route drops a record whatever reserves it (and ends the engine's
+        copy after any import queued before), and a step of the id may open a new one
+        after it; an end here meanwhile is the client's, so the hand-over is committed
+        (`source` ends its copy too) and the step answered as one the end aborted."""
+        sid, engine = held.sid, self.app.state.engine
+        if held.held:
+            try:
+                await engine.call(lambda e: self._replace(e, sid, got.exported, salt))
+            except Exception as e:  # no room, a failed copy (RuntimeError): the import
+                # changed nothing
+                log.warning("kvsaga: importing %s from %s failed (%s: %s); it stays there",
+                            sid, source, type(e).__name__, e)
+                if held.held:
+                    await self._ask(source, "finish_handover",
+                                    {"engine_sid": sid, "id": got.id, "commit": False})
+                    return _move_failed(sid, source,
+                                        f"importing its KV failed: {type(e).__name__}")
+        done = await self._ask(source, "finish_handover",
+                               {"engine_sid": sid, "id": got.id, "commit": True})
+        if not held.held:
+            return _ended_meanwhile(sid)
+        if done is False:
+            log.warning("kvsaga: %s no longer hands over %s; it stays there", source, sid)
+            await engine.call(lambda e: self._forget(e, sid))
+            return _move_failed(sid, source, "its previous replica took it back")
+        # Else committed, or `source` is gone (its copy with it) or did not answer (it frees
+        # its copy when the hold runs out; that copy idles out there).
+        for k, v in got.context.items():
+            setattr(held.ctx, k, v)
+        return None
+
+    def _replace(self, engine: Any, sid: str, exported: Any, salt: str | None) -> None:
+        """End any local copy of the session (the one handed over is newer), then import
+        the handed-over KV, if any; on the engine's thread."""
+        self._forget(engine, sid)
+        if exported is not None and exported.num_blocks:
+            self._import(engine, exported, salt)
+
+    def _forget(self, engine: Any, sid: str) -> None:
+        """End the session's engine copy here (the manager's and the scheduler's admission;
+        on the engine's thread), waking the reader of any step of it the end aborts
+        (`AsyncEngine.end_engine_session`): a pull reserves the record, so none should be
+        running, but one that was would otherwise wait for good."""
+        self.app.state.engine.end_engine_session(engine, sid)
+        self._seen_tokens.pop(sid, None)
+
+    def _import(self, engine: Any, exported: Any, salt: str | None) -> None:
+        """Import a pulled session's KV (on the engine's thread) and count its context as
+        seen here: tokens computed on another replica are no service given here
+        (`_routing_stats`), which counted the whole imported context as new tenant service
+        at the next report, twice across the fleet."""
+        import_session(engine, exported, salt=salt)
+        s = engine.manager.sessions.get(exported.session_id)
+        if s is not None:
+            self._seen_tokens[exported.session_id] = len(s.token_ids)
+
+    async def export_session(self, call: dict) -> Handover | str:
+        """Hand-over, phase one: a paused session's context, and its KV if asked. The
+        session stays here, held: its record is reserved (a step of it is answered 409
+        `session_busy`, the idle sweep passes it over) until `finish_handover` commits
+        (ends it here) or aborts (frees it), or `_HANDOVER_HOLD_S` passed without either
+        (the importer died or gave up): it is then freed. Else why not: `EXPORT_BUSY` (a
+        step of it is in flight here), "unknown" (no such session here) or "misrouted"
+        (the call reached another replica)."""
+        await self._start()
+        sessions, sid = self._sessions, call.get("engine_sid")
+        if call.get("pin") != self.replica_id or sessions is None:
+            log.warning("kvsaga: export of %s reached %s, not %s", sid, self.replica_id,
+                        call.get("pin"))
+            return "misrouted"
+        ctx = sessions.get(sid)
+        if ctx is None or ctx.in_flight is not None:
+            log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid,
+                        "unknown" if ctx is None else "a step is in flight")
+            return "unknown" if ctx is None else EXPORT_BUSY
+        hold = ctx.in_flight = f"handover-{uuid.uuid4().hex}"
+        migrate = bool(call.get("migrate"))
+        try:
+            exported = await self.app.state.engine.call(lambda e: _export_kv(e, sid, migrate))
+        except BaseException:  # (cancelled: the importer gave up) nothing was handed over
+            self._release(sid, hold)
+            raise
+        self._handovers[hold] = asyncio.get_running_loop().call_later(
+            _HANDOVER_HOLD_S, self._expire, sid, hold)
+        # What the session's cache holds (exact ids and text), not its local bookkeeping.
+        context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
+                   if f.name not in ("in_flight", "last_used")}
+        return Handover(hold, context, exported)
+
+    async def finish_handover(self, call: dict) -> bool | str:
+        """Hand-over, phase two: `commit` ends the held session here (its importer has it),
+        else the session is freed and stays here. True once ended; False when not
+        committed: an abort, or the hold is over (it ran out, or the session's client
+        ended the session meanwhile); "misrouted" (the call reached another replica)."""
+        sessions, sid, hold = self._sessions, call.get("engine_sid"), call.get("id")
+        if call.get("pin") != self.replica_id or sessions is None:
+            return "misrouted"
+        timer = self._handovers.pop(hold, None)
+        if timer is None:
+            log.warning("kvsaga: the hand-over of %s on %s is over already", sid,
+                        self.replica_id)
+            return False
+        timer.cancel()
+        ctx = sessions.get(sid)
+        if not call.get("commit") or ctx is None or ctx.in_flight != hold:
+            self._release(sid, hold)
+            return False
+        # The record goes before the await, as the end route's does, and the engine's copy
+        # goes even if this call is cancelled (its caller gave up).
+        sessions.drop(sid)
+        await asyncio.shield(self.app.state.engine.call(lambda e: self._forget(e, sid)))
+        return True
+
+    def _expire(self, sid: str, hold: str) -> None:
+        """The hold ran out with neither commit nor abort: the session is free here again."""
+        log.warning("kvsaga: the hand-over of %s on %s was neither committed nor aborted "
+                    "within %g s; the session stays here", sid, self.replica_id,
+                    _HANDOVER_HOLD_S)
+        self._handovers.pop(hold, None)
+        self._release(sid, hold)
+
+    def _release(self, sid: str, hold: str) -> None:
+        """Free the session's record of hand-over `hold`, if the hold still reserves it."""
+        sessions = self._sessions
+        ctx = sessions.get(sid) if sessions is not None else None
+        if ctx is not None and ctx.in_flight == hold:
+            ctx.in_flight = None
