@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvsaga.integrations.vllm import gate as gate_module
+from kvsaga.integrations.vllm import gate_waits
 from kvsaga.integrations.vllm.gate import SessionGate
 
 BS = 16
@@ -86,7 +86,7 @@ def test_resends_of_a_deferred_session_are_not_learned_as_tool_pauses():
 def test_the_waits_kept_for_resends_are_bounded(monkeypatch):
     """A client that gives up and never resends leaves its first deferral behind: the latest
     WITHDRAWN_WAITS_TRACKED are kept, and a session that ends leaves nothing."""
-    monkeypatch.setattr(gate_module, "WITHDRAWN_WAITS_TRACKED", 3)
+    monkeypatch.setattr(gate_waits, "WITHDRAWN_WAITS_TRACKED", 3)
     g = _held(idle_admit_s=1e9, max_wait_s=1e9)
     g.started("busy")
     for i in range(5):
