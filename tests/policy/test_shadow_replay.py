@@ -279,21 +279,27 @@ def test_a_tie_at_zero_keeps_the_leader():
     assert p.leader is ttl
 
 
+def _import_pair():
+    """An exporter holding paused session s (3 blocks), and a full 4-block importer with a
+    one-expert `adaptive` (x paused on s's tokens, y on one block of its own) and its shadow."""
+    src = make("lru", num_blocks=8)
+    policy = AdaptivePolicy(experts=("ttl",))
+    dst = make(policy, num_blocks=4)
+    for m, sid, toks in ((src, "s", list(range(12))), (dst, "x", list(range(12))),
+                         (dst, "y", [99] * 4)):
+        st = m.begin_step(sid, toks)
+        m.allocate_slots(sid, len(toks) - st.num_cached_tokens)
+        m.finish_step(sid)
+    return src, dst, policy._shadows[0]
+
+
 def test_an_import_taken_whole_is_replayed_by_the_shadow():
     """An import the importer caches whole takes its last block as a hit too
     (`migration.plan_import`): the shadow did not, computed a duplicate of the last block
     and, in a full pool, evicted a block the real manager kept."""
     from kvsaga import KVCacheManager
 
-    src = make("lru", num_blocks=8)
-    policy = AdaptivePolicy(experts=("ttl",))
-    dst = make(policy, num_blocks=4)
-    sh = policy._shadows[0]
-    for m, sid, toks in ((src, "s", list(range(12))), (dst, "x", list(range(12))),
-                         (dst, "y", [99] * 4)):
-        st = m.begin_step(sid, toks)
-        m.allocate_slots(sid, len(toks) - st.num_cached_tokens)
-        m.finish_step(sid)
+    src, dst, sh = _import_pair()
     assert isinstance(dst, KVCacheManager)
     assert dst.import_session(src.export_session("s").export) == (3, [])
     assert dst.stats().num_evicted_blocks == 0
@@ -307,15 +313,7 @@ def test_an_import_the_real_cache_holds_in_part_is_replayed_as_an_import():
     (its expert ranked evictions its own way), was replayed as a step, its last block
     computed again in the shadow, which evicted a block for it (repro
     f4_shadow_partial_import). The manager marks an import's step (`Session.importing`)."""
-    src = make("lru", num_blocks=8)
-    policy = AdaptivePolicy(experts=("ttl",))
-    dst = make(policy, num_blocks=4)
-    sh = policy._shadows[0]
-    for m, sid, toks in ((src, "s", list(range(12))), (dst, "x", list(range(12))),
-                         (dst, "y", [99] * 4)):
-        st = m.begin_step(sid, toks)
-        m.allocate_slots(sid, len(toks) - st.num_cached_tokens)
-        m.finish_step(sid)
+    src, dst, sh = _import_pair()
     # the real pool loses x's first block (as another expert's eviction would), the
     # shadow keeps it: the import hits 0 blocks in the real pool, 3 in the shadow's
     dst._drop(dst.sessions["x"].block_ids[0])
