@@ -10,9 +10,9 @@ saga and ttl, then the fewest cases above 1.0x of it, then the least total recom
 `--smooth`) the rule's choice then goes through issue 10's checks (`vetted_pick`, session
 29): the candidates are walked in the rule's order (`ranking`), each put through the AFS
 veto, the non-thrash check and (since session 32) issue 10's fit check against
-`DEFAULT_POLICY` (`run_checks`: the rules `AFS_CHECKS`, `NON_THRASH_CHECKS` and
-`FIT_CHECKS` record, bench/policies_records.py, simulated afresh), and the first that
-passes all three, or the default as it is (which takes none), is the pick; the
+`DEFAULT_POLICY` (`run_checks`, bench/policies_tune_checks.py: the rules `AFS_CHECKS`,
+`NON_THRASH_CHECKS` and `FIT_CHECKS` record, bench/policies_records.py, simulated afresh),
+and the first that passes all three, or the default as it is (which takes none), is the pick; the
 walk, vetoes and figures included, is printed and saved beside the rule's own pick
 (`rule_pick`). It writes the pick to
 bench/plots/policies_tune.json and the "## Eviction policies: tuning (simulated)" section
@@ -46,9 +46,8 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import results_blocks
 from policies import (
@@ -83,6 +82,11 @@ from policies_records import (  # the record types too: callers build records th
     AfsCheck,  # noqa: F401
     FitCheck,  # noqa: F401
     NonThrashCheck,  # noqa: F401
+)
+from policies_tune_checks import (  # split out, re-exported: `tune` calls `run_checks` here
+    Check,
+    CheckResult,  # noqa: F401
+    run_checks,
 )
 from policies_verdict import wins
 
@@ -261,17 +265,6 @@ def is_default(spec: str) -> bool:
     return parse_spec(spec)[0] == DEFAULT_POLICY and at_defaults(spec)
 
 
-class CheckResult(NamedTuple):
-    """One of issue 10's checks of a candidate, run by the tune (`vetted_pick`)."""
-    check: str  # "AFS veto" or "non-thrash check"
-    passes: bool
-    figures: str  # what it printed, in one line
-
-
-# The check a candidate takes, in this order: (spec, against) -> CheckResult.
-Check = Callable[[str, str], CheckResult]
-
-
 def vetted_pick(rows: list[dict], candidates: list[str], checks: Sequence[Check],
                 against: str | None = None,
                 constants: dict[str, dict[str, float | list[str]]] | None = None
@@ -366,46 +359,6 @@ def vetting_lines(walked: list[dict], chosen: str, against: str) -> list[str]:
         out.append(head + "; ".join(parts) + f"; {verdict}.")
     out += ["", f"Pick after the checks: **`{chosen}`**."]
     return out
-
-
-def run_checks(workers: int) -> list[Check]:
-    """Issue 10's two checks as `vetted_pick` runs them, simulating on `workers` processes:
-    the calibrated AFS veto (`policies_check.calibrated_afs`, as `python
-    bench/policies_check.py --afs` runs it since session 32), then the non-thrash check
-    (`scheduling_fit.non_thrash_worse` with the workflow scheduler's defaults unchanged and
-    slack `NON_THRASH_SLACK`, the rule `NON_THRASH_CHECKS` records), then, since session
-    32, issue 10's fit check (`scheduling_fit.fit_gain_check`: no added p95 miss and no
-    lower smallest gain at the thrash points the 2x goal is about). Each spec is
-    registered as a policy name first (`policies_check.register`)."""
-    import policies_check as C  # they import the scheduling benches: loaded on use
-
-    def afs(spec: str, against: str) -> CheckResult:
-        C.register(spec), C.register(against)
-        t = time.perf_counter()
-        ok, verdict = C.calibrated_afs(spec, against, workers)
-        return CheckResult("AFS veto", ok, f"{verdict}; {time.perf_counter() - t:.0f} s")
-
-    def non_thrash(spec: str, against: str) -> CheckResult:
-        C.register(spec), C.register(against)
-        import scheduling_fit as F  # after the registration, as policies_check does
-        t = time.perf_counter()
-        worse = F.non_thrash_worse(F.PREVIOUS, workers, policy=spec, against=against,
-                                   slack=NON_THRASH_SLACK)
-        figures = (f"{len(F._NON_THRASH)} non-thrash points, {len(worse)} figures worse by "
-                   f"more than {NON_THRASH_SLACK:.0%} or SLO drops"
-                   + (": " + "; ".join(worse) if worse else "")
-                   + f"; {time.perf_counter() - t:.0f} s")
-        return CheckResult("non-thrash check", not worse, figures)
-
-    def fit_gain(spec: str, against: str) -> CheckResult:
-        C.register(spec), C.register(against)
-        import scheduling_fit as F
-        t = time.perf_counter()
-        ok, figures = F.fit_gain_check(spec, against, workers)
-        return CheckResult("issue 10's fit check", ok,
-                           f"{figures}; {time.perf_counter() - t:.0f} s")
-
-    return [afs, non_thrash, fit_gain]
 
 
 def _settings(candidates: list[str]) -> dict[str, list[str]]:
