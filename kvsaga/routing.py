@@ -144,7 +144,7 @@ class KvsagaRouter(Router):
         while refused and (len(refused) > self._MAX_REFUSED
                            or not self._cool(next(iter(refused.values())), now)):
             refused.popitem(last=False)
-        for x in [x for x, end in self._cooling.items() if not self._cool(end, now)]:
+        for x in [x for x, at in self._cooling.items() if not self._cool(at, now)]:
             del self._cooling[x]
 
     def busy_time(self, r: str, stats: Mapping[str, ReplicaStats]) -> float:

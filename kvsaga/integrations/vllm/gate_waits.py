@@ -76,10 +76,15 @@ class GateWaits:
         wait of its own if it is deferred (it is still not admitted)."""
         self._end_wait(sid, now)
 
+    def _stop_waiting(self, sid: str) -> float | None:
+        """Take `sid` out of the waiting sessions (`order` and `_waiting_since`); its first
+        deferral, or None if it was not waiting."""
+        self.order.waiting.pop(sid, None)
+        return self._waiting_since.pop(sid, None)
+
     def _end_wait(self, sid: str, now: float) -> bool:
         """End `sid`'s wait, if it was waiting (counted in `wait_s`); whether it was."""
-        self.order.waiting.pop(sid, None)
-        since = self._waiting_since.pop(sid, None)
+        since = self._stop_waiting(sid)
         if since is None:
             return False
         self.wait_s += now - since
@@ -93,8 +98,7 @@ class GateWaits:
         resend (`admit`), so that `max_wait_s` bounds its wait across resends, and the wait
         is counted in `wait_s` once it is admitted (the latest `WITHDRAWN_WAITS_TRACKED`
         are kept: one never resent is forgotten)."""
-        self.order.waiting.pop(sid, None)
-        since = self._waiting_since.pop(sid, None)
+        since = self._stop_waiting(sid)
         if since is None:
             return
         self._withdrawn_waits[sid] = since
