@@ -3,6 +3,7 @@ refused naming it, never silently ignored."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -11,8 +12,11 @@ from kvsaga.integrations.vllm import kv_transfer_config, offload_transfer_config
 from kvsaga.integrations.vllm.connector_config import (
     ARGS_KEYS,
     CONNECTOR_KEYS,
+    args_taken,
     check_connector_extra,
 )
+from kvsaga.integrations.vllm.gate import SessionGate
+from kvsaga.policy import DEFAULT_POLICY
 
 
 @pytest.mark.parametrize(("typo", "meant"), [("polcy", "policy"), ("admision", "admission"),
@@ -70,3 +74,47 @@ def test_well_typed_values_pass():
     extra = {"reserve_blocks": 3, "gate_args": {"horizon_steps": 2}, "policy_args": {},
              "step_cost_args": {"alpha": 0.1}, "scheduler_args": {"aging_s": 30}}
     assert check_connector_extra(extra) == extra
+
+
+@pytest.mark.parametrize(("key", "typo", "meant", "valid"), [
+    ("gate_args", "horizon", "horizon_steps", "admission_order"),
+    ("step_cost_args", "alfa", "alpha", "min_steps"),
+    ("scheduler_args", "agin_s", "aging_s", "gate_arrivals"),
+    ("policy_args", "base_ttl", "base_ttl_s", "max_usage")])
+def test_an_unknown_keyword_argument_is_refused_at_config_time_naming_it(key, typo, meant,
+                                                                         valid):
+    """An unknown gate_args key reached `SessionGate(**gate_args)` only when vLLM bound its
+    blocks (step_cost_args, policy_args when the connector was built, scheduler_args when
+    the scheduler was), and failed there with a bare TypeError naming no setting."""
+    pattern = rf"unknown {key} key\(s\) '{typo}' \(did you mean '{meant}'\?\); .*{valid}"
+    extra = {"policy": "ttl", key: {typo: 1}}
+    with pytest.raises(ValueError, match=pattern):
+        check_connector_extra(extra)
+    with pytest.raises(ValueError, match=pattern):  # before any JSON is written
+        kv_transfer_config("ttl", **{key: {typo: 1}})
+    with pytest.raises(ValueError, match=pattern):
+        offload_transfer_config(2**20, retention=extra)
+
+
+def test_policy_args_are_checked_against_the_policy_named():
+    """`graph` takes `alpha`, `ttl` does not; with no policy named, the default's count."""
+    assert check_connector_extra({"policy": "graph", "policy_args": {"alpha": 0.3}})
+    with pytest.raises(ValueError, match="unknown policy_args key"):
+        kv_transfer_config("ttl", policy_args={"alpha": 0.3})
+    assert args_taken("policy_args", {}) == args_taken("policy_args",
+                                                       {"policy": DEFAULT_POLICY})
+    with pytest.raises(ValueError, match="unknown policy_args key\\(s\\) 'zzz'"):
+        check_connector_extra({"policy_args": {"zzz": 1}})
+    # An unknown policy name is make_policy's to refuse (it lists the known ones).
+    assert args_taken("policy_args", {"policy": "nope"}) is None
+
+
+def test_the_gate_keys_are_those_the_connector_does_not_pass_itself():
+    """capacity and block_size come from vLLM's blocks: given in gate_args they failed as
+    "multiple values" in SessionGate."""
+    taken = args_taken("gate_args", {})
+    assert "capacity" not in taken and "block_size" not in taken
+    assert set(taken) == set(inspect.signature(SessionGate).parameters) - {"capacity",
+                                                                          "block_size"}
+    with pytest.raises(ValueError, match="unknown gate_args key\\(s\\) 'capacity'"):
+        check_connector_extra({"gate_args": {"capacity": 8}})

@@ -48,7 +48,7 @@ def kv_transfer_config(policy: str = DEFAULT_POLICY, **extra: Any) -> str:
         extra: more `kv_connector_extra_config` entries (e.g. `reserve_blocks`); a key the
             connector does not read raises ValueError naming it.
     """
-    check_connector_extra(extra)
+    check_connector_extra({"policy": policy, **extra})  # (policy_args are the policy's)
     return json.dumps(
         {
             "kv_connector": CONNECTOR_CLASS,

@@ -7,16 +7,22 @@ own entry of `connectors`), so every key there is the user's: an unknown one is 
 whose type the connector relies on are checked here too, so `kv_transfer_config()` refuses
 them before any JSON is written and vLLM before it starts: a string or a list where keyword
 arguments belong failed inside `dict()` with an error naming no key, `reserve_blocks` 2.7 or
-true was read as 2 or 1, and null failed in `int()`.
+true was read as 2 or 1, and null failed in `int()`. So are the keys inside the `ARGS_KEYS`
+objects: an unknown `gate_args` key reached `SessionGate(**gate_args)` only when vLLM bound
+its blocks, and failed there with a bare TypeError.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvsaga._validate import is_int
+from kvsaga.integrations.vllm.gate import SessionGate
+from kvsaga.integrations.vllm.step_cost import StepCost
+from kvsaga.policy import DEFAULT_POLICY, POLICIES
 
 # Each key's meaning: kvsaga/integrations/vllm/connector.py's module docstring.
 CONNECTOR_KEYS = (
@@ -33,27 +39,64 @@ CONNECTOR_KEYS = (
 )
 # The keys holding keyword arguments (a JSON object each).
 ARGS_KEYS = ("policy_args", "gate_args", "step_cost_args", "scheduler_args")
+# What `KVSagaScheduler` reads from `scheduler_args`: its two flags and `SessionRanker`'s
+# arguments. Listed, not read from SessionRanker's signature: its module imports vLLM (the
+# vLLM tests check the two agree).
+SCHEDULER_ARGS = ("admitted_first", "gate_arrivals", "aging_s", "prior_steps",
+                  "prior_growth_tokens", "work")
 
 
 def check_connector_extra(extra: object) -> dict[str, Any]:
     """`extra` as a dict, or ValueError naming what is wrong: not a mapping, a key the
-    connector does not read (with the closest valid key, and the list of valid keys), or a
-    value of the wrong type (`check_values`)."""
+    connector does not read (with the closest valid key, and the list of valid keys), a
+    value of the wrong type (`check_values`), or a keyword argument that what it is for does
+    not take (`args_taken`)."""
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
         raise ValueError(f"kvsaga connector: kv_connector_extra_config must be a JSON object, "
                          f"got {type(extra).__name__}")
-    unknown = [k for k in extra if k not in CONNECTOR_KEYS]
+    check_keys("kv_connector_extra_config", extra, CONNECTOR_KEYS)
+    check_values(extra)
+    for key in ARGS_KEYS:
+        taken = args_taken(key, extra)
+        if key in extra and taken is not None:
+            check_keys(key, extra[key], taken)
+    return dict(extra)
+
+
+def check_keys(what: str, given: Mapping[str, Any], valid: Sequence[str]) -> None:
+    """ValueError naming each key of `given` not in `valid` (with the closest valid one) and
+    listing the valid ones."""
+    unknown = [k for k in given if k not in valid]
     if unknown:
         parts = []
         for k in unknown:
-            close = difflib.get_close_matches(str(k), CONNECTOR_KEYS, n=1)
+            close = difflib.get_close_matches(str(k), valid, n=1)
             parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"kvsaga connector: unknown kv_connector_extra_config key(s) "
-                         f"{', '.join(parts)}; the valid keys are {', '.join(CONNECTOR_KEYS)}")
-    check_values(extra)
-    return dict(extra)
+        raise ValueError(f"kvsaga connector: unknown {what} key(s) {', '.join(parts)}; "
+                         f"the valid keys are {', '.join(valid)}")
+
+
+def args_taken(key: str, extra: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The keyword arguments the `ARGS_KEYS` entry `key` may hold: those its class takes,
+    less those the connector passes itself (the gate's capacity and block size); for
+    `policy_args`, those of `extra`'s policy (None when that is no known policy name:
+    `make_policy` refuses the name itself)."""
+    if key == "gate_args":
+        return _params(SessionGate, skip=("capacity", "block_size"))
+    if key == "step_cost_args":
+        return _params(StepCost)
+    if key == "scheduler_args":
+        return SCHEDULER_ARGS
+    policy = extra.get("policy", DEFAULT_POLICY)
+    return _params(POLICIES[policy]) if isinstance(policy, str) and policy in POLICIES else None
+
+
+def _params(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The names of `cls`'s keyword arguments, less `skip`."""
+    return tuple(n for n, p in inspect.signature(cls).parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip)
 
 
 def check_values(extra: Mapping[str, Any]) -> None:

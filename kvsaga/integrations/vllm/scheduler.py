@@ -77,6 +77,7 @@ from vllm.v1.request import Request
 
 from kvsaga._validate import check_one_of
 from kvsaga.integrations.vllm.connector import KVSagaConnector
+from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS, check_keys
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import step_info
 from kvsaga.policy.bounded import TRACKED_WORKFLOWS, touch
@@ -173,6 +174,9 @@ class KVSagaScheduler(Scheduler):
         # connector (the scheduler works alone too) the top-level ones, or the defaults.
         args = dict(kvsaga.scheduler_args if kvsaga is not None and "scheduler_args" not in extra
                     else extra.get("scheduler_args", {}))
+        # (kvsaga's part was checked when its connector read it; the top-level one was not
+        # when no kvsaga connector reads it: an unknown key failed in SessionRanker(**args))
+        check_keys("scheduler_args", args, SCHEDULER_ARGS)
         self.admitted_first = args.pop("admitted_first", True)
         self.gate_arrivals = args.pop("gate_arrivals", True)
         for name, v in (("admitted_first", self.admitted_first),

@@ -282,3 +282,31 @@ def test_the_ranker_learns_prompt_growth_only_when_a_step_is_recorded():
     slow = SessionRanker(prior_growth_tokens=512.0, work="tokens")
     assert (fast.priority("B", "swe", 100, last_step=False, now=0.0)
             < slow.priority("B", "swe", 100, last_step=False, now=0.0))
+
+
+def test_the_scheduler_args_the_config_check_knows_are_those_it_reads():
+    """connector_config lists SCHEDULER_ARGS by hand (SessionRanker's module imports vLLM):
+    a setting added to SessionRanker and not there would be refused as unknown."""
+    import inspect
+
+    from kvsaga.integrations.vllm.connector_config import SCHEDULER_ARGS
+    from kvsaga.integrations.vllm.scheduler import SessionRanker
+
+    ranker = set(inspect.signature(SessionRanker).parameters)
+    assert set(SCHEDULER_ARGS) == ranker | {"admitted_first", "gate_arrivals"}
+
+
+def test_an_unknown_top_level_scheduler_arg_is_named_without_a_kvsaga_connector(hf_model_dir):
+    """Behind another connector alone, no kvsaga connector checks the top-level
+    scheduler_args: an unknown one failed in SessionRanker(**args) with a bare TypeError."""
+    import json
+
+    from kvsaga.integrations.vllm import offload_transfer_config
+    from kvsaga.integrations.vllm.scheduler import KVSagaScheduler
+
+    transfer = json.loads(offload_transfer_config(1 << 20, "lru"))
+    transfer["kv_connector_extra_config"]["scheduler_args"] = {"agin_s": 5}
+    with pytest.raises(ValueError, match="unknown scheduler_args key\\(s\\) 'agin_s' "
+                                         "\\(did you mean 'aging_s'\\?\\)"):
+        make_scheduler(hf_model_dir, 64, connector=False, scheduling_policy="priority",
+                       scheduler_cls=KVSagaScheduler, kv_transfer=json.dumps(transfer))
