@@ -19,10 +19,12 @@ order (forward in even rounds, backward in odd ones), so that the load drift of 
 machine weighs on every arm alike. Each cell is the median over the rounds with its range;
 each ratio is the median of per-round ratios (the arms of one round ran back to back).
 Prefill tokens and the cached share do not depend on the CPU's speed; times do.
-`--write-results` writes the run's section of bench/RESULTS.md (one heading per mode:
+`--write-results` writes the run's block of bench/RESULTS.md (one section per mode:
 policies, schedulers, routers; under vLLM one per workload, seed and scales, naming every
-setting of `replay.report.TITLE_SETTINGS` that is not the default), leaving the rest of the
-file alone.
+setting of `replay.report.TITLE_SETTINGS` that is not the default, a new one at the end of
+"vLLM as the peer"): its block between marker lines naming this script
+(bench/results_blocks.py) replaces the one its last run wrote there and nothing else, and a
+run refuses before it starts if the text between those markers was edited by hand.
 
 vLLM as the peer (`--engine vllm`). The same sessions are replayed against plain vLLM (prefix
 caching on), vLLM with the kvsaga retention connector (`--vllm-policies`, enabled by
@@ -122,6 +124,7 @@ from replay.report import (  # noqa: E402
     median_summary,
     paired,
     print_table,
+    refuse_early,
     results_body,
     summarize,
     write_section,
@@ -133,13 +136,14 @@ from replay.workload import build_sessions, sample_steps, working_set  # noqa: E
 from kvsaga.cli import HelpFormatter  # noqa: E402
 
 __all__ = [  # what tests and the other bench scripts reach through this module
-    "REPLICAS_TITLE", "RESULTS", "SERVED_NAME", "VLLM_SECTION", "Arm", "arms", "build_parser",
-    "comparisons", "machine", "main", "results_title", "run_order", "sample_steps",
-    "scheduler_arms", "select_arms", "vllm_model_dir", "with_scheduler_params",
-    "write_section"]
+    "REPLICAS_TITLE", "RESULTS", "SERVED_NAME", "VLLM_SECTION", "WRITER", "Arm", "arms",
+    "build_parser", "comparisons", "machine", "main", "refuse_early", "results_title",
+    "run_order", "sample_steps", "scheduler_arms", "select_arms", "vllm_model_dir",
+    "with_scheduler_params", "write_section"]
 
 POLICIES = ("lru", "ttl", "graph")
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results rewrites
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what --write-results writes in
+WRITER = "bench/agent_replay.py"  # its blocks' writer (bench/results_blocks.py)
 VLLM_SECTION = "## vLLM as the peer"  # where the vLLM-mode sections go in RESULTS.md
 
 
@@ -194,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="rounds of every arm; the order alternates (forward, backward, ...) so that load "
            "drift weighs on every arm alike; figures are per-arm medians")
     a("--write-results", action="store_true",
-      help="write this run's section of bench/RESULTS.md (one heading per mode)")
+      help="write this run's block of bench/RESULTS.md (its section: one per mode)")
     a("--only-arms", default=None,
       help="run only these of the mode's arms, comma-separated as the table names them "
            "(e.g. kvsaga-serve:ttl with --engine vllm: the same server, model, block size and "
@@ -295,8 +299,14 @@ def with_scheduler_params(systems: list[Arm], text: str | None,
             if a.engine == "kvsaga" else a for a in systems]
 
 
+def results_parent(args: argparse.Namespace) -> str | None:
+    """The start of the heading a run's new RESULTS.md section goes under (None: at the end
+    of the file)."""
+    return VLLM_SECTION if args.engine == "vllm" else None
+
+
 def results_title(args: argparse.Namespace) -> str:
-    """The RESULTS.md heading a run's `--write-results` replaces (`replay.report.
+    """The RESULTS.md section a run's `--write-results` writes its block in (`replay.report.
     results_title`), naming under --engine vllm the settings that differ from this parser's
     defaults."""
     return _title(args, vars(build_parser().parse_args([])))
@@ -320,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: --block-size {args.block_size} -> 32 (vLLM's CPU attention)",
                   file=sys.stderr)
             args.block_size = 32
+    if args.write_results:  # a block it may not write over: refused before the run
+        refuse_early(RESULTS, results_title(args), WRITER, results_parent(args))
     systems = with_scheduler_params(select_arms(arms(args), args.only_arms,
                                                 args.write_results),
                                     args.kvsaga_scheduler_params, args.write_results)
@@ -410,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not writing bench/RESULTS.md: {refusal}", file=sys.stderr)
     elif args.write_results:
         body = results_body(command.strip(), host, load_end, info, summary, lines, args.repeat)
-        write_section(RESULTS, results_title(args), body,
-                      parent=VLLM_SECTION if args.engine == "vllm" else None)
+        write_section(RESULTS, results_title(args), body, WRITER, results_parent(args))
         print("wrote bench/RESULTS.md")
     if args.json:
         out = {

@@ -29,7 +29,11 @@ the worker's CPU seconds (all its threads and child processes), and vLLM / kvsag
 kvsaga faster); and whether both engines generated the same greedy tokens. `--profile N`
 runs one more repeat of kvsaga's worker under cProfile (the extend and decode windows)
 and prints its top N entries by own time (vLLM's steps run in its engine-core process,
-out of a profiler's reach here).
+out of a profiler's reach here). `--write-results` writes the table as this script's block
+of its subsection of bench/RESULTS.md (one per thread count; a new one at the end of "vLLM as
+the peer"), between marker lines naming it (bench/results_blocks.py): the block its last run
+wrote is replaced and nothing else, and a run refuses before it starts if the text between
+the markers was edited by hand.
 """
 
 from __future__ import annotations
@@ -49,13 +53,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import results_blocks
+
 RESULT = "@@extend_step "  # a worker's reply line starts with this
 BLOCK = 32
 DECODER_NEW = 16  # fresh tokens of each decoding request's prompt
 SECTION = "### The agent-replay step shape, kvsaga's engine vs vLLM's"  # + ", N thread(s)"
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-# Where the section goes the first time: in "vLLM as the peer", before the live replay.
-RESULTS_ANCHOR = "### Agent replay (`python bench/agent_replay.py"
+WRITER = "bench/extend_step.py"  # its RESULTS.md blocks' writer (bench/results_blocks.py)
+# Where a subsection goes the first time: at the end of this section.
+RESULTS_PARENT = "## vLLM as the peer"
 
 
 # --------------------------------------------------------------------------------------
@@ -303,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0)
     a("--profile", type=int, default=0, metavar="N",
       help="one more repeat under cProfile; print each engine's top N entries")
-    a("--write-results", action="store_true", help="rewrite this section of bench/RESULTS.md")
+    a("--write-results", action="store_true",
+      help="write this run's block of bench/RESULTS.md (its subsection: one per thread count)")
     a("--json")
     a("--worker", choices=["kvsaga", "vllm"], help=argparse.SUPPRESS)
     return ap
@@ -359,19 +367,24 @@ def section_title(threads: int) -> str:
 
 
 def write_results(table: str, path: Path) -> None:
-    """Replace this run's subsection of RESULTS.md, the one its first line names (the first
-    time: insert it before the live agent replay's, or at the end)."""
-    title = table.split("\n", 1)[0]
-    text = path.read_text()
-    start = text.find(title + "\n")
-    if start < 0:
-        at = text.find(RESULTS_ANCHOR)
-        text = (text.rstrip("\n") + "\n\n" + table if at < 0
-                else text[:at] + table + "\n" + text[at:])
-    else:
-        end = text.find("\n#", start + len(title))
-        text = text[:start] + table + ("\n" + text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
+    """Write the table as this script's marked block of the RESULTS.md subsection its first
+    line names (bench/results_blocks.py): the block its last run wrote is replaced, nothing
+    else (replacing the whole subsection wiped the notes written by hand in it); the first
+    time, the subsection is added at the end of `RESULTS_PARENT`'s section.
+
+    Raises:
+        results_blocks.BlockError: as `results_blocks.replace_block` (nothing written).
+    """
+    title, _, body = table.partition("\n")
+    results_blocks.replace_block(path, title, WRITER, body.strip("\n"), within=RESULTS_PARENT)
+
+
+def refuse_early(threads: int, path: Path) -> None:
+    """Exit with the reason, before the workers start, if `write_results` would refuse."""
+    try:
+        results_blocks.check(path, section_title(threads), WRITER, within=RESULTS_PARENT)
+    except results_blocks.BlockError as e:
+        raise SystemExit(f"not run: {e} (or run without --write-results)") from None
 
 
 def worker_config(args: argparse.Namespace, cases: list[dict[str, int]],
@@ -403,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker)
         return 0
     sys.path.insert(0, here)
+    if args.write_results:  # a block it may not write over: refused before the run
+        refuse_early(args.threads, RESULTS_PATH)
     cases = parse_cases(args.cases)
     rounds = args.repeat + (1 if args.profile else 0)
     cfg = worker_config(args, cases, rounds)

@@ -18,8 +18,11 @@ above): `replace_block` rewrites the writer's one block there and nothing else, 
 (`BlockError`) when the text between the markers is no longer what the writer wrote (edited
 by hand since) or the markers are broken; `append_block` adds a new marked block after the
 ones before it and rewrites nothing. A new block goes at the end of its parent section, or,
-without one, at the end of the file under a new `parent` heading. `check` runs the checks
-a write would run, so that a script refuses before a long run, not after it.
+without one, under a new `parent` heading at the end of the file, or, for a writer whose
+sections are subsections of another (one per run's settings, e.g. bench/agent_replay.py's
+under "## vLLM as the peer"), at the end of the section whose heading starts with `within`.
+`check` runs the checks a write would run, so that a script refuses before a long run, not
+after it.
 
 Headings and marker lines inside fenced code (``` or ~~~, three or more, closed by the same
 character at least as many times) do not count: a note may quote the marker format. Lines
@@ -128,14 +131,35 @@ def _section(lines: list[str], parent: str, path: Path) -> tuple[int, int] | Non
     return i, next((j for j, lv in heads if j > i and lv <= level), len(lines))
 
 
-def _insert(lines: list[str], new: list[str], parent: str, path: Path) -> list[str]:
-    """`new` at the end of the section headed `parent`, or under a new such heading at the
-    end of the file, with a blank line on either side."""
+def _within(lines: list[str], within: str | None, path: Path) -> int:
+    """Where a new section goes: the end of the section whose heading starts with `within`
+    (None, or no such heading: the end of the file).
+
+    Raises:
+        BlockError: more than one heading starts with `within`.
+    """
+    heads = _headings(lines)
+    at = [(i, lv) for i, lv in heads if within is not None and _bare(lines[i]).startswith(within)]
+    if len(at) > 1:
+        raise BlockError(f"{path}: {len(at)} headings start with {within!r} (lines "
+                         f"{', '.join(str(i + 1) for i, _ in at)}); retitle all but one by "
+                         "hand; nothing written")
+    if not at:
+        return len(lines)
+    i, level = at[0]
+    return next((j for j, lv in heads if j > i and lv <= level), len(lines))
+
+
+def _insert(lines: list[str], new: list[str], parent: str, path: Path,
+            within: str | None = None) -> list[str]:
+    """`new` at the end of the section headed `parent`, or under a new such heading where
+    `_within` puts it, with a blank line on either side."""
     crlf = bool(lines) and lines[0].endswith("\r")
     new = [x + "\r" for x in new] if crlf else new
     found = _section(lines, parent, path)
     if found is None:
-        new, at = [parent + ("\r" if crlf else ""), "\r" if crlf else "", *new], len(lines)
+        new = [parent + ("\r" if crlf else ""), "\r" if crlf else "", *new]
+        at = _within(lines, within, path)
     else:
         at = found[1]
     j = at
@@ -164,9 +188,12 @@ def _write(path: Path, lines: list[str]) -> None:
         f.write("\n".join([*lines[:-1], *map(_bare, lines[-1:])]) + eol)
 
 
-def replace_block(path: Path, parent: str, script: str, body: str) -> None:
+def replace_block(path: Path, parent: str, script: str, body: str,
+                  within: str | None = None) -> None:
     """Write `body` as `script`'s one block of the section headed `parent` in the file at
-    `path`: in place of the block it wrote there before, or (none yet) at the section's end.
+    `path`: in place of the block it wrote there before, or (none yet) at the section's end;
+    without that section, under a new `parent` heading at the end of the section whose
+    heading starts with `within` (None, or no such heading: the end of the file).
 
     Raises:
         BlockError: as `check`. The file is left as it was.
@@ -176,7 +203,7 @@ def replace_block(path: Path, parent: str, script: str, body: str) -> None:
                 parent)
     at = own_block(path, parent, script, lines)
     if at is None:
-        _write(path, _insert(lines, new, parent, path))
+        _write(path, _insert(lines, new, parent, path, within))
     else:
         crlf = lines[at[0]].endswith("\r")
         _write(path, [*lines[:at[0]], *([x + "\r" for x in new] if crlf else new),
@@ -214,18 +241,22 @@ def own_block(path: Path, parent: str, script: str,
     return b, e
 
 
-def check(path: Path, parent: str, script: str | None = None) -> None:
+def check(path: Path, parent: str, script: str | None = None,
+          within: str | None = None) -> None:
     """Refuse now what a write would refuse after the run: `parent` heading more than one
     section, and, given `script` (a writer that replaces its block), a block of its there with
-    broken markers or edited by hand. A script calls this before simulating.
+    broken markers or edited by hand; without a `parent` section, `within` starting more
+    than one heading. A script calls this before simulating.
 
     Raises:
         BlockError: `parent` heads more than one section; `script`'s markers under it are
             broken (a begin without its end, more than one block) or the text between them
-            is not what it wrote (its digest differs: edited by hand since).
+            is not what it wrote (its digest differs: edited by hand since); no `parent`
+            section and more than one heading starts with `within`.
     """
     lines = _read(path)
-    _section(lines, parent, path)
+    if _section(lines, parent, path) is None:
+        _within(lines, within, path)
     if script is not None:
         own_block(path, parent, script, lines)
 

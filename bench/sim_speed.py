@@ -26,7 +26,10 @@ judged against it, over all the cases it runs and per case. A checkout with a C+
 (3017e06) needs it built in place (`python setup.py build_ext --inplace` in it), else it
 runs its Python core. The last cases are the issue's own quickstart (200 full-size swe
 sessions at 20 GiB, one case per policy): the issue's simulator takes minutes on each.
-Writes the "## Simulator speed" section of bench/RESULTS.md from what this run measured.
+Writes what this run measured as its block of bench/RESULTS.md's "## Simulator speed"
+section, between marker lines naming this script (bench/results_blocks.py): the block its
+last run wrote is replaced and nothing else (the notes written by hand there stay), and a run
+refuses before it measures if the text between the markers was edited by hand.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_blocks
 
 from kvsaga.config import parse_bytes
 from kvsaga.sim.simulator import SimConfig
@@ -51,6 +55,7 @@ from kvsaga.sim.workloads import generate
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Simulator speed"
+WRITER = "bench/sim_speed.py"  # its RESULTS.md block's writer (bench/results_blocks.py)
 GOAL = 10.0  # issue 12: sessions per CPU second over the baseline's
 README_ARGS = ["--workload", "swe", "--sessions", "30", "--seed", "1", "--scale", "0.25",
                "--kv-memory", "4G", "--policy", "lru,ttl,graph,belady"]
@@ -260,13 +265,11 @@ def quickstart_wall(jobs: int, args: list[str] = README_ARGS) -> float:
 
 
 def write_section(body: str, path: Path = HERE / "RESULTS.md") -> None:
-    """Replace (or append) this script's section of RESULTS.md, leaving the others alone."""
-    doc = path.read_text(encoding="utf-8")
-    text = f"{SECTION}\n\n{body}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else (
-        doc.rstrip("\n") + "\n\n" + text)
-    path.write_text(doc, encoding="utf-8")
+    """Write `body` as this script's own marked block of RESULTS.md's `SECTION`
+    (bench/results_blocks.py): the block its last run wrote is replaced, nothing else is
+    touched (replacing the whole section wiped the notes written by hand under it), and a
+    block edited by hand since is refused (`results_blocks.BlockError`, nothing written)."""
+    results_blocks.replace_block(path, SECTION, WRITER, body)
 
 
 def report(rows: list[dict], walls: dict[int, float], cmd: str, seconds: float,
@@ -492,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = select(args.case)
     if not cases:
         ap.error(f"no case name contains any of {args.case}")
+    if not (args.no_write or args.case or args.profile or args.split):
+        try:  # a block it may not write over: refused before the run
+            results_blocks.check(HERE / "RESULTS.md", SECTION, WRITER)
+        except results_blocks.BlockError as e:
+            ap.error(f"{e} (or run with --no-write)")
     if args.profile or args.split:
         from sim_speed_profile import print_split, profile  # bench/ is on the path as a script
     if args.profile:
@@ -516,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                   saved["issue_name"], saved["issue_walls"])
     print(body)
     if not args.no_write and not args.case:
-        write_section(body)
+        write_section(body, HERE / "RESULTS.md")
     return 0
 
 

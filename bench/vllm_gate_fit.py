@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+FIT_WRITER = "bench/vllm_scheduler_replay.py --fit"  # its RESULTS.md blocks' writer
 FIT_SEEDS = (0, 1, 2, 3, 4)  # the connector's fit seeds (bench/RESULTS.md, "vLLM as the peer")
 # The grid the defaults were chosen from (gate_order's docstring): "fifo", then
 # (aging_s, prior_steps) in {10, 30, 100} x {1, 8}, {3, 5, 20} x {8}, {5, 10, 20} x {4, 16}.
@@ -257,21 +258,24 @@ def find_default(grid: Sequence[Setting], default: Setting,
 def run(args: Any, argv: list[str] | None, model_dir: str, seeds: Sequence[int],
         replay: Callable[..., Any], ar: Any, section: Callable[..., tuple[str, str]]) -> int:
     """`vllm_scheduler_replay.py --fit`: the fit printed, with `--json` written, with
-    `--write-results` its own section of bench/RESULTS.md (`ar`: bench/agent_replay.py, whose
-    `write_section` keeps the rest of the file; `section`: the replay's `results_section`,
+    `--write-results` its own block of bench/RESULTS.md (`ar`: bench/agent_replay.py, whose
+    `write_section` replaces that block and nothing else, and whose `refuse_early` refuses
+    before the fit what it would refuse after; `section`: the replay's `results_section`,
     the title and body the arms' sections get too)."""
     seeds = check_fit_seeds(seeds)
     grid = parse_grid(args.fit_grid or DEFAULT_GRID)
+    title, body = section(
+        args, argv, "The gate's admission-order fit", FIT_WRITER,
+        f"; connector arm '{fit_arm(args)}' with each setting's gate_args; speed-up: plain "
+        "vLLM's mean TCT over the setting's, per fit seed.")
+    if args.write_results:
+        ar.refuse_early(ar.RESULTS, title, FIT_WRITER, ar.VLLM_SECTION)
     result = fit(args, model_dir, seeds, grid, replay)
     lines = fit_table(result, gate_default())
     print("\n".join(lines))
     if args.write_results:
-        title, body = section(
-            args, argv, "The gate's admission-order fit", "bench/vllm_scheduler_replay.py --fit",
-            f"; connector arm '{fit_arm(args)}' with each setting's gate_args; speed-up: plain "
-            "vLLM's mean TCT over the setting's, per fit seed.")
-        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
-                         parent=ar.VLLM_SECTION)
+        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]), FIT_WRITER,
+                         ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), **to_json(result)},

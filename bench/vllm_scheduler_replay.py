@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+WRITER = "bench/vllm_scheduler_replay.py"  # its arms' RESULTS.md blocks' writer
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--label", default="",
       help="words added to the RESULTS section's title (sections of other workloads kept apart)")
     a("--write-results", action="store_true",
-      help="write this run's section of bench/RESULTS.md (one per step cost)")
+      help="write this run's block of bench/RESULTS.md (its section: one per step cost)")
     a("--trace", action="store_true", help="print every request's first scheduling")
     a("--breakdown", action="store_true",
       help="also print per seed where each arm's task time goes: tool pauses + queue waits "
@@ -468,10 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
 def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
                     writer: str, tail: str) -> tuple[str, str]:
     """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
-    `write_section` replaces the section of the same title, so the title names everything
-    that tells two runs' tables apart (step cost, reply cap, `--label`), and the body the
-    command and the workload. `what`: the title's subject; `writer`: the command named in
-    it; `tail`: the body's last words (what the table's figures are)."""
+    `write_section` replaces the block `writer` wrote in the section of the same title, so
+    the title names everything that tells two runs' tables apart (step cost, reply cap,
+    `--label`), and the body the command and the workload. `what`: the title's subject;
+    `writer`: the command named in it, and the block's writer; `tail`: the body's last
+    words (what the table's figures are)."""
     cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
@@ -488,6 +490,17 @@ def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
                f"KV {args.kv_fraction:.0%} of the working set")
             + f", --max-num-seqs {args.max_num_seqs}, hints {args.hint}{tail}")
     return title, body
+
+
+def arms_section(args: argparse.Namespace, argv: list[str] | None) -> tuple[str, str]:
+    """The title and body of the arms' `--write-results` section (`results_section`)."""
+    return results_section(
+        args, argv, "vLLM's scheduler", WRITER,
+        ". Speed-up: plain vLLM's mean TCT over the arm's, same seed. Queue wait: a "
+        "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
+        "usable blocks (how much any retention could gain). Rebuild share: the arm's "
+        "simulated step time spent computing again, at --token-s a token, full blocks of "
+        "KV it had computed before (evicted or preempted), over its step time.")
 
 
 def offload_requested(args: argparse.Namespace) -> bool:
@@ -543,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return vllm_gate_fit.run(args, argv, model_dir, seeds, replay, _agent_replay(),
                                  results_section)
+    if args.write_results:  # a block it may not write over: refused before the replays
+        ar = _agent_replay()
+        ar.refuse_early(ar.RESULTS, arms_section(args, argv)[0], WRITER, ar.VLLM_SECTION)
     arms = [None] + [p.strip() for p in args.policies.split(",") if p.strip()]
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
@@ -567,15 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.write_results:
         ar = _agent_replay()
-        title, body = results_section(
-            args, argv, "vLLM's scheduler", "bench/vllm_scheduler_replay.py",
-            ". Speed-up: plain vLLM's mean TCT over the arm's, same seed. Queue wait: a "
-            "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
-            "usable blocks (how much any retention could gain). Rebuild share: the arm's "
-            "simulated step time spent computing again, at --token-s a token, full blocks of "
-            "KV it had computed before (evicted or preempted), over its step time.")
-        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]),
-                         parent=ar.VLLM_SECTION)
+        title, body = arms_section(args, argv)
+        ar.write_section(ar.RESULTS, title, "\n".join([body, "", *lines]), WRITER,
+                         ar.VLLM_SECTION)
         print("wrote bench/RESULTS.md")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))

@@ -1,5 +1,6 @@
 """Figures of a run: per-arm summaries and their medians over repeats, the paired ratios each
-mode is judged by, the tables, and the RESULTS.md section `--write-results` writes."""
+mode is judged by, the tables, and the RESULTS.md block `--write-results` writes (bench/ is
+on sys.path wherever this package is imported: bench/results_blocks.py writes it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import platform
 import statistics
 from pathlib import Path
 from typing import Any
+
+import results_blocks
 
 from kvsaga.stats import percentile
 
@@ -419,7 +422,7 @@ def _settings_text(args: argparse.Namespace, defaults: dict[str, Any]) -> str:
 
 
 def results_title(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> str:
-    """The RESULTS.md heading `--write-results` replaces (one per mode; under --engine vllm
+    """The RESULTS.md section `--write-results` writes in (one per mode; under --engine vllm
     one per workload, seed, scales and every setting of `TITLE_SETTINGS` that differs from
     `defaults`, the parser's: a run with other settings writes a section of its own)."""
     if args.replicas:
@@ -437,37 +440,27 @@ def results_title(args: argparse.Namespace, defaults: dict[str, Any] | None = No
     return "## Agent replay: policies on live kvsaga-serve (written by bench/agent_replay.py)"
 
 
-def _section_end(lines: list[str], i: int) -> int:
-    """Index of the first line after the section headed at `lines[i]`: the next heading of
-    its level or above, or the end."""
-    level = len(lines[i]) - len(lines[i].lstrip("#"))
-    j = i + 1
-    while j < len(lines) and not (lines[j].startswith("#")
-                                  and len(lines[j]) - len(lines[j].lstrip("#")) <= level):
-        j += 1
-    return j
+def write_section(path: Path, title: str, body: str, writer: str,
+                  parent: str | None = None) -> None:
+    """Write `body` as `writer`'s own marked block of the section headed `title` in the
+    Markdown file at `path` (bench/results_blocks.py): the block its last run wrote there is
+    replaced and nothing else (notes written by hand in the section stay, and a section that
+    holds no block yet keeps its text, the block added after it); a new section goes at the
+    end of the section whose heading starts with `parent` (when there is one), else at the
+    end of the file. Replacing the whole section wiped the notes sessions wrote in it.
+
+    Raises:
+        results_blocks.BlockError: as `results_blocks.replace_block` (nothing written).
+    """
+    results_blocks.replace_block(path, title, writer, body, within=parent)
 
 
-def write_section(path: Path, title: str, body: str, parent: str | None = None) -> None:
-    """Replace the section headed `title` (up to the next heading of its level or above) in
-    the Markdown file at `path`; a new one goes at the end of the section whose heading
-    starts with `parent` (when there is one), else at the end of the file. The rest of the
-    file is left alone."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    new = [title, "", *body.rstrip("\n").splitlines(), ""]
-    if title in lines:
-        i = lines.index(title)
-        lines[i:_section_end(lines, i)] = new
-    else:
-        at = len(lines)
-        for i, line in enumerate(lines):
-            if parent is not None and line.startswith(parent):
-                at = _section_end(lines, i)
-                break
-        if at and lines[at - 1]:
-            new = ["", *new]
-        lines[at:at] = new
-    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+def refuse_early(path: Path, title: str, writer: str, parent: str | None = None) -> None:
+    """Exit with the reason, before a run of minutes, if `write_section` would refuse."""
+    try:
+        results_blocks.check(path, title, writer, within=parent)
+    except results_blocks.BlockError as e:
+        raise SystemExit(f"not run: {e} (or run without --write-results)") from None
 
 
 def results_body(command: str, host: dict[str, Any], load_end: list[float], info: list[str],

@@ -115,17 +115,26 @@ def test_bad_kvsaga_arms_are_named(bad: str) -> None:
         _load_script().scheduler_arms(bad)
 
 
-def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
+def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
+    """The run's block of its section is replaced, nothing else: a section's text written
+    before any block (an old run's, or a note) stays, the block added after it; a new
+    section goes at the end of the one whose heading starts with `parent`, else at the end.
+    Replacing the whole section wiped the notes written in it."""
     mod = _load_script()
     path = tmp_path / "R.md"
-    path.write_text("# R\n\n## A\n\na\n\n### Mine\n\nold\n\n### B\n\nb\n\n## C\n\nc\n")
-    mod.write_section(path, "### Mine", "new\nlines")
-    assert path.read_text() == ("# R\n\n## A\n\na\n\n### Mine\n\nnew\nlines\n\n### B\n\nb\n"
-                                "\n## C\n\nc\n")
-    mod.write_section(path, "## D", "d")
-    assert path.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
-    mod.write_section(path, "### E", "e", parent="## A")  # new: at the end of its parent
-    assert "### B\n\nb\n\n### E\n\ne\n\n## C\n" in path.read_text()
+    w = mod.WRITER
+    path.write_text("# R\n\n## A (long)\n\na\n\n### Mine\n\nold\n\n### B\n\nb\n\n## C\n\nc\n")
+    mod.write_section(path, "### Mine", "new\nlines", w)
+    mod.write_section(path, "### Mine", "newer", w)
+    text = path.read_text()
+    mine = text.split("### Mine\n")[1].split("### B")[0]
+    assert mine.startswith("\nold\n\n<!-- begin: written by bench/agent_replay.py (")
+    assert "newer" in mine and "new\nlines" not in mine and mine.count("<!-- begin") == 1
+    mod.write_section(path, "## D", "d", w)
+    assert text.split("## C")[1] == "\n\nc\n" and "## C\n\nc\n\n## D\n\n<!-- begin" in (
+        path.read_text())
+    mod.write_section(path, "### E", "e", w, parent="## A")  # new: at the end of its parent
+    assert "### B\n\nb\n\n### E\n\n<!-- begin" in path.read_text()
 
 
 def test_connector_arm_names_map_to_the_connector_settings() -> None:

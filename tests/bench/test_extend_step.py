@@ -65,8 +65,8 @@ def test_cases_parse_and_bad_ones_name_themselves():
 
 def test_kvsaga_alone_runs_and_writes_its_section(tmp_path, capsys, monkeypatch):
     """A real worker (the default model, two tiny cases, one repeat): the table has both
-    windows of each case, and --write-results replaces its own section only (one per
-    thread count)."""
+    windows of each case, and --write-results writes its own block in its subsection only
+    (one per thread count), after the text there before it."""
     results = tmp_path / "RESULTS.md"
     other = extend_step.section_title(2) + "\n\nother\n"
     results.write_text("# Measured\n\n" + extend_step.section_title(1) + "\n\nold\n\n"
@@ -78,5 +78,7 @@ def test_kvsaga_alone_runs_and_writes_its_section(tmp_path, capsys, monkeypatch)
     assert "| P=64 N=16 S=1 D=1 | extend | 1 |" in out
     assert "| P=48 N=32 S=1 D=0 | decode | 1 |" in out
     text = results.read_text()
-    assert "old" not in text and text.endswith(other + "\n## Next\nkept\n")
-    assert "| P=64 N=16 S=1 D=1 | decode |" in text
+    assert text.endswith(other + "\n## Next\nkept\n")  # the 2-thread subsection untouched
+    mine = text.split(extend_step.section_title(1))[1].split(other)[0]
+    assert mine.startswith("\n\nold\n\n<!-- begin: written by bench/extend_step.py (")
+    assert "| P=64 N=16 S=1 D=1 | decode |" in mine

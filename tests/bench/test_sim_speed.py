@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_scripts import load_bench
+from tests.bench_scripts import bench_on_path, load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name: str = "sim_speed"):
-    return load_bench(name)
+    with bench_on_path():  # it imports bench/results_blocks.py, as when run as a script
+        return load_bench(name)
 
 
 def test_measures_both_paths_and_writes_its_section(tmp_path):
@@ -31,10 +32,11 @@ def test_measures_both_paths_and_writes_its_section(tmp_path):
     assert "tiny cluster" in body and "identical results" in body
     assert "checkout of itself too" in body and "Every result row equals" in body
     results = tmp_path / "RESULTS.md"
-    results.write_text("# R\n\n## Other\n\nkept\n\n## Simulator speed\n\nstale-body\n")
+    results.write_text("# R\n\n## Other\n\nkept\n\n## Simulator speed\n\nby hand\n")
     mod.write_section(body, results)
     text = results.read_text()
-    assert "kept" in text and "stale-body" not in text and text.count("## Simulator speed") == 1
+    assert "kept" in text and text.count("## Simulator speed") == 1
+    assert "by hand\n\n<!-- begin: written by bench/sim_speed.py (" in text  # its block
 
 
 ROW = {"num_batch_steps": 10, "recomputed_tokens": 3, "tct_mean_s": 1.5, "hit_rate": 0.5}

@@ -212,8 +212,12 @@ def test_fit_writes_its_section_under_the_shared_title(tmp_path, monkeypatch) ->
         RESULTS, VLLM_SECTION = "RESULTS.md", "vllm"
 
         @staticmethod
-        def write_section(path, title, body, parent):
+        def write_section(path, title, body, writer, parent):
             written.append((title, body))
+
+        @staticmethod
+        def refuse_early(path, title, writer, parent):
+            pass
 
     monkeypatch.setattr(mod, "_agent_replay", lambda: _Ar)
     monkeypatch.setattr(mod, "replay", lambda args, d, seed, policy: _Figures(
