@@ -23,7 +23,8 @@ Two modes, never mixed:
 - `swe+bfcl`: swe and bfcl sessions served together (workflows mixed);
 - `bfcl-v4`: sessions shaped by the Berkeley Function Calling Leaderboard v4 multi-turn data
   that the `bfcl-eval` package ships (kvsaga/sim/bfcl.py; skipped, and said so, when that
-  package is not installed: `pip install --no-deps bfcl-eval`); the fit seeds draw from the
+  package is not installed: `pip install --no-deps bfcl-eval`; a `--tune` without it covers
+  part of the fit set only, saved apart); the fit seeds draw from the
   "fit" half of BFCL's tasks and every other seed from the "eval" half (`entry_half`), so
   an evaluation never replays a task the fit set served;
 - `swe`: the built-in family at an unseen seed.
@@ -285,11 +286,18 @@ def _hindsight(trace, blocks: int):
     return ref.best.result, {"hindsight_from": ref.best.source}
 
 
+def skipped_traces(traces: list[str], seed: int) -> list[str]:
+    """The traces of `traces` whose data is not installed (`build_trace` gives None, e.g.
+    bfcl-v4 without the `bfcl-eval` package): `run` skips them, and a tune asked for one
+    covers part of the fit set only."""
+    return [t for t in traces if build_trace(t, seed) is None]
+
+
 def run(traces: list[str], fractions: list[float], policies: list[str], seeds: list[int],
         workers: int) -> tuple[list[dict], list[str]]:
     """Every (trace, seed, capacity, policy) simulation; returns the rows and the traces
     skipped (data not installed)."""
-    skipped = [t for t in traces if build_trace(t, seeds[0]) is None]
+    skipped = skipped_traces(traces, seeds[0])
     tasks = [(t, s, f, p) for t in traces if t not in skipped for s in seeds
              for f in fractions for p in policies]
     with ProcessPoolExecutor(max_workers=workers) as pool:

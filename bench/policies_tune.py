@@ -25,7 +25,8 @@ bench/plots/policies_tune_smooth.json and its own section. That pick is the defa
 if the smoothed tune covered the whole fit set (every seed of `TUNE_SEEDS`, every trace
 of `FIT_TRACES` at the capacities `FRACTIONS`, the baselines and the incumbent among
 its candidates: `fit_set_gaps`; a tune of part of it is saved apart, per size or
-smoothed) and the pick passes issue 10's non-thrash check
+smoothed; a trace whose data is not installed, bfcl-v4 without `bfcl-eval`, is not run, so
+a tune without it is part of it) and the pick passes issue 10's non-thrash check
 (`NON_THRASH_CHECKS`: `python bench/scheduling_fit.py --policy-check INCUMBENT --policy
 PICK --workers 1`, no non-thrash figure worse by more than 2%) and issue 10's AFS veto
 (`AFS_CHECKS`: `python bench/policies_check.py --afs --policy PICK --against INCUMBENT
@@ -71,6 +72,7 @@ from policies import (
     parse_spec,
     rank,
     run,
+    skipped_traces,
     tables,
     write_section,
 )
@@ -518,6 +520,12 @@ def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
         constants, notes = saved.get("constants", {}), saved.get("notes", [])
         vetting = ((saved["pick"], saved["vetting"], saved["against"])
                    if saved.get("vetting") else None)
+    elif seeds and (skipped := skipped_traces(traces, seeds[0])):
+        # run() would leave their rows out while the tune counted them as run (the whole
+        # fit set: saved over its pick); they are not run, so the tune is part of it
+        print(f"skipped (data not installed): {', '.join(skipped)}; this tune covers part "
+              "of the fit set only", file=sys.stderr)
+        traces = [t for t in traces if t not in skipped]
     whole = not fit_set_gaps(seeds, policies, traces, fractions)
     out, section = _destination(extra is not None or (args.smooth and not args.from_json), whole)
     if not args.no_write:  # a block it may not write over: refused before the run

@@ -35,6 +35,8 @@ def _setup(tmp_path, monkeypatch, check):
     monkeypatch.setattr(tune, "run_checks", lambda workers: [check])
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
     monkeypatch.setattr(tune, "HERE", tmp_path)
+    # every trace's data installed (bfcl-v4's bfcl-eval may not be here)
+    monkeypatch.setattr(tune, "skipped_traces", lambda traces, seed: [])
     return tune, pol, tokens
 
 
@@ -183,3 +185,39 @@ def test_a_smoothed_tune_of_part_of_the_fit_set_is_saved_apart(tmp_path, monkeyp
                      list(pol.FRACTIONS), "smooth whole") == 0
     assert json.loads(tune.TUNE_SMOOTH_JSON.read_text())["command"] == "smooth whole"
     assert json.loads(tune.TUNE_SMOOTH_PARTIAL_JSON.read_text())["command"] == "smooth part"
+
+
+def test_a_tune_whose_bfcl_v4_data_is_not_installed_is_part_of_the_fit_set(
+        tmp_path, monkeypatch, capsys):
+    """Without the `bfcl-eval` package `run` skips bfcl-v4, and the tune counted as the
+    whole fit set all the same: saved over policies_tune.json (whose pick `per_size_pick()`,
+    the evaluation's header and the default's test read) and its section, headed "Ran the
+    whole fit set". bfcl-v4 is now not run, so the tune is part of the fit set, saved apart."""
+    tune, pol, tokens, args = _whole_run(tmp_path, monkeypatch)
+    whole, results = (tmp_path / "tune.json").read_text(), (tmp_path / "RESULTS.md").read_text()
+    monkeypatch.setattr(tune, "skipped_traces", lambda traces, seed: [
+        t for t in traces if t == "bfcl-v4"])
+    ran = []
+    monkeypatch.setattr(tune, "run", lambda traces, fractions, policies, seeds, workers: (
+        ran.extend(traces) or (rows_for(tokens) if 1 in seeds else []),
+        [t for t in traces if t == "bfcl-v4"]))
+    capsys.readouterr()
+    assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
+                     list(pol.FRACTIONS), "no bfcl") == 0
+    assert "bfcl-v4" not in ran and "skipped (data not installed): bfcl-v4" in (
+        capsys.readouterr().err)
+    assert (tmp_path / "tune.json").read_text() == whole
+    saved = json.loads((tmp_path / "TUNE_PARTIAL_JSON.json").read_text())
+    assert saved["command"] == "no bfcl" and "bfcl-v4" not in saved["traces"]
+    assert tune.saved_gaps(saved) == ["traces bfcl-v4 not run"]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith(results.rstrip("\n"))  # the whole fit set's section unchanged
+    partial = text[text.index(tune.TUNE_PARTIAL_SECTION):]
+    assert "Ran part of the fit set only" in partial and "so this pick sets nothing" in partial
+
+
+def test_the_skipped_traces_are_those_whose_data_is_not_installed(monkeypatch):
+    pol = load("policies")
+    monkeypatch.setattr(pol, "build_trace", lambda name, seed: None if name == "bfcl-v4"
+                        else [name])
+    assert pol.skipped_traces(["swe", "bfcl-v4", "web-short"], 1) == ["bfcl-v4"]

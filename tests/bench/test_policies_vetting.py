@@ -149,6 +149,8 @@ def test_the_tune_runs_the_walk_and_saves_and_renders_it(tmp_path, monkeypatch, 
     monkeypatch.setattr(tune, "run_checks", lambda workers: [afs])
     monkeypatch.setattr(tune, "TUNE_JSON", tmp_path / "tune.json")
     monkeypatch.setattr(tune, "HERE", tmp_path)
+    # every trace's data installed (bfcl-v4's bfcl-eval may not be here)
+    monkeypatch.setattr(tune, "skipped_traces", lambda traces, seed: [])
     args = SimpleNamespace(from_json=None, smooth=False, workers=1, no_write=False)
     assert tune.tune(None, args, list(tune.FIT_TRACES), list(pol.TUNE_SEEDS), list(tokens),
                      list(pol.FRACTIONS), "cmd") == 0
