@@ -52,16 +52,25 @@ def _branch_name(tag: str) -> str:
     return re.sub(r"function-\w+\[[^\]]*?, (\w+)\]", r"\1", tag)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(exc: RequestValidationError,
+                        content_type: str | None = None) -> tuple[str, str | None]:
     """(message, param) of a request that failed validation: param is the request field
     (union branch tags left out of it); a value that matched no branch of a union names
-    the branches it could have been."""
+    the branches it could have been. Malformed JSON says why and where (the decoder's
+    reason, and its character offset in the body); a body left unparsed because its
+    `content_type` is not JSON (curl's `-d` sends a form's) says to send a JSON one."""
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     e = errors[0]
     if e.get("type") == "json_invalid":
-        return f"malformed JSON: {e.get('msg')}", None
+        reason = (e.get("ctx") or {}).get("error") or e.get("msg")
+        pos = [x for x in e.get("loc", ()) if isinstance(x, int)]
+        where = f" at character {pos[0]} (counting from 0)" if pos else ""
+        return f"malformed JSON: {reason}{where}", None
+    if isinstance(e.get("input"), bytes) and tuple(e.get("loc", ())) == ("body",):
+        return (f"the body was not read as JSON: its Content-Type is {content_type!r}; send "
+                "it with Content-Type: application/json"), None
     loc = [x for x in e.get("loc", ()) if x != "body"]
     param = ".".join(str(x) for x in loc if not _is_branch_tag(x)) or None
     message = e.get("msg")
@@ -128,12 +137,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = _validation_message(exc, request.headers.get("content-type"))
         return _error_response(APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(APIError(exc.status_code, str(exc.detail)))
+        # Its headers (a 405's `Allow`) go out with it.
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        allow = {k.lower(): v for k, v in headers.items()}.get("allow")
+        if exc.status_code == 405 and allow:
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+        return _error_response(APIError(exc.status_code, message, headers=headers))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

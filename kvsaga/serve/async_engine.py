@@ -46,6 +46,11 @@ class RequestAborted(Exception):
     """The request was aborted (its client went away) before it finished."""
 
 
+class SessionEnded(RequestAborted):
+    """The request was aborted because its session was ended (`end_engine_session`), so
+    its client can be told why."""
+
+
 class EngineStopped(RuntimeError):
     """The engine thread has stopped (shutdown, a failed model load, or a failure of the
     thread itself), so the command or request will never run. In-flight requests get it
@@ -251,7 +256,7 @@ class AsyncEngine:
 
     async def end_session(self, engine_session_id: str) -> None:
         """End a session in the engine, aborting its request in flight (whose reader gets
-        `RequestAborted`).
+        `SessionEnded`).
 
         The end runs even when the awaiting task is cancelled meanwhile: a caller forgets
         the session before it awaits this, and a cancelled end would leave the session (and
@@ -266,14 +271,14 @@ class AsyncEngine:
 
     def end_engine_session(self, engine: LLMEngine, engine_session_id: str) -> list[str]:
         """On the engine thread: end a session (`LLMEngine.end_session`) and wake the reader
-        of each request the end aborted with `RequestAborted` (the engine gives an aborted
+        of each request the end aborted with `SessionEnded` (the engine gives an aborted
         request no output: a reader not woken would wait for good, its step counted in
         flight). Returns their ids."""
         aborted = engine.end_session(engine_session_id)
         for rid in aborted:
             stream = self._streams.pop(rid, None)
             if stream is not None:
-                stream.put(RequestAborted(rid))
+                stream.put(SessionEnded(rid))
         return aborted
 
     def abort_request(self, engine: LLMEngine, request_id: str) -> None:

@@ -11,17 +11,24 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.request import RequestOutput
 from kvsaga.engine.sampling import SamplingParams
 from kvsaga.errors import InvalidRequest
-from kvsaga.serve.async_engine import AsyncEngine, EngineStopped, RequestAborted, RequestHandle
+from kvsaga.serve.async_engine import (
+    AsyncEngine,
+    EngineStopped,
+    RequestAborted,
+    RequestHandle,
+    SessionEnded,
+)
 from kvsaga.serve.errors import APIError, stopped_error
 from kvsaga.serve.metrics import ServerMetrics
 from kvsaga.serve.protocol import (
@@ -218,12 +225,9 @@ class Serving:
             # way out below gives it back (`_unreserve`).
             ctx = self.sessions.open(engine_sid)
             ctx.in_flight = rid
-        try:
-            handle, ids = await self._submit(body, prompt, ctx, known is not None, engine_sid,
-                                             salt, sid, rid, requested)
-        except BaseException:
-            self._unreserve(ctx, known, engine_sid, rid)
-            raise
+        submit = self._submit(body, prompt, ctx, known is not None, engine_sid, salt, sid, rid,
+                              requested)
+        handle, ids = await self._queue(request, submit, ctx, known, engine_sid, rid)
         hint = body.kvsaga
         run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, bool(hint and hint.last_step),
                    arrival, chat, rid, sid)
@@ -236,6 +240,38 @@ class Serving:
             return _ClosingStream(run.sse(request, include_usage), on_close=run.close,
                                   headers=headers, media_type="text/event-stream")
         return JSONResponse(await run.collect(request), headers=headers)
+
+    async def _queue(self, request: Request,
+                     submitting: Coroutine[Any, Any, tuple[RequestHandle, list[int]]],
+                     ctx: SessionContext | None, known: SessionContext | None,
+                     engine_sid: str | None, rid: str) -> tuple[RequestHandle, list[int]]:
+        """Run `submitting` (`_submit`'s coroutine) as a task that a disconnect of the client
+        cancels, and give the session back on every way out but the request's (`_unreserve`).
+        Without the watcher, a client that left while its prompt was tokenized or its add
+        waited behind a long step kept the session reserved until the add ran (and `_Run`'s
+        watcher saw it gone): its retry got 409 `session_busy` meanwhile.
+
+        Raises:
+            APIError: what `_submit` raised, or 400 `aborted` when the client left.
+        """
+        submit = asyncio.ensure_future(submitting)
+        watcher = asyncio.ensure_future(_abort_on_disconnect(request, submit.cancel))
+        try:
+            return await submit
+        except BaseException as e:
+            left = watcher.done() and not watcher.cancelled()
+            if submit.done() and not submit.cancelled() and submit.exception() is None:
+                # This task was cancelled after the submit had queued the request, before it
+                # resumed here: nothing else will read or abort it.
+                submit.result()[0].abort()
+                self.metrics.request_ended("abort")
+            self._unreserve(ctx, known, engine_sid, rid, refused=isinstance(e, APIError))
+            if left and isinstance(e, asyncio.CancelledError):
+                raise APIError(400, "the request was aborted: its client disconnected",
+                               code="aborted") from None
+            raise
+        finally:
+            watcher.cancel()
 
     async def _submit(self, body: _Common, prompt: Prompt, ctx: SessionContext | None,
                       resumed: bool, engine_sid: str | None, salt: str | None,
@@ -260,14 +296,19 @@ class Serving:
         self._check_capacity()
         self._check_not_ended(ctx, engine_sid, sid)
         hint = body.kvsaga
-        kwargs: dict[str, Any] = {"request_id": rid, "salt": salt}
-        if resumed:
-            # The session's next step: once the engine has accepted it (a refused request,
-            # here or there, must not start a reload), tell it in the same command, before
-            # any step, so that the session's offloaded blocks load back while the step
-            # waits for admission.
-            assert engine_sid is not None
-            kwargs["on_added"] = lambda e: e.resume_hint(engine_sid)
+        added: list[bool] = []  # [True] once the engine took it (set on the engine thread)
+
+        def on_added(engine: LLMEngine) -> None:
+            added.append(True)
+            if resumed:
+                # The session's next step: once the engine has accepted it (a refused
+                # request, here or there, must not start a reload), tell it in the same
+                # command, before any step, so that the session's offloaded blocks load back
+                # while the step waits for admission.
+                assert engine_sid is not None
+                engine.resume_hint(engine_sid)
+
+        kwargs: dict[str, Any] = {"request_id": rid, "salt": salt, "on_added": on_added}
         if engine_sid is not None:
             kwargs["session_id"] = engine_sid
             if hint is not None:
@@ -290,10 +331,24 @@ class Serving:
         except EngineStopped as e:  # stopped since `serving()` was read: nothing was queued
             raise stopped_error(e) from None
         except BaseException:
-            # Cancelled (the client left) while the engine thread may already be adding it:
-            # abort it there (after the add, as commands run in order; a no-op otherwise).
-            self.engine.post(lambda e: self.engine.abort_request(e, rid))
+            self._abandon(rid, added)
             raise
+
+    def _abandon(self, rid: str, added: list[bool]) -> None:
+        """Abort a request whose submit was cancelled (its client left) while the engine
+        thread may already be adding it: the abort runs after the add, as commands run in
+        order (a no-op when the add never ran). One the engine took is counted as aborted:
+        every request the engine took is counted once, and no `_Run` will count this one."""
+        loop = asyncio.get_running_loop()
+
+        def abort(engine: LLMEngine) -> None:
+            try:
+                self.engine.abort_request(engine, rid)
+            finally:
+                if added:  # (final here: the add, if it ran, ran before this command)
+                    loop.call_soon_threadsafe(self.metrics.request_ended, "abort")
+
+        self.engine.post(abort)
 
     def _check_not_ended(self, ctx: SessionContext | None, engine_sid: str | None,
                          sid: str | None) -> None:
@@ -318,15 +373,23 @@ class Serving:
         return await asyncio.to_thread(self.sessions.encode, known, text, special, True)
 
     def _unreserve(self, ctx: SessionContext | None, known: SessionContext | None,
-                   engine_sid: str | None, rid: str) -> None:
+                   engine_sid: str | None, rid: str, refused: bool) -> None:
         """Give back a session reserved by a request that was not queued: free it, and
-        forget it when this request opened it (a refused first step leaves no session)."""
+        forget it when this request opened it (a refused first step leaves no session).
+
+        A first step that was not refused but cancelled (its client left) may have been
+        added and begun a step before its abort ran, which leaves the session paused in the
+        engine: it is ended there too, after the abort (`_abandon`), else the server would
+        have forgotten a session the engine holds (`/end` answered 404 for it). Any later
+        step of the id is added after this end; the end is a no-op when the add never ran."""
         if ctx is None or ctx.in_flight != rid:
             return
         ctx.in_flight = None
         if known is None and engine_sid is not None and ctx.tokens is None \
                 and self.sessions.get(engine_sid) is ctx:
             self.sessions.drop(engine_sid)
+            if not refused:
+                self.engine.post(lambda e: self.engine.end_engine_session(e, engine_sid))
 
 
 class _Run:
@@ -417,6 +480,15 @@ class _Run:
                 and self.s.sessions.get(self.engine_sid) is ctx:
             self.s.sessions.drop(self.engine_sid)
 
+    def _aborted(self, e: RequestAborted) -> APIError:
+        """The 400 `aborted` of a request cut off: naming its session when the end of
+        the session aborted it, as `Serving._check_not_ended` does for a step not yet
+        queued, so the client tells an end apart from other aborts."""
+        if isinstance(e, SessionEnded) and self.sid is not None:
+            return APIError(400, f"the request was aborted: session {self.sid!r} was ended",
+                            param="session_id", code="aborted")
+        return APIError(400, "the request was aborted", code="aborted")
+
     def _usage(self, out: RequestOutput) -> Any:
         return make_usage(out.num_prompt_tokens, len(out.token_ids), out.num_cached_tokens)
 
@@ -424,8 +496,8 @@ class _Run:
         try:
             async for _ in self._outputs(request):
                 pass
-        except RequestAborted:
-            raise APIError(400, "the request was aborted", code="aborted") from None
+        except RequestAborted as e:
+            raise self._aborted(e) from None
         except EngineStopped as e:  # shut down (or its thread failed) while this ran
             raise stopped_error(e) from None
         except Exception as e:
@@ -499,10 +571,10 @@ class _Run:
                 cls = ChatCompletionChunk if self.chat else Completion
                 yield _sse(cls(id=self.rid, created=self.created, model=self.s.model_name,
                                choices=[], usage=self._usage(self.final)).model_dump())
-        except RequestAborted:
+        except RequestAborted as e:
             # Its session was ended (POST /v1/sessions/{id}/end) or the client left: say so,
             # so a cut-off answer never reads as complete (a gone client reads nothing).
-            yield _sse(APIError(400, "the request was aborted", code="aborted").body())
+            yield _sse(self._aborted(e).body())
         except EngineStopped as e:  # shut down (or its thread failed) while this streamed
             yield _sse(stopped_error(e).body())
         except Exception as e:
@@ -543,10 +615,11 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _abort_on_disconnect(request: Request, close: Callable[[], None]) -> None:
+async def _abort_on_disconnect(request: Request, close: Callable[[], object]) -> None:
     """Wait for the client to go away, then `close` its run: abort its request (releasing
     its blocks) and free its session at once, not when the step under way ends. The abort
-    is queued before any later step's add, so the session's next step comes after it."""
+    is queued before any later step's add, so the session's next step comes after it.
+    (Before the request is queued, `close` cancels its submit: `Serving._queue`.)"""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":

@@ -73,6 +73,27 @@ def test_malformed_and_oversized(server: LiveServer):
     assert err["param"].startswith("prompt")
 
 
+def test_body_and_method_errors_say_what_was_wrong(server: LiveServer):
+    """Before: "malformed JSON: JSON decode error"; a JSON body sent as a form (curl's `-d`)
+    read as a bad body ("body: Input should be a valid dictionary ..."); a 405 had no
+    `Allow` header and said only "Method Not Allowed"."""
+    good = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2})
+    bad = good.replace(', "max_tokens"', ' "max_tokens"')
+    err = _error(_post(server, "/v1/completions", content=bad.encode(),
+                       headers={"content-type": "application/json"}), 400)
+    at = bad.index('"max_tokens"')
+    assert err["message"] == (f"malformed JSON: Expecting ',' delimiter at character {at} "
+                              "(counting from 0)"), err
+    err = _error(_post(server, "/v1/completions", content=good.encode(),
+                       headers={"content-type": "application/x-www-form-urlencoded"}), 400)
+    assert "'application/x-www-form-urlencoded'" in err["message"], err
+    assert "send it with Content-Type: application/json" in err["message"], err
+    r = httpx.get(f"{server.url}/v1/completions", timeout=30)
+    err = _error(r, 405)
+    assert r.headers.get("allow") == "POST", r.headers
+    assert err["message"] == "GET is not allowed on /v1/completions; allowed: POST", err
+
+
 def test_not_found(server: LiveServer):
     err = _error(_post(server, "/v1/chat/completions", json={**CHAT, "model": "gpt-4"}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
