@@ -175,23 +175,29 @@ class Pool {
 
   nb::list evict_many(nb::handle ids) {
     read_ids(ids, n, buf_);
-    size_t k = buf_.size();
+    return evict_ids(buf_);
+  }
+
+  // evict_many of ids already read, each in [0, n) (the manager core's checked victims):
+  // their old hashes, in order.
+  nb::list evict_ids(const std::vector<int32_t>& ids) {
+    size_t k = ids.size();
     size_t i = 0;
     const char* why = nullptr;
     for (; i < k; ++i) {
-      int32_t b = buf_[i];
+      int32_t b = ids[i];
       if (state.data[b] != kCached) why = "evict_many takes cached blocks";
       else if (scratch_[b]++) why = "evict_many got it twice";
       if (why) break;
     }
-    for (size_t j = 0; j < k && j <= i; ++j) scratch_[buf_[j]] = 0;
-    if (why) raise_state(buf_[i], why);
+    for (size_t j = 0; j < k && j <= i; ++j) scratch_[ids[j]] = 0;
+    if (why) raise_state(ids[i], why);
     PyObject* hashes = PyList_New(static_cast<Py_ssize_t>(k));
     if (!hashes) throw_current();
     nb::list out = nb::steal<nb::list>(hashes);
-    for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(hashes, j, free_cached(buf_[j]));
+    for (size_t j = 0; j < k; ++j) PyList_SET_ITEM(hashes, j, free_cached(ids[j]));
     num_cached -= static_cast<int64_t>(k);
-    notify(false, buf_.data(), k);
+    notify(false, ids.data(), k);
     return out;
   }
 

@@ -98,30 +98,54 @@ class ManagerCore {
     return slots;
   }
 
-  // KVCacheManager._victims_valid: `num_blocks` distinct CACHED blocks.
+  // KVCacheManager._victims_valid: `num_blocks` distinct CACHED blocks. Only a list or a
+  // tuple (TypeError otherwise, as the Python core's check): the victims are read once, here,
+  // and `evict_blocks` evicts the ids read (an iterator read twice would be used up, and
+  // the second read would evict nothing).
   bool victims_valid(nb::handle victims, Py_ssize_t num_blocks) {
-    nb::object fast = steal_or_throw(PySequence_Fast(victims.ptr(), "victims must be a list"));
-    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast.ptr());
-    if (k != num_blocks) return false;
-    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-    ids_.resize(k);
-    for (Py_ssize_t i = 0; i < k; ++i) {
-      long b = as_long(items[i]);
+    checked_.clear();
+    checked_obj_ = nb::object();
+    PyObject* v = victims.ptr();
+    if (!PyList_Check(v) && !PyTuple_Check(v)) {
+      PyErr_Format(PyExc_TypeError,
+                   "the policy's victims must be a list or tuple of block ids, got %s",
+                   Py_TYPE(v)->tp_name);
+      throw_current();
+    }
+    if (PySequence_Fast_GET_SIZE(v) != num_blocks) return false;
+    // (an id's __index__ may run Python code: each item is held, the size read each time)
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(v); ++i) {
+      nb::object item = nb::borrow(PySequence_Fast_GET_ITEM(v, i));
+      long b = as_long(item.ptr());
       if (b == -1 && PyErr_Occurred()) throw_current();
       if (b < 0 || b >= pool_->n || pool_->state.data[b] != kCached) return false;
-      ids_[i] = static_cast<int32_t>(b);
+      checked_.push_back(static_cast<int32_t>(b));
     }
+    if (static_cast<Py_ssize_t>(checked_.size()) != num_blocks) return false;
+    ids_.assign(checked_.begin(), checked_.end());
     std::sort(ids_.begin(), ids_.end());
-    return std::adjacent_find(ids_.begin(), ids_.end()) == ids_.end();
+    if (std::adjacent_find(ids_.begin(), ids_.end()) != ids_.end()) return false;
+    checked_obj_ = nb::borrow(victims);
+    return true;
   }
 
   // KVCacheManager._evict's loops over checked victims: free them, unindex their hashes,
-  // forget their owners.
+  // forget their owners. `victims` must be what `victims_valid` just found valid: its ids
+  // as read then are evicted (the pool checks again that they are cached and distinct).
   void evict_blocks(nb::handle victims) {
-    nb::list hashes = pool_->evict_many(victims);
-    read_ids(victims, pool_->n, ids_);
-    unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, ids_.data(), ids_.size(),
-            false);
+    if (!checked_obj_.is_valid() || checked_obj_.is_none() || !victims.is(checked_obj_)) {
+      checked_.clear();
+      checked_obj_ = nb::object();
+      PyErr_SetString(PyExc_RuntimeError,
+                      "evict_blocks takes the victims victims_valid just found valid");
+      throw_current();
+    }
+    checked_obj_ = nb::object();
+    evicting_.swap(checked_);  // (the pool's observer, called back, cannot change them)
+    checked_.clear();
+    nb::list hashes = pool_->evict_ids(evicting_);
+    unindex(reinterpret_cast<PyListObject*>(hashes.ptr())->ob_item, evicting_.data(),
+            evicting_.size(), false);
   }
 
   // KVCacheManager._evict for a policy whose victims are the head of `queue` (its
@@ -130,6 +154,11 @@ class ManagerCore {
   // blocks here, which is all that the policy's blocks_uncached would have done.
   void evict_head(PyQueue& queue, int64_t num_blocks) {
     IntrusiveQueue& q = queue.raw();
+    if (num_blocks < 0) {
+      PyErr_Format(PyExc_ValueError, "evict_head: num_blocks must be >= 0, got %lld",
+                   (long long)num_blocks);
+      throw_current();
+    }
     if (q.capacity() != pool_->n || num_blocks > q.size() || num_blocks > pool_->num_cached) {
       PyErr_Format(PyExc_RuntimeError, "victim queue holds %lld blocks, %lld asked for",
                    (long long)q.size(), (long long)num_blocks);
@@ -562,7 +591,8 @@ class ManagerCore {
  public:
   template <class F>
   void for_each_ref(F&& f) {
-    for (nb::object* o : {&pool_obj_, &index_obj_, &hasher_obj_, &running_, &check_token_ids_})
+    for (nb::object* o : {&pool_obj_, &index_obj_, &hasher_obj_, &running_, &check_token_ids_,
+                          &checked_obj_})
       f(*o);
     f(sessions_);
     f(owner_);
@@ -582,6 +612,8 @@ class ManagerCore {
   std::vector<Row> rows_;
   std::vector<PyObject*> seen_;
   std::vector<int32_t> new_ids_, ids_, sorted_;
+  std::vector<int32_t> checked_, evicting_;  // victims_valid's ids, for evict_blocks
+  nb::object checked_obj_;                   // the victims they were read from
   std::vector<PyObject*> held_;
   std::vector<TailRun> tail_runs_;
 };

@@ -265,7 +265,8 @@ class SessionHeap {
   }
 
   // For each class of the live timed records, one session of it: the latest paused (largest
-  // t0), then the lowest tail block (session_heap.py `timed_classes`).
+  // t0), then the lowest tail block, then the latest keyed (largest version: the slots'
+  // order, reused after drops, is not the reference's; session_heap.py `timed_classes`).
   nb::dict timed_classes(nb::handle among) const {
     std::unordered_map<int64_t, int32_t> best;
     for (int32_t s : live_slots(among)) {
@@ -273,7 +274,9 @@ class SessionHeap {
       auto [it, fresh] = best.try_emplace(timed_[s].cls, s);
       const Timed& b = timed_[it->second];
       const Timed& t = timed_[s];
-      if (!fresh && (t.t0 > b.t0 || (t.t0 == b.t0 && t.tie < b.tie))) it->second = s;
+      if (!fresh && (t.t0 > b.t0 || (t.t0 == b.t0 && (t.tie < b.tie || (
+                         t.tie == b.tie && live_[s].ver > live_[it->second].ver)))))
+        it->second = s;
     }
     nb::dict out;
     for (const auto& [cls, s] : best) out[nb::int_(cls)] = sids_[s];

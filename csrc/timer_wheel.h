@@ -49,8 +49,15 @@ class TimerWheel {
   // `now`: the caller's time. An empty wheel anchors its ring there (or at t.when, when
   // earlier or `now` is NaN), not on the first timer's bucket: a far first timer would
   // otherwise leave every nearer one in the ring's first bucket, all re-sorted by each `due`.
+  // Not while `due` runs (a `fire` emptied the wheel and pushes): `due` goes on reading
+  // buckets from `cur_` up to the bucket it set out for, so moving `cur_` back (the clock
+  // went back: `now` is behind it) would let it pass the new timer's bucket, which it
+  // would then read a ring turn late. With `cur_` left where `due` stands, a deadline
+  // behind it goes into bucket `cur_` (as any push behind `cur_`), the one the next `due`
+  // reads first; the walk to the bucket `due` set out for stays within the ring (a pushed
+  // deadline is later than `now`: on the ring it is at most a ring ahead, else far).
   void push(const Timer& t, double now) {
-    if (empty()) cur_ = bucket(now < t.when ? now : t.when);
+    if (empty() && !firing_) cur_ = bucket(now < t.when ? now : t.when);
     int64_t b = bucket(t.when);
     if (b < cur_) b = cur_;  // (a deadline before the buckets read so far: the first one)
     if (b - cur_ < kRing) {
@@ -73,6 +80,7 @@ class TimerWheel {
   template <class Fire, class Ahead, class Ahead2>
   void due(double now, Fire&& fire, Ahead&& ahead, Ahead2&& ahead2) {
     if (empty() || std::isnan(now)) return;
+    Firing firing(firing_);
     // (now before the buckets read so far: only the first holds timers that may be due)
     int64_t target = std::max(bucket(now), cur_);
     while (cur_ <= target) {
@@ -158,6 +166,16 @@ class TimerWheel {
     }
   }
 
+  // Marks the wheel as inside `due` for a scope (`push` then keeps `cur_`), also when a
+  // `fire` raises.
+  struct Firing {
+    explicit Firing(bool& flag) : flag_(flag) { flag_ = true; }
+    ~Firing() { flag_ = false; }
+    Firing(const Firing&) = delete;
+    Firing& operator=(const Firing&) = delete;
+    bool& flag_;
+  };
+
   static int64_t at(int64_t b) { return ((b % kRing) + kRing) % kRing; }
 
   // floor(when / width), kept within +-2^61 (a deadline 10^16 s away is simply far).
@@ -174,6 +192,7 @@ class TimerWheel {
   std::vector<Timer> batch_;  // the bucket being fired
   int64_t cur_ = 0;           // the first bucket not read to its end
   int64_t near_ = 0;          // timers on the ring
+  bool firing_ = false;       // inside `due` (see `push`)
   double width_ = 1e-3;
 };
 

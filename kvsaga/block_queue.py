@@ -110,7 +110,11 @@ class BlockQueue:
         return b
 
     def pop_many(self, count: int) -> list[int]:
-        """Unlink and return the `count` oldest blocks. `count <= len(self)`."""
+        """Unlink and return the `count` oldest blocks. A count below 0 or above len(self)
+        is a ValueError, nothing unlinked (the C++ queue's check: the walk would pass the
+        sentinel and leave a negative length)."""
+        if not 0 <= count <= self._size:
+            raise ValueError(f"pop_many({count}) on a queue of {self._size}")
         nxt, prv, s = self._next, self._prev, self._sentinel
         out = [0] * count
         b = nxt[s]

@@ -350,7 +350,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
             if out.__class__ is int:  # the policy (Python) evicts, then the core allocates
                 self._evict(out, self._time(now))
-                out = self._hot.allocate_slots(session_id, num_tokens, return_slots)
+                out = self._still_short(
+                    out, self._hot.allocate_slots(session_id, num_tokens, return_slots))
             return out
         s, end = self._slots_wanted(session_id, num_tokens)
         start = s.num_computed
@@ -379,7 +380,8 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
             out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
             if out.__class__ is int:
                 self._evict(out, self._time(now))
-                out = self._hot.decode_step(session_ids, token_ids, self.max_model_len)
+                out = self._still_short(
+                    out, self._hot.decode_step(session_ids, token_ids, self.max_model_len))
             return out
         tokens = _check_token_ids(token_ids)
         if not isinstance(session_ids, (list, tuple)):
@@ -465,6 +467,16 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         given a str fails half way, a NaN or infinite time would stall or fire every timer,
         and one near the float maximum overflowed the policies' elapsed-time grid)."""
         return check_time("now", self.clock() if now is None else now, InvalidRequest)
+
+    @staticmethod
+    def _still_short(evicted: int, out: list[int] | None) -> list[int] | None:
+        """The C++ core's second answer, after the policy evicted the `evicted` blocks its
+        first asked for: the slots. A count again means the evictions made no room (a
+        bookkeeping fault): RuntimeError, never a count handed back as slots."""
+        if out.__class__ is int:
+            raise RuntimeError(f"the core still needs {out} blocks after {evicted} were "
+                               "evicted for it")
+        return out
 
     # -- eviction (kvsaga/manager_evict.py), in this class's own dict too, where callers
     # that time or wrap the manager's calls find it (bench/sim_speed_profile.py `SPLIT`)

@@ -74,9 +74,14 @@ class EvictionPath:
         self._evicted_blocks += num_blocks
 
     def _victims_valid(self, victims: list[int], num_blocks: int) -> bool:
-        """`num_blocks` distinct CACHED blocks."""
+        """`num_blocks` distinct CACHED blocks. Only a list or a tuple (TypeError otherwise,
+        as the C++ core's check, which reads the victims once: an iterator would be used
+        up there before the eviction read it)."""
         if self._hot is not None:
             return self._hot.victims_valid(victims, num_blocks)
+        if not isinstance(victims, (list, tuple)):
+            raise TypeError("the policy's victims must be a list or tuple of block ids, "
+                            f"got {type(victims).__name__}")
         state = self.pool.state
         return (
             len(victims) == num_blocks

@@ -117,8 +117,11 @@ class BlockPool:
         """Take `count` FREE blocks (oldest freed first); each becomes ACTIVE with refcount 1.
 
         Raises:
+            ValueError: a negative `count` (the C++ pool's check); nothing changes.
             OutOfBlocks: fewer than `count` free blocks (callers evict first); nothing changes.
         """
+        if count < 0:
+            raise ValueError("allocate: count must be >= 0")
         if count > len(self._free):
             raise OutOfBlocks(count, len(self._free), self.tier)
         ids = self._free.pop_many(count)

@@ -55,6 +55,9 @@ class Flaky(LRUPolicy):
         self._maybe("choose_victims")
         if self.fail == "invalid victims":
             return []  # the eviction path's own RuntimeError
+        if self.fail in ("iterator", "tuple"):  # not the list the contract asks for
+            named = super().choose_victims(num_blocks, now, *args)
+            return iter(named) if self.fail == "iterator" else tuple(named)
         if self.victims:
             return self.victims.pop(0)
         return super().choose_victims(num_blocks, now, *args)
@@ -319,3 +322,83 @@ def test_prefetch_holds_nothing_when_its_loads_cannot_evict(core):
     assert m.prefetch("s") == 1
     m.check_integrity()
     assert m.begin_step("s", [*m.sessions["s"].token_ids, 5]).num_cached_tokens == 14
+
+
+def _one_to_evict(core: str) -> tuple[KVCacheManager, Flaky]:
+    """A 5-block pool: "old" paused with 4 full blocks cached, "s" with 8 tokens to place
+    (2 blocks, 1 free: one to evict) and, for a decode step, "d" running with its last
+    block full (its next token needs a block: one to evict)."""
+    m, policy = make(core, num_blocks=5)
+    paused(m, "old", list(range(100, 116)))
+    m.begin_step("s", list(range(8)))
+    return m, policy
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("call", ["allocate_slots", "decode_step"])
+def test_victims_named_by_an_iterator_are_refused_on_both_cores_with_nothing_changed(
+        core, call):
+    # The C++ core read the policy's victims once to check them (using the iterator up)
+    # and again to evict them: it evicted nothing, counted the evictions, and handed the
+    # caller the blocks still wanted, an int, as its slots. Both cores refuse anything but
+    # a list or tuple alike now, before any change.
+    m, policy = _one_to_evict(core)
+    if call == "decode_step":
+        m.allocate_slots("s", 4)  # s's first block full, 1 free block left
+        m.begin_step("t", list(range(50, 54)))
+        m.allocate_slots("t", 4)  # no free block: s's next token needs an eviction
+    before, free, evicted = books(m), m.pool.num_free, m.stats().num_evicted_blocks
+    policy.fail = "iterator"
+    with pytest.raises(TypeError, match="^the policy's victims must be a list or tuple of "
+                                        "block ids, got list_iterator$"):
+        if call == "decode_step":
+            m.decode_step(["s"], [7])
+        else:
+            m.allocate_slots("s", 8)
+    m.check_integrity()
+    assert (books(m), m.pool.num_free, m.stats().num_evicted_blocks) == (before, free, evicted)
+    policy.fail = "tuple"  # a tuple is a sequence as good as a list
+    out = m.decode_step(["s"], [7]) if call == "decode_step" else m.allocate_slots("s", 8)
+    assert isinstance(out, list) and len(out) == (1 if call == "decode_step" else 8)
+    assert m.stats().num_evicted_blocks == evicted + 1
+    m.check_integrity()
+
+
+@pytest.mark.skipif("cpp" not in CORES, reason="the C++ core is not built")
+@pytest.mark.parametrize("call", ["allocate_slots", "decode_step"])
+def test_an_eviction_that_made_no_room_raises_instead_of_handing_back_a_count(
+        monkeypatch, call):
+    # The C++ core answers a count (blocks to evict first) when it is short; the manager
+    # evicts and asks again. Were it still short, the count went back as the slots.
+    m, _ = _one_to_evict("cpp")
+    if call == "decode_step":
+        m.allocate_slots("s", 4)
+        m.begin_step("t", list(range(50, 54)))
+        m.allocate_slots("t", 4)
+    monkeypatch.setattr(m, "_evict", lambda num_blocks, now: None)  # makes no room
+    with pytest.raises(RuntimeError, match="^the core still needs 1 blocks after 1 were "
+                                           "evicted for it$"):
+        if call == "decode_step":
+            m.decode_step(["s"], [7])
+        else:
+            m.allocate_slots("s", 8)
+    m.check_integrity()
+
+
+@pytest.mark.skipif("cpp" not in CORES, reason="the C++ core is not built")
+def test_the_cores_eviction_calls_refuse_unchecked_victims_and_a_negative_count():
+    # evict_blocks evicts the ids victims_valid read (never a second read of the policy's
+    # answer): given other victims, or none checked, it refuses; evict_head names a
+    # negative count (it raised vector::_M_default_append). Nothing changes.
+    m, policy = _one_to_evict("cpp")
+    hot, cached = m._hot, [b for b in range(5) if m.pool.state[b] == 2]
+    before = books(m)
+    with pytest.raises(RuntimeError, match="victims victims_valid just found valid"):
+        hot.evict_blocks(cached[:1])
+    assert hot.victims_valid(cached[:1], 1)
+    with pytest.raises(RuntimeError, match="victims victims_valid just found valid"):
+        hot.evict_blocks(list(cached[:1]))  # an equal list, not the one checked
+    with pytest.raises(ValueError, match="^evict_head: num_blocks must be >= 0, got -1$"):
+        hot.evict_head(policy._order, -1)
+    m.check_integrity()
+    assert books(m) == before

@@ -24,6 +24,32 @@ def test_block_queue_order_and_removal(core):
     assert q.peek() == -1 and len(q) == 0
 
 
+@pytest.mark.parametrize("count", [-1, 5])
+def test_block_queue_pop_many_refuses_a_bad_count_alike(core, count):
+    """Both queues refuse a count below 0 or above their length, naming it, with nothing
+    unlinked (the Python queue's walk went past its sentinel: a negative length, or a count
+    of -1 grew it)."""
+    q = core.BlockQueue(4)
+    q.push_many([2, 0, 3, 1])
+    with pytest.raises(ValueError, match=rf"^pop_many\({count}\) on a queue of 4$"):
+        q.pop_many(count)
+    assert list(q) == [2, 0, 3, 1] and len(q) == 4
+    assert q.pop_many(4) == [2, 0, 3, 1] and len(q) == 0
+
+
+def test_pool_allocate_refuses_a_negative_count_alike(core):
+    """Both pools refuse a negative count with the same error, nothing changed (the Python
+    pool handed back [] and counted 5 free blocks in a pool of 4)."""
+    pool = core.BlockPool(4)
+    a = pool.allocate(1)
+    before = (list(pool.refcount), list(pool.state), pool.free_ids(), pool.num_free)
+    with pytest.raises(ValueError, match="^allocate: count must be >= 0$"):
+        pool.allocate(-1)
+    assert (list(pool.refcount), list(pool.state), pool.free_ids(), pool.num_free) == before
+    pool.check_integrity()
+    assert len(pool.allocate(3)) == 3 and pool.num_free == 0 and a == [0]
+
+
 class Recorder:
     def __init__(self):
         self.events = []

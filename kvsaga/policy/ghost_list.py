@@ -62,14 +62,20 @@ class PyGhostList:
     def enter(self, hashes: list[bytes | None], costs: list[float]) -> int:
         """Enter each hash (None: a partial block, skipped) with its cost unless it is a
         ghost already (it keeps its first cost and place); then the oldest names fall out
-        down to the capacity. Returns how many entered."""
+        down to the capacity. Returns how many entered. A hash that is not 32 bytes or a
+        cost that is not a number raises TypeError before any name enters (the C++ list's
+        checks: a bad cost let in would fail a later `charge` half way)."""
         if len(hashes) != len(costs):
             raise ValueError("enter: hashes and costs differ in length")
-        names = self._names
-        before = len(names)
+        named = []
         for h, c in zip(hashes, costs, strict=True):
             if h is not None:
-                names.setdefault(h, c)
+                _check_name(h)
+                named.append((h, _cost(c)))
+        names = self._names
+        before = len(names)
+        for h, c in named:
+            names.setdefault(h, c)
         new = len(names) - before
         for _ in range(len(names) - self._cap):
             names.popitem(last=False)
@@ -86,8 +92,7 @@ class PyGhostList:
             h = hashes[b]
             if h is None:  # a partial block: no name, its position is not read
                 continue
-            if not isinstance(h, bytes) or len(h) != 32:
-                raise TypeError("a ghost's hash must be 32 bytes")
+            _check_name(h)
             p = positions[b]
             if p < 0:
                 raise ValueError("enter_blocks: a negative position")
@@ -99,6 +104,21 @@ class PyGhostList:
         if beyond >= 0:
             return -1 - beyond
         return self.enter(hs, cs)
+
+
+def _check_name(h: object) -> None:
+    """A ghost's name is 32 bytes: TypeError otherwise (the C++ list's message)."""
+    if not isinstance(h, bytes) or len(h) != 32:
+        raise TypeError("a ghost's hash must be 32 bytes")
+
+
+def _cost(c: object) -> float:
+    """`c` as a float, as the C++ list reads a cost (a float, or an object with __float__
+    or __index__; a str is not one): TypeError otherwise, with its message."""
+    tp = type(c)
+    if not (hasattr(tp, "__float__") or hasattr(tp, "__index__")):
+        raise TypeError(f"must be real number, not {tp.__name__}")
+    return float(c)
 
 
 def make_ghost_list(cap: int, cpp: bool, reserve: int = 0) -> PyGhostList:

@@ -261,18 +261,21 @@ class PySessionHeap:
     def timed_classes(self, among: Iterable[Hashable] | None = None) -> dict[int, Hashable]:
         """For each class of the live timed records (of the sessions `among` names, when
         given), one session of it: the latest paused (largest t0), then the lowest tail
-        block. What a re-key of many sessions keys in Python first, to learn the class's
-        key under the policy's current statistics."""
-        best: dict[int, tuple[float, int, Hashable]] = {}
-        timed = self._timed
+        block, then the latest keyed (largest version: unique, so that both indexes pick
+        the same session whatever order they meet them in). What a re-key of many sessions
+        keys in Python first, to learn the class's key under the policy's current
+        statistics."""
+        best: dict[int, tuple[float, int, int, Hashable]] = {}
+        timed, version = self._timed, self._version
         for sid in self._among(among):
             t = timed.get(sid)
             if t is None:
                 continue
-            b = best.get(t[0])
-            if b is None or t[1] > b[0] or (t[1] == b[0] and t[5] < b[1]):
-                best[t[0]] = (t[1], t[5], sid)
-        return {cls: b[2] for cls, b in best.items()}
+            b, ver = best.get(t[0]), version[sid]
+            if b is None or t[1] > b[0] or (t[1] == b[0] and (
+                    t[5] < b[1] or (t[5] == b[1] and ver > b[2]))):
+                best[t[0]] = (t[1], t[5], ver, sid)
+        return {cls: b[3] for cls, b in best.items()}
 
     def rekey_classes(self, mapping: dict[int, int], now: float,
                       among: Iterable[Hashable] | None = None) -> set[Hashable]:

@@ -296,6 +296,7 @@ def test_the_runs_path_evicts_the_searchs_runs_exactly(name):
     assert got is None and on.policy._plan is None
     assert on.policy._index.tail_victims(on.policy.groups, on.policy._runs) == want
     assert on._hot.evict_runs(on.policy, n)
+    assert off._hot.victims_valid(want, n)
     off._hot.evict_blocks(want)
     assert _state(on) == _state(off)
     pool = on.pool

@@ -158,3 +158,24 @@ def test_enter_blocks_rejects_bad_tables_alike_and_enters_nothing(cpp):
     with pytest.raises(TypeError, match="32 bytes"):
         g.enter_blocks([0, 1], [h(3), b"x"], [5, 0], [1.0])
     assert len(g) == 1 and h(1) in g and h(2) not in g and h(3) not in g
+
+
+@pytest.mark.parametrize("cpp", [False, True])
+@pytest.mark.parametrize("hashes,costs,error", [
+    ([h(2), "x"], [2.0, 1.0], "a ghost's hash must be 32 bytes"),
+    ([h(2), b"short"], [2.0, 1.0], "a ghost's hash must be 32 bytes"),
+    ([h(2), h(3)], [2.0, "three"], "must be real number, not str"),
+    ([h(2), h(3)], [2.0, None], "must be real number, not NoneType"),
+])
+def test_both_twins_refuse_a_bad_name_or_cost_at_enter_alike(cpp, hashes, costs, error):
+    """A name that is not 32 bytes or a cost that is not a number: TypeError at `enter`,
+    nothing entered, in both twins (the Python list let them in; a later `charge` then
+    raised after it had taken names out: half done)."""
+    if cpp:
+        _cpp()
+    g = make_ghost_list(8, cpp)
+    assert g.enter([h(1)], [1.0]) == 1
+    with pytest.raises(TypeError, match=f"^{error}$"):
+        g.enter(hashes, costs)
+    assert len(g) == 1 and h(1) in g and h(2) not in g and h(3) not in g
+    assert g.charge(0.5, [h(1), h(2), h(3)]) == 1.5 and len(g) == 0

@@ -314,3 +314,23 @@ def test_a_grid_without_points_or_growth_is_refused(args):
 
     with pytest.raises(ValueError, match="grid"):
         Grid(*args)
+
+
+@pytest.mark.parametrize("among", [None, ["b", "c"], ["c", "b"]])
+def test_timed_classes_breaks_a_tie_by_the_latest_keyed_in_both_twins(among):
+    """Sessions of one class paused at the same time with the same tail block: both twins
+    pick the latest keyed, whatever order they meet them in (the C++ index reuses a dropped
+    session's slot, so its slots' order is not the reference's insertion order)."""
+    if SessionHeap is None:
+        pytest.skip("kvsaga._evict is not built")
+    rec = (0, 3, 2, 0.5, 0, 0.0, math.inf, math.inf, 1.0)
+    got = []
+    for index in (PySessionHeap(), make_session_heap(True)):
+        index.push("a", (2, 1.0), 7, 1, math.inf, 0.0, rec)
+        index.push("b", (2, 1.0), 7, 1, math.inf, 0.0, rec)
+        index.drop("a")
+        index.push("c", (2, 1.0), 7, 1, math.inf, 0.0, rec)  # a's slot, in C++
+        first = index.timed_classes(among)
+        index.push("b", (2, 1.0), 7, 1, math.inf, 0.0, rec)  # b re-keyed: now the latest
+        got.append((first, index.timed_classes(among)))
+    assert got[0] == got[1] == ({0: "c"}, {0: "b"})
