@@ -353,8 +353,9 @@ class MixedGraphs(_PaddedPass):
     model, kv_cache, block_size, max_model_len, capture, pool: as `DecodeGraphs`.
     max_batch: the most sequences a step holds (rows sizes from `SIZES` up to the smallest
         that covers it).
-    max_tokens: the most tokens a step replayed from a graph holds (token sizes from
-        `TOKEN_SIZES` up to the smallest that covers it; at most `TOKEN_SIZES[-1]`).
+    max_tokens: the most tokens a step replayed from a graph holds (at most
+        `TOKEN_SIZES[-1]`): a larger step runs eagerly, even where the largest token size
+        (from `TOKEN_SIZES`, the smallest that covers `max_tokens`) would hold it.
     """
 
     def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, block_size: int,
@@ -368,9 +369,10 @@ class MixedGraphs(_PaddedPass):
         if max_tokens > TOKEN_SIZES[-1]:
             raise ValueError(f"max_tokens {max_tokens} exceeds the largest token size "
                              f"{TOKEN_SIZES[-1]}")
+        self.max_tokens = max_tokens
         self.token_sizes = TOKEN_SIZES[: bisect.bisect_left(TOKEN_SIZES, max_tokens) + 1]
-        # No row size above the largest token size: a row holds at least one token.
-        rows = SIZES[: bisect.bisect_left(SIZES, min(max_batch, self.token_sizes[-1])) + 1]
+        # No row size above what `max_tokens` can fill: a row holds at least one token.
+        rows = SIZES[: bisect.bisect_left(SIZES, min(max_batch, max_tokens)) + 1]
         self.row_sizes = rows
         t, r = self.token_sizes[-1], self.row_sizes[-1]
         # The extra entries of the packed buffer: the logits rows (r).
@@ -383,17 +385,14 @@ class MixedGraphs(_PaddedPass):
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
 
     @property
-    def max_tokens(self) -> int:
-        return self.token_sizes[-1]
-
-    @property
     def max_batch(self) -> int:
         return self.row_sizes[-1]
 
     def bucket_for(self, tokens: int, rows: int) -> tuple[int, int] | None:
         """The padded (T, R) a step of `tokens` tokens over `rows` sequences runs at, None
-        above the largest (or for an impossible step: no rows, or more rows than tokens)."""
-        if not 1 <= rows <= tokens:
+        above `max_tokens` or the largest row size (or for an impossible step: no rows, or
+        more rows than tokens)."""
+        if not 1 <= rows <= tokens <= self.max_tokens:
             return None
         i = bisect.bisect_left(self.token_sizes, tokens)
         j = bisect.bisect_left(self.row_sizes, rows)
@@ -439,7 +438,7 @@ class MixedGraphs(_PaddedPass):
                tables: Sequence[Sequence[int]], seq_lens: Sequence[int],
                query_lens: Sequence[int], logits_rows: Sequence[int]) -> None:
         """Copy one step into the static buffers (two copies); the rest is padding."""
-        t, r = self.max_tokens, self.max_batch
+        t, r = self.token_sizes[-1], self.max_batch
         n, b, s = len(input_ids), len(seq_lens), len(logits_rows)
         pad_t = [0] * (t - n)
         starts = [0]
@@ -469,9 +468,10 @@ class MixedGraphs(_PaddedPass):
 
         Raises:
             ValueError: mismatched lengths, a query length outside 1..seq_len or lengths
-                that do not add up to N, a logits row outside the batch, a step above the
-                largest graph, or a block table too wide for `max_model_len` or too short
-                for its sequence; the buffers are then unchanged.
+                that do not add up to N, a logits row outside the batch, a step above
+                `max_tokens` or the largest row size, or a block table too wide for
+                `max_model_len` or too short for its sequence; the buffers are then
+                unchanged.
         """
         n, b = len(input_ids), len(seq_lens)
         if not (n == len(positions) == len(slots)):
@@ -491,8 +491,8 @@ class MixedGraphs(_PaddedPass):
                              f"{list(logits_rows)}")
         bucket = self.bucket_for(n, b)
         if bucket is None:
-            raise ValueError(f"a step of {n} tokens over {b} sequences exceeds the largest "
-                             f"graph ({self.max_tokens} tokens, {self.max_batch} sequences)")
+            raise ValueError(f"a step of {n} tokens over {b} sequences exceeds the graphs' "
+                             f"bounds ({self.max_tokens} tokens, {self.max_batch} sequences)")
         _check_tables(tables, self.width, self.max_model_len)
         self._stage(input_ids, positions, slots, tables, seq_lens, query_lens, logits_rows)
         t, r = bucket

@@ -37,7 +37,7 @@ from kvsaga.engine.request import (
 )
 from kvsaga.engine.runner import ModelRunner
 from kvsaga.engine.sampling import SamplingParams
-from kvsaga.engine.scheduler import Scheduler
+from kvsaga.engine.scheduler import ScheduledChunk, Scheduler
 from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
@@ -81,7 +81,7 @@ class LLMEngine:
     block_size: tokens per KV block.
     policy: eviction policy name, priced with `cost` (this model on this device, from
         `kvsaga.engine.cost`); or a ready policy instance, used as it is.
-    max_num_seqs / max_num_batched_tokens: batch limits per step.
+    max_num_seqs / max_num_batched_tokens: batch limits per step (positive ints).
     max_model_len: longest context; default the model's.
     progress: progress bar while loading weights.
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
@@ -144,6 +144,9 @@ class LLMEngine:
                                  f"got {max_graph_tokens!r}")
         # Checked before the weights load (seconds to minutes), each naming its argument.
         check_positive_int("max_model_len", max_model_len, InvalidRequest, none_ok=True)
+        # (On CUDA the graphs use these two before the core scheduler could check them.)
+        check_positive_int("max_num_seqs", max_num_seqs, InvalidRequest)
+        check_positive_int("max_num_batched_tokens", max_num_batched_tokens, InvalidRequest)
         if not isinstance(policy, (str, EvictionPolicy)):
             raise InvalidRequest(f"policy must be a policy name or an EvictionPolicy, got "
                                  f"{policy!r}")
@@ -246,7 +249,7 @@ class LLMEngine:
         Args:
             prompt_ids: the whole prompt (for a session step: the full context).
             session_id: continue this agent session (its cache is kept between steps);
-                None makes a one-shot session that ends with the request.
+                None makes a one-shot session that ends with the request ("" is refused).
             salt: tenant salt for prefix sharing.
             tool / expected_s / last_step: the pause that follows this step, if known.
         Raises:
@@ -255,8 +258,8 @@ class LLMEngine:
                 prompt that leaves no room to generate (ContextTooLong), a session that
                 already has a request in flight, `params` not a SamplingParams or None (or
                 with n != 1: one completion per request), an id or workflow not a str, a
-                salt not a str or bytes, a bad pause hint (tool not a str, expected_s not a
-                number >= 0, last_step not a bool); nothing is queued.
+                session_id of "", a salt not a str or bytes, a bad pause hint (tool not a
+                str, expected_s not a number >= 0, last_step not a bool); nothing is queued.
         """
         if params is None:
             params = SamplingParams()
@@ -272,6 +275,8 @@ class LLMEngine:
         # whole batch and leave this request's blocks held.
         check_str("request_id", request_id, InvalidRequest, none_ok=True)
         check_str("session_id", session_id, InvalidRequest, none_ok=True)
+        if session_id == "":  # (would be taken as None, yet not ended with the request)
+            raise InvalidRequest("session_id must be a non-empty str or None, got ''")
         root_hash(salt)  # InvalidRequest for a salt that is not a str, bytes or None
         check_str("workflow", workflow, InvalidRequest, none_ok=True)
         PauseHint(tool, expected_s)  # InvalidRequest naming a bad tool or expected_s
@@ -457,6 +462,9 @@ class LLMEngine:
         (`KVCacheManager.drop_transfer`: host copies never written leave the host tier,
         GPU blocks being loaded leave the prefix index, and a running step that took one
         as a hit computes those tokens again); the failed plan is not waited on again.
+        An interrupt while the sampled tokens are recorded takes back the rows not recorded
+        yet in the same way (`_advance_all`), and one while waiting for the copies keeps the
+        plans not waited on for the next step (`HostCopies.wait`).
         """
         t0 = time.perf_counter()
         now = self.clock()
@@ -496,19 +504,38 @@ class LLMEngine:
             raise
         t3 = time.perf_counter()
         if chunks and out is not None:
-            token_ids = out.token_ids.tolist()
-            logprobs = out.logprobs.tolist()
-            for row, c in enumerate(sampled):
-                req = c.request
-                outputs.append(self._advance(req, token_ids[row], logprobs[row], out, row, now))
+            outputs = self._advance_all(sampled, out, now)
         t4 = time.perf_counter()
         self.step_clock.record(step_kind(num_decode, len(chunks) - num_decode), len(chunks),
                                num_tokens, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         return outputs
 
+    def _advance_all(self, sampled: list[ScheduledChunk], out, now: float
+                     ) -> list[RequestOutput]:
+        """`_advance` each sampled row. If that raises (an interrupt), the chunks of the rows
+        whose token was not recorded yet are taken back (`Scheduler.discard`), as for a
+        failed pass, and the exception propagates: their K/V was written and counted, but
+        their sampled token was lost, and such a request would have no token left to
+        schedule (every later step raised). The next step computes and samples them again."""
+        token_ids = out.token_ids.tolist()
+        logprobs = out.logprobs.tolist()
+        before = [len(c.request.output_ids) for c in sampled]
+        outputs: list[RequestOutput] = []
+        try:
+            for row, c in enumerate(sampled):
+                outputs.append(self._advance(c.request, token_ids[row], logprobs[row], out,
+                                             row, now))
+        except BaseException:
+            self.scheduler.discard([c for c, n in zip(sampled[len(outputs):],
+                                                      before[len(outputs):], strict=True)
+                                    if len(c.request.output_ids) == n])
+            raise
+        return outputs
+
     def _advance(self, req: Request, tok: int, lp: float, out, row: int, now: float):
         p = req.params
         req.output_ids.append(tok)
+        req.pending_token = tok  # appended by the next step's batched decode_step
         if req.first_token_time is None:
             req.first_token_time = now
         if p.num_top_logprobs is not None:
@@ -523,7 +550,7 @@ class LLMEngine:
         reason = None
         if (not p.ignore_eos and tok in self.tokenizer.eos_token_ids) or tok in p.stop_token_ids:
             reason = "stop"
-        elif p.stop:
+        if p.stop:  # (after a stop token too: its text may complete a stop string)
             # Search only where a stop string could newly end.
             lo = max(0, prev_len - max(len(s) for s in p.stop))
             hits = [i for s in p.stop if (i := req.text.find(s, lo)) != -1]
@@ -531,7 +558,7 @@ class LLMEngine:
                 req.text = req.text[: min(hits)]
                 reason = "stop"
         if reason is None and (
-            len(req.output_ids) >= p.max_tokens or len(req.all_token_ids) >= self.max_model_len
+            len(req.output_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len
         ):
             reason = "length"
         # Stream only text that no stop string can still claim: hold back its longest
@@ -541,9 +568,8 @@ class LLMEngine:
             end -= max(len(x) for x in p.stop) - 1
         delta = req.text[req.num_emitted_chars : max(end, req.num_emitted_chars)]
         req.num_emitted_chars += len(delta)
-        if reason is None:
-            req.pending_token = tok  # appended by the next step's batched decode_step
-        else:
+        if reason is not None:
+            req.pending_token = None  # (a finished request's last token gets no K/V)
             self._finish(req, reason)
         return self._output(req, delta, [tok])
 

@@ -58,7 +58,9 @@ class HostCopies:
         their copies). If one failed: RuntimeError, and it and the plans after it (which
         may have copied its unwritten blocks on) are left in `failed_plans` for
         `drop_failed`. No plan stays pending either way, so the next step does not meet the
-        same failure again."""
+        same failure again. Any other exception (an interrupt while blocked on a copy)
+        puts the plans not yet waited on back in `pending` first: they may still be
+        copying, and the next forward must wait for them before reading their blocks."""
         pending, self.pending = self.pending, []
         error = None
         for i, (t, _) in enumerate(pending):
@@ -68,6 +70,9 @@ class HostCopies:
                 if error is None:
                     error = e
                     self.failed_plans = [plan for _, plan in pending[i:]]
+            except BaseException:
+                self.pending = pending[i:] + self.pending
+                raise
         if error is not None:
             raise error
 

@@ -112,8 +112,20 @@ class Request:
 
     @property
     def all_token_ids(self) -> list[int]:
-        """The context the next scheduling of this request starts from."""
+        """The context the next scheduling of this request starts from (a new list: where
+        only its length or a part is needed, `num_tokens` and `context_slice` copy less,
+        which counts at every decode step of a long context)."""
         return self.prompt_ids + self.output_ids
+
+    def context_slice(self, start: int, stop: int) -> list[int]:
+        """`all_token_ids[start:stop]`, for 0 <= start <= stop, without building the
+        whole context."""
+        n = len(self.prompt_ids)
+        if stop <= n:
+            return self.prompt_ids[start:stop]
+        if start >= n:
+            return self.output_ids[start - n : stop - n]
+        return self.prompt_ids[start:] + self.output_ids[: stop - n]
 
     @property
     def finished(self) -> bool:

@@ -91,8 +91,7 @@ class ModelRunner:
         tables, seq_lens, query_lens, logits_rows = [], [], [], []
         sampled: list[ScheduledChunk] = []
         for c in chunks:
-            ctx = c.request.all_token_ids
-            input_ids.extend(ctx[c.start : c.start + c.num_tokens])
+            input_ids.extend(c.request.context_slice(c.start, c.start + c.num_tokens))
             positions.extend(range(c.start, c.start + c.num_tokens))
             slots.extend(c.slots)
             tables.append(self.manager.block_table(c.request.session_id))

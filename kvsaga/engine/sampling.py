@@ -94,6 +94,8 @@ class SamplingParams:
         stop_token_ids = tuple(self.stop_token_ids or ())
         if not all(is_int(t) and t >= 0 for t in stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative ints")
+        if not isinstance(self.ignore_eos, bool):  # ("false" is truthy: EOS ignored)
+            raise bad("ignore_eos", "must be True or False")
         lp = self.logprobs
         if lp is not None and not isinstance(lp, bool) and (not is_int(lp) or lp < 0):
             raise bad("logprobs", "must be a bool, None or an int >= 0")

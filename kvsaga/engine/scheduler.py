@@ -28,7 +28,7 @@ class ScheduledChunk:
     @property
     def completes_context(self) -> bool:
         """The chunk reaches the end of the known context: its last row gets sampled."""
-        return self.start + self.num_tokens == len(self.request.all_token_ids)
+        return self.start + self.num_tokens == self.request.num_tokens
 
 
 class Scheduler:
@@ -122,7 +122,7 @@ class Scheduler:
                   if c.request.status is RequestStatus.RUNNING}
         for req, _ in self._decoded.values():
             if req.status is RequestStatus.RUNNING:
-                starts.setdefault(req.session_id, len(req.all_token_ids) - 1)
+                starts.setdefault(req.session_id, req.num_tokens - 1)
         if starts:
             self.manager.discard_writes(starts)
 
@@ -179,7 +179,7 @@ class Scheduler:
     def num_new_tokens(self, req: Request) -> int:
         if req.request_id in self._decoded:
             return 1  # its slot is allocated, its token not computed yet
-        return len(req.all_token_ids) - self.manager.num_computed_tokens(req.session_id)
+        return req.num_tokens - self.manager.num_computed_tokens(req.session_id)
 
     def begin(self, req: Request, now: float) -> StepStart:
         st = self.manager.begin_step(req.session_id, req.all_token_ids, now=now, salt=req.salt,
@@ -192,7 +192,7 @@ class Scheduler:
     def allocate(self, req: Request, num_tokens: int, now: float) -> None:
         decoded = self._decoded.pop(req.request_id, None)
         if decoded is not None:  # `decode_step` gave it its slot already
-            self._chunks[req.request_id] = ScheduledChunk(req, len(req.all_token_ids) - 1, 1,
+            self._chunks[req.request_id] = ScheduledChunk(req, req.num_tokens - 1, 1,
                                                           [decoded[1]])
             return
         start = self.manager.num_computed_tokens(req.session_id)

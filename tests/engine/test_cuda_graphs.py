@@ -303,9 +303,10 @@ def test_mixed_buckets_and_bad_input(model_dir):
     assert graphs.row_sizes == (1, 2, 4, 8, 16, 24)
     # R <= T: 16 -> 5 row sizes, 32 and 64 -> 6 each.
     assert graphs.worst_case_graphs() == 17
-    assert [graphs.bucket_for(t, r) for t, r in ((1, 1), (17, 3), (64, 24), (65, 1), (30, 25),
-                                                (3, 4), (0, 0))] == [
-        (16, 1), (32, 4), (64, 24), None, None, None, None]
+    # Steps above max_tokens run eagerly, though the 64-token graphs would hold them.
+    assert [graphs.bucket_for(t, r) for t, r in ((1, 1), (17, 3), (40, 24), (41, 1), (64, 2),
+                                                (30, 25), (3, 4), (0, 0))] == [
+        (16, 1), (32, 4), (64, 24), None, None, None, None, None]
     # The engine's defaults (64 sequences, 512 tokens): the 48 of the module docstring.
     assert MixedGraphs(model, cache, BLOCK, 64, 64, 512, capture=False).worst_case_graphs() == 48
     # A token cap below the row count keeps no row size it could never fill.
@@ -328,7 +329,8 @@ def test_mixed_buckets_and_bad_input(model_dir):
             graphs.run(**{**rows, **change})
     big = {k: v * 3 for k, v in rows.items()}
     big["query_lens"] = rows["query_lens"] * 3
-    with pytest.raises(ValueError, match="72 tokens over 12 sequences exceeds the largest"):
+    with pytest.raises(ValueError, match=r"72 tokens over 12 sequences exceeds the graphs' "
+                       r"bounds \(40 tokens"):
         graphs.run(**big)
     assert torch.equal(graphs._packed, packed) and torch.equal(graphs.block_tables, tables)
     assert graphs.replays == 0

@@ -87,6 +87,9 @@ BAD = [
     ([5, 6], GREEDY, {"session_id": "s-salt", "salt": 7.5}, "salt"),
     ([5, 6], GREEDY, {"session_id": 5}, "session_id"),
     ([5, 6], GREEDY, {"session_id": ["s"]}, "session_id"),
+    # "" made a one-shot session that was never ended (it held its context until the
+    # idle sweep)
+    ([5, 6], GREEDY, {"session_id": ""}, "session_id must be a non-empty str"),
     ([5, 6], GREEDY, {"request_id": 7}, "request_id"),
     ([5, 6], GREEDY, {"workflow": 3}, "workflow"),
     ([5, 6], GREEDY, {"session_id": "s-tool", "tool": 3}, "tool"),
@@ -247,6 +250,27 @@ def test_bad_engine_arguments_are_refused_naming_them(model_dir, kwargs, name):
     with pytest.raises(InvalidRequest, match=name):
         LLMEngine(str(model_dir), device="cpu", progress=False, kv_memory_bytes=4 * 2**20,
                   **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"max_num_seqs": 0}, "max_num_seqs"),
+    ({"max_num_seqs": "8"}, "max_num_seqs"),
+    ({"max_num_seqs": None}, "max_num_seqs"),
+    ({"max_num_batched_tokens": "1024"}, "max_num_batched_tokens"),
+    ({"max_num_batched_tokens": 2.5}, "max_num_batched_tokens"),
+])
+def test_batch_limits_are_refused_before_the_weights_load(monkeypatch, kwargs, name):
+    """On CUDA the graphs were built from these before the core scheduler checked them:
+    after the weights loaded, they failed there with a TypeError or a ValueError that named
+    neither argument. Now both are checked first, on every device."""
+    import kvsaga.engine.engine as engine_module
+
+    def load_model(*args, **kw):
+        raise AssertionError("the weights were loaded before the arguments were checked")
+
+    monkeypatch.setattr(engine_module, "load_model", load_model)
+    with pytest.raises(InvalidRequest, match=f"{name} must be a positive int"):
+        LLMEngine("any", device="cpu", progress=False, **kwargs)
 
 
 def test_a_dtype_name_gets_a_message_naming_the_torch_dtypes(model_dir):

@@ -167,6 +167,28 @@ def test_streamed_deltas_never_show_a_stop_string(model_dir):
     assert full.text.startswith(streamed)
 
 
+def test_a_stop_token_that_completes_a_stop_string_cuts_it(model_dir):
+    """The model says "x", "a", "b", with stop=["ab"] and "b" a stop token: the stop token
+    ended the request before the stop-string search ran, so "ab" stayed in the text and in
+    the streamed deltas."""
+    from kvsaga.engine.sampling import SamplerOutput
+
+    eng = make_llm(model_dir).engine
+    script = eng.tokenizer.encode("xab", add_special_tokens=False)
+    b = eng.tokenizer.encode("b", add_special_tokens=False)
+    assert len(script) == 3 and b == script[2:]
+    eng.runner.sampler = lambda logits, params, gens=None: SamplerOutput(
+        torch.tensor([script[len(req.output_ids)]]), torch.zeros(1))
+    req = eng.add_request([5, 6, 7], SamplingParams(max_tokens=10, temperature=0, stop=["ab"],
+                                                    stop_token_ids=b))
+    deltas = []
+    while not req.finished:
+        deltas += [o.delta for o in eng.step() if o.request_id == req.request_id]
+    assert req.output_ids == script and req.finish_reason == "stop"
+    assert req.text == "".join(deltas) == "x"  # before the fix: "xab", streamed too
+    eng.manager.check_integrity()
+
+
 # -- exact-token conversations on the real model (its BPE re-splits pasted-back answers) --
 
 
@@ -277,6 +299,45 @@ def test_decode_steps_go_through_one_batched_decode_step(model_dir, alone, monke
     assert calls["append_tokens"] < sum(calls["decode_step"])
     mgr.check_integrity()
     assert mgr.stats().num_used_blocks == 0
+
+
+def test_decode_steps_build_no_whole_context(model_dir, alone, monkeypatch):
+    """A decode step read `all_token_ids` (a new prompt + output list) four times a request
+    (allocation, `completes_context`, the runner's ids, the length check): host time that
+    grew with the context at every step. Lengths and slices now do; the tokens agree."""
+    from kvsaga.engine.request import Request
+
+    llm = make_llm(model_dir)
+    built = [0]
+    real = Request.all_token_ids
+
+    def counted(req):
+        built[0] += 1
+        return real.fget(req)
+
+    monkeypatch.setattr(Request, "all_token_ids", property(counted))
+    eng = llm.engine
+    reqs = [eng.add_request(p, GREEDY) for p in PROMPTS]
+    eng.step()  # the prefills: the admission's lookup and `begin_step` take the context
+    admitted = built[0]
+    assert 0 < admitted <= 2 * len(PROMPTS)
+    eng.step()
+    assert built[0] == admitted  # before: 4 more a request
+    while eng.has_unfinished():
+        eng.step()
+    assert [r.output_ids for r in reqs] == alone
+    assert built[0] == admitted
+
+
+def test_context_slice_is_the_slice_of_the_context():
+    from kvsaga.engine.request import Request
+
+    req = Request("r", "s", [1, 2, 3], SamplingParams(), 0.0)
+    req.output_ids = [4, 5]
+    whole = req.all_token_ids
+    for start in range(6):
+        for stop in range(start, 6):
+            assert req.context_slice(start, stop) == whole[start:stop]
 
 
 def test_bad_chat_messages_and_params_are_refused_before_anything_runs(model_dir):

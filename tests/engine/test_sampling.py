@@ -31,6 +31,9 @@ from kvsaga.errors import InvalidRequest
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
         ({"stop_token_ids": 5}, "stop_token_ids"),
         ({"logprobs": -1}, "logprobs"),
+        ({"ignore_eos": "false"}, "ignore_eos"),
+        ({"ignore_eos": None}, "ignore_eos"),
+        ({"ignore_eos": 1}, "ignore_eos"),
         ({"n": 0}, "n"),
     ],
 )

@@ -49,6 +49,8 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
         ({**CHAT, "max_tokens": True}, "max_tokens"),
         ({**CHAT, "kvsaga": {"last_step": "yes"}}, "kvsaga.last_step"),
         ({**CHAT, "stream": 1}, "stream"),
+        ({**CHAT, "ignore_eos": "false"}, "ignore_eos"),  # (truthy: EOS would be ignored)
+        ({**CHAT, "ignore_eos": None}, "ignore_eos"),
     ],
 )
 def test_bad_fields_are_400(server: LiveServer, body: dict, param: str):
