@@ -36,8 +36,8 @@ class ReplicaStats:
             gained here (prompt + generated; prefix hits count, recomputing a context
             does not, a session imported with its KV counts only what it gains after).
         session_tokens: the context each session living here holds, in tokens (what a
-            move would migrate or recompute); a Mapping, so a replica may hand a live
-            view instead of a copy.
+            move would migrate or recompute; ints >= 0); a Mapping, so a replica may hand
+            a live view (`SessionTokens`, not checked) instead of a copy.
         block_size: tokens per KV block, to compare `session_tokens` with the pool
             (`commitment`).
         busy_s: seconds the replica has spent running batch steps since it started (its
@@ -98,6 +98,13 @@ class ReplicaStats:
         if not isinstance(self.session_tokens, Mapping):
             raise ValueError("ReplicaStats.session_tokens must be a mapping session -> "
                              f"tokens, got {type(self.session_tokens).__name__}")
+        if not isinstance(self.session_tokens, SessionTokens):  # (a live view: len()s)
+            # Checked here, not where a router sums them (`commitment`) at a decision far
+            # from the report: '120' failed there, and a negative or nan count routed.
+            for sid, v in self.session_tokens.items():
+                if not is_int(v) or v < 0:
+                    raise ValueError(f"ReplicaStats.session_tokens[{sid!r}] must be an int "
+                                     f">= 0 (tokens of its context), got {v!r}")
 
     @property
     def memory_pressure(self) -> float:

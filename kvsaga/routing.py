@@ -68,7 +68,8 @@ class KvsagaRouter(Router):
     # copy), for that session when the session was busy on its source. The steals do not
     # check the thief's free blocks, so the client's retry (`Retry-After: 1`), and every
     # other session of the loaded home, was stolen for the same full replica again and
-    # again, each try a full KV export on the home. The simulator never refuses a move.
+    # again, each try a full KV export on the home. The simulator refuses an import short of
+    # room the same way (`ClusterSimulator._refused`), on its monotone clock.
     refused_move_s = 30.0
     _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
 

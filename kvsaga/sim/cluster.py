@@ -45,6 +45,9 @@ from kvsaga.stats import percentile
 # memory and time grow with the count whatever the trace (a 4-session trace on 100,000 GPUs:
 # 28 s and 120 MB with the kvsaga router; docs/cluster.md).
 MAX_GPUS = 100_000
+# Seconds after which a step refused for its move comes back: the `Retry-After` of the
+# serving path's 503 `session_move_failed` (kvsaga.integrations.ray.handover).
+RETRY_AFTER_S = 1.0
 
 
 class _GPU(Simulator):
@@ -346,7 +349,10 @@ class ClusterSimulator:
         # forgets no idle session (`session_idle_s` None): that limit stands for the
         # replicas' own, after which they end the session too, and a simulated GPU ends a
         # session only after its last step (which tells the router, `session_ended`).
-        self.now = 0.0  # the time of the action under way: a routing or a step's end
+        # The time of the action under way (a routing or a step's end), never back: the
+        # loop may route a release earlier than a step end a GPU's batch ran past, and a
+        # router clock stepping back ends a cool-off early (`KvsagaRouter._cool`).
+        self.now = 0.0
         self.router = make_router(router, self.gpus.names, session_idle_s=None, **kwargs)
         self.router.clock = self._clock
         self._releases: list[tuple[float, int, Session, int]] = []
@@ -356,10 +362,15 @@ class ClusterSimulator:
         self.migrated_bytes = 0
         self.num_moved = 0
         self.num_migrated = 0
+        self.num_refused = 0  # moves refused by the receiver (`_refused`)
         self._ran = False
 
     def _clock(self) -> float:
         return self.now
+
+    def _tick(self, t: float) -> None:
+        """An action at `t` is under way: the router's clock moves to it, never back."""
+        self.now = max(self.now, t)
 
     # -- events from the GPUs -------------------------------------------------------------
     def released(self, t: float, session: Session, k: int) -> None:
@@ -367,7 +378,7 @@ class ClusterSimulator:
         self._seq += 1
 
     def step_finished(self, sid: str, gpu: _GPU, ended: bool) -> None:
-        self.now = gpu.now
+        self._tick(gpu.now)
         route = self._routes.pop(sid, None)
         if route is not None:
             self.router.finished(route)
@@ -385,22 +396,50 @@ class ClusterSimulator:
             self._index.update((g, i) for i, g in enumerate(self.gpus.active))
 
     def _route(self, t: float, session: Session, k: int) -> None:
-        self.now = t
+        self._tick(t)
         stats = _LiveStats(self.gpus)
         req = RouteRequest(session=session.id, tenant=tenant_key(session.tenant),
                            prefix_key=session_prefix_key(session),
                            context_tokens=session.prompt_length(k - 1) if k else 0)
         route = self.router.route(req, stats)
-        self._routes[session.id] = route
         gpu = self.by_name[route.replica]
         delay = 0.0
         if route.moved_from is not None:
-            delay = self._move(session, self.by_name[route.moved_from], gpu, route.migrate)
+            old = self.by_name[route.moved_from]
+            delay = self._move(session, old, gpu, route.migrate)
+            if delay is None:
+                self._refused(route, t, session, k)
+                return
+        self._routes[session.id] = route
         gpu.place(t + delay, session, k)
 
-    def _move(self, session: Session, old: _GPU, new: _GPU, migrate: bool) -> float:
-        """Move a paused session's state from `old` to `new`; returns the step's delay."""
+    def _refused(self, route: Route, t: float, session: Session, k: int) -> None:
+        """The step's move was refused: the receiver had no room for the session's KV.
+        As the serving path answers it (docs/cluster.md, "Moving a session"): the session
+        stays on its sender with its KV, the router hears of the refusal (the move is
+        void, the sender is its home again, and the receiver takes no session for
+        `KvsagaRouter.refused_move_s`), and the client retries the step after the 503's
+        `Retry-After`: it is released again then, and routed anew."""
+        self.num_refused += 1
+        self.router.finished(route, ran=False)
+        self.router.move_refused(session.id, route.moved_from, route.replica,
+                                 import_refused=True)
+        self.released(t + RETRY_AFTER_S, session, k)
+
+    def _move(self, session: Session, old: _GPU, new: _GPU, migrate: bool) -> float | None:
+        """Move a paused session's state from `old` to `new`; returns the step's delay, or
+        None when `new` refused the KV import (no room there): then nothing changed, the
+        session is still on `old` with its KV (the import is tried before anything of it
+        leaves `old`, and `plan_import` is all or nothing)."""
         sid = session.id
+        mgr = old.manager
+        export = None
+        if migrate and sid in mgr.sessions:
+            export = plan_export(mgr, sid).export
+            try:
+                plan_import(new.manager, export, salt=session.tenant, now=new.now)
+            except KVSagaError:
+                return None
         tokens = old._tokens.pop(sid, None)
         if tokens is not None:
             new._tokens[sid] = tokens  # what was computed before stays "recomputed" if lost
@@ -409,21 +448,15 @@ class ClusterSimulator:
         self.num_moved += 1
         old.changed()
         new.changed()
-        mgr = old.manager
         if sid not in mgr.sessions:
             old.scheduler.forget_session(sid, old.now)
             return 0.0
         delay = 0.0
-        if migrate:
-            export = plan_export(mgr, sid).export
-            try:
-                plan_import(new.manager, export, salt=session.tenant, now=new.now)
-            except KVSagaError:
-                export = None  # no room there: recompute
-            imported = new.manager.sessions.get(sid) if export is not None else None
+        if export is not None:
+            imported = new.manager.sessions.get(sid)
             if imported is not None:
                 new.seen_here(sid, len(imported.token_ids))
-            if export is not None and export.num_blocks:
+            if export.num_blocks:
                 self.migrated_bytes += export.num_blocks * self.config.cost.block_bytes
                 self.num_migrated += 1
                 delay = self.routing.migrate_s(export.num_tokens)

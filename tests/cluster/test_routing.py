@@ -91,6 +91,17 @@ def test_replica_stats_validation():
             RoutingConfig(busy_balance_crowding=bad)
 
 
+@pytest.mark.parametrize("tokens", ["120", -1_000_000_000, float("nan"), 12.0, True, None])
+def test_replica_stats_refuses_a_bad_session_token_count(tokens):
+    """Each session's context must be an int >= 0, refused at the report naming the
+    session: it was accepted, and a router summing it (`commitment`) at a decision far
+    from the report then failed ('120') or routed on a negative or nan commitment (review
+    s46 simcluster, stats_tokens.py)."""
+    assert ReplicaStats(session_tokens={"s0": 0, "s1": 120}).commitment == pytest.approx(7.5)
+    with pytest.raises(ValueError, match=r"session_tokens\['s1'\] must be an int >= 0"):
+        ReplicaStats(session_tokens={"s0": 5, "s1": tokens})
+
+
 def test_stats_from_manager():
     mgr = KVCacheManager(KVSpec(2, 2, 16, block_size=4), 16)
     mgr.begin_step("s", list(range(10)))

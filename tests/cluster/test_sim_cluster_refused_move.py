@@ -1,0 +1,90 @@
+"""A simulated move whose KV import finds no room on the receiver is refused as the serving
+path refuses it (docs/cluster.md, "Moving a session"). The simulator ended the sender's copy
+before it tried the import, then recomputed the whole context on the receiver, and never
+told the router: the session was held by no GPU, counted as moved, and the receiver was
+not cooled off (review s46 simcluster, finding 1; repro refused_move.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsaga.routing import RoutingConfig
+from kvsaga.sim.cluster import _GPU, RETRY_AFTER_S, ClusterSimulator
+from kvsaga.sim.config import SimConfig
+from kvsaga.sim.trace import Session, SharedPrefix, Step
+
+
+def _session(sid, arrival, group, steps):
+    st = [Step(i, o, "t", pause) for i, o, pause in steps]
+    st[-1] = Step(st[-1].input_tokens, st[-1].output_tokens, None, 0.0)
+    return Session(id=sid, workflow="w", arrival_s=arrival,
+                   shared_prefix=SharedPrefix(group, 0), steps=tuple(st))
+
+
+# Two GPUs of 320 blocks. S, D, S2 and S3 share a prefix group, so they all go to gpu1 (B's
+# big step landed first on gpu0); when S's tool returns, gpu1 has steps waiting and gpu0 is
+# idle: gpu0 steals S, but B's context still fills it (36 blocks free, S needs 63).
+SESSIONS = [
+    _session("D", 0.0, "g", [(300, 1000, 0)]),
+    _session("B", 0.0, "big", [(4500, 500, 0)]),
+    _session("S2", 0.001, "g", [(300, 1000, 0)]),
+    _session("S3", 0.002, "g", [(300, 1000, 0)]),
+    _session("S", 0.003, "g", [(1000, 10, 0.5), (50, 10, 0)]),
+]
+CONFIG = SimConfig(num_gpu_blocks=320, scheduler="fcfs", policy="lru")
+
+
+class _Watched(_GPU):
+    """Records where and when each step of S is placed."""
+
+    def place(self, t, session, k):
+        if session.id == "S":
+            self.cluster.placed.append((k, self.name, t))
+        super().place(t, session, k)
+
+
+def _run():
+    routing = RoutingConfig(bytes_per_token=CONFIG.cost.kv_spec.bytes_per_token,
+                            cost=CONFIG.cost, steal_margin=1.0, busy_balance=0.0,
+                            prefix_slack=100.0)
+    sim = ClusterSimulator(SESSIONS, CONFIG, gpus=2, router="kvsaga", routing=routing)
+    sim.gpu_class = _Watched
+    sim.placed = []
+    holders = []
+    route = sim._route
+
+    def routed(t, session, k):
+        route(t, session, k)
+        if session.id == "S" and k:  # (step 0 opens it where it runs)
+            holders.append(sorted(g.name for g in sim.gpus.active
+                                  if "S" in g.manager.sessions))
+    sim._route = routed
+    return sim, sim.run(), holders
+
+
+def test_a_refused_import_keeps_the_session_and_its_kv_on_the_sender():
+    sim, res, holders = _run()
+    assert sim.router.num_stolen == 1  # the steal was tried
+    # S never left gpu1: neither the refused routing of its step 1 nor the retry left it
+    # on no GPU (or on two), and the step ran there on its KV instead of recomputing its
+    # 1010 tokens on gpu0.
+    assert holders == [["gpu1"], ["gpu1"]]
+    assert (res.num_moved, res.num_migrated, res.migrated_gb) == (0, 0, 0.0)
+    assert res.recomputed_tokens == 0
+    assert sim.num_refused == 1
+
+
+def test_the_step_comes_back_after_the_retry_and_runs_at_home():
+    sim, _, _ = _run()
+    (k0, home, _), (k1, ran, at) = sim.placed
+    assert (k0, home, k1, ran) == (0, "gpu1", 1, "gpu1")
+    released = SESSIONS[-1].arrival_s  # S's step 1 is released at its step 0's end + 0.5
+    assert at > released + 0.5 + RETRY_AFTER_S
+
+
+def test_the_router_hears_of_the_refusal_and_cools_the_receiver_off():
+    sim, _, _ = _run()
+    cooled = sim.router._cooling
+    assert list(cooled) == ["gpu0"]
+    # The refusal was at the step's release, before the retry that ran at home.
+    assert sim.placed[1][2] - RETRY_AFTER_S == pytest.approx(cooled["gpu0"])
