@@ -69,8 +69,10 @@ def _validation_message(exc: RequestValidationError,
         where = f" at character {pos[0]} (counting from 0)" if pos else ""
         return f"malformed JSON: {reason}{where}", None
     if isinstance(e.get("input"), bytes) and tuple(e.get("loc", ())) == ("body",):
-        return (f"the body was not read as JSON: its Content-Type is {content_type!r}; send "
-                "it with Content-Type: application/json"), None
+        sent = ("it has no Content-Type" if content_type is None
+                else f"its Content-Type is {content_type!r}")
+        return (f"the body was not read as JSON: {sent}; send it with Content-Type: "
+                "application/json"), None
     loc = [x for x in e.get("loc", ()) if x != "body"]
     param = ".".join(str(x) for x in loc if not _is_branch_tag(x)) or None
     message = e.get("msg")

@@ -225,12 +225,15 @@ class Serving:
             # way out below gives it back (`_unreserve`).
             ctx = self.sessions.open(engine_sid)
             ctx.in_flight = rid
-        submit = self._submit(body, prompt, ctx, known is not None, engine_sid, salt, sid, rid,
-                              requested)
-        handle, ids = await self._queue(request, submit, ctx, known, engine_sid, rid)
         hint = body.kvsaga
-        run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, bool(hint and hint.last_step),
-                   arrival, chat, rid, sid)
+        last_step = bool(hint and hint.last_step)
+        added: list[bool] = []  # [True] once the engine took it (set on the engine thread)
+        submit = self._submit(body, prompt, ctx, known is not None, engine_sid, salt, sid, rid,
+                              requested, added)
+        handle, ids = await self._queue(request, submit, added, ctx, known, engine_sid, rid,
+                                        last_step)
+        run = _Run(self, handle, ids, prompt.text, ctx, engine_sid, last_step, arrival, chat,
+                   rid, sid)
         if getattr(body, "echo", False):
             run.echo = prompt.text if prompt.text is not None else (
                 self.sessions.tokenizer.decode(ids, skip_special_tokens=False))
@@ -243,8 +246,9 @@ class Serving:
 
     async def _queue(self, request: Request,
                      submitting: Coroutine[Any, Any, tuple[RequestHandle, list[int]]],
-                     ctx: SessionContext | None, known: SessionContext | None,
-                     engine_sid: str | None, rid: str) -> tuple[RequestHandle, list[int]]:
+                     added: list[bool], ctx: SessionContext | None,
+                     known: SessionContext | None, engine_sid: str | None, rid: str,
+                     last_step: bool) -> tuple[RequestHandle, list[int]]:
         """Run `submitting` (`_submit`'s coroutine) as a task that a disconnect of the client
         cancels, and give the session back on every way out but the request's (`_unreserve`).
         Without the watcher, a client that left while its prompt was tokenized or its add
@@ -265,7 +269,10 @@ class Serving:
                 # resumed here: nothing else will read or abort it.
                 submit.result()[0].abort()
                 self.metrics.request_ended("abort")
-            self._unreserve(ctx, known, engine_sid, rid, refused=isinstance(e, APIError))
+            # Refused (or failed) by `_submit` itself, as against cut off by a cancel: told
+            # by the submit's own end, not by `e` (a cancel may come after a refusal).
+            refused = submit.done() and not submit.cancelled() and submit.exception() is not None
+            self._unreserve(ctx, known, engine_sid, rid, last_step, added, refused)
             if left and isinstance(e, asyncio.CancelledError):
                 raise APIError(400, "the request was aborted: its client disconnected",
                                code="aborted") from None
@@ -275,10 +282,11 @@ class Serving:
 
     async def _submit(self, body: _Common, prompt: Prompt, ctx: SessionContext | None,
                       resumed: bool, engine_sid: str | None, salt: str | None,
-                      sid: str | None, rid: str, requested: int | None
+                      sid: str | None, rid: str, requested: int | None, added: list[bool]
                       ) -> tuple[RequestHandle, list[int]]:
         """Tokenize, check the limits and queue the request (`complete`'s part that may
-        refuse it or wait); returns its handle and prompt ids.
+        refuse it or wait); returns its handle and prompt ids. `added` gets True on the
+        engine thread once the engine took the request.
 
         Raises:
             APIError: a limit or a field was violated, or the engine refused the request
@@ -296,7 +304,6 @@ class Serving:
         self._check_capacity()
         self._check_not_ended(ctx, engine_sid, sid)
         hint = body.kvsaga
-        added: list[bool] = []  # [True] once the engine took it (set on the engine thread)
 
         def on_added(engine: LLMEngine) -> None:
             added.append(True)
@@ -373,23 +380,35 @@ class Serving:
         return await asyncio.to_thread(self.sessions.encode, known, text, special, True)
 
     def _unreserve(self, ctx: SessionContext | None, known: SessionContext | None,
-                   engine_sid: str | None, rid: str, refused: bool) -> None:
+                   engine_sid: str | None, rid: str, last_step: bool, added: list[bool],
+                   refused: bool) -> None:
         """Give back a session reserved by a request that was not queued: free it, and
-        forget it when this request opened it (a refused first step leaves no session).
+        forget it when this request opened it (a first step not queued leaves no session)
+        or when it was the session's last step, cut off rather than refused (as
+        `_Run._release` forgets it once queued: the client said the session is over).
 
-        A first step that was not refused but cancelled (its client left) may have been
-        added and begun a step before its abort ran, which leaves the session paused in the
-        engine: it is ended there too, after the abort (`_abandon`), else the server would
-        have forgotten a session the engine holds (`/end` answered 404 for it). Any later
-        step of the id is added after this end; the end is a no-op when the add never ran."""
+        A session forgotten here is ended in the engine too, after the step's abort
+        (`_abandon`, or `_queue`'s own), else the server and the engine would disagree on
+        it. A first step that the engine took may have begun a step before its abort ran,
+        which leaves the session paused there (`/end` answered 404 for it). A last step's
+        session is held there from its earlier steps (its abort ends it only when it was
+        added): kept here, `/end` answered 200 ending nothing and the id's next step was
+        taken as resumed. Whether the engine took the step is read on the engine thread
+        after the add, so a step that it refused or never saw ends nothing there (a
+        session of the id the server does not track is left alone). Any later step of the
+        id is added after this end."""
         if ctx is None or ctx.in_flight != rid:
             return
         ctx.in_flight = None
-        if known is None and engine_sid is not None and ctx.tokens is None \
-                and self.sessions.get(engine_sid) is ctx:
-            self.sessions.drop(engine_sid)
-            if not refused:
-                self.engine.post(lambda e: self.engine.end_engine_session(e, engine_sid))
+        first = known is None and ctx.tokens is None
+        if engine_sid is None or not (first or (last_step and not refused)) \
+                or self.sessions.get(engine_sid) is not ctx:
+            return
+        self.sessions.drop(engine_sid)
+        if not refused:  # (a step `_submit` refused was never added)
+            held = not first
+            self.engine.post(lambda e: self.engine.end_engine_session(e, engine_sid)
+                             if held or added else None)
 
 
 class _Run:

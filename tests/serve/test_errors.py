@@ -96,6 +96,14 @@ def test_body_and_method_errors_say_what_was_wrong(server: LiveServer):
     assert err["message"] == "GET is not allowed on /v1/completions; allowed: POST", err
 
 
+def test_body_without_content_type_says_it_has_none(server: LiveServer):
+    """Before: "its Content-Type is None"."""
+    good = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2})
+    err = _error(_post(server, "/v1/completions", content=good.encode()), 400)
+    assert err["message"] == ("the body was not read as JSON: it has no Content-Type; send it "
+                              "with Content-Type: application/json"), err
+
+
 def test_not_found(server: LiveServer):
     err = _error(_post(server, "/v1/chat/completions", json={**CHAT, "model": "gpt-4"}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
