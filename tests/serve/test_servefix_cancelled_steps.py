@@ -1,4 +1,4 @@
-"""Steps cut off before they reach their `_Run`, and what a step cut off by its session's end
+"""Steps cut off before they reach their `Run`, and what a step cut off by its session's end
 is told (review of session 46).
 
 - A first step whose handler is cancelled (Ray Serve cancels it when its client leaves) after

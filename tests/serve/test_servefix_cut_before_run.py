@@ -1,10 +1,10 @@
-"""Steps cut off in `Serving._queue`, before their `_Run` (review of session 46's fix of the
+"""Steps cut off in `Serving._queue`, before their `Run` (review of session 46's fix of the
 cancelled steps).
 
 - A session's last step (`kvsaga.last_step`) cut off there: the engine's abort of a last
   step ends its session (or, never added, the engine kept it), but the server kept its
   record: `/end` answered 200 ending nothing and the id's next step was taken as resumed.
-  The same step cut off once in its `_Run` was forgotten on both sides.
+  The same step cut off once in its `Run` was forgotten on both sides.
 - A first step that the engine did not take, cut off all the same (its handler cancelled
   after `_submit` raised, or while the engine was refusing its add): whether its session
   was ended in the engine was told by the exception's type, so the end was posted and
