@@ -15,8 +15,9 @@ the previous GPU ends its copy either way, and its scheduler forgets the session
 Time: the GPUs share one clock. The loop always acts on the earliest thing pending: the next
 release in the cluster, or the GPU whose next batch step (or idle wake-up) comes first, so
 no GPU runs ahead of a release that could reach it by more than one batch step; an idle GPU
-waits no later than the next release (`_GPU._wake_time`). One GPU behind a router thus
-gives exactly the single-GPU `Simulator`'s results.
+waits no later than the next release (`_GPU._wake_time`), nor, with steps waiting, than
+another GPU's next action (`_GPU._idle`). One GPU behind a router thus gives exactly the
+single-GPU `Simulator`'s results.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class _GPU(Simulator):
         self.tenant_service: dict[str, float] = {}
         self._served: dict[str, int] = {}
         self._stats: ReplicaStats | None = None  # routing stats, until this GPU changes
+        # Its steps wait (the last schedule admitted none, nothing reached its scheduler
+        # since) and its idle jump was cut short at another GPU's next action (`_idle`).
+        self._held = False
         super().__init__([], config)
 
     def _push_event(self, t: float, session: Session, k: int) -> None:
@@ -112,10 +116,15 @@ class _GPU(Simulator):
         return ended
 
     def next_time(self) -> float:
-        """When this GPU next acts: now if it can run a batch step, else its next release or
-        scheduler wake-up (inf when it has nothing), never before its own clock (a release
-        routed here while it ran a batch step past that release's time is taken at the
-        step's end: acting earlier would put it ahead of releases due before its clock)."""
+        """When this GPU next acts: now if it can run a batch step, else (nothing waiting,
+        or its steps held: `_idle`) its next release or scheduler wake-up (inf when it has
+        nothing), never before its own clock (a release routed here while it ran a batch
+        step past that release's time is taken at the step's end: acting earlier would put
+        it ahead of releases due before its clock). A held GPU (`_idle`) reports where its
+        jump goes, the cluster's next release included, which is past its clock, not its
+        clock: two held at one time would each cut the other's jump there for good."""
+        if self._held:
+            return max(self.now, self._wake_time())
         if self.scheduler.running or self._admissible():
             return self.now
         return max(self.now, super()._wake_time())
@@ -135,11 +144,40 @@ class _GPU(Simulator):
         return min(super()._horizon(), releases[0][0] if releases else math.inf,
                    self.cluster.next_time_of_others(self))
 
+    def _idle(self) -> None:
+        """The idle jump (`Simulator._idle`), cut short at the other GPUs' next action when
+        that comes first: a step one of them finishes may release a session's next step,
+        routed here, before the jump's end (steps waiting here, the GPU jumped up to
+        `idle_admit_s` past it, and the step waited for its clock). Cut short, the GPU is
+        held: its steps wait on, and it goes on jumping when it next acts (`advance_one`),
+        without scheduling again, until the jump ends as `Simulator._idle`'s. The bound is
+        the others' own next times, in which a held GPU counts its wake-up, not its clock
+        (`next_time`): each time a GPU is held its next time moves past its clock."""
+        target = self._wake_time()
+        bound = self.cluster.next_time_of_others(self)
+        self._held = target != math.inf and bound < target
+        if not self._held:
+            super()._idle()
+            return
+        self._advance(max(self.now, bound))
+        self.manager.tick(self.now)
+        self._take_transfers()
+
+    def _release_due_events(self) -> None:
+        if self._events and self._events[0][0] <= self.now:
+            self._held = False  # a step reached its scheduler: it decides again
+        super()._release_due_events()
+
+    def unhold(self) -> None:
+        """A session left this GPU or arrived with its KV (a move): its scheduler
+        decides again."""
+        self._held = False
+
     def advance_one(self) -> None:
-        """One iteration of `Simulator.run`'s loop."""
+        """One iteration of `Simulator.run`'s loop (a held GPU goes on with its idle jump)."""
         self.changed()
         self._release_due_events()
-        if not self.scheduler.running and not self._admissible():
+        if self._held or (not self.scheduler.running and not self._admissible()):
             self._idle()
         else:
             self.step()
@@ -446,8 +484,9 @@ class ClusterSimulator:
         old._set_live(sid, 0, 0)
         old.forget_served(sid)
         self.num_moved += 1
-        old.changed()
-        new.changed()
+        for gpu in (old, new):
+            gpu.changed()
+            gpu.unhold()
         if sid not in mgr.sessions:
             old.scheduler.forget_session(sid, old.now)
             return 0.0
