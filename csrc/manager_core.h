@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "block_pool.h"
@@ -101,32 +102,33 @@ class ManagerCore {
   // KVCacheManager._victims_valid: `num_blocks` distinct CACHED blocks. Only a list or a
   // tuple (TypeError otherwise, as the Python core's check): the victims are read once, here,
   // and `evict_blocks` evicts the ids read (an iterator read twice would be used up, and
-  // the second read would evict nothing).
+  // the second read would evict nothing). The ids are read into a local vector and kept only
+  // once all are checked: an id's __index__ may call victims_valid again, which resets the
+  // kept ids and keeps its own; read straight into `checked_`, this call's ids would follow
+  // the nested call's, and evict_blocks would evict the nested call's blocks. Nothing is
+  // kept when the answer is False or the check raises.
   bool victims_valid(nb::handle victims, Py_ssize_t num_blocks) {
-    checked_.clear();
+    std::vector<int32_t> read;
+    read.swap(checked_);  // (its buffer, reused)
+    read.clear();
     checked_obj_ = nb::object();
-    PyObject* v = victims.ptr();
-    if (!PyList_Check(v) && !PyTuple_Check(v)) {
-      PyErr_Format(PyExc_TypeError,
-                   "the policy's victims must be a list or tuple of block ids, got %s",
-                   Py_TYPE(v)->tp_name);
-      throw_current();
+    bool valid = false;
+    try {
+      valid = read_victims(victims.ptr(), num_blocks, read);
+    } catch (...) {
+      nb::object nested = std::move(checked_obj_);  // (released last: see below)
+      checked_.clear();
+      throw;
     }
-    if (PySequence_Fast_GET_SIZE(v) != num_blocks) return false;
-    // (an id's __index__ may run Python code: each item is held, the size read each time)
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(v); ++i) {
-      nb::object item = nb::borrow(PySequence_Fast_GET_ITEM(v, i));
-      long b = as_long(item.ptr());
-      if (b == -1 && PyErr_Occurred()) throw_current();
-      if (b < 0 || b >= pool_->n || pool_->state.data[b] != kCached) return false;
-      checked_.push_back(static_cast<int32_t>(b));
-    }
-    if (static_cast<Py_ssize_t>(checked_.size()) != num_blocks) return false;
-    ids_.assign(checked_.begin(), checked_.end());
-    std::sort(ids_.begin(), ids_.end());
-    if (std::adjacent_find(ids_.begin(), ids_.end()) != ids_.end()) return false;
-    checked_obj_ = nb::borrow(victims);
-    return true;
+    // What a nested call kept is dropped; its list is released once this call's state is
+    // set (a release may run Python code).
+    nb::object nested = std::move(checked_obj_);
+    checked_.swap(read);
+    if (valid)
+      checked_obj_ = nb::borrow(victims);
+    else
+      checked_.clear();
+    return valid;
   }
 
   // KVCacheManager._evict's loops over checked victims: free them, unindex their hashes,
@@ -584,6 +586,33 @@ class ManagerCore {
     }
     seen_[i] = s;
     return true;
+  }
+
+  // victims_valid's reading and checks: true when `v`'s ids, appended to `read`, are
+  // `num_blocks` distinct CACHED blocks. The TypeError names the type as the Python core
+  // does (its __name__: `deque`, not tp_name's `collections.deque`).
+  bool read_victims(PyObject* v, Py_ssize_t num_blocks, std::vector<int32_t>& read) {
+    if (!PyList_Check(v) && !PyTuple_Check(v)) {
+      nb::object name = steal_or_throw(
+          PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(v)), "__name__"));
+      PyErr_Format(PyExc_TypeError,
+                   "the policy's victims must be a list or tuple of block ids, got %S",
+                   name.ptr());
+      throw_current();
+    }
+    if (PySequence_Fast_GET_SIZE(v) != num_blocks) return false;
+    // (an id's __index__ may run Python code: each item is held, the size read each time)
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(v); ++i) {
+      nb::object item = nb::borrow(PySequence_Fast_GET_ITEM(v, i));
+      long b = as_long(item.ptr());
+      if (b == -1 && PyErr_Occurred()) throw_current();
+      if (b < 0 || b >= pool_->n || pool_->state.data[b] != kCached) return false;
+      read.push_back(static_cast<int32_t>(b));
+    }
+    if (static_cast<Py_ssize_t>(read.size()) != num_blocks) return false;
+    ids_.assign(read.begin(), read.end());
+    std::sort(ids_.begin(), ids_.end());
+    return std::adjacent_find(ids_.begin(), ids_.end()) == ids_.end();
   }
 
   nb::object pool_obj_, index_obj_, hasher_obj_;

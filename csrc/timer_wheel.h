@@ -49,15 +49,20 @@ class TimerWheel {
   // `now`: the caller's time. An empty wheel anchors its ring there (or at t.when, when
   // earlier or `now` is NaN), not on the first timer's bucket: a far first timer would
   // otherwise leave every nearer one in the ring's first bucket, all re-sorted by each `due`.
-  // Not while `due` runs (a `fire` emptied the wheel and pushes): `due` goes on reading
-  // buckets from `cur_` up to the bucket it set out for, so moving `cur_` back (the clock
-  // went back: `now` is behind it) would let it pass the new timer's bucket, which it
+  // While `due` runs (a `fire` emptied the wheel and pushes), only forward: `due` goes on
+  // reading buckets from `cur_` up to the bucket it set out for, so moving `cur_` back (the
+  // clock went back: `now` is behind it) would let it pass the new timer's bucket, which it
   // would then read a ring turn late. With `cur_` left where `due` stands, a deadline
   // behind it goes into bucket `cur_` (as any push behind `cur_`), the one the next `due`
-  // reads first; the walk to the bucket `due` set out for stays within the ring (a pushed
-  // deadline is later than `now`: on the ring it is at most a ring ahead, else far).
+  // reads first. Moving it forward skips no timer: the wheel is empty (the batch being
+  // fired has no rest), and a deadline pushed by `fire` is later than `now`, so `cur_`
+  // lands on bucket(now), the one `due` set out for, and the new timer is not behind it.
+  // It spares `due` the walk over the empty buckets up to there (up to kRing - 1 of them).
   void push(const Timer& t, double now) {
-    if (empty() && !firing_) cur_ = bucket(now < t.when ? now : t.when);
+    if (empty()) {
+      int64_t a = bucket(now < t.when ? now : t.when);
+      if (!firing_ || a > cur_) cur_ = a;
+    }
     int64_t b = bucket(t.when);
     if (b < cur_) b = cur_;  // (a deadline before the buckets read so far: the first one)
     if (b - cur_ < kRing) {
@@ -166,8 +171,8 @@ class TimerWheel {
     }
   }
 
-  // Marks the wheel as inside `due` for a scope (`push` then keeps `cur_`), also when a
-  // `fire` raises.
+  // Marks the wheel as inside `due` for a scope (`push` then moves `cur_` only forward),
+  // also when a `fire` raises.
   struct Firing {
     explicit Firing(bool& flag) : flag_(flag) { flag_ = true; }
     ~Firing() { flag_ = false; }

@@ -52,11 +52,16 @@ class EvictionPath:
                 victims = policy.listed_runs()  # (another observer: the list's way)
         else:
             victims = policy.choose_victims(num_blocks, now)
+        # One snapshot of the answer, checked, journaled, offloaded and evicted: a hook run
+        # before the eviction (`action`, via `_offload`) may change the policy's list, and
+        # both cores must evict the ids checked (a tuple, so no later callee changes it).
+        if isinstance(victims, list):
+            victims = tuple(victims)
         # (the core's check and the journal's test inline: fewer Python calls)
         if not (hot.victims_valid(victims, num_blocks) if hot is not None
                 else self._victims_valid(victims, num_blocks)):
-            raise RuntimeError(f"policy {policy.name!r} named invalid victims {victims} "
-                               f"for {num_blocks} blocks")
+            raise RuntimeError(f"policy {policy.name!r} named invalid victims "
+                               f"{list(victims)} for {num_blocks} blocks")
         if self._journal is not None:
             self._note_evicted(victims)
         if self.host is not None:

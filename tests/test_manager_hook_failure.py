@@ -11,11 +11,15 @@ references (check_integrity failed). `pause_hint` kept the hint its hook refused
 
 from __future__ import annotations
 
+import collections
+
+import numpy as np
 import pytest
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available
 from kvsaga.policy import LRUPolicy
+from kvsaga.policy.base import Action
 from kvsaga.session import SessionState
 from tests.test_core_parity import snapshot
 
@@ -402,3 +406,82 @@ def test_the_cores_eviction_calls_refuse_unchecked_victims_and_a_negative_count(
         hot.evict_head(policy._order, -1)
     m.check_integrity()
     assert books(m) == before
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize(("kind", "convert"), [("deque", collections.deque),
+                                               ("ndarray", np.array)], ids=["deque", "ndarray"])
+def test_victims_of_an_extension_type_are_refused_naming_the_type_alike_on_both_cores(
+        core, kind, convert):
+    # The C++ core named the type by its tp_name (`collections.deque`, `numpy.ndarray`),
+    # the Python core by its __name__ (`deque`, `ndarray`): both by __name__ now.
+    m, policy = _one_to_evict(core)
+    before = books(m)
+    policy.victims = [convert(policy._order.head(1))]
+    with pytest.raises(TypeError, match="^the policy's victims must be a list or tuple of "
+                                        f"block ids, got {kind}$"):
+        m.allocate_slots("s", 8)
+    m.check_integrity()
+    assert books(m) == before
+
+
+@pytest.mark.skipif("cpp" not in CORES, reason="the C++ core is not built")
+def test_an_id_whose_index_re_enters_the_core_check_cannot_change_the_ids_it_evicts():
+    # victims_valid read the ids straight into the kept ones: a nested victims_valid (an
+    # id's __index__, Python code) reset them to its own, the outer call appended its own
+    # after them, and evict_blocks evicted the nested call's block in place of the outer's.
+    m, _ = _one_to_evict("cpp")
+    hot, cached = m._hot, [b for b in range(5) if m.pool.state[b] == 2]
+
+    class ReEntering:
+        """A block id whose __index__ checks another list of victims first."""
+
+        def __init__(self, block_id: int) -> None:
+            self.block_id = block_id
+
+        def __index__(self) -> int:
+            assert hot.victims_valid([cached[2]], 1)
+            return self.block_id
+
+    outer = [cached[0], ReEntering(cached[1])]
+    assert hot.victims_valid(outer, 2)
+    hot.evict_blocks(outer)
+    assert [m.pool.state[b] for b in cached] == [0, 0, 2, 2]  # the outer's two: FREE
+    m.check_integrity()
+
+
+class Rewriting(LRUPolicy):
+    """LRU whose `action` hook (called while the host tier plans its copies: after the
+    victims were checked, before they are evicted) rewrites the list its choose_victims
+    answered, once, to `rewrite_to`."""
+
+    rewrite_to: list[int] | None = None
+
+    def choose_victims(self, num_blocks, now, *args):
+        self.answered = list(super().choose_victims(num_blocks, now, *args))
+        return self.answered
+
+    def action(self, block_id, now):
+        if self.rewrite_to is not None:
+            self.answered[:], self.rewrite_to = self.rewrite_to, None
+        return Action.OFFLOAD
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_both_cores_evict_and_offload_the_victims_checked_when_a_hook_rewrites_the_list(core):
+    # The C++ core evicted the ids it had checked, the Python core the list as rewritten
+    # (unchecked), and the host tier planned copies for the list as the loop found it. The
+    # manager copies the answer once now: checked, offloaded and evicted alike.
+    policy = Rewriting()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 5, policy=policy, clock=lambda: 0.0,
+                       core=core, num_host_blocks=8)
+    paused(m, "old", list(range(100, 116)))
+    m.begin_step("s", list(range(12)))  # 3 blocks: 2 to evict of the 4 cached
+    cached = [b for b in range(5) if m.pool.state[b] == 2]
+    named = policy._order.head(2)
+    others = [b for b in cached if b not in named]
+    policy.rewrite_to = list(others)
+    m.allocate_slots("s", 12)
+    m.check_integrity()
+    assert sorted(b for b in cached if m.pool.state[b] == 2) == others
+    assert [gpu for gpu, _ in m.take_transfers().offloads] == named
