@@ -96,3 +96,14 @@ class IncrementalDetokenizer:
         delta = "".join(parts)
         self.text += delta
         return delta
+
+    def restart(self, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> None:
+        """Start again from the prompt and take `token_ids` (the tokens whose text was
+        returned so far): an interrupt that cut an `add` short may have left the stream
+        holding a token whose text never came back (`LLMEngine` takes that token back).
+        The same tokens decode the same way, so the stream ends as it was before that `add`."""
+        self._stream = DecodeStream(
+            self._left_context(prompt_ids), skip_special_tokens=self.skip_special_tokens
+        )
+        self.text = ""
+        self.add(token_ids)

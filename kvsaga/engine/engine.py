@@ -42,9 +42,9 @@ from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
-from kvsaga.policy import DEFAULT_POLICY, EvictionPolicy, make_policy
+from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
 from kvsaga.prefix import root_hash
-from kvsaga.scheduler import DEFAULT_SCHEDULER
+from kvsaga.scheduler import DEFAULT_SCHEDULER, check_param_names
 from kvsaga.session import (
     DEFAULT_SESSION_IDLE_S,
     IdleSweep,
@@ -87,7 +87,8 @@ class LLMEngine:
     host_memory_bytes: host-tier budget (pinned on CUDA machines); 0 disables offload.
     transfer_delay: test hook slowing each CPU block copy (see `TransferEngine`).
     scheduler / scheduler_params: the core scheduler (`kvsaga.scheduler`: "workflow",
-        the default, or "fcfs") and its parameters; ValueError for bad ones.
+        the default, or "fcfs") and its parameters; InvalidRequest for an unknown name
+        (before the load), ValueError for a bad value (as the scheduler is built).
     enforce_eager: on CUDA, run every pass eagerly instead of replaying CUDA graphs
         (`kvsaga.engine.cuda_graphs`); no effect elsewhere. `KVSAGA_KERNELS=torch` runs
         eagerly too (`graphs_apply`: the reference kernels cannot be captured).
@@ -156,6 +157,12 @@ class LLMEngine:
         check_bool("enforce_eager", enforce_eager, InvalidRequest)
         if not callable(clock):
             raise InvalidRequest(f"clock must be a callable returning seconds, got {clock!r}")
+        check_positive_int("block_size", block_size, InvalidRequest)
+        _check_names(policy, scheduler, scheduler_params or {})
+        try:
+            PoolConfig(kv_memory_bytes=kv_memory_bytes, host_memory_bytes=host_memory_bytes)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         self.model_path = loaded.path
@@ -219,6 +226,9 @@ class LLMEngine:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.requests: dict[str, Request] = {}
+        # The outputs made and not yet returned: step() returns them; those of a step that
+        # an interrupt cut short, with the next step's.
+        self._undelivered: list[RequestOutput] = []
         self._ids = itertools.count()
         self._idle_sweep = IdleSweep(session_idle_s)
         self.num_expired_sessions = 0
@@ -325,7 +335,9 @@ class LLMEngine:
         self._finish(req, "abort")
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work
+        """A request is queued or running, or outputs wait for the next step (made in a step
+        an interrupt cut short)."""
+        return self.scheduler.has_work or bool(self._undelivered)
 
     @property
     def wake_time(self) -> float:
@@ -462,9 +474,13 @@ class LLMEngine:
         (`KVCacheManager.drop_transfer`: host copies never written leave the host tier,
         GPU blocks being loaded leave the prefix index, and a running step that took one
         as a hit computes those tokens again); the failed plan is not waited on again.
-        An interrupt while the sampled tokens are recorded takes back the rows not recorded
-        yet in the same way (`_advance_all`), and one while waiting for the copies keeps the
-        plans not waited on for the next step (`HostCopies.wait`).
+        An interrupt while the sampled tokens are recorded (on CUDA, where the host first
+        waits for the pass) leaves every sampled row whole (`_advance_all`): recorded and, if
+        it ended, finished, or taken back in the same way to be computed and sampled again,
+        its seeded generator back where it was; the outputs of the rows recorded come first
+        in the next step's list (which may then hold two outputs of one request, in order).
+        One while waiting for the copies keeps the plans not waited on for the next step
+        (`HostCopies.wait`).
         """
         t0 = time.perf_counter()
         now = self.clock()
@@ -476,8 +492,8 @@ class LLMEngine:
         chunks = self.scheduler.schedule(now)
         self.last_step_idle = not chunks and self.scheduler.num_preemptions == preempted
         t1 = time.perf_counter()
-        outputs: list[RequestOutput] = []
         num_decode = num_tokens = 0
+        draws = _generator_states(chunks)
         try:
             if self.copies.transfers is not None:
                 # Offloads of this step's evictions, then host hits and prefetches; the
@@ -498,80 +514,136 @@ class LLMEngine:
             # hits those blocks and the requests stay runnable (a later step computes the
             # same tokens again); the caller decides whether to abort them.
             try:
+                _restore_generators(draws, chunks)  # (the sampler may have drawn)
                 self.scheduler.discard(chunks)
             finally:  # after discard, which cuts back to chunk starts
                 self.copies.drop_failed()
             raise
         t3 = time.perf_counter()
         if chunks and out is not None:
-            outputs = self._advance_all(sampled, out, now)
+            self._advance_all(sampled, out, now, draws)
         t4 = time.perf_counter()
         self.step_clock.record(step_kind(num_decode, len(chunks) - num_decode), len(chunks),
                                num_tokens, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        outputs, self._undelivered = self._undelivered, []
         return outputs
 
-    def _advance_all(self, sampled: list[ScheduledChunk], out, now: float
-                     ) -> list[RequestOutput]:
-        """`_advance` each sampled row. If that raises (an interrupt), the chunks of the rows
-        whose token was not recorded yet are taken back (`Scheduler.discard`), as for a
-        failed pass, and the exception propagates: their K/V was written and counted, but
-        their sampled token was lost, and such a request would have no token left to
-        schedule (every later step raised). The next step computes and samples them again."""
-        token_ids = out.token_ids.tolist()
-        logprobs = out.logprobs.tolist()
-        before = [len(c.request.output_ids) for c in sampled]
-        outputs: list[RequestOutput] = []
+    def _advance_all(self, sampled: list[ScheduledChunk], out, now: float,
+                     draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
+        """Record each sampled row's token: `_record` works out what it changes (only the
+        row's detokenizer takes the token), `_advance` writes that into the request and
+        finishes it if it ended; its output joins `_undelivered`. If anything raises on the
+        way (an interrupt: on CUDA a Ctrl-C lands where `tolist` waits for the pass),
+        `_cut_short` leaves every row whole before the exception propagates: a row recorded
+        lost neither its token nor its finish (else every later step raised: no token left
+        to schedule, or a request that never ended), and the chunks of the rows not
+        recorded are taken back."""
+        rows: list[_Row] = []
+        outputs = self._undelivered
+        start = len(outputs)
         try:
-            for row, c in enumerate(sampled):
-                outputs.append(self._advance(c.request, token_ids[row], logprobs[row], out,
-                                             row, now))
+            token_ids = out.token_ids.tolist()
+            logprobs = out.logprobs.tolist()
+            for i, c in enumerate(sampled):
+                rows.append(self._record(c.request, token_ids[i], logprobs[i], out, i))
+                outputs.append(self._advance(c.request, rows[i], now))
         except BaseException:
-            self.scheduler.discard([c for c, n in zip(sampled[len(outputs):],
-                                                      before[len(outputs):], strict=True)
-                                    if len(c.request.output_ids) == n])
+            self._cut_short(sampled, rows, len(outputs) - start, now, draws)
             raise
-        return outputs
 
-    def _advance(self, req: Request, tok: int, lp: float, out, row: int, now: float):
+    def _cut_short(self, sampled: list[ScheduledChunk], rows: list[_Row], k: int, now: float,
+                   draws: dict[str, tuple[torch.Generator, torch.Tensor]]) -> None:
+        """After an exception in `_advance_all`: the row whose `_advance` it cut short is
+        advanced again (each of its writes repeats harmlessly), and the chunks of the rows
+        after it are taken back (`Scheduler.discard`, as for a failed pass: their K/V was
+        written and counted, but their token is lost); their seeded generators go back to
+        where they were, so they draw the same tokens again, and the first one's
+        detokenizer, which may have taken its token, restarts from the tokens recorded.
+        `k`: the rows whose output is in `_undelivered` (returned with the next step's)."""
+        if len(rows) > k:
+            self._undelivered.append(self._advance(sampled[k].request, rows[k], now))
+            k += 1
+        rest = sampled[k:]
+        if rest and len(rows) == k:
+            req = rest[0].request
+            req.detokenizer.restart(req.prompt_ids, req.output_ids)
+        _restore_generators(draws, rest)
+        self.scheduler.discard(rest)
+
+    def _record(self, req: Request, tok: int, lp: float, out, row: int) -> _Row:
+        """What recording `tok` (row `row` of `out`) changes in `req`, worked out without
+        changing it (but for its detokenizer, which takes the token)."""
         p = req.params
-        req.output_ids.append(tok)
-        req.pending_token = tok  # appended by the next step's batched decode_step
-        if req.first_token_time is None:
-            req.first_token_time = now
+        n = len(req.output_ids) + 1  # tokens generated with this one
+        top = None
         if p.num_top_logprobs is not None:
-            req.logprobs.append(lp)
             k = p.num_top_logprobs
             if k and out.top_token_ids is not None:
                 ids = out.top_token_ids[row, :k].tolist()
                 lps = out.top_logprobs[row, :k].tolist()
-                req.top_logprobs.append(list(zip(ids, lps, strict=True)))
+                top = list(zip(ids, lps, strict=True))
+        else:
+            lp = None
         prev_len = len(req.text)
-        req.text += req.detokenizer.add(tok)
+        text = req.text + req.detokenizer.add(tok)
         reason = None
         if (not p.ignore_eos and tok in self.tokenizer.eos_token_ids) or tok in p.stop_token_ids:
             reason = "stop"
         if p.stop:  # (after a stop token too: its text may complete a stop string)
             # Search only where a stop string could newly end.
             lo = max(0, prev_len - max(len(s) for s in p.stop))
-            hits = [i for s in p.stop if (i := req.text.find(s, lo)) != -1]
+            hits = [i for s in p.stop if (i := text.find(s, lo)) != -1]
             if hits:
-                req.text = req.text[: min(hits)]
+                text = text[: min(hits)]
                 reason = "stop"
         if reason is None and (
-            len(req.output_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len
+            n >= p.max_tokens or len(req.prompt_ids) + n >= self.max_model_len
         ):
             reason = "length"
         # Stream only text that no stop string can still claim: hold back its longest
         # possible beginning until the request finishes.
-        end = len(req.text)
+        end = len(text)
         if reason is None and p.stop:
             end -= max(len(x) for x in p.stop) - 1
-        delta = req.text[req.num_emitted_chars : max(end, req.num_emitted_chars)]
-        req.num_emitted_chars += len(delta)
-        if reason is not None:
+        emitted = req.num_emitted_chars
+        delta = text[emitted : max(end, emitted)]
+        return _Row(tok, len(req.output_ids), lp, len(req.logprobs), top,
+                    len(req.top_logprobs), text, emitted + len(delta), delta, reason)
+
+    def _advance(self, req: Request, row: _Row, now: float) -> RequestOutput:
+        """Write `row` (`_record`'s) into `req`, and finish `req` if it ended. Each write
+        sets a value (no append), and the finish does only what is not done yet, so a second
+        call completes one that an interrupt cut short (`_cut_short`)."""
+        req.output_ids[row.num_ids:] = (row.tok,)
+        if row.lp is not None:
+            req.logprobs[row.num_lps:] = (row.lp,)
+        if row.top is not None:
+            req.top_logprobs[row.num_tops:] = (row.top,)
+        if req.first_token_time is None:
+            req.first_token_time = now
+        req.text = row.text
+        req.num_emitted_chars = row.emitted
+        if row.reason is None:
+            req.pending_token = row.tok  # appended by the next step's batched decode_step
+        else:
             req.pending_token = None  # (a finished request's last token gets no K/V)
-            self._finish(req, reason)
-        return self._output(req, delta, [tok])
+            self._finish_sampled(req, row.reason)
+        return self._output(req, row.delta, [row.tok])
+
+    def _finish_sampled(self, req: Request, reason: str) -> None:
+        """`_finish` a request whose token was just recorded (so running). Once its status is
+        FINISHED, a second call (`_cut_short`) does only the parts not done yet: the
+        manager's (its session still running) and the core scheduler's (still running
+        there)."""
+        if not req.finished:
+            self._finish(req, reason)  # (what it does before the status repeats harmlessly)
+            return
+        self.requests.pop(req.request_id, None)
+        s = self.manager.sessions.get(req.session_id)
+        if s is not None and s.is_running:
+            self._release(req, was_running=True)
+        elif any(r is req for r in self.scheduler.running):
+            self.scheduler.remove(req, self.clock(), ended=req.owns_session or req.last_step)
 
     def _finish(self, req: Request, reason: str) -> None:
         self.scheduler.flush(req)  # an aborted request keeps its last token, as before
@@ -579,6 +651,11 @@ class LLMEngine:
         was_running = req.status is RequestStatus.RUNNING
         req.status = RequestStatus.FINISHED
         self.requests.pop(req.request_id, None)
+        self._release(req, was_running)
+
+    def _release(self, req: Request, was_running: bool) -> None:
+        """`_finish`'s hand-back: the session to the manager, then the request out of the
+        core scheduler."""
         mgr = self.manager
         ended = req.owns_session or req.last_step
         if ended:
@@ -610,3 +687,59 @@ class LLMEngine:
 
     def final_output(self, req: Request) -> RequestOutput:
         return self._output(req, "", [])
+
+
+def _check_names(policy: str | EvictionPolicy, scheduler: object,
+                 scheduler_params: Mapping) -> None:
+    """InvalidRequest for a policy name `make_policy` would refuse here (unknown, or an
+    offline one that needs an oracle), an unknown scheduler, or a parameter it does not
+    take (`max_num_seqs` / `max_num_batched_tokens` are arguments of their own): before
+    the weights load. The scheduler checks the values of its parameters itself."""
+    if isinstance(policy, str):
+        cls = POLICIES.get(policy)
+        if cls is None:
+            raise InvalidRequest(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
+        if getattr(cls, "needs_oracle", False):
+            raise InvalidRequest(f"policy {policy!r} needs a FutureOracle (trace replay "
+                                 f"only); pass a built EvictionPolicy instead")
+    try:
+        check_param_names(scheduler, scheduler_params,
+                          exclude=("max_num_seqs", "max_num_batched_tokens"))
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+@dataclass(slots=True)
+class _Row:
+    """One sampled row's token and what it changes in its request (`LLMEngine._record`):
+    the values to set, with the list lengths they extend from (`num_*`); `lp` / `top`
+    None: not asked for."""
+
+    tok: int
+    num_ids: int
+    lp: float | None
+    num_lps: int
+    top: list[tuple[int, float]] | None
+    num_tops: int
+    text: str
+    emitted: int
+    delta: str
+    reason: str | None
+
+
+def _generator_states(chunks: list[ScheduledChunk]
+                      ) -> dict[str, tuple[torch.Generator, torch.Tensor]]:
+    """The state of the seeded generator of each chunk that will be sampled, by request id:
+    a row taken back after the sampler drew draws again from there (`SamplingParams.seed`
+    promises reproducible draws)."""
+    return {c.request.request_id: (g, g.get_state()) for c in chunks
+            if (g := c.request.generator) is not None and c.completes_context}
+
+
+def _restore_generators(draws: dict[str, tuple[torch.Generator, torch.Tensor]],
+                        chunks: list[ScheduledChunk]) -> None:
+    """Set the generators of `chunks`' requests back to the states in `draws`."""
+    for c in chunks:
+        got = draws.get(c.request.request_id)
+        if got is not None:
+            got[0].set_state(got[1])

@@ -37,6 +37,8 @@ class HostCopies:
         self._on_cut = on_cut
         self.pending: list[tuple[Transfer, TransferPlan]] = []
         self.failed_plans: list[TransferPlan] = []
+        # A copy failed in a wait that an interrupt then cut short: the next wait fails too.
+        self._failure: RuntimeError | None = None
 
     def submit(self) -> int:
         """Start the manager's pending copies; returns the number of blocks being loaded."""
@@ -47,8 +49,10 @@ class HostCopies:
         if t is not None:
             pending = self.pending
             # Plans that ended well, with none before them failed, need no wait (a driver
-            # that only ticks while idle would otherwise keep every prefetch's plan).
-            while pending and pending[0][0].done() and pending[0][0].error is None:
+            # that only ticks while idle would otherwise keep every prefetch's plan); after
+            # a failure (`_failure`) every plan is failed at the next wait.
+            while (self._failure is None and pending and pending[0][0].done()
+                   and pending[0][0].error is None):
                 pending.pop(0)
             pending.append((t, plan))
         return len(plan.loads)
@@ -60,20 +64,27 @@ class HostCopies:
         `drop_failed`. No plan stays pending either way, so the next step does not meet the
         same failure again. Any other exception (an interrupt while blocked on a copy)
         puts the plans not yet waited on back in `pending` first: they may still be
-        copying, and the next forward must wait for them before reading their blocks."""
+        copying, and the next forward must wait for them before reading their blocks. If a
+        copy had failed before it, only the plans already waited on go to `failed_plans`
+        (`drop_transfer` must not run while a plan still copies), and the next wait fails
+        in its place: RuntimeError once every plan is waited on, all of them failed."""
         pending, self.pending = self.pending, []
-        error = None
+        error, self._failure = self._failure, None
+        first_failed = 0
         for i, (t, _) in enumerate(pending):
             try:
                 self.transfers.wait(t)  # (every one: none may still be copying below)
             except RuntimeError as e:
                 if error is None:
-                    error = e
-                    self.failed_plans = [plan for _, plan in pending[i:]]
+                    error, first_failed = e, i
             except BaseException:
                 self.pending = pending[i:] + self.pending
+                if error is not None:
+                    self.failed_plans = [plan for _, plan in pending[first_failed:i]]
+                    self._failure = error
                 raise
         if error is not None:
+            self.failed_plans = [plan for _, plan in pending[first_failed:]]
             raise error
 
     def drop_failed(self) -> None:
