@@ -27,12 +27,16 @@ import heapq
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from kvsaga.errors import KVSagaError
 from kvsaga.migration import plan_export, plan_import
 from kvsaga.policy import POLICIES
 from kvsaga.routing import ReplicaStats, Route, RouteRequest, RoutingConfig, make_router
+from kvsaga.sim.cluster_result import (  # noqa: F401  (re-exported: bench/cluster.py, kvsaga sim)
+    CLUSTER_COLUMNS,
+    ClusterResult,
+    format_rows,
+)
 from kvsaga.sim.cluster_tenants import tenant_tct_means
 from kvsaga.sim.config import SimConfig
 from kvsaga.sim.metrics import tenant_key
@@ -289,53 +293,6 @@ class _ByName(Mapping):
         return len(self._fleet)
 
 
-@dataclass(frozen=True)
-class ClusterResult:
-    """One cluster run.
-
-    Attributes:
-        router / gpus / policy / scheduler: what ran.
-        tct_mean_s / tct_p95_s: task completion time over all sessions.
-        load_imbalance: max / mean busy time over the GPUs (1.0: perfectly even).
-        migrated_gb: KV moved between GPUs by migrations, in GB.
-        num_moved / num_migrated: steps that changed GPU, and those whose KV moved.
-        recomputed_tokens: summed over GPUs. hit_rate: hit over queried prompt tokens, both
-            summed over GPUs. makespan_s: the latest GPU clock (the max over GPUs, not a
-            sum), from t=0 of the trace clock (as `SimResult.makespan_s`). tasks_per_hour:
-            sessions per hour of that makespan.
-        tenants: as `SimResult.tenants` (with more than one tenant, per tenant: `tasks`,
-            `tct_mean_s`; else None). `kvsaga sim --gpus` adds each tenant's `tct_alone_s`
-            and `slowdown`, and `afs_max_slowdown_ratio`, to its rows (both:
-            `kvsaga.sim.cluster_tenants`).
-        Not measured on a cluster: the KV shares (`kv_utilization` ...) and
-        `slo_attainment` of `SimResult` (`kvsaga sim --gpus` says so).
-    """
-
-    router: str
-    gpus: int
-    policy: str
-    scheduler: str
-    num_sessions: int
-    tct_mean_s: float
-    tct_p95_s: float
-    load_imbalance: float
-    migrated_gb: float
-    num_moved: int
-    num_migrated: int
-    recomputed_tokens: int
-    hit_rate: float
-    makespan_s: float
-    tasks_per_hour: float
-    tenants: dict[str, dict[str, float]] | None = None
-
-    def row(self) -> dict:
-        """A JSON-ready dict (`tenants` a copy: slowdowns are added to the row's)."""
-        out = dict(self.__dict__)
-        if self.tenants is not None:
-            out["tenants"] = {t: dict(e) for t, e in self.tenants.items()}
-        return out
-
-
 class ClusterSimulator:
     """Replays sessions on `gpus` simulated GPUs behind a router (each a `gpu_class`, which
     a diagnosis may extend: bench/cluster_gpus.py).
@@ -588,23 +545,3 @@ def simulate_cluster(sessions: Sequence[Session], config: SimConfig | None = Non
                      routing: RoutingConfig | None = None) -> ClusterResult:
     """Serve a trace on `gpus` simulated GPUs behind `router` and measure it."""
     return ClusterSimulator(sessions, config, gpus, router, routing).run()
-
-
-CLUSTER_COLUMNS = (
-    ("router", "router", "{}"), ("gpus", "gpus", "{}"), ("scheduler", "scheduler", "{}"),
-    ("policy", "policy", "{}"), ("tct mean s", "tct_mean_s", "{:.1f}"),
-    ("tct p95 s", "tct_p95_s", "{:.1f}"), ("tasks/h", "tasks_per_hour", "{:.1f}"),
-    ("imbalance", "load_imbalance", "{:.3f}"), ("migr GB", "migrated_gb", "{:.2f}"),
-    ("moved", "num_moved", "{:,}"), ("recomputed", "recomputed_tokens", "{:,}"),
-    ("hit rate", "hit_rate", "{:.3f}"),
-)
-
-
-def format_rows(rows: list[dict]) -> str:
-    """The cluster rows as an aligned text table."""
-    cells = [[t for t, _, _ in CLUSTER_COLUMNS]]
-    cells += [[fmt.format(r[k]) for _, k, fmt in CLUSTER_COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(CLUSTER_COLUMNS))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))
-                     for r in cells)
-
