@@ -199,13 +199,14 @@ def test_hindsight_takes_no_parameters(capsys):
         mod._run(("swe", 103, 0.6, "hindsight[rounds=2]"))
 
 
-def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool():
+def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool(capsys):
     """bench/policies_hindsight.py refuses any seed outside the fit set before simulating,
     and takes each pressured pool once, with the least of lru, saga and ttl as its best."""
     h = load("policies_hindsight")
-    for seed in (941, 951, 12345):
+    for seeds in ("941", "12345", f"{h.TUNE_SEEDS[0]},950"):  # 950: next to fit seed 951
         with pytest.raises(SystemExit):
-            h.main(["--seeds", str(seed)])
+            h.main(["--seeds", seeds])
+        assert "are not fit seeds" in capsys.readouterr().err
     rows = [_row("swe", 1, f, p, x, hit, blocks) for f, hit, blocks in
             ((0.3, 0.9, 100), (0.6, 0.9, 100), (0.9, 0.5, 300))
             for p, x in (("lru", 10), ("saga", 8), ("ttl", 9), (h.GRAPH, 7))]

@@ -168,7 +168,17 @@ def test_llm_generate_with_one_bad_prompt_queues_none(model_dir):
         llm.generate([PROBE, [5, 10**6]], GREEDY)
     assert not llm.engine.has_unfinished() and not llm.engine.requests
     assert llm.engine.manager.stats().num_running_sessions == 0
-    assert llm.generate(PROBE, GREEDY)[0].token_ids == llm.generate(PROBE, GREEDY)[0].token_ids
+    seen = set()  # the request ids of every output the engine steps make in the next call
+    step = llm.engine.step
+
+    def recording_step():
+        outputs = step()
+        seen.update(out.request_id for out in outputs)
+        return outputs
+
+    llm.engine.step = recording_step
+    (out,) = llm.generate(PROBE, GREEDY)
+    assert seen == {out.request_id}  # the refused call's first prompt did not run here
 
 
 def test_agent_session_bad_tool_call_is_refused_at_once(model_dir):
