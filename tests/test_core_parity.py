@@ -14,6 +14,7 @@ from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available
 from kvsaga.policy import POLICIES
 from tests.policy.helpers import build
+from tests.stateful_reach import Reach, reach_case, whole_steps
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
 
@@ -55,7 +56,7 @@ def outcome(fn):
         return ("error", type(e).__name__, str(e))
 
 
-class ParityMachine(RuleBasedStateMachine):
+class ParityMachine(Reach, RuleBasedStateMachine):
     policy = "lru"
     host_blocks = 0
 
@@ -71,10 +72,16 @@ class ParityMachine(RuleBasedStateMachine):
             for core in ("python", "cpp")
         ]
 
+    def reach_manager(self):
+        return self.ms[0]
+
     def both(self, call):
         """Apply `call(manager)` to both managers; results and errors must match."""
         py, cpp = (outcome(lambda m=m: call(m)) for m in self.ms)
         assert py == cpp
+        if py[:2] == ("error", "OutOfBlocks"):
+            self.note_out_of_blocks()
+        return py
 
     def running(self):
         return sorted(s for s, x in self.ms[0].sessions.items() if x.is_running)
@@ -86,6 +93,27 @@ class ParityMachine(RuleBasedStateMachine):
         if reuse and s is not None:
             prompt = s.token_ids[: s.num_computed] + prompt  # extend its own context
         self.both(lambda m: m.begin_step(sid, prompt[-40:], now=self.now, salt=salt))
+
+    @rule(steps=whole_steps(SESSIONS))
+    def run_steps(self, steps):
+        for sid, extra, keep in steps:
+            self.whole_step(sid, extra, keep)
+
+    def whole_step(self, sid, extra, keep):
+        """One valid step as an engine runs it: begin on the session's own context, allocate
+        every pending token, then finish on a tool (or, with `keep`, stay running). Paused
+        caches build up, so the pool fills and later steps evict or are refused."""
+        if sid in self.running():
+            self.both(lambda m: m.preempt(sid, now=self.now))
+        self.begin(sid, extra, None, True)
+        s = self.ms[0].sessions.get(sid)
+        if s is None or not s.is_running:
+            return
+        pending = len(s.token_ids) - s.num_computed
+        if self.both(lambda m: m.allocate_slots(sid, pending, now=self.now))[0] != "ok":
+            self.both(lambda m: m.preempt(sid, now=self.now))
+        elif not keep:
+            self.both(lambda m: m.finish_step(sid, now=self.now, tool="t", expected_s=1.0))
 
     @rule(sid=some_sid, new=tokens, bad=st.one_of(st.none(), bad_token))
     def append(self, sid, new, bad):
@@ -140,17 +168,17 @@ class ParityMachine(RuleBasedStateMachine):
         cpp.check_integrity()
 
 
-ParityMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=40, deadline=None
-)
-TestParity = ParityMachine.TestCase
+# Each TestCase fails unless its examples evicted and were refused, and with a host tier
+# copied out and loaded (tests/stateful_reach.py).
+TestParity = reach_case(
+    ParityMachine, settings(max_examples=100, stateful_step_count=40, deadline=None), host=False)
 
 
 def _machine(name: str, host_blocks: int):
     cls = type(f"Parity_{name}_{host_blocks}", (ParityMachine,),
                {"policy": name, "host_blocks": host_blocks})
-    cls.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None)
-    return cls.TestCase
+    return reach_case(cls, settings(max_examples=25, stateful_step_count=40, deadline=None),
+                      host=host_blocks > 0)
 
 
 TestParityHost = _machine("lru", 6)

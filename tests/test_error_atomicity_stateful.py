@@ -14,9 +14,10 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kvsaga import KVCacheManager, KVSagaError, KVSpec
+from kvsaga import KVCacheManager, KVSagaError, KVSpec, OutOfBlocks
 from kvsaga.policy import POLICIES
 from tests.policy.helpers import build
+from tests.stateful_reach import Reach, reach_case, whole_steps
 from tests.test_core_parity import snapshot
 
 BS = 4
@@ -41,7 +42,7 @@ def full_state(m: KVCacheManager):
     return snapshot(m), host
 
 
-class ErrorAtomicityMachine(RuleBasedStateMachine):
+class ErrorAtomicityMachine(Reach, RuleBasedStateMachine):
     policy = "lru"
     core = None
     host_blocks = 6
@@ -57,16 +58,45 @@ class ErrorAtomicityMachine(RuleBasedStateMachine):
         self.calls = self.errors = 0
 
     def call(self, fn):
-        """Run fn(); if it raises, nothing may have changed."""
+        """Run fn(); if it raises, nothing may have changed. True if it returned."""
         before = full_state(self.m)
         self.calls += 1
         try:
             fn()
-        except KVSagaError:
+        except KVSagaError as e:
             self.errors += 1
             after = full_state(self.m)
             assert after == before, "a call that raised changed the state"
+            if isinstance(e, OutOfBlocks):
+                self.note_out_of_blocks()
+            return False
         # any other exception propagates: the test fails with it
+        return True
+
+    @rule(steps=whole_steps(SESSIONS, most=6))
+    def run_steps(self, steps):
+        for sid, extra, keep in steps:
+            self.whole_step(sid, extra, keep)
+
+    def whole_step(self, sid, extra, keep):
+        """One valid step as an engine runs it: begin on the session's own context, allocate
+        every pending token, then finish on a tool (or, with `keep`, stay running). Paused
+        caches build up, so the pool fills and later calls evict or are refused. Time passes
+        between steps (a tool runs), so time-based policies let paused caches go too."""
+        self.now += 20.0
+        s = self.m.sessions.get(sid)
+        if s is not None and s.is_running:
+            self.call(lambda: self.m.preempt(sid))
+        if s is not None:
+            extra = s.token_ids[: s.num_computed] + extra
+        if not self.call(lambda: self.m.begin_step(sid, extra[-44:])):
+            return
+        s = self.m.sessions[sid]
+        pending = len(s.token_ids) - s.num_computed
+        if not self.call(lambda: self.m.allocate_slots(sid, pending)):
+            self.call(lambda: self.m.preempt(sid))
+        elif not keep:
+            self.call(lambda: self.m.finish_step(sid, tool="t", expected_s=1.0))
 
     def running(self):
         return sorted(s for s, x in self.m.sessions.items() if x.is_running)
@@ -152,16 +182,18 @@ class ErrorAtomicityMachine(RuleBasedStateMachine):
             check()
 
 
-ErrorAtomicityMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None)
-TestErrorAtomicity = ErrorAtomicityMachine.TestCase
+# Each TestCase fails unless its examples evicted and were refused, and with a host tier
+# copied out and loaded (tests/stateful_reach.py).
+TestErrorAtomicity = reach_case(
+    ErrorAtomicityMachine, settings(max_examples=60, stateful_step_count=40, deadline=None),
+    host=True)
 
 
 def _machine(policy: str, core: str | None, host_blocks: int):
     cls = type(f"ErrorAtomicity_{policy}_{core}_{host_blocks}", (ErrorAtomicityMachine,),
                {"policy": policy, "core": core, "host_blocks": host_blocks})
-    cls.TestCase.settings = settings(max_examples=15, stateful_step_count=40, deadline=None)
-    return cls.TestCase
+    return reach_case(cls, settings(max_examples=25, stateful_step_count=40, deadline=None),
+                      host=host_blocks > 0)
 
 
 TestErrorAtomicity_python = _machine("lru", "python", 6)

@@ -11,6 +11,7 @@ from kvsaga.policy import POLICIES
 from kvsaga.scheduler import SCHEDULERS, make_scheduler
 from tests.policy.helpers import build
 from tests.sched_helpers import ToyExecutor, ToyRequest
+from tests.stateful_reach import Reach, reach_case, whole_steps
 
 BS = 4
 SESSIONS = [f"s{i}" for i in range(6)]
@@ -18,7 +19,7 @@ SESSIONS = [f"s{i}" for i in range(6)]
 tokens = st.lists(st.integers(0, 3), min_size=1, max_size=14)
 
 
-class ManagerMachine(RuleBasedStateMachine):
+class ManagerMachine(Reach, RuleBasedStateMachine):
     policy = "lru"  # subclasses below run every registered policy
     core = None  # KVSAGA_CORE's default (cpp when built); subclasses below run "python" too
 
@@ -72,6 +73,8 @@ class ManagerMachine(RuleBasedStateMachine):
         s = self.m.sessions[sid]
         pending = len(s.token_ids) - s.num_computed
         if pending == 0:
+            if len(s.token_ids) >= 40:  # a context near the pool's size: it stops growing
+                return
             self.m.append_tokens(sid, [data.draw(st.integers(0, 3))])
             pending = 1
         n = max(1, int(pending * frac))
@@ -80,12 +83,45 @@ class ManagerMachine(RuleBasedStateMachine):
             slots = self.m.allocate_slots(sid, n, now=self.now)
         except OutOfBlocks:
             assert self.snapshot() == before, "a failed allocation changed state"
+            self.note_out_of_blocks()
             return
         assert len(slots) == n and len(set(slots)) == n
+        self.after_allocate()
         table = self.m.block_table(sid)
         for slot in slots:
             assert slot // BS in table
         self.context[sid] = list(s.token_ids)
+
+    @rule(steps=whole_steps(SESSIONS, 32))
+    def run_steps(self, steps):
+        for sid, extra, keep in steps:
+            self.whole_step(sid, extra, keep)
+
+    def whole_step(self, sid, extra, keep):
+        """One step as an engine runs it: begin, allocate every pending token, then finish
+        on a tool (or, with `keep`, stay running). Paused caches build up, so the pool fills
+        and later steps evict or are refused."""
+        s = self.m.sessions.get(sid)
+        if s is not None and s.is_running:
+            self.m.preempt(sid, now=self.now)
+        self.begin(sid, extra, 4, None)
+        s = self.m.sessions[sid]
+        before = self.snapshot()
+        try:
+            self.m.allocate_slots(sid, len(s.token_ids) - s.num_computed, now=self.now)
+        except OutOfBlocks:
+            assert self.snapshot() == before, "a failed allocation changed state"
+            self.note_out_of_blocks()
+            self.m.preempt(sid, now=self.now)
+            return
+        self.context[sid] = list(s.token_ids)
+        self.after_allocate()
+        if not keep:
+            self.m.finish_step(sid, now=self.now, tool="grep", expected_s=1.0)
+
+    def after_allocate(self):
+        """What the engine does after an allocation, before anything else: nothing to model
+        here (OffloadMachine runs the copies and the forward pass)."""
 
     @precondition(lambda self: self.running())
     @rule(data=st.data(), tool=st.sampled_from([None, "grep", "test"]),
@@ -127,16 +163,15 @@ class ManagerMachine(RuleBasedStateMachine):
             check()  # the policy tracks exactly the CACHED blocks
 
 
-ManagerMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None
-)
-TestManagerStateful = ManagerMachine.TestCase
+# Each TestCase fails unless its examples evicted and were refused (tests/stateful_reach.py).
+TestManagerStateful = reach_case(
+    ManagerMachine, settings(max_examples=150, stateful_step_count=40, deadline=None), host=False)
 
 
 def _machine_for(name: str, core: str | None = None):
     cls = type(f"ManagerMachine_{name}_{core}", (ManagerMachine,), {"policy": name, "core": core})
-    cls.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
-    return cls.TestCase
+    return reach_case(
+        cls, settings(max_examples=40, stateful_step_count=40, deadline=None), host=False)
 
 
 for _name in POLICIES:

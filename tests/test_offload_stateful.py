@@ -8,6 +8,7 @@ from hypothesis import settings
 from hypothesis.stateful import precondition, rule
 
 from kvsaga import KVCacheManager, KVSpec
+from tests.stateful_reach import reach_case
 from tests.test_manager_stateful import ManagerMachine
 
 
@@ -43,16 +44,22 @@ class OffloadMachine(ManagerMachine):
         sid = data.draw(st.sampled_from(sorted(self.m.sessions)))
         self.m.prefetch(sid, now=self.now)
 
+    def after_allocate(self):
+        self.forward()
+
     @rule()
     def forward(self):
-        # The engine's forward pass writes K/V of every block a running step holds.
+        # The engine runs the step's copies, then its forward pass writes K/V of every block
+        # a running step holds.
+        self.run_transfers()
         for b, h in enumerate(self.m.pool.block_hash):
             if h is not None and self.m.pool.refcount[b]:
                 self.gpu[b] = h
 
 
-OffloadMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
-TestOffloadStateful = OffloadMachine.TestCase
+# Fails unless the examples evicted, were refused, copied out and loaded (stateful_reach.py).
+TestOffloadStateful = reach_case(
+    OffloadMachine, settings(max_examples=120, stateful_step_count=40, deadline=None), host=True)
 
 
 def test_offload_then_host_hit_then_prefetch():
