@@ -177,7 +177,9 @@ TestParity = reach_case(
 def _machine(name: str, host_blocks: int):
     cls = type(f"Parity_{name}_{host_blocks}", (ParityMachine,),
                {"policy": name, "host_blocks": host_blocks})
-    return reach_case(cls, settings(max_examples=25, stateful_step_count=40, deadline=None),
+    # (the host tier's examples refuse and load less often: more of them)
+    examples = 40 if host_blocks else 25
+    return reach_case(cls, settings(max_examples=examples, stateful_step_count=40, deadline=None),
                       host=host_blocks > 0)
 
 
