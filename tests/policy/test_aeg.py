@@ -9,6 +9,9 @@ import pytest
 
 from kvsaga.policy.aeg import END, NO_TOOL, START, ExecutionGraph
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 # A workflow whose truth we know. After an LLM step the session calls `search` or `read`,
 # or ends (END: that step was the last). Paused on a tool, it is abandoned (ends while
 # paused) with probability ABANDON[tool], else resumes after a log-normal pause.

@@ -11,6 +11,9 @@ from kvsaga._core import cpp_available
 from kvsaga.policy import make_policy
 from tests.policy.test_timed_rekey import INDEXED, _bench_shape
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 
 def _run(name: str, core: str, monkeypatch) -> tuple[list, dict, dict]:
     """bench/eviction_scaling.py's shape, small, on one core: the victims of each search

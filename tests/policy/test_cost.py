@@ -6,6 +6,9 @@ import pytest
 
 from kvsaga.policy.cost import CostModel, PrefillCost
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 
 def test_default_constants_by_hand():
     c = PrefillCost()

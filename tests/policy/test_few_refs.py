@@ -16,6 +16,9 @@ from tests.policy.test_refresh_marked import _outcome, held_st
 from tests.policy.test_session_heap import _apply, needs_cpp, ops, sids, times
 from tests.policy.test_session_heap_refresh import _state, pushes, refresh
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 
 def _indexes() -> tuple:
     """The Python index and the C++ one (the tests that call it need the C++ one built)."""

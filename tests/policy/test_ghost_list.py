@@ -9,6 +9,9 @@ import pytest
 
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 
 def _cpp():
     """kvsaga._evict, or skip (the reference tests run without it)."""

@@ -10,6 +10,9 @@ import pytest
 
 from kvsaga.policy.lognormal import EmaLogNormal, LogNormalDist, LogNormalFit
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 D = LogNormalDist(math.log(2.0), 0.9)
 
 

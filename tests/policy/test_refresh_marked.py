@@ -17,6 +17,9 @@ from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from tests.policy.test_session_heap import SessionHeap, _apply, needs_cpp, ops, sids, times
 from tests.policy.test_session_heap_refresh import _state, pushes, refresh, twin_heaps
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 # Groups of some of the sessions the ops name (blocks distinct across sessions).
 held_st = st.sets(st.sampled_from("abcdef")).map(
     lambda held: {sid: [100 * (ord(sid) - 96) + j for j in range(3)] for sid in sorted(held)})

@@ -17,6 +17,9 @@ from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.test_timed_rekey import _watch
 from tests.policy.victim_record import STEPS, seeded_walk
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 try:
     from kvsaga._evict import SessionHeap
 except ImportError:  # not built: the Python index runs everywhere

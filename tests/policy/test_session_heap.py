@@ -15,6 +15,9 @@ from kvsaga.policy import search
 from kvsaga.policy.search import grid_index
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 try:
     from kvsaga._evict import SessionHeap
 except ImportError:  # not built: the Python index runs everywhere

@@ -14,6 +14,9 @@ from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 from kvsaga.policy.timed_keys import MAX_CLASS, MAX_POINT
 from tests.policy.test_session_heap import SessionHeap
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 INDEXES = [False, True]
 
 

@@ -16,6 +16,9 @@ import pytest
 from kvsaga.policy.search import _GRID_POINTS, _LOG_RATIO, GRID_S, grid_index_py
 from kvsaga.policy.session_heap import PySessionHeap, make_session_heap
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 try:
     from kvsaga._evict import SessionHeap
 except ImportError:  # not built: the Python index runs everywhere

@@ -12,6 +12,9 @@ import pytest
 
 from kvsaga.policy.shadow_loops import ACTIVE, CACHED, FREE, PyShadowLoops, make_shadow_loops
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 N = 24
 
 

@@ -11,6 +11,9 @@ from kvsaga.policy import make_policy
 from tests.policy.helpers import bench_shape_walk, make
 from tests.policy.victim_record import WORKLOADS, seeded_walk
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 INDEXED = ("ttl", "saga", "graph", "adaptive")
 TOOLS = ("search", "edit", "test", "shell", "browse")
 

@@ -21,6 +21,9 @@ from kvsaga.policy.victim_runs import cut_tails, tail_victims
 from tests.policy.test_session_heap import SessionHeap, _apply, needs_cpp, ops
 from tests.policy.test_session_heap_refresh import refresh
 
+# Builds its heaps and policies itself (tests/policy/conftest.py): runs once, not once a core.
+READS_NO_CORE = True
+
 SIDS = ("a", "b", "c", "d")
 # Groups: each session's blocks, distinct across sessions (a block sits in one group).
 groups_st = st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=5), min_size=4,
