@@ -1,0 +1,129 @@
+"""The connector's retention bookkeeping (kvsaga/integrations/vllm/retention.py) against a
+fake of vLLM's block pool, no vLLM needed: across random retains, session ends and releases
+under pressure, every block's reference count is its requests' plus one per retaining
+session, no session holds a block twice, `_shared` is exactly the retained blocks a request
+references too, and once every session is released the pool is as the requests left it."""
+
+from __future__ import annotations
+
+import pytest
+
+# The vLLM environment (tests/integrations/vllm/run.sh) collects tests/integrations too and
+# has no hypothesis; these need no vLLM and run in the main suite.
+pytest.importorskip("hypothesis", reason="run by the main suite; the vLLM env lacks hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kvsaga.integrations.vllm.demoted import KeptDemoted  # noqa: E402
+from kvsaga.integrations.vllm.hints import StepInfo  # noqa: E402
+from kvsaga.integrations.vllm.ledger import BlockLedger  # noqa: E402
+from kvsaga.integrations.vllm.retention import Retention  # noqa: E402
+from kvsaga.integrations.vllm.retention_stats import RetentionStats  # noqa: E402
+from kvsaga.policy import make_policy  # noqa: E402
+from kvsaga.session import PauseHint  # noqa: E402
+
+NUM_BLOCKS = 10  # block 0 is the null block
+SIDS = ("a", "b", "c")
+
+
+class FakeBlock:
+    def __init__(self, block_id: int) -> None:
+        self.block_id, self.ref_cnt = block_id, 0
+        self.is_null = block_id == 0
+        self.block_hash = None if self.is_null else block_id
+
+
+class FakePool:
+    """vLLM's BlockPool as retention uses it: reference counts changed by touch/free."""
+
+    def __init__(self) -> None:
+        self.num_gpu_blocks = NUM_BLOCKS
+        self.blocks = [FakeBlock(b) for b in range(NUM_BLOCKS)]
+
+    def touch(self, blocks) -> None:
+        for blk in blocks:
+            blk.ref_cnt += 1
+
+    def free_blocks(self, blocks) -> None:
+        for blk in blocks:
+            assert blk.ref_cnt > 0, f"block {blk.block_id} freed below zero"
+            blk.ref_cnt -= 1
+
+    def get_num_free_blocks(self) -> int:
+        return sum(1 for blk in self.blocks[1:] if blk.ref_cnt == 0)
+
+
+class Holder(Retention):
+    """Retention with the tables the connector sets up (connector.py's __init__ and
+    bind_gpu_block_pool)."""
+
+    def __init__(self, pool: FakePool) -> None:
+        self.pool, self.policy = pool, make_policy("lru")
+        self.holds: dict[str, list[int]] = {}
+        self._holders: dict[int, list[str]] = {}
+        self._shared: set[int] = set()
+        self._sessions: dict = {}
+        self._demoted = KeptDemoted()
+        self.stats = RetentionStats()
+        self._watch_refs(pool)
+        self.ledger = BlockLedger(self.policy, NUM_BLOCKS, 16, self._usage)
+
+
+def check(h: Holder, requests: list[int]) -> None:
+    """The books: references are requests' plus retaining sessions', nothing twice."""
+    for sid, held in h.holds.items():
+        assert len(set(held)) == len(held), f"{sid} holds a block twice: {held}"
+        for b in held:
+            assert sid in h._holders[b]
+    for b, holders in h._holders.items():
+        assert len(set(holders)) == len(holders), f"block {b} held twice: {holders}"
+        assert all(b in h.holds[s] for s in holders)
+        # the policy sees a block two sessions retain as plain cache, one as that session's
+        # (or plain cache: a block once shared stays so when one holder lets go)
+        assert h.ledger.block_owner[b] in ((None,) if len(holders) > 1 else (holders[0], None))
+    for b in range(1, NUM_BLOCKS):
+        assert h.ledger.is_cached(b) == (b in h._holders), b
+    for blk in h.pool.blocks[1:]:
+        retained = len(h._holders.get(blk.block_id, ()))
+        assert blk.ref_cnt == requests[blk.block_id] + retained, blk.block_id
+    assert h._shared == {b for b in h._holders if requests[b]}
+
+
+op = st.one_of(
+    st.tuples(st.just("retain"), st.sampled_from(SIDS),
+              st.lists(st.integers(1, NUM_BLOCKS - 1), max_size=5, unique=True)),
+    st.tuples(st.just("request"), st.integers(1, NUM_BLOCKS - 1), st.booleans()),
+    st.tuples(st.just("end"), st.sampled_from(SIDS), st.none()),
+    st.tuples(st.just("pressure"), st.integers(1, NUM_BLOCKS - 1), st.none()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=40))
+def test_retention_holds_each_block_once_and_loses_none(ops):
+    pool = FakePool()
+    h = Holder(pool)
+    requests = [0] * NUM_BLOCKS  # references vLLM's requests hold, per block
+    for kind, x, y in ops:
+        if kind == "retain":
+            h._retain(StepInfo(x, "wf", PauseHint(tool="t", expected_s=1.0)), y)
+        elif kind == "request":
+            if y:
+                pool.touch([pool.blocks[x]])
+                requests[x] += 1
+            elif requests[x]:
+                pool.free_blocks([pool.blocks[x]])
+                requests[x] -= 1
+        elif kind == "end":
+            h._release_session(x)
+        else:
+            in_use = {b for b in h._holders if requests[b]}
+            h._release_until(x, 0.0, "pressure")
+            # a block a request references too is kept: dropping it would free nothing
+            assert in_use <= set(h._holders)
+        check(h, requests)
+    for sid in list(h.holds):
+        h._release_session(sid)
+    check(h, requests)
+    assert not h._holders and not h._shared
+    assert [blk.ref_cnt for blk in pool.blocks[1:]] == requests[1:]
