@@ -122,6 +122,8 @@ class Retention:
         if not holders:
             del self._holders[block_id]
             self.ledger.uncache(block_id)
+        elif len(holders) == 1:  # no longer shared: the remaining session's again
+            self.ledger.refile(block_id, holders[0], self.ledger.block_position[block_id])
         self._sync(block_id)
 
     def _release_session(self, sid: str) -> None:
