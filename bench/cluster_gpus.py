@@ -96,13 +96,13 @@ class WatchedCluster(ClusterSimulator):
         home = self.router.homes.get(session.id) if k and self.timeline_s else None
         why = self._ahead_outcome(home, session) if home is not None else None
         super()._route(t, session, k)
-        if why is not None:
-            route = self._routes[session.id]
+        route = self._routes.get(session.id)  # (None: a move refused, the step retried)
+        if why is not None and route is not None:
             forced = route.reason == "balance" and why == "room"
             moved = route.moved_from is not None
             self.ahead[home]["forced" if forced else f"moved ({why})" if moved else why] += 1
-        if k == 0:
-            self.placed[self._routes[session.id].replica] += 1
+        if k == 0 and route is not None:
+            self.placed[route.replica] += 1
 
     def _ahead_outcome(self, home: str, session) -> str | None:
         """None when `home` is not ahead (`KvsagaRouter._ahead`); else what a balance steal
@@ -128,10 +128,12 @@ class WatchedCluster(ClusterSimulator):
         from kvsaga.routing import RouteRequest
         return RouteRequest(session=session.id)
 
-    def _move(self, session, old, new, migrate: bool) -> float:
-        self.stolen_out[old.name] += 1
-        self.stolen_in[new.name] += 1
-        return super()._move(session, old, new, migrate)
+    def _move(self, session, old, new, migrate: bool) -> float | None:
+        delay = super()._move(session, old, new, migrate)
+        if delay is not None:  # (None: the import was refused, the session stayed)
+            self.stolen_out[old.name] += 1
+            self.stolen_in[new.name] += 1
+        return delay
 
 
 def _knob(text: str) -> tuple[str, float]:

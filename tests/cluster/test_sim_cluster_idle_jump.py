@@ -19,19 +19,34 @@ SESSIONS = generate("swe", 24, seed=1, scale=0.1, arrival_rate=4.0)
 CONFIG = SimConfig(kv_memory_bytes=int(1.6 * 2**30), scheduler="workflow")
 
 
+# The most GPU actions (batch steps and idle jumps) a run of this trace may take: it takes
+# about 11,000 under either router; a livelock (the simple cap's) never ends, and this turns
+# it into a failure rather than a hung test run (pytest-timeout is not a dependency).
+MAX_ACTIONS = 200_000
+
+
 class _Watched(_GPU):
-    """Remembers whether its last action was an idle jump, and counts the jumps cut
-    short at its own clock (another GPU acts at that very time)."""
+    """Remembers whether its last action was an idle jump, counts the jumps cut short at
+    its own clock (another GPU acts at that very time), and fails a run that acts more
+    than `MAX_ACTIONS` times."""
 
     jumped = False
 
+    def _act(self):
+        self.cluster.actions += 1
+        if self.cluster.actions > MAX_ACTIONS:
+            raise AssertionError(f"over {MAX_ACTIONS} GPU actions: the run does not end "
+                                 f"(at t={self.now:.6f} on {self.name})")
+
     def _idle(self):
+        self._act()
         before = self.now
         super()._idle()
         self.jumped = True
         self.cluster.cut_at_clock += getattr(self, "_held", False) and self.now == before
 
     def step(self):
+        self._act()
         self.jumped = False
         return super().step()  # (an idle jump inside it sets `jumped` again)
 
@@ -39,7 +54,7 @@ class _Watched(_GPU):
 def _run(router):
     sim = ClusterSimulator(SESSIONS, CONFIG, gpus=3, router=router)
     sim.gpu_class = _Watched
-    sim.cut_at_clock = 0
+    sim.cut_at_clock = sim.actions = 0
     sim.ahead = []
     route = sim._route
 
