@@ -14,7 +14,7 @@ from kvsaga import KVCacheManager, KVSpec
 from kvsaga._core import cpp_available
 from kvsaga.policy import POLICIES
 from tests.policy.helpers import build
-from tests.stateful_reach import Reach, reach_case, whole_steps
+from tests.stateful_reach import Reach, reach_case, resume_prompt, whole_steps
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ core is not built")
 
@@ -90,8 +90,8 @@ class ParityMachine(Reach, RuleBasedStateMachine):
           reuse=st.booleans())
     def begin(self, sid, prompt, salt, reuse):
         s = self.ms[0].sessions.get(sid)
-        if reuse and s is not None:
-            prompt = s.token_ids[: s.num_computed] + prompt  # extend its own context
+        if reuse and s is not None:  # extend its own context
+            prompt = resume_prompt(s.token_ids[: s.num_computed], prompt, 40)
         self.both(lambda m: m.begin_step(sid, prompt[-40:], now=self.now, salt=salt))
 
     @rule(steps=whole_steps(SESSIONS))

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from kvsaga import KVCacheManager, KVSagaError, KVSpec, OutOfBlocks
 from kvsaga.policy import POLICIES
 from tests.policy.helpers import build
-from tests.stateful_reach import Reach, reach_case, whole_steps
+from tests.stateful_reach import Reach, reach_case, resume_prompt, whole_steps
 from tests.test_core_parity import snapshot
 
 BS = 4
@@ -87,9 +87,9 @@ class ErrorAtomicityMachine(Reach, RuleBasedStateMachine):
         s = self.m.sessions.get(sid)
         if s is not None and s.is_running:
             self.call(lambda: self.m.preempt(sid))
-        if s is not None:
-            extra = s.token_ids[: s.num_computed] + extra
-        if not self.call(lambda: self.m.begin_step(sid, extra[-44:])):
+        context = [] if s is None else s.token_ids[: s.num_computed]
+        prompt = resume_prompt(context, extra, 44)
+        if not self.call(lambda: self.m.begin_step(sid, prompt)):
             return
         s = self.m.sessions[sid]
         pending = len(s.token_ids) - s.num_computed
@@ -106,7 +106,7 @@ class ErrorAtomicityMachine(Reach, RuleBasedStateMachine):
     def begin(self, sid, prompt, salt, reuse, now, bad):
         s = self.m.sessions.get(sid) if isinstance(sid, str) else None
         if reuse and s is not None:
-            prompt = s.token_ids[: s.num_computed] + prompt
+            prompt = resume_prompt(s.token_ids[: s.num_computed], prompt, 44)
         prompt = prompt[-44:] if bad is None else [*prompt, bad]
         self.call(lambda: self.m.begin_step(sid, prompt, now=now, salt=salt))
 
