@@ -259,12 +259,15 @@ class Router:
         """The step that moved `session` off `source` was refused by `replica`, the one it
         reached (a step of it was still in flight on `source`, or `replica`'s import was
         refused: `import_refused`, which routers that remember refusals read; `source` keeps
-        the session, `replica` holds nothing of it): `source`, when live, is its home again,
-        and the move is void. Remembered for `move_taken` until the session is routed
-        again."""
+        the session, `replica` holds nothing of it; or `replica` died before it answered):
+        `source`, when live, is its home again, and the move is void. The session is not
+        lost then, even if `replica` was removed first (Ray Serve removes a dead replica
+        after it reports the step complete, which confirmed the move). Remembered for
+        `move_taken` until the session is routed again."""
         self.moves.pop(session, None)
         if source in self.in_flight:
             self.homes[session] = source
+            self.lost.pop(session, None)
         voided = self._voided
         voided.pop(session, None)
         voided[session] = (replica, source)

@@ -1,5 +1,6 @@
 """A kvsaga `EngineReplica` built without Ray Serve or a model, over a test's own engine
-stand-in, the pinned calls between such replicas, and a paused session to move, for the
+stand-in, the pinned calls between such replicas (`Pinned`; `Fleet`, where some are
+gone), and a paused session to move, for the
 migration tests (tests/cluster/test_migration_ray_failures.py, test_ray_pull_refusal.py,
 test_ray_handover.py); one that serves a tiny model without Ray Serve
 (`served_replica`, test_ray_pull_reservation.py); and the gateway relaying a replica's
@@ -116,13 +117,31 @@ class Pinned:
         return _Call(self, method_name)
 
 
+    def reach(self, call: dict) -> EngineReplica | None:
+        """The replica a pinned call reaches."""
+        return self.target
+
+
+class Fleet(Pinned):
+    """The deployment handle of the live replicas `replicas`: a pinned call goes to the one
+    it names, and one naming a replica that is not among them (gone: Ray no longer lists
+    it) reaches the first of them, which answers "misrouted"."""
+
+    def __init__(self, *replicas: EngineReplica) -> None:
+        super().__init__()
+        self.replicas = {r.replica_id: r for r in replicas}
+
+    def reach(self, call: dict) -> EngineReplica | None:
+        return self.replicas.get(call["pin"], next(iter(self.replicas.values())))
+
+
 class _Call:
     def __init__(self, pinned: Pinned, method: str) -> None:
         self.pinned, self.method = pinned, method
 
     async def remote(self, call: dict):
         self.pinned.asked.append((self.method, call))
-        target = self.pinned.target
+        target = self.pinned.reach(call)
         return "unknown" if target is None else await getattr(target, self.method)(call)
 
 

@@ -2,7 +2,10 @@
 r4_refused_import_loses_source, r7_stale_copy_move_back, r8_timeout_log): the sender keeps
 the session, held, until the receiver commits or aborts, so an import the receiver refuses
 loses nothing; a hold nobody ends runs out; a copy a failed pull left behind is replaced
-by the newer one when the session moves back; a timed-out pull is logged as one."""
+by the newer one when the session moves back; a timed-out pull is logged as one. A hold
+for a receiver that died before its commit is freed when a step or a pull meets it (review
+s47, repros r1_receiver_dies_409, r3_third_replica_pull): before, it answered 409 (saying a
+request was in flight) for up to 120 s."""
 
 from __future__ import annotations
 
@@ -17,7 +20,15 @@ pytest.importorskip("ray.serve")
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment, handover  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
-from tests.cluster.ray_replicas import SID, SPEC, Pinned, copy_by_bookkeeping, paused, stub_replica  # noqa: E402
+from tests.cluster.ray_replicas import (  # noqa: E402
+    SID,
+    SPEC,
+    Fleet,
+    Pinned,
+    copy_by_bookkeeping,
+    paused,
+    stub_replica,
+)
 from tests.cluster.ray_replicas import BookkeepingEngine as Engine  # noqa: E402
 
 
@@ -201,3 +212,139 @@ def test_a_pull_that_times_out_is_logged_as_one(monkeypatch, caplog):
     # before the fix: "pulling session from a failed (); recomputing"
     assert any(SID in r.getMessage() and "TimeoutError" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+
+def server(sessions: SessionRegistry):
+    """A server app that answers a step as the single-node server does, by the session's
+    record: 409 `session_busy` while something reserves it, else 200."""
+
+    async def app(scope, receive, send):
+        ctx = sessions.get(SID)
+        busy = ctx is not None and ctx.in_flight is not None
+        body = {"error": {"message": "session 's' already has a request in flight",
+                          "code": "session_busy"}} if busy else {}
+        await send({"type": "http.response.start", "status": 409 if busy else 200,
+                    "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    return app
+
+
+def fleet(monkeypatch, handle_of=Fleet):
+    """Replica a holding paused session `SID` (3 steps; its server is `server`) and
+    replica b with nothing; their pinned calls go through `handle_of(a, b)` (a `Fleet`:
+    a call to any other replica meets a gone one). Returns a, b and that handle."""
+    ma, mb = KVCacheManager(SPEC, 64), KVCacheManager(SPEC, 64)
+    paused(ma)
+    ra, rb = SessionRegistry(tokenizer=None), SessionRegistry(tokenizer=None)
+    ra.open(SID).num_steps = 3
+    a, b = stub_replica("a", Engine(ma), ra, server(ra)), stub_replica("b", Engine(mb), rb)
+    handle = handle_of(a, b)
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: handle)
+    return a, b, handle
+
+
+def step(moved_from: str | None = None) -> dict:
+    """A step of `SID` routed to a (moved from `moved_from`, its lost home, if given)."""
+    return {"kvsaga": 1, "method": "POST", "path": "/v1/completions", "headers": [],
+            "body": b"{}", "engine_sid": SID, "salt": "t1",
+            "route": {"replica": "a", "moved_from": moved_from, "migrate": False,
+                      "reason": "lost" if moved_from else "affinity"}}
+
+
+async def answer(replica, call: dict) -> tuple[int, bytes]:
+    msgs = [m async for m in replica.handle(call)]
+    return msgs[0]["status"], b"".join(m.get("body", b"") for m in msgs[1:])
+
+
+def export_for(importer: str) -> dict:
+    return {"pin": "a", "engine_sid": SID, "migrate": True, "importer": importer}
+
+
+@pytest.mark.parametrize("moved_from", [None, "r"])
+def test_a_step_meeting_a_hold_for_a_gone_importer_frees_it(monkeypatch, moved_from):
+    """r, the importer, died after a's export (Ray no longer lists it): the session's step
+    on a (routed as lost from r, or home) runs on a's copy; r's late commit is refused."""
+    a, _, handle = fleet(monkeypatch)
+    ma, ra = a.app.state.engine.manager, a._sessions
+
+    async def go():
+        got = await a.export_session(export_for("r"))
+        status, _ = await answer(a, step(moved_from))
+        late = await a.finish_handover({"pin": "a", "engine_sid": SID, "id": got.id,
+                                        "commit": True})
+        return status, late
+
+    status, late = asyncio.run(go())
+    assert status == 200  # before the fix: 409 until the hold ran out (120 s)
+    assert handle.asked[0][0] == "handover_alive" and handle.asked[0][1]["pin"] == "r"
+    assert a._handovers == {} and late is False  # a commit after the release is undone
+    assert SID in ma.sessions and ra.get(SID).num_steps == 3 and ra.get(SID).in_flight is None
+    ma.check_integrity()
+
+
+class Unanswered:
+    """The handle of a probe of the importer that raises, or never answers."""
+
+    def __init__(self, raises: bool) -> None:
+        self.raises = raises
+
+    def options(self, method_name: str):
+        return self
+
+    async def remote(self, call: dict):
+        if self.raises:
+            raise RuntimeError("the call failed")
+        await asyncio.sleep(10)
+
+
+@pytest.mark.parametrize("probe", ["alive", "raises", "silent"])
+def test_a_hold_is_kept_unless_its_importer_is_known_gone(monkeypatch, probe):
+    """The importer there (b), or no telling (the probe raised or timed out): the hold stays,
+    and the step's 409 names it (before: "already has a request in flight")."""
+    monkeypatch.setattr(handover, "_PROBE_TIMEOUT_S", 0.01, raising=False)  # (new)
+    handle_of = Fleet if probe == "alive" else (lambda a, b: Unanswered(probe == "raises"))
+    a, _, _ = fleet(monkeypatch, handle_of)
+    importer = "b" if probe == "alive" else "r"
+
+    async def go():
+        got = await a.export_session(export_for(importer))
+        return got, await answer(a, step())
+
+    got, (status, body) = asyncio.run(go())
+    err = json.loads(body)["error"]
+    assert status == 409 and err["code"] == "session_busy"
+    assert f"held for a hand-over to replica {importer}" in err["message"], err["message"]
+    assert a._sessions.get(SID).in_flight == got.id and got.id in a._handovers
+
+
+def test_a_pull_meeting_a_hold_for_a_gone_importer_takes_the_session(monkeypatch):
+    """The router stole the session from a for b while a held it for r, which died: b's
+    pull takes it (before: a answered busy, b 409 with the header that sent the session
+    back to a, which answered 409 too)."""
+    a, b, _ = fleet(monkeypatch)
+
+    async def go():
+        await a.export_session(export_for("r"))
+        return await b._pull(SID, "t1", "a", True)
+
+    assert asyncio.run(go()) is None
+    assert SID not in a.app.state.engine.manager.sessions and a._sessions.get(SID) is None
+    assert SID in b.app.state.engine.manager.sessions and b._sessions.get(SID).num_steps == 3
+    assert a._handovers == {}
+
+
+def test_a_pull_meeting_a_hold_for_a_live_importer_is_refused_naming_it(monkeypatch):
+    a, b, _ = fleet(monkeypatch, lambda a, b: Fleet(a, b, stub_replica(
+        "c", Engine(KVCacheManager(SPEC, 8)), SessionRegistry(tokenizer=None))))
+
+    async def go():
+        await a.export_session(export_for("c"))
+        return await b._pull(SID, "t1", "a", True)
+
+    err = asyncio.run(go())
+    assert err.status == 409 and err.code == "session_busy"
+    assert err.headers[deployment.PULL_REFUSED_HEADER] == "a"
+    assert "held for a hand-over to replica c" in err.message, err.message
+    assert SID in a.app.state.engine.manager.sessions and b._sessions.get(SID) is None

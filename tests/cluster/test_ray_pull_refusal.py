@@ -2,7 +2,10 @@
 inflight_refusal, export_cancelled): a step of it still in flight there (a cancelled
 request the replica is still aborting) gets the 409 `session_busy` the home would give,
 not a second copy opened on the thief; an export cancelled midway leaves the session free
-on its replica, and a stale record does not stop a pull."""
+on its replica, and a stale record does not stop a pull. A receiver that dies before it
+answers a moved step sends the session back to its source (review s47, repro
+r2_lost_goes_elsewhere): before, the session was lost and recomputed elsewhere while its
+source kept the whole KV."""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ pytest.importorskip("ray.serve")
 from kvsaga import KVCacheManager  # noqa: E402
 from kvsaga.integrations.ray import deployment, handover, registry  # noqa: E402
 from kvsaga.integrations.ray.deployment import EngineReplica  # noqa: E402
-from kvsaga.integrations.ray.gateway import GatewayCore  # noqa: E402
+from kvsaga.integrations.ray.gateway import GatewayCore, routing_call  # noqa: E402
 from kvsaga.migration import plan_export  # noqa: E402
-from kvsaga.routing import Route, make_router  # noqa: E402
+from kvsaga.routing import ReplicaStats, Route, RouteRequest, make_router  # noqa: E402
 from kvsaga.serve.sessions import SessionRegistry  # noqa: E402
 from kvsaga.serve.settings import ServerSettings  # noqa: E402
 from tests.cluster.ray_replicas import SID, SPEC, Pinned, paused, stub_replica  # noqa: E402
@@ -169,3 +172,68 @@ def test_a_record_with_a_queued_step_is_kept_and_not_pulled_again(monkeypatch):
     assert pinned.asked == []  # before the fix: the record dropped, a asked again
     assert rb.get(SID) is not None and rb.get(SID).in_flight == "cmpl-step1"
     assert ran == ["/v1/completions"]
+
+
+BODY = json.dumps({"model": "m", "prompt": "hi", "session_id": "s", "cache_salt": "t1"}).encode()
+
+
+def dies_before_answering(monkeypatch, kv, error: Exception) -> list:
+    """The gateway relays a step that `kv` moved from a to b, and b raises `error` before
+    its first message; returns the `move_refused` calls it made."""
+    calls = []
+    monkeypatch.setattr(registry, "routers_here", lambda: [NS(
+        kv_router=kv, session_ended=kv.session_ended, move_taken=kv.move_taken,
+        move_refused=lambda *args: (calls.append(args), kv.move_refused(*args)))])
+
+    class Handle:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, call):
+            call["route"] = {"replica": "b", "moved_from": "a", "migrate": True,
+                             "reason": "steal"}
+
+            class Stream:
+                async def __anext__(self):
+                    raise error
+
+            return Stream()
+
+    core = GatewayCore(Handle(), ServerSettings(model="x"))
+    answer = asyncio.run(core.call("POST", "/v1/completions", b"", [], BODY))
+    assert answer.status_code == 503
+    return calls
+
+
+@pytest.mark.parametrize("removed_first", [True, False])
+def test_a_receiver_that_dies_before_answering_sends_the_session_back(monkeypatch,
+                                                                      removed_first):
+    """Ray Serve reports the step complete (the move is confirmed) and removes b after
+    or before the gateway reads the error: either way the session goes home to a."""
+    from ray.exceptions import ActorDiedError
+
+    key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
+                       BODY)["session"]
+    kv = make_router("kvsaga", ["a", "b", "c"])
+    kv.homes[key] = "b"
+    kv.moves[key] = Route("b", moved_from="a", migrate=True, reason="steal")
+    kv.confirm_move(key, "b")  # on_request_routed: b accepted the step
+    if removed_first:
+        assert kv.remove_replica("b") == [key]  # lost, before the fix for good
+    calls = dies_before_answering(monkeypatch, kv, ActorDiedError())
+    if not removed_first:
+        assert kv.remove_replica("b") == []
+    assert calls == [(key, "a", "b")]
+    assert kv.home(key) == "a" and key not in kv.lost
+    idle = {r: ReplicaStats(total_blocks=64, free_blocks=64) for r in ("a", "c")}
+    route = kv.route(RouteRequest(session=key), idle)
+    assert (route.replica, route.moved_from) == ("a", None)  # before: c, moved from b
+
+
+def test_an_unavailable_receiver_leaves_the_move_alone(monkeypatch):
+    """`ActorUnavailableError` may pass (the replica may still run the step): the move
+    stands."""
+    from ray.exceptions import ActorUnavailableError
+
+    kv = make_router("kvsaga", ["a", "b"])
+    assert dies_before_answering(monkeypatch, kv, ActorUnavailableError("gone?", None)) == []

@@ -178,8 +178,9 @@ class EngineReplica(SessionHandover):
         self._service: dict[str, float] = {}  # tenant -> context tokens gained here
         # tenant -> when it last had a live session here (`_forget_tenants`)
         self._last_live: dict[str, float] = {}
-        # hold id -> the timer that frees the session it holds for its importer
-        self._handovers: dict[str, asyncio.TimerHandle] = {}
+        # hold id -> (the timer that frees the session it holds for its importer, the
+        # importer's id: `SessionHandover._reclaim` asks whether it is still there)
+        self._handovers: dict[str, tuple[asyncio.TimerHandle, str | None]] = {}
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:
@@ -228,21 +229,33 @@ class EngineReplica(SessionHandover):
         return srv.sessions if srv is not None else None
 
     async def handle(self, call: dict) -> AsyncIterator[dict]:
-        """Serve one forwarded HTTP request; yields its ASGI response messages."""
+        """Serve one forwarded HTTP request; yields its ASGI response messages. A session
+        held here for an importer that is gone is freed first (`_reclaim`)."""
         await self._start()
         if call.get("pin") not in (None, self.replica_id):
             yield {"type": "kvsaga.misrouted"}
             return
+        sid = call.get("engine_sid")
+        await self._reclaim(sid)
         route = call.get("route") or {}
         moved_from = route.get("moved_from")
-        if moved_from and moved_from != self.replica_id and call.get("engine_sid"):
-            refused = await self._pull(call["engine_sid"], call.get("salt"), moved_from,
+        if moved_from and moved_from != self.replica_id and sid:
+            refused = await self._pull(sid, call.get("salt"), moved_from,
                                        bool(route.get("migrate")))
             if refused is not None:
                 async for msg in _error_messages(refused, _scope(call)):
                     yield msg
                 return
-        async for msg in asgi_messages(self.app, _scope(call), call.get("body", b"")):
+        messages = asgi_messages(self.app, _scope(call), call.get("body", b""))
+        async for msg in messages:
+            # The server's 409 (its only one: `session_busy`) says a request is in flight;
+            # for a session held here, the answer names the hold instead.
+            held = self._held_busy(sid) if msg.get("status") == 409 else None
+            if held is not None:
+                await messages.aclose()
+                async for m in _error_messages(held, _scope(call)):
+                    yield m
+                return
             yield msg
 
     async def metrics(self, call: dict) -> str | None:

@@ -10,7 +10,8 @@ DeploymentHandle, whose request router is `KvsagaRequestRouter`. It relays the r
 response message by message, so streaming stays streaming. `/metrics` fans out to every
 replica and merges their families with a `replica` label. A replica that dies before
 answering gives a 503 in OpenAI's error JSON (`code: replica_unavailable`); the session's
-next step is routed to a live replica and recomputed there.
+next step is routed to a live replica and recomputed there, unless the step was moving the
+session: then the session goes back to the replica it was moving from (`_move_died`).
 
 Ray Serve pickles the ingress class by value, so the work lives in `GatewayCore`, an
 importable class the ingress only calls.
@@ -187,6 +188,24 @@ def _moved_here(call: dict, first: dict) -> bool:
             and bool(route.get("moved_from")) and is_int(status) and 200 <= status < 300)
 
 
+def _move_died(call: dict, error: Exception) -> None:
+    """The replica a step was moving its session to died before it answered (a
+    `RayActorError`; not `ActorUnavailableError`, which may pass): the move is refused
+    (`Router.move_refused`), so the session goes back to its source. Either the replica
+    never committed the hand-over, and the source still holds the session with its KV (its
+    hold freed once the importer is known gone, `SessionHandover._reclaim`), or it
+    committed and died, and the source holds nothing: the step recomputes there, as it
+    would anywhere. Ray Serve reports the request complete, which confirms the move,
+    before it removes the dead replica, so that removal found no move to undo and marked
+    the session lost: recomputed elsewhere while its source kept the whole KV."""
+    route = call.get("route")
+    if (isinstance(error, ActorUnavailableError) or call.get("session") is None
+            or route is None or not route.get("moved_from")):
+        return
+    for router in registry.routers_here():
+        router.move_refused(call["session"], route["moved_from"], route["replica"])
+
+
 def engine_replicas(app_name: str) -> list[str]:
     """Ids of the live engine replicas of an application (Serve names their actors)."""
     import ray
@@ -301,6 +320,7 @@ class GatewayCore:
         try:
             first = await stream.__anext__()
         except (RayActorError, ActorUnavailableError) as e:  # died before answering
+            _move_died(call, e)
             return _unavailable(type(e).__name__)
         except Exception as e:
             log.exception("kvsaga: the engine replica failed")

@@ -9,13 +9,15 @@ differently), and the KV too when the router chose migration (`kvsaga.migration`
 through host memory, imported byte for byte). The hand-over is two-phase: the previous
 replica exports the session and holds it (`export_session`; no step of it runs there)
 until the new one has imported it and commits (`finish_handover`: the previous replica
-ends its copy, so a session lives in one place; docs/cluster.md, "Moving a session", says
-when it does not) or aborts (its import was refused: the session stays where it was, and
+ends its copy, so a session lives in one place; docs/cluster_handover.md says when it
+does not) or aborts (its import was refused: the session stays where it was, and
 the step is answered 503 `session_move_failed`, which sends the session back there). A
-session with a step in flight on its previous replica is not taken: the step gets that
-replica's 409 `session_busy`. While it pulls, the new replica reserves the session's
-record (`_Reservation`), so a step of the session that reaches it meanwhile gets its own
-409.
+holder whose importer is gone (Ray no longer lists it) frees the session when a step or
+a pull meets the hold (`SessionHandover._reclaim`), not only when the hold runs out. A
+session with a step in flight on its previous replica (or held there for another
+importer) is not taken: the step gets a 409 `session_busy` naming why. While it pulls,
+the new replica reserves the session's record (`_Reservation`), so a step of the session
+that reaches it meanwhile gets its own 409.
 """
 
 import asyncio
@@ -36,10 +38,13 @@ _PULL_TIMEOUT_S = 60.0  # per call of a pull to the session's previous replica
 # How long a replica holds a session it exported for the commit or abort of its importer
 # (`EngineReplica.export_session`): the importer's import waits for its engine's step in
 # progress, and its commit may take `_PULL_TIMEOUT_S`. A commit after it is refused (the
-# importer undoes its import); meanwhile a step of the session there is answered 409.
+# importer undoes its import); meanwhile a step of the session there is answered 409,
+# unless the importer is gone (`SessionHandover._reclaim`).
 _HANDOVER_HOLD_S = 2 * _PULL_TIMEOUT_S
-# What `export_session` answers for a session with a step in flight on its replica.
-EXPORT_BUSY = "busy"
+# How long a holder waits for its importer to answer whether it is still there
+# (`SessionHandover._reclaim`): short, the step that asks waits for it; no answer in time
+# keeps the hold.
+_PROBE_TIMEOUT_S = 5.0
 _FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
 
 
@@ -72,6 +77,35 @@ def _export_kv(engine: Any, sid: str, migrate: bool) -> Any:
         log.warning("kvsaga: exporting the KV of %s failed (%s: %s); it moves without", sid,
                     type(e).__name__, e)
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Busy:
+    """What `EngineReplica.export_session` answers for a session it cannot hand over now:
+    its record is reserved (`busy_cause` says by what).
+
+    Attributes:
+        cause: why, as `busy_cause` words it.
+    """
+
+    cause: str
+
+
+def busy_cause(in_flight: str, importer: str | None) -> str:
+    """Why a session whose record `in_flight` reserves is busy, for a log line and the 409:
+    a hold of a hand-over (`export_session`; `importer` is the replica it is held for), a
+    pull's reservation (`_Reservation`), else a step's request id."""
+    if in_flight.startswith("handover-"):
+        return f"it is held for a hand-over to replica {importer or '(unknown)'}"
+    if in_flight.startswith("pull-"):
+        return "a pull of it from another replica is under way"
+    return "a step of it is in flight"
+
+
+def _busy(sid: str, cause: str, headers: dict | None = None) -> APIError:
+    """The 409 `session_busy` answer to a step of a session that is busy (`cause`)."""
+    return APIError(409, f"session {sid.partition('/')[2]!r} is busy ({cause}); retry",
+                    param="session_id", code="session_busy", headers=headers)
 
 
 def _move_failed(sid: str, source: str, why: str) -> APIError:
@@ -135,10 +169,12 @@ class _Reservation:
 
 class SessionHandover:
     """Moving a session between engine replicas, both ends: the importer's pull (`_pull`)
-    and the exporter's two phases (`export_session`, `finish_handover`). A mixin of
+    and the exporter's two phases (`export_session`, `finish_handover`), and the holds of
+    gone importers freed (`_reclaim`, `handover_alive`). A mixin of
     `deployment.EngineReplica`, whose state it uses: `app` (the server app and its
     engine), `replica_id`, `app_name`, `_sessions`, `_start`, `_seen_tokens` (an import's
-    context is no service given here) and `_handovers` (the exporter's holds)."""
+    context is no service given here) and `_handovers` (the exporter's holds: hold id ->
+    (the timer that frees it, its importer's id))."""
 
     async def _pull(self, sid: str, salt: str | None, source: str,
                     migrate: bool) -> APIError | None:
@@ -150,13 +186,15 @@ class SessionHandover:
         (commit) or keep it (abort, on a refused import: no room, a failed copy;
         `finish_handover`). So a refused import loses nothing: the answer is
         `_move_failed`, and the gateway has the router take the session back to `source`.
-        A session with a step in flight on `source` is not taken either (opened here as
-        well, it would live on two replicas): the answer is the 409 `session_busy` that
-        replica gives a concurrent step. A local record with a step queued (or a pull
-        under way) is left to the server's 409; a local idle copy is one a failed pull left
-        behind when the session moved on, so `source`'s copy replaces it, unless `source`
-        holds none. If `source` cannot be reached (it died, it is stuck) the step continues
-        a local copy, if any, or recomputes.
+        A session busy on `source` (a step in flight, held for another importer) is not
+        taken either (opened here as well, it would live on two replicas): the answer is a
+        409 `session_busy` naming why, with the header that sends the session back to
+        `source`. The export call names this replica (`importer`): `source` asks it
+        whether it is still there when a step meets the hold (`_reclaim`). A local record
+        with a step queued (or a pull under way) is left to the server's 409; a local idle
+        copy is one a failed pull left behind when the session moved on, so `source`'s copy
+        replaces it, unless `source` holds none. If `source` cannot be reached (it died, it
+        is stuck) the step continues a local copy, if any, or recomputes.
 
         The pull reserves the session's record here for its whole length (`_Reservation`),
         in the same turn of the event loop as the check, as a step does: a step of the
@@ -174,8 +212,8 @@ class SessionHandover:
             return None
         held = _Reservation.take(sessions, sid, fresh=known is None)
         try:
-            got = await self._ask(source, "export_session",
-                                  {"engine_sid": sid, "migrate": migrate})
+            got = await self._ask(source, "export_session", {
+                "engine_sid": sid, "migrate": migrate, "importer": self.replica_id})
         except BaseException:  # cancelled: nothing was handed over
             held.end(keep=not held.fresh)
             raise
@@ -183,12 +221,11 @@ class SessionHandover:
             if not held.held:  # the client ended the session here meanwhile (the end route)
                 return _ended_meanwhile(sid)
             held.end(keep=not held.fresh)
-            if got == EXPORT_BUSY:
-                log.warning("kvsaga: %s has a step of %s in flight; answering 409", source,
-                            sid)
-                return APIError(409, f"session {sid.partition('/')[2]!r} already has a "
-                                "request in flight", param="session_id", code="session_busy",
-                                headers={PULL_REFUSED_HEADER: source})
+            if isinstance(got, Busy):
+                log.warning("kvsaga: %s cannot hand over %s (%s); answering 409", source,
+                            sid, got.cause)
+                return _busy(sid, f"on replica {source}: {got.cause}",
+                             {PULL_REFUSED_HEADER: source})
             # "unknown" (a local copy is the session's), or "misrouted" or _FAILED (the
             # source is gone or stuck): continue or recompute
             await self._drop_if_stale(sessions, sid)
@@ -197,13 +234,15 @@ class SessionHandover:
         # must be sent even if this step is cancelled (else the session waits out the hold).
         return await asyncio.shield(self._take(held, salt, source, got))
 
-    async def _ask(self, source: str, method: str, ask: dict) -> Any:
+    async def _ask(self, source: str, method: str, ask: dict,
+                   timeout_s: float | None = None) -> Any:
         """A pinned call to `method` of replica `source`; `_FAILED` (logged) when it raised
-        or took longer than `_PULL_TIMEOUT_S`."""
-        handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
+        or took longer than `timeout_s` (None: `_PULL_TIMEOUT_S`)."""
         try:
+            handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app_name)
             return await asyncio.wait_for(handle.options(method_name=method).remote(
-                {"kvsaga": 1, "pin": source, **ask}), _PULL_TIMEOUT_S)
+                {"kvsaga": 1, "pin": source, **ask}),
+                _PULL_TIMEOUT_S if timeout_s is None else timeout_s)
         except Exception as e:  # (a timeout's message is empty: its type names it)
             log.warning("kvsaga: %s of session %s on %s failed (%s: %s)", method,
                         ask["engine_sid"], source, type(e).__name__, e)
@@ -299,20 +338,25 @@ class SessionHandover:
         session stays here, held: its record is reserved (a step of it is answered 409
         `session_busy`, the idle sweep passes it over) until `finish_handover` commits
         (ends it here) or aborts (frees it), or `_HANDOVER_HOLD_S` passed without either
-        (the importer died or gave up): it is then freed. Else why not: `EXPORT_BUSY` (a
-        step of it is in flight here), "unknown" (no such session here) or "misrouted"
-        (the call reached another replica)."""
+        (the importer died or gave up): it is then freed, and sooner when the importer
+        `call` names is gone (`_reclaim`, first). Else why not: `Busy` (a step of it is in
+        flight here, or it is held for another importer), "unknown" (no such session here)
+        or "misrouted" (the call reached another replica)."""
         await self._start()
         sessions, sid = self._sessions, call.get("engine_sid")
         if call.get("pin") != self.replica_id or sessions is None:
             log.warning("kvsaga: export of %s reached %s, not %s", sid, self.replica_id,
                         call.get("pin"))
             return "misrouted"
+        await self._reclaim(sid)
         ctx = sessions.get(sid)
-        if ctx is None or ctx.in_flight is not None:
-            log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid,
-                        "unknown" if ctx is None else "a step is in flight")
-            return "unknown" if ctx is None else EXPORT_BUSY
+        if ctx is None:
+            log.warning("kvsaga: %s cannot hand over %s (unknown)", self.replica_id, sid)
+            return "unknown"
+        if ctx.in_flight is not None:
+            cause = busy_cause(ctx.in_flight, self._importer(ctx.in_flight))
+            log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid, cause)
+            return Busy(cause)
         hold = ctx.in_flight = f"handover-{uuid.uuid4().hex}"
         migrate = bool(call.get("migrate"))
         try:
@@ -320,8 +364,8 @@ class SessionHandover:
         except BaseException:  # (cancelled: the importer gave up) nothing was handed over
             self._release(sid, hold)
             raise
-        self._handovers[hold] = asyncio.get_running_loop().call_later(
-            _HANDOVER_HOLD_S, self._expire, sid, hold)
+        self._handovers[hold] = (asyncio.get_running_loop().call_later(
+            _HANDOVER_HOLD_S, self._expire, sid, hold), call.get("importer"))
         # What the session's cache holds (exact ids and text), not its local bookkeeping.
         context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
                    if f.name not in ("in_flight", "last_used")}
@@ -335,12 +379,12 @@ class SessionHandover:
         sessions, sid, hold = self._sessions, call.get("engine_sid"), call.get("id")
         if call.get("pin") != self.replica_id or sessions is None:
             return "misrouted"
-        timer = self._handovers.pop(hold, None)
-        if timer is None:
+        held = self._handovers.pop(hold, None)
+        if held is None:
             log.warning("kvsaga: the hand-over of %s on %s is over already", sid,
                         self.replica_id)
             return False
-        timer.cancel()
+        held[0].cancel()
         ctx = sessions.get(sid)
         if not call.get("commit") or ctx is None or ctx.in_flight != hold:
             self._release(sid, hold)
@@ -365,3 +409,51 @@ class SessionHandover:
         ctx = sessions.get(sid) if sessions is not None else None
         if ctx is not None and ctx.in_flight == hold:
             ctx.in_flight = None
+
+    def _importer(self, hold: str) -> str | None:
+        """The importer a hold of this replica's is for (None: no such hold, or unnamed)."""
+        held = self._handovers.get(hold)
+        return held[1] if held is not None else None
+
+    async def _reclaim(self, sid: str | None) -> None:
+        """Free the session's record if one of this replica's holds reserves it for an
+        importer that is gone: asked (`handover_alive`, at most `_PROBE_TIMEOUT_S`), Ray no
+        longer lists it (the pinned call reached another replica, which answers
+        "misrouted"). The importer died between the export and its commit or abort, which
+        only it sends: the hold would keep the session busy here (409) until it ran out
+        (`_HANDOVER_HOLD_S`). Freed as `_expire` frees it, so a commit after it is refused
+        and undone (`finish_handover`): an importer wrongly taken for gone costs a failed
+        move, never a second copy. Any other answer, a failure or no answer in time keeps
+        the hold. Called by a step (`handle`) or a pull (`export_session`) of the session
+        here, the only ones a hold turns away."""
+        sessions = self._sessions
+        ctx = sessions.get(sid) if sessions is not None and sid is not None else None
+        hold = ctx.in_flight if ctx is not None else None
+        held = self._handovers.get(hold) if hold is not None else None
+        if held is None or held[1] is None:
+            return
+        alive = await self._ask(held[1], "handover_alive", {"engine_sid": sid},
+                                _PROBE_TIMEOUT_S)
+        if alive != "misrouted" or self._handovers.get(hold) is not held:
+            return  # there (or no telling), or its commit or abort came meanwhile
+        log.warning("kvsaga: the importer %s of %s is gone; %s frees the session", held[1],
+                    sid, self.replica_id)
+        held[0].cancel()
+        del self._handovers[hold]
+        self._release(sid, hold)
+
+    async def handover_alive(self, call: dict) -> bool | str:
+        """Whether this replica is there, for a holder of a session handed over to it
+        (`_reclaim`): True, or "misrouted" when the call reached another replica (Ray no
+        longer lists the one named). It does not wait for the model load (`_start`): a
+        replica that imports is past it, and the holder's step waits for the answer."""
+        return True if call.get("pin") == self.replica_id else "misrouted"
+
+    def _held_busy(self, sid: str | None) -> APIError | None:
+        """The 409 for a step of a session one of this replica's holds reserves, naming its
+        importer (the server's own 409 says a request is in flight); None when none does."""
+        sessions = self._sessions
+        ctx = sessions.get(sid) if sessions is not None and sid is not None else None
+        if ctx is None or ctx.in_flight not in self._handovers:
+            return None
+        return _busy(sid, busy_cause(ctx.in_flight, self._importer(ctx.in_flight)))

@@ -130,8 +130,9 @@ class KvsagaRequestRouter(RequestRouter):
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
         """The step that moved `session` off `source` was refused by `replica`: it met a
-        step in flight there (409), or its import was refused (503, `import_refused`)
-        (`Router.move_refused`); from any thread (`_on_loop`)."""
+        step in flight there (409), or its import was refused (503, `import_refused`), or
+        `replica` died before it answered (`Router.move_refused`); from any thread
+        (`_on_loop`)."""
         self._on_loop(self.kv_router.move_refused, session, source, replica, import_refused)
 
     def move_taken(self, session: str, replica: str, source: str) -> None:
