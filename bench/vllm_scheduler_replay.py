@@ -184,6 +184,19 @@ def scheduler_class(order: str | None) -> type:
     return Scheduler
 
 
+def arm_extra(extra: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """`--connector-extra`'s entries `extra` with a connector arm's `settings` over them. An
+    arm that turns admission off (`+nogate`) leaves out the gate's keys: they are there for
+    the other arms, and the connector refuses them with admission off (`GATE_KEYS`)."""
+    from kvsaga.integrations.vllm.connector_config import GATE_KEYS
+
+    out = {**extra, **settings}
+    if settings.get("admission") is False:
+        for key in GATE_KEYS:
+            out.pop(key, None)
+    return out
+
+
 def replay(args, model_dir: str, seed: int, policy: str | None,
            all_hits: str | None = None) -> ArmResult:
     """Replay one seed's sessions through a fresh vLLM scheduler (`policy` None: plain).
@@ -214,7 +227,7 @@ def replay(args, model_dir: str, seed: int, policy: str | None,
     if policy:
         policy, order = split_order(policy)
         policy, settings = connector_arm(policy)
-        extra.update(settings)
+        extra = arm_extra(extra, settings)
     blocks = kv_blocks(args, system, sessions)
     kv_transfer = None
     if tier:  # vLLM's offload tier, alone or behind the retention connector (MultiConnector)
@@ -428,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
            "stores alike, added to the step that issues them (bench/vllm_offload_sim.py: "
            "this machine's measured copy rate for SmolLM2's float32 KV)")
     a("--connector-extra", default="{}",
-      help="JSON of more kv_connector_extra_config entries for the connector arms")
+      help="JSON of more kv_connector_extra_config entries for the connector arms (a "
+           "POLICY+nogate arm leaves out the gate's: gate_args, keep_demoted, "
+           "best_effort_steps, step_cost_args)")
     a("--template-tokens", type=int, default=8,
       help="chat-template tokens around each user/tool message (header, end, the "
            "assistant's header): SmolLM2's template adds about 8")

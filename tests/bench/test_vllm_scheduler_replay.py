@@ -256,3 +256,13 @@ def test_fit_grid_sched_keys_become_scheduler_args_and_order_suffixes_split() ->
     assert mod.split_order("ttl+nogate+sched") == ("ttl+nogate", "sched")
     assert mod.split_order("ttl+srpt") == ("ttl", "srpt")
     assert mod.split_order("ttl+ride") == ("ttl+ride", None)
+
+
+def test_a_nogate_arm_leaves_out_the_gate_keys_of_connector_extra() -> None:
+    """The connector refuses the gate's keys with admission off (they were ignored), so a
+    `--connector-extra` meant for the gated arms would fail the +nogate arm beside them."""
+    arm_extra = _load().arm_extra
+    base = {"gate_args": {"room_admit": False}, "keep_demoted": True, "reserve_blocks": 2}
+    assert arm_extra(base, {"admission": False}) == {"reserve_blocks": 2, "admission": False}
+    assert arm_extra(base, {"admission": True}) == {**base, "admission": True}
+    assert arm_extra(base, {}) == base and "admission" not in base

@@ -12,11 +12,14 @@ from kvsaga.integrations.vllm import kv_transfer_config, offload_transfer_config
 from kvsaga.integrations.vllm.connector_config import (
     ARGS_KEYS,
     CONNECTOR_KEYS,
+    GATE_KEYS,
+    OBJECT_PARAMS,
     args_taken,
     check_connector_extra,
+    make_connector_policy,
 )
 from kvsaga.integrations.vllm.gate import SessionGate
-from kvsaga.policy import DEFAULT_POLICY
+from kvsaga.policy import DEFAULT_POLICY, POLICIES, GraphPolicy, TTLPolicy
 
 
 @pytest.mark.parametrize(("typo", "meant"), [("polcy", "policy"), ("admision", "admission"),
@@ -49,8 +52,8 @@ def test_the_config_builders_refuse_a_typo_before_writing_json():
         kv_transfer_config("ttl", admision=False)
     with pytest.raises(ValueError, match="'reserve'"):
         offload_transfer_config(2**20, retention={"policy": "ttl", "reserve": 2})
-    cfg = json.loads(kv_transfer_config("ttl", admission=False, gate_args={}))
-    assert cfg["kv_connector_extra_config"] == {"policy": "ttl", "admission": False,
+    cfg = json.loads(kv_transfer_config("ttl", admission=True, gate_args={}))
+    assert cfg["kv_connector_extra_config"] == {"policy": "ttl", "admission": True,
                                                 "gate_args": {}}
 
 
@@ -118,3 +121,79 @@ def test_the_gate_keys_are_those_the_connector_does_not_pass_itself():
                                                                           "block_size"}
     with pytest.raises(ValueError, match="unknown gate_args key\\(s\\) 'capacity'"):
         check_connector_extra({"gate_args": {"capacity": 8}})
+
+
+@pytest.mark.parametrize(("policy", "key", "value"), [
+    ("ttl", "cost", 5), ("ttl", "graph", {"a": 1}), ("graph", "cost", {}),
+    ("belady", "oracle", None), ("oracle-ttl", "graph", [])])
+def test_a_policy_parameter_that_takes_an_object_is_refused_naming_it(policy, key, value):
+    """No JSON value is a CostModel, an ExecutionGraph or a FutureOracle: one given passed,
+    and the policy failed on it inside vLLM's scheduler (AttributeError), which killed vLLM's
+    engine core for every client."""
+    extra = {"policy": policy, "policy_args": {key: value}}
+    with pytest.raises(ValueError, match=rf"policy_args '{key}' takes a Python object"):
+        check_connector_extra(extra)
+    with pytest.raises(ValueError, match=rf"policy_args '{key}' takes a Python object"):
+        kv_transfer_config(policy, policy_args={key: value})
+    assert not set(OBJECT_PARAMS) & set(args_taken("policy_args", extra))
+
+
+@pytest.mark.parametrize(("policy", "key", "value", "kind"), [
+    ("ttl", "base_ttl_s", "x", "a number"), ("graph", "min_wait_s", None, "a number"),
+    ("graph", "alpha", "x", "a number"), ("graph", "trust", 1, "true or false"),
+    ("ttl", "max_usage", True, "a number"), ("adaptive", "realized", "yes", "true or false")])
+def test_a_policy_argument_of_the_wrong_type_is_refused_naming_it(policy, key, value, kind):
+    """A string or null for a number failed at vLLM's start with a bare TypeError ("'>' not
+    supported between ...") naming no parameter, or (graph's alpha) not until a decision read
+    it."""
+    with pytest.raises(ValueError, match=rf"policy_args {key} of policy '{policy}' must be "
+                                         rf"{kind}, got {value!r}"):
+        check_connector_extra({"policy": policy, "policy_args": {key: value}})
+
+
+def test_well_typed_policy_arguments_pass_and_null_only_where_taken():
+    ok = {"policy": "graph", "policy_args": {"alpha": 0.3, "min_wait_s": 1, "trust": True,
+                                             "calib_prior": None,
+                                             "spread_states": ["queued"]}}
+    assert check_connector_extra(ok) == ok
+    policy = make_connector_policy(ok)
+    assert isinstance(policy, GraphPolicy) and policy.alpha == 0.3
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"policy": "ttl", "policy_args": {"base_ttl_s": -5}}, "base_ttl_s must be > 0"),
+    ({"policy": "graph", "policy_args": {"calib_prior": 0}}, "calib_prior must be > 0"),
+    ({"policy": "adaptive", "policy_args": {"experts": ["zz"]}}, "expert 'zz' is not"),
+    ({"policy": "belady"}, "needs a FutureOracle")])
+def test_a_value_the_policy_refuses_names_policy_args_and_the_policy(extra, message):
+    """The policy's own TypeError or ValueError came out as is, naming no setting."""
+    with pytest.raises(ValueError, match=rf"kvsaga connector: policy_args of policy "
+                                         rf"'{extra['policy']}': .*{message}"):
+        make_connector_policy(extra)
+
+
+def test_the_connector_policy_is_the_named_one_or_the_default():
+    assert isinstance(make_connector_policy({"policy": "ttl"}), TTLPolicy)
+    assert isinstance(make_connector_policy({}), POLICIES[DEFAULT_POLICY])
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        make_connector_policy({"policy": "nope"})
+
+
+@pytest.mark.parametrize("key", GATE_KEYS)
+def test_a_gate_key_with_admission_off_is_refused_naming_it(key):
+    """They act only through the gate, which admission off never builds: accepted, they were
+    ignored, and gate_args not even checked."""
+    value = {"gate_args": {"horizon_steps": -5}, "keep_demoted": True,
+             "best_effort_steps": 5, "step_cost_args": {}}[key]
+    with pytest.raises(ValueError, match=rf"kvsaga connector: {key} act\(s\) only through "
+                                         rf"the admission gate, and admission is off"):
+        check_connector_extra({"admission": False, key: value})
+    with pytest.raises(ValueError, match=rf"{key} act\(s\) only"):
+        kv_transfer_config("ttl", admission=False, **{key: value})
+    assert check_connector_extra({"admission": True, key: value})
+    assert check_connector_extra({key: value})  # (admission is on by default)
+
+
+def test_every_gate_key_given_with_admission_off_is_named():
+    with pytest.raises(ValueError, match="gate_args, keep_demoted act"):
+        check_connector_extra({"admission": False, "keep_demoted": False, "gate_args": {}})

@@ -47,3 +47,14 @@ def test_a_server_that_never_answers_is_stopped_and_says_so(tmp_path, monkeypatc
         server.start(timeout_s=2)
     # The sleeping child was ended, not left running for its 60 s.
     assert server.proc is None and len(children) == 1 and children[0].poll() is not None
+
+
+def test_connector_extra_without_a_connector_policy_is_refused(tmp_path):
+    """connector_policy None starts plain vLLM: connector_extra was dropped without a word."""
+    with pytest.raises(ValueError, match=r"connector_extra \{'admission': False\} "
+                                         r"configures the kvsaga connector"):
+        VLLMServer(tmp_path, 2**20, connector_extra={"admission": False})
+    plain = VLLMServer(tmp_path, 2**20)
+    assert "--kv-transfer-config" not in plain.command()
+    kept = VLLMServer(tmp_path, 2**20, connector_policy="ttl", connector_extra={"admission": False})
+    assert '"admission": false' in kept.command()[-1]

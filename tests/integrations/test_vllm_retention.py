@@ -117,13 +117,68 @@ def test_retention_holds_each_block_once_and_loses_none(ops):
         elif kind == "end":
             h._release_session(x)
         else:
-            in_use = {b for b in h._holders if requests[b]}
+            before = {sid: list(held) for sid, held in h.holds.items()}
+            free = pool.get_num_free_blocks()
             h._release_until(x, 0.0, "pressure")
-            # a block a request references too is kept: dropping it would free nothing
-            assert in_use <= set(h._holders)
+            assert pool.get_num_free_blocks() <= max(x, free)  # no more than asked for
+            for sid, old in before.items():
+                new = h.holds.get(sid, [])
+                assert new == old[:len(new)], f"{sid}: {old} -> {new}, not tails first"
+                # A block a request references too is released only past a victim (which
+                # none references): alone, dropping it would free nothing. (On vLLM a
+                # request that holds it holds the blocks before it too: it stays.)
+                for i, b in enumerate(old[len(new):], len(new)):
+                    assert not requests[b] or any(not requests[c] for c in old[:i]), (sid, b)
         check(h, requests)
     for sid in list(h.holds):
         h._release_session(sid)
     check(h, requests)
     assert not h._holders and not h._shared
     assert [blk.ref_cnt for blk in pool.blocks[1:]] == requests[1:]
+
+
+def _retained(pool: FakePool, holds: dict[str, list[int]]) -> Holder:
+    """A Holder (policy `lru`) retaining `holds` (session -> its blocks, head first), each
+    session's blocks cached in that order."""
+    h = Holder(pool)
+    for sid, blocks in holds.items():
+        h._retain(StepInfo(sid, "wf", PauseHint(tool="t", expected_s=1.0)), blocks)
+    return h
+
+
+def test_a_release_under_lru_takes_tails_first():
+    """lru names a session's oldest blocks, its head: released, they left its tail retained
+    past a hole no prefix lookup crosses (never hit again, yet pinned). The victims' later
+    blocks go first, and exactly as many as vLLM needs."""
+    pool = FakePool()
+    h = _retained(pool, {"s": [1, 2, 3, 4, 5, 6]})
+    assert pool.get_num_free_blocks() == 3
+    assert h._release_until(7, 0.0, "admit") == 4
+    assert h.holds == {"s": [1, 2]} and pool.get_num_free_blocks() == 7
+    assert h.stats.by_reason == {"admit": 4} and h.stats.released_blocks == 4
+    check(h, [0] * NUM_BLOCKS)
+
+
+def test_a_shared_victim_takes_every_holders_tail_first():
+    """Block 1 is two sessions' (their common prefix): each gives back its blocks after it
+    before their references on it go, and no more than vLLM needs."""
+    pool = FakePool()
+    h = _retained(pool, {"a": [1, 2], "b": [1, 3, 4]})
+    free = pool.get_num_free_blocks()
+    assert h._release_tail(1, free + 3) == 3
+    assert h.holds == {"a": [1], "b": [1]}
+    assert h._release_tail(1, free + 9) == 1
+    assert h.holds == {} and pool.get_num_free_blocks() == free + 4
+    check(h, [0] * NUM_BLOCKS)
+
+
+def test_a_retain_with_no_full_block_leaves_the_hold_alone():
+    """A request aborted in its first prefill chunk (less than a block: none hashed) retained
+    nothing, in place of the context another request of its step had just retained."""
+    pool = FakePool()
+    h = _retained(pool, {"s": [1, 2]})
+    pool.blocks[5].block_hash = None
+    h._retain(StepInfo("s", "wf", PauseHint(tool="t", expected_s=1.0)), [5])
+    assert h.holds == {"s": [1, 2]}
+    assert [blk.ref_cnt for blk in pool.blocks[1:4]] == [1, 1, 0]
+    check(h, [0] * NUM_BLOCKS)

@@ -14,10 +14,12 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 - Pressure: before vLLM would admit a request it cannot fit (`get_num_new_matched_tokens`),
   and before it would preempt a running request (`has_pending_block_frees`, which vLLM asks
   right before preempting), the connector releases retained blocks in the policy's order
-  (tails first, least valuable session first) until the request fits or nothing retained
-  can be freed; after each step it keeps one free block per scheduled request. A retained
-  block a request also holds is never released for room: dropping the retained reference
-  would free nothing, and its session would lose the retention for nothing. A released
+  (least valuable session first; each session's tail first, whatever block the policy
+  names: its blocks after that one go before it, since vLLM's prefix lookup stops at the
+  first missing block) until the request fits or nothing retained can be freed; after
+  each step it keeps one free block per scheduled request. A retained block a request also
+  holds is never released for room: dropping the retained reference would free nothing,
+  and its session would lose the retention for nothing. A released
   block stays in vLLM's prefix cache as ordinary LRU cache. Retention therefore never makes
   vLLM preempt a running request: it says yes to `has_pending_block_frees` once releasing
   freed blocks (no, when every retained block is also a running request's: vLLM then
@@ -68,7 +70,8 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
 `kvsaga.policy.DEFAULT_POLICY`),
-`policy_args` (keyword arguments for it), `reserve_blocks` (free blocks to keep after each
+`policy_args` (keyword arguments for it: numbers and flags, never the Python objects
+`cost`, `graph`, `oracle`), `reserve_blocks` (free blocks to keep after each
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
 deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
@@ -81,8 +84,9 @@ the worst fit seed, docs/integrations.md), `scheduler_args` (read by the optiona
 never).
 Any other key is refused (ValueError naming it: `connector_config.py`), so a typo cannot
 leave a default in force unnoticed; so is `reserve_blocks` other than an int >= 0 (below
-vLLM's usable blocks, checked when they are bound) and a `*_args` value other than a JSON
-object.
+vLLM's usable blocks, checked when they are bound), a `*_args` value other than a JSON
+object, and, with `admission` false, `gate_args`, `best_effort_steps`, `step_cost_args` and
+`keep_demoted` (they act only through the gate).
 """
 
 from __future__ import annotations
@@ -100,7 +104,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 
 from kvsaga._validate import is_number
-from kvsaga.integrations.vllm.connector_config import check_connector_extra
+from kvsaga.integrations.vllm.connector_config import (
+    check_connector_extra,
+    make_connector_policy,
+)
 from kvsaga.integrations.vllm.demoted import KeptDemoted
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.hints import StepInfo, session_for, step_info
@@ -110,7 +117,6 @@ from kvsaga.integrations.vllm.retention_stats import RetentionStats
 from kvsaga.integrations.vllm.room_asks import RoomAsks
 from kvsaga.integrations.vllm.session_ends import SessionEnds
 from kvsaga.integrations.vllm.step_cost import BEST_EFFORT_STEPS, StepCost
-from kvsaga.policy import DEFAULT_POLICY, make_policy
 from kvsaga.session import DEFAULT_SESSION_IDLE_S, IdleSweep, Session, check_session_idle
 
 if TYPE_CHECKING:
@@ -143,9 +149,7 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
     ) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
         extra = check_connector_extra(self._kv_transfer_config.kv_connector_extra_config)
-        self.policy = make_policy(
-            str(extra.get("policy", DEFAULT_POLICY)), **dict(extra.get("policy_args", {}))
-        )
+        self.policy = make_connector_policy(extra)  # (a bad policy_args value: ValueError)
         self.reserve_blocks: int = extra.get("reserve_blocks", 0)  # (checked: an int >= 0)
         self.admission = extra.get("admission", True)
         if not isinstance(self.admission, bool):

@@ -9,7 +9,12 @@ them before any JSON is written and vLLM before it starts: a string or a list wh
 arguments belong failed inside `dict()` with an error naming no key, `reserve_blocks` 2.7 or
 true was read as 2 or 1, and null failed in `int()`. So are the keys inside the `ARGS_KEYS`
 objects: an unknown `gate_args` key reached `SessionGate(**gate_args)` only when vLLM bound
-its blocks, and failed there with a bare TypeError.
+its blocks, and failed there with a bare TypeError. `policy_args` names no parameter that
+takes a Python object (`OBJECT_PARAMS`: no JSON value is one; a number or an object given
+for one passed, and failed inside vLLM's scheduler, killing its engine core), and its numbers
+and flags must be numbers and flags (a string failed at vLLM's start with a TypeError naming
+no parameter). The keys that act only through the admission gate are refused when admission
+is off (`GATE_KEYS`): they were accepted, unchecked, and ignored.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kvsaga._validate import is_int
+from kvsaga._validate import is_int, is_number
 from kvsaga.integrations.vllm.gate import SessionGate
 from kvsaga.integrations.vllm.step_cost import StepCost
-from kvsaga.policy import DEFAULT_POLICY, POLICIES
+from kvsaga.policy import DEFAULT_POLICY, POLICIES, EvictionPolicy, make_policy
 
 # Each key's meaning: kvsaga/integrations/vllm/connector.py's module docstring.
 CONNECTOR_KEYS = (
@@ -44,13 +49,19 @@ ARGS_KEYS = ("policy_args", "gate_args", "step_cost_args", "scheduler_args")
 # vLLM tests check the two agree).
 SCHEDULER_ARGS = ("admitted_first", "gate_arrivals", "aging_s", "prior_steps",
                   "prior_growth_tokens", "work")
+# The policies' parameters that take Python objects (a CostModel, an ExecutionGraph, a
+# FutureOracle), which no JSON value is: the policy builds its own when none is given.
+OBJECT_PARAMS = ("cost", "graph", "oracle")
+# The keys that act only through the admission gate (`SessionGate`, built when `admission`
+# is on): with admission off they would be ignored.
+GATE_KEYS = ("gate_args", "keep_demoted", "best_effort_steps", "step_cost_args")
 
 
 def check_connector_extra(extra: object) -> dict[str, Any]:
     """`extra` as a dict, or ValueError naming what is wrong: not a mapping, a key the
     connector does not read (with the closest valid key, and the list of valid keys), a
-    value of the wrong type (`check_values`), or a keyword argument that what it is for does
-    not take (`args_taken`)."""
+    value of the wrong type (`check_values`, `check_policy_args`), a keyword argument that
+    what it is for does not take (`args_taken`), or a key of the gate with admission off."""
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
@@ -58,10 +69,19 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
                          f"got {type(extra).__name__}")
     check_keys("kv_connector_extra_config", extra, CONNECTOR_KEYS)
     check_values(extra)
+    check_no_objects(extra.get("policy_args", {}))
     for key in ARGS_KEYS:
         taken = args_taken(key, extra)
         if key in extra and taken is not None:
             check_keys(key, extra[key], taken)
+    check_policy_args(extra)
+    if extra.get("admission", True) is False:
+        gate_only = [k for k in GATE_KEYS if k in extra]
+        if gate_only:
+            raise ValueError(f"kvsaga connector: {', '.join(gate_only)} act(s) only through "
+                             f"the admission gate, and admission is off (false): leave "
+                             f"{'it' if len(gate_only) == 1 else 'them'} out or turn "
+                             f"admission on")
     return dict(extra)
 
 
@@ -81,16 +101,23 @@ def check_keys(what: str, given: Mapping[str, Any], valid: Sequence[str]) -> Non
 def args_taken(key: str, extra: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The keyword arguments the `ARGS_KEYS` entry `key` may hold: those its class takes,
     less those the connector passes itself (the gate's capacity and block size); for
-    `policy_args`, those of `extra`'s policy (None when that is no known policy name:
-    `make_policy` refuses the name itself)."""
+    `policy_args`, those of `extra`'s policy but `OBJECT_PARAMS` (None when that is no known
+    policy name: `make_policy` refuses the name itself)."""
     if key == "gate_args":
         return _params(SessionGate, skip=("capacity", "block_size"))
     if key == "step_cost_args":
         return _params(StepCost)
     if key == "scheduler_args":
         return SCHEDULER_ARGS
+    cls = _policy_class(extra)
+    return None if cls is None else _params(cls, skip=OBJECT_PARAMS)
+
+
+def _policy_class(extra: Mapping[str, Any]) -> type[EvictionPolicy] | None:
+    """The class of `extra`'s policy (the default when none is named), None when that is no
+    known policy name."""
     policy = extra.get("policy", DEFAULT_POLICY)
-    return _params(POLICIES[policy]) if isinstance(policy, str) and policy in POLICIES else None
+    return POLICIES[policy] if isinstance(policy, str) and policy in POLICIES else None
 
 
 def _params(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -112,3 +139,53 @@ def check_values(extra: Mapping[str, Any]) -> None:
         if key in extra and not isinstance(extra[key], Mapping):
             raise ValueError(f"kvsaga connector: {key} must be a JSON object of keyword "
                              f"arguments, got {extra[key]!r}")
+
+
+def check_no_objects(policy_args: Mapping[str, Any]) -> None:
+    """ValueError naming the first `OBJECT_PARAMS` key in `policy_args`: whatever JSON gives
+    there is no such object, and the policy met it only inside vLLM's scheduler, where the
+    AttributeError it raised killed vLLM's engine core for every client."""
+    for key in policy_args:
+        if key in OBJECT_PARAMS:
+            raise ValueError(f"kvsaga connector: policy_args {key!r} takes a Python object "
+                             f"that no JSON value is; leave it out (the policy builds its own)")
+
+
+def check_policy_args(extra: Mapping[str, Any]) -> None:
+    """ValueError naming the parameter and the policy when a `policy_args` value is not of
+    its parameter's JSON type: true or false where the default is a flag, a number where it
+    is a number (null only where the parameter takes None). A string there failed at vLLM's
+    start with a TypeError naming no parameter, or not at all until a decision read it. The
+    ranges are the policy's to check (`make_connector_policy` names policy_args then)."""
+    cls = _policy_class(extra)
+    if cls is None:
+        return
+    params = inspect.signature(cls).parameters
+    for name, value in extra.get("policy_args", {}).items():
+        p = params[name]
+        if value is None and "None" in str(p.annotation):
+            continue
+        if isinstance(p.default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif is_number(p.default):
+            ok, kind = is_number(value), "a number"
+        else:
+            continue  # (the policy checks the rest)
+        if not ok:
+            raise ValueError(f"kvsaga connector: policy_args {name} of policy "
+                             f"{extra.get('policy', DEFAULT_POLICY)!r} must be {kind}, "
+                             f"got {value!r}")
+
+
+def make_connector_policy(extra: Mapping[str, Any]) -> EvictionPolicy:
+    """The policy `extra` names (checked by `check_connector_extra`) built with its
+    `policy_args`; a TypeError or ValueError the policy raises comes back as a ValueError
+    naming policy_args and the policy (the policy's own message names the parameter), so a
+    bad value fails at vLLM's start saying which setting it was."""
+    name = str(extra.get("policy", DEFAULT_POLICY))
+    if name not in POLICIES:
+        return make_policy(name)  # (refused: the message lists the known names)
+    try:
+        return make_policy(name, **dict(extra.get("policy_args", {})))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"kvsaga connector: policy_args of policy {name!r}: {e}") from e

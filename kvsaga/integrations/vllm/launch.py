@@ -40,7 +40,8 @@ class VLLMServer:
         kv_cache_bytes: the KV budget.
         connector_policy: a kvsaga policy name to enable the retention connector with; None
             for plain vLLM (prefix caching only).
-        connector_extra: more `kv_connector_extra_config` entries (e.g. `admission`).
+        connector_extra: more `kv_connector_extra_config` entries (e.g. `admission`);
+            given without `connector_policy`, ValueError (they were dropped unsaid).
         scheduler_cls: a Scheduler class by qualified name (`--scheduler-cls`, run under
             `--scheduling-policy priority`), e.g. `SCHEDULER_CLS` (kvsaga's plug-in); None:
             vLLM's own.
@@ -66,6 +67,12 @@ class VLLMServer:
     log: Path | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        if self.connector_extra and self.connector_policy is None:
+            raise ValueError(f"connector_extra {self.connector_extra!r} configures the kvsaga "
+                             "connector, which connector_policy None leaves off (plain vLLM): "
+                             "name a policy, or leave connector_extra out")
 
     @property
     def base_url(self) -> str:

@@ -74,7 +74,10 @@ class Retention:
     def _retain(self, info: StepInfo, block_ids: list[int]) -> None:
         """Take a reference on the request's full, hashed blocks (its context's prefix), in
         place of what the session retained before, and report them to the policy as the
-        session's (its step's finish is told once the step's last request finished)."""
+        session's (its step's finish is told once the step's last request finished). With
+        no such block (aborted in its first prefill chunk of less than a block) nothing
+        changes and nothing is counted (before, an empty hold replaced the context another
+        request of the step had just retained, and counted as a retained step)."""
         sid = info.session_id
         session = session_for(self._sessions, info)
         pool = self.pool
@@ -84,6 +87,8 @@ class Retention:
             if blk.is_null or blk.block_hash is None:
                 break  # only full, hashed blocks can be hit again; a hole ends the prefix
             keep.append(blk)
+        if not keep:
+            return
         old = self.holds.get(sid)
         pool.touch(keep)  # before the old hold goes, so shared blocks never reach the free queue
         if old:
@@ -144,17 +149,51 @@ class Retention:
                     break
         return out
 
+    def _release_tail(self, block_id: int, free_wanted: int) -> int:
+        """Release the policy's victim `block_id` tails first: each session retaining it
+        gives back its blocks after it first, the last first, then every session its
+        reference on it; stop once vLLM has `free_wanted` free blocks. vLLM's prefix lookup
+        stops at the first missing block, so once the victim is reused the blocks after it
+        are never hit again: a policy that names a head (`lru` takes a session's blocks
+        head first) left them retained, counted and pinned for nothing. (A request that
+        holds one of them holds the victim too, by the same lookup: the victim would not be
+        freeable.) Each hold stays a prefix of the session's context. Returns how many
+        blocks are no longer retained."""
+        num_free = self.pool.get_num_free_blocks
+        released = 0
+        for sid in list(self._holders[block_id]):
+            hold = self.holds[sid]
+            while hold[-1] != block_id:
+                if num_free() >= free_wanted:
+                    return released
+                released += self._give_back_last(sid)
+        if num_free() < free_wanted:
+            for sid in list(self._holders[block_id]):
+                released += self._give_back_last(sid)
+        return released
+
+    def _give_back_last(self, sid: str) -> bool:
+        """Drop session `sid`'s reference on the last block it retains; whether that block
+        is no longer retained by anyone."""
+        hold = self.holds[sid]
+        b = hold.pop()
+        if not hold:
+            del self.holds[sid]
+        self._drop(b, sid)
+        return b not in self._holders
+
     def _demoted_only(self, exclude: str | None = None) -> int:
         """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
         admitted): `KeptDemoted.room`."""
         return self._demoted.room(self.pool.blocks, self.holds, self._holders, exclude)
 
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
-        """Release retained blocks in the policy's order until vLLM has `free_wanted` free
-        blocks or no retained block can be freed. Returns how many retained blocks were
-        released. A retained block a request also holds (`_freeable`) is kept: dropping its
-        retained references frees nothing, and its session would lose the retention (and its
-        paused context's hits once the request finishes) for no memory."""
+        """Release retained blocks in the policy's order, each session's tail first
+        (`_release_tail`), until vLLM has `free_wanted` free blocks or no retained block can
+        be freed. Returns how many retained blocks were released. A retained block a request
+        also holds (`_freeable`) is kept: dropping its retained references frees nothing,
+        and its session would lose the retention (and its paused context's hits once the
+        request finishes) for no memory."""
         pool = self.pool
         demoted = self._demoted.release(pool.blocks, self._holders, pool.get_num_free_blocks,
                                         free_wanted, self.holds, self._drop,
@@ -173,12 +212,10 @@ class Retention:
                 else:
                     surplus = max(1, 2 * surplus)
             for b in victims:
-                for sid in list(self._holders[b]):
-                    self.holds[sid].remove(b)
-                    if not self.holds[sid]:
-                        del self.holds[sid]
-                    self._drop(b, sid)
-                released += 1
+                if pool.get_num_free_blocks() >= free_wanted:
+                    break
+                if b in self._holders:  # (else released this pass, past an earlier victim)
+                    released += self._release_tail(b, free_wanted)
         if released:
             self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + released
         released += demoted
