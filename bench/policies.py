@@ -543,8 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         from policies_tune import tune  # bench/ is on the path when run as a script
         return tune(p, args, traces, seeds, policies, fractions, command)
-    if set(seeds) & set(TUNE_SEEDS):
-        p.error(f"seeds {TUNE_SEEDS} are the fit seeds (--tune): evaluate on others")
+    if fit := sorted(set(seeds) & set(TUNE_SEEDS)):
+        p.error(f"--seeds {','.join(map(str, fit))}: fit seeds (--tune's {TUNE_SEEDS}); "
+                "evaluate on others")
     t = time.perf_counter()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))

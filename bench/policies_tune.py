@@ -503,9 +503,10 @@ def _cannot_walk(error: ValueError, saved, kept: bool) -> int:
 def tune(parser, args, traces: list[str], seeds: list[int], policies: list[str],
          fractions: list[float], command: str) -> int:
     """The `--tune` mode: run (or re-render from `--from-json`), pick, print, write."""
-    if set(seeds) - set(TUNE_SEEDS):
-        parser.error(f"--tune runs only the fit seeds: the built-in families {FAMILIES} at "
-                     f"{FAMILY_SEEDS}, the held-out traces {TRACES} at {TRACE_SEEDS}")
+    if held := sorted(set(seeds) - set(TUNE_SEEDS)):
+        parser.error(f"--seeds {','.join(map(str, held))}: --tune runs only the fit seeds: the "
+                     f"built-in families {FAMILIES} at {FAMILY_SEEDS}, the held-out traces "
+                     f"{TRACES} at {TRACE_SEEDS}")
     t = time.perf_counter()
     extra, smooth_s = None, 0.0
     if args.from_json:  # re-render a saved tuning

@@ -256,26 +256,29 @@ def fit_gain_check(policy: str, against: str, workers: int) -> tuple[bool, str]:
                 f"({'passes' if ok else 'fails'}); mean TCT gain per fit point: {moved}")
 
 
-def parse_params(text: str) -> dict:
-    """`--non-thrash-check`'s argument: a JSON object of `WorkflowScheduler` parameters,
-    checked here, before any simulation (a ValueError naming what is wrong): a scheduler is
+def parse_params(text: str, flag: str = "--non-thrash-check") -> dict:
+    """`flag`'s argument: a JSON object of `WorkflowScheduler` parameters, checked here,
+    before any simulation (a ValueError naming `flag` and what is wrong): a scheduler is
     built with them on a small manager, so a bad name or value fails as the scheduler says."""
     from kvsaga import KVCacheManager, KVSpec
     from kvsaga.scheduler import make_scheduler
     try:
         params = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--non-thrash-check takes a JSON object of workflow scheduler "
+        raise ValueError(f"{flag} takes a JSON object of workflow scheduler "
                          f"parameters, got {text!r} ({e})") from None
     if not isinstance(params, dict) or not params:
-        raise ValueError(f"--non-thrash-check takes a non-empty JSON object of workflow "
+        raise ValueError(f"{flag} takes a non-empty JSON object of workflow "
                          f"scheduler parameters, got {text!r}")
     known = set(WorkflowScheduler.__init__.__kwdefaults__)
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ValueError(f"--non-thrash-check: unknown workflow scheduler parameters "
+        raise ValueError(f"{flag}: unknown workflow scheduler parameters "
                          f"{unknown} (known: {', '.join(sorted(known))})")
-    make_scheduler("workflow", KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16), **params)
+    try:
+        make_scheduler("workflow", KVCacheManager(KVSpec(1, 1, 4, block_size=4), 16), **params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{flag}: {e}") from None
     return params
 
 
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--defaults applies to --held-out only")
         import scheduling_mix
         try:
-            scheduling_mix.set_workflow_defaults(parse_params(args.defaults))
+            scheduling_mix.set_workflow_defaults(parse_params(args.defaults, "--defaults"))
         except (ValueError, TypeError) as e:
             ap.error(str(e))
     unknown = [p for p in (args.policy, args.policy_check) if p is not None

@@ -41,8 +41,9 @@ def test_version_and_help_show_defaults(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"kvsaga {__version__}"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         cli.main(["generate", "--help"])
+    assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: auto)" in text and "(default: info)" in text
     assert "generation_config, else 256" in text

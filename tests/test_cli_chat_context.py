@@ -147,8 +147,9 @@ def test_an_answer_cut_at_the_context_says_so_and_reset_recovers(
 
 
 def test_chat_help_and_the_readme_document_reset(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         cli.main(["chat", "--help"])
+    assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "A line that is just /reset starts a new conversation" in text
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

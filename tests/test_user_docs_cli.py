@@ -42,8 +42,9 @@ def test_sim_negative_size_names_the_flag(flag, capsys):
 def test_serve_negative_size_names_the_flag(capsys):
     from kvsaga.serve.cli import build_parser
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--host-memory", "-2G"])
+    assert e.value.code == 2
     line = _err(capsys)
     assert "--host-memory" in line and "cannot be negative" in line
 

@@ -19,6 +19,7 @@ from tests.bench.afs_calibration import (
     recalibrated,
     save_round_trip,
 )
+from tests.exits import usage_error
 
 
 def test_the_session_33_calibration_gives_the_frozen_thresholds(veto_mods):
@@ -66,15 +67,15 @@ def test_save_writes_the_committed_file_back(veto_mods, tmp_path, capsys):
     _, p, args = save_round_trip(noise, tmp_path, "afs_noise_s33.json")
     out = tmp_path / "out.json"
     assert "wrote 13 runs (32 cases each)" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["save", str(out), *args, str(p["null_swap"]), "--about", "x"])
-    assert "same null" in capsys.readouterr().err
+    assert "same null" in usage_error(e, capsys)
     short = json.loads(p["null_slow"].read_text())
     short["rows"] = short["rows"][1:]
     p["null_slow"].write_text(json.dumps(short))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["save", str(out), *args, "--about", "x"])
-    assert "same cases" in capsys.readouterr().err
+    assert "same cases" in usage_error(e, capsys)
 
 
 def test_veto_nulls_writes_session_33_and_checks_a_base(veto_mods, tmp_path, capsys,

@@ -18,6 +18,7 @@ from tests.bench.afs_calibration import (
     recalibrated,
     save_round_trip,
 )
+from tests.exits import usage_error
 
 
 def test_the_session_34_calibration_gives_its_thresholds(veto_mods):
@@ -94,7 +95,7 @@ def test_veto_nulls_writes_session_34_and_checks_a_base(veto_mods, tmp_path, cap
                        "--nulls", *runs]) == 0
     assert "the calibrated AFS veto: passes" in capsys.readouterr().out
     old = tmp_path / "s33" / "s33_base.json"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["judge", str(old), str(tmp_path / "s34_fcfs.json"), str(old), "--nulls",
                     *[str(tmp_path / "s33" / f"s33_null_{n}.json") for n in NULLS]])
-    assert "not the frozen 0.0262 / 4" in capsys.readouterr().err
+    assert "not the frozen 0.0262 / 4" in usage_error(e, capsys)

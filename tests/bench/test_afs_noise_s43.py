@@ -20,6 +20,7 @@ from tests.bench.afs_calibration import (
     recalibrated,
     save_round_trip,
 )
+from tests.exits import usage_error
 
 
 def test_the_session_43_calibration_gives_the_frozen_thresholds(veto_mods):
@@ -106,7 +107,7 @@ def test_veto_nulls_writes_session_43_by_default_and_checks_a_base(veto_mods, tm
                        "--nulls", *runs]) == 0
     assert "the calibrated AFS veto: passes" in capsys.readouterr().out
     old = tmp_path / "s41" / "s41_base.json"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["judge", str(old), str(tmp_path / "s41" / "s41_fcfs.json"), str(old),
                     "--nulls", *[str(tmp_path / "s41" / f"s41_null_{n}.json") for n in NULLS]])
-    assert "not the frozen 0.0231 / 5" in capsys.readouterr().err
+    assert "not the frozen 0.0231 / 5" in usage_error(e, capsys)

@@ -16,6 +16,7 @@ from tests.bench.afs_calibration import (
     goal_cases,
     null_runs,
 )
+from tests.exits import usage_error
 
 
 def test_goal_met_reads_two_decimals_and_fcfs(veto_mods):
@@ -245,9 +246,9 @@ def test_judge_saved_reads_a_committedcalibration(veto_mods, tmp_path, capsys):
     assert noise.main(["judge-saved", saved, str(cand(1.06))]) == 1
     out = capsys.readouterr().out
     assert "workflow+graph[spread=1]" in out and "the calibrated AFS veto: rejected" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["run", str(tmp_path / "x.json"), "--seeds", "102", "--policy", "nope[a=1]"])
-    assert "nope" in capsys.readouterr().err
+    assert "nope" in usage_error(e, capsys)
 
 
 def test_tct_lines_read_each_case_weighted_by_its_tenants_sessions(veto_mods):

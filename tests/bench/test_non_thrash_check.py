@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tests.bench_scripts import bench_modules
+from tests.exits import usage_error
 
 fit = bench_modules("scheduling_fit")
 
@@ -49,7 +50,7 @@ def test_held_out_defaults_are_set_for_the_run_and_refused_elsewhere(fit, monkey
                                                                       capsys):
     """`--held-out SEEDS --defaults PARAMS` runs with PARAMS as workflow's defaults (a
     previous default beside the fresh run); elsewhere, or with a bad value, it is refused
-    before anything changed."""
+    before anything changed, naming --defaults (a bad value named --non-thrash-check)."""
     from kvsaga.scheduler import WorkflowScheduler
     kw = WorkflowScheduler.__init__.__kwdefaults__
     monkeypatch.setitem(kw, "decode_prefill_tokens", kw["decode_prefill_tokens"])
@@ -64,9 +65,16 @@ def test_held_out_defaults_are_set_for_the_run_and_refused_elsewhere(fit, monkey
                      "--defaults", '{"decode_prefill_tokens": 0}']) == 0
     assert seen == [0] and "--defaults" in capsys.readouterr().out
     kw["decode_prefill_tokens"] = 128
-    for argv in (["--tail-guard-check", "--defaults", '{"decode_prefill_tokens": 0}'],
-                 ["--held-out", "59", "--defaults", '{"decode_prefill_tokens": -1}']):
+    for argv, says in (
+            (["--tail-guard-check", "--defaults", '{"decode_prefill_tokens": 0}'],
+             "--defaults applies to --held-out only"),
+            (["--held-out", "59", "--defaults", '{"decode_prefill_tokens": -1}'],
+             "--defaults: scheduler parameter decode_prefill_tokens must be an integer >= 0, "
+             "got -1"),
+            (["--held-out", "59", "--defaults", "[1]"], "--defaults takes a non-empty JSON"),
+            (["--held-out", "59", "--defaults", '{"nope": 1}'],
+             "--defaults: unknown workflow scheduler parameters ['nope']")):
         with pytest.raises(SystemExit) as e:
             fit.main(argv)
-        assert e.value.code == 2
+        assert says in usage_error(e, capsys)
     assert kw["decode_prefill_tokens"] == 128  # a refused value changed nothing

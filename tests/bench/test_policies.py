@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvsaga.policy import DEFAULT_POLICY, POLICIES, make_policy
+from tests.exits import usage_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,13 +106,17 @@ def test_every_tune_candidate_builds():
         make_policy(base, **params)
 
 
-def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds():
+def test_evaluation_refuses_fit_seeds_and_tune_refuses_evaluation_seeds(capsys):
+    """Each refusal names the seeds given that are on the wrong side, not only the fit set."""
     mod = load()
+    fresh = mod.EVAL_SEEDS[0]
     for seed in mod.TUNE_SEEDS:  # every fit seed, of the families and of the traces
-        with pytest.raises(SystemExit):
-            mod.main(["--seeds", str(seed), "--no-write"])
-    with pytest.raises(SystemExit):
-        mod.main(["--tune", "--seeds", str(mod.EVAL_SEEDS[0]), "--no-write"])
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--seeds", f"{fresh},{seed}", "--no-write"])
+        assert f"error: --seeds {seed}: fit seeds" in usage_error(e, capsys)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--tune", "--seeds", f"{mod.TUNE_SEEDS[0]},{fresh}", "--no-write"])
+    assert f"error: --seeds {fresh}: --tune runs only the fit seeds" in usage_error(e, capsys)
     assert not set(mod.TUNE_SEEDS) & set(mod.EVAL_SEEDS)
 
 
@@ -192,9 +197,9 @@ def test_the_hindsight_column_and_the_reference_goal_on_the_best_run_found():
 def test_hindsight_takes_no_parameters(capsys):
     """`hindsight[...]` is refused with its name, not run with its parameters dropped."""
     mod = load()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--policies", "lru,hindsight[rounds=2]", "--no-write"])
-    assert "'hindsight[rounds=2]': hindsight takes no parameters" in capsys.readouterr().err
+    assert "'hindsight[rounds=2]': hindsight takes no parameters" in usage_error(e, capsys)
     with pytest.raises(ValueError, match=r"hindsight\[rounds=2\].*no parameters"):
         mod._run(("swe", 103, 0.6, "hindsight[rounds=2]"))
 
@@ -204,9 +209,9 @@ def test_hindsight_diagnosis_reads_fit_seeds_only_one_case_per_pool(capsys):
     and takes each pressured pool once, with the least of lru, saga and ttl as its best."""
     h = load("policies_hindsight")
     for seeds in ("941", "12345", f"{h.TUNE_SEEDS[0]},950"):  # 950: next to fit seed 951
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             h.main(["--seeds", seeds])
-        assert "are not fit seeds" in capsys.readouterr().err
+        assert f"seeds [{seeds.split(',')[-1]}] are not fit seeds" in usage_error(e, capsys)
     rows = [_row("swe", 1, f, p, x, hit, blocks) for f, hit, blocks in
             ((0.3, 0.9, 100), (0.6, 0.9, 100), (0.9, 0.5, 300))
             for p, x in (("lru", 10), ("saga", 8), ("ttl", 9), (h.GRAPH, 7))]
@@ -285,8 +290,10 @@ def test_a_tuning_run_records_what_bare_names_ran_with(tmp_path, capsys):
     assert out.rstrip().endswith("a note")
     del saved["constants"]
     path.write_text(json.dumps(saved))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--tune", "--from-json", str(path), "--no-write"])
+    assert f"{path} does not record what its bare policy names ran with" in \
+        usage_error(e, capsys)
 
 
 def test_names_as_constants_are_saved_and_written_back():
@@ -331,13 +338,14 @@ def test_the_evaluation_ranks_the_online_policies_and_says_whether_the_default_w
     assert "**it wins**" not in line
 
 
-def test_chaos_diagnosis_refuses_fresh_seeds_before_any_run():
+def test_chaos_diagnosis_refuses_fresh_seeds_before_any_run(capsys):
     """bench/policies_chaos.py reads seen seeds only: a fresh evaluation seed (or any seed
     outside the fit and seen sets) is refused before anything is simulated."""
     chaos, mod = load("policies_chaos"), load()
     for seed in (*mod.SEED_SETS[1][1], 12345):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             chaos.main(["--seed", str(seed), "--jitter", ""])
+        assert f"seed {seed} is neither a fit seed nor a seen" in usage_error(e, capsys)
 
 
 def test_smoothing_sizes_are_five_within_two_percent_and_never_below_the_floor():
@@ -587,8 +595,9 @@ def test_help_says_what_tune_runs_and_no_seed_set_is_called_fresh(capsys):
     the built-in families (it runs the held-out traces too), and the default run labelled
     931, 932 (fresh in the sixteenth session, seen since) "fresh seeds"."""
     mod = load()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--help"])
+    assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     at = out.index("--traces TRACES comma-separated")
     text = out[at:out.index("--fractions FRACTIONS", at)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench.test_policies import load  # bench/NAME.py, bench/ on the path
+from tests.exits import usage_error
 
 A, B = "graph[spread=1]", "graph[demoted_release=1]"
 X = ("web-short", 102, 0.3)  # ttl's outlier: lru is best there, ttl 5x
@@ -86,8 +87,9 @@ def test_cli_refuses_unknown_fixed(tmp_path, capsys):
     import json
     path = tmp_path / "rows.json"
     path.write_text(json.dumps({"rows": _rows(), "candidates": CANDIDATES}))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         cv.main(["--rows", str(path), "--fixed", "belady"])
+    assert f"['belady']: not in {path}'s rows" in usage_error(e, capsys)
     assert cv.main(["--rows", str(path), "--fixed", "ttl"]) == 0
     out = capsys.readouterr().out
     assert "| fixed ttl | - | 5 of 6 |" in out

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from tests.bench.test_policies import load
+from tests.exits import usage_error
 
 
 def test_sooner_pairs_counts_pairs_where_mine_is_read_first():
@@ -27,14 +28,16 @@ def test_median_is_the_mean_of_the_middle_two_for_an_even_count():
     assert math.isnan(mod._median([]))
 
 
-def test_an_evaluation_seed_is_refused():
+def test_an_evaluation_seed_is_refused(capsys):
     mod = load("policies_decisions")
     with pytest.raises(ValueError, match="not a fit seed"):
         mod.decisions("swe", 931, 1000, "graph", "ttl")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--seed", "941"])
-    with pytest.raises(SystemExit):
+    assert "seed 941 is not a fit seed" in usage_error(e, capsys)
+    with pytest.raises(SystemExit) as e:
         mod.main(["--pair", "graph,graph"])
+    assert "--pair must name two different policies, got 'graph,graph'" in usage_error(e, capsys)
 
 
 def test_the_shadow_leaves_the_leaders_run_as_it_is_alone():

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from tests.bench.test_policies import load
+from tests.exits import usage_error
 
 
 def test_spearman_ranks_with_ties_and_refuses_what_does_not_vary():
@@ -19,14 +20,14 @@ def test_spearman_ranks_with_ties_and_refuses_what_does_not_vary():
     assert math.isnan(mod.spearman([1.0, 2.0], [1.0, 2.0]))
 
 
-def test_demoted_refuses_evaluation_seeds_and_policies_without_a_forecast():
+def test_demoted_refuses_evaluation_seeds_and_policies_without_a_forecast(capsys):
     mod = load("policies_demoted")
-    with pytest.raises(SystemExit):
-        mod.main(["--seed", "941"])
-    with pytest.raises(SystemExit):
-        mod.main(["--policy", "lru"])
-    with pytest.raises(SystemExit):
-        mod.main(["--fraction", "0"])
+    for argv, says in ((["--seed", "941"], "seed 941 is not a fit seed"),
+                       (["--policy", "lru"], "'lru' is not a graph policy"),
+                       (["--fraction", "0"], "--fraction must be in (0, 1], got 0.0")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert says in usage_error(e, capsys)
 
 
 def test_the_probe_notes_demoted_sessions_without_changing_graphs_run():
@@ -44,9 +45,13 @@ def test_the_probe_notes_demoted_sessions_without_changing_graphs_run():
     assert int(cells[14]) > 0
 
 
-def test_decisions_pair_takes_specs_and_names_a_bad_one():
+def test_decisions_pair_takes_specs_and_names_a_bad_one(capsys):
     mod = load("policies_decisions")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--pair", "graph[no_such_option=1],ttl"])
-    with pytest.raises(SystemExit):
+    line = usage_error(e, capsys)
+    assert "--pair: " in line and "'no_such_option'" in line
+    with pytest.raises(SystemExit) as e:
         mod.main(["--pair", "graph[demoted_size=1]"])
+    assert "--pair must name two different policies, got 'graph[demoted_size=1]'" in \
+        usage_error(e, capsys)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.bench.test_policies import load
+from tests.exits import usage_error
 
 
 def test_gamma_counts_pairs_within_a_search_only():
@@ -28,11 +29,11 @@ def test_gamma_counts_pairs_within_a_search_only():
     assert all(math.isnan(x) for x in g[2:])
 
 
-def test_refuses_evaluation_seeds_bad_fractions_and_policies_without_a_forecast():
+def test_refuses_evaluation_seeds_bad_fractions_and_policies_without_a_forecast(capsys):
     mod = load("policies_demoted_paused")
-    with pytest.raises(SystemExit):
-        mod.main(["--trace", "swe", "--seed", "971"])
-    with pytest.raises(SystemExit):
-        mod.main(["--trace", "swe", "--seed", "202", "--fraction", "0"])
-    with pytest.raises(SystemExit):
-        mod.main(["--trace", "swe", "--seed", "202", "--policy", "lru"])
+    for argv, says in ((["--seed", "971"], "seed 971 is not a fit seed"),
+                       (["--seed", "202", "--fraction", "0"], "--fraction must be in (0, 1]"),
+                       (["--seed", "202", "--policy", "lru"], "'lru' is not a graph policy")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--trace", "swe", *argv])
+        assert says in usage_error(e, capsys)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.bench.test_policies import load
 from tests.bench.test_policies_cv import CANDIDATES, _rows
+from tests.exits import usage_error
 
 
 def _fit(tmp_path, name, candidates, scale):
@@ -27,8 +28,9 @@ def test_the_fit_rows_come_from_the_file_named(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(seen, "SEEN_JSON", saved)
     # the default path lacks a candidate: the file named is the one read
     monkeypatch.setattr(seen, "TUNE_JSON", _fit(tmp_path, "old.json", CANDIDATES[:3], 1))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         seen.main(["--from-json", "--policies", ",".join(CANDIDATES)])
+    assert f"{CANDIDATES[3:]}: not candidates of the saved fit rows" in usage_error(e, capsys)
     new = _fit(tmp_path, "new.json", CANDIDATES, 1)
     assert seen.main(["--from-json", "--policies", ",".join(CANDIDATES),
                       "--tune-json", str(new)]) == 0

@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 
 from tests.bench.test_policies import load
+from tests.exits import usage_error
 
 
-def test_an_evaluation_seed_is_refused():
+def test_an_evaluation_seed_is_refused(capsys):
     mod = load("policies_victims")
     with pytest.raises(ValueError, match="not a fit seed"):
         mod.victims("swe", 931, 0.6, "graph")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--seed", "941"])
+    assert "seed 941 is not a fit seed" in usage_error(e, capsys)
 
 
 def test_split_demoted_parts_add_up_to_the_demoted_victims():

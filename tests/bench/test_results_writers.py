@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tests.bench.test_policies import load
+from tests.exits import usage_error
 
 NOTE = "Rerun 2026-12-06 (session 44, by hand): the figures above moved; see the index."
 
@@ -122,9 +123,9 @@ def test_policies_reference_refuses_before_its_run(policies, monkeypatch, capsys
 
     monkeypatch.setattr(ref, "reference", never)
     path.write_text(f"{ref.REF_SECTION}\n\na\n\n{ref.REF_SECTION}\n\nb\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--reference"])
-    assert "2 sections are headed" in capsys.readouterr().err
+    assert "2 sections are headed" in usage_error(e, capsys)
 
 
 def test_each_evaluation_run_adds_its_own_section_titled_with_its_seeds(policies, monkeypatch):

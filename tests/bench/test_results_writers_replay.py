@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench_scripts import bench_modules, load_bench
+from tests.exits import usage_error
 
 mods = bench_modules("sim_speed", "extend_step", "results_blocks")
 
@@ -74,9 +75,9 @@ def test_sim_speed_refuses_before_it_measures_when_its_block_was_edited(
     _edit(path)
     monkeypatch.setattr(sim, "HERE", tmp_path)
     monkeypatch.setattr(sim, "run_all", _never)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         sim.main([])
-    assert "edited since it was written" in capsys.readouterr().err
+    assert "edited since it was written" in usage_error(e, capsys)
 
 
 def test_extend_step_keeps_the_hand_written_text_of_its_subsection(mods, tmp_path):

@@ -80,8 +80,9 @@ def test_by_tenant_split_adds_up_to_the_prefill_stall(mods):
 
 def test_by_tenant_has_help(mods, capsys):
     _, afs = mods
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         afs.main(["--help"])
+    assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--time", "--by-tenant", "--defaults"):
         assert flag in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench_scripts import bench_modules, import_bench
+from tests.exits import usage_error
 
 mods = bench_modules("scheduling", "scheduling_fit")
 
@@ -242,9 +243,9 @@ def test_held_out_cli_refuses_bad_seeds_and_families(mods, capsys):
                        (["--held-out", "35", "--families", "chat"], "unknown families ['chat']"),
                        (["--held-out", "35,101,1"], f"{seen} [101, 1]"),
                        (["--held-out", "106"], f"{seen} [106]")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             fit.main(argv)
-        assert says in capsys.readouterr().err
+        assert says in usage_error(e, capsys)
 
 
 def test_policy_option_refuses_unknown_names_and_names_the_known(mods, capsys):
@@ -253,16 +254,16 @@ def test_policy_option_refuses_unknown_names_and_names_the_known(mods, capsys):
     _, fit = mods
     for argv in (["--held-out", "35", "--policy", "nope"], ["--policy-check", "nope"],
                  ["--policy-check", "graph", "--policy", "LRU"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             fit.main(argv)
-        err = capsys.readouterr().err
+        err = usage_error(e, capsys)
         assert "unknown policy" in err and "known: " in err and "graph" in err
         assert repr(argv[-1]) in err
     for name in ("graph", "lru"):  # even the default: a mode that ignores it refuses it
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             fit.main(["--tail-guard-check", "--policy", name])
-        err = capsys.readouterr().err
-        assert "--policy" in err and "--tail-guard-check" in err
+        assert "--policy applies to --held-out and --policy-check only, not " \
+            "--tail-guard-check" in usage_error(e, capsys)
 
 
 def test_held_out_and_non_thrash_run_the_named_policy(mods, monkeypatch):
@@ -338,8 +339,9 @@ def test_help_and_held_out_labels_say_what_the_default_run_does(mods, capsys):
     held-out variants and the mixes that run whatever it names, and the default run labelled
     seeds 151, 152 (run in session 31, seen since) fresh."""
     sched, fit = mods
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         sched.main(["--help"])
+    assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert all(v in out for v in sched.PERTURBED) and "two-tenant mixes" in out
     assert not hasattr(fit, "FRESH_SEEDS") and {151, 152} <= set(fit.SEEN_SEEDS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench_scripts import bench_modules, import_bench
+from tests.exits import usage_error
 
 mods = bench_modules("scheduling", "scheduling_bound_gap")
 
@@ -45,14 +46,16 @@ def test_it_observes_without_changing_and_its_parts_add_up(mods, scheduler, poli
 
 def test_every_flag_has_help_and_bad_params_are_named(mods, capsys):
     _, gap = mods
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         gap.main(["--help"])
+    assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--params", "--no-fcfs", "--write", "--policy", "--stall-split"):
         assert flag in text
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         gap.main(["bfcl", "1", "0.25", "101", "--params", '{"readmit_charge": "nope"}'])
-    assert "readmit_charge" in capsys.readouterr().err
+    line = usage_error(e, capsys)
+    assert "readmit_charge" in line and "'nope'" in line
 
 
 def test_demotion_line_guards_empty_figures_and_unwaited_demotions(mods):

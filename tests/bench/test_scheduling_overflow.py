@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench_scripts import bench_modules
+from tests.exits import usage_error
 
 mods = bench_modules("scheduling", "scheduling_overflow")
 
@@ -87,11 +88,11 @@ def test_params_reach_the_scheduler_and_bad_ones_are_refused(mods, capsys):
     assert sum(tuned["how"].values()) != sum(plain["how"].values())  # 34 against 56
     assert tuned["row"]["tct_mean_s"] != plain["row"]["tct_mean_s"]
     for bad in ("[1]", "{not json"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             over.main(["bfcl", "1", "0.25", "101", "--params", bad])
-        assert "--params must be a JSON object" in capsys.readouterr().err
+        assert "--params must be a JSON object" in usage_error(e, capsys)
     for bad, named in (('{"no_such_knob": 1}', "no_such_knob"),
                        ('{"growth_alpha": 7}', "growth_alpha")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             over.main(["bfcl", "1", "0.25", "101", "--params", bad])
-        assert named in capsys.readouterr().err
+        assert named in usage_error(e, capsys)

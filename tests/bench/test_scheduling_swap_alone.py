@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bench_scripts import bench_modules
+from tests.exits import usage_error
 
 mod = bench_modules("scheduling_swap_alone")
 
@@ -50,7 +51,11 @@ def test_main_prints_its_tables_and_refuses_bad_arguments(mod, capsys):
     # round 33's figure was 51.9 -> 67.6 under graph's constants then; with graph's
     # `demoted_release` on (the default since session 32) the same run reads:
     assert "| 102 | 48.4 -> 49.2 |" in out
-    for bad in (["--frac", "0.3"], ["--tenant", "z"], ["--point", "bfcl,1"],
-                ["--params", "[1]"], ["--base", "[1]"]):
-        with pytest.raises(SystemExit):
+    for bad, says in ((["--frac", "0.3"], "--frac: the noisy mix runs at"),
+                      (["--tenant", "z"], "--tenant: the noisy mix has tenants"),
+                      (["--point", "bfcl,1"], "--point must be FAMILY,LOAD,CAPACITY, got 'bfcl,1'"),
+                      (["--params", "[1]"], "--params must be a JSON object"),
+                      (["--base", "[1]"], "--base must be a JSON object")):
+        with pytest.raises(SystemExit) as e:
             mod.main(bad)
+        assert says in usage_error(e, capsys)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.exits import usage_error
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -27,7 +29,8 @@ def test_compare_s41_against_s43_prints_the_cited_figures(veto_mods, capsys):
     assert "goal met -> missed: 1: noisy seed 106 25%; missed -> met: 0: -" in out
 
 
-def test_compare_refuses_a_missing_file(veto_mods, tmp_path):
+def test_compare_refuses_a_missing_file(veto_mods, tmp_path, capsys):
     _, noise, _ = veto_mods
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         noise.main(["compare", str(tmp_path / "nope.json"), str(HERE / "afs_noise_s43.json")])
+    assert f"No such file or directory: '{tmp_path / 'nope.json'}'" in usage_error(e, capsys)

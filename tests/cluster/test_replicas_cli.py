@@ -9,15 +9,17 @@ import pytest
 from kvsaga.serve.cli import build_parser, main
 from kvsaga.serve.replicas import RayMissing, replica_resources, run_replicas
 from kvsaga.serve.settings import ServerSettings
+from tests.exits import usage_error
 
 
-def test_flags_parse():
+def test_flags_parse(capsys):
     args = build_parser().parse_args(["--replicas", "3", "--router", "affinity"])
     assert (args.replicas, args.router) == (3, "affinity")
     assert build_parser().parse_args([]).replicas is None
     assert build_parser().parse_args(["--router", "ray-default"]).router == "ray-default"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--router", "random"])
+    assert "argument --router: invalid choice: 'random'" in usage_error(e, capsys)
 
 
 def test_bad_replica_count_is_a_usage_error(capsys):

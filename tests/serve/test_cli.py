@@ -14,6 +14,7 @@ import pytest
 from kvsaga import __version__
 from kvsaga.serve.cli import build_parser, engine_factory, settings_from_args
 from kvsaga.serve.settings import ServerSettings
+from tests.exits import usage_error
 
 
 def test_flags_to_settings(monkeypatch: pytest.MonkeyPatch):
@@ -42,9 +43,9 @@ def test_graph_capture_flag_default_and_choices(capsys):
     assert ServerSettings().graph_capture == "startup"  # a server records before serving
     s = settings_from_args(build_parser().parse_args(["--graph-capture", "lazy"]))
     assert s.graph_capture == "lazy"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--graph-capture", "never"])
-    assert "--graph-capture" in capsys.readouterr().err
+    assert "argument --graph-capture: invalid choice: 'never'" in usage_error(e, capsys)
     with pytest.raises(ValueError, match="graph_capture must be"):
         ServerSettings(graph_capture="never")
 
@@ -376,7 +377,7 @@ print(json.dumps(seen))
 
 
 def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
-        monkeypatch: pytest.MonkeyPatch):
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     from kvsaga.serve.cli import CPU_HOST_ENV, apply_cpu_host
 
     for name in {k for env in CPU_HOST_ENV.values() for k in env}:
@@ -390,8 +391,9 @@ def test_apply_cpu_host_returns_what_it_set_and_refuses_unknown_hosts(
     assert os.environ["GOMP_SPINCOUNT"] == "500"
     with pytest.raises(ValueError, match="--cpu-host must be one of"):
         apply_cpu_host("laptop")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--cpu-host", "laptop"])
+    assert "argument --cpu-host: invalid choice: 'laptop'" in usage_error(e, capsys)
 
 
 def test_the_root_fixture_covers_every_variable_cpu_host_sets():

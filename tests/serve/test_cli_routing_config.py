@@ -111,8 +111,9 @@ def test_settings_built_directly_check_it():
 
 
 def test_help_names_the_flag_and_its_default(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--help"])
+    assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--routing-config JSON" in out and "RoutingConfig fields" in out
     assert "needs --replicas and --router kvsaga" in out

@@ -10,6 +10,7 @@ import pytest
 from kvsaga.cli import main
 from kvsaga.sim.trace import write_trace
 from kvsaga.sim.workloads import generate
+from tests.exits import usage_error
 
 TINY = ["sim", "--workload", "swe", "--sessions", "4", "--scale", "0.05", "--arrival-rate", "1",
         "--kv-memory", "1G", "--quiet"]
@@ -74,12 +75,12 @@ def test_bad_arguments_say_what_is_wrong(args, message, capsys):
 
 
 def test_argparse_rejects_non_positive_numbers_and_bad_sizes(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         main(["sim", "--sessions", "0"])
-    assert "must be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    assert "argument --sessions: must be > 0, got '0'" in usage_error(e, capsys)
+    with pytest.raises(SystemExit) as e:
         main(["sim", "--kv-memory", "lots"])
-    assert "not a memory size: 'lots'" in capsys.readouterr().err
+    assert "argument --kv-memory: not a memory size: 'lots'" in usage_error(e, capsys)
 
 
 def test_deprecated_gib_flags_still_work_and_say_so(tmp_path, capsys):
