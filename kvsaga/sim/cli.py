@@ -32,7 +32,7 @@ from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
 from kvsaga.sim.compare import compare, parse_policy, tenant_share_misfit
 from kvsaga.sim.cost import GIB, PRESETS
-from kvsaga.sim.simulator import SimConfig, Simulator
+from kvsaga.sim.simulator import SimConfig, Simulator, blocks_needed
 from kvsaga.sim.trace import Session, TraceError, load_trace
 from kvsaga.sim.workloads import WORKLOADS, generate
 
@@ -242,15 +242,17 @@ def _base_config(args, kv_memory_bytes: float | None) -> SimConfig:
     config = SimConfig(
         preset=args.preset,
         kv_memory_bytes=kv_memory_bytes,
-        host_memory_bytes=args.host_memory or None,
         hints=args.hints,
         resume_hints=not args.no_resume_hints,
         slo_factor=args.slo_factor,
     )
-    if args.host_memory and config.host_blocks() == 0:
+    if not args.host_memory:
+        return config
+    cost = config.cost  # checked here to name the flag (SimConfig names its field)
+    if cost.num_blocks(args.host_memory) == 0:
         raise ValueError(f"--host-memory {args.host_memory:,} B holds no host block "
-                         f"({config.cost.block_bytes:,} B each with preset {config.cost.name})")
-    return config
+                         f"({cost.block_bytes:,} B each with preset {cost.name})")
+    return replace(config, host_memory_bytes=args.host_memory)
 
 
 def comma_names(flag: str, value: str, what: str) -> list[str]:
@@ -350,8 +352,7 @@ def cmd_sim(args) -> int:
         out = {"config": run_config(args, sessions, base, schedulers), "results": rows}
         if sweep:
             out["sweep"] = sweep
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1, default=float)
+        write_json(args.json, out)
         print(f"wrote {args.json}")
     if args.plot is not None:
         from kvsaga.sim.plot import plot_sweep
@@ -404,6 +405,28 @@ def _check_outputs(args) -> None:
             raise ValueError(f"{flag} {path!r}: directory {folder!r} is not writable")
 
 
+def write_json(path: str, out: dict) -> None:
+    """Write `--json`'s file as strict JSON: a non-finite figure (a `belady_ratio` of NaN,
+    where Belady recomputed nothing and the row did) as null. `json.dump`'s default wrote a
+    bare `NaN`, which is no JSON: jq and `JSON.parse` refuse the whole file."""
+    data = finite_or_null(out)  # before the file opens: a value it refuses leaves none half
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, allow_nan=False)
+
+
+def finite_or_null(value):
+    """`value` with every non-finite number, nested in dicts and lists, made None, and other
+    numbers not int (numpy scalars) made float (what `json.dump(default=float)` did)."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if value is None or isinstance(value, (str, int)):  # bool is an int
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _log_lines_to_stderr() -> None:
     """Show `kvsaga.sim`'s per-simulation lines on stderr (one handler per process)."""
     logger = logging.getLogger("kvsaga.sim")
@@ -424,7 +447,7 @@ def _sweep(args, sessions, specs, host_bytes, progress, schedulers, jobs) -> lis
     base = _base_config(args, args.kv_memory)
     cost = base.cost
     kv_gib = base.blocks() * cost.block_bytes / GIB
-    need = max(cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
+    need = max(blocks_needed(s, cost.kv_spec) for s in sessions)
     rows = []
     for factor in SWEEP_FACTORS:
         gib = kv_gib * factor
@@ -499,8 +522,6 @@ def cmd_cluster(args) -> int:
     if note is not None:
         print(f"kvsaga sim: note: {note}", file=sys.stderr)
     if args.json is not None:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"gpus": args.gpus, "sessions": len(sessions), "results": rows}, f,
-                      indent=1, default=float)
+        write_json(args.json, {"gpus": args.gpus, "sessions": len(sessions), "results": rows})
         print(f"wrote {args.json}")
     return 0

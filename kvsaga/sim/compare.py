@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from kvsaga.policy import POLICIES
 from kvsaga.sim.metrics import SimResult, tenant_key
-from kvsaga.sim.simulator import SimConfig, simulate
+from kvsaga.sim.simulator import SimConfig, blocks_needed, simulate
 from kvsaga.sim.trace import Session
 
 # One line per finished simulation (the CLI shows them when stderr is not a terminal,
@@ -59,8 +59,11 @@ def config_for(spec: str, base: SimConfig, host_memory_bytes: float | None) -> S
     if host is True:
         if not host_memory_bytes:
             raise ValueError(f"policy {spec!r} needs a host tier size (--host-memory)")
-        return dataclasses.replace(base, policy=name, num_host_blocks=None,
-                                   host_memory_bytes=host_memory_bytes)
+        try:  # SimConfig refuses a size that holds no block: the row would have no tier
+            return dataclasses.replace(base, policy=name, num_host_blocks=None,
+                                       host_memory_bytes=host_memory_bytes)
+        except ValueError as e:
+            raise ValueError(f"policy {spec!r}: {e}") from None
     if host is False:
         return dataclasses.replace(base, policy=name, num_host_blocks=None, host_memory_bytes=None)
     return dataclasses.replace(base, policy=name)
@@ -221,7 +224,7 @@ def tenant_share_misfit(sessions: Sequence[Session], config: SimConfig) -> str |
     share = blocks // k
     for t, own in sorted(by_tenant.items()):
         longest = max(own, key=lambda s: s.total_tokens)
-        need = spec.num_blocks_for(longest.total_tokens)
+        need = blocks_needed(longest, spec)
         if need > share:
             return (f"tenant {t!r}: its share of the GPU (1/{k}: {share:,} of its {blocks:,} KV "
                     f"blocks, the capacity each tenant's slowdown is measured alone on) cannot "
@@ -291,7 +294,7 @@ def _no_eviction_run(sessions: Sequence[Session], base: SimConfig) -> SimResult:
     """The fcfs + lru run with room for every session's final context at once (the
     peaks' measurement, `peak_working_set`)."""
     spec = base.cost.kv_spec
-    room = sum(spec.num_blocks_for(s.total_tokens) for s in sessions) + 1
+    room = sum(blocks_needed(s, spec) for s in sessions) + 1
     cfg = dataclasses.replace(base, policy="lru", num_gpu_blocks=room, kv_memory_bytes=None,
                               num_host_blocks=None, host_memory_bytes=None,
                               scheduler="fcfs", scheduler_params=None)

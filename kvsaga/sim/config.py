@@ -78,6 +78,12 @@ class SimConfig:
                 and math.isfinite(self.host_memory_bytes) and self.host_memory_bytes >= 0):
             raise ValueError(f"SimConfig.host_memory_bytes must be a finite number >= 0, got "
                              f"{self.host_memory_bytes!r}")
+        if self.host_memory_bytes and not self.host_blocks():
+            # As the engine's: 0 means no host tier; a size that rounds down to no block
+            # ran without one, with nothing said (and compare's "+host" row so labelled).
+            raise ValueError(f"SimConfig.host_memory_bytes={self.host_memory_bytes:,} B holds "
+                             f"no host block ({self.cost.block_bytes:,} B each with preset "
+                             f"{self.cost.name})")
         if not isinstance(self.resume_hints, bool):
             raise ValueError(f"SimConfig.resume_hints must be a bool, got {self.resume_hints!r}")
         for name in ("num_gpu_blocks", "max_num_batched_tokens", "max_num_seqs"):

@@ -157,7 +157,9 @@ def record_regret(sim: Simulator, horizon_s: float = 600.0) -> RegretLog:
                 c.next_use_s.append(nu - now)
             if nu < latest:
                 c.premature += 1
-                c.regret_s.append(min(latest, now + horizon_s) - nu)
+                # The regret, not the latest next use, is capped: capping the latter at
+                # now + horizon_s made a victim needed past that read as a negative regret.
+                c.regret_s.append(min(latest - nu, horizon_s))
         return victims
 
     policy.choose_victims = recording

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from kvsaga.config import KVSpec
 from kvsaga.manager import KVCacheManager
 from kvsaga.policy import POLICIES, EvictionPolicy, make_policy
 from kvsaga.pool import ACTIVE
@@ -99,14 +100,19 @@ class Simulator(DecodeRuns, StepExecutor):
             raise ValueError(f"session ids must be unique; {dup!r} repeats")
         check_prefix_groups(self.sessions)  # a TraceError (ValueError) naming both sessions
         num_blocks = self.config.blocks()
+        if num_blocks < 1:  # said here: an empty trace reached the manager, which blamed
+            # num_gpu_blocks, a field the caller never set
+            raise ValueError(f"{num_blocks} blocks of KV capacity{self._capacity_source()}: "
+                             f"a simulation needs at least one")
         spec = self.cost.kv_spec
         for s in self.sessions:
-            if spec.num_blocks_for(s.total_tokens) > num_blocks:
+            need = blocks_needed(s, spec)
+            if need > num_blocks:
                 raise ValueError(
-                    f"session {s.id!r} reaches {s.total_tokens} tokens "
-                    f"({spec.num_blocks_for(s.total_tokens)} blocks), more than the "
-                    f"{num_blocks} blocks of KV capacity{self._capacity_source()}; "
-                    f"{size_breakdown(s)}")
+                    f"session {s.id!r} reaches {s.total_tokens} tokens and needs KV for "
+                    f"{s.total_tokens - 1} of them ({need} blocks; its last output is never "
+                    f"fed), more than the {num_blocks} blocks of KV capacity"
+                    f"{self._capacity_source()}; {size_breakdown(s)}")
         self.synth = synthesizer or TokenSynthesizer()
         self.block_size = spec.block_size
         # The future, for offline policies: built here for those made by name; a policy
@@ -198,6 +204,13 @@ class Simulator(DecodeRuns, StepExecutor):
         self._seq += 1
 
     def _release_due_events(self) -> None:
+        """Queue every step whose arrival or tool return is due by now, stamped `now` (the
+        end of the batch step during which it came, not its event's own time), as the
+        engine stamps it: `LLMEngine.add_request` reads its clock when it runs, and
+        kvsaga-serve runs it on the engine thread between steps (`AsyncEngine._serve`:
+        commands, then a step). So the scheduler's arrival-based waits, deadlines and aging
+        start where the engine's do, and an arrival is never stamped before decisions the
+        step's end already took (a demotion at a finish)."""
         while self._events and self._events[0][0] <= self.now:
             _, _, session, k = heapq.heappop(self._events)
             tokens = self._tokens.get(session.id)
@@ -439,6 +452,15 @@ class Simulator(DecodeRuns, StepExecutor):
             tenants={t: {"tasks": len(v), "tct_mean_s": sum(v) / len(v)}
                      for t, v in sorted(by_tenant.items())} if len(by_tenant) > 1 else None,
         )
+
+
+def blocks_needed(session: Session, spec: KVSpec) -> int:
+    """The most KV blocks the session's context holds: every token but its last output,
+    which is sampled from the last position and never fed, so never gets KV. Counting it
+    refused a session that ends one token into a block at a pool it fits exactly. The one
+    measure of "fits the capacity" (the simulator's check, `kvsaga sim --plot`'s sweep, a
+    tenant's share, the no-eviction run's room)."""
+    return spec.num_blocks_for(session.total_tokens - 1)
 
 
 def largest_count(session: Session) -> tuple[str, int]:

@@ -88,3 +88,23 @@ def test_host_config():
         SimConfig(host_memory_bytes=float("nan"))
     with pytest.raises(ValueError, match="resume_hints must be a bool"):
         SimConfig(resume_hints="yes")
+
+
+def test_a_host_size_that_holds_no_block_is_refused():
+    """Review s47 simcore #4: a host size below one block gave `host_blocks() == 0`, and the
+    run (a `compare` row labelled `lru+host` too) went on with no host tier, unsaid. 0 stays
+    "no host tier", as the engine's `host_memory_bytes=0`."""
+    from kvsaga.sim.compare import compare, config_for
+
+    with pytest.raises(ValueError, match=rf"host_memory_bytes=1,000 B holds no host block "
+                                         rf"\({COST.block_bytes:,} B each with preset "):
+        SimConfig(host_memory_bytes=1000)
+    assert SimConfig(host_memory_bytes=0).host_blocks() == 0
+    assert SimConfig(host_memory_bytes=COST.block_bytes).host_blocks() == 1
+    base = SimConfig(num_gpu_blocks=400)
+    with pytest.raises(ValueError, match=r"^policy 'lru\+host': SimConfig.host_memory_bytes="
+                                         r"1,000 B holds no host block"):
+        config_for("lru+host", base, 1000)
+    with pytest.raises(ValueError, match="holds no host block"):
+        compare(pair(), base, ["lru+host"], host_memory_bytes=1000)
+    assert config_for("lru+host", base, COST.block_bytes).host_blocks() == 1

@@ -7,7 +7,7 @@ import pytest
 from kvsaga.policy import make_policy
 from kvsaga.sim.regret import CLASSES, record_regret
 from kvsaga.sim.simulator import SimConfig, Simulator
-from kvsaga.sim.workloads import generate
+from kvsaga.sim.workloads import WORKLOADS, generate, perturb
 
 
 @pytest.mark.parametrize("name", ["lru", "ttl"])
@@ -51,3 +51,22 @@ def test_regret_refuses_a_simulation_already_run():
     sim.run()
     with pytest.raises(ValueError, match="already run"):
         record_regret(sim)
+
+
+def test_regret_is_capped_at_the_horizon_and_never_negative():
+    """Review s47 simcore #1: the cap was put on the latest next use (`min(latest, now +
+    horizon_s) - nu`), so a premature victim whose own next use lay past the horizon (a dead
+    block, next use inf, left cached) read as a negative regret: at a 5 s horizon 282 of
+    1,045 regrets were negative, down to -23 s, and the paused class's median was -4.7 s."""
+    spec = perturb(WORKLOADS["swe"], "swe-slow", latency=40.0)
+    trace = spec.generate(8, seed=2, arrival_rate=1.0, scale=0.05)
+    blocks = max(-(-s.total_tokens // 16) for s in trace) + 20
+    sim = Simulator(trace, SimConfig(num_gpu_blocks=blocks, policy="lru"),
+                    policy=make_policy("lru"))
+    log = record_regret(sim, horizon_s=5.0)
+    sim.run()
+    regrets = [x for c in log.by_class.values() for x in c.regret_s]
+    assert regrets  # the run has premature victims to check
+    assert max(regrets) == 5.0  # some were needed more than the horizon sooner
+    assert min(regrets) > 0
+    assert all(c["median_regret_s"] >= 0 for c in log.summary().values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kvsaga.policy import LRUPolicy
@@ -278,3 +280,41 @@ def test_a_session_too_long_for_the_capacity_is_told_where_the_capacity_came_fro
         Simulator(sessions, SimConfig(num_gpu_blocks=1))
     with pytest.raises(ValueError, match=r"\(kv_memory_bytes 4,096 B at [\d,]+ B per block\)"):
         Simulator(sessions, SimConfig(kv_memory_bytes=4096))
+
+
+@pytest.mark.parametrize("scheduler", ["fcfs", "workflow"])
+def test_a_session_fits_the_blocks_of_all_its_tokens_but_the_last_output(scheduler):
+    """Review s47 simcore #2: the capacity check counted the session's last output token,
+    which is never fed and gets no KV; 31 + 2 tokens need KV for 32 (2 blocks of 16), but the
+    session was refused at 2 blocks (so `kvsaga sim` exited 2)."""
+    s = _session("a", 0.0, [Step(31, 2)], prefix=0)
+    config = SimConfig(num_gpu_blocks=2, scheduler=scheduler)
+    fast = Simulator([s], config).run()
+    assert fast.peak_live_blocks == 2 and fast.recomputed_tokens == 0
+    assert fast.num_preemptions == 0
+    assert Simulator([s], config, reference=True).run() == fast
+    with pytest.raises(ValueError, match=r"reaches 33 tokens and needs KV for 32 of them "
+                                         r"\(2 blocks; its last output is never fed\), more "
+                                         r"than the 1 blocks"):
+        Simulator([s], SimConfig(num_gpu_blocks=1, scheduler=scheduler))
+
+
+def test_a_tenant_share_counts_the_same_blocks():
+    """The same measure in `compare.tenant_share_misfit`: each tenant's 33-token session fits
+    its 2-block share of 4 (it was called a misfit, and its slowdown refused)."""
+    from kvsaga.sim.compare import tenant_share_misfit
+
+    two = [dataclasses.replace(_session(sid, 0.0, [Step(31, 2)], prefix=0), tenant=sid)
+           for sid in "ab"]
+    assert tenant_share_misfit(two, SimConfig(num_gpu_blocks=4)) is None
+    assert "(2 blocks)" in tenant_share_misfit(two, SimConfig(num_gpu_blocks=3))
+
+
+def test_an_empty_trace_on_no_block_names_where_the_capacity_came_from():
+    """Review s47 simcore #7: `simulate([], SimConfig(kv_memory_bytes=1))` raised the
+    manager's "num_gpu_blocks must be a positive int, got 0", a field never given."""
+    with pytest.raises(ValueError, match=r"^0 blocks of KV capacity \(kv_memory_bytes 1 B at "
+                                         r"[\d,]+ B per block\): a simulation needs at least "
+                                         r"one$"):
+        simulate([], SimConfig(kv_memory_bytes=1))
+    assert simulate([], SimConfig(kv_memory_bytes=COST.block_bytes)).num_sessions == 0
