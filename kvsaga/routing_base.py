@@ -176,6 +176,10 @@ class Router:
         # refusal (`move_refused`) until the session is routed again: `move_taken` acts on
         # this move only.
         self._voided: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # session key -> (the move's source, the replica it moved to), for a step that moved
+        # the session and failed with that replica unreachable (`move_unanswered`), until
+        # that replica is removed (the move is then refused) or the session is forgotten.
+        self._unanswered: OrderedDict[str, tuple[str, str]] = OrderedDict()
         # tenant -> replica -> this router's steps of that tenant there, not yet finished
         self.tenant_steps: dict[str, dict[str, int]] = {}
         # session -> replica -> this router's steps of that session there, not yet finished
@@ -203,7 +207,8 @@ class Router:
         there: their next steps recompute elsewhere. A session whose unconfirmed move
         (`unconfirmed_move`) targets it is not lost: its context and KV are still on the
         move's source, which is its home again when alive (routed as lost, the session was
-        recomputed elsewhere while the source kept its copy until its idle limit)."""
+        recomputed elsewhere while the source kept its copy until its idle limit); nor is
+        one whose moving step found the replica unreachable (`move_unanswered`)."""
         if replica not in self.in_flight:
             return []
         self.replicas.remove(replica)
@@ -215,6 +220,10 @@ class Router:
         for steps in (self.tenant_steps, self.session_steps):
             for k in [k for k, where in steps.items() if replica in where]:
                 _count(steps, k, replica, -steps[k][replica])
+        for s, (source, _) in [(s, m) for s, m in self._unanswered.items() if m[1] == replica]:
+            del self._unanswered[s]
+            if self.homes.get(s) == replica:  # not routed elsewhere since
+                self.move_refused(s, source, replica)
         for s, m in [(s, m) for s, m in self.moves.items() if m.replica == replica]:
             if m.moved_from in self.in_flight:
                 self.homes[s] = m.moved_from
@@ -274,6 +283,25 @@ class Router:
         while len(voided) > self._MAX_VOIDED:
             voided.popitem(last=False)
 
+    def move_unanswered(self, session: str, source: str, replica: str) -> None:
+        """The step that moved `session` off `source` failed with `replica` unreachable
+        (Ray's `ActorUnavailableError`: its node went away, or its death is not confirmed
+        yet; it may also pass). Once `replica` is removed (its death is then certain) the
+        move is refused (`move_refused`: the session goes back to `source`, which may
+        still hold it with its KV), unless the session was routed elsewhere meanwhile;
+        at once if `replica` is gone already. Before, the removal marked the session lost
+        and it was recomputed elsewhere while `source` kept the whole KV. Remembered until
+        then, or until the session is forgotten (at most `_MAX_VOIDED`, the oldest go
+        first)."""
+        if replica not in self.in_flight:
+            self.move_refused(session, source, replica)
+            return
+        pending = self._unanswered
+        pending.pop(session, None)
+        pending[session] = (source, replica)
+        while len(pending) > self._MAX_VOIDED:
+            pending.popitem(last=False)
+
     def move_taken(self, session: str, replica: str, source: str) -> None:
         """A step that moved `session` from `source` to `replica` ran there (its pull took
         the session, or it recomputed there) after a sibling step of the same move was
@@ -297,6 +325,7 @@ class Router:
         self.lost.pop(session, None)
         self.moves.pop(session, None)
         self._voided.pop(session, None)
+        self._unanswered.pop(session, None)
         self._last_routed.pop(session, None)
 
     def _expire(self, now: float) -> None:
@@ -317,6 +346,7 @@ class Router:
             self.lost.pop(s, None)
             self.moves.pop(s, None)
             self._voided.pop(s, None)
+            self._unanswered.pop(s, None)
 
     def confirm_move(self, session: str, replica: str) -> None:
         """A step of `session` reached `replica`: a move there is done (the replica pulled

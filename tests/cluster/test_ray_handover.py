@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from types import SimpleNamespace as NS
 
 import pytest
 
@@ -348,3 +349,142 @@ def test_a_pull_meeting_a_hold_for_a_live_importer_is_refused_naming_it(monkeypa
     assert err.headers[deployment.PULL_REFUSED_HEADER] == "a"
     assert "held for a hand-over to replica c" in err.message, err.message
     assert SID in a.app.state.engine.manager.sessions and b._sessions.get(SID) is None
+
+
+class Gated(Fleet):
+    """A `Fleet` whose probes of an importer (`handover_alive`) wait for `gate`; `probing`
+    is set once one has been asked."""
+
+    def __init__(self, *replicas) -> None:
+        super().__init__(*replicas)
+        self.gate, self.probing = asyncio.Event(), asyncio.Event()
+
+    def options(self, method_name: str):
+        call = super().options(method_name)
+        if method_name != "handover_alive":
+            return call
+        remote = call.remote
+
+        async def gated(ask):
+            self.probing.set()
+            await self.gate.wait()
+            return await remote(ask)
+
+        return NS(remote=gated)
+
+
+@pytest.mark.parametrize("what", ["commit", "abort", "expire"])
+def test_a_hold_that_ends_while_its_importer_is_probed_is_left_alone(monkeypatch, what):
+    """The hold's commit, abort or expiry lands while a step's probe of its (gone)
+    importer waits (review s47 raydiff, repro p1_commit_during_probe): the probe then
+    changes nothing. Without its check that the hold is still there, the step raised
+    KeyError out of `handle`."""
+    a, _, handle = fleet(monkeypatch, Gated)
+    ma, ra = a.app.state.engine.manager, a._sessions
+
+    async def go():
+        got = await a.export_session(export_for("r"))
+        stepping = asyncio.ensure_future(answer(a, step()))
+        await handle.probing.wait()
+        if what == "expire":
+            a._expire(SID, got.id)
+            done = None
+        else:
+            done = await a.finish_handover({"pin": "a", "engine_sid": SID, "id": got.id,
+                                            "commit": what == "commit"})
+        handle.gate.set()
+        return done, await stepping
+
+    done, (status, _) = asyncio.run(go())
+    assert done is {"commit": True, "abort": False, "expire": None}[what]
+    assert status == 200 and a._handovers == {}
+    if what == "commit":  # the importer has it: a keeps no copy
+        assert SID not in ma.sessions and ra.get(SID) is None
+    else:  # a keeps its one copy, free
+        assert SID in ma.sessions and ra.get(SID).num_steps == 3
+        assert ra.get(SID).in_flight is None
+    ma.check_integrity()
+
+
+def test_steps_and_pulls_meeting_a_hold_share_one_probe(monkeypatch):
+    """Concurrent steps and a pull of a session held for an importer that does not answer
+    ask it once, and retries within `_PROBE_KEPT_S` of that answer not again (review s47
+    raydiff, repro p2_herd: before, one probe per request, each waiting up to 5 s for the
+    same 409). A waiter cancelled meanwhile leaves the probe to the others."""
+    monkeypatch.setattr(handover, "_PROBE_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(handover, "_PROBE_KEPT_S", 3600.0, raising=False)  # (new)
+    probes = []
+
+    class Silent(Fleet):  # the importer's probes go unanswered, the rest through
+        def options(self, method_name: str):
+            if method_name != "handover_alive":
+                return super().options(method_name)
+
+            async def silent(call):
+                probes.append(call)
+                await asyncio.sleep(10)
+
+            return NS(remote=silent)
+
+    a, b, _ = fleet(monkeypatch, Silent)
+
+    async def go():
+        await a.export_session(export_for("r"))
+        gave_up = asyncio.ensure_future(answer(a, step()))
+        while not probes:  # its probe is under way
+            await asyncio.sleep(0)
+        gave_up.cancel()
+        at_once = await asyncio.gather(*(answer(a, step()) for _ in range(10)),
+                                       b._pull(SID, "t1", "a", True))
+        retries = [await answer(a, step()) for _ in range(3)]
+        return at_once, retries
+
+    at_once, retries = asyncio.run(go())
+    assert len(probes) == 1  # before the fix: 11, then 3 more
+    assert {s for s, _ in at_once[:-1] + retries} == {409}
+    assert at_once[-1].status == 409 and "held for a hand-over to replica r" in \
+        at_once[-1].message
+    monkeypatch.setattr(handover, "_PROBE_KEPT_S", 0.0)  # the outcome no longer stands
+
+    async def retry():
+        return await answer(a, step())
+
+    assert asyncio.run(retry())[0] == 409 and len(probes) == 2
+
+
+# A rolling update mixes replicas before and after session 47, which spoke the plain string
+# "busy" for a session busy on the sender (review s47 raydiff, repro p3_old_importer).
+# Before, each end took the other's busy answer for a gone sender and ran the step on its
+# own copy while one was in flight on the sender.
+
+
+def test_an_importer_that_does_not_name_itself_is_answered_the_old_busy(monkeypatch):
+    """An importer before session 47 does not name itself: it is answered "busy", one
+    that does `Busy`."""
+    a, _, _ = fleet(monkeypatch)
+    a._sessions.get(SID).in_flight = "cmpl-running"
+
+    async def exports():
+        old = await a.export_session({"pin": "a", "engine_sid": SID, "migrate": True})
+        return old, await a.export_session(export_for("b"))
+
+    old, new = asyncio.run(exports())
+    assert old == "busy"
+    assert new == handover.Busy("a step of it is in flight")
+
+
+def test_an_old_senders_busy_is_a_409_that_sends_the_session_back(monkeypatch):
+    _, b, _ = fleet(monkeypatch)
+
+    class OldSender:
+        def options(self, method_name: str):
+            return self
+
+        async def remote(self, call: dict):
+            return "busy"
+
+    monkeypatch.setattr(deployment.serve, "get_deployment_handle", lambda *x: OldSender())
+    err = asyncio.run(b._pull(SID, "t1", "a", True))
+    assert err is not None and err.status == 409 and err.code == "session_busy"
+    assert err.headers[deployment.PULL_REFUSED_HEADER] == "a"
+    assert "a step of it is in flight" in err.message and b._sessions.get(SID) is None

@@ -183,6 +183,7 @@ def dies_before_answering(monkeypatch, kv, error: Exception) -> list:
     calls = []
     monkeypatch.setattr(registry, "routers_here", lambda: [NS(
         kv_router=kv, session_ended=kv.session_ended, move_taken=kv.move_taken,
+        move_unanswered=kv.move_unanswered,
         move_refused=lambda *args: (calls.append(args), kv.move_refused(*args)))])
 
     class Handle:
@@ -230,10 +231,89 @@ def test_a_receiver_that_dies_before_answering_sends_the_session_back(monkeypatc
     assert (route.replica, route.moved_from) == ("a", None)  # before: c, moved from b
 
 
-def test_an_unavailable_receiver_leaves_the_move_alone(monkeypatch):
+def moved_to_b(*replicas: str):
+    """A `kvsaga` router over `replicas` that moved the session of `BODY` from a to b, a
+    move b accepted (confirmed); returns it and the session's key."""
+    key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
+                       BODY)["session"]
+    kv = make_router("kvsaga", list(replicas))
+    kv.homes[key] = "b"
+    kv.moves[key] = Route("b", moved_from="a", migrate=True, reason="steal")
+    kv.confirm_move(key, "b")
+    return kv, key
+
+
+# a busier than c: a session lost with b goes to c
+BUSY_A = {"a": ReplicaStats(total_blocks=64, free_blocks=8, running=8, queue_depth=6),
+          "c": ReplicaStats(total_blocks=64, free_blocks=64)}
+
+
+def test_an_unavailable_receiver_sends_the_session_back_once_it_is_removed(monkeypatch):
     """`ActorUnavailableError` may pass (the replica may still run the step): the move
-    stands."""
+    stands while b is listed; once Serve removes b (its death is then certain) the session
+    goes home to a (review s47 raydiff, repro p4b_busy_source: before, it was lost with
+    b and recomputed on c while a kept its KV)."""
     from ray.exceptions import ActorUnavailableError
 
-    kv = make_router("kvsaga", ["a", "b"])
+    kv, key = moved_to_b("a", "b", "c")
     assert dies_before_answering(monkeypatch, kv, ActorUnavailableError("gone?", None)) == []
+    assert kv.home(key) == "b"  # it may pass
+    assert kv.remove_replica("b") == [] and key not in kv.lost  # before: [key]
+    route = kv.route(RouteRequest(session=key), BUSY_A)
+    # Its KV comes from a (here stolen for c, idle), as after `ActorDiedError`; before:
+    # lost, moved from b (gone), recomputed on c.
+    assert route.moved_from == "a" and route.reason != "lost"
+
+
+def test_an_unavailable_receiver_already_removed_sends_the_session_back_at_once(monkeypatch):
+    from ray.exceptions import ActorUnavailableError
+
+    kv, key = moved_to_b("a", "b", "c")
+    assert kv.remove_replica("b") == [key]
+    dies_before_answering(monkeypatch, kv, ActorUnavailableError("gone?", None))
+    assert kv.home(key) == "a" and key not in kv.lost
+
+
+def test_an_unavailable_receiver_removed_after_the_session_moved_on_changes_nothing(
+        monkeypatch):
+    """Routed elsewhere since (b was only unreachable, or a later step moved it on), or
+    ended: b's removal leaves the session where it is."""
+    from ray.exceptions import ActorUnavailableError
+
+    kv, key = moved_to_b("a", "b", "c")
+    dies_before_answering(monkeypatch, kv, ActorUnavailableError("gone?", None))
+    kv.homes[key] = "c"  # moved on to c
+    kv.remove_replica("b")
+    assert kv.home(key) == "c" and kv._unanswered == {}
+    kv2, key2 = moved_to_b("a", "b", "c")
+    dies_before_answering(monkeypatch, kv2, ActorUnavailableError("gone?", None))
+    kv2.session_ended(key2)
+    assert kv2._unanswered == {} and kv2.remove_replica("b") == [] and kv2.home(key2) is None
+
+
+def test_unanswered_moves_are_remembered_up_to_a_bound(monkeypatch):
+    kv = make_router("kvsaga", ["a", "b"])
+    monkeypatch.setattr(kv, "_MAX_VOIDED", 2)
+    for s in ("s1", "s2", "s3"):
+        kv.homes[s] = "b"
+        kv.move_unanswered(s, "a", "b")
+    assert list(kv._unanswered) == ["s2", "s3"]  # the oldest went first
+    assert kv.remove_replica("b") == ["s1"]
+    assert kv.home("s2") == kv.home("s3") == "a"
+
+
+def test_the_request_router_hands_an_unanswered_move_to_its_router():
+    """(`KvsagaRequestRouter.move_unanswered`, which the gateway calls, on the router's
+    loop.)"""
+    from tests.cluster.ray_fakes import StatsReplica, pending
+    from tests.cluster.ray_fakes import make_router as request_router
+
+    async def go():
+        router = request_router([StatsReplica(r, total_blocks=100, free_blocks=100)
+                                 for r in ("a", "b")])
+        call = {"kvsaga": 1, "session": "t/s1", "tenant": "t"}
+        await router.choose_replicas(list(router.curr_replicas.values()), pending(call, "r1"))
+        router.move_unanswered("t/s1", "a", "b")
+        return dict(router.kv_router._unanswered)
+
+    assert asyncio.run(go()) == {"t/s1": ("a", "b")}

@@ -38,6 +38,7 @@ from kvsaga.integrations.ray.gateway import (
 from kvsaga.integrations.ray.handover import (
     Handover,  # noqa: F401  (re-exported: callers name deployment's)
     SessionHandover,
+    _Hold,
 )
 from kvsaga.integrations.ray.router import routing_config
 from kvsaga.routing import RAY_DEFAULT_ROUTER, REPLICA_ROUTERS, ReplicaStats
@@ -178,9 +179,9 @@ class EngineReplica(SessionHandover):
         self._service: dict[str, float] = {}  # tenant -> context tokens gained here
         # tenant -> when it last had a live session here (`_forget_tenants`)
         self._last_live: dict[str, float] = {}
-        # hold id -> (the timer that frees the session it holds for its importer, the
-        # importer's id: `SessionHandover._reclaim` asks whether it is still there)
-        self._handovers: dict[str, tuple[asyncio.TimerHandle, str | None]] = {}
+        # hold id -> the session it holds for its importer (`handover._Hold`: the timer
+        # that frees it, the importer, which `SessionHandover._reclaim` asks about)
+        self._handovers: dict[str, _Hold] = {}
 
     async def _start(self) -> None:
         """Enter the app's lifespan (engine thread, model load) once, and wait for the model:

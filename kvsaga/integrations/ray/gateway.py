@@ -190,20 +190,23 @@ def _moved_here(call: dict, first: dict) -> bool:
 
 def _move_died(call: dict, error: Exception) -> None:
     """The replica a step was moving its session to died before it answered (a
-    `RayActorError`; not `ActorUnavailableError`, which may pass): the move is refused
-    (`Router.move_refused`), so the session goes back to its source. Either the replica
-    never committed the hand-over, and the source still holds the session with its KV (its
-    hold freed once the importer is known gone, `SessionHandover._reclaim`), or it
-    committed and died, and the source holds nothing: the step recomputes there, as it
-    would anywhere. Ray Serve reports the request complete, which confirms the move,
-    before it removes the dead replica, so that removal found no move to undo and marked
-    the session lost: recomputed elsewhere while its source kept the whole KV."""
+    `RayActorError`): the move is refused (`Router.move_refused`), so the session goes back
+    to its source. On `ActorUnavailableError` (its node went away, or Ray has not confirmed
+    its death; it may pass) the move stands until Serve removes the replica, and is refused
+    then (`Router.move_unanswered`). Either the replica never committed the hand-over,
+    and the source still holds the session with its KV (its hold freed once the importer
+    is known gone, `SessionHandover._reclaim`), or it committed and died, and the source
+    holds nothing: the step recomputes there, as it would anywhere. Ray Serve reports the
+    request complete, which confirms the move, before it removes the dead replica, so
+    that removal found no move to undo and marked the session lost: recomputed elsewhere
+    while its source kept the whole KV."""
     route = call.get("route")
-    if (isinstance(error, ActorUnavailableError) or call.get("session") is None
-            or route is None or not route.get("moved_from")):
+    if call.get("session") is None or route is None or not route.get("moved_from"):
         return
     for router in registry.routers_here():
-        router.move_refused(call["session"], route["moved_from"], route["replica"])
+        tell = (router.move_unanswered if isinstance(error, ActorUnavailableError)
+                else router.move_refused)
+        tell(call["session"], route["moved_from"], route["replica"])
 
 
 def engine_replicas(app_name: str) -> list[str]:

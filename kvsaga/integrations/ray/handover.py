@@ -45,6 +45,14 @@ _HANDOVER_HOLD_S = 2 * _PULL_TIMEOUT_S
 # (`SessionHandover._reclaim`): short, the step that asks waits for it; no answer in time
 # keeps the hold.
 _PROBE_TIMEOUT_S = 5.0
+# How long a probe's "kept" outcome (the importer answered, or no telling) stands for the
+# hold (`SessionHandover._reclaim`): a retry of the session's step meanwhile is answered
+# 409 at once instead of probing (and waiting) again.
+_PROBE_KEPT_S = 1.0
+# The answer of a replica before session 47 for a session it cannot hand over (a step of it
+# in flight): both ends spoke it, and a replica on that code still does while a rolling
+# update replaces it (`export_session`, `_pull`).
+_OLD_BUSY = "busy"
 _FAILED = object()  # `EngineReplica._ask`: the call raised or timed out
 
 
@@ -79,6 +87,25 @@ def _export_kv(engine: Any, sid: str, migrate: bool) -> Any:
         return None
 
 
+@dataclasses.dataclass
+class _Hold:
+    """A session `EngineReplica.export_session` holds for its importer (`_handovers`).
+
+    Attributes:
+        timer: frees the session when the hold runs out (`_expire`).
+        importer: the importer's replica id (None: an importer that did not name itself,
+            before session 47; never probed).
+        probe: the probe of the importer under way (`_reclaim`), which every step or pull
+            meeting the hold meanwhile awaits; None when none is.
+        kept_at: when (the loop's clock) the last probe kept the hold (-inf: none did).
+    """
+
+    timer: asyncio.TimerHandle
+    importer: str | None
+    probe: asyncio.Future | None = None
+    kept_at: float = float("-inf")
+
+
 @dataclasses.dataclass(frozen=True)
 class Busy:
     """What `EngineReplica.export_session` answers for a session it cannot hand over now:
@@ -91,6 +118,9 @@ class Busy:
     cause: str
 
 
+_STEP_IN_FLIGHT = "a step of it is in flight"
+
+
 def busy_cause(in_flight: str, importer: str | None) -> str:
     """Why a session whose record `in_flight` reserves is busy, for a log line and the 409:
     a hold of a hand-over (`export_session`; `importer` is the replica it is held for), a
@@ -99,7 +129,7 @@ def busy_cause(in_flight: str, importer: str | None) -> str:
         return f"it is held for a hand-over to replica {importer or '(unknown)'}"
     if in_flight.startswith("pull-"):
         return "a pull of it from another replica is under way"
-    return "a step of it is in flight"
+    return _STEP_IN_FLIGHT
 
 
 def _busy(sid: str, cause: str, headers: dict | None = None) -> APIError:
@@ -174,7 +204,7 @@ class SessionHandover:
     `deployment.EngineReplica`, whose state it uses: `app` (the server app and its
     engine), `replica_id`, `app_name`, `_sessions`, `_start`, `_seen_tokens` (an import's
     context is no service given here) and `_handovers` (the exporter's holds: hold id ->
-    (the timer that frees it, its importer's id))."""
+    `_Hold`)."""
 
     async def _pull(self, sid: str, salt: str | None, source: str,
                     migrate: bool) -> APIError | None:
@@ -221,6 +251,8 @@ class SessionHandover:
             if not held.held:  # the client ended the session here meanwhile (the end route)
                 return _ended_meanwhile(sid)
             held.end(keep=not held.fresh)
+            if got == _OLD_BUSY:  # a sender before session 47 (a rolling update)
+                got = Busy(_STEP_IN_FLIGHT)
             if isinstance(got, Busy):
                 log.warning("kvsaga: %s cannot hand over %s (%s); answering 409", source,
                             sid, got.cause)
@@ -333,7 +365,7 @@ class SessionHandover:
         if s is not None:
             self._seen_tokens[exported.session_id] = len(s.token_ids)
 
-    async def export_session(self, call: dict) -> Handover | str:
+    async def export_session(self, call: dict) -> Handover | Busy | str:
         """Hand-over, phase one: a paused session's context, and its KV if asked. The
         session stays here, held: its record is reserved (a step of it is answered 409
         `session_busy`, the idle sweep passes it over) until `finish_handover` commits
@@ -341,7 +373,10 @@ class SessionHandover:
         (the importer died or gave up): it is then freed, and sooner when the importer
         `call` names is gone (`_reclaim`, first). Else why not: `Busy` (a step of it is in
         flight here, or it is held for another importer), "unknown" (no such session here)
-        or "misrouted" (the call reached another replica)."""
+        or "misrouted" (the call reached another replica). An importer that names itself
+        not (`importer`; one before session 47, during a rolling update) is answered the
+        string "busy" instead of `Busy`, the only busy answer it knows: any other it took
+        for a gone sender, and ran the step on its own copy while one was in flight here."""
         await self._start()
         sessions, sid = self._sessions, call.get("engine_sid")
         if call.get("pin") != self.replica_id or sessions is None:
@@ -356,7 +391,7 @@ class SessionHandover:
         if ctx.in_flight is not None:
             cause = busy_cause(ctx.in_flight, self._importer(ctx.in_flight))
             log.warning("kvsaga: %s cannot hand over %s (%s)", self.replica_id, sid, cause)
-            return Busy(cause)
+            return Busy(cause) if call.get("importer") is not None else _OLD_BUSY
         hold = ctx.in_flight = f"handover-{uuid.uuid4().hex}"
         migrate = bool(call.get("migrate"))
         try:
@@ -364,7 +399,7 @@ class SessionHandover:
         except BaseException:  # (cancelled: the importer gave up) nothing was handed over
             self._release(sid, hold)
             raise
-        self._handovers[hold] = (asyncio.get_running_loop().call_later(
+        self._handovers[hold] = _Hold(asyncio.get_running_loop().call_later(
             _HANDOVER_HOLD_S, self._expire, sid, hold), call.get("importer"))
         # What the session's cache holds (exact ids and text), not its local bookkeeping.
         context = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
@@ -384,7 +419,7 @@ class SessionHandover:
             log.warning("kvsaga: the hand-over of %s on %s is over already", sid,
                         self.replica_id)
             return False
-        held[0].cancel()
+        held.timer.cancel()
         ctx = sessions.get(sid)
         if not call.get("commit") or ctx is None or ctx.in_flight != hold:
             self._release(sid, hold)
@@ -413,7 +448,7 @@ class SessionHandover:
     def _importer(self, hold: str) -> str | None:
         """The importer a hold of this replica's is for (None: no such hold, or unnamed)."""
         held = self._handovers.get(hold)
-        return held[1] if held is not None else None
+        return held.importer if held is not None else None
 
     async def _reclaim(self, sid: str | None) -> None:
         """Free the session's record if one of this replica's holds reserves it for an
@@ -421,24 +456,45 @@ class SessionHandover:
         longer lists it (the pinned call reached another replica, which answers
         "misrouted"). The importer died between the export and its commit or abort, which
         only it sends: the hold would keep the session busy here (409) until it ran out
-        (`_HANDOVER_HOLD_S`). Freed as `_expire` frees it, so a commit after it is refused
-        and undone (`finish_handover`): an importer wrongly taken for gone costs a failed
-        move, never a second copy. Any other answer, a failure or no answer in time keeps
-        the hold. Called by a step (`handle`) or a pull (`export_session`) of the session
-        here, the only ones a hold turns away."""
+        (`_HANDOVER_HOLD_S`). Called by a step (`handle`) or a pull (`export_session`) of
+        the session here, the only ones a hold turns away. One probe per hold at a time:
+        the steps and pulls that meet the hold while it is under way wait for it (each
+        asking on its own, concurrent retries of a step held a request slot each for up to
+        `_PROBE_TIMEOUT_S`, every one to get the same 409), and for `_PROBE_KEPT_S` after
+        a probe kept the hold none is asked again (a retry gets its 409 at once)."""
         sessions = self._sessions
         ctx = sessions.get(sid) if sessions is not None and sid is not None else None
         hold = ctx.in_flight if ctx is not None else None
         held = self._handovers.get(hold) if hold is not None else None
-        if held is None or held[1] is None:
+        if held is None or held.importer is None:
             return
-        alive = await self._ask(held[1], "handover_alive", {"engine_sid": sid},
-                                _PROBE_TIMEOUT_S)
-        if alive != "misrouted" or self._handovers.get(hold) is not held:
-            return  # there (or no telling), or its commit or abort came meanwhile
-        log.warning("kvsaga: the importer %s of %s is gone; %s frees the session", held[1],
-                    sid, self.replica_id)
-        held[0].cancel()
+        if held.probe is None:
+            loop = asyncio.get_running_loop()
+            if loop.time() - held.kept_at < _PROBE_KEPT_S:
+                return
+            held.probe = loop.create_task(self._probe(sid, hold, held))
+        # Shielded: a caller cancelled (its client went away) leaves it to the others.
+        await asyncio.shield(held.probe)
+
+    async def _probe(self, sid: str, hold: str, held: _Hold) -> None:
+        """`_reclaim`'s probe of the importer of `held`, hold `hold` of session `sid`. On
+        "misrouted" the session is freed as `_expire` frees it, so a commit after it is
+        refused and undone (`finish_handover`): an importer wrongly taken for gone costs a
+        failed move, never a second copy. Any other answer, a failure or no answer in time
+        keeps the hold (noted, `_Hold.kept_at`)."""
+        try:
+            alive = await self._ask(held.importer, "handover_alive", {"engine_sid": sid},
+                                    _PROBE_TIMEOUT_S)
+        finally:
+            held.probe = None
+        if self._handovers.get(hold) is not held:
+            return  # its commit or abort came meanwhile, or it ran out
+        if alive != "misrouted":
+            held.kept_at = asyncio.get_running_loop().time()
+            return  # there, or no telling
+        log.warning("kvsaga: the importer %s of %s is gone; %s frees the session",
+                    held.importer, sid, self.replica_id)
+        held.timer.cancel()
         del self._handovers[hold]
         self._release(sid, hold)
 

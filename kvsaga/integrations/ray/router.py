@@ -135,6 +135,12 @@ class KvsagaRequestRouter(RequestRouter):
         (`_on_loop`)."""
         self._on_loop(self.kv_router.move_refused, session, source, replica, import_refused)
 
+    def move_unanswered(self, session: str, source: str, replica: str) -> None:
+        """The step that moved `session` off `source` found `replica` unreachable
+        (`Router.move_unanswered`: refused once `replica` is removed); from any thread
+        (`_on_loop`)."""
+        self._on_loop(self.kv_router.move_unanswered, session, source, replica)
+
     def move_taken(self, session: str, replica: str, source: str) -> None:
         """A step that moved `session` from `source` to `replica` was answered there
         (`Router.move_taken`); from any thread (`_on_loop`)."""
