@@ -82,16 +82,33 @@ class HostTier:
     def has_copy(self, block_hash: bytes) -> bool:
         return self.index.get(block_hash) is not None
 
-    def copy_out(self, gpu_block: int, block_hash: bytes) -> bool:
-        """Plan a GPU -> host copy of a block about to be evicted from the GPU.
+    def room(self, kept: list[int]) -> int:
+        """How many copies `copy_outs` can plan with the host blocks `kept` pinned: the free
+        host blocks and the CACHED ones that are not kept (the rest are pinned by the
+        pending plan)."""
+        state = self.pool.state
+        return self.pool.num_available - sum(1 for hb in kept if state[hb] == CACHED)
 
-        Returns:
-            False when every host block is pinned by the pending plan (nothing planned).
-        """
+    def copy_outs(self, copies: list[tuple[int, bytes]], kept: list[int]) -> None:
+        """Plan GPU -> host copies of (GPU block, hash) pairs about to be evicted from the
+        GPU, at most `room(kept)`, and count the victims whose content the host blocks
+        `kept` already hold (`num_kept`). Those are pinned meanwhile, so that making room
+        for a copy cannot evict one (its content would then be on neither tier though
+        counted as kept); released, they are the most recently used: a kept copy was just
+        used, as a host hit is."""
+        self.pool.acquire_many(kept)
+        try:
+            for gpu_block, block_hash in copies:
+                self._copy_out(gpu_block, block_hash)
+        finally:
+            self.pool.release_many(kept)
+        self.num_kept += len(kept)
+
+    def _copy_out(self, gpu_block: int, block_hash: bytes) -> None:
+        """Plan one GPU -> host copy into a free host block, or into the least recently used
+        CACHED one (the caller made sure there is one: `room`)."""
         pool = self.pool
         if pool.num_free == 0:
-            if pool.num_cached == 0:
-                return False
             victim = self.order.peek()
             self.index.remove(pool.block_hash[victim])
             pool.evict_many([victim])
@@ -101,7 +118,6 @@ class HostTier:
         self._offloads.append((gpu_block, hb))
         self._pinned.append(hb)
         self.num_offloaded += 1
-        return True
 
     def run(self, hashes: Sequence[bytes], first: int, limit: int) -> list[int]:
         """Host blocks holding `hashes[first:]`, up to `limit`, stopping at the first miss."""
@@ -192,17 +208,33 @@ class HostTierOps:
 
     def _offload(self, victims: list[int], now: float) -> None:
         """Plan GPU -> host copies for the victims the policy wants offloaded, and count
-        those whose clean host copy makes one needless (`HostTier.num_kept`)."""
-        block_hash, host, action = self.pool.block_hash, self.host, self.policy.action
-        pinned = False  # every host block is pinned by the pending plan: no more copies
+        those whose clean host copy makes one needless (`HostTier.num_kept`).
+
+        The policy's `action` is asked about the other hashed victims, in order, until one
+        it wants copied finds no room left on the host (`HostTier.room`; that one and the
+        rest are discarded), all before anything changes: a hook that raises leaves the
+        host tier as it was, and the eviction, not begun yet, raises with it."""
+        block_hash, host = self.pool.block_hash, self.host
+        get = host.index.get
+        kept: list[int] = []  # host blocks holding a victim's content already
+        fresh: list[int] = []  # victims with no host copy
         for b in victims:
             h = block_hash[b]
             if h is None:  # unhashed tails are never reused by anyone else
                 continue
-            if host.has_copy(h):
-                host.num_kept += 1
-            elif not pinned and action(b, now) == Action.OFFLOAD:
-                pinned = not host.copy_out(b, h)
+            hb = get(h)
+            if hb is None:
+                fresh.append(b)
+            else:
+                kept.append(hb)
+        room, action = host.room(kept), self.policy.action
+        copies: list[tuple[int, bytes]] = []
+        for b in fresh:
+            if action(b, now) == Action.OFFLOAD:
+                if len(copies) == room:
+                    break
+                copies.append((b, block_hash[b]))
+        host.copy_outs(copies, kept)
 
     def _load_into_gpu(
         self, s: Session, positions: list[int], host_blocks: list[int], now: float

@@ -485,3 +485,48 @@ def test_both_cores_evict_and_offload_the_victims_checked_when_a_hook_rewrites_t
     m.check_integrity()
     assert sorted(b for b in cached if m.pool.state[b] == 2) == others
     assert [gpu for gpu, _ in m.take_transfers().offloads] == named
+
+
+class RaisingAction(LRUPolicy):
+    """LRU whose `action` hook raises at its `raise_at`-th call from now (0: never)."""
+
+    raise_at = 0
+
+    def action(self, block_id, now):
+        self.raise_at -= 1
+        if self.raise_at == 0:
+            raise RuntimeError("action failed (a policy bug)")
+        return Action.OFFLOAD
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_eviction_whose_action_hook_raises_changes_neither_tier(core):
+    # Two victims, both to be offloaded to a full host tier: before the fix the first one's
+    # copy was planned (evicting the host's LRU copy for it) before `action` raised on the
+    # second, and stayed so, although no GPU block was evicted and allocate_slots raised.
+    from tests.test_error_atomicity_stateful import full_state
+
+    policy = RaisingAction()
+    m = KVCacheManager(KVSpec(1, 1, 4, block_size=BS), 5, policy=policy, clock=lambda: 0.0,
+                       core=core, num_host_blocks=2)
+    paused(m, "p", list(range(8)))  # 2 full blocks
+    paused(m, "q", list(range(100, 112)))  # 3 more: the pool is full
+    paused(m, "r", list(range(200, 208)))  # evicts p's 2 blocks: their copies fill the host
+    m.take_transfers()
+    assert m.host.pool.num_cached == 2 and m.host.pool.num_free == 0
+    m.begin_step("s", list(range(300, 308)))
+
+    def state():
+        hp = m.host.pool
+        return full_state(m), list(hp.generation), hp.free_ids(), m.host.num_kept
+
+    before = state()
+    policy.raise_at = 2
+    with pytest.raises(RuntimeError, match="action failed"):
+        m.allocate_slots("s", 8)  # evicts 2 of q's blocks
+    m.check_integrity()
+    assert state() == before
+    assert m.stats().discarded_blocks == 0
+    assert len(m.allocate_slots("s", 8)) == 8
+    assert len(m.take_transfers().offloads) == 2
+    m.check_integrity()
