@@ -187,7 +187,9 @@ def scheduler_class(order: str | None) -> type:
 def arm_extra(extra: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """`--connector-extra`'s entries `extra` with a connector arm's `settings` over them. An
     arm that turns admission off (`+nogate`) leaves out the gate's keys: they are there for
-    the other arms, and the connector refuses them with admission off (`GATE_KEYS`)."""
+    the other arms, and the connector refuses them with admission off (`GATE_KEYS`). It
+    keeps `step_cost_args`, which the step-cost fit its stats report reads with admission
+    off too: its fit is the one of the arms beside it."""
     from kvsaga.integrations.vllm.connector_config import GATE_KEYS
 
     out = {**extra, **settings}
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--connector-extra", default="{}",
       help="JSON of more kv_connector_extra_config entries for the connector arms (a "
            "POLICY+nogate arm leaves out the gate's: gate_args, keep_demoted, "
-           "best_effort_steps, step_cost_args)")
+           "best_effort_steps)")
     a("--template-tokens", type=int, default=8,
       help="chat-template tokens around each user/tool message (header, end, the "
            "assistant's header): SmolLM2's template adds about 8")

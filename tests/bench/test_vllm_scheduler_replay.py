@@ -262,7 +262,10 @@ def test_a_nogate_arm_leaves_out_the_gate_keys_of_connector_extra() -> None:
     """The connector refuses the gate's keys with admission off (they were ignored), so a
     `--connector-extra` meant for the gated arms would fail the +nogate arm beside them."""
     arm_extra = _load().arm_extra
-    base = {"gate_args": {"room_admit": False}, "keep_demoted": True, "reserve_blocks": 2}
-    assert arm_extra(base, {"admission": False}) == {"reserve_blocks": 2, "admission": False}
+    base = {"gate_args": {"room_admit": False}, "keep_demoted": True, "reserve_blocks": 2,
+            "step_cost_args": {"min_steps": 3}}
+    # (step_cost_args kept: the stats' step fit reads it with admission off too)
+    assert arm_extra(base, {"admission": False}) == {"reserve_blocks": 2, "admission": False,
+                                                     "step_cost_args": {"min_steps": 3}}
     assert arm_extra(base, {"admission": True}) == {**base, "admission": True}
     assert arm_extra(base, {}) == base and "admission" not in base

@@ -123,19 +123,39 @@ def test_the_gate_keys_are_those_the_connector_does_not_pass_itself():
         check_connector_extra({"gate_args": {"capacity": 8}})
 
 
-@pytest.mark.parametrize(("policy", "key", "value"), [
-    ("ttl", "cost", 5), ("ttl", "graph", {"a": 1}), ("graph", "cost", {}),
-    ("belady", "oracle", None), ("oracle-ttl", "graph", [])])
-def test_a_policy_parameter_that_takes_an_object_is_refused_naming_it(policy, key, value):
+@pytest.mark.parametrize(("policy", "key", "value", "why"), [
+    ("ttl", "cost", 5, "the policy builds its own"),
+    ("ttl", "graph", {"a": 1}, "the policy builds its own"),
+    ("graph", "cost", {}, "the policy builds its own"),
+    ("saga", "oracle", None, "only the offline policies take one, which the connector cannot "
+                             "run")])
+def test_a_policy_parameter_that_takes_an_object_is_refused_naming_it(policy, key, value,
+                                                                      why):
     """No JSON value is a CostModel, an ExecutionGraph or a FutureOracle: one given passed,
     and the policy failed on it inside vLLM's scheduler (AttributeError), which killed vLLM's
-    engine core for every client."""
+    engine core for every client. No online policy builds an oracle: "builds its own" was
+    said of it too."""
     extra = {"policy": policy, "policy_args": {key: value}}
-    with pytest.raises(ValueError, match=rf"policy_args '{key}' takes a Python object"):
+    message = rf"policy_args '{key}' takes a Python object .*; leave it out \({why}\)"
+    with pytest.raises(ValueError, match=message):
         check_connector_extra(extra)
-    with pytest.raises(ValueError, match=rf"policy_args '{key}' takes a Python object"):
+    with pytest.raises(ValueError, match=message):
         kv_transfer_config(policy, policy_args={key: value})
     assert not set(OBJECT_PARAMS) & set(args_taken("policy_args", extra))
+
+
+@pytest.mark.parametrize("policy", ["belady", "oracle-ttl"])
+@pytest.mark.parametrize("policy_args", [{}, {"oracle": {}}])
+def test_an_offline_policy_is_refused_by_name(policy, policy_args):
+    """`belady` and `oracle-ttl` need the future (a FutureOracle): they passed every check
+    and failed at vLLM's start asking for an oracle, which policy_args refuses by name."""
+    message = (rf"kvsaga connector: policy '{policy}' is an offline reference .* the "
+               rf"connector cannot run it: choose one of \['adaptive', 'graph', 'lru', "
+               rf"'saga', 'ttl'\]")
+    with pytest.raises(ValueError, match=message):
+        check_connector_extra({"policy": policy, "policy_args": policy_args})
+    with pytest.raises(ValueError, match=message):
+        kv_transfer_config(policy, policy_args=policy_args)
 
 
 @pytest.mark.parametrize(("policy", "key", "value", "kind"), [
@@ -163,8 +183,7 @@ def test_well_typed_policy_arguments_pass_and_null_only_where_taken():
 @pytest.mark.parametrize(("extra", "message"), [
     ({"policy": "ttl", "policy_args": {"base_ttl_s": -5}}, "base_ttl_s must be > 0"),
     ({"policy": "graph", "policy_args": {"calib_prior": 0}}, "calib_prior must be > 0"),
-    ({"policy": "adaptive", "policy_args": {"experts": ["zz"]}}, "expert 'zz' is not"),
-    ({"policy": "belady"}, "needs a FutureOracle")])
+    ({"policy": "adaptive", "policy_args": {"experts": ["zz"]}}, "expert 'zz' is not")])
 def test_a_value_the_policy_refuses_names_policy_args_and_the_policy(extra, message):
     """The policy's own TypeError or ValueError came out as is, naming no setting."""
     with pytest.raises(ValueError, match=rf"kvsaga connector: policy_args of policy "
@@ -184,7 +203,7 @@ def test_a_gate_key_with_admission_off_is_refused_naming_it(key):
     """They act only through the gate, which admission off never builds: accepted, they were
     ignored, and gate_args not even checked."""
     value = {"gate_args": {"horizon_steps": -5}, "keep_demoted": True,
-             "best_effort_steps": 5, "step_cost_args": {}}[key]
+             "best_effort_steps": 5}[key]
     with pytest.raises(ValueError, match=rf"kvsaga connector: {key} act\(s\) only through "
                                          rf"the admission gate, and admission is off"):
         check_connector_extra({"admission": False, key: value})
@@ -192,6 +211,15 @@ def test_a_gate_key_with_admission_off_is_refused_naming_it(key):
         kv_transfer_config("ttl", admission=False, **{key: value})
     assert check_connector_extra({"admission": True, key: value})
     assert check_connector_extra({key: value})  # (admission is on by default)
+
+
+def test_step_cost_args_are_taken_with_admission_off():
+    """The step-cost fit runs with admission off too (the stats report it): refused there,
+    `step_cost_args` was said to act only through the gate."""
+    extra = {"admission": False, "step_cost_args": {"min_steps": 1000}}
+    assert check_connector_extra(extra) == extra
+    assert kv_transfer_config("ttl", admission=False, step_cost_args={"min_steps": 1000})
+    assert "step_cost_args" not in GATE_KEYS
 
 
 def test_every_gate_key_given_with_admission_off_is_named():

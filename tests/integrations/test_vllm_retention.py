@@ -119,8 +119,9 @@ def test_retention_holds_each_block_once_and_loses_none(ops):
         else:
             before = {sid: list(held) for sid, held in h.holds.items()}
             free = pool.get_num_free_blocks()
-            h._release_until(x, 0.0, "pressure")
+            freed = h._release_until(x, 0.0, "pressure")
             assert pool.get_num_free_blocks() <= max(x, free)  # no more than asked for
+            assert freed == pool.get_num_free_blocks() - free  # counted: what was freed
             for sid, old in before.items():
                 new = h.holds.get(sid, [])
                 assert new == old[:len(new)], f"{sid}: {old} -> {new}, not tails first"
@@ -182,3 +183,18 @@ def test_a_retain_with_no_full_block_leaves_the_hold_alone():
     assert h.holds == {"s": [1, 2]}
     assert [blk.ref_cnt for blk in pool.blocks[1:4]] == [1, 1, 0]
     check(h, [0] * NUM_BLOCKS)
+
+
+def test_a_tail_block_a_request_uses_is_given_up_but_not_counted_as_freed():
+    """vLLM keeps duplicate cached blocks of one hash, so a request can use a session's
+    block 3 through another copy of blocks 1-2. Released past the victim, its retention goes
+    (no lookup crosses the victim's hole) but frees nothing: it was counted as released (3
+    for the 2 blocks freed)."""
+    pool = FakePool()
+    h = _retained(pool, {"s": [1, 2, 3, 4]})
+    pool.touch([pool.blocks[3]])  # a running request's reference (not on blocks 1, 2)
+    free = pool.get_num_free_blocks()
+    assert h._release_until(free + 2, 0.0, "admit") == 2
+    assert pool.get_num_free_blocks() == free + 2 and h.holds == {"s": [1]}
+    assert h.stats.by_reason == {"admit": 2} and h.stats.released_blocks == 2
+    check(h, [0, 0, 0, 1] + [0] * (NUM_BLOCKS - 4))

@@ -69,12 +69,14 @@ works only through the block pool that vLLM binds to connectors (`bind_gpu_block
 
 Only the scheduler-side instance does anything; the worker side moves no KV (all methods no-ops).
 Configuration (`kv_connector_extra_config`): `policy` (a kvsaga policy name, default
-`kvsaga.policy.DEFAULT_POLICY`),
+`kvsaga.policy.DEFAULT_POLICY`; not an offline one, `belady` or `oracle-ttl`),
 `policy_args` (keyword arguments for it: numbers and flags, never the Python objects
 `cost`, `graph`, `oracle`), `reserve_blocks` (free blocks to keep after each
 step beyond one per scheduled request, default 0), `admission` (the session gate, default
 true), `gate_args` (`SessionGate` keyword arguments), `best_effort_steps` (default 0; 0: a
-deferred step always waits), `step_cost_args` (`StepCost` keyword arguments),
+deferred step always waits), `step_cost_args` (`StepCost` keyword arguments: the online
+fit of vLLM's step times that riding along and the gate's reserve read, and the stats line
+reports, with admission off too),
 `keep_demoted` (a session the gate demotes, by its shrink or past its demotion deadline to
 let a waiting one in: default false, its blocks become plain LRU cache at once; true, they
 are kept until memory is needed and released then before the policy's choice, +0.01x on
@@ -85,7 +87,7 @@ never).
 Any other key is refused (ValueError naming it: `connector_config.py`), so a typo cannot
 leave a default in force unnoticed; so is `reserve_blocks` other than an int >= 0 (below
 vLLM's usable blocks, checked when they are bound), a `*_args` value other than a JSON
-object, and, with `admission` false, `gate_args`, `best_effort_steps`, `step_cost_args` and
+object, an offline policy, and, with `admission` false, `gate_args`, `best_effort_steps` and
 `keep_demoted` (they act only through the gate).
 """
 
@@ -102,6 +104,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 from vllm.logger import init_logger
+from vllm.v1.request import RequestStatus
 
 from kvsaga._validate import is_number
 from kvsaga.integrations.vllm.connector_config import (
@@ -131,6 +134,7 @@ if TYPE_CHECKING:
 
 # Under "vllm": vLLM configures that logger (and its handler) only, so the lines reach its log.
 logger = init_logger(f"vllm.{__name__}")
+ABORTED = RequestStatus.FINISHED_ABORTED
 STATS_LOG_EVERY_S = 5.0  # at most one stats line per this many seconds, when they changed
 
 
@@ -392,26 +396,31 @@ class KVSagaConnector(Retention, SessionEnds, KVConnectorBase_V1):
                 ended = self._land(rid, info.session_id)
                 # A step that never got blocks (aborted while it waited: the gate held it, or
                 # vLLM had no room) leaves the session's kept context as it was.
-                if not unretained and block_ids:
-                    self._retain(info, block_ids)
+                kept = not unretained and bool(block_ids) and self._retain(info, block_ids)
                 if info.session_id in self._sessions:  # a step of it ran (its allocation
                     self.session_active(info.session_id, now)  # made the record): paused
                 else:  # none ran (its first aborted while it waited): it has no pause, and
                     # filed as paused (here, or at its arrival by KVSagaScheduler) the idle
                     # sweep ended it as `abandoned`
                     self._paused.pop(info.session_id, None)
-                if ended and info.session_id in self.holds:  # kept by the step's requests
+                held = info.session_id in self.holds  # kept by the step's requests
+                if ended and (held or (block_ids and request.status != ABORTED)):
+                    # The step ran: its session pauses, with what its requests kept (nothing
+                    # for a context under one block, or a step run unretained: still a
+                    # pause, which the policy learns and its hints act on).
                     session = session_for(self._sessions, info)
+                    if not kept:  # (else `_retain` set them) its hits went with the request
+                        session.block_ids = list(self.holds.get(info.session_id, ()))
                     self.policy.step_finished(session, now, info.hint)
-                    self.stats.retained_steps += 1
-                elif (ended and not block_ids) or (info.session_id in self.holds
-                                                    and info.session_id not in self._flights):
+                    self.stats.retained_steps += held
+                elif ended or (held and info.session_id not in self._flights):
                     # Allocated, then preempted (vLLM freed its blocks and told us nothing)
                     # and aborted while requeued: the policy saw its step running, the gate
                     # counted it in flight (`withdrawn`: it learns nothing of its partial
-                    # output). Or aborted unallocated, after a probe that told the policy
-                    # its blocks are needed now. Either way they are not: the session is
-                    # paused as after its last completed step.
+                    # output). Or aborted in its first prefill chunk, with no full block to
+                    # keep. Or aborted unallocated, after a probe that told the policy its
+                    # blocks are needed now. Either way they are not: the session is paused
+                    # as after its last completed step.
                     withdrawn = ended and not block_ids
                     session = session_for(self._sessions, info)
                     self.policy.resume_withdrawn(session, now)

@@ -13,8 +13,10 @@ its blocks, and failed there with a bare TypeError. `policy_args` names no param
 takes a Python object (`OBJECT_PARAMS`: no JSON value is one; a number or an object given
 for one passed, and failed inside vLLM's scheduler, killing its engine core), and its numbers
 and flags must be numbers and flags (a string failed at vLLM's start with a TypeError naming
-no parameter). The keys that act only through the admission gate are refused when admission
-is off (`GATE_KEYS`): they were accepted, unchecked, and ignored.
+no parameter). An offline policy (`belady`, `oracle-ttl`: it needs the future) is refused
+by name: it passed here and failed at vLLM's start asking for an `oracle` that policy_args
+refuses. The keys that act only through the admission gate are refused when admission is off
+(`GATE_KEYS`): they were accepted, unchecked, and ignored.
 """
 
 from __future__ import annotations
@@ -50,18 +52,21 @@ ARGS_KEYS = ("policy_args", "gate_args", "step_cost_args", "scheduler_args")
 SCHEDULER_ARGS = ("admitted_first", "gate_arrivals", "aging_s", "prior_steps",
                   "prior_growth_tokens", "work")
 # The policies' parameters that take Python objects (a CostModel, an ExecutionGraph, a
-# FutureOracle), which no JSON value is: the policy builds its own when none is given.
+# FutureOracle), which no JSON value is: the policy builds its own cost model and graph when
+# none is given, and the policies that need an oracle are refused (`check_online`).
 OBJECT_PARAMS = ("cost", "graph", "oracle")
 # The keys that act only through the admission gate (`SessionGate`, built when `admission`
-# is on): with admission off they would be ignored.
-GATE_KEYS = ("gate_args", "keep_demoted", "best_effort_steps", "step_cost_args")
+# is on): with admission off they would be ignored. Not `step_cost_args`: the connector fits
+# every step's time with admission off too, and its stats report that fit.
+GATE_KEYS = ("gate_args", "keep_demoted", "best_effort_steps")
 
 
 def check_connector_extra(extra: object) -> dict[str, Any]:
     """`extra` as a dict, or ValueError naming what is wrong: not a mapping, a key the
     connector does not read (with the closest valid key, and the list of valid keys), a
-    value of the wrong type (`check_values`, `check_policy_args`), a keyword argument that
-    what it is for does not take (`args_taken`), or a key of the gate with admission off."""
+    value of the wrong type (`check_values`, `check_policy_args`), an offline policy
+    (`check_online`), a keyword argument that what it is for does not take (`args_taken`),
+    or a key of the gate with admission off."""
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
@@ -69,6 +74,7 @@ def check_connector_extra(extra: object) -> dict[str, Any]:
                          f"got {type(extra).__name__}")
     check_keys("kv_connector_extra_config", extra, CONNECTOR_KEYS)
     check_values(extra)
+    check_online(extra)
     check_no_objects(extra.get("policy_args", {}))
     for key in ARGS_KEYS:
         taken = args_taken(key, extra)
@@ -141,14 +147,30 @@ def check_values(extra: Mapping[str, Any]) -> None:
                              f"arguments, got {extra[key]!r}")
 
 
+def check_online(extra: Mapping[str, Any]) -> None:
+    """ValueError naming `extra`'s policy when it is an offline reference (`needs_oracle`:
+    `belady`, `oracle-ttl`), which needs the future only a trace replay knows. It passed
+    every check and failed at vLLM's start asking for an `oracle` that policy_args refuses."""
+    cls = _policy_class(extra)
+    if cls is not None and getattr(cls, "needs_oracle", False):
+        online = sorted(n for n, c in POLICIES.items() if not getattr(c, "needs_oracle", False))
+        raise ValueError(f"kvsaga connector: policy {cls.name!r} is an offline reference (it "
+                         f"needs a FutureOracle: the future, which only a trace replay "
+                         f"knows); the "
+                         f"connector cannot run it: choose one of {online}")
+
+
 def check_no_objects(policy_args: Mapping[str, Any]) -> None:
     """ValueError naming the first `OBJECT_PARAMS` key in `policy_args`: whatever JSON gives
     there is no such object, and the policy met it only inside vLLM's scheduler, where the
-    AttributeError it raised killed vLLM's engine core for every client."""
+    AttributeError it raised killed vLLM's engine core for every client. `cost` and `graph`
+    the policy builds itself; `oracle` only the offline policies take (`check_online`)."""
     for key in policy_args:
         if key in OBJECT_PARAMS:
+            why = ("only the offline policies take one, which the connector cannot run"
+                   if key == "oracle" else "the policy builds its own")
             raise ValueError(f"kvsaga connector: policy_args {key!r} takes a Python object "
-                             f"that no JSON value is; leave it out (the policy builds its own)")
+                             f"that no JSON value is; leave it out ({why})")
 
 
 def check_policy_args(extra: Mapping[str, Any]) -> None:

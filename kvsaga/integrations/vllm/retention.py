@@ -71,13 +71,14 @@ class Retention:
         else:
             self._shared.discard(block_id)
 
-    def _retain(self, info: StepInfo, block_ids: list[int]) -> None:
+    def _retain(self, info: StepInfo, block_ids: list[int]) -> bool:
         """Take a reference on the request's full, hashed blocks (its context's prefix), in
         place of what the session retained before, and report them to the policy as the
-        session's (its step's finish is told once the step's last request finished). With
-        no such block (aborted in its first prefill chunk of less than a block) nothing
-        changes and nothing is counted (before, an empty hold replaced the context another
-        request of the step had just retained, and counted as a retained step)."""
+        session's (its step's finish is told once the step's last request finished, whether
+        it kept anything or not: `request_finished`). Whether it kept any: with no such
+        block (a context under one block, or aborted in its first prefill chunk of less
+        than a block) nothing changes (before session 47, an empty hold replaced the
+        context another request of the step had just retained)."""
         sid = info.session_id
         session = session_for(self._sessions, info)
         pool = self.pool
@@ -88,7 +89,7 @@ class Retention:
                 break  # only full, hashed blocks can be hit again; a hole ends the prefix
             keep.append(blk)
         if not keep:
-            return
+            return False
         old = self.holds.get(sid)
         pool.touch(keep)  # before the old hold goes, so shared blocks never reach the free queue
         if old:
@@ -97,6 +98,7 @@ class Retention:
         for pos, blk in enumerate(keep):
             self._hold(blk.block_id, sid, pos)
         session.block_ids = list(self.holds[sid])
+        return True
 
     def _only_retained_in_use(self) -> bool:
         """Whether every block in use (but vLLM's null block) is held by retention alone:
@@ -155,10 +157,13 @@ class Retention:
         reference on it; stop once vLLM has `free_wanted` free blocks. vLLM's prefix lookup
         stops at the first missing block, so once the victim is reused the blocks after it
         are never hit again: a policy that names a head (`lru` takes a session's blocks
-        head first) left them retained, counted and pinned for nothing. (A request that
-        holds one of them holds the victim too, by the same lookup: the victim would not be
-        freeable.) Each hold stays a prefix of the session's context. Returns how many
-        blocks are no longer retained."""
+        head first) left them retained, counted and pinned for nothing. Each hold stays a
+        prefix of the session's context. A request may still use one of those later blocks
+        while the victim is free: vLLM keeps duplicate cached blocks of one hash, so a
+        request can reach a session's later block through another copy of the blocks before
+        it. Its retained reference goes all the same (the request's own keeps the block),
+        freeing nothing. Returns how many blocks the releases freed (such a drop is not
+        one)."""
         num_free = self.pool.get_num_free_blocks
         released = 0
         for sid in list(self._holders[block_id]):
@@ -173,14 +178,14 @@ class Retention:
         return released
 
     def _give_back_last(self, sid: str) -> bool:
-        """Drop session `sid`'s reference on the last block it retains; whether that block
-        is no longer retained by anyone."""
+        """Drop session `sid`'s reference on the last block it retains; whether that freed
+        the block (no other session retains it, and no request uses it)."""
         hold = self.holds[sid]
         b = hold.pop()
         if not hold:
             del self.holds[sid]
         self._drop(b, sid)
-        return b not in self._holders
+        return self.pool.blocks[b].ref_cnt == 0
 
     def _demoted_only(self, exclude: str | None = None) -> int:
         """Distinct blocks kept demoted sessions alone hold (not `exclude`'s, a session being
@@ -190,7 +195,7 @@ class Retention:
     def _release_until(self, free_wanted: int, now: float, reason: str) -> int:
         """Release retained blocks in the policy's order, each session's tail first
         (`_release_tail`), until vLLM has `free_wanted` free blocks or no retained block can
-        be freed. Returns how many retained blocks were released. A retained block a request
+        be freed. Returns how many retained blocks the releases freed. A victim a request
         also holds (`_freeable`) is kept: dropping its retained references frees nothing,
         and its session would lose the retention (and its paused context's hits once the
         request finishes) for no memory."""

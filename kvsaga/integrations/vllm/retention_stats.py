@@ -15,7 +15,7 @@ class RetentionStats:
 
     retained_steps: int = 0  # steps whose blocks were kept at their finish
     resumed_hits: int = 0  # later steps that found their session's blocks retained
-    released_blocks: int = 0  # retained blocks given back under pressure
+    released_blocks: int = 0  # retained blocks given back, and so freed, under pressure
     pressure_releases: int = 0  # calls that had to release something
     by_reason: dict[str, int] = field(default_factory=dict)
     deferrals: int = 0  # admission probes the gate answered "not yet" (admission on)

@@ -79,3 +79,107 @@ def test_a_request_aborted_in_its_first_chunk_leaves_its_steps_context_retained(
     assert c.holds["S"] == kept and c.stats.retained_steps == 1
     nxt = make_request(ctx + [7, 1, 2], 1, {"session_id": "S", "last_step": True})
     assert run(s, [nxt])[nxt.request_id] == 3 * BLOCK_SIZE
+
+
+def _policy_calls(connector) -> list[str]:
+    """The lifecycle calls the connector makes on its policy, in order (recorded)."""
+    calls: list[str] = []
+    for name in ("step_started", "step_finished", "resume_withdrawn"):
+        told = getattr(connector.policy, name)
+
+        def record(*a, _told=told, _name=name, **k):
+            calls.append(_name)
+            return _told(*a, **k)
+
+        setattr(connector.policy, name, record)
+    return calls
+
+
+def test_a_one_request_step_aborted_in_its_first_chunk_pauses_its_session(hf_model_dir):
+    """Session S's only request of a step is aborted after a first prefill chunk of less
+    than a block: nothing to keep. Since the empty retain changed nothing, the policy was
+    told neither that the step finished nor that it was withdrawn, so its view of S stayed
+    running (needed now) for its whole pause, and its pause hints were ignored."""
+    from vllm.v1.request import RequestStatus
+
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="graph", admission=False,
+                       max_num_batched_tokens=4 * BLOCK_SIZE)
+    c = s.connector
+    calls = _policy_calls(c)
+    other = make_request(_prompt(5, 3) + [1] * 8, 1)
+    S = make_request(_prompt(6, 6), 1, {"session_id": "S", "tool": "t", "expected_s": 5})
+    s.add_request(other)
+    s.add_request(S)
+    step(s)
+    assert 0 < S.num_computed_tokens < BLOCK_SIZE
+    s.finish_requests(S.request_id, RequestStatus.FINISHED_ABORTED)
+    assert calls == ["step_started", "resume_withdrawn"]
+    view = c.policy.views["S"]
+    assert not view.running and not view.needed_now
+    assert "S" not in c.holds and c.stats.retained_steps == 0
+
+
+def test_a_completed_step_under_one_block_is_a_pause_the_policy_learns(hf_model_dir):
+    """A step of 5 prompt and 3 output tokens completes with no full block to keep: the
+    policy was told it started, never that it finished, so the next step 7 s later was a
+    retry to the execution graph and the pause on tool t was never learned."""
+    s = make_scheduler(hf_model_dir, 40, connector=True, policy="graph", admission=False)
+    c = s.connector
+    clock = [1000.0]
+    c.clock = lambda: clock[0]
+    calls = _policy_calls(c)
+    ctx = [50_000 + i for i in range(5)]
+    hint = {"session_id": "S", "tool": "t", "expected_s": 5}
+    run(s, [make_request(ctx, 3, hint)])
+    assert calls == ["step_started", "step_finished"]
+    assert not c.policy.views["S"].running and c.stats.retained_steps == 0
+    clock[0] += 7
+    run(s, [make_request(ctx + [7, 7, 7, 1, 2], 3, hint)])
+    graph = c.policy.graph
+    assert graph.node(graph._tracks["S"].workflow, "t").resumed == 1
+
+
+def test_a_step_run_unretained_is_a_pause_the_policy_is_told(hf_model_dir):
+    """The gate holds B back and its cheap step rides along unretained (nothing kept at its
+    finish): the policy was told it started and never that it finished, so B stayed
+    running to it through its pause."""
+    from .harness import TOKEN
+
+    now = [0.0]
+    s = make_scheduler(hf_model_dir, 40, connector=True, gate_args={"room_admit": False},
+                       best_effort_steps=10)
+    c = s.connector
+    c.clock = lambda: now[0]
+    for n in (1, 200, 5, 90):  # steps cost mostly their fixed 0.5 s: riding along is cheap
+        c.cost.observe(n, 0.5 + 0.0001 * n)
+    a = _prompt(7, 20)
+    run(s, [make_request(a, 2, {"session_id": "A", "tool": "t", "expected_s": 30})])
+    calls = _policy_calls(c)
+    b = make_request(_prompt(8, 3), 2, {"session_id": "B", "tool": "t", "expected_s": 5})
+    run(s, [b])
+    assert c.stats.best_effort == 1 and "B" not in c.holds
+    assert calls == ["step_started", "step_finished"] and not c.policy.views["B"].running
+    assert c.stats.retained_steps == 1  # A's step only
+    run(s, [make_request(a + [TOKEN] * 2, 1, {"session_id": "A", "last_step": True})])
+
+
+def test_step_cost_args_set_the_reported_step_fit_with_admission_off(hf_model_dir):
+    """With admission off the connector still fits every step's time, and its stats line
+    reports the fit: `step_cost_args` act there too, and are taken."""
+    fits = {}
+    for min_steps in (3, 1000):
+        s = make_scheduler(hf_model_dir, 40, connector=True, admission=False,
+                           step_cost_args={"min_steps": min_steps})
+        c = s.connector
+        clock = [0.0]
+
+        def tick(clock=clock):
+            clock[0] += 0.01
+            return clock[0]
+
+        c.clock = tick
+        run(s, [make_request(_prompt(9 + i, 2) + [i], 4, {"session_id": f"S{i}"})
+                for i in range(3)])
+        c._log_stats(c.clock())
+        fits[min_steps] = c.stats.step_fixed_us
+    assert fits[3] > 0 and fits[1000] == 0
