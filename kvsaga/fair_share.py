@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from kvsaga._validate import is_number
 from kvsaga.replica_stats import ReplicaStats
+from kvsaga.scheduler.fair_share import SHARE_LAG_TOKENS, check_weights
 
 
 @dataclass(slots=True)
@@ -20,11 +23,32 @@ class FairShare:
 
     Attributes:
         weights: a tenant's weight (default 1.0); its fair share is weight / total weight
-            of the tenants seen.
+            of the tenants the shares are over (`live`). Checked as the scheduler's
+            `tenant_weights` (`check_weights`: 0, negative or NaN made a ratio NaN or
+            divided by zero).
+        lag: service (tokens, per unit of weight) that a tenant entering the live set is
+            at most behind the least-served live tenant (`enter`): the scheduler's
+            `share_lag_tokens` and default, for the same reason (`ComputeShares._catch_up`).
+        live: the tenants the shares are over (`enter`); None: every tenant in `usage`.
+        credit: service added to a live tenant's reported usage when it entered
+            (`enter`), kept while it stays live.
     """
 
     weights: dict[str, float] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)
+    lag: float = SHARE_LAG_TOKENS
+    live: set[str] | None = field(default=None, init=False)
+    credit: dict[str, float] = field(default_factory=dict, init=False)
+    # The entry floor when no live tenant stays (`enter`).
+    _virtual: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.weights = check_weights(self.weights)
+        except ValueError as e:
+            raise ValueError(f"FairShare.weights: {e}") from None
+        if not is_number(self.lag) or not 0 <= self.lag < math.inf:
+            raise ValueError(f"FairShare.lag must be a finite number >= 0, got {self.lag!r}")
 
     def record(self, tenant: str, service: float) -> None:
         """Add service a tenant received on any replica."""
@@ -32,10 +56,12 @@ class FairShare:
             raise ValueError(f"service must be >= 0, got {service!r}")
         self.usage[tenant] = self.usage.get(tenant, 0.0) + service
 
-    def observe(self, reports: Iterable[ReplicaStats | None]) -> None:
+    def observe(self, reports: Iterable[ReplicaStats | None],
+                live: Collection[str] | None = None) -> None:
         """Take the fleet's usage from the replicas' own counts (`tenant_service`, each
         cumulative on its replica): the sum over the replicas that report any. Replicas
-        that report none leave the usage recorded so far as it is."""
+        that report none leave the usage recorded so far as it is. `live`: the tenants
+        the shares are over from now on (`enter`); None leaves them as they are."""
         total: dict[str, float] = {}
         for st in reports:
             if st is None:
@@ -44,6 +70,42 @@ class FairShare:
                 total[t] = total.get(t, 0.0) + v
         if total:
             self.usage = total
+        if live is not None:
+            self.enter(live)
+
+    def enter(self, live: Collection[str]) -> None:
+        """Make the shares over `live` (the tenants with a session or a step in flight):
+        a tenant with no session left anywhere no longer counts in the total service or
+        the weight sum. Replicas keep its service long after it left (their idle limit),
+        which lowered every live tenant's ratio: one taking 99% of the live service was
+        not held back. A tenant entering `live` has its service raised to at least the
+        least weighted service of the live tenants that stay, less `lag` (when none
+        stays: of the last two or more, never lowered), as the replica scheduler's
+        catch-up does: the replicas' service is cumulative since they started, and
+        without the floor a tenant that had the fleet to itself for an hour stayed above
+        a newcomer's share (held back while the newcomer waited) until the newcomer's
+        whole service matched that hour."""
+        live = set(live)
+        before = self.live if self.live is not None else set()
+        if len(before) >= 2:
+            self._virtual = max(self._virtual, min(self._weighted(t) for t in before))
+        stay = live & before
+        least = min((self._weighted(t) for t in stay), default=self._virtual)
+        credit = {t: c for t, c in self.credit.items() if t in stay}
+        for t in live - before:
+            w = self.weights.get(t, 1.0)
+            raise_to = (least - self.lag) * w - self.usage.get(t, 0.0)
+            if raise_to > 0:
+                credit[t] = raise_to
+        self.credit = credit
+        self.live = live
+
+    def _service(self, tenant: str) -> float:
+        """A tenant's service: its reported usage plus its entry credit (`enter`)."""
+        return self.usage.get(tenant, 0.0) + self.credit.get(tenant, 0.0)
+
+    def _weighted(self, tenant: str) -> float:
+        return self._service(tenant) / self.weights.get(tenant, 1.0)
 
     def holds_back(self, tenant: str, waiting: Iterable[str], max_share: float) -> bool:
         """Whether an idle replica's capacity is held back from `tenant` (no step is
@@ -57,13 +119,13 @@ class FairShare:
         return any(t != tenant and self.share_ratio(t) < 1.0 for t in waiting)
 
     def share_ratio(self, tenant: str) -> float:
-        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet).
-        Fair shares are over every tenant served so far; `holds_back` reads them only
-        while someone below their share has work waiting."""
-        total = sum(self.usage.values())
+        """Received share / fair share (1.0: exactly fair; 0.0: unserved or no usage yet),
+        over the `live` tenants and `tenant`; `holds_back` reads them only while someone
+        below their share has work waiting."""
+        tenants = (set(self.usage) if self.live is None else set(self.live)) | {tenant}
+        total = sum(self._service(t) for t in tenants)
         if total <= 0:
             return 0.0
-        tenants = set(self.usage) | {tenant}
         wsum = sum(self.weights.get(t, 1.0) for t in tenants)
         fair = self.weights.get(tenant, 1.0) / wsum
-        return (self.usage.get(tenant, 0.0) / total) / fair
+        return (self._service(tenant) / total) / fair

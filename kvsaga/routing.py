@@ -79,8 +79,14 @@ class KvsagaRouter(Router):
         # replicas added since the last decision, which get theirs at the next one.
         self.busy_offset: dict[str, float] = {}
         self._joining: set[str] = set()
+        if config is not None and not isinstance(config, RoutingConfig):
+            # A dict (what --routing-config parses to) failed only at the first decision,
+            # naming neither; an empty one silently became the defaults.
+            raise ValueError("config must be a RoutingConfig (kvsaga.serve.settings."
+                             "routing_config_of builds one from a dict), got "
+                             f"{type(config).__name__} {config!r}")
         super().__init__(replicas, **kwargs)
-        self.config = config or RoutingConfig()
+        self.config = config if config is not None else RoutingConfig()
         self.fair = FairShare()
         self._prefix_homes: OrderedDict[str, set[str]] = OrderedDict()  # where cached
         self.num_stolen = 0
@@ -195,7 +201,9 @@ class KvsagaRouter(Router):
         stats = stats if isinstance(stats, dict) else dict(stats)  # read many times below
         if self._joining:
             self._join(stats)
-        self.fair.observe(stats.get(r) for r in self.replicas)
+        # Shares over the tenants with a session here or a step in flight, this one's too.
+        self.fair.observe((stats.get(r) for r in self.replicas),
+                          self.live_tenants() | {req.tenant})
         return super().route(req, stats)
 
     def _choose(self, req, stats):

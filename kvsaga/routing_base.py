@@ -184,6 +184,10 @@ class Router:
         self.tenant_steps: dict[str, dict[str, int]] = {}
         # session -> replica -> this router's steps of that session there, not yet finished
         self.session_steps: dict[str, dict[str, int]] = {}
+        # session remembered (`_last_routed`) -> its tenant, and tenant -> how many
+        # (`live_tenants`)
+        self._session_tenant: dict[str, str] = {}
+        self._tenant_sessions: dict[str, int] = {}
         # Per replica: the latest `taken_at` read (replicas that stamp their reports), and
         # this router's steps there that finished since (sent, finished), for `busy`.
         self._taken: dict[str, float] = {}
@@ -272,7 +276,13 @@ class Router:
         `source`, when live, is its home again, and the move is void. The session is not
         lost then, even if `replica` was removed first (Ray Serve removes a dead replica
         after it reports the step complete, which confirmed the move). Remembered for
-        `move_taken` until the session is routed again."""
+        `move_taken` until the session is routed again. A refusal for a session that has
+        ended or been forgotten since (the gateway answers it apart from the end) changes
+        nothing."""
+        if session not in self.homes and session not in self.lost:
+            # Ended or forgotten before the refusal came: homed again it would never be
+            # forgotten (`_expire` walks `_last_routed`), nor would a late `move_taken`.
+            return
         self.moves.pop(session, None)
         if source in self.in_flight:
             self.homes[session] = source
@@ -321,32 +331,52 @@ class Router:
         self.confirm_move(session, replica)
 
     def session_ended(self, session: str) -> None:
+        self._forget(session)
+        self._last_routed.pop(session, None)
+
+    def _forget(self, session: str) -> None:
+        """Drop what this router holds of `session` but its `_last_routed` entry."""
         self.homes.pop(session, None)
         self.lost.pop(session, None)
         self.moves.pop(session, None)
         self._voided.pop(session, None)
         self._unanswered.pop(session, None)
-        self._last_routed.pop(session, None)
+        self._set_tenant(session, None)
+
+    def _set_tenant(self, session: str, tenant: str | None) -> None:
+        """Record `session`'s tenant (None: the session is forgotten), for `live_tenants`."""
+        old = self._session_tenant.pop(session, None)
+        if old is not None:
+            self._tenant_sessions[old] -= 1
+            if not self._tenant_sessions[old]:
+                del self._tenant_sessions[old]
+        if tenant is not None:
+            self._session_tenant[session] = tenant
+            self._tenant_sessions[tenant] = self._tenant_sessions.get(tenant, 0) + 1
+
+    def live_tenants(self) -> set[str]:
+        """The tenants with a session this router remembers or a step it sent in flight."""
+        return set(self._tenant_sessions) | set(self.tenant_steps)
 
     def _expire(self, now: float) -> None:
-        """Forget the sessions not routed for more than `session_idle_s` (those with a
-        step in flight are kept, as if routed now), and the least recently routed beyond
-        `max_sessions`."""
+        """Forget the sessions not routed for more than `session_idle_s`, and the least
+        recently routed beyond `max_sessions`; those with a step in flight are kept, as if
+        routed now (forgotten, a concurrent step of one was placed afresh, on another
+        replica while the first still ran: they are bounded by the steps in flight)."""
         seen, limit = self._last_routed, self.session_idle_s
+        kept: list[str] = []
         while seen:
             s, t = next(iter(seen.items()))
-            over = len(seen) > self.max_sessions
+            over = len(seen) + len(kept) > self.max_sessions
             if not over and (limit is None or now - t <= limit):
-                return
+                break
             del seen[s]
-            if not over and s in self.session_steps:
-                seen[s] = now
-                continue
-            self.homes.pop(s, None)
-            self.lost.pop(s, None)
-            self.moves.pop(s, None)
-            self._voided.pop(s, None)
-            self._unanswered.pop(s, None)
+            if s in self.session_steps:
+                kept.append(s)
+            else:
+                self._forget(s)
+        for s in kept:
+            seen[s] = now
 
     def confirm_move(self, session: str, replica: str) -> None:
         """A step of `session` reached `replica`: a move there is done (the replica pulled
@@ -477,6 +507,8 @@ class Router:
             self._voided.pop(s, None)  # a refused move's late sibling answers change nothing
             self._last_routed.pop(s, None)
             self._last_routed[s] = route.sent_at
+            if self._session_tenant.get(s) != req.tenant:
+                self._set_tenant(s, req.tenant)
             self._expire(route.sent_at)
             if route.moved_from is None or dead is not None:
                 self.moves.pop(s, None)

@@ -3,6 +3,7 @@ they price, apart from the routing rules that read them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kvsaga._validate import is_int, is_number
@@ -19,7 +20,7 @@ class RoutingConfig:
             least this many steps waiting (reported, or sent by this router and not yet
             running there; 0: busy steps alone decide, as a batch slows with its size).
         steal_margin: ... and another replica's load (`Router.busy`) is lower by at least
-            this many steps; that replica must have no step waiting.
+            this many steps (> 0); that replica must have no step waiting.
         resume_weight: weight of a replica's predicted resumes in its predicted load (the
             sum of its busy steps and this times its paused sessions expected back soon),
             which places new sessions and picks the replica that steals.
@@ -124,21 +125,28 @@ class RoutingConfig:
                      "max_commitment", "busy_balance", "busy_balance_min_s", "busy_balance_quiet",
                      "busy_balance_crowding", "busy_balance_force", "migrate_latency_s"):
             v = getattr(self, name)
-            if not is_number(v) or not v >= 0:
-                raise ValueError(f"RoutingConfig.{name} must be a number >= 0, got {v!r}")
+            # Finite: resume_weight=inf made every predicted load inf x 0 = nan, and every
+            # new session went to the first replica whatever its queue.
+            if not is_number(v) or not 0 <= v < math.inf:
+                raise ValueError(f"RoutingConfig.{name} must be a finite number >= 0, got {v!r}")
+        if not self.steal_margin > 0:
+            # With 0 the queue rule held at every step and an equally idle replica stole:
+            # a lone session moved, with its KV, at each step.
+            raise ValueError("RoutingConfig.steal_margin must be > 0 (a thief must be less "
+                             f"busy than the home), got {self.steal_margin!r}")
         if not isinstance(self.busy_balance_alone, bool):
             raise ValueError("RoutingConfig.busy_balance_alone must be a bool, got "
                              f"{self.busy_balance_alone!r}")
-        if not is_number(self.link_bandwidth) or not self.link_bandwidth > 0:
-            raise ValueError("RoutingConfig.link_bandwidth must be a number > 0, got "
+        if not is_number(self.link_bandwidth) or not 0 < self.link_bandwidth < math.inf:
+            raise ValueError("RoutingConfig.link_bandwidth must be a finite number > 0, got "
                              f"{self.link_bandwidth!r}")
         # A negative prefix_memory emptied the prefix table and then raised KeyError on
         # every route; a size <= 0 made migration free or paid.
         if not is_int(self.prefix_memory) or self.prefix_memory < 0:
             raise ValueError("RoutingConfig.prefix_memory must be an int >= 0, got "
                              f"{self.prefix_memory!r}")
-        if not is_number(self.bytes_per_token) or not self.bytes_per_token > 0:
-            raise ValueError("RoutingConfig.bytes_per_token must be a number > 0, got "
+        if not is_number(self.bytes_per_token) or not 0 < self.bytes_per_token < math.inf:
+            raise ValueError("RoutingConfig.bytes_per_token must be a finite number > 0, got "
                              f"{self.bytes_per_token!r}")
         if not callable(getattr(self.cost, "recompute_s", None)):
             raise ValueError("RoutingConfig.cost must be a CostModel (with recompute_s), got "

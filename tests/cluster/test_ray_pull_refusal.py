@@ -71,9 +71,15 @@ def test_a_step_in_flight_on_the_source_answers_409_and_opens_nothing(monkeypatc
 def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status):
     """And tells it whether the import was refused (503), which cools the refusing
     replica off as a thief for every session (`KvsagaRouter.move_refused`)."""
+    body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
+                       "cache_salt": "t1"}).encode()
+    # The router knows the session by the key the gateway routes it by (a refusal for a
+    # session it does not know, ended or forgotten, changes nothing).
+    key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
+                       body)["session"]
     kv = make_router("kvsaga", ["a", "b"])
-    kv.homes[SID] = "b"
-    kv.moves[SID] = Route("b", moved_from="a")
+    kv.homes[key] = "b"
+    kv.moves[key] = Route("b", moved_from="a")
     calls = []
     router = NS(kv_router=kv, session_ended=lambda s: None,
                 move_refused=lambda s, src, replica, import_refused: (
@@ -97,11 +103,9 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status
             return Stream()
 
     core = GatewayCore(Handle(), ServerSettings(model="x"))
-    body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
-                       "cache_salt": "t1"}).encode()
     asyncio.run(core.call("POST", "/v1/completions", b"", [], body))
-    assert calls and calls[0][1:] == ("a", "b", status == 503)
-    assert kv.home(calls[0][0]) == "a" and calls[0][0] not in kv.moves
+    assert calls and calls[0] == (key, "a", "b", status == 503)
+    assert kv.home(key) == "a" and key not in kv.moves
 
 
 def test_a_cancelled_export_leaves_the_session_free_here_and_a_stale_record_is_pulled(

@@ -91,6 +91,38 @@ def test_replica_stats_validation():
             RoutingConfig(busy_balance_crowding=bad)
 
 
+FINITE_FIELDS = ("steal_margin", "resume_weight", "prefix_slack", "steal_max_share",
+                 "max_commitment", "busy_balance", "busy_balance_min_s", "busy_balance_quiet",
+                 "busy_balance_crowding", "busy_balance_force", "migrate_latency_s",
+                 "link_bandwidth", "bytes_per_token")
+
+
+@pytest.mark.parametrize("name", FINITE_FIELDS)
+def test_routing_config_values_must_be_finite(name):
+    """Review s47 routingcore 6: `--routing-config`'s JSON reads Infinity; with
+    resume_weight=inf every predicted load was inf x 0 = nan and every new session went
+    to the first replica, whatever its queue."""
+    with pytest.raises(ValueError, match=f"RoutingConfig.{name} must be a finite number"):
+        RoutingConfig(**{name: float("inf")})
+
+
+def test_steal_margin_must_be_above_zero():
+    """Review s47 routingcore 4: with a margin of 0 the queue rule held at every step and an
+    equally idle replica stole: a lone session moved, with its KV, at each step."""
+    with pytest.raises(ValueError, match="steal_margin must be > 0"):
+        RoutingConfig(steal_margin=0.0)
+    assert RoutingConfig(steal_margin=0.5).steal_margin == 0.5
+
+
+@pytest.mark.parametrize("config", [{}, {"steal_margin": 1.0}, "kvsaga"])
+def test_the_router_config_must_be_a_routing_config(config):
+    """Review s47 routingcore 9: an empty dict silently became the defaults, a filled one
+    failed at the first decision with an AttributeError naming neither."""
+    with pytest.raises(ValueError, match="config must be a RoutingConfig"):
+        make_router("kvsaga", ["a", "b"], config=config)
+    assert make_router("kvsaga", ["a"], config=None).config == RoutingConfig()
+
+
 @pytest.mark.parametrize("tokens", ["120", -1_000_000_000, float("nan"), 12.0, True, None])
 def test_replica_stats_refuses_a_bad_session_token_count(tokens):
     """Each session's context must be an int >= 0, refused at the report naming the

@@ -93,3 +93,50 @@ def test_the_ray_router_takes_the_servers_idle_limit():
     engine = app._bound_deployment.init_args[0]._bound_deployment
     kwargs = engine._deployment_config.request_router_config.request_router_kwargs
     assert kwargs["session_idle_s"] == 90.0
+
+
+def test_max_sessions_keeps_a_session_with_a_step_in_flight():
+    """Review s47 routingcore 8: over `max_sessions` the least recently routed session was
+    forgotten with a step in flight, and its concurrent next step was placed afresh on
+    another replica while the first still ran there (the session on two replicas)."""
+    r = router(session_idle_s=None)
+    r.max_sessions = 2
+    stats = {"a": IDLE, "b": IDLE}
+    first = r.route(RouteRequest(session="s0"), stats)  # in flight
+    for i in (1, 2, 3):
+        r.finished(r.route(RouteRequest(session=f"s{i}"), stats))
+    assert r.homes.get("s0") == first.replica
+    assert r.route(RouteRequest(session="s0"), stats).replica == first.replica
+    assert len(r.homes) <= 3  # the others still go: bounded by the steps in flight
+
+
+def test_every_session_in_flight_over_max_sessions_is_kept():
+    r = router(session_idle_s=None)
+    r.max_sessions = 1
+    stats = {"a": IDLE, "b": IDLE}
+    steps = [r.route(RouteRequest(session=f"s{i}"), stats) for i in range(3)]
+    assert sorted(r.homes) == ["s0", "s1", "s2"]
+    for step in steps:
+        r.finished(step)
+    r.finished(r.route(RouteRequest(session="s3"), stats))
+    assert sorted(r.homes) == ["s3"]
+
+
+@pytest.mark.parametrize("gone", ["ended", "expired"])
+def test_a_refusal_after_the_session_is_gone_does_not_home_it(gone):
+    """Review s47 routingcore 7: a move's refusal (the gateway answers it apart from the
+    end) that came after the session ended or expired homed it again with no
+    `_last_routed` entry: nothing ever dropped it (1000 ended sessions: 1000 homes)."""
+    r = router(session_idle_s=10.0)
+    stats = {"a": IDLE, "b": IDLE}
+    step = r.route(RouteRequest(session="s"), stats)
+    r.finished(step)
+    if gone == "ended":
+        r.session_ended("s")
+    else:
+        r.clock.t += 100.0
+        r.finished(r.route(RouteRequest(session="other"), stats))
+    other = "b" if step.replica == "a" else "a"
+    r.move_refused("s", step.replica, other)
+    r.move_taken("s", other, step.replica)
+    assert "s" not in r.homes and "s" not in r._voided

@@ -49,13 +49,17 @@ def test_with_replicas_and_the_kvsaga_router_it_is_served(router, nothing_loads,
 
 @pytest.mark.parametrize("value,message", [
     ('{"busy_balance_quiet": -1}',
-     "--routing-config: RoutingConfig.busy_balance_quiet must be a number >= 0, got -1"),
+     "--routing-config: RoutingConfig.busy_balance_quiet must be a finite number >= 0, got -1"),
     ('{"busy_balance_quiet": "0"}',
-     "--routing-config: RoutingConfig.busy_balance_quiet must be a number >= 0, got '0'"),
+     "--routing-config: RoutingConfig.busy_balance_quiet must be a finite number >= 0, "
+     "got '0'"),
     ('{"steal_min_waiting": 1.5}',
      "--routing-config: RoutingConfig.steal_min_waiting must be an int >= 0, got 1.5"),
-    ('{"busy_balance": NaN}', "RoutingConfig.busy_balance must be a number >= 0, got nan"),
-    ('{"link_bandwidth": 0}', "RoutingConfig.link_bandwidth must be a number > 0, got 0"),
+    ('{"busy_balance": NaN}', "RoutingConfig.busy_balance must be a finite number >= 0, got nan"),
+    ('{"resume_weight": Infinity}',
+     "RoutingConfig.resume_weight must be a finite number >= 0, got inf"),
+    ('{"steal_margin": 0}', "RoutingConfig.steal_margin must be > 0"),
+    ('{"link_bandwidth": 0}', "RoutingConfig.link_bandwidth must be a finite number > 0, got 0"),
     ('{"busy_balance_qiuet": 0}',
      "--routing-config: unknown RoutingConfig field(s) ['busy_balance_qiuet']; known: "
      "busy_balance, "),
