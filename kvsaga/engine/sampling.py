@@ -137,8 +137,17 @@ class SamplingParams:
         if self.seed is None:
             return None
         g = torch.Generator(device=device)
-        g.manual_seed(self.seed)
+        g.manual_seed(_folded_seed(self.seed))
         return g
+
+
+def _folded_seed(seed: int) -> int:
+    """`seed` with its high half mixed into its low 32 bits, which are all that torch's CPU
+    generator (mt19937) reads: seeds that differ only above bit 31 (clients derive them from
+    64-bit hashes) drew the same samples. Seeds in [-2**32, 2**32) are returned unchanged,
+    so they draw as they always did; the result stays in the int64 range."""
+    high = (seed >> 32) + (seed < 0)  # 0 for those seeds (a negative one sign-extends)
+    return seed ^ ((high * 0x9E3779B1) & 0xFFFF_FFFF)  # odd: distinct highs, distinct mixes
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """build_app: the FastAPI application of kvsaga-serve.
 
 Endpoints (kvsaga/serve/routes/): POST /v1/chat/completions, POST /v1/completions,
-GET /v1/models, GET /health, GET /metrics, POST /v1/sessions/{id}/end. Every error leaves as
-OpenAI's error JSON.
+GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics, POST /v1/sessions/{id}/end.
+Every error leaves as OpenAI's error JSON.
 """
 
 from __future__ import annotations
@@ -90,6 +90,17 @@ def _validation_message(exc: RequestValidationError,
     return f"{param or 'body'}: {message} (got {e.get('input')!r:.200})", param
 
 
+def _unparsed_body(cause: BaseException, detail: str) -> str:
+    """What was wrong with a body FastAPI could not parse (its own message, "There was an
+    error parsing the body", says nothing of it): `cause` is what parsing raised."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not valid {cause.encoding.upper()} (byte 0x"
+                f"{cause.object[cause.start]:02x} at position {cause.start}: {cause.reason})")
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply to parse"
+    return f"{detail}: {type(cause).__name__}: {str(cause)[:200]}"
+
+
 def build_app(engine_or_factory: LLMEngine | EngineFactory, settings: ServerSettings) -> FastAPI:
     """Build the server around an engine, or a function that loads one.
 
@@ -150,6 +161,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         allow = {k.lower(): v for k, v in headers.items()}.get("allow")
         if exc.status_code == 405 and allow:
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+        elif exc.status_code == 400 and exc.__cause__ is not None:
+            message = _unparsed_body(exc.__cause__, message)
         return _error_response(APIError(exc.status_code, message, headers=headers))
 
     @app.exception_handler(Exception)

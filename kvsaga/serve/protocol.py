@@ -8,13 +8,15 @@ are accepted.
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+from kvsaga.engine.detokenizer import IncrementalDetokenizer
+from kvsaga.engine.tokenizer import Tokenizer
 
 
 def new_id(prefix: str) -> str:
@@ -25,20 +27,23 @@ def now_s() -> int:
     return int(time.time())
 
 
-def _no_bool(kind: str) -> BeforeValidator:
-    """A validator that refuses a JSON boolean where `kind` ("an integer") is expected."""
+def _json_number(kind: str) -> BeforeValidator:
+    """A validator that refuses a JSON boolean or string where `kind` ("an integer") is
+    expected."""
     def check(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"expected {kind}, got a boolean")
+        if isinstance(value, str):
+            raise ValueError(f"expected {kind}, got a string")
         return value
     return BeforeValidator(check)
 
 
-# Request fields take JSON's own types: `true` is no count, token id or number (a
-# temperature), and "yes" or 1 no boolean (pydantic's lax mode would read them as 1, 1.0
-# and True).
-Int = Annotated[int, _no_bool("an integer")]
-Float = Annotated[float, _no_bool("a number")]
+# Request fields take JSON's own types: `true` or "2" is no count, token id or number (a
+# temperature), and "yes" or 1 no boolean (pydantic's lax mode would read them as 1, 2,
+# 1.0 and True). OpenAI refuses them too.
+Int = Annotated[int, _json_number("an integer")]
+Float = Annotated[float, _json_number("a number")]
 Bool = Annotated[bool, Strict()]
 
 
@@ -130,7 +135,17 @@ class KVSagaHint(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    """`stream_options`; other keys are kept (in `model_extra`), to be refused when the
+    engine cannot honour them (`STREAM_UNHONOURED`) and otherwise warned about, as
+    unknown request fields are."""
+
+    model_config = ConfigDict(extra="allow")
+
     include_usage: Bool = False
+
+
+# vLLM's stream_options keys the server cannot honour (usage in every chunk), as `UNHONOURED`.
+STREAM_UNHONOURED: dict[str, Any] = {"continuous_usage_stats": _no_op(False)}
 
 
 class _Common(BaseModel):
@@ -173,8 +188,12 @@ class _Common(BaseModel):
         return None
 
     def unknown_fields(self) -> list[str]:
-        """Names of the request's fields that kvsaga knows nothing about (accepted)."""
-        return [k for k in self.model_extra or {} if k not in self._unhonoured]
+        """Names of the request's fields that kvsaga knows nothing about (accepted), those
+        inside `stream_options` as "stream_options.NAME"."""
+        names = [k for k in self.model_extra or {} if k not in self._unhonoured]
+        extra = self.stream_options.model_extra if self.stream_options else None
+        return names + [f"stream_options.{k}" for k in extra or {}
+                        if k not in STREAM_UNHONOURED]
 
     def refused_field(self) -> tuple[str, str] | None:
         """(field, why) for the first field set to a value the engine cannot honour, or
@@ -191,6 +210,13 @@ class _Common(BaseModel):
             return "stop", f"a stop sequence is longer than {MAX_STOP_CHARS} characters"
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed with stream: true"
+        for name, value in (self.stream_options and self.stream_options.model_extra or {}
+                            ).items():
+            no_op = STREAM_UNHONOURED.get(name)
+            if no_op is not None and not no_op(value):
+                return (f"stream_options.{name}", f"stream_options.{name}="
+                        f"{json.dumps(value)[:200]} is not supported by this server (it "
+                        "would be ignored); leave it unset")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 return name, f"{name}={getattr(self, name)}: penalties are not supported"
@@ -227,6 +253,7 @@ class ChatCompletionRequest(_Common):
     response_format: dict[str, Any] | None = None
     # Accepted in any OpenAI form but not enforced (tool calls are not parsed from the
     # answer; agents parse them from the text): the app logs that once per distinct value.
+    # One that requires or names a tool needs `tools` (`refused_field`), as OpenAI's does.
     tool_choice: ToolChoice = None
 
     def num_top_logprobs(self) -> int | None:
@@ -238,6 +265,9 @@ class ChatCompletionRequest(_Common):
     def refused_field(self) -> tuple[str, str] | None:
         if self.top_logprobs and not self.logprobs:
             return "top_logprobs", "top_logprobs needs logprobs: true"
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            return ("tool_choice", f"tool_choice={json.dumps(self.tool_choice)[:200]} needs "
+                    "tools: it may only name or require a tool when tools are specified")
         kind = (self.response_format or {}).get("type", "text")
         if kind != "text":
             return ("response_format", f"response_format type {kind!r} is not supported (no "
@@ -408,23 +438,35 @@ def chat_logprobs(
 
 class TextOffsets:
     """Where each generated token's text starts in a choice's text (completions'
-    `text_offset`), across the chunks of a stream: the count of characters decoded before
-    it, so a token holding the middle of a UTF-8 character starts where that character
-    does (each token's own decoded text, U+FFFD for such pieces, miscounted them).
+    `text_offset`), across the chunks of a stream, read off the engine's detokenization
+    replayed (the same class, tokenizer and prompt context, so the same text): a token
+    whose own text ends what it emits starts there; any other token starts where the text
+    it waited on does. So a token holding the middle of a UTF-8 character starts where
+    that character does, and a special token, which the text leaves out, adds nothing:
+    counting each token's own bytes put every offset after one past the text, and so did a
+    run of bytes that form no character (the text shows fewer U+FFFD for it than the
+    bytes decode to).
 
     Args:
+        tokenizer: the model's tokenizer.
+        prompt_ids: the prompt the engine generated after (its detokenizer's left context).
         start: the offset of the first token (the echoed prompt's length).
     """
 
-    def __init__(self, start: int) -> None:
-        self.offset = start
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], start: int) -> None:
+        self.start = start
+        self._text = IncrementalDetokenizer(tokenizer, prompt_ids)
 
-    def take(self, raw: bytes) -> int:
-        """The offset of the token whose bytes are `raw`; moves past its complete text."""
-        at = self.offset
-        self.offset += len(self._utf8.decode(raw))
-        return at
+    def take(self, token_id: int, raw: bytes) -> int:
+        """The offset of the token `token_id`, whose bytes are `raw`; moves past the text
+        it completes."""
+        at = self.start + len(self._text.text)
+        emitted = self._text.add(token_id)
+        try:
+            own = raw.decode("utf-8")
+        except UnicodeDecodeError:  # part of a character: it starts where that one does
+            return at
+        return at + len(emitted) - len(own) if own and emitted.endswith(own) else at
 
 
 def completion_logprobs(
@@ -434,15 +476,20 @@ def completion_logprobs(
     top: list[list[tuple[int, float]]] | None,
     offsets: TextOffsets,
 ) -> CompletionLogprobs:
-    """The legacy completions `logprobs`; `offsets` carries the text offset across calls."""
-    tokens, text_offset = [], []
-    for tid in token_ids:
+    """The legacy completions `logprobs`; `offsets` carries the text offset across calls.
+
+    Each `top_logprobs` dict holds the sampled token too, as OpenAI's legacy API and vLLM
+    do ("up to logprobs+1 elements"), so `logprobs: 0` gives a dict of the sampled token
+    alone; the dicts are ordered most likely first.
+    """
+    tokens, text_offset, tops = [], [], []
+    for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=True)):
         token, raw = _piece(tokenizer, tid)
         tokens.append(token)
-        text_offset.append(offsets.take(raw))
-    tops = None
-    if top:
-        tops = [{_piece(tokenizer, a)[0]: v for a, v in alts} for alts in top]
+        text_offset.append(offsets.take(tid, raw))
+        alts = {_piece(tokenizer, a)[0]: v for a, v in (top[i] if top else ())}
+        alts.setdefault(token, lp)
+        tops.append(dict(sorted(alts.items(), key=lambda kv: -kv[1])))
     return CompletionLogprobs(tokens=tokens, token_logprobs=list(logprobs), top_logprobs=tops,
                               text_offset=text_offset)
 

@@ -185,7 +185,7 @@ class Run:
         if self.chat:
             return chat_logprobs(tok, ids, lps, top)
         if self._lp_offsets is None:
-            self._lp_offsets = TextOffsets(len(self.echo))
+            self._lp_offsets = TextOffsets(tok, self.ids, len(self.echo))
         return completion_logprobs(tok, ids, lps, top, self._lp_offsets)
 
     def _chunk(self, delta: str | None, finish: str | None, role: bool = False,

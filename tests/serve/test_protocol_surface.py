@@ -235,9 +235,11 @@ def test_logprob_bytes_of_partial_characters_are_the_tokens_own(tiny_dir):
 
 def test_completion_logprobs_offsets_and_distinct_alternatives(tiny_dir):
     tok, text, ids = _emoji_case(tiny_dir)
-    offsets = TextOffsets(2)  # after an echoed prompt of two characters
+    offsets = TextOffsets(tok, [], 2)  # after an echoed prompt of two characters
     top = [[(ids[1], -1.0), (ids[2], -2.0), (ids[3], -3.0)]] * 6
     lp = completion_logprobs(tok, ids[:3], [-1.0] * 3, top[:3], offsets)
     lp2 = completion_logprobs(tok, ids[3:], [-1.0] * 3, top[3:], offsets)  # the next chunk
     assert lp.text_offset + lp2.text_offset == [2, 3, 3, 3, 3, 4]
-    assert len(lp.top_logprobs[0]) == 3  # three alternatives, three keys (was one: U+FFFD)
+    # Three alternatives, three keys (was one: U+FFFD), and the sampled "a" (legacy
+    # top_logprobs hold the sampled token too).
+    assert len(lp.top_logprobs[0]) == 4 and "a" in lp.top_logprobs[0]

@@ -99,7 +99,8 @@ def _warn_unknown_fields(body: Any) -> None:
 
 
 def _message_dict(message: Any, index: int) -> dict:
-    """A message as the chat template expects: text parts of a content list joined.
+    """A message as the chat template expects: text parts of a content list joined by
+    newlines.
 
     An assistant message may carry no content (OpenAI's reply that only calls tools, which
     clients send back as is): it reaches the template as "", since templates read the
@@ -113,7 +114,7 @@ def _message_dict(message: Any, index: int) -> dict:
             kinds = sorted({str(part.get("type")) for part in content} - {"text"})
             raise APIError(400, f"messages[{index}]: only text content parts are supported, "
                            f"got {', '.join(kinds)}", param=f"messages.{index}.content")
-        d["content"] = "".join(texts)
+        d["content"] = "\n".join(texts)  # as vLLM joins them: words at a seam kept apart
     elif content is None:
         if d.get("role") != "assistant":
             raise APIError(400, f"messages[{index}] (role {d.get('role')!r}) has no content",

@@ -1,4 +1,4 @@
-"""GET /health, GET /v1/models, GET /metrics."""
+"""GET /health, GET /v1/models, GET /v1/models/{id}, GET /metrics."""
 
 from __future__ import annotations
 
@@ -25,12 +25,23 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "loading"}, 503)
 
 
+def _card(request: Request) -> ModelCard:
+    state = server_state(request)
+    return ModelCard(id=state.model_name, created=now_s(),
+                     max_model_len=state.serving().max_model_len)
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict:
-    state = server_state(request)
-    card = ModelCard(id=state.model_name, created=now_s(),
-                     max_model_len=state.serving().max_model_len)
-    return ModelList(data=[card]).model_dump()
+    return ModelList(data=[_card(request)]).model_dump()
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(request: Request, model_id: str) -> dict:
+    """OpenAI's retrieve (`client.models.retrieve`): the served model's card, by its name
+    or the path it was loaded from (a path may hold slashes); else 404 `model_not_found`."""
+    server_state(request).check_model(model_id)
+    return _card(request).model_dump()
 
 
 @router.get("/metrics")
