@@ -95,6 +95,9 @@ class KvsagaRouter(Router):
         self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
         # replica that refused an import -> when (it takes no session: `_cool`, `_thief`)
         self._cooling: dict[str, float] = {}
+        # session -> (the replica that took it by a queue or memory steal, the one it took
+        # it from), kept while the session stays there (`_steal_source`)
+        self._stolen: dict[str, tuple[str, str]] = {}
 
     def add_replica(self, replica: str) -> None:
         new = isinstance(replica, str) and replica not in self.in_flight
@@ -108,7 +111,13 @@ class KvsagaRouter(Router):
         self.busy_offset.pop(replica, None)
         self._joining.discard(replica)
         self._cooling.pop(replica, None)
+        for s in [s for s, pair in self._stolen.items() if replica in pair]:
+            del self._stolen[s]
         return super().remove_replica(replica)
+
+    def _forget(self, session: str) -> None:
+        super()._forget(session)
+        self._stolen.pop(session, None)
 
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
@@ -204,7 +213,22 @@ class KvsagaRouter(Router):
         # Shares over the tenants with a session here or a step in flight, this one's too.
         self.fair.observe((stats.get(r) for r in self.replicas),
                           self.live_tenants() | {req.tenant})
-        return super().route(req, stats)
+        home = self.homes.get(req.session) if req.session is not None else None
+        route = super().route(req, stats)
+        self._note_steal(req.session, home, route)
+        return route
+
+    def _note_steal(self, session: str | None, home: str | None, route: Route) -> None:
+        """Remember where a queue or memory steal (reason "steal") took `session`, and
+        from where (the replica the step moved from; for a hint, which moves nothing, its
+        `home` before the step), until the session is routed elsewhere (`_steal_source`)."""
+        if session is None or session not in self.homes:
+            return
+        source = route.moved_from if route.moved_from is not None else home
+        if route.reason == "steal" and source is not None:
+            self._stolen[session] = (route.replica, source)
+        elif session in self._stolen and self._stolen[session][0] != route.replica:
+            del self._stolen[session]
 
     def _choose(self, req, stats):
         home = self.homes.get(req.session) if req.session is not None else None
@@ -288,6 +312,9 @@ class KvsagaRouter(Router):
         if free:
             return min(free, key=lambda x: (self.predicted_load(x, stats),
                                             self._load(x, stats))), "steal"
+        source = self._steal_source(req.session, home, lead, stats)
+        if source is not None:
+            no_busier = [x for x in no_busier if x != source]
         behind = self._behind(home, req, stats, no_busier, ahead)
         if behind:
             return min(behind, key=lambda x: (self.busy_time(x, stats),
@@ -302,6 +329,23 @@ class KvsagaRouter(Router):
         waiting = (t for t, where in self.tenant_steps.items()
                    if any(self.waiting(x, stats) > 0 for x in where if x in self.in_flight))
         return self.fair.holds_back(tenant, waiting, self.config.steal_max_share)
+
+    def _steal_source(self, session: str | None, home: str, lead: float | None,
+                      stats) -> str | None:
+        """The replica that `home` took `session` from by a queue or memory steal
+        (`_note_steal`), while home is still no further ahead than the lead limit that let
+        it steal (`lead`, `_lead_limit`): the balance steal does not hand the session back
+        to it. Else None. Without this a replica ahead of the mean by between
+        `busy_balance` x the mean and `busy_balance_min_s` (early in a run) stole a step
+        and, holding the session beside other work, handed it straight back by the
+        balance steal once the source's queue drained, its KV migrated each way while the
+        busy times stood still (review s47 routingcore 3). A home whose lead grew past the
+        limit may hand it back, and a balance steal to another replica behind is not
+        blocked: only the undoing of the steal is."""
+        thief, source = self._stolen.get(session, (None, None))
+        if thief != home or lead is None or self.busy_time(home, stats) > lead:
+            return None
+        return source
 
     def _lead_limit(self, stats) -> float | None:
         """The accumulated busy time above which a replica is too far ahead of the fleet to

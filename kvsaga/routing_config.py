@@ -46,7 +46,8 @@ class RoutingConfig:
             and more than `busy_balance_min_s` takes no step from another either: the
             queue and memory steals, which count steps and memory only, handed the replica
             furthest ahead more work in a thrashing fleet, where no replica had room for
-            the balance steal to hand it back.
+            the balance steal to hand it back. A replica within that limit that took a
+            session by those steals does not balance it back to where it took it from.
         busy_balance_min_s: for a home that holds no other work (no step in flight, no
             other paused session) on a quiet fleet (`busy_balance_quiet`), seconds of work
             below which its lead is no imbalance (0: any lead over `busy_balance` counts).

@@ -242,6 +242,67 @@ def test_a_thief_ahead_by_less_than_the_floor_still_steals():
         assert r.route(RouteRequest("s"), stats).replica == want, b_busy
 
 
+def _steal_then_drain(r, a_busy: float, b_busy: float, cycles: int = 3) -> list[tuple]:
+    """s starts on b. Each cycle b's queue builds (2 waiting, 5 busy) while a runs another
+    session, then drains: (replica, reason) of s's step at each."""
+    r.homes["s"] = "b"
+    trail = []
+    for _ in range(cycles):
+        for queue, running in ((2, 3), (0, 1)):
+            mine = {"s": 400} if r.home("s") == "a" else {}
+            stats = {"a": worked(a_busy, running=1, o=100, **mine),
+                     "b": worked(b_busy, queue=queue, running=running,
+                                 **({} if mine else {"s": 400}))}
+            route = r.route(RouteRequest("s"), stats)
+            r.finished(route)
+            trail.append((route.replica, route.reason))
+    return trail
+
+
+def test_a_stolen_session_is_not_balanced_straight_back():
+    """Review s47 routingcore 3: a at 108 s, b at 92 s (mean 100). a leads by 8 s, over
+    `busy_balance` x the mean (5 s) but under `busy_balance_min_s` (10 s), so it may steal
+    (`_lead_limit`) and, running other work, is a balance source (`_ahead`). It stole s
+    while b's queue built and handed it back by the balance steal as soon as it drained:
+    six moves and six migrations in three cycles, the busy times unchanged. Now s stays
+    on a: one move."""
+    r = make_router("kvsaga", ["a", "b"])
+    trail = _steal_then_drain(r, 108.0, 92.0)
+    assert trail == [("a", "steal")] + [("a", "affinity")] * 5
+    assert (r.num_stolen, r.num_migrated) == (1, 1)
+
+
+def test_a_thief_whose_lead_grew_past_the_steal_limit_hands_the_session_back():
+    """The hold lasts while the thief is within the lead that let it steal: once a leads
+    the mean by more than `busy_balance_min_s` (15 s > 10 s), the balance steal moves s
+    back to b."""
+    r = make_router("kvsaga", ["a", "b"])
+    r.homes["s"] = "b"
+    stats = {"a": worked(108, running=1, o=100), "b": worked(92, queue=2, running=3, s=400)}
+    stolen = r.route(RouteRequest("s"), stats)
+    r.finished(stolen)
+    assert (stolen.replica, stolen.reason) == ("a", "steal")
+    stats = {"a": worked(115, running=1, o=100, s=400), "b": worked(85)}
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.moved_from, got.reason) == ("b", "a", "balance")
+
+
+def test_a_stolen_session_may_still_be_balanced_to_a_third_replica():
+    """Only the undoing of the steal is held: a (108 s) stole s from b (94 s) while c
+    (95 s) had a step waiting; once both drain, the balance steal, which would have taken
+    b (furthest behind the 99 s mean), hands s to c."""
+    r = make_router("kvsaga", ["a", "b", "c"])
+    r.homes["s"] = "b"
+    stats = {"a": worked(108, running=1, o=100), "b": worked(94, queue=2, running=3, s=400),
+             "c": worked(95, queue=1, running=1)}
+    stolen = r.route(RouteRequest("s"), stats)
+    r.finished(stolen)
+    assert (stolen.replica, stolen.reason) == ("a", "steal")
+    stats = {"a": worked(108, running=1, o=100, s=400), "b": worked(94), "c": worked(95)}
+    got = r.route(RouteRequest("s"), stats)
+    assert (got.replica, got.moved_from, got.reason) == ("c", "a", "balance")
+
+
 def test_a_lone_session_on_a_quiet_fleet_stays_home_by_default():
     """Two replicas, one session, nothing else running: its home leads the mean by half
     the work the session has done. The default floor (10 s of work) keeps it home; with no
