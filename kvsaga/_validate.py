@@ -22,6 +22,20 @@ def is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def check_number(
+    label: str, value: object, in_range: Callable[[float], bool], rule: str,
+    error: type[Exception] = ValueError,
+) -> float:
+    """`value` if it is a finite real number (not a bool, nor a str such as "0.1" from JSON
+    policy_args, which compared with a number raised a TypeError naming nothing) that
+    `in_range` accepts, else `error("<label> must be a finite number <rule>, got ...")`. A
+    NaN passes every `not x > 0` check and an infinity every `x > 0`: both broke a policy
+    later, in a hook whose error named no parameter."""
+    if not (is_number(value) and math.isfinite(value) and in_range(value)):
+        raise error(f"{label} must be a finite number {rule}, got {value!r}")
+    return value
+
+
 def check_positive_int(
     label: str, value: object, error: type[Exception] = ValueError, none_ok: bool = False
 ) -> int | None:

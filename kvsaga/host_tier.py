@@ -381,9 +381,9 @@ class HostTierOps:
             Blocks whose load was planned.
         """
         s = self._session(session_id)
-        now = self._time(now)
         if max_blocks is not None and (not is_int(max_blocks) or max_blocks < 0):
             raise InvalidRequest(f"max_blocks must be an int >= 0 or None, got {max_blocks!r}")
+        now = self._time(now)
         if self.host is None or s.state is SessionState.RUNNING:
             return 0
         self._changes += 1  # loads and evictions may follow (KVCacheManager.cache_version)

@@ -102,6 +102,7 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         self.index = self.core.PrefixIndex()
         self.hasher = self.core.BlockHasher(spec.block_size)
         self.clock = clock
+        self._latest_now = _NT  # the latest time given to the policy (`_time`)
         self.max_model_len = max_model_len
         self.sessions: dict[str, Session] = {}
         # Per-block facts for the policies: the session whose context the block belongs to
@@ -165,9 +166,14 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
         duplicate that its pause frees."""
         self._check_prompt(session_id, token_ids)
         check_str("workflow", workflow, InvalidRequest, none_ok=True)  # None: workflow-less
+        latest = self._latest_now
         now = self._time(now)
         before = self._before_begin(session_id)
-        s, keep = self._open(session_id, token_ids, salt, workflow)
+        try:
+            s, keep = self._open(session_id, token_ids, salt, workflow)
+        except BaseException:  # refused (running, another salt, a bad token): no time seen
+            self._latest_now = latest
+            raise
         self._changes += 1
         tokens = s.token_ids
         # Full-block hits (GPU, then host), leaving at least the last prompt token to compute.
@@ -462,11 +468,24 @@ class KVCacheManager(SessionSignals, ManagerReads, EvictionPath, EvictionJournal
                     block_hash[b] = h
 
     def _time(self, now: float | None) -> float:
-        """`now`, or the clock's time where it is None; InvalidRequest naming it unless it is
-        a finite number within +-`MAX_TIME_S` (checked before anything changes: a policy
+        """`now`, or the clock's time where it is None, but never earlier than a time given
+        before: the policy sees a monotone clock. InvalidRequest naming it unless it is a
+        finite number within +-`MAX_TIME_S` (checked before anything changes: a policy
         given a str fails half way, a NaN or infinite time would stall or fire every timer,
-        and one near the float maximum overflowed the policies' elapsed-time grid)."""
-        return check_time("now", self.clock() if now is None else now, InvalidRequest)
+        and one near the float maximum overflowed the policies' elapsed-time grid).
+
+        Why monotone: an indexed policy keys each session at a search for the grid point
+        its elapsed time has reached and sets a timer for the next, so a search behind an
+        earlier one kept the later keys, and its victims differed from the brute-force
+        scan's (`scan_order`) until time passed the earlier search again (review s47,
+        policyint finding 2). The clocks the engine, the simulators and the vLLM connector
+        pass never step back, so for them nothing changes; a caller whose `now` does is
+        taken as still at its latest time, as a stalled clock would be."""
+        t = check_time("now", self.clock() if now is None else now, InvalidRequest)
+        if t < self._latest_now:
+            return self._latest_now
+        self._latest_now = t
+        return t
 
     @staticmethod
     def _still_short(evicted: int, out: list[int] | None) -> list[int] | None:

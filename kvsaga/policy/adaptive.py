@@ -81,7 +81,7 @@ from collections.abc import Callable
 from itertools import compress
 from operator import not_
 
-from kvsaga._validate import is_number
+from kvsaga._validate import check_number
 from kvsaga.policy.base import Action, EvictionPolicy
 from kvsaga.policy.cost import CostModel, PrefillCost
 from kvsaga.policy.ghost_list import PyGhostList, make_ghost_list
@@ -102,15 +102,6 @@ def _as_bool(what: str, x) -> bool:
     if isinstance(x, str) and x.strip().lower() in ("true", "false", "1", "0"):
         return x.strip().lower() in ("true", "1")
     raise ValueError(f"{what} must be a bool (true/false), got {x!r}")
-
-
-def _check_number(what: str, x, in_range: Callable[[float], bool], rule: str) -> None:
-    """Refuse `x` unless it is a finite number (not a bool, nor a str such as "0.1" from
-    JSON policy_args, which compared with a number raised a TypeError naming no parameter)
-    that `in_range` accepts; the ValueError names `what` and its `rule`. An infinite one
-    broke at `bind` (an int of an infinite ghost list or epoch) or made the scores NaN."""
-    if not (is_number(x) and math.isfinite(x) and in_range(x)):
-        raise ValueError(f"{what} must be a finite number {rule}, got {x!r}")
 
 
 def _fan_out(calls: list) -> Callable[[object], None]:
@@ -222,12 +213,14 @@ class AdaptivePolicy(EvictionPolicy):
                 raise ValueError(f"expert {e!r} is not an online policy; choose from {online}")
         if len(set(experts)) != len(experts):
             raise ValueError(f"experts must be distinct, got {experts!r}")
+        # (an infinite one broke at `bind`, an int of an infinite ghost list or epoch, or
+        # made the scores NaN)
         for what, x in (("ghost_factor", ghost_factor), ("memory_blocks", memory_blocks),
                         ("prior_blocks", prior_blocks), ("epoch_pools", epoch_pools),
                         ("shadow_memory", shadow_memory)):
-            _check_number(what, x, lambda v: v > 0, "> 0")
-        _check_number("switch_margin", switch_margin, lambda v: v >= 0, ">= 0")
-        _check_number("shadow_share", shadow_share, lambda v: 0 < v <= 1, "in (0, 1]")
+            check_number(what, x, lambda v: v > 0, "> 0")
+        check_number("switch_margin", switch_margin, lambda v: v >= 0, ">= 0")
+        check_number("shadow_share", shadow_share, lambda v: 0 < v <= 1, "in (0, 1]")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.experts = [_Expert(e, make_policy(e, cost=self.cost)) for e in experts]
         self.leader = self.experts[0]

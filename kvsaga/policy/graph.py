@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import math
 
+from kvsaga._validate import check_number
 from kvsaga.policy import graph_fast
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph, Prediction
 from kvsaga.policy.base import Action
@@ -97,6 +98,21 @@ from kvsaga.policy.size_effect import SizeElasticity
 from kvsaga.policy.trust import PredictionTrust, flag
 
 LOG_CLIP = 5.0  # one resume moves a log error by at most this (e^5 = 148x)
+
+
+def _check_numbers(min_wait_s, plain_interval_s, alpha, prefetch_lead_s, calib_prior) -> None:
+    """Refuse a numeric parameter of `GraphPolicy` that is no finite number in its range,
+    naming it. Unchecked, each broke a later hook with an error that named none of them
+    (JSON policy_args may bring any of them as a str): an infinite `min_wait_s` failed
+    every victim search, a str `alpha` raised a TypeError in `step_started` on a shared
+    block's fourth hit, and a NaN one made the shared blocks' keys NaN (their order
+    undefined)."""
+    check_number("min_wait_s", min_wait_s, lambda v: v > 0, "> 0")
+    check_number("plain_interval_s", plain_interval_s, lambda v: v > 0, "> 0")
+    check_number("alpha", alpha, lambda v: 0 < v <= 1, "in (0, 1]")
+    check_number("prefetch_lead_s", prefetch_lead_s, lambda v: v >= 0, ">= 0")
+    if calib_prior is not None:
+        check_number("calib_prior", calib_prior, lambda v: v > 0, "> 0 (or None)")
 
 
 class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy):
@@ -161,16 +177,13 @@ class GraphPolicy(GraphTimedKeys, QueueTells, FeedsExecutionGraph, GroupedPolicy
         demoted_release: bool = True,
     ) -> None:
         super().__init__(cost, relearn_share)
-        if not min_wait_s > 0:
-            raise ValueError(f"min_wait_s must be > 0, got {min_wait_s!r}")
+        _check_numbers(min_wait_s, plain_interval_s, alpha, prefetch_lead_s, calib_prior)
         self.graph = graph if graph is not None else ExecutionGraph()
         self.min_wait_s = min_wait_s
         self.plain_interval_s = plain_interval_s
         self.alpha = alpha
         self.prefetch_lead_s = prefetch_lead_s
         self._on_host: dict[str, int] = {}  # sessions with blocks offloaded: how many
-        if calib_prior is not None and not calib_prior > 0:
-            raise ValueError(f"calib_prior must be > 0 or None, got {calib_prior!r}")
         self.calib_prior = calib_prior
         # Admission waits (warm and cold) and demotions' lengths, learned and read.
         self.returns = ReturnForecast(residual_wait, wait_alpha, median_returns, spread,

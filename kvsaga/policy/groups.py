@@ -36,6 +36,7 @@ from itertools import count, groupby
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from kvsaga._validate import is_number
 from kvsaga.block_queue import BlockQueue
 from kvsaga.marks import make_marks
 from kvsaga.policy.base import BlockView, EvictionPolicy
@@ -116,8 +117,8 @@ class GroupedPolicy(VictimSearch, EvictionPolicy):
 
     def __init__(self, cost: CostModel | None = None, relearn_share: float = 0.125) -> None:
         super().__init__()
-        if not relearn_share >= 0:
-            raise ValueError(f"relearn_share must be >= 0, got {relearn_share!r}")
+        if not (is_number(relearn_share) and relearn_share >= 0):  # inf: never by count
+            raise ValueError(f"relearn_share must be a number >= 0, got {relearn_share!r}")
         self.cost: CostModel = cost if cost is not None else PrefillCost()
         self.relearn_share = relearn_share
         # The class's search flags (search.py `VictimSearch`) as the instance's own: Python

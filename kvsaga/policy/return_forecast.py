@@ -41,6 +41,7 @@ reads it exactly as it did inline (same records, same statistics, same order of 
 
 from __future__ import annotations
 
+from kvsaga._validate import check_number
 from kvsaga.policy.returns import WaitSamples, WorkflowWaits
 from kvsaga.policy.spread import SPREAD_STATES, SpreadWaits, spread_flags
 from kvsaga.policy.trust import flag
@@ -89,8 +90,7 @@ class ReturnForecast:
                  spread_states: tuple[str, ...] | str = SPREAD_STATES,
                  prior: float = 4.0, *, demoted_mean: bool) -> None:
         self.residual_wait = flag("residual_wait", residual_wait)
-        if not 0 < wait_alpha <= 1:
-            raise ValueError(f"wait_alpha must be in (0, 1], got {wait_alpha!r}")
+        check_number("wait_alpha", wait_alpha, lambda v: 0 < v <= 1, "in (0, 1]")
         self.wait_alpha = wait_alpha
         # Admission waits' running means, warm and cold: [mean, count].
         self.admission_wait: dict[bool, list[float]] = {True: [0.0, 0], False: [0.0, 0]}

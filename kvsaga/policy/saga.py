@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 
+from kvsaga._validate import check_number
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.bounded import TRACKED_KINDS, touch
 from kvsaga.policy.cost import CostModel
@@ -78,6 +79,11 @@ class SagaPolicy(FeedsExecutionGraph, GroupedPolicy):
         relearn_share: float = 0.125,
     ) -> None:
         super().__init__(cost, relearn_share)
+        # (unchecked, a str or NaN from JSON policy_args failed or went NaN in a later hook)
+        check_number("alpha", alpha, lambda v: 0 < v <= 1, "in (0, 1]")
+        for what, x in (("max_ttl_s", max_ttl_s), ("prior_median_s", prior_median_s),
+                        ("prior_sigma", prior_sigma), ("prior_steps", prior_steps)):
+            check_number(what, x, lambda v: v > 0, "> 0")
         self.alpha = alpha
         self.max_ttl_s = max_ttl_s
         self._prior = (prior_median_s, prior_sigma)

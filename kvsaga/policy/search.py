@@ -144,7 +144,8 @@ class VictimSearch:
 
     def scan_order(self, now: float) -> list[int]:
         """Every evictable block in the order a full scan of every session's key gives: the
-        reference that the index must reproduce (exactly so with `relearn_share=0`)."""
+        reference that the index must reproduce (exactly so with `relearn_share=0`, on a
+        clock that never steps back: KVCacheManager's `_time`)."""
         return self._scan_victims(None, now)
 
     def _scan_victims(self, num_blocks: int | None, now: float) -> list[int]:

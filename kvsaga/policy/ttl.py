@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 
+from kvsaga._validate import check_number
 from kvsaga.policy import ttl_fast
 from kvsaga.policy.aeg import NO_TOOL, ExecutionGraph, FeedsExecutionGraph
 from kvsaga.policy.cost import CostModel
@@ -76,10 +77,10 @@ class TTLPolicy(FeedsExecutionGraph, GroupedPolicy):
         relearn_share: float = 0.125,
     ) -> None:
         super().__init__(cost, relearn_share)
-        if not base_ttl_s > 0:
-            raise ValueError(f"base_ttl_s must be > 0, got {base_ttl_s!r}")
-        if not 0 <= max_usage < 1:
-            raise ValueError(f"max_usage must be in [0, 1), got {max_usage!r}")
+        # (a str from JSON policy_args raised a TypeError naming neither, and an infinite
+        # base_ttl_s passed)
+        check_number("base_ttl_s", base_ttl_s, lambda v: v > 0, "> 0")
+        check_number("max_usage", max_usage, lambda v: 0 <= v < 1, "in [0, 1)")
         self.graph = graph if graph is not None else ExecutionGraph()
         self.base_ttl_s = base_ttl_s
         self.max_usage = max_usage

@@ -181,8 +181,13 @@ def test_well_typed_policy_arguments_pass_and_null_only_where_taken():
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"policy": "ttl", "policy_args": {"base_ttl_s": -5}}, "base_ttl_s must be > 0"),
-    ({"policy": "graph", "policy_args": {"calib_prior": 0}}, "calib_prior must be > 0"),
+    ({"policy": "ttl", "policy_args": {"base_ttl_s": -5}},
+     "base_ttl_s must be a finite number > 0"),
+    ({"policy": "graph", "policy_args": {"calib_prior": 0}},
+     "calib_prior must be a finite number > 0"),
+    ({"policy": "graph", "policy_args": {"alpha": 5}}, "alpha must be a finite number in"),
+    ({"policy": "graph", "policy_args": {"min_wait_s": float("inf")}},
+     "min_wait_s must be a finite number > 0, got inf"),
     ({"policy": "adaptive", "policy_args": {"experts": ["zz"]}}, "expert 'zz' is not")])
 def test_a_value_the_policy_refuses_names_policy_args_and_the_policy(extra, message):
     """The policy's own TypeError or ValueError came out as is, naming no setting."""

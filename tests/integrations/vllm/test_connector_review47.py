@@ -45,7 +45,7 @@ def test_a_value_the_policy_refuses_names_policy_args_when_the_connector_starts(
     """The policy's own error came out of vLLM's start naming no setting (a bare TypeError
     for a string; the policy's message alone for a range)."""
     with pytest.raises(ValueError, match=r"kvsaga connector: policy_args of policy 'ttl': "
-                                         r"base_ttl_s must be > 0, got -5"):
+                                         r"base_ttl_s must be a finite number > 0, got -5"):
         make_scheduler(hf_model_dir, 24, connector=True, policy="ttl",
                        policy_args={"base_ttl_s": -5}, admission=False)
 
