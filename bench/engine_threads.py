@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
     a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0)
-    a("--json")
+    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
+    a("--json", metavar="PATH", help="also write the cases and results to this JSON file")
     args = ap.parse_args(argv)
     cases = parse_cases(args.cases)
     spins = [int(k) for k in args.spins.split(",") if k.strip()]

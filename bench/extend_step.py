@@ -307,12 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threads", type=int, default=2, help="threads of each engine")
     a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
     a("--profile", type=int, default=0, metavar="N",
       help="one more repeat under cProfile; print each engine's top N entries")
     a("--write-results", action="store_true",
       help="write this run's block of bench/RESULTS.md (its subsection: one per thread count)")
-    a("--json")
+    a("--json", metavar="PATH", help="also write the cases and results to this JSON file")
     a("--worker", choices=["kvsaga", "vllm"], help=argparse.SUPPRESS)
     return ap
 

@@ -257,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     a("--max-tokens", type=int, default=16, help="greedy tokens per extending request")
     a("--max-num-batched-tokens", type=int, default=2048, help="token budget per step")
     a("--model", help="HF directory (default: SmolLM2-135M-Instruct from the GGUF)")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="seed of the random prompt tokens of every case")
     a("--by-op", action="store_true", help="add the per-call pass")
-    a("--json")
+    a("--json", metavar="PATH", help="also write the results to this JSON file (the input of "
+      "--compare)")
     args = ap.parse_args(argv)
     if args.compare:
         print(compare(*args.compare))

@@ -392,9 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--workload", default="swe")
-    a("--sessions", type=int, default=6)
-    a("--steps", type=int, default=8)
+    a("--workload", default="swe", help="a kvsaga.sim workload (swe, web, bfcl, assistant)")
+    a("--sessions", type=int, default=6, help="agent sessions replayed per seed")
+    a("--steps", type=int, default=8, help="most steps replayed per session (the rest cut)")
     a("--seeds", default="0", help="comma-separated generator seeds")
     a("--seed-groups", default=None,
       help="seed groups reported apart, e.g. '5,6,7,8,9;10,11,12,13,14' (default: one)")
@@ -409,10 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
            "steps left first: what reordering could add on top) and "
            f"'{ALL_HITS_ARM}+sched' (the online order of kvsaga's scheduler plug-in, "
            "KVSagaScheduler: how much of that an online order takes)")
-    a("--token-scale", type=float, default=0.02)
-    a("--time-scale", type=float, default=20.0)
-    a("--max-tool-s", type=float, default=10.0)
-    a("--arrival-gap", type=float, default=1.0)
+    a("--token-scale", type=float, default=0.02, help="multiplies every token count")
+    a("--time-scale", type=float, default=20.0,
+      help="multiplies every tool pause (before --max-tool-s caps it)")
+    a("--max-tool-s", type=float, default=10.0, help="cap on one scaled tool pause, seconds")
+    a("--arrival-gap", type=float, default=1.0,
+      help="simulated seconds between session arrivals")
     a("--hint", choices=("median", "exact", "none", "session", "close"), default="median",
       help="what each request tells the connector besides its session: the tool its reply "
            "calls and that tool's median pause (median), the pause itself (exact), the tool "
@@ -420,10 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
            "and workflow only (a client does not know its reply's tool, nor that it is the "
            "last, before the model has replied); close: as session, and once a session's last "
            "reply is in, a one-token request with last_step (the client ends the session)")
-    a("--kv-fraction", type=float, default=0.5)
-    a("--block-size", type=int, default=32)
-    a("--max-num-seqs", type=int, default=16)
-    a("--max-num-batched-tokens", type=int, default=4096)
+    a("--kv-fraction", type=float, default=0.5,
+      help="usable KV blocks as a share of every session's final context at once (at least "
+           "the longest context and a block)")
+    a("--block-size", type=int, default=32, help="tokens per KV block")
+    a("--max-num-seqs", type=int, default=16, help="vLLM's most requests per step")
+    a("--max-num-batched-tokens", type=int, default=4096,
+      help="vLLM's token budget per step")
     a("--policies", default="ttl+nogate,ttl",
       help="connector arms (plain vLLM always runs): POLICY (the connector's defaults: "
            "session gate on), POLICY+nogate (retention alone), POLICY+gate (gate forced on), "
@@ -462,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--token-s", type=float, default=0.002, help="simulated seconds per scheduled token")
     a("--model-dir", default=str(DEFAULT_MODEL_DIR),
       help="an HF directory whose config.json vLLM's scheduler reads (no weights are loaded)")
-    a("--json", default=None)
+    a("--json", default=None, metavar="PATH",
+      help="also write the config and every arm's rows to this JSON file")
     a("--label", default="",
       help="words added to the RESULTS section's title (sections of other workloads kept apart)")
     a("--write-results", action="store_true",

@@ -151,5 +151,26 @@ class PoolConfig:
         return n
 
     def num_host_blocks(self, spec: KVSpec) -> int:
-        """Blocks of the host tier (0 when disabled)."""
-        return self.host_memory_bytes // spec.bytes_per_block
+        """Blocks of the host tier (0 when disabled).
+
+        Raises:
+            ValueError: a budget above 0 that holds no block (not silently "no host tier").
+        """
+        n = self.host_memory_bytes // spec.bytes_per_block
+        if self.host_memory_bytes and n < 1:
+            raise ValueError(f"host_memory_bytes={self.host_memory_bytes} holds no KV block of "
+                             f"{spec.bytes_per_block} bytes")
+        return n
+
+    def check_budgets(self, spec: KVSpec) -> None:
+        """Refuse each byte budget that holds no block of `spec`, before anything is sized:
+        the engine and kvsaga-serve call it with the model's block, read from the checkpoint's
+        config, so that a budget too small fails before the weights load. A GPU tier sized by
+        fraction depends on the memory free once the weights are in; it is checked then.
+
+        Raises:
+            ValueError: as `num_gpu_blocks` and `num_host_blocks` do.
+        """
+        if not self.sized_by_fraction:
+            self.num_gpu_blocks(spec)
+        self.num_host_blocks(spec)

@@ -4,8 +4,9 @@ subcommand a line of its own in its parent's `--help`.
 
 `kvsaga` and `kvsaga-serve` are checked on the parsers they build. bench/'s scripts build
 theirs inside `main()`, several only after loading a model or a trace, so they are read
-instead: every `add_argument` / `add_parser` call in bench/ must pass `help=` itself (a
-`**kwargs` call cannot be checked, and counts as none)."""
+instead: every `add_argument` / `add_parser` call in bench/, made directly or through an
+alias (`a = ap.add_argument`), must pass `help=` itself (a `**kwargs` call cannot be checked,
+and counts as none)."""
 
 from __future__ import annotations
 
@@ -54,13 +55,26 @@ def test_every_kvsaga_serve_argument_has_help():
     assert len(items) > 10 and _missing(items) == []
 
 
+_ADDERS = ("add_argument", "add_parser")
+
+
+def _aliases(tree: ast.AST) -> set[str]:
+    """Names bound to an adder, as in `a = ap.add_argument` (most bench scripts' style)."""
+    return {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Attribute) and node.value.attr in _ADDERS
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
 def _calls_without_help(path: Path, root: Path = BENCH.parent) -> list[str]:
-    """`file:line call` for each add_argument / add_parser call in `path` whose help is
-    absent, empty or hidden behind **kwargs."""
+    """`file:line call` for each add_argument / add_parser call in `path`, made directly or
+    through an alias, whose help is absent, empty or hidden behind **kwargs."""
     bad = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("add_argument", "add_parser")):
+    tree = ast.parse(path.read_text(), str(path))
+    aliases = _aliases(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not (
+                isinstance(node.func, ast.Attribute) and node.func.attr in _ADDERS
+                or isinstance(node.func, ast.Name) and node.func.id in aliases):
             continue
         text = next((k.value for k in node.keywords if k.arg == "help"), None)
         if text is None or (isinstance(text, ast.Constant)
@@ -88,6 +102,11 @@ def test_the_bench_check_sees_a_missing_help(tmp_path):
         "sub.add_parser('run')\n"
         "ap.add_argument('--d', help=TEXT)\n"
         "ap.add_argument('--e', help='the e')\n"
+        "a = ap.add_argument\n"
+        "a('--f', type=int)\n"
+        "a('--g', help='the g')\n"
+        "b('--h')\n"
     )
     found = [line.split()[0] for line in _calls_without_help(script, tmp_path)]
-    assert found == ["bench/x.py:1", "bench/x.py:2", "bench/x.py:3", "bench/x.py:4"]
+    assert found == ["bench/x.py:1", "bench/x.py:2", "bench/x.py:3", "bench/x.py:4",
+                     "bench/x.py:8"]

@@ -43,6 +43,22 @@ def test_pool_config_sizes_tiers():
         PoolConfig(kv_memory_bytes=100).num_gpu_blocks(spec)
 
 
+def test_a_host_budget_below_one_block_is_refused_as_the_gpu_budget_is():
+    """A host budget above 0 that holds no block was taken as "no host tier", unsaid; 0 still
+    means no host tier. check_budgets refuses either budget, leaving a fraction unchecked."""
+    spec = KVSpec(2, 2, 64, "float16", 16)
+    with pytest.raises(ValueError, match="^host_memory_bytes=1 holds no KV block of 16384 bytes$"):
+        PoolConfig(host_memory_bytes=1).num_host_blocks(spec)
+    assert PoolConfig(host_memory_bytes=0).num_host_blocks(spec) == 0
+    assert PoolConfig(host_memory_bytes=16384).num_host_blocks(spec) == 1
+    with pytest.raises(ValueError, match="^host_memory_bytes=16383 holds no KV block"):
+        PoolConfig(kv_memory_fraction=0.5, host_memory_bytes=16383).check_budgets(spec)
+    with pytest.raises(ValueError, match="^kv_memory_bytes=16383 holds no KV block"):
+        PoolConfig(kv_memory_bytes=16383, host_memory_bytes=16384).check_budgets(spec)
+    PoolConfig(kv_memory_bytes=16384, host_memory_bytes=0).check_budgets(spec)
+    PoolConfig().check_budgets(spec)  # by fraction: sized (and checked) once loaded
+
+
 @pytest.mark.parametrize(
     "kwargs, needle",
     [

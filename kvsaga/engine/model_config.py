@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvsaga._validate import check_positive_int
+from kvsaga.config import KVSpec
 from kvsaga.errors import KVSagaError
 
 # HF `model_type` (or GGUF `general.architecture`) -> our architecture name.
@@ -185,6 +186,11 @@ class ModelConfig:
     def kv_size(self) -> int:
         """Width of the key (and of the value) projection's output."""
         return self.num_kv_heads * self.head_dim
+
+    def kv_spec(self, dtype: str, block_size: int) -> KVSpec:
+        """The shape of this model's KV block in `dtype` (named as `KVSpec` names it): read
+        from the config alone, so that a KV budget is checked before the weights load."""
+        return KVSpec(self.num_layers, self.num_kv_heads, self.head_dim, dtype, block_size)
 
     @classmethod
     def from_hf_config(

@@ -26,7 +26,8 @@ from kvsaga.cli import (
     report_failure,
     setup_logging,
 )
-from kvsaga.config import parse_bytes
+from kvsaga.config import PoolConfig, parse_bytes
+from kvsaga.errors import InvalidRequest
 from kvsaga.serve.settings import ServerSettings, non_default_params
 
 log = logging.getLogger("kvsaga.serve")
@@ -207,11 +208,12 @@ def as_flag_message(message: str) -> str:
     "port 70000 out of range", "routing_config: ..."); on the command line, name the flag
     the user typed instead ("--max-body must be ..."). Other messages are returned as they
     are."""
-    m = re.match(r"(\w+)(?= must |: | \S+ out of range$)", message)
+    m = re.match(r"(\w+)(=|(?= must |: | \S+ out of range$))", message)
     if m is None or m.group(1) not in {f.name for f in dataclasses.fields(ServerSettings)}:
         return message
     name = m.group(1)
-    return _FLAGS.get(name, "--" + name.replace("_", "-")) + message[len(name):]
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag + (" " if m.group(2) else "") + message[m.end():]  # "x=1 ..." -> "--x 1 ..."
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -286,18 +288,26 @@ def engine_factory(s: ServerSettings):
 
 def preflight(s: ServerSettings) -> None:
     """Check, before binding the port, what can be checked without loading the weights: the
-    device, and that the model path (or the default model's package) is there and readable
-    as a checkpoint.
+    device, that the model path (or the default model's package) is there and readable as a
+    checkpoint, and that --kv-memory and --host-memory each hold one of its KV blocks (sized
+    from its config, in the dtype the engine will compute in).
 
     Raises:
-        KVSagaError: naming the problem.
+        KVSagaError: naming the problem (the flag, for a budget).
     """
     from kvsaga.engine.llm import resolve_device
-    from kvsaga.engine.loader import default_model_path
+    from kvsaga.engine.loader import COMPUTE_DTYPES, default_model_path, resolve_device_dtype
     from kvsaga.engine.weights import open_checkpoint
 
-    resolve_device(s.device)
-    open_checkpoint(s.model if s.model is not None else default_model_path())
+    _, dtype = resolve_device_dtype(resolve_device(s.device), None)
+    ckpt = open_checkpoint(s.model if s.model is not None else default_model_path())
+    spec = ckpt.config.kv_spec(COMPUTE_DTYPES[dtype], s.block_size)
+    pool = PoolConfig(kv_memory_bytes=s.kv_memory_bytes,
+                      host_memory_bytes=s.host_memory_bytes or 0)
+    try:
+        pool.check_budgets(spec)
+    except ValueError as e:
+        raise InvalidRequest(f"{as_flag_message(str(e))} for this model") from None
 
 
 def listen_sockets(host: str, port: int) -> list[socket.socket]:

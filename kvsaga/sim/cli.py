@@ -6,7 +6,8 @@
         [--jobs N]
 
 Prints one row per scheduler and policy; `belady` is added as the reference when not asked
-for. `--plot` also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation
+for (with `belady-host` / `belady+host` for rows of another host tier: each ratio's reference
+is a row). `--plot` also sweeps the KV capacity (0.5x to 2x of --kv-memory) and draws recomputation
 against it. `--gpus N` / `--router a,b` serve the trace on simulated GPUs behind routers
 instead (`cmd_cluster`, `kvsaga.sim.cluster`): one row per router, scheduler and policy.
 """
@@ -30,7 +31,12 @@ from kvsaga.routing import ROUTERS
 from kvsaga.scheduler import DEFAULT_SCHEDULER, SCHEDULERS
 from kvsaga.sim.cluster import MAX_GPUS, format_rows, simulate_cluster
 from kvsaga.sim.cluster_tenants import add_cluster_tenant_slowdowns
-from kvsaga.sim.compare import compare, parse_policy, tenant_share_misfit
+from kvsaga.sim.compare import (
+    compare,
+    parse_policy,
+    tenant_share_misfit,
+    with_belady_references,
+)
 from kvsaga.sim.cost import GIB, PRESETS
 from kvsaga.sim.simulator import SimConfig, Simulator, blocks_needed
 from kvsaga.sim.trace import Session, TraceError, load_trace
@@ -322,8 +328,8 @@ def cmd_sim(args) -> int:
             WORKLOADS[args.workload]  # unknown family: lists the known ones
         _resolve_memory_flags(args)
         base = _base_config(args, args.kv_memory)
-        if "belady" not in specs:
-            specs.append("belady")  # the reference every ratio needs
+        # the reference every ratio is to, for each host setting, as a row of its own
+        specs = with_belady_references(specs, base, args.host_memory or None)
         sessions = _load(args)
         check_capacity(args, sessions, base)
         progress = not args.quiet and sys.stderr.isatty()

@@ -69,6 +69,30 @@ def config_for(spec: str, base: SimConfig, host_memory_bytes: float | None) -> S
     return dataclasses.replace(base, policy=name)
 
 
+def with_belady_references(policies: Sequence[str], base: SimConfig,
+                           host_memory_bytes: float | None = None) -> list[str]:
+    """`policies` and, after them, each Belady spec that a row's `belady_ratio` is to and that
+    `policies` lacks: `belady` for a row with the base config's host tier, `belady-host` for
+    a row denied one, `belady+host` for a row given one the base lacks. `kvsaga sim` prints
+    them as rows, so that every ratio's reference is in the table (a `-host` row's was run,
+    but shown nowhere, before session 47).
+
+    Raises:
+        ValueError: as `config_for` does.
+    """
+    def host(spec: str) -> int:
+        return config_for(spec, base, host_memory_bytes).host_blocks()
+
+    out = list(policies)
+    shown = {host(spec) for spec in policies if parse_policy(spec)[0] == "belady"}
+    for blocks in [host(spec) for spec in policies]:
+        if blocks not in shown:
+            out.append("belady" if blocks == base.host_blocks()
+                       else "belady-host" if blocks == 0 else "belady+host")
+            shown.add(blocks)
+    return out
+
+
 def compare(sessions: Sequence[Session], base: SimConfig, policies: Sequence[str],
             host_memory_bytes: float | None = None, progress: bool = False,
             schedulers: Sequence[str] | None = None, jobs: int = 1) -> list[dict]:

@@ -278,7 +278,7 @@ def test_batch_limits_are_refused_before_the_weights_load(monkeypatch, kwargs, n
     def load_model(*args, **kw):
         raise AssertionError("the weights were loaded before the arguments were checked")
 
-    monkeypatch.setattr(engine_module, "load_model", load_model)
+    monkeypatch.setattr(engine_module, "load_checkpoint", load_model)
     with pytest.raises(InvalidRequest, match=f"{name} must be a positive int"):
         LLMEngine("any", device="cpu", progress=False, **kwargs)
 

@@ -19,9 +19,11 @@ import threading
 
 import pytest
 
+from kvsaga.config import KVSpec
 from kvsaga.engine.engine import LLMEngine
 from kvsaga.engine.host_copies import HostCopies
 from kvsaga.engine.sampling import SamplingParams
+from kvsaga.engine.weights import open_checkpoint
 from kvsaga.errors import InvalidRequest
 from kvsaga.host_tier import TransferPlan
 from tests.engine.helpers import drain
@@ -439,7 +441,26 @@ def test_bad_engine_arguments_are_refused_before_the_weights_load(monkeypatch, k
     def load_model(*args, **kwargs):
         raise AssertionError("the weights loaded")
 
-    monkeypatch.setattr(engine_module, "load_model", load_model)
+    monkeypatch.setattr(engine_module, "load_checkpoint", load_model)
     name = next(iter(kw)) if "scheduler_params" not in kw else next(iter(kw["scheduler_params"]))
     with pytest.raises(InvalidRequest, match=name.replace("_", ".")):
         LLMEngine("any", device="cpu", progress=False, **kw)
+
+
+@pytest.mark.parametrize("kw,name", [({"kv_memory_bytes": 1}, "kv_memory_bytes"),
+                                     ({"host_memory_bytes": 1}, "host_memory_bytes")])
+def test_a_budget_that_holds_no_block_is_refused_before_the_weights_load(model_dir,
+                                                                        monkeypatch, kw, name):
+    """The block's bytes come from the checkpoint's config: a budget below one block was
+    refused only once the weights had loaded (seconds to minutes, and kvsaga-serve then blamed
+    the model)."""
+    from kvsaga.engine.weights import Checkpoint
+
+    def weights(*args, **kwargs):
+        raise AssertionError("the weights loaded before the budget was checked")
+
+    monkeypatch.setattr(Checkpoint, "weights", weights)
+    c = open_checkpoint(model_dir).config
+    block = KVSpec(c.num_layers, c.num_kv_heads, c.head_dim, "float32", 16).bytes_per_block
+    with pytest.raises(InvalidRequest, match=f"^{name}=1 holds no KV block of {block} bytes$"):
+        make(model_dir, **kw)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from kvsaga import __version__
+from kvsaga.config import KVSpec
+from kvsaga.engine.weights import open_checkpoint
 from kvsaga.serve.cli import build_parser, engine_factory, settings_from_args
 from kvsaga.serve.settings import ServerSettings
 from tests.exits import usage_error
@@ -181,6 +183,29 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(argv, message, cap
     err = capsys.readouterr().err
     assert err == f"kvsaga-serve: error: {err.split('error: ', 1)[1]}" and message in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", ["--kv-memory", "--host-memory"])
+@pytest.mark.parametrize("model", ["tiny", "default"])
+def test_a_budget_that_holds_no_kv_block_fails_in_one_line_before_the_model_loads(
+        flag, model, tiny_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    """The block's bytes come from the checkpoint's config (an HF directory's config.json,
+    the bundled SmolLM2's GGUF header). The budget was checked only once the weights had
+    loaded, after the port was bound, as "the model failed to load: kv_memory_bytes=1 ..."."""
+    from kvsaga.serve import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the port was bound before the budget was checked")
+
+    monkeypatch.setattr(cli, "listen_sockets", refuse)
+    monkeypatch.setattr(cli, "engine_factory", refuse)
+    where = ["--model", str(tiny_dir)] if model == "tiny" else []
+    assert cli.main([*where, flag, "1", "--device", "cpu", "--port", "0"]) == 2
+    c = open_checkpoint(tiny_dir).config
+    block = 737280 if model == "default" else (  # SmolLM2: 30 layers x 3 heads x 64, fp32
+        KVSpec(c.num_layers, c.num_kv_heads, c.head_dim, "float32", 16).bytes_per_block)
+    assert capsys.readouterr().err == (
+        f"kvsaga-serve: error: {flag} 1 holds no KV block of {block} bytes for this model\n")
 
 
 @pytest.mark.parametrize("value", [",", " ", " , "])

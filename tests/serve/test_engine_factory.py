@@ -33,7 +33,7 @@ def test_an_unknown_scheduler_is_rejected_before_the_model_loads(capsys, monkeyp
     def no_load(*a, **k):
         raise AssertionError("the model must not load for a bad scheduler name")
 
-    monkeypatch.setattr("kvsaga.engine.engine.load_model", no_load)
+    monkeypatch.setattr("kvsaga.engine.engine.load_checkpoint", no_load)
     with pytest.raises(SystemExit) as e:
         main(["--scheduler", "round-robin", "--model", "/nonexistent/model"])
     assert e.value.code == 2
@@ -82,7 +82,7 @@ def test_bad_scheduler_params_are_rejected_before_the_model_loads(capsys, monkey
     def no_load(*a, **k):
         raise AssertionError("the model must not load for bad scheduler parameters")
 
-    monkeypatch.setattr("kvsaga.engine.engine.load_model", no_load)
+    monkeypatch.setattr("kvsaga.engine.engine.load_checkpoint", no_load)
     try:  # argparse exits on a flag it cannot parse; main returns 2 for bad settings
         code = main(["--scheduler-params", flag, "--model", "/nonexistent/model"])
     except SystemExit as e:
