@@ -295,15 +295,26 @@ def preflight(s: ServerSettings) -> None:
     Raises:
         KVSagaError: naming the problem (the flag, for a budget).
     """
+    from kvsaga.engine.engine import DEFAULT_CPU_KV_MEMORY_BYTES
     from kvsaga.engine.llm import resolve_device
     from kvsaga.engine.loader import COMPUTE_DTYPES, default_model_path, resolve_device_dtype
     from kvsaga.engine.weights import open_checkpoint
 
-    _, dtype = resolve_device_dtype(resolve_device(s.device), None)
+    dev, dtype = resolve_device_dtype(resolve_device(s.device), None)
     ckpt = open_checkpoint(s.model if s.model is not None else default_model_path())
     spec = ckpt.config.kv_spec(COMPUTE_DTYPES[dtype], s.block_size)
-    pool = PoolConfig(kv_memory_bytes=s.kv_memory_bytes,
-                      host_memory_bytes=s.host_memory_bytes or 0)
+    # Off CUDA the engine takes a fixed budget where --kv-memory is not given (on CUDA a
+    # share of the memory the weights leave, known only once they are in).
+    default_kv = s.kv_memory_bytes is None and dev.type != "cuda"
+    pool = PoolConfig(
+        kv_memory_bytes=DEFAULT_CPU_KV_MEMORY_BYTES if default_kv else s.kv_memory_bytes,
+        host_memory_bytes=s.host_memory_bytes or 0)
+    if default_kv and spec.bytes_per_block > DEFAULT_CPU_KV_MEMORY_BYTES:
+        raise InvalidRequest(
+            f"--block-size {s.block_size}: a KV block of {spec.bytes_per_block} bytes for this "
+            f"model exceeds the default --kv-memory on {dev.type} "
+            f"({DEFAULT_CPU_KV_MEMORY_BYTES} bytes); give a smaller --block-size or a larger "
+            "--kv-memory")
     try:
         pool.check_budgets(spec)
     except ValueError as e:

@@ -208,6 +208,27 @@ def test_a_budget_that_holds_no_kv_block_fails_in_one_line_before_the_model_load
         f"kvsaga-serve: error: {flag} 1 holds no KV block of {block} bytes for this model\n")
 
 
+def test_a_block_over_the_default_cpu_budget_names_block_size_before_the_model_loads(
+        capsys, monkeypatch: pytest.MonkeyPatch):
+    """Without --kv-memory the engine takes 512 MiB off CUDA; a --block-size whose block is
+    larger passed the check and failed after the port was bound, as "the model failed to
+    load: kv_memory_bytes=536870912 ...", a flag the user never gave (review s47 lastdiff)."""
+    from kvsaga.engine.engine import DEFAULT_CPU_KV_MEMORY_BYTES
+    from kvsaga.serve import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the port was bound before the budget was checked")
+
+    monkeypatch.setattr(cli, "listen_sockets", refuse)
+    monkeypatch.setattr(cli, "engine_factory", refuse)
+    assert cli.main(["--block-size", "16384", "--device", "cpu", "--port", "0"]) == 2
+    block = 737280 // 16 * 16384  # SmolLM2, fp32: 46,080 bytes a token
+    assert capsys.readouterr().err == (
+        f"kvsaga-serve: error: --block-size 16384: a KV block of {block} bytes for this model "
+        f"exceeds the default --kv-memory on cpu ({DEFAULT_CPU_KV_MEMORY_BYTES} bytes); give a "
+        "smaller --block-size or a larger --kv-memory\n")
+
+
 @pytest.mark.parametrize("value", [",", " ", " , "])
 def test_an_api_key_variable_that_names_no_key_fails_as_the_flag_does(
         value, capsys, monkeypatch: pytest.MonkeyPatch):
