@@ -57,15 +57,17 @@ time the sessions admitted then take to end or be demoted. Order and shares alon
 bound the wait: the "predicted" order ages by ln(predicted remaining work) + arrival /
 `aging_s` (finite, but aging_s x ln(cost ratio) can be long), and while a tenant's head
 does not fit, backfill (at most `max_backfill` ahead of one head) and other tenants'
-sessions within their shares go first. A demoted session's next step queues ahead of its
-tenant's new sessions, most recently demoted first, but each waiting one is overtaken so
-at most `max_overtake` times. Resumed steps of admitted sessions go first, warm ones
-(context still resident) before cold ones, but the head of their queue is bypassed at most
-`max_bypass` times. A demoted session's step that the working-set gate refuses may be
-admitted on the pool's check alone where the demotions its admission would cause are
-forecast to cost their victims (their waits on return plus their recomputation) less than
-the step's own wait for the room it lacks (`readmit_charge` "room_returns_queue", the
-default since `--fit` round 34: `kvsaga.scheduler.room_swap`).
+sessions within their shares go first. Under `admission_order` "fifo" (or `readmit_order`
+"first"), a demoted session's next step queues ahead of its tenant's new sessions, most
+recently demoted first, but each waiting one is overtaken so at most `max_overtake` times;
+under the default ("predicted", `readmit_order` "sorted") it sorts among the new sessions
+by the same key, so only the reserve bounds its wait. Resumed steps of admitted sessions
+go first, warm ones (context still resident) before cold ones, but the head of their queue
+is bypassed at most `max_bypass` times. A demoted session's step that the working-set
+gate refuses may be admitted on the pool's check alone where the demotions its admission
+would cause are forecast to cost their victims (their waits on return plus their
+recomputation) less than the step's own wait for the room it lacks (`readmit_charge`
+"room_returns_queue", the default since `--fit` round 34: `kvsaga.scheduler.room_swap`).
 """
 
 from __future__ import annotations

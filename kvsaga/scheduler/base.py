@@ -85,10 +85,35 @@ class SchedulerOutput:
     preempted: list[Any] = field(default_factory=list)
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
+# Upper bounds far above any sane value, so that a huge one (it may come through
+# `scheduler_params` JSON) is refused naming the parameter instead of crashing mid-run.
+# MAX_COUNT (windows, token counts): a window wider than any queue tries every waiting
+# session, a cap above any prompt caps nothing; `islice` refuses a stop above sys.maxsize
+# (2**31 - 1 on 32-bit builds) and token counts are scaled in floats (`decode_stall`,
+# `working_set`).
+# MAX_HORIZON_STEPS (`horizon_steps`): a billion steps of growth is beyond any session's
+# length, and times a growth below MAX_COUNT tokens the product stays finite
+# (`working_set`).
+MAX_COUNT = 2**31 - 1
+MAX_HORIZON_STEPS = 1e9
+
+
+def _shown(value: object) -> str:
+    """`value` for an error message: its repr, or its size for an int too long to print
+    (Python refuses to print an int of over 4300 digits)."""
+    if is_int(value) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """`value`, an int within [minimum, maximum]; the error names the bound it broke."""
+    if is_int(value) and maximum is not None and value > maximum:
+        raise ValueError(f"scheduler parameter {name} must be an integer <= {maximum}, "
+                         f"got {_shown(value)}")
     if not is_int(value) or value < minimum:
         raise ValueError(f"scheduler parameter {name} must be an integer >= {minimum}, "
-                         f"got {value!r}")
+                         f"got {_shown(value)}")
     return value
 
 
@@ -104,13 +129,23 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
 
 
 def check_float(name: str, value: object, minimum: float, *, strict: bool = False,
-                finite: bool = False) -> float:
-    ok = is_number(value) and not math.isnan(value) and not (finite and math.isinf(value))
-    if not ok or value < minimum or (strict and value == minimum):
+                finite: bool = False, maximum: float = math.inf) -> float:
+    """`value` as a float within its bounds; the error names the bound it broke. An int
+    beyond float range is refused too (it raised OverflowError here, naming nothing)."""
+    try:
+        x = float(value) if is_number(value) else math.nan
+    except OverflowError:
+        raise ValueError(f"scheduler parameter {name} must be a number within float range, "
+                         f"got {_shown(value)}") from None
+    ok = not math.isnan(x) and not (finite and math.isinf(x))
+    if ok and x > maximum:
+        raise ValueError(f"scheduler parameter {name} must be a number <= {maximum:g}, "
+                         f"got {_shown(value)}")
+    if not ok or x < minimum or (strict and x == minimum):
         op = ">" if strict else ">="
         raise ValueError(f"scheduler parameter {name} must be a {'finite ' if finite else ''}"
-                         f"number {op} {minimum:g}, got {value!r}")
-    return float(value)
+                         f"number {op} {minimum:g}, got {_shown(value)}")
+    return x
 
 
 class Scheduler:
@@ -276,8 +311,9 @@ class Scheduler:
 
         Raises:
             InvalidRequest: `now` not a finite number within +-`MAX_TIME_S`, a session id
-                not a non-empty str, or a step of the session already waiting or running
-                here (it would be begun while the other holds the session open); nothing
+                not a non-empty str, a step of the session already waiting or running
+                here (it would be begun while the other holds the session open), or a
+                prompt needing more blocks than the pool has (`_check_fits`); nothing
                 changed.
         """
         check_time("now", now, InvalidRequest)
@@ -287,8 +323,21 @@ class Scheduler:
         if self._live_step(sid) is not None:
             raise InvalidRequest(f"session {sid!r} already has a step waiting or running "
                                  f"here; finish it before adding the next")
+        self._check_fits(req)
         self._enqueue(req, now, retry=False)
         self._live[sid] = req
+
+    def _check_fits(self, req: Any) -> None:
+        """Refuse a step whose prompt needs more blocks than the pool has, as the manager
+        does when it is begun. Queued, it could never run, and every `schedule` raised on
+        its lookup: no other step was served, and one begun in the same call never reached
+        the output (review s47 sched 4)."""
+        m = self.manager
+        need = m.spec.num_blocks_for(max(req.num_tokens, 1))
+        if need > m.pool.num_blocks:
+            raise InvalidRequest(f"session {req.session_id!r}: prompt of {req.num_tokens} "
+                                 f"tokens needs {need} blocks; the pool has only "
+                                 f"{m.pool.num_blocks}")
 
     def finish(self, req: Any, now: float, *, ended: bool = False) -> bool:
         """A step is done or aborted, running or waiting: forget it. Call after the

@@ -119,7 +119,7 @@ from typing import Any
 
 from kvsaga._validate import check_time
 from kvsaga.errors import InvalidRequest
-from kvsaga.scheduler.base import Executor, SchedulerOutput, check_int
+from kvsaga.scheduler.base import MAX_COUNT, Executor, SchedulerOutput, check_int
 from kvsaga.scheduler.working_set import working_set_blocks
 
 # `readmit_charge` "room": a demoted session's step is admitted again when the pool can take
@@ -154,7 +154,7 @@ class DecodeStall:
                            decode_prefill_when: object = None) -> None:
         """None for `decode_prefill_when`: the default gate, which a cap of 0 turns off
         with the cap; a gate named with the cap off is refused (it would gate nothing)."""
-        cap = check_int("decode_prefill_tokens", decode_prefill_tokens, 0)
+        cap = check_int("decode_prefill_tokens", decode_prefill_tokens, 0, MAX_COUNT)
         if decode_prefill_when is None:
             decode_prefill_when = DEFAULT_DECODE_PREFILL_WHEN if cap else "always"
         elif decode_prefill_when not in DECODE_PREFILL_WHEN:

@@ -130,7 +130,7 @@ class Demotions:
             self._tenant_blocks[info.tenant] = left
         else:
             del self._tenant_blocks[info.tenant]
-        self._deferred.pop(sid, None)
+        self._deferred.discard(sid)
 
     def _demote_session(self, sid: str, now: float) -> None:
         """Demote a paused admitted session, and tell the policy that its blocks are needed
@@ -149,9 +149,9 @@ class Demotions:
         if s is None:
             return
         if deferred:
-            self._deferred[sid] = 0
+            self._deferred.add(sid)
         else:
-            self._deferred.pop(sid, None)
+            self._deferred.discard(sid)
             self._undoable.pop(sid, None)
             self._returns_seen.pop(sid, None)
         self.manager.policy.session_deferred(s, deferred, now)
@@ -169,7 +169,7 @@ class Demotions:
 
     def _drop_demotion(self, sid: str) -> None:
         """The session left (`forget_session`): its demotion marks go with it."""
-        self._deferred.pop(sid, None)
+        self._deferred.discard(sid)
         self._returns_seen.pop(sid, None)
         self._undoable.pop(sid, None)
 
@@ -190,9 +190,9 @@ class Demotions:
         nobody now; a demoted session's step waiting does not stop it, being no claim the
         returning session's cached context does not have as well). Bounded waiting holds
         either way: no undo while the reserve holds for a waiting session (`reserve_at`
-        passed), and the undone step goes ahead of every demoted session's step waiting, so
-        each counts it toward `max_overtake` and none is overtaken more (then the demotion
-        stands).
+        passed), and the undone step goes ahead of every resumed step waiting (demoted here
+        or not), so each counts it toward `max_overtake` and none is overtaken more (then the
+        demotion stands).
 
         Why (RESULTS "Issue 13: kvsaga-serve's demotions on the live replay"): the shrink
         demotes, at a step's finish, the paused session predicted back last, on the
@@ -220,10 +220,9 @@ class Demotions:
             return None  # a new session waits for the room
         if now >= self.reserve_at:
             return None  # the reserve holds for a waiting session: nobody goes before it
-        passed = [r.session_id for q in self._pending.values() for r in q
-                  if r.resumed and r.session_id in self._deferred]
-        if any(self._deferred[p] >= self.max_overtake for p in passed):
-            return None  # a waiting demoted step was overtaken `max_overtake` times already
+        passed = list(self._overtaken)  # every resumed step waiting (`_insert_demoted`)
+        if any(self._overtaken[p] >= self.max_overtake for p in passed):
+            return None  # a waiting resumed step was overtaken `max_overtake` times already
         if self.lookup(req).gpu_hit_blocks < s.num_computed // self.manager.block_size:
             return None  # some of its context was evicted: it is admitted again as demoted
         shares = self._shares(self.overcommit * self.capacity, info.tenant)
@@ -232,7 +231,7 @@ class Demotions:
             if self._tenant_blocks.get(info.tenant, 0) + new > shares[info.tenant]:
                 return None
         for p in passed:  # its step goes ahead of theirs (`_insert_demoted`'s count)
-            self._deferred[p] += 1
+            self._overtaken[p] += 1
         self._set_deferred(sid, False, now)
         info.blocks, info.var, info.extra = 0, 0.0, 0  # forgotten at the demotion
         info.active = True

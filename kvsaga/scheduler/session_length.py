@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 
 from kvsaga.policy.bounded import TRACKED_WORKFLOWS
+from kvsaga.scheduler.base import check_float
 
 MAX_STEPS = 1000  # lengths beyond this are treated as this (the tables' support)
 
@@ -50,11 +51,9 @@ class SessionLengthModel:
     hierarchical prior (see the module docstring)."""
 
     def __init__(self, prior_weight: float = 1.0) -> None:
-        if not isinstance(prior_weight, (int, float)) or isinstance(prior_weight, bool) \
-                or not math.isfinite(prior_weight) or prior_weight <= 0:
-            raise ValueError(f"scheduler parameter length_prior must be a finite number > 0, "
-                             f"got {prior_weight!r}")
-        self.prior_weight = float(prior_weight)
+        # (`check_float`: an int beyond float range raised OverflowError here)
+        self.prior_weight = check_float("length_prior", prior_weight, 0.0, strict=True,
+                                        finite=True)
         # reached[w][n]: sessions of workflow w (None: pooled) that did an n-th step (n >= 1;
         # index 0 unused); ended[w][n]: those that ended right after it.
         self.reached: dict[str | None, list[int]] = {None: [0]}

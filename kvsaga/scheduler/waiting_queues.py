@@ -62,21 +62,26 @@ class WaitingQueues:
         self._account(now)
 
     def _insert_demoted(self, q: deque[Any], req: Any) -> None:
-        """Queue a demoted session's step ahead of its tenant's new sessions and of the
-        demoted steps waiting, except behind any of those already overtaken
-        `max_overtake` times (see the class docstring)."""
-        overtaken = self._deferred
+        """Queue a resumed step of a session not admitted here ahead of its tenant's new
+        sessions and of the resumed steps waiting, except behind any of those already
+        overtaken `max_overtake` times (`WorkflowScheduler`'s `max_overtake`). Every
+        resumed step waiting is counted (`_overtaken`, dropped by `_dequeue`), not only
+        those of sessions demoted here (`_deferred`): a session moved in from another
+        GPU (the simulator's cluster) was never admitted here, and uncounted it was
+        overtaken by every later demoted step. The place holds under the "fifo" order or
+        `readmit_order` "first"; the other orders sort the queue again."""
+        overtaken = self._overtaken
         i = 0
         for j, r in enumerate(q):
             if not r.resumed:
                 break
-            if overtaken.get(r.session_id, 0) >= self.max_overtake:
+            if overtaken[r.session_id] >= self.max_overtake:
                 i = j + 1
         for r in itertools.islice(q, i, None):
             if not r.resumed:
                 break
-            if r.session_id in overtaken:
-                overtaken[r.session_id] += 1
+            overtaken[r.session_id] += 1
+        overtaken[req.session_id] = 0
         q.insert(i, req)
 
     def _dequeue(self, req: Any, now: float) -> bool:
@@ -95,6 +100,7 @@ class WaitingQueues:
         if q is None or req not in q:
             return False
         q.remove(req)
+        self._overtaken.pop(req.session_id, None)
         self._waiting_removed(req)
         if not q:
             del self._pending[req.tenant]

@@ -13,6 +13,8 @@ from kvsaga.policy.bounded import TRACKED_TENANTS, touch
 from kvsaga.scheduler.admission_candidates import AdmissionCandidates
 from kvsaga.scheduler.admission_order import AdmissionOrder
 from kvsaga.scheduler.base import (
+    MAX_COUNT,
+    MAX_HORIZON_STEPS,
     Executor,
     Scheduler,
     SchedulerOutput,
@@ -68,16 +70,19 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         manager, max_num_seqs, max_num_batched_tokens: as `Scheduler`.
         overcommit: admit while predicted working sets <= overcommit x (GPU + host blocks).
         horizon_steps: steps of expected growth counted in an admitted session's working
-            set (fewer when the Agent Execution Graph expects the session to end sooner).
+            set (fewer when the Agent Execution Graph expects the session to end sooner;
+            at most `MAX_HORIZON_STEPS`, as `kvsaga.scheduler.base` says).
         prior_growth_tokens: context growth per step assumed for a workflow until one is
-            observed (too small a guess is corrected by demotion, below).
+            observed (too small a guess is corrected by demotion, below; at most
+            `MAX_COUNT`).
         growth_alpha: weight of each new observed growth once 1 / growth_alpha were seen.
         demote_factor, demote_min_s: a paused admitted session whose pause exceeds
             demote_factor x its expected pause + demote_min_s is demoted when a waiting
             session does not fit (its blocks stay cached; its next step must be admitted
-            again, ahead of its tenant's new sessions). Independently, whenever the
-            admitted working sets outgrow the tiers, paused sessions are demoted until
-            they fit, those expected back last first.
+            again: ahead of its tenant's new sessions under `admission_order` "fifo" or
+            `readmit_order` "first", sorted among them by default, as `readmit_order`
+            says). Independently, whenever the admitted working sets outgrow the tiers,
+            paused sessions are demoted until they fit, those expected back last first.
         default_pause_s: expected pause when neither the step's hint nor an Agent Execution
             Graph (a `graph` policy's) predicts one.
         reserve_decode_tokens: decode tokens of headroom reserved per running step: a step
@@ -88,8 +93,9 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         max_bypass: how many warm steps may be admitted ahead of the resumed queue's head.
         backfill_window: when the next session to admit (its tenant's oldest) does not
             fit, how many sessions queued behind it (same tenant) are tried instead, so a
-            small session is not held behind a large one (0: never). Then the next sessions
-            of other tenants below their shares of the tiers are tried (Agent Fair Share).
+            small session is not held behind a large one (0: never; at most `MAX_COUNT`).
+            Then the next sessions of other tenants below their shares of the tiers are
+            tried (Agent Fair Share).
         max_backfill: how many sessions may be backfilled ahead of one waiting session.
         idle_admit_s: once the batch has been empty this long with every admitted session
             away on a tool call, the next session is admitted even if the working sets do
@@ -107,11 +113,16 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         shrink_on: what the shrink keeps within the tiers: "working_sets" (the charged
             working sets, predicted growth included) or "contexts" (the admitted contexts
             alone; `Demotions._shrink` says why).
-        max_overtake: a demoted session's next step queues ahead of its tenant's new
-            sessions and of the demoted steps already waiting (the most recently demoted
+        max_overtake: under `admission_order` "fifo" or `readmit_order` "first", a
+            demoted session's next step (or any resumed step of a session not admitted
+            here, e.g. one moved in from another GPU) queues ahead of its tenant's new
+            sessions and of the resumed steps already waiting (the most recently demoted
             is the likeliest still cached), but ahead of each waiting one at most this
-            many times; then it queues behind it. This bounds the wait: unbounded, one
-            long session waited from 21 s to the trace's end (seed 106, bfcl 1x 25%).
+            many times; then it queues behind it. This bounds the wait there: unbounded,
+            one long session waited from 21 s to the trace's end (seed 106, bfcl 1x 25%).
+            The other orders sort those steps among the new sessions (`readmit_order`),
+            which this does not bound; the reserve (`max_wait_s`) does. It also bounds
+            `undo_demotion` (below).
         paused_growth: charge a paused session its expected growth too (False, the default:
             its context only, its growth again once its next step is queued: room kept for
             a paused context, which does not grow, holds nothing meanwhile).
@@ -197,9 +208,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
             this many times its expected pause (0, the default: at once, at the finish
             that paused it; `Demotions._away_long`). Opt-in: lost `--fit` round 18.
         decode_prefill_tokens, decode_prefill_when: while a running step decodes, a batch step
-            computes at most this many prompt tokens (128; 0: off), "always" or gated ("demoted",
-            "demoted_queue", "recompute"); None: "demoted_queue", or off with a cap of 0 (a
-            gate named with the cap off is refused; `decode_stall` says why).
+            computes at most this many prompt tokens (128; 0: off; at most `MAX_COUNT`),
+            "always" or gated ("demoted", "demoted_queue", "recompute"); None:
+            "demoted_queue", or off with a cap of 0 (a gate named with the cap off is
+            refused; `decode_stall` says why).
     """
 
     name = "workflow"
@@ -253,8 +265,10 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
     ) -> None:
         super().__init__(manager, **limits)
         self.overcommit = check_float("overcommit", overcommit, 0.0, strict=True)
-        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, finite=True)
-        self.prior_growth_tokens = check_int("prior_growth_tokens", prior_growth_tokens, 0)
+        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, finite=True,
+                                         maximum=MAX_HORIZON_STEPS)
+        self.prior_growth_tokens = check_int("prior_growth_tokens", prior_growth_tokens, 0,
+                                             MAX_COUNT)
         self.growth_alpha = check_float("growth_alpha", growth_alpha, 0.0, strict=True)
         if self.growth_alpha > 1:
             raise ValueError(f"scheduler parameter growth_alpha must be in (0, 1], got "
@@ -266,7 +280,7 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
                                                 reserve_decode_tokens, 0)
         self.admission_window = check_int("admission_window", admission_window, 0)
         self.max_bypass = check_int("max_bypass", max_bypass, 0)
-        self.backfill_window = check_int("backfill_window", backfill_window, 0)
+        self.backfill_window = check_int("backfill_window", backfill_window, 0, MAX_COUNT)
         self.max_backfill = check_int("max_backfill", max_backfill, 0)
         self.idle_admit_s = check_float("idle_admit_s", idle_admit_s, 0.0)
         self.shrink_aging = check_int("shrink_aging", shrink_aging, 0)
@@ -320,7 +334,8 @@ class WorkflowScheduler(WaitingQueues, AdmissionCandidates, DecodeStall, WaitCau
         self.admission_wait_s = 0.0  # their summed waits, from queueing to admission
         self.admission_wait_max_s = 0.0  # the longest of them
         self.tenant_admission_wait_s: dict[str | None, float] = {}  # their sum per tenant
-        self._deferred: dict[str, int] = {}  # demoted, not back: `_insert_demoted`'s counts
+        self._deferred: set[str] = set()  # demoted here, not back
+        self._overtaken: dict[str, int] = {}  # resumed steps waiting: `_insert_demoted`'s counts
         self._times_demoted: dict[str, int] = {}  # per live session (aging in `_shrink`)
         self._undoable: dict[str, tuple[_Admitted, int]] = {}  # `undo_demotion`'s records
         self.num_undone_demotions = 0

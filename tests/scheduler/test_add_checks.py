@@ -93,3 +93,21 @@ def test_bad_session_id_refused(name):
     for sid in (None, "", 3):
         with pytest.raises(InvalidRequest, match=r"session_id must be a non-empty str"):
             s.add(ToyRequest(sid, [1, 2]), 5.0)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_a_prompt_larger_than_the_pool_is_refused(name):
+    """Review s47 sched 4: a step whose prompt needs more blocks than the pool has (12
+    blocks of 4 tokens: 49 tokens need 13) was queued, and every later `schedule` raised on
+    its lookup, so b and every other step waited forever (under workflow a step begun in
+    the same call also dropped out of the output). It is refused, nothing changed, and the
+    others run; a prompt of exactly the pool's size is still taken."""
+    m, s, ex, b = _setup(name)
+    before = _state(s)
+    with pytest.raises(InvalidRequest, match=r"session 'huge': prompt of 49 tokens needs 13 "
+                                             r"blocks; the pool has only 12"):
+        s.add(ToyRequest("huge", list(range(100, 149)), 1), 5.0)
+    assert _state(s) == before
+    _drain(m, s, ex)
+    s.add(ToyRequest("full", list(range(200, 248)), 1), 40.0)
+    assert any(r.session_id == "full" for r in s.waiting)

@@ -34,7 +34,7 @@ def _full_pool_and_queue(**kw):
         if demoted:
             # a paused session the scheduler demoted (its record as the manager keeps it)
             m.sessions[sid] = Session(sid, "default", bytes(32))
-            s._deferred[sid] = 0
+            s._deferred.add(sid)
         reqs[sid] = ToyRequest(sid, toks(100 * (i + 1), 8), max_new=1, arrival=0.1 * (i + 1),
                                resumed=False)
         s.add(reqs[sid], 0.1 * (i + 1))

@@ -64,7 +64,7 @@ def test_the_deficit_counts_the_running_steps_reserve():
     ex.run(s, s.schedule(0.0, ex), 0.0)
     calls = _spy(m)
     m.sessions["d1"] = Session("d1", "default", bytes(32))
-    s._deferred["d1"] = 0
+    s._deferred.add("d1")
     s.add(ToyRequest("d1", toks(200, 8), max_new=1, arrival=0.1, resumed=False), 0.1)
     assert not s.schedule(1.0, ex).admitted
     assert [r.session_id for r in s.running] == ["a"] and m.pool.num_available == 4
@@ -135,7 +135,7 @@ def test_the_room_is_measured_again_when_the_pool_changes(monkeypatch):
     monkeypatch.setattr(type(s), "room_deficit",
                         lambda self, req, running: 100 + self.manager.pool.num_available)
     m.sessions["d1"] = Session("d1", "default", bytes(32))
-    s._deferred["d1"] = 0
+    s._deferred.add("d1")
     s.add(ToyRequest("d1", toks(200, 8), max_new=1, arrival=0.1, resumed=False), 0.1)
     free = free_counts_while_refused(m, s, ex, 11)
     assert len(free) >= 2  # a's decode took blocks: the pool changed with no queue change

@@ -18,6 +18,7 @@ import pytest
 
 from kvsaga import KVCacheManager, KVSpec
 from kvsaga.scheduler import SCHEDULERS, make_scheduler, scheduler_params
+from kvsaga.scheduler.base import MAX_COUNT, MAX_HORIZON_STEPS
 from tests.sched_helpers import ToyExecutor, ToyRequest
 
 
@@ -44,11 +45,11 @@ def test_horizon_steps_must_be_finite():
 
 
 def test_huge_horizon_still_schedules():
-    """A finite horizon, however large, is a working set to charge (the infinite one failed
-    here, at the first schedule)."""
+    """A horizon up to its bound, with the largest growth prior, is a working set to charge
+    (the infinite one failed here, at the first schedule)."""
     m = _manager()
-    s = make_scheduler("workflow", m, horizon_steps=1e300, max_num_seqs=2,
-                       max_num_batched_tokens=8)
+    s = make_scheduler("workflow", m, horizon_steps=MAX_HORIZON_STEPS,
+                       prior_growth_tokens=MAX_COUNT, max_num_seqs=2, max_num_batched_tokens=8)
     s.add(ToyRequest("a", [1, 2, 3, 4, 5], 2, arrival=0.0), 0.0)
     ex = ToyExecutor(m)
     for t in range(6):
@@ -73,3 +74,49 @@ def test_every_parameter_refuses_bad_values_naming_itself(name):
                 assert p in str(e), (p, v, str(e))
                 refused += 1
     assert refused >= len(scheduler_params(name)) * 4
+
+
+@pytest.mark.parametrize("param,value", [
+    ("backfill_window", 2**63),  # passed, then `islice` raised inside `schedule`
+    ("decode_prefill_tokens", 10**400),  # OverflowError inside `schedule`
+    ("prior_growth_tokens", 10**400),  # OverflowError at construction
+    ("horizon_steps", 1e308),  # horizon x growth overflowed to inf inside `schedule`
+    ("overcommit", 10**400),  # an int beyond float range: OverflowError, naming nothing
+    ("demote_factor", -10**400),
+    ("length_prior", 10**400),  # OverflowError at construction (its own check)
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_huge_values_are_refused_naming_the_parameter(param, value):
+    """Review s47 sched 3: values far above any sane one (they may come through
+    `scheduler_params` JSON) were accepted and crashed mid-run, or raised OverflowError
+    naming nothing; each is refused at construction with a ValueError naming it."""
+    with pytest.raises(ValueError, match=rf"scheduler parameter {param} must be a"):
+        make_scheduler("workflow", _manager(), **{param: value})
+
+
+def test_the_error_names_the_bound_broken():
+    with pytest.raises(ValueError, match=r"backfill_window must be an integer <= 2147483647, "
+                                         r"got 9223372036854775808"):
+        make_scheduler("workflow", _manager(), backfill_window=2**63)
+    with pytest.raises(ValueError, match=r"horizon_steps must be a number <= 1e\+09, "
+                                         r"got 1e\+308"):
+        make_scheduler("workflow", _manager(), horizon_steps=1e308)
+    with pytest.raises(ValueError, match=r"overcommit must be a number within float range, "
+                                         r"got an integer of 1329 bits"):
+        make_scheduler("workflow", _manager(), overcommit=10**400)
+
+
+@pytest.mark.parametrize("param,value", [("backfill_window", MAX_COUNT),
+                                         ("decode_prefill_tokens", MAX_COUNT)])
+def test_the_bounds_themselves_schedule(param, value):
+    """The largest accepted window and cap run (the window tries every waiting session,
+    the cap caps nothing)."""
+    m = _manager()
+    s = make_scheduler("workflow", m, max_num_seqs=2, max_num_batched_tokens=8,
+                       **{param: value})
+    ex = ToyExecutor(m)
+    s.add(ToyRequest("a", [1, 2, 3, 4, 5], 2, arrival=0.0), 0.0)
+    s.add(ToyRequest("b", [9, 8, 7, 6], 2, arrival=0.0), 0.0)
+    for t in range(6):
+        ex.run(s, s.schedule(float(t), ex), float(t))
+    assert not s.has_work
+    m.check_integrity()

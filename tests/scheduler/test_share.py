@@ -89,10 +89,10 @@ def test_a_demoted_step_is_overtaken_at_most_max_overtake_times(bound, expected)
     overtaken `max_overtake` times keeps its place (and so do those ahead of it)."""
     s = wf(manager(64), max_overtake=bound)
     for i in range(5):
-        s._deferred[f"d{i}"] = 0  # demoted, its next step not queued yet
+        s._deferred.add(f"d{i}")  # demoted, its next step not queued yet
         s.add(ToyRequest(f"d{i}", toks(100 * i, 4), resumed=True, arrival=float(i)), float(i))
     assert " ".join(r.session_id for r in s.waiting) == expected
-    assert all(n <= bound for n in s._deferred.values())
+    assert all(n <= bound for n in s._overtaken.values())
 
 
 def test_shrink_order_smallest_demotes_the_smallest_paused_session():

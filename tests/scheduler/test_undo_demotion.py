@@ -65,7 +65,7 @@ def _demoted(undo, evict: bool = False, wide_waiting: bool = False, keep_waiting
         s._demote_session("keep", 1.6)
         del s._undoable["keep"]  # as if its context were evicted: its demotion stands
         s.add(next_step(keep1, toks(8000, 4), 1.6), 1.6)
-        assert "keep" not in s.sessions and s._deferred["keep"] == 0
+        assert "keep" not in s.sessions and s._overtaken["keep"] == 0
     big2 = next_step(big1, toks(500, 4), 2.0)
     s.add(big2, 2.0)
     return m, s, ex, big2, seen
@@ -163,7 +163,7 @@ def test_an_undo_counts_toward_max_overtake(max_overtake, undone):
     m, s, ex, big2, seen = _demoted(True, wide_waiting=True, keep_waiting=True,
                                     max_overtake=max_overtake)
     assert ("big" in s.sessions) is undone
-    assert s._deferred["keep"] == int(undone)
+    assert s._overtaken["keep"] == int(undone)
     m.check_integrity()
 
 

@@ -65,9 +65,9 @@ def _soak(params: dict):
 def test_workflow_scheduler_stays_bounded(params):
     s, live_max = _soak(params)
     assert live_max <= 2 * IDLE_S
-    per_session = ("sessions", "_deferred", "_times_demoted", "_undoable", "_started",
-                   "_waited", "_steps_seen", "_ranks_told", "_rooms_told", "_paused_told",
-                   "_deadlines", "_last_finish", "_live")
+    per_session = ("sessions", "_deferred", "_overtaken", "_times_demoted", "_undoable",
+                   "_started", "_waited", "_steps_seen", "_ranks_told", "_rooms_told",
+                   "_paused_told", "_deadlines", "_last_finish", "_live")
     for name in per_session:
         assert len(getattr(s, name)) <= live_max, name
     names = TRACKED_WORKFLOWS + TRACKED_KINDS + 1
