@@ -35,6 +35,26 @@ def replica(rid: str, manager, sessions: SessionRegistry, app=None) -> EngineRep
     return stub_replica(rid, Engine(manager), sessions, app)
 
 
+def moving_handle(first_message):
+    """A deployment handle whose every call is a step the router moved from a to b, and
+    whose response stream's first message is `await first_message()`."""
+
+    class Stream:
+        async def __anext__(self):
+            return await first_message()
+
+    class Handle:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, call):
+            call["route"] = {"replica": "b", "moved_from": "a", "migrate": True,
+                             "reason": "steal"}
+            return Stream()
+
+    return Handle()
+
+
 def test_a_step_in_flight_on_the_source_answers_409_and_opens_nothing(monkeypatch):
     ma, mb = KVCacheManager(SPEC, 64), KVCacheManager(SPEC, 64)
     paused(ma)
@@ -87,22 +107,11 @@ def test_the_gateway_has_the_router_take_a_refused_move_back(monkeypatch, status
                     kv.move_refused(s, src, replica, import_refused)))
     monkeypatch.setattr(registry, "routers_here", lambda: [router])
 
-    class Handle:
-        def options(self, **kwargs):
-            return self
+    async def first_message():
+        return {"type": "http.response.start", "status": status,
+                "headers": [(b"x-kvsaga-pull-refused", b"a")]}
 
-        def remote(self, call):
-            call["route"] = {"replica": "b", "moved_from": "a", "migrate": True,
-                             "reason": "steal"}
-
-            class Stream:
-                async def __anext__(self):
-                    return {"type": "http.response.start", "status": status,
-                            "headers": [(b"x-kvsaga-pull-refused", b"a")]}
-
-            return Stream()
-
-    core = GatewayCore(Handle(), ServerSettings(model="x"))
+    core = GatewayCore(moving_handle(first_message), ServerSettings(model="x"))
     asyncio.run(core.call("POST", "/v1/completions", b"", [], body))
     assert calls and calls[0] == (key, "a", "b", status == 503)
     assert kv.home(key) == "a" and key not in kv.moves
@@ -190,21 +199,10 @@ def dies_before_answering(monkeypatch, kv, error: Exception) -> list:
         move_unanswered=kv.move_unanswered,
         move_refused=lambda *args: (calls.append(args), kv.move_refused(*args)))])
 
-    class Handle:
-        def options(self, **kwargs):
-            return self
+    async def first_message():
+        raise error
 
-        def remote(self, call):
-            call["route"] = {"replica": "b", "moved_from": "a", "migrate": True,
-                             "reason": "steal"}
-
-            class Stream:
-                async def __anext__(self):
-                    raise error
-
-            return Stream()
-
-    core = GatewayCore(Handle(), ServerSettings(model="x"))
+    core = GatewayCore(moving_handle(first_message), ServerSettings(model="x"))
     answer = asyncio.run(core.call("POST", "/v1/completions", b"", [], BODY))
     assert answer.status_code == 503
     return calls
