@@ -20,14 +20,23 @@ space from). The streamed text is `decode(output ids)` (after a prompt of whole 
 what they add to the prompt's text) up to the last token after which that text ended in a
 whole character; what follows is held back until a character completes.
 
-Should the decoder still rewrite text already emitted (a byte-fallback run of generated
-bytes that never forms a character, merged with whole ones before it: DecodeStream raises),
-the stream restarts at the token at hand rather than fail the engine's step.
+The decoder can rewrite text already emitted: a byte-fallback decoder (SentencePiece
+vocabularies) decodes a run of <0xNN> tokens as one UTF-8 sequence, and all of it as U+FFFD
+while that is not valid, so a byte that joins the run can turn the run's whole characters
+before it into U+FFFD ("\x1a" then a stray continuation byte decode as two U+FFFD).
+DecodeStream raises where it sees that, or holds the text back (a byte token right after
+another one, for which it returns nothing, is therefore checked too). Then `text` becomes
+the decode of all the generated tokens less the U+FFFD it ends in (a prefix of every later
+decode, so `req.text` is the output's decode wherever generation stops), recomputed for
+each token until it ends in a whole character, where the stream restarts seeded with the
+generated tokens (so no space is stripped and no character lost). Text a stream client was
+sent cannot be taken back: `add` returns what lies past the length of all it returned
+before. The common path only records each token id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tokenizers.decoders import DecodeStream
 
@@ -37,6 +46,18 @@ from kvsaga.engine.tokenizer import Tokenizer
 # bytes of one character), few enough that seeding costs nothing.
 _CONTEXT_TOKENS = 6
 _REPLACEMENT = "\ufffd"  # what a decode shows for the bytes of an incomplete character
+
+
+class _Held:
+    """The stream while the decoder's rewrite of emitted text ends in U+FFFD: each step
+    raises, so that `add` decodes anew (`_resync`)."""
+
+    @staticmethod
+    def step(tokenizer: object, token_id: int) -> str | None:
+        raise LookupError("held: the text is decoded anew")
+
+
+_HELD = _Held()
 
 
 class IncrementalDetokenizer:
@@ -57,10 +78,15 @@ class IncrementalDetokenizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._stream = DecodeStream(
-            self._left_context(prompt_ids), skip_special_tokens=skip_special_tokens
-        )
-        self.text = ""  # everything emitted so far
+        self._start(prompt_ids)
+
+    def _start(self, prompt_ids: Sequence[int]) -> None:
+        self._context = self._left_context(prompt_ids)
+        self._stream = DecodeStream(self._context, skip_special_tokens=self.skip_special_tokens)
+        self._ids: list[int] = []  # the generated tokens, for `_resync`
+        self._bytes = self.tokenizer.byte_fallback_ids()
+        self.text = ""  # the text of the generated tokens so far
+        self._sent = 0  # after a rewrite: the length of the text `add` returned so far
 
     def _left_context(self, prompt_ids: Sequence[int]) -> list[int]:
         """The longest run of the prompt's last `_CONTEXT_TOKENS` ids that decodes to whole
@@ -80,30 +106,74 @@ class IncrementalDetokenizer:
             token_ids: one id or several.
 
         Returns:
-            The text delta; `self.text` holds the running total.
+            The text past what the calls before returned; `self.text` holds the text of
+            all the generated tokens, which is what they returned but where the decoder
+            rewrote earlier text (module docstring).
         """
-        ids = (token_ids,) if isinstance(token_ids, int) else token_ids
+        rest = iter((token_ids,) if isinstance(token_ids, int) else token_ids)
         backend = self.tokenizer.backend
         parts = []
-        for t in ids:
+        for t in rest:
+            self._ids.append(t)
             try:
                 chunk = self._stream.step(backend, t)
-            except Exception:  # emitted text rewritten (module docstring): restart here
-                self._stream = DecodeStream([], skip_special_tokens=self.skip_special_tokens)
-                chunk = self._stream.step(backend, t)
+            except Exception:  # emitted text rewritten, or held (module docstring)
+                return self._add_rewritten("".join(parts), rest)
             if chunk is not None:
                 parts.append(chunk)
+            elif t in self._bytes and len(self._ids) > 1 and self._ids[-2] in self._bytes:
+                return self._add_rewritten("".join(parts), rest)  # the byte may rewrite
         delta = "".join(parts)
         self.text += delta
         return delta
+
+    def _add_rewritten(self, delta: str, rest: Iterator[int]) -> str:
+        """`add` from the token the decoder may have rewritten emitted text at (`delta`: what
+        this call's tokens before it added): `text` is decoded anew (`_resync`), and the
+        stream stays `_HELD` while `text` is shorter than what `add` returned, so that the
+        common path never has to compare the two."""
+        sent = max(len(self.text) + len(delta), self._sent)
+        text = self._resync()
+        for t in rest:
+            self._ids.append(t)
+            try:
+                chunk = self._stream.step(self.tokenizer.backend, t)
+            except Exception:
+                text = self._resync()
+                continue
+            if chunk is not None:
+                text += chunk
+            elif t in self._bytes and self._ids[-2] in self._bytes:
+                text = self._resync()
+        if len(text) < sent:
+            self._stream = _HELD
+        self.text, self._sent = text, max(sent, len(text))
+        return text[sent:]
+
+    def _resync(self) -> str:
+        """The decode of the generated tokens (after the left context) less any U+FFFD it
+        ends in: what `text` must be once the decoder rewrote text before the last token.
+        Until that decode ends in a whole character again every token comes here (the
+        stream is `_HELD`); then the stream restarts seeded with all of them. Rare, so it
+        decodes everything."""
+        decode, skip = self.tokenizer.backend.decode, self.skip_special_tokens
+        ids = self._ids
+        pre = decode(self._context, skip_special_tokens=skip)
+        full = decode(self._context + ids, skip_special_tokens=skip)
+        if not full.startswith(pre):  # the generated bytes rewrote the context's last one
+            self._context, pre, full = [], "", decode(ids, skip_special_tokens=skip)
+        text = full[len(pre):]
+        whole = text.rstrip(_REPLACEMENT)
+        if whole == text:
+            self._stream = DecodeStream(self._context + ids, skip_special_tokens=skip)
+        else:
+            self._stream = _HELD
+        return whole
 
     def restart(self, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> None:
         """Start again from the prompt and take `token_ids` (the tokens whose text was
         returned so far): an interrupt that cut an `add` short may have left the stream
         holding a token whose text never came back (`LLMEngine` takes that token back).
         The same tokens decode the same way, so the stream ends as it was before that `add`."""
-        self._stream = DecodeStream(
-            self._left_context(prompt_ids), skip_special_tokens=self.skip_special_tokens
-        )
-        self.text = ""
+        self._start(prompt_ids)
         self.add(token_ids)

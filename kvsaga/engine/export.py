@@ -88,10 +88,14 @@ def tokenizer_config(tokenizer: Tokenizer) -> dict[str, Any]:
         "bos_token": tokenizer.bos_token,
         "eos_token": tokenizer.eos_token,
         "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
         "clean_up_tokenization_spaces": False,
     }
-    if tokenizer.chat_template is not None:
-        out["chat_template"] = tokenizer.chat_template.source
+    templates = tokenizer.chat_templates
+    if list(templates) == ["default"]:
+        out["chat_template"] = templates["default"].source
+    elif templates:  # HF's list form keeps every named template ("tool_use"...)
+        out["chat_template"] = [{"name": n, "template": t.source} for n, t in templates.items()]
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -145,7 +149,7 @@ def export_hf(
         if tokenizer is not None:
             tokenizer.backend.save(str(tmp / "tokenizer.json"))
             _write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer))
-        _write_json(tmp / "generation_config.json", _generation_config(config))
+        _write_json(tmp / "generation_config.json", _generation_config(config, ckpt))
         _write_json(tmp / "config.json", hf_config(config, dtype))
 
     _write_dir(out, overwrite, write)
@@ -265,11 +269,24 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _generation_config(config: ModelConfig) -> dict[str, Any]:
+def _generation_config(config: ModelConfig, ckpt: Checkpoint) -> dict[str, Any]:
+    """The source's generation_config.json (an HF directory's: what kvsaga does not read,
+    such as repetition_penalty, too) with the token ids and the sampling defaults kvsaga
+    serves with (`config.generation`), so that engines serving the export sample alike."""
+    source = {}
+    if ckpt.gguf is None and (ckpt.path / "generation_config.json").is_file():
+        try:
+            source = json.loads((ckpt.path / "generation_config.json").read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot read the source's generation_config.json: {e}") from e
     eos = list(config.eos_token_ids)
-    out: dict[str, Any] = {"bos_token_id": config.bos_token_id}
+    out: dict[str, Any] = {**source, "bos_token_id": config.bos_token_id}
     if eos:
         out["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    defaults = config.generation.as_dict()
+    if "max_tokens" in defaults:
+        defaults["max_new_tokens"] = defaults.pop("max_tokens")
+    out.update(defaults)
     return {k: v for k, v in out.items() if v is not None}
 
 

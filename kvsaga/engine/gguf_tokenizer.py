@@ -5,14 +5,14 @@ vocabulary, merges or scores, token types, the pre-tokenizer's name and flags. T
 supported, which cover Llama-class models:
 
 - "gpt2": byte-level BPE (SmolLM, Llama 3, Qwen2, Mistral Nemo...), with the split regex that
-  `tokenizer.ggml.pre` names;
+  `tokenizer.ggml.pre` names; a name kvsaga does not know is refused, since another split
+  would tokenize text differently from the model's training;
 - "llama": SentencePiece BPE with byte fallback (Llama 2, TinyLlama, Mistral 7B...); merges come
   from the file or, as SentencePiece scores imply, are derived from the vocabulary.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,11 +30,26 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's "tekken" (Mistral Nemo): a word breaks where lower case turns upper ("Java" +
+# "Script", " i" + "Phone"), each digit stands alone, and there is no contraction rule.
+_CASED_UPPER = r"\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}"  # (uncased letters and marks count as both)
+_CASED_LOWER = r"\p{Ll}\p{Lm}\p{Lo}\p{M}"
+_WORD_LEAD = r"[^\r\n\p{L}\p{N}]?"  # one space or symbol joins the word after it
+_TEKKEN_SPLIT = "|".join((
+    f"{_WORD_LEAD}[{_CASED_UPPER}]*[{_CASED_LOWER}]+",  # "word", "Word"; "HTTPServer" -> "Server"
+    f"{_WORD_LEAD}[{_CASED_UPPER}]+[{_CASED_LOWER}]*",  # "HTTP" (before "Server"), "ID"
+    r"\p{N}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",  # symbols, with the line breaks or slashes after them
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+))
 _SPLIT_REGEX = {
     **dict.fromkeys(
         ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"), _LLAMA3_SPLIT
     ),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
 }
 # GPT-2's regex after splitting off every digit (llama.cpp's "\p{N}" + gpt2 regex pair).
 _DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
@@ -64,7 +79,9 @@ def build_gguf_backend(meta: Mapping[str, Any], source: str = "GGUF file") -> Ba
     if kind == "gpt2":
         if not merges:
             raise ModelLoadError(f"{source}: a byte-level BPE tokenizer without merges")
-        backend = _byte_level_bpe(tokens, merges, token_types, meta.get("tokenizer.ggml.pre"))
+        backend = _byte_level_bpe(
+            tokens, merges, token_types, _pre_name(meta.get("tokenizer.ggml.pre"), source)
+        )
         add_bos_default = False
     elif kind == "llama":
         scores: list[float] = meta.get("tokenizer.ggml.scores") or []
@@ -199,6 +216,19 @@ def _merges_from_scores(
     return [(left, right) for left, right, _ in candidates]
 
 
+def _pre_name(pre: Any, source: str) -> str | None:
+    """`tokenizer.ggml.pre`, refused unless kvsaga knows its split (files without the key
+    predate it and use GPT-2's, as llama.cpp assumes)."""
+    if pre is None or pre in _SPLIT_REGEX or pre in _DIGITS_THEN_GPT2 or pre in _GPT2:
+        return pre
+    known = sorted({*_SPLIT_REGEX, *_DIGITS_THEN_GPT2, *_GPT2})
+    raise ModelLoadError(
+        f"{source}: GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported, and "
+        f"another split would tokenize text differently; supported: {known}. Use the "
+        "model's HF directory instead"
+    )
+
+
 def _pre_tokenizer(pre: str | None) -> Any:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _SPLIT_REGEX:
@@ -210,13 +240,7 @@ def _pre_tokenizer(pre: str | None) -> Any:
         )
     if pre in _DIGITS_THEN_GPT2:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if pre not in _GPT2 and pre is not None:
-        warnings.warn(
-            f"unknown GGUF pre-tokenizer {pre!r}; using GPT-2's, which may split text "
-            "differently from the model's training",
-            stacklevel=3,
-        )
-    return byte_level
+    return byte_level  # GPT-2's (`_pre_name` refused the names it does not cover)
 
 
 def _template_processor(backend: Backend, bos: str | None, eos: str | None) -> Any:

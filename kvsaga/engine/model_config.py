@@ -217,8 +217,11 @@ class ModelConfig:
             )
         arch = SUPPORTED_ARCHITECTURES[model_type]
         try:
-            hidden = int(cfg["hidden_size"])
-            num_heads = int(cfg["num_attention_heads"])
+            hidden = _field_int(cfg, "hidden_size")
+            num_heads = _field_int(cfg, "num_attention_heads")
+            if num_heads <= 0:  # (before it divides hidden_size)
+                raise ModelLoadError(
+                    f"config.json: num_attention_heads must be > 0, got {num_heads}")
             head_dim = cfg.get("head_dim") or hidden // num_heads
             max_pos = int(cfg.get("max_position_embeddings", 2048))
             if arch == "mistral" and cfg.get("sliding_window"):
@@ -295,13 +298,26 @@ class ModelConfig:
                 raise ModelLoadError(f"GGUF metadata lacks required key {full!r}")
             return default
 
-        hidden = int(key("embedding_length"))
-        num_heads = int(key("attention.head_count"))
-        num_kv_heads = key("attention.head_count_kv", num_heads)
-        if isinstance(num_kv_heads, list):  # per-layer counts: only uniform ones are supported
-            if len(set(num_kv_heads)) != 1:
-                raise ModelLoadError(f"per-layer kv head counts {num_kv_heads} are not supported")
-            num_kv_heads = num_kv_heads[0]
+        def count(name: str, default: Any = KeyError) -> int:
+            """An integer key, named in the error when it is not one (a per-layer list of
+            equal counts counts as one)."""
+            value = key(name, default)
+            if isinstance(value, list) and value and len(set(value)) == 1:
+                value = value[0]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ModelLoadError(
+                    f"GGUF metadata key {arch}.{name} must be an integer, got {value!r}"
+                    + (" (per-layer counts that differ are not supported)"
+                       if isinstance(value, list) else "")
+                )
+            return int(value)
+
+        hidden = count("embedding_length")
+        num_heads = count("attention.head_count")
+        if num_heads <= 0:  # (before it divides embedding_length)
+            raise ModelLoadError(f"GGUF metadata key {arch}.attention.head_count must be > 0, "
+                                 f"got {num_heads}")
+        num_kv_heads = count("attention.head_count_kv", num_heads)
         vocab = key("vocab_size", None)
         if vocab is None:
             tokens = meta.get("tokenizer.ggml.tokens")
@@ -319,11 +335,11 @@ class ModelConfig:
             architecture=SUPPORTED_ARCHITECTURES[arch],
             vocab_size=int(vocab),
             hidden_size=hidden,
-            intermediate_size=int(key("feed_forward_length")),
-            num_layers=int(key("block_count")),
+            intermediate_size=count("feed_forward_length"),
+            num_layers=count("block_count"),
             num_heads=num_heads,
-            num_kv_heads=int(num_kv_heads),
-            head_dim=int(key("attention.key_length", hidden // num_heads)),
+            num_kv_heads=num_kv_heads,
+            head_dim=count("attention.key_length", hidden // num_heads),
             rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(key("rope.freq_base", 10000.0)),
             rope_scaling=scaling,
@@ -350,6 +366,11 @@ def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling]:
     if rope_type == "linear":
         return theta, RopeScaling("linear", factor)
     if rope_type == "llama3":
+        where = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+        missing = [k for k in _LLAMA3_KEYS if params.get(k) is None]
+        if missing:
+            raise ModelLoadError(
+                f"config.json lacks required field {where}.{missing[0]} (llama3 rope scaling)")
         return theta, RopeScaling(
             "llama3",
             factor,
@@ -358,6 +379,18 @@ def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling]:
             int(params["original_max_position_embeddings"]),
         )
     return theta, RopeScaling(str(rope_type), factor)  # raises: unsupported type
+
+
+_LLAMA3_KEYS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _field_int(cfg: Mapping[str, Any], name: str) -> int:
+    """`cfg[name]` as an int; a value that is none (null) names the field."""
+    value = cfg[name]
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"config.json: {name} must be an integer, got {value!r}") from None
 
 
 def _as_ids(value: Any) -> tuple[int, ...]:

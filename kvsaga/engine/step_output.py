@@ -80,7 +80,8 @@ class StepOutput:
         else:
             lp = None
         prev_len = len(req.text)
-        text = req.text + req.detokenizer.add(tok)
+        req.detokenizer.add(tok)
+        text = req.detokenizer.text  # (rewritten where the decoder rewrote emitted text)
         reason = None
         if (not p.ignore_eos and tok in self.tokenizer.eos_token_ids) or tok in p.stop_token_ids:
             reason = "stop"

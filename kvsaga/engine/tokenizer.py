@@ -25,33 +25,53 @@ class Tokenizer:
 
     Args:
         backend: the `tokenizers` pipeline.
-        chat_template: Jinja source of the chat template, if the model has one.
+        chat_template: Jinja source of the chat template, if the model has one, or its named
+            templates ({"default": ..., "tool_use": ...}, as HF keeps them).
         bos_token: spelling of the BOS token, if any.
         eos_token: spelling of the main EOS token, if any.
         eos_token_ids: every id that ends generation; defaults to the id of `eos_token`.
         pad_token: spelling of the padding token, if any.
+        unk_token: spelling of the unknown token, if any.
+
+    Attributes:
+        chat_templates: the templates by name (a single one is "default").
+        chat_template: the one rendered without tools: "default", else the first.
     """
 
     def __init__(
         self,
         backend: Backend,
         *,
-        chat_template: str | None = None,
+        chat_template: str | Mapping[str, str] | None = None,
         bos_token: str | None = None,
         eos_token: str | None = None,
         eos_token_ids: Sequence[int] = (),
         pad_token: str | None = None,
+        unk_token: str | None = None,
     ) -> None:
         self.backend = backend
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.unk_token = unk_token
         self.bos_token_id = self._id(bos_token)
         self.eos_token_id = self._id(eos_token)
         self.pad_token_id = self._id(pad_token)
         ids = list(eos_token_ids) or ([self.eos_token_id] if self.eos_token_id is not None else [])
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(ids))
-        specials = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
-        self.chat_template = ChatTemplate(chat_template, specials) if chat_template else None
+        # As HF's special_tokens_map: a token the model lacks is left out, so a template's
+        # `{{ bos_token }}` renders "" (undefined) rather than "None".
+        specials = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token,
+                    "unk_token": unk_token}
+        specials = {k: v for k, v in specials.items() if v is not None}
+        if isinstance(chat_template, str):
+            chat_template = {"default": chat_template}
+        self.chat_templates = {
+            name: ChatTemplate(source, specials)
+            for name, source in (chat_template or {}).items() if source
+        }
+        self.chat_template = self.chat_templates.get("default") or next(
+            iter(self.chat_templates.values()), None)
         self._byte_spelling: tuple[bool, bool, bool, frozenset[int]] | None = None
+        self._byte_fallback_ids: frozenset[int] | None = None
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -102,6 +122,25 @@ class Tokenizer:
             return piece.replace("\u2581", " ").encode("utf-8")
         return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
+    def byte_fallback_ids(self) -> frozenset[int]:
+        """The ids of a byte-fallback vocabulary's <0xNN> tokens (none for other decoders):
+        a run of them decodes as one UTF-8 sequence, all U+FFFD when it is not valid, so
+        the next byte can rewrite the text of the bytes before it."""
+        if self._byte_fallback_ids is None:
+            if self._byte_spelling is None:
+                self._byte_spelling = _byte_spelling(self.backend)
+            ids = (self.backend.token_to_id(f"<0x{b:02X}>") for b in range(256))
+            fallback = self._byte_spelling[1]
+            self._byte_fallback_ids = frozenset(i for i in ids if i is not None and fallback)
+        return self._byte_fallback_ids
+
+    def chat_template_for(self, tools: Any = None) -> ChatTemplate | None:
+        """The template that renders a conversation: "tool_use" when `tools` are given and
+        the model has one (as HF's apply_chat_template picks), else `chat_template`."""
+        if tools is not None and "tool_use" in self.chat_templates:
+            return self.chat_templates["tool_use"]
+        return self.chat_template
+
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -113,7 +152,8 @@ class Tokenizer:
         Args:
             messages: [{"role": "user", "content": "..."}, ...].
             add_generation_prompt: end with an open assistant turn.
-            **kwargs: extra template variables (e.g. `tools`).
+            **kwargs: extra template variables (e.g. `tools`, which pick the "tool_use"
+                template where the model has one).
 
         Returns:
             The prompt text; encode it with `add_special_tokens=False`, as the template
@@ -122,15 +162,17 @@ class Tokenizer:
         Raises:
             ChatTemplateError: the model has no template, or the template rejected the input.
         """
-        if self.chat_template is None:
+        template = self.chat_template_for(kwargs.get("tools"))
+        if template is None:
             raise ChatTemplateError("this model has no chat template; pass a plain prompt")
-        return self.chat_template.render(messages, add_generation_prompt, **kwargs)
+        return template.render(messages, add_generation_prompt, **kwargs)
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
     def from_hf_dir(cls, directory: str | Path, eos_token_ids: Sequence[int] = ()) -> Tokenizer:
-        """Load `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja`).
+        """Load `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja`, and
+        `special_tokens_map.json` for special tokens the config does not name).
 
         Args:
             directory: the model directory.
@@ -144,23 +186,27 @@ class Tokenizer:
             raise ModelLoadError(f"{d}: no tokenizer.json (only fast tokenizers are supported)")
         backend = Backend.from_file(str(d / "tokenizer.json"))
         cfg = _read_json(d / "tokenizer_config.json")
-        template = cfg.get("chat_template")
-        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-            named = {t.get("name"): t.get("template") for t in template}
-            template = named.get("default") or next(iter(named.values()), None)
+        templates = _named_templates(cfg.get("chat_template"))
         if (d / "chat_template.jinja").is_file():
-            template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+            templates["default"] = (d / "chat_template.jinja").read_text(encoding="utf-8")
         elif (d / "chat_template.json").is_file():
-            template = _read_json(d / "chat_template.json").get("chat_template", template)
-        eos = _token_text(cfg.get("eos_token"))
+            source = _read_json(d / "chat_template.json").get("chat_template")
+            templates.update(_named_templates(source))
+        legacy = _read_json(d / "special_tokens_map.json")
+
+        def special(name: str) -> str | None:
+            return _token_text(cfg.get(name)) or _token_text(legacy.get(name))
+
+        eos = special("eos_token")
         eos_ids = [backend.token_to_id(eos)] if eos and backend.token_to_id(eos) is not None else []
         return cls(
             backend,
-            chat_template=template,
-            bos_token=_token_text(cfg.get("bos_token")),
+            chat_template=templates,
+            bos_token=special("bos_token"),
             eos_token=eos,
             eos_token_ids=[*eos_ids, *eos_token_ids],
-            pad_token=_token_text(cfg.get("pad_token")),
+            pad_token=special("pad_token"),
+            unk_token=special("unk_token"),
         )
 
     @classmethod
@@ -183,12 +229,39 @@ class Tokenizer:
         eos_ids = [i for i in (meta.get("tokenizer.ggml.eos_token_id"), eot) if i is not None]
         return cls(
             backend,
-            chat_template=meta.get("tokenizer.chat_template"),
+            chat_template=_gguf_templates(meta),
             bos_token=spelled("bos_token_id"),
             eos_token=spelled("eos_token_id"),
             eos_token_ids=eos_ids,
             pad_token=spelled("padding_token_id"),
+            unk_token=spelled("unknown_token_id"),
         )
+
+
+def _named_templates(value: Any) -> dict[str, str]:
+    """A config's chat template by name: a string is "default"; HF's list form is
+    [{"name": "default", "template": ...}, {"name": "tool_use", ...}]."""
+    if isinstance(value, str):
+        return {"default": value}
+    if isinstance(value, list):
+        return {
+            t["name"]: t["template"]
+            for t in value
+            if isinstance(t, dict) and isinstance(t.get("name"), str)
+            and isinstance(t.get("template"), str)
+        }
+    return {}
+
+
+def _gguf_templates(meta: Mapping[str, Any]) -> dict[str, str]:
+    """A GGUF file's chat templates by name: `tokenizer.chat_template` is "default", and
+    llama.cpp's converter stores each named one as `tokenizer.chat_template.<name>`
+    (listed in `tokenizer.chat_templates`)."""
+    prefix = "tokenizer.chat_template."
+    named = {key[len(prefix):]: value for key, value in meta.items()
+             if key.startswith(prefix) and isinstance(value, str)}
+    default = meta.get("tokenizer.chat_template")
+    return {**named, "default": default} if isinstance(default, str) else named
 
 
 def _token_text(value: Any) -> str | None:

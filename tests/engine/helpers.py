@@ -277,10 +277,13 @@ def write_llama_gguf(
     return out
 
 
-def write_sentencepiece_gguf(out: Path, corpus: Sequence[str]) -> Path:
+def write_sentencepiece_gguf(
+    out: Path, corpus: Sequence[str], chat_template: str | list[dict] | None = None
+) -> Path:
     """A GGUF whose tokenizer is SentencePiece-style BPE (`tokenizer.ggml.model == "llama"`,
     as in Llama 2 / TinyLlama files): <unk>, <s>, </s>, 256 byte-fallback tokens, then pieces
-    trained on `corpus`, scored by merge rank and without stored merges."""
+    trained on `corpus`, scored by merge rank and without stored merges. `chat_template`:
+    stored as llama.cpp's converter stores it (named ones as tokenizer.chat_template.<name>)."""
     import gguf
     import numpy as np
     from tokenizers import SentencePieceBPETokenizer
@@ -308,6 +311,8 @@ def write_sentencepiece_gguf(out: Path, corpus: Sequence[str]) -> Path:
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 16), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

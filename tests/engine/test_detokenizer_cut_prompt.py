@@ -119,3 +119,45 @@ def test_generated_bytes_that_never_form_a_character_do_not_fail_the_stream(spm_
     text = "".join(detok.add(t) for t in [*snow, stray, *words])
     assert text.startswith(" 東")
     assert text.endswith("had sushi")
+
+
+def test_a_rewrite_by_the_decoder_keeps_the_text_of_the_output(spm_tokenizer):
+    # Byte-fallback decodes a run of byte tokens as one UTF-8 sequence, all U+FFFD once it
+    # is not valid: "\x1a" then a stray continuation byte decode as two U+FFFD, rewriting
+    # the "\x1a" emitted. The stream restarted without context and lost text: the text
+    # (req.text is made of it) was "\x1athe dog", the output's decode "\ufffd\ufffd the dog".
+    tok = spm_tokenizer
+    prompt = tok.encode("the fox", add_special_tokens=True)
+    gen = [tok.token_to_id("<0x1A>"), tok.token_to_id("<0x83>")]
+    gen += tok.encode("the dog", add_special_tokens=False)
+    detok = IncrementalDetokenizer(tok, prompt)
+    for t in gen:
+        detok.add(t)
+    assert detok.text == added(tok, prompt, gen) == "\ufffd\ufffd the dog"
+
+
+@pytest.mark.parametrize("which", ["smollm", "spm"])
+def test_the_text_is_a_start_of_the_decode_after_every_token(which, request):
+    """After every generated token `text` is the decode of the output so far, less at most
+    an end that holds U+FFFD (an incomplete character, held back): generation may stop at
+    any token. Random runs of bytes that form characters or not, between words."""
+    tok = request.getfixturevalue(f"{which}_tokenizer")
+    rng = random.Random(7)
+    pool = tok.encode("the dog é 😀 東京 fox", add_special_tokens=False)
+    if which == "spm":  # bytes of whole characters, stray and leading bytes, ASCII bytes
+        pool += [tok.token_to_id(f"<0x{b:02X}>") for b in (0x1A, 0x41, 0x83, 0xBA, 0xC3,
+                                                           0xA9, 0xE6, 0x9D, 0xB1, 0xF0)]
+    else:
+        pool += [rng.randrange(tok.vocab_size) for _ in range(20)]
+    prompt = tok.encode("We went to", add_special_tokens=False)
+    pre = tok.decode(prompt)
+    for _ in range(300):
+        gen = [rng.choice(pool) for _ in range(rng.randint(1, 8))]
+        detok = IncrementalDetokenizer(tok, prompt)
+        for k in range(1, len(gen) + 1):
+            detok.add(gen[k - 1])
+            full = tok.decode(prompt + gen[:k])
+            out = full[len(pre):] if full.startswith(pre) else tok.decode(gen[:k])
+            rest = out[len(detok.text):]
+            assert out.startswith(detok.text) and (not rest or "\ufffd" in rest), (gen[:k],
+                                                                                 detok.text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -137,6 +138,41 @@ def test_export_tokenizer_and_template_match_transformers(tiny_model_dir, tmp_pa
     assert theirs.apply_chat_template(chat, tokenize=False) == ref.apply_chat_template(
         chat, tokenize=False
     )
+
+
+def test_export_keeps_named_templates_unk_and_sampling_defaults(tiny_model_dir, tmp_path):
+    """export_hf wrote the "default" chat template alone (the export lost "tool_use"), no
+    unk_token, and a generation_config.json of token ids alone: both engines serving the
+    export sampled with other defaults than kvsaga serving the source."""
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir("llama_gqa4_untied"), src)
+    named = [
+        {"name": "default", "template": "{% for m in messages %}{{ m.content }}{% endfor %}"},
+        {"name": "tool_use", "template": "{{ tools | length }}:{% for m in messages %}"
+                                         "{{ m.content }}{% endfor %}"},
+    ]
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg.update(chat_template=named, unk_token="</s>")
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    gen_path = src / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    sampling = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "max_new_tokens": 64,
+                "repetition_penalty": 1.1}
+    gen_path.write_text(json.dumps({**gen, **sampling}))
+    out = export_hf(src, tmp_path / "out")
+    written = json.loads((out / "generation_config.json").read_text())
+    assert {k: written.get(k) for k in sampling} == sampling
+    assert open_checkpoint(out).config.generation == open_checkpoint(src).config.generation
+    back = Tokenizer.from_hf_dir(out)
+    assert {n: t.source for n, t in back.chat_templates.items()} == {
+        t["name"]: t["template"] for t in named}
+    assert back.unk_token == "</s>"
+    chat, tools = [{"role": "user", "content": "hi"}], [{"type": "function"}]
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    assert back.apply_chat_template(chat, tools=tools) == "1:hi" == theirs.apply_chat_template(
+        chat, tools=tools, tokenize=False)
+    assert theirs.apply_chat_template(chat, tokenize=False) == "hi"
 
 
 def test_export_refuses_an_occupied_target(tiny_model_dir, tmp_path):

@@ -3,11 +3,15 @@ tokenizer for the same file; plus the incremental detokenizer and the template s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kvsaga.engine.chat_template import ChatTemplate, ChatTemplateError
 from kvsaga.engine.detokenizer import IncrementalDetokenizer
 from kvsaga.engine.gguf_file import GGUFFile
+from kvsaga.engine.gguf_tokenizer import build_gguf_backend
+from kvsaga.engine.model_config import ModelLoadError
 from kvsaga.engine.tokenizer import Tokenizer
 
 from .helpers import write_byte_tokenizer, write_sentencepiece_gguf
@@ -236,3 +240,85 @@ def test_token_bytes_of_partial_characters_come_from_the_vocabulary(tmp_path):
     for tok, prefix in ((byte_level, b""), (spm, b" ")):  # SentencePiece's dummy prefix
         ids = tok.encode(text, add_special_tokens=False)
         assert b"".join(tok.token_bytes(i) for i in ids) == prefix + text.encode(), tok
+
+
+NAMED = [
+    {"name": "default", "template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+                                    "{% endfor %}"},
+    {"name": "tool_use", "template": "<tools>{{ tools | tojson }}</tools>{% for m in messages %}"
+                                     "<{{ m.role }}>{{ m.content }}{% endfor %}"},
+]
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+def test_named_chat_templates_render_tools_with_tool_use(tmp_path):
+    """Named templates (Hermes-style; HF's list form, and llama.cpp's
+    tokenizer.chat_template.<name> GGUF keys): with tools, "tool_use" renders, as HF's
+    apply_chat_template picks it, and it is the one whose variables count. Only "default"
+    was kept: the tools were dropped, and the server refused them (400) since "default"
+    never reads `tools`."""
+    transformers = pytest.importorskip("transformers")
+    write_byte_tokenizer(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": NAMED}))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "gguf").mkdir()
+    spm = write_sentencepiece_gguf(tmp_path / "gguf" / "spm.gguf", TEXTS, chat_template=NAMED)
+    chat = [{"role": "user", "content": "weather?"}]
+    for ours in (Tokenizer.from_hf_dir(tmp_path), Tokenizer.from_gguf(GGUFFile(spm))):
+        assert sorted(ours.chat_templates) == ["default", "tool_use"]
+        for tools in (None, WEATHER):
+            expected = hf.apply_chat_template(chat, tools=tools, tokenize=False)
+            assert ours.apply_chat_template(chat, False, tools=tools) == expected
+        assert ours.apply_chat_template(chat, False, tools=WEATHER).startswith("<tools>[")
+        assert ours.chat_template_for(WEATHER).reads_variable("tools")
+        assert not ours.chat_template_for(None).reads_variable("tools")
+
+
+def test_a_missing_special_token_renders_empty_and_special_tokens_map_is_read(tmp_path):
+    """HF leaves a special token the model lacks out of the template's variables, so
+    `{{ bos_token }}` renders "" (kvsaga passed None: "None"); and it reads
+    special_tokens_map.json, where older repos keep bos/eos/pad/unk (kvsaga did not: no
+    EOS id, no BOS in the prompt)."""
+    transformers = pytest.importorskip("transformers")
+    write_byte_tokenizer(tmp_path)
+    template = ("{{ bos_token }}{% for m in messages %}[{{ m.content }}]{{ eos_token }}"
+                "{% endfor %}{{ unk_token }}")
+    cfg = {"bos_token": None, "chat_template": template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    chat = [{"role": "user", "content": "hi"}]
+    ours = Tokenizer.from_hf_dir(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.apply_chat_template(chat, False) == "[hi]" == hf.apply_chat_template(
+        chat, tokenize=False)
+    legacy = {"bos_token": {"content": "<s>"}, "eos_token": "</s>", "unk_token": "</s>"}
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(legacy))
+    ours = Tokenizer.from_hf_dir(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (ours.bos_token, ours.eos_token, ours.unk_token) == ("<s>", "</s>", "</s>")
+    assert ours.eos_token_ids == (1,) and ours.bos_token_id == 0
+    assert ours.apply_chat_template(chat, False) == "<s>[hi]</s></s>" == hf.apply_chat_template(
+        chat, tokenize=False)
+
+
+def test_tekken_pre_tokenizer_splits_as_transformers_and_unknown_ones_are_refused(gguf_path):
+    """Mistral Nemo's GGUF pre-tokenizer "tekken" breaks words where the case turns and
+    digits one by one; it fell back to GPT-2's split with a warning, which tokenizes
+    differently from the model's training. SmolLM2's vocabulary with its pre-tokenizer
+    renamed, against transformers' own GGUF tokenizer. A name kvsaga does not know is
+    refused, naming it."""
+    mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    meta = dict(GGUFFile(gguf_path).metadata)
+    meta["tokenizer.ggml.pre"] = "tekken"
+    ours = build_gguf_backend(meta)
+    arch, pieces, _ = mapping.get_gguf_tokenizer(str(gguf_path))
+    hf, _ = mapping.convert_gguf_tokenizer(arch, {**pieces, "pre_tokenizer_type": "tekken"})
+    camel = "JavaScript on iPhone and YouTube"
+    assert ours.encode(camel, add_special_tokens=False).tokens == [
+        "Java", "Script", "Ġon", "Ġi", "Phone", "Ġand", "ĠYou", "Tube"]
+    for text in [camel, "getElementById HTTPServer ÉCOLE x1234y a//b\n// c", *TEXTS]:
+        assert ours.encode(text, add_special_tokens=False).ids == hf.encode(
+            text, add_special_tokens=False).ids, text
+    meta["tokenizer.ggml.pre"] = "made-up-bpe"
+    with pytest.raises(ModelLoadError, match="pre-tokenizer 'made-up-bpe'"):
+        build_gguf_backend(meta)

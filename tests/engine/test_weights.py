@@ -265,6 +265,43 @@ def test_mistral_sliding_window_caps_context():
     assert cfg.max_position_embeddings == 4096 and cfg.num_kv_heads == 2
 
 
+_HF_BASE = {"model_type": "llama", "vocab_size": 100, "hidden_size": 64,
+            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+_GGUF_BASE = {"general.architecture": "llama", "llama.embedding_length": 64,
+              "llama.attention.head_count": 4, "llama.feed_forward_length": 64,
+              "llama.block_count": 1}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"num_attention_heads": 0}, "num_attention_heads must be > 0, got 0"),
+    ({"num_attention_heads": None}, "num_attention_heads must be an integer, got None"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     r"lacks required field rope_scaling\.low_freq_factor"),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}},
+     r"lacks required field rope_parameters\.high_freq_factor"),
+])
+def test_config_errors_name_the_field(extra, message):
+    """A zero head count was a bare ZeroDivisionError, null an error that named no field,
+    and a missing llama3 key was named as if it were top-level."""
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_hf_config({**_HF_BASE, **extra})
+
+
+@pytest.mark.parametrize(("count", "message"), [
+    (0, r"llama\.attention\.head_count must be > 0, got 0"),
+    ([4, 8], r"llama\.attention\.head_count must be an integer, got \[4, 8\] \(per-layer"),
+    ("4", r"llama\.attention\.head_count must be an integer, got '4'"),
+])
+def test_gguf_config_errors_name_the_key(count, message):
+    """GGUF: a zero head count was a ZeroDivisionError and a per-layer list a bare
+    TypeError; a list of equal counts is the one count."""
+    with pytest.raises(ModelLoadError, match=message):
+        ModelConfig.from_gguf_metadata({**_GGUF_BASE, "llama.attention.head_count": count},
+                                       set(), 100)
+    uniform = {**_GGUF_BASE, "llama.attention.head_count": [4, 4]}
+    assert ModelConfig.from_gguf_metadata(uniform, set(), 100).num_heads == 4
+
+
 def test_default_model_path_missing_package(monkeypatch):
     monkeypatch.setattr(loader.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError) as info:

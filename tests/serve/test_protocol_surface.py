@@ -73,10 +73,23 @@ def test_tool_call_arguments_reach_the_template_as_json_objects(tool_server: Liv
     tool_server.wait_idle()
 
 
-def _render(tiny_dir, source: str, messages: list, tools: list | None = None) -> str:
-    """`render_chat` for the tiny tokenizer behind the chat template `source`."""
+def _render(tiny_dir, source: str | dict, messages: list, tools: list | None = None) -> str:
+    """`render_chat` for the tiny tokenizer behind the chat template `source` (or the
+    named templates)."""
     tok = Tokenizer(Tokenizer.from_hf_dir(tiny_dir).backend, chat_template=source)
     return render_chat(tok, ChatCompletionRequest(model=MODEL, messages=messages, tools=tools))
+
+
+def test_tools_render_with_a_tool_use_template(tiny_dir):
+    """A model with named templates (Hermes-style "default" and "tool_use"): with tools HF
+    renders "tool_use". Only the "default" one was kept and judged, which never reads
+    `tools`, so the request was refused (400 "cannot render tools")."""
+    named = {"default": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+             "tool_use": TOOL_TEMPLATE}
+    chat = [{"role": "user", "content": "fix it"}]
+    assert _render(tiny_dir, named, chat) == "fix it"
+    assert _render(tiny_dir, named, chat, TOOLS).startswith(
+        '<tools>{"type": "function", "function": {"name": "read"')
 
 
 @pytest.mark.parametrize(("arguments", "rendered", "warned"), [

@@ -60,7 +60,7 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
             them) and for content or tool-call arguments it cannot take; 422 when the
             template rejects the conversation.
     """
-    template = tokenizer.chat_template
+    template = tokenizer.chat_template_for(body.tools or None)  # (the one that renders)
     if template is not None:
         _refuse_what_the_template_drops(template, body)
     messages = [_message_dict(m, i) for i, m in enumerate(body.messages)]
