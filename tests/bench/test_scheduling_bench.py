@@ -140,7 +140,7 @@ def test_oracle_order_takes_the_fewest_remaining_steps_first(mods):
         make_scheduler(oracle.NAME, m)  # bench-only: not in the library's registry
     for i, (steps, k) in enumerate(((6, 0), (5, 1), (2, 0), (4, 1))):
         s.add(SimpleNamespace(session_id=f"s{i}", tenant=None, resumed=k > 0, arrival=0.1 * i,
-                              workflow="w",
+                              workflow="w", num_tokens=4,  # the request protocol's fields
                               session=SimpleNamespace(steps=(None,) * steps), k=k), 0.1 * i)
     assert [r.session_id for r in s.waiting] == ["s3", "s1", "s0", "s2"]  # demoted first
     assert s._candidate(1.0).session_id == "s2"  # 2 steps left, though new and last
