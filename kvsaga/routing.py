@@ -69,7 +69,9 @@ class KvsagaRouter(Router):
     # check the thief's free blocks, so the client's retry (`Retry-After: 1`), and every
     # other session of the loaded home, was stolen for the same full replica again and
     # again, each try a full KV export on the home. The simulator refuses an import short of
-    # room the same way (`ClusterSimulator._refused`), on its monotone clock.
+    # room the same way (`ClusterSimulator._refused`), on its monotone clock. The session
+    # whose import was refused is not moved at all for as long (`_kept_home`): its retry
+    # runs at home.
     refused_move_s = 30.0
     _MAX_REFUSED = 4096  # refusals remembered at most (the oldest go first)
 
@@ -95,6 +97,8 @@ class KvsagaRouter(Router):
         self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
         # replica that refused an import -> when (it takes no session: `_cool`, `_thief`)
         self._cooling: dict[str, float] = {}
+        # session whose import was refused -> when (it runs at home: `_kept_home`)
+        self._import_refused: OrderedDict[str, float] = OrderedDict()
         # session -> (the replica that took it by a queue or memory steal, the one it took
         # it from), kept while the session stays there (`_steal_source`)
         self._stolen: dict[str, tuple[str, str]] = {}
@@ -118,6 +122,7 @@ class KvsagaRouter(Router):
     def _forget(self, session: str) -> None:
         super()._forget(session)
         self._stolen.pop(session, None)
+        self._import_refused.pop(session, None)
 
     def move_refused(self, session: str, source: str, replica: str,
                      import_refused: bool = False) -> None:
@@ -125,13 +130,24 @@ class KvsagaRouter(Router):
         thief for `refused_move_s`: for any session when it refused the import
         (`import_refused`: short of room, it would refuse the home's other sessions as
         well), else (the session was busy on `source`) for this session only. The
-        session's next steps run at home (or move to another replica) instead of being
-        stolen for it again while it is still short of room. (Named by the caller: the
-        session's home is no guide, a sibling step's refusal may have changed it.)"""
+        session's next steps run at home (or, after a busy refusal, move to another
+        replica) instead of being stolen for it again while it is still short of room.
+        After an import refusal the session itself is not moved for `refused_move_s`
+        either (`_kept_home`): else its retry could be stolen by the next replica just as
+        full and refused again, up to (replicas - 1) times, each a full KV export on the
+        home. (Named by
+        the caller: the session's home is no guide, a sibling step's refusal may have
+        changed it.)"""
         super().move_refused(session, source, replica, import_refused)
-        if replica == source or replica not in self.in_flight:
+        if replica == source:
             return
         now = self.clock()
+        if import_refused and self.homes.get(session) == source:
+            self._import_refused.pop(session, None)
+            self._import_refused[session] = now
+            self._forget_refusals(now)
+        if replica not in self.in_flight:
+            return
         if import_refused:
             self._cooling[replica] = now
             return
@@ -152,14 +168,24 @@ class KvsagaRouter(Router):
         return (self._cool(self._cooling.get(x), now)
                 or self._cool(self._refused.get((session, x)), now))
 
+    def _kept_home(self, session: str | None) -> bool:
+        """Whether a move of `session` had its import refused and the cool-off from that
+        refusal still runs (`_cool`): the session is not moved, its steps run at home."""
+        if session is None or not self._import_refused:
+            return False
+        now = self.clock()
+        self._forget_refusals(now)
+        return self._cool(self._import_refused.get(session), now)
+
     def _forget_refusals(self, now: float) -> None:
         """Drop the cool-offs that no longer run (`_cool`): the refusals from the oldest
         (they are added in the order they run out, unless the wall clock stepped: then
-        `_refused_lately` tests each on its own), and the oldest beyond `_MAX_REFUSED`."""
-        refused = self._refused
-        while refused and (len(refused) > self._MAX_REFUSED
-                           or not self._cool(next(iter(refused.values())), now)):
-            refused.popitem(last=False)
+        `_refused_lately` and `_kept_home` test each on their own), and the oldest beyond
+        `_MAX_REFUSED`."""
+        for refused in (self._refused, self._import_refused):
+            while refused and (len(refused) > self._MAX_REFUSED
+                               or not self._cool(next(iter(refused.values())), now)):
+                refused.popitem(last=False)
         for x in [x for x, at in self._cooling.items() if not self._cool(at, now)]:
             del self._cooling[x]
 
@@ -246,6 +272,8 @@ class KvsagaRouter(Router):
         # its last move may not have arrived (`unconfirmed_move`: moved again, it would
         # leave a copy).
         if req.session in self.session_steps or req.session in self.moves:
+            return Route(home, reason="affinity")
+        if self._kept_home(req.session):  # its import was refused lately (`move_refused`)
             return Route(home, reason="affinity")
         target, reason = self._thief(home, req, stats)
         if target is None:

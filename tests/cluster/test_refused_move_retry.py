@@ -95,12 +95,51 @@ def test_a_refused_replica_is_not_stolen_for_again_and_the_retries_run_at_home(m
     assert attempt(router, b, stats) == ("b", 503)
 
 
-def test_another_idle_replica_still_takes_the_session(monkeypatch):
+def test_the_refused_session_runs_at_home_and_another_idle_replica_takes_the_others(
+        monkeypatch):
+    """After its import was refused the session is not moved for `refused_move_s`: its
+    retry runs at home. Before, it was stolen for c, the next idle replica, which may be
+    as full as b (the chain of refusals in `test_a_refused_sessions_retries_...`). The
+    home's other sessions may still move to c."""
     router, b, handle, _ = fleet(monkeypatch)
     stats = {"a": LOADED, "b": FULL, "c": ROOMY}
     assert attempt(router, b, stats) == ("b", 503)  # b is the least loaded
     route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
+    router.finished(route)
+    assert (route.replica, route.moved_from) == ("a", None)  # before: ("c", "a")
+    router.homes["o"] = "a"
+    route = router.route(RouteRequest(session="o", context_tokens=20), stats)
     assert (route.replica, route.moved_from) == ("c", "a")
+
+
+def test_a_refused_sessions_retries_are_not_stolen_by_the_next_full_replica():
+    """Four idle replicas, each with no room for the session (the router does not check a
+    thief's free blocks): each retry of the refused step was stolen by the next one and
+    refused again, up to (replicas - 1) refusals, each a full KV export on the home. The
+    retry runs at home now, until `refused_move_s` after the refusal; the session ending
+    forgets it."""
+    router = KvsagaRouter(["a", "b", "c", "d", "e"])
+    now = [1000.0]
+    router.clock = lambda: now[0]
+    router.homes[SID] = "a"
+    stats = {"a": LOADED, **{x: ROOMY_IDLE for x in "bcde"}}
+    refusals = 0
+    for _ in range(5):
+        route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
+        router.finished(route, ran=route.moved_from is None)
+        if route.moved_from is not None:  # every receiver refuses the import
+            refusals += 1
+            router.move_refused(SID, route.moved_from, route.replica, import_refused=True)
+        now[0] += 1.0
+    assert refusals == 1  # before: 4, one per idle replica
+    assert router.home(SID) == "a"
+    now[0] += router.refused_move_s  # over: the session may move again
+    route = router.route(RouteRequest(session=SID, context_tokens=20), stats)
+    assert route.moved_from == "a"
+    router.move_refused(SID, "a", route.replica, import_refused=True)
+    assert SID in router._import_refused
+    router.session_ended(SID)
+    assert SID not in router._import_refused
 
 
 def test_the_refusals_remembered_are_bounded(monkeypatch):
@@ -176,6 +215,28 @@ def test_a_cool_off_does_not_outlast_a_step_back_of_the_clock(monkeypatch):
     assert steal_o() == ("a", None)  # cooling off
     now[0] = 10_000.0 - 3600 + 31  # the clock stepped back an hour; 41 s went by
     assert steal_o() == ("b", "a")  # before: ("a", None) for an hour more
+
+
+def test_the_gateways_503_keeps_the_session_home_for_its_retry(monkeypatch):
+    """The live path: the gateway relays the receiver's 503 with the pull-refused header
+    (`import_refused`), and the retry of the step stays on its home instead of being
+    stolen for c, the next idle replica (which may be as full as b)."""
+    body = json.dumps({"model": "m", "prompt": "hi", "session_id": "s",
+                       "cache_salt": "t1"}).encode()
+    key = routing_call(ServerSettings(model="x"), "POST", "/v1/completions", b"", [],
+                       body)["session"]
+    router = KvsagaRouter(["a", "b", "c"])
+    router.clock = lambda: 1000.0
+    router.homes[key] = "a"
+    loaded = ReplicaStats(total_blocks=64, free_blocks=40, queue_depth=3, running=2,
+                          session_tokens={key: 20000})
+    stats = {"a": loaded, "b": ROOMY_IDLE, "c": ROOMY_IDLE}
+    move = router.route(RouteRequest(session=key), stats)
+    assert (move.replica, move.moved_from) == ("b", "a")
+    gateway_answer(monkeypatch, router, move, 503, body, refused="a")  # b: no room
+    router.finished(move, ran=False)
+    retry = router.route(RouteRequest(session=key), stats)
+    assert (retry.replica, retry.moved_from) == ("a", None)  # before: ("c", "a")
 
 
 def home_fleet(monkeypatch, n: int):

@@ -88,3 +88,42 @@ def test_the_router_hears_of_the_refusal_and_cools_the_receiver_off():
     assert list(cooled) == ["gpu0"]
     # The refusal was at the step's release, before the retry that ran at home.
     assert sim.placed[1][2] - RETRY_AFTER_S == pytest.approx(cooled["gpu0"])
+
+
+def _chain(gpus: int):
+    """`gpus` - 1 GPUs each filled by a big session (B0..), their last GPU holding S, D, S2
+    and S3 (a shared prefix group): when S's tool returns, its home has steps waiting and
+    the others are idle but full, so each refuses S's import. Returns the simulator and
+    the refusals per step."""
+    sessions = [_session(f"B{b}", 0.0, f"big{b}", [(4500, 600, 0)]) for b in range(gpus - 1)]
+    sessions += [_session("D", 0.0005, "g", [(300, 1000, 0)]),
+                 _session("S2", 0.001, "g", [(300, 1000, 0)]),
+                 _session("S3", 0.002, "g", [(300, 1000, 0)]),
+                 _session("S", 0.003, "g", [(1000, 10, 0.5), (50, 10, 0)])]
+    need = max(CONFIG.cost.kv_spec.num_blocks_for(s.total_tokens) for s in sessions)
+    config = SimConfig(num_gpu_blocks=max(320, need), scheduler="fcfs", policy="lru")
+    routing = RoutingConfig(bytes_per_token=config.cost.kv_spec.bytes_per_token,
+                            cost=config.cost, steal_margin=1.0, busy_balance=0.0,
+                            prefix_slack=100.0)
+    sim = ClusterSimulator(sessions, config, gpus=gpus, router="kvsaga", routing=routing)
+    refusals: dict[tuple[str, int], list[str]] = {}
+    refused = sim._refused
+
+    def counted(route, t, session, k):
+        refusals.setdefault((session.id, k), []).append(route.replica)
+        refused(route, t, session, k)
+    sim._refused = counted
+    sim.run()
+    return sim, refusals
+
+
+def test_a_refused_steps_retry_is_not_stolen_by_the_next_full_gpu():
+    """On 6 GPUs the retry of S's refused step was stolen by the next full GPU and refused
+    again, once per full GPU: 5 refusals, each a full KV export and a refused import, S
+    done 4 s later than after one (review s46 simholddiff, finding 2). The retry runs at
+    home now; the refusing GPU still cools off as a thief."""
+    sim, refusals = _chain(6)
+    assert refusals == {("S", 1): ["gpu0"]}  # before: gpu0, gpu1, ..., gpu4
+    assert sim.num_refused == 1
+    assert list(sim.router._cooling) == ["gpu0"]
+    assert sim._finished["S"] < 1.0 + 2 * RETRY_AFTER_S
