@@ -22,6 +22,16 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 }
 # RoPE variants the model implements (see kvsaga/engine/rope.py).
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+# The GGUF keys of the tokens that end generation, as llama.cpp collects them: end of
+# sequence, end of turn (<|eot_id|>, <|im_end|>) and end of message (Llama 3.1's <|eom_id|>,
+# written after a tool call in ipython mode; its HF generation_config.json lists it too).
+_GGUF_END_KEYS = ("eos_token_id", "eot_token_id", "eom_token_id")
+
+
+def gguf_end_token_ids(meta: Mapping[str, Any]) -> tuple[int, ...]:
+    """The ids of every token that ends generation in a GGUF file's metadata, in key order."""
+    ids = (meta.get(f"tokenizer.ggml.{key}") for key in _GGUF_END_KEYS)
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
 class ModelLoadError(KVSagaError, ValueError):
@@ -328,9 +338,6 @@ class ModelConfig:
             scaling = RopeScaling("linear", float(key("rope.scaling.factor")))
         elif scaling_type not in ("none", None):
             raise ModelLoadError(f"unsupported GGUF rope scaling type {scaling_type!r}")
-        eos = meta.get("tokenizer.ggml.eos_token_id")
-        eot = meta.get("tokenizer.ggml.eot_token_id")
-        eos_ids = tuple(dict.fromkeys(i for i in (eos, eot) if i is not None))
         return cls(
             architecture=SUPPORTED_ARCHITECTURES[arch],
             vocab_size=int(vocab),
@@ -348,7 +355,7 @@ class ModelConfig:
             attention_bias="blk.0.attn_q.bias" in tensor_names,
             attention_out_bias="blk.0.attn_output.bias" in tensor_names,
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_token_ids=eos_ids,
+            eos_token_ids=gguf_end_token_ids(meta),
         )
 
 

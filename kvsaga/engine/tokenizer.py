@@ -17,7 +17,7 @@ from tokenizers import Tokenizer as Backend
 from kvsaga.engine.chat_template import ChatTemplate, ChatTemplateError
 from kvsaga.engine.gguf_file import GGUFFile
 from kvsaga.engine.gguf_tokenizer import build_gguf_backend
-from kvsaga.engine.model_config import ModelLoadError
+from kvsaga.engine.model_config import ModelLoadError, gguf_end_token_ids
 
 
 class Tokenizer:
@@ -225,14 +225,12 @@ class Tokenizer:
             i = meta.get(f"tokenizer.ggml.{key}")
             return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
-        eot = meta.get("tokenizer.ggml.eot_token_id")
-        eos_ids = [i for i in (meta.get("tokenizer.ggml.eos_token_id"), eot) if i is not None]
         return cls(
             backend,
             chat_template=_gguf_templates(meta),
             bos_token=spelled("bos_token_id"),
             eos_token=spelled("eos_token_id"),
-            eos_token_ids=eos_ids,
+            eos_token_ids=gguf_end_token_ids(meta),
             pad_token=spelled("padding_token_id"),
             unk_token=spelled("unknown_token_id"),
         )

@@ -191,12 +191,16 @@ TINY_VARIANTS: dict[str, dict] = {
 
 
 def write_llama_gguf(
-    hf_dir: Path, out: Path, qtype: str = "F32", extra: dict | None = None
+    hf_dir: Path, out: Path, qtype: str = "F32", extra: dict | None = None,
+    end_ids: dict[str, int] | None = None,
 ) -> Path:
     """Convert a tiny HF Llama directory to GGUF the way llama.cpp's converter does: its
     tensor names, Q/K rows permuted for interleaved RoPE, 2-D weights quantized to `qtype`.
-    No tokenizer metadata (the weights path is what this exercises). `extra`: more fp32
-    tensors to store, by GGUF name."""
+    `extra`: more fp32 tensors to store, by GGUF name. No tokenizer metadata (the weights
+    path is what this exercises) unless `end_ids` is given: then the byte-level vocabulary
+    of `write_byte_tokenizer` (filled with control tokens up to the model's vocabulary) and
+    the end-of-generation ids it names ({"eot": id, "eom": id}, llama.cpp's
+    `tokenizer.ggml.<name>_token_id`) beside the EOS id."""
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
@@ -230,6 +234,10 @@ def write_llama_gguf(
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_vocab_size(cfg["vocab_size"])
     writer.add_eos_token_id(cfg["eos_token_id"])
+    if end_ids is not None:
+        _add_byte_level_vocab(writer, cfg["vocab_size"])
+        for name, token_id in end_ids.items():
+            writer.add_uint32(f"tokenizer.ggml.{name}_token_id", token_id)
     rope = cfg["rope_parameters"]
     if rope.get("rope_type") == "llama3":
         # llama.cpp stores Llama 3.1 scaling as per-frequency divisors, not as metadata.
@@ -275,6 +283,25 @@ def write_llama_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def _add_byte_level_vocab(writer, vocab_size: int) -> None:
+    """GGUF tokenizer metadata for `write_byte_tokenizer`'s vocabulary (<s>, </s>, then the
+    byte alphabet), with one merge ("Ġt", as "gpt2" vocabularies need merges) and control
+    tokens up to `vocab_size`, so that every id a tiny model samples has a token."""
+    from tokenizers import pre_tokenizers
+
+    tokens = ["<s>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), "\u0120t"]
+    types = [3, 3] + [1] * (len(tokens) - 2)
+    fill = vocab_size - len(tokens)
+    tokens += [f"<|reserved_{i}|>" for i in range(fill)]
+    types += [3] * fill
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(["\u0120 t"])
+    writer.add_bos_token_id(0)
 
 
 def write_sentencepiece_gguf(
